@@ -1,0 +1,136 @@
+"""mlyard's exceptions. Every message names what was wrong, the offending value, and what to do.
+
+    MlyardError
+    ├── SpecError (ValueError)               a spec, file or request is invalid
+    ├── NotFound (LookupError)
+    │   ├── TrainingNotFound
+    │   ├── TemplateNotFound
+    │   ├── ExperimentNotFound
+    │   └── ModelNotFound
+    ├── Conflict (RuntimeError)              the action breaks a platform rule
+    │   ├── AlreadyExists
+    │   ├── ModelInUse
+    │   ├── ExperimentBusy
+    │   └── TrainingNotComplete
+    ├── StorageError (OSError)
+    │   ├── StorageUnreachable
+    │   └── StorageNotFound
+    ├── TrainingFailed (RuntimeError)        the user's script failed or ran too long
+    ├── TrainingStopped (RuntimeError)       a user stopped the training
+    └── StackError (RuntimeError)            the embedded stack could not start or be reached
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+
+class MlyardError(Exception):
+    """Base of every mlyard error."""
+
+
+class SpecError(MlyardError, ValueError):
+    def __init__(self, field: str, value: object, expected: str):
+        self.field, self.value, self.expected = field, value, expected
+        super().__init__(f"{field}: {value!r} is not valid: {expected}")
+
+
+class NotFound(MlyardError, LookupError):
+    kind = "resource"
+    hint = ""
+
+    def __init__(self, name: object):
+        self.name = name
+        hint = f" {self.hint}" if self.hint else ""
+        super().__init__(f"{self.kind} {name!r} not found.{hint}")
+
+
+class TrainingNotFound(NotFound):
+    kind = "training"
+    hint = "List trainings with `mlyard trainings list`."
+
+
+class TemplateNotFound(NotFound):
+    kind = "training template"
+    hint = "List templates with `mlyard templates list`."
+
+
+class ExperimentNotFound(NotFound):
+    kind = "experiment"
+    hint = "List experiments with `mlyard experiments list`."
+
+
+class ModelNotFound(NotFound):
+    kind = "model"
+    hint = "List models with `mlyard models list`."
+
+
+class Conflict(MlyardError, RuntimeError):
+    """The action would break one of the platform's rules."""
+
+
+class AlreadyExists(Conflict):
+    def __init__(self, kind: str, name: str):
+        self.kind, self.name = kind, name
+        super().__init__(f"{kind} {name!r} already exists; choose another name or delete it first.")
+
+
+class ModelInUse(Conflict):
+    def __init__(self, name: str, version: str | None, endpoints: Sequence[str]):
+        self.name, self.version, self.endpoints = name, version, list(endpoints)
+        what = f"model {name!r}" + (f" version {version}" if version else "")
+        super().__init__(
+            f"{what} is served by endpoint(s) {', '.join(self.endpoints)}; "
+            "delete those endpoints (or move their stages to another model) first."
+        )
+
+
+class ExperimentBusy(Conflict):
+    def __init__(self, name: str, running: Sequence[str]):
+        self.name, self.running = name, list(running)
+        super().__init__(
+            f"experiment {name!r} has running work ({', '.join(self.running)}); "
+            "stop it or wait for it to finish, then delete the experiment."
+        )
+
+
+class TrainingNotComplete(Conflict):
+    def __init__(self, training: str, status: str):
+        self.training, self.status = training, status
+        super().__init__(
+            f"training {training!r} is {status}, not COMPLETE; a model can only be created "
+            "from a COMPLETE training."
+        )
+
+
+class StorageError(MlyardError, OSError):
+    pass
+
+
+class StorageUnreachable(StorageError):
+    def __init__(self, uri: str, reason: str):
+        self.uri, self.reason = uri, reason
+        super().__init__(f"cannot reach {uri}: {reason}. Check the URI, the endpoint and the credentials.")
+
+
+class StorageNotFound(StorageError):
+    def __init__(self, uri: str):
+        self.uri = uri
+        super().__init__(f"{uri} does not exist (nothing is stored there). Check the path.")
+
+
+class TrainingFailed(MlyardError, RuntimeError):
+    def __init__(self, reason: str, exit_code: int | None = None, last_lines: Sequence[str] = ()):
+        self.reason, self.exit_code, self.last_lines = reason, exit_code, list(last_lines)
+        tail = ("\n" + "\n".join(self.last_lines)) if self.last_lines else ""
+        super().__init__(f"{reason}{tail}")
+
+
+class TrainingStopped(MlyardError, RuntimeError):
+    def __init__(self, reason: str = "stopped on request"):
+        self.reason = reason
+        super().__init__(reason)
+
+
+class StackError(MlyardError, RuntimeError):
+    pass

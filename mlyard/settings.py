@@ -1,0 +1,139 @@
+"""Settings: the only place mlyard reads the environment.
+
+Every field can be set as `MLYARD_<FIELD>` (for example `MLYARD_HOME`, `MLYARD_S3_ENDPOINT_URL`).
+`Settings(**overrides)` or `Settings.from_mapping(...)` builds one without touching `os.environ`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Environment that turns off every usage-telemetry sender of the engines we run.
+TELEMETRY_OFF_ENV = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+}
+
+
+class Settings(BaseSettings):
+    """Where mlyard keeps its state and how it reaches the engines."""
+
+    model_config = SettingsConfigDict(env_prefix="MLYARD_", extra="ignore")
+
+    home: Path = Field(
+        default=Path(".mlyard"),
+        description="Directory holding all embedded state (Prefect DB, MLflow DB and artifacts, "
+        "catalog, caches). Deleting it resets the embedded platform.",
+    )
+    prefect_api_url: str | None = Field(
+        default=None,
+        description="Prefect API URL of a production server (e.g. http://prefect:4200/api). "
+        "Unset: the embedded server started by `mlyard up`, or an ephemeral one on the home DB.",
+    )
+    prefect_port: int = Field(default=4200, ge=1, le=65535, description="Port of the embedded Prefect server.")
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking URI (e.g. http://mlflow:5000). Unset: sqlite:///<home>/mlflow.db.",
+    )
+    mlflow_ui_port: int = Field(default=5000, ge=1, le=65535, description="Port of `mlyard ui mlflow`.")
+    catalog_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the platform catalog (e.g. postgresql+psycopg://...). "
+        "Unset: sqlite:///<home>/catalog.db.",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="Endpoint of the S3-compatible store for s3:// URIs (unset: AWS)."
+    )
+    s3_access_key_id: str | None = Field(default=None, description="S3 access key id.")
+    s3_secret_access_key: SecretStr | None = Field(default=None, description="S3 secret access key.")
+    s3_region: str = Field(default="us-east-1", description="S3 region name.")
+    obs_scheme: str = Field(
+        default="https",
+        description="Scheme used to reach the endpoint host named in obs://{endpoint}/{container}/{path}.",
+    )
+    nas_mounts: dict[str, Path] = Field(
+        default_factory=dict,
+        description='NAS id -> mount root, as JSON (e.g. {"nas-1": "/mnt/nas-1"}); nas://nas-1:/data '
+        "then means /mnt/nas-1/data.",
+    )
+    region: str = Field(default="local", description="Region name handed to trainings as EM_REGION.")
+    telemetry: bool = Field(
+        default=False, description="Allow the engines (Prefect, MLflow) to send usage telemetry."
+    )
+
+    @classmethod
+    def from_mapping(cls, env: Mapping[str, str]) -> "Settings":
+        """Build settings from any mapping of `MLYARD_*` variables instead of `os.environ`."""
+        fields = {}
+        for name in cls.model_fields:
+            key = f"MLYARD_{name.upper()}"
+            if key in env:
+                fields[name] = env[key]
+        return cls.model_validate(fields)
+
+    # -- derived locations -------------------------------------------------------------------
+
+    @property
+    def home_dir(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.home_dir / "prefect"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.home_dir / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifact_root(self) -> Path:
+        return self.home_dir / "mlartifacts"
+
+    @property
+    def catalog_db_url(self) -> str:
+        return self.catalog_url or f"sqlite:///{self.home_dir / 'catalog.db'}"
+
+    @property
+    def envs_dir(self) -> Path:
+        """Cached virtual environments for algorithms' requirements.txt, one per hash."""
+        return self.home_dir / "envs"
+
+    @property
+    def runs_dir(self) -> Path:
+        """Scratch directories of trainings (staged inputs, model dir, logs)."""
+        return self.home_dir / "runs"
+
+    @property
+    def stack_file(self) -> Path:
+        """What `mlyard up` started (pids and URLs)."""
+        return self.home_dir / "stack.json"
+
+    def engine_env(self) -> dict[str, str]:
+        """Environment for the engines' clients and for every process mlyard starts."""
+        env = {} if self.telemetry else dict(TELEMETRY_OFF_ENV)
+        env["MLYARD_HOME"] = str(self.home_dir)
+        env["PREFECT_HOME"] = str(self.prefect_home)
+        env["MLFLOW_TRACKING_URI"] = self.mlflow_uri
+        # A fresh Prefect database takes a while to migrate on a small machine.
+        env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"
+        if self.prefect_api_url:
+            env["PREFECT_API_URL"] = self.prefect_api_url
+        return env
+
+
+def get_settings() -> Settings:
+    return Settings()
+
+
+def apply_engine_env(settings: Settings, environ: dict[str, str] | None = None) -> None:
+    """Point the engines' clients (which read the environment) at this mlyard's stack."""
+    target = os.environ if environ is None else environ
+    settings.prefect_home.mkdir(parents=True, exist_ok=True)  # Prefect only creates the last level
+    for key, value in settings.engine_env().items():
+        target.setdefault(key, value)

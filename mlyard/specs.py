@@ -1,0 +1,180 @@
+"""Typed specs: the flow's parameter, the YAML a user passes, and the Python argument (DESIGN §3).
+
+Pure pydantic; a bad spec fails here, before anything starts, naming the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mlyard.errors import SpecError
+from mlyard.uris import parse_uri
+
+MAX_HYPERPARAMETERS = 100
+MAX_DATASETS = 10
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,48}[a-z0-9])?$"
+# Katib's default metric filter: `name=value`, one or more per line.
+KATIB_METRIC_PATTERN = r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)"
+
+
+class Resources(BaseModel):
+    """What a training needs from the pool. Used by the Kubernetes pool; the local pool runs on this machine."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cpu: float | None = Field(default=None, gt=0, description="CPU cores (request and limit), e.g. 4 or 0.5.")
+    memory: str | None = Field(
+        default=None, pattern=r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$",
+        description="Memory (request and limit) in Kubernetes units, e.g. 16Gi.",
+    )
+    gpu_count: int = Field(default=0, ge=0, le=16, description="GPUs per node (nvidia.com/gpu).")
+    gpu_type: str | None = Field(
+        default=None, description="GPU type, matched against the node label nvidia.com/gpu.product."
+    )
+
+
+class TrainingSpec(BaseModel):
+    """A training: run an algorithm's entry point with hyperparameters and datasets (EasyMaker contract)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN, description="Training name: lowercase letters, digits and '-', at most 50.")
+    description: str = Field(default="", max_length=255, description="Free text shown in lists.")
+    experiment: str = Field(default="default", min_length=1, max_length=100,
+                            description="MLflow experiment that groups this training (created if missing).")
+    source_uri: str = Field(description="Directory of the algorithm: path, file://, s3://, obs:// or nas://.")
+    entry_point: str = Field(description="Script inside source_uri that starts the training, e.g. train.py.")
+    hyperparameters: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description=f"At most {MAX_HYPERPARAMETERS}; passed as --key value, EM_HP_<KEY> and EM_HPS (JSON).",
+    )
+    datasets: dict[str, str] = Field(
+        default_factory=dict,
+        description=f"At most {MAX_DATASETS}; name -> URI, staged in and passed as EM_DATASET_<NAME>.",
+    )
+    checkpoint_input_uri: str | None = Field(default=None, description="Checkpoint to resume from (EM_CHECKPOINT_INPUT_DIR).")
+    output_uri: str | None = Field(default=None, description="Where the model directory is copied when the training completes.")
+    checkpoint_output_uri: str | None = Field(default=None, description="Where EM_CHECKPOINT_DIR is copied at the end.")
+    image: str | None = Field(default=None, description="Container image on the Kubernetes pool; ignored locally.")
+    resources: Resources = Field(default_factory=Resources, description="CPU, memory and GPUs on the Kubernetes pool.")
+    nodes: int = Field(default=1, ge=1, le=32, description="Distributed node count (more than 1 needs the Kubernetes pool).")
+    torchrun: bool = Field(default=False, description="Start the entry point with torchrun (PyTorch).")
+    processes_per_node: int = Field(default=1, ge=1, le=64, description="torchrun --nproc_per_node.")
+    max_run_time_seconds: int | None = Field(default=None, ge=1, description="Fail the training after this long.")
+    collect_logs: bool = Field(default=True, description="Stream the script's output to the Prefect log and keep it in MLflow.")
+    metric_patterns: list[str] = Field(
+        default_factory=lambda: [KATIB_METRIC_PATTERN],
+        description="Regexes matched against each output line; group 1 is the metric name, group 2 its value. "
+        "Default: Katib's name=value.",
+    )
+
+    @field_validator("hyperparameters")
+    @classmethod
+    def _hyperparameters(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if len(value) > MAX_HYPERPARAMETERS:
+            raise ValueError(f"at most {MAX_HYPERPARAMETERS} hyperparameters, got {len(value)}")
+        for key in value:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", key):
+                raise ValueError(f"hyperparameter name {key!r} must start with a letter or '_' and use letters, digits, '_', '.', '-'")
+        return value
+
+    @field_validator("datasets")
+    @classmethod
+    def _datasets(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > MAX_DATASETS:
+            raise ValueError(f"at most {MAX_DATASETS} datasets, got {len(value)}")
+        for name, uri in value.items():
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
+                raise ValueError(f"dataset name {name!r} must be letters, digits and '_' (it becomes EM_DATASET_{name.upper()})")
+            _check_uri(f"datasets.{name}", uri)
+        return value
+
+    @field_validator("source_uri", "checkpoint_input_uri", "output_uri", "checkpoint_output_uri")
+    @classmethod
+    def _uri(cls, value: str | None, info) -> str | None:
+        if value is not None:
+            _check_uri(info.field_name, value)
+        return value
+
+    @field_validator("entry_point")
+    @classmethod
+    def _entry_point(cls, value: str) -> str:
+        if not value or value.startswith("/") or ".." in Path(value).parts:
+            raise ValueError(f"entry point {value!r} must be a relative path inside source_uri, e.g. train.py")
+        return value
+
+    @field_validator("metric_patterns")
+    @classmethod
+    def _patterns(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                compiled = re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"metric pattern {pattern!r} does not compile: {exc}") from exc
+            if compiled.groups < 2:
+                raise ValueError(f"metric pattern {pattern!r} needs a name group and a value group")
+        return value
+
+    @model_validator(mode="after")
+    def _torchrun(self) -> "TrainingSpec":
+        if self.processes_per_node > 1 and not self.torchrun:
+            raise ValueError("processes_per_node > 1 needs torchrun: true")
+        return self
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "TrainingSpec":
+        """A copy with top-level fields replaced (dicts such as hyperparameters are merged)."""
+        data = self.model_dump()
+        for key, value in overrides.items():
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                data[key] = {**data[key], **value}
+            else:
+                data[key] = value
+        return load_spec(TrainingSpec, data, source="overrides")
+
+
+def _check_uri(field: str, uri: str) -> None:
+    try:
+        parse_uri(uri, field)
+    except SpecError as exc:
+        raise ValueError(exc.expected) from None
+
+
+def load_spec(model: type[BaseModel], data: Any, source: str = "spec"):
+    """Validate `data` as `model`, turning pydantic's report into one SpecError naming every bad field."""
+    if not isinstance(data, dict):
+        raise SpecError(source, type(data).__name__, f"a mapping of {model.__name__} fields")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "(spec)"
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = f"unknown field; allowed: {', '.join(model.model_fields)}"
+            elif err["type"] == "missing":
+                msg = "is required"
+            value = err.get("input")
+            shown = "" if err["type"] == "missing" or isinstance(value, dict) else f" (got {value!r})"
+            problems.append(f"{loc}: {msg}{shown}")
+        field = ".".join(str(p) for p in exc.errors()[0]["loc"])
+        error = SpecError(field, data.get(field.split(".")[0]), "; ".join(problems))
+        error.args = (f"invalid {model.__name__} in {source}:\n  " + "\n  ".join(problems),)
+        raise error from None
+
+
+def load_spec_file(model: type[BaseModel], path: str | Path):
+    """Read a YAML (or JSON) spec file."""
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError("file", str(path), "a YAML spec file that exists")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise SpecError("file", str(path), f"valid YAML ({exc})") from exc
+    return load_spec(model, data, source=str(path))

@@ -1,0 +1,109 @@
+"""The platform catalog: long-lived resources MLflow does not know (SQLAlchemy 2 + Alembic).
+
+Each table holds references (model name and version, run ids), never copies of engine state.
+The schema is owned by the Alembic migrations in `registry/migrations`; opening a catalog
+upgrades it to the newest revision.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, String, Text, UniqueConstraint, create_engine, event
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class TrainingTemplate(Base):
+    __tablename__ = "training_templates"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(50), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    spec: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Endpoint(Base):
+    __tablename__ = "endpoints"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(50), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    stages: Mapped[list["EndpointStage"]] = relationship(back_populates="endpoint", cascade="all, delete-orphan")
+
+
+class EndpointStage(Base):
+    """A stage of an endpoint serves one model version."""
+
+    __tablename__ = "endpoint_stages"
+    __table_args__ = (UniqueConstraint("endpoint_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    endpoint_id: Mapped[int] = mapped_column(ForeignKey("endpoints.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(50))
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    model_name: Mapped[str] = mapped_column(String(255))
+    model_version: Mapped[str] = mapped_column(String(32))
+    endpoint: Mapped[Endpoint] = relationship(back_populates="stages")
+
+
+class Catalog:
+    """A catalog database, migrated to the newest revision on open."""
+
+    def __init__(self, url: str):
+        self.url = url
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        self.engine: Engine = create_engine(url)
+        if parsed.get_backend_name() == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.upgrade()
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def upgrade(self, revision: str = "head") -> None:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A transaction: committed when the block ends, rolled back (nothing half-made) on error."""
+        with self._sessions() as s, s.begin():
+            yield s
+
+    def endpoints_serving(self, model_name: str, version: str | None = None) -> list[str]:
+        """Names of endpoints (as `endpoint/stage`) whose stages serve the model (or that version)."""
+        with self.session() as s:
+            q = s.query(EndpointStage).join(Endpoint).filter(EndpointStage.model_name == model_name)
+            if version is not None:
+                q = q.filter(EndpointStage.model_version == str(version))
+            return sorted(f"{st.endpoint.name}/{st.name}" for st in q)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()

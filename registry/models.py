@@ -1,0 +1,248 @@
+"""The model registry, on MLflow: models, versions, aliases, parameters and lineage (DESIGN §7).
+
+A version's framework, framework version, parameters and lineage are MLflow version tags under
+`mlyard.`; aliases are MLflow aliases. The rule that a model served by an endpoint cannot be
+deleted is checked here, against the catalog, before MLflow is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+from mlflow.exceptions import MlflowException
+
+from mlyard.errors import AlreadyExists, ModelInUse, ModelNotFound, SpecError, TrainingNotComplete
+from registry.catalog import Catalog
+from registry.tracking import TAG_KIND, Tracking
+
+TAG_FRAMEWORK = "mlyard.framework"
+TAG_FRAMEWORK_VERSION = "mlyard.framework_version"
+TAG_PARAMETERS = "mlyard.parameters"
+TAG_LINEAGE = "mlyard.lineage"
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+MODEL_ARTIFACT = "model"
+
+
+@dataclass(frozen=True)
+class ModelVersionInfo:
+    name: str
+    version: str
+    source: str
+    run_id: str | None
+    framework: str
+    framework_version: str
+    parameters: dict[str, str]
+    lineage: dict[str, str]
+    aliases: list[str]
+    description: str
+    created_at: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    description: str
+    aliases: dict[str, str]
+    versions: list[ModelVersionInfo] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description, "aliases": self.aliases,
+                "versions": [v.as_dict() for v in self.versions]}
+
+
+def serving_env(parameters: Mapping[str, str]) -> dict[str, str]:
+    """Model parameters as SCREAMING_SNAKE environment variables for the model server."""
+    return {re.sub(r"[^A-Za-z0-9]+", "_", k).strip("_").upper(): str(v) for k, v in parameters.items()}
+
+
+def serving_args(parameters: Mapping[str, str]) -> list[str]:
+    """Model parameters as `--key value` arguments for the model server."""
+    out: list[str] = []
+    for k, v in parameters.items():
+        out += [f"--{k}", str(v)]
+    return out
+
+
+def detect_framework(model_dir: Path) -> tuple[str, str]:
+    """(framework, version) from an MLflow model's MLmodel file; ('custom', '') without one."""
+    mlmodel = model_dir / "MLmodel"
+    if not mlmodel.is_file():
+        return "custom", ""
+    flavors = (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors", {})
+    for name, conf in flavors.items():
+        if name == "python_function":
+            continue
+        version = next((str(v) for k, v in (conf or {}).items() if k.endswith("_version") and k != "pickled_model_version"), "")
+        return name, version
+    return ("pyfunc", str(flavors["python_function"].get("python_version", ""))) if "python_function" in flavors else ("custom", "")
+
+
+class ModelRegistry:
+    def __init__(self, tracking: Tracking, catalog: Catalog):
+        self.tracking, self.catalog = tracking, catalog
+        self.client = tracking.client
+
+    # -- creating ------------------------------------------------------------------------------
+
+    def create_from_training(self, name: str, training_id: str, status: str, run_id: str | None, *,
+                             parameters: Mapping[str, str] | None = None, description: str = "",
+                             framework: str | None = None, framework_version: str | None = None) -> ModelVersionInfo:
+        """A new version of `name` from a training's model. Refused unless the training is COMPLETE."""
+        if status != "COMPLETE" or run_id is None:
+            raise TrainingNotComplete(training_id, status)
+        run = self.tracking.get_run(run_id)
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                local = self.tracking.download(run_id, MODEL_ARTIFACT, Path(tmp))
+            except (MlflowException, OSError) as exc:
+                raise TrainingNotComplete(training_id, f"{status} but without a saved model (EM_MODEL_DIR was empty)") from exc
+            found_fw, found_ver = detect_framework(local)
+        lineage = {"training_id": training_id, "run_id": run_id, "experiment_id": run.info.experiment_id}
+        return self._create(name, f"{run.info.artifact_uri.rstrip('/')}/{MODEL_ARTIFACT}", run_id,
+                            framework or found_fw, framework_version or found_ver,
+                            parameters or {}, lineage, description)
+
+    def create_from_directory(self, name: str, model_dir: Path, origin_uri: str, *,
+                              parameters: Mapping[str, str] | None = None, description: str = "",
+                              framework: str | None = None, framework_version: str | None = None) -> ModelVersionInfo:
+        """A new version from an external artifact already staged in `model_dir` (copied into MLflow)."""
+        if not model_dir.exists() or (model_dir.is_dir() and not any(model_dir.iterdir())):
+            raise SpecError("artifact_uri", origin_uri, "a directory (or file) holding the model; it is empty")
+        found_fw, found_ver = detect_framework(model_dir) if model_dir.is_dir() else ("custom", "")
+        run_id = self.tracking.start_run("models", f"import-{name}", {TAG_KIND: "model-import", "mlyard.origin_uri": origin_uri})
+        try:
+            if model_dir.is_dir():
+                self.tracking.log_artifacts(run_id, model_dir, MODEL_ARTIFACT)
+            else:
+                self.tracking.log_artifact(run_id, model_dir, MODEL_ARTIFACT)
+        except BaseException:
+            self.tracking.end_run(run_id, "FAILED")
+            raise
+        self.tracking.end_run(run_id, "FINISHED")
+        run = self.tracking.get_run(run_id)
+        return self._create(name, f"{run.info.artifact_uri.rstrip('/')}/{MODEL_ARTIFACT}", run_id,
+                            framework or found_fw, framework_version or found_ver, parameters or {},
+                            {"origin_uri": origin_uri, "run_id": run_id}, description)
+
+    def _create(self, name, source, run_id, framework, framework_version, parameters, lineage, description):
+        _check_name(name)
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        tags = {TAG_FRAMEWORK: framework, TAG_FRAMEWORK_VERSION: framework_version or "",
+                TAG_PARAMETERS: json.dumps(dict(parameters)), TAG_LINEAGE: json.dumps(lineage)}
+        mv = self.client.create_model_version(name, source, run_id=run_id, tags=tags, description=description or None)
+        return self.get_version(name, mv.version)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def list(self) -> list[ModelInfo]:
+        return [self.get(m.name, with_versions=True) for m in self.client.search_registered_models(max_results=1000)]
+
+    def get(self, name: str, with_versions: bool = True) -> ModelInfo:
+        try:
+            rm = self.client.get_registered_model(name)
+        except MlflowException as exc:
+            raise ModelNotFound(name) from exc
+        versions = []
+        if with_versions:
+            versions = sorted((self._info(v) for v in self.client.search_model_versions(f"name = '{name}'")),
+                              key=lambda v: int(v.version))
+        return ModelInfo(rm.name, rm.description or "", dict(rm.aliases or {}), versions)
+
+    def get_version(self, name: str, version: str | int) -> ModelVersionInfo:
+        try:
+            return self._info(self.client.get_model_version(name, str(version)))
+        except MlflowException as exc:
+            raise ModelNotFound(f"{name}/{version}") from exc
+
+    def resolve(self, ref: str) -> ModelVersionInfo:
+        """`name@alias`, `name/version` or `name` (its newest version)."""
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            try:
+                return self._info(self.client.get_model_version_by_alias(name, alias))
+            except MlflowException as exc:
+                raise ModelNotFound(ref) from exc
+        if "/" in ref:
+            name, version = ref.split("/", 1)
+            return self.get_version(name, version)
+        versions = self.get(ref).versions
+        if not versions:
+            raise ModelNotFound(ref)
+        return versions[-1]
+
+    # -- changing ------------------------------------------------------------------------------
+
+    def set_alias(self, name: str, alias: str, version: str | int) -> ModelVersionInfo:
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,63}", alias) or re.fullmatch(r"v\d+", alias, re.I) or alias.lower() == "latest":
+            raise SpecError("alias", alias, "letters, digits, '_' and '-', starting with a letter; "
+                            "not 'latest' or v<number> (those name versions)")
+        self.get_version(name, version)
+        self.client.set_registered_model_alias(name, alias, str(version))
+        return self.get_version(name, version)
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        self.get(name, with_versions=False)
+        self.client.delete_registered_model_alias(name, alias)
+
+    def rename(self, name: str, new_name: str) -> ModelInfo:
+        _check_name(new_name)
+        self.get(name, with_versions=False)
+        if self.catalog.endpoints_serving(name):
+            raise ModelInUse(name, None, self.catalog.endpoints_serving(name))
+        try:
+            self.client.rename_registered_model(name, new_name)
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_ALREADY_EXISTS":
+                raise AlreadyExists("model", new_name) from exc
+            raise
+        return self.get(new_name)
+
+    def describe(self, name: str, description: str, version: str | None = None) -> None:
+        self.get(name, with_versions=False)
+        if version is None:
+            self.client.update_registered_model(name, description)
+        else:
+            self.get_version(name, version)
+            self.client.update_model_version(name, str(version), description)
+
+    def delete(self, name: str, version: str | None = None) -> None:
+        """Delete a model (or one version). Refused while an endpoint stage serves it."""
+        if version is None:
+            self.get(name, with_versions=False)
+        else:
+            self.get_version(name, version)
+        serving = self.catalog.endpoints_serving(name, version)
+        if serving:
+            raise ModelInUse(name, version, serving)
+        if version is None:
+            self.client.delete_registered_model(name)
+        else:
+            self.client.delete_model_version(name, str(version))
+
+    def _info(self, mv) -> ModelVersionInfo:
+        tags = mv.tags or {}
+        return ModelVersionInfo(
+            name=mv.name, version=str(mv.version), source=mv.source, run_id=mv.run_id or None,
+            framework=tags.get(TAG_FRAMEWORK, ""), framework_version=tags.get(TAG_FRAMEWORK_VERSION, ""),
+            parameters=json.loads(tags.get(TAG_PARAMETERS, "{}")), lineage=json.loads(tags.get(TAG_LINEAGE, "{}")),
+            aliases=list(getattr(mv, "aliases", []) or []), description=mv.description or "",
+            created_at=int(mv.creation_timestamp or 0),
+        )
+
+
+def _check_name(name: str) -> None:
+    if not NAME.match(name or ""):
+        raise SpecError("name", name, "a model name of letters, digits, '_', '.', '-' (at most 100), starting with a letter or digit")

@@ -1,0 +1,110 @@
+"""MLflow tracking facade: experiments, runs, params, metrics, artifacts.
+
+Uses `MlflowClient` with explicit run ids (never the fluent API's global active run), so several
+trainings can log from one process and no run is left active behind a test.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Literal, Mapping, Protocol
+
+from mlflow.entities import Metric as MlflowMetric
+from mlflow.entities import Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from mlyard.errors import ExperimentNotFound
+
+RunStatus = Literal["FINISHED", "FAILED", "KILLED"]
+TAG_KIND = "mlyard.kind"
+TAG_TRAINING_ID = "mlyard.training_id"
+TAG_TRAINING_NAME = "mlyard.training_name"
+MAX_BATCH = 1000  # MLflow's log_batch limit for metrics
+
+
+class MetricLike(Protocol):
+    name: str
+    value: float
+    step: int
+    timestamp_ms: int
+
+
+class Tracking:
+    def __init__(self, tracking_uri: str, artifact_root: Path | None = None):
+        """`artifact_root`: where new experiments keep artifacts (embedded stack); None lets the server decide."""
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        self.tracking_uri = tracking_uri
+        self.artifact_root = artifact_root
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    # -- experiments ---------------------------------------------------------------------------
+
+    def experiment_id(self, name: str, create: bool = False) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None and exp.lifecycle_stage == "active":
+            return exp.experiment_id
+        if exp is not None:  # deleted earlier: bring it back rather than fail on the unique name
+            if not create:
+                raise ExperimentNotFound(name)
+            self.client.restore_experiment(exp.experiment_id)
+            return exp.experiment_id
+        if not create:
+            raise ExperimentNotFound(name)
+        location = (self.artifact_root / name).as_uri() if self.artifact_root else None
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except MlflowException:  # created concurrently
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    # -- runs ----------------------------------------------------------------------------------
+
+    def start_run(self, experiment: str, run_name: str, tags: Mapping[str, str],
+                  params: Mapping[str, object] | None = None) -> str:
+        exp_id = self.experiment_id(experiment, create=True)
+        run = self.client.create_run(exp_id, run_name=run_name, tags=dict(tags))
+        if params:
+            self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        return run.info.run_id
+
+    def log_metrics(self, run_id: str, metrics: Iterable[MetricLike]) -> None:
+        batch = [MlflowMetric(m.name, m.value, m.timestamp_ms, m.step) for m in metrics]
+        for i in range(0, len(batch), MAX_BATCH):
+            self.client.log_batch(run_id, metrics=batch[i:i + MAX_BATCH], synchronous=True)
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifacts(self, run_id: str, local_dir: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(run_id, str(local_dir), artifact_path)
+
+    def log_artifact(self, run_id: str, local_file: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(local_file), artifact_path)
+
+    def end_run(self, run_id: str, status: RunStatus) -> None:
+        self.client.set_terminated(run_id, status)
+
+    def get_run(self, run_id: str):
+        return self.client.get_run(run_id)
+
+    def metric_history(self, run_id: str, name: str):
+        return self.client.get_metric_history(run_id, name)
+
+    def download(self, run_id: str, path: str, dst: Path) -> Path:
+        dst.mkdir(parents=True, exist_ok=True)
+        return Path(self.client.download_artifacts(run_id, path, str(dst)))
+
+    def find_training_run(self, training_id: str):
+        """The MLflow run a training (flow run id) logged to, or None."""
+        runs = self.client.search_runs(
+            experiment_ids=self._all_experiment_ids(),
+            filter_string=f"tags.`{TAG_TRAINING_ID}` = '{training_id}'", max_results=1,
+        )
+        return runs[0] if runs else None
+
+    def _all_experiment_ids(self) -> list[str]:
+        return [e.experiment_id for e in self.client.search_experiments()]

@@ -1,0 +1,1 @@
+"""The steps flows are built from, grouped by the system they touch."""

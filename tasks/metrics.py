@@ -1,0 +1,120 @@
+"""Metrics from a script's output: parse `name=value` lines (or user regexes) into (name, value, step).
+
+`MetricParser` is pure. `MetricStream` hands parsed metrics to a sink (MLflow) from a background
+thread, in batches, so that a chatty script is never slowed by the tracking store and a metric is
+visible well under a second after its line was printed.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+STEP_NAMES = ("step", "epoch", "iteration", "global_step")
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    value: float
+    step: int
+    timestamp_ms: int
+
+
+class MetricParser:
+    """Turns output lines into metrics.
+
+    Each pattern's group 1 is the name and group 2 the value (Katib's convention). A line that also
+    carries `step=`, `epoch=`, `iteration=` or `global_step=` gives its other metrics that step;
+    otherwise a metric's step counts its own occurrences (0, 1, 2, ...).
+    """
+
+    def __init__(self, patterns: Sequence[str]):
+        self.patterns = [re.compile(p) for p in patterns]
+        self._counts: dict[str, int] = {}
+
+    def parse(self, line: str, now_ms: int | None = None) -> list[Metric]:
+        found: dict[str, float] = {}
+        for pattern in self.patterns:
+            for m in pattern.finditer(line):
+                name, raw = m.group(1), m.group(2)
+                try:
+                    value = float(raw)
+                except (TypeError, ValueError):
+                    continue
+                if math.isfinite(value):
+                    found[name] = value
+        if not found:
+            return []
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        explicit = next((int(found[n]) for n in STEP_NAMES if n in found), None)
+        out = []
+        for name, value in found.items():
+            if name in STEP_NAMES and explicit is not None:
+                continue
+            step = self._counts.get(name, 0) if explicit is None else explicit
+            self._counts[name] = self._counts.get(name, 0) + 1
+            out.append(Metric(name, value, step, now_ms))
+        return out
+
+
+def latest(metrics: Iterable[Metric]) -> dict[str, float]:
+    """The last value of each metric."""
+    out: dict[str, float] = {}
+    for m in metrics:
+        out[m.name] = m.value
+    return out
+
+
+class MetricStream:
+    """Background batching from parser to sink. Use as a context manager; `put` is cheap."""
+
+    def __init__(self, sink: Callable[[list[Metric]], None], flush_seconds: float = 0.2):
+        self.sink, self.flush_seconds = sink, flush_seconds
+        self._queue: queue.Queue[Metric | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="mlyard-metrics", daemon=True)
+        self.errors: list[BaseException] = []
+        self.seen: list[Metric] = []
+
+    def __enter__(self) -> "MetricStream":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+    def put(self, metrics: Iterable[Metric]) -> None:
+        for m in metrics:
+            self.seen.append(m)
+            self._queue.put(m)
+
+    def _run(self) -> None:
+        done = False
+        while not done:
+            batch: list[Metric] = []
+            try:
+                item = self._queue.get(timeout=self.flush_seconds)
+                if item is None:
+                    done = True
+                else:
+                    batch.append(item)
+                # Take whatever else is already waiting, without blocking.
+                while True:
+                    item = self._queue.get_nowait()
+                    if item is None:
+                        done = True
+                        break
+                    batch.append(item)
+            except queue.Empty:
+                pass
+            if batch:
+                try:
+                    self.sink(batch)
+                except Exception as exc:  # a tracking hiccup must not kill the training
+                    self.errors.append(exc)
