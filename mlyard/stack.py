@@ -1,0 +1,247 @@
+"""The embedded stack: a local Prefect server on SQLite, the `local` process pool with a worker,
+the deployments from infra/prefect.yaml, and (on request) the MLflow UI — all under `<home>`.
+
+State lives in `<home>/stack.json` (pids, URLs); `down` ends each process group it started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from mlyard.errors import StackError
+from mlyard.settings import Settings, apply_engine_env
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PREFECT_YAML = PROJECT_ROOT / "infra" / "prefect.yaml"
+GPU_TEMPLATE = PROJECT_ROOT / "infra" / "gpu-job-template.json"
+LOCAL_POOL, GPU_POOL = "local", "gpu"
+
+
+@dataclass
+class StackState:
+    api_url: str
+    ui_url: str
+    pids: dict[str, int] = field(default_factory=dict)
+    logs: dict[str, str] = field(default_factory=dict)
+    mlflow_ui_url: str | None = None
+    started_at: float = field(default_factory=time.time)
+
+
+def read_state(settings: Settings) -> StackState | None:
+    try:
+        return StackState(**json.loads(settings.stack_file.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def write_state(settings: Settings, state: StackState) -> None:
+    tmp = settings.stack_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(state), indent=2))
+    os.replace(tmp, settings.stack_file)
+
+
+def healthy(api_url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=timeout) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:  # a zombie is not alive
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def connect(settings: Settings) -> str | None:
+    """Point Prefect's client at this mlyard's server; returns the API URL (None: ephemeral on the home DB).
+
+    Call before Prefect is imported (it reads its settings once): a production URL from settings wins,
+    then a running embedded stack.
+    """
+    apply_engine_env(settings)
+    if settings.prefect_api_url:
+        os.environ["PREFECT_API_URL"] = settings.prefect_api_url
+        return settings.prefect_api_url
+    state = read_state(settings)
+    if state and healthy(state.api_url):
+        os.environ["PREFECT_API_URL"] = state.api_url
+        return state.api_url
+    os.environ.pop("PREFECT_API_URL", None)
+    return None
+
+
+def _spawn(argv: list[str], log: Path, env: dict[str, str], cwd: Path | None = None) -> int:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as fh:
+        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, cwd=cwd, start_new_session=True)
+    return proc.pid
+
+
+def _wait_healthy(api_url: str, pid: int, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if healthy(api_url):
+            return
+        if not alive(pid):
+            tail = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
+            raise StackError("the Prefect server exited while starting:\n" + "\n".join(tail))
+        time.sleep(0.5)
+    raise StackError(f"the Prefect server did not answer at {api_url} within {timeout:.0f} s; see {log}")
+
+
+def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackState:
+    """Start (or confirm) the embedded stack. Idempotent: what already runs is kept."""
+    if settings.prefect_api_url:
+        raise StackError("MLYARD_PREFECT_API_URL points at a production Prefect server; "
+                         "`mlyard up` only starts the embedded stack. Unset it to use one.")
+    home = settings.home_dir
+    home.mkdir(parents=True, exist_ok=True)
+    apply_engine_env(settings)
+    env = {**os.environ, **settings.engine_env(), "MLYARD_PROJECT_ROOT": str(PROJECT_ROOT)}
+    env.setdefault("MLYARD_IMAGE", "mlyard:0.1.0")
+    api_url = f"http://127.0.0.1:{settings.prefect_port}/api"
+    state = read_state(settings) or StackState(api_url=api_url, ui_url=f"http://127.0.0.1:{settings.prefect_port}")
+    logs = home / "logs"
+    bin_dir = Path(sys.executable).parent
+    prefect_bin = str(bin_dir / "prefect")
+
+    if not (state.pids.get("prefect-server") and alive(state.pids["prefect-server"]) and healthy(state.api_url)):
+        if healthy(api_url):
+            raise StackError(f"something else already answers at {api_url}; stop it or set MLYARD_PREFECT_PORT")
+        echo(f"starting the Prefect server on {state.ui_url} (database under {settings.prefect_home}) ...")
+        log = logs / "prefect-server.log"
+        srv_env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
+        pid = _spawn([prefect_bin, "server", "start", "--host", "127.0.0.1", "--port", str(settings.prefect_port)],
+                     log, srv_env)
+        state.pids["prefect-server"], state.logs["prefect-server"] = pid, str(log)
+        write_state(settings, state)
+        _wait_healthy(api_url, pid, log, start_timeout)
+    env["PREFECT_API_URL"] = state.api_url
+    os.environ["PREFECT_API_URL"] = state.api_url
+
+    ensure_pools(echo)
+    echo("registering deployments from infra/prefect.yaml ...")
+    register_deployments(env)
+
+    if not (state.pids.get("worker") and alive(state.pids["worker"])):
+        log = logs / "worker.log"
+        pid = _spawn([prefect_bin, "worker", "start", "--pool", LOCAL_POOL, "--type", "process",
+                      "--name", "mlyard-local"], log, env, cwd=PROJECT_ROOT)
+        state.pids["worker"], state.logs["worker"] = pid, str(log)
+        echo(f"started a worker on the '{LOCAL_POOL}' pool (log: {log})")
+    write_state(settings, state)
+    return state
+
+
+def ensure_pools(echo=print) -> None:
+    """Create the `local` process pool and the `gpu` Kubernetes pool (with mlyard's job template) if missing."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        for name, kind, template in ((LOCAL_POOL, "process", None),
+                                     (GPU_POOL, "kubernetes", json.loads(GPU_TEMPLATE.read_text()))):
+            try:
+                client.read_work_pool(name)
+                continue
+            except ObjectNotFound:
+                pass
+            kwargs = {"name": name, "type": kind}
+            if template is not None:
+                kwargs["base_job_template"] = template
+            client.create_work_pool(WorkPoolCreate(**kwargs))
+            echo(f"created work pool '{name}' ({kind})")
+
+
+def register_deployments(env: dict[str, str]) -> None:
+    proc = subprocess.run([str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy", "--all",
+                           "--prefect-file", str(PREFECT_YAML)],
+                          cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise StackError("registering deployments failed:\n" + (proc.stdout + proc.stderr)[-3000:])
+
+
+def start_mlflow_ui(settings: Settings, echo=print) -> str:
+    state = read_state(settings)
+    if state is None:
+        state = StackState(api_url="", ui_url="")
+    url = f"http://127.0.0.1:{settings.mlflow_ui_port}"
+    if state.pids.get("mlflow-ui") and alive(state.pids["mlflow-ui"]):
+        return state.mlflow_ui_url or url
+    env = {**os.environ, **settings.engine_env()}
+    log = settings.home_dir / "logs" / "mlflow-ui.log"
+    pid = _spawn([str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", settings.mlflow_uri,
+                  "--default-artifact-root", settings.mlflow_artifact_root.as_uri(),
+                  "--host", "127.0.0.1", "--port", str(settings.mlflow_ui_port)], log, env)
+    state.pids["mlflow-ui"], state.logs["mlflow-ui"], state.mlflow_ui_url = pid, str(log), url
+    write_state(settings, state)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                return url
+        except OSError:
+            if not alive(pid):
+                raise StackError(f"the MLflow UI exited while starting; see {log}")
+            time.sleep(0.5)
+    raise StackError(f"the MLflow UI did not answer at {url} within 60 s; see {log}")
+
+
+def down(settings: Settings, echo=print, grace_seconds: float = 15.0) -> list[str]:
+    """Stop every process the stack started (worker first, server last). Returns what was stopped."""
+    state = read_state(settings)
+    if state is None:
+        return []
+    stopped = []
+    for name in sorted(state.pids, key=lambda n: n == "prefect-server"):
+        pid = state.pids[name]
+        if not alive(pid):
+            continue
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+        deadline = time.monotonic() + grace_seconds
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if alive(pid):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        stopped.append(name)
+        echo(f"stopped {name} (pid {pid})")
+    settings.stack_file.unlink(missing_ok=True)
+    return stopped
+
+
+def status(settings: Settings) -> dict:
+    state = read_state(settings)
+    out = {"home": str(settings.home_dir), "running": False, "processes": {},
+           "prefect_ui": None, "prefect_api": settings.prefect_api_url, "mlflow_tracking_uri": settings.mlflow_uri,
+           "mlflow_ui": None, "catalog": settings.catalog_db_url}
+    if state:
+        out["processes"] = {n: {"pid": p, "alive": alive(p), "log": state.logs.get(n)} for n, p in state.pids.items()}
+        if healthy(state.api_url) if state.api_url else False:
+            out.update(running=True, prefect_ui=state.ui_url, prefect_api=state.api_url)
+        if state.mlflow_ui_url and state.pids.get("mlflow-ui") and alive(state.pids["mlflow-ui"]):
+            out["mlflow_ui"] = state.mlflow_ui_url
+    return out
