@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import site
 import subprocess
 import sys
 import threading
@@ -104,8 +105,9 @@ def requirements_env(source: Path, envs_dir: Path, log: Callable[[str], None] = 
     """The Python to run `source`'s entry point with.
 
     Without a requirements.txt that is the platform's own interpreter. With one, it is a virtual
-    environment that sees the platform's packages (`--system-site-packages`) but installs into its
-    own directory, cached by the hash of requirements.txt: a second training reuses it.
+    environment that sees the platform's packages (through a .pth file, behind its own) but
+    installs into its own directory, cached by the hash of requirements.txt: a second training
+    reuses it.
     """
     req = source / "requirements.txt"
     if not req.is_file() or not req.read_text().strip():
@@ -123,7 +125,10 @@ def requirements_env(source: Path, envs_dir: Path, log: Callable[[str], None] = 
         shutil.rmtree(target, ignore_errors=True)  # a half-built environment from a crash
         log(f"requirements.txt: building environment {target}")
         try:
-            _run_checked([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(target)])
+            _run_checked([sys.executable, "-m", "venv", "--without-pip", str(target)])
+            # The platform's own packages stay visible, behind the environment's own (a .pth is read last).
+            own = target / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+            (own / "mlyard-platform.pth").write_text("\n".join(site.getsitepackages()) + "\n")
             out = _run_checked([sys.executable, "-m", "pip", "--python", str(python), "install",
                                 "--disable-pip-version-check", "--no-input", "-r", str(req)], cwd=source)
         except TrainingFailed:

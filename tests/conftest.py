@@ -1,0 +1,111 @@
+"""Shared fixtures: real engines only.
+
+The environment is set here, at import, because Prefect reads its settings once when imported:
+every test talks to one real Prefect server (plus a process worker) started by `mlyard up` in a
+temporary home, MLflow on SQLite in that home, and an S3 API server (moto) on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+_HOME = Path(tempfile.mkdtemp(prefix="mlyard-test-home-"))
+_PORT = free_port()
+os.environ.update({
+    "MLYARD_HOME": str(_HOME),
+    "MLYARD_PREFECT_PORT": str(_PORT),
+    "PREFECT_HOME": str(_HOME / "prefect"),
+    "PREFECT_API_URL": f"http://127.0.0.1:{_PORT}/api",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.3",
+})
+for key in ("MLYARD_PREFECT_API_URL", "MLYARD_MLFLOW_TRACKING_URI", "MLYARD_CATALOG_URL", "MLFLOW_TRACKING_URI"):
+    os.environ.pop(key, None)
+(_HOME / "prefect").mkdir(parents=True, exist_ok=True)
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture(scope="session")
+def settings():
+    from mlyard.settings import Settings
+
+    return Settings()
+
+
+@pytest.fixture(scope="session")
+def stack(settings):
+    """The embedded stack, started once: Prefect server, local pool + worker, deployments."""
+    from mlyard import stack as stack_mod
+
+    state = stack_mod.up(settings, echo=lambda *_: None)
+    yield state
+    stack_mod.down(settings, echo=lambda *_: None)
+
+
+@pytest.fixture(scope="session")
+def platform(settings, stack):
+    from flows.platform import Platform
+
+    return Platform(settings)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 API (moto's server mode) on a free loopback port."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture()
+def s3_settings(s3_server, tmp_path):
+    from mlyard.settings import Settings
+
+    return Settings(s3_endpoint_url=s3_server, s3_access_key_id="test", s3_secret_access_key="test",
+                    obs_scheme="http", nas_mounts={"nas-1": str(tmp_path / "nas")})
+
+
+@pytest.fixture()
+def bucket(s3_settings):
+    import uuid
+
+    import boto3
+
+    name = f"b-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=s3_settings.s3_endpoint_url, aws_access_key_id="test",
+                 aws_secret_access_key="test", region_name="us-east-1").create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture()
+def algorithm(tmp_path):
+    """Write a small algorithm directory; returns a function (script text, name) -> directory."""
+
+    def make(script: str, name: str = "algo", entry: str = "main.py", requirements: str | None = None) -> Path:
+        d = tmp_path / name
+        d.mkdir(parents=True, exist_ok=True)
+        (d / entry).write_text(script)
+        if requirements is not None:
+            (d / "requirements.txt").write_text(requirements)
+        return d
+
+    return make

@@ -1,0 +1,69 @@
+import pytest
+
+from mlyard.errors import SpecError
+from mlyard.specs import MAX_DATASETS, MAX_HYPERPARAMETERS, TrainingSpec, load_spec, load_spec_file
+from mlyard.uris import parse_uri
+
+BASE = {"name": "t1", "source_uri": "examples/sklearn_digits", "entry_point": "train.py"}
+
+
+def test_valid_spec_has_defaults():
+    spec = load_spec(TrainingSpec, BASE)
+    assert spec.experiment == "default" and spec.nodes == 1 and spec.metric_patterns
+
+
+@pytest.mark.parametrize("patch, field, words", [
+    ({"name": "Bad Name"}, "name", "pattern"),
+    ({"source_uri": "ftp://host/x"}, "source_uri", "unknown scheme 'ftp'"),
+    ({"entry_point": "../x.py"}, "entry_point", "relative path"),
+    ({"hyperparameters": {f"k{i}": i for i in range(MAX_HYPERPARAMETERS + 1)}}, "hyperparameters", "at most 100"),
+    ({"datasets": {f"d{i}": "/tmp" for i in range(MAX_DATASETS + 1)}}, "datasets", "at most 10"),
+    ({"datasets": {"train": "nas://bad"}}, "datasets", "nas://{nas-id}:/{path}"),
+    ({"processes_per_node": 2}, "(spec)", "needs torchrun"),
+    ({"nodes": 0}, "nodes", "greater than or equal to 1"),
+    ({"resources": {"memory": "lots"}}, "resources.memory", "pattern"),
+    ({"metric_patterns": ["(unclosed"]}, "metric_patterns", "does not compile"),
+    ({"metric_patterns": [r"loss=(\d+)"]}, "metric_patterns", "name group and a value group"),
+    ({"epochs": 3}, "epochs", "unknown field"),
+])
+def test_bad_spec_names_field_and_what_is_allowed(patch, field, words):
+    with pytest.raises(SpecError) as info:
+        load_spec(TrainingSpec, {**BASE, **patch})
+    message = str(info.value)
+    assert f"{field}:" in message and words in message
+
+
+def test_missing_fields_are_all_named():
+    with pytest.raises(SpecError) as info:
+        load_spec(TrainingSpec, {"name": "x"})
+    assert "source_uri: is required" in str(info.value) and "entry_point: is required" in str(info.value)
+
+
+def test_overrides_merge_dicts_and_revalidate():
+    spec = load_spec(TrainingSpec, {**BASE, "hyperparameters": {"a": 1, "b": 2}})
+    copy = spec.with_overrides({"hyperparameters": {"b": 3}, "name": "t2"})
+    assert copy.hyperparameters == {"a": 1, "b": 3} and copy.name == "t2"
+    with pytest.raises(SpecError):
+        spec.with_overrides({"name": "NO"})
+
+
+def test_spec_file_errors(tmp_path):
+    with pytest.raises(SpecError, match="file"):
+        load_spec_file(TrainingSpec, tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed")
+    with pytest.raises(SpecError, match="valid YAML"):
+        load_spec_file(TrainingSpec, bad)
+
+
+def test_uris():
+    loc = parse_uri("obs://kr1-api.example.com/container/some/path")
+    assert (loc.kind, loc.endpoint, loc.bucket, loc.key) == ("s3", "kr1-api.example.com", "container", "some/path")
+    loc = parse_uri("s3://bucket/a/b")
+    assert (loc.bucket, loc.key, loc.endpoint) == ("bucket", "a/b", None)
+    assert parse_uri("file:///data/x").path.as_posix() == "/data/x"
+    assert str(parse_uri("nas://n1:/data/x", nas_mounts={"n1": "/mnt/n1"}).path) == "/mnt/n1/data/x"
+    with pytest.raises(SpecError, match="MLYARD_NAS_MOUNTS"):
+        parse_uri("nas://n2:/x", nas_mounts={"n1": "/mnt/n1"})
+    with pytest.raises(SpecError, match="s3://bucket"):
+        parse_uri("s3:///nobucket")

@@ -1,0 +1,157 @@
+"""The training contract and the process supervisor, with real processes."""
+
+import base64
+import hashlib
+import json
+import os
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from mlyard.errors import TrainingFailed, TrainingStopped
+from mlyard.specs import TrainingSpec
+from tasks.launch import Supervisor, Workdirs, build_invocation, requirements_env
+
+ECHO_ENV = """
+import json, os, sys
+print(json.dumps({"argv": sys.argv[1:], "env": {k: v for k, v in os.environ.items() if k.startswith("EM_")}}))
+"""
+
+
+def _spec(**kw):
+    return TrainingSpec(name="t", source_uri=".", entry_point="main.py", **kw)
+
+
+def test_contract_args_and_env(tmp_path, algorithm):
+    src = algorithm(ECHO_ENV)
+    spec = _spec(hyperparameters={"learning_rate": 0.1, "optimizer": "adam", "use-bn": True},
+                 datasets={"train": "/x"})
+    dirs = Workdirs.under(tmp_path / "w", src, {"train": tmp_path / "ds"}, None)
+    argv, env = build_invocation(spec, dirs, sys.executable, "kr1", {"PATH": os.environ["PATH"]})
+    lines = []
+    Supervisor(argv, env, src, lines.append).run()
+    got = json.loads(lines[0])
+    assert got["argv"] == ["--learning_rate", "0.1", "--optimizer", "adam", "--use-bn", "true"]
+    e = got["env"]
+    assert e["EM_HP_LEARNING_RATE"] == "0.1" and e["EM_HP_USE_BN"] == "true"
+    assert json.loads(e["EM_HPS"]) == {"learning_rate": "0.1", "optimizer": "adam", "use-bn": "true"}
+    assert e["EM_DATASET_TRAIN"] == str(tmp_path / "ds") and json.loads(e["EM_DATASETS"]) == {"train": str(tmp_path / "ds")}
+    assert e["EM_MODEL_DIR"] == str(dirs.model) and Path(e["EM_MODEL_DIR"]).is_dir()
+    assert e["EM_SOURCE_DIR"] == str(src) and e["EM_ENTRY_POINT"] == "main.py" and e["EM_REGION"] == "kr1"
+    assert {"EM_CHECKPOINT_DIR", "EM_CHECKPOINT_INPUT_DIR", "EM_TENSORBOARD_LOG_DIR"} <= set(e)
+
+
+def test_torchrun_invocation(tmp_path):
+    spec = _spec(torchrun=True, processes_per_node=2)
+    dirs = Workdirs.under(tmp_path, tmp_path, {}, None)
+    argv, _ = build_invocation(spec, dirs, "py", "r", {})
+    assert argv[:3] == ["py", "-m", "torch.distributed.run"]
+    assert "--nproc_per_node=2" in argv and "--standalone" in argv
+
+
+def test_failure_reports_exit_code_and_last_lines(algorithm):
+    src = algorithm("import sys\nprint('loading data')\nraise SystemExit('disk full')\n")
+    sup = Supervisor([sys.executable, str(src / "main.py")], os.environ, src, lambda _: None)
+    with pytest.raises(TrainingFailed) as info:
+        sup.run()
+    assert info.value.exit_code == 1 and "disk full" in str(info.value) and "loading data" in info.value.last_lines
+
+
+GRANDCHILD = """
+import os, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+open(os.environ["PIDFILE"], "w").write(str(child.pid))
+print("started", flush=True)
+time.sleep(300)
+"""
+
+
+def _gone(pid: int, within: float = 10.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+            with open(f"/proc/{pid}/stat") as fh:
+                if fh.read().split(")")[-1].split()[0] == "Z":
+                    return True
+        except (ProcessLookupError, FileNotFoundError):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_stop_kills_the_whole_process_group(algorithm, tmp_path):
+    src = algorithm(GRANDCHILD)
+    pidfile = tmp_path / "pid"
+    started = []
+    stop_after = time.monotonic() + 60
+
+    def should_stop():
+        return "user asked" if pidfile.exists() and started else (None if time.monotonic() < stop_after else "timeout")
+
+    sup = Supervisor([sys.executable, str(src / "main.py")], {**os.environ, "PIDFILE": str(pidfile)}, src,
+                     started.append, should_stop=should_stop, poll_seconds=0.1, grace_seconds=2)
+    with pytest.raises(TrainingStopped, match="user asked"):
+        sup.run()
+    assert _gone(int(pidfile.read_text())), "the script's child survived the stop"
+
+
+def test_max_run_time_fails_with_reason(algorithm, tmp_path):
+    src = algorithm(GRANDCHILD)
+    pidfile = tmp_path / "pid"
+    sup = Supervisor([sys.executable, str(src / "main.py")], {**os.environ, "PIDFILE": str(pidfile)}, src,
+                     lambda _: None, max_run_time_seconds=1.5, poll_seconds=0.1, grace_seconds=2)
+    t0 = time.monotonic()
+    with pytest.raises(TrainingFailed, match="max run time of 1.5 s"):
+        sup.run()
+    assert time.monotonic() - t0 < 10
+    assert _gone(int(pidfile.read_text()))
+
+
+def _wheel(dest: Path, name: str = "mlyardprobe", version: str = "1.0") -> Path:
+    """A minimal pure-Python wheel, so that installing requirements needs no network."""
+    path = dest / f"{name}-{version}-py3-none-any.whl"
+    files = {f"{name}/__init__.py": "VALUE = 42\n",
+             f"{name}-{version}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+             f"{name}-{version}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = []
+    for f, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{f},sha256={digest},{len(text.encode())}")
+    record.append(f"{name}-{version}.dist-info/RECORD,,")
+    with zipfile.ZipFile(path, "w") as z:
+        for f, text in files.items():
+            z.writestr(f, text)
+        z.writestr(f"{name}-{version}.dist-info/RECORD", "\n".join(record) + "\n")
+    return path
+
+
+def test_requirements_env_is_isolated_and_cached(algorithm, tmp_path):
+    wheel = _wheel(tmp_path)
+    src = algorithm("import mlyardprobe, sklearn\nprint('value', mlyardprobe.VALUE)\n", requirements=f"{wheel}\n")
+    envs = tmp_path / "envs"
+    logs = []
+    python = requirements_env(src, envs, log=logs.append)
+    assert python != sys.executable
+    lines = []
+    Supervisor([python, str(src / "main.py")], os.environ, src, lines.append).run()
+    assert lines == ["value 42"]  # the new package and the platform's own sklearn are both visible
+    with pytest.raises(ImportError):
+        __import__("mlyardprobe")  # the platform's environment is untouched
+    t0 = time.monotonic()
+    assert requirements_env(src, envs, log=logs.append) == python
+    assert time.monotonic() - t0 < 1 and "reusing" in logs[-1]
+
+
+def test_broken_requirements_fail_and_leave_no_env(algorithm, tmp_path):
+    src = algorithm("print(1)\n", requirements="/nonexistent/pkg-1.0-py3-none-any.whl\n")
+    with pytest.raises(TrainingFailed, match="installing requirements.txt failed"):
+        requirements_env(src, tmp_path / "envs")
+    assert [p for p in (tmp_path / "envs").iterdir() if p.is_dir()] == []
+
+
+def test_no_requirements_uses_platform_python(algorithm, tmp_path):
+    assert requirements_env(algorithm("print(1)\n"), tmp_path / "envs") == sys.executable
