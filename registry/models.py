@@ -97,6 +97,7 @@ class ModelRegistry:
                              parameters: Mapping[str, str] | None = None, description: str = "",
                              framework: str | None = None, framework_version: str | None = None) -> ModelVersionInfo:
         """A new version of `name` from a training's model. Refused unless the training is COMPLETE."""
+        _check_name(name)
         if status != "COMPLETE" or run_id is None:
             raise TrainingNotComplete(training_id, status)
         run = self.tracking.get_run(run_id)
@@ -115,6 +116,7 @@ class ModelRegistry:
                               parameters: Mapping[str, str] | None = None, description: str = "",
                               framework: str | None = None, framework_version: str | None = None) -> ModelVersionInfo:
         """A new version from an external artifact already staged in `model_dir` (copied into MLflow)."""
+        _check_name(name)
         if not model_dir.exists() or (model_dir.is_dir() and not any(model_dir.iterdir())):
             raise SpecError("artifact_uri", origin_uri, "a directory (or file) holding the model; it is empty")
         found_fw, found_ver = detect_framework(model_dir) if model_dir.is_dir() else ("custom", "")
@@ -134,7 +136,6 @@ class ModelRegistry:
                             {"origin_uri": origin_uri, "run_id": run_id}, description)
 
     def _create(self, name, source, run_id, framework, framework_version, parameters, lineage, description):
-        _check_name(name)
         try:
             self.client.create_registered_model(name)
         except MlflowException as exc:

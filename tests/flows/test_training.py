@@ -1,0 +1,212 @@
+"""The training flow on the real embedded stack: Prefect server, MLflow on SQLite, S3 on loopback."""
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from mlyard.errors import SpecError
+from mlyard.specs import TrainingSpec
+
+TRAIN = """
+import json, os, sys, time
+args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+rows = open(os.path.join(os.environ["EM_DATASET_TRAIN"], "rows.csv")).read().splitlines()
+for epoch in range(1, int(args["--epochs"]) + 1):
+    print(f"epoch={epoch} loss={1.0 / epoch:.4f} rows={len(rows)}", flush=True)
+open(os.path.join(os.environ["EM_MODEL_DIR"], "model.json"), "w").write(json.dumps({"w": 1}))
+open(os.path.join(os.environ["EM_CHECKPOINT_DIR"], "ckpt-1"), "w").write("state")
+"""
+
+SLOW = """
+import os, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+open(os.environ["EM_HP_PIDFILE"], "w").write(str(child.pid))
+print("loss=1.0", flush=True)
+time.sleep(float(os.environ["EM_HP_SLEEP"]))
+print("loss=0.5", flush=True)
+"""
+
+
+@pytest.fixture()
+def s3_env(monkeypatch, s3_server):
+    """The flow reads settings from the environment, like a worker-run flow does."""
+    monkeypatch.setenv("MLYARD_S3_ENDPOINT_URL", s3_server)
+    monkeypatch.setenv("MLYARD_S3_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("MLYARD_S3_SECRET_ACCESS_KEY", "test")
+
+
+def _spec(src: Path, **kw) -> TrainingSpec:
+    return TrainingSpec(name=kw.pop("name", "t"), experiment=kw.pop("experiment", "flow-tests"),
+                        source_uri=str(src), entry_point="main.py", **kw)
+
+
+def _gone(pid: int, within: float = 15.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                if fh.read().split(")")[-1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_training_end_to_end(platform, s3_env, s3_settings, bucket, algorithm, tmp_path):
+    from flows.training import train
+    from mlyard.trainings import get_training
+    from tasks.storage import Storage
+
+    storage = Storage(s3_settings)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "rows.csv").write_text("a\nb\nc\n")
+    storage.upload(data, f"s3://{bucket}/datasets/train")
+    src = algorithm(TRAIN)
+    spec = _spec(src, name="e2e", hyperparameters={"epochs": 3}, datasets={"train": f"s3://{bucket}/datasets/train"},
+                 output_uri=f"s3://{bucket}/out/model", checkpoint_output_uri=f"s3://{bucket}/out/ckpt")
+    result = train(spec)
+
+    assert result.metrics == {"loss": pytest.approx(1 / 3, abs=1e-3), "rows": 3.0}
+    history = platform.tracking.metric_history(result.run_id, "loss")
+    assert [(m.step, round(m.value, 3)) for m in history] == [(1, 1.0), (2, 0.5), (3, 0.333)]
+    run = platform.tracking.get_run(result.run_id)
+    assert run.info.status == "FINISHED" and run.data.params == {"epochs": "3"}
+    assert run.data.tags["mlyard.training_id"] == result.training_id
+    log = platform.tracking.download(result.run_id, "logs/output.log", tmp_path / "a").read_text()
+    assert "epoch=3 loss=0.3333 rows=3" in log
+    assert "model.json" in [Path(f.path).name for f in platform.tracking.client.list_artifacts(result.run_id, "model")]
+    assert storage.list(f"s3://{bucket}/out/model") == ["model.json"]
+    assert storage.list(f"s3://{bucket}/out/ckpt") == ["ckpt-1"]
+
+    info = get_training(result.training_id)
+    assert (info.status, info.name, info.experiment) == ("COMPLETE", "e2e", "flow-tests") and info.run_seconds > 0
+
+
+def test_failing_script_is_fail_train_with_cause_and_leaves_nothing(platform, s3_env, bucket, algorithm):
+    from flows.training import train
+    from mlyard.trainings import get_training
+
+    src = algorithm("import os\nopen(os.environ['EM_MODEL_DIR'] + '/half', 'w').write('x')\n"
+                    "print('step one ok')\nraise RuntimeError('CUDA out of memory')\n")
+    state = train(_spec(src, name="fails", output_uri=f"s3://{bucket}/never"), return_state=True)
+    assert state.is_failed()
+    info = get_training(str(state.state_details.flow_run_id))
+    assert info.status == "FAIL TRAIN"
+    assert "exit code 1" in info.cause and "CUDA out of memory" in info.cause and "step one ok" in info.cause
+    run = platform.tracking.find_training_run(info.id)
+    assert run.info.status == "FAILED" and "CUDA out of memory" in run.data.tags["mlyard.status_reason"]
+    assert not platform.tracking.client.list_artifacts(run.info.run_id, "model")
+    with pytest.raises(Exception):
+        platform.storage.list(f"s3://{bucket}/never")
+
+
+def test_missing_entry_point_fails_before_anything_is_made(platform, algorithm):
+    from flows.training import train
+    from mlyard.trainings import get_training
+
+    src = algorithm("print(1)", entry="other.py")
+    state = train(_spec(src, name="no-entry"), return_state=True)
+    exc = state.result(raise_on_failure=False)
+    assert isinstance(exc, SpecError) and exc.field == "entry_point" and "other.py" in str(exc)
+    info = get_training(str(state.state_details.flow_run_id))
+    assert info.status == "CREATE FAILED"
+    assert platform.tracking.find_training_run(info.id) is None
+
+
+def test_missing_dataset_is_named(platform, algorithm, tmp_path):
+    from flows.training import train
+
+    state = train(_spec(algorithm("print(1)"), name="no-data", datasets={"train": str(tmp_path / "nope")}),
+                  return_state=True)
+    exc = state.result(raise_on_failure=False)
+    assert isinstance(exc, SpecError) and exc.field == "datasets.train" and "nothing is stored there" in str(exc)
+
+
+def test_max_run_time_ends_failed_with_reason(platform, algorithm, tmp_path):
+    from flows.training import train
+    from mlyard.trainings import get_training
+
+    pidfile = tmp_path / "pid"
+    spec = _spec(algorithm(SLOW), name="too-long", max_run_time_seconds=3,
+                 hyperparameters={"pidfile": str(pidfile), "sleep": 120})
+    t0 = time.monotonic()
+    state = train(spec, return_state=True)
+    assert state.is_failed() and time.monotonic() - t0 < 30
+    info = get_training(str(state.state_details.flow_run_id))
+    assert info.status == "FAIL TRAIN" and "max run time of 3 s" in info.cause
+    assert _gone(int(pidfile.read_text()))
+
+
+def test_stop_while_running_in_process(platform, algorithm, tmp_path):
+    """`mlyard trainings stop` on a training that runs in-process (no worker): the flow ends itself STOPPED."""
+    from flows.training import train
+    from mlyard.trainings import list_trainings, stop_training
+
+    pidfile = tmp_path / "pid"
+    spec = _spec(algorithm(SLOW), name="to-stop", hyperparameters={"pidfile": str(pidfile), "sleep": 300})
+    box = {}
+    thread = threading.Thread(target=lambda: box.setdefault("state", train(spec, return_state=True)))
+    thread.start()
+    deadline = time.monotonic() + 60
+    training = None
+    while time.monotonic() < deadline and training is None:
+        training = next((t for t in list_trainings(20) if t.name == "to-stop" and t.status == "RUNNING"), None)
+        time.sleep(0.3)
+    assert training is not None, "the training never reached RUNNING"
+    assert stop_training(training.id).status in ("STOP IN PROGRESS", "STOPPED")
+    thread.join(60)
+    assert box["state"].is_cancelled()
+    assert [t.status for t in list_trainings(20) if t.id == training.id] == ["STOPPED"]
+    assert _gone(int(pidfile.read_text()))
+    run = platform.tracking.find_training_run(training.id)
+    assert run.info.status == "KILLED"
+
+
+def test_metric_visible_while_running(platform, algorithm, tmp_path):
+    from flows.training import train
+
+    spec = _spec(algorithm(SLOW), name="latency", hyperparameters={"pidfile": str(tmp_path / "p"), "sleep": 6})
+    thread = threading.Thread(target=lambda: train(spec))
+    thread.start()
+    try:
+        seen = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and seen is None:
+            if (tmp_path / "p").exists():
+                run = platform.tracking.client.search_runs(
+                    [platform.tracking.experiment_id("flow-tests")],
+                    filter_string="tags.`mlyard.training_name` = 'latency' and attributes.status = 'RUNNING'")
+                if run and run[0].data.metrics.get("loss") == 1.0:
+                    seen = time.monotonic()
+            time.sleep(0.1)
+        assert seen is not None and thread.is_alive(), "loss=1.0 did not reach MLflow while the script ran"
+    finally:
+        thread.join(60)
+
+
+TORCH_SCRIPT = """
+import os, torch, torch.distributed as dist
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+t = torch.tensor([float(rank + 1)])
+dist.all_reduce(t)
+print(f"rank={rank} world={world} total={t.item()}", flush=True)
+if rank == 0:
+    torch.save({"total": t.item()}, os.path.join(os.environ["EM_MODEL_DIR"], "model.pt"))
+dist.destroy_process_group()
+"""
+
+
+def test_torchrun_two_cpu_processes_with_gloo(platform, algorithm, tmp_path):
+    pytest.importorskip("torch", reason="torch is installed by `make test` (the torch extra)")
+    from flows.training import train
+
+    spec = _spec(algorithm(TORCH_SCRIPT), name="ddp", torchrun=True, processes_per_node=2)
+    result = train(spec)
+    log = platform.tracking.download(result.run_id, "logs/output.log", tmp_path / "l").read_text()
+    assert "rank=0 world=2 total=3.0" in log and "rank=1 world=2 total=3.0" in log
+    assert result.model_uri is not None

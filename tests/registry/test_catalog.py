@@ -1,0 +1,50 @@
+import pytest
+from sqlalchemy import inspect, text
+
+from mlyard.errors import AlreadyExists, SpecError, TemplateNotFound
+from mlyard.specs import TrainingSpec
+from registry import Templates
+from registry.catalog import Endpoint, EndpointStage
+
+SPEC = TrainingSpec(name="base", source_uri="examples/sklearn_digits", entry_point="train.py",
+                    hyperparameters={"epochs": 5})
+
+
+def test_migrations_create_the_schema(catalog):
+    tables = set(inspect(catalog.engine).get_table_names())
+    assert {"training_templates", "endpoints", "endpoint_stages", "alembic_version"} <= tables
+    with catalog.engine.connect() as conn:
+        assert conn.execute(text("select version_num from alembic_version")).scalar() == "0001"
+    catalog.upgrade()  # re-opening an up-to-date catalog is a no-op
+
+
+def test_templates_lifecycle(catalog):
+    t = Templates(catalog)
+    t.create("digits", SPEC, "five epochs")
+    with pytest.raises(AlreadyExists, match="'digits' already exists"):
+        t.create("digits", SPEC)
+    t.copy("digits", "digits-long", {"hyperparameters": {"epochs": 50}})
+    assert [x.name for x in t.list()] == ["digits", "digits-long"]
+    assert t.get("digits-long").spec.hyperparameters == {"epochs": 50}
+    assert t.spec_for("digits", {"name": "run-1"}).name == "run-1"
+    t.delete("digits")
+    with pytest.raises(TemplateNotFound, match="mlyard templates list"):
+        t.get("digits")
+
+
+def test_bad_template_name_or_override_leaves_nothing(catalog):
+    t = Templates(catalog)
+    with pytest.raises(SpecError):
+        t.create("Bad Name", SPEC)
+    t.create("ok", SPEC)
+    with pytest.raises(SpecError):
+        t.copy("ok", "copy", {"nodes": 0})
+    assert [x.name for x in t.list()] == ["ok"]
+
+
+def test_endpoints_serving(catalog):
+    with catalog.session() as s:
+        s.add(Endpoint(name="ep", stages=[EndpointStage(name="default", is_default=True, model_name="m", model_version="2")]))
+    assert catalog.endpoints_serving("m") == ["ep/default"]
+    assert catalog.endpoints_serving("m", "2") == ["ep/default"]
+    assert catalog.endpoints_serving("m", "1") == []
