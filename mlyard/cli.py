@@ -33,7 +33,7 @@ for sub, name in ((trainings_app, "trainings"), (experiments_app, "experiments")
 
 # Scripts and pipes get wide tables rather than ids cut at 80 columns.
 out = Console(width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 JSON = typer.Option(False, "--json", help="Print JSON for scripts instead of a table.")
 
 

@@ -176,5 +176,5 @@ def load_spec_file(model: type[BaseModel], path: str | Path):
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
-        raise SpecError("file", str(path), f"valid YAML ({exc})") from exc
+        raise SpecError("file", str(path), f"a YAML file that parses ({exc})") from exc
     return load_spec(model, data, source=str(path))

@@ -83,14 +83,27 @@ def _started(client, ids: list) -> set[str]:
     return {str(t.flow_run_id) for t in runs if t.state and t.state.type.value != "PENDING"}
 
 
-def list_trainings(limit: int = 100, experiment: str | None = None) -> list[TrainingInfo]:
+def list_trainings(limit: int = 100, experiment: str | None = None, active_only: bool = False) -> list[TrainingInfo]:
+    """Newest first. `active_only`: only those not yet finished (queued, preparing, running, stopping)."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState,
+                                                FlowRunFilterStateType)
+    from prefect.client.schemas.objects import StateType
     from prefect.client.schemas.sorting import FlowRunSort
 
+    run_filter = None
+    if active_only:
+        active = [StateType.SCHEDULED, StateType.PENDING, StateType.PAUSED, StateType.RUNNING, StateType.CANCELLING]
+        run_filter = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=active)))
+    runs = []
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])),
-                                     sort=FlowRunSort.START_TIME_DESC, limit=limit)
+        while len(runs) < limit:  # the API serves at most 200 a page
+            page = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])),
+                                         flow_run_filter=run_filter, sort=FlowRunSort.START_TIME_DESC,
+                                         limit=min(200, limit - len(runs)), offset=len(runs))
+            runs += page
+            if len(page) < 200:
+                break
         started = _started(client, [r.id for r in runs])
     out = [_info(r, str(r.id) in started) for r in runs]
     return [t for t in out if experiment is None or t.experiment == experiment]
@@ -131,4 +144,5 @@ def stop_training(training_id: str, reason: str = "stopped by user") -> Training
 
 
 def active_in_experiment(experiment: str) -> list[str]:
-    return [t.name for t in list_trainings(limit=500, experiment=experiment) if t.status in ACTIVE_STATUSES]
+    return [t.name for t in list_trainings(limit=10_000, experiment=experiment, active_only=True)
+            if t.status in ACTIVE_STATUSES]

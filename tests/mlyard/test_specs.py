@@ -52,7 +52,7 @@ def test_spec_file_errors(tmp_path):
         load_spec_file(TrainingSpec, tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: [unclosed")
-    with pytest.raises(SpecError, match="valid YAML"):
+    with pytest.raises(SpecError, match="a YAML file that parses"):
         load_spec_file(TrainingSpec, bad)
 
 

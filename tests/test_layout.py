@@ -1,0 +1,31 @@
+"""Contracts of the code base itself."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+PURE = ["mlyard.settings", "mlyard.errors", "mlyard.specs", "mlyard.uris", "mlyard.trainings", "tasks.launch",
+        "tasks.metrics", "registry", "tuning", "schedules", "serving"]
+
+
+@pytest.mark.parametrize("module", PURE)
+def test_pure_modules_do_not_import_prefect(module):
+    code = f"import sys, {module}; print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'prefect')))"
+    out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == [], f"{module} imports Prefect"
+
+
+def test_flow_parameter_schema_documents_every_field():
+    from flows.training import train
+
+    schema = train.parameters.model_dump()
+    defs = schema["definitions"]
+    spec = defs["TrainingSpec"]
+    assert set(spec["required"]) == {"name", "source_uri", "entry_point"}
+    for model in ("TrainingSpec", "Resources"):
+        for field, prop in defs[model]["properties"].items():
+            assert prop.get("description"), f"{model}.{field} has no description"
+            assert prop != {} and "type" in prop or "anyOf" in prop or "$ref" in prop or "allOf" in prop, \
+                f"{model}.{field} would render as Any"

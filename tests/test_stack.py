@@ -1,0 +1,126 @@
+"""The embedded stack as a user drives it: deployments run by the worker, and the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import EXAMPLES
+
+MLYARD = str(Path(sys.executable).parent / "mlyard")
+
+
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([MLYARD, *args], capture_output=True, text=True, env=os.environ, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"mlyard {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def _wait_status(training_id: str, wanted: set[str], timeout: float = 180):
+    from mlyard.trainings import get_training
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = get_training(training_id)
+        if info.status in wanted:
+            return info
+        time.sleep(0.5)
+    raise AssertionError(f"training {training_id} stayed {info.status}, expected one of {wanted}")
+
+
+def test_status_shows_urls(stack):
+    info = json.loads(cli("status", "--json").stdout)
+    assert info["running"] is True and info["prefect_ui"] == stack.ui_url
+    assert info["processes"]["worker"]["alive"] and info["mlflow_tracking_uri"].startswith("sqlite:///")
+
+
+def test_run_button_path_trains_on_the_local_pool(platform):
+    """What pressing Run on the deployment does: a flow run the worker picks up and executes."""
+    from prefect.deployments import run_deployment
+
+    spec = {"name": "from-ui", "experiment": "stack-tests", "source_uri": str(EXAMPLES / "sklearn_digits"),
+            "entry_point": "train.py", "hyperparameters": {"epochs": 2}}
+    fr = run_deployment("train/local", parameters={"spec": spec}, timeout=240)
+    assert fr.state.is_completed(), fr.state.message
+    info = _wait_status(str(fr.id), {"COMPLETE"})
+    assert info.work_pool == "local"
+
+    # the CLI sees it, and its model goes into the registry
+    listed = json.loads(cli("trainings", "list", "--json").stdout)
+    assert any(t["id"] == str(fr.id) and t["status"] == "COMPLETE" for t in listed)
+    mv = json.loads(cli("models", "create", "digits-ui", "--from-training", str(fr.id), "--param", "top_k=3",
+                        "--alias", "champion", "--json").stdout)
+    assert mv["framework"] == "sklearn" and mv["parameters"] == {"top_k": "3"} and mv["aliases"] == ["champion"]
+    assert mv["lineage"]["training_id"] == str(fr.id)
+    shown = json.loads(cli("models", "show", "digits-ui@champion", "--json").stdout)
+    assert shown["version"] == mv["version"]
+    exps = json.loads(cli("experiments", "list", "--json").stdout)
+    assert any(e["name"] == "stack-tests" and e["trainings"] >= 1 for e in exps)
+
+
+def test_stop_a_training_running_on_the_worker(platform, algorithm, tmp_path):
+    script = algorithm("import os, subprocess, sys, time\n"
+                       "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'])\n"
+                       "open(os.environ['EM_HP_PIDFILE'], 'w').write(str(c.pid))\n"
+                       "print('loss=1', flush=True)\ntime.sleep(300)\n")
+    pidfile = tmp_path / "pid"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(json.dumps({"name": "worker-stop", "experiment": "stack-tests", "source_uri": str(script),
+                                "entry_point": "main.py", "hyperparameters": {"pidfile": str(pidfile)}}))
+    submitted = json.loads(cli("train", "-f", str(spec), "--submit", "--json").stdout)
+    tid = submitted["training_id"]
+    _wait_status(tid, {"RUNNING"})
+    assert json.loads(cli("trainings", "stop", tid, "--json").stdout)["status"] in ("STOP IN PROGRESS", "STOPPED")
+    info = _wait_status(tid, {"STOPPED"}, timeout=90)
+    assert info.status == "STOPPED"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and Path(f"/proc/{pidfile.read_text()}").exists():
+        time.sleep(0.2)
+    assert not Path(f"/proc/{pidfile.read_text()}").exists(), "the script's child outlived the stop"
+
+    # experiments with running work cannot be deleted; once stopped they can
+    cli("experiments", "delete", "stack-tests")
+
+
+def test_cli_copy_and_templates(platform, tmp_path):
+    spec = tmp_path / "t.yaml"
+    spec.write_text(f"name: tmpl-run\nexperiment: cli-tests\nsource_uri: {EXAMPLES / 'sklearn_digits'}\n"
+                    "entry_point: train.py\nhyperparameters: {epochs: 1}\n")
+    cli("templates", "create", "digits-quick", "-f", str(spec))
+    assert "epochs: 1" in cli("templates", "show", "digits-quick").stdout
+    out = json.loads(cli("train", "--template", "digits-quick", "--set", "hyperparameters.epochs=2", "--json").stdout)
+    assert out["metrics"]["accuracy"] > 0.5
+    copied = json.loads(cli("trainings", "copy", out["training_id"], "--name", "copied", "--set",
+                            "hyperparameters.epochs=1", "--json").stdout)
+    from mlyard.trainings import get_training
+
+    info = get_training(copied["training_id"])
+    assert info.name == "copied" and info.spec["hyperparameters"]["epochs"] == 1 and info.status == "COMPLETE"
+
+
+@pytest.mark.parametrize("content, words", [
+    ("name: Bad\nsource_uri: x\nentry_point: a.py\n", "name:"),
+    ("name: ok\nsource_uri: /no/such/dir\nentry_point: a.py\n", "source_uri: '/no/such/dir'"),
+    ("name: ok\nsource_uri: s3://b/x\nentry_point: a.py\nepochs: 3\n", "epochs: unknown field"),
+])
+def test_cli_bad_spec_is_refused_before_anything_runs(platform, tmp_path, content, words):
+    from mlyard.trainings import list_trainings
+
+    before = len(list_trainings(200))
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(content)
+    proc = cli("train", "-f", str(spec), check=False)
+    assert proc.returncode == 2 and words in proc.stderr, proc.stderr
+    assert len(list_trainings(200)) == before
+
+
+def test_cli_errors_name_the_thing(platform):
+    proc = cli("trainings", "show", "00000000-0000-0000-0000-000000000000", check=False)
+    assert proc.returncode == 2 and "training '00000000-0000-0000-0000-000000000000' not found" in proc.stderr
+    proc = cli("models", "delete", "no-such-model", check=False)
+    assert proc.returncode == 2 and "model 'no-such-model' not found" in proc.stderr
