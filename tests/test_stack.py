@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLES
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 MLYARD = str(Path(sys.executable).parent / "mlyard")
 
