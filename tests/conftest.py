@@ -109,3 +109,38 @@ def algorithm(tmp_path):
         return d
 
     return make
+
+
+def _children() -> set[int]:
+    me, found = str(os.getpid()), set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[-1].split()
+            if fields[1] == me and fields[0] != "Z":
+                found.add(int(entry.name))
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(request):
+    """Leak guard: no child process that a test started outlives it, and no MLflow run is left active."""
+    import time
+
+    before = _children()
+    yield
+    import mlflow
+
+    assert mlflow.active_run() is None, "a test left an active MLflow run"
+    from mlyard.stack import read_state
+    from mlyard.settings import Settings
+
+    state = read_state(Settings())
+    allowed = before | set(state.pids.values() if state else [])
+    deadline = time.monotonic() + 10
+    while (left := _children() - allowed) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, f"child processes outlived the test: {sorted(left)}"
