@@ -120,6 +120,7 @@ class Settings(BaseSettings):
         env["MLYARD_HOME"] = str(self.home_dir)
         env["PREFECT_HOME"] = str(self.prefect_home)
         env["MLFLOW_TRACKING_URI"] = self.mlflow_uri
+        env["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
         # A fresh Prefect database takes a while to migrate on a small machine.
         env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"
         if self.prefect_api_url:
