@@ -10,9 +10,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -28,8 +28,7 @@ from flows.platform import Platform
 from mlyard.errors import SpecError, StorageNotFound, TrainingFailed, TrainingStopped
 from mlyard.specs import TrainingSpec
 from registry.tracking import TAG_KIND, TAG_TRAINING_ID, TAG_TRAINING_NAME, Tracking
-from tasks.launch import Supervisor, Workdirs, build_invocation, requirements_env
-from tasks.metrics import MetricParser, MetricStream, latest
+from tasks.launch import Workdirs, requirements_env, run_script
 from tasks.storage import stage_in, stage_out
 
 RUN_TASK_NAME = "run-entry-point"
@@ -128,27 +127,12 @@ def prepare_environment(source: Path, envs_dir: Path) -> str:
 def run_entry_point(spec: TrainingSpec, dirs: Workdirs, python: str, region: str, base_env: dict,
                     tracking: Tracking, run_id: str, log_path: Path, training_id: str) -> dict:
     logger = get_run_logger()
-    import os
-
     env = {**os.environ, **base_env}
-    argv, env = build_invocation(spec, dirs, python, region, env)
-    logger.info("starting %s", " ".join(argv))
-    parser = MetricParser(spec.metric_patterns)
-    lock = threading.Lock()
-    with open(log_path, "a", buffering=1) as log_file, \
-            MetricStream(lambda batch: tracking.log_metrics(run_id, batch)) as metrics:
-
-        def on_line(line: str) -> None:
-            with lock:
-                log_file.write(line + "\n")
-                metrics.put(parser.parse(line))
-                if spec.collect_logs:
-                    logger.info(line)
-
-        supervisor = Supervisor(argv, env, dirs.source, on_line, should_stop=_cancel_watch(training_id),
-                                max_run_time_seconds=spec.max_run_time_seconds)
-        outcome = supervisor.run()
-    return {"seconds": outcome.seconds, "metrics": latest(metrics.seen)}
+    logger.info("starting %s", spec.entry_point)
+    run = run_script(spec, dirs, python, region, env, log_path,
+                     metric_sink=lambda batch: tracking.log_metrics(run_id, batch),
+                     should_stop=_cancel_watch(training_id), echo=logger.info if spec.collect_logs else None)
+    return {"seconds": run.seconds, "metrics": run.metrics}
 
 
 @task(name="save-outputs", cache_policy=NO_CACHE)
