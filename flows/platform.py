@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from functools import cached_property
 
 from mlyard.settings import Settings, apply_engine_env
@@ -39,3 +40,30 @@ class Platform:
     @cached_property
     def templates(self) -> Templates:
         return Templates(self.catalog)
+
+
+def cancel_watch(flow_run_id: str, every_seconds: float = 1.0):
+    """A should_stop callback: the reason once the flow run is being cancelled (UI, CLI, API).
+
+    Asks the API at most every `every_seconds`; a run outside Prefect (id `local-...`) never stops.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+
+    last = [0.0]
+
+    def should_stop() -> str | None:
+        now = time.monotonic()
+        if flow_run_id.startswith("local-") or now - last[0] < every_seconds:
+            return None
+        last[0] = now
+        try:
+            with get_client(sync_client=True) as client:
+                state = client.read_flow_run(flow_run_id).state
+        except Exception:  # the API being briefly unreachable must not stop a training
+            return None
+        if state is not None and state.type in (StateType.CANCELLING, StateType.CANCELLED):
+            return state.message or "cancelled from Prefect"
+        return None
+
+    return should_stop

@@ -18,13 +18,11 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.objects import StateType
 from prefect.runtime import flow_run
 from prefect.states import Cancelled
 from pydantic import BaseModel, Field
 
-from flows.platform import Platform
+from flows.platform import Platform, cancel_watch
 from mlyard.errors import SpecError, StorageNotFound, TrainingFailed, TrainingStopped
 from mlyard.specs import TrainingSpec
 from registry.tracking import TAG_KIND, TAG_TRAINING_ID, TAG_TRAINING_NAME, Tracking
@@ -131,7 +129,7 @@ def run_entry_point(spec: TrainingSpec, dirs: Workdirs, python: str, region: str
     logger.info("starting %s", spec.entry_point)
     run = run_script(spec, dirs, python, region, env, log_path,
                      metric_sink=lambda batch: tracking.log_metrics(run_id, batch),
-                     should_stop=_cancel_watch(training_id), echo=logger.info if spec.collect_logs else None)
+                     should_stop=cancel_watch(training_id), echo=logger.info if spec.collect_logs else None)
     return {"seconds": run.seconds, "metrics": run.metrics}
 
 
@@ -161,27 +159,6 @@ def _finish(tracking: Tracking, run_id: str, status, scratch: Path, reason: str 
             tracking.set_tags(run_id, {"mlyard.status_reason": reason[:5000]})
     finally:
         tracking.end_run(run_id, status)
-
-
-def _cancel_watch(training_id: str, every_seconds: float = 1.0):
-    """A should_stop callback: the reason once the flow run is being cancelled (UI, CLI, API)."""
-    last = [0.0]
-
-    def should_stop() -> str | None:
-        now = time.monotonic()
-        if training_id.startswith("local-") or now - last[0] < every_seconds:
-            return None
-        last[0] = now
-        try:
-            with get_client(sync_client=True) as client:
-                state = client.read_flow_run(training_id).state
-        except Exception:  # the API being briefly unreachable must not stop a training
-            return None
-        if state is not None and state.type in (StateType.CANCELLING, StateType.CANCELLED):
-            return state.message or "cancelled from Prefect"
-        return None
-
-    return should_stop
 
 
 def _mkdir(path: Path) -> Path:

@@ -98,6 +98,12 @@ class Tracking:
         dst.mkdir(parents=True, exist_ok=True)
         return Path(self.client.download_artifacts(run_id, path, str(dst)))
 
+    def find_run(self, tags: Mapping[str, str]) -> str | None:
+        """The id of a run carrying all `tags`, or None."""
+        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        runs = self.client.search_runs(experiment_ids=self._all_experiment_ids(), filter_string=query, max_results=1)
+        return runs[0].info.run_id if runs else None
+
     def find_training_run(self, training_id: str):
         """The MLflow run a training (flow run id) logged to, or None."""
         runs = self.client.search_runs(

@@ -269,25 +269,24 @@ class ScriptRun:
 def run_script(spec: TrainingSpec, dirs: Workdirs, python: str, region: str, base_env: Mapping[str, str],
                log_path: Path, metric_sink: Callable[[list[Metric]], None],
                should_stop: Callable[[], str | None] = lambda: None,
-               on_metrics: Callable[[list[Metric]], None] | None = None,
+               on_line: Callable[[str], None] | None = None,
                echo: Callable[[str], None] | None = None) -> ScriptRun:
-    """Run the entry point to the end: every line to `log_path` (and `echo`), parsed metrics to
-    `metric_sink` in batches from a background thread and to `on_metrics` at once (for pruning)."""
+    """Run the entry point to the end: every line to `log_path`, `echo` and `on_line` (a tuning reads
+    its objective there), parsed metrics to `metric_sink` in batches from a background thread."""
     argv, env = build_invocation(spec, dirs, python, region, base_env)
     parser = MetricParser(spec.metric_patterns)
     lock = threading.Lock()
     with open(log_path, "a", buffering=1) as log_file, MetricStream(metric_sink) as stream:
 
-        def on_line(line: str) -> None:
+        def handle(line: str) -> None:
             with lock:
                 log_file.write(line + "\n")
-                found = parser.parse(line)
-                stream.put(found)
-                if found and on_metrics is not None:
-                    on_metrics(found)
+                stream.put(parser.parse(line))
+                if on_line is not None:
+                    on_line(line)
                 if echo is not None:
                     echo(line)
 
-        outcome = Supervisor(argv, env, dirs.source, on_line, should_stop=should_stop,
+        outcome = Supervisor(argv, env, dirs.source, handle, should_stop=should_stop,
                              max_run_time_seconds=spec.max_run_time_seconds).run()
     return ScriptRun(outcome.seconds, latest(stream.seen), list(stream.seen))

@@ -1,1 +1,24 @@
-"""Placeholder: built by a later issue (see shared/DESIGN.md)."""
+"""The search engine: a TuningSpec mapped onto an Optuna study, with Katib's trial states and reasons.
+
+Pure: imports Optuna, never Prefect. The flow in `flows/tuning.py` runs the trials.
+"""
+
+from tuning.engine import (
+    KatibState,
+    TrialCounts,
+    TrialReport,
+    best_value,
+    create_study,
+    decide,
+    grid_size,
+    grid_values,
+    objective_parsers,
+    recover_interrupted,
+    search_space,
+    trial_counts,
+)
+
+__all__ = [
+    "KatibState", "TrialCounts", "TrialReport", "best_value", "create_study", "decide", "grid_size",
+    "grid_values", "objective_parsers", "recover_interrupted", "search_space", "trial_counts",
+]

@@ -1,0 +1,273 @@
+"""Tune: search hyperparameters with trials of one training (Katib / EasyMaker semantics, Optuna engine).
+
+1. Resolve the training (inline or from a template) and check its locations.
+2. Stage in the source, datasets and checkpoint once; prepare the environment once.
+3. Open (or, on a retried flow run, resume) the study in the platform DB and the parent MLflow run.
+4. Run trials, up to parallel_trials at a time, until the tuning ends: GoalReached, MaxTrialsReached,
+   SuggestionEndReached, max failed trials (FAIL), or a stop request (running trials KILLED).
+5. Record the outcome in MLflow (counts, reason, best trial); the best trial's model is in its child run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import wait
+from prefect.runtime import flow_run
+from prefect.states import Cancelled, Completed
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel, Field
+
+from flows.platform import Platform, cancel_watch
+from flows.training import check_locations, prepare_environment
+from mlyard.errors import MlyardError, SpecError, TrainingFailed, TrainingStopped
+from mlyard.specs import TrainingSpec, TuningSpec
+from registry.tracking import TAG_KIND, TAG_TRAINING_ID, TAG_TRAINING_NAME
+from tasks.launch import Workdirs, run_script
+from tasks.storage import stage_in
+from tuning import KatibState, best_value, create_study, decide, grid_size, objective_parsers, recover_interrupted
+from tuning.engine import REASON_ATTR, STATE_ATTR, parse_line, search_space, trial_counts, trial_reports
+
+TAG_TUNING_ID = "mlyard.tuning_id"
+
+
+class TuningFailed(MlyardError, RuntimeError):
+    """Failed trials reached max_failed_trials."""
+
+
+class TuningResult(BaseModel):
+    tuning_id: str = Field(description="Prefect flow run id of the tuning.")
+    run_id: str = Field(description="MLflow parent run id.")
+    status: str = Field(description="COMPLETE (or STOPPED).")
+    reason: str = Field(description="GoalReached, MaxTrialsReached or SuggestionEndReached.")
+    best_trial: int | None
+    best_value: float | None
+    best_params: dict
+    best_run_id: str | None = Field(description="MLflow run of the best trial (its model becomes a model version).")
+    counts: dict[str, int]
+
+
+class _Ctx:
+    """What every trial of one tuning shares."""
+
+    def __init__(self, p, spec, base, dirs, python, parent_run, experiment, scratch, tuning_id):
+        self.p, self.spec, self.base, self.dirs, self.python = p, spec, base, dirs, python
+        self.parent_run, self.experiment, self.scratch, self.tuning_id = parent_run, experiment, scratch, tuning_id
+        self.stop_reason: str | None = None
+        self.parsers = objective_parsers(spec)
+
+
+def resolve_training(p: Platform, spec: TuningSpec) -> TrainingSpec:
+    base = spec.training if spec.training is not None else p.templates.spec_for(spec.template)
+    return base.with_overrides({"name": spec.name, "experiment": spec.experiment or base.experiment})
+
+
+@flow(name="tune", description="Hyperparameter tuning: trials of a training, searched with Optuna.")
+def tune(spec: TuningSpec) -> TuningResult:
+    p = Platform()
+    logger = get_run_logger()
+    tuning_id = str(flow_run.get_id() or f"local-{time.time_ns()}")
+
+    # 1. The training every trial runs.
+    base = resolve_training(p, spec)
+    if base.nodes > 1:
+        raise SpecError("training.nodes", base.nodes, "more than 1 node per trial needs the Kubernetes gpu pool")
+    check_locations(p, base)
+
+    scratch = Path(tempfile.mkdtemp(prefix=f"{spec.name}-", dir=_mkdir(p.settings.runs_dir)))
+    try:
+        # 2. Stage in once.
+        source = stage_in(p.storage, base.source_uri, scratch / "source", "source_uri")
+        if not (source / base.entry_point).is_file():
+            raise SpecError("entry_point", base.entry_point, f"a file inside source_uri {base.source_uri}")
+        datasets = {n: stage_in(p.storage, u, scratch / "datasets" / n, f"datasets.{n}") for n, u in base.datasets.items()}
+        ckpt = (stage_in(p.storage, base.checkpoint_input_uri, scratch / "ckpt-in", "checkpoint_input_uri")
+                if base.checkpoint_input_uri else None)
+        python = prepare_environment(source, p.settings.envs_dir)
+        dirs = Workdirs(source=source, model=scratch, checkpoint=scratch, checkpoint_input=ckpt,
+                        tensorboard=scratch, datasets=datasets)
+
+        # 3. Study and parent run.
+        study = create_study(spec, p.settings.catalog_db_url, f"mlyard-tuning-{tuning_id}")
+        interrupted = recover_interrupted(study)
+        if interrupted:
+            logger.warning("resuming: trials %s were interrupted and count as KILLED", interrupted)
+        parent = p.tracking.find_run({TAG_TUNING_ID: tuning_id, TAG_KIND: "tuning"}) or p.tracking.start_run(
+            base.experiment, spec.name, tags={TAG_KIND: "tuning", TAG_TUNING_ID: tuning_id, TAG_TRAINING_NAME: spec.name,
+                                              "mlflow.note.content": spec.description},
+            params={"strategy": spec.strategy, "seed": spec.seed, "max_trials": spec.max_trials,
+                    "parallel_trials": spec.parallel_trials, "objective": spec.objective.metric,
+                    "direction": spec.objective.direction})
+        ctx = _Ctx(p, spec, base, dirs, python, parent, base.experiment, scratch, tuning_id)
+
+        # 4. Trials.
+        try:
+            status, reason = run_trials(ctx, study)
+        except BaseException as exc:
+            p.tracking.set_tags(parent, {"mlyard.status": "FAIL HYPERPARAMETER TUNING", "mlyard.reason": str(exc)[:5000]})
+            p.tracking.end_run(parent, "FAILED")
+            raise
+
+        # 5. Outcome.
+        result = _result(ctx, study, status, reason)
+        p.tracking.set_tags(parent, {"mlyard.status": status, "mlyard.reason": reason,
+                                     "mlyard.best_trial": str(result.best_trial), "mlyard.best_run_id": str(result.best_run_id)})
+        if result.best_value is not None:
+            p.tracking.log_metrics(parent, [_M(spec.objective.metric, result.best_value)])
+        if status == "FAILED":
+            p.tracking.end_run(parent, "FAILED")
+            raise TuningFailed(reason)
+        if status == "STOPPED":
+            p.tracking.end_run(parent, "KILLED")
+            return Cancelled(message=f"STOPPED: {reason}")
+        p.tracking.end_run(parent, "FINISHED")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    logger.info("tuning %s COMPLETE (%s): best trial %s, %s=%s", spec.name, reason, result.best_trial,
+                spec.objective.metric, result.best_value)
+    return Completed(message=f"COMPLETE ({reason})", data=result)
+
+
+class _M:
+    def __init__(self, name, value, step=0):
+        self.name, self.value, self.step, self.timestamp_ms = name, value, step, int(time.time() * 1000)
+
+
+def run_trials(ctx: _Ctx, study) -> tuple[str, str]:
+    """Launch trials while `decide` says go on; returns (status, reason)."""
+    spec, logger = ctx.spec, get_run_logger()
+    space = search_space(spec)
+    grid_n = grid_size(spec) if spec.strategy == "grid" else None
+    stop = cancel_watch(ctx.tuning_id)
+    runner = ThreadPoolTaskRunner(max_workers=spec.parallel_trials)
+    running = []
+    last_progress = None
+    with runner:
+        while True:
+            counts = trial_counts(trial_reports(study))
+            best = _best(study)
+            verdict = decide(spec, counts, best, grid_exhausted=grid_n is not None and counts.total >= grid_n)
+            progress = (counts.succeeded, counts.running, counts.failed, counts.early_stopped, counts.killed, best)
+            if progress != last_progress:
+                logger.info("trials: %d succeeded, %d running, %d failed, %d early stopped, %d killed; best %s=%s",
+                            *progress[:5], spec.objective.metric, best)
+                last_progress = progress
+            cancelled = stop()
+            if cancelled or (verdict and (verdict[0] == "FAILED" or verdict[1] == "GoalReached")):
+                ctx.stop_reason = cancelled or verdict[1]
+                wait(running)
+                if cancelled:
+                    return "STOPPED", cancelled
+                return verdict
+            running = [f for f in running if not f.state.is_final()]
+            if verdict:
+                if not running:
+                    return verdict
+            elif len(running) < spec.parallel_trials:
+                trial = study.ask(space)
+                study._storage.set_trial_user_attr(trial._trial_id, STATE_ATTR, KatibState.RUNNING.value)
+                running.append(runner.submit(run_trial, parameters={"ctx": ctx, "trial": trial}))
+                continue
+            if running:
+                wait(running, timeout=0.5)
+                time.sleep(0.02)
+
+
+@task(name="trial", cache_policy=NO_CACHE, task_run_name="trial-{trial.number}")
+def run_trial(ctx: _Ctx, trial) -> str:
+    """One trial: a training run with the suggested hyperparameters, pruned by the median rule."""
+    spec, p = ctx.spec, ctx.p
+    number = trial.number
+    tdir = ctx.scratch / f"trial-{number}"
+    dirs = Workdirs.under(tdir, ctx.dirs.source, ctx.dirs.datasets, ctx.dirs.checkpoint_input)
+    tspec = ctx.base.with_overrides({"name": f"{spec.name[:40]}-t{number}", "hyperparameters": dict(trial.params)})
+    run_id = p.tracking.start_run(ctx.experiment, tspec.name, tags={
+        "mlflow.parentRunId": ctx.parent_run, TAG_KIND: "trial", TAG_TUNING_ID: ctx.tuning_id,
+        TAG_TRAINING_ID: f"{ctx.tuning_id}/trial-{number}", TAG_TRAINING_NAME: tspec.name,
+        "mlyard.trial_number": str(number)}, params=tspec.hyperparameters)
+    study_storage, tid = trial.study._storage, trial._trial_id
+    study_storage.set_trial_user_attr(tid, "run_id", run_id)
+    objective: list[float] = []
+    pruned = threading.Event()
+    lock = threading.Lock()
+
+    def on_line(line: str) -> None:
+        found = parse_line(ctx.parsers, line)
+        if spec.objective.metric not in found:
+            return
+        with lock:
+            objective.append(found[spec.objective.metric])
+            trial.report(found[spec.objective.metric], step=len(objective))
+            if spec.early_stopping and not pruned.is_set() and trial.should_prune():
+                pruned.set()
+
+    def should_stop() -> str | None:
+        if pruned.is_set():
+            return f"early stopped by the median rule after {len(objective)} reports"
+        return ctx.stop_reason
+
+    state, reason, status = KatibState.SUCCEEDED, None, "FINISHED"
+    try:
+        run_script(tspec, dirs, ctx.python, p.settings.region, {**os.environ, **p.settings.engine_env()},
+                   tdir / "output.log", metric_sink=lambda batch: p.tracking.log_metrics(run_id, batch),
+                   should_stop=should_stop, on_line=on_line)
+        if not objective:
+            state, reason, status = KatibState.METRICS_UNAVAILABLE, f"the objective {spec.objective.metric!r} was never printed", "FAILED"
+    except TrainingStopped as stop:
+        state = KatibState.EARLY_STOPPED if pruned.is_set() else KatibState.KILLED
+        reason, status = stop.reason, "KILLED"
+    except TrainingFailed as exc:
+        state, reason, status = KatibState.FAILED, str(exc)[:2000], "FAILED"
+    except BaseException as exc:  # an engine error: the trial failed, the tuning goes on
+        state, reason, status = KatibState.FAILED, f"{type(exc).__name__}: {exc}"[:2000], "FAILED"
+    value = best_value(objective, spec.objective.direction)
+    try:
+        if state == KatibState.SUCCEEDED and any(dirs.model.iterdir()):
+            p.tracking.log_artifacts(run_id, dirs.model, "model")
+        if (tdir / "output.log").exists():
+            p.tracking.log_artifact(run_id, tdir / "output.log", "logs")
+        p.tracking.set_tags(run_id, {"mlyard.trial_state": state.value, **({"mlyard.status_reason": reason} if reason else {})})
+    finally:
+        p.tracking.end_run(run_id, status)
+        study_storage.set_trial_user_attr(tid, STATE_ATTR, state.value)
+        if reason:
+            study_storage.set_trial_user_attr(tid, REASON_ATTR, reason)
+        if value is not None:
+            study_storage.set_trial_user_attr(tid, "objective", value)
+        trial.study.tell(trial, value if state == KatibState.SUCCEEDED else None, state=state.optuna_state)
+        shutil.rmtree(tdir, ignore_errors=True)
+    return state.value
+
+
+def _best(study):
+    try:
+        return study.best_value
+    except ValueError:
+        return None
+
+
+def _result(ctx: _Ctx, study, status: str, reason: str) -> TuningResult:
+    reports = trial_reports(study)
+    counts = trial_counts(reports)
+    best = None
+    try:
+        bt = study.best_trial
+        best = next(r for r in reports if r.number == bt.number)
+    except ValueError:
+        pass
+    return TuningResult(tuning_id=ctx.tuning_id, run_id=ctx.parent_run, status=status, reason=reason,
+                        best_trial=best.number if best else None, best_value=best.value if best else None,
+                        best_params=best.params if best else {}, best_run_id=best.run_id if best else None,
+                        counts={k: getattr(counts, k) for k in ("succeeded", "running", "failed", "killed", "early_stopped")})
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
