@@ -27,7 +27,8 @@ experiments_app = typer.Typer(help="MLflow experiments that group trainings.", n
 templates_app = typer.Typer(help="Saved training specs to start trainings from.", no_args_is_help=True)
 models_app = typer.Typer(help="The model registry (MLflow): models, versions, aliases.", no_args_is_help=True)
 ui_app = typer.Typer(help="Open the web UIs of the embedded stack.", no_args_is_help=True)
-for sub, name in ((trainings_app, "trainings"), (experiments_app, "experiments"), (templates_app, "templates"),
+tunings_app = typer.Typer(help="List, inspect, stop and copy hyperparameter tunings and their trials.", no_args_is_help=True)
+for sub, name in ((trainings_app, "trainings"), (tunings_app, "tunings"), (experiments_app, "experiments"), (templates_app, "templates"),
                   (models_app, "models"), (ui_app, "ui")):
     app.add_typer(sub, name=name)
 
@@ -306,6 +307,145 @@ def trainings_copy(training_id: str,
     _guard(go)
 
 
+# -- tuning --------------------------------------------------------------------------------------
+
+def _run_tuning(spec, submit: bool, pool: str, as_json: bool) -> None:
+    from mlyard import stack
+
+    platform = _platform()
+    from flows.tuning import resolve_training
+
+    _precheck(platform, resolve_training(platform, spec))
+    if submit:
+        if not stack.connect(platform.settings):
+            raise StackError("--submit hands the tuning to a work pool: start the stack first with `mlyard up`")
+        from prefect.deployments import run_deployment
+
+        fr = run_deployment(f"tune/{pool}", parameters={"spec": spec.model_dump(mode="json")}, timeout=0)
+        _emit({"tuning_id": str(fr.id), "flow_run": fr.name, "pool": pool, "status": "CREATE REQUESTED"}, as_json)
+        return
+    from flows.tuning import tune as tune_flow
+
+    state = tune_flow(spec, return_state=True)
+    if state.is_completed():
+        _emit(state.result().model_dump(), as_json)
+        return
+    if state.is_cancelled():
+        _emit({"status": "STOPPED", "cause": state.message}, as_json)
+        raise typer.Exit(1)
+    exc = state.result(raise_on_failure=False)
+    err.print(f"FAIL HYPERPARAMETER TUNING: {exc}", style="red", highlight=False, markup=False)
+    raise typer.Exit(1)
+
+
+@app.command()
+def tune(
+    file: Path = typer.Option(..., "-f", "--file", help="Tuning spec (YAML): training or template, strategy, parameters, objective."),
+    sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a field: --set max_trials=20"),
+    submit: bool = typer.Option(False, "--submit", help="Hand it to a work pool and print its id."),
+    pool: str = typer.Option("local", "--pool", help="Work pool for --submit: local or gpu."),
+    as_json: bool = JSON,
+) -> None:
+    """Run a hyperparameter tuning (strategies: grid, random, bayesian = Optuna's TPE) and stream its progress.
+
+    bayesian uses TPE, a model-based sampler that handles int, double and categorical parameters
+    together and needs no extra packages. Early stopping `median` is Katib's median stopping rule.
+    """
+    from mlyard.specs import TuningSpec, load_spec
+
+    def go():
+        if pool not in ("local", "gpu"):
+            raise SpecError("--pool", pool, "local or gpu")
+        data = yaml.safe_load(file.read_text()) if file.is_file() else None
+        if data is None:
+            raise SpecError("file", str(file), "a YAML tuning spec that exists")
+        overrides = parse_sets(sets)
+        spec = load_spec(TuningSpec, {**data, **overrides}, source=str(file))
+        _run_tuning(spec, submit, pool, as_json)
+
+    _guard(go)
+
+
+@tunings_app.command("list")
+def tunings_list(limit: int = typer.Option(50, help="At most this many, newest first."), as_json: bool = JSON) -> None:
+    """Tunings with their status (COMPLETE carries its reason)."""
+    from mlyard.tunings import list_tunings
+
+    _settings()
+    rows = [t.as_dict() for t in _guard(lambda: list_tunings(limit))]
+    for r in rows:
+        r.pop("spec")
+    _emit(rows, as_json, ["id", "name", "status", "run_seconds", "created_at", "cause"])
+
+
+@tunings_app.command("show")
+def tunings_show(tuning_id: str, as_json: bool = JSON) -> None:
+    """One tuning: status, trial counts and the best trial so far."""
+    from mlyard.tunings import get_tuning, trials
+
+    def go():
+        p = _platform()
+        info = get_tuning(tuning_id).as_dict()
+        rows = trials(p.settings.catalog_db_url, tuning_id)
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r["state"]] = counts.get(r["state"], 0) + 1
+        info["trials"] = counts
+        direction = info["spec"].get("objective", {}).get("direction", "maximize")
+        done = [r for r in rows if r["state"] == "SUCCEEDED" and r["value"] is not None]
+        if done:
+            best = (max if direction == "maximize" else min)(done, key=lambda r: r["value"])
+            info["best_trial"] = {"number": best["number"], "value": best["value"], "params": best["params"],
+                                  "run_id": best["run_id"]}
+        return info
+
+    _emit(_guard(go), as_json)
+
+
+@tunings_app.command("trials")
+def tunings_trials(tuning_id: str, as_json: bool = JSON) -> None:
+    """The trials of a tuning with their Katib states, hyperparameters and objective values."""
+    from mlyard.tunings import get_tuning, trials
+
+    def go():
+        p = _platform()
+        get_tuning(tuning_id)
+        return trials(p.settings.catalog_db_url, tuning_id)
+
+    rows = _guard(go)
+    for r in rows:
+        r["params"] = json.dumps(r["params"])
+    _emit(rows, as_json, ["number", "state", "value", "params", "seconds", "reason", "run_id"])
+
+
+@tunings_app.command("stop")
+def tunings_stop(tuning_id: str, as_json: bool = JSON) -> None:
+    """Stop a tuning: running trials are KILLED and it becomes STOPPED."""
+    from mlyard.tunings import stop_tuning
+
+    _settings()
+    info = _guard(lambda: stop_tuning(tuning_id))
+    _emit({"id": info.id, "name": info.name, "status": info.status}, as_json)
+
+
+@tunings_app.command("copy")
+def tunings_copy(tuning_id: str, name: Optional[str] = typer.Option(None, help="Name of the copy (default: <name>-copy)."),
+                 sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a field of the spec."),
+                 submit: bool = typer.Option(False, "--submit"), pool: str = typer.Option("local", "--pool"),
+                 as_json: bool = JSON) -> None:
+    """Start a new tuning with the same spec (and optional overrides)."""
+    from mlyard.specs import TuningSpec, load_spec
+    from mlyard.tunings import get_tuning
+
+    def go():
+        _settings()
+        src = get_tuning(tuning_id).spec
+        data = {**src, "name": name or f"{src['name'][:45]}-copy", **parse_sets(sets)}
+        _run_tuning(load_spec(TuningSpec, data, source=f"tuning {tuning_id}"), submit, pool, as_json)
+
+    _guard(go)
+
+
 # -- experiments ---------------------------------------------------------------------------------
 
 @experiments_app.command("create")
@@ -390,6 +530,7 @@ def templates_delete(name: str) -> None:
 def models_create(
     name: str,
     from_training: Optional[str] = typer.Option(None, "--from-training", help="Training id (must be COMPLETE)."),
+    from_tuning: Optional[str] = typer.Option(None, "--from-tuning", help="Tuning id (COMPLETE): its best trial."),
     artifact_uri: Optional[str] = typer.Option(None, "--artifact-uri", help="External model: path, s3://, obs://, nas://."),
     framework: Optional[str] = typer.Option(None, help="Framework (detected from an MLflow model when omitted)."),
     framework_version: Optional[str] = typer.Option(None, "--framework-version"),
@@ -398,17 +539,28 @@ def models_create(
     alias: Optional[str] = typer.Option(None, help="Point this alias at the new version."),
     as_json: bool = JSON,
 ) -> None:
-    """Create a model version from a COMPLETE training or from an external artifact."""
+    """Create a model version from a COMPLETE training, a COMPLETE tuning's best trial, or an external artifact."""
     import tempfile
 
     from mlyard.trainings import get_training
 
     def go():
-        if bool(from_training) == bool(artifact_uri):
-            raise SpecError("--from-training/--artifact-uri", None, "give exactly one of them")
+        if sum(map(bool, (from_training, from_tuning, artifact_uri))) != 1:
+            raise SpecError("--from-training/--from-tuning/--artifact-uri", None, "give exactly one of them")
         parameters = {k: str(v) for k, v in parse_sets(params).items()}
         p = _platform()
-        if from_training:
+        if from_tuning:
+            from mlyard.tunings import get_tuning
+
+            t = get_tuning(from_tuning)
+            parent = p.tracking.find_run({"mlyard.tuning_id": from_tuning, "mlyard.kind": "tuning"})
+            best = p.tracking.get_run(parent).data.tags.get("mlyard.best_run_id") if parent else None
+            best = None if best in (None, "None") else best
+            mv = p.models.create_from_training(name, from_tuning, t.status, best, parameters=parameters,
+                                               description=description, framework=framework,
+                                               framework_version=framework_version, kind="tuning",
+                                               lineage={"best_trial_run_id": best or ""})
+        elif from_training:
             t = get_training(from_training)
             run = p.tracking.find_training_run(from_training)
             mv = p.models.create_from_training(name, from_training, t.status, run.info.run_id if run else None,

@@ -95,11 +95,11 @@ class ExperimentBusy(Conflict):
 
 
 class TrainingNotComplete(Conflict):
-    def __init__(self, training: str, status: str):
-        self.training, self.status = training, status
+    def __init__(self, training: str, status: str, kind: str = "training"):
+        self.training, self.status, self.kind = training, status, kind
         super().__init__(
-            f"training {training!r} is {status}, not COMPLETE; a model can only be created "
-            "from a COMPLETE training."
+            f"{kind} {training!r} is {status}, not COMPLETE; a model can only be created "
+            f"from a COMPLETE {kind}."
         )
 
 

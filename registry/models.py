@@ -95,19 +95,22 @@ class ModelRegistry:
 
     def create_from_training(self, name: str, training_id: str, status: str, run_id: str | None, *,
                              parameters: Mapping[str, str] | None = None, description: str = "",
-                             framework: str | None = None, framework_version: str | None = None) -> ModelVersionInfo:
-        """A new version of `name` from a training's model. Refused unless the training is COMPLETE."""
+                             framework: str | None = None, framework_version: str | None = None,
+                             kind: str = "training", lineage: Mapping[str, str] | None = None) -> ModelVersionInfo:
+        """A new version of `name` from a training's model (or a tuning's best trial, `kind="tuning"`).
+        Refused unless it is COMPLETE."""
         _check_name(name)
-        if status != "COMPLETE" or run_id is None:
-            raise TrainingNotComplete(training_id, status)
+        if not status.startswith("COMPLETE") or run_id is None:
+            raise TrainingNotComplete(training_id, status, kind)
         run = self.tracking.get_run(run_id)
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 local = self.tracking.download(run_id, MODEL_ARTIFACT, Path(tmp))
             except (MlflowException, OSError) as exc:
-                raise TrainingNotComplete(training_id, f"{status} but without a saved model (EM_MODEL_DIR was empty)") from exc
+                raise TrainingNotComplete(training_id, f"{status} but without a saved model (EM_MODEL_DIR was empty)",
+                                          kind) from exc
             found_fw, found_ver = detect_framework(local)
-        lineage = {"training_id": training_id, "run_id": run_id, "experiment_id": run.info.experiment_id}
+        lineage = {f"{kind}_id": training_id, "run_id": run_id, "experiment_id": run.info.experiment_id, **(lineage or {})}
         return self._create(name, f"{run.info.artifact_uri.rstrip('/')}/{MODEL_ARTIFACT}", run_id,
                             framework or found_fw, framework_version or found_ver,
                             parameters or {}, lineage, description)
