@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+VERSION_TABLE = "mlyard_alembic_version"  # Optuna keeps its own `alembic_version` in the same DB
 
 
 def utcnow() -> datetime:

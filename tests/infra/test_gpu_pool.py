@@ -59,5 +59,5 @@ def test_template_exposes_the_job_variables(template):
 
 def test_prefect_yaml_declares_training_on_both_pools():
     conf = yaml.safe_load(PREFECT_YAML.read_text())
-    pools = {d["name"]: d["work_pool"]["name"] for d in conf["deployments"] if d["entrypoint"] == "flows/training.py:train"}
+    pools = {d["name"]: d["work_pool"]["name"] for d in conf["deployments"] if d["entrypoint"] == "flows.training.train"}
     assert pools == {"local": "local", "gpu": "gpu"}

@@ -12,9 +12,9 @@ SPEC = TrainingSpec(name="base", source_uri="examples/sklearn_digits", entry_poi
 
 def test_migrations_create_the_schema(catalog):
     tables = set(inspect(catalog.engine).get_table_names())
-    assert {"training_templates", "endpoints", "endpoint_stages", "alembic_version"} <= tables
+    assert {"training_templates", "endpoints", "endpoint_stages", "mlyard_alembic_version"} <= tables
     with catalog.engine.connect() as conn:
-        assert conn.execute(text("select version_num from alembic_version")).scalar() == "0001"
+        assert conn.execute(text("select version_num from mlyard_alembic_version")).scalar() == "0001"
     catalog.upgrade()  # re-opening an up-to-date catalog is a no-op
 
 
@@ -48,3 +48,16 @@ def test_endpoints_serving(catalog):
     assert catalog.endpoints_serving("m") == ["ep/default"]
     assert catalog.endpoints_serving("m", "2") == ["ep/default"]
     assert catalog.endpoints_serving("m", "1") == []
+
+
+def test_catalog_and_optuna_share_a_database(tmp_path):
+    """Optuna's studies live in the catalog DB; each keeps its own migration history."""
+    import optuna
+
+    from registry import Catalog
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    Catalog(url).dispose()
+    optuna.create_study(study_name="s", storage=url)
+    Catalog(url).dispose()  # re-opening after Optuna migrated its tables still works
+    optuna.load_study(study_name="s", storage=url)

@@ -1,0 +1,217 @@
+"""The tuning flow on the real embedded stack: trials are real processes, the study lives in the catalog DB."""
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from mlyard.specs import TuningSpec, load_spec
+
+TRIAL = """
+import json, os, sys, time
+args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+marks = args["--marks"]
+os.makedirs(marks, exist_ok=True)
+order = len(os.listdir(marks))
+name = os.path.join(marks, f"{order:03d}-{os.getpid()}")
+start = time.time()
+x = float(args.get("--x", 0))
+mode = args.get("--mode", "quadratic")
+bad = mode == "fourth-is-bad" and order == 3
+for epoch in range(1, int(args.get("--epochs", 3)) + 1):
+    if mode == "quadratic":
+        value = 1 - (x - 3) ** 2 / 10 + epoch * 0.001
+    else:
+        value = 0.1 if bad else 0.8 + epoch * 0.01
+    print(f"epoch={epoch} accuracy={value:.4f}", flush=True)
+    time.sleep(float(args.get("--sleep", 0.0)) * (5 if bad else 1))
+open(os.path.join(os.environ["EM_MODEL_DIR"], "model.json"), "w").write(json.dumps({"x": x}))
+json.dump({"start": start, "end": time.time(), "order": order}, open(name, "w"))
+"""
+
+
+def _spec(src: Path, marks: Path, **kw) -> TuningSpec:
+    fixed = {"marks": str(marks), **kw.pop("fixed", {})}
+    data = {"name": kw.pop("name", "tn"), "strategy": "random", "seed": 1,
+            "training": {"name": "x", "experiment": "tuning-tests", "source_uri": str(src), "entry_point": "main.py",
+                         "hyperparameters": fixed},
+            "parameters": [{"name": "x", "type": "double", "min": 0, "max": 6}],
+            "objective": {"metric": "accuracy", "direction": "maximize"}, **kw}
+    return load_spec(TuningSpec, data)
+
+
+def _trials(platform, tuning_id):
+    from mlyard.tunings import trials
+
+    return trials(platform.settings.catalog_db_url, tuning_id)
+
+
+def test_grid_tuning_end_to_end_with_nested_runs(platform, algorithm, tmp_path):
+    from flows.tuning import tune
+
+    spec = _spec(algorithm(TRIAL), tmp_path / "m", name="grid-x", strategy="grid", parallel_trials=2, max_trials=50,
+                 parameters=[{"name": "x", "type": "int", "min": 1, "max": 5, "step": 1}])
+    result = tune(spec)
+    assert (result.status, result.reason) == ("COMPLETE", "SuggestionEndReached")
+    assert result.counts["succeeded"] == 5 and result.best_params == {"x": 3}
+    rows = _trials(platform, result.tuning_id)
+    assert sorted(r["params"]["x"] for r in rows) == [1, 2, 3, 4, 5]
+    assert {r["state"] for r in rows} == {"SUCCEEDED"}
+    children = platform.tracking.client.search_runs(
+        [platform.tracking.experiment_id("tuning-tests")], filter_string=f"tags.`mlflow.parentRunId` = '{result.run_id}'")
+    assert len(children) == 5 and all(c.info.status == "FINISHED" for c in children)
+    best = platform.tracking.get_run(result.best_run_id)
+    assert best.data.params["x"] == "3" and best.data.metrics["accuracy"] == pytest.approx(1.003)
+    parent = platform.tracking.get_run(result.run_id)
+    assert parent.data.tags["mlyard.reason"] == "SuggestionEndReached"
+
+    from mlyard.tunings import get_tuning
+
+    assert get_tuning(result.tuning_id).status == "COMPLETE (SuggestionEndReached)"
+    mv = platform.models.create_from_training("grid-best", result.tuning_id, "COMPLETE (SuggestionEndReached)",
+                                              result.best_run_id, kind="tuning")
+    assert mv.lineage["tuning_id"] == result.tuning_id and mv.run_id == result.best_run_id
+
+
+def test_goal_reached_ends_early(platform, algorithm, tmp_path):
+    from flows.tuning import tune
+
+    spec = _spec(algorithm(TRIAL), tmp_path / "m", name="goal", max_trials=30,
+                 parameters=[{"name": "x", "type": "double", "min": 2.5, "max": 3.5}],
+                 objective={"metric": "accuracy", "direction": "maximize", "goal": 0.9})
+    result = tune(spec)
+    assert result.reason == "GoalReached" and sum(result.counts.values()) < 30
+
+
+@pytest.mark.parametrize("min_trials_required, expected", [(3, "EARLY_STOPPED"), (4, "SUCCEEDED")])
+def test_median_rule_stops_the_clearly_worse_trial(platform, algorithm, tmp_path, min_trials_required, expected):
+    from flows.tuning import tune
+
+    spec = _spec(algorithm(TRIAL), tmp_path / "m", name=f"median-{min_trials_required}", max_trials=4,
+                 fixed={"mode": "fourth-is-bad", "epochs": 8, "sleep": 0.05},
+                 early_stopping={"min_trials_required": min_trials_required, "start_step": 4})
+    result = tune(spec)
+    rows = sorted(_trials(platform, result.tuning_id), key=lambda r: r["number"])
+    assert [r["state"] for r in rows] == ["SUCCEEDED"] * 3 + [expected]
+    if expected == "EARLY_STOPPED":
+        assert "after 4 reports" in rows[3]["reason"]
+        log = platform.tracking.download(rows[3]["run_id"], "logs/output.log", tmp_path / "l").read_text()
+        assert "epoch=4 " in log and "epoch=8 " not in log  # stopped at its 4th report, not before
+
+
+def test_metrics_unavailable_counts_as_failed_and_fails_the_tuning(platform, algorithm, tmp_path):
+    from flows.tuning import tune
+    from mlyard.tunings import get_tuning
+
+    spec = _spec(algorithm(TRIAL), tmp_path / "m", name="no-metric", max_trials=10, max_failed_trials=2,
+                 metrics=[{"name": "accuracy", "regex": r"ACCURACY IS ([\d.]+)"}])
+    state = tune(spec, return_state=True)
+    assert state.is_failed()
+    tuning_id = str(state.state_details.flow_run_id)
+    rows = _trials(platform, tuning_id)
+    assert [r["state"] for r in rows] == ["METRICS_UNAVAILABLE", "METRICS_UNAVAILABLE"]
+    info = get_tuning(tuning_id)
+    assert info.status == "FAIL HYPERPARAMETER TUNING" and "2 trials failed" in info.cause
+
+
+def test_parallel_trials_overlap(platform, algorithm, tmp_path):
+    from flows.tuning import tune
+
+    marks = tmp_path / "m"
+    tune(_spec(algorithm(TRIAL), marks, name="parallel", max_trials=3, parallel_trials=3, fixed={"sleep": 0.5}))
+    spans = [json.loads(p.read_text()) for p in marks.iterdir()]
+    assert len(spans) == 3
+    assert max(s["start"] for s in spans) < min(s["end"] for s in spans), "the trials did not run at the same time"
+
+
+def test_stop_kills_running_trials(platform, algorithm, tmp_path):
+    from flows.tuning import tune
+    from mlyard.tunings import get_tuning, list_tunings, stop_tuning
+
+    spec = _spec(algorithm(TRIAL), tmp_path / "m", name="to-stop", max_trials=10, parallel_trials=2,
+                 fixed={"sleep": 2, "epochs": 100})
+    box = {}
+    thread = threading.Thread(target=lambda: box.setdefault("state", tune(spec, return_state=True)))
+    thread.start()
+    tid = None
+    deadline = time.monotonic() + 60
+    while tid is None and time.monotonic() < deadline:
+        found = [t for t in list_tunings(20) if t.name == "to-stop" and t.status == "RUNNING"]
+        if found and len(_trials(platform, found[0].id)) == 2:
+            tid = found[0].id
+        time.sleep(0.3)
+    assert tid, "the tuning never ran two trials"
+    stop_tuning(tid)
+    thread.join(60)
+    assert box["state"].is_cancelled() and get_tuning(tid).status == "STOPPED"
+    assert {r["state"] for r in _trials(platform, tid)} == {"KILLED"}
+
+
+def test_unknown_template_is_refused_before_any_trial(platform, tmp_path):
+    from flows.tuning import tune
+    from mlyard.errors import TemplateNotFound
+
+    spec = load_spec(TuningSpec, {"name": "tmpl", "template": "no-such-template", "strategy": "random",
+                                  "parameters": [{"name": "x", "type": "int", "min": 1, "max": 3}],
+                                  "objective": {"metric": "accuracy", "direction": "maximize"}})
+    state = tune(spec, return_state=True)
+    assert isinstance(state.result(raise_on_failure=False), TemplateNotFound)
+    assert _trials(platform, str(state.state_details.flow_run_id)) == []
+
+
+def _flow_process(flow_run_id: str) -> int | None:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                env = (entry / "environ").read_bytes()
+            except OSError:
+                continue
+            if f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode() in env:
+                cmd = (entry / "cmdline").read_bytes()
+                if b"main.py" not in cmd:
+                    return int(entry.name)
+    return None
+
+
+def test_crashed_tuning_resumes_when_retried(platform, algorithm, tmp_path):
+    """The flow process dies mid-tuning (SIGKILL); retrying the flow run keeps the finished trials."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.states import Scheduled
+
+    from mlyard.tunings import get_tuning
+
+    spec = _spec(algorithm(TRIAL), tmp_path / "m", name="resume", max_trials=5, fixed={"sleep": 0.4, "epochs": 4})
+    fr = run_deployment("tune/local", parameters={"spec": spec.model_dump(mode="json")}, timeout=0)
+    tid = str(fr.id)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        rows = _trials(platform, tid)
+        if sum(r["state"] == "SUCCEEDED" for r in rows) >= 2 and any(r["state"] == "RUNNING" for r in rows):
+            break
+        time.sleep(0.2)
+    pid = _flow_process(tid)
+    assert pid, f"could not find the tuning's flow process; trials: {_trials(platform, tid)}; {get_tuning(tid)}"
+    os.kill(pid, signal.SIGKILL)
+    before = {r["number"]: r for r in _trials(platform, tid) if r["state"] == "SUCCEEDED"}
+    # Both the runner and the worker report the crash; retry once the second report is in.
+    deadline = time.monotonic() + 60
+    while get_tuning(tid).status != "FAIL HYPERPARAMETER TUNING" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(8)
+    with get_client(sync_client=True) as client:  # what Retry in the UI does
+        client.set_flow_run_state(tid, Scheduled(), force=True)
+    deadline = time.monotonic() + 180
+    while not get_tuning(tid).status.startswith("COMPLETE") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert get_tuning(tid).status == "COMPLETE (MaxTrialsReached)"
+    rows = {r["number"]: r for r in _trials(platform, tid)}
+    assert len(rows) == 5
+    for n, r in before.items():  # finished trials were kept, not run again
+        assert rows[n]["state"] == "SUCCEEDED" and rows[n]["run_id"] == r["run_id"]
+    killed = [r for r in rows.values() if r["state"] == "KILLED"]
+    assert killed and all("interrupted" in r["reason"] for r in killed)
