@@ -28,6 +28,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/training_overhead.py
 	$(PY) bench/metric_latency.py
+	$(PY) bench/tuning_overhead.py
 
 down:
 	$(VENV)/bin/mlyard down

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import shutil
 import tempfile
@@ -166,7 +167,7 @@ def run_trials(ctx: _Ctx, study) -> tuple[str, str]:
                 if cancelled:
                     return "STOPPED", cancelled
                 return verdict
-            running = [f for f in running if not f.state.is_final()]
+            running = [f for f in running if not f.wrapped_future.done()]
             if verdict:
                 if not running:
                     return verdict
@@ -175,9 +176,9 @@ def run_trials(ctx: _Ctx, study) -> tuple[str, str]:
                 study._storage.set_trial_user_attr(trial._trial_id, STATE_ATTR, KatibState.RUNNING.value)
                 running.append(runner.submit(run_trial, parameters={"ctx": ctx, "trial": trial}))
                 continue
-            if running:
-                wait(running, timeout=0.5)
-                time.sleep(0.02)
+            if running:  # until one trial ends (or half a second passes: stop requests are checked)
+                concurrent.futures.wait([f.wrapped_future for f in running], timeout=0.5,
+                                        return_when=concurrent.futures.FIRST_COMPLETED)
 
 
 @task(name="trial", cache_policy=NO_CACHE, task_run_name="trial-{trial.number}")
@@ -196,6 +197,7 @@ def run_trial(ctx: _Ctx, trial) -> str:
     study_storage.set_trial_user_attr(tid, "run_id", run_id)
     objective: list[float] = []
     pruned = threading.Event()
+    pruned_at = [0]
     lock = threading.Lock()
 
     def on_line(line: str) -> None:
@@ -206,18 +208,20 @@ def run_trial(ctx: _Ctx, trial) -> str:
             objective.append(found[spec.objective.metric])
             trial.report(found[spec.objective.metric], step=len(objective))
             if spec.early_stopping and not pruned.is_set() and trial.should_prune():
+                pruned_at[0] = len(objective)
                 pruned.set()
 
     def should_stop() -> str | None:
         if pruned.is_set():
-            return f"early stopped by the median rule after {len(objective)} reports"
+            return f"early stopped by the median rule after {pruned_at[0]} reports"
         return ctx.stop_reason
 
     state, reason, status = KatibState.SUCCEEDED, None, "FINISHED"
     try:
-        run_script(tspec, dirs, ctx.python, p.settings.region, {**os.environ, **p.settings.engine_env()},
+        script = run_script(tspec, dirs, ctx.python, p.settings.region, {**os.environ, **p.settings.engine_env()},
                    tdir / "output.log", metric_sink=lambda batch: p.tracking.log_metrics(run_id, batch),
                    should_stop=should_stop, on_line=on_line)
+        study_storage.set_trial_user_attr(tid, "script_seconds", script.seconds)
         if not objective:
             state, reason, status = KatibState.METRICS_UNAVAILABLE, f"the objective {spec.objective.metric!r} was never printed", "FAILED"
     except TrainingStopped as stop:

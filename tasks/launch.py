@@ -168,7 +168,7 @@ class Supervisor:
 
     def __init__(self, argv: list[str], env: Mapping[str, str], cwd: Path,
                  on_line: Callable[[str], None], should_stop: Callable[[], str | None] = lambda: None,
-                 max_run_time_seconds: float | None = None, poll_seconds: float = 0.5,
+                 max_run_time_seconds: float | None = None, poll_seconds: float = 0.1,
                  grace_seconds: float = 5.0):
         self.argv, self.env, self.cwd = argv, dict(env), cwd
         self.on_line, self.should_stop = on_line, should_stop

@@ -17,14 +17,19 @@ def test_pure_modules_do_not_import_prefect(module):
     assert json.loads(out.stdout) == [], f"{module} imports Prefect"
 
 
-def test_flow_parameter_schema_documents_every_field():
-    from flows.training import train
+@pytest.mark.parametrize("flow_path, models", [
+    ("flows.training:train", ("TrainingSpec", "Resources")),
+    ("flows.tuning:tune", ("TuningSpec", "HyperparameterSpec", "MetricSpec", "ObjectiveSpec", "EarlyStoppingSpec",
+                           "TrainingSpec")),
+])
+def test_flow_parameter_schema_documents_every_field(flow_path, models):
+    import importlib
 
-    schema = train.parameters.model_dump()
+    module, name = flow_path.split(":")
+    schema = getattr(importlib.import_module(module), name).parameters.model_dump()
     defs = schema["definitions"]
-    spec = defs["TrainingSpec"]
-    assert set(spec["required"]) == {"name", "source_uri", "entry_point"}
-    for model in ("TrainingSpec", "Resources"):
+    assert schema["required"] == ["spec"]
+    for model in models:
         for field, prop in defs[model]["properties"].items():
             assert prop.get("description"), f"{model}.{field} has no description"
             assert prop != {} and "type" in prop or "anyOf" in prop or "$ref" in prop or "allOf" in prop, \
