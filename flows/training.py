@@ -72,7 +72,7 @@ def train(spec: TrainingSpec) -> TrainingResult:
 
         # 4. MLflow run.
         run_id = p.tracking.start_run(spec.experiment, spec.name, tags={
-            TAG_KIND: "training", TAG_TRAINING_ID: training_id, TAG_TRAINING_NAME: spec.name,
+            **spec.tags, TAG_KIND: "training", TAG_TRAINING_ID: training_id, TAG_TRAINING_NAME: spec.name,
             "mlyard.source_uri": spec.source_uri, "mlyard.entry_point": spec.entry_point,
             "mlflow.note.content": spec.description,
         }, params=spec.hyperparameters)

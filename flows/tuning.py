@@ -183,71 +183,139 @@ def run_trials(ctx: _Ctx, study) -> tuple[str, str]:
 
 @task(name="trial", cache_policy=NO_CACHE, task_run_name="trial-{trial.number}")
 def run_trial(ctx: _Ctx, trial) -> str:
-    """One trial: a training run with the suggested hyperparameters, pruned by the median rule."""
-    spec, p = ctx.spec, ctx.p
+    """One trial: a training run with the suggested hyperparameters, pruned by the median rule.
+
+    Locally the training is a process of this flow run; with `trial_deployment` it is a flow run of
+    that deployment (a pod on the Kubernetes pool), followed through its MLflow metrics."""
+    spec = ctx.spec
     number = trial.number
+    tspec = ctx.base.with_overrides({"name": f"{spec.name[:40]}-t{number}", "hyperparameters": dict(trial.params)})
+    tags = {"mlflow.parentRunId": ctx.parent_run, TAG_TUNING_ID: ctx.tuning_id, "mlyard.trial_number": str(number)}
+    pruner = _Pruner(ctx, trial)
+    if spec.trial_deployment:
+        state, reason, run_id = _trial_as_flow_run(ctx, trial, tspec, tags, pruner)
+    else:
+        state, reason, run_id = _trial_as_process(ctx, trial, tspec, tags, pruner)
+    value = best_value(pruner.values, spec.objective.direction)
+    if state == KatibState.SUCCEEDED and value is None:
+        state, reason = KatibState.METRICS_UNAVAILABLE, f"the objective {spec.objective.metric!r} was never printed"
+    storage, tid = trial.study._storage, trial._trial_id
+    storage.set_trial_user_attr(tid, STATE_ATTR, state.value)
+    if run_id:
+        storage.set_trial_user_attr(tid, "run_id", run_id)
+    if reason:
+        storage.set_trial_user_attr(tid, REASON_ATTR, reason[:2000])
+    if value is not None:
+        storage.set_trial_user_attr(tid, "objective", value)
+    trial.study.tell(trial, value if state == KatibState.SUCCEEDED else None, state=state.optuna_state)
+    return state.value
+
+
+class _Pruner:
+    """Feeds objective values to Optuna (step = 1, 2, 3, ...) and remembers when the median rule fired."""
+
+    def __init__(self, ctx: _Ctx, trial):
+        self.ctx, self.trial = ctx, trial
+        self.values: list[float] = []
+        self.pruned_at: int | None = None
+        self.lock = threading.Lock()
+
+    def report(self, value: float) -> None:
+        with self.lock:
+            self.values.append(value)
+            self.trial.report(value, step=len(self.values))
+            if self.ctx.spec.early_stopping and self.pruned_at is None and self.trial.should_prune():
+                self.pruned_at = len(self.values)
+
+    def stop_reason(self) -> str | None:
+        if self.pruned_at is not None:
+            return f"early stopped by the median rule after {self.pruned_at} reports"
+        return self.ctx.stop_reason
+
+
+def _trial_as_process(ctx: _Ctx, trial, tspec: TrainingSpec, tags: dict, pruner: _Pruner):
+    p, spec, number = ctx.p, ctx.spec, trial.number
     tdir = ctx.scratch / f"trial-{number}"
     dirs = Workdirs.under(tdir, ctx.dirs.source, ctx.dirs.datasets, ctx.dirs.checkpoint_input)
-    tspec = ctx.base.with_overrides({"name": f"{spec.name[:40]}-t{number}", "hyperparameters": dict(trial.params)})
     run_id = p.tracking.start_run(ctx.experiment, tspec.name, tags={
-        "mlflow.parentRunId": ctx.parent_run, TAG_KIND: "trial", TAG_TUNING_ID: ctx.tuning_id,
-        TAG_TRAINING_ID: f"{ctx.tuning_id}/trial-{number}", TAG_TRAINING_NAME: tspec.name,
-        "mlyard.trial_number": str(number)}, params=tspec.hyperparameters)
-    study_storage, tid = trial.study._storage, trial._trial_id
-    study_storage.set_trial_user_attr(tid, "run_id", run_id)
-    objective: list[float] = []
-    pruned = threading.Event()
-    pruned_at = [0]
-    lock = threading.Lock()
+        **tags, TAG_KIND: "trial", TAG_TRAINING_ID: f"{ctx.tuning_id}/trial-{number}", TAG_TRAINING_NAME: tspec.name},
+        params=tspec.hyperparameters)
+    trial.study._storage.set_trial_user_attr(trial._trial_id, "run_id", run_id)
 
     def on_line(line: str) -> None:
         found = parse_line(ctx.parsers, line)
-        if spec.objective.metric not in found:
-            return
-        with lock:
-            objective.append(found[spec.objective.metric])
-            trial.report(found[spec.objective.metric], step=len(objective))
-            if spec.early_stopping and not pruned.is_set() and trial.should_prune():
-                pruned_at[0] = len(objective)
-                pruned.set()
-
-    def should_stop() -> str | None:
-        if pruned.is_set():
-            return f"early stopped by the median rule after {pruned_at[0]} reports"
-        return ctx.stop_reason
+        if spec.objective.metric in found:
+            pruner.report(found[spec.objective.metric])
 
     state, reason, status = KatibState.SUCCEEDED, None, "FINISHED"
     try:
         script = run_script(tspec, dirs, ctx.python, p.settings.region, {**os.environ, **p.settings.engine_env()},
-                   tdir / "output.log", metric_sink=lambda batch: p.tracking.log_metrics(run_id, batch),
-                   should_stop=should_stop, on_line=on_line)
-        study_storage.set_trial_user_attr(tid, "script_seconds", script.seconds)
-        if not objective:
-            state, reason, status = KatibState.METRICS_UNAVAILABLE, f"the objective {spec.objective.metric!r} was never printed", "FAILED"
+                            tdir / "output.log", metric_sink=lambda batch: p.tracking.log_metrics(run_id, batch),
+                            should_stop=pruner.stop_reason, on_line=on_line)
+        trial.study._storage.set_trial_user_attr(trial._trial_id, "script_seconds", script.seconds)
     except TrainingStopped as stop:
-        state = KatibState.EARLY_STOPPED if pruned.is_set() else KatibState.KILLED
+        state = KatibState.EARLY_STOPPED if pruner.pruned_at is not None else KatibState.KILLED
         reason, status = stop.reason, "KILLED"
     except TrainingFailed as exc:
-        state, reason, status = KatibState.FAILED, str(exc)[:2000], "FAILED"
-    except BaseException as exc:  # an engine error: the trial failed, the tuning goes on
-        state, reason, status = KatibState.FAILED, f"{type(exc).__name__}: {exc}"[:2000], "FAILED"
-    value = best_value(objective, spec.objective.direction)
+        state, reason, status = KatibState.FAILED, str(exc), "FAILED"
+    except Exception as exc:  # an engine error: the trial failed, the tuning goes on
+        state, reason, status = KatibState.FAILED, f"{type(exc).__name__}: {exc}", "FAILED"
+    if state == KatibState.SUCCEEDED and not pruner.values:
+        status = "FAILED"  # METRICS_UNAVAILABLE
     try:
         if state == KatibState.SUCCEEDED and any(dirs.model.iterdir()):
             p.tracking.log_artifacts(run_id, dirs.model, "model")
         if (tdir / "output.log").exists():
             p.tracking.log_artifact(run_id, tdir / "output.log", "logs")
-        p.tracking.set_tags(run_id, {"mlyard.trial_state": state.value, **({"mlyard.status_reason": reason} if reason else {})})
+        p.tracking.set_tags(run_id, {"mlyard.trial_state": state.value, **({"mlyard.status_reason": reason[:5000]} if reason else {})})
     finally:
         p.tracking.end_run(run_id, status)
-        study_storage.set_trial_user_attr(tid, STATE_ATTR, state.value)
-        if reason:
-            study_storage.set_trial_user_attr(tid, REASON_ATTR, reason)
-        if value is not None:
-            study_storage.set_trial_user_attr(tid, "objective", value)
-        trial.study.tell(trial, value if state == KatibState.SUCCEEDED else None, state=state.optuna_state)
         shutil.rmtree(tdir, ignore_errors=True)
-    return state.value
+    return state, reason, run_id
+
+
+def _trial_as_flow_run(ctx: _Ctx, trial, tspec: TrainingSpec, tags: dict, pruner: _Pruner):
+    """The trial as a flow run of `trial_deployment`; its objective is read from its MLflow run as it logs."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.states import Cancelling
+
+    p, spec = ctx.p, ctx.spec
+    patterns = tspec.metric_patterns + [m.regex for m in spec.metrics if m.regex]
+    tspec = tspec.with_overrides({"tags": tags, "metric_patterns": patterns})
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(spec.trial_deployment)
+        pool = client.read_work_pool(deployment.work_pool_name) if deployment.work_pool_name else None
+    job_variables = tspec.job_variables() if pool is not None and pool.type == "kubernetes" else {}
+    fr = run_deployment(spec.trial_deployment, parameters={"spec": tspec.model_dump(mode="json")}, timeout=0,
+                        job_variables=job_variables, as_subflow=False)
+    trial.study._storage.set_trial_user_attr(trial._trial_id, "flow_run_id", str(fr.id))
+    run_id, seen, asked_to_stop = None, 0, False
+    while True:
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(fr.id).state
+        if run_id is None:
+            found = p.tracking.find_training_run(str(fr.id))
+            run_id = found.info.run_id if found else None
+        if run_id is not None:
+            history = sorted(p.tracking.metric_history(run_id, spec.objective.metric), key=lambda m: (m.timestamp, m.step))
+            for m in history[seen:]:
+                pruner.report(m.value)
+            seen = len(history)
+        reason = pruner.stop_reason()
+        if reason and not asked_to_stop and not state.is_final():
+            with get_client(sync_client=True) as client:
+                client.set_flow_run_state(fr.id, Cancelling(message=reason), force=True)
+            asked_to_stop = True
+        if state.is_final():
+            break
+        time.sleep(0.5)
+    if state.is_completed():
+        return KatibState.SUCCEEDED, None, run_id
+    if state.is_cancelled():
+        return (KatibState.EARLY_STOPPED if pruner.pruned_at is not None else KatibState.KILLED), pruner.stop_reason() \
+            or state.message, run_id
+    return KatibState.FAILED, state.message, run_id
 
 
 def _best(study):

@@ -133,7 +133,7 @@ def _run_training(spec, submit: bool, pool: str, as_json: bool) -> None:
                              "(or set MLYARD_PREFECT_API_URL)")
         from prefect.deployments import run_deployment
 
-        job_variables = _job_variables(spec) if pool == "gpu" else {}
+        job_variables = spec.job_variables() if pool == "gpu" else {}
         fr = run_deployment(f"train/{pool}", parameters={"spec": spec.model_dump(mode="json")}, timeout=0,
                             job_variables=job_variables)
         _emit({"training_id": str(fr.id), "flow_run": fr.name, "pool": pool, "status": "CREATE REQUESTED"}, as_json)
@@ -154,20 +154,6 @@ def _run_training(spec, submit: bool, pool: str, as_json: bool) -> None:
     if isinstance(exc, MlyardError):
         raise exc
     raise TrainingFailed(str(state.message))
-
-
-def _job_variables(spec) -> dict[str, Any]:
-    r = spec.resources
-    jv: dict[str, Any] = {"gpu_count": r.gpu_count}
-    if r.gpu_type:
-        jv["gpu_type"] = r.gpu_type
-    if r.cpu:
-        jv["cpu_request"] = jv["cpu_limit"] = f"{r.cpu:g}"
-    if r.memory:
-        jv["memory_request"] = jv["memory_limit"] = r.memory
-    if spec.image:
-        jv["image"] = spec.image
-    return jv
 
 
 # -- stack ---------------------------------------------------------------------------------------

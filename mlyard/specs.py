@@ -67,6 +67,7 @@ class TrainingSpec(BaseModel):
     processes_per_node: int = Field(default=1, ge=1, le=64, description="torchrun --nproc_per_node.")
     max_run_time_seconds: int | None = Field(default=None, ge=1, description="Fail the training after this long.")
     collect_logs: bool = Field(default=True, description="Stream the script's output to the Prefect log and keep it in MLflow.")
+    tags: dict[str, str] = Field(default_factory=dict, description="Extra MLflow run tags (e.g. a parent run).")
     metric_patterns: list[str] = Field(
         default_factory=lambda: [KATIB_METRIC_PATTERN],
         description="Regexes matched against each output line; group 1 is the metric name, group 2 its value. "
@@ -125,6 +126,20 @@ class TrainingSpec(BaseModel):
         if self.processes_per_node > 1 and not self.torchrun:
             raise ValueError("processes_per_node > 1 needs torchrun: true")
         return self
+
+    def job_variables(self) -> dict[str, Any]:
+        """Job variables of the Kubernetes pool's base job template (infra/gpu-job-template.json)."""
+        r = self.resources
+        jv: dict[str, Any] = {"gpu_count": r.gpu_count}
+        if r.gpu_type:
+            jv["gpu_type"] = r.gpu_type
+        if r.cpu:
+            jv["cpu_request"] = jv["cpu_limit"] = f"{r.cpu:g}"
+        if r.memory:
+            jv["memory_request"] = jv["memory_limit"] = r.memory
+        if self.image:
+            jv["image"] = self.image
+        return jv
 
     def with_overrides(self, overrides: dict[str, Any]) -> "TrainingSpec":
         """A copy with top-level fields replaced (dicts such as hyperparameters are merged)."""
@@ -288,6 +303,10 @@ class TuningSpec(BaseModel):
     max_failed_trials: int = Field(default=3, ge=1, description="The tuning fails once this many trials failed.")
     parallel_trials: int = Field(default=1, ge=1, le=64, description="Trials running at the same time.")
     early_stopping: EarlyStoppingSpec | None = Field(default=None, description="Median early stopping (off when absent).")
+    trial_deployment: str | None = Field(
+        default=None, pattern=r"^[\w.-]+/[\w.-]+$",
+        description="Run each trial as its own flow run of this training deployment (train/gpu: a pod per "
+        "trial, so parallel trials are parallel pods). Default: trials are processes of the tuning's run.")
 
     @model_validator(mode="after")
     def _check(self) -> "TuningSpec":
@@ -302,6 +321,11 @@ class TuningSpec(BaseModel):
             for p in self.parameters:
                 if p.values is None and p.step is None:
                     raise ValueError(f"parameters.{p.name}: grid needs a step for a {p.type} range (or give values)")
+        if self.trial_deployment:
+            for m in self.metrics:
+                if m.regex is not None and re.compile(m.regex).groups < 2:
+                    raise ValueError(f"metrics.{m.name}.regex: with trial_deployment the training collects metrics "
+                                     "by name, so the regex needs Katib's two groups (name, value)")
         if self.metrics and self.objective.metric not in [m.name for m in self.metrics]:
             raise ValueError(f"objective.metric {self.objective.metric!r} is not one of metrics "
                              f"({', '.join(m.name for m in self.metrics)})")

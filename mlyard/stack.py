@@ -142,6 +142,8 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
 
     if not (state.pids.get("worker") and alive(state.pids["worker"])):
         log = logs / "worker.log"
+        # Poll for new flow runs every 2 s (Prefect's default is 10 s): a local pool should feel immediate.
+        env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "2")
         pid = _spawn([prefect_bin, "worker", "start", "--pool", LOCAL_POOL, "--type", "process",
                       "--name", "mlyard-local"], log, env, cwd=PROJECT_ROOT)
         state.pids["worker"], state.logs["worker"] = pid, str(log)

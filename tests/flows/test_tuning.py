@@ -215,3 +215,25 @@ def test_crashed_tuning_resumes_when_retried(platform, algorithm, tmp_path):
         assert rows[n]["state"] == "SUCCEEDED" and rows[n]["run_id"] == r["run_id"]
     killed = [r for r in rows.values() if r["state"] == "KILLED"]
     assert killed and all("interrupted" in r["reason"] for r in killed)
+
+
+def test_trials_as_their_own_flow_runs_with_median_stopping(platform, algorithm, tmp_path):
+    """trial_deployment: each trial is a flow run of train/local (on Kubernetes: train/gpu, a pod each)."""
+    from flows.tuning import tune
+    from mlyard.trainings import get_training
+
+    spec = _spec(algorithm(TRIAL), tmp_path / "m", name="remote", max_trials=4, trial_deployment="train/local",
+                 fixed={"mode": "fourth-is-bad", "epochs": 8, "sleep": 0.2},
+                 early_stopping={"min_trials_required": 3, "start_step": 4})
+    result = tune(spec)
+    rows = sorted(_trials(platform, result.tuning_id), key=lambda r: r["number"])
+    assert [r["state"] for r in rows] == ["SUCCEEDED"] * 3 + ["EARLY_STOPPED"]
+    from optuna import load_study
+
+    study = load_study(study_name=f"mlyard-tuning-{result.tuning_id}", storage=platform.settings.catalog_db_url)
+    flow_runs = [t.user_attrs["flow_run_id"] for t in sorted(study.trials, key=lambda t: t.number)]
+    statuses = [get_training(f).status for f in flow_runs]
+    assert statuses == ["COMPLETE"] * 3 + ["STOPPED"]
+    assert all(get_training(f).work_pool == "local" for f in flow_runs)
+    best = platform.tracking.get_run(result.best_run_id)
+    assert best.data.tags["mlflow.parentRunId"] == result.run_id and best.data.tags["mlyard.training_id"] in flow_runs

@@ -31,12 +31,11 @@ def _render(template, values):
 
 
 def test_gpu_job_manifest_is_valid_and_asks_for_gpus(template, stack):
-    from mlyard.cli import _job_variables
     from mlyard.specs import TrainingSpec
 
     spec = TrainingSpec(name="big", source_uri="s3://b/algo", entry_point="train.py", image="registry.local/mlyard:gpu",
                         resources={"gpu_count": 2, "gpu_type": "NVIDIA-A100-SXM4-80GB", "cpu": 8, "memory": "64Gi"})
-    values = {**_job_variables(spec), "image_pull_secrets": [{"name": "regcred"}], "service_account_name": "mlyard"}
+    values = {**spec.job_variables(), "image_pull_secrets": [{"name": "regcred"}], "service_account_name": "mlyard"}
     manifest = _render(template, values)
     # Unknown fields are dropped by the API server; the schema check must pass.
     kubernetes_validate.validate(manifest, "1.30", strict=False)
