@@ -124,3 +124,37 @@ def test_cli_errors_name_the_thing(platform):
     assert proc.returncode == 2 and "training '00000000-0000-0000-0000-000000000000' not found" in proc.stderr
     proc = cli("models", "delete", "no-such-model", check=False)
     assert proc.returncode == 2 and "model 'no-such-model' not found" in proc.stderr
+
+
+def test_cli_tuning_and_model_from_its_best_trial(platform, tmp_path):
+    spec = tmp_path / "tune.yaml"
+    spec.write_text(f"""
+name: cli-tune
+training: {{name: x, experiment: cli-tests, source_uri: {EXAMPLES / 'sklearn_digits'}, entry_point: train.py,
+            hyperparameters: {{epochs: 2}}}}
+strategy: random
+seed: 3
+parameters: [{{name: learning_rate, type: double, min: 0.005, max: 0.05}}]
+objective: {{metric: accuracy, direction: maximize}}
+max_trials: 2
+parallel_trials: 2
+""")
+    out = json.loads(cli("tune", "-f", str(spec), "--json").stdout)
+    assert out["status"] == "COMPLETE" and out["reason"] == "MaxTrialsReached" and out["counts"]["succeeded"] == 2
+    tid = out["tuning_id"]
+    assert any(t["id"] == tid and t["status"] == "COMPLETE (MaxTrialsReached)"
+               for t in json.loads(cli("tunings", "list", "--json").stdout))
+    trials = json.loads(cli("tunings", "trials", tid, "--json").stdout)
+    assert [t["state"] for t in trials] == ["SUCCEEDED", "SUCCEEDED"]
+    shown = json.loads(cli("tunings", "show", tid, "--json").stdout)
+    assert shown["trials"] == {"SUCCEEDED": 2} and shown["best_trial"]["run_id"] == out["best_run_id"]
+    mv = json.loads(cli("models", "create", "digits-tuned-cli", "--from-tuning", tid, "--json").stdout)
+    assert mv["run_id"] == out["best_run_id"] and mv["lineage"]["tuning_id"] == tid and mv["framework"] == "sklearn"
+
+
+def test_cli_bad_tuning_spec_is_refused(platform, tmp_path):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("name: bad\ntemplate: t\nstrategy: grid\nparameters: [{name: lr, type: double, min: 0.1, max: 0.5}]\n"
+                    "objective: {metric: accuracy, direction: maximize}\n")
+    proc = cli("tune", "-f", str(spec), check=False)
+    assert proc.returncode == 2 and "grid needs a step" in proc.stderr
