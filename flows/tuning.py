@@ -32,6 +32,7 @@ from mlyard.errors import MlyardError, SpecError, TrainingFailed, TrainingStoppe
 from mlyard.specs import TrainingSpec, TuningSpec
 from registry.tracking import TAG_KIND, TAG_TRAINING_ID, TAG_TRAINING_NAME
 from tasks.launch import Workdirs, run_script
+from tasks.metrics import Metric
 from tasks.storage import stage_in
 from tuning import KatibState, best_value, create_study, decide, grid_size, objective_parsers, recover_interrupted
 from tuning.engine import REASON_ATTR, STATE_ATTR, parse_line, search_space, trial_counts, trial_reports
@@ -58,8 +59,8 @@ class TuningResult(BaseModel):
 class _Ctx:
     """What every trial of one tuning shares."""
 
-    def __init__(self, p, spec, base, dirs, python, parent_run, experiment, scratch, tuning_id):
-        self.p, self.spec, self.base, self.dirs, self.python = p, spec, base, dirs, python
+    def __init__(self, p, spec, base, inputs, python, parent_run, experiment, scratch, tuning_id):
+        self.p, self.spec, self.base, self.inputs, self.python = p, spec, base, inputs, python
         self.parent_run, self.experiment, self.scratch, self.tuning_id = parent_run, experiment, scratch, tuning_id
         self.stop_reason: str | None = None
         self.parsers = objective_parsers(spec)
@@ -92,8 +93,7 @@ def tune(spec: TuningSpec) -> TuningResult:
         ckpt = (stage_in(p.storage, base.checkpoint_input_uri, scratch / "ckpt-in", "checkpoint_input_uri")
                 if base.checkpoint_input_uri else None)
         python = prepare_environment(source, p.settings.envs_dir)
-        dirs = Workdirs(source=source, model=scratch, checkpoint=scratch, checkpoint_input=ckpt,
-                        tensorboard=scratch, datasets=datasets)
+        inputs = (source, datasets, ckpt)  # shared by every trial; each gets its own model/checkpoint dirs
 
         # 3. Study and parent run.
         study = create_study(spec, p.settings.catalog_db_url, f"mlyard-tuning-{tuning_id}")
@@ -106,7 +106,7 @@ def tune(spec: TuningSpec) -> TuningResult:
             params={"strategy": spec.strategy, "seed": spec.seed, "max_trials": spec.max_trials,
                     "parallel_trials": spec.parallel_trials, "objective": spec.objective.metric,
                     "direction": spec.objective.direction})
-        ctx = _Ctx(p, spec, base, dirs, python, parent, base.experiment, scratch, tuning_id)
+        ctx = _Ctx(p, spec, base, inputs, python, parent, base.experiment, scratch, tuning_id)
 
         # 4. Trials.
         try:
@@ -121,7 +121,7 @@ def tune(spec: TuningSpec) -> TuningResult:
         p.tracking.set_tags(parent, {"mlyard.status": status, "mlyard.reason": reason,
                                      "mlyard.best_trial": str(result.best_trial), "mlyard.best_run_id": str(result.best_run_id)})
         if result.best_value is not None:
-            p.tracking.log_metrics(parent, [_M(spec.objective.metric, result.best_value)])
+            p.tracking.log_metrics(parent, [Metric(spec.objective.metric, result.best_value, 0, int(time.time() * 1000))])
         if status == "FAILED":
             p.tracking.end_run(parent, "FAILED")
             raise TuningFailed(reason)
@@ -134,11 +134,6 @@ def tune(spec: TuningSpec) -> TuningResult:
     logger.info("tuning %s COMPLETE (%s): best trial %s, %s=%s", spec.name, reason, result.best_trial,
                 spec.objective.metric, result.best_value)
     return Completed(message=f"COMPLETE ({reason})", data=result)
-
-
-class _M:
-    def __init__(self, name, value, step=0):
-        self.name, self.value, self.step, self.timestamp_ms = name, value, step, int(time.time() * 1000)
 
 
 def run_trials(ctx: _Ctx, study) -> tuple[str, str]:
@@ -236,7 +231,7 @@ class _Pruner:
 def _trial_as_process(ctx: _Ctx, trial, tspec: TrainingSpec, tags: dict, pruner: _Pruner):
     p, spec, number = ctx.p, ctx.spec, trial.number
     tdir = ctx.scratch / f"trial-{number}"
-    dirs = Workdirs.under(tdir, ctx.dirs.source, ctx.dirs.datasets, ctx.dirs.checkpoint_input)
+    dirs = Workdirs.under(tdir, *ctx.inputs)
     run_id = p.tracking.start_run(ctx.experiment, tspec.name, tags={
         **tags, TAG_KIND: "trial", TAG_TRAINING_ID: f"{ctx.tuning_id}/trial-{number}", TAG_TRAINING_NAME: tspec.name},
         params=tspec.hyperparameters)
