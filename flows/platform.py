@@ -67,3 +67,16 @@ def cancel_watch(flow_run_id: str, every_seconds: float = 1.0):
         return None
 
     return should_stop
+
+
+def cancel_flow_run(flow_run_id: str, reason: str) -> None:
+    """Cancel like the UI's Cancel button: a queued run ends at once, a running one goes CANCELLING and
+    its worker (or the running flow itself) ends it."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled, Cancelling
+
+    with get_client(sync_client=True) as client:
+        fr = client.read_flow_run(flow_run_id)
+        queued = fr.state is not None and fr.state.type.value in ("SCHEDULED", "PENDING", "PAUSED")
+        client.set_flow_run_state(flow_run_id, Cancelled(message=reason) if queued else Cancelling(message=reason),
+                                  force=True)

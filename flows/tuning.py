@@ -26,7 +26,7 @@ from prefect.states import Cancelled, Completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
-from flows.platform import Platform, cancel_watch
+from flows.platform import Platform, cancel_flow_run, cancel_watch
 from flows.training import check_locations, prepare_environment
 from mlyard.errors import MlyardError, SpecError, TrainingFailed, TrainingStopped
 from mlyard.specs import TrainingSpec, TuningSpec
@@ -273,7 +273,6 @@ def _trial_as_flow_run(ctx: _Ctx, trial, tspec: TrainingSpec, tags: dict, pruner
     """The trial as a flow run of `trial_deployment`; its objective is read from its MLflow run as it logs."""
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
-    from prefect.states import Cancelling
 
     p, spec = ctx.p, ctx.spec
     patterns = tspec.metric_patterns + [m.regex for m in spec.metrics if m.regex]
@@ -299,8 +298,7 @@ def _trial_as_flow_run(ctx: _Ctx, trial, tspec: TrainingSpec, tags: dict, pruner
             seen = len(history)
         reason = pruner.stop_reason()
         if reason and not asked_to_stop and not state.is_final():
-            with get_client(sync_client=True) as client:
-                client.set_flow_run_state(fr.id, Cancelling(message=reason), force=True)
+            cancel_flow_run(str(fr.id), reason)
             asked_to_stop = True
         if state.is_final():
             break

@@ -113,12 +113,7 @@ class TrainingSpec(BaseModel):
     @classmethod
     def _patterns(cls, value: list[str]) -> list[str]:
         for pattern in value:
-            try:
-                compiled = re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"metric pattern {pattern!r} does not compile: {exc}") from exc
-            if compiled.groups < 2:
-                raise ValueError(f"metric pattern {pattern!r} needs a name group and a value group")
+            _regex(pattern, 2, f"metric pattern {pattern!r} needs a name group and a value group")
         return value
 
     @model_validator(mode="after")
@@ -150,6 +145,16 @@ class TrainingSpec(BaseModel):
             else:
                 data[key] = value
         return load_spec(TrainingSpec, data, source="overrides")
+
+
+def _regex(pattern: str, min_groups: int, too_few: str) -> re.Pattern:
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"regex {pattern!r} does not compile: {exc}") from exc
+    if compiled.groups < min_groups:
+        raise ValueError(too_few)
+    return compiled
 
 
 def _check_uri(field: str, uri: str) -> None:
@@ -256,14 +261,8 @@ class MetricSpec(BaseModel):
     @field_validator("regex")
     @classmethod
     def _regex(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        try:
-            compiled = re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"regex {value!r} does not compile: {exc}") from exc
-        if compiled.groups < 1:
-            raise ValueError(f"regex {value!r} has no group for the value; e.g. 'accuracy: ([0-9.]+)'")
+        if value is not None:
+            _regex(value, 1, f"regex {value!r} has no group for the value; e.g. 'accuracy: ([0-9.]+)'")
         return value
 
 

@@ -128,18 +128,13 @@ def get_training(training_id: str) -> TrainingInfo:
 
 
 def stop_training(training_id: str, reason: str = "stopped by user") -> TrainingInfo:
-    """Ask Prefect to cancel the run: the worker (or the running flow itself) ends the whole process group."""
-    from prefect.client.orchestration import get_client
-    from prefect.states import Cancelled, Cancelling
+    """Stop a training: the whole process group of its script is ended; it becomes STOPPED."""
+    from flows.platform import cancel_flow_run
 
     info = get_training(training_id)
     if info.status not in ACTIVE_STATUSES:
         return info
-    with get_client(sync_client=True) as client:
-        fr = client.read_flow_run(training_id)
-        new = Cancelled(message=reason) if fr.state and fr.state.type.value in ("SCHEDULED", "PENDING", "PAUSED") \
-            else Cancelling(message=reason)
-        client.set_flow_run_state(training_id, new, force=True)
+    cancel_flow_run(training_id, reason)
     return get_training(training_id)
 
 

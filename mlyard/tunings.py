@@ -79,16 +79,13 @@ def get_tuning(tuning_id: str) -> TuningInfo:
 
 
 def stop_tuning(tuning_id: str, reason: str = "stopped by user") -> TuningInfo:
-    from prefect.client.orchestration import get_client
-    from prefect.states import Cancelled, Cancelling
+    """Stop a tuning: its running trials are KILLED; it becomes STOPPED."""
+    from flows.platform import cancel_flow_run
 
     info = get_tuning(tuning_id)
     if info.status not in ACTIVE:
         return info
-    with get_client(sync_client=True) as client:
-        fr = client.read_flow_run(tuning_id)
-        queued = fr.state and fr.state.type.value in ("SCHEDULED", "PENDING", "PAUSED")
-        client.set_flow_run_state(tuning_id, Cancelled(message=reason) if queued else Cancelling(message=reason), force=True)
+    cancel_flow_run(tuning_id, reason)
     return get_tuning(tuning_id)
 
 
