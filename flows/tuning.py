@@ -100,6 +100,9 @@ def tune(spec: TuningSpec) -> TuningResult:
         interrupted = recover_interrupted(study)
         if interrupted:
             logger.warning("resuming: trials %s were interrupted and count as KILLED", interrupted)
+            for t in study.get_trials(deepcopy=False):
+                if t.number in interrupted and t.user_attrs.get("run_id"):
+                    p.tracking.end_run(t.user_attrs["run_id"], "KILLED")
         parent = p.tracking.find_run({TAG_TUNING_ID: tuning_id, TAG_KIND: "tuning"}) or p.tracking.start_run(
             base.experiment, spec.name, tags={TAG_KIND: "tuning", TAG_TUNING_ID: tuning_id, TAG_TRAINING_NAME: spec.name,
                                               "mlflow.note.content": spec.description},
@@ -187,10 +190,13 @@ def run_trial(ctx: _Ctx, trial) -> str:
     tspec = ctx.base.with_overrides({"name": f"{spec.name[:40]}-t{number}", "hyperparameters": dict(trial.params)})
     tags = {"mlflow.parentRunId": ctx.parent_run, TAG_TUNING_ID: ctx.tuning_id, "mlyard.trial_number": str(number)}
     pruner = _Pruner(ctx, trial)
-    if spec.trial_deployment:
-        state, reason, run_id = _trial_as_flow_run(ctx, trial, tspec, tags, pruner)
-    else:
-        state, reason, run_id = _trial_as_process(ctx, trial, tspec, tags, pruner)
+    try:
+        if spec.trial_deployment:
+            state, reason, run_id = _trial_as_flow_run(ctx, trial, tspec, tags, pruner)
+        else:
+            state, reason, run_id = _trial_as_process(ctx, trial, tspec, tags, pruner)
+    except Exception as exc:  # the engines failed around the trial: it FAILED, the tuning goes on
+        state, reason, run_id = KatibState.FAILED, f"{type(exc).__name__}: {exc}", trial.user_attrs.get("run_id")
     value = best_value(pruner.values, spec.objective.direction)
     if state == KatibState.SUCCEEDED and value is None:
         state, reason = KatibState.METRICS_UNAVAILABLE, f"the objective {spec.objective.metric!r} was never printed"

@@ -215,6 +215,7 @@ def test_crashed_tuning_resumes_when_retried(platform, algorithm, tmp_path):
         assert rows[n]["state"] == "SUCCEEDED" and rows[n]["run_id"] == r["run_id"]
     killed = [r for r in rows.values() if r["state"] == "KILLED"]
     assert killed and all("interrupted" in r["reason"] for r in killed)
+    assert all(platform.tracking.get_run(r["run_id"]).info.status == "KILLED" for r in killed if r["run_id"])
 
 
 def test_trials_as_their_own_flow_runs_with_median_stopping(platform, algorithm, tmp_path):
