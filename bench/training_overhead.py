@@ -19,7 +19,7 @@ REPEATS = 7
 
 
 def main() -> None:
-    settings = _stack.start()
+    _stack.start()
     from prefect import flow
 
     from flows.training import train

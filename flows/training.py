@@ -23,7 +23,7 @@ from prefect.states import Cancelled
 from pydantic import BaseModel, Field
 
 from flows.platform import Platform, cancel_watch
-from mlyard.errors import SpecError, StorageNotFound, TrainingFailed, TrainingStopped
+from mlyard.errors import SpecError, StorageNotFound, TrainingStopped
 from mlyard.specs import TrainingSpec
 from registry.tracking import TAG_KIND, TAG_TRAINING_ID, TAG_TRAINING_NAME, Tracking
 from tasks.launch import Workdirs, requirements_env, run_script

@@ -102,7 +102,7 @@ def parse_sets(pairs: list[str] | None) -> dict[str, Any]:
 
 
 def _spec_from(file: Optional[Path], template: Optional[str], sets: list[str] | None, platform=None):
-    from mlyard.specs import TrainingSpec, load_spec, load_spec_file
+    from mlyard.specs import TrainingSpec, load_spec_file
 
     overrides = parse_sets(sets)
     if template:

@@ -13,7 +13,6 @@ import os
 import shutil
 import tempfile
 import uuid
-from functools import cached_property
 from pathlib import Path
 
 import boto3

@@ -1,5 +1,3 @@
-import threading
-import time
 
 from mlyard.specs import KATIB_METRIC_PATTERN
 from tasks.metrics import MetricParser, MetricStream, latest
