@@ -128,6 +128,9 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
         echo(f"starting the Prefect server on {state.ui_url} (database under {settings.prefect_home}) ...")
         log = logs / "prefect-server.log"
         srv_env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
+        # The UI calls the API at this URL; without it the UI assumes port 4200.
+        srv_env.update({"PREFECT_UI_API_URL": api_url, "PREFECT_SERVER_API_PORT": str(settings.prefect_port),
+                        "PREFECT_SERVER_API_HOST": "127.0.0.1"})
         pid = _spawn([prefect_bin, "server", "start", "--host", "127.0.0.1", "--port", str(settings.prefect_port)],
                      log, srv_env)
         state.pids["prefect-server"], state.logs["prefect-server"] = pid, str(log)

@@ -39,6 +39,14 @@ def test_status_shows_urls(stack):
     assert info["processes"]["worker"]["alive"] and info["mlflow_tracking_uri"].startswith("sqlite:///")
 
 
+def test_prefect_ui_talks_to_this_server(stack):
+    """The UI (served on a non-default port here) must call this server's API, not port 4200's."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{stack.ui_url}/ui-settings", timeout=10) as resp:
+        assert json.loads(resp.read())["api_url"] == stack.api_url
+
+
 def test_run_button_path_trains_on_the_local_pool(platform):
     """What pressing Run on the deployment does: a flow run the worker picks up and executes."""
     from prefect.deployments import run_deployment
