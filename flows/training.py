@@ -57,14 +57,7 @@ def train(spec: TrainingSpec) -> TrainingResult:
     scratch = Path(tempfile.mkdtemp(prefix=f"{spec.name}-", dir=_mkdir(p.settings.runs_dir)))
     try:
         # 2. Stage in.
-        source = stage_in(p.storage, spec.source_uri, scratch / "source", "source_uri")
-        if not (source / spec.entry_point).is_file():
-            raise SpecError("entry_point", spec.entry_point, f"a file inside source_uri {spec.source_uri}; "
-                            f"it holds: {', '.join(sorted(x.name for x in source.iterdir())[:20]) or 'nothing'}")
-        datasets = {name: stage_in(p.storage, uri, scratch / "datasets" / name, f"datasets.{name}")
-                    for name, uri in spec.datasets.items()}
-        ckpt_in = (stage_in(p.storage, spec.checkpoint_input_uri, scratch / "checkpoint-input", "checkpoint_input_uri")
-                   if spec.checkpoint_input_uri else None)
+        source, datasets, ckpt_in = stage_inputs(p, spec, scratch)
         dirs = Workdirs.under(scratch, source, datasets, ckpt_in)
 
         # 3. Environment.
@@ -113,6 +106,19 @@ def check_locations(p: Platform, spec: TrainingSpec) -> None:
         uri = getattr(spec, field)
         if uri:
             p.storage.resolve(uri, field)
+
+
+def stage_inputs(p: Platform, spec: TrainingSpec, scratch: Path) -> tuple[Path, dict[str, Path], Path | None]:
+    """Source (with its entry point checked), datasets and input checkpoint as local paths."""
+    source = stage_in(p.storage, spec.source_uri, scratch / "source", "source_uri")
+    if not (source / spec.entry_point).is_file():
+        raise SpecError("entry_point", spec.entry_point, f"a file inside source_uri {spec.source_uri}; "
+                        f"it holds: {', '.join(sorted(x.name for x in source.iterdir())[:20]) or 'nothing'}")
+    datasets = {name: stage_in(p.storage, uri, scratch / "datasets" / name, f"datasets.{name}")
+                for name, uri in spec.datasets.items()}
+    ckpt_in = (stage_in(p.storage, spec.checkpoint_input_uri, scratch / "checkpoint-input", "checkpoint_input_uri")
+               if spec.checkpoint_input_uri else None)
+    return source, datasets, ckpt_in
 
 
 @task(name="prepare-environment", cache_policy=NO_CACHE)

@@ -27,13 +27,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
 from flows.platform import Platform, cancel_flow_run, cancel_watch
-from flows.training import check_locations, prepare_environment
+from flows.training import check_locations, prepare_environment, stage_inputs
 from mlyard.errors import MlyardError, SpecError, TrainingFailed, TrainingStopped
 from mlyard.specs import TrainingSpec, TuningSpec
 from registry.tracking import TAG_KIND, TAG_TRAINING_ID, TAG_TRAINING_NAME
 from tasks.launch import Workdirs, run_script
 from tasks.metrics import Metric
-from tasks.storage import stage_in
 from tuning import KatibState, best_value, create_study, decide, grid_size, objective_parsers, recover_interrupted
 from tuning.engine import REASON_ATTR, STATE_ATTR, parse_line, search_space, trial_counts, trial_reports
 
@@ -85,15 +84,9 @@ def tune(spec: TuningSpec) -> TuningResult:
 
     scratch = Path(tempfile.mkdtemp(prefix=f"{spec.name}-", dir=_mkdir(p.settings.runs_dir)))
     try:
-        # 2. Stage in once.
-        source = stage_in(p.storage, base.source_uri, scratch / "source", "source_uri")
-        if not (source / base.entry_point).is_file():
-            raise SpecError("entry_point", base.entry_point, f"a file inside source_uri {base.source_uri}")
-        datasets = {n: stage_in(p.storage, u, scratch / "datasets" / n, f"datasets.{n}") for n, u in base.datasets.items()}
-        ckpt = (stage_in(p.storage, base.checkpoint_input_uri, scratch / "ckpt-in", "checkpoint_input_uri")
-                if base.checkpoint_input_uri else None)
-        python = prepare_environment(source, p.settings.envs_dir)
-        inputs = (source, datasets, ckpt)  # shared by every trial; each gets its own model/checkpoint dirs
+        # 2. Stage in once: shared by every trial (each gets its own model and checkpoint dirs).
+        inputs = stage_inputs(p, base, scratch)
+        python = prepare_environment(inputs[0], p.settings.envs_dir)
 
         # 3. Study and parent run.
         study = create_study(spec, p.settings.catalog_db_url, f"mlyard-tuning-{tuning_id}")
