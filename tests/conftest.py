@@ -52,9 +52,13 @@ def stack(settings):
     """The embedded stack, started once: Prefect server, local pool + worker, deployments."""
     from mlyard import stack as stack_mod
 
+    import shutil
+
     state = stack_mod.up(settings, echo=lambda *_: None)
     yield state
     stack_mod.down(settings, echo=lambda *_: None)
+    if not os.environ.get("MLYARD_KEEP_TEST_HOME"):  # set it to look at the logs of a failed run
+        shutil.rmtree(_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
