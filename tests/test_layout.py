@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-PURE = ["mlyard.settings", "mlyard.errors", "mlyard.specs", "mlyard.uris", "mlyard.trainings", "tasks.launch",
+PURE = ["mlyard.settings", "mlyard.errors", "mlyard.specs", "mlyard.uris", "mlyard.trainings", "tasks.launch", "tasks.evaluation",
         "tasks.metrics", "registry", "tuning", "schedules", "serving"]
 
 
