@@ -337,16 +337,15 @@ def tune(
     bayesian uses TPE, a model-based sampler that handles int, double and categorical parameters
     together and needs no extra packages. Early stopping `median` is Katib's median stopping rule.
     """
-    from mlyard.specs import TuningSpec, load_spec
+    from mlyard.specs import TuningSpec, load_spec, load_spec_file
 
     def go():
         if pool not in ("local", "gpu"):
             raise SpecError("--pool", pool, "local or gpu")
-        data = yaml.safe_load(file.read_text()) if file.is_file() else None
-        if data is None:
-            raise SpecError("file", str(file), "a YAML tuning spec that exists")
+        spec = load_spec_file(TuningSpec, file)
         overrides = parse_sets(sets)
-        spec = load_spec(TuningSpec, {**data, **overrides}, source=str(file))
+        if overrides:
+            spec = load_spec(TuningSpec, {**spec.model_dump(mode="json"), **overrides}, source=str(file))
         _run_tuning(spec, submit, pool, as_json)
 
     _guard(go)
