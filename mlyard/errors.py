@@ -6,17 +6,21 @@
     │   ├── TrainingNotFound
     │   ├── TemplateNotFound
     │   ├── ExperimentNotFound
-    │   └── ModelNotFound
+    │   ├── ModelNotFound
+    │   ├── BatchNotFound
+    │   └── EvaluationNotFound
     ├── Conflict (RuntimeError)              the action breaks a platform rule
     │   ├── AlreadyExists
     │   ├── ModelInUse
     │   ├── ExperimentBusy
-    │   └── TrainingNotComplete
+    │   ├── TrainingNotComplete
+    │   └── StillRunning
     ├── StorageError (OSError)
     │   ├── StorageUnreachable
     │   └── StorageNotFound
     ├── TrainingFailed (RuntimeError)        the user's script failed or ran too long
-    ├── TrainingStopped (RuntimeError)       a user stopped the training
+    ├── TrainingStopped (RuntimeError)       a user stopped the training (or other work)
+    ├── BatchFailed (RuntimeError)           a batch inference failed (too many failed batches, a worker died)
     └── StackError (RuntimeError)            the embedded stack could not start or be reached
 """
 
@@ -65,6 +69,16 @@ class ModelNotFound(NotFound):
     hint = "List models with `mlyard models list`."
 
 
+class BatchNotFound(NotFound):
+    kind = "batch inference"
+    hint = "List batch inferences with `mlyard batches list`."
+
+
+class EvaluationNotFound(NotFound):
+    kind = "evaluation"
+    hint = "List evaluations with `mlyard evaluations list`."
+
+
 class Conflict(MlyardError, RuntimeError):
     """The action would break one of the platform's rules."""
 
@@ -103,6 +117,12 @@ class TrainingNotComplete(Conflict):
         )
 
 
+class StillRunning(Conflict):
+    def __init__(self, kind: str, name: str, status: str, stop_command: str):
+        self.kind, self.name, self.status = kind, name, status
+        super().__init__(f"{kind} {name!r} is {status}; stop it first (`{stop_command}`), then delete it.")
+
+
 class StorageError(MlyardError, OSError):
     pass
 
@@ -128,6 +148,12 @@ class TrainingFailed(MlyardError, RuntimeError):
 
 class TrainingStopped(MlyardError, RuntimeError):
     def __init__(self, reason: str = "stopped on request"):
+        self.reason = reason
+        super().__init__(reason)
+
+
+class BatchFailed(MlyardError, RuntimeError):
+    def __init__(self, reason: str):
         self.reason = reason
         super().__init__(reason)
 

@@ -335,3 +335,141 @@ class TuningSpec(BaseModel):
         out = {m.name: m.regex for m in self.metrics}
         out.setdefault(self.objective.metric, None)
         return out
+
+
+# -- batch inference and model evaluation ----------------------------------------------------------
+
+MAX_EVALUATION_BYTES = 20 * 1024**3  # the seeds' limit on a model evaluation's input
+MAX_CLASSES = 50
+_MODEL_REF = re.compile(r"^[A-Za-z0-9][\w.-]*(@[\w-]+|/\d+)$")
+
+
+def is_registry_ref(model: str) -> bool:
+    """`name@alias` or `name/version` (a path must then be written ./dir or file://...)."""
+    return "://" not in model and bool(_MODEL_REF.match(model))
+
+
+class _BatchSettings(BaseModel):
+    """Where the model runs and how it is fed: shared by batch inference and model evaluation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="Registry reference (name@alias or name/version) or a model URI: runs:/, "
+                                   "models:/, s3://, obs://, nas://, file:// or ./path to an MLflow model.")
+    output_uri: str = Field(description="Where predictions go: one <input file>.predictions.jsonl per input file.")
+    id_field: str | None = Field(default=None, description="Input field copied to each prediction to join them back "
+                                                           "(the row number is always kept).")
+    feature_fields: list[str] | None = Field(
+        default=None, description="Input fields fed to the model, in order (default: every field but the id and "
+        "label). A single field holding a list is used as the feature vector.")
+    drop_fields: list[str] = Field(default_factory=list, description="Input fields never fed to the model.")
+    batch_size: int = Field(default=256, ge=1, le=100_000, description="Rows per model call.")
+    inference_timeout_seconds: float = Field(default=60, gt=0, le=86_400,
+                                             description="Longest one model call may take; a slower batch is recorded as failed.")
+    workers: int = Field(default=1, ge=1, le=64, description="Parallel workers (pods), each loading the model once.")
+    worker_deployment: str | None = Field(
+        default=None, pattern=r"^[\w.-]+/[\w.-]+$",
+        description="Run each worker as its own flow run of this deployment (batch-inference-worker/gpu: a pod "
+        "per worker). Default: workers are processes of this run.")
+    max_failed_batches: int = Field(default=10, ge=0, description="Fail once more batches than this failed "
+                                                                   "(0: the first failure fails the job).")
+    max_run_time_seconds: int | None = Field(default=None, ge=1, description="Stop with a failure after this long.")
+    image: str | None = Field(default=None, description="Container image on the Kubernetes pool; ignored locally.")
+    resources: Resources = Field(default_factory=Resources, description="CPU, memory and GPUs per worker on the Kubernetes pool.")
+
+    @field_validator("output_uri")
+    @classmethod
+    def _output(cls, value: str, info) -> str:
+        _check_uri(info.field_name, value)
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("give a model: name@alias, name/version or a model URI")
+        if not is_registry_ref(value) and value.split("://", 1)[0] not in ("runs", "models"):
+            _check_uri("model", value)
+        return value
+
+    job_variables = TrainingSpec.job_variables
+
+
+class BatchInferenceSpec(_BatchSettings):
+    """Batch inference: run a model over every row of the input files and write aligned predictions."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="Batch inference name: lowercase letters, digits and '-', at most 50.")
+    description: str = Field(default="", max_length=255, description="Free text shown in lists.")
+    experiment: str = Field(default="batch-inference", min_length=1, max_length=100,
+                            description="MLflow experiment of the run that records the summary.")
+    input_uri: str = Field(description="A file or a directory of files: path, file://, s3://, obs:// or nas://.")
+    input_format: Literal["json", "jsonl", "csv"] = Field(
+        description="json: a file holding a list of records or {\"instances\": [...]}; jsonl: a record per line; "
+        "csv: a header line and a row per line.")
+    include: list[str] = Field(default_factory=lambda: ["**"], description="Glob patterns of input files to take.")
+    exclude: list[str] = Field(default_factory=list, description="Glob patterns of input files to skip (exclude wins).")
+    output_probabilities: bool = Field(default=True, description="Also write class probabilities where the model has predict_proba.")
+
+    @field_validator("input_uri")
+    @classmethod
+    def _input(cls, value: str, info) -> str:
+        _check_uri(info.field_name, value)
+        return value
+
+    @field_validator("include", "exclude")
+    @classmethod
+    def _globs(cls, value: list[str], info) -> list[str]:
+        if info.field_name == "include" and not value:
+            raise ValueError("include is empty: give at least one pattern, e.g. ['**/*.jsonl']")
+        for pattern in value:
+            if not pattern.strip() or pattern.startswith("/"):
+                raise ValueError(f"glob {pattern!r} must be a relative pattern such as '*.jsonl' or 'day=*/**'")
+        return value
+
+
+class EvaluationSpec(_BatchSettings):
+    """Model evaluation: a batch inference over labelled data, then metrics, curves and a report in MLflow."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="Evaluation name: lowercase letters, digits and '-', at most 50.")
+    description: str = Field(default="", max_length=255, description="Free text shown in lists.")
+    experiment: str = Field(default="evaluations", min_length=1, max_length=100,
+                            description="MLflow experiment of the evaluation run.")
+    task: Literal["classification", "regression"] = Field(description="classification or regression.")
+    input_uri: str = Field(description="Labelled data (at most 20 GB): a .csv or .jsonl file, or a directory of them.")
+    input_format: Literal["jsonl", "csv"] = Field(description="jsonl or csv (files must end in .jsonl or .csv).")
+    label_field: str = Field(min_length=1, description="The field that holds the ground truth.")
+    class_names: list[str] | None = Field(
+        default=None, description=f"Classification: the model's classes in its output order, at most {MAX_CLASSES} "
+        "(default: the model's classes_, else the labels seen).")
+
+    @field_validator("input_uri")
+    @classmethod
+    def _input(cls, value: str, info) -> str:
+        _check_uri(info.field_name, value)
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> "EvaluationSpec":
+        if self.class_names is not None:
+            if self.task != "classification":
+                raise ValueError("class_names is only for task: classification")
+            if len(self.class_names) > MAX_CLASSES:
+                raise ValueError(f"class_names: {len(self.class_names)} classes; a classification evaluation "
+                                 f"takes at most {MAX_CLASSES}")
+            if len(self.class_names) < 2:
+                raise ValueError("class_names: give at least 2 classes")
+            if len(set(self.class_names)) != len(self.class_names):
+                raise ValueError("class_names: a class appears twice")
+        if self.feature_fields and self.label_field in self.feature_fields:
+            raise ValueError(f"feature_fields contains the label field {self.label_field!r}: the model must not see it")
+        return self
+
+    def batch_spec(self, name: str | None = None) -> BatchInferenceSpec:
+        """The batch inference this evaluation runs (the label is never fed to the model)."""
+        shared = self.model_dump(include=set(_BatchSettings.model_fields))
+        shared["drop_fields"] = [*self.drop_fields, self.label_field]
+        return BatchInferenceSpec(
+            **shared, name=name or self.name, description=f"batch inference of evaluation {self.name}",
+            experiment=self.experiment, input_uri=self.input_uri, input_format=self.input_format,
+            include=[f"**/*.{self.input_format}"], output_probabilities=self.task == "classification")

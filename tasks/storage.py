@@ -124,6 +124,39 @@ class Storage:
                 client.download_file(loc.bucket, base + name, str(target))
         return scratch
 
+    def exists(self, uri: str, field: str = "uri") -> bool:
+        """Whether one file is stored at `uri`."""
+        loc = self.resolve(uri, field)
+        if loc.kind == "local":
+            return loc.path.is_file()
+        with _translated(uri):
+            try:
+                self.client(loc).head_object(Bucket=loc.bucket, Key=loc.key)
+                return True
+            except ClientError as exc:
+                if _code(exc) in _MISSING_CODES:
+                    return False
+                raise
+
+    def size(self, uri: str, field: str = "uri") -> int:
+        """Bytes of the one file at `uri`."""
+        loc = self.resolve(uri, field)
+        if loc.kind == "local":
+            if not loc.path.is_file():
+                raise StorageNotFound(uri)
+            return loc.path.stat().st_size
+        with _translated(uri):
+            return int(self.client(loc).head_object(Bucket=loc.bucket, Key=loc.key)["ContentLength"])
+
+    def delete(self, uri: str, field: str = "uri") -> None:
+        """Remove one file (nothing happens when it is not there)."""
+        loc = self.resolve(uri, field)
+        if loc.kind == "local":
+            loc.path.unlink(missing_ok=True)
+            return
+        with _translated(uri):
+            self.client(loc).delete_object(Bucket=loc.bucket, Key=loc.key)
+
     def read_bytes(self, uri: str, field: str = "uri") -> bytes:
         loc = self.resolve(uri, field)
         if loc.kind == "local":
