@@ -80,3 +80,16 @@ def cancel_flow_run(flow_run_id: str, reason: str) -> None:
         queued = fr.state is not None and fr.state.type.value in ("SCHEDULED", "PENDING", "PAUSED")
         client.set_flow_run_state(flow_run_id, Cancelled(message=reason) if queued else Cancelling(message=reason),
                                   force=True)
+
+
+def submit(deployment: str, parameters: dict, kubernetes_job_variables: dict):
+    """Queue a flow run of `deployment` (not as a subflow) and return it. The job variables (GPUs,
+    image, resources) are only handed to a Kubernetes pool; a process pool has no use for them."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    with get_client(sync_client=True) as client:
+        found = client.read_deployment_by_name(deployment)
+        pool = client.read_work_pool(found.work_pool_name) if found.work_pool_name else None
+    job_variables = kubernetes_job_variables if pool is not None and pool.type == "kubernetes" else {}
+    return run_deployment(deployment, parameters=parameters, timeout=0, job_variables=job_variables, as_subflow=False)

@@ -26,7 +26,7 @@ from prefect.states import Cancelled, Completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
-from flows.platform import Platform, cancel_flow_run, cancel_watch
+from flows.platform import Platform, cancel_flow_run, cancel_watch, submit
 from flows.training import check_locations, prepare_environment, stage_inputs
 from mlyard.errors import MlyardError, SpecError, TrainingFailed, TrainingStopped
 from mlyard.specs import TrainingSpec, TuningSpec
@@ -271,17 +271,11 @@ def _trial_as_process(ctx: _Ctx, trial, tspec: TrainingSpec, tags: dict, pruner:
 def _trial_as_flow_run(ctx: _Ctx, trial, tspec: TrainingSpec, tags: dict, pruner: _Pruner):
     """The trial as a flow run of `trial_deployment`; its objective is read from its MLflow run as it logs."""
     from prefect.client.orchestration import get_client
-    from prefect.deployments import run_deployment
 
     p, spec = ctx.p, ctx.spec
     patterns = tspec.metric_patterns + [m.regex for m in spec.metrics if m.regex]
     tspec = tspec.with_overrides({"tags": tags, "metric_patterns": patterns})
-    with get_client(sync_client=True) as client:
-        deployment = client.read_deployment_by_name(spec.trial_deployment)
-        pool = client.read_work_pool(deployment.work_pool_name) if deployment.work_pool_name else None
-    job_variables = tspec.job_variables() if pool is not None and pool.type == "kubernetes" else {}
-    fr = run_deployment(spec.trial_deployment, parameters={"spec": tspec.model_dump(mode="json")}, timeout=0,
-                        job_variables=job_variables, as_subflow=False)
+    fr = submit(spec.trial_deployment, {"spec": tspec.model_dump(mode="json")}, tspec.job_variables())
     trial.study._storage.set_trial_user_attr(trial._trial_id, "flow_run_id", str(fr.id))
     run_id, seen, asked_to_stop = None, 0, False
     while True:

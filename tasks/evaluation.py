@@ -128,4 +128,161 @@ def regression(y_true: Sequence[float], y_pred: Sequence[float]) -> Report:
         m["rmsle"] = MetricValue(None, f"the {which} contain negative values (log undefined)")
     else:
         m["rmsle"] = MetricValue(float(np.sqrt(skm.mean_squared_log_error(y_true, y_pred))))
-    return Report("regression", m)
+    idx = np.linspace(0, len(y_true) - 1, min(len(y_true), 2000)).round().astype(int)  # a sample to plot
+    return Report("regression", m, {"actual": y_true[idx].tolist(), "predicted": y_pred[idx].tolist()})
+
+
+# -- pictures ----------------------------------------------------------------------------------------
+
+def thin(values: list[float], points: int = 1000) -> list[float]:
+    """At most `points` evenly spaced values, first and last kept (curves in JSON stay small)."""
+    if len(values) <= points:
+        return list(values)
+    idx = np.linspace(0, len(values) - 1, points).round().astype(int)
+    return [values[i] for i in idx]
+
+
+def thin_curves(curves: dict[str, Any], points: int = 1000) -> dict[str, Any]:
+    return {name: thin(curve, points) if isinstance(curve, list) else
+            {k: thin(v, points) if isinstance(v, list) else v for k, v in curve.items()}
+            for name, curve in curves.items()}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_report(report: Report, out_dir, title: str = "") -> list:
+    """PNG pictures of a report in `out_dir`; returns their paths.
+
+    Classification: confusion matrix, ROC curve, PR curve, precision and recall by threshold.
+    Regression: predicted against actual, and the residuals."""
+    from pathlib import Path
+
+    plt = _pyplot()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+
+    def save(fig, name):
+        path = out_dir / name
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+
+    if report.task == "classification":
+        cm = np.asarray(report.confusion_matrix)
+        n = len(report.classes or [])
+        fig, ax = plt.subplots(figsize=(max(4, 0.45 * n + 2), max(3.5, 0.45 * n + 1.5)))
+        im = ax.imshow(cm, cmap="Blues")
+        ax.set_xticks(range(n), report.classes, rotation=90 if n > 10 else 0)
+        ax.set_yticks(range(n), report.classes)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("actual")
+        if n <= 20:
+            for i in range(n):
+                for j in range(n):
+                    ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if cm[i, j] > cm.max() / 2 else "black")
+        fig.colorbar(im, ax=ax)
+        ax.set_title(f"{title} confusion matrix".strip())
+        save(fig, "confusion_matrix.png")
+        c = report.curves
+        if c:
+            fig, ax = plt.subplots(figsize=(4.5, 4))
+            ax.plot(c["roc"]["fpr"], c["roc"]["tpr"], label=_label("ROC AUC", report.metrics["roc_auc"]))
+            ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=0.8)
+            ax.set_xlabel("false positive rate")
+            ax.set_ylabel("true positive rate (recall)")
+            ax.set_title(f"{title} ROC curve".strip())
+            ax.legend(loc="lower right")
+            save(fig, "roc_curve.png")
+            fig, ax = plt.subplots(figsize=(4.5, 4))
+            ax.plot(c["pr"]["recall"], c["pr"]["precision"], label=_label("PR AUC", report.metrics["pr_auc"]))
+            ax.set_xlabel("recall")
+            ax.set_ylabel("precision")
+            ax.set_title(f"{title} precision-recall curve".strip())
+            ax.legend(loc="lower left")
+            save(fig, "pr_curve.png")
+            fig, ax = plt.subplots(figsize=(5, 4))
+            t = c["by_threshold"]
+            ax.plot(t["threshold"], t["precision"], label="precision")
+            ax.plot(t["threshold"], t["recall"], label="recall")
+            ax.set_xlabel("threshold")
+            ax.set_title(f"{title} precision and recall by threshold".strip())
+            ax.legend()
+            save(fig, "precision_recall_by_threshold.png")
+    else:
+        y, p = np.asarray(report.curves["actual"]), np.asarray(report.curves["predicted"])
+        fig, ax = plt.subplots(figsize=(4.5, 4))
+        ax.scatter(y, p, s=4, alpha=0.5)
+        lo, hi = float(min(y.min(), p.min())), float(max(y.max(), p.max()))
+        ax.plot([lo, hi], [lo, hi], "--", color="grey", linewidth=0.8)
+        ax.set_xlabel("actual")
+        ax.set_ylabel("predicted")
+        ax.set_title(f"{title} predicted vs actual".strip())
+        save(fig, "predicted_vs_actual.png")
+        fig, ax = plt.subplots(figsize=(4.5, 4))
+        ax.hist(p - y, bins=50)
+        ax.set_xlabel("residual (predicted - actual)")
+        ax.set_title(f"{title} residuals".strip())
+        save(fig, "residuals.png")
+    return paths
+
+
+def _label(name: str, m: MetricValue) -> str:
+    return f"{name} {m.value:.3f}" if m.value is not None else f"{name} n/a"
+
+
+def comparison_table(reports: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per metric, one column per evaluation (report dicts as `Report.as_dict` gives them)."""
+    names: list[str] = []
+    for r in reports.values():
+        names += [m for m in r["metrics"] if m not in names]
+    rows = []
+    for metric in names:
+        row: dict[str, Any] = {"metric": metric}
+        for label, r in reports.items():
+            v = r["metrics"].get(metric)
+            row[label] = None if v is None else (v["value"] if v.get("value") is not None else "n/a")
+        rows.append(row)
+    return rows
+
+
+def plot_comparison(reports: dict[str, dict[str, Any]], path) -> Any:
+    """Overlaid ROC and PR curves (classification) or predicted-vs-actual (regression) in one PNG."""
+    plt = _pyplot()
+    tasks = {r["task"] for r in reports.values()}
+    if tasks == {"classification"}:
+        fig, (roc, pr) = plt.subplots(1, 2, figsize=(10, 4.2))
+        for label, r in reports.items():
+            c = r.get("curves") or {}
+            if not c:
+                continue
+            auc = r["metrics"].get("roc_auc", {}).get("value")
+            ap = r["metrics"].get("pr_auc", {}).get("value")
+            roc.plot(c["roc"]["fpr"], c["roc"]["tpr"], label=f"{label} (AUC {auc:.3f})" if auc is not None else label)
+            pr.plot(c["pr"]["recall"], c["pr"]["precision"], label=f"{label} (AP {ap:.3f})" if ap is not None else label)
+        roc.plot([0, 1], [0, 1], "--", color="grey", linewidth=0.8)
+        roc.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC curves")
+        pr.set(xlabel="recall", ylabel="precision", title="precision-recall curves")
+        roc.legend(loc="lower right", fontsize=8)
+        pr.legend(loc="lower left", fontsize=8)
+    else:
+        fig, ax = plt.subplots(figsize=(5, 4.2))
+        for label, r in reports.items():
+            c = r.get("curves") or {}
+            if c.get("actual"):
+                ax.scatter(c["actual"], c["predicted"], s=4, alpha=0.5, label=label)
+        ax.set(xlabel="actual", ylabel="predicted", title="predicted vs actual")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

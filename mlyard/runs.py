@@ -1,0 +1,171 @@
+"""Lifecycle runs as users see them: Prefect flow runs of one flow (train, batch-inference, evaluate)
+with the seeds' statuses derived from Prefect's state, never stored (DESIGN §1).
+
+A run is CREATE IN PROGRESS while it prepares (stages inputs, loads a model) and RUNNING once its
+marker task (the step that does the work) has started; a failure before that is CREATE FAILED, after
+it the kind's own failure status (FAIL TRAIN, FAIL BATCH INFERENCE, FAIL MODEL EVALUATION).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from mlyard.errors import BatchNotFound, EvaluationNotFound, NotFound, TrainingNotFound
+
+
+@dataclass(frozen=True)
+class Kind:
+    flow: str  # the Prefect flow name
+    marker: str  # task run name prefix that means the work itself started
+    fail: str  # status of a failure after the marker started
+    noun: str
+    not_found: type[NotFound]
+    command: str  # the CLI group
+
+
+TRAINING = Kind("train", "run-entry-point", "FAIL TRAIN", "training", TrainingNotFound, "trainings")
+BATCH = Kind("batch-inference", "run-workers", "FAIL BATCH INFERENCE", "batch inference", BatchNotFound, "batches")
+EVALUATION = Kind("evaluate", "batch-inference", "FAIL MODEL EVALUATION", "evaluation", EvaluationNotFound, "evaluations")
+
+_BY_STATE = {"SCHEDULED": "CREATE REQUESTED", "PENDING": "CREATE REQUESTED", "PAUSED": "CREATE REQUESTED",
+             "COMPLETED": "COMPLETE", "CANCELLING": "STOP IN PROGRESS", "CANCELLED": "STOPPED"}
+ACTIVE_STATUSES = {"CREATE REQUESTED", "CREATE IN PROGRESS", "RUNNING", "STOP IN PROGRESS"}
+
+
+def status(kind: Kind, state_type: str | None, started: bool) -> str:
+    """The seeds' status for a flow run in `state_type`; a crash of the infrastructure is a failure."""
+    if state_type is None:
+        return "CREATE REQUESTED"
+    if state_type == "RUNNING":
+        return "RUNNING" if started else "CREATE IN PROGRESS"
+    if state_type in ("FAILED", "CRASHED"):
+        return kind.fail if started or state_type == "CRASHED" else "CREATE FAILED"
+    return _BY_STATE.get(state_type, state_type)
+
+
+@dataclass
+class RunInfo:
+    id: str
+    name: str
+    status: str
+    cause: str | None
+    run_seconds: float
+    created_at: str
+    work_pool: str | None
+    flow_run_name: str
+    parent_id: str | None  # the flow run that started this one as a subflow (an evaluation's batch)
+    spec: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _info(kind: Kind, fr, started: bool, parent_id: str | None) -> RunInfo:
+    spec = (fr.parameters or {}).get("spec") or {}
+    state_type = fr.state.type.value if fr.state else None
+    st = status(kind, state_type, started)
+    cause = None
+    if st in (kind.fail, "CREATE FAILED", "STOPPED", "STOP IN PROGRESS") and fr.state and fr.state.message:
+        cause = fr.state.message.removeprefix("Flow run encountered an exception: ")
+    secs = fr.estimated_run_time.total_seconds() if fr.estimated_run_time else 0.0
+    created = fr.created or datetime.now(timezone.utc)
+    return RunInfo(str(fr.id), spec.get("name", fr.name), st, cause, round(secs, 1), created.isoformat(timespec="seconds"),
+                   fr.work_pool_name, fr.name, parent_id, spec)
+
+
+def _started(client, kind: Kind, ids: list) -> set[str]:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName
+
+    if not ids:
+        return set()
+    runs = client.read_task_runs(
+        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)),
+        task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=kind.marker)),
+    )
+    return {str(t.flow_run_id) for t in runs if t.state and t.state.type.value != "PENDING"}
+
+
+def _parents(client, runs: list) -> dict[str, str]:
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterId
+
+    task_ids = [r.parent_task_run_id for r in runs if r.parent_task_run_id]
+    if not task_ids:
+        return {}
+    tasks = client.read_task_runs(task_run_filter=TaskRunFilter(id=TaskRunFilterId(any_=task_ids)))
+    by_task = {t.id: str(t.flow_run_id) for t in tasks}
+    return {str(r.id): by_task[r.parent_task_run_id] for r in runs if r.parent_task_run_id in by_task}
+
+
+def list_runs(kind: Kind, limit: int = 100, active_only: bool = False) -> list[RunInfo]:
+    """Newest first. `active_only`: only those not finished (queued, preparing, running, stopping)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState,
+                                                FlowRunFilterStateType)
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    run_filter = None
+    if active_only:
+        active = [StateType.SCHEDULED, StateType.PENDING, StateType.PAUSED, StateType.RUNNING, StateType.CANCELLING]
+        run_filter = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=active)))
+    runs = []
+    with get_client(sync_client=True) as client:
+        while len(runs) < limit:  # the API serves at most 200 a page
+            page = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[kind.flow])),
+                                         flow_run_filter=run_filter, sort=FlowRunSort.START_TIME_DESC,
+                                         limit=min(200, limit - len(runs)), offset=len(runs))
+            runs += page
+            if len(page) < 200:
+                break
+        started = _started(client, kind, [r.id for r in runs])
+        parents = _parents(client, runs)
+    return [_info(kind, r, str(r.id) in started, parents.get(str(r.id))) for r in runs]
+
+
+def get_run(kind: Kind, run_id: str) -> RunInfo:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        try:
+            fr = client.read_flow_run(run_id)
+        except Exception as exc:  # not found, or a malformed id (422)
+            raise kind.not_found(run_id) from exc
+        if fr.flow_id is None or client.read_flow(fr.flow_id).name != kind.flow:
+            raise kind.not_found(run_id)
+        return _info(kind, fr, bool(_started(client, kind, [fr.id])), _parents(client, [fr]).get(str(fr.id)))
+
+
+def stop_run(kind: Kind, run_id: str, reason: str = "stopped by user") -> RunInfo:
+    """Stop a run (its processes are ended); it becomes STOPPED."""
+    from flows.platform import cancel_flow_run
+
+    info = get_run(kind, run_id)
+    if info.status not in ACTIVE_STATUSES:
+        return info
+    cancel_flow_run(run_id, reason)
+    return get_run(kind, run_id)
+
+
+def children(run_id: str, flow: str) -> list[str]:
+    """Ids of the subflow runs of `flow` that the flow run `run_id` started."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow])),
+                                     flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run_id])))
+    return [str(r.id) for r in runs]
+
+
+def delete_flow_runs(ids: list[str]) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        for i in ids:
+            try:
+                client.delete_flow_run(i)
+            except ObjectNotFound:
+                pass
