@@ -30,7 +30,8 @@ from mlyard.specs import BatchInferenceSpec, is_registry_ref
 from registry.tracking import TAG_KIND
 from tasks.metrics import Metric
 from tasks.inference import (BatchFailures, Job, Layout, Model, Progress, Shard, ShardRecord, assign, concat,
-                             done_records, plan, rows_per_second, run_processes, select_files)
+                             done_records, fetch_model, plan, rows_per_second, run_processes,
+                             select_files)
 
 RUN_TASK_NAME = "run-workers"
 TAG_BATCH_ID = "mlyard.batch_id"
@@ -89,11 +90,11 @@ def batch_infer(spec: BatchInferenceSpec) -> BatchInferenceResult:
                   batch_size=spec.batch_size, inference_timeout_seconds=spec.inference_timeout_seconds,
                   max_failed_batches=spec.max_failed_batches, output_probabilities=spec.output_probabilities,
                   id_field=spec.id_field, feature_fields=spec.feature_fields, drop_fields=spec.drop_fields,
-                  sources=sources, scratch=str(scratch))
+                  sources=sources, origins=dict(files), scratch=str(scratch))
         try:
             # 5. Workers.
             started = time.monotonic()
-            fresh = run_workers(p, spec, job, pending, done, shards, model, batch_id, scratch)
+            fresh = run_workers(p, spec, job, pending, done, shards, model, model_uri, batch_id, scratch)
             seconds = time.monotonic() - started
             # 6. Assemble, summarize.
             result = finish(p, spec, layout, shards, {**done, **fresh}, model_uri, model, run_id, batch_id,
@@ -118,7 +119,6 @@ def batch_infer(spec: BatchInferenceSpec) -> BatchInferenceResult:
 def load_model(p: Platform, spec: BatchInferenceSpec, scratch: Path) -> tuple[str, Path, Model]:
     """The model as a pinned URI (an alias resolved to its version), a local copy, and loaded once here
     so that a model that does not load fails the job before anything starts."""
-    import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
     if is_registry_ref(spec.model):
@@ -127,10 +127,7 @@ def load_model(p: Platform, spec: BatchInferenceSpec, scratch: Path) -> tuple[st
     else:
         uri = spec.model
     try:
-        if uri.split("://", 1)[0] in ("models", "runs"):
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(scratch / "model")))
-        else:
-            local = p.storage.stage_in(uri, scratch / "model", "model")
+        local = fetch_model(p.storage, uri, scratch / "model")
         model = Model(str(local))
     except (MlflowException, OSError) as exc:
         if isinstance(exc, StorageError):
@@ -159,7 +156,7 @@ def check_output(p: Platform, spec: BatchInferenceSpec, layout: Layout, model_ur
 def stage_inputs(p: Platform, spec: BatchInferenceSpec, files: list[tuple[str, str]], manifest: dict | None,
                  done: dict, scratch: Path) -> dict[str, str]:
     """File name -> local path. Remote files are downloaded to scratch disk, unless every shard of
-    theirs is finished; flow-run workers (other pods) download their own."""
+    theirs is finished (planning needs a local copy; flow-run workers in other pods download their own)."""
     finished = set()
     if manifest is not None:
         by_file: dict[str, list[str]] = {}
@@ -171,7 +168,7 @@ def stage_inputs(p: Platform, spec: BatchInferenceSpec, files: list[tuple[str, s
         loc = p.storage.resolve(uri, "input_uri")
         if loc.kind == "local":
             out[name] = str(loc.path)
-        elif name in finished or (spec.worker_deployment and manifest is not None):
+        elif name in finished:
             out[name] = uri
         else:
             out[name] = str(p.storage.stage_in(uri, scratch / "input" / name.replace("/", "__"), "input_uri"))
@@ -180,7 +177,7 @@ def stage_inputs(p: Platform, spec: BatchInferenceSpec, files: list[tuple[str, s
 
 @task(name=RUN_TASK_NAME, cache_policy=NO_CACHE)
 def run_workers(p: Platform, spec: BatchInferenceSpec, job: Job, pending: list[Shard], done: dict[str, ShardRecord],
-                shards: list[Shard], model: Model, batch_id: str, scratch: Path) -> dict[str, ShardRecord]:
+                shards: list[Shard], model: Model, model_uri: str, batch_id: str, scratch: Path) -> dict[str, ShardRecord]:
     """Run the pending shards; returns their records."""
     from tasks.inference import Worker
 
@@ -220,8 +217,7 @@ def run_workers(p: Platform, spec: BatchInferenceSpec, job: Job, pending: list[S
         if spec.worker_deployment:
             from flows.batch_worker import run_worker_flow_runs
 
-            run_worker_flow_runs(spec, job, groups, batch_id, Layout(spec.output_uri), p.storage, on_event,
-                                 cancelled, failed)
+            run_worker_flow_runs(spec, job, model_uri, groups, batch_id, p.storage, on_event, cancelled, failed)
         elif len(groups) == 1:
             job.shards = [s.as_dict() for s in groups[0]]
             Worker(job, p.storage, on_event, cancelled, model=model, failed=failed).run()

@@ -268,6 +268,15 @@ def _as_list(pred) -> list:
     return list(pred)
 
 
+def fetch_model(storage: Storage, uri: str, dest: Path) -> Path:
+    """A local copy of the model at `uri`: models:/ and runs:/ through MLflow, locations through storage."""
+    import mlflow.artifacts
+
+    if uri.split("://", 1)[0] in ("models", "runs"):
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
+    return storage.stage_in(uri, dest, "model")
+
+
 class _Caller:
     """Runs calls on one daemon thread so that a caller can give up after a timeout (the call itself
     cannot be interrupted; it finishes in the background and its thread then ends)."""
@@ -352,6 +361,7 @@ class Job:
     drop_fields: list[str] = field(default_factory=list)
     shards: list[dict[str, Any]] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)  # file -> local path or URI to stage in
+    origins: dict[str, str] = field(default_factory=dict)  # file -> its URI under input_uri
     scratch: str | None = None
 
     def as_dict(self) -> dict[str, Any]:

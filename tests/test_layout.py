@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-PURE = ["mlyard.settings", "mlyard.errors", "mlyard.specs", "mlyard.uris", "mlyard.trainings", "tasks.launch", "tasks.evaluation",
+PURE = ["mlyard.settings", "mlyard.errors", "mlyard.specs", "mlyard.uris", "mlyard.trainings", "mlyard.runs", "tasks.launch", "tasks.evaluation",
         "tasks.metrics", "registry", "tuning", "schedules", "serving"]
 
 
@@ -21,6 +21,9 @@ def test_pure_modules_do_not_import_prefect(module):
     ("flows.training:train", ("TrainingSpec", "Resources")),
     ("flows.tuning:tune", ("TuningSpec", "HyperparameterSpec", "MetricSpec", "ObjectiveSpec", "EarlyStoppingSpec",
                            "TrainingSpec")),
+    ("flows.batch_inference:batch_infer", ("BatchInferenceSpec", "Resources")),
+    ("flows.batch_worker:batch_worker", ("WorkerSpec", "ShardSpec")),
+    ("flows.evaluation:evaluate", ("EvaluationSpec", "Resources")),
 ])
 def test_flow_parameter_schema_documents_every_field(flow_path, models):
     import importlib

@@ -56,7 +56,9 @@ def test_template_exposes_the_job_variables(template):
         assert name in props and props[name].get("description"), name
 
 
-def test_prefect_yaml_declares_training_on_both_pools():
+@pytest.mark.parametrize("entrypoint", ["flows.training.train", "flows.tuning.tune", "flows.batch_inference.batch_infer",
+                                        "flows.batch_worker.batch_worker", "flows.evaluation.evaluate"])
+def test_prefect_yaml_declares_every_flow_on_both_pools(entrypoint):
     conf = yaml.safe_load(PREFECT_YAML.read_text())
-    pools = {d["name"]: d["work_pool"]["name"] for d in conf["deployments"] if d["entrypoint"] == "flows.training.train"}
+    pools = {d["name"]: d["work_pool"]["name"] for d in conf["deployments"] if d["entrypoint"] == entrypoint}
     assert pools == {"local": "local", "gpu": "gpu"}
