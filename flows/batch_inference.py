@@ -27,14 +27,13 @@ from pydantic import BaseModel, Field
 from flows.platform import Platform, cancel_watch
 from mlyard.errors import BatchFailed, ModelNotFound, SpecError, StorageError, TrainingStopped
 from mlyard.specs import BatchInferenceSpec, is_registry_ref
-from registry.tracking import TAG_KIND
+from registry.tracking import TAG_BATCH_ID, TAG_KIND
 from tasks.metrics import Metric
 from tasks.inference import (BatchFailures, Job, Layout, Model, Progress, Shard, ShardRecord, assign, concat,
                              done_records, fetch_model, plan, rows_per_second, run_processes,
                              select_files)
 
 RUN_TASK_NAME = "run-workers"
-TAG_BATCH_ID = "mlyard.batch_id"
 PROGRESS_LOG_SECONDS = 5.0
 
 
@@ -188,7 +187,8 @@ def run_workers(p: Platform, spec: BatchInferenceSpec, job: Job, pending: list[S
     progress = Progress(total, done_rows=sum(r.rows for r in done.values()),
                         done_bytes=sum(s.size for s in shards if s.key in done))
     started = time.monotonic()
-    cancelled = cancel_watch(batch_id)
+    parent = flow_run.get_parent_flow_run_id() if batch_id and not batch_id.startswith("local-") else None
+    cancelled = cancel_watch(batch_id, parent_id=str(parent) if parent else None)
     last_log = [started]
 
     def on_event(event: dict) -> None:

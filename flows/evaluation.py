@@ -28,12 +28,11 @@ from flows.batch_inference import batch_infer, load_model
 from flows.platform import Platform
 from mlyard.errors import BatchFailed, SpecError
 from mlyard.specs import MAX_CLASSES, MAX_EVALUATION_BYTES, EvaluationSpec
-from registry.tracking import TAG_KIND
+from registry.tracking import TAG_BATCH_ID, TAG_EVALUATION_ID, TAG_KIND
 from tasks.evaluation import Report, classification, plot_report, regression, thin_curves
 from tasks.inference import BadRecord, Layout, read_records, select_files
 from tasks.metrics import Metric
 
-TAG_EVALUATION_ID = "mlyard.evaluation_id"
 REPORT_PATH = "evaluation/evaluation.json"
 
 
@@ -76,7 +75,7 @@ def evaluate(spec: EvaluationSpec) -> EvaluationResult:
                 p.tracking.end_run(run_id, "KILLED")
                 return Cancelled(message=state.message or "STOPPED")
             batch = state.result()
-            p.tracking.set_tags(run_id, {"mlyard.batch_id": batch.batch_id, "mlyard.batch_run_id": batch.run_id})
+            p.tracking.set_tags(run_id, {TAG_BATCH_ID: batch.batch_id, "mlyard.batch_run_id": batch.run_id})
             # 4-5. Compare and record.
             report, rows, skipped = compare(p, spec, files, names, batch.classes, scratch)
             report_uri = record(p, spec, run_id, report, rows, skipped, batch.batch_id, model_uri, scratch)

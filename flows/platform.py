@@ -42,8 +42,9 @@ class Platform:
         return Templates(self.catalog)
 
 
-def cancel_watch(flow_run_id: str, every_seconds: float = 1.0):
-    """A should_stop callback: the reason once the flow run is being cancelled (UI, CLI, API).
+def cancel_watch(flow_run_id: str, every_seconds: float = 1.0, parent_id: str | None = None):
+    """A should_stop callback: the reason once the flow run (or `parent_id`, the flow run it is a
+    subflow of) is being cancelled (UI, CLI, API).
 
     Asks the API at most every `every_seconds`; a run outside Prefect (id `local-...`) never stops.
     """
@@ -51,19 +52,21 @@ def cancel_watch(flow_run_id: str, every_seconds: float = 1.0):
     from prefect.client.schemas.objects import StateType
 
     last = [0.0]
+    ids = [i for i in (flow_run_id, parent_id) if i and not i.startswith("local-")]
 
     def should_stop() -> str | None:
         now = time.monotonic()
-        if flow_run_id.startswith("local-") or now - last[0] < every_seconds:
+        if not ids or now - last[0] < every_seconds:
             return None
         last[0] = now
         try:
             with get_client(sync_client=True) as client:
-                state = client.read_flow_run(flow_run_id).state
-        except Exception:  # the API being briefly unreachable must not stop a training
+                states = [client.read_flow_run(i).state for i in ids]
+        except Exception:  # the API being briefly unreachable must not stop the work
             return None
-        if state is not None and state.type in (StateType.CANCELLING, StateType.CANCELLED):
-            return state.message or "cancelled from Prefect"
+        for state in states:
+            if state is not None and state.type in (StateType.CANCELLING, StateType.CANCELLED):
+                return state.message or "cancelled from Prefect"
         return None
 
     return should_stop

@@ -17,7 +17,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from mlyard.errors import MlyardError, SpecError, StackError, TrainingFailed
+from mlyard.errors import BatchFailed, MlyardError, SpecError, StackError, TrainingFailed
 from mlyard.settings import Settings
 
 app = typer.Typer(help="mlyard: ML lifecycle flows on Prefect 3 with MLflow as the registry.",
@@ -28,7 +28,10 @@ templates_app = typer.Typer(help="Saved training specs to start trainings from."
 models_app = typer.Typer(help="The model registry (MLflow): models, versions, aliases.", no_args_is_help=True)
 ui_app = typer.Typer(help="Open the web UIs of the embedded stack.", no_args_is_help=True)
 tunings_app = typer.Typer(help="List, inspect, stop and copy hyperparameter tunings and their trials.", no_args_is_help=True)
-for sub, name in ((trainings_app, "trainings"), (tunings_app, "tunings"), (experiments_app, "experiments"), (templates_app, "templates"),
+batches_app = typer.Typer(help="List, inspect, stop and copy batch inferences.", no_args_is_help=True)
+evaluations_app = typer.Typer(help="List, inspect, compare and delete model evaluations.", no_args_is_help=True)
+for sub, name in ((trainings_app, "trainings"), (tunings_app, "tunings"), (batches_app, "batches"),
+                  (evaluations_app, "evaluations"), (experiments_app, "experiments"), (templates_app, "templates"),
                   (models_app, "models"), (ui_app, "ui")):
     app.add_typer(sub, name=name)
 
@@ -429,6 +432,223 @@ def tunings_copy(tuning_id: str, name: Optional[str] = typer.Option(None, help="
         _run_tuning(load_spec(TuningSpec, data, source=f"tuning {tuning_id}"), submit, pool, as_json)
 
     _guard(go)
+
+
+# -- batch inference and evaluation ----------------------------------------------------------------
+
+def _load(model, file: Path, sets: list[str] | None):
+    from mlyard.specs import load_spec, load_spec_file
+
+    spec = load_spec_file(model, file)
+    overrides = parse_sets(sets)
+    return load_spec(model, {**spec.model_dump(mode="json"), **overrides}, source=str(file)) if overrides else spec
+
+
+def _run_flow(kind: str, flow_fn, deployment: str, spec, submit: bool, pool: str, as_json: bool) -> None:
+    """Run `flow_fn(spec)` here and print its result, or hand it to `deployment/pool` (--submit)."""
+    from mlyard import stack
+
+    if pool not in ("local", "gpu"):
+        raise SpecError("--pool", pool, "local or gpu")
+    settings = _settings()
+    if submit:
+        if not stack.connect(settings):
+            raise StackError(f"--submit hands the {kind} to a work pool: start the stack first with `mlyard up`")
+        from prefect.deployments import run_deployment
+
+        fr = run_deployment(f"{deployment}/{pool}", parameters={"spec": spec.model_dump(mode="json")}, timeout=0,
+                            job_variables=spec.job_variables() if pool == "gpu" else {})
+        _emit({"id": str(fr.id), "flow_run": fr.name, "pool": pool, "status": "CREATE REQUESTED"}, as_json)
+        return
+    state = flow_fn(spec, return_state=True)
+    if state.is_completed():
+        _emit(state.result().model_dump(), as_json)
+        return
+    if state.is_cancelled():
+        _emit({"status": "STOPPED", "cause": state.message}, as_json)
+        raise typer.Exit(1)
+    exc = state.result(raise_on_failure=False)
+    if isinstance(exc, SpecError) or (isinstance(exc, MlyardError) and not isinstance(exc, BatchFailed)):
+        raise exc
+    from mlyard.runs import BATCH, EVALUATION
+
+    fail = (BATCH if kind == "batch inference" else EVALUATION).fail
+    err.print(f"{fail}: {exc}", style="red", highlight=False, markup=False)
+    raise typer.Exit(1)
+
+
+@app.command()
+def batch(
+    file: Path = typer.Option(..., "-f", "--file", help="Batch inference spec (YAML): model, input_uri, input_format, output_uri."),
+    sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a field: --set workers=2"),
+    submit: bool = typer.Option(False, "--submit", help="Hand it to a work pool and print its id."),
+    pool: str = typer.Option("local", "--pool", help="Work pool for --submit: local or gpu."),
+    as_json: bool = JSON,
+) -> None:
+    """Run a batch inference: predictions for every row of the input files, one output file per input file.
+
+    Rerunning a stopped or failed batch inference with the same spec and output_uri resumes it:
+    finished shards are kept, the rest run again.
+    """
+    from mlyard.specs import BatchInferenceSpec
+
+    def go():
+        spec = _load(BatchInferenceSpec, file, sets)
+        from flows.batch_inference import batch_infer
+
+        _run_flow("batch inference", batch_infer, "batch-inference", spec, submit, pool, as_json)
+
+    _guard(go)
+
+
+def _list(kind, limit: int, as_json: bool) -> None:
+    from mlyard.runs import list_runs
+
+    _settings()
+    rows = []
+    for r in _guard(lambda: list_runs(kind, limit)):
+        row = r.as_dict()
+        spec = row.pop("spec")
+        rows.append({**row, "model": spec.get("model")})
+    _emit(rows, as_json, ["id", "name", "model", "status", "run_seconds", "created_at", "cause"])
+
+
+@batches_app.command("list")
+def batches_list(limit: int = typer.Option(50, help="At most this many, newest first."), as_json: bool = JSON) -> None:
+    """Batch inferences with their status and how long they ran (an evaluation's own batch included)."""
+    from mlyard.runs import BATCH
+
+    _list(BATCH, limit, as_json)
+
+
+@batches_app.command("show")
+def batches_show(batch_id: str, as_json: bool = JSON) -> None:
+    """One batch inference: status, cause of a failure, and its summary (rows, failed rows, rows/s)."""
+    from mlyard.runs import BATCH, get_run
+
+    def go():
+        p = _platform()
+        info = get_run(BATCH, batch_id).as_dict()
+        from registry.tracking import TAG_BATCH_ID
+
+        run_id = p.tracking.find_run({TAG_BATCH_ID: batch_id})
+        if run_id:
+            run = p.tracking.get_run(run_id)
+            info["mlflow_run_id"] = run_id
+            info["summary"] = {k: (int(v) if float(v).is_integer() else v) for k, v in run.data.metrics.items()}
+        return info
+
+    _emit(_guard(go), as_json)
+
+
+@batches_app.command("stop")
+def batches_stop(batch_id: str, as_json: bool = JSON) -> None:
+    """Stop a batch inference: its workers end; finished shards are kept (rerun the spec to resume)."""
+    from mlyard.runs import BATCH, stop_run
+
+    _settings()
+    info = _guard(lambda: stop_run(BATCH, batch_id))
+    _emit({"id": info.id, "name": info.name, "status": info.status}, as_json)
+
+
+@batches_app.command("copy")
+def batches_copy(batch_id: str, name: Optional[str] = typer.Option(None, help="Name of the copy (default: <name>-copy)."),
+                 sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a field, e.g. --set output_uri=..."),
+                 submit: bool = typer.Option(False, "--submit"), pool: str = typer.Option("local", "--pool"),
+                 as_json: bool = JSON) -> None:
+    """Start a new batch inference with the same spec (give a new output_uri, or the same one to resume)."""
+    from mlyard.runs import BATCH, get_run
+    from mlyard.specs import BatchInferenceSpec, load_spec
+
+    def go():
+        _settings()
+        src = get_run(BATCH, batch_id).spec
+        data = {**src, "name": name or f"{src['name'][:45]}-copy", **parse_sets(sets)}
+        spec = load_spec(BatchInferenceSpec, data, source=f"batch inference {batch_id}")
+        from flows.batch_inference import batch_infer
+
+        _run_flow("batch inference", batch_infer, "batch-inference", spec, submit, pool, as_json)
+
+    _guard(go)
+
+
+@app.command()
+def evaluate(
+    file: Path = typer.Option(..., "-f", "--file", help="Evaluation spec (YAML): model, task, labelled input, label_field."),
+    sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a field: --set model=digits@champion"),
+    submit: bool = typer.Option(False, "--submit", help="Hand it to a work pool and print its id."),
+    pool: str = typer.Option("local", "--pool", help="Work pool for --submit: local or gpu."),
+    as_json: bool = JSON,
+) -> None:
+    """Evaluate a model on labelled CSV or JSONL data (at most 20 GB; classification: at most 50 classes).
+
+    Classification: accuracy, F1, precision, recall, log loss, ROC AUC, PR AUC, confusion matrix and
+    curves. Regression: MAE, MAPE, R², RMSE, RMSLE. A metric that does not apply is reported with why.
+    """
+    from mlyard.specs import EvaluationSpec
+
+    def go():
+        spec = _load(EvaluationSpec, file, sets)
+        from flows.evaluation import evaluate as evaluate_flow
+
+        _run_flow("evaluation", evaluate_flow, "evaluate", spec, submit, pool, as_json)
+
+    _guard(go)
+
+
+@evaluations_app.command("list")
+def evaluations_list(limit: int = typer.Option(50, help="At most this many, newest first."), as_json: bool = JSON) -> None:
+    """Evaluations with their model and status."""
+    from mlyard.runs import EVALUATION
+
+    _list(EVALUATION, limit, as_json)
+
+
+@evaluations_app.command("show")
+def evaluations_show(evaluation_id: str, as_json: bool = JSON) -> None:
+    """One evaluation: status, metrics, the metrics that do not apply (and why), its MLflow run."""
+    from mlyard import evaluations
+
+    _emit(_guard(lambda: evaluations.show(_platform().tracking, evaluation_id)), as_json)
+
+
+@evaluations_app.command("compare")
+def evaluations_compare(ids: list[str] = typer.Argument(..., help="Two or more evaluation ids."),
+                        out_dir: Path = typer.Option(Path("."), "--out", help="Where the PNG and JSON go."),
+                        as_json: bool = JSON) -> None:
+    """Metrics side by side and overlaid ROC/PR curves (a PNG here and in a new MLflow run)."""
+    from mlyard import evaluations
+
+    table, picture, run_id = _guard(lambda: evaluations.compare(_platform().tracking, ids, out_dir))
+    if as_json:
+        _emit({"table": table, "picture": str(picture), "mlflow_run_id": run_id}, True)
+        return
+    columns = list(table[0]) if table else ["metric"]
+    for row in table:
+        for k, v in row.items():
+            if isinstance(v, float):
+                row[k] = f"{v:.4f}"
+    _emit(table, False, columns, title="evaluations compared")
+    out.print(f"curves: {picture}  (also in MLflow run {run_id})")
+
+
+@evaluations_app.command("stop")
+def evaluations_stop(evaluation_id: str, as_json: bool = JSON) -> None:
+    """Stop an evaluation (and its batch inference)."""
+    from mlyard.runs import EVALUATION, stop_run
+
+    _settings()
+    info = _guard(lambda: stop_run(EVALUATION, evaluation_id))
+    _emit({"id": info.id, "name": info.name, "status": info.status}, as_json)
+
+
+@evaluations_app.command("delete")
+def evaluations_delete(evaluation_id: str) -> None:
+    """Delete an evaluation and its batch inference's records; refused while it runs. Predictions stay."""
+    from mlyard import evaluations
+
+    _guard(lambda: evaluations.delete(_platform().tracking, evaluation_id))
+    out.print(f"deleted evaluation {evaluation_id}")
 
 
 # -- experiments ---------------------------------------------------------------------------------

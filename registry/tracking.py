@@ -21,6 +21,8 @@ RunStatus = Literal["FINISHED", "FAILED", "KILLED"]
 TAG_KIND = "mlyard.kind"
 TAG_TRAINING_ID = "mlyard.training_id"
 TAG_TRAINING_NAME = "mlyard.training_name"
+TAG_BATCH_ID = "mlyard.batch_id"
+TAG_EVALUATION_ID = "mlyard.evaluation_id"
 MAX_BATCH = 1000  # MLflow's log_batch limit for metrics
 
 
@@ -87,6 +89,9 @@ class Tracking:
 
     def end_run(self, run_id: str, status: RunStatus) -> None:
         self.client.set_terminated(run_id, status)
+
+    def delete_run(self, run_id: str) -> None:
+        self.client.delete_run(run_id)
 
     def get_run(self, run_id: str):
         return self.client.get_run(run_id)
