@@ -4,7 +4,9 @@
 2. Train the example algorithm (examples/sklearn_digits) through the training flow.
 3. Register its model in MLflow as `digits`, alias `champion`.
 4. Tune its learning rate (grid, median early stopping stops the bad one); register the best trial.
-5. Start the MLflow UI and print what was done and where to look.
+5. Batch inference with digits@champion over the held-out digits (examples/data, JSONL).
+6. Evaluate digits@champion and digits-tuned on them; compare the two (table and overlaid curves).
+7. Start the MLflow UI and print what was done and where to look.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from mlyard.stack import PROJECT_ROOT
 
 SPEC = PROJECT_ROOT / "examples" / "train.yaml"
 TUNE_SPEC = PROJECT_ROOT / "examples" / "tune.yaml"
+BATCH_SPEC = PROJECT_ROOT / "examples" / "batch.yaml"
+EVAL_SPEC = PROJECT_ROOT / "examples" / "evaluate.yaml"
 
 
 def run(settings: Settings, out: Console, keep_running: bool = True) -> None:
@@ -61,9 +65,40 @@ def run(settings: Settings, out: Console, keep_running: bool = True) -> None:
                   f"accuracy={value}  {t['reason'] or ''}")
     tv = p.models.create_from_training("digits-tuned", tuned.tuning_id, "COMPLETE", tuned.best_run_id, kind="tuning",
                                        description=f"best trial of tuning {spec.name}")
+    p.models.set_alias("digits-tuned", "best", tv.version)
     out.print(f"registered digits-tuned version {tv.version} from trial {tuned.best_trial} ({tuned.reason})")
 
-    out.rule("5. where to look")
+    out.rule("5. batch inference (examples/batch.yaml)")
+    import time
+
+    from flows.batch_inference import batch_infer
+    from flows.evaluation import evaluate
+    from mlyard import evaluations
+    from mlyard.specs import BatchInferenceSpec, EvaluationSpec, load_spec_file
+
+    outputs = settings.home_dir / "outputs" / f"demo-{int(time.time())}"
+    bspec = load_spec_file(BatchInferenceSpec, BATCH_SPEC).model_copy(update={
+        "input_uri": str(PROJECT_ROOT / "examples" / "data"), "output_uri": str(outputs / "digits-batch")})
+    batch = batch_infer(bspec)
+    first = next(iter(batch.outputs.values()))
+    out.print(f"{batch.rows} rows ({batch.failed_rows} failed) at {batch.rows_per_second:,.0f} rows/s -> {first}")
+    with open(first) as fh:
+        out.print("  first prediction: " + fh.readline().strip()[:150])
+
+    out.rule("6. evaluation and comparison (examples/evaluate.yaml)")
+    espec = load_spec_file(EvaluationSpec, EVAL_SPEC).model_copy(update={
+        "input_uri": str(PROJECT_ROOT / "examples" / "data" / "digits-test.jsonl"),
+        "output_uri": str(outputs / "eval-champion")})
+    champion = evaluate(espec)
+    tuned_eval = evaluate(espec.model_copy(update={"name": "digits-tuned", "model": "digits-tuned@best",
+                                                    "output_uri": str(outputs / "eval-tuned")}))
+    table, picture, _ = evaluations.compare(p.tracking, [champion.evaluation_id, tuned_eval.evaluation_id], outputs)
+    for row in table:
+        cells = "  ".join(f"{v:>10.4f}" if isinstance(v, float) else f"{str(v):>10}" for k, v in row.items() if k != "metric")
+        out.print(f"  {row['metric']:<10} {cells}")
+    out.print(f"  (columns: digits@champion, digits-tuned@best)  curves: {picture}")
+
+    out.rule("7. where to look")
     mlflow_url = stack.start_mlflow_ui(settings, echo=out.print)
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items())
     out.print(f"""[bold]Done.[/bold]
@@ -72,6 +107,10 @@ def run(settings: Settings, out: Console, keep_running: bool = True) -> None:
   model        digits version {mv.version}  (digits@champion)
   tuning       {tuned.tuning_id}  COMPLETE ({tuned.reason}), best accuracy={tuned.best_value:.4f}
                {tuned.best_params}  ->  model digits-tuned version {tv.version}
+  batch        {batch.batch_id}  COMPLETE  {batch.rows} rows -> {bspec.output_uri}
+  evaluations  {champion.evaluation_id}  digits@champion  accuracy={champion.metrics['accuracy']:.4f}
+               {tuned_eval.evaluation_id}  digits-tuned@best  accuracy={tuned_eval.metrics['accuracy']:.4f}
+               comparison picture {picture}
 
   Prefect UI   {state.ui_url}/runs/flow-run/{result.training_id}
                press Run on deployment train/local to train again from the UI
@@ -80,6 +119,9 @@ def run(settings: Settings, out: Console, keep_running: bool = True) -> None:
   Try:  .venv/bin/mlyard trainings list
         .venv/bin/mlyard models show digits
         .venv/bin/mlyard tunings trials {tuned.tuning_id}
+        .venv/bin/mlyard evaluations show {champion.evaluation_id}
+        .venv/bin/mlyard evaluations compare {champion.evaluation_id} {tuned_eval.evaluation_id}
+        .venv/bin/mlyard batch -f examples/batch.yaml --set output_uri=/tmp/digits-batch
         .venv/bin/mlyard train -f examples/train.yaml --submit
         .venv/bin/mlyard down      (stops the stack; state stays in {settings.home_dir})""")
     if not keep_running:

@@ -89,6 +89,14 @@ def s3_settings(s3_server, tmp_path):
 
 
 @pytest.fixture()
+def s3_env(monkeypatch, s3_server):
+    """Flows read settings from the environment, like a worker-run flow does."""
+    monkeypatch.setenv("MLYARD_S3_ENDPOINT_URL", s3_server)
+    monkeypatch.setenv("MLYARD_S3_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("MLYARD_S3_SECRET_ACCESS_KEY", "test")
+
+
+@pytest.fixture()
 def bucket(s3_settings):
     import uuid
 
@@ -98,6 +106,48 @@ def bucket(s3_settings):
     boto3.client("s3", endpoint_url=s3_settings.s3_endpoint_url, aws_access_key_id="test",
                  aws_secret_access_key="test", region_name="us-east-1").create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    """Tiny real MLflow models, saved once: `classifier` (logistic regression on 4 features, classes
+    0/1/2), `regressor` (linear regression), and `slow` (a pyfunc that sleeps 30 s on a batch holding
+    a row whose first feature is 999 and raises on one whose first feature is -999: for timeouts
+    and failures), `many` (a classifier with 51 classes)."""
+    import mlflow.pyfunc
+    import mlflow.sklearn
+    import numpy as np
+    from sklearn.linear_model import LinearRegression, LogisticRegression
+
+    root = tmp_path_factory.mktemp("models")
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(600, 4))
+    y = np.digitize(X[:, 0] + 0.5 * X[:, 1], [-0.5, 0.5])
+    req = ["scikit-learn"]
+    mlflow.sklearn.save_model(LogisticRegression(max_iter=500).fit(X, y), root / "classifier", pip_requirements=req)
+    mlflow.sklearn.save_model(LinearRegression().fit(X, 3 * X[:, 0] - X[:, 2] + 10), root / "regressor",
+                              pip_requirements=req)
+    Xm = rng.normal(size=(510, 4))
+    mlflow.sklearn.save_model(LogisticRegression(max_iter=50).fit(Xm, np.arange(510) % 51), root / "many",
+                              pip_requirements=req)
+    code = root / "slow_model.py"
+    code.write_text(
+        "import time\n"
+        "import numpy as np\n"
+        "import mlflow.pyfunc\n"
+        "class Slow(mlflow.pyfunc.PythonModel):\n"
+        "    def predict(self, context, model_input, params=None):\n"
+        "        x = np.asarray(model_input, dtype=float)\n"
+        "        if (x[:, 0] == -999).any():\n"
+        "            raise ValueError('cannot score -999')\n"
+        "        if (x[:, 0] == 999).any():\n"
+        "            time.sleep(30)\n"
+        "        time.sleep(0.02)\n"
+        "        return (x[:, 0] > 0).astype(int)\n"
+        "mlflow.models.set_model(Slow())\n")
+    mlflow.pyfunc.save_model(root / "slow", python_model=str(code), pip_requirements=["numpy"])
+    return {"classifier": root / "classifier", "regressor": root / "regressor", "slow": root / "slow",
+            "many": root / "many", "X": X, "y": y}
 
 
 @pytest.fixture()

@@ -29,14 +29,6 @@ print("loss=0.5", flush=True)
 """
 
 
-@pytest.fixture()
-def s3_env(monkeypatch, s3_server):
-    """The flow reads settings from the environment, like a worker-run flow does."""
-    monkeypatch.setenv("MLYARD_S3_ENDPOINT_URL", s3_server)
-    monkeypatch.setenv("MLYARD_S3_ACCESS_KEY_ID", "test")
-    monkeypatch.setenv("MLYARD_S3_SECRET_ACCESS_KEY", "test")
-
-
 def _spec(src: Path, **kw) -> TrainingSpec:
     return TrainingSpec(name=kw.pop("name", "t"), experiment=kw.pop("experiment", "flow-tests"),
                         source_uri=str(src), entry_point="main.py", **kw)
