@@ -344,6 +344,11 @@ MAX_CLASSES = 50
 _MODEL_REF = re.compile(r"^[A-Za-z0-9][\w.-]*(@[\w-]+|/\d+)$")
 
 
+def is_mlflow_uri(model: str) -> bool:
+    """models:/name/version, models:/name@alias or runs:/run_id/path."""
+    return re.match(r"^(models|runs):/", model) is not None
+
+
 def is_registry_ref(model: str) -> bool:
     """`name@alias` or `name/version` (a path must then be written ./dir or file://...)."""
     return "://" not in model and bool(_MODEL_REF.match(model))
@@ -389,7 +394,7 @@ class _BatchSettings(BaseModel):
         value = value.strip()
         if not value:
             raise ValueError("give a model: name@alias, name/version or a model URI")
-        if not is_registry_ref(value) and value.split("://", 1)[0] not in ("runs", "models"):
+        if not is_registry_ref(value) and not is_mlflow_uri(value):
             _check_uri("model", value)
         return value
 

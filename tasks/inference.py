@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterator
 from urllib.parse import quote
 
 from mlyard.errors import SpecError, StorageNotFound, TrainingStopped
+from mlyard.specs import is_mlflow_uri
 from tasks.storage import Storage, _glob_match
 
 EVENT_PREFIX = "@mlyard "
@@ -221,6 +222,11 @@ def features(records: list[Any], feature_fields: list[str] | None, skip: set[str
         return np.asarray([r[fields[0]] for r in records])
     import pandas as pd
 
+    nested = [f for f in fields if isinstance(first.get(f), (list, dict))]
+    if nested:
+        raise BadRecord(f"field {nested[0]!r} holds a {type(first[nested[0]]).__name__} next to other fields "
+                        f"({', '.join(fields[:5])}); feed one vector field alone or scalars only: set feature_fields, "
+                        "id_field or drop_fields")
     missing = [f for f in fields if any(f not in r for r in records)]
     if missing:
         raise BadRecord(f"field {missing[0]!r} is missing in some rows")
@@ -272,7 +278,7 @@ def fetch_model(storage: Storage, uri: str, dest: Path) -> Path:
     """A local copy of the model at `uri`: models:/ and runs:/ through MLflow, locations through storage."""
     import mlflow.artifacts
 
-    if uri.split("://", 1)[0] in ("models", "runs"):
+    if is_mlflow_uri(uri):
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
     return storage.stage_in(uri, dest, "model")
 

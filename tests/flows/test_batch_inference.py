@@ -1,0 +1,193 @@
+"""The batch-inference flow on the real stack: S3 in and out (moto on 127.0.0.1), several local worker
+processes on one big file, resume after the flow process is killed, statuses, stop, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlyard.errors import SpecError
+from mlyard.specs import BatchInferenceSpec
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _rows(X, start=0):
+    return [{"id": f"r{start + i}", "features": x.tolist()} for i, x in enumerate(X)]
+
+
+def _write(path: Path, rows) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _predictions(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_s3_input_and_output_through_the_flow(platform, s3_env, s3_settings, bucket, models, tmp_path):
+    from flows.batch_inference import batch_infer
+    from mlyard.runs import BATCH, get_run
+    from tasks.storage import Storage
+
+    storage = Storage(s3_settings)
+    X = models["X"]
+    _write(tmp_path / "in" / "part-0.jsonl", _rows(X[:150]))
+    _write(tmp_path / "in" / "part-1.jsonl", _rows(X[150:300], 150))
+    (tmp_path / "in" / "notes.txt").write_text("not input")
+    storage.upload(tmp_path / "in", f"s3://{bucket}/in")
+    spec = BatchInferenceSpec(name="s3-batch", model=str(models["classifier"]), input_uri=f"s3://{bucket}/in",
+                              input_format="jsonl", include=["*.jsonl"], output_uri=f"s3://{bucket}/out",
+                              id_field="id", batch_size=32)
+    result = batch_infer(spec)
+    assert (result.files, result.rows, result.failed_rows, result.resumed_shards) == (2, 300, 0, 0)
+    assert result.classes == ["0", "1", "2"] and result.rows_per_second > 0
+    names = storage.list(f"s3://{bucket}/out")
+    assert {"part-0.jsonl.predictions.jsonl", "part-1.jsonl.predictions.jsonl", "_summary.json"} <= set(names)
+    assert not any(n.startswith("notes") for n in names)
+    got = [json.loads(x) for x in storage.read_bytes(f"s3://{bucket}/out/part-1.jsonl.predictions.jsonl").splitlines()]
+    import mlflow.sklearn
+
+    expected = mlflow.sklearn.load_model(str(models["classifier"])).predict(X[150:300]).tolist()
+    assert [g["prediction"] for g in got] == expected and got[0]["id"] == "r150" and got[-1]["row"] == 149
+    summary = json.loads(storage.read_bytes(f"s3://{bucket}/out/_summary.json"))
+    assert summary["rows"] == 300 and summary["failed_batches"] == 0
+    run = platform.tracking.get_run(result.run_id)
+    assert run.data.metrics["rows"] == 300 and run.info.status == "FINISHED"
+    assert get_run(BATCH, result.batch_id).status == "COMPLETE"
+
+
+def test_two_worker_processes_share_one_big_file(platform, models, tmp_path, monkeypatch):
+    import tasks.inference
+    from flows.batch_inference import batch_infer
+
+    X = np.repeat(models["X"], 20, axis=0)  # 12,000 rows, about 1 MB
+    path = _write(tmp_path / "big.jsonl", _rows(X))
+    monkeypatch.setattr(tasks.inference, "MIN_SPLIT_BYTES", 100_000)
+    spec = BatchInferenceSpec(name="two-workers", model=str(models["classifier"]), input_uri=str(path),
+                              input_format="jsonl", output_uri=str(tmp_path / "out"), id_field="id", workers=2,
+                              batch_size=500)
+    result = batch_infer(spec)
+    assert result.rows == 12_000 and result.failed_rows == 0
+    lines = _predictions(tmp_path / "out" / "big.jsonl.predictions.jsonl")
+    assert [x["row"] for x in lines] == list(range(12_000)) and lines[-1]["id"] == "r11999"
+    assert not list((tmp_path / "out" / "_mlyard" / "parts").rglob("*.jsonl"))  # joined, then removed
+
+
+RUN_FLOW = """
+import json, sys
+from mlyard.settings import Settings
+from mlyard import stack
+stack.connect(Settings())
+from flows.batch_inference import batch_infer
+from mlyard.specs import BatchInferenceSpec
+batch_infer(BatchInferenceSpec(**json.loads(sys.argv[1])))
+"""
+
+
+def test_rerun_after_the_flow_process_was_killed_produces_every_row_once(platform, models, tmp_path):
+    from flows.batch_inference import batch_infer
+
+    for i in range(4):  # 4 files x 40 rows; the slow model takes ~0.02 s per 2-row batch: ~0.4 s a file
+        _write(tmp_path / "in" / f"f{i}.jsonl", [{"id": f"{i}-{j}", "features": [float(j + 1), 1.0]} for j in range(40)])
+    data = dict(name="resume", model=str(models["slow"]), input_uri=str(tmp_path / "in"), input_format="jsonl",
+                output_uri=str(tmp_path / "out"), id_field="id", batch_size=2)
+    proc = subprocess.Popen([sys.executable, "-c", RUN_FLOW, json.dumps(data)], cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    records = tmp_path / "out" / "_mlyard" / "shards"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(records.glob("*.json")) if records.exists() else []) < 1:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole flow process, mid-job
+    proc.wait()
+    finished = len(list(records.glob("*.json")))
+    assert 1 <= finished < 4, "the kill should land between the first and the last file"
+    # an interrupted output never looks complete: only finished files have predictions
+    outputs = sorted(p.name for p in (tmp_path / "out").glob("*.predictions.jsonl"))
+    assert len(outputs) == finished
+
+    result = batch_infer(BatchInferenceSpec(**data))
+    assert result.resumed_shards == finished and result.rows == 160 and result.failed_rows == 0
+    ids = [x["id"] for i in range(4) for x in _predictions(tmp_path / "out" / f"f{i}.jsonl.predictions.jsonl")]
+    assert sorted(ids) == sorted(f"{i}-{j}" for i in range(4) for j in range(40)) and len(set(ids)) == 160
+
+
+def test_another_job_cannot_write_into_a_used_output(platform, models, tmp_path):
+    from flows.batch_inference import batch_infer
+
+    path = _write(tmp_path / "a.jsonl", _rows(models["X"][:5]))
+    spec = BatchInferenceSpec(name="first", model=str(models["classifier"]), input_uri=str(path), input_format="jsonl",
+                              output_uri=str(tmp_path / "out"))
+    batch_infer(spec)
+    before = (tmp_path / "out" / "a.jsonl.predictions.jsonl").read_bytes()
+    other = spec.model_copy(update={"model": str(models["regressor"])})
+    state = batch_infer(other, return_state=True)
+    exc = state.result(raise_on_failure=False)
+    assert isinstance(exc, SpecError) and exc.field == "output_uri" and "another batch inference" in str(exc)
+    assert (tmp_path / "out" / "a.jsonl.predictions.jsonl").read_bytes() == before
+
+
+def test_bad_input_fails_before_anything_starts(platform, models, tmp_path):
+    from flows.batch_inference import batch_infer
+    from mlyard.runs import BATCH, get_run
+
+    path = _write(tmp_path / "a.jsonl", _rows(models["X"][:5]))
+    cases = [
+        ({"model": str(tmp_path / "nope")}, "model"),
+        ({"model": "no-such-model@champion"}, None),
+        ({"include": ["*.csv"]}, "include/exclude"),
+    ]
+    for change, field in cases:
+        spec = BatchInferenceSpec(**{"name": "bad", "model": str(models["classifier"]), "input_uri": str(tmp_path),
+                                     "input_format": "jsonl", "output_uri": str(tmp_path / "out"), **change})
+        state = batch_infer(spec, return_state=True)
+        exc = state.result(raise_on_failure=False)
+        assert state.is_failed() and (field is None or getattr(exc, "field", None) == field), exc
+        assert get_run(BATCH, str(state.state_details.flow_run_id)).status == "CREATE FAILED"
+        assert not (tmp_path / "out").exists()
+    with pytest.raises(SpecError, match="output_uri"):
+        from mlyard.specs import load_spec
+
+        load_spec(BatchInferenceSpec, {"name": "x", "model": "m@a", "input_uri": str(path), "input_format": "jsonl",
+                                       "output_uri": "ftp://nope"})
+
+
+def test_too_many_failed_batches_is_fail_batch_inference_and_stop_is_stopped(platform, models, tmp_path):
+    import threading
+
+    from flows.batch_inference import batch_infer
+    from mlyard.runs import BATCH, get_run, list_runs, stop_run
+
+    rows = [{"id": i, "features": [-999.0 if i % 2 else 1.0, 0.0]} for i in range(40)]
+    path = _write(tmp_path / "f.jsonl", rows)
+    spec = BatchInferenceSpec(name="failing", model=str(models["slow"]), input_uri=str(path), input_format="jsonl",
+                              output_uri=str(tmp_path / "out"), id_field="id", batch_size=2, max_failed_batches=3)
+    state = batch_infer(spec, return_state=True)
+    info = get_run(BATCH, str(state.state_details.flow_run_id))
+    assert info.status == "FAIL BATCH INFERENCE" and "4 batches failed" in info.cause
+
+    slow = _write(tmp_path / "s.jsonl", [{"id": i, "features": [1.0, 0.0]} for i in range(2000)])
+    spec = BatchInferenceSpec(name="to-stop", model=str(models["slow"]), input_uri=str(slow), input_format="jsonl",
+                              output_uri=str(tmp_path / "out-stop"), id_field="id", batch_size=1)
+    box = {}
+    thread = threading.Thread(target=lambda: box.update(state=batch_infer(spec, return_state=True)))
+    thread.start()
+    deadline = time.monotonic() + 60
+    running = None
+    while time.monotonic() < deadline and running is None:
+        running = next((r for r in list_runs(BATCH, 5) if r.name == "to-stop" and r.status == "RUNNING"), None)
+        time.sleep(0.2)
+    assert running is not None
+    stop_run(BATCH, running.id)
+    thread.join(60)
+    assert box["state"].is_cancelled() and get_run(BATCH, running.id).status == "STOPPED"
+    assert not (tmp_path / "out-stop" / "s.jsonl.predictions.jsonl").exists()
