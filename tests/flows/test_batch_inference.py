@@ -191,3 +191,24 @@ def test_too_many_failed_batches_is_fail_batch_inference_and_stop_is_stopped(pla
     thread.join(60)
     assert box["state"].is_cancelled() and get_run(BATCH, running.id).status == "STOPPED"
     assert not (tmp_path / "out-stop" / "s.jsonl.predictions.jsonl").exists()
+
+
+def test_workers_as_flow_runs_of_the_worker_deployment(platform, models, tmp_path):
+    """What the gpu pool does with a pod per worker, run through the local pool's real worker."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    from flows.batch_inference import batch_infer
+
+    for i in range(2):
+        _write(tmp_path / "in" / f"p{i}.jsonl", _rows(models["X"][i * 50:(i + 1) * 50], i * 50))
+    spec = BatchInferenceSpec(name="pods", model=str(models["classifier"]), input_uri=str(tmp_path / "in"),
+                              input_format="jsonl", output_uri=str(tmp_path / "out"), id_field="id", workers=2,
+                              worker_deployment="batch-inference-worker/local")
+    result = batch_infer(spec)
+    assert result.rows == 100 and result.failed_rows == 0
+    assert [x["id"] for x in _predictions(tmp_path / "out" / "p1.jsonl.predictions.jsonl")] == [f"r{i}" for i in range(50, 100)]
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["batch-inference-worker"])))
+    mine = [r for r in runs if r.parameters["spec"]["batch_id"] == result.batch_id]
+    assert len(mine) == 2 and all(r.state.is_completed() and r.work_pool_name == "local" for r in mine)
