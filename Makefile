@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) bench/training_overhead.py
 	$(PY) bench/metric_latency.py
 	$(PY) bench/tuning_overhead.py
+	$(PY) bench/batch_inference.py
 
 down:
 	$(VENV)/bin/mlyard down

@@ -67,3 +67,26 @@ def test_uris():
         parse_uri("nas://n2:/x", nas_mounts={"n1": "/mnt/n1"})
     with pytest.raises(SpecError, match="s3://bucket"):
         parse_uri("s3:///nobucket")
+
+
+def test_batch_and_evaluation_specs_name_the_bad_field():
+    from mlyard.specs import BatchInferenceSpec, EvaluationSpec, is_registry_ref
+
+    base = {"name": "b", "model": "digits@champion", "input_uri": "s3://bucket/in", "input_format": "jsonl",
+            "output_uri": "s3://bucket/out"}
+    assert load_spec(BatchInferenceSpec, base).include == ["**"]
+    assert is_registry_ref("digits/3") and not is_registry_ref("./models/3") and not is_registry_ref("s3://b/m/3")
+    for patch, field in [({"include": []}, "include"), ({"exclude": ["/abs/*"]}, "exclude"),
+                         ({"batch_size": 0}, "batch_size"), ({"model": "ftp://x"}, "model"),
+                         ({"workers": 65}, "workers"), ({"input_format": "xml"}, "input_format")]:
+        with pytest.raises(SpecError) as err:
+            load_spec(BatchInferenceSpec, {**base, **patch})
+        assert str(err.value).splitlines()[1].strip().startswith(field), err.value
+    ev = {**base, "task": "regression", "label_field": "y"}
+    for patch, words in [({"class_names": ["a", "b"]}, "only for task: classification"),
+                         ({"task": "classification", "class_names": [str(i) for i in range(51)]}, "at most 50"),
+                         ({"feature_fields": ["x", "y"]}, "label field"), ({"input_format": "json"}, "input_format")]:
+        with pytest.raises(SpecError, match=words):
+            load_spec(EvaluationSpec, {**ev, **patch})
+    batch = load_spec(EvaluationSpec, ev).batch_spec()
+    assert batch.drop_fields == ["y"] and batch.include == ["**/*.jsonl"] and not batch.output_probabilities
