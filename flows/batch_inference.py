@@ -243,8 +243,8 @@ def finish(p: Platform, spec: BatchInferenceSpec, layout: Layout, shards: list[S
     for file, parts in by_file.items():
         if len(parts) > 1 and not (p.storage.exists(layout.output(file), "output_uri")
                                    and not p.storage.exists(layout.part(parts[0]), "output_uri")):
+            # Local parts are read in place; remote ones are downloaded one by one to scratch.
             local = [p.storage.stage_in(layout.part(s), scratch / "parts" / f"{s.index}", "output_uri")
-                     if p.storage.resolve(layout.part(s)).kind != "local" else p.storage.resolve(layout.part(s)).path
                      for s in sorted(parts, key=lambda s: s.index)]
             joined = scratch / "joined.jsonl"
             concat(local, joined)

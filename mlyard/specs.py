@@ -382,9 +382,9 @@ class _BatchSettings(BaseModel):
     image: str | None = Field(default=None, description="Container image on the Kubernetes pool; ignored locally.")
     resources: Resources = Field(default_factory=Resources, description="CPU, memory and GPUs per worker on the Kubernetes pool.")
 
-    @field_validator("output_uri")
+    @field_validator("output_uri", "input_uri", check_fields=False)  # input_uri: declared by each subclass
     @classmethod
-    def _output(cls, value: str, info) -> str:
+    def _locations(cls, value: str, info) -> str:
         _check_uri(info.field_name, value)
         return value
 
@@ -416,12 +416,6 @@ class BatchInferenceSpec(_BatchSettings):
     exclude: list[str] = Field(default_factory=list, description="Glob patterns of input files to skip (exclude wins).")
     output_probabilities: bool = Field(default=True, description="Also write class probabilities where the model has predict_proba.")
 
-    @field_validator("input_uri")
-    @classmethod
-    def _input(cls, value: str, info) -> str:
-        _check_uri(info.field_name, value)
-        return value
-
     @field_validator("include", "exclude")
     @classmethod
     def _globs(cls, value: list[str], info) -> list[str]:
@@ -447,12 +441,6 @@ class EvaluationSpec(_BatchSettings):
     class_names: list[str] | None = Field(
         default=None, description=f"Classification: the model's classes in its output order, at most {MAX_CLASSES} "
         "(default: the model's classes_, else the labels seen).")
-
-    @field_validator("input_uri")
-    @classmethod
-    def _input(cls, value: str, info) -> str:
-        _check_uri(info.field_name, value)
-        return value
 
     @model_validator(mode="after")
     def _check(self) -> "EvaluationSpec":

@@ -161,7 +161,7 @@ def test_bad_input_fails_before_anything_starts(platform, models, tmp_path):
                                        "output_uri": "ftp://nope"})
 
 
-def test_too_many_failed_batches_is_fail_batch_inference_and_stop_is_stopped(platform, models, tmp_path):
+def test_failure_budget_max_run_time_and_stop(platform, models, tmp_path):
     import threading
 
     from flows.batch_inference import batch_infer
@@ -176,6 +176,14 @@ def test_too_many_failed_batches_is_fail_batch_inference_and_stop_is_stopped(pla
     assert info.status == "FAIL BATCH INFERENCE" and "4 batches failed" in info.cause
 
     slow = _write(tmp_path / "s.jsonl", [{"id": i, "features": [1.0, 0.0]} for i in range(2000)])
+    too_long = BatchInferenceSpec(name="too-long", model=str(models["slow"]), input_uri=str(slow), input_format="jsonl",
+                                  output_uri=str(tmp_path / "out-long"), id_field="id", batch_size=1,
+                                  max_run_time_seconds=1)
+    started = time.monotonic()
+    state = batch_infer(too_long, return_state=True)
+    info = get_run(BATCH, str(state.state_details.flow_run_id))
+    assert info.status == "FAIL BATCH INFERENCE" and "max run time of 1 s" in info.cause
+    assert time.monotonic() - started < 20  # the file alone takes over 40 s
     spec = BatchInferenceSpec(name="to-stop", model=str(models["slow"]), input_uri=str(slow), input_format="jsonl",
                               output_uri=str(tmp_path / "out-stop"), id_field="id", batch_size=1)
     box = {}
