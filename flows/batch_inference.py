@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Cancelled
@@ -191,6 +192,9 @@ def run_workers(p: Platform, spec: BatchInferenceSpec, job: Job, pending: list[S
     cancelled = cancel_watch(batch_id, parent_id=str(parent) if parent else None)
     last_log = [started]
 
+    # A progress bar on the flow run's page in the Prefect UI, and a line in its log.
+    bar = create_progress_artifact(progress.percent, description=f"batch inference {spec.name}")
+
     def on_event(event: dict) -> None:
         progress.update(event)
         if event.get("event") == "failure":
@@ -199,7 +203,12 @@ def run_workers(p: Platform, spec: BatchInferenceSpec, job: Job, pending: list[S
         now = time.monotonic()
         if now - last_log[0] >= PROGRESS_LOG_SECONDS or event.get("event") == "shard":
             last_log[0] = now
-            logger.info("progress %s", progress.line())
+            line = progress.line()
+            logger.info("progress %s", line)
+            try:
+                update_progress_artifact(bar, progress.percent, description=line)
+            except Exception:  # the bar is a nicety; the API being slow must not fail the job
+                pass
 
     def failed() -> str | None:
         if spec.max_run_time_seconds and time.monotonic() - started > spec.max_run_time_seconds:

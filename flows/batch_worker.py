@@ -60,8 +60,16 @@ def batch_worker(spec: WorkerSpec) -> dict[str, int]:
     local = fetch_model(p.storage, spec.model_uri, scratch / "model")
     job = Job(**{**spec.model_dump(exclude={"batch_id", "shards"}), "model_uri": str(local), "origins": spec.sources,
                  "shards": [s.model_dump() for s in spec.shards], "scratch": str(scratch)})
-    worker = Worker(job, p.storage, emit=lambda e: e.get("event") == "shard" and logger.info("shard %s: %s rows", e["key"], e["rows"]),
-                    should_stop=cancel_watch(str(flow_run.get_id() or "local-")), model=Model(str(local)))
+
+    def emit(event: dict) -> None:
+        if event.get("event") == "shard":
+            logger.info("shard %s done: %s rows (%s failed)", event["key"], event["rows"], event["failed_rows"])
+        elif event.get("event") == "failure":
+            logger.warning("batch failed: %s rows %s-%s: %s", event["file"], event["first_row"], event["last_row"],
+                           event["error"])
+
+    worker = Worker(job, p.storage, emit=emit, should_stop=cancel_watch(str(flow_run.get_id() or "local-")),
+                    model=Model(str(local)))
     records = worker.run()
     return {"shards": len(records), "rows": sum(r.rows for r in records), "failed_rows": sum(r.failed_rows for r in records)}
 

@@ -1,8 +1,9 @@
 """Lifecycle runs as users see them: Prefect flow runs of one flow (train, batch-inference, evaluate)
 with the seeds' statuses derived from Prefect's state, never stored (DESIGN §1).
 
-A run is CREATE IN PROGRESS while it prepares (stages inputs, loads a model) and RUNNING once its
-marker task (the step that does the work) has started; a failure before that is CREATE FAILED, after
+A run is CREATE IN PROGRESS while it prepares (stages inputs, loads a model), RUNNING once its
+marker task (the step that does the work) has started, and COMPLETE IN PROGRESS once its closing
+step (joining outputs, writing the summary) has; a failure before the marker is CREATE FAILED, after
 it the kind's own failure status (FAIL TRAIN, FAIL BATCH INFERENCE, FAIL MODEL EVALUATION).
 """
 
@@ -23,23 +24,26 @@ class Kind:
     noun: str
     not_found: type[NotFound]
     command: str  # the CLI group
+    closing: str | None = None  # task run name prefix of the last step (joining, summing up): COMPLETE IN PROGRESS
 
 
 TRAINING = Kind("train", "run-entry-point", "FAIL TRAIN", "training", TrainingNotFound, "trainings")
-BATCH = Kind("batch-inference", "run-workers", "FAIL BATCH INFERENCE", "batch inference", BatchNotFound, "batches")
-EVALUATION = Kind("evaluate", "batch-inference", "FAIL MODEL EVALUATION", "evaluation", EvaluationNotFound, "evaluations")
+BATCH = Kind("batch-inference", "run-workers", "FAIL BATCH INFERENCE", "batch inference", BatchNotFound, "batches",
+             closing="finish")
+EVALUATION = Kind("evaluate", "batch-inference", "FAIL MODEL EVALUATION", "evaluation", EvaluationNotFound,
+                  "evaluations", closing="record")
 
 _BY_STATE = {"SCHEDULED": "CREATE REQUESTED", "PENDING": "CREATE REQUESTED", "PAUSED": "CREATE REQUESTED",
              "COMPLETED": "COMPLETE", "CANCELLING": "STOP IN PROGRESS", "CANCELLED": "STOPPED"}
-ACTIVE_STATUSES = {"CREATE REQUESTED", "CREATE IN PROGRESS", "RUNNING", "STOP IN PROGRESS"}
+ACTIVE_STATUSES = {"CREATE REQUESTED", "CREATE IN PROGRESS", "RUNNING", "COMPLETE IN PROGRESS", "STOP IN PROGRESS"}
 
 
-def status(kind: Kind, state_type: str | None, started: bool) -> str:
+def status(kind: Kind, state_type: str | None, started: bool, closing: bool = False) -> str:
     """The seeds' status for a flow run in `state_type`; a crash of the infrastructure is a failure."""
     if state_type is None:
         return "CREATE REQUESTED"
     if state_type == "RUNNING":
-        return "RUNNING" if started else "CREATE IN PROGRESS"
+        return ("COMPLETE IN PROGRESS" if closing else "RUNNING") if started else "CREATE IN PROGRESS"
     if state_type in ("FAILED", "CRASHED"):
         return kind.fail if started or state_type == "CRASHED" else "CREATE FAILED"
     return _BY_STATE.get(state_type, state_type)
@@ -62,10 +66,10 @@ class RunInfo:
         return asdict(self)
 
 
-def _info(kind: Kind, fr, started: bool, parent_id: str | None) -> RunInfo:
+def _info(kind: Kind, fr, started: bool, parent_id: str | None, closing: bool = False) -> RunInfo:
     spec = (fr.parameters or {}).get("spec") or {}
     state_type = fr.state.type.value if fr.state else None
-    st = status(kind, state_type, started)
+    st = status(kind, state_type, started, closing)
     cause = None
     if st in (kind.fail, "CREATE FAILED", "STOPPED", "STOP IN PROGRESS") and fr.state and fr.state.message:
         cause = fr.state.message.removeprefix("Flow run encountered an exception: ")
@@ -75,14 +79,15 @@ def _info(kind: Kind, fr, started: bool, parent_id: str | None) -> RunInfo:
                    fr.work_pool_name, fr.name, parent_id, spec)
 
 
-def _started(client, kind: Kind, ids: list) -> set[str]:
+def _started(client, marker: str | None, ids: list) -> set[str]:
+    """Ids of the flow runs among `ids` in which a task run named like `marker` has started."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName
 
-    if not ids:
+    if not ids or not marker:
         return set()
     runs = client.read_task_runs(
         flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)),
-        task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=kind.marker)),
+        task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=marker)),
     )
     return {str(t.flow_run_id) for t in runs if t.state and t.state.type.value != "PENDING"}
 
@@ -119,9 +124,11 @@ def list_runs(kind: Kind, limit: int = 100, active_only: bool = False) -> list[R
             runs += page
             if len(page) < 200:
                 break
-        started = _started(client, kind, [r.id for r in runs])
+        running = [r.id for r in runs if r.state and r.state.type.value == "RUNNING"]
+        started = _started(client, kind.marker, [r.id for r in runs])
+        closing = _started(client, kind.closing, running)
         parents = _parents(client, runs)
-    return [_info(kind, r, str(r.id) in started, parents.get(str(r.id))) for r in runs]
+    return [_info(kind, r, str(r.id) in started, parents.get(str(r.id)), str(r.id) in closing) for r in runs]
 
 
 def get_run(kind: Kind, run_id: str) -> RunInfo:
@@ -134,7 +141,8 @@ def get_run(kind: Kind, run_id: str) -> RunInfo:
             raise kind.not_found(run_id) from exc
         if fr.flow_id is None or client.read_flow(fr.flow_id).name != kind.flow:
             raise kind.not_found(run_id)
-        return _info(kind, fr, bool(_started(client, kind, [fr.id])), _parents(client, [fr]).get(str(fr.id)))
+        return _info(kind, fr, bool(_started(client, kind.marker, [fr.id])), _parents(client, [fr]).get(str(fr.id)),
+                     bool(_started(client, kind.closing, [fr.id])))
 
 
 def stop_run(kind: Kind, run_id: str, reason: str = "stopped by user") -> RunInfo:

@@ -575,13 +575,18 @@ class Progress:
     def rows(self) -> int:
         return sum(s["rows"] for s in self.shards.values())
 
+    @property
+    def percent(self) -> float:
+        with self._lock:
+            done = self.base_bytes + sum(s["bytes"] for s in self.shards.values())
+        return min(100.0, 100.0 * done / self.total_bytes) if self.total_bytes else 100.0
+
     def line(self) -> str:
         with self._lock:
             rows = self.rows
             failed = sum(s["failed_rows"] for s in self.shards.values())
-            done = self.base_bytes + sum(s["bytes"] for s in self.shards.values())
         secs = time.monotonic() - self.started
-        pct = 100.0 * done / self.total_bytes if self.total_bytes else 100.0
+        pct = self.percent
         rate = rows / secs if secs > 0 else 0.0
         eta = ""
         if 0 < pct < 100 and secs > 0:

@@ -58,6 +58,13 @@ def test_classification_metrics_equal_sklearn_and_pictures_reach_mlflow(platform
     doc = evaluations.report(platform.tracking, result.evaluation_id)
     assert doc["confusion_matrix"] == skm.confusion_matrix(y, pred).tolist() and doc["classes"] == ["0", "1", "2"]
     assert get_run(EVALUATION, result.evaluation_id).status == "COMPLETE"
+    from prefect.client.orchestration import get_client
+
+    from mlyard.runs import _started
+
+    with get_client(sync_client=True) as client:  # RUNNING is derived from the batch subflow having started
+        assert _started(client, EVALUATION.marker, [result.evaluation_id]) == {result.evaluation_id}
+        assert _started(client, EVALUATION.closing, [result.evaluation_id]) == {result.evaluation_id}
     batch = get_run(BATCH, result.batch_id)
     assert batch.status == "COMPLETE" and batch.parent_id == result.evaluation_id
 
