@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -354,14 +354,23 @@ def is_registry_ref(model: str) -> bool:
     return "://" not in model and bool(_MODEL_REF.match(model))
 
 
+def _form_order(schema: dict[str, Any], cls: type) -> None:
+    """Put what a user fills in first (name, model, input) at the top of the Prefect UI's form; the
+    shared batch settings come after."""
+    props = schema.get("properties", {})
+    first = [k for k in getattr(cls, "FORM_FIRST", ()) if k in props]
+    schema["properties"] = {**{k: props[k] for k in first}, **{k: v for k, v in props.items() if k not in first}}
+
+
 class _BatchSettings(BaseModel):
     """Where the model runs and how it is fed: shared by batch inference and model evaluation."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_form_order)
 
     model: str = Field(description="Registry reference (name@alias or name/version) or a model URI: runs:/, "
                                    "models:/, s3://, obs://, nas://, file:// or ./path to an MLflow model.")
-    output_uri: str = Field(description="Where predictions go: one <input file>.predictions.jsonl per input file.")
+    output_uri: str = Field(description="Where predictions go: a NAME.predictions.jsonl for each input file NAME, "
+                                        "with _summary.json and _failures.jsonl.")
     id_field: str | None = Field(default=None, description="Input field copied to each prediction to join them back "
                                                            "(the row number is always kept).")
     feature_fields: list[str] | None = Field(
@@ -404,6 +413,9 @@ class _BatchSettings(BaseModel):
 class BatchInferenceSpec(_BatchSettings):
     """Batch inference: run a model over every row of the input files and write aligned predictions."""
 
+    FORM_FIRST: ClassVar[tuple[str, ...]] = ("name", "description", "experiment", "model", "input_uri", "input_format",
+                                             "include", "exclude", "output_uri", "id_field")
+
     name: str = Field(pattern=NAME_PATTERN, description="Batch inference name: lowercase letters, digits and '-', at most 50.")
     description: str = Field(default="", max_length=255, description="Free text shown in lists.")
     experiment: str = Field(default="batch-inference", min_length=1, max_length=100,
@@ -429,6 +441,9 @@ class BatchInferenceSpec(_BatchSettings):
 
 class EvaluationSpec(_BatchSettings):
     """Model evaluation: a batch inference over labelled data, then metrics, curves and a report in MLflow."""
+
+    FORM_FIRST: ClassVar[tuple[str, ...]] = ("name", "description", "experiment", "task", "model", "input_uri",
+                                             "input_format", "label_field", "class_names", "output_uri", "id_field")
 
     name: str = Field(pattern=NAME_PATTERN, description="Evaluation name: lowercase letters, digits and '-', at most 50.")
     description: str = Field(default="", max_length=255, description="Free text shown in lists.")

@@ -195,19 +195,20 @@ def plot_report(report: Report, out_dir, title: str = "") -> list:
         save(fig, "confusion_matrix.png")
         c = report.curves
         if c:
+            micro = " (micro-average)" if c["roc"].get("average") == "micro" else ""
             fig, ax = plt.subplots(figsize=(4.5, 4))
             ax.plot(c["roc"]["fpr"], c["roc"]["tpr"], label=_label("ROC AUC", report.metrics["roc_auc"]))
             ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=0.8)
             ax.set_xlabel("false positive rate")
             ax.set_ylabel("true positive rate (recall)")
-            ax.set_title(f"{title} ROC curve".strip())
+            ax.set_title(f"{title} ROC curve{micro}".strip())
             ax.legend(loc="lower right")
             save(fig, "roc_curve.png")
             fig, ax = plt.subplots(figsize=(4.5, 4))
             ax.plot(c["pr"]["recall"], c["pr"]["precision"], label=_label("PR AUC", report.metrics["pr_auc"]))
             ax.set_xlabel("recall")
             ax.set_ylabel("precision")
-            ax.set_title(f"{title} precision-recall curve".strip())
+            ax.set_title(f"{title} precision-recall curve{micro}".strip())
             ax.legend(loc="lower left")
             save(fig, "pr_curve.png")
             fig, ax = plt.subplots(figsize=(5, 4))
@@ -215,7 +216,7 @@ def plot_report(report: Report, out_dir, title: str = "") -> list:
             ax.plot(t["threshold"], t["precision"], label="precision")
             ax.plot(t["threshold"], t["recall"], label="recall")
             ax.set_xlabel("threshold")
-            ax.set_title(f"{title} precision and recall by threshold".strip())
+            ax.set_title(f"{title} precision and recall by threshold{micro}".strip())
             ax.legend()
             save(fig, "precision_recall_by_threshold.png")
     else:
@@ -270,8 +271,10 @@ def plot_comparison(reports: dict[str, dict[str, Any]], path) -> Any:
             roc.plot(c["roc"]["fpr"], c["roc"]["tpr"], label=f"{label} (AUC {auc:.3f})" if auc is not None else label)
             pr.plot(c["pr"]["recall"], c["pr"]["precision"], label=f"{label} (AP {ap:.3f})" if ap is not None else label)
         roc.plot([0, 1], [0, 1], "--", color="grey", linewidth=0.8)
-        roc.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC curves")
-        pr.set(xlabel="recall", ylabel="precision", title="precision-recall curves")
+        micro = any((r.get("curves") or {}).get("roc", {}).get("average") == "micro" for r in reports.values())
+        suffix = " (micro-average over classes)" if micro else ""
+        roc.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC curves{suffix}")
+        pr.set(xlabel="recall", ylabel="precision", title=f"precision-recall curves{suffix}")
         roc.legend(loc="lower right", fontsize=8)
         pr.legend(loc="lower left", fontsize=8)
     else:
