@@ -220,3 +220,23 @@ def test_workers_as_flow_runs_of_the_worker_deployment(platform, models, tmp_pat
         runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["batch-inference-worker"])))
     mine = [r for r in runs if r.parameters["spec"]["batch_id"] == result.batch_id]
     assert len(mine) == 2 and all(r.state.is_completed() and r.work_pool_name == "local" for r in mine)
+
+
+def test_json_and_csv_inputs_through_the_flow(platform, models, tmp_path):
+    from flows.batch_inference import batch_infer
+
+    X = models["X"][:30]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.json").write_text(json.dumps({"instances": _rows(X[:10])}))
+    (tmp_path / "in" / "b.json").write_text(json.dumps(_rows(X[10:], 10)))
+    result = batch_infer(BatchInferenceSpec(name="json-in", model=str(models["classifier"]), input_uri=str(tmp_path / "in"),
+                                            input_format="json", output_uri=str(tmp_path / "out"), id_field="id"))
+    assert (result.files, result.rows, result.failed_rows) == (2, 30, 0)
+    assert [x["id"] for x in _predictions(tmp_path / "out" / "b.json.predictions.jsonl")] == [f"r{i}" for i in range(10, 30)]
+
+    with open(tmp_path / "c.csv", "w") as fh:
+        fh.write("id,a,b,c,d\n" + "".join(f"{i},{','.join(map(str, x))}\n" for i, x in enumerate(X)))
+    result = batch_infer(BatchInferenceSpec(name="csv-in", model=str(models["regressor"]), input_uri=str(tmp_path / "c.csv"),
+                                            input_format="csv", output_uri=str(tmp_path / "out-csv"), id_field="id"))
+    got = [x["prediction"] for x in _predictions(tmp_path / "out-csv" / "c.csv.predictions.jsonl")]
+    np.testing.assert_allclose(got, 3 * X[:, 0] - X[:, 2] + 10, rtol=1e-6)
