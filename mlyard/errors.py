@@ -7,6 +7,7 @@
     │   ├── TemplateNotFound
     │   ├── ExperimentNotFound
     │   ├── ModelNotFound
+    │   ├── TuningNotFound
     │   ├── BatchNotFound
     │   └── EvaluationNotFound
     ├── Conflict (RuntimeError)              the action breaks a platform rule
@@ -67,6 +68,11 @@ class ExperimentNotFound(NotFound):
 class ModelNotFound(NotFound):
     kind = "model"
     hint = "List models with `mlyard models list`."
+
+
+class TuningNotFound(NotFound):
+    kind = "tuning"
+    hint = "List tunings with `mlyard tunings list`."
 
 
 class BatchNotFound(NotFound):

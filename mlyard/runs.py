@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from mlyard.errors import BatchNotFound, EvaluationNotFound, NotFound, TrainingNotFound
+from mlyard.errors import BatchNotFound, EvaluationNotFound, NotFound, TrainingNotFound, TuningNotFound
 
 
 @dataclass(frozen=True)
@@ -25,9 +25,12 @@ class Kind:
     not_found: type[NotFound]
     command: str  # the CLI group
     closing: str | None = None  # task run name prefix of the last step (joining, summing up): COMPLETE IN PROGRESS
+    complete_reason: bool = False  # COMPLETE shows the flow's reason, as the console does: COMPLETE (GoalReached)
 
 
 TRAINING = Kind("train", "run-entry-point", "FAIL TRAIN", "training", TrainingNotFound, "trainings")
+TUNING = Kind("tune", "trial", "FAIL HYPERPARAMETER TUNING", "tuning", TuningNotFound, "tunings",
+              complete_reason=True)
 BATCH = Kind("batch-inference", "run-workers", "FAIL BATCH INFERENCE", "batch inference", BatchNotFound, "batches",
              closing="finish")
 EVALUATION = Kind("evaluate", "batch-inference", "FAIL MODEL EVALUATION", "evaluation", EvaluationNotFound,
@@ -70,6 +73,9 @@ def _info(kind: Kind, fr, started: bool, parent_id: str | None, closing: bool = 
     spec = (fr.parameters or {}).get("spec") or {}
     state_type = fr.state.type.value if fr.state else None
     st = status(kind, state_type, started, closing)
+    message = fr.state.message if fr.state else None
+    if st == "COMPLETE" and kind.complete_reason and message and message.startswith("COMPLETE ("):
+        st = message
     cause = None
     if st in (kind.fail, "CREATE FAILED", "STOPPED", "STOP IN PROGRESS") and fr.state and fr.state.message:
         cause = fr.state.message.removeprefix("Flow run encountered an exception: ")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from mlyard.runs import BATCH, EVALUATION, TRAINING, status
+from mlyard.runs import BATCH, EVALUATION, TRAINING, TUNING, status
 
 
 @pytest.mark.parametrize("state, started, closing, expected", [
@@ -27,3 +27,9 @@ def test_each_kind_fails_with_its_own_status():
     assert status(TRAINING, "FAILED", True) == "FAIL TRAIN"
     assert status(EVALUATION, "FAILED", True) == "FAIL MODEL EVALUATION"
     assert status(EVALUATION, "FAILED", False) == "CREATE FAILED"
+
+
+def test_a_tuning_runs_once_its_first_trial_started():
+    assert status(TUNING, "RUNNING", False) == "CREATE IN PROGRESS"
+    assert status(TUNING, "RUNNING", True) == "RUNNING"
+    assert status(TUNING, "FAILED", True) == "FAIL HYPERPARAMETER TUNING"
