@@ -88,6 +88,15 @@ def _emit(data: Any, as_json: bool, columns: list[str] | None = None, title: str
     out.print(table)
 
 
+def _stop(kind: str, run_id: str, as_json: bool) -> None:
+    """Stop a run of `kind` (a name in mlyard.runs) like the UI's Cancel; print its new status."""
+    from mlyard import runs
+
+    _settings()
+    info = _guard(lambda: runs.stop_run(getattr(runs, kind), run_id))
+    _emit({"id": info.id, "name": info.name, "status": info.status}, as_json)
+
+
 def parse_sets(pairs: list[str] | None) -> dict[str, Any]:
     """`--set a.b=value` pairs to a nested dict; values are read as YAML scalars (3 -> int, true -> bool)."""
     result: dict[str, Any] = {}
@@ -268,11 +277,7 @@ def trainings_show(training_id: str, as_json: bool = JSON) -> None:
 @trainings_app.command("stop")
 def trainings_stop(training_id: str, as_json: bool = JSON) -> None:
     """Stop a training: its whole process group is ended and it becomes STOPPED."""
-    from mlyard.trainings import stop_training
-
-    _settings()
-    info = _guard(lambda: stop_training(training_id))
-    _emit({"id": info.id, "name": info.name, "status": info.status}, as_json)
+    _stop("TRAINING", training_id, as_json)
 
 
 @trainings_app.command("copy")
@@ -409,11 +414,7 @@ def tunings_trials(tuning_id: str, as_json: bool = JSON) -> None:
 @tunings_app.command("stop")
 def tunings_stop(tuning_id: str, as_json: bool = JSON) -> None:
     """Stop a tuning: running trials are KILLED and it becomes STOPPED."""
-    from mlyard.tunings import stop_tuning
-
-    _settings()
-    info = _guard(lambda: stop_tuning(tuning_id))
-    _emit({"id": info.id, "name": info.name, "status": info.status}, as_json)
+    _stop("TUNING", tuning_id, as_json)
 
 
 @tunings_app.command("copy")
@@ -544,11 +545,7 @@ def batches_show(batch_id: str, as_json: bool = JSON) -> None:
 @batches_app.command("stop")
 def batches_stop(batch_id: str, as_json: bool = JSON) -> None:
     """Stop a batch inference: its workers end; finished shards are kept (rerun the spec to resume)."""
-    from mlyard.runs import BATCH, stop_run
-
-    _settings()
-    info = _guard(lambda: stop_run(BATCH, batch_id))
-    _emit({"id": info.id, "name": info.name, "status": info.status}, as_json)
+    _stop("BATCH", batch_id, as_json)
 
 
 @batches_app.command("copy")
@@ -635,11 +632,7 @@ def evaluations_compare(ids: list[str] = typer.Argument(..., help="Two or more e
 @evaluations_app.command("stop")
 def evaluations_stop(evaluation_id: str, as_json: bool = JSON) -> None:
     """Stop an evaluation (and its batch inference)."""
-    from mlyard.runs import EVALUATION, stop_run
-
-    _settings()
-    info = _guard(lambda: stop_run(EVALUATION, evaluation_id))
-    _emit({"id": info.id, "name": info.name, "status": info.status}, as_json)
+    _stop("EVALUATION", evaluation_id, as_json)
 
 
 @evaluations_app.command("delete")
