@@ -97,6 +97,17 @@ def _stop(kind: str, run_id: str, as_json: bool) -> None:
     _emit({"id": info.id, "name": info.name, "status": info.status}, as_json)
 
 
+def _copied(kind: str, run_id: str, model, name: str | None, sets: list[str] | None):
+    """The spec of a run of `kind` (a name in mlyard.runs), renamed (default <name>-copy) and overridden."""
+    from mlyard import runs
+    from mlyard.specs import load_spec
+
+    _settings()
+    info = runs.get_run(getattr(runs, kind), run_id)
+    data = {**info.spec, "name": name or f"{info.spec['name'][:45]}-copy", **parse_sets(sets)}
+    return load_spec(model, data, source=f"{info.spec['name']} ({run_id})")
+
+
 def parse_sets(pairs: list[str] | None) -> dict[str, Any]:
     """`--set a.b=value` pairs to a nested dict; values are read as YAML scalars (3 -> int, true -> bool)."""
     result: dict[str, Any] = {}
@@ -423,14 +434,10 @@ def tunings_copy(tuning_id: str, name: Optional[str] = typer.Option(None, help="
                  submit: bool = typer.Option(False, "--submit"), pool: str = typer.Option("local", "--pool"),
                  as_json: bool = JSON) -> None:
     """Start a new tuning with the same spec (and optional overrides)."""
-    from mlyard.specs import TuningSpec, load_spec
-    from mlyard.tunings import get_tuning
+    from mlyard.specs import TuningSpec
 
     def go():
-        _settings()
-        src = get_tuning(tuning_id).spec
-        data = {**src, "name": name or f"{src['name'][:45]}-copy", **parse_sets(sets)}
-        _run_tuning(load_spec(TuningSpec, data, source=f"tuning {tuning_id}"), submit, pool, as_json)
+        _run_tuning(_copied("TUNING", tuning_id, TuningSpec, name, sets), submit, pool, as_json)
 
     _guard(go)
 
@@ -554,14 +561,10 @@ def batches_copy(batch_id: str, name: Optional[str] = typer.Option(None, help="N
                  submit: bool = typer.Option(False, "--submit"), pool: str = typer.Option("local", "--pool"),
                  as_json: bool = JSON) -> None:
     """Start a new batch inference with the same spec (give a new output_uri, or the same one to resume)."""
-    from mlyard.runs import BATCH, get_run
-    from mlyard.specs import BatchInferenceSpec, load_spec
+    from mlyard.specs import BatchInferenceSpec
 
     def go():
-        _settings()
-        src = get_run(BATCH, batch_id).spec
-        data = {**src, "name": name or f"{src['name'][:45]}-copy", **parse_sets(sets)}
-        spec = load_spec(BatchInferenceSpec, data, source=f"batch inference {batch_id}")
+        spec = _copied("BATCH", batch_id, BatchInferenceSpec, name, sets)
         from flows.batch_inference import batch_infer
 
         _run_flow("batch inference", batch_infer, "batch-inference", spec, submit, pool, as_json)

@@ -38,6 +38,11 @@ def test_batch_and_evaluation_commands(platform, models, tmp_path):
     assert any(r["id"] == batch["batch_id"] and r["status"] == "COMPLETE" for r in json.loads(res.output))
     res = runner.invoke(app, ["batches", "show", batch["batch_id"], "--json"])
     assert json.loads(res.output)["summary"]["rows"] == 80
+    res = runner.invoke(app, ["batches", "copy", batch["batch_id"], "--set", f"output_uri={tmp_path / 'copy'}", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output[res.output.index("{"):])["rows"] == 80 and (tmp_path / "copy" / "data.jsonl.predictions.jsonl").exists()
+    res = runner.invoke(app, ["batches", "list", "--json"])
+    assert any(r["name"] == "cli-batch-copy" for r in json.loads(res.output))
 
     ids = []
     for name, model in (("cli-a", models["classifier"]), ("cli-b", models["slow"])):
