@@ -26,7 +26,7 @@ from prefect.states import Cancelled
 from pydantic import BaseModel, Field
 
 from flows.platform import Platform, cancel_watch
-from mlyard.errors import BatchFailed, ModelNotFound, SpecError, StorageError, TrainingStopped
+from mlyard.errors import BatchFailed, SpecError, StorageError, TrainingStopped
 from mlyard.specs import BatchInferenceSpec, is_registry_ref
 from registry.tracking import TAG_BATCH_ID, TAG_KIND
 from tasks.metrics import Metric
@@ -133,8 +133,6 @@ def load_model(p: Platform, spec: BatchInferenceSpec, scratch: Path) -> tuple[st
         if isinstance(exc, StorageError):
             raise SpecError("model", spec.model, str(exc)) from exc
         raise SpecError("model", spec.model, f"an MLflow model that loads ({type(exc).__name__}: {exc})"[:600]) from exc
-    except ModelNotFound:
-        raise
     return uri, local, model
 
 

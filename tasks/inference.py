@@ -17,9 +17,7 @@ Plain parts, no Prefect (the flows in flows/batch_inference.py and flows/evaluat
 from __future__ import annotations
 
 import csv
-import io
 import json
-import math
 import os
 import queue
 import sys
@@ -538,7 +536,7 @@ def concat(paths: list[Path], dest: Path) -> None:
 
 
 def rows_per_second(rows: int, seconds: float) -> float:
-    return round(rows / seconds, 1) if seconds > 0 else math.inf if rows else 0.0
+    return round(rows / seconds, 1) if seconds > 0 else 0.0
 
 
 # -- several workers -----------------------------------------------------------------------------------
