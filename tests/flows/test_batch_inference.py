@@ -111,9 +111,9 @@ def test_rerun_after_the_flow_process_was_killed_produces_every_row_once(platfor
     proc.wait()
     finished = len(list(records.glob("*.json")))
     assert 1 <= finished < 4, "the kill should land between the first and the last file"
-    # an interrupted output never looks complete: only finished files have predictions
-    outputs = sorted(p.name for p in (tmp_path / "out").glob("*.predictions.jsonl"))
-    assert len(outputs) == finished
+    # an interrupted output never looks complete: a predictions file is there whole (40 rows) or not at all
+    outputs = list((tmp_path / "out").glob("*.predictions.jsonl"))
+    assert len(outputs) >= finished and all(len(_predictions(p)) == 40 for p in outputs)
 
     result = batch_infer(BatchInferenceSpec(**data))
     assert result.resumed_shards == finished and result.rows == 160 and result.failed_rows == 0
