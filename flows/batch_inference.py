@@ -146,6 +146,10 @@ def check_output(p: Platform, spec: BatchInferenceSpec, layout: Layout, model_ur
         raise SpecError("output_uri", spec.output_uri,
                         "an empty location: it holds the output of another batch inference (a different model, "
                         "input or fields). Rerunning the same spec there resumes it.")
+    loc = p.storage.resolve(spec.output_uri, "output_uri")
+    if loc.kind == "local":  # temporary files of the killed run: never complete, never kept
+        for stale in loc.path.rglob(".*.tmp"):
+            stale.unlink(missing_ok=True) if stale.is_file() else shutil.rmtree(stale, ignore_errors=True)
     return manifest, done_records(p.storage, layout)
 
 

@@ -667,6 +667,8 @@ def _main(job_file: str) -> int:
         sys.stdout.write(EVENT_PREFIX + json.dumps(event) + "\n")
         sys.stdout.flush()
 
+    # Events go to the batch inference through a pipe: if it is killed, the next event (at most
+    # PROGRESS_SECONDS away) raises BrokenPipeError and this worker ends instead of racing a rerun.
     try:
         Worker(job, Storage(settings), emit).run()
     except BatchFailures as exc:

@@ -240,3 +240,37 @@ def test_json_and_csv_inputs_through_the_flow(platform, models, tmp_path):
                                             input_format="csv", output_uri=str(tmp_path / "out-csv"), id_field="id"))
     got = [x["prediction"] for x in _predictions(tmp_path / "out-csv" / "c.csv.predictions.jsonl")]
     np.testing.assert_allclose(got, 3 * X[:, 0] - X[:, 2] + 10, rtol=1e-6)
+
+
+def test_worker_processes_end_when_the_batch_inference_is_killed(platform, models, tmp_path):
+    """Local workers run in their own process groups; killing the flow process must not leave them
+    running (they would race the rerun). They end on their next event to the dead process's pipe."""
+    rows = [{"id": i, "features": [1.0, 0.0]} for i in range(80_000)]  # about 3 MB: cut in two
+    _write(tmp_path / "big.jsonl", rows)
+    data = dict(name="orphans", model=str(models["slow"]), input_uri=str(tmp_path / "big.jsonl"), input_format="jsonl",
+                output_uri=str(tmp_path / "out"), id_field="id", batch_size=2, workers=2)
+    proc = subprocess.Popen([sys.executable, "-c", RUN_FLOW, json.dumps(data)], cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def workers() -> list[int]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                cmd = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if entry.name.isdigit() and b"tasks.inference" in cmd and any(b"/orphans-" in c for c in cmd):
+                found.append(int(entry.name))
+        return found
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(workers()) < 2:
+        time.sleep(0.2)
+    assert len(workers()) == 2, "two worker processes should have started"
+    time.sleep(3)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 60  # they notice between batches, after loading the model
+    while workers() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert workers() == []
