@@ -115,7 +115,10 @@ def test_rerun_after_the_flow_process_was_killed_produces_every_row_once(platfor
     outputs = list((tmp_path / "out").glob("*.predictions.jsonl"))
     assert len(outputs) >= finished and all(len(_predictions(p)) == 40 for p in outputs)
 
+    stale = tmp_path / "out" / ".f3.jsonl.predictions.jsonl.deadbeef.tmp"  # as a kill mid-copy leaves it
+    stale.write_text('{"row": 0}\n')
     result = batch_infer(BatchInferenceSpec(**data))
+    assert not stale.exists()
     assert result.resumed_shards == finished and result.rows == 160 and result.failed_rows == 0
     ids = [x["id"] for i in range(4) for x in _predictions(tmp_path / "out" / f"f{i}.jsonl.predictions.jsonl")]
     assert sorted(ids) == sorted(f"{i}-{j}" for i in range(4) for j in range(40)) and len(set(ids)) == 160
