@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -60,7 +59,7 @@ def batch_infer(spec: BatchInferenceSpec) -> BatchInferenceResult:
     logger = get_run_logger()
     batch_id = str(flow_run.get_id() or f"local-{time.time_ns()}")
     layout = Layout(spec.output_uri)
-    scratch = Path(tempfile.mkdtemp(prefix=f"{spec.name}-", dir=_mkdir(p.settings.runs_dir)))
+    scratch = p.scratch(spec.name)
     try:
         # 1-2. Check and stage in.
         model_uri, model_path, model = load_model(p, spec, scratch)
@@ -306,7 +305,3 @@ def _end(p: Platform, run_id: str, status: str, reason: str | None) -> None:
         p.tracking.set_tags(run_id, {"mlyard.status_reason": reason[:5000]})
     p.tracking.end_run(run_id, status)
 
-
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path

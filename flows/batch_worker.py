@@ -7,9 +7,7 @@
 
 from __future__ import annotations
 
-import tempfile
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 from prefect import flow, get_run_logger
@@ -56,7 +54,7 @@ class WorkerSpec(BaseModel):
 def batch_worker(spec: WorkerSpec) -> dict[str, int]:
     p = Platform()
     logger = get_run_logger()
-    scratch = Path(tempfile.mkdtemp(prefix="batch-worker-", dir=_mkdir(p.settings.runs_dir)))
+    scratch = p.scratch("batch-worker")
     local = fetch_model(p.storage, spec.model_uri, scratch / "model")
     job = Job(**{**spec.model_dump(exclude={"batch_id", "shards"}), "model_uri": str(local), "origins": spec.sources,
                  "shards": [s.model_dump() for s in spec.shards], "scratch": str(scratch)})
@@ -119,7 +117,3 @@ def run_worker_flow_runs(spec: BatchInferenceSpec, job: Job, model_uri: str, gro
                 pass
         raise
 
-
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path

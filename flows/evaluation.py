@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -54,7 +53,7 @@ def evaluate(spec: EvaluationSpec) -> EvaluationResult:
     p = Platform()
     logger = get_run_logger()
     evaluation_id = str(flow_run.get_id() or f"local-{time.time_ns()}")
-    scratch = Path(tempfile.mkdtemp(prefix=f"{spec.name}-", dir=_mkdir(p.settings.runs_dir)))
+    scratch = p.scratch(spec.name)
     try:
         # 1. Check.
         files = check_input(p, spec)
@@ -184,7 +183,3 @@ def record(p: Platform, spec: EvaluationSpec, run_id: str, report: Report, rows:
     p.tracking.log_artifacts(run_id, out, "evaluation")
     return f"{p.tracking.get_run(run_id).info.artifact_uri.rstrip('/')}/{REPORT_PATH}"
 
-
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 from functools import cached_property
+from pathlib import Path
 
 from mlyard.settings import Settings, apply_engine_env
 from registry import Catalog, Experiments, ModelRegistry, Templates, Tracking
@@ -14,6 +16,12 @@ class Platform:
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or Settings()
         apply_engine_env(self.settings)
+
+    def scratch(self, prefix: str) -> Path:
+        """A new private working directory under `<home>/runs` for one run; the caller removes it."""
+        runs = self.settings.runs_dir
+        runs.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir=runs))
 
     @cached_property
     def storage(self) -> Storage:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -54,7 +53,7 @@ def train(spec: TrainingSpec) -> TrainingResult:
     # 1. Check the spec against the world before anything is made.
     check_locations(p, spec)
 
-    scratch = Path(tempfile.mkdtemp(prefix=f"{spec.name}-", dir=_mkdir(p.settings.runs_dir)))
+    scratch = p.scratch(spec.name)
     try:
         # 2. Stage in.
         source, datasets, ckpt_in = stage_inputs(p, spec, scratch)
@@ -166,7 +165,3 @@ def _finish(tracking: Tracking, run_id: str, status, scratch: Path, reason: str 
     finally:
         tracking.end_run(run_id, status)
 
-
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path

@@ -13,10 +13,8 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import shutil
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -82,7 +80,7 @@ def tune(spec: TuningSpec) -> TuningResult:
         raise SpecError("training.nodes", base.nodes, "more than 1 node per trial needs the Kubernetes gpu pool")
     check_locations(p, base)
 
-    scratch = Path(tempfile.mkdtemp(prefix=f"{spec.name}-", dir=_mkdir(p.settings.runs_dir)))
+    scratch = p.scratch(spec.name)
     try:
         # 2. Stage in once: shared by every trial (each gets its own model and checkpoint dirs).
         inputs = stage_inputs(p, base, scratch)
@@ -325,7 +323,3 @@ def _result(ctx: _Ctx, study, status: str, reason: str) -> TuningResult:
                         best_params=best.params if best else {}, best_run_id=best.run_id if best else None,
                         counts={k: getattr(counts, k) for k in ("succeeded", "running", "failed", "killed", "early_stopped")})
 
-
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
