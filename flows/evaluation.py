@@ -181,5 +181,5 @@ def record(p: Platform, spec: EvaluationSpec, run_id: str, report: Report, rows:
     doc["curves"] = thin_curves(doc["curves"])
     (out / "evaluation.json").write_text(json.dumps(doc, indent=1))
     p.tracking.log_artifacts(run_id, out, "evaluation")
-    return f"{p.tracking.get_run(run_id).info.artifact_uri.rstrip('/')}/{REPORT_PATH}"
+    return f"{p.tracking.get_run(run_id).artifact_uri.rstrip('/')}/{REPORT_PATH}"
 

@@ -1,6 +1,6 @@
 """Train: run a user's algorithm under the EasyMaker contract and record it in MLflow.
 
-1. Check the spec against the world: the storage URIs resolve and hold something.
+1. Check the spec against the world: the inputs and the entry point exist, the outputs resolve.
 2. Stage in the algorithm source, datasets and input checkpoint; check the entry point exists.
 3. Prepare the environment: the algorithm's requirements.txt in a cached virtual environment.
 4. Open the MLflow run: tags, hyperparameters as params.
@@ -22,11 +22,12 @@ from prefect.states import Cancelled
 from pydantic import BaseModel, Field
 
 from flows.platform import Platform, cancel_watch
-from mlyard.errors import SpecError, StorageNotFound, TrainingStopped
+from mlyard.errors import SpecError, TrainingStopped
 from mlyard.specs import TrainingSpec
 from registry.tracking import TAG_KIND, TAG_TRAINING_ID, TAG_TRAINING_NAME, Tracking
 from tasks.launch import Workdirs, requirements_env, run_script
-from tasks.storage import stage_in, stage_out
+from tasks import checks
+from tasks.storage import Storage, stage_in, stage_out
 
 RUN_TASK_NAME = "run-entry-point"
 
@@ -51,7 +52,7 @@ def train(spec: TrainingSpec) -> TrainingResult:
                         "locally use nodes: 1 with torchrun and processes_per_node")
 
     # 1. Check the spec against the world before anything is made.
-    check_locations(p, spec)
+    check_locations(p.storage, spec)
 
     scratch = p.scratch(spec.name)
     try:
@@ -91,20 +92,9 @@ def train(spec: TrainingSpec) -> TrainingResult:
 
 
 @task(name="check-locations", cache_policy=NO_CACHE)
-def check_locations(p: Platform, spec: TrainingSpec) -> None:
-    """Every input location exists and every location resolves (outputs need not exist yet)."""
-    inputs = {"source_uri": spec.source_uri, "checkpoint_input_uri": spec.checkpoint_input_uri,
-              **{f"datasets.{k}": v for k, v in spec.datasets.items()}}
-    for field, uri in inputs.items():
-        if uri:
-            try:
-                p.storage.check(uri, field)
-            except StorageNotFound as exc:
-                raise SpecError(field, uri, "a location that exists; nothing is stored there") from exc
-    for field in ("output_uri", "checkpoint_output_uri"):
-        uri = getattr(spec, field)
-        if uri:
-            p.storage.resolve(uri, field)
+def check_locations(storage: Storage, spec: TrainingSpec) -> None:
+    """Every input location exists, the entry point is in the source, every output resolves."""
+    checks.training_inputs(storage, spec)
 
 
 def stage_inputs(p: Platform, spec: TrainingSpec, scratch: Path) -> tuple[Path, dict[str, Path], Path | None]:
@@ -143,7 +133,7 @@ def save_outputs(p: Platform, spec: TrainingSpec, dirs: Workdirs, run_id: str) -
     model_uri = None
     if any(dirs.model.iterdir()):
         p.tracking.log_artifacts(run_id, dirs.model, "model")
-        model_uri = f"{p.tracking.get_run(run_id).info.artifact_uri.rstrip('/')}/model"
+        model_uri = f"{p.tracking.get_run(run_id).artifact_uri.rstrip('/')}/model"
         if spec.output_uri:
             stage_out(p.storage, dirs.model, spec.output_uri, "output_uri")
     else:

@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 
 from flows.platform import Platform, cancel_flow_run, cancel_watch, submit
 from flows.training import check_locations, prepare_environment, stage_inputs
-from mlyard.errors import MlyardError, SpecError, TrainingFailed, TrainingStopped
+from mlyard.errors import MlyardError, SpecError, TrainingFailed, TrainingStopped, TuningFailed
 from mlyard.specs import TrainingSpec, TuningSpec
 from registry.tracking import TAG_KIND, TAG_TRAINING_ID, TAG_TRAINING_NAME
 from tasks.launch import Workdirs, run_script
@@ -35,10 +35,6 @@ from tuning import KatibState, best_value, create_study, decide, grid_size, obje
 from tuning.engine import REASON_ATTR, STATE_ATTR, parse_line, search_space, trial_counts, trial_reports
 
 TAG_TUNING_ID = "mlyard.tuning_id"
-
-
-class TuningFailed(MlyardError, RuntimeError):
-    """Failed trials reached max_failed_trials."""
 
 
 class TuningResult(BaseModel):
@@ -78,7 +74,7 @@ def tune(spec: TuningSpec) -> TuningResult:
     base = resolve_training(p, spec)
     if base.nodes > 1:
         raise SpecError("training.nodes", base.nodes, "more than 1 node per trial needs the Kubernetes gpu pool")
-    check_locations(p, base)
+    check_locations(p.storage, base)
 
     scratch = p.scratch(spec.name)
     try:
@@ -281,7 +277,7 @@ def _trial_as_flow_run(ctx: _Ctx, trial, tspec: TrainingSpec, tags: dict, pruner
             state = client.read_flow_run(fr.id).state
         if run_id is None:
             found = p.tracking.find_training_run(str(fr.id))
-            run_id = found.info.run_id if found else None
+            run_id = found.run_id if found else None
         if run_id is not None:
             history = sorted(p.tracking.metric_history(run_id, spec.objective.metric), key=lambda m: (m.timestamp, m.step))
             for m in history[seen:]:

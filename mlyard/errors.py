@@ -22,7 +22,12 @@
     ├── TrainingFailed (RuntimeError)        the user's script failed or ran too long
     ├── TrainingStopped (RuntimeError)       a user stopped the training (or other work)
     ├── BatchFailed (RuntimeError)           a batch inference failed (too many failed batches, a worker died)
+    ├── TuningFailed (RuntimeError)          failed trials reached max_failed_trials
+    ├── RunFailed (RuntimeError)             a run ended in its kind's failure status (FAIL TRAIN, ...)
     └── StackError (RuntimeError)            the embedded stack could not start or be reached
+        └── NotConnected                     no platform runs for this home (start it with `mlyard up`)
+
+Every class carries the HTTP status a server answers with (`http_status`) for the coming servers.
 """
 
 from __future__ import annotations
@@ -33,14 +38,19 @@ from typing import Sequence
 class MlyardError(Exception):
     """Base of every mlyard error."""
 
+    http_status = 500
+
 
 class SpecError(MlyardError, ValueError):
+    http_status = 400
+
     def __init__(self, field: str, value: object, expected: str):
         self.field, self.value, self.expected = field, value, expected
         super().__init__(f"{field}: {value!r} is not valid: {expected}")
 
 
 class NotFound(MlyardError, LookupError):
+    http_status = 404
     kind = "resource"
     hint = ""
 
@@ -88,6 +98,8 @@ class EvaluationNotFound(NotFound):
 class Conflict(MlyardError, RuntimeError):
     """The action would break one of the platform's rules."""
 
+    http_status = 409
+
 
 class AlreadyExists(Conflict):
     def __init__(self, kind: str, name: str):
@@ -134,12 +146,16 @@ class StorageError(MlyardError, OSError):
 
 
 class StorageUnreachable(StorageError):
+    http_status = 502
+
     def __init__(self, uri: str, reason: str):
         self.uri, self.reason = uri, reason
         super().__init__(f"cannot reach {uri}: {reason}. Check the URI, the endpoint and the credentials.")
 
 
 class StorageNotFound(StorageError):
+    http_status = 404
+
     def __init__(self, uri: str):
         self.uri = uri
         super().__init__(f"{uri} does not exist (nothing is stored there). Check the path.")
@@ -164,5 +180,26 @@ class BatchFailed(MlyardError, RuntimeError):
         super().__init__(reason)
 
 
+class TuningFailed(MlyardError, RuntimeError):
+    """Failed trials reached max_failed_trials (or no trial succeeded)."""
+
+
+class RunFailed(MlyardError, RuntimeError):
+    """A run (training, tuning, batch inference, evaluation) ended in its failure status; `cause` is
+    the exception that ended it, when there is one."""
+
+    def __init__(self, status: str, run_id: str | None, cause: BaseException | str | None):
+        self.status, self.run_id, self.cause = status, run_id, cause
+        super().__init__(f"{status}: {cause}")
+
+
 class StackError(MlyardError, RuntimeError):
-    pass
+    http_status = 503
+
+
+class NotConnected(StackError):
+    def __init__(self, home: str):
+        self.home = home
+        super().__init__(f"no mlyard platform is running for {home}: start it with `mlyard up` (from the directory "
+                         "that holds .mlyard, or with MLYARD_HOME set), or point MLYARD_PREFECT_API_URL at a "
+                         "Prefect server")

@@ -27,7 +27,7 @@ def report(tracking, evaluation_id: str) -> dict[str, Any] | None:
         return None
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            path = tracking.download(run.info.run_id, "evaluation/evaluation.json", Path(tmp))
+            path = tracking.download(run.run_id, "evaluation/evaluation.json", Path(tmp))
         except Exception:  # no report yet (running, failed)
             return None
         return json.loads(Path(path).read_text())
@@ -37,10 +37,11 @@ def show(tracking, evaluation_id: str) -> dict[str, Any]:
     info = runs.get_run(EVALUATION, evaluation_id).as_dict()
     run = mlflow_run(tracking, evaluation_id)
     if run is not None:
-        info["mlflow_run_id"] = run.info.run_id
-        info["batch_id"] = run.data.tags.get(TAG_BATCH_ID)
-        info["metrics"] = run.data.metrics
-        info["artifact_uri"] = run.info.artifact_uri
+        info["mlflow_run_id"] = run.run_id
+        info["experiment_id"] = run.experiment_id
+        info["batch_id"] = run.tags.get(TAG_BATCH_ID)
+        info["metrics"] = run.metrics
+        info["artifact_uri"] = run.artifact_uri
         doc = report(tracking, evaluation_id)
         if doc:
             info["not_applicable"] = {k: v["not_applicable"] for k, v in doc["metrics"].items() if "not_applicable" in v}

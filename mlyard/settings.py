@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     prefect_api_url: str | None = Field(
         default=None,
         description="Prefect API URL of a production server (e.g. http://prefect:4200/api). "
-        "Unset: the embedded server started by `mlyard up`, or an ephemeral one on the home DB.",
+        "Unset: the embedded server that `mlyard up` started for this home.",
     )
     prefect_port: int = Field(default=4200, ge=1, le=65535, description="Port of the embedded Prefect server.")
     mlflow_tracking_uri: str | None = Field(
@@ -121,15 +121,12 @@ class Settings(BaseSettings):
         env["PREFECT_HOME"] = str(self.prefect_home)
         env["MLFLOW_TRACKING_URI"] = self.mlflow_uri
         env["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-        # A fresh Prefect database takes a while to migrate on a small machine.
-        env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"
+        # Prefect's default profile would start a hidden temporary server when no API URL is set;
+        # mlyard always names its server (mlyard/connection.py) and says so when none runs.
+        env["PREFECT_SERVER_EPHEMERAL_ENABLED"] = "false"
         if self.prefect_api_url:
             env["PREFECT_API_URL"] = self.prefect_api_url
         return env
-
-
-def get_settings() -> Settings:
-    return Settings()
 
 
 def apply_engine_env(settings: Settings, environ: dict[str, str] | None = None) -> None:

@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mlyard.errors import SpecError
-from mlyard.uris import parse_uri
+from mlyard.uris import RELATIVE_PATHS, absolute, parse_uri
 
 MAX_HYPERPARAMETERS = 100
 MAX_DATASETS = 10
@@ -47,7 +47,8 @@ class TrainingSpec(BaseModel):
     description: str = Field(default="", max_length=255, description="Free text shown in lists.")
     experiment: str = Field(default="default", min_length=1, max_length=100,
                             description="MLflow experiment that groups this training (created if missing).")
-    source_uri: str = Field(description="Directory of the algorithm: path, file://, s3://, obs:// or nas://.")
+    source_uri: str = Field(description="Directory of the algorithm: path, file://, s3://, obs:// or nas://. "
+                                        + RELATIVE_PATHS)
     entry_point: str = Field(description="Script inside source_uri that starts the training, e.g. train.py.")
     hyperparameters: dict[str, str | int | float | bool] = Field(
         default_factory=dict,
@@ -122,6 +123,14 @@ class TrainingSpec(BaseModel):
             raise ValueError("processes_per_node > 1 needs torchrun: true")
         return self
 
+    def resolved(self, base: Path) -> "TrainingSpec":
+        """A copy whose relative local paths are absolute against `base` (the submitter's directory)."""
+        updates: dict[str, Any] = {f: absolute(getattr(self, f), base) for f in
+                                   ("source_uri", "checkpoint_input_uri", "output_uri", "checkpoint_output_uri")
+                                   if getattr(self, f)}
+        updates["datasets"] = {k: absolute(v, base) for k, v in self.datasets.items()}
+        return self.model_copy(update=updates)
+
     def job_variables(self) -> dict[str, Any]:
         """Job variables of the Kubernetes pool's base job template (infra/gpu-job-template.json)."""
         r = self.resources
@@ -137,14 +146,8 @@ class TrainingSpec(BaseModel):
         return jv
 
     def with_overrides(self, overrides: dict[str, Any]) -> "TrainingSpec":
-        """A copy with top-level fields replaced (dicts such as hyperparameters are merged)."""
-        data = self.model_dump()
-        for key, value in overrides.items():
-            if isinstance(value, dict) and isinstance(data.get(key), dict):
-                data[key] = {**data[key], **value}
-            else:
-                data[key] = value
-        return load_spec(TrainingSpec, data, source="overrides")
+        """A copy with `overrides` merged in (nested mappings such as hyperparameters are merged)."""
+        return with_overrides(self, overrides)
 
 
 def _regex(pattern: str, min_groups: int, too_few: str) -> re.Pattern:
@@ -186,6 +189,24 @@ def load_spec(model: type[BaseModel], data: Any, source: str = "spec"):
         error = SpecError(field, data.get(field.split(".")[0]), "; ".join(problems))
         error.args = (f"invalid {model.__name__} in {source}:\n  " + "\n  ".join(problems),)
         raise error from None
+
+
+def merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `overrides` merged in, mapping by mapping: {a: {b: 1}} + {a: {c: 2}} = {a: {b: 1, c: 2}}."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def with_overrides(spec: BaseModel, overrides: dict[str, Any], source: str = "overrides"):
+    """A validated copy of `spec` with `overrides` merged in (see `merged`)."""
+    if not overrides:
+        return spec
+    return load_spec(type(spec), merged(spec.model_dump(mode="json", exclude_unset=True), overrides), source=source)
 
 
 def load_spec_file(model: type[BaseModel], path: str | Path):
@@ -330,6 +351,12 @@ class TuningSpec(BaseModel):
                              f"({', '.join(m.name for m in self.metrics)})")
         return self
 
+    def resolved(self, base: Path) -> "TuningSpec":
+        """A copy whose inline training has its relative local paths made absolute against `base`."""
+        if self.training is None:
+            return self
+        return self.model_copy(update={"training": self.training.resolved(base)})
+
     def metric_regexes(self) -> dict[str, str | None]:
         """Metric name -> its regex (None: Katib format); the objective is always collected."""
         out = {m.name: m.regex for m in self.metrics}
@@ -368,9 +395,10 @@ class _BatchSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra=_form_order)
 
     model: str = Field(description="Registry reference (name@alias or name/version) or a model URI: runs:/, "
-                                   "models:/, s3://, obs://, nas://, file:// or ./path to an MLflow model.")
+                                   "models:/, s3://, obs://, nas://, file:// or ./path to an MLflow model. "
+                                   + RELATIVE_PATHS)
     output_uri: str = Field(description="Where predictions go: a NAME.predictions.jsonl for each input file NAME, "
-                                        "with _summary.json and _failures.jsonl.")
+                                        "with _summary.json and _failures.jsonl. " + RELATIVE_PATHS)
     id_field: str | None = Field(default=None, description="Input field copied to each prediction to join them back "
                                                            "(the row number is always kept).")
     feature_fields: list[str] | None = Field(
@@ -409,6 +437,13 @@ class _BatchSettings(BaseModel):
 
     job_variables = TrainingSpec.job_variables
 
+    def resolved(self, base: Path):
+        """A copy whose relative local paths (input, output, a model directory) are absolute against `base`."""
+        updates = {f: absolute(getattr(self, f), base) for f in ("input_uri", "output_uri")}
+        if not is_registry_ref(self.model) and not is_mlflow_uri(self.model):
+            updates["model"] = absolute(self.model, base)
+        return self.model_copy(update=updates)
+
 
 class BatchInferenceSpec(_BatchSettings):
     """Batch inference: run a model over every row of the input files and write aligned predictions."""
@@ -420,7 +455,8 @@ class BatchInferenceSpec(_BatchSettings):
     description: str = Field(default="", max_length=255, description="Free text shown in lists.")
     experiment: str = Field(default="batch-inference", min_length=1, max_length=100,
                             description="MLflow experiment of the run that records the summary.")
-    input_uri: str = Field(description="A file or a directory of files: path, file://, s3://, obs:// or nas://.")
+    input_uri: str = Field(description="A file or a directory of files: path, file://, s3://, obs:// or nas://. "
+                                       + RELATIVE_PATHS)
     input_format: Literal["json", "jsonl", "csv"] = Field(
         description="json: a file holding a list of records or {\"instances\": [...]}; jsonl: a record per line; "
         "csv: a header line and a row per line.")
@@ -450,7 +486,8 @@ class EvaluationSpec(_BatchSettings):
     experiment: str = Field(default="evaluations", min_length=1, max_length=100,
                             description="MLflow experiment of the evaluation run.")
     task: Literal["classification", "regression"] = Field(description="classification or regression.")
-    input_uri: str = Field(description="Labelled data (at most 20 GB): a .csv or .jsonl file, or a directory of them.")
+    input_uri: str = Field(description="Labelled data (at most 20 GB): a .csv or .jsonl file, or a directory of them. "
+                                       + RELATIVE_PATHS)
     input_format: Literal["jsonl", "csv"] = Field(description="jsonl or csv (files must end in .jsonl or .csv).")
     label_field: str = Field(min_length=1, description="The field that holds the ground truth.")
     class_names: list[str] | None = Field(

@@ -13,11 +13,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
+from mlyard.connection import StackState, healthy, point_prefect, read_state
 from mlyard.errors import StackError
-from mlyard.settings import Settings, apply_engine_env
+from mlyard.settings import Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PREFECT_YAML = PROJECT_ROOT / "infra" / "prefect.yaml"
@@ -25,35 +26,10 @@ GPU_TEMPLATE = PROJECT_ROOT / "infra" / "gpu-job-template.json"
 LOCAL_POOL, GPU_POOL = "local", "gpu"
 
 
-@dataclass
-class StackState:
-    api_url: str
-    ui_url: str
-    pids: dict[str, int] = field(default_factory=dict)
-    logs: dict[str, str] = field(default_factory=dict)
-    mlflow_ui_url: str | None = None
-    started_at: float = field(default_factory=time.time)
-
-
-def read_state(settings: Settings) -> StackState | None:
-    try:
-        return StackState(**json.loads(settings.stack_file.read_text()))
-    except (OSError, ValueError, TypeError):
-        return None
-
-
 def write_state(settings: Settings, state: StackState) -> None:
     tmp = settings.stack_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(asdict(state), indent=2))
     os.replace(tmp, settings.stack_file)
-
-
-def healthy(api_url: str, timeout: float = 2.0) -> bool:
-    try:
-        with urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=timeout) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
 
 
 def alive(pid: int) -> bool:
@@ -66,24 +42,6 @@ def alive(pid: int) -> bool:
             return fh.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return True
-
-
-def connect(settings: Settings) -> str | None:
-    """Point Prefect's client at this mlyard's server; returns the API URL (None: ephemeral on the home DB).
-
-    Call before Prefect is imported (it reads its settings once): a production URL from settings wins,
-    then a running embedded stack.
-    """
-    apply_engine_env(settings)
-    if settings.prefect_api_url:
-        os.environ["PREFECT_API_URL"] = settings.prefect_api_url
-        return settings.prefect_api_url
-    state = read_state(settings)
-    if state and healthy(state.api_url):
-        os.environ["PREFECT_API_URL"] = state.api_url
-        return state.api_url
-    os.environ.pop("PREFECT_API_URL", None)
-    return None
 
 
 def _spawn(argv: list[str], log: Path, env: dict[str, str], cwd: Path | None = None) -> int:
@@ -113,7 +71,7 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
                          "`mlyard up` only starts the embedded stack. Unset it to use one.")
     home = settings.home_dir
     home.mkdir(parents=True, exist_ok=True)
-    apply_engine_env(settings)
+    point_prefect(settings, None)
     env = {**os.environ, **settings.engine_env(), "MLYARD_PROJECT_ROOT": str(PROJECT_ROOT)}
     env.setdefault("MLYARD_IMAGE", "mlyard:0.1.0")
     api_url = f"http://127.0.0.1:{settings.prefect_port}/api"
@@ -137,7 +95,7 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
         write_state(settings, state)
         _wait_healthy(api_url, pid, log, start_timeout)
     env["PREFECT_API_URL"] = state.api_url
-    os.environ["PREFECT_API_URL"] = state.api_url
+    point_prefect(settings, state.api_url)
 
     ensure_pools(echo)
     echo("registering deployments from infra/prefect.yaml ...")

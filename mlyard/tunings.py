@@ -41,3 +41,12 @@ def trials(catalog_url: str, tuning_id: str) -> list[dict[str, Any]]:
     except KeyError:
         return []
     return [{**asdict(r), "state": r.state.value} for r in trial_reports(study)]
+
+
+def best_trial(rows: list[dict[str, Any]], direction: str) -> dict[str, Any] | None:
+    """The SUCCEEDED trial with the best objective value, or None."""
+    done = [r for r in rows if r["state"] == "SUCCEEDED" and r["value"] is not None]
+    if not done:
+        return None
+    best = (max if direction == "maximize" else min)(done, key=lambda r: r["value"])
+    return {"number": best["number"], "value": best["value"], "params": best["params"], "run_id": best["run_id"]}

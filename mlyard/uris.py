@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,13 +32,6 @@ class Location:
     endpoint: str | None = None  # obs:// endpoint host; None means the configured S3 endpoint
     path: Path | None = None  # local path (file://, plain, or nas:// resolved later)
     nas_id: str | None = None
-
-    def child(self, name: str) -> "Location":
-        name = name.strip("/")
-        if self.kind == "s3":
-            key = f"{self.key.rstrip('/')}/{name}" if self.key else name
-            return Location(f"{self.uri.rstrip('/')}/{name}", "s3", self.bucket, key, self.endpoint)
-        return Location(f"{self.uri.rstrip('/')}/{name}", "local", path=self.path / name, nas_id=self.nas_id)
 
 
 def parse_uri(uri: str, field: str = "uri", nas_mounts: dict[str, Path] | None = None) -> Location:
@@ -79,3 +73,15 @@ def parse_uri(uri: str, field: str = "uri", nas_mounts: dict[str, Path] | None =
         return Location(uri, "s3", bucket=parts[0], key=parts[1] if len(parts) > 1 else "",
                         endpoint=parsed.netloc)
     raise SpecError(field, uri, f"unknown scheme {scheme!r}; use one of {', '.join(SCHEMES)} or a plain path")
+
+
+RELATIVE_PATHS = ("A relative path is taken from the current directory of the command or Python process that "
+                  "submits the run (from the Prefect UI's Run: the mlyard project directory) and stored absolute.")
+
+
+def absolute(uri: str, base: Path) -> str:
+    """`uri` with a relative local path made absolute against `base`; URIs and absolute paths unchanged."""
+    if not isinstance(uri, str) or "://" in uri or not uri.strip():
+        return uri
+    path = Path(uri.strip()).expanduser()
+    return uri if path.is_absolute() else os.path.normpath(base / path)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import re
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -41,7 +42,7 @@ class ModelVersionInfo:
     lineage: dict[str, str]
     aliases: list[str]
     description: str
-    created_at: int
+    created_at: str  # ISO 8601
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,8 +111,8 @@ class ModelRegistry:
                 raise TrainingNotComplete(training_id, f"{status} but without a saved model (EM_MODEL_DIR was empty)",
                                           kind) from exc
             found_fw, found_ver = detect_framework(local)
-        lineage = {f"{kind}_id": training_id, "run_id": run_id, "experiment_id": run.info.experiment_id, **(lineage or {})}
-        return self._create(name, f"{run.info.artifact_uri.rstrip('/')}/{MODEL_ARTIFACT}", run_id,
+        lineage = {f"{kind}_id": training_id, "run_id": run_id, "experiment_id": run.experiment_id, **(lineage or {})}
+        return self._create(name, f"{run.artifact_uri.rstrip('/')}/{MODEL_ARTIFACT}", run_id,
                             framework or found_fw, framework_version or found_ver,
                             parameters or {}, lineage, description)
 
@@ -134,7 +135,7 @@ class ModelRegistry:
             raise
         self.tracking.end_run(run_id, "FINISHED")
         run = self.tracking.get_run(run_id)
-        return self._create(name, f"{run.info.artifact_uri.rstrip('/')}/{MODEL_ARTIFACT}", run_id,
+        return self._create(name, f"{run.artifact_uri.rstrip('/')}/{MODEL_ARTIFACT}", run_id,
                             framework or found_fw, framework_version or found_ver, parameters or {},
                             {"origin_uri": origin_uri, "run_id": run_id}, description)
 
@@ -159,11 +160,13 @@ class ModelRegistry:
             rm = self.client.get_registered_model(name)
         except MlflowException as exc:
             raise ModelNotFound(name) from exc
+        aliases = {str(alias): str(version) for alias, version in dict(rm.aliases or {}).items()}
         versions = []
-        if with_versions:
-            versions = sorted((self._info(v) for v in self.client.search_model_versions(f"name = '{name}'")),
+        if with_versions:  # MLflow's version search leaves aliases out: they come from the model
+            versions = sorted((replace(self._info(v), aliases=sorted(a for a, ver in aliases.items() if ver == str(v.version)))
+                               for v in self.client.search_model_versions(f"name = '{name}'")),
                               key=lambda v: int(v.version))
-        return ModelInfo(rm.name, rm.description or "", dict(rm.aliases or {}), versions)
+        return ModelInfo(rm.name, rm.description or "", aliases, versions)
 
     def get_version(self, name: str, version: str | int) -> ModelVersionInfo:
         try:
@@ -243,7 +246,7 @@ class ModelRegistry:
             framework=tags.get(TAG_FRAMEWORK, ""), framework_version=tags.get(TAG_FRAMEWORK_VERSION, ""),
             parameters=json.loads(tags.get(TAG_PARAMETERS, "{}")), lineage=json.loads(tags.get(TAG_LINEAGE, "{}")),
             aliases=list(getattr(mv, "aliases", []) or []), description=mv.description or "",
-            created_at=int(mv.creation_timestamp or 0),
+            created_at=datetime.fromtimestamp((mv.creation_timestamp or 0) / 1000, timezone.utc).isoformat(timespec="seconds"),
         )
 
 

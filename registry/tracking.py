@@ -7,6 +7,7 @@ trainings can log from one process and no run is left active behind a test.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Literal, Mapping, Protocol
 
@@ -24,6 +25,27 @@ TAG_TRAINING_NAME = "mlyard.training_name"
 TAG_BATCH_ID = "mlyard.batch_id"
 TAG_EVALUATION_ID = "mlyard.evaluation_id"
 MAX_BATCH = 1000  # MLflow's log_batch limit for metrics
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """An MLflow run as mlyard reads it (not MLflow's own object)."""
+
+    run_id: str
+    experiment_id: str
+    name: str
+    status: str  # RUNNING, FINISHED, FAILED, KILLED
+    lifecycle_stage: str  # active or deleted
+    artifact_uri: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+    @classmethod
+    def of(cls, run) -> "RunRecord":
+        return cls(run.info.run_id, run.info.experiment_id, run.info.run_name or "", run.info.status,
+                   run.info.lifecycle_stage, run.info.artifact_uri, dict(run.data.params), dict(run.data.metrics),
+                   dict(run.data.tags))
 
 
 class MetricLike(Protocol):
@@ -93,8 +115,8 @@ class Tracking:
     def delete_run(self, run_id: str) -> None:
         self.client.delete_run(run_id)
 
-    def get_run(self, run_id: str):
-        return self.client.get_run(run_id)
+    def get_run(self, run_id: str) -> RunRecord:
+        return RunRecord.of(self.client.get_run(run_id))
 
     def metric_history(self, run_id: str, name: str):
         return self.client.get_metric_history(run_id, name)
@@ -109,13 +131,13 @@ class Tracking:
         runs = self.client.search_runs(experiment_ids=self._all_experiment_ids(), filter_string=query, max_results=1)
         return runs[0].info.run_id if runs else None
 
-    def find_training_run(self, training_id: str):
+    def find_training_run(self, training_id: str) -> RunRecord | None:
         """The MLflow run a training (flow run id) logged to, or None."""
         runs = self.client.search_runs(
             experiment_ids=self._all_experiment_ids(),
             filter_string=f"tags.`{TAG_TRAINING_ID}` = '{training_id}'", max_results=1,
         )
-        return runs[0] if runs else None
+        return RunRecord.of(runs[0]) if runs else None
 
     def _all_experiment_ids(self) -> list[str]:
         return [e.experiment_id for e in self.client.search_experiments()]

@@ -62,7 +62,7 @@ def test_s3_input_and_output_through_the_flow(platform, s3_env, s3_settings, buc
     summary = json.loads(storage.read_bytes(f"s3://{bucket}/out/_summary.json"))
     assert summary["rows"] == 300 and summary["failed_batches"] == 0
     run = platform.tracking.get_run(result.run_id)
-    assert run.data.metrics["rows"] == 300 and run.info.status == "FINISHED"
+    assert run.metrics["rows"] == 300 and run.status == "FINISHED"
     assert get_run(BATCH, result.batch_id).status == "COMPLETE"
 
 

@@ -51,7 +51,7 @@ def test_classification_metrics_equal_sklearn_and_pictures_reach_mlflow(platform
         assert result.metrics[name] == pytest.approx(value, rel=1e-9), name
 
     run = platform.tracking.get_run(result.run_id)
-    assert run.data.metrics["accuracy"] == pytest.approx(expected["accuracy"])
+    assert run.metrics["accuracy"] == pytest.approx(expected["accuracy"])
     files = {a.path for a in platform.tracking.client.list_artifacts(result.run_id, "evaluation")}
     assert {"evaluation/confusion_matrix.png", "evaluation/roc_curve.png", "evaluation/pr_curve.png",
             "evaluation/precision_recall_by_threshold.png", "evaluation/evaluation.json"} <= files
@@ -114,7 +114,7 @@ def test_compare_and_delete(platform, models, tmp_path):
     evaluations.delete(platform.tracking, b.evaluation_id)
     with pytest.raises(EvaluationNotFound):
         get_run(EVALUATION, b.evaluation_id)
-    assert platform.tracking.get_run(b.run_id).info.lifecycle_stage == "deleted"
+    assert platform.tracking.get_run(b.run_id).lifecycle_stage == "deleted"
     assert (tmp_path / "ob" / "labelled.jsonl.predictions.jsonl").exists()  # the user's data stays
 
 

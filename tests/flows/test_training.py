@@ -66,8 +66,8 @@ def test_training_end_to_end(platform, s3_env, s3_settings, bucket, algorithm, t
     history = platform.tracking.metric_history(result.run_id, "loss")
     assert [(m.step, round(m.value, 3)) for m in history] == [(1, 1.0), (2, 0.5), (3, 0.333)]
     run = platform.tracking.get_run(result.run_id)
-    assert run.info.status == "FINISHED" and run.data.params == {"epochs": "3"}
-    assert run.data.tags["mlyard.training_id"] == result.training_id
+    assert run.status == "FINISHED" and run.params == {"epochs": "3"}
+    assert run.tags["mlyard.training_id"] == result.training_id
     log = platform.tracking.download(result.run_id, "logs/output.log", tmp_path / "a").read_text()
     assert "epoch=3 loss=0.3333 rows=3" in log
     assert "model.json" in [Path(f.path).name for f in platform.tracking.client.list_artifacts(result.run_id, "model")]
@@ -90,8 +90,8 @@ def test_failing_script_is_fail_train_with_cause_and_leaves_nothing(platform, s3
     assert info.status == "FAIL TRAIN"
     assert "exit code 1" in info.cause and "CUDA out of memory" in info.cause and "step one ok" in info.cause
     run = platform.tracking.find_training_run(info.id)
-    assert run.info.status == "FAILED" and "CUDA out of memory" in run.data.tags["mlyard.status_reason"]
-    assert not platform.tracking.client.list_artifacts(run.info.run_id, "model")
+    assert run.status == "FAILED" and "CUDA out of memory" in run.tags["mlyard.status_reason"]
+    assert not platform.tracking.client.list_artifacts(run.run_id, "model")
     with pytest.raises(Exception):
         platform.storage.list(f"s3://{bucket}/never")
 
@@ -155,7 +155,7 @@ def test_stop_while_running_in_process(platform, algorithm, tmp_path):
     assert [t.status for t in list_trainings(20) if t.id == training.id] == ["STOPPED"]
     assert _gone(int(pidfile.read_text()))
     run = platform.tracking.find_training_run(training.id)
-    assert run.info.status == "KILLED"
+    assert run.status == "KILLED"
 
 
 def test_metric_visible_while_running(platform, algorithm, tmp_path):

@@ -65,9 +65,9 @@ def test_grid_tuning_end_to_end_with_nested_runs(platform, algorithm, tmp_path):
         [platform.tracking.experiment_id("tuning-tests")], filter_string=f"tags.`mlflow.parentRunId` = '{result.run_id}'")
     assert len(children) == 5 and all(c.info.status == "FINISHED" for c in children)
     best = platform.tracking.get_run(result.best_run_id)
-    assert best.data.params["x"] == "3" and best.data.metrics["accuracy"] == pytest.approx(1.003)
+    assert best.params["x"] == "3" and best.metrics["accuracy"] == pytest.approx(1.003)
     parent = platform.tracking.get_run(result.run_id)
-    assert parent.data.tags["mlyard.reason"] == "SuggestionEndReached"
+    assert parent.tags["mlyard.reason"] == "SuggestionEndReached"
 
     from mlyard.tunings import get_tuning
 
@@ -220,7 +220,7 @@ def test_crashed_tuning_resumes_when_retried(platform, algorithm, tmp_path):
         assert rows[n]["state"] == "SUCCEEDED" and rows[n]["run_id"] == r["run_id"]
     killed = [r for r in rows.values() if r["state"] == "KILLED"]
     assert killed and all("interrupted" in r["reason"] for r in killed)
-    assert all(platform.tracking.get_run(r["run_id"]).info.status == "KILLED" for r in killed if r["run_id"])
+    assert all(platform.tracking.get_run(r["run_id"]).status == "KILLED" for r in killed if r["run_id"])
 
 
 def test_trials_as_their_own_flow_runs_with_median_stopping(platform, algorithm, tmp_path):
@@ -242,4 +242,4 @@ def test_trials_as_their_own_flow_runs_with_median_stopping(platform, algorithm,
     assert statuses == ["COMPLETE"] * 3 + ["STOPPED"]
     assert all(get_training(f).work_pool == "local" for f in flow_runs)
     best = platform.tracking.get_run(result.best_run_id)
-    assert best.data.tags["mlflow.parentRunId"] == result.run_id and best.data.tags["mlyard.training_id"] in flow_runs
+    assert best.tags["mlflow.parentRunId"] == result.run_id and best.tags["mlyard.training_id"] in flow_runs

@@ -1,0 +1,151 @@
+"""mlyard from Python: the same runs the CLI and the Prefect UI start, on the running platform.
+
+    import mlyard
+
+    result = mlyard.train("examples/train.yaml")                  # runs here; a TrainingResult
+    result = mlyard.train(TrainingSpec(...), sets={"hyperparameters": {"epochs": 3}})
+    queued = mlyard.train("examples/train.yaml", submit=True)     # on the local pool, like Run in the UI
+    mlyard.tune(...), mlyard.batch_infer(...), mlyard.evaluate(...)
+
+Each call 1. connects to the platform (`mlyard up`'s stack or MLYARD_PREFECT_API_URL; never a
+hidden server), 2. loads the spec (a spec object, a mapping, or a YAML file) and merges `sets`,
+3. makes relative paths absolute against the current directory, 4. checks the spec against the
+world (entry point, datasets, inputs, model and alias exist), and only then 5. runs the flow in this
+process, or queues it on a work pool (`submit=True`). A run started here is the same Prefect flow
+run, MLflow run and mlyard record as one started from the CLI or the UI.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from mlyard.connection import connect
+from mlyard.errors import (BatchFailed, MlyardError, RunFailed, SpecError, TrainingFailed, TrainingStopped,
+                           TuningFailed)
+from mlyard.settings import Settings
+from mlyard.specs import (BatchInferenceSpec, EvaluationSpec, TrainingSpec, TuningSpec, load_spec, load_spec_file,
+                          with_overrides)
+
+Pool = Literal["local", "gpu"]
+
+
+@dataclass(frozen=True)
+class Action:
+    noun: str
+    spec: type
+    flow: str  # module:function of the flow
+    deployment: str  # deployment name, without the pool
+    fail: str  # the status of a failed run
+
+
+TRAINING = Action("training", TrainingSpec, "flows.training:train", "train", "FAIL TRAIN")
+TUNING = Action("tuning", TuningSpec, "flows.tuning:tune", "tune", "FAIL HYPERPARAMETER TUNING")
+BATCH = Action("batch inference", BatchInferenceSpec, "flows.batch_inference:batch_infer", "batch-inference",
+               "FAIL BATCH INFERENCE")
+EVALUATION = Action("evaluation", EvaluationSpec, "flows.evaluation:evaluate", "evaluate", "FAIL MODEL EVALUATION")
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A run queued on a work pool: follow it with `mlyard <kind>s show ID` or in the Prefect UI."""
+
+    id: str
+    flow_run: str
+    deployment: str
+    pool: str
+    status: str = "CREATE REQUESTED"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load(model: type, spec: Any, sets: dict[str, Any] | None = None):
+    """A spec of `model` from a spec object, a mapping or a YAML file path, with `sets` merged in."""
+    if isinstance(spec, model):
+        loaded = spec
+    elif isinstance(spec, (str, Path)):
+        loaded = load_spec_file(model, spec)
+    else:
+        loaded = load_spec(model, spec)
+    return with_overrides(loaded, sets or {}, source="--set")
+
+
+def check(action: Action, spec, settings: Settings) -> None:
+    """Refuse a spec whose inputs, entry point, model or alias do not exist, before any run is made."""
+    from flows.platform import Platform
+    from tasks import checks
+
+    p = Platform(settings)
+    if action is TRAINING:
+        checks.training_inputs(p.storage, spec)
+    elif action is TUNING:
+        from flows.tuning import resolve_training
+
+        checks.training_inputs(p.storage, resolve_training(p, spec))
+    else:
+        checks.model_reference(p.storage, p.models, spec.model)
+        checks.input_location(p.storage, spec.input_uri)
+
+
+def run(action: Action, spec: Any, *, sets: dict[str, Any] | None = None, submit: bool = False,
+        pool: Pool = "local", base: Path | None = None):
+    """Check and run `spec` here (returns the flow's result) or queue it on `pool` (returns Submitted)."""
+    if pool not in ("local", "gpu"):
+        raise SpecError("pool", pool, "local or gpu")
+    settings = connect()
+    spec = load(action.spec, spec, sets).resolved(base or Path.cwd())
+    check(action, spec, settings)
+    if submit:
+        return _submit(action, spec, pool)
+    module, name = action.flow.split(":")
+    flow_fn = getattr(importlib.import_module(module), name)
+    state = flow_fn(spec, return_state=True)
+    if state.is_completed():
+        return state.result()
+    if state.is_cancelled():
+        raise TrainingStopped(state.message or "stopped")
+    exc = state.result(raise_on_failure=False)
+    if isinstance(exc, MlyardError) and not _is_failure(exc):
+        raise exc  # bad input found by the flow itself: the same one-line error as before the run
+    raise RunFailed(action.fail, None, exc if isinstance(exc, BaseException) else state.message) from (
+        exc if isinstance(exc, BaseException) else None)
+
+
+def _is_failure(exc: MlyardError) -> bool:
+    return isinstance(exc, (TrainingFailed, BatchFailed, TuningFailed, RunFailed))
+
+
+def _submit(action: Action, spec, pool: str) -> Submitted:
+    from prefect.deployments import run_deployment
+
+    deployment = f"{action.deployment}/{pool}"
+    fr = run_deployment(deployment, parameters={"spec": spec.model_dump(mode="json")}, timeout=0,
+                        job_variables=spec.job_variables() if pool == "gpu" and hasattr(spec, "job_variables") else {})
+    return Submitted(str(fr.id), fr.name, deployment, pool)
+
+
+def train(spec: TrainingSpec | dict | str | Path, *, sets: dict[str, Any] | None = None, submit: bool = False,
+          pool: Pool = "local"):
+    """Run a training (a TrainingResult) or queue it (`submit=True`: a Submitted)."""
+    return run(TRAINING, spec, sets=sets, submit=submit, pool=pool)
+
+
+def tune(spec: TuningSpec | dict | str | Path, *, sets: dict[str, Any] | None = None, submit: bool = False,
+         pool: Pool = "local"):
+    """Run a hyperparameter tuning (a TuningResult) or queue it (`submit=True`)."""
+    return run(TUNING, spec, sets=sets, submit=submit, pool=pool)
+
+
+def batch_infer(spec: BatchInferenceSpec | dict | str | Path, *, sets: dict[str, Any] | None = None,
+                submit: bool = False, pool: Pool = "local"):
+    """Run a batch inference (a BatchInferenceResult) or queue it (`submit=True`)."""
+    return run(BATCH, spec, sets=sets, submit=submit, pool=pool)
+
+
+def evaluate(spec: EvaluationSpec | dict | str | Path, *, sets: dict[str, Any] | None = None, submit: bool = False,
+             pool: Pool = "local"):
+    """Run a model evaluation (an EvaluationResult) or queue it (`submit=True`)."""
+    return run(EVALUATION, spec, sets=sets, submit=submit, pool=pool)

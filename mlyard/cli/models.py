@@ -1,0 +1,148 @@
+"""`mlyard models ...`: the model registry (MLflow): models, versions, aliases."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mlyard.cli.common import JSON, emit, guard, out, parse_sets, platform, typer_app
+from mlyard.errors import SpecError
+
+app = typer_app("The model registry (MLflow): models, versions, aliases.")
+
+
+@app.command("create")
+def models_create(
+    name: str,
+    from_training: Optional[str] = typer.Option(None, "--from-training", help="Training id (must be COMPLETE)."),
+    from_tuning: Optional[str] = typer.Option(None, "--from-tuning", help="Tuning id (COMPLETE): its best trial."),
+    artifact_uri: Optional[str] = typer.Option(None, "--artifact-uri", help="External model: path, s3://, obs://, nas://."),
+    framework: Optional[str] = typer.Option(None, help="Framework (detected from an MLflow model when omitted)."),
+    framework_version: Optional[str] = typer.Option(None, "--framework-version"),
+    params: Optional[list[str]] = typer.Option(None, "--param", help="Serving parameter key=value (repeatable)."),
+    description: str = typer.Option("", help="Version description."),
+    alias: Optional[str] = typer.Option(None, help="Point this alias at the new version."),
+    as_json: bool = JSON,
+) -> None:
+    """Create a model version from a COMPLETE training, a COMPLETE tuning's best trial, or an external artifact."""
+    import tempfile
+
+    def go():
+        from mlyard.trainings import get_training
+        from mlyard.uris import absolute
+
+        if sum(map(bool, (from_training, from_tuning, artifact_uri))) != 1:
+            raise SpecError("--from-training/--from-tuning/--artifact-uri", None, "give exactly one of them")
+        parameters = {k: str(v) for k, v in parse_sets(params).items()}
+        p = platform()
+        if from_tuning:
+            from mlyard.tunings import get_tuning
+
+            t = get_tuning(from_tuning)
+            parent = p.tracking.find_run({"mlyard.tuning_id": from_tuning, "mlyard.kind": "tuning"})
+            best = p.tracking.get_run(parent).tags.get("mlyard.best_run_id") if parent else None
+            best = None if best in (None, "None") else best
+            mv = p.models.create_from_training(name, from_tuning, t.status, best, parameters=parameters,
+                                               description=description, framework=framework,
+                                               framework_version=framework_version, kind="tuning",
+                                               lineage={"best_trial_run_id": best or ""})
+        elif from_training:
+            t = get_training(from_training)
+            run = p.tracking.find_training_run(from_training)
+            mv = p.models.create_from_training(name, from_training, t.status, run.run_id if run else None,
+                                               parameters=parameters, description=description,
+                                               framework=framework, framework_version=framework_version)
+        else:
+            uri = absolute(artifact_uri, Path.cwd())
+            with tempfile.TemporaryDirectory() as tmp:
+                local = p.storage.stage_in(uri, Path(tmp) / "model", "--artifact-uri")
+                mv = p.models.create_from_directory(name, local, uri, parameters=parameters,
+                                                    description=description, framework=framework,
+                                                    framework_version=framework_version)
+        if alias:
+            mv = p.models.set_alias(name, alias, mv.version)
+        return mv
+
+    emit(guard(go).as_dict(), as_json)
+
+
+@app.command("list")
+def models_list(as_json: bool = JSON) -> None:
+    """Models with their newest version and aliases."""
+    def rows():
+        res = []
+        for m in platform().models.list():
+            last = m.versions[-1] if m.versions else None
+            res.append({"name": m.name, "versions": len(m.versions), "latest": last.version if last else None,
+                        "framework": last.framework if last else None, "aliases": m.aliases,
+                        "description": m.description})
+        return res
+
+    data = guard(rows)
+    if not as_json:
+        for r in data:
+            r["aliases"] = ", ".join(f"{a}->{v}" for a, v in r["aliases"].items())
+    emit(data, as_json, ["name", "versions", "latest", "framework", "aliases", "description"],
+         empty="no models yet: `mlyard models create NAME --from-training ID`")
+
+
+@app.command("show")
+def models_show(ref: str = typer.Argument(..., help="name, name/version or name@alias"), as_json: bool = JSON) -> None:
+    """A model with all its versions, or one version."""
+    def go():
+        p = platform()
+        if "/" in ref or "@" in ref:
+            return p.models.resolve(ref).as_dict()
+        return p.models.get(ref).as_dict()
+
+    data = guard(go)
+    if as_json or "versions" not in data:
+        emit(data, as_json)
+        return
+    aliases = ", ".join(f"{a}->{v}" for a, v in data["aliases"].items()) or "none"
+    out.print(f"[bold]{data['name']}[/bold] {data['description']}  aliases: {aliases}")
+    emit([{**v, "aliases": ", ".join(v["aliases"]), "parameters": json.dumps(v["parameters"]),
+           "lineage": json.dumps(v["lineage"])} for v in data["versions"]],
+         False, ["version", "framework", "framework_version", "aliases", "parameters", "lineage", "created_at", "source"],
+         empty="no versions yet")
+
+
+@app.command("rename")
+def models_rename(name: str, new_name: str) -> None:
+    """Rename a model."""
+    guard(lambda: platform().models.rename(name, new_name))
+    out.print(f"renamed {name} -> {new_name}")
+
+
+@app.command("describe")
+def models_describe(name: str, description: str, version: Optional[str] = typer.Option(None, help="Describe this version only.")) -> None:
+    """Set the description of a model (or of one version)."""
+    guard(lambda: platform().models.describe(name, description, version))
+    out.print("updated")
+
+
+@app.command("alias")
+def models_alias(name: str, alias: str, version: Optional[str] = typer.Argument(None, help="Version; omit with --delete."),
+                 delete: bool = typer.Option(False, "--delete", help="Remove the alias.")) -> None:
+    """Point an alias (e.g. champion) at a version, or remove it."""
+    def go():
+        p = platform()
+        if delete:
+            p.models.delete_alias(name, alias)
+            return f"removed alias {alias} of {name}"
+        if version is None:
+            raise SpecError("version", None, "the version the alias points at")
+        p.models.set_alias(name, alias, version)
+        return f"{name}@{alias} -> version {version}"
+
+    out.print(guard(go))
+
+
+@app.command("delete")
+def models_delete(name: str, version: Optional[str] = typer.Option(None, help="Delete only this version.")) -> None:
+    """Delete a model or a version; refused while an endpoint serves it."""
+    guard(lambda: platform().models.delete(name, version))
+    out.print(f"deleted {name}" + (f" version {version}" if version else ""))

@@ -1,0 +1,68 @@
+"""`mlyard up | down | status | ui | demo`: the embedded stack."""
+
+from __future__ import annotations
+
+import typer
+
+from mlyard.cli.common import JSON, emit, err, guard, out, typer_app
+from mlyard.settings import Settings
+
+ui_app = typer_app("Open the web UIs of the embedded stack.")
+
+
+def up() -> None:
+    """Start the embedded stack: Prefect server (SQLite), the local pool with a worker, the deployments."""
+    from mlyard import stack
+
+    state = guard(lambda: stack.up(Settings(), echo=out.print))
+    out.print(f"Prefect UI: {state.ui_url}   (stop with `mlyard down`)")
+
+
+def down() -> None:
+    """Stop everything `mlyard up` and `mlyard ui` started."""
+    from mlyard import stack
+
+    if not stack.down(Settings(), echo=out.print):
+        out.print("nothing was running")
+
+
+def status(as_json: bool = JSON) -> None:
+    """What runs, and the URLs of the Prefect UI and the MLflow UI."""
+    from mlyard import stack
+
+    info = stack.status(Settings())
+    if as_json:
+        emit(info, True)
+        return
+    procs = info.pop("processes")
+    emit(info, False, title="mlyard")
+    if procs:
+        emit([{"process": n, **p} for n, p in procs.items()], False, ["process", "pid", "alive", "log"])
+
+
+@ui_app.command("mlflow")
+def ui_mlflow() -> None:
+    """Start the MLflow UI on the embedded tracking store and print its URL."""
+    from mlyard import stack
+
+    url = guard(lambda: stack.start_mlflow_ui(Settings()))
+    out.print(f"MLflow UI: {url}")
+
+
+@ui_app.command("prefect")
+def ui_prefect() -> None:
+    """Print the Prefect UI URL (the server runs after `mlyard up`)."""
+    from mlyard import stack
+
+    info = stack.status(Settings())
+    if not info["running"]:
+        err.print("the embedded stack is not running: start it with `mlyard up`")
+        raise typer.Exit(2)
+    out.print(f"Prefect UI: {info['prefect_ui']}")
+
+
+def demo(keep_running: bool = typer.Option(True, help="Leave the stack running to look at the UIs.")) -> None:
+    """Start the stack, train, tune, register, batch-predict and evaluate the example; say where to look."""
+    from mlyard import demo as demo_mod
+
+    guard(lambda: demo_mod.run(Settings(), out, keep_running))

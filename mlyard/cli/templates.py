@@ -1,0 +1,62 @@
+"""`mlyard templates ...`: saved training specs to start trainings from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+import yaml
+
+from mlyard.cli.common import JSON, SETS, emit, guard, out, parse_sets, platform, typer_app
+
+app = typer_app("Saved training specs to start trainings from.")
+
+
+def _brief(t) -> dict:
+    return {"name": t.name, "description": t.description, "created_at": t.created_at.isoformat(timespec="seconds"),
+            "source_uri": t.spec.source_uri, "entry_point": t.spec.entry_point, "experiment": t.spec.experiment}
+
+
+@app.command("create")
+def templates_create(name: str, file: Path = typer.Option(..., "-f", "--file", help="Training spec (YAML)."),
+                     description: str = typer.Option("", help="Shown in lists."), as_json: bool = JSON) -> None:
+    """Save a training spec as a template (relative paths are stored absolute)."""
+    def go():
+        from mlyard.api import load
+        from mlyard.specs import TrainingSpec
+
+        return platform().templates.create(name, load(TrainingSpec, file).resolved(Path.cwd()), description)
+
+    emit(_brief(guard(go)), as_json)
+
+
+@app.command("list")
+def templates_list(as_json: bool = JSON) -> None:
+    """Saved templates."""
+    rows = [_brief(t) for t in guard(lambda: platform().templates.list())]
+    emit(rows, as_json, ["name", "experiment", "source_uri", "entry_point", "created_at", "description"],
+         empty="no templates yet: `mlyard templates create NAME -f train.yaml`")
+
+
+@app.command("show")
+def templates_show(name: str, as_json: bool = JSON) -> None:
+    """A template's full spec (YAML, ready for `mlyard train -f`; --json: the template as JSON)."""
+    t = guard(lambda: platform().templates.get(name))
+    if as_json:
+        emit(t.as_dict(), True)
+        return
+    print(yaml.safe_dump(t.spec.model_dump(mode="json", exclude_defaults=True), sort_keys=False), end="")
+
+
+@app.command("copy")
+def templates_copy(name: str, new_name: str, sets: Optional[list[str]] = SETS, as_json: bool = JSON) -> None:
+    """Copy a template under a new name (with optional overrides)."""
+    emit(_brief(guard(lambda: platform().templates.copy(name, new_name, parse_sets(sets)))), as_json)
+
+
+@app.command("delete")
+def templates_delete(name: str) -> None:
+    """Delete a template."""
+    guard(lambda: platform().templates.delete(name))
+    out.print(f"deleted template {name}")

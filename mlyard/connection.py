@@ -1,0 +1,101 @@
+"""One connection to the platform (DESIGN §2b): the CLI, a Python call and a flow run by a worker
+all reach the same Prefect server, and nothing ever starts a hidden temporary one.
+
+Which server, in this order:
+1. `MLYARD_PREFECT_API_URL` (a production server);
+2. inside a flow run that a worker started, the `PREFECT_API_URL` the worker handed it;
+3. the embedded stack that `mlyard up` started for this home (`<home>/stack.json`, and it answers).
+Otherwise `NotConnected` says so and how to start one. A `PREFECT_API_URL` left in a shell is not
+used: it is too easily stale.
+
+Prefect reads its settings when imported; `connect` sets the environment and, if Prefect was
+imported already, has it read them again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+
+from mlyard.errors import NotConnected
+from mlyard.settings import Settings
+
+
+@dataclass
+class StackState:
+    """What `mlyard up` started: its URLs, and the pid and log of each process."""
+
+    api_url: str
+    ui_url: str
+    pids: dict[str, int] = field(default_factory=dict)
+    logs: dict[str, str] = field(default_factory=dict)
+    mlflow_ui_url: str | None = None
+    started_at: float = field(default_factory=time.time)
+
+
+def read_state(settings: Settings) -> StackState | None:
+    try:
+        return StackState(**json.loads(settings.stack_file.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def healthy(api_url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=timeout) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def find_api_url(settings: Settings, environ: dict[str, str] | None = None) -> str | None:
+    """The Prefect API this process should use (see the module docstring), or None."""
+    env = os.environ if environ is None else environ
+    if settings.prefect_api_url:
+        return settings.prefect_api_url
+    if env.get("PREFECT__FLOW_RUN_ID") and env.get("PREFECT_API_URL"):
+        return env["PREFECT_API_URL"]
+    state = read_state(settings)
+    if state and state.api_url and healthy(state.api_url):
+        return state.api_url
+    return None
+
+
+def point_prefect(settings: Settings, api_url: str | None) -> None:
+    """Set the engines' environment (telemetry off, no ephemeral server, this API URL) for this
+    process and the ones it starts; make an already imported Prefect read it again."""
+    settings.prefect_home.mkdir(parents=True, exist_ok=True)  # Prefect only creates the last level
+    env = settings.engine_env()
+    for key, value in env.items():
+        if key.startswith("PREFECT_"):
+            os.environ[key] = value
+        else:
+            os.environ.setdefault(key, value)
+    if api_url:
+        os.environ["PREFECT_API_URL"] = api_url
+    if "prefect.context" in sys.modules:
+        from prefect.context import refresh_global_settings_context
+
+        refresh_global_settings_context()
+
+
+def connect(settings: Settings | None = None) -> Settings:
+    """Point this process at the running platform, or raise NotConnected saying how to start it."""
+    settings = settings or Settings()
+    url = find_api_url(settings)
+    if url is None:
+        raise NotConnected(str(settings.home_dir))
+    point_prefect(settings, url)
+    return settings
+
+
+def connect_if_running(settings: Settings | None = None) -> str | None:
+    """`connect` for an import: never raises; without a platform only the environment is set."""
+    settings = settings or Settings()
+    url = find_api_url(settings)
+    point_prefect(settings, url)
+    return url

@@ -1,0 +1,60 @@
+"""Checks of a spec against the world, made before a run is created (by the CLI and the Python API)
+and again by the flow itself (a run from the Prefect UI skips the first). Plain functions: no Prefect.
+
+Each raises SpecError naming the field, the value and what to do: a missing entry point, dataset,
+input, model or alias is refused in one line before anything starts.
+"""
+
+from __future__ import annotations
+
+from mlyard.errors import ModelNotFound, SpecError, StorageNotFound
+from mlyard.specs import TrainingSpec, is_mlflow_uri, is_registry_ref
+
+
+def training_inputs(storage, spec: TrainingSpec) -> None:
+    """Every input location holds something, the entry point is inside source_uri, outputs resolve."""
+    inputs = {"source_uri": spec.source_uri, "checkpoint_input_uri": spec.checkpoint_input_uri,
+              **{f"datasets.{k}": v for k, v in spec.datasets.items()}}
+    for field, uri in inputs.items():
+        if uri:
+            try:
+                storage.check(uri, field)
+            except StorageNotFound as exc:
+                raise SpecError(field, uri, "a location that exists; nothing is stored there") from exc
+    entry = f"{spec.source_uri.rstrip('/')}/{spec.entry_point}"
+    if not storage.exists(entry, "entry_point"):
+        held = storage.list(spec.source_uri, field="source_uri")
+        shown = ", ".join(sorted(h for h in held if "/" not in h)[:20]) or "no files at its top"
+        raise SpecError("entry_point", spec.entry_point, f"a file inside source_uri {spec.source_uri}; it holds: {shown}")
+    for field in ("output_uri", "checkpoint_output_uri"):
+        uri = getattr(spec, field)
+        if uri:
+            storage.resolve(uri, field)
+
+
+def model_reference(storage, models, model: str) -> str:
+    """The model as a pinned URI (an alias resolved to its version); a path or URI must hold something."""
+    try:
+        if is_registry_ref(model):
+            mv = models.resolve(model)
+            return f"models:/{mv.name}/{mv.version}"
+        if model.startswith("models:/"):
+            ref = model.removeprefix("models:/")
+            mv = models.resolve(ref)
+            return f"models:/{mv.name}/{mv.version}"
+    except ModelNotFound as exc:
+        raise SpecError("model", model, f"a registered model version or alias ({exc})") from exc
+    if is_mlflow_uri(model):  # runs:/ is checked when the model is loaded
+        return model
+    try:
+        storage.check(model, "model")
+    except StorageNotFound as exc:
+        raise SpecError("model", model, "a directory holding an MLflow model; nothing is stored there") from exc
+    return model
+
+
+def input_location(storage, input_uri: str) -> None:
+    try:
+        storage.check(input_uri, "input_uri")
+    except StorageNotFound as exc:
+        raise SpecError("input_uri", input_uri, "a file or directory that exists; nothing is stored there") from exc
