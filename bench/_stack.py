@@ -19,6 +19,8 @@ def start():
 
     settings = Settings()
     stack.up(settings, echo=lambda *_: None)
-    stack.connect(settings)
+    from mlyard.connection import connect
+
+    connect(settings)
     atexit.register(lambda: stack.down(settings, echo=lambda *_: None))
     return settings

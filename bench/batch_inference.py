@@ -96,8 +96,8 @@ def flow_rows_per_second(data: dict) -> tuple[float, float]:
 PEAK = """
 import json, resource, sys
 from mlyard.settings import Settings
-from mlyard import stack
-stack.connect(Settings())
+from mlyard.connection import connect
+connect(Settings())
 from flows.batch_inference import batch_infer
 from mlyard.specs import BatchInferenceSpec
 r = batch_infer(BatchInferenceSpec(**json.loads(sys.argv[1])))

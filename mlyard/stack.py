@@ -142,7 +142,7 @@ def register_deployments(env: dict[str, str]) -> None:
         raise StackError("registering deployments failed:\n" + (proc.stdout + proc.stderr)[-3000:])
 
 
-def start_mlflow_ui(settings: Settings, echo=print) -> str:
+def start_mlflow_ui(settings: Settings, echo=print, timeout: float = 180.0) -> str:
     state = read_state(settings)
     if state is None:
         state = StackState(api_url="", ui_url="")
@@ -153,10 +153,10 @@ def start_mlflow_ui(settings: Settings, echo=print) -> str:
     log = settings.home_dir / "logs" / "mlflow-ui.log"
     pid = _spawn([str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", settings.mlflow_uri,
                   "--default-artifact-root", settings.mlflow_artifact_root.as_uri(),
-                  "--host", "127.0.0.1", "--port", str(settings.mlflow_ui_port)], log, env)
+                  "--host", "127.0.0.1", "--port", str(settings.mlflow_ui_port), "--workers", "1"], log, env)
     state.pids["mlflow-ui"], state.logs["mlflow-ui"], state.mlflow_ui_url = pid, str(log), url
     write_state(settings, state)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2):
@@ -165,7 +165,7 @@ def start_mlflow_ui(settings: Settings, echo=print) -> str:
             if not alive(pid):
                 raise StackError(f"the MLflow UI exited while starting; see {log}")
             time.sleep(0.5)
-    raise StackError(f"the MLflow UI did not answer at {url} within 60 s; see {log}")
+    raise StackError(f"the MLflow UI did not answer at {url} within {timeout:.0f} s; see {log}")
 
 
 def down(settings: Settings, echo=print, grace_seconds: float = 15.0) -> list[str]:

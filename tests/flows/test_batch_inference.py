@@ -86,8 +86,8 @@ def test_two_worker_processes_share_one_big_file(platform, models, tmp_path, mon
 RUN_FLOW = """
 import json, sys
 from mlyard.settings import Settings
-from mlyard import stack
-stack.connect(Settings())
+from mlyard.connection import connect
+connect(Settings())
 from flows.batch_inference import batch_infer
 from mlyard.specs import BatchInferenceSpec
 batch_infer(BatchInferenceSpec(**json.loads(sys.argv[1])))
