@@ -94,6 +94,7 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
         state.pids["prefect-server"], state.logs["prefect-server"] = pid, str(log)
         write_state(settings, state)
         _wait_healthy(api_url, pid, log, start_timeout)
+        _init_stores(settings)
     env["PREFECT_API_URL"] = state.api_url
     point_prefect(settings, state.api_url)
 
@@ -111,6 +112,15 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
         echo(f"started a worker on the '{LOCAL_POOL}' pool (log: {log})")
     write_state(settings, state)
     return state
+
+
+def _init_stores(settings: Settings) -> None:
+    """Create the MLflow database and the catalog now, so a user's first command prints no migrations."""
+    from flows.platform import Platform
+
+    p = Platform(settings)
+    p.tracking.client.search_experiments(max_results=1)
+    p.catalog  # noqa: B018 (migrates on first use)
 
 
 def ensure_pools(echo=print) -> None:

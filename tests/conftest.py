@@ -21,7 +21,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-_HOME = Path(tempfile.mkdtemp(prefix="mlyard-test-home-"))
+# A user's project directory: the platform's home is its `.mlyard`, as `mlyard up` makes it there, so
+# a fresh process started in USER_DIR with none of the variables below finds the running stack.
+USER_DIR = Path(tempfile.mkdtemp(prefix="mlyard-test-"))
+_HOME = USER_DIR / ".mlyard"
 _PORT = free_port()
 os.environ.update({
     "MLYARD_HOME": str(_HOME),
@@ -36,6 +39,7 @@ os.environ.update({
 for key in ("MLYARD_PREFECT_API_URL", "MLYARD_MLFLOW_TRACKING_URI", "MLYARD_CATALOG_URL", "MLFLOW_TRACKING_URI"):
     os.environ.pop(key, None)
 (_HOME / "prefect").mkdir(parents=True, exist_ok=True)
+
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -58,7 +62,7 @@ def stack(settings):
     yield state
     stack_mod.down(settings, echo=lambda *_: None)
     if not os.environ.get("MLYARD_KEEP_TEST_HOME"):  # set it to look at the logs of a failed run
-        shutil.rmtree(_HOME, ignore_errors=True)
+        shutil.rmtree(USER_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,124 @@
+"""The paths users take, taken as they take them: the CLI and Python in a fresh process started in
+the user's project directory, with none of the test harness's environment variables (no
+PREFECT_API_URL, no MLYARD_HOME). They must find the running platform on their own, never start a
+hidden Prefect server, and refuse bad input in one line before any run is created."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+BIN = Path(sys.executable).parent
+
+
+def user_dir() -> Path:
+    """The directory whose .mlyard is the running test platform (see conftest.py)."""
+    return Path(os.environ["MLYARD_HOME"]).parent
+
+
+def shell(*argv: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run a command as from a user's shell: PATH, HOME and LANG only."""
+    env = {"PATH": f"{BIN}:/usr/local/bin:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8"}
+    return subprocess.run(list(argv), cwd=cwd or user_dir(), env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def mlyard(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return shell(str(BIN / "mlyard"), *args, cwd=cwd)
+
+
+def python(code: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return shell(str(BIN / "python"), "-c", textwrap.dedent(code), cwd=cwd)
+
+
+def _ok(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert "temporary server" not in proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def _one_line_error(proc: subprocess.CompletedProcess, *words: str) -> str:
+    assert proc.returncode == 2, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+def test_a_python_call_from_a_fresh_interpreter_is_a_training_the_cli_shows_and_registers(stack):
+    work = user_dir() / "project"
+    shutil.copytree(EXAMPLES / "sklearn_digits", work / "algo", dirs_exist_ok=True)
+    out = _ok(python("""
+        import mlyard
+        result = mlyard.train({"name": "from-python", "experiment": "user-paths", "source_uri": "algo",
+                               "entry_point": "train.py"}, sets={"hyperparameters": {"epochs": 1}})
+        print("ID", result.training_id)
+    """, cwd=work))
+    training_id = out.split("ID ")[-1].strip()
+
+    shown = json.loads(_ok(mlyard("trainings", "show", training_id, "--json")))
+    assert shown["status"] == "COMPLETE" and shown["name"] == "from-python"
+    assert shown["spec"]["source_uri"] == str(work / "algo"), "a relative path is stored absolute"
+    assert shown["spec"]["hyperparameters"] == {"epochs": 1}
+    assert shown["links"]["prefect"].endswith(f"/runs/flow-run/{training_id}") and shown["mlflow_run_id"]
+    mv = json.loads(_ok(mlyard("models", "create", "from-python", "--from-training", training_id, "--alias",
+                               "champion", "--json")))
+    assert mv["lineage"]["training_id"] == training_id and mv["aliases"] == ["champion"]
+    model = json.loads(_ok(mlyard("models", "show", "from-python", "--json")))
+    assert model["versions"][0]["aliases"] == ["champion"] and "T" in model["versions"][0]["created_at"]
+
+
+def test_without_a_running_platform_every_entry_point_says_how_to_start_one(tmp_path):
+    started = time.monotonic()
+    proc = mlyard("trainings", "list", cwd=tmp_path)
+    assert time.monotonic() - started < 20
+    _one_line_error(proc, "mlyard up")
+    proc = python("""
+        import mlyard
+        from mlyard.errors import NotConnected
+        try:
+            mlyard.train({"name": "x", "source_uri": ".", "entry_point": "x.py"})
+        except NotConnected as exc:
+            print("refused:", exc)
+    """, cwd=tmp_path)
+    assert "refused: no mlyard platform is running" in _ok(proc)
+    assert not (tmp_path / ".mlyard" / "prefect" / "prefect.db").exists(), "no hidden Prefect server was started"
+
+
+def test_bad_input_is_refused_in_one_line_before_a_run_is_created(stack, tmp_path):
+    before = json.loads(_ok(mlyard("trainings", "list", "--json", "--limit", "500")))
+    (tmp_path / "algo").mkdir()
+    (tmp_path / "algo" / "train.py").write_text("print('hi')\n")
+    spec = tmp_path / "train.yaml"
+    spec.write_text("name: typo\nsource_uri: algo\nentry_point: trian.py\ndatasets: {digits: data/missing}\n")
+    _one_line_error(mlyard("train", "-f", str(spec), cwd=tmp_path), "datasets.digits", "data/missing")
+    spec.write_text("name: typo\nsource_uri: algo\nentry_point: trian.py\n")
+    _one_line_error(mlyard("train", "-f", str(spec), cwd=tmp_path), "entry_point", "trian.py", "train.py")
+    _one_line_error(mlyard("train", "-f", str(spec), "--submit", cwd=tmp_path), "entry_point")
+    after = json.loads(_ok(mlyard("trainings", "list", "--json", "--limit", "500")))
+    assert len(after) == len(before), "a refused spec must not leave a run behind"
+
+    batch = tmp_path / "batch.yaml"
+    batch.write_text("name: nomodel\nmodel: nosuchmodel@champion\ninput_uri: .\ninput_format: jsonl\n"
+                     "output_uri: out\n")
+    _one_line_error(mlyard("batch", "-f", str(batch), cwd=tmp_path), "model", "nosuchmodel@champion")
+    assert not (tmp_path / "out").exists()
+    proc = mlyard("--debug", "batch", "-f", str(batch), cwd=tmp_path)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr, "--debug shows the traceback"
+
+
+def test_submit_resolves_relative_paths_where_the_command_runs(stack, tmp_path):
+    (tmp_path / "algo").mkdir()
+    (tmp_path / "algo" / "train.py").write_text("import time\ntime.sleep(60)\n")
+    (tmp_path / "train.yaml").write_text("name: submitted\nsource_uri: algo\nentry_point: train.py\n")
+    sub = json.loads(_ok(mlyard("train", "-f", "train.yaml", "--submit", "--json", cwd=tmp_path)))
+    shown = json.loads(_ok(mlyard("trainings", "show", sub["id"], "--json")))
+    assert shown["spec"]["source_uri"] == str(tmp_path / "algo")
+    _ok(mlyard("trainings", "stop", sub["id"], "--json"))
