@@ -232,7 +232,7 @@ def run_workers(p: Platform, spec: BatchInferenceSpec, job: Job, pending: list[S
             job.shards = [s.as_dict() for s in groups[0]]
             Worker(job, p.storage, on_event, cancelled, model=model, failed=failed).run()
         else:
-            run_processes(groups, job, _settings_dump(p), scratch, on_event, logger.info, cancelled, failed)
+            run_processes(groups, job, _settings_env(p), scratch, on_event, logger.info, cancelled, failed)
     except BatchFailures as exc:
         raise BatchFailed(str(exc)) from None
     records = done_records(p.storage, Layout(spec.output_uri))
@@ -293,11 +293,12 @@ def _fingerprint(spec: BatchInferenceSpec, model_uri: str) -> dict[str, Any]:
     return {"model_uri": model_uri, **spec.model_dump(mode="json", include=set(keys))}
 
 
-def _settings_dump(p: Platform) -> dict[str, Any]:
+def _settings_env(p: Platform) -> dict[str, str]:
+    """This run's settings as the MLYARD_* environment of a worker process."""
     data = p.settings.model_dump(mode="json", exclude_none=True)
     if p.settings.s3_secret_access_key is not None:
         data["s3_secret_access_key"] = p.settings.s3_secret_access_key.get_secret_value()
-    return data
+    return {f"MLYARD_{k.upper()}": v if isinstance(v, str) else json.dumps(v) for k, v in data.items()}
 
 
 def _end(p: Platform, run_id: str, status: str, reason: str | None) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 import tempfile
 import time
 from functools import cached_property
@@ -18,10 +21,14 @@ class Platform:
         apply_engine_env(self.settings)
 
     def scratch(self, prefix: str) -> Path:
-        """A new private working directory under `<home>/runs` for one run; the caller removes it."""
+        """A new private working directory under `<home>/runs` for one run; the caller removes it.
+
+        Its name carries the pid of the process that owns it, so that the scratch of a run whose
+        process was killed (which could not remove it) is removed by the next run (`sweep_scratch`)."""
         runs = self.settings.runs_dir
         runs.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir=runs))
+        sweep_scratch(runs)
+        return Path(tempfile.mkdtemp(prefix=f"{prefix}.pid{os.getpid()}.", dir=runs))
 
     @cached_property
     def storage(self) -> Storage:
@@ -48,6 +55,20 @@ class Platform:
     @cached_property
     def templates(self) -> Templates:
         return Templates(self.catalog)
+
+
+_OWNER = re.compile(r"\.pid(\d+)\.")
+
+
+def sweep_scratch(runs_dir: Path) -> list[Path]:
+    """Remove the scratch directories whose owning process is gone (a killed or crashed run)."""
+    removed = []
+    for entry in runs_dir.iterdir() if runs_dir.is_dir() else []:
+        m = _OWNER.search(entry.name)
+        if entry.is_dir() and m and not Path(f"/proc/{m[1]}").exists():
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
 
 
 def cancel_watch(flow_run_id: str, every_seconds: float = 1.0, parent_id: str | None = None):

@@ -34,6 +34,7 @@ class StackState:
     pids: dict[str, int] = field(default_factory=dict)
     logs: dict[str, str] = field(default_factory=dict)
     mlflow_ui_url: str | None = None
+    deployments: str | None = None  # digest of what the registered deployments were made from
     started_at: float = field(default_factory=time.time)
 
 

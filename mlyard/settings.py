@@ -21,6 +21,10 @@ TELEMETRY_OFF_ENV = {
 }
 
 
+HEARTBEAT_SECONDS = 30
+UNRESPONSIVE_AFTER_SECONDS = 60  # a run with no heartbeat for this long is CRASHED
+
+
 class Settings(BaseSettings):
     """Where mlyard keeps its state and how it reaches the engines."""
 
@@ -124,6 +128,9 @@ class Settings(BaseSettings):
         # Prefect's default profile would start a hidden temporary server when no API URL is set;
         # mlyard always names its server (mlyard/connection.py) and says so when none runs.
         env["PREFECT_SERVER_EPHEMERAL_ENABLED"] = "false"
+        # Every flow run reports every 30 s (Prefect's minimum); `mlyard up` installs the automation that
+        # marks a run whose reports stop (a killed process, a dead worker, a reboot) CRASHED.
+        env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = str(HEARTBEAT_SECONDS)
         if self.prefect_api_url:
             env["PREFECT_API_URL"] = self.prefect_api_url
         return env

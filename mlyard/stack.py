@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import asdict
@@ -80,7 +81,13 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
     bin_dir = Path(sys.executable).parent
     prefect_bin = str(bin_dir / "prefect")
 
-    if not (state.pids.get("prefect-server") and alive(state.pids["prefect-server"]) and healthy(state.api_url)):
+    server_up = bool(state.pids.get("prefect-server") and alive(state.pids["prefect-server"]) and healthy(state.api_url))
+    worker_up = bool(state.pids.get("worker") and alive(state.pids["worker"]))
+    digest = _deployments_digest(env["MLYARD_IMAGE"])
+    if server_up and worker_up and state.deployments == digest:
+        return state  # already up, deployments current: nothing to do
+
+    if not server_up:
         if healthy(api_url):
             raise StackError(f"something else already answers at {api_url}; stop it or set MLYARD_PREFECT_PORT")
         echo(f"starting the Prefect server on {state.ui_url} (database under {settings.prefect_home}) ...")
@@ -92,35 +99,94 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
         pid = _spawn([prefect_bin, "server", "start", "--host", "127.0.0.1", "--port", str(settings.prefect_port)],
                      log, srv_env)
         state.pids["prefect-server"], state.logs["prefect-server"] = pid, str(log)
+        state.deployments = None
         write_state(settings, state)
-        _wait_healthy(api_url, pid, log, start_timeout)
-        _init_stores(settings)
+        # The MLflow database and the catalog are made while the server migrates its own.
+        stores = threading.Thread(target=_init_stores, args=(settings,), name="mlyard-init-stores")
+        stores.start()
+        try:
+            _wait_healthy(api_url, pid, log, start_timeout)
+        finally:
+            stores.join()
     env["PREFECT_API_URL"] = state.api_url
     point_prefect(settings, state.api_url)
 
     ensure_pools(echo)
-    echo("registering deployments from infra/prefect.yaml ...")
-    register_deployments(env)
-
-    if not (state.pids.get("worker") and alive(state.pids["worker"])):
+    ensure_crash_detection()
+    if not worker_up:
         log = logs / "worker.log"
         # Poll for new flow runs every 2 s (Prefect's default is 10 s): a local pool should feel immediate.
         env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "2")
         pid = _spawn([prefect_bin, "worker", "start", "--pool", LOCAL_POOL, "--type", "process",
                       "--name", "mlyard-local"], log, env, cwd=PROJECT_ROOT)
         state.pids["worker"], state.logs["worker"] = pid, str(log)
+        write_state(settings, state)
         echo(f"started a worker on the '{LOCAL_POOL}' pool (log: {log})")
+    if state.deployments != digest:
+        echo("registering deployments from infra/prefect.yaml ...")
+        register_deployments(env)
+        state.deployments = digest
     write_state(settings, state)
     return state
 
 
+def _deployments_digest(image: str) -> str:
+    """What the registered deployments were made from: re-registered only when it changes."""
+    import hashlib
+
+    return hashlib.sha256(PREFECT_YAML.read_bytes() + GPU_TEMPLATE.read_bytes() + image.encode()
+                          + str(PROJECT_ROOT).encode()).hexdigest()[:16]
+
+
 def _init_stores(settings: Settings) -> None:
     """Create the MLflow database and the catalog now, so a user's first command prints no migrations."""
+    import logging
+
     from flows.platform import Platform
 
+    for name in ("mlflow.store.db.utils", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     p = Platform(settings)
     p.tracking.client.search_experiments(max_results=1)
     p.catalog  # noqa: B018 (migrates on first use)
+
+
+CRASH_AUTOMATION = "mlyard: crash unresponsive runs"
+
+
+def ensure_crash_detection() -> None:
+    """The automation that marks a flow run CRASHED once its heartbeats stop for
+    UNRESPONSIVE_AFTER_SECONDS: a SIGKILLed flow process, a dead worker or a reboot then shows as failed,
+    with the reason, instead of RUNNING for ever (Prefect's documented zombie-run recipe)."""
+    from datetime import timedelta
+
+    from prefect.automations import Automation
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    from mlyard.settings import UNRESPONSIVE_AFTER_SECONDS
+
+    try:
+        Automation.read(name=CRASH_AUTOMATION)
+        return
+    except ValueError:
+        pass
+    Automation(
+        name=CRASH_AUTOMATION,
+        description="Mark a flow run CRASHED when its heartbeats stop (set up by `mlyard up`).",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
+                    "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"},
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            for_each={"prefect.resource.id"}, posture=Posture.Proactive, threshold=1,
+            within=timedelta(seconds=UNRESPONSIVE_AFTER_SECONDS)),
+        actions=[ChangeFlowRunState(state=StateType.CRASHED, message=(
+            f"the run stopped reporting for {UNRESPONSIVE_AFTER_SECONDS} s: its process was killed, or its "
+            "worker or machine went down"))],
+    ).create()
 
 
 def ensure_pools(echo=print) -> None:

@@ -592,7 +592,7 @@ class Progress:
         return f"{pct:5.1f}% · {self.base_rows + rows:,} rows ({failed:,} failed) · {rate:,.0f} rows/s{eta}"
 
 
-def run_processes(groups: list[list[Shard]], job: Job, settings_dump: dict[str, Any], scratch: Path,
+def run_processes(groups: list[list[Shard]], job: Job, settings_env: dict[str, str], scratch: Path,
                   on_event: Callable[[dict], None], log: Callable[[str], None],
                   should_stop: Callable[[], str | None], failed: Callable[[], str | None] = lambda: None) -> None:
     """One local worker process per group, each in its own process group. Raises TrainingStopped
@@ -627,12 +627,12 @@ def run_processes(groups: list[list[Shard]], job: Job, settings_dump: dict[str, 
 
     def run(i: int, group: list[Shard]) -> None:
         job_file = scratch / f"worker-{i}.json"
-        job_file.write_text(json.dumps({**job.as_dict(), "shards": [s.as_dict() for s in group], "scratch": str(scratch),
-                                        "settings": settings_dump}))
-        job_file.chmod(0o600)  # it holds the storage credentials
+        job_file.write_text(json.dumps({**job.as_dict(), "shards": [s.as_dict() for s in group], "scratch": str(scratch)}))
         argv = [sys.executable, "-m", "tasks.inference", str(job_file)]
         root = Path(__file__).resolve().parent.parent
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+        # Settings (storage credentials among them) go through the environment, never into a file.
+        env = {**os.environ, **settings_env,
+               "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
         try:
             Supervisor(argv, env, root, on_line, should_stop=stop_reason, poll_seconds=0.2, grace_seconds=3).run()
         except TrainingStopped:
@@ -659,7 +659,7 @@ def _main(job_file: str) -> int:
     from mlyard.settings import Settings, apply_engine_env
 
     spec = json.loads(Path(job_file).read_text())
-    settings = Settings(**spec.pop("settings", {}))
+    settings = Settings()  # from the environment the batch inference handed over
     apply_engine_env(settings)
     job = Job(**spec)
 

@@ -81,7 +81,7 @@ def test_stop_a_training_running_on_the_worker(platform, algorithm, tmp_path):
     spec.write_text(json.dumps({"name": "worker-stop", "experiment": "stack-tests", "source_uri": str(script),
                                 "entry_point": "main.py", "hyperparameters": {"pidfile": str(pidfile)}}))
     submitted = json.loads(cli("train", "-f", str(spec), "--submit", "--json").stdout)
-    tid = submitted["training_id"]
+    tid = submitted["id"]
     _wait_status(tid, {"RUNNING"})
     assert json.loads(cli("trainings", "stop", tid, "--json").stdout)["status"] in ("STOP IN PROGRESS", "STOPPED")
     info = _wait_status(tid, {"STOPPED"}, timeout=90)

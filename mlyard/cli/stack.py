@@ -5,7 +5,13 @@ from __future__ import annotations
 import typer
 
 from mlyard.cli.common import JSON, emit, err, guard, out, typer_app
-from mlyard.settings import Settings
+
+
+def _settings():
+    from mlyard.settings import Settings
+
+    return Settings()
+
 
 ui_app = typer_app("Open the web UIs of the embedded stack.")
 
@@ -14,7 +20,7 @@ def up() -> None:
     """Start the embedded stack: Prefect server (SQLite), the local pool with a worker, the deployments."""
     from mlyard import stack
 
-    state = guard(lambda: stack.up(Settings(), echo=out.print))
+    state = guard(lambda: stack.up(_settings(), echo=out.print))
     out.print(f"Prefect UI: {state.ui_url}   (stop with `mlyard down`)")
 
 
@@ -22,7 +28,7 @@ def down() -> None:
     """Stop everything `mlyard up` and `mlyard ui` started."""
     from mlyard import stack
 
-    if not stack.down(Settings(), echo=out.print):
+    if not stack.down(_settings(), echo=out.print):
         out.print("nothing was running")
 
 
@@ -30,7 +36,7 @@ def status(as_json: bool = JSON) -> None:
     """What runs, and the URLs of the Prefect UI and the MLflow UI."""
     from mlyard import stack
 
-    info = stack.status(Settings())
+    info = stack.status(_settings())
     if as_json:
         emit(info, True)
         return
@@ -45,7 +51,7 @@ def ui_mlflow() -> None:
     """Start the MLflow UI on the embedded tracking store and print its URL."""
     from mlyard import stack
 
-    url = guard(lambda: stack.start_mlflow_ui(Settings()))
+    url = guard(lambda: stack.start_mlflow_ui(_settings()))
     out.print(f"MLflow UI: {url}")
 
 
@@ -54,7 +60,7 @@ def ui_prefect() -> None:
     """Print the Prefect UI URL (the server runs after `mlyard up`)."""
     from mlyard import stack
 
-    info = stack.status(Settings())
+    info = stack.status(_settings())
     if not info["running"]:
         err.print("the embedded stack is not running: start it with `mlyard up`")
         raise typer.Exit(2)
@@ -65,4 +71,4 @@ def demo(keep_running: bool = typer.Option(True, help="Leave the stack running t
     """Start the stack, train, tune, register, batch-predict and evaluate the example; say where to look."""
     from mlyard import demo as demo_mod
 
-    guard(lambda: demo_mod.run(Settings(), out, keep_running))
+    guard(lambda: demo_mod.run(_settings(), out, keep_running))
