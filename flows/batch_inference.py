@@ -24,7 +24,7 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled
 from pydantic import BaseModel, Field
 
-from flows.platform import Platform, cancel_watch
+from flows.platform import Platform, cancel_watch, stopped_on_interrupt
 from mlyard.errors import BatchFailed, SpecError, StorageError, TrainingStopped
 from mlyard.specs import BatchInferenceSpec, is_registry_ref
 from registry.tracking import TAG_BATCH_ID, TAG_KIND
@@ -53,7 +53,8 @@ class BatchInferenceResult(BaseModel):
     outputs: dict[str, str] = Field(description="Input file -> its predictions file.")
 
 
-@flow(name="batch-inference", description="Run a model over input files (JSON, JSONL, CSV) and write predictions.")
+@flow(name="batch-inference", flow_run_name="{spec.name}", on_crashed=[stopped_on_interrupt],
+      description="Run a model over input files (JSON, JSONL, CSV) and write predictions.")
 def batch_infer(spec: BatchInferenceSpec) -> BatchInferenceResult:
     p = Platform()
     logger = get_run_logger()

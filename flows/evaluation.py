@@ -24,7 +24,7 @@ from prefect.states import Cancelled
 from pydantic import BaseModel, Field
 
 from flows.batch_inference import batch_infer, load_model
-from flows.platform import Platform
+from flows.platform import Platform, stopped_on_interrupt
 from mlyard.errors import BatchFailed, SpecError
 from mlyard.specs import MAX_CLASSES, MAX_EVALUATION_BYTES, EvaluationSpec
 from registry.tracking import TAG_BATCH_ID, TAG_EVALUATION_ID, TAG_KIND
@@ -48,7 +48,8 @@ class EvaluationResult(BaseModel):
     report_uri: str = Field(description="MLflow artifact URI of the JSON report.")
 
 
-@flow(name="evaluate", description="Evaluate a model on labelled data: metrics, curves, confusion matrix, report.")
+@flow(name="evaluate", flow_run_name="{spec.name}", on_crashed=[stopped_on_interrupt],
+      description="Evaluate a model on labelled data: metrics, curves, confusion matrix, report.")
 def evaluate(spec: EvaluationSpec) -> EvaluationResult:
     p = Platform()
     logger = get_run_logger()

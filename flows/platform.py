@@ -101,6 +101,19 @@ def cancel_watch(flow_run_id: str, every_seconds: float = 1.0, parent_id: str | 
     return should_stop
 
 
+INTERRUPTED = "STOPPED: interrupted (Ctrl-C)"
+
+
+def stopped_on_interrupt(flow, flow_run, state) -> None:
+    """An on_crashed hook: a run its user interrupted (Ctrl-C on `mlyard train`) was stopped, not failed."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled
+
+    if "interrupt signal" in (state.message or ""):
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(flow_run.id, Cancelled(message=INTERRUPTED), force=True)
+
+
 def cancel_flow_run(flow_run_id: str, reason: str) -> None:
     """Cancel like the UI's Cancel button: a queued run ends at once, a running one goes CANCELLING and
     its worker (or the running flow itself) ends it."""

@@ -21,7 +21,7 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled
 from pydantic import BaseModel, Field
 
-from flows.platform import Platform, cancel_watch
+from flows.platform import Platform, cancel_watch, stopped_on_interrupt
 from mlyard.errors import SpecError, TrainingStopped
 from mlyard.specs import TrainingSpec
 from registry.tracking import TAG_KIND, TAG_TRAINING_ID, TAG_TRAINING_NAME, Tracking
@@ -42,7 +42,8 @@ class TrainingResult(BaseModel):
     script_seconds: float = Field(description="How long the entry point itself ran.")
 
 
-@flow(name="train", description="Run a training (EasyMaker contract) and record it in MLflow.")
+@flow(name="train", flow_run_name="{spec.name}", on_crashed=[stopped_on_interrupt],
+      description="Run a training (EasyMaker contract) and record it in MLflow.")
 def train(spec: TrainingSpec) -> TrainingResult:
     p = Platform()
     logger = get_run_logger()

@@ -24,7 +24,7 @@ from prefect.states import Cancelled, Completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
-from flows.platform import Platform, cancel_flow_run, cancel_watch, submit
+from flows.platform import Platform, cancel_flow_run, cancel_watch, stopped_on_interrupt, submit
 from flows.training import check_locations, prepare_environment, stage_inputs
 from mlyard.errors import MlyardError, SpecError, TrainingFailed, TrainingStopped, TuningFailed
 from mlyard.specs import TrainingSpec, TuningSpec
@@ -64,7 +64,8 @@ def resolve_training(p: Platform, spec: TuningSpec) -> TrainingSpec:
     return base.with_overrides({"name": spec.name, "experiment": spec.experiment or base.experiment})
 
 
-@flow(name="tune", description="Hyperparameter tuning: trials of a training, searched with Optuna.")
+@flow(name="tune", flow_run_name="{spec.name}", on_crashed=[stopped_on_interrupt],
+      description="Hyperparameter tuning: trials of a training, searched with Optuna.")
 def tune(spec: TuningSpec) -> TuningResult:
     p = Platform()
     logger = get_run_logger()

@@ -200,6 +200,6 @@ class StackError(MlyardError, RuntimeError):
 class NotConnected(StackError):
     def __init__(self, home: str):
         self.home = home
-        super().__init__(f"no mlyard platform is running for {home}: start it with `mlyard up` (from the directory "
-                         "that holds .mlyard, or with MLYARD_HOME set), or point MLYARD_PREFECT_API_URL at a "
+        super().__init__(f"no mlyard platform is running for {home}: start it with `mlyard up` (its home is the "
+                         ".mlyard here or in a parent directory, or MLYARD_HOME), or point MLYARD_PREFECT_API_URL at a "
                          "Prefect server")

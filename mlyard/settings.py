@@ -21,6 +21,7 @@ TELEMETRY_OFF_ENV = {
 }
 
 
+DEFAULT_HOME = ".mlyard"
 HEARTBEAT_SECONDS = 30
 UNRESPONSIVE_AFTER_SECONDS = 60  # a run with no heartbeat for this long is CRASHED
 
@@ -31,9 +32,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MLYARD_", extra="ignore")
 
     home: Path = Field(
-        default=Path(".mlyard"),
+        default=Path(DEFAULT_HOME),
         description="Directory holding all embedded state (Prefect DB, MLflow DB and artifacts, "
-        "catalog, caches). Deleting it resets the embedded platform.",
+        "catalog, caches). Deleting it resets the embedded platform. Default: the .mlyard in the current "
+        "directory or the nearest parent that has one, else ./.mlyard.",
     )
     prefect_api_url: str | None = Field(
         default=None,
@@ -85,6 +87,13 @@ class Settings(BaseSettings):
 
     @property
     def home_dir(self) -> Path:
+        """The home; the default `.mlyard` is looked for in the current directory and then its parents
+        (as git finds `.git`), so a command run in a subdirectory of the project finds its platform."""
+        if self.home == Path(DEFAULT_HOME):
+            here = Path.cwd()
+            for folder in (here, *here.parents):
+                if (folder / DEFAULT_HOME).is_dir():
+                    return (folder / DEFAULT_HOME).resolve()
         return self.home.expanduser().resolve()
 
     @property

@@ -37,6 +37,13 @@ def python(code: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return shell(str(BIN / "python"), "-c", textwrap.dedent(code), cwd=cwd)
 
 
+def project(name: str) -> Path:
+    """A new directory inside the user's project (below the directory that holds .mlyard)."""
+    path = user_dir() / name
+    path.mkdir(parents=True)
+    return path
+
+
 def _ok(proc: subprocess.CompletedProcess) -> str:
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     assert "temporary server" not in proc.stdout + proc.stderr
@@ -53,7 +60,7 @@ def _one_line_error(proc: subprocess.CompletedProcess, *words: str) -> str:
 
 
 def test_a_python_call_from_a_fresh_interpreter_is_a_training_the_cli_shows_and_registers(stack):
-    work = user_dir() / "project"
+    work = project("python-call")  # a subdirectory: the platform is found in a parent, as git finds .git
     shutil.copytree(EXAMPLES / "sklearn_digits", work / "algo", dirs_exist_ok=True)
     out = _ok(python("""
         import mlyard
@@ -92,7 +99,8 @@ def test_without_a_running_platform_every_entry_point_says_how_to_start_one(tmp_
     assert not (tmp_path / ".mlyard" / "prefect" / "prefect.db").exists(), "no hidden Prefect server was started"
 
 
-def test_bad_input_is_refused_in_one_line_before_a_run_is_created(stack, tmp_path):
+def test_bad_input_is_refused_in_one_line_before_a_run_is_created(stack):
+    tmp_path = project("bad-input")
     before = json.loads(_ok(mlyard("trainings", "list", "--json", "--limit", "500")))
     (tmp_path / "algo").mkdir()
     (tmp_path / "algo" / "train.py").write_text("print('hi')\n")
@@ -114,7 +122,8 @@ def test_bad_input_is_refused_in_one_line_before_a_run_is_created(stack, tmp_pat
     assert proc.returncode != 0 and "Traceback" in proc.stderr, "--debug shows the traceback"
 
 
-def test_submit_resolves_relative_paths_where_the_command_runs(stack, tmp_path):
+def test_submit_resolves_relative_paths_where_the_command_runs(stack):
+    tmp_path = project("submit")
     (tmp_path / "algo").mkdir()
     (tmp_path / "algo" / "train.py").write_text("import time\ntime.sleep(60)\n")
     (tmp_path / "train.yaml").write_text("name: submitted\nsource_uri: algo\nentry_point: train.py\n")
@@ -122,3 +131,27 @@ def test_submit_resolves_relative_paths_where_the_command_runs(stack, tmp_path):
     shown = json.loads(_ok(mlyard("trainings", "show", sub["id"], "--json")))
     assert shown["spec"]["source_uri"] == str(tmp_path / "algo")
     _ok(mlyard("trainings", "stop", sub["id"], "--json"))
+
+
+def test_ctrl_c_on_mlyard_train_ends_stopped(stack):
+    import signal
+
+    work = project("ctrl-c")
+    (work / "algo").mkdir()
+    (work / "algo" / "main.py").write_text("import time\nprint('loss=1', flush=True)\ntime.sleep(120)\n")
+    (work / "train.yaml").write_text("name: interrupted\nexperiment: user-paths\nsource_uri: algo\nentry_point: main.py\n")
+    env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8"}
+    proc = subprocess.Popen([str(BIN / "mlyard"), "train", "-f", "train.yaml"], cwd=work, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        for line in proc.stdout:  # the flow's log: wait until the script runs
+            if "loss=1" in line:
+                break
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+        proc.stdout.close()
+    listed = json.loads(_ok(mlyard("trainings", "list", "--json")))
+    mine = [t for t in listed if t["name"] == "interrupted"]
+    assert mine and mine[0]["status"] == "STOPPED" and "Ctrl-C" in mine[0]["cause"], mine
