@@ -159,7 +159,7 @@ def run_trials(ctx: _Ctx, study) -> tuple[str, str]:
                     return verdict
             elif len(running) < spec.parallel_trials:
                 trial = study.ask(space)
-                study._storage.set_trial_user_attr(trial._trial_id, STATE_ATTR, KatibState.RUNNING.value)
+                trial.set_user_attr(STATE_ATTR, KatibState.RUNNING.value)
                 running.append(runner.submit(run_trial, parameters={"ctx": ctx, "trial": trial}))
                 continue
             if running:  # until one trial ends (or half a second passes: stop requests are checked)
@@ -188,14 +188,13 @@ def run_trial(ctx: _Ctx, trial) -> str:
     value = best_value(pruner.values, spec.objective.direction)
     if state == KatibState.SUCCEEDED and value is None:
         state, reason = KatibState.METRICS_UNAVAILABLE, f"the objective {spec.objective.metric!r} was never printed"
-    storage, tid = trial.study._storage, trial._trial_id
-    storage.set_trial_user_attr(tid, STATE_ATTR, state.value)
+    trial.set_user_attr(STATE_ATTR, state.value)
     if run_id:
-        storage.set_trial_user_attr(tid, "run_id", run_id)
+        trial.set_user_attr("run_id", run_id)
     if reason:
-        storage.set_trial_user_attr(tid, REASON_ATTR, reason[:2000])
+        trial.set_user_attr(REASON_ATTR, reason[:2000])
     if value is not None:
-        storage.set_trial_user_attr(tid, "objective", value)
+        trial.set_user_attr("objective", value)
     trial.study.tell(trial, value if state == KatibState.SUCCEEDED else None, state=state.optuna_state)
     return state.value
 
@@ -229,7 +228,7 @@ def _trial_as_process(ctx: _Ctx, trial, tspec: TrainingSpec, tags: dict, pruner:
     run_id = p.tracking.start_run(ctx.experiment, tspec.name, tags={
         **tags, TAG_KIND: "trial", TAG_TRAINING_ID: f"{ctx.tuning_id}/trial-{number}", TAG_TRAINING_NAME: tspec.name},
         params=tspec.hyperparameters)
-    trial.study._storage.set_trial_user_attr(trial._trial_id, "run_id", run_id)
+    trial.set_user_attr("run_id", run_id)
 
     def on_line(line: str) -> None:
         found = parse_line(ctx.parsers, line)
@@ -241,7 +240,7 @@ def _trial_as_process(ctx: _Ctx, trial, tspec: TrainingSpec, tags: dict, pruner:
         script = run_script(tspec, dirs, ctx.python, p.settings.region, {**os.environ, **p.settings.engine_env()},
                             tdir / "output.log", metric_sink=lambda batch: p.tracking.log_metrics(run_id, batch),
                             should_stop=pruner.stop_reason, on_line=on_line)
-        trial.study._storage.set_trial_user_attr(trial._trial_id, "script_seconds", script.seconds)
+        trial.set_user_attr("script_seconds", script.seconds)
     except TrainingStopped as stop:
         state = KatibState.EARLY_STOPPED if pruner.pruned_at is not None else KatibState.KILLED
         reason, status = stop.reason, "KILLED"
@@ -250,7 +249,8 @@ def _trial_as_process(ctx: _Ctx, trial, tspec: TrainingSpec, tags: dict, pruner:
     except Exception as exc:  # an engine error: the trial failed, the tuning goes on
         state, reason, status = KatibState.FAILED, f"{type(exc).__name__}: {exc}", "FAILED"
     if state == KatibState.SUCCEEDED and not pruner.values:
-        status = "FAILED"  # METRICS_UNAVAILABLE
+        state, status = KatibState.METRICS_UNAVAILABLE, "FAILED"
+        reason = f"the objective {ctx.spec.objective.metric!r} was never printed"
     try:
         if state == KatibState.SUCCEEDED and any(dirs.model.iterdir()):
             p.tracking.log_artifacts(run_id, dirs.model, "model")
@@ -271,7 +271,7 @@ def _trial_as_flow_run(ctx: _Ctx, trial, tspec: TrainingSpec, tags: dict, pruner
     patterns = tspec.metric_patterns + [m.regex for m in spec.metrics if m.regex]
     tspec = tspec.with_overrides({"tags": tags, "metric_patterns": patterns})
     fr = submit(spec.trial_deployment, {"spec": tspec.model_dump(mode="json")}, tspec.job_variables())
-    trial.study._storage.set_trial_user_attr(trial._trial_id, "flow_run_id", str(fr.id))
+    trial.set_user_attr("flow_run_id", str(fr.id))
     run_id, seen, asked_to_stop = None, 0, False
     while True:
         with get_client(sync_client=True) as client:

@@ -32,6 +32,7 @@ from urllib.parse import quote
 
 from mlyard.errors import SpecError, StorageNotFound, TrainingStopped
 from mlyard.specs import is_mlflow_uri
+from tasks.models import Model
 from tasks.storage import Storage, _glob_match
 
 EVENT_PREFIX = "@mlyard "
@@ -232,45 +233,6 @@ def features(records: list[Any], feature_fields: list[str] | None, skip: set[str
 
 
 # -- the model -------------------------------------------------------------------------------------
-
-class Model:
-    """An MLflow model loaded once. `predict` gives (predictions, probabilities or None)."""
-
-    def __init__(self, uri: str):
-        import mlflow.pyfunc
-
-        self.uri = uri
-        self.pyfunc = mlflow.pyfunc.load_model(uri)
-        try:
-            raw = self.pyfunc.get_raw_model()
-        except Exception:  # pyfunc flavours without a raw model
-            raw = None
-        self._proba = getattr(raw, "predict_proba", None) if raw is not None else None
-        classes = getattr(raw, "classes_", None) if self._proba is not None else None
-        self._classes = classes
-        self.classes: list[str] | None = [str(c) for c in classes] if classes is not None else None
-
-    @property
-    def has_proba(self) -> bool:
-        return self._proba is not None and self._classes is not None
-
-    def predict(self, x, with_proba: bool) -> tuple[list, Any]:
-        import numpy as np
-
-        if with_proba and self.has_proba:
-            proba = np.asarray(self._proba(x))
-            return self._classes[proba.argmax(axis=1)].tolist(), proba
-        return _as_list(self.pyfunc.predict(x)), None
-
-
-def _as_list(pred) -> list:
-    if hasattr(pred, "to_dict") and hasattr(pred, "columns"):  # DataFrame: one record per row
-        cols = list(pred.columns)
-        return pred[cols[0]].tolist() if len(cols) == 1 else pred.to_dict(orient="records")
-    if hasattr(pred, "tolist"):
-        return pred.tolist()
-    return list(pred)
-
 
 def fetch_model(storage: Storage, uri: str, dest: Path) -> Path:
     """A local copy of the model at `uri`: models:/ and runs:/ through MLflow, locations through storage."""

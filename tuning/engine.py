@@ -49,9 +49,15 @@ class KatibState(str, Enum):
                 KatibState.RUNNING: TrialState.RUNNING, KatibState.CREATED: TrialState.WAITING}.get(self, TrialState.FAIL)
 
 
+INTERRUPTED = "interrupted: the tuning flow stopped while it ran"
+
+
 def katib_state(trial: FrozenTrial) -> KatibState:
-    if STATE_ATTR in trial.user_attrs:
-        return KatibState(trial.user_attrs[STATE_ATTR])
+    marked = trial.user_attrs.get(STATE_ATTR)
+    if trial.state == TrialState.FAIL and marked in (None, KatibState.RUNNING.value):
+        return KatibState.KILLED  # ended by recover_interrupted: its tuning stopped while it ran
+    if marked:
+        return KatibState(marked)
     return {TrialState.COMPLETE: KatibState.SUCCEEDED, TrialState.PRUNED: KatibState.EARLY_STOPPED,
             TrialState.RUNNING: KatibState.RUNNING, TrialState.WAITING: KatibState.CREATED}.get(trial.state, KatibState.FAILED)
 
@@ -136,9 +142,7 @@ def recover_interrupted(study: optuna.Study) -> list[int]:
     """Trials left RUNNING by a crashed tuning are KILLED (they count as failed). Returns their numbers."""
     numbers = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
-        study._storage.set_trial_user_attr(t._trial_id, STATE_ATTR, KatibState.KILLED.value)
-        study._storage.set_trial_user_attr(t._trial_id, REASON_ATTR, "interrupted: the tuning flow stopped while it ran")
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        study.tell(t.number, state=TrialState.FAIL)  # katib_state then reads it as KILLED
         numbers.append(t.number)
     return numbers
 
@@ -217,8 +221,10 @@ def trial_reports(study: optuna.Study) -> list[TrialReport]:
     out = []
     for t in study.get_trials(deepcopy=False):
         seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
-        out.append(TrialReport(t.number, katib_state(t), dict(t.params), t.value if t.state == TrialState.COMPLETE else
-                               t.user_attrs.get("objective"), t.user_attrs.get(REASON_ATTR), t.user_attrs.get("run_id"),
+        state = katib_state(t)
+        reason = t.user_attrs.get(REASON_ATTR) or (INTERRUPTED if state == KatibState.KILLED else None)
+        out.append(TrialReport(t.number, state, dict(t.params), t.value if t.state == TrialState.COMPLETE else
+                               t.user_attrs.get("objective"), reason, t.user_attrs.get("run_id"),
                                t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None, seconds))
     return out
 
@@ -249,8 +255,10 @@ def decide(spec: TuningSpec, counts: TrialCounts, best: float | None, grid_exhau
         return "FAILED", f"{counts.failed} trials failed (max_failed_trials is {spec.max_failed_trials})"
     if goal_reached(best, spec):
         return "COMPLETE", "GoalReached"
-    if counts.total >= spec.max_trials:
-        return "COMPLETE", "MaxTrialsReached"
-    if grid_exhausted:
-        return "COMPLETE", "SuggestionEndReached"
-    return None
+    ended = "MaxTrialsReached" if counts.total >= spec.max_trials else "SuggestionEndReached" if grid_exhausted else None
+    if ended is None:
+        return None
+    if counts.succeeded == 0 and counts.running == 0:
+        return "FAILED", (f"no trial succeeded ({ended}: {counts.failed} failed, {counts.killed} killed, "
+                          f"{counts.early_stopped} early stopped); see `mlyard tunings trials` for why")
+    return "COMPLETE", ended

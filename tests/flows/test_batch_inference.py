@@ -262,7 +262,7 @@ def test_worker_processes_end_when_the_batch_inference_is_killed(platform, model
                 cmd = (entry / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if entry.name.isdigit() and b"tasks.inference" in cmd and any(b"/orphans-" in c for c in cmd):
+            if entry.name.isdigit() and b"tasks.inference" in cmd and any(b"/orphans.pid" in c for c in cmd):
                 found.append(int(entry.name))
         return found
 

@@ -1,0 +1,125 @@
+"""The one model loader: batch inference, evaluation and (next) serving load an MLflow model through it.
+
+`load_model(path)` gives a `Model` with `predict(x, with_proba)` -> (predictions, probabilities or None).
+
+A scikit-learn model (flavors sklearn and python_function only) is read the way MLflow's sklearn
+flavour reads it (skops, pickle or cloudpickle, as its MLmodel says), without importing MLflow: a
+fresh worker process is ready in a fraction of the time. skops builds its list of trusted types by
+importing every scikit-learn module, and one of them imports torch when torch is installed (about
+7 s on a busy 2-core machine); torch is hidden while skops is imported, as it is where torch is not
+installed. Every other model goes through `mlflow.pyfunc.load_model`.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+SKLEARN_LOADER = "mlflow.sklearn"
+
+
+class Model:
+    """A model loaded once. `predict` gives (predictions, probabilities or None)."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        raw = _sklearn_estimator(Path(uri)) if "://" not in uri else None
+        self.pyfunc: Any = None
+        if raw is None:
+            import mlflow.pyfunc
+
+            self.pyfunc = mlflow.pyfunc.load_model(uri)
+            try:
+                raw = self.pyfunc.get_raw_model()
+            except Exception:  # pyfunc flavours without a raw model
+                raw = None
+        self._raw = raw
+        self._proba = getattr(raw, "predict_proba", None) if raw is not None else None
+        classes = getattr(raw, "classes_", None) if self._proba is not None else None
+        self._classes = classes
+        self.classes: list[str] | None = [str(c) for c in classes] if classes is not None else None
+
+    @property
+    def has_proba(self) -> bool:
+        return self._proba is not None and self._classes is not None
+
+    def predict(self, x, with_proba: bool) -> tuple[list, Any]:
+        import numpy as np
+
+        if with_proba and self.has_proba:
+            proba = np.asarray(self._proba(x))
+            return self._classes[proba.argmax(axis=1)].tolist(), proba
+        if self.pyfunc is None:
+            return _as_list(self._raw.predict(x)), None
+        return _as_list(self.pyfunc.predict(x)), None
+
+
+def load_model(uri: str) -> Model:
+    return Model(uri)
+
+
+def _sklearn_estimator(path: Path):
+    """The estimator of a local scikit-learn-only MLflow model, or None for anything else."""
+    try:
+        meta = yaml.safe_load((path / "MLmodel").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    flavors = (meta or {}).get("flavors") or {}
+    conf = flavors.get("sklearn")
+    pyfunc = flavors.get("python_function") or {}
+    if conf is None or set(flavors) - {"sklearn", "python_function"} or pyfunc.get("loader_module") != SKLEARN_LOADER:
+        return None
+    file = path / conf.get("pickled_model", pyfunc.get("model_path", "model.pkl"))
+    fmt = conf.get("serialization_format", "pickle")
+    if os.environ.get("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true").lower() in ("false", "0"):
+        return None  # MLflow refuses it then, with its own message
+    if fmt == "skops":
+        with _torch_hidden():
+            import skops.io
+        return skops.io.load(file, trusted=conf.get("skops_trusted_types"))
+    if fmt == "cloudpickle":
+        import cloudpickle
+
+        with open(file, "rb") as fh:
+            return cloudpickle.load(fh)
+    if fmt == "pickle":
+        import pickle
+
+        with open(file, "rb") as fh:
+            return pickle.load(fh)
+    return None
+
+
+class _Hide(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
+@contextmanager
+def _torch_hidden() -> Iterator[None]:
+    if "torch" in sys.modules or "skops.io" in sys.modules:
+        yield
+        return
+    finder = _Hide()
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
+
+
+def _as_list(pred) -> list:
+    if hasattr(pred, "to_dict") and hasattr(pred, "columns"):  # DataFrame: one record per row
+        cols = list(pred.columns)
+        return pred[cols[0]].tolist() if len(cols) == 1 else pred.to_dict(orient="records")
+    if hasattr(pred, "tolist"):
+        return pred.tolist()
+    return list(pred)
