@@ -28,6 +28,7 @@ from flows.platform import Platform, cancel_watch, stopped_on_interrupt
 from mlyard.errors import BatchFailed, SpecError, StorageError, TrainingStopped
 from mlyard.specs import BatchInferenceSpec, is_registry_ref
 from registry.tracking import TAG_BATCH_ID, TAG_KIND
+from tasks import checks
 from tasks.metrics import Metric
 from tasks.inference import (BatchFailures, Job, Layout, Model, Progress, Shard, ShardRecord, assign, concat,
                              done_records, fetch_model, plan, rows_per_second, run_processes,
@@ -51,6 +52,7 @@ class BatchInferenceResult(BaseModel):
     resumed_shards: int = Field(description="Shards an earlier interrupted run had finished.")
     classes: list[str] | None = Field(description="Order of the probabilities (classifiers).")
     outputs: dict[str, str] = Field(description="Input file -> its predictions file.")
+    empty_files: list[str] = Field(default_factory=list, description="Input files that hold no rows.")
 
 
 @flow(name="batch-inference", flow_run_name="{spec.name}", on_crashed=[stopped_on_interrupt],
@@ -64,6 +66,7 @@ def batch_infer(spec: BatchInferenceSpec) -> BatchInferenceResult:
     try:
         # 1-2. Check and stage in.
         model_uri, model_path, model = load_model(p, spec, scratch)
+        checks.output_outside_input(spec.input_uri, spec.output_uri)
         files = select_files(p.storage, spec.input_uri, spec.include, spec.exclude)
         manifest, done = check_output(p, spec, layout, model_uri)
         sources = stage_inputs(p, spec, files, manifest, done, scratch)
@@ -265,6 +268,12 @@ def finish(p: Platform, spec: BatchInferenceSpec, layout: Layout, shards: list[S
                 p.storage.delete(layout.part(s), "output_uri")
     rows = sum(r.rows for r in records.values())
     failures = [f for r in records.values() for f in r.failures]
+    rows_by_file: dict[str, int] = {}
+    for r in records.values():
+        rows_by_file[r.file] = rows_by_file.get(r.file, 0) + r.rows
+    empty = sorted(f for f in by_file if rows_by_file.get(f, 0) == 0)
+    if empty:
+        get_run_logger().warning("%d input file(s) hold no rows: %s", len(empty), ", ".join(empty[:10]))
     fresh_rows = sum(r.rows for r in fresh.values())
     summary = {
         "batch_id": batch_id, "name": spec.name, "model": spec.model, "model_uri": model_uri,
@@ -272,7 +281,7 @@ def finish(p: Platform, spec: BatchInferenceSpec, layout: Layout, shards: list[S
         "failed_rows": sum(r.failed_rows for r in records.values()), "failed_batches": len(failures),
         "rows_per_second": rows_per_second(fresh_rows, seconds), "seconds": round(seconds, 3),
         "resumed_shards": resumed, "classes": model.classes if spec.output_probabilities and model.has_proba else None,
-        "outputs": {f: layout.output(f) for f in by_file},
+        "outputs": {f: layout.output(f) for f in by_file}, "empty_files": empty,
     }
     (scratch / "_summary.json").write_text(json.dumps(summary, indent=2))
     (scratch / "_failures.jsonl").write_text("".join(json.dumps(f) + "\n" for f in failures))
@@ -284,6 +293,11 @@ def finish(p: Platform, spec: BatchInferenceSpec, layout: Layout, shards: list[S
                                      "resumed_shards")])
     p.tracking.log_artifact(run_id, scratch / "_summary.json", "batch")
     p.tracking.log_artifact(run_id, scratch / "_failures.jsonl", "batch")
+    if rows == 0:
+        raise BatchFailed(f"the input holds no rows: every file is empty ({', '.join(empty[:5])})")
+    if summary["failed_rows"] == rows:
+        first = failures[0]["error"] if failures else "see _failures.jsonl"
+        raise BatchFailed(f"every one of the {rows} rows failed; the first error: {first}")
     return BatchInferenceResult(run_id=run_id, **{k: v for k, v in summary.items()
                                                   if k in BatchInferenceResult.model_fields})
 

@@ -88,6 +88,7 @@ def check(action: Action, spec, settings: Settings) -> None:
     else:
         checks.model_reference(p.storage, p.models, spec.model)
         checks.input_location(p.storage, spec.input_uri)
+        checks.output_outside_input(spec.input_uri, spec.output_uri)
 
 
 def run(action: Action, spec: Any, *, sets: dict[str, Any] | None = None, submit: bool = False,

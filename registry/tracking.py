@@ -20,6 +20,7 @@ from mlyard.errors import ExperimentNotFound
 
 RunStatus = Literal["FINISHED", "FAILED", "KILLED"]
 TAG_KIND = "mlyard.kind"
+TAG_EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 TAG_TRAINING_ID = "mlyard.training_id"
 TAG_TRAINING_NAME = "mlyard.training_name"
 TAG_BATCH_ID = "mlyard.batch_id"
@@ -78,7 +79,8 @@ class Tracking:
             raise ExperimentNotFound(name)
         location = (self.artifact_root / name).as_uri() if self.artifact_root else None
         try:
-            return self.client.create_experiment(name, artifact_location=location)
+            # Model training, not GenAI: the MLflow UI then opens the runs table, not its GenAI view.
+            return self.client.create_experiment(name, artifact_location=location, tags={TAG_EXPERIMENT_KIND: MODEL_TRAINING})
         except MlflowException:  # created concurrently
             exp = self.client.get_experiment_by_name(name)
             if exp is None:

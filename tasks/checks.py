@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from mlyard.errors import ModelNotFound, SpecError, StorageNotFound
 from mlyard.specs import TrainingSpec, is_mlflow_uri, is_registry_ref
+from mlyard.uris import parse_uri
 
 
 def training_inputs(storage, spec: TrainingSpec) -> None:
@@ -58,3 +59,19 @@ def input_location(storage, input_uri: str) -> None:
         storage.check(input_uri, "input_uri")
     except StorageNotFound as exc:
         raise SpecError("input_uri", input_uri, "a file or directory that exists; nothing is stored there") from exc
+
+
+def output_outside_input(input_uri: str, output_uri: str) -> None:
+    """Refuse an output_uri inside input_uri: its predictions would be read as input by the next job."""
+    src, out = parse_uri(input_uri, "input_uri"), parse_uri(output_uri, "output_uri")
+    if src.kind != out.kind:
+        return
+    if src.kind == "local" and src.nas_id == out.nas_id and src.path is not None and out.path is not None:
+        inside = out.path.resolve().is_relative_to(src.path.resolve())
+    else:
+        prefix = src.key.rstrip("/")
+        inside = (src.bucket == out.bucket and src.endpoint == out.endpoint
+                  and (not prefix or out.key.rstrip("/") == prefix or out.key.startswith(prefix + "/")))
+    if inside:
+        raise SpecError("output_uri", output_uri, f"a location outside input_uri {input_uri}: predictions written "
+                        "inside it would be read as input by the next job")

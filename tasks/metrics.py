@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 STEP_NAMES = ("step", "epoch", "iteration", "global_step")
+COUNTERS_ONLY = ("step", "global_step")  # a step and nothing more; epoch and iteration are also metrics
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,9 @@ class MetricParser:
     """Turns output lines into metrics.
 
     Each pattern's group 1 is the name and group 2 the value (Katib's convention). A line that also
-    carries `step=`, `epoch=`, `iteration=` or `global_step=` gives its other metrics that step;
-    otherwise a metric's step counts its own occurrences (0, 1, 2, ...).
+    carries `step=`, `epoch=`, `iteration=` or `global_step=` gives its metrics that step (`epoch` and
+    `iteration` are logged as metrics too, so their curve shows); otherwise a metric's step counts
+    its own occurrences (0, 1, 2, ...).
     """
 
     def __init__(self, patterns: Sequence[str]):
@@ -55,7 +57,7 @@ class MetricParser:
         explicit = next((int(found[n]) for n in STEP_NAMES if n in found), None)
         out = []
         for name, value in found.items():
-            if name in STEP_NAMES and explicit is not None:
+            if name in COUNTERS_ONLY and explicit is not None:
                 continue
             step = self._counts.get(name, 0) if explicit is None else explicit
             self._counts[name] = self._counts.get(name, 0) + 1

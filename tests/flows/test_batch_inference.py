@@ -129,8 +129,8 @@ def test_another_job_cannot_write_into_a_used_output(platform, models, tmp_path)
 
     path = _write(tmp_path / "a.jsonl", _rows(models["X"][:5]))
     spec = BatchInferenceSpec(name="first", model=str(models["classifier"]), input_uri=str(path), input_format="jsonl",
-                              output_uri=str(tmp_path / "out"))
-    batch_infer(spec)
+                              output_uri=str(tmp_path / "out"), id_field="id", drop_fields=["label"])
+    assert batch_infer(spec).failed_rows == 0
     before = (tmp_path / "out" / "a.jsonl.predictions.jsonl").read_bytes()
     other = spec.model_copy(update={"model": str(models["regressor"])})
     state = batch_infer(other, return_state=True)
@@ -143,20 +143,22 @@ def test_bad_input_fails_before_anything_starts(platform, models, tmp_path):
     from flows.batch_inference import batch_infer
     from mlyard.runs import BATCH, get_run
 
-    path = _write(tmp_path / "a.jsonl", _rows(models["X"][:5]))
+    (tmp_path / "in").mkdir()
+    path = _write(tmp_path / "in" / "a.jsonl", _rows(models["X"][:5]))
     cases = [
         ({"model": str(tmp_path / "nope")}, "model"),
         ({"model": "no-such-model@champion"}, None),
         ({"include": ["*.csv"]}, "include/exclude"),
+        ({"output_uri": str(tmp_path / "in" / "out")}, "output_uri"),  # the next job would read its predictions
     ]
     for change, field in cases:
-        spec = BatchInferenceSpec(**{"name": "bad", "model": str(models["classifier"]), "input_uri": str(tmp_path),
+        spec = BatchInferenceSpec(**{"name": "bad", "model": str(models["classifier"]), "input_uri": str(tmp_path / "in"),
                                      "input_format": "jsonl", "output_uri": str(tmp_path / "out"), **change})
         state = batch_infer(spec, return_state=True)
         exc = state.result(raise_on_failure=False)
         assert state.is_failed() and (field is None or getattr(exc, "field", None) == field), exc
         assert get_run(BATCH, str(state.state_details.flow_run_id)).status == "CREATE FAILED"
-        assert not (tmp_path / "out").exists()
+        assert not (tmp_path / "out").exists() and not (tmp_path / "in" / "out").exists()
     with pytest.raises(SpecError, match="output_uri"):
         from mlyard.specs import load_spec
 
@@ -277,3 +279,21 @@ def test_worker_processes_end_when_the_batch_inference_is_killed(platform, model
     while workers() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert workers() == []
+
+
+def test_a_job_in_which_every_row_failed_fails_and_empty_files_are_reported(platform, models, tmp_path):
+    from flows.batch_inference import batch_infer
+    from mlyard.runs import BATCH, get_run
+
+    (tmp_path / "in").mkdir()
+    _write(tmp_path / "in" / "bad.jsonl", [{"id": i, "features": [-999.0, 0.0]} for i in range(6)])
+    spec = BatchInferenceSpec(name="all-bad", model=str(models["slow"]), input_uri=str(tmp_path / "in"),
+                              input_format="jsonl", output_uri=str(tmp_path / "out"), id_field="id")
+    state = batch_infer(spec, return_state=True)
+    assert state.is_failed() and "every one of the 6 rows failed" in state.message and "-999" in state.message
+    assert get_run(BATCH, str(state.state_details.flow_run_id)).status == "FAIL BATCH INFERENCE"
+
+    _write(tmp_path / "in" / "bad.jsonl", [{"id": 0, "features": [1.0, 0.0]}])
+    (tmp_path / "in" / "empty.jsonl").write_text("")
+    result = batch_infer(spec.model_copy(update={"name": "one-empty", "output_uri": str(tmp_path / "out2")}))
+    assert result.rows == 1 and result.empty_files == ["empty.jsonl"]

@@ -114,6 +114,10 @@ def test_metrics_unavailable_counts_as_failed_and_fails_the_tuning(platform, alg
     tuning_id = str(state.state_details.flow_run_id)
     rows = _trials(platform, tuning_id)
     assert [r["state"] for r in rows] == ["METRICS_UNAVAILABLE", "METRICS_UNAVAILABLE"]
+    for r in rows:  # MLflow says so too, not SUCCEEDED
+        run = platform.tracking.get_run(r["run_id"])
+        assert run.tags["mlyard.trial_state"] == "METRICS_UNAVAILABLE" and run.status == "FAILED"
+        assert "never printed" in run.tags["mlyard.status_reason"]
     info = get_tuning(tuning_id)
     assert info.status == "FAIL HYPERPARAMETER TUNING" and "2 trials failed" in info.cause
 

@@ -90,3 +90,34 @@ def test_batch_and_evaluation_specs_name_the_bad_field():
             load_spec(EvaluationSpec, {**ev, **patch})
     batch = load_spec(EvaluationSpec, ev).batch_spec()
     assert batch.drop_fields == ["y"] and batch.include == ["**/*.jsonl"] and not batch.output_probabilities
+
+
+def test_set_merges_into_nested_fields(tmp_path):
+    """`--set objective.goal=0.9` and `--set training.hyperparameters.epochs=3` change one field each."""
+    import yaml
+
+    from mlyard.api import load
+    from mlyard.cli.common import parse_sets
+    from mlyard.specs import TuningSpec
+
+    path = tmp_path / "tune.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "t", "strategy": "grid", "objective": {"metric": "accuracy", "direction": "maximize"},
+        "parameters": [{"name": "lr", "type": "double", "values": "0.1,0.01"}],
+        "training": {"name": "t", "source_uri": "algo", "entry_point": "train.py",
+                     "hyperparameters": {"epochs": 8, "batch": 32}}}))
+    spec = load(TuningSpec, path, parse_sets(["objective.goal=0.9", "training.hyperparameters.epochs=3"]))
+    assert spec.objective.goal == 0.9 and spec.objective.direction == "maximize"
+    assert spec.training.hyperparameters == {"epochs": 3, "batch": 32} and spec.training.entry_point == "train.py"
+
+
+def test_relative_paths_are_resolved_against_the_submitter(tmp_path):
+    from mlyard.specs import BatchInferenceSpec, TrainingSpec
+
+    t = TrainingSpec(name="t", source_uri="algo", entry_point="x.py", datasets={"a": "data/a", "b": "s3://b/k"},
+                     output_uri="file:///abs").resolved(tmp_path)
+    assert t.source_uri == str(tmp_path / "algo") and t.datasets == {"a": str(tmp_path / "data/a"), "b": "s3://b/k"}
+    assert t.output_uri == "file:///abs"
+    b = BatchInferenceSpec(name="b", model="digits@champion", input_uri="in", input_format="jsonl",
+                           output_uri="../out").resolved(tmp_path)
+    assert b.model == "digits@champion" and b.input_uri == str(tmp_path / "in") and b.output_uri == str(tmp_path.parent / "out")

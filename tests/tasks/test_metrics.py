@@ -6,7 +6,9 @@ from tasks.metrics import MetricParser, MetricStream, latest
 def test_katib_format_with_epoch_as_step():
     p = MetricParser([KATIB_METRIC_PATTERN])
     got = p.parse("epoch=3 loss=0.25 accuracy=0.9", now_ms=1)
-    assert {(m.name, m.value, m.step) for m in got} == {("loss", 0.25, 3), ("accuracy", 0.9, 3)}
+    assert {(m.name, m.value, m.step) for m in got} == {("loss", 0.25, 3), ("accuracy", 0.9, 3), ("epoch", 3, 3)}
+    got = p.parse("step=7 loss=0.2", now_ms=1)
+    assert {(m.name, m.value, m.step) for m in got} == {("loss", 0.2, 7)}, "step is a counter, not a metric"
 
 
 def test_steps_count_occurrences_without_a_step_field():

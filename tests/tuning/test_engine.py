@@ -64,6 +64,9 @@ def test_decide_reasons():
     assert decide(spec, TrialCounts(succeeded=1), 0.85, False) is None
     assert decide(spec, TrialCounts(succeeded=3, running=2), 0.85, False) == ("COMPLETE", "MaxTrialsReached")
     assert decide(spec, TrialCounts(failed=2), None, False)[0] == "FAILED"
+    ended_empty = decide(spec, TrialCounts(failed=1, killed=2, early_stopped=2), None, False)
+    assert ended_empty[0] == "FAILED" and ended_empty[1].startswith("no trial succeeded (MaxTrialsReached")
+    assert decide(make(max_trials=5), TrialCounts(failed=1, running=4), None, False) == ("COMPLETE", "MaxTrialsReached")
     low = make(objective={"metric": "loss", "direction": "minimize", "goal": 0.1})
     assert decide(low, TrialCounts(succeeded=1), 0.05, False) == ("COMPLETE", "GoalReached")
 
