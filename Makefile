@@ -26,6 +26,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
+	$(PY) bench/front_door.py
+	$(PY) bench/crash_detection.py
 	$(PY) bench/training_overhead.py
 	$(PY) bench/metric_latency.py
 	$(PY) bench/tuning_overhead.py

@@ -23,7 +23,7 @@ TELEMETRY_OFF_ENV = {
 
 DEFAULT_HOME = ".mlyard"
 HEARTBEAT_SECONDS = 30
-UNRESPONSIVE_AFTER_SECONDS = 60  # a run with no heartbeat for this long is CRASHED
+UNRESPONSIVE_AFTER_SECONDS = 50  # no heartbeat for this long: CRASHED (seen within 60 s of the kill)
 
 
 class Settings(BaseSettings):

@@ -169,10 +169,13 @@ def ensure_crash_detection() -> None:
     from mlyard.settings import UNRESPONSIVE_AFTER_SECONDS
 
     try:
-        Automation.read(name=CRASH_AUTOMATION)
-        return
+        found = Automation.read(name=CRASH_AUTOMATION)
     except ValueError:
-        pass
+        found = None
+    if found is not None:
+        if getattr(found.trigger, "within", None) == timedelta(seconds=UNRESPONSIVE_AFTER_SECONDS):
+            return
+        found.delete()  # made by an older mlyard with another threshold
     Automation(
         name=CRASH_AUTOMATION,
         description="Mark a flow run CRASHED when its heartbeats stop (set up by `mlyard up`).",
