@@ -27,7 +27,8 @@ from mlyard.specs import TrainingSpec
 from registry.tracking import TAG_KIND, TAG_TRAINING_ID, TAG_TRAINING_NAME, Tracking
 from tasks.launch import Workdirs, requirements_env, run_script
 from tasks import checks
-from tasks.storage import Storage, stage_in, stage_out
+from tasks.staging import stage_in, stage_out
+from tasks.storage import Storage
 
 RUN_TASK_NAME = "run-entry-point"
 

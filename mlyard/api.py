@@ -26,8 +26,8 @@ from mlyard.connection import connect
 from mlyard.errors import (BatchFailed, MlyardError, RunFailed, SpecError, TrainingFailed, TrainingStopped,
                            TuningFailed)
 from mlyard.settings import Settings
-from mlyard.specs import (BatchInferenceSpec, EvaluationSpec, TrainingSpec, TuningSpec, load_spec, load_spec_file,
-                          with_overrides)
+from mlyard.specs import (BatchInferenceSpec, EvaluationSpec, TrainingSpec, TuningSpec, is_registry_ref, load_spec,
+                          load_spec_file, with_overrides)
 
 Pool = Literal["local", "gpu"]
 
@@ -74,21 +74,31 @@ def load(model: type, spec: Any, sets: dict[str, Any] | None = None):
 
 
 def check(action: Action, spec, settings: Settings) -> None:
-    """Refuse a spec whose inputs, entry point, model or alias do not exist, before any run is made."""
-    from flows.platform import Platform
+    """Refuse a spec whose inputs, entry point, model or alias do not exist, before any run is made.
+    MLflow (slow to import) is touched only to look up a registered model or a template."""
     from tasks import checks
+    from tasks.storage import Storage
 
-    p = Platform(settings)
+    storage = Storage(settings)
     if action is TRAINING:
-        checks.training_inputs(p.storage, spec)
+        checks.training_inputs(storage, spec)
     elif action is TUNING:
-        from flows.tuning import resolve_training
+        if spec.training is not None:
+            checks.training_inputs(storage, spec.training)
+        else:
+            from flows.platform import Platform
+            from flows.tuning import resolve_training
 
-        checks.training_inputs(p.storage, resolve_training(p, spec))
+            checks.training_inputs(storage, resolve_training(Platform(settings), spec))
     else:
-        checks.model_reference(p.storage, p.models, spec.model)
-        checks.input_location(p.storage, spec.input_uri)
+        checks.input_location(storage, spec.input_uri)
         checks.output_outside_input(spec.input_uri, spec.output_uri)
+        models = None
+        if is_registry_ref(spec.model) or spec.model.startswith("models:/"):
+            from flows.platform import Platform
+
+            models = Platform(settings).models
+        checks.model_reference(storage, models, spec.model)
 
 
 def run(action: Action, spec: Any, *, sets: dict[str, Any] | None = None, submit: bool = False,

@@ -18,8 +18,6 @@ from pathlib import Path
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from mlyard.errors import StorageError, StorageNotFound, StorageUnreachable
 from mlyard.settings import Settings
@@ -265,17 +263,3 @@ class _translated:
         if isinstance(exc, (EndpointConnectionError, NoCredentialsError, BotoCoreError)):
             raise StorageUnreachable(self.uri, str(exc)) from exc
         return False
-
-
-# -- tasks ------------------------------------------------------------------------------------------
-
-@task(name="stage-in", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
-      retry_condition_fn=lambda t, r, s: isinstance(s.result(raise_on_failure=False), StorageUnreachable))
-def stage_in(storage: Storage, uri: str, scratch: Path, field: str) -> Path:
-    return storage.stage_in(uri, scratch, field)
-
-
-@task(name="stage-out", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
-      retry_condition_fn=lambda t, r, s: isinstance(s.result(raise_on_failure=False), StorageUnreachable))
-def stage_out(storage: Storage, src: Path, uri: str, field: str) -> str:
-    return storage.upload(src, uri, field)

@@ -114,7 +114,7 @@ def test_bad_input_is_refused_in_one_line_before_a_run_is_created(stack):
     assert len(after) == len(before), "a refused spec must not leave a run behind"
 
     batch = tmp_path / "batch.yaml"
-    batch.write_text("name: nomodel\nmodel: nosuchmodel@champion\ninput_uri: .\ninput_format: jsonl\n"
+    batch.write_text("name: nomodel\nmodel: nosuchmodel@champion\ninput_uri: algo\ninput_format: jsonl\n"
                      "output_uri: out\n")
     _one_line_error(mlyard("batch", "-f", str(batch), cwd=tmp_path), "model", "nosuchmodel@champion")
     assert not (tmp_path / "out").exists()
