@@ -16,11 +16,12 @@ its metrics collector (timestamps); Optuna uses each trial's reported value at t
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from dataclasses import dataclass
 from enum import Enum
-from typing import Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import optuna
@@ -134,14 +135,28 @@ def create_study(spec: TuningSpec, storage: str | optuna.storages.BaseStorage | 
     """The study for `study_name`, created or loaded (a resumed tuning keeps its trials)."""
     if isinstance(storage, str) and storage.startswith("sqlite"):
         storage = optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 60}})
-    return optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True,
-                               direction=spec.objective.direction, sampler=make_sampler(spec), pruner=make_pruner(spec))
+    study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True,
+                                direction=spec.objective.direction, sampler=make_sampler(spec), pruner=make_pruner(spec))
+    if spec.strategy == "grid" and not study.get_trials(deepcopy=False):
+        # Optuna's grid sampler visits points in a shuffled order; the grid runs in the order listed
+        # instead (each value list as written, each range from min to max by step, the first
+        # parameter varying slowest), queued once when the study is made.
+        for params in itertools.islice(ordered_grid(spec), spec.max_trials):
+            study.enqueue_trial(params)
+    return study
+
+
+def ordered_grid(spec: TuningSpec) -> Iterator[dict[str, Any]]:
+    values = grid_values(spec)
+    names = [p.name for p in spec.parameters]
+    for combo in itertools.product(*(values[n] for n in names)):
+        yield dict(zip(names, combo))
 
 
 def recover_interrupted(study: optuna.Study) -> list[int]:
     """Trials left RUNNING by a crashed tuning are KILLED (they count as failed). Returns their numbers."""
     numbers = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # WAITING: queued grid points
         study.tell(t.number, state=TrialState.FAIL)  # katib_state then reads it as KILLED
         numbers.append(t.number)
     return numbers
@@ -220,6 +235,8 @@ class TrialCounts:
 def trial_reports(study: optuna.Study) -> list[TrialReport]:
     out = []
     for t in study.get_trials(deepcopy=False):
+        if t.state == TrialState.WAITING:  # a queued grid point, not a trial yet
+            continue
         seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
         state = katib_state(t)
         reason = t.user_attrs.get(REASON_ATTR) or (INTERRUPTED if state == KatibState.KILLED else None)

@@ -39,7 +39,7 @@ def test_same_seed_same_suggestions(strategy):
 
 
 def test_grid_enumerates_exactly_the_product_then_ends():
-    spec = make(strategy="grid", parameters=[
+    spec = make(strategy="grid", max_trials=100, parameters=[
         {"name": "lr", "type": "double", "min": 0.01, "max": 0.05, "step": 0.02},
         {"name": "layers", "type": "int", "min": 1, "max": 3, "step": 1},
         {"name": "opt", "type": "categorical", "values": ["sgd", "adam"]}])
@@ -53,7 +53,7 @@ def test_grid_enumerates_exactly_the_product_then_ends():
         t = study.ask(search_space(spec))
         seen.append((t.params["lr"], t.params["layers"], t.params["opt"]))
         study.tell(t, 0.5)
-    assert sorted(seen) == sorted(itertools.product([0.01, 0.03, 0.05], [1, 2, 3], ["sgd", "adam"]))
+    assert seen == list(itertools.product([0.01, 0.03, 0.05], [1, 2, 3], ["sgd", "adam"]))  # in order
     assert decide(spec.model_copy(update={"max_trials": 100}), trial_counts(trial_reports(study)), 0.5,
                   grid_exhausted=True) == ("COMPLETE", "SuggestionEndReached")
 
@@ -143,3 +143,21 @@ def test_bad_tuning_specs_are_refused_naming_the_field(patch, words):
     with pytest.raises(SpecError) as info:
         make(**patch)
     assert words in str(info.value)
+
+
+def test_grid_runs_in_the_order_listed(tmp_path):
+    spec = make(strategy="grid", max_trials=10, parameters=[
+        {"name": "optimizer", "type": "categorical", "values": "sgd,adam"},
+        {"name": "lr", "type": "double", "values": "0.1,0.000001,0.05"}])
+    study = create_study(spec, f"sqlite:///{tmp_path / 's.db'}", "grid-order")
+    space = search_space(spec)
+    asked = []
+    for _ in range(6):
+        t = study.ask(space)
+        asked.append((t.params["optimizer"], t.params["lr"]))
+        study.tell(t, 0.5)
+    assert asked == [("sgd", 0.1), ("sgd", 0.000001), ("sgd", 0.05), ("adam", 0.1), ("adam", 0.000001), ("adam", 0.05)]
+    assert trial_counts(trial_reports(study)).succeeded == 6
+    ranged = make(strategy="grid", parameters=[{"name": "n", "type": "int", "min": 1, "max": 4, "step": 1}])
+    study = create_study(ranged, f"sqlite:///{tmp_path / 's.db'}", "grid-range")
+    assert [study.ask(search_space(ranged)).params["n"] for _ in range(4)] == [1, 2, 3, 4]
