@@ -40,7 +40,7 @@ TAG_TUNING_ID = "mlyard.tuning_id"
 class TuningResult(BaseModel):
     tuning_id: str = Field(description="Prefect flow run id of the tuning.")
     run_id: str = Field(description="MLflow parent run id.")
-    status: str = Field(description="COMPLETE (or STOPPED).")
+    status: str = Field(description="As the console shows it: COMPLETE (GoalReached), COMPLETE (MaxTrialsReached), ...")
     reason: str = Field(description="GoalReached, MaxTrialsReached or SuggestionEndReached.")
     best_trial: int | None
     best_value: float | None
@@ -315,7 +315,8 @@ def _result(ctx: _Ctx, study, status: str, reason: str) -> TuningResult:
         best = next(r for r in reports if r.number == bt.number)
     except ValueError:
         pass
-    return TuningResult(tuning_id=ctx.tuning_id, run_id=ctx.parent_run, status=status, reason=reason,
+    shown = f"COMPLETE ({reason})" if status == "COMPLETE" else status  # as `mlyard tunings show` says it
+    return TuningResult(tuning_id=ctx.tuning_id, run_id=ctx.parent_run, status=shown, reason=reason,
                         best_trial=best.number if best else None, best_value=best.value if best else None,
                         best_params=best.params if best else {}, best_run_id=best.run_id if best else None,
                         counts={k: getattr(counts, k) for k in ("succeeded", "running", "failed", "killed", "early_stopped")})

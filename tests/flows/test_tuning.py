@@ -56,7 +56,7 @@ def test_grid_tuning_end_to_end_with_nested_runs(platform, algorithm, tmp_path):
     spec = _spec(algorithm(TRIAL), tmp_path / "m", name="grid-x", strategy="grid", parallel_trials=2, max_trials=50,
                  parameters=[{"name": "x", "type": "int", "min": 1, "max": 5, "step": 1}])
     result = tune(spec)
-    assert (result.status, result.reason) == ("COMPLETE", "SuggestionEndReached")
+    assert (result.status, result.reason) == ("COMPLETE (SuggestionEndReached)", "SuggestionEndReached")
     assert result.counts["succeeded"] == 5 and result.best_params == {"x": 3}
     rows = _trials(platform, result.tuning_id)
     assert sorted(r["params"]["x"] for r in rows) == [1, 2, 3, 4, 5]
