@@ -45,6 +45,7 @@ def show(tracking, evaluation_id: str) -> dict[str, Any]:
         doc = report(tracking, evaluation_id)
         if doc:
             info["not_applicable"] = {k: v["not_applicable"] for k, v in doc["metrics"].items() if "not_applicable" in v}
+            info["averaging"] = {k: v["average"] for k, v in doc["metrics"].items() if "average" in v}
             info["rows"], info["skipped_rows"] = doc["rows"], doc["skipped_rows"]
     return info
 

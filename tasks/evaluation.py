@@ -25,9 +25,13 @@ MAX_CLASSES = 50
 class MetricValue:
     value: float | None
     reason: str | None = None  # why it is not applicable
+    average: str | None = None  # how it is averaged over classes: macro, one-vs-rest macro, binary (positive: X)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"value": self.value} if self.reason is None else {"value": None, "not_applicable": self.reason}
+        out: dict[str, Any] = {"value": self.value} if self.reason is None else {"value": None, "not_applicable": self.reason}
+        if self.average:
+            out["average"] = self.average
+        return out
 
 
 @dataclass
@@ -63,14 +67,15 @@ def classification(y_true: Sequence, y_pred: Sequence, proba: np.ndarray | None 
     binary = len(labels) == 2
     average = "binary" if binary else "macro"
     pos = labels[1] if binary else None
+    said = f"binary (positive class: {pos})" if binary else f"macro over {len(labels)} classes"
     m: dict[str, MetricValue] = {
         "accuracy": MetricValue(float(skm.accuracy_score(y_true, y_pred))),
         "f1": MetricValue(float(skm.f1_score(y_true, y_pred, labels=labels, average=average, pos_label=pos,
-                                            zero_division=0))),
+                                            zero_division=0)), average=said),
         "precision": MetricValue(float(skm.precision_score(y_true, y_pred, labels=labels, average=average,
-                                                          pos_label=pos, zero_division=0))),
+                                                          pos_label=pos, zero_division=0)), average=said),
         "recall": MetricValue(float(skm.recall_score(y_true, y_pred, labels=labels, average=average, pos_label=pos,
-                                                    zero_division=0))),
+                                                    zero_division=0)), average=said),
     }
     cm = skm.confusion_matrix(y_true, y_pred, labels=labels).tolist()
     curves: dict[str, Any] = {}
@@ -89,8 +94,8 @@ def classification(y_true: Sequence, y_pred: Sequence, proba: np.ndarray | None 
     if binary:
         score = proba[:, 1]
         y = (y_true == pos).astype(int)
-        m["roc_auc"] = MetricValue(float(skm.roc_auc_score(y, score)))
-        m["pr_auc"] = MetricValue(float(skm.average_precision_score(y, score)))
+        m["roc_auc"] = MetricValue(float(skm.roc_auc_score(y, score)), average=said)
+        m["pr_auc"] = MetricValue(float(skm.average_precision_score(y, score)), average=said)
         fpr, tpr, _ = skm.roc_curve(y, score)
         prec, rec, thr = skm.precision_recall_curve(y, score)
         curves = {"roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()},
@@ -102,12 +107,16 @@ def classification(y_true: Sequence, y_pred: Sequence, proba: np.ndarray | None 
             m["roc_auc"] = m["pr_auc"] = MetricValue(None, f"classes {sorted(set(labels) - set(present))[:5]} "
                                                            "never occur in the labelled data (one-vs-rest AUC undefined)")
         else:
-            m["roc_auc"] = MetricValue(float(skm.roc_auc_score(y, proba, average="macro", multi_class="ovr")))
-            m["pr_auc"] = MetricValue(float(skm.average_precision_score(y, proba, average="macro")))
+            m["roc_auc"] = MetricValue(float(skm.roc_auc_score(y, proba, average="macro", multi_class="ovr")),
+                                       average=f"one-vs-rest, {said}")
+            m["pr_auc"] = MetricValue(float(skm.average_precision_score(y, proba, average="macro")),
+                                      average=f"one-vs-rest, {said}")
         fpr, tpr, _ = skm.roc_curve(y.ravel(), proba.ravel())  # micro-averaged curve
         prec, rec, thr = skm.precision_recall_curve(y.ravel(), proba.ravel())
-        curves = {"roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "average": "micro"},
-                  "pr": {"precision": prec.tolist(), "recall": rec.tolist(), "average": "micro"},
+        # the curves pool every class (micro-average): their legends give their own micro AUCs
+        curves = {"roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "average": "micro", "auc": float(skm.auc(fpr, tpr))},
+                  "pr": {"precision": prec.tolist(), "recall": rec.tolist(), "average": "micro",
+                         "auc": float(skm.average_precision_score(y.ravel(), proba.ravel()))},
                   "by_threshold": {"threshold": thr.tolist(), "precision": prec[:-1].tolist(), "recall": rec[:-1].tolist()}}
     return Report("classification", m, curves, cm, labels)
 
@@ -191,24 +200,24 @@ def plot_report(report: Report, out_dir, title: str = "") -> list:
                     ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
                             color="white" if cm[i, j] > cm.max() / 2 else "black")
         fig.colorbar(im, ax=ax)
-        ax.set_title(f"{title} confusion matrix".strip())
+        ax.set_title(_title(title, "confusion matrix"), fontsize=10)
         save(fig, "confusion_matrix.png")
         c = report.curves
         if c:
             micro = " (micro-average)" if c["roc"].get("average") == "micro" else ""
             fig, ax = plt.subplots(figsize=(4.5, 4))
-            ax.plot(c["roc"]["fpr"], c["roc"]["tpr"], label=_label("ROC AUC", report.metrics["roc_auc"]))
+            ax.plot(c["roc"]["fpr"], c["roc"]["tpr"], label=_curve_label("ROC AUC", c["roc"], report.metrics["roc_auc"]))
             ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=0.8)
             ax.set_xlabel("false positive rate")
             ax.set_ylabel("true positive rate (recall)")
-            ax.set_title(f"{title} ROC curve{micro}".strip())
+            ax.set_title(_title(title, f"ROC curve{micro}"), fontsize=10)
             ax.legend(loc="lower right")
             save(fig, "roc_curve.png")
             fig, ax = plt.subplots(figsize=(4.5, 4))
-            ax.plot(c["pr"]["recall"], c["pr"]["precision"], label=_label("PR AUC", report.metrics["pr_auc"]))
+            ax.plot(c["pr"]["recall"], c["pr"]["precision"], label=_curve_label("PR AUC", c["pr"], report.metrics["pr_auc"]))
             ax.set_xlabel("recall")
             ax.set_ylabel("precision")
-            ax.set_title(f"{title} precision-recall curve{micro}".strip())
+            ax.set_title(_title(title, f"precision-recall curve{micro}"), fontsize=10)
             ax.legend(loc="lower left")
             save(fig, "pr_curve.png")
             fig, ax = plt.subplots(figsize=(5, 4))
@@ -216,7 +225,8 @@ def plot_report(report: Report, out_dir, title: str = "") -> list:
             ax.plot(t["threshold"], t["precision"], label="precision")
             ax.plot(t["threshold"], t["recall"], label="recall")
             ax.set_xlabel("threshold")
-            ax.set_title(f"{title} precision and recall by threshold{micro}".strip())
+            ax.set_ylabel("precision, recall")
+            ax.set_title(_title(title, f"precision and recall by threshold{micro}"), fontsize=10)
             ax.legend()
             save(fig, "precision_recall_by_threshold.png")
     else:
@@ -227,18 +237,31 @@ def plot_report(report: Report, out_dir, title: str = "") -> list:
         ax.plot([lo, hi], [lo, hi], "--", color="grey", linewidth=0.8)
         ax.set_xlabel("actual")
         ax.set_ylabel("predicted")
-        ax.set_title(f"{title} predicted vs actual".strip())
+        ax.set_title(_title(title, "predicted vs actual"), fontsize=10)
         save(fig, "predicted_vs_actual.png")
         fig, ax = plt.subplots(figsize=(4.5, 4))
         ax.hist(p - y, bins=50)
         ax.set_xlabel("residual (predicted - actual)")
-        ax.set_title(f"{title} residuals".strip())
+        ax.set_ylabel("rows")
+        ax.set_title(_title(title, "residuals"), fontsize=10)
         save(fig, "residuals.png")
     return paths
 
 
+def _title(name: str, chart: str) -> str:
+    """The evaluation's name above what the chart shows: two short lines fit, one long one is clipped."""
+    return f"{name}\n{chart}" if name else chart
+
+
 def _label(name: str, m: MetricValue) -> str:
     return f"{name} {m.value:.3f}" if m.value is not None else f"{name} n/a"
+
+
+def _curve_label(name: str, curve: dict[str, Any], m: MetricValue) -> str:
+    """The legend of a curve: a micro-averaged curve shows its own micro AUC, never the macro metric."""
+    if curve.get("average") == "micro" and curve.get("auc") is not None:
+        return f"micro-average, {name} {curve['auc']:.3f}"
+    return _label(name, m)
 
 
 def comparison_table(reports: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -266,8 +289,9 @@ def plot_comparison(reports: dict[str, dict[str, Any]], path) -> Any:
             c = r.get("curves") or {}
             if not c:
                 continue
-            auc = r["metrics"].get("roc_auc", {}).get("value")
-            ap = r["metrics"].get("pr_auc", {}).get("value")
+            # a micro-averaged curve is labelled with its own micro AUC, not the macro metric
+            auc = c["roc"].get("auc", r["metrics"].get("roc_auc", {}).get("value"))
+            ap = c["pr"].get("auc", r["metrics"].get("pr_auc", {}).get("value"))
             roc.plot(c["roc"]["fpr"], c["roc"]["tpr"], label=f"{label} (AUC {auc:.3f})" if auc is not None else label)
             pr.plot(c["pr"]["recall"], c["pr"]["precision"], label=f"{label} (AP {ap:.3f})" if ap is not None else label)
         roc.plot([0, 1], [0, 1], "--", color="grey", linewidth=0.8)

@@ -70,3 +70,23 @@ def test_too_many_classes_and_bad_shapes_are_refused():
         classification(["a", "b"], ["a", "b"], np.array([[1.0], [0.0]]), classes=["a", "b"])
     with pytest.raises(SpecError, match="ground-truth value"):
         classification(["a", "z"], ["a", "a"], classes=["a", "b"])
+
+
+def test_each_metric_says_how_it_is_averaged_and_curves_carry_their_own_auc():
+    import numpy as np
+    import sklearn.metrics as skm
+
+    from tasks.evaluation import classification
+
+    rng = np.random.default_rng(1)
+    y = np.array([0, 1, 2] * 20)
+    proba = rng.dirichlet([1, 1, 1], size=60)
+    r = classification(y, proba.argmax(axis=1), proba, ["0", "1", "2"]).as_dict()
+    assert r["metrics"]["f1"]["average"] == "macro over 3 classes"
+    assert r["metrics"]["roc_auc"]["average"] == "one-vs-rest, macro over 3 classes"
+    assert "average" not in r["metrics"]["accuracy"]
+    onehot = np.eye(3)[y]
+    assert r["curves"]["roc"]["auc"] == pytest.approx(skm.roc_auc_score(onehot, proba, average="micro"))
+    assert r["curves"]["pr"]["auc"] == pytest.approx(skm.average_precision_score(onehot, proba, average="micro"))
+    binary = classification([0, 1, 1, 0], [0, 1, 0, 0], np.array([[.8, .2], [.3, .7], [.6, .4], [.9, .1]]), ["0", "1"])
+    assert binary.as_dict()["metrics"]["f1"]["average"] == "binary (positive class: 1)"
