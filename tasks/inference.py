@@ -483,11 +483,6 @@ def done_records(storage: Storage, layout: Layout) -> dict[str, ShardRecord]:
     return out
 
 
-def iter_predictions(path: Path) -> Iterator[dict[str, Any]]:
-    with open(path, "rb") as fh:
-        for line in fh:
-            yield json.loads(line)
-
 
 def concat(paths: list[Path], dest: Path) -> None:
     with open(dest, "wb") as out:

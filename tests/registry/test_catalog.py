@@ -58,6 +58,12 @@ def test_catalog_and_optuna_share_a_database(tmp_path):
 
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     Catalog(url).dispose()
-    optuna.create_study(study_name="s", storage=url)
-    Catalog(url).dispose()  # re-opening after Optuna migrated its tables still works
-    optuna.load_study(study_name="s", storage=url)
+    study = optuna.create_study(study_name="s", storage=url)
+    study.tell(study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), 0.25)
+    catalog = Catalog(url)  # re-opening after Optuna migrated its tables still works, and so do its own tables
+    Templates(catalog).create("shared", TrainingSpec(name="shared", source_uri="/src", entry_point="t.py"))
+    assert Templates(catalog).get("shared").spec.entry_point == "t.py"
+    tables = set(inspect(catalog.engine).get_table_names())
+    assert {"mlyard_alembic_version", "alembic_version", "studies", "trials"} <= tables
+    catalog.dispose()
+    assert optuna.load_study(study_name="s", storage=url).best_value == 0.25
