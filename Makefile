@@ -23,6 +23,8 @@ demo: $(STAMP)
 	$(VENV)/bin/mlyard demo
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

@@ -29,10 +29,24 @@ from mlyard.errors import BatchFailed, SpecError, StorageError, TrainingStopped
 from mlyard.specs import BatchInferenceSpec, is_registry_ref
 from registry.tracking import TAG_BATCH_ID, TAG_KIND
 from tasks import checks
+from tasks.inference import (
+    BatchFailures,
+    Job,
+    Layout,
+    Model,
+    Progress,
+    Shard,
+    ShardRecord,
+    assign,
+    concat,
+    done_records,
+    fetch_model,
+    plan,
+    rows_per_second,
+    run_processes,
+    select_files,
+)
 from tasks.metrics import Metric
-from tasks.inference import (BatchFailures, Job, Layout, Model, Progress, Shard, ShardRecord, assign, concat,
-                             done_records, fetch_model, plan, rows_per_second, run_processes,
-                             select_files)
 
 RUN_TASK_NAME = "run-workers"
 PROGRESS_LOG_SECONDS = 5.0

@@ -25,8 +25,8 @@ from flows.platform import Platform, cancel_watch, stopped_on_interrupt
 from mlyard.errors import SpecError, TrainingStopped
 from mlyard.specs import TrainingSpec
 from registry.tracking import TAG_KIND, TAG_TRAINING_ID, TAG_TRAINING_NAME, Tracking
-from tasks.launch import Workdirs, requirements_env, run_script
 from tasks import checks
+from tasks.launch import Workdirs, requirements_env, run_script
 from tasks.staging import stage_in, stage_out
 from tasks.storage import Storage
 

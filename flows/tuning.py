@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 
 from flows.platform import Platform, cancel_flow_run, cancel_watch, stopped_on_interrupt, submit
 from flows.training import check_locations, prepare_environment, stage_inputs
-from mlyard.errors import MlyardError, SpecError, TrainingFailed, TrainingStopped, TuningFailed
+from mlyard.errors import SpecError, TrainingFailed, TrainingStopped, TuningFailed
 from mlyard.specs import TrainingSpec, TuningSpec
 from registry.tracking import TAG_KIND, TAG_TRAINING_ID, TAG_TRAINING_NAME
 from tasks.launch import Workdirs, run_script

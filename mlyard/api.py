@@ -23,11 +23,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mlyard.connection import connect
-from mlyard.errors import (BatchFailed, MlyardError, RunFailed, SpecError, TrainingFailed, TrainingStopped,
-                           TuningFailed)
+from mlyard.errors import BatchFailed, MlyardError, RunFailed, SpecError, TrainingFailed, TrainingStopped, TuningFailed
 from mlyard.settings import Settings
-from mlyard.specs import (BatchInferenceSpec, EvaluationSpec, TrainingSpec, TuningSpec, is_registry_ref, load_spec,
-                          load_spec_file, with_overrides)
+from mlyard.specs import (
+    BatchInferenceSpec,
+    EvaluationSpec,
+    TrainingSpec,
+    TuningSpec,
+    is_registry_ref,
+    load_spec,
+    load_spec_file,
+    with_overrides,
+)
 
 Pool = Literal["local", "gpu"]
 
@@ -62,8 +69,9 @@ class Submitted:
         return asdict(self)
 
 
-def load(model: type, spec: Any, sets: dict[str, Any] | None = None):
+def load(model: type, spec: Any, sets: dict[str, Any] | None = None) -> Any:
     """A spec of `model` from a spec object, a mapping or a YAML file path, with `sets` merged in."""
+    loaded: Any
     if isinstance(spec, model):
         loaded = spec
     elif isinstance(spec, (str, Path)):
@@ -133,8 +141,8 @@ def _submit(action: Action, spec, pool: str) -> Submitted:
     from prefect.deployments import run_deployment
 
     deployment = f"{action.deployment}/{pool}"
-    fr = run_deployment(deployment, parameters={"spec": spec.model_dump(mode="json")}, timeout=0,
-                        job_variables=spec.job_variables() if pool == "gpu" and hasattr(spec, "job_variables") else {})
+    fr: Any = run_deployment(deployment, parameters={"spec": spec.model_dump(mode="json")}, timeout=0,
+                             job_variables=spec.job_variables() if pool == "gpu" and hasattr(spec, "job_variables") else {})
     return Submitted(str(fr.id), fr.name, deployment, pool)
 
 

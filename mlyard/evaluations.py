@@ -14,7 +14,6 @@ from mlyard.runs import ACTIVE_STATUSES, EVALUATION
 from registry.tracking import TAG_BATCH_ID, TAG_EVALUATION_ID
 
 
-
 def mlflow_run(tracking, evaluation_id: str):
     run_id = tracking.find_run({TAG_EVALUATION_ID: evaluation_id})
     return tracking.get_run(run_id) if run_id else None

@@ -112,8 +112,13 @@ def _parents(client, runs: list) -> dict[str, str]:
 def list_runs(kind: Kind, limit: int = 100, active_only: bool = False) -> list[RunInfo]:
     """Newest first. `active_only`: only those not finished (queued, preparing, running, stopping)."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState,
-                                                FlowRunFilterStateType)
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
     from prefect.client.schemas.objects import StateType
     from prefect.client.schemas.sorting import FlowRunSort
 

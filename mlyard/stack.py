@@ -240,9 +240,9 @@ def start_mlflow_ui(settings: Settings, echo=print, timeout: float = 180.0) -> s
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2):
                 return url
-        except OSError:
+        except OSError as exc:
             if not alive(pid):
-                raise StackError(f"the MLflow UI exited while starting; see {log}")
+                raise StackError(f"the MLflow UI exited while starting; see {log}") from exc
             time.sleep(0.5)
     raise StackError(f"the MLflow UI did not answer at {url} within {timeout:.0f} s; see {log}")
 

@@ -50,10 +50,14 @@ class RunRecord:
 
 
 class MetricLike(Protocol):
-    name: str
-    value: float
-    step: int
-    timestamp_ms: int
+    @property
+    def name(self) -> str: ...
+    @property
+    def value(self) -> float: ...
+    @property
+    def step(self) -> int: ...
+    @property
+    def timestamp_ms(self) -> int: ...
 
 
 class Tracking:

@@ -24,7 +24,8 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import Future, TimeoutError as FutureTimeout
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -555,8 +556,8 @@ def run_processes(groups: list[list[Shard]], job: Job, settings_env: dict[str, s
     """One local worker process per group, each in its own process group. Raises TrainingStopped
     when `should_stop` gives a reason; BatchFailures when `failed` does (failure budget spent, max
     run time passed) or a worker gave up or died. Either way every worker process is ended."""
-    from tasks.launch import Supervisor
     from mlyard.errors import TrainingFailed
+    from tasks.launch import Supervisor
 
     stop: list[str] = []
     errors: list[str] = []

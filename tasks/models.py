@@ -39,10 +39,10 @@ class Model:
                 raw = self.pyfunc.get_raw_model()
             except Exception:  # pyfunc flavours without a raw model
                 raw = None
-        self._raw = raw
-        self._proba = getattr(raw, "predict_proba", None) if raw is not None else None
+        self._raw: Any = raw
+        self._proba: Any = getattr(raw, "predict_proba", None) if raw is not None else None
         classes = getattr(raw, "classes_", None) if self._proba is not None else None
-        self._classes = classes
+        self._classes: Any = classes
         self.classes: list[str] | None = [str(c) for c in classes] if classes is not None else None
 
     @property
@@ -52,12 +52,11 @@ class Model:
     def predict(self, x, with_proba: bool) -> tuple[list, Any]:
         import numpy as np
 
-        if with_proba and self.has_proba:
+        if with_proba and self._proba is not None and self._classes is not None:
             proba = np.asarray(self._proba(x))
             return self._classes[proba.argmax(axis=1)].tolist(), proba
-        if self.pyfunc is None:
-            return _as_list(self._raw.predict(x)), None
-        return _as_list(self.pyfunc.predict(x)), None
+        predictor = self.pyfunc if self.pyfunc is not None else self._raw
+        return _as_list(predictor.predict(x)), None
 
 
 def load_model(uri: str) -> Model:

@@ -10,9 +10,13 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+import warnings
 from pathlib import Path
 
 import pytest
+
+# A warning raised by mlyard's own code is an error in the tests.
+warnings.filterwarnings("error", module=r"(mlyard|flows|tasks|tuning|registry|schedules|serving)(\..*)?$")
 
 
 def free_port() -> int:
@@ -54,9 +58,9 @@ def settings():
 @pytest.fixture(scope="session")
 def stack(settings):
     """The embedded stack, started once: Prefect server, local pool + worker, deployments."""
-    from mlyard import stack as stack_mod
-
     import shutil
+
+    from mlyard import stack as stack_mod
 
     state = stack_mod.up(settings, echo=lambda *_: None)
     yield state
@@ -193,8 +197,8 @@ def no_leaks(request):
     import mlflow
 
     assert mlflow.active_run() is None, "a test left an active MLflow run"
-    from mlyard.stack import read_state
     from mlyard.settings import Settings
+    from mlyard.stack import read_state
 
     state = read_state(Settings())
     allowed = before | set(state.pids.values() if state else [])

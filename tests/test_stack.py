@@ -148,7 +148,7 @@ max_trials: 2
 parallel_trials: 2
 """)
     out = json.loads(cli("tune", "-f", str(spec), "--json").stdout)
-    assert out["status"] == "COMPLETE" and out["reason"] == "MaxTrialsReached" and out["counts"]["succeeded"] == 2
+    assert out["status"] == "COMPLETE (MaxTrialsReached)" and out["reason"] == "MaxTrialsReached" and out["counts"]["succeeded"] == 2
     tid = out["tuning_id"]
     assert any(t["id"] == tid and t["status"] == "COMPLETE (MaxTrialsReached)"
                for t in json.loads(cli("tunings", "list", "--json").stdout))

@@ -7,8 +7,20 @@ from typing import Optional
 
 import typer
 
-from mlyard.cli.common import (JSON, POOL, SETS, SUBMIT, connected, copied, emit, guard, platform, run_or_submit,
-                               stop, typer_app)
+from mlyard.cli.common import (
+    JSON,
+    POOL,
+    SETS,
+    SUBMIT,
+    connected,
+    copied,
+    emit,
+    guard,
+    platform,
+    run_or_submit,
+    stop,
+    typer_app,
+)
 
 app = typer_app("List, inspect, stop and copy batch inferences.")
 LIMIT = typer.Option(50, help="At most this many, newest first.")

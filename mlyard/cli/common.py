@@ -46,12 +46,12 @@ def guard(fn: Callable[[], Any]) -> Any:
             raise
         if isinstance(exc, RunFailed):
             say_error(str(exc))
-            raise typer.Exit(1)
+            raise typer.Exit(1) from None
         if isinstance(exc, TrainingStopped):
             say_error(f"STOPPED: {exc}")
-            raise typer.Exit(1)
+            raise typer.Exit(1) from None
         say_error(f"error: {exc}")
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
 
 
 def connected():

@@ -7,8 +7,7 @@ from typing import Optional
 
 import typer
 
-from mlyard.cli.common import (JSON, POOL, SETS, SUBMIT, connected, copied, emit, guard, run_or_submit, stop,
-                               typer_app)
+from mlyard.cli.common import JSON, POOL, SETS, SUBMIT, connected, copied, emit, guard, run_or_submit, stop, typer_app
 
 app = typer_app("List, inspect, stop and copy hyperparameter tunings and their trials.")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mlyard.errors import SpecError
+from mlyard.errors import SpecError, StorageNotFound
 from mlyard.specs import TrainingSpec
 
 TRAIN = """
@@ -62,7 +62,7 @@ def test_training_end_to_end(platform, s3_env, s3_settings, bucket, algorithm, t
                  output_uri=f"s3://{bucket}/out/model", checkpoint_output_uri=f"s3://{bucket}/out/ckpt")
     result = train(spec)
 
-    assert result.metrics == {"loss": pytest.approx(1 / 3, abs=1e-3), "rows": 3.0}
+    assert result.metrics == {"loss": pytest.approx(1 / 3, abs=1e-3), "rows": 3.0, "epoch": 3.0}  # epoch= is a metric too
     history = platform.tracking.metric_history(result.run_id, "loss")
     assert [(m.step, round(m.value, 3)) for m in history] == [(1, 1.0), (2, 0.5), (3, 0.333)]
     run = platform.tracking.get_run(result.run_id)
@@ -92,7 +92,7 @@ def test_failing_script_is_fail_train_with_cause_and_leaves_nothing(platform, s3
     run = platform.tracking.find_training_run(info.id)
     assert run.status == "FAILED" and "CUDA out of memory" in run.tags["mlyard.status_reason"]
     assert not platform.tracking.client.list_artifacts(run.run_id, "model")
-    with pytest.raises(Exception):
+    with pytest.raises(StorageNotFound):
         platform.storage.list(f"s3://{bucket}/never")
 
 

@@ -9,8 +9,19 @@ import numpy as np
 import pytest
 
 from mlyard.errors import SpecError
-from tasks.inference import (BadRecord, BatchFailures, Job, Layout, Model, Shard, Worker, assign, plan, read_records,
-                             select_files)
+from tasks.inference import (
+    BadRecord,
+    BatchFailures,
+    Job,
+    Layout,
+    Model,
+    Shard,
+    Worker,
+    assign,
+    plan,
+    read_records,
+    select_files,
+)
 from tasks.storage import Storage
 
 

@@ -7,7 +7,16 @@ import pytest
 
 from mlyard.errors import SpecError
 from mlyard.specs import TuningSpec, load_spec
-from tuning import KatibState, TrialCounts, create_study, decide, grid_size, grid_values, recover_interrupted, search_space
+from tuning import (
+    KatibState,
+    TrialCounts,
+    create_study,
+    decide,
+    grid_size,
+    grid_values,
+    recover_interrupted,
+    search_space,
+)
 from tuning.engine import best_value, objective_parsers, parse_line, trial_counts, trial_reports
 
 TRAINING = {"name": "x", "source_uri": ".", "entry_point": "main.py"}
