@@ -24,13 +24,22 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled
 from pydantic import BaseModel, Field
 
-from flows.platform import Platform, cancel_watch, stopped_on_interrupt
+from flows.platform import Platform, cancel_watch, prefect_link, stopped_on_interrupt
 from mlyard.errors import BatchFailed, SpecError, StorageError, TrainingStopped
+from mlyard.names import (
+    FLOW_BATCH,
+    TAG_BATCH_ID,
+    TAG_KIND,
+    TAG_MODEL,
+    TAG_MODEL_URI,
+    TAG_NOTE,
+    TAG_STATUS_REASON,
+    TASK_FINISH,
+    TASK_RUN_WORKERS,
+)
 from mlyard.specs import BatchInferenceSpec, is_registry_ref
-from registry.tracking import TAG_BATCH_ID, TAG_KIND
 from tasks import checks
 from tasks.inference import (
-    BatchFailures,
     Job,
     Layout,
     Model,
@@ -48,7 +57,6 @@ from tasks.inference import (
 )
 from tasks.metrics import Metric
 
-RUN_TASK_NAME = "run-workers"
 PROGRESS_LOG_SECONDS = 5.0
 
 
@@ -69,7 +77,7 @@ class BatchInferenceResult(BaseModel):
     empty_files: list[str] = Field(default_factory=list, description="Input files that hold no rows.")
 
 
-@flow(name="batch-inference", flow_run_name="{spec.name}", on_crashed=[stopped_on_interrupt],
+@flow(name=FLOW_BATCH, flow_run_name="{spec.name}", on_crashed=[stopped_on_interrupt],
       description="Run a model over input files (JSON, JSONL, CSV) and write predictions.")
 def batch_infer(spec: BatchInferenceSpec) -> BatchInferenceResult:
     p = Platform()
@@ -97,8 +105,8 @@ def batch_infer(spec: BatchInferenceSpec) -> BatchInferenceResult:
 
         # 4. MLflow run.
         run_id = p.tracking.start_run(spec.experiment, spec.name, tags={
-            TAG_KIND: "batch_inference", TAG_BATCH_ID: batch_id, "mlyard.model": spec.model,
-            "mlyard.model_uri": model_uri, "mlflow.note.content": spec.description,
+            TAG_KIND: "batch_inference", TAG_BATCH_ID: batch_id, TAG_MODEL: spec.model,
+            TAG_MODEL_URI: model_uri, TAG_NOTE: spec.description, **prefect_link(),
         }, params={"model": model_uri, "input_uri": spec.input_uri, "input_format": spec.input_format,
                    "output_uri": spec.output_uri, "batch_size": spec.batch_size, "workers": spec.workers,
                    "inference_timeout_seconds": spec.inference_timeout_seconds, "files": len(files),
@@ -194,7 +202,7 @@ def stage_inputs(p: Platform, spec: BatchInferenceSpec, files: list[tuple[str, s
     return out
 
 
-@task(name=RUN_TASK_NAME, cache_policy=NO_CACHE)
+@task(name=TASK_RUN_WORKERS, cache_policy=NO_CACHE)
 def run_workers(p: Platform, spec: BatchInferenceSpec, job: Job, pending: list[Shard], done: dict[str, ShardRecord],
                 shards: list[Shard], model: Model, model_uri: str, batch_id: str, scratch: Path) -> dict[str, ShardRecord]:
     """Run the pending shards; returns their records."""
@@ -241,23 +249,20 @@ def run_workers(p: Platform, spec: BatchInferenceSpec, job: Job, pending: list[S
     groups = assign(pending, spec.workers)
     logger.info("%d shard(s) on %d worker(s)%s", len(pending), len(groups),
                 f" as flow runs of {spec.worker_deployment}" if spec.worker_deployment else "")
-    try:
-        if spec.worker_deployment:
-            from flows.batch_worker import run_worker_flow_runs
+    if spec.worker_deployment:
+        from flows.batch_worker import run_worker_flow_runs
 
-            run_worker_flow_runs(spec, job, model_uri, groups, batch_id, p.storage, on_event, cancelled, failed)
-        elif len(groups) == 1:
-            job.shards = [s.as_dict() for s in groups[0]]
-            Worker(job, p.storage, on_event, cancelled, model=model, failed=failed).run()
-        else:
-            run_processes(groups, job, _settings_env(p), scratch, on_event, logger.info, cancelled, failed)
-    except BatchFailures as exc:
-        raise BatchFailed(str(exc)) from None
+        run_worker_flow_runs(spec, job, model_uri, groups, batch_id, p.storage, on_event, cancelled, failed)
+    elif len(groups) == 1:
+        job.shards = [s.as_dict() for s in groups[0]]
+        Worker(job, p.storage, on_event, cancelled, model=model, failed=failed).run()
+    else:
+        run_processes(groups, job, _settings_env(p), scratch, on_event, logger.info, cancelled, failed)
     records = done_records(p.storage, Layout(spec.output_uri))
     return {s.key: records[s.key] for s in pending if s.key in records}
 
 
-@task(name="finish", cache_policy=NO_CACHE)
+@task(name=TASK_FINISH, cache_policy=NO_CACHE)
 def finish(p: Platform, spec: BatchInferenceSpec, layout: Layout, shards: list[Shard], records: dict[str, ShardRecord],
            model_uri: str, model: Model, run_id: str, batch_id: str, seconds: float, resumed: int,
            fresh: dict[str, ShardRecord], scratch: Path) -> BatchInferenceResult:
@@ -332,6 +337,6 @@ def _settings_env(p: Platform) -> dict[str, str]:
 
 def _end(p: Platform, run_id: str, status: str, reason: str | None) -> None:
     if reason:
-        p.tracking.set_tags(run_id, {"mlyard.status_reason": reason[:5000]})
+        p.tracking.set_tags(run_id, {TAG_STATUS_REASON: reason[:5000]})
     p.tracking.end_run(run_id, status)
 

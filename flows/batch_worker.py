@@ -15,9 +15,10 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
 from flows.platform import Platform, cancel_flow_run, cancel_watch, submit
-from mlyard.errors import TrainingStopped
+from mlyard.errors import BatchFailed, TrainingStopped
+from mlyard.names import FLOW_BATCH_WORKER
 from mlyard.specs import BatchInferenceSpec
-from tasks.inference import BatchFailures, Job, Layout, Model, Shard, Worker, done_records, fetch_model
+from tasks.inference import Job, Layout, Model, Shard, Worker, done_records, fetch_model
 
 POLL_SECONDS = 2.0
 
@@ -50,7 +51,7 @@ class WorkerSpec(BaseModel):
     sources: dict[str, str] = Field(description="Input file -> its URI.")
 
 
-@flow(name="batch-inference-worker", description="One worker of a batch inference (started by the batch inference).")
+@flow(name=FLOW_BATCH_WORKER, description="One worker of a batch inference (started by the batch inference).")
 def batch_worker(spec: WorkerSpec) -> dict[str, int]:
     p = Platform()
     logger = get_run_logger()
@@ -99,7 +100,7 @@ def run_worker_flow_runs(spec: BatchInferenceSpec, job: Job, model_uri: str, gro
                 states = [client.read_flow_run(r.id).state for r in runs]
             bad = [s for s in states if s is not None and s.is_final() and not s.is_completed()]
             if bad:
-                raise BatchFailures(f"a worker flow run ended {bad[0].type.value}: {bad[0].message}")
+                raise BatchFailed(f"a worker flow run ended {bad[0].type.value}: {bad[0].message}")
             if all(s is not None and s.is_completed() for s in states):
                 return
             reason = should_stop()
@@ -107,7 +108,7 @@ def run_worker_flow_runs(spec: BatchInferenceSpec, job: Job, model_uri: str, gro
                 raise TrainingStopped(reason)
             error = failed()
             if error:
-                raise BatchFailures(error)
+                raise BatchFailed(error)
             time.sleep(POLL_SECONDS)
     except BaseException:
         for r in runs:

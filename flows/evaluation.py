@@ -24,12 +24,24 @@ from prefect.states import Cancelled
 from pydantic import BaseModel, Field
 
 from flows.batch_inference import batch_infer, load_model
-from flows.platform import Platform, stopped_on_interrupt
-from mlyard.errors import BatchFailed, SpecError
+from flows.platform import Platform, prefect_link, stopped_on_interrupt
+from mlyard.errors import BadRecord, BatchFailed, SpecError
+from mlyard.names import (
+    FLOW_EVALUATE,
+    TAG_BATCH_ID,
+    TAG_BATCH_RUN_ID,
+    TAG_EVALUATION_ID,
+    TAG_KIND,
+    TAG_MODEL,
+    TAG_MODEL_URI,
+    TAG_NOTE,
+    TAG_STATUS_REASON,
+    TAG_TASK,
+    TASK_RECORD,
+)
 from mlyard.specs import MAX_CLASSES, MAX_EVALUATION_BYTES, EvaluationSpec
-from registry.tracking import TAG_BATCH_ID, TAG_EVALUATION_ID, TAG_KIND
 from tasks.evaluation import Report, classification, plot_report, regression, thin_curves
-from tasks.inference import BadRecord, Layout, read_records, select_files
+from tasks.inference import Layout, read_records, select_files
 from tasks.metrics import Metric
 
 REPORT_PATH = "evaluation/evaluation.json"
@@ -48,7 +60,7 @@ class EvaluationResult(BaseModel):
     report_uri: str = Field(description="MLflow artifact URI of the JSON report.")
 
 
-@flow(name="evaluate", flow_run_name="{spec.name}", on_crashed=[stopped_on_interrupt],
+@flow(name=FLOW_EVALUATE, flow_run_name="{spec.name}", on_crashed=[stopped_on_interrupt],
       description="Evaluate a model on labelled data: metrics, curves, confusion matrix, report.")
 def evaluate(spec: EvaluationSpec) -> EvaluationResult:
     p = Platform()
@@ -63,24 +75,24 @@ def evaluate(spec: EvaluationSpec) -> EvaluationResult:
 
         # 2. MLflow run.
         run_id = p.tracking.start_run(spec.experiment, spec.name, tags={
-            TAG_KIND: "evaluation", TAG_EVALUATION_ID: evaluation_id, "mlyard.model": spec.model,
-            "mlyard.model_uri": model_uri, "mlyard.task": spec.task, "mlflow.note.content": spec.description,
+            TAG_KIND: "evaluation", TAG_EVALUATION_ID: evaluation_id, TAG_MODEL: spec.model,
+            TAG_MODEL_URI: model_uri, TAG_TASK: spec.task, TAG_NOTE: spec.description, **prefect_link(),
         }, params={"model": model_uri, "input_uri": spec.input_uri, "label_field": spec.label_field, "task": spec.task,
                    "files": len(files)})
         try:
             # 3. Batch inference (a subflow).
             state = batch_infer(spec.batch_spec(name=f"{spec.name}-batch"), return_state=True)
             if state.is_cancelled():
-                p.tracking.set_tags(run_id, {"mlyard.status_reason": f"STOPPED: {state.message}"})
+                p.tracking.set_tags(run_id, {TAG_STATUS_REASON: f"STOPPED: {state.message}"})
                 p.tracking.end_run(run_id, "KILLED")
                 return Cancelled(message=state.message or "STOPPED")
             batch = state.result()
-            p.tracking.set_tags(run_id, {TAG_BATCH_ID: batch.batch_id, "mlyard.batch_run_id": batch.run_id})
+            p.tracking.set_tags(run_id, {TAG_BATCH_ID: batch.batch_id, TAG_BATCH_RUN_ID: batch.run_id})
             # 4-5. Compare and record.
             report, rows, skipped = compare(p, spec, files, names, batch.classes, scratch)
             report_uri = record(p, spec, run_id, report, rows, skipped, batch.batch_id, model_uri, scratch)
         except BaseException as exc:
-            p.tracking.set_tags(run_id, {"mlyard.status_reason": f"FAIL MODEL EVALUATION: {exc}"[:5000]})
+            p.tracking.set_tags(run_id, {TAG_STATUS_REASON: f"FAIL MODEL EVALUATION: {exc}"[:5000]})
             p.tracking.end_run(run_id, "FAILED")
             raise
         p.tracking.end_run(run_id, "FINISHED")
@@ -169,7 +181,7 @@ def _key(value: Any) -> str:
     return str(value)
 
 
-@task(name="record", cache_policy=NO_CACHE)
+@task(name=TASK_RECORD, cache_policy=NO_CACHE)
 def record(p: Platform, spec: EvaluationSpec, run_id: str, report: Report, rows: int, skipped: int, batch_id: str,
            model_uri: str, scratch: Path) -> str:
     """Metrics, pictures and the JSON report to MLflow; returns the report's artifact URI."""

@@ -10,6 +10,7 @@ import time
 from functools import cached_property
 from pathlib import Path
 
+from mlyard.names import TAG_PREFECT_URL
 from mlyard.settings import Settings, apply_engine_env
 from registry import Catalog, Experiments, ModelRegistry, Templates, Tracking
 from tasks.storage import Storage
@@ -46,7 +47,9 @@ class Platform:
 
     @cached_property
     def models(self) -> ModelRegistry:
-        return ModelRegistry(self.tracking, self.catalog)
+        from tasks.models import estimator_signature
+
+        return ModelRegistry(self.tracking, self.catalog, infer_signature=estimator_signature)
 
     @cached_property
     def experiments(self) -> Experiments:
@@ -55,6 +58,16 @@ class Platform:
     @cached_property
     def templates(self) -> Templates:
         return Templates(self.catalog)
+
+
+def prefect_link() -> dict[str, str]:
+    """The MLflow tag that links an MLflow run back to the Prefect flow run that makes it (the way
+    back: the mlyard ids in its other tags are flow run ids). Empty outside a flow run."""
+    from prefect.runtime import flow_run
+    from prefect.settings import PREFECT_UI_URL
+
+    run_id, ui = flow_run.get_id(), PREFECT_UI_URL.value()
+    return {TAG_PREFECT_URL: f"{ui.rstrip('/')}/runs/flow-run/{run_id}"} if run_id and ui else {}
 
 
 _OWNER = re.compile(r"\.pid(\d+)\.")

@@ -21,16 +21,25 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled
 from pydantic import BaseModel, Field
 
-from flows.platform import Platform, cancel_watch, stopped_on_interrupt
+from flows.platform import Platform, cancel_watch, prefect_link, stopped_on_interrupt
 from mlyard.errors import SpecError, TrainingStopped
+from mlyard.names import (
+    FLOW_TRAIN,
+    TAG_ENTRY_POINT,
+    TAG_KIND,
+    TAG_NOTE,
+    TAG_SOURCE_URI,
+    TAG_STATUS_REASON,
+    TAG_TRAINING_ID,
+    TAG_TRAINING_NAME,
+    TASK_RUN_ENTRY_POINT,
+)
 from mlyard.specs import TrainingSpec
-from registry.tracking import TAG_KIND, TAG_TRAINING_ID, TAG_TRAINING_NAME, Tracking
+from registry.tracking import Tracking
 from tasks import checks
 from tasks.launch import Workdirs, requirements_env, run_script
 from tasks.staging import stage_in, stage_out
 from tasks.storage import Storage
-
-RUN_TASK_NAME = "run-entry-point"
 
 
 class TrainingResult(BaseModel):
@@ -43,7 +52,7 @@ class TrainingResult(BaseModel):
     script_seconds: float = Field(description="How long the entry point itself ran.")
 
 
-@flow(name="train", flow_run_name="{spec.name}", on_crashed=[stopped_on_interrupt],
+@flow(name=FLOW_TRAIN, flow_run_name="{spec.name}", on_crashed=[stopped_on_interrupt],
       description="Run a training (EasyMaker contract) and record it in MLflow.")
 def train(spec: TrainingSpec) -> TrainingResult:
     p = Platform()
@@ -68,8 +77,8 @@ def train(spec: TrainingSpec) -> TrainingResult:
         # 4. MLflow run.
         run_id = p.tracking.start_run(spec.experiment, spec.name, tags={
             **spec.tags, TAG_KIND: "training", TAG_TRAINING_ID: training_id, TAG_TRAINING_NAME: spec.name,
-            "mlyard.source_uri": spec.source_uri, "mlyard.entry_point": spec.entry_point,
-            "mlflow.note.content": spec.description,
+            TAG_SOURCE_URI: spec.source_uri, TAG_ENTRY_POINT: spec.entry_point,
+            TAG_NOTE: spec.description, **prefect_link(),
         }, params=spec.hyperparameters)
         try:
             # 5. Run.
@@ -118,7 +127,7 @@ def prepare_environment(source: Path, envs_dir: Path) -> str:
     return requirements_env(source, envs_dir, log=logger.info)
 
 
-@task(name=RUN_TASK_NAME, cache_policy=NO_CACHE)
+@task(name=TASK_RUN_ENTRY_POINT, cache_policy=NO_CACHE)
 def run_entry_point(spec: TrainingSpec, dirs: Workdirs, python: str, region: str, base_env: dict,
                     tracking: Tracking, run_id: str, log_path: Path, training_id: str) -> dict:
     logger = get_run_logger()
@@ -153,7 +162,7 @@ def _finish(tracking: Tracking, run_id: str, status, scratch: Path, reason: str 
         if log.exists():
             tracking.log_artifact(run_id, log, "logs")
         if reason:
-            tracking.set_tags(run_id, {"mlyard.status_reason": reason[:5000]})
+            tracking.set_tags(run_id, {TAG_STATUS_REASON: reason[:5000]})
     finally:
         tracking.end_run(run_id, status)
 

@@ -24,17 +24,31 @@ from prefect.states import Cancelled, Completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
-from flows.platform import Platform, cancel_flow_run, cancel_watch, stopped_on_interrupt, submit
+from flows.platform import Platform, cancel_flow_run, cancel_watch, prefect_link, stopped_on_interrupt, submit
 from flows.training import check_locations, prepare_environment, stage_inputs
 from mlyard.errors import SpecError, TrainingFailed, TrainingStopped, TuningFailed
+from mlyard.names import (
+    FLOW_TUNE,
+    TAG_BEST_RUN_ID,
+    TAG_BEST_TRIAL,
+    TAG_KIND,
+    TAG_NOTE,
+    TAG_PARENT_RUN_ID,
+    TAG_REASON,
+    TAG_STATUS,
+    TAG_STATUS_REASON,
+    TAG_TRAINING_ID,
+    TAG_TRAINING_NAME,
+    TAG_TRIAL_NUMBER,
+    TAG_TRIAL_STATE,
+    TAG_TUNING_ID,
+    TASK_TRIAL,
+)
 from mlyard.specs import TrainingSpec, TuningSpec
-from registry.tracking import TAG_KIND, TAG_TRAINING_ID, TAG_TRAINING_NAME
 from tasks.launch import Workdirs, run_script
 from tasks.metrics import Metric
 from tuning import KatibState, best_value, create_study, decide, grid_size, objective_parsers, recover_interrupted
 from tuning.engine import REASON_ATTR, STATE_ATTR, parse_line, search_space, trial_counts, trial_reports
-
-TAG_TUNING_ID = "mlyard.tuning_id"
 
 
 class TuningResult(BaseModel):
@@ -64,7 +78,7 @@ def resolve_training(p: Platform, spec: TuningSpec) -> TrainingSpec:
     return base.with_overrides({"name": spec.name, "experiment": spec.experiment or base.experiment})
 
 
-@flow(name="tune", flow_run_name="{spec.name}", on_crashed=[stopped_on_interrupt],
+@flow(name=FLOW_TUNE, flow_run_name="{spec.name}", on_crashed=[stopped_on_interrupt],
       description="Hyperparameter tuning: trials of a training, searched with Optuna.")
 def tune(spec: TuningSpec) -> TuningResult:
     p = Platform()
@@ -93,7 +107,7 @@ def tune(spec: TuningSpec) -> TuningResult:
                     p.tracking.end_run(t.user_attrs["run_id"], "KILLED")
         parent = p.tracking.find_run({TAG_TUNING_ID: tuning_id, TAG_KIND: "tuning"}) or p.tracking.start_run(
             base.experiment, spec.name, tags={TAG_KIND: "tuning", TAG_TUNING_ID: tuning_id, TAG_TRAINING_NAME: spec.name,
-                                              "mlflow.note.content": spec.description},
+                                              TAG_NOTE: spec.description, **prefect_link()},
             params={"strategy": spec.strategy, "seed": spec.seed, "max_trials": spec.max_trials,
                     "parallel_trials": spec.parallel_trials, "objective": spec.objective.metric,
                     "direction": spec.objective.direction})
@@ -103,14 +117,14 @@ def tune(spec: TuningSpec) -> TuningResult:
         try:
             status, reason = run_trials(ctx, study)
         except BaseException as exc:
-            p.tracking.set_tags(parent, {"mlyard.status": "FAIL HYPERPARAMETER TUNING", "mlyard.reason": str(exc)[:5000]})
+            p.tracking.set_tags(parent, {TAG_STATUS: "FAIL HYPERPARAMETER TUNING", TAG_REASON: str(exc)[:5000]})
             p.tracking.end_run(parent, "FAILED")
             raise
 
         # 5. Outcome.
         result = _result(ctx, study, status, reason)
-        p.tracking.set_tags(parent, {"mlyard.status": status, "mlyard.reason": reason,
-                                     "mlyard.best_trial": str(result.best_trial), "mlyard.best_run_id": str(result.best_run_id)})
+        p.tracking.set_tags(parent, {TAG_STATUS: status, TAG_REASON: reason,
+                                     TAG_BEST_TRIAL: str(result.best_trial), TAG_BEST_RUN_ID: str(result.best_run_id)})
         if result.best_value is not None:
             p.tracking.log_metrics(parent, [Metric(spec.objective.metric, result.best_value, 0, int(time.time() * 1000))])
         if status == "FAILED":
@@ -167,7 +181,7 @@ def run_trials(ctx: _Ctx, study) -> tuple[str, str]:
                                         return_when=concurrent.futures.FIRST_COMPLETED)
 
 
-@task(name="trial", cache_policy=NO_CACHE, task_run_name="trial-{trial.number}")
+@task(name=TASK_TRIAL, cache_policy=NO_CACHE, task_run_name=TASK_TRIAL + "-{trial.number}")
 def run_trial(ctx: _Ctx, trial) -> str:
     """One trial: a training run with the suggested hyperparameters, pruned by the median rule.
 
@@ -176,7 +190,7 @@ def run_trial(ctx: _Ctx, trial) -> str:
     spec = ctx.spec
     number = trial.number
     tspec = ctx.base.with_overrides({"name": f"{spec.name[:40]}-t{number}", "hyperparameters": dict(trial.params)})
-    tags = {"mlflow.parentRunId": ctx.parent_run, TAG_TUNING_ID: ctx.tuning_id, "mlyard.trial_number": str(number)}
+    tags = {TAG_PARENT_RUN_ID: ctx.parent_run, TAG_TUNING_ID: ctx.tuning_id, TAG_TRIAL_NUMBER: str(number)}
     pruner = _Pruner(ctx, trial)
     try:
         if spec.trial_deployment:
@@ -226,7 +240,8 @@ def _trial_as_process(ctx: _Ctx, trial, tspec: TrainingSpec, tags: dict, pruner:
     tdir = ctx.scratch / f"trial-{number}"
     dirs = Workdirs.under(tdir, *ctx.inputs)
     run_id = p.tracking.start_run(ctx.experiment, tspec.name, tags={
-        **tags, TAG_KIND: "trial", TAG_TRAINING_ID: f"{ctx.tuning_id}/trial-{number}", TAG_TRAINING_NAME: tspec.name},
+        **tags, TAG_KIND: "trial", TAG_TRAINING_ID: f"{ctx.tuning_id}/trial-{number}", TAG_TRAINING_NAME: tspec.name,
+        **prefect_link()},
         params=tspec.hyperparameters)
     trial.set_user_attr("run_id", run_id)
 
@@ -256,7 +271,7 @@ def _trial_as_process(ctx: _Ctx, trial, tspec: TrainingSpec, tags: dict, pruner:
             p.tracking.log_artifacts(run_id, dirs.model, "model")
         if (tdir / "output.log").exists():
             p.tracking.log_artifact(run_id, tdir / "output.log", "logs")
-        p.tracking.set_tags(run_id, {"mlyard.trial_state": state.value, **({"mlyard.status_reason": reason[:5000]} if reason else {})})
+        p.tracking.set_tags(run_id, {TAG_TRIAL_STATE: state.value, **({TAG_STATUS_REASON: reason[:5000]} if reason else {})})
     finally:
         p.tracking.end_run(run_id, status)
         shutil.rmtree(tdir, ignore_errors=True)

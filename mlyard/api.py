@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from mlyard.connection import connect
 from mlyard.errors import BatchFailed, MlyardError, RunFailed, SpecError, TrainingFailed, TrainingStopped, TuningFailed
+from mlyard.names import FLOW_BATCH, FLOW_EVALUATE, FLOW_TRAIN, FLOW_TUNE
 from mlyard.settings import Settings
 from mlyard.specs import (
     BatchInferenceSpec,
@@ -48,11 +49,11 @@ class Action:
     fail: str  # the status of a failed run
 
 
-TRAINING = Action("training", TrainingSpec, "flows.training:train", "train", "FAIL TRAIN")
-TUNING = Action("tuning", TuningSpec, "flows.tuning:tune", "tune", "FAIL HYPERPARAMETER TUNING")
-BATCH = Action("batch inference", BatchInferenceSpec, "flows.batch_inference:batch_infer", "batch-inference",
+TRAINING = Action("training", TrainingSpec, "flows.training:train", FLOW_TRAIN, "FAIL TRAIN")
+TUNING = Action("tuning", TuningSpec, "flows.tuning:tune", FLOW_TUNE, "FAIL HYPERPARAMETER TUNING")
+BATCH = Action("batch inference", BatchInferenceSpec, "flows.batch_inference:batch_infer", FLOW_BATCH,
                "FAIL BATCH INFERENCE")
-EVALUATION = Action("evaluation", EvaluationSpec, "flows.evaluation:evaluate", "evaluate", "FAIL MODEL EVALUATION")
+EVALUATION = Action("evaluation", EvaluationSpec, "flows.evaluation:evaluate", FLOW_EVALUATE, "FAIL MODEL EVALUATION")
 
 
 @dataclass(frozen=True)

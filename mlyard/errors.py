@@ -21,6 +21,7 @@
     │   └── StorageNotFound
     ├── TrainingFailed (RuntimeError)        the user's script failed or ran too long
     ├── TrainingStopped (RuntimeError)       a user stopped the training (or other work)
+    ├── BadRecord (ValueError)               one input record cannot be read (written as an error row, not raised)
     ├── BatchFailed (RuntimeError)           a batch inference failed (too many failed batches, a worker died)
     ├── TuningFailed (RuntimeError)          failed trials reached max_failed_trials
     ├── RunFailed (RuntimeError)             a run ended in its kind's failure status (FAIL TRAIN, ...)
@@ -170,6 +171,16 @@ class TrainingFailed(MlyardError, RuntimeError):
 
 class TrainingStopped(MlyardError, RuntimeError):
     def __init__(self, reason: str = "stopped on request"):
+        self.reason = reason
+        super().__init__(reason)
+
+
+class BadRecord(MlyardError, ValueError):
+    """An input record that cannot be read or fed to a model; batch inference writes it as an error row."""
+
+    http_status = 400
+
+    def __init__(self, reason: str):
         self.reason = reason
         super().__init__(reason)
 

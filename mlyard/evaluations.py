@@ -10,8 +10,8 @@ from typing import Any
 
 from mlyard import runs
 from mlyard.errors import SpecError, StillRunning
+from mlyard.names import TAG_BATCH_ID, TAG_EVALUATION_ID, TAG_EVALUATION_IDS
 from mlyard.runs import ACTIVE_STATUSES, EVALUATION
-from registry.tracking import TAG_BATCH_ID, TAG_EVALUATION_ID
 
 
 def mlflow_run(tracking, evaluation_id: str):
@@ -54,7 +54,7 @@ def compare(tracking, ids: list[str], out_dir: Path) -> tuple[list[dict[str, Any
 
     The picture and the table go to `out_dir` and to a new MLflow run (kind evaluation-comparison)
     in the first evaluation's experiment; returns (table, picture path, that run's id)."""
-    from registry.tracking import TAG_KIND
+    from mlyard.names import TAG_KIND
     from tasks.evaluation import comparison_table, plot_comparison
 
     if len(ids) < 2:
@@ -80,7 +80,7 @@ def compare(tracking, ids: list[str], out_dir: Path) -> tuple[list[dict[str, Any
     (out_dir / f"{stem}.json").write_text(json.dumps({"evaluations": ids, "labels": list(reports), "table": table},
                                                      indent=1))
     run_id = tracking.start_run(experiment, stem, tags={TAG_KIND: "evaluation-comparison",
-                                                        "mlyard.evaluation_ids": ",".join(ids)})
+                                                        TAG_EVALUATION_IDS: ",".join(ids)})
     tracking.log_artifact(run_id, picture, "comparison")
     tracking.log_artifact(run_id, out_dir / f"{stem}.json", "comparison")
     tracking.end_run(run_id, "FINISHED")

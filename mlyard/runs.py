@@ -14,6 +14,18 @@ from datetime import datetime, timezone
 from typing import Any
 
 from mlyard.errors import BatchNotFound, EvaluationNotFound, NotFound, TrainingNotFound, TuningNotFound
+from mlyard.names import (
+    FLOW_BATCH,
+    FLOW_EVALUATE,
+    FLOW_TRAIN,
+    FLOW_TUNE,
+    TASK_EVALUATION_BATCH,
+    TASK_FINISH,
+    TASK_RECORD,
+    TASK_RUN_ENTRY_POINT,
+    TASK_RUN_WORKERS,
+    TASK_TRIAL,
+)
 
 
 @dataclass(frozen=True)
@@ -28,13 +40,13 @@ class Kind:
     complete_reason: bool = False  # COMPLETE shows the flow's reason, as the console does: COMPLETE (GoalReached)
 
 
-TRAINING = Kind("train", "run-entry-point", "FAIL TRAIN", "training", TrainingNotFound, "trainings")
-TUNING = Kind("tune", "trial", "FAIL HYPERPARAMETER TUNING", "tuning", TuningNotFound, "tunings",
+TRAINING = Kind(FLOW_TRAIN, TASK_RUN_ENTRY_POINT, "FAIL TRAIN", "training", TrainingNotFound, "trainings")
+TUNING = Kind(FLOW_TUNE, TASK_TRIAL, "FAIL HYPERPARAMETER TUNING", "tuning", TuningNotFound, "tunings",
               complete_reason=True)
-BATCH = Kind("batch-inference", "run-workers", "FAIL BATCH INFERENCE", "batch inference", BatchNotFound, "batches",
-             closing="finish")
-EVALUATION = Kind("evaluate", "batch-inference", "FAIL MODEL EVALUATION", "evaluation", EvaluationNotFound,
-                  "evaluations", closing="record")
+BATCH = Kind(FLOW_BATCH, TASK_RUN_WORKERS, "FAIL BATCH INFERENCE", "batch inference", BatchNotFound, "batches",
+             closing=TASK_FINISH)
+EVALUATION = Kind(FLOW_EVALUATE, TASK_EVALUATION_BATCH, "FAIL MODEL EVALUATION", "evaluation", EvaluationNotFound,
+                  "evaluations", closing=TASK_RECORD)
 
 _BY_STATE = {"SCHEDULED": "CREATE REQUESTED", "PENDING": "CREATE REQUESTED", "PAUSED": "CREATE REQUESTED",
              "COMPLETED": "COMPLETE", "CANCELLING": "STOP IN PROGRESS", "CANCELLED": "STOPPED"}

@@ -11,7 +11,6 @@ from mlyard import runs
 from mlyard.runs import ACTIVE_STATUSES, TRAINING
 
 FLOW_NAME = TRAINING.flow
-RUN_TASK_PREFIX = TRAINING.marker
 __all__ = ["ACTIVE_STATUSES", "TrainingInfo", "training_status", "list_trainings", "get_training", "stop_training",
            "active_in_experiment"]
 

@@ -9,9 +9,10 @@ from typing import Sequence
 from mlflow.entities import ViewType
 
 from mlyard.errors import AlreadyExists, ExperimentBusy, ExperimentNotFound
-from registry.tracking import TAG_KIND, TAG_TRAINING_NAME, Tracking
+from mlyard.names import TAG_KIND, TAG_NOTE, TAG_TRAINING_NAME
+from registry.tracking import Tracking
 
-DESCRIPTION_TAG = "mlflow.note.content"
+DESCRIPTION_TAG = TAG_NOTE
 
 
 @dataclass(frozen=True)

@@ -13,19 +13,25 @@ import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import yaml
 from mlflow.exceptions import MlflowException
 
 from mlyard.errors import AlreadyExists, ModelInUse, ModelNotFound, SpecError, TrainingNotComplete
+from mlyard.names import (
+    TAG_FRAMEWORK,
+    TAG_FRAMEWORK_VERSION,
+    TAG_KIND,
+    TAG_LINEAGE,
+    TAG_ORIGIN_URI,
+    TAG_PARAMETERS,
+    TAG_SIGNATURE,
+)
 from registry.catalog import Catalog
-from registry.tracking import TAG_KIND, Tracking
+from registry.tracking import Tracking
 
-TAG_FRAMEWORK = "mlyard.framework"
-TAG_FRAMEWORK_VERSION = "mlyard.framework_version"
-TAG_PARAMETERS = "mlyard.parameters"
-TAG_LINEAGE = "mlyard.lineage"
+MAX_TAG_CHARS = 5000  # MLflow's limit on a tag value
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 MODEL_ARTIFACT = "model"
 
@@ -43,6 +49,7 @@ class ModelVersionInfo:
     aliases: list[str]
     description: str
     created_at: str  # ISO 8601
+    signature: dict[str, Any] | None = None  # {"inputs": [...], "outputs": [...], "source": ...} (MLflow schema JSON)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,10 +94,56 @@ def detect_framework(model_dir: Path) -> tuple[str, str]:
     return ("pyfunc", str(flavors["python_function"].get("python_version", ""))) if "python_function" in flavors else ("custom", "")
 
 
+def declared_signature(model_dir: Path) -> dict[str, Any] | None:
+    """The signature an MLflow model's MLmodel declares (MLflow's schema JSON), or None."""
+    mlmodel = model_dir / "MLmodel"
+    if not mlmodel.is_file():
+        return None
+    sig = (yaml.safe_load(mlmodel.read_text()) or {}).get("signature") or {}
+    if not sig.get("inputs"):
+        return None
+    outputs = sig.get("outputs")
+    return {"inputs": json.loads(sig["inputs"]), "outputs": json.loads(outputs) if outputs else None,
+            "source": "declared in MLmodel"}
+
+
+def signature_text(signature: dict[str, Any] | None) -> str:
+    """One line for people: `inputs: 64 x float64 tensor; outputs: int64 tensor`."""
+    if not signature:
+        return "none"
+
+    def side(schema) -> str:
+        if not schema:
+            return "?"
+        if isinstance(schema, str):
+            return schema
+        if schema and schema[0].get("type") == "tensor":
+            spec = schema[0].get("tensor-spec", {})
+            shape = [d for d in spec.get("shape", []) if d != -1]
+            return f"{' x '.join(map(str, shape)) + ' x ' if shape else ''}{spec.get('dtype', '?')} tensor"
+        cols = [f"{c.get('name', '?')}:{c.get('type', '?')}" for c in schema]
+        return f"{len(cols)} columns ({', '.join(cols[:4])}{', ...' if len(cols) > 4 else ''})"
+
+    return f"inputs: {side(signature.get('inputs'))}; outputs: {side(signature.get('outputs'))}"
+
+
 class ModelRegistry:
-    def __init__(self, tracking: Tracking, catalog: Catalog):
+    """`infer_signature(model_dir)` gives a signature for a model whose MLmodel declares none (the
+    platform passes the model loader's, which reads it off a scikit-learn estimator)."""
+
+    def __init__(self, tracking: Tracking, catalog: Catalog,
+                 infer_signature: Callable[[Path], dict[str, Any] | None] | None = None):
         self.tracking, self.catalog = tracking, catalog
         self.client = tracking.client
+        self.infer_signature = infer_signature
+
+    def _signature(self, model_dir: Path) -> dict[str, Any] | None:
+        if not model_dir.is_dir():
+            return None
+        found = declared_signature(model_dir)
+        if found is None and self.infer_signature is not None:
+            found = self.infer_signature(model_dir)
+        return found
 
     # -- creating ------------------------------------------------------------------------------
 
@@ -111,10 +164,11 @@ class ModelRegistry:
                 raise TrainingNotComplete(training_id, f"{status} but without a saved model (EM_MODEL_DIR was empty)",
                                           kind) from exc
             found_fw, found_ver = detect_framework(local)
+            signature = self._signature(local)
         lineage = {f"{kind}_id": training_id, "run_id": run_id, "experiment_id": run.experiment_id, **(lineage or {})}
         return self._create(name, f"{run.artifact_uri.rstrip('/')}/{MODEL_ARTIFACT}", run_id,
                             framework or found_fw, framework_version or found_ver,
-                            parameters or {}, lineage, description)
+                            parameters or {}, lineage, description, signature)
 
     def create_from_directory(self, name: str, model_dir: Path, origin_uri: str, *,
                               parameters: Mapping[str, str] | None = None, description: str = "",
@@ -124,7 +178,8 @@ class ModelRegistry:
         if not model_dir.exists() or (model_dir.is_dir() and not any(model_dir.iterdir())):
             raise SpecError("artifact_uri", origin_uri, "a directory (or file) holding the model; it is empty")
         found_fw, found_ver = detect_framework(model_dir) if model_dir.is_dir() else ("custom", "")
-        run_id = self.tracking.start_run("models", f"import-{name}", {TAG_KIND: "model-import", "mlyard.origin_uri": origin_uri})
+        signature = self._signature(model_dir)
+        run_id = self.tracking.start_run("models", f"import-{name}", {TAG_KIND: "model-import", TAG_ORIGIN_URI: origin_uri})
         try:
             if model_dir.is_dir():
                 self.tracking.log_artifacts(run_id, model_dir, MODEL_ARTIFACT)
@@ -137,9 +192,10 @@ class ModelRegistry:
         run = self.tracking.get_run(run_id)
         return self._create(name, f"{run.artifact_uri.rstrip('/')}/{MODEL_ARTIFACT}", run_id,
                             framework or found_fw, framework_version or found_ver, parameters or {},
-                            {"origin_uri": origin_uri, "run_id": run_id}, description)
+                            {"origin_uri": origin_uri, "run_id": run_id}, description, signature)
 
-    def _create(self, name, source, run_id, framework, framework_version, parameters, lineage, description):
+    def _create(self, name, source, run_id, framework, framework_version, parameters, lineage, description,
+                signature=None):
         try:
             self.client.create_registered_model(name)
         except MlflowException as exc:
@@ -147,6 +203,12 @@ class ModelRegistry:
                 raise
         tags = {TAG_FRAMEWORK: framework, TAG_FRAMEWORK_VERSION: framework_version or "",
                 TAG_PARAMETERS: json.dumps(dict(parameters)), TAG_LINEAGE: json.dumps(lineage)}
+        if signature is not None:
+            text = json.dumps(signature)
+            if len(text) > MAX_TAG_CHARS:  # a very wide table: the MLmodel keeps the whole schema
+                text = json.dumps({"inputs": f"{len(signature['inputs'])} columns", "outputs": None,
+                                   "source": f"{signature.get('source', '')}; too long for a tag, see MLmodel"})
+            tags[TAG_SIGNATURE] = text
         mv = self.client.create_model_version(name, source, run_id=run_id, tags=tags, description=description or None)
         return self.get_version(name, mv.version)
 
@@ -247,6 +309,7 @@ class ModelRegistry:
             parameters=json.loads(tags.get(TAG_PARAMETERS, "{}")), lineage=json.loads(tags.get(TAG_LINEAGE, "{}")),
             aliases=list(getattr(mv, "aliases", []) or []), description=mv.description or "",
             created_at=datetime.fromtimestamp((mv.creation_timestamp or 0) / 1000, timezone.utc).isoformat(timespec="seconds"),
+            signature=json.loads(tags[TAG_SIGNATURE]) if TAG_SIGNATURE in tags else None,
         )
 
 

@@ -17,14 +17,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mlyard.errors import ExperimentNotFound
+from mlyard.names import TAG_EXPERIMENT_KIND, TAG_TRAINING_ID
 
 RunStatus = Literal["FINISHED", "FAILED", "KILLED"]
-TAG_KIND = "mlyard.kind"
-TAG_EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
-TAG_TRAINING_ID = "mlyard.training_id"
-TAG_TRAINING_NAME = "mlyard.training_name"
-TAG_BATCH_ID = "mlyard.batch_id"
-TAG_EVALUATION_ID = "mlyard.evaluation_id"
+MODEL_TRAINING = "custom_model_development"
 MAX_BATCH = 1000  # MLflow's log_batch limit for metrics
 
 

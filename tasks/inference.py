@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import quote
 
-from mlyard.errors import SpecError, StorageNotFound, TrainingStopped
+from mlyard.errors import BadRecord, BatchFailed, SpecError, StorageNotFound, TrainingStopped
 from mlyard.specs import is_mlflow_uri
 from tasks.models import Model
 from tasks.storage import Storage, _glob_match
@@ -114,10 +114,6 @@ def _line_cuts(path: Path, size: int, pieces: int) -> list[tuple[int, int]]:
 
 
 # -- reading records -----------------------------------------------------------------------------
-
-class BadRecord(ValueError):
-    pass
-
 
 def read_records(path: Path, fmt: str, start: int = 0, end: int | None = None,
                  first_row: int = 0) -> Iterator[tuple[int, Any, int]]:
@@ -416,7 +412,7 @@ class Worker:
             raise TrainingStopped(reason)
         error = self.failed()
         if error:
-            raise BatchFailures(error)
+            raise BatchFailed(error)
 
     def _batch(self, rec: ShardRecord, out, shard: Shard, batch: list[tuple[int, Any]]) -> None:
         job = self.job
@@ -461,13 +457,9 @@ class Worker:
         self.failed_batches += 1
         self.emit({"event": "failure", "key": shard.key, **failure})
         if self.failed_batches > self.job.max_failed_batches:
-            raise BatchFailures(f"{self.failed_batches} batches failed (max_failed_batches is "
+            raise BatchFailed(f"{self.failed_batches} batches failed (max_failed_batches is "
                                 f"{self.job.max_failed_batches}); last: {shard.file} rows "
                                 f"{failure['first_row']}-{failure['last_row']}: {error}")
-
-
-class BatchFailures(RuntimeError):
-    pass
 
 
 # -- reading results back ------------------------------------------------------------------------------
@@ -554,7 +546,7 @@ def run_processes(groups: list[list[Shard]], job: Job, settings_env: dict[str, s
                   on_event: Callable[[dict], None], log: Callable[[str], None],
                   should_stop: Callable[[], str | None], failed: Callable[[], str | None] = lambda: None) -> None:
     """One local worker process per group, each in its own process group. Raises TrainingStopped
-    when `should_stop` gives a reason; BatchFailures when `failed` does (failure budget spent, max
+    when `should_stop` gives a reason; BatchFailed when `failed` does (failure budget spent, max
     run time passed) or a worker gave up or died. Either way every worker process is ended."""
     from mlyard.errors import TrainingFailed
     from tasks.launch import Supervisor
@@ -608,7 +600,7 @@ def run_processes(groups: list[list[Shard]], job: Job, settings_env: dict[str, s
     if stop:
         raise TrainingStopped(stop[0])
     if errors:
-        raise BatchFailures(errors[0])
+        raise BatchFailed(errors[0])
 
 
 # -- a worker process ---------------------------------------------------------------------------------
@@ -629,8 +621,8 @@ def _main(job_file: str) -> int:
     # PROGRESS_SECONDS away) raises BrokenPipeError and this worker ends instead of racing a rerun.
     try:
         Worker(job, Storage(settings), emit).run()
-    except BatchFailures as exc:
-        emit({"event": "abort", "error": str(exc)})
+    except BatchFailed as exc:
+        emit({"event": "abort", "error": exc.reason})
         return 3
     return 0
 

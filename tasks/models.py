@@ -63,6 +63,27 @@ def load_model(uri: str) -> Model:
     return Model(uri)
 
 
+def estimator_signature(model_dir: Path) -> dict[str, Any] | None:
+    """A signature read off a scikit-learn estimator (MLflow's schema JSON), for a model saved without
+    one: named columns when it was fitted on a DataFrame, else a float64 tensor of n_features_in_
+    columns; outputs are its classes' dtype (classifiers) or float64. None for any other model."""
+    try:
+        est = _sklearn_estimator(model_dir)
+    except Exception:  # a model that does not load says so where it is used, not at registration
+        return None
+    if est is None or not hasattr(est, "n_features_in_"):
+        return None
+    names = getattr(est, "feature_names_in_", None)
+    if names is not None:
+        inputs: list[dict[str, Any]] = [{"type": "double", "name": str(n), "required": True} for n in names]
+    else:
+        inputs = [{"type": "tensor", "tensor-spec": {"dtype": "float64", "shape": [-1, int(est.n_features_in_)]}}]
+    classes = getattr(est, "classes_", None)
+    dtype = str(getattr(classes, "dtype", "float64")) if classes is not None else "float64"
+    return {"inputs": inputs, "outputs": [{"type": "tensor", "tensor-spec": {"dtype": dtype, "shape": [-1]}}],
+            "source": "read off the scikit-learn estimator"}
+
+
 def _sklearn_estimator(path: Path):
     """The estimator of a local scikit-learn-only MLflow model, or None for anything else."""
     try:

@@ -42,7 +42,7 @@ def test_flow_parameter_schema_documents_every_field(flow_path, models):
 # -- imports run one way (DESIGN §2) ---------------------------------------------------------------
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
-VOCABULARY = {"mlyard.settings", "mlyard.errors", "mlyard.specs", "mlyard.uris", "mlyard.connection"}
+VOCABULARY = {"mlyard.settings", "mlyard.errors", "mlyard.specs", "mlyard.uris", "mlyard.connection", "mlyard.names"}
 # What each layer may import of ours, bottom up; the front door (the rest of mlyard/) may import anything.
 MAY_IMPORT = {
     "vocabulary": set(),

@@ -11,6 +11,7 @@ import time
 import mlflow.sklearn
 import numpy as np
 import sklearn
+from mlflow.models import infer_signature
 from sklearn.datasets import load_digits
 from sklearn.linear_model import SGDClassifier
 from sklearn.metrics import accuracy_score, log_loss
@@ -40,6 +41,10 @@ for epoch in range(1, args.epochs + 1):
     time.sleep(args.epoch_seconds)
 
 model = make_pipeline(scaler, clf)
-# Naming the requirements skips MLflow's slow inference of them.
-mlflow.sklearn.save_model(model, os.environ["EM_MODEL_DIR"], pip_requirements=[f"scikit-learn=={sklearn.__version__}"])
+# The signature tells the registry and model servers what goes in and out; naming the requirements
+# skips MLflow's slow inference of them.
+X_raw, _ = load_digits(return_X_y=True)
+signature = infer_signature(X_raw[:5].astype("float64"), model.predict(X_raw[:5]))
+mlflow.sklearn.save_model(model, os.environ["EM_MODEL_DIR"], signature=signature,
+                          pip_requirements=[f"scikit-learn=={sklearn.__version__}"])
 print("saved model to", os.environ["EM_MODEL_DIR"])

@@ -69,8 +69,8 @@ def batches_show(batch_id: str, as_json: bool = JSON) -> None:
     """One batch inference: status, cause of a failure, its summary (rows, failed rows, rows/s) and links."""
     def go():
         from mlyard.links import links
+        from mlyard.names import TAG_BATCH_ID
         from mlyard.runs import BATCH, get_run
-        from registry.tracking import TAG_BATCH_ID
 
         p = platform()
         info = get_run(BATCH, batch_id).as_dict()

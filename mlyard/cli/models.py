@@ -10,6 +10,7 @@ import typer
 
 from mlyard.cli.common import JSON, emit, guard, out, parse_sets, platform, typer_app
 from mlyard.errors import SpecError
+from mlyard.names import TAG_BEST_RUN_ID, TAG_KIND, TAG_TUNING_ID
 
 app = typer_app("The model registry (MLflow): models, versions, aliases.")
 
@@ -42,8 +43,8 @@ def models_create(
             from mlyard.tunings import get_tuning
 
             t = get_tuning(from_tuning)
-            parent = p.tracking.find_run({"mlyard.tuning_id": from_tuning, "mlyard.kind": "tuning"})
-            best = p.tracking.get_run(parent).tags.get("mlyard.best_run_id") if parent else None
+            parent = p.tracking.find_run({TAG_TUNING_ID: from_tuning, TAG_KIND: "tuning"})
+            best = p.tracking.get_run(parent).tags.get(TAG_BEST_RUN_ID) if parent else None
             best = None if best in (None, "None") else best
             mv = p.models.create_from_training(name, from_tuning, t.status, best, parameters=parameters,
                                                description=description, framework=framework,
@@ -98,15 +99,21 @@ def models_show(ref: str = typer.Argument(..., help="name, name/version or name@
             return p.models.resolve(ref).as_dict()
         return p.models.get(ref).as_dict()
 
+    from registry.models import signature_text
+
     data = guard(go)
-    if as_json or "versions" not in data:
+    if as_json:
         emit(data, as_json)
+        return
+    if "versions" not in data:
+        emit({**data, "signature": signature_text(data["signature"])}, False)
         return
     aliases = ", ".join(f"{a}->{v}" for a, v in data["aliases"].items()) or "none"
     out.print(f"[bold]{data['name']}[/bold] {data['description']}  aliases: {aliases}")
     emit([{**v, "aliases": ", ".join(v["aliases"]), "parameters": json.dumps(v["parameters"]),
-           "lineage": json.dumps(v["lineage"])} for v in data["versions"]],
-         False, ["version", "framework", "framework_version", "aliases", "parameters", "lineage", "created_at", "source"],
+           "lineage": json.dumps(v["lineage"]), "signature": signature_text(v["signature"])} for v in data["versions"]],
+         False, ["version", "framework", "framework_version", "aliases", "signature", "parameters", "lineage",
+                 "created_at", "source"],
          empty="no versions yet")
 
 

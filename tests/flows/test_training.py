@@ -68,6 +68,7 @@ def test_training_end_to_end(platform, s3_env, s3_settings, bucket, algorithm, t
     run = platform.tracking.get_run(result.run_id)
     assert run.status == "FINISHED" and run.params == {"epochs": "3"}
     assert run.tags["mlyard.training_id"] == result.training_id
+    assert run.tags["mlyard.prefect_url"].endswith(f"/runs/flow-run/{result.training_id}")  # MLflow -> Prefect
     log = platform.tracking.download(result.run_id, "logs/output.log", tmp_path / "a").read_text()
     assert "epoch=3 loss=0.3333 rows=3" in log
     assert "model.json" in [Path(f.path).name for f in platform.tracking.client.list_artifacts(result.run_id, "model")]
@@ -78,9 +79,10 @@ def test_training_end_to_end(platform, s3_env, s3_settings, bucket, algorithm, t
     assert (info.status, info.name, info.experiment) == ("COMPLETE", "e2e", "flow-tests") and info.run_seconds > 0
 
 
-def test_failing_script_is_fail_train_with_cause_and_leaves_nothing(platform, s3_env, bucket, algorithm):
+def test_failing_script_is_fail_train_with_cause_and_leaves_nothing(platform, s3_env, s3_settings, bucket, algorithm):
     from flows.training import train
     from mlyard.trainings import get_training
+    from tasks.storage import Storage
 
     src = algorithm("import os\nopen(os.environ['EM_MODEL_DIR'] + '/half', 'w').write('x')\n"
                     "print('step one ok')\nraise RuntimeError('CUDA out of memory')\n")
@@ -93,7 +95,7 @@ def test_failing_script_is_fail_train_with_cause_and_leaves_nothing(platform, s3
     assert run.status == "FAILED" and "CUDA out of memory" in run.tags["mlyard.status_reason"]
     assert not platform.tracking.client.list_artifacts(run.run_id, "model")
     with pytest.raises(StorageNotFound):
-        platform.storage.list(f"s3://{bucket}/never")
+        Storage(s3_settings).list(f"s3://{bucket}/never")
 
 
 def test_missing_entry_point_fails_before_anything_is_made(platform, algorithm):

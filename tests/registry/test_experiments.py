@@ -1,8 +1,8 @@
 import pytest
 
 from mlyard.errors import AlreadyExists, ExperimentBusy, ExperimentNotFound
+from mlyard.names import TAG_KIND, TAG_TRAINING_NAME
 from registry import Experiments
-from registry.tracking import TAG_KIND, TAG_TRAINING_NAME
 
 
 def test_experiment_lifecycle_and_running_work(tracking):

@@ -77,3 +77,32 @@ def test_bad_names_and_empty_artifacts(models, tmp_path):
     with pytest.raises(SpecError, match="empty"):
         models.create_from_directory("m", tmp_path / "empty", "file:///empty")
     assert models.list() == []
+
+
+def test_signature_declared_in_mlmodel_is_recorded(models, tmp_path):
+    import mlflow.sklearn
+    import pandas as pd
+    from mlflow.models import infer_signature
+    from sklearn.linear_model import LinearRegression
+
+    X = pd.DataFrame({"rooms": [1.0, 2.0, 3.0], "area": [30.0, 50.0, 80.0]})
+    model = LinearRegression().fit(X, [10.0, 20.0, 31.0])
+    mlflow.sklearn.save_model(model, tmp_path / "m", signature=infer_signature(X, model.predict(X)),
+                              pip_requirements=["scikit-learn"])
+    mv = models.create_from_directory("houses", tmp_path / "m", "file:///m")
+    assert [c["name"] for c in mv.signature["inputs"]] == ["rooms", "area"]
+    assert mv.signature["source"] == "declared in MLmodel"
+    assert models.get_version("houses", 1).signature == mv.signature  # read back from MLflow
+
+
+def test_signature_read_off_the_estimator_when_none_is_declared(tracking, catalog, sklearn_model_dir):
+    from registry.models import signature_text
+    from tasks.models import estimator_signature
+
+    bare = ModelRegistry(tracking, catalog).create_from_directory("plain", sklearn_model_dir, "x")
+    assert bare.signature is None and signature_text(bare.signature) == "none"
+    mv = ModelRegistry(tracking, catalog, infer_signature=estimator_signature).create_from_directory(
+        "inferred", sklearn_model_dir, "x")
+    assert mv.signature["inputs"] == [{"type": "tensor", "tensor-spec": {"dtype": "float64", "shape": [-1, 4]}}]
+    assert mv.signature["outputs"][0]["tensor-spec"]["dtype"] == "int64"
+    assert signature_text(mv.signature) == "inputs: 4 x float64 tensor; outputs: int64 tensor"

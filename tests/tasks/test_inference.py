@@ -8,10 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from mlyard.errors import SpecError
+from mlyard.errors import BadRecord, BatchFailed, SpecError
 from tasks.inference import (
-    BadRecord,
-    BatchFailures,
     Job,
     Layout,
     Model,
@@ -145,7 +143,7 @@ def test_a_batch_that_times_out_or_raises_is_recorded_and_the_job_goes_on(storag
 def test_more_failed_batches_than_allowed_stops_the_worker(storage, models, tmp_path):
     rows = [{"id": i, "features": [-999.0, 0.0]} for i in range(12)]
     path = _write_jsonl(tmp_path / "in" / "f.jsonl", rows)
-    with pytest.raises(BatchFailures, match="2 batches failed .max_failed_batches is 1"):
+    with pytest.raises(BatchFailed, match="2 batches failed .max_failed_batches is 1"):
         Worker(_job(tmp_path, models["slow"], [("f.jsonl", path)], max_failed_batches=1), storage).run()
     # nothing that looks complete is left: no output file, no shard record
     assert not (tmp_path / "out" / "f.jsonl.predictions.jsonl").exists()

@@ -1,0 +1,54 @@
+"""Names that cross a system boundary, in one place: Prefect flow and task names (run statuses are
+derived from which task runs have started, so the flows and `mlyard.runs` must agree on them) and
+the tags mlyard writes on MLflow runs and model versions.
+"""
+
+# -- Prefect flows (their deployments carry the same names) --------------------------------------------
+FLOW_TRAIN = "train"
+FLOW_TUNE = "tune"
+FLOW_BATCH = "batch-inference"
+FLOW_BATCH_WORKER = "batch-inference-worker"
+FLOW_EVALUATE = "evaluate"
+
+# -- Prefect tasks whose start or failure decides a run's status ------------------------------------------
+TASK_RUN_ENTRY_POINT = "run-entry-point"  # a training's script runs: RUNNING; a failure after it is FAIL TRAIN
+TASK_TRIAL = "trial"  # a tuning's trial runs
+TASK_RUN_WORKERS = "run-workers"  # a batch inference's workers run
+TASK_FINISH = "finish"  # a batch inference joins its outputs: COMPLETE IN PROGRESS
+TASK_RECORD = "record"  # an evaluation writes its report: COMPLETE IN PROGRESS
+# An evaluation is RUNNING once its batch inference (a subflow, seen as a task run named after it) has started.
+TASK_EVALUATION_BATCH = FLOW_BATCH
+
+# -- MLflow run tags -------------------------------------------------------------------------------------
+TAG_KIND = "mlyard.kind"  # training, trial, tuning, batch_inference, evaluation, ...
+TAG_TRAINING_ID = "mlyard.training_id"
+TAG_TRAINING_NAME = "mlyard.training_name"
+TAG_TUNING_ID = "mlyard.tuning_id"
+TAG_BATCH_ID = "mlyard.batch_id"
+TAG_BATCH_RUN_ID = "mlyard.batch_run_id"
+TAG_EVALUATION_ID = "mlyard.evaluation_id"
+TAG_EVALUATION_IDS = "mlyard.evaluation_ids"
+TAG_PREFECT_URL = "mlyard.prefect_url"  # the Prefect flow run that made this MLflow run
+TAG_STATUS_REASON = "mlyard.status_reason"
+TAG_ENTRY_POINT = "mlyard.entry_point"
+TAG_SOURCE_URI = "mlyard.source_uri"
+TAG_MODEL = "mlyard.model"
+TAG_MODEL_URI = "mlyard.model_uri"
+TAG_ORIGIN_URI = "mlyard.origin_uri"
+TAG_TASK = "mlyard.task"
+TAG_TRIAL_NUMBER = "mlyard.trial_number"
+TAG_TRIAL_STATE = "mlyard.trial_state"
+TAG_BEST_RUN_ID = "mlyard.best_run_id"
+TAG_BEST_TRIAL = "mlyard.best_trial"
+TAG_STATUS = "mlyard.status"
+TAG_REASON = "mlyard.reason"
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow's own: which view its UI opens an experiment in
+TAG_PARENT_RUN_ID = "mlflow.parentRunId"  # MLflow's own: nests a trial under its tuning
+TAG_NOTE = "mlflow.note.content"  # MLflow's own: the run's description
+
+# -- MLflow model version tags --------------------------------------------------------------------------
+TAG_FRAMEWORK = "mlyard.framework"
+TAG_FRAMEWORK_VERSION = "mlyard.framework_version"
+TAG_PARAMETERS = "mlyard.parameters"
+TAG_LINEAGE = "mlyard.lineage"
+TAG_SIGNATURE = "mlyard.signature"
