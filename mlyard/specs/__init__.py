@@ -1,0 +1,33 @@
+"""Typed specs, one module per action: the flow's parameter, the YAML a user passes, and the Python
+argument (DESIGN §3). Pure pydantic; a bad spec fails here, before anything starts, naming the field
+and what is allowed.
+
+- `common`: names, URIs, model references, loading and merging YAML, resources
+- `training`: TrainingSpec
+- `tuning`: TuningSpec and its parts
+- `batch`: BatchInferenceSpec (and the settings it shares with evaluation)
+- `evaluation`: EvaluationSpec
+"""
+
+from mlyard.specs.batch import BatchInferenceSpec
+from mlyard.specs.common import (
+    KATIB_METRIC_PATTERN,
+    NAME_PATTERN,
+    Resources,
+    is_mlflow_uri,
+    is_registry_ref,
+    load_spec,
+    load_spec_file,
+    merged,
+    with_overrides,
+)
+from mlyard.specs.evaluation import MAX_CLASSES, MAX_EVALUATION_BYTES, EvaluationSpec
+from mlyard.specs.training import MAX_DATASETS, MAX_HYPERPARAMETERS, TrainingSpec
+from mlyard.specs.tuning import EarlyStoppingSpec, HyperparameterSpec, MetricSpec, ObjectiveSpec, TuningSpec
+
+__all__ = [
+    "BatchInferenceSpec", "EarlyStoppingSpec", "EvaluationSpec", "HyperparameterSpec", "KATIB_METRIC_PATTERN",
+    "MAX_CLASSES", "MAX_DATASETS", "MAX_EVALUATION_BYTES", "MAX_HYPERPARAMETERS", "MetricSpec", "NAME_PATTERN",
+    "ObjectiveSpec", "Resources", "TrainingSpec", "TuningSpec", "is_mlflow_uri", "is_registry_ref", "load_spec",
+    "load_spec_file", "merged", "with_overrides",
+]

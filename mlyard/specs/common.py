@@ -1,0 +1,118 @@
+"""What every spec shares: names, URIs, loading and merging YAML, resources, model references."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mlyard.errors import SpecError
+from mlyard.uris import parse_uri
+
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,48}[a-z0-9])?$"
+# Katib's default metric filter: `name=value`, one or more per line.
+KATIB_METRIC_PATTERN = r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)"
+
+
+class Resources(BaseModel):
+    """What a training needs from the pool. Used by the Kubernetes pool; the local pool runs on this machine."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cpu: float | None = Field(default=None, gt=0, description="CPU cores (request and limit), e.g. 4 or 0.5.")
+    memory: str | None = Field(
+        default=None, pattern=r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$",
+        description="Memory (request and limit) in Kubernetes units, e.g. 16Gi.",
+    )
+    gpu_count: int = Field(default=0, ge=0, le=16, description="GPUs per node (nvidia.com/gpu).")
+    gpu_type: str | None = Field(
+        default=None, description="GPU type, matched against the node label nvidia.com/gpu.product."
+    )
+
+
+def _regex(pattern: str, min_groups: int, too_few: str) -> re.Pattern:
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"regex {pattern!r} does not compile: {exc}") from exc
+    if compiled.groups < min_groups:
+        raise ValueError(too_few)
+    return compiled
+
+
+def _check_uri(field: str, uri: str) -> None:
+    try:
+        parse_uri(uri, field)
+    except SpecError as exc:
+        raise ValueError(exc.expected) from None
+
+
+def load_spec(model: type[BaseModel], data: Any, source: str = "spec"):
+    """Validate `data` as `model`, turning pydantic's report into one SpecError naming every bad field."""
+    if not isinstance(data, dict):
+        raise SpecError(source, type(data).__name__, f"a mapping of {model.__name__} fields")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "(spec)"
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = f"unknown field; allowed: {', '.join(model.model_fields)}"
+            elif err["type"] == "missing":
+                msg = "is required"
+            value = err.get("input")
+            shown = "" if err["type"] == "missing" or isinstance(value, dict) else f" (got {value!r})"
+            problems.append(f"{loc}: {msg}{shown}")
+        field = ".".join(str(p) for p in exc.errors()[0]["loc"])
+        error = SpecError(field, data.get(field.split(".")[0]), "; ".join(problems))
+        error.args = (f"invalid {model.__name__} in {source}:\n  " + "\n  ".join(problems),)
+        raise error from None
+
+
+def merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `overrides` merged in, mapping by mapping: {a: {b: 1}} + {a: {c: 2}} = {a: {b: 1, c: 2}}."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def with_overrides(spec: BaseModel, overrides: dict[str, Any], source: str = "overrides"):
+    """A validated copy of `spec` with `overrides` merged in (see `merged`)."""
+    if not overrides:
+        return spec
+    return load_spec(type(spec), merged(spec.model_dump(mode="json", exclude_unset=True), overrides), source=source)
+
+
+def load_spec_file(model: type[BaseModel], path: str | Path):
+    """Read a YAML (or JSON) spec file."""
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError("file", str(path), "a YAML spec file that exists")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise SpecError("file", str(path), f"a YAML file that parses ({exc})") from exc
+    return load_spec(model, data, source=str(path))
+
+
+_MODEL_REF = re.compile(r"^[A-Za-z0-9][\w.-]*(@[\w-]+|/\d+)$")
+
+
+def is_mlflow_uri(model: str) -> bool:
+    """models:/name/version, models:/name@alias or runs:/run_id/path."""
+    return re.match(r"^(models|runs):/", model) is not None
+
+
+def is_registry_ref(model: str) -> bool:
+    """`name@alias` or `name/version` (a path must then be written ./dir or file://...)."""
+    return "://" not in model and bool(_MODEL_REF.match(model))
+

@@ -1,0 +1,154 @@
+"""TuningSpec: a hyperparameter tuning (Katib's semantics): the search space, objective, early stopping."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from mlyard.specs.common import NAME_PATTERN, _regex
+from mlyard.specs.training import TrainingSpec
+
+
+class HyperparameterSpec(BaseModel):
+    """One hyperparameter to search: a range (min/max, step for grid) or a list of values."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$", description="Passed to the script as --name value.")
+    type: Literal["int", "double", "categorical"] = Field(description="int, double or categorical.")
+    min: float | None = Field(default=None, description="Smallest value (int and double).")
+    max: float | None = Field(default=None, description="Largest value (int and double).")
+    step: float | None = Field(default=None, description="Grid step (int and double); grid needs it.")
+    values: list[str | int | float] | None = Field(
+        default=None, description="Fixed values instead of a range, e.g. [sgd, adam] or 'sgd,adam'.")
+
+    @field_validator("values", mode="before")
+    @classmethod
+    def _split(cls, value):
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> "HyperparameterSpec":
+        if self.values is not None:
+            if not self.values:
+                raise ValueError(f"{self.name}: values is empty; give at least one value")
+            return self
+        if self.type == "categorical":
+            raise ValueError(f"{self.name}: a categorical parameter needs values, e.g. values: sgd,adam")
+        if self.min is None or self.max is None:
+            raise ValueError(f"{self.name}: give min and max (or values)")
+        if self.min > self.max:
+            raise ValueError(f"{self.name}: min {self.min:g} is larger than max {self.max:g}")
+        if self.type == "int" and (self.min != int(self.min) or self.max != int(self.max)):
+            raise ValueError(f"{self.name}: an int parameter needs whole min and max")
+        if self.step is not None:
+            if self.step <= 0:
+                raise ValueError(f"{self.name}: step {self.step:g} must be greater than 0")
+            if self.max > self.min and self.step > self.max - self.min:
+                raise ValueError(f"{self.name}: step {self.step:g} is larger than the range {self.min:g}..{self.max:g}")
+            if self.type == "int" and self.step != int(self.step):
+                raise ValueError(f"{self.name}: an int parameter needs a whole step")
+        return self
+
+
+class MetricSpec(BaseModel):
+    """A metric collected from the trial's output."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, description="Metric name, e.g. accuracy.")
+    regex: str | None = Field(
+        default=None,
+        description="Regex over each output line: a group named 'value', or one group (the value), or "
+        "Katib's two groups (name, value). Default: Katib's name=value format.",
+    )
+
+    @field_validator("regex")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            _regex(value, 1, f"regex {value!r} has no group for the value; e.g. 'accuracy: ([0-9.]+)'")
+        return value
+
+
+class ObjectiveSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str = Field(min_length=1, description="The metric to optimize (one of metrics, or any name in Katib format).")
+    direction: Literal["minimize", "maximize"] = Field(description="minimize or maximize.")
+    goal: float | None = Field(default=None, description="Stop the tuning (GoalReached) once a trial reaches this value.")
+
+
+class EarlyStoppingSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    algorithm: Literal["median"] = Field(default="median", description="median: Katib's median stopping rule.")
+    min_trials_required: int = Field(default=3, ge=1, description="Succeeded trials needed before any trial is stopped.")
+    start_step: int = Field(default=4, ge=1, description="Reports of the objective a trial makes before it can be stopped.")
+
+
+class TuningSpec(BaseModel):
+    """Hyperparameter tuning: trials of one training with suggested hyperparameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN, description="Tuning name: lowercase letters, digits and '-', at most 50.")
+    description: str = Field(default="", max_length=255, description="Free text shown in lists.")
+    experiment: str | None = Field(default=None, description="MLflow experiment (default: the training's).")
+    training: TrainingSpec | None = Field(default=None, description="The training each trial runs (or use template).")
+    template: str | None = Field(default=None, description="A training template each trial runs (or use training).")
+    strategy: Literal["grid", "random", "bayesian"] = Field(
+        description="grid (every step of every range), random, or bayesian (Optuna's TPE, a model-based sampler).")
+    seed: int | None = Field(default=None, description="Random seed: the same seed gives the same suggestions.")
+    parameters: list[HyperparameterSpec] = Field(description="The search space; fixed hyperparameters stay in the training.")
+    metrics: list[MetricSpec] = Field(default_factory=list, description="Metrics collected from each trial's output.")
+    objective: ObjectiveSpec = Field(description="The metric to optimize, its direction and an optional goal.")
+    max_trials: int = Field(default=12, ge=1, le=10_000, description="Trials to run at most.")
+    max_failed_trials: int = Field(default=3, ge=1, description="The tuning fails once this many trials failed.")
+    parallel_trials: int = Field(default=1, ge=1, le=64, description="Trials running at the same time.")
+    early_stopping: EarlyStoppingSpec | None = Field(default=None, description="Median early stopping (off when absent).")
+    trial_deployment: str | None = Field(
+        default=None, pattern=r"^[\w.-]+/[\w.-]+$",
+        description="Run each trial as its own flow run of this training deployment (train/gpu: a pod per "
+        "trial, so parallel trials are parallel pods). Default: trials are processes of the tuning's run.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "TuningSpec":
+        if (self.training is None) == (self.template is None):
+            raise ValueError("give exactly one of training (an inline training spec) or template (a template name)")
+        if not self.parameters:
+            raise ValueError("parameters is empty: give at least one hyperparameter to search")
+        names = [p.name for p in self.parameters]
+        if len(set(names)) != len(names):
+            raise ValueError(f"parameters: a name appears twice in {names}")
+        if self.strategy == "grid":
+            for p in self.parameters:
+                if p.values is None and p.step is None:
+                    raise ValueError(f"parameters.{p.name}: grid needs a step for a {p.type} range (or give values)")
+        if self.trial_deployment:
+            for m in self.metrics:
+                if m.regex is not None and re.compile(m.regex).groups < 2:
+                    raise ValueError(f"metrics.{m.name}.regex: with trial_deployment the training collects metrics "
+                                     "by name, so the regex needs Katib's two groups (name, value)")
+        if self.metrics and self.objective.metric not in [m.name for m in self.metrics]:
+            raise ValueError(f"objective.metric {self.objective.metric!r} is not one of metrics "
+                             f"({', '.join(m.name for m in self.metrics)})")
+        return self
+
+    def resolved(self, base: Path) -> "TuningSpec":
+        """A copy whose inline training has its relative local paths made absolute against `base`."""
+        if self.training is None:
+            return self
+        return self.model_copy(update={"training": self.training.resolved(base)})
+
+    def metric_regexes(self) -> dict[str, str | None]:
+        """Metric name -> its regex (None: Katib format); the objective is always collected."""
+        out = {m.name: m.regex for m in self.metrics}
+        out.setdefault(self.objective.metric, None)
+        return out
+
