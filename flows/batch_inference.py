@@ -24,7 +24,7 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled
 from pydantic import BaseModel, Field
 
-from flows.platform import Platform, cancel_watch, prefect_link, stopped_on_interrupt
+from flows.platform import Platform
 from mlyard.errors import BatchFailed, SpecError, StorageError, TrainingStopped
 from mlyard.names import (
     FLOW_BATCH,
@@ -37,25 +37,13 @@ from mlyard.names import (
     TASK_FINISH,
     TASK_RUN_WORKERS,
 )
-from mlyard.specs import BatchInferenceSpec, is_registry_ref
+from mlyard.specs import BatchInferenceSpec, BatchJob, BatchShard, is_registry_ref
 from tasks import checks
-from tasks.inference import (
-    Job,
-    Layout,
-    Model,
-    Progress,
-    Shard,
-    ShardRecord,
-    assign,
-    concat,
-    done_records,
-    fetch_model,
-    plan,
-    rows_per_second,
-    run_processes,
-    select_files,
-)
+from tasks.inference import Model, Progress, RecordWatcher, fetch_model, run_job
 from tasks.metrics import Metric
+from tasks.orchestration import cancel_watch, prefect_link, stopped_on_interrupt
+from tasks.outputs import Layout, ShardRecord, concat, done_records, rows_per_second
+from tasks.shards import assign, plan, select_files
 
 PROGRESS_LOG_SECONDS = 5.0
 
@@ -96,9 +84,9 @@ def batch_infer(spec: BatchInferenceSpec) -> BatchInferenceResult:
         # 3. Plan (an interrupted run's plan is kept, so its finished shards still fit).
         if manifest is None:
             shards = plan([(name, Path(sources[name])) for name, _ in files], spec.input_format, spec.workers)
-            manifest = {"fingerprint": _fingerprint(spec, model_uri), "shards": [s.as_dict() for s in shards]}
+            manifest = {"fingerprint": _fingerprint(spec, model_uri), "shards": [s.model_dump() for s in shards]}
             p.storage.write_bytes(layout.manifest, json.dumps(manifest, indent=1).encode(), "output_uri")
-        shards = [Shard(**s) for s in manifest["shards"]]
+        shards = [BatchShard.model_validate(s) for s in manifest["shards"]]
         pending = [s for s in shards if s.key not in done]
         if done:
             logger.info("resuming: %d of %d shards were finished by an earlier run", len(shards) - len(pending), len(shards))
@@ -111,15 +99,16 @@ def batch_infer(spec: BatchInferenceSpec) -> BatchInferenceResult:
                    "output_uri": spec.output_uri, "batch_size": spec.batch_size, "workers": spec.workers,
                    "inference_timeout_seconds": spec.inference_timeout_seconds, "files": len(files),
                    "shards": len(shards)})
-        job = Job(model_uri=str(model_path), output_uri=spec.output_uri, input_format=spec.input_format,
-                  batch_size=spec.batch_size, inference_timeout_seconds=spec.inference_timeout_seconds,
-                  max_failed_batches=spec.max_failed_batches, output_probabilities=spec.output_probabilities,
-                  id_field=spec.id_field, feature_fields=spec.feature_fields, drop_fields=spec.drop_fields,
-                  sources=sources, origins=dict(files), scratch=str(scratch))
+        job = BatchJob(batch_id=batch_id, model_uri=model_uri, model_path=str(model_path), output_uri=spec.output_uri,
+                       input_format=spec.input_format, batch_size=spec.batch_size,
+                       inference_timeout_seconds=spec.inference_timeout_seconds,
+                       max_failed_batches=spec.max_failed_batches, output_probabilities=spec.output_probabilities,
+                       id_field=spec.id_field, feature_fields=spec.feature_fields, drop_fields=spec.drop_fields,
+                       inputs=dict(files), local_inputs=sources, scratch=str(scratch))
         try:
             # 5. Workers.
             started = time.monotonic()
-            fresh = run_workers(p, spec, job, pending, done, shards, model, model_uri, batch_id, scratch)
+            fresh = run_workers(p, spec, job, pending, done, shards, model, batch_id, scratch)
             seconds = time.monotonic() - started
             # 6. Assemble, summarize.
             result = finish(p, spec, layout, shards, {**done, **fresh}, model_uri, model, run_id, batch_id,
@@ -188,7 +177,7 @@ def stage_inputs(p: Platform, spec: BatchInferenceSpec, files: list[tuple[str, s
     if manifest is not None:
         by_file: dict[str, list[str]] = {}
         for s in manifest["shards"]:
-            by_file.setdefault(s["file"], []).append(Shard(**s).key)
+            by_file.setdefault(s["file"], []).append(BatchShard.model_validate(s).key)
         finished = {f for f, keys in by_file.items() if all(k in done for k in keys)}
     out = {}
     for name, uri in files:
@@ -203,10 +192,11 @@ def stage_inputs(p: Platform, spec: BatchInferenceSpec, files: list[tuple[str, s
 
 
 @task(name=TASK_RUN_WORKERS, cache_policy=NO_CACHE)
-def run_workers(p: Platform, spec: BatchInferenceSpec, job: Job, pending: list[Shard], done: dict[str, ShardRecord],
-                shards: list[Shard], model: Model, model_uri: str, batch_id: str, scratch: Path) -> dict[str, ShardRecord]:
-    """Run the pending shards; returns their records."""
-    from tasks.inference import Worker
+def run_workers(p: Platform, spec: BatchInferenceSpec, job: BatchJob, pending: list[BatchShard],
+                done: dict[str, ShardRecord], shards: list[BatchShard], model: Model, batch_id: str,
+                scratch: Path) -> dict[str, ShardRecord]:
+    """Run the pending shards on the transport the spec asks for; returns their records."""
+    from tasks.transport import FlowRuns, Follow, InProcess, LocalProcesses, Transport
 
     logger = get_run_logger()
     if not pending:
@@ -216,7 +206,6 @@ def run_workers(p: Platform, spec: BatchInferenceSpec, job: Job, pending: list[S
                         done_bytes=sum(s.size for s in shards if s.key in done))
     started = time.monotonic()
     parent = flow_run.get_parent_flow_run_id() if batch_id and not batch_id.startswith("local-") else None
-    cancelled = cancel_watch(batch_id, parent_id=str(parent) if parent else None)
     last_log = [started]
 
     # A progress bar on the flow run's page in the Prefect UI, and a line in its log.
@@ -247,30 +236,33 @@ def run_workers(p: Platform, spec: BatchInferenceSpec, job: Job, pending: list[S
         return None
 
     groups = assign(pending, spec.workers)
-    logger.info("%d shard(s) on %d worker(s)%s", len(pending), len(groups),
-                f" as flow runs of {spec.worker_deployment}" if spec.worker_deployment else "")
+    jobs = [job.with_shards(g) for g in groups]
+    follow = Follow(on_event=on_event, should_stop=cancel_watch(batch_id, parent_id=str(parent) if parent else None),
+                    failed=failed, log=logger.info, failure=BatchFailed)
+    transport: Transport
     if spec.worker_deployment:
-        from flows.batch_worker import run_worker_flow_runs
-
-        run_worker_flow_runs(spec, job, model_uri, groups, batch_id, p.storage, on_event, cancelled, failed)
-    elif len(groups) == 1:
-        job.shards = [s.as_dict() for s in groups[0]]
-        Worker(job, p.storage, on_event, cancelled, model=model, failed=failed).run()
+        transport = FlowRuns(spec.worker_deployment, spec.job_variables())
+        follow.poll = RecordWatcher(p.storage, spec.output_uri, {s.key for s in pending}, on_event)
+    elif len(jobs) == 1:
+        transport = InProcess(lambda j, f: run_job(j, f, p.storage, model=model))
     else:
-        run_processes(groups, job, _settings_env(p), scratch, on_event, logger.info, cancelled, failed)
+        transport = LocalProcesses("tasks.inference", _settings_env(p), scratch)
+    logger.info("%d shard(s) on %d worker(s)%s", len(pending), len(jobs),
+                f" as flow runs of {spec.worker_deployment}" if spec.worker_deployment else "")
+    transport.run(jobs, follow)
     records = done_records(p.storage, Layout(spec.output_uri))
     return {s.key: records[s.key] for s in pending if s.key in records}
 
 
 @task(name=TASK_FINISH, cache_policy=NO_CACHE)
-def finish(p: Platform, spec: BatchInferenceSpec, layout: Layout, shards: list[Shard], records: dict[str, ShardRecord],
+def finish(p: Platform, spec: BatchInferenceSpec, layout: Layout, shards: list[BatchShard], records: dict[str, ShardRecord],
            model_uri: str, model: Model, run_id: str, batch_id: str, seconds: float, resumed: int,
            fresh: dict[str, ShardRecord], scratch: Path) -> BatchInferenceResult:
     """Every shard has its record; join shards of one file; write the summary and the failures."""
     missing = [s.key for s in shards if s.key not in records]
     if missing:
         raise BatchFailed(f"{len(missing)} shard(s) have no result ({missing[0]} ...); rerun the same spec to finish them")
-    by_file: dict[str, list[Shard]] = {}
+    by_file: dict[str, list[BatchShard]] = {}
     for s in shards:
         by_file.setdefault(s.file, []).append(s)
     for file, parts in by_file.items():

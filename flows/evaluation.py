@@ -24,7 +24,7 @@ from prefect.states import Cancelled
 from pydantic import BaseModel, Field
 
 from flows.batch_inference import batch_infer, load_model
-from flows.platform import Platform, prefect_link, stopped_on_interrupt
+from flows.platform import Platform
 from mlyard.errors import BadRecord, BatchFailed, SpecError
 from mlyard.names import (
     FLOW_EVALUATE,
@@ -41,8 +41,11 @@ from mlyard.names import (
 )
 from mlyard.specs import MAX_CLASSES, MAX_EVALUATION_BYTES, EvaluationSpec
 from tasks.evaluation import Report, classification, plot_report, regression, thin_curves
-from tasks.inference import Layout, read_records, select_files
 from tasks.metrics import Metric
+from tasks.orchestration import prefect_link, stopped_on_interrupt
+from tasks.outputs import Layout
+from tasks.records import read_records
+from tasks.shards import select_files
 
 REPORT_PATH = "evaluation/evaluation.json"
 

@@ -6,11 +6,9 @@ import os
 import re
 import shutil
 import tempfile
-import time
 from functools import cached_property
 from pathlib import Path
 
-from mlyard.names import TAG_PREFECT_URL
 from mlyard.settings import Settings, apply_engine_env
 from registry import Catalog, Experiments, ModelRegistry, Templates, Tracking
 from tasks.storage import Storage
@@ -60,16 +58,6 @@ class Platform:
         return Templates(self.catalog)
 
 
-def prefect_link() -> dict[str, str]:
-    """The MLflow tag that links an MLflow run back to the Prefect flow run that makes it (the way
-    back: the mlyard ids in its other tags are flow run ids). Empty outside a flow run."""
-    from prefect.runtime import flow_run
-    from prefect.settings import PREFECT_UI_URL
-
-    run_id, ui = flow_run.get_id(), PREFECT_UI_URL.value()
-    return {TAG_PREFECT_URL: f"{ui.rstrip('/')}/runs/flow-run/{run_id}"} if run_id and ui else {}
-
-
 _OWNER = re.compile(r"\.pid(\d+)\.")
 
 
@@ -82,72 +70,3 @@ def sweep_scratch(runs_dir: Path) -> list[Path]:
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
     return removed
-
-
-def cancel_watch(flow_run_id: str, every_seconds: float = 1.0, parent_id: str | None = None):
-    """A should_stop callback: the reason once the flow run (or `parent_id`, the flow run it is a
-    subflow of) is being cancelled (UI, CLI, API).
-
-    Asks the API at most every `every_seconds`; a run outside Prefect (id `local-...`) never stops.
-    """
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.objects import StateType
-
-    last = [0.0]
-    ids = [i for i in (flow_run_id, parent_id) if i and not i.startswith("local-")]
-
-    def should_stop() -> str | None:
-        now = time.monotonic()
-        if not ids or now - last[0] < every_seconds:
-            return None
-        last[0] = now
-        try:
-            with get_client(sync_client=True) as client:
-                states = [client.read_flow_run(i).state for i in ids]
-        except Exception:  # the API being briefly unreachable must not stop the work
-            return None
-        for state in states:
-            if state is not None and state.type in (StateType.CANCELLING, StateType.CANCELLED):
-                return state.message or "cancelled from Prefect"
-        return None
-
-    return should_stop
-
-
-INTERRUPTED = "STOPPED: interrupted (Ctrl-C)"
-
-
-def stopped_on_interrupt(flow, flow_run, state) -> None:
-    """An on_crashed hook: a run its user interrupted (Ctrl-C on `mlyard train`) was stopped, not failed."""
-    from prefect.client.orchestration import get_client
-    from prefect.states import Cancelled
-
-    if "interrupt signal" in (state.message or ""):
-        with get_client(sync_client=True) as client:
-            client.set_flow_run_state(flow_run.id, Cancelled(message=INTERRUPTED), force=True)
-
-
-def cancel_flow_run(flow_run_id: str, reason: str) -> None:
-    """Cancel like the UI's Cancel button: a queued run ends at once, a running one goes CANCELLING and
-    its worker (or the running flow itself) ends it."""
-    from prefect.client.orchestration import get_client
-    from prefect.states import Cancelled, Cancelling
-
-    with get_client(sync_client=True) as client:
-        fr = client.read_flow_run(flow_run_id)
-        queued = fr.state is not None and fr.state.type.value in ("SCHEDULED", "PENDING", "PAUSED")
-        client.set_flow_run_state(flow_run_id, Cancelled(message=reason) if queued else Cancelling(message=reason),
-                                  force=True)
-
-
-def submit(deployment: str, parameters: dict, kubernetes_job_variables: dict):
-    """Queue a flow run of `deployment` (not as a subflow) and return it. The job variables (GPUs,
-    image, resources) are only handed to a Kubernetes pool; a process pool has no use for them."""
-    from prefect.client.orchestration import get_client
-    from prefect.deployments import run_deployment
-
-    with get_client(sync_client=True) as client:
-        found = client.read_deployment_by_name(deployment)
-        pool = client.read_work_pool(found.work_pool_name) if found.work_pool_name else None
-    job_variables = kubernetes_job_variables if pool is not None and pool.type == "kubernetes" else {}
-    return run_deployment(deployment, parameters=parameters, timeout=0, job_variables=job_variables, as_subflow=False)

@@ -21,7 +21,7 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled
 from pydantic import BaseModel, Field
 
-from flows.platform import Platform, cancel_watch, prefect_link, stopped_on_interrupt
+from flows.platform import Platform
 from mlyard.errors import SpecError, TrainingStopped
 from mlyard.names import (
     FLOW_TRAIN,
@@ -38,6 +38,7 @@ from mlyard.specs import TrainingSpec
 from registry.tracking import Tracking
 from tasks import checks
 from tasks.launch import Workdirs, requirements_env, run_script
+from tasks.orchestration import cancel_watch, prefect_link, stopped_on_interrupt
 from tasks.staging import stage_in, stage_out
 from tasks.storage import Storage
 

@@ -24,7 +24,7 @@ from prefect.states import Cancelled, Completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
-from flows.platform import Platform, cancel_flow_run, cancel_watch, prefect_link, stopped_on_interrupt, submit
+from flows.platform import Platform
 from flows.training import check_locations, prepare_environment, stage_inputs
 from mlyard.errors import SpecError, TrainingFailed, TrainingStopped, TuningFailed
 from mlyard.names import (
@@ -47,6 +47,7 @@ from mlyard.names import (
 from mlyard.specs import TrainingSpec, TuningSpec
 from tasks.launch import Workdirs, run_script
 from tasks.metrics import Metric
+from tasks.orchestration import cancel_flow_run, cancel_watch, prefect_link, stopped_on_interrupt, submit
 from tuning import KatibState, best_value, create_study, decide, grid_size, objective_parsers, recover_interrupted
 from tuning.engine import REASON_ATTR, STATE_ATTR, parse_line, search_space, trial_counts, trial_reports
 

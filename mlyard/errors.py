@@ -22,7 +22,8 @@
     ├── TrainingFailed (RuntimeError)        the user's script failed or ran too long
     ├── TrainingStopped (RuntimeError)       a user stopped the training (or other work)
     ├── BadRecord (ValueError)               one input record cannot be read (written as an error row, not raised)
-    ├── BatchFailed (RuntimeError)           a batch inference failed (too many failed batches, a worker died)
+    ├── JobFailed (RuntimeError)             a job a transport ran failed (a worker died or gave up, a limit passed)
+    │   └── BatchFailed                      a batch inference failed (too many failed batches, a worker died)
     ├── TuningFailed (RuntimeError)          failed trials reached max_failed_trials
     ├── RunFailed (RuntimeError)             a run ended in its kind's failure status (FAIL TRAIN, ...)
     └── StackError (RuntimeError)            the embedded stack could not start or be reached
@@ -185,10 +186,14 @@ class BadRecord(MlyardError, ValueError):
         super().__init__(reason)
 
 
-class BatchFailed(MlyardError, RuntimeError):
+class JobFailed(MlyardError, RuntimeError):
     def __init__(self, reason: str):
         self.reason = reason
         super().__init__(reason)
+
+
+class BatchFailed(JobFailed):
+    pass
 
 
 class TuningFailed(MlyardError, RuntimeError):

@@ -170,7 +170,7 @@ def get_run(kind: Kind, run_id: str) -> RunInfo:
 
 def stop_run(kind: Kind, run_id: str, reason: str = "stopped by user") -> RunInfo:
     """Stop a run (its processes are ended); it becomes STOPPED."""
-    from flows.platform import cancel_flow_run
+    from tasks.orchestration import cancel_flow_run
 
     info = get_run(kind, run_id)
     if info.status not in ACTIVE_STATUSES:

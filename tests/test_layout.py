@@ -22,7 +22,7 @@ def test_pure_modules_do_not_import_prefect(module):
     ("flows.tuning:tune", ("TuningSpec", "HyperparameterSpec", "MetricSpec", "ObjectiveSpec", "EarlyStoppingSpec",
                            "TrainingSpec")),
     ("flows.batch_inference:batch_infer", ("BatchInferenceSpec", "Resources")),
-    ("flows.batch_worker:batch_worker", ("WorkerSpec", "ShardSpec")),
+    ("flows.batch_worker:batch_worker", ("BatchJob", "BatchShard")),
     ("flows.evaluation:evaluate", ("EvaluationSpec", "Resources")),
 ])
 def test_flow_parameter_schema_documents_every_field(flow_path, models):

@@ -5,11 +5,12 @@ and what is allowed.
 - `common`: names, URIs, model references, loading and merging YAML, resources
 - `training`: TrainingSpec
 - `tuning`: TuningSpec and its parts
-- `batch`: BatchInferenceSpec (and the settings it shares with evaluation)
+- `batch`: BatchInferenceSpec (and the settings it shares with evaluation); BatchJob and BatchShard,
+  the typed job a batch inference hands each worker
 - `evaluation`: EvaluationSpec
 """
 
-from mlyard.specs.batch import BatchInferenceSpec
+from mlyard.specs.batch import BatchInferenceSpec, BatchJob, BatchShard
 from mlyard.specs.common import (
     KATIB_METRIC_PATTERN,
     NAME_PATTERN,
@@ -26,7 +27,7 @@ from mlyard.specs.training import MAX_DATASETS, MAX_HYPERPARAMETERS, TrainingSpe
 from mlyard.specs.tuning import EarlyStoppingSpec, HyperparameterSpec, MetricSpec, ObjectiveSpec, TuningSpec
 
 __all__ = [
-    "BatchInferenceSpec", "EarlyStoppingSpec", "EvaluationSpec", "HyperparameterSpec", "KATIB_METRIC_PATTERN",
+    "BatchInferenceSpec", "BatchJob", "BatchShard", "EarlyStoppingSpec", "EvaluationSpec", "HyperparameterSpec", "KATIB_METRIC_PATTERN",
     "MAX_CLASSES", "MAX_DATASETS", "MAX_EVALUATION_BYTES", "MAX_HYPERPARAMETERS", "MetricSpec", "NAME_PATTERN",
     "ObjectiveSpec", "Resources", "TrainingSpec", "TuningSpec", "is_mlflow_uri", "is_registry_ref", "load_spec",
     "load_spec_file", "merged", "with_overrides",

@@ -105,3 +105,53 @@ class BatchInferenceSpec(_BatchSettings):
                 raise ValueError(f"glob {pattern!r} must be a relative pattern such as '*.jsonl' or 'day=*/**'")
         return value
 
+
+
+# -- the batch job: one worker's share, whichever way it runs --------------------------------------------
+
+class BatchShard(BaseModel):
+    """A piece of the input one worker reads: a whole file, or a line range of a big JSONL file."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    file: str = Field(description="Input file, relative to the batch inference's input_uri.")
+    index: int = Field(default=0, ge=0, description="Which shard of the file (0-based).")
+    count: int = Field(default=1, ge=1, description="Shards of the file.")
+    start: int = Field(default=0, ge=0, description="Byte offset of the first line.")
+    end: int | None = Field(default=None, description="Byte offset past the last line (None: the end of the file).")
+    first_row: int = Field(default=0, ge=0, description="Row number of the first line.")
+    size: int = Field(default=0, ge=0, description="Bytes.")
+
+    @property
+    def key(self) -> str:
+        return f"{self.file}#{self.index + 1}-of-{self.count}"
+
+
+class BatchJob(BaseModel):
+    """One worker's share of a batch inference, filled in by the batch inference (not by hand). The
+    same typed job runs in process, as a local process, or as a flow run of the worker deployment (on
+    a Kubernetes pool: a pod): every location in it is a URI any of them can read, and the local
+    copies the batch inference already made are used where they exist."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch_id: str = Field(description="The batch inference this job belongs to.")
+    model_uri: str = Field(description="The pinned model: models:/name/version or a model location.")
+    model_path: str | None = Field(default=None, description="A local copy of the model, used where it exists.")
+    output_uri: str = Field(description="The batch inference's output_uri.")
+    input_format: Literal["json", "jsonl", "csv"] = Field(description="How the input files are read.")
+    batch_size: int = Field(ge=1, description="Rows per model call.")
+    inference_timeout_seconds: float = Field(gt=0, description="Longest one model call may take.")
+    max_failed_batches: int = Field(ge=0, description="Give up once more batches than this failed.")
+    output_probabilities: bool = Field(description="Also write class probabilities.")
+    id_field: str | None = Field(default=None, description="Input field copied to each prediction.")
+    feature_fields: list[str] | None = Field(default=None, description="Input fields fed to the model.")
+    drop_fields: list[str] = Field(default_factory=list, description="Input fields never fed to the model.")
+    inputs: dict[str, str] = Field(description="Input file -> its URI under input_uri.")
+    local_inputs: dict[str, str] = Field(default_factory=dict,
+                                         description="Input file -> a local copy, used where it exists.")
+    shards: list[BatchShard] = Field(default_factory=list, description="The shards this job runs.")
+    scratch: str | None = Field(default=None, description="Working directory to use where it exists.")
+
+    def with_shards(self, shards: list[BatchShard]) -> BatchJob:
+        return self.model_copy(update={"shards": list(shards)})

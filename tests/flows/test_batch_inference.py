@@ -67,12 +67,12 @@ def test_s3_input_and_output_through_the_flow(platform, s3_env, s3_settings, buc
 
 
 def test_two_worker_processes_share_one_big_file(platform, models, tmp_path, monkeypatch):
-    import tasks.inference
+    import tasks.shards
     from flows.batch_inference import batch_infer
 
     X = np.repeat(models["X"], 20, axis=0)  # 12,000 rows, about 1 MB
     path = _write(tmp_path / "big.jsonl", _rows(X))
-    monkeypatch.setattr(tasks.inference, "MIN_SPLIT_BYTES", 100_000)
+    monkeypatch.setattr(tasks.shards, "MIN_SPLIT_BYTES", 100_000)
     spec = BatchInferenceSpec(name="two-workers", model=str(models["classifier"]), input_uri=str(path),
                               input_format="jsonl", output_uri=str(tmp_path / "out"), id_field="id", workers=2,
                               batch_size=500)

@@ -9,17 +9,11 @@ import numpy as np
 import pytest
 
 from mlyard.errors import BadRecord, BatchFailed, SpecError
-from tasks.inference import (
-    Job,
-    Layout,
-    Model,
-    Shard,
-    Worker,
-    assign,
-    plan,
-    read_records,
-    select_files,
-)
+from mlyard.specs import BatchJob, BatchShard
+from tasks.inference import Model, Worker
+from tasks.outputs import Layout
+from tasks.records import read_records
+from tasks.shards import assign, plan, select_files
 from tasks.storage import Storage
 
 
@@ -69,9 +63,9 @@ def test_each_input_format_streams_records_with_row_numbers(tmp_path):
 
 
 def test_plan_cuts_a_big_jsonl_file_so_every_row_is_read_exactly_once(tmp_path, monkeypatch):
-    import tasks.inference as inference
+    import tasks.shards as shards_mod
 
-    monkeypatch.setattr(inference, "MIN_SPLIT_BYTES", 1000)
+    monkeypatch.setattr(shards_mod, "MIN_SPLIT_BYTES", 1000)
     path = _write_jsonl(tmp_path / "big.jsonl", [{"id": i, "pad": "x" * (i % 17)} for i in range(5000)])
     small = _write_jsonl(tmp_path / "small.jsonl", [{"id": 0}])
     shards = plan([("big.jsonl", path), ("small.jsonl", small)], "jsonl", workers=3)
@@ -84,13 +78,13 @@ def test_plan_cuts_a_big_jsonl_file_so_every_row_is_read_exactly_once(tmp_path, 
     assert sorted(s.key for g in groups for s in g) == sorted(s.key for s in shards)
 
 
-def _job(tmp_path, model, files, **kw) -> Job:
+def _job(tmp_path, model, files, **kw) -> BatchJob:
     shards = plan([(n, p) for n, p in files], kw.pop("input_format", "jsonl"), 1)
-    return Job(model_uri=str(model), output_uri=str(tmp_path / "out"), input_format=kw.pop("fmt", "jsonl"),
-               batch_size=kw.pop("batch_size", 4), inference_timeout_seconds=kw.pop("timeout", 5),
-               max_failed_batches=kw.pop("max_failed_batches", 5), output_probabilities=kw.pop("proba", True),
-               id_field="id", shards=[s.as_dict() for s in shards], sources={n: str(p) for n, p in files},
-               scratch=str(tmp_path), **kw)
+    return BatchJob(batch_id="local-test", model_uri=str(model), output_uri=str(tmp_path / "out"),
+                    input_format=kw.pop("fmt", "jsonl"), batch_size=kw.pop("batch_size", 4),
+                    inference_timeout_seconds=kw.pop("timeout", 5), max_failed_batches=kw.pop("max_failed_batches", 5),
+                    output_probabilities=kw.pop("proba", True), id_field="id", shards=shards,
+                    inputs={n: str(p) for n, p in files}, scratch=str(tmp_path), **kw)
 
 
 def test_worker_writes_predictions_aligned_to_rows_equal_to_the_model(storage, models, tmp_path):
@@ -155,7 +149,7 @@ def test_model_knows_its_classes_and_layout_names(models):
     assert m.has_proba and m.classes == ["0", "1", "2"]
     assert not Model(str(models["regressor"])).has_proba
     layout = Layout("s3://b/out")
-    shard = Shard("day=1/a.jsonl", 1, 3)
+    shard = BatchShard(file="day=1/a.jsonl", index=1, count=3)
     assert layout.output("day=1/a.jsonl") == "s3://b/out/day=1/a.jsonl.predictions.jsonl"
     assert layout.target(shard) == "s3://b/out/_mlyard/parts/day=1/a.jsonl.2-of-3.jsonl"
     assert layout.record(shard).startswith("s3://b/out/_mlyard/shards/") and "/" not in layout.record(shard)[27:]
