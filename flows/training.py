@@ -10,37 +10,29 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
-from pathlib import Path
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Cancelled
 from pydantic import BaseModel, Field
 
 from flows.platform import Platform
 from mlyard.errors import SpecError, TrainingStopped
-from mlyard.names import (
-    FLOW_TRAIN,
-    TAG_ENTRY_POINT,
-    TAG_KIND,
-    TAG_NOTE,
-    TAG_SOURCE_URI,
-    TAG_STATUS_REASON,
-    TAG_TRAINING_ID,
-    TAG_TRAINING_NAME,
-    TASK_RUN_ENTRY_POINT,
-)
+from mlyard.names import FLOW_TRAIN
 from mlyard.specs import TrainingSpec
-from registry.tracking import Tracking
-from tasks import checks
-from tasks.launch import Workdirs, requirements_env, run_script
-from tasks.orchestration import cancel_watch, prefect_link, stopped_on_interrupt
-from tasks.staging import stage_in, stage_out
-from tasks.storage import Storage
+from tasks.orchestration import cancel_watch, stopped_on_interrupt
+from tasks.training import (
+    LOG_NAME,
+    check_locations,
+    close_run,
+    open_run,
+    prepare_environment,
+    run_entry_point,
+    save_outputs,
+    stage_inputs,
+)
 
 
 class TrainingResult(BaseModel):
@@ -55,7 +47,7 @@ class TrainingResult(BaseModel):
 
 @flow(name=FLOW_TRAIN, flow_run_name="{spec.name}", on_crashed=[stopped_on_interrupt],
       description="Run a training (EasyMaker contract) and record it in MLflow.")
-def train(spec: TrainingSpec) -> TrainingResult:
+def train(spec: TrainingSpec) -> TrainingResult:  # or a Cancelled state, shown as STOPPED
     p = Platform()
     logger = get_run_logger()
     training_id = str(flow_run.get_id() or f"local-{time.time_ns()}")
@@ -67,103 +59,34 @@ def train(spec: TrainingSpec) -> TrainingResult:
     check_locations(p.storage, spec)
 
     scratch = p.scratch(spec.name)
+    log_path = scratch / LOG_NAME
     try:
         # 2. Stage in.
-        source, datasets, ckpt_in = stage_inputs(p, spec, scratch)
-        dirs = Workdirs.under(scratch, source, datasets, ckpt_in)
+        inputs = stage_inputs(p.storage, spec, scratch)
+        dirs = inputs.workdirs(scratch)
 
         # 3. Environment.
-        python = prepare_environment(source, p.settings.envs_dir)
+        python = prepare_environment(inputs.source, p.settings.envs_dir)
 
         # 4. MLflow run.
-        run_id = p.tracking.start_run(spec.experiment, spec.name, tags={
-            **spec.tags, TAG_KIND: "training", TAG_TRAINING_ID: training_id, TAG_TRAINING_NAME: spec.name,
-            TAG_SOURCE_URI: spec.source_uri, TAG_ENTRY_POINT: spec.entry_point,
-            TAG_NOTE: spec.description, **prefect_link(),
-        }, params=spec.hyperparameters)
+        run_id = open_run(p.tracking, spec, training_id)
         try:
             # 5. Run.
-            outcome = run_entry_point(spec, dirs, python, p.settings.region, p.settings.engine_env(),
-                                      p.tracking, run_id, scratch / "output.log", training_id)
+            script = run_entry_point(spec, dirs, python, p.settings.region, p.settings.engine_env(), p.tracking,
+                                     run_id, log_path, cancel_watch(training_id))
             # 6. Stage out.
-            model_uri = save_outputs(p, spec, dirs, run_id)
+            model_uri = save_outputs(p.storage, p.tracking, spec, dirs, run_id)
         except TrainingStopped as stop:
-            _finish(p.tracking, run_id, "KILLED", scratch, f"STOPPED: {stop.reason}")
+            close_run(p.tracking, run_id, "KILLED", log_path, f"STOPPED: {stop.reason}")
             logger.warning("training stopped: %s", stop.reason)
-            return Cancelled(message=f"STOPPED: {stop.reason}")
+            return Cancelled(message=f"STOPPED: {stop.reason}")  # type: ignore[return-value]
         except BaseException as exc:
-            _finish(p.tracking, run_id, "FAILED", scratch, f"FAIL TRAIN: {exc}")
+            close_run(p.tracking, run_id, "FAILED", log_path, f"FAIL TRAIN: {exc}")
             raise
-        _finish(p.tracking, run_id, "FINISHED", scratch, None)
+        close_run(p.tracking, run_id, "FINISHED", log_path, None)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
-    logger.info("training %s COMPLETE in %.1f s (MLflow run %s)", spec.name, outcome["seconds"], run_id)
+    logger.info("training %s COMPLETE in %.1f s (MLflow run %s)", spec.name, script.seconds, run_id)
     return TrainingResult(training_id=training_id, run_id=run_id, experiment=spec.experiment, model_uri=model_uri,
-                          output_uri=spec.output_uri, metrics=outcome["metrics"], script_seconds=outcome["seconds"])
-
-
-@task(name="check-locations", cache_policy=NO_CACHE)
-def check_locations(storage: Storage, spec: TrainingSpec) -> None:
-    """Every input location exists, the entry point is in the source, every output resolves."""
-    checks.training_inputs(storage, spec)
-
-
-def stage_inputs(p: Platform, spec: TrainingSpec, scratch: Path) -> tuple[Path, dict[str, Path], Path | None]:
-    """Source (with its entry point checked), datasets and input checkpoint as local paths."""
-    source = stage_in(p.storage, spec.source_uri, scratch / "source", "source_uri")
-    if not (source / spec.entry_point).is_file():
-        raise SpecError("entry_point", spec.entry_point, f"a file inside source_uri {spec.source_uri}; "
-                        f"it holds: {', '.join(sorted(x.name for x in source.iterdir())[:20]) or 'nothing'}")
-    datasets = {name: stage_in(p.storage, uri, scratch / "datasets" / name, f"datasets.{name}")
-                for name, uri in spec.datasets.items()}
-    ckpt_in = (stage_in(p.storage, spec.checkpoint_input_uri, scratch / "checkpoint-input", "checkpoint_input_uri")
-               if spec.checkpoint_input_uri else None)
-    return source, datasets, ckpt_in
-
-
-@task(name="prepare-environment", cache_policy=NO_CACHE)
-def prepare_environment(source: Path, envs_dir: Path) -> str:
-    logger = get_run_logger()
-    return requirements_env(source, envs_dir, log=logger.info)
-
-
-@task(name=TASK_RUN_ENTRY_POINT, cache_policy=NO_CACHE)
-def run_entry_point(spec: TrainingSpec, dirs: Workdirs, python: str, region: str, base_env: dict,
-                    tracking: Tracking, run_id: str, log_path: Path, training_id: str) -> dict:
-    logger = get_run_logger()
-    env = {**os.environ, **base_env}
-    logger.info("starting %s", spec.entry_point)
-    run = run_script(spec, dirs, python, region, env, log_path,
-                     metric_sink=lambda batch: tracking.log_metrics(run_id, batch),
-                     should_stop=cancel_watch(training_id), echo=logger.info if spec.collect_logs else None)
-    return {"seconds": run.seconds, "metrics": run.metrics}
-
-
-@task(name="save-outputs", cache_policy=NO_CACHE)
-def save_outputs(p: Platform, spec: TrainingSpec, dirs: Workdirs, run_id: str) -> str | None:
-    model_uri = None
-    if any(dirs.model.iterdir()):
-        p.tracking.log_artifacts(run_id, dirs.model, "model")
-        model_uri = f"{p.tracking.get_run(run_id).artifact_uri.rstrip('/')}/model"
-        if spec.output_uri:
-            stage_out(p.storage, dirs.model, spec.output_uri, "output_uri")
-    else:
-        get_run_logger().warning("EM_MODEL_DIR is empty: the script saved no model")
-    if spec.checkpoint_output_uri and any(dirs.checkpoint.iterdir()):
-        stage_out(p.storage, dirs.checkpoint, spec.checkpoint_output_uri, "checkpoint_output_uri")
-    if any(dirs.tensorboard.iterdir()):
-        p.tracking.log_artifacts(run_id, dirs.tensorboard, "tensorboard")
-    return model_uri
-
-
-def _finish(tracking: Tracking, run_id: str, status, scratch: Path, reason: str | None) -> None:
-    log = scratch / "output.log"
-    try:
-        if log.exists():
-            tracking.log_artifact(run_id, log, "logs")
-        if reason:
-            tracking.set_tags(run_id, {TAG_STATUS_REASON: reason[:5000]})
-    finally:
-        tracking.end_run(run_id, status)
-
+                          output_uri=spec.output_uri, metrics=script.metrics, script_seconds=script.seconds)

@@ -1,6 +1,7 @@
 """The search engine: a TuningSpec mapped onto an Optuna study, with Katib's trial states and reasons.
 
-Pure: imports Optuna, never Prefect. The flow in `flows/tuning.py` runs the trials.
+Pure: imports Optuna, never Prefect. `tuning.loop` runs the trial loop; the `trial` task (tasks/trials.py)
+runs one trial.
 """
 
 from tuning.engine import (

@@ -32,6 +32,8 @@ from mlyard.specs import KATIB_METRIC_PATTERN, HyperparameterSpec, TuningSpec
 
 STATE_ATTR = "katib_state"
 REASON_ATTR = "reason"
+RUN_ID_ATTR = "run_id"  # the trial's MLflow run
+OBJECTIVE_ATTR = "objective"  # the best objective value a trial reported
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
@@ -241,7 +243,7 @@ def trial_reports(study: optuna.Study) -> list[TrialReport]:
         state = katib_state(t)
         reason = t.user_attrs.get(REASON_ATTR) or (INTERRUPTED if state == KatibState.KILLED else None)
         out.append(TrialReport(t.number, state, dict(t.params), t.value if t.state == TrialState.COMPLETE else
-                               t.user_attrs.get("objective"), reason, t.user_attrs.get("run_id"),
+                               t.user_attrs.get(OBJECTIVE_ATTR), reason, t.user_attrs.get(RUN_ID_ATTR),
                                t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None, seconds))
     return out
 

@@ -1,0 +1,143 @@
+"""A training's steps, and the one launch path a training and a tuning's trial share: open the MLflow
+run, run the entry point (tasks/launch.py) with its metrics streamed to MLflow, save the model and
+outputs, close the run with its log and reason. Arguments are narrow: a spec, a storage client, an
+MLflow tracking client, ids and paths.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal, Mapping
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from mlyard.errors import SpecError
+from mlyard.names import (
+    TAG_ENTRY_POINT,
+    TAG_KIND,
+    TAG_NOTE,
+    TAG_SOURCE_URI,
+    TAG_STATUS_REASON,
+    TAG_TRAINING_ID,
+    TAG_TRAINING_NAME,
+    TASK_RUN_ENTRY_POINT,
+)
+from mlyard.specs import TrainingSpec
+from registry.tracking import Tracking
+from tasks import checks
+from tasks.launch import ScriptRun, Workdirs, requirements_env, run_script
+from tasks.orchestration import prefect_link
+from tasks.staging import stage_in, stage_out
+from tasks.storage import Storage
+
+LOG_NAME = "output.log"
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """A training's staged inputs, as local paths."""
+
+    source: Path
+    datasets: dict[str, Path]
+    checkpoint: Path | None
+
+    def workdirs(self, under: Path) -> Workdirs:
+        return Workdirs.under(under, self.source, self.datasets, self.checkpoint)
+
+
+@task(name="check-locations", cache_policy=NO_CACHE)
+def check_locations(storage: Storage, spec: TrainingSpec) -> None:
+    """Every input location exists, the entry point is in the source, every output resolves."""
+    checks.training_inputs(storage, spec)
+
+
+def stage_inputs(storage: Storage, spec: TrainingSpec, scratch: Path) -> Inputs:
+    """Source (with its entry point checked), datasets and input checkpoint as local paths."""
+    source = stage_in(storage, spec.source_uri, scratch / "source", "source_uri")
+    if not (source / spec.entry_point).is_file():
+        raise SpecError("entry_point", spec.entry_point, f"a file inside source_uri {spec.source_uri}; "
+                        f"it holds: {', '.join(sorted(x.name for x in source.iterdir())[:20]) or 'nothing'}")
+    datasets = {name: stage_in(storage, uri, scratch / "datasets" / name, f"datasets.{name}")
+                for name, uri in spec.datasets.items()}
+    ckpt_in = (stage_in(storage, spec.checkpoint_input_uri, scratch / "checkpoint-input", "checkpoint_input_uri")
+               if spec.checkpoint_input_uri else None)
+    return Inputs(source, datasets, ckpt_in)
+
+
+@task(name="prepare-environment", cache_policy=NO_CACHE)
+def prepare_environment(source: Path, envs_dir: Path) -> str:
+    """The algorithm's requirements.txt in a cached virtual environment; its python."""
+    logger = get_run_logger()
+    return requirements_env(source, envs_dir, log=logger.info)
+
+
+def open_run(tracking: Tracking, spec: TrainingSpec, training_id: str, kind: str = "training",
+             tags: Mapping[str, str] | None = None) -> str:
+    """The MLflow run of a training (or a trial, `kind="trial"`): its tags and hyperparameters."""
+    return tracking.start_run(spec.experiment, spec.name, tags={
+        **spec.tags, **(tags or {}), TAG_KIND: kind, TAG_TRAINING_ID: training_id, TAG_TRAINING_NAME: spec.name,
+        TAG_SOURCE_URI: spec.source_uri, TAG_ENTRY_POINT: spec.entry_point, TAG_NOTE: spec.description,
+        **prefect_link(),
+    }, params=spec.hyperparameters)
+
+
+def launch(spec: TrainingSpec, dirs: Workdirs, python: str, region: str, engine_env: Mapping[str, str],
+           tracking: Tracking, run_id: str, log_path: Path, should_stop: Callable[[], str | None],
+           on_line: Callable[[str], None] | None = None, echo: Callable[[str], None] | None = None) -> ScriptRun:
+    """Run the entry point to its end under the EasyMaker contract, its metrics streamed to the MLflow run."""
+    return run_script(spec, dirs, python, region, {**os.environ, **engine_env}, log_path,
+                      metric_sink=lambda batch: tracking.log_metrics(run_id, batch),
+                      should_stop=should_stop, on_line=on_line, echo=echo)
+
+
+@task(name=TASK_RUN_ENTRY_POINT, cache_policy=NO_CACHE)
+def run_entry_point(spec: TrainingSpec, dirs: Workdirs, python: str, region: str, engine_env: Mapping[str, str],
+                    tracking: Tracking, run_id: str, log_path: Path,
+                    should_stop: Callable[[], str | None]) -> ScriptRun:
+    """The training's script runs (the task whose start makes a training RUNNING)."""
+    logger = get_run_logger()
+    logger.info("starting %s", spec.entry_point)
+    return launch(spec, dirs, python, region, engine_env, tracking, run_id, log_path, should_stop,
+                  echo=logger.info if spec.collect_logs else None)
+
+
+def save_model(storage: Storage | None, tracking: Tracking, spec: TrainingSpec, dirs: Workdirs, run_id: str,
+               to_output_uris: bool = True) -> str | None:
+    """The model to MLflow (and output_uri), checkpoints to checkpoint_output_uri, TensorBoard logs
+    to MLflow; returns the model's MLflow artifact URI (None when EM_MODEL_DIR is empty). A trial
+    keeps its model in MLflow only (`to_output_uris=False`)."""
+    model_uri = None
+    if any(dirs.model.iterdir()):
+        tracking.log_artifacts(run_id, dirs.model, "model")
+        model_uri = f"{tracking.get_run(run_id).artifact_uri.rstrip('/')}/model"
+        if to_output_uris and storage is not None and spec.output_uri:
+            stage_out(storage, dirs.model, spec.output_uri, "output_uri")
+    if to_output_uris and storage is not None and spec.checkpoint_output_uri and any(dirs.checkpoint.iterdir()):
+        stage_out(storage, dirs.checkpoint, spec.checkpoint_output_uri, "checkpoint_output_uri")
+    if any(dirs.tensorboard.iterdir()):
+        tracking.log_artifacts(run_id, dirs.tensorboard, "tensorboard")
+    return model_uri
+
+
+@task(name="save-outputs", cache_policy=NO_CACHE)
+def save_outputs(storage: Storage, tracking: Tracking, spec: TrainingSpec, dirs: Workdirs, run_id: str) -> str | None:
+    model_uri = save_model(storage, tracking, spec, dirs, run_id)
+    if model_uri is None:
+        get_run_logger().warning("EM_MODEL_DIR is empty: the script saved no model")
+    return model_uri
+
+
+def close_run(tracking: Tracking, run_id: str, status: Literal["FINISHED", "FAILED", "KILLED"], log_path: Path, reason: str | None,
+              tags: Mapping[str, str] | None = None) -> None:
+    """End the MLflow run: the script's log as an artifact, the reason of a failure or stop as a tag."""
+    try:
+        if log_path.exists():
+            tracking.log_artifact(run_id, log_path, "logs")
+        extra = {**(tags or {}), **({TAG_STATUS_REASON: reason[:5000]} if reason else {})}
+        if extra:
+            tracking.set_tags(run_id, extra)
+    finally:
+        tracking.end_run(run_id, status)
