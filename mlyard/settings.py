@@ -127,6 +127,16 @@ class Settings(BaseSettings):
         """What `mlyard up` started (pids and URLs)."""
         return self.home_dir / "stack.json"
 
+    def as_env(self) -> dict[str, str]:
+        """These settings as the MLYARD_* environment of a process mlyard starts (a batch worker): the
+        way settings, storage credentials among them, reach it, never through a file."""
+        import json
+
+        data = self.model_dump(mode="json", exclude_none=True)
+        if self.s3_secret_access_key is not None:
+            data["s3_secret_access_key"] = self.s3_secret_access_key.get_secret_value()
+        return {f"MLYARD_{k.upper()}": v if isinstance(v, str) else json.dumps(v) for k, v in data.items()}
+
     def engine_env(self) -> dict[str, str]:
         """Environment for the engines' clients and for every process mlyard starts."""
         env = {} if self.telemetry else dict(TELEMETRY_OFF_ENV)
