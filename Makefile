@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PY) bench/metric_latency.py
 	$(PY) bench/tuning_overhead.py
 	$(PY) bench/batch_inference.py
+	$(PY) bench/batch_user_path.py
 
 down:
 	$(VENV)/bin/mlyard down

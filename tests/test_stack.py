@@ -1,9 +1,12 @@
-"""The embedded stack as a user drives it: deployments run by the worker, and the CLI."""
+"""The embedded stack as a user drives it: deployments run by the worker, and the CLI.
+
+The CLI runs in process here (typer's CliRunner): what these tests check is what the commands do on
+the stack, which a subprocess with the harness's environment would not prove better. The user's own
+path (a fresh process, a shell's environment, found through ./.mlyard) is tests/test_user_paths.py.
+"""
 
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -11,11 +14,17 @@ import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
-MLYARD = str(Path(sys.executable).parent / "mlyard")
 
 
 def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([MLYARD, *args], capture_output=True, text=True, env=os.environ, timeout=300)
+    from typer.testing import CliRunner
+
+    from mlyard.cli import app
+
+    res = CliRunner().invoke(app, list(args))
+    if res.exception is not None and not isinstance(res.exception, SystemExit):
+        raise res.exception
+    proc = subprocess.CompletedProcess(["mlyard", *args], res.exit_code, res.stdout, res.stderr)
     if check and proc.returncode != 0:
         raise AssertionError(f"mlyard {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
