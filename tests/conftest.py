@@ -43,7 +43,12 @@ os.environ.update({
 for key in ("MLYARD_PREFECT_API_URL", "MLYARD_MLFLOW_TRACKING_URI", "MLYARD_CATALOG_URL", "MLFLOW_TRACKING_URI"):
     os.environ.pop(key, None)
 (_HOME / "prefect").mkdir(parents=True, exist_ok=True)
+# Prefect binds its console log handler to the sys.stderr of the moment it sets up logging (its first
+# flow run): set it up now, so that a test running the CLI in process (typer's CliRunner swaps stderr for
+# a buffer it later closes) does not leave the handler writing to a closed buffer for later tests.
+from prefect.logging.configuration import setup_logging  # noqa: E402
 
+setup_logging()
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

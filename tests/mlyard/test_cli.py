@@ -32,17 +32,17 @@ def test_batch_and_evaluation_commands(platform, models, tmp_path):
                                             "output_uri": str(tmp_path / "out")})
     res = runner.invoke(app, ["batch", "-f", str(spec), "--set", "batch_size=16", "--json"])
     assert res.exit_code == 0, res.output
-    batch = json.loads(res.output[res.output.index("{"):])
+    batch = json.loads(res.stdout[res.stdout.index("{"):])
     assert batch["rows"] == 80 and batch["failed_rows"] == 0
     res = runner.invoke(app, ["batches", "list", "--json"])
-    assert any(r["id"] == batch["batch_id"] and r["status"] == "COMPLETE" for r in json.loads(res.output))
+    assert any(r["id"] == batch["batch_id"] and r["status"] == "COMPLETE" for r in json.loads(res.stdout))
     res = runner.invoke(app, ["batches", "show", batch["batch_id"], "--json"])
-    assert json.loads(res.output)["summary"]["rows"] == 80
+    assert json.loads(res.stdout)["summary"]["rows"] == 80
     res = runner.invoke(app, ["batches", "copy", batch["batch_id"], "--set", f"output_uri={tmp_path / 'copy'}", "--json"])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output[res.output.index("{"):])["rows"] == 80 and (tmp_path / "copy" / "data.jsonl.predictions.jsonl").exists()
+    assert json.loads(res.stdout[res.stdout.index("{"):])["rows"] == 80 and (tmp_path / "copy" / "data.jsonl.predictions.jsonl").exists()
     res = runner.invoke(app, ["batches", "list", "--json"])
-    assert any(r["name"] == "cli-batch-copy" for r in json.loads(res.output))
+    assert any(r["name"] == "cli-batch-copy" for r in json.loads(res.stdout))
 
     ids = []
     for name, model in (("cli-a", models["classifier"]), ("cli-b", models["slow"])):
@@ -51,12 +51,12 @@ def test_batch_and_evaluation_commands(platform, models, tmp_path):
                                                 "id_field": "id", "output_uri": str(tmp_path / f"out-{name}")})
         res = runner.invoke(app, ["evaluate", "-f", str(ev), "--json"])
         assert res.exit_code == 0, res.output
-        ids.append(json.loads(res.output[res.output.index("{"):])["evaluation_id"])
+        ids.append(json.loads(res.stdout[res.stdout.index("{"):])["evaluation_id"])
     res = runner.invoke(app, ["evaluations", "compare", *ids, "--out", str(tmp_path / "cmp")])
     assert res.exit_code == 0 and "roc_auc" in res.output and "n/a" in res.output, res.output
     assert list((tmp_path / "cmp").glob("compare-*.png"))
     res = runner.invoke(app, ["evaluations", "show", ids[1], "--json"])
-    assert "no class probabilities" in json.loads(res.output)["not_applicable"]["roc_auc"]
+    assert "no class probabilities" in json.loads(res.stdout)["not_applicable"]["roc_auc"]
     res = runner.invoke(app, ["evaluations", "delete", ids[1]])
     assert res.exit_code == 0
     res = runner.invoke(app, ["evaluations", "show", ids[1]])
