@@ -95,7 +95,10 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
         db = settings.prefect_home / "prefect.db"
         if not db.exists():  # a fresh home: start from an empty database that is already migrated
             settings.prefect_home.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(empty_prefect_db(echo), db)
+            try:
+                shutil.copyfile(empty_prefect_db(echo), db)
+            except (OSError, StackError) as exc:  # e.g. an installation we cannot write to: Prefect migrates
+                echo(f"(no prepared Prefect database: {exc}; the server makes its own)")
         echo(f"starting the Prefect server on {state.ui_url} (database under {settings.prefect_home}) ...")
         log = logs / "prefect-server.log"
         srv_env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}

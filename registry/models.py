@@ -94,17 +94,20 @@ def detect_framework(model_dir: Path) -> tuple[str, str]:
     return ("pyfunc", str(flavors["python_function"].get("python_version", ""))) if "python_function" in flavors else ("custom", "")
 
 
+def signature_json(signature) -> dict[str, Any]:
+    """An MLflow ModelSignature as MLflow's schema JSON: {"inputs": [...], "outputs": [...] or None}."""
+    data = signature.to_dict()
+    return {"inputs": json.loads(data["inputs"]), "outputs": json.loads(data["outputs"]) if data.get("outputs") else None}
+
+
 def declared_signature(model_dir: Path) -> dict[str, Any] | None:
-    """The signature an MLflow model's MLmodel declares (MLflow's schema JSON), or None."""
-    mlmodel = model_dir / "MLmodel"
-    if not mlmodel.is_file():
+    """The signature an MLflow model's MLmodel declares, or None."""
+    from mlflow.models import Model
+
+    if not (model_dir / "MLmodel").is_file():
         return None
-    sig = (yaml.safe_load(mlmodel.read_text()) or {}).get("signature") or {}
-    if not sig.get("inputs"):
-        return None
-    outputs = sig.get("outputs")
-    return {"inputs": json.loads(sig["inputs"]), "outputs": json.loads(outputs) if outputs else None,
-            "source": "declared in MLmodel"}
+    signature = Model.load(str(model_dir)).signature
+    return None if signature is None else {**signature_json(signature), "source": "declared in MLmodel"}
 
 
 def signature_text(signature: dict[str, Any] | None) -> str:
@@ -117,7 +120,7 @@ def signature_text(signature: dict[str, Any] | None) -> str:
             return "?"
         if isinstance(schema, str):
             return schema
-        if schema and schema[0].get("type") == "tensor":
+        if schema[0].get("type") == "tensor":
             spec = schema[0].get("tensor-spec", {})
             shape = [d for d in spec.get("shape", []) if d != -1]
             return f"{' x '.join(map(str, shape)) + ' x ' if shape else ''}{spec.get('dtype', '?')} tensor"

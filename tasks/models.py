@@ -64,24 +64,28 @@ def load_model(uri: str) -> Model:
 
 
 def estimator_signature(model_dir: Path) -> dict[str, Any] | None:
-    """A signature read off a scikit-learn estimator (MLflow's schema JSON), for a model saved without
-    one: named columns when it was fitted on a DataFrame, else a float64 tensor of n_features_in_
-    columns; outputs are its classes' dtype (classifiers) or float64. None for any other model."""
+    """A signature read off a scikit-learn estimator, for a model saved without one: named double
+    columns when it was fitted on a DataFrame, else a float64 tensor of n_features_in_ columns; outputs
+    are its classes' dtype (classifiers) or float64, as MLflow's schema JSON; None for any other model.
+    Used at registration, where MLflow is loaded anyway."""
     try:
         est = _sklearn_estimator(model_dir)
     except Exception:  # a model that does not load says so where it is used, not at registration
         return None
     if est is None or not hasattr(est, "n_features_in_"):
         return None
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    from registry.models import signature_json
+
     names = getattr(est, "feature_names_in_", None)
-    if names is not None:
-        inputs: list[dict[str, Any]] = [{"type": "double", "name": str(n), "required": True} for n in names]
-    else:
-        inputs = [{"type": "tensor", "tensor-spec": {"dtype": "float64", "shape": [-1, int(est.n_features_in_)]}}]
+    inputs = (Schema([ColSpec("double", str(n)) for n in names]) if names is not None else
+              Schema([TensorSpec(np.dtype("float64"), (-1, int(est.n_features_in_)))]))
     classes = getattr(est, "classes_", None)
-    dtype = str(getattr(classes, "dtype", "float64")) if classes is not None else "float64"
-    return {"inputs": inputs, "outputs": [{"type": "tensor", "tensor-spec": {"dtype": dtype, "shape": [-1]}}],
-            "source": "read off the scikit-learn estimator"}
+    outputs = Schema([TensorSpec(np.dtype(classes.dtype) if classes is not None else np.dtype("float64"), (-1,))])
+    return {**signature_json(ModelSignature(inputs=inputs, outputs=outputs)), "source": "read off the scikit-learn estimator"}
 
 
 def _sklearn_estimator(path: Path):

@@ -85,9 +85,9 @@ def _as_process(setup: TrialSetup, tracking: Tracking, tspec: TrainingSpec, tags
         state, reason, status = KatibState.FAILED, str(exc), "FAILED"
     except Exception as exc:  # an engine error: the trial failed, the tuning goes on
         state, reason, status = KatibState.FAILED, f"{type(exc).__name__}: {exc}", "FAILED"
-    if state == KatibState.SUCCEEDED and not pruner.values:
-        state, status = KatibState.METRICS_UNAVAILABLE, "FAILED"
-        reason = f"the objective {spec.objective.metric!r} was never printed"
+    state, reason = pruner.checked(state, reason)
+    if state == KatibState.METRICS_UNAVAILABLE:
+        status = "FAILED"
     try:
         if state == KatibState.SUCCEEDED:
             save_model(None, tracking, tspec, dirs, run_id, to_output_uris=False)

@@ -101,6 +101,12 @@ class Pruner:
             return f"early stopped by the median rule after {self.pruned_at} reports"
         return self.loop.stop_reason
 
+    def checked(self, state: KatibState, reason: str | None) -> tuple[KatibState, str | None]:
+        """A trial that SUCCEEDED without ever reporting its objective is METRICS_UNAVAILABLE."""
+        if state == KatibState.SUCCEEDED and not self.values:
+            return KatibState.METRICS_UNAVAILABLE, f"the objective {self.loop.spec.objective.metric!r} was never printed"
+        return state, reason
+
     def stopped_state(self) -> KatibState:
         """How a trial that was stopped ended: by the median rule, or killed."""
         return KatibState.EARLY_STOPPED if self.pruned_at is not None else KatibState.KILLED
@@ -108,11 +114,9 @@ class Pruner:
 
 def record_outcome(trial: optuna.Trial, spec: TuningSpec, pruner: Pruner, state: KatibState, reason: str | None,
                    run_id: str | None) -> KatibState:
-    """Close the trial in the study: a SUCCEEDED trial that never printed its objective is
-    METRICS_UNAVAILABLE; its value is the best one it reported."""
+    """Close the trial in the study (see `Pruner.checked`); its value is the best one it reported."""
+    state, reason = pruner.checked(state, reason)
     value = best_value(pruner.values, spec.objective.direction)
-    if state == KatibState.SUCCEEDED and value is None:
-        state, reason = KatibState.METRICS_UNAVAILABLE, f"the objective {spec.objective.metric!r} was never printed"
     trial.set_user_attr(STATE_ATTR, state.value)
     if run_id:
         trial.set_user_attr(RUN_ID_ATTR, run_id)
