@@ -16,7 +16,7 @@ $(STAMP):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,torch]'
-	$(PY) -c 'from mlyard.stack import empty_prefect_db; empty_prefect_db()'
+	$(PY) -c 'from mlyard.stack import prepared_prefect_db; prepared_prefect_db()'
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -82,9 +82,11 @@ def load(model: type, spec: Any, sets: dict[str, Any] | None = None) -> Any:
     return with_overrides(loaded, sets or {}, source="--set")
 
 
-def check(action: Action, spec, settings: Settings) -> None:
+def check(action: Action, spec, settings: Settings) -> str | None:
     """Refuse a spec whose inputs, entry point, model or alias do not exist, before any run is made.
-    MLflow (slow to import) is touched only to look up a registered model or a template."""
+    MLflow (slow to import) is touched only to look up a template, and a registered model only when
+    no warm mlyard API runs (mlyard/queries.py). Returns the framework of a batch inference's or an
+    evaluation's model when it is known (registered, or an MLflow model directory)."""
     from tasks import checks
     from tasks.storage import Storage
 
@@ -102,12 +104,15 @@ def check(action: Action, spec, settings: Settings) -> None:
     else:
         checks.input_location(storage, spec.input_uri)
         checks.output_outside_input(spec.input_uri, spec.output_uri)
-        models = None
         if is_registry_ref(spec.model) or spec.model.startswith("models:/"):
-            from flows.platform import Platform
+            from mlyard.queries import ask
 
-            models = Platform(settings).models
-        checks.model_reference(storage, models, spec.model)
+            return ask("model_reference", model=spec.model)["framework"]  # the warm mlyard API when it runs
+        checks.model_reference(storage, None, spec.model)
+        from tasks.models import local_framework
+
+        return local_framework(spec.model)
+    return None
 
 
 def run(action: Action, spec: Any, *, sets: dict[str, Any] | None = None, submit: bool = False,
@@ -117,9 +122,13 @@ def run(action: Action, spec: Any, *, sets: dict[str, Any] | None = None, submit
         raise SpecError("pool", pool, "local or gpu")
     settings = connect()
     spec = load(action.spec, spec, sets).resolved(base or Path.cwd())
-    check(action, spec, settings)
+    framework = check(action, spec, settings)
     if submit:
         return _submit(action, spec, pool)
+    if framework == "sklearn":
+        from tasks.models import prepare_sklearn_loader
+
+        prepare_sklearn_loader()  # before Prefect and MLflow are imported: see its docstring
     module, name = action.flow.split(":")
     flow_fn = getattr(importlib.import_module(module), name)
     state = flow_fn(spec, return_state=True)

@@ -34,6 +34,7 @@ class StackState:
     pids: dict[str, int] = field(default_factory=dict)
     logs: dict[str, str] = field(default_factory=dict)
     mlflow_ui_url: str | None = None
+    service_url: str | None = None  # the warm mlyard API (mlyard/service.py) that answers the CLI's reads
     deployments: str | None = None  # digest of what the registered deployments were made from
     started_at: float = field(default_factory=time.time)
 

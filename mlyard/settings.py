@@ -43,6 +43,10 @@ class Settings(BaseSettings):
         "Unset: the embedded server that `mlyard up` started for this home.",
     )
     prefect_port: int = Field(default=4200, ge=1, le=65535, description="Port of the embedded Prefect server.")
+    api_port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description="Port of the mlyard API that `mlyard up` starts (it answers the CLI's lists and shows "
+        "warm). Unset: the Prefect port + 1 (4201).")
     mlflow_tracking_uri: str | None = Field(
         default=None,
         description="MLflow tracking URI (e.g. http://mlflow:5000). Unset: sqlite:///<home>/mlflow.db.",
@@ -95,6 +99,10 @@ class Settings(BaseSettings):
                 if (folder / DEFAULT_HOME).is_dir():
                     return (folder / DEFAULT_HOME).resolve()
         return self.home.expanduser().resolve()
+
+    @property
+    def service_port(self) -> int:
+        return self.api_port or self.prefect_port + 1
 
     @property
     def prefect_home(self) -> Path:

@@ -1,5 +1,6 @@
 """The embedded stack: a local Prefect server on SQLite, the `local` process pool with a worker,
-the deployments from infra/prefect.yaml, and (on request) the MLflow UI — all under `<home>`.
+the deployments from infra/prefect.yaml, the mlyard API (warm answers for the CLI's reads,
+mlyard/service.py) and (on request) the MLflow UI — all under `<home>`.
 
 State lives in `<home>/stack.json` (pids, URLs); `down` ends each process group it started.
 """
@@ -27,6 +28,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PREFECT_YAML = PROJECT_ROOT / "infra" / "prefect.yaml"
 GPU_TEMPLATE = PROJECT_ROOT / "infra" / "gpu-job-template.json"
 LOCAL_POOL, GPU_POOL = "local", "gpu"
+DEFAULT_IMAGE = "mlyard:0.1.0"
 
 
 def write_state(settings: Settings, state: StackState) -> None:
@@ -76,7 +78,7 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
     home.mkdir(parents=True, exist_ok=True)
     point_prefect(settings, None)
     env = {**os.environ, **settings.engine_env(), "MLYARD_PROJECT_ROOT": str(PROJECT_ROOT)}
-    env.setdefault("MLYARD_IMAGE", "mlyard:0.1.0")
+    env.setdefault("MLYARD_IMAGE", DEFAULT_IMAGE)
     api_url = f"http://127.0.0.1:{settings.prefect_port}/api"
     state = read_state(settings) or StackState(api_url=api_url, ui_url=f"http://127.0.0.1:{settings.prefect_port}")
     logs = home / "logs"
@@ -85,40 +87,43 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
 
     server_up = bool(state.pids.get("prefect-server") and alive(state.pids["prefect-server"]) and healthy(state.api_url))
     worker_up = bool(state.pids.get("worker") and alive(state.pids["worker"]))
+    service_up = bool(state.pids.get("mlyard-api") and alive(state.pids["mlyard-api"]))
     digest = _deployments_digest(env["MLYARD_IMAGE"])
-    if server_up and worker_up and state.deployments == digest:
+    if server_up and worker_up and service_up and state.deployments == digest:
         return state  # already up, deployments current: nothing to do
 
     if not server_up:
         if healthy(api_url):
             raise StackError(f"something else already answers at {api_url}; stop it or set MLYARD_PREFECT_PORT")
         db = settings.prefect_home / "prefect.db"
-        if not db.exists():  # a fresh home: start from an empty database that is already migrated
+        state.deployments = None
+        if not db.exists():  # a fresh home: start from a database that is already migrated
             settings.prefect_home.mkdir(parents=True, exist_ok=True)
+            prepared = prepared_db_path(digest)
             try:
-                shutil.copyfile(empty_prefect_db(echo), db)
+                if prepared.is_file():  # this installation's pools, automation and deployments already in it
+                    shutil.copyfile(prepared, db)
+                    state.deployments = digest
+                else:
+                    shutil.copyfile(empty_prefect_db(echo), db)
             except (OSError, StackError) as exc:  # e.g. an installation we cannot write to: Prefect migrates
                 echo(f"(no prepared Prefect database: {exc}; the server makes its own)")
         echo(f"starting the Prefect server on {state.ui_url} (database under {settings.prefect_home}) ...")
-        log = logs / "prefect-server.log"
-        srv_env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
-        # The UI calls the API at this URL; without it the UI assumes port 4200.
-        srv_env.update({"PREFECT_UI_API_URL": api_url, "PREFECT_SERVER_API_PORT": str(settings.prefect_port),
-                        "PREFECT_SERVER_API_HOST": "127.0.0.1"})
-        pid = _spawn([prefect_bin, "server", "start", "--host", "127.0.0.1", "--port", str(settings.prefect_port)],
-                     log, srv_env)
-        state.pids["prefect-server"], state.logs["prefect-server"] = pid, str(log)
-        state.deployments = None
+        pid = _start_server(settings, env, logs / "prefect-server.log")
+        state.pids["prefect-server"], state.logs["prefect-server"] = pid, str(logs / "prefect-server.log")
         write_state(settings, state)
         # The MLflow database and the catalog are made while the server migrates its own.
         stores = threading.Thread(target=_init_stores, args=(settings,), name="mlyard-init-stores")
         stores.start()
         try:
-            _wait_healthy(api_url, pid, log, start_timeout)
+            _wait_healthy(api_url, pid, logs / "prefect-server.log", start_timeout)
         finally:
             stores.join()
     env["PREFECT_API_URL"] = state.api_url
     point_prefect(settings, state.api_url)
+    service_pid = 0
+    if not service_up:  # it warms up (imports, first reads) while the rest is set up
+        service_pid = _start_service(settings, state, env, logs)
 
     ensure_pools(echo)
     ensure_crash_detection()
@@ -136,7 +141,45 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
         register_deployments(env)
         state.deployments = digest
     write_state(settings, state)
+    if not service_up:
+        _wait_service(state, service_pid, echo)
     return state
+
+
+def _start_server(settings: Settings, env: dict[str, str], log: Path) -> int:
+    api_url = f"http://127.0.0.1:{settings.prefect_port}/api"
+    srv_env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
+    # The UI calls the API at this URL; without it the UI assumes port 4200.
+    srv_env.update({"PREFECT_UI_API_URL": api_url, "PREFECT_SERVER_API_PORT": str(settings.prefect_port),
+                    "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_HOME": str(settings.prefect_home)})
+    return _spawn([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
+                   "--port", str(settings.prefect_port)], log, srv_env)
+
+
+def _start_service(settings: Settings, state: StackState, env: dict[str, str], logs: Path) -> int:
+    port = settings.service_port
+    url = f"http://127.0.0.1:{port}"
+    if healthy(url):
+        raise StackError(f"something else already answers at {url}; stop it or set MLYARD_API_PORT")
+    log = logs / "mlyard-api.log"
+    pid = _spawn([sys.executable, "-m", "mlyard.service", "--port", str(port)], log,
+                 {**env, "MLYARD_HOME": str(settings.home_dir)}, cwd=PROJECT_ROOT)
+    state.pids["mlyard-api"], state.logs["mlyard-api"], state.service_url = pid, str(log), url
+    write_state(settings, state)
+    return pid
+
+
+def _wait_service(state: StackState, pid: int, echo, timeout: float = 90.0) -> None:
+    """Wait for the mlyard API to be warm. If it does not come up, `up` still succeeds: the CLI then
+    computes its answers itself, only slower."""
+    url = state.service_url or ""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and alive(pid):
+        if healthy(url, timeout=1.0):
+            echo(f"the mlyard API answers on {url}")
+            return
+        time.sleep(0.2)
+    echo(f"(the mlyard API is not answering at {url}; commands still work, slower; see {state.logs['mlyard-api']})")
 
 
 def empty_prefect_db(echo=print) -> Path:
@@ -163,12 +206,84 @@ def empty_prefect_db(echo=print) -> Path:
     return path
 
 
+def prepared_db_path(digest: str) -> Path:
+    from importlib.metadata import version
+
+    return Path(sys.prefix) / "share" / "mlyard" / f"prefect-{version('prefect')}-{digest}.db"
+
+
+def prepared_prefect_db(echo=print) -> Path:
+    """A Prefect database that already holds this installation's work pools, crash automation and
+    deployments (made once per installation by `make install`, with a temporary server): a fresh
+    home starts from a copy, so a cold `mlyard up` only starts processes. Remade when what the
+    deployments are made from changes (see `_deployments_digest`); `up` registers them itself when
+    no copy fits (another MLYARD_IMAGE, an edited flow)."""
+    import socket
+
+    digest = _deployments_digest(os.environ.get("MLYARD_IMAGE", DEFAULT_IMAGE))
+    path = prepared_db_path(digest)
+    if path.is_file():
+        return path
+    empty = empty_prefect_db(echo)
+    echo("preparing this installation's Prefect database (pools, automation, deployments) ...")
+    with tempfile.TemporaryDirectory() as tmp, socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        sock.close()
+        settings = Settings(home=Path(tmp), prefect_port=port)
+        settings.prefect_home.mkdir(parents=True)
+        shutil.copyfile(empty, settings.prefect_home / "prefect.db")
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}, **settings.engine_env(),
+               "MLYARD_PROJECT_ROOT": str(PROJECT_ROOT), "MLYARD_IMAGE": os.environ.get("MLYARD_IMAGE", DEFAULT_IMAGE)}
+        log = Path(tmp) / "prefect-server.log"
+        pid = _start_server(settings, env, log)
+        try:
+            api_url = f"http://127.0.0.1:{port}/api"
+            _wait_healthy(api_url, pid, log, 240.0)
+            point_prefect(settings, api_url)
+            ensure_pools(lambda _: None)
+            ensure_crash_detection()
+            register_deployments({**env, "PREFECT_API_URL": api_url})
+        finally:
+            _stop_group(pid, 30.0)
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        _copy_sqlite(settings.prefect_home / "prefect.db", partial)
+        os.replace(partial, path)
+    return path
+
+
+def _copy_sqlite(source: Path, target: Path) -> None:
+    """A consistent copy of a SQLite database, its write-ahead log included (a file copy would lose
+    what the log still holds), checked to hold every deployment of prefect.yaml."""
+    import sqlite3
+
+    import yaml
+
+    target.unlink(missing_ok=True)
+    src, dst = sqlite3.connect(source), sqlite3.connect(target)
+    try:
+        src.backup(dst)
+        found = dst.execute("SELECT count(*) FROM deployment").fetchone()[0]
+    finally:
+        src.close()
+        dst.close()
+    wanted = len(yaml.safe_load(PREFECT_YAML.read_text())["deployments"])
+    if found != wanted:
+        target.unlink(missing_ok=True)
+        raise StackError(f"the prepared Prefect database holds {found} deployments, not the {wanted} of {PREFECT_YAML}")
+
+
 def _deployments_digest(image: str) -> str:
-    """What the registered deployments were made from: re-registered only when it changes."""
+    """What the registered deployments are made from (prefect.yaml, the GPU job template, the image,
+    this checkout, and the flows and specs their parameter schemas come from): re-registered only
+    when it changes."""
     import hashlib
 
-    return hashlib.sha256(PREFECT_YAML.read_bytes() + GPU_TEMPLATE.read_bytes() + image.encode()
-                          + str(PROJECT_ROOT).encode()).hexdigest()[:16]
+    h = hashlib.sha256(PREFECT_YAML.read_bytes() + GPU_TEMPLATE.read_bytes() + image.encode()
+                       + str(PROJECT_ROOT).encode())
+    for source in sorted([*(PROJECT_ROOT / "flows").glob("*.py"), *(PROJECT_ROOT / "mlyard" / "specs").glob("*.py")]):
+        h.update(source.name.encode() + source.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def _init_stores(settings: Settings) -> None:
@@ -288,35 +403,43 @@ def down(settings: Settings, echo=print, grace_seconds: float = 15.0) -> list[st
     stopped = []
     for name in sorted(state.pids, key=lambda n: n == "prefect-server"):
         pid = state.pids[name]
-        if not alive(pid):
-            continue
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-        deadline = time.monotonic() + grace_seconds
-        while alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if alive(pid):
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        stopped.append(name)
-        echo(f"stopped {name} (pid {pid})")
+        if _stop_group(pid, grace_seconds):
+            stopped.append(name)
+            echo(f"stopped {name} (pid {pid})")
     settings.stack_file.unlink(missing_ok=True)
     return stopped
+
+
+def _stop_group(pid: int, grace_seconds: float) -> bool:
+    """End the process group of `pid` (SIGTERM, then SIGKILL after the grace); False if it was gone."""
+    if not alive(pid):
+        return False
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + grace_seconds
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if alive(pid):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return True
 
 
 def status(settings: Settings) -> dict:
     state = read_state(settings)
     out = {"home": str(settings.home_dir), "running": False, "processes": {},
            "prefect_ui": None, "prefect_api": settings.prefect_api_url, "mlflow_tracking_uri": settings.mlflow_uri,
-           "mlflow_ui": None, "catalog": settings.catalog_db_url}
+           "mlflow_ui": None, "mlyard_api": None, "catalog": settings.catalog_db_url}
     if state:
         out["processes"] = {n: {"pid": p, "alive": alive(p), "log": state.logs.get(n)} for n, p in state.pids.items()}
         if healthy(state.api_url) if state.api_url else False:
             out.update(running=True, prefect_ui=state.ui_url, prefect_api=state.api_url)
+        if state.service_url and state.pids.get("mlyard-api") and alive(state.pids["mlyard-api"]):
+            out["mlyard_api"] = state.service_url
         if state.mlflow_ui_url and state.pids.get("mlflow-ui") and alive(state.pids["mlflow-ui"]):
             out["mlflow_ui"] = state.mlflow_ui_url
     return out

@@ -110,26 +110,6 @@ def declared_signature(model_dir: Path) -> dict[str, Any] | None:
     return None if signature is None else {**signature_json(signature), "source": "declared in MLmodel"}
 
 
-def signature_text(signature: dict[str, Any] | None) -> str:
-    """One line for people: `inputs: 64 x float64 tensor; outputs: int64 tensor`."""
-    if not signature:
-        return "none"
-
-    def side(schema) -> str:
-        if not schema:
-            return "?"
-        if isinstance(schema, str):
-            return schema
-        if schema[0].get("type") == "tensor":
-            spec = schema[0].get("tensor-spec", {})
-            shape = [d for d in spec.get("shape", []) if d != -1]
-            return f"{' x '.join(map(str, shape)) + ' x ' if shape else ''}{spec.get('dtype', '?')} tensor"
-        cols = [f"{c.get('name', '?')}:{c.get('type', '?')}" for c in schema]
-        return f"{len(cols)} columns ({', '.join(cols[:4])}{', ...' if len(cols) > 4 else ''})"
-
-    return f"inputs: {side(signature.get('inputs'))}; outputs: {side(signature.get('outputs'))}"
-
-
 class ModelRegistry:
     """`infer_signature(model_dir)` gives a signature for a model whose MLmodel declares none (the
     platform passes the model loader's, which reads it off a scikit-learn estimator)."""

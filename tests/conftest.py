@@ -33,6 +33,7 @@ _PORT = free_port()
 os.environ.update({
     "MLYARD_HOME": str(_HOME),
     "MLYARD_PREFECT_PORT": str(_PORT),
+    "MLYARD_API_PORT": str(free_port()),
     "PREFECT_HOME": str(_HOME / "prefect"),
     "PREFECT_API_URL": f"http://127.0.0.1:{_PORT}/api",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 PURE = ["mlyard.settings", "mlyard.errors", "mlyard.specs", "mlyard.uris", "mlyard.connection", "mlyard.api", "mlyard.cli",
+        "mlyard.queries",
         "tasks.checks", "mlyard.trainings", "mlyard.runs", "tasks.launch", "tasks.evaluation", "tasks.metrics",
         # a batch worker process starts without Prefect:
         "tasks.inference", "tasks.transport", "tuning.loop", "registry", "tuning", "schedules", "serving"]

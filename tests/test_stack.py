@@ -46,6 +46,16 @@ def test_status_shows_urls(stack):
     info = json.loads(cli("status", "--json").stdout)
     assert info["running"] is True and info["prefect_ui"] == stack.ui_url
     assert info["processes"]["worker"]["alive"] and info["mlflow_tracking_uri"].startswith("sqlite:///")
+    assert info["processes"]["mlyard-api"]["alive"] and info["mlyard_api"] == stack.service_url
+
+
+def test_a_fresh_home_starts_from_the_installations_prepared_database(stack):
+    """`make install` prepared a Prefect database holding the pools, the crash automation and the
+    deployments of this checkout; the test stack's fresh home started from it, so `up` registered nothing."""
+    from mlyard.stack import DEFAULT_IMAGE, _deployments_digest, prepared_db_path
+
+    digest = _deployments_digest(DEFAULT_IMAGE)
+    assert prepared_db_path(digest).is_file() and stack.deployments == digest
 
 
 def test_prefect_ui_talks_to_this_server(stack):

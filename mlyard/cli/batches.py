@@ -12,11 +12,10 @@ from mlyard.cli.common import (
     POOL,
     SETS,
     SUBMIT,
-    connected,
+    ask,
     copied,
     emit,
     guard,
-    platform,
     run_or_submit,
     stop,
     typer_app,
@@ -44,15 +43,8 @@ def batch(
 
 def list_kind(kind_name: str, limit: int, as_json: bool, empty: str) -> None:
     """Runs of a kind (a name in mlyard.runs) with their model and status."""
-    def go():
-        from mlyard import runs
-
-        connected()
-        return runs.list_runs(getattr(runs, kind_name), limit)
-
     rows = []
-    for r in guard(go):
-        row = r.as_dict()
+    for row in guard(lambda: ask("runs_list", kind=kind_name, limit=limit)):
         spec = row.pop("spec")
         rows.append({**row, "model": spec.get("model")})
     emit(rows, as_json, ["id", "name", "model", "status", "run_seconds", "created_at", "cause"], empty=empty)
@@ -67,22 +59,7 @@ def batches_list(limit: int = LIMIT, as_json: bool = JSON) -> None:
 @app.command("show")
 def batches_show(batch_id: str, as_json: bool = JSON) -> None:
     """One batch inference: status, cause of a failure, its summary (rows, failed rows, rows/s) and links."""
-    def go():
-        from mlyard.links import links
-        from mlyard.names import TAG_BATCH_ID
-        from mlyard.runs import BATCH, get_run
-
-        p = platform()
-        info = get_run(BATCH, batch_id).as_dict()
-        run_id = p.tracking.find_run({TAG_BATCH_ID: batch_id})
-        run = p.tracking.get_run(run_id) if run_id else None
-        if run is not None:
-            info["mlflow_run_id"] = run.run_id
-            info["summary"] = {k: (int(v) if float(v).is_integer() else v) for k, v in run.metrics.items()}
-        info["links"] = links(p.settings, batch_id, run.run_id if run else None, run.experiment_id if run else None)
-        return info
-
-    emit(guard(go), as_json)
+    emit(guard(lambda: ask("batches_show", batch_id=batch_id)), as_json)
 
 
 @app.command("stop")

@@ -61,6 +61,13 @@ def connected():
     return connect()
 
 
+def ask(query: str, /, **kwargs: Any) -> Any:
+    """A read (a list, a show): answered by the stack's warm mlyard API, else here (mlyard/queries.py)."""
+    from mlyard.queries import ask as _ask
+
+    return _ask(query, **kwargs)
+
+
 def platform():
     from flows.platform import Platform
 

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from mlyard.cli.batches import LIMIT, list_kind
-from mlyard.cli.common import JSON, POOL, SETS, SUBMIT, emit, guard, out, platform, run_or_submit, stop, typer_app
+from mlyard.cli.common import JSON, POOL, SETS, SUBMIT, ask, emit, guard, out, platform, run_or_submit, stop, typer_app
 
 app = typer_app("List, inspect, compare and delete model evaluations.")
 
@@ -38,16 +38,7 @@ def evaluations_list(limit: int = LIMIT, as_json: bool = JSON) -> None:
 @app.command("show")
 def evaluations_show(evaluation_id: str, as_json: bool = JSON) -> None:
     """One evaluation: status, metrics, the metrics that do not apply (and why), its MLflow run and links."""
-    def go():
-        from mlyard import evaluations
-        from mlyard.links import links
-
-        p = platform()
-        info = evaluations.show(p.tracking, evaluation_id)
-        info["links"] = links(p.settings, evaluation_id, info.get("mlflow_run_id"), info.get("experiment_id"))
-        return info
-
-    emit(guard(go), as_json)
+    emit(guard(lambda: ask("evaluations_show", evaluation_id=evaluation_id)), as_json)
 
 
 @app.command("compare")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from mlyard.cli.common import JSON, emit, guard, out, platform, typer_app
+from mlyard.cli.common import JSON, ask, emit, guard, out, platform, typer_app
 
 app = typer_app("MLflow experiments that group trainings.")
 
@@ -18,7 +18,7 @@ def experiments_create(name: str, description: str = typer.Option("", help="Show
 @app.command("list")
 def experiments_list(as_json: bool = JSON) -> None:
     """Experiments with their number of trainings (and how many run now)."""
-    rows = [e.as_dict() for e in guard(lambda: platform().experiments.list())]
+    rows = guard(lambda: ask("experiments_list"))
     emit(rows, as_json, ["id", "name", "trainings", "running", "created_at", "description"],
          empty="no experiments yet: `mlyard experiments create NAME`, or a training makes its own")
 

@@ -4,15 +4,35 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
-from mlyard.cli.common import JSON, emit, guard, out, parse_sets, platform, typer_app
+from mlyard.cli.common import JSON, ask, emit, guard, out, parse_sets, platform, typer_app
 from mlyard.errors import SpecError
 from mlyard.names import TAG_BEST_RUN_ID, TAG_KIND, TAG_TUNING_ID
 
 app = typer_app("The model registry (MLflow): models, versions, aliases.")
+
+
+def signature_text(signature: dict[str, Any] | None) -> str:
+    """One line for people: `inputs: 64 x float64 tensor; outputs: int64 tensor`."""
+    if not signature:
+        return "none"
+
+    def side(schema) -> str:
+        if not schema:
+            return "?"
+        if isinstance(schema, str):
+            return schema
+        if schema[0].get("type") == "tensor":
+            spec = schema[0].get("tensor-spec", {})
+            shape = [d for d in spec.get("shape", []) if d != -1]
+            return f"{' x '.join(map(str, shape)) + ' x ' if shape else ''}{spec.get('dtype', '?')} tensor"
+        cols = [f"{c.get('name', '?')}:{c.get('type', '?')}" for c in schema]
+        return f"{len(cols)} columns ({', '.join(cols[:4])}{', ...' if len(cols) > 4 else ''})"
+
+    return f"inputs: {side(signature.get('inputs'))}; outputs: {side(signature.get('outputs'))}"
 
 
 @app.command("create")
@@ -73,16 +93,12 @@ def models_create(
 @app.command("list")
 def models_list(as_json: bool = JSON) -> None:
     """Models with their newest version and aliases."""
-    def rows():
-        res = []
-        for m in platform().models.list():
-            last = m.versions[-1] if m.versions else None
-            res.append({"name": m.name, "versions": len(m.versions), "latest": last.version if last else None,
-                        "framework": last.framework if last else None, "aliases": m.aliases,
-                        "description": m.description})
-        return res
-
-    data = guard(rows)
+    data = []
+    for m in guard(lambda: ask("models_list")):
+        last = m["versions"][-1] if m["versions"] else None
+        data.append({"name": m["name"], "versions": len(m["versions"]), "latest": last["version"] if last else None,
+                     "framework": last["framework"] if last else None, "aliases": m["aliases"],
+                     "description": m["description"]})
     if not as_json:
         for r in data:
             r["aliases"] = ", ".join(f"{a}->{v}" for a, v in r["aliases"].items())
@@ -93,15 +109,7 @@ def models_list(as_json: bool = JSON) -> None:
 @app.command("show")
 def models_show(ref: str = typer.Argument(..., help="name, name/version or name@alias"), as_json: bool = JSON) -> None:
     """A model with all its versions, or one version."""
-    def go():
-        p = platform()
-        if "/" in ref or "@" in ref:
-            return p.models.resolve(ref).as_dict()
-        return p.models.get(ref).as_dict()
-
-    from registry.models import signature_text
-
-    data = guard(go)
+    data = guard(lambda: ask("models_show", ref=ref))
     if as_json:
         emit(data, as_json)
         return

@@ -8,14 +8,16 @@ from typing import Optional
 import typer
 import yaml
 
-from mlyard.cli.common import JSON, SETS, emit, guard, out, parse_sets, platform, typer_app
+from mlyard.cli.common import JSON, SETS, ask, emit, guard, out, parse_sets, platform, typer_app
 
 app = typer_app("Saved training specs to start trainings from.")
 
 
-def _brief(t) -> dict:
-    return {"name": t.name, "description": t.description, "created_at": t.created_at.isoformat(timespec="seconds"),
-            "source_uri": t.spec.source_uri, "entry_point": t.spec.entry_point, "experiment": t.spec.experiment}
+def _brief(t: dict) -> dict:
+    """A template (as its as_dict) in one row."""
+    spec = t["spec"]
+    return {"name": t["name"], "description": t["description"], "created_at": t["created_at"][:19],
+            "source_uri": spec["source_uri"], "entry_point": spec["entry_point"], "experiment": spec["experiment"]}
 
 
 @app.command("create")
@@ -28,13 +30,13 @@ def templates_create(name: str, file: Path = typer.Option(..., "-f", "--file", h
 
         return platform().templates.create(name, load(TrainingSpec, file).resolved(Path.cwd()), description)
 
-    emit(_brief(guard(go)), as_json)
+    emit(_brief(guard(go).as_dict()), as_json)
 
 
 @app.command("list")
 def templates_list(as_json: bool = JSON) -> None:
     """Saved templates."""
-    rows = [_brief(t) for t in guard(lambda: platform().templates.list())]
+    rows = [_brief(t) for t in guard(lambda: ask("templates_list"))]
     emit(rows, as_json, ["name", "experiment", "source_uri", "entry_point", "created_at", "description"],
          empty="no templates yet: `mlyard templates create NAME -f train.yaml`")
 
@@ -42,17 +44,20 @@ def templates_list(as_json: bool = JSON) -> None:
 @app.command("show")
 def templates_show(name: str, as_json: bool = JSON) -> None:
     """A template's full spec (YAML, ready for `mlyard train -f`; --json: the template as JSON)."""
-    t = guard(lambda: platform().templates.get(name))
+    t = guard(lambda: ask("templates_show", name=name))
     if as_json:
-        emit(t.as_dict(), True)
+        emit(t, True)
         return
-    print(yaml.safe_dump(t.spec.model_dump(mode="json", exclude_defaults=True), sort_keys=False), end="")
+    from mlyard.specs import TrainingSpec
+
+    spec = TrainingSpec.model_validate(t["spec"]).model_dump(mode="json", exclude_defaults=True)
+    print(yaml.safe_dump(spec, sort_keys=False), end="")
 
 
 @app.command("copy")
 def templates_copy(name: str, new_name: str, sets: Optional[list[str]] = SETS, as_json: bool = JSON) -> None:
     """Copy a template under a new name (with optional overrides)."""
-    emit(_brief(guard(lambda: platform().templates.copy(name, new_name, parse_sets(sets)))), as_json)
+    emit(_brief(guard(lambda: platform().templates.copy(name, new_name, parse_sets(sets))).as_dict()), as_json)
 
 
 @app.command("delete")

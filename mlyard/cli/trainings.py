@@ -12,7 +12,7 @@ from mlyard.cli.common import (
     POOL,
     SETS,
     SUBMIT,
-    connected,
+    ask,
     copied,
     emit,
     guard,
@@ -56,13 +56,7 @@ def trainings_list(experiment: Optional[str] = typer.Option(None, help="Only thi
                    limit: int = typer.Option(50, help="At most this many, newest first."),
                    as_json: bool = JSON) -> None:
     """Trainings with their status (as the console names them) and how long they ran."""
-    def go():
-        from mlyard.trainings import list_trainings
-
-        connected()
-        return [t.as_dict() for t in list_trainings(limit, experiment)]
-
-    rows = guard(go)
+    rows = guard(lambda: ask("trainings_list", limit=limit, experiment=experiment))
     for r in rows:
         r.pop("spec")
     emit(rows, as_json, ["id", "name", "experiment", "status", "run_seconds", "created_at", "work_pool"],
@@ -72,21 +66,7 @@ def trainings_list(experiment: Optional[str] = typer.Option(None, help="Only thi
 @app.command("show")
 def trainings_show(training_id: str, as_json: bool = JSON) -> None:
     """One training: status, cause of a failure, its MLflow run, metrics and links."""
-    def go():
-        from mlyard.links import links
-        from mlyard.trainings import get_training
-
-        p = platform()
-        info = get_training(training_id).as_dict()
-        run = p.tracking.find_training_run(training_id)
-        if run is not None:
-            info["mlflow_run_id"] = run.run_id
-            info["metrics"] = run.metrics
-            info["artifact_uri"] = run.artifact_uri
-        info["links"] = links(p.settings, training_id, run.run_id if run else None, run.experiment_id if run else None)
-        return info
-
-    emit(guard(go), as_json)
+    emit(guard(lambda: ask("trainings_show", training_id=training_id)), as_json)
 
 
 @app.command("stop")

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from mlyard.cli.common import JSON, POOL, SETS, SUBMIT, connected, copied, emit, guard, run_or_submit, stop, typer_app
+from mlyard.cli.common import JSON, POOL, SETS, SUBMIT, ask, copied, emit, guard, run_or_submit, stop, typer_app
 
 app = typer_app("List, inspect, stop and copy hyperparameter tunings and their trials.")
 
@@ -32,13 +32,7 @@ def tune(
 @app.command("list")
 def tunings_list(limit: int = typer.Option(50, help="At most this many, newest first."), as_json: bool = JSON) -> None:
     """Tunings with their status (COMPLETE carries its reason)."""
-    def go():
-        from mlyard.tunings import list_tunings
-
-        connected()
-        return [t.as_dict() for t in list_tunings(limit)]
-
-    rows = guard(go)
+    rows = guard(lambda: ask("tunings_list", limit=limit))
     for r in rows:
         r.pop("spec")
     emit(rows, as_json, ["id", "name", "status", "run_seconds", "created_at", "cause"],
@@ -48,36 +42,13 @@ def tunings_list(limit: int = typer.Option(50, help="At most this many, newest f
 @app.command("show")
 def tunings_show(tuning_id: str, as_json: bool = JSON) -> None:
     """One tuning: status, trial counts, the best trial so far and links."""
-    from mlyard.tunings import best_trial, get_tuning, trials
-
-    def go():
-        from mlyard.links import links
-
-        settings = connected()
-        info = get_tuning(tuning_id).as_dict()
-        rows = trials(settings.catalog_db_url, tuning_id)
-        counts: dict[str, int] = {}
-        for r in rows:
-            counts[r["state"]] = counts.get(r["state"], 0) + 1
-        info["trials"] = counts
-        info["best_trial"] = best_trial(rows, info["spec"].get("objective", {}).get("direction", "maximize"))
-        info["links"] = links(settings, tuning_id)
-        return info
-
-    emit(guard(go), as_json)
+    emit(guard(lambda: ask("tunings_show", tuning_id=tuning_id)), as_json)
 
 
 @app.command("trials")
 def tunings_trials(tuning_id: str, as_json: bool = JSON) -> None:
     """The trials of a tuning with their Katib states, hyperparameters and objective values."""
-    from mlyard.tunings import get_tuning, trials
-
-    def go():
-        settings = connected()
-        get_tuning(tuning_id)
-        return trials(settings.catalog_db_url, tuning_id)
-
-    emit(guard(go), as_json, ["number", "state", "value", "params", "seconds", "reason", "run_id"],
+    emit(guard(lambda: ask("tunings_trials", tuning_id=tuning_id)), as_json, ["number", "state", "value", "params", "seconds", "reason", "run_id"],
          empty="no trials yet")
 
 

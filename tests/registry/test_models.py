@@ -96,7 +96,7 @@ def test_signature_declared_in_mlmodel_is_recorded(models, tmp_path):
 
 
 def test_signature_read_off_the_estimator_when_none_is_declared(tracking, catalog, sklearn_model_dir):
-    from registry.models import signature_text
+    from mlyard.cli.models import signature_text
     from tasks.models import estimator_signature
 
     bare = ModelRegistry(tracking, catalog).create_from_directory("plain", sklearn_model_dir, "x")

@@ -1,0 +1,95 @@
+"""The mlyard API: a warm process that `mlyard up` starts beside the Prefect server and the worker.
+
+It answers the queries of mlyard/queries.py (every list and show, the registry check before a batch
+or an evaluation) with Prefect's client, MLflow and the catalog already imported and connected, so a
+CLI command pays for none of that. It reads only what the CLI would read itself and changes nothing;
+runs are still started by the CLI, the Python API or the Prefect UI.
+
+    POST /v1/queries/{name}   JSON body: the query's arguments -> its JSON answer
+                              an error: {"error": {"type", "message", "status"}} with that HTTP status
+    GET  /health              {"status": "ok"} once warm
+    GET  /docs                the OpenAPI page
+
+Run by the stack as `python -m mlyard.service --port N` (loopback only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from typing import Any
+
+from mlyard.queries import QUERIES, error_body
+
+log = logging.getLogger("mlyard.service")
+
+
+def create_app():
+    from fastapi import Body, FastAPI
+    from fastapi.responses import JSONResponse, Response
+
+    app = FastAPI(title="mlyard API", description=__doc__, version="0.1.0")
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/v1/queries/{name}")
+    def query(name: str, arguments: dict[str, Any] = Body(default_factory=dict)) -> Response:  # noqa: B008
+        fn = QUERIES.get(name)
+        if fn is None:
+            return JSONResponse(error_body(_unknown(name)), status_code=400)
+        try:
+            answer = fn(**arguments)
+        except TypeError as exc:  # arguments that do not fit the query
+            return JSONResponse(error_body(_bad_arguments(name, exc)), status_code=400)
+        except Exception as exc:  # noqa: BLE001 - every error goes back to the caller, as the same class
+            body = error_body(exc)
+            if body["error"]["status"] >= 500:
+                log.exception("query %s failed", name)
+            return JSONResponse(body, status_code=body["error"]["status"])
+        return Response(json.dumps(answer, default=str), media_type="application/json")
+
+    return app
+
+
+def _unknown(name: str):
+    from mlyard.errors import SpecError
+
+    return SpecError("query", name, f"one of {', '.join(sorted(QUERIES))}")
+
+
+def _bad_arguments(name: str, exc: TypeError):
+    from mlyard.errors import SpecError
+
+    return SpecError(f"query {name}", str(exc), "the query's own arguments (see mlyard/queries.py)")
+
+
+def warm_up() -> None:
+    """Import and connect everything a query touches, so the first CLI command is as fast as the rest."""
+    from mlyard import queries
+
+    queries.trainings_list(limit=1)
+    queries.experiments_list()
+    queries.models_list()
+    queries.templates_list()
+
+
+def main(argv: list[str] | None = None) -> None:
+    import uvicorn
+
+    parser = argparse.ArgumentParser(prog="python -m mlyard.service", description="The mlyard API (see its docstring).")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("mlflow.store.db.utils", "alembic", "httpx"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warm_up()
+    log.info("warm; answering on http://%s:%d", args.host, args.port)
+    uvicorn.run(create_app(), host=args.host, port=args.port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()
