@@ -78,6 +78,9 @@ def main() -> None:
         found = next(model_dir.rglob("MLmodel")).parent
         timed("load a registered sklearn model, fresh process", 1, str(BIN / "python"), "-c",
               f"from tasks.models import load_model; load_model({str(found)!r})", cwd=project)
+        # The floor under that figure: scikit-learn's own import (SciPy, pandas), before any model is read.
+        timed("  floor: import sklearn.base, fresh process", 1, str(BIN / "python"), "-c", "import sklearn.base",
+              cwd=project)
 
         # From the flow run's creation (the button press) to its COMPLETED state, as Prefect recorded them:
         # run_deployment's own polling (5 s by default) would round the figure up.

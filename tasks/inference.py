@@ -27,6 +27,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
+import orjson
+
 from mlyard.errors import BadRecord, BatchFailed, TrainingStopped
 from mlyard.specs import BatchJob, BatchShard, is_mlflow_uri
 from tasks.models import Model
@@ -129,7 +131,7 @@ class Worker:
         last = started
         batch: list[tuple[int, Any]] = []
         done_bytes = 0
-        with open(tmp, "w", buffering=1 << 20) as out:
+        with open(tmp, "wb", buffering=1 << 20) as out:
             for row, record, done_bytes in read_records(path, self.job.input_format, shard.start, shard.end, shard.first_row):
                 if isinstance(record, BadRecord):
                     self._fail(rec, out, shard, [(row, None)], record.reason)
@@ -179,16 +181,14 @@ class Worker:
             self._fail(rec, out, shard, batch, f"{type(exc).__name__}: {exc}"[:500])
             return
         idf = job.id_field
-        dumps = json.dumps
         if proba is None:
-            for (row, r), p in zip(batch, preds):
-                line = {"row": row, "prediction": p} if idf is None else {"row": row, "id": r.get(idf), "prediction": p}
-                out.write(dumps(line) + "\n")
+            lines = [{"row": row, "prediction": p} if idf is None else {"row": row, "id": r.get(idf), "prediction": p}
+                     for (row, r), p in zip(batch, preds)]
         else:
-            for (row, r), p, pr in zip(batch, preds, proba.tolist()):
-                line = ({"row": row, "prediction": p, "probabilities": pr} if idf is None else
-                        {"row": row, "id": r.get(idf), "prediction": p, "probabilities": pr})
-                out.write(dumps(line) + "\n")
+            lines = [{"row": row, "prediction": p, "probabilities": pr} if idf is None else
+                     {"row": row, "id": r.get(idf), "prediction": p, "probabilities": pr}
+                     for (row, r), p, pr in zip(batch, preds, proba.tolist())]
+        out.write(b"".join(map(_json_line, lines)))
         rec.rows += len(batch)
 
     def _fail(self, rec: ShardRecord, out, shard: BatchShard, batch: list[tuple[int, Any]], error: str) -> None:
@@ -198,7 +198,7 @@ class Worker:
             if idf is not None:
                 line["id"] = r.get(idf) if isinstance(r, dict) else None
             line["error"] = error
-            out.write(json.dumps(line) + "\n")
+            out.write(_json_line(line))
         failure = {"file": shard.file, "first_row": batch[0][0], "last_row": batch[-1][0], "rows": len(batch), "error": error}
         rec.rows += len(batch)
         rec.failed_rows += len(batch)
@@ -210,6 +210,15 @@ class Worker:
             raise BatchFailed(f"{self.failed_batches} batches failed (max_failed_batches is "
                                 f"{self.job.max_failed_batches}); last: {shard.file} rows "
                                 f"{failure['first_row']}-{failure['last_row']}: {error}")
+
+
+def _json_line(obj: dict[str, Any]) -> bytes:
+    """One output row as a JSON line (orjson; the standard library for what orjson refuses, such as
+    integers beyond 64 bits)."""
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE)
+    except TypeError:
+        return json.dumps(obj).encode() + b"\n"
 
 
 class Progress:
