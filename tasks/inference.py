@@ -44,9 +44,9 @@ PROGRESS_SECONDS = 2.0
 
 def fetch_model(storage: Storage, uri: str, dest: Path) -> Path:
     """A local copy of the model at `uri`: models:/ and runs:/ through MLflow, locations through storage."""
-    import mlflow.artifacts
-
     if is_mlflow_uri(uri):
+        import mlflow.artifacts
+
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
     return storage.stage_in(uri, dest, "model")
 

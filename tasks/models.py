@@ -46,6 +46,11 @@ class Model:
         self.classes: list[str] | None = [str(c) for c in classes] if classes is not None else None
 
     @property
+    def raw(self) -> Any:
+        """The estimator itself (scikit-learn), or None for a model only MLflow's pyfunc can call."""
+        return self._raw
+
+    @property
     def has_proba(self) -> bool:
         return self._proba is not None and self._classes is not None
 

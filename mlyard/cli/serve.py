@@ -1,0 +1,83 @@
+"""`mlyard serve`: run a model server in the foreground."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mlyard.cli.common import ask, err, guard
+from mlyard.errors import SpecError
+
+
+def serve(
+    model: str = typer.Argument(..., help="A registered model (name@alias, name/version, models:/...), runs:/..., "
+                                "or a directory holding an MLflow model or a scikit-learn .joblib file."),
+    port: int = typer.Option(8080, "--port", "-p", help="Port to listen on."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 for every interface)."),
+    name: Optional[str] = typer.Option(None, "--name", help="The model's name in the routes (default: the registered "
+                                       "model's name, else the directory's)."),
+    max_batch_size: int = typer.Option(64, help="Most rows merged into one model call (adaptive batching)."),
+    max_latency_ms: float = typer.Option(0.0, help="How long an idle model waits for more requests to batch "
+                                         "(0: only what has already arrived)."),
+    timeout_seconds: float = typer.Option(60.0, help="A model call taking longer answers 504; the server goes on."),
+    max_body_mb: float = typer.Option(32.0, help="Larger request bodies answer 413."),
+) -> None:
+    """Serve a model over OIP v1 and v2 (KServe/Triton clients work) with adaptive batching, /metrics and
+    statistics; prints its URL and runs until Ctrl-C."""
+    def load():
+        from serving.runtime import load as load_model
+
+        if max_batch_size < 1:
+            raise SpecError("--max-batch-size", max_batch_size, "at least 1")
+        path, default_name, version = _resolve(model)
+        return load_model(path, name or default_name, version)
+
+    served = guard(load)
+    from serving.server import run
+
+    def ready(url: str) -> None:
+        print(f"serving {served.name} (version {served.version}) on {url}  "
+              f"(v1: {url}/v1/models/{served.name}:predict  v2: {url}/v2/models/{served.name}/infer)", flush=True)
+
+    try:
+        run([served], host=host, port=port, on_ready=ready, max_batch_size=max_batch_size,
+            max_latency_ms=max_latency_ms, timeout_seconds=timeout_seconds,
+            max_body_bytes=int(max_body_mb * 1024 * 1024))
+    except OSError as exc:  # the port is taken
+        err.print(f"error: port: {port} is not free ({exc.strerror}); pick another with --port", style="red")
+        sys.exit(2)
+
+
+def _resolve(model: str) -> tuple[Path, str, str]:
+    """(local directory, default name, version) of a model reference."""
+    from mlyard.specs import is_mlflow_uri, is_registry_ref
+
+    if is_registry_ref(model) or model.startswith("models:/"):
+        uri = ask("model_reference", model=model)["uri"]  # models:/name/version, checked by the registry
+        ref = uri.removeprefix("models:/")
+        name, version = ref.rsplit("/", 1)
+        return _fetch(uri, name, version), name, version
+    if is_mlflow_uri(model):
+        return _fetch(model, "model", "1"), "model", "1"
+    if "://" in model:
+        return _fetch(model, Path(model.rstrip("/")).name, "1"), Path(model.rstrip("/")).name, "1"
+    path = Path(model).expanduser().resolve()
+    return path, (path.parent.name if path.is_file() else path.name), "1"
+
+
+def _fetch(uri: str, name: str, version: str) -> Path:
+    """A local copy, kept under <home>/serving/ so a restart does not fetch again."""
+    import hashlib
+
+    from mlyard.connection import connect
+    from tasks.inference import fetch_model
+    from tasks.storage import Storage
+
+    settings = connect()
+    dest = settings.home_dir / "serving" / f"{name}-{version}-{hashlib.sha256(uri.encode()).hexdigest()[:8]}"
+    if (dest / "MLmodel").is_file() or any(dest.glob("*.joblib")):
+        return dest
+    return fetch_model(Storage(settings), uri, dest)

@@ -1,0 +1,283 @@
+"""The model server's HTTP layer: a bare ASGI application (run by uvicorn with uvloop and httptools),
+kept thin so that a request costs little beyond its model call.
+
+    GET  /v2                                       server metadata
+    GET  /v2/health/live | /v2/health/ready
+    GET  /v2/models/{m}[/versions/{v}]             model metadata (inputs and outputs from the signature)
+    GET  /v2/models/{m}[/versions/{v}]/ready
+    POST /v2/models/{m}[/versions/{v}]/infer       OIP v2, JSON or binary tensors; outputs predict, predict_proba
+    GET  /v2/models/{m}/stats                      statistics over the window (JSON)
+    GET  /v1/models | /v1/models/{m}               model list, model ready
+    POST /v1/models/{m}:predict | /v1/models/{m}/predict   {"instances": [...]} -> {"predictions": [...]}
+    POST /v1/models/{m}:explain | /v1/models/{m}/explain
+    GET  /metrics                                  Prometheus text
+    GET  /stats                                    statistics of every model (JSON)
+
+Errors are `{"error": "..."}`: 400 a bad request, 404 an unknown model or version, 405, 413 a body over
+the limit, 500 the model raised, 501 no explainer, 503 not ready, 504 the model timed out.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from typing import Any, Awaitable, Callable
+
+import numpy as np
+import orjson
+
+from mlyard.errors import SpecError
+from serving import protocol
+from serving.batching import Batcher, ModelTimeout
+from serving.protocol import BadRequest
+from serving.runtime import ServedModel
+from serving.stats import Stats
+
+log = logging.getLogger("mlyard.serving")
+JSON = b"application/json"
+SERVER_NAME = "mlyard"
+SERVER_VERSION = "0.1.0"
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class ModelServer:
+    """The ASGI application over loaded models."""
+
+    def __init__(self, models: list[ServedModel], *, max_batch_size: int = 64, max_latency_ms: float = 0.0,
+                 timeout_seconds: float = 60.0, max_body_bytes: int = 32 * 1024 * 1024):
+        self.models = {m.name: m for m in models}
+        self.max_body = max_body_bytes
+        self.stats = Stats()
+        self.ready = True
+        self._batchers: dict[tuple[str, bool], Batcher] = {}
+        for m in models:
+            for proba in (False, True):
+                self._batchers[(m.name, proba)] = Batcher(
+                    functools.partial(m.predict, proba=proba), max_batch_size=max_batch_size,
+                    max_latency_ms=max_latency_ms, timeout_seconds=timeout_seconds)
+
+    # -- ASGI ---------------------------------------------------------------------------------------
+
+    async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]], send: Callable[[dict], Awaitable[None]]) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        try:
+            status, body, headers = await self._route(scope, receive)
+        except HttpError as exc:
+            status, body, headers = exc.status, protocol.error_body(str(exc)), []
+        except BadRequest as exc:
+            status, body, headers = 400, protocol.error_body(str(exc)), []
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", JSON), (b"content-length", str(len(body)).encode()), *headers]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _route(self, scope: dict, receive) -> tuple[int, bytes, list]:
+        method, path = scope["method"], scope["path"].rstrip("/") or "/"
+        parts = path.strip("/").split("/")
+        if parts[0] == "v2":
+            return await self._v2(method, parts[1:], scope, receive)
+        if parts[0] == "v1" and len(parts) >= 2 and parts[1] == "models":
+            return await self._v1(method, parts[2:], receive)
+        if path == "/metrics" and method == "GET":
+            return 200, self.stats.prometheus(), [(b"content-type", b"text/plain; version=0.0.4")]
+        if path == "/stats" and method == "GET":
+            return 200, orjson.dumps({"models": [self.summary(m) for m in self.models]}), []
+        raise HttpError(404, f"no route {method} {path}; see /v2 and /v1/models")
+
+    # -- v2 -----------------------------------------------------------------------------------------
+
+    async def _v2(self, method: str, parts: list[str], scope: dict, receive) -> tuple[int, bytes, list]:
+        if not parts:
+            _only(method, "GET")
+            return 200, orjson.dumps({"name": SERVER_NAME, "version": SERVER_VERSION,
+                                      "extensions": ["binary_tensor_data", "statistics"]}), []
+        if parts[0] == "health" and len(parts) == 2 and parts[1] in ("live", "ready"):
+            _only(method, "GET")
+            if parts[1] == "ready" and not self.ready:
+                raise HttpError(503, "the server is not ready")
+            return 200, orjson.dumps({parts[1]: True}), []
+        if parts[0] != "models" or len(parts) < 2:
+            raise HttpError(404, f"no route {method} /v2/{'/'.join(parts)}")
+        model = self._model(parts[1])
+        rest = parts[2:]
+        if len(rest) >= 2 and rest[0] == "versions":
+            if rest[1] != model.version:
+                raise HttpError(404, f"model {model.name!r} has no version {rest[1]!r}; it serves version {model.version}")
+            rest = rest[2:]
+        if not rest:
+            _only(method, "GET")
+            return 200, orjson.dumps({"name": model.name, "versions": [model.version], "platform": model.platform,
+                                      "inputs": [t.as_dict() for t in model.inputs],
+                                      "outputs": [t.as_dict() for t in model.outputs]}), []
+        if rest == ["ready"]:
+            _only(method, "GET")
+            return 200, orjson.dumps({"name": model.name, "ready": self.ready}), []
+        if rest == ["stats"]:
+            _only(method, "GET")
+            return 200, orjson.dumps(self.summary(model.name)), []
+        if rest == ["infer"]:
+            _only(method, "POST")
+            return await self._timed(model, self._infer(model, scope, receive))
+        raise HttpError(404, f"no route {method} /v2/{'/'.join(parts)}")
+
+    async def _infer(self, model: ServedModel, scope: dict, receive) -> tuple[int, bytes, list, int]:
+        body = await self._body(receive)
+        length = _header(scope, protocol.HEADER_LENGTH)
+        try:
+            header_length = int(length) if length is not None else None
+        except ValueError:
+            raise BadRequest("Inference-Header-Content-Length", length, "an integer") from None
+        req = protocol.v2_request(body, header_length)
+        x = self._v2_rows(model, req)
+        names = [o["name"] for o in req.outputs] or ["predict"]
+        known = {t.name for t in model.outputs}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise BadRequest("outputs", unknown[0], f"one of the model's outputs: {', '.join(sorted(known))}")
+        proba = "predict_proba" in names
+        preds, probs = await self._predict(model, x, proba)
+        binary = {o["name"]: bool((o.get("parameters") or {}).get("binary_data", req.binary_output)) for o in req.outputs}
+        outputs = [(n, preds if n == "predict" else probs, binary.get(n, req.binary_output)) for n in names]
+        body_out, head = protocol.v2_response(model.name, model.version, req.id, outputs)  # type: ignore[arg-type]
+        headers = []
+        if head is not None:
+            headers = [(b"inference-header-content-length", str(head).encode())]
+        return 200, body_out, headers, len(x)
+
+    def _v2_rows(self, model: ServedModel, req: protocol.InferRequest) -> Any:
+        if len(req.inputs) == 1:
+            t = req.inputs[0]
+            x = t.data
+            if x.ndim == 1:
+                x = x.reshape(1, -1) if model.n_features and x.shape[0] == model.n_features else x.reshape(-1, 1)
+            model.check_width(x, f"input {t.name!r}")
+            return x
+        import pandas as pd
+
+        lengths = {t.data.reshape(-1).shape[0] for t in req.inputs}
+        if len(lengths) != 1:
+            raise BadRequest("inputs", sorted(lengths), "named 1-D inputs of one length each (one column each)")
+        names = model.feature_names or [t.name for t in req.inputs]
+        given = {t.name: t.data.reshape(-1) for t in req.inputs}
+        missing = [n for n in names if n not in given]
+        if missing:
+            raise BadRequest("inputs", missing[0], f"the model's inputs: {', '.join(names)}")
+        return pd.DataFrame({n: given[n] for n in names})
+
+    # -- v1 -----------------------------------------------------------------------------------------
+
+    async def _v1(self, method: str, parts: list[str], receive) -> tuple[int, bytes, list]:
+        if not parts:
+            _only(method, "GET")
+            return 200, orjson.dumps({"models": list(self.models)}), []
+        name, _, verb = parts[0].partition(":")
+        if not verb and len(parts) == 2:
+            verb = parts[1]
+        elif len(parts) > 2 or (verb and len(parts) > 1):
+            raise HttpError(404, f"no route {method} /v1/models/{'/'.join(parts)}")
+        model = self._model(name)
+        if not verb:
+            _only(method, "GET")
+            return 200, orjson.dumps({"name": model.name, "ready": self.ready}), []
+        if verb == "predict":
+            _only(method, "POST")
+            return await self._timed(model, self._predict_v1(model, receive))
+        if verb == "explain":
+            _only(method, "POST")
+            raise HttpError(501, f"model {model.name!r} has no explainer")
+        raise HttpError(404, f"no route {method} /v1/models/{'/'.join(parts)}; use :predict or :explain")
+
+    async def _predict_v1(self, model: ServedModel, receive) -> tuple[int, bytes, list, int]:
+        body = await self._body(receive)
+        instances, params = protocol.v1_instances(body)
+        x = model.rows(instances)
+        proba = bool(params.get("probabilities", False))
+        if proba and not model.is_classifier:
+            raise BadRequest("parameters.probabilities", True, f"false: model {model.name!r} gives no probabilities")
+        preds, probs = await self._predict(model, x, proba)
+        return 200, protocol.v1_response(probs if proba else preds), [], len(x)
+
+    # -- shared -------------------------------------------------------------------------------------
+
+    async def _predict(self, model: ServedModel, x: Any, proba: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        if not self.ready:
+            raise HttpError(503, "the server is not ready")
+        try:
+            preds, probs = await self._batchers[(model.name, proba)].run(x)
+        except ModelTimeout as exc:
+            raise HttpError(504, f"model {model.name!r}: {exc}") from None
+        except (BadRequest, HttpError):
+            raise
+        except Exception as exc:  # the model raised: 500 with what it said
+            raise HttpError(500, f"model {model.name!r} failed: {type(exc).__name__}: {exc}"[:2000]) from None
+        if model.is_classifier:
+            self.stats.record_classes(model.name, np.asarray(preds), probs)
+        return preds, probs
+
+    async def _timed(self, model: ServedModel, work: Awaitable[tuple[int, bytes, list, int]]) -> tuple[int, bytes, list]:
+        started = time.perf_counter()
+        try:
+            status, body, headers, rows = await work
+        except (HttpError, SpecError) as exc:
+            status = exc.status if isinstance(exc, HttpError) else 400
+            self.stats.record(model.name, time.perf_counter() - started, 0, status)
+            if status >= 500:
+                log.warning("inference failed: model=%s status=%d %s", model.name, status, exc)
+            raise
+        self.stats.record(model.name, time.perf_counter() - started, rows, status)
+        return status, body, headers
+
+    def summary(self, name: str) -> dict[str, Any]:
+        """A model's statistics, with how its requests were batched since the server started."""
+        out = self.stats.summary(name)
+        calls = sum(self._batchers[(name, p)].batches for p in (False, True))
+        rows = sum(self._batchers[(name, p)].batched_rows for p in (False, True))
+        out["batching"] = {"model_calls": calls, "rows": rows,
+                           "mean_rows_per_call": round(rows / calls, 2) if calls else None}
+        return out
+
+    def _model(self, name: str) -> ServedModel:
+        model = self.models.get(name)
+        if model is None:
+            raise HttpError(404, f"model {name!r} is not served here; served: {', '.join(self.models) or 'none'}")
+        return model
+
+    async def _body(self, receive) -> bytes:
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise HttpError(413, f"the request body is over the limit of {self.max_body} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _only(method: str, allowed: str) -> None:
+    if method != allowed:
+        raise HttpError(405, f"method {method} is not allowed here; use {allowed}")
+
+
+def _header(scope: dict, name: str) -> str | None:
+    key = name.encode()
+    for k, v in scope["headers"]:
+        if k == key:
+            return v.decode("latin-1")
+    return None

@@ -1,0 +1,160 @@
+"""A model as the server serves it: loaded once, described for OIP v2 metadata, called on a batch of
+rows. Loads MLflow models (through the one model loader, tasks/models.py) and scikit-learn `.joblib`
+directories (EasyMaker's scikit-learn format). Other layouts are recognised and refused with the
+reason before anything starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from mlyard.errors import SpecError
+from serving.protocol import BadRequest
+
+_NUMPY_TO_V2 = {"float64": "FP64", "float32": "FP32", "float16": "FP16", "int64": "INT64", "int32": "INT32",
+                "int16": "INT16", "int8": "INT8", "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32",
+                "uint64": "UINT64", "bool": "BOOL", "object": "BYTES", "str": "BYTES"}
+_COLUMN_TO_V2 = {"double": "FP64", "float": "FP32", "long": "INT64", "integer": "INT32", "boolean": "BOOL",
+                 "string": "BYTES", "binary": "BYTES"}
+
+
+@dataclass
+class TensorMeta:
+    name: str
+    datatype: str
+    shape: list[int]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": self.shape}
+
+
+class ServedModel:
+    """One loaded model. `predict(x, proba)` gives (predictions, probabilities or None) for rows `x`."""
+
+    def __init__(self, name: str, version: str, path: Path, estimator: Any, pyfunc: Any = None,
+                 platform: str = "sklearn", signature: dict | None = None):
+        self.name, self.version, self.path, self.platform = name, version, path, platform
+        self.estimator, self.pyfunc = estimator, pyfunc
+        self._proba = getattr(estimator, "predict_proba", None) if estimator is not None else None
+        self.classes: Any = getattr(estimator, "classes_", None) if self._proba is not None else None
+        self.n_features: int | None = getattr(estimator, "n_features_in_", None)
+        names = getattr(estimator, "feature_names_in_", None)
+        self.feature_names: list[str] | None = [str(n) for n in names] if names is not None else None
+        self.inputs, self.outputs = self._metadata(signature)
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.classes is not None
+
+    def predict(self, x: Any, proba: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        if proba and self._proba is not None:
+            p = np.asarray(self._proba(x))
+            return self.classes[p.argmax(axis=1)], p
+        model = self.estimator if self.estimator is not None else self.pyfunc
+        out = model.predict(x)
+        if hasattr(out, "to_numpy"):
+            out = out.to_numpy()
+        out = np.asarray(out)
+        if out.ndim == 2 and out.shape[1] == 1:
+            out = out[:, 0]
+        return out, None
+
+    def rows(self, instances: list[Any], where: str = "instances") -> Any:
+        """v1 instances as model input: a 2-D array of vectors, or a DataFrame of named fields."""
+        first = instances[0]
+        if isinstance(first, dict):
+            import pandas as pd
+
+            cols = self.feature_names or list(first)
+            missing = [c for c in cols if any(c not in r for r in instances)]
+            if missing:
+                raise BadRequest(where, f"rows without {missing[0]!r}", f"objects with the fields {', '.join(cols)}")
+            return pd.DataFrame([[r[c] for c in cols] for r in instances], columns=cols)
+        try:
+            x = np.asarray(instances)
+        except ValueError as exc:
+            raise BadRequest(where, "rows of different lengths", f"rows of equal length ({exc})") from None
+        if x.dtype == object:
+            raise BadRequest(where, "mixed or nested values", "rows of numbers")
+        if x.ndim == 1:
+            x = x.reshape(1, -1) if self.n_features and x.shape[0] == self.n_features else x.reshape(-1, 1)
+        self.check_width(x, where)
+        return x
+
+    def check_width(self, x: np.ndarray, where: str) -> None:
+        if x.ndim != 2:
+            raise BadRequest(where, f"shape {list(x.shape)}", f"2 dimensions: [rows, {self.n_features or 'features'}]")
+        if self.n_features is not None and x.shape[1] != self.n_features:
+            raise BadRequest(where, f"{x.shape[1]} features", f"{self.n_features} features per row, as the model was fitted")
+
+    def _metadata(self, signature: dict | None) -> tuple[list[TensorMeta], list[TensorMeta]]:
+        outputs = [TensorMeta("predict", _v2(self.classes.dtype) if self.classes is not None else "FP64", [-1])]
+        if self.is_classifier:
+            outputs.append(TensorMeta("predict_proba", "FP64", [-1, len(self.classes)]))
+        spec = (signature or {}).get("inputs")
+        if spec and isinstance(spec, list) and spec[0].get("type") == "tensor":
+            t = spec[0].get("tensor-spec", {})
+            return [TensorMeta("input-0", _v2(t.get("dtype", "float64")), list(t.get("shape", [-1, -1])))], outputs
+        if spec and isinstance(spec, list):
+            return [TensorMeta(c.get("name", f"input-{i}"), _COLUMN_TO_V2.get(c.get("type"), "BYTES"), [-1])
+                    for i, c in enumerate(spec)], outputs
+        if self.feature_names:
+            return [TensorMeta(n, "FP64", [-1]) for n in self.feature_names], outputs
+        return [TensorMeta("input-0", "FP64", [-1, self.n_features or -1])], outputs
+
+
+def _v2(dtype: Any) -> str:
+    return _NUMPY_TO_V2.get(np.dtype(dtype).name if not isinstance(dtype, str) else dtype, "BYTES")
+
+
+def load(path: Path | str, name: str | None = None, version: str = "1") -> ServedModel:
+    """The model in directory `path`: an MLflow model, or a scikit-learn `.joblib` directory. A layout
+    that is recognised but cannot be served here (TensorFlow SavedModel, Triton) is refused with why."""
+    path = Path(path)
+    name = name or path.name
+    if (path / "MLmodel").is_file():
+        return _mlflow(path, name, version)
+    if path.is_file() and path.suffix == ".joblib":
+        return _joblib(path, name, version)
+    if path.is_dir():
+        found = sorted(path.glob("*.joblib"))
+        if len(found) == 1:
+            return _joblib(found[0], name, version)
+        if len(found) > 1:
+            raise SpecError("model", str(path), f"one .joblib file; it holds {', '.join(f.name for f in found)}")
+        if (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file():
+            raise SpecError("model", str(path), "a model this server can run: it is a TensorFlow SavedModel and "
+                            "TensorFlow is not installed here (pip install tensorflow-cpu to serve it)")
+        if (path / "config.pbtxt").is_file():
+            raise SpecError("model", str(path), "a model this server can run: it is a Triton model repository "
+                            "entry (config.pbtxt); serve it with Triton Inference Server")
+    if not path.exists():
+        raise SpecError("model", str(path), "a directory holding an MLflow model or a .joblib file; nothing is there")
+    raise SpecError("model", str(path), "an MLflow model (a directory with MLmodel) or a scikit-learn .joblib file")
+
+
+def _mlflow(path: Path, name: str, version: str) -> ServedModel:
+    from tasks.models import load_model
+
+    meta = yaml.safe_load((path / "MLmodel").read_text()) or {}
+    signature = meta.get("signature")
+    if signature:
+        import json
+
+        signature = {k: json.loads(v) if isinstance(v, str) else v for k, v in signature.items()}
+    loaded = load_model(str(path))
+    estimator = loaded.raw
+    flavors = meta.get("flavors") or {}
+    platform = "sklearn" if "sklearn" in flavors else next((f for f in flavors if f != "python_function"), "python_function")
+    return ServedModel(name, version, path, estimator, loaded.pyfunc, platform, signature)
+
+
+def _joblib(file: Path, name: str, version: str) -> ServedModel:
+    import joblib
+
+    return ServedModel(name, version, file.parent, joblib.load(file), platform="sklearn")

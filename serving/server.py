@@ -1,0 +1,42 @@
+"""Run a model server: load the models, then serve them with uvicorn (uvloop and httptools, one
+process, no access log: the hot path stays short)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Callable
+
+from serving.app import ModelServer
+from serving.runtime import ServedModel, load
+
+
+def build(path: Path | str, name: str | None = None, version: str = "1", **options) -> ModelServer:
+    return ModelServer([load(path, name, version)], **options)
+
+
+def run(models: list[ServedModel], host: str = "127.0.0.1", port: int = 8080,
+        on_ready: Callable[[str], None] | None = None, **options) -> None:
+    import uvicorn
+
+    app = ModelServer(models, **options)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
+        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        http="httptools" if importlib.util.find_spec("httptools") else "h11")
+    server = uvicorn.Server(config)
+    if on_ready is not None:
+        _announce(server, f"http://{host}:{port}", on_ready)
+    server.run()
+
+
+def _announce(server, url: str, on_ready: Callable[[str], None]) -> None:
+    """Call `on_ready(url)` once the socket listens."""
+    startup = server.startup
+
+    async def started(sockets=None):
+        await startup(sockets=sockets)
+        if server.started:
+            on_ready(url)
+
+    server.startup = started

@@ -1,0 +1,231 @@
+"""The model server as users meet it: `mlyard serve` in its own process on a free port, called over
+real HTTP by urllib (the seed's curl bodies) and by tritonclient (JSON and binary tensors); answers
+compared with the same model's predictions in this process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+MLYARD = str(Path(sys.executable).parent / "mlyard")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(model_path: Path, name: str, *extra: str):
+    port = free_port()
+    proc = subprocess.Popen([MLYARD, "serve", str(model_path), "--port", str(port), "--name", name, *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[str] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            raise AssertionError("mlyard serve exited:\n" + "".join(lines))
+        lines.append(line)
+        if line.startswith("serving "):
+            break
+    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # keep the pipe drained
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _stop(proc) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def call(url: str, body: bytes | dict | None = None, method: str | None = None,
+         headers: dict[str, str] | None = None) -> tuple[int, dict | bytes]:
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    req = urllib.request.Request(url, data=data, method=method or ("POST" if data is not None else "GET"),
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            raw, status = resp.read(), resp.status
+    except urllib.error.HTTPError as exc:
+        raw, status = exc.read(), exc.code
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw
+
+
+@pytest.fixture(scope="module")
+def iris(tmp_path_factory):
+    import mlflow.sklearn
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = load_iris(return_X_y=True)
+    model = LogisticRegression(max_iter=500).fit(x, y)
+    path = tmp_path_factory.mktemp("iris") / "model"
+    mlflow.sklearn.save_model(model, path)
+    proc, url = _serve(path, "iris", "--max-body-mb", "1")
+    yield url, model, x
+    _stop(proc)
+
+
+@pytest.fixture(scope="module")
+def forest(tmp_path_factory):
+    """EasyMaker's scikit-learn format: a directory holding one .joblib file."""
+    import joblib
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.ensemble import RandomForestClassifier
+
+    x, y = load_breast_cancer(return_X_y=True)
+    model = RandomForestClassifier(n_estimators=20, random_state=0).fit(x, y)
+    folder = tmp_path_factory.mktemp("bc_rf")
+    joblib.dump(model, folder / "model.joblib")
+    proc, url = _serve(folder, "bc_rf", "--max-batch-size", "32")
+    yield url, model, x
+    _stop(proc)
+
+
+def test_v1_predict_as_the_seed_shows_it(iris):
+    url, model, x = iris
+    rows = [[6.8, 2.8, 4.8, 1.4], [6.0, 3.4, 4.5, 1.6]]
+    for route in ("/v1/models/iris:predict", "/v1/models/iris/predict"):
+        status, body = call(url + route, {"instances": rows})
+        assert status == 200 and body == {"predictions": model.predict(rows).tolist()}
+    status, body = call(url + "/v1/models/iris:predict", {"instances": rows, "parameters": {"probabilities": True}})
+    assert status == 200 and np.allclose(body["predictions"], model.predict_proba(rows))
+    assert call(url + "/v1/models") == (200, {"models": ["iris"]})
+    assert call(url + "/v1/models/iris") == (200, {"name": "iris", "ready": True})
+
+
+def test_v2_metadata_health_and_json_infer(iris):
+    url, model, x = iris
+    assert call(url + "/v2/health/live") == (200, {"live": True})
+    assert call(url + "/v2/health/ready") == (200, {"ready": True})
+    status, server = call(url + "/v2")
+    assert status == 200 and server["name"] == "mlyard" and "binary_tensor_data" in server["extensions"]
+    for route in ("/v2/models/iris", "/v2/models/iris/versions/1"):
+        status, meta = call(url + route)
+        assert status == 200 and meta["inputs"] == [{"name": "input-0", "datatype": "FP64", "shape": [-1, 4]}]
+        assert [o["name"] for o in meta["outputs"]] == ["predict", "predict_proba"]
+    assert call(url + "/v2/models/iris/versions/1/ready") == (200, {"name": "iris", "ready": True})
+    status, out = call(url + "/v2/models/iris/infer", {
+        "id": "r1", "inputs": [{"name": "input-0", "shape": [3, 4], "datatype": "FP32", "data": x[:3].tolist()}],
+        "outputs": [{"name": "predict"}, {"name": "predict_proba"}]})
+    assert status == 200 and out["id"] == "r1" and out["model_version"] == "1"
+    pred, proba = out["outputs"]
+    assert pred["shape"] == [3] and pred["data"] == model.predict(x[:3].astype(np.float32)).tolist()
+    assert proba["shape"] == [3, 3] and np.allclose(np.reshape(proba["data"], (3, 3)),
+                                                     model.predict_proba(x[:3].astype(np.float32)))
+
+
+def test_tritonclient_json_and_binary_tensors(iris):
+    import tritonclient.http as httpclient
+
+    url, model, x = iris
+    client = httpclient.InferenceServerClient(url.removeprefix("http://"))
+    try:
+        assert client.is_server_live() and client.is_model_ready("iris")
+        assert client.get_model_metadata("iris")["inputs"][0]["shape"] == [-1, 4]
+        for binary in (False, True):
+            inp = httpclient.InferInput("input-0", [5, 4], "FP64")
+            inp.set_data_from_numpy(x[10:15], binary_data=binary)
+            outs = [httpclient.InferRequestedOutput("predict", binary_data=binary),
+                    httpclient.InferRequestedOutput("predict_proba", binary_data=binary)]
+            result = client.infer("iris", [inp], outputs=outs)
+            assert result.as_numpy("predict").tolist() == model.predict(x[10:15]).tolist()
+            assert np.allclose(result.as_numpy("predict_proba"), model.predict_proba(x[10:15]))
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("route, body, status, words", [
+    ("/v2/models/iris/infer", b"{not json", 400, "valid JSON"),
+    ("/v2/models/iris/infer", {"inputs": [{"name": "input-0", "shape": [1, 3], "datatype": "FP64",
+                                           "data": [1, 2, 3]}]}, 400, "4 features per row"),
+    ("/v2/models/iris/infer", {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64",
+                                           "data": [1, 2, 3]}]}, 400, "4 values, as its shape says"),
+    ("/v2/models/iris/infer", {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FLOAT",
+                                           "data": [1, 2, 3, 4]}]}, 400, "FP64"),
+    ("/v2/models/iris/infer", {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "INT8",
+                                           "data": [1, 2, 3, 999]}]}, 400, "INT8 values"),
+    ("/v2/models/iris/infer", {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64",
+                                           "data": [1, 2, 3, 4]}], "outputs": [{"name": "nope"}]}, 400, "predict_proba"),
+    ("/v2/models/nope/infer", {"inputs": []}, 404, "not served here"),
+    ("/v2/models/iris/versions/7/infer", {"inputs": []}, 404, "no version '7'"),
+    ("/v1/models/iris:predict", {"instances": [[1, 2], [1, 2, 3]]}, 400, "equal length"),
+    ("/v1/models/iris:predict", {"rows": [[1, 2, 3, 4]]}, 400, "instances"),
+    ("/v1/models/iris:explain", {"instances": [[1, 2, 3, 4]]}, 501, "no explainer"),
+])
+def test_bad_requests_get_a_clear_error_and_the_server_goes_on(iris, route, body, status, words):
+    url, model, _ = iris
+    got, answer = call(url + route, body)
+    assert got == status and words in answer["error"], answer
+    assert call(url + "/v1/models/iris:predict", {"instances": [[1, 2, 3, 4]]})[0] == 200
+
+
+def test_limits_and_methods(iris):
+    url, _, _ = iris
+    assert call(url + "/v2/models/iris/infer", method="GET")[0] == 405
+    import http.client
+
+    big = b'{"instances": [' + b"[1.0, 2.0, 3.0, 4.0]," * 80_000 + b"[1, 2, 3, 4]]}"  # 1.7 MB, the limit is 1 MB
+    conn = http.client.HTTPConnection(url.removeprefix("http://"), timeout=30)
+    try:
+        try:
+            conn.request("POST", "/v1/models/iris:predict", body=big, headers={"Content-Type": "application/json"})
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered before reading it all
+        resp = conn.getresponse()
+        assert resp.status == 413 and "over the limit" in json.loads(resp.read())["error"]
+    finally:
+        conn.close()
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(forest):
+    """Requests from 32 threads at once: each answer equals that request's own rows' predictions."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, model, x = forest
+    _, before = call(url + "/stats")
+
+    def one(i: int):
+        rows = x[i:i + 1 + i % 3]
+        status, body = call(url + "/v1/models/bc_rf:predict", {"instances": rows.tolist(),
+                                                              "parameters": {"probabilities": True}})
+        assert status == 200, body
+        return np.allclose(body["predictions"], model.predict_proba(rows))
+
+    with ThreadPoolExecutor(32) as pool:
+        assert all(pool.map(one, range(200)))
+    _, after = call(url + "/stats")
+    b0, b1 = before["models"][0], after["models"][0]
+    assert b1["requests"] - b0["requests"] == 200
+    calls = b1["batching"]["model_calls"] - b0["batching"]["model_calls"]
+    assert calls < 200, f"{calls} model calls for 200 concurrent requests: nothing was batched"
+
+
+def test_statistics_and_metrics(forest):
+    url, model, x = forest
+    call(url + "/v1/models/bc_rf:predict", {"instances": x[:4].tolist()})
+    status, stats = call(url + "/v2/models/bc_rf/stats")
+    assert status == 200 and stats["requests"] >= 1 and stats["latency_ms"]["p99"] >= stats["latency_ms"]["p50"]
+    assert set(stats["classes"]["predictions"]) <= {"0", "1"} and stats["classes"]["total"] >= 4
+    status, text = call(url + "/metrics")
+    assert status == 200 and b'mlyard_inference_requests_total{model="bc_rf",status="200"}' in text
