@@ -18,9 +18,13 @@ def build(path: Path | str, name: str | None = None, version: str = "1", **optio
 
 def run(models: list[ServedModel], host: str = "127.0.0.1", port: int = 8080,
         on_ready: Callable[[str], None] | None = None, **options) -> None:
+    run_app(ModelServer(models, **options), host, port, on_ready)
+
+
+def run_app(app, host: str, port: int, on_ready: Callable[[str], None] | None = None) -> None:
+    """Serve an ASGI app until SIGINT/SIGTERM; `on_ready(url)` once the socket listens."""
     import uvicorn
 
-    app = ModelServer(models, **options)
     # What is loaded now (the model, scikit-learn, numpy) lives as long as the server: keep it out of
     # the garbage collector's full passes, which otherwise walk it all on a busy server (tail latency).
     gc.collect()

@@ -13,9 +13,16 @@ from mlyard.errors import SpecError
 
 
 def serve(
-    model: str = typer.Argument(..., help="A registered model (name@alias, name/version, models:/...), runs:/..., "
-                                "or a directory holding an MLflow model or a scikit-learn .joblib file."),
-    port: int = typer.Option(8080, "--port", "-p", help="Port to listen on."),
+    model: Optional[str] = typer.Argument(None, help="A registered model (name@alias, name/version, models:/...), "
+                                          "runs:/..., or a directory holding an MLflow model or a scikit-learn "
+                                          ".joblib file."),
+    entry_script: Optional[Path] = typer.Option(None, "--entry-script", help="Serve an Azure ML entry script "
+                                                "(init() and run()) instead of MODEL: routes / and /score."),
+    model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="With --entry-script: the model directory "
+                                             "(AZUREML_MODEL_DIR)."),
+    workers: int = typer.Option(1, "--workers", help="With --entry-script: threads that run run() concurrently."),
+    port: Optional[int] = typer.Option(None, "--port", "-p", help="Port to listen on (default 8080; 5001 with "
+                                       "--entry-script, as Azure's server)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 for every interface)."),
     name: Optional[str] = typer.Option(None, "--name", help="The model's name in the routes (default: the registered "
                                        "model's name, else the directory's)."),
@@ -26,7 +33,20 @@ def serve(
     max_body_mb: float = typer.Option(32.0, help="Larger request bodies answer 413."),
 ) -> None:
     """Serve a model over OIP v1 and v2 (KServe/Triton clients work) with adaptive batching, /metrics and
-    statistics; prints its URL and runs until Ctrl-C."""
+    statistics, or an Azure ML entry script; prints its URL and runs until Ctrl-C."""
+    if entry_script is not None:
+        if model is not None:
+            guard(lambda: _raise(SpecError("MODEL", model, "nothing with --entry-script (the script loads its model)")))
+        from serving.azure import DEFAULT_PORT, serve_entry_script
+
+        _listening(lambda: serve_entry_script(str(entry_script), str(model_dir) if model_dir else None, host,
+                                              port or DEFAULT_PORT, workers), port or DEFAULT_PORT)
+        return
+    if model is None:
+        guard(lambda: _raise(SpecError("MODEL", None, "a model reference or directory (or --entry-script FILE)")))
+    assert model is not None
+    port = port or 8080
+
     def load():
         from serving.runtime import load as load_model
 
@@ -42,10 +62,18 @@ def serve(
         print(f"serving {served.name} (version {served.version}) on {url}  "
               f"(v1: {url}/v1/models/{served.name}:predict  v2: {url}/v2/models/{served.name}/infer)", flush=True)
 
+    _listening(lambda: run([served], host=host, port=port, on_ready=ready, max_batch_size=max_batch_size,
+                           max_latency_ms=max_latency_ms, timeout_seconds=timeout_seconds,
+                           max_body_bytes=int(max_body_mb * 1024 * 1024)), port)
+
+
+def _raise(exc: Exception):
+    raise exc
+
+
+def _listening(serve_fn, port: int) -> None:
     try:
-        run([served], host=host, port=port, on_ready=ready, max_batch_size=max_batch_size,
-            max_latency_ms=max_latency_ms, timeout_seconds=timeout_seconds,
-            max_body_bytes=int(max_body_mb * 1024 * 1024))
+        serve_fn()
     except OSError as exc:  # the port is taken
         err.print(f"error: port: {port} is not free ({exc.strerror}); pick another with --port", style="red")
         sys.exit(2)

@@ -5,70 +5,10 @@ compared with the same model's predictions in this process."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import threading
-import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-MLYARD = str(Path(sys.executable).parent / "mlyard")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve(model_path: Path, name: str, *extra: str):
-    port = free_port()
-    proc = subprocess.Popen([MLYARD, "serve", str(model_path), "--port", str(port), "--name", name, *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    lines: list[str] = []
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line and proc.poll() is not None:
-            raise AssertionError("mlyard serve exited:\n" + "".join(lines))
-        lines.append(line)
-        if line.startswith("serving "):
-            break
-    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # keep the pipe drained
-    return proc, f"http://127.0.0.1:{port}"
-
-
-def _stop(proc) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-def call(url: str, body: bytes | dict | None = None, method: str | None = None,
-         headers: dict[str, str] | None = None) -> tuple[int, dict | bytes]:
-    data = json.dumps(body).encode() if isinstance(body, dict) else body
-    req = urllib.request.Request(url, data=data, method=method or ("POST" if data is not None else "GET"),
-                                 headers={"Content-Type": "application/json", **(headers or {})})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            raw, status = resp.read(), resp.status
-    except urllib.error.HTTPError as exc:
-        raw, status = exc.read(), exc.code
-    try:
-        return status, json.loads(raw)
-    except ValueError:
-        return status, raw
+from serving_http import call, serve, stop
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +21,9 @@ def iris(tmp_path_factory):
     model = LogisticRegression(max_iter=500).fit(x, y)
     path = tmp_path_factory.mktemp("iris") / "model"
     mlflow.sklearn.save_model(model, path)
-    proc, url = _serve(path, "iris", "--max-body-mb", "1")
+    proc, url = serve(path, "iris", "--max-body-mb", "1")
     yield url, model, x
-    _stop(proc)
+    stop(proc)
 
 
 @pytest.fixture(scope="module")
@@ -97,9 +37,9 @@ def forest(tmp_path_factory):
     model = RandomForestClassifier(n_estimators=20, random_state=0).fit(x, y)
     folder = tmp_path_factory.mktemp("bc_rf")
     joblib.dump(model, folder / "model.joblib")
-    proc, url = _serve(folder, "bc_rf", "--max-batch-size", "32")
+    proc, url = serve(folder, "bc_rf", "--max-batch-size", "32")
     yield url, model, x
-    _stop(proc)
+    stop(proc)
 
 
 def test_v1_predict_as_the_seed_shows_it(iris):

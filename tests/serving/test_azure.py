@@ -1,0 +1,131 @@
+"""Azure ML entry scripts served as Azure's inference server serves them, started with azmlinfsrv's
+flags (`python -m serving.azure`) and with `mlyard serve --entry-script`, called over real HTTP."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from serving_http import MLYARD, call, free_port, start, stop
+
+HELLO = """
+import time
+
+def init():
+    time.sleep(0.1)
+
+def run(input_data):
+    return {"message": "Hello, World!"}
+"""
+
+MODEL = """
+import json, os, time
+
+def init():
+    global factor
+    with open(os.path.join(os.environ["AZUREML_MODEL_DIR"], "factor.json")) as fh:
+        factor = json.load(fh)["factor"]
+
+def run(raw):
+    if raw == "slow":
+        time.sleep(1.0)
+        return {"slow": True}
+    data = json.loads(raw)["data"]
+    if data == "boom":
+        raise ValueError("cannot score 'boom'")
+    return {"result": [v * factor for v in data]}
+"""
+
+BROKEN_INIT = """
+def init():
+    raise RuntimeError("the model file is missing")
+
+def run(raw):
+    return raw
+"""
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    root = tmp_path_factory.mktemp("azure")
+    (root / "score.py").write_text(MODEL)
+    (root / "model").mkdir()
+    (root / "model" / "factor.json").write_text('{"factor": 3}')
+    port = free_port()
+    proc, _ = start([sys.executable, "-m", "serving.azure", "--entry_script", str(root / "score.py"),
+                      "--model_dir", str(root / "model"), "--port", str(port), "--worker_count", "2",
+                      "--host", "127.0.0.1"])
+    yield f"http://127.0.0.1:{port}"
+    stop(proc)
+
+
+def test_the_seeds_hello_world_with_mlyard_serve(tmp_path):
+    (tmp_path / "score.py").write_text(HELLO)
+    port = free_port()
+    proc, _ = start([MLYARD, "serve", "--entry-script", str(tmp_path / "score.py"), "--port", str(port)])
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert call(url + "/") == (200, b"Healthy")
+        assert call(url + "/score") == (200, {"message": "Hello, World!"})
+        assert call(url + "/score", {"anything": 1}) == (200, {"message": "Hello, World!"})
+    finally:
+        stop(proc)
+
+
+def test_init_reads_the_model_dir_and_run_gets_the_raw_body(scored):
+    assert call(scored + "/score", {"data": [1, 2]}) == (200, {"result": [3, 6]})
+
+
+def test_a_script_error_answers_500_with_where_and_the_server_goes_on(scored):
+    status, body = call(scored + "/score", {"data": "boom"})
+    assert status == 500
+    assert "ValueError: cannot score 'boom' (score.py, line" in body["error"] and "in run)" in body["error"]
+    assert call(scored + "/score", {"data": [1]}) == (200, {"result": [3]})
+    assert call(scored + "/nope")[0] == 404 and call(scored + "/score", method="PUT", body=b"x")[0] == 405
+
+
+def test_worker_count_runs_requests_side_by_side(scored):
+    started = time.monotonic()
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda _: call(scored + "/score", b"slow"), range(2)))
+    assert answers == [(200, {"slow": True})] * 2 and time.monotonic() - started < 1.9
+
+
+def test_a_failing_init_leaves_the_server_up_saying_why(tmp_path):
+    (tmp_path / "score.py").write_text(BROKEN_INIT)
+    port = free_port()
+    proc, printed = start([sys.executable, "-m", "serving.azure", "--entry_script", str(tmp_path / "score.py"),
+                            "--port", str(port), "--host", "127.0.0.1"])
+    try:
+        assert "init() failed: RuntimeError: the model file is missing (score.py, line 3, in init)" in printed
+        url = f"http://127.0.0.1:{port}"
+        for route in ("/", "/score"):
+            status, body = call(url + route)
+            assert status == 503 and "the model file is missing (score.py, line 3, in init)" in body["error"]
+    finally:
+        stop(proc)
+
+
+def test_a_missing_entry_script_is_refused_before_anything_starts(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "serving.azure", "--entry_script", str(tmp_path / "nope.py")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: entry_script:")
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_the_model_server_cli_refuses_a_port_in_use(tmp_path):
+    import socket
+
+    (tmp_path / "score.py").write_text(HELLO)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        proc = subprocess.run([MLYARD, "serve", "--entry-script", str(tmp_path / "score.py"), "--port", str(port),
+                               "--host", "127.0.0.1"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and str(port) in proc.stdout + proc.stderr
+    assert Path(tmp_path / "score.py").exists()
