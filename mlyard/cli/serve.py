@@ -21,6 +21,12 @@ def serve(
     model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="With --entry-script: the model directory "
                                              "(AZUREML_MODEL_DIR)."),
     workers: int = typer.Option(1, "--workers", help="With --entry-script: threads that run run() concurrently."),
+    model_folder: Optional[Path] = typer.Option(None, "--model-folder", help="Serve a Backend.AI model folder "
+                                                "(model-definition.yaml): its start_command is supervised and proxied."),
+    definition: Optional[str] = typer.Option(None, "--definition", help="With --model-folder: the model definition "
+                                             "file's name (default model-definition.yaml or .yml)."),
+    runtime: Optional[str] = typer.Option(None, "--runtime", help="With --model-folder: the runtime variant section "
+                                          "of service-definition.toml (default: its first)."),
     port: Optional[int] = typer.Option(None, "--port", "-p", help="Port to listen on (default 8080; 5001 with "
                                        "--entry-script, as Azure's server)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 for every interface)."),
@@ -34,6 +40,15 @@ def serve(
 ) -> None:
     """Serve a model over OIP v1 and v2 (KServe/Triton clients work) with adaptive batching, /metrics and
     statistics, or an Azure ML entry script; prints its URL and runs until Ctrl-C."""
+    if model_folder is not None:
+        if model is not None or entry_script is not None:
+            guard(lambda: _raise(SpecError("--model-folder", str(model_folder), "alone (not with MODEL or --entry-script)")))
+        from serving import modelfolder
+        from serving.supervisor import serve_folder
+
+        folder = guard(lambda: modelfolder.load(model_folder, definition, runtime))
+        _listening(lambda: guard(lambda: serve_folder(folder, host, port or 8080)), port or 8080)
+        return
     if entry_script is not None:
         if model is not None:
             guard(lambda: _raise(SpecError("MODEL", model, "nothing with --entry-script (the script loads its model)")))

@@ -1,0 +1,167 @@
+"""Backend.AI model folders: the files read with their semantics (checked before anything starts),
+the health-check state machine on a given clock, the pre-start actions, and `mlyard serve
+--model-folder` supervising and proxying a real HTTP server process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+
+import pytest
+import yaml
+from serving_http import MLYARD, call, free_port, start, stop
+
+from mlyard.errors import SpecError
+from serving import modelfolder
+from serving.health import DEGRADED, HEALTHY, UNHEALTHY, Health
+from serving.modelfolder import HealthCheck
+from serving.supervisor import run_actions
+
+
+def _folder(tmp_path, service: dict, toml: str | None = None, name: str = "model-definition.yaml"):
+    (tmp_path / name).write_text(yaml.safe_dump({"models": [{"name": "m", "model_path": "/models", "service": service}]}))
+    if toml is not None:
+        (tmp_path / "service-definition.toml").write_text(toml)
+    return tmp_path
+
+
+def test_a_definition_is_read_with_its_semantics(tmp_path):
+    f = modelfolder.load(_folder(tmp_path, {"start_command": "python -m http.server --directory /models/www 8000",
+                                            "port": 8000}))
+    assert f.argv() == ["python", "-m", "http.server", "--directory", f"{tmp_path}/www", "8000"]
+    assert f.service.health_check is None  # no block: nothing is probed, no defaults
+    (tmp_path / "yml").mkdir()
+    f = modelfolder.load(_folder(tmp_path / "yml", {"start_command": ["python", "x.py"], "port": 8000,
+                                                    "health_check": {"path": "/health"}}, name="model-definition.yml"))
+    assert f.service.health_check == HealthCheck(path="/health", interval=10.0, max_retries=10, max_wait_time=15.0,
+                                                 expected_status_code=200, initial_delay=60.0)
+    f = modelfolder.load(_folder(tmp_path, {"start_command": "x", "port": 1}, toml=(
+        '[vllm.environment]\nimage = "example.com/server:1"\narchitecture = "x86_64"\n'
+        '[vllm.resource_slots]\ncpu = 1\nmem = "8gb"\n"cuda.shares" = "0.5"\n[vllm.environ]\nMODEL_NAME = "demo"\n'
+        '[custom.environ]\nMODEL_NAME = "other"\n')), variant="custom")
+    assert f.variant is not None and f.variant.environ == {"MODEL_NAME": "other"}
+    f = modelfolder.load(tmp_path)
+    assert f.variant.image == "example.com/server:1" and f.variant.resource_slots["cuda.shares"] == "0.5"
+
+
+@pytest.mark.parametrize("service, words", [
+    ({"port": 8000}, "models[0].service.start_command"),
+    ({"start_command": "x", "port": 99999}, "models[0].service.port: 99999"),
+    ({"start_command": "x", "port": 8000, "helth_check": {}}, "models[0].service.helth_check"),
+    ({"start_command": "x", "port": 8000, "health_check": {"interval": 5}}, "health_check.path"),
+    ({"start_command": "x", "port": 8000, "health_check": {"path": "health"}}, "starting with /"),
+    ({"start_command": "x", "port": 8000, "pre_start_actions": [{"action": "copy", "args": {}}]},
+     "pre_start_actions[0].action: 'copy'"),
+    ({"start_command": "x", "port": 8000, "pre_start_actions": [{"action": "mkdir", "args": {}}]},
+     "pre_start_actions[0].args.path"),
+    ({"start_command": "", "port": 8000}, "start_command: ''"),
+])
+def test_a_bad_definition_names_the_key_and_the_value(tmp_path, service, words):
+    with pytest.raises(SpecError) as bad:
+        modelfolder.load(_folder(tmp_path, service))
+    assert words in str(bad.value) and "\n" not in str(bad.value)
+
+
+def test_bad_service_definitions_and_folders(tmp_path):
+    with pytest.raises(SpecError, match="model-definition.yaml or model-definition.yml"):
+        modelfolder.load(tmp_path)
+    _folder(tmp_path, {"start_command": "x", "port": 1}, toml="[vllm.environment]\nimage = 'x'\n")
+    with pytest.raises(SpecError, match=r"\[vllm.environment\].architecture"):
+        modelfolder.load(tmp_path)
+    (tmp_path / "service-definition.toml").write_text("[vllm.environ]\nA = 1\n")
+    with pytest.raises(SpecError, match="runtime variant: 'nim'"):
+        modelfolder.load(tmp_path, variant="nim")
+    (tmp_path / "service-definition.toml").write_text("[vllm\n")
+    with pytest.raises(SpecError, match="valid TOML"):
+        modelfolder.load(tmp_path)
+
+
+def test_the_health_state_machine():
+    check = HealthCheck(path="/health", interval=10, max_retries=2, max_wait_time=15, initial_delay=60)
+    h = Health(check, started=0.0)
+    assert h.status == DEGRADED and h.next_probe() == 60.0
+    assert h.probed(60, None, "timeout") == DEGRADED and h.failures == 1  # fails keep the status
+    assert h.probed(70, 200) == HEALTHY and h.failures == 0 and h.next_probe() == 80.0
+    assert h.probed(80, 500) == HEALTHY and h.probed(90, 503) == HEALTHY  # 2 failures: not more than max_retries
+    assert h.probed(100, None) == UNHEALTHY and h.failures == 3
+    assert h.probed(110, 200) == HEALTHY
+    assert h.seconds_to_unhealthy() == 60 + 10 * 3 and h.seconds_to_unhealthy(running=True) == 30
+    assert Health(HealthCheck(path="/h"), 0).seconds_to_unhealthy() == 170  # the defaults: 60 + 10 x 11
+    none = Health(None, 0)
+    assert none.status == HEALTHY and none.next_probe() is None
+    none.exited("gone")
+    assert none.status == UNHEALTHY
+
+
+def test_pre_start_actions_run_in_order(tmp_path):
+    f = modelfolder.load(_folder(tmp_path, {"start_command": "x", "port": 1, "pre_start_actions": [
+        {"action": "mkdir", "args": {"path": "/models/conf"}},
+        {"action": "write_file", "args": {"filename": "/models/conf/a.txt", "body": "one\n", "mode": "600"}},
+        {"action": "write_file", "args": {"filename": "conf/a.txt", "body": "two\n", "append": True, "mode": "640"}},
+        {"action": "write_tempfile", "args": {"body": "print('hi')\n"}},
+        {"action": "run_command", "args": {"command": ["cat", "/models/conf/a.txt"]}},
+        {"action": "run_command", "args": {"command": [sys.executable, "-c", "import sys; sys.exit('no')"]}},
+        {"action": "log", "args": {"message": "done"}},
+    ]}))
+    done = run_actions(f)
+    assert (tmp_path / "conf" / "a.txt").read_text() == "one\ntwo\n"
+    assert oct((tmp_path / "conf" / "a.txt").stat().st_mode & 0o777) == "0o640"
+    assert done[3]["path"].endswith(".py") and open(done[3]["path"]).read() == "print('hi')\n"
+    os.unlink(done[3]["path"])
+    assert done[4] == {"action": "run_command", "out": "one\ntwo\n", "err": ""}
+    assert done[5]["err"].strip() == "no" and done[6]["message"] == "done"
+
+
+CHILD = """
+import http.server, json, os, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/health" and os.path.exists("sick"):
+            self.send_response(500); self.end_headers(); return
+        body = json.dumps({"path": self.path, "model": os.environ.get("MODEL_NAME")}).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a): pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def test_mlyard_serve_supervises_probes_restarts_and_proxies(tmp_path):
+    child_port = free_port()
+    (tmp_path / "app.py").write_text(CHILD)
+    _folder(tmp_path, {"start_command": [sys.executable, "/models/app.py", str(child_port)], "port": child_port,
+                       "health_check": {"path": "/health", "interval": 0.3, "max_retries": 1, "max_wait_time": 1,
+                                        "initial_delay": 0.5}},
+            toml='[custom.environ]\nMODEL_NAME = "from-toml"\n')
+    port = free_port()
+    proc, _ = start([MLYARD, "serve", "--model-folder", str(tmp_path), "--port", str(port)])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        status = _until(url, lambda v: v["status"] == HEALTHY)
+        assert call(url + "/anything?x=1") == (200, {"path": "/anything?x=1", "model": "from-toml"})
+        os.kill(status["pid"], signal.SIGKILL)  # the service dies: restarted, healthy again
+        again = _until(url, lambda v: v["restarts"] >= 1 and v["status"] == HEALTHY)
+        assert again["pid"] != status["pid"]
+        (tmp_path / "sick").write_text("")  # /health answers 500 from now on: UNHEALTHY, requests refused
+        sick = _until(url, lambda v: v["status"] == UNHEALTHY)
+        assert "answered 500" in sick["reason"]
+        code, body = call(url + "/anything")
+        assert code == 503 and "UNHEALTHY" in body["error"]
+        (tmp_path / "sick").unlink()
+        _until(url, lambda v: v["status"] == HEALTHY)
+    finally:
+        stop(proc)
+
+
+def _until(url: str, ok, timeout: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout
+    view: dict = {}
+    while time.monotonic() < deadline:
+        _, view = call(url + "/mlyard/health")
+        if isinstance(view, dict) and ok(view):
+            return view
+        time.sleep(0.1)
+    raise AssertionError(f"the supervisor stayed {json.dumps(view)}")
