@@ -6,7 +6,8 @@
 4. Tune its learning rate (grid, median early stopping stops the bad one); register the best trial.
 5. Batch inference with digits@champion over the held-out digits (examples/data, JSONL).
 6. Evaluate digits@champion and digits-tuned on them; compare the two (table and overlaid curves).
-7. Start the MLflow UI and print what was done and where to look.
+7. Serve digits@champion (`mlyard serve`) and send it one held-out digit.
+8. Start the MLflow UI and print what was done and where to look.
 """
 
 from __future__ import annotations
@@ -82,7 +83,10 @@ def run(settings: Settings, out: Console, keep_running: bool = True) -> None:
         out.print(f"  {row['metric']:<10} {cells}")
     out.print(f"  (columns: digits@champion, digits-tuned@best)  curves: {picture}")
 
-    out.rule("7. where to look")
+    out.rule("7. serving digits@champion (mlyard serve)")
+    served = serve_once(settings, out)
+
+    out.rule("8. where to look")
     try:  # a UI slow to start on a busy machine never fails the demo: everything is recorded already
         mlflow_url = stack.start_mlflow_ui(settings, echo=out.print)
     except StackError as exc:
@@ -95,6 +99,7 @@ def run(settings: Settings, out: Console, keep_running: bool = True) -> None:
   tuning       {tuned.tuning_id}  COMPLETE ({tuned.reason}), best accuracy={tuned.best_value:.4f}
                {tuned.best_params}  ->  model digits-tuned version {tv.version}
   batch        {batch.batch_id}  COMPLETE  {batch.rows} rows -> {batch.output_uri}
+  serving      {served}
   evaluations  {champion.evaluation_id}  digits@champion  accuracy={champion.metrics['accuracy']:.4f}
                {tuned_eval.evaluation_id}  digits-tuned@best  accuracy={tuned_eval.metrics['accuracy']:.4f}
                comparison picture {picture}
@@ -109,7 +114,59 @@ def run(settings: Settings, out: Console, keep_running: bool = True) -> None:
         .venv/bin/mlyard evaluations show {champion.evaluation_id}
         .venv/bin/mlyard evaluations compare {champion.evaluation_id} {tuned_eval.evaluation_id}
         .venv/bin/mlyard batch -f examples/batch.yaml --set output_uri=/tmp/digits-batch
+        .venv/bin/mlyard serve digits@champion --port 8080   (then the curl in the README)
         .venv/bin/mlyard train -f examples/train.yaml --submit
         .venv/bin/mlyard down      (stops the stack; state stays in {settings.home_dir})""")
     if not keep_running:
         stack.down(settings, echo=out.print)
+
+
+def serve_once(settings: Settings, out: Console) -> str:
+    """Serve digits@champion as a user would (`mlyard serve` in its own process), send it one held-out
+    digit over OIP v1, print the answer, and stop it. Returns a one-line summary."""
+    import json
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    with open(PROJECT_ROOT / "examples" / "data" / "digits-test.jsonl") as fh:
+        row = json.loads(fh.readline())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.monotonic()
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "mlyard"), "serve", "digits@champion", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            cwd=PROJECT_ROOT, env={**os.environ, "MLYARD_HOME": str(settings.home_dir)})
+    try:
+        lines = []
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("serving "):
+                break
+        else:
+            raise StackError("mlyard serve exited: " + "".join(lines)[-1500:])
+        out.print(line.strip())
+        ready = time.monotonic() - started
+        body = json.dumps({"inputs": [{"name": "input-0", "shape": [1, 64], "datatype": "FP64", "data": row["pixels"]}],
+                           "outputs": [{"name": "predict"}, {"name": "predict_proba"}]}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v2/models/digits/infer", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            outputs = {o["name"]: o["data"] for o in json.loads(resp.read())["outputs"]}
+        best = outputs["predict"][0]
+        out.print(f"  POST /v2/models/digits/infer with {row['id']} (label {row['label']}) -> digit {best} "
+                  f"(highest probability {max(outputs['predict_proba']):.3f})")
+        return f"digits@champion answered {row['id']} (label {row['label']}) with {best} (ready in {ready:.1f} s)"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
