@@ -130,9 +130,11 @@ def _tensor(raw: Any, i: int, binary: memoryview) -> tuple[Tensor, int]:
     where = f"input {name!r}"
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise BadRequest(f"{where} shape", shape, "a list of non-negative integers, e.g. [2, 4]")
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise BadRequest(f"{where} datatype", datatype, ", ".join(DATATYPES))
     params = raw.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise BadRequest(f"{where} parameters", _short(params), "an object")
     count = int(np.prod(shape)) if shape else 1
     size = params.get("binary_data_size")
     if size is not None:
@@ -149,8 +151,12 @@ def _tensor(raw: Any, i: int, binary: memoryview) -> tuple[Tensor, int]:
 
 
 def _from_json(data: Any, datatype: str, count: int, where: str) -> np.ndarray:
+    if not isinstance(data, list):
+        raise BadRequest(f"{where} data", _short(data), f"a (nested) list of {count} {datatype} values")
     if datatype == "BYTES":
         flat = list(_flatten(data))
+        if not all(isinstance(v, (str, bytes)) for v in flat):
+            raise BadRequest(f"{where} data", _short(data), "strings for BYTES")
         array = np.empty(len(flat), dtype=object)
         array[:] = [v.encode() if isinstance(v, str) else v for v in flat]
     else:

@@ -13,7 +13,7 @@ import threading
 
 import typer
 
-from mlyard.cli import batches, evaluations, experiments, models, serve, stack, templates, trainings, tunings
+from mlyard.cli import batches, evaluations, experiments, models, predict, serve, stack, templates, trainings, tunings
 from mlyard.cli.common import DEBUG
 
 app = typer.Typer(help="mlyard: ML lifecycle flows on Prefect 3 with MLflow as the registry.",
@@ -26,7 +26,7 @@ def root(debug: bool = typer.Option(False, "--debug", help="Show the traceback o
 
 
 for command in (stack.up, stack.down, stack.status, trainings.train, tunings.tune, batches.batch,
-                evaluations.evaluate, serve.serve, stack.demo):
+                evaluations.evaluate, serve.serve, predict.predict, stack.demo):
     app.command(command.__name__)(command)
 for group, name in ((trainings.app, "trainings"), (tunings.app, "tunings"), (batches.app, "batches"),
                     (evaluations.app, "evaluations"), (experiments.app, "experiments"), (templates.app, "templates"),

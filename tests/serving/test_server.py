@@ -169,3 +169,29 @@ def test_statistics_and_metrics(forest):
     assert set(stats["classes"]["predictions"]) <= {"0", "1"} and stats["classes"]["total"] >= 4
     status, text = call(url + "/metrics")
     assert status == 200 and b'mlyard_inference_requests_total{model="bc_rf",status="200"}' in text
+
+
+def test_mlyard_predict_sends_a_file_of_rows(iris, tmp_path):
+    import subprocess
+
+    from serving_http import MLYARD
+
+    url, model, x = iris
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"id": f"r{i}", "features": x[i].tolist()}) + "\n" for i in range(0, 150, 7)))
+    expected = model.predict(x[0:150:7]).tolist()
+    v1 = subprocess.run([MLYARD, "predict", str(rows), "--url", url + "/v1/models/iris:predict", "--id-field", "id",
+                         "--batch-size", "5"], capture_output=True, text=True, timeout=120)
+    lines = [json.loads(line) for line in v1.stdout.splitlines()]
+    assert v1.returncode == 0 and [line["prediction"] for line in lines] == expected
+    assert lines[1] == {"row": 1, "id": "r7", "prediction": expected[1]}
+    out = tmp_path / "out.jsonl"
+    v2 = subprocess.run([MLYARD, "predict", str(rows), "--url", url + "/v2/models/iris/infer", "--field", "features",
+                         "--probabilities", "-o", str(out)], capture_output=True, text=True, timeout=120)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert v2.returncode == 0 and [line["prediction"] for line in lines] == expected
+    assert np.allclose([line["probabilities"] for line in lines], model.predict_proba(x[0:150:7]))
+    bad = subprocess.run([MLYARD, "predict", str(rows), "--url", url + "/v1/models/nope:predict"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "answered 404: model 'nope' is not served here" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
