@@ -112,8 +112,11 @@ def _resolve(model: str) -> tuple[Path, str, str]:
 
 
 def _fetch(uri: str, name: str, version: str) -> Path:
-    """A local copy, kept under <home>/serving/ so a restart does not fetch again."""
+    """A local copy, kept under <home>/serving/ so a restart does not fetch again (fetched under a
+    temporary name and renamed, so an interrupted fetch is never taken for a model)."""
     import hashlib
+    import os
+    import shutil
 
     from mlyard.connection import connect
     from tasks.inference import fetch_model
@@ -121,6 +124,15 @@ def _fetch(uri: str, name: str, version: str) -> Path:
 
     settings = connect()
     dest = settings.home_dir / "serving" / f"{name}-{version}-{hashlib.sha256(uri.encode()).hexdigest()[:8]}"
-    if (dest / "MLmodel").is_file() or any(dest.glob("*.joblib")):
+    if dest.is_dir():
         return dest
-    return fetch_model(Storage(settings), uri, dest)
+    tmp = dest.parent / f".{dest.name}.{os.getpid()}.tmp"
+    try:
+        got = Path(fetch_model(Storage(settings), uri, tmp))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if got != tmp:  # not fetched as one folder (e.g. served where it is): used as it is, not kept
+        return got
+    os.replace(tmp, dest)
+    return dest
