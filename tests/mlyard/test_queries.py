@@ -31,8 +31,11 @@ def test_the_stack_runs_a_warm_api_that_answers_reads(stack, platform):
     assert queries.api_url() == stack.service_url
     with urllib.request.urlopen(f"{stack.service_url}/health", timeout=5) as resp:
         assert json.loads(resp.read()) == {"status": "ok"}
-    for name in ("experiments_list", "models_list", "templates_list"):
+    for name in ("models_list", "templates_list"):
         assert queries._remote(stack.service_url, name, {}) == _local(name)
+    # an experiment's count of running work may move between the two reads: the same experiments
+    assert [e["name"] for e in queries._remote(stack.service_url, "experiments_list", {})] == \
+        [e["name"] for e in _local("experiments_list")]
     # runs may still be running (their seconds and status move): the same runs, in the same order
     for name, kwargs in (("trainings_list", {"limit": 5}), ("runs_list", {"kind": "BATCH", "limit": 5})):
         remote = queries._remote(stack.service_url, name, kwargs)
