@@ -48,10 +48,14 @@ class _Thread:
     def _loop(self) -> None:
         while True:
             fn, fut = self._q.get()
+            if not fut.set_running_or_notify_cancel():  # its caller gave up before it started
+                continue
             try:
-                fut.set_result(fn())
+                result = fn()
             except BaseException as exc:  # handed to the caller
                 fut.set_exception(exc)
+            else:
+                fut.set_result(result)
 
     def submit(self, fn: Callable[[], Any]) -> Future:
         fut: Future = Future()
@@ -101,7 +105,13 @@ class Batcher:
         self._scheduled = False
         if self._busy or not self._open:
             return
-        batch, self._open, self._rows = self._open, [], 0
+        batch: list[_Item] = []  # at most max_batch_size rows; the rest make the next call
+        rows = 0
+        while self._open and (not batch or rows + self._open[0].n <= self.max_batch_size):
+            item = self._open.pop(0)
+            batch.append(item)
+            rows += item.n
+        self._rows -= rows
         self._busy = True
         task = loop.create_task(self._call(batch, loop))
         task.add_done_callback(lambda _: self._done(loop))
@@ -112,8 +122,8 @@ class Batcher:
             self._flush(loop)
 
     async def _call(self, batch: list[_Item], loop: asyncio.AbstractEventLoop, alone: bool = False) -> Any:
-        x = batch[0].x if len(batch) == 1 else self.join([i.x for i in batch])
-        try:
+        try:  # rows that cannot be joined (different widths) go request by request, as a failed batch does
+            x = batch[0].x if len(batch) == 1 else self.join([i.x for i in batch])
             out = await self._model(x, loop)
         except ModelTimeout as exc:
             return self._fail(batch, exc, alone)
