@@ -22,20 +22,19 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable
 
 import numpy as np
 import orjson
 
 from mlyard.errors import SpecError
-from serving import protocol
+from serving import asgi, protocol
 from serving.batching import Batcher, ModelTimeout
 from serving.protocol import BadRequest
 from serving.runtime import ServedModel
 from serving.stats import Stats
 
 log = logging.getLogger("mlyard.serving")
-JSON = b"application/json"
 SERVER_NAME = "mlyard"
 SERVER_VERSION = "0.1.0"
 
@@ -64,15 +63,9 @@ class ModelServer:
 
     # -- ASGI ---------------------------------------------------------------------------------------
 
-    async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]], send: Callable[[dict], Awaitable[None]]) -> None:
+    async def __call__(self, scope: dict, receive: asgi.Receive, send: asgi.Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            return await asgi.lifespan(receive, send)
         if scope["type"] != "http":
             return
         try:
@@ -81,9 +74,7 @@ class ModelServer:
             status, body, headers = exc.status, protocol.error_body(str(exc)), []
         except BadRequest as exc:
             status, body, headers = 400, protocol.error_body(str(exc)), []
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", JSON), (b"content-length", str(len(body)).encode()), *headers]})
-        await send({"type": "http.response.body", "body": body})
+        await asgi.reply(send, status, body, headers=headers)
 
     async def _route(self, scope: dict, receive) -> tuple[int, bytes, list]:
         method, path = scope["method"], scope["path"].rstrip("/") or "/"
@@ -257,17 +248,10 @@ class ModelServer:
         return model
 
     async def _body(self, receive) -> bytes:
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                raise HttpError(413, f"the request body is over the limit of {self.max_body} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body"):
-                break
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        try:
+            return await asgi.read_body(receive, self.max_body)
+        except asgi.BodyTooLarge as exc:
+            raise HttpError(413, str(exc)) from None
 
 
 def _only(method: str, allowed: str) -> None:

@@ -31,6 +31,7 @@ from typing import Any
 import orjson
 
 from mlyard.errors import SpecError
+from serving import asgi
 
 DEFAULT_PORT = 5001
 
@@ -94,19 +95,11 @@ class AzureApp:
 
     async def __call__(self, scope: dict, receive, send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            return await asgi.lifespan(receive, send)
         if scope["type"] != "http":
             return
         status, body, ctype = await self._route(scope["method"], scope["path"], receive)
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await asgi.reply(send, status, body, ctype)
 
     async def _route(self, method: str, path: str, receive) -> tuple[int, bytes, bytes]:
         script = self.script
@@ -122,17 +115,10 @@ class AzureApp:
             return 503, _error(script.init_error), b"application/json"
         body = b""
         if method == "POST":
-            chunks, size = [], 0
-            while True:
-                message = await receive()
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > self.max_body:
-                    return 413, _error(f"the request body is over the limit of {self.max_body} bytes"), b"application/json"
-                chunks.append(chunk)
-                if not message.get("more_body"):
-                    break
-            body = b"".join(chunks)
+            try:
+                body = await asgi.read_body(receive, self.max_body)
+            except asgi.BodyTooLarge as exc:
+                return 413, _error(str(exc)), b"application/json"
         loop = asyncio.get_running_loop()
         try:
             out = await loop.run_in_executor(self.pool, script.call, body)

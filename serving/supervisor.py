@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from serving import asgi
 from serving.health import HEALTHY, UNHEALTHY, Health
 from serving.modelfolder import LogArgs, MkdirArgs, ModelFolder, RunCommandArgs, WriteFileArgs, WriteTempfileArgs
 
@@ -90,6 +91,7 @@ class Supervisor:
         self.target = f"http://127.0.0.1:{folder.service.port}"
         self._client: Any = None
         self._stopping = False
+        self._watch: asyncio.Task | None = None
 
     def start(self) -> None:
         argv = self.folder.argv()
@@ -161,23 +163,18 @@ class Supervisor:
 
     async def app(self, scope: dict, receive, send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    asyncio.get_running_loop().create_task(self.watch())
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    self.stop()
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            return await asgi.lifespan(receive, send, on_startup=self._start_watching, on_shutdown=self.stop)
         if scope["type"] != "http":
             return
         if scope["path"] == "/mlyard/health":
             view = self.view()
-            return await _reply(send, 200 if view["status"] == HEALTHY else 503, orjson.dumps(view))
+            return await asgi.reply(send, 200 if view["status"] == HEALTHY else 503, orjson.dumps(view))
         if self.health.status == UNHEALTHY:
-            return await _reply(send, 503, orjson.dumps({"error": f"the model service is UNHEALTHY: {self.health.reason}"}))
+            return await asgi.reply(send, 503, orjson.dumps({"error": f"the model service is UNHEALTHY: {self.health.reason}"}))
         await self._proxy(scope, receive, send)
+
+    def _start_watching(self) -> None:
+        self._watch = asyncio.get_running_loop().create_task(self.watch())  # kept: the loop holds tasks weakly
 
     async def _proxy(self, scope: dict, receive, send) -> None:
         import httpx
@@ -199,7 +196,7 @@ class Supervisor:
             req = self._client.build_request(scope["method"], path, headers=headers, content=body())
             resp = await self._client.send(req, stream=True)
         except httpx.HTTPError as exc:
-            return await _reply(send, 503, orjson.dumps({"error": f"the model service did not answer "
+            return await asgi.reply(send, 503, orjson.dumps({"error": f"the model service did not answer "
                                                                   f"({type(exc).__name__}: {exc}); status {self.health.status}"}))
         try:
             await send({"type": "http.response.start", "status": resp.status_code,
@@ -209,12 +206,6 @@ class Supervisor:
             await send({"type": "http.response.body", "body": b""})
         finally:
             await resp.aclose()
-
-
-async def _reply(send, status: int, body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
 
 
 def serve_folder(folder: ModelFolder, host: str, port: int) -> None:
