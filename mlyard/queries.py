@@ -167,8 +167,9 @@ def model_reference(model: str) -> dict[str, Any]:
     p = _platform()
     registered = is_registry_ref(model) or model.startswith("models:/")
     uri = checks.model_reference(p.storage, p.models if registered else None, model)
-    framework = p.models.resolve(uri.removeprefix("models:/")).framework if registered else None
-    return {"uri": uri, "framework": framework}
+    version = p.models.resolve(uri.removeprefix("models:/")) if registered else None
+    return {"uri": uri, "framework": version.framework if version else None,
+            "parameters": version.parameters if version else {}}
 
 
 QUERIES: dict[str, Callable[..., Any]] = {f.__name__: f for f in (

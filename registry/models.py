@@ -30,6 +30,7 @@ from mlyard.names import (
 )
 from registry.catalog import Catalog
 from registry.tracking import Tracking
+from serving import params
 
 MAX_TAG_CHARS = 5000  # MLflow's limit on a tag value
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -69,15 +70,12 @@ class ModelInfo:
 
 def serving_env(parameters: Mapping[str, str]) -> dict[str, str]:
     """Model parameters as SCREAMING_SNAKE environment variables for the model server."""
-    return {re.sub(r"[^A-Za-z0-9]+", "_", k).strip("_").upper(): str(v) for k, v in parameters.items()}
+    return params.environ(parameters)
 
 
 def serving_args(parameters: Mapping[str, str]) -> list[str]:
     """Model parameters as `--key value` arguments for the model server."""
-    out: list[str] = []
-    for k, v in parameters.items():
-        out += [f"--{k}", str(v)]
-    return out
+    return params.arguments(parameters)
 
 
 def detect_framework(model_dir: Path) -> tuple[str, str]:

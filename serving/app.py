@@ -144,16 +144,20 @@ class ModelServer:
         except ValueError:
             raise BadRequest("Inference-Header-Content-Length", length, "an integer") from None
         req = protocol.v2_request(body, header_length)
-        x = self._v2_rows(model, req)
-        names = [o["name"] for o in req.outputs] or ["predict"]
+        x = model.v2_rows(req.inputs) if model.takes_rows else self._v2_rows(model, req)
+        names = [o["name"] for o in req.outputs] or [model.outputs[0].name]
         known = {t.name for t in model.outputs}
         unknown = [n for n in names if n not in known]
         if unknown:
             raise BadRequest("outputs", unknown[0], f"one of the model's outputs: {', '.join(sorted(known))}")
         proba = "predict_proba" in names
         preds, probs = await self._predict(model, x, proba)
+        if model.takes_rows:
+            from serving.custom import as_tensor
+
+            preds = as_tensor(preds)
         binary = {o["name"]: bool((o.get("parameters") or {}).get("binary_data", req.binary_output)) for o in req.outputs}
-        outputs = [(n, preds if n == "predict" else probs, binary.get(n, req.binary_output)) for n in names]
+        outputs = [(n, probs if n == "predict_proba" else preds, binary.get(n, req.binary_output)) for n in names]
         body_out, head = protocol.v2_response(model.name, model.version, req.id, outputs)  # type: ignore[arg-type]
         headers = []
         if head is not None:

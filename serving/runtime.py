@@ -14,6 +14,7 @@ import numpy as np
 import yaml
 
 from mlyard.errors import SpecError
+from serving import custom
 from serving.protocol import BadRequest
 
 _NUMPY_TO_V2 = {"float64": "FP64", "float32": "FP32", "float16": "FP16", "int64": "INT64", "int32": "INT32",
@@ -36,6 +37,9 @@ class TensorMeta:
 class ServedModel:
     """One loaded model. `predict(x, proba)` gives (predictions, probabilities or None) for rows `x`."""
 
+    takes_rows = False  # rows are a numeric table (serving/custom.py has the models whose rows are JSON values)
+    params: dict[str, str] = {}
+
     def __init__(self, name: str, version: str, path: Path, estimator: Any, pyfunc: Any = None,
                  platform: str = "sklearn", signature: dict | None = None):
         self.name, self.version, self.path, self.platform = name, version, path, platform
@@ -46,6 +50,9 @@ class ServedModel:
         names = getattr(estimator, "feature_names_in_", None)
         self.feature_names: list[str] | None = [str(n) for n in names] if names is not None else None
         self.inputs, self.outputs = self._metadata(signature)
+
+    def v2_rows(self, inputs: list) -> Any:  # only for models that take rows (takes_rows)
+        raise NotImplementedError
 
     @property
     def is_classifier(self) -> bool:
@@ -112,13 +119,23 @@ def _v2(dtype: Any) -> str:
     return _NUMPY_TO_V2.get(np.dtype(dtype).name if not isinstance(dtype, str) else dtype, "BYTES")
 
 
-def load(path: Path | str, name: str | None = None, version: str = "1") -> ServedModel:
-    """The model in directory `path`: an MLflow model, or a scikit-learn `.joblib` directory. A layout
-    that is recognised but cannot be served here (TensorFlow SavedModel, Triton) is refused with why."""
+def load(path: Path | str, name: str | None = None, version: str = "1",
+         params: dict[str, str] | None = None) -> ServedModel:
+    """The model in directory `path`: an MLflow model, a scikit-learn `.joblib` directory, PyTorch
+    weights with a handler, or a Hugging Face directory (serving/custom.py); `params` are the version's
+    parameters. A layout that is recognised but cannot be served here (TensorFlow SavedModel, Triton)
+    is refused with why."""
     path = Path(path)
     name = name or path.name
+    params = params or {}
     if (path / "MLmodel").is_file():
-        return _mlflow(path, name, version)
+        served = _mlflow(path, name, version)
+        served.params = params
+        return served
+    if path.is_dir() and custom.is_torch_dir(path):
+        return custom.load_torch(path, name, version, params)  # type: ignore[return-value]
+    if path.is_dir() and custom.is_hf_dir(path):
+        return custom.load_hf(path, name, version, params)  # type: ignore[return-value]
     if path.is_file() and path.suffix == ".joblib":
         return _joblib(path, name, version)
     if path.is_dir():
@@ -135,7 +152,9 @@ def load(path: Path | str, name: str | None = None, version: str = "1") -> Serve
                             "entry (config.pbtxt); serve it with Triton Inference Server")
     if not path.exists():
         raise SpecError("model", str(path), "a directory holding an MLflow model or a .joblib file; nothing is there")
-    raise SpecError("model", str(path), "an MLflow model (a directory with MLmodel) or a scikit-learn .joblib file")
+    raise SpecError("model", str(path), "an MLflow model (a directory with MLmodel), a scikit-learn .joblib file, "
+                    "PyTorch weights with model.py and handler.py, or a Hugging Face directory (config.json and "
+                    ".safetensors weights)")
 
 
 def _mlflow(path: Path, name: str, version: str) -> ServedModel:

@@ -41,9 +41,18 @@ def serve(
                                          "(0: only what has already arrived)."),
     timeout_seconds: float = typer.Option(60.0, help="A model call taking longer answers 504; the server goes on."),
     max_body_mb: float = typer.Option(32.0, help="Larger request bodies answer 413."),
+    param: list[str] = typer.Option([], "--param", help="A model parameter NAME=VALUE (repeatable; over the "
+                                    "registered version's own). The model gets it under NAME, and the process "
+                                    "as an environment variable in SCREAMING_SNAKE_CASE (maxLength: MAX_LENGTH)."),
 ) -> None:
     """Serve a model over OIP v1 and v2 (KServe/Triton clients work) with adaptive batching, /metrics and
     statistics, or an Azure ML entry script; prints its URL and runs until Ctrl-C."""
+    import os
+
+    from serving import params
+
+    given = guard(lambda: params.parse(param))
+    os.environ.update(params.environ(given))
     if model_folder is not None:
         if model is not None or entry_script is not None or chat_model is not None:
             guard(lambda: _raise(SpecError("--model-folder", str(model_folder), "alone (not with MODEL, --entry-script "
@@ -75,8 +84,10 @@ def serve(
             raise SpecError("--max-batch-size", max_batch_size, "at least 1")
         if model is None:
             return None
-        path, default_name, version = _resolve(model)
-        return load_model(path, name or default_name, version)
+        path, default_name, version, registered = _resolve(model)
+        merged = {**registered, **given}
+        os.environ.update(params.environ(merged))
+        return load_model(path, name or default_name, version, params=merged)
 
     def load_chat():
         from serving.generative import ChatModel
@@ -116,21 +127,21 @@ def _listening(serve_fn, port: int) -> None:
         sys.exit(2)
 
 
-def _resolve(model: str) -> tuple[Path, str, str]:
-    """(local directory, default name, version) of a model reference."""
+def _resolve(model: str) -> tuple[Path, str, str, dict[str, str]]:
+    """(local directory, default name, version, the version's parameters) of a model reference."""
     from mlyard.specs import is_mlflow_uri, is_registry_ref
 
     if is_registry_ref(model) or model.startswith("models:/"):
-        uri = ask("model_reference", model=model)["uri"]  # models:/name/version, checked by the registry
-        ref = uri.removeprefix("models:/")
+        found = ask("model_reference", model=model)  # models:/name/version, checked by the registry
+        ref = found["uri"].removeprefix("models:/")
         name, version = ref.rsplit("/", 1)
-        return _fetch(uri, name, version), name, version
+        return _fetch(found["uri"], name, version), name, version, found.get("parameters") or {}
     if is_mlflow_uri(model):
-        return _fetch(model, "model", "1"), "model", "1"
+        return _fetch(model, "model", "1"), "model", "1", {}
     if "://" in model:
-        return _fetch(model, Path(model.rstrip("/")).name, "1"), Path(model.rstrip("/")).name, "1"
+        return _fetch(model, Path(model.rstrip("/")).name, "1"), Path(model.rstrip("/")).name, "1", {}
     path = Path(model).expanduser().resolve()
-    return path, (path.parent.name if path.is_file() else path.name), "1"
+    return path, (path.parent.name if path.is_file() else path.name), "1", {}
 
 
 def _fetch(uri: str, name: str, version: str) -> Path:
