@@ -22,7 +22,6 @@ the limit, 500 the model raised, 501 no explainer, 503 not ready, 504 the model 
 from __future__ import annotations
 
 import functools
-import logging
 import time
 from typing import Any, Awaitable
 
@@ -32,11 +31,11 @@ import orjson
 from mlyard.errors import SpecError
 from serving import asgi, protocol
 from serving.batching import Batcher, ModelTimeout
+from serving.inference_log import InferenceLog, new_id
 from serving.protocol import BadRequest
 from serving.runtime import ServedModel
 from serving.stats import Stats
 
-log = logging.getLogger("mlyard.serving")
 SERVER_NAME = "mlyard"
 SERVER_VERSION = "0.1.0"
 
@@ -51,15 +50,17 @@ class ModelServer:
     """The ASGI application over loaded models."""
 
     def __init__(self, models: list[ServedModel], *, chat: Any = None, max_batch_size: int = 64,
-                 max_latency_ms: float = 0.0, timeout_seconds: float = 60.0, max_body_bytes: int = 32 * 1024 * 1024):
+                 max_latency_ms: float = 0.0, timeout_seconds: float = 60.0, max_body_bytes: int = 32 * 1024 * 1024,
+                 inference_log: InferenceLog | None = None):
         self.models = {m.name: m for m in models}
         self.max_body = max_body_bytes
         self.stats = Stats()
+        self.log = inference_log or InferenceLog(every_request=False)  # failures always; every request on request
         self.openai = None
         if chat is not None:  # a generative.ChatModel: its routes live with it
             from serving.generative import OpenAIRoutes
 
-            self.openai = OpenAIRoutes(chat, max_body_bytes, self.stats)
+            self.openai = OpenAIRoutes(chat, max_body_bytes, self.stats, self.log)
         self.ready = True
         self._batchers: dict[tuple[str, bool], Batcher] = {}
         for m in models:
@@ -91,7 +92,7 @@ class ModelServer:
         if parts[0] == "v2":
             return await self._v2(method, parts[1:], scope, receive)
         if parts[0] == "v1" and len(parts) >= 2 and parts[1] == "models":
-            return await self._v1(method, parts[2:], receive)
+            return await self._v1(method, parts[2:], scope, receive)
         if path == "/metrics" and method == "GET":
             return 200, self.stats.prometheus(), [(b"content-type", b"text/plain; version=0.0.4")]
         if path == "/stats" and method == "GET":
@@ -133,7 +134,7 @@ class ModelServer:
             return 200, orjson.dumps(self.summary(model.name)), []
         if rest == ["infer"]:
             _only(method, "POST")
-            return await self._timed(model, self._infer(model, scope, receive))
+            return await self._timed(model, scope, self._infer(model, scope, receive))
         raise HttpError(404, f"no route {method} /v2/{'/'.join(parts)}")
 
     async def _infer(self, model: ServedModel, scope: dict, receive) -> tuple[int, bytes, list, int]:
@@ -186,7 +187,7 @@ class ModelServer:
 
     # -- v1 -----------------------------------------------------------------------------------------
 
-    async def _v1(self, method: str, parts: list[str], receive) -> tuple[int, bytes, list]:
+    async def _v1(self, method: str, parts: list[str], scope: dict, receive) -> tuple[int, bytes, list]:
         if not parts:
             _only(method, "GET")
             return 200, orjson.dumps({"models": list(self.models)}), []
@@ -201,7 +202,7 @@ class ModelServer:
             return 200, orjson.dumps({"name": model.name, "ready": self.ready}), []
         if verb == "predict":
             _only(method, "POST")
-            return await self._timed(model, self._predict_v1(model, receive))
+            return await self._timed(model, scope, self._predict_v1(model, receive))
         if verb == "explain":
             _only(method, "POST")
             raise HttpError(501, f"model {model.name!r} has no explainer")
@@ -234,17 +235,25 @@ class ModelServer:
             self.stats.record_classes(model.name, np.asarray(preds), probs)
         return preds, probs
 
-    async def _timed(self, model: ServedModel, work: Awaitable[tuple[int, bytes, list, int]]) -> tuple[int, bytes, list]:
+    async def _timed(self, model: ServedModel, scope: dict,
+                     work: Awaitable[tuple[int, bytes, list, int]]) -> tuple[int, bytes, list]:
         started = time.perf_counter()
         try:
             status, body, headers, rows = await work
         except (HttpError, SpecError) as exc:
             status = exc.status if isinstance(exc, HttpError) else 400
-            self.stats.record(model.name, time.perf_counter() - started, 0, status)
-            if status >= 500:
-                log.warning("inference failed: model=%s status=%d %s", model.name, status, exc)
+            seconds = time.perf_counter() - started
+            self.stats.record(model.name, seconds, 0, status)
+            if status >= 500 or self.log.every_request:
+                self.log.request(model.name, scope["method"], scope["path"], status, 0, seconds,
+                                 _header(scope, "x-request-id") or new_id(), str(exc))
             raise
-        self.stats.record(model.name, time.perf_counter() - started, rows, status)
+        seconds = time.perf_counter() - started
+        self.stats.record(model.name, seconds, rows, status)
+        if self.log.every_request:  # one record per request, and its id back to the caller
+            iid = _header(scope, "x-request-id") or new_id()
+            self.log.request(model.name, scope["method"], scope["path"], status, rows, seconds, iid)
+            headers = [*headers, (b"x-inference-id", iid.encode())]
         return status, body, headers
 
     def summary(self, name: str) -> dict[str, Any]:

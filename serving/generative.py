@@ -230,8 +230,8 @@ def _partial_stop(text: str, stops: list[str]) -> int:
 class OpenAIRoutes:
     """`/openai/v1/...` for one chat model, as part of the model server (serving/app.py)."""
 
-    def __init__(self, chat: ChatModel, max_body_bytes: int = 4 * 1024 * 1024, stats: Any = None):
-        self.chat, self.max_body, self.stats = chat, max_body_bytes, stats
+    def __init__(self, chat: ChatModel, max_body_bytes: int = 4 * 1024 * 1024, stats: Any = None, log: Any = None):
+        self.chat, self.max_body, self.stats, self.log = chat, max_body_bytes, stats, log
 
     async def __call__(self, scope: dict, receive: asgi.Receive, send: asgi.Send) -> None:
         path, method = scope["path"].rstrip("/"), scope["method"]
@@ -248,12 +248,12 @@ class OpenAIRoutes:
                 except asgi.BodyTooLarge as exc:
                     raise BadChat(str(exc), status=413) from None
                 tokens = await self._complete(scope, receive, send, body, chat=path.endswith("chat/completions"))
-                self._record(started, tokens, 200)
+                self._record(scope, started, tokens, 200)
                 return
             raise BadChat(f"no route {method} {path}; use /openai/v1/chat/completions or /openai/v1/completions",
                           status=404)
         except BadChat as exc:
-            self._record(started, 0, exc.status)
+            self._record(scope, started, 0, exc.status, str(exc))
             if exc.started:  # the stream is open: end it with the error as an event
                 doc = {"error": {"message": str(exc), "type": "server_error", "param": exc.param, "code": exc.code}}
                 await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(doc) + b"\n\n"})
@@ -262,9 +262,13 @@ class OpenAIRoutes:
             await asgi.reply(send, exc.status, orjson.dumps(
                 {"error": {"message": str(exc), "type": kind, "param": exc.param, "code": exc.code}}))
 
-    def _record(self, started: float, tokens: int, status: int) -> None:
+    def _record(self, scope: dict, started: float, tokens: int, status: int, error: str | None = None) -> None:
+        seconds = time.perf_counter() - started
         if self.stats is not None and status != 404:
-            self.stats.record(self.chat.name, time.perf_counter() - started, tokens, status)
+            self.stats.record(self.chat.name, seconds, tokens, status)
+        if self.log is not None:
+            self.log.request(self.chat.name, scope["method"], scope["path"], status, tokens, seconds, uuid.uuid4().hex,
+                             error)
 
     async def _complete(self, scope: dict, receive: asgi.Receive, send: asgi.Send, raw: bytes, chat: bool) -> int:
         """Answer one completion; the number of tokens generated."""

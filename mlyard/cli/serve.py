@@ -41,6 +41,9 @@ def serve(
                                          "(0: only what has already arrived)."),
     timeout_seconds: float = typer.Option(60.0, help="A model call taking longer answers 504; the server goes on."),
     max_body_mb: float = typer.Option(32.0, help="Larger request bodies answer 413."),
+    inference_log: Optional[str] = typer.Option(None, "--inference-log", help="Write a JSON record of every "
+                                                "request to this file ('-': standard output); failures are always "
+                                                "recorded on standard error."),
     param: list[str] = typer.Option([], "--param", help="A model parameter NAME=VALUE (repeatable; over the "
                                     "registered version's own). The model gets it under NAME, and the process "
                                     "as an environment variable in SCREAMING_SNAKE_CASE (maxLength: MAX_LENGTH)."),
@@ -98,6 +101,15 @@ def serve(
             print(f"loading {chat_model} ...", file=sys.stderr, flush=True)
         return ChatModel(chat_model, name if model is None else None)
 
+    def open_log():
+        from serving.inference_log import InferenceLog
+
+        try:
+            return InferenceLog(inference_log) if inference_log else None
+        except OSError as exc:
+            raise SpecError("--inference-log", inference_log, f"a file that can be written ({exc.strerror})") from None
+
+    log = guard(open_log)
     served = guard(load)
     chat = guard(load_chat)
     from serving.server import run
@@ -112,7 +124,7 @@ def serve(
     _listening(lambda: run([served] if served else [], chat=chat, host=host, port=port, on_ready=ready,
                            max_batch_size=max_batch_size,
                            max_latency_ms=max_latency_ms, timeout_seconds=timeout_seconds,
-                           max_body_bytes=int(max_body_mb * 1024 * 1024)), port)
+                           max_body_bytes=int(max_body_mb * 1024 * 1024), inference_log=log), port)
 
 
 def _raise(exc: Exception):

@@ -23,9 +23,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(argv: list[str], ready_word: str = "serving ") -> tuple[subprocess.Popen, str]:
-    """Start a server process; return it and what it printed up to its ready line."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+def start(argv: list[str], ready_word: str = "serving ", env: dict[str, str] | None = None
+          ) -> tuple[subprocess.Popen, str]:
+    """Start a server process (with `env` added to this one's); return it and what it printed up to its
+    ready line."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env={**os.environ, **env} if env else None)
     lines: list[str] = []
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -39,10 +42,10 @@ def start(argv: list[str], ready_word: str = "serving ") -> tuple[subprocess.Pop
     return proc, "".join(lines)
 
 
-def serve(model_path: Path, name: str, *extra: str) -> tuple[subprocess.Popen, str]:
+def serve(model_path: Path, name: str, *extra: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     """`mlyard serve MODEL --port P --name NAME`; returns the process and its URL."""
     port = free_port()
-    proc, _ = start([MLYARD, "serve", str(model_path), "--port", str(port), "--name", name, *extra])
+    proc, _ = start([MLYARD, "serve", str(model_path), "--port", str(port), "--name", name, *extra], env=env)
     return proc, f"http://127.0.0.1:{port}"
 
 

@@ -5,6 +5,7 @@ compared with the same model's predictions in this process."""
 from __future__ import annotations
 
 import json
+import urllib.request
 
 import numpy as np
 import pytest
@@ -37,8 +38,10 @@ def forest(tmp_path_factory):
     model = RandomForestClassifier(n_estimators=20, random_state=0).fit(x, y)
     folder = tmp_path_factory.mktemp("bc_rf")
     joblib.dump(model, folder / "model.joblib")
-    proc, url = serve(folder, "bc_rf", "--max-batch-size", "32")
-    yield url, model, x
+    log = folder / "inference.jsonl"
+    proc, url = serve(folder, "bc_rf", "--max-batch-size", "32", "--inference-log", str(log),
+                      env={"MLYARD_ENDPOINT_ID": "ep-1", "MLYARD_ENDPOINT_STAGE_ID": "stage-1"})
+    yield url, model, x, log
     stop(proc)
 
 
@@ -142,7 +145,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(forest):
     """Requests from 32 threads at once: each answer equals that request's own rows' predictions."""
     from concurrent.futures import ThreadPoolExecutor
 
-    url, model, x = forest
+    url, model, x, _ = forest
     _, before = call(url + "/stats")
 
     def one(i: int):
@@ -162,7 +165,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(forest):
 
 
 def test_statistics_and_metrics(forest):
-    url, model, x = forest
+    url, model, x, _ = forest
     call(url + "/v1/models/bc_rf:predict", {"instances": x[:4].tolist()})
     status, stats = call(url + "/v2/models/bc_rf/stats")
     assert status == 200 and stats["requests"] >= 1 and stats["latency_ms"]["p99"] >= stats["latency_ms"]["p50"]
@@ -195,3 +198,20 @@ def test_mlyard_predict_sends_a_file_of_rows(iris, tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "answered 404: model 'nope' is not served here" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_every_request_leaves_an_inference_log_record(forest):
+    url, _, x, log = forest
+    req = urllib.request.Request(f"{url}/v1/models/bc_rf:predict", json.dumps({"instances": x[:2].tolist()}).encode(),
+                                 {"Content-Type": "application/json", "X-Request-Id": "req-42"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.headers["x-inference-id"] == "req-42"
+    assert call(f"{url}/v1/models/bc_rf:predict", {"instances": [[1, 2]]})[0] == 400
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    mine = next(r for r in records if r["inferenceId"] == "req-42")
+    assert mine["category"] == "mlyard.inference" and mine["logLevel"] == "INFO" and mine["logType"] == "mlyard"
+    assert (mine["endpointId"], mine["endpointStageId"], mine["modelName"], mine["action"]) == (
+        "ep-1", "stage-1", "bc_rf", "Endpoint.Model")
+    assert "200 rows=2" in mine["body"] and mine["time"].endswith("Z")
+    bad = [r for r in records if r["logLevel"] == "WARNING"]
+    assert bad and "30 features" in bad[-1]["body"]

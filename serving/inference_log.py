@@ -1,0 +1,60 @@
+"""Inference log records: one JSON object per line, with the fields of the console's log search
+(category, logLevel, body, logType, time) and of its endpoint logs (endpointId, endpointStageId,
+inferenceId, action, modelName). The endpoint and stage ids come from MLYARD_ENDPOINT_ID and
+MLYARD_ENDPOINT_STAGE_ID, which the endpoint flow sets on each replica; without them they are null.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import uuid
+from datetime import datetime, timezone
+from typing import IO, Any
+
+import orjson
+
+CATEGORY = "mlyard.inference"
+LOG_TYPE = "mlyard"
+ACTION = "Endpoint.Model"
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class InferenceLog:
+    """Writes records to a file (appended, a line each) or a stream. `every_request` False keeps only
+    warnings and errors."""
+
+    def __init__(self, target: str | IO[str] | None = None, every_request: bool = True):
+        if target is None or target == "-":
+            self._out: IO[str] = sys.stdout if target == "-" else sys.stderr
+        elif isinstance(target, str):
+            self._out = open(target, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - lives with the server
+        else:
+            self._out = target
+        self.every_request = every_request
+        self.endpoint_id = os.environ.get("MLYARD_ENDPOINT_ID") or None
+        self.stage_id = os.environ.get("MLYARD_ENDPOINT_STAGE_ID") or None
+        self._lock = threading.Lock()
+
+    def record(self, level: str, model: str, body: str, inference_id: str | None = None) -> dict[str, Any]:
+        doc = {"category": CATEGORY, "logLevel": level, "body": body, "logType": LOG_TYPE,
+               "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+               "endpointId": self.endpoint_id, "endpointStageId": self.stage_id,
+               "inferenceId": inference_id or new_id(), "action": ACTION, "modelName": model}
+        line = orjson.dumps(doc).decode() + "\n"
+        with self._lock:
+            self._out.write(line)
+            self._out.flush()
+        return doc
+
+    def request(self, model: str, method: str, path: str, status: int, rows: int, seconds: float,
+                inference_id: str, error: str | None = None) -> None:
+        level = "INFO" if status < 400 else "WARNING" if status < 500 else "ERROR"
+        if level == "INFO" and not self.every_request:
+            return
+        body = f"{method} {path} {status} rows={rows} {seconds * 1000:.2f} ms"
+        self.record(level, model, f"{body}: {error}" if error else body, inference_id)
