@@ -37,6 +37,8 @@ bench: $(STAMP)
 	$(PY) bench/tuning_overhead.py
 	$(PY) bench/batch_inference.py
 	$(PY) bench/batch_user_path.py
+	$(PY) bench/chat_smollm2.py
+	bash bench/serving_peers.sh
 
 down:
 	$(VENV)/bin/mlyard down
