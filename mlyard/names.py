@@ -1,7 +1,11 @@
 """Names that cross a system boundary, in one place: Prefect flow and task names (run statuses are
 derived from which task runs have started, so the flows and `mlyard.runs` must agree on them) and
-the tags mlyard writes on MLflow runs and model versions.
+the tags mlyard writes on MLflow runs and model versions, and how a model version's parameters are
+named when they reach the model server.
 """
+
+import re
+from typing import Mapping
 
 # -- Prefect flows (their deployments carry the same names) --------------------------------------------
 FLOW_TRAIN = "train"
@@ -52,3 +56,26 @@ TAG_FRAMEWORK_VERSION = "mlyard.framework_version"
 TAG_PARAMETERS = "mlyard.parameters"
 TAG_LINEAGE = "mlyard.lineage"
 TAG_SIGNATURE = "mlyard.signature"
+
+
+# -- a model version's parameters at the model server: arguments under the names as given, environment
+# variables in SCREAMING_SNAKE_CASE (`maxLength`, `max-length` and `max_length` all become MAX_LENGTH) ----
+_WORD = re.compile(r"[A-Z]+(?=[A-Z][a-z]|\d|\b|_)|[A-Z]?[a-z]+|[A-Z]+|\d+")
+
+
+def param_env_name(name: str) -> str:
+    """`maxLength` -> MAX_LENGTH, `batch-size` -> BATCH_SIZE, `HTTPTimeout` -> HTTP_TIMEOUT."""
+    return "_".join(w.upper() for w in _WORD.findall(name))
+
+
+def param_environ(parameters: Mapping[str, object]) -> dict[str, str]:
+    """The parameters as environment variables."""
+    return {param_env_name(k): str(v) for k, v in parameters.items() if param_env_name(k)}
+
+
+def param_arguments(parameters: Mapping[str, object]) -> list[str]:
+    """The parameters as `--name value` arguments, names as given."""
+    out: list[str] = []
+    for k, v in parameters.items():
+        out += [f"--{k}", str(v)]
+    return out

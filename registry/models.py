@@ -27,10 +27,11 @@ from mlyard.names import (
     TAG_ORIGIN_URI,
     TAG_PARAMETERS,
     TAG_SIGNATURE,
+    param_arguments,
+    param_environ,
 )
 from registry.catalog import Catalog
 from registry.tracking import Tracking
-from serving import params
 
 MAX_TAG_CHARS = 5000  # MLflow's limit on a tag value
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -70,12 +71,12 @@ class ModelInfo:
 
 def serving_env(parameters: Mapping[str, str]) -> dict[str, str]:
     """Model parameters as SCREAMING_SNAKE environment variables for the model server."""
-    return params.environ(parameters)
+    return param_environ(parameters)
 
 
 def serving_args(parameters: Mapping[str, str]) -> list[str]:
     """Model parameters as `--key value` arguments for the model server."""
-    return params.arguments(parameters)
+    return param_arguments(parameters)
 
 
 def detect_framework(model_dir: Path) -> tuple[str, str]:

@@ -2,11 +2,14 @@
 AZUREML_MODEL_DIR) and `run(raw_body)` (per request), served the way Azure's inference HTTP server
 serves them:
 
-    GET  /          liveness ("Healthy")
-    GET  /score     run("") ; POST /score: run(the raw request body, as text when it is UTF-8)
+    GET  /              liveness ("Healthy")
+    GET  /score         run("") ; POST /score: run(the raw request body, as text when it is UTF-8)
+    GET  /swagger.json  for a run() with inference-schema decorators: Swagger 2.0 (?version=2, the
+                        default) or OpenAPI 3 (?version=3) of /score, from the decorators' schemas
 
-(Scripts that declare their inputs with inference-schema decorators, run(**json_body) and
-/swagger.json, are not served yet.)
+A run() declared with inference-schema's `@input_schema` decorators is called as `run(**json_body)`:
+the decorators turn each named field into its type (a numpy array, a DataFrame, ...). A body that is
+not a JSON object, or misses a field the decorators require, answers 400.
 
 A `run()` that raises answers 500 with the exception and where it happened in the script (file and
 line); the server goes on. An `init()` that raises leaves the server up: liveness says it is
@@ -51,6 +54,9 @@ class EntryScript:
         os.environ["AZUREML_ENTRY_SCRIPT"] = str(self.path)
         self.init_error: str | None = None
         self.module: Any = None
+        self.schema: tuple[dict, dict, list[str]] | None = None  # input, output schemas, swagger versions
+        self.required: list[str] = []  # run()'s arguments without a default
+        self.accepted: set[str] | None = None  # the arguments it takes (None: any, it has **kwargs)
         try:
             spec = importlib.util.spec_from_file_location(self.path.stem, self.path)
             assert spec is not None and spec.loader is not None
@@ -60,6 +66,8 @@ class EntryScript:
             if not callable(getattr(module, "run", None)):
                 raise SpecError("entry_script", str(path), "a script that defines run()")
             self.module = module
+            self.schema = _schema(module.run)
+            self.required, self.accepted = _arguments(module.run)
             if callable(getattr(module, "init", None)):
                 module.init()
         except SpecError:
@@ -69,11 +77,89 @@ class EntryScript:
 
     def call(self, body: bytes) -> Any:
         run = self.module.run
+        if self.schema is not None and self.schema[0]:  # inference-schema: the body's fields as arguments
+            try:
+                doc = orjson.loads(body) if body else {}
+            except orjson.JSONDecodeError as exc:
+                raise BadInput(f"the body is not valid JSON ({exc}); send a JSON object of run()'s inputs") from None
+            if not isinstance(doc, dict):
+                raise BadInput("the body must be a JSON object of run()'s inputs, e.g. {\"data\": [[1, 2]]}")
+            declared = list(self.schema[0].get("properties", {}))
+            missing = [n for n in self.required if n not in doc]
+            if missing:
+                raise BadInput(f"the body lacks {missing[0]!r}; run() takes {', '.join(declared)}")
+            unknown = [n for n in doc if n not in self.accepted] if self.accepted is not None else []
+            if unknown:
+                raise BadInput(f"run() takes no {unknown[0]!r}; it takes {', '.join(declared)}")
+            try:
+                return run(**doc)
+            except Exception as exc:
+                frames = traceback.extract_tb(exc.__traceback__)
+                if frames and f"{os.sep}inference_schema{os.sep}" in frames[-1].filename:  # the decorators refused it
+                    raise BadInput(f"the body does not fit run()'s declared inputs: {type(exc).__name__}: {exc}") from None
+                raise
         try:
             raw: Any = body.decode("utf-8")
         except UnicodeDecodeError:
             raw = body
         return run(raw)
+
+
+class BadInput(Exception):
+    """A request body that does not fit run()'s declared inputs (400)."""
+
+
+def _schema(run: Any) -> tuple[dict, dict, list[str]] | None:
+    """(input schema, output schema, swagger versions) of a run() with inference-schema decorators."""
+    if importlib.util.find_spec("inference_schema") is None:
+        return None
+    from inference_schema import schema_util
+
+    if not schema_util.is_schema_decorated(run):
+        return None
+    return (schema_util.get_input_schema(run) or {}, schema_util.get_output_schema(run) or {},
+            [str(v) for v in schema_util.get_supported_versions(run)])
+
+
+def _arguments(run: Any) -> tuple[list[str], set[str] | None]:
+    import inspect
+
+    try:
+        params = inspect.signature(inspect.unwrap(run)).parameters.values()
+    except (TypeError, ValueError):
+        return [], None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return [p.name for p in params if p.default is p.empty and p.kind is p.POSITIONAL_OR_KEYWORD], None
+    named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return [p.name for p in named if p.default is p.empty], {p.name for p in named}
+
+
+def swagger(script: EntryScript, version: str) -> dict[str, Any]:
+    """Swagger 2.0 (version "2") or OpenAPI 3 ("3") of the entry script's routes."""
+    assert script.schema is not None
+    inputs, outputs, _ = script.schema
+    error = {"type": "object", "properties": {"error": {"type": "string"}}}
+    title = {"title": f"mlyard: {script.path.name}", "description": "An Azure ML entry script served by mlyard",
+             "version": "1.0"}
+    if version.startswith("3"):
+        def content(ref: str) -> dict:
+            return {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}
+        return {"openapi": "3.0.1", "info": title, "paths": {
+            "/": {"get": {"operationId": "ServiceHealthCheck", "responses": {
+                "200": {"description": "The server is alive", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+            "/score": {"post": {"operationId": "RunMLService", "requestBody": {"content": content("ServiceInput")},
+                                "responses": {"200": {"description": "run()'s answer", "content": content("ServiceOutput")},
+                                              "default": {"description": "An error", "content": content("ErrorResponse")}}}}},
+            "components": {"schemas": {"ServiceInput": inputs, "ServiceOutput": outputs, "ErrorResponse": error}}}
+    return {"swagger": "2.0", "info": title, "schemes": ["http"], "consumes": ["application/json"],
+            "produces": ["application/json"], "paths": {
+                "/": {"get": {"operationId": "ServiceHealthCheck", "responses": {
+                    "200": {"description": "The server is alive", "schema": {"type": "string"}}}}},
+                "/score": {"post": {"operationId": "RunMLService", "parameters": [
+                    {"name": "serviceInputPayload", "in": "body", "schema": {"$ref": "#/definitions/ServiceInput"}}],
+                    "responses": {"200": {"description": "run()'s answer", "schema": {"$ref": "#/definitions/ServiceOutput"}},
+                                  "default": {"description": "An error", "schema": {"$ref": "#/definitions/ErrorResponse"}}}}}},
+            "definitions": {"ServiceInput": inputs, "ServiceOutput": outputs, "ErrorResponse": error}}
 
 
 def where(exc: BaseException, script: Path) -> str:
@@ -98,15 +184,25 @@ class AzureApp:
             return await asgi.lifespan(receive, send)
         if scope["type"] != "http":
             return
-        status, body, ctype = await self._route(scope["method"], scope["path"], receive)
+        status, body, ctype = await self._route(scope["method"], scope["path"], receive, scope.get("query_string", b""))
         await asgi.reply(send, status, body, ctype)
 
-    async def _route(self, method: str, path: str, receive) -> tuple[int, bytes, bytes]:
+    async def _route(self, method: str, path: str, receive, query: bytes = b"") -> tuple[int, bytes, bytes]:
         script = self.script
         if path == "/":
             if script.init_error:
                 return 503, _error(script.init_error), b"application/json"
             return 200, b"Healthy", b"text/plain; charset=utf-8"
+        if path == "/swagger.json" and method == "GET":
+            if script.schema is None:
+                return 404, _error("run() declares no inputs with inference-schema decorators, so there is no "
+                                   "swagger.json"), b"application/json"
+            from urllib.parse import parse_qs
+
+            version = (parse_qs(query.decode("latin-1")).get("version") or ["2"])[0]
+            if version not in ("2", "3"):
+                return 400, _error(f"version {version!r} is not served; use 2 or 3"), b"application/json"
+            return 200, orjson.dumps(swagger(script, version)), b"application/json"
         if path != "/score":
             return 404, _error(f"no route {method} {path}; use / and /score"), b"application/json"
         if method not in ("GET", "POST"):
@@ -122,6 +218,8 @@ class AzureApp:
         loop = asyncio.get_running_loop()
         try:
             out = await loop.run_in_executor(self.pool, script.call, body)
+        except BadInput as exc:
+            return 400, _error(str(exc)), b"application/json"
         except Exception as exc:  # noqa: BLE001 - the script's error, and where
             return 500, _error(where(exc, script.path)), b"application/json"
         if isinstance(out, bytes):

@@ -52,10 +52,10 @@ def serve(
     statistics, or an Azure ML entry script; prints its URL and runs until Ctrl-C."""
     import os
 
-    from serving import params
+    from mlyard.names import param_environ
 
-    given = guard(lambda: params.parse(param))
-    os.environ.update(params.environ(given))
+    given = guard(lambda: _params(param))
+    os.environ.update(param_environ(given))
     if model_folder is not None:
         if model is not None or entry_script is not None or chat_model is not None:
             guard(lambda: _raise(SpecError("--model-folder", str(model_folder), "alone (not with MODEL, --entry-script "
@@ -89,7 +89,7 @@ def serve(
             return None
         path, default_name, version, registered = _resolve(model)
         merged = {**registered, **given}
-        os.environ.update(params.environ(merged))
+        os.environ.update(param_environ(merged))
         return load_model(path, name or default_name, version, params=merged)
 
     def load_chat():
@@ -125,6 +125,19 @@ def serve(
                            max_batch_size=max_batch_size,
                            max_latency_ms=max_latency_ms, timeout_seconds=timeout_seconds,
                            max_body_bytes=int(max_body_mb * 1024 * 1024), inference_log=log), port)
+
+
+def _params(pairs: list[str]) -> dict[str, str]:
+    """--param NAME=VALUE strings as parameters."""
+    from mlyard.names import param_env_name
+
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, eq, value = pair.partition("=")
+        if not eq or not name.strip() or not param_env_name(name):
+            raise SpecError("--param", pair, "NAME=VALUE with a name of letters, digits, '-' or '_'")
+        out[name.strip()] = value
+    return out
 
 
 def _raise(exc: Exception):

@@ -21,6 +21,8 @@ def test_external_artifact_version(models, sklearn_model_dir):
     assert mv.lineage["origin_uri"] == "s3://bucket/iris" and mv.parameters == {"batch-size": "32", "threshold": "0.5"}
     assert serving_env(mv.parameters) == {"BATCH_SIZE": "32", "THRESHOLD": "0.5"}
     assert serving_args(mv.parameters) == ["--batch-size", "32", "--threshold", "0.5"]
+    assert serving_env({"maxLength": 1, "HTTPTimeout": 2, "model_id": "x"}) == {
+        "MAX_LENGTH": "1", "HTTP_TIMEOUT": "2", "MODEL_ID": "x"}
     # the version's source is a real MLflow model that loads and predicts
     import mlflow.pyfunc
 

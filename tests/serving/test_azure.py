@@ -129,3 +129,66 @@ def test_the_model_server_cli_refuses_a_port_in_use(tmp_path):
                                "--host", "127.0.0.1"], capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and str(port) in proc.stdout + proc.stderr
     assert Path(tmp_path / "score.py").exists()
+
+
+SCHEMA = """
+import numpy as np
+from inference_schema.schema_decorators import input_schema, output_schema
+from inference_schema.parameter_types.numpy_parameter_type import NumpyParameterType
+from inference_schema.parameter_types.standard_py_parameter_type import StandardPythonParameterType
+
+def init():
+    pass
+
+@input_schema("data", NumpyParameterType(np.array([[1.0, 2.0, 3.0]])))
+@input_schema("scale", StandardPythonParameterType(2.0))
+@output_schema(StandardPythonParameterType({"sums": [6.0]}))
+def run(data, scale):
+    assert isinstance(data, np.ndarray)  # the decorator made the array
+    return {"sums": (data.sum(axis=1) * scale).tolist()}
+"""
+
+
+def test_an_inference_schema_script_gets_its_fields_and_serves_swagger(tmp_path):
+    pytest.importorskip("inference_schema")
+    script = tmp_path / "score.py"
+    script.write_text(SCHEMA)
+    port = free_port()
+    proc, _ = start([sys.executable, "-m", "serving.azure", "--entry_script", str(script), "--port", str(port)])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        status, body = call(f"{url}/score", {"data": [[1, 2, 3], [4, 5, 6]], "scale": 0.5})
+        assert (status, body) == (200, {"sums": [3.0, 7.5]})
+        status, doc = call(f"{url}/swagger.json")
+        assert status == 200 and doc["swagger"] == "2.0"
+        assert set(doc["definitions"]["ServiceInput"]["properties"]) == {"data", "scale"}
+        assert doc["paths"]["/score"]["post"]["parameters"][0]["schema"] == {"$ref": "#/definitions/ServiceInput"}
+        status, doc = call(f"{url}/swagger.json?version=3")
+        assert status == 200 and doc["openapi"].startswith("3.")
+        assert "ServiceOutput" in doc["components"]["schemas"]
+        status, body = call(f"{url}/score", b"[1, 2]")
+        assert status == 400 and "JSON object" in body["error"]
+        status, body = call(f"{url}/score", b"{oops")
+        assert status == 400 and "not valid JSON" in body["error"]
+        assert call(f"{url}/swagger.json?version=9")[0] == 400
+        status, body = call(f"{url}/score", {"data": [[1, 2, 3]]})
+        assert status == 400 and "lacks 'scale'" in body["error"]
+        status, body = call(f"{url}/score", {"data": [[1, 2, 3]], "scale": 1, "other": 2})
+        assert status == 400 and "no 'other'" in body["error"]
+        status, body = call(f"{url}/score", {"data": "x", "scale": 1})
+        assert status == 400 and "declared inputs" in body["error"]
+        assert call(f"{url}/score", {"data": [[1, 1, 1]], "scale": 1})[1] == {"sums": [3.0]}  # and it goes on
+    finally:
+        stop(proc)
+
+
+def test_a_plain_script_has_no_swagger(tmp_path):
+    script = tmp_path / "score.py"
+    script.write_text(HELLO)
+    port = free_port()
+    proc, _ = start([sys.executable, "-m", "serving.azure", "--entry_script", str(script), "--port", str(port)])
+    try:
+        status, body = call(f"http://127.0.0.1:{port}/swagger.json")
+        assert status == 404 and "inference-schema" in body["error"]
+    finally:
+        stop(proc)
