@@ -14,7 +14,7 @@ import numpy as np
 import yaml
 
 from mlyard.errors import SpecError
-from serving import custom
+from serving import compiled, custom
 from serving.protocol import BadRequest
 
 _NUMPY_TO_V2 = {"float64": "FP64", "float32": "FP32", "float16": "FP16", "int64": "INT64", "int32": "INT32",
@@ -43,8 +43,10 @@ class ServedModel:
     def __init__(self, name: str, version: str, path: Path, estimator: Any, pyfunc: Any = None,
                  platform: str = "sklearn", signature: dict | None = None):
         self.name, self.version, self.path, self.platform = name, version, path, platform
-        self.estimator, self.pyfunc = estimator, pyfunc
+        self.estimator, self.pyfunc, self.signature = estimator, pyfunc, signature
+        self.runtime, self.runtime_note = "scikit-learn" if platform == "sklearn" else platform, ""
         self._proba = getattr(estimator, "predict_proba", None) if estimator is not None else None
+        self._both = getattr(estimator, "predict_with_proba", None) if estimator is not None else None
         self.classes: Any = getattr(estimator, "classes_", None) if self._proba is not None else None
         self.n_features: int | None = getattr(estimator, "n_features_in_", None)
         names = getattr(estimator, "feature_names_in_", None)
@@ -59,6 +61,9 @@ class ServedModel:
         return self.classes is not None
 
     def predict(self, x: Any, proba: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        if proba and self._both is not None:  # labels and probabilities in one call, labels as the model makes them
+            labels, p = self._both(x)
+            return labels, p
         if proba and self._proba is not None:
             p = np.asarray(self._proba(x))
             return self.classes[p.argmax(axis=1)], p
@@ -120,16 +125,17 @@ def _v2(dtype: Any) -> str:
 
 
 def load(path: Path | str, name: str | None = None, version: str = "1",
-         params: dict[str, str] | None = None) -> ServedModel:
+         params: dict[str, str] | None = None, compile: bool = True) -> ServedModel:
     """The model in directory `path`: an MLflow model, a scikit-learn `.joblib` directory, PyTorch
     weights with a handler, or a Hugging Face directory (serving/custom.py); `params` are the version's
-    parameters. A layout that is recognised but cannot be served here (TensorFlow SavedModel, Triton)
-    is refused with why."""
+    parameters. A scikit-learn model runs compiled to ONNX when it compiles and agrees with itself
+    (serving/compiled.py; `compile=False` keeps scikit-learn). A layout that is recognised but cannot be
+    served here (TensorFlow SavedModel, Triton) is refused with why."""
     path = Path(path)
     name = name or path.name
     params = params or {}
     if (path / "MLmodel").is_file():
-        served = _mlflow(path, name, version)
+        served = _mlflow(path, name, version, compile)
         served.params = params
         return served
     if path.is_dir() and custom.is_torch_dir(path):
@@ -137,11 +143,11 @@ def load(path: Path | str, name: str | None = None, version: str = "1",
     if path.is_dir() and custom.is_hf_dir(path):
         return custom.load_hf(path, name, version, params)  # type: ignore[return-value]
     if path.is_file() and path.suffix == ".joblib":
-        return _joblib(path, name, version)
+        return _joblib(path, name, version, compile)
     if path.is_dir():
         found = sorted(path.glob("*.joblib"))
         if len(found) == 1:
-            return _joblib(found[0], name, version)
+            return _joblib(found[0], name, version, compile)
         if len(found) > 1:
             raise SpecError("model", str(path), f"one .joblib file; it holds {', '.join(f.name for f in found)}")
         if (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file():
@@ -157,23 +163,47 @@ def load(path: Path | str, name: str | None = None, version: str = "1",
                     ".safetensors weights)")
 
 
-def _mlflow(path: Path, name: str, version: str) -> ServedModel:
-    from tasks.models import load_model
-
+def _mlflow(path: Path, name: str, version: str, compile: bool) -> ServedModel:
     meta = yaml.safe_load((path / "MLmodel").read_text()) or {}
     signature = meta.get("signature")
     if signature:
         import json
 
         signature = {k: json.loads(v) if isinstance(v, str) else v for k, v in signature.items()}
-    loaded = load_model(str(path))
-    estimator = loaded.raw
     flavors = meta.get("flavors") or {}
     platform = "sklearn" if "sklearn" in flavors else next((f for f in flavors if f != "python_function"), "python_function")
-    return ServedModel(name, version, path, estimator, loaded.pyfunc, platform, signature)
+    if compile and platform == "sklearn":
+        ready = compiled.cached(path)  # compiled before: scikit-learn is not even imported
+        if ready is not None:
+            return _compiled(ServedModel(name, version, path, ready, None, platform, signature), "cached")
+    from tasks.models import load_model
+
+    loaded = load_model(str(path))
+    served = ServedModel(name, version, path, loaded.raw, loaded.pyfunc, platform, signature)
+    return _compile(served, path) if compile and platform == "sklearn" and loaded.raw is not None else served
 
 
-def _joblib(file: Path, name: str, version: str) -> ServedModel:
+def _joblib(file: Path, name: str, version: str, compile: bool) -> ServedModel:
+    if compile:
+        ready = compiled.cached(file)
+        if ready is not None:
+            return _compiled(ServedModel(name, version, file.parent, ready, platform="sklearn"), "cached")
     import joblib
 
-    return ServedModel(name, version, file.parent, joblib.load(file), platform="sklearn")
+    served = ServedModel(name, version, file.parent, joblib.load(file), platform="sklearn")
+    return _compile(served, file) if compile else served
+
+
+def _compile(served: ServedModel, source: Path) -> ServedModel:
+    """The same model compiled to ONNX when it compiles and agrees; else as it is, saying why."""
+    est, why = compiled.compile_estimator(served.estimator, source)
+    if est is None:
+        served.runtime, served.runtime_note = "scikit-learn", f"not compiled: {why}"
+        return served
+    return _compiled(ServedModel(served.name, served.version, served.path, est, None, served.platform,
+                                 served.signature), f"compiled now, {why}")
+
+
+def _compiled(served: ServedModel, note: str) -> ServedModel:
+    served.runtime, served.runtime_note = "onnxruntime", note
+    return served
