@@ -205,7 +205,10 @@ class ModelServer:
             return await self._timed(model, scope, self._predict_v1(model, receive))
         if verb == "explain":
             _only(method, "POST")
-            raise HttpError(501, f"model {model.name!r} has no explainer")
+            if not getattr(model, "explainable", False):
+                raise HttpError(501, f"model {model.name!r} has no explainer (linear models are explained: intercept "
+                                     "and per-feature contributions)")
+            return await self._timed(model, scope, self._explain(model, receive))
         raise HttpError(404, f"no route {method} /v1/models/{'/'.join(parts)}; use :predict or :explain")
 
     async def _predict_v1(self, model: ServedModel, receive) -> tuple[int, bytes, list, int]:
@@ -217,6 +220,16 @@ class ModelServer:
             raise BadRequest("parameters.probabilities", True, f"false: model {model.name!r} gives no probabilities")
         preds, probs = await self._predict(model, x, proba)
         return 200, protocol.v1_response(probs if proba else preds), [], len(x)
+
+    async def _explain(self, model: ServedModel, receive) -> tuple[int, bytes, list, int]:
+        body = await self._body(receive)
+        instances, _ = protocol.v1_instances(body)
+        x = model.rows(instances)
+        try:
+            explanations = model.explain(x)
+        except Exception as exc:  # the model raised: 500 with what it said
+            raise HttpError(500, f"model {model.name!r} failed: {type(exc).__name__}: {exc}"[:2000]) from None
+        return 200, orjson.dumps({"explanations": explanations}, option=orjson.OPT_SERIALIZE_NUMPY), [], len(x)
 
     # -- shared -------------------------------------------------------------------------------------
 

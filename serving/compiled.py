@@ -62,6 +62,9 @@ class OnnxEstimator:
         if meta.get("feature_names") is not None:
             self.feature_names_in_ = np.array(meta["feature_names"], dtype=object)
         self.report = meta["verified"]
+        if meta.get("linear"):
+            self.coef_ = np.array(meta["linear"]["coef"])
+            self.intercept_ = np.array(meta["linear"]["intercept"])
 
     def _x(self, x: Any) -> np.ndarray:
         if hasattr(x, "iloc"):  # a DataFrame of named columns, in the model's order
@@ -98,10 +101,11 @@ class OnnxClassifier(OnnxEstimator):
         return self.predict_with_proba(x)[0]
 
     def predict_proba(self, x: Any) -> np.ndarray:
-        return self.session.run([self.outputs[1]], {self.input: self._x(x)})[0]
+        return self.predict_with_proba(x)[1]
 
     def predict_with_proba(self, x: Any) -> tuple[np.ndarray, np.ndarray]:
         labels, proba = self.session.run(self.outputs[:2], {self.input: self._x(x)})
+        proba = np.clip(proba, 0.0, 1.0)  # float32 sums of votes can land a hair below 0 or above 1
         if self.rounded:
             labels = self.classes_[np.round(proba, 6).argmax(axis=1)]
         elif self.by_index:
@@ -160,7 +164,8 @@ def compile_estimator(estimator: Any, model_path: Path) -> tuple[OnnxEstimator |
             "labels_by_index": bool(by_index), "n_features": int(n),
             "feature_names": [str(c) for c in names] if names is not None else None,
             "classes": np.asarray(classes).tolist() if classifier else None,
-            "classes_dtype": np.asarray(classes).dtype.str if classifier else None}
+            "classes_dtype": np.asarray(classes).dtype.str if classifier else None,
+            "linear": _linear(estimator)}
         for dtype in ("float64", "float32"):
             try:
                 onx = to_onnx(target, np.zeros((1, n), dtype=dtype), options={"zipmap": False} if classifier else None,
@@ -194,6 +199,15 @@ def compile_estimator(estimator: Any, model_path: Path) -> tuple[OnnxEstimator |
         return None, f"{type(exc).__name__}: {str(exc)[:200]}"
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _linear(estimator: Any) -> dict[str, Any] | None:
+    """A linear model's coefficients (for explanations), kept beside the compiled model."""
+    coef, intercept = getattr(estimator, "coef_", None), getattr(estimator, "intercept_", None)
+    if coef is None or intercept is None:
+        return None
+    return {"coef": np.asarray(coef, dtype=np.float64).tolist(),
+            "intercept": np.atleast_1d(np.asarray(intercept, dtype=np.float64)).tolist()}
 
 
 def _frame(x: np.ndarray, names: Any) -> Any:

@@ -47,6 +47,8 @@ class RowModel:
     """The interface of serving/runtime.ServedModel for rows that are JSON values."""
 
     takes_rows = True
+    explainable = False
+    runtime_note = ""
     is_classifier = False
     classes = None
     n_features = None
@@ -56,6 +58,7 @@ class RowModel:
                  inputs: list, outputs: list, params: dict[str, str]):
         self.name, self.version, self.path, self.platform = name, version, path, platform
         self._handle, self.inputs, self.outputs, self.params = handle, inputs, outputs, params
+        self.runtime = platform
 
     def rows(self, instances: list[Any], where: str = "instances") -> list[Any]:
         return instances

@@ -76,6 +76,33 @@ class ServedModel:
             out = out[:, 0]
         return out, None
 
+    @property
+    def explainable(self) -> bool:
+        return getattr(self.estimator, "coef_", None) is not None and getattr(self.estimator, "intercept_", None) is not None
+
+    def explain(self, x: Any) -> list[dict[str, Any]]:
+        """For a linear model, each row's prediction as the intercept plus one contribution per feature
+        (coefficient times value), toward the predicted class (the positive one for two classes)."""
+        coef = np.atleast_2d(np.asarray(self.estimator.coef_, dtype=np.float64))
+        intercept = np.atleast_1d(np.asarray(self.estimator.intercept_, dtype=np.float64))
+        values = np.asarray(x.to_numpy() if hasattr(x, "to_numpy") else x, dtype=np.float64)
+        preds, _ = self.predict(x)
+        names = self.feature_names or [f"x{i}" for i in range(values.shape[1])]
+        out = []
+        for row, pred in zip(values, preds):
+            k = 0
+            if self.classes is not None and coef.shape[0] > 1:
+                k = int(np.flatnonzero(self.classes == pred)[0])
+            contrib = coef[k] * row
+            item: dict[str, Any] = {"prediction": pred.item() if hasattr(pred, "item") else pred,
+                                    "intercept": float(intercept[k]),
+                                    "contributions": dict(zip(names, contrib.tolist()))}
+            if self.classes is not None:
+                item["toward_class"] = (self.classes[k] if coef.shape[0] > 1 else self.classes[-1]).item()
+                item["score"] = float(intercept[k] + contrib.sum())  # the class's decision function
+            out.append(item)
+        return out
+
     def rows(self, instances: list[Any], where: str = "instances") -> Any:
         """v1 instances as model input: a 2-D array of vectors, or a DataFrame of named fields."""
         first = instances[0]
@@ -83,6 +110,13 @@ class ServedModel:
             import pandas as pd
 
             cols = self.feature_names or list(first)
+            odd = [r for r in instances if not isinstance(r, dict)]
+            if odd or not cols:
+                raise BadRequest(where, _short_value(odd[0]) if odd else "{}",
+                                 "rows that are all objects of named fields, or all lists of numbers")
+            if self.n_features is not None and len(cols) != self.n_features:
+                raise BadRequest(where, f"{len(cols)} fields", f"{self.n_features} features per row, as the model "
+                                 "was fitted")
             missing = [c for c in cols if any(c not in r for r in instances)]
             if missing:
                 raise BadRequest(where, f"rows without {missing[0]!r}", f"objects with the fields {', '.join(cols)}")
@@ -118,6 +152,11 @@ class ServedModel:
         if self.feature_names:
             return [TensorMeta(n, "FP64", [-1]) for n in self.feature_names], outputs
         return [TensorMeta("input-0", "FP64", [-1, self.n_features or -1])], outputs
+
+
+def _short_value(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _v2(dtype: Any) -> str:

@@ -118,7 +118,7 @@ def serve(
     if served is not None and served.runtime_note.startswith("compiled now") and not os.environ.get("MLYARD_SERVE_REEXEC"):
         # Compiling loaded scikit-learn and skl2onnx into this process; start again lean on the cached
         # compiled model (what every later start of this model does anyway).
-        print(f"  runtime: {served.runtime} ({served.runtime_note}); restarting on it", file=sys.stderr, flush=True)
+        print(f"runtime: {served.runtime} ({served.runtime_note}); restarting on it", file=sys.stderr, flush=True)
         os.environ["MLYARD_SERVE_REEXEC"] = "1"
         sys.stdout.flush()
         os.execv(sys.executable, [sys.executable, *sys.argv])
@@ -127,10 +127,10 @@ def serve(
 
     def ready(url: str) -> None:
         if served is not None:
+            if served.runtime_note:
+                print(f"runtime: {served.runtime} ({served.runtime_note})", flush=True)
             print(f"serving {served.name} (version {served.version}) on {url}  "
                   f"(v1: {url}/v1/models/{served.name}:predict  v2: {url}/v2/models/{served.name}/infer)", flush=True)
-            if served.runtime_note:
-                print(f"  runtime: {served.runtime} ({served.runtime_note})", flush=True)
         if chat is not None:
             print(f"serving {chat.name} on {url}  (OpenAI base URL: {url}/openai/v1)", flush=True)
 

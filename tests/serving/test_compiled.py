@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from serving_http import call, serve, stop
+from serving_http import MLYARD, call, free_port, serve, start, stop
 
 from serving import compiled
 
@@ -87,8 +87,11 @@ def test_mlyard_serve_compiles_once_and_then_starts_without_scikit_learn(cache):
     path = cache / "bc_rf"
     mlflow.sklearn.save_model(est, path, skops_trusted_types=["sklearn.tree._tree.Tree"])
     env = {"MLYARD_CACHE_DIR": str(cache / "cache")}
-    for start, note in ((1, "compiled now"), (2, "cached")):
-        proc, url = serve(path, "bc", env=env)
+    for note in ("runtime: onnxruntime (compiled now, labels equal", "runtime: onnxruntime (cached)"):
+        port = free_port()
+        proc, printed = start([MLYARD, "serve", str(path), "--port", str(port), "--name", "bc"], env=env)
+        url = f"http://127.0.0.1:{port}"
+        assert note in printed, printed
         try:
             maps = open(f"/proc/{proc.pid}/maps").read()
             assert "/sklearn/" not in maps and "/scipy/" not in maps  # a lean process: no scikit-learn, no SciPy

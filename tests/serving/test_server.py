@@ -114,7 +114,7 @@ def test_tritonclient_json_and_binary_tensors(iris):
     ("/v2/models/iris/versions/7/infer", {"inputs": []}, 404, "no version '7'"),
     ("/v1/models/iris:predict", {"instances": [[1, 2], [1, 2, 3]]}, 400, "equal length"),
     ("/v1/models/iris:predict", {"rows": [[1, 2, 3, 4]]}, 400, "instances"),
-    ("/v1/models/iris:explain", {"instances": [[1, 2, 3, 4]]}, 501, "no explainer"),
+    ("/v1/models/iris:explain", {"instances": [[1, 2, 3]]}, 400, "4 features"),
 ])
 def test_bad_requests_get_a_clear_error_and_the_server_goes_on(iris, route, body, status, words):
     url, model, _ = iris
@@ -153,7 +153,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(forest):
         status, body = call(url + "/v1/models/bc_rf:predict", {"instances": rows.tolist(),
                                                               "parameters": {"probabilities": True}})
         assert status == 200, body
-        return np.allclose(body["predictions"], model.predict_proba(rows))
+        return np.allclose(body["predictions"], model.predict_proba(rows), rtol=0, atol=1e-6)  # compiled: within 1e-6
 
     with ThreadPoolExecutor(32) as pool:
         assert all(pool.map(one, range(200)))
@@ -215,3 +215,17 @@ def test_every_request_leaves_an_inference_log_record(forest):
     assert "200 rows=2" in mine["body"] and mine["time"].endswith("Z")
     bad = [r for r in records if r["logLevel"] == "WARNING"]
     assert bad and "30 features" in bad[-1]["body"]
+
+
+def test_a_linear_model_is_explained_and_a_forest_says_it_has_no_explainer(iris, forest):
+    url, model, x = iris
+    status, body = call(f"{url}/v1/models/iris:explain", {"instances": x[[0, 100]].tolist()})
+    assert status == 200, body
+    for got, row in zip(body["explanations"], x[[0, 100]]):
+        k = int(np.flatnonzero(model.classes_ == got["prediction"])[0])
+        assert got["prediction"] == model.predict([row])[0] and got["toward_class"] == got["prediction"]
+        assert got["score"] == pytest.approx(model.decision_function([row])[0][k])  # intercept + contributions
+        assert list(got["contributions"]) == ["x0", "x1", "x2", "x3"]
+    furl = forest[0]
+    status, body = call(f"{furl}/v1/models/bc_rf:explain", {"instances": [forest[2][0].tolist()]})
+    assert status == 501 and "no explainer" in body["error"]
