@@ -9,13 +9,15 @@
     │   ├── ModelNotFound
     │   ├── TuningNotFound
     │   ├── BatchNotFound
-    │   └── EvaluationNotFound
+    │   ├── EvaluationNotFound
+    │   └── EndpointNotFound
     ├── Conflict (RuntimeError)              the action breaks a platform rule
     │   ├── AlreadyExists
     │   ├── ModelInUse
     │   ├── ExperimentBusy
     │   ├── TrainingNotComplete
-    │   └── StillRunning
+    │   ├── StillRunning
+    │   └── Protected                        a rule protects the resource (the default stage, ...)
     ├── StorageError (OSError)
     │   ├── StorageUnreachable
     │   └── StorageNotFound
@@ -97,6 +99,11 @@ class EvaluationNotFound(NotFound):
     hint = "List evaluations with `mlyard evaluations list`."
 
 
+class EndpointNotFound(NotFound):
+    kind = "endpoint"
+    hint = "See `mlyard endpoints list`."
+
+
 class Conflict(MlyardError, RuntimeError):
     """The action would break one of the platform's rules."""
 
@@ -141,6 +148,10 @@ class StillRunning(Conflict):
     def __init__(self, kind: str, name: str, status: str, stop_command: str):
         self.kind, self.name, self.status = kind, name, status
         super().__init__(f"{kind} {name!r} is {status}; stop it first (`{stop_command}`), then delete it.")
+
+
+class Protected(Conflict):
+    """A platform rule protects the resource from this action; the message says which and what to do."""
 
 
 class StorageError(MlyardError, OSError):

@@ -14,7 +14,19 @@ from typing import Iterator
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, String, Text, UniqueConstraint, create_engine, event
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
@@ -41,16 +53,23 @@ class TrainingTemplate(Base):
 
 
 class Endpoint(Base):
+    """An endpoint: a name, open to the public or token-protected, and its stages (one the default)."""
+
     __tablename__ = "endpoints"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(50), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    public: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(32), default="CREATE REQUESTED")
+    reason: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    stages: Mapped[list["EndpointStage"]] = relationship(back_populates="endpoint", cascade="all, delete-orphan")
+    stages: Mapped[list["EndpointStage"]] = relationship(back_populates="endpoint", cascade="all, delete-orphan",
+                                                         order_by="EndpointStage.id")
 
 
 class EndpointStage(Base):
-    """A stage of an endpoint serves one model version."""
+    """A stage of an endpoint: where its resources run (instance type and count, node autoscaler)."""
 
     __tablename__ = "endpoint_stages"
     __table_args__ = (UniqueConstraint("endpoint_id", "name"),)
@@ -59,9 +78,54 @@ class EndpointStage(Base):
     endpoint_id: Mapped[int] = mapped_column(ForeignKey("endpoints.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(50))
     is_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    description: Mapped[str] = mapped_column(Text, default="")
+    instance_type: Mapped[str] = mapped_column(String(64), default="local")
+    instance_count: Mapped[int] = mapped_column(Integer, default=1)
+    node_autoscaler: Mapped[dict] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(32), default="CREATE REQUESTED")
+    gateway_status: Mapped[str] = mapped_column(String(40), default="CREATE IN PROGRESS")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=utcnow)
+    endpoint: Mapped[Endpoint] = relationship(back_populates="stages")
+    resources: Mapped[list["StageResource"]] = relationship(back_populates="stage", cascade="all, delete-orphan",
+                                                            order_by="StageResource.id")
+
+
+class StageResource(Base):
+    """One model version a stage serves, with its allocation, pods and pod autoscaler."""
+
+    __tablename__ = "stage_resources"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    stage_id: Mapped[int] = mapped_column(ForeignKey("endpoint_stages.id", ondelete="CASCADE"))
     model_name: Mapped[str] = mapped_column(String(255))
     model_version: Mapped[str] = mapped_column(String(32))
-    endpoint: Mapped[Endpoint] = relationship(back_populates="stages")
+    description: Mapped[str] = mapped_column(Text, default="")
+    cpu: Mapped[float] = mapped_column(Float, default=1.0)
+    memory: Mapped[str] = mapped_column(String(16), default="1Gi")
+    gpu: Mapped[int] = mapped_column(Integer, default=0)
+    pods: Mapped[int] = mapped_column(Integer, default=1)
+    pod_autoscaler: Mapped[dict] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(32), default="CREATE REQUESTED")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=utcnow)
+    stage: Mapped[EndpointStage] = relationship(back_populates="resources")
+
+
+class ServingHistory(Base):
+    """Which model version served which stage, from when to when: names, not keys, so the record
+    outlives the endpoint, the stage and the model."""
+
+    __tablename__ = "serving_history"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(50))
+    stage: Mapped[str] = mapped_column(String(50))
+    model_name: Mapped[str] = mapped_column(String(255))
+    model_version: Mapped[str] = mapped_column(String(32))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    note: Mapped[str] = mapped_column(Text, default="")
 
 
 class Catalog:
@@ -94,10 +158,10 @@ class Catalog:
     def endpoints_serving(self, model_name: str, version: str | None = None) -> list[str]:
         """Names of endpoints (as `endpoint/stage`) whose stages serve the model (or that version)."""
         with self.session() as s:
-            q = s.query(EndpointStage).join(Endpoint).filter(EndpointStage.model_name == model_name)
+            q = s.query(StageResource).join(EndpointStage).join(Endpoint).filter(StageResource.model_name == model_name)
             if version is not None:
-                q = q.filter(EndpointStage.model_version == str(version))
-            return sorted(f"{st.endpoint.name}/{st.name}" for st in q)
+                q = q.filter(StageResource.model_version == str(version))
+            return sorted({f"{r.stage.endpoint.name}/{r.stage.name}" for r in q})
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -4,7 +4,7 @@ from sqlalchemy import inspect, text
 from mlyard.errors import AlreadyExists, SpecError, TemplateNotFound
 from mlyard.specs import TrainingSpec
 from registry import Templates
-from registry.catalog import Endpoint, EndpointStage
+from registry.catalog import Endpoint, EndpointStage, StageResource
 
 SPEC = TrainingSpec(name="base", source_uri="examples/sklearn_digits", entry_point="train.py",
                     hyperparameters={"epochs": 5})
@@ -12,9 +12,10 @@ SPEC = TrainingSpec(name="base", source_uri="examples/sklearn_digits", entry_poi
 
 def test_migrations_create_the_schema(catalog):
     tables = set(inspect(catalog.engine).get_table_names())
-    assert {"training_templates", "endpoints", "endpoint_stages", "mlyard_alembic_version"} <= tables
+    assert {"training_templates", "endpoints", "endpoint_stages", "stage_resources", "serving_history",
+            "mlyard_alembic_version"} <= tables
     with catalog.engine.connect() as conn:
-        assert conn.execute(text("select version_num from mlyard_alembic_version")).scalar() == "0001"
+        assert conn.execute(text("select version_num from mlyard_alembic_version")).scalar() == "0002"
     catalog.upgrade()  # re-opening an up-to-date catalog is a no-op
 
 
@@ -44,7 +45,8 @@ def test_bad_template_name_or_override_leaves_nothing(catalog):
 
 def test_endpoints_serving(catalog):
     with catalog.session() as s:
-        s.add(Endpoint(name="ep", stages=[EndpointStage(name="default", is_default=True, model_name="m", model_version="2")]))
+        s.add(Endpoint(name="ep", stages=[EndpointStage(name="default", is_default=True, resources=[
+            StageResource(model_name="m", model_version="2")])]))
     assert catalog.endpoints_serving("m") == ["ep/default"]
     assert catalog.endpoints_serving("m", "2") == ["ep/default"]
     assert catalog.endpoints_serving("m", "1") == []
@@ -67,3 +69,34 @@ def test_catalog_and_optuna_share_a_database(tmp_path):
     assert {"mlyard_alembic_version", "alembic_version", "studies", "trials"} <= tables
     catalog.dispose()
     assert optuna.load_study(study_name="s", storage=url).best_value == 0.25
+
+
+def test_a_catalog_made_at_0001_moves_each_stage_model_to_a_stage_resource(tmp_path):
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine
+
+    from registry import Catalog
+    from registry.catalog import MIGRATIONS
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = create_engine(url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+        conn.execute(text("insert into endpoints (id, name, created_at) values (1, 'ep', '2026-01-01')"))
+        conn.execute(text("insert into endpoint_stages (endpoint_id, name, is_default, model_name, model_version) "
+                          "values (1, 'default', 1, 'iris', '3')"))
+    engine.dispose()
+    catalog = Catalog(url)  # opening it upgrades to the newest revision
+    try:
+        assert catalog.endpoints_serving("iris", "3") == ["ep/default"]
+        with catalog.engine.begin() as conn:  # and back down: the model returns to its stage
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0001")
+        with catalog.engine.connect() as conn:
+            assert conn.execute(text("select model_name, model_version from endpoint_stages")).one() == ("iris", "3")
+    finally:
+        catalog.dispose()

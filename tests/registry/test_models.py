@@ -4,7 +4,7 @@ import pytest
 
 from mlyard.errors import ModelInUse, ModelNotFound, SpecError, TrainingNotComplete
 from registry import ModelRegistry, serving_args, serving_env
-from registry.catalog import Endpoint, EndpointStage
+from registry.catalog import Endpoint, EndpointStage, StageResource
 
 
 @pytest.fixture()
@@ -54,8 +54,8 @@ def test_served_model_cannot_be_deleted(models, catalog, sklearn_model_dir):
     models.create_from_directory("iris", sklearn_model_dir, "x")
     models.create_from_directory("iris", sklearn_model_dir, "y")
     with catalog.session() as s:
-        s.add(Endpoint(name="iris-api", stages=[EndpointStage(name="default", is_default=True,
-                                                              model_name="iris", model_version="2")]))
+        s.add(Endpoint(name="iris-api", stages=[EndpointStage(name="default", is_default=True, resources=[
+            StageResource(model_name="iris", model_version="2")])]))
     with pytest.raises(ModelInUse, match="iris-api/default"):
         models.delete("iris")
     with pytest.raises(ModelInUse):

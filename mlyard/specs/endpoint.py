@@ -1,0 +1,125 @@
+"""EndpointSpec: an endpoint, its stages and their stage resources, with the statuses each one goes
+through (DESIGN §8). Pure pydantic: a bad spec fails here, naming the field, before anything starts.
+
+An endpoint has a unique name, a description, a default stage, and is either open to the public or
+token-protected. A stage (unique within its endpoint) has an instance type and count and the node
+autoscaler's settings. A stage resource serves one model version with a resource allocation, a pod
+count and the pod autoscaler (CPU or memory, threshold); several resources of one stage share its
+requests.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from mlyard.specs.common import NAME_PATTERN, is_registry_ref
+
+# Each resource's statuses, as the console lists them.
+ENDPOINT_STATUSES = ("CREATE REQUESTED", "CREATE IN PROGRESS", "UPDATE IN PROGRESS", "DELETE IN PROGRESS", "ACTIVE",
+                     "CREATE FAILED", "UPDATE FAILED")
+STAGE_STATUSES = ("CREATE REQUESTED", "CREATE IN PROGRESS", "DEPLOY IN PROGRESS", "UPDATE IN PROGRESS",
+                  "DELETE IN PROGRESS", "ACTIVE", "CREATE FAILED", "DEPLOY FAILED", "UPDATE FAILED")
+RESOURCE_STATUSES = ("CREATE REQUESTED", "CREATE IN PROGRESS", "UPDATE IN PROGRESS", "DELETE IN PROGRESS", "ACTIVE",
+                     "CREATE FAILED", "UPDATE FAILED")
+# The gateway's own state of a stage (the console's "API Gateway status").
+GATEWAY_STATUSES = ("CREATE IN PROGRESS", "STAGE DEPLOYING", "ACTIVE", "NOT FOUND: STAGE",
+                    "NOT FOUND: STAGE DEPLOY RESULT", "STAGE DEPLOY FAIL")
+BUSY = ("CREATE REQUESTED", "CREATE IN PROGRESS", "DEPLOY IN PROGRESS", "UPDATE IN PROGRESS", "DELETE IN PROGRESS")
+DEFAULT_STAGE = "default"
+MAX_STAGES = 10
+MAX_RESOURCES = 10
+
+
+class NodeAutoscaler(BaseModel):
+    """The node autoscaler of a stage's node pool (cluster-autoscaler settings on Kubernetes)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(default=False, description="Scale the stage's nodes with their load.")
+    min_nodes: int = Field(default=1, ge=1, le=100, description="Fewest nodes it may scale down to.")
+    max_nodes: int = Field(default=10, ge=1, le=100, description="Most nodes it may scale up to.")
+    scale_down: bool = Field(default=True, description="Whether nodes are ever removed.")
+    usage_threshold_percent: int = Field(default=50, ge=1, le=100,
+                                         description="A node below this resource usage may be removed.")
+    threshold_duration_minutes: int = Field(default=10, ge=1, le=1440,
+                                            description="How long a node stays below the threshold before removal.")
+    scale_down_delay_minutes: int = Field(default=10, ge=1, le=1440,
+                                          description="After a scale-up, how long before nodes are watched for removal.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "NodeAutoscaler":
+        if self.min_nodes > self.max_nodes:
+            raise ValueError(f"min_nodes ({self.min_nodes}) must not exceed max_nodes ({self.max_nodes})")
+        return self
+
+
+class PodAutoscaler(BaseModel):
+    """The pod autoscaler of a stage resource (a HorizontalPodAutoscaler on Kubernetes)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(default=False, description="Scale the resource's pods with their load.")
+    metric: Literal["cpu", "memory"] = Field(default="cpu", description="What the pod count follows: cpu or memory.")
+    threshold_percent: int = Field(default=80, ge=1, le=100,
+                                   description="Average usage (percent of the allocation) above which pods are added.")
+    max_pods: int = Field(default=5, ge=1, le=100, description="Most pods it may scale up to.")
+
+
+class StageResourceSpec(BaseModel):
+    """One model version served by a stage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="The model version: name/version or name@alias (resolved to its version when "
+                                   "deployed).")
+    description: str = Field(default="", max_length=255, description="What this resource is for.")
+    cpu: float = Field(default=1.0, gt=0, le=256, description="CPU cores per pod (request and limit).")
+    memory: str = Field(default="1Gi", pattern=r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$",
+                        description="Memory per pod in Kubernetes units, e.g. 2Gi.")
+    gpu: int = Field(default=0, ge=0, le=16, description="GPUs per pod.")
+    pods: int = Field(default=1, ge=1, le=100, description="Pods (replicas) to start.")
+    pod_autoscaler: PodAutoscaler = Field(default_factory=PodAutoscaler, description="Pod autoscaling.")
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        if not is_registry_ref(value):
+            raise ValueError("a registered model version: name/version or name@alias")
+        return value
+
+    @model_validator(mode="after")
+    def _pods(self) -> "StageResourceSpec":
+        if self.pod_autoscaler.enabled and self.pod_autoscaler.max_pods < self.pods:
+            raise ValueError(f"pod_autoscaler.max_pods ({self.pod_autoscaler.max_pods}) must be at least pods "
+                             f"({self.pods})")
+        return self
+
+
+class StageSpec(BaseModel):
+    """A stage of an endpoint: where its resources run and how its nodes scale."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(default=DEFAULT_STAGE, pattern=NAME_PATTERN,
+                      description="Unique within the endpoint: lowercase letters, digits and '-', at most 50.")
+    description: str = Field(default="", max_length=255, description="What this stage is for.")
+    instance_type: str = Field(default="local", max_length=64,
+                               description="The node type it runs on (a node pool on Kubernetes; 'local' here).")
+    instance_count: int = Field(default=1, ge=1, le=100, description="Nodes to start.")
+    node_autoscaler: NodeAutoscaler = Field(default_factory=NodeAutoscaler, description="Node autoscaling.")
+    resources: list[StageResourceSpec] = Field(min_length=1, max_length=MAX_RESOURCES,
+                                               description="The model versions it serves; they share its requests.")
+
+
+class EndpointSpec(BaseModel):
+    """An endpoint and its first (default) stage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN, description="Unique: lowercase letters, digits and '-', at most 50.")
+    description: str = Field(default="", max_length=255, description="What this endpoint is for.")
+    public: bool = Field(default=False, description="Open to the public (no token needed); else every request "
+                                                    "needs a token of this endpoint.")
+    stage: StageSpec = Field(description="The default stage, created with the endpoint.")

@@ -1,0 +1,273 @@
+"""Endpoints, stages and stage resources in the catalog, and their rules, in one place (DESIGN §7):
+
+- endpoint names are unique, stage names unique within their endpoint;
+- the default stage cannot be deleted; an endpoint with stages other than the default cannot be
+  deleted; nothing is deleted while it is being created, deployed, updated or deleted;
+- changing the default stage marks the new one default at once (the gateway moves traffic on its next
+  read) and hands back the old one, whose resources the endpoint flow then deletes;
+- a model version that any stage serves cannot be deleted (registry/models.py asks `endpoints_serving`);
+- the serving history (which version served which stage, from when to when) is written as resources
+  become active and end, and is never deleted.
+
+This module records; the endpoint flows (replicas, health, routing) act and report back through
+`set_status`. Model references arrive resolved to (name, version) by the caller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mlyard.errors import AlreadyExists, EndpointNotFound, NotFound, Protected, SpecError
+from mlyard.specs.endpoint import (
+    BUSY,
+    ENDPOINT_STATUSES,
+    GATEWAY_STATUSES,
+    MAX_STAGES,
+    RESOURCE_STATUSES,
+    STAGE_STATUSES,
+    EndpointSpec,
+    StageResourceSpec,
+    StageSpec,
+)
+from registry.catalog import Catalog, Endpoint, EndpointStage, ServingHistory, StageResource, utcnow
+
+Version = tuple[str, str]  # (model name, version)
+
+
+@dataclass(frozen=True)
+class HistoryRecord:
+    endpoint: str
+    stage: str
+    model_name: str
+    model_version: str
+    started_at: datetime
+    ended_at: datetime | None
+    note: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"endpoint": self.endpoint, "stage": self.stage, "model": f"{self.model_name}/{self.model_version}",
+                "started_at": self.started_at.isoformat(),
+                "ended_at": self.ended_at.isoformat() if self.ended_at else None, "note": self.note}
+
+
+class Endpoints:
+    def __init__(self, catalog: Catalog):
+        self.catalog = catalog
+
+    # -- creating ---------------------------------------------------------------------------------
+
+    def create(self, spec: EndpointSpec, versions: list[Version]) -> dict[str, Any]:
+        """Record an endpoint and its default stage, CREATE REQUESTED; `versions` are the stage
+        resources' model versions, in order."""
+        with self.catalog.session() as s:
+            if s.scalar(select(Endpoint).where(Endpoint.name == spec.name)) is not None:
+                raise AlreadyExists("endpoint", spec.name)
+            ep = Endpoint(name=spec.name, description=spec.description, public=spec.public, status="CREATE REQUESTED")
+            ep.stages.append(_stage(spec.stage, versions, default=True))
+            s.add(ep)
+            s.flush()
+            return _endpoint_view(ep)
+
+    def add_stage(self, endpoint: str, spec: StageSpec, versions: list[Version]) -> dict[str, Any]:
+        with self.catalog.session() as s:
+            ep = _get(s, endpoint)
+            if any(st.name == spec.name for st in ep.stages):
+                raise AlreadyExists(f"stage of endpoint {endpoint!r}", spec.name)
+            if len(ep.stages) >= MAX_STAGES:
+                raise SpecError("stage", spec.name, f"at most {MAX_STAGES} stages per endpoint; delete one first")
+            _not_busy(ep.name, "endpoint", ep.status, "add a stage to it")
+            ep.stages.append(_stage(spec, versions, default=False))
+            ep.status = "UPDATE IN PROGRESS"
+            s.flush()
+            return _endpoint_view(ep)
+
+    def add_resource(self, endpoint: str, stage: str, spec: StageResourceSpec, version: Version) -> dict[str, Any]:
+        with self.catalog.session() as s:
+            st = _stage_of(_get(s, endpoint), stage)
+            _not_busy(f"{endpoint}/{stage}", "stage", st.status, "add a resource to it")
+            st.resources.append(_resource(spec, version))
+            st.status = "UPDATE IN PROGRESS"
+            s.flush()
+            return _endpoint_view(st.endpoint)
+
+    # -- statuses ---------------------------------------------------------------------------------
+
+    def set_status(self, endpoint: str, status: str, stage: str | None = None, resource_id: int | None = None,
+                   reason: str = "", gateway_status: str | None = None) -> None:
+        """Set one resource's status (each with its own list). A resource that becomes ACTIVE opens its
+        history record; the flows call this as their steps finish."""
+        with self.catalog.session() as s:
+            ep = _get(s, endpoint)
+            if stage is None:
+                _allowed(status, ENDPOINT_STATUSES, "endpoint")
+                ep.status, ep.reason = status, reason
+                return
+            st = _stage_of(ep, stage)
+            if gateway_status is not None:
+                _allowed(gateway_status, GATEWAY_STATUSES, "gateway")
+                st.gateway_status = gateway_status
+            if resource_id is None:
+                _allowed(status, STAGE_STATUSES, "stage")
+                st.status, st.reason = status, reason
+                return
+            res = next((r for r in st.resources if r.id == resource_id), None)
+            if res is None:
+                raise NotFound(f"{endpoint}/{stage} resource {resource_id}")
+            _allowed(status, RESOURCE_STATUSES, "stage resource")
+            if status == "ACTIVE" and res.status != "ACTIVE":
+                s.add(ServingHistory(endpoint=ep.name, stage=st.name, model_name=res.model_name,
+                                     model_version=res.model_version, note=f"resource {res.id}"))
+            res.status, res.reason = status, reason
+
+    # -- changing the default stage ---------------------------------------------------------------
+
+    def promote(self, endpoint: str, stage: str) -> str | None:
+        """Make `stage` the default; the old default stage's name (its resources are the flow's to delete)."""
+        with self.catalog.session() as s:
+            ep = _get(s, endpoint)
+            new = _stage_of(ep, stage)
+            if new.status != "ACTIVE":
+                raise Protected(f"stage {endpoint}/{stage} is {new.status}; only an ACTIVE stage can become the default")
+            old = next((st for st in ep.stages if st.is_default), None)
+            if old is new:
+                return None
+            if old is not None:
+                old.is_default = False
+            new.is_default = True
+            return old.name if old is not None else None
+
+    # -- deleting ---------------------------------------------------------------------------------
+
+    def delete_resource(self, endpoint: str, stage: str, resource_id: int) -> None:
+        with self.catalog.session() as s:
+            st = _stage_of(_get(s, endpoint), stage)
+            res = next((r for r in st.resources if r.id == resource_id), None)
+            if res is None:
+                raise NotFound(f"{endpoint}/{stage} resource {resource_id}")
+            if len(st.resources) == 1:
+                raise Protected(f"resource {resource_id} is the last of stage {endpoint}/{stage}; a stage serves at "
+                                "least one model version (delete the stage instead)")
+            _not_busy(f"{endpoint}/{stage} resource {resource_id}", "stage resource", res.status, "delete it")
+            _end_history(s, endpoint, stage, [res])
+            st.resources.remove(res)
+
+    def delete_stage(self, endpoint: str, stage: str, *, replaced: bool = False) -> None:
+        """Delete a stage. The default stage cannot be deleted; `replaced` is the flow removing the old
+        default after a promotion (it is no longer the default by then)."""
+        with self.catalog.session() as s:
+            ep = _get(s, endpoint)
+            st = _stage_of(ep, stage)
+            if st.is_default:
+                raise Protected(f"stage {endpoint}/{stage} is the endpoint's default stage and cannot be deleted; make "
+                                "another stage the default first (`mlyard endpoints promote`)")
+            if not replaced:
+                _not_busy(f"{endpoint}/{stage}", "stage", st.status, "delete it")
+            _end_history(s, endpoint, stage, st.resources, "stage deleted" if not replaced else "replaced as default")
+            ep.stages.remove(st)
+
+    def delete(self, endpoint: str) -> None:
+        """Delete an endpoint with its default stage. One with other stages is refused."""
+        with self.catalog.session() as s:
+            ep = _get(s, endpoint)
+            others = [st.name for st in ep.stages if not st.is_default]
+            if others:
+                raise Protected(f"endpoint {endpoint!r} has stages other than the default ({', '.join(others)}); "
+                                "delete them first")
+            if ep.status in ("CREATE REQUESTED", "CREATE IN PROGRESS", "DELETE IN PROGRESS"):
+                _not_busy(endpoint, "endpoint", ep.status, "delete it")
+            for st in ep.stages:
+                _end_history(s, endpoint, st.name, st.resources, "endpoint deleted")
+            s.delete(ep)
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def get(self, endpoint: str) -> dict[str, Any]:
+        with self.catalog.session() as s:
+            return _endpoint_view(_get(s, endpoint))
+
+    def all(self) -> list[dict[str, Any]]:
+        with self.catalog.session() as s:
+            return [_endpoint_view(ep) for ep in s.scalars(select(Endpoint).order_by(Endpoint.name))]
+
+    def history(self, endpoint: str | None = None, stage: str | None = None) -> list[HistoryRecord]:
+        with self.catalog.session() as s:
+            q = select(ServingHistory).order_by(ServingHistory.started_at, ServingHistory.id)
+            if endpoint is not None:
+                q = q.where(ServingHistory.endpoint == endpoint)
+            if stage is not None:
+                q = q.where(ServingHistory.stage == stage)
+            return [HistoryRecord(h.endpoint, h.stage, h.model_name, h.model_version, h.started_at, h.ended_at, h.note)
+                    for h in s.scalars(q)]
+
+
+def _get(s: Session, name: str) -> Endpoint:
+    ep = s.scalar(select(Endpoint).where(Endpoint.name == name))
+    if ep is None:
+        raise EndpointNotFound(name)
+    return ep
+
+
+def _stage_of(ep: Endpoint, name: str) -> EndpointStage:
+    st = next((st for st in ep.stages if st.name == name), None)
+    if st is None:
+        raise NotFound(f"{ep.name}/{name}")
+    return st
+
+
+def _stage(spec: StageSpec, versions: list[Version], default: bool) -> EndpointStage:
+    if len(versions) != len(spec.resources):
+        raise SpecError("stage.resources", len(spec.resources), f"one resolved model version each ({len(versions)} given)")
+    return EndpointStage(name=spec.name, is_default=default, description=spec.description,
+                         instance_type=spec.instance_type, instance_count=spec.instance_count,
+                         node_autoscaler=spec.node_autoscaler.model_dump(), status="CREATE REQUESTED",
+                         gateway_status="CREATE IN PROGRESS",
+                         resources=[_resource(r, v) for r, v in zip(spec.resources, versions)])
+
+
+def _resource(spec: StageResourceSpec, version: Version) -> StageResource:
+    return StageResource(model_name=version[0], model_version=str(version[1]), description=spec.description,
+                         cpu=spec.cpu, memory=spec.memory, gpu=spec.gpu, pods=spec.pods,
+                         pod_autoscaler=spec.pod_autoscaler.model_dump(), status="CREATE REQUESTED")
+
+
+def _allowed(status: str, allowed: tuple[str, ...], kind: str) -> None:
+    if status not in allowed:
+        raise SpecError(f"{kind} status", status, f"one of {', '.join(allowed)}")
+
+
+def _not_busy(name: str, kind: str, status: str, action: str) -> None:
+    if status in BUSY:
+        raise Protected(f"{kind} {name} is {status}; wait until it is done before you {action}")
+
+
+def _end_history(s: Session, endpoint: str, stage: str, resources: list[StageResource], note: str = "") -> None:
+    now = utcnow()
+    for res in resources:
+        open_ = s.scalars(select(ServingHistory).where(
+            ServingHistory.endpoint == endpoint, ServingHistory.stage == stage,
+            ServingHistory.model_name == res.model_name, ServingHistory.model_version == res.model_version,
+            ServingHistory.ended_at.is_(None)))
+        for h in open_:
+            h.ended_at = now
+            if note:
+                h.note = f"{h.note}; {note}" if h.note else note
+
+
+def _endpoint_view(ep: Endpoint) -> dict[str, Any]:
+    default = next((st.name for st in ep.stages if st.is_default), None)
+    return {"name": ep.name, "description": ep.description, "public": ep.public, "status": ep.status,
+            "reason": ep.reason, "default_stage": default, "created_at": ep.created_at.isoformat(),
+            "stages": [{"name": st.name, "default": st.is_default, "description": st.description,
+                        "status": st.status, "gateway_status": st.gateway_status, "reason": st.reason,
+                        "instance_type": st.instance_type, "instance_count": st.instance_count,
+                        "node_autoscaler": st.node_autoscaler,
+                        "resources": [{"id": r.id, "model": f"{r.model_name}/{r.model_version}", "status": r.status,
+                                       "description": r.description, "cpu": r.cpu, "memory": r.memory, "gpu": r.gpu,
+                                       "pods": r.pods, "pod_autoscaler": r.pod_autoscaler, "reason": r.reason}
+                                      for r in st.resources]}
+                       for st in ep.stages]}
