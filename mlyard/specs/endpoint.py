@@ -123,3 +123,40 @@ class EndpointSpec(BaseModel):
     public: bool = Field(default=False, description="Open to the public (no token needed); else every request "
                                                     "needs a token of this endpoint.")
     stage: StageSpec = Field(description="The default stage, created with the endpoint.")
+
+
+COMPARATORS = ("LESS_THAN", "LESS_THAN_OR_EQUAL", "GREATER_THAN", "GREATER_THAN_OR_EQUAL")
+
+
+class AutoscalingRule(BaseModel):
+    """A Backend.AI autoscaling rule: when the metric compares with the threshold, change the replica
+    count by `step_size`, within min and max replicas, then wait `cooldown_seconds` before this rule
+    applies again."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["scale_up", "scale_down"] = Field(description="Whether the rule adds or removes replicas.")
+    metric_source: Literal["inference_framework", "kernel"] = Field(
+        default="inference_framework", description="inference_framework: the replicas' own metrics (averaged over "
+        "them); kernel: the processes' CPU and memory (averaged over them).")
+    metric_name: str = Field(min_length=1, max_length=100, description="The metric compared, e.g. "
+                                                                       "requests_per_second, p99_ms, cpu_percent.")
+    comparator: Literal["LESS_THAN", "LESS_THAN_OR_EQUAL", "GREATER_THAN", "GREATER_THAN_OR_EQUAL"] = Field(
+        description="How the metric is compared with the threshold.")
+    threshold: float = Field(description="The value the metric is compared with.")
+    step_size: int = Field(description="Replicas added (positive) or removed (negative) when the rule fires.")
+    min_replicas: int = Field(default=1, ge=0, le=100, description="The rule never takes the count below this.")
+    max_replicas: int = Field(default=5, ge=1, le=100, description="The rule never takes the count above this.")
+    cooldown_seconds: int = Field(default=300, ge=0, le=86_400,
+                                  description="After the rule fires, how long before it may fire again.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "AutoscalingRule":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) must not exceed max_replicas ({self.max_replicas})")
+        if self.step_size == 0:
+            raise ValueError("step_size must not be 0")
+        if (self.type == "scale_up") != (self.step_size > 0):
+            raise ValueError(f"a {self.type} rule needs a {'positive' if self.type == 'scale_up' else 'negative'} "
+                             f"step_size (got {self.step_size})")
+        return self
