@@ -66,6 +66,7 @@ class Endpoint(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     stages: Mapped[list["EndpointStage"]] = relationship(back_populates="endpoint", cascade="all, delete-orphan",
                                                          order_by="EndpointStage.id")
+    tokens: Mapped[list["EndpointToken"]] = relationship(cascade="all, delete-orphan", order_by="EndpointToken.id")
 
 
 class EndpointStage(Base):
@@ -110,6 +111,20 @@ class StageResource(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=utcnow)
     stage: Mapped[EndpointStage] = relationship(back_populates="resources")
+
+
+class EndpointToken(Base):
+    """A token of a token-protected endpoint, kept as its SHA-256 digest (the token itself is shown once)."""
+
+    __tablename__ = "endpoint_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    endpoint_id: Mapped[int] = mapped_column(ForeignKey("endpoints.id", ondelete="CASCADE"))
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(12))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class ServingHistory(Base):

@@ -7,7 +7,9 @@
   read) and hands back the old one, whose resources the endpoint flow then deletes;
 - a model version that any stage serves cannot be deleted (registry/models.py asks `endpoints_serving`);
 - the serving history (which version served which stage, from when to when) is written as resources
-  become active and end, and is never deleted.
+  become active and end, and is never deleted;
+- a token-protected endpoint's tokens have an expiry and can be revoked; only their SHA-256 digests
+  are kept, so a token is shown once, when it is issued.
 
 This module records; the endpoint flows (replicas, health, routing) act and report back through
 `set_status`. Model references arrive resolved to (name, version) by the caller.
@@ -15,8 +17,11 @@ This module records; the endpoint flows (replicas, health, routing) act and repo
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import select
@@ -34,7 +39,15 @@ from mlyard.specs.endpoint import (
     StageResourceSpec,
     StageSpec,
 )
-from registry.catalog import Catalog, Endpoint, EndpointStage, ServingHistory, StageResource, utcnow
+from registry.catalog import (
+    Catalog,
+    Endpoint,
+    EndpointStage,
+    EndpointToken,
+    ServingHistory,
+    StageResource,
+    utcnow,
+)
 
 Version = tuple[str, str]  # (model name, version)
 
@@ -184,6 +197,54 @@ class Endpoints:
                 _end_history(s, endpoint, st.name, st.resources, "endpoint deleted")
             s.delete(ep)
 
+    # -- tokens -----------------------------------------------------------------------------------
+
+    def issue_token(self, endpoint: str, expires_at: datetime) -> dict[str, Any]:
+        """A new token for `endpoint`, valid until `expires_at`; the token itself is in the answer only."""
+        if expires_at.tzinfo is None:
+            raise SpecError("expires_at", expires_at.isoformat(), "a time with its zone (UTC if unsure)")
+        if expires_at <= utcnow():
+            raise SpecError("expires_at", expires_at.isoformat(), "a time in the future")
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        with self.catalog.session() as s:
+            ep = _get(s, endpoint)
+            row = EndpointToken(digest=_digest(token), prefix=token[:10], expires_at=expires_at)
+            ep.tokens.append(row)
+            s.flush()
+            return {**_token_view(row), "token": token}
+
+    def tokens(self, endpoint: str) -> list[dict[str, Any]]:
+        with self.catalog.session() as s:
+            return [_token_view(t) for t in _get(s, endpoint).tokens]
+
+    def revoke_token(self, endpoint: str, token_id: int) -> None:
+        with self.catalog.session() as s:
+            row = next((t for t in _get(s, endpoint).tokens if t.id == token_id), None)
+            if row is None:
+                raise NotFound(f"token {token_id} of endpoint {endpoint}")
+            row.revoked_at = row.revoked_at or utcnow()
+
+    def check_token(self, endpoint: str, authorization: str | None) -> str | None:
+        """None when the request may pass; else why not (the gateway answers 401 with it). A public
+        endpoint needs no token."""
+        with self.catalog.session() as s:
+            ep = _get(s, endpoint)
+            if ep.public:
+                return None
+            token = token_from_header(authorization)
+            if token is None:
+                return ("this endpoint needs a token: send 'Authorization: Bearer <token>' (or 'BackendAI <token>'); "
+                        f"issue one with `mlyard endpoints tokens issue {endpoint}`")
+            digest = _digest(token)
+            row = next((t for t in ep.tokens if hmac.compare_digest(t.digest, digest)), None)
+            if row is None:
+                return "the token is not valid for this endpoint"
+            if row.revoked_at is not None:
+                return f"the token {row.prefix}... was revoked"
+            if _aware(row.expires_at) <= utcnow():
+                return f"the token {row.prefix}... expired at {_aware(row.expires_at).isoformat()}"
+            return None
+
     # -- reading ----------------------------------------------------------------------------------
 
     def get(self, endpoint: str) -> dict[str, Any]:
@@ -203,6 +264,34 @@ class Endpoints:
                 q = q.where(ServingHistory.stage == stage)
             return [HistoryRecord(h.endpoint, h.stage, h.model_name, h.model_version, h.started_at, h.ended_at, h.note)
                     for h in s.scalars(q)]
+
+
+TOKEN_PREFIX = "myd_"
+
+
+def token_from_header(value: str | None) -> str | None:
+    """The token of an Authorization header: `Bearer <t>` or Backend.AI's `BackendAI <t>`."""
+    if not value:
+        return None
+    scheme, _, token = value.strip().partition(" ")
+    if scheme.lower() not in ("bearer", "backendai") or not token.strip() or len(token) > 512:
+        return None
+    return token.strip()
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _aware(when: datetime) -> datetime:
+    return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)  # SQLite drops the zone
+
+
+def _token_view(t: EndpointToken) -> dict[str, Any]:
+    expires = _aware(t.expires_at)
+    state = "revoked" if t.revoked_at is not None else "expired" if expires <= utcnow() else "valid"
+    return {"id": t.id, "prefix": t.prefix, "created_at": _aware(t.created_at).isoformat(),
+            "expires_at": expires.isoformat(), "state": state}
 
 
 def _get(s: Session, name: str) -> Endpoint:

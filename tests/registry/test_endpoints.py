@@ -107,3 +107,35 @@ def test_a_bad_endpoint_spec_names_the_field(data, field):
     with pytest.raises(SpecError) as exc:
         load_spec(EndpointSpec, data)
     assert field in str(exc.value)
+
+
+def test_tokens_expire_are_revoked_and_belong_to_their_endpoint(eps, catalog):
+    from datetime import datetime, timedelta, timezone
+
+    from registry.catalog import EndpointToken
+
+    eps.create(_spec(), [("iris", "2")])
+    eps.create(EndpointSpec(name="open-api", public=True, stage=StageSpec(resources=[StageResourceSpec(model="iris/2")])),
+               [("iris", "2")])
+    eps.create(_spec("other-api"), [("iris", "2")])
+    soon = datetime.now(timezone.utc) + timedelta(days=30)
+    issued = eps.issue_token("iris-api", soon)
+    token = issued["token"]
+    assert issued["state"] == "valid" and token.startswith(issued["prefix"])
+    assert "token" not in eps.tokens("iris-api")[0]  # shown once, kept as a digest
+    assert eps.check_token("iris-api", f"Bearer {token}") is None
+    assert eps.check_token("iris-api", f"BackendAI {token}") is None
+    assert eps.check_token("open-api", None) is None  # open to the public
+    for header, words in ((None, "needs a token"), ("Bearer", "needs a token"), ("Basic abc", "needs a token"),
+                          (f"Bearer {token}x", "not valid"), ("Bearer " + "x" * 600, "needs a token")):
+        assert words in eps.check_token("iris-api", header)
+    assert "not valid" in eps.check_token("other-api", f"Bearer {token}")  # another endpoint's token
+    with catalog.session() as s:  # time passes
+        s.query(EndpointToken).update({"expires_at": datetime.now(timezone.utc) - timedelta(seconds=1)})
+    assert "expired" in eps.check_token("iris-api", f"Bearer {token}")
+    fresh = eps.issue_token("iris-api", soon)
+    eps.revoke_token("iris-api", fresh["id"])
+    assert "revoked" in eps.check_token("iris-api", f"Bearer {fresh['token']}")
+    assert [t["state"] for t in eps.tokens("iris-api")] == ["expired", "revoked"]
+    with pytest.raises(SpecError, match="in the future"):
+        eps.issue_token("iris-api", datetime.now(timezone.utc) - timedelta(days=1))

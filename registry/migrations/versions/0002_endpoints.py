@@ -1,7 +1,7 @@
 """Endpoints as the console has them: descriptions, public or token-protected, statuses; stages with
 their instance type and count, node autoscaler and gateway status; stage resources (the model versions
-a stage serves, with their allocation, pods and pod autoscaler); and the serving history, an audit
-record that outlives deletions. A stage's model moves to a stage resource.
+a stage serves, with their allocation, pods and pod autoscaler); the serving history, an audit
+record that outlives deletions; and endpoint tokens (kept as SHA-256 digests, with an expiry). A stage's model moves to a stage resource.
 
 Revision ID: 0002
 Revises: 0001
@@ -68,9 +68,20 @@ def upgrade() -> None:
         sa.Column("note", sa.Text, nullable=False, server_default=""),
     )
     op.create_index("ix_serving_history_endpoint", "serving_history", ["endpoint", "stage"])
+    op.create_table(
+        "endpoint_tokens",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("endpoint_id", sa.Integer, sa.ForeignKey("endpoints.id", ondelete="CASCADE"), nullable=False),
+        sa.Column("digest", sa.String(64), nullable=False, unique=True),
+        sa.Column("prefix", sa.String(12), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("endpoint_tokens")
     op.drop_index("ix_serving_history_endpoint", "serving_history")
     op.drop_table("serving_history")
     op.add_column("endpoint_stages", sa.Column("model_name", sa.String(255), nullable=False, server_default=""))
