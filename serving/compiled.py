@@ -83,7 +83,6 @@ class OnnxEstimator:
         return out.reshape(-1) if out.ndim == 2 and out.shape[1] == 1 else out
 
 
-
 class OnnxClassifier(OnnxEstimator):
     """Labels come from onnxruntime's own label output, or (`labels: rounded`) as scikit-learn makes
     them, the first class of the highest probability, with probabilities rounded to 1e-6 first:

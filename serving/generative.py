@@ -304,6 +304,9 @@ class OpenAIRoutes:
         options = req.get("stream_options") or {}
         inputs = self.chat.prompt_ids(messages, prompt)
         prompt_tokens = int(inputs["input_ids"].shape[1])
+        if prompt_tokens + max_tokens > self.chat.context:  # refused before a stream opens
+            raise BadChat(f"the prompt ({prompt_tokens} tokens) and max_tokens ({max_tokens}) exceed the model's "
+                          f"context of {self.chat.context} tokens", "max_tokens")
         cancel = threading.Event()
         pieces = _in_thread(lambda: self.chat.generate(inputs, max_tokens, temperature, top_p, stop, seed, cancel))
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
