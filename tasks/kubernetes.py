@@ -1,0 +1,110 @@
+"""An endpoint stage on Kubernetes, as manifests: each stage resource is a Deployment (the mlyard model
+server on the resource's model version), a Service and, when its pod autoscaler is on, a
+HorizontalPodAutoscaler whose target is the resource's CPU or memory threshold. The stage's node
+autoscaler settings become cluster-autoscaler annotations for its node pool.
+
+The manifests come from the templates in `infra/endpoint/` and are checked against the Kubernetes
+schema (kubernetes-validate) before anything is applied. Plain functions of the catalog's endpoint
+view (registry/endpoints.py): no cluster is needed to render or validate.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mlyard.errors import SpecError
+from mlyard.names import param_environ
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "infra" / "endpoint"
+KUBERNETES_VERSION = "1.30"
+PORT = 8080
+DEFAULT_IMAGE = "mlyard:latest"
+LABEL = "mlyard.io"
+
+
+def resource_name(endpoint: str, stage: str, resource_id: int) -> str:
+    """A DNS-1123 name for a stage resource's objects (at most 63 characters)."""
+    base = re.sub(r"[^a-z0-9-]", "-", f"{endpoint}-{stage}".lower()).strip("-")
+    suffix = f"-r{resource_id}"
+    return base[:63 - len(suffix)].rstrip("-") + suffix
+
+
+def render_stage(view: dict[str, Any], stage: str, *, image: str = DEFAULT_IMAGE, namespace: str = "mlyard",
+                 parameters: dict[str, dict[str, str]] | None = None) -> list[dict[str, Any]]:
+    """The manifests of one stage of an endpoint view (`Endpoints.get`); `parameters` maps a resource's
+    model ("name/version") to its version parameters (arguments and environment of the server)."""
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+    env = Environment(loader=FileSystemLoader(str(TEMPLATES)), undefined=StrictUndefined, autoescape=False,
+                      keep_trailing_newline=True)
+    env.filters["tojson"] = lambda value: json.dumps(value)  # YAML flow style: JSON is valid YAML
+    st = next((s for s in view["stages"] if s["name"] == stage), None)
+    if st is None:
+        raise SpecError("stage", stage, f"a stage of endpoint {view['name']!r}")
+    out: list[dict[str, Any]] = []
+    for res in st["resources"]:
+        name = resource_name(view["name"], stage, res["id"])
+        model_name, version = res["model"].rsplit("/", 1)
+        params = (parameters or {}).get(res["model"], {})
+        labels = {"app.kubernetes.io/name": "mlyard-model-server", "app.kubernetes.io/managed-by": "mlyard",
+                  f"{LABEL}/endpoint": view["name"], f"{LABEL}/stage": stage, f"{LABEL}/resource": str(res["id"])}
+        selector = {k: labels[k] for k in (f"{LABEL}/endpoint", f"{LABEL}/stage", f"{LABEL}/resource")}
+        quantities = {"cpu": _cpu(res["cpu"]), "memory": res["memory"]}
+        if res["gpu"]:
+            quantities["nvidia.com/gpu"] = str(res["gpu"])
+        context = {
+            "name": name, "namespace": namespace, "labels": labels, "selector": selector, "resource": res,
+            "image": image, "port": PORT,
+            "args": ["mlyard", "serve", f"models:/{model_name}/{version}", "--host", "0.0.0.0", "--port", str(PORT),
+                     "--name", model_name, *[a for k, v in params.items() for a in ("--param", f"{k}={v}")]],
+            "env": [{"name": k, "value": v} for k, v in {
+                **param_environ(params), "MLYARD_ENDPOINT_ID": view["name"], "MLYARD_ENDPOINT_STAGE_ID": stage}.items()],
+            "requests": quantities, "limits": quantities,
+            "node_selector": {"node.kubernetes.io/instance-type": st["instance_type"]}
+            if st["instance_type"] != "local" else {},
+        }
+        out.append(yaml.safe_load(env.get_template("deployment.yaml.j2").render(context)))
+        out.append(yaml.safe_load(env.get_template("service.yaml.j2").render(context)))
+        if res["pod_autoscaler"].get("enabled"):
+            out.append(yaml.safe_load(env.get_template("hpa.yaml.j2").render(context)))
+    return out
+
+
+def node_pool_annotations(view: dict[str, Any], stage: str) -> dict[str, str]:
+    """The stage's node autoscaler as cluster-autoscaler annotations of its node pool (empty when off)."""
+    st = next((s for s in view["stages"] if s["name"] == stage), None)
+    if st is None:
+        raise SpecError("stage", stage, f"a stage of endpoint {view['name']!r}")
+    na = st["node_autoscaler"]
+    if not na.get("enabled"):
+        return {}
+    return {
+        "cluster.x-k8s.io/cluster-api-autoscaler-node-group-min-size": str(na["min_nodes"]),
+        "cluster.x-k8s.io/cluster-api-autoscaler-node-group-max-size": str(na["max_nodes"]),
+        "cluster-autoscaler.kubernetes.io/scale-down-disabled": "false" if na["scale_down"] else "true",
+        "cluster-autoscaler.kubernetes.io/scale-down-utilization-threshold": f"{na['usage_threshold_percent'] / 100:g}",
+        "cluster-autoscaler.kubernetes.io/scale-down-unneeded-time": f"{na['threshold_duration_minutes']}m",
+        "cluster-autoscaler.kubernetes.io/scale-down-delay-after-add": f"{na['scale_down_delay_minutes']}m",
+    }
+
+
+def validate(manifests: list[dict[str, Any]], version: str = KUBERNETES_VERSION) -> None:
+    """Check each manifest against the Kubernetes schema of `version`; SpecError naming the first bad one."""
+    import kubernetes_validate
+
+    for m in manifests:
+        try:
+            kubernetes_validate.validate(m, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            where = f"{m.get('kind')}/{m.get('metadata', {}).get('name')}"
+            raise SpecError("manifest", where, f"a valid Kubernetes {version} object ({exc.message})") from None
+
+
+def _cpu(cores: float) -> str:
+    return f"{int(round(cores * 1000))}m"
+

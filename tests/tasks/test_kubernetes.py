@@ -1,0 +1,68 @@
+"""An endpoint stage as Kubernetes manifests, rendered from infra/endpoint/ and checked against the
+Kubernetes schema (no cluster: applying them is the endpoint flow's, tested against an API emulator)."""
+
+import pytest
+
+from mlyard.errors import SpecError
+from mlyard.specs.endpoint import EndpointSpec, NodeAutoscaler, PodAutoscaler, StageResourceSpec, StageSpec
+from registry.endpoints import Endpoints
+from tasks import kubernetes as k8s
+
+
+@pytest.fixture()
+def view(tmp_path):
+    from registry import Catalog
+
+    catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
+    eps = Endpoints(catalog)
+    spec = EndpointSpec(name="iris-api", stage=StageSpec(
+        instance_type="m2.c4m8", node_autoscaler=NodeAutoscaler(enabled=True, min_nodes=1, max_nodes=4,
+                                                                 usage_threshold_percent=40),
+        resources=[StageResourceSpec(model="iris/2", cpu=0.5, memory="512Mi", pods=2,
+                                     pod_autoscaler=PodAutoscaler(enabled=True, metric="memory", threshold_percent=70,
+                                                                  max_pods=6)),
+                   StageResourceSpec(model="bert/1", gpu=1, memory="4Gi")]))
+    yield eps.create(spec, [("iris", "2"), ("bert", "1")])
+    catalog.dispose()
+
+
+def test_a_stage_renders_to_valid_deployments_services_and_an_hpa(view):
+    manifests = k8s.render_stage(view, "default", image="registry.local/mlyard:1", parameters={
+        "bert/1": {"task": "fill_mask", "maxLength": "64"}})
+    k8s.validate(manifests)  # the Kubernetes 1.30 schema, strict
+    kinds = [(m["kind"], m["metadata"]["name"]) for m in manifests]
+    first, second = (r["id"] for r in view["stages"][0]["resources"])
+    assert kinds == [("Deployment", f"iris-api-default-r{first}"), ("Service", f"iris-api-default-r{first}"),
+                     ("HorizontalPodAutoscaler", f"iris-api-default-r{first}"),
+                     ("Deployment", f"iris-api-default-r{second}"), ("Service", f"iris-api-default-r{second}")]
+    iris, _, hpa, bert, _ = manifests
+    container = iris["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][:3] == ["mlyard", "serve", "models:/iris/2"]
+    assert container["resources"]["limits"] == {"cpu": "500m", "memory": "512Mi"}
+    assert iris["spec"]["replicas"] == 2
+    assert iris["spec"]["template"]["spec"]["nodeSelector"] == {"node.kubernetes.io/instance-type": "m2.c4m8"}
+    assert hpa["spec"]["minReplicas"] == 2 and hpa["spec"]["maxReplicas"] == 6
+    assert hpa["spec"]["metrics"][0]["resource"] == {"name": "memory", "target": {"type": "Utilization",
+                                                                                  "averageUtilization": 70}}
+    bert_c = bert["spec"]["template"]["spec"]["containers"][0]
+    assert bert_c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert ["--param", "task=fill_mask"] == bert_c["args"][-4:-2]  # the version's parameters, names as given
+    env = {e["name"]: e["value"] for e in bert_c["env"]}
+    assert env["MAX_LENGTH"] == "64" and env["MLYARD_ENDPOINT_ID"] == "iris-api"
+
+
+def test_node_autoscaler_annotations_and_long_names(view):
+    notes = k8s.node_pool_annotations(view, "default")
+    assert notes["cluster.x-k8s.io/cluster-api-autoscaler-node-group-max-size"] == "4"
+    assert notes["cluster-autoscaler.kubernetes.io/scale-down-utilization-threshold"] == "0.4"
+    name = k8s.resource_name("a" * 50, "b" * 50, 12345)
+    assert len(name) <= 63 and name.endswith("-r12345")
+    with pytest.raises(SpecError, match="a stage of endpoint"):
+        k8s.render_stage(view, "nope")
+
+
+def test_an_invalid_manifest_is_refused_naming_it(view):
+    manifests = k8s.render_stage(view, "default")
+    manifests[0]["spec"]["replicas"] = "two"
+    with pytest.raises(SpecError, match="Deployment/iris-api-default"):
+        k8s.validate(manifests)
