@@ -5,7 +5,8 @@ autoscaler settings become cluster-autoscaler annotations for its node pool.
 
 The manifests come from the templates in `infra/endpoint/` and are checked against the Kubernetes
 schema (kubernetes-validate) before anything is applied. Plain functions of the catalog's endpoint
-view (registry/endpoints.py): no cluster is needed to render or validate.
+view (registry/endpoints.py): no cluster is needed to render or validate. `apply_stage` and
+`delete_stage` talk to the cluster through the `kubernetes` client's typed APIs.
 """
 
 from __future__ import annotations
@@ -103,6 +104,84 @@ def validate(manifests: list[dict[str, Any]], version: str = KUBERNETES_VERSION)
         except kubernetes_validate.ValidationError as exc:
             where = f"{m.get('kind')}/{m.get('metadata', {}).get('name')}"
             raise SpecError("manifest", where, f"a valid Kubernetes {version} object ({exc.message})") from None
+
+
+_KINDS = {  # kind -> (API class, the method names' stem)
+    "Deployment": ("AppsV1Api", "deployment"),
+    "Service": ("CoreV1Api", "service"),
+    "HorizontalPodAutoscaler": ("AutoscalingV2Api", "horizontal_pod_autoscaler"),
+}
+
+
+def apply_stage(api_client: Any, manifests: list[dict[str, Any]], namespace: str, endpoint: str,
+                stage: str) -> dict[str, list[str]]:
+    """Make the cluster hold exactly these manifests for the stage: create what is missing, replace
+    what exists, delete the stage's objects that are no longer wanted (a removed resource, a pod
+    autoscaler turned off). Returns what was created, replaced and deleted, as `Kind/name`."""
+    validate(manifests)
+    done: dict[str, list[str]] = {"created": [], "replaced": [], "deleted": []}
+    wanted = {(m["kind"], m["metadata"]["name"]) for m in manifests}
+    for m in manifests:
+        api, stem = _api(api_client, m["kind"])
+        name = m["metadata"]["name"]
+        existing = _read(api, stem, name, namespace)
+        if existing is None:
+            getattr(api, f"create_namespaced_{stem}")(namespace, m)
+            done["created"].append(f"{m['kind']}/{name}")
+        else:
+            body = {**m, "metadata": {**m["metadata"], "resourceVersion": existing.metadata.resource_version}}
+            getattr(api, f"replace_namespaced_{stem}")(name, namespace, body)
+            done["replaced"].append(f"{m['kind']}/{name}")
+    done["deleted"] = [f"{kind}/{name}" for kind, name in _stage_objects(api_client, namespace, endpoint, stage)
+                       if (kind, name) not in wanted and _delete(api_client, kind, name, namespace)]
+    return done
+
+
+def delete_stage(api_client: Any, namespace: str, endpoint: str, stage: str) -> list[str]:
+    """Delete every object of the stage (found by its labels); what was deleted, as `Kind/name`."""
+    return [f"{kind}/{name}" for kind, name in _stage_objects(api_client, namespace, endpoint, stage)
+            if _delete(api_client, kind, name, namespace)]
+
+
+def _api(api_client: Any, kind: str) -> tuple[Any, str]:
+    import kubernetes.client
+
+    cls, stem = _KINDS[kind]
+    return getattr(kubernetes.client, cls)(api_client), stem
+
+
+def _read(api: Any, stem: str, name: str, namespace: str) -> Any:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        return getattr(api, f"read_namespaced_{stem}")(name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def _stage_objects(api_client: Any, namespace: str, endpoint: str, stage: str) -> list[tuple[str, str]]:
+    selector = f"{LABEL}/endpoint={endpoint},{LABEL}/stage={stage}"
+    found = []
+    for kind in _KINDS:
+        api, stem = _api(api_client, kind)
+        for item in getattr(api, f"list_namespaced_{stem}")(namespace, label_selector=selector).items:
+            found.append((kind, item.metadata.name))
+    return found
+
+
+def _delete(api_client: Any, kind: str, name: str, namespace: str) -> bool:
+    from kubernetes.client.exceptions import ApiException
+
+    api, stem = _api(api_client, kind)
+    try:
+        getattr(api, f"delete_namespaced_{stem}")(name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:  # already gone
+            return False
+        raise
+    return True
 
 
 def _cpu(cores: float) -> str:

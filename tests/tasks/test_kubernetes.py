@@ -66,3 +66,33 @@ def test_an_invalid_manifest_is_refused_naming_it(view):
     manifests[0]["spec"]["replicas"] = "two"
     with pytest.raises(SpecError, match="Deployment/iris-api-default"):
         k8s.validate(manifests)
+
+
+def test_applying_a_stage_creates_replaces_and_prunes_against_an_api_server(view, tmp_path):
+    """Against a small in-process Kubernetes API server (tests/tasks/fake_kube.py): no cluster runs here."""
+    import kubernetes.client
+    from fake_kube import FakeKube
+
+
+    kube = FakeKube()
+    try:
+        config = kubernetes.client.Configuration()
+        config.host = kube.url
+        api = kubernetes.client.ApiClient(config)
+        manifests = k8s.render_stage(view, "default")
+        first = k8s.apply_stage(api, manifests, "mlyard", "iris-api", "default")
+        names = [f"{m['kind']}/{m['metadata']['name']}" for m in manifests]
+        assert first == {"created": names, "replaced": [], "deleted": []}
+        assert len(kube.objects) == 5
+        again = k8s.apply_stage(api, manifests, "mlyard", "iris-api", "default")  # applying twice changes nothing new
+        assert again == {"created": [], "replaced": names, "deleted": []}
+        without_hpa = [m for m in manifests if m["kind"] != "HorizontalPodAutoscaler"]  # the autoscaler turned off
+        pruned = k8s.apply_stage(api, without_hpa, "mlyard", "iris-api", "default")
+        assert pruned["deleted"] == [n for n in names if n.startswith("HorizontalPodAutoscaler/")]
+        assert ("delete", "HorizontalPodAutoscaler", names[2].split("/")[1]) in kube.calls
+        gone = k8s.delete_stage(api, "mlyard", "iris-api", "default")
+        assert sorted(gone) == sorted(n for n in names if not n.startswith("HorizontalPodAutoscaler/"))
+        assert kube.objects == {}
+        api.close()
+    finally:
+        kube.close()
