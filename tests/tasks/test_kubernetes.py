@@ -68,11 +68,10 @@ def test_an_invalid_manifest_is_refused_naming_it(view):
         k8s.validate(manifests)
 
 
-def test_applying_a_stage_creates_replaces_and_prunes_against_an_api_server(view, tmp_path):
+def test_applying_a_stage_creates_replaces_and_prunes_against_an_api_server(view):
     """Against a small in-process Kubernetes API server (tests/tasks/fake_kube.py): no cluster runs here."""
     import kubernetes.client
     from fake_kube import FakeKube
-
 
     kube = FakeKube()
     try:
