@@ -1,0 +1,129 @@
+"""The gateway's routing, pure: where a request goes and which replica takes it.
+
+URLs, per endpoint (EasyMaker's resource paths, appendix 10, under the endpoint and stage):
+
+    /{endpoint}/{model}/v1/...                 the endpoint's default stage
+    /{endpoint}/stages/{stage}/{model}/v1/...  a named stage (also /v2/..., /openai/v1/...)
+
+A stage's replicas are the processes (or Services) of its stage resources; several resources of one
+stage that serve the same model share its requests. A request goes to the healthy replica of that
+model with the fewest requests outstanding; ties go round the replicas in turn. With no healthy
+replica the gateway answers 503 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from dataclasses import dataclass, field
+
+PROTOCOLS = ("v1", "v2", "openai")
+
+
+class NoRoute(Exception):
+    """No endpoint, stage or model answers this path (404)."""
+
+
+class NoReplica(Exception):
+    """The route exists but no healthy replica can take the request now (503 with Retry-After)."""
+
+
+@dataclass(frozen=True)
+class Route:
+    endpoint: str
+    stage: str | None  # None: the endpoint's default stage
+    model: str
+    rest: str  # the path the replica serves: /v1/models/{model}:predict, ...
+
+
+def parse(path: str) -> Route:
+    parts = [p for p in path.split("/") if p]
+    if len(parts) >= 4 and parts[1] == "stages":
+        endpoint, stage, tail = parts[0], parts[2], parts[3:]
+    elif len(parts) >= 2:
+        endpoint, stage, tail = parts[0], None, parts[1:]
+    else:
+        raise NoRoute(f"no route {path}; use /{{endpoint}}/{{model}}/v1/..., /v2/... or /openai/v1/... "
+                      "(/{endpoint}/stages/{stage}/... for a stage other than the default)")
+    if len(tail) < 2 or tail[1] not in PROTOCOLS:
+        raise NoRoute(f"no route {path}: after the model name comes v1, v2 or openai")
+    return Route(endpoint, stage, tail[0], "/" + "/".join(tail[1:]))
+
+
+@dataclass
+class Replica:
+    url: str
+    model: str
+    healthy: bool = True
+    outstanding: int = 0
+
+
+@dataclass
+class _Stage:
+    replicas: list[Replica] = field(default_factory=list)
+    turn: itertools.count = field(default_factory=itertools.count)
+
+
+class Router:
+    """The routing table and the outstanding-request counts (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._stages: dict[tuple[str, str], _Stage] = {}
+        self._default: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def set_stage(self, endpoint: str, stage: str, replicas: list[Replica], default: bool = False) -> None:
+        """Put a stage's replicas into routing (keeping the counts of replicas it already had)."""
+        with self._lock:
+            old = {r.url: r for r in self._stages.get((endpoint, stage), _Stage()).replicas}
+            for r in replicas:
+                if r.url in old:
+                    r.outstanding = old[r.url].outstanding
+            self._stages[(endpoint, stage)] = _Stage(replicas)
+            if default:
+                self._default[endpoint] = stage  # traffic moves at once: the next request goes here
+
+    def remove_stage(self, endpoint: str, stage: str) -> None:
+        with self._lock:
+            self._stages.pop((endpoint, stage), None)
+            if self._default.get(endpoint) == stage:
+                del self._default[endpoint]
+
+    def set_health(self, url: str, healthy: bool) -> None:
+        with self._lock:
+            for st in self._stages.values():
+                for r in st.replicas:
+                    if r.url == url:
+                        r.healthy = healthy
+
+    def stage_of(self, route: Route) -> str:
+        stage = route.stage or self._default.get(route.endpoint)
+        if stage is None or (route.endpoint, stage) not in self._stages:
+            known = route.endpoint in self._default or any(e == route.endpoint for e, _ in self._stages)
+            if not known:
+                raise NoRoute(f"no endpoint {route.endpoint!r}")
+            raise NoRoute(f"endpoint {route.endpoint!r} has no stage {route.stage or '(default)'!r}")
+        return stage
+
+    def acquire(self, route: Route) -> Replica:
+        """The replica for this request, its outstanding count raised; call `release` when done."""
+        with self._lock:
+            stage = self.stage_of(route)
+            st = self._stages[(route.endpoint, stage)]
+            serving = [r for r in st.replicas if r.model == route.model]
+            if not serving:
+                models = sorted({r.model for r in st.replicas})
+                raise NoRoute(f"stage {route.endpoint}/{stage} serves no model {route.model!r}; it serves "
+                              f"{', '.join(models) or 'none'}")
+            healthy = [r for r in serving if r.healthy]
+            if not healthy:
+                raise NoReplica(f"no healthy replica of {route.model!r} in {route.endpoint}/{stage} now")
+            fewest = min(r.outstanding for r in healthy)
+            ties = [r for r in healthy if r.outstanding == fewest]
+            pick = ties[next(st.turn) % len(ties)]
+            pick.outstanding += 1
+            return pick
+
+    def release(self, replica: Replica) -> None:
+        with self._lock:
+            replica.outstanding = max(0, replica.outstanding - 1)
