@@ -32,6 +32,7 @@ import orjson
 
 from mlyard.errors import SpecError
 from serving import asgi
+from serving.cache import cache_dir
 
 SMOLLM2 = "smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -61,10 +62,6 @@ def locate(model: str) -> tuple[Path, str | None]:
         return path, None
     raise SpecError("--chat-model", model, f"'{SMOLLM2}', a .gguf file, or a directory holding a transformers model "
                     "(config.json and weights)")
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("MLYARD_CACHE_DIR") or Path.home() / ".cache" / "mlyard")
 
 
 def _from_gguf(folder: Path, gguf: str):
