@@ -35,6 +35,7 @@ class StackState:
     logs: dict[str, str] = field(default_factory=dict)
     mlflow_ui_url: str | None = None
     service_url: str | None = None  # the warm mlyard API (mlyard/service.py) that answers the CLI's reads
+    gateway_url: str | None = None  # the endpoint gateway (serving/gateway.py)
     deployments: str | None = None  # digest of what the registered deployments were made from
     started_at: float = field(default_factory=time.time)
 

@@ -13,6 +13,10 @@ FLOW_TUNE = "tune"
 FLOW_BATCH = "batch-inference"
 FLOW_BATCH_WORKER = "batch-inference-worker"
 FLOW_EVALUATE = "evaluate"
+FLOW_DEPLOY_ENDPOINT = "deploy-endpoint"
+FLOW_ADD_STAGE = "add-endpoint-stage"
+FLOW_PROMOTE_STAGE = "promote-endpoint-stage"
+FLOW_DELETE_ENDPOINT = "delete-endpoint"
 
 # -- Prefect tasks whose start or failure decides a run's status ------------------------------------------
 TASK_RUN_ENTRY_POINT = "run-entry-point"  # a training's script runs: RUNNING; a failure after it is FAIL TRAIN

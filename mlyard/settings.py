@@ -47,6 +47,9 @@ class Settings(BaseSettings):
         default=None, ge=1, le=65535,
         description="Port of the mlyard API that `mlyard up` starts (it answers the CLI's lists and shows "
         "warm). Unset: the Prefect port + 1 (4201).")
+    gateway_port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description="Port of the endpoint gateway that `mlyard up` starts. Unset: the Prefect port + 2 (4202).")
     mlflow_tracking_uri: str | None = Field(
         default=None,
         description="MLflow tracking URI (e.g. http://mlflow:5000). Unset: sqlite:///<home>/mlflow.db.",
@@ -103,6 +106,10 @@ class Settings(BaseSettings):
     @property
     def service_port(self) -> int:
         return self.api_port or self.prefect_port + 1
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port or self.prefect_port + 2}"
 
     @property
     def prefect_home(self) -> Path:

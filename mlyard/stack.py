@@ -88,8 +88,9 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
     server_up = bool(state.pids.get("prefect-server") and alive(state.pids["prefect-server"]) and healthy(state.api_url))
     worker_up = bool(state.pids.get("worker") and alive(state.pids["worker"]))
     service_up = bool(state.pids.get("mlyard-api") and alive(state.pids["mlyard-api"]))
+    serving_up = all(state.pids.get(n) and alive(state.pids[n]) for n in ("replicas", "gateway"))
     digest = _deployments_digest(env["MLYARD_IMAGE"])
-    if server_up and worker_up and service_up and state.deployments == digest:
+    if server_up and worker_up and service_up and serving_up and state.deployments == digest:
         return state  # already up, deployments current: nothing to do
 
     if not server_up:
@@ -125,6 +126,8 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
     if not service_up:  # it warms up (imports, first reads) while the rest is set up
         service_pid = _start_service(settings, state, env, logs)
 
+    if not serving_up:
+        _start_serving(settings, state, env, logs, echo)
     ensure_pools(echo)
     ensure_crash_detection()
     if not worker_up:
@@ -167,6 +170,27 @@ def _start_service(settings: Settings, state: StackState, env: dict[str, str], l
     state.pids["mlyard-api"], state.logs["mlyard-api"], state.service_url = pid, str(log), url
     write_state(settings, state)
     return pid
+
+
+def _start_serving(settings: Settings, state: StackState, env: dict[str, str], logs: Path, echo) -> None:
+    """The replica supervisor (it keeps endpoint replicas running; they outlive it and the gateway) and
+    the endpoint gateway, each started if not running."""
+    run_env = {**env, "MLYARD_HOME": str(settings.home_dir)}
+    if not (state.pids.get("replicas") and alive(state.pids["replicas"])):
+        log = logs / "replicas.log"
+        state.pids["replicas"] = _spawn([sys.executable, "-m", "serving.replicas", "--home", str(settings.home_dir)],
+                                        log, run_env, cwd=PROJECT_ROOT)
+        state.logs["replicas"] = str(log)
+    if not (state.pids.get("gateway") and alive(state.pids["gateway"])):
+        url = settings.gateway_url
+        if healthy(url + "/mlyard"):
+            raise StackError(f"something else already answers at {url}; stop it or set MLYARD_GATEWAY_PORT")
+        log = logs / "gateway.log"
+        state.pids["gateway"] = _spawn([sys.executable, "-m", "serving.gateway", "--port", url.rsplit(":", 1)[1]],
+                                       log, run_env, cwd=PROJECT_ROOT)
+        state.logs["gateway"], state.gateway_url = str(log), url
+        echo(f"the endpoint gateway listens on {url} (log: {log})")
+    write_state(settings, state)
 
 
 def _wait_service(state: StackState, pid: int, echo, timeout: float = 90.0) -> None:
@@ -433,13 +457,15 @@ def status(settings: Settings) -> dict:
     state = read_state(settings)
     out = {"home": str(settings.home_dir), "running": False, "processes": {},
            "prefect_ui": None, "prefect_api": settings.prefect_api_url, "mlflow_tracking_uri": settings.mlflow_uri,
-           "mlflow_ui": None, "mlyard_api": None, "catalog": settings.catalog_db_url}
+           "mlflow_ui": None, "mlyard_api": None, "gateway": None, "catalog": settings.catalog_db_url}
     if state:
         out["processes"] = {n: {"pid": p, "alive": alive(p), "log": state.logs.get(n)} for n, p in state.pids.items()}
         if healthy(state.api_url) if state.api_url else False:
             out.update(running=True, prefect_ui=state.ui_url, prefect_api=state.api_url)
         if state.service_url and state.pids.get("mlyard-api") and alive(state.pids["mlyard-api"]):
             out["mlyard_api"] = state.service_url
+        if state.gateway_url and state.pids.get("gateway") and alive(state.pids["gateway"]):
+            out["gateway"] = state.gateway_url
         if state.mlflow_ui_url and state.pids.get("mlflow-ui") and alive(state.pids["mlflow-ui"]):
             out["mlflow_ui"] = state.mlflow_ui_url
     return out

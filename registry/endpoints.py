@@ -169,30 +169,36 @@ class Endpoints:
             _end_history(s, endpoint, stage, [res])
             st.resources.remove(res)
 
+    def check_delete(self, endpoint: str, stage: str | None = None) -> None:
+        """Raise Protected when the rules forbid deleting this stage (or, without one, the endpoint)."""
+        with self.catalog.session() as s:
+            ep = _get(s, endpoint)
+            if stage is None:
+                _deletable_endpoint(ep)
+            else:
+                _deletable_stage(ep, _stage_of(ep, stage))
+
     def delete_stage(self, endpoint: str, stage: str, *, replaced: bool = False) -> None:
         """Delete a stage. The default stage cannot be deleted; `replaced` is the flow removing the old
-        default after a promotion (it is no longer the default by then)."""
+        default after a promotion (it is no longer the default by then). A stage the flow has marked
+        DELETE IN PROGRESS may be deleted."""
         with self.catalog.session() as s:
             ep = _get(s, endpoint)
             st = _stage_of(ep, stage)
-            if st.is_default:
-                raise Protected(f"stage {endpoint}/{stage} is the endpoint's default stage and cannot be deleted; make "
-                                "another stage the default first (`mlyard endpoints promote`)")
-            if not replaced:
-                _not_busy(f"{endpoint}/{stage}", "stage", st.status, "delete it")
+            if replaced:
+                if st.is_default:
+                    raise Protected(f"stage {endpoint}/{stage} is the endpoint's default stage")
+            else:
+                _deletable_stage(ep, st, deleting=True)
             _end_history(s, endpoint, stage, st.resources, "stage deleted" if not replaced else "replaced as default")
             ep.stages.remove(st)
 
     def delete(self, endpoint: str) -> None:
-        """Delete an endpoint with its default stage. One with other stages is refused."""
+        """Delete an endpoint with its default stage. One with other stages is refused; one the flow has
+        marked DELETE IN PROGRESS may be deleted."""
         with self.catalog.session() as s:
             ep = _get(s, endpoint)
-            others = [st.name for st in ep.stages if not st.is_default]
-            if others:
-                raise Protected(f"endpoint {endpoint!r} has stages other than the default ({', '.join(others)}); "
-                                "delete them first")
-            if ep.status in ("CREATE REQUESTED", "CREATE IN PROGRESS", "DELETE IN PROGRESS"):
-                _not_busy(endpoint, "endpoint", ep.status, "delete it")
+            _deletable_endpoint(ep, deleting=True)
             for st in ep.stages:
                 _end_history(s, endpoint, st.name, st.resources, "endpoint deleted")
             s.delete(ep)
@@ -208,7 +214,7 @@ class Endpoints:
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         with self.catalog.session() as s:
             ep = _get(s, endpoint)
-            row = EndpointToken(digest=_digest(token), prefix=token[:10], expires_at=expires_at)
+            row = EndpointToken(digest=digest(token), prefix=token[:10], expires_at=expires_at)
             ep.tokens.append(row)
             s.flush()
             return {**_token_view(row), "token": token}
@@ -235,8 +241,8 @@ class Endpoints:
             if token is None:
                 return ("this endpoint needs a token: send 'Authorization: Bearer <token>' (or 'BackendAI <token>'); "
                         f"issue one with `mlyard endpoints tokens issue {endpoint}`")
-            digest = _digest(token)
-            row = next((t for t in ep.tokens if hmac.compare_digest(t.digest, digest)), None)
+            wanted = digest(token)
+            row = next((t for t in ep.tokens if hmac.compare_digest(t.digest, wanted)), None)
             if row is None:
                 return "the token is not valid for this endpoint"
             if row.revoked_at is not None:
@@ -244,6 +250,17 @@ class Endpoints:
             if _aware(row.expires_at) <= utcnow():
                 return f"the token {row.prefix}... expired at {_aware(row.expires_at).isoformat()}"
             return None
+
+    def routing(self) -> dict[str, dict[str, Any]]:
+        """What the gateway needs of every endpoint, read in one go: whether it is public, its default
+        stage, its stages, and its tokens as digest -> (expiry as epoch seconds, revoked)."""
+        with self.catalog.session() as s:
+            return {ep.name: {"id": ep.id, "public": ep.public,
+                              "default": next((st.name for st in ep.stages if st.is_default), None),
+                              "stages": {st.name: {"id": st.id, "status": st.status} for st in ep.stages},
+                              "tokens": {t.digest: (_aware(t.expires_at).timestamp(), t.revoked_at is not None)
+                                         for t in ep.tokens}}
+                    for ep in s.scalars(select(Endpoint))}
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -279,7 +296,7 @@ def token_from_header(value: str | None) -> str | None:
     return token.strip()
 
 
-def _digest(token: str) -> str:
+def digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 
@@ -334,6 +351,24 @@ def _not_busy(name: str, kind: str, status: str, action: str) -> None:
         raise Protected(f"{kind} {name} is {status}; wait until it is done before you {action}")
 
 
+def _deletable_stage(ep: Endpoint, st: EndpointStage, deleting: bool = False) -> None:
+    if st.is_default:
+        raise Protected(f"stage {ep.name}/{st.name} is the endpoint's default stage and cannot be deleted; make "
+                        "another stage the default first (`mlyard endpoints promote`)")
+    if not (deleting and st.status == "DELETE IN PROGRESS"):
+        _not_busy(f"{ep.name}/{st.name}", "stage", st.status, "delete it")
+
+
+def _deletable_endpoint(ep: Endpoint, deleting: bool = False) -> None:
+    others = [st.name for st in ep.stages if not st.is_default]
+    if others:
+        raise Protected(f"endpoint {ep.name!r} has stages other than the default ({', '.join(others)}); "
+                        "delete them first")
+    if ep.status in ("CREATE REQUESTED", "CREATE IN PROGRESS", "DELETE IN PROGRESS") and not (
+            deleting and ep.status == "DELETE IN PROGRESS"):
+        _not_busy(ep.name, "endpoint", ep.status, "delete it")
+
+
 def _end_history(s: Session, endpoint: str, stage: str, resources: list[StageResource], note: str = "") -> None:
     now = utcnow()
     for res in resources:
@@ -349,9 +384,9 @@ def _end_history(s: Session, endpoint: str, stage: str, resources: list[StageRes
 
 def _endpoint_view(ep: Endpoint) -> dict[str, Any]:
     default = next((st.name for st in ep.stages if st.is_default), None)
-    return {"name": ep.name, "description": ep.description, "public": ep.public, "status": ep.status,
+    return {"id": ep.id, "name": ep.name, "description": ep.description, "public": ep.public, "status": ep.status,
             "reason": ep.reason, "default_stage": default, "created_at": ep.created_at.isoformat(),
-            "stages": [{"name": st.name, "default": st.is_default, "description": st.description,
+            "stages": [{"id": st.id, "name": st.name, "default": st.is_default, "description": st.description,
                         "status": st.status, "gateway_status": st.gateway_status, "reason": st.reason,
                         "instance_type": st.instance_type, "instance_count": st.instance_count,
                         "node_autoscaler": st.node_autoscaler,

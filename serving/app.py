@@ -22,6 +22,7 @@ the limit, 500 the model raised, 501 no explainer, 503 not ready, 504 the model 
 from __future__ import annotations
 
 import functools
+import os
 import time
 from typing import Any, Awaitable
 
@@ -31,6 +32,7 @@ import orjson
 from mlyard.errors import SpecError
 from serving import asgi, protocol
 from serving.batching import Batcher, ModelTimeout
+from serving.endpoint_stats import format_classes
 from serving.inference_log import InferenceLog, new_id
 from serving.protocol import BadRequest
 from serving.runtime import ServedModel
@@ -62,6 +64,7 @@ class ModelServer:
 
             self.openai = OpenAIRoutes(chat, max_body_bytes, self.stats, self.log)
         self.ready = True
+        self.behind_gateway = bool(os.environ.get("MLYARD_ENDPOINT_ID"))
         self._batchers: dict[tuple[str, bool], Batcher] = {}
         for m in models:
             for proba in (False, True):
@@ -160,9 +163,9 @@ class ModelServer:
         binary = {o["name"]: bool((o.get("parameters") or {}).get("binary_data", req.binary_output)) for o in req.outputs}
         outputs = [(n, probs if n == "predict_proba" else preds, binary.get(n, req.binary_output)) for n in names]
         body_out, head = protocol.v2_response(model.name, model.version, req.id, outputs)  # type: ignore[arg-type]
-        headers = []
+        headers = self._classes_header(model, preds, probs)
         if head is not None:
-            headers = [(b"inference-header-content-length", str(head).encode())]
+            headers.append((b"inference-header-content-length", str(head).encode()))
         return 200, body_out, headers, len(x)
 
     def _v2_rows(self, model: ServedModel, req: protocol.InferRequest) -> Any:
@@ -219,7 +222,7 @@ class ModelServer:
         if proba and not model.is_classifier:
             raise BadRequest("parameters.probabilities", True, f"false: model {model.name!r} gives no probabilities")
         preds, probs = await self._predict(model, x, proba)
-        return 200, protocol.v1_response(probs if proba else preds), [], len(x)
+        return 200, protocol.v1_response(probs if proba else preds), self._classes_header(model, preds, probs), len(x)
 
     async def _explain(self, model: ServedModel, receive) -> tuple[int, bytes, list, int]:
         body = await self._body(receive)
@@ -247,6 +250,22 @@ class ModelServer:
         if model.is_classifier:
             self.stats.record_classes(model.name, np.asarray(preds), probs)
         return preds, probs
+
+    def _classes_header(self, model: ServedModel, preds: Any, probs: np.ndarray | None) -> list:
+        """Behind the gateway, a classifier's answer says what it predicted (x-mlyard-classes: per class the
+        predictions, their confidence sum and how many had one), for the endpoint's statistics; the
+        gateway takes the header off."""
+        if not self.behind_gateway or not model.is_classifier:
+            return []
+        per: dict[str, list[float]] = {}
+        conf = probs.max(axis=1) if probs is not None else None
+        for i, label in enumerate(np.asarray(preds).tolist()):
+            entry = per.setdefault(str(label), [0, 0.0, 0])
+            entry[0] += 1
+            if conf is not None:
+                entry[1] += float(conf[i])
+                entry[2] += 1
+        return [(b"x-mlyard-classes", format_classes(per))]
 
     async def _timed(self, model: ServedModel, scope: dict,
                      work: Awaitable[tuple[int, bytes, list, int]]) -> tuple[int, bytes, list]:

@@ -89,6 +89,29 @@ class Router:
             if self._default.get(endpoint) == stage:
                 del self._default[endpoint]
 
+    def set_default(self, endpoint: str, stage: str | None) -> None:
+        with self._lock:
+            if stage is None:
+                self._default.pop(endpoint, None)
+            else:
+                self._default[endpoint] = stage
+
+    def stages(self) -> list[tuple[str, str]]:
+        with self._lock:
+            return list(self._stages)
+
+    def view(self) -> dict[str, dict]:
+        """The table as it stands: per endpoint its default stage and each stage's replicas."""
+        with self._lock:
+            out: dict[str, dict] = {}
+            for (endpoint, stage), st in sorted(self._stages.items()):
+                ep = out.setdefault(endpoint, {"default": self._default.get(endpoint), "stages": {}})
+                ep["stages"][stage] = [{"url": r.url, "model": r.model, "healthy": r.healthy,
+                                        "outstanding": r.outstanding} for r in st.replicas]
+            for endpoint, stage in self._default.items():
+                out.setdefault(endpoint, {"default": stage, "stages": {}})
+            return out
+
     def set_health(self, url: str, healthy: bool) -> None:
         with self._lock:
             for st in self._stages.values():

@@ -187,3 +187,19 @@ def _delete(api_client: Any, kind: str, name: str, namespace: str) -> bool:
 def _cpu(cores: float) -> str:
     return f"{int(round(cores * 1000))}m"
 
+
+
+def cluster_client(field: str, instance_type: str) -> Any:
+    """An API client for the configured cluster (KUBECONFIG, ~/.kube/config, or in-cluster), or a
+    SpecError naming the instance type when none is configured."""
+    from kubernetes import client, config
+
+    try:
+        config.load_kube_config()
+    except Exception:  # noqa: BLE001 - no kube config: try the in-cluster one
+        try:
+            config.load_incluster_config()
+        except Exception as exc:  # noqa: BLE001
+            raise SpecError(field, instance_type, "'local' on this machine, or a node pool of a configured "
+                            f"Kubernetes cluster (none is configured: {exc})") from None
+    return client.ApiClient()

@@ -205,5 +205,10 @@ def _fetch(uri: str, name: str, version: str) -> Path:
         raise
     if got != tmp:  # not fetched as one folder (e.g. served where it is): used as it is, not kept
         return got
-    os.replace(tmp, dest)
+    try:
+        os.replace(tmp, dest)
+    except OSError:
+        if not dest.is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another replica of the same version fetched it first
     return dest

@@ -160,3 +160,35 @@ class AutoscalingRule(BaseModel):
             raise ValueError(f"a {self.type} rule needs a {'positive' if self.type == 'scale_up' else 'negative'} "
                              f"step_size (got {self.step_size})")
         return self
+
+
+class StageChangeSpec(BaseModel):
+    """A new stage for an existing endpoint (`add-endpoint-stage`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint: str = Field(pattern=NAME_PATTERN, description="The endpoint to add the stage to.")
+    stage: StageSpec = Field(description="The new stage; it takes requests at its own URL until it is promoted.")
+
+
+class PromotionSpec(BaseModel):
+    """Make a stage the endpoint's default (`promote-endpoint-stage`): its traffic moves at once and the
+    old default stage's resources are deleted once its last requests are answered."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint: str = Field(pattern=NAME_PATTERN, description="The endpoint.")
+    stage: str = Field(pattern=NAME_PATTERN, description="The ACTIVE stage that becomes the default.")
+    keep_old: bool = Field(default=False, description="Keep the old default stage (as a non-default stage) "
+                                                      "instead of deleting it.")
+
+
+class DeletionSpec(BaseModel):
+    """Delete a stage, or the endpoint with its default stage (`delete-endpoint`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint: str = Field(pattern=NAME_PATTERN, description="The endpoint.")
+    stage: str | None = Field(default=None, pattern=NAME_PATTERN,
+                              description="A non-default stage to delete; unset: the endpoint itself (refused "
+                                          "while it has stages other than the default).")

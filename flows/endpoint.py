@@ -1,0 +1,210 @@
+"""Endpoint changes, each a flow run: deploy an endpoint, add a stage, promote a stage to the default,
+delete a stage or the endpoint, and retry a failed stage.
+
+Deploying a stage (deploy-endpoint, add-endpoint-stage, retry-endpoint-stage):
+1. Check everything before any change: the name is free, every model version exists, the stage fits
+   where it runs (at most 8 local replicas; a configured cluster for other instance types).
+2. Record it (CREATE REQUESTED, then CREATE IN PROGRESS).
+3. Start the replicas (local: `mlyard serve` processes that `mlyard up` supervises).
+4. Wait until every replica is healthy (DEPLOY IN PROGRESS).
+5. Put them into the gateway's routing and check that it routes them (gateway: STAGE DEPLOYING, then
+   ACTIVE), then mark everything ACTIVE.
+6. On any failure, roll back: the replicas are stopped (no orphaned process) and the stage records
+   CREATE FAILED with why (the gateway status STAGE DEPLOY FAIL when routing failed).
+
+Promoting (promote-endpoint-stage): the catalog makes the stage the default, the gateway moves traffic
+at once, the old default's outstanding requests are answered (drain), then its replicas stop and it is
+deleted. Deleting (delete-endpoint): the rules are checked first, then the replicas stop and the
+records go; the serving history stays.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from flows.platform import Platform
+from mlyard.errors import Protected, StackError
+from mlyard.names import FLOW_ADD_STAGE, FLOW_DELETE_ENDPOINT, FLOW_DEPLOY_ENDPOINT, FLOW_PROMOTE_STAGE
+from mlyard.specs.endpoint import DeletionSpec, EndpointSpec, PromotionSpec, StageChangeSpec
+from registry.endpoints import Endpoints
+from tasks.endpoints import (
+    LOCAL,
+    RoutingFailed,
+    check_stage,
+    drain,
+    local_replicas,
+    route,
+    stage_keys,
+    start_replicas,
+    stop_replicas,
+    supervisor_running,
+    wait_healthy,
+)
+
+
+def urls(gateway_url: str, view: dict[str, Any]) -> dict[str, Any]:
+    """The URLs a user calls: per stage and model, and the default stage's."""
+    out: dict[str, Any] = {"default": {}, "stages": {}}
+    for st in view["stages"]:
+        models = sorted({r["model"].rsplit("/", 1)[0] for r in st["resources"]})
+        base = f"{gateway_url}/{view['name']}/stages/{st['name']}"
+        out["stages"][st["name"]] = {m: f"{base}/{m}/v1/models/{m}:predict" for m in models}
+        if st["default"]:
+            out["default"] = {m: f"{gateway_url}/{view['name']}/{m}/v1/models/{m}:predict" for m in models}
+    return out
+
+
+def _with_urls(p: Platform, eps: Endpoints, name: str) -> dict[str, Any]:
+    view = eps.get(name)
+    return {**view, "urls": urls(p.settings.gateway_url, view)}
+
+
+def _deploy_stage(p: Platform, eps: Endpoints, endpoint: str, stage: str, creating: bool) -> None:
+    """Steps 2-6 for a stage already recorded."""
+    logger = get_run_logger()
+    home, gw = p.settings.home_dir, p.settings.gateway_url
+    view = eps.get(endpoint)
+    st = next(s for s in view["stages"] if s["name"] == stage)
+    if creating:
+        eps.set_status(endpoint, "CREATE IN PROGRESS")
+    eps.set_status(endpoint, "CREATE IN PROGRESS", stage, gateway_status="CREATE IN PROGRESS")
+    for r in st["resources"]:
+        eps.set_status(endpoint, "CREATE IN PROGRESS", stage, r["id"])
+    keys: list[str] = []
+    try:
+        if st["instance_type"] != LOCAL:
+            raise StackError(f"stage {endpoint}/{stage}: instance type {st['instance_type']!r} runs on Kubernetes, "
+                             "whose endpoint runtime applies manifests (tasks/kubernetes.py) but is not wired to "
+                             "this flow yet; use instance_type local")
+        if not supervisor_running(home):
+            raise StackError("no replica supervisor runs for this home: start the stack with `mlyard up`")
+        # 3. Start the replicas.
+        wanted = local_replicas(home, view, stage, gw)
+        keys = start_replicas(home, wanted)
+        logger.info("started %d replica(s) of %s/%s: %s", len(keys), endpoint, stage, ", ".join(keys))
+        # 4. Wait until they are healthy.
+        eps.set_status(endpoint, "DEPLOY IN PROGRESS", stage)
+        wait_healthy(home, keys)
+        # 5. Routing.
+        eps.set_status(endpoint, "DEPLOY IN PROGRESS", stage, gateway_status="STAGE DEPLOYING")
+        route(home, gw, endpoint, stage, keys)
+        for r in st["resources"]:
+            eps.set_status(endpoint, "ACTIVE", stage, r["id"])
+        eps.set_status(endpoint, "ACTIVE", stage, gateway_status="ACTIVE")
+        eps.set_status(endpoint, "ACTIVE")
+        logger.info("%s/%s is ACTIVE", endpoint, stage)
+    except BaseException as exc:
+        # 6. Roll back: no replica outlives a failed deploy.
+        logger.error("deploying %s/%s failed, rolling back: %s", endpoint, stage, exc)
+        stop_replicas(home, gw, keys or stage_keys(home, endpoint, stage))
+        reason = str(exc)[:2000]
+        gateway_status = "STAGE DEPLOY FAIL" if isinstance(exc, RoutingFailed) else None
+        for r in st["resources"]:
+            eps.set_status(endpoint, "CREATE FAILED", stage, r["id"], reason=reason)
+        eps.set_status(endpoint, "CREATE FAILED", stage, reason=reason, gateway_status=gateway_status)
+        eps.set_status(endpoint, "CREATE FAILED" if creating else "ACTIVE", reason=reason if creating else "")
+        raise
+
+
+@flow(name=FLOW_DEPLOY_ENDPOINT, flow_run_name="{spec.name}",
+      description="Create an endpoint with its default stage: replicas, health, routing; rolled back on failure.")
+def deploy_endpoint(spec: EndpointSpec) -> dict[str, Any]:
+    p = Platform()
+    eps = Endpoints(p.catalog)
+    # 1. Check.
+    versions = check_stage(eps, p.models, spec.stage, "stage", new_endpoint=spec.name)
+    # 2. Record.
+    eps.create(spec, versions)
+    _deploy_stage(p, eps, spec.name, spec.stage.name, creating=True)
+    return _with_urls(p, eps, spec.name)
+
+
+@flow(name=FLOW_ADD_STAGE, flow_run_name="{spec.endpoint}-{spec.stage.name}",
+      description="Add a stage to an endpoint: replicas, health, routing at its own URL; rolled back on failure.")
+def add_stage(spec: StageChangeSpec) -> dict[str, Any]:
+    p = Platform()
+    eps = Endpoints(p.catalog)
+    versions = check_stage(eps, p.models, spec.stage, "stage", endpoint=spec.endpoint)
+    eps.add_stage(spec.endpoint, spec.stage, versions)
+    _deploy_stage(p, eps, spec.endpoint, spec.stage.name, creating=False)
+    return _with_urls(p, eps, spec.endpoint)
+
+
+@flow(name="retry-endpoint-stage", flow_run_name="{spec.endpoint}-{spec.stage}",
+      description="Clear a stage's errors and try again: a failed stage is deployed anew; an ACTIVE stage is "
+                  "routed again (the console's stage deploy).")
+def retry_stage(spec: PromotionSpec) -> dict[str, Any]:
+    p = Platform()
+    eps = Endpoints(p.catalog)
+    view = eps.get(spec.endpoint)
+    st = next((s for s in view["stages"] if s["name"] == spec.stage), None)
+    if st is None:
+        from mlyard.errors import NotFound
+
+        raise NotFound(f"{spec.endpoint}/{spec.stage}")
+    home, gw = p.settings.home_dir, p.settings.gateway_url
+    if st["status"] == "ACTIVE":
+        keys = stage_keys(home, spec.endpoint, spec.stage)
+        try:
+            route(home, gw, spec.endpoint, spec.stage, keys)
+            eps.set_status(spec.endpoint, "ACTIVE", spec.stage, gateway_status="ACTIVE")
+        except RoutingFailed as exc:
+            eps.set_status(spec.endpoint, "ACTIVE", spec.stage, reason=str(exc)[:2000], gateway_status="STAGE DEPLOY FAIL")
+            raise
+    elif st["status"] in ("CREATE FAILED", "DEPLOY FAILED", "UPDATE FAILED"):
+        _deploy_stage(p, eps, spec.endpoint, spec.stage, creating=view["status"] == "CREATE FAILED")
+    else:
+        raise Protected(f"stage {spec.endpoint}/{spec.stage} is {st['status']}; only a failed or ACTIVE stage is retried")
+    return _with_urls(p, eps, spec.endpoint)
+
+
+@flow(name=FLOW_PROMOTE_STAGE, flow_run_name="{spec.endpoint}-{spec.stage}",
+      description="Make a stage the endpoint's default: traffic moves at once, the old default drains and is deleted.")
+def promote_stage(spec: PromotionSpec) -> dict[str, Any]:
+    logger = get_run_logger()
+    p = Platform()
+    eps = Endpoints(p.catalog)
+    home, gw = p.settings.home_dir, p.settings.gateway_url
+    # 1. Check and switch in the catalog (refused unless the stage is ACTIVE).
+    old = eps.promote(spec.endpoint, spec.stage)
+    if old is None:
+        logger.info("%s is already the default stage of %s", spec.stage, spec.endpoint)
+        return _with_urls(p, eps, spec.endpoint)
+    # 2. The gateway moves traffic now.
+    from tasks.endpoints import gateway
+
+    gateway(gw, "/mlyard/reload", "POST")
+    logger.info("traffic of %s moved from %s to %s", spec.endpoint, old, spec.stage)
+    if spec.keep_old:
+        return _with_urls(p, eps, spec.endpoint)
+    # 3. Drain the old default, then 4. stop its replicas and delete it.
+    left = drain(gw, spec.endpoint, old)
+    if left:
+        logger.warning("%d request(s) still outstanding on %s/%s after the drain timeout", left, spec.endpoint, old)
+    eps.set_status(spec.endpoint, "DELETE IN PROGRESS", old)
+    stop_replicas(home, gw, stage_keys(home, spec.endpoint, old))
+    eps.delete_stage(spec.endpoint, old, replaced=True)
+    logger.info("deleted the old default stage %s/%s", spec.endpoint, old)
+    return _with_urls(p, eps, spec.endpoint)
+
+
+@flow(name=FLOW_DELETE_ENDPOINT, flow_run_name="{spec.endpoint}",
+      description="Delete a stage, or an endpoint with its default stage (refused while other stages exist).")
+def delete_endpoint(spec: DeletionSpec) -> dict[str, Any]:
+    p = Platform()
+    eps = Endpoints(p.catalog)
+    home, gw = p.settings.home_dir, p.settings.gateway_url
+    # 1. The rules first: nothing stops if the deletion is refused.
+    eps.check_delete(spec.endpoint, spec.stage)
+    if spec.stage is not None:
+        eps.set_status(spec.endpoint, "DELETE IN PROGRESS", spec.stage)
+        stop_replicas(home, gw, stage_keys(home, spec.endpoint, spec.stage))
+        eps.delete_stage(spec.endpoint, spec.stage)
+        return {"deleted": f"{spec.endpoint}/{spec.stage}"}
+    eps.set_status(spec.endpoint, "DELETE IN PROGRESS")
+    for st in eps.get(spec.endpoint)["stages"]:
+        stop_replicas(home, gw, stage_keys(home, spec.endpoint, st["name"]))
+    eps.delete(spec.endpoint)
+    return {"deleted": spec.endpoint}

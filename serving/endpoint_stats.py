@@ -1,0 +1,246 @@
+"""The gateway's statistics per endpoint, stage and model, over any period: calls, failures, latency
+(mean, p50, p95, p99), predictions per class, and the average confidence overall and per class.
+
+Counts are kept per minute. A finished minute is appended to `<dir>/<UTC date>.jsonl`, so statistics
+outlive the gateway; a period's figures merge the minutes in it. Latency is kept as a histogram with
+buckets 4 % wide (from 10 µs to hours), so any period's percentiles come from merged minutes, within
+4 %. Pure: no HTTP; the gateway calls `record`, `flush` and `query`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+_BASE_MS, _GROWTH = 0.01, 1.04
+_LOG_GROWTH = math.log(_GROWTH)
+Key = tuple[str, str, str]  # (endpoint, stage, model)
+
+
+def _bucket(ms: float) -> int:
+    return 0 if ms <= _BASE_MS else int(math.log(ms / _BASE_MS) / _LOG_GROWTH) + 1
+
+
+def _value(bucket: int) -> float:
+    return _BASE_MS if bucket == 0 else _BASE_MS * _GROWTH ** (bucket - 0.5)
+
+
+class _Minute:
+    __slots__ = ("calls", "failures", "latency_sum", "hist", "classes")
+
+    def __init__(self) -> None:
+        self.calls = self.failures = 0
+        self.latency_sum = 0.0
+        self.hist: dict[int, int] = {}
+        self.classes: dict[str, list[float]] = {}  # label -> [predictions, confidence sum, scored]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"calls": self.calls, "failures": self.failures, "latency_sum": self.latency_sum,
+                "hist": self.hist, "classes": self.classes}
+
+
+def parse_classes(header: bytes) -> list[tuple[str, int, float, int]]:
+    """A replica's `x-mlyard-classes` header: `label=count:confidence_sum:scored;...` (labels URL-quoted)."""
+    from urllib.parse import unquote
+
+    out = []
+    for part in header.decode("latin-1").split(";"):
+        label, _, rest = part.rpartition("=")
+        bits = rest.split(":")
+        if label and len(bits) == 3:
+            try:
+                out.append((unquote(label), int(bits[0]), float(bits[1]), int(bits[2])))
+            except ValueError:
+                continue
+    return out
+
+
+def format_classes(per: dict[str, list[float]]) -> bytes:
+    from urllib.parse import quote
+
+    return ";".join(f"{quote(str(k), safe='')}={int(v[0])}:{v[1]:.6g}:{int(v[2])}" for k, v in per.items()).encode()
+
+
+class EndpointStats:
+    def __init__(self, folder: Path | None):
+        self.folder = Path(folder) if folder is not None else None
+        self._live: dict[int, dict[Key, _Minute]] = {}  # minute (epoch // 60) -> key -> counts
+
+    def record(self, key: Key, ms: float, failed: bool, classes: bytes | None = None,
+               now: float | None = None) -> None:
+        minute = int((now if now is not None else time.time()) // 60)
+        per = self._live.get(minute)
+        if per is None:
+            per = self._live[minute] = {}
+        m = per.get(key)
+        if m is None:
+            m = per[key] = _Minute()
+        m.calls += 1
+        if failed:
+            m.failures += 1
+        m.latency_sum += ms
+        b = _bucket(ms)
+        m.hist[b] = m.hist.get(b, 0) + 1
+        if classes:
+            for label, count, conf, scored in parse_classes(classes):
+                c = m.classes.get(label)
+                if c is None:
+                    c = m.classes[label] = [0, 0.0, 0]
+                c[0] += count
+                c[1] += conf
+                c[2] += scored
+
+    def flush(self, now: float | None = None, everything: bool = False) -> int:
+        """Append finished minutes (all of them with `everything`, at shutdown) to the day's file."""
+        current = int((now if now is not None else time.time()) // 60)
+        done = sorted(m for m in self._live if everything or m < current)
+        if not done or self.folder is None:
+            for m in done:
+                self._live.pop(m)
+            return 0
+        self.folder.mkdir(parents=True, exist_ok=True)
+        written = 0
+        for minute in done:
+            per = self._live.pop(minute)
+            day = datetime.fromtimestamp(minute * 60, timezone.utc).strftime("%Y-%m-%d")
+            with open(self.folder / f"{day}.jsonl", "a", encoding="utf-8") as fh:
+                for (endpoint, stage, model), m in per.items():
+                    fh.write(json.dumps({"minute": minute, "endpoint": endpoint, "stage": stage, "model": model,
+                                         **m.as_dict()}) + "\n")
+                    written += 1
+        return written
+
+    def _stored(self, first: int, last: int):
+        if self.folder is None or not self.folder.is_dir():
+            return
+        days = {datetime.fromtimestamp(m * 60, timezone.utc).strftime("%Y-%m-%d") for m in (first, last)}
+        for path in sorted(self.folder.glob("*.jsonl")):
+            if path.stem < min(days) or path.stem > max(days):
+                continue
+            for line in path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue  # a line cut by a crash
+                if first <= rec["minute"] <= last:
+                    yield rec
+
+    def query(self, since: float, until: float | None = None, endpoint: str | None = None, stage: str | None = None,
+              model: str | None = None) -> dict[str, Any]:
+        """Figures per (endpoint, stage, model) over [since, until], with a per-minute series."""
+        until = until if until is not None else time.time()
+        first, last = int(since // 60), int(until // 60)
+        merged: dict[Key, dict[str, Any]] = {}
+
+        def take(minute: int, key: Key, m: dict[str, Any]) -> None:
+            if endpoint and key[0] != endpoint or stage and key[1] != stage or model and key[2] != model:
+                return
+            acc = merged.setdefault(key, {"calls": 0, "failures": 0, "latency_sum": 0.0, "hist": {}, "classes": {},
+                                          "series": {}})
+            acc["calls"] += m["calls"]
+            acc["failures"] += m["failures"]
+            acc["latency_sum"] += m["latency_sum"]
+            for b, n in m["hist"].items():
+                acc["hist"][int(b)] = acc["hist"].get(int(b), 0) + n
+            for label, (count, conf, scored) in m["classes"].items():
+                c = acc["classes"].setdefault(label, [0, 0.0, 0])
+                c[0] += count
+                c[1] += conf
+                c[2] += scored
+            s = acc["series"].setdefault(minute, {"calls": 0, "failures": 0, "hist": {}})
+            s["calls"] += m["calls"]
+            s["failures"] += m["failures"]
+            for b, n in m["hist"].items():
+                s["hist"][int(b)] = s["hist"].get(int(b), 0) + n
+
+        for rec in self._stored(first, last):
+            take(rec["minute"], (rec["endpoint"], rec["stage"], rec["model"]), rec)
+        for minute, per in list(self._live.items()):
+            if first <= minute <= last:
+                for key, m in list(per.items()):
+                    take(minute, key, m.as_dict())
+        rows = []
+        for (ep, st, md), acc in sorted(merged.items()):
+            rows.append({"endpoint": ep, "stage": st, "model": md, **summarize(acc),
+                         "series": [{"minute": datetime.fromtimestamp(mm * 60, timezone.utc).isoformat(),
+                                     "calls": s["calls"], "failures": s["failures"],
+                                     **{k: v for k, v in _percentiles(s["hist"]).items() if k in ("p50", "p99")}}
+                                    for mm, s in sorted(acc["series"].items())]})
+        return {"since": datetime.fromtimestamp(since, timezone.utc).isoformat(),
+                "until": datetime.fromtimestamp(until, timezone.utc).isoformat(), "stats": rows}
+
+
+def _percentiles(hist: dict[int, int]) -> dict[str, float | None]:
+    total = sum(hist.values())
+    if not total:
+        return {"p50": None, "p95": None, "p99": None}
+    out: dict[str, float | None] = {}
+    ordered = sorted(hist.items())
+    for name, q in (("p50", 0.50), ("p95", 0.95), ("p99", 0.99)):
+        rank, seen = q * total, 0
+        for b, n in ordered:
+            seen += n
+            if seen >= rank:
+                out[name] = round(_value(b), 3)
+                break
+    return out
+
+
+def summarize(acc: dict[str, Any]) -> dict[str, Any]:
+    calls = acc["calls"]
+    out: dict[str, Any] = {"calls": calls, "failures": acc["failures"],
+                           "failure_rate": round(acc["failures"] / calls, 4) if calls else None,
+                           "latency_ms": {"mean": round(acc["latency_sum"] / calls, 3) if calls else None,
+                                          **_percentiles(acc["hist"])}}
+    classes = acc["classes"]
+    if classes:
+        scored = sum(v[2] for v in classes.values())
+        out["predictions"] = {k: int(v[0]) for k, v in sorted(classes.items())}
+        out["average_confidence"] = round(sum(v[1] for v in classes.values()) / scored, 4) if scored else None
+        out["average_confidence_per_class"] = {k: round(v[1] / v[2], 4) if v[2] else None
+                                               for k, v in sorted(classes.items())}
+    return out
+
+
+def plot(result: dict[str, Any], path: Path) -> Path:
+    """A PNG: calls and failures per minute, p50/p99 latency per minute, predictions per class."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["stats"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for row in rows:
+        label = f"{row['endpoint']}/{row['stage']}/{row['model']}"
+        xs = [datetime.fromisoformat(s["minute"]) for s in row["series"]]
+        axes[0].plot(xs, [s["calls"] for s in row["series"]], marker="o", label=f"{label} calls")
+        if any(s["failures"] for s in row["series"]):
+            axes[0].plot(xs, [s["failures"] for s in row["series"]], marker="x", linestyle="--",
+                         label=f"{label} failures")
+        axes[1].plot(xs, [s.get("p50") for s in row["series"]], marker="o", label=f"{label} p50")
+        axes[1].plot(xs, [s.get("p99") for s in row["series"]], marker=".", linestyle="--", label=f"{label} p99")
+    axes[0].set_title("calls per minute")
+    axes[1].set_title("latency (ms)")
+    labels = sorted({k for row in rows for k in row.get("predictions", {})})
+    width = 0.8 / max(1, len(rows))
+    for i, row in enumerate(rows):
+        preds = row.get("predictions", {})
+        axes[2].bar([j + i * width for j in range(len(labels))], [preds.get(k, 0) for k in labels], width,
+                    label=f"{row['stage']}/{row['model']}")
+    axes[2].set_xticks([j + 0.4 - width / 2 for j in range(len(labels))], labels, rotation=30)
+    axes[2].set_title("predictions per class")
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.autofmt_xdate()
+    fig.suptitle(f"{result['since']} .. {result['until']}", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -1,0 +1,327 @@
+"""The endpoint gateway that `mlyard up` starts (`python -m serving.gateway`): one HTTP process in
+front of every endpoint's replicas.
+
+    /{endpoint}/{model}/v1|v2|openai/...                 the endpoint's default stage
+    /{endpoint}/stages/{stage}/{model}/v1|v2|openai/...  one stage
+    GET  /mlyard/health     200 while the gateway runs
+    GET  /mlyard/routes     the routing table: default stages, replicas, health, outstanding requests
+    POST /mlyard/reload     read the catalog and the replicas now (the endpoint flows call it after a change)
+    GET  /mlyard/stats      ?since=&until= (epoch seconds) &endpoint=&stage=&model=: the statistics
+
+What it does per request, in order: parse the route (404 when no endpoint, stage or model answers);
+check the token unless the endpoint is public (401 with why; the request never reaches a replica);
+take the healthy replica with the fewest outstanding requests (503 + Retry-After when none, or when
+the gateway itself is full); proxy the request, streaming the answer. A replica that cannot be
+reached is taken out of routing at once and the request goes to another one (it never reached the
+first); it comes back when a health probe passes.
+
+Every second (and on /mlyard/reload) it reads the catalog (endpoints, default stages, tokens) and the
+replica files (tasks/replicas.py); each replica is probed with Backend.AI's health-check semantics
+(serving/health.py): UNHEALTHY replicas leave routing, HEALTHY ones return.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import orjson
+
+from serving import asgi
+from serving.endpoint_stats import EndpointStats
+from serving.health import HEALTHY, Health
+from serving.modelfolder import HealthCheck
+from serving.proxy import Pool, UpstreamError
+from serving.routing import NoReplica, NoRoute, Replica, Router, parse
+from tasks import replicas as files
+
+log = logging.getLogger("mlyard.gateway")
+MAX_BODY = 64 * 1024 * 1024
+RETRY_AFTER = [(b"retry-after", b"1")]
+
+
+@dataclass
+class _Tracked:
+    key: str
+    url: str
+    health: Health
+    pool: Pool
+    path: str
+    ejected: bool = False  # taken out after a failed connection, until a probe passes
+
+
+def _error(message: str) -> bytes:
+    return orjson.dumps({"error": message})
+
+
+class Gateway:
+    def __init__(self, home: Path, catalog_url: str | None, check: HealthCheck | None = None,
+                 max_in_flight: int = 1024, timeout: float = 120.0, refresh_seconds: float = 1.0):
+        self.home = Path(home)
+        self.catalog_url = catalog_url
+        self.check = check or HealthCheck(path="/v2/health/ready", interval=1.0, max_retries=2, max_wait_time=2.0,
+                                          initial_delay=0.0)
+        self.max_in_flight, self.timeout, self.refresh_seconds = max_in_flight, timeout, refresh_seconds
+        self.router = Router()
+        self.endpoints: dict[str, dict[str, Any]] = {}
+        self.replicas: dict[str, _Tracked] = {}  # url -> its health and connections
+        self.stats = EndpointStats(self.home / "endpoints" / "stats")
+        self.in_flight = 0
+        self.started = time.time()
+        self._endpoints_api: Any = None
+        self._tasks: list[asyncio.Task] = []
+        self._refresh_lock: asyncio.Lock | None = None
+
+    # -- the table ----------------------------------------------------------------------------------
+
+    def _read(self) -> tuple[dict[str, dict[str, Any]], list[files.Wanted], dict[str, files.State]]:
+        if self._endpoints_api is None and self.catalog_url:
+            from registry.catalog import Catalog
+            from registry.endpoints import Endpoints
+
+            self._endpoints_api = Endpoints(Catalog(self.catalog_url))
+        endpoints = self._endpoints_api.routing() if self._endpoints_api is not None else {}
+        return endpoints, files.wanted(self.home), files.states(self.home)
+
+    async def refresh(self) -> None:
+        if self._refresh_lock is None:
+            self._refresh_lock = asyncio.Lock()
+        async with self._refresh_lock:
+            endpoints, wanted, states = await asyncio.get_running_loop().run_in_executor(None, self._read)
+            groups: dict[tuple[str, str], list[tuple[files.Wanted, str]]] = {}
+            for w in wanted:
+                st = states.get(w.key)
+                if w.routed and st is not None and w.endpoint in endpoints:
+                    groups.setdefault((w.endpoint, w.stage), []).append((w, st.url))
+            seen = {url for members in groups.values() for _, url in members}
+            new = [(w, url) for members in groups.values() for w, url in members if url not in self.replicas]
+            for w, url in new:
+                host, port = url.rsplit("//", 1)[1].split(":")
+                self.replicas[url] = _Tracked(w.key, url, Health(self.check, time.monotonic()), Pool(host, int(port)),
+                                              w.health_path)
+            # A replica put into routing was found healthy by its flow: probe it once before it takes requests.
+            await asyncio.gather(*(self._probe(self.replicas[url]) for _, url in new))
+            for url in set(self.replicas) - seen:
+                self.replicas.pop(url).pool.close()
+            self.endpoints = endpoints
+            for (endpoint, stage), members in groups.items():
+                self.router.set_stage(endpoint, stage, [Replica(url, w.model, healthy=self._routable(url))
+                                                        for w, url in members])
+            for endpoint, stage in self.router.stages():
+                if (endpoint, stage) not in groups:
+                    self.router.remove_stage(endpoint, stage)
+            for name, ep in endpoints.items():
+                self.router.set_default(name, ep["default"])
+
+    def _routable(self, url: str) -> bool:
+        t = self.replicas.get(url)
+        return t is not None and t.health.status == HEALTHY and not t.ejected
+
+    async def _probe(self, t: _Tracked) -> None:
+        try:
+            resp = await t.pool.request("GET", t.path, [], b"", timeout=self.check.max_wait_time)
+            await resp.read()
+            resp.close()
+            status = t.health.probed(time.monotonic(), resp.status)
+        except UpstreamError as exc:
+            status = t.health.probed(time.monotonic(), None, str(exc))
+        if status == HEALTHY:
+            t.ejected = False
+        self.router.set_health(t.url, self._routable(t.url))
+
+    async def _loop(self) -> None:
+        next_refresh = 0.0
+        while True:
+            now = time.monotonic()
+            try:
+                if now >= next_refresh:
+                    await self.refresh()
+                    next_refresh = now + self.refresh_seconds
+                    self.stats.flush()
+                due = [t for t in self.replicas.values() if (t.health.next_probe() or 0) <= time.monotonic()]
+                if due:
+                    await asyncio.gather(*(self._probe(t) for t in due))
+            except Exception:  # the loop must outlive a bad read (a database being migrated, a file in flux)
+                log.exception("refreshing the routing table failed")
+            await asyncio.sleep(0.05)
+
+    def _eject(self, url: str, reason: str) -> None:
+        t = self.replicas.get(url)
+        if t is not None:
+            t.ejected = True
+            t.health.probed(time.monotonic(), None, reason)
+        self.router.set_health(url, False)
+
+    # -- ASGI ---------------------------------------------------------------------------------------
+
+    async def __call__(self, scope: dict, receive: asgi.Receive, send: asgi.Send) -> None:
+        if scope["type"] == "lifespan":
+            return await asgi.lifespan(receive, send, on_startup=self._start, on_shutdown=self._stop)
+        if scope["type"] != "http":
+            return
+        path: str = scope["path"]
+        if path.startswith("/mlyard/"):
+            return await self._admin(scope, receive, send)
+        if self.in_flight >= self.max_in_flight:
+            return await asgi.reply(send, 503, _error(f"the gateway is at its limit of {self.max_in_flight} requests "
+                                                      "in flight; retry shortly"), headers=RETRY_AFTER)
+        self.in_flight += 1
+        try:
+            await self._serve(scope, receive, send, path)
+        finally:
+            self.in_flight -= 1
+
+    async def _serve(self, scope: dict, receive, send, path: str) -> None:
+        started = time.perf_counter()
+        try:
+            route = parse(path)
+            stage = self.router.stage_of(route)
+        except NoRoute as exc:
+            return await asgi.reply(send, 404, _error(str(exc)))
+        ep = self.endpoints.get(route.endpoint)
+        if ep is None:
+            return await asgi.reply(send, 404, _error(f"no endpoint {route.endpoint!r}"))
+        if not ep["public"]:
+            why = self._token_problem(ep, scope)
+            if why is not None:
+                return await asgi.reply(send, 401, _error(why), headers=[(b"www-authenticate", b"Bearer")])
+        try:
+            body = await asgi.read_body(receive, MAX_BODY)
+        except asgi.BodyTooLarge as exc:
+            return await asgi.reply(send, 413, _error(str(exc)))
+        qs = scope.get("query_string") or b""
+        target = route.rest + ("?" + qs.decode("latin-1") if qs else "")
+        headers = [(k, v) for k, v in scope["headers"] if k != b"authorization"]
+        key = (route.endpoint, stage, route.model)
+        for _ in range(4):
+            try:
+                replica = self.router.acquire(route)
+            except NoRoute as exc:
+                return await asgi.reply(send, 404, _error(str(exc)))
+            except NoReplica as exc:
+                self.stats.record(key, (time.perf_counter() - started) * 1000, True)
+                return await asgi.reply(send, 503, _error(f"{exc}; retry shortly"), headers=RETRY_AFTER)
+            try:
+                t = self.replicas[replica.url]
+                resp = await t.pool.request(scope["method"], target, headers, body, timeout=self.timeout)
+            except (UpstreamError, KeyError) as exc:
+                self.router.release(replica)
+                if isinstance(exc, UpstreamError) and not exc.sent:
+                    self._eject(replica.url, str(exc))
+                    continue  # it never reached that replica: another one takes it
+                self.stats.record(key, (time.perf_counter() - started) * 1000, True)
+                return await asgi.reply(send, 502, _error(f"replica {replica.url}: {exc}"))
+            break
+        else:
+            return await asgi.reply(send, 503, _error("no replica could be reached; retry shortly"),
+                                    headers=RETRY_AFTER)
+        classes = None
+        out_headers = []
+        for k, v in resp.headers:
+            if k == b"x-mlyard-classes":
+                classes = v
+            else:
+                out_headers.append((k, v))
+        failed = resp.status >= 500
+        try:
+            await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
+            async for chunk in resp.body():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        except (UpstreamError, OSError) as exc:
+            failed = True
+            log.warning("replica %s broke off its answer: %s", replica.url, exc)
+        finally:
+            resp.close()  # back to the pool when read to the end, else closed
+            self.router.release(replica)
+            self.stats.record(key, (time.perf_counter() - started) * 1000, failed or resp.status >= 400, classes)
+
+    def _token_problem(self, ep: dict[str, Any], scope: dict) -> str | None:
+        from registry.endpoints import token_from_header
+
+        value = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+        token = token_from_header(value.decode("latin-1") if value is not None else None)
+        if token is None:
+            return ("this endpoint needs a token: send 'Authorization: Bearer <token>' (or 'BackendAI <token>'); "
+                    "issue one with `mlyard endpoints tokens issue ENDPOINT`")
+        found = ep["tokens"].get(hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest())
+        if found is None:
+            return "the token is not valid for this endpoint"
+        expires, revoked = found
+        if revoked:
+            return "the token was revoked"
+        if expires <= time.time():
+            return "the token has expired"
+        return None
+
+    async def _admin(self, scope: dict, receive, send) -> None:
+        path, method = scope["path"], scope["method"]
+        if path == "/mlyard/health":
+            return await asgi.reply(send, 200, orjson.dumps({"status": "ok", "in_flight": self.in_flight}))
+        if path == "/mlyard/routes" and method == "GET":
+            return await asgi.reply(send, 200, orjson.dumps(self.view()))
+        if path == "/mlyard/reload" and method == "POST":
+            await asgi.read_body(receive, 1024)
+            await self.refresh()
+            return await asgi.reply(send, 200, orjson.dumps(self.view()))
+        if path == "/mlyard/stats" and method == "GET":
+            q = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
+            try:
+                since = float(q.get("since", time.time() - 3600))
+                until = float(q["until"]) if "until" in q else None
+            except ValueError:
+                return await asgi.reply(send, 400, _error("since and until are epoch seconds"))
+            result = self.stats.query(since, until, q.get("endpoint"), q.get("stage"), q.get("model"))
+            return await asgi.reply(send, 200, orjson.dumps(result))
+        return await asgi.reply(send, 404, _error(f"no route {method} {path}"))
+
+    def view(self) -> dict[str, Any]:
+        table = self.router.view()
+        for ep in table.values():
+            for replicas in ep["stages"].values():
+                for r in replicas:
+                    t = self.replicas.get(r["url"])
+                    if t is not None:
+                        r.update(key=t.key, status=t.health.status, failures=t.health.failures,
+                                 reason=t.health.reason, ejected=t.ejected)
+        return {"endpoints": table, "in_flight": self.in_flight, "started_at": self.started}
+
+    def _start(self) -> None:
+        self._tasks.append(asyncio.get_running_loop().create_task(self._loop()))
+
+    def _stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        self.stats.flush(everything=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from mlyard.settings import Settings
+    from serving.server import run_app
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--max-in-flight", type=int, default=1024)
+    parser.add_argument("--health-interval", type=float, default=1.0)
+    parser.add_argument("--health-max-retries", type=int, default=2)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+    settings = Settings()
+    check = HealthCheck(path="/v2/health/ready", interval=args.health_interval, max_retries=args.health_max_retries,
+                        max_wait_time=2.0, initial_delay=0.0)
+    gw = Gateway(settings.home_dir, settings.catalog_db_url, check, max_in_flight=args.max_in_flight)
+    run_app(gw, args.host, args.port, lifespan=True,
+            on_ready=lambda url: print(f"the mlyard gateway listens on {url}", flush=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""The local replica supervisor that `mlyard up` starts (`python -m serving.replicas`).
+
+Every 0.2 s it compares what the endpoint flows want (tasks/replicas.py) with what runs:
+- a wanted replica that is not running is started, each in its own session, on the port it had (a
+  free port the first time), its output appended to its log;
+- one that exits is started again after a backoff (1, 2, 4, ... 30 s; back to 1 s once it has run
+  for a minute);
+- one no longer wanted is stopped (SIGTERM to its process group, SIGKILL after 10 s) and forgotten.
+Replicas outlive the gateway and the supervisor itself: a supervisor that starts finds the replicas
+its predecessor left running (by pid and command line) and adopts them. Stopping the supervisor
+(SIGTERM, as `mlyard down` does) stops its replicas.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tasks import replicas as files
+
+log = logging.getLogger("mlyard.replicas")
+MAX_BACKOFF = 30.0
+STEADY_SECONDS = 60.0
+STOP_GRACE = 10.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class Supervisor:
+    def __init__(self, home: Path):
+        self.home = Path(home)
+        self.procs: dict[str, subprocess.Popen | int] = {}  # key -> our child, or the pid of an adopted one
+        self.backoff: dict[str, float] = {}
+        self.due: dict[str, float] = {}  # key -> when an exited replica is started again
+
+    def adopt(self) -> None:
+        for key, st in files.states(self.home).items():
+            if _alive(st.pid) and f"--port {st.port}" in _cmdline(st.pid or 0):
+                self.procs[key] = st.pid  # type: ignore[assignment]
+                log.info("adopted replica %s (pid %s, port %s)", key, st.pid, st.port)
+
+    def step(self) -> None:
+        want = {w.key: w for w in files.wanted(self.home)}
+        have = files.states(self.home)
+        now = time.monotonic()
+        for key in list(self.procs):
+            if key not in want:
+                self._stop(key)
+                files.drop_state(self.home, key)
+        for key in set(have) - set(want) - set(self.procs):
+            files.drop_state(self.home, key)
+        for key, w in want.items():
+            st = have.get(key) or files.State(key=key, port=free_port(), log=str(files.log_path(self.home, key)))
+            running = self._running(key)
+            if running:
+                if time.time() - st.started_at > STEADY_SECONDS:
+                    self.backoff[key] = 1.0
+                continue
+            if key in self.procs:  # it exited
+                code = self._reap(key)
+                st.status, st.last_exit, st.pid = "EXITED", code, None
+                delay = self.backoff.get(key, 1.0)
+                self.due[key] = now + delay
+                self.backoff[key] = min(delay * 2, MAX_BACKOFF)
+                log.warning("replica %s exited with code %s; starting it again in %.0f s", key, code, delay)
+                files.write_state(self.home, st)
+                continue
+            if now < self.due.get(key, 0.0):
+                continue
+            self._start(w, st)
+
+    def _running(self, key: str) -> bool:
+        proc = self.procs.get(key)
+        if proc is None:
+            return False
+        if isinstance(proc, int):
+            return _alive(proc)
+        return proc.poll() is None
+
+    def _reap(self, key: str) -> int | None:
+        proc = self.procs.pop(key)
+        return proc.returncode if isinstance(proc, subprocess.Popen) else None
+
+    def _start(self, w: files.Wanted, st: files.State) -> None:
+        path = Path(st.log)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        argv = [*w.argv, "--port", str(st.port)]
+        with open(path, "ab") as out:
+            out.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} starting: {' '.join(argv)}\n".encode())
+            out.flush()
+            try:
+                proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        env={**os.environ, **w.env}, start_new_session=True)
+            except OSError as exc:
+                out.write(f"could not start: {exc}\n".encode())
+                st.status, st.last_exit = "EXITED", None
+                self.due[w.key] = time.monotonic() + MAX_BACKOFF
+                files.write_state(self.home, st)
+                return
+        self.procs[w.key] = proc
+        if st.started_at:
+            st.restarts += 1
+        st.pid, st.status, st.started_at = proc.pid, "RUNNING", time.time()
+        files.write_state(self.home, st)
+        log.info("started replica %s (pid %s, port %s)", w.key, proc.pid, st.port)
+
+    def _stop(self, key: str) -> None:
+        proc = self.procs.pop(key)
+        pid = proc if isinstance(proc, int) else proc.pid
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + STOP_GRACE
+        while time.monotonic() < deadline:
+            if isinstance(proc, subprocess.Popen) and proc.poll() is not None or not _alive(pid):
+                break
+            time.sleep(0.05)
+        else:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if isinstance(proc, subprocess.Popen):
+            proc.wait()
+        log.info("stopped replica %s (pid %s)", key, pid)
+
+    def stop_all(self) -> None:
+        for key in list(self.procs):
+            self._stop(key)
+            files.drop_state(self.home, key)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--home", required=True, type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stdout)
+    sup = Supervisor(args.home)
+    sup.adopt()
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
+    log.info("supervising the replicas under %s", files.root(args.home))
+    while not stopping:
+        try:
+            sup.step()
+        except Exception:  # a bad file must not end supervision of the others
+            log.exception("supervision step failed")
+        time.sleep(0.2)
+    sup.stop_all()
+
+
+if __name__ == "__main__":
+    main()
