@@ -25,6 +25,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows.platform import Platform
+from mlyard.connection import gateway_url
 from mlyard.errors import Protected, StackError
 from mlyard.names import FLOW_ADD_STAGE, FLOW_DELETE_ENDPOINT, FLOW_DEPLOY_ENDPOINT, FLOW_PROMOTE_STAGE
 from mlyard.specs.endpoint import DeletionSpec, EndpointSpec, PromotionSpec, StageChangeSpec
@@ -44,27 +45,27 @@ from tasks.endpoints import (
 )
 
 
-def urls(gateway_url: str, view: dict[str, Any]) -> dict[str, Any]:
+def urls(base_url: str, view: dict[str, Any]) -> dict[str, Any]:
     """The URLs a user calls: per stage and model, and the default stage's."""
     out: dict[str, Any] = {"default": {}, "stages": {}}
     for st in view["stages"]:
         models = sorted({r["model"].rsplit("/", 1)[0] for r in st["resources"]})
-        base = f"{gateway_url}/{view['name']}/stages/{st['name']}"
+        base = f"{base_url}/{view['name']}/stages/{st['name']}"
         out["stages"][st["name"]] = {m: f"{base}/{m}/v1/models/{m}:predict" for m in models}
         if st["default"]:
-            out["default"] = {m: f"{gateway_url}/{view['name']}/{m}/v1/models/{m}:predict" for m in models}
+            out["default"] = {m: f"{base_url}/{view['name']}/{m}/v1/models/{m}:predict" for m in models}
     return out
 
 
 def _with_urls(p: Platform, eps: Endpoints, name: str) -> dict[str, Any]:
     view = eps.get(name)
-    return {**view, "urls": urls(p.settings.gateway_url, view)}
+    return {**view, "urls": urls(gateway_url(p.settings), view)}
 
 
 def _deploy_stage(p: Platform, eps: Endpoints, endpoint: str, stage: str, creating: bool) -> None:
     """Steps 2-6 for a stage already recorded."""
     logger = get_run_logger()
-    home, gw = p.settings.home_dir, p.settings.gateway_url
+    home, gw = p.settings.home_dir, gateway_url(p.settings)
     view = eps.get(endpoint)
     st = next(s for s in view["stages"] if s["name"] == stage)
     if creating:
@@ -81,7 +82,7 @@ def _deploy_stage(p: Platform, eps: Endpoints, endpoint: str, stage: str, creati
         if not supervisor_running(home):
             raise StackError("no replica supervisor runs for this home: start the stack with `mlyard up`")
         # 3. Start the replicas.
-        wanted = local_replicas(home, view, stage, gw)
+        wanted = local_replicas(home, view, stage)
         keys = start_replicas(home, wanted)
         logger.info("started %d replica(s) of %s/%s: %s", len(keys), endpoint, stage, ", ".join(keys))
         # 4. Wait until they are healthy.
@@ -144,7 +145,7 @@ def retry_stage(spec: PromotionSpec) -> dict[str, Any]:
         from mlyard.errors import NotFound
 
         raise NotFound(f"{spec.endpoint}/{spec.stage}")
-    home, gw = p.settings.home_dir, p.settings.gateway_url
+    home, gw = p.settings.home_dir, gateway_url(p.settings)
     if st["status"] == "ACTIVE":
         keys = stage_keys(home, spec.endpoint, spec.stage)
         try:
@@ -166,7 +167,7 @@ def promote_stage(spec: PromotionSpec) -> dict[str, Any]:
     logger = get_run_logger()
     p = Platform()
     eps = Endpoints(p.catalog)
-    home, gw = p.settings.home_dir, p.settings.gateway_url
+    home, gw = p.settings.home_dir, gateway_url(p.settings)
     # 1. Check and switch in the catalog (refused unless the stage is ACTIVE).
     old = eps.promote(spec.endpoint, spec.stage)
     if old is None:
@@ -195,7 +196,7 @@ def promote_stage(spec: PromotionSpec) -> dict[str, Any]:
 def delete_endpoint(spec: DeletionSpec) -> dict[str, Any]:
     p = Platform()
     eps = Endpoints(p.catalog)
-    home, gw = p.settings.home_dir, p.settings.gateway_url
+    home, gw = p.settings.home_dir, gateway_url(p.settings)
     # 1. The rules first: nothing stops if the deletion is refused.
     eps.check_delete(spec.endpoint, spec.stage)
     if spec.stage is not None:

@@ -102,3 +102,9 @@ def connect_if_running(settings: Settings | None = None) -> str | None:
     url = find_api_url(settings)
     point_prefect(settings, url)
     return url
+
+
+def gateway_url(settings: Settings) -> str:
+    """The endpoint gateway's URL: the one `mlyard up` started for this home, else from settings."""
+    state = read_state(settings)
+    return (state.gateway_url if state is not None and state.gateway_url else None) or settings.gateway_url

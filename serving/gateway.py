@@ -233,6 +233,10 @@ class Gateway:
         failed = resp.status >= 500
         try:
             await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
+            whole = resp.complete()
+            if whole is not None:  # one write for the body and its end
+                await send({"type": "http.response.body", "body": whole})
+                return
             async for chunk in resp.body():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
@@ -319,8 +323,10 @@ def main(argv: list[str] | None = None) -> None:
     check = HealthCheck(path="/v2/health/ready", interval=args.health_interval, max_retries=args.health_max_retries,
                         max_wait_time=2.0, initial_delay=0.0)
     gw = Gateway(settings.home_dir, settings.catalog_db_url, check, max_in_flight=args.max_in_flight)
+    # The replicas' own date and server headers are passed on; no X-Forwarded-* rewriting of the client.
     run_app(gw, args.host, args.port, lifespan=True,
-            on_ready=lambda url: print(f"the mlyard gateway listens on {url}", flush=True))
+            on_ready=lambda url: print(f"the mlyard gateway listens on {url}", flush=True),
+            proxy_headers=False, server_header=False, date_header=False)
 
 
 if __name__ == "__main__":

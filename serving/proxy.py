@@ -103,6 +103,13 @@ class _Conn(asyncio.Protocol):
             self.wake.set_result(None)
 
 
+def _late(conn: _Conn, timeout: float) -> None:
+    """The head of the answer did not come in time: the connection is given up."""
+    conn._fail(UpstreamError(f"the replica did not answer within {timeout:.0f} s", sent=True))
+    if conn.transport is not None:
+        conn.transport.close()
+
+
 class Response:
     """A replica's answer: `status`, `headers` (lower-case names, hop-by-hop ones removed), and the
     body through `body()`; `close()` returns the connection to its pool (or drops it)."""
@@ -127,6 +134,14 @@ class Response:
             conn.wake = asyncio.get_running_loop().create_future()
             await conn.wake
             conn.wake = None
+
+    def complete(self) -> bytes | None:
+        """The whole body when it has already arrived (the usual case for a small answer), else None."""
+        conn = self._conn
+        if conn.done and conn.error is None:
+            chunks, conn.chunks = conn.chunks, []
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return None
 
     async def read(self) -> bytes:
         parts = [c async for c in self.body()]
@@ -188,18 +203,16 @@ class Pool:
             conn, reused = await self._conn()
             assert conn.transport is not None
             conn.transport.write(payload)
+            timer = None if timeout is None else asyncio.get_running_loop().call_later(timeout, _late, conn, timeout)
             try:
-                if timeout is None:
-                    await conn.head
-                else:
-                    await asyncio.wait_for(asyncio.shield(conn.head), timeout)
+                await conn.head
             except UpstreamError as exc:
                 conn.transport.close()
                 if reused and attempt == 0 and not conn.chunks and conn.status == 0:
                     continue  # an idle connection the replica had closed: once more on a new one
                 raise UpstreamError(str(exc), sent=True) from None
-            except asyncio.TimeoutError:
-                conn.transport.close()
-                raise UpstreamError(f"the replica did not answer within {timeout:.0f} s", sent=True) from None
+            finally:
+                if timer is not None:
+                    timer.cancel()
             return Response(conn, self)
         raise AssertionError("unreachable")

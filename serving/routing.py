@@ -73,13 +73,23 @@ class Router:
         self._lock = threading.Lock()
 
     def set_stage(self, endpoint: str, stage: str, replicas: list[Replica], default: bool = False) -> None:
-        """Put a stage's replicas into routing (keeping the counts of replicas it already had)."""
+        """Put a stage's replicas into routing. A replica it already had stays the same object (health
+        updated): requests in flight release the object they acquired, so its count stays right."""
         with self._lock:
-            old = {r.url: r for r in self._stages.get((endpoint, stage), _Stage()).replicas}
+            current = self._stages.get((endpoint, stage))
+            old = {r.url: r for r in current.replicas} if current is not None else {}
+            kept = []
             for r in replicas:
-                if r.url in old:
-                    r.outstanding = old[r.url].outstanding
-            self._stages[(endpoint, stage)] = _Stage(replicas)
+                same = old.get(r.url)
+                if same is not None and same.model == r.model:
+                    same.healthy = r.healthy
+                    kept.append(same)
+                else:
+                    kept.append(r)
+            if current is not None:
+                current.replicas = kept
+            else:
+                self._stages[(endpoint, stage)] = _Stage(kept)
             if default:
                 self._default[endpoint] = stage  # traffic moves at once: the next request goes here
 

@@ -72,7 +72,7 @@ def check_stage(endpoints: Endpoints, models: Any, stage: StageSpec, field: str,
     return versions
 
 
-def local_replicas(home: Path, view: dict[str, Any], stage: str, gateway_url: str) -> list[files.Wanted]:
+def local_replicas(home: Path, view: dict[str, Any], stage: str) -> list[files.Wanted]:
     """The replicas of a stage's resources as the supervisor runs them (not routed yet)."""
     st = next(s for s in view["stages"] if s["name"] == stage)
     logs = Path(home) / "endpoints" / "logs"
@@ -86,8 +86,7 @@ def local_replicas(home: Path, view: dict[str, Any], stage: str, gateway_url: st
                 key=key, endpoint=view["name"], stage=stage, resource_id=res["id"], index=i, model=name,
                 argv=[mlyard_bin(), "serve", f"models:/{name}/{version}", "--host", "127.0.0.1",
                       "--inference-log", str(logs / f"{view['name']}.jsonl")],
-                env={"MLYARD_ENDPOINT_ID": str(view["id"]), "MLYARD_ENDPOINT_STAGE_ID": str(st["id"]),
-                     "MLYARD_GATEWAY_URL": gateway_url}))
+                env={"MLYARD_ENDPOINT_ID": str(view["id"]), "MLYARD_ENDPOINT_STAGE_ID": str(st["id"])}))
     return out
 
 

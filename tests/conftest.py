@@ -34,6 +34,7 @@ os.environ.update({
     "MLYARD_HOME": str(_HOME),
     "MLYARD_PREFECT_PORT": str(_PORT),
     "MLYARD_API_PORT": str(free_port()),
+    "MLYARD_GATEWAY_PORT": str(free_port()),
     "MLYARD_CACHE_DIR": str(USER_DIR / "cache"),  # compiled models and LLM conversions, fresh for each run
     "PREFECT_HOME": str(_HOME / "prefect"),
     "PREFECT_API_URL": f"http://127.0.0.1:{_PORT}/api",

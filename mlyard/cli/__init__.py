@@ -13,7 +13,7 @@ import threading
 
 import typer
 
-from mlyard.cli import batches, evaluations, experiments, models, predict, serve, stack, templates, trainings, tunings
+from mlyard.cli import batches, endpoints, evaluations, experiments, models, predict, serve, stack, templates, trainings, tunings
 from mlyard.cli.common import DEBUG
 
 app = typer.Typer(help="mlyard: ML lifecycle flows on Prefect 3 with MLflow as the registry.",
@@ -30,7 +30,7 @@ for command in (stack.up, stack.down, stack.status, trainings.train, tunings.tun
     app.command(command.__name__)(command)
 for group, name in ((trainings.app, "trainings"), (tunings.app, "tunings"), (batches.app, "batches"),
                     (evaluations.app, "evaluations"), (experiments.app, "experiments"), (templates.app, "templates"),
-                    (models.app, "models"), (stack.ui_app, "ui")):
+                    (models.app, "models"), (endpoints.app, "endpoints"), (stack.ui_app, "ui")):
     app.add_typer(group, name=name)
 
 

@@ -62,3 +62,15 @@ def test_counts_hold_under_threads_and_a_default_switch_moves_the_next_request()
     router.remove_stage("ep", "default")
     with pytest.raises(NoRoute):
         router.acquire(parse("/ep/stages/default/iris/v1/models/iris:predict"))
+
+
+def test_a_refresh_keeps_counts_of_requests_in_flight():
+    """The gateway re-reads its table every second: a request acquired before a refresh releases the
+    same replica the table holds after it, so counts neither leak nor drain early."""
+    r = Router()
+    r.set_stage("e", "s", [Replica("http://a", "m")], default=True)
+    held = r.acquire(parse("/e/m/v1/models/m:predict"))
+    r.set_stage("e", "s", [Replica("http://a", "m")], default=True)
+    assert r.view()["e"]["stages"]["s"][0]["outstanding"] == 1
+    r.release(held)
+    assert r.view()["e"]["stages"]["s"][0]["outstanding"] == 0

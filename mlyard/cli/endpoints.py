@@ -1,0 +1,180 @@
+"""`mlyard endpoints ...`: endpoints, their stages, tokens, statistics and logs (mlyard/endpoints.py).
+Every change is a flow run (deploy-endpoint, add-endpoint-stage, promote-endpoint-stage,
+delete-endpoint, retry-endpoint-stage), visible in the Prefect UI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from mlyard.cli.common import JSON, SETS, SUBMIT, emit, guard, out, parse_sets, typer_app
+
+app = typer_app("Endpoints: stages of model versions behind the gateway, tokens, statistics, logs.")
+tokens_app = typer_app("Tokens of a token-protected endpoint: issue (shown once), list, revoke.")
+app.add_typer(tokens_app, name="tokens")
+
+
+def _api():
+    import mlyard.endpoints as api
+
+    return api
+
+
+def _print_view(view: dict[str, Any]) -> None:
+    if "deleted" in view or "flow_run_id" in view:
+        emit(view, False)
+        return
+    out.print(f"[bold]{view['name']}[/bold]  {view['status']}  ({'public' if view['public'] else 'token-protected'})"
+              f"  default stage: {view['default_stage']}" + (f"  reason: {view['reason']}" if view.get("reason") else ""))
+    rows = []
+    for st in view["stages"]:
+        for r in st["resources"]:
+            rows.append({"stage": st["name"] + (" (default)" if st["default"] else ""), "stage status": st["status"],
+                         "gateway": st["gateway_status"], "resource": str(r["id"]), "model": r["model"],
+                         "pods": str(r["pods"]), "status": r["status"],
+                         "replicas": ", ".join(f"{x.get('status', '?')}" for x in st.get("replicas", [])
+                                               if x.get("key", "").split(".")[2:3] == [str(r["id"])])})
+    emit(rows, False, ["stage", "stage status", "gateway", "resource", "model", "pods", "status", "replicas"])
+    for model, url in view.get("urls", {}).get("default", {}).items():
+        out.print(f"default URL ({model}): {url}", highlight=False, soft_wrap=True)
+    for stage, models in view.get("urls", {}).get("stages", {}).items():
+        for model, url in models.items():
+            out.print(f"stage {stage} URL ({model}): {url}", highlight=False, soft_wrap=True)
+    for st in view["stages"]:
+        if st.get("reason"):
+            out.print(f"{st['name']}: {st['reason']}", highlight=False, soft_wrap=True)
+
+
+@app.command("create")
+def endpoints_create(
+    file: Path = typer.Option(..., "-f", "--file", help="Endpoint spec (YAML): name, description, public, and the "
+                              "default stage with its resources; fields: mlyard/specs/endpoint.py."),
+    sets: Optional[list[str]] = SETS, submit: bool = SUBMIT, as_json: bool = JSON,
+) -> None:
+    """Deploy an endpoint with its default stage: start its replicas, wait until they are healthy, route them."""
+    view = guard(lambda: _api().create(file, sets=parse_sets(sets), submit=submit))
+    emit(view, True) if as_json else _print_view(view)
+
+
+@app.command("add-stage")
+def endpoints_add_stage(
+    endpoint: str,
+    file: Path = typer.Option(..., "-f", "--file", help="Stage spec (YAML): name, resources (model, pods, cpu, ...)."),
+    sets: Optional[list[str]] = SETS, submit: bool = SUBMIT, as_json: bool = JSON,
+) -> None:
+    """Add a stage; it answers at its own URL (/ENDPOINT/stages/STAGE/...) until it is promoted."""
+    view = guard(lambda: _api().add_stage(endpoint, file, sets=parse_sets(sets), submit=submit))
+    emit(view, True) if as_json else _print_view(view)
+
+
+@app.command("promote")
+def endpoints_promote(endpoint: str, stage: str,
+                      keep_old: bool = typer.Option(False, "--keep-old", help="Keep the old default stage."),
+                      submit: bool = SUBMIT, as_json: bool = JSON) -> None:
+    """Make STAGE the default: traffic moves at once; the old default drains, then is deleted."""
+    view = guard(lambda: _api().promote(endpoint, stage, keep_old=keep_old, submit=submit))
+    emit(view, True) if as_json else _print_view(view)
+
+
+@app.command("delete")
+def endpoints_delete(endpoint: str, stage: Optional[str] = typer.Option(None, "--stage", help="Delete only this "
+                     "(non-default) stage."), submit: bool = SUBMIT, as_json: bool = JSON) -> None:
+    """Delete a stage, or the endpoint with its default stage (refused while it has other stages)."""
+    emit(guard(lambda: _api().delete(endpoint, stage, submit=submit)), as_json)
+
+
+@app.command("retry")
+def endpoints_retry(endpoint: str, stage: Optional[str] = typer.Option(None, "--stage", help="The stage (default: "
+                    "the default stage)."), as_json: bool = JSON) -> None:
+    """Clear errors and try again: a failed stage is deployed anew; an ACTIVE one is routed again."""
+    view = guard(lambda: _api().retry(endpoint, stage))
+    emit(view, True) if as_json else _print_view(view)
+
+
+@app.command("list")
+def endpoints_list(as_json: bool = JSON) -> None:
+    """Endpoints with their status, stages and models."""
+    emit(guard(lambda: _api().list_endpoints()), as_json, ["name", "status", "default_stage", "public", "stages",
+                                                           "models"],
+         empty="no endpoints yet: create one with `mlyard endpoints create -f endpoint.yaml`")
+
+
+@app.command("show")
+def endpoints_show(endpoint: str, as_json: bool = JSON) -> None:
+    """An endpoint: stages, resources, statuses, the gateway's view of each replica, URLs, tokens."""
+    view = guard(lambda: _api().show(endpoint))
+    emit(view, True) if as_json else _print_view(view)
+
+
+@app.command("history")
+def endpoints_history(endpoint: Optional[str] = typer.Argument(None), as_json: bool = JSON) -> None:
+    """Which model version served which stage, from when to when (kept after deletions)."""
+    emit(guard(lambda: _api().history(endpoint)), as_json, ["endpoint", "stage", "model", "started_at", "ended_at",
+                                                            "note"])
+
+
+@app.command("stats")
+def endpoints_stats(
+    endpoint: str,
+    since: str = typer.Option("1h", "--since", help="Start: a duration ago (30m, 1h, 7d) or an ISO-8601 time."),
+    until: Optional[str] = typer.Option(None, "--until", help="End (default: now)."),
+    stage: Optional[str] = typer.Option(None, "--stage"),
+    model: Optional[str] = typer.Option(None, "--model"),
+    png: Optional[Path] = typer.Option(None, "--png", help="Also draw calls, latency and predictions per class here."),
+    as_json: bool = JSON,
+) -> None:
+    """Calls, failures, latency (mean, p50, p95, p99), predictions per class, average confidence."""
+    result = guard(lambda: _api().stats(endpoint, since=since, until=until, stage=stage, model=model, png=png))
+    if as_json:
+        emit(result, True)
+        return
+    rows = [{"stage": r["stage"], "model": r["model"], "calls": r["calls"], "failures": r["failures"],
+             **{k: v for k, v in r["latency_ms"].items()},
+             "predictions": r.get("predictions"), "avg confidence": r.get("average_confidence")} for r in result["stats"]]
+    emit(rows, False, ["stage", "model", "calls", "failures", "mean", "p50", "p95", "p99", "predictions",
+                       "avg confidence"], title=f"{endpoint}: {result['since']} .. {result['until']} (latency in ms)",
+         empty=f"no calls to {endpoint} in that period")
+    if result.get("png"):
+        out.print(f"chart: {result['png']}")
+
+
+@app.command("logs")
+def endpoints_logs(endpoint: str, tail: int = typer.Option(20, "--tail", help="How many records."),
+                   as_json: bool = JSON) -> None:
+    """The last inference log records (category, logLevel, body, logType, time, endpointId, ...)."""
+    records = guard(lambda: _api().logs(endpoint, tail))
+    if as_json:
+        emit(records, True)
+        return
+    emit([{"time": r.get("time"), "level": r.get("logLevel"), "model": r.get("modelName"),
+           "inferenceId": r.get("inferenceId"), "body": r.get("body")} for r in records], False,
+         ["time", "level", "model", "inferenceId", "body"], empty="no inference log records yet")
+
+
+@tokens_app.command("issue")
+def tokens_issue(endpoint: str, days: float = typer.Option(30.0, "--days", help="Valid for this many days."),
+                 expires: Optional[str] = typer.Option(None, "--expires", help="Or valid until this ISO-8601 time."),
+                 as_json: bool = JSON) -> None:
+    """Issue a token; it is shown only now. Send it as 'Authorization: Bearer <token>'."""
+    token = guard(lambda: _api().issue_token(endpoint, days=days, expires_at=expires))
+    if as_json:
+        emit(token, True)
+        return
+    print(token["token"])
+    out.print(f"(token {token['id']}, valid until {token['expires_at']}; it is not shown again)", style="dim")
+
+
+@tokens_app.command("list")
+def tokens_list(endpoint: str, as_json: bool = JSON) -> None:
+    """Tokens with their prefix, expiry and state (valid, expired, revoked)."""
+    emit(guard(lambda: _api().tokens(endpoint)), as_json, ["id", "prefix", "created_at", "expires_at", "state"],
+         empty=f"no tokens: issue one with `mlyard endpoints tokens issue {endpoint}`")
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(endpoint: str, token_id: int) -> None:
+    """Revoke a token: the gateway refuses it at once."""
+    guard(lambda: _api().revoke_token(endpoint, token_id))
+    out.print(f"revoked token {token_id} of {endpoint}")

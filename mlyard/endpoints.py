@@ -1,0 +1,261 @@
+"""Endpoints from Python (and the CLI's `mlyard endpoints`): every change is a flow run of
+flows/endpoint.py, on the running platform; reads come from the catalog and the gateway.
+
+    import mlyard.endpoints as endpoints
+
+    endpoints.create("endpoint.yaml")                    # deploy-endpoint: a view with its URLs
+    endpoints.add_stage("iris", {"name": "canary", "resources": [{"model": "iris@challenger"}]})
+    endpoints.promote("iris", "canary")                  # traffic moves; the old default drains and goes
+    token = endpoints.issue_token("iris", days=30)["token"]
+    endpoints.stats("iris", since="1h")
+
+A spec is checked (names free, model versions exist, limits) before any flow run starts, so a bad one
+fails with one line naming the field. `submit=True` queues the change on the local pool instead, like
+Run in the Prefect UI.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from mlyard.connection import connect, gateway_url
+from mlyard.errors import MlyardError, RunFailed, SpecError
+from mlyard.names import FLOW_ADD_STAGE, FLOW_DELETE_ENDPOINT, FLOW_DEPLOY_ENDPOINT, FLOW_PROMOTE_STAGE
+from mlyard.specs import load_spec, load_spec_file, with_overrides
+from mlyard.specs.endpoint import DeletionSpec, EndpointSpec, PromotionSpec, StageChangeSpec, StageSpec
+
+
+def _platform():
+    from flows.platform import Platform
+
+    return Platform(connect())
+
+
+def _endpoints(p=None):
+    from registry.endpoints import Endpoints
+
+    return Endpoints((p or _platform()).catalog)
+
+
+def _spec(model: type, spec: Any, sets: dict[str, Any] | None = None):
+    if isinstance(spec, model):
+        loaded = spec
+    elif isinstance(spec, (str, Path)):
+        loaded = load_spec_file(model, spec)
+    else:
+        loaded = load_spec(model, spec)
+    return with_overrides(loaded, sets or {}, source="--set")
+
+
+def _run(flow_name: str, module_fn: str, spec: Any, submit: bool) -> Any:
+    """Run a flow here (its result, or RunFailed with why) or queue it on the local pool."""
+    if submit:
+        from prefect.deployments import run_deployment
+
+        fr: Any = run_deployment(f"{flow_name}/local", parameters={"spec": spec.model_dump(mode="json")}, timeout=0)
+        return {"flow_run_id": str(fr.id), "flow_run": fr.name, "deployment": f"{flow_name}/local",
+                "status": "CREATE REQUESTED"}
+    import importlib
+
+    module, name = module_fn.split(":")
+    state = getattr(importlib.import_module(module), name)(spec, return_state=True)
+    if state.is_completed():
+        return state.result()
+    exc = state.result(raise_on_failure=False)
+    if isinstance(exc, MlyardError) and not isinstance(exc, RunFailed) and type(exc).__name__ not in (
+            "ReplicaFailed", "RoutingFailed", "StackError"):
+        raise exc  # a rule or a bad value found by the flow: the same one-line error as before a run
+    raise RunFailed(flow_name.upper().replace("-", " "), None, exc if isinstance(exc, BaseException) else state.message)
+
+
+def create(spec: EndpointSpec | dict | str | Path, *, sets: dict[str, Any] | None = None,
+           submit: bool = False) -> dict[str, Any]:
+    """Deploy an endpoint with its default stage (deploy-endpoint); its view with URLs."""
+    from tasks.endpoints import check_stage
+
+    spec = _spec(EndpointSpec, spec, sets)
+    p = _platform()
+    check_stage.fn(_endpoints(p), p.models, spec.stage, "stage", new_endpoint=spec.name)
+    return _run(FLOW_DEPLOY_ENDPOINT, "flows.endpoint:deploy_endpoint", spec, submit)
+
+
+def add_stage(endpoint: str, stage: StageSpec | dict | str | Path, *, sets: dict[str, Any] | None = None,
+              submit: bool = False) -> dict[str, Any]:
+    """Add a stage (add-endpoint-stage); it answers at its own URL until promoted."""
+    from tasks.endpoints import check_stage
+
+    stage_spec = _spec(StageSpec, stage, sets)
+    p = _platform()
+    check_stage.fn(_endpoints(p), p.models, stage_spec, "stage", endpoint=endpoint)
+    return _run(FLOW_ADD_STAGE, "flows.endpoint:add_stage", StageChangeSpec(endpoint=endpoint, stage=stage_spec),
+                submit)
+
+
+def promote(endpoint: str, stage: str, *, keep_old: bool = False, submit: bool = False) -> dict[str, Any]:
+    """Make `stage` the default (promote-endpoint-stage): traffic moves at once, then the old default
+    stage drains and is deleted (kept with `keep_old`)."""
+    spec = PromotionSpec(endpoint=endpoint, stage=stage, keep_old=keep_old)
+    view = _endpoints().get(endpoint)
+    st = next((s for s in view["stages"] if s["name"] == stage), None)
+    if st is None:
+        raise SpecError("stage", stage, f"a stage of {endpoint}: {', '.join(s['name'] for s in view['stages'])}")
+    if st["status"] != "ACTIVE":
+        raise SpecError("stage", stage, f"an ACTIVE stage ({stage} is {st['status']})")
+    return _run(FLOW_PROMOTE_STAGE, "flows.endpoint:promote_stage", spec, submit)
+
+
+def delete(endpoint: str, stage: str | None = None, *, submit: bool = False) -> dict[str, Any]:
+    """Delete a stage, or the endpoint (refused while it has stages other than the default)."""
+    _endpoints().check_delete(endpoint, stage)
+    return _run(FLOW_DELETE_ENDPOINT, "flows.endpoint:delete_endpoint", DeletionSpec(endpoint=endpoint, stage=stage),
+                submit)
+
+
+def retry(endpoint: str, stage: str | None = None, *, submit: bool = False) -> dict[str, Any]:
+    """Clear a stage's errors and try again (the default stage when none is named)."""
+    view = _endpoints().get(endpoint)
+    stage = stage or view["default_stage"]
+    return _run("retry-endpoint-stage", "flows.endpoint:retry_stage", PromotionSpec(endpoint=endpoint, stage=stage),
+                submit)
+
+
+# -- reading -------------------------------------------------------------------------------------------
+
+
+def _gateway(settings, path: str, method: str = "GET", timeout: float = 10.0) -> dict[str, Any] | None:
+    req = urllib.request.Request(gateway_url(settings) + path, method=method, data=b"" if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read())
+    except OSError:
+        return None
+
+
+def show(endpoint: str) -> dict[str, Any]:
+    """An endpoint with its stages, resources, statuses, URLs, tokens, and what the gateway routes now:
+    a stage the catalog holds ACTIVE but the gateway does not route shows `NOT FOUND: STAGE`."""
+    from flows.endpoint import urls
+
+    settings = connect()
+    eps = _endpoints()
+    view = eps.get(endpoint)
+    view["urls"] = urls(gateway_url(settings), view)
+    view["tokens"] = eps.tokens(endpoint)
+    table = _gateway(settings, "/mlyard/routes")
+    live = (table or {}).get("endpoints", {}).get(endpoint, {})
+    for st in view["stages"]:
+        routed = live.get("stages", {}).get(st["name"])
+        st["replicas"] = routed or []
+        if table is None:
+            st["gateway_status"] = "NOT FOUND: STAGE DEPLOY RESULT"
+        elif st["status"] == "ACTIVE" and not routed:
+            st["gateway_status"] = "NOT FOUND: STAGE"
+    view["gateway"] = gateway_url(settings) if table is not None else None
+    return view
+
+
+def list_endpoints() -> list[dict[str, Any]]:
+    return [{"name": v["name"], "status": v["status"], "default_stage": v["default_stage"], "public": v["public"],
+             "stages": ", ".join(f"{s['name']}:{s['status']}" for s in v["stages"]),
+             "models": ", ".join(sorted({r["model"] for s in v["stages"] for r in s["resources"]}))}
+            for v in _endpoints().all()]
+
+
+def issue_token(endpoint: str, *, days: float | None = 30, expires_at: datetime | str | None = None) -> dict[str, Any]:
+    """A new token (shown once) valid for `days`, or until `expires_at`."""
+    if isinstance(expires_at, str):
+        try:
+            expires_at = datetime.fromisoformat(expires_at)
+        except ValueError:
+            raise SpecError("expires_at", expires_at, "an ISO-8601 time, e.g. 2027-01-31T00:00:00+00:00") from None
+        if expires_at.tzinfo is None:
+            expires_at = expires_at.replace(tzinfo=timezone.utc)
+    if expires_at is None:
+        if days is None or days <= 0:
+            raise SpecError("days", days, "a positive number of days")
+        expires_at = datetime.now(timezone.utc) + timedelta(days=days)
+    token = _endpoints().issue_token(endpoint, expires_at)
+    _gateway(connect(), "/mlyard/reload", "POST")  # valid at once, not at the gateway's next read
+    return token
+
+
+def tokens(endpoint: str) -> list[dict[str, Any]]:
+    return _endpoints().tokens(endpoint)
+
+
+def revoke_token(endpoint: str, token_id: int) -> None:
+    _endpoints().revoke_token(endpoint, token_id)
+    _gateway(connect(), "/mlyard/reload", "POST")  # refused at once
+
+
+def history(endpoint: str | None = None) -> list[dict[str, Any]]:
+    return [h.as_dict() for h in _endpoints().history(endpoint)]
+
+
+_AGO = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+
+
+def when(value: str | float | None, field: str, default: float | None = None) -> float | None:
+    """Epoch seconds from `1h`/`30m`/`7d` (that long ago), an ISO-8601 time, or epoch seconds."""
+    if value is None:
+        return default
+    if isinstance(value, (int, float)):
+        return float(value)
+    m = _AGO.match(value.strip())
+    if m:
+        return time.time() - float(m[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m[2]]
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError:
+        raise SpecError(field, value, "a duration ago (30m, 1h, 7d) or an ISO-8601 time") from None
+    return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def stats(endpoint: str, *, since: str | float | None = "1h", until: str | float | None = None,
+          stage: str | None = None, model: str | None = None, png: str | Path | None = None) -> dict[str, Any]:
+    """Calls, failures, latency (mean, p50, p95, p99), predictions per class and average confidence, per
+    stage and model over [since, until]; with `png`, a chart there too."""
+    from urllib.parse import urlencode
+
+    settings = connect()
+    _endpoints().get(endpoint)  # EndpointNotFound for a wrong name
+    start = when(since, "since", time.time() - 3600)
+    end = when(until, "until")
+    if end is not None and start is not None and end <= start:
+        raise SpecError("until", until, f"a time after since ({since})")
+    query = {"since": start, "endpoint": endpoint, **({"until": end} if end else {}),
+             **({"stage": stage} if stage else {}), **({"model": model} if model else {})}
+    result = _gateway(settings, "/mlyard/stats?" + urlencode(query))
+    if result is None:  # no gateway: what it wrote to disk
+        from serving.endpoint_stats import EndpointStats
+
+        result = EndpointStats(settings.home_dir / "endpoints" / "stats").query(start, end, endpoint, stage, model)
+    if png is not None:
+        from serving.endpoint_stats import plot
+
+        result["png"] = str(plot(result, Path(png).resolve()))
+    return result
+
+
+def logs(endpoint: str, tail: int = 20) -> list[dict[str, Any]]:
+    """The last inference log records of an endpoint (the seed's fields)."""
+    settings = connect()
+    _endpoints().get(endpoint)
+    path = settings.home_dir / "endpoints" / "logs" / f"{endpoint}.jsonl"
+    if not path.is_file():
+        return []
+    lines = path.read_text(errors="replace").splitlines()[-tail:]
+    out = []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out

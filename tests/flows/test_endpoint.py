@@ -1,0 +1,277 @@
+"""Endpoints end to end on the real stack: the endpoint flows start real `mlyard serve` replicas under
+the supervisor of `mlyard up`, the real gateway routes to them on its own port, and the CLI runs in a
+fresh process without the harness's environment. Nothing is mocked (Kubernetes is tested apart, in
+tests/tasks/test_kubernetes.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from test_user_paths import _ok, _one_line_error, mlyard
+
+ROW = [[0.9, 0.1, -0.3, 0.2], [-1.2, -0.4, 0.0, 0.5]]
+
+
+def call(url: str, token: str | None = None, scheme: str = "Bearer", body: dict | None = None,
+         auth: str | None = None) -> tuple[int, dict]:
+    headers = {"content-type": "application/json"}
+    if auth is not None:
+        headers["authorization"] = auth
+    elif token is not None:
+        headers["authorization"] = f"{scheme} {token}"
+    req = urllib.request.Request(url, data=json.dumps(body or {"instances": ROW}).encode(), headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def replica_requests(gw: str, endpoint: str) -> int:
+    """Requests the endpoint's replicas have answered, from each replica's own statistics."""
+    table = json.loads(urllib.request.urlopen(f"{gw}/mlyard/routes", timeout=5).read())
+    total = 0
+    for replicas in table["endpoints"].get(endpoint, {}).get("stages", {}).values():
+        for r in replicas:
+            stats = json.loads(urllib.request.urlopen(r["url"] + "/stats", timeout=5).read())
+            total += sum(m["requests"] for m in stats["models"])
+    return total
+
+
+def routes(gw: str) -> dict:
+    return json.loads(urllib.request.urlopen(f"{gw}/mlyard/routes", timeout=5).read())["endpoints"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def clf(platform, models):
+    """Model `clf`: version 1 (champion) and version 2 (challenger), both the test classifier."""
+    v1 = platform.models.create_from_directory("clf", models["classifier"], "file://classifier")
+    v2 = platform.models.create_from_directory("clf", models["classifier"], "file://classifier")
+    platform.models.set_alias("clf", "champion", v1.version)
+    platform.models.set_alias("clf", "challenger", v2.version)
+    return v1.version, v2.version
+
+
+@pytest.fixture(scope="module")
+def endpoint(stack, settings, clf):
+    import mlyard.endpoints as api
+
+    view = api.create({"name": "fraud", "description": "test", "stage": {
+        "resources": [{"model": "clf@champion", "pods": 2}]}})
+    assert view["status"] == "ACTIVE", view
+    yield view
+    for ep in api.list_endpoints():  # leave no replica running for later tests
+        for st in api.show(ep["name"])["stages"]:
+            if not st["default"]:
+                api.delete(ep["name"], st["name"])
+        api.delete(ep["name"])
+
+
+def test_deploy_routes_tokens_and_stats(endpoint, settings):
+    import mlyard.endpoints as api
+    from mlyard.connection import gateway_url
+
+    gw = gateway_url(settings)
+    url = endpoint["urls"]["default"]["clf"]
+    assert url == f"{gw}/fraud/clf/v1/models/clf:predict"
+    assert {r["status"] for st in endpoint["stages"] for r in st["resources"]} == {"ACTIVE"}
+    assert [r["status"] for r in routes(gw)["fraud"]["stages"]["default"]] == ["HEALTHY", "HEALTHY"]
+
+    # No valid token: 401, and no request reaches a replica.
+    before = replica_requests(gw, "fraud")
+    other = api.create({"name": "other", "public": True, "stage": {"resources": [{"model": "clf/1"}]}})
+    other_token = api.issue_token("other", days=1)["token"]
+    expired = api.issue_token("fraud", days=1)
+    revoked = api.issue_token("fraud", days=1)
+    api.revoke_token("fraud", revoked["id"])
+    from registry.catalog import Catalog, EndpointToken
+
+    with Catalog(settings.catalog_db_url).session() as s:
+        s.get(EndpointToken, expired["id"]).expires_at = datetime.now(timezone.utc) - timedelta(seconds=1)
+    urllib.request.urlopen(urllib.request.Request(f"{gw}/mlyard/reload", method="POST", data=b""), timeout=10)
+    for auth in (None, "", "Bearer", "Bearer ", "Basic dXNlcjpwYXNz", "Bearer " + "x" * 600, "Bearer wrong",
+                 "BackendAI myd_not-a-token", f"Bearer {expired['token']}", f"Bearer {revoked['token']}",
+                 f"Bearer {other_token}", "Bearer\t" + revoked["token"], "bearer" + revoked["token"]):
+        status, body = call(url, auth=auth)
+        assert status == 401, (auth, status, body)
+        assert body["error"]
+    assert replica_requests(gw, "fraud") == before
+    # An open-to-public endpoint needs none.
+    status, body = call(other["urls"]["default"]["clf"])
+    assert status == 200 and len(body["predictions"]) == 2
+
+    token = api.issue_token("fraud", days=1)["token"]
+    for scheme in ("Bearer", "BackendAI"):
+        status, body = call(url, token, scheme)
+        assert status == 200 and len(body["predictions"]) == 2, body
+    # v2 through the gateway, with probabilities: the statistics get the confidence.
+    v2 = {"inputs": [{"name": "input-0", "shape": [2, 4], "datatype": "FP64", "data": sum(ROW, [])}],
+          "outputs": [{"name": "predict"}, {"name": "predict_proba"}]}
+    status, body = call(f"{gw}/fraud/clf/v2/models/clf/infer", token, body=v2)
+    assert status == 200, body
+    assert replica_requests(gw, "fraud") == before + 3
+    # Unknown model and stage: 404 naming them.
+    assert call(f"{gw}/fraud/nope/v1/models/nope:predict", token)[0] == 404
+    status, body = call(f"{gw}/fraud/stages/nope/clf/v1/models/clf:predict", token)
+    assert status == 404 and "nope" in body["error"]
+
+    # The CLI, as a user runs it: stats per stage and model, with a chart.
+    out = json.loads(_ok(mlyard("endpoints", "stats", "fraud", "--since", "10m", "--png", "stats.png", "--json")))
+    row = next(r for r in out["stats"] if r["stage"] == "default" and r["model"] == "clf")
+    assert row["calls"] == 3 and row["failures"] == 0
+    assert sum(row["predictions"].values()) == 6 and row["average_confidence"] is not None
+    assert row["latency_ms"]["p50"] > 0 and row["latency_ms"]["p99"] >= row["latency_ms"]["p50"]
+    assert Path(out["png"]).stat().st_size > 10_000
+    shown = json.loads(_ok(mlyard("endpoints", "show", "fraud", "--json")))
+    assert shown["stages"][0]["gateway_status"] == "ACTIVE" and len(shown["tokens"]) == 3
+    # Inference log records with the seed's fields and the endpoint's id.
+    records = api.logs("fraud", tail=50)
+    assert records and {"category", "logLevel", "body", "logType", "time", "endpointId", "endpointStageId",
+                        "inferenceId", "action", "modelName"} <= set(records[-1])
+    assert records[-1]["endpointId"] == str(endpoint["id"])
+    api.delete("other")
+
+
+def test_rules_are_refused_in_one_line(endpoint, platform, tmp_path):
+    import mlyard.endpoints as api
+    from mlyard.errors import AlreadyExists, ModelInUse, Protected, SpecError
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: fraud2\nstage:\n  resources:\n    - model: nosuch@champion\n")
+    _one_line_error(mlyard("endpoints", "create", "-f", str(bad)), "stage.resources[0].model", "nosuch@champion")
+    _one_line_error(mlyard("endpoints", "delete", "fraud", "--stage", "default"), "default stage")
+    one = {"model": "clf/1"}
+    with pytest.raises(AlreadyExists, match="fraud"):
+        api.create({"name": "fraud", "stage": {"resources": [one]}})
+    with pytest.raises(SpecError, match="pods"):
+        api.create({"name": "fraud3", "stage": {"resources": [{**one, "pods": -1}]}})
+    with pytest.raises(SpecError, match="at most 8"):
+        api.create({"name": "fraud4", "stage": {"resources": [{**one, "pods": 9}]}})
+    with pytest.raises(SpecError, match="instance_type"):
+        api.create({"name": "fraud5", "stage": {"instance_type": "g2-t4", "resources": [one]}})
+    with pytest.raises(SpecError, match="max_replicas"):
+        from mlyard.specs import load_spec
+        from mlyard.specs.endpoint import AutoscalingRule
+
+        load_spec(AutoscalingRule, {"type": "scale_up", "metric_name": "rps", "comparator": "GREATER_THAN",
+                                    "threshold": 1, "step_size": 1, "min_replicas": 3, "max_replicas": 2})
+    with pytest.raises(Protected, match="default stage"):
+        api.delete("fraud", "default")
+    with pytest.raises(ModelInUse):
+        platform.models.delete("clf", "1")
+    assert [e["name"] for e in api.list_endpoints()] == ["fraud"]  # nothing half-made
+
+
+def test_failed_deploy_rolls_back(endpoint, platform, settings, tmp_path):
+    """A version whose model does not load: the replicas start and exit, the flow rolls back, nothing runs."""
+    import mlyard.endpoints as api
+    from mlyard.errors import RunFailed
+    from tasks import replicas as files
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "MLmodel").write_text("flavors:\n  python_function:\n    loader_module: no_such_module\n")
+    platform.models.create_from_directory("broken", broken, "file://broken", framework="custom")
+    with pytest.raises(RunFailed, match="exited"):
+        api.create({"name": "broken", "public": True, "stage": {"resources": [{"model": "broken/1", "pods": 2}]}})
+    view = api.show("broken")
+    assert view["status"] == "CREATE FAILED" and view["stages"][0]["status"] == "CREATE FAILED"
+    assert "no_such_module" in view["stages"][0]["reason"] or "exited" in view["stages"][0]["reason"]
+    assert not [w for w in files.wanted(settings.home_dir) if w.endpoint == "broken"]
+    assert not [s for s in files.states(settings.home_dir).values() if s.key.startswith("broken.")]
+    api.delete("broken")
+
+
+def test_promotion_under_load_loses_nothing_then_kill_and_gateway_restart(endpoint, settings, stack):
+    import mlyard.endpoints as api
+    from mlyard import stack as stack_mod
+    from mlyard.connection import gateway_url, read_state
+    from tasks import replicas as files
+
+    gw = gateway_url(settings)
+    token = api.issue_token("fraud", days=1)["token"]
+    url = f"{gw}/fraud/clf/v1/models/clf:predict"
+    view = api.add_stage("fraud", {"name": "canary", "resources": [{"model": "clf@challenger"}]})
+    canary = view["urls"]["stages"]["canary"]["clf"]
+    assert call(canary, token)[0] == 200
+    old_keys = [w.key for w in files.of_stage(settings.home_dir, "fraud", "default")]
+    old_pids = [files.states(settings.home_dir)[k].pid for k in old_keys]
+
+    results: list[int] = []
+    stop = threading.Event()
+
+    def load():
+        while not stop.is_set():
+            results.append(call(url, token)[0])
+
+    threads = [threading.Thread(target=load) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.5)
+        promoted = api.promote("fraud", "canary")
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert promoted["default_stage"] == "canary" and [s["name"] for s in promoted["stages"]] == ["canary"]
+    assert len(results) > 20 and set(results) == {200}, {s: results.count(s) for s in set(results)}
+    assert not any(_alive(pid) for pid in old_pids if pid)  # the old default's replicas stopped
+    history = api.history("fraud")
+    assert [(h["stage"], h["model"], h["ended_at"] is None) for h in history] == [
+        ("default", "clf/1", False), ("canary", "clf/2", True)]
+
+    # SIGKILL the only replica: the supervisor starts it again; meanwhile the gateway answers 503 with
+    # Retry-After (it has no other replica), never a broken connection; then the replica serves again.
+    key = files.of_stage(settings.home_dir, "fraud", "canary")[0].key
+    pid = files.states(settings.home_dir)[key].pid
+    os.kill(pid, signal.SIGKILL)
+    killed, seen = time.monotonic(), set()
+    while True:
+        status, body = call(url, token)
+        seen.add(status)
+        if status == 200:
+            break
+        assert status == 503 and "retry" in body["error"], (status, body)
+        assert time.monotonic() - killed < 60, "the killed replica did not come back"
+        time.sleep(0.1)
+    st = files.states(settings.home_dir)[key]
+    assert st.pid != pid and st.restarts == 1 and st.last_exit == -signal.SIGKILL
+    assert [r["status"] for r in routes(gw)["fraud"]["stages"]["canary"]] == ["HEALTHY"]
+
+    # The gateway restarts; the replicas do not.
+    state = read_state(settings)
+    os.kill(state.pids["gateway"], signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while _alive(state.pids["gateway"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stack_mod.up(settings, echo=lambda *_: None)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if call(url, token)[0] == 200:
+                break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "the gateway did not come back"
+        time.sleep(0.2)
+    assert files.states(settings.home_dir)[key].pid == st.pid  # the same replica process
+    _ok(mlyard("endpoints", "retry", "fraud"))

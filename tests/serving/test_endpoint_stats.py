@@ -1,0 +1,37 @@
+"""The gateway's statistics, pure: minutes merged over a period, percentiles within the histogram's
+4 %, classes and confidence from the replicas' header, persisted minutes read back."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from serving.endpoint_stats import EndpointStats, format_classes, parse_classes
+
+
+def test_percentiles_classes_and_persistence(tmp_path):
+    stats = EndpointStats(tmp_path)
+    rng = np.random.default_rng(0)
+    lat = rng.lognormal(mean=1.0, sigma=0.6, size=5000)  # ms
+    t0 = 1_800_000_000.0
+    for i, ms in enumerate(lat):
+        header = format_classes({"cat": [1, 0.9, 1]} if i % 4 else {"dog": [2, 1.2, 2]})
+        stats.record(("e", "s", "m"), float(ms), failed=i % 100 == 0, classes=header, now=t0 + i * 0.05)
+    stats.record(("e", "other", "m"), 1.0, False, now=t0)
+    assert stats.flush(now=t0 + 3600) > 0  # finished minutes go to disk
+    fresh = EndpointStats(tmp_path)  # a restarted gateway reads them back
+    row = next(r for r in fresh.query(t0 - 60, t0 + 600, endpoint="e", stage="s")["stats"])
+    assert row["calls"] == 5000 and row["failures"] == 50
+    for q, name in ((50, "p50"), (95, "p95"), (99, "p99")):
+        exact = float(np.percentile(lat, q))
+        assert abs(row["latency_ms"][name] - exact) / exact < 0.05, (name, row["latency_ms"][name], exact)
+    assert abs(row["latency_ms"]["mean"] - lat.mean()) < 1e-6 * 5000
+    assert row["predictions"] == {"cat": 3750, "dog": 2500}
+    assert row["average_confidence_per_class"] == {"cat": 0.9, "dog": 0.6}
+    assert len(row["series"]) == 5  # 250 s of calls: five minutes
+    assert fresh.query(t0 + 400, t0 + 500, endpoint="e")["stats"] == []
+
+
+def test_class_header_round_trip_and_garbage():
+    header = format_classes({"a b/c": [2, 1.5, 2], "0": [1, 0.0, 0]})
+    assert parse_classes(header) == [("a b/c", 2, 1.5, 2), ("0", 1, 0.0, 0)]
+    assert parse_classes(b"junk;=;x=1:2;y=a:b:c") == []
