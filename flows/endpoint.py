@@ -33,6 +33,7 @@ from registry.endpoints import Endpoints
 from tasks.endpoints import (
     LOCAL,
     RoutingFailed,
+    chat_versions,
     check_stage,
     drain,
     local_replicas,
@@ -82,7 +83,7 @@ def _deploy_stage(p: Platform, eps: Endpoints, endpoint: str, stage: str, creati
         if not supervisor_running(home):
             raise StackError("no replica supervisor runs for this home: start the stack with `mlyard up`")
         # 3. Start the replicas.
-        wanted = local_replicas(home, view, stage)
+        wanted = local_replicas(home, view, stage, chat_versions(p.models, view, stage))
         keys = start_replicas(home, wanted)
         logger.info("started %d replica(s) of %s/%s: %s", len(keys), endpoint, stage, ", ".join(keys))
         # 4. Wait until they are healthy.

@@ -7,7 +7,9 @@
 5. Batch inference with digits@champion over the held-out digits (examples/data, JSONL).
 6. Evaluate digits@champion and digits-tuned on them; compare the two (table and overlaid curves).
 7. Serve digits@champion (`mlyard serve`) and send it one held-out digit.
-8. Start the MLflow UI and print what was done and where to look.
+8. Deploy digits@champion to the endpoint `digits` (default stage, token-protected), call it with curl,
+   add a stage with digits-tuned@best, promote it, and print the endpoint's statistics.
+9. Start the MLflow UI and print what was done and where to look.
 """
 
 from __future__ import annotations
@@ -86,7 +88,10 @@ def run(settings: Settings, out: Console, keep_running: bool = True) -> None:
     out.rule("7. serving digits@champion (mlyard serve)")
     served = serve_once(settings, out)
 
-    out.rule("8. where to look")
+    out.rule("8. endpoint digits: default stage, token, curl, a tuned stage promoted, statistics")
+    endpoint = endpoint_once(settings, out)
+
+    out.rule("9. where to look")
     try:  # a UI slow to start on a busy machine never fails the demo: everything is recorded already
         mlflow_url = stack.start_mlflow_ui(settings, echo=out.print)
     except StackError as exc:
@@ -100,6 +105,7 @@ def run(settings: Settings, out: Console, keep_running: bool = True) -> None:
                {tuned.best_params}  ->  model digits-tuned version {tv.version}
   batch        {batch.batch_id}  COMPLETE  {batch.rows} rows -> {batch.output_uri}
   serving      {served}
+  endpoint     {endpoint}
   evaluations  {champion.evaluation_id}  digits@champion  accuracy={champion.metrics['accuracy']:.4f}
                {tuned_eval.evaluation_id}  digits-tuned@best  accuracy={tuned_eval.metrics['accuracy']:.4f}
                comparison picture {picture}
@@ -115,6 +121,8 @@ def run(settings: Settings, out: Console, keep_running: bool = True) -> None:
         .venv/bin/mlyard evaluations compare {champion.evaluation_id} {tuned_eval.evaluation_id}
         .venv/bin/mlyard batch -f examples/batch.yaml --set output_uri=/tmp/digits-batch
         .venv/bin/mlyard serve digits@champion --port 8080   (then the curl in the README)
+        .venv/bin/mlyard endpoints show digits
+        .venv/bin/mlyard endpoints stats digits --png digits-stats.png
         .venv/bin/mlyard train -f examples/train.yaml --submit
         .venv/bin/mlyard down      (stops the stack; state stays in {settings.home_dir})""")
     if not keep_running:
@@ -170,3 +178,63 @@ def serve_once(settings: Settings, out: Console) -> str:
             proc.wait(15)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def endpoint_once(settings: Settings, out: Console) -> str:
+    """The endpoint path of a user: deploy, issue a token, call with curl, add a stage, promote it,
+    read the statistics. Returns a one-line summary."""
+    import json
+    import shutil
+    import subprocess
+    import time
+    import urllib.request
+
+    import mlyard.endpoints as endpoints
+    from mlyard.errors import EndpointNotFound
+
+    try:  # a demo run before this one left its endpoint: start again
+        for st in endpoints.show("digits")["stages"]:
+            if not st["default"]:
+                endpoints.delete("digits", st["name"])
+        endpoints.delete("digits")
+    except EndpointNotFound:
+        pass
+    started = time.monotonic()
+    view = endpoints.create({"name": "digits", "description": "mlyard demo", "stage": {
+        "name": "default", "resources": [{"model": "digits@champion", "pods": 2}]}})
+    out.print(f"endpoint digits ACTIVE in {time.monotonic() - started:.1f} s: 2 replicas of digits@champion "
+              f"(version {view['stages'][0]['resources'][0]['model']})")
+    token = endpoints.issue_token("digits", days=7)["token"]
+    url = view["urls"]["default"]["digits"]
+    with open(PROJECT_ROOT / "examples" / "data" / "digits-test.jsonl") as fh:
+        rows = [json.loads(line)["pixels"] for line in fh][:20]
+    body = json.dumps({"instances": rows[:2]})
+    out.print(f"$ curl -H 'Authorization: Bearer {token[:10]}...' -d '{{\"instances\": [...2 digits...]}}' {url}")
+    if shutil.which("curl"):
+        answer = subprocess.run(["curl", "-s", "-H", f"Authorization: Bearer {token}", "-H",
+                                 "Content-Type: application/json", "-d", body, url],
+                                capture_output=True, text=True, timeout=60).stdout
+    else:
+        req = urllib.request.Request(url, data=body.encode(), headers={"Authorization": f"Bearer {token}"})
+        answer = urllib.request.urlopen(req, timeout=60).read().decode()
+    out.print(f"  {answer}")
+    for i in range(0, 20, 2):  # some traffic for the statistics, with probabilities (confidence)
+        req = urllib.request.Request(url, data=json.dumps({"instances": rows[i:i + 2],
+                                                           "parameters": {"probabilities": i % 4 == 0}}).encode(),
+                                     headers={"Authorization": f"Bearer {token}"})
+        urllib.request.urlopen(req, timeout=60).read()
+    view = endpoints.add_stage("digits", {"name": "tuned", "resources": [{"model": "digits-tuned@best"}]})
+    out.print(f"stage tuned ACTIVE (digits-tuned@best) at {view['urls']['stages']['tuned']['digits-tuned']}")
+    view = endpoints.promote("digits", "tuned")
+    out.print(f"promoted: the default stage is now {view['default_stage']}; the old default drained and was deleted")
+    out.print("  (the tuned stage serves model digits-tuned: "
+              f"{view['urls']['default']['digits-tuned']})")
+    stats = endpoints.stats("digits", since="1h", png=settings.home_dir / "outputs" / "digits-endpoint-stats.png")
+    for r in stats["stats"]:
+        lat = r["latency_ms"]
+        out.print(f"  {r['stage']}/{r['model']}: {r['calls']} calls, {r['failures']} failures, latency ms "
+                  f"mean {lat['mean']} p50 {lat['p50']} p95 {lat['p95']} p99 {lat['p99']}; "
+                  f"predictions {r.get('predictions')}; average confidence {r.get('average_confidence')}")
+    out.print(f"  chart: {stats['png']}")
+    return f"digits at {view['urls']['default']['digits-tuned']} (token-protected; stage tuned promoted)"
+

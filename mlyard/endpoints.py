@@ -126,6 +126,115 @@ def retry(endpoint: str, stage: str | None = None, *, submit: bool = False) -> d
                 submit)
 
 
+def validate(spec: EndpointSpec | StageSpec | dict | str | Path, *, echo=print, timeout: float = 300.0) -> dict[str, Any]:
+    """Backend.AI's validation: start one replica of each resource of the (default) stage as a plain
+    process, stream its output to `echo`, and say whether it came up healthy (Finished) or why not.
+    Nothing is recorded and nothing is left running."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import threading
+
+    from tasks.endpoints import check_stage, mlyard_bin
+    from tasks.replicas import probe
+
+    try:
+        stage = _spec(EndpointSpec, spec).stage
+    except SpecError:
+        stage = _spec(StageSpec, spec)
+    p = _platform()
+    versions = check_stage.fn(_endpoints(p), p.models, stage, "stage")
+    results = []
+    for name, version in versions:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        argv = [mlyard_bin(), "serve", f"models:/{name}/{version}", "--host", "127.0.0.1", "--port", str(port)]
+        echo(f"$ {' '.join(argv)}")
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True, env={**os.environ, "MLYARD_HOME": str(p.settings.home_dir)})
+        lines: list[str] = []
+
+        def pump(proc=proc, lines=lines) -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.append(line.rstrip())
+                echo(line.rstrip())
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        started, outcome = time.monotonic(), None
+        try:
+            while outcome is None:
+                if proc.poll() is not None:
+                    outcome = {"model": f"{name}/{version}", "status": "Failed",
+                               "reason": f"the replica exited with code {proc.returncode}: "
+                                         + (lines[-1] if lines else "no output")}
+                elif probe(f"http://127.0.0.1:{port}/v2/health/ready", 1.0) == 200:
+                    outcome = {"model": f"{name}/{version}", "status": "Finished",
+                               "seconds": round(time.monotonic() - started, 2)}
+                elif time.monotonic() - started > timeout:
+                    outcome = {"model": f"{name}/{version}", "status": "Failed",
+                               "reason": f"not healthy within {timeout:.0f} s"}
+                else:
+                    time.sleep(0.2)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+            reader.join(5)
+        results.append(outcome)
+    return {"status": "Finished" if all(r["status"] == "Finished" for r in results) else "Failed",
+            "resources": results}
+
+
+def chat(endpoint: str, *, stage: str | None = None, token: str | None = None, model: str | None = None,
+         read=input, write=print, max_tokens: int = 256) -> int:
+    """Backend.AI's LLM chat test in a terminal: each line read is sent with the conversation so far to
+    the endpoint's OpenAI chat route, and the answer is written as it streams. Returns the turns taken."""
+    view = _endpoints().get(endpoint)
+    st = next((s for s in view["stages"] if s["name"] == (stage or view["default_stage"])), None)
+    if st is None:
+        raise SpecError("stage", stage, f"a stage of {endpoint}")
+    name = model or st["resources"][0]["model"].rsplit("/", 1)[0]
+    base = gateway_url(connect()) + f"/{endpoint}" + ("" if st["default"] else f"/stages/{st['name']}") + f"/{name}"
+    url = base + "/openai/v1/chat/completions"
+    messages: list[dict[str, str]] = []
+    turns = 0
+    while True:
+        try:
+            line = read("you> ")
+        except EOFError:
+            return turns
+        if line.strip() in ("", "/exit", "/quit"):
+            return turns
+        messages.append({"role": "user", "content": line})
+        body = json.dumps({"model": name, "messages": messages, "stream": True, "max_tokens": max_tokens}).encode()
+        headers = {"content-type": "application/json", **({"authorization": f"Bearer {token}"} if token else {})}
+        req = urllib.request.Request(url, data=body, headers=headers)
+        answer = []
+        try:
+            with urllib.request.urlopen(req, timeout=300) as resp:
+                for raw in resp:
+                    text = raw.decode().strip()
+                    if not text.startswith("data: ") or text == "data: [DONE]":
+                        continue
+                    delta = json.loads(text[6:])["choices"][0].get("delta", {}).get("content") or ""
+                    answer.append(delta)
+                    write(delta, end="", flush=True)
+        except urllib.error.HTTPError as exc:
+            raise SpecError("endpoint", endpoint, f"an endpoint that answers chat at {url} "
+                            f"({exc.code}: {exc.read().decode(errors='replace')[:300]})") from None
+        write("")
+        messages.append({"role": "assistant", "content": "".join(answer)})
+        turns += 1
+
+
 # -- reading -------------------------------------------------------------------------------------------
 
 

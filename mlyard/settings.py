@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     gateway_port: int | None = Field(
         default=None, ge=1, le=65535,
         description="Port of the endpoint gateway that `mlyard up` starts. Unset: the Prefect port + 2 (4202).")
+    autoscale_interval: float = Field(default=5.0, gt=0, le=3600,
+                                      description="Seconds between the gateway's autoscaling passes.")
     mlflow_tracking_uri: str | None = Field(
         default=None,
         description="MLflow tracking URI (e.g. http://mlflow:5000). Unset: sqlite:///<home>/mlflow.db.",

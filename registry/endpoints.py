@@ -257,7 +257,8 @@ class Endpoints:
         with self.catalog.session() as s:
             return {ep.name: {"id": ep.id, "public": ep.public,
                               "default": next((st.name for st in ep.stages if st.is_default), None),
-                              "stages": {st.name: {"id": st.id, "status": st.status} for st in ep.stages},
+                              "stages": {st.name: {"id": st.id, "status": st.status,
+                                                   "rules": st.autoscaling_rules or []} for st in ep.stages},
                               "tokens": {t.digest: (_aware(t.expires_at).timestamp(), t.revoked_at is not None)
                                          for t in ep.tokens}}
                     for ep in s.scalars(select(Endpoint))}
@@ -330,7 +331,8 @@ def _stage(spec: StageSpec, versions: list[Version], default: bool) -> EndpointS
         raise SpecError("stage.resources", len(spec.resources), f"one resolved model version each ({len(versions)} given)")
     return EndpointStage(name=spec.name, is_default=default, description=spec.description,
                          instance_type=spec.instance_type, instance_count=spec.instance_count,
-                         node_autoscaler=spec.node_autoscaler.model_dump(), status="CREATE REQUESTED",
+                         node_autoscaler=spec.node_autoscaler.model_dump(),
+                         autoscaling_rules=[r.model_dump() for r in spec.autoscaling_rules], status="CREATE REQUESTED",
                          gateway_status="CREATE IN PROGRESS",
                          resources=[_resource(r, v) for r, v in zip(spec.resources, versions)])
 
@@ -389,7 +391,7 @@ def _endpoint_view(ep: Endpoint) -> dict[str, Any]:
             "stages": [{"id": st.id, "name": st.name, "default": st.is_default, "description": st.description,
                         "status": st.status, "gateway_status": st.gateway_status, "reason": st.reason,
                         "instance_type": st.instance_type, "instance_count": st.instance_count,
-                        "node_autoscaler": st.node_autoscaler,
+                        "node_autoscaler": st.node_autoscaler, "autoscaling_rules": st.autoscaling_rules or [],
                         "resources": [{"id": r.id, "model": f"{r.model_name}/{r.model_version}", "status": r.status,
                                        "description": r.description, "cpu": r.cpu, "memory": r.memory, "gpu": r.gpu,
                                        "pods": r.pods, "pod_autoscaler": r.pod_autoscaler, "reason": r.reason}

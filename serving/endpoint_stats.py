@@ -108,9 +108,9 @@ class EndpointStats:
             per = self._live.pop(minute)
             day = datetime.fromtimestamp(minute * 60, timezone.utc).strftime("%Y-%m-%d")
             with open(self.folder / f"{day}.jsonl", "a", encoding="utf-8") as fh:
-                for (endpoint, stage, model), m in per.items():
+                for (endpoint, stage, model), counts in per.items():
                     fh.write(json.dumps({"minute": minute, "endpoint": endpoint, "stage": stage, "model": model,
-                                         **m.as_dict()}) + "\n")
+                                         **counts.as_dict()}) + "\n")
                     written += 1
         return written
 

@@ -26,9 +26,11 @@ import argparse
 import asyncio
 import hashlib
 import logging
+import os
 import sys
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -56,6 +58,8 @@ class _Tracked:
     pool: Pool
     path: str
     ejected: bool = False  # taken out after a failed connection, until a probe passes
+    requests: int = 0  # requests sent to it (the autoscaler's requests_per_second)
+    active: int = 0  # requests in flight on it
 
 
 def _error(message: str) -> bytes:
@@ -64,10 +68,11 @@ def _error(message: str) -> bytes:
 
 class Gateway:
     def __init__(self, home: Path, catalog_url: str | None, check: HealthCheck | None = None,
-                 max_in_flight: int = 1024, timeout: float = 120.0, refresh_seconds: float = 1.0):
+                 max_in_flight: int = 1024, timeout: float = 120.0, refresh_seconds: float = 1.0,
+                 autoscale_seconds: float = 5.0):
         self.home = Path(home)
         self.catalog_url = catalog_url
-        self.check = check or HealthCheck(path="/v2/health/ready", interval=1.0, max_retries=2, max_wait_time=2.0,
+        self.check = check or HealthCheck(path="/v2/health/ready", interval=1.0, max_retries=2, max_wait_time=2.0, expected_status_code=200,
                                           initial_delay=0.0)
         self.max_in_flight, self.timeout, self.refresh_seconds = max_in_flight, timeout, refresh_seconds
         self.router = Router()
@@ -76,6 +81,8 @@ class Gateway:
         self.stats = EndpointStats(self.home / "endpoints" / "stats")
         self.in_flight = 0
         self.started = time.time()
+        self.autoscale_seconds = autoscale_seconds
+        self.scaling = Autoscaler(self)
         self._endpoints_api: Any = None
         self._tasks: list[asyncio.Task] = []
         self._refresh_lock: asyncio.Lock | None = None
@@ -139,6 +146,7 @@ class Gateway:
 
     async def _loop(self) -> None:
         next_refresh = 0.0
+        next_scale = time.monotonic() + self.autoscale_seconds
         while True:
             now = time.monotonic()
             try:
@@ -146,6 +154,9 @@ class Gateway:
                     await self.refresh()
                     next_refresh = now + self.refresh_seconds
                     self.stats.flush()
+                if now >= next_scale:
+                    await asyncio.get_running_loop().run_in_executor(None, self.scaling.step)
+                    next_scale = now + self.autoscale_seconds
                 due = [t for t in self.replicas.values() if (t.health.next_probe() or 0) <= time.monotonic()]
                 if due:
                     await asyncio.gather(*(self._probe(t) for t in due))
@@ -209,12 +220,18 @@ class Gateway:
             except NoReplica as exc:
                 self.stats.record(key, (time.perf_counter() - started) * 1000, True)
                 return await asgi.reply(send, 503, _error(f"{exc}; retry shortly"), headers=RETRY_AFTER)
-            try:
-                t = self.replicas[replica.url]
-                resp = await t.pool.request(scope["method"], target, headers, body, timeout=self.timeout)
-            except (UpstreamError, KeyError) as exc:
+            t = self.replicas.get(replica.url)
+            if t is None:  # left the table between acquire and here
                 self.router.release(replica)
-                if isinstance(exc, UpstreamError) and not exc.sent:
+                continue
+            t.requests += 1
+            t.active += 1
+            try:
+                resp = await t.pool.request(scope["method"], target, headers, body, timeout=self.timeout)
+            except UpstreamError as exc:
+                t.active -= 1
+                self.router.release(replica)
+                if not exc.sent:
                     self._eject(replica.url, str(exc))
                     continue  # it never reached that replica: another one takes it
                 self.stats.record(key, (time.perf_counter() - started) * 1000, True)
@@ -245,6 +262,7 @@ class Gateway:
             log.warning("replica %s broke off its answer: %s", replica.url, exc)
         finally:
             resp.close()  # back to the pool when read to the end, else closed
+            t.active -= 1
             self.router.release(replica)
             self.stats.record(key, (time.perf_counter() - started) * 1000, failed or resp.status >= 400, classes)
 
@@ -296,7 +314,8 @@ class Gateway:
                     if t is not None:
                         r.update(key=t.key, status=t.health.status, failures=t.health.failures,
                                  reason=t.health.reason, ejected=t.ejected)
-        return {"endpoints": table, "in_flight": self.in_flight, "started_at": self.started}
+        return {"endpoints": table, "in_flight": self.in_flight, "started_at": self.started,
+                "autoscaling": list(self.scaling.events)}
 
     def _start(self) -> None:
         self._tasks.append(asyncio.get_running_loop().create_task(self._loop()))
@@ -305,6 +324,102 @@ class Gateway:
         for task in self._tasks:
             task.cancel()
         self.stats.flush(everything=True)
+
+
+class Autoscaler:
+    """The loop that applies the stages' autoscaling rules (serving/autoscale.py decides). Each pass,
+    per stage resource: the metrics averaged over its routed replicas (inference_framework:
+    requests_per_second, outstanding; kernel: cpu_percent, memory_mb), then the decision. Scaling up
+    wants one more replica (the supervisor starts it, the gateway routes it once a probe passes);
+    scaling down takes the newest replica out of routing and stops it once its requests are answered."""
+
+    def __init__(self, gateway: "Gateway"):
+        self.gw = gateway
+        self.events: deque[dict[str, Any]] = deque(maxlen=50)
+        self._fired: dict[tuple[str, str, int], dict[int, float]] = {}
+        self._last: dict[str, tuple[float, int, float]] = {}  # key -> (when, requests, cpu seconds)
+        self._leaving: dict[str, _Tracked | None] = {}  # taken out of routing, stopped once idle
+
+    def step(self) -> None:
+        from mlyard.specs.endpoint import AutoscalingRule
+        from serving.autoscale import decide
+
+        home = self.gw.home
+        wanted, states = files.wanted(home), files.states(home)
+        by_key = {t.key: t for t in self.gw.replicas.values()}
+        for key, t in list(self._leaving.items()):  # stop a replica taken out once nothing is in flight on it
+            if t is None or t.active == 0:
+                files.unwant(home, key)
+                del self._leaving[key]
+        now, wall = time.monotonic(), time.time()
+        groups: dict[tuple[str, str, int], list[files.Wanted]] = {}
+        for w in wanted:
+            if w.routed and w.key not in self._leaving:
+                groups.setdefault((w.endpoint, w.stage, w.resource_id), []).append(w)
+        for (endpoint, stage, rid), members in groups.items():
+            info = self.gw.endpoints.get(endpoint, {}).get("stages", {}).get(stage)
+            if not info or not info.get("rules") or info.get("status") != "ACTIVE":
+                continue
+            rules = [AutoscalingRule(**r) for r in info["rules"]]
+            metrics = self._metrics(members, states, by_key, now)
+            fired = self._fired.setdefault((endpoint, stage, rid), {})
+            decision = decide(rules, len(members), metrics, wall, fired)
+            if decision.rule is None or decision.replicas == len(members):
+                continue
+            fired[decision.rule] = wall
+            members.sort(key=lambda w: w.index)
+            if decision.replicas > len(members):
+                top = max(w.index for w in wanted if (w.endpoint, w.stage, w.resource_id) == (endpoint, stage, rid))
+                for i in range(decision.replicas - len(members)):
+                    clone = files.Wanted(**{**asdict(members[-1]), "index": top + 1 + i, "created_at": wall,
+                                            "key": files.key_of(endpoint, stage, rid, top + 1 + i)})
+                    files.want(home, clone)
+            else:
+                leaving = members[decision.replicas:]
+                files.route(home, [w.key for w in leaving], False)
+                self._leaving.update({w.key: by_key.get(w.key) for w in leaving})
+            event = {"at": wall, "endpoint": endpoint, "stage": stage, "resource": rid, "from": len(members),
+                     "to": decision.replicas, "reason": decision.reason}
+            self.events.append(event)
+            log.info("autoscaling %s/%s resource %s: %s", endpoint, stage, rid, decision.reason)
+
+    def _metrics(self, members: list[files.Wanted], states: dict[str, files.State], by_key: dict[str, _Tracked],
+                 now: float) -> dict[str, dict[str, float]]:
+        rps, outstanding, cpu, mem = [], [], [], []
+        for w in members:
+            t, st = by_key.get(w.key), states.get(w.key)
+            if t is None or st is None:
+                continue
+            used = _cpu_seconds(st.pid)
+            when, count, cpu_before = self._last.get(w.key, (now, t.requests, used))
+            self._last[w.key] = (now, t.requests, used)
+            if now > when:
+                rps.append((t.requests - count) / (now - when))
+                cpu.append(100.0 * (used - cpu_before) / (now - when))
+            outstanding.append(t.active)
+            mem.append(_rss_mb(st.pid))
+        out: dict[str, dict[str, float]] = {"inference_framework": {}, "kernel": {}}
+        for source, name, values in (("inference_framework", "requests_per_second", rps),
+                                     ("inference_framework", "outstanding", outstanding),
+                                     ("kernel", "cpu_percent", cpu), ("kernel", "memory_mb", mem)):
+            if values:
+                out[source][name] = sum(values) / len(values)
+        return out
+
+
+def _cpu_seconds(pid: int | None) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _rss_mb(pid: int | None) -> float:
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -317,12 +432,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-in-flight", type=int, default=1024)
     parser.add_argument("--health-interval", type=float, default=1.0)
     parser.add_argument("--health-max-retries", type=int, default=2)
+    parser.add_argument("--autoscale-interval", type=float, default=None,
+                        help="Seconds between autoscaling passes (default: MLYARD_AUTOSCALE_INTERVAL, 5).")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
     settings = Settings()
     check = HealthCheck(path="/v2/health/ready", interval=args.health_interval, max_retries=args.health_max_retries,
-                        max_wait_time=2.0, initial_delay=0.0)
-    gw = Gateway(settings.home_dir, settings.catalog_db_url, check, max_in_flight=args.max_in_flight)
+                        max_wait_time=2.0, expected_status_code=200, initial_delay=0.0)
+    gw = Gateway(settings.home_dir, settings.catalog_db_url, check, max_in_flight=args.max_in_flight,
+                 autoscale_seconds=args.autoscale_interval or settings.autoscale_interval)
     # The replicas' own date and server headers are passed on; no X-Forwarded-* rewriting of the client.
     run_app(gw, args.host, args.port, lifespan=True,
             on_ready=lambda url: print(f"the mlyard gateway listens on {url}", flush=True),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import gc
 import importlib.util
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from serving.app import ModelServer
 from serving.runtime import ServedModel, load
@@ -22,7 +22,7 @@ def run(models: list[ServedModel], host: str = "127.0.0.1", port: int = 8080,
 
 
 def run_app(app, host: str, port: int, on_ready: Callable[[str], None] | None = None, lifespan: bool = False,
-            **config: object) -> None:
+            **options: Any) -> None:
     """Serve an ASGI app until SIGINT/SIGTERM; `on_ready(url)` once the socket listens."""
     import uvicorn
 
@@ -33,7 +33,7 @@ def run_app(app, host: str, port: int, on_ready: Callable[[str], None] | None = 
     config = uvicorn.Config(
         app, host=host, port=port, interface="asgi3", log_level="warning", access_log=False, lifespan="on" if lifespan else "off",
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        http="httptools" if importlib.util.find_spec("httptools") else "h11", **config)
+        http="httptools" if importlib.util.find_spec("httptools") else "h11", **options)
     server = uvicorn.Server(config)
     if on_ready is not None:
         _announce(server, f"http://{host}:{port}", on_ready)

@@ -72,8 +72,9 @@ def check_stage(endpoints: Endpoints, models: Any, stage: StageSpec, field: str,
     return versions
 
 
-def local_replicas(home: Path, view: dict[str, Any], stage: str) -> list[files.Wanted]:
-    """The replicas of a stage's resources as the supervisor runs them (not routed yet)."""
+def local_replicas(home: Path, view: dict[str, Any], stage: str, chat: frozenset[str] = frozenset()) -> list[files.Wanted]:
+    """The replicas of a stage's resources as the supervisor runs them (not routed yet). The versions in
+    `chat` ("name/version": registered with the parameter task=chat) serve OpenAI's routes."""
     st = next(s for s in view["stages"] if s["name"] == stage)
     logs = Path(home) / "endpoints" / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -84,10 +85,22 @@ def local_replicas(home: Path, view: dict[str, Any], stage: str) -> list[files.W
             key = files.key_of(view["name"], stage, res["id"], i)
             out.append(files.Wanted(
                 key=key, endpoint=view["name"], stage=stage, resource_id=res["id"], index=i, model=name,
-                argv=[mlyard_bin(), "serve", f"models:/{name}/{version}", "--host", "127.0.0.1",
-                      "--inference-log", str(logs / f"{view['name']}.jsonl")],
+                argv=[mlyard_bin(), "serve",
+                      *(["--chat-model"] if res["model"] in chat else []), f"models:/{name}/{version}",
+                      "--host", "127.0.0.1", "--inference-log", str(logs / f"{view['name']}.jsonl")],
                 env={"MLYARD_ENDPOINT_ID": str(view["id"]), "MLYARD_ENDPOINT_STAGE_ID": str(st["id"])}))
     return out
+
+
+def chat_versions(models: Any, view: dict[str, Any], stage: str) -> frozenset[str]:
+    """The stage's model versions registered as chat models (parameter task=chat)."""
+    st = next(s for s in view["stages"] if s["name"] == stage)
+    found = set()
+    for res in st["resources"]:
+        name, version = res["model"].rsplit("/", 1)
+        if models.get_version(name, version).parameters.get("task") == "chat":
+            found.add(res["model"])
+    return frozenset(found)
 
 
 @task(name="start-replicas", cache_policy=NO_CACHE)

@@ -35,6 +35,7 @@ os.environ.update({
     "MLYARD_PREFECT_PORT": str(_PORT),
     "MLYARD_API_PORT": str(free_port()),
     "MLYARD_GATEWAY_PORT": str(free_port()),
+    "MLYARD_AUTOSCALE_INTERVAL": "1",  # the gateway's autoscaling passes, every second in the tests
     "MLYARD_CACHE_DIR": str(USER_DIR / "cache"),  # compiled models and LLM conversions, fresh for each run
     "PREFECT_HOME": str(_HOME / "prefect"),
     "PREFECT_API_URL": f"http://127.0.0.1:{_PORT}/api",

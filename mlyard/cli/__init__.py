@@ -13,7 +13,19 @@ import threading
 
 import typer
 
-from mlyard.cli import batches, endpoints, evaluations, experiments, models, predict, serve, stack, templates, trainings, tunings
+from mlyard.cli import (
+    batches,
+    endpoints,
+    evaluations,
+    experiments,
+    models,
+    predict,
+    serve,
+    stack,
+    templates,
+    trainings,
+    tunings,
+)
 from mlyard.cli.common import DEBUG
 
 app = typer.Typer(help="mlyard: ML lifecycle flows on Prefect 3 with MLflow as the registry.",

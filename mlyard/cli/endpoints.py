@@ -178,3 +178,30 @@ def tokens_revoke(endpoint: str, token_id: int) -> None:
     """Revoke a token: the gateway refuses it at once."""
     guard(lambda: _api().revoke_token(endpoint, token_id))
     out.print(f"revoked token {token_id} of {endpoint}")
+
+
+@app.command("validate")
+def endpoints_validate(file: Path = typer.Argument(..., help="An endpoint spec or a stage spec (YAML)."),
+                       as_json: bool = JSON) -> None:
+    """Start one replica of each resource, stream its log, and say Finished or why it failed; creates nothing."""
+    import typer as _typer
+
+    result = guard(lambda: _api().validate(file, echo=(lambda line: None) if as_json else
+                                           (lambda line: out.print(line, highlight=False, markup=False))))
+    if as_json:
+        emit(result, True)
+    else:
+        for r in result["resources"]:
+            out.print(f"{r['model']}: {r['status']}" + (f" ({r['reason']})" if r.get("reason") else
+                                                        f" (healthy after {r['seconds']} s)"))
+    if result["status"] != "Finished":
+        raise _typer.Exit(1)
+
+
+@app.command("chat")
+def endpoints_chat(endpoint: str, stage: Optional[str] = typer.Option(None, "--stage"),
+                   token: Optional[str] = typer.Option(None, "--token", envvar="MLYARD_ENDPOINT_TOKEN",
+                                                       help="A token of the endpoint (or MLYARD_ENDPOINT_TOKEN)."),
+                   max_tokens: int = typer.Option(256, "--max-tokens")) -> None:
+    """Chat with an endpoint's generative model in the terminal (its OpenAI route, streamed); empty line ends."""
+    guard(lambda: _api().chat(endpoint, stage=stage, token=token, max_tokens=max_tokens))

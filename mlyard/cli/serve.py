@@ -23,8 +23,8 @@ def serve(
     workers: int = typer.Option(1, "--workers", help="With --entry-script: threads that run run() concurrently."),
     chat_model: Optional[str] = typer.Option(None, "--chat-model", help="Also (or only) serve a generative model on "
                                              "OpenAI's routes (/openai/v1/chat/completions, /openai/v1/completions): "
-                                             "smollm2 (the offline default; needs the llm extra), a .gguf file or a "
-                                             "transformers model directory."),
+                                             "smollm2 (the offline default; needs the llm extra), a .gguf file, a "
+                                             "transformers model directory, or a registered one (name@alias)."),
     model_folder: Optional[Path] = typer.Option(None, "--model-folder", help="Serve a Backend.AI model folder "
                                                 "(model-definition.yaml): its start_command is supervised and proxied."),
     definition: Optional[str] = typer.Option(None, "--definition", help="With --model-folder: the model definition "
@@ -103,6 +103,11 @@ def serve(
             return None
         if model is None:
             print(f"loading {chat_model} ...", file=sys.stderr, flush=True)
+        from mlyard.specs import is_registry_ref
+
+        if chat_model.startswith("models:/") or (is_registry_ref(chat_model) and not Path(chat_model).exists()):
+            path, registered_name, _, _ = _resolve(chat_model)  # a registered chat model (parameter task=chat)
+            return ChatModel(str(path), (name if model is None else None) or registered_name)
         return ChatModel(chat_model, name if model is None else None)
 
     def open_log():

@@ -109,6 +109,9 @@ class StageSpec(BaseModel):
                                description="The node type it runs on (a node pool on Kubernetes; 'local' here).")
     instance_count: int = Field(default=1, ge=1, le=100, description="Nodes to start.")
     node_autoscaler: NodeAutoscaler = Field(default_factory=NodeAutoscaler, description="Node autoscaling.")
+    autoscaling_rules: list["AutoscalingRule"] = Field(
+        default_factory=list, max_length=10,
+        description="Backend.AI autoscaling rules for each resource's replicas (applied by the gateway, locally).")
     resources: list[StageResourceSpec] = Field(min_length=1, max_length=MAX_RESOURCES,
                                                description="The model versions it serves; they share its requests.")
 
@@ -160,6 +163,10 @@ class AutoscalingRule(BaseModel):
             raise ValueError(f"a {self.type} rule needs a {'positive' if self.type == 'scale_up' else 'negative'} "
                              f"step_size (got {self.step_size})")
         return self
+
+
+StageSpec.model_rebuild()
+EndpointSpec.model_rebuild()
 
 
 class StageChangeSpec(BaseModel):

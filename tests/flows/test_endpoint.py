@@ -16,7 +16,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-
 from test_user_paths import _ok, _one_line_error, mlyard
 
 ROW = [[0.9, 0.1, -0.3, 0.2], [-1.2, -0.4, 0.0, 0.5]]
@@ -275,3 +274,83 @@ def test_promotion_under_load_loses_nothing_then_kill_and_gateway_restart(endpoi
         time.sleep(0.2)
     assert files.states(settings.home_dir)[key].pid == st.pid  # the same replica process
     _ok(mlyard("endpoints", "retry", "fraud"))
+
+
+def test_validate_creates_nothing(endpoint, platform, settings):
+    import mlyard.endpoints as api
+    from tasks import replicas as files
+
+    lines: list[str] = []
+    result = api.validate({"name": "probe", "stage": {"resources": [{"model": "clf/1"}]}}, echo=lines.append)
+    assert result["status"] == "Finished" and result["resources"][0]["status"] == "Finished", result
+    assert any("serving clf" in line for line in lines)  # the replica's own log, streamed
+    if "broken" not in [m.name for m in platform.models.list()]:
+        return
+    result = api.validate({"resources": [{"model": "broken/1"}]}, echo=lines.append)
+    assert result["status"] == "Failed" and "exited" in result["resources"][0]["reason"]
+    assert [e["name"] for e in api.list_endpoints()] == ["fraud"]
+    assert not [w for w in files.wanted(settings.home_dir) if w.endpoint == "probe"]
+
+
+def test_chat_endpoint_streams_through_the_gateway(endpoint, platform, settings, tmp_path):
+    """A registered chat model (parameter task=chat) behind the gateway: the openai client streams
+    through it, and `endpoints chat` holds a conversation."""
+    import subprocess
+    import sys
+
+    import openai
+
+    import mlyard.endpoints as api
+    from mlyard.connection import gateway_url
+
+    folder = tmp_path / "tinychat"
+    subprocess.run([sys.executable, str(Path(__file__).parent.parent / "serving" / "tiny_llm.py"), str(folder)],
+                   check=True, capture_output=True, timeout=300)
+    platform.models.create_from_directory("tinychat", folder, "file://tinychat", parameters={"task": "chat"},
+                                          framework="transformers")
+    view = api.create({"name": "chat", "public": True, "stage": {"resources": [{"model": "tinychat/1"}]}})
+    client = openai.OpenAI(base_url=f"{gateway_url(settings)}/chat/tinychat/openai/v1", api_key="unused")
+    chunks = list(client.chat.completions.create(model="tinychat", messages=[{"role": "user", "content": "hello"}],
+                                                 max_tokens=8, stream=True, seed=1))
+    assert chunks and chunks[-1].choices[0].finish_reason in ("stop", "length")
+    said: list[str] = []
+    lines = iter(["hello", "and again", ""])
+    turns = api.chat("chat", read=lambda _prompt: next(lines),
+                     write=lambda text="", **_: said.append(text), max_tokens=6)
+    assert turns == 2 and "".join(said).strip()
+    api.delete("chat")
+    assert view["status"] == "ACTIVE"
+
+
+def test_autoscaling_rules_scale_replicas_up_and_down(endpoint, settings):
+    """Backend.AI rules on a stage: more than 3 requests a second per replica adds one (max 2); under
+    0.5 takes it away again (min 1). The gateway's loop applies what serving/autoscale.py decides."""
+    import mlyard.endpoints as api
+    from mlyard.connection import gateway_url
+
+    gw = gateway_url(settings)
+    rules = [{"type": "scale_up", "metric_name": "requests_per_second", "comparator": "GREATER_THAN",
+              "threshold": 3, "step_size": 1, "max_replicas": 2, "cooldown_seconds": 0},
+             {"type": "scale_down", "metric_name": "requests_per_second", "comparator": "LESS_THAN",
+              "threshold": 0.5, "step_size": -1, "min_replicas": 1, "cooldown_seconds": 0}]
+    view = api.create({"name": "auto", "public": True, "stage": {"autoscaling_rules": rules,
+                                                                 "resources": [{"model": "clf/1"}]}})
+    assert view["stages"][0]["autoscaling_rules"][0]["threshold"] == 3
+    url = view["urls"]["default"]["clf"]
+
+    def replicas() -> list[dict]:
+        return routes(gw).get("auto", {}).get("stages", {}).get("default", [])
+
+    deadline = time.monotonic() + 60
+    while not (len(replicas()) == 2 and all(r["healthy"] for r in replicas())):
+        assert call(url)[0] == 200
+        assert time.monotonic() < deadline, replicas()
+        time.sleep(0.05)  # about 15 requests a second
+    events = json.loads(urllib.request.urlopen(f"{gw}/mlyard/routes", timeout=5).read())["autoscaling"]
+    assert any(e["endpoint"] == "auto" and e["to"] == 2 for e in events)
+    deadline = time.monotonic() + 60
+    while len(replicas()) != 1:  # no traffic: back to one
+        assert time.monotonic() < deadline, replicas()
+        time.sleep(0.2)
+    assert call(url)[0] == 200
+    api.delete("auto")

@@ -1,0 +1,165 @@
+"""Endpoint figures (issue 10 §5), on a throwaway embedded stack, with wrk as the client:
+
+1. gateway overhead: the same replica called directly and through the gateway, in turns (ABAB), at
+   1 connection (the p50 the hop adds) and at 16 (throughput, and the gateway's CPU per request read
+   from /proc);
+2. scaling: one replica against two behind the gateway (RandomForest(100) on breast-cancer);
+3. promotion under load: wrk runs while a stage is promoted; every non-2xx answer and socket error counts;
+4. a replica SIGKILLed under load: failed requests, and how long until it is back and routed.
+
+    .venv/bin/python bench/gateway.py [--duration 8]
+
+Everything is measured end to end with default settings (every request logged, tokens off: the
+endpoints are public). This machine has 2 cores shared by wrk, the gateway and the replicas; the
+numbers say what that gives, not what a bigger machine would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench._stack import start  # noqa: E402
+
+
+def wrk(url: str, body: str, connections: int, seconds: float) -> dict:
+    script = Path("/tmp/mlyard-bench-post.lua")
+    script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                      f"wrk.body = [[{body}]]\n")
+    proc = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+                          capture_output=True, text=True, check=True)
+    text = proc.stdout
+
+    def ms(label: str) -> float:
+        m = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+        assert m, text
+        return float(m[1]) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m[2]]
+
+    requests = int(re.search(r"(\d+) requests in", text)[1])
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text)[1]), "p50": ms("50%"), "p99": ms("99%"),
+            "requests": requests, "non2xx": int(non2xx[1]) if non2xx else 0,
+            "socket_errors": sum(map(int, sock.groups())) if sock else 0}
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def routes(gw: str) -> dict:
+    return json.loads(urllib.request.urlopen(f"{gw}/mlyard/routes", timeout=5).read())["endpoints"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=float, default=8.0)
+    args = parser.parse_args()
+    settings = start()
+    import mlflow.sklearn
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.ensemble import RandomForestClassifier
+
+    import mlyard.endpoints as endpoints
+    from flows.platform import Platform
+    from mlyard.connection import gateway_url, read_state
+    from tasks import replicas as files
+
+    X, y = load_breast_cancer(return_X_y=True)
+    model_dir = Path(settings.home_dir) / "rf-model"
+    mlflow.sklearn.save_model(RandomForestClassifier(n_estimators=100, random_state=0).fit(X, y), model_dir,
+                              pip_requirements=["scikit-learn"])
+    p = Platform(settings)
+    p.models.create_from_directory("rf", model_dir, "file://rf-model")
+    p.models.create_from_directory("rf", model_dir, "file://rf-model")
+    gw = gateway_url(settings)
+    gateway_pid = read_state(settings).pids["gateway"]
+    for name, pods in (("rf1", 1), ("rf2", 2)):
+        endpoints.create({"name": name, "public": True, "stage": {"resources": [{"model": "rf/1", "pods": pods}]}})
+    body = json.dumps({"instances": [X[0].tolist()]})
+    direct = routes(gw)["rf1"]["stages"]["default"][0]["url"] + "/v1/models/rf:predict"
+    via = f"{gw}/rf1/rf/v1/models/rf:predict"
+    d = args.duration
+    report: dict = {}
+
+    # 1. Overhead, in turns.
+    for c in (1, 16):
+        rows = {"direct": [], "gateway": []}
+        for _ in range(2):
+            rows["direct"].append(wrk(direct, body, c, d))
+            before = cpu_seconds(gateway_pid)
+            r = wrk(via, body, c, d)
+            r["gateway_cpu_us_per_request"] = (cpu_seconds(gateway_pid) - before) / r["requests"] * 1e6
+            rows["gateway"].append(r)
+        report[f"c{c}"] = rows
+        med = {k: sorted(x["p50"] for x in v)[len(v) // 2] for k, v in rows.items()}
+        print(f"connections {c}: direct p50 {[x['p50'] for x in rows['direct']]} ms, rps "
+              f"{[round(x['rps']) for x in rows['direct']]}; gateway p50 {[x['p50'] for x in rows['gateway']]} ms, rps "
+              f"{[round(x['rps']) for x in rows['gateway']]}, CPU/request "
+              f"{[round(x['gateway_cpu_us_per_request']) for x in rows['gateway']]} µs; p50 added "
+              f"{med['gateway'] - med['direct']:.3f} ms", flush=True)
+
+    # 2. Scaling behind the gateway.
+    one = [wrk(via, body, 16, d)["rps"] for _ in range(2)]
+    two = [wrk(f"{gw}/rf2/rf/v1/models/rf:predict", body, 16, d)["rps"] for _ in range(2)]
+    report["scaling"] = {"one_replica_rps": one, "two_replicas_rps": two,
+                         "ratio": sum(two) / sum(one)}
+    print(f"scaling: 1 replica {[round(x) for x in one]} req/s, 2 replicas {[round(x) for x in two]} req/s, "
+          f"ratio {report['scaling']['ratio']:.2f}", flush=True)
+
+    # 3. Promotion under load.
+    endpoints.add_stage("rf1", {"name": "next", "resources": [{"model": "rf/2"}]})
+    result: dict = {}
+    load = threading.Thread(target=lambda: result.update(wrk(via, body, 8, d + 4)))
+    load.start()
+    time.sleep(2)
+    t0 = time.monotonic()
+    endpoints.promote("rf1", "next")
+    promote_seconds = time.monotonic() - t0
+    load.join()
+    report["promotion"] = {**result, "promote_seconds": promote_seconds}
+    print(f"promotion under load: {result['requests']} requests, {result['non2xx']} non-2xx, "
+          f"{result['socket_errors']} socket errors (promote took {promote_seconds:.1f} s)", flush=True)
+
+    # 4. SIGKILL one of two replicas under load.
+    key = files.of_stage(settings.home_dir, "rf2", "default")[0].key
+    pid = files.states(settings.home_dir)[key].pid
+    result = {}
+    load = threading.Thread(target=lambda: result.update(wrk(f"{gw}/rf2/rf/v1/models/rf:predict", body, 8, d + 6)))
+    load.start()
+    time.sleep(2)
+    os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    back = None
+    while time.monotonic() - killed < 60:
+        st = files.states(settings.home_dir).get(key)
+        mine = [r for r in routes(gw)["rf2"]["stages"]["default"] if r.get("key") == key]
+        if st and st.pid not in (None, pid) and mine and mine[0]["status"] == "HEALTHY" and mine[0]["healthy"] \
+                and mine[0]["failures"] == 0 and st.started_at > time.time() - 60:
+            back = time.monotonic() - killed
+            break
+        time.sleep(0.05)
+    load.join()
+    log = files.log_path(settings.home_dir, key).read_text()
+    report["kill"] = {**result, "back_seconds": back}
+    print(f"SIGKILL under load: {result['requests']} requests, {result['non2xx']} non-2xx, {result['socket_errors']} "
+          f"socket errors; replica back and routed after {back if back is None else round(back, 2)} s "
+          f"(health check: interval 1 s x (max_retries 2 + 1) = 3 s, plus its start; supervisor backoff 1 s)",
+          flush=True)
+    print(log.splitlines()[-3:])
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
