@@ -424,7 +424,7 @@ def _rss_mb(pid: int | None) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     from mlyard.settings import Settings
-    from serving.server import run_app
+    from serving import fastserver
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -441,10 +441,9 @@ def main(argv: list[str] | None = None) -> None:
                         max_wait_time=2.0, expected_status_code=200, initial_delay=0.0)
     gw = Gateway(settings.home_dir, settings.catalog_db_url, check, max_in_flight=args.max_in_flight,
                  autoscale_seconds=args.autoscale_interval or settings.autoscale_interval)
-    # The replicas' own date and server headers are passed on; no X-Forwarded-* rewriting of the client.
-    run_app(gw, args.host, args.port, lifespan=True,
-            on_ready=lambda url: print(f"the mlyard gateway listens on {url}", flush=True),
-            proxy_headers=False, server_header=False, date_header=False)
+    # The replicas' own date and server headers are passed on.
+    fastserver.run(gw, args.host, args.port, on_ready=lambda url: print(f"the mlyard gateway listens on {url}",
+                                                                         flush=True))
 
 
 if __name__ == "__main__":
