@@ -32,11 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._stack import start  # noqa: E402
 
 
-def wrk(url: str, body: str, connections: int, seconds: float) -> dict:
+def wrk(url: str, body: str, connections: int, seconds: float, check: bool = True) -> dict:
+    """One wrk run; with `check`, any failed request ends the benchmark (its figures would be wrong)."""
     script = Path("/tmp/mlyard-bench-post.lua")
     script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-                      f"wrk.body = [[{body}]]\n")
-    proc = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+                      f"wrk.body = [==[{body}]==]\n")
+    proc = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", "--latency", "-s", str(script), url],
                           capture_output=True, text=True, check=True)
     text = proc.stdout
 
@@ -48,9 +49,12 @@ def wrk(url: str, body: str, connections: int, seconds: float) -> dict:
     requests = int(re.search(r"(\d+) requests in", text)[1])
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text)[1]), "p50": ms("50%"), "p99": ms("99%"),
-            "requests": requests, "non2xx": int(non2xx[1]) if non2xx else 0,
-            "socket_errors": sum(map(int, sock.groups())) if sock else 0}
+    out = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text)[1]), "p50": ms("50%"), "p99": ms("99%"),
+           "requests": requests, "non2xx": int(non2xx[1]) if non2xx else 0,
+           "socket_errors": sum(map(int, sock.groups())) if sock else 0}
+    if check and (out["non2xx"] or out["socket_errors"]):
+        raise SystemExit(f"{url}: {out['non2xx']} non-2xx answers, {out['socket_errors']} socket errors: {text}")
+    return out
 
 
 def cpu_seconds(pid: int) -> float:
@@ -79,7 +83,7 @@ def main() -> None:
     X, y = load_breast_cancer(return_X_y=True)
     model_dir = Path(settings.home_dir) / "rf-model"
     mlflow.sklearn.save_model(RandomForestClassifier(n_estimators=100, random_state=0).fit(X, y), model_dir,
-                              pip_requirements=["scikit-learn"])
+                              pip_requirements=["scikit-learn"], skops_trusted_types=["sklearn.tree._tree.Tree"])
     p = Platform(settings)
     p.models.create_from_directory("rf", model_dir, "file://rf-model")
     p.models.create_from_directory("rf", model_dir, "file://rf-model")
@@ -121,7 +125,7 @@ def main() -> None:
     # 3. Promotion under load.
     endpoints.add_stage("rf1", {"name": "next", "resources": [{"model": "rf/2"}]})
     result: dict = {}
-    load = threading.Thread(target=lambda: result.update(wrk(via, body, 8, d + 4)))
+    load = threading.Thread(target=lambda: result.update(wrk(via, body, 8, d + 4, check=False)))
     load.start()
     time.sleep(2)
     t0 = time.monotonic()
@@ -136,7 +140,8 @@ def main() -> None:
     key = files.of_stage(settings.home_dir, "rf2", "default")[0].key
     pid = files.states(settings.home_dir)[key].pid
     result = {}
-    load = threading.Thread(target=lambda: result.update(wrk(f"{gw}/rf2/rf/v1/models/rf:predict", body, 8, d + 6)))
+    load = threading.Thread(target=lambda: result.update(wrk(f"{gw}/rf2/rf/v1/models/rf:predict", body, 8, d + 6,
+                                                             check=False)))
     load.start()
     time.sleep(2)
     os.kill(pid, signal.SIGKILL)

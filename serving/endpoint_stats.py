@@ -30,17 +30,30 @@ def _value(bucket: int) -> float:
 
 
 class _Minute:
-    __slots__ = ("calls", "failures", "latency_sum", "hist", "classes")
+    __slots__ = ("calls", "failures", "latency_sum", "hist", "raw")
 
     def __init__(self) -> None:
         self.calls = self.failures = 0
         self.latency_sum = 0.0
         self.hist: dict[int, int] = {}
-        self.classes: dict[str, list[float]] = {}  # label -> [predictions, confidence sum, scored]
+        self.raw: dict[bytes, int] = {}  # replicas' class headers as they came, counted (parsed when read)
+
+    def classes(self) -> dict[str, list[float]]:
+        """label -> [predictions, confidence sum, scored]"""
+        out: dict[str, list[float]] = {}
+        for header, times in self.raw.items():
+            for label, count, conf, scored in parse_classes(header):
+                c = out.get(label)
+                if c is None:
+                    c = out[label] = [0, 0.0, 0]
+                c[0] += count * times
+                c[1] += conf * times
+                c[2] += scored * times
+        return out
 
     def as_dict(self) -> dict[str, Any]:
         return {"calls": self.calls, "failures": self.failures, "latency_sum": self.latency_sum,
-                "hist": self.hist, "classes": self.classes}
+                "hist": self.hist, "classes": self.classes()}
 
 
 def parse_classes(header: bytes) -> list[tuple[str, int, float, int]]:
@@ -86,13 +99,7 @@ class EndpointStats:
         b = _bucket(ms)
         m.hist[b] = m.hist.get(b, 0) + 1
         if classes:
-            for label, count, conf, scored in parse_classes(classes):
-                c = m.classes.get(label)
-                if c is None:
-                    c = m.classes[label] = [0, 0.0, 0]
-                c[0] += count
-                c[1] += conf
-                c[2] += scored
+            m.raw[classes] = m.raw.get(classes, 0) + 1
 
     def flush(self, now: float | None = None, everything: bool = False) -> int:
         """Append finished minutes (all of them with `everything`, at shutdown) to the day's file."""

@@ -81,6 +81,7 @@ class Gateway:
         self.stats = EndpointStats(self.home / "endpoints" / "stats")
         self.in_flight = 0
         self.started = time.time()
+        self._routes: dict[str, Any] = {}
         self.autoscale_seconds = autoscale_seconds
         self.scaling = Autoscaler(self)
         self._endpoints_api: Any = None
@@ -193,7 +194,11 @@ class Gateway:
     async def _serve(self, scope: dict, receive, send, path: str) -> None:
         started = time.perf_counter()
         try:
-            route = parse(path)
+            route = self._routes.get(path)
+            if route is None:
+                route = parse(path)
+                if len(self._routes) < 4096:  # the paths clients call are few; parsed once each
+                    self._routes[path] = route
             stage = self.router.stage_of(route)
         except NoRoute as exc:
             return await asgi.reply(send, 404, _error(str(exc)))
