@@ -233,6 +233,13 @@ def plot(result: dict[str, Any], path: Path) -> Path:
         axes[1].plot(xs, [s.get("p99") for s in row["series"]], marker=".", linestyle="--", label=f"{label} p99")
     axes[0].set_title("calls per minute")
     axes[1].set_title("latency (ms)")
+    import matplotlib.dates as mdates
+
+    period = (datetime.fromisoformat(result["since"]), datetime.fromisoformat(result["until"]))
+    for ax in axes[:2]:  # the whole period, even when only a few minutes had calls
+        ax.set_xlim(*period)
+        ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M", tz=timezone.utc))
+    axes[0].set_ylim(bottom=0)
     labels = sorted({k for row in rows for k in row.get("predictions", {})})
     width = 0.8 / max(1, len(rows))
     for i, row in enumerate(rows):
