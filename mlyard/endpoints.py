@@ -25,10 +25,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from mlyard.api import load as _spec  # a spec from an object, a mapping or a YAML file, with --set merged
 from mlyard.connection import connect, gateway_url
 from mlyard.errors import MlyardError, RunFailed, SpecError
 from mlyard.names import FLOW_ADD_STAGE, FLOW_DELETE_ENDPOINT, FLOW_DEPLOY_ENDPOINT, FLOW_PROMOTE_STAGE
-from mlyard.specs import load_spec, load_spec_file, with_overrides
 from mlyard.specs.endpoint import DeletionSpec, EndpointSpec, PromotionSpec, StageChangeSpec, StageSpec
 
 
@@ -42,16 +42,6 @@ def _endpoints(p=None):
     from registry.endpoints import Endpoints
 
     return Endpoints((p or _platform()).catalog)
-
-
-def _spec(model: type, spec: Any, sets: dict[str, Any] | None = None):
-    if isinstance(spec, model):
-        loaded = spec
-    elif isinstance(spec, (str, Path)):
-        loaded = load_spec_file(model, spec)
-    else:
-        loaded = load_spec(model, spec)
-    return with_overrides(loaded, sets or {}, source="--set")
 
 
 def _run(flow_name: str, module_fn: str, spec: Any, submit: bool) -> Any:
