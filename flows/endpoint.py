@@ -162,6 +162,39 @@ def retry_stage(spec: PromotionSpec) -> dict[str, Any]:
     return _with_urls(p, eps, spec.endpoint)
 
 
+@flow(name="stop-endpoint-stage", flow_run_name="{spec.endpoint}-{spec.stage}",
+      description="Stop a stage's replicas and keep its configuration (VRidge's server stop).")
+def stop_stage(spec: PromotionSpec) -> dict[str, Any]:
+    p = Platform()
+    eps = Endpoints(p.catalog)
+    home, gw = p.settings.home_dir, gateway_url(p.settings)
+    st = next((s for s in eps.get(spec.endpoint)["stages"] if s["name"] == spec.stage), None)
+    if st is None or st["status"] != "ACTIVE":
+        raise Protected(f"stage {spec.endpoint}/{spec.stage} is {st['status'] if st else 'missing'}; only an ACTIVE "
+                        "stage is stopped")
+    stop_replicas(home, gw, stage_keys(home, spec.endpoint, spec.stage))
+    for r in st["resources"]:
+        eps.set_status(spec.endpoint, "STOPPED", spec.stage, r["id"])
+    eps.set_status(spec.endpoint, "STOPPED", spec.stage, reason="stopped; start it again with `mlyard servers start`",
+                   gateway_status="NOT FOUND: STAGE")
+    if all(s["status"] == "STOPPED" or s["name"] == spec.stage for s in eps.get(spec.endpoint)["stages"]):
+        eps.set_status(spec.endpoint, "STOPPED")
+    return _with_urls(p, eps, spec.endpoint)
+
+
+@flow(name="start-endpoint-stage", flow_run_name="{spec.endpoint}-{spec.stage}",
+      description="Start a stopped stage again: replicas, health, routing (VRidge's server start).")
+def start_stage(spec: PromotionSpec) -> dict[str, Any]:
+    p = Platform()
+    eps = Endpoints(p.catalog)
+    st = next((s for s in eps.get(spec.endpoint)["stages"] if s["name"] == spec.stage), None)
+    if st is None or st["status"] != "STOPPED":
+        raise Protected(f"stage {spec.endpoint}/{spec.stage} is {st['status'] if st else 'missing'}; only a STOPPED "
+                        "stage is started")
+    _deploy_stage(p, eps, spec.endpoint, spec.stage, creating=False)
+    return _with_urls(p, eps, spec.endpoint)
+
+
 @flow(name=FLOW_PROMOTE_STAGE, flow_run_name="{spec.endpoint}-{spec.stage}",
       description="Make a stage the endpoint's default: traffic moves at once, the old default drains and is deleted.")
 def promote_stage(spec: PromotionSpec) -> dict[str, Any]:

@@ -113,7 +113,7 @@ class Endpoints:
     def set_status(self, endpoint: str, status: str, stage: str | None = None, resource_id: int | None = None,
                    reason: str = "", gateway_status: str | None = None) -> None:
         """Set one resource's status (each with its own list). A resource that becomes ACTIVE opens its
-        history record; the flows call this as their steps finish."""
+        history record and one that stops being ACTIVE closes it; the flows call this as their steps finish."""
         with self.catalog.session() as s:
             ep = _get(s, endpoint)
             if stage is None:
@@ -135,6 +135,8 @@ class Endpoints:
             if status == "ACTIVE" and res.status != "ACTIVE":
                 s.add(ServingHistory(endpoint=ep.name, stage=st.name, model_name=res.model_name,
                                      model_version=res.model_version, note=f"resource {res.id}"))
+            elif res.status == "ACTIVE" and status != "ACTIVE":  # it stops serving (stopped, failed)
+                _end_history(s, ep.name, st.name, [res], status.lower())
             res.status, res.reason = status, reason
 
     # -- changing the default stage ---------------------------------------------------------------
@@ -170,13 +172,14 @@ class Endpoints:
             st.resources.remove(res)
 
     def check_delete(self, endpoint: str, stage: str | None = None) -> None:
-        """Raise Protected when the rules forbid deleting this stage (or, without one, the endpoint)."""
+        """Raise Protected when the rules forbid deleting this stage (or, without one, the endpoint). A
+        deletion that stopped half-way (DELETE IN PROGRESS) may be run again."""
         with self.catalog.session() as s:
             ep = _get(s, endpoint)
             if stage is None:
-                _deletable_endpoint(ep)
+                _deletable_endpoint(ep, deleting=True)
             else:
-                _deletable_stage(ep, _stage_of(ep, stage))
+                _deletable_stage(ep, _stage_of(ep, stage), deleting=True)
 
     def delete_stage(self, endpoint: str, stage: str, *, replaced: bool = False) -> None:
         """Delete a stage. The default stage cannot be deleted; `replaced` is the flow removing the old

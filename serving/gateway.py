@@ -128,6 +128,8 @@ class Gateway:
                     self.router.remove_stage(endpoint, stage)
             for name, ep in endpoints.items():
                 self.router.set_default(name, ep["default"])
+            for name in set(self.router.view()) - set(endpoints):  # deleted endpoints
+                self.router.set_default(name, None)
 
     def _routable(self, url: str) -> bool:
         t = self.replicas.get(url)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import gc
 import importlib.util
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from serving.app import ModelServer
 from serving.runtime import ServedModel, load
@@ -21,8 +21,7 @@ def run(models: list[ServedModel], host: str = "127.0.0.1", port: int = 8080,
     run_app(ModelServer(models, **options), host, port, on_ready)
 
 
-def run_app(app, host: str, port: int, on_ready: Callable[[str], None] | None = None, lifespan: bool = False,
-            **options: Any) -> None:
+def run_app(app, host: str, port: int, on_ready: Callable[[str], None] | None = None, lifespan: bool = False) -> None:
     """Serve an ASGI app until SIGINT/SIGTERM; `on_ready(url)` once the socket listens."""
     import uvicorn
 
@@ -33,7 +32,7 @@ def run_app(app, host: str, port: int, on_ready: Callable[[str], None] | None = 
     config = uvicorn.Config(
         app, host=host, port=port, interface="asgi3", log_level="warning", access_log=False, lifespan="on" if lifespan else "off",
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        http="httptools" if importlib.util.find_spec("httptools") else "h11", **options)
+        http="httptools" if importlib.util.find_spec("httptools") else "h11")
     server = uvicorn.Server(config)
     if on_ready is not None:
         _announce(server, f"http://{host}:{port}", on_ready)

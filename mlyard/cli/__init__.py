@@ -21,6 +21,7 @@ from mlyard.cli import (
     models,
     predict,
     serve,
+    servers,
     stack,
     templates,
     trainings,
@@ -42,7 +43,8 @@ for command in (stack.up, stack.down, stack.status, trainings.train, tunings.tun
     app.command(command.__name__)(command)
 for group, name in ((trainings.app, "trainings"), (tunings.app, "tunings"), (batches.app, "batches"),
                     (evaluations.app, "evaluations"), (experiments.app, "experiments"), (templates.app, "templates"),
-                    (models.app, "models"), (endpoints.app, "endpoints"), (stack.ui_app, "ui")):
+                    (models.app, "models"), (endpoints.app, "endpoints"), (servers.app, "servers"),
+                    (stack.ui_app, "ui")):
     app.add_typer(group, name=name)
 
 

@@ -17,12 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from mlyard.specs.common import NAME_PATTERN, is_registry_ref
 
 # Each resource's statuses, as the console lists them.
+# STOPPED is VRidge's: a server (a one-stage endpoint) whose replicas were stopped, its configuration kept.
 ENDPOINT_STATUSES = ("CREATE REQUESTED", "CREATE IN PROGRESS", "UPDATE IN PROGRESS", "DELETE IN PROGRESS", "ACTIVE",
-                     "CREATE FAILED", "UPDATE FAILED")
+                     "CREATE FAILED", "UPDATE FAILED", "STOPPED")
 STAGE_STATUSES = ("CREATE REQUESTED", "CREATE IN PROGRESS", "DEPLOY IN PROGRESS", "UPDATE IN PROGRESS",
-                  "DELETE IN PROGRESS", "ACTIVE", "CREATE FAILED", "DEPLOY FAILED", "UPDATE FAILED")
+                  "DELETE IN PROGRESS", "ACTIVE", "CREATE FAILED", "DEPLOY FAILED", "UPDATE FAILED", "STOPPED")
 RESOURCE_STATUSES = ("CREATE REQUESTED", "CREATE IN PROGRESS", "UPDATE IN PROGRESS", "DELETE IN PROGRESS", "ACTIVE",
-                     "CREATE FAILED", "UPDATE FAILED")
+                     "CREATE FAILED", "UPDATE FAILED", "STOPPED")
 # The gateway's own state of a stage (the console's "API Gateway status").
 GATEWAY_STATUSES = ("CREATE IN PROGRESS", "STAGE DEPLOYING", "ACTIVE", "NOT FOUND: STAGE",
                     "NOT FOUND: STAGE DEPLOY RESULT", "STAGE DEPLOY FAIL")

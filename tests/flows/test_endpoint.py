@@ -353,3 +353,25 @@ def test_autoscaling_rules_scale_replicas_up_and_down(endpoint, settings):
         time.sleep(0.2)
     assert call(url)[0] == 200
     api.delete("auto")
+
+
+def test_servers_are_one_stage_endpoints_that_stop_and_start(endpoint, settings):
+    """VRidge's web points: RUNNING once it answers; stop frees the replicas and keeps the
+    configuration; start brings it back."""
+    import mlyard.endpoints as api
+    from tasks import replicas as files
+
+    server = api.server_create("web", "clf/1", public=True)
+    assert server["status"] == "RUNNING" and server["replicas"] == 1, server
+    assert call(server["url"])[0] == 200
+    pids = [s.pid for s in files.states(settings.home_dir).values() if s.key.startswith("web.")]
+    stopped = api.server_stop("web")
+    assert stopped["status"] == "STOPPED" and stopped["replicas"] == 0 and stopped["model"] == "clf/1"
+    assert not any(_alive(pid) for pid in pids if pid)
+    assert call(server["url"])[0] in (404, 503)
+    listed = json.loads(_ok(mlyard("servers", "list", "--json")))
+    assert {"name": "web", "status": "STOPPED"}.items() <= next(s for s in listed if s["name"] == "web").items()
+    started = api.server_start("web")
+    assert started["status"] == "RUNNING" and call(server["url"])[0] == 200
+    assert [h["model"] for h in api.history("web")] == ["clf/1", "clf/1"]  # two runs of the same version
+    api.delete("web")
