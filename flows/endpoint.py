@@ -5,11 +5,13 @@ Deploying a stage (deploy-endpoint, add-endpoint-stage, retry-endpoint-stage):
 1. Check everything before any change: the name is free, every model version exists, the stage fits
    where it runs (at most 8 local replicas; a configured cluster for other instance types).
 2. Record it (CREATE REQUESTED, then CREATE IN PROGRESS).
-3. Start the replicas (local: `mlyard serve` processes that `mlyard up` supervises).
-4. Wait until every replica is healthy (DEPLOY IN PROGRESS).
+3. Start the replicas: locally `mlyard serve` processes that `mlyard up` supervises; on Kubernetes (an
+   instance type other than `local`) a Deployment, a Service and an HPA per resource, from infra/.
+4. Wait until every replica is healthy, or every pod ready (DEPLOY IN PROGRESS).
 5. Put them into the gateway's routing and check that it routes them (gateway: STAGE DEPLOYING, then
    ACTIVE), then mark everything ACTIVE.
-6. On any failure, roll back: the replicas are stopped (no orphaned process) and the stage records
+6. On any failure, roll back: the replicas are stopped (no orphaned process; on Kubernetes the stage's
+   objects are deleted) and the stage records
    CREATE FAILED with why (the gateway status STAGE DEPLOY FAIL when routing failed).
 
 Promoting (promote-endpoint-stage): the catalog makes the stage the default, the gateway moves traffic
@@ -36,6 +38,10 @@ from tasks.endpoints import (
     chat_versions,
     check_stage,
     drain,
+    kube_apply,
+    kube_delete,
+    kube_replicas,
+    kube_wait_ready,
     local_replicas,
     route,
     stage_keys,
@@ -63,6 +69,13 @@ def _with_urls(p: Platform, eps: Endpoints, name: str) -> dict[str, Any]:
     return {**view, "urls": urls(gateway_url(p.settings), view)}
 
 
+def _teardown(home, gw: str, endpoint: str, st: dict[str, Any]) -> None:
+    """Take a stage out of routing and end what runs it: local replicas, or its Kubernetes objects."""
+    stop_replicas(home, gw, stage_keys(home, endpoint, st["name"]))
+    if st["instance_type"] != LOCAL:
+        kube_delete(endpoint, st["name"], st["instance_type"])
+
+
 def _deploy_stage(p: Platform, eps: Endpoints, endpoint: str, stage: str, creating: bool) -> None:
     """Steps 2-6 for a stage already recorded."""
     logger = get_run_logger()
@@ -75,20 +88,27 @@ def _deploy_stage(p: Platform, eps: Endpoints, endpoint: str, stage: str, creati
     for r in st["resources"]:
         eps.set_status(endpoint, "CREATE IN PROGRESS", stage, r["id"])
     keys: list[str] = []
+    local = st["instance_type"] == LOCAL
     try:
-        if st["instance_type"] != LOCAL:
-            raise StackError(f"stage {endpoint}/{stage}: instance type {st['instance_type']!r} runs on Kubernetes, "
-                             "whose endpoint runtime applies manifests (tasks/kubernetes.py) but is not wired to "
-                             "this flow yet; use instance_type local")
-        if not supervisor_running(home):
-            raise StackError("no replica supervisor runs for this home: start the stack with `mlyard up`")
-        # 3. Start the replicas.
-        wanted = local_replicas(home, view, stage, chat_versions(p.models, view, stage))
-        keys = start_replicas(home, wanted)
-        logger.info("started %d replica(s) of %s/%s: %s", len(keys), endpoint, stage, ", ".join(keys))
-        # 4. Wait until they are healthy.
-        eps.set_status(endpoint, "DEPLOY IN PROGRESS", stage)
-        wait_healthy(home, keys)
+        if local:
+            if not supervisor_running(home):
+                raise StackError("no replica supervisor runs for this home: start the stack with `mlyard up`")
+            # 3. Start the replicas.
+            wanted = local_replicas(home, view, stage, chat_versions(p.models, view, stage))
+            keys = start_replicas(home, wanted)
+            logger.info("started %d replica(s) of %s/%s: %s", len(keys), endpoint, stage, ", ".join(keys))
+            # 4. Wait until they are healthy.
+            eps.set_status(endpoint, "DEPLOY IN PROGRESS", stage)
+            wait_healthy(home, keys)
+        else:
+            # 3. Deployments, Services and HPAs on the cluster; 4. wait until their pods are ready.
+            parameters = {r["model"]: p.models.get_version(*r["model"].rsplit("/", 1)).parameters
+                          for r in st["resources"]}
+            manifests = kube_apply(view, stage, parameters)
+            logger.info("applied %s", ", ".join(f"{m['kind']}/{m['metadata']['name']}" for m in manifests))
+            eps.set_status(endpoint, "DEPLOY IN PROGRESS", stage)
+            kube_wait_ready(st["instance_type"], manifests)
+            keys = start_replicas(home, kube_replicas(view, stage, manifests))
         # 5. Routing.
         eps.set_status(endpoint, "DEPLOY IN PROGRESS", stage, gateway_status="STAGE DEPLOYING")
         route(home, gw, endpoint, stage, keys)
@@ -100,7 +120,7 @@ def _deploy_stage(p: Platform, eps: Endpoints, endpoint: str, stage: str, creati
     except BaseException as exc:
         # 6. Roll back: no replica outlives a failed deploy.
         logger.error("deploying %s/%s failed, rolling back: %s", endpoint, stage, exc)
-        stop_replicas(home, gw, keys or stage_keys(home, endpoint, stage))
+        _teardown(home, gw, endpoint, st)
         reason = str(exc)[:2000]
         gateway_status = "STAGE DEPLOY FAIL" if isinstance(exc, RoutingFailed) else None
         for r in st["resources"]:
@@ -172,7 +192,7 @@ def stop_stage(spec: PromotionSpec) -> dict[str, Any]:
     if st is None or st["status"] != "ACTIVE":
         raise Protected(f"stage {spec.endpoint}/{spec.stage} is {st['status'] if st else 'missing'}; only an ACTIVE "
                         "stage is stopped")
-    stop_replicas(home, gw, stage_keys(home, spec.endpoint, spec.stage))
+    _teardown(home, gw, spec.endpoint, st)
     for r in st["resources"]:
         eps.set_status(spec.endpoint, "STOPPED", spec.stage, r["id"])
     eps.set_status(spec.endpoint, "STOPPED", spec.stage, reason="stopped; start it again with `mlyard servers start`",
@@ -219,7 +239,7 @@ def promote_stage(spec: PromotionSpec) -> dict[str, Any]:
     if left:
         logger.warning("%d request(s) still outstanding on %s/%s after the drain timeout", left, spec.endpoint, old)
     eps.set_status(spec.endpoint, "DELETE IN PROGRESS", old)
-    stop_replicas(home, gw, stage_keys(home, spec.endpoint, old))
+    _teardown(home, gw, spec.endpoint, next(s for s in eps.get(spec.endpoint)["stages"] if s["name"] == old))
     eps.delete_stage(spec.endpoint, old, replaced=True)
     logger.info("deleted the old default stage %s/%s", spec.endpoint, old)
     return _with_urls(p, eps, spec.endpoint)
@@ -233,13 +253,14 @@ def delete_endpoint(spec: DeletionSpec) -> dict[str, Any]:
     home, gw = p.settings.home_dir, gateway_url(p.settings)
     # 1. The rules first: nothing stops if the deletion is refused.
     eps.check_delete(spec.endpoint, spec.stage)
+    stages = {s["name"]: s for s in eps.get(spec.endpoint)["stages"]}
     if spec.stage is not None:
         eps.set_status(spec.endpoint, "DELETE IN PROGRESS", spec.stage)
-        stop_replicas(home, gw, stage_keys(home, spec.endpoint, spec.stage))
+        _teardown(home, gw, spec.endpoint, stages[spec.stage])
         eps.delete_stage(spec.endpoint, spec.stage)
         return {"deleted": f"{spec.endpoint}/{spec.stage}"}
     eps.set_status(spec.endpoint, "DELETE IN PROGRESS")
-    for st in eps.get(spec.endpoint)["stages"]:
-        stop_replicas(home, gw, stage_keys(home, spec.endpoint, st["name"]))
+    for st in stages.values():
+        _teardown(home, gw, spec.endpoint, st)
     eps.delete(spec.endpoint)
     return {"deleted": spec.endpoint}

@@ -106,13 +106,13 @@ class Gateway:
             endpoints, wanted, states = await asyncio.get_running_loop().run_in_executor(None, self._read)
             groups: dict[tuple[str, str], list[tuple[files.Wanted, str]]] = {}
             for w in wanted:
-                st = states.get(w.key)
-                if w.routed and st is not None and w.endpoint in endpoints:
-                    groups.setdefault((w.endpoint, w.stage), []).append((w, st.url))
+                url = w.url or (states[w.key].url if w.key in states else None)
+                if w.routed and url is not None and w.endpoint in endpoints:
+                    groups.setdefault((w.endpoint, w.stage), []).append((w, url))
             seen = {url for members in groups.values() for _, url in members}
             new = [(w, url) for members in groups.values() for w, url in members if url not in self.replicas]
             for w, url in new:
-                host, port = url.rsplit("//", 1)[1].split(":")
+                host, port = url.rsplit("//", 1)[1].rstrip("/").rsplit(":", 1)  # replica URLs carry their port
                 self.replicas[url] = _Tracked(w.key, url, Health(self.check, time.monotonic()), Pool(host, int(port)),
                                               w.health_path)
             # A replica put into routing was found healthy by its flow: probe it once before it takes requests.

@@ -22,6 +22,7 @@ import httptools
 HOP_HEADERS = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
                          b"trailers", b"transfer-encoding", b"upgrade", b"host", b"content-length"})
 
+CONNECT_TIMEOUT = 5.0  # seconds to resolve and connect
 # The answer's length is passed on (its body goes through unchanged); the gateway's server adds its own
 # date and server headers.
 RESPONSE_HOP_HEADERS = (HOP_HEADERS - {b"content-length"}) | {b"date", b"server"}
@@ -183,10 +184,10 @@ class Pool:
                 return conn, True
         loop = asyncio.get_running_loop()
         try:
-            _, conn = await loop.create_connection(_Conn, self.host, self.port)
-        except OSError as exc:
-            raise UpstreamError(f"cannot connect to the replica at {self.host}:{self.port}: {exc.strerror or exc}",
-                                sent=False) from None
+            _, conn = await asyncio.wait_for(loop.create_connection(_Conn, self.host, self.port), CONNECT_TIMEOUT)
+        except (OSError, asyncio.TimeoutError) as exc:
+            why = "no answer" if isinstance(exc, asyncio.TimeoutError) else exc.strerror or exc
+            raise UpstreamError(f"cannot connect to the replica at {self.host}:{self.port}: {why}", sent=False) from None
         return conn, False
 
     async def request(self, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes,

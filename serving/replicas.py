@@ -68,7 +68,7 @@ class Supervisor:
                 log.info("adopted replica %s (pid %s, port %s)", key, st.pid, st.port)
 
     def step(self) -> None:
-        want = {w.key: w for w in files.wanted(self.home)}
+        want = {w.key: w for w in files.wanted(self.home) if not w.url}  # the others run elsewhere
         have = files.states(self.home)
         now = time.monotonic()
         for key in list(self.procs):

@@ -103,6 +103,70 @@ def chat_versions(models: Any, view: dict[str, Any], stage: str) -> frozenset[st
     return frozenset(found)
 
 
+# -- Kubernetes: each stage resource a Deployment, a Service and (pod autoscaler on) an HPA ---------------
+
+
+def namespace() -> str:
+    import os
+
+    return os.environ.get("MLYARD_KUBE_NAMESPACE", "mlyard")
+
+
+@task(name="apply-manifests", cache_policy=NO_CACHE)
+def kube_apply(view: dict[str, Any], stage: str, parameters: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
+    """Render the stage's manifests from infra/endpoint/, validate them, and make the cluster hold them."""
+    import os
+
+    from tasks.kubernetes import DEFAULT_IMAGE, apply_stage, cluster_client, render_stage
+
+    st = next(s for s in view["stages"] if s["name"] == stage)
+    api = cluster_client("stage.instance_type", st["instance_type"])
+    manifests = render_stage(view, stage, image=os.environ.get("MLYARD_IMAGE", DEFAULT_IMAGE), namespace=namespace(),
+                             parameters=parameters)
+    apply_stage(api, manifests, namespace(), view["name"], stage)
+    return manifests
+
+
+@task(name="wait-ready", cache_policy=NO_CACHE)
+def kube_wait_ready(instance_type: str, manifests: list[dict[str, Any]], timeout: float = 900.0) -> None:
+    """Wait until every Deployment has all its pods ready."""
+    from kubernetes import client
+
+    from tasks.kubernetes import cluster_client
+
+    apps = client.AppsV1Api(cluster_client("stage.instance_type", instance_type))
+    deadline = time.monotonic() + timeout
+    for m in (m for m in manifests if m["kind"] == "Deployment"):
+        name, want = m["metadata"]["name"], m["spec"].get("replicas", 1)
+        while True:
+            status = apps.read_namespaced_deployment(name, namespace()).status
+            if status is not None and (status.ready_replicas or 0) >= want:
+                break
+            if time.monotonic() > deadline:
+                raise files.ReplicaFailed(f"Deployment {name} has {getattr(status, 'ready_replicas', 0) or 0} of "
+                                          f"{want} pods ready after {timeout:.0f} s; see `kubectl -n {namespace()} "
+                                          f"describe deployment {name}`")
+            time.sleep(2.0)
+
+
+def kube_replicas(view: dict[str, Any], stage: str, manifests: list[dict[str, Any]]) -> list[files.Wanted]:
+    """One routed entry per stage resource: its Service, which spreads requests over the pods."""
+    st = next(s for s in view["stages"] if s["name"] == stage)
+    services = {m["metadata"]["labels"].get("mlyard.io/resource"): m["metadata"]["name"]
+                for m in manifests if m["kind"] == "Service"}
+    return [files.Wanted(key=files.key_of(view["name"], stage, r["id"], 0), endpoint=view["name"], stage=stage,
+                         resource_id=r["id"], index=0, model=r["model"].rsplit("/", 1)[0], argv=[],
+                         url=f"http://{services[str(r['id'])]}.{namespace()}.svc.cluster.local:80")
+            for r in st["resources"]]
+
+
+@task(name="delete-manifests", cache_policy=NO_CACHE)
+def kube_delete(endpoint: str, stage: str, instance_type: str) -> list[str]:
+    from tasks.kubernetes import cluster_client, delete_stage
+
+    return delete_stage(cluster_client("stage.instance_type", instance_type), namespace(), endpoint, stage)
+
+
 @task(name="start-replicas", cache_policy=NO_CACHE)
 def start_replicas(home: Path, replicas: list[files.Wanted]) -> list[str]:
     for w in replicas:

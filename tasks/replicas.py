@@ -43,6 +43,7 @@ class Wanted:
     routed: bool = False
     health_path: str = "/v2/health/ready"
     created_at: float = field(default_factory=time.time)
+    url: str | None = None  # a replica that runs elsewhere (a Kubernetes Service): routed, never started here
 
 
 @dataclass

@@ -374,3 +374,38 @@ def test_servers_are_one_stage_endpoints_that_stop_and_start(endpoint, settings)
     assert started["status"] == "RUNNING" and call(server["url"])[0] == 200
     assert [h["model"] for h in api.history("web")] == ["clf/1", "clf/1"]  # two runs of the same version
     api.delete("web")
+
+
+def test_a_kubernetes_stage_is_applied_then_rolled_back(endpoint, settings, tmp_path, monkeypatch):
+    """The Kubernetes runtime of the flow against tests/tasks/fake_kube.py (no cluster can run here; its
+    Deployments report their pods ready at once). The gateway here cannot reach the Services' cluster
+    DNS names, so routing fails: the flow must then delete every object it made."""
+    from fake_kube import FakeKube
+
+    import mlyard.endpoints as api
+    from mlyard.errors import RunFailed
+    from tasks import replicas as files
+
+    kube = FakeKube()
+    try:
+        config = tmp_path / "kubeconfig"
+        config.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+            "clusters": [{"name": "fake", "cluster": {"server": kube.url}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u"}}],
+            "users": [{"name": "u", "user": {"token": "t"}}]}))
+        monkeypatch.setenv("KUBECONFIG", str(config))
+        with pytest.raises(RunFailed, match="routing"):
+            api.create({"name": "kube", "public": True, "stage": {"instance_type": "g2-t4", "resources": [
+                {"model": "clf/1", "pods": 2, "pod_autoscaler": {"enabled": True, "max_pods": 4}}]}})
+        made = [(kind, name) for op, kind, name in kube.calls if op == "create"]
+        assert sorted(k for k, _ in made) == ["Deployment", "HorizontalPodAutoscaler", "Service"]
+        assert sorted((k, n) for op, k, n in kube.calls if op == "delete") == sorted(made)
+        assert kube.objects == {}
+        stage = api.show("kube")["stages"][0]
+        assert stage["status"] == "CREATE FAILED" and stage["gateway_status"] == "STAGE DEPLOY FAIL", stage
+        assert "svc.cluster.local" in stage["reason"]
+        assert not [w for w in files.wanted(settings.home_dir) if w.endpoint == "kube"]
+        api.delete("kube")
+    finally:
+        kube.close()

@@ -1,5 +1,6 @@
 """A small in-process Kubernetes API server for tests (there is no cluster here): namespaced
-Deployments, Services and HorizontalPodAutoscalers kept in memory, with create (POST), read and list
+Deployments (whose pods are ready as soon as they are created), Services and HorizontalPodAutoscalers
+kept in memory, with create (POST), read and list
 (GET, label selectors), replace (PUT) and delete, answering as the API server does (404 and 409 as
 Status objects). Every call is recorded in `calls` as (method, kind, name)."""
 
@@ -100,6 +101,9 @@ class FakeKube:
         self._version += 1
         obj = {**body, "apiVersion": api_version, "kind": kind}
         obj["metadata"] = {**body["metadata"], "namespace": key[1], "resourceVersion": str(self._version)}
+        if kind == "Deployment":  # a cluster whose pods become ready at once
+            n = body.get("spec", {}).get("replicas", 1)
+            obj["status"] = {"replicas": n, "readyReplicas": n, "availableReplicas": n}
         self.objects[key] = obj
         return obj
 
