@@ -195,15 +195,14 @@ class Gateway:
 
     async def _serve(self, scope: dict, receive, send, path: str) -> None:
         started = time.perf_counter()
-        try:
-            route = self._routes.get(path)
-            if route is None:
+        route = self._routes.get(path)
+        if route is None:
+            try:
                 route = parse(path)
-                if len(self._routes) < 4096:  # the paths clients call are few; parsed once each
-                    self._routes[path] = route
-            stage = self.router.stage_of(route)
-        except NoRoute as exc:
-            return await asgi.reply(send, 404, _error(str(exc)))
+            except NoRoute as exc:
+                return await asgi.reply(send, 404, _error(str(exc)))
+            if len(self._routes) < 4096:  # the paths clients call are few; parsed once each
+                self._routes[path] = route
         ep = self.endpoints.get(route.endpoint)
         if ep is None:
             return await asgi.reply(send, 404, _error(f"no endpoint {route.endpoint!r}"))
@@ -211,6 +210,15 @@ class Gateway:
             why = self._token_problem(ep, scope)
             if why is not None:
                 return await asgi.reply(send, 401, _error(why), headers=[(b"www-authenticate", b"Bearer")])
+        try:
+            stage = self.router.stage_of(route)
+        except NoRoute as exc:
+            name = route.stage or ep["default"] or ""
+            known = ep["stages"].get(name)
+            if known is not None:  # the stage exists but does not serve now (stopped, deploying, failed)
+                return await asgi.reply(send, 503, _error(f"stage {route.endpoint}/{name} is {known['status']} and "
+                                                          "serves no requests now"), headers=RETRY_AFTER)
+            return await asgi.reply(send, 404, _error(str(exc)))
         try:
             body = await asgi.read_body(receive, MAX_BODY)
         except asgi.BodyTooLarge as exc:

@@ -192,10 +192,12 @@ def _cpu(cores: float) -> str:
 def cluster_client(field: str, instance_type: str) -> Any:
     """An API client for the configured cluster (KUBECONFIG, ~/.kube/config, or in-cluster), or a
     SpecError naming the instance type when none is configured."""
+    import os
+
     from kubernetes import client, config
 
-    try:
-        config.load_kube_config()
+    try:  # KUBECONFIG as it is now (the client reads it once, when first imported)
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
     except Exception:  # noqa: BLE001 - no kube config: try the in-cluster one
         try:
             config.load_incluster_config()

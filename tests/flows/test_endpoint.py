@@ -368,7 +368,8 @@ def test_servers_are_one_stage_endpoints_that_stop_and_start(endpoint, settings)
     stopped = api.server_stop("web")
     assert stopped["status"] == "STOPPED" and stopped["replicas"] == 0 and stopped["model"] == "clf/1"
     assert not any(_alive(pid) for pid in pids if pid)
-    assert call(server["url"])[0] in (404, 503)
+    status, body = call(server["url"])
+    assert status == 503 and "STOPPED" in body["error"], body
     assert next(s for s in api.servers() if s["name"] == "web")["status"] == "STOPPED"
     started = api.server_start("web")
     assert started["status"] == "RUNNING" and call(server["url"])[0] == 200
