@@ -173,6 +173,8 @@ class _Connection(asyncio.Protocol):
 
         try:
             await self.app(scope, receive, send)
+        except ConnectionResetError:  # the client went away while the answer was being sent
+            keep_alive = False
         except Exception:  # the app failed: 500 if nothing was sent, else the connection is cut
             log.exception("the app failed on %s %s", method, path)
             if not state["started"]:

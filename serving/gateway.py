@@ -361,7 +361,7 @@ class Autoscaler:
 
         home = self.gw.home
         wanted, states = files.wanted(home), files.states(home)
-        by_key = {t.key: t for t in self.gw.replicas.values()}
+        by_key = {t.key: t for t in list(self.gw.replicas.values())}  # (this runs in a worker thread)
         for key, t in list(self._leaving.items()):  # stop a replica taken out once nothing is in flight on it
             if t is None or t.active == 0:
                 files.unwant(home, key)

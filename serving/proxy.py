@@ -210,7 +210,11 @@ class Pool:
             except UpstreamError as exc:
                 conn.transport.close()
                 if reused and attempt == 0 and not conn.chunks and conn.status == 0:
-                    continue  # an idle connection the replica had closed: once more on a new one
+                    # An idle connection the replica had closed (it restarted, or was killed): the others
+                    # are as stale, so all go, and the request goes once more on a new connection, whose
+                    # failure to connect says the request never reached it.
+                    self.close()
+                    continue
                 raise UpstreamError(str(exc), sent=True) from None
             finally:
                 if timer is not None:
