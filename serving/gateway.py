@@ -11,9 +11,10 @@ front of every endpoint's replicas.
 What it does per request, in order: parse the route (404 when no endpoint, stage or model answers);
 check the token unless the endpoint is public (401 with why; the request never reaches a replica);
 take the healthy replica with the fewest outstanding requests (503 + Retry-After when none, or when
-the gateway itself is full); proxy the request, streaming the answer. A replica that cannot be
-reached is taken out of routing at once and the request goes to another one (it never reached the
-first); it comes back when a health probe passes.
+the gateway itself is full); proxy the request, streaming the answer. A replica that refuses the
+connection, or resets or closes it before answering (as a killed one does), is taken out of routing
+at once and the request goes to another one (inference requests have no side effects); it comes back
+when a health probe passes.
 
 Every second (and on /mlyard/reload) it reads the catalog (endpoints, default stages, tokens) and the
 replica files (tasks/replicas.py); each replica is probed with Backend.AI's health-check semantics
@@ -248,7 +249,7 @@ class Gateway:
                 self.router.release(replica)
                 if not exc.sent:
                     self._eject(replica.url, str(exc))
-                    continue  # it never reached that replica: another one takes it
+                    continue  # no answer began there: another replica takes it
                 self.stats.record(key, (time.perf_counter() - started) * 1000, True)
                 return await asgi.reply(send, 502, _error(f"replica {replica.url}: {exc}"))
             break

@@ -29,12 +29,14 @@ RESPONSE_HOP_HEADERS = (HOP_HEADERS - {b"content-length"}) | {b"date", b"server"
 
 
 class UpstreamError(Exception):
-    """The replica could not be reached or broke the connection; `sent` says whether the request may
-    have reached it (False: safe to try another replica)."""
+    """The replica could not be reached or broke the connection. `sent` False: no answer began (the
+    connection was refused, or reset or closed before the first byte of a response, as a replica that
+    is killed does), so another replica may take the request; True: it may be at work on it (a
+    timeout, a broken answer)."""
 
-    def __init__(self, message: str, sent: bool):
+    def __init__(self, message: str, sent: bool, timeout: bool = False):
         super().__init__(message)
-        self.sent = sent
+        self.sent, self.timeout = sent, timeout
 
 
 class _Conn(asyncio.Protocol):
@@ -106,7 +108,7 @@ class _Conn(asyncio.Protocol):
 
 def _late(conn: _Conn, timeout: float) -> None:
     """The head of the answer did not come in time: the connection is given up."""
-    conn._fail(UpstreamError(f"the replica did not answer within {timeout:.0f} s", sent=True))
+    conn._fail(UpstreamError(f"the replica did not answer within {timeout:.0f} s", sent=True, timeout=True))
     if conn.transport is not None:
         conn.transport.close()
 
@@ -209,13 +211,13 @@ class Pool:
                 await conn.head
             except UpstreamError as exc:
                 conn.transport.close()
-                if reused and attempt == 0 and not conn.chunks and conn.status == 0:
+                no_answer = not exc.timeout and not conn.chunks and conn.status == 0
+                if reused and attempt == 0 and no_answer:
                     # An idle connection the replica had closed (it restarted, or was killed): the others
-                    # are as stale, so all go, and the request goes once more on a new connection, whose
-                    # failure to connect says the request never reached it.
+                    # are as stale, so all go, and the request goes once more on a new connection.
                     self.close()
                     continue
-                raise UpstreamError(str(exc), sent=True) from None
+                raise UpstreamError(str(exc), sent=not no_answer, timeout=exc.timeout) from None
             finally:
                 if timer is not None:
                     timer.cancel()
