@@ -38,6 +38,7 @@ from tasks.endpoints import (
     chat_versions,
     check_stage,
     drain,
+    gateway,
     kube_apply,
     kube_delete,
     kube_replicas,
@@ -199,6 +200,10 @@ def stop_stage(spec: PromotionSpec) -> dict[str, Any]:
                    gateway_status="NOT FOUND: STAGE")
     if all(s["status"] == "STOPPED" or s["name"] == spec.stage for s in eps.get(spec.endpoint)["stages"]):
         eps.set_status(spec.endpoint, "STOPPED")
+    try:  # the gateway's answer for the stage says STOPPED from now on, not at its next read
+        gateway(gw, "/mlyard/reload", "POST")
+    except RoutingFailed:
+        pass  # no gateway runs: nothing to tell
     return _with_urls(p, eps, spec.endpoint)
 
 
@@ -228,8 +233,6 @@ def promote_stage(spec: PromotionSpec) -> dict[str, Any]:
         logger.info("%s is already the default stage of %s", spec.stage, spec.endpoint)
         return _with_urls(p, eps, spec.endpoint)
     # 2. The gateway moves traffic now.
-    from tasks.endpoints import gateway
-
     gateway(gw, "/mlyard/reload", "POST")
     logger.info("traffic of %s moved from %s to %s", spec.endpoint, old, spec.stage)
     if spec.keep_old:
