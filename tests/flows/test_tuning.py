@@ -19,6 +19,14 @@ os.makedirs(marks, exist_ok=True)
 order = len(os.listdir(marks))
 name = os.path.join(marks, f"{order:03d}-{os.getpid()}")
 start = time.time()
+if int(args.get("--barrier", 0)):
+    # wait (up to 20 s) until that many trials have started: trials run one after another fail the overlap test
+    gate = marks + ".started"
+    os.makedirs(gate, exist_ok=True)
+    open(os.path.join(gate, str(os.getpid())), "w").close()
+    deadline = time.time() + 20
+    while len(os.listdir(gate)) < int(args["--barrier"]) and time.time() < deadline:
+        time.sleep(0.05)
 x = float(args.get("--x", 0))
 mode = args.get("--mode", "quadratic")
 bad = mode == "fourth-is-bad" and order == 3
@@ -126,7 +134,7 @@ def test_parallel_trials_overlap(platform, algorithm, tmp_path):
     from flows.tuning import tune
 
     marks = tmp_path / "m"
-    tune(_spec(algorithm(TRIAL), marks, name="parallel", max_trials=3, parallel_trials=3, fixed={"sleep": 0.5}))
+    tune(_spec(algorithm(TRIAL), marks, name="parallel", max_trials=3, parallel_trials=3, fixed={"barrier": 3}))
     spans = [json.loads(p.read_text()) for p in marks.iterdir()]
     assert len(spans) == 3
     assert max(s["start"] for s in spans) < min(s["end"] for s in spans), "the trials did not run at the same time"
