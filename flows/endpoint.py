@@ -22,6 +22,9 @@ records go; the serving history stays.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import time
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -29,14 +32,30 @@ from prefect import flow, get_run_logger
 from flows.platform import Platform
 from mlyard.connection import gateway_url
 from mlyard.errors import Protected, StackError
-from mlyard.names import FLOW_ADD_STAGE, FLOW_DELETE_ENDPOINT, FLOW_DEPLOY_ENDPOINT, FLOW_PROMOTE_STAGE
-from mlyard.specs.endpoint import DeletionSpec, EndpointSpec, PromotionSpec, StageChangeSpec
+from mlyard.names import (
+    FLOW_ADD_STAGE,
+    FLOW_DELETE_ENDPOINT,
+    FLOW_DEPLOY_ENDPOINT,
+    FLOW_PROMOTE_STAGE,
+    FLOW_SYNC_ENDPOINT,
+)
+from mlyard.specs.endpoint import (
+    DeletionSpec,
+    EndpointSpec,
+    PromotionSpec,
+    StageChangeSpec,
+    StageResourceSpec,
+    StageSpec,
+    SyncSpec,
+)
 from registry.endpoints import Endpoints
+from tasks import replicas as files
 from tasks.endpoints import (
     LOCAL,
     RoutingFailed,
-    chat_versions,
+    check_code,
     check_stage,
+    check_target,
     drain,
     gateway,
     kube_apply,
@@ -44,30 +63,45 @@ from tasks.endpoints import (
     kube_replicas,
     kube_wait_ready,
     local_replicas,
+    register_code,
     route,
     stage_keys,
     start_replicas,
     stop_replicas,
     supervisor_running,
+    version_params,
     wait_healthy,
+    write_config,
 )
 
 
-def urls(base_url: str, view: dict[str, Any]) -> dict[str, Any]:
-    """The URLs a user calls: per stage and model, and the default stage's."""
+def urls(base_url: str, view: dict[str, Any], kinds: dict[str, str | None] | None = None) -> dict[str, Any]:
+    """The URLs a user calls: per stage and model, and the default stage's. `kinds` ("name/version" ->
+    entry-script or model-folder) gives pushed code its own route (/score, or the folder's base)."""
+    def route(m: str, st: dict[str, Any]) -> str:
+        kind = next((kinds.get(r["model"]) for r in st["resources"] if r["model"].rsplit("/", 1)[0] == m), None) \
+            if kinds else None
+        return {"entry-script": f"/{m}/score", "model-folder": f"/{m}"}.get(kind or "", f"/{m}/v1/models/{m}:predict")
+
     out: dict[str, Any] = {"default": {}, "stages": {}}
     for st in view["stages"]:
         models = sorted({r["model"].rsplit("/", 1)[0] for r in st["resources"]})
         base = f"{base_url}/{view['name']}/stages/{st['name']}"
-        out["stages"][st["name"]] = {m: f"{base}/{m}/v1/models/{m}:predict" for m in models}
+        out["stages"][st["name"]] = {m: base + route(m, st) for m in models}
         if st["default"]:
-            out["default"] = {m: f"{base_url}/{view['name']}/{m}/v1/models/{m}:predict" for m in models}
+            out["default"] = {m: f"{base_url}/{view['name']}" + route(m, st) for m in models}
     return out
+
+
+def code_kinds(models: Any, view: dict[str, Any]) -> dict[str, str | None]:
+    """Which of the view's model versions are pushed code, and of which kind."""
+    return {r["model"]: models.get_version(*r["model"].rsplit("/", 1)).parameters.get(files.CODE_KIND)
+            for st in view["stages"] for r in st["resources"]}
 
 
 def _with_urls(p: Platform, eps: Endpoints, name: str) -> dict[str, Any]:
     view = eps.get(name)
-    return {**view, "urls": urls(gateway_url(p.settings), view)}
+    return {**view, "urls": urls(gateway_url(p.settings), view, code_kinds(p.models, view))}
 
 
 def _teardown(home, gw: str, endpoint: str, st: dict[str, Any]) -> None:
@@ -95,7 +129,7 @@ def _deploy_stage(p: Platform, eps: Endpoints, endpoint: str, stage: str, creati
             if not supervisor_running(home):
                 raise StackError("no replica supervisor runs for this home: start the stack with `mlyard up`")
             # 3. Start the replicas.
-            wanted = local_replicas(home, view, stage, chat_versions(p.models, view, stage))
+            wanted = local_replicas(home, view, stage, version_params(p.models, view, stage))
             keys = start_replicas(home, wanted)
             logger.info("started %d replica(s) of %s/%s: %s", len(keys), endpoint, stage, ", ".join(keys))
             # 4. Wait until they are healthy.
@@ -103,9 +137,7 @@ def _deploy_stage(p: Platform, eps: Endpoints, endpoint: str, stage: str, creati
             wait_healthy(home, keys)
         else:
             # 3. Deployments, Services and HPAs on the cluster; 4. wait until their pods are ready.
-            parameters = {r["model"]: p.models.get_version(*r["model"].rsplit("/", 1)).parameters
-                          for r in st["resources"]}
-            manifests = kube_apply(view, stage, parameters)
+            manifests = kube_apply(view, stage, version_params(p.models, view, stage))
             logger.info("applied %s", ", ".join(f"{m['kind']}/{m['metadata']['name']}" for m in manifests))
             eps.set_status(endpoint, "DEPLOY IN PROGRESS", stage)
             kube_wait_ready(st["instance_type"], manifests)
@@ -267,3 +299,101 @@ def delete_endpoint(spec: DeletionSpec) -> dict[str, Any]:
         _teardown(home, gw, spec.endpoint, st)
     eps.delete(spec.endpoint)
     return {"deleted": spec.endpoint}
+
+
+def _roll(p: Platform, eps: Endpoints, endpoint: str, stage: str, resource_id: int, model: str,
+          cap: int | None, only: list[str] | None = None) -> list[str]:
+    """Replace the resource's replicas by replicas of `model` ("name/version"), one at a time, so that
+    no request fails: while the cap allows one more, the new replica starts, becomes healthy and takes
+    requests before an old one leaves routing, answers what it holds (drain) and stops; at the cap, an
+    old one leaves first (the others take its requests). The keys of the new replicas. On failure the
+    new replica that failed is stopped and ReplicaFailed/RoutingFailed says why; `done` on the error
+    holds the (old, new) pairs already swapped, for the caller to roll back. `only`: replace just
+    these replicas."""
+    logger = get_run_logger()
+    home, gw = p.settings.home_dir, gateway_url(p.settings)
+    view = copy.deepcopy(eps.get(endpoint))
+    st = next(s for s in view["stages"] if s["name"] == stage)
+    st["resources"] = [{**r, "model": model} for r in st["resources"] if r["id"] == resource_id]
+    template = local_replicas(home, view, stage, version_params(p.models, view, stage))[0]
+    present = files.of_stage(home, endpoint, stage, resource_id)
+    top = max((w.index for w in present), default=-1)
+    old = sorted((w for w in present if only is None or w.key in only), key=lambda w: w.index)
+    done: list[tuple[str, str]] = []
+    for n, leaving in enumerate(old, 1):
+        top += 1
+        fresh = dataclasses.replace(template, key=files.key_of(endpoint, stage, resource_id, top), index=top,
+                                    created_at=time.time(), routed=False)
+        surge = cap is None or len(present) < cap or len(present) == 1  # one replica: never leave it empty
+        try:
+            if not surge:
+                _retire(home, gw, endpoint, stage, leaving.key)
+            start_replicas(home, [fresh])
+            wait_healthy(home, [fresh.key])
+            route(home, gw, endpoint, stage, [fresh.key])
+            if surge:
+                _retire(home, gw, endpoint, stage, leaving.key)
+        except BaseException as exc:
+            stop_replicas(home, gw, [fresh.key])
+            if not surge:  # the old one left first: bring it back (its wanted file, as it was)
+                files.want(home, dataclasses.replace(leaving, routed=False))
+                wait_healthy(home, [leaving.key])
+                route(home, gw, endpoint, stage, [leaving.key])
+            exc.done = done  # type: ignore[attr-defined]
+            raise
+        done.append((leaving.key, fresh.key))
+        logger.info("replica %d of %d of %s/%s now serves %s (%s replaced %s)", n, len(old), endpoint, stage,
+                    model, fresh.key, leaving.key)
+    return [new for _, new in done]
+
+
+def _retire(home, gw: str, endpoint: str, stage: str, key: str) -> None:
+    """Take one replica out of routing, let it answer what it holds, then stop it."""
+    files.route(home, [key], False)
+    gateway(gw, "/mlyard/reload", "POST")
+    drain(gw, endpoint, stage, keys=[key])
+    stop_replicas(home, None, [key])
+
+
+@flow(name=FLOW_SYNC_ENDPOINT, flow_run_name="{spec.endpoint}",
+      description="Push a folder's latest code (entry script or model folder) to an endpoint: a new model version, "
+                  "replicas replaced one at a time with no failed request; the URL goes to inference.config.json.")
+def sync_endpoint(spec: SyncSpec) -> dict[str, Any]:
+    logger = get_run_logger()
+    p = Platform()
+    eps = Endpoints(p.catalog)
+    name = spec.model or spec.endpoint
+    # 1. Check everything before any change.
+    code = check_code(spec)
+    target = check_target(eps, spec, code, p.settings.home_dir)
+    # 2. The code becomes a model version.
+    version = register_code(p.models, name, code)
+    logger.info("pushed %s as %s/%s (%s)", code.folder, *version, code.kind)
+    if target is None:
+        # 3. A new endpoint: deployed as any other.
+        ep_spec = EndpointSpec(name=spec.endpoint, public=spec.public, description=f"code pushed from {code.folder}",
+                               stage=StageSpec(max_replicas=code.max_replicas, resources=[
+                                   StageResourceSpec(model=f"{version[0]}/{version[1]}", pods=spec.replicas)]))
+        eps.create(ep_spec, [version])
+        _deploy_stage(p, eps, spec.endpoint, ep_spec.stage.name, creating=True)
+    else:
+        # 3. An existing one: its replicas replaced one at a time, then the catalog says what it serves.
+        stage, rid, cap = target.stage, target.resource_id, target.cap
+        eps.set_status(spec.endpoint, "UPDATE IN PROGRESS", stage)
+        try:
+            _roll(p, eps, spec.endpoint, stage, rid, f"{version[0]}/{version[1]}", cap)
+        except BaseException as exc:
+            done = getattr(exc, "done", [])
+            logger.error("the update of %s failed after %d replica(s): %s; rolling back", spec.endpoint, len(done), exc)
+            if done:  # the swapped ones go back to the version that served before
+                _roll(p, eps, spec.endpoint, stage, rid, target.model, cap, only=[new for _, new in done])
+            eps.set_status(spec.endpoint, "ACTIVE", stage, reason=f"the update to {version[0]}/{version[1]} failed "
+                           f"and was rolled back: {str(exc)[:1500]}")
+            raise
+        eps.set_version(spec.endpoint, stage, rid, version, code.max_replicas)
+        eps.set_status(spec.endpoint, "ACTIVE", stage)
+    out = _with_urls(p, eps, spec.endpoint)
+    out["config"] = {"path": str(code.config), **write_config(code.config, spec.endpoint, gateway_url(p.settings),
+                                                              version[0], version[1], code.kind)}
+    return out
+

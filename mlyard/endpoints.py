@@ -28,8 +28,14 @@ from typing import Any
 from mlyard.api import load as _spec  # a spec from an object, a mapping or a YAML file, with --set merged
 from mlyard.connection import connect, gateway_url
 from mlyard.errors import MlyardError, RunFailed, SpecError
-from mlyard.names import FLOW_ADD_STAGE, FLOW_DELETE_ENDPOINT, FLOW_DEPLOY_ENDPOINT, FLOW_PROMOTE_STAGE
-from mlyard.specs.endpoint import DeletionSpec, EndpointSpec, PromotionSpec, StageChangeSpec, StageSpec
+from mlyard.names import (
+    FLOW_ADD_STAGE,
+    FLOW_DELETE_ENDPOINT,
+    FLOW_DEPLOY_ENDPOINT,
+    FLOW_PROMOTE_STAGE,
+    FLOW_SYNC_ENDPOINT,
+)
+from mlyard.specs.endpoint import DeletionSpec, EndpointSpec, PromotionSpec, StageChangeSpec, StageSpec, SyncSpec
 
 
 def _platform():
@@ -114,6 +120,23 @@ def retry(endpoint: str, stage: str | None = None, *, submit: bool = False) -> d
     stage = stage or view["default_stage"]
     return _run("retry-endpoint-stage", "flows.endpoint:retry_stage", PromotionSpec(endpoint=endpoint, stage=stage),
                 submit)
+
+
+def deploy(endpoint: str, sync: str | Path, *, entry_script: str = "score.py", kind: str | None = None,
+           model: str | None = None, replicas: int = 1, max_replicas: int | None = None, public: bool = False,
+           config: str | Path | None = None, submit: bool = False) -> dict[str, Any]:
+    """Push the latest code of folder `sync` to `endpoint` (sync-endpoint-code; AI Toolkit's deploy for
+    inference): it becomes a new version of the registered model (`model`, default the endpoint's
+    name); a new endpoint is deployed with it, an existing one has its replicas replaced one at a time
+    with no failed request. The view (with `config`: what was written to inference.config.json)."""
+    from tasks.endpoints import check_code, check_target
+
+    spec = _spec(SyncSpec, {"endpoint": endpoint, "source": str(sync), "entry_script": entry_script, "kind": kind,
+                            "model": model, "replicas": replicas, "max_replicas": max_replicas, "public": public,
+                            "config": str(config) if config else None}, None)
+    p = _platform()
+    check_target.fn(_endpoints(p), spec, check_code.fn(spec), p.settings.home_dir)  # before any flow run
+    return _run(FLOW_SYNC_ENDPOINT, "flows.endpoint:sync_endpoint", spec, submit)
 
 
 def validate(spec: EndpointSpec | StageSpec | dict | str | Path, *, echo=print, timeout: float = 300.0) -> dict[str, Any]:
@@ -240,12 +263,13 @@ def _gateway(settings, path: str, method: str = "GET", timeout: float = 10.0) ->
 def show(endpoint: str) -> dict[str, Any]:
     """An endpoint with its stages, resources, statuses, URLs, tokens, and what the gateway routes now:
     a stage the catalog holds ACTIVE but the gateway does not route shows `NOT FOUND: STAGE`."""
-    from flows.endpoint import urls
+    from flows.endpoint import code_kinds, urls
 
     settings = connect()
-    eps = _endpoints()
+    p = _platform()
+    eps = _endpoints(p)
     view = eps.get(endpoint)
-    view["urls"] = urls(gateway_url(settings), view)
+    view["urls"] = urls(gateway_url(settings), view, code_kinds(p.models, view))
     view["tokens"] = eps.tokens(endpoint)
     table = _gateway(settings, "/mlyard/routes")
     live = (table or {}).get("endpoints", {}).get(endpoint, {})

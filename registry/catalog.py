@@ -84,6 +84,7 @@ class EndpointStage(Base):
     instance_count: Mapped[int] = mapped_column(Integer, default=1)
     node_autoscaler: Mapped[dict] = mapped_column(JSON, default=dict)
     autoscaling_rules: Mapped[list] = mapped_column(JSON, default=list)
+    max_replicas: Mapped[int | None] = mapped_column(Integer, nullable=True)
     status: Mapped[str] = mapped_column(String(32), default="CREATE REQUESTED")
     gateway_status: Mapped[str] = mapped_column(String(40), default="CREATE IN PROGRESS")
     reason: Mapped[str] = mapped_column(Text, default="")

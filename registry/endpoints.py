@@ -108,6 +108,25 @@ class Endpoints:
             s.flush()
             return _endpoint_view(st.endpoint)
 
+    def set_version(self, endpoint: str, stage: str, resource_id: int, version: Version,
+                    max_replicas: int | None = None) -> None:
+        """A resource now serves another version (its replicas were replaced one by one): the old
+        version's history record ends, the new one's begins. `max_replicas` also sets the stage's cap."""
+        with self.catalog.session() as s:
+            st = _stage_of(_get(s, endpoint), stage)
+            res = next((r for r in st.resources if r.id == resource_id), None)
+            if res is None:
+                raise NotFound(f"{endpoint}/{stage} resource {resource_id}")
+            new = (version[0], str(version[1]))
+            if (res.model_name, res.model_version) != new:
+                _end_history(s, endpoint, stage, [res], f"replaced by {new[0]}/{new[1]}")
+                res.model_name, res.model_version = new
+                if res.status == "ACTIVE":
+                    s.add(ServingHistory(endpoint=endpoint, stage=stage, model_name=new[0], model_version=new[1],
+                                         note=f"resource {res.id}"))
+            if max_replicas is not None:
+                st.max_replicas = max_replicas
+
     # -- statuses ---------------------------------------------------------------------------------
 
     def set_status(self, endpoint: str, status: str, stage: str | None = None, resource_id: int | None = None,
@@ -261,7 +280,8 @@ class Endpoints:
             return {ep.name: {"id": ep.id, "public": ep.public,
                               "default": next((st.name for st in ep.stages if st.is_default), None),
                               "stages": {st.name: {"id": st.id, "status": st.status,
-                                                   "rules": st.autoscaling_rules or []} for st in ep.stages},
+                                                   "rules": st.autoscaling_rules or [],
+                                                   "max_replicas": st.max_replicas} for st in ep.stages},
                               "tokens": {t.digest: (_aware(t.expires_at).timestamp(), t.revoked_at is not None)
                                          for t in ep.tokens}}
                     for ep in s.scalars(select(Endpoint))}
@@ -335,7 +355,8 @@ def _stage(spec: StageSpec, versions: list[Version], default: bool) -> EndpointS
     return EndpointStage(name=spec.name, is_default=default, description=spec.description,
                          instance_type=spec.instance_type, instance_count=spec.instance_count,
                          node_autoscaler=spec.node_autoscaler.model_dump(),
-                         autoscaling_rules=[r.model_dump() for r in spec.autoscaling_rules], status="CREATE REQUESTED",
+                         autoscaling_rules=[r.model_dump() for r in spec.autoscaling_rules],
+                         max_replicas=spec.max_replicas, status="CREATE REQUESTED",
                          gateway_status="CREATE IN PROGRESS",
                          resources=[_resource(r, v) for r, v in zip(spec.resources, versions)])
 
@@ -395,6 +416,7 @@ def _endpoint_view(ep: Endpoint) -> dict[str, Any]:
                         "status": st.status, "gateway_status": st.gateway_status, "reason": st.reason,
                         "instance_type": st.instance_type, "instance_count": st.instance_count,
                         "node_autoscaler": st.node_autoscaler, "autoscaling_rules": st.autoscaling_rules or [],
+                        "max_replicas": st.max_replicas,
                         "resources": [{"id": r.id, "model": f"{r.model_name}/{r.model_version}", "status": r.status,
                                        "description": r.description, "cpu": r.cpu, "memory": r.memory, "gpu": r.gpu,
                                        "pods": r.pods, "pod_autoscaler": r.pod_autoscaler, "reason": r.reason}

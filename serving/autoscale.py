@@ -4,7 +4,8 @@ rule last fired, what the replica count should be now and which rule says so. A 
 
 The semantics are Backend.AI's: a rule fires when its metric compares with its threshold; it moves the
 count by its step size; it does not fire when the count would leave [min_replicas, max_replicas];
-after firing it waits `cooldown_seconds`. Scale-up rules are weighed before scale-down rules (a
+after firing it waits `cooldown_seconds`. A stage's own cap (max_replicas, AI Toolkit's
+maximumInstanceCount) bounds every rule. Scale-up rules are weighed before scale-down rules (a
 request refused costs more than a replica idle for a while), and the first rule that fires decides.
 A metric that is missing (no replica reported it yet) never fires a rule.
 """
@@ -31,8 +32,9 @@ class Decision:
 
 
 def decide(rules: Sequence[AutoscalingRule], replicas: int, metrics: Mapping[str, Mapping[str, float]],
-           now: float, last_fired: Mapping[int, float]) -> Decision:
-    """`metrics[source][name]` are averages over the replicas; `last_fired[i]` when rule i last fired."""
+           now: float, last_fired: Mapping[int, float], cap: int | None = None) -> Decision:
+    """`metrics[source][name]` are averages over the replicas; `last_fired[i]` when rule i last fired;
+    `cap` the stage's replica cap, if any."""
     order = sorted(range(len(rules)), key=lambda i: (rules[i].type != "scale_up", i))
     waiting = []
     for i in order:
@@ -41,7 +43,7 @@ def decide(rules: Sequence[AutoscalingRule], replicas: int, metrics: Mapping[str
         if value is None or not _COMPARE[rule.comparator](value, rule.threshold):
             continue
         target = replicas + rule.step_size
-        if not rule.min_replicas <= target <= rule.max_replicas:
+        if not rule.min_replicas <= target <= min(rule.max_replicas, cap or rule.max_replicas):
             continue
         since = now - last_fired[i] if i in last_fired else None
         if since is not None and since < rule.cooldown_seconds:

@@ -248,7 +248,10 @@ def main(argv: list[str] | None = None) -> None:
     serve_entry_script(args.entry_script, args.model_dir, args.host, args.port, args.worker_count)
 
 
-def serve_entry_script(entry_script: str, model_dir: str | None, host: str, port: int, workers: int = 1) -> None:
+def serve_entry_script(entry_script: str, model_dir: str | None, host: str, port: int, workers: int = 1,
+                       strict: bool = False) -> None:
+    """Serve the script. A failed init() is answered with its reason until fixed (as Azure's server
+    does), or with `strict` (an endpoint's replica: no later request can fix it) ends the process."""
     from serving.server import run_app
 
     try:
@@ -256,6 +259,9 @@ def serve_entry_script(entry_script: str, model_dir: str | None, host: str, port
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    if script.init_error and strict:
+        print(f"error: {script.init_error}", file=sys.stderr)
+        raise SystemExit(2)
     if script.init_error:
         print(f"warning: {script.init_error}; the server answers with this reason until it is fixed", file=sys.stderr)
     run_app(AzureApp(script, workers), host, port,

@@ -79,6 +79,7 @@ class Gateway:
         self.router = Router()
         self.endpoints: dict[str, dict[str, Any]] = {}
         self.replicas: dict[str, _Tracked] = {}  # url -> its health and connections
+        self.draining: dict[str, _Tracked] = {}  # key -> a replica out of routing with requests still on it
         self.stats = EndpointStats(self.home / "endpoints" / "stats")
         self.in_flight = 0
         self.started = time.time()
@@ -119,7 +120,10 @@ class Gateway:
             # A replica put into routing was found healthy by its flow: probe it once before it takes requests.
             await asyncio.gather(*(self._probe(self.replicas[url]) for _, url in new))
             for url in set(self.replicas) - seen:
-                self.replicas.pop(url).pool.close()
+                gone = self.replicas.pop(url)
+                gone.pool.close()
+                if gone.active:  # its answers are still coming: a flow that stops it waits for them (drain)
+                    self.draining[gone.key] = gone
             self.endpoints = endpoints
             for (endpoint, stage), members in groups.items():
                 self.router.set_stage(endpoint, stage, [Replica(url, w.model, healthy=self._routable(url))
@@ -330,7 +334,10 @@ class Gateway:
                     if t is not None:
                         r.update(key=t.key, status=t.health.status, failures=t.health.failures,
                                  reason=t.health.reason, ejected=t.ejected)
-        return {"endpoints": table, "in_flight": self.in_flight, "started_at": self.started,
+        for key in [k for k, t in self.draining.items() if not t.active]:
+            del self.draining[key]
+        return {"endpoints": table, "draining": {k: t.active for k, t in self.draining.items()},
+                "in_flight": self.in_flight, "started_at": self.started,
                 "autoscaling": list(self.scaling.events)}
 
     def _start(self) -> None:
@@ -379,7 +386,7 @@ class Autoscaler:
             rules = [AutoscalingRule(**r) for r in info["rules"]]
             metrics = self._metrics(members, states, by_key, now)
             fired = self._fired.setdefault((endpoint, stage, rid), {})
-            decision = decide(rules, len(members), metrics, wall, fired)
+            decision = decide(rules, len(members), metrics, wall, fired, info.get("max_replicas"))
             if decision.rule is None or decision.replicas == len(members):
                 continue
             fired[decision.rule] = wall

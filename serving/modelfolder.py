@@ -139,6 +139,26 @@ class ModelFolder(BaseModel):
     def argv(self) -> list[str]:
         return [self.local(a) for a in self.service.argv()]
 
+    def on_port(self, port: int) -> "ModelFolder":
+        """The folder with its service moved to `port`, as a container's port is mapped: arguments that
+        are the definition's port (`8000`, `:8000`, `--port=8000`) name the new one, and PORT is set.
+        Several replicas of one folder run side by side on one machine this way."""
+        old = str(self.service.port)
+
+        def moved(arg: str) -> str:
+            if arg == old:
+                return str(port)
+            for sep in (":", "="):
+                if arg.endswith(sep + old):
+                    return arg[:-len(old)] + str(port)
+            return arg
+
+        command = [moved(a) for a in self.service.argv()]
+        service = self.service.model_copy(update={"start_command": command, "port": port})
+        variant = self.variant.model_copy(update={"environ": {**self.variant.environ, "PORT": str(port)}}) \
+            if self.variant else RuntimeVariant(environ={"PORT": str(port)})
+        return self.model_copy(update={"service": service, "variant": variant})
+
 
 def load(folder: Path | str, definition: str | None = None, variant: str | None = None,
          model: str | None = None) -> ModelFolder:

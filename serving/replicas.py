@@ -17,24 +17,18 @@ import argparse
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from tasks import replicas as files
+from tasks.replicas import free_port
 
 log = logging.getLogger("mlyard.replicas")
 MAX_BACKOFF = 30.0
 STEADY_SECONDS = 60.0
 STOP_GRACE = 10.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _alive(pid: int | None) -> bool:

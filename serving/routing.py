@@ -17,7 +17,7 @@ import itertools
 import threading
 from dataclasses import dataclass, field
 
-PROTOCOLS = ("v1", "v2", "openai")
+PROTOCOLS = ("v1", "v2", "openai", "score")  # score: an entry script's route (Azure ML)
 
 
 class NoRoute(Exception):
@@ -43,10 +43,10 @@ def parse(path: str) -> Route:
     elif len(parts) >= 2:
         endpoint, stage, tail = parts[0], None, parts[1:]
     else:
-        raise NoRoute(f"no route {path}; use /{{endpoint}}/{{model}}/v1/..., /v2/... or /openai/v1/... "
+        raise NoRoute(f"no route {path}; use /{{endpoint}}/{{model}}/v1/..., /v2/..., /openai/v1/... or /score "
                       "(/{endpoint}/stages/{stage}/... for a stage other than the default)")
     if len(tail) < 2 or tail[1] not in PROTOCOLS:
-        raise NoRoute(f"no route {path}: after the model name comes v1, v2 or openai")
+        raise NoRoute(f"no route {path}: after the model name comes v1, v2, openai or score")
     return Route(endpoint, stage, tail[0], "/" + "/".join(tail[1:]))
 
 

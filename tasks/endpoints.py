@@ -14,14 +14,23 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from mlyard.errors import AlreadyExists, EndpointNotFound, MlyardError, ModelNotFound, NotFound, SpecError
-from mlyard.specs.endpoint import StageSpec
+from mlyard.errors import (
+    AlreadyExists,
+    EndpointNotFound,
+    MlyardError,
+    ModelNotFound,
+    NotFound,
+    Protected,
+    SpecError,
+)
+from mlyard.specs.endpoint import StageSpec, SyncSpec
 from registry.endpoints import Endpoints, Version
 from tasks import replicas as files
 
@@ -72,35 +81,40 @@ def check_stage(endpoints: Endpoints, models: Any, stage: StageSpec, field: str,
     return versions
 
 
-def local_replicas(home: Path, view: dict[str, Any], stage: str, chat: frozenset[str] = frozenset()) -> list[files.Wanted]:
-    """The replicas of a stage's resources as the supervisor runs them (not routed yet). The versions in
-    `chat` ("name/version": registered with the parameter task=chat) serve OpenAI's routes."""
+def local_replicas(home: Path, view: dict[str, Any], stage: str,
+                   params: dict[str, dict[str, str]] | None = None) -> list[files.Wanted]:
+    """The replicas of a stage's resources as the supervisor runs them (not routed yet). `params` are
+    each version's registered parameters ("name/version" -> parameters): task=chat serves OpenAI's
+    routes; serving_kind entry-script or model-folder serves pushed code."""
     st = next(s for s in view["stages"] if s["name"] == stage)
     logs = Path(home) / "endpoints" / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     out = []
     for res in st["resources"]:
         name, version = res["model"].rsplit("/", 1)
+        given = (params or {}).get(res["model"], {})
+        kind = given.get(files.CODE_KIND)
+        if kind == "model-folder":
+            argv = [mlyard_bin(), "serve", f"models:/{name}/{version}", "--service-port", "0", "--host", "127.0.0.1"]
+        elif kind == "entry-script":
+            argv = [mlyard_bin(), "serve", f"models:/{name}/{version}", "--host", "127.0.0.1"]
+        else:
+            argv = [mlyard_bin(), "serve", *(["--chat-model"] if given.get("task") == "chat" else []),
+                    f"models:/{name}/{version}", "--host", "127.0.0.1",
+                    "--inference-log", str(logs / f"{view['name']}.jsonl")]
         for i in range(res["pods"]):
-            key = files.key_of(view["name"], stage, res["id"], i)
             out.append(files.Wanted(
-                key=key, endpoint=view["name"], stage=stage, resource_id=res["id"], index=i, model=name,
-                argv=[mlyard_bin(), "serve",
-                      *(["--chat-model"] if res["model"] in chat else []), f"models:/{name}/{version}",
-                      "--host", "127.0.0.1", "--inference-log", str(logs / f"{view['name']}.jsonl")],
+                key=files.key_of(view["name"], stage, res["id"], i), endpoint=view["name"], stage=stage,
+                resource_id=res["id"], index=i, model=name, argv=argv,
+                health_path=files.health_path(kind),
                 env={"MLYARD_ENDPOINT_ID": str(view["id"]), "MLYARD_ENDPOINT_STAGE_ID": str(st["id"])}))
     return out
 
 
-def chat_versions(models: Any, view: dict[str, Any], stage: str) -> frozenset[str]:
-    """The stage's model versions registered as chat models (parameter task=chat)."""
+def version_params(models: Any, view: dict[str, Any], stage: str) -> dict[str, dict[str, str]]:
+    """Each of the stage's model versions' registered parameters, by "name/version"."""
     st = next(s for s in view["stages"] if s["name"] == stage)
-    found = set()
-    for res in st["resources"]:
-        name, version = res["model"].rsplit("/", 1)
-        if models.get_version(name, version).parameters.get("task") == "chat":
-            found.add(res["model"])
-    return frozenset(found)
+    return {r["model"]: dict(models.get_version(*r["model"].rsplit("/", 1)).parameters) for r in st["resources"]}
 
 
 # -- Kubernetes: each stage resource a Deployment, a Service and (pod autoscaler on) an HPA ---------------
@@ -203,14 +217,16 @@ def route(home: Path, gateway_url: str, endpoint: str, stage: str, keys: list[st
 
 
 @task(name="drain", cache_policy=NO_CACHE)
-def drain(gateway_url: str, endpoint: str, stage: str, timeout: float = 60.0) -> int:
-    """Wait until no request is outstanding on the stage's replicas (their answers are not cut off);
-    the requests still outstanding at the timeout."""
+def drain(gateway_url: str, endpoint: str, stage: str, timeout: float = 60.0, keys: list[str] | None = None) -> int:
+    """Wait until no request is outstanding on the stage's replicas (or on those of `keys`), so their
+    answers are not cut off; the requests still outstanding at the timeout."""
     deadline = time.monotonic() + timeout
     while True:
         table = gateway(gateway_url, "/mlyard/routes")
-        replicas = table["endpoints"].get(endpoint, {}).get("stages", {}).get(stage, [])
-        outstanding = sum(r["outstanding"] for r in replicas)
+        replicas = [r for r in table["endpoints"].get(endpoint, {}).get("stages", {}).get(stage, [])
+                    if keys is None or r.get("key") in keys]
+        outstanding = sum(r["outstanding"] for r in replicas) + sum(
+            n for k, n in table.get("draining", {}).items() if keys is not None and k in keys)
         if outstanding == 0 or time.monotonic() > deadline:
             return outstanding
         time.sleep(0.05)
@@ -248,3 +264,130 @@ def supervisor_running(home: Path) -> bool:
         return True
     except (OSError, KeyError, ValueError):
         return False
+
+
+# -- Code endpoints (AI Toolkit's deploy for inference) ------------------------------------------------
+
+SKIPPED = (".git", "__pycache__", "*.pyc", ".venv", ".ipynb_checkpoints")  # never pushed
+CONFIG = Path("infra") / "inference.config.json"
+PARAMETERS = Path("infra") / "provision" / "inference.parameters.json"
+
+
+@dataclass(frozen=True)
+class CodeSource:
+    folder: Path
+    kind: str  # entry-script or model-folder
+    entry_script: str
+    max_replicas: int | None  # the spec's, else inference.parameters.json's maximumInstanceCount
+    config: Path
+
+
+@task(name="check-code", cache_policy=NO_CACHE)
+def check_code(spec: SyncSpec) -> CodeSource:
+    """Before any change: the folder exists and holds what its kind needs (the entry script compiles; a
+    model folder's definition reads), and the replica cap is readable."""
+    folder = Path(spec.source).expanduser().resolve()
+    if not folder.is_dir():
+        raise SpecError("--sync", spec.source, "a folder holding an entry script (score.py) or a model folder "
+                        "(model-definition.yaml)")
+    from serving import modelfolder
+
+    kind = spec.kind or ("model-folder" if any((folder / n).is_file() for n in modelfolder.DEFINITION_NAMES)
+                         else "entry-script")
+    if kind == "model-folder":
+        modelfolder.load(folder)  # SpecError names the file, key and value
+    else:
+        script = folder / spec.entry_script
+        if not script.is_file():
+            raise SpecError("--entry-script", spec.entry_script, f"a Python file in {folder} with init() and run() "
+                            "(or a model folder with model-definition.yaml)")
+        try:
+            compile(script.read_text(), str(script), "exec")
+        except SyntaxError as exc:
+            raise SpecError("--entry-script", spec.entry_script,
+                            f"Python that compiles (line {exc.lineno}: {exc.msg})") from None
+    cap = spec.max_replicas
+    params = folder / PARAMETERS
+    if cap is None and params.is_file():
+        try:
+            value = json.loads(params.read_text())["parameters"]["maximumInstanceCount"]["value"]
+        except (ValueError, KeyError, TypeError):
+            value = None
+        if value is not None:
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 100:
+                raise SpecError(f"{PARAMETERS}: parameters.maximumInstanceCount.value", value,
+                                "a whole number from 1 to 100 (or leave it out)")
+            cap = value
+    config = Path(spec.config).expanduser().resolve() if spec.config else folder / CONFIG
+    return CodeSource(folder, kind, spec.entry_script, cap, config)
+
+
+@dataclass(frozen=True)
+class SyncTarget:
+    stage: str  # the default stage
+    resource_id: int  # its resource that serves the pushed model
+    model: str  # "name/version" it serves now
+    cap: int | None
+
+
+@task(name="check-target", cache_policy=NO_CACHE)
+def check_target(endpoints: Endpoints, spec: SyncSpec, code: CodeSource, home: Path) -> SyncTarget | None:
+    """Before any change: what a push replaces (None: a new endpoint), and that the counts fit the cap."""
+    name = spec.model or spec.endpoint
+    try:
+        view = endpoints.get(spec.endpoint)
+    except EndpointNotFound:
+        limit = min(code.max_replicas or MAX_LOCAL_REPLICAS, MAX_LOCAL_REPLICAS)
+        if spec.replicas > limit:
+            why = (f"the cap, maximumInstanceCount {code.max_replicas}" if code.max_replicas is not None
+                   and code.max_replicas < MAX_LOCAL_REPLICAS else f"{MAX_LOCAL_REPLICAS} on one machine")
+            raise SpecError("--replicas", spec.replicas, f"at most {why}") from None
+        return None
+    st = next(s for s in view["stages"] if s["default"])
+    res = next((r for r in st["resources"] if r["model"].rsplit("/", 1)[0] == name), None)
+    if res is None or st["instance_type"] != LOCAL:
+        raise SpecError("endpoint", spec.endpoint, f"a new endpoint name, or one whose default stage serves model "
+                        f"{name} here (pushed with --sync before)")
+    if st["status"] != "ACTIVE":
+        raise Protected(f"stage {spec.endpoint}/{st['name']} is {st['status']}; wait until it is ACTIVE (or "
+                        f"`mlyard endpoints retry {spec.endpoint}`)")
+    running = len(files.of_stage(home, spec.endpoint, st["name"], res["id"]))
+    cap = code.max_replicas or st["max_replicas"]
+    if cap is not None and running > cap:
+        raise SpecError("--max-instances", cap, f"at least the {running} replicas {spec.endpoint} runs now")
+    return SyncTarget(st["name"], res["id"], res["model"], cap)
+
+
+@task(name="register-code", cache_policy=NO_CACHE)
+def register_code(models: Any, name: str, code: CodeSource) -> Version:
+    """The folder as a new version of model `name` (its files copied into the registry, without
+    SKIPPED and the config file that names the endpoint)."""
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        snapshot = Path(tmp) / "code"
+        shutil.copytree(code.folder, snapshot, ignore=shutil.ignore_patterns(*SKIPPED), symlinks=False)
+        (snapshot / CONFIG).unlink(missing_ok=True)
+        params = {files.CODE_KIND: code.kind, **({"entry_script": code.entry_script} if code.kind == "entry-script"
+                                                else {})}
+        info = models.create_from_directory(name, snapshot, str(code.folder), parameters=params, framework=code.kind,
+                                            description=f"pushed from {code.folder}")
+    return info.name, str(info.version)
+
+
+def write_config(path: Path, endpoint: str, base_url: str, model: str, version: str, kind: str) -> dict[str, str]:
+    """The endpoint's URL in AI Toolkit's inference.config.json (its other keys are kept)."""
+    try:
+        data = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        data = {}
+    app = f"{base_url}/{endpoint}/{model}"
+    data.update({"ACA_APP_NAME": endpoint, "ACA_APP_ENDPOINT": app,
+                 "MLYARD_SCORE_URL": app + ("/score" if kind == "entry-script" else ""),
+                 "MLYARD_MODEL_VERSION": f"{model}/{version}"})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+    return data

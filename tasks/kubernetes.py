@@ -20,6 +20,7 @@ import yaml
 
 from mlyard.errors import SpecError
 from mlyard.names import param_environ
+from tasks.replicas import CODE_KIND, health_path
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "infra" / "endpoint"
 KUBERNETES_VERSION = "1.30"
@@ -60,7 +61,8 @@ def render_stage(view: dict[str, Any], stage: str, *, image: str = DEFAULT_IMAGE
             quantities["nvidia.com/gpu"] = str(res["gpu"])
         context = {
             "name": name, "namespace": namespace, "labels": labels, "selector": selector, "resource": res,
-            "image": image, "port": PORT,
+            "image": image, "port": PORT, "ready_path": health_path(params.get(CODE_KIND)),
+            "live_path": health_path(params.get(CODE_KIND)).replace("/v2/health/ready", "/v2/health/live"),
             "args": ["mlyard", "serve", f"models:/{model_name}/{version}", "--host", "0.0.0.0", "--port", str(PORT),
                      "--name", model_name, *[a for k, v in params.items() for a in ("--param", f"{k}={v}")]],
             "env": [{"name": k, "value": v} for k, v in {

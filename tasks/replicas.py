@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from mlyard.errors import MlyardError
+
+CODE_KIND = "serving_kind"  # the parameter of a version pushed by `endpoints deploy --sync`: its kind
+HEALTH_PATHS = {"entry-script": "/", "model-folder": "/mlyard/health"}
+
+
+def health_path(kind: str | None) -> str:
+    """Where a replica of a version of this kind says it is ready (the OIP route for models)."""
+    return HEALTH_PATHS.get(kind or "", "/v2/health/ready")
 
 
 class ReplicaFailed(MlyardError):
@@ -60,6 +69,13 @@ class State:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now (a replica's, the first time it starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def root(home: Path) -> Path:

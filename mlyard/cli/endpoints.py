@@ -1,6 +1,6 @@
 """`mlyard endpoints ...`: endpoints, their stages, tokens, statistics and logs (mlyard/endpoints.py).
 Every change is a flow run (deploy-endpoint, add-endpoint-stage, promote-endpoint-stage,
-delete-endpoint, retry-endpoint-stage), visible in the Prefect UI."""
+delete-endpoint, retry-endpoint-stage, sync-endpoint-code), visible in the Prefect UI."""
 
 from __future__ import annotations
 
@@ -56,6 +56,40 @@ def endpoints_create(
     """Deploy an endpoint with its default stage: start its replicas, wait until they are healthy, route them."""
     view = guard(lambda: _api().create(file, sets=parse_sets(sets), submit=submit))
     emit(view, True) if as_json else _print_view(view)
+
+
+@app.command("deploy")
+def endpoints_deploy(
+    endpoint: str,
+    sync: Path = typer.Option(..., "--sync", help="The folder to push: an entry script (score.py with init() and "
+                              "run()) and what it loads, or a model folder (model-definition.yaml)."),
+    entry_script: str = typer.Option("score.py", "--entry-script", help="The entry script, relative to the folder."),
+    kind: Optional[str] = typer.Option(None, "--kind", help="entry-script or model-folder (default: model-folder "
+                                       "when the folder has a model-definition.yaml)."),
+    model: Optional[str] = typer.Option(None, "--model", help="The registered model the folder becomes a version of "
+                                        "(default: the endpoint's name)."),
+    replicas: int = typer.Option(1, "--replicas", help="Replicas of a new endpoint."),
+    max_instances: Optional[int] = typer.Option(None, "--max-instances", help="The most replicas the endpoint may "
+                                                "run, however scaled (default: maximumInstanceCount in "
+                                                "infra/provision/inference.parameters.json, if any)."),
+    public: bool = typer.Option(False, "--public", help="A new endpoint needs no token."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Where the endpoint URL is written (default: "
+                                          "FOLDER/infra/inference.config.json, ACA_APP_ENDPOINT)."),
+    submit: bool = SUBMIT, as_json: bool = JSON,
+) -> None:
+    """Push a folder's latest code to ENDPOINT (AI Toolkit's deploy for inference): a new model version;
+    a new endpoint is deployed with it, an existing one has its replicas replaced one at a time with no
+    failed request. The endpoint URL is written to inference.config.json."""
+    view = guard(lambda: _api().deploy(endpoint, sync, entry_script=entry_script, kind=kind, model=model,
+                                       replicas=replicas, max_replicas=max_instances, public=public, config=config,
+                                       submit=submit))
+    if as_json:
+        emit(view, True)
+        return
+    _print_view(view)
+    if view.get("config"):
+        out.print(f"wrote {view['config']['path']}: ACA_APP_ENDPOINT={view['config']['ACA_APP_ENDPOINT']}",
+                  highlight=False, soft_wrap=True)
 
 
 @app.command("add-stage")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 from typing import Optional
@@ -31,6 +32,9 @@ def serve(
                                              "file's name (default model-definition.yaml or .yml)."),
     runtime: Optional[str] = typer.Option(None, "--runtime", help="With --model-folder: the runtime variant section "
                                           "of service-definition.toml (default: its first)."),
+    service_port: Optional[int] = typer.Option(None, "--service-port", help="With --model-folder: run its service on "
+                                               "this port instead of the definition's (0: a free one), as a "
+                                               "container's port is mapped, so several replicas run side by side."),
     port: Optional[int] = typer.Option(None, "--port", "-p", help="Port to listen on (default 8080; 5001 with "
                                        "--entry-script, as Azure's server)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 for every interface)."),
@@ -65,10 +69,9 @@ def serve(
             guard(lambda: _raise(SpecError("--model-folder", str(model_folder), "alone (not with MODEL, --entry-script "
                                            "or --chat-model)")))
         from serving import modelfolder
-        from serving.supervisor import serve_folder
 
         folder = guard(lambda: modelfolder.load(model_folder, definition, runtime))
-        _listening(lambda: guard(lambda: serve_folder(folder, host, port or 8080)), port or 8080)
+        _serve_folder(folder, service_port, host, port or 8080)
         return
     if entry_script is not None:
         if model is not None or chat_model is not None:
@@ -79,6 +82,26 @@ def serve(
         _listening(lambda: serve_entry_script(str(entry_script), str(model_dir) if model_dir else None, host,
                                               port or DEFAULT_PORT, workers), port or DEFAULT_PORT)
         return
+    if model is not None and chat_model is None and _registered(model):
+        # A version pushed by `mlyard endpoints deploy --sync`: an entry script or a model folder.
+        path, _, _, registered = guard(lambda: _resolve(model))
+        from tasks.replicas import CODE_KIND
+
+        kind = registered.get(CODE_KIND)
+        if kind in ("entry-script", "model-folder"):
+            os.environ.update(param_environ({**registered, **given}))
+            if kind == "model-folder":
+                from serving import modelfolder
+
+                _serve_folder(guard(lambda: modelfolder.load(path, definition, runtime)), service_port, host,
+                              port or 8080)
+                return
+            from serving.azure import serve_entry_script
+
+            script = path / registered.get("entry_script", "score.py")
+            _listening(lambda: serve_entry_script(str(script), str(path), host, port or 8080, workers, strict=True),
+                       port or 8080)
+            return
     if model is None and chat_model is None:
         guard(lambda: _raise(SpecError("MODEL", None, "a model reference or directory (or --entry-script FILE, "
                                        "--model-folder DIR, --chat-model smollm2)")))
@@ -145,6 +168,22 @@ def serve(
                            max_body_bytes=int(max_body_mb * 1024 * 1024), inference_log=log), port)
 
 
+def _registered(model: str) -> bool:
+    from mlyard.specs import is_registry_ref
+
+    return model.startswith("models:/") or (is_registry_ref(model) and not Path(model).exists())
+
+
+def _serve_folder(folder, service_port: int | None, host: str, port: int) -> None:
+    from serving.supervisor import serve_folder
+
+    if service_port is not None:
+        from tasks.replicas import free_port
+
+        folder = folder.on_port(service_port or free_port())
+    _listening(lambda: guard(lambda: serve_folder(folder, host, port)), port)
+
+
 def _params(pairs: list[str]) -> dict[str, str]:
     """--param NAME=VALUE strings as parameters."""
     from mlyard.names import param_env_name
@@ -170,6 +209,7 @@ def _listening(serve_fn, port: int) -> None:
         sys.exit(2)
 
 
+@functools.cache
 def _resolve(model: str) -> tuple[Path, str, str, dict[str, str]]:
     """(local directory, default name, version, the version's parameters) of a model reference."""
     from mlyard.specs import is_mlflow_uri, is_registry_ref

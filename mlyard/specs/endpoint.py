@@ -113,8 +113,25 @@ class StageSpec(BaseModel):
     autoscaling_rules: list["AutoscalingRule"] = Field(
         default_factory=list, max_length=10,
         description="Backend.AI autoscaling rules for each resource's replicas (applied by the gateway, locally).")
+    max_replicas: int | None = Field(default=None, ge=1, le=100,
+                                     description="The most replicas any resource of this stage runs, however it is "
+                                                 "scaled (AI Toolkit's maximumInstanceCount); unset: no cap but the "
+                                                 "rules' own (and 8 in all on one machine).")
     resources: list[StageResourceSpec] = Field(min_length=1, max_length=MAX_RESOURCES,
                                                description="The model versions it serves; they share its requests.")
+
+    @model_validator(mode="after")
+    def _cap(self) -> "StageSpec":
+        if self.max_replicas is None:
+            return self
+        for i, res in enumerate(self.resources):
+            if res.pods > self.max_replicas:
+                raise ValueError(f"resources[{i}].pods ({res.pods}) exceeds max_replicas ({self.max_replicas})")
+        for i, rule in enumerate(self.autoscaling_rules):
+            if rule.max_replicas > self.max_replicas:
+                raise ValueError(f"autoscaling_rules[{i}].max_replicas ({rule.max_replicas}) exceeds the stage's "
+                                 f"max_replicas ({self.max_replicas})")
+        return self
 
 
 class EndpointSpec(BaseModel):
@@ -189,6 +206,44 @@ class PromotionSpec(BaseModel):
     stage: str = Field(pattern=NAME_PATTERN, description="The ACTIVE stage that becomes the default.")
     keep_old: bool = Field(default=False, description="Keep the old default stage (as a non-default stage) "
                                                       "instead of deleting it.")
+
+
+CODE_KINDS = ("entry-script", "model-folder")
+
+
+class SyncSpec(BaseModel):
+    """Deploy the latest code of an entry-script or model-folder endpoint (`sync-endpoint-code`, AI
+    Toolkit's deploy for inference): the folder becomes a new version of a registered model; a new
+    endpoint is created with it, an existing one has its default stage's replicas replaced by it one at
+    a time, with no failed request. The endpoint's URL is written to `config` (inference.config.json)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint: str = Field(pattern=NAME_PATTERN, description="The endpoint; created when it does not exist.")
+    source: str = Field(min_length=1, description="The folder to push: an entry script (init() and run()) with what "
+                                                  "it loads, or a model folder (model-definition.yaml).")
+    kind: Literal["entry-script", "model-folder"] | None = Field(
+        default=None, description="What the folder holds; unset: model-folder when it has a model-definition.yaml, "
+                                  "else entry-script.")
+    entry_script: str = Field(default="score.py", min_length=1,
+                              description="The entry script, relative to the folder (entry-script only).")
+    model: str | None = Field(default=None, pattern=NAME_PATTERN,
+                              description="The registered model the folder becomes a version of (default: the "
+                                          "endpoint's name).")
+    replicas: int = Field(default=1, ge=1, le=100, description="Replicas of a new endpoint (an existing one keeps "
+                                                               "its count).")
+    max_replicas: int | None = Field(default=None, ge=1, le=100,
+                                     description="maximumInstanceCount: the most replicas the endpoint may run "
+                                                 "(default: infra/provision/inference.parameters.json's, if any).")
+    public: bool = Field(default=False, description="A new endpoint is open to the public (no token).")
+    config: str | None = Field(default=None, description="Where the endpoint's URL is written (default: "
+                                                         "<source>/infra/inference.config.json).")
+
+    @model_validator(mode="after")
+    def _cap(self) -> "SyncSpec":
+        if self.max_replicas is not None and self.replicas > self.max_replicas:
+            raise ValueError(f"replicas ({self.replicas}) exceeds max_replicas ({self.max_replicas})")
+        return self
 
 
 class DeletionSpec(BaseModel):

@@ -30,6 +30,21 @@ def test_rules_fire_on_their_comparison_within_bounds_and_cooldown():
     assert decide([UP, DOWN], 3, {"kernel": {"requests_per_second": 500}}, 0, {}).rule is None  # another source
 
 
+def test_the_stage_cap_bounds_every_rule():
+    assert decide([UP, DOWN], 1, m(150), 0, {}, cap=3).replicas == 3
+    assert decide([UP, DOWN], 2, m(150), 0, {}, cap=3).rule is None  # 2 + 2 would pass the stage's cap of 3
+
+
+def test_a_stage_cap_below_its_pods_or_rules_is_refused():
+    from mlyard.specs.endpoint import StageSpec
+
+    with pytest.raises(SpecError, match=r"pods \(3\) exceeds max_replicas \(2\)"):
+        load_spec(StageSpec, {"max_replicas": 2, "resources": [{"model": "m/1", "pods": 3}]})
+    with pytest.raises(SpecError, match=r"autoscaling_rules\[0\].max_replicas \(5\) exceeds"):
+        load_spec(StageSpec, {"max_replicas": 2, "resources": [{"model": "m/1"}],
+                              "autoscaling_rules": [UP.model_dump()]})
+
+
 def test_scale_up_rules_are_weighed_first():
     always_down = AutoscalingRule(type="scale_down", metric_name="requests_per_second", comparator="GREATER_THAN",
                                   threshold=0, step_size=-1, max_replicas=5)
