@@ -5,12 +5,15 @@
    from /proc);
 2. scaling: one replica against two behind the gateway (RandomForest(100) on breast-cancer);
 3. promotion under load: wrk runs while a stage is promoted; every non-2xx answer and socket error counts;
-4. a replica SIGKILLed under load: failed requests, and how long until it is back and routed.
+4. a replica SIGKILLed under load: failed requests, and how long until it is back and routed;
+5. a push of new code (`endpoints deploy --sync`) to a 2-replica entry-script endpoint under load:
+   failed requests while its replicas are replaced one at a time.
 
     .venv/bin/python bench/gateway.py [--duration 8]
 
-Everything is measured end to end with default settings (every request logged, tokens off: the
-endpoints are public). This machine has 2 cores shared by wrk, the gateway and the replicas; the
+Everything is measured end to end with default settings: endpoints are token-protected (the
+default), so every request through the gateway carries a token and has it checked, and every request
+is logged. This machine has 2 cores shared by wrk, the gateway and the replicas; the
 numbers say what that gives, not what a bigger machine would.
 """
 
@@ -31,11 +34,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._stack import start  # noqa: E402
 
+TOKEN = {"value": ""}  # the endpoints' token, sent with every request (a replica called directly ignores it)
+
 
 def wrk(url: str, body: str, connections: int, seconds: float, check: bool = True) -> dict:
     """One wrk run; with `check`, any failed request ends the benchmark (its figures would be wrong)."""
     script = Path("/tmp/mlyard-bench-post.lua")
     script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                      f'wrk.headers["Authorization"] = "Bearer {TOKEN["value"]}"\n'
                       f"wrk.body = [==[{body}]==]\n")
     proc = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", "--latency", "-s", str(script), url],
                           capture_output=True, text=True, check=True)
@@ -90,7 +96,9 @@ def main() -> None:
     gw = gateway_url(settings)
     gateway_pid = read_state(settings).pids["gateway"]
     for name, pods in (("rf1", 1), ("rf2", 2)):
-        endpoints.create({"name": name, "public": True, "stage": {"resources": [{"model": "rf/1", "pods": pods}]}})
+        endpoints.create({"name": name, "stage": {"resources": [{"model": "rf/1", "pods": pods}]}})
+    tokens = {name: endpoints.issue_token(name, days=1)["token"] for name in ("rf1", "rf2")}
+    TOKEN["value"] = tokens["rf1"]
     body = json.dumps({"instances": [X[0].tolist()]})
     direct = routes(gw)["rf1"]["stages"]["default"][0]["url"] + "/v1/models/rf:predict"
     via = f"{gw}/rf1/rf/v1/models/rf:predict"
@@ -116,7 +124,9 @@ def main() -> None:
 
     # 2. Scaling behind the gateway.
     one = [wrk(via, body, 16, d)["rps"] for _ in range(2)]
+    TOKEN["value"] = tokens["rf2"]
     two = [wrk(f"{gw}/rf2/rf/v1/models/rf:predict", body, 16, d)["rps"] for _ in range(2)]
+    TOKEN["value"] = tokens["rf1"]
     report["scaling"] = {"one_replica_rps": one, "two_replicas_rps": two,
                          "ratio": sum(two) / sum(one)}
     print(f"scaling: 1 replica {[round(x) for x in one]} req/s, 2 replicas {[round(x) for x in two]} req/s, "
@@ -137,6 +147,7 @@ def main() -> None:
           f"{result['socket_errors']} socket errors (promote took {promote_seconds:.1f} s)", flush=True)
 
     # 4. SIGKILL one of two replicas under load.
+    TOKEN["value"] = tokens["rf2"]
     key = files.of_stage(settings.home_dir, "rf2", "default")[0].key
     pid = files.states(settings.home_dir)[key].pid
     result = {}
@@ -163,7 +174,41 @@ def main() -> None:
           f"(health check: interval 1 s x (max_retries 2 + 1) = 3 s, plus its start; supervisor backoff 1 s)",
           flush=True)
     print(log.splitlines()[-3:])
+
+    # 5. Push new code to a 2-replica entry-script endpoint under load: its replicas are replaced one by one.
+    app = Path(settings.home_dir).parent / "bench-app"
+    app.mkdir(exist_ok=True)
+    (app / "score.py").write_text(SCORE.format(version=1))
+    endpoints.deploy("app", app, replicas=2)
+    TOKEN["value"] = endpoints.issue_token("app", days=1)["token"]
+    url = json.loads((app / "infra" / "inference.config.json").read_text())["MLYARD_SCORE_URL"]
+    (app / "score.py").write_text(SCORE.format(version=2))
+    result = {}
+    load = threading.Thread(target=lambda: result.update(wrk(url, '{"data": [1, 2, 3]}', 8, d + 20, check=False)))
+    load.start()
+    time.sleep(2)
+    t0 = time.monotonic()
+    endpoints.deploy("app", app)
+    push_seconds = time.monotonic() - t0
+    load.join()
+    report["sync"] = {**result, "push_seconds": push_seconds}
+    print(f"code push under load (2 replicas replaced one at a time): {result['requests']} requests, "
+          f"{result['non2xx']} non-2xx, {result['socket_errors']} socket errors (the push took {push_seconds:.1f} s)",
+          flush=True)
     print(json.dumps(report, indent=1))
+
+
+SCORE = """
+import json
+
+
+def init():
+    pass
+
+
+def run(raw):
+    return {{"version": {version}, "sum": sum(json.loads(raw)["data"])}}
+"""
 
 
 if __name__ == "__main__":

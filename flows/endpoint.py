@@ -49,6 +49,7 @@ from mlyard.specs.endpoint import (
     SyncSpec,
 )
 from registry.endpoints import Endpoints
+from serving import modelfolder
 from tasks import replicas as files
 from tasks.endpoints import (
     LOCAL,
@@ -364,7 +365,7 @@ def sync_endpoint(spec: SyncSpec) -> dict[str, Any]:
     eps = Endpoints(p.catalog)
     name = spec.model or spec.endpoint
     # 1. Check everything before any change.
-    code = check_code(spec)
+    code = check_code(spec, modelfolder.load)
     target = check_target(eps, spec, code, p.settings.home_dir)
     # 2. The code becomes a model version.
     version = register_code(p.models, name, code)

@@ -129,13 +129,14 @@ def deploy(endpoint: str, sync: str | Path, *, entry_script: str = "score.py", k
     inference): it becomes a new version of the registered model (`model`, default the endpoint's
     name); a new endpoint is deployed with it, an existing one has its replicas replaced one at a time
     with no failed request. The view (with `config`: what was written to inference.config.json)."""
+    from serving import modelfolder
     from tasks.endpoints import check_code, check_target
 
     spec = _spec(SyncSpec, {"endpoint": endpoint, "source": str(sync), "entry_script": entry_script, "kind": kind,
                             "model": model, "replicas": replicas, "max_replicas": max_replicas, "public": public,
                             "config": str(config) if config else None}, None)
     p = _platform()
-    check_target.fn(_endpoints(p), spec, check_code.fn(spec), p.settings.home_dir)  # before any flow run
+    check_target.fn(_endpoints(p), spec, check_code.fn(spec, modelfolder.load), p.settings.home_dir)  # before any flow run
     return _run(FLOW_SYNC_ENDPOINT, "flows.endpoint:sync_endpoint", spec, submit)
 
 

@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -283,19 +283,17 @@ class CodeSource:
 
 
 @task(name="check-code", cache_policy=NO_CACHE)
-def check_code(spec: SyncSpec) -> CodeSource:
+def check_code(spec: SyncSpec, load_folder: Callable[[Path], Any]) -> CodeSource:
     """Before any change: the folder exists and holds what its kind needs (the entry script compiles; a
-    model folder's definition reads), and the replica cap is readable."""
+    model folder's definition reads with `load_folder`, the serving runtime's reader), and the replica
+    cap is readable."""
     folder = Path(spec.source).expanduser().resolve()
     if not folder.is_dir():
         raise SpecError("--sync", spec.source, "a folder holding an entry script (score.py) or a model folder "
                         "(model-definition.yaml)")
-    from serving import modelfolder
-
-    kind = spec.kind or ("model-folder" if any((folder / n).is_file() for n in modelfolder.DEFINITION_NAMES)
-                         else "entry-script")
+    kind = spec.kind or ("model-folder" if any(folder.glob("model-definition.y*ml")) else "entry-script")
     if kind == "model-folder":
-        modelfolder.load(folder)  # SpecError names the file, key and value
+        load_folder(folder)  # SpecError names the file, key and value
     else:
         script = folder / spec.entry_script
         if not script.is_file():

@@ -32,6 +32,7 @@ def test_pure_modules_do_not_import_prefect(module):
     ("flows.endpoint:add_stage", ("StageChangeSpec", "StageSpec")),
     ("flows.endpoint:promote_stage", ("PromotionSpec",)),
     ("flows.endpoint:delete_endpoint", ("DeletionSpec",)),
+    ("flows.endpoint:sync_endpoint", ("SyncSpec",)),
 ])
 def test_flow_parameter_schema_documents_every_field(flow_path, models):
     import importlib

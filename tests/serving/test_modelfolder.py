@@ -165,3 +165,27 @@ def _until(url: str, ok, timeout: float = 30.0) -> dict:
             return view
         time.sleep(0.1)
     raise AssertionError(f"the supervisor stayed {json.dumps(view)}")
+
+
+def test_replicas_of_one_folder_run_side_by_side_on_ports_of_their_own(tmp_path):
+    """--service-port 0 moves the definition's port (arguments that name it, and PORT), as a container's
+    port is mapped: two replicas of one folder on one machine both serve."""
+    (tmp_path / "app.py").write_text(CHILD)
+    _folder(tmp_path, {"start_command": [sys.executable, "/models/app.py", "8000"], "port": 8000,
+                       "health_check": {"path": "/health", "interval": 0.3, "max_retries": 1, "max_wait_time": 1,
+                                        "initial_delay": 0.5}})
+    moved = modelfolder.load(tmp_path).on_port(9123)
+    assert moved.argv()[-1] == "9123" and moved.service.port == 9123 and moved.variant.environ["PORT"] == "9123"
+    procs, urls = [], []
+    try:
+        for _ in range(2):
+            port = free_port()
+            procs.append(start([MLYARD, "serve", "--model-folder", str(tmp_path), "--service-port", "0",
+                                "--port", str(port)])[0])
+            urls.append(f"http://127.0.0.1:{port}")
+        targets = {_until(url, lambda v: v["status"] == HEALTHY)["target"] for url in urls}
+        assert len(targets) == 2 and not any(t.endswith(":8000") for t in targets)
+        assert all(call(url + "/x")[0] == 200 for url in urls)
+    finally:
+        for proc in procs:
+            stop(proc)
