@@ -332,8 +332,6 @@ def _roll(p: Platform, eps: Endpoints, endpoint: str, stage: str, resource_id: i
             start_replicas(home, [fresh])
             wait_healthy(home, [fresh.key])
             route(home, gw, endpoint, stage, [fresh.key])
-            if surge:
-                _retire(home, gw, endpoint, stage, leaving.key)
         except BaseException as exc:
             stop_replicas(home, gw, [fresh.key])
             if not surge:  # the old one left first: bring it back (its wanted file, as it was)
@@ -343,6 +341,12 @@ def _roll(p: Platform, eps: Endpoints, endpoint: str, stage: str, resource_id: i
             exc.done = done  # type: ignore[attr-defined]
             raise
         done.append((leaving.key, fresh.key))
+        if surge:  # the new one serves: the old one leaves (should this fail, both serve; `done` has the pair)
+            try:
+                _retire(home, gw, endpoint, stage, leaving.key)
+            except BaseException as exc:
+                exc.done = done  # type: ignore[attr-defined]
+                raise
         logger.info("replica %d of %d of %s/%s now serves %s (%s replaced %s)", n, len(old), endpoint, stage,
                     model, fresh.key, leaving.key)
     return [new for _, new in done]

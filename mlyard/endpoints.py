@@ -132,9 +132,12 @@ def deploy(endpoint: str, sync: str | Path, *, entry_script: str = "score.py", k
     from serving import modelfolder
     from tasks.endpoints import check_code, check_target
 
-    spec = _spec(SyncSpec, {"endpoint": endpoint, "source": str(sync), "entry_script": entry_script, "kind": kind,
+    def where(path: str | Path) -> str:  # absolute: a queued run works in another directory
+        return str(Path(path).expanduser().resolve())
+
+    spec = _spec(SyncSpec, {"endpoint": endpoint, "source": where(sync), "entry_script": entry_script, "kind": kind,
                             "model": model, "replicas": replicas, "max_replicas": max_replicas, "public": public,
-                            "config": str(config) if config else None}, None)
+                            "config": where(config) if config else None}, None)
     p = _platform()
     check_target.fn(_endpoints(p), spec, check_code.fn(spec, modelfolder.load), p.settings.home_dir)  # before any flow run
     return _run(FLOW_SYNC_ENDPOINT, "flows.endpoint:sync_endpoint", spec, submit)
