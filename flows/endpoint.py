@@ -394,6 +394,7 @@ def sync_endpoint(spec: SyncSpec) -> dict[str, Any]:
                 _roll(p, eps, spec.endpoint, stage, rid, target.model, cap, only=[new for _, new in done])
             eps.set_status(spec.endpoint, "ACTIVE", stage, reason=f"the update to {version[0]}/{version[1]} failed "
                            f"and was rolled back: {str(exc)[:1500]}")
+            p.models.delete(*version)  # nothing serves it: no version is left behind by a push that failed
             raise
         eps.set_version(spec.endpoint, stage, rid, version, code.max_replicas)
         eps.set_status(spec.endpoint, "ACTIVE", stage)

@@ -317,6 +317,13 @@ def check_code(spec: SyncSpec, load_folder: Callable[[Path], Any]) -> CodeSource
                                 "a whole number from 1 to 100 (or leave it out)")
             cap = value
     config = Path(spec.config).expanduser().resolve() if spec.config else folder / CONFIG
+    if config.exists():  # its other keys are kept: it must read, so nothing in it is lost
+        try:
+            if not isinstance(json.loads(config.read_text()), dict):
+                raise ValueError("not an object")
+        except (OSError, ValueError) as exc:
+            raise SpecError("--config", str(config), f"a JSON object that can be read ({exc}); fix or remove it") \
+                from None
     return CodeSource(folder, kind, spec.entry_script, cap, config)
 
 
@@ -376,10 +383,7 @@ def register_code(models: Any, name: str, code: CodeSource) -> Version:
 
 def write_config(path: Path, endpoint: str, base_url: str, model: str, version: str, kind: str) -> dict[str, str]:
     """The endpoint's URL in AI Toolkit's inference.config.json (its other keys are kept)."""
-    try:
-        data = json.loads(path.read_text()) if path.is_file() else {}
-    except ValueError:
-        data = {}
+    data = json.loads(path.read_text()) if path.is_file() else {}  # (check_code found it readable)
     app = f"{base_url}/{endpoint}/{model}"
     data.update({"ACA_APP_NAME": endpoint, "ACA_APP_ENDPOINT": app,
                  "MLYARD_SCORE_URL": app + ("/score" if kind == "entry-script" else ""),

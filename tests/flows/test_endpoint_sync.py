@@ -47,7 +47,7 @@ def call(url: str, token: str) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read() or b"{}")
 
 
-def test_sync_deploys_then_replaces_replicas_one_at_a_time_under_load(stack, settings):
+def test_sync_deploys_then_replaces_replicas_one_at_a_time_under_load(stack, settings, platform):
     import mlyard.endpoints as api
     from mlyard.errors import RunFailed, SpecError
     from tasks import replicas as files
@@ -63,6 +63,10 @@ def test_sync_deploys_then_replaces_replicas_one_at_a_time_under_load(stack, set
         api.deploy("aca", folder / "missing")
     with pytest.raises(SpecError, match="--entry-script: 'nope.py'"):
         api.deploy("aca", folder, entry_script="nope.py")
+    (folder / "infra" / "inference.config.json").write_text("{not json")
+    with pytest.raises(SpecError, match="--config: .*inference.config.json.*fix or remove it"):
+        api.deploy("aca", folder)
+    (folder / "infra" / "inference.config.json").write_text(json.dumps({"SUBSCRIPTION_ID": "kept"}))
     with pytest.raises(SpecError, match="--replicas: 3 .* maximumInstanceCount 2"):
         api.deploy("aca", folder, replicas=3)
     assert not any(ep["name"] == "aca" for ep in api.list_endpoints())
@@ -73,6 +77,7 @@ def test_sync_deploys_then_replaces_replicas_one_at_a_time_under_load(stack, set
     assert (view["status"], st["max_replicas"], st["resources"][0]["model"]) == ("ACTIVE", 2, "aca/1"), view
     config = json.loads((folder / "infra" / "inference.config.json").read_text())
     url = config["MLYARD_SCORE_URL"]
+    assert config["SUBSCRIPTION_ID"] == "kept"
     assert config["ACA_APP_ENDPOINT"] + "/score" == url == view["urls"]["default"]["aca"]
     token = api.issue_token("aca", days=1)["token"]
     assert call(url, token) == (200, {"version": "one", "sum": 6})
@@ -121,5 +126,6 @@ def test_sync_deploys_then_replaces_replicas_one_at_a_time_under_load(stack, set
     shown = api.show("aca")
     assert shown["stages"][0]["resources"][0]["model"] == "aca/2" and "rolled back" in shown["stages"][0]["reason"]
     assert sorted(w.key for w in files.of_stage(settings.home_dir, "aca", "default")) == after
+    assert [v.version for v in platform.models.get("aca").versions] == ["1", "2"]  # the failed push's is gone
 
     api.delete("aca")
