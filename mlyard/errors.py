@@ -10,7 +10,8 @@
     │   ├── TuningNotFound
     │   ├── BatchNotFound
     │   ├── EvaluationNotFound
-    │   └── EndpointNotFound
+    │   ├── EndpointNotFound
+    │   └── ScheduleNotFound
     ├── Conflict (RuntimeError)              the action breaks a platform rule
     │   ├── AlreadyExists
     │   ├── ModelInUse
@@ -102,6 +103,11 @@ class EvaluationNotFound(NotFound):
 class EndpointNotFound(NotFound):
     kind = "endpoint"
     hint = "See `mlyard endpoints list`."
+
+
+class ScheduleNotFound(NotFound):
+    kind = "schedule"
+    hint = "See `mlyard schedules list`."
 
 
 class Conflict(MlyardError, RuntimeError):

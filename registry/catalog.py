@@ -16,10 +16,12 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -143,6 +145,43 @@ class ServingHistory(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     note: Mapped[str] = mapped_column(Text, default="")
+
+
+class Schedule(Base):
+    """A schedule (its spec as given) and the scheduler's bookkeeping: every fire time up to
+    `watermark_epoch` has been considered, and `missed` slots were left out by the catch-up policy."""
+
+    __tablename__ = "schedules"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(50), unique=True)
+    spec: Mapped[dict] = mapped_column(JSON)
+    deployment_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    status: Mapped[str] = mapped_column(String(32), default="CREATE REQUESTED")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    watermark_epoch: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    missed: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    slots: Mapped[list["ScheduleSlot"]] = relationship(cascade="all, delete-orphan", passive_deletes=True)
+
+
+class ScheduleSlot(Base):
+    """One fire time of a schedule: at most one row, so at most one run, per (schedule, slot time).
+
+    WAITING (due, not started: the concurrency limit), STARTED (its flow run exists and had not
+    ended when last looked at), ENDED, SKIPPED (due while the limit was reached, when_busy=skip)."""
+
+    __tablename__ = "schedule_slots"
+    __table_args__ = (UniqueConstraint("schedule_id", "slot_epoch"), Index("ix_schedule_slots_state", "schedule_id",
+                                                                           "state"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    schedule_id: Mapped[int] = mapped_column(ForeignKey("schedules.id", ondelete="CASCADE"))
+    slot_epoch: Mapped[int] = mapped_column(BigInteger)  # the slot's instant, whole seconds since the epoch (UTC)
+    state: Mapped[str] = mapped_column(String(16), default="WAITING")
+    flow_run_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    due_at: Mapped[float] = mapped_column(Float)  # when the scheduler recorded it (epoch seconds)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # when its flow run was created
 
 
 class Catalog:

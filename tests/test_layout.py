@@ -59,7 +59,7 @@ MAY_IMPORT = {
     "schedules": set(),
     "serving": {"registry", "tasks"},
     "registry": set(),
-    "tasks": {"registry", "tuning"},
+    "tasks": {"registry", "tuning", "schedules"},
     "flows": {"tasks", "registry", "tuning", "schedules", "serving"},
 }
 
