@@ -78,6 +78,14 @@ class Settings(BaseSettings):
         "then means /mnt/nas-1/data.",
     )
     region: str = Field(default="local", description="Region name handed to trainings as EM_REGION.")
+    schedule_start_timeout_seconds: int = Field(
+        default=600, ge=1,
+        description="A scheduled run still not started (no worker took it) after this long is cancelled and its "
+        "concurrency slot reclaimed.")
+    schedule_lead_seconds: float = Field(
+        default=5.0, ge=0, le=300,
+        description="The scheduler creates a slot's run this long before its time (scheduled to start at it), so "
+        "that many schedules firing in the same second all start on time.")
     telemetry: bool = Field(
         default=False, description="Allow the engines (Prefect, MLflow) to send usage telemetry."
     )

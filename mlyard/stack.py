@@ -1,6 +1,6 @@
 """The embedded stack: a local Prefect server on SQLite, the `local` process pool with a worker,
 the deployments from infra/prefect.yaml, the mlyard API (warm answers for the CLI's reads,
-mlyard/service.py) and (on request) the MLflow UI — all under `<home>`.
+mlyard/service.py), the endpoint gateway and replica supervisor, the scheduler (tasks/scheduling.py) and (on request) the MLflow UI — all under `<home>`.
 
 State lives in `<home>/stack.json` (pids, URLs); `down` ends each process group it started.
 """
@@ -89,8 +89,9 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
     worker_up = bool(state.pids.get("worker") and alive(state.pids["worker"]))
     service_up = bool(state.pids.get("mlyard-api") and alive(state.pids["mlyard-api"]))
     serving_up = all(state.pids.get(n) and alive(state.pids[n]) for n in ("replicas", "gateway"))
+    scheduler_up = bool(state.pids.get("scheduler") and alive(state.pids["scheduler"]))
     digest = _deployments_digest(env["MLYARD_IMAGE"])
-    if server_up and worker_up and service_up and serving_up and state.deployments == digest:
+    if server_up and worker_up and service_up and serving_up and scheduler_up and state.deployments == digest:
         return state  # already up, deployments current: nothing to do
 
     if not server_up:
@@ -128,6 +129,12 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
 
     if not serving_up:
         _start_serving(settings, state, env, logs, echo)
+    if not scheduler_up:  # schedules' runs (tasks/scheduling.py); it reaches Prefect through stack.json
+        log = logs / "scheduler.log"
+        state.pids["scheduler"] = _spawn([sys.executable, "-m", "tasks.scheduling"], log,
+                                         {**env, "MLYARD_HOME": str(settings.home_dir)}, cwd=PROJECT_ROOT)
+        state.logs["scheduler"] = str(log)
+        write_state(settings, state)
     ensure_pools(echo)
     ensure_crash_detection()
     if not worker_up:

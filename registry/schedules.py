@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -83,7 +83,7 @@ class Schedules:
                 raise ScheduleNotFound(name)
             return _record(row)
 
-    def list(self) -> list[ScheduleRecord]:
+    def all(self) -> list[ScheduleRecord]:
         with self.catalog.session() as s:
             return [_record(r) for r in s.scalars(select(Schedule).order_by(Schedule.id))]
 
@@ -104,8 +104,8 @@ class Schedules:
             row = s.scalar(select(Schedule).where(Schedule.name == name))
             if row is None:
                 raise ScheduleNotFound(name)
-            going = s.scalars(select(ScheduleSlot.flow_run_id).where(
-                ScheduleSlot.schedule_id == row.id, ScheduleSlot.state == "STARTED")).all()
+            going = [str(i) for i in s.scalars(select(ScheduleSlot.flow_run_id).where(
+                ScheduleSlot.schedule_id == row.id, ScheduleSlot.state == "STARTED"))]
             if going:
                 raise Protected(f"schedule {name!r} has {len(going)} run(s) still going ({', '.join(going[:3])}"
                                 f"{', ...' if len(going) > 3 else ''}); wait for them to end, or stop them, then "
@@ -154,6 +154,14 @@ class Schedules:
         with self.catalog.session() as s:
             s.execute(update(ScheduleSlot).where(ScheduleSlot.id == slot_id).values(
                 state="STARTED", flow_run_id=flow_run_id, started_at=time.time()))
+
+    def forget_after(self, schedule_id: int, epoch: int) -> None:
+        """Forget the slots after `epoch` that have no run, and bring the watermark back to `epoch`."""
+        with self.catalog.session() as s:
+            s.execute(delete(ScheduleSlot).where(ScheduleSlot.schedule_id == schedule_id,
+                                                 ScheduleSlot.slot_epoch > epoch, ScheduleSlot.state == "WAITING"))
+            s.execute(update(Schedule).where(Schedule.id == schedule_id, Schedule.watermark_epoch > epoch)
+                      .values(watermark_epoch=epoch))
 
     def mark(self, slot_ids: Sequence[int], state: str) -> None:
         if slot_ids:

@@ -315,8 +315,8 @@ def _field_bits(expression: str, text: str, fname: str, lo: int, hi: int, names:
 
 
 def _robfig(expression: str, fields: list[str], tz: tzinfo, reading: str) -> CronSchedule:
-    bits = [_field_bits(expression, f, *spec) for f, spec in zip(fields, FIELDS)]
-    return CronSchedule(expression, *bits, tz=tz, reading=reading)
+    sec, minute, hour, dom, month, dow = (_field_bits(expression, f, *spec) for f, spec in zip(fields, FIELDS))
+    return CronSchedule(expression, sec, minute, hour, dom, month, dow, tz=tz, reading=reading)
 
 
 def _describe(fields: list[str]) -> str:

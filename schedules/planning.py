@@ -78,20 +78,33 @@ def _latest(schedule: Schedule, after: int, until: int, n: int) -> list[int]:
     return [_epoch(t) for t in fire_times(schedule, _at(lo), _at(until), limit=CAP)][-n:]
 
 
-def due(schedule: Schedule, policy: Policy, watermark: int, now: float) -> Due:
-    """The fire times in (watermark, now] that are due, within the window and the catch-up policy.
+def due(schedule: Schedule, policy: Policy, watermark: int, now: float, lead: float = 0.0) -> Due:
+    """The fire times in (watermark, now] that are due, within the window and the catch-up policy, and
+    those in (now, now + lead] (to be created ahead of their time).
 
     Catch-up on records every missed fire time oldest first (at most CAP in one pass); catch-up off
     records only the latest one, as Kubeflow does; `max_slots` and `max_age_seconds` bound how far
     back a catch-up goes. What the policy leaves out is counted, not recorded slot by slot."""
+    past = _due(schedule, policy, watermark, int(now))
+    if lead <= 0 or past.watermark < int(now):  # a capped pass: the rest of the past first
+        return past
+    end = int(now + lead)
+    if policy.end is not None:
+        end = min(end, _epoch(policy.end))
+    ahead = [_epoch(t) for t in fire_times(schedule, _at(past.watermark), _at(end), limit=CAP)] if end > past.watermark \
+        else []
+    return Due(past.slots + ahead, past.missed, max(past.watermark, end))
+
+
+def _due(schedule: Schedule, policy: Policy, watermark: int, now: int) -> Due:
     lo = watermark
     if policy.start is not None:
         lo = max(lo, _epoch(policy.start) - 1)
-    hi = int(now)
+    hi = now
     if policy.end is not None:
         hi = min(hi, _epoch(policy.end))
     if hi <= lo:
-        return Due([], 0, max(watermark, min(int(now), lo)))
+        return Due([], 0, max(watermark, min(now, lo)))
     missed = 0
     if policy.max_age_seconds is not None and hi - policy.max_age_seconds > lo:
         cut = hi - policy.max_age_seconds
@@ -100,12 +113,12 @@ def due(schedule: Schedule, policy: Policy, watermark: int, now: float) -> Due:
     keep = policy.keep_latest
     if keep is None:
         slots = [_epoch(t) for t in fire_times(schedule, _at(lo), _at(hi), limit=CAP)]
-        mark = slots[-1] if len(slots) == CAP else hi
+        mark = slots[-1] if len(slots) == CAP else max(hi, now)
         return Due(slots, missed, mark)
     slots = _latest(schedule, lo, hi, keep)
     if slots:
         missed += _count(schedule, lo, slots[0] - 1)
-    return Due(slots, missed, hi)
+    return Due(slots, missed, max(hi, now))
 
 
 T = TypeVar("T")

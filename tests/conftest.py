@@ -36,6 +36,9 @@ os.environ.update({
     "MLYARD_API_PORT": str(free_port()),
     "MLYARD_GATEWAY_PORT": str(free_port()),
     "MLYARD_AUTOSCALE_INTERVAL": "1",  # the gateway's autoscaling passes, every second in the tests
+    # the scheduler cancels a run that no worker started within 12 s of its slot (default 600 s), so the
+    # tests see a never-started run give its concurrency slot back
+    "MLYARD_SCHEDULE_START_TIMEOUT_SECONDS": "12",
     "MLYARD_CACHE_DIR": str(USER_DIR / "cache"),  # compiled models and LLM conversions, fresh for each run
     "PREFECT_HOME": str(_HOME / "prefect"),
     "PREFECT_API_URL": f"http://127.0.0.1:{_PORT}/api",

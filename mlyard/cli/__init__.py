@@ -20,6 +20,7 @@ from mlyard.cli import (
     experiments,
     models,
     predict,
+    schedules,
     serve,
     servers,
     stack,
@@ -44,6 +45,7 @@ for command in (stack.up, stack.down, stack.status, trainings.train, tunings.tun
 for group, name in ((trainings.app, "trainings"), (tunings.app, "tunings"), (batches.app, "batches"),
                     (evaluations.app, "evaluations"), (experiments.app, "experiments"), (templates.app, "templates"),
                     (models.app, "models"), (endpoints.app, "endpoints"), (servers.app, "servers"),
+                    (schedules.app, "schedules"),
                     (stack.ui_app, "ui")):
     app.add_typer(group, name=name)
 

@@ -64,3 +64,10 @@ def test_render():
     assert render(params, T0 + 61) == {"spec": {"name": "n-2026-01-01", "out": ["s3://b/2026-01-01T00:01:01Z/x"],
                                                 "k": 3}}
     assert slot_label(T0) == "20260101T000000Z"
+
+
+def test_lead_records_the_slots_just_ahead_and_never_counts_them_missed():
+    d = due(parse("* * * * * *"), Policy(catchup=False), T0, T0 + 10, lead=3)
+    assert d.slots == [T0 + 10, T0 + 11, T0 + 12, T0 + 13] and d.missed == 9 and d.watermark == T0 + 13
+    d2 = due(parse("* * * * * *"), Policy(catchup=False), d.watermark, T0 + 11, lead=3)
+    assert d2.slots == [T0 + 14] and d2.missed == 0

@@ -1,0 +1,297 @@
+"""The scheduler: turns schedules' due slots into Prefect flow runs, exactly once each.
+
+One pass (`Scheduler.tick`):
+1. confirm new schedules (CREATE REQUESTED -> ENABLED/DISABLED, or CREATE FAILED when their target
+   deployment is gone);
+2. refresh the slots whose runs were going: a run in a final state (completed, failed, cancelled,
+   crashed) or deleted frees its concurrency slot; one still not started after the start timeout (no
+   worker took it) is cancelled and frees it too; a killed flow process is marked CRASHED by the
+   heartbeat automation of `mlyard up` and so frees it within a minute;
+3. record every enabled schedule's slots due up to `lead` seconds from now and move its watermark,
+   in one transaction (schedules.planning decides what catch-up keeps);
+4. start the waiting slots the concurrency limit leaves room for, oldest first (or skip them):
+   each is a flow run of the target deployment, created with the idempotency key
+   (schedule, slot), tagged with the schedule and the slot, its parameters rendered for the slot.
+   A slot still ahead is created as a Prefect run scheduled at the slot's time, which the worker
+   starts then, as Prefect's own scheduler does: creating a run costs Prefect 60-100 ms, so the lead
+   is what keeps a burst of schedules firing in the same second on time.
+
+Exactly once: the catalog holds one row per (schedule, slot), and Prefect returns the existing run
+for an idempotency key it has seen, so a scheduler killed between creating a run and recording it
+finds the same run again on its next pass.
+
+Why not Prefect's own deployment schedules: they read 5-field cron only (no seconds first, no
+@every), have no catch-up (a missed slot is never run) and no end time, and a deployment concurrency
+limit can be left holding a slot of a run that died. Prefect still does everything else: the runs
+are its flow runs, its workers run them, its UI shows them, its idempotency keys guard them.
+
+`python -m tasks.scheduling` runs the loop (`mlyard up` starts it; flows/scheduler.py runs it as a
+deployment in production).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+from uuid import UUID
+
+from registry.schedules import ScheduleRecord, Schedules, SlotRecord
+from schedules.cron import Schedule
+from schedules.planning import Policy, dispatch, due, render, slot_label, trigger
+
+log = logging.getLogger("mlyard.scheduler")
+
+FINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
+NOT_STARTED = {"SCHEDULED", "PENDING"}
+TAG_SCHEDULE = "mlyard.schedule"
+TAG_SLOT = "mlyard.slot"
+
+
+@dataclass
+class Plan:
+    """A schedule's trigger and policy, read once from its spec."""
+
+    trigger: Schedule
+    policy: Policy
+    spec: dict[str, Any]
+
+
+@dataclass
+class PassReport:
+    recorded: int = 0
+    missed: int = 0
+    started: int = 0
+    skipped: int = 0
+    ended: int = 0
+    reclaimed: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def _dt(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def plan_of(record: ScheduleRecord) -> Plan:
+    spec = record.spec
+    start, end = _dt(spec.get("start_time")), _dt(spec.get("end_time"))
+    created = _dt(record.created_at) or datetime.now(timezone.utc)
+    anchor = start or created.replace(microsecond=0)
+    interval = spec.get("interval")
+    seconds = None
+    if interval:
+        from mlyard.specs.schedule import UNIT_SECONDS
+
+        seconds = int(interval["every"]) * UNIT_SECONDS[interval.get("unit", "minutes")]
+    trig = trigger(spec.get("cron"), seconds, spec.get("timezone", "UTC"), anchor)
+    policy = Policy(start=start, end=end, catchup=spec.get("catchup", True), max_slots=spec.get("catchup_max_slots"),
+                    max_age_seconds=spec.get("catchup_max_age_seconds"))
+    return Plan(trig, policy, spec)
+
+
+class Scheduler:
+    """One scheduler over the catalog's schedules and a Prefect client (the sync client)."""
+
+    def __init__(self, store: Schedules, client: Any, start_timeout_seconds: float = 600.0,
+                 lead_seconds: float = 5.0, clock: Callable[[], float] = time.time):
+        self.store, self.client, self.start_timeout, self.clock = store, client, start_timeout_seconds, clock
+        self.lead = lead_seconds
+        self._plans: dict[tuple[int, str], Plan] = {}
+
+    def _plan(self, record: ScheduleRecord) -> Plan:
+        key = (record.id, repr(sorted(record.spec.items())))
+        if key not in self._plans:
+            self._plans = {k: v for k, v in self._plans.items() if k[0] != record.id}
+            self._plans[key] = plan_of(record)
+        return self._plans[key]
+
+    # -- 1. confirm ------------------------------------------------------------------------------
+
+    def _confirm(self, record: ScheduleRecord) -> ScheduleRecord:
+        try:
+            if record.deployment_id:
+                self.client.read_deployment(UUID(record.deployment_id))
+        except Exception as exc:  # noqa: BLE001 - Prefect's ObjectNotFound and the like: a reason to show
+            if type(exc).__name__ == "ObjectNotFound":
+                return self.store.set_status(record.name, "CREATE FAILED",
+                                             f"deployment {record.spec.get('deployment')} not found; create it, then "
+                                             "copy this schedule")
+            raise
+        status = "ENABLED" if record.spec.get("enabled", True) else "DISABLED"
+        return self.store.set_status(record.name, status)
+
+    # -- 2. refresh ------------------------------------------------------------------------------
+
+    def refresh(self, records: list[ScheduleRecord], report: PassReport, now: float) -> dict[int, int]:
+        """Which started runs have ended; the number still going per schedule."""
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+        from prefect.states import Cancelled
+
+        started = [s for r in records for s in self.store.slots(r.id, ["STARTED"])]
+        going: dict[int, int] = {r.id: 0 for r in records}
+        if not started:
+            return going
+        runs = {}
+        for i in range(0, len(started), 200):
+            ids = [UUID(s.flow_run_id) for s in started[i:i + 200] if s.flow_run_id]
+            for fr in self.client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)),
+                                                 limit=len(ids)):
+                runs[str(fr.id)] = fr
+        ended = []
+        for slot in started:
+            fr = runs.get(slot.flow_run_id or "")
+            state: str | None = fr.state.type.value if fr is not None and fr.state is not None else None
+            if fr is None or state in FINAL:
+                ended.append(slot.id)
+            elif state in NOT_STARTED and now - max(slot.slot_epoch, slot.started_at or now) > self.start_timeout:
+                self.client.set_flow_run_state(fr.id, Cancelled(
+                    message=f"not started within {self.start_timeout:.0f} s of its slot (no worker took it); "
+                            "cancelled by the mlyard scheduler"), force=True)
+                ended.append(slot.id)
+                report.reclaimed += 1
+            else:
+                going[slot.schedule_id] += 1
+        self.store.mark(ended, "ENDED")
+        report.ended += len(ended)
+        return going
+
+    # -- 3 and 4. record and start ---------------------------------------------------------------
+
+    def _start(self, record: ScheduleRecord, slot_epoch: int, slot_id: int, plan: Plan, now: float) -> str:
+        from prefect.states import Scheduled
+
+        label = slot_label(slot_epoch)
+        assert record.deployment_id is not None
+        state: Any = Scheduled(scheduled_time=datetime.fromtimestamp(slot_epoch, timezone.utc)) if slot_epoch > now else None
+        fr = self.client.create_flow_run_from_deployment(
+            UUID(record.deployment_id), parameters=render(plan.spec.get("parameters", {}), slot_epoch),
+            name=f"{record.name}-{label}", tags=[f"{TAG_SCHEDULE}:{record.name}", f"{TAG_SLOT}:{label}"],
+            idempotency_key=f"mlyard.schedule:{record.id}:{slot_epoch}", state=state)
+        self.store.started(slot_id, str(fr.id))
+        return str(fr.id)
+
+    def tick(self, now: float | None = None) -> PassReport:
+        now = self.clock() if now is None else now
+        report = PassReport()
+        records = self.store.all()
+        for i, rec in enumerate(records):
+            if rec.status == "CREATE REQUESTED":
+                records[i] = self._confirm(rec)
+        going = self.refresh(records, report, now)
+        for rec in records:
+            if rec.status != "ENABLED":
+                continue
+            try:
+                plan = self._plan(rec)
+                d = due(plan.trigger, plan.policy, rec.watermark_epoch or int(now), now, self.lead)
+                if d.slots or d.missed or d.watermark != rec.watermark_epoch:
+                    report.recorded += self.store.record_due(rec.id, d.slots, d.watermark, d.missed)
+                    report.missed += d.missed
+                room = int(plan.spec.get("max_concurrency", 1)) - going.get(rec.id, 0)
+                waiting = self.store.slots(rec.id, ["WAITING"], limit=max(room, 0) + 1000)
+                start: list[SlotRecord]
+                skip: list[SlotRecord]
+                start, skip = dispatch(waiting, going.get(rec.id, 0), int(plan.spec.get("max_concurrency", 1)),
+                                       plan.spec.get("when_busy", "wait"))
+                if skip and plan.spec.get("when_busy") == "skip":
+                    self.store.mark([s.id for s in skip], "SKIPPED")
+                    report.skipped += len(skip)
+                for slot in start:
+                    self._start(rec, slot.slot_epoch, slot.id, plan, now)
+                    report.started += 1
+            except Exception as exc:  # noqa: BLE001 - one schedule's trouble must not stop the others
+                log.exception("schedule %s", rec.name)
+                report.errors.append(f"{rec.name}: {exc}")
+        return report
+
+    def withdraw(self, record: ScheduleRecord, now: float) -> int:
+        """A schedule being disabled: runs created ahead of a slot still to come are cancelled (their
+        slots recorded SKIPPED), slots still to come and not started are forgotten, and the watermark
+        comes back to now, so that enabling it again catches up from here."""
+        from prefect.states import Cancelled
+
+        withdrawn = 0
+        for slot in self.store.slots(record.id, ["STARTED"]):
+            if slot.slot_epoch > now and slot.flow_run_id:
+                self.client.set_flow_run_state(UUID(slot.flow_run_id), Cancelled(
+                    message="its schedule was disabled before the slot's time"), force=True)
+                self.store.mark([slot.id], "SKIPPED")
+                withdrawn += 1
+        self.store.forget_after(record.id, int(now))
+        return withdrawn
+
+    def next_wake(self, now: float, longest: float = 1.0) -> float:
+        """When the next pass is needed: `lead` before the earliest next slot of an enabled schedule,
+        else `longest` from now."""
+        wake = now + longest
+        for rec in self.store.all():
+            if rec.status != "ENABLED":
+                continue
+            try:
+                nxt = self._plan(rec).trigger.next_after(datetime.fromtimestamp(max(now + self.lead,
+                                                                                    rec.watermark_epoch or now),
+                                                                                timezone.utc))
+            except Exception:  # noqa: BLE001
+                continue
+            if nxt is not None:
+                wake = min(wake, nxt.timestamp() - self.lead)
+        return wake
+
+    def run(self, stop: threading.Event, longest_sleep: float = 1.0) -> None:
+        """Passes until `stop` is set; a failing pass (Prefect unreachable, ...) is retried with backoff."""
+        backoff = 1.0
+        while not stop.is_set():
+            try:
+                report = self.tick()
+                backoff = 1.0
+                if report.started or report.skipped or report.reclaimed or report.missed:
+                    log.info("started %d, skipped %d, missed %d, reclaimed %d", report.started, report.skipped,
+                             report.missed, report.reclaimed)
+                wait = self.next_wake(self.clock(), longest_sleep) - self.clock()
+            except Exception:  # noqa: BLE001
+                log.exception("scheduler pass failed; retrying in %.0f s", backoff)
+                wait, backoff = backoff, min(backoff * 2, 30.0)
+            stop.wait(max(0.0, wait) + 0.005)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tasks.scheduling", description="The mlyard scheduler loop.")
+    parser.add_argument("--once", action="store_true", help="One pass, then exit.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
+    from mlyard.connection import connect
+    from mlyard.settings import Settings
+    from registry.catalog import Catalog
+
+    settings = connect(Settings())
+    from prefect.client.orchestration import get_client
+
+    store = Schedules(Catalog(settings.catalog_db_url))
+    with get_client(sync_client=True) as client:
+        scheduler = Scheduler(store, client, settings.schedule_start_timeout_seconds, settings.schedule_lead_seconds)
+        if args.once:
+            print(scheduler.tick())
+            return
+        stop = threading.Event()
+        import signal
+
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        log.info("scheduler started (Prefect at %s)", client.api_url)
+        try:
+            scheduler.run(stop)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Schedules on the running platform: the scheduler of `mlyard up` (a real process) makes Prefect flow
+runs on a real Prefect server. Most targets are `train/gpu`, a deployment on the Kubernetes pool: no
+worker runs there (no cluster here), so its runs stay scheduled and hold their concurrency slots until
+the scheduler reclaims them (MLYARD_SCHEDULE_START_TIMEOUT_SECONDS=12 in conftest.py). One schedule
+runs a real training on the local pool to COMPLETED."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from test_user_paths import _ok, _one_line_error, mlyard
+
+EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
+TRAIN = {"spec": {"name": "sched-{{ slot_date }}", "experiment": "schedules", "source_uri": str(EXAMPLES / "sklearn_digits"),
+                  "entry_point": "train.py", "hyperparameters": {"epochs": 1, "epoch_seconds": 0}}}
+
+
+def _runs(tag: str) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[tag])), limit=200)
+
+
+def _wait(cond, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = cond()
+        if got:
+            return got
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_catchup_concurrency_exactly_once_and_reclaim(stack):
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed
+
+    import mlyard.schedules as schedules
+    from mlyard.connection import connect
+    from registry.catalog import Catalog
+    from registry.schedules import Schedules
+    from tasks.scheduling import Scheduler
+
+    start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(seconds=20)
+    view = schedules.create({"name": "catchup", "deployment": "train/gpu", "cron": "* * * * * *",
+                             "start_time": start.isoformat(), "max_concurrency": 3, "parameters": TRAIN})
+    assert view["status"] == "ENABLED" and view["read_as"].startswith("second *")
+    tag = "mlyard.schedule:catchup"
+    # a second scheduler in this process races the stack's one: still one run per slot
+    store = Schedules(Catalog(connect().catalog_db_url))
+    with get_client(sync_client=True) as client:
+        racer = Scheduler(store, client, start_timeout_seconds=600)
+        threads = [threading.Thread(target=racer.tick) for _ in range(3)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+    runs = _wait(lambda: (r := _runs(tag)) and len(r) >= 3 and r, 20, "three runs")
+    slots = Counter(t for r in runs for t in r.tags if t.startswith("mlyard.slot:"))
+    assert all(n == 1 for n in slots.values()), slots
+    first = min(slots)
+    assert first == f"mlyard.slot:{start.strftime('%Y%m%dT%H%M%SZ')}", "catch-up starts with the oldest slot"
+    shown = schedules.show("catchup", runs=50)
+    assert shown["slots"]["STARTED"] <= 4 and shown["slots"].get("WAITING", 0) >= 15  # 3 going (4 with the racer)
+    assert runs[0].parameters["spec"]["name"] == "sched-" + start.date().isoformat()
+
+    # the Kubernetes pool has no worker here: after 12 s the runs are cancelled and their slots reclaimed
+    _wait(lambda: sum(1 for r in _runs(tag) if r.state.type.value == "CANCELLED") >= 3, 40, "reclaimed slots")
+    more = _wait(lambda: (r := _runs(tag)) and len(r) >= 6 and r, 20, "the next waiting slots to start")
+    # a run whose process was killed turns CRASHED (the heartbeat automation of `mlyard up`, tested in
+    # test_stack); set here as that automation does, it frees its slot at once
+    going = [r for r in more if r.state.type.value == "SCHEDULED"]
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(going[0].id, Crashed(message="killed"), force=True)
+    _wait(lambda: len(_runs(tag)) > len(more), 10, "a run after the crashed one")
+
+    # a run still going blocks deletion; disabled and cancelled, the schedule goes
+    with pytest.raises(Exception, match="still going"):
+        schedules.delete("catchup")
+    schedules.disable("catchup")
+    from prefect.states import Cancelled
+
+    with get_client(sync_client=True) as client:
+        for r in _runs(tag):
+            if not r.state.is_final():
+                client.set_flow_run_state(r.id, Cancelled(), force=True)
+    schedules.delete("catchup")
+    final = Counter(t for r in _runs(tag) for t in r.tags if t.startswith("mlyard.slot:"))
+    assert all(n == 1 for n in final.values()), final
+
+
+def test_enabled_late_with_catchup_off_runs_only_the_latest_missed_slot(stack):
+    import mlyard.schedules as schedules
+
+    schedules.create({"name": "nocatch", "deployment": "train/gpu", "interval": {"every": 1, "unit": "seconds"},
+                      "max_concurrency": 10, "catchup": False, "enabled": False, "parameters": TRAIN})
+    assert schedules.show("nocatch")["status"] == "DISABLED"
+    time.sleep(4)
+    enabled_at = time.time()
+    schedules.enable("nocatch")
+    _wait(lambda: _runs("mlyard.schedule:nocatch"), 10, "a run")
+    shown = schedules.show("nocatch", runs=0)
+    schedules.disable("nocatch")
+    slots = sorted(datetime.strptime(next(t for t in r.tags if t.startswith("mlyard.slot:")).split(":", 1)[1],
+                                     "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc).timestamp()
+                   for r in _runs("mlyard.schedule:nocatch"))
+    # catch-up off: of the slots missed while disabled only the latest runs, so no run is for a slot more
+    # than a second (the interval) before the scheduler saw it enabled
+    assert slots[0] >= enabled_at - 1, (slots, enabled_at)
+    assert shown["missed"] >= 3
+
+
+def test_a_scheduled_training_runs_on_the_local_pool(stack):
+    """The user's path: a schedule of `train/local`, created from a fresh CLI process, runs its training
+    to COMPLETED with the slot in its name; `schedules show` lists it."""
+    start = datetime.now(timezone.utc).replace(microsecond=0)
+    spec = {"name": "hourly-train", "deployment": "train/local", "interval": {"every": 1, "unit": "hours"},
+            "start_time": start.isoformat(), "parameters": TRAIN}
+    path = Path(__import__("os").environ["MLYARD_HOME"]).parent / "hourly.yaml"
+    path.write_text(json.dumps(spec))
+    _ok(mlyard("schedules", "create", "-f", str(path)))
+    shown = _wait(lambda: (v := json.loads(_ok(mlyard("schedules", "show", "hourly-train", "--json"))))["runs"]
+                  and v["runs"][0]["run_state"] == "Completed" and v, 120, "the scheduled training to complete")
+    run = shown["runs"][0]
+    assert run["slot"] == start.isoformat() and run["lateness_seconds"] is not None and run["lateness_seconds"] < 5
+    assert shown["next"][0] == (start + timedelta(hours=1)).isoformat()
+    trainings = json.loads(_ok(mlyard("trainings", "list", "--json")))
+    assert any(t["name"] == f"sched-{start.date().isoformat()}" and t["status"] == "COMPLETE" for t in trainings)
+    _ok(mlyard("schedules", "disable", "hourly-train"))
+    assert json.loads(_ok(mlyard("schedules", "list", "--json")))[-1]["status"] == "DISABLED"
+
+
+def test_bad_schedules_are_refused_in_one_line(stack, tmp_path):
+    def refused(spec: dict, *words: str):
+        f = tmp_path / "s.yaml"
+        f.write_text(json.dumps({"name": "bad", "deployment": "train/gpu", "cron": "0 * * * * *",
+                                 "parameters": TRAIN, **spec}))
+        _one_line_error(mlyard("schedules", "create", "-f", str(f)), *words)
+
+    refused({"cron": "0 61 * * * *"}, "cron", "minute", "above maximum")
+    refused({"cron": "*/5 * * * *"}, "cron", "ambiguous", "0 */5 * * * *")
+    refused({"cron": "0 0 0 30 2 *"}, "cron", "never")
+    refused({"deployment": "nope/local"}, "deployment", "train/local")
+    refused({"max_concurrency": 11}, "max_concurrency")
+    refused({"start_time": "2030-01-02T00:00:00Z", "end_time": "2030-01-01T00:00:00Z"}, "end_time", "after")
+    refused({"parameters": {"spec": TRAIN["spec"], "extra": 1}}, "parameters.extra", "takes spec")
+    refused({"parameters": {"spec": {**TRAIN["spec"], "entry_point": 3}}}, "parameters")
+    refused({"parameters": {"spec": {**TRAIN["spec"], "max_run_time_seconds": -5}}}, "max_run_time_seconds")
+    assert json.loads(_ok(mlyard("schedules", "list", "--json"))) == [] or all(
+        s["name"] != "bad" for s in json.loads(_ok(mlyard("schedules", "list", "--json"))))
+    _one_line_error(mlyard("schedules", "preview", "0 0 24 * * *"), "hour", "above maximum (23)")
+    never = json.loads(_ok(mlyard("schedules", "preview", "0 0 0 30 2 *", "--json")))
+    assert never["next"] == [] and "never" in never["never_fires"]
+    got = json.loads(_ok(mlyard("schedules", "preview", "CRON_TZ=Asia/Seoul 0 0 9 * * *", "--start",
+                                "2026-11-22T12:00:00Z", "--count", "2", "--json")))
+    assert got["next"] == ["2026-11-23T09:00:00+09:00", "2026-11-24T09:00:00+09:00"]
