@@ -18,6 +18,7 @@ FLOW_ADD_STAGE = "add-endpoint-stage"
 FLOW_PROMOTE_STAGE = "promote-endpoint-stage"
 FLOW_DELETE_ENDPOINT = "delete-endpoint"
 FLOW_SYNC_ENDPOINT = "sync-endpoint-code"
+FLOW_SCHEDULER = "scheduler"  # production only: `mlyard up` runs the same loop as a process
 
 # -- Prefect tasks whose start or failure decides a run's status ------------------------------------------
 TASK_RUN_ENTRY_POINT = "run-entry-point"  # a training's script runs: RUNNING; a failure after it is FAIL TRAIN

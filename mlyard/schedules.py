@@ -106,8 +106,10 @@ def _check_trigger(spec: ScheduleSpec) -> None:
                                                                    f"({nxt.isoformat()}): it would never run")
 
 
-def _check_parameters(spec: ScheduleSpec, deployment: Any) -> None:
-    """Parameters the deployment does not take, lacks, or that do not make a valid spec."""
+def _check_parameters(spec: ScheduleSpec, deployment: Any, base: Path) -> dict[str, Any]:
+    """Parameters the deployment does not take, lacks, or that do not make a valid spec; the parameters
+    to store, relative local paths of an mlyard spec made absolute against `base` (as a submitted run's
+    are), placeholders kept."""
     from prefect.utilities.schema_tools import validate
 
     from schedules.planning import render
@@ -129,14 +131,28 @@ def _check_parameters(spec: ScheduleSpec, deployment: Any) -> None:
         where = ".".join(str(p) for p in e.path)
         raise SpecError(f"parameters.{where}" if where else "parameters", e.instance, e.message)
     model_name = SPEC_MODELS.get(spec.deployment.split("/")[0] if spec.deployment else "")
-    if model_name and "spec" in sample:
+    stored = dict(spec.parameters)
+    if model_name and isinstance(sample.get("spec"), dict):
         import mlyard.specs as specs
         from mlyard.specs.common import load_spec
+        from mlyard.uris import absolute
 
         try:
-            load_spec(getattr(specs, model_name), sample["spec"], "parameters.spec")
+            loaded = load_spec(getattr(specs, model_name), sample["spec"], "parameters.spec")
         except SpecError as exc:
             raise SpecError(f"parameters.spec.{exc.field}", exc.value, exc.expected) from exc
+        before, after = loaded.model_dump(mode="json"), loaded.resolved(base).model_dump(mode="json")
+        raw = dict(stored["spec"])
+        for key, value in raw.items():
+            if before.get(key) == after.get(key):
+                continue
+            if isinstance(value, str):
+                raw[key] = absolute(value, base)
+            elif isinstance(value, dict):
+                raw[key] = {k: absolute(v, base) if before[key].get(k) != after[key].get(k) else v
+                            for k, v in value.items()}
+        stored["spec"] = raw
+    return stored
 
 
 def create(spec_in: ScheduleSpec | dict | str | Path, *, sets: dict[str, Any] | None = None,
@@ -157,9 +173,11 @@ def create(spec_in: ScheduleSpec | dict | str | Path, *, sets: dict[str, Any] | 
             names = sorted(f"{d.flow_name}/{d.name}" if getattr(d, "flow_name", None) else d.name
                            for d in _deployments(client))
             raise SpecError("deployment", spec.deployment, f"a deployment of this platform: {', '.join(names)}") from exc
-        _check_parameters(spec, deployment)
+        parameters = _check_parameters(spec, deployment, Path.cwd())
     watermark = int(spec.start_time.timestamp()) - 1 if spec.start_time else int(time.time())
-    store.create(spec.name, spec.model_dump(mode="json"), str(deployment.id), "CREATE REQUESTED", watermark)
+    saved = spec.model_dump(mode="json")
+    saved["parameters"] = parameters
+    store.create(spec.name, saved, str(deployment.id), "CREATE REQUESTED", watermark)
     deadline = time.monotonic() + wait_seconds
     view = show(spec.name, runs=0)
     while view["status"] == "CREATE REQUESTED" and time.monotonic() < deadline:

@@ -119,15 +119,21 @@ def test_enabled_late_with_catchup_off_runs_only_the_latest_missed_slot(stack):
 def test_a_scheduled_training_runs_on_the_local_pool(stack):
     """The user's path: a schedule of `train/local`, created from a fresh CLI process, runs its training
     to COMPLETED with the slot in its name; `schedules show` lists it."""
+    import shutil
+
     start = datetime.now(timezone.utc).replace(microsecond=0)
+    home = Path(__import__("os").environ["MLYARD_HOME"]).parent
+    shutil.copytree(EXAMPLES / "sklearn_digits", home / "sched-algo")
+    # a relative path is taken from where the schedule is created (the worker runs elsewhere)
     spec = {"name": "hourly-train", "deployment": "train/local", "interval": {"every": 1, "unit": "hours"},
-            "start_time": start.isoformat(), "parameters": TRAIN}
-    path = Path(__import__("os").environ["MLYARD_HOME"]).parent / "hourly.yaml"
+            "start_time": start.isoformat(), "parameters": {"spec": {**TRAIN["spec"], "source_uri": "sched-algo"}}}
+    path = home / "hourly.yaml"
     path.write_text(json.dumps(spec))
     _ok(mlyard("schedules", "create", "-f", str(path)))
     shown = _wait(lambda: (v := json.loads(_ok(mlyard("schedules", "show", "hourly-train", "--json"))))["runs"]
                   and v["runs"][0]["run_state"] == "Completed" and v, 120, "the scheduled training to complete")
     run = shown["runs"][0]
+    assert shown["parameters"]["spec"]["source_uri"] == str(home / "sched-algo")
     assert run["slot"] == start.isoformat() and run["lateness_seconds"] is not None and run["lateness_seconds"] < 5
     assert shown["next"][0] == (start + timedelta(hours=1)).isoformat()
     trainings = json.loads(_ok(mlyard("trainings", "list", "--json")))

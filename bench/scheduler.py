@@ -1,0 +1,222 @@
+"""The scheduler's figures (issue 11), on a throwaway embedded stack (real Prefect server, catalog on SQLite):
+
+1. catch-up: a schedule firing every second whose start lies SLOTS seconds back, created as a user
+   creates it (mlyard.schedules.create), catch-up on, max concurrency 10: the time until the stack's
+   scheduler has recorded every missed slot (each a row keyed by schedule and slot: one run each, ever)
+   and created the first 10 runs. Target: 10,000 slots in <= 10 s.
+2. crash safety: the stack's scheduler is replaced by one we kill -9 at a random moment (0-1 s after
+   it says it started) KILLS times, restarting it each time, while it works through a catch-up of
+   CRASH_SLOTS slots; then it finishes. Every slot must have exactly one Prefect flow run: we count
+   lost and duplicate runs per (schedule, slot) from Prefect's own records (tags).
+3. lateness: SCHEDULES schedules enabled, each firing every minute at second 0 (all in the same
+   second: the hard case) for MINUTES minutes; lateness = the flow run's creation time in Prefect
+   minus its slot time (negative: created ahead, to start at its time). Target: p99 <= 1 s.
+
+Runs target `train/gpu`, a deployment on the Kubernetes pool, where no worker runs here. A stand-in
+worker (a thread of this script) sets each run COMPLETED once its scheduled time has come, so runs
+end and the concurrency limit moves on: it is not what is measured. Run: `python bench/scheduler.py`
+(about 10 minutes; never part of the tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import _stack  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+PARAMS = {"spec": {"name": "bench-{{ slot_epoch }}", "source_uri": str(ROOT / "examples" / "sklearn_digits"),
+                   "entry_point": "train.py"}}
+
+
+def stand_in_worker(stop: threading.Event) -> threading.Thread:
+    """Completes scheduled runs of the Kubernetes pool whose time has come (no cluster here)."""
+
+    def loop() -> None:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import (
+            DeploymentFilter,
+            DeploymentFilterName,
+            FlowRunFilter,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+        )
+        from prefect.client.schemas.objects import StateType
+        from prefect.states import Completed
+
+        with get_client(sync_client=True) as client:
+            while not stop.is_set():
+                runs = client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+                        type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))),
+                    deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["gpu"])), limit=200)
+                now = datetime.now(timezone.utc)
+                for r in runs:
+                    if r.state and r.state.state_details.scheduled_time and r.state.state_details.scheduled_time <= now:
+                        client.set_flow_run_state(r.id, Completed(), force=True)
+                stop.wait(0.2)
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    return t
+
+
+def tagged_runs(tag: str) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+    out, offset = [], 0
+    with get_client(sync_client=True) as client:
+        while True:
+            page = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[tag])),
+                                         limit=200, offset=offset)
+            out += page
+            if len(page) < 200:
+                return out
+            offset += 200
+
+
+def store():
+    from mlyard.connection import connect
+    from registry.catalog import Catalog
+    from registry.schedules import Schedules
+
+    return Schedules(Catalog(connect().catalog_db_url))
+
+
+def catchup(slots: int) -> None:
+    import mlyard.schedules as schedules
+
+    start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(seconds=slots - 1)
+    t0 = time.perf_counter()
+    schedules.create({"name": "catchup", "deployment": "train/gpu", "cron": "* * * * * *", "max_concurrency": 10,
+                      "start_time": start.isoformat(), "parameters": PARAMS}, wait_seconds=0)
+    st = store()
+    sid = st.get("catchup").id
+    recorded = runs10 = None
+    while time.perf_counter() - t0 < 120 and (recorded is None or runs10 is None):
+        counts = st.counts(sid)
+        n = sum(counts.values())
+        if recorded is None and n >= slots:
+            recorded = time.perf_counter() - t0
+        if runs10 is None and counts.get("STARTED", 0) + counts.get("ENDED", 0) >= 10:
+            runs10 = time.perf_counter() - t0
+        time.sleep(0.02)
+    rows = st.slots(sid)
+    epochs = [r.slot_epoch for r in rows]
+    print(f"catch-up: {len(epochs)} slots recorded ({len(set(epochs))} distinct, expected >= {slots}) in "
+          f"{recorded:.2f} s from `create`; first 10 runs created after {runs10:.2f} s")
+    schedules.disable("catchup")
+
+
+def crash(slots: int, kills: int, settings) -> None:
+    import mlyard.schedules as schedules
+    from mlyard.connection import read_state
+
+    state = read_state(settings)
+    assert state is not None
+    os.killpg(state.pids["scheduler"], signal.SIGKILL)  # the stack's scheduler; ours replaces it
+    start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(seconds=slots - 1)
+    end = start + timedelta(seconds=slots - 1)
+    schedules.create({"name": "crash", "deployment": "train/gpu", "cron": "* * * * * *", "max_concurrency": 10,
+                      "start_time": start.isoformat(), "end_time": end.isoformat(), "parameters": PARAMS},
+                     wait_seconds=0)
+    log = Path(settings.home_dir) / "logs" / "bench-scheduler.log"
+    env = {**os.environ}
+    killed_at_work = 0
+    for i in range(kills + 1):
+        with open(log, "w") as fh:
+            proc = subprocess.Popen([sys.executable, "-m", "tasks.scheduling"], cwd=ROOT, env=env, stdout=fh,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while "scheduler started" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if i == kills:  # the last one finishes the work
+            break
+        time.sleep(random.uniform(0, 1.0))
+        before = sum(1 for _ in open(log))
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        killed_at_work += before > 0
+    st, sid = store(), store().get("crash").id
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 1800:
+        counts = st.counts(sid)
+        if counts.get("WAITING", 0) == 0 and sum(counts.values()) >= slots:
+            break
+        time.sleep(1)
+    os.killpg(proc.pid, signal.SIGTERM)
+    runs = tagged_runs("mlyard.schedule:crash")
+    per_slot = Counter(t for r in runs for t in r.tags if t.startswith("mlyard.slot:"))
+    expected = {f"mlyard.slot:{(start + timedelta(seconds=k)).strftime('%Y%m%dT%H%M%SZ')}" for k in range(slots)}
+    lost = len(expected - set(per_slot))
+    dupes = sum(n - 1 for n in per_slot.values() if n > 1)
+    extra = len(set(per_slot) - expected)
+    print(f"crash safety: {kills} kill -9 of the scheduler during a catch-up of {slots} slots; {len(runs)} flow runs; "
+          f"lost {lost}, duplicate {dupes}, outside the window {extra}; slot rows {st.counts(sid)}")
+    subprocess.Popen([sys.executable, "-m", "tasks.scheduling"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.STDOUT, start_new_session=True)  # a scheduler again for part 3
+    schedules.disable("crash")
+
+
+def lateness(n: int, minutes: int) -> None:
+    import mlyard.schedules as schedules
+
+    for k in range(n):
+        schedules.create({"name": f"late-{k}", "deployment": "train/gpu", "cron": "0 * * * * *",
+                          "parameters": PARAMS}, wait_seconds=0)
+    first = (int(time.time()) // 60 + 1) * 60
+    time.sleep(max(0.0, first + 60 * minutes + 15 - time.time()))
+    late = []
+    for k in range(n):
+        for r in tagged_runs(f"mlyard.schedule:late-{k}"):
+            slot = next(t for t in r.tags if t.startswith("mlyard.slot:")).split(":", 1)[1]
+            at = datetime.strptime(slot, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+            late.append((r.created - at).total_seconds())
+    late.sort()
+    q = statistics.quantiles(late, n=100)
+    print(f"lateness: {n} schedules every minute at second 0, {len(late)} runs: run created vs slot: "
+          f"median {statistics.median(late):+.2f} s, p99 {q[98]:+.2f} s, max {late[-1]:+.2f} s "
+          f"(negative: created ahead, scheduled to start at the slot)")
+    for k in range(n):
+        schedules.disable(f"late-{k}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--slots", type=int, default=10_000)
+    ap.add_argument("--crash-slots", type=int, default=2_000)
+    ap.add_argument("--kills", type=int, default=100)
+    ap.add_argument("--schedules", type=int, default=100)
+    ap.add_argument("--minutes", type=int, default=3)
+    ap.add_argument("--only", choices=["catchup", "crash", "lateness"], default=None)
+    args = ap.parse_args()
+    settings = _stack.start()
+    stop = threading.Event()
+    stand_in_worker(stop)
+    print(json.dumps({"lead_seconds": settings.schedule_lead_seconds, "cores": os.cpu_count()}))
+    if args.only in (None, "catchup"):
+        catchup(args.slots)
+    if args.only in (None, "lateness"):
+        lateness(args.schedules, args.minutes)
+    if args.only in (None, "crash"):
+        crash(args.crash_slots, args.kills, settings)
+    stop.set()
+
+
+if __name__ == "__main__":
+    main()
