@@ -11,7 +11,9 @@
     │   ├── BatchNotFound
     │   ├── EvaluationNotFound
     │   ├── EndpointNotFound
-    │   └── ScheduleNotFound
+    │   ├── ScheduleNotFound
+    │   ├── PipelineNotFound
+    │   └── PipelineRunNotFound
     ├── Conflict (RuntimeError)              the action breaks a platform rule
     │   ├── AlreadyExists
     │   ├── ModelInUse
@@ -108,6 +110,16 @@ class EndpointNotFound(NotFound):
 class ScheduleNotFound(NotFound):
     kind = "schedule"
     hint = "See `mlyard schedules list`."
+
+
+class PipelineNotFound(NotFound):
+    kind = "pipeline"
+    hint = "See `mlyard pipelines list`."
+
+
+class PipelineRunNotFound(NotFound):
+    kind = "pipeline run"
+    hint = "See `mlyard pipeline-runs list`."
 
 
 class Conflict(MlyardError, RuntimeError):

@@ -18,6 +18,7 @@ FLOW_ADD_STAGE = "add-endpoint-stage"
 FLOW_PROMOTE_STAGE = "promote-endpoint-stage"
 FLOW_DELETE_ENDPOINT = "delete-endpoint"
 FLOW_SYNC_ENDPOINT = "sync-endpoint-code"
+FLOW_PIPELINE_RUN = "pipeline-run"
 FLOW_SCHEDULER = "scheduler"  # production only: `mlyard up` runs the same loop as a process
 
 # -- Prefect tasks whose start or failure decides a run's status ------------------------------------------
@@ -26,6 +27,9 @@ TASK_TRIAL = "trial"  # a tuning's trial runs
 TASK_RUN_WORKERS = "run-workers"  # a batch inference's workers run
 TASK_FINISH = "finish"  # a batch inference joins its outputs: COMPLETE IN PROGRESS
 TASK_RECORD = "record"  # an evaluation writes its report: COMPLETE IN PROGRESS
+TASK_RUN_PIPELINE = "run-pipeline"  # a pipeline run's steps run: RUNNING
+TASK_FINISH_PIPELINE = "finish-pipeline"  # its outputs are listed: COMPLETE IN PROGRESS
+TASK_FAIL_PIPELINE = "fail-pipeline"  # a failed one's outputs are listed: FAIL PIPELINE RUN IN PROGRESS
 # An evaluation is RUNNING once its batch inference (a subflow, seen as a task run named after it) has started.
 TASK_EVALUATION_BATCH = FLOW_BATCH
 

@@ -160,10 +160,9 @@ def create(spec_in: ScheduleSpec | dict | str | Path, *, sets: dict[str, Any] | 
     """Check and save a schedule; the scheduler confirms it (ENABLED or DISABLED) on its next pass."""
     spec: ScheduleSpec = _spec(ScheduleSpec, spec_in, sets)
     _check_trigger(spec)
-    if spec.pipeline is not None:
-        raise SpecError("pipeline", spec.pipeline, "a deployment for now: pipeline schedules come with "
-                                                   "`mlyard pipelines` (not built yet)")
     store = _store()
+    if spec.pipeline is not None:
+        spec = _pipeline_target(spec)
     with _client() as client:
         try:
             deployment = client.read_deployment_by_name(spec.deployment or "")
@@ -177,6 +176,8 @@ def create(spec_in: ScheduleSpec | dict | str | Path, *, sets: dict[str, Any] | 
     watermark = int(spec.start_time.timestamp()) - 1 if spec.start_time else int(time.time())
     saved = spec.model_dump(mode="json")
     saved["parameters"] = parameters
+    if spec.pipeline is not None:
+        saved["run_parameters"] = dict(spec.parameters["spec"]["parameters"])
     store.create(spec.name, saved, str(deployment.id), "CREATE REQUESTED", watermark)
     deadline = time.monotonic() + wait_seconds
     view = show(spec.name, runs=0)
@@ -184,6 +185,24 @@ def create(spec_in: ScheduleSpec | dict | str | Path, *, sets: dict[str, Any] | 
         time.sleep(0.2)
         view = show(spec.name, runs=0)
     return view
+
+
+def _pipeline_target(spec: ScheduleSpec) -> ScheduleSpec:
+    """A pipeline schedule runs the pipeline-run deployment; its parameters are the pipeline's run
+    parameters, checked against its inputs (and what can run here) now."""
+    from mlyard.names import FLOW_PIPELINE_RUN
+    from mlyard.specs.pipeline import PipelineRunSpec
+    from registry.catalog import Catalog
+    from registry.pipelines import Pipelines
+    from schedules.planning import render
+    from tasks.pipelines import check_run
+
+    settings = connect()
+    run = {"name": f"{spec.name[:38]}-{{{{ slot_epoch }}}}", "description": f"run by schedule {spec.name}",
+           "pipeline": spec.pipeline, "parameters": spec.parameters, "scheduled_time": "{{ slot_time }}"}
+    sample = PipelineRunSpec.model_validate(render(run, int(time.time())))
+    check_run(Pipelines(Catalog(settings.catalog_db_url)), sample, local=not settings.kfp_host)
+    return spec.model_copy(update={"deployment": f"{FLOW_PIPELINE_RUN}/local", "parameters": {"spec": run}})
 
 
 def _deployments(client) -> list[Any]:
@@ -218,7 +237,7 @@ def _trigger_text(spec: dict[str, Any]) -> str:
 def _row(record) -> dict[str, Any]:
     spec = record.spec
     return {"name": record.name, "status": _status(record), "trigger": _trigger_text(spec),
-            "target": spec.get("deployment") or f"pipeline {spec.get('pipeline')}",
+            "target": f"pipeline {spec['pipeline']}" if spec.get("pipeline") else spec.get("deployment"),
             "max_concurrency": spec.get("max_concurrency", 1), "catchup": spec.get("catchup", True),
             "reason": record.reason}
 
@@ -313,6 +332,9 @@ def copy(name: str, new_name: str, *, sets: dict[str, Any] | None = None) -> dic
     """A new schedule with the same settings (and `sets` merged in), checked like any other."""
     spec = dict(_store().get(name).spec)
     spec["name"] = new_name
+    if spec.get("pipeline"):  # as given: the run parameters, not the pipeline-run spec made of them
+        spec["deployment"], spec["parameters"] = None, spec.pop("run_parameters", {})
+    spec.pop("run_parameters", None)
     return create(spec, sets=sets)
 
 

@@ -82,10 +82,16 @@ class Settings(BaseSettings):
         default=600, ge=1,
         description="A scheduled run still not started (no worker took it) after this long is cancelled and its "
         "concurrency slot reclaimed.")
+    pipeline_artifact_retention_days: float = Field(
+        default=120, gt=0, description="A pipeline run's outputs and artifacts are removed this long after it ran.")
+    kfp_host: str | None = Field(
+        default=None, description="A Kubeflow Pipelines API server (e.g. http://ml-pipeline.kubeflow:8888): pipeline "
+        "runs are submitted there through kfp.Client. Unset: they run here with kfp.local.")
     schedule_lead_seconds: float = Field(
-        default=5.0, ge=0, le=300,
-        description="The scheduler creates a slot's run this long before its time (scheduled to start at it), so "
-        "that many schedules firing in the same second all start on time.")
+        default=60.0, ge=0, le=3600,
+        description="The scheduler creates a slot's run up to this long before its time, scheduled to start at it "
+        "(as Prefect's own scheduler does), so that many schedules firing in the same second all start on time: "
+        "Prefect on SQLite takes 0.1-0.5 s to create a run.")
     telemetry: bool = Field(
         default=False, description="Allow the engines (Prefect, MLflow) to send usage telemetry."
     )
@@ -120,6 +126,10 @@ class Settings(BaseSettings):
     @property
     def gateway_url(self) -> str:
         return f"http://127.0.0.1:{self.gateway_port or self.prefect_port + 2}"
+
+    @property
+    def pipeline_runs_dir(self) -> Path:
+        return self.home_dir / "pipeline-runs"
 
     @property
     def prefect_home(self) -> Path:

@@ -184,6 +184,21 @@ class ScheduleSlot(Base):
     started_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # when its flow run was created
 
 
+class Pipeline(Base):
+    """An uploaded pipeline: its compiled IR YAML as given (KFP's own format), its name and status."""
+
+    __tablename__ = "pipelines"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(50), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    pipeline_name: Mapped[str] = mapped_column(String(255))  # pipelineInfo.name inside the YAML
+    status: Mapped[str] = mapped_column(String(32), default="CREATE REQUESTED")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    yaml_text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class Catalog:
     """A catalog database, migrated to the newest revision on open."""
 

@@ -57,6 +57,7 @@ class Node:
     kind: str  # task | importer | pipeline | condition | loop | exit-handler
     component: str
     exit_task: bool = False  # runs when the tasks it guards end, whatever their state
+    display: str = ""  # the name given in the SDK (dsl.If(name=...)), when it differs
 
 
 @dataclass
@@ -97,10 +98,12 @@ def load(text: str, source: str = "file") -> Pipeline:
     _check_references(spec, source)
     platform = docs[1] if len(docs) > 1 and isinstance(docs[1], dict) else None
     inputs = []
-    for pname, definition in spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {}).items():
-        inputs.append(Input(pname, PARAM_TYPES.get(definition.get("parameterType", ""), "any"),
-                            definition.get("defaultValue"), bool(definition.get("isOptional"))
-                            or "defaultValue" in definition))
+    for pname, definition in sorted(spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {}).items()):
+        kind = PARAM_TYPES.get(definition.get("parameterType", ""), "any")
+        default = definition.get("defaultValue")
+        if kind == "int" and isinstance(default, float) and default.is_integer():
+            default = int(default)  # the spec keeps numbers as doubles
+        inputs.append(Input(pname, kind, default, bool(definition.get("isOptional")) or "defaultValue" in definition))
     return Pipeline(name, spec.get("pipelineInfo", {}).get("description", ""), spec, platform, text, inputs)
 
 
@@ -185,7 +188,8 @@ def graph(p: Pipeline) -> Graph:
                 ex = p.spec.get("deploymentSpec", {}).get("executors", {}).get(comp.get("executorLabel", ""), {})
                 kind = "importer" if "importer" in ex else "task"
             exit_task = task.get("triggerPolicy", {}).get("strategy") == "ALL_UPSTREAM_TASKS_COMPLETED"
-            nodes.append(Node(node_id, tname, parent, kind, ref, exit_task))
+            shown = task.get("taskInfo", {}).get("name", tname)
+            nodes.append(Node(node_id, tname, parent, kind, ref, exit_task, shown if shown != tname else ""))
             deps = set(task.get("dependentTasks", []))
             for k in ("parameters", "artifacts"):
                 for value in task.get("inputs", {}).get(k, {}).values():
@@ -227,7 +231,8 @@ def graph_text(g: Graph, states: dict[str, str] | None = None) -> str:
             kind += " [exit]" if n.exit_task else ""
             state = f"  {states.get(n.name, 'NOT STARTED')}" if states is not None and n.kind in ("task", "importer") else ""
             after = f"  <- {', '.join(waits)}" if waits else ""
-            lines.append(f"{'  ' * depth}{'└─ ' if depth else ''}{n.name}{kind}{after}{state}")
+            shown = f" ({n.display})" if n.display else ""
+            lines.append(f"{'  ' * depth}{'└─ ' if depth else ''}{n.name}{shown}{kind}{after}{state}")
             walk(n.id, depth + 1)
 
     walk("", 0)
@@ -366,12 +371,23 @@ def local_blockers(p: Pipeline) -> list[str]:
     return reasons
 
 
-def for_local(p: Pipeline) -> str:
-    """The pipeline's IR YAML with each lightweight component's `pip install` preamble removed."""
+SCHEDULE_TIME = "{{$.pipeline_job_schedule_time_utc}}"
+CREATE_TIME = "{{$.pipeline_job_create_time_utc}}"
+
+
+def for_local(p: Pipeline, schedule_time: str | None = None, create_time: str | None = None) -> str:
+    """The pipeline's IR YAML with each lightweight component's `pip install` preamble removed, and
+    KFP's time placeholders (dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC, ..._CREATE_TIME_UTC), which kfp.local
+    leaves as they are, set: the slot a schedule ran it for, and when the run was created."""
     spec = json.loads(json.dumps(p.spec))
     for ex in spec.get("deploymentSpec", {}).get("executors", {}).values():
         c = ex.get("container")
         if c and _packages(c) and c["command"][2].rstrip().endswith('"$0" "$@"'):
             c["command"] = c["command"][3:]  # `sh -c '<pip install> && "$0" "$@"' sh -ec '<run>'` -> `sh -ec '<run>'`
     docs = [spec] + ([p.platform] if p.platform else [])
-    return yaml.safe_dump_all(docs, sort_keys=False)
+    text = yaml.safe_dump_all(docs, sort_keys=False)
+    if create_time:
+        text = text.replace(CREATE_TIME, create_time)
+    if schedule_time or create_time:
+        text = text.replace(SCHEDULE_TIME, schedule_time or create_time or "")
+    return text

@@ -33,6 +33,7 @@ def test_pure_modules_do_not_import_prefect(module):
     ("flows.endpoint:promote_stage", ("PromotionSpec",)),
     ("flows.endpoint:delete_endpoint", ("DeletionSpec",)),
     ("flows.endpoint:sync_endpoint", ("SyncSpec",)),
+    ("flows.pipeline_run:pipeline_run", ("PipelineRunSpec",)),
 ])
 def test_flow_parameter_schema_documents_every_field(flow_path, models):
     import importlib

@@ -19,6 +19,7 @@ from mlyard.cli import (
     evaluations,
     experiments,
     models,
+    pipelines,
     predict,
     schedules,
     serve,
@@ -45,7 +46,8 @@ for command in (stack.up, stack.down, stack.status, trainings.train, tunings.tun
 for group, name in ((trainings.app, "trainings"), (tunings.app, "tunings"), (batches.app, "batches"),
                     (evaluations.app, "evaluations"), (experiments.app, "experiments"), (templates.app, "templates"),
                     (models.app, "models"), (endpoints.app, "endpoints"), (servers.app, "servers"),
-                    (schedules.app, "schedules"),
+                    (schedules.app, "schedules"), (pipelines.app, "pipelines"),
+                    (pipelines.runs_app, "pipeline-runs"),
                     (stack.ui_app, "ui")):
     app.add_typer(group, name=name)
 

@@ -1,0 +1,76 @@
+"""Pipeline run: run an uploaded Kubeflow pipeline as one Prefect flow run.
+
+1. Prepare: the pipeline (ACTIVE), the run parameters against its inputs, and, to run here, that every
+   component can (no container runtime here; packages installed, none downloaded); write its folder.
+2. Run its steps: here with kfp.local's subprocess runner, in a process group a stop ends; or on the
+   Kubeflow Pipelines server of MLYARD_KFP_HOST through kfp.Client, followed until it ends and
+   terminated when this run is cancelled.
+3. List what each step made (outputs and artifacts, kept `pipeline_artifact_retention_days`), and each
+   step's state; a failed pipeline fails this run (FAIL PIPELINE RUN) after that.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+from prefect.states import Cancelled
+from pydantic import BaseModel, Field
+
+from flows.platform import Platform
+from mlyard.errors import RunFailed, TrainingStopped
+from mlyard.names import FLOW_PIPELINE_RUN
+from mlyard.specs.pipeline import PipelineRunSpec
+from registry.pipelines import Pipelines
+from tasks.orchestration import cancel_watch, stopped_on_interrupt
+from tasks.pipelines import fail, finish, prepare, run_local
+
+
+class PipelineRunResult(BaseModel):
+    pipeline_run_id: str = Field(description="Prefect flow run id of the pipeline run.")
+    pipeline: str
+    run_dir: str = Field(description="Where its outputs and artifacts are (until the retention passes).")
+    nodes: dict[str, dict] = Field(description="Each step's state, and how often it ran (loops).")
+    outputs: list[dict] = Field(description="Every file a step wrote: task, name, path, bytes.")
+
+
+@flow(name=FLOW_PIPELINE_RUN, flow_run_name="{spec.name}", on_crashed=[stopped_on_interrupt],
+      description="Run an uploaded Kubeflow pipeline (kfp.local here, or a Kubeflow Pipelines server).")
+def pipeline_run(spec: PipelineRunSpec) -> PipelineRunResult:
+    p = Platform()
+    logger = get_run_logger()
+    run_id = str(flow_run.get_id() or f"local-{time.time_ns()}")
+    local = not p.settings.kfp_host
+    run_dir = p.settings.pipeline_runs_dir / run_id
+
+    # 1. Prepare: everything that can be checked before a step runs.
+    prepare(Pipelines(p.catalog), spec, run_dir, local)
+
+    # 2. Run the steps.
+    if local:
+        env = {**os.environ}
+        if spec.nas_uri:  # a mounted share: its local path
+            env["MLYARD_NAS_PATH"] = str(p.storage.resolve(spec.nas_uri, "nas_uri").path)
+        try:
+            code = run_local(run_dir, lambda line: logger.info(line) if line.strip() else None,
+                             cancel_watch(run_id), env)
+        except TrainingStopped as stop:
+            return Cancelled(message=f"STOPPED: {stop.reason}")  # type: ignore[return-value]
+    else:
+        from tasks.kfp_remote import run_remote
+
+        try:
+            code = run_remote(p.settings.kfp_host, run_dir, spec, cancel_watch(run_id), logger.info)
+        except TrainingStopped as stop:
+            return Cancelled(message=f"STOPPED: {stop.reason}")  # type: ignore[return-value]
+
+    # 3. What each step made; a failure after that.
+    if code != 0:
+        summary = fail(run_dir)
+        failed = [n for n, s in summary["nodes"].items() if s.get("state") == "FAILED"]
+        raise RunFailed("FAIL PIPELINE RUN", None, f"step(s) {', '.join(failed) or '?'} failed; "
+                                                   f"see `mlyard pipeline-runs show {run_id}` and the run's log")
+    summary = finish(run_dir)
+    return PipelineRunResult(pipeline_run_id=run_id, pipeline=spec.pipeline, run_dir=str(run_dir), **summary)

@@ -1,0 +1,272 @@
+"""Kubeflow pipelines from Python (and the CLI's `mlyard pipelines` and `mlyard pipeline-runs`):
+upload a compiled pipeline (IR YAML), look at it and its graph, run it as a Prefect flow run of the
+`pipeline-run` deployment, follow each step, list and download what the steps made.
+
+    import mlyard.pipelines as pipelines
+
+    pipelines.upload("examples/pipelines/digits.yaml", name="digits-pipe")
+    pipelines.graph("digits-pipe")                                  # nodes with their parent DAG, edges
+    run = pipelines.run({"name": "try-1", "pipeline": "digits-pipe", "parameters": {"epochs": 2}})
+    pipelines.show_run(run["pipeline_run_id"])                       # status, each step's state, outputs
+
+A file is checked with the KFP SDK's own types before anything is recorded; run parameters are checked
+against the pipeline's inputs, and (to run here) its components against what this machine can run,
+before any run starts. Pipeline runs are Prefect flow runs: their status is derived from Prefect's state.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from mlyard.api import load as _spec
+from mlyard.connection import connect
+from mlyard.errors import PipelineRunNotFound, RunFailed, SpecError
+from mlyard.names import FLOW_PIPELINE_RUN, TASK_FAIL_PIPELINE, TASK_FINISH_PIPELINE, TASK_RUN_PIPELINE
+from mlyard.runs import Kind
+from mlyard.specs.common import NAME_PATTERN
+from mlyard.specs.pipeline import PipelineRunSpec
+
+PIPELINE_RUN = Kind(FLOW_PIPELINE_RUN, TASK_RUN_PIPELINE, "FAIL PIPELINE RUN", "pipeline run", PipelineRunNotFound,
+                    "pipeline-runs", closing=TASK_FINISH_PIPELINE)
+MAX_FILE_BYTES = 10 * 1024 * 1024
+
+
+def _pipelines():
+    from registry.catalog import Catalog
+    from registry.pipelines import Pipelines
+
+    return Pipelines(Catalog(connect().catalog_db_url))
+
+
+# -- pipelines ---------------------------------------------------------------------------------
+
+def upload(file: str | Path, *, name: str | None = None, description: str = "") -> dict[str, Any]:
+    """Check a compiled pipeline and record it: CREATE IN PROGRESS while its graph is read, then ACTIVE."""
+    import re
+
+    from tasks import kfp
+
+    path = Path(file)
+    if not path.is_file():
+        raise SpecError("file", str(file), "a compiled pipeline file (IR YAML) that exists")
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise SpecError("file", str(file), f"a file of at most {MAX_FILE_BYTES // 1024 // 1024} MB")
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as exc:
+        raise SpecError("file", str(file), "a text (YAML) file") from exc
+    p = kfp.load(text, "file")
+    name = name or re.sub(r"[^a-z0-9-]+", "-", p.name.lower()).strip("-")[:50]
+    if not re.match(NAME_PATTERN, name):
+        raise SpecError("--name", name, "lowercase letters, digits and '-', 1-50")
+    store = _pipelines()
+    store.create(name, description or p.description, p.name, text)
+    try:
+        kfp.graph(p)  # what `show` and runs rely on
+        kfp.describe(p)
+    except Exception as exc:
+        store.set_status(name, "CREATE FAILED", f"reading its graph failed: {exc}")
+        raise
+    store.set_status(name, "ACTIVE")
+    return show(name)
+
+
+def list_pipelines() -> list[dict[str, Any]]:
+    store = _pipelines()
+    out = []
+    for r in store.all():
+        row = store.as_dict(r)
+        row["schedules"] = ", ".join(store.schedules_using(r.name))
+        out.append(row)
+    return out
+
+
+def show(name: str) -> dict[str, Any]:
+    """A pipeline: its record, inputs with types and defaults, components and executors, local blockers."""
+    from tasks import kfp
+
+    store = _pipelines()
+    record = store.get(name)
+    view = store.as_dict(record)
+    p = kfp.load(record.yaml_text, f"pipeline {name}")
+    view.update(kfp.describe(p))
+    view["name"] = record.name
+    view["runs_here"] = not kfp.local_blockers(p)
+    view["local_blockers"] = kfp.local_blockers(p)
+    view["schedules"] = store.schedules_using(name)
+    return view
+
+
+def graph(name: str, *, image: str | Path | None = None) -> dict[str, Any]:
+    """The pipeline's DAG: nodes with their parent DAG, and dependency edges; drawn to `image` (.png, .svg)."""
+    from tasks import kfp
+
+    record = _pipelines().get(name)
+    p = kfp.load(record.yaml_text, f"pipeline {name}")
+    g = kfp.graph(p)
+    out = g.as_dict()
+    out["text"] = kfp.graph_text(g)
+    if image:
+        _check_image(image)
+        out["image"] = str(kfp.graph_image(g, Path(image), f"pipeline {name} ({p.name})"))
+    return out
+
+
+def _check_image(image: str | Path) -> None:
+    if Path(image).suffix.lower() not in (".png", ".svg"):
+        raise SpecError("--out", str(image), "a .png or .svg file name")
+
+
+def delete(name: str) -> dict[str, Any]:
+    """Delete a pipeline (refused while it is being created or while schedules use it)."""
+    _pipelines().delete(name)
+    return {"deleted": name}
+
+
+# -- runs --------------------------------------------------------------------------------------
+
+def _check(spec: PipelineRunSpec) -> None:
+    from tasks.pipelines import check_run
+
+    settings = connect()
+    check_run(_pipelines(), spec, local=not settings.kfp_host)
+
+
+def run(spec: PipelineRunSpec | dict | str | Path, *, sets: dict[str, Any] | None = None,
+        wait: bool = False, timeout_seconds: float = 3600) -> dict[str, Any]:
+    """Start a pipeline run (a flow run of pipeline-run/local, like Run in the Prefect UI); with `wait`,
+    follow it to its end. Everything is checked before the run is created."""
+    spec = _spec(PipelineRunSpec, spec, sets).resolved(Path.cwd())
+    _check(spec)  # connects first: Prefect is imported pointed at the running platform
+    from prefect.deployments import run_deployment
+
+    fr: Any = run_deployment(f"{FLOW_PIPELINE_RUN}/local", parameters={"spec": spec.model_dump(mode="json")},
+                             timeout=timeout_seconds if wait else 0, tags=[f"mlyard.experiment:{spec.experiment}"])
+    view = show_run(str(fr.id))
+    if wait and view["status"] not in ("COMPLETE",):
+        if view["status"] == "STOPPED":
+            return view
+        raise RunFailed(view["status"], str(fr.id), view.get("cause") or "see `mlyard pipeline-runs show`")
+    return view
+
+
+def list_runs(limit: int = 100) -> list[dict[str, Any]]:
+    from mlyard.runs import list_runs as _list
+
+    connect()
+    return [_row(i.as_dict()) for i in _list(PIPELINE_RUN, limit)]
+
+
+def _row(info: dict[str, Any]) -> dict[str, Any]:
+    spec = info.get("spec") or {}
+    cause = info.get("cause") or ""
+    for prefix in ("RunFailed: ", f"{info['status']}: "):
+        cause = cause.removeprefix(prefix)
+    return {"id": info["id"], "name": info["name"], "status": info["status"], "pipeline": spec.get("pipeline"),
+            "experiment": spec.get("experiment") or "pipelines", "created_at": info["created_at"], "cause": cause,
+            "scheduled_time": spec.get("scheduled_time") or ""}
+
+
+def _failing(run_id: str) -> bool:
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(run_id)])),
+                                     task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=TASK_FAIL_PIPELINE)))
+    return any(t.state and t.state.type.value != "PENDING" for t in runs)
+
+
+def show_run(run_id: str) -> dict[str, Any]:
+    """A pipeline run: status (the console's, from Prefect's state), each step's state, its outputs."""
+    from mlyard.links import links
+    from mlyard.runs import get_run
+    from tasks.pipelines import node_states, outputs
+
+    settings = connect()
+    info = get_run(PIPELINE_RUN, run_id).as_dict()
+    view = _row(info)
+    if view["status"] == "COMPLETE IN PROGRESS" and _failing(run_id):
+        view["status"] = "FAIL PIPELINE RUN IN PROGRESS"
+    view["spec"] = info["spec"]
+    run_dir = settings.pipeline_runs_dir / run_id
+    view["run_dir"] = str(run_dir)
+    view["nodes"] = node_states(run_dir)
+    view["outputs"] = outputs(run_dir)
+    view["links"] = links(settings, run_id)
+    return view
+
+
+def run_graph(run_id: str, *, image: str | Path | None = None) -> dict[str, Any]:
+    """The run's DAG with each step's state (SUCCEEDED, FAILED, RUNNING, NOT STARTED: skipped by a condition
+    or not reached)."""
+    from tasks import kfp
+
+    view = show_run(run_id)
+    text_path = Path(view["run_dir"]) / "pipeline.yaml"
+    if not text_path.is_file():
+        raise SpecError("pipeline run", run_id, "a run whose folder is kept (its outputs were removed after the "
+                                                "retention period, or it never started)")
+    p = kfp.load(text_path.read_text(), "pipeline run")
+    g = kfp.graph(p)
+    states = {name: n.get("state", "?") + (f" x{n['runs']}" if n.get("runs", 1) > 1 else "")
+              for name, n in view["nodes"].items()}
+    out = g.as_dict()
+    for node in out["nodes"]:
+        node["state"] = view["nodes"].get(node["name"], {}).get("state", "NOT STARTED") \
+            if node["kind"] in ("task", "importer") else None
+    out["text"] = kfp.graph_text(g, states)
+    out["status"] = view["status"]
+    if image:
+        _check_image(image)
+        plain = {k: v.split(" ")[0] for k, v in states.items()}
+        out["image"] = str(kfp.graph_image(g, Path(image), f"run {view['name']} ({view['status']})", plain))
+    return out
+
+
+def download(run_id: str, dest: str | Path, *, task: str | None = None) -> dict[str, Any]:
+    """Copy a run's outputs and artifacts (of one step, with `task`) to `dest`, laid out as task/name."""
+    view = show_run(run_id)
+    files = [o for o in view["outputs"] if task is None or o["task"] == task or o["task"].split("[")[0] == task]
+    if task is not None and not files:
+        raise SpecError("--task", task, f"a step with outputs: {', '.join(sorted({o['task'] for o in view['outputs']}))}")
+    dest = Path(dest)
+    copied = []
+    for o in files:
+        target = dest / o["task"] / o["name"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(o["path"], target)
+        copied.append(str(target))
+    return {"pipeline_run_id": run_id, "copied": copied}
+
+
+def stop(run_id: str) -> dict[str, Any]:
+    from mlyard.runs import stop_run
+
+    connect()
+    stop_run(PIPELINE_RUN, run_id)
+    return show_run(run_id)
+
+
+def copy(run_id: str, *, sets: dict[str, Any] | None = None, wait: bool = False) -> dict[str, Any]:
+    """A new run with the same settings (`sets` merged in, e.g. {"name": "again"})."""
+    spec = dict(show_run(run_id)["spec"])
+    spec.pop("scheduled_time", None)
+    return run(spec, sets=sets, wait=wait)
+
+
+def delete_run(run_id: str) -> dict[str, Any]:
+    """Delete a finished pipeline run: its Prefect flow run and its folder (refused while it runs)."""
+    from mlyard.errors import StillRunning
+    from mlyard.runs import ACTIVE_STATUSES, delete_flow_runs
+
+    view = show_run(run_id)
+    if view["status"] in ACTIVE_STATUSES or view["status"].endswith("IN PROGRESS"):
+        raise StillRunning("pipeline run", run_id, view["status"], f"mlyard pipeline-runs stop {run_id}")
+    delete_flow_runs([run_id])
+    shutil.rmtree(view["run_dir"], ignore_errors=True)
+    return {"deleted": run_id}

@@ -1,0 +1,126 @@
+"""The steps of a pipeline run (flows/pipeline_run.py): prepare it (the pipeline, its arguments, what
+can run here), run it (kfp.local in a supervised process group, or a Kubeflow Pipelines server), and
+list what it made. A run's folder, `<home>/pipeline-runs/<flow run id>`, holds the pipeline as run,
+its arguments, each task's state (nodes.json) and the outputs and artifacts (outputs/)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from mlyard.errors import SpecError
+from mlyard.names import TASK_FAIL_PIPELINE, TASK_FINISH_PIPELINE, TASK_RUN_PIPELINE
+from mlyard.specs.pipeline import PipelineRunSpec
+from registry.pipelines import Pipelines
+from tasks import kfp
+from tasks.launch import Supervisor
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def pipeline_of(pipelines: Pipelines, name: str) -> kfp.Pipeline:
+    record = pipelines.get(name)
+    if record.status != "ACTIVE":
+        raise SpecError("pipeline", name, f"an ACTIVE pipeline ({name} is {record.status}"
+                                          f"{': ' + record.reason if record.reason else ''})")
+    return kfp.load(record.yaml_text, f"pipeline {name}")
+
+
+def check_run(pipelines: Pipelines, spec: PipelineRunSpec, local: bool) -> kfp.Pipeline:
+    """Everything that can be known before a run starts: the pipeline, the parameters, and, to run here,
+    that every component can."""
+    p = pipeline_of(pipelines, spec.pipeline)
+    kfp.check_arguments(p, spec.parameters)
+    if local:
+        blockers = kfp.local_blockers(p)
+        if blockers:
+            raise SpecError("pipeline", spec.pipeline, "a pipeline whose components can run here: " + "; ".join(blockers))
+    return p
+
+
+@task(name="prepare-pipeline", cache_policy=NO_CACHE)
+def prepare(pipelines: Pipelines, spec: PipelineRunSpec, run_dir: Path, local: bool) -> Path:
+    p = check_run(pipelines, spec, local)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    from datetime import datetime, timezone
+
+    created = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    (run_dir / "pipeline.yaml").write_text(kfp.for_local(p, spec.scheduled_time, created) if local else p.text)
+    (run_dir / "arguments.json").write_text(json.dumps(spec.parameters))
+    (run_dir / "spec.json").write_text(spec.model_dump_json())
+    return run_dir
+
+
+@task(name=TASK_RUN_PIPELINE, cache_policy=NO_CACHE)
+def run_local(run_dir: Path, on_line: Callable[[str], None], should_stop: Callable[[], str | None],
+              env: dict[str, str]) -> int:
+    """kfp.local in its own process group (a stop ends every step it started); the exit code."""
+    from mlyard.errors import TrainingFailed
+
+    sup = Supervisor([sys.executable, "-m", "tasks.kfp_runner", str(run_dir)], env, PROJECT_ROOT, on_line,
+                     should_stop=should_stop)
+    try:
+        sup.run()
+        return 0
+    except TrainingFailed as exc:  # the pipeline failed: its steps' states say where
+        return exc.exit_code if exc.exit_code is not None else 1
+
+
+def node_states(run_dir: Path) -> dict[str, dict[str, Any]]:
+    try:
+        return json.loads((run_dir / "nodes.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def outputs(run_dir: Path) -> list[dict[str, Any]]:
+    """Every file a task wrote: its task (loop iterations as task[i]), name, path and size."""
+    root = run_dir / "outputs"
+    found = []
+    if not root.is_dir():
+        return found
+    for f in sorted(root.rglob("*")):
+        if not f.is_file() or f.name == "executor_output.json":
+            continue
+        rel = f.relative_to(root).parts[1:]  # below the kfp.local run folder
+        if len(rel) < 2:
+            continue
+        where = list(rel[:-1])
+        task_name = where[-1]
+        iteration = next((p.rsplit("-iteration-", 1)[1] for p in where if "-iteration-" in p), None)
+        found.append({"task": task_name + (f"[{iteration}]" if iteration is not None else ""), "name": f.name,
+                      "path": str(f), "bytes": f.stat().st_size})
+    return found
+
+
+@task(name=TASK_FINISH_PIPELINE, cache_policy=NO_CACHE)
+def finish(run_dir: Path) -> dict[str, Any]:
+    return {"nodes": node_states(run_dir), "outputs": outputs(run_dir)}
+
+
+@task(name=TASK_FAIL_PIPELINE, cache_policy=NO_CACHE)
+def fail(run_dir: Path) -> dict[str, Any]:
+    return {"nodes": node_states(run_dir), "outputs": outputs(run_dir)}
+
+
+def sweep(runs_dir: Path, retention_days: float, now: float | None = None) -> list[str]:
+    """Remove the folders of pipeline runs older than the retention (their outputs and artifacts)."""
+    now = now or time.time()
+    removed = []
+    if not runs_dir.is_dir():
+        return removed
+    for d in runs_dir.iterdir():
+        try:
+            if d.is_dir() and now - d.stat().st_mtime > retention_days * 86400:
+                shutil.rmtree(d)
+                removed.append(d.name)
+        except OSError:
+            pass
+    return removed
