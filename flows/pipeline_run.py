@@ -54,15 +54,15 @@ def pipeline_run(spec: PipelineRunSpec) -> PipelineRunResult:
         if spec.nas_uri:  # a mounted share: its local path
             env["MLYARD_NAS_PATH"] = str(p.storage.resolve(spec.nas_uri, "nas_uri").path)
         try:
-            code = run_local(run_dir, lambda line: logger.info(line) if line.strip() else None,
-                             cancel_watch(run_id), env)
+            code, tail = run_local(run_dir, lambda line: logger.info(line) if line.strip() else None,
+                                   cancel_watch(run_id), env)
         except TrainingStopped as stop:
             return Cancelled(message=f"STOPPED: {stop.reason}")  # type: ignore[return-value]
     else:
         from tasks.kfp_remote import run_remote
 
         try:
-            code = run_remote(p.settings.kfp_host, run_dir, spec, cancel_watch(run_id), logger.info)
+            code, tail = run_remote(p.settings.kfp_host, run_dir, spec, cancel_watch(run_id), logger.info), []
         except TrainingStopped as stop:
             return Cancelled(message=f"STOPPED: {stop.reason}")  # type: ignore[return-value]
 
@@ -70,7 +70,11 @@ def pipeline_run(spec: PipelineRunSpec) -> PipelineRunResult:
     if code != 0:
         summary = fail(run_dir)
         failed = [n for n, s in summary["nodes"].items() if s.get("state") == "FAILED"]
-        raise RunFailed("FAIL PIPELINE RUN", None, f"step(s) {', '.join(failed) or '?'} failed; "
-                                                   f"see `mlyard pipeline-runs show {run_id}` and the run's log")
+        if failed:
+            why = f"step(s) {', '.join(failed)} failed"
+        else:  # before any step: the last error line kfp.local printed
+            errors = [t.strip() for t in tail if "Error" in t or "error" in t]
+            why = "the pipeline failed before its steps ran" + (f": {errors[-1]}" if errors else "")
+        raise RunFailed("FAIL PIPELINE RUN", None, f"{why}; see `mlyard pipeline-runs show {run_id}` and the run's log")
     summary = finish(run_dir)
     return PipelineRunResult(pipeline_run_id=run_id, pipeline=spec.pipeline, run_dir=str(run_dir), **summary)

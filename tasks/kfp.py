@@ -17,7 +17,6 @@ No Prefect here.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -379,12 +378,12 @@ def for_local(p: Pipeline, schedule_time: str | None = None, create_time: str | 
     """The pipeline's IR YAML with each lightweight component's `pip install` preamble removed, and
     KFP's time placeholders (dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC, ..._CREATE_TIME_UTC), which kfp.local
     leaves as they are, set: the slot a schedule ran it for, and when the run was created."""
-    spec = json.loads(json.dumps(p.spec))
+    docs = [d for d in yaml.safe_load_all(p.text) if d is not None]  # as compiled: KFP's JSON form makes ints floats
+    spec = docs[0]
     for ex in spec.get("deploymentSpec", {}).get("executors", {}).values():
         c = ex.get("container")
         if c and _packages(c) and c["command"][2].rstrip().endswith('"$0" "$@"'):
             c["command"] = c["command"][3:]  # `sh -c '<pip install> && "$0" "$@"' sh -ec '<run>'` -> `sh -ec '<run>'`
-    docs = [spec] + ([p.platform] if p.platform else [])
     text = yaml.safe_dump_all(docs, sort_keys=False)
     if create_time:
         text = text.replace(CREATE_TIME, create_time)

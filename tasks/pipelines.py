@@ -53,24 +53,28 @@ def prepare(pipelines: Pipelines, spec: PipelineRunSpec, run_dir: Path, local: b
 
     created = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
     (run_dir / "pipeline.yaml").write_text(kfp.for_local(p, spec.scheduled_time, created) if local else p.text)
-    (run_dir / "arguments.json").write_text(json.dumps(spec.parameters))
+    # every input with its value: the given one, else its default (kfp.local leaves defaults of a loaded
+    # pipeline unset)
+    arguments = {i.name: i.default for i in p.inputs if i.default is not None} | spec.parameters
+    (run_dir / "arguments.json").write_text(json.dumps(arguments))
     (run_dir / "spec.json").write_text(spec.model_dump_json())
     return run_dir
 
 
 @task(name=TASK_RUN_PIPELINE, cache_policy=NO_CACHE)
 def run_local(run_dir: Path, on_line: Callable[[str], None], should_stop: Callable[[], str | None],
-              env: dict[str, str]) -> int:
-    """kfp.local in its own process group (a stop ends every step it started); the exit code."""
+              env: dict[str, str]) -> tuple[int, list[str]]:
+    """kfp.local in its own process group (a stop ends every step it started); the exit code and the
+    last lines it printed."""
     from mlyard.errors import TrainingFailed
 
     sup = Supervisor([sys.executable, "-m", "tasks.kfp_runner", str(run_dir)], env, PROJECT_ROOT, on_line,
                      should_stop=should_stop)
     try:
         sup.run()
-        return 0
+        return 0, []
     except TrainingFailed as exc:  # the pipeline failed: its steps' states say where
-        return exc.exit_code if exc.exit_code is not None else 1
+        return (exc.exit_code if exc.exit_code is not None else 1), exc.last_lines
 
 
 def node_states(run_dir: Path) -> dict[str, dict[str, Any]]:

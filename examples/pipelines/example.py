@@ -3,7 +3,8 @@ to the IR YAML files beside it (what `mlyard pipelines upload` takes).
 
 example.yaml (mlyard-example): parameters, an artifact passed between steps (a dataset, a model,
 metrics), a loop over thresholds, a condition, and an exit handler that runs whatever happens; with
-`fail: true` a step fails and the exit handler still reports.
+`fail: true` a step fails and the exit handler still reports. Its first step is handed the time the
+run was scheduled for (KFP's schedule-time placeholder: a schedule's slot).
 container.yaml (container-echo): one step in a container image of its own: it needs a container runtime
 (a Kubeflow Pipelines server), so it is refused here with the reason.
 """
@@ -16,10 +17,12 @@ BASE = "python:3.11"  # the image a KFP server would run the steps in; here they
 
 
 @dsl.component(base_image=BASE)
-def make_data(rows: int, seed: int, data: dsl.Output[dsl.Dataset]):
-    """Write `rows` noisy points of y = 2x + 1 as CSV."""
+def make_data(rows: int, seed: int, scheduled_for: str, data: dsl.Output[dsl.Dataset]):
+    """Write `rows` noisy points of y = 2x + 1 as CSV (a scheduled run is told its slot)."""
     import random
 
+    print(f"data for the run scheduled at {scheduled_for}")
+    data.metadata["scheduled_for"] = scheduled_for
     rng = random.Random(seed)
     with open(data.path, "w") as fh:
         fh.write("x,y\n")
@@ -81,7 +84,7 @@ def example(rows: int = 200, epochs: int = 3, thresholds: list = [0.5, 0.9], see
             fail: bool = False):
     done = report()
     with dsl.ExitHandler(done, name="guarded"):
-        data = make_data(rows=rows, seed=seed)
+        data = make_data(rows=rows, seed=seed, scheduled_for=dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER)
         fitted = fit(data=data.outputs["data"], epochs=epochs)
         with dsl.ParallelFor(thresholds, name="thresholds") as threshold:
             check(r2=fitted.outputs["Output"], threshold=threshold)

@@ -1,0 +1,116 @@
+"""Pipelines on the running platform, as users reach them: the CLI in a fresh process uploads, draws and
+runs the example pipeline (kfp.local's subprocess runner, as a flow run of pipeline-run/local on the
+real worker), a failing run, a stopped run, and the rules."""
+
+import json
+import os
+import time
+from pathlib import Path
+
+from test_user_paths import _ok, _one_line_error, mlyard
+
+EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples" / "pipelines"
+
+
+def _json(*args: str):
+    return json.loads(_ok(mlyard(*args, "--json")))
+
+
+def test_upload_graph_run_fail_download_and_rules(stack, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("components: {}\n")
+    _one_line_error(mlyard("pipelines", "upload", str(bad), "--name", "bad"), "file", "pipelineInfo and root missing")
+    _one_line_error(mlyard("pipelines", "upload", str(tmp_path / "nope.yaml")), "file", "exists")
+
+    view = _json("pipelines", "upload", str(EXAMPLES / "example.yaml"), "--name", "example")
+    assert view["status"] == "ACTIVE" and view["runs_here"] and {"epochs", "fail"} <= {i["name"] for i in view["inputs"]}
+    g = _json("pipelines", "graph", "example")
+    assert {"id": "exit-handler-1/for-loop-2/check", "parent": "exit-handler-1/for-loop-2"}.items() <= \
+        next(n for n in g["nodes"] if n["name"] == "check").items()
+    svg = tmp_path / "example.svg"
+    assert "drawn to" in _ok(mlyard("pipelines", "graph", "example", "--out", str(svg))) and svg.stat().st_size > 1000
+
+    _one_line_error(mlyard("pipeline-runs", "create", "--pipeline", "example", "--name", "r0", "--param", "speed=3"),
+                    "parameters.speed", "an input of pipeline mlyard-example")
+    _one_line_error(mlyard("pipeline-runs", "create", "--pipeline", "nope", "--name", "r0"), "pipeline", "not found")
+    _json("pipelines", "upload", str(EXAMPLES / "container.yaml"), "--name", "container")
+    _one_line_error(mlyard("pipeline-runs", "create", "--pipeline", "container", "--name", "r0"),
+                    "container runtime", "alpine")
+
+    run = _json("pipeline-runs", "create", "--pipeline", "example", "--name", "r1", "--param", "epochs=1",
+                "--param", "rows=40", "--wait")
+    assert run["status"] == "COMPLETE", run
+    assert run["nodes"]["check"] == {"state": "SUCCEEDED", "runs": 2, "failed": 0}
+    assert "explode" not in run["nodes"], "a condition that was false: its step never ran"
+    assert {("fit", "model"), ("make-data", "data"), ("publish", "card")} <= {(o["task"], o["name"]) for o in run["outputs"]}
+    got = _json("pipeline-runs", "download", run["id"], str(tmp_path / "out"), "--task", "fit")
+    assert json.loads((tmp_path / "out" / "fit" / "model").read_text()).keys() == {"a", "b"} and len(got["copied"]) == 1
+    rg = _json("pipeline-runs", "graph", run["id"])
+    assert next(n for n in rg["nodes"] if n["name"] == "explode")["state"] == "NOT STARTED"
+
+    failed = mlyard("pipeline-runs", "copy", run["id"], "--set", "name=r2", "--set", "parameters.fail=true", "--wait")
+    assert failed.returncode == 1 and "FAIL PIPELINE RUN" in failed.stderr and "explode" in failed.stderr
+    runs = _json("pipeline-runs", "list")
+    r2 = next(r for r in runs if r["name"] == "r2")
+    shown = _json("pipeline-runs", "show", r2["id"])
+    assert shown["status"] == "FAIL PIPELINE RUN" and shown["nodes"]["explode"]["state"] == "FAILED"
+    assert shown["nodes"]["report"]["state"] == "SUCCEEDED", "the exit handler runs after a failure"
+    assert shown["spec"]["parameters"] == {"epochs": 1, "rows": 40, "fail": True}
+
+    # rules: a pipeline a schedule uses cannot be deleted; a run can be deleted once it ended
+    sched = tmp_path / "s.yaml"
+    sched.write_text(json.dumps({"name": "pipe-sched", "pipeline": "example", "cron": "0 0 3 * * *",
+                                 "parameters": {"epochs": 1}}))
+    assert _json("schedules", "create", "-f", str(sched))["target"] == "pipeline example"
+    _one_line_error(mlyard("pipelines", "delete", "example"), "schedule", "pipe-sched")
+    bad_sched = tmp_path / "bad-s.yaml"
+    bad_sched.write_text(json.dumps({"name": "pipe-bad", "pipeline": "example", "cron": "0 0 3 * * *",
+                                     "parameters": {"epochs": "x"}}))
+    _one_line_error(mlyard("schedules", "create", "-f", str(bad_sched)), "parameters.epochs", "a int")
+    _ok(mlyard("schedules", "delete", "pipe-sched"))
+    _ok(mlyard("pipeline-runs", "delete", r2["id"]))
+    assert not Path(shown["run_dir"]).exists()
+    _ok(mlyard("pipelines", "delete", "example"))
+    assert all(p["name"] != "example" for p in _json("pipelines", "list"))
+
+
+SLOW = """
+from kfp import compiler, dsl
+
+@dsl.component(base_image="python:3.11")
+def slow(seconds: int):
+    import time
+    print("sleeping", flush=True)
+    time.sleep(seconds)
+
+@dsl.pipeline(name="slow")
+def pipe(seconds: int = 120):
+    slow(seconds=seconds)
+
+compiler.Compiler().compile(pipe, "slow.yaml")
+"""
+
+
+def test_a_stopped_run_ends_its_steps(stack, tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "slow.py").write_text(SLOW)  # the KFP SDK reads a component's source from its file
+    subprocess.run([sys.executable, "slow.py"], cwd=tmp_path, check=True, capture_output=True)
+    _json("pipelines", "upload", str(tmp_path / "slow.yaml"), "--name", "slow")
+    run = _json("pipeline-runs", "create", "--pipeline", "slow", "--name", "sleepy")
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        view = _json("pipeline-runs", "show", run["id"])
+        if view["nodes"].get("slow", {}).get("state") == "RUNNING":
+            break
+        time.sleep(1)
+    assert view["status"] == "RUNNING", view
+    _ok(mlyard("pipeline-runs", "stop", run["id"]))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (view := _json("pipeline-runs", "show", run["id"]))["status"] != "STOPPED":
+        time.sleep(1)
+    assert view["status"] == "STOPPED"
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(Path(os.environ["MLYARD_HOME"]) / "pipeline-runs" / run["id"]) not in ps, "a step outlived the stop"
+    _one_line_error(mlyard("pipelines", "delete", "nope"), "pipeline", "not found")
