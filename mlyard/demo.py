@@ -9,7 +9,11 @@
 7. Serve digits@champion (`mlyard serve`) and send it one held-out digit.
 8. Deploy digits@champion to the endpoint `digits` (default stage, token-protected), call it with curl,
    add a stage with digits-tuned@best, promote it, and print the endpoint's statistics.
-9. Start the MLflow UI and print what was done and where to look.
+9. Upload the example Kubeflow pipeline (examples/pipelines/example.yaml), print its graph, run it
+   (kfp.local, a flow run of pipeline-run/local) and show each step's state and outputs.
+10. Schedule it every minute with catch-up (its start a few minutes back: the missed slots run, oldest
+    first, one at a time), show the schedule's runs and next fire times, then disable it.
+11. Start the MLflow UI and print what was done and where to look.
 """
 
 from __future__ import annotations
@@ -91,7 +95,13 @@ def run(settings: Settings, out: Console, keep_running: bool = True) -> None:
     out.rule("8. endpoint digits: default stage, token, curl, a tuned stage promoted, statistics")
     endpoint = endpoint_once(settings, out)
 
-    out.rule("9. where to look")
+    out.rule("9. pipeline: upload, graph, run (examples/pipelines/example.yaml)")
+    pipeline_run = pipeline_once(out)
+
+    out.rule("10. schedule: the pipeline every minute, with catch-up")
+    schedule = schedule_once(out)
+
+    out.rule("11. where to look")
     try:  # a UI slow to start on a busy machine never fails the demo: everything is recorded already
         mlflow_url = stack.start_mlflow_ui(settings, echo=out.print)
     except StackError as exc:
@@ -106,6 +116,8 @@ def run(settings: Settings, out: Console, keep_running: bool = True) -> None:
   batch        {batch.batch_id}  COMPLETE  {batch.rows} rows -> {batch.output_uri}
   serving      {served}
   endpoint     {endpoint}
+  pipeline     {pipeline_run}
+  schedule     {schedule}
   evaluations  {champion.evaluation_id}  digits@champion  accuracy={champion.metrics['accuracy']:.4f}
                {tuned_eval.evaluation_id}  digits-tuned@best  accuracy={tuned_eval.metrics['accuracy']:.4f}
                comparison picture {picture}
@@ -123,10 +135,60 @@ def run(settings: Settings, out: Console, keep_running: bool = True) -> None:
         .venv/bin/mlyard serve digits@champion --port 8080   (then the curl in the README)
         .venv/bin/mlyard endpoints show digits
         .venv/bin/mlyard endpoints stats digits --png digits-stats.png
+        .venv/bin/mlyard pipeline-runs list   /   .venv/bin/mlyard pipelines graph example --out example.png
+        .venv/bin/mlyard schedules show every-minute   /   .venv/bin/mlyard schedules enable every-minute
         .venv/bin/mlyard train -f examples/train.yaml --submit
         .venv/bin/mlyard down      (stops the stack; state stays in {settings.home_dir})""")
     if not keep_running:
         stack.down(settings, echo=out.print)
+
+
+def pipeline_once(out: Console) -> str:
+    import mlyard.pipelines as pipelines
+    from mlyard.errors import AlreadyExists
+
+    try:
+        pipelines.upload(PROJECT_ROOT / "examples" / "pipelines" / "example.yaml", name="example")
+    except AlreadyExists:
+        pass  # a demo run before uploaded it
+    out.print(pipelines.graph("example")["text"], highlight=False, markup=False)
+    import time
+
+    view = pipelines.run({"name": f"demo-{int(time.time())}", "pipeline": "example",
+                          "parameters": {"epochs": 2, "rows": 100}}, wait=True)
+    for step, node in view["nodes"].items():
+        out.print(f"  {step:<10} {node['state']}" + (f" (x{node['runs']})" if node["runs"] > 1 else ""))
+    for o in view["outputs"]:
+        out.print(f"  output {o['task']}/{o['name']} ({o['bytes']} bytes)")
+    return f"run {view['id']} {view['status']}"
+
+
+def schedule_once(out: Console) -> str:
+    import time
+    from datetime import datetime, timedelta, timezone
+
+    import mlyard.schedules as schedules
+    from mlyard.errors import AlreadyExists
+
+    start = (datetime.now(timezone.utc) - timedelta(minutes=3)).replace(second=0, microsecond=0)
+    try:
+        view = schedules.create({"name": "every-minute", "pipeline": "example", "cron": "0 * * * * *",
+                                 "start_time": start.isoformat(), "catchup": True, "max_concurrency": 1,
+                                 "parameters": {"epochs": 1, "rows": 50}})
+    except AlreadyExists:
+        view = schedules.enable("every-minute")
+    out.print(f"every-minute: {view['status']}, read as {view['read_as']}; catching up from {start.isoformat()}")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        shown = schedules.show("every-minute")
+        if any(r["run_state"] == "Completed" for r in shown["runs"]):
+            break
+        time.sleep(2)
+    for r in shown["runs"][:6]:
+        out.print(f"  slot {r['slot']}  {r['slot_state']:<8} {r['run_state']}")
+    out.print("  next: " + ", ".join(shown["next"][:3]))
+    schedules.disable("every-minute")
+    return f"every-minute (pipeline example): disabled after {sum(1 for r in shown['runs'] if r['flow_run_id'])} runs"
 
 
 def serve_once(settings: Settings, out: Console) -> str:

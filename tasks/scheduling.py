@@ -248,10 +248,19 @@ class Scheduler:
                 wake = min(wake, nxt.timestamp() - self.lead)
         return wake
 
-    def run(self, stop: threading.Event, longest_sleep: float = 1.0) -> None:
-        """Passes until `stop` is set; a failing pass (Prefect unreachable, ...) is retried with backoff."""
+    def run(self, stop: threading.Event, longest_sleep: float = 1.0,
+            housekeeping: Callable[[], None] | None = None, housekeeping_every: float = 3600.0) -> None:
+        """Passes until `stop` is set; a failing pass (Prefect unreachable, ...) is retried with backoff.
+        `housekeeping` (the clean-up of expired pipeline artifacts) runs every `housekeeping_every` s."""
         backoff = 1.0
+        last_housekeeping = 0.0
         while not stop.is_set():
+            if housekeeping is not None and self.clock() - last_housekeeping > housekeeping_every:
+                last_housekeeping = self.clock()
+                try:
+                    housekeeping()
+                except Exception:  # noqa: BLE001
+                    log.exception("housekeeping failed")
             try:
                 report = self.tick()
                 backoff = 1.0
@@ -289,8 +298,16 @@ def main(argv: list[str] | None = None) -> None:
 
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         log.info("scheduler started (Prefect at %s)", client.api_url)
+        def clean_up() -> None:
+            from tasks.pipelines import sweep
+
+            removed = sweep(settings.pipeline_runs_dir, settings.pipeline_artifact_retention_days)
+            if removed:
+                log.info("removed the outputs of %d pipeline run(s) older than %g days", len(removed),
+                         settings.pipeline_artifact_retention_days)
+
         try:
-            scheduler.run(stop)
+            scheduler.run(stop, housekeeping=clean_up)
         except KeyboardInterrupt:
             pass
 

@@ -132,3 +132,16 @@ def test_graph_image(tmp_path):
     png = kfp.graph_image(g, tmp_path / "g.png", "example", {"fit": "SUCCEEDED", "explode": "FAILED"})
     svg = kfp.graph_image(g, tmp_path / "g.svg", "example")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and b"<svg" in svg.read_bytes()[:400]
+
+
+def test_expired_pipeline_outputs_are_swept(tmp_path):
+    import os
+    import time
+
+    from tasks.pipelines import sweep
+
+    old, new = tmp_path / "old-run", tmp_path / "new-run"
+    for d in (old, new):
+        (d / "outputs").mkdir(parents=True)
+    os.utime(old, (time.time() - 121 * 86400,) * 2)
+    assert sweep(tmp_path, 120) == ["old-run"] and not old.exists() and new.exists()
