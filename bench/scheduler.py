@@ -9,7 +9,7 @@
    CRASH_SLOTS slots; then it finishes. Every slot must have exactly one Prefect flow run: we count
    lost and duplicate runs per (schedule, slot) from Prefect's own records (tags).
 3. lateness: SCHEDULES schedules enabled, each firing every minute at second 0 (all in the same
-   second: the hard case) for MINUTES minutes; lateness = the flow run's creation time in Prefect
+   second: the hard case; --spread: at seconds 0-59) for MINUTES minutes; lateness = the flow run's creation time in Prefect
    minus its slot time (negative: created ahead, to start at its time). Target: p99 <= 1 s.
 
 Runs target `train/gpu`, a deployment on the Kubernetes pool, where no worker runs here. A stand-in
@@ -165,11 +165,11 @@ def crash(slots: int, kills: int, settings) -> None:
     schedules.disable("crash")
 
 
-def lateness(n: int, minutes: int) -> None:
+def lateness(n: int, minutes: int, spread: bool) -> None:
     import mlyard.schedules as schedules
 
-    for k in range(n):
-        schedules.create({"name": f"late-{k}", "deployment": "train/gpu", "cron": "0 * * * * *",
+    for k in range(n):  # all at second 0 (a burst of n each minute), or spread over the minute's seconds
+        schedules.create({"name": f"late-{k}", "deployment": "train/gpu", "cron": f"{k % 60 if spread else 0} * * * * *",
                           "parameters": PARAMS}, wait_seconds=0)
     first = (int(time.time()) // 60 + 1) * 60
     time.sleep(max(0.0, first + 60 * minutes + 15 - time.time()))
@@ -181,7 +181,7 @@ def lateness(n: int, minutes: int) -> None:
             late.append((r.created - at).total_seconds())
     late.sort()
     q = statistics.quantiles(late, n=100)
-    print(f"lateness: {n} schedules every minute at second 0, {len(late)} runs: run created vs slot: "
+    print(f"lateness: {n} schedules every minute at {'seconds 0-59' if spread else 'second 0'}, {len(late)} runs: run created vs slot: "
           f"median {statistics.median(late):+.2f} s, p99 {q[98]:+.2f} s, max {late[-1]:+.2f} s "
           f"(negative: created ahead, scheduled to start at the slot)")
     for k in range(n):
@@ -196,6 +196,7 @@ def main() -> None:
     ap.add_argument("--schedules", type=int, default=100)
     ap.add_argument("--minutes", type=int, default=3)
     ap.add_argument("--only", choices=["catchup", "crash", "lateness"], default=None)
+    ap.add_argument("--spread", action="store_true", help="lateness: schedules fire at different seconds")
     args = ap.parse_args()
     settings = _stack.start()
     stop = threading.Event()
@@ -204,7 +205,7 @@ def main() -> None:
     if args.only in (None, "catchup"):
         catchup(args.slots)
     if args.only in (None, "lateness"):
-        lateness(args.schedules, args.minutes)
+        lateness(args.schedules, args.minutes, args.spread)
     if args.only in (None, "crash"):
         crash(args.crash_slots, args.kills, settings)
     stop.set()
