@@ -17,7 +17,7 @@ flows, that they make a valid spec of that action); a bad one fails with one lin
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +96,8 @@ def _check_trigger(spec: ScheduleSpec) -> None:
         except CronError as exc:
             raise SpecError("cron", spec.cron, exc.reason + (f" (the {exc.field} field {exc.value!r})"
                                                              if exc.field else "")) from exc
-        after = max(spec.start_time or datetime.now(timezone.utc), datetime.now(timezone.utc))
+        # from the start (a window in the past is a backfill, which catch-up runs), else from now
+        after = spec.start_time - timedelta(seconds=1) if spec.start_time else datetime.now(timezone.utc)
         nxt = schedule.next_after(after)
         if nxt is None:
             raise SpecError("cron", spec.cron, "an expression that fires: this one never does (see `mlyard schedules "
