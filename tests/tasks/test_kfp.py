@@ -145,3 +145,48 @@ def test_expired_pipeline_outputs_are_swept(tmp_path):
         (d / "outputs").mkdir(parents=True)
     os.utime(old, (time.time() - 121 * 86400,) * 2)
     assert sweep(tmp_path, 120) == ["old-run"] and not old.exists() and new.exists()
+
+
+class FakeKfpClient:
+    """Stands in for kfp.Client (no Kubeflow Pipelines server can run here): a run that goes RUNNING,
+    then ends as `final`; terminate_run cancels it. Not the REST API: that fake is still to come."""
+
+    def __init__(self, final="SUCCEEDED"):
+        self.final, self.polls, self.terminated, self.submitted = final, 0, None, None
+
+    def create_experiment(self, name):
+        return type("E", (), {"experiment_id": "exp-1"})()
+
+    def create_run_from_pipeline_package(self, path, arguments, run_name, experiment_id):
+        self.submitted = (Path(path).name, arguments, run_name, experiment_id)
+        return type("R", (), {"run_id": "run-1"})()
+
+    def get_run(self, run_id):
+        self.polls += 1
+        state = "RUNNING" if self.polls < 3 else self.final
+        task = type("T", (), {"display_name": "fit", "state": "SUCCEEDED" if self.polls >= 3 else "RUNNING"})()
+        details = type("D", (), {"task_details": [task]})()
+        return type("Run", (), {"state": state, "run_details": details})()
+
+    def terminate_run(self, run_id):
+        self.terminated = run_id
+
+
+def test_a_run_on_a_kfp_server_is_submitted_followed_and_terminated(tmp_path):
+    from mlyard.errors import TrainingStopped
+    from mlyard.specs.pipeline import PipelineRunSpec
+    from tasks.kfp_remote import run_remote
+
+    (tmp_path / "pipeline.yaml").write_text(EXAMPLE)
+    spec = PipelineRunSpec(name="remote", pipeline="example", parameters={"epochs": 2})
+    client = FakeKfpClient()
+    assert run_remote("http://kfp", tmp_path, spec, lambda: None, print, poll_seconds=0, client=client) == 0
+    assert client.submitted == ("pipeline.yaml", {"epochs": 2}, "remote", "exp-1")
+    assert json.loads((tmp_path / "nodes.json").read_text())["fit"]["state"] == "SUCCEEDED"
+    assert run_remote("http://kfp", tmp_path, spec, lambda: None, print, poll_seconds=0,
+                      client=FakeKfpClient("FAILED")) == 1
+    stopping = FakeKfpClient()
+    with pytest.raises(TrainingStopped):
+        run_remote("http://kfp", tmp_path, spec, lambda: "cancelled from Prefect", print, poll_seconds=0,
+                   client=stopping)
+    assert stopping.terminated == "run-1"
