@@ -93,8 +93,8 @@ def show(name: str) -> dict[str, Any]:
     p = kfp.load(record.yaml_text, f"pipeline {name}")
     view.update(kfp.describe(p))
     view["name"] = record.name
-    view["runs_here"] = not kfp.local_blockers(p)
     view["local_blockers"] = kfp.local_blockers(p)
+    view["runs_here"] = not view["local_blockers"]
     view["schedules"] = store.schedules_using(name)
     return view
 

@@ -170,8 +170,8 @@ def create(spec_in: ScheduleSpec | dict | str | Path, *, sets: dict[str, Any] | 
         except Exception as exc:  # noqa: BLE001 - ObjectNotFound: name what exists
             if type(exc).__name__ != "ObjectNotFound":
                 raise
-            names = sorted(f"{d.flow_name}/{d.name}" if getattr(d, "flow_name", None) else d.name
-                           for d in _deployments(client))
+            flows = {f.id: f.name for f in client.read_flows()}
+            names = sorted(f"{flows.get(d.flow_id, '?')}/{d.name}" for d in client.read_deployments())
             raise SpecError("deployment", spec.deployment, f"a deployment of this platform: {', '.join(names)}") from exc
         parameters = _check_parameters(spec, deployment, Path.cwd())
     watermark = int(spec.start_time.timestamp()) - 1 if spec.start_time else int(time.time())
@@ -204,17 +204,6 @@ def _pipeline_target(spec: ScheduleSpec) -> ScheduleSpec:
     sample = PipelineRunSpec.model_validate(render(run, int(time.time())))
     check_run(Pipelines(Catalog(settings.catalog_db_url)), sample, local=not settings.kfp_host)
     return spec.model_copy(update={"deployment": f"{FLOW_PIPELINE_RUN}/local", "parameters": {"spec": run}})
-
-
-def _deployments(client) -> list[Any]:
-    flows = {f.id: f.name for f in client.read_flows()}
-    out = client.read_deployments()
-    for d in out:
-        try:
-            object.__setattr__(d, "flow_name", flows.get(d.flow_id, "?"))
-        except Exception:  # noqa: BLE001
-            pass
-    return out
 
 
 # -- reads -----------------------------------------------------------------------------------------
@@ -282,16 +271,10 @@ def _runs(slots, settings) -> list[dict[str, Any]]:
     states: dict[str, str] = {}
     ids = [s.flow_run_id for s in slots if s.flow_run_id]
     if ids:
-        from uuid import UUID
-
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+        from tasks.scheduling import flow_runs_by_id
 
         with _client() as client:
-            for k in range(0, len(ids), 200):  # the most Prefect answers at once
-                chunk = [UUID(i) for i in ids[k:k + 200]]
-                for fr in client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=chunk)),
-                                                limit=len(chunk)):
-                    states[str(fr.id)] = fr.state.name if fr.state else "?"
+            states = {i: fr.state.name if fr.state else "?" for i, fr in flow_runs_by_id(client, ids).items()}
     out = []
     for s in slots:
         out.append({"slot": datetime.fromtimestamp(s.slot_epoch, timezone.utc).isoformat(), "slot_state": s.state,

@@ -144,6 +144,12 @@ class Schedules:
                 q = q.limit(limit)
             return [_slot(r) for r in s.scalars(q)]
 
+    def slots_in(self, states: Iterable[str]) -> list[SlotRecord]:
+        """The slots of every schedule in these states, oldest first."""
+        with self.catalog.session() as s:
+            q = select(ScheduleSlot).where(ScheduleSlot.state.in_(list(states))).order_by(ScheduleSlot.slot_epoch)
+            return [_slot(r) for r in s.scalars(q)]
+
     def counts(self, schedule_id: int) -> dict[str, int]:
         with self.catalog.session() as s:
             rows = s.execute(select(ScheduleSlot.state, func.count()).where(ScheduleSlot.schedule_id == schedule_id)

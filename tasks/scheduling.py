@@ -82,6 +82,19 @@ def _dt(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
+def flow_runs_by_id(client: Any, ids: list[str]) -> dict[str, Any]:
+    """Prefect's flow runs of these ids (those that exist), read 200 at a time (the API's page)."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    runs = {}
+    for i in range(0, len(ids), 200):
+        chunk = [UUID(x) for x in ids[i:i + 200]]
+        for fr in client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=chunk)),
+                                        limit=len(chunk)):
+            runs[str(fr.id)] = fr
+    return runs
+
+
 def plan_of(record: ScheduleRecord) -> Plan:
     spec = record.spec
     start, end = _dt(spec.get("start_time")), _dt(spec.get("end_time"))
@@ -107,6 +120,7 @@ class Scheduler:
         self.store, self.client, self.start_timeout, self.clock = store, client, start_timeout_seconds, clock
         self.lead = lead_seconds
         self._plans: dict[tuple[int, str], Plan] = {}
+        self._records: list[ScheduleRecord] = []
 
     def _plan(self, record: ScheduleRecord) -> Plan:
         key = (record.id, repr(sorted(record.spec.items())))
@@ -134,19 +148,14 @@ class Scheduler:
 
     def refresh(self, records: list[ScheduleRecord], report: PassReport, now: float) -> dict[int, int]:
         """Which started runs have ended; the number still going per schedule."""
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
         from prefect.states import Cancelled
 
-        started = [s for r in records for s in self.store.slots(r.id, ["STARTED"])]
+        wanted = {r.id for r in records}
+        started = [s for s in self.store.slots_in(["STARTED"]) if s.schedule_id in wanted]  # one query, all schedules
         going: dict[int, int] = {r.id: 0 for r in records}
         if not started:
             return going
-        runs = {}
-        for i in range(0, len(started), 200):
-            ids = [UUID(s.flow_run_id) for s in started[i:i + 200] if s.flow_run_id]
-            for fr in self.client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)),
-                                                 limit=len(ids)):
-                runs[str(fr.id)] = fr
+        runs = flow_runs_by_id(self.client, [s.flow_run_id for s in started if s.flow_run_id])
         ended = []
         for slot in started:
             fr = runs.get(slot.flow_run_id or "")
@@ -184,6 +193,7 @@ class Scheduler:
         now = self.clock() if now is None else now
         report = PassReport()
         records = self.store.all()
+        self._records = records  # next_wake reads them rather than the catalog again
         for i, rec in enumerate(records):
             if rec.status == "CREATE REQUESTED":
                 records[i] = self._confirm(rec)
@@ -235,7 +245,7 @@ class Scheduler:
         """When the next pass is needed: `lead` before the earliest next slot of an enabled schedule,
         else `longest` from now."""
         wake = now + longest
-        for rec in self.store.all():
+        for rec in self._records:
             if rec.status != "ENABLED":
                 continue
             try:
