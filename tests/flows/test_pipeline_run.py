@@ -114,3 +114,37 @@ def test_a_stopped_run_ends_its_steps(stack, tmp_path):
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(Path(os.environ["MLYARD_HOME"]) / "pipeline-runs" / run["id"]) not in ps, "a step outlived the stop"
     _one_line_error(mlyard("pipelines", "delete", "nope"), "pipeline", "not found")
+
+
+def test_a_run_on_a_kubeflow_pipelines_server(stack):
+    """With MLYARD_KFP_HOST set (as on a worker of a cluster that has Kubeflow Pipelines), the
+    pipeline-run flow submits through kfp.Client, follows the run and records each step. The server is
+    a fake of the KFP REST API on 127.0.0.1 (tests/tasks/kfp_rest_fake.py): no Kubeflow Pipelines can
+    run here. The flow runs in a fresh process, as a worker runs it, against the real Prefect server."""
+    import subprocess
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tasks"))
+    from kfp_rest_fake import KfpRestFake
+    from test_user_paths import BIN, user_dir
+
+    _json("pipelines", "upload", str(EXAMPLES / "container.yaml"), "--name", "boxed")
+    fake = KfpRestFake(reads_to_finish=2)
+    try:
+        code = ("from flows.pipeline_run import pipeline_run\n"
+                "from mlyard.specs.pipeline import PipelineRunSpec\n"
+                "r = pipeline_run(PipelineRunSpec(name='on-kfp', pipeline='boxed', parameters={'text': 'hi'}))\n"
+                "print(r.pipeline_run_id)\n")
+        env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8",
+               "MLYARD_KFP_HOST": fake.url}
+        proc = subprocess.run([str(BIN / "python"), "-c", code], cwd=user_dir(), env=env, capture_output=True,
+                              text=True, timeout=180)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        run_id = proc.stdout.strip().splitlines()[-1]
+    finally:
+        fake.close()
+    (run,) = fake.runs.values()
+    assert run["runtime_config"]["parameters"] == {"text": "hi"}
+    assert run["pipeline_spec"]["deploymentSpec"]["executors"]["exec-echo"]["container"]["image"] == "alpine:3.20"
+    shown = _json("pipeline-runs", "show", run_id)
+    assert shown["status"] == "COMPLETE" and shown["nodes"]["echo"]["state"] == "SUCCEEDED", shown

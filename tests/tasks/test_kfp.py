@@ -147,46 +147,42 @@ def test_expired_pipeline_outputs_are_swept(tmp_path):
     assert sweep(tmp_path, 120) == ["old-run"] and not old.exists() and new.exists()
 
 
-class FakeKfpClient:
-    """Stands in for kfp.Client (no Kubeflow Pipelines server can run here): a run that goes RUNNING,
-    then ends as `final`; terminate_run cancels it. Not the REST API: that fake is still to come."""
-
-    def __init__(self, final="SUCCEEDED"):
-        self.final, self.polls, self.terminated, self.submitted = final, 0, None, None
-
-    def create_experiment(self, name):
-        return type("E", (), {"experiment_id": "exp-1"})()
-
-    def create_run_from_pipeline_package(self, path, arguments, run_name, experiment_id):
-        self.submitted = (Path(path).name, arguments, run_name, experiment_id)
-        return type("R", (), {"run_id": "run-1"})()
-
-    def get_run(self, run_id):
-        self.polls += 1
-        state = "RUNNING" if self.polls < 3 else self.final
-        task = type("T", (), {"display_name": "fit", "state": "SUCCEEDED" if self.polls >= 3 else "RUNNING"})()
-        details = type("D", (), {"task_details": [task]})()
-        return type("Run", (), {"state": state, "run_details": details})()
-
-    def terminate_run(self, run_id):
-        self.terminated = run_id
-
-
 def test_a_run_on_a_kfp_server_is_submitted_followed_and_terminated(tmp_path):
+    """The Kubeflow Pipelines server path, with the real kfp.Client over HTTP against a fake of the KFP
+    REST API (tests/tasks/kfp_rest_fake.py): no KFP server can run here (it needs a Kubernetes cluster)."""
+    from kfp_rest_fake import KfpRestFake
+
     from mlyard.errors import TrainingStopped
     from mlyard.specs.pipeline import PipelineRunSpec
     from tasks.kfp_remote import run_remote
 
-    (tmp_path / "pipeline.yaml").write_text(EXAMPLE)
-    spec = PipelineRunSpec(name="remote", pipeline="example", parameters={"epochs": 2})
-    client = FakeKfpClient()
-    assert run_remote("http://kfp", tmp_path, spec, lambda: None, print, poll_seconds=0, client=client) == 0
-    assert client.submitted == ("pipeline.yaml", {"epochs": 2}, "remote", "exp-1")
-    assert json.loads((tmp_path / "nodes.json").read_text())["fit"]["state"] == "SUCCEEDED"
-    assert run_remote("http://kfp", tmp_path, spec, lambda: None, print, poll_seconds=0,
-                      client=FakeKfpClient("FAILED")) == 1
-    stopping = FakeKfpClient()
-    with pytest.raises(TrainingStopped):
-        run_remote("http://kfp", tmp_path, spec, lambda: "cancelled from Prefect", print, poll_seconds=0,
-                   client=stopping)
-    assert stopping.terminated == "run-1"
+    fake = KfpRestFake(reads_to_finish=3)
+    try:
+        (tmp_path / "pipeline.yaml").write_text(EXAMPLE)
+        spec = PipelineRunSpec(name="remote", pipeline="example", experiment="nightly", parameters={"epochs": 2})
+        assert run_remote(fake.url, tmp_path, spec, lambda: None, print, poll_seconds=0) == 0
+        (run,) = fake.runs.values()
+        assert run["display_name"] == "remote" and run["runtime_config"]["parameters"] == {"epochs": 2}
+        assert run["pipeline_spec"]["pipelineInfo"]["name"] == "mlyard-example"
+        assert [e["display_name"] for e in fake.experiments.values()] == ["nightly"]
+        assert (tmp_path / "kfp_run_id").read_text() == run["run_id"]
+        nodes = json.loads((tmp_path / "nodes.json").read_text())
+        assert nodes and all(n["state"] == "SUCCEEDED" for n in nodes.values()) and "root-driver" not in nodes
+
+        failing = PipelineRunSpec(name="remote-2", pipeline="example", experiment="nightly",
+                                  parameters={"epochs": 2, "fail": True})
+        assert run_remote(fake.url, tmp_path, failing, lambda: None, print, poll_seconds=0) == 1
+        assert len(fake.experiments) == 1, "the experiment is found again by its name, not created twice"
+        assert "FAILED" in {n["state"] for n in json.loads((tmp_path / "nodes.json").read_text()).values()}
+
+        with pytest.raises(TrainingStopped, match="cancelled from Prefect"):
+            run_remote(fake.url, tmp_path, spec, lambda: "cancelled from Prefect", print, poll_seconds=0)
+        stopped = fake.runs[(tmp_path / "kfp_run_id").read_text()]
+        assert ("POST", f"/apis/v2beta1/runs/{stopped['run_id']}:terminate") in fake.calls
+        assert stopped["state"] == "CANCELING"
+
+        bad = PipelineRunSpec(name="remote-3", pipeline="example", parameters={"speed": 3})
+        with pytest.raises(Exception, match="not inputs of the pipeline"):
+            run_remote(fake.url, tmp_path, bad, lambda: None, print, poll_seconds=0)
+    finally:
+        fake.close()
