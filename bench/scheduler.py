@@ -115,7 +115,7 @@ def catchup(slots: int) -> None:
     schedules.disable("catchup")
 
 
-def crash(slots: int, kills: int, settings) -> None:
+def crash(slots: int, kills: int, settings, settle_seconds: float) -> None:
     import mlyard.schedules as schedules
     from mlyard.connection import read_state
 
@@ -146,44 +146,65 @@ def crash(slots: int, kills: int, settings) -> None:
         killed_at_work += before > 0
     st, sid = store(), store().get("crash").id
     t0 = time.monotonic()
-    while time.monotonic() - t0 < 1800:
+    while time.monotonic() - t0 < settle_seconds:  # the last scheduler goes on; all slots run, or time is up
         counts = st.counts(sid)
         if counts.get("WAITING", 0) == 0 and sum(counts.values()) >= slots:
             break
         time.sleep(1)
     os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait()
     runs = tagged_runs("mlyard.schedule:crash")
     per_slot = Counter(t for r in runs for t in r.tags if t.startswith("mlyard.slot:"))
+    rows = st.slots(sid)
+    label = {r.slot_epoch: f"mlyard.slot:{datetime.fromtimestamp(r.slot_epoch, timezone.utc).strftime('%Y%m%dT%H%M%SZ')}"
+             for r in rows}
     expected = {f"mlyard.slot:{(start + timedelta(seconds=k)).strftime('%Y%m%dT%H%M%SZ')}" for k in range(slots)}
-    lost = len(expected - set(per_slot))
+    ran = {label[r.slot_epoch] for r in rows if r.state in ("STARTED", "ENDED")}  # the scheduler says: it has its run
+    waiting = {label[r.slot_epoch] for r in rows if r.state == "WAITING"}
+    lost = len(ran - set(per_slot)) + len(expected - set(label.values()))  # said ran but no run; or never recorded
     dupes = sum(n - 1 for n in per_slot.values() if n > 1)
     extra = len(set(per_slot) - expected)
-    print(f"crash safety: {kills} kill -9 of the scheduler during a catch-up of {slots} slots; {len(runs)} flow runs; "
-          f"lost {lost}, duplicate {dupes}, outside the window {extra}; slot rows {st.counts(sid)}")
+    print(f"crash safety: {kills} kill -9 of the scheduler during a catch-up of {slots} slots; slot rows "
+          f"{len(rows)} ({len(set(label))} distinct); {len(runs)} flow runs after {time.monotonic() - t0:.0f} s more; "
+          f"lost {lost}, duplicate {dupes}, outside the window {extra}; still waiting their turn {len(waiting)} "
+          f"(of which already have a run: {len(waiting & set(per_slot))}); slot rows {st.counts(sid)}")
     subprocess.Popen([sys.executable, "-m", "tasks.scheduling"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                      stderr=subprocess.STDOUT, start_new_session=True)  # a scheduler again for part 3
     schedules.disable("crash")
 
 
-def lateness(n: int, minutes: int, spread: bool) -> None:
+def lateness(n: int, minutes: int, spread: bool, settings) -> None:
     import mlyard.schedules as schedules
 
     for k in range(n):  # all at second 0 (a burst of n each minute), or spread over the minute's seconds
         schedules.create({"name": f"late-{k}", "deployment": "train/gpu", "cron": f"{k % 60 if spread else 0} * * * * *",
                           "parameters": PARAMS}, wait_seconds=0)
+    enabled_at = time.time()  # all 100 enabled; from one lead window on, the scheduler is in its steady state
+    steady_from = enabled_at + settings.schedule_lead_seconds
     first = (int(time.time()) // 60 + 1) * 60
     time.sleep(max(0.0, first + 60 * minutes + 15 - time.time()))
-    late = []
+    late, steady = [], []
+    by_minute: dict[datetime, list[float]] = {}
     for k in range(n):
         for r in tagged_runs(f"mlyard.schedule:late-{k}"):
             slot = next(t for t in r.tags if t.startswith("mlyard.slot:")).split(":", 1)[1]
             at = datetime.strptime(slot, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
             late.append((r.created - at).total_seconds())
+            by_minute.setdefault(at.replace(second=0), []).append(late[-1])
+            if at.timestamp() >= steady_from:
+                steady.append(late[-1])
+    for minute, values in sorted(by_minute.items()):
+        print(f"  slots of {minute:%H:%M}: {len(values)} runs, created from {min(values):+.1f} s to {max(values):+.1f} s")
     late.sort()
     q = statistics.quantiles(late, n=100)
     print(f"lateness: {n} schedules every minute at {'seconds 0-59' if spread else 'second 0'}, {len(late)} runs: run created vs slot: "
           f"median {statistics.median(late):+.2f} s, p99 {q[98]:+.2f} s, max {late[-1]:+.2f} s "
           f"(negative: created ahead, scheduled to start at the slot)")
+    if len(steady) >= 2:
+        steady.sort()
+        print(f"  of which {len(steady)} slots a lead window ({settings.schedule_lead_seconds:.0f} s) or more after the last "
+              f"schedule was enabled: p99 {statistics.quantiles(steady, n=100)[98]:+.2f} s, max {steady[-1]:+.2f} s; the "
+              f"{len(late) - len(steady)} before it were due while the 100 schedules were still being created")
     for k in range(n):
         schedules.disable(f"late-{k}")
 
@@ -191,7 +212,9 @@ def lateness(n: int, minutes: int, spread: bool) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--slots", type=int, default=10_000)
-    ap.add_argument("--crash-slots", type=int, default=2_000)
+    ap.add_argument("--crash-slots", type=int, default=10_000)
+    ap.add_argument("--settle-seconds", type=float, default=300,
+                    help="crash: how long the last scheduler goes on working through the slots before counting")
     ap.add_argument("--kills", type=int, default=100)
     ap.add_argument("--schedules", type=int, default=100)
     ap.add_argument("--minutes", type=int, default=3)
@@ -205,9 +228,9 @@ def main() -> None:
     if args.only in (None, "catchup"):
         catchup(args.slots)
     if args.only in (None, "lateness"):
-        lateness(args.schedules, args.minutes, args.spread)
+        lateness(args.schedules, args.minutes, args.spread, settings)
     if args.only in (None, "crash"):
-        crash(args.crash_slots, args.kills, settings)
+        crash(args.crash_slots, args.kills, settings, args.settle_seconds)
     stop.set()
 
 

@@ -9,7 +9,9 @@ One pass (`Scheduler.tick`):
    heartbeat automation of `mlyard up` and so frees it within a minute;
 3. record every enabled schedule's slots due up to `lead` seconds from now and move its watermark,
    in one transaction (schedules.planning decides what catch-up keeps);
-4. start the waiting slots the concurrency limit leaves room for, oldest first (or skip them):
+4. start the waiting slots the concurrency limit leaves room for (or skip them), the most urgent
+   slot of all schedules first, `parallel` at a time, for at most `budget_seconds` a pass (the next
+   pass takes up the rest at once, so that slots coming due meanwhile are not held behind a long pass):
    each is a flow run of the target deployment, created with the idempotency key
    (schedule, slot), tagged with the schedule and the slot, its parameters rendered for the slot.
    A slot still ahead is created as a Prefect run scheduled at the slot's time, which the worker
@@ -36,6 +38,7 @@ import argparse
 import logging
 import threading
 import time
+from concurrent import futures
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -70,6 +73,7 @@ class PassReport:
     skipped: int = 0
     ended: int = 0
     reclaimed: int = 0
+    more: bool = False  # runs left to create: the next pass follows at once
     errors: list[str] = field(default_factory=list)
 
 
@@ -116,9 +120,10 @@ class Scheduler:
     """One scheduler over the catalog's schedules and a Prefect client (the sync client)."""
 
     def __init__(self, store: Schedules, client: Any, start_timeout_seconds: float = 600.0,
-                 lead_seconds: float = 60.0, clock: Callable[[], float] = time.time):
+                 lead_seconds: float = 60.0, clock: Callable[[], float] = time.time, budget_seconds: float = 2.0,
+                 parallel: int = 2):
         self.store, self.client, self.start_timeout, self.clock = store, client, start_timeout_seconds, clock
-        self.lead = lead_seconds
+        self.lead, self.budget, self.parallel = lead_seconds, budget_seconds, parallel
         self._plans: dict[tuple[int, str], Plan] = {}
         self._records: list[ScheduleRecord] = []
 
@@ -190,6 +195,10 @@ class Scheduler:
         return str(fr.id)
 
     def tick(self, now: float | None = None) -> PassReport:
+        """One pass. The slots the limits let start, of every schedule, are created most urgent (earliest
+        slot) first, for at most `budget` seconds: a pass that ran over (Prefect on SQLite takes 0.1 to
+        over 1 s a run under load) would hold back slots that came due meanwhile; what is left over
+        is taken up by the next pass, which follows at once (`PassReport.more`)."""
         now = self.clock() if now is None else now
         report = PassReport()
         records = self.store.all()
@@ -198,6 +207,7 @@ class Scheduler:
             if rec.status == "CREATE REQUESTED":
                 records[i] = self._confirm(rec)
         going = self.refresh(records, report, now)
+        ready: list[tuple[int, int, ScheduleRecord, SlotRecord, Plan]] = []
         for rec in records:
             if rec.status != "ENABLED":
                 continue
@@ -207,23 +217,62 @@ class Scheduler:
                 if d.slots or d.missed or d.watermark != rec.watermark_epoch:
                     report.recorded += self.store.record_due(rec.id, d.slots, d.watermark, d.missed)
                     report.missed += d.missed
-                room = int(plan.spec.get("max_concurrency", 1)) - going.get(rec.id, 0)
+                limit = int(plan.spec.get("max_concurrency", 1))
+                room = limit - going.get(rec.id, 0)
                 waiting = self.store.slots(rec.id, ["WAITING"], limit=max(room, 0) + 1000)
                 start: list[SlotRecord]
                 skip: list[SlotRecord]
-                start, skip = dispatch(waiting, going.get(rec.id, 0), int(plan.spec.get("max_concurrency", 1)),
-                                       plan.spec.get("when_busy", "wait"))
+                start, skip = dispatch(waiting, going.get(rec.id, 0), limit, plan.spec.get("when_busy", "wait"))
                 skip = [s for s in skip if s.slot_epoch <= now]  # a slot still ahead is busy only at its time
                 if skip and plan.spec.get("when_busy") == "skip":
                     self.store.mark([s.id for s in skip], "SKIPPED")
                     report.skipped += len(skip)
-                for slot in start:
-                    self._start(rec, slot.slot_epoch, slot.id, plan, now)
-                    report.started += 1
+                ready += [(slot.slot_epoch, rec.id, rec, slot, plan) for slot in start]
             except Exception as exc:  # noqa: BLE001 - one schedule's trouble must not stop the others
                 log.exception("schedule %s", rec.name)
                 report.errors.append(f"{rec.name}: {exc}")
+        ready.sort(key=lambda r: (r[0], r[1]))
+        self._start_all([(rec, slot, plan) for _, _, rec, slot, plan in ready], now, report)
         return report
+
+    def _start_all(self, ready: list[tuple[ScheduleRecord, SlotRecord, Plan]], now: float, report: PassReport) -> None:
+        """Create the runs of `ready` in that order, `parallel` at a time, until `budget` seconds have passed.
+
+        Two at a time because Prefect on SQLite answers most creations in 0.02-0.1 s but holds one for
+        about 2 s whenever its event persister writes a batch at the same moment (the request waits on
+        the database lock, then the client's retry): in turn, each such stall would hold back every
+        slot behind it. More at a time makes such lock conflicts more frequent, not rarer (seen here
+        with 8: a pass of 9 runs took 17 s of the client's exponential retries)."""
+        pending = iter(ready)
+        t0 = time.monotonic()
+        inflight: dict[futures.Future[str], ScheduleRecord] = {}
+        with futures.ThreadPoolExecutor(self.parallel, thread_name_prefix="mlyard-scheduler") as pool:
+            stopped = False
+
+            def feed() -> None:
+                nonlocal stopped
+                while not stopped and len(inflight) < self.parallel:
+                    item = next(pending, None)
+                    if item is None:
+                        stopped = True
+                    elif (report.started or inflight) and time.monotonic() - t0 > self.budget:
+                        report.more = stopped = True  # the rest is the next pass's, which follows at once
+                    else:
+                        rec, slot, plan = item
+                        inflight[pool.submit(self._start, rec, slot.slot_epoch, slot.id, plan, now)] = rec
+
+            feed()
+            while inflight:
+                done, _ = futures.wait(inflight, return_when=futures.FIRST_COMPLETED)
+                for fut in done:
+                    rec = inflight.pop(fut)
+                    try:
+                        fut.result()
+                        report.started += 1
+                    except Exception as exc:  # noqa: BLE001 - one schedule's trouble must not stop the others
+                        log.error("schedule %s: %s", rec.name, exc, exc_info=exc)
+                        report.errors.append(f"{rec.name}: {exc}")
+                feed()
 
     def withdraw(self, record: ScheduleRecord, now: float) -> int:
         """A schedule being disabled: runs created ahead of a slot still to come are cancelled (their
@@ -272,12 +321,13 @@ class Scheduler:
                 except Exception:  # noqa: BLE001
                     log.exception("housekeeping failed")
             try:
+                t0 = self.clock()
                 report = self.tick()
                 backoff = 1.0
                 if report.started or report.skipped or report.reclaimed or report.missed:
-                    log.info("started %d, skipped %d, missed %d, reclaimed %d", report.started, report.skipped,
-                             report.missed, report.reclaimed)
-                wait = self.next_wake(self.clock(), longest_sleep) - self.clock()
+                    log.info("started %d, skipped %d, missed %d, reclaimed %d (pass %.2f s)", report.started,
+                             report.skipped, report.missed, report.reclaimed, self.clock() - t0)
+                wait = 0.0 if report.more else self.next_wake(self.clock(), longest_sleep) - self.clock()
             except Exception:  # noqa: BLE001
                 log.exception("scheduler pass failed; retrying in %.0f s", backoff)
                 wait, backoff = backoff, min(backoff * 2, 30.0)

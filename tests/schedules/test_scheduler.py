@@ -96,6 +96,38 @@ def test_catchup_concurrency_exactly_once_and_reclaim(stack):
     assert all(n == 1 for n in final.values()), final
 
 
+def test_a_pass_starts_the_most_urgent_slot_of_all_schedules_first(stack, tmp_path):
+    """A pass creates runs earliest slot first across schedules, for at most its budget: with a budget
+    of 0 s each pass creates one run. A scheduler of our own over a catalog of its own (so the stack's
+    scheduler leaves these schedules alone), against the real Prefect server."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled
+
+    from registry.catalog import Catalog
+    from registry.schedules import Schedules
+    from tasks.scheduling import Scheduler
+
+    store = Schedules(Catalog(f"sqlite:///{tmp_path / 'catalog.db'}"))
+    now = int(time.time())
+    with get_client(sync_client=True) as client:
+        dep = str(client.read_deployment_by_name("train/gpu").id)
+        for name, back in (("urgency-b", 10), ("urgency-a", 20)):  # b is older, a's slot is earlier
+            start = datetime.fromtimestamp(now - back, timezone.utc).isoformat()
+            store.create(name, {"name": name, "deployment": "train/gpu", "start_time": start, "max_concurrency": 1,
+                                "interval": {"every": 1, "unit": "hours"}, "parameters": TRAIN}, dep, "ENABLED",
+                         now - back - 1)  # the watermark just before the start, as schedules.create sets it
+        scheduler = Scheduler(store, client, lead_seconds=0, budget_seconds=0)
+        first = scheduler.tick()
+        assert (first.started, first.more) == (1, True)
+        assert [s.slot_epoch for s in store.slots_in(["STARTED"])] == [now - 20], "the earliest slot first"
+        second = scheduler.tick()
+        assert (second.started, second.more) == (1, False)
+        runs = _runs("mlyard.schedule:urgency-a") + _runs("mlyard.schedule:urgency-b")
+        assert len(runs) == 2
+        for r in runs:
+            client.set_flow_run_state(r.id, Cancelled(), force=True)
+
+
 def test_enabled_late_with_catchup_off_runs_only_the_latest_missed_slot(stack):
     import mlyard.schedules as schedules
 
