@@ -162,11 +162,6 @@ def _start_server(settings: Settings, env: dict[str, str], log: Path) -> int:
     # The UI calls the API at this URL; without it the UI assumes port 4200.
     srv_env.update({"PREFECT_UI_API_URL": api_url, "PREFECT_SERVER_API_PORT": str(settings.prefect_port),
                     "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_HOME": str(settings.prefect_home)})
-    # Prefect's event persister writes its queue to SQLite every 20 events by default, and each write
-    # holds back a request that writes at the same moment by about 2 s (the database lock, then a 503
-    # and the client's retry): a burst of run creations (a scheduler's minute, a tuning's trials) met one
-    # such stall every 7 runs. Written every 5 s (its flush interval) or 1000 events, it meets few.
-    srv_env.setdefault("PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE", "1000")
     return _spawn([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
                    "--port", str(settings.prefect_port)], log, srv_env)
 

@@ -10,8 +10,8 @@ One pass (`Scheduler.tick`):
 3. record every enabled schedule's slots due up to `lead` seconds from now and move its watermark,
    in one transaction (schedules.planning decides what catch-up keeps);
 4. start the waiting slots the concurrency limit leaves room for (or skip them), the most urgent
-   slot of all schedules first, `parallel` at a time, for at most `budget_seconds` a pass (the next
-   pass takes up the rest at once, so that slots coming due meanwhile are not held behind a long pass):
+   slot of all schedules first, for at most `budget_seconds` a pass (the next pass takes up the rest
+   at once, so that slots coming due meanwhile are not held behind a long pass):
    each is a flow run of the target deployment, created with the idempotency key
    (schedule, slot), tagged with the schedule and the slot, its parameters rendered for the slot.
    A slot still ahead is created as a Prefect run scheduled at the slot's time, which the worker
@@ -38,7 +38,6 @@ import argparse
 import logging
 import threading
 import time
-from concurrent import futures
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -120,10 +119,9 @@ class Scheduler:
     """One scheduler over the catalog's schedules and a Prefect client (the sync client)."""
 
     def __init__(self, store: Schedules, client: Any, start_timeout_seconds: float = 600.0,
-                 lead_seconds: float = 60.0, clock: Callable[[], float] = time.time, budget_seconds: float = 2.0,
-                 parallel: int = 2):
+                 lead_seconds: float = 60.0, clock: Callable[[], float] = time.time, budget_seconds: float = 2.0):
         self.store, self.client, self.start_timeout, self.clock = store, client, start_timeout_seconds, clock
-        self.lead, self.budget, self.parallel = lead_seconds, budget_seconds, parallel
+        self.lead, self.budget = lead_seconds, budget_seconds
         self._plans: dict[tuple[int, str], Plan] = {}
         self._records: list[ScheduleRecord] = []
 
@@ -236,43 +234,23 @@ class Scheduler:
         return report
 
     def _start_all(self, ready: list[tuple[ScheduleRecord, SlotRecord, Plan]], now: float, report: PassReport) -> None:
-        """Create the runs of `ready` in that order, `parallel` at a time, until `budget` seconds have passed.
+        """Create the runs of `ready` in that order until `budget` seconds have passed.
 
-        Two at a time because Prefect on SQLite answers most creations in 0.02-0.1 s but holds one for
-        about 2 s whenever its event persister writes a batch at the same moment (the request waits on
-        the database lock, then the client's retry): in turn, each such stall would hold back every
-        slot behind it. More at a time makes such lock conflicts more frequent, not rarer (seen here
-        with 8: a pass of 9 runs took 17 s of the client's exponential retries)."""
-        pending = iter(ready)
+        One at a time: Prefect on SQLite answers most creations in 0.02-0.1 s but holds one for about
+        2 s whenever its event persister writes a batch at the same moment (the database lock, a 503,
+        the client's retry). Creating several at a time, or having the persister write bigger batches,
+        made those stalls longer and more frequent here (bench/README.md), not rarer."""
         t0 = time.monotonic()
-        inflight: dict[futures.Future[str], ScheduleRecord] = {}
-        with futures.ThreadPoolExecutor(self.parallel, thread_name_prefix="mlyard-scheduler") as pool:
-            stopped = False
-
-            def feed() -> None:
-                nonlocal stopped
-                while not stopped and len(inflight) < self.parallel:
-                    item = next(pending, None)
-                    if item is None:
-                        stopped = True
-                    elif (report.started or inflight) and time.monotonic() - t0 > self.budget:
-                        report.more = stopped = True  # the rest is the next pass's, which follows at once
-                    else:
-                        rec, slot, plan = item
-                        inflight[pool.submit(self._start, rec, slot.slot_epoch, slot.id, plan, now)] = rec
-
-            feed()
-            while inflight:
-                done, _ = futures.wait(inflight, return_when=futures.FIRST_COMPLETED)
-                for fut in done:
-                    rec = inflight.pop(fut)
-                    try:
-                        fut.result()
-                        report.started += 1
-                    except Exception as exc:  # noqa: BLE001 - one schedule's trouble must not stop the others
-                        log.error("schedule %s: %s", rec.name, exc, exc_info=exc)
-                        report.errors.append(f"{rec.name}: {exc}")
-                feed()
+        for n, (rec, slot, plan) in enumerate(ready):
+            if n and time.monotonic() - t0 > self.budget:
+                report.more = True  # the rest is the next pass's, which follows at once
+                return
+            try:
+                self._start(rec, slot.slot_epoch, slot.id, plan, now)
+                report.started += 1
+            except Exception as exc:  # noqa: BLE001 - one schedule's trouble must not stop the others
+                log.error("schedule %s: %s", rec.name, exc, exc_info=exc)
+                report.errors.append(f"{rec.name}: {exc}")
 
     def withdraw(self, record: ScheduleRecord, now: float) -> int:
         """A schedule being disabled: runs created ahead of a slot still to come are cancelled (their
