@@ -205,7 +205,7 @@ class Scheduler:
             if rec.status == "CREATE REQUESTED":
                 records[i] = self._confirm(rec)
         going = self.refresh(records, report, now)
-        ready: list[tuple[int, int, ScheduleRecord, SlotRecord, Plan]] = []
+        ready: list[tuple[ScheduleRecord, SlotRecord, Plan]] = []
         for rec in records:
             if rec.status != "ENABLED":
                 continue
@@ -225,12 +225,12 @@ class Scheduler:
                 if skip and plan.spec.get("when_busy") == "skip":
                     self.store.mark([s.id for s in skip], "SKIPPED")
                     report.skipped += len(skip)
-                ready += [(slot.slot_epoch, rec.id, rec, slot, plan) for slot in start]
+                ready += [(rec, slot, plan) for slot in start]
             except Exception as exc:  # noqa: BLE001 - one schedule's trouble must not stop the others
                 log.exception("schedule %s", rec.name)
                 report.errors.append(f"{rec.name}: {exc}")
-        ready.sort(key=lambda r: (r[0], r[1]))
-        self._start_all([(rec, slot, plan) for _, _, rec, slot, plan in ready], now, report)
+        ready.sort(key=lambda r: (r[1].slot_epoch, r[0].id))
+        self._start_all(ready, now, report)
         return report
 
     def _start_all(self, ready: list[tuple[ScheduleRecord, SlotRecord, Plan]], now: float, report: PassReport) -> None:
