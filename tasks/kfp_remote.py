@@ -35,11 +35,11 @@ def _nodes(run: Any) -> dict[str, dict[str, Any]]:
 
 
 def run_remote(host: str, run_dir: Path, spec: PipelineRunSpec, should_stop: Callable[[], str | None],
-               log: Callable[[str], None], poll_seconds: float = 2.0, client: Any = None) -> int:
+               log: Callable[[str], None], poll_seconds: float = 2.0) -> int:
     """Submit, follow, and (when `should_stop` says so) terminate; 0 when the run succeeded."""
     import kfp
 
-    client = client or kfp.Client(host=host)
+    client = kfp.Client(host=host)
     experiment = client.create_experiment(spec.experiment)
     run = client.create_run_from_pipeline_package(str(run_dir / "pipeline.yaml"), arguments=spec.parameters,
                                                   run_name=spec.name, experiment_id=experiment.experiment_id)
