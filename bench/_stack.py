@@ -2,7 +2,9 @@
 
 import atexit
 import os
+import signal
 import socket
+import sys
 import tempfile
 
 
@@ -23,4 +25,7 @@ def start():
 
     connect(settings)
     atexit.register(lambda: stack.down(settings, echo=lambda *_: None))
+    # a bench stopped with kill (or timeout) takes its stack down too: one left running skews every
+    # figure measured after it
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     return settings

@@ -23,13 +23,13 @@ def scheduler(max_hours: float = 0.0) -> None:
     from mlyard.settings import Settings
     from registry.catalog import Catalog
     from registry.schedules import Schedules
-    from tasks.scheduling import Scheduler
+    from tasks.scheduling import Scheduler, quick_retries
 
     settings = connect(Settings())
     stop = threading.Event()
     if max_hours > 0:
         threading.Timer(max_hours * 3600, stop.set).start()
     get_run_logger().info("scheduler started")
-    with get_client(sync_client=True) as client:
+    with get_client(httpx_settings={"transport": quick_retries()}, sync_client=True) as client:
         Scheduler(Schedules(Catalog(settings.catalog_db_url)), client, settings.schedule_start_timeout_seconds,
                   settings.schedule_lead_seconds).run(stop)
