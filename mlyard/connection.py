@@ -36,6 +36,7 @@ class StackState:
     mlflow_ui_url: str | None = None
     service_url: str | None = None  # the warm mlyard API (mlyard/service.py) that answers the CLI's reads
     gateway_url: str | None = None  # the endpoint gateway (serving/gateway.py)
+    vector_store_url: str | None = None  # the embedded PostgreSQL + pgvector (RAG vectors), a socket URL
     deployments: str | None = None  # digest of what the registered deployments were made from
     started_at: float = field(default_factory=time.time)
 

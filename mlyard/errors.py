@@ -13,7 +13,8 @@
     │   ├── EndpointNotFound
     │   ├── ScheduleNotFound
     │   ├── PipelineNotFound
-    │   └── PipelineRunNotFound
+    │   ├── PipelineRunNotFound
+    │   └── RagNotFound
     ├── Conflict (RuntimeError)              the action breaks a platform rule
     │   ├── AlreadyExists
     │   ├── ModelInUse
@@ -120,6 +121,11 @@ class PipelineNotFound(NotFound):
 class PipelineRunNotFound(NotFound):
     kind = "pipeline run"
     hint = "See `mlyard pipeline-runs list`."
+
+
+class RagNotFound(NotFound):
+    kind = "RAG"
+    hint = "See `mlyard rags list`."
 
 
 class Conflict(MlyardError, RuntimeError):

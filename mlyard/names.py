@@ -19,6 +19,7 @@ FLOW_PROMOTE_STAGE = "promote-endpoint-stage"
 FLOW_DELETE_ENDPOINT = "delete-endpoint"
 FLOW_SYNC_ENDPOINT = "sync-endpoint-code"
 FLOW_PIPELINE_RUN = "pipeline-run"
+FLOW_RAG_SYNC = "rag-sync"
 FLOW_SCHEDULER = "scheduler"  # production only: `mlyard up` runs the same loop as a process
 
 # -- Prefect tasks whose start or failure decides a run's status ------------------------------------------

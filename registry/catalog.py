@@ -199,6 +199,41 @@ class Pipeline(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class Rag(Base):
+    """A RAG: its spec as given (secrets are never in it: a vector store password or an LLM key is
+    named by the setting or environment variable that holds it), its status, and the deploy state of
+    its query route. Its documents and vectors live in its vector store, not here."""
+
+    __tablename__ = "rags"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(50), unique=True)
+    spec: Mapped[dict] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(32), default="CREATE REQUESTED")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    deploy_status: Mapped[str] = mapped_column(String(16), default="")  # DEPLOYING, COMPLETE, FAILURE
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    ingestions: Mapped[list["RagIngestion"]] = relationship(cascade="all, delete-orphan", passive_deletes=True)
+
+
+class RagIngestion(Base):
+    """One ingestion (the first one, or a sync) of a RAG: its Prefect flow run, what it counted, the
+    files it skipped and why, and how it ended."""
+
+    __tablename__ = "rag_ingestions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    rag_id: Mapped[int] = mapped_column(ForeignKey("rags.id", ondelete="CASCADE"), index=True)
+    flow_run_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    state: Mapped[str] = mapped_column(String(16), default="RUNNING")  # RUNNING, COMPLETE, FAILED
+    counts: Mapped[dict] = mapped_column(JSON, default=dict)
+    skipped: Mapped[list] = mapped_column(JSON, default=list)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
 class Catalog:
     """A catalog database, migrated to the newest revision on open."""
 

@@ -93,6 +93,42 @@ class Storage:
             raise StorageNotFound(uri)
         return keys
 
+    def entries(self, uri: str, field: str = "uri") -> list[tuple[str, int, str]]:
+        """Every file under `uri` as (name relative to it, bytes, its own URI), in name order; one file
+        when `uri` is a file."""
+        loc = self.resolve(uri, field)
+        if loc.kind == "local":
+            root = loc.path
+            if root.is_file():
+                return [(root.name, root.stat().st_size, uri)]
+            if not root.is_dir():
+                raise StorageNotFound(uri)
+            out = []
+            for p in sorted(root.rglob("*")):
+                if p.is_file() and p.name != SUCCESS_MARKER:
+                    out.append((str(p.relative_to(root)), p.stat().st_size, str(p)))
+            return out
+        client = self.client(loc)
+        with _translated(uri):
+            if loc.key and not loc.key.endswith("/"):
+                try:
+                    head = client.head_object(Bucket=loc.bucket, Key=loc.key)
+                    return [(loc.key.rsplit("/", 1)[-1], int(head["ContentLength"]), uri)]
+                except ClientError as exc:
+                    if _code(exc) not in _MISSING_CODES:
+                        raise
+            prefix = f"{loc.key.rstrip('/')}/" if loc.key else ""
+            base = uri.rstrip("/")
+            found = []
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    name = obj["Key"][len(prefix):]
+                    if name and not name.endswith("/") and name != SUCCESS_MARKER:
+                        found.append((name, int(obj["Size"]), f"{base}/{name}"))
+        if not found:
+            raise StorageNotFound(uri)
+        return sorted(found)
+
     def check(self, uri: str, field: str = "uri") -> None:
         """Raise StorageNotFound / StorageUnreachable unless `uri` holds something."""
         self.list(uri, field=field)

@@ -21,6 +21,7 @@ from mlyard.cli import (
     models,
     pipelines,
     predict,
+    rags,
     schedules,
     serve,
     servers,
@@ -47,7 +48,7 @@ for group, name in ((trainings.app, "trainings"), (tunings.app, "tunings"), (bat
                     (evaluations.app, "evaluations"), (experiments.app, "experiments"), (templates.app, "templates"),
                     (models.app, "models"), (endpoints.app, "endpoints"), (servers.app, "servers"),
                     (schedules.app, "schedules"), (pipelines.app, "pipelines"),
-                    (pipelines.runs_app, "pipeline-runs"),
+                    (pipelines.runs_app, "pipeline-runs"), (rags.app, "rags"),
                     (stack.ui_app, "ui")):
     app.add_typer(group, name=name)
 

@@ -37,8 +37,17 @@ def test_upload_graph_run_fail_download_and_rules(stack, tmp_path):
     _one_line_error(mlyard("pipeline-runs", "create", "--pipeline", "container", "--name", "r0"),
                     "container runtime", "alpine")
 
+    # the run and its failing copy go at once (the local pool runs both): the copy is waited for, the run
+    # followed
     run = _json("pipeline-runs", "create", "--pipeline", "example", "--name", "r1", "--param", "epochs=1",
-                "--param", "rows=40", "--wait")
+                "--param", "rows=40")
+    failed = mlyard("pipeline-runs", "copy", run["id"], "--set", "name=r2", "--set", "parameters.fail=true", "--wait")
+    assert failed.returncode == 1 and "FAIL PIPELINE RUN" in failed.stderr and "explode" in failed.stderr
+    run = _json("pipeline-runs", "show", run["id"])
+    deadline = time.monotonic() + 240
+    while run["status"] not in ("COMPLETE", "FAIL PIPELINE RUN", "STOPPED") and time.monotonic() < deadline:
+        time.sleep(1)
+        run = _json("pipeline-runs", "show", run["id"])
     assert run["status"] == "COMPLETE", run
     assert run["nodes"]["check"] == {"state": "SUCCEEDED", "runs": 2, "failed": 0}
     assert "explode" not in run["nodes"], "a condition that was false: its step never ran"
@@ -48,10 +57,7 @@ def test_upload_graph_run_fail_download_and_rules(stack, tmp_path):
     rg = _json("pipeline-runs", "graph", run["id"])
     assert next(n for n in rg["nodes"] if n["name"] == "explode")["state"] == "NOT STARTED"
 
-    failed = mlyard("pipeline-runs", "copy", run["id"], "--set", "name=r2", "--set", "parameters.fail=true", "--wait")
-    assert failed.returncode == 1 and "FAIL PIPELINE RUN" in failed.stderr and "explode" in failed.stderr
-    runs = _json("pipeline-runs", "list")
-    r2 = next(r for r in runs if r["name"] == "r2")
+    r2 = next(r for r in _json("pipeline-runs", "list") if r["name"] == "r2")
     shown = _json("pipeline-runs", "show", r2["id"])
     assert shown["status"] == "FAIL PIPELINE RUN" and shown["nodes"]["explode"]["state"] == "FAILED"
     assert shown["nodes"]["report"]["state"] == "SUCCEEDED", "the exit handler runs after a failure"

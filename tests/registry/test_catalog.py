@@ -15,7 +15,7 @@ def test_migrations_create_the_schema(catalog):
     assert {"training_templates", "endpoints", "endpoint_stages", "stage_resources", "serving_history",
             "mlyard_alembic_version"} <= tables
     with catalog.engine.connect() as conn:
-        assert conn.execute(text("select version_num from mlyard_alembic_version")).scalar() == "0006"
+        assert conn.execute(text("select version_num from mlyard_alembic_version")).scalar() == "0007"
     catalog.upgrade()  # re-opening an up-to-date catalog is a no-op
 
 

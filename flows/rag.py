@@ -1,0 +1,146 @@
+"""RAG sync: ingest a RAG's documents into its vector store (its first ingestion, or a sync).
+
+1. Begin: the RAG (CREATE IN PROGRESS the first time; a sync is UPDATE IN PROGRESS already) and a
+   record in its ingestion history.
+2. List the documents under its path; unsupported, oversized and oddly named files are skipped with
+   the reason.
+3. Diff them against the vector store by content hash: added, modified, deleted, unchanged.
+4. Ingest the added and modified ones: parse, chunk, embed in batches, one transaction per document
+   (a document that cannot be read is skipped with the reason).
+5. Remove the vectors of deleted documents; build the HNSW index once it pays.
+6. End: the history record (counts, skipped files, duration, state) and the RAG's status: ACTIVE, or
+   CREATE FAILED / UPDATE FAILED with the reason. A failed ingestion resumes: documents already
+   written are unchanged at the next sync, so they are not embedded again.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+from pydantic import BaseModel, Field
+
+from flows.platform import Platform
+from mlyard.names import FLOW_RAG_SYNC
+from mlyard.specs.rag import RagSpec
+from registry.rags import Rags
+from tasks.documents import Skipped, content_hash
+from tasks.rag import Diff, Listing, Report, diff, ingest, list_documents
+from tasks.vectorstore import VectorStore, conninfo
+
+
+class RagSyncSpec(BaseModel):
+    """Which RAG to ingest (its spec is the one it was created with)."""
+
+    rag: str = Field(description="The RAG's name (mlyard rags list).")
+
+
+class RagSyncResult(BaseModel):
+    rag: str
+    state: str = Field(description="ACTIVE, CREATE FAILED or UPDATE FAILED.")
+    counts: dict[str, float] = Field(description="added, modified, deleted, unchanged, skipped, failed, chunks, "
+                                                 "seconds, embed_seconds.")
+
+
+@task(name="list-documents", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def list_step(p: Platform, path: str) -> Listing:
+    return list_documents(p.storage, path)
+
+
+@task(name="diff-documents", cache_policy=NO_CACHE)
+def diff_step(p: Platform, listing: Listing, store: VectorStore) -> tuple[Diff, dict[str, str]]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        hashes = dict(zip((e.name for e in listing.taken),
+                          pool.map(lambda e: content_hash(p.storage.read_bytes(listing.uris[e.name], "path")),
+                                   listing.taken)))
+    return diff(hashes, store.known()), hashes
+
+
+@task(name="ingest-documents", cache_policy=NO_CACHE)
+def ingest_step(p: Platform, spec: RagSpec, listing: Listing, names: list[str], store: VectorStore) -> Report:
+    from tasks.embeddings import embedder, tokenizer_for
+
+    logger = get_run_logger()
+    model = embedder(spec.embedding)
+    store.ensure(model.dim)
+    last = [0.0]
+
+    def progress(done: int, total: int, chunks: int) -> None:
+        if time.monotonic() - last[0] > 5 or done == total:
+            last[0] = time.monotonic()
+            logger.info(f"ingested {done}/{total} documents ({chunks} chunks)")
+
+    return ingest(spec, lambda name: p.storage.read_bytes(listing.uris[name], "path"), store, model,
+                  tokenizer_for(spec.embedding), names, progress)
+
+
+@flow(name=FLOW_RAG_SYNC, flow_run_name="{spec.rag}",
+      description="Ingest a RAG's documents into its vector store: list, diff by content hash, parse, chunk, embed, "
+                  "upsert, delete what disappeared.")
+def rag_sync(spec: RagSyncSpec) -> RagSyncResult:
+    p = Platform()
+    logger = get_run_logger()
+    rags = Rags(p.catalog)
+    t0 = time.monotonic()
+
+    # 1. Begin.
+    record = rags.get(spec.rag)
+    first = record.status in ("CREATE REQUESTED", "CREATE IN PROGRESS", "CREATE FAILED")
+    if first:
+        record = rags.set_status(spec.rag, "CREATE IN PROGRESS")
+    rag = RagSpec.model_validate(record.spec)
+    history = rags.start_ingestion(record.id, str(flow_run.get_id() or "") or None)
+    counts: dict[str, float] = {}
+    skipped: list[Skipped] = []
+    try:
+        from mlyard.connection import read_state
+
+        state = read_state(p.settings)
+        store = VectorStore(conninfo(rag.vector_store, p.settings, state.vector_store_url if state else None), record.id)
+
+        # 2. List.
+        listing = list_step(p, rag.path)
+        skipped = list(listing.skipped)
+        for s in skipped:
+            logger.warning(f"skipped {s.name}: {s.reason}")
+
+        # 3. Diff.
+        d, _ = diff_step(p, listing, store)
+        counts.update(d.counts())
+        logger.info("documents: " + ", ".join(f"{v} {k}" for k, v in d.counts().items()))
+
+        # 4. Ingest what changed.
+        report = ingest_step(p, rag, listing, d.added + d.modified, store)
+        skipped += report.failed
+        for s in report.failed:
+            logger.warning(f"skipped {s.name}: {s.reason}")
+        failed_names = {s.name for s in report.failed}
+        store.remove(sorted(failed_names & set(d.modified)))  # a modified file that no longer reads: its old text goes
+        counts.update(added=len(set(d.added) - failed_names), modified=len(set(d.modified) - failed_names))
+
+        # 5. Deleted documents; the index.
+        store.remove(d.deleted)
+        indexed = store.index()
+        counts.update(chunks=report.chunks, failed=len(report.failed), skipped=len(listing.skipped),
+                      embed_seconds=round(report.embed_seconds, 3), seconds=round(time.monotonic() - t0, 3),
+                      hnsw=int(indexed), **{f"store_{k}": v for k, v in store.counts().items()})
+        store.close()
+    except Exception as exc:
+        # 6. End (failed): nothing half-written (each document is one transaction); the next sync resumes.
+        failed_state = "CREATE FAILED" if first else "UPDATE FAILED"
+        reason = f"{type(exc).__name__}: {exc}" if not str(exc).startswith(type(exc).__name__) else str(exc)
+        counts["seconds"] = round(time.monotonic() - t0, 3)
+        rags.end_ingestion(history.id, "FAILED", counts, [s.__dict__ for s in skipped], reason)
+        rags.set_status(spec.rag, failed_state, reason)
+        raise
+
+    # 6. End.
+    rags.end_ingestion(history.id, "COMPLETE", counts, [s.__dict__ for s in skipped])
+    rags.set_status(spec.rag, "ACTIVE")
+    logger.info(f"RAG {spec.rag}: ACTIVE ({counts.get('store_documents', 0)} documents, "
+                f"{counts.get('store_chunks', 0)} chunks; {counts['seconds']:.1f} s)")
+    return RagSyncResult(rag=spec.rag, state="ACTIVE", counts=counts)

@@ -1,0 +1,120 @@
+"""`mlyard rags ...`: RAGs over folders of documents (mlyard/rags.py): create, sync, history, search,
+query, delete. Ingestion is a Prefect flow run of the rag-sync deployment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from mlyard.cli.common import JSON, SETS, emit, guard, out, parse_sets, typer_app
+
+app = typer_app("RAGs: documents kept as vectors in PostgreSQL + pgvector, answered through an LLM on an "
+                "OpenAI-compatible route (POST /rag/v1/query).")
+COLUMNS = ["name", "status", "deploy_status", "path", "embedding", "llm", "description", "reason"]
+HISTORY_COLUMNS = ["id", "state", "started_at", "seconds", "added", "modified", "deleted", "unchanged", "chunks",
+                   "skipped", "failed", "reason"]
+WAIT = typer.Option(False, "--wait", help="Follow the ingestion to its end (exit 1 when it fails).")
+
+
+def _api():
+    import mlyard.rags as api
+
+    return api
+
+
+def _print(view: dict[str, Any]) -> None:
+    out.print(f"[bold]{view['name']}[/bold]  {view['status']}"
+              f"{'  query route ' + view['deploy_status'] if view.get('deploy_status') else ''}  {view['description']}",
+              highlight=False, soft_wrap=True)
+    if view.get("reason"):
+        out.print(f"reason: {view['reason']}", highlight=False, soft_wrap=True)
+    out.print(f"documents: {view['path']}\nvector store: {view['vector_store']}  {_store(view.get('store'))}\n"
+              f"embedding: {view['embedding']}\nLLM: {view['llm']}", highlight=False, soft_wrap=True)
+    last = view.get("last_ingestion")
+    if last:
+        out.print(f"last ingestion: {last['state']} ({last['added']} added, {last['modified']} modified, "
+                  f"{last['deleted']} deleted, {last['unchanged']} unchanged, {last['chunks']} chunks, "
+                  f"{last['skipped']} skipped, {last['failed']} unreadable)", highlight=False)
+        for s in last["skipped_files"]:
+            out.print(f"  skipped {s['name']}: {s['reason']}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _store(store: Any) -> str:
+    if not store:
+        return ""
+    if "error" in store:
+        return f"({store['error']})"
+    return f"({store['documents']} documents, {store['chunks']} chunks)"
+
+
+@app.command("create")
+def rags_create(
+    file: Path = typer.Option(..., "-f", "--file", help="RAG spec (YAML): name, path, and optionally vector_store, "
+                              "embedding, llm, prompt, top_k; fields: mlyard/specs/rag.py."),
+    sets: Optional[list[str]] = SETS, wait: bool = WAIT, as_json: bool = JSON,
+) -> None:
+    """Check a RAG spec (path, vector store, LLM endpoint), record it and start its first ingestion."""
+    view = guard(lambda: _api().create(file, sets=parse_sets(sets), wait=wait))
+    emit(view, True) if as_json else _print(view)
+
+
+@app.command("list")
+def rags_list(as_json: bool = JSON) -> None:
+    """RAGs with their status (CREATE REQUESTED ... ACTIVE, UPDATE IN PROGRESS, ... DELETE FAILED)."""
+    emit(guard(lambda: _api().list_rags()), as_json, COLUMNS, empty="no RAGs yet: `mlyard rags create -f rag.yaml`")
+
+
+@app.command("show")
+def rags_show(name: str, prompt: bool = typer.Option(False, "--prompt", help="Print the prompt template in full."),
+              as_json: bool = JSON) -> None:
+    """A RAG: status, where its documents and vectors are, its models, its last ingestion."""
+    view = guard(lambda: _api().show(name))
+    if as_json:
+        emit(view, True)
+    elif prompt:
+        out.print(view["prompt"], highlight=False, markup=False)
+    else:
+        _print(view)
+
+
+@app.command("sync")
+def rags_sync(name: str, wait: bool = WAIT, as_json: bool = JSON) -> None:
+    """Ingest the RAG's path again: only added and modified documents are embedded; deleted ones leave."""
+    view = guard(lambda: _api().sync(name, wait=wait))
+    emit(view, True) if as_json else _print(view)
+
+
+@app.command("history")
+def rags_history(name: str, limit: int = typer.Option(20, "--limit"), as_json: bool = JSON) -> None:
+    """One record per ingestion, newest first: counts, skipped files and why, duration, state."""
+    rows = guard(lambda: _api().history(name, limit))
+    if as_json:
+        emit(rows, True)
+        return
+    emit(rows, False, HISTORY_COLUMNS, empty="no ingestion yet")
+    for r in rows[:1]:
+        for s in r["skipped_files"]:
+            out.print(f"  skipped {s['name']}: {s['reason']}", highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command("delete")
+def rags_delete(name: str, as_json: bool = JSON) -> None:
+    """Delete a RAG and drop its vectors (refused while it is being created or deleted)."""
+    emit(guard(lambda: _api().delete(name)), as_json)
+
+
+@app.command("search")
+def rags_search(name: str, question: str, top_k: Optional[int] = typer.Option(None, "--top-k"),
+                as_json: bool = JSON) -> None:
+    """The chunks a query for QUESTION would retrieve, best first, with their scores (no LLM)."""
+    hits = guard(lambda: _api().search(name, question, top_k))
+    if as_json:
+        emit(hits, True)
+        return
+    for h in hits:
+        where = f", {h['where']}" if h["where"] else ""
+        out.print(f"[bold]{h['rank']}. {h['file']}{where}[/bold]  score {h['score']:.3f}", highlight=False)
+        out.print("   " + h["text"][:400].replace("\n", " ") + ("…" if len(h["text"]) > 400 else ""),
+                  highlight=False, markup=False, soft_wrap=True)

@@ -1,0 +1,309 @@
+"""RAGs from Python (and the CLI's `mlyard rags`): create one over a folder of documents, sync it when
+they change, look at its history, search it, ask it, delete it.
+
+    import mlyard.rags as rags
+
+    rags.create({"name": "handbook", "path": "docs/"}, wait=True)   # the first ingestion, a flow run
+    rags.sync("handbook", wait=True)                                   # only what changed is embedded again
+    rags.history("handbook")                                           # one record per ingestion
+    rags.search("handbook", "How do I rotate a token?")                # the chunks a query would use
+    rags.query("handbook", "How do I rotate a token?")                 # the LLM's answer and its sources
+
+Ingestion is a Prefect flow run of the `rag-sync` deployment (also in the Prefect UI, and on a
+schedule: target `rag-sync/local` with parameters `{"spec": {"rag": NAME}}`). Everything that can be
+checked is checked before a RAG is recorded: its spec, its path, its vector store, its LLM endpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from mlyard.api import load as _spec
+from mlyard.connection import connect, read_state
+from mlyard.errors import Protected, RunFailed, SpecError
+from mlyard.names import FLOW_RAG_SYNC
+from mlyard.settings import Settings
+from mlyard.specs.rag import RagSpec
+
+
+def _rags(settings: Settings):
+    from registry.catalog import Catalog
+    from registry.rags import Rags
+
+    return Rags(Catalog(settings.catalog_db_url))
+
+
+def _store(settings: Settings, spec: RagSpec, rag_id: int):
+    from tasks.vectorstore import VectorStore, conninfo
+
+    state = read_state(settings)
+    return VectorStore(conninfo(spec.vector_store, settings, state.vector_store_url if state else None), rag_id)
+
+
+def _check(settings: Settings, spec: RagSpec) -> None:
+    """What can be known before a RAG is recorded: the path holds files, the vector store answers, the
+    LLM endpoint exists."""
+    from tasks.storage import Storage
+    from tasks.vectorstore import VectorStoreError
+
+    Storage(settings).check(spec.path, field="path")
+    try:
+        with _store(settings, spec, 0):
+            pass
+    except VectorStoreError as exc:
+        raise SpecError("vector_store", spec.vector_store.kind, f"a vector store that answers ({exc})") from None
+    if spec.llm.endpoint:
+        from registry.catalog import Catalog
+        from registry.endpoints import Endpoints
+
+        names = {e["name"] for e in Endpoints(Catalog(settings.catalog_db_url)).all()}
+        if spec.llm.endpoint not in names:
+            raise SpecError("llm.endpoint", spec.llm.endpoint, "an endpoint that exists (mlyard endpoints list) and "
+                                                               "serves a chat model")
+
+
+def _submit(name: str, wait: bool, timeout_seconds: float) -> str:
+    from prefect.deployments import run_deployment
+
+    fr: Any = run_deployment(f"{FLOW_RAG_SYNC}/local", parameters={"spec": {"rag": name}},
+                             timeout=timeout_seconds if wait else 0, tags=[f"mlyard.rag:{name}"])
+    return str(fr.id)
+
+
+def create(spec: RagSpec | dict | str | Path, *, sets: dict[str, Any] | None = None, wait: bool = False,
+           timeout_seconds: float = 3600) -> dict[str, Any]:
+    """Record a RAG (CREATE REQUESTED) and start its first ingestion (CREATE IN PROGRESS, then ACTIVE);
+    with `wait`, until it ends."""
+    spec = _spec(RagSpec, spec, sets).resolved(Path.cwd())
+    settings = connect()
+    _check(settings, spec)
+    store = _rags(settings)
+    record = store.create(spec.name, spec.model_dump(mode="json"))
+    try:
+        _submit(spec.name, False, timeout_seconds)
+    except Exception:
+        store.remove(spec.name)  # nothing half-made: no run, no record
+        raise
+    _deploy(settings, record, spec)  # the query service loads while the documents are ingested
+    if wait:
+        _wait(settings, spec.name, timeout_seconds)
+    return _finished(spec.name, wait)
+
+
+def sync(name: str, *, wait: bool = False, timeout_seconds: float = 3600) -> dict[str, Any]:
+    """Ingest the RAG's path again: only added and modified documents are embedded, deleted ones removed."""
+    settings = connect()
+    store = _rags(settings)
+    _settle(settings, name)
+    store.begin_sync(name)
+    try:
+        _submit(name, False, timeout_seconds)
+    except Exception:
+        store.set_status(name, "UPDATE FAILED", "its sync run could not be created")
+        raise
+    if wait:
+        _wait(settings, name, timeout_seconds)
+    return _finished(name, wait)
+
+
+def _wait(settings: Settings, name: str, timeout_seconds: float) -> None:
+    """Until the ingestion ends (the RAG leaves CREATE/UPDATE IN PROGRESS), printing nothing."""
+    store = _rags(settings)
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        _settle(settings, name)
+        if store.get(name).status not in ("CREATE REQUESTED", "CREATE IN PROGRESS", "UPDATE IN PROGRESS"):
+            return
+        time.sleep(0.5)
+
+
+def _finished(name: str, wait: bool) -> dict[str, Any]:
+    view = show(name)
+    if wait and view["status"] not in ("ACTIVE",):
+        raise RunFailed(view["status"], None, view.get("reason") or f"see `mlyard rags history {name}`")
+    return view
+
+
+def _settle(settings: Settings, name: str) -> None:
+    """A RAG whose ingestion run ended without saying so (its process was killed) is set to the failed
+    status that run implies, so that it can be synced again."""
+    store = _rags(settings)
+    record = store.get(name)
+    if record.status not in ("CREATE IN PROGRESS", "UPDATE IN PROGRESS", "CREATE REQUESTED"):
+        return
+    history = store.history(record.id, limit=1)
+    if not history or history[0].state != "RUNNING" or not history[0].flow_run_id:
+        return
+    ended = _run_state(history[0].flow_run_id)
+    if ended in ("CRASHED", "FAILED", "CANCELLED"):
+        failed = "UPDATE FAILED" if record.status == "UPDATE IN PROGRESS" else "CREATE FAILED"
+        reason = f"its ingestion run {history[0].flow_run_id} ended {ended}"
+        store.end_ingestion(history[0].id, "FAILED", history[0].counts, history[0].skipped, reason)
+        store.set_status(name, failed, reason)
+
+
+def _run_state(flow_run_id: str) -> str | None:
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            fr = client.read_flow_run(UUID(flow_run_id))
+    except Exception:  # noqa: BLE001 - a deleted run: it ended
+        return "CRASHED"
+    return fr.state.type.value if fr.state is not None else None
+
+
+# -- the query service: replicas the supervisor runs, the gateway routes ------------------------------
+
+def _deploy(settings: Settings, record: Any, spec: RagSpec) -> None:
+    """Ask for the RAG's query service (spec.instance_count replicas of serving.rag, routed by the
+    gateway once healthy) and, when it has no LLM of its own, its SmolLM2 (llm.instance_count replicas
+    of `mlyard serve --chat-model`)."""
+    import sys
+
+    from serving.rag import llm_endpoint
+    from tasks import replicas as files
+
+    home, group = settings.home_dir, llm_endpoint(spec.name)
+    env = {"MLYARD_HOME": str(home)}
+    for i in range(spec.instance_count):
+        files.want(home, files.Wanted(files.key_of(group, "query", record.id, i), group, "query", record.id, i, "rag",
+                                      [sys.executable, "-m", "serving.rag", "--rag", spec.name], env, routed=True,
+                                      health_path="/health"))
+    if not (spec.llm.endpoint or spec.llm.base_url):
+        mlyard_bin = str(Path(sys.executable).parent / "mlyard")
+        for i in range(spec.llm.instance_count):
+            files.want(home, files.Wanted(files.key_of(group, "llm", record.id, i), group, "llm", record.id, i,
+                                          spec.llm.model, [mlyard_bin, "serve", "--chat-model", spec.llm.model], env))
+
+
+def _undeploy(settings: Settings, name: str) -> None:
+    from serving.rag import llm_endpoint
+    from tasks import replicas as files
+
+    for w in files.wanted(settings.home_dir):
+        if w.endpoint == llm_endpoint(name):
+            files.unwant(settings.home_dir, w.key)
+
+
+def deploy_status(settings: Settings, name: str) -> str:
+    """The query route's deploy state, from its replicas: COMPLETE once every one answers its health
+    check, FAILURE when one keeps exiting (3 restarts and not answering), DEPLOYING until then."""
+    from serving.rag import llm_endpoint
+    from tasks import replicas as files
+
+    members = [w for w in files.wanted(settings.home_dir) if w.endpoint == llm_endpoint(name)]
+    if not members:
+        return "FAILURE"
+    states = files.states(settings.home_dir)
+    status = "COMPLETE"
+    for w in members:
+        st = states.get(w.key)
+        path = w.health_path if w.stage == "query" else "/v2/health/ready"
+        if st is not None and st.status == "RUNNING" and files.probe(st.url + path, 1.0) == 200:
+            continue
+        if st is not None and st.restarts >= 3:
+            return "FAILURE"
+        status = "DEPLOYING"
+    return status
+
+
+def _view(record: Any, settings: Settings | None = None) -> dict[str, Any]:
+    spec = record.spec
+    return {"name": record.name, "status": record.status, "reason": record.reason,
+            "deploy_status": deploy_status(settings, record.name) if settings is not None else record.deploy_status, "description": spec.get("description", ""),
+            "path": spec.get("path"), "vector_store": spec.get("vector_store", {}).get("kind"),
+            "embedding": spec.get("embedding", {}).get("url") or spec.get("embedding", {}).get("model"),
+            "llm": _llm_label(spec.get("llm", {})), "created_at": record.created_at.isoformat(),
+            "updated_at": record.updated_at.isoformat()}
+
+
+def _llm_label(llm: dict[str, Any]) -> str:
+    if llm.get("endpoint"):
+        return f"endpoint {llm['endpoint']} ({llm.get('model')})"
+    if llm.get("base_url"):
+        return f"{llm['base_url']} ({llm.get('model')})"
+    return f"{llm.get('model', 'smollm2')} (local)"
+
+
+def list_rags() -> list[dict[str, Any]]:
+    settings = connect()
+    for r in _rags(settings).all():
+        _settle(settings, r.name)
+    return [_view(r, settings) for r in _rags(settings).all()]
+
+
+def show(name: str) -> dict[str, Any]:
+    """A RAG: its status, spec (the prompt in full), what its vector store holds, its last ingestion."""
+    settings = connect()
+    _settle(settings, name)
+    store = _rags(settings)
+    record = store.get(name)
+    view = _view(record, settings)
+    view["spec"] = record.spec
+    view["prompt"] = record.spec.get("prompt")
+    try:
+        with _store(settings, RagSpec.model_validate(record.spec), record.id) as vs:
+            view["store"] = vs.counts()
+    except Exception as exc:  # noqa: BLE001 - not ingested yet (no tables), or the store is away: say so
+        view["store"] = {"error": str(exc).splitlines()[0]}
+    last = store.history(record.id, limit=1)
+    view["last_ingestion"] = _ingestion_view(last[0]) if last else None
+    return view
+
+
+def _ingestion_view(h: Any) -> dict[str, Any]:
+    seconds = h.counts.get("seconds")
+    if seconds is None and h.started_at is not None and h.ended_at is not None:
+        seconds = (h.ended_at - h.started_at).total_seconds()
+    return {"id": h.id, "state": h.state, "flow_run_id": h.flow_run_id,
+            "started_at": h.started_at.isoformat() if h.started_at else None,
+            "ended_at": h.ended_at.isoformat() if h.ended_at else None, "seconds": seconds,
+            **{k: h.counts.get(k, 0) for k in ("added", "modified", "deleted", "unchanged", "chunks", "skipped",
+                                                "failed")},
+            "skipped_files": h.skipped, "reason": h.reason}
+
+
+def history(name: str, limit: int = 100) -> list[dict[str, Any]]:
+    """One record per ingestion, newest first: counts, skipped files with the reason, duration, state."""
+    settings = connect()
+    _settle(settings, name)
+    store = _rags(settings)
+    return [_ingestion_view(h) for h in store.history(store.get(name).id, limit)]
+
+
+def delete(name: str) -> dict[str, Any]:
+    """Delete a RAG and drop its vectors (refused while it is being created or deleted)."""
+    settings = connect()
+    _settle(settings, name)
+    store = _rags(settings)
+    record = store.begin_delete(name)
+    try:
+        with _store(settings, RagSpec.model_validate(record.spec), record.id) as vs:
+            vs.drop()
+    except Exception as exc:
+        store.set_status(name, "DELETE FAILED", f"its vectors could not be dropped: {exc}")
+        raise Protected(f"RAG {name!r} could not be deleted (DELETE FAILED): {exc}; delete it again") from exc
+    _undeploy(settings, name)
+    store.remove(name)
+    return {"deleted": name}
+
+
+def search(name: str, question: str, top_k: int | None = None) -> list[dict[str, Any]]:
+    """The chunks a query would retrieve for `question`, best first, with their scores."""
+    from tasks.embeddings import embedder
+
+    settings = connect()
+    record = _rags(settings).get(name)
+    spec = RagSpec.model_validate(record.spec)
+    t0 = time.monotonic()
+    vector = embedder(spec.embedding).encode([question])[0]
+    with _store(settings, spec, record.id) as vs:
+        hits = vs.search(vector, top_k or spec.top_k)
+    _ = t0
+    return [{"rank": i, "file": h.doc, "where": h.where, "score": round(h.score, 4), "text": h.text}
+            for i, h in enumerate(hits, 1)]

@@ -1,0 +1,291 @@
+"""The query service of a RAG: `python -m serving.rag --rag NAME --port P`, one process per instance,
+started by the replica supervisor; the gateway sends it `POST /rag/v1/query` and `/rag/v1/search`.
+
+    GET  /health                 200 once the embedding model and the vector store answer
+    POST /v1/chat/completions    an OpenAI chat-completions body (`model` = the RAG's name); with
+                                 "stream": true, server-sent events ending in `data: [DONE]`
+    POST /v1/search              {"query": "...", "top_k": k}: the retrieval alone
+    GET  /v1/models              the RAG, as OpenAI lists a model
+
+A query: the last user message is the question; it is embedded, the top-k chunks come from pgvector,
+the prompt template is filled with them (numbered, with their file and place) and the question, and
+the LLM's chat completion is asked for with the conversation's earlier messages before it. Its answer
+goes back as the LLM wrote it, plus `sources` (file, place, score) as an extra field that OpenAI
+clients ignore: top-level in a whole answer, in the first chunk of a stream. An LLM that is down or
+answers with an error gives 502 with the reason; one that does not answer within the RAG's
+`llm.timeout_seconds`, 504. Never a hang.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import orjson
+
+from serving import asgi
+
+log = logging.getLogger("mlyard.rag")
+MAX_BODY = 1024 * 1024
+
+
+def _error(message: str, status: int, code: str = "rag_error") -> tuple[int, bytes]:
+    kind = "invalid_request_error" if status < 500 else "api_error"
+    return status, orjson.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}})
+
+
+class Unavailable(Exception):
+    """The LLM is down, slow or failing: the status (502/504) and the reason."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def context_of(hits: list[Any]) -> str:
+    return "\n\n".join(f"[{i}] ({h.doc}{', ' + h.where if h.where else ''})\n{h.text}" for i, h in enumerate(hits, 1))
+
+
+def sources_of(hits: list[Any]) -> list[dict[str, Any]]:
+    return [{"index": i, "file": h.doc, "where": h.where, "score": round(h.score, 4)} for i, h in enumerate(hits, 1)]
+
+
+class RagService:
+    def __init__(self, name: str, spec: Any, store: Any, embedder: Any, llm_base: Any, llm_key: str | None):
+        self.name, self.spec, self.store, self.embedder = name, spec, store, embedder
+        self.llm_base, self.llm_key = llm_base, llm_key  # llm_base(): the LLM's base URL now (…/v1)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-retrieve")  # one DB connection
+        self._http: Any = None
+
+    # -- retrieval ---------------------------------------------------------------------------------
+
+    def _retrieve(self, question: str, k: int) -> list[Any]:
+        return self.store.search(self.embedder.encode([question])[0], k)
+
+    async def retrieve(self, question: str, k: int) -> list[Any]:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._retrieve, question, k)
+
+    # -- HTTP ----------------------------------------------------------------------------------------
+
+    async def __call__(self, scope: dict, receive: asgi.Receive, send: asgi.Send) -> None:
+        if scope["type"] == "lifespan":
+            return await asgi.lifespan(receive, send)
+        if scope["type"] != "http":
+            return
+        path, method = scope["path"], scope["method"]
+        if path == "/health":
+            return await asgi.reply(send, 200, b'{"status":"ok"}')
+        if path == "/v1/models" and method == "GET":
+            return await asgi.reply(send, 200, orjson.dumps({"object": "list", "data": [
+                {"id": self.name, "object": "model", "created": 0, "owned_by": "mlyard-rag"}]}))
+        if method != "POST" or path not in ("/v1/chat/completions", "/v1/search"):
+            return await asgi.reply(send, *_error(f"no route {method} {path}; POST /rag/v1/query or /rag/v1/search",
+                                                  404, "not_found"))
+        try:
+            body = orjson.loads(await asgi.read_body(receive, MAX_BODY))
+        except asgi.BodyTooLarge as exc:
+            return await asgi.reply(send, *_error(str(exc), 413))
+        except orjson.JSONDecodeError:
+            return await asgi.reply(send, *_error("the body is not JSON", 400))
+        if not isinstance(body, dict):
+            return await asgi.reply(send, *_error("the body must be a JSON object", 400))
+        try:
+            if path == "/v1/search":
+                return await self._search(send, body)
+            return await self._query(send, body)
+        except Unavailable as exc:
+            return await asgi.reply(send, *_error(str(exc), exc.status, "llm_unavailable"))
+
+    def _top_k(self, body: dict) -> int:
+        k = body.get("top_k", self.spec.top_k)
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 50:
+            raise ValueError(f"top_k: {k!r} is not valid: a whole number from 1 to 50")
+        return k
+
+    async def _search(self, send: asgi.Send, body: dict) -> None:
+        question = body.get("query")
+        if not isinstance(question, str) or not question.strip():
+            return await asgi.reply(send, *_error("query: a non-empty string (the question to search for)", 400))
+        try:
+            k = self._top_k(body)
+        except ValueError as exc:
+            return await asgi.reply(send, *_error(str(exc), 400))
+        t0 = time.perf_counter()
+        hits = await self.retrieve(question, k)
+        return await asgi.reply(send, 200, orjson.dumps({
+            "model": self.name, "took_ms": round((time.perf_counter() - t0) * 1000, 2),
+            "data": [{**s, "text": h.text} for s, h in zip(sources_of(hits), hits)]}))
+
+    async def _query(self, send: asgi.Send, body: dict) -> None:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages or not all(
+                isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages):
+            return await asgi.reply(send, *_error("messages: a list of {role, content} messages, the question last",
+                                                  400))
+        users = [m for m in messages if m.get("role") == "user"]
+        if not users or not users[-1]["content"].strip():
+            return await asgi.reply(send, *_error("messages: no user message to answer", 400))
+        try:
+            k = self._top_k(body)
+        except ValueError as exc:
+            return await asgi.reply(send, *_error(str(exc), 400))
+        question = users[-1]["content"]
+        hits = await self.retrieve(question, k)
+        prompt = self.spec.prompt.format(context=context_of(hits), question=question)
+        earlier = messages[:messages.index(users[-1])]
+        request = {"model": self.spec.llm.model, "messages": [*earlier, {"role": "user", "content": prompt}],
+                   "max_tokens": body.get("max_tokens") or self.spec.llm.max_tokens,
+                   **{k: body[k] for k in ("temperature", "top_p", "stop", "seed") if k in body}}
+        sources = sources_of(hits)
+        if body.get("stream"):
+            return await self._stream(send, request, sources)
+        answer = await self._llm(request)
+        answer["model"] = self.name
+        answer["sources"] = sources
+        return await asgi.reply(send, 200, orjson.dumps(answer))
+
+    # -- the LLM -------------------------------------------------------------------------------------
+
+    def _client(self) -> Any:
+        import httpx
+
+        if self._http is None:
+            t = self.spec.llm.timeout_seconds
+            self._http = httpx.AsyncClient(timeout=httpx.Timeout(t, connect=min(5.0, t)),
+                                           headers={"Authorization": f"Bearer {self.llm_key}"} if self.llm_key else {})
+        return self._http
+
+    def _url(self) -> str:
+        base = self.llm_base()
+        if not base:
+            raise Unavailable(502, f"the LLM of RAG {self.name} is not running (no healthy LLM replica yet); "
+                                   "retry shortly or see `mlyard rags show`")
+        return f"{base.rstrip('/')}/chat/completions"
+
+    def _failed(self, exc: Exception, url: str) -> Unavailable:
+        import httpx
+
+        if isinstance(exc, httpx.TimeoutException):
+            return Unavailable(504, f"the LLM at {url} did not answer within {self.spec.llm.timeout_seconds:g} s")
+        return Unavailable(502, f"the LLM at {url} cannot be reached: {type(exc).__name__}: {exc}")
+
+    async def _llm(self, request: dict) -> dict:
+        import httpx
+
+        url = self._url()
+        try:
+            resp = await self._client().post(url, json={**request, "stream": False})
+        except httpx.HTTPError as exc:
+            raise self._failed(exc, url) from exc
+        if resp.status_code != 200:
+            raise Unavailable(502, f"the LLM at {url} answered {resp.status_code}: {resp.text[:300]}")
+        return resp.json()
+
+    async def _stream(self, send: asgi.Send, request: dict, sources: list[dict]) -> None:
+        import httpx
+
+        url = self._url()
+        client = self._client()
+        try:
+            cm = client.stream("POST", url, json={**request, "stream": True})
+            resp = await cm.__aenter__()
+        except httpx.HTTPError as exc:
+            raise self._failed(exc, url) from exc
+        try:
+            if resp.status_code != 200:
+                text = (await resp.aread()).decode(errors="replace")
+                raise Unavailable(502, f"the LLM at {url} answered {resp.status_code}: {text[:300]}")
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
+            first = True
+            try:
+                async for line in resp.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    chunk = orjson.loads(data)
+                    chunk["model"] = self.name
+                    if first:
+                        chunk["sources"] = sources
+                        first = False
+                    await send({"type": "http.response.body", "more_body": True,
+                                "body": b"data: " + orjson.dumps(chunk) + b"\n\n"})
+            except httpx.HTTPError as exc:  # the LLM broke off: an error event, then the end
+                err = {"error": {"message": str(self._failed(exc, url)), "type": "api_error", "code": "llm_unavailable"}}
+                await send({"type": "http.response.body", "more_body": True,
+                            "body": b"data: " + orjson.dumps(err) + b"\n\n"})
+            await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+        finally:
+            await cm.__aexit__(None, None, None)
+
+
+def build(name: str) -> RagService:
+    """The service of the RAG `name` on this platform: its spec from the catalog, its vector store, its
+    embedding model (loaded now), and where its LLM is."""
+    import os
+
+    from mlyard.connection import gateway_url, read_state
+    from mlyard.settings import Settings
+    from mlyard.specs.rag import RagSpec
+    from registry.catalog import Catalog
+    from registry.rags import Rags
+    from tasks import replicas as files
+    from tasks.embeddings import embedder
+    from tasks.vectorstore import VectorStore, conninfo
+
+    settings = Settings()
+    record = Rags(Catalog(settings.catalog_db_url)).get(name)
+    spec = RagSpec.model_validate(record.spec)
+    state = read_state(settings)
+    store = VectorStore(conninfo(spec.vector_store, settings, state.vector_store_url if state else None), record.id)
+    model = embedder(spec.embedding)
+    model.encode(["warm up"])
+    key = os.environ.get(spec.llm.api_key_env) if spec.llm.api_key_env else None
+    home = settings.home_dir
+
+    def llm_base() -> str | None:
+        if spec.llm.base_url:
+            return spec.llm.base_url
+        if spec.llm.endpoint:
+            return f"{gateway_url(settings)}/{spec.llm.endpoint}/{spec.llm.model}/openai/v1"
+        states = files.states(home)
+        for w in files.of_stage(home, llm_endpoint(name), "llm"):
+            st = states.get(w.key)
+            if st is not None and st.status == "RUNNING" and files.probe(st.url + "/v2/health/ready", 1.0) == 200:
+                return st.url + "/openai/v1"
+        return None
+
+    return RagService(name, spec, store, model, llm_base, key)
+
+
+def llm_endpoint(name: str) -> str:
+    """The replica group of a RAG's own LLM (the embedded SmolLM2), and of its query service."""
+    return f"rag:{name}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m serving.rag", description="A RAG's query service.")
+    parser.add_argument("--rag", required=True, help="The RAG's name.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8090)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from mlyard.connection import connect_if_running
+
+    connect_if_running()
+    service = build(args.rag)
+    log.info("RAG %s: query service ready (%s)", args.rag, uuid.uuid4().hex[:6])
+    from serving.server import run_app
+
+    run_app(service, args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()
