@@ -54,14 +54,17 @@ def _check(settings: Settings, spec: RagSpec) -> None:
             pass
     except VectorStoreError as exc:
         raise SpecError("vector_store", spec.vector_store.kind, f"a vector store that answers ({exc})") from None
-    if spec.llm.endpoint:
+    if spec.llm.endpoint or spec.token_endpoint:
         from registry.catalog import Catalog
         from registry.endpoints import Endpoints
 
         names = {e["name"] for e in Endpoints(Catalog(settings.catalog_db_url)).all()}
-        if spec.llm.endpoint not in names:
+        if spec.llm.endpoint and spec.llm.endpoint not in names:
             raise SpecError("llm.endpoint", spec.llm.endpoint, "an endpoint that exists (mlyard endpoints list) and "
                                                                "serves a chat model")
+        if spec.token_endpoint and spec.token_endpoint not in names:
+            raise SpecError("token_endpoint", spec.token_endpoint, "an endpoint that exists (mlyard endpoints list), "
+                                                                   "whose tokens the RAG's route takes")
 
 
 def _submit(name: str, wait: bool, timeout_seconds: float) -> str:
@@ -293,17 +296,98 @@ def delete(name: str) -> dict[str, Any]:
     return {"deleted": name}
 
 
-def search(name: str, question: str, top_k: int | None = None) -> list[dict[str, Any]]:
-    """The chunks a query would retrieve for `question`, best first, with their scores."""
-    from tasks.embeddings import embedder
+def _post(settings: Settings, route: str, body: dict[str, Any], token: str | None, stream: bool = False,
+          timeout: float = 300.0) -> Any:
+    import httpx
 
+    from mlyard.connection import gateway_url
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    client = httpx.Client(timeout=httpx.Timeout(timeout, connect=5.0))
+    request = client.build_request("POST", f"{gateway_url(settings)}{route}", json=body, headers=headers)
+    return client.send(request, stream=stream)
+
+
+def _answer_error(resp: Any, name: str) -> Protected:
+    try:
+        message = resp.json()["error"]["message"]
+    except Exception:  # noqa: BLE001 - not OpenAI's shape
+        message = resp.text[:300]
+    if resp.status_code == 503:
+        message += f" (the query service of {name} is starting; see `mlyard rags show {name}`)"
+    return Protected(f"RAG {name!r}: {resp.status_code}: {message}")
+
+
+def search(name: str, question: str, top_k: int | None = None, token: str | None = None) -> list[dict[str, Any]]:
+    """The chunks a query would retrieve for `question`, best first, with their scores: through the
+    query route (POST /rag/v1/search) once it runs, else embedded here."""
     settings = connect()
     record = _rags(settings).get(name)
     spec = RagSpec.model_validate(record.spec)
-    t0 = time.monotonic()
+    import httpx
+
+    body: dict[str, Any] = {"model": name, "query": question, **({"top_k": top_k} if top_k else {})}
+    try:
+        resp = _post(settings, "/rag/v1/search", body, token)
+        if resp.status_code == 200:
+            return [{"rank": h["index"], "file": h["file"], "where": h["where"], "score": h["score"], "text": h["text"]}
+                    for h in resp.json()["data"]]
+        if resp.status_code not in (502, 503):
+            raise _answer_error(resp, name)
+    except httpx.TransportError:
+        pass  # no gateway: the query service is not there either; retrieve here
+    from tasks.embeddings import embedder
+
     vector = embedder(spec.embedding).encode([question])[0]
     with _store(settings, spec, record.id) as vs:
         hits = vs.search(vector, top_k or spec.top_k)
-    _ = t0
     return [{"rank": i, "file": h.doc, "where": h.where, "score": round(h.score, 4), "text": h.text}
             for i, h in enumerate(hits, 1)]
+
+
+def query(name: str, question: str, *, stream: bool = False, token: str | None = None,
+          on_text: Any = None) -> dict[str, Any]:
+    """Ask the RAG through its route (POST /rag/v1/query, as any OpenAI client would): the answer, its
+    sources, and the time to the first token. With `stream`, `on_text(piece)` gets each piece as it comes."""
+    import json
+
+    import httpx
+
+    settings = connect()
+    _rags(settings).get(name)
+    body = {"model": name, "messages": [{"role": "user", "content": question}], "stream": stream}
+    t0 = time.monotonic()
+    try:
+        resp = _post(settings, "/rag/v1/query", body, token, stream=stream)
+    except httpx.TransportError as exc:
+        raise Protected(f"RAG {name!r}: the gateway cannot be reached ({exc}); is the platform up (`mlyard up`)?") from exc
+    if resp.status_code != 200:
+        resp.read()
+        raise _answer_error(resp, name)
+    if not stream:
+        data = resp.json()
+        return {"answer": data["choices"][0]["message"]["content"], "sources": data.get("sources", []),
+                "seconds": round(time.monotonic() - t0, 3), "usage": data.get("usage")}
+    pieces: list[str] = []
+    sources: list[dict[str, Any]] = []
+    first = None
+    for line in resp.iter_lines():
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            break
+        chunk = json.loads(data)
+        if "error" in chunk:
+            raise Protected(f"RAG {name!r}: {chunk['error']['message']}")
+        sources = chunk.get("sources") or sources
+        for choice in chunk.get("choices", []):
+            piece = (choice.get("delta") or {}).get("content")
+            if piece:
+                first = first if first is not None else time.monotonic() - t0
+                pieces.append(piece)
+                if on_text is not None:
+                    on_text(piece)
+    resp.close()
+    return {"answer": "".join(pieces), "sources": sources, "seconds": round(time.monotonic() - t0, 3),
+            "first_token_seconds": round(first, 3) if first is not None else None}

@@ -7,6 +7,9 @@ front of every endpoint's replicas.
     GET  /mlyard/routes     the routing table: default stages, replicas, health, outstanding requests
     POST /mlyard/reload     read the catalog and the replicas now (the endpoint flows call it after a change)
     GET  /mlyard/stats      ?since=&until= (epoch seconds) &endpoint=&stage=&model=: the statistics
+    POST /rag/v1/query      an OpenAI chat-completions body whose `model` is a RAG's name: to that RAG's
+                            query service (serving/rag.py), streamed; /rag/v1/search: its retrieval alone.
+                            A RAG routes, counts and logs as an endpoint named `rag:NAME`.
 
 What it does per request, in order: parse the route (404 when no endpoint, stage or model answers);
 check the token unless the endpoint is public (401 with why; the request never reaches a replica);
@@ -43,7 +46,7 @@ from serving.endpoint_stats import EndpointStats
 from serving.health import HEALTHY, Health
 from serving.modelfolder import HealthCheck
 from serving.proxy import Pool, UpstreamError
-from serving.routing import NoReplica, NoRoute, Replica, Router, parse
+from serving.routing import NoReplica, NoRoute, Replica, Route, Router, parse
 from tasks import replicas as files
 
 log = logging.getLogger("mlyard.gateway")
@@ -65,6 +68,17 @@ class _Tracked:
 
 def _error(message: str) -> bytes:
     return orjson.dumps({"error": message})
+
+
+def _openai_error(message: str, status: int) -> bytes:
+    """OpenAI's error shape, so that the `openai` package raises its own exception on the RAG routes."""
+    return orjson.dumps({"error": {"message": message, "type": "invalid_request_error" if status < 500 else "api_error",
+                                   "param": None, "code": None}})
+
+
+# /rag/v1/chat/completions too: the `openai` package, given base_url .../rag/v1, posts there
+RAG_ROUTES = {"/rag/v1/query": "/v1/chat/completions", "/rag/v1/chat/completions": "/v1/chat/completions",
+              "/rag/v1/search": "/v1/search"}
 
 
 class Gateway:
@@ -99,6 +113,10 @@ class Gateway:
 
             self._endpoints_api = Endpoints(Catalog(self.catalog_url))
         endpoints = self._endpoints_api.routing() if self._endpoints_api is not None else {}
+        if self._endpoints_api is not None:
+            from registry.rags import Rags
+
+            endpoints.update(Rags(self._endpoints_api.catalog).routing())
         return endpoints, files.wanted(self.home), files.states(self.home)
 
     async def refresh(self) -> None:
@@ -189,6 +207,8 @@ class Gateway:
         path: str = scope["path"]
         if path.startswith("/mlyard/"):
             return await self._admin(scope, receive, send)
+        if path in RAG_ROUTES:
+            return await self._rag(scope, receive, send, path)
         if self.in_flight >= self.max_in_flight:
             return await asgi.reply(send, 503, _error(f"the gateway is at its limit of {self.max_in_flight} requests "
                                                       "in flight; retry shortly"), headers=RETRY_AFTER)
@@ -198,9 +218,36 @@ class Gateway:
         finally:
             self.in_flight -= 1
 
-    async def _serve(self, scope: dict, receive, send, path: str) -> None:
+    async def _rag(self, scope: dict, receive, send, path: str) -> None:
+        """A RAG's route: the RAG named by the body's `model`, then as any endpoint's request. The seed's
+        `x-nhn-apikey` header is taken as a bearer token."""
+        if scope["method"] != "POST":
+            return await asgi.reply(send, 405, _openai_error(f"{path} takes POST", 405))
+        try:
+            body = await asgi.read_body(receive, MAX_BODY)
+            model = orjson.loads(body).get("model")
+        except asgi.BodyTooLarge as exc:
+            return await asgi.reply(send, 413, _openai_error(str(exc), 413))
+        except (orjson.JSONDecodeError, AttributeError):
+            return await asgi.reply(send, 400, _openai_error("the body must be a JSON object (an OpenAI chat "
+                                                              "completions request)", 400))
+        if not isinstance(model, str) or not model:
+            return await asgi.reply(send, 400, _openai_error("model: the name of the RAG to ask (mlyard rags list)",
+                                                              400))
+        name = f"rag:{model}"
+        if name not in self.endpoints:
+            return await asgi.reply(send, 404, _openai_error(f"no RAG {model!r}; see `mlyard rags list`", 404))
+        headers = list(scope["headers"])
+        key = next((v for k, v in headers if k == b"x-nhn-apikey"), None)
+        if key is not None and not any(k == b"authorization" for k, _ in headers):
+            scope = {**scope, "headers": [*headers, (b"authorization", b"Bearer " + key)]}
+        route = Route(name, None, "rag", RAG_ROUTES[path])
+        return await self._serve(scope, receive, send, path, route, body)
+
+    async def _serve(self, scope: dict, receive, send, path: str, route: Route | None = None,
+                     body: bytes | None = None) -> None:
         started = time.perf_counter()
-        route = self._routes.get(path)
+        route = route or self._routes.get(path)
         if route is None:
             try:
                 route = parse(path)
@@ -225,7 +272,8 @@ class Gateway:
                                                           "serves no requests now"), headers=RETRY_AFTER)
             return await asgi.reply(send, 404, _error(str(exc)))
         try:
-            body = await asgi.read_body(receive, MAX_BODY)
+            if body is None:
+                body = await asgi.read_body(receive, MAX_BODY)
         except asgi.BodyTooLarge as exc:
             return await asgi.reply(send, 413, _error(str(exc)))
         qs = scope.get("query_string") or b""

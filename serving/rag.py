@@ -61,6 +61,8 @@ class RagService:
         self.llm_base, self.llm_key = llm_base, llm_key  # llm_base(): the LLM's base URL now (…/v1)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-retrieve")  # one DB connection
         self._http: Any = None
+        self.own_llm = not (spec.llm.endpoint or spec.llm.base_url)
+        self._served: str | None = None
 
     # -- retrieval ---------------------------------------------------------------------------------
 
@@ -167,6 +169,21 @@ class RagService:
                                    "retry shortly or see `mlyard rags show`")
         return f"{base.rstrip('/')}/chat/completions"
 
+    async def _model(self, url: str) -> str:
+        """The model name to ask for: the spec's, or for the RAG's own LLM replica the name it serves
+        (a model folder is served by its folder's name)."""
+        if not self.own_llm:
+            return self.spec.llm.model
+        if self._served is None:
+            import httpx
+
+            try:
+                resp = await self._client().get(url.rsplit("/chat/completions", 1)[0] + "/models")
+                self._served = resp.json()["data"][0]["id"]
+            except (httpx.HTTPError, ValueError, KeyError, IndexError) as exc:
+                raise self._failed(exc, url) from exc
+        return self._served
+
     def _failed(self, exc: Exception, url: str) -> Unavailable:
         import httpx
 
@@ -178,6 +195,7 @@ class RagService:
         import httpx
 
         url = self._url()
+        request = {**request, "model": await self._model(url)}
         try:
             resp = await self._client().post(url, json={**request, "stream": False})
         except httpx.HTTPError as exc:
@@ -191,6 +209,7 @@ class RagService:
 
         url = self._url()
         client = self._client()
+        request = {**request, "model": await self._model(url)}
         try:
             cm = client.stream("POST", url, json={**request, "stream": True})
             resp = await cm.__aenter__()

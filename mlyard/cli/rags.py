@@ -105,11 +105,39 @@ def rags_delete(name: str, as_json: bool = JSON) -> None:
     emit(guard(lambda: _api().delete(name)), as_json)
 
 
+TOKEN = typer.Option(None, "--token", help="A token, when the RAG's route takes tokens (token_endpoint).")
+
+
+@app.command("query")
+def rags_query(name: str, question: str, stream: bool = typer.Option(True, "--stream/--no-stream",
+                                                                         help="Print the answer as it is written."),
+               token: Optional[str] = TOKEN, as_json: bool = JSON) -> None:
+    """Ask QUESTION through the RAG's route (POST /rag/v1/query): the answer, then its sources."""
+    import sys
+
+    def show(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    result = guard(lambda: _api().query(name, question, stream=stream, token=token,
+                                        on_text=None if as_json else show))
+    if as_json:
+        emit(result, True)
+        return
+    if not stream:
+        out.print(result["answer"], highlight=False, markup=False, soft_wrap=True)
+    else:
+        print()
+    out.print("sources: " + "; ".join(f"[{s['index']}] {s['file']}{', ' + s['where'] if s['where'] else ''} "
+                                      f"({s['score']:.2f})" for s in result["sources"]), highlight=False,
+              soft_wrap=True)
+
+
 @app.command("search")
 def rags_search(name: str, question: str, top_k: Optional[int] = typer.Option(None, "--top-k"),
-                as_json: bool = JSON) -> None:
+                token: Optional[str] = TOKEN, as_json: bool = JSON) -> None:
     """The chunks a query for QUESTION would retrieve, best first, with their scores (no LLM)."""
-    hits = guard(lambda: _api().search(name, question, top_k))
+    hits = guard(lambda: _api().search(name, question, top_k, token))
     if as_json:
         emit(hits, True)
         return

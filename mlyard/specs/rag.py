@@ -129,6 +129,10 @@ class RagSpec(BaseModel):
     path: str = Field(description="Where the documents are: s3://, obs://, nas:// or a path. Sync reads it again.")
     instance_type: str = Field(default="local", max_length=64, description="Where the query service runs.")
     instance_count: int = Field(default=1, ge=1, le=10, description="How many query service instances run.")
+    token_endpoint: str | None = Field(
+        default=None, pattern=NAME_PATTERN,
+        description="Protect the query route with the tokens of this endpoint (mlyard endpoints tokens issue); "
+                    "sent as 'Authorization: Bearer <token>' or 'x-nhn-apikey: <token>'. Unset: open to all.")
     prompt: str = Field(default=DEFAULT_PROMPT, max_length=20000,
                         description="The prompt template: {context} (the retrieved chunks, numbered) and "
                                     "{question} (the user's last message) are filled in.")

@@ -4,10 +4,13 @@ embedded PostgreSQL + pgvector, embedded by the offline all-MiniLM-L6-v2), syncs
 shows the history, searches, and deletes it; and the rules and bad input."""
 
 import json
+import subprocess
 import sys
+import time
 from pathlib import Path
 
-from test_user_paths import _ok, _one_line_error, mlyard, project
+import pytest
+from test_user_paths import _ok, _one_line_error, mlyard, project, shell
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples" / "rag"))
 import make_docs  # noqa: E402
@@ -17,13 +20,31 @@ def _json(*args: str):
     return json.loads(_ok(mlyard(*args, "--json")))
 
 
-def test_create_sync_history_search_and_delete(stack, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_llm(tmp_path_factory):
+    """A tiny random chat model (tests/serving/tiny_llm.py): the RAG's own LLM replica serves it."""
+    folder = tmp_path_factory.mktemp("tiny-llm")
+    subprocess.run([sys.executable, str(Path(__file__).parents[1] / "serving" / "tiny_llm.py"), str(folder), "4096"],
+                   check=True, capture_output=True, timeout=300)  # a context that holds a prompt of 3 chunks
+    return folder
+
+
+def _deployed(name: str, timeout: float = 180) -> dict:
+    deadline = time.monotonic() + timeout
+    while (view := _json("rags", "show", name))["deploy_status"] == "DEPLOYING" and time.monotonic() < deadline:
+        time.sleep(1)
+    assert view["deploy_status"] == "COMPLETE", view
+    return view
+
+
+def test_create_sync_history_search_query_and_delete(stack, settings, tmp_path, tiny_llm):
     where = project("rag-docs")
     make_docs.write(where)
     (where / "tool.exe").write_bytes(b"MZ")
     (where / "broken.pdf").write_bytes(b"%PDF-1.4 truncated")
     spec = where.parent / "rag.yaml"
-    spec.write_text("name: handbook\npath: rag-docs\ndescription: the Yardstick handbook\ntop_k: 3\n")
+    spec.write_text("name: handbook\npath: rag-docs\ndescription: the Yardstick handbook\ntop_k: 3\n"
+                    f"llm: {{model: '{tiny_llm}', max_tokens: 12}}\n")
 
     view = _json("rags", "create", "-f", str(spec), "--wait")
     assert view["status"] == "ACTIVE", view
@@ -46,6 +67,32 @@ def test_create_sync_history_search_and_delete(stack, tmp_path):
     assert [h["state"] for h in history] == ["COMPLETE", "COMPLETE"] and history[0]["chunks"] < history[1]["chunks"]
     assert "legacy API" in _json("rags", "search", "handbook", "What does version 5.0 drop?")[0]["text"]
 
+    # the query route, as the seed's curl + jq script, the openai package and the CLI take it
+    _deployed("handbook")
+    from mlyard.connection import gateway_url
+
+    gw = gateway_url(settings)
+    script = Path(__file__).resolve().parents[2] / "examples" / "rag" / "ask.sh"
+    asked = shell("bash", str(script), "-u", f"{gw}/rag/v1/query", "-m", "handbook", "-p", "How long are backups kept?")
+    assert asked.returncode == 0 and asked.stdout.strip(), asked.stderr
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{gw}/rag/v1", api_key="unused")
+    whole = client.chat.completions.create(model="handbook", messages=[{"role": "user", "content": "How long are "
+                                                                                   "backups kept?"}])
+    assert whole.model == "handbook" and whole.choices[0].message.content
+    assert (whole.model_extra["sources"][0]["file"], whole.model_extra["sources"][0]["where"]) == \
+        ("security.pdf", "page 2")
+    pieces = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model="handbook", messages=[{"role": "user", "content": "Which regions?"}], stream=True) if c.choices]
+    assert "".join(pieces)
+    streamed = _json("rags", "query", "handbook", "When is support answered?")
+    assert streamed["first_token_seconds"] is not None and streamed["sources"][0]["file"] == "support.docx"
+    from openai import NotFoundError
+
+    with pytest.raises(NotFoundError, match="no RAG 'nope'"):
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
+
     listed = _json("rags", "list")
     assert [(r["name"], r["status"]) for r in listed] == [("handbook", "ACTIVE")]
     _one_line_error(mlyard("rags", "create", "-f", str(spec)), "RAG 'handbook' already exists")
@@ -67,3 +114,22 @@ def test_bad_specs_are_refused_in_one_line_before_anything_is_made(stack, tmp_pa
     _one_line_error(mlyard("rags", "create", "-f", str(spec)), "vector_store", "a vector store that answers")
     assert _json("rags", "list") == [] or all(r["name"] not in ("nowhere", "leaky", "bad-prompt", "far")
                                                 for r in _json("rags", "list"))
+
+
+def test_an_llm_that_is_down_gives_502_with_the_reason_never_a_hang(stack, settings, tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on: the LLM is down
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    folder = project("one-doc")
+    (folder / "a.md").write_text("The answer is forty-two.\n")
+    spec = folder.parent / "down.yaml"
+    spec.write_text(f"name: down\npath: one-doc\nllm: {{base_url: 'http://127.0.0.1:{port}/v1', model: x}}\n")
+    assert _json("rags", "create", "-f", str(spec), "--wait")["status"] == "ACTIVE"
+    _deployed("down")
+    t0 = time.monotonic()
+    line = _one_line_error(mlyard("rags", "query", "down", "What is the answer?"), "502", "cannot be reached")
+    assert f"127.0.0.1:{port}" in line and time.monotonic() - t0 < 30
+    assert _json("rags", "search", "down", "What is the answer?")[0]["file"] == "a.md", "retrieval needs no LLM"
+    _json("rags", "delete", "down")

@@ -1,7 +1,7 @@
 """A tiny randomly initialised chat model saved as a transformers directory, made offline in well under
 a second: a byte-level BPE tokenizer trained on a few sentences, a chat template, and a one-layer Llama.
 Its words are random; the tests check the protocol, not the prose. Run as a script (it imports torch
-and transformers, which the test process itself should not carry): `python tiny_llm.py DEST`."""
+and transformers, which the test process itself should not carry): `python tiny_llm.py DEST [CONTEXT]`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content']
             "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-def build(dest: str) -> None:
+def build(dest: str, context: int = 256) -> None:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -29,7 +29,7 @@ def build(dest: str) -> None:
     tok.chat_template = TEMPLATE
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=context,
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                          pad_token_id=tok.pad_token_id, tie_word_embeddings=True)
     LlamaForCausalLM(config).save_pretrained(dest)
@@ -37,4 +37,4 @@ def build(dest: str) -> None:
 
 
 if __name__ == "__main__":
-    build(sys.argv[1])
+    build(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 256)
