@@ -13,7 +13,11 @@
    (kfp.local, a flow run of pipeline-run/local) and show each step's state and outputs.
 10. Schedule it every minute with catch-up (its start a few minutes back: the missed slots run, oldest
     first, one at a time), show the schedule's runs and next fire times, then disable it.
-11. Start the MLflow UI and print what was done and where to look.
+11. RAG: write a small folder of mixed documents (txt, md, csv, pdf, docx, xlsx, pptx), ingest it into
+    the embedded PostgreSQL + pgvector (a flow run of rag-sync/local), ask one question through the
+    RAG's route with streaming (the RAG's own SmolLM2 answers), print the answer and its sources,
+    change one file and sync (only that file is embedded again).
+12. Start the MLflow UI and print what was done and where to look.
 """
 
 from __future__ import annotations
@@ -101,7 +105,10 @@ def run(settings: Settings, out: Console, keep_running: bool = True) -> None:
     out.rule("10. schedule: the pipeline every minute, with catch-up")
     schedule = schedule_once(out)
 
-    out.rule("11. where to look")
+    out.rule("11. RAG: ingest mixed documents, ask with streaming, change one file, sync")
+    rag = rag_once(settings, out)
+
+    out.rule("12. where to look")
     try:  # a UI slow to start on a busy machine never fails the demo: everything is recorded already
         mlflow_url = stack.start_mlflow_ui(settings, echo=out.print)
     except StackError as exc:
@@ -118,6 +125,7 @@ def run(settings: Settings, out: Console, keep_running: bool = True) -> None:
   endpoint     {endpoint}
   pipeline     {pipeline_run}
   schedule     {schedule}
+  RAG          {rag}
   evaluations  {champion.evaluation_id}  digits@champion  accuracy={champion.metrics['accuracy']:.4f}
                {tuned_eval.evaluation_id}  digits-tuned@best  accuracy={tuned_eval.metrics['accuracy']:.4f}
                comparison picture {picture}
@@ -137,6 +145,7 @@ def run(settings: Settings, out: Console, keep_running: bool = True) -> None:
         .venv/bin/mlyard endpoints stats digits --png digits-stats.png
         .venv/bin/mlyard pipeline-runs list   /   .venv/bin/mlyard pipelines graph example --out example.png
         .venv/bin/mlyard schedules show every-minute   /   .venv/bin/mlyard schedules enable every-minute
+        .venv/bin/mlyard rags query handbook "How do I rotate a token?"   /   mlyard rags history handbook
         .venv/bin/mlyard train -f examples/train.yaml --submit
         .venv/bin/mlyard down      (stops the stack; state stays in {settings.home_dir})""")
     if not keep_running:
@@ -189,6 +198,46 @@ def schedule_once(out: Console) -> str:
     out.print("  next: " + ", ".join(shown["next"][:3]))
     schedules.disable("every-minute")
     return f"every-minute (pipeline example): disabled after {sum(1 for r in shown['runs'] if r['flow_run_id'])} runs"
+
+
+def rag_once(settings: Settings, out: Console) -> str:
+    import sys
+    import time
+
+    import mlyard.rags as rags
+    from mlyard.errors import MlyardError
+
+    folder = settings.home_dir.parent / "rag-docs"
+    sys.path.insert(0, str(PROJECT_ROOT / "examples" / "rag"))
+    import make_docs
+
+    names = [p.name for p in make_docs.write(folder)]
+    out.print(f"documents in {folder}: {', '.join(names)}")
+    try:
+        rags.delete("handbook")  # a demo run before made it
+    except MlyardError:
+        pass
+    view = rags.create({"name": "handbook", "path": str(folder), "description": "the Yardstick handbook"}, wait=True)
+    out.print(f"handbook: {view['status']}, {view['store']['documents']} documents, {view['store']['chunks']} chunks")
+    deadline = time.monotonic() + 300  # the query service and its SmolLM2 load (the first time: about a minute)
+    while rags.show("handbook")["deploy_status"] == "DEPLOYING" and time.monotonic() < deadline:
+        time.sleep(2)
+    question = "How long are backups kept?"
+    out.print(f"[bold]Q:[/bold] {question}\n[bold]A:[/bold] ", end="")
+    try:
+        answer = rags.query("handbook", question, stream=True,
+                            on_text=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
+        print()
+        for src in answer["sources"]:
+            out.print(f"  [{src['index']}] {src['file']}{', ' + src['where'] if src['where'] else ''}  "
+                      f"score {src['score']:.2f}", highlight=False)
+    except MlyardError as exc:  # a slow machine: the answer is not the point of the step, the pipeline is
+        out.print(f"(no answer: {exc})")
+    (folder / "notes.txt").write_text("Yardstick release notes. Version 5.0 drops the legacy API.\n")
+    synced = rags.sync("handbook", wait=True)["last_ingestion"]
+    out.print(f"after changing notes.txt: {synced['modified']} modified, {synced['unchanged']} unchanged, "
+              f"{synced['chunks']} chunks embedded again")
+    return f"handbook ({view['store']['documents']} documents): ACTIVE, synced"
 
 
 def serve_once(settings: Settings, out: Console) -> str:
