@@ -3,9 +3,11 @@ PostgreSQL + pgvector, the offline all-MiniLM-L6-v2 on this CPU), default settin
 
 1. ingestion throughput: COPIES copies of Python's language reference (examples/rag/quality.py, one
    file per topic) ingested as a user does it (`rags.create(..., wait=True)`: a flow run of
-   rag-sync/local); chunks per second of the flow's ingestion (from its history record) and of the
-   whole command, against the embedding model's own encode rate on the same chunks, measured in the
-   same run (SentenceTransformer.encode, the same batch size). Target: ingestion >= 0.8x encode.
+   rag-sync/local); chunks per second of the ingestion (read, parse, chunk, embed, write: the flow's
+   ingest step, from its history record), of the whole flow run (with listing, hashing and loading
+   the model) and of the whole command, against the embedding model's own encode rate on the same
+   chunks, measured in the same run (SentenceTransformer.encode, the same batch size).
+   Target: ingestion >= 0.8x encode.
 2. sync after changing 1 file of FILES: a RAG over FILES small text files; one is changed and
    `rags.sync(wait=True)` timed from the call to its return; the chunks it embedded are counted.
    Target: < 10 s, only that file's chunks.
@@ -68,9 +70,12 @@ def throughput(home: Path, copies: int) -> None:
     e0 = time.perf_counter()
     model.encode(texts)
     encode = time.perf_counter() - e0
-    ingest_rate, encode_rate = chunks / last["seconds"], len(texts) / encode
+    ingest_rate, encode_rate = chunks / last["ingest_seconds"], len(texts) / encode
     print(json.dumps({"part": "throughput", "documents": last["added"], "chunks": chunks,
-                      "ingestion_seconds": last["seconds"], "command_seconds": round(whole, 2),
+                      "flow_seconds": last["seconds"], "ingest_step_seconds": last["ingest_seconds"],
+                      "embed_seconds_within": last["embed_seconds"], "command_seconds": round(whole, 2),
+                      "flow_chunks_per_s": round(chunks / last["seconds"], 1),
+                      "ratio_flow_vs_encode": round(chunks / last["seconds"] / encode_rate, 3),
                       "ingestion_chunks_per_s": round(ingest_rate, 1),
                       "command_chunks_per_s": round(chunks / whole, 1),
                       "encode_alone_chunks_per_s": round(encode_rate, 1),

@@ -349,10 +349,16 @@ def stats(endpoint: str, *, since: str | float | None = "1h", until: str | float
           stage: str | None = None, model: str | None = None, png: str | Path | None = None) -> dict[str, Any]:
     """Calls, failures, latency (mean, p50, p95, p99), predictions per class and average confidence, per
     stage and model over [since, until]; with `png`, a chart there too."""
-    from urllib.parse import urlencode
-
     settings = connect()
     _endpoints().get(endpoint)  # EndpointNotFound for a wrong name
+    return gateway_stats(settings, endpoint, since=since, until=until, stage=stage, model=model, png=png)
+
+
+def gateway_stats(settings: Any, endpoint: str, *, since: str | float | None = "1h", until: str | float | None = None,
+                  stage: str | None = None, model: str | None = None, png: str | Path | None = None) -> dict[str, Any]:
+    """The gateway's statistics of what it routes as `endpoint` (an endpoint, or a RAG as `rag:NAME`)."""
+    from urllib.parse import urlencode
+
     start = when(since, "since", time.time() - 3600)
     end = when(until, "until")
     if end is not None and start is not None and end <= start:

@@ -168,8 +168,8 @@ def _deploy(settings: Settings, record: Any, spec: RagSpec) -> None:
     of `mlyard serve --chat-model`)."""
     import sys
 
-    from serving.rag import llm_endpoint
     from tasks import replicas as files
+    from tasks.rag import llm_endpoint
 
     home, group = settings.home_dir, llm_endpoint(spec.name)
     env = {"MLYARD_HOME": str(home)}
@@ -185,8 +185,8 @@ def _deploy(settings: Settings, record: Any, spec: RagSpec) -> None:
 
 
 def _undeploy(settings: Settings, name: str) -> None:
-    from serving.rag import llm_endpoint
     from tasks import replicas as files
+    from tasks.rag import llm_endpoint
 
     for w in files.wanted(settings.home_dir):
         if w.endpoint == llm_endpoint(name):
@@ -196,8 +196,8 @@ def _undeploy(settings: Settings, name: str) -> None:
 def deploy_status(settings: Settings, name: str) -> str:
     """The query route's deploy state, from its replicas: COMPLETE once every one answers its health
     check, FAILURE when one keeps exiting (3 restarts and not answering), DEPLOYING until then."""
-    from serving.rag import llm_endpoint
     from tasks import replicas as files
+    from tasks.rag import llm_endpoint
 
     members = [w for w in files.wanted(settings.home_dir) if w.endpoint == llm_endpoint(name)]
     if not members:
@@ -268,7 +268,30 @@ def _ingestion_view(h: Any) -> dict[str, Any]:
             "ended_at": h.ended_at.isoformat() if h.ended_at else None, "seconds": seconds,
             **{k: h.counts.get(k, 0) for k in ("added", "modified", "deleted", "unchanged", "chunks", "skipped",
                                                 "failed")},
+            "ingest_seconds": h.counts.get("ingest_seconds"), "embed_seconds": h.counts.get("embed_seconds"),
             "skipped_files": h.skipped, "reason": h.reason}
+
+
+UPDATABLE = ("description", "prompt", "top_k", "llm.max_tokens", "llm.timeout_seconds")
+
+
+def update(name: str, sets: dict[str, Any]) -> dict[str, Any]:
+    """Change what a RAG answers with, without ingesting again: its description, prompt template,
+    top_k, and the LLM's max_tokens and timeout. Its query service takes the change within 2 s."""
+    from mlyard.specs.common import merged
+
+    settings = connect()
+    store = _rags(settings)
+    record = store.get(name)
+    flat = {f"{k}.{kk}" if isinstance(v, dict) else k: vv for k, v in sets.items()
+            for kk, vv in (v.items() if isinstance(v, dict) else [(None, v)])}
+    wrong = sorted(k for k in flat if k not in UPDATABLE)
+    if wrong:
+        raise SpecError("--set", wrong[0], f"one of {', '.join(UPDATABLE)} (the rest needs a new RAG: its documents "
+                                           "would be ingested again)")
+    spec = _spec(RagSpec, merged(record.spec, sets))
+    store.set_spec(name, spec.model_dump(mode="json"))
+    return show(name)
 
 
 def history(name: str, limit: int = 100) -> list[dict[str, Any]]:
@@ -391,3 +414,14 @@ def query(name: str, question: str, *, stream: bool = False, token: str | None =
     resp.close()
     return {"answer": "".join(pieces), "sources": sources, "seconds": round(time.monotonic() - t0, 3),
             "first_token_seconds": round(first, 3) if first is not None else None}
+
+
+def stats(name: str, *, since: str | float | None = "1h", until: str | float | None = None,
+          png: str | Path | None = None) -> dict[str, Any]:
+    """The query route's calls, failures and latency (mean, p50, p95, p99) over [since, until], as for an
+    endpoint (the gateway counts a RAG as the endpoint `rag:NAME`); with `png`, a chart there too."""
+    from mlyard.endpoints import gateway_stats
+
+    settings = connect()
+    _rags(settings).get(name)
+    return gateway_stats(settings, f"rag:{name}", since=since, until=until, png=png)

@@ -88,6 +88,14 @@ class Rags:
                 row.deploy_status = deploy_status
             return _record(row)
 
+    def set_spec(self, name: str, spec: dict[str, Any]) -> RagRecord:
+        with self.catalog.session() as s:
+            row = s.scalar(select(Rag).where(Rag.name == name))
+            if row is None:
+                raise RagNotFound(name)
+            row.spec, row.updated_at = spec, utcnow()
+            return _record(row)
+
     def set_deploy_status(self, name: str, deploy_status: str) -> None:
         with self.catalog.session() as s:
             row = s.scalar(select(Rag).where(Rag.name == name))

@@ -5,6 +5,8 @@ started by the replica supervisor; the gateway sends it `POST /rag/v1/query` and
     POST /v1/chat/completions    an OpenAI chat-completions body (`model` = the RAG's name); with
                                  "stream": true, server-sent events ending in `data: [DONE]`
     POST /v1/search              {"query": "...", "top_k": k}: the retrieval alone
+    POST /v1/embeddings          OpenAI's embeddings request: the RAG's embedding model, already loaded
+                                 (a sync of this RAG embeds through it instead of loading the model again)
     GET  /v1/models              the RAG, as OpenAI lists a model
 
 A query: the last user message is the question; it is embedded, the top-k chunks come from pgvector,
@@ -29,6 +31,7 @@ from typing import Any
 import orjson
 
 from serving import asgi
+from tasks.rag import llm_endpoint
 
 log = logging.getLogger("mlyard.rag")
 MAX_BODY = 1024 * 1024
@@ -56,13 +59,26 @@ def sources_of(hits: list[Any]) -> list[dict[str, Any]]:
 
 
 class RagService:
-    def __init__(self, name: str, spec: Any, store: Any, embedder: Any, llm_base: Any, llm_key: str | None):
-        self.name, self.spec, self.store, self.embedder = name, spec, store, embedder
+    def __init__(self, name: str, spec: Any, store: Any, embedder: Any, llm_base: Any, llm_key: str | None,
+                 reread: Any = None):
+        self.name, self._spec, self.store, self.embedder = name, spec, store, embedder
+        self._reread, self._read_at = reread, time.monotonic()  # reread(): the spec as the catalog has it now
         self.llm_base, self.llm_key = llm_base, llm_key  # llm_base(): the LLM's base URL now (…/v1)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-retrieve")  # one DB connection
         self._http: Any = None
         self.own_llm = not (spec.llm.endpoint or spec.llm.base_url)
         self._served: str | None = None
+
+    @property
+    def spec(self) -> Any:
+        """The RAG's spec, read again from the catalog at most every 2 s (`mlyard rags update`)."""
+        if self._reread is not None and time.monotonic() - self._read_at > 2.0:
+            self._read_at = time.monotonic()
+            try:
+                self._spec = self._reread()
+            except Exception:  # noqa: BLE001 - the catalog busy or gone: keep answering with what we have
+                log.warning("could not read the spec of %s again", self.name, exc_info=True)
+        return self._spec
 
     # -- retrieval ---------------------------------------------------------------------------------
 
@@ -85,7 +101,7 @@ class RagService:
         if path == "/v1/models" and method == "GET":
             return await asgi.reply(send, 200, orjson.dumps({"object": "list", "data": [
                 {"id": self.name, "object": "model", "created": 0, "owned_by": "mlyard-rag"}]}))
-        if method != "POST" or path not in ("/v1/chat/completions", "/v1/search"):
+        if method != "POST" or path not in ("/v1/chat/completions", "/v1/search", "/v1/embeddings"):
             return await asgi.reply(send, *_error(f"no route {method} {path}; POST /rag/v1/query or /rag/v1/search",
                                                   404, "not_found"))
         try:
@@ -99,6 +115,8 @@ class RagService:
         try:
             if path == "/v1/search":
                 return await self._search(send, body)
+            if path == "/v1/embeddings":
+                return await self._embeddings(send, body)
             return await self._query(send, body)
         except Unavailable as exc:
             return await asgi.reply(send, *_error(str(exc), exc.status, "llm_unavailable"))
@@ -122,6 +140,18 @@ class RagService:
         return await asgi.reply(send, 200, orjson.dumps({
             "model": self.name, "took_ms": round((time.perf_counter() - t0) * 1000, 2),
             "data": [{**s, "text": h.text} for s, h in zip(sources_of(hits), hits)]}))
+
+    async def _embeddings(self, send: asgi.Send, body: dict) -> None:
+        texts = body.get("input")
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            return await asgi.reply(send, *_error("input: a string or a list of strings to embed", 400))
+        vectors = await asyncio.get_running_loop().run_in_executor(self._pool, self.embedder.encode, texts)
+        return await asgi.reply(send, 200, orjson.dumps(
+            {"object": "list", "model": self.spec.embedding.model,
+             "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]},
+            option=orjson.OPT_SERIALIZE_NUMPY))
 
     async def _query(self, send: asgi.Send, body: dict) -> None:
         messages = body.get("messages")
@@ -281,12 +311,8 @@ def build(name: str) -> RagService:
                 return st.url + "/openai/v1"
         return None
 
-    return RagService(name, spec, store, model, llm_base, key)
-
-
-def llm_endpoint(name: str) -> str:
-    """The replica group of a RAG's own LLM (the embedded SmolLM2), and of its query service."""
-    return f"rag:{name}"
+    rags = Rags(Catalog(settings.catalog_db_url))
+    return RagService(name, spec, store, model, llm_base, key, lambda: RagSpec.model_validate(rags.get(name).spec))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,6 +9,7 @@ rows) and `tokenizer` (for chunking by the model's own tokens). Models are loade
 from __future__ import annotations
 
 import os
+import threading
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
@@ -51,7 +52,8 @@ class LocalEmbedder:
 
         torch.set_num_threads(max(1, os.cpu_count() or 1))
         self.model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
-        self.dim = int(self.model.get_sentence_embedding_dimension() or 0)
+        dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(dimension() or 0)
         self.batch_size = batch_size
         self.tokenizer = _tokenizer(str(model_dir))
         self.max_tokens = int(self.model.get_max_seq_length() or 256)
@@ -101,14 +103,16 @@ class ServiceEmbedder:
 
 
 _LOADED: dict[tuple, Any] = {}
+_LOADING = threading.Lock()
 
 
 def embedder(spec: EmbeddingSpec) -> Any:
-    """The embedding model of a RAG, loaded once per process."""
+    """The embedding model of a RAG, loaded once per process (a second caller waits for the first)."""
     key = (spec.model, spec.url, spec.api_key_env, spec.batch_size)
-    if key not in _LOADED:
-        _LOADED[key] = ServiceEmbedder(spec) if spec.url else LocalEmbedder(_model_dir(spec), spec.batch_size)
-    return _LOADED[key]
+    with _LOADING:
+        if key not in _LOADED:
+            _LOADED[key] = ServiceEmbedder(spec) if spec.url else LocalEmbedder(_model_dir(spec), spec.batch_size)
+        return _LOADED[key]
 
 
 def tokenizer_for(spec: EmbeddingSpec) -> HFTokenizer:

@@ -144,3 +144,22 @@ def _ahead(fn: Callable[[str], _Parsed], names: list[str], threads: int, lookahe
             if nxt is not None:
                 futures.append(pool.submit(fn, nxt))
             yield result
+
+
+# -- the RAG's replicas on this machine (tasks/replicas.py) ---------------------------------------------
+
+def llm_endpoint(name: str) -> str:
+    """The replica group of a RAG: its query service (stage `query`) and its own LLM (stage `llm`)."""
+    return f"rag:{name}"
+
+
+def service_url(home: Any, name: str) -> str | None:
+    """The URL of a healthy query replica of the RAG `name` on this machine (…/v1), or None."""
+    from tasks import replicas as files
+
+    states = files.states(home)
+    for w in files.of_stage(home, llm_endpoint(name), "query"):
+        st = states.get(w.key)
+        if st is not None and st.status == "RUNNING" and files.probe(st.url + "/health", 1.0) == 200:
+            return st.url + "/v1"
+    return None

@@ -79,6 +79,14 @@ def rags_show(name: str, prompt: bool = typer.Option(False, "--prompt", help="Pr
         _print(view)
 
 
+@app.command("update")
+def rags_update(name: str, sets: Optional[list[str]] = SETS, as_json: bool = JSON) -> None:
+    """Change the description, prompt template, top_k, llm.max_tokens or llm.timeout_seconds (no new
+    ingestion): --set prompt="...{context}...{question}..."; the query service takes it within 2 s."""
+    view = guard(lambda: _api().update(name, parse_sets(sets)))
+    emit(view, True) if as_json else _print(view)
+
+
 @app.command("sync")
 def rags_sync(name: str, wait: bool = WAIT, as_json: bool = JSON) -> None:
     """Ingest the RAG's path again: only added and modified documents are embedded; deleted ones leave."""
@@ -146,3 +154,20 @@ def rags_search(name: str, question: str, top_k: Optional[int] = typer.Option(No
         out.print(f"[bold]{h['rank']}. {h['file']}{where}[/bold]  score {h['score']:.3f}", highlight=False)
         out.print("   " + h["text"][:400].replace("\n", " ") + ("…" if len(h["text"]) > 400 else ""),
                   highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command("stats")
+def rags_stats(name: str, since: str = typer.Option("1h", "--since", help="From when: 30m, 2h, 1d or ISO-8601."),
+               png: Optional[Path] = typer.Option(None, "--png", help="Also draw the chart to this file."),
+               as_json: bool = JSON) -> None:
+    """The query route's statistics, as for an endpoint: calls, failures, latency percentiles."""
+    result = guard(lambda: _api().stats(name, since=since, png=png))
+    if as_json:
+        emit(result, True)
+        return
+    rows = [{"calls": r["calls"], "failures": r["failures"], **r["latency_ms"]} for r in result["stats"]]
+    emit(rows, False, ["calls", "failures", "mean", "p50", "p95", "p99"],
+         title=f"RAG {name}: {result['since']} .. {result['until']} (latency in ms)", empty=f"no queries to {name} "
+                                                                                            "in that period")
+    if result.get("png"):
+        out.print(f"chart: {result['png']}")

@@ -93,6 +93,20 @@ def test_create_sync_history_search_query_and_delete(stack, settings, tmp_path, 
     with pytest.raises(NotFoundError, match="no RAG 'nope'"):
         client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
 
+    # the prompt can be read in full and changed without a new ingestion; the route takes it at once
+    assert "{context}" in _ok(mlyard("rags", "show", "handbook", "--prompt"))
+    _one_line_error(mlyard("rags", "update", "handbook", "--set", "path=elsewhere"), "--set", "path")
+    _one_line_error(mlyard("rags", "update", "handbook", "--set", "prompt=no placeholders"), "prompt", "{context}")
+    updated = _json("rags", "update", "handbook", "--set", "top_k=1", "--set",
+                    "prompt=Use {context} to answer {question} briefly.")
+    assert updated["spec"]["top_k"] == 1 and updated["prompt"] == "Use {context} to answer {question} briefly."
+    time.sleep(2.5)
+    assert len(client.chat.completions.create(model="handbook", messages=[{"role": "user", "content": "Regions?"}])
+               .model_extra["sources"]) == 1
+
+    served = _json("rags", "stats", "handbook")["stats"]
+    assert sum(r["calls"] for r in served) >= 4, served  # the gateway counts a RAG's queries as for an endpoint
+
     listed = _json("rags", "list")
     assert [(r["name"], r["status"]) for r in listed] == [("handbook", "ACTIVE")]
     _one_line_error(mlyard("rags", "create", "-f", str(spec)), "RAG 'handbook' already exists")
@@ -126,10 +140,56 @@ def test_an_llm_that_is_down_gives_502_with_the_reason_never_a_hang(stack, setti
     (folder / "a.md").write_text("The answer is forty-two.\n")
     spec = folder.parent / "down.yaml"
     spec.write_text(f"name: down\npath: one-doc\nllm: {{base_url: 'http://127.0.0.1:{port}/v1', model: x}}\n")
-    assert _json("rags", "create", "-f", str(spec), "--wait")["status"] == "ACTIVE"
+    assert _json("rags", "create", "-f", str(spec))["status"] in ("CREATE REQUESTED", "CREATE IN PROGRESS")
+    _one_line_error(mlyard("rags", "delete", "down"), "being created or deleted cannot be deleted")
+    deadline = time.monotonic() + 180
+    while _json("rags", "show", "down")["status"] != "ACTIVE" and time.monotonic() < deadline:
+        time.sleep(1)
     _deployed("down")
     t0 = time.monotonic()
     line = _one_line_error(mlyard("rags", "query", "down", "What is the answer?"), "502", "cannot be reached")
     assert f"127.0.0.1:{port}" in line and time.monotonic() - t0 < 30
     assert _json("rags", "search", "down", "What is the answer?")[0]["file"] == "a.md", "retrieval needs no LLM"
     _json("rags", "delete", "down")
+
+
+def test_a_database_that_goes_away_mid_sync_fails_it_whole_documents_stay_and_sync_resumes(stack, settings):
+    import os
+    import signal
+
+    import psycopg
+    import quality  # examples/rag, on the path through make_docs's folder
+
+    from mlyard import stack as stack_mod
+
+    folder = project("flaky-docs")
+    (folder / "first.md").write_text("The first document.\n")
+    spec = folder.parent / "flaky.yaml"
+    spec.write_text("name: flaky\npath: flaky-docs\nllm: {base_url: 'http://127.0.0.1:9/v1'}\n")
+    assert _json("rags", "create", "-f", str(spec), "--wait")["status"] == "ACTIVE"
+    quality.write(folder / "reference")  # 67 more documents, a few hundred chunks: long enough to cut into
+    _json("rags", "sync", "flaky")
+    deadline = time.monotonic() + 240
+    while (view := _json("rags", "show", "flaky"))["store"].get("documents", 0) < 10 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert view["status"] == "UPDATE IN PROGRESS", view
+    os.kill(stack.pids["postgres"], signal.SIGQUIT)  # PostgreSQL's immediate shutdown: the database goes away
+    while (view := _json("rags", "show", "flaky"))["status"] == "UPDATE IN PROGRESS" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert view["status"] == "UPDATE FAILED" and "vector store" in view["reason"], view
+    assert _json("rags", "history", "flaky")[0]["state"] == "FAILED"
+
+    stack_mod.up(settings, echo=lambda *_: None)  # `mlyard up` starts what is not running: PostgreSQL again
+    with psycopg.connect(stack_mod.read_state(settings).vector_store_url) as conn:
+        rag_id = conn.execute("SELECT max(split_part(tablename, '_', 3)::int) FROM pg_tables "
+                               "WHERE tablename LIKE 'mlyard_rag_%_docs'").fetchone()[0]
+        written, = conn.execute(f"SELECT count(*) FROM mlyard_rag_{rag_id}_docs").fetchone()
+        half = conn.execute(f"SELECT d.name FROM mlyard_rag_{rag_id}_docs d LEFT JOIN (SELECT doc, count(*) n FROM "
+                            f"mlyard_rag_{rag_id}_chunks GROUP BY doc) c ON c.doc = d.name "
+                            "WHERE coalesce(c.n, 0) <> d.chunks").fetchall()
+    assert half == [], f"documents written in part: {half}"
+    resumed = _json("rags", "sync", "flaky", "--wait")
+    last = resumed["last_ingestion"]
+    assert resumed["status"] == "ACTIVE" and resumed["store"]["documents"] == 68
+    assert last["added"] == 68 - written and last["unchanged"] == written, (last, written)
+    _json("rags", "delete", "flaky")

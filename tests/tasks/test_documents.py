@@ -96,3 +96,19 @@ def test_chunks_follow_the_tokenizer_with_overlap_and_keep_their_place(tokenizer
         assert a.text.split()[-1] in b.text, "consecutive chunks overlap"
     with pytest.raises(ValueError, match="overlap 50 must be"):
         chunk([Section("x")], tokenizer, size=50, overlap=50)
+
+
+def test_documents_listed_and_read_from_s3_as_from_a_folder(s3_settings, bucket, docs):
+    """An ingestion path on a real S3 API (moto's server on 127.0.0.1): the same files, sizes and limits."""
+    from tasks.rag import list_documents
+    from tasks.storage import Storage
+
+    storage = Storage(s3_settings)
+    for name, path in docs.items():
+        storage.write_bytes(f"s3://{bucket}/handbook/{name}", path.read_bytes())
+    storage.write_bytes(f"s3://{bucket}/handbook/tool.exe", b"MZ")
+    listing = list_documents(storage, f"s3://{bucket}/handbook")
+    assert sorted(e.name for e in listing.taken) == sorted(docs)
+    assert [(s.name, "not a supported format" in s.reason) for s in listing.skipped] == [("tool.exe", True)]
+    pdf = storage.read_bytes(listing.uris["security.pdf"])
+    assert [s.where for s in parse(pdf, "security.pdf")] == ["page 1", "page 2"]
