@@ -139,15 +139,16 @@ def _settle(settings: Settings, name: str) -> None:
     history = store.history(record.id, limit=1)
     if not history or history[0].state != "RUNNING" or not history[0].flow_run_id:
         return
-    ended = _run_state(history[0].flow_run_id)
+    ended, message = _run_state(history[0].flow_run_id)
     if ended in ("CRASHED", "FAILED", "CANCELLED"):
         failed = "UPDATE FAILED" if record.status == "UPDATE IN PROGRESS" else "CREATE FAILED"
-        reason = f"its ingestion run {history[0].flow_run_id} ended {ended}"
+        reason = f"its ingestion run {history[0].flow_run_id} ended {ended}" + (f": {message}" if message else "")
         store.end_ingestion(history[0].id, "FAILED", history[0].counts, history[0].skipped, reason)
         store.set_status(name, failed, reason)
 
 
-def _run_state(flow_run_id: str) -> str | None:
+def _run_state(flow_run_id: str) -> tuple[str | None, str]:
+    """The state of a flow run and its message (why it failed)."""
     from uuid import UUID
 
     from prefect.client.orchestration import get_client
@@ -156,8 +157,10 @@ def _run_state(flow_run_id: str) -> str | None:
         with get_client(sync_client=True) as client:
             fr = client.read_flow_run(UUID(flow_run_id))
     except Exception:  # noqa: BLE001 - a deleted run: it ended
-        return "CRASHED"
-    return fr.state.type.value if fr.state is not None else None
+        return "CRASHED", "the run is gone"
+    if fr.state is None:
+        return None, ""
+    return fr.state.type.value, (fr.state.message or "").removeprefix("Flow run encountered an exception: ")
 
 
 # -- the query service: replicas the supervisor runs, the gateway routes ------------------------------

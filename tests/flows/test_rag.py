@@ -130,43 +130,37 @@ def test_bad_specs_are_refused_in_one_line_before_anything_is_made(stack, tmp_pa
                                                 for r in _json("rags", "list"))
 
 
-def test_an_llm_that_is_down_gives_502_with_the_reason_never_a_hang(stack, settings, tmp_path):
-    import socket
-
-    with socket.socket() as s:  # a port nothing listens on: the LLM is down
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    folder = project("one-doc")
-    (folder / "a.md").write_text("The answer is forty-two.\n")
-    spec = folder.parent / "down.yaml"
-    spec.write_text(f"name: down\npath: one-doc\nllm: {{base_url: 'http://127.0.0.1:{port}/v1', model: x}}\n")
-    assert _json("rags", "create", "-f", str(spec))["status"] in ("CREATE REQUESTED", "CREATE IN PROGRESS")
-    _one_line_error(mlyard("rags", "delete", "down"), "being created or deleted cannot be deleted")
-    deadline = time.monotonic() + 180
-    while _json("rags", "show", "down")["status"] != "ACTIVE" and time.monotonic() < deadline:
-        time.sleep(1)
-    _deployed("down")
-    t0 = time.monotonic()
-    line = _one_line_error(mlyard("rags", "query", "down", "What is the answer?"), "502", "cannot be reached")
-    assert f"127.0.0.1:{port}" in line and time.monotonic() - t0 < 30
-    assert _json("rags", "search", "down", "What is the answer?")[0]["file"] == "a.md", "retrieval needs no LLM"
-    _json("rags", "delete", "down")
-
-
-def test_a_database_that_goes_away_mid_sync_fails_it_whole_documents_stay_and_sync_resumes(stack, settings):
+def test_faults_an_llm_that_is_down_and_a_database_that_goes_away_mid_sync(stack, settings):
+    """One RAG through both faults: its LLM is down (502 with the reason, never a hang); then its
+    database goes away while a sync writes (UPDATE FAILED with the reason, no document half written),
+    `mlyard up` starts it again, and the next sync resumes where the failed one stopped."""
     import os
     import signal
+    import socket
 
     import psycopg
     import quality  # examples/rag, on the path through make_docs's folder
 
     from mlyard import stack as stack_mod
 
+    with socket.socket() as s:  # a port nothing listens on: the LLM is down
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     folder = project("flaky-docs")
-    (folder / "first.md").write_text("The first document.\n")
+    (folder / "a.md").write_text("The answer is forty-two.\n")
     spec = folder.parent / "flaky.yaml"
-    spec.write_text("name: flaky\npath: flaky-docs\nllm: {base_url: 'http://127.0.0.1:9/v1'}\n")
-    assert _json("rags", "create", "-f", str(spec), "--wait")["status"] == "ACTIVE"
+    spec.write_text(f"name: flaky\npath: flaky-docs\nllm: {{base_url: 'http://127.0.0.1:{port}/v1', model: x}}\n")
+    assert _json("rags", "create", "-f", str(spec))["status"] in ("CREATE REQUESTED", "CREATE IN PROGRESS")
+    _one_line_error(mlyard("rags", "delete", "flaky"), "being created or deleted cannot be deleted")
+    deadline = time.monotonic() + 180
+    while _json("rags", "show", "flaky")["status"] != "ACTIVE" and time.monotonic() < deadline:
+        time.sleep(1)
+    _deployed("flaky")
+    t0 = time.monotonic()
+    line = _one_line_error(mlyard("rags", "query", "flaky", "What is the answer?"), "502", "cannot be reached")
+    assert f"127.0.0.1:{port}" in line and time.monotonic() - t0 < 30
+    assert _json("rags", "search", "flaky", "What is the answer?")[0]["file"] == "a.md", "retrieval needs no LLM"
+
     quality.write(folder / "reference")  # 67 more documents, a few hundred chunks: long enough to cut into
     _json("rags", "sync", "flaky")
     deadline = time.monotonic() + 240
@@ -182,7 +176,7 @@ def test_a_database_that_goes_away_mid_sync_fails_it_whole_documents_stay_and_sy
     stack_mod.up(settings, echo=lambda *_: None)  # `mlyard up` starts what is not running: PostgreSQL again
     with psycopg.connect(stack_mod.read_state(settings).vector_store_url) as conn:
         rag_id = conn.execute("SELECT max(split_part(tablename, '_', 3)::int) FROM pg_tables "
-                               "WHERE tablename LIKE 'mlyard_rag_%_docs'").fetchone()[0]
+                              "WHERE tablename LIKE 'mlyard_rag_%_docs'").fetchone()[0]
         written, = conn.execute(f"SELECT count(*) FROM mlyard_rag_{rag_id}_docs").fetchone()
         half = conn.execute(f"SELECT d.name FROM mlyard_rag_{rag_id}_docs d LEFT JOIN (SELECT doc, count(*) n FROM "
                             f"mlyard_rag_{rag_id}_chunks GROUP BY doc) c ON c.doc = d.name "
