@@ -145,6 +145,8 @@ def rag_sync(spec: RagSyncSpec) -> RagSyncResult:
     first = record.status in ("CREATE REQUESTED", "CREATE IN PROGRESS", "CREATE FAILED")
     if first:
         record = rags.set_status(spec.rag, "CREATE IN PROGRESS")
+    elif record.status != "UPDATE IN PROGRESS":  # started by a schedule or the UI's Run, not `rags sync`
+        record = rags.begin_sync(spec.rag)  # refused while the RAG is being deleted
     rag = RagSpec.model_validate(record.spec)
     history = rags.start_ingestion(record.id, str(flow_run.get_id() or "") or None)
     counts: dict[str, float] = {}

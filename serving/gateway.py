@@ -9,7 +9,7 @@ front of every endpoint's replicas.
     GET  /mlyard/stats      ?since=&until= (epoch seconds) &endpoint=&stage=&model=: the statistics
     POST /rag/v1/query      an OpenAI chat-completions body whose `model` is a RAG's name: to that RAG's
                             query service (serving/rag.py), streamed; /rag/v1/search: its retrieval alone.
-                            A RAG routes, counts and logs as an endpoint named `rag:NAME`.
+                            A RAG is routed and counted as an endpoint named `rag:NAME`.
 
 What it does per request, in order: parse the route (404 when no endpoint, stage or model answers);
 check the token unless the endpoint is public (401 with why; the request never reaches a replica);
@@ -207,14 +207,15 @@ class Gateway:
         path: str = scope["path"]
         if path.startswith("/mlyard/"):
             return await self._admin(scope, receive, send)
-        if path in RAG_ROUTES:
-            return await self._rag(scope, receive, send, path)
         if self.in_flight >= self.max_in_flight:
             return await asgi.reply(send, 503, _error(f"the gateway is at its limit of {self.max_in_flight} requests "
                                                       "in flight; retry shortly"), headers=RETRY_AFTER)
         self.in_flight += 1
         try:
-            await self._serve(scope, receive, send, path)
+            if path in RAG_ROUTES:
+                await self._rag(scope, receive, send, path)
+            else:
+                await self._serve(scope, receive, send, path)
         finally:
             self.in_flight -= 1
 

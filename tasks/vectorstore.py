@@ -109,7 +109,7 @@ class VectorStore:
 
         try:
             return fn(self.connect())
-        except psycopg.OperationalError as exc:
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:  # the connection broke or closed
             self.close()
             raise VectorStoreError(f"the vector store at {shown(self.url)} went away: "
                                    f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from exc
