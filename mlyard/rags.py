@@ -85,13 +85,13 @@ def create(spec: RagSpec | dict | str | Path, *, sets: dict[str, Any] | None = N
     store = _rags(settings)
     record = store.create(spec.name, spec.model_dump(mode="json"))
     try:
-        _submit(spec.name, False, timeout_seconds)
+        run_id = _submit(spec.name, False, timeout_seconds)
     except Exception:
         store.remove(spec.name)  # nothing half-made: no run, no record
         raise
     _deploy(settings, record, spec)  # the query service loads while the documents are ingested
     if wait:
-        _wait(settings, spec.name, timeout_seconds)
+        _wait(settings, spec.name, timeout_seconds, run_id)
     return _finished(spec.name, wait)
 
 
@@ -102,23 +102,34 @@ def sync(name: str, *, wait: bool = False, timeout_seconds: float = 3600) -> dic
     _settle(settings, name)
     store.begin_sync(name)
     try:
-        _submit(name, False, timeout_seconds)
+        run_id = _submit(name, False, timeout_seconds)
     except Exception:
         store.set_status(name, "UPDATE FAILED", "its sync run could not be created")
         raise
     if wait:
-        _wait(settings, name, timeout_seconds)
+        _wait(settings, name, timeout_seconds, run_id)
     return _finished(name, wait)
 
 
-def _wait(settings: Settings, name: str, timeout_seconds: float) -> None:
-    """Until the ingestion ends (the RAG leaves CREATE/UPDATE IN PROGRESS), printing nothing."""
+def _wait(settings: Settings, name: str, timeout_seconds: float, run_id: str) -> None:
+    """Until the ingestion ends (the RAG leaves CREATE/UPDATE IN PROGRESS), printing nothing. A run that
+    ended before it could say so (it failed to start, its process was killed) sets the failed status."""
     store = _rags(settings)
     deadline = time.monotonic() + timeout_seconds
+    checked = time.monotonic()
     while time.monotonic() < deadline:
         _settle(settings, name)
-        if store.get(name).status not in ("CREATE REQUESTED", "CREATE IN PROGRESS", "UPDATE IN PROGRESS"):
+        record = store.get(name)
+        if record.status not in ("CREATE REQUESTED", "CREATE IN PROGRESS", "UPDATE IN PROGRESS"):
             return
+        if time.monotonic() - checked > 5:
+            checked = time.monotonic()
+            ended, message = _run_state(run_id)
+            if ended in ("CRASHED", "FAILED", "CANCELLED") and store.get(name).status == record.status:
+                failed = "UPDATE FAILED" if record.status == "UPDATE IN PROGRESS" else "CREATE FAILED"
+                store.set_status(name, failed, f"its ingestion run {run_id} ended {ended}"
+                                               + (f": {message}" if message else ""))
+                return
         time.sleep(0.5)
 
 
