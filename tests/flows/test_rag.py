@@ -93,6 +93,20 @@ def test_create_sync_history_search_query_and_delete(stack, settings, tmp_path, 
     with pytest.raises(NotFoundError, match="no RAG 'nope'"):
         client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
 
+    # the query service's embeddings route is OpenAI's: the openai package, and mlyard's own client for an
+    # `embedding.url` (what a sync uses once the service runs), both read it
+    from mlyard.specs.rag import EmbeddingSpec
+    from tasks.embeddings import ServiceEmbedder
+    from tasks.rag import service_url
+
+    url = service_url(settings.home_dir, "handbook")
+    assert url is not None
+    got = OpenAI(base_url=url, api_key="unused").embeddings.create(model="all-MiniLM-L6-v2", input=["backups", "tokens"])
+    assert [len(d.embedding) for d in got.data] == [384, 384]
+    v = ServiceEmbedder(EmbeddingSpec(url=url)).encode(["How long are backups kept?", "Backups are kept for 35 days.",
+                                                        "A mobile app comes next quarter."])
+    assert v.shape == (3, 384) and float(v[0] @ v[1]) > float(v[0] @ v[2])
+
     # the prompt can be read in full and changed without a new ingestion; the route takes it at once
     assert "{context}" in _ok(mlyard("rags", "show", "handbook", "--prompt"))
     _one_line_error(mlyard("rags", "update", "handbook", "--set", "path=elsewhere"), "--set", "path")
