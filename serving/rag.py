@@ -32,6 +32,7 @@ import orjson
 
 from serving import asgi
 from tasks.rag import llm_endpoint
+from tasks.vectorstore import VectorStoreError
 
 log = logging.getLogger("mlyard.rag")
 MAX_BODY = 1024 * 1024
@@ -120,6 +121,8 @@ class RagService:
             return await self._query(send, body)
         except Unavailable as exc:
             return await asgi.reply(send, *_error(str(exc), exc.status, "llm_unavailable"))
+        except VectorStoreError as exc:  # the database went away: say so (it reconnects on the next request)
+            return await asgi.reply(send, *_error(str(exc), 502, "vector_store_unavailable"))
 
     def _top_k(self, body: dict) -> int:
         k = body.get("top_k", self.spec.top_k)

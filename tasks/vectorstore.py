@@ -73,6 +73,7 @@ class VectorStore:
         self.docs, self.chunks = f"mlyard_rag_{rag_id}_docs", f"mlyard_rag_{rag_id}_chunks"
         self._timeout = connect_timeout
         self._conn: Any = None
+        self._searchable: bool | None = None  # its tables exist (known once they do)
 
     # -- connection ------------------------------------------------------------------------------
 
@@ -210,6 +211,10 @@ class VectorStore:
         vec = np.asarray(vector, dtype=np.float32)
 
         def go(conn: Any) -> list[Hit]:
+            if self._searchable is None or not self._searchable:  # nothing ingested yet: no tables, no hits
+                self._searchable = conn.execute("SELECT to_regclass(%s)", (self.chunks,)).fetchone()[0] is not None
+                if not self._searchable:
+                    return []
             rows = conn.execute(f"SELECT doc, location, text, 1 - (embedding <=> %s) FROM {self.chunks} "
                                 "ORDER BY embedding <=> %s LIMIT %s", (vec, vec, int(k))).fetchall()
             return [Hit(d, w, t, float(s)) for d, w, t, s in rows]
