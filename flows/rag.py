@@ -66,10 +66,17 @@ def list_step(p: _Parts, path: str) -> Listing:
 def diff_step(p: _Parts, listing: Listing, store: VectorStore) -> tuple[Diff, dict[str, str]]:
     from concurrent.futures import ThreadPoolExecutor
 
+    from mlyard.errors import StorageError
+
+    def hashed(name: str) -> str | None:
+        try:
+            return content_hash(p.storage.read_bytes(listing.uris[name], "path"))
+        except StorageError:  # removed since it was listed: as if it were not there
+            return None
+
     with ThreadPoolExecutor(max_workers=4) as pool:
-        hashes = dict(zip((e.name for e in listing.taken),
-                          pool.map(lambda e: content_hash(p.storage.read_bytes(listing.uris[e.name], "path")),
-                                   listing.taken)))
+        found = dict(zip((e.name for e in listing.taken), pool.map(hashed, (e.name for e in listing.taken))))
+    hashes = {name: h for name, h in found.items() if h is not None}
     return diff(hashes, store.known()), hashes
 
 

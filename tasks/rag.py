@@ -14,6 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+from mlyard.errors import StorageError
 from mlyard.specs.rag import RagSpec
 from tasks.documents import Chunk, DocumentError, Entry, Skipped, chunk, content_hash, parse, select
 from tasks.vectorstore import VectorStore
@@ -83,7 +84,10 @@ def ingest(spec: RagSpec, read: Callable[[str], bytes], store: VectorStore, embe
     t0 = time.monotonic()
 
     def prepare(name: str) -> _Parsed:
-        data = read(name)
+        try:
+            data = read(name)
+        except StorageError as exc:  # removed or unreadable since it was listed: skipped, saying why
+            return _Parsed(name, "", [], f"cannot be read: {exc}")
         try:
             sections = parse(data, name)
             chunks = chunk(sections, tokenizer, spec.chunk_tokens, spec.chunk_overlap)
