@@ -220,8 +220,7 @@ def deploy_status(settings: Settings, name: str) -> str:
     status = "COMPLETE"
     for w in members:
         st = states.get(w.key)
-        path = w.health_path if w.stage == "query" else "/v2/health/ready"
-        if st is not None and st.status == "RUNNING" and files.probe(st.url + path, 1.0) == 200:
+        if st is not None and st.status == "RUNNING" and files.probe(st.url + w.health_path, 1.0) == 200:
             continue
         if st is not None and st.restarts >= 3:
             return "FAILURE"

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -132,24 +132,18 @@ class Rags:
             if row is not None:
                 s.delete(row)
 
-    def routing(self) -> dict[str, dict[str, Any]]:
-        """What the gateway needs of every RAG, in the shape of an endpoint's (registry.endpoints): its
-        query service routes as the endpoint `rag:NAME`, stage `query`. Public unless the spec names
-        `token_endpoint`, whose tokens it then takes."""
-        from registry.catalog import Endpoint
-
+    def routing(self, endpoints: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """What the gateway needs of every RAG, in the shape of an endpoint's (`endpoints`: what
+        registry.endpoints' routing read): its query service routes as the endpoint `rag:NAME`, stage
+        `query`. Public unless the spec names `token_endpoint`, whose tokens it then takes."""
         with self.catalog.session() as s:
-            tokens_of = {}
-            for ep in s.scalars(select(Endpoint)):
-                tokens_of[ep.name] = {t.digest: (t.expires_at.replace(tzinfo=t.expires_at.tzinfo or timezone.utc)
-                                                 .timestamp(), t.revoked_at is not None) for t in ep.tokens}
             out = {}
             for r in s.scalars(select(Rag)):
                 guard = r.spec.get("token_endpoint")
                 out[f"rag:{r.name}"] = {"id": r.id, "public": not guard, "default": "query",
                                         "stages": {"query": {"id": r.id, "status": r.status, "rules": [],
                                                              "max_replicas": 10}},
-                                        "tokens": tokens_of.get(guard, {}) if guard else {}}
+                                        "tokens": endpoints.get(guard, {}).get("tokens", {}) if guard else {}}
             return out
 
     # -- ingestion history -----------------------------------------------------------------------

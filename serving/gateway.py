@@ -116,7 +116,7 @@ class Gateway:
         if self._endpoints_api is not None:
             from registry.rags import Rags
 
-            endpoints.update(Rags(self._endpoints_api.catalog).routing())
+            endpoints.update(Rags(self._endpoints_api.catalog).routing(endpoints))
         return endpoints, files.wanted(self.home), files.states(self.home)
 
     async def refresh(self) -> None:

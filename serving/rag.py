@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 
 from serving import asgi
-from tasks.rag import llm_endpoint
+from tasks.rag import healthy_replica
 from tasks.vectorstore import VectorStoreError
 
 log = logging.getLogger("mlyard.rag")
@@ -69,6 +69,7 @@ class RagService:
         self._http: Any = None
         self.own_llm = not (spec.llm.endpoint or spec.llm.base_url)
         self._served: str | None = None
+        self._base: str | None = None  # the LLM's base URL, once found (see _url)
 
     @property
     def spec(self) -> Any:
@@ -196,7 +197,11 @@ class RagService:
         return self._http
 
     def _url(self) -> str:
-        base = self.llm_base()
+        """The LLM's chat route: found once (for the RAG's own LLM, a replica that answers its health
+        check), kept until a request to it fails, then looked up again: no probe on every query."""
+        if self._base is None:
+            self._base = self.llm_base()
+        base = self._base
         if not base:
             raise Unavailable(502, f"the LLM of RAG {self.name} is not running (no healthy LLM replica yet); "
                                    "retry shortly or see `mlyard rags show`")
@@ -220,6 +225,7 @@ class RagService:
     def _failed(self, exc: Exception, url: str) -> Unavailable:
         import httpx
 
+        self._base = None  # the next request looks for the LLM again (another replica, a restarted one)
         if isinstance(exc, httpx.TimeoutException):
             return Unavailable(504, f"the LLM at {url} did not answer within {self.spec.llm.timeout_seconds:g} s")
         return Unavailable(502, f"the LLM at {url} cannot be reached: {type(exc).__name__}: {exc}")
@@ -288,7 +294,6 @@ def build(name: str) -> RagService:
     from mlyard.specs.rag import RagSpec
     from registry.catalog import Catalog
     from registry.rags import Rags
-    from tasks import replicas as files
     from tasks.embeddings import embedder
     from tasks.vectorstore import VectorStore, conninfo
 
@@ -307,12 +312,8 @@ def build(name: str) -> RagService:
             return spec.llm.base_url
         if spec.llm.endpoint:
             return f"{gateway_url(settings)}/{spec.llm.endpoint}/{spec.llm.model}/openai/v1"
-        states = files.states(home)
-        for w in files.of_stage(home, llm_endpoint(name), "llm"):
-            st = states.get(w.key)
-            if st is not None and st.status == "RUNNING" and files.probe(st.url + "/v2/health/ready", 1.0) == 200:
-                return st.url + "/openai/v1"
-        return None
+        url = healthy_replica(home, name, "llm")
+        return url + "/openai/v1" if url else None
 
     rags = Rags(Catalog(settings.catalog_db_url))
     return RagService(name, spec, store, model, llm_base, key, lambda: RagSpec.model_validate(rags.get(name).spec))

@@ -157,13 +157,19 @@ def llm_endpoint(name: str) -> str:
     return f"rag:{name}"
 
 
-def service_url(home: Any, name: str) -> str | None:
-    """The URL of a healthy query replica of the RAG `name` on this machine (…/v1), or None."""
+def healthy_replica(home: Any, name: str, stage: str) -> str | None:
+    """The URL of a replica of the RAG `name` in `stage` (query, llm) that answers its health check now."""
     from tasks import replicas as files
 
     states = files.states(home)
-    for w in files.of_stage(home, llm_endpoint(name), "query"):
+    for w in files.of_stage(home, llm_endpoint(name), stage):
         st = states.get(w.key)
-        if st is not None and st.status == "RUNNING" and files.probe(st.url + "/health", 1.0) == 200:
-            return st.url + "/v1"
+        if st is not None and st.status == "RUNNING" and files.probe(st.url + w.health_path, 1.0) == 200:
+            return st.url
     return None
+
+
+def service_url(home: Any, name: str) -> str | None:
+    """The base URL (…/v1) of a healthy query replica of the RAG `name` on this machine, or None."""
+    url = healthy_replica(home, name, "query")
+    return url + "/v1" if url else None
