@@ -379,19 +379,11 @@ def gateway_stats(settings: Any, endpoint: str, *, since: str | float | None = "
 
 def logs(endpoint: str, tail: int = 20) -> list[dict[str, Any]]:
     """The last inference log records of an endpoint (the seed's fields)."""
+    from serving.inference_log import tail as last
+
     settings = connect()
     _endpoints().get(endpoint)
-    path = settings.home_dir / "endpoints" / "logs" / f"{endpoint}.jsonl"
-    if not path.is_file():
-        return []
-    lines = path.read_text(errors="replace").splitlines()[-tail:]
-    out = []
-    for line in lines:
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
+    return last(settings.home_dir / "endpoints" / "logs" / f"{endpoint}.jsonl", tail)
 
 
 # -- VRidge's servers: a thin face over one-stage endpoints ------------------------------------------------

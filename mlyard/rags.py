@@ -329,7 +329,21 @@ def delete(name: str) -> dict[str, Any]:
         raise Protected(f"RAG {name!r} could not be deleted (DELETE FAILED): {exc}; delete it again") from exc
     _undeploy(settings, name)
     store.remove(name)
+    from tasks.rag import query_log
+
+    query_log(settings.home_dir, name).unlink(missing_ok=True)  # a new RAG of that name starts a log of its own
     return {"deleted": name}
+
+
+def logs(name: str, tail: int = 20) -> list[dict[str, Any]]:
+    """The last records of the RAG's request log, as endpoints keep them: one per query, search or
+    embedding request its query service answered (status, time, first byte, the error's reason)."""
+    from serving.inference_log import tail as last
+    from tasks.rag import query_log
+
+    settings = connect()
+    _rags(settings).get(name)
+    return last(query_log(settings.home_dir, name), tail)
 
 
 def _post(settings: Settings, route: str, body: dict[str, Any], token: str | None, stream: bool = False,

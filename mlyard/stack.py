@@ -34,6 +34,7 @@ DEFAULT_IMAGE = "mlyard:0.1.0"
 def write_state(settings: Settings, state: StackState) -> None:
     tmp = settings.stack_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(asdict(state), indent=2))
+    tmp.chmod(0o600)  # it holds the platform's internal token
     os.replace(tmp, settings.stack_file)
 
 
@@ -81,6 +82,10 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
     env.setdefault("MLYARD_IMAGE", DEFAULT_IMAGE)
     api_url = f"http://127.0.0.1:{settings.prefect_port}/api"
     state = read_state(settings) or StackState(api_url=api_url, ui_url=f"http://127.0.0.1:{settings.prefect_port}")
+    if not state.internal_token:
+        import secrets
+
+        state.internal_token = secrets.token_urlsafe(32)
     logs = home / "logs"
     bin_dir = Path(sys.executable).parent
     prefect_bin = str(bin_dir / "prefect")

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import hmac
 import logging
 import os
 import sys
@@ -84,8 +85,10 @@ RAG_ROUTES = {"/rag/v1/query": "/v1/chat/completions", "/rag/v1/chat/completions
 class Gateway:
     def __init__(self, home: Path, catalog_url: str | None, check: HealthCheck | None = None,
                  max_in_flight: int = 1024, timeout: float = 120.0, refresh_seconds: float = 1.0,
-                 autoscale_seconds: float = 5.0):
+                 autoscale_seconds: float = 5.0, internal_token: str | None = None):
         self.home = Path(home)
+        # the platform's own services (a RAG's query service asking its LLM endpoint) pass with this token
+        self._internal = b"Bearer " + internal_token.encode() if internal_token else None
         self.catalog_url = catalog_url
         self.check = check or HealthCheck(path="/v2/health/ready", interval=1.0, max_retries=2, max_wait_time=2.0, expected_status_code=200,
                                           initial_delay=0.0)
@@ -258,25 +261,25 @@ class Gateway:
                 self._routes[path] = route
         ep = self.endpoints.get(route.endpoint)
         if ep is None:
-            return await asgi.reply(send, 404, _error(f"no endpoint {route.endpoint!r}"))
+            return await asgi.reply(send, 404, self._err(route, 404, f"no endpoint {route.endpoint!r}"))
         if not ep["public"]:
             why = self._token_problem(ep, scope)
             if why is not None:
-                return await asgi.reply(send, 401, _error(why), headers=[(b"www-authenticate", b"Bearer")])
+                return await asgi.reply(send, 401, self._err(route, 401, why), headers=[(b"www-authenticate", b"Bearer")])
         try:
             stage = self.router.stage_of(route)
         except NoRoute as exc:
             name = route.stage or ep["default"] or ""
             known = ep["stages"].get(name)
             if known is not None:  # the stage exists but does not serve now (stopped, deploying, failed)
-                return await asgi.reply(send, 503, _error(f"stage {route.endpoint}/{name} is {known['status']} and "
+                return await asgi.reply(send, 503, self._err(route, 503, f"stage {route.endpoint}/{name} is {known['status']} and "
                                                           "serves no requests now"), headers=RETRY_AFTER)
-            return await asgi.reply(send, 404, _error(str(exc)))
+            return await asgi.reply(send, 404, self._err(route, 404, str(exc)))
         try:
             if body is None:
                 body = await asgi.read_body(receive, MAX_BODY)
         except asgi.BodyTooLarge as exc:
-            return await asgi.reply(send, 413, _error(str(exc)))
+            return await asgi.reply(send, 413, self._err(route, 413, str(exc)))
         qs = scope.get("query_string") or b""
         target = route.rest + ("?" + qs.decode("latin-1") if qs else "")
         headers = [(k, v) for k, v in scope["headers"] if k != b"authorization"]
@@ -285,10 +288,10 @@ class Gateway:
             try:
                 replica = self.router.acquire(route)
             except NoRoute as exc:
-                return await asgi.reply(send, 404, _error(str(exc)))
+                return await asgi.reply(send, 404, self._err(route, 404, str(exc)))
             except NoReplica as exc:
                 self.stats.record(key, (time.perf_counter() - started) * 1000, True)
-                return await asgi.reply(send, 503, _error(f"{exc}; retry shortly"), headers=RETRY_AFTER)
+                return await asgi.reply(send, 503, self._err(route, 503, f"{exc}; retry shortly"), headers=RETRY_AFTER)
             t = self.replicas.get(replica.url)
             if t is None:  # left the table between acquire and here
                 self.router.release(replica)
@@ -304,10 +307,10 @@ class Gateway:
                     self._eject(replica.url, str(exc))
                     continue  # no answer began there: another replica takes it
                 self.stats.record(key, (time.perf_counter() - started) * 1000, True)
-                return await asgi.reply(send, 502, _error(f"replica {replica.url}: {exc}"))
+                return await asgi.reply(send, 502, self._err(route, 502, f"replica {replica.url}: {exc}"))
             break
         else:
-            return await asgi.reply(send, 503, _error("no replica could be reached; retry shortly"),
+            return await asgi.reply(send, 503, self._err(route, 503, "no replica could be reached; retry shortly"),
                                     headers=RETRY_AFTER)
         classes = None
         out_headers = []
@@ -335,12 +338,22 @@ class Gateway:
             self.router.release(replica)
             self.stats.record(key, (time.perf_counter() - started) * 1000, failed or resp.status >= 400, classes)
 
+    @staticmethod
+    def _err(route: Route, status: int, message: str) -> bytes:
+        """An error body: OpenAI's shape on the OpenAI routes (a RAG's, an endpoint's /openai/...), so that
+        OpenAI clients show the message; {"error": message} on the others."""
+        if route.endpoint.startswith("rag:") or route.rest.startswith("/openai/"):
+            return _openai_error(message, status)
+        return _error(message)
+
     def _token_problem(self, ep: dict[str, Any], scope: dict) -> str | None:
         value = None
         for k, v in scope["headers"]:
             if k == b"authorization":
                 value = v
                 break
+        if value is not None and self._internal is not None and hmac.compare_digest(value, self._internal):
+            return None
         # Headers that passed, with their expiry, for this read of the catalog: a client sends the same
         # header again and again, and a revocation reaches the gateway with the next read (within 1 s).
         passed = ep.setdefault("passed", {})
@@ -523,8 +536,12 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings()
     check = HealthCheck(path="/v2/health/ready", interval=args.health_interval, max_retries=args.health_max_retries,
                         max_wait_time=2.0, expected_status_code=200, initial_delay=0.0)
+    from mlyard.connection import read_state
+
+    state = read_state(settings)
     gw = Gateway(settings.home_dir, settings.catalog_db_url, check, max_in_flight=args.max_in_flight,
-                 autoscale_seconds=args.autoscale_interval or settings.autoscale_interval)
+                 autoscale_seconds=args.autoscale_interval or settings.autoscale_interval,
+                 internal_token=state.internal_token if state else None)
     # The replicas' own date and server headers are passed on.
     fastserver.run(gw, args.host, args.port, on_ready=lambda url: print(f"the mlyard gateway listens on {url}",
                                                                          flush=True))

@@ -28,7 +28,8 @@ class InferenceLog:
     """Writes records to a file (appended, a line each) or a stream. `every_request` False keeps only
     warnings and errors."""
 
-    def __init__(self, target: str | IO[str] | None = None, every_request: bool = True):
+    def __init__(self, target: str | IO[str] | None = None, every_request: bool = True, action: str = ACTION,
+                 endpoint_id: str | None = None, stage_id: str | None = None):
         if target is None or target == "-":
             self._out: IO[str] = sys.stdout if target == "-" else sys.stderr
         elif isinstance(target, str):
@@ -36,15 +37,16 @@ class InferenceLog:
         else:
             self._out = target
         self.every_request = every_request
-        self.endpoint_id = os.environ.get("MLYARD_ENDPOINT_ID") or None
-        self.stage_id = os.environ.get("MLYARD_ENDPOINT_STAGE_ID") or None
+        self.endpoint_id = endpoint_id or os.environ.get("MLYARD_ENDPOINT_ID") or None
+        self.stage_id = stage_id or os.environ.get("MLYARD_ENDPOINT_STAGE_ID") or None
+        self.action = action
         self._lock = threading.Lock()
 
     def record(self, level: str, model: str, body: str, inference_id: str | None = None) -> dict[str, Any]:
         doc = {"category": CATEGORY, "logLevel": level, "body": body, "logType": LOG_TYPE,
                "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
                "endpointId": self.endpoint_id, "endpointStageId": self.stage_id,
-               "inferenceId": inference_id or new_id(), "action": ACTION, "modelName": model}
+               "inferenceId": inference_id or new_id(), "action": self.action, "modelName": model}
         line = orjson.dumps(doc).decode() + "\n"
         with self._lock:
             self._out.write(line)
@@ -58,3 +60,19 @@ class InferenceLog:
             return
         body = f"{method} {path} {status} rows={rows} {seconds * 1000:.2f} ms"
         self.record(level, model, f"{body}: {error}" if error else body, inference_id)
+
+
+def tail(path: Any, n: int) -> list[dict[str, Any]]:
+    """The last `n` records of a log file (none when it does not exist yet); a torn line is left out."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(errors="replace").splitlines()[-n:]:
+        try:
+            out.append(orjson.loads(line))
+        except orjson.JSONDecodeError:
+            continue
+    return out

@@ -61,8 +61,9 @@ def sources_of(hits: list[Any]) -> list[dict[str, Any]]:
 
 class RagService:
     def __init__(self, name: str, spec: Any, store: Any, embedder: Any, llm_base: Any, llm_key: str | None,
-                 reread: Any = None):
+                 reread: Any = None, requests_log: Any = None):
         self.name, self._spec, self.store, self.embedder = name, spec, store, embedder
+        self.requests_log = requests_log  # an InferenceLog: one record per request
         self._reread, self._read_at = reread, time.monotonic()  # reread(): the spec as the catalog has it now
         self.llm_base, self.llm_key = llm_base, llm_key  # llm_base(): the LLM's base URL now (…/v1)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-retrieve")  # one DB connection
@@ -106,6 +107,38 @@ class RagService:
         if method != "POST" or path not in ("/v1/chat/completions", "/v1/search", "/v1/embeddings"):
             return await asgi.reply(send, *_error(f"no route {method} {path}; POST /rag/v1/query or /rag/v1/search",
                                                   404, "not_found"))
+        if self.requests_log is None:
+            return await self._handle(path, receive, send)
+        seen: dict[str, Any] = {"status": 500, "error": None, "first": None}
+        t0 = time.perf_counter()
+
+        async def watched(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                seen["status"] = message["status"]
+            elif message["type"] == "http.response.body" and seen["first"] is None:
+                seen["first"] = time.perf_counter() - t0
+                if seen["status"] >= 400:
+                    try:
+                        seen["error"] = orjson.loads(message.get("body") or b"{}")["error"]["message"]
+                    except (orjson.JSONDecodeError, KeyError, TypeError):
+                        pass
+            await send(message)
+
+        try:
+            await self._handle(path, receive, watched)
+        finally:
+            took = time.perf_counter() - t0
+            status = seen["status"]
+            line = f"{method} {path} {status} {took * 1000:.2f} ms"
+            if path == "/v1/chat/completions" and status == 200 and seen["first"] is not None:
+                line += f" (first byte {seen['first'] * 1000:.2f} ms)"
+            level = "INFO" if status < 400 else "WARNING" if status < 500 else "ERROR"
+            try:
+                self.requests_log.record(level, self.name, f"{line}: {seen['error']}" if seen["error"] else line)
+            except OSError:  # a full disk never fails a query
+                log.warning("could not write the request log of %s", self.name, exc_info=True)
+
+    async def _handle(self, path: str, receive: asgi.Receive, send: asgi.Send) -> None:
         try:
             body = orjson.loads(await asgi.read_body(receive, MAX_BODY))
         except asgi.BodyTooLarge as exc:
@@ -294,7 +327,9 @@ def build(name: str) -> RagService:
     from mlyard.specs.rag import RagSpec
     from registry.catalog import Catalog
     from registry.rags import Rags
+    from serving.inference_log import InferenceLog
     from tasks.embeddings import embedder
+    from tasks.rag import llm_endpoint, query_log
     from tasks.vectorstore import VectorStore, conninfo
 
     settings = Settings()
@@ -305,6 +340,8 @@ def build(name: str) -> RagService:
     model = embedder(spec.embedding)
     model.encode(["warm up"])
     key = os.environ.get(spec.llm.api_key_env) if spec.llm.api_key_env else None
+    if key is None and spec.llm.endpoint and state is not None:
+        key = state.internal_token  # an mlyard endpoint, private or public: the platform's own token passes
     home = settings.home_dir
 
     def llm_base() -> str | None:
@@ -316,7 +353,11 @@ def build(name: str) -> RagService:
         return url + "/openai/v1" if url else None
 
     rags = Rags(Catalog(settings.catalog_db_url))
-    return RagService(name, spec, store, model, llm_base, key, lambda: RagSpec.model_validate(rags.get(name).spec))
+    path = query_log(home, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    requests_log = InferenceLog(str(path), action="RAG.Query", endpoint_id=llm_endpoint(name), stage_id="query")
+    return RagService(name, spec, store, model, llm_base, key, lambda: RagSpec.model_validate(rags.get(name).spec),
+                      requests_log)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -25,6 +25,7 @@ class Listing:
     taken: list[Entry]
     skipped: list[Skipped]
     uris: dict[str, str]  # each document's own URI
+    stamps: dict[str, str] = field(default_factory=dict)  # size and mtime (or ETag): changes with the content
 
 
 @dataclass
@@ -50,8 +51,9 @@ class Report:
 def list_documents(storage: Any, path: str) -> Listing:
     """The files under `path` with their sizes, split into those taken and those skipped."""
     entries = storage.entries(path, field="path")
-    taken, skipped = select(Entry(name, size) for name, size, _ in entries)
-    return Listing(taken, skipped, {name: uri for name, _, uri in entries})
+    taken, skipped = select(Entry(name, size) for name, size, _, _ in entries)
+    return Listing(taken, skipped, {name: uri for name, _, uri, _ in entries},
+                   {name: stamp for name, _, _, stamp in entries})
 
 
 def diff(hashes: dict[str, str], known: dict[str, str]) -> Diff:
@@ -77,9 +79,11 @@ class _Parsed:
 
 
 def ingest(spec: RagSpec, read: Callable[[str], bytes], store: VectorStore, embedder: Any, tokenizer: Any,
-           names: list[str], progress: Callable[[int, int, int], None] | None = None, threads: int = 2) -> Report:
-    """Parse, chunk, embed and write the documents `names` (`read(name)` gives a document's bytes).
-    `progress(done, total, chunks)` is called after each document."""
+           names: list[str], progress: Callable[[int, int, int], None] | None = None, threads: int = 2,
+           stamps: dict[str, str] | None = None) -> Report:
+    """Parse, chunk, embed and write the documents `names` (`read(name)` gives a document's bytes;
+    `stamps`, their stamps at listing, are kept with them for the next diff). `progress(done, total,
+    chunks)` is called after each document."""
     report = Report()
     t0 = time.monotonic()
 
@@ -110,7 +114,8 @@ def ingest(spec: RagSpec, read: Callable[[str], bytes], store: VectorStore, embe
         at = 0
         for p in pending:
             n = len(p.chunks)
-            store.put(p.name, p.hash, [(c.index, c.where, c.text) for c in p.chunks], vectors[at:at + n])
+            store.put(p.name, p.hash, [(c.index, c.where, c.text) for c in p.chunks], vectors[at:at + n],
+                      (stamps or {}).get(p.name))
             at += n
             report.documents += 1
             report.chunks += n
@@ -151,6 +156,13 @@ def _ahead(fn: Callable[[str], _Parsed], names: list[str], threads: int, lookahe
 
 
 # -- the RAG's replicas on this machine (tasks/replicas.py) ---------------------------------------------
+
+def query_log(home: Any, name: str) -> Any:
+    """Where a RAG's query service writes a record of every request (serving/inference_log.py)."""
+    from pathlib import Path
+
+    return Path(home) / "rags" / "logs" / f"{name}.jsonl"
+
 
 def llm_endpoint(name: str) -> str:
     """The replica group of a RAG: its query service (stage `query`) and its own LLM (stage `llm`)."""

@@ -15,8 +15,6 @@ import tempfile
 import uuid
 from pathlib import Path
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
 from mlyard.errors import StorageError, StorageNotFound, StorageUnreachable
@@ -39,6 +37,9 @@ class Storage:
         return parse_uri(uri, field, nas_mounts=self.settings.nas_mounts)
 
     def _make_client(self, endpoint: str | None):
+        import boto3  # a fifth of a second: only for object storage, not for a flow that reads local files
+        from botocore.config import Config
+
         s = self.settings
         url = s.s3_endpoint_url if endpoint is None else f"{s.obs_scheme}://{endpoint}"
         return boto3.client(
@@ -93,27 +94,31 @@ class Storage:
             raise StorageNotFound(uri)
         return keys
 
-    def entries(self, uri: str, field: str = "uri") -> list[tuple[str, int, str]]:
-        """Every file under `uri` as (name relative to it, bytes, its own URI), in name order; one file
-        when `uri` is a file."""
+    def entries(self, uri: str, field: str = "uri") -> list[tuple[str, int, str, str]]:
+        """Every file under `uri` as (name relative to it, bytes, its own URI, stamp), in name order; one
+        file when `uri` is a file. The stamp changes whenever the content may have: size and modification
+        time of a local file (as rsync's quick check), the ETag of an object."""
         loc = self.resolve(uri, field)
         if loc.kind == "local":
             root = loc.path
             if root.is_file():
-                return [(root.name, root.stat().st_size, uri)]
+                st = root.stat()
+                return [(root.name, st.st_size, uri, f"{st.st_size}:{st.st_mtime_ns}")]
             if not root.is_dir():
                 raise StorageNotFound(uri)
             out = []
             for p in sorted(root.rglob("*")):
                 if p.is_file() and p.name != SUCCESS_MARKER:
-                    out.append((str(p.relative_to(root)), p.stat().st_size, str(p)))
+                    st = p.stat()
+                    out.append((str(p.relative_to(root)), st.st_size, str(p), f"{st.st_size}:{st.st_mtime_ns}"))
             return out
         client = self.client(loc)
         with _translated(uri):
             if loc.key and not loc.key.endswith("/"):
                 try:
                     head = client.head_object(Bucket=loc.bucket, Key=loc.key)
-                    return [(loc.key.rsplit("/", 1)[-1], int(head["ContentLength"]), uri)]
+                    return [(loc.key.rsplit("/", 1)[-1], int(head["ContentLength"]), uri,
+                             f"{head['ContentLength']}:{head.get('ETag', '').strip(chr(34))}")]
                 except ClientError as exc:
                     if _code(exc) not in _MISSING_CODES:
                         raise
@@ -124,7 +129,8 @@ class Storage:
                 for obj in page.get("Contents", []):
                     name = obj["Key"][len(prefix):]
                     if name and not name.endswith("/") and name != SUCCESS_MARKER:
-                        found.append((name, int(obj["Size"]), f"{base}/{name}"))
+                        found.append((name, int(obj["Size"]), f"{base}/{name}",
+                                      f"{obj['Size']}:{obj.get('ETag', '').strip(chr(34))}"))
         if not found:
             raise StorageNotFound(uri)
         return sorted(found)

@@ -123,7 +123,8 @@ class VectorStore:
         def go(conn: Any) -> None:
             with conn.transaction():
                 conn.execute(f"CREATE TABLE IF NOT EXISTS {self.docs} (name text PRIMARY KEY, hash text NOT NULL, "
-                             "chunks integer NOT NULL, ingested_at timestamptz NOT NULL DEFAULT now())")
+                             "chunks integer NOT NULL, ingested_at timestamptz NOT NULL DEFAULT now(), stamp text)")
+                conn.execute(f"ALTER TABLE {self.docs} ADD COLUMN IF NOT EXISTS stamp text")  # stores made before it
                 conn.execute(f"CREATE TABLE IF NOT EXISTS {self.chunks} (id bigserial PRIMARY KEY, doc text NOT NULL, "
                              f"idx integer NOT NULL, location text NOT NULL, text text NOT NULL, "
                              f"embedding vector({int(dim)}) NOT NULL)")
@@ -136,19 +137,37 @@ class VectorStore:
 
     # -- documents -------------------------------------------------------------------------------
 
-    def known(self) -> dict[str, str]:
-        """Each document ingested so far and its content hash (none before the first ingestion)."""
+    def known(self) -> dict[str, tuple[str, str | None]]:
+        """Each document ingested so far: its content hash and its stamp when it was listed (none before
+        the first ingestion)."""
 
-        def go(conn: Any) -> dict[str, str]:
+        def go(conn: Any) -> dict[str, tuple[str, str | None]]:
             if conn.execute("SELECT to_regclass(%s)", (self.docs,)).fetchone()[0] is None:
                 return {}
-            return dict(conn.execute(f"SELECT name, hash FROM {self.docs}").fetchall())
+            cur = conn.execute(f"SELECT * FROM {self.docs}")  # a store made before stamps has none
+            cols = [c.name for c in cur.description]
+            at = (cols.index("name"), cols.index("hash"), cols.index("stamp") if "stamp" in cols else None)
+            return {r[at[0]]: (r[at[1]], r[at[2]] if at[2] is not None else None) for r in cur.fetchall()}
 
         return self._run(go)
 
-    def put(self, doc: str, content_hash: str, rows: Sequence[tuple[int, str, str]], vectors: Any) -> None:
+    def restamp(self, stamps: dict[str, str]) -> None:
+        """Record new stamps of documents whose content did not change (touched, copied again)."""
+        if not stamps:
+            return
+
+        def go(conn: Any) -> None:
+            with conn.transaction(), conn.cursor() as cur:
+                cur.execute(f"ALTER TABLE {self.docs} ADD COLUMN IF NOT EXISTS stamp text")  # a store made before it
+                cur.executemany(f"UPDATE {self.docs} SET stamp = %s WHERE name = %s",
+                                [(v, k) for k, v in stamps.items()])
+
+        self._run(go)
+
+    def put(self, doc: str, content_hash: str, rows: Sequence[tuple[int, str, str]], vectors: Any,
+            stamp: str | None = None) -> None:
         """Replace the document's chunks by `rows` ((index, place, text) each) with their `vectors`, and
-        record its hash: one transaction."""
+        record its hash and stamp: one transaction."""
         import numpy as np
 
         vectors = np.asarray(vectors, dtype=np.float32)
@@ -161,9 +180,9 @@ class VectorStore:
                     copy.set_types(["text", "int4", "text", "text", "vector"])
                     for (idx, where, text), vec in zip(rows, vectors):
                         copy.write_row((doc, idx, where, text, vec))
-                conn.execute(f"INSERT INTO {self.docs} (name, hash, chunks) VALUES (%s, %s, %s) ON CONFLICT (name) "
-                             "DO UPDATE SET hash = EXCLUDED.hash, chunks = EXCLUDED.chunks, ingested_at = now()",
-                             (doc, content_hash, len(rows)))
+                conn.execute(f"INSERT INTO {self.docs} (name, hash, chunks, stamp) VALUES (%s, %s, %s, %s) "
+                             "ON CONFLICT (name) DO UPDATE SET hash = EXCLUDED.hash, chunks = EXCLUDED.chunks, "
+                             "stamp = EXCLUDED.stamp, ingested_at = now()", (doc, content_hash, len(rows), stamp))
 
         self._run(go)
 

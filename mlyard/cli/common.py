@@ -22,7 +22,8 @@ from mlyard.errors import MlyardError, RunFailed, SpecError, TrainingStopped
 out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 JSON = typer.Option(False, "--json", help="Print JSON for scripts instead of a table.")
-SETS = typer.Option(None, "--set", help="Override a field (merged into nested ones): --set hyperparameters.epochs=3")
+SETS = typer.Option(None, "--set", help="Override a field (merged into nested ones): --set FIELD.SUBFIELD=VALUE, "
+                                        "e.g. hyperparameters.epochs=3 or llm.max_tokens=128")
 SUBMIT = typer.Option(False, "--submit", help="Queue it on a work pool (like Run in the Prefect UI) and print its id.")
 POOL = typer.Option("local", "--pool", help="Work pool for --submit: local or gpu.")
 DEBUG = {"on": False}

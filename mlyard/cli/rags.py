@@ -171,3 +171,15 @@ def rags_stats(name: str, since: str = typer.Option("1h", "--since", help="From 
                                                                                             "in that period")
     if result.get("png"):
         out.print(f"chart: {result['png']}")
+
+
+@app.command("logs")
+def rags_logs(name: str, tail: int = typer.Option(20, "--tail", help="How many records."), as_json: bool = JSON) -> None:
+    """The last records of the query service's request log (time, level, body with status and timings)."""
+    records = guard(lambda: _api().logs(name, tail))
+    if as_json:
+        emit(records, True)
+        return
+    emit([{"time": r.get("time"), "level": r.get("logLevel"), "inferenceId": r.get("inferenceId"),
+           "body": r.get("body")} for r in records], False, ["time", "level", "inferenceId", "body"],
+         empty=f"no requests to {name} logged yet")

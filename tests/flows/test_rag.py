@@ -120,12 +120,64 @@ def test_create_sync_history_search_query_and_delete(stack, settings, tmp_path, 
 
     served = _json("rags", "stats", "handbook")["stats"]
     assert sum(r["calls"] for r in served) >= 4, served  # the gateway counts a RAG's queries as for an endpoint
+    logged = _json("rags", "logs", "handbook", "--tail", "50")  # and its query service logs every request
+    bodies = [r["body"] for r in logged if r["action"] == "RAG.Query" and r["endpointId"] == "rag:handbook"]
+    assert any(b.startswith("POST /v1/chat/completions 200") and "first byte" in b for b in bodies), bodies
+    assert any(b.startswith("POST /v1/search 200") for b in bodies), bodies
 
     listed = _json("rags", "list")
     assert [(r["name"], r["status"]) for r in listed] == [("handbook", "ACTIVE")]
     _one_line_error(mlyard("rags", "create", "-f", str(spec)), "RAG 'handbook' already exists")
     assert _json("rags", "delete", "handbook") == {"deleted": "handbook"}
     _one_line_error(mlyard("rags", "show", "handbook"), "RAG 'handbook' not found")
+
+
+def test_a_private_chat_endpoint_writes_the_answers_and_its_tokens_open_the_route(stack, platform, settings,
+                                                                                 tiny_llm):
+    """llm.endpoint: a private mlyard chat endpoint (the tiny model registered with task=chat) writes the
+    answers, asked through the gateway (which counts those calls for it) with the platform's own token;
+    token_endpoint: the RAG's route then takes that endpoint's tokens, as a bearer token or in
+    x-nhn-apikey, and refuses a request without one before it reaches the query service."""
+    import openai
+
+    import mlyard.endpoints as endpoints
+    from mlyard.connection import gateway_url
+
+    platform.models.create_from_directory("ragchat", tiny_llm, "file://ragchat", parameters={"task": "chat"},
+                                          framework="transformers")
+    assert endpoints.create({"name": "asker", "stage": {"resources": [{"model": "ragchat/1"}]}})["status"] == "ACTIVE"
+    try:
+        token = endpoints.issue_token("asker", days=1)["token"]
+        where = project("vault-docs")
+        (where / "hours.txt").write_text("The vault opens at nine every morning and closes at five.\n")
+        spec = where.parent / "vault.yaml"
+        spec.write_text("name: vault\npath: vault-docs\ntoken_endpoint: asker\n"
+                        "llm: {endpoint: asker, model: ragchat, max_tokens: 8}\n")
+        assert _json("rags", "create", "-f", str(spec), "--wait")["status"] == "ACTIVE"
+        assert "asker" in _ok(mlyard("rags", "show", "vault"))
+        _deployed("vault")
+        gw = gateway_url(settings)
+        ask = [{"role": "user", "content": "When does the vault open?"}]
+        with pytest.raises(openai.AuthenticationError, match="not valid"):
+            openai.OpenAI(base_url=f"{gw}/rag/v1", api_key="myd_wrong").chat.completions.create(model="vault",
+                                                                                              messages=ask)
+        answer = openai.OpenAI(base_url=f"{gw}/rag/v1", api_key=token).chat.completions.create(model="vault",
+                                                                                              messages=ask)
+        assert answer.choices[0].message.content and answer.model_extra["sources"][0]["file"] == "hours.txt"
+        script = Path(__file__).resolve().parents[2] / "examples" / "rag" / "ask.sh"
+        asked = shell("bash", str(script), "-u", f"{gw}/rag/v1/query", "-m", "vault", "-p", "When?", "-k", token)
+        assert asked.returncode == 0 and asked.stdout.strip(), asked.stderr
+        refused = shell("bash", str(script), "-u", f"{gw}/rag/v1/query", "-m", "vault", "-p", "When?")
+        assert refused.returncode == 1 and "needs a token" in refused.stderr, (refused.stdout, refused.stderr)
+        streamed = _json("rags", "query", "vault", "When does it close?", "--token", token)
+        assert streamed["sources"][0]["file"] == "hours.txt"
+        calls = sum(r["calls"] for r in endpoints.stats("asker")["stats"])
+        assert calls >= 3, calls  # the RAG's LLM calls went through the gateway, counted for the endpoint
+        assert len(_json("rags", "logs", "vault")) >= 3  # the refused ones never reached the query service
+    finally:
+        if any(r["name"] == "vault" for r in _json("rags", "list")):
+            _json("rags", "delete", "vault")
+        endpoints.delete("asker")
 
 
 def test_bad_specs_are_refused_in_one_line_before_anything_is_made(stack, tmp_path):
@@ -173,6 +225,9 @@ def test_faults_an_llm_that_is_down_and_a_database_that_goes_away_mid_sync(stack
     t0 = time.monotonic()
     line = _one_line_error(mlyard("rags", "query", "flaky", "What is the answer?"), "502", "cannot be reached")
     assert f"127.0.0.1:{port}" in line and time.monotonic() - t0 < 30
+    last = _json("rags", "logs", "flaky", "--tail", "1")[0]  # logged with its reason
+    assert last["logLevel"] == "ERROR" and last["body"].startswith("POST /v1/chat/completions 502"), last
+    assert "cannot be reached" in last["body"]
     assert _json("rags", "search", "flaky", "What is the answer?")[0]["file"] == "a.md", "retrieval needs no LLM"
 
     quality.write(folder / "reference")  # 67 more documents, a few hundred chunks: long enough to cut into

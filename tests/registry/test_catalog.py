@@ -17,6 +17,15 @@ def test_migrations_create_the_schema(catalog):
     with catalog.engine.connect() as conn:
         assert conn.execute(text("select version_num from mlyard_alembic_version")).scalar() == "0007"
     catalog.upgrade()  # re-opening an up-to-date catalog is a no-op
+    # the head that lets an up-to-date catalog open without alembic is alembic's own head
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from registry.catalog import HEAD, MIGRATIONS
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    assert ScriptDirectory.from_config(cfg).get_current_head() == HEAD == catalog.revision() == "0007"
 
 
 def test_templates_lifecycle(catalog):

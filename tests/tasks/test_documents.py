@@ -112,3 +112,9 @@ def test_documents_listed_and_read_from_s3_as_from_a_folder(s3_settings, bucket,
     assert [(s.name, "not a supported format" in s.reason) for s in listing.skipped] == [("tool.exe", True)]
     pdf = storage.read_bytes(listing.uris["security.pdf"])
     assert [s.where for s in parse(pdf, "security.pdf")] == ["page 1", "page 2"]
+    # an object's stamp is its size and ETag: the same content written again keeps it, other content not
+    stamp = listing.stamps["notes.txt"]
+    storage.write_bytes(f"s3://{bucket}/handbook/notes.txt", docs["notes.txt"].read_bytes())
+    assert list_documents(storage, f"s3://{bucket}/handbook").stamps["notes.txt"] == stamp
+    storage.write_bytes(f"s3://{bucket}/handbook/notes.txt", b"other text")
+    assert list_documents(storage, f"s3://{bucket}/handbook").stamps["notes.txt"] != stamp
