@@ -44,7 +44,7 @@ def _store(settings: Settings, spec: RagSpec, rag_id: int):
 
 def _check(settings: Settings, spec: RagSpec) -> None:
     """What can be known before a RAG is recorded: the path holds files, the vector store answers, the
-    LLM endpoint exists."""
+    LLM endpoint exists, an embeddings service embeds."""
     from tasks.storage import Storage
     from tasks.vectorstore import VectorStoreError
 
@@ -65,6 +65,15 @@ def _check(settings: Settings, spec: RagSpec) -> None:
         if spec.token_endpoint and spec.token_endpoint not in names:
             raise SpecError("token_endpoint", spec.token_endpoint, "an endpoint that exists (mlyard endpoints list), "
                                                                    "whose tokens the RAG's route takes")
+    if spec.embedding.url:
+        from tasks.embeddings import EmbeddingError, ServiceEmbedder
+
+        try:
+            ServiceEmbedder(spec.embedding, timeout=10.0)  # asks it to embed one text
+        except (EmbeddingError, KeyError, ValueError, TypeError) as exc:
+            why = str(exc) if isinstance(exc, EmbeddingError) else f"its answer is not OpenAI's embeddings shape ({exc!r})"
+            raise SpecError("embedding.url", spec.embedding.url, f"an OpenAI-compatible embeddings service that "
+                                                                 f"answers POST …/embeddings: {why}") from None
 
 
 def _submit(name: str, wait: bool, timeout_seconds: float) -> str:

@@ -74,7 +74,8 @@ def test_create_sync_history_search_query_and_delete(stack, settings, tmp_path, 
     gw = gateway_url(settings)
     script = Path(__file__).resolve().parents[2] / "examples" / "rag" / "ask.sh"
     asked = shell("bash", str(script), "-u", f"{gw}/rag/v1/query", "-m", "handbook", "-p", "How long are backups kept?")
-    assert asked.returncode == 0 and asked.stdout.strip(), asked.stderr
+    # the tiny model samples random tokens, often blank ones: some text streamed (then the final newline)
+    assert asked.returncode == 0 and len(asked.stdout) > 1 and not asked.stderr, (asked.stdout, asked.stderr)
     from openai import OpenAI
 
     client = OpenAI(base_url=f"{gw}/rag/v1", api_key="unused")
@@ -166,7 +167,7 @@ def test_a_private_chat_endpoint_writes_the_answers_and_its_tokens_open_the_rout
         assert answer.choices[0].message.content and answer.model_extra["sources"][0]["file"] == "hours.txt"
         script = Path(__file__).resolve().parents[2] / "examples" / "rag" / "ask.sh"
         asked = shell("bash", str(script), "-u", f"{gw}/rag/v1/query", "-m", "vault", "-p", "When?", "-k", token)
-        assert asked.returncode == 0 and asked.stdout.strip(), asked.stderr
+        assert asked.returncode == 0 and len(asked.stdout) > 1 and not asked.stderr, (asked.stdout, asked.stderr)
         refused = shell("bash", str(script), "-u", f"{gw}/rag/v1/query", "-m", "vault", "-p", "When?")
         assert refused.returncode == 1 and "needs a token" in refused.stderr, (refused.stdout, refused.stderr)
         streamed = _json("rags", "query", "vault", "When does it close?", "--token", token)
@@ -178,6 +179,66 @@ def test_a_private_chat_endpoint_writes_the_answers_and_its_tokens_open_the_rout
         if any(r["name"] == "vault" for r in _json("rags", "list")):
             _json("rags", "delete", "vault")
         endpoints.delete("asker")
+
+
+@pytest.fixture()
+def outside_embeddings():
+    """A stand-in for an outside OpenAI-compatible embeddings service (no other one runs offline): a real
+    HTTP server on a free port whose vectors are hashed bags of words (64 dimensions). What it stands
+    in for is only the far side; mlyard's side is the user's path. Yields (base URL, texts it embedded)."""
+    import re
+    import threading
+    import zlib
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[str] = []
+
+    class Embeddings(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            if self.path != "/v1/embeddings":
+                self.send_error(404)
+                return
+            texts = [body["input"]] if isinstance(body["input"], str) else body["input"]
+            seen.extend(texts)
+            data = []
+            for i, text in enumerate(texts):
+                v = [0.0] * 64
+                for word in re.findall(r"[a-z]+", text.lower()):
+                    v[zlib.crc32(word.encode()) % 64] += 1.0
+                data.append({"object": "embedding", "index": i, "embedding": v})
+            out = json.dumps({"object": "list", "model": body.get("model"), "data": data}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Embeddings)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1", seen
+    server.shutdown()
+    server.server_close()
+
+
+def test_an_outside_embeddings_service_embeds_documents_and_questions(stack, outside_embeddings):
+    url, seen = outside_embeddings
+    folder = project("outside-docs")
+    (folder / "library.txt").write_text("The library opens at eight and lends books for three weeks.\n")
+    (folder / "parking.txt").write_text("Parking costs five euros per day in the north garage.\n")
+    spec = folder.parent / "outside.yaml"
+    spec.write_text(f"name: outside\npath: outside-docs\nembedding: {{url: '{url}', model: bow-64}}\n"
+                    "llm: {base_url: 'http://127.0.0.1:9/v1'}\n")
+    view = _json("rags", "create", "-f", str(spec), "--wait")
+    assert view["status"] == "ACTIVE" and view["store"]["chunks"] == 2, view
+    assert any("library opens" in t for t in seen) and any("north garage" in t for t in seen)
+    _deployed("outside")
+    hits = _json("rags", "search", "outside", "When does the library open?")  # the question, embedded there too
+    assert hits[0]["file"] == "library.txt" and "When does the library open?" in seen
+    _json("rags", "delete", "outside")
 
 
 def test_bad_specs_are_refused_in_one_line_before_anything_is_made(stack, tmp_path):
@@ -192,7 +253,9 @@ def test_bad_specs_are_refused_in_one_line_before_anything_is_made(stack, tmp_pa
     _one_line_error(mlyard("rags", "create", "-f", str(spec)), "prompt", "{context} and {question}")
     spec.write_text(f"name: far\npath: {tmp_path}\nvector_store: {{kind: postgresql, host: 127.0.0.1, port: 9}}\n")
     _one_line_error(mlyard("rags", "create", "-f", str(spec)), "vector_store", "a vector store that answers")
-    assert _json("rags", "list") == [] or all(r["name"] not in ("nowhere", "leaky", "bad-prompt", "far")
+    spec.write_text(f"name: mute\npath: {tmp_path}\nembedding: {{url: 'http://127.0.0.1:9/v1'}}\n")
+    _one_line_error(mlyard("rags", "create", "-f", str(spec)), "embedding.url", "cannot be reached")
+    assert _json("rags", "list") == [] or all(r["name"] not in ("nowhere", "leaky", "bad-prompt", "far", "mute")
                                                 for r in _json("rags", "list"))
 
 
