@@ -65,6 +65,18 @@ def test_an_encrypted_pdf_is_refused_with_what_to_do(docs):
         parse(buf.getvalue(), "locked.pdf")
 
 
+def test_legacy_word_and_powerpoint_files_are_read_with_catdoc():
+    """Real Word 97-2003 and PowerPoint 97-2003 files (tests/tasks/data/README.md says where from), read
+    by the Debian package catdoc that `make install` installs."""
+    data = Path(__file__).parent / "data"
+    doc = parse((data / "word97.doc").read_bytes(), "word97.doc")
+    assert "Test OLE file, saved as Word 97-2003 Document." in " ".join(s.text for s in doc)
+    ppt = parse((data / "powerpoint97.ppt").read_bytes(), "powerpoint97.ppt")
+    assert "Test" in " ".join(s.text for s in ppt)
+    with pytest.raises(DocumentError, match=r"broken\.doc: catdoc could not read it"):
+        parse(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\0" * 100, "broken.doc")
+
+
 def test_legacy_office_files_need_catdoc_and_say_so(monkeypatch):
     import shutil
 
