@@ -127,19 +127,21 @@ def _wait(settings: Settings, name: str, timeout_seconds: float, run_id: str) ->
     deadline = time.monotonic() + timeout_seconds
     checked = time.monotonic()
     while time.monotonic() < deadline:
-        _settle(settings, name)
         record = store.get(name)
         if record.status not in ("CREATE REQUESTED", "CREATE IN PROGRESS", "UPDATE IN PROGRESS"):
             return
-        if time.monotonic() - checked > 5:
+        if time.monotonic() - checked > 5:  # every 5 s: has the run ended without saying so?
             checked = time.monotonic()
-            ended, message = _run_state(run_id)
+            _settle(settings, name)
+            if store.get(name).status != record.status:
+                return
+            ended, message = _run_state(run_id)  # one that ended before it began its ingestion record
             if ended in ("CRASHED", "FAILED", "CANCELLED") and store.get(name).status == record.status:
                 failed = "UPDATE FAILED" if record.status == "UPDATE IN PROGRESS" else "CREATE FAILED"
                 store.set_status(name, failed, f"its ingestion run {run_id} ended {ended}"
                                                + (f": {message}" if message else ""))
                 return
-        time.sleep(0.5)
+        time.sleep(0.2)  # one read of the catalog
 
 
 def _finished(name: str, wait: bool) -> dict[str, Any]:
