@@ -148,7 +148,11 @@ def test_ctrl_c_on_mlyard_train_ends_stopped(stack):
             if "loss=1" in line:
                 break
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
-        proc.wait(timeout=60)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise AssertionError("mlyard train did not end within 60 s of Ctrl-C; it printed:\n" + proc.stdout.read())
     finally:
         proc.kill()
         proc.stdout.close()

@@ -172,6 +172,7 @@ def test_a_private_chat_endpoint_writes_the_answers_and_its_tokens_open_the_rout
         assert refused.returncode == 1 and "needs a token" in refused.stderr, (refused.stdout, refused.stderr)
         streamed = _json("rags", "query", "vault", "When does it close?", "--token", token)
         assert streamed["sources"][0]["file"] == "hours.txt"
+        assert settings.stack_file.stat().st_mode & 0o777 == 0o600  # it holds the platform's internal token
         calls = sum(r["calls"] for r in endpoints.stats("asker")["stats"])
         assert calls >= 3, calls  # the RAG's LLM calls went through the gateway, counted for the endpoint
         assert len(_json("rags", "logs", "vault")) >= 3  # the refused ones never reached the query service
