@@ -152,7 +152,7 @@ def test_ctrl_c_on_mlyard_train_ends_stopped(stack):
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
-            raise AssertionError("mlyard train did not end within 60 s of Ctrl-C; it printed:\n" + proc.stdout.read())
+            raise AssertionError("mlyard train did not end within 60 s of Ctrl-C; it printed:\n" + proc.stdout.read()) from None
     finally:
         proc.kill()
         proc.stdout.close()
