@@ -140,8 +140,20 @@ def test_ctrl_c_on_mlyard_train_ends_stopped(stack):
     (work / "algo").mkdir()
     (work / "algo" / "main.py").write_text("import time\nprint('loss=1', flush=True)\ntime.sleep(120)\n")
     (work / "train.yaml").write_text("name: interrupted\nexperiment: user-paths\nsource_uri: algo\nentry_point: main.py\n")
-    env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8"}
+    env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8",
+           "PYTHONFAULTHANDLER": "1"}  # a hang is then shown: SIGABRT prints every thread's stack
+
+    def as_a_terminal_starts_it() -> None:
+        # A shell's foreground job takes Ctrl-C with the default disposition, whatever the harness's own is. In
+        # full runs the CLI was seen waiting on its script 60 s after SIGINT with no KeyboardInterrupt, as if
+        # SIGINT were ignored or blocked; both would pass from this process to the CLI through fork and exec.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+    harness = {k: v for k, v in (line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+               if k in ("SigBlk", "SigIgn")}
     proc = subprocess.Popen([str(BIN / "mlyard"), "train", "-f", "train.yaml"], cwd=work, env=env, text=True,
+                            preexec_fn=as_a_terminal_starts_it,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         for line in proc.stdout:  # the flow's log: wait until the script runs
@@ -151,8 +163,15 @@ def test_ctrl_c_on_mlyard_train_ends_stopped(stack):
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
+            cli = {k: v.strip() for k, v in (line.split(":", 1) for line in
+                                             Path(f"/proc/{proc.pid}/status").read_text().splitlines())
+                   if k in ("SigBlk", "SigIgn", "SigCgt")}
+            proc.send_signal(signal.SIGABRT)
+            time.sleep(2)
             proc.kill()
-            raise AssertionError("mlyard train did not end within 60 s of Ctrl-C; it printed:\n" + proc.stdout.read()) from None
+            raise AssertionError(f"mlyard train did not end within 60 s of Ctrl-C (signals of the test process: "
+                                 f"{harness}, of the CLI: {cli}); it "
+                                 "printed:\n" + proc.stdout.read()) from None
     finally:
         proc.kill()
         proc.stdout.close()
