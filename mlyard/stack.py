@@ -82,10 +82,11 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
     env.setdefault("MLYARD_IMAGE", DEFAULT_IMAGE)
     api_url = f"http://127.0.0.1:{settings.prefect_port}/api"
     state = read_state(settings) or StackState(api_url=api_url, ui_url=f"http://127.0.0.1:{settings.prefect_port}")
-    if not state.internal_token:
+    if not state.internal_token:  # written now: the gateway reads it when it starts
         import secrets
 
         state.internal_token = secrets.token_urlsafe(32)
+        write_state(settings, state)
     logs = home / "logs"
     bin_dir = Path(sys.executable).parent
     prefect_bin = str(bin_dir / "prefect")

@@ -265,15 +265,16 @@ class Gateway:
         if not ep["public"]:
             why = self._token_problem(ep, scope)
             if why is not None:
-                return await asgi.reply(send, 401, self._err(route, 401, why), headers=[(b"www-authenticate", b"Bearer")])
+                return await asgi.reply(send, 401, self._err(route, 401, why),
+                                        headers=[(b"www-authenticate", b"Bearer")])
         try:
             stage = self.router.stage_of(route)
         except NoRoute as exc:
             name = route.stage or ep["default"] or ""
             known = ep["stages"].get(name)
             if known is not None:  # the stage exists but does not serve now (stopped, deploying, failed)
-                return await asgi.reply(send, 503, self._err(route, 503, f"stage {route.endpoint}/{name} is {known['status']} and "
-                                                          "serves no requests now"), headers=RETRY_AFTER)
+                why = f"stage {route.endpoint}/{name} is {known['status']} and serves no requests now"
+                return await asgi.reply(send, 503, self._err(route, 503, why), headers=RETRY_AFTER)
             return await asgi.reply(send, 404, self._err(route, 404, str(exc)))
         try:
             if body is None:
@@ -291,7 +292,8 @@ class Gateway:
                 return await asgi.reply(send, 404, self._err(route, 404, str(exc)))
             except NoReplica as exc:
                 self.stats.record(key, (time.perf_counter() - started) * 1000, True)
-                return await asgi.reply(send, 503, self._err(route, 503, f"{exc}; retry shortly"), headers=RETRY_AFTER)
+                return await asgi.reply(send, 503, self._err(route, 503, f"{exc}; retry shortly"),
+                                        headers=RETRY_AFTER)
             t = self.replicas.get(replica.url)
             if t is None:  # left the table between acquire and here
                 self.router.release(replica)

@@ -118,7 +118,7 @@ class Storage:
                 try:
                     head = client.head_object(Bucket=loc.bucket, Key=loc.key)
                     return [(loc.key.rsplit("/", 1)[-1], int(head["ContentLength"]), uri,
-                             f"{head['ContentLength']}:{head.get('ETag', '').strip(chr(34))}")]
+                             _stamp(head["ContentLength"], head.get("ETag")))]
                 except ClientError as exc:
                     if _code(exc) not in _MISSING_CODES:
                         raise
@@ -129,8 +129,7 @@ class Storage:
                 for obj in page.get("Contents", []):
                     name = obj["Key"][len(prefix):]
                     if name and not name.endswith("/") and name != SUCCESS_MARKER:
-                        found.append((name, int(obj["Size"]), f"{base}/{name}",
-                                      f"{obj['Size']}:{obj.get('ETag', '').strip(chr(34))}"))
+                        found.append((name, int(obj["Size"]), f"{base}/{name}", _stamp(obj["Size"], obj.get("ETag"))))
         if not found:
             raise StorageNotFound(uri)
         return sorted(found)
@@ -280,6 +279,12 @@ def _glob_match(name: str, pattern: str) -> bool:
         return True
     # `**/x` also matches `x` at the top level.
     return pattern.startswith("**/") and fnmatch.fnmatchcase(name, pattern[3:])
+
+
+def _stamp(size: int, etag: str | None) -> str:
+    """An object's stamp: its size and ETag (a new upload of other bytes gets another ETag)."""
+    tag = (etag or "").strip('"')  # S3 quotes it
+    return f"{size}:{tag}"
 
 
 def _code(exc: ClientError) -> str:
