@@ -144,9 +144,10 @@ def test_ctrl_c_on_mlyard_train_ends_stopped(stack):
            "PYTHONFAULTHANDLER": "1"}  # a hang is then shown: SIGABRT prints every thread's stack
 
     def as_a_terminal_starts_it() -> None:
-        # A shell's foreground job takes Ctrl-C with the default disposition, whatever the harness's own is. In
-        # full runs the CLI was seen waiting on its script 60 s after SIGINT with no KeyboardInterrupt, as if
-        # SIGINT were ignored or blocked; both would pass from this process to the CLI through fork and exec.
+        # A shell's foreground job takes Ctrl-C with the default disposition, whatever the harness's own is. A
+        # test run started in the background by a script (`make test &`) has SIGINT ignored, as POSIX shells
+        # start background jobs, and an ignored signal passes through fork and exec to the CLI, which then
+        # never saw the Ctrl-C: that is how this test failed in such runs.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
