@@ -210,6 +210,8 @@ class RagService:
         request = {"model": self.spec.llm.model, "messages": [*earlier, {"role": "user", "content": prompt}],
                    "max_tokens": body.get("max_tokens") or self.spec.llm.max_tokens,
                    **{k: body[k] for k in ("temperature", "top_p", "stop", "seed") if k in body}}
+        if "temperature" not in request and self.spec.llm.temperature is not None:
+            request["temperature"] = self.spec.llm.temperature
         sources = sources_of(hits)
         if body.get("stream"):
             return await self._stream(send, request, sources)

@@ -105,6 +105,9 @@ class LlmSpec(BaseModel):
     api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
                                     description="The environment variable that holds the API key or endpoint token.")
     max_tokens: int = Field(default=256, ge=1, le=32768, description="The longest answer, in tokens.")
+    temperature: float | None = Field(default=None, ge=0, le=2,
+                                      description="Sampling temperature of the answers (0: greedy, the same answer "
+                                                  "every time); unset, the LLM's own default. A query's own wins.")
     timeout_seconds: float = Field(default=60.0, gt=0, le=3600, description="How long to wait for the LLM.")
     instance_type: str = Field(default="local", max_length=64, description="Where the LLM runs.")
     instance_count: int = Field(default=1, ge=1, le=10, description="How many instances run it.")

@@ -44,7 +44,7 @@ def test_create_sync_history_search_query_and_delete(stack, settings, tmp_path, 
     (where / "broken.pdf").write_bytes(b"%PDF-1.4 truncated")
     spec = where.parent / "rag.yaml"
     spec.write_text("name: handbook\npath: rag-docs\ndescription: the Yardstick handbook\ntop_k: 3\n"
-                    f"llm: {{model: '{tiny_llm}', max_tokens: 12}}\n")
+                    f"llm: {{model: '{tiny_llm}', max_tokens: 12, temperature: 0}}\n")
 
     view = _json("rags", "create", "-f", str(spec), "--wait")
     assert view["status"] == "ACTIVE", view
@@ -74,7 +74,8 @@ def test_create_sync_history_search_query_and_delete(stack, settings, tmp_path, 
     gw = gateway_url(settings)
     script = Path(__file__).resolve().parents[2] / "examples" / "rag" / "ask.sh"
     asked = shell("bash", str(script), "-u", f"{gw}/rag/v1/query", "-m", "handbook", "-p", "How long are backups kept?")
-    # the tiny model samples random tokens, often blank ones: some text streamed (then the final newline)
+    # temperature 0: the tiny model's weights are seeded and it answers greedily, so the same text every run
+    # (sampled, it could stop at once and stream nothing: CI once saw that); some text, then the final newline
     assert asked.returncode == 0 and len(asked.stdout) > 1 and not asked.stderr, (asked.stdout, asked.stderr)
     from openai import OpenAI
 
@@ -154,7 +155,7 @@ def test_a_private_chat_endpoint_writes_the_answers_and_its_tokens_open_the_rout
         (where / "hours.txt").write_text("The vault opens at nine every morning and closes at five.\n")
         spec = where.parent / "vault.yaml"
         spec.write_text("name: vault\npath: vault-docs\ntoken_endpoint: asker\n"
-                        "llm: {endpoint: asker, model: ragchat, max_tokens: 8}\n")
+                        "llm: {endpoint: asker, model: ragchat, max_tokens: 8, temperature: 0}\n")
         assert _json("rags", "create", "-f", str(spec), "--wait")["status"] == "ACTIVE"
         assert "asker" in _ok(mlyard("rags", "show", "vault"))
         _deployed("vault")
