@@ -211,9 +211,10 @@ def validate(spec: EndpointSpec | StageSpec | dict | str | Path, *, echo=print, 
 
 
 def chat(endpoint: str, *, stage: str | None = None, token: str | None = None, model: str | None = None,
-         read=input, write=print, max_tokens: int = 256) -> int:
+         read=input, write=print, max_tokens: int = 256, temperature: float | None = None) -> int:
     """Backend.AI's LLM chat test in a terminal: each line read is sent with the conversation so far to
-    the endpoint's OpenAI chat route, and the answer is written as it streams. Returns the turns taken."""
+    the endpoint's OpenAI chat route, and the answer is written as it streams (temperature unset: the
+    model's own; 0: greedy). Returns the turns taken."""
     view = _endpoints().get(endpoint)
     st = next((s for s in view["stages"] if s["name"] == (stage or view["default_stage"])), None)
     if st is None:
@@ -231,7 +232,8 @@ def chat(endpoint: str, *, stage: str | None = None, token: str | None = None, m
         if line.strip() in ("", "/exit", "/quit"):
             return turns
         messages.append({"role": "user", "content": line})
-        body = json.dumps({"model": name, "messages": messages, "stream": True, "max_tokens": max_tokens}).encode()
+        body = json.dumps({"model": name, "messages": messages, "stream": True, "max_tokens": max_tokens,
+                           **({} if temperature is None else {"temperature": temperature})}).encode()
         headers = {"content-type": "application/json", **({"authorization": f"Bearer {token}"} if token else {})}
         req = urllib.request.Request(url, data=body, headers=headers)
         answer = []

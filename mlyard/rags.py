@@ -296,12 +296,12 @@ def _ingestion_view(h: Any) -> dict[str, Any]:
             "skipped_files": h.skipped, "reason": h.reason}
 
 
-UPDATABLE = ("description", "prompt", "top_k", "llm.max_tokens", "llm.timeout_seconds")
+UPDATABLE = ("description", "prompt", "top_k", "llm.max_tokens", "llm.temperature", "llm.timeout_seconds")
 
 
 def update(name: str, sets: dict[str, Any]) -> dict[str, Any]:
     """Change what a RAG answers with, without ingesting again: its description, prompt template,
-    top_k, and the LLM's max_tokens and timeout. Its query service takes the change within 2 s."""
+    top_k, and the LLM's max_tokens, temperature and timeout. Its query service takes the change within 2 s."""
     from mlyard.specs.common import merged
 
     settings = connect()

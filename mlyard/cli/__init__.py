@@ -51,6 +51,7 @@ for group, name in ((trainings.app, "trainings"), (tunings.app, "tunings"), (bat
                     (pipelines.runs_app, "pipeline-runs"), (rags.app, "rags"),
                     (stack.ui_app, "ui")):
     app.add_typer(group, name=name)
+app.add_typer(rags.app, name="rag", hidden=True)  # `mlyard rag search ...` as the issue first spelled it
 
 
 

@@ -236,6 +236,10 @@ def endpoints_validate(file: Path = typer.Argument(..., help="An endpoint spec o
 def endpoints_chat(endpoint: str, stage: Optional[str] = typer.Option(None, "--stage"),
                    token: Optional[str] = typer.Option(None, "--token", envvar="MLYARD_ENDPOINT_TOKEN",
                                                        help="A token of the endpoint (or MLYARD_ENDPOINT_TOKEN)."),
-                   max_tokens: int = typer.Option(256, "--max-tokens")) -> None:
+                   max_tokens: int = typer.Option(256, "--max-tokens"),
+                   temperature: Optional[float] = typer.Option(
+                       None, "--temperature", min=0, max=2,
+                       help="Sampling temperature, 0 to 2 (0: greedy, the same answer every time); unset, the "
+                            "model's own.")) -> None:
     """Chat with an endpoint's generative model in the terminal (its OpenAI route, streamed); empty line ends."""
-    guard(lambda: _api().chat(endpoint, stage=stage, token=token, max_tokens=max_tokens))
+    guard(lambda: _api().chat(endpoint, stage=stage, token=token, max_tokens=max_tokens, temperature=temperature))

@@ -81,8 +81,8 @@ def rags_show(name: str, prompt: bool = typer.Option(False, "--prompt", help="Pr
 
 @app.command("update")
 def rags_update(name: str, sets: Optional[list[str]] = SETS, as_json: bool = JSON) -> None:
-    """Change the description, prompt template, top_k, llm.max_tokens or llm.timeout_seconds (no new
-    ingestion): --set prompt="...{context}...{question}..."; the query service takes it within 2 s."""
+    """Change the description, prompt template, top_k, llm.max_tokens, llm.temperature or
+    llm.timeout_seconds (no new ingestion): --set prompt="...{context}...{question}..."; the query service takes it within 2 s."""
     view = guard(lambda: _api().update(name, parse_sets(sets)))
     emit(view, True) if as_json else _print(view)
 

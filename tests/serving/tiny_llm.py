@@ -1,6 +1,6 @@
 """A tiny randomly initialised chat model saved as a transformers directory, made offline in well under
 a second: a byte-level BPE tokenizer trained on a few sentences, a chat template, and a one-layer Llama.
-Its words are random; the tests check the protocol, not the prose. Run as a script (it imports torch
+Its words are random (greedy, visible ones: see build); the tests check the protocol, not the prose. Run as a script (it imports torch
 and transformers, which the test process itself should not carry): `python tiny_llm.py DEST [CONTEXT]`."""
 
 from __future__ import annotations
@@ -32,7 +32,17 @@ def build(dest: str, context: int = 256) -> None:
                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=context,
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                          pad_token_id=tok.pad_token_id, tie_word_embeddings=True)
-    LlamaForCausalLM(config).save_pretrained(dest)
+    model = LlamaForCausalLM(config)
+    # Greedy, the random weights favour a newline every time, and a client that drops empty lines (the
+    # console guide's curl + jq script does) would then show nothing. The tokens that decode to no printable
+    # text (whitespace, control bytes, part of a UTF-8 character) get a zero embedding, tied with the output
+    # layer, so a logit of 0: a printable token wins the argmax.
+    with torch.no_grad():
+        for token_id in range(len(tok)):
+            text = tok.decode([token_id])
+            if token_id not in tok.all_special_ids and not (text.strip() and text.isprintable() and "\ufffd" not in text):
+                model.get_input_embeddings().weight[token_id] = 0.0
+    model.save_pretrained(dest)
     tok.save_pretrained(dest)
 
 
