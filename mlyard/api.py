@@ -148,12 +148,12 @@ def _is_failure(exc: MlyardError) -> bool:
 
 
 def _submit(action: Action, spec, pool: str) -> Submitted:
-    from prefect.deployments import run_deployment
+    from mlyard.submit import submit
 
     deployment = f"{action.deployment}/{pool}"
-    fr: Any = run_deployment(deployment, parameters={"spec": spec.model_dump(mode="json")}, timeout=0,
-                             job_variables=spec.job_variables() if pool == "gpu" and hasattr(spec, "job_variables") else {})
-    return Submitted(str(fr.id), fr.name, deployment, pool)
+    fr = submit(deployment, {"spec": spec.model_dump(mode="json")},
+                job_variables=spec.job_variables() if pool == "gpu" and hasattr(spec, "job_variables") else {})
+    return Submitted(fr["id"], fr["name"], deployment, pool)
 
 
 def train(spec: TrainingSpec | dict | str | Path, *, sets: dict[str, Any] | None = None, submit: bool = False,

@@ -53,10 +53,10 @@ def _endpoints(p=None):
 def _run(flow_name: str, module_fn: str, spec: Any, submit: bool) -> Any:
     """Run a flow here (its result, or RunFailed with why) or queue it on the local pool."""
     if submit:
-        from prefect.deployments import run_deployment
+        from mlyard.submit import submit
 
-        fr: Any = run_deployment(f"{flow_name}/local", parameters={"spec": spec.model_dump(mode="json")}, timeout=0)
-        return {"flow_run_id": str(fr.id), "flow_run": fr.name, "deployment": f"{flow_name}/local",
+        fr = submit(f"{flow_name}/local", {"spec": spec.model_dump(mode="json")})
+        return {"flow_run_id": fr["id"], "flow_run": fr["name"], "deployment": f"{flow_name}/local",
                 "status": "CREATE REQUESTED"}
     import importlib
 

@@ -213,17 +213,23 @@ class _Unreachable(Exception):
 
 
 def _remote(url: str, name: str, kwargs: dict[str, Any]) -> Any:
-    req = urllib.request.Request(f"{url}/v1/queries/{name}", data=json.dumps(kwargs).encode(),
+    return post(url, f"/v1/queries/{name}", kwargs)
+
+
+def post(url: str, path: str, body: dict[str, Any]) -> Any:
+    """POST `body` as JSON to the mlyard API at `url`: its JSON answer, or its error raised as the same
+    mlyard class; _Unreachable when nothing answers there."""
+    req = urllib.request.Request(f"{url}{path}", data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"}, method="POST")
     try:
         with urllib.request.urlopen(req, timeout=QUERY_TIMEOUT_SECONDS) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as exc:
-        body = exc.read()
+        raw = exc.read()
         try:
-            problem = json.loads(body)["error"]
+            problem = json.loads(raw)["error"]
         except (ValueError, KeyError, TypeError):
-            raise MlyardError(f"the mlyard API at {url} answered {exc.code}: {body[:300]!r}") from None
+            raise MlyardError(f"the mlyard API at {url} answered {exc.code}: {raw[:300]!r}") from None
         raise as_error(problem) from None
     except (urllib.error.URLError, ConnectionError) as exc:
         raise _Unreachable(str(exc)) from exc

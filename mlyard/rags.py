@@ -76,12 +76,11 @@ def _check(settings: Settings, spec: RagSpec) -> None:
                                                                  f"answers POST …/embeddings: {why}") from None
 
 
-def _submit(name: str, wait: bool, timeout_seconds: float) -> str:
-    from prefect.deployments import run_deployment
+def _submit(name: str) -> str:
+    """Queue an ingestion (a flow run of rag-sync/local; through the warm mlyard API when it runs)."""
+    from mlyard.submit import submit
 
-    fr: Any = run_deployment(f"{FLOW_RAG_SYNC}/local", parameters={"spec": {"rag": name}},
-                             timeout=timeout_seconds if wait else 0, tags=[f"mlyard.rag:{name}"])
-    return str(fr.id)
+    return submit(f"{FLOW_RAG_SYNC}/local", {"spec": {"rag": name}}, tags=[f"mlyard.rag:{name}"])["id"]
 
 
 def create(spec: RagSpec | dict | str | Path, *, sets: dict[str, Any] | None = None, wait: bool = False,
@@ -94,7 +93,7 @@ def create(spec: RagSpec | dict | str | Path, *, sets: dict[str, Any] | None = N
     store = _rags(settings)
     record = store.create(spec.name, spec.model_dump(mode="json"))
     try:
-        run_id = _submit(spec.name, False, timeout_seconds)
+        run_id = _submit(spec.name)
     except Exception:
         store.remove(spec.name)  # nothing half-made: no run, no record
         raise
@@ -111,7 +110,7 @@ def sync(name: str, *, wait: bool = False, timeout_seconds: float = 3600) -> dic
     _settle(settings, name)
     store.begin_sync(name)
     try:
-        run_id = _submit(name, False, timeout_seconds)
+        run_id = _submit(name)
     except Exception:
         store.set_status(name, "UPDATE FAILED", "its sync run could not be created")
         raise

@@ -2,10 +2,12 @@
 
 It answers the queries of mlyard/queries.py (every list and show, the registry check before a batch
 or an evaluation) with Prefect's client, MLflow and the catalog already imported and connected, so a
-CLI command pays for none of that. It reads only what the CLI would read itself and changes nothing;
-runs are still started by the CLI, the Python API or the Prefect UI.
+CLI command pays for none of that. It reads only what the CLI would read itself. Its one write is the
+flow run a command queues (mlyard/submit.py), made with Prefect's own `run_deployment` exactly as the
+command would make it; everything the command checks is checked before it asks.
 
     POST /v1/queries/{name}   JSON body: the query's arguments -> its JSON answer
+    POST /v1/runs             {"deployment", "parameters", "tags", "job_variables"} -> {"id", "name"}
                               an error: {"error": {"type", "message", "status"}} with that HTTP status
     GET  /health              {"status": "ok"} once warm
     GET  /docs                the OpenAPI page
@@ -40,14 +42,23 @@ def create_app():
         fn = QUERIES.get(name)
         if fn is None:
             return JSONResponse(error_body(_unknown(name)), status_code=400)
+        return _answer(fn, arguments, f"query {name}")
+
+    @app.post("/v1/runs")
+    def runs(run: dict[str, Any] = Body(...)) -> Response:  # noqa: B008
+        from mlyard.submit import create_run
+
+        return _answer(create_run, run, "run")
+
+    def _answer(fn, arguments: dict[str, Any], what: str) -> Response:
         try:
             answer = fn(**arguments)
-        except TypeError as exc:  # arguments that do not fit the query
-            return JSONResponse(error_body(_bad_arguments(name, exc)), status_code=400)
+        except TypeError as exc:  # arguments that do not fit
+            return JSONResponse(error_body(_bad_arguments(what, exc)), status_code=400)
         except Exception as exc:  # noqa: BLE001 - every error goes back to the caller, as the same class
             body = error_body(exc)
             if body["error"]["status"] >= 500:
-                log.exception("query %s failed", name)
+                log.exception("%s failed", what)
             return JSONResponse(body, status_code=body["error"]["status"])
         return Response(json.dumps(answer, default=str), media_type="application/json")
 
@@ -60,10 +71,10 @@ def _unknown(name: str):
     return SpecError("query", name, f"one of {', '.join(sorted(QUERIES))}")
 
 
-def _bad_arguments(name: str, exc: TypeError):
+def _bad_arguments(what: str, exc: TypeError):
     from mlyard.errors import SpecError
 
-    return SpecError(f"query {name}", str(exc), "the query's own arguments (see mlyard/queries.py)")
+    return SpecError(what, str(exc), "its own arguments (see mlyard/queries.py and mlyard/submit.py)")
 
 
 def warm_up() -> None:
@@ -74,6 +85,7 @@ def warm_up() -> None:
     queries.experiments_list()
     queries.models_list()
     queries.templates_list()
+    import prefect.deployments  # noqa: F401 - for the first run a command queues (POST /v1/runs)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -81,3 +81,59 @@ print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & {"prefect", "ml
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def _cancel(flow_run_id: str) -> dict:
+    """Read a queued run back from Prefect (cancelled at once: the run is only looked at)."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled
+
+    with get_client(sync_client=True) as client:
+        fr = client.read_flow_run(UUID(flow_run_id))
+        client.set_flow_run_state(fr.id, Cancelled(message="looked at by a test"), force=True)
+        deployment = client.read_deployment(fr.deployment_id)
+    return {"deployment": f"{deployment.name}", "parameters": fr.parameters, "tags": fr.tags}
+
+
+def test_a_command_queues_its_run_through_the_api_without_importing_prefect(stack, platform):
+    """What takes 2-3 s off `mlyard rags sync` and every --submit: the warm API makes the flow run."""
+    import subprocess
+    import sys
+
+    code = """
+import json, sys
+from mlyard.submit import submit
+run = submit("rag-sync/local", {"spec": {"rag": "nosuch"}}, tags=["mlyard.test:queued"])
+print(json.dumps([run, sorted({m.split('.')[0] for m in sys.modules} & {"prefect", "mlflow", "sqlalchemy"})]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    run, imported = json.loads(out.stdout.strip().splitlines()[-1])
+    assert imported == [] and run["name"]
+    queued = _cancel(run["id"])  # the deployment's own tags join the run's, as Prefect adds them
+    assert (queued["deployment"], queued["parameters"]) == ("local", {"spec": {"rag": "nosuch"}})
+    assert "mlyard.test:queued" in queued["tags"]
+
+
+def test_queueing_errs_as_the_same_class_and_message_and_falls_back_without_the_api(stack, platform, monkeypatch):
+    from mlyard import submit
+    from mlyard.errors import StackError
+
+    def refuse(**_):
+        raise AssertionError("made in the test process, not by the mlyard API")
+
+    with monkeypatch.context() as m:
+        m.setattr(submit, "create_run", refuse)
+        with pytest.raises(StackError, match="no deployment 'no-such-flow/local'") as remote:
+            submit.submit("no-such-flow/local", {})
+    with pytest.raises(StackError) as here:
+        submit.create_run("no-such-flow/local", {}, [], {})
+    assert str(remote.value) == str(here.value) and "mlyard up" in str(here.value)
+
+    with socket.socket() as s:  # the API went away since `up`: the run is made here
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setattr(queries, "api_url", lambda: closed)
+    run = submit.submit("rag-sync/local", {"spec": {"rag": "nosuch"}}, tags=["mlyard.test:here"])
+    assert "mlyard.test:here" in _cancel(run["id"])["tags"]
