@@ -24,7 +24,7 @@ def submit(deployment: str, parameters: dict[str, Any], *, tags: list[str] | Non
     `parameters` must be JSON (a spec's `model_dump(mode="json")`)."""
     from mlyard import queries
 
-    body = {"deployment": deployment, "parameters": parameters, "tags": tags or [],
+    body: dict[str, Any] = {"deployment": deployment, "parameters": parameters, "tags": tags or [],
             "job_variables": job_variables or {}}
     url = queries.api_url()
     if url is not None:
