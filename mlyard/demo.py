@@ -207,7 +207,7 @@ def rag_once(settings: Settings, out: Console) -> str:
     import mlyard.rags as rags
     from mlyard.errors import MlyardError
 
-    folder = settings.home_dir.parent / "rag-docs"
+    folder = settings.home_dir / "demo" / "rag-docs"  # with the rest of the embedded state, out of the git tree
     sys.path.insert(0, str(PROJECT_ROOT / "examples" / "rag"))
     import make_docs
 
