@@ -185,7 +185,7 @@ def ask(query: str, /, **kwargs: Any) -> Any:
     if url is not None:
         try:
             return _remote(url, query, kwargs)
-        except _Unreachable:
+        except Unreachable:
             pass  # stopped since `up` (or never started): the same answer, computed here
     return json.loads(json.dumps(QUERIES[query](**kwargs), default=str))
 
@@ -208,8 +208,8 @@ def api_url() -> str | None:
     return state.service_url
 
 
-class _Unreachable(Exception):
-    pass
+class Unreachable(Exception):
+    """Nothing answers at the mlyard API's address: the caller computes (or queues) it itself."""
 
 
 def _remote(url: str, name: str, kwargs: dict[str, Any]) -> Any:
@@ -218,7 +218,7 @@ def _remote(url: str, name: str, kwargs: dict[str, Any]) -> Any:
 
 def post(url: str, path: str, body: dict[str, Any]) -> Any:
     """POST `body` as JSON to the mlyard API at `url`: its JSON answer, or its error raised as the same
-    mlyard class; _Unreachable when nothing answers there."""
+    mlyard class; Unreachable when nothing answers there (the API stopped since `up`)."""
     req = urllib.request.Request(f"{url}{path}", data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"}, method="POST")
     try:
@@ -232,7 +232,7 @@ def post(url: str, path: str, body: dict[str, Any]) -> Any:
             raise MlyardError(f"the mlyard API at {url} answered {exc.code}: {raw[:300]!r}") from None
         raise as_error(problem) from None
     except (urllib.error.URLError, ConnectionError) as exc:
-        raise _Unreachable(str(exc)) from exc
+        raise Unreachable(str(exc)) from exc
 
 
 def error_body(exc: BaseException) -> dict[str, Any]:

@@ -30,7 +30,7 @@ def submit(deployment: str, parameters: dict[str, Any], *, tags: list[str] | Non
     if url is not None:
         try:
             return queries.post(url, "/v1/runs", body)
-        except queries._Unreachable:
+        except queries.Unreachable:
             pass  # stopped since `up`: the same run, made here
     return create_run(**body)
 

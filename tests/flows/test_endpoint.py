@@ -316,7 +316,7 @@ def test_chat_endpoint_streams_through_the_gateway(endpoint, platform, settings,
     lines = iter(["hello", "and again", ""])
     turns = api.chat("chat", read=lambda _prompt: next(lines),
                      write=lambda text="", **_: said.append(text), max_tokens=6, temperature=0)
-    # greedy (temperature 0): the tiny random model answers the same every time (blank lines, as it happens);
+    # greedy (temperature 0): the tiny random model answers the same printable text every time (tiny_llm.py);
     # sampled, it could stop at once and write nothing
     first = client.chat.completions.create(model="tinychat", messages=[{"role": "user", "content": "hello"}],
                                            max_tokens=6, temperature=0).choices[0].message.content

@@ -1,7 +1,8 @@
 """A tiny randomly initialised chat model saved as a transformers directory, made offline in well under
 a second: a byte-level BPE tokenizer trained on a few sentences, a chat template, and a one-layer Llama.
-Its words are random (greedy, visible ones: see build); the tests check the protocol, not the prose. Run as a script (it imports torch
-and transformers, which the test process itself should not carry): `python tiny_llm.py DEST [CONTEXT]`."""
+Its words are random (greedy, printable ones: see build); the tests check the protocol, not the prose.
+Run as a script (it imports torch and transformers, which the test process itself should not carry):
+`python tiny_llm.py DEST [CONTEXT]`."""
 
 from __future__ import annotations
 
