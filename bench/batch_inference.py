@@ -84,8 +84,8 @@ def spec(model_dir: Path, data: Path, out: Path, workers: int = 1) -> dict:
 
 
 def flow_rows_per_second(data: dict) -> tuple[float, float]:
+    from core.specs import BatchInferenceSpec
     from flows.batch_inference import batch_infer
-    from mlyard.specs import BatchInferenceSpec
 
     started = time.perf_counter()
     result = batch_infer(BatchInferenceSpec(**data))
@@ -95,11 +95,11 @@ def flow_rows_per_second(data: dict) -> tuple[float, float]:
 
 PEAK = """
 import json, resource, sys
-from mlyard.settings import Settings
-from mlyard.connection import connect
+from core.settings import Settings
+from core.connection import connect
 connect(Settings())
 from flows.batch_inference import batch_infer
-from mlyard.specs import BatchInferenceSpec
+from core.specs import BatchInferenceSpec
 r = batch_infer(BatchInferenceSpec(**json.loads(sys.argv[1])))
 print(json.dumps({"rows": r.rows, "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
 """

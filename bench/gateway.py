@@ -82,8 +82,8 @@ def main() -> None:
     from sklearn.ensemble import RandomForestClassifier
 
     import mlyard.endpoints as endpoints
+    from core.connection import gateway_url, read_state
     from flows.platform import Platform
-    from mlyard.connection import gateway_url, read_state
     from tasks import replicas as files
 
     X, y = load_breast_cancer(return_X_y=True)

@@ -50,7 +50,7 @@ def throughput(home: Path, copies: int) -> None:
     import quality
 
     import mlyard.rags as rags
-    from mlyard.specs.rag import RagSpec
+    from core.specs.rag import RagSpec
     from tasks.documents import chunk, parse
     from tasks.embeddings import embedder, tokenizer_for
 
@@ -127,8 +127,8 @@ def retrieval(home: Path, settings, total: int, queries: int) -> None:
     import quality
 
     import mlyard.rags as rags
-    from mlyard.connection import gateway_url, read_state
-    from mlyard.specs.rag import RagSpec
+    from core.connection import gateway_url, read_state
+    from core.specs.rag import RagSpec
     from registry.catalog import Catalog
     from registry.rags import Rags
     from tasks.documents import chunk, parse
@@ -187,7 +187,7 @@ def ttft(home: Path, settings, asks: int) -> None:
     import quality
 
     import mlyard.rags as rags
-    from mlyard.connection import gateway_url
+    from core.connection import gateway_url
     from serving.rag import build, context_of
 
     folder = home.parent / "bench-ttft"

@@ -85,7 +85,7 @@ def tagged_runs(tag: str) -> list:
 
 
 def store():
-    from mlyard.connection import connect
+    from core.connection import connect
     from registry.catalog import Catalog
     from registry.schedules import Schedules
 
@@ -119,7 +119,7 @@ def catchup(slots: int) -> None:
 
 def crash(slots: int, kills: int, settings, settle_seconds: float) -> None:
     import mlyard.schedules as schedules
-    from mlyard.connection import read_state
+    from core.connection import read_state
 
     state = read_state(settings)
     assert state is not None

@@ -22,8 +22,8 @@ def main() -> None:
     _stack.start()
     from prefect import flow
 
+    from core.specs import TrainingSpec
     from flows.training import train
-    from mlyard.specs import TrainingSpec
 
     src = Path(tempfile.mkdtemp()) / "noop"
     src.mkdir()

@@ -20,7 +20,7 @@ TRIALS = 40
 
 
 def spec(src: Path, name: str, parallel: int, sleep: float):
-    from mlyard.specs import TuningSpec, load_spec
+    from core.specs import TuningSpec, load_spec
 
     return load_spec(TuningSpec, {
         "name": name, "strategy": "random", "seed": 0, "max_trials": TRIALS, "parallel_trials": parallel,

@@ -1,11 +1,11 @@
 """Lifecycle flows: one module per action, each one @flow taking one typed spec.
 
-Importing this package points Prefect at the running platform (mlyard/connection.py) before any
+Importing this package points Prefect at the running platform (core/connection.py) before any
 flow module imports Prefect, so that `flows.training.train(spec)` called from Python records its run
 on the same server the CLI and the UI use, and never on a hidden temporary one. The documented way
 to call a flow from Python, with the checks the CLI makes, is `mlyard.train(spec)` (mlyard/api.py).
 """
 
-from mlyard.connection import connect_if_running
+from core.connection import connect_if_running
 
 connect_if_running()

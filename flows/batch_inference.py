@@ -21,10 +21,10 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled
 from pydantic import BaseModel, Field
 
+from core.errors import TrainingStopped
+from core.names import FLOW_BATCH, TAG_BATCH_ID, TAG_KIND, TAG_MODEL, TAG_MODEL_URI, TAG_NOTE
+from core.specs import BatchInferenceSpec, BatchJob, BatchShard
 from flows.platform import Platform
-from mlyard.errors import TrainingStopped
-from mlyard.names import FLOW_BATCH, TAG_BATCH_ID, TAG_KIND, TAG_MODEL, TAG_MODEL_URI, TAG_NOTE
-from mlyard.specs import BatchInferenceSpec, BatchJob, BatchShard
 from tasks import checks
 from tasks.batch import check_output, end_run, fingerprint, finish, load_model, run_workers, stage_inputs
 from tasks.orchestration import prefect_link, stopped_on_interrupt

@@ -11,9 +11,9 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
+from core.names import FLOW_BATCH_WORKER
+from core.specs import BatchJob
 from flows.platform import Platform
-from mlyard.names import FLOW_BATCH_WORKER
-from mlyard.specs import BatchJob
 from tasks.inference import run_job
 from tasks.orchestration import cancel_watch
 from tasks.transport import Follow

@@ -29,17 +29,16 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.platform import Platform
-from mlyard.connection import gateway_url
-from mlyard.errors import Protected, StackError
-from mlyard.names import (
+from core.connection import gateway_url
+from core.errors import Protected, StackError
+from core.names import (
     FLOW_ADD_STAGE,
     FLOW_DELETE_ENDPOINT,
     FLOW_DEPLOY_ENDPOINT,
     FLOW_PROMOTE_STAGE,
     FLOW_SYNC_ENDPOINT,
 )
-from mlyard.specs.endpoint import (
+from core.specs.endpoint import (
     DeletionSpec,
     EndpointSpec,
     PromotionSpec,
@@ -48,6 +47,7 @@ from mlyard.specs.endpoint import (
     StageSpec,
     SyncSpec,
 )
+from flows.platform import Platform
 from registry.endpoints import Endpoints
 from serving import modelfolder
 from tasks import replicas as files
@@ -197,7 +197,7 @@ def retry_stage(spec: PromotionSpec) -> dict[str, Any]:
     view = eps.get(spec.endpoint)
     st = next((s for s in view["stages"] if s["name"] == spec.stage), None)
     if st is None:
-        from mlyard.errors import NotFound
+        from core.errors import NotFound
 
         raise NotFound(f"{spec.endpoint}/{spec.stage}")
     home, gw = p.settings.home_dir, gateway_url(p.settings)

@@ -18,9 +18,7 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled
 from pydantic import BaseModel, Field
 
-from flows.batch_inference import batch_infer
-from flows.platform import Platform
-from mlyard.names import (
+from core.names import (
     FLOW_EVALUATE,
     TAG_BATCH_ID,
     TAG_BATCH_RUN_ID,
@@ -32,7 +30,9 @@ from mlyard.names import (
     TAG_STATUS_REASON,
     TAG_TASK,
 )
-from mlyard.specs import EvaluationSpec
+from core.specs import EvaluationSpec
+from flows.batch_inference import batch_infer
+from flows.platform import Platform
 from tasks.batch import load_model
 from tasks.evaluation_steps import check_classes, check_input, compare, record
 from tasks.orchestration import prefect_link, stopped_on_interrupt

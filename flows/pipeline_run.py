@@ -19,10 +19,10 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled
 from pydantic import BaseModel, Field
 
+from core.errors import RunFailed, TrainingStopped
+from core.names import FLOW_PIPELINE_RUN
+from core.specs.pipeline import PipelineRunSpec
 from flows.platform import Platform
-from mlyard.errors import RunFailed, TrainingStopped
-from mlyard.names import FLOW_PIPELINE_RUN
-from mlyard.specs.pipeline import PipelineRunSpec
 from registry.pipelines import Pipelines
 from tasks.orchestration import cancel_watch, stopped_on_interrupt
 from tasks.pipelines import fail, finish, prepare, run_local

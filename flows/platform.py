@@ -9,7 +9,7 @@ import tempfile
 from functools import cached_property
 from pathlib import Path
 
-from mlyard.settings import Settings, apply_engine_env
+from core.settings import Settings, apply_engine_env
 from registry import Catalog, Experiments, ModelRegistry, Templates, Tracking
 from tasks.storage import Storage
 

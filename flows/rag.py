@@ -24,9 +24,9 @@ from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 from pydantic import BaseModel, Field
 
-from mlyard.names import FLOW_RAG_SYNC
-from mlyard.settings import Settings
-from mlyard.specs.rag import RagSpec
+from core.names import FLOW_RAG_SYNC
+from core.settings import Settings
+from core.specs.rag import RagSpec
 from registry.catalog import Catalog
 from registry.rags import Rags
 from tasks.documents import Skipped, content_hash
@@ -72,7 +72,7 @@ def diff_step(p: _Parts, listing: Listing, store: VectorStore) -> Diff:
     new stamp."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from mlyard.errors import StorageError
+    from core.errors import StorageError
 
     def hashed(name: str) -> str | None:
         try:
@@ -100,7 +100,7 @@ def diff_step(p: _Parts, listing: Listing, store: VectorStore) -> Diff:
 def _model(p: _Parts, spec: RagSpec):
     """The embedding model: the RAG's running query service has it loaded (a sync then embeds through
     it, with no torch to import here), else it is loaded in this process (preloaded at the start)."""
-    from mlyard.specs.rag import DEFAULT_EMBEDDING_MODEL, EmbeddingSpec
+    from core.specs.rag import DEFAULT_EMBEDDING_MODEL, EmbeddingSpec
     from tasks.embeddings import embedder
     from tasks.rag import service_url
 
@@ -176,7 +176,7 @@ def rag_sync(spec: RagSyncSpec) -> RagSyncResult:
     counts: dict[str, float] = {}
     skipped: list[Skipped] = []
     try:
-        from mlyard.connection import read_state
+        from core.connection import read_state
 
         state = read_state(p.settings)
         store = VectorStore(conninfo(rag.vector_store, p.settings, state.vector_store_url if state else None), record.id)

@@ -11,7 +11,7 @@ import threading
 
 from prefect import flow, get_run_logger
 
-from mlyard.names import FLOW_SCHEDULER
+from core.names import FLOW_SCHEDULER
 
 
 @flow(name=FLOW_SCHEDULER, log_prints=True)
@@ -19,8 +19,8 @@ def scheduler(max_hours: float = 0.0) -> None:
     """Make the schedules' runs until cancelled; with `max_hours` > 0, end after that long."""
     from prefect.client.orchestration import get_client
 
-    from mlyard.connection import connect
-    from mlyard.settings import Settings
+    from core.connection import connect
+    from core.settings import Settings
     from registry.catalog import Catalog
     from registry.schedules import Schedules
     from tasks.scheduling import Scheduler, quick_retries

@@ -18,10 +18,10 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled
 from pydantic import BaseModel, Field
 
+from core.errors import SpecError, TrainingStopped
+from core.names import FLOW_TRAIN
+from core.specs import TrainingSpec
 from flows.platform import Platform
-from mlyard.errors import SpecError, TrainingStopped
-from mlyard.names import FLOW_TRAIN
-from mlyard.specs import TrainingSpec
 from tasks.orchestration import cancel_watch, stopped_on_interrupt
 from tasks.training import (
     LOG_NAME,

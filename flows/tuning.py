@@ -20,9 +20,8 @@ from prefect.states import Cancelled, Completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
-from flows.platform import Platform
-from mlyard.errors import SpecError, TuningFailed
-from mlyard.names import (
+from core.errors import SpecError, TuningFailed
+from core.names import (
     FLOW_TUNE,
     TAG_BEST_RUN_ID,
     TAG_BEST_TRIAL,
@@ -33,7 +32,8 @@ from mlyard.names import (
     TAG_TRAINING_NAME,
     TAG_TUNING_ID,
 )
-from mlyard.specs import TrainingSpec, TuningSpec
+from core.specs import TrainingSpec, TuningSpec
+from flows.platform import Platform
 from tasks.metrics import Metric
 from tasks.orchestration import cancel_watch, prefect_link, stopped_on_interrupt
 from tasks.training import check_locations, prepare_environment, stage_inputs

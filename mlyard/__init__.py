@@ -4,9 +4,9 @@ From Python (mlyard/api.py): `mlyard.train(spec)`, `mlyard.tune(spec)`, `mlyard.
 and `mlyard.evaluate(spec)` run on the platform `mlyard up` started (or the production servers named
 in settings), exactly as the CLI and the Prefect UI do.
 
-`mlyard.settings`, `mlyard.errors`, `mlyard.specs`, `mlyard.uris` and `mlyard.connection` are the
-shared vocabulary at the bottom: every package may import them and they import none of ours. The
-front door (`mlyard.cli`, `mlyard.api`, the stack, the demo) is on top; nothing imports it.
+The shared vocabulary (settings, errors, specs, URIs, names, the connection) is the `core` package at
+the bottom; this package is the front door on top (the CLI, this API, the stack, the demo), and
+nothing but tests imports it.
 """
 
 __version__ = "0.1.0"

@@ -22,11 +22,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from mlyard.connection import connect
-from mlyard.errors import BatchFailed, MlyardError, RunFailed, SpecError, TrainingFailed, TrainingStopped, TuningFailed
-from mlyard.names import FLOW_BATCH, FLOW_EVALUATE, FLOW_TRAIN, FLOW_TUNE
-from mlyard.settings import Settings
-from mlyard.specs import (
+from core.connection import connect
+from core.errors import BatchFailed, MlyardError, RunFailed, SpecError, TrainingFailed, TrainingStopped, TuningFailed
+from core.names import FLOW_BATCH, FLOW_EVALUATE, FLOW_TRAIN, FLOW_TUNE
+from core.settings import Settings
+from core.specs import (
     BatchInferenceSpec,
     EvaluationSpec,
     TrainingSpec,

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 from rich.console import Console
 
+from core.connection import connect
+from core.errors import StackError
+from core.settings import Settings
 from mlyard import api, stack
-from mlyard.connection import connect
-from mlyard.errors import StackError
-from mlyard.settings import Settings
 from mlyard.stack import PROJECT_ROOT
 
 SPEC = PROJECT_ROOT / "examples" / "train.yaml"
@@ -43,8 +43,8 @@ def run(settings: Settings, out: Console, keep_running: bool = True) -> None:
 
     # The examples' relative paths are relative to the project directory, wherever `mlyard demo` runs.
     out.rule("2. training (examples/sklearn_digits)")
+    from core.specs import TrainingSpec, load_spec_file
     from flows.platform import Platform
-    from mlyard.specs import TrainingSpec, load_spec_file
 
     spec = load_spec_file(TrainingSpec, SPEC)
     result = api.run(api.TRAINING, spec, base=PROJECT_ROOT)
@@ -154,7 +154,7 @@ def run(settings: Settings, out: Console, keep_running: bool = True) -> None:
 
 def pipeline_once(out: Console) -> str:
     import mlyard.pipelines as pipelines
-    from mlyard.errors import AlreadyExists
+    from core.errors import AlreadyExists
 
     try:
         pipelines.upload(PROJECT_ROOT / "examples" / "pipelines" / "example.yaml", name="example")
@@ -177,7 +177,7 @@ def schedule_once(out: Console) -> str:
     from datetime import datetime, timedelta, timezone
 
     import mlyard.schedules as schedules
-    from mlyard.errors import AlreadyExists
+    from core.errors import AlreadyExists
 
     start = (datetime.now(timezone.utc) - timedelta(minutes=3)).replace(second=0, microsecond=0)
     try:
@@ -205,7 +205,7 @@ def rag_once(settings: Settings, out: Console) -> str:
     import time
 
     import mlyard.rags as rags
-    from mlyard.errors import MlyardError
+    from core.errors import MlyardError
 
     folder = settings.home_dir / "demo" / "rag-docs"  # with the rest of the embedded state, out of the git tree
     sys.path.insert(0, str(PROJECT_ROOT / "examples" / "rag"))
@@ -301,7 +301,7 @@ def endpoint_once(settings: Settings, out: Console) -> str:
     import urllib.request
 
     import mlyard.endpoints as endpoints
-    from mlyard.errors import EndpointNotFound
+    from core.errors import EndpointNotFound
 
     try:  # a demo run before this one left its endpoint: start again
         for st in endpoints.show("digits")["stages"]:

@@ -25,17 +25,17 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from mlyard.api import load as _spec  # a spec from an object, a mapping or a YAML file, with --set merged
-from mlyard.connection import connect, gateway_url
-from mlyard.errors import MlyardError, RunFailed, SpecError
-from mlyard.names import (
+from core.connection import connect, gateway_url
+from core.errors import MlyardError, RunFailed, SpecError
+from core.names import (
     FLOW_ADD_STAGE,
     FLOW_DELETE_ENDPOINT,
     FLOW_DEPLOY_ENDPOINT,
     FLOW_PROMOTE_STAGE,
     FLOW_SYNC_ENDPOINT,
 )
-from mlyard.specs.endpoint import DeletionSpec, EndpointSpec, PromotionSpec, StageChangeSpec, StageSpec, SyncSpec
+from core.specs.endpoint import DeletionSpec, EndpointSpec, PromotionSpec, StageChangeSpec, StageSpec, SyncSpec
+from mlyard.api import load as _spec  # a spec from an object, a mapping or a YAML file, with --set merged
 
 
 def _platform():

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from mlyard.connection import read_state
-from mlyard.settings import Settings
+from core.connection import read_state
+from core.settings import Settings
 
 
 def prefect_ui(settings: Settings) -> str | None:

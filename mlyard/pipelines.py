@@ -20,13 +20,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from core.connection import connect
+from core.errors import PipelineRunNotFound, RunFailed, SpecError
+from core.names import FLOW_PIPELINE_RUN, TASK_FAIL_PIPELINE, TASK_FINISH_PIPELINE, TASK_RUN_PIPELINE
+from core.specs.common import NAME_PATTERN
+from core.specs.pipeline import PipelineRunSpec
 from mlyard.api import load as _spec
-from mlyard.connection import connect
-from mlyard.errors import PipelineRunNotFound, RunFailed, SpecError
-from mlyard.names import FLOW_PIPELINE_RUN, TASK_FAIL_PIPELINE, TASK_FINISH_PIPELINE, TASK_RUN_PIPELINE
 from mlyard.runs import Kind
-from mlyard.specs.common import NAME_PATTERN
-from mlyard.specs.pipeline import PipelineRunSpec
 
 PIPELINE_RUN = Kind(FLOW_PIPELINE_RUN, TASK_RUN_PIPELINE, "FAIL PIPELINE RUN", "pipeline run", PipelineRunNotFound,
                     "pipeline-runs", closing=TASK_FINISH_PIPELINE)
@@ -261,7 +261,7 @@ def copy(run_id: str, *, sets: dict[str, Any] | None = None, wait: bool = False)
 
 def delete_run(run_id: str) -> dict[str, Any]:
     """Delete a finished pipeline run: its Prefect flow run and its folder (refused while it runs)."""
-    from mlyard.errors import StillRunning
+    from core.errors import StillRunning
     from mlyard.runs import ACTIVE_STATUSES, delete_flow_runs
 
     view = show_run(run_id)

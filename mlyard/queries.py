@@ -23,8 +23,8 @@ import urllib.request
 from functools import lru_cache
 from typing import Any, Callable
 
-from mlyard import errors
-from mlyard.errors import MlyardError
+from core import errors
+from core.errors import MlyardError
 
 QUERY_TIMEOUT_SECONDS = 120.0
 
@@ -32,14 +32,14 @@ QUERY_TIMEOUT_SECONDS = 120.0
 @lru_cache(maxsize=1)
 def _platform():
     """One Platform per process: in the API its MLflow and catalog clients stay warm between queries."""
+    from core.connection import connect
     from flows.platform import Platform
-    from mlyard.connection import connect
 
     return Platform(connect())
 
 
 def _connected():
-    from mlyard.connection import connect
+    from core.connection import connect
 
     return connect()
 
@@ -110,8 +110,8 @@ def runs_list(kind: str, limit: int = 50) -> list[dict[str, Any]]:
 
 
 def batches_show(batch_id: str) -> dict[str, Any]:
+    from core.names import TAG_BATCH_ID
     from mlyard.links import links
-    from mlyard.names import TAG_BATCH_ID
     from mlyard.runs import BATCH, get_run
 
     p = _platform()
@@ -161,7 +161,7 @@ def model_reference(model: str) -> dict[str, Any]:
     """The `model` field of a batch inference or an evaluation as a pinned URI (an alias resolved to
     its version) and the registered version's framework; SpecError, naming the field, when it does
     not exist."""
-    from mlyard.specs import is_registry_ref
+    from core.specs import is_registry_ref
     from tasks import checks
 
     p = _platform()
@@ -193,8 +193,8 @@ def ask(query: str, /, **kwargs: Any) -> Any:
 def api_url() -> str | None:
     """The mlyard API of this home's running stack (None with a production Prefect server, or when
     `mlyard up` started none). Only files are read: no engine is imported or asked."""
-    from mlyard.connection import read_state
-    from mlyard.settings import Settings
+    from core.connection import read_state
+    from core.settings import Settings
 
     settings = Settings()
     if settings.prefect_api_url or os.environ.get("PREFECT__FLOW_RUN_ID"):

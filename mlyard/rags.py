@@ -20,12 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from core.connection import connect, read_state
+from core.errors import Protected, RunFailed, SpecError
+from core.names import FLOW_RAG_SYNC
+from core.settings import Settings
+from core.specs.rag import RagSpec
 from mlyard.api import load as _spec
-from mlyard.connection import connect, read_state
-from mlyard.errors import Protected, RunFailed, SpecError
-from mlyard.names import FLOW_RAG_SYNC
-from mlyard.settings import Settings
-from mlyard.specs.rag import RagSpec
 
 
 def _rags(settings: Settings):
@@ -301,7 +301,7 @@ UPDATABLE = ("description", "prompt", "top_k", "llm.max_tokens", "llm.temperatur
 def update(name: str, sets: dict[str, Any]) -> dict[str, Any]:
     """Change what a RAG answers with, without ingesting again: its description, prompt template,
     top_k, and the LLM's max_tokens, temperature and timeout. Its query service takes the change within 2 s."""
-    from mlyard.specs.common import merged
+    from core.specs.common import merged
 
     settings = connect()
     store = _rags(settings)
@@ -360,7 +360,7 @@ def _post(settings: Settings, route: str, body: dict[str, Any], token: str | Non
           timeout: float = 300.0) -> Any:
     import httpx
 
-    from mlyard.connection import gateway_url
+    from core.connection import gateway_url
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     client = httpx.Client(timeout=httpx.Timeout(timeout, connect=5.0))

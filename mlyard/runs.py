@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from mlyard.errors import BatchNotFound, EvaluationNotFound, NotFound, TrainingNotFound, TuningNotFound
-from mlyard.names import (
+from core.errors import BatchNotFound, EvaluationNotFound, NotFound, TrainingNotFound, TuningNotFound
+from core.names import (
     FLOW_BATCH,
     FLOW_EVALUATE,
     FLOW_TRAIN,

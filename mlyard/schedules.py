@@ -21,11 +21,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from core.connection import connect
+from core.errors import SpecError
+from core.names import FLOW_BATCH, FLOW_EVALUATE, FLOW_TRAIN, FLOW_TUNE
+from core.specs.schedule import ScheduleSpec
 from mlyard.api import load as _spec
-from mlyard.connection import connect
-from mlyard.errors import SpecError
-from mlyard.names import FLOW_BATCH, FLOW_EVALUATE, FLOW_TRAIN, FLOW_TUNE
-from mlyard.specs.schedule import ScheduleSpec
 
 PREVIEW_COUNT = 5
 
@@ -134,9 +134,9 @@ def _check_parameters(spec: ScheduleSpec, deployment: Any, base: Path) -> dict[s
     model_name = SPEC_MODELS.get(spec.deployment.split("/")[0] if spec.deployment else "")
     stored = dict(spec.parameters)
     if model_name and isinstance(sample.get("spec"), dict):
-        import mlyard.specs as specs
-        from mlyard.specs.common import load_spec
-        from mlyard.uris import absolute
+        import core.specs as specs
+        from core.specs.common import load_spec
+        from core.uris import absolute
 
         try:
             loaded = load_spec(getattr(specs, model_name), sample["spec"], "parameters.spec")
@@ -191,8 +191,8 @@ def create(spec_in: ScheduleSpec | dict | str | Path, *, sets: dict[str, Any] | 
 def _pipeline_target(spec: ScheduleSpec) -> ScheduleSpec:
     """A pipeline schedule runs the pipeline-run deployment; its parameters are the pipeline's run
     parameters, checked against its inputs (and what can run here) now."""
-    from mlyard.names import FLOW_PIPELINE_RUN
-    from mlyard.specs.pipeline import PipelineRunSpec
+    from core.names import FLOW_PIPELINE_RUN
+    from core.specs.pipeline import PipelineRunSpec
     from registry.catalog import Catalog
     from registry.pipelines import Pipelines
     from schedules.planning import render

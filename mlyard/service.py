@@ -66,13 +66,13 @@ def create_app():
 
 
 def _unknown(name: str):
-    from mlyard.errors import SpecError
+    from core.errors import SpecError
 
     return SpecError("query", name, f"one of {', '.join(sorted(QUERIES))}")
 
 
 def _bad_arguments(what: str, exc: TypeError):
-    from mlyard.errors import SpecError
+    from core.errors import SpecError
 
     return SpecError(what, str(exc), "its own arguments (see mlyard/queries.py and mlyard/submit.py)")
 

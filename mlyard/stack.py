@@ -20,9 +20,9 @@ import urllib.request
 from dataclasses import asdict
 from pathlib import Path
 
-from mlyard.connection import StackState, healthy, point_prefect, read_state
-from mlyard.errors import StackError
-from mlyard.settings import TELEMETRY_OFF_ENV, Settings
+from core.connection import StackState, healthy, point_prefect, read_state
+from core.errors import StackError
+from core.settings import TELEMETRY_OFF_ENV, Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PREFECT_YAML = PROJECT_ROOT / "infra" / "prefect.yaml"
@@ -396,7 +396,7 @@ def ensure_crash_detection() -> None:
     from prefect.events.schemas.automations import EventTrigger, Posture
     from prefect.events.schemas.events import ResourceSpecification
 
-    from mlyard.settings import UNRESPONSIVE_AFTER_SECONDS
+    from core.settings import UNRESPONSIVE_AFTER_SECONDS
 
     try:
         found = Automation.read(name=CRASH_AUTOMATION)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlyard.errors import StackError
+from core.errors import StackError
 
 
 def submit(deployment: str, parameters: dict[str, Any], *, tags: list[str] | None = None,

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from core.errors import TuningNotFound
 from mlyard import runs
-from mlyard.errors import TuningNotFound
 from mlyard.runs import TUNING, RunInfo
 
 FLOW_NAME = TUNING.flow

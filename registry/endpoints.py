@@ -27,8 +27,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mlyard.errors import AlreadyExists, EndpointNotFound, NotFound, Protected, SpecError
-from mlyard.specs.endpoint import (
+from core.errors import AlreadyExists, EndpointNotFound, NotFound, Protected, SpecError
+from core.specs.endpoint import (
     BUSY,
     ENDPOINT_STATUSES,
     GATEWAY_STATUSES,

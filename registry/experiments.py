@@ -8,8 +8,8 @@ from typing import Sequence
 
 from mlflow.entities import ViewType
 
-from mlyard.errors import AlreadyExists, ExperimentBusy, ExperimentNotFound
-from mlyard.names import TAG_KIND, TAG_NOTE, TAG_TRAINING_NAME
+from core.errors import AlreadyExists, ExperimentBusy, ExperimentNotFound
+from core.names import TAG_KIND, TAG_NOTE, TAG_TRAINING_NAME
 from registry.tracking import Tracking
 
 DESCRIPTION_TAG = TAG_NOTE

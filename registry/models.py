@@ -18,8 +18,8 @@ from typing import Any, Callable, Mapping
 import yaml
 from mlflow.exceptions import MlflowException
 
-from mlyard.errors import AlreadyExists, ModelInUse, ModelNotFound, SpecError, TrainingNotComplete
-from mlyard.names import (
+from core.errors import AlreadyExists, ModelInUse, ModelNotFound, SpecError, TrainingNotComplete
+from core.names import (
     TAG_FRAMEWORK,
     TAG_FRAMEWORK_VERSION,
     TAG_KIND,

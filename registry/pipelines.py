@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from mlyard.errors import AlreadyExists, PipelineNotFound, Protected
+from core.errors import AlreadyExists, PipelineNotFound, Protected
 from registry.catalog import Catalog, Pipeline, Schedule
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from mlyard.errors import AlreadyExists, Protected, RagNotFound
+from core.errors import AlreadyExists, Protected, RagNotFound
 from registry.catalog import Catalog, Rag, RagIngestion, utcnow
 
 BUSY = ("CREATE REQUESTED", "CREATE IN PROGRESS", "DELETE IN PROGRESS")

@@ -20,7 +20,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from mlyard.errors import AlreadyExists, Protected, ScheduleNotFound
+from core.errors import AlreadyExists, Protected, ScheduleNotFound
 from registry.catalog import Catalog, Schedule, ScheduleSlot
 
 SLOT_STATES = ("WAITING", "STARTED", "ENDED", "SKIPPED")

@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from mlyard.errors import AlreadyExists, TemplateNotFound
-from mlyard.specs import TrainingSpec, load_spec
+from core.errors import AlreadyExists, TemplateNotFound
+from core.specs import TrainingSpec, load_spec
 from registry.catalog import Catalog, TrainingTemplate
 
 

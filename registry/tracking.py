@@ -16,8 +16,8 @@ from mlflow.entities import Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mlyard.errors import ExperimentNotFound
-from mlyard.names import TAG_EXPERIMENT_KIND, TAG_TRAINING_ID
+from core.errors import ExperimentNotFound
+from core.names import TAG_EXPERIMENT_KIND, TAG_TRAINING_ID
 
 RunStatus = Literal["FINISHED", "FAILED", "KILLED"]
 MODEL_TRAINING = "custom_model_development"

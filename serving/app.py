@@ -29,7 +29,7 @@ from typing import Any, Awaitable
 import numpy as np
 import orjson
 
-from mlyard.errors import SpecError
+from core.errors import SpecError
 from serving import asgi, protocol
 from serving.batching import Batcher, ModelTimeout
 from serving.endpoint_stats import format_classes

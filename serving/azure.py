@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from mlyard.errors import SpecError
+from core.errors import SpecError
 from serving import asgi
 
 DEFAULT_PORT = 5001

@@ -29,7 +29,7 @@ from typing import Any, Callable
 import numpy as np
 import orjson
 
-from mlyard.errors import SpecError
+from core.errors import SpecError
 from serving.protocol import BadRequest
 
 WEIGHTS = (".pt", ".pth", ".bin")

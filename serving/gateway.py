@@ -440,7 +440,7 @@ class Autoscaler:
         self._leaving: dict[str, _Tracked | None] = {}  # taken out of routing, stopped once idle
 
     def step(self) -> None:
-        from mlyard.specs.endpoint import AutoscalingRule
+        from core.specs.endpoint import AutoscalingRule
         from serving.autoscale import decide
 
         home = self.gw.home
@@ -522,7 +522,7 @@ def _rss_mb(pid: int | None) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from mlyard.settings import Settings
+    from core.settings import Settings
     from serving import fastserver
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -538,7 +538,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings()
     check = HealthCheck(path="/v2/health/ready", interval=args.health_interval, max_retries=args.health_max_retries,
                         max_wait_time=2.0, expected_status_code=200, initial_delay=0.0)
-    from mlyard.connection import read_state
+    from core.connection import read_state
 
     state = read_state(settings)
     gw = Gateway(settings.home_dir, settings.catalog_db_url, check, max_in_flight=args.max_in_flight,

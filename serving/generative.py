@@ -30,7 +30,7 @@ from typing import Any, AsyncIterator, Iterator
 
 import orjson
 
-from mlyard.errors import SpecError
+from core.errors import SpecError
 from serving import asgi
 from serving.cache import cache_dir
 

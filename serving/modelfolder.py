@@ -23,7 +23,7 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from mlyard.errors import SpecError
+from core.errors import SpecError
 
 DEFINITION_NAMES = ("model-definition.yaml", "model-definition.yml")
 SERVICE_DEFINITION = "service-definition.toml"

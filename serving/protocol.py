@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from mlyard.errors import SpecError
+from core.errors import SpecError
 
 HEADER_LENGTH = "inference-header-content-length"
 

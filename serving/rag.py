@@ -324,9 +324,9 @@ def build(name: str) -> RagService:
     embedding model (loaded now), and where its LLM is."""
     import os
 
-    from mlyard.connection import gateway_url, read_state
-    from mlyard.settings import Settings
-    from mlyard.specs.rag import RagSpec
+    from core.connection import gateway_url, read_state
+    from core.settings import Settings
+    from core.specs.rag import RagSpec
     from registry.catalog import Catalog
     from registry.rags import Rags
     from serving.inference_log import InferenceLog
@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8090)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from mlyard.connection import connect_if_running
+    from core.connection import connect_if_running
 
     connect_if_running()
     service = build(args.rag)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from mlyard.errors import SpecError
+from core.errors import SpecError
 from serving import compiled, custom
 from serving.protocol import BadRequest
 

@@ -213,7 +213,7 @@ def serve_folder(folder: ModelFolder, host: str, port: int) -> None:
     from serving.server import run_app
 
     if port == folder.service.port:
-        from mlyard.errors import SpecError
+        from core.errors import SpecError
 
         raise SpecError("--port", port, f"another port than the service's own ({folder.service.port}), which the "
                         "proxy forwards to")

@@ -16,9 +16,9 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from mlyard.errors import BatchFailed, SpecError, StorageError
-from mlyard.names import TAG_STATUS_REASON, TASK_FINISH, TASK_RUN_WORKERS
-from mlyard.specs import BatchInferenceSpec, BatchJob, BatchShard, is_registry_ref
+from core.errors import BatchFailed, SpecError, StorageError
+from core.names import TAG_STATUS_REASON, TASK_FINISH, TASK_RUN_WORKERS
+from core.specs import BatchInferenceSpec, BatchJob, BatchShard, is_registry_ref
 from registry.models import ModelRegistry
 from registry.tracking import Tracking
 from tasks.inference import Model, Progress, RecordWatcher, fetch_model, run_job

@@ -7,9 +7,9 @@ input, model or alias is refused in one line before anything starts.
 
 from __future__ import annotations
 
-from mlyard.errors import ModelNotFound, SpecError, StorageNotFound
-from mlyard.specs import TrainingSpec, is_mlflow_uri, is_registry_ref
-from mlyard.uris import parse_uri
+from core.errors import ModelNotFound, SpecError, StorageNotFound
+from core.specs import TrainingSpec, is_mlflow_uri, is_registry_ref
+from core.uris import parse_uri
 
 
 def training_inputs(storage, spec: TrainingSpec) -> None:

@@ -14,8 +14,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
-from mlyard.errors import MlyardError
-from mlyard.specs.rag import DEFAULT_EMBEDDING_MODEL, EmbeddingSpec
+from core.errors import MlyardError
+from core.specs.rag import DEFAULT_EMBEDDING_MODEL, EmbeddingSpec
 from tasks.documents import HFTokenizer
 
 

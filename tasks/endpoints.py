@@ -21,7 +21,7 @@ from typing import Any, Callable
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from mlyard.errors import (
+from core.errors import (
     AlreadyExists,
     EndpointNotFound,
     MlyardError,
@@ -30,7 +30,7 @@ from mlyard.errors import (
     Protected,
     SpecError,
 )
-from mlyard.specs.endpoint import StageSpec, SyncSpec
+from core.specs.endpoint import StageSpec, SyncSpec
 from registry.endpoints import Endpoints, Version
 from tasks import replicas as files
 

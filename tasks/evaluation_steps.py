@@ -14,9 +14,9 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from mlyard.errors import BadRecord, BatchFailed, SpecError
-from mlyard.names import TASK_RECORD
-from mlyard.specs import MAX_CLASSES, MAX_EVALUATION_BYTES, EvaluationSpec
+from core.errors import BadRecord, BatchFailed, SpecError
+from core.names import TASK_RECORD
+from core.specs import MAX_CLASSES, MAX_EVALUATION_BYTES, EvaluationSpec
 from registry.tracking import Tracking
 from tasks.evaluation import Report, classification, plot_report, regression, thin_curves
 from tasks.metrics import Metric

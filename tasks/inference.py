@@ -29,8 +29,8 @@ from typing import Any, Callable
 
 import orjson
 
-from mlyard.errors import BadRecord, BatchFailed, TrainingStopped
-from mlyard.specs import BatchJob, BatchShard, is_mlflow_uri
+from core.errors import BadRecord, BatchFailed, TrainingStopped
+from core.specs import BatchJob, BatchShard, is_mlflow_uri
 from tasks.models import Model
 from tasks.outputs import Layout, ShardRecord, done_records
 from tasks.records import features, read_records
@@ -287,7 +287,7 @@ class RecordWatcher:
 # -- a local worker process ---------------------------------------------------------------------------
 
 def _main(job_file: str) -> int:
-    from mlyard.settings import Settings, apply_engine_env
+    from core.settings import Settings, apply_engine_env
 
     settings = Settings()  # from the environment the batch inference handed over
     apply_engine_env(settings)

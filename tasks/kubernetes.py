@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
-from mlyard.errors import SpecError
-from mlyard.names import param_environ
+from core.errors import SpecError
+from core.names import param_environ
 from tasks.replicas import CODE_KIND, health_path
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "infra" / "endpoint"

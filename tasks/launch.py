@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
-from mlyard.errors import TrainingFailed, TrainingStopped
-from mlyard.specs import TrainingSpec
+from core.errors import TrainingFailed, TrainingStopped
+from core.specs import TrainingSpec
 from tasks.metrics import Metric, MetricParser, MetricStream, latest
 
 TAIL_LINES = 20

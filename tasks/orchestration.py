@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from uuid import UUID
 
-from mlyard.names import TAG_PREFECT_URL
+from core.names import TAG_PREFECT_URL
 
 
 def prefect_link() -> dict[str, str]:

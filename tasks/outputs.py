@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from mlyard.errors import StorageNotFound
-from mlyard.specs import BatchShard
+from core.errors import StorageNotFound
+from core.specs import BatchShard
 from tasks.storage import Storage
 
 

@@ -15,9 +15,9 @@ from typing import Any, Callable
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from mlyard.errors import SpecError
-from mlyard.names import TASK_FAIL_PIPELINE, TASK_FINISH_PIPELINE, TASK_RUN_PIPELINE
-from mlyard.specs.pipeline import PipelineRunSpec
+from core.errors import SpecError
+from core.names import TASK_FAIL_PIPELINE, TASK_FINISH_PIPELINE, TASK_RUN_PIPELINE
+from core.specs.pipeline import PipelineRunSpec
 from registry.pipelines import Pipelines
 from tasks import kfp
 from tasks.launch import Supervisor
@@ -66,7 +66,7 @@ def run_local(run_dir: Path, on_line: Callable[[str], None], should_stop: Callab
               env: dict[str, str]) -> tuple[int, list[str]]:
     """kfp.local in its own process group (a stop ends every step it started); the exit code and the
     last lines it printed."""
-    from mlyard.errors import TrainingFailed
+    from core.errors import TrainingFailed
 
     sup = Supervisor([sys.executable, "-m", "tasks.kfp_runner", str(run_dir)], env, PROJECT_ROOT, on_line,
                      should_stop=should_stop)

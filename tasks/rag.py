@@ -14,8 +14,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from mlyard.errors import StorageError
-from mlyard.specs.rag import RagSpec
+from core.errors import StorageError
+from core.specs.rag import RagSpec
 from tasks.documents import Chunk, DocumentError, Entry, Skipped, chunk, content_hash, parse, select
 from tasks.vectorstore import VectorStore
 

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlyard.errors import MlyardError
+from core.errors import MlyardError
 
 CODE_KIND = "serving_kind"  # the parameter of a version pushed by `endpoints deploy --sync`: its kind
 HEALTH_PATHS = {"entry-script": "/", "model-folder": "/mlyard/health"}

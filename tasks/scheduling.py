@@ -134,7 +134,7 @@ def plan_of(record: ScheduleRecord) -> Plan:
     interval = spec.get("interval")
     seconds = None
     if interval:
-        from mlyard.specs.schedule import UNIT_SECONDS
+        from core.specs.schedule import UNIT_SECONDS
 
         seconds = int(interval["every"]) * UNIT_SECONDS[interval.get("unit", "minutes")]
     trig = trigger(spec.get("cron"), seconds, spec.get("timezone", "UTC"), anchor)
@@ -346,8 +346,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
-    from mlyard.connection import connect
-    from mlyard.settings import Settings
+    from core.connection import connect
+    from core.settings import Settings
     from registry.catalog import Catalog
 
     settings = connect(Settings())

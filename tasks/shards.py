@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mlyard.errors import SpecError
-from mlyard.specs import BatchShard
+from core.errors import SpecError
+from core.specs import BatchShard
 from tasks.storage import Storage, _glob_match
 
 MIN_SPLIT_BYTES = 1 << 20  # a JSONL file smaller than this is never cut

@@ -11,7 +11,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from mlyard.errors import StorageUnreachable
+from core.errors import StorageUnreachable
 from tasks.storage import Storage
 
 

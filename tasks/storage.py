@@ -17,9 +17,9 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
-from mlyard.errors import StorageError, StorageNotFound, StorageUnreachable
-from mlyard.settings import Settings
-from mlyard.uris import Location, parse_uri
+from core.errors import StorageError, StorageNotFound, StorageUnreachable
+from core.settings import Settings
+from core.uris import Location, parse_uri
 
 SUCCESS_MARKER = "_MLYARD_SUCCESS"
 _MISSING_CODES = {"NoSuchBucket", "NoSuchKey", "404", "NotFound"}

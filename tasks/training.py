@@ -14,8 +14,8 @@ from typing import Callable, Literal, Mapping
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from mlyard.errors import SpecError
-from mlyard.names import (
+from core.errors import SpecError
+from core.names import (
     TAG_ENTRY_POINT,
     TAG_KIND,
     TAG_NOTE,
@@ -25,7 +25,7 @@ from mlyard.names import (
     TAG_TRAINING_NAME,
     TASK_RUN_ENTRY_POINT,
 )
-from mlyard.specs import TrainingSpec
+from core.specs import TrainingSpec
 from registry.tracking import Tracking
 from tasks import checks
 from tasks.launch import ScriptRun, Workdirs, requirements_env, run_script

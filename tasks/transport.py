@@ -1,6 +1,6 @@
 """Where work runs: one seam (DESIGN §2).
 
-A job is a typed pydantic model holding its shards (`mlyard.specs.BatchJob` today; tuning trials,
+A job is a typed pydantic model holding its shards (`core.specs.BatchJob` today; tuning trials,
 serving replicas, KFP steps and RAG shards next). A `Transport` runs a list of jobs, one per worker,
 and reports through one `Follow`:
 
@@ -31,7 +31,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 from pydantic import BaseModel
 
-from mlyard.errors import JobFailed, TrainingFailed, TrainingStopped
+from core.errors import JobFailed, TrainingFailed, TrainingStopped
 
 EVENT_PREFIX = "@mlyard "
 ROOT = Path(__file__).resolve().parent.parent

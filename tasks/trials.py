@@ -17,9 +17,9 @@ import optuna
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from mlyard.errors import TrainingFailed, TrainingStopped
-from mlyard.names import TAG_PARENT_RUN_ID, TAG_TRIAL_NUMBER, TAG_TRIAL_STATE, TAG_TUNING_ID, TASK_TRIAL
-from mlyard.specs import TrainingSpec, TuningSpec
+from core.errors import TrainingFailed, TrainingStopped
+from core.names import TAG_PARENT_RUN_ID, TAG_TRIAL_NUMBER, TAG_TRIAL_STATE, TAG_TUNING_ID, TASK_TRIAL
+from core.specs import TrainingSpec, TuningSpec
 from registry.tracking import Tracking
 from tasks.orchestration import cancel_flow_run, submit
 from tasks.training import LOG_NAME, Inputs, close_run, launch, open_run, save_model

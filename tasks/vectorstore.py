@@ -15,9 +15,9 @@ import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from mlyard.errors import MlyardError
-from mlyard.settings import Settings
-from mlyard.specs.rag import VectorStoreSpec
+from core.errors import MlyardError
+from core.settings import Settings
+from core.specs.rag import VectorStoreSpec
 
 HNSW_MIN_CHUNKS = 10_000
 

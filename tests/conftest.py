@@ -62,7 +62,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 @pytest.fixture(scope="session")
 def settings():
-    from mlyard.settings import Settings
+    from core.settings import Settings
 
     return Settings()
 
@@ -102,7 +102,7 @@ def s3_server():
 
 @pytest.fixture()
 def s3_settings(s3_server, tmp_path):
-    from mlyard.settings import Settings
+    from core.settings import Settings
 
     return Settings(s3_endpoint_url=s3_server, s3_access_key_id="test", s3_secret_access_key="test",
                     obs_scheme="http", nas_mounts={"nas-1": str(tmp_path / "nas")})
@@ -209,7 +209,7 @@ def no_leaks(request):
     import mlflow
 
     assert mlflow.active_run() is None, "a test left an active MLflow run"
-    from mlyard.settings import Settings
+    from core.settings import Settings
     from mlyard.stack import read_state
 
     state = read_state(Settings())

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-PURE = ["mlyard.settings", "mlyard.errors", "mlyard.specs", "mlyard.uris", "mlyard.connection", "mlyard.api", "mlyard.cli",
+PURE = ["core.settings", "core.errors", "core.specs", "core.uris", "core.connection", "mlyard.api", "mlyard.cli",
         "mlyard.queries",
         "tasks.checks", "mlyard.trainings", "mlyard.runs", "tasks.launch", "tasks.evaluation", "tasks.metrics",
         # a batch worker process starts without Prefect:
@@ -52,27 +52,13 @@ def test_flow_parameter_schema_documents_every_field(flow_path, models):
 # -- imports run one way (DESIGN §2) ---------------------------------------------------------------
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
-VOCABULARY = {"mlyard.settings", "mlyard.errors", "mlyard.specs", "mlyard.uris", "mlyard.connection", "mlyard.names"}
-# What each layer may import of ours, bottom up; the front door (the rest of mlyard/) may import anything.
-MAY_IMPORT = {
-    "vocabulary": set(),
-    "tuning": set(),
-    "schedules": set(),
-    "serving": {"registry", "tasks"},
-    "registry": set(),
-    "tasks": {"registry", "tuning", "schedules"},
-    "flows": {"tasks", "registry", "tuning", "schedules", "serving"},
-}
-
-
-def _layer(module: str) -> str:
-    if module in VOCABULARY:
-        return "vocabulary"
-    top = module.split(".")[0]
-    return "front door" if top == "mlyard" else top
+# The floors, top to bottom (DESIGN §2); a folder may import only folders on a lower floor.
+FLOORS = [["mlyard"], ["flows"], ["serving"], ["tasks"], ["tuning", "registry"], ["schedules"], ["core"]]
+FLOOR = {folder: depth for depth, folders in enumerate(FLOORS) for folder in folders}
 
 
 def _imports(path) -> set[str]:
+    """Every module a file imports, at its top or lazily inside a function (ast.walk sees both)."""
     import ast
 
     found = set()
@@ -81,27 +67,42 @@ def _imports(path) -> set[str]:
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
-            found |= {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.ImportFrom):  # relative: resolve against the file's own package
+            raise AssertionError(f"{path}: relative import; write it absolute so the floors can be checked")
     return found
 
 
-def test_imports_run_one_way():
-    ours = set(MAY_IMPORT) - {"vocabulary"} | {"mlyard"}
+def _wrong_imports(root) -> list[str]:
     wrong = []
-    for path in sorted(ROOT.glob("*/**/*.py")):
-        rel = path.relative_to(ROOT)
-        if rel.parts[0] not in ours or "migrations" in rel.parts:
-            continue
-        module = ".".join(rel.with_suffix("").parts).removesuffix(".__init__")
-        layer = _layer(module)
-        if layer == "front door":
+    for path in sorted(root.glob("*/**/*.py")):
+        rel = path.relative_to(root)
+        folder = rel.parts[0]
+        if folder not in FLOOR or "migrations" in rel.parts:
             continue
         for imported in _imports(path):
-            if imported.split(".")[0] not in ours or imported == "mlyard":
-                continue
-            if imported in VOCABULARY or ".".join(imported.split(".")[:2]) in VOCABULARY:
-                continue
-            target = _layer(imported)
-            if target != layer and target not in MAY_IMPORT[layer]:
-                wrong.append(f"{module} ({layer}) imports {imported} ({target})")
+            target = imported.split(".")[0]
+            if target in FLOOR and target != folder and FLOOR[target] <= FLOOR[folder]:
+                wrong.append(f"{rel} ({folder}) imports {imported} ({target})")
+    return wrong
+
+
+def test_imports_run_one_way():
+    wrong = _wrong_imports(ROOT)
     assert not wrong, "imports that run back up:\n" + "\n".join(wrong)
+
+
+def test_the_floor_check_fails_on_an_import_that_runs_back_up(tmp_path):
+    """The check itself: a lazy import from core/ up to tasks/, and one between siblings, are caught."""
+    (tmp_path / "core").mkdir()
+    (tmp_path / "core" / "x.py").write_text("def f():\n    from tasks import launch\n")
+    (tmp_path / "tuning").mkdir()
+    (tmp_path / "tuning" / "y.py").write_text("import registry.models\nimport core.errors\n")
+    assert sorted(_wrong_imports(tmp_path)) == ["core/x.py (core) imports tasks (tasks)",
+                                               "tuning/y.py (tuning) imports registry.models (registry)"]
+
+
+def test_nothing_but_tests_imports_the_front_door():
+    users = [f"{rel}" for rel in (p.relative_to(ROOT) for p in ROOT.glob("*/**/*.py"))
+             if rel.parts[0] in FLOOR and rel.parts[0] != "mlyard"
+             and any(m.split(".")[0] == "mlyard" for m in _imports(ROOT / rel))]
+    assert users == []

@@ -89,7 +89,7 @@ def test_without_a_running_platform_every_entry_point_says_how_to_start_one(tmp_
     _one_line_error(proc, "mlyard up")
     proc = python("""
         import mlyard
-        from mlyard.errors import NotConnected
+        from core.errors import NotConnected
         try:
             mlyard.train({"name": "x", "source_uri": ".", "entry_point": "x.py"})
         except NotConnected as exc:

@@ -28,7 +28,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from mlyard.specs import KATIB_METRIC_PATTERN, HyperparameterSpec, TuningSpec
+from core.specs import KATIB_METRIC_PATTERN, HyperparameterSpec, TuningSpec
 
 STATE_ATTR = "katib_state"
 REASON_ATTR = "reason"

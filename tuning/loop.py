@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import optuna
 
-from mlyard.specs import TuningSpec
+from core.specs import TuningSpec
 from tuning.engine import (
     OBJECTIVE_ATTR,
     REASON_ATTR,

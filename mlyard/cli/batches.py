@@ -27,7 +27,7 @@ LIMIT = typer.Option(50, help="At most this many, newest first.")
 
 def batch(
     file: Path = typer.Option(..., "-f", "--file", help="Batch inference spec (YAML): model, input_uri, input_format, "
-                              "output_uri; its fields: mlyard/specs/batch.py."),
+                              "output_uri; its fields: core/specs/batch.py."),
     sets: Optional[list[str]] = SETS,
     submit: bool = SUBMIT,
     pool: str = POOL,

@@ -16,7 +16,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from mlyard.errors import MlyardError, RunFailed, SpecError, TrainingStopped
+from core.errors import MlyardError, RunFailed, SpecError, TrainingStopped
 
 # Scripts and pipes get wide tables rather than ids cut at 80 columns.
 out = Console(width=None if sys.stdout.isatty() else 200)
@@ -57,7 +57,7 @@ def guard(fn: Callable[[], Any]) -> Any:
 
 def connected():
     """Settings of the running platform (raises NotConnected, saying how to start it, when none runs)."""
-    from mlyard.connection import connect
+    from core.connection import connect
 
     return connect()
 

@@ -50,7 +50,7 @@ def _print_view(view: dict[str, Any]) -> None:
 @app.command("create")
 def endpoints_create(
     file: Path = typer.Option(..., "-f", "--file", help="Endpoint spec (YAML): name, description, public, and the "
-                              "default stage with its resources; fields: mlyard/specs/endpoint.py."),
+                              "default stage with its resources; fields: core/specs/endpoint.py."),
     sets: Optional[list[str]] = SETS, submit: bool = SUBMIT, as_json: bool = JSON,
 ) -> None:
     """Deploy an endpoint with its default stage: start its replicas, wait until they are healthy, route them."""

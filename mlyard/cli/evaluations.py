@@ -15,7 +15,7 @@ app = typer_app("List, inspect, compare and delete model evaluations.")
 
 def evaluate(
     file: Path = typer.Option(..., "-f", "--file", help="Evaluation spec (YAML): model, task, labelled input, "
-                              "label_field; its fields: mlyard/specs/evaluation.py."),
+                              "label_field; its fields: core/specs/evaluation.py."),
     sets: Optional[list[str]] = SETS,
     submit: bool = SUBMIT,
     pool: str = POOL,

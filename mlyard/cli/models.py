@@ -8,9 +8,9 @@ from typing import Any, Optional
 
 import typer
 
+from core.errors import SpecError
+from core.names import TAG_BEST_RUN_ID, TAG_KIND, TAG_TUNING_ID
 from mlyard.cli.common import JSON, ask, emit, guard, out, parse_sets, platform, typer_app
-from mlyard.errors import SpecError
-from mlyard.names import TAG_BEST_RUN_ID, TAG_KIND, TAG_TUNING_ID
 
 app = typer_app("The model registry (MLflow): models, versions, aliases.")
 
@@ -52,8 +52,8 @@ def models_create(
     import tempfile
 
     def go():
+        from core.uris import absolute
         from mlyard.trainings import get_training
-        from mlyard.uris import absolute
 
         if sum(map(bool, (from_training, from_tuning, artifact_uri))) != 1:
             raise SpecError("--from-training/--from-tuning/--artifact-uri", None, "give exactly one of them")

@@ -97,7 +97,7 @@ def _print_run(view: dict[str, Any]) -> None:
 @runs_app.command("create")
 def runs_create(
     file: Optional[Path] = typer.Option(None, "-f", "--file", help="Pipeline run spec (YAML): name, pipeline, "
-                                        "experiment, parameters, ...; fields: mlyard/specs/pipeline.py."),
+                                        "experiment, parameters, ...; fields: core/specs/pipeline.py."),
     pipeline: Optional[str] = typer.Option(None, "--pipeline", help="Or give the pipeline here (with --name)."),
     name: Optional[str] = typer.Option(None, "--name", help="The run's name."),
     params: Optional[list[str]] = typer.Option(None, "--param", help="A run parameter: --param epochs=3 (YAML value)."),

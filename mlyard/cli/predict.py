@@ -11,8 +11,8 @@ from typing import Any, Iterator, Optional
 
 import typer
 
+from core.errors import MlyardError, SpecError
 from mlyard.cli.common import err, guard
-from mlyard.errors import MlyardError, SpecError
 
 
 def predict(

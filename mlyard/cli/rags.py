@@ -52,7 +52,7 @@ def _store(store: Any) -> str:
 @app.command("create")
 def rags_create(
     file: Path = typer.Option(..., "-f", "--file", help="RAG spec (YAML): name, path, and optionally vector_store, "
-                              "embedding, llm, prompt, top_k; fields: mlyard/specs/rag.py."),
+                              "embedding, llm, prompt, top_k; fields: core/specs/rag.py."),
     sets: Optional[list[str]] = SETS, wait: bool = WAIT, as_json: bool = JSON,
 ) -> None:
     """Check a RAG spec (path, vector store, LLM endpoint), record it and start its first ingestion."""

@@ -60,7 +60,7 @@ def schedules_preview(
 @app.command("create")
 def schedules_create(
     file: Path = typer.Option(..., "-f", "--file", help="Schedule spec (YAML): name, deployment and parameters, "
-                              "cron or interval, window, max_concurrency, catchup; fields: mlyard/specs/schedule.py."),
+                              "cron or interval, window, max_concurrency, catchup; fields: core/specs/schedule.py."),
     sets: Optional[list[str]] = SETS, as_json: bool = JSON,
 ) -> None:
     """Check a schedule against its deployment and save it; the scheduler confirms it (ENABLED or DISABLED)."""

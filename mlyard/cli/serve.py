@@ -9,8 +9,8 @@ from typing import Optional
 
 import typer
 
+from core.errors import SpecError
 from mlyard.cli.common import ask, err, guard
-from mlyard.errors import SpecError
 
 
 def serve(
@@ -60,7 +60,7 @@ def serve(
     statistics, or an Azure ML entry script; prints its URL and runs until Ctrl-C."""
     import os
 
-    from mlyard.names import param_environ
+    from core.names import param_environ
 
     given = guard(lambda: _params(param))
     os.environ.update(param_environ(given))
@@ -126,7 +126,7 @@ def serve(
             return None
         if model is None:
             print(f"loading {chat_model} ...", file=sys.stderr, flush=True)
-        from mlyard.specs import is_registry_ref
+        from core.specs import is_registry_ref
 
         if chat_model.startswith("models:/") or (is_registry_ref(chat_model) and not Path(chat_model).exists()):
             path, registered_name, _, _ = _resolve(chat_model)  # a registered chat model (parameter task=chat)
@@ -169,7 +169,7 @@ def serve(
 
 
 def _registered(model: str) -> bool:
-    from mlyard.specs import is_registry_ref
+    from core.specs import is_registry_ref
 
     return model.startswith("models:/") or (is_registry_ref(model) and not Path(model).exists())
 
@@ -186,7 +186,7 @@ def _serve_folder(folder, service_port: int | None, host: str, port: int) -> Non
 
 def _params(pairs: list[str]) -> dict[str, str]:
     """--param NAME=VALUE strings as parameters."""
-    from mlyard.names import param_env_name
+    from core.names import param_env_name
 
     out: dict[str, str] = {}
     for pair in pairs:
@@ -212,7 +212,7 @@ def _listening(serve_fn, port: int) -> None:
 @functools.cache
 def _resolve(model: str) -> tuple[Path, str, str, dict[str, str]]:
     """(local directory, default name, version, the version's parameters) of a model reference."""
-    from mlyard.specs import is_mlflow_uri, is_registry_ref
+    from core.specs import is_mlflow_uri, is_registry_ref
 
     if is_registry_ref(model) or model.startswith("models:/"):
         found = ask("model_reference", model=model)  # models:/name/version, checked by the registry
@@ -234,7 +234,7 @@ def _fetch(uri: str, name: str, version: str) -> Path:
     import os
     import shutil
 
-    from mlyard.connection import connect
+    from core.connection import connect
     from tasks.inference import fetch_model
     from tasks.storage import Storage
 

@@ -8,7 +8,7 @@ from mlyard.cli.common import JSON, emit, err, guard, out, typer_app
 
 
 def _settings():
-    from mlyard.settings import Settings
+    from core.settings import Settings
 
     return Settings()
 

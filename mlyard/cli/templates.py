@@ -25,8 +25,8 @@ def templates_create(name: str, file: Path = typer.Option(..., "-f", "--file", h
                      description: str = typer.Option("", help="Shown in lists."), as_json: bool = JSON) -> None:
     """Save a training spec as a template (relative paths are stored absolute)."""
     def go():
+        from core.specs import TrainingSpec
         from mlyard.api import load
-        from mlyard.specs import TrainingSpec
 
         return platform().templates.create(name, load(TrainingSpec, file).resolved(Path.cwd()), description)
 
@@ -48,7 +48,7 @@ def templates_show(name: str, as_json: bool = JSON) -> None:
     if as_json:
         emit(t, True)
         return
-    from mlyard.specs import TrainingSpec
+    from core.specs import TrainingSpec
 
     spec = TrainingSpec.model_validate(t["spec"]).model_dump(mode="json", exclude_defaults=True)
     print(yaml.safe_dump(spec, sort_keys=False), end="")

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from core.errors import SpecError
 from mlyard.cli.common import (
     JSON,
     POOL,
@@ -21,13 +22,12 @@ from mlyard.cli.common import (
     stop,
     typer_app,
 )
-from mlyard.errors import SpecError
 
 app = typer_app("List, inspect, stop and copy trainings.")
 
 
 def train(
-    file: Optional[Path] = typer.Option(None, "-f", "--file", help="Training spec (YAML); its fields: mlyard/specs/training.py "
+    file: Optional[Path] = typer.Option(None, "-f", "--file", help="Training spec (YAML); its fields: core/specs/training.py "
                                         "(TrainingSpec), or the train/local form in the Prefect UI."),
     template: Optional[str] = typer.Option(None, "--template", "-t", help="Start from this training template."),
     sets: Optional[list[str]] = SETS,

@@ -14,7 +14,7 @@ app = typer_app("List, inspect, stop and copy hyperparameter tunings and their t
 
 def tune(
     file: Path = typer.Option(..., "-f", "--file", help="Tuning spec (YAML): training or template, strategy, "
-                              "parameters, objective; its fields: mlyard/specs/tuning.py."),
+                              "parameters, objective; its fields: core/specs/tuning.py."),
     sets: Optional[list[str]] = SETS,
     submit: bool = SUBMIT,
     pool: str = POOL,

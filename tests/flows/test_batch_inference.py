@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlyard.errors import SpecError
-from mlyard.specs import BatchInferenceSpec
+from core.errors import SpecError
+from core.specs import BatchInferenceSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -85,11 +85,11 @@ def test_two_worker_processes_share_one_big_file(platform, models, tmp_path, mon
 
 RUN_FLOW = """
 import json, sys
-from mlyard.settings import Settings
-from mlyard.connection import connect
+from core.settings import Settings
+from core.connection import connect
 connect(Settings())
 from flows.batch_inference import batch_infer
-from mlyard.specs import BatchInferenceSpec
+from core.specs import BatchInferenceSpec
 batch_infer(BatchInferenceSpec(**json.loads(sys.argv[1])))
 """
 
@@ -160,7 +160,7 @@ def test_bad_input_fails_before_anything_starts(platform, models, tmp_path):
         assert get_run(BATCH, str(state.state_details.flow_run_id)).status == "CREATE FAILED"
         assert not (tmp_path / "out").exists() and not (tmp_path / "in" / "out").exists()
     with pytest.raises(SpecError, match="output_uri"):
-        from mlyard.specs import load_spec
+        from core.specs import load_spec
 
         load_spec(BatchInferenceSpec, {"name": "x", "model": "m@a", "input_uri": str(path), "input_format": "jsonl",
                                        "output_uri": "ftp://nope"})

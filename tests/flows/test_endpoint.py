@@ -85,7 +85,7 @@ def endpoint(stack, settings, clf):
 
 def test_deploy_routes_tokens_and_stats(endpoint, settings):
     import mlyard.endpoints as api
-    from mlyard.connection import gateway_url
+    from core.connection import gateway_url
 
     gw = gateway_url(settings)
     url = endpoint["urls"]["default"]["clf"]
@@ -150,7 +150,7 @@ def test_deploy_routes_tokens_and_stats(endpoint, settings):
 
 def test_rules_are_refused_in_one_line(endpoint, platform, tmp_path):
     import mlyard.endpoints as api
-    from mlyard.errors import AlreadyExists, ModelInUse, Protected, SpecError
+    from core.errors import AlreadyExists, ModelInUse, Protected, SpecError
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: fraud2\nstage:\n  resources:\n    - model: nosuch@champion\n")
@@ -165,8 +165,8 @@ def test_rules_are_refused_in_one_line(endpoint, platform, tmp_path):
     with pytest.raises(SpecError, match="instance_type"):
         api.create({"name": "fraud5", "stage": {"instance_type": "g2-t4", "resources": [one]}})
     with pytest.raises(SpecError, match="max_replicas"):
-        from mlyard.specs import load_spec
-        from mlyard.specs.endpoint import AutoscalingRule
+        from core.specs import load_spec
+        from core.specs.endpoint import AutoscalingRule
 
         load_spec(AutoscalingRule, {"type": "scale_up", "metric_name": "rps", "comparator": "GREATER_THAN",
                                     "threshold": 1, "step_size": 1, "min_replicas": 3, "max_replicas": 2})
@@ -180,7 +180,7 @@ def test_rules_are_refused_in_one_line(endpoint, platform, tmp_path):
 def test_failed_deploy_rolls_back(endpoint, platform, settings, tmp_path):
     """A version whose model does not load: the replicas start and exit, the flow rolls back, nothing runs."""
     import mlyard.endpoints as api
-    from mlyard.errors import RunFailed
+    from core.errors import RunFailed
     from tasks import replicas as files
 
     broken = tmp_path / "broken"
@@ -199,8 +199,8 @@ def test_failed_deploy_rolls_back(endpoint, platform, settings, tmp_path):
 
 def test_promotion_under_load_loses_nothing_then_kill_and_gateway_restart(endpoint, settings, stack):
     import mlyard.endpoints as api
+    from core.connection import gateway_url, read_state
     from mlyard import stack as stack_mod
-    from mlyard.connection import gateway_url, read_state
     from tasks import replicas as files
 
     gw = gateway_url(settings)
@@ -300,7 +300,7 @@ def test_chat_endpoint_streams_through_the_gateway(endpoint, platform, settings,
     import openai
 
     import mlyard.endpoints as api
-    from mlyard.connection import gateway_url
+    from core.connection import gateway_url
 
     folder = tmp_path / "tinychat"
     subprocess.run([sys.executable, str(Path(__file__).parent.parent / "serving" / "tiny_llm.py"), str(folder)],
@@ -329,7 +329,7 @@ def test_autoscaling_rules_scale_replicas_up_and_down(endpoint, settings):
     """Backend.AI rules on a stage: more than 3 requests a second per replica adds one (max 2); under
     0.5 takes it away again (min 1). The gateway's loop applies what serving/autoscale.py decides."""
     import mlyard.endpoints as api
-    from mlyard.connection import gateway_url
+    from core.connection import gateway_url
 
     gw = gateway_url(settings)
     rules = [{"type": "scale_up", "metric_name": "requests_per_second", "comparator": "GREATER_THAN",
@@ -388,7 +388,7 @@ def test_a_kubernetes_stage_is_applied_then_rolled_back(endpoint, settings, tmp_
     from fake_kube import FakeKube
 
     import mlyard.endpoints as api
-    from mlyard.errors import RunFailed
+    from core.errors import RunFailed
     from tasks import replicas as files
 
     kube = FakeKube()

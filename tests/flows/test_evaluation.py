@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from mlyard.errors import SpecError
-from mlyard.specs import EvaluationSpec, load_spec
+from core.errors import SpecError
+from core.specs import EvaluationSpec, load_spec
 
 
 def _jsonl(path: Path, X, y) -> Path:
@@ -93,9 +93,9 @@ def test_regression_metrics_equal_sklearn_and_rmsle_is_not_applicable_with_negat
 
 
 def test_compare_and_delete(platform, models, tmp_path):
+    from core.errors import EvaluationNotFound
     from flows.evaluation import evaluate
     from mlyard import evaluations
-    from mlyard.errors import EvaluationNotFound
     from mlyard.runs import EVALUATION, get_run
 
     path = _jsonl(tmp_path / "labelled.jsonl", models["X"][:120], models["y"][:120])

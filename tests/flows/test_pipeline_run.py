@@ -138,7 +138,7 @@ def test_a_run_on_a_kubeflow_pipelines_server(stack):
     fake = KfpRestFake(reads_to_finish=2)
     try:
         code = ("from flows.pipeline_run import pipeline_run\n"
-                "from mlyard.specs.pipeline import PipelineRunSpec\n"
+                "from core.specs.pipeline import PipelineRunSpec\n"
                 "r = pipeline_run(PipelineRunSpec(name='on-kfp', pipeline='boxed', parameters={'text': 'hi'}))\n"
                 "print(r.pipeline_run_id)\n")
         env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8",

@@ -121,7 +121,7 @@ def test_create_sync_history_search_query_and_delete(stack, settings, tmp_path, 
 
     # the query route, as the seed's curl + jq script, the openai package and the CLI take it
     _deployed("handbook")
-    from mlyard.connection import gateway_url
+    from core.connection import gateway_url
 
     gw = gateway_url(settings)
     script = Path(__file__).resolve().parents[2] / "examples" / "rag" / "ask.sh"
@@ -151,7 +151,7 @@ def test_create_sync_history_search_query_and_delete(stack, settings, tmp_path, 
 
     # the query service's embeddings route is OpenAI's: the openai package, and mlyard's own client for an
     # `embedding.url` (what a sync uses once the service runs), both read it
-    from mlyard.specs.rag import EmbeddingSpec
+    from core.specs.rag import EmbeddingSpec
     from tasks.embeddings import ServiceEmbedder
     from tasks.rag import service_url
 
@@ -197,7 +197,7 @@ def test_a_private_chat_endpoint_writes_the_answers_and_its_tokens_open_the_rout
     import openai
 
     import mlyard.endpoints as endpoints
-    from mlyard.connection import gateway_url
+    from core.connection import gateway_url
 
     platform.models.create_from_directory("ragchat", tiny_llm, "file://ragchat", parameters={"task": "chat"},
                                           framework="transformers")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mlyard.errors import SpecError, StorageNotFound
-from mlyard.specs import TrainingSpec
+from core.errors import SpecError, StorageNotFound
+from core.specs import TrainingSpec
 
 TRAIN = """
 import json, os, sys, time

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mlyard.specs import TuningSpec, load_spec
+from core.specs import TuningSpec, load_spec
 
 TRIAL = """
 import json, os, sys, time
@@ -164,8 +164,8 @@ def test_stop_kills_running_trials(platform, algorithm, tmp_path):
 
 
 def test_unknown_template_is_refused_before_any_trial(platform, tmp_path):
+    from core.errors import TemplateNotFound
     from flows.tuning import tune
-    from mlyard.errors import TemplateNotFound
 
     spec = load_spec(TuningSpec, {"name": "tmpl", "template": "no-such-template", "strategy": "random",
                                   "parameters": [{"name": "x", "type": "int", "min": 1, "max": 3}],

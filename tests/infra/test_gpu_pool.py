@@ -31,7 +31,7 @@ def _render(template, values):
 
 
 def test_gpu_job_manifest_is_valid_and_asks_for_gpus(template, stack):
-    from mlyard.specs import TrainingSpec
+    from core.specs import TrainingSpec
 
     spec = TrainingSpec(name="big", source_uri="s3://b/algo", entry_point="train.py", image="registry.local/mlyard:gpu",
                         resources={"gpu_count": 2, "gpu_type": "NVIDIA-A100-SXM4-80GB", "cpu": 8, "memory": "64Gi"})

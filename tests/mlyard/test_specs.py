@@ -1,8 +1,8 @@
 import pytest
 
-from mlyard.errors import SpecError
-from mlyard.specs import MAX_DATASETS, MAX_HYPERPARAMETERS, TrainingSpec, load_spec, load_spec_file
-from mlyard.uris import parse_uri
+from core.errors import SpecError
+from core.specs import MAX_DATASETS, MAX_HYPERPARAMETERS, TrainingSpec, load_spec, load_spec_file
+from core.uris import parse_uri
 
 BASE = {"name": "t1", "source_uri": "examples/sklearn_digits", "entry_point": "train.py"}
 
@@ -70,7 +70,7 @@ def test_uris():
 
 
 def test_batch_and_evaluation_specs_name_the_bad_field():
-    from mlyard.specs import BatchInferenceSpec, EvaluationSpec, is_registry_ref
+    from core.specs import BatchInferenceSpec, EvaluationSpec, is_registry_ref
 
     base = {"name": "b", "model": "digits@champion", "input_uri": "s3://bucket/in", "input_format": "jsonl",
             "output_uri": "s3://bucket/out"}
@@ -96,9 +96,9 @@ def test_set_merges_into_nested_fields(tmp_path):
     """`--set objective.goal=0.9` and `--set training.hyperparameters.epochs=3` change one field each."""
     import yaml
 
+    from core.specs import TuningSpec
     from mlyard.api import load
     from mlyard.cli.common import parse_sets
-    from mlyard.specs import TuningSpec
 
     path = tmp_path / "tune.yaml"
     path.write_text(yaml.safe_dump({
@@ -112,7 +112,7 @@ def test_set_merges_into_nested_fields(tmp_path):
 
 
 def test_relative_paths_are_resolved_against_the_submitter(tmp_path):
-    from mlyard.specs import BatchInferenceSpec, TrainingSpec
+    from core.specs import BatchInferenceSpec, TrainingSpec
 
     t = TrainingSpec(name="t", source_uri="algo", entry_point="x.py", datasets={"a": "data/a", "b": "s3://b/k"},
                      output_uri="file:///abs").resolved(tmp_path)

@@ -1,8 +1,8 @@
 import pytest
 from sqlalchemy import inspect, text
 
-from mlyard.errors import AlreadyExists, SpecError, TemplateNotFound
-from mlyard.specs import TrainingSpec
+from core.errors import AlreadyExists, SpecError, TemplateNotFound
+from core.specs import TrainingSpec
 from registry import Templates
 from registry.catalog import Endpoint, EndpointStage, StageResource
 

@@ -2,9 +2,9 @@
 
 import pytest
 
-from mlyard.errors import AlreadyExists, EndpointNotFound, ModelInUse, Protected, SpecError
-from mlyard.specs import load_spec
-from mlyard.specs.endpoint import EndpointSpec, StageResourceSpec, StageSpec
+from core.errors import AlreadyExists, EndpointNotFound, ModelInUse, Protected, SpecError
+from core.specs import load_spec
+from core.specs.endpoint import EndpointSpec, StageResourceSpec, StageSpec
 from registry.endpoints import Endpoints
 
 

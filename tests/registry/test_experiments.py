@@ -1,7 +1,7 @@
 import pytest
 
-from mlyard.errors import AlreadyExists, ExperimentBusy, ExperimentNotFound
-from mlyard.names import TAG_KIND, TAG_TRAINING_NAME
+from core.errors import AlreadyExists, ExperimentBusy, ExperimentNotFound
+from core.names import TAG_KIND, TAG_TRAINING_NAME
 from registry import Experiments
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from mlyard.errors import ModelInUse, ModelNotFound, SpecError, TrainingNotComplete
+from core.errors import ModelInUse, ModelNotFound, SpecError, TrainingNotComplete
 from registry import ModelRegistry, serving_args, serving_env
 from registry.catalog import Endpoint, EndpointStage, StageResource
 

@@ -44,7 +44,7 @@ def test_catchup_concurrency_exactly_once_and_reclaim(stack):
     from prefect.states import Crashed
 
     import mlyard.schedules as schedules
-    from mlyard.connection import connect
+    from core.connection import connect
     from registry.catalog import Catalog
     from registry.schedules import Schedules
     from tasks.scheduling import Scheduler

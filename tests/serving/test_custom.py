@@ -69,7 +69,7 @@ HF_PROBE = """
 import json, sys
 from pathlib import Path
 from serving import custom
-from mlyard.errors import SpecError
+from core.errors import SpecError
 root = Path(sys.argv[1])
 rows = {"sequence_classification": ["the model is good", "bad"], "token_classification": ["hello world"],
         "fill_mask": ["the capital of france is [MASK]"], "text_generation": ["the model is"],

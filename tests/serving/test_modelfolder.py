@@ -14,7 +14,7 @@ import pytest
 import yaml
 from serving_http import MLYARD, call, free_port, start, stop
 
-from mlyard.errors import SpecError
+from core.errors import SpecError
 from serving import modelfolder
 from serving.health import DEGRADED, HEALTHY, UNHEALTHY, Health
 from serving.modelfolder import HealthCheck

@@ -6,7 +6,7 @@ from sklearn import metrics as skm
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
-from mlyard.errors import SpecError
+from core.errors import SpecError
 from tasks.evaluation import MAX_CLASSES, classification, regression
 
 

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from mlyard.errors import BadRecord, BatchFailed, SpecError
-from mlyard.specs import BatchJob, BatchShard
+from core.errors import BadRecord, BatchFailed, SpecError
+from core.specs import BatchJob, BatchShard
 from tasks.inference import Model, Worker
 from tasks.outputs import Layout
 from tasks.records import read_records

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlyard.errors import SpecError
+from core.errors import SpecError
 from tasks import kfp
 
 EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples" / "pipelines"
@@ -152,8 +152,8 @@ def test_a_run_on_a_kfp_server_is_submitted_followed_and_terminated(tmp_path):
     REST API (tests/tasks/kfp_rest_fake.py): no KFP server can run here (it needs a Kubernetes cluster)."""
     from kfp_rest_fake import KfpRestFake
 
-    from mlyard.errors import TrainingStopped
-    from mlyard.specs.pipeline import PipelineRunSpec
+    from core.errors import TrainingStopped
+    from core.specs.pipeline import PipelineRunSpec
     from tasks.kfp_remote import run_remote
 
     fake = KfpRestFake(reads_to_finish=3)

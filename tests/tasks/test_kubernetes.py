@@ -3,8 +3,8 @@ Kubernetes schema (no cluster: applying them is the endpoint flow's, tested agai
 
 import pytest
 
-from mlyard.errors import SpecError
-from mlyard.specs.endpoint import EndpointSpec, NodeAutoscaler, PodAutoscaler, StageResourceSpec, StageSpec
+from core.errors import SpecError
+from core.specs.endpoint import EndpointSpec, NodeAutoscaler, PodAutoscaler, StageResourceSpec, StageSpec
 from registry.endpoints import Endpoints
 from tasks import kubernetes as k8s
 

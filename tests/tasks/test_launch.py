@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from mlyard.errors import TrainingFailed, TrainingStopped
-from mlyard.specs import TrainingSpec
+from core.errors import TrainingFailed, TrainingStopped
+from core.specs import TrainingSpec
 from tasks.launch import Supervisor, Workdirs, build_invocation, requirements_env
 
 ECHO_ENV = """

@@ -1,5 +1,5 @@
 
-from mlyard.specs import KATIB_METRIC_PATTERN
+from core.specs import KATIB_METRIC_PATTERN
 from tasks.metrics import MetricParser, MetricStream, latest
 
 

@@ -8,7 +8,7 @@ change that makes retrieval worse fails here."""
 import sys
 from pathlib import Path
 
-from mlyard.specs.rag import RagSpec
+from core.specs.rag import RagSpec
 from tasks.documents import chunk, parse
 from tasks.embeddings import embedder, tokenizer_for
 from tasks.vectorstore import VectorStore

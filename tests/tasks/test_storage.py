@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from mlyard.errors import SpecError, StorageNotFound, StorageUnreachable
-from mlyard.settings import Settings
+from core.errors import SpecError, StorageNotFound, StorageUnreachable
+from core.settings import Settings
 from tasks.storage import SUCCESS_MARKER, Storage
 
 

@@ -5,8 +5,8 @@ import itertools
 import optuna
 import pytest
 
-from mlyard.errors import SpecError
-from mlyard.specs import TuningSpec, load_spec
+from core.errors import SpecError
+from core.specs import TuningSpec, load_spec
 from tuning import (
     KatibState,
     TrialCounts,

@@ -7,9 +7,9 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mlyard.specs.common import NAME_PATTERN, Resources, _check_uri, is_mlflow_uri, is_registry_ref
-from mlyard.specs.training import TrainingSpec
-from mlyard.uris import RELATIVE_PATHS, absolute
+from core.specs.common import NAME_PATTERN, Resources, _check_uri, is_mlflow_uri, is_registry_ref
+from core.specs.training import TrainingSpec
+from core.uris import RELATIVE_PATHS, absolute
 
 
 def _form_order(schema: dict[str, Any], cls: type) -> None:

@@ -188,7 +188,7 @@ class Settings(BaseSettings):
         env["MLFLOW_TRACKING_URI"] = self.mlflow_uri
         env["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
         # Prefect's default profile would start a hidden temporary server when no API URL is set;
-        # mlyard always names its server (mlyard/connection.py) and says so when none runs.
+        # mlyard always names its server (core/connection.py) and says so when none runs.
         env["PREFECT_SERVER_EPHEMERAL_ENABLED"] = "false"
         # Every flow run reports every 30 s (Prefect's minimum); `mlyard up` installs the automation that
         # marks a run whose reports stop (a killed process, a dead worker, a reboot) CRASHED.

@@ -11,8 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from mlyard.specs.common import NAME_PATTERN, _check_uri
-from mlyard.uris import absolute
+from core.specs.common import NAME_PATTERN, _check_uri
+from core.uris import absolute
 
 # The console's statuses of a RAG, and of its query route's deployment.
 RAG_STATUSES = ("CREATE REQUESTED", "CREATE IN PROGRESS", "ACTIVE", "UPDATE IN PROGRESS", "DELETE IN PROGRESS",

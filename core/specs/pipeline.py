@@ -10,8 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mlyard.specs.common import NAME_PATTERN, _check_uri
-from mlyard.uris import absolute
+from core.specs.common import NAME_PATTERN, _check_uri
+from core.uris import absolute
 
 # The console's statuses of a pipeline and of a pipeline run.
 PIPELINE_STATUSES = ("CREATE REQUESTED", "CREATE IN PROGRESS", "CREATE FAILED", "ACTIVE")

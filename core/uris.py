@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlparse
 
-from mlyard.errors import SpecError
+from core.errors import SpecError
 
 SCHEMES = ("s3", "obs", "nas", "file")
 _NAS = re.compile(r"^nas://(?P<id>[A-Za-z0-9_.-]+):/(?P<path>.*)$")

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from mlyard.specs.common import NAME_PATTERN
+from core.specs.common import NAME_PATTERN
 
 # The console's statuses of a schedule; ENABLED(EXPIRED) is ENABLED past its end time.
 SCHEDULE_STATUSES = ("CREATE REQUESTED", "CREATE FAILED", "ENABLED", "ENABLED(EXPIRED)", "DISABLED")

@@ -10,8 +10,8 @@ and what is allowed.
 - `evaluation`: EvaluationSpec
 """
 
-from mlyard.specs.batch import BatchInferenceSpec, BatchJob, BatchShard
-from mlyard.specs.common import (
+from core.specs.batch import BatchInferenceSpec, BatchJob, BatchShard
+from core.specs.common import (
     KATIB_METRIC_PATTERN,
     NAME_PATTERN,
     Resources,
@@ -22,9 +22,9 @@ from mlyard.specs.common import (
     merged,
     with_overrides,
 )
-from mlyard.specs.evaluation import MAX_CLASSES, MAX_EVALUATION_BYTES, EvaluationSpec
-from mlyard.specs.training import MAX_DATASETS, MAX_HYPERPARAMETERS, TrainingSpec
-from mlyard.specs.tuning import EarlyStoppingSpec, HyperparameterSpec, MetricSpec, ObjectiveSpec, TuningSpec
+from core.specs.evaluation import MAX_CLASSES, MAX_EVALUATION_BYTES, EvaluationSpec
+from core.specs.training import MAX_DATASETS, MAX_HYPERPARAMETERS, TrainingSpec
+from core.specs.tuning import EarlyStoppingSpec, HyperparameterSpec, MetricSpec, ObjectiveSpec, TuningSpec
 
 __all__ = [
     "BatchInferenceSpec", "BatchJob", "BatchShard", "EarlyStoppingSpec", "EvaluationSpec", "HyperparameterSpec", "KATIB_METRIC_PATTERN",

@@ -21,8 +21,8 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 
-from mlyard.errors import NotConnected
-from mlyard.settings import Settings
+from core.errors import NotConnected
+from core.settings import Settings
 
 
 @dataclass

@@ -8,8 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from mlyard.specs.common import KATIB_METRIC_PATTERN, NAME_PATTERN, Resources, _check_uri, _regex, with_overrides
-from mlyard.uris import RELATIVE_PATHS, absolute
+from core.specs.common import KATIB_METRIC_PATTERN, NAME_PATTERN, Resources, _check_uri, _regex, with_overrides
+from core.uris import RELATIVE_PATHS, absolute
 
 MAX_HYPERPARAMETERS = 100
 MAX_DATASETS = 10

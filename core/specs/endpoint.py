@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from mlyard.specs.common import NAME_PATTERN, is_registry_ref
+from core.specs.common import NAME_PATTERN, is_registry_ref
 
 # Each resource's statuses, as the console lists them.
 # STOPPED is VRidge's: a server (a one-stage endpoint) whose replicas were stopped, its configuration kept.

@@ -9,8 +9,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mlyard.errors import SpecError
-from mlyard.uris import parse_uri
+from core.errors import SpecError
+from core.uris import parse_uri
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,48}[a-z0-9])?$"
 # Katib's default metric filter: `name=value`, one or more per line.

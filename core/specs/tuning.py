@@ -8,8 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from mlyard.specs.common import NAME_PATTERN, _regex
-from mlyard.specs.training import TrainingSpec
+from core.specs.common import NAME_PATTERN, _regex
+from core.specs.training import TrainingSpec
 
 
 class HyperparameterSpec(BaseModel):
