@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     gateway_port: int | None = Field(
         default=None, ge=1, le=65535,
         description="Port of the endpoint gateway that `mlyard up` starts. Unset: the Prefect port + 2 (4202).")
+    warm_starts: bool = Field(
+        default=True,
+        description="Start the local pool's flow runs warm: a runner that has imported Prefect, MLflow and the "
+        "flows forks one child per run (mlyard/warm). False: every run starts a fresh Python process. "
+        "Takes effect at the next `mlyard up`.")
     autoscale_interval: float = Field(default=5.0, gt=0, le=3600,
                                       description="Seconds between the gateway's autoscaling passes.")
     mlflow_tracking_uri: str | None = Field(

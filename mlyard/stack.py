@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -23,6 +24,7 @@ from pathlib import Path
 from core.connection import StackState, healthy, point_prefect, read_state
 from core.errors import StackError
 from core.settings import TELEMETRY_OFF_ENV, Settings
+from mlyard import warm
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PREFECT_YAML = PROJECT_ROOT / "infra" / "prefect.yaml"
@@ -96,9 +98,10 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
     service_up = bool(state.pids.get("mlyard-api") and alive(state.pids["mlyard-api"]))
     serving_up = all(state.pids.get(n) and alive(state.pids[n]) for n in ("replicas", "gateway"))
     scheduler_up = bool(state.pids.get("scheduler") and alive(state.pids["scheduler"]))
+    warm_up = not settings.warm_starts or warm.runner_pid(home) is not None
     postgres_up = bool(settings.vector_store_url or (state.pids.get("postgres") and alive(state.pids["postgres"])))
     digest = _deployments_digest(env["MLYARD_IMAGE"])
-    if server_up and worker_up and service_up and serving_up and scheduler_up and postgres_up \
+    if server_up and worker_up and service_up and serving_up and scheduler_up and postgres_up and warm_up \
             and state.deployments == digest:
         return state  # already up, deployments current: nothing to do
     postgres: dict[str, object] = {}
@@ -135,6 +138,9 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
             stores.join()
     env["PREFECT_API_URL"] = state.api_url
     point_prefect(settings, state.api_url)
+    if not warm_up:  # it imports while the rest starts, and is warm by the first run
+        _spawn([sys.executable, "-m", "mlyard.warm.server", str(home)], logs / "warm-runner.log", env, cwd=PROJECT_ROOT)
+        state.logs["warm-runner"] = str(logs / "warm-runner.log")
     service_pid = 0
     if not service_up:  # it warms up (imports, first reads) while the rest is set up
         service_pid = _start_service(settings, state, env, logs)
@@ -147,7 +153,7 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
                                          {**env, "MLYARD_HOME": str(settings.home_dir)}, cwd=PROJECT_ROOT)
         state.logs["scheduler"] = str(log)
         write_state(settings, state)
-    ensure_pools(echo)
+    ensure_pools(echo, settings)
     ensure_crash_detection()
     if not worker_up:
         log = logs / "worker.log"
@@ -323,7 +329,7 @@ def prepared_prefect_db(echo=print) -> Path:
             api_url = f"http://127.0.0.1:{port}/api"
             _wait_healthy(api_url, pid, log, 240.0)
             point_prefect(settings, api_url)
-            ensure_pools(lambda _: None)
+            ensure_pools(lambda _: None, settings)
             ensure_crash_detection()
             register_deployments({**env, "PREFECT_API_URL": api_url})
         finally:
@@ -422,25 +428,40 @@ def ensure_crash_detection() -> None:
     ).create()
 
 
-def ensure_pools(echo=print) -> None:
-    """Create the `local` process pool and the `gpu` Kubernetes pool (with mlyard's job template) if missing."""
+def local_pool_template(settings: Settings) -> dict:
+    """Prefect's process-pool template, whose default command is the warm client of this home
+    (mlyard/warm) when warm starts are on; a run's own `command` job variable still wins."""
+    from prefect.workers.process import ProcessWorker
+
+    template = ProcessWorker.get_default_base_job_template()
+    if settings.warm_starts:
+        command = template["variables"]["properties"]["command"]
+        command["default"] = shlex.join([sys.executable, "-m", "mlyard.warm.client", str(settings.home_dir)])
+        command["description"] = ("mlyard starts flow runs warm (mlyard/warm): this client hands the run to a "
+                                  "process that has imported the flows already. Empty: a cold `python -m "
+                                  "prefect.engine`.")
+    return template
+
+
+def ensure_pools(echo=print, settings: Settings | None = None) -> None:
+    """Create the `local` process pool and the `gpu` Kubernetes pool (with mlyard's job template) if
+    missing; keep the local pool's template pointing at this home's warm runner."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
     from prefect.exceptions import ObjectNotFound
 
+    local = local_pool_template(settings or Settings())
     with get_client(sync_client=True) as client:
-        for name, kind, template in ((LOCAL_POOL, "process", None),
+        for name, kind, template in ((LOCAL_POOL, "process", local),
                                      (GPU_POOL, "kubernetes", json.loads(GPU_TEMPLATE.read_text()))):
             try:
-                client.read_work_pool(name)
-                continue
+                pool = client.read_work_pool(name)
             except ObjectNotFound:
-                pass
-            kwargs = {"name": name, "type": kind}
-            if template is not None:
-                kwargs["base_job_template"] = template
-            client.create_work_pool(WorkPoolCreate(**kwargs))
-            echo(f"created work pool '{name}' ({kind})")
+                client.create_work_pool(WorkPoolCreate(name=name, type=kind, base_job_template=template))
+                echo(f"created work pool '{name}' ({kind})")
+                continue
+            if name == LOCAL_POOL and pool.base_job_template != template:
+                client.update_work_pool(name, WorkPoolUpdate(base_job_template=template))
 
 
 def register_deployments(env: dict[str, str]) -> None:
@@ -488,6 +509,10 @@ def down(settings: Settings, echo=print, grace_seconds: float = 15.0) -> list[st
         if _stop_group(pid, grace_seconds, signal.SIGINT if name == "postgres" else signal.SIGTERM):
             stopped.append(name)
             echo(f"stopped {name} (pid {pid})")
+    runner = warm.runner_pid(settings.home_dir)  # `up` or a flow run's client started it
+    if runner is not None and _stop_group(runner, grace_seconds):
+        stopped.append("warm-runner")
+        echo(f"stopped warm-runner (pid {runner})")
     settings.stack_file.unlink(missing_ok=True)
     return stopped
 
@@ -519,6 +544,9 @@ def status(settings: Settings) -> dict:
            "mlflow_ui": None, "mlyard_api": None, "gateway": None, "catalog": settings.catalog_db_url}
     if state:
         out["processes"] = {n: {"pid": p, "alive": alive(p), "log": state.logs.get(n)} for n, p in state.pids.items()}
+        runner = warm.runner_pid(settings.home_dir)
+        if runner is not None:
+            out["processes"]["warm-runner"] = {"pid": runner, "alive": True, "log": state.logs.get("warm-runner")}
         if healthy(state.api_url) if state.api_url else False:
             out.update(running=True, prefect_ui=state.ui_url, prefect_api=state.api_url)
         if state.service_url and state.pids.get("mlyard-api") and alive(state.pids["mlyard-api"]):

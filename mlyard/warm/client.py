@@ -1,0 +1,124 @@
+"""The local pool's flow-run command: hand this run to the warm runner, or run it cold.
+
+    python -m mlyard.warm.client HOME
+
+The process worker starts it with the run's environment, working directory and streams, and tracks
+its pid. It sends those to the runner of HOME, which forks a child already holding Prefect, MLflow
+and the flows; then it waits for the child's exit status and exits with it. SIGTERM and SIGINT (a
+cancel from the UI or the CLI, Ctrl-C) go to the child's whole process group. Should this client
+die, the child notices its socket close and ends its own group (mlyard/warm/server.py).
+
+No runner, a busy socket or stale code: the run starts cold here (`python -m prefect.engine`, as the
+worker would start it), and a new runner is started in the background for the runs after it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+from mlyard.warm import PROJECT_ROOT, SOCKET, warm_dir
+
+CONNECT_TIMEOUT_SECONDS = 2.0
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: python -m mlyard.warm.client HOME", file=sys.stderr)
+        return 2
+    home = Path(argv[1])
+    handed = _hand_over(warm_dir(home) / SOCKET)
+    if handed is None:
+        _start_runner(home)
+        return _cold()
+    return _relay(*handed)
+
+
+def _hand_over(path: Path) -> tuple[socket.socket, int] | None:
+    """Send this run to the runner; the connected socket and the child's pid once a child holds the
+    run, else None."""
+    request = json.dumps({"env": dict(os.environ), "cwd": os.getcwd(), "umask": _umask()}).encode()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(CONNECT_TIMEOUT_SECONDS)
+        sock.connect(str(path))
+        socket.send_fds(sock, [struct.pack("!I", len(request))], [0, 1, 2])
+        sock.sendall(request)
+        reply = _read_line(sock)
+    except OSError:
+        sock.close()
+        return None
+    if not reply.startswith(b"pid "):  # "stale" (the runner is going away) or nothing
+        sock.close()
+        return None
+    sock.settimeout(None)
+    return sock, int(reply.split()[1])
+
+
+def _relay(sock: socket.socket, pid: int) -> int:
+    """Forward signals to the child's group until it reports its exit status; exit with it."""
+    forwarded: list[int] = []
+
+    def forward(signum: int, _frame) -> None:
+        forwarded.append(signum)
+        try:
+            os.killpg(pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    line = _read_line(sock)
+    if line.startswith(b"exit "):
+        return int(line.split()[1])
+    if forwarded:  # the child died of the signal we passed on: end the same way, as a cold process would
+        signal.signal(forwarded[-1], signal.SIG_DFL)
+        os.kill(os.getpid(), forwarded[-1])
+    print(f"mlyard: the flow run's warm process {pid} ended without an exit status (killed?)", file=sys.stderr)
+    return 1
+
+
+def _read_line(sock: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(64)
+        if not chunk:
+            break
+        data += chunk
+    return data.strip()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _start_runner(home: Path) -> None:
+    """Start a runner in the background for the next runs (it exits at once if one is already up)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT__")}  # this run's own
+    log = home / "logs" / "warm-runner.log"
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as out:
+            subprocess.Popen([sys.executable, "-m", "mlyard.warm.server", str(home)], stdin=subprocess.DEVNULL,
+                             stdout=out, stderr=subprocess.STDOUT, env=env, cwd=PROJECT_ROOT, start_new_session=True)
+    except OSError as exc:
+        print(f"mlyard: no warm runner could be started ({exc}); flow runs start cold", file=sys.stderr)
+
+
+def _cold() -> int:
+    """Become the engine, exactly as the worker would have started it."""
+    sys.stdout.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "prefect.engine"])
+    return 1  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,256 @@
+"""The warm runner: imports Prefect, MLflow, SQLAlchemy and every flow once, then forks one child per
+flow run handed to it by mlyard/warm/client.py.
+
+    python -m mlyard.warm.server HOME
+
+One runner per home (it holds `<home>/warm/runner.lock`); `mlyard up` starts it, and a client that
+finds none starts one. It stays single-threaded and opens no client, connection or database before a
+fork, so a child starts as clean as a cold process: the child takes the run's environment, working
+directory, umask and standard streams, has Prefect and mlyard read their settings again, then runs
+`prefect.engine` as `python -m prefect.engine` would. A change to the project's code since the runner
+started makes it refuse the next run ("stale": that run starts cold) and exit, so the run after it
+gets a fresh runner.
+"""
+
+from __future__ import annotations
+
+import atexit
+import fcntl
+import gc
+import json
+import logging
+import os
+import random
+import runpy
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+import traceback
+import warnings
+import weakref
+from pathlib import Path
+
+from mlyard.warm import GRACE_SECONDS, LOCKFILE, PIDFILE, PROJECT_ROOT, SOCKET, code_fingerprint, warm_dir
+
+log = logging.getLogger("mlyard.warm")
+REQUEST_TIMEOUT_SECONDS = 5.0
+LOCK_WAIT_SECONDS = 3.0
+_FINISHED = threading.Event()  # in a child: its exit status is on its way to the client
+MAX_REQUEST_BYTES = 4 << 20  # an environment, a working directory and a umask
+# Imported once here, so that no flow run pays for them (the flows' own imports come with them).
+PRELOAD = ("prefect", "prefect.engine", "prefect.flow_engine", "prefect.flows", "prefect.deployments.steps",
+           "prefect.runner", "mlflow", "mlflow.tracking", "sqlalchemy", "optuna")
+
+
+def preload() -> None:
+    import importlib
+
+    for name in PRELOAD:
+        importlib.import_module(name)
+    for path in sorted((PROJECT_ROOT / "flows").glob("*.py")):
+        importlib.import_module(f"flows.{path.stem}")  # `import flows` points Prefect at the platform
+
+
+def serve(home: Path) -> int:
+    folder = warm_dir(home)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    lock = open(folder / LOCKFILE, "w")  # noqa: SIM115 - held for the runner's whole life
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS  # a stale runner may still be on its way out
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                log.info("a warm runner already serves %s", home)
+                return 0
+            time.sleep(0.1)
+    started = time.monotonic()
+    fingerprint = code_fingerprint()
+    preload()
+    if threading.active_count() > 1:  # a fork would copy a thread-less image of whatever they hold
+        log.error("importing the flows started threads (%s): not forking; runs start cold",
+                  [t.name for t in threading.enumerate()])
+        return 1
+    path = folder / SOCKET
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    old_mask = os.umask(0o177)  # the socket is the user's alone
+    try:
+        listener.bind(str(path))
+    finally:
+        os.umask(old_mask)
+    listener.listen(64)
+    (folder / PIDFILE).write_text(str(os.getpid()))
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel: their clients wait
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    log.info("warm runner %d ready on %s in %.1f s", os.getpid(), path, time.monotonic() - started)
+    gc.freeze()  # what the imports made stays shared with the children instead of being copied on write
+    try:
+        while True:
+            conn, _ = listener.accept()
+            child = _serve_one(conn, listener, lock, fingerprint)
+            if child == "stale":
+                log.info("the project's code changed since this runner started: exiting")
+                return 0
+    finally:  # still under the lock: no other runner has made these
+        path.unlink(missing_ok=True)
+        (folder / PIDFILE).unlink(missing_ok=True)
+
+
+def _serve_one(conn: socket.socket, listener: socket.socket, lock, fingerprint: str) -> str | None:
+    fds: list[int] = []
+    try:
+        conn.settimeout(REQUEST_TIMEOUT_SECONDS)
+        uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
+        if uid != os.getuid():
+            log.warning("refused a connection from uid %d", uid)
+            return None
+        head, fds, _flags, _addr = socket.recv_fds(conn, 4, 3)
+        if len(head) != 4 or len(fds) != 3:
+            return None
+        (size,) = struct.unpack("!I", head)
+        if size > MAX_REQUEST_BYTES:
+            return None
+        body = b""
+        while len(body) < size:
+            chunk = conn.recv(min(65536, size - len(body)))
+            if not chunk:
+                return None
+            body += chunk
+        request = json.loads(body)
+        if code_fingerprint() != fingerprint:
+            conn.sendall(b"stale\n")
+            return "stale"
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if os.fork() == 0:
+            _child(conn, fds, request, listener, lock)  # never returns
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("a flow run could not be handed over: %s", exc)
+        return None
+    finally:
+        for fd in fds:
+            os.close(fd)
+        conn.close()
+
+
+def _child(conn: socket.socket, fds: list[int], request: dict, listener: socket.socket, lock) -> None:
+    code = 1
+    try:
+        code = _run(conn, fds, request, listener, lock)
+    except BaseException:  # noqa: BLE001 - whatever happens, the client hears how this ended
+        traceback.print_exc()
+    finally:
+        try:
+            _FINISHED.set()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            conn.sendall(f"exit {code}\n".encode())
+        except BaseException:  # noqa: BLE001, S110
+            pass
+        os._exit(code)
+
+
+def _run(conn: socket.socket, fds: list[int], request: dict, listener: socket.socket, lock) -> int:
+    os.setsid()  # its own process group: a cancel ends the run and everything it started, nothing else
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    listener.close()
+    lock.close()  # the next runner may start while this run goes on
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+    conn.settimeout(None)
+    conn.sendall(f"pid {os.getpid()}\n".encode())
+    threading.Thread(target=_watch_client, args=(conn,), name="mlyard-warm-client", daemon=True).start()
+    os.umask(int(request["umask"]))
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    _fresh_process_state()
+    code: object = 0
+    sys.argv = [""]  # as `python -m prefect.engine`: the run's id comes from PREFECT__FLOW_RUN_ID
+    # runpy warns that the module was imported before it runs as __main__: by design, here
+    warnings.filterwarnings("ignore", message=r"'prefect\.engine' found in sys\.modules", category=RuntimeWarning)
+    try:
+        runpy.run_module("prefect.engine", run_name="__main__", alter_sys=True)
+    except SystemExit as exc:
+        code = exc.code
+    except KeyboardInterrupt:
+        code = 128 + signal.SIGINT
+    except BaseException:  # noqa: BLE001 - as the interpreter would: the traceback, then exit 1
+        traceback.print_exc()
+        code = 1
+    status = code if isinstance(code, int) else (0 if code is None else 1)
+    if not isinstance(code, int) and code is not None:
+        print(code, file=sys.stderr)
+    _interpreter_exit()
+    return status
+
+
+def _fresh_process_state() -> None:
+    """What a cold process would have read at start: settings, logging, seeds."""
+    from prefect.context import refresh_global_settings_context
+    from prefect.logging.configuration import setup_logging
+
+    from core.connection import connect_if_running
+
+    if os.environ.get("PYTHONUNBUFFERED"):
+        sys.stdout.reconfigure(write_through=True)  # type: ignore[union-attr]
+        sys.stderr.reconfigure(write_through=True)  # type: ignore[union-attr]
+    refresh_global_settings_context()  # Prefect read its settings when the runner imported it
+    setup_logging(incremental=False)
+    connect_if_running()  # what `import flows` does in a cold process
+    random.seed()
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed()
+    for info in list(weakref.finalize._registry.values()):  # type: ignore[attr-defined]
+        info.atexit = False  # the runner's own finalizers are not this run's to call
+
+
+def _interpreter_exit() -> None:
+    """What the interpreter does on exit: wait for threads (Prefect drains its log and event services
+    there), run atexit handlers, flush."""
+    try:
+        threading._shutdown()  # type: ignore[attr-defined]
+    except BaseException:  # noqa: BLE001
+        traceback.print_exc()
+    atexit._run_exitfuncs()
+
+
+def _watch_client(conn: socket.socket) -> None:
+    """The client went away (SIGKILLed by its worker, say): end this run's group as a cancel would."""
+    try:
+        while conn.recv(64):
+            pass
+    except OSError:
+        pass
+    if _FINISHED.is_set():  # the client read the exit status and left
+        return
+    for sig, wait in ((signal.SIGTERM, GRACE_SECONDS), (signal.SIGKILL, 0.0)):
+        try:
+            os.killpg(0, sig)
+        except OSError:
+            return
+        time.sleep(wait)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: python -m mlyard.warm.server HOME", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return serve(Path(argv[1]).resolve())
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
