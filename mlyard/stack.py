@@ -139,7 +139,8 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
     env["PREFECT_API_URL"] = state.api_url
     point_prefect(settings, state.api_url)
     if not warm_up:  # it imports while the rest starts, and is warm by the first run
-        _spawn([sys.executable, "-m", "mlyard.warm.server", str(home)], logs / "warm-runner.log", env, cwd=PROJECT_ROOT)
+        state.pids["warm-runner"] = _spawn([sys.executable, "-m", "mlyard.warm.server", str(home)],
+                                           logs / "warm-runner.log", env, cwd=PROJECT_ROOT)
         state.logs["warm-runner"] = str(logs / "warm-runner.log")
     service_pid = 0
     if not service_up:  # it warms up (imports, first reads) while the rest is set up
@@ -181,7 +182,20 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
     write_state(settings, state)
     if not service_up:
         _wait_service(state, service_pid, echo)
+    if not warm_up:
+        _wait_runner(settings, state.pids["warm-runner"], echo)
     return state
+
+
+def _wait_runner(settings: Settings, pid: int, echo, timeout: float = 60.0) -> None:
+    """Wait for the warm runner to be ready, so the first flow run starts warm; if it does not come
+    up, `up` still succeeds: runs then start cold."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and alive(pid):
+        if warm.runner_pid(settings.home_dir) is not None:
+            return
+        time.sleep(0.1)
+    echo(f"(the warm runner is not ready; flow runs start cold; see {settings.home_dir / 'logs' / 'warm-runner.log'})")
 
 
 def _start_postgres(settings: Settings, out: dict[str, object]) -> None:
@@ -509,8 +523,8 @@ def down(settings: Settings, echo=print, grace_seconds: float = 15.0) -> list[st
         if _stop_group(pid, grace_seconds, signal.SIGINT if name == "postgres" else signal.SIGTERM):
             stopped.append(name)
             echo(f"stopped {name} (pid {pid})")
-    runner = warm.runner_pid(settings.home_dir)  # `up` or a flow run's client started it
-    if runner is not None and _stop_group(runner, grace_seconds):
+    runner = warm.runner_pid(settings.home_dir)  # one that a flow run's client started in place of up's
+    if runner is not None and runner not in state.pids.values() and _stop_group(runner, grace_seconds):
         stopped.append("warm-runner")
         echo(f"stopped warm-runner (pid {runner})")
     settings.stack_file.unlink(missing_ok=True)
@@ -545,7 +559,7 @@ def status(settings: Settings) -> dict:
     if state:
         out["processes"] = {n: {"pid": p, "alive": alive(p), "log": state.logs.get(n)} for n, p in state.pids.items()}
         runner = warm.runner_pid(settings.home_dir)
-        if runner is not None:
+        if runner is not None and runner != state.pids.get("warm-runner"):
             out["processes"]["warm-runner"] = {"pid": runner, "alive": True, "log": state.logs.get("warm-runner")}
         if healthy(state.api_url) if state.api_url else False:
             out.update(running=True, prefect_ui=state.ui_url, prefect_api=state.api_url)

@@ -52,7 +52,8 @@ def runner_pid(home: Path) -> int | None:
     """The pid of the live warm runner of this home, or None."""
     try:
         pid = int((warm_dir(home) / PIDFILE).read_text())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
+        with open(f"/proc/{pid}/stat") as fh:  # a zombie (killed, not yet reaped) is not alive
+            alive = fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, ValueError, IndexError):
         return None
-    return pid
+    return pid if alive else None

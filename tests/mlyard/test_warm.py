@@ -1,0 +1,214 @@
+"""Warm starts (mlyard/warm): a flow run forked from the warm runner keeps what a cold start gives.
+
+Each test runs a real flow run on the stack's `local` pool through the real Prefect worker, with a
+probe flow deployed from a temporary directory; the probe writes what its process sees to a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+PROBE = textwrap.dedent('''
+    import json, os, subprocess, sys, time
+    from prefect import flow
+
+    def _unix_paths(inodes):
+        found = []
+        with open("/proc/net/unix") as fh:
+            for line in fh.readlines()[1:]:
+                parts = line.split()
+                if parts[6] in inodes and len(parts) > 7:  # flag 00010000: a listening socket
+                    found.append(("listening " if parts[3] == "00010000" else "") + parts[7])
+        return found
+
+    @flow(log_prints=True)
+    def probe(report: str, sleep_seconds: float = 0.0, group_child: bool = False):
+        from prefect.settings import get_current_settings
+        fds = {}
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                fds[fd] = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                pass
+        sockets = {v[len("socket:["):-1] for v in fds.values() if v.startswith("socket:[")}
+        out = {"pid": os.getpid(), "ppid": os.getppid(), "pgid": os.getpgid(0), "sid": os.getsid(0),
+               "cwd": os.getcwd(), "probe_env": os.environ.get("MLYARD_PROBE"),
+               "logging_level": get_current_settings().logging.level,
+               "files": sorted(v for v in fds.values() if v.startswith("/")),
+               "unix_sockets": _unix_paths(sockets)}
+        if group_child:  # a process the run started in its own group, as torchrun's workers are
+            out["group_child"] = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"]).pid
+        with open(report + ".tmp", "w") as fh:
+            json.dump(out, fh)
+        os.replace(report + ".tmp", report)
+        os.write(1, b"probe raw stdout marker\\n")
+        os.write(2, b"probe raw stderr marker\\n")
+        print("probe print marker")
+        time.sleep(sleep_seconds)
+        return out["pid"]
+''')
+
+
+@pytest.fixture(scope="module")
+def probe(stack, tmp_path_factory):
+    """A deployment of the probe flow on the local pool, loaded from its folder (the job's working_dir)."""
+    from prefect.client.orchestration import get_client
+
+    folder = tmp_path_factory.mktemp("probe")
+    (folder / "probe.py").write_text(PROBE)
+    with get_client(sync_client=True) as client:
+        flow_id = client.create_flow_from_name("probe")
+        client.create_deployment(flow_id, "warm-probe", entrypoint="probe.py:probe", work_pool_name="local",
+                                 pull_steps=[], job_variables={"working_dir": str(folder),
+                                                               "env": {"MLYARD_PROBE": "from-the-job",
+                                                                       "PREFECT_LOGGING_LEVEL": "DEBUG"}})
+    return folder
+
+
+def _start(probe: Path, tmp_path: Path, **parameters):
+    from prefect.deployments import run_deployment
+
+    report = tmp_path / f"report-{time.monotonic_ns()}.json"
+    fr = run_deployment("probe/warm-probe", parameters={"report": str(report), **parameters}, timeout=0)
+    return fr, report
+
+
+def _wait(fr, report: Path | None = None, final: bool = True, timeout: float = 120):
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            run = client.read_flow_run(fr.id)
+            if report is not None and report.exists():
+                return json.loads(report.read_text())
+            if final and run.state and run.state.is_final():
+                return run
+            time.sleep(0.2)
+    raise AssertionError(f"flow run {fr.id} did not get there within {timeout} s: {run.state}")
+
+
+def _runner(settings) -> int | None:
+    from mlyard import warm
+
+    return warm.runner_pid(settings.home_dir)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_warm_run_sees_its_own_environment_settings_and_streams(probe, settings, stack, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
+
+    runner = _runner(settings)
+    assert runner is not None, "mlyard up started no warm runner"
+    fr, report = _start(probe, tmp_path)
+    run = _wait(fr)
+    assert run.state.is_completed(), run.state.message
+    seen = json.loads(report.read_text())
+    assert seen["ppid"] == runner, "the run did not start warm"
+    assert seen["cwd"] == str(probe)  # the job's working_dir (the entrypoint was found there)
+    assert seen["probe_env"] == "from-the-job"  # the job's env
+    assert seen["logging_level"] == "DEBUG", "Prefect's settings are the runner's, frozen at its import"
+    assert seen["pgid"] == seen["pid"] == seen["sid"], "the run is not its own process group"
+    # of the runner's, the run holds only its own channel to the client: not the listening socket, not the lock
+    warm_files = [f for f in seen["files"] + seen["unix_sockets"] if "/warm/" in f]
+    assert warm_files == [str(settings.home_dir / "warm" / "runner.sock")], warm_files
+
+    # stdout/stderr reach the worker (its log) and print() the run's logs
+    worker_log = Path(stack.logs["worker"]).read_text(errors="replace")
+    assert "probe raw stdout marker" in worker_log and "probe raw stderr marker" in worker_log
+    deadline = time.monotonic() + 20
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[fr.id])))
+            if any("probe print marker" in log.message for log in logs):
+                break
+            time.sleep(0.3)
+        else:
+            raise AssertionError("print() of a warm run never reached its Prefect logs")
+        assert client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[fr.id])))
+
+
+def test_cancelling_a_warm_run_ends_its_process_group(probe, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelling
+
+    fr, report = _start(probe, tmp_path, sleep_seconds=300, group_child=True)
+    seen = _wait(fr, report, final=False)
+    with get_client(sync_client=True) as client:  # what the UI's Cancel and `prefect flow-run cancel` do
+        client.set_flow_run_state(fr.id, Cancelling())
+    run = _wait(fr, timeout=60)
+    assert run.state.is_cancelled(), run.state
+    deadline = time.monotonic() + 10
+    while (_alive(seen["pid"]) or _alive(seen["group_child"])) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(seen["pid"]), "the run's process outlived its cancel"
+    assert not _alive(seen["group_child"]), "a process the run started outlived its cancel"
+
+
+def test_a_killed_warm_run_crashes_with_a_reason_and_a_killed_runner_loses_nothing(probe, settings, tmp_path):
+    # kill -9 of the run's own process: the run fails with a reason at once (well within 60 s)
+    fr, report = _start(probe, tmp_path, sleep_seconds=300)
+    seen = _wait(fr, report, final=False)
+    os.kill(seen["pid"], signal.SIGKILL)
+    started = time.monotonic()
+    run = _wait(fr, timeout=60)
+    assert run.state.is_crashed() and run.state.message, run.state
+    assert time.monotonic() - started < 60
+
+    # kill -9 of the warm runner mid-run: the run goes on to COMPLETED; the next starts cold, and a new
+    # runner serves the one after it
+    runner = _runner(settings)
+    fr, report = _start(probe, tmp_path, sleep_seconds=3)
+    seen = _wait(fr, report, final=False)
+    assert seen["ppid"] == runner
+    os.kill(runner, signal.SIGKILL)
+    run = _wait(fr)
+    assert run.state.is_completed(), run.state
+    fr, report = _start(probe, tmp_path)
+    assert _wait(fr).state.is_completed()
+    assert json.loads(report.read_text())["ppid"] != runner
+    deadline = time.monotonic() + 60
+    while (_runner(settings) in (None, runner)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    new_runner = _runner(settings)
+    assert new_runner not in (None, runner), "no new warm runner started after the old one was killed"
+    fr, report = _start(probe, tmp_path)
+    assert _wait(fr).state.is_completed()
+    assert json.loads(report.read_text())["ppid"] == new_runner
+
+
+def test_changed_code_is_never_run_stale(probe, settings, tmp_path):
+    from mlyard import warm
+
+    runner = _runner(settings)
+    assert runner is not None
+    source = Path(warm.__file__)  # a change to any of the project's modules
+    st = source.stat()
+    os.utime(source, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    fr, report = _start(probe, tmp_path)
+    assert _wait(fr).state.is_completed()
+    assert json.loads(report.read_text())["ppid"] != runner, "a stale runner ran the flow"
+    deadline = time.monotonic() + 60
+    while _runner(settings) in (None, runner) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(runner), "the stale runner did not exit"
+    new_runner = _runner(settings)
+    assert new_runner is not None
+    fr, report = _start(probe, tmp_path)
+    assert _wait(fr).state.is_completed()
+    assert json.loads(report.read_text())["ppid"] == new_runner
