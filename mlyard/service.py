@@ -20,9 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import sys
+import threading
+import time
 from typing import Any
 
 from mlyard.queries import QUERIES, error_body
+from mlyard.warm import code_fingerprint, loaded_project_files
 
 log = logging.getLogger("mlyard.service")
 
@@ -88,6 +93,17 @@ def warm_up() -> None:
     import prefect.deployments  # noqa: F401 - for the first run a command queues (POST /v1/runs)
 
 
+def _restart_on_change(files: list[str], fingerprint: str, every_seconds: float = 2.0) -> None:
+    """The project's code changed since this process imported it: start again (same pid, same port),
+    so that no answer comes from stale code."""
+    while True:
+        time.sleep(every_seconds)
+        if code_fingerprint(files) != fingerprint:
+            log.info("the project's code changed: restarting")
+            logging.shutdown()
+            os.execv(sys.executable, [sys.executable, "-m", "mlyard.service", *sys.argv[1:]])
+
+
 def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
@@ -99,6 +115,9 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("mlflow.store.db.utils", "alembic", "httpx"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warm_up()
+    files = loaded_project_files()
+    threading.Thread(target=_restart_on_change, args=(files, code_fingerprint(files)), name="mlyard-code-watch",
+                     daemon=True).start()
     log.info("warm; answering on http://%s:%d", args.host, args.port)
     uvicorn.run(create_app(), host=args.host, port=args.port, log_level="warning", access_log=False)
 

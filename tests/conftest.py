@@ -50,12 +50,18 @@ os.environ.update({
 for key in ("MLYARD_PREFECT_API_URL", "MLYARD_MLFLOW_TRACKING_URI", "MLYARD_CATALOG_URL", "MLFLOW_TRACKING_URI"):
     os.environ.pop(key, None)
 (_HOME / "prefect").mkdir(parents=True, exist_ok=True)
-# Prefect binds its console log handler to the sys.stderr of the moment it sets up logging (its first
-# flow run): set it up now, so that a test running the CLI in process (typer's CliRunner swaps stderr for
-# a buffer it later closes) does not leave the handler writing to a closed buffer for later tests.
-from prefect.logging.configuration import setup_logging  # noqa: E402
 
-setup_logging()
+
+def pytest_collection_finish(session):
+    """Prefect binds its console log handler to the sys.stderr of the moment it sets up logging (its
+    first flow run): set it up before the first test, so that a test running the CLI in process
+    (typer's CliRunner swaps stderr for a buffer it later closes) does not leave the handler writing to
+    a closed buffer for later tests. Only when a collected test uses the stack: pure tests never import
+    Prefect."""
+    if any({"stack", "platform", "settings"} & set(getattr(item, "fixturenames", ())) for item in session.items):
+        from prefect.logging.configuration import setup_logging
+
+        setup_logging()
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -202,15 +208,15 @@ def _children() -> set[int]:
 @pytest.fixture(autouse=True)
 def no_leaks(request):
     """Leak guard: no child process that a test started outlives it, and no MLflow run is left active."""
+    import sys
     import time
 
     before = _children()
     yield
-    import mlflow
-
-    assert mlflow.active_run() is None, "a test left an active MLflow run"
+    if "mlflow" in sys.modules:  # a test that never imported MLflow cannot have left a run active
+        assert sys.modules["mlflow"].active_run() is None, "a test left an active MLflow run"
+    from core.connection import read_state
     from core.settings import Settings
-    from mlyard.stack import read_state
 
     state = read_state(Settings())
     allowed = before | set(state.pids.values() if state else [])

@@ -33,7 +33,16 @@ import warnings
 import weakref
 from pathlib import Path
 
-from mlyard.warm import GRACE_SECONDS, LOCKFILE, PIDFILE, PROJECT_ROOT, SOCKET, code_fingerprint, warm_dir
+from mlyard.warm import (
+    GRACE_SECONDS,
+    LOCKFILE,
+    PIDFILE,
+    PROJECT_ROOT,
+    SOCKET,
+    code_fingerprint,
+    loaded_project_files,
+    warm_dir,
+)
 
 log = logging.getLogger("mlyard.warm")
 REQUEST_TIMEOUT_SECONDS = 5.0
@@ -70,8 +79,9 @@ def serve(home: Path) -> int:
                 return 0
             time.sleep(0.1)
     started = time.monotonic()
-    fingerprint = code_fingerprint()
     preload()
+    files = loaded_project_files()
+    fingerprint = code_fingerprint(files)  # (an edit made during the imports shows only at the next edit)
     if threading.active_count() > 1:  # a fork would copy a thread-less image of whatever they hold
         log.error("importing the flows started threads (%s): not forking; runs start cold",
                   [t.name for t in threading.enumerate()])
@@ -96,7 +106,7 @@ def serve(home: Path) -> int:
     try:
         while True:
             conn, _ = listener.accept()
-            child = _serve_one(conn, listener, lock, fingerprint)
+            child = _serve_one(conn, listener, lock, files, fingerprint)
             if child == "stale":
                 log.info("the project's code changed since this runner started: exiting")
                 return 0
@@ -105,7 +115,7 @@ def serve(home: Path) -> int:
         (folder / PIDFILE).unlink(missing_ok=True)
 
 
-def _serve_one(conn: socket.socket, listener: socket.socket, lock, fingerprint: str) -> str | None:
+def _serve_one(conn: socket.socket, listener: socket.socket, lock, files: list[str], fingerprint: str) -> str | None:
     fds: list[int] = []
     try:
         conn.settimeout(REQUEST_TIMEOUT_SECONDS)
@@ -126,7 +136,7 @@ def _serve_one(conn: socket.socket, listener: socket.socket, lock, fingerprint: 
                 return None
             body += chunk
         request = json.loads(body)
-        if code_fingerprint() != fingerprint:
+        if code_fingerprint(files) != fingerprint:
             conn.sendall(b"stale\n")
             return "stale"
         sys.stdout.flush()
