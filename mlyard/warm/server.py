@@ -49,9 +49,11 @@ REQUEST_TIMEOUT_SECONDS = 5.0
 LOCK_WAIT_SECONDS = 3.0
 _FINISHED = threading.Event()  # in a child: its exit status is on its way to the client
 MAX_REQUEST_BYTES = 4 << 20  # an environment, a working directory and a umask
-# Imported once here, so that no flow run pays for them (the flows' own imports come with them).
+# Imported once here, so that no flow run pays for them (the flows' own imports come with them); the
+# SQL stores are what a run's first MLflow and Optuna calls would import (a third of a no-op training).
 PRELOAD = ("prefect", "prefect.engine", "prefect.flow_engine", "prefect.flows", "prefect.deployments.steps",
-           "prefect.runner", "mlflow", "mlflow.tracking", "sqlalchemy", "optuna")
+           "prefect.runner", "mlflow", "mlflow.tracking", "mlflow.store.tracking.sqlalchemy_store",
+           "mlflow.store.model_registry.sqlalchemy_store", "sqlalchemy", "optuna", "optuna.storages")
 
 
 def preload() -> None:
@@ -61,6 +63,9 @@ def preload() -> None:
         importlib.import_module(name)
     for path in sorted((PROJECT_ROOT / "flows").glob("*.py")):
         importlib.import_module(f"flows.{path.stem}")  # `import flows` points Prefect at the platform
+    from sqlalchemy.orm import configure_mappers
+
+    configure_mappers()  # every ORM model imported above, configured once (no connection is made)
 
 
 def serve(home: Path) -> int:
