@@ -32,8 +32,13 @@
     │   └── BatchFailed                      a batch inference failed (too many failed batches, a worker died)
     ├── TuningFailed (RuntimeError)          failed trials reached max_failed_trials
     ├── RunFailed (RuntimeError)             a run ended in its kind's failure status (FAIL TRAIN, ...)
-    └── StackError (RuntimeError)            the embedded stack could not start or be reached
-        └── NotConnected                     no platform runs for this home (start it with `mlyard up`)
+    ├── StackError (RuntimeError)            the embedded stack could not start or be reached
+    │   └── NotConnected                     no platform runs for this home (start it with `mlyard up`)
+    ├── DocumentError (ValueError)           a file that RAG ingestion cannot read
+    ├── EmbeddingError (RuntimeError)        the embedding model or service failed
+    ├── VectorStoreError (ConnectionError)   the vector store cannot be reached or used
+    ├── RoutingFailed                        the gateway did not take a stage's replicas into routing
+    └── ReplicaFailed                        a replica did not become healthy
 
 Every class carries the HTTP status a server answers with (`http_status`) for the coming servers.
 """
@@ -254,3 +259,39 @@ class NotConnected(StackError):
         super().__init__(f"no mlyard platform is running for {home}: start it with `mlyard up` (its home is the "
                          ".mlyard here or in a parent directory, or MLYARD_HOME), or point MLYARD_PREFECT_API_URL at a "
                          "Prefect server")
+
+
+# -- raised by the steps of RAG ingestion and of endpoint changes ----------------------------------
+
+class DocumentError(MlyardError, ValueError):
+    """A file that cannot be ingested: the message names it and says why."""
+
+    def __init__(self, name: str, reason: str):
+        self.name, self.reason = name, reason
+        super().__init__(f"{name}: {reason}")
+
+
+class EmbeddingError(MlyardError, RuntimeError):
+    """The embedding model could not be loaded or run, or an embeddings service failed."""
+
+    http_status = 502
+
+
+class RoutingFailed(MlyardError):
+    """The gateway did not take a stage's replicas into routing (STAGE DEPLOY FAIL)."""
+
+
+class ReplicaFailed(MlyardError):
+    """A replica did not become healthy; the message says why (its exit, its log's last lines)."""
+
+
+class VectorStoreError(MlyardError, ConnectionError):
+    """The vector store cannot be reached or used; the message says which and why (never a password)."""
+
+    http_status = 502
+
+
+# A flow that raises one of these failed as a run (RunFailed, with why); any other MlyardError it raises
+# is bad input it found itself, reported as the same one-line error a check before the run gives.
+RUN_FAILURES: tuple[type[MlyardError], ...] = (TrainingFailed, JobFailed, TuningFailed, RunFailed, StackError,
+                                               ReplicaFailed, RoutingFailed)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from core.connection import connect
-from core.errors import BatchFailed, MlyardError, RunFailed, SpecError, TrainingFailed, TrainingStopped, TuningFailed
+from core.errors import RUN_FAILURES, MlyardError, RunFailed, SpecError, TrainingStopped
 from core.names import FLOW_BATCH, FLOW_EVALUATE, FLOW_TRAIN, FLOW_TUNE
 from core.settings import Settings
 from core.specs import (
@@ -129,30 +129,32 @@ def run(action: Action, spec: Any, *, sets: dict[str, Any] | None = None, submit
         from tasks.models import prepare_sklearn_loader
 
         prepare_sklearn_loader()  # before Prefect and MLflow are imported: see its docstring
-    module, name = action.flow.split(":")
-    flow_fn = getattr(importlib.import_module(module), name)
-    state = flow_fn(spec, return_state=True)
+    return run_here(action.flow, spec, action.fail)
+
+
+def run_here(flow: str, spec: Any, fail: str) -> Any:
+    """Run the flow `module:function` on `spec` in this process and return its result. Bad input the
+    flow itself found raises the same one-line error as a check before the run would; a run that
+    failed raises RunFailed(`fail`, with why); a cancelled one TrainingStopped."""
+    module, name = flow.split(":")
+    state = getattr(importlib.import_module(module), name)(spec, return_state=True)
     if state.is_completed():
         return state.result()
     if state.is_cancelled():
         raise TrainingStopped(state.message or "stopped")
     exc = state.result(raise_on_failure=False)
-    if isinstance(exc, MlyardError) and not _is_failure(exc):
-        raise exc  # bad input found by the flow itself: the same one-line error as before the run
-    raise RunFailed(action.fail, None, exc if isinstance(exc, BaseException) else state.message) from (
+    if isinstance(exc, MlyardError) and not isinstance(exc, RUN_FAILURES):
+        raise exc
+    raise RunFailed(fail, None, exc if isinstance(exc, BaseException) else state.message) from (
         exc if isinstance(exc, BaseException) else None)
-
-
-def _is_failure(exc: MlyardError) -> bool:
-    return isinstance(exc, (TrainingFailed, BatchFailed, TuningFailed, RunFailed))
 
 
 def _submit(action: Action, spec, pool: str) -> Submitted:
     from mlyard.submit import submit
 
     deployment = f"{action.deployment}/{pool}"
-    fr = submit(deployment, {"spec": spec.model_dump(mode="json")},
-                job_variables=spec.job_variables() if pool == "gpu" and hasattr(spec, "job_variables") else {})
+    fr = submit(deployment, {"spec": spec.model_dump(mode="json")},  # job variables reach Kubernetes pools only
+                job_variables=spec.job_variables() if hasattr(spec, "job_variables") else {})
     return Submitted(fr["id"], fr["name"], deployment, pool)
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from core.connection import connect, gateway_url
-from core.errors import MlyardError, RunFailed, SpecError
+from core.errors import MlyardError, SpecError
 from core.names import (
     FLOW_ADD_STAGE,
     FLOW_DELETE_ENDPOINT,
@@ -58,17 +58,9 @@ def _run(flow_name: str, module_fn: str, spec: Any, submit: bool) -> Any:
         fr = submit(f"{flow_name}/local", {"spec": spec.model_dump(mode="json")})
         return {"flow_run_id": fr["id"], "flow_run": fr["name"], "deployment": f"{flow_name}/local",
                 "status": "CREATE REQUESTED"}
-    import importlib
+    from mlyard.api import run_here
 
-    module, name = module_fn.split(":")
-    state = getattr(importlib.import_module(module), name)(spec, return_state=True)
-    if state.is_completed():
-        return state.result()
-    exc = state.result(raise_on_failure=False)
-    if isinstance(exc, MlyardError) and not isinstance(exc, RunFailed) and type(exc).__name__ not in (
-            "ReplicaFailed", "RoutingFailed", "StackError"):
-        raise exc  # a rule or a bad value found by the flow: the same one-line error as before a run
-    raise RunFailed(flow_name.upper().replace("-", " "), None, exc if isinstance(exc, BaseException) else state.message)
+    return run_here(module_fn, spec, flow_name.upper().replace("-", " "))
 
 
 def create(spec: EndpointSpec | dict | str | Path, *, sets: dict[str, Any] | None = None,

@@ -45,8 +45,8 @@ def _store(settings: Settings, spec: RagSpec, rag_id: int):
 def _check(settings: Settings, spec: RagSpec) -> None:
     """What can be known before a RAG is recorded: the path holds files, the vector store answers, the
     LLM endpoint exists, an embeddings service embeds."""
+    from core.errors import VectorStoreError
     from tasks.storage import Storage
-    from tasks.vectorstore import VectorStoreError
 
     Storage(settings).check(spec.path, field="path")
     try:
@@ -66,7 +66,8 @@ def _check(settings: Settings, spec: RagSpec) -> None:
             raise SpecError("token_endpoint", spec.token_endpoint, "an endpoint that exists (mlyard endpoints list), "
                                                                    "whose tokens the RAG's route takes")
     if spec.embedding.url:
-        from tasks.embeddings import EmbeddingError, ServiceEmbedder
+        from core.errors import EmbeddingError
+        from tasks.embeddings import ServiceEmbedder
 
         try:
             ServiceEmbedder(spec.embedding, timeout=10.0)  # asks it to embed one text

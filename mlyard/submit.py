@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.errors import StackError
-
 
 def submit(deployment: str, parameters: dict[str, Any], *, tags: list[str] | None = None,
            job_variables: dict[str, Any] | None = None) -> dict[str, str]:
@@ -37,14 +35,8 @@ def submit(deployment: str, parameters: dict[str, Any], *, tags: list[str] | Non
 
 def create_run(deployment: str, parameters: dict[str, Any], tags: list[str],
                job_variables: dict[str, Any]) -> dict[str, str]:
-    """Make the flow run with Prefect's `run_deployment` in this process (the API runs this too)."""
-    from prefect.deployments import run_deployment
-    from prefect.exceptions import ObjectNotFound
+    """Make the flow run in this process (the mlyard API runs this too), with the platform's one helper."""
+    from tasks.orchestration import submit as make_run
 
-    try:
-        fr: Any = run_deployment(deployment, parameters=parameters, timeout=0, tags=tags or None,
-                                 job_variables=job_variables)
-    except ObjectNotFound:
-        raise StackError(f"no deployment {deployment!r} on this Prefect server: `mlyard up` registers the local "
-                         "ones; in production, `prefect deploy --all --prefect-file infra/prefect.yaml`") from None
+    fr: Any = make_run(deployment, parameters, job_variables, tags)
     return {"id": str(fr.id), "name": fr.name}

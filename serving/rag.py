@@ -30,9 +30,9 @@ from typing import Any
 
 import orjson
 
+from core.errors import VectorStoreError
 from serving import asgi
 from tasks.rag import healthy_replica
-from tasks.vectorstore import VectorStoreError
 
 log = logging.getLogger("mlyard.rag")
 MAX_BODY = 1024 * 1024

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Protocol
 
-from core.errors import MlyardError
+from core.errors import DocumentError
 
 MB = 1024 * 1024
 LIMITS = {  # the seed's formats and the largest file of each
@@ -38,14 +38,6 @@ LIMITS = {  # the seed's formats and the largest file of each
 MAX_FILES = 1_000_000
 MAX_TOTAL_BYTES = 100 * 1024 ** 3
 MAX_NAME_BYTES = 1024
-
-
-class DocumentError(MlyardError, ValueError):
-    """A file that cannot be ingested: the message names it and says why."""
-
-    def __init__(self, name: str, reason: str):
-        self.name, self.reason = name, reason
-        super().__init__(f"{name}: {reason}")
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
-from core.errors import MlyardError
+from core.errors import EmbeddingError
 from core.specs.rag import DEFAULT_EMBEDDING_MODEL, EmbeddingSpec
 from tasks.documents import HFTokenizer
-
-
-class EmbeddingError(MlyardError, RuntimeError):
-    http_status = 502
 
 
 def default_model_dir() -> Path:

@@ -24,10 +24,10 @@ from prefect.cache_policies import NO_CACHE
 from core.errors import (
     AlreadyExists,
     EndpointNotFound,
-    MlyardError,
     ModelNotFound,
     NotFound,
     Protected,
+    RoutingFailed,
     SpecError,
 )
 from core.specs.endpoint import StageSpec, SyncSpec
@@ -36,10 +36,6 @@ from tasks import replicas as files
 
 LOCAL = "local"
 MAX_LOCAL_REPLICAS = 8  # the cap on one machine's replicas per stage (AI Toolkit's maximumInstanceCount)
-
-
-class RoutingFailed(MlyardError):
-    """The gateway did not take a stage's replicas into routing (STAGE DEPLOY FAIL)."""
 
 
 def mlyard_bin() -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from uuid import UUID
 
+from core.errors import StackError
 from core.names import TAG_PREFECT_URL
 
 
@@ -76,14 +77,23 @@ def cancel_flow_run(flow_run_id: str, reason: str) -> None:
                                   force=True)
 
 
-def submit(deployment: str, parameters: dict, kubernetes_job_variables: dict):
-    """Queue a flow run of `deployment` (not as a subflow) and return it. The job variables (GPUs,
-    image, resources) are only handed to a Kubernetes pool; a process pool has no use for them."""
+def submit(deployment: str, parameters: dict, job_variables: dict | None = None, tags: list[str] | None = None):
+    """Queue a flow run of `deployment` ("FLOW/DEPLOYMENT", never as a subflow) and return it: the one way
+    mlyard makes a deployment run (the CLI, the Python API, the mlyard API, trials and batch workers).
+    The job variables (GPUs, image, resources) are only handed to a Kubernetes pool; a process pool has
+    no use for them. A deployment that does not exist is a StackError saying how to register it."""
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
 
     with get_client(sync_client=True) as client:
-        found = client.read_deployment_by_name(deployment)
+        try:
+            found = client.read_deployment_by_name(deployment)
+        except ObjectNotFound:
+            raise StackError(f"no deployment {deployment!r} on this Prefect server: `mlyard up` registers the "
+                             "local ones; in production, `prefect deploy --all --prefect-file infra/prefect.yaml`"
+                             ) from None
         pool = client.read_work_pool(found.work_pool_name) if found.work_pool_name else None
-    job_variables = kubernetes_job_variables if pool is not None and pool.type == "kubernetes" else {}
-    return run_deployment(deployment, parameters=parameters, timeout=0, job_variables=job_variables, as_subflow=False)
+    kept = (job_variables or {}) if pool is not None and pool.type == "kubernetes" else {}
+    return run_deployment(found.id, parameters=parameters, timeout=0, job_variables=kept, tags=tags or None,
+                          as_subflow=False)

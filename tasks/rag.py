@@ -14,9 +14,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from core.errors import StorageError
+from core.errors import DocumentError, StorageError
 from core.specs.rag import RagSpec
-from tasks.documents import Chunk, DocumentError, Entry, Skipped, chunk, content_hash, parse, select
+from tasks.documents import Chunk, Entry, Skipped, chunk, content_hash, parse, select
 from tasks.vectorstore import VectorStore
 
 

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.errors import MlyardError
+from core.errors import ReplicaFailed
 
 CODE_KIND = "serving_kind"  # the parameter of a version pushed by `endpoints deploy --sync`: its kind
 HEALTH_PATHS = {"entry-script": "/", "model-folder": "/mlyard/health"}
@@ -33,10 +33,6 @@ HEALTH_PATHS = {"entry-script": "/", "model-folder": "/mlyard/health"}
 def health_path(kind: str | None) -> str:
     """Where a replica of a version of this kind says it is ready (the OIP route for models)."""
     return HEALTH_PATHS.get(kind or "", "/v2/health/ready")
-
-
-class ReplicaFailed(MlyardError):
-    """A replica did not become healthy; the message says why (its exit, its log's last lines)."""
 
 
 @dataclass

@@ -15,17 +15,11 @@ import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from core.errors import MlyardError
+from core.errors import VectorStoreError
 from core.settings import Settings
 from core.specs.rag import VectorStoreSpec
 
 HNSW_MIN_CHUNKS = 10_000
-
-
-class VectorStoreError(MlyardError, ConnectionError):
-    """The vector store cannot be reached or used; the message says which and why (never a password)."""
-
-    http_status = 502
 
 
 @dataclass(frozen=True)

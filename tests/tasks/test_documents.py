@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.documents import MB, DocumentError, Entry, HFTokenizer, Section, chunk, parse, select
+from core.errors import DocumentError
+from tasks.documents import MB, Entry, HFTokenizer, Section, chunk, parse, select
 from tasks.embeddings import default_model_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples" / "rag"))
