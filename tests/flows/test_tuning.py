@@ -176,6 +176,8 @@ def test_unknown_template_is_refused_before_any_trial(platform, tmp_path):
 
 
 def _flow_process(flow_run_id: str) -> int | None:
+    """The process running the flow run: the one started with its id, or, for a warm start (that one is
+    then mlyard/warm's client, relaying), the child the warm runner forked for it."""
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
@@ -184,9 +186,28 @@ def _flow_process(flow_run_id: str) -> int | None:
                 continue
             if f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode() in env:
                 cmd = (entry / "cmdline").read_bytes()
+                if b"mlyard.warm.client" in cmd:
+                    return _warm_child()
                 if b"main.py" not in cmd:
                     return int(entry.name)
     return None
+
+
+def _warm_child() -> int | None:
+    """The one flow run the warm runner of the test stack has forked (tests of a stack run one at a time)."""
+    from core.settings import Settings
+    from mlyard import warm
+
+    runner = warm.runner_pid(Settings().home_dir)
+    children = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if entry.name.isdigit() and int(stat[1]) == runner and stat[0] != "Z":
+            children.append(int(entry.name))
+    return children[0] if len(children) == 1 else None
 
 
 def test_crashed_tuning_resumes_when_retried(platform, algorithm, tmp_path):
