@@ -26,6 +26,9 @@ HEARTBEAT_SECONDS = 30
 UNRESPONSIVE_AFTER_SECONDS = 50  # no heartbeat for this long: CRASHED (seen within 60 s of the kill)
 
 
+DEFAULT_IMAGE = "mlyard:0.1.0"
+
+
 class Settings(BaseSettings):
     """Where mlyard keeps its state and how it reaches the engines."""
 
@@ -50,6 +53,12 @@ class Settings(BaseSettings):
     gateway_port: int | None = Field(
         default=None, ge=1, le=65535,
         description="Port of the endpoint gateway that `mlyard up` starts. Unset: the Prefect port + 2 (4202).")
+    image: str = Field(
+        default=DEFAULT_IMAGE,
+        description="The mlyard image that Kubernetes pools and endpoint Deployments run (infra/Dockerfile), "
+        "e.g. registry.example/mlyard:0.1.0. `mlyard up` renders the gpu deployments with it.")
+    kube_namespace: str = Field(default="mlyard", description="Kubernetes namespace of endpoint Deployments, "
+                                "Services and HPAs.")
     warm_starts: bool = Field(
         default=True,
         description="Start the local pool's flow runs warm: a runner that has imported Prefect, MLflow and the "

@@ -29,6 +29,7 @@ from core.errors import StackError
 from core.settings import Settings
 from mlyard import api, stack
 from mlyard.stack import PROJECT_ROOT
+from tasks.processes import stop_group
 
 SPEC = PROJECT_ROOT / "examples" / "train.yaml"
 TUNE_SPEC = PROJECT_ROOT / "examples" / "tune.yaml"
@@ -245,7 +246,6 @@ def serve_once(settings: Settings, out: Console) -> str:
     digit over OIP v1, print the answer, and stop it. Returns a one-line summary."""
     import json
     import os
-    import signal
     import socket
     import subprocess
     import sys
@@ -284,11 +284,7 @@ def serve_once(settings: Settings, out: Console) -> str:
                   f"(highest probability {max(outputs['predict_proba']):.3f})")
         return f"digits@champion answered {row['id']} (label {row['label']}) with {best} (ready in {ready:.1f} s)"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc, 15.0)
 
 
 def endpoint_once(settings: Settings, out: Console) -> str:

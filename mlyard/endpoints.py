@@ -36,6 +36,7 @@ from core.names import (
 )
 from core.specs.endpoint import DeletionSpec, EndpointSpec, PromotionSpec, StageChangeSpec, StageSpec, SyncSpec
 from mlyard.api import load as _spec  # a spec from an object, a mapping or a YAML file, with --set merged
+from tasks.processes import stop_group
 
 
 def _platform():
@@ -140,7 +141,6 @@ def validate(spec: EndpointSpec | StageSpec | dict | str | Path, *, echo=print, 
     process, stream its output to `echo`, and say whether it came up healthy (Finished) or why not.
     Nothing is recorded and nothing is left running."""
     import os
-    import signal
     import socket
     import subprocess
     import threading
@@ -190,12 +190,7 @@ def validate(spec: EndpointSpec | StageSpec | dict | str | Path, *, echo=print, 
                     time.sleep(0.2)
         finally:
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+                stop_group(proc, 15.0)
             reader.join(5)
         results.append(outcome)
     return {"status": "Finished" if all(r["status"] == "Finished" for r in results) else "Failed",

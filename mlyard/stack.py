@@ -25,12 +25,12 @@ from core.connection import StackState, healthy, point_prefect, read_state
 from core.errors import StackError
 from core.settings import TELEMETRY_OFF_ENV, Settings
 from mlyard import warm
+from tasks.processes import alive, stop_group
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PREFECT_YAML = PROJECT_ROOT / "infra" / "prefect.yaml"
 GPU_TEMPLATE = PROJECT_ROOT / "infra" / "gpu-job-template.json"
 LOCAL_POOL, GPU_POOL = "local", "gpu"
-DEFAULT_IMAGE = "mlyard:0.1.0"
 
 
 def write_state(settings: Settings, state: StackState) -> None:
@@ -38,18 +38,6 @@ def write_state(settings: Settings, state: StackState) -> None:
     tmp.write_text(json.dumps(asdict(state), indent=2))
     tmp.chmod(0o600)  # it holds the platform's internal token
     os.replace(tmp, settings.stack_file)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    try:  # a zombie is not alive
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def _spawn(argv: list[str], log: Path, env: dict[str, str], cwd: Path | None = None) -> int:
@@ -81,7 +69,7 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
     home.mkdir(parents=True, exist_ok=True)
     point_prefect(settings, None)
     env = {**os.environ, **settings.engine_env(), "MLYARD_PROJECT_ROOT": str(PROJECT_ROOT)}
-    env.setdefault("MLYARD_IMAGE", DEFAULT_IMAGE)
+    env["MLYARD_IMAGE"] = settings.image  # prefect.yaml renders the gpu deployments with it
     api_url = f"http://127.0.0.1:{settings.prefect_port}/api"
     state = read_state(settings) or StackState(api_url=api_url, ui_url=f"http://127.0.0.1:{settings.prefect_port}")
     if not state.internal_token:  # written now: the gateway reads it when it starts
@@ -322,7 +310,8 @@ def prepared_prefect_db(echo=print) -> Path:
     no copy fits (another MLYARD_IMAGE, an edited flow)."""
     import socket
 
-    digest = _deployments_digest(os.environ.get("MLYARD_IMAGE", DEFAULT_IMAGE))
+    image = Settings().image
+    digest = _deployments_digest(image)
     path = prepared_db_path(digest)
     if path.is_file():
         return path
@@ -336,7 +325,7 @@ def prepared_prefect_db(echo=print) -> Path:
         settings.prefect_home.mkdir(parents=True)
         shutil.copyfile(empty, settings.prefect_home / "prefect.db")
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}, **settings.engine_env(),
-               "MLYARD_PROJECT_ROOT": str(PROJECT_ROOT), "MLYARD_IMAGE": os.environ.get("MLYARD_IMAGE", DEFAULT_IMAGE)}
+               "MLYARD_PROJECT_ROOT": str(PROJECT_ROOT), "MLYARD_IMAGE": image}
         log = Path(tmp) / "prefect-server.log"
         pid = _start_server(settings, env, log)
         try:
@@ -534,21 +523,7 @@ def down(settings: Settings, echo=print, grace_seconds: float = 15.0) -> list[st
 def _stop_group(pid: int, grace_seconds: float, sig: int = signal.SIGTERM) -> bool:
     """End the process group of `pid` (`sig`, then SIGKILL after the grace); False if it was gone.
     (PostgreSQL's postmaster leads its own group too; SIGINT is its fast shutdown.)"""
-    if not alive(pid):
-        return False
-    try:
-        os.killpg(pid, sig)
-    except ProcessLookupError:
-        return False
-    deadline = time.monotonic() + grace_seconds
-    while alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if alive(pid):
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return True
+    return alive(pid) and stop_group(pid, grace_seconds, sig)
 
 
 def status(settings: Settings) -> dict:

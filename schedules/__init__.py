@@ -1,1 +1,4 @@
-"""Placeholder: built by a later issue (see shared/DESIGN.md)."""
+"""When lifecycle runs fire: cron as robfig/cron and Kubeflow read it, intervals, and the catch-up
+and concurrency decisions the scheduler (tasks/scheduling.py) acts on. Pure: no Prefect, no I/O.
+See schedules/README.md.
+"""

@@ -23,22 +23,14 @@ import time
 from pathlib import Path
 
 from tasks import replicas as files
+from tasks.processes import alive as _alive
+from tasks.processes import stop_group
 from tasks.replicas import free_port
 
 log = logging.getLogger("mlyard.replicas")
 MAX_BACKOFF = 30.0
 STEADY_SECONDS = 60.0
 STOP_GRACE = 10.0
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _cmdline(pid: int) -> str:
@@ -129,22 +121,8 @@ class Supervisor:
     def _stop(self, key: str) -> None:
         proc = self.procs.pop(key)
         pid = proc if isinstance(proc, int) else proc.pid
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
+        if not stop_group(proc, STOP_GRACE):
             return
-        deadline = time.monotonic() + STOP_GRACE
-        while time.monotonic() < deadline:
-            if isinstance(proc, subprocess.Popen) and proc.poll() is not None or not _alive(pid):
-                break
-            time.sleep(0.05)
-        else:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if isinstance(proc, subprocess.Popen):
-            proc.wait()
         log.info("stopped replica %s (pid %s)", key, pid)
 
     def stop_all(self) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import subprocess
 import tempfile
 import time
@@ -24,6 +23,7 @@ import orjson
 from serving import asgi
 from serving.health import HEALTHY, UNHEALTHY, Health
 from serving.modelfolder import LogArgs, MkdirArgs, ModelFolder, RunCommandArgs, WriteFileArgs, WriteTempfileArgs
+from tasks.processes import stop_group
 
 log = logging.getLogger("mlyard.serving.supervisor")
 MAX_BACKOFF_SECONDS = 30.0
@@ -107,14 +107,7 @@ class Supervisor:
     def stop(self) -> None:
         self._stopping = True
         if self.proc is not None and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(15)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            stop_group(self.proc, 15.0)
 
     async def watch(self) -> None:
         """Restart the child when it exits (backoff 1, 2, 4, ... 30 s) and probe it when a probe is due."""

@@ -30,6 +30,7 @@ from core.errors import (
     RoutingFailed,
     SpecError,
 )
+from core.settings import Settings
 from core.specs.endpoint import StageSpec, SyncSpec
 from registry.endpoints import Endpoints, Version
 from tasks import replicas as files
@@ -117,21 +118,17 @@ def version_params(models: Any, view: dict[str, Any], stage: str) -> dict[str, d
 
 
 def namespace() -> str:
-    import os
-
-    return os.environ.get("MLYARD_KUBE_NAMESPACE", "mlyard")
+    return Settings().kube_namespace
 
 
 @task(name="apply-manifests", cache_policy=NO_CACHE)
 def kube_apply(view: dict[str, Any], stage: str, parameters: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
     """Render the stage's manifests from infra/endpoint/, validate them, and make the cluster hold them."""
-    import os
-
-    from tasks.kubernetes import DEFAULT_IMAGE, apply_stage, cluster_client, render_stage
+    from tasks.kubernetes import apply_stage, cluster_client, render_stage
 
     st = next(s for s in view["stages"] if s["name"] == stage)
     api = cluster_client("stage.instance_type", st["instance_type"])
-    manifests = render_stage(view, stage, image=os.environ.get("MLYARD_IMAGE", DEFAULT_IMAGE), namespace=namespace(),
+    manifests = render_stage(view, stage, image=Settings().image, namespace=namespace(),
                              parameters=parameters)
     apply_stage(api, manifests, namespace(), view["name"], stage)
     return manifests

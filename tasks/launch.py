@@ -11,9 +11,7 @@ import collections
 import fcntl
 import hashlib
 import json
-import os
 import shutil
-import signal
 import site
 import subprocess
 import sys
@@ -26,6 +24,7 @@ from typing import Callable, Mapping
 from core.errors import TrainingFailed, TrainingStopped
 from core.specs import TrainingSpec
 from tasks.metrics import Metric, MetricParser, MetricStream, latest
+from tasks.processes import stop_group
 
 TAIL_LINES = 20
 
@@ -223,38 +222,8 @@ class Supervisor:
 
     def kill(self) -> None:
         """SIGTERM the whole process group, SIGKILL what is left after the grace period."""
-        proc = self.proc
-        if proc is None:
-            return
-        try:
-            pgid = os.getpgid(proc.pid)
-        except ProcessLookupError:
-            pgid = proc.pid  # the leader is gone; its group may still have members
-        if not _signal_group(pgid, signal.SIGTERM):
-            return
-        deadline = time.monotonic() + self.grace_seconds
-        while time.monotonic() < deadline:
-            if proc.poll() is not None and not _group_alive(pgid):
-                return
-            time.sleep(0.05)
-        _signal_group(pgid, signal.SIGKILL)
-        proc.wait()
-
-
-def _signal_group(pgid: int, sig: int) -> bool:
-    try:
-        os.killpg(pgid, sig)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
+        if self.proc is not None:
+            stop_group(self.proc, self.grace_seconds)
 
 
 # -- one run of the entry point, with its log and metrics -------------------------------------------

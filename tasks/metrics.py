@@ -7,13 +7,14 @@ visible well under a second after its line was printed.
 
 from __future__ import annotations
 
-import math
 import queue
 import re
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
+
+from core.metrics import metric_values
 
 STEP_NAMES = ("step", "epoch", "iteration", "global_step")
 COUNTERS_ONLY = ("step", "global_step")  # a step and nothing more; epoch and iteration are also metrics
@@ -37,20 +38,11 @@ class MetricParser:
     """
 
     def __init__(self, patterns: Sequence[str]):
-        self.patterns = [re.compile(p) for p in patterns]
+        self.patterns: list[tuple[str | None, re.Pattern[str]]] = [(None, re.compile(p)) for p in patterns]
         self._counts: dict[str, int] = {}
 
     def parse(self, line: str, now_ms: int | None = None) -> list[Metric]:
-        found: dict[str, float] = {}
-        for pattern in self.patterns:
-            for m in pattern.finditer(line):
-                name, raw = m.group(1), m.group(2)
-                try:
-                    value = float(raw)
-                except (TypeError, ValueError):
-                    continue
-                if math.isfinite(value):
-                    found[name] = value
+        found = metric_values(line, self.patterns)
         if not found:
             return []
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms

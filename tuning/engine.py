@@ -28,6 +28,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from core.metrics import metric_values
 from core.specs import KATIB_METRIC_PATTERN, HyperparameterSpec, TuningSpec
 
 STATE_ATTR = "katib_state"
@@ -175,24 +176,8 @@ def objective_parsers(spec: TuningSpec) -> list[tuple[str, re.Pattern]]:
 
 
 def parse_line(parsers: list[tuple[str, re.Pattern]], line: str) -> dict[str, float]:
-    found: dict[str, float] = {}
-    for name, pattern in parsers:
-        for m in pattern.finditer(line):
-            if "value" in pattern.groupindex:
-                raw = m.group("value")
-            elif pattern.groups == 1:
-                raw = m.group(1)
-            else:
-                if m.group(1) != name:
-                    continue
-                raw = m.group(2)
-            try:
-                value = float(raw)
-            except (TypeError, ValueError):
-                continue
-            if math.isfinite(value):
-                found[name] = value
-    return found
+    """The objective and the other collected metrics a trial's line holds (core/metrics.py's rules)."""
+    return metric_values(line, parsers)
 
 
 def best_value(values: list[float], direction: str) -> float | None:

@@ -251,12 +251,9 @@ def _watch_client(conn: socket.socket) -> None:
         pass
     if _FINISHED.is_set():  # the client read the exit status and left
         return
-    for sig, wait in ((signal.SIGTERM, GRACE_SECONDS), (signal.SIGKILL, 0.0)):
-        try:
-            os.killpg(0, sig)
-        except OSError:
-            return
-        time.sleep(wait)
+    from tasks.processes import stop_group
+
+    stop_group(os.getpid(), GRACE_SECONDS)  # this process's own group: the run and what it started
 
 
 def main(argv: list[str]) -> int:

@@ -1,0 +1,76 @@
+"""Ending a process group: the one helper for it (a training's script and what it started, serving
+replicas, a model folder's server, a check's server, the embedded stack's processes).
+
+Everything mlyard starts that may start processes of its own leads a process group of its own
+(`start_new_session=True`), so that ending it ends them too: `stop_group` sends SIGTERM (or the
+signal given) to the group, waits up to a grace period for the leader and the rest of the group to
+exit, then SIGKILLs whatever is left. Pure standard library: replicas import it too.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+
+def alive(pid: int | None) -> bool:
+    """The process exists and is not a zombie (dead, not yet reaped)."""
+    if not pid:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def stop_group(target: int | subprocess.Popen, grace_seconds: float, sig: int = signal.SIGTERM) -> bool:
+    """End the process group led by `target` (a pid or a Popen, reaped then): `sig`, then SIGKILL after
+    `grace_seconds`. False if the group was already gone."""
+    proc = target if isinstance(target, subprocess.Popen) else None
+    pid = proc.pid if proc is not None else int(target)  # type: ignore[arg-type]
+    try:
+        pgid = os.getpgid(pid)
+    except ProcessLookupError:
+        pgid = pid  # the leader is gone; its group may still have members
+    if not _signal(pgid, sig):
+        if proc is not None:
+            proc.poll()
+        return False
+    deadline = time.monotonic() + grace_seconds
+    while time.monotonic() < deadline:
+        leader = proc.poll() is None if proc is not None else alive(pid)
+        if not leader and not _members(pgid):
+            break
+        time.sleep(0.05)
+    else:
+        _signal(pgid, signal.SIGKILL)
+    if proc is not None:
+        proc.wait()
+    return True
+
+
+def _signal(pgid: int, sig: int) -> bool:
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def _members(pgid: int) -> bool:
+    """Whether a live (not zombie) process is still in the group."""
+    if not _signal(pgid, 0):
+        return False
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if fields[0] != "Z" and int(fields[2]) == pgid:
+                return True
+    return False
