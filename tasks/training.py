@@ -14,7 +14,6 @@ from typing import Callable, Literal, Mapping
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from core.errors import SpecError
 from core.names import (
     TAG_ENTRY_POINT,
     TAG_KIND,
@@ -55,11 +54,9 @@ def check_locations(storage: Storage, spec: TrainingSpec) -> None:
 
 
 def stage_inputs(storage: Storage, spec: TrainingSpec, scratch: Path) -> Inputs:
-    """Source (with its entry point checked), datasets and input checkpoint as local paths."""
+    """Source, datasets and input checkpoint as local paths (check_locations checked them first, the
+    entry point included: the one check on the way to a run, beside the one before a command queues it)."""
     source = stage_in(storage, spec.source_uri, scratch / "source", "source_uri")
-    if not (source / spec.entry_point).is_file():
-        raise SpecError("entry_point", spec.entry_point, f"a file inside source_uri {spec.source_uri}; "
-                        f"it holds: {', '.join(sorted(x.name for x in source.iterdir())[:20]) or 'nothing'}")
     datasets = {name: stage_in(storage, uri, scratch / "datasets" / name, f"datasets.{name}")
                 for name, uri in spec.datasets.items()}
     ckpt_in = (stage_in(storage, spec.checkpoint_input_uri, scratch / "checkpoint-input", "checkpoint_input_uri")
