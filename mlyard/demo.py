@@ -28,7 +28,7 @@ from core.connection import connect
 from core.errors import StackError
 from core.settings import Settings
 from mlyard import api, stack
-from mlyard.stack import PROJECT_ROOT
+from mlyard.prefect_setup import PROJECT_ROOT
 from tasks.processes import stop_group
 
 SPEC = PROJECT_ROOT / "examples" / "train.yaml"

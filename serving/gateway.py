@@ -28,14 +28,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
-import hmac
 import logging
-import os
 import sys
 import time
-from collections import deque
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -43,38 +38,18 @@ from urllib.parse import parse_qs
 import orjson
 
 from serving import asgi
+from serving.access import error_body, openai_error, token_problem
 from serving.endpoint_stats import EndpointStats
 from serving.health import HEALTHY, Health
 from serving.modelfolder import HealthCheck
 from serving.proxy import Pool, UpstreamError
 from serving.routing import NoReplica, NoRoute, Replica, Route, Router, parse
+from serving.scaler import Autoscaler, Tracked
 from tasks import replicas as files
 
 log = logging.getLogger("mlyard.gateway")
 MAX_BODY = 64 * 1024 * 1024
 RETRY_AFTER = [(b"retry-after", b"1")]
-
-
-@dataclass
-class _Tracked:
-    key: str
-    url: str
-    health: Health
-    pool: Pool
-    path: str
-    ejected: bool = False  # taken out after a failed connection, until a probe passes
-    requests: int = 0  # requests sent to it (the autoscaler's requests_per_second)
-    active: int = 0  # requests in flight on it
-
-
-def _error(message: str) -> bytes:
-    return orjson.dumps({"error": message})
-
-
-def _openai_error(message: str, status: int) -> bytes:
-    """OpenAI's error shape, so that the `openai` package raises its own exception on the RAG routes."""
-    return orjson.dumps({"error": {"message": message, "type": "invalid_request_error" if status < 500 else "api_error",
-                                   "param": None, "code": None}})
 
 
 # /rag/v1/chat/completions too: the `openai` package, given base_url .../rag/v1, posts there
@@ -95,8 +70,8 @@ class Gateway:
         self.max_in_flight, self.timeout, self.refresh_seconds = max_in_flight, timeout, refresh_seconds
         self.router = Router()
         self.endpoints: dict[str, dict[str, Any]] = {}
-        self.replicas: dict[str, _Tracked] = {}  # url -> its health and connections
-        self.draining: dict[str, _Tracked] = {}  # key -> a replica out of routing with requests still on it
+        self.replicas: dict[str, Tracked] = {}  # url -> its health and connections
+        self.draining: dict[str, Tracked] = {}  # key -> a replica out of routing with requests still on it
         self.stats = EndpointStats(self.home / "endpoints" / "stats")
         self.in_flight = 0
         self.started = time.time()
@@ -136,7 +111,7 @@ class Gateway:
             new = [(w, url) for members in groups.values() for w, url in members if url not in self.replicas]
             for w, url in new:
                 host, port = url.rsplit("//", 1)[1].rstrip("/").rsplit(":", 1)  # replica URLs carry their port
-                self.replicas[url] = _Tracked(w.key, url, Health(self.check, time.monotonic()), Pool(host, int(port)),
+                self.replicas[url] = Tracked(w.key, url, Health(self.check, time.monotonic()), Pool(host, int(port)),
                                               w.health_path)
             # A replica put into routing was found healthy by its flow: probe it once before it takes requests.
             await asyncio.gather(*(self._probe(self.replicas[url]) for _, url in new))
@@ -161,7 +136,7 @@ class Gateway:
         t = self.replicas.get(url)
         return t is not None and t.health.status == HEALTHY and not t.ejected
 
-    async def _probe(self, t: _Tracked) -> None:
+    async def _probe(self, t: Tracked) -> None:
         try:
             resp = await t.pool.request("GET", t.path, [], b"", timeout=self.check.max_wait_time)
             await resp.read()
@@ -211,7 +186,7 @@ class Gateway:
         if path.startswith("/mlyard/"):
             return await self._admin(scope, receive, send)
         if self.in_flight >= self.max_in_flight:
-            return await asgi.reply(send, 503, _error(f"the gateway is at its limit of {self.max_in_flight} requests "
+            return await asgi.reply(send, 503, error_body(f"the gateway is at its limit of {self.max_in_flight} requests "
                                                       "in flight; retry shortly"), headers=RETRY_AFTER)
         self.in_flight += 1
         try:
@@ -226,21 +201,21 @@ class Gateway:
         """A RAG's route: the RAG named by the body's `model`, then as any endpoint's request. The seed's
         `x-nhn-apikey` header is taken as a bearer token."""
         if scope["method"] != "POST":
-            return await asgi.reply(send, 405, _openai_error(f"{path} takes POST", 405))
+            return await asgi.reply(send, 405, openai_error(f"{path} takes POST", 405))
         try:
             body = await asgi.read_body(receive, MAX_BODY)
             model = orjson.loads(body).get("model")
         except asgi.BodyTooLarge as exc:
-            return await asgi.reply(send, 413, _openai_error(str(exc), 413))
+            return await asgi.reply(send, 413, openai_error(str(exc), 413))
         except (orjson.JSONDecodeError, AttributeError):
-            return await asgi.reply(send, 400, _openai_error("the body must be a JSON object (an OpenAI chat "
+            return await asgi.reply(send, 400, openai_error("the body must be a JSON object (an OpenAI chat "
                                                               "completions request)", 400))
         if not isinstance(model, str) or not model:
-            return await asgi.reply(send, 400, _openai_error("model: the name of the RAG to ask (mlyard rags list)",
+            return await asgi.reply(send, 400, openai_error("model: the name of the RAG to ask (mlyard rags list)",
                                                               400))
         name = f"rag:{model}"
         if name not in self.endpoints:
-            return await asgi.reply(send, 404, _openai_error(f"no RAG {model!r}; see `mlyard rags list`", 404))
+            return await asgi.reply(send, 404, openai_error(f"no RAG {model!r}; see `mlyard rags list`", 404))
         headers = list(scope["headers"])
         key = next((v for k, v in headers if k == b"x-nhn-apikey"), None)
         if key is not None and not any(k == b"authorization" for k, _ in headers):
@@ -256,14 +231,14 @@ class Gateway:
             try:
                 route = parse(path)
             except NoRoute as exc:
-                return await asgi.reply(send, 404, _error(str(exc)))
+                return await asgi.reply(send, 404, error_body(str(exc)))
             if len(self._routes) < 4096:  # the paths clients call are few; parsed once each
                 self._routes[path] = route
         ep = self.endpoints.get(route.endpoint)
         if ep is None:
             return await asgi.reply(send, 404, self._err(route, 404, f"no endpoint {route.endpoint!r}"))
         if not ep["public"]:
-            why = self._token_problem(ep, scope)
+            why = token_problem(self._internal, ep, scope)
             if why is not None:
                 return await asgi.reply(send, 401, self._err(route, 401, why),
                                         headers=[(b"www-authenticate", b"Bearer")])
@@ -345,40 +320,8 @@ class Gateway:
         """An error body: OpenAI's shape on the OpenAI routes (a RAG's, an endpoint's /openai/...), so that
         OpenAI clients show the message; {"error": message} on the others."""
         if route.endpoint.startswith("rag:") or route.rest.startswith("/openai/"):
-            return _openai_error(message, status)
-        return _error(message)
-
-    def _token_problem(self, ep: dict[str, Any], scope: dict) -> str | None:
-        value = None
-        for k, v in scope["headers"]:
-            if k == b"authorization":
-                value = v
-                break
-        if value is not None and self._internal is not None and hmac.compare_digest(value, self._internal):
-            return None
-        # Headers that passed, with their expiry, for this read of the catalog: a client sends the same
-        # header again and again, and a revocation reaches the gateway with the next read (within 1 s).
-        passed = ep.setdefault("passed", {})
-        expires = passed.get(value)
-        if expires is not None and expires > time.time():
-            return None
-        from registry.endpoints import token_from_header
-
-        token = token_from_header(value.decode("latin-1") if value is not None else None)
-        if token is None:
-            return ("this endpoint needs a token: send 'Authorization: Bearer <token>' (or 'BackendAI <token>'); "
-                    "issue one with `mlyard endpoints tokens issue ENDPOINT`")
-        found = ep["tokens"].get(hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest())
-        if found is None:
-            return "the token is not valid for this endpoint"
-        expires, revoked = found
-        if revoked:
-            return "the token was revoked"
-        if expires <= time.time():
-            return "the token has expired"
-        if len(passed) < 4096:
-            passed[value] = expires
-        return None
+            return openai_error(message, status)
+        return error_body(message)
 
     async def _admin(self, scope: dict, receive, send) -> None:
         path, method = scope["path"], scope["method"]
@@ -396,10 +339,10 @@ class Gateway:
                 since = float(q.get("since", time.time() - 3600))
                 until = float(q["until"]) if "until" in q else None
             except ValueError:
-                return await asgi.reply(send, 400, _error("since and until are epoch seconds"))
+                return await asgi.reply(send, 400, error_body("since and until are epoch seconds"))
             result = self.stats.query(since, until, q.get("endpoint"), q.get("stage"), q.get("model"))
             return await asgi.reply(send, 200, orjson.dumps(result))
-        return await asgi.reply(send, 404, _error(f"no route {method} {path}"))
+        return await asgi.reply(send, 404, error_body(f"no route {method} {path}"))
 
     def view(self) -> dict[str, Any]:
         table = self.router.view()
@@ -423,102 +366,6 @@ class Gateway:
         for task in self._tasks:
             task.cancel()
         self.stats.flush(everything=True)
-
-
-class Autoscaler:
-    """The loop that applies the stages' autoscaling rules (serving/autoscale.py decides). Each pass,
-    per stage resource: the metrics averaged over its routed replicas (inference_framework:
-    requests_per_second, outstanding; kernel: cpu_percent, memory_mb), then the decision. Scaling up
-    wants one more replica (the supervisor starts it, the gateway routes it once a probe passes);
-    scaling down takes the newest replica out of routing and stops it once its requests are answered."""
-
-    def __init__(self, gateway: "Gateway"):
-        self.gw = gateway
-        self.events: deque[dict[str, Any]] = deque(maxlen=50)
-        self._fired: dict[tuple[str, str, int], dict[int, float]] = {}
-        self._last: dict[str, tuple[float, int, float]] = {}  # key -> (when, requests, cpu seconds)
-        self._leaving: dict[str, _Tracked | None] = {}  # taken out of routing, stopped once idle
-
-    def step(self) -> None:
-        from core.specs.endpoint import AutoscalingRule
-        from serving.autoscale import decide
-
-        home = self.gw.home
-        wanted, states = files.wanted(home), files.states(home)
-        by_key = {t.key: t for t in list(self.gw.replicas.values())}  # (this runs in a worker thread)
-        for key, t in list(self._leaving.items()):  # stop a replica taken out once nothing is in flight on it
-            if t is None or t.active == 0:
-                files.unwant(home, key)
-                del self._leaving[key]
-        now, wall = time.monotonic(), time.time()
-        groups: dict[tuple[str, str, int], list[files.Wanted]] = {}
-        for w in wanted:
-            if w.routed and w.key not in self._leaving:
-                groups.setdefault((w.endpoint, w.stage, w.resource_id), []).append(w)
-        for (endpoint, stage, rid), members in groups.items():
-            info = self.gw.endpoints.get(endpoint, {}).get("stages", {}).get(stage)
-            if not info or not info.get("rules") or info.get("status") != "ACTIVE":
-                continue
-            rules = [AutoscalingRule(**r) for r in info["rules"]]
-            metrics = self._metrics(members, states, by_key, now)
-            fired = self._fired.setdefault((endpoint, stage, rid), {})
-            decision = decide(rules, len(members), metrics, wall, fired, info.get("max_replicas"))
-            if decision.rule is None or decision.replicas == len(members):
-                continue
-            fired[decision.rule] = wall
-            members.sort(key=lambda w: w.index)
-            if decision.replicas > len(members):
-                top = max(w.index for w in wanted if (w.endpoint, w.stage, w.resource_id) == (endpoint, stage, rid))
-                for i in range(decision.replicas - len(members)):
-                    clone = files.Wanted(**{**asdict(members[-1]), "index": top + 1 + i, "created_at": wall,
-                                            "key": files.key_of(endpoint, stage, rid, top + 1 + i)})
-                    files.want(home, clone)
-            else:
-                leaving = members[decision.replicas:]
-                files.route(home, [w.key for w in leaving], False)
-                self._leaving.update({w.key: by_key.get(w.key) for w in leaving})
-            event = {"at": wall, "endpoint": endpoint, "stage": stage, "resource": rid, "from": len(members),
-                     "to": decision.replicas, "reason": decision.reason}
-            self.events.append(event)
-            log.info("autoscaling %s/%s resource %s: %s", endpoint, stage, rid, decision.reason)
-
-    def _metrics(self, members: list[files.Wanted], states: dict[str, files.State], by_key: dict[str, _Tracked],
-                 now: float) -> dict[str, dict[str, float]]:
-        rps, outstanding, cpu, mem = [], [], [], []
-        for w in members:
-            t, st = by_key.get(w.key), states.get(w.key)
-            if t is None or st is None:
-                continue
-            used = _cpu_seconds(st.pid)
-            when, count, cpu_before = self._last.get(w.key, (now, t.requests, used))
-            self._last[w.key] = (now, t.requests, used)
-            if now > when:
-                rps.append((t.requests - count) / (now - when))
-                cpu.append(100.0 * (used - cpu_before) / (now - when))
-            outstanding.append(t.active)
-            mem.append(_rss_mb(st.pid))
-        out: dict[str, dict[str, float]] = {"inference_framework": {}, "kernel": {}}
-        for source, name, values in (("inference_framework", "requests_per_second", rps),
-                                     ("inference_framework", "outstanding", outstanding),
-                                     ("kernel", "cpu_percent", cpu), ("kernel", "memory_mb", mem)):
-            if values:
-                out[source][name] = sum(values) / len(values)
-        return out
-
-
-def _cpu_seconds(pid: int | None) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
-def _rss_mb(pid: int | None) -> float:
-    try:
-        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, IndexError, ValueError):
-        return 0.0
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -52,9 +52,10 @@ def test_status_shows_urls(stack):
 def test_a_fresh_home_starts_from_the_installations_prepared_database(stack):
     """`make install` prepared a Prefect database holding the pools, the crash automation and the
     deployments of this checkout; the test stack's fresh home started from it, so `up` registered nothing."""
-    from mlyard.stack import DEFAULT_IMAGE, _deployments_digest, prepared_db_path
+    from core.settings import DEFAULT_IMAGE
+    from mlyard.prefect_setup import deployments_digest, prepared_db_path
 
-    digest = _deployments_digest(DEFAULT_IMAGE)
+    digest = deployments_digest(DEFAULT_IMAGE)
     assert prepared_db_path(digest).is_file() and stack.deployments == digest
 
 

@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from mlyard.stack import GPU_TEMPLATE, PREFECT_YAML
+from mlyard.prefect_setup import GPU_TEMPLATE, PREFECT_YAML
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,246 @@
+"""The embedded Prefect server and what mlyard puts in it: starting the server, the prepared database
+a fresh home starts from (made once per installation by `make install`), the work pools (the local
+pool's warm command, the gpu pool's job template), the crash automation and the deployments.
+`mlyard/stack.py` starts the rest of the stack around it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from core.connection import healthy, point_prefect
+from core.errors import StackError
+from core.settings import TELEMETRY_OFF_ENV, UNRESPONSIVE_AFTER_SECONDS, Settings
+from tasks.processes import alive, stop_group
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PREFECT_YAML = PROJECT_ROOT / "infra" / "prefect.yaml"
+GPU_TEMPLATE = PROJECT_ROOT / "infra" / "gpu-job-template.json"
+LOCAL_POOL, GPU_POOL = "local", "gpu"
+
+
+def spawn(argv: list[str], log: Path, env: dict[str, str], cwd: Path | None = None) -> int:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as fh:
+        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, cwd=cwd, start_new_session=True)
+    return proc.pid
+
+
+def wait_healthy(api_url: str, pid: int, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if healthy(api_url):
+            return
+        if not alive(pid):
+            tail = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
+            raise StackError("the Prefect server exited while starting:\n" + "\n".join(tail))
+        time.sleep(0.5)
+    raise StackError(f"the Prefect server did not answer at {api_url} within {timeout:.0f} s; see {log}")
+
+
+def start_server(settings: Settings, env: dict[str, str], log: Path) -> int:
+    api_url = f"http://127.0.0.1:{settings.prefect_port}/api"
+    srv_env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
+    # The UI calls the API at this URL; without it the UI assumes port 4200.
+    srv_env.update({"PREFECT_UI_API_URL": api_url, "PREFECT_SERVER_API_PORT": str(settings.prefect_port),
+                    "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_HOME": str(settings.prefect_home)})
+    return spawn([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
+                   "--port", str(settings.prefect_port)], log, srv_env)
+
+
+def empty_prefect_db(echo=print) -> Path:
+    """An empty Prefect database at its newest migration, made once per installation by Prefect's own
+    `prefect server database upgrade` (`make install` makes it) and copied into each fresh home, so a
+    cold `mlyard up` skips Prefect's migrations (about 12 s here). One per Prefect version."""
+    from importlib.metadata import version
+
+    path = Path(sys.prefix) / "share" / "mlyard" / f"prefect-{version('prefect')}-empty.db"
+    if path.is_file():
+        return path
+    echo("preparing an empty Prefect database (once per installation) ...")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        env.update({**TELEMETRY_OFF_ENV, "PREFECT_HOME": tmp})
+        proc = subprocess.run([str(Path(sys.executable).parent / "prefect"), "server", "database", "upgrade", "-y"],
+                              env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise StackError("preparing the Prefect database failed:\n" + (proc.stdout + proc.stderr)[-3000:])
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        shutil.copyfile(Path(tmp) / "prefect.db", partial)
+        os.replace(partial, path)  # atomic: a concurrent install never sees half a file
+    return path
+
+
+def prepared_db_path(digest: str) -> Path:
+    from importlib.metadata import version
+
+    return Path(sys.prefix) / "share" / "mlyard" / f"prefect-{version('prefect')}-{digest}.db"
+
+
+def prepared_prefect_db(echo=print) -> Path:
+    """A Prefect database that already holds this installation's work pools, crash automation and
+    deployments (made once per installation by `make install`, with a temporary server): a fresh
+    home starts from a copy, so a cold `mlyard up` only starts processes. Remade when what the
+    deployments are made from changes (see `_deployments_digest`); `up` registers them itself when
+    no copy fits (another MLYARD_IMAGE, an edited flow)."""
+    import socket
+
+    image = Settings().image
+    digest = deployments_digest(image)
+    path = prepared_db_path(digest)
+    if path.is_file():
+        return path
+    empty = empty_prefect_db(echo)
+    echo("preparing this installation's Prefect database (pools, automation, deployments) ...")
+    with tempfile.TemporaryDirectory() as tmp, socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        sock.close()
+        settings = Settings(home=Path(tmp), prefect_port=port)
+        settings.prefect_home.mkdir(parents=True)
+        shutil.copyfile(empty, settings.prefect_home / "prefect.db")
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}, **settings.engine_env(),
+               "MLYARD_PROJECT_ROOT": str(PROJECT_ROOT), "MLYARD_IMAGE": image}
+        log = Path(tmp) / "prefect-server.log"
+        pid = start_server(settings, env, log)
+        try:
+            api_url = f"http://127.0.0.1:{port}/api"
+            wait_healthy(api_url, pid, log, 240.0)
+            point_prefect(settings, api_url)
+            ensure_pools(lambda _: None, settings)
+            ensure_crash_detection()
+            register_deployments({**env, "PREFECT_API_URL": api_url})
+        finally:
+            stop_group(pid, 30.0)
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        _copy_sqlite(settings.prefect_home / "prefect.db", partial)
+        os.replace(partial, path)
+    return path
+
+
+def _copy_sqlite(source: Path, target: Path) -> None:
+    """A consistent copy of a SQLite database, its write-ahead log included (a file copy would lose
+    what the log still holds), checked to hold every deployment of prefect.yaml."""
+    import sqlite3
+
+    import yaml
+
+    target.unlink(missing_ok=True)
+    src, dst = sqlite3.connect(source), sqlite3.connect(target)
+    try:
+        src.backup(dst)
+        found = dst.execute("SELECT count(*) FROM deployment").fetchone()[0]
+    finally:
+        src.close()
+        dst.close()
+    wanted = len(yaml.safe_load(PREFECT_YAML.read_text())["deployments"])
+    if found != wanted:
+        target.unlink(missing_ok=True)
+        raise StackError(f"the prepared Prefect database holds {found} deployments, not the {wanted} of {PREFECT_YAML}")
+
+
+def deployments_digest(image: str) -> str:
+    """What the registered deployments are made from (prefect.yaml, the GPU job template, the image,
+    this checkout, and the flows and specs their parameter schemas come from): re-registered only
+    when it changes."""
+    import hashlib
+
+    h = hashlib.sha256(PREFECT_YAML.read_bytes() + GPU_TEMPLATE.read_bytes() + image.encode()
+                       + str(PROJECT_ROOT).encode())
+    for source in sorted([*(PROJECT_ROOT / "flows").glob("*.py"), *(PROJECT_ROOT / "core" / "specs").glob("*.py")]):
+        h.update(source.name.encode() + source.read_bytes())
+    return h.hexdigest()[:16]
+
+
+CRASH_AUTOMATION = "mlyard: crash unresponsive runs"
+
+
+def ensure_crash_detection() -> None:
+    """The automation that marks a flow run CRASHED once its heartbeats stop for
+    UNRESPONSIVE_AFTER_SECONDS: a SIGKILLed flow process, a dead worker or a reboot then shows as failed,
+    with the reason, instead of RUNNING for ever (Prefect's documented zombie-run recipe)."""
+    from datetime import timedelta
+
+    from prefect.automations import Automation
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+
+    try:
+        found = Automation.read(name=CRASH_AUTOMATION)
+    except ValueError:
+        found = None
+    if found is not None:
+        if getattr(found.trigger, "within", None) == timedelta(seconds=UNRESPONSIVE_AFTER_SECONDS):
+            return
+        found.delete()  # made by an older mlyard with another threshold
+    Automation(
+        name=CRASH_AUTOMATION,
+        description="Mark a flow run CRASHED when its heartbeats stop (set up by `mlyard up`).",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
+                    "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"},
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            for_each={"prefect.resource.id"}, posture=Posture.Proactive, threshold=1,
+            within=timedelta(seconds=UNRESPONSIVE_AFTER_SECONDS)),
+        actions=[ChangeFlowRunState(state=StateType.CRASHED, message=(
+            f"the run stopped reporting for {UNRESPONSIVE_AFTER_SECONDS} s: its process was killed, or its "
+            "worker or machine went down"))],
+    ).create()
+
+
+def local_pool_template(settings: Settings) -> dict:
+    """Prefect's process-pool template, whose default command is the warm client of this home
+    (mlyard/warm) when warm starts are on; a run's own `command` job variable still wins."""
+    from prefect.workers.process import ProcessWorker
+
+    template = ProcessWorker.get_default_base_job_template()
+    if settings.warm_starts:
+        command = template["variables"]["properties"]["command"]
+        command["default"] = shlex.join([sys.executable, "-m", "mlyard.warm.client", str(settings.home_dir)])
+        command["description"] = ("mlyard starts flow runs warm (mlyard/warm): this client hands the run to a "
+                                  "process that has imported the flows already. Empty: a cold `python -m "
+                                  "prefect.engine`.")
+    return template
+
+
+def ensure_pools(echo=print, settings: Settings | None = None) -> None:
+    """Create the `local` process pool and the `gpu` Kubernetes pool (with mlyard's job template) if
+    missing; keep the local pool's template pointing at this home's warm runner."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
+    from prefect.exceptions import ObjectNotFound
+
+    local = local_pool_template(settings or Settings())
+    with get_client(sync_client=True) as client:
+        for name, kind, template in ((LOCAL_POOL, "process", local),
+                                     (GPU_POOL, "kubernetes", json.loads(GPU_TEMPLATE.read_text()))):
+            try:
+                pool = client.read_work_pool(name)
+            except ObjectNotFound:
+                client.create_work_pool(WorkPoolCreate(name=name, type=kind, base_job_template=template))
+                echo(f"created work pool '{name}' ({kind})")
+                continue
+            if name == LOCAL_POOL and pool.base_job_template != template:
+                client.update_work_pool(name, WorkPoolUpdate(base_job_template=template))
+
+
+def register_deployments(env: dict[str, str]) -> None:
+    proc = subprocess.run([str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy", "--all",
+                           "--prefect-file", str(PREFECT_YAML)],
+                          cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise StackError("registering deployments failed:\n" + (proc.stdout + proc.stderr)[-3000:])

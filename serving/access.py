@@ -1,0 +1,58 @@
+"""Who may pass the gateway, and what a refused request gets back: the token check of an endpoint
+(on the headers alone) and the error bodies (OpenAI's shape on the OpenAI and RAG routes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from typing import Any
+
+import orjson
+
+
+def error_body(message: str) -> bytes:
+    return orjson.dumps({"error": message})
+
+
+def openai_error(message: str, status: int) -> bytes:
+    """OpenAI's error shape, so that the `openai` package raises its own exception on the RAG routes."""
+    return orjson.dumps({"error": {"message": message, "type": "invalid_request_error" if status < 500 else "api_error",
+                                   "param": None, "code": None}})
+
+
+def token_problem(internal: bytes | None, ep: dict[str, Any], scope: dict) -> str | None:
+    """Why a request may not pass to the endpoint `ep` (its tokens as the gateway read them from the
+    catalog), or None. Only the headers are read: the body is never touched before this passes.
+    `internal` is the platform's own Authorization header (a RAG's query service asking its LLM)."""
+    value = None
+    for k, v in scope["headers"]:
+        if k == b"authorization":
+            value = v
+            break
+    if value is not None and internal is not None and hmac.compare_digest(value, internal):
+        return None
+    # Headers that passed, with their expiry, for this read of the catalog: a client sends the same
+    # header again and again, and a revocation reaches the gateway with the next read (within 1 s).
+    passed = ep.setdefault("passed", {})
+    expires = passed.get(value)
+    if expires is not None and expires > time.time():
+        return None
+    from registry.endpoints import token_from_header
+
+    token = token_from_header(value.decode("latin-1") if value is not None else None)
+    if token is None:
+        return ("this endpoint needs a token: send 'Authorization: Bearer <token>' (or 'BackendAI <token>'); "
+                "issue one with `mlyard endpoints tokens issue ENDPOINT`")
+    found = ep["tokens"].get(hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest())
+    if found is None:
+        return "the token is not valid for this endpoint"
+    expires, revoked = found
+    if revoked:
+        return "the token was revoked"
+    if expires <= time.time():
+        return "the token has expired"
+    if len(passed) < 4096:
+        passed[value] = expires
+    return None
