@@ -7,8 +7,8 @@ import os
 
 import numpy as np
 
-from flows.rag import _Parts, diff_step
 from tasks.documents import content_hash
+from tasks.ingestion import Parts, diff_step
 from tasks.rag import list_documents
 from tasks.vectorstore import VectorStore
 
@@ -22,7 +22,7 @@ def _put(store: VectorStore, listing, name: str, stamped: bool = True) -> None:
 def test_only_documents_whose_stamp_changed_are_read(stack, tmp_path):
     for name in ("a.txt", "b.txt", "c.txt"):
         (tmp_path / name).write_text(f"the text of {name}\n")
-    p = _Parts()
+    p = Parts()
     reads: list[str] = []
     read_bytes = p.storage.read_bytes
     p.storage.read_bytes = lambda uri, field="uri": reads.append(os.path.basename(uri)) or read_bytes(uri, field)
