@@ -35,6 +35,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/front_door.py
+	$(PY) bench/warm_starts.py
 	$(PY) bench/crash_detection.py
 	$(PY) bench/training_overhead.py
 	$(PY) bench/metric_latency.py

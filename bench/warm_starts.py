@@ -6,12 +6,13 @@ with default settings (the worker polls every 0.5 s).
    the COMPLETED state). And the worker's pick-up (PENDING) -> RUNNING, which the engine sets as the
    flow function starts: its first line. Targets: <= 1.5 s and <= 1 s.
 2. 40 no-op trials as their own flow runs (a tuning with `trial_deployment: train/local`,
-   parallel_trials 4): per trial, Optuna's start -> complete minus the script's own time. Target <= 1 s.
+   parallel_trials 4, warm and cold; then 1, warm): per trial, Optuna's start -> complete minus the
+   bare script's own time in a fresh process. Target <= 1 s.
 
 Cold is the same pool with Prefect's own command (`python -m prefect.engine` in a fresh process, what
 MLYARD_WARM_STARTS=false gives); runs alternate warm, cold, warm, cold.
 
-Run: `python bench/warm_starts.py [--rounds 6]` (about 5 minutes).
+Run: `python bench/warm_starts.py [--rounds 6] [--skip-trials]` (about 8 minutes).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def bare_script(src: Path) -> float:
     return statistics.median(times)
 
 
-def trials(settings, src: Path, name: str) -> list[float]:
+def trials(settings, src: Path, name: str, parallel: int) -> list[float]:
     """Per trial: Optuna's start -> complete (the trial's flow run made, run by the worker, its metric
     read back) minus the bare script's time."""
     import optuna
@@ -73,7 +74,7 @@ def trials(settings, src: Path, name: str) -> list[float]:
     from flows.tuning import tune
 
     spec = load_spec(TuningSpec, {
-        "name": name, "strategy": "random", "seed": 0, "max_trials": TRIALS, "parallel_trials": 4,
+        "name": name, "strategy": "random", "seed": 0, "max_trials": TRIALS, "parallel_trials": parallel,
         "trial_deployment": "train/local",
         "training": {"name": "t", "experiment": "bench", "source_uri": str(src), "entry_point": "main.py",
                      "collect_logs": False},
@@ -119,17 +120,17 @@ def main() -> None:
     if args.skip_trials:
         return
     over = {}
-    for warm in (True, False):
+    for warm, parallel in ((True, 4), (False, 4), (True, 1)):
         set_pool(warm)
         t0 = time.perf_counter()
-        over[warm] = trials(settings, src, f"trials-{'warm' if warm else 'cold'}")
+        over[warm, parallel] = trials(settings, src, f"trials-{'warm' if warm else 'cold'}-p{parallel}", parallel)
         wall = time.perf_counter() - t0
-        print(f"{'warm' if warm else 'cold'}: {len(over[warm])} no-op trials as flow runs (parallel 4) in "
-              f"{wall:.1f} s; per-trial overhead median {statistics.median(over[warm]):.2f} s, "
-              f"max {max(over[warm]):.2f} s")
-    med = statistics.median(over[True])
-    print(f"per-trial overhead warm/cold {med / statistics.median(over[False]):.2f}; target <= 1 s: "
-          f"{'OK' if med <= 1.0 else 'MISSED'}")
+        print(f"{'warm' if warm else 'cold'}: {len(over[warm, parallel])} no-op trials as flow runs (parallel "
+              f"{parallel}) in {wall:.1f} s ({wall / TRIALS:.2f} s a trial); per-trial overhead median "
+              f"{statistics.median(over[warm, parallel]):.2f} s, max {max(over[warm, parallel]):.2f} s")
+    med = statistics.median(over[True, 4])
+    print(f"per-trial overhead, parallel 4, warm/cold {med / statistics.median(over[False, 4]):.2f}; target <= 1 s: "
+          f"{'OK' if med <= 1.0 else 'MISSED'} (parallel 1: {statistics.median(over[True, 1]):.2f} s)")
 
 
 if __name__ == "__main__":

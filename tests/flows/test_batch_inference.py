@@ -272,7 +272,18 @@ def test_worker_processes_end_when_the_batch_inference_is_killed(platform, model
     while time.monotonic() < deadline and len(workers()) < 2:
         time.sleep(0.2)
     assert len(workers()) == 2, "two worker processes should have started"
-    time.sleep(3)
+
+    def writing(pid: int) -> bool:  # in its batch loop: its shard's output file is open
+        try:
+            return any(os.readlink(f"/proc/{pid}/fd/{fd}").endswith(".jsonl") and "/out-" in os.readlink(
+                f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd"))
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not all(writing(pid) for pid in workers()):
+        time.sleep(0.1)
+    assert all(writing(pid) for pid in workers()), "both workers should be inside their shards"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     deadline = time.monotonic() + 60  # they notice between batches, after loading the model
