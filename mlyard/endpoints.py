@@ -1,5 +1,5 @@
 """Endpoints from Python (and the CLI's `mlyard endpoints`): every change is a flow run of
-flows/endpoint.py, on the running platform; reads come from the catalog and the gateway.
+flows/endpoint_*.py, on the running platform; reads come from the catalog and the gateway.
 
     import mlyard.endpoints as endpoints
 
@@ -61,7 +61,8 @@ def _run(flow_name: str, module_fn: str, spec: Any, submit: bool) -> Any:
                 "status": "CREATE REQUESTED"}
     from mlyard.api import run_here
 
-    return run_here(module_fn, spec, flow_name.upper().replace("-", " "))
+    result = run_here(module_fn, spec, flow_name.upper().replace("-", " "))
+    return result.model_dump() if hasattr(result, "model_dump") else result  # the flows' typed results, as dicts
 
 
 def create(spec: EndpointSpec | dict | str | Path, *, sets: dict[str, Any] | None = None,
@@ -72,7 +73,7 @@ def create(spec: EndpointSpec | dict | str | Path, *, sets: dict[str, Any] | Non
     spec = _spec(EndpointSpec, spec, sets)
     p = _platform()
     check_stage.fn(_endpoints(p), p.models, spec.stage, "stage", new_endpoint=spec.name)
-    return _run(FLOW_DEPLOY_ENDPOINT, "flows.endpoint:deploy_endpoint", spec, submit)
+    return _run(FLOW_DEPLOY_ENDPOINT, "flows.endpoint_deploy:deploy_endpoint", spec, submit)
 
 
 def add_stage(endpoint: str, stage: StageSpec | dict | str | Path, *, sets: dict[str, Any] | None = None,
@@ -83,7 +84,7 @@ def add_stage(endpoint: str, stage: StageSpec | dict | str | Path, *, sets: dict
     stage_spec = _spec(StageSpec, stage, sets)
     p = _platform()
     check_stage.fn(_endpoints(p), p.models, stage_spec, "stage", endpoint=endpoint)
-    return _run(FLOW_ADD_STAGE, "flows.endpoint:add_stage", StageChangeSpec(endpoint=endpoint, stage=stage_spec),
+    return _run(FLOW_ADD_STAGE, "flows.endpoint_add_stage:add_stage", StageChangeSpec(endpoint=endpoint, stage=stage_spec),
                 submit)
 
 
@@ -97,13 +98,13 @@ def promote(endpoint: str, stage: str, *, keep_old: bool = False, submit: bool =
         raise SpecError("stage", stage, f"a stage of {endpoint}: {', '.join(s['name'] for s in view['stages'])}")
     if st["status"] != "ACTIVE":
         raise SpecError("stage", stage, f"an ACTIVE stage ({stage} is {st['status']})")
-    return _run(FLOW_PROMOTE_STAGE, "flows.endpoint:promote_stage", spec, submit)
+    return _run(FLOW_PROMOTE_STAGE, "flows.endpoint_promote:promote_stage", spec, submit)
 
 
 def delete(endpoint: str, stage: str | None = None, *, submit: bool = False) -> dict[str, Any]:
     """Delete a stage, or the endpoint (refused while it has stages other than the default)."""
     _endpoints().check_delete(endpoint, stage)
-    return _run(FLOW_DELETE_ENDPOINT, "flows.endpoint:delete_endpoint", DeletionSpec(endpoint=endpoint, stage=stage),
+    return _run(FLOW_DELETE_ENDPOINT, "flows.endpoint_delete:delete_endpoint", DeletionSpec(endpoint=endpoint, stage=stage),
                 submit)
 
 
@@ -111,7 +112,7 @@ def retry(endpoint: str, stage: str | None = None, *, submit: bool = False) -> d
     """Clear a stage's errors and try again (the default stage when none is named)."""
     view = _endpoints().get(endpoint)
     stage = stage or view["default_stage"]
-    return _run("retry-endpoint-stage", "flows.endpoint:retry_stage", PromotionSpec(endpoint=endpoint, stage=stage),
+    return _run("retry-endpoint-stage", "flows.endpoint_retry:retry_stage", PromotionSpec(endpoint=endpoint, stage=stage),
                 submit)
 
 
@@ -133,7 +134,7 @@ def deploy(endpoint: str, sync: str | Path, *, entry_script: str = "score.py", k
                             "config": where(config) if config else None}, None)
     p = _platform()
     check_target.fn(_endpoints(p), spec, check_code.fn(spec, modelfolder.load), p.settings.home_dir)  # before any flow run
-    return _run(FLOW_SYNC_ENDPOINT, "flows.endpoint:sync_endpoint", spec, submit)
+    return _run(FLOW_SYNC_ENDPOINT, "flows.endpoint_sync:sync_endpoint", spec, submit)
 
 
 def validate(spec: EndpointSpec | StageSpec | dict | str | Path, *, echo=print, timeout: float = 300.0) -> dict[str, Any]:
@@ -414,7 +415,7 @@ def server_create(name: str, model: str, *, pods: int = 1, public: bool = False,
 def server_stop(name: str) -> dict[str, Any]:
     """Stop a server's replicas; its configuration stays (STOPPED)."""
     view = _endpoints().get(name)
-    _run("stop-endpoint-stage", "flows.endpoint:stop_stage", PromotionSpec(endpoint=name, stage=view["default_stage"]),
+    _run("stop-endpoint-stage", "flows.endpoint_stop:stop_stage", PromotionSpec(endpoint=name, stage=view["default_stage"]),
          False)
     return server_view(name)
 
@@ -422,7 +423,7 @@ def server_stop(name: str) -> dict[str, Any]:
 def server_start(name: str) -> dict[str, Any]:
     """Start a stopped server again (PENDING until it answers, then RUNNING)."""
     view = _endpoints().get(name)
-    _run("start-endpoint-stage", "flows.endpoint:start_stage",
+    _run("start-endpoint-stage", "flows.endpoint_start:start_stage",
          PromotionSpec(endpoint=name, stage=view["default_stage"]), False)
     return server_view(name)
 

@@ -27,12 +27,12 @@ def test_pure_modules_do_not_import_prefect(module):
     ("flows.batch_inference:batch_infer", ("BatchInferenceSpec", "Resources")),
     ("flows.batch_worker:batch_worker", ("BatchJob", "BatchShard")),
     ("flows.evaluation:evaluate", ("EvaluationSpec", "Resources")),
-    ("flows.endpoint:deploy_endpoint", ("EndpointSpec", "StageSpec", "StageResourceSpec", "NodeAutoscaler",
+    ("flows.endpoint_deploy:deploy_endpoint", ("EndpointSpec", "StageSpec", "StageResourceSpec", "NodeAutoscaler",
                                         "PodAutoscaler")),
-    ("flows.endpoint:add_stage", ("StageChangeSpec", "StageSpec")),
-    ("flows.endpoint:promote_stage", ("PromotionSpec",)),
-    ("flows.endpoint:delete_endpoint", ("DeletionSpec",)),
-    ("flows.endpoint:sync_endpoint", ("SyncSpec",)),
+    ("flows.endpoint_add_stage:add_stage", ("StageChangeSpec", "StageSpec")),
+    ("flows.endpoint_promote:promote_stage", ("PromotionSpec",)),
+    ("flows.endpoint_delete:delete_endpoint", ("DeletionSpec",)),
+    ("flows.endpoint_sync:sync_endpoint", ("SyncSpec",)),
     ("flows.pipeline_run:pipeline_run", ("PipelineRunSpec",)),
 ])
 def test_flow_parameter_schema_documents_every_field(flow_path, models):

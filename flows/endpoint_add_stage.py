@@ -1,0 +1,32 @@
+"""Add a stage to an endpoint; it answers at its own URL until promoted.
+
+1. Check the stage (its name is free, every model version exists, it fits).
+2. Record it.
+3. Deploy it: replicas, health, routing; rolled back on failure.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from core.names import FLOW_ADD_STAGE
+from core.specs.endpoint import StageChangeSpec
+from flows.endpoint import (
+    EndpointResult,
+    deploy_stage,
+    with_urls,
+)
+from flows.platform import Platform
+from registry.endpoints import Endpoints
+from tasks.endpoints import check_stage
+
+
+@flow(name=FLOW_ADD_STAGE, flow_run_name="{spec.endpoint}-{spec.stage.name}",
+      description="Add a stage to an endpoint: replicas, health, routing at its own URL; rolled back on failure.")
+def add_stage(spec: StageChangeSpec) -> EndpointResult:
+    p = Platform()
+    eps = Endpoints(p.catalog)
+    versions = check_stage(eps, p.models, spec.stage, "stage", endpoint=spec.endpoint)
+    eps.add_stage(spec.endpoint, spec.stage, versions)
+    deploy_stage(p, eps, spec.endpoint, spec.stage.name, creating=False)
+    return with_urls(p, eps, spec.endpoint)

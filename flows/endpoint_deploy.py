@@ -1,0 +1,34 @@
+"""Deploy an endpoint: a new endpoint with its default stage.
+
+1. Check everything before any change (the name is free, every model version exists, the stage fits).
+2. Record it (CREATE REQUESTED).
+3. Deploy its stage: replicas, health, routing; rolled back on failure (flows/endpoint.py).
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from core.names import FLOW_DEPLOY_ENDPOINT
+from core.specs.endpoint import EndpointSpec
+from flows.endpoint import (
+    EndpointResult,
+    deploy_stage,
+    with_urls,
+)
+from flows.platform import Platform
+from registry.endpoints import Endpoints
+from tasks.endpoints import check_stage
+
+
+@flow(name=FLOW_DEPLOY_ENDPOINT, flow_run_name="{spec.name}",
+      description="Create an endpoint with its default stage: replicas, health, routing; rolled back on failure.")
+def deploy_endpoint(spec: EndpointSpec) -> EndpointResult:
+    p = Platform()
+    eps = Endpoints(p.catalog)
+    # 1. Check.
+    versions = check_stage(eps, p.models, spec.stage, "stage", new_endpoint=spec.name)
+    # 2. Record.
+    eps.create(spec, versions)
+    deploy_stage(p, eps, spec.name, spec.stage.name, creating=True)
+    return with_urls(p, eps, spec.name)

@@ -1,0 +1,54 @@
+"""Promote a stage to the endpoint's default.
+
+1. Check and switch in the catalog (refused unless the stage is ACTIVE).
+2. The gateway moves traffic at once.
+3. Drain the old default's outstanding requests.
+4. Stop its replicas and delete it (unless kept).
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+
+from core.connection import gateway_url
+from core.names import FLOW_PROMOTE_STAGE
+from core.specs.endpoint import PromotionSpec
+from flows.endpoint import (
+    EndpointResult,
+    teardown,
+    with_urls,
+)
+from flows.platform import Platform
+from registry.endpoints import Endpoints
+from tasks.endpoints import (
+    drain,
+    gateway,
+)
+
+
+@flow(name=FLOW_PROMOTE_STAGE, flow_run_name="{spec.endpoint}-{spec.stage}",
+      description="Make a stage the endpoint's default: traffic moves at once, the old default drains and is deleted.")
+def promote_stage(spec: PromotionSpec) -> EndpointResult:
+    logger = get_run_logger()
+    p = Platform()
+    eps = Endpoints(p.catalog)
+    home, gw = p.settings.home_dir, gateway_url(p.settings)
+    # 1. Check and switch in the catalog (refused unless the stage is ACTIVE).
+    old = eps.promote(spec.endpoint, spec.stage)
+    if old is None:
+        logger.info("%s is already the default stage of %s", spec.stage, spec.endpoint)
+        return with_urls(p, eps, spec.endpoint)
+    # 2. The gateway moves traffic now.
+    gateway(gw, "/mlyard/reload", "POST")
+    logger.info("traffic of %s moved from %s to %s", spec.endpoint, old, spec.stage)
+    if spec.keep_old:
+        return with_urls(p, eps, spec.endpoint)
+    # 3. Drain the old default, then 4. stop its replicas and delete it.
+    left = drain(gw, spec.endpoint, old)
+    if left:
+        logger.warning("%d request(s) still outstanding on %s/%s after the drain timeout", left, spec.endpoint, old)
+    eps.set_status(spec.endpoint, "DELETE IN PROGRESS", old)
+    teardown(home, gw, spec.endpoint, next(s for s in eps.get(spec.endpoint)["stages"] if s["name"] == old))
+    eps.delete_stage(spec.endpoint, old, replaced=True)
+    logger.info("deleted the old default stage %s/%s", spec.endpoint, old)
+    return with_urls(p, eps, spec.endpoint)
