@@ -25,11 +25,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from core.errors import AlreadyExists, EndpointNotFound, NotFound, Protected, SpecError
+from core.errors import AlreadyExists, NotFound, Protected, SpecError
 from core.specs.endpoint import (
-    BUSY,
     ENDPOINT_STATUSES,
     GATEWAY_STATUSES,
     MAX_STAGES,
@@ -42,14 +40,23 @@ from core.specs.endpoint import (
 from registry.catalog import (
     Catalog,
     Endpoint,
-    EndpointStage,
     EndpointToken,
     ServingHistory,
-    StageResource,
     utcnow,
 )
-
-Version = tuple[str, str]  # (model name, version)
+from registry.endpoint_rows import (
+    Version,
+    check_allowed,
+    check_deletable_endpoint,
+    check_deletable_stage,
+    check_not_busy,
+    end_history,
+    endpoint_view,
+    get_endpoint,
+    new_resource,
+    new_stage,
+    stage_of,
+)
 
 
 @dataclass(frozen=True)
@@ -81,45 +88,45 @@ class Endpoints:
             if s.scalar(select(Endpoint).where(Endpoint.name == spec.name)) is not None:
                 raise AlreadyExists("endpoint", spec.name)
             ep = Endpoint(name=spec.name, description=spec.description, public=spec.public, status="CREATE REQUESTED")
-            ep.stages.append(_stage(spec.stage, versions, default=True))
+            ep.stages.append(new_stage(spec.stage, versions, default=True))
             s.add(ep)
             s.flush()
-            return _endpoint_view(ep)
+            return endpoint_view(ep)
 
     def add_stage(self, endpoint: str, spec: StageSpec, versions: list[Version]) -> dict[str, Any]:
         with self.catalog.session() as s:
-            ep = _get(s, endpoint)
+            ep = get_endpoint(s, endpoint)
             if any(st.name == spec.name for st in ep.stages):
                 raise AlreadyExists(f"stage of endpoint {endpoint!r}", spec.name)
             if len(ep.stages) >= MAX_STAGES:
                 raise SpecError("stage", spec.name, f"at most {MAX_STAGES} stages per endpoint; delete one first")
-            _not_busy(ep.name, "endpoint", ep.status, "add a stage to it")
-            ep.stages.append(_stage(spec, versions, default=False))
+            check_not_busy(ep.name, "endpoint", ep.status, "add a stage to it")
+            ep.stages.append(new_stage(spec, versions, default=False))
             ep.status = "UPDATE IN PROGRESS"
             s.flush()
-            return _endpoint_view(ep)
+            return endpoint_view(ep)
 
     def add_resource(self, endpoint: str, stage: str, spec: StageResourceSpec, version: Version) -> dict[str, Any]:
         with self.catalog.session() as s:
-            st = _stage_of(_get(s, endpoint), stage)
-            _not_busy(f"{endpoint}/{stage}", "stage", st.status, "add a resource to it")
-            st.resources.append(_resource(spec, version))
+            st = stage_of(get_endpoint(s, endpoint), stage)
+            check_not_busy(f"{endpoint}/{stage}", "stage", st.status, "add a resource to it")
+            st.resources.append(new_resource(spec, version))
             st.status = "UPDATE IN PROGRESS"
             s.flush()
-            return _endpoint_view(st.endpoint)
+            return endpoint_view(st.endpoint)
 
     def set_version(self, endpoint: str, stage: str, resource_id: int, version: Version,
                     max_replicas: int | None = None) -> None:
         """A resource now serves another version (its replicas were replaced one by one): the old
         version's history record ends, the new one's begins. `max_replicas` also sets the stage's cap."""
         with self.catalog.session() as s:
-            st = _stage_of(_get(s, endpoint), stage)
+            st = stage_of(get_endpoint(s, endpoint), stage)
             res = next((r for r in st.resources if r.id == resource_id), None)
             if res is None:
                 raise NotFound(f"{endpoint}/{stage} resource {resource_id}")
             new = (version[0], str(version[1]))
             if (res.model_name, res.model_version) != new:
-                _end_history(s, endpoint, stage, [res], f"replaced by {new[0]}/{new[1]}")
+                end_history(s, endpoint, stage, [res], f"replaced by {new[0]}/{new[1]}")
                 res.model_name, res.model_version = new
                 if res.status == "ACTIVE":
                     s.add(ServingHistory(endpoint=endpoint, stage=stage, model_name=new[0], model_version=new[1],
@@ -134,28 +141,28 @@ class Endpoints:
         """Set one resource's status (each with its own list). A resource that becomes ACTIVE opens its
         history record and one that stops being ACTIVE closes it; the flows call this as their steps finish."""
         with self.catalog.session() as s:
-            ep = _get(s, endpoint)
+            ep = get_endpoint(s, endpoint)
             if stage is None:
-                _allowed(status, ENDPOINT_STATUSES, "endpoint")
+                check_allowed(status, ENDPOINT_STATUSES, "endpoint")
                 ep.status, ep.reason = status, reason
                 return
-            st = _stage_of(ep, stage)
+            st = stage_of(ep, stage)
             if gateway_status is not None:
-                _allowed(gateway_status, GATEWAY_STATUSES, "gateway")
+                check_allowed(gateway_status, GATEWAY_STATUSES, "gateway")
                 st.gateway_status = gateway_status
             if resource_id is None:
-                _allowed(status, STAGE_STATUSES, "stage")
+                check_allowed(status, STAGE_STATUSES, "stage")
                 st.status, st.reason = status, reason
                 return
             res = next((r for r in st.resources if r.id == resource_id), None)
             if res is None:
                 raise NotFound(f"{endpoint}/{stage} resource {resource_id}")
-            _allowed(status, RESOURCE_STATUSES, "stage resource")
+            check_allowed(status, RESOURCE_STATUSES, "stage resource")
             if status == "ACTIVE" and res.status != "ACTIVE":
                 s.add(ServingHistory(endpoint=ep.name, stage=st.name, model_name=res.model_name,
                                      model_version=res.model_version, note=f"resource {res.id}"))
             elif res.status == "ACTIVE" and status != "ACTIVE":  # it stops serving (stopped, failed)
-                _end_history(s, ep.name, st.name, [res], status.lower())
+                end_history(s, ep.name, st.name, [res], status.lower())
             res.status, res.reason = status, reason
 
     # -- changing the default stage ---------------------------------------------------------------
@@ -163,8 +170,8 @@ class Endpoints:
     def promote(self, endpoint: str, stage: str) -> str | None:
         """Make `stage` the default; the old default stage's name (its resources are the flow's to delete)."""
         with self.catalog.session() as s:
-            ep = _get(s, endpoint)
-            new = _stage_of(ep, stage)
+            ep = get_endpoint(s, endpoint)
+            new = stage_of(ep, stage)
             if new.status != "ACTIVE":
                 raise Protected(f"stage {endpoint}/{stage} is {new.status}; only an ACTIVE stage can become the default")
             old = next((st for st in ep.stages if st.is_default), None)
@@ -179,50 +186,50 @@ class Endpoints:
 
     def delete_resource(self, endpoint: str, stage: str, resource_id: int) -> None:
         with self.catalog.session() as s:
-            st = _stage_of(_get(s, endpoint), stage)
+            st = stage_of(get_endpoint(s, endpoint), stage)
             res = next((r for r in st.resources if r.id == resource_id), None)
             if res is None:
                 raise NotFound(f"{endpoint}/{stage} resource {resource_id}")
             if len(st.resources) == 1:
                 raise Protected(f"resource {resource_id} is the last of stage {endpoint}/{stage}; a stage serves at "
                                 "least one model version (delete the stage instead)")
-            _not_busy(f"{endpoint}/{stage} resource {resource_id}", "stage resource", res.status, "delete it")
-            _end_history(s, endpoint, stage, [res])
+            check_not_busy(f"{endpoint}/{stage} resource {resource_id}", "stage resource", res.status, "delete it")
+            end_history(s, endpoint, stage, [res])
             st.resources.remove(res)
 
     def check_delete(self, endpoint: str, stage: str | None = None) -> None:
         """Raise Protected when the rules forbid deleting this stage (or, without one, the endpoint). A
         deletion that stopped half-way (DELETE IN PROGRESS) may be run again."""
         with self.catalog.session() as s:
-            ep = _get(s, endpoint)
+            ep = get_endpoint(s, endpoint)
             if stage is None:
-                _deletable_endpoint(ep, deleting=True)
+                check_deletable_endpoint(ep, deleting=True)
             else:
-                _deletable_stage(ep, _stage_of(ep, stage), deleting=True)
+                check_deletable_stage(ep, stage_of(ep, stage), deleting=True)
 
     def delete_stage(self, endpoint: str, stage: str, *, replaced: bool = False) -> None:
         """Delete a stage. The default stage cannot be deleted; `replaced` is the flow removing the old
         default after a promotion (it is no longer the default by then). A stage the flow has marked
         DELETE IN PROGRESS may be deleted."""
         with self.catalog.session() as s:
-            ep = _get(s, endpoint)
-            st = _stage_of(ep, stage)
+            ep = get_endpoint(s, endpoint)
+            st = stage_of(ep, stage)
             if replaced:
                 if st.is_default:
                     raise Protected(f"stage {endpoint}/{stage} is the endpoint's default stage")
             else:
-                _deletable_stage(ep, st, deleting=True)
-            _end_history(s, endpoint, stage, st.resources, "stage deleted" if not replaced else "replaced as default")
+                check_deletable_stage(ep, st, deleting=True)
+            end_history(s, endpoint, stage, st.resources, "stage deleted" if not replaced else "replaced as default")
             ep.stages.remove(st)
 
     def delete(self, endpoint: str) -> None:
         """Delete an endpoint with its default stage. One with other stages is refused; one the flow has
         marked DELETE IN PROGRESS may be deleted."""
         with self.catalog.session() as s:
-            ep = _get(s, endpoint)
-            _deletable_endpoint(ep, deleting=True)
+            ep = get_endpoint(s, endpoint)
+            check_deletable_endpoint(ep, deleting=True)
             for st in ep.stages:
-                _end_history(s, endpoint, st.name, st.resources, "endpoint deleted")
+                end_history(s, endpoint, st.name, st.resources, "endpoint deleted")
             s.delete(ep)
 
     # -- tokens -----------------------------------------------------------------------------------
@@ -235,7 +242,7 @@ class Endpoints:
             raise SpecError("expires_at", expires_at.isoformat(), "a time in the future")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         with self.catalog.session() as s:
-            ep = _get(s, endpoint)
+            ep = get_endpoint(s, endpoint)
             row = EndpointToken(digest=digest(token), prefix=token[:10], expires_at=expires_at)
             ep.tokens.append(row)
             s.flush()
@@ -243,11 +250,11 @@ class Endpoints:
 
     def tokens(self, endpoint: str) -> list[dict[str, Any]]:
         with self.catalog.session() as s:
-            return [_token_view(t) for t in _get(s, endpoint).tokens]
+            return [_token_view(t) for t in get_endpoint(s, endpoint).tokens]
 
     def revoke_token(self, endpoint: str, token_id: int) -> None:
         with self.catalog.session() as s:
-            row = next((t for t in _get(s, endpoint).tokens if t.id == token_id), None)
+            row = next((t for t in get_endpoint(s, endpoint).tokens if t.id == token_id), None)
             if row is None:
                 raise NotFound(f"token {token_id} of endpoint {endpoint}")
             row.revoked_at = row.revoked_at or utcnow()
@@ -256,7 +263,7 @@ class Endpoints:
         """None when the request may pass; else why not (the gateway answers 401 with it). A public
         endpoint needs no token."""
         with self.catalog.session() as s:
-            ep = _get(s, endpoint)
+            ep = get_endpoint(s, endpoint)
             if ep.public:
                 return None
             token = token_from_header(authorization)
@@ -290,11 +297,11 @@ class Endpoints:
 
     def get(self, endpoint: str) -> dict[str, Any]:
         with self.catalog.session() as s:
-            return _endpoint_view(_get(s, endpoint))
+            return endpoint_view(get_endpoint(s, endpoint))
 
     def all(self) -> list[dict[str, Any]]:
         with self.catalog.session() as s:
-            return [_endpoint_view(ep) for ep in s.scalars(select(Endpoint).order_by(Endpoint.name))]
+            return [endpoint_view(ep) for ep in s.scalars(select(Endpoint).order_by(Endpoint.name))]
 
     def history(self, endpoint: str | None = None, stage: str | None = None) -> list[HistoryRecord]:
         with self.catalog.session() as s:
@@ -333,92 +340,3 @@ def _token_view(t: EndpointToken) -> dict[str, Any]:
     state = "revoked" if t.revoked_at is not None else "expired" if expires <= utcnow() else "valid"
     return {"id": t.id, "prefix": t.prefix, "created_at": _aware(t.created_at).isoformat(),
             "expires_at": expires.isoformat(), "state": state}
-
-
-def _get(s: Session, name: str) -> Endpoint:
-    ep = s.scalar(select(Endpoint).where(Endpoint.name == name))
-    if ep is None:
-        raise EndpointNotFound(name)
-    return ep
-
-
-def _stage_of(ep: Endpoint, name: str) -> EndpointStage:
-    st = next((st for st in ep.stages if st.name == name), None)
-    if st is None:
-        raise NotFound(f"{ep.name}/{name}")
-    return st
-
-
-def _stage(spec: StageSpec, versions: list[Version], default: bool) -> EndpointStage:
-    if len(versions) != len(spec.resources):
-        raise SpecError("stage.resources", len(spec.resources), f"one resolved model version each ({len(versions)} given)")
-    return EndpointStage(name=spec.name, is_default=default, description=spec.description,
-                         instance_type=spec.instance_type, instance_count=spec.instance_count,
-                         node_autoscaler=spec.node_autoscaler.model_dump(),
-                         autoscaling_rules=[r.model_dump() for r in spec.autoscaling_rules],
-                         max_replicas=spec.max_replicas, status="CREATE REQUESTED",
-                         gateway_status="CREATE IN PROGRESS",
-                         resources=[_resource(r, v) for r, v in zip(spec.resources, versions)])
-
-
-def _resource(spec: StageResourceSpec, version: Version) -> StageResource:
-    return StageResource(model_name=version[0], model_version=str(version[1]), description=spec.description,
-                         cpu=spec.cpu, memory=spec.memory, gpu=spec.gpu, pods=spec.pods,
-                         pod_autoscaler=spec.pod_autoscaler.model_dump(), status="CREATE REQUESTED")
-
-
-def _allowed(status: str, allowed: tuple[str, ...], kind: str) -> None:
-    if status not in allowed:
-        raise SpecError(f"{kind} status", status, f"one of {', '.join(allowed)}")
-
-
-def _not_busy(name: str, kind: str, status: str, action: str) -> None:
-    if status in BUSY:
-        raise Protected(f"{kind} {name} is {status}; wait until it is done before you {action}")
-
-
-def _deletable_stage(ep: Endpoint, st: EndpointStage, deleting: bool = False) -> None:
-    if st.is_default:
-        raise Protected(f"stage {ep.name}/{st.name} is the endpoint's default stage and cannot be deleted; make "
-                        "another stage the default first (`mlyard endpoints promote`)")
-    if not (deleting and st.status == "DELETE IN PROGRESS"):
-        _not_busy(f"{ep.name}/{st.name}", "stage", st.status, "delete it")
-
-
-def _deletable_endpoint(ep: Endpoint, deleting: bool = False) -> None:
-    others = [st.name for st in ep.stages if not st.is_default]
-    if others:
-        raise Protected(f"endpoint {ep.name!r} has stages other than the default ({', '.join(others)}); "
-                        "delete them first")
-    if ep.status in ("CREATE REQUESTED", "CREATE IN PROGRESS", "DELETE IN PROGRESS") and not (
-            deleting and ep.status == "DELETE IN PROGRESS"):
-        _not_busy(ep.name, "endpoint", ep.status, "delete it")
-
-
-def _end_history(s: Session, endpoint: str, stage: str, resources: list[StageResource], note: str = "") -> None:
-    now = utcnow()
-    for res in resources:
-        open_ = s.scalars(select(ServingHistory).where(
-            ServingHistory.endpoint == endpoint, ServingHistory.stage == stage,
-            ServingHistory.model_name == res.model_name, ServingHistory.model_version == res.model_version,
-            ServingHistory.ended_at.is_(None)))
-        for h in open_:
-            h.ended_at = now
-            if note:
-                h.note = f"{h.note}; {note}" if h.note else note
-
-
-def _endpoint_view(ep: Endpoint) -> dict[str, Any]:
-    default = next((st.name for st in ep.stages if st.is_default), None)
-    return {"id": ep.id, "name": ep.name, "description": ep.description, "public": ep.public, "status": ep.status,
-            "reason": ep.reason, "default_stage": default, "created_at": ep.created_at.isoformat(),
-            "stages": [{"id": st.id, "name": st.name, "default": st.is_default, "description": st.description,
-                        "status": st.status, "gateway_status": st.gateway_status, "reason": st.reason,
-                        "instance_type": st.instance_type, "instance_count": st.instance_count,
-                        "node_autoscaler": st.node_autoscaler, "autoscaling_rules": st.autoscaling_rules or [],
-                        "max_replicas": st.max_replicas,
-                        "resources": [{"id": r.id, "model": f"{r.model_name}/{r.model_version}", "status": r.status,
-                                       "description": r.description, "cpu": r.cpu, "memory": r.memory, "gpu": r.gpu,
-                                       "pods": r.pods, "pod_autoscaler": r.pod_autoscaler, "reason": r.reason}
-                                      for r in st.resources]}
-                       for st in ep.stages]}
