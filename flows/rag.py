@@ -56,7 +56,7 @@ def rag_sync(spec: RagSyncSpec) -> RagSyncResult:
     # 1. Begin. The embedding model loads meanwhile (importing torch is most of it): it is needed as
     # soon as the diff finds a document to embed.
     record = rags.get(spec.rag)
-    from tasks.rag import service_url
+    from tasks.rag_service import service_url
 
     if service_url(p.settings.home_dir, spec.rag) is None:
         preload_model(RagSpec.model_validate(record.spec))

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from core.connection import connect, gateway_url
-from core.errors import MlyardError, SpecError
+from core.errors import SpecError
 from core.names import (
     FLOW_ADD_STAGE,
     FLOW_DELETE_ENDPOINT,
@@ -35,6 +35,7 @@ from core.names import (
     FLOW_SYNC_ENDPOINT,
 )
 from core.specs.endpoint import DeletionSpec, EndpointSpec, PromotionSpec, StageChangeSpec, StageSpec, SyncSpec
+from mlyard import sse
 from mlyard.api import load as _spec  # a spec from an object, a mapping or a YAML file, with --set merged
 from tasks.processes import stop_group
 
@@ -227,11 +228,8 @@ def chat(endpoint: str, *, stage: str | None = None, token: str | None = None, m
         answer = []
         try:
             with urllib.request.urlopen(req, timeout=300) as resp:
-                for raw in resp:
-                    text = raw.decode().strip()
-                    if not text.startswith("data: ") or text == "data: [DONE]":
-                        continue
-                    delta = json.loads(text[6:])["choices"][0].get("delta", {}).get("content") or ""
+                for chunk in sse.chunks(resp):
+                    delta = sse.delta_text(chunk)
                     answer.append(delta)
                     write(delta, end="", flush=True)
         except urllib.error.HTTPError as exc:
@@ -374,65 +372,3 @@ def logs(endpoint: str, tail: int = 20) -> list[dict[str, Any]]:
     settings = connect()
     _endpoints().get(endpoint)
     return last(settings.home_dir / "endpoints" / "logs" / f"{endpoint}.jsonl", tail)
-
-
-# -- VRidge's servers: a thin face over one-stage endpoints ------------------------------------------------
-
-
-def server_status(view: dict[str, Any]) -> str:
-    """PENDING until every replica answers, then RUNNING; STOPPED; FAILED when its deploy failed."""
-    stage = next((s for s in view["stages"] if s["default"]), None)
-    if view["status"] == "STOPPED" or (stage and stage["status"] == "STOPPED"):
-        return "STOPPED"
-    if view["status"] == "CREATE FAILED" or (stage and stage["status"].endswith("FAILED")):
-        return "FAILED"
-    if view["status"] == "DELETE IN PROGRESS":
-        return "DELETING"
-    replicas = (stage or {}).get("replicas", [])
-    if view["status"] == "ACTIVE" and replicas and all(r.get("status") == "HEALTHY" for r in replicas):
-        return "RUNNING"
-    return "PENDING"
-
-
-def server_view(name: str) -> dict[str, Any]:
-    view = show(name)
-    stage = next(s for s in view["stages"] if s["default"])
-    res = stage["resources"][0] if stage["resources"] else {}
-    return {"id": view["id"], "name": view["name"], "status": server_status(view), "model": res.get("model"),
-            "replicas": len(stage.get("replicas", [])), "public": view["public"], "created_at": view["created_at"],
-            "url": next(iter(view["urls"]["default"].values()), None), "reason": stage.get("reason") or view["reason"],
-            "description": view["description"]}
-
-
-def server_create(name: str, model: str, *, pods: int = 1, public: bool = False, description: str = "",
-                  submit: bool = False) -> dict[str, Any]:
-    """Create a server: an endpoint with one stage serving `model` (PENDING, then RUNNING)."""
-    create({"name": name, "description": description, "public": public,
-            "stage": {"resources": [{"model": model, "pods": pods}]}}, submit=submit)
-    return server_view(name)
-
-
-def server_stop(name: str) -> dict[str, Any]:
-    """Stop a server's replicas; its configuration stays (STOPPED)."""
-    view = _endpoints().get(name)
-    _run("stop-endpoint-stage", "flows.endpoint_stop:stop_stage", PromotionSpec(endpoint=name, stage=view["default_stage"]),
-         False)
-    return server_view(name)
-
-
-def server_start(name: str) -> dict[str, Any]:
-    """Start a stopped server again (PENDING until it answers, then RUNNING)."""
-    view = _endpoints().get(name)
-    _run("start-endpoint-stage", "flows.endpoint_start:start_stage",
-         PromotionSpec(endpoint=name, stage=view["default_stage"]), False)
-    return server_view(name)
-
-
-def servers() -> list[dict[str, Any]]:
-    out = []
-    for ep in list_endpoints():
-        try:
-            out.append(server_view(ep["name"]))
-        except MlyardError:
-            continue
-    return out

@@ -25,7 +25,9 @@ from core.errors import Protected, RunFailed, SpecError
 from core.names import FLOW_RAG_SYNC
 from core.settings import Settings
 from core.specs.rag import RagSpec
+from mlyard import sse
 from mlyard.api import load as _spec
+from tasks.rag_service import query_log, query_service_status, unwant_query_service, want_query_service
 
 
 def _rags(settings: Settings):
@@ -98,7 +100,7 @@ def create(spec: RagSpec | dict | str | Path, *, sets: dict[str, Any] | None = N
     except Exception:
         store.remove(spec.name)  # nothing half-made: no run, no record
         raise
-    _deploy(settings, record, spec)  # the query service loads while the documents are ingested
+    want_query_service(settings.home_dir, record.id, spec)  # it loads while the documents are ingested
     if wait:
         _wait(settings, spec.name, timeout_seconds, run_id)
     return _finished(spec.name, wait)
@@ -132,14 +134,8 @@ def _wait(settings: Settings, name: str, timeout_seconds: float, run_id: str) ->
             return
         if time.monotonic() - checked > 5:  # every 5 s: has the run ended without saying so?
             checked = time.monotonic()
-            _settle(settings, name)
+            _settle(settings, name, run_id)
             if store.get(name).status != record.status:
-                return
-            ended, message = _run_state(run_id)  # one that ended before it began its ingestion record
-            if ended in ("CRASHED", "FAILED", "CANCELLED") and store.get(name).status == record.status:
-                failed = "UPDATE FAILED" if record.status == "UPDATE IN PROGRESS" else "CREATE FAILED"
-                store.set_status(name, failed, f"its ingestion run {run_id} ended {ended}"
-                                               + (f": {message}" if message else ""))
                 return
         time.sleep(0.2)  # one read of the catalog
 
@@ -151,21 +147,25 @@ def _finished(name: str, wait: bool) -> dict[str, Any]:
     return view
 
 
-def _settle(settings: Settings, name: str) -> None:
-    """A RAG whose ingestion run ended without saying so (its process was killed) is set to the failed
-    status that run implies, so that it can be synced again."""
+def _settle(settings: Settings, name: str, run_id: str | None = None) -> None:
+    """A RAG whose ingestion run ended without saying so (its process was killed, or it failed before
+    it began its ingestion record) is set to the failed status that run implies, so that it can be
+    synced again. The run is the one of its RUNNING ingestion record, else `run_id`."""
     store = _rags(settings)
     record = store.get(name)
     if record.status not in ("CREATE IN PROGRESS", "UPDATE IN PROGRESS", "CREATE REQUESTED"):
         return
     history = store.history(record.id, limit=1)
-    if not history or history[0].state != "RUNNING" or not history[0].flow_run_id:
+    running = history[0] if history and history[0].state == "RUNNING" and history[0].flow_run_id else None
+    flow_run_id = running.flow_run_id if running is not None else run_id
+    if flow_run_id is None:
         return
-    ended, message = _run_state(history[0].flow_run_id)
+    ended, message = _run_state(flow_run_id)
     if ended in ("CRASHED", "FAILED", "CANCELLED"):
         failed = "UPDATE FAILED" if record.status == "UPDATE IN PROGRESS" else "CREATE FAILED"
-        reason = f"its ingestion run {history[0].flow_run_id} ended {ended}" + (f": {message}" if message else "")
-        store.end_ingestion(history[0].id, "FAILED", history[0].counts, history[0].skipped, reason)
+        reason = f"its ingestion run {flow_run_id} ended {ended}" + (f": {message}" if message else "")
+        if running is not None:
+            store.end_ingestion(running.id, "FAILED", running.counts, running.skipped, reason)
         store.set_status(name, failed, reason)
 
 
@@ -185,64 +185,10 @@ def _run_state(flow_run_id: str) -> tuple[str | None, str]:
     return fr.state.type.value, (fr.state.message or "").removeprefix("Flow run encountered an exception: ")
 
 
-# -- the query service: replicas the supervisor runs, the gateway routes ------------------------------
-
-def _deploy(settings: Settings, record: Any, spec: RagSpec) -> None:
-    """Ask for the RAG's query service (spec.instance_count replicas of serving.rag, routed by the
-    gateway once healthy) and, when it has no LLM of its own, its SmolLM2 (llm.instance_count replicas
-    of `mlyard serve --chat-model`)."""
-    import sys
-
-    from tasks import replicas as files
-    from tasks.rag import llm_endpoint
-
-    home, group = settings.home_dir, llm_endpoint(spec.name)
-    env = {"MLYARD_HOME": str(home)}
-    for i in range(spec.instance_count):
-        files.want(home, files.Wanted(files.key_of(group, "query", record.id, i), group, "query", record.id, i, "rag",
-                                      [sys.executable, "-m", "serving.rag", "--rag", spec.name], env, routed=True,
-                                      health_path="/health"))
-    if not (spec.llm.endpoint or spec.llm.base_url):
-        mlyard_bin = str(Path(sys.executable).parent / "mlyard")
-        for i in range(spec.llm.instance_count):
-            files.want(home, files.Wanted(files.key_of(group, "llm", record.id, i), group, "llm", record.id, i,
-                                          spec.llm.model, [mlyard_bin, "serve", "--chat-model", spec.llm.model], env))
-
-
-def _undeploy(settings: Settings, name: str) -> None:
-    from tasks import replicas as files
-    from tasks.rag import llm_endpoint
-
-    for w in files.wanted(settings.home_dir):
-        if w.endpoint == llm_endpoint(name):
-            files.unwant(settings.home_dir, w.key)
-
-
-def deploy_status(settings: Settings, name: str) -> str:
-    """The query route's deploy state, from its replicas: COMPLETE once every one answers its health
-    check, FAILURE when one keeps exiting (3 restarts and not answering), DEPLOYING until then."""
-    from tasks import replicas as files
-    from tasks.rag import llm_endpoint
-
-    members = [w for w in files.wanted(settings.home_dir) if w.endpoint == llm_endpoint(name)]
-    if not members:
-        return "FAILURE"
-    states = files.states(settings.home_dir)
-    status = "COMPLETE"
-    for w in members:
-        st = states.get(w.key)
-        if st is not None and st.status == "RUNNING" and files.probe(st.url + w.health_path, 1.0) == 200:
-            continue
-        if st is not None and st.restarts >= 3:
-            return "FAILURE"
-        status = "DEPLOYING"
-    return status
-
-
 def _view(record: Any, settings: Settings | None = None) -> dict[str, Any]:
     spec = record.spec
     return {"name": record.name, "status": record.status, "reason": record.reason,
-            "deploy_status": deploy_status(settings, record.name) if settings is not None else record.deploy_status, "description": spec.get("description", ""),
+            "deploy_status": query_service_status(settings.home_dir, record.name) if settings is not None else record.deploy_status, "description": spec.get("description", ""),
             "path": spec.get("path"), "vector_store": spec.get("vector_store", {}).get("kind"),
             "embedding": spec.get("embedding", {}).get("url") or spec.get("embedding", {}).get("model"),
             "llm": _llm_label(spec.get("llm", {})), "created_at": record.created_at.isoformat(),
@@ -338,10 +284,8 @@ def delete(name: str) -> dict[str, Any]:
     except Exception as exc:
         store.set_status(name, "DELETE FAILED", f"its vectors could not be dropped: {exc}")
         raise Protected(f"RAG {name!r} could not be deleted (DELETE FAILED): {exc}; delete it again") from exc
-    _undeploy(settings, name)
+    unwant_query_service(settings.home_dir, name)
     store.remove(name)
-    from tasks.rag import query_log
-
     query_log(settings.home_dir, name).unlink(missing_ok=True)  # a new RAG of that name starts a log of its own
     return {"deleted": name}
 
@@ -350,8 +294,6 @@ def logs(name: str, tail: int = 20) -> list[dict[str, Any]]:
     """The last records of the RAG's request log, as endpoints keep them: one per query, search or
     embedding request its query service answered (status, time, first byte, the error's reason)."""
     from serving.inference_log import tail as last
-    from tasks.rag import query_log
-
     settings = connect()
     _rags(settings).get(name)
     return last(query_log(settings.home_dir, name), tail)
@@ -410,8 +352,6 @@ def query(name: str, question: str, *, stream: bool = False, token: str | None =
           on_text: Any = None) -> dict[str, Any]:
     """Ask the RAG through its route (POST /rag/v1/query, as any OpenAI client would): the answer, its
     sources, and the time to the first token. With `stream`, `on_text(piece)` gets each piece as it comes."""
-    import json
-
     import httpx
 
     settings = connect()
@@ -432,23 +372,16 @@ def query(name: str, question: str, *, stream: bool = False, token: str | None =
     pieces: list[str] = []
     sources: list[dict[str, Any]] = []
     first = None
-    for line in resp.iter_lines():
-        if not line.startswith("data:"):
-            continue
-        data = line[5:].strip()
-        if data == "[DONE]":
-            break
-        chunk = json.loads(data)
+    for chunk in sse.chunks(resp.iter_lines()):
         if "error" in chunk:
             raise Protected(f"RAG {name!r}: {chunk['error']['message']}")
         sources = chunk.get("sources") or sources
-        for choice in chunk.get("choices", []):
-            piece = (choice.get("delta") or {}).get("content")
-            if piece:
-                first = first if first is not None else time.monotonic() - t0
-                pieces.append(piece)
-                if on_text is not None:
-                    on_text(piece)
+        piece = sse.delta_text(chunk)
+        if piece:
+            first = first if first is not None else time.monotonic() - t0
+            pieces.append(piece)
+            if on_text is not None:
+                on_text(piece)
     resp.close()
     return {"answer": "".join(pieces), "sources": sources, "seconds": round(time.monotonic() - t0, 3),
             "first_token_seconds": round(first, 3) if first is not None else None}

@@ -13,7 +13,7 @@ kept thin so that a request costs little beyond its model call.
     GET  /metrics                                  Prometheus text
     GET  /stats                                    statistics of every model (JSON)
     GET  /openai/v1/models, POST /openai/v1/chat/completions | /openai/v1/completions
-                                                   a generative model (serving/generative.py), streamed or not
+                                                   a generative model (serving/generative.py, serving/openai_routes.py), streamed or not
 
 Errors are `{"error": "..."}`: 400 a bad request, 404 an unknown model or version, 405, 413 a body over
 the limit, 500 the model raised, 501 no explainer, 503 not ready, 504 the model timed out.
@@ -60,7 +60,7 @@ class ModelServer:
         self.log = inference_log or InferenceLog(every_request=False)  # failures always; every request on request
         self.openai = None
         if chat is not None:  # a generative.ChatModel: its routes live with it
-            from serving.generative import OpenAIRoutes
+            from serving.openai_routes import OpenAIRoutes
 
             self.openai = OpenAIRoutes(chat, max_body_bytes, self.stats, self.log)
         self.ready = True

@@ -32,7 +32,7 @@ import orjson
 
 from core.errors import VectorStoreError
 from serving import asgi
-from tasks.rag import healthy_replica
+from tasks.rag_service import healthy_replica
 
 log = logging.getLogger("mlyard.rag")
 MAX_BODY = 1024 * 1024
@@ -331,7 +331,7 @@ def build(name: str) -> RagService:
     from registry.rags import Rags
     from serving.inference_log import InferenceLog
     from tasks.embeddings import embedder
-    from tasks.rag import llm_endpoint, query_log
+    from tasks.rag_service import llm_endpoint, query_log
     from tasks.vectorstore import VectorStore, conninfo
 
     settings = Settings()

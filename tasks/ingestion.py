@@ -73,7 +73,7 @@ def _model(p: Parts, spec: RagSpec):
     it, with no torch to import here), else it is loaded in this process (preloaded at the start)."""
     from core.specs.rag import DEFAULT_EMBEDDING_MODEL, EmbeddingSpec
     from tasks.embeddings import embedder
-    from tasks.rag import service_url
+    from tasks.rag_service import service_url
 
     if not spec.embedding.url and spec.embedding.model == DEFAULT_EMBEDDING_MODEL:
         url = service_url(p.settings.home_dir, spec.name)

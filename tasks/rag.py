@@ -153,35 +153,3 @@ def _ahead(fn: Callable[[str], _Parsed], names: list[str], threads: int, lookahe
             if nxt is not None:
                 futures.append(pool.submit(fn, nxt))
             yield result
-
-
-# -- the RAG's replicas on this machine (tasks/replicas.py) ---------------------------------------------
-
-def query_log(home: Any, name: str) -> Any:
-    """Where a RAG's query service writes a record of every request (serving/inference_log.py)."""
-    from pathlib import Path
-
-    return Path(home) / "rags" / "logs" / f"{name}.jsonl"
-
-
-def llm_endpoint(name: str) -> str:
-    """The replica group of a RAG: its query service (stage `query`) and its own LLM (stage `llm`)."""
-    return f"rag:{name}"
-
-
-def healthy_replica(home: Any, name: str, stage: str) -> str | None:
-    """The URL of a replica of the RAG `name` in `stage` (query, llm) that answers its health check now."""
-    from tasks import replicas as files
-
-    states = files.states(home)
-    for w in files.of_stage(home, llm_endpoint(name), stage):
-        st = states.get(w.key)
-        if st is not None and st.status == "RUNNING" and files.probe(st.url + w.health_path, 1.0) == 200:
-            return st.url
-    return None
-
-
-def service_url(home: Any, name: str) -> str | None:
-    """The base URL (…/v1) of a healthy query replica of the RAG `name` on this machine, or None."""
-    url = healthy_replica(home, name, "query")
-    return url + "/v1" if url else None

@@ -15,7 +15,7 @@ COLUMNS = ["name", "status", "model", "replicas", "url", "reason"]
 
 
 def _api():
-    import mlyard.endpoints as api
+    import mlyard.servers as api
 
     return api
 

@@ -363,19 +363,20 @@ def test_servers_are_one_stage_endpoints_that_stop_and_start(endpoint, settings)
     """VRidge's web points: RUNNING once it answers; stop frees the replicas and keeps the
     configuration; start brings it back."""
     import mlyard.endpoints as api
+    import mlyard.servers as servers
     from tasks import replicas as files
 
-    server = api.server_create("web", "clf/1", public=True)
+    server = servers.server_create("web", "clf/1", public=True)
     assert server["status"] == "RUNNING" and server["replicas"] == 1, server
     assert call(server["url"])[0] == 200
     pids = [s.pid for s in files.states(settings.home_dir).values() if s.key.startswith("web.")]
-    stopped = api.server_stop("web")
+    stopped = servers.server_stop("web")
     assert stopped["status"] == "STOPPED" and stopped["replicas"] == 0 and stopped["model"] == "clf/1"
     assert not any(_alive(pid) for pid in pids if pid)
     status, body = call(server["url"])
     assert status == 503 and "STOPPED" in body["error"], body
-    assert next(s for s in api.servers() if s["name"] == "web")["status"] == "STOPPED"
-    started = api.server_start("web")
+    assert next(s for s in servers.servers() if s["name"] == "web")["status"] == "STOPPED"
+    started = servers.server_start("web")
     assert started["status"] == "RUNNING" and call(server["url"])[0] == 200
     assert [h["model"] for h in api.history("web")] == ["clf/1", "clf/1"]  # two runs of the same version
     api.delete("web")

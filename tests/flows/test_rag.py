@@ -153,7 +153,7 @@ def test_create_sync_history_search_query_and_delete(stack, settings, tmp_path, 
     # `embedding.url` (what a sync uses once the service runs), both read it
     from core.specs.rag import EmbeddingSpec
     from tasks.embeddings import ServiceEmbedder
-    from tasks.rag import service_url
+    from tasks.rag_service import service_url
 
     url = service_url(settings.home_dir, "handbook")
     assert url is not None

@@ -1,0 +1,90 @@
+"""A RAG's query service on this machine: the replicas the supervisor runs (serving.rag and, when the
+RAG has no LLM of its own, its SmolLM2) and the gateway routes, as the replica group `rag:NAME`
+(tasks/replicas.py); where its request log is; which of its replicas answers now. Light on purpose:
+the CLI's reads import it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from core.specs.rag import RagSpec
+
+
+def query_log(home: Any, name: str) -> Any:
+    """Where a RAG's query service writes a record of every request (serving/inference_log.py)."""
+    return Path(home) / "rags" / "logs" / f"{name}.jsonl"
+
+
+def llm_endpoint(name: str) -> str:
+    """The replica group of a RAG: its query service (stage `query`) and its own LLM (stage `llm`)."""
+    return f"rag:{name}"
+
+
+def healthy_replica(home: Any, name: str, stage: str) -> str | None:
+    """The URL of a replica of the RAG `name` in `stage` (query, llm) that answers its health check now."""
+    from tasks import replicas as files
+
+    states = files.states(home)
+    for w in files.of_stage(home, llm_endpoint(name), stage):
+        st = states.get(w.key)
+        if st is not None and st.status == "RUNNING" and files.probe(st.url + w.health_path, 1.0) == 200:
+            return st.url
+    return None
+
+
+def service_url(home: Any, name: str) -> str | None:
+    """The base URL (…/v1) of a healthy query replica of the RAG `name` on this machine, or None."""
+    url = healthy_replica(home, name, "query")
+    return url + "/v1" if url else None
+
+
+def want_query_service(home: Path, rag_id: int, spec: RagSpec) -> None:
+    """Ask for the RAG's query service (spec.instance_count replicas of serving.rag, routed by the
+    gateway once healthy) and, when it has no LLM of its own, its SmolLM2 (llm.instance_count replicas
+    of `mlyard serve --chat-model`)."""
+    import sys
+
+    from tasks import replicas as files
+
+    group = llm_endpoint(spec.name)
+    env = {"MLYARD_HOME": str(home)}
+    for i in range(spec.instance_count):
+        files.want(home, files.Wanted(files.key_of(group, "query", rag_id, i), group, "query", rag_id, i, "rag",
+                                      [sys.executable, "-m", "serving.rag", "--rag", spec.name], env, routed=True,
+                                      health_path="/health"))
+    if not (spec.llm.endpoint or spec.llm.base_url):
+        mlyard_bin = str(Path(sys.executable).parent / "mlyard")
+        for i in range(spec.llm.instance_count):
+            files.want(home, files.Wanted(files.key_of(group, "llm", rag_id, i), group, "llm", rag_id, i,
+                                          spec.llm.model, [mlyard_bin, "serve", "--chat-model", spec.llm.model], env))
+
+
+def unwant_query_service(home: Path, name: str) -> None:
+    """Stop asking for a RAG's query service and its LLM (the supervisor ends their replicas)."""
+    from tasks import replicas as files
+
+    for w in files.wanted(home):
+        if w.endpoint == llm_endpoint(name):
+            files.unwant(home, w.key)
+
+
+def query_service_status(home: Path, name: str) -> str:
+    """The query route's deploy state, from its replicas: COMPLETE once every one answers its health
+    check, FAILURE when one keeps exiting (3 restarts and not answering), DEPLOYING until then."""
+    from tasks import replicas as files
+
+    members = [w for w in files.wanted(home) if w.endpoint == llm_endpoint(name)]
+    if not members:
+        return "FAILURE"
+    states = files.states(home)
+    status = "COMPLETE"
+    for w in members:
+        st = states.get(w.key)
+        if st is not None and st.status == "RUNNING" and files.probe(st.url + w.health_path, 1.0) == 200:
+            continue
+        if st is not None and st.restarts >= 3:
+            return "FAILURE"
+        status = "DEPLOYING"
+    return status
