@@ -84,6 +84,7 @@ def point_prefect(settings: Settings, api_url: str | None) -> None:
             os.environ.setdefault(key, value)
     if api_url:
         os.environ["PREFECT_API_URL"] = api_url
+    os.environ.update(settings.plain_http_env(os.environ.get("PREFECT_API_URL")))
     if "prefect.context" in sys.modules:
         from prefect.context import refresh_global_settings_context
 

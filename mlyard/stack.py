@@ -110,6 +110,7 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
         finally:
             stores.join()
     env["PREFECT_API_URL"] = state.api_url
+    env.update(settings.plain_http_env(state.api_url))
     point_prefect(settings, state.api_url)
     if not warm_up:  # it imports while the rest starts, and is warm by the first run
         state.pids["warm-runner"] = spawn([sys.executable, "-m", "mlyard.warm.server", str(home)],

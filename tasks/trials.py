@@ -27,6 +27,9 @@ from tuning import KatibState, objective_parsers
 from tuning.engine import RUN_ID_ATTR, parse_line
 from tuning.loop import Loop, Pruner, record_outcome
 
+STATE_POLL_SECONDS = 0.1  # a trial's flow run: how often its state is read while the tuning waits
+METRICS_POLL_SECONDS = 0.5  # and its metrics in MLflow (the median rule's input)
+
 
 @dataclass
 class TrialSetup:
@@ -107,26 +110,31 @@ def _as_flow_run(setup: TrialSetup, tracking: Tracking, tspec: TrainingSpec, tag
     tspec = tspec.with_overrides({"tags": tags, "metric_patterns": patterns})
     fr = submit(spec.trial_deployment, {"spec": tspec.model_dump(mode="json")}, tspec.job_variables())
     trial.set_user_attr("flow_run_id", str(fr.id))
-    run_id, seen, asked_to_stop = None, 0, False
-    while True:
-        with get_client(sync_client=True) as client:
+    run_id, seen, asked_to_stop, metrics_read = None, 0, False, 0.0
+    with get_client(sync_client=True) as client:  # one client for the whole wait: each costs a TLS context
+        while True:
             state = client.read_flow_run(fr.id).state
-        if run_id is None:
-            found = tracking.find_training_run(str(fr.id))
-            run_id = found.run_id if found else None
-        if run_id is not None:
-            history = sorted(tracking.metric_history(run_id, spec.objective.metric), key=lambda m: (m.timestamp, m.step))
-            for m in history[seen:]:
-                pruner.report(m.value)
-            seen = len(history)
-        reason = pruner.stop_reason()
-        final = state is not None and state.is_final()
-        if reason and not asked_to_stop and not final:
-            cancel_flow_run(str(fr.id), reason)
-            asked_to_stop = True
-        if final:
-            break
-        time.sleep(0.5)
+            final = state is not None and state.is_final()
+            # the state is cheap to ask for often (its end is what the tuning waits on); MLflow's
+            # metric history is read twice a second while it runs, and once more at its end
+            if final or time.monotonic() - metrics_read >= METRICS_POLL_SECONDS:
+                metrics_read = time.monotonic()
+                if run_id is None:
+                    found = tracking.find_training_run(str(fr.id))
+                    run_id = found.run_id if found else None
+                if run_id is not None:
+                    history = sorted(tracking.metric_history(run_id, spec.objective.metric),
+                                     key=lambda m: (m.timestamp, m.step))
+                    for m in history[seen:]:
+                        pruner.report(m.value)
+                    seen = len(history)
+            reason = pruner.stop_reason()
+            if reason and not asked_to_stop and not final:
+                cancel_flow_run(str(fr.id), reason)
+                asked_to_stop = True
+            if final:
+                break
+            time.sleep(STATE_POLL_SECONDS)
     assert state is not None
     if state.is_completed():
         return KatibState.SUCCEEDED, None, run_id
