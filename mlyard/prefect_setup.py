@@ -53,8 +53,9 @@ def start_server(settings: Settings, env: dict[str, str], log: Path) -> int:
     # The UI calls the API at this URL; without it the UI assumes port 4200.
     srv_env.update({"PREFECT_UI_API_URL": api_url, "PREFECT_SERVER_API_PORT": str(settings.prefect_port),
                     "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_HOME": str(settings.prefect_home)})
-    return spawn([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
-                   "--port", str(settings.prefect_port)], log, srv_env)
+    # Prefect's app as `prefect server start` serves it, with a short Retry-After on a 503 (see the module)
+    return spawn([sys.executable, "-m", "mlyard.prefect_server", "--host", "127.0.0.1",
+                  "--port", str(settings.prefect_port)], log, srv_env)
 
 
 def empty_prefect_db(echo=print) -> Path:

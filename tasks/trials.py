@@ -27,7 +27,7 @@ from tuning import KatibState, objective_parsers
 from tuning.engine import RUN_ID_ATTR, parse_line
 from tuning.loop import Loop, Pruner, record_outcome
 
-STATE_POLL_SECONDS = 0.1  # a trial's flow run: how often its state is read while the tuning waits
+STATE_POLL_SECONDS = 0.2  # a trial's flow run: how often its state is read while the tuning waits
 METRICS_POLL_SECONDS = 0.5  # and its metrics in MLflow (the median rule's input)
 
 

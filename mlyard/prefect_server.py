@@ -1,0 +1,85 @@
+"""The embedded Prefect server: Prefect's own app (UI, API, services), served as `prefect server start`
+serves it, with one change: on SQLite, a request that writes waits its turn instead of failing.
+
+    python -m mlyard.prefect_server --host 127.0.0.1 --port PORT
+
+Prefect opens its SQLite transactions DEFERRED (IMMEDIATE only for `with_for_update`). A deferred
+transaction that has read and then writes while another holds the write lock fails at once with
+"database is locked" (SQLite cannot wait there without risking a deadlock, so the busy timeout does not
+apply); the API answers 503 and Prefect's client retries after 2, 4, 8, 16 and 32 s. Four tuning
+trials at a time as flow runs waited 15 to 30 s in those back-offs (issue 25). Here a request that
+changes something (not the POSTs that only read: filter, count, paginate) opens its transactions
+IMMEDIATE: it takes the write lock first and waits for it (busy timeout 60 s) rather than failing.
+A 503 that still happens keeps Prefect's back-off.
+"""
+
+from __future__ import annotations
+
+import argparse
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from typing import Any, AsyncGenerator, Awaitable, Callable
+
+READ_ONLY_SUFFIXES = ("/filter", "/count", "/paginate", "/history")  # POSTs that only read
+_WRITES: ContextVar[bool] = ContextVar("mlyard_request_writes", default=False)
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class WritesFirst:
+    """ASGI middleware: marks a request that changes something (see the module)."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        writes = (scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH", "DELETE")
+                  and not scope["path"].rstrip("/").endswith(READ_ONLY_SUFFIXES))
+        token = _WRITES.set(writes)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            _WRITES.reset(token)
+
+
+def take_write_lock_first() -> None:
+    """Make Prefect's SQLite transactions of a writing request BEGIN IMMEDIATE (see the module)."""
+    from prefect.server.database.configurations import SQLITE_BEGIN_MODE, AioSqliteConfiguration
+
+    @asynccontextmanager
+    async def begin_transaction(self, session, with_for_update: bool = False) -> AsyncGenerator[Any, None]:
+        token = SQLITE_BEGIN_MODE.set("IMMEDIATE" if with_for_update or _WRITES.get() else "DEFERRED")
+        try:
+            async with session.begin() as transaction:
+                yield transaction
+        finally:
+            SQLITE_BEGIN_MODE.reset(token)
+
+    AioSqliteConfiguration.begin_transaction = begin_transaction  # type: ignore[method-assign]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m mlyard.prefect_server", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+
+    import prefect
+    import uvicorn
+    from prefect.server.api.server import create_app
+    from prefect.settings import PREFECT_SERVER_API_KEEPALIVE_TIMEOUT, PREFECT_SERVER_LOGGING_LEVEL
+
+    take_write_lock_first()
+    app = create_app(final=True)
+    app.add_middleware(WritesFirst)
+    print(f"Prefect server (mlyard) on http://{args.host}:{args.port}", flush=True)
+    uvicorn.run(app=app, app_dir=str(prefect.__module_path__.parent), host=args.host, port=args.port,
+                timeout_keep_alive=PREFECT_SERVER_API_KEEPALIVE_TIMEOUT.value(),
+                log_level=PREFECT_SERVER_LOGGING_LEVEL.value().lower())
+
+
+if __name__ == "__main__":
+    main()
