@@ -24,7 +24,8 @@ from tasks.processes import alive, stop_group
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PREFECT_YAML = PROJECT_ROOT / "infra" / "prefect.yaml"
 GPU_TEMPLATE = PROJECT_ROOT / "infra" / "gpu-job-template.json"
-LOCAL_POOL, GPU_POOL = "local", "gpu"
+CPU_TEMPLATE = PROJECT_ROOT / "infra" / "cpu-job-template.json"
+LOCAL_POOL, GPU_POOL, CPU_POOL = "local", "gpu", "cpu"
 
 
 def spawn(argv: list[str], log: Path, env: dict[str, str], cwd: Path | None = None) -> int:
@@ -156,7 +157,7 @@ def deployments_digest(image: str) -> str:
     when it changes."""
     import hashlib
 
-    h = hashlib.sha256(PREFECT_YAML.read_bytes() + GPU_TEMPLATE.read_bytes() + image.encode()
+    h = hashlib.sha256(PREFECT_YAML.read_bytes() + GPU_TEMPLATE.read_bytes() + CPU_TEMPLATE.read_bytes() + image.encode()
                        + str(PROJECT_ROOT).encode())
     for source in sorted([*(PROJECT_ROOT / "flows").glob("*.py"), *(PROJECT_ROOT / "core" / "specs").glob("*.py")]):
         h.update(source.name.encode() + source.read_bytes())
@@ -219,8 +220,9 @@ def local_pool_template(settings: Settings) -> dict:
 
 
 def ensure_pools(echo=print, settings: Settings | None = None) -> None:
-    """Create the `local` process pool and the `gpu` Kubernetes pool (with mlyard's job template) if
-    missing; keep the local pool's template pointing at this home's warm runner."""
+    """Create the `local` process pool and the `gpu` and `cpu` Kubernetes pools (with mlyard's job
+    templates) if missing; keep their templates as mlyard has them (the local pool's points at this
+    home's warm runner)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
     from prefect.exceptions import ObjectNotFound
@@ -228,14 +230,15 @@ def ensure_pools(echo=print, settings: Settings | None = None) -> None:
     local = local_pool_template(settings or Settings())
     with get_client(sync_client=True) as client:
         for name, kind, template in ((LOCAL_POOL, "process", local),
-                                     (GPU_POOL, "kubernetes", json.loads(GPU_TEMPLATE.read_text()))):
+                                     (GPU_POOL, "kubernetes", json.loads(GPU_TEMPLATE.read_text())),
+                                     (CPU_POOL, "kubernetes", json.loads(CPU_TEMPLATE.read_text()))):
             try:
                 pool = client.read_work_pool(name)
             except ObjectNotFound:
                 client.create_work_pool(WorkPoolCreate(name=name, type=kind, base_job_template=template))
                 echo(f"created work pool '{name}' ({kind})")
                 continue
-            if name == LOCAL_POOL and pool.base_job_template != template:
+            if pool.base_job_template != template:
                 client.update_work_pool(name, WorkPoolUpdate(base_job_template=template))
 
 

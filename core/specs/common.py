@@ -31,6 +31,11 @@ class Resources(BaseModel):
     gpu_type: str | None = Field(
         default=None, description="GPU type, matched against the node label nvidia.com/gpu.product."
     )
+    data_storage: str | None = Field(
+        default=None, pattern=r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$",
+        description="Data storage of each node in Kubernetes units, e.g. 300Gi: where inputs are staged, mounted at "
+        "/mlyard/data and deleted with the pod. Default: the pool's (50Gi on the gpu pool).",
+    )
 
 
 def _regex(pattern: str, min_groups: int, too_few: str) -> re.Pattern:

@@ -118,6 +118,8 @@ class TrainingSpec(BaseModel):
             jv["cpu_request"] = jv["cpu_limit"] = f"{r.cpu:g}"
         if r.memory:
             jv["memory_request"] = jv["memory_limit"] = r.memory
+        if r.data_storage:
+            jv["data_storage_size"] = r.data_storage
         if self.image:
             jv["image"] = self.image
         return jv

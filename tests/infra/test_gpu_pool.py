@@ -1,9 +1,13 @@
-"""The gpu pool's base job template renders a valid Kubernetes Job for a flow run.
+"""The Kubernetes pools' base job templates render Jobs a cluster accepts, for every deployment on them.
 
 No cluster runs here: prefect-kubernetes renders the manifest exactly as its worker would, and
-kubernetes-validate checks it against the Kubernetes 1.30 schema offline.
+kubernetes-validate checks it strictly against the Kubernetes 1.30 and 1.33 schemas offline. The one
+exception (infra/README.md): prefect-kubernetes 0.8 refuses a template without `completions` and
+`parallelism` in the pod spec, where no schema has them; the API server drops them with a warning.
+The tests check that these two are the only fields a strict check rejects.
 """
 
+import copy
 import json
 import uuid
 
@@ -11,12 +15,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from mlyard.prefect_setup import GPU_TEMPLATE, PREFECT_YAML
+from mlyard.prefect_setup import CPU_TEMPLATE, GPU_TEMPLATE, PREFECT_YAML
 
-
-@pytest.fixture(scope="module")
-def template():
-    return json.loads(GPU_TEMPLATE.read_text())
+VERSIONS = ("1.30", "1.33")
+FORCED = ("completions", "parallelism")  # prefect-kubernetes' required pod-spec fields (see the module)
+TEMPLATES = {"gpu": GPU_TEMPLATE, "cpu": CPU_TEMPLATE}
 
 
 def _render(template, values):
@@ -30,15 +33,28 @@ def _render(template, values):
     return cfg.job_manifest
 
 
-def test_gpu_job_manifest_is_valid_and_asks_for_gpus(template, stack):
+def _strictly_valid(manifest) -> dict:
+    """The manifest without the two forced fields, checked strictly; the forced fields are only those."""
+    pod = manifest["spec"]["template"]["spec"]
+    assert all(pod.get(k) == 1 for k in FORCED)
+    clean = copy.deepcopy(manifest)
+    for k in FORCED:
+        del clean["spec"]["template"]["spec"][k]
+    for version in VERSIONS:
+        kubernetes_validate.validate(clean, version, strict=True)
+        with pytest.raises(kubernetes_validate.ValidationError, match="completions"):
+            kubernetes_validate.validate(manifest, version, strict=True)
+    return clean
+
+
+def test_a_gpu_training_job_is_strictly_valid_and_asks_for_gpus(stack):
     from core.specs import TrainingSpec
 
     spec = TrainingSpec(name="big", source_uri="s3://b/algo", entry_point="train.py", image="registry.local/mlyard:gpu",
-                        resources={"gpu_count": 2, "gpu_type": "NVIDIA-A100-SXM4-80GB", "cpu": 8, "memory": "64Gi"})
+                        resources={"gpu_count": 2, "gpu_type": "NVIDIA-A100-SXM4-80GB", "cpu": 8, "memory": "64Gi",
+                                   "data_storage": "300Gi"})
     values = {**spec.job_variables(), "image_pull_secrets": [{"name": "regcred"}], "service_account_name": "mlyard"}
-    manifest = _render(template, values)
-    # Unknown fields are dropped by the API server; the schema check must pass.
-    kubernetes_validate.validate(manifest, "1.30", strict=False)
+    manifest = _strictly_valid(_render(json.loads(GPU_TEMPLATE.read_text()), values))
     pod = manifest["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 2
@@ -47,12 +63,48 @@ def test_gpu_job_manifest_is_valid_and_asks_for_gpus(template, stack):
     assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert pod["imagePullSecrets"] == [{"name": "regcred"}] and pod["serviceAccountName"] == "mlyard"
     assert container["image"] == "registry.local/mlyard:gpu"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"  # NCCL and DataLoader workers need it
+    data = volumes[mounts["/mlyard/data"]]["ephemeral"]["volumeClaimTemplate"]["spec"]
+    assert data["resources"]["requests"]["storage"] == "300Gi"  # the seed's data storage size
+    assert manifest["spec"]["ttlSecondsAfterFinished"] == 86400  # finished Jobs do not pile up
 
 
-def test_template_exposes_the_job_variables(template):
-    props = template["variables"]["properties"]
-    for name in ("gpu_count", "gpu_type", "tolerations", "cpu_request", "memory_limit", "image",
-                 "image_pull_secrets", "service_account_name"):
+def _deployments(pool: str):
+    conf = yaml.safe_load(PREFECT_YAML.read_text())
+    return [d for d in conf["deployments"] if d["work_pool"]["name"] == pool]
+
+
+@pytest.mark.parametrize("pool", ["gpu", "cpu"])
+def test_every_deployment_on_a_kubernetes_pool_renders_a_strictly_valid_job(stack, pool):
+    deployments = _deployments(pool)
+    assert deployments, pool
+    template = json.loads(TEMPLATES[pool].read_text())
+    for d in deployments:
+        values = {k: ("registry.local/mlyard:0.1.0" if k == "image" else v)
+                  for k, v in (d["work_pool"].get("job_variables") or {}).items()}
+        manifest = _strictly_valid(_render(template, values))
+        pod = manifest["spec"]["template"]["spec"]
+        limits = pod["containers"][0]["resources"].get("limits", {})
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        assert env["MLYARD_HOME"] == "/mlyard/data", d["entrypoint"]  # scratch on the run's data storage
+        if pool == "cpu":  # no GPU request, no GPU toleration or node selector
+            assert "nvidia.com/gpu" not in json.dumps(manifest), d["entrypoint"]
+        else:
+            assert limits["nvidia.com/gpu"] >= 1, d["entrypoint"]
+
+
+def test_the_scheduler_runs_on_the_cpu_pool():
+    assert [d["entrypoint"] for d in _deployments("cpu")] == ["flows.scheduler.scheduler"]
+
+
+@pytest.mark.parametrize("pool", ["gpu", "cpu"])
+def test_template_exposes_the_job_variables(pool):
+    props = json.loads(TEMPLATES[pool].read_text())["variables"]["properties"]
+    names = ["cpu_request", "memory_limit", "image", "image_pull_secrets", "service_account_name", "data_storage_size",
+             "finished_job_ttl"] + (["gpu_count", "gpu_type", "tolerations", "shm_size"] if pool == "gpu" else [])
+    for name in names:
         assert name in props and props[name].get("description"), name
 
 
