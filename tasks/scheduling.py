@@ -41,6 +41,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Callable
 from uuid import UUID
 
@@ -54,6 +55,7 @@ FINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
 NOT_STARTED = {"SCHEDULED", "PENDING"}
 TAG_SCHEDULE = "mlyard.schedule"
 TAG_SLOT = "mlyard.slot"
+ALIVE_FILE = "scheduler.alive"  # touched before every pass (its age is the liveness probe of infra/k8s)
 
 
 @dataclass
@@ -314,12 +316,16 @@ class Scheduler:
         return wake
 
     def run(self, stop: threading.Event, longest_sleep: float = 1.0,
-            housekeeping: Callable[[], None] | None = None, housekeeping_every: float = 3600.0) -> None:
+            housekeeping: Callable[[], None] | None = None, housekeeping_every: float = 3600.0,
+            alive: Path | None = None) -> None:
         """Passes until `stop` is set; a failing pass (Prefect unreachable, ...) is retried with backoff.
-        `housekeeping` (the clean-up of expired pipeline artifacts) runs every `housekeeping_every` s."""
+        `housekeeping` (the clean-up of expired pipeline artifacts) runs every `housekeeping_every` s.
+        `alive` is touched before every pass: a liveness probe reads its age (infra/k8s)."""
         backoff = 1.0
         last_housekeeping = 0.0
         while not stop.is_set():
+            if alive is not None:
+                alive.touch()
             if housekeeping is not None and self.clock() - last_housekeeping > housekeeping_every:
                 last_housekeeping = self.clock()
                 try:
@@ -373,7 +379,8 @@ def main(argv: list[str] | None = None) -> None:
                          settings.pipeline_artifact_retention_days)
 
         try:
-            scheduler.run(stop, housekeeping=clean_up)
+            settings.home_dir.mkdir(parents=True, exist_ok=True)
+            scheduler.run(stop, housekeeping=clean_up, alive=settings.home_dir / ALIVE_FILE)
         except KeyboardInterrupt:
             pass
 
