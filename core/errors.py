@@ -253,6 +253,18 @@ class StackError(MlyardError, RuntimeError):
     http_status = 503
 
 
+class LocalStoresInPod(StackError):
+    """A process in a Kubernetes pod without the shared stores' URLs: it would write to SQLite inside the
+    pod, and the record would vanish with it."""
+
+    def __init__(self, missing: list[str]):
+        self.missing = missing
+        names = ", ".join(f"MLYARD_{m.upper()}" for m in missing)
+        super().__init__(f"this process runs in a Kubernetes pod but {names} {'is' if len(missing) == 1 else 'are'} "
+                         "not set: set them (the mlyard-config ConfigMap and the mlyard-settings Secret of infra/k8s) "
+                         "rather than fall back to SQLite inside the pod")
+
+
 class NotConnected(StackError):
     def __init__(self, home: str):
         self.home = home

@@ -28,11 +28,16 @@ UNRESPONSIVE_AFTER_SECONDS = 50  # no heartbeat for this long: CRASHED (seen wit
 
 DEFAULT_IMAGE = "mlyard:0.1.0"
 
+# Settings as files, one per field (`mlyard_catalog_url`, `mlyard_s3_secret_access_key`, ...): how a
+# Kubernetes Secret mounted there reaches every mlyard pod (infra/k8s), besides the environment.
+SECRETS_DIR = os.environ.get("MLYARD_SECRETS_DIR", "/var/run/secrets/mlyard")
+
 
 class Settings(BaseSettings):
     """Where mlyard keeps its state and how it reaches the engines."""
 
-    model_config = SettingsConfigDict(env_prefix="MLYARD_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="MLYARD_", extra="ignore",
+                                      secrets_dir=SECRETS_DIR if os.path.isdir(SECRETS_DIR) else None)
 
     home: Path = Field(
         default=Path(DEFAULT_HOME),
@@ -243,6 +248,23 @@ def plain_http_ca_file(prefect_home: Path) -> Path:
         tmp.write(first.group(0))
     os.replace(tmp.name, path)
     return path
+
+
+def in_kubernetes_pod() -> bool:
+    """Whether this process runs in a Kubernetes pod (the kubelet sets KUBERNETES_SERVICE_HOST in every one)."""
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+
+
+def require_shared_stores(settings: Settings) -> None:
+    """In a Kubernetes pod, refuse to start without the tracking and catalog URLs (LocalStoresInPod)
+    instead of writing to SQLite files that vanish with the pod. Nothing to check elsewhere."""
+    from core.errors import LocalStoresInPod
+
+    if not in_kubernetes_pod():
+        return
+    missing = [name for name in ("mlflow_tracking_uri", "catalog_url") if not getattr(settings, name)]
+    if missing:
+        raise LocalStoresInPod(missing)
 
 
 def apply_engine_env(settings: Settings, environ: dict[str, str] | None = None) -> None:

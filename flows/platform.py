@@ -9,7 +9,7 @@ import tempfile
 from functools import cached_property
 from pathlib import Path
 
-from core.settings import Settings, apply_engine_env
+from core.settings import Settings, apply_engine_env, require_shared_stores
 from registry import Catalog, Experiments, ModelRegistry, Templates, Tracking
 from tasks.storage import Storage
 
@@ -17,6 +17,7 @@ from tasks.storage import Storage
 class Platform:
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or Settings()
+        require_shared_stores(self.settings)
         apply_engine_env(self.settings)
 
     def scratch(self, prefix: str) -> Path:

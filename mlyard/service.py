@@ -111,6 +111,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args(argv)
+    from core.errors import StackError
+    from core.settings import Settings, require_shared_stores
+
+    try:
+        require_shared_stores(Settings())
+    except StackError as exc:
+        raise SystemExit(f"mlyard API: {exc}") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in ("mlflow.store.db.utils", "alembic", "httpx"):
         logging.getLogger(name).setLevel(logging.WARNING)

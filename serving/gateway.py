@@ -369,7 +369,8 @@ class Gateway:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from core.settings import Settings
+    from core.errors import StackError
+    from core.settings import Settings, require_shared_stores
     from serving import fastserver
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -383,6 +384,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
     settings = Settings()
+    try:
+        require_shared_stores(settings)
+    except StackError as exc:
+        raise SystemExit(f"mlyard gateway: {exc}") from None
     check = HealthCheck(path="/v2/health/ready", interval=args.health_interval, max_retries=args.health_max_retries,
                         max_wait_time=2.0, expected_status_code=200, initial_delay=0.0)
     from core.connection import read_state

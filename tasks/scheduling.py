@@ -353,9 +353,14 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
     from core.connection import connect
-    from core.settings import Settings
+    from core.errors import StackError
+    from core.settings import Settings, require_shared_stores
     from registry.catalog import Catalog
 
+    try:
+        require_shared_stores(Settings())
+    except StackError as exc:
+        raise SystemExit(f"mlyard scheduler: {exc}") from None
     settings = connect(Settings())
     from prefect.client.orchestration import get_client
 

@@ -89,6 +89,12 @@ def test_every_deployment_on_a_kubernetes_pool_renders_a_strictly_valid_job(stac
         limits = pod["containers"][0]["resources"].get("limits", {})
         env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
         assert env["MLYARD_HOME"] == "/mlyard/data", d["entrypoint"]  # scratch on the run's data storage
+        # the shared stores' URLs and credentials: the ConfigMap and the Secret of infra/k8s, never plain values
+        container = pod["containers"][0]
+        assert container["envFrom"] == [{"configMapRef": {"name": "mlyard-config", "optional": True}}]
+        settings = next(v for v in pod["volumes"] if v["name"] == "settings")
+        assert settings["secret"]["secretName"] == "mlyard-settings"
+        assert {"name": "settings", "mountPath": "/var/run/secrets/mlyard", "readOnly": True} in container["volumeMounts"]
         if pool == "cpu":  # no GPU request, no GPU toleration or node selector
             assert "nvidia.com/gpu" not in json.dumps(manifest), d["entrypoint"]
         else:
