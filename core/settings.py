@@ -60,7 +60,7 @@ class Settings(BaseSettings):
         description="Port of the endpoint gateway that `mlyard up` starts. Unset: the Prefect port + 2 (4202).")
     image: str = Field(
         default=DEFAULT_IMAGE,
-        description="The mlyard image that Kubernetes pools and endpoint Deployments run (infra/Dockerfile), "
+        description="The mlyard image that Kubernetes pools and endpoint Deployments run (infra/docker/platform.Dockerfile), "
         "e.g. registry.example/mlyard:0.1.0. `mlyard up` renders the gpu deployments with it.")
     kube_namespace: str = Field(default="mlyard", description="Kubernetes namespace of endpoint Deployments, "
                                 "Services and HPAs.")
