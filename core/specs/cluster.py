@@ -1,0 +1,75 @@
+"""ClusterValues: what `mlyard k8s render|apply -f values.yaml` installs on a Kubernetes cluster.
+
+```yaml
+overlay: dev                       # dev (with a PostgreSQL + pgvector) or prod (external databases)
+namespace: mlyard
+image: registry.example/mlyard:0.1.0
+image_pull_secrets: [regcred]      # optional: Secrets of type kubernetes.io/dockerconfigjson
+gateway_replicas: 2
+secrets:                           # the Secrets the manifests name (create them first; never in these files)
+  prefect: mlyard-prefect          # keys database-url, auth-string
+  mlflow: mlyard-mlflow            # keys backend-store-uri, artifacts-destination
+  settings: mlyard-settings        # keys mlyard_catalog_url, mlyard_s3_* (MLYARD_* settings as files)
+  postgres: mlyard-postgres        # key password (dev overlay only)
+gpu:
+  types: [NVIDIA-A100-SXM4-80GB]   # the nvidia.com/gpu.product values of the GPU nodes
+  per_node: 8                      # GPUs a node offers
+kueue_queue: null                  # a LocalQueue name: the gpu pool's Jobs wait there for quota
+```
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+IMAGE = r"^[a-z0-9]+([._/:-][a-zA-Z0-9_.-]+)*(@sha256:[a-f0-9]{64})?$"
+
+
+class ClusterSecrets(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prefect: str = Field(default="mlyard-prefect", pattern=DNS_LABEL, max_length=63,
+                         description="Secret with the Prefect server's database-url and auth-string.")
+    mlflow: str = Field(default="mlyard-mlflow", pattern=DNS_LABEL, max_length=63,
+                        description="Secret with MLflow's backend-store-uri and artifacts-destination.")
+    settings: str = Field(default="mlyard-settings", pattern=DNS_LABEL, max_length=63,
+                          description="Secret of MLYARD_* settings as files (mlyard_catalog_url, mlyard_s3_...).")
+    postgres: str | None = Field(default="mlyard-postgres", pattern=DNS_LABEL, max_length=63,
+                                 description="Secret with the dev PostgreSQL's password (dev overlay).")
+
+
+class GpuNodes(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    types: list[str] = Field(default_factory=list, description="nvidia.com/gpu.product values of the GPU nodes; "
+                             "a training asking for another type is refused. Empty: any type is accepted.")
+    per_node: int = Field(default=8, ge=1, le=16, description="GPUs one node offers; a larger gpu_count is refused.")
+
+
+class ClusterValues(BaseModel):
+    """A platform install on a Kubernetes cluster."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    overlay: Literal["dev", "prod"] = Field(default="dev", description="infra/k8s/overlays/<overlay>.")
+    namespace: str = Field(default="mlyard", pattern=DNS_LABEL, max_length=63, description="Namespace of everything.")
+    image: str = Field(default="mlyard:0.1.0", pattern=IMAGE, description="The platform image (infra/docker).")
+    image_pull_secrets: list[str] = Field(default_factory=list, description="Pull Secrets for the image.")
+    gateway_replicas: int = Field(default=2, ge=2, le=100, description="Gateway replicas (at least 2).")
+    secrets: ClusterSecrets = Field(default_factory=ClusterSecrets)
+    gpu: GpuNodes = Field(default_factory=GpuNodes)
+    kueue_queue: str | None = Field(default=None, pattern=DNS_LABEL, description="LocalQueue of the gpu pool.")
+
+    @model_validator(mode="after")
+    def _postgres_secret(self) -> "ClusterValues":
+        if self.overlay == "dev" and not self.secrets.postgres:
+            raise ValueError("secrets.postgres: the dev overlay's PostgreSQL needs its password Secret's name")
+        for name in self.image_pull_secrets:
+            import re
+
+            if not re.match(DNS_LABEL, name):
+                raise ValueError(f"image_pull_secrets: {name!r} is not a Secret name (lowercase letters, digits, '-')")
+        return self

@@ -1,0 +1,77 @@
+"""`mlyard k8s ...`: the platform on a Kubernetes cluster (infra/k8s, tasks/cluster.py)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mlyard.cli.common import JSON, emit, guard, out, typer_app
+
+app = typer_app("Install mlyard on a Kubernetes cluster: render the manifests of a values file, or apply them.")
+
+VALUES = typer.Option(None, "-f", "--values", help="Values file (YAML; fields in core/specs/cluster.py). "
+                      "Without it: the dev overlay in namespace mlyard with the mlyard:0.1.0 image.")
+
+
+def _values(path: Optional[Path]):
+    from core.specs import load_spec_file
+    from core.specs.cluster import ClusterValues
+
+    return load_spec_file(ClusterValues, path) if path else ClusterValues()
+
+
+@app.command("render")
+def render(values: Optional[Path] = VALUES,
+           output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the YAML here (default: stdout)."),
+           as_json: bool = JSON) -> None:
+    """Print (or write) every object of the install as YAML, ready for `kubectl apply --server-side`."""
+    from tasks import cluster
+
+    objs = guard(lambda: cluster.render(_values(values)))
+    if as_json:
+        emit(objs, True)
+        return
+    text = cluster.to_yaml(objs)
+    if output is None:
+        sys.stdout.write(text)
+        return
+    output.write_text(text)
+    output.chmod(0o600)
+    out.print(f"wrote {len(objs)} objects to {output}", highlight=False)
+
+
+@app.command("apply")
+def apply(values: Optional[Path] = VALUES,
+          kubeconfig: Optional[Path] = typer.Option(None, "--kubeconfig", help="Default: KUBECONFIG, ~/.kube/config, "
+                                                    "or the pod's own account inside a cluster."),
+          context: Optional[str] = typer.Option(None, "--context", help="kubeconfig context."),
+          as_json: bool = JSON) -> None:
+    """Apply the install with server-side apply (field manager `mlyard`); a second apply changes nothing.
+    The Secrets it names must exist first (infra/README.md lists their keys)."""
+    from core.errors import StackError
+    from tasks import cluster
+
+    def go() -> list[dict]:
+        vals = _values(values)
+        objs = cluster.render(vals)
+        dyn = cluster.dynamic_client(str(kubeconfig) if kubeconfig else None, context)
+        namespaces = [o for o in objs if o["kind"] == "Namespace"]
+        done = [cluster.Applied(a.kind, a.name, a.outcome).__dict__ for a in cluster.apply(namespaces, dyn)]
+        missing = cluster.missing_secrets(objs, dyn, vals.namespace)
+        if missing:
+            raise StackError(f"namespace {vals.namespace} lacks the Secret(s) {', '.join(missing)}: create them "
+                             "first (infra/README.md lists their keys); nothing else was applied")
+        done += [a.__dict__ for a in cluster.apply([o for o in objs if o["kind"] != "Namespace"], dyn)]
+        return done
+
+    rows = guard(go)
+    if as_json:
+        emit(rows, True)
+        return
+    emit(rows, False, ["kind", "name", "outcome"])
+    counts = {k: sum(r["outcome"] == k for r in rows) for k in ("created", "changed", "unchanged")}
+    out.print(f"{counts['created']} created, {counts['changed']} changed, {counts['unchanged']} unchanged",
+              highlight=False)

@@ -1,0 +1,173 @@
+"""The platform on a Kubernetes cluster: `infra/k8s` rendered for a values file, and applied with
+server-side apply.
+
+`render` runs `kubectl kustomize` on the values' overlay (kustomize is the tool made for it) and then
+sets what the values name: the namespace, the image and its pull Secrets, the Secrets' names, the
+gateway's replicas, the Kueue queue. `apply` applies every object through the `kubernetes` client's
+DynamicClient with server-side apply under the field manager `mlyard` (forcing its own fields), and
+reports for each whether it was created, changed or left as it was: a second apply of the same values
+changes nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from core.errors import StackError
+from core.specs.cluster import ClusterValues
+
+K8S = Path(__file__).resolve().parent.parent / "infra" / "k8s"
+FIELD_MANAGER = "mlyard"
+BASE_IMAGE = "mlyard:0.1.0"  # what the base's `images:` renders; replaced by the values' image
+DEFAULT_SECRETS = {"mlyard-prefect": "prefect", "mlyard-mlflow": "mlflow", "mlyard-settings": "settings",
+                   "mlyard-postgres": "postgres"}
+WORKLOADS = ("Deployment", "StatefulSet")
+FIRST = ("Namespace", "ServiceAccount", "Role", "RoleBinding", "ConfigMap")  # what others refer to
+
+
+def kustomize(path: Path) -> list[dict[str, Any]]:
+    """The objects `kubectl kustomize PATH` renders."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        raise StackError("kubectl is not on PATH: rendering infra/k8s needs kubectl 1.27 or newer (kustomize v5)")
+    out = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        raise StackError(f"kubectl kustomize {path} failed: {out.stderr.strip().splitlines()[-1:]}")
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def render(values: ClusterValues) -> list[dict[str, Any]]:
+    """Every object of the install, in the order to apply them."""
+    objs = kustomize(K8S / "overlays" / values.overlay)
+    secret_names = {default: getattr(values.secrets, field) for default, field in DEFAULT_SECRETS.items()}
+    out = [_customize(obj, values, secret_names) for obj in objs]
+    if values.overlay != "dev":
+        out = [o for o in out if not (o["kind"] == "StatefulSet" and o["metadata"]["name"] == "postgres")]
+    return sorted(out, key=lambda o: (o["kind"] not in FIRST, FIRST.index(o["kind"]) if o["kind"] in FIRST else 0))
+
+
+def _customize(obj: dict, values: ClusterValues, secret_names: dict[str, str | None]) -> dict:
+    obj = copy.deepcopy(obj)
+    meta = obj["metadata"]
+    if obj["kind"] == "Namespace":
+        meta["name"] = values.namespace
+    elif "namespace" in meta:
+        meta["namespace"] = values.namespace
+    for subject in obj.get("subjects", []):
+        if subject.get("kind") == "ServiceAccount":
+            subject["namespace"] = values.namespace
+    if obj["kind"] == "ConfigMap" and meta["name"] == "mlyard-config":
+        obj["data"]["MLYARD_KUBE_NAMESPACE"] = values.namespace
+    if obj["kind"] == "Deployment" and meta["name"] == "gateway":
+        obj["spec"]["replicas"] = values.gateway_replicas
+    if obj["kind"] in WORKLOADS:
+        pod = obj["spec"]["template"]["spec"]
+        uses_image = False
+        for c in pod["containers"]:
+            if c["image"] == BASE_IMAGE:
+                c["image"], uses_image = values.image, True
+            for e in c.get("env", []):
+                ref = e.get("valueFrom", {}).get("secretKeyRef")
+                if ref and ref["name"] in secret_names:
+                    ref["name"] = secret_names[ref["name"]]
+                if e["name"] == "PREFECT_INTEGRATIONS_KUBERNETES_OBSERVER_NAMESPACES":
+                    e["value"] = values.namespace
+                if e["name"].endswith("_SECRET_NAME") and e.get("value") in secret_names:
+                    e["value"] = secret_names[e["value"]]
+        for v in pod.get("volumes", []):
+            if "secret" in v and v["secret"]["secretName"] in secret_names:
+                v["secret"]["secretName"] = secret_names[v["secret"]["secretName"]]
+        if uses_image and values.image_pull_secrets:
+            pod["imagePullSecrets"] = [{"name": n} for n in values.image_pull_secrets]
+    return obj
+
+
+def secret_names(objs: list[dict]) -> set[str]:
+    """The Secrets the rendered objects refer to (they must exist before the pods start)."""
+    names: set[str] = set()
+    for obj in objs:
+        if obj["kind"] not in WORKLOADS:
+            continue
+        pod = obj["spec"]["template"]["spec"]
+        for c in pod["containers"]:
+            names |= {e["valueFrom"]["secretKeyRef"]["name"] for e in c.get("env", [])
+                      if e.get("valueFrom", {}).get("secretKeyRef")}
+        names |= {v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
+        names |= {s["name"] for s in pod.get("imagePullSecrets", [])}
+    return names
+
+
+@dataclass
+class Applied:
+    kind: str
+    name: str
+    outcome: str  # created, changed, unchanged
+
+
+def dynamic_client(kubeconfig: str | None = None, context: str | None = None):
+    """A DynamicClient for the cluster of a kubeconfig (default: ~/.kube/config, then in-cluster)."""
+    from kubernetes import config, dynamic
+    from kubernetes.config.config_exception import ConfigException
+
+    try:
+        api_client = config.new_client_from_config(config_file=kubeconfig, context=context)
+    except (ConfigException, FileNotFoundError, TypeError) as exc:
+        if kubeconfig:
+            raise StackError(f"kubeconfig {kubeconfig}: {exc}") from None
+        try:
+            config.load_incluster_config()
+        except ConfigException:
+            raise StackError(f"no cluster: {exc} (name one with --kubeconfig or KUBECONFIG)") from None
+        from kubernetes import client
+
+        api_client = client.ApiClient()
+    return dynamic.DynamicClient(api_client)
+
+
+def apply(objs: list[dict], dyn) -> Iterator[Applied]:
+    """Server-side apply of each object under the field manager `mlyard`; what happened to each."""
+    from kubernetes.dynamic.exceptions import ApiException, NotFoundError, ResourceNotFoundError
+
+    for obj in objs:
+        kind, meta = obj["kind"], obj["metadata"]
+        try:
+            resource = dyn.resources.get(api_version=obj["apiVersion"], kind=kind)
+        except ResourceNotFoundError:
+            raise StackError(f"the cluster does not serve {obj['apiVersion']} {kind} (install it first: "
+                             f"{'Kueue' if 'kueue' in obj['apiVersion'] else 'the API it belongs to'})") from None
+        namespace = meta.get("namespace") if resource.namespaced else None
+        try:
+            before = dyn.get(resource, name=meta["name"], namespace=namespace).metadata.resourceVersion
+        except NotFoundError:
+            before = None
+        try:
+            after = dyn.server_side_apply(resource, body=obj, namespace=namespace, field_manager=FIELD_MANAGER,
+                                          force_conflicts=True).metadata.resourceVersion
+        except ApiException as exc:
+            raise StackError(f"applying {kind} {meta['name']} failed: {exc.status} {exc.reason}") from None
+        yield Applied(kind, meta["name"], "created" if before is None else "unchanged" if after == before else "changed")
+
+
+def missing_secrets(objs: list[dict], dyn, namespace: str) -> list[str]:
+    """The Secrets the objects name that the namespace does not have."""
+    from kubernetes.dynamic.exceptions import NotFoundError
+
+    secrets = dyn.resources.get(api_version="v1", kind="Secret")
+    missing = []
+    for name in sorted(secret_names(objs)):
+        try:
+            dyn.get(secrets, name=name, namespace=namespace)
+        except NotFoundError:
+            missing.append(name)
+    return missing
+
+
+def to_yaml(objs: list[dict]) -> str:
+    return yaml.safe_dump_all(objs, sort_keys=False)
