@@ -20,12 +20,13 @@ import yaml
 
 from core.errors import SpecError
 from core.names import param_environ
+from core.settings import DEFAULT_IMAGE as SETTINGS_DEFAULT_IMAGE
 from tasks.replicas import CODE_KIND, health_path
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "infra" / "endpoint"
 KUBERNETES_VERSION = "1.30"
 PORT = 8080
-DEFAULT_IMAGE = "mlyard:latest"
+DEFAULT_IMAGE = SETTINGS_DEFAULT_IMAGE
 LABEL = "mlyard.io"
 
 
@@ -37,9 +38,11 @@ def resource_name(endpoint: str, stage: str, resource_id: int) -> str:
 
 
 def render_stage(view: dict[str, Any], stage: str, *, image: str = DEFAULT_IMAGE, namespace: str = "mlyard",
-                 parameters: dict[str, dict[str, str]] | None = None) -> list[dict[str, Any]]:
+                 parameters: dict[str, dict[str, str]] | None = None, pull_secrets: tuple[str, ...] = (),
+                 settings_secret: str = "mlyard-settings") -> list[dict[str, Any]]:
     """The manifests of one stage of an endpoint view (`Endpoints.get`); `parameters` maps a resource's
-    model ("name/version") to its version parameters (arguments and environment of the server)."""
+    model ("name/version") to its version parameters (arguments and environment of the server);
+    `pull_secrets` name the image's pull Secrets, `settings_secret` the Secret of MLYARD_* settings."""
     from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
     env = Environment(loader=FileSystemLoader(str(TEMPLATES)), undefined=StrictUndefined, autoescape=False,
@@ -70,6 +73,9 @@ def render_stage(view: dict[str, Any], stage: str, *, image: str = DEFAULT_IMAGE
             "requests": quantities, "limits": quantities,
             "node_selector": {"node.kubernetes.io/instance-type": st["instance_type"]}
             if st["instance_type"] != "local" else {},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}] if res["gpu"] else [],
+            "pull_secrets": [{"name": n} for n in pull_secrets],
+            "settings_secret": settings_secret,
         }
         out.append(yaml.safe_load(env.get_template("deployment.yaml.j2").render(context)))
         out.append(yaml.safe_load(env.get_template("service.yaml.j2").render(context)))
@@ -115,28 +121,72 @@ _KINDS = {  # kind -> (API class, the method names' stem)
 }
 
 
+FIELD_MANAGER = "mlyard"
+HANDOVER_MANAGER = "mlyard-replicas-handover"  # holds a Deployment's replica count until its HPA takes it
+
+
 def apply_stage(api_client: Any, manifests: list[dict[str, Any]], namespace: str, endpoint: str,
                 stage: str) -> dict[str, list[str]]:
-    """Make the cluster hold exactly these manifests for the stage: create what is missing, replace
-    what exists, delete the stage's objects that are no longer wanted (a removed resource, a pod
-    autoscaler turned off). Returns what was created, replaced and deleted, as `Kind/name`."""
+    """Make the cluster hold exactly these manifests for the stage, with server-side apply under the
+    field manager `mlyard`; delete the stage's objects that are no longer wanted (a removed resource, a
+    pod autoscaler turned off). A Deployment with an HPA is applied without `replicas`, so the HPA keeps
+    what it scaled to: on creation the count goes to the HPA through a hand-over manager, never back to
+    1 (server-side apply's transfer of ownership). Returns what was created, changed, left unchanged and
+    deleted, as `Kind/name`."""
+    from kubernetes.dynamic import DynamicClient
+
     validate(manifests)
-    done: dict[str, list[str]] = {"created": [], "replaced": [], "deleted": []}
+    dyn = DynamicClient(api_client)
+    done: dict[str, list[str]] = {"created": [], "changed": [], "unchanged": [], "deleted": []}
     wanted = {(m["kind"], m["metadata"]["name"]) for m in manifests}
+    scaled = {m["spec"]["scaleTargetRef"]["name"] for m in manifests if m["kind"] == "HorizontalPodAutoscaler"}
     for m in manifests:
-        api, stem = _api(api_client, m["kind"])
         name = m["metadata"]["name"]
-        existing = _read(api, stem, name, namespace)
-        if existing is None:
-            getattr(api, f"create_namespaced_{stem}")(namespace, m)
-            done["created"].append(f"{m['kind']}/{name}")
-        else:
-            body = {**m, "metadata": {**m["metadata"], "resourceVersion": existing.metadata.resource_version}}
-            getattr(api, f"replace_namespaced_{stem}")(name, namespace, body)
-            done["replaced"].append(f"{m['kind']}/{name}")
+        resource = dyn.resources.get(api_version=m["apiVersion"], kind=m["kind"])
+        live = _get(dyn, resource, name, namespace)
+        body = m
+        if m["kind"] == "Deployment" and name in scaled:
+            body = {**m, "spec": {k: v for k, v in m["spec"].items() if k != "replicas"}}
+            if live is None:  # created at its pods count, which the hand-over manager then holds
+                live = _ssa(dyn, resource, m, namespace, FIELD_MANAGER)
+                done["created"].append(f"{m['kind']}/{name}")
+            if _owns(live, FIELD_MANAGER, "replicas"):
+                replicas = {"apiVersion": m["apiVersion"], "kind": m["kind"],
+                            "metadata": {"name": name, "namespace": namespace},
+                            "spec": {"replicas": live["spec"].get("replicas", m["spec"]["replicas"])}}
+                _ssa(dyn, resource, replicas, namespace, HANDOVER_MANAGER)
+        after = _ssa(dyn, resource, body, namespace, FIELD_MANAGER)
+        if f"{m['kind']}/{name}" in done["created"]:
+            continue
+        outcome = ("created" if live is None else
+                   "unchanged" if after["metadata"]["resourceVersion"] == live["metadata"]["resourceVersion"]
+                   else "changed")
+        done[outcome].append(f"{m['kind']}/{name}")
     done["deleted"] = [f"{kind}/{name}" for kind, name in _stage_objects(api_client, namespace, endpoint, stage)
                        if (kind, name) not in wanted and _delete(api_client, kind, name, namespace)]
     return done
+
+
+def _get(dyn: Any, resource: Any, name: str, namespace: str) -> dict[str, Any] | None:
+    from kubernetes.dynamic.exceptions import NotFoundError
+
+    try:
+        return dyn.get(resource, name=name, namespace=namespace).to_dict()
+    except NotFoundError:
+        return None
+
+
+def _ssa(dyn: Any, resource: Any, body: dict[str, Any], namespace: str, manager: str) -> dict[str, Any]:
+    return dyn.server_side_apply(resource, body=body, namespace=namespace, field_manager=manager,
+                                 force_conflicts=True).to_dict()
+
+
+def _owns(obj: dict[str, Any], manager: str, spec_field: str) -> bool:
+    """Whether `manager` owns `spec.<spec_field>` of the object (its managedFields)."""
+    for entry in obj.get("metadata", {}).get("managedFields") or []:
+        if entry.get("manager") == manager and f"f:{spec_field}" in (entry.get("fieldsV1") or {}).get("f:spec", {}):
+            return True
+    return False
 
 
 def delete_stage(api_client: Any, namespace: str, endpoint: str, stage: str) -> list[str]:

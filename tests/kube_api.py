@@ -453,7 +453,7 @@ class KubeApi:
         manager = query.get("fieldManager")
         if not manager:
             raise ApiError(400, "BadRequest", "PATCH with apply-patch requires fieldManager")
-        force = query.get("force") in ("true", "1")
+        force = str(query.get("force", "")).lower() in ("true", "1")
         kind, ns, name = key
         if config.get("kind") != kind or config.get("metadata", {}).get("name") != name:
             raise ApiError(400, "BadRequest", "the applied object's kind and name must match the request")

@@ -383,16 +383,30 @@ def test_servers_are_one_stage_endpoints_that_stop_and_start(endpoint, settings)
 
 
 def test_a_kubernetes_stage_is_applied_then_rolled_back(endpoint, settings, tmp_path, monkeypatch):
-    """The Kubernetes runtime of the flow against tests/tasks/fake_kube.py (no cluster can run here; its
-    Deployments report their pods ready at once). The gateway here cannot reach the Services' cluster
-    DNS names, so routing fails: the flow must then delete every object it made."""
-    from fake_kube import FakeKube
+    """The Kubernetes runtime of the flow against the API emulator of tests/kube_api.py (no cluster can
+    run here; the test plays the Deployment controller: its pods are ready at once). The gateway here
+    cannot reach the Services' cluster DNS names, so routing fails: the flow must then delete every
+    object it made."""
+    import threading
+
+    from kube_api import KubeApi
 
     import mlyard.endpoints as api
     from core.errors import RunFailed
     from tasks import replicas as files
 
-    kube = FakeKube()
+    kube = KubeApi()
+    stop = threading.Event()
+
+    def controller() -> None:  # Deployments' pods become ready at once
+        while not stop.wait(0.05):
+            for d in kube.items("Deployment"):
+                n = d["spec"].get("replicas", 1)
+                if d.get("status", {}).get("readyReplicas") != n:
+                    kube.set_status("Deployment", d["metadata"]["namespace"], d["metadata"]["name"],
+                                    {"replicas": n, "readyReplicas": n, "availableReplicas": n})
+
+    threading.Thread(target=controller, daemon=True).start()
     try:
         config = tmp_path / "kubeconfig"
         config.write_text(json.dumps({
@@ -404,9 +418,10 @@ def test_a_kubernetes_stage_is_applied_then_rolled_back(endpoint, settings, tmp_
         with pytest.raises(RunFailed, match="routing"):
             api.create({"name": "kube", "public": True, "stage": {"instance_type": "g2-t4", "resources": [
                 {"model": "clf/1", "pods": 2, "pod_autoscaler": {"enabled": True, "max_pods": 4}}]}})
-        made = [(kind, name) for op, kind, name in kube.calls if op == "create"]
+        made = [(kind, obj["metadata"]["name"]) for _, kind, etype, obj in kube.events if etype == "ADDED"]
         assert sorted(k for k, _ in made) == ["Deployment", "HorizontalPodAutoscaler", "Service"]
-        assert sorted((k, n) for op, k, n in kube.calls if op == "delete") == sorted(made)
+        deleted = [(kind, obj["metadata"]["name"]) for _, kind, etype, obj in kube.events if etype == "DELETED"]
+        assert sorted(deleted) == sorted(made)
         assert kube.objects == {}
         stage = api.show("kube")["stages"][0]
         assert stage["status"] == "CREATE FAILED" and stage["gateway_status"] == "STAGE DEPLOY FAIL", stage
@@ -414,4 +429,5 @@ def test_a_kubernetes_stage_is_applied_then_rolled_back(endpoint, settings, tmp_
         assert not [w for w in files.wanted(settings.home_dir) if w.endpoint == "kube"]
         api.delete("kube")
     finally:
+        stop.set()
         kube.close()
