@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from core.errors import SpecError, TrainingStopped
 from core.names import FLOW_TRAIN
+from core.settings import in_kubernetes_pod
 from core.specs import TrainingSpec
 from flows.platform import Platform
 from tasks.orchestration import cancel_watch, stopped_on_interrupt
@@ -51,9 +52,9 @@ def train(spec: TrainingSpec) -> TrainingResult:  # or a Cancelled state, shown 
     p = Platform()
     logger = get_run_logger()
     training_id = str(flow_run.get_id() or f"local-{time.time_ns()}")
-    if spec.nodes > 1:
-        raise SpecError("nodes", spec.nodes, "more than 1 node needs a Kubernetes work pool (the gpu pool); "
-                        "locally use nodes: 1 with torchrun and processes_per_node")
+    if spec.nodes > 1 and in_kubernetes_pod():
+        raise SpecError("nodes", spec.nodes, "1 on a Kubernetes pool for now (a multi-node training as an Indexed "
+                        "Job of its nodes is not there yet); more than 1 runs on the local pool, as node processes")
 
     # 1. Check the spec against the world before anything is made.
     check_locations(p.storage, spec)

@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 from core.errors import TrainingFailed, TrainingStopped
 from core.specs import TrainingSpec
@@ -55,8 +55,17 @@ def hp_value(value: object) -> str:
     return str(value)
 
 
+@dataclass(frozen=True)
+class Rendezvous:
+    """Where the nodes of a multi-node training meet (torchrun's c10d store), and which one hosts it."""
+
+    endpoint: str  # host:port
+    run_id: str
+    host: bool
+
+
 def build_invocation(spec: TrainingSpec, dirs: Workdirs, python: str, region: str,
-                     base_env: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:
+                     base_env: Mapping[str, str], rendezvous: Rendezvous | None = None) -> tuple[list[str], dict[str, str]]:
     """argv and environment of the entry point, as EasyMaker scripts expect them."""
     args: list[str] = []
     for key, value in spec.hyperparameters.items():
@@ -67,6 +76,10 @@ def build_invocation(spec: TrainingSpec, dirs: Workdirs, python: str, region: st
                     f"--nproc_per_node={spec.processes_per_node}"]
         if spec.nodes == 1:
             launcher.append("--standalone")
+        elif rendezvous is not None:  # node processes on this machine (`node_invocations`)
+            launcher += ["--rdzv_backend=c10d", f"--rdzv_endpoint={rendezvous.endpoint}",
+                         f"--rdzv_id={rendezvous.run_id}", f"--node_rank={base_env['NODE_RANK']}",
+                         f"--rdzv_conf=is_host={'true' if rendezvous.host else 'false'}"]
         else:  # rendezvous from the pool's environment (set per pod on Kubernetes)
             launcher += ["--rdzv_backend=c10d",
                          f"--rdzv_endpoint={base_env.get('MASTER_ADDR', 'localhost')}:{base_env.get('MASTER_PORT', '29500')}",
@@ -93,6 +106,49 @@ def build_invocation(spec: TrainingSpec, dirs: Workdirs, python: str, region: st
     for name, path in dirs.datasets.items():
         env[f"EM_DATASET_{_env_key(name)}"] = str(path)
     return argv, env
+
+
+def node_invocations(spec: TrainingSpec, dirs: Workdirs, python: str, region: str,
+                     base_env: Mapping[str, str]) -> list[tuple[list[str], dict[str, str]]]:
+    """(argv, env) of each node. More than one node on this machine: `nodes` node processes that meet
+    on 127.0.0.1 as the pods of a cluster meet at node 0, so distributed code can be tried before the
+    cluster. Each gets NODE_RANK, NNODES, MASTER_ADDR/MASTER_PORT and TensorFlow's TF_CONFIG (the
+    workers' addresses and its own index); with torchrun they meet at its c10d rendezvous (node 0
+    hosts its store) and torchrun gives each process RANK, LOCAL_RANK and WORLD_SIZE; without it, RANK
+    and WORLD_SIZE count the nodes."""
+    if spec.nodes == 1:
+        return [build_invocation(spec, dirs, python, region, base_env)]
+    import secrets
+
+    rdzv, master, *workers = _free_ports(2 + spec.nodes)
+    run_id = secrets.token_hex(8)
+    out = []
+    for rank in range(spec.nodes):
+        env = {**base_env, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(master), "NODE_RANK": str(rank),
+               "NNODES": str(spec.nodes), "TF_CONFIG": json.dumps({
+                   "cluster": {"worker": [f"127.0.0.1:{port}" for port in workers]},
+                   "task": {"type": "worker", "index": rank}})}
+        if not spec.torchrun:
+            env.update({"RANK": str(rank), "WORLD_SIZE": str(spec.nodes)})
+        out.append(build_invocation(spec, dirs, python, region, env,
+                                    Rendezvous(f"127.0.0.1:{rdzv}", run_id, host=rank == 0)))
+    return out
+
+
+def _free_ports(count: int) -> list[int]:
+    """`count` distinct ports free on 127.0.0.1 now (held together while they are picked)."""
+    import socket
+
+    socks = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            socks.append(sock)
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def _env_key(name: str) -> str:
@@ -161,6 +217,10 @@ class Outcome:
 class Supervisor:
     """Runs argv in a new process group; every output line goes to `on_line`.
 
+    `more` are further commands (argv, env) started in the same group: the other nodes of a
+    multi-node training on this machine, whose lines come prefixed with `[node N]`. The run fails when
+    any of them fails (the rest are ended), naming it and with its last lines.
+
     Ends the group (SIGTERM, then SIGKILL after `grace_seconds`) when `should_stop()` returns a
     reason, when `max_run_time_seconds` passes, or when the calling code is interrupted.
     """
@@ -168,62 +228,91 @@ class Supervisor:
     def __init__(self, argv: list[str], env: Mapping[str, str], cwd: Path,
                  on_line: Callable[[str], None], should_stop: Callable[[], str | None] = lambda: None,
                  max_run_time_seconds: float | None = None, poll_seconds: float = 0.1,
-                 grace_seconds: float = 5.0):
+                 grace_seconds: float = 5.0, more: Sequence[tuple[list[str], Mapping[str, str]]] = ()):
         self.argv, self.env, self.cwd = argv, dict(env), cwd
         self.on_line, self.should_stop = on_line, should_stop
         self.max_run_time_seconds, self.poll_seconds, self.grace_seconds = max_run_time_seconds, poll_seconds, grace_seconds
-        self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self.more = list(more)
+        self.tails: list[collections.deque[str]] = [collections.deque(maxlen=TAIL_LINES) for _ in range(1 + len(self.more))]
+        self.tail = self.tails[0]
         self.proc: subprocess.Popen | None = None
+        self.procs: list[subprocess.Popen] = []
 
     def run(self) -> Outcome:
         """Run to the end. Raises TrainingStopped or TrainingFailed (max run time, exit code != 0)."""
         start = time.monotonic()
-        self.proc = subprocess.Popen(
-            self.argv, env=self.env, cwd=self.cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True, bufsize=1, text=True, errors="replace",
-        )
-        reader = threading.Thread(target=self._read, name="mlyard-output", daemon=True)
-        reader.start()
+        readers: list[threading.Thread] = []
         try:
-            while self.proc.poll() is None:
+            for n, (argv, env) in enumerate([(self.argv, self.env), *self.more]):
+                # its own process group (and session, when alone); the other nodes join the first's group,
+                # which a process can do only within its session
+                group: dict[str, object] = ({"start_new_session": True} if not self.more else
+                                            {"process_group": self.procs[0].pid if n else 0})
+                proc = subprocess.Popen(argv, env=dict(env), cwd=self.cwd, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, bufsize=1, text=True,
+                                        errors="replace", **group)  # type: ignore[call-overload]
+                self.procs.append(proc)
+                self.proc = self.procs[0]
+                reader = threading.Thread(target=self._read, args=(n, proc), name=f"mlyard-output-{n}", daemon=True)
+                reader.start()
+                readers.append(reader)
+            failed = None
+            while failed is None and any(p.poll() is None for p in self.procs):
                 elapsed = time.monotonic() - start
                 if self.max_run_time_seconds and elapsed > self.max_run_time_seconds:
                     self.kill()
-                    reader.join(timeout=5)
+                    self._join(readers, 5)
                     raise TrainingFailed(
                         f"max run time of {self.max_run_time_seconds:g} s passed; the training was ended",
                         None, list(self.tail))
                 reason = self.should_stop()
                 if reason:
                     self.kill()
-                    reader.join(timeout=5)
+                    self._join(readers, 5)
                     raise TrainingStopped(reason)
-                try:
-                    self.proc.wait(timeout=self.poll_seconds)
-                except subprocess.TimeoutExpired:
-                    pass
+                failed = next((n for n, p in enumerate(self.procs) if p.poll() not in (None, 0)), None)
+                if failed is None:
+                    try:
+                        self.procs[0].wait(timeout=self.poll_seconds) if self.procs[0].poll() is None \
+                            else time.sleep(self.poll_seconds)
+                    except subprocess.TimeoutExpired:
+                        pass
         finally:
-            # Interrupted (SIGTERM from a worker cancelling us, Ctrl-C) or done: no child survives us.
+            # Interrupted (SIGTERM from a worker cancelling us, Ctrl-C), one node failed, or done: no
+            # child survives us.
             self.kill()
-        reader.join(timeout=10)
+        self._join(readers, 10)
         seconds = time.monotonic() - start
-        code = self.proc.returncode
-        if code != 0:
-            what = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-            raise TrainingFailed(f"the entry point failed ({what})", code, list(self.tail))
-        return Outcome(code, seconds, list(self.tail))
+        for n, proc in enumerate(self.procs):
+            code = proc.returncode
+            if code not in (0, None):
+                what = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+                who = f"node {n} of {len(self.procs)}: " if len(self.procs) > 1 else ""
+                raise TrainingFailed(f"the entry point failed ({who}{what})", code, list(self.tails[n]))
+        return Outcome(0, seconds, list(self.tail))
 
-    def _read(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        for line in self.proc.stdout:
-            line = line.rstrip("\n")
-            self.tail.append(line)
+    @staticmethod
+    def _join(readers: list[threading.Thread], timeout: float) -> None:
+        for reader in readers:
+            reader.join(timeout=timeout)
+
+    def _read(self, n: int, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None
+        prefix = f"[node {n}] " if n else ""
+        for line in proc.stdout:
+            line = prefix + line.rstrip("\n")
+            self.tails[n].append(line)
             self.on_line(line)
 
     def kill(self) -> None:
         """SIGTERM the whole process group, SIGKILL what is left after the grace period."""
-        if self.proc is not None:
-            stop_group(self.proc, self.grace_seconds)
+        if self.procs:
+            stop_group(self.procs[0], self.grace_seconds)
+            for proc in self.procs:  # reap them
+                try:
+                    proc.wait(timeout=self.grace_seconds)
+                except subprocess.TimeoutExpired:
+                    pass
 
 
 # -- one run of the entry point, with its log and metrics -------------------------------------------
@@ -242,7 +331,7 @@ def run_script(spec: TrainingSpec, dirs: Workdirs, python: str, region: str, bas
                echo: Callable[[str], None] | None = None) -> ScriptRun:
     """Run the entry point to the end: every line to `log_path`, `echo` and `on_line` (a tuning reads
     its objective there), parsed metrics to `metric_sink` in batches from a background thread."""
-    argv, env = build_invocation(spec, dirs, python, region, base_env)
+    (argv, env), *more = node_invocations(spec, dirs, python, region, base_env)
     parser = MetricParser(spec.metric_patterns)
     lock = threading.Lock()
     with open(log_path, "a", buffering=1) as log_file, MetricStream(metric_sink) as stream:
@@ -257,5 +346,5 @@ def run_script(spec: TrainingSpec, dirs: Workdirs, python: str, region: str, bas
                     echo(line)
 
         outcome = Supervisor(argv, env, dirs.source, handle, should_stop=should_stop,
-                             max_run_time_seconds=spec.max_run_time_seconds).run()
+                             max_run_time_seconds=spec.max_run_time_seconds, more=more).run()
     return ScriptRun(outcome.seconds, latest(stream.seen), list(stream.seen))

@@ -74,3 +74,4 @@ def _members(pgid: int) -> bool:
             if fields[0] != "Z" and int(fields[2]) == pgid:
                 return True
     return False
+

@@ -40,7 +40,9 @@ class TrainingSpec(BaseModel):
     checkpoint_output_uri: str | None = Field(default=None, description="Where EM_CHECKPOINT_DIR is copied at the end.")
     image: str | None = Field(default=None, description="Container image on the Kubernetes pool; ignored locally.")
     resources: Resources = Field(default_factory=Resources, description="CPU, memory and GPUs on the Kubernetes pool.")
-    nodes: int = Field(default=1, ge=1, le=32, description="Distributed node count (more than 1 needs the Kubernetes pool).")
+    nodes: int = Field(default=1, ge=1, le=32, description="Nodes of a distributed training. On the local pool, "
+                       "that many node processes on this machine, meeting on 127.0.0.1 (torchrun's c10d rendezvous; "
+                       "MASTER_ADDR, NODE_RANK and TF_CONFIG otherwise).")
     torchrun: bool = Field(default=False, description="Start the entry point with torchrun (PyTorch).")
     processes_per_node: int = Field(default=1, ge=1, le=64, description="torchrun --nproc_per_node.")
     max_run_time_seconds: int | None = Field(default=None, ge=1, description="Fail the training after this long.")

@@ -204,3 +204,56 @@ def test_torchrun_two_cpu_processes_with_gloo(platform, algorithm, tmp_path):
     log = platform.tracking.download(result.run_id, "logs/output.log", tmp_path / "l").read_text()
     assert "rank=0 world=2 total=3.0" in log and "rank=1 world=2 total=3.0" in log
     assert result.model_uri is not None
+
+
+def test_two_nodes_of_two_processes_meet_on_this_machine(platform, algorithm, tmp_path):
+    """nodes: 2 on the local pool: two node processes (torchrun each, two workers each) that meet at a
+    c10d rendezvous on 127.0.0.1, as an Indexed Job's pods meet at node 0 on a cluster: a real
+    all-reduce over gloo across the four ranks."""
+    pytest.importorskip("torch", reason="torch is installed by `make test` (the torch extra)")
+    from flows.training import train
+
+    spec = _spec(algorithm(TORCH_SCRIPT), name="ddp2", torchrun=True, nodes=2, processes_per_node=2)
+    result = train(spec)
+    log = platform.tracking.download(result.run_id, "logs/output.log", tmp_path / "l").read_text()
+    for rank in range(4):  # 1 + 2 + 3 + 4 on every rank
+        assert f"rank={rank} world=4 total=10.0" in log, log
+    assert "[node 1] rank=" in log  # the second node's lines, marked
+    assert result.model_uri is not None  # rank 0 saved it
+
+
+NODE_SCRIPT = """
+import json, os, sys
+cfg = json.loads(os.environ["TF_CONFIG"])
+print(f"node={os.environ['NODE_RANK']} of={os.environ['NNODES']} rank={os.environ['RANK']} "
+      f"world={os.environ['WORLD_SIZE']} master={os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} "
+      f"index={cfg['task']['index']} workers={','.join(cfg['cluster']['worker'])}", flush=True)
+sys.exit(int(os.environ.get("EM_HP_FAIL_NODE", "-1") == os.environ["NODE_RANK"]) * 3)
+"""
+
+
+def test_without_torchrun_each_node_gets_its_rank_and_tf_config(platform, algorithm, tmp_path):
+    import re
+
+    from flows.training import train
+
+    result = train(_spec(algorithm(NODE_SCRIPT), name="tf3", nodes=3))
+    log = platform.tracking.download(result.run_id, "logs/output.log", tmp_path / "l").read_text()
+    found = {int(m["node"]): m for m in re.finditer(
+        r"node=(?P<node>\d) of=3 rank=(?P<rank>\d) world=3 master=(?P<master>\S+) index=(?P<index>\d) "
+        r"workers=(?P<workers>\S+)", log)}
+    assert sorted(found) == [0, 1, 2], log
+    assert {m["master"] for m in found.values()} == {found[0]["master"]} and found[0]["master"].startswith("127.0.0.1:")
+    workers = found[0]["workers"].split(",")
+    assert len(set(workers)) == 3 and all(m["workers"].split(",") == workers for m in found.values())
+    assert all(m["rank"] == m["index"] == str(n) for n, m in found.items())
+
+
+def test_one_failed_node_fails_the_training_with_its_last_lines(platform, algorithm):
+    from core.errors import TrainingFailed
+    from flows.training import train
+
+    with pytest.raises(TrainingFailed) as failed:
+        train(_spec(algorithm(NODE_SCRIPT), name="tf3-fail", nodes=3, hyperparameters={"fail_node": 2}))
+    assert "node 2 of 3" in failed.value.reason and "exit code 3" in failed.value.reason
+    assert any(line.startswith("[node 2] node=2 ") for line in failed.value.last_lines), failed.value.last_lines

@@ -99,6 +99,28 @@ def test_stop_kills_the_whole_process_group(algorithm, tmp_path):
     assert _gone(int(pidfile.read_text())), "the script's child survived the stop"
 
 
+def test_stop_ends_every_node_and_what_each_started(algorithm, tmp_path):
+    """The nodes of a multi-node training on this machine share one process group: a stop ends them all."""
+    src = algorithm(GRANDCHILD)
+    pidfiles = [tmp_path / f"pid{n}" for n in range(3)]
+    lines: list[str] = []
+    deadline = time.monotonic() + 60
+
+    def should_stop():
+        if all(p.exists() for p in pidfiles):
+            return "user asked"
+        return None if time.monotonic() < deadline else "timeout"
+
+    argv = [sys.executable, str(src / "main.py")]
+    sup = Supervisor(argv, {**os.environ, "PIDFILE": str(pidfiles[0])}, src, lines.append, should_stop=should_stop,
+                     poll_seconds=0.1, grace_seconds=2,
+                     more=[(argv, {**os.environ, "PIDFILE": str(p)}) for p in pidfiles[1:]])
+    with pytest.raises(TrainingStopped, match="user asked"):
+        sup.run()
+    assert all(_gone(int(p.read_text())) for p in pidfiles), "a node's child survived the stop"
+    assert all(proc.returncode is not None for proc in sup.procs)
+
+
 def test_max_run_time_fails_with_reason(algorithm, tmp_path):
     src = algorithm(GRANDCHILD)
     pidfile = tmp_path / "pid"
