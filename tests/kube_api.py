@@ -571,3 +571,124 @@ class KubeApi:
     def owner_of(self, kind: str, namespace: str, name: str, *path: str) -> list[str]:
         """The field managers that own `path` of the object."""
         return sorted(m for m, paths in self.owners.get((kind, namespace, name), {}).items() if tuple(path) in paths)
+
+
+class Kubelet:
+    """Plays the Job controller and the kubelet against a KubeApi, on this machine: for each new Job a
+    Pod (Pending, then Running), whose first container's command runs as a process here with the
+    container's environment resolved as a kubelet does (values, `secretKeyRef`, `configMapKeyRef`,
+    `envFrom` from the API's objects; `overrides` stand for what the node adds, such as a volume's
+    path); its output becomes the pod's log, its exit the pod's phase and the Job's `succeeded` or
+    `failed` count and condition. `hold` Jobs (by a label) are left pending, as a full cluster would."""
+
+    def __init__(self, api: KubeApi, cwd: str, overrides: dict[str, str] | None = None) -> None:
+        import os
+        import sys
+
+        self.api, self.cwd, self.overrides = api, cwd, dict(overrides or {})
+        image_path = f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"  # the "image" is this environment
+        self.base_env = {"PATH": image_path, "HOME": os.environ.get("HOME", "/tmp"), "LANG": "C.UTF-8",
+                         "KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+        self.seen: set[str] = set()
+        self.processes: dict[str, Any] = {}  # pod name -> Popen
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="kubelet", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        from tasks.processes import stop_group
+
+        self._stop.set()
+        self._thread.join(10)
+        for proc in self.processes.values():
+            stop_group(proc, 5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.1):
+            for job in self.api.items("Job"):
+                uid = job["metadata"]["uid"]
+                if uid not in self.seen:
+                    self.seen.add(uid)
+                    threading.Thread(target=self._run_job, args=(job,), daemon=True).start()
+
+    def resolve_env(self, namespace: str, container: dict) -> dict[str, str]:
+        import base64
+
+        env = dict(self.base_env)
+        for source in container.get("envFrom") or []:
+            ref = source.get("configMapRef") or source.get("secretRef")
+            kind = "ConfigMap" if "configMapRef" in source else "Secret"
+            obj = self.api.objects.get((kind, namespace, ref["name"]))
+            if obj is None:
+                if ref.get("optional"):
+                    continue
+                raise RuntimeError(f"{kind} {ref['name']} not found (CreateContainerConfigError)")
+            data = obj.get("data") or {}
+            env.update({k: base64.b64decode(v).decode() if kind == "Secret" else v for k, v in data.items()})
+        for e in container.get("env") or []:
+            if "value" in e:
+                env[e["name"]] = str(e["value"])
+                continue
+            ref = e.get("valueFrom", {})
+            key_ref = ref.get("secretKeyRef") or ref.get("configMapKeyRef")
+            if key_ref:
+                kind = "Secret" if "secretKeyRef" in ref else "ConfigMap"
+                obj = self.api.objects.get((kind, namespace, key_ref["name"]))
+                value = (obj or {}).get("data", {}).get(key_ref["key"])
+                if value is None:
+                    if key_ref.get("optional"):
+                        continue
+                    raise RuntimeError(f"{kind} {key_ref['name']}/{key_ref['key']} not found")
+                env[e["name"]] = base64.b64decode(value).decode() if kind == "Secret" else value
+        env.update(self.overrides)
+        return env
+
+    def _run_job(self, job: dict) -> None:
+        import subprocess
+
+        ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
+        template = job["spec"]["template"]
+        labels = {**(template.get("metadata", {}).get("labels") or {}), "job-name": name,
+                  "controller-uid": job["metadata"]["uid"]}
+        owner = [{"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": job["metadata"]["uid"],
+                  "controller": True}]
+        pod = self.api.create("Pod", "v1", ns, {"metadata": {"generateName": f"{name}-", "labels": labels,
+                                                             "ownerReferences": owner},
+                                                "spec": copy.deepcopy(template["spec"])}, "kube-controller-manager")
+        pod_name = pod["metadata"]["name"]
+        self.api.set_status("Pod", ns, pod_name, {"phase": "Pending"}, "kubelet")
+        self.api.set_status("Job", ns, name, {"active": 1, "startTime": _now()}, "kube-controller-manager")
+        container = template["spec"]["containers"][0]
+        try:
+            env = self.resolve_env(ns, container)
+        except RuntimeError as exc:
+            self.api.set_status("Pod", ns, pod_name, {"phase": "Pending", "containerStatuses": [{
+                "name": container["name"], "ready": False, "restartCount": 0, "image": container.get("image", ""),
+                "imageID": "", "state": {"waiting": {"reason": "CreateContainerConfigError", "message": str(exc)}}}]},
+                "kubelet")
+            return
+        command = (container.get("command") or []) + (container.get("args") or [])
+        self.api.set_status("Pod", ns, pod_name, {"phase": "Running", "startTime": _now()}, "kubelet")
+        try:
+            proc = subprocess.Popen(command, env=env, cwd=self.cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, text=True, errors="replace", start_new_session=True)
+        except OSError as exc:  # the container could not start: the pod fails with the reason
+            self.api.pod_logs[(ns, pod_name)] = f"{exc}\n"
+            code = 128
+        else:
+            self.processes[pod_name] = proc
+            lines = []
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.append(line)
+                self.api.pod_logs[(ns, pod_name)] = "".join(lines)
+            code = proc.wait()
+        phase = "Succeeded" if code == 0 else "Failed"
+        self.api.set_status("Pod", ns, pod_name, {"phase": phase, "containerStatuses": [{
+            "name": container["name"], "ready": False, "restartCount": 0, "image": container.get("image", ""),
+            "imageID": "", "state": {"terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error"}}}]},
+            "kubelet")
+        condition = {"type": "Complete" if code == 0 else "Failed", "status": "True", "lastTransitionTime": _now()}
+        self.api.set_status("Job", ns, name, {"succeeded": int(code == 0), "failed": int(code != 0), "active": 0,
+                                              "conditions": [condition], "completionTime": _now()},
+                            "kube-controller-manager")
