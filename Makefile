@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(PY) bench/tuning_overhead.py
 	$(PY) bench/batch_inference.py
 	$(PY) bench/batch_user_path.py
+	$(PY) bench/kubernetes.py
 	$(PY) bench/chat_smollm2.py
 	bash bench/serving_peers.sh
 
