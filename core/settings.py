@@ -64,6 +64,9 @@ class Settings(BaseSettings):
         "e.g. registry.example/mlyard:0.1.0. `mlyard up` renders the gpu deployments with it.")
     kube_namespace: str = Field(default="mlyard", description="Kubernetes namespace of endpoint Deployments, "
                                 "Services and HPAs.")
+    scheduler_lease: str | None = Field(
+        default=None, description="On a cluster: the Lease (in kube_namespace) the scheduler's replicas elect their "
+        "one leader with; only its holder schedules. Unset: this scheduler schedules (one machine).")
     warm_starts: bool = Field(
         default=True,
         description="Start the local pool's flow runs warm: a runner that has imported Prefect, MLflow and the "

@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import logging
 import random
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -104,14 +105,11 @@ def flow_runs_by_id(client: Any, ids: list[str]) -> dict[str, Any]:
 def quick_retries(retry_seconds: float = 15.0) -> Any:
     """An httpx transport for the scheduler's Prefect client that retries a 503 at once.
 
-    Prefect on SQLite answers 503 whenever a write meets the database locked by another writer (its
-    event persister, its late-runs service, a worker setting states): the transaction was rolled
-    back, and the request can be sent again. Prefect's client then sleeps 2 s (2**1, jittered) before
-    its retry. Under a burst of schedules that sleep was most of the scheduler's time (a py-spy
-    profile: 72% of a pass asleep in it, 4 runs created per 3-second pass). Here a 503 is retried
-    after 0.02 s, doubling up to 0.5 s, for `retry_seconds` in all; past that, the 503 goes back to
-    Prefect's client and its own retries. Run creation carries an idempotency key, so sending it again
-    never makes a second run."""
+    Prefect on SQLite answers 503 when a write meets the database locked by another writer (rolled
+    back: it can be sent again), and its client sleeps 2 s before a retry: under a burst of schedules,
+    72% of a pass (py-spy). Here a 503 is retried after 0.02 s, doubling up to 0.5 s, for
+    `retry_seconds` in all, then left to Prefect's client. Run creation carries an idempotency key, so
+    sending it again never makes a second run (mlyard/prefect_server.py now makes most writers wait)."""
     import httpx
 
     class QuickRetries(httpx.HTTPTransport):
@@ -356,12 +354,15 @@ def main(argv: list[str] | None = None) -> None:
     from core.errors import StackError
     from core.settings import Settings, require_shared_stores
     from registry.catalog import Catalog
+    from tasks.leader import wait_to_lead
+    from tasks.pipelines import sweep
 
     try:
-        require_shared_stores(Settings())
+        settings = Settings()
+        require_shared_stores(settings)
     except StackError as exc:
         raise SystemExit(f"mlyard scheduler: {exc}") from None
-    settings = connect(Settings())
+    connect(settings)
     from prefect.client.orchestration import get_client
 
     store = Schedules(Catalog(settings.catalog_db_url))
@@ -371,23 +372,27 @@ def main(argv: list[str] | None = None) -> None:
             print(scheduler.tick())
             return
         stop = threading.Event()
-        import signal
-
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        settings.home_dir.mkdir(parents=True, exist_ok=True)
+        # one of a cluster's replicas: it schedules only while holding the Lease
+        leadership = settings.scheduler_lease and wait_to_lead(settings.scheduler_lease, settings.kube_namespace,
+                                                               stop, settings.home_dir / ALIVE_FILE)
+        if stop.is_set():
+            return
         log.info("scheduler started (Prefect at %s)", client.api_url)
-        def clean_up() -> None:
-            from tasks.pipelines import sweep
 
+        def clean_up() -> None:
             removed = sweep(settings.pipeline_runs_dir, settings.pipeline_artifact_retention_days)
             if removed:
                 log.info("removed the outputs of %d pipeline run(s) older than %g days", len(removed),
                          settings.pipeline_artifact_retention_days)
 
         try:
-            settings.home_dir.mkdir(parents=True, exist_ok=True)
             scheduler.run(stop, housekeeping=clean_up, alive=settings.home_dir / ALIVE_FILE)
         except KeyboardInterrupt:
             pass
+        if leadership and leadership.lost.is_set():  # the Deployment starts it again, as a follower
+            raise SystemExit(f"mlyard scheduler: lost Lease {settings.kube_namespace}/{settings.scheduler_lease}")
 
 
 if __name__ == "__main__":
