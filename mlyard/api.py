@@ -124,12 +124,31 @@ def run(action: Action, spec: Any, *, sets: dict[str, Any] | None = None, submit
     spec = load(action.spec, spec, sets).resolved(base or Path.cwd())
     framework = check(action, spec, settings)
     if submit:
+        if pool == "gpu":
+            check_cluster(spec)
         return _submit(action, spec, pool)
     if framework == "sklearn":
         from tasks.models import prepare_sklearn_loader
 
         prepare_sklearn_loader()  # before Prefect and MLflow are imported: see its docstring
     return run_here(action.flow, spec, action.fail)
+
+
+def check_cluster(spec: Any) -> None:
+    """Refuse GPUs that no node of the cluster (the kubeconfig's, when there is one) can hold."""
+    from core.errors import StackError
+    from tasks import cluster
+
+    resources, field = (spec.resources, "resources") if hasattr(spec, "resources") else (
+        (spec.training.resources, "training.resources") if getattr(spec, "training", None) else (None, ""))
+    if resources is None or resources.gpu_count == 0:
+        return
+    try:
+        dyn = cluster.dynamic_client()
+        capacity = cluster.gpu_capacity(dyn)
+    except (StackError, OSError, Exception):  # noqa: BLE001 - no cluster here, or it does not answer: the
+        return  # check is the kubeconfig holder's extra; the pool's worker sees the Job wait either way
+    cluster.check_gpus(field, resources.gpu_count, resources.gpu_type, capacity)
 
 
 def run_here(flow: str, spec: Any, fail: str) -> Any:

@@ -169,5 +169,39 @@ def missing_secrets(objs: list[dict], dyn, namespace: str) -> list[str]:
     return missing
 
 
+GPU = "nvidia.com/gpu"
+GPU_PRODUCT = "nvidia.com/gpu.product"  # the label the NVIDIA GPU feature discovery puts on GPU nodes
+
+
+def gpu_capacity(dyn) -> dict[str, int]:
+    """The most GPUs one node of each GPU type offers (allocatable `nvidia.com/gpu`), from the API's nodes."""
+    nodes = dyn.resources.get(api_version="v1", kind="Node")
+    capacity: dict[str, int] = {}
+    for node in dyn.get(nodes).to_dict().get("items", []):
+        gpus = int((node.get("status", {}).get("allocatable") or {}).get(GPU, 0) or 0)
+        if gpus:
+            kind = (node["metadata"].get("labels") or {}).get(GPU_PRODUCT, "")
+            capacity[kind] = max(capacity.get(kind, 0), gpus)
+    return capacity
+
+
+def check_gpus(field: str, gpu_count: int, gpu_type: str | None, capacity: dict[str, int]) -> None:
+    """Refuse a GPU request no node of the cluster can hold (SpecError naming the field)."""
+    from core.errors import SpecError
+
+    if gpu_count == 0:
+        return
+    if not capacity:
+        raise SpecError(f"{field}.gpu_count", gpu_count, "0: the cluster reports no node with GPUs")
+    types = sorted(t for t in capacity if t)
+    if gpu_type and gpu_type not in capacity:
+        raise SpecError(f"{field}.gpu_type", gpu_type, "one of the cluster's GPU types: " + ", ".join(types))
+    most = capacity[gpu_type] if gpu_type else max(capacity.values())
+    if gpu_count > most:
+        where = f"a {gpu_type} node" if gpu_type else "a node"
+        raise SpecError(f"{field}.gpu_count", gpu_count, f"at most {most} (the GPUs of {where}); "
+                        "a training that needs more GPUs needs more nodes")
+
+
 def to_yaml(objs: list[dict]) -> str:
     return yaml.safe_dump_all(objs, sort_keys=False)

@@ -1,0 +1,82 @@
+"""A GPU request the cluster cannot hold is refused before a run is made (issue 26, bad input): `mlyard
+train --submit --pool gpu` in a fresh process as a user runs it (PATH, HOME, LANG and the user's
+KUBECONFIG), against the Kubernetes API emulator of tests/kube_api.py holding two GPU nodes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from kube_api import KubeApi
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def kubeconfig(tmp_path_factory):
+    api = KubeApi()
+    for name, product, gpus in (("gpu-a100-1", "NVIDIA-A100-SXM4-80GB", "8"), ("gpu-t4-1", "Tesla-T4", "1"),
+                                ("cpu-1", None, None)):
+        labels = {"nvidia.com/gpu.product": product} if product else {}
+        node = api.create("Node", "v1", None, {"metadata": {"name": name, "labels": labels}}, "kubelet")
+        api.set_status("Node", "", node["metadata"]["name"],
+                       {"allocatable": {"cpu": "32", "memory": "256Gi", **({"nvidia.com/gpu": gpus} if gpus else {})}})
+    path = tmp_path_factory.mktemp("kube") / "config"
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "e",
+        "clusters": [{"name": "e", "cluster": {"server": api.url}}],
+        "contexts": [{"name": "e", "context": {"cluster": "e", "user": "me"}}],
+        "users": [{"name": "me", "user": {"token": "not-checked"}}]}))
+    yield path
+    api.close()
+
+
+def submit(stack, kubeconfig: Path, tmp_path: Path, resources: dict) -> subprocess.CompletedProcess:
+    src = tmp_path / "algo"
+    src.mkdir(exist_ok=True)
+    (src / "main.py").write_text("print('ok')\n")
+    spec = tmp_path / "train.yaml"
+    spec.write_text(yaml.safe_dump({"name": "big", "source_uri": str(src), "entry_point": "main.py",
+                                    "resources": resources}))
+    env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8", "KUBECONFIG": str(kubeconfig)}
+    user_dir = Path(os.environ["MLYARD_HOME"]).parent  # the running test platform's project directory
+    return subprocess.run([str(BIN / "mlyard"), "train", "-f", str(spec), "--submit", "--pool", "gpu", "--json"],
+                          cwd=user_dir, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(("resources", "words"), [
+    ({"gpu_count": 9}, ["resources.gpu_count", "at most 8"]),
+    ({"gpu_count": 2, "gpu_type": "Tesla-T4"}, ["resources.gpu_count", "at most 1", "Tesla-T4"]),
+    ({"gpu_count": 1, "gpu_type": "NVIDIA-H100"}, ["resources.gpu_type", "NVIDIA-A100-SXM4-80GB, Tesla-T4"]),
+])
+def test_a_gpu_request_no_node_can_hold_is_refused_in_one_line(stack, kubeconfig, tmp_path, resources, words):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        before = len(client.read_flow_runs())
+    out = submit(stack, kubeconfig, tmp_path, resources)
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+    with get_client(sync_client=True) as client:
+        assert len(client.read_flow_runs()) == before, "no run was made"
+
+
+def test_a_request_a_node_can_hold_is_submitted(stack, kubeconfig, tmp_path):
+    import json
+
+    from prefect.client.orchestration import get_client
+
+    out = submit(stack, kubeconfig, tmp_path, {"gpu_count": 8, "gpu_type": "NVIDIA-A100-SXM4-80GB"})
+    assert out.returncode == 0, out.stderr
+    run_id = json.loads(out.stdout)["id"]
+    with get_client(sync_client=True) as client:
+        fr = client.read_flow_run(run_id)
+        assert fr.job_variables["gpu_count"] == 8
+        client.delete_flow_run(run_id)  # no worker of the gpu pool runs here
