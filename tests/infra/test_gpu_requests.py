@@ -53,17 +53,28 @@ def submit(stack, kubeconfig: Path, tmp_path: Path, resources: dict) -> subproce
     ({"gpu_count": 2, "gpu_type": "Tesla-T4"}, ["resources.gpu_count", "at most 1", "Tesla-T4"]),
     ({"gpu_count": 1, "gpu_type": "NVIDIA-H100"}, ["resources.gpu_type", "NVIDIA-A100-SXM4-80GB, Tesla-T4"]),
 ])
-def test_a_gpu_request_no_node_can_hold_is_refused_in_one_line(stack, kubeconfig, tmp_path, resources, words):
+def test_the_rules_against_the_nodes_the_api_reports(kubeconfig, resources, words):
+    from core.errors import SpecError
+    from tasks import cluster
+
+    capacity = cluster.gpu_capacity(cluster.dynamic_client(str(kubeconfig)))
+    assert capacity == {"NVIDIA-A100-SXM4-80GB": 8, "Tesla-T4": 1}
+    with pytest.raises(SpecError) as refused:
+        cluster.check_gpus("resources", resources["gpu_count"], resources.get("gpu_type"), capacity)
+    for word in words:
+        assert word in str(refused.value)
+
+
+def test_the_cli_refuses_it_in_one_line_before_a_run_is_made(stack, kubeconfig, tmp_path):
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
         before = len(client.read_flow_runs())
-    out = submit(stack, kubeconfig, tmp_path, resources)
+    out = submit(stack, kubeconfig, tmp_path, {"gpu_count": 2, "gpu_type": "Tesla-T4"})
     assert out.returncode == 2, out.stdout + out.stderr
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
+    assert "resources.gpu_count" in lines[0] and "at most 1" in lines[0] and "Tesla-T4" in lines[0]
     with get_client(sync_client=True) as client:
         assert len(client.read_flow_runs()) == before, "no run was made"
 

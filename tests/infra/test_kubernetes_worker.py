@@ -25,9 +25,9 @@ NS = "mlyard"
 SCRIPT = "import sys\nprint('accuracy=0.93', flush=True)\nsys.exit(int(sys.argv[-1]) if len(sys.argv) > 2 else 0)\n"
 
 
-@pytest.fixture(scope="module")
-def cluster(stack, settings, tmp_path_factory):
-    tmp_path = tmp_path_factory.mktemp("cluster")
+@pytest.fixture
+def cluster(stack, settings, tmp_path):
+    # per test: the worker and the pods' processes end with it, before the leak guard looks
     api = KubeApi()
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(yaml.safe_dump({
