@@ -8,6 +8,7 @@ and what is allowed.
 - `batch`: BatchInferenceSpec (and the settings it shares with evaluation); BatchJob and BatchShard,
   the typed job a batch inference hands each worker
 - `evaluation`: EvaluationSpec
+- `cluster`: ClusterValues, what `mlyard k8s render|apply` installs (imported from its module)
 """
 
 from core.specs.batch import BatchInferenceSpec, BatchJob, BatchShard
