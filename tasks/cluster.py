@@ -48,8 +48,6 @@ def render(values: ClusterValues) -> list[dict[str, Any]]:
     objs = kustomize(K8S / "overlays" / values.overlay)
     secret_names = {default: getattr(values.secrets, field) for default, field in DEFAULT_SECRETS.items()}
     out = [_customize(obj, values, secret_names) for obj in objs]
-    if values.overlay != "dev":
-        out = [o for o in out if not (o["kind"] == "StatefulSet" and o["metadata"]["name"] == "postgres")]
     return sorted(out, key=lambda o: (o["kind"] not in FIRST, FIRST.index(o["kind"]) if o["kind"] in FIRST else 0))
 
 

@@ -59,7 +59,7 @@ def apply(values: Optional[Path] = VALUES,
         objs = cluster.render(vals)
         dyn = cluster.dynamic_client(str(kubeconfig) if kubeconfig else None, context)
         namespaces = [o for o in objs if o["kind"] == "Namespace"]
-        done = [cluster.Applied(a.kind, a.name, a.outcome).__dict__ for a in cluster.apply(namespaces, dyn)]
+        done = [a.__dict__ for a in cluster.apply(namespaces, dyn)]
         missing = cluster.missing_secrets(objs, dyn, vals.namespace)
         if missing:
             raise StackError(f"namespace {vals.namespace} lacks the Secret(s) {', '.join(missing)}: create them "
