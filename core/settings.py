@@ -64,6 +64,9 @@ class Settings(BaseSettings):
         "e.g. registry.example/mlyard:0.1.0. `mlyard up` renders the gpu deployments with it.")
     kube_namespace: str = Field(default="mlyard", description="Kubernetes namespace of endpoint Deployments, "
                                 "Services and HPAs.")
+    kueue_queue: str | None = Field(
+        default=None, description="On a cluster with Kueue: the LocalQueue the gpu pool's Jobs are labelled for, so "
+        "that Kueue admits them against the GPU quota (trials wait for quota, not for nodes).")
     scheduler_lease: str | None = Field(
         default=None, description="On a cluster: the Lease (in kube_namespace) the scheduler's replicas elect their "
         "one leader with; only its holder schedules. Unset: this scheduler schedules (one machine).")

@@ -48,6 +48,15 @@ def render(values: ClusterValues) -> list[dict[str, Any]]:
     objs = kustomize(K8S / "overlays" / values.overlay)
     secret_names = {default: getattr(values.secrets, field) for default, field in DEFAULT_SECRETS.items()}
     out = [_customize(obj, values, secret_names) for obj in objs]
+    if values.kueue_queue:  # the opt-in component's queues (Kueue must be installed), the queue in the ConfigMap
+        queues = [d for d in yaml.safe_load_all((K8S / "components" / "kueue" / "queues.yaml").read_text()) if d]
+        for q in queues:
+            if q["kind"] == "LocalQueue":
+                q["metadata"].update(name=values.kueue_queue, namespace=values.namespace)
+        out += queues
+        for obj in out:
+            if obj["kind"] == "ConfigMap" and obj["metadata"]["name"] == "mlyard-config":
+                obj["data"]["MLYARD_KUEUE_QUEUE"] = values.kueue_queue
     return sorted(out, key=lambda o: (o["kind"] not in FIRST, FIRST.index(o["kind"]) if o["kind"] in FIRST else 0))
 
 

@@ -77,6 +77,20 @@ def cancel_flow_run(flow_run_id: str, reason: str) -> None:
                                   force=True)
 
 
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+
+
+def with_queue_label(job_variables: dict) -> dict:
+    """The gpu pool's job variables with the Kueue queue label, when settings name a queue (kueue_queue):
+    Kueue then admits the Job against the pool's GPU quota."""
+    from core.settings import Settings
+
+    queue = Settings().kueue_queue
+    if not queue:
+        return job_variables
+    return {**job_variables, "labels": {**(job_variables.get("labels") or {}), KUEUE_QUEUE_LABEL: queue}}
+
+
 def submit(deployment: str, parameters: dict, job_variables: dict | None = None, tags: list[str] | None = None):
     """Queue a flow run of `deployment` ("FLOW/DEPLOYMENT", never as a subflow) and return it: the one way
     mlyard makes a deployment run (the CLI, the Python API, the mlyard API, trials and batch workers).
@@ -94,6 +108,8 @@ def submit(deployment: str, parameters: dict, job_variables: dict | None = None,
                              "local ones; in production, `prefect deploy --all --prefect-file infra/prefect.yaml`"
                              ) from None
         pool = client.read_work_pool(found.work_pool_name) if found.work_pool_name else None
-    kept = (job_variables or {}) if pool is not None and pool.type == "kubernetes" else {}
+    kept = dict(job_variables or {}) if pool is not None and pool.type == "kubernetes" else {}
+    if pool is not None and pool.name == "gpu":
+        kept = with_queue_label(kept)
     return run_deployment(found.id, parameters=parameters, timeout=0, job_variables=kept, tags=tags or None,
                           as_subflow=False)

@@ -14,7 +14,7 @@ secrets:                           # the Secrets the manifests name (create them
 gpu:
   types: [NVIDIA-A100-SXM4-80GB]   # the nvidia.com/gpu.product values of the GPU nodes
   per_node: 8                      # GPUs a node offers
-kueue_queue: null                  # a LocalQueue name: the gpu pool's Jobs wait there for quota
+kueue_queue: null                  # a LocalQueue (Kueue installed): the gpu pool's Jobs wait there for quota
 ```
 """
 

@@ -120,3 +120,16 @@ def test_prefect_yaml_declares_every_flow_on_both_pools(entrypoint):
     conf = yaml.safe_load(PREFECT_YAML.read_text())
     pools = {d["name"]: d["work_pool"]["name"] for d in conf["deployments"] if d["entrypoint"] == entrypoint}
     assert pools == {"local": "local", "gpu": "gpu"}
+
+
+def test_with_a_kueue_queue_the_gpu_pools_jobs_carry_its_label(stack, monkeypatch):
+    """Kueue admits a Job labelled with a LocalQueue against that queue's GPU quota (tasks/orchestration)."""
+    from core.specs import TrainingSpec
+    from tasks.orchestration import KUEUE_QUEUE_LABEL, with_queue_label
+
+    spec = TrainingSpec(name="trial", source_uri="s3://b/algo", entry_point="train.py", resources={"gpu_count": 1})
+    assert with_queue_label(spec.job_variables()) == spec.job_variables()  # no queue named: no label
+    monkeypatch.setenv("MLYARD_KUEUE_QUEUE", "gpu")
+    manifest = _strictly_valid(_render(json.loads(GPU_TEMPLATE.read_text()), with_queue_label(spec.job_variables())))
+    assert manifest["metadata"]["labels"][KUEUE_QUEUE_LABEL] == "gpu"
+    assert "prefect.io/flow-run-id" in manifest["metadata"]["labels"]  # Prefect's own labels are kept

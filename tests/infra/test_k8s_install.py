@@ -60,6 +60,20 @@ def test_render_sets_what_the_values_name(tmp_path, values_file):
     assert {s["namespace"] for s in binding["subjects"]} == {"ml-platform"}
 
 
+def test_a_kueue_queue_adds_the_queues_and_names_it_to_every_pod(tmp_path):
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump({**VALUES, "kueue_queue": "gpu-team"}))
+    out = mlyard("k8s", "render", "-f", str(path), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    objs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    kueue = {o["kind"]: o for o in objs if o["apiVersion"].startswith("kueue.x-k8s.io/")}
+    assert set(kueue) == {"ResourceFlavor", "ClusterQueue", "LocalQueue"}
+    assert kueue["LocalQueue"]["metadata"] == {"name": "gpu-team", "namespace": "ml-platform"}
+    assert kueue["LocalQueue"]["spec"]["clusterQueue"] == kueue["ClusterQueue"]["metadata"]["name"]
+    config = next(o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "mlyard-config")
+    assert config["data"]["MLYARD_KUEUE_QUEUE"] == "gpu-team"  # every pod, a tuning's too, labels its trials
+
+
 @pytest.mark.parametrize(("change", "field"), [
     ({"secrets": {"prefect": ""}}, "secrets.prefect"),
     ({"overlay": "staging"}, "overlay"),
