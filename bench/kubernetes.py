@@ -46,15 +46,6 @@ def timed(argv: list[str], cwd: Path) -> tuple[float, subprocess.CompletedProces
     return time.perf_counter() - t0, out
 
 
-def kubeconfig(api: KubeApi, path: Path) -> Path:
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "e",
-        "clusters": [{"name": "e", "cluster": {"server": api.url}}],
-        "contexts": [{"name": "e", "context": {"cluster": "e", "user": "u", "namespace": "mlyard"}}],
-        "users": [{"name": "u", "user": {"token": "t"}}]}))
-    return path
-
-
 def render_and_apply(work: Path) -> None:
     renders = []
     for _ in range(5):
@@ -66,7 +57,7 @@ def render_and_apply(work: Path) -> None:
           f"max {max(renders):.2f})")
     api = KubeApi()
     try:
-        config = kubeconfig(api, work / "kubeconfig")
+        config = api.kubeconfig(work / "kubeconfig")
         api.create("Namespace", "v1", None, {"metadata": {"name": "mlyard"}}, "kubectl")
         for name in ("mlyard-prefect", "mlyard-mlflow", "mlyard-settings", "mlyard-postgres"):
             api.create("Secret", "v1", "mlyard", {"metadata": {"name": name}, "data": {}}, "kubectl")
@@ -88,7 +79,7 @@ def job_latency(work: Path, poll: float | None) -> list[float]:
     from prefect.deployments import run_deployment
 
     api = KubeApi()
-    config = kubeconfig(api, work / f"kubeconfig-{poll}")
+    config = api.kubeconfig(work / f"kubeconfig-{poll}", namespace="mlyard")
     env = {**os.environ, "KUBECONFIG": str(config), "PREFECT_INTEGRATIONS_KUBERNETES_OBSERVER_NAMESPACES": "mlyard"}
     if poll is not None:
         env["PREFECT_WORKER_QUERY_SECONDS"] = str(poll)

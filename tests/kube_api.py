@@ -259,6 +259,16 @@ class KubeApi:
         self.server.shutdown()
         self.server.server_close()
 
+    def kubeconfig(self, path, namespace: str | None = None):
+        """Write a kubeconfig that points at this emulator (a token it does not check); return its path."""
+        context = {"cluster": "emulator", "user": "tester", **({"namespace": namespace} if namespace else {})}
+        path.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
+            "clusters": [{"name": "emulator", "cluster": {"server": self.url}}],
+            "contexts": [{"name": "emulator", "context": context}],
+            "users": [{"name": "tester", "user": {"token": "not-checked"}}]}))
+        return path
+
     # -- routing ----------------------------------------------------------------------------------
 
     def route(self, path: str) -> tuple[str, str | None, str | None]:

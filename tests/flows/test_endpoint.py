@@ -408,12 +408,7 @@ def test_a_kubernetes_stage_is_applied_then_rolled_back(endpoint, settings, tmp_
 
     threading.Thread(target=controller, daemon=True).start()
     try:
-        config = tmp_path / "kubeconfig"
-        config.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-            "clusters": [{"name": "fake", "cluster": {"server": kube.url}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u"}}],
-            "users": [{"name": "u", "user": {"token": "t"}}]}))
+        config = kube.kubeconfig(tmp_path / "kubeconfig")
         monkeypatch.setenv("KUBECONFIG", str(config))
         with pytest.raises(RunFailed, match="routing"):
             api.create({"name": "kube", "public": True, "stage": {"instance_type": "g2-t4", "resources": [

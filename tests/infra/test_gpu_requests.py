@@ -25,13 +25,7 @@ def kubeconfig(tmp_path_factory):
         node = api.create("Node", "v1", None, {"metadata": {"name": name, "labels": labels}}, "kubelet")
         api.set_status("Node", "", node["metadata"]["name"],
                        {"allocatable": {"cpu": "32", "memory": "256Gi", **({"nvidia.com/gpu": gpus} if gpus else {})}})
-    path = tmp_path_factory.mktemp("kube") / "config"
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "e",
-        "clusters": [{"name": "e", "cluster": {"server": api.url}}],
-        "contexts": [{"name": "e", "context": {"cluster": "e", "user": "me"}}],
-        "users": [{"name": "me", "user": {"token": "not-checked"}}]}))
-    yield path
+    yield api.kubeconfig(tmp_path_factory.mktemp("kube") / "config")
     api.close()
 
 

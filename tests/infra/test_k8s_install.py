@@ -95,12 +95,7 @@ def test_bad_values_are_refused_in_one_line(tmp_path, change, field):
 @pytest.fixture
 def cluster(tmp_path):
     api = KubeApi()
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
-        "clusters": [{"name": "emulator", "cluster": {"server": api.url}}],
-        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "admin"}}],
-        "users": [{"name": "admin", "user": {"token": "not-checked"}}]}))
+    kubeconfig = api.kubeconfig(tmp_path / "kubeconfig")
     yield api, kubeconfig
     api.close()
 

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import kubernetes_validate
 import pytest
-import yaml
 from kube_api import KubeApi, Kubelet
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,12 +28,7 @@ SCRIPT = "import sys\nprint('accuracy=0.93', flush=True)\nsys.exit(int(sys.argv[
 def cluster(stack, settings, tmp_path):
     # per test: the worker and the pods' processes end with it, before the leak guard looks
     api = KubeApi()
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
-        "clusters": [{"name": "emulator", "cluster": {"server": api.url}}],
-        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "worker", "namespace": NS}}],
-        "users": [{"name": "worker", "user": {"token": "not-checked"}}]}))
+    kubeconfig = api.kubeconfig(tmp_path / "kubeconfig", namespace=NS)
     api.create("Namespace", "v1", None, {"metadata": {"name": NS}}, "kubectl")
     api.create("ConfigMap", "v1", NS, {"metadata": {"name": "mlyard-config"}, "data": {
         "MLYARD_MLFLOW_TRACKING_URI": settings.mlflow_uri, "MLYARD_CATALOG_URL": settings.catalog_db_url,

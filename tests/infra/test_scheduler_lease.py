@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
 from kube_api import KubeApi
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,12 +35,7 @@ def _wait(predicate, timeout: float, what: str):
 
 def test_one_replica_leads_and_another_takes_over_within_30_s(stack, tmp_path):
     api = KubeApi()
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "e",
-        "clusters": [{"name": "e", "cluster": {"server": api.url}}],
-        "contexts": [{"name": "e", "context": {"cluster": "e", "user": "scheduler"}}],
-        "users": [{"name": "scheduler", "user": {"token": "not-checked"}}]}))
+    kubeconfig = api.kubeconfig(tmp_path / "kubeconfig")
     api.create("Namespace", "v1", None, {"metadata": {"name": NS}}, "kubectl")
     procs: dict[str, subprocess.Popen] = {}
     logs: dict[str, Path] = {}
