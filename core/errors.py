@@ -133,6 +133,16 @@ class RagNotFound(NotFound):
     hint = "See `mlyard rags list`."
 
 
+class ImageNotFound(NotFound):
+    kind = "image"
+    hint = "See `mlyard images list`, or give a registry address (docker.io/library/python:3.11)."
+
+
+class RegistryAccountNotFound(NotFound):
+    kind = "registry account"
+    hint = "See `mlyard registry-accounts list`."
+
+
 class Conflict(MlyardError, RuntimeError):
     """The action would break one of the platform's rules."""
 
@@ -153,6 +163,14 @@ class ModelInUse(Conflict):
             f"{what} is served by endpoint(s) {', '.join(self.endpoints)}; "
             "delete those endpoints (or move their stages to another model) first."
         )
+
+
+class InUse(Conflict):
+    """A resource others use cannot be deleted; the message names them."""
+
+    def __init__(self, kind: str, name: str, users: Sequence[str], what_to_do: str):
+        self.kind, self.name, self.users = kind, name, list(users)
+        super().__init__(f"{kind} {name!r} is used by {', '.join(self.users)}; {what_to_do}")
 
 
 class ExperimentBusy(Conflict):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import Literal, Mapping
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     scheduler_lease: str | None = Field(
         default=None, description="On a cluster: the Lease (in kube_namespace) the scheduler's replicas elect their "
         "one leader with; only its holder schedules. Unset: this scheduler schedules (one machine).")
+    registry_secrets: Literal["auto", "file", "kubernetes"] = Field(
+        default="auto", description="Where registry accounts' passwords are kept: `kubernetes` as "
+        "kubernetes.io/dockerconfigjson Secrets in kube_namespace (of the kubeconfig's or the in-cluster "
+        "cluster), `file` as private files under <home>/secrets. auto: kubernetes in a pod, file elsewhere.")
     warm_starts: bool = Field(
         default=True,
         description="Start the local pool's flow runs warm: a runner that has imported Prefect, MLflow and the "
@@ -154,6 +158,15 @@ class Settings(BaseSettings):
     @property
     def gateway_url(self) -> str:
         return f"http://127.0.0.1:{self.gateway_port or self.prefect_port + 2}"
+
+    @property
+    def registry_secrets_on_cluster(self) -> bool:
+        return self.registry_secrets == "kubernetes" or (self.registry_secrets == "auto" and in_kubernetes_pod())
+
+    @property
+    def secrets_path(self) -> Path:
+        """Registry accounts' Secrets on one machine: one private file each."""
+        return self.home_dir / "secrets"
 
     @property
     def pipeline_runs_dir(self) -> Path:

@@ -58,6 +58,9 @@ def train(spec: TrainingSpec) -> TrainingResult:  # or a Cancelled state, shown 
 
     # 1. Check the spec against the world before anything is made.
     check_locations(p.storage, spec)
+    if spec.image and not in_kubernetes_pod():
+        logger.info("image %s applies to Kubernetes pools; on this machine the training runs in its own Python "
+                    "environment", spec.image)
 
     scratch = p.scratch(spec.name)
     log_path = scratch / LOG_NAME

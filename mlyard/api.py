@@ -123,6 +123,7 @@ def run(action: Action, spec: Any, *, sets: dict[str, Any] | None = None, submit
     settings = connect()
     spec = load(action.spec, spec, sets).resolved(base or Path.cwd())
     framework = check(action, spec, settings)
+    check_image(spec, settings)
     if submit:
         if pool == "gpu":
             check_cluster(spec)
@@ -132,6 +133,17 @@ def run(action: Action, spec: Any, *, sets: dict[str, Any] | None = None, submit
 
         prepare_sklearn_loader()  # before Prefect and MLflow are imported: see its docstring
     return run_here(action.flow, spec, action.fail)
+
+
+def check_image(spec: Any, settings: Settings) -> None:
+    """Refuse an image that is neither a registered one nor an address (or an address in a private
+    registry that is not registered with its account), before any run is made."""
+    image = getattr(spec, "image", None) or getattr(getattr(spec, "training", None), "image", None)
+    if image:
+        from tasks.registry_secrets import images
+
+        field = "image" if getattr(spec, "image", None) else "training.image"
+        images(settings).resolve(image, field)
 
 
 def check_cluster(spec: Any) -> None:

@@ -201,6 +201,40 @@ class Pipeline(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class RegistryAccount(Base):
+    """A login to a container registry. The password is never here: it lives in the Secret named
+    `secret_name` (a private file on one machine, a kubernetes.io/dockerconfigjson Secret on a cluster),
+    re-made whenever the user or password changes (`credentials_version` counts those changes)."""
+
+    __tablename__ = "registry_accounts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(50), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    registry_host: Mapped[str] = mapped_column("registry", String(253))  # `registry` is reserved by SQLAlchemy
+    username: Mapped[str] = mapped_column(String(255))
+    secret_name: Mapped[str] = mapped_column(String(63), unique=True)
+    credentials_version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Image(Base):
+    """A private image: its address, kind (notebook or training) and the account pods pull it with."""
+
+    __tablename__ = "images"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(50), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    address: Mapped[str] = mapped_column(String(512))
+    kind: Mapped[str] = mapped_column(String(16))
+    account_id: Mapped[int | None] = mapped_column(ForeignKey("registry_accounts.id", ondelete="RESTRICT"),
+                                                   nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    account: Mapped[RegistryAccount | None] = relationship()
+
+
 class Rag(Base):
     """A RAG: its spec as given (secrets are never in it: a vector store password or an LLM key is
     named by the setting or environment variable that holds it), its status, and the deploy state of

@@ -242,6 +242,7 @@ class Supervisor:
         """Run to the end. Raises TrainingStopped or TrainingFailed (max run time, exit code != 0)."""
         start = time.monotonic()
         readers: list[threading.Thread] = []
+        failed: int | None = None
         try:
             for n, (argv, env) in enumerate([(self.argv, self.env), *self.more]):
                 # its own process group (and session, when alone); the other nodes join the first's group,
@@ -256,7 +257,6 @@ class Supervisor:
                 reader = threading.Thread(target=self._read, args=(n, proc), name=f"mlyard-output-{n}", daemon=True)
                 reader.start()
                 readers.append(reader)
-            failed = None
             while failed is None and any(p.poll() is None for p in self.procs):
                 elapsed = time.monotonic() - start
                 if self.max_run_time_seconds and elapsed > self.max_run_time_seconds:
@@ -283,8 +283,10 @@ class Supervisor:
             self.kill()
         self._join(readers, 10)
         seconds = time.monotonic() - start
-        for n, proc in enumerate(self.procs):
-            code = proc.returncode
+        # the node seen failing first, then any that ended on its own before those the kill above ended
+        order = sorted(range(len(self.procs)), key=lambda n: (n != failed, (self.procs[n].returncode or 0) < 0, n))
+        for n in order:
+            code = self.procs[n].returncode
             if code not in (0, None):
                 what = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
                 who = f"node {n} of {len(self.procs)}: " if len(self.procs) > 1 else ""

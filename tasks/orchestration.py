@@ -109,6 +109,10 @@ def submit(deployment: str, parameters: dict, job_variables: dict | None = None,
                              ) from None
         pool = client.read_work_pool(found.work_pool_name) if found.work_pool_name else None
     kept = dict(job_variables or {}) if pool is not None and pool.type == "kubernetes" else {}
+    if kept.get("image"):
+        from tasks.registry_secrets import pod_image
+
+        kept = pod_image(kept)  # a registered image's address and its account's pull Secret
     if pool is not None and pool.name == "gpu":
         kept = with_queue_label(kept)
     return run_deployment(found.id, parameters=parameters, timeout=0, job_variables=kept, tags=tags or None,

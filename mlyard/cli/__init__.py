@@ -18,6 +18,7 @@ from mlyard.cli import (
     endpoints,
     evaluations,
     experiments,
+    images,
     k8s,
     models,
     pipelines,
@@ -50,7 +51,8 @@ for group, name in ((trainings.app, "trainings"), (tunings.app, "tunings"), (bat
                     (models.app, "models"), (endpoints.app, "endpoints"), (servers.app, "servers"),
                     (schedules.app, "schedules"), (pipelines.app, "pipelines"),
                     (pipelines.runs_app, "pipeline-runs"), (rags.app, "rags"),
-                    (stack.ui_app, "ui"), (k8s.app, "k8s")):
+                    (stack.ui_app, "ui"), (k8s.app, "k8s"),
+                    (images.app, "images"), (images.accounts_app, "registry-accounts")):
     app.add_typer(group, name=name)
 app.add_typer(rags.app, name="rag", hidden=True)  # `mlyard rag search ...` as the issue first spelled it
 

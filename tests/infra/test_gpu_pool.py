@@ -7,44 +7,16 @@ exception (infra/README.md): prefect-kubernetes 0.8 refuses a template without `
 The tests check that these two are the only fields a strict check rejects.
 """
 
-import copy
 import json
-import uuid
 
-import kubernetes_validate
 import pytest
 import yaml
+from job_templates import render as _render
+from job_templates import strictly_valid as _strictly_valid
 
 from mlyard.prefect_setup import CPU_TEMPLATE, GPU_TEMPLATE, PREFECT_YAML
 
-VERSIONS = ("1.30", "1.33")
-FORCED = ("completions", "parallelism")  # prefect-kubernetes' required pod-spec fields (see the module)
 TEMPLATES = {"gpu": GPU_TEMPLATE, "cpu": CPU_TEMPLATE}
-
-
-def _render(template, values):
-    import asyncio
-
-    from prefect.client.schemas.objects import FlowRun
-    from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
-
-    cfg = asyncio.run(KubernetesWorkerJobConfiguration.from_template_and_values(template, values))
-    cfg.prepare_for_flow_run(FlowRun(id=uuid.uuid4(), name="brave-otter", flow_id=uuid.uuid4()))
-    return cfg.job_manifest
-
-
-def _strictly_valid(manifest) -> dict:
-    """The manifest without the two forced fields, checked strictly; the forced fields are only those."""
-    pod = manifest["spec"]["template"]["spec"]
-    assert all(pod.get(k) == 1 for k in FORCED)
-    clean = copy.deepcopy(manifest)
-    for k in FORCED:
-        del clean["spec"]["template"]["spec"][k]
-    for version in VERSIONS:
-        kubernetes_validate.validate(clean, version, strict=True)
-        with pytest.raises(kubernetes_validate.ValidationError, match="completions"):
-            kubernetes_validate.validate(manifest, version, strict=True)
-    return clean
 
 
 def test_a_gpu_training_job_is_strictly_valid_and_asks_for_gpus(stack):

@@ -1,0 +1,113 @@
+"""Registry accounts' Secrets on a cluster, and a spec's image as a pod's image and pull Secrets.
+
+On a cluster each account is a `kubernetes.io/dockerconfigjson` Secret in the platform's namespace,
+made by mlyard (label `mlyard.io/registry-account`); every pod whose image belongs to the account
+names it in `imagePullSecrets`. On one machine the same Secret is a private file (registry.images.
+FileCredentials); a run submitted from there to a Kubernetes pool copies it to the cluster first
+(`ensure_pull_secret`), so the pod's node can pull.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from core.settings import Settings
+from registry.images import SECRET_PREFIX, FileCredentials, Images, ResolvedImage
+
+TYPE = "kubernetes.io/dockerconfigjson"
+KEY = ".dockerconfigjson"
+LABEL = "mlyard.io/registry-account"
+
+
+class KubeCredentials:
+    """Registry Secrets in `namespace`: `put(replace=True)` deletes the old Secret and creates a new one
+    (a new uid: pods started from now on pull with the new login)."""
+
+    def __init__(self, api_client: Any, namespace: str):
+        from kubernetes import client
+
+        self.core = client.CoreV1Api(api_client)
+        self.namespace = namespace
+
+    def body(self, secret_name: str, config_json: str) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "Secret", "type": TYPE,
+                "metadata": {"name": secret_name, "namespace": self.namespace,
+                             "labels": {"app.kubernetes.io/managed-by": "mlyard", LABEL: "true"}},
+                "data": {KEY: base64.b64encode(config_json.encode()).decode()}}
+
+    def put(self, secret_name: str, config_json: str, *, replace: bool) -> None:
+        if replace:
+            self.delete(secret_name)
+        self.core.create_namespaced_secret(self.namespace, self.body(secret_name, config_json))
+
+    def ensure(self, secret_name: str, config_json: str) -> bool:
+        """Make the Secret hold `config_json`; True when it had to be written."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            found = self.core.read_namespaced_secret(secret_name, self.namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            found = None
+        if found is not None and (found.data or {}).get(KEY) == self.body(secret_name, config_json)["data"][KEY]:
+            return False
+        self.put(secret_name, config_json, replace=found is not None)
+        return True
+
+    def delete(self, secret_name: str) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.core.delete_namespaced_secret(secret_name, self.namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+
+def credentials(settings: Settings):
+    """Where this platform keeps registry Secrets: the cluster's namespace (settings.registry_secrets =
+    kubernetes, the default in a pod) or private files under the home."""
+    if settings.registry_secrets_on_cluster:
+        from tasks.kubernetes import cluster_client
+
+        return KubeCredentials(cluster_client("registry_secrets", "kubernetes"), settings.kube_namespace)
+    return FileCredentials(settings.secrets_path)
+
+
+def images(settings: Settings) -> Images:
+    from registry.catalog import Catalog
+
+    return Images(Catalog(settings.catalog_db_url), credentials(settings))
+
+
+def pod_image(job_variables: dict[str, Any], settings: Settings | None = None) -> dict[str, Any]:
+    """A Kubernetes pool's job variables with `image` resolved: a registered image's address, and its
+    account's pull Secret added to `image_pull_secrets` (made on the cluster when it lives in a file)."""
+    ref = job_variables.get("image")
+    if not ref:
+        return job_variables
+    settings = settings or Settings()
+    resolved = images(settings).resolve(ref)
+    out = {**job_variables, "image": resolved.address}
+    if resolved.pull_secret:
+        ensure_pull_secret(resolved, settings)
+        pulls = [s for s in job_variables.get("image_pull_secrets") or [] if s.get("name") != resolved.pull_secret]
+        out["image_pull_secrets"] = [*pulls, {"name": resolved.pull_secret}]
+    return out
+
+
+def ensure_pull_secret(resolved: ResolvedImage, settings: Settings) -> None:
+    """On one machine submitting to a cluster: copy the account's Secret from its private file to the
+    cluster's namespace (nothing to do when the Secrets live on the cluster)."""
+    if settings.registry_secrets_on_cluster or not resolved.pull_secret:
+        return
+    assert resolved.pull_secret.startswith(SECRET_PREFIX)
+    config_json = FileCredentials(settings.secrets_path).read(resolved.pull_secret)
+    if config_json is None:
+        return  # made on the cluster by another platform instance; the pod's pull says if it is not
+    from tasks.kubernetes import cluster_client
+
+    KubeCredentials(cluster_client("image", resolved.address), settings.kube_namespace).ensure(
+        resolved.pull_secret, config_json)
