@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     scheduler_lease: str | None = Field(
         default=None, description="On a cluster: the Lease (in kube_namespace) the scheduler's replicas elect their "
         "one leader with; only its holder schedules. Unset: this scheduler schedules (one machine).")
+    gpu_slots: int | None = Field(
+        default=None, ge=0, le=64, description="GPUs of this machine that local trainings and trials share, as "
+        "a Prefect global concurrency limit (mlyard-gpu): a run takes its resources.gpu_count slots before its "
+        "entry point starts. Unset: the GPUs `nvidia-smi -L` lists (0 without it: gpu_count is not enforced).")
     registry_secrets: Literal["auto", "file", "kubernetes"] = Field(
         default="auto", description="Where registry accounts' passwords are kept: `kubernetes` as "
         "kubernetes.io/dockerconfigjson Secrets in kube_namespace (of the kubeconfig's or the in-cluster "

@@ -124,6 +124,8 @@ def run(action: Action, spec: Any, *, sets: dict[str, Any] | None = None, submit
     spec = load(action.spec, spec, sets).resolved(base or Path.cwd())
     framework = check(action, spec, settings)
     check_image(spec, settings)
+    if pool == "local":
+        check_gpu_slots(spec, settings)
     if submit:
         if pool == "gpu":
             check_cluster(spec)
@@ -146,12 +148,29 @@ def check_image(spec: Any, settings: Settings) -> None:
         images(settings).resolve(image, field)
 
 
+def _resources(spec: Any) -> tuple[Any, str]:
+    """A spec's resources and their field: a training's, or a tuning's training's (None for others)."""
+    if hasattr(spec, "resources"):
+        return spec.resources, "resources"
+    if getattr(spec, "training", None) is not None:
+        return spec.training.resources, "training.resources"
+    return None, ""
+
+
+def check_gpu_slots(spec: Any, settings: Settings) -> None:
+    """Refuse more GPUs than this machine has slots for (settings gpu_slots or nvidia-smi)."""
+    from tasks import gpu_slots
+
+    resources, field = _resources(spec)
+    if resources is not None and resources.gpu_count:
+        gpu_slots.check(f"{field}.gpu_count", resources.gpu_count, settings)
+
+
 def check_cluster(spec: Any) -> None:
     """Refuse GPUs that no node of the cluster (the kubeconfig's, when there is one) can hold."""
     from tasks import cluster
 
-    resources, field = (spec.resources, "resources") if hasattr(spec, "resources") else (
-        (spec.training.resources, "training.resources") if getattr(spec, "training", None) else (None, ""))
+    resources, field = _resources(spec)
     if resources is None or resources.gpu_count == 0:
         return
     try:

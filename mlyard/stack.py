@@ -130,6 +130,7 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
         write_state(settings, state)
     ensure_pools(echo, settings)
     ensure_crash_detection()
+    _ensure_gpu_slots(settings, echo)
     if not worker_up:
         log = logs / "worker.log"
         # Poll for new flow runs four times a second (Prefect's default is every 10 s): a local pool should
@@ -160,6 +161,16 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
     if not warm_up:
         _wait_runner(settings, state.pids["warm-runner"], echo)
     return state
+
+
+def _ensure_gpu_slots(settings: Settings, echo) -> None:
+    """This machine's GPUs as the Prefect concurrency limit local runs take slots of (tasks/gpu_slots.py)."""
+    from tasks import gpu_slots
+
+    total = gpu_slots.slots(settings)
+    if total:
+        gpu_slots.ensure_limit(total)
+        echo(f"{total} GPU slot(s) for local runs: Prefect concurrency limit {gpu_slots.LIMIT}")
 
 
 def _wait_runner(settings: Settings, pid: int, echo, timeout: float = 60.0) -> None:

@@ -7,6 +7,7 @@ MLflow tracking client, ids and paths.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal, Mapping
@@ -84,10 +85,25 @@ def open_run(tracking: Tracking, spec: TrainingSpec, training_id: str, kind: str
 def launch(spec: TrainingSpec, dirs: Workdirs, python: str, region: str, engine_env: Mapping[str, str],
            tracking: Tracking, run_id: str, log_path: Path, should_stop: Callable[[], str | None],
            on_line: Callable[[str], None] | None = None, echo: Callable[[str], None] | None = None) -> ScriptRun:
-    """Run the entry point to its end under the EasyMaker contract, its metrics streamed to the MLflow run."""
-    return run_script(spec, dirs, python, region, {**os.environ, **engine_env}, log_path,
-                      metric_sink=lambda batch: tracking.log_metrics(run_id, batch),
-                      should_stop=should_stop, on_line=on_line, echo=echo)
+    """Run the entry point to its end under the EasyMaker contract, its metrics streamed to the MLflow run,
+    once it holds its GPU slots on this machine (tasks/gpu_slots.py)."""
+    from core.settings import Settings
+    from tasks.gpu_slots import holding
+
+    with holding(spec.resources.gpu_count, Settings(), say=_sayer()):
+        return run_script(spec, dirs, python, region, {**os.environ, **engine_env}, log_path,
+                          metric_sink=lambda batch: tracking.log_metrics(run_id, batch),
+                          should_stop=should_stop, on_line=on_line, echo=echo)
+
+
+def _sayer() -> Callable[[str], None]:
+    """Lines for the run's log (the flow's or task's, from any thread), or stderr outside a run."""
+    from prefect.exceptions import MissingContextError
+
+    try:
+        return get_run_logger().info
+    except MissingContextError:
+        return lambda message: print(message, file=sys.stderr, flush=True)
 
 
 @task(name=TASK_RUN_ENTRY_POINT, cache_policy=NO_CACHE)

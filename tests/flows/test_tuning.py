@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from core.specs import TuningSpec, load_spec
+from core.specs import TuningSpec, load_spec, with_overrides
 
 TRIAL = """
 import json, os, sys, time
@@ -138,6 +138,42 @@ def test_parallel_trials_overlap(platform, algorithm, tmp_path):
     spans = [json.loads(p.read_text()) for p in marks.iterdir()]
     assert len(spans) == 3
     assert max(s["start"] for s in spans) < min(s["end"] for s in spans), "the trials did not run at the same time"
+
+
+def test_four_parallel_trials_on_two_gpu_slots_run_two_at_a_time(platform, algorithm, tmp_path, monkeypatch, caplog):
+    """GPU slots on one machine (issue 26): a Prefect global concurrency limit of 2 (MLYARD_GPU_SLOTS; no
+    GPU here, the slots are what is tested), 4 trials of 1 GPU each at parallel 4: never more than 2 at
+    once, the waiting ones say what they wait for, and every slot is given back."""
+    from prefect.client.orchestration import get_client
+
+    from core.errors import SpecError
+    from flows.tuning import tune
+    from mlyard.api import check_gpu_slots
+    from tasks.gpu_slots import LIMIT
+
+    monkeypatch.setenv("MLYARD_GPU_SLOTS", "2")
+    marks = tmp_path / "m"
+    spec = _spec(algorithm(TRIAL), marks, name="gpu-slots", max_trials=4, parallel_trials=4,
+                 fixed={"sleep": 0.5})
+    spec = with_overrides(spec, {"training": {"resources": {"gpu_count": 1}}})
+    with caplog.at_level("INFO"):
+        tune(spec)
+    spans = sorted((json.loads(p.read_text()) for p in marks.iterdir()), key=lambda s: s["start"])
+    assert len(spans) == 4
+    events = sorted([(s["start"], 1) for s in spans] + [(s["end"], -1) for s in spans], key=lambda e: (e[0], e[1]))
+    running, most = 0, 0
+    for _, step in events:
+        running += step
+        most = max(most, running)
+    assert most == 2, f"{most} trials ran at once on 2 GPU slots"
+    assert any("waiting for 1 of the 2 GPU slot(s)" in r.getMessage() for r in caplog.records)
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name(LIMIT)
+    assert (limit.limit, limit.active_slots) == (2, 0)
+    with pytest.raises(SpecError) as refused:
+        check_gpu_slots(with_overrides(spec, {"training": {"resources": {"gpu_count": 3}}}), platform.settings.model_copy(
+            update={"gpu_slots": 2}))
+    assert "training.resources.gpu_count" in str(refused.value) and "at most 2" in str(refused.value)
 
 
 def test_stop_kills_running_trials(platform, algorithm, tmp_path):

@@ -1,0 +1,91 @@
+"""GPU slots on one machine: a Prefect global concurrency limit with as many slots as the machine has
+GPUs (settings `gpu_slots`, else `nvidia-smi -L`), which a training or a tuning's trial takes
+`gpu_count` of before its entry point starts and gives back when it ends. So 4 parallel trials of 1 GPU
+on 2 GPUs run 2 at a time, whether they are processes of one tuning or flow runs of their own; the
+limit shows in the Prefect UI (Concurrency), and slots of a process that died are freed when their
+lease runs out. On a Kubernetes pool the pod asks the cluster for its GPUs instead (Kueue's quota).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+from contextlib import ExitStack, contextmanager
+from typing import Callable, Iterator
+
+from core.errors import SpecError
+from core.settings import Settings, in_kubernetes_pod
+
+LIMIT = "mlyard-gpu"
+QUIET_WAIT_SECONDS = 0.5  # a taker that waits longer than this says what it waits for
+
+
+def machine_gpus() -> int:
+    """GPUs `nvidia-smi -L` lists (0 without the NVIDIA driver)."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return 0
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+def slots(settings: Settings) -> int:
+    return settings.gpu_slots if settings.gpu_slots is not None else machine_gpus()
+
+
+def check(field: str, gpu_count: int, settings: Settings) -> None:
+    """Refuse more GPUs than this machine has slots for (when it has any: without GPUs, gpu_count is
+    what the spec asks of a Kubernetes pool and is not enforced here)."""
+    total = slots(settings)
+    if total and gpu_count > total:
+        raise SpecError(field, gpu_count, f"at most {total}: this machine has {total} GPU slot(s) (settings "
+                        "gpu_slots); more runs on the gpu pool (--submit --pool gpu)")
+
+
+def ensure_limit(total: int) -> None:
+    """The global concurrency limit with `total` slots (made, or its size corrected). Two takers making
+    it at once is fine: the one that finds it made checks its size again."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectAlreadyExists
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.upsert_global_concurrency_limit_by_name(LIMIT, total)
+        except ObjectAlreadyExists:
+            client.upsert_global_concurrency_limit_by_name(LIMIT, total)
+
+
+@contextmanager
+def holding(gpu_count: int, settings: Settings, say: Callable[[str], None]) -> Iterator[None]:
+    """Hold `gpu_count` GPU slots for the block: nothing to hold on a Kubernetes pod, for no GPUs, or on a
+    machine without GPU slots. A taker that will have to wait says so, with what it waits for."""
+    total = slots(settings)
+    if gpu_count == 0 or total == 0 or in_kubernetes_pod():
+        yield
+        return
+    from prefect.concurrency.sync import concurrency
+
+    check("resources.gpu_count", gpu_count, settings)
+    ensure_limit(total)
+    said: list[bool] = []
+
+    def still_waiting() -> None:
+        said.append(True)
+        say(f"waiting for {gpu_count} of the {total} GPU slot(s) of this machine (Prefect concurrency limit "
+            f"{LIMIT}): other trainings or trials hold them")
+
+    waiting = threading.Timer(QUIET_WAIT_SECONDS, still_waiting)
+    waiting.daemon = True
+    with ExitStack() as held:
+        waiting.start()
+        try:
+            held.enter_context(concurrency(LIMIT, occupy=gpu_count, strict=True))
+        finally:
+            waiting.cancel()
+        if said:
+            say(f"took {gpu_count} GPU slot(s) of {LIMIT}")
+        yield
