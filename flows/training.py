@@ -6,6 +6,10 @@
 4. Open the MLflow run: tags, hyperparameters as params.
 5. Run the entry point: output streamed to the Prefect log, metric lines to MLflow while it runs.
 6. Stage out: the model (MLflow artifact and output URI), checkpoints, TensorBoard logs, the log.
+
+A multi-node training on a Kubernetes pool does 2, 3, 5 and 6 on its nodes' pods (an Indexed Job this
+flow run makes and follows: tasks/node_jobs.py, tasks/node.py); on the local pool its nodes are
+processes here.
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled
 from pydantic import BaseModel, Field
 
-from core.errors import SpecError, TrainingStopped
+from core.errors import TrainingStopped
 from core.names import FLOW_TRAIN
 from core.settings import in_kubernetes_pod
 from core.specs import TrainingSpec
 from flows.platform import Platform
+from tasks.node_jobs import end_nodes, model_uri, run_nodes
 from tasks.orchestration import cancel_watch, stopped_on_interrupt
 from tasks.training import (
     LOG_NAME,
@@ -46,21 +51,21 @@ class TrainingResult(BaseModel):
     script_seconds: float = Field(description="How long the entry point itself ran.")
 
 
-@flow(name=FLOW_TRAIN, flow_run_name="{spec.name}", on_crashed=[stopped_on_interrupt],
+@flow(name=FLOW_TRAIN, flow_run_name="{spec.name}", on_crashed=[stopped_on_interrupt, end_nodes],
+      on_cancellation=[end_nodes],
       description="Run a training (EasyMaker contract) and record it in MLflow.")
 def train(spec: TrainingSpec) -> TrainingResult:  # or a Cancelled state, shown as STOPPED
     p = Platform()
     logger = get_run_logger()
     training_id = str(flow_run.get_id() or f"local-{time.time_ns()}")
-    if spec.nodes > 1 and in_kubernetes_pod():
-        raise SpecError("nodes", spec.nodes, "1 on a Kubernetes pool for now (a multi-node training as an Indexed "
-                        "Job of its nodes is not there yet); more than 1 runs on the local pool, as node processes")
 
     # 1. Check the spec against the world before anything is made.
     check_locations(p.storage, spec)
     if spec.image and not in_kubernetes_pod():
         logger.info("image %s applies to Kubernetes pools; on this machine the training runs in its own Python "
                     "environment", spec.image)
+    if spec.nodes > 1 and in_kubernetes_pod():  # 2-6 on the nodes' own pods
+        return _on_nodes(p, spec, training_id)
 
     scratch = p.scratch(spec.name)
     log_path = scratch / LOG_NAME
@@ -94,3 +99,25 @@ def train(spec: TrainingSpec) -> TrainingResult:  # or a Cancelled state, shown 
     logger.info("training %s COMPLETE in %.1f s (MLflow run %s)", spec.name, script.seconds, run_id)
     return TrainingResult(training_id=training_id, run_id=run_id, experiment=spec.experiment, model_uri=model_uri,
                           output_uri=spec.output_uri, metrics=script.metrics, script_seconds=script.seconds)
+
+
+def _on_nodes(p: Platform, spec: TrainingSpec, training_id: str) -> TrainingResult:
+    """A multi-node training on a Kubernetes pool: 4. open the MLflow run, 5. run the nodes' Indexed Job
+    (each pod stages in, prepares, runs its node and node 0 stages out: tasks/node.py), then end the run."""
+    logger = get_run_logger()
+    run_id = open_run(p.tracking, spec, training_id)
+    try:
+        script = run_nodes(spec, training_id, run_id, p.tracking, p.settings.kube_namespace, cancel_watch(training_id))
+    except TrainingStopped as stop:
+        close_run(p.tracking, run_id, "KILLED", p.settings.runs_dir / LOG_NAME, f"STOPPED: {stop.reason}")
+        logger.warning("training stopped: %s", stop.reason)
+        return Cancelled(message=f"STOPPED: {stop.reason}")  # type: ignore[return-value]
+    except BaseException as exc:
+        close_run(p.tracking, run_id, "FAILED", p.settings.runs_dir / LOG_NAME, f"FAIL TRAIN: {exc}")
+        raise
+    close_run(p.tracking, run_id, "FINISHED", p.settings.runs_dir / LOG_NAME, None)
+    logger.info("training %s COMPLETE on %d nodes in %.1f s (MLflow run %s)", spec.name, spec.nodes, script.seconds,
+                run_id)
+    return TrainingResult(training_id=training_id, run_id=run_id, experiment=spec.experiment,
+                          model_uri=model_uri(p.tracking, run_id), output_uri=spec.output_uri, metrics=script.metrics,
+                          script_seconds=script.seconds)

@@ -330,10 +330,15 @@ def run_script(spec: TrainingSpec, dirs: Workdirs, python: str, region: str, bas
                log_path: Path, metric_sink: Callable[[list[Metric]], None],
                should_stop: Callable[[], str | None] = lambda: None,
                on_line: Callable[[str], None] | None = None,
-               echo: Callable[[str], None] | None = None) -> ScriptRun:
+               echo: Callable[[str], None] | None = None, rendezvous: Rendezvous | None = None) -> ScriptRun:
     """Run the entry point to the end: every line to `log_path`, `echo` and `on_line` (a tuning reads
-    its objective there), parsed metrics to `metric_sink` in batches from a background thread."""
-    (argv, env), *more = node_invocations(spec, dirs, python, region, base_env)
+    its objective there), parsed metrics to `metric_sink` in batches from a background thread. With
+    `rendezvous`, this is one node of a multi-node training whose other nodes run elsewhere (a pod of
+    tasks/node_jobs.py; `base_env` holds its NODE_RANK); without, every node runs here."""
+    if rendezvous is not None:
+        (argv, env), more = build_invocation(spec, dirs, python, region, base_env, rendezvous), []
+    else:
+        (argv, env), *more = node_invocations(spec, dirs, python, region, base_env)
     parser = MetricParser(spec.metric_patterns)
     lock = threading.Lock()
     with open(log_path, "a", buffering=1) as log_file, MetricStream(metric_sink) as stream:

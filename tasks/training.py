@@ -54,13 +54,15 @@ def check_locations(storage: Storage, spec: TrainingSpec) -> None:
     checks.training_inputs(storage, spec)
 
 
-def stage_inputs(storage: Storage, spec: TrainingSpec, scratch: Path) -> Inputs:
+def stage_inputs(storage: Storage, spec: TrainingSpec, scratch: Path,
+                 stage: Callable[[Storage, str, Path, str], Path] = stage_in) -> Inputs:
     """Source, datasets and input checkpoint as local paths (check_locations checked them first, the
-    entry point included: the one check on the way to a run, beside the one before a command queues it)."""
-    source = stage_in(storage, spec.source_uri, scratch / "source", "source_uri")
-    datasets = {name: stage_in(storage, uri, scratch / "datasets" / name, f"datasets.{name}")
+    entry point included: the one check on the way to a run, beside the one before a command queues it).
+    `stage`: the stage-in task; outside a flow run (a node's pod) the storage's own method."""
+    source = stage(storage, spec.source_uri, scratch / "source", "source_uri")
+    datasets = {name: stage(storage, uri, scratch / "datasets" / name, f"datasets.{name}")
                 for name, uri in spec.datasets.items()}
-    ckpt_in = (stage_in(storage, spec.checkpoint_input_uri, scratch / "checkpoint-input", "checkpoint_input_uri")
+    ckpt_in = (stage(storage, spec.checkpoint_input_uri, scratch / "checkpoint-input", "checkpoint_input_uri")
                if spec.checkpoint_input_uri else None)
     return Inputs(source, datasets, ckpt_in)
 

@@ -589,7 +589,7 @@ class Kubelet:
     container's environment resolved as a kubelet does (values, `secretKeyRef`, `configMapKeyRef`,
     `envFrom` from the API's objects; `overrides` stand for what the node adds, such as a volume's
     path); its output becomes the pod's log, its exit the pod's phase and the Job's `succeeded` or
-    `failed` count and condition. `hold` Jobs (by a label) are left pending, as a full cluster would."""
+    `failed` count and condition."""
 
     def __init__(self, api: KubeApi, cwd: str, overrides: dict[str, str] | None = None) -> None:
         import os
@@ -600,6 +600,7 @@ class Kubelet:
         self.base_env = {"PATH": image_path, "HOME": os.environ.get("HOME", "/tmp"), "LANG": "C.UTF-8",
                          "KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
         self.seen: set[str] = set()
+        self.ending: set[str] = set()
         self.processes: dict[str, Any] = {}  # pod name -> Popen
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="kubelet", daemon=True)
@@ -614,12 +615,19 @@ class Kubelet:
             stop_group(proc, 5)
 
     def _loop(self) -> None:
+        from tasks.processes import stop_group
+
         while not self._stop.wait(0.1):
             for job in self.api.items("Job"):
                 uid = job["metadata"]["uid"]
                 if uid not in self.seen:
                     self.seen.add(uid)
                     threading.Thread(target=self._run_job, args=(job,), daemon=True).start()
+            live = {p["metadata"]["name"] for p in self.api.items("Pod")}
+            for pod_name, proc in list(self.processes.items()):
+                if pod_name not in live and proc.poll() is None and pod_name not in self.ending:
+                    self.ending.add(pod_name)  # deleted (with its Job): the kubelet ends it
+                    threading.Thread(target=stop_group, args=(proc, 5), daemon=True).start()
 
     def resolve_env(self, namespace: str, container: dict) -> dict[str, str]:
         import base64
@@ -654,21 +662,67 @@ class Kubelet:
         return env
 
     def _run_job(self, job: dict) -> None:
+        """The Job controller: one pod, or for `completionMode: Indexed` one per index (each with
+        JOB_COMPLETION_INDEX, the index annotation and hostname `<job>-<index>`), run in parallel; the Job
+        is Complete when every index succeeded and Failed at its first failed pod (`backoffLimit: 0`, the
+        only limit mlyard uses), whose other pods it then deletes, as the controller does."""
+        ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
+        indexed = job["spec"].get("completionMode") == "Indexed"
+        count = int(job["spec"].get("completions") or 1) if indexed else 1
+        self.api.set_status("Job", ns, name, {"active": count, "startTime": _now()}, "kube-controller-manager")
+        codes: dict[int, int] = {}
+        lock = threading.Lock()
+
+        def one(index: int | None) -> None:
+            code = self._run_pod(job, index)
+            if code is None:
+                return
+            with lock:
+                codes[index or 0] = code
+                failed = sum(1 for c in codes.values() if c != 0)
+                succeeded = len(codes) - failed
+                done = failed > 0 or succeeded == count
+                status = {"succeeded": succeeded, "failed": failed, "active": 0 if done else count - len(codes)}
+                if done and "conditions" not in (self.api.objects.get(("Job", ns, name)) or {}).get("status", {}):
+                    status.update(conditions=[{"type": "Complete" if not failed else "Failed", "status": "True",
+                                               "lastTransitionTime": _now()}], completionTime=_now())
+                    if failed:
+                        self._end_pods(ns, name)
+                if ("Job", ns, name) in self.api.objects:
+                    self.api.set_status("Job", ns, name, status, "kube-controller-manager")
+
+        threads = [threading.Thread(target=one, args=(i if indexed else None,), daemon=True) for i in range(count)]
+        for t in threads:
+            t.start()
+
+    def _end_pods(self, ns: str, job_name: str) -> None:
+        from tasks.processes import stop_group
+
+        for pod in self.api.items("Pod", ns):
+            if pod["metadata"].get("labels", {}).get("job-name") == job_name:
+                proc = self.processes.get(pod["metadata"]["name"])
+                if proc is not None and proc.poll() is None:
+                    stop_group(proc, 5)
+
+    def _run_pod(self, job: dict, index: int | None) -> int | None:
         import subprocess
 
         ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
-        template = job["spec"]["template"]
+        template = copy.deepcopy(job["spec"]["template"])
         labels = {**(template.get("metadata", {}).get("labels") or {}), "job-name": name,
                   "controller-uid": job["metadata"]["uid"]}
+        annotations = {"batch.kubernetes.io/job-completion-index": str(index)} if index is not None else {}
         owner = [{"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": job["metadata"]["uid"],
                   "controller": True}]
-        pod = self.api.create("Pod", "v1", ns, {"metadata": {"generateName": f"{name}-", "labels": labels,
-                                                             "ownerReferences": owner},
-                                                "spec": copy.deepcopy(template["spec"])}, "kube-controller-manager")
+        spec = template["spec"]
+        if index is not None:
+            spec["hostname"] = f"{name}-{index}"
+        pod = self.api.create("Pod", "v1", ns, {"metadata": {
+            "generateName": f"{name}-{index}-" if index is not None else f"{name}-", "labels": labels,
+            "annotations": annotations, "ownerReferences": owner}, "spec": spec}, "kube-controller-manager")
         pod_name = pod["metadata"]["name"]
         self.api.set_status("Pod", ns, pod_name, {"phase": "Pending"}, "kubelet")
-        self.api.set_status("Job", ns, name, {"active": 1, "startTime": _now()}, "kube-controller-manager")
-        container = template["spec"]["containers"][0]
+        container = spec["containers"][0]
         try:
             env = self.resolve_env(ns, container)
         except RuntimeError as exc:
@@ -676,7 +730,11 @@ class Kubelet:
                 "name": container["name"], "ready": False, "restartCount": 0, "image": container.get("image", ""),
                 "imageID": "", "state": {"waiting": {"reason": "CreateContainerConfigError", "message": str(exc)}}}]},
                 "kubelet")
-            return
+            return None  # it stays Pending, as on a node
+        env["HOSTNAME"] = spec.get("hostname") or pod_name  # what a kubelet sets
+        if index is not None:
+            env["JOB_COMPLETION_INDEX"] = str(index)
+        env.update(self.overrides)
         command = (container.get("command") or []) + (container.get("args") or [])
         self.api.set_status("Pod", ns, pod_name, {"phase": "Running", "startTime": _now()}, "kubelet")
         try:
@@ -693,12 +751,12 @@ class Kubelet:
                 lines.append(line)
                 self.api.pod_logs[(ns, pod_name)] = "".join(lines)
             code = proc.wait()
-        phase = "Succeeded" if code == 0 else "Failed"
-        self.api.set_status("Pod", ns, pod_name, {"phase": phase, "containerStatuses": [{
-            "name": container["name"], "ready": False, "restartCount": 0, "image": container.get("image", ""),
-            "imageID": "", "state": {"terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error"}}}]},
-            "kubelet")
-        condition = {"type": "Complete" if code == 0 else "Failed", "status": "True", "lastTransitionTime": _now()}
-        self.api.set_status("Job", ns, name, {"succeeded": int(code == 0), "failed": int(code != 0), "active": 0,
-                                              "conditions": [condition], "completionTime": _now()},
-                            "kube-controller-manager")
+        if ("Pod", ns, pod_name) in self.api.objects:
+            phase = "Succeeded" if code == 0 else "Failed"
+            self.api.set_status("Pod", ns, pod_name, {"phase": phase, "containerStatuses": [{
+                "name": container["name"], "ready": False, "restartCount": 0, "image": container.get("image", ""),
+                "imageID": "", "state": {"terminated": {"exitCode": code if code >= 0 else 128 - code,
+                                                        "reason": "Completed" if code == 0 else "Error",
+                                                        "finishedAt": _now()}}}]},
+                "kubelet")
+        return code

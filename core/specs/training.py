@@ -15,6 +15,11 @@ MAX_HYPERPARAMETERS = 100
 MAX_DATASETS = 10
 
 
+# the pod of a multi-node training's flow run: it makes and follows the nodes' Job, nothing heavier
+COORDINATOR: dict[str, Any] = {"gpu_count": 0, "cpu_request": "250m", "cpu_limit": "1", "memory_request": "512Mi",
+                               "memory_limit": "2Gi", "data_storage_size": "1Gi"}
+
+
 class TrainingSpec(BaseModel):
     """A training: run an algorithm's entry point with hyperparameters and datasets (EasyMaker contract)."""
 
@@ -42,7 +47,8 @@ class TrainingSpec(BaseModel):
     resources: Resources = Field(default_factory=Resources, description="CPU, memory and GPUs on the Kubernetes pool.")
     nodes: int = Field(default=1, ge=1, le=32, description="Nodes of a distributed training. On the local pool, "
                        "that many node processes on this machine, meeting on 127.0.0.1 (torchrun's c10d rendezvous; "
-                       "MASTER_ADDR, NODE_RANK and TF_CONFIG otherwise).")
+                       "MASTER_ADDR, NODE_RANK and TF_CONFIG otherwise); on a Kubernetes pool an Indexed Job of that "
+                       "many pods, each with `resources`, meeting at pod 0 through a headless Service.")
     torchrun: bool = Field(default=False, description="Start the entry point with torchrun (PyTorch).")
     processes_per_node: int = Field(default=1, ge=1, le=64, description="torchrun --nproc_per_node.")
     max_run_time_seconds: int | None = Field(default=None, ge=1, description="Fail the training after this long.")
@@ -111,7 +117,15 @@ class TrainingSpec(BaseModel):
         return self.model_copy(update=updates)
 
     def job_variables(self) -> dict[str, Any]:
-        """Job variables of the Kubernetes pool's base job template (infra/gpu-job-template.json)."""
+        """Job variables of the Kubernetes pool's base job template (infra/gpu-job-template.json). A multi-node
+        training's flow run only coordinates its nodes' Indexed Job: its own pod asks for no GPU and little
+        else (COORDINATOR), the nodes get `resources` (`node_resources`)."""
+        if self.nodes > 1:
+            return {**COORDINATOR, **({"image": self.image} if self.image else {})}
+        return self.node_resources()
+
+    def node_resources(self) -> dict[str, Any]:
+        """What each node's pod asks for, as job variables."""
         r = self.resources
         jv: dict[str, Any] = {"gpu_count": r.gpu_count}
         if r.gpu_type:

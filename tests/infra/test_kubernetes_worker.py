@@ -9,74 +9,14 @@ objects and on the run's records."""
 from __future__ import annotations
 
 import copy
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import kubernetes_validate
 import pytest
-from kube_api import KubeApi, Kubelet
+from kube_api import KubeApi
+from kube_cluster import NS, final, run_training
 
-ROOT = Path(__file__).resolve().parents[2]
-NS = "mlyard"
 SCRIPT = "import sys\nprint('accuracy=0.93', flush=True)\nsys.exit(int(sys.argv[-1]) if len(sys.argv) > 2 else 0)\n"
-
-
-@pytest.fixture
-def cluster(stack, settings, tmp_path):
-    # per test: the worker and the pods' processes end with it, before the leak guard looks
-    api = KubeApi()
-    kubeconfig = api.kubeconfig(tmp_path / "kubeconfig", namespace=NS)
-    api.create("Namespace", "v1", None, {"metadata": {"name": NS}}, "kubectl")
-    api.create("ConfigMap", "v1", NS, {"metadata": {"name": "mlyard-config"}, "data": {
-        "MLYARD_MLFLOW_TRACKING_URI": settings.mlflow_uri, "MLYARD_CATALOG_URL": settings.catalog_db_url,
-        "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}}, "kubectl")
-    data = tmp_path / "data"  # the pod's data storage volume, at /mlyard/data in a real pod
-    data.mkdir()
-    kubelet = Kubelet(api, str(ROOT), overrides={"MLYARD_HOME": str(data)})
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PREFECT_INTEGRATIONS_KUBERNETES_OBSERVER_NAMESPACES": NS,
-           "PREFECT_WORKER_QUERY_SECONDS": "0.5"}
-    log = tmp_path / "worker.log"
-    with open(log, "w") as out:
-        worker = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "worker", "start", "--pool", "gpu",
-                                   "--type", "kubernetes", "--name", "kube-test"], env=env, stdout=out,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        yield api, kubelet
-    finally:
-        from tasks.processes import stop_group
-
-        stop_group(worker, 10)
-        kubelet.close()
-        api.close()
-        if os.environ.get("MLYARD_KEEP_TEST_HOME"):
-            print(log.read_text())
-
-
-def _run(spec: dict) -> tuple[str, float]:
-    from prefect.deployments import run_deployment
-
-    from core.specs import TrainingSpec
-
-    t0 = time.time()
-    fr = run_deployment("train/gpu", parameters={"spec": spec}, job_variables=TrainingSpec(**spec).job_variables(),
-                        timeout=0)
-    return str(fr.id), t0
-
-
-def _final(flow_run_id: str, timeout: float = 180):
-    from prefect.client.orchestration import get_client
-
-    deadline = time.monotonic() + timeout
-    with get_client(sync_client=True) as client:
-        while time.monotonic() < deadline:
-            fr = client.read_flow_run(flow_run_id)
-            if fr.state is not None and fr.state.is_final():
-                return fr
-            time.sleep(0.5)
-    raise AssertionError(f"flow run {flow_run_id} did not end within {timeout} s")
 
 
 def _finished_job(api: KubeApi, name: str, timeout: float = 60) -> dict:
@@ -105,7 +45,7 @@ def test_a_training_on_the_gpu_pool_runs_as_a_job_and_is_recorded(cluster, platf
     spec = {"name": "on-gpu", "experiment": "kube", "source_uri": str(algorithm(SCRIPT)), "entry_point": "main.py",
             "resources": {"gpu_count": 2, "gpu_type": "NVIDIA-A100-SXM4-80GB", "cpu": 4, "memory": "16Gi",
                           "data_storage": "100Gi"}}
-    flow_run_id, _ = _run(spec)
+    flow_run_id, _ = run_training(spec)
     job = _job_of(api, flow_run_id)
     manifest = {k: v for k, v in copy.deepcopy(job).items() if k != "status"}
     for field in ("uid", "resourceVersion", "creationTimestamp", "managedFields", "generation"):
@@ -120,7 +60,7 @@ def test_a_training_on_the_gpu_pool_runs_as_a_job_and_is_recorded(cluster, platf
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
     assert {v["name"] for v in pod["volumes"]} == {"dshm", "data", "settings"}
 
-    fr = _final(flow_run_id)
+    fr = final(flow_run_id)
     assert fr.state.is_completed(), (fr.state, list(api.pod_logs.values()))
     job = _finished_job(api, job["metadata"]["name"])
     assert job["status"]["succeeded"] == 1
@@ -134,8 +74,8 @@ def test_a_failing_script_fails_the_run_with_its_exit_code(cluster, algorithm):
     api, _ = cluster
     spec = {"name": "fails-on-gpu", "experiment": "kube", "source_uri": str(algorithm(SCRIPT)),
             "entry_point": "main.py", "hyperparameters": {"exit": 3}}
-    flow_run_id, _ = _run(spec)
-    fr = _final(flow_run_id)
+    flow_run_id, _ = run_training(spec)
+    fr = final(flow_run_id)
     assert fr.state.is_failed(), fr.state
     assert "exit code 3" in (fr.state.message or "")
     job = _finished_job(api, _job_of(api, flow_run_id)["metadata"]["name"])

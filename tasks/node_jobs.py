@@ -1,0 +1,288 @@
+"""A multi-node training on a Kubernetes pool: its flow run's pod (the coordinator) makes an Indexed Job
+of `nodes` pods and a headless Service through which they meet at pod 0, follows them, and ends with
+their end (issue 26 §2; DESIGN §14).
+
+- The node pods are the coordinator's own pod (image, settings ConfigMap and Secret, volumes, service
+  account, pull Secrets, security context: what the pool made) with the spec's `resources` (GPUs, GPU
+  type, CPU, memory, data storage), running `python -m tasks.node` (tasks/node.py).
+- Each pod gets its index from the Job controller (`JOB_COMPLETION_INDEX`); `pod-i.service` names
+  resolve through the headless Service (`subdomain`), before the pods are ready
+  (`publishNotReadyAddresses`), so node 0's torchrun c10d store (port 29400) and TensorFlow's workers
+  (port 2222) are reachable as the pods start.
+- `backoffLimit: 0`: one node failing fails the Job (its other pods are ended), and the training fails
+  with that node's last lines. A stop seen by the flow run deletes the Job with its pods; the Job is
+  also owned by the coordinator's pod, so when the pool's worker ends that pod (a cancel from the UI)
+  the nodes go with it. The Service is owned by the Job (the Job's TTL, a day after it ends).
+
+Rendering and the node's environment are plain functions (`render`, `node_environment`); `follow`
+talks to the cluster through the `kubernetes` client.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from core.errors import TrainingFailed, TrainingStopped
+from core.names import TASK_RUN_ENTRY_POINT
+from core.specs import TrainingSpec
+from registry.tracking import Tracking
+from tasks.launch import ScriptRun
+
+RENDEZVOUS_PORT = 29400  # torchrun's c10d store, on node 0
+MASTER_PORT = 29500  # MASTER_PORT for code that reads it (torch.distributed's env:// init)
+TF_PORT = 2222  # each TensorFlow worker's gRPC server
+INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+LABEL = "mlyard.io/training"
+TTL_SECONDS = 86_400
+TAIL_LINES = 20
+
+
+@dataclass(frozen=True)
+class NodeJob:
+    name: str  # the Job's and the headless Service's name; pod i is `name-i`
+    namespace: str
+    nodes: int
+
+    def host(self, index: int) -> str:
+        return f"{self.name}-{index}.{self.name}"
+
+
+def job_name(training_id: str) -> str:
+    """A DNS-1123 label for a training's node Job: short enough that `name-31` stays a valid hostname."""
+    return "mlyard-nodes-" + re.sub(r"[^a-z0-9]", "", training_id.lower())[:12]
+
+
+def node_environment(spec: TrainingSpec, job: NodeJob, index: int) -> dict[str, str]:
+    """What node `index` is told about the others (each pod computes its own from JOB_COMPLETION_INDEX):
+    MASTER_ADDR/PORT, NODE_RANK, NNODES and TensorFlow's TF_CONFIG with every worker's address and its
+    own index; torchrun is given node 0's rendezvous (tasks/node.py)."""
+    env = {"NODE_RANK": str(index), "NNODES": str(job.nodes), "MASTER_ADDR": job.host(0),
+           "MASTER_PORT": str(MASTER_PORT),
+           "TF_CONFIG": json.dumps({"cluster": {"worker": [f"{job.host(i)}:{TF_PORT}" for i in range(job.nodes)]},
+                                    "task": {"type": "worker", "index": index}})}
+    if not spec.torchrun:  # one process per node: its rank is the node's (torchrun gives each process its own)
+        env.update({"RANK": str(index), "WORLD_SIZE": str(job.nodes)})
+    return env
+
+
+def render(spec: TrainingSpec, coordinator_pod: dict[str, Any], job: NodeJob, training_id: str,
+           run_id: str) -> list[dict[str, Any]]:
+    """The headless Service and the Indexed Job of a training's nodes, from the coordinator's pod."""
+    labels = {"app.kubernetes.io/name": "mlyard-training-node", "app.kubernetes.io/managed-by": "mlyard",
+              LABEL: job.name}
+    pod = copy.deepcopy(coordinator_pod.get("spec") or {})
+    for transient in ("nodeName", "hostname", "subdomain", "completions", "parallelism"):
+        pod.pop(transient, None)
+    pod["restartPolicy"] = "Never"
+    pod["subdomain"] = job.name
+    container = pod["containers"][0]
+    container["name"] = "node"
+    container["command"] = ["python", "-m", "tasks.node"]
+    container.pop("args", None)
+    kept = [e for e in container.get("env") or [] if not e["name"].startswith(("PREFECT__FLOW_RUN", "MLYARD_NODE_"))]
+    container["env"] = kept + [
+        {"name": "MLYARD_NODE_SPEC", "value": spec.model_dump_json()},
+        {"name": "MLYARD_NODE_JOB", "value": json.dumps({"name": job.name, "nodes": job.nodes})},
+        {"name": "MLYARD_NODE_TRAINING_ID", "value": training_id},
+        {"name": "MLYARD_NODE_RUN_ID", "value": run_id}]
+    container["ports"] = [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT},
+                          {"name": "master", "containerPort": MASTER_PORT},
+                          {"name": "tf-worker", "containerPort": TF_PORT}]
+    r = spec.resources
+    quantities: dict[str, Any] = {}
+    if r.cpu:
+        quantities["cpu"] = f"{r.cpu:g}"
+    if r.memory:
+        quantities["memory"] = r.memory
+    limits = {**quantities, **({"nvidia.com/gpu": r.gpu_count} if r.gpu_count else {})}
+    container["resources"] = {k: v for k, v in (("requests", quantities), ("limits", limits)) if v}
+    selector = {k: v for k, v in (pod.get("nodeSelector") or {}).items() if k != "nvidia.com/gpu.product"}
+    if r.gpu_type:
+        selector["nvidia.com/gpu.product"] = r.gpu_type
+    pod["nodeSelector"] = selector
+    if not pod["nodeSelector"]:
+        del pod["nodeSelector"]
+    if r.gpu_count and not any(t.get("key") == "nvidia.com/gpu" for t in pod.get("tolerations") or []):
+        pod["tolerations"] = [*(pod.get("tolerations") or []),
+                              {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    for volume in pod.get("volumes") or []:
+        if volume["name"] == "data" and r.data_storage and "ephemeral" in volume:
+            volume["ephemeral"]["volumeClaimTemplate"]["spec"]["resources"]["requests"]["storage"] = r.data_storage
+    service = {"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": job.name, "namespace": job.namespace, "labels": labels},
+               "spec": {"clusterIP": "None", "publishNotReadyAddresses": True, "selector": {LABEL: job.name},
+                        "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT},
+                                  {"name": "master", "port": MASTER_PORT}, {"name": "tf-worker", "port": TF_PORT}]}}
+    batch = {"apiVersion": "batch/v1", "kind": "Job",
+             "metadata": {"name": job.name, "namespace": job.namespace, "labels": labels},
+             "spec": {"completionMode": "Indexed", "completions": job.nodes, "parallelism": job.nodes,
+                      "backoffLimit": 0, "ttlSecondsAfterFinished": TTL_SECONDS,
+                      "template": {"metadata": {"labels": labels}, "spec": pod}}}
+    return [service, batch]
+
+
+def coordinator_pod(core: Any, namespace: str, pod_name: str) -> dict[str, Any]:
+    """This flow run's own pod, as the API has it."""
+    return core.api_client.sanitize_for_serialization(core.read_namespaced_pod(pod_name, namespace))
+
+
+def create(api_client: Any, objects: list[dict[str, Any]], owner: dict[str, Any]) -> dict[str, Any]:
+    """Create the Job, owned by `owner` (the coordinator's pod: when the pool's worker deletes it, on a
+    cancel from the UI, the nodes go with it), then the Service, owned by the Job. Returns the Job."""
+    from kubernetes import client
+
+    core, batch = client.CoreV1Api(api_client), client.BatchV1Api(api_client)
+    service, job = objects
+    ns = job["metadata"]["namespace"]
+    job["metadata"]["ownerReferences"] = [{"apiVersion": "v1", "kind": "Pod", "name": owner["metadata"]["name"],
+                                           "uid": owner["metadata"]["uid"]}]
+    made = api_client.sanitize_for_serialization(batch.create_namespaced_job(ns, job))
+    service["metadata"]["ownerReferences"] = [{"apiVersion": "batch/v1", "kind": "Job", "name": made["metadata"]["name"],
+                                               "uid": made["metadata"]["uid"]}]
+    core.create_namespaced_service(ns, service)
+    return made
+
+
+@dataclass
+class NodesEnded:
+    seconds: float
+
+
+def follow(api_client: Any, job: NodeJob, should_stop: Callable[[], str | None], on_line: Callable[[str], None],
+           poll_seconds: float = 1.0) -> NodesEnded:
+    """Follow the nodes' Job to its end: node 0's log lines go to `on_line` as they come; a failed
+    node raises TrainingFailed with its index, exit code and last lines; a stop deletes the Job (its
+    pods end) and raises TrainingStopped."""
+    from kubernetes import client
+
+    core, batch = client.CoreV1Api(api_client), client.BatchV1Api(api_client)
+    start, shown = time.monotonic(), 0
+    while True:
+        reason = should_stop()
+        if reason:
+            delete(api_client, job)
+            raise TrainingStopped(reason)
+        status = batch.read_namespaced_job(job.name, job.namespace).status  # the Role grants jobs, not jobs/status
+        pods = core.list_namespaced_pod(job.namespace, label_selector=f"{LABEL}={job.name}").items
+        lead = next((p for p in pods if _index(p) == 0), None)
+        if lead is not None and (lead.status.phase or "Pending") != "Pending":
+            shown = _relay(core, lead, shown, on_line)
+        failed = sorted((p for p in pods if p.status.phase == "Failed"), key=_first_failure)
+        if failed or (status.failed or 0) > 0:
+            if not failed:  # the Job counted it before we saw the pod: look again
+                time.sleep(poll_seconds)
+                continue
+            first = failed[0]  # the Job failed with it (backoffLimit 0) and ended its other pods; it stays
+            code = _exit_code(first)  # for `kubectl describe` until its TTL
+            tail = _log(core, first, TAIL_LINES).splitlines()
+            what = f"exit code {code}" if code is not None else "pod failed"
+            raise TrainingFailed(f"the entry point failed (node {_index(first)} of {job.nodes}: {what})", code,
+                                 [f"[node {_index(first)}] {line}" for line in tail])
+        if (status.succeeded or 0) >= job.nodes:
+            if lead is not None:
+                _relay(core, lead, shown, on_line)
+            return NodesEnded(time.monotonic() - start)
+        time.sleep(poll_seconds)
+
+
+def delete(api_client: Any, job: NodeJob) -> None:
+    """Delete the Job and its pods (foreground: the pods are ended first) and the Service."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    for call in (lambda: client.BatchV1Api(api_client).delete_namespaced_job(
+                     job.name, job.namespace, propagation_policy="Foreground"),
+                 lambda: client.CoreV1Api(api_client).delete_namespaced_service(job.name, job.namespace)):
+        try:
+            call()
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+
+def _index(pod: Any) -> int:
+    return int((pod.metadata.annotations or {}).get(INDEX_ANNOTATION, "-1"))
+
+
+def _first_failure(pod: Any) -> tuple:
+    """Order failed pods by when they ended, those the Job ended (SIGTERM/SIGKILL: 143/137) last."""
+    finished = next((st.state.terminated.finished_at for st in pod.status.container_statuses or []
+                     if st.state and st.state.terminated and st.state.terminated.finished_at), None)
+    return (_exit_code(pod) in (137, 143), finished.timestamp() if finished else float("inf"), _index(pod))
+
+
+def _exit_code(pod: Any) -> int | None:
+    for st in pod.status.container_statuses or []:
+        if st.state and st.state.terminated:
+            return st.state.terminated.exit_code
+    return None
+
+
+def _log(core: Any, pod: Any, tail: int | None = None) -> str:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        return core.read_namespaced_pod_log(pod.metadata.name, pod.metadata.namespace,
+                                            **({"tail_lines": tail} if tail else {})) or ""
+    except ApiException:
+        return ""
+
+
+def _relay(core: Any, pod: Any, shown: int, on_line: Callable[[str], None]) -> int:
+    """Node 0's lines after the first `shown`; returns how many are shown now."""
+    lines = _log(core, pod).splitlines()
+    for line in lines[shown:]:
+        on_line(line)
+    return max(shown, len(lines))
+
+
+@task(name=TASK_RUN_ENTRY_POINT, cache_policy=NO_CACHE)
+def run_nodes(spec: TrainingSpec, training_id: str, run_id: str, tracking: Tracking, namespace: str,
+              should_stop: Callable[[], str | None]) -> ScriptRun:
+    """The entry point on `spec.nodes` pods (the task whose start makes a training RUNNING): make the
+    nodes' Job and Service from this flow run's pod, follow them to their end, and read back from the
+    MLflow run what node 0 logged there."""
+    import os
+
+    from kubernetes import client
+
+    from tasks.kubernetes import cluster_client
+
+    logger = get_run_logger()
+    api = cluster_client("nodes", spec.nodes)
+    job = NodeJob(job_name(training_id), namespace, spec.nodes)
+    own = coordinator_pod(client.CoreV1Api(api), namespace, os.environ["HOSTNAME"])
+    create(api, render(spec, own, job, training_id, run_id), owner=own)
+    logger.info("%d nodes: Indexed Job %s and headless Service %s in namespace %s; node 0's log follows",
+                spec.nodes, job.name, job.name, namespace)
+    ended = follow(api, job, should_stop, logger.info if spec.collect_logs else (lambda line: None))
+    return ScriptRun(ended.seconds, tracking.get_run(run_id).metrics, [])
+
+
+def model_uri(tracking: Tracking, run_id: str) -> str | None:
+    """The model node 0 saved in the MLflow run (None when its EM_MODEL_DIR was empty)."""
+    artifacts = tracking.client.list_artifacts(run_id, "model")
+    return f"{tracking.get_run(run_id).artifact_uri.rstrip('/')}/model" if artifacts else None
+
+
+def end_nodes(flow, flow_run, state) -> None:
+    """An on_cancellation (and on_crashed) hook of the training flow: a multi-node training cancelled while
+    Prefect's engine ends its flow run in the pod (before `follow` sees the stop) deletes its nodes' Job
+    and Service, so no node trains on for nobody."""
+    from core.settings import Settings, in_kubernetes_pod
+
+    spec = (flow_run.parameters or {}).get("spec") or {}
+    nodes = int(spec.get("nodes", 1) if isinstance(spec, dict) else getattr(spec, "nodes", 1))
+    if nodes < 2 or not in_kubernetes_pod():
+        return
+    from tasks.kubernetes import cluster_client
+
+    delete(cluster_client("nodes", nodes), NodeJob(job_name(str(flow_run.id)), Settings().kube_namespace, nodes))

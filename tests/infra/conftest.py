@@ -1,0 +1,52 @@
+"""The tests' Kubernetes cluster: the API emulator of tests/kube_api.py, a kubelet playing its nodes on this
+machine, and the real Prefect Kubernetes worker (prefect-kubernetes 0.8, its kopf observer included) on
+the gpu pool. Each pod's command runs as a process here with the container's environment resolved from
+the API's objects (the mlyard-config ConfigMap gives it the test stack's MLflow and catalog), so a flow
+run in a "pod" reports to the test stack's Prefect as a pod's would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from kube_api import KubeApi, Kubelet
+from kube_cluster import NS, ROOT
+
+
+@pytest.fixture
+def cluster(stack, settings, tmp_path):
+    """A Kubernetes API emulator with the platform's namespace and ConfigMap, a Kubelet, and the real
+    Prefect Kubernetes worker on the gpu pool pointed at it (per test: all of it ends with the test)."""
+    # per test: the worker and the pods' processes end with it, before the leak guard looks
+    api = KubeApi()
+    kubeconfig = api.kubeconfig(tmp_path / "kubeconfig", namespace=NS)
+    api.create("Namespace", "v1", None, {"metadata": {"name": NS}}, "kubectl")
+    api.create("ConfigMap", "v1", NS, {"metadata": {"name": "mlyard-config"}, "data": {
+        "MLYARD_MLFLOW_TRACKING_URI": settings.mlflow_uri, "MLYARD_CATALOG_URL": settings.catalog_db_url,
+        "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}}, "kubectl")
+    data = tmp_path / "data"  # the pod's data storage volume, at /mlyard/data in a real pod
+    data.mkdir()
+    # the pod reaches the API through the kubeconfig, as a real one does through its service account token
+    kubelet = Kubelet(api, str(ROOT), overrides={"MLYARD_HOME": str(data), "KUBECONFIG": str(kubeconfig)})
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PREFECT_INTEGRATIONS_KUBERNETES_OBSERVER_NAMESPACES": NS,
+           "PREFECT_WORKER_QUERY_SECONDS": "0.5"}
+    log = tmp_path / "worker.log"
+    with open(log, "w") as out:
+        worker = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "worker", "start", "--pool", "gpu",
+                                   "--type", "kubernetes", "--name", "kube-test"], env=env, stdout=out,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield api, kubelet
+    finally:
+        from tasks.processes import stop_group
+
+        stop_group(worker, 10)
+        kubelet.close()
+        api.close()
+        if os.environ.get("MLYARD_KEEP_TEST_HOME"):
+            print(log.read_text())
+
+

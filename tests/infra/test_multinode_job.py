@@ -1,0 +1,185 @@
+"""Multi-node training on a Kubernetes pool (issue 26 §2): the training's flow run makes an Indexed Job of
+its nodes plus a headless Service, follows it and ends with its state.
+
+No cluster runs here. The objects are rendered and checked strictly (kubernetes-validate, 1.30 and 1.33)
+for 1, 2 and 4 nodes, with each pod's environment; then the real Prefect Kubernetes worker runs a
+3-node training against the API emulator of tests/kube_api.py, whose `Kubelet` plays the Job controller
+(one pod per completion index, JOB_COMPLETION_INDEX, hostnames) and runs each pod's command here. The
+emulator has no DNS, so the nodes here run code that does not connect to each other; a real rendezvous
+across node processes is tested on one machine (tests/flows/test_training.py, 2 nodes × 2 processes)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+from job_templates import VERSIONS
+from kube_cluster import NS, final, run_training
+
+from core.specs import TrainingSpec
+from tasks.node_jobs import NodeJob, job_name, node_environment, render
+
+NODE_SCRIPT = """
+import json, os, sys
+rank, tf = int(os.environ["NODE_RANK"]), json.loads(os.environ["TF_CONFIG"])
+print(f"node={rank} nnodes={os.environ['NNODES']} tf_index={tf['task']['index']} "
+      f"workers={len(tf['cluster']['worker'])} master={os.environ['MASTER_ADDR']}", flush=True)
+if rank == 0:
+    print("accuracy=0.91", flush=True)
+    open(os.path.join(os.environ["EM_MODEL_DIR"], "model.txt"), "w").write("trained on nodes")
+if rank == int(sys.argv[-1]) if len(sys.argv) > 2 else False:
+    print(f"node {rank} gives up", flush=True)
+    sys.exit(3)
+"""
+
+
+def _coordinator_pod(gpu_type: str | None = None) -> dict:
+    """A flow-run pod as the gpu pool's template makes it (the part render reads)."""
+    return {"metadata": {"name": "brave-otter-abcde", "namespace": NS},
+            "spec": {"containers": [{"name": "prefect-job", "image": "registry.example/mlyard:0.1.0",
+                                     "args": ["prefect", "flow-run", "execute"],
+                                     "env": [{"name": "PREFECT__FLOW_RUN_ID", "value": "x"}],
+                                     "envFrom": [{"configMapRef": {"name": "mlyard-config", "optional": True}}],
+                                     "resources": {"limits": {"cpu": "1", "memory": "2Gi"}},
+                                     "volumeMounts": [{"name": "data", "mountPath": "/mlyard/data"}]}],
+                     "restartPolicy": "Never", "serviceAccountName": "mlyard-flow-run", "completions": 1,
+                     "parallelism": 1, "nodeName": "cpu-1",
+                     "imagePullSecrets": [{"name": "mlyard-registry-1"}],
+                     **({"nodeSelector": {"nvidia.com/gpu.product": gpu_type}} if gpu_type else {}),
+                     "volumes": [{"name": "data", "ephemeral": {"volumeClaimTemplate": {"spec": {
+                         "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}}}]}}
+
+
+@pytest.mark.parametrize("nodes", [1, 2, 4])
+@pytest.mark.parametrize("torchrun", [False, True])
+def test_the_nodes_job_and_service_for_1_2_and_4_nodes(nodes, torchrun):
+    from tasks.launch import Rendezvous, Workdirs, build_invocation
+    from tasks.node_jobs import RENDEZVOUS_PORT
+
+    spec = TrainingSpec(name="ddp", source_uri="s3://b/algo", entry_point="train.py", nodes=nodes, torchrun=torchrun,
+                        processes_per_node=2 if torchrun else 1,
+                        resources={"gpu_count": 4, "gpu_type": "NVIDIA-A100-SXM4-80GB", "cpu": 16, "memory": "128Gi",
+                                   "data_storage": "500Gi"})
+    job = NodeJob(job_name("0f3c9a1e-7d2b-4c8e-9f10-3b5a6c7d8e9f"), NS, nodes)
+    service, batch = render(spec, _coordinator_pod(), job, "0f3c9a1e", "run-1")
+    for obj in (service, batch):
+        for version in VERSIONS:
+            kubernetes_validate.validate(obj, version, strict=True)
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
+    assert batch["spec"]["completionMode"] == "Indexed"
+    assert batch["spec"]["completions"] == batch["spec"]["parallelism"] == nodes
+    assert batch["spec"]["backoffLimit"] == 0 and batch["spec"]["ttlSecondsAfterFinished"] > 0
+    pod = batch["spec"]["template"]["spec"]
+    assert service["spec"]["selector"].items() <= batch["spec"]["template"]["metadata"]["labels"].items()
+    assert pod["subdomain"] == service["metadata"]["name"] == job.name and "nodeName" not in pod
+    container = pod["containers"][0]
+    assert container["command"] == ["python", "-m", "tasks.node"] and "args" not in container
+    assert container["resources"]["limits"] == {"cpu": "16", "memory": "128Gi", "nvidia.com/gpu": 4}
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert pod["imagePullSecrets"] == [{"name": "mlyard-registry-1"}] and pod["serviceAccountName"] == "mlyard-flow-run"
+    data = next(v for v in pod["volumes"] if v["name"] == "data")
+    assert data["ephemeral"]["volumeClaimTemplate"]["spec"]["resources"]["requests"]["storage"] == "500Gi"
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert "PREFECT__FLOW_RUN_ID" not in env and TrainingSpec.model_validate_json(env["MLYARD_NODE_SPEC"]) == spec
+
+    workers = [f"{job.name}-{i}.{job.name}:2222" for i in range(nodes)]
+    for index in range(nodes):  # what each pod computes from its JOB_COMPLETION_INDEX
+        node = node_environment(spec, job, index)
+        assert node["NODE_RANK"] == str(index) and node["NNODES"] == str(nodes)
+        assert node["MASTER_ADDR"] == f"{job.name}-0.{job.name}"
+        assert json.loads(node["TF_CONFIG"]) == {"cluster": {"worker": workers}, "task": {"type": "worker",
+                                                                                         "index": index}}
+        assert ("RANK" in node) != torchrun
+        argv, _ = build_invocation(spec, Workdirs.under(Path("/d"), Path("/d/src"), {}, None), "python", "kr1", node,
+            Rendezvous(f"{job.host(0)}:{RENDEZVOUS_PORT}", "0f3c9a1e", host=index == 0))
+        if torchrun and nodes == 1:
+            assert "--standalone" in argv and "--nnodes=1" in argv
+        elif torchrun:
+            assert f"--nnodes={nodes}" in argv and "--nproc_per_node=2" in argv and f"--node_rank={index}" in argv
+            assert f"--rdzv_endpoint={job.name}-0.{job.name}:29400" in argv and "--rdzv_backend=c10d" in argv
+        else:
+            assert argv[:2] == ["python", "-u"]
+
+
+def test_the_coordinator_asks_for_no_gpu_and_the_nodes_for_theirs():
+    spec = TrainingSpec(name="ddp", source_uri=".", entry_point="t.py", nodes=3, image="custom",
+                        resources={"gpu_count": 8, "memory": "64Gi"})
+    assert spec.job_variables()["gpu_count"] == 0 and spec.job_variables()["image"] == "custom"
+    assert spec.node_resources()["gpu_count"] == 8 and spec.node_resources()["memory_limit"] == "64Gi"
+
+
+def _nodes_job(api, name):
+    return api.get("Job", NS, name)
+
+
+def test_a_3_node_training_runs_as_an_indexed_job_and_ends_with_it(cluster, platform, algorithm):
+    api, _ = cluster
+    spec = {"name": "three-nodes", "experiment": "kube", "source_uri": str(algorithm(NODE_SCRIPT)),
+            "entry_point": "main.py", "nodes": 3, "resources": {"gpu_count": 1}}
+    flow_run_id, _ = run_training(spec)
+    fr = final(flow_run_id)
+    assert fr.state.is_completed(), (fr.state, {k[1]: v[-600:] for k, v in api.pod_logs.items()})
+    name = job_name(flow_run_id)
+    job = _nodes_job(api, name)
+    assert job["spec"]["completionMode"] == "Indexed" and job["status"]["succeeded"] == 3
+    service = api.get("Service", NS, name)
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["metadata"]["ownerReferences"][0]["uid"] == job["metadata"]["uid"], "goes with the Job"
+    pods = sorted((p for p in api.items("Pod", NS) if p["metadata"]["labels"].get("job-name") == name),
+                  key=lambda p: int(p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]))
+    assert [p["status"]["phase"] for p in pods] == ["Succeeded"] * 3
+    for index, pod in enumerate(pods):
+        log = api.pod_logs[(NS, pod["metadata"]["name"])]
+        assert f"node={index} nnodes=3 tf_index={index} workers=3 master={name}-0.{name}" in log, log
+    run = platform.tracking.find_training_run(flow_run_id)
+    assert run is not None and run.status == "FINISHED" and run.metrics["accuracy"] == pytest.approx(0.91)
+    assert platform.tracking.client.list_artifacts(run.run_id, "model"), "node 0 saved the model"
+
+
+def test_one_failed_node_fails_the_training_with_its_last_lines(cluster, platform, algorithm):
+    api, _ = cluster
+    spec = {"name": "node-fails", "experiment": "kube", "source_uri": str(algorithm(NODE_SCRIPT)),
+            "entry_point": "main.py", "nodes": 3, "hyperparameters": {"fail": 2}}
+    flow_run_id, _ = run_training(spec)
+    fr = final(flow_run_id)
+    assert fr.state.is_failed(), fr.state
+    message = fr.state.message or ""
+    assert "node 2 of 3: exit code 3" in message and "[node 2] node 2 gives up" in message, message
+    run = platform.tracking.find_training_run(flow_run_id)
+    assert run is not None and run.status == "FAILED"
+    job = api.get("Job", NS, job_name(flow_run_id))
+    assert [c["type"] for c in job["status"]["conditions"]] == ["Failed"], "kept, failed, for kubectl describe"
+
+
+def test_cancelling_the_training_ends_every_node(cluster, platform, algorithm):
+    """Cancel from the UI: the worker deletes the flow run's Job; its pod owns the nodes' Job, which goes."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelling
+
+    api, kubelet = cluster
+    spec = {"name": "node-stop", "experiment": "kube", "source_uri": str(algorithm(
+        "import time\nprint('node up', flush=True)\ntime.sleep(120)\n")), "entry_point": "main.py", "nodes": 2}
+    flow_run_id, _ = run_training(spec)
+    name = job_name(flow_run_id)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and sum("node up" in v for (_, pod), v in api.pod_logs.items()
+                                              if pod.startswith(name)) < 2:
+        time.sleep(0.2)
+    nodes = [p for p in list(kubelet.processes) if p.startswith(name)]
+    assert len(nodes) == 2, "both nodes run"
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(flow_run_id, Cancelling(message="stopped by test"), force=True)
+    fr = final(flow_run_id, timeout=90)
+    assert fr.state.is_cancelled(), fr.state
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(kubelet.processes[p].poll() is None for p in nodes):
+        time.sleep(0.2)
+    assert all(kubelet.processes[p].poll() is not None for p in nodes), (
+        "every node process ended", [(o["kind"], o["metadata"]["name"]) for k in ("Job", "Pod") for o in api.items(k, NS)],
+        {k[1]: v[-1500:] for k, v in api.pod_logs.items() if not k[1].startswith(name)})
+    assert not [j for j in api.items("Job", NS) if j["metadata"]["name"] == name]

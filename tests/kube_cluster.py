@@ -1,0 +1,36 @@
+"""Helpers of the tests that run flow runs on the gpu pool against the Kubernetes API emulator
+(the `cluster` fixture is in tests/infra/conftest.py)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NS = "mlyard"
+
+
+def run_training(spec: dict) -> tuple[str, float]:
+    from prefect.deployments import run_deployment
+
+    from core.specs import TrainingSpec
+
+    t0 = time.time()
+    fr = run_deployment("train/gpu", parameters={"spec": spec}, job_variables=TrainingSpec(**spec).job_variables(),
+                        timeout=0)
+    return str(fr.id), t0
+
+
+def final(flow_run_id: str, timeout: float = 180):
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            fr = client.read_flow_run(flow_run_id)
+            if fr.state is not None and fr.state.is_final():
+                return fr
+            time.sleep(0.5)
+    raise AssertionError(f"flow run {flow_run_id} did not end within {timeout} s")
+
+
