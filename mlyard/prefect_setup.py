@@ -219,19 +219,32 @@ def local_pool_template(settings: Settings) -> dict:
     return template
 
 
-def ensure_pools(echo=print, settings: Settings | None = None) -> None:
+def cluster_pool_template(path: Path, namespace: str, image: str, pull_secrets: list[str]) -> dict:
+    """A Kubernetes pool's base job template with the install's defaults: its namespace, the platform
+    image, the flow-run service account (infra/k8s/base/flow-runs.yaml) and the pull Secrets."""
+    template = json.loads(path.read_text())
+    props = template["variables"]["properties"]
+    props["namespace"]["default"] = namespace
+    props["image"]["default"] = image
+    props["service_account_name"]["default"] = "mlyard-flow-run"
+    props["image_pull_secrets"]["default"] = [{"name": n} for n in pull_secrets]
+    return template
+
+
+def ensure_pools(echo=print, settings: Settings | None = None, pools: dict[str, tuple[str, dict]] | None = None) -> None:
     """Create the `local` process pool and the `gpu` and `cpu` Kubernetes pools (with mlyard's job
     templates) if missing; keep their templates as mlyard has them (the local pool's points at this
-    home's warm runner)."""
+    home's warm runner). `pools`: other pools instead, as name -> (type, template) (a cluster's)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
     from prefect.exceptions import ObjectNotFound
 
-    local = local_pool_template(settings or Settings())
+    if pools is None:
+        pools = {LOCAL_POOL: ("process", local_pool_template(settings or Settings())),
+                 GPU_POOL: ("kubernetes", json.loads(GPU_TEMPLATE.read_text())),
+                 CPU_POOL: ("kubernetes", json.loads(CPU_TEMPLATE.read_text()))}
     with get_client(sync_client=True) as client:
-        for name, kind, template in ((LOCAL_POOL, "process", local),
-                                     (GPU_POOL, "kubernetes", json.loads(GPU_TEMPLATE.read_text())),
-                                     (CPU_POOL, "kubernetes", json.loads(CPU_TEMPLATE.read_text()))):
+        for name, (kind, template) in pools.items():
             try:
                 pool = client.read_work_pool(name)
             except ObjectNotFound:
@@ -242,9 +255,39 @@ def ensure_pools(echo=print, settings: Settings | None = None) -> None:
                 client.update_work_pool(name, WorkPoolUpdate(base_job_template=template))
 
 
-def register_deployments(env: dict[str, str]) -> None:
-    proc = subprocess.run([str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy", "--all",
-                           "--prefect-file", str(PREFECT_YAML)],
-                          cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
+def register_deployments(env: dict[str, str], pools: tuple[str, ...] | None = None) -> None:
+    """`prefect deploy --all` of infra/prefect.yaml, or of its deployments on `pools` only (a cluster's
+    Prefect has no local pool)."""
+    import tempfile
+
+    import yaml
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prefect_file = PREFECT_YAML
+        if pools is not None:
+            doc = yaml.safe_load(PREFECT_YAML.read_text())  # anchors resolved
+            doc["deployments"] = [d for d in doc["deployments"] if d["work_pool"]["name"] in pools]
+            doc.pop("definitions", None)
+            prefect_file = Path(tmp) / "prefect.yaml"
+            prefect_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+        proc = subprocess.run([str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy", "--all",
+                               "--prefect-file", str(prefect_file)],
+                              cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise StackError("registering deployments failed:\n" + (proc.stdout + proc.stderr)[-3000:])
+
+
+def register_on_cluster(api_url: str, namespace: str, image: str, pull_secrets: list[str], echo=print) -> None:
+    """On a cluster's Prefect (`mlyard k8s apply --prefect-api-url`): the gpu and cpu pools with the
+    install's job template defaults, the crash automation, and every deployment on those pools (its
+    auth string, when the server has one, from PREFECT_API_AUTH_STRING as for any Prefect client)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    pools = {name: ("kubernetes", cluster_pool_template(path, namespace, image, pull_secrets))
+             for name, path in ((GPU_POOL, GPU_TEMPLATE), (CPU_POOL, CPU_TEMPLATE))}
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        ensure_pools(echo, pools=pools)
+        ensure_crash_detection()
+    env = {**os.environ, "PREFECT_API_URL": api_url, "MLYARD_IMAGE": image, "MLYARD_PROJECT_ROOT": str(PROJECT_ROOT)}
+    register_deployments(env, pools=(GPU_POOL, CPU_POOL))
+    echo(f"registered on {api_url}: pools {GPU_POOL} and {CPU_POOL}, their deployments, the crash automation")

@@ -48,9 +48,14 @@ def apply(values: Optional[Path] = VALUES,
           kubeconfig: Optional[Path] = typer.Option(None, "--kubeconfig", help="Default: KUBECONFIG, ~/.kube/config, "
                                                     "or the pod's own account inside a cluster."),
           context: Optional[str] = typer.Option(None, "--context", help="kubeconfig context."),
+          prefect_api_url: Optional[str] = typer.Option(
+              None, "--prefect-api-url", help="The installed Prefect server's API (e.g. through `kubectl -n mlyard "
+              "port-forward svc/prefect-server 4200`: http://127.0.0.1:4200/api): then also register the gpu and "
+              "cpu pools, their deployments and the crash automation there (auth: PREFECT_API_AUTH_STRING)."),
           as_json: bool = JSON) -> None:
     """Apply the install with server-side apply (field manager `mlyard`); a second apply changes nothing.
-    The Secrets it names must exist first (infra/README.md lists their keys)."""
+    The Secrets it names must exist first (infra/README.md lists their keys). With --prefect-api-url,
+    register the pools, deployments and crash automation on that Prefect too."""
     from core.errors import StackError
     from tasks import cluster
 
@@ -65,6 +70,11 @@ def apply(values: Optional[Path] = VALUES,
             raise StackError(f"namespace {vals.namespace} lacks the Secret(s) {', '.join(missing)}: create them "
                              "first (infra/README.md lists their keys); nothing else was applied")
         done += [a.__dict__ for a in cluster.apply([o for o in objs if o["kind"] != "Namespace"], dyn)]
+        if prefect_api_url:
+            from mlyard.prefect_setup import register_on_cluster
+
+            register_on_cluster(prefect_api_url, vals.namespace, vals.image, list(vals.image_pull_secrets),
+                                echo=lambda line: None if as_json else out.print(line, highlight=False))
         return done
 
     rows = guard(go)

@@ -143,3 +143,61 @@ def test_a_changed_value_changes_only_what_it_touches(tmp_path, values_file, clu
     changed = [(r["kind"], r["name"]) for r in json.loads(out.stdout) if r["outcome"] != "unchanged"]
     assert changed == [("Deployment", "gateway")]
     assert api.get("Deployment", "ml-platform", "gateway")["spec"]["replicas"] == 5
+
+
+@pytest.fixture
+def clusters_prefect(tmp_path):
+    """A Prefect server of its own, empty, standing for the one the install runs on the cluster (reached
+    by the platform engineer through `kubectl port-forward`)."""
+    import shutil
+
+    from conftest import free_port
+
+    from core.settings import TELEMETRY_OFF_ENV, Settings
+    from mlyard.prefect_setup import empty_prefect_db, start_server, wait_healthy
+    from tasks.processes import stop_group
+
+    settings = Settings(home=tmp_path / "cluster-prefect", prefect_port=free_port())
+    settings.prefect_home.mkdir(parents=True)
+    shutil.copyfile(empty_prefect_db(), settings.prefect_home / "prefect.db")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLYARD_"))}
+    log = tmp_path / "cluster-prefect.log"
+    pid = start_server(settings, {**env, **TELEMETRY_OFF_ENV}, log)
+    api_url = f"http://127.0.0.1:{settings.prefect_port}/api"
+    try:
+        wait_healthy(api_url, pid, log, 120)
+        yield api_url
+    finally:
+        stop_group(pid, 10)
+
+
+def test_apply_registers_the_pools_deployments_and_crash_automation_on_the_clusters_prefect(
+        tmp_path, values_file, cluster, clusters_prefect):
+    api, kubeconfig = cluster
+    for name in ("pf", "mf", "ms", "regcred"):
+        _secret(api, "ml-platform", name)
+    for _ in range(2):  # and a second time: nothing new, nothing fails
+        out = mlyard("k8s", "apply", "-f", str(values_file), "--kubeconfig", str(kubeconfig), "--prefect-api-url",
+                     clusters_prefect, cwd=tmp_path)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "registered on" in out.stdout
+    from prefect.client.orchestration import SyncPrefectClient
+
+    from mlyard.prefect_setup import CRASH_AUTOMATION, PREFECT_YAML
+
+    with SyncPrefectClient(clusters_prefect) as client:
+        pools = {p.name: p for p in client.read_work_pools()}
+        assert set(pools) == {"gpu", "cpu"}, "no local pool on a cluster"
+        for pool in pools.values():
+            assert pool.type == "kubernetes"
+            props = pool.base_job_template["variables"]["properties"]
+            assert props["namespace"]["default"] == "ml-platform"
+            assert props["image"]["default"] == "registry.example/team/mlyard:1.2.3"
+            assert props["service_account_name"]["default"] == "mlyard-flow-run"
+            assert props["image_pull_secrets"]["default"] == [{"name": "regcred"}]
+        deployments = client.read_deployments()
+        automations = client.read_automations_by_name(CRASH_AUTOMATION)
+    wanted = [d for d in yaml.safe_load(PREFECT_YAML.read_text())["deployments"] if d["work_pool"]["name"] != "local"]
+    assert len(deployments) == len(wanted) and {d.work_pool_name for d in deployments} == {"gpu", "cpu"}
+    assert {d.job_variables["image"] for d in deployments} == {"registry.example/team/mlyard:1.2.3"}
+    assert len(automations) == 1
