@@ -143,7 +143,7 @@ def run_workers(storage: Storage, worker_env: dict[str, str], spec: BatchInferen
                     failed=failed, log=logger.info, failure=BatchFailed)
     transport: Transport
     if spec.worker_deployment:
-        transport = FlowRuns(spec.worker_deployment, spec.job_variables())
+        transport = FlowRuns(spec.worker_deployment, spec.worker_job_variables(job.batch_id))
         follow.poll = RecordWatcher(storage, spec.output_uri, {s.key for s in pending}, on_event)
     elif len(jobs) == 1:
         transport = InProcess(lambda j, f: run_job(j, f, storage, model=model))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core.specs.common import NAME_PATTERN, Resources, _check_uri, is_mlflow_uri, is_registry_ref
 from core.specs.training import TrainingSpec
@@ -40,6 +40,9 @@ class _BatchSettings(BaseModel):
     inference_timeout_seconds: float = Field(default=60, gt=0, le=86_400,
                                              description="Longest one model call may take; a slower batch is recorded as failed.")
     workers: int = Field(default=1, ge=1, le=64, description="Parallel workers (pods), each loading the model once.")
+    instances: int = Field(default=1, ge=1, le=64, description="Instances the workers run on (worker_deployment on a "
+                           "Kubernetes pool): `resources` is one instance's; its pods share it evenly (appendix 9) "
+                           "and the pods spread evenly over nodes.")
     worker_deployment: str | None = Field(
         default=None, pattern=r"^[\w.-]+/[\w.-]+$",
         description="Run each worker as its own flow run of this deployment (batch-inference-worker/gpu: a pod "
@@ -66,7 +69,44 @@ class _BatchSettings(BaseModel):
             _check_uri("model", value)
         return value
 
-    job_variables = TrainingSpec.job_variables
+    job_variables = TrainingSpec.node_resources  # the run's own pod asks for `resources`
+
+    @model_validator(mode="after")
+    def _instances(self):
+        if self.instances > self.workers:
+            raise ValueError(f"instances ({self.instances}) more than workers ({self.workers}): each instance runs "
+                             "at least one worker pod")
+        per = self.pods_per_instance
+        if self.resources.gpu_count and self.resources.gpu_count < per:
+            raise ValueError(f"resources.gpu_count ({self.resources.gpu_count}) is less than the {per} worker pods per "
+                             "instance: give each pod a GPU (fewer workers, more instances, or more GPUs)")
+        return self
+
+    @property
+    def pods_per_instance(self) -> int:
+        return -(-self.workers // self.instances)
+
+    def worker_job_variables(self, batch_id: str) -> dict[str, Any]:
+        """Job variables of each worker's pod (worker_deployment on a Kubernetes pool): an instance's
+        `resources` divided by its pods (GPUs whole: with a remainder some stay unused, as the seed
+        warns), labelled with the batch and spread evenly over nodes (maxSkew 1 per hostname)."""
+        per, r = self.pods_per_instance, self.resources
+        jv: dict[str, Any] = {"gpu_count": r.gpu_count // per}
+        if r.gpu_type:
+            jv["gpu_type"] = r.gpu_type
+        if r.cpu:
+            jv["cpu_request"] = jv["cpu_limit"] = f"{int(r.cpu * 1000 // per)}m"
+        if r.memory:
+            jv["memory_request"] = jv["memory_limit"] = f"{_mebibytes(r.memory) // per}Mi"
+        if r.data_storage:
+            jv["data_storage_size"] = f"{_mebibytes(r.data_storage) // per}Mi"
+        if self.image:
+            jv["image"] = self.image
+        label = {"mlyard.io/batch": batch_id[:63]}
+        jv["labels"] = label
+        jv["topology_spread"] = [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                                  "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": label}}]
+        return jv
 
     def resolved(self, base: Path):
         """A copy whose relative local paths (input, output, a model directory) are absolute against `base`."""
@@ -155,3 +195,14 @@ class BatchJob(BaseModel):
 
     def with_shards(self, shards: list[BatchShard]) -> BatchJob:
         return self.model_copy(update={"shards": list(shards)})
+
+
+_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "": 1}
+
+
+def _mebibytes(quantity: str) -> int:
+    """A Kubernetes quantity (the Resources pattern: digits and a unit) in whole MiB."""
+    import re
+
+    number, unit = re.fullmatch(r"(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|K|M|G|T)?", quantity).groups()  # type: ignore[union-attr]
+    return int(float(number) * _UNITS[unit or ""] // 2**20)

@@ -1,0 +1,74 @@
+"""A batch inference's workers as pods of the gpu pool (issue 26 §2): an instance's resources split among
+its pods (the seed's appendix 9), the pods spread evenly over nodes, and a real run of 2 worker pods
+through the Prefect Kubernetes worker against the API emulator (tests/kube_api.py; its kubelet runs
+each pod's command here)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from job_templates import render, strictly_valid
+from kube_cluster import NS
+
+from core.errors import SpecError
+from core.specs import BatchInferenceSpec, load_spec
+from mlyard.prefect_setup import GPU_TEMPLATE
+
+BASE = {"name": "pods", "model": "m@champion", "input_uri": "/in", "input_format": "jsonl", "output_uri": "/out"}
+
+
+def test_an_instance_is_shared_by_its_pods_which_spread_over_nodes():
+    spec = load_spec(BatchInferenceSpec, {**BASE, "workers": 4, "instances": 2, "resources": {
+        "gpu_count": 2, "gpu_type": "Tesla-T4", "cpu": 8, "memory": "32Gi", "data_storage": "100Gi"}})
+    jv = spec.worker_job_variables("7c1d")
+    assert (jv["gpu_count"], jv["cpu_limit"], jv["memory_limit"], jv["data_storage_size"]) == (
+        1, "4000m", "16384Mi", "51200Mi"), "each of an instance's 2 pods gets half of it"
+    job = strictly_valid(render(json.loads(GPU_TEMPLATE.read_text()), jv))
+    pod = job["spec"]["template"]
+    assert pod["metadata"]["labels"]["mlyard.io/batch"] == "7c1d"
+    assert pod["spec"]["topologySpreadConstraints"] == [{
+        "maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway",
+        "labelSelector": {"matchLabels": {"mlyard.io/batch": "7c1d"}}}]
+    assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "Tesla-T4"}
+    odd = load_spec(BatchInferenceSpec, {**BASE, "workers": 2, "resources": {"gpu_count": 3}})
+    assert odd.worker_job_variables("x")["gpu_count"] == 1, "3 GPUs for 2 pods: one stays unused, as the seed warns"
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    ({"workers": 1, "instances": 2}, ["instances (2)", "workers (1)"]),
+    ({"workers": 4, "resources": {"gpu_count": 2}}, ["resources.gpu_count (2)", "4 worker pods per instance"]),
+])
+def test_impossible_splits_are_refused_before_anything_runs(change, words):
+    with pytest.raises(SpecError) as refused:
+        load_spec(BatchInferenceSpec, {**BASE, **change})
+    for word in words:
+        assert word in str(refused.value)
+
+
+def test_two_worker_pods_share_the_rows_and_finish_the_batch(cluster, platform, models, tmp_path):
+    from flows.batch_inference import batch_infer
+
+    api, _ = cluster
+    rows = [{"id": f"r{i}", "features": x.tolist()} for i, x in enumerate(models["X"][:80])]
+    for n in range(2):
+        path = tmp_path / "in" / f"part-{n}.jsonl"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows[n * 40:(n + 1) * 40]))
+    spec = BatchInferenceSpec(name="on-pods", model=str(models["classifier"]), input_uri=str(tmp_path / "in"),
+                              input_format="jsonl", output_uri=str(tmp_path / "out"), id_field="id", workers=2,
+                              worker_deployment="batch-inference-worker/gpu",
+                              resources={"cpu": 2, "memory": "4Gi"})
+    result = batch_infer(spec)
+    assert (result.rows, result.failed_rows) == (80, 0)
+    jobs = [j for j in api.items("Job", NS)
+            if j["spec"]["template"]["metadata"]["labels"].get("mlyard.io/batch") == result.batch_id]
+    assert len(jobs) == 2, "one pod per worker"
+    for job in jobs:
+        assert job["status"]["succeeded"] == 1
+        limits = job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+        assert (limits["cpu"], limits["memory"]) == ("1000m", "2048Mi"), "one instance, two pods: half each"
+        assert job["spec"]["template"]["spec"]["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
+    out = sorted(line for p in (tmp_path / "out").glob("*.predictions.jsonl") for line in p.read_text().splitlines())
+    assert len(out) == 80
