@@ -34,3 +34,12 @@ def final(flow_run_id: str, timeout: float = 180):
     raise AssertionError(f"flow run {flow_run_id} did not end within {timeout} s")
 
 
+def finished_job(api, name: str, timeout: float = 60) -> dict:
+    """The Job once its pod's process ended (the run reports its end a moment before its process exits)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = api.get("Job", NS, name)
+        if job.get("status", {}).get("conditions"):
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"Job {name} did not finish")

@@ -150,14 +150,16 @@ def clusters_prefect(tmp_path):
     """A Prefect server of its own, empty, standing for the one the install runs on the cluster (reached
     by the platform engineer through `kubectl port-forward`)."""
     import shutil
-
-    from conftest import free_port
+    import socket
 
     from core.settings import TELEMETRY_OFF_ENV, Settings
     from mlyard.prefect_setup import empty_prefect_db, start_server, wait_healthy
     from tasks.processes import stop_group
 
-    settings = Settings(home=tmp_path / "cluster-prefect", prefect_port=free_port())
+    with socket.socket() as sock:  # a free port (not conftest's free_port: importing conftest re-runs its set-up)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = Settings(home=tmp_path / "cluster-prefect", prefect_port=port)
     settings.prefect_home.mkdir(parents=True)
     shutil.copyfile(empty_prefect_db(), settings.prefect_home / "prefect.db")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLYARD_"))}

@@ -14,20 +14,9 @@ import time
 import kubernetes_validate
 import pytest
 from kube_api import KubeApi
-from kube_cluster import NS, final, run_training
+from kube_cluster import NS, final, finished_job, run_training
 
 SCRIPT = "import sys\nprint('accuracy=0.93', flush=True)\nsys.exit(int(sys.argv[-1]) if len(sys.argv) > 2 else 0)\n"
-
-
-def _finished_job(api: KubeApi, name: str, timeout: float = 60) -> dict:
-    """The Job once its pod's process ended (the run reports its end a moment before its process exits)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = api.get("Job", NS, name)
-        if job.get("status", {}).get("conditions"):
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"Job {name} did not finish")
 
 
 def _job_of(api: KubeApi, flow_run_id: str, timeout: float = 60) -> dict:
@@ -62,7 +51,7 @@ def test_a_training_on_the_gpu_pool_runs_as_a_job_and_is_recorded(cluster, platf
 
     fr = final(flow_run_id)
     assert fr.state.is_completed(), (fr.state, list(api.pod_logs.values()))
-    job = _finished_job(api, job["metadata"]["name"])
+    job = finished_job(api, job["metadata"]["name"])
     assert job["status"]["succeeded"] == 1
     pods = [p for p in api.items("Pod", NS) if p["metadata"]["labels"]["job-name"] == job["metadata"]["name"]]
     assert len(pods) == 1 and pods[0]["status"]["phase"] == "Succeeded"
@@ -78,7 +67,7 @@ def test_a_failing_script_fails_the_run_with_its_exit_code(cluster, algorithm):
     fr = final(flow_run_id)
     assert fr.state.is_failed(), fr.state
     assert "exit code 3" in (fr.state.message or "")
-    job = _finished_job(api, _job_of(api, flow_run_id)["metadata"]["name"])
+    job = finished_job(api, _job_of(api, flow_run_id)["metadata"]["name"])
     # `prefect flow-run execute` reports the run's failure to Prefect and exits 0: the Job completes, and
     # the failure (with the script's exit code and last lines) is the run's state, as on a cluster
     assert job["status"]["conditions"][0]["type"] == "Complete"
