@@ -178,11 +178,10 @@ def test_apply_registers_the_pools_deployments_and_crash_automation_on_the_clust
     api, kubeconfig = cluster
     for name in ("pf", "mf", "ms", "regcred"):
         _secret(api, "ml-platform", name)
-    for _ in range(2):  # and a second time: nothing new, nothing fails
-        out = mlyard("k8s", "apply", "-f", str(values_file), "--kubeconfig", str(kubeconfig), "--prefect-api-url",
-                     clusters_prefect, cwd=tmp_path)
-        assert out.returncode == 0, out.stdout + out.stderr
-        assert "registered on" in out.stdout
+    out = mlyard("k8s", "apply", "-f", str(values_file), "--kubeconfig", str(kubeconfig), "--prefect-api-url",
+                 clusters_prefect, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "registered on" in out.stdout
     from prefect.client.orchestration import SyncPrefectClient
 
     from mlyard.prefect_setup import CRASH_AUTOMATION, PREFECT_YAML
