@@ -83,7 +83,11 @@ def render(spec: TrainingSpec, coordinator_pod: dict[str, Any], job: NodeJob, tr
         pod.pop(transient, None)
     pod["restartPolicy"] = "Never"
     pod["subdomain"] = job.name
+    # the service account token volume admission added to the coordinator: it adds the nodes' own
+    pod["volumes"] = [v for v in pod.get("volumes") or [] if not v["name"].startswith("kube-api-access-")]
     container = pod["containers"][0]
+    container["volumeMounts"] = [m for m in container.get("volumeMounts") or []
+                                 if not m["name"].startswith("kube-api-access-")]
     container["name"] = "node"
     container["command"] = ["python", "-m", "tasks.node"]
     container.pop("args", None)

@@ -16,7 +16,7 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 from job_templates import VERSIONS
-from kube_cluster import NS, final, run_training
+from kube_cluster import NS, final, finished_job, run_training
 
 from core.specs import TrainingSpec
 from tasks.node_jobs import NodeJob, job_name, node_environment, render
@@ -43,13 +43,17 @@ def _coordinator_pod(gpu_type: str | None = None) -> dict:
                                      "env": [{"name": "PREFECT__FLOW_RUN_ID", "value": "x"}],
                                      "envFrom": [{"configMapRef": {"name": "mlyard-config", "optional": True}}],
                                      "resources": {"limits": {"cpu": "1", "memory": "2Gi"}},
-                                     "volumeMounts": [{"name": "data", "mountPath": "/mlyard/data"}]}],
+                                     "volumeMounts": [{"name": "data", "mountPath": "/mlyard/data"},
+                                                      {"name": "kube-api-access-x7k2p", "readOnly": True,
+                                                       "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}]}],
                      "restartPolicy": "Never", "serviceAccountName": "mlyard-flow-run", "completions": 1,
                      "parallelism": 1, "nodeName": "cpu-1",
                      "imagePullSecrets": [{"name": "mlyard-registry-1"}],
                      **({"nodeSelector": {"nvidia.com/gpu.product": gpu_type}} if gpu_type else {}),
                      "volumes": [{"name": "data", "ephemeral": {"volumeClaimTemplate": {"spec": {
-                         "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}}}]}}
+                         "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}}},
+                                 {"name": "kube-api-access-x7k2p", "projected": {"sources": [
+                                     {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}}]}}]}}
 
 
 @pytest.mark.parametrize("nodes", [1, 2, 4])
@@ -80,6 +84,8 @@ def test_the_nodes_job_and_service_for_1_2_and_4_nodes(nodes, torchrun):
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     assert pod["imagePullSecrets"] == [{"name": "mlyard-registry-1"}] and pod["serviceAccountName"] == "mlyard-flow-run"
+    assert [v["name"] for v in pod["volumes"]] == ["data"], "the token volume is admission's to add again"
+    assert [m["name"] for m in container["volumeMounts"]] == ["data"]
     data = next(v for v in pod["volumes"] if v["name"] == "data")
     assert data["ephemeral"]["volumeClaimTemplate"]["spec"]["resources"]["requests"]["storage"] == "500Gi"
     env = {e["name"]: e["value"] for e in container["env"]}
@@ -150,7 +156,7 @@ def test_one_failed_node_fails_the_training_with_its_last_lines(cluster, platfor
     assert "node 2 of 3: exit code 3" in message and "[node 2] node 2 gives up" in message, message
     run = platform.tracking.find_training_run(flow_run_id)
     assert run is not None and run.status == "FAILED"
-    job = api.get("Job", NS, job_name(flow_run_id))
+    job = finished_job(api, job_name(flow_run_id))  # the run may fail a moment before the Job is marked
     assert [c["type"] for c in job["status"]["conditions"]] == ["Failed"], "kept, failed, for kubectl describe"
 
 
