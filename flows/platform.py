@@ -11,7 +11,6 @@ from pathlib import Path
 
 from core.settings import Settings, apply_engine_env, require_shared_stores
 from registry import Catalog, Experiments, ModelRegistry, Templates, Tracking
-from registry.images import Images
 from tasks.storage import Storage
 
 
@@ -58,13 +57,6 @@ class Platform:
     @cached_property
     def templates(self) -> Templates:
         return Templates(self.catalog)
-
-    @cached_property
-    def images(self) -> Images:
-        """Images and registry accounts; their Secrets where settings keep them (tasks/registry_secrets)."""
-        from tasks.registry_secrets import credentials
-
-        return Images(self.catalog, credentials(self.settings))
 
 
 _OWNER = re.compile(r"\.pid(\d+)\.")

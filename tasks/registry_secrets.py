@@ -77,8 +77,12 @@ def credentials(settings: Settings):
 
 
 def images(settings: Settings) -> Images:
+    """The catalog's images and registry accounts, with their Secrets where settings keep them (a pod
+    without the shared catalog refuses, as every platform part does)."""
+    from core.settings import require_shared_stores
     from registry.catalog import Catalog
 
+    require_shared_stores(settings)
     return Images(Catalog(settings.catalog_db_url), credentials(settings))
 
 
