@@ -4,11 +4,13 @@
 Counts are kept per minute. A finished minute is appended to `<dir>/<UTC date>.jsonl`, so statistics
 outlive the gateway; a period's figures merge the minutes in it. Latency is kept as a histogram with
 buckets 4 % wide (from 10 µs to hours), so any period's percentiles come from merged minutes, within
-4 %. Pure: no HTTP; the gateway calls `record`, `flush` and `query`.
+4 %. Since the gateway started, totals are also kept for Prometheus (`prometheus`: each gateway replica
+exposes its own; Prometheus sums them). Pure: no HTTP; the gateway calls `record`, `flush`, `query`.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import time
@@ -78,10 +80,26 @@ def format_classes(per: dict[str, list[float]]) -> bytes:
     return ";".join(f"{quote(str(k), safe='')}={int(v[0])}:{v[1]:.6g}:{int(v[2])}" for k, v in per.items()).encode()
 
 
+# Prometheus histogram bounds of the request duration, in seconds (its client's defaults, plus 30 and 60 s)
+PROMETHEUS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 30.0, 60.0)
+
+
+class _Total:
+    """Since this gateway started, for Prometheus: calls, failures, seconds, calls per bucket."""
+
+    __slots__ = ("calls", "failures", "seconds", "buckets")
+
+    def __init__(self) -> None:
+        self.calls = self.failures = 0
+        self.seconds = 0.0
+        self.buckets = [0] * (len(PROMETHEUS_BUCKETS) + 1)  # the last one: above every bound
+
+
 class EndpointStats:
     def __init__(self, folder: Path | None):
         self.folder = Path(folder) if folder is not None else None
         self._live: dict[int, dict[Key, _Minute]] = {}  # minute (epoch // 60) -> key -> counts
+        self.totals: dict[Key, _Total] = {}
 
     def record(self, key: Key, ms: float, failed: bool, classes: bytes | None = None,
                now: float | None = None) -> None:
@@ -100,6 +118,47 @@ class EndpointStats:
         m.hist[b] = m.hist.get(b, 0) + 1
         if classes:
             m.raw[classes] = m.raw.get(classes, 0) + 1
+        t = self.totals.get(key)
+        if t is None:
+            t = self.totals[key] = _Total()
+        t.calls += 1
+        t.failures += failed
+        t.seconds += ms / 1000
+        t.buckets[bisect.bisect_left(PROMETHEUS_BUCKETS, ms / 1000)] += 1
+
+    def prometheus(self, gauges: dict[str, tuple[str, float]] | None = None) -> bytes:
+        """The totals in Prometheus' text format (its client library writes it): per endpoint, stage and
+        model, `mlyard_gateway_requests_total`, `..._request_failures_total` and the
+        `..._request_duration_seconds` histogram; `gauges` adds name -> (help, value)."""
+        from prometheus_client import CollectorRegistry, generate_latest
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+        totals = dict(self.totals)
+
+        class Collector:
+            def collect(self):
+                labels = ["endpoint", "stage", "model"]
+                calls = CounterMetricFamily("mlyard_gateway_requests", "Requests routed to a stage's model.",
+                                            labels=labels)
+                failed = CounterMetricFamily("mlyard_gateway_request_failures",
+                                             "Routed requests that failed (an error status or no answer).", labels=labels)
+                seconds = HistogramMetricFamily("mlyard_gateway_request_duration_seconds",
+                                                "Time from a request's arrival to its answer's end.", labels=labels)
+                for key, t in sorted(totals.items()):
+                    calls.add_metric(list(key), t.calls)
+                    failed.add_metric(list(key), t.failures)
+                    running, buckets = 0, []
+                    for bound, count in zip((*PROMETHEUS_BUCKETS, math.inf), t.buckets):
+                        running += count
+                        buckets.append(("+Inf" if bound == math.inf else repr(bound), running))
+                    seconds.add_metric(list(key), buckets, t.seconds)
+                yield from (calls, failed, seconds)
+                for name, (text, value) in (gauges or {}).items():
+                    yield GaugeMetricFamily(name, text, value=value)
+
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(Collector())  # type: ignore[arg-type]
+        return generate_latest(registry)
 
     def flush(self, now: float | None = None, everything: bool = False) -> int:
         """Append finished minutes (all of them with `everything`, at shutdown) to the day's file."""

@@ -7,6 +7,7 @@ front of every endpoint's replicas.
     GET  /mlyard/routes     the routing table: default stages, replicas, health, outstanding requests
     POST /mlyard/reload     read the catalog and the replicas now (the endpoint flows call it after a change)
     GET  /mlyard/stats      ?since=&until= (epoch seconds) &endpoint=&stage=&model=: the statistics
+    GET  /mlyard/metrics    the same counts since this gateway started, for Prometheus to scrape
     POST /rag/v1/query      an OpenAI chat-completions body whose `model` is a RAG's name: to that RAG's
                             query service (serving/rag.py), streamed; /rag/v1/search: its retrieval alone.
                             A RAG is routed and counted as an endpoint named `rag:NAME`.
@@ -333,6 +334,10 @@ class Gateway:
             await asgi.read_body(receive, 1024)
             await self.refresh()
             return await asgi.reply(send, 200, orjson.dumps(self.view()))
+        if path == "/mlyard/metrics" and method == "GET":
+            body = self.stats.prometheus({"mlyard_gateway_in_flight": ("Requests this gateway is answering now.",
+                                                                       self.in_flight)})
+            return await asgi.reply(send, 200, body, content_type=b"text/plain; version=0.0.4; charset=utf-8")
         if path == "/mlyard/stats" and method == "GET":
             q = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
             try:

@@ -138,6 +138,14 @@ def test_deploy_routes_tokens_and_stats(endpoint, settings):
     assert sum(row["predictions"].values()) == 6 and row["average_confidence"] is not None
     assert row["latency_ms"]["p50"] > 0 and row["latency_ms"]["p99"] >= row["latency_ms"]["p50"]
     assert Path(out["png"]).stat().st_size > 10_000
+    # The same counts for Prometheus, read back by its client's parser.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{gw}/mlyard/metrics", timeout=10) as resp:
+        assert resp.headers["content-type"].startswith("text/plain; version=0.0.4")
+        families = {f.name: f for f in text_string_to_metric_families(resp.read().decode())}
+    here = {"endpoint": "fraud", "stage": "default", "model": "clf"}
+    assert [s.value for s in families["mlyard_gateway_requests"].samples if s.labels == here] == [3]
     shown = json.loads(_ok(mlyard("endpoints", "show", "fraud", "--json")))
     assert shown["stages"][0]["gateway_status"] == "ACTIVE" and len(shown["tokens"]) == 3
     # Inference log records with the seed's fields and the endpoint's id.

@@ -35,3 +35,28 @@ def test_class_header_round_trip_and_garbage():
     header = format_classes({"a b/c": [2, 1.5, 2], "0": [1, 0.0, 0]})
     assert parse_classes(header) == [("a b/c", 2, 1.5, 2), ("0", 1, 0.0, 0)]
     assert parse_classes(b"junk;=;x=1:2;y=a:b:c") == []
+
+
+def test_totals_for_prometheus_read_back_by_its_own_parser():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    stats = EndpointStats(None)
+    for ms, failed in ((3.0, False), (40.0, False), (700.0, True), (90_000.0, False)):
+        stats.record(("fraud", "default", "clf"), ms, failed)
+    stats.record(("fraud", "canary", "clf"), 12.0, False)
+    text = stats.prometheus({"mlyard_gateway_in_flight": ("now", 2)}).decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    labels = {"endpoint": "fraud", "stage": "default", "model": "clf"}
+
+    def value(family: str, sample: str, **extra: str) -> float:
+        return next(s.value for s in families[family].samples if s.name == sample and s.labels == {**labels, **extra})
+
+    assert value("mlyard_gateway_requests", "mlyard_gateway_requests_total") == 4
+    assert value("mlyard_gateway_request_failures", "mlyard_gateway_request_failures_total") == 1
+    seconds = "mlyard_gateway_request_duration_seconds"
+    assert value(seconds, seconds + "_count") == 4 and abs(value(seconds, seconds + "_sum") - 90.743) < 1e-9
+    assert value(seconds, seconds + "_bucket", le="0.005") == 1 and value(seconds, seconds + "_bucket", le="0.05") == 2
+    assert value(seconds, seconds + "_bucket", le="60.0") == 3 and value(seconds, seconds + "_bucket", le="+Inf") == 4
+    assert families["mlyard_gateway_in_flight"].samples[0].value == 2
+    canary = [s for s in families["mlyard_gateway_requests"].samples if s.labels["stage"] == "canary"]
+    assert [s.value for s in canary] == [1]
