@@ -1,7 +1,8 @@
 """The scheduler's replicas on a cluster elect one leader through a Lease (tasks/leader.py): only the
-holder schedules, and when it dies (kill -9) the other takes over within 30 s. Two real scheduler
-processes against the Kubernetes API emulator of tests/kube_api.py (no cluster runs here), each with its
-own empty catalog so that they schedule nothing of the other tests'."""
+holder schedules, and when it dies (kill -9) the other takes over within 30 s, and no slot runs twice.
+Two real scheduler processes against the Kubernetes API emulator of tests/kube_api.py (no cluster runs
+here), sharing a catalog of their own (so that they schedule nothing of the other tests') that holds a
+schedule firing every second."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -33,18 +35,85 @@ def _wait(predicate, timeout: float, what: str):
     raise AssertionError(f"{what} within {timeout} s")
 
 
+def _schedule(catalog_url: str) -> str:
+    """A schedule firing every second in the replicas' own catalog, whose runs target the gpu pool (no
+    worker serves it here; `_finisher` ends them, so they cost nothing). Returns its runs' tag."""
+    from datetime import datetime, timedelta, timezone
+
+    from prefect.client.orchestration import get_client
+
+    from core.specs.schedule import ScheduleSpec
+    from registry.catalog import Catalog
+    from registry.schedules import Schedules
+
+    start = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=2)
+    spec = ScheduleSpec(name="every-second", deployment="train/gpu", cron="* * * * * *", start_time=start,
+                        max_concurrency=10, catchup=True, parameters={"spec": {
+                            "name": "lease-{{ slot_date }}", "source_uri": str(ROOT / "examples" / "sklearn_digits"),
+                            "entry_point": "train.py"}})
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("train/gpu")
+    catalog = Catalog(catalog_url)
+    Schedules(catalog).create(spec.name, spec.model_dump(mode="json"), str(deployment.id), "CREATE REQUESTED",
+                              int(start.timestamp()) - 1)
+    catalog.dispose()
+    return f"mlyard.schedule:{spec.name}"
+
+
+def _slots(tag: str) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+    runs: list = []
+    with get_client(sync_client=True) as client:
+        while page := client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[tag])),
+                                            limit=200, offset=len(runs)):
+            runs += page
+    return [t for r in runs for t in r.tags if t.startswith("mlyard.slot:")]
+
+
+def _finisher(tag: str, stop) -> None:
+    """Play the pool's worker: every queued run of the schedule completes at once (freeing its slot)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        FlowRunFilterTags,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Completed
+
+    with get_client(sync_client=True) as client:
+        while not stop.wait(0.3):
+            queued = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                tags=FlowRunFilterTags(all_=[tag]), state=FlowRunFilterState(
+                    type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING]))), limit=200)
+            for run in queued:
+                client.set_flow_run_state(run.id, Completed(), force=True)
+
+
 def test_one_replica_leads_and_another_takes_over_within_30_s(stack, tmp_path):
+    """...and every second's slot runs once: none twice across the change of leader, none lost (catch-up)."""
+    from collections import Counter
+    from datetime import datetime, timezone
+
     api = KubeApi()
     kubeconfig = api.kubeconfig(tmp_path / "kubeconfig")
     api.create("Namespace", "v1", None, {"metadata": {"name": NS}}, "kubectl")
+    catalog_url = f"sqlite:///{tmp_path / 'shared.db'}"  # the replicas' one catalog (the cluster's database)
+    tag = _schedule(catalog_url)
+    stop = threading.Event()
+    finisher = threading.Thread(target=_finisher, args=(tag, stop), name="finisher")
+    finisher.start()
     procs: dict[str, subprocess.Popen] = {}
     logs: dict[str, Path] = {}
     try:
         for name in ("replica-a", "replica-b"):
             logs[name] = tmp_path / f"{name}.log"
             env = {**os.environ, "KUBECONFIG": str(kubeconfig), "MLYARD_SCHEDULER_LEASE": "mlyard-scheduler",
-                   "MLYARD_KUBE_NAMESPACE": NS, "POD_NAME": name, "TZ": "UTC",
-                   "MLYARD_CATALOG_URL": f"sqlite:///{tmp_path / name}.db"}
+                   "MLYARD_KUBE_NAMESPACE": NS, "POD_NAME": name, "TZ": "UTC", "MLYARD_CATALOG_URL": catalog_url,
+                   "MLYARD_SCHEDULE_START_TIMEOUT_SECONDS": "600"}  # queued runs are not reclaimed meanwhile
             with open(logs[name], "w") as out:
                 procs[name] = subprocess.Popen([sys.executable, "-m", "tasks.scheduling"], cwd=ROOT, env=env,
                                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -66,7 +135,21 @@ def test_one_replica_leads_and_another_takes_over_within_30_s(stack, tmp_path):
         assert took <= 30, f"taken over after {took:.1f} s"
         print(f"the follower took over {took:.1f} s after the leader's kill -9")
         assert procs[follower].poll() is None
+
+        # Every slot from the schedule's start to now ran exactly once, across the change of leader.
+        until = datetime.now(timezone.utc).replace(microsecond=0)
+        first = until.timestamp() - 1
+        seen = _wait(lambda: (c := Counter(_slots(tag))) and max(
+            datetime.strptime(t.split(":", 1)[1], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc).timestamp()
+            for t in c) >= first and c, 30, "the slots up to now")
+        assert all(n == 1 for n in seen.values()), [t for t, n in seen.items() if n > 1]
+        times = sorted(datetime.strptime(t.split(":", 1)[1], "%Y%m%dT%H%M%SZ") for t in seen)
+        gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:])]
+        assert set(gaps) == {1.0}, f"a slot was lost: gaps {sorted(set(gaps))}"
+        print(f"{len(times)} slots, each once, across the takeover")
     finally:
+        stop.set()
+        finisher.join(10)
         for proc in procs.values():
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
