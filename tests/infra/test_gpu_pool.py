@@ -73,8 +73,11 @@ def test_every_deployment_on_a_kubernetes_pool_renders_a_strictly_valid_job(stac
             assert limits["nvidia.com/gpu"] >= 1, d["entrypoint"]
 
 
-def test_the_scheduler_runs_on_the_cpu_pool():
-    assert [d["entrypoint"] for d in _deployments("cpu")] == ["flows.scheduler.scheduler"]
+def test_the_scheduler_and_pipeline_runs_run_on_the_cpu_pool():
+    """Neither asks for a GPU: the scheduler loops, a pipeline run hands its steps to the KFP server."""
+    assert sorted(d["entrypoint"] for d in _deployments("cpu")) == ["flows.pipeline_run.pipeline_run",
+                                                                    "flows.scheduler.scheduler"]
+    assert "flows.pipeline_run.pipeline_run" not in [d["entrypoint"] for d in _deployments("gpu")]
 
 
 @pytest.mark.parametrize("pool", ["gpu", "cpu"])
