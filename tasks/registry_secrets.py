@@ -10,6 +10,7 @@ FileCredentials); a run submitted from there to a Kubernetes pool copies it to t
 from __future__ import annotations
 
 import base64
+import logging
 from typing import Any
 
 from core.settings import Settings
@@ -111,7 +112,14 @@ def ensure_pull_secret(resolved: ResolvedImage, settings: Settings) -> None:
     config_json = FileCredentials(settings.secrets_path).read(resolved.pull_secret)
     if config_json is None:
         return  # made on the cluster by another platform instance; the pod's pull says if it is not
+    from core.errors import SpecError
     from tasks.kubernetes import cluster_client
 
-    KubeCredentials(cluster_client("image", resolved.address), settings.kube_namespace).ensure(
-        resolved.pull_secret, config_json)
+    try:
+        api = cluster_client("image", resolved.address)
+    except SpecError:  # no kubeconfig here: the Secret may have been made on the cluster already
+        logging.getLogger("mlyard.images").warning(
+            "no Kubernetes cluster is configured here (KUBECONFIG): could not copy the pull Secret %s of image %s "
+            "to it; if the cluster lacks it, its pod cannot pull the image", resolved.pull_secret, resolved.address)
+        return
+    KubeCredentials(api, settings.kube_namespace).ensure(resolved.pull_secret, config_json)

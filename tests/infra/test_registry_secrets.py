@@ -131,3 +131,18 @@ def test_the_cli_keeps_the_password_off_screen_and_refuses_in_one_line(stack, tm
     assert mlyard("images", "delete", "cli-custom").returncode == 0
     assert mlyard("registry-accounts", "delete", "cli-team").returncode == 0
     assert json.loads(mlyard("registry-accounts", "list", "--json").stdout) == []
+
+
+def test_without_a_cluster_here_the_run_is_still_submitted_with_a_warning(tmp_path, monkeypatch, caplog):
+    """The pull Secret may already be on the cluster (made there); its pod's pull says if it is not."""
+    from tasks.registry_secrets import images, pod_image
+
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
+    settings = Settings(home=tmp_path / "home", registry_secrets="file")
+    store = images(settings)
+    account = store.create_account(RegistryAccountSpec(name="team", registry=REG, username="AK1", password="pw-1"))
+    store.create_image(ImageSpec(name="custom", address=f"{REG}/vision/train:v1", account="team"))
+    with caplog.at_level("WARNING"):
+        jv = pod_image({"image": "custom"}, settings)
+    assert jv["image_pull_secrets"] == [{"name": account.secret_name}]
+    assert any("could not copy the pull Secret" in r.getMessage() for r in caplog.records)
