@@ -354,10 +354,10 @@ def gateway_stats(settings: Any, endpoint: str, *, since: str | float | None = "
     query = {"since": start, "endpoint": endpoint, **({"until": end} if end else {}),
              **({"stage": stage} if stage else {}), **({"model": model} if model else {})}
     result = _gateway(settings, "/mlyard/stats?" + urlencode(query))
-    if result is None:  # no gateway: what it wrote to disk
+    if result is None:  # no gateway: what its replicas recorded in the catalog
         from serving.endpoint_stats import EndpointStats
 
-        result = EndpointStats(settings.home_dir / "endpoints" / "stats").query(start, end, endpoint, stage, model)
+        result = EndpointStats(None, settings.catalog_db_url).query(start, end, endpoint, stage, model)
     if png is not None:
         from serving.endpoint_stats import plot
 

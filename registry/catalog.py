@@ -201,6 +201,21 @@ class Pipeline(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class EndpointStatMinute(Base):
+    """One minute of one gateway replica's counts for an (endpoint, stage, model): what `mlyard endpoints
+    stats` merges over a period, whichever replica answered (serving/endpoint_stats.py)."""
+
+    __tablename__ = "endpoint_stat_minutes"
+    __table_args__ = (Index("ix_endpoint_stat_minutes_minute", "minute", "endpoint"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    minute: Mapped[int] = mapped_column(BigInteger)  # epoch seconds // 60
+    endpoint: Mapped[str] = mapped_column(String(255))
+    stage: Mapped[str] = mapped_column(String(255))
+    model: Mapped[str] = mapped_column(String(255))
+    counts: Mapped[dict] = mapped_column(JSON)  # calls, failures, latency_sum, hist, classes
+
+
 class RegistryAccount(Base):
     """A login to a container registry. The password is never here: it lives in the Secret named
     `secret_name` (a private file on one machine, a kubernetes.io/dockerconfigjson Secret on a cluster),

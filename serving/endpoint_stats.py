@@ -1,8 +1,9 @@
 """The gateway's statistics per endpoint, stage and model, over any period: calls, failures, latency
 (mean, p50, p95, p99), predictions per class, and the average confidence overall and per class.
 
-Counts are kept per minute. A finished minute is appended to `<dir>/<UTC date>.jsonl`, so statistics
-outlive the gateway; a period's figures merge the minutes in it. Latency is kept as a histogram with
+Counts are kept per minute. A finished minute goes to the catalog database (every gateway replica adds
+its own rows; a query merges them), or without one to `<dir>/<UTC date>.jsonl`, so statistics outlive
+the gateway; a period's figures merge the minutes in it. Latency is kept as a histogram with
 buckets 4 % wide (from 10 µs to hours), so any period's percentiles come from merged minutes, within
 4 %. Since the gateway started, totals are also kept for Prometheus (`prometheus`: each gateway replica
 exposes its own; Prometheus sums them). Pure: no HTTP; the gateway calls `record`, `flush`, `query`.
@@ -96,8 +97,13 @@ class _Total:
 
 
 class EndpointStats:
-    def __init__(self, folder: Path | None):
+    """`catalog_url`: finished minutes go to the catalog's `endpoint_stat_minutes`, where every gateway
+    replica adds its own and a query merges them all (a stateless gateway); else to files in `folder`."""
+
+    def __init__(self, folder: Path | None, catalog_url: str | None = None):
         self.folder = Path(folder) if folder is not None else None
+        self.catalog_url = catalog_url
+        self._catalog: Any = None
         self._live: dict[int, dict[Key, _Minute]] = {}  # minute (epoch // 60) -> key -> counts
         self.totals: dict[Key, _Total] = {}
 
@@ -164,6 +170,17 @@ class EndpointStats:
         """Append finished minutes (all of them with `everything`, at shutdown) to the day's file."""
         current = int((now if now is not None else time.time()) // 60)
         done = sorted(m for m in self._live if everything or m < current)
+        if done and self.catalog_url:
+            from registry.catalog import EndpointStatMinute
+
+            rows = [EndpointStatMinute(minute=minute, endpoint=endpoint, stage=stage, model=model,
+                                       counts=counts.as_dict())
+                    for minute in done for (endpoint, stage, model), counts in self._live[minute].items()]
+            with self._catalog_db().session() as s:
+                s.add_all(rows)
+            for minute in done:
+                self._live.pop(minute)
+            return len(rows)
         if not done or self.folder is None:
             for m in done:
                 self._live.pop(m)
@@ -180,7 +197,23 @@ class EndpointStats:
                     written += 1
         return written
 
+    def _catalog_db(self):
+        if self._catalog is None:
+            from registry.catalog import Catalog
+
+            self._catalog = Catalog(self.catalog_url)  # type: ignore[arg-type]
+        return self._catalog
+
     def _stored(self, first: int, last: int):
+        if self.catalog_url:
+            from sqlalchemy import select
+
+            from registry.catalog import EndpointStatMinute as Row
+
+            with self._catalog_db().session() as s:
+                for r in s.scalars(select(Row).where(Row.minute >= first, Row.minute <= last)):
+                    yield {"minute": r.minute, "endpoint": r.endpoint, "stage": r.stage, "model": r.model, **r.counts}
+            return
         if self.folder is None or not self.folder.is_dir():
             return
         days = {datetime.fromtimestamp(m * 60, timezone.utc).strftime("%Y-%m-%d") for m in (first, last)}

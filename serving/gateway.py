@@ -73,7 +73,7 @@ class Gateway:
         self.endpoints: dict[str, dict[str, Any]] = {}
         self.replicas: dict[str, Tracked] = {}  # url -> its health and connections
         self.draining: dict[str, Tracked] = {}  # key -> a replica out of routing with requests still on it
-        self.stats = EndpointStats(self.home / "endpoints" / "stats")
+        self.stats = EndpointStats(self.home / "endpoints" / "stats", catalog_url)  # the catalog's, when it has one
         self.in_flight = 0
         self.started = time.time()
         self._routes: dict[str, Any] = {}

@@ -60,3 +60,18 @@ def test_totals_for_prometheus_read_back_by_its_own_parser():
     assert families["mlyard_gateway_in_flight"].samples[0].value == 2
     canary = [s for s in families["mlyard_gateway_requests"].samples if s.labels["stage"] == "canary"]
     assert [s.value for s in canary] == [1]
+
+
+def test_gateway_replicas_add_to_one_record_in_the_catalog(tmp_path):
+    """A stateless gateway: two replicas flush their minutes to the catalog; any reader merges them."""
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    a, b = EndpointStats(None, url), EndpointStats(None, url)
+    t0 = 1_800_000_000.0
+    for i in range(30):
+        a.record(("fraud", "default", "clf"), 10.0, False, format_classes({"cat": [1, 0.8, 1]}), now=t0 + i)
+        b.record(("fraud", "default", "clf"), 30.0, i < 3, format_classes({"dog": [1, 0.6, 1]}), now=t0 + i)
+    assert a.flush(now=t0 + 120) == 1 and b.flush(now=t0 + 120) == 1
+    row = EndpointStats(None, url).query(t0 - 60, t0 + 120, endpoint="fraud")["stats"][0]
+    assert (row["calls"], row["failures"]) == (60, 3) and row["predictions"] == {"cat": 30, "dog": 30}
+    assert abs(row["latency_ms"]["mean"] - 20.0) < 1e-9
+    assert not list((tmp_path).glob("*.jsonl")), "nothing under a home"
