@@ -163,7 +163,8 @@ def check_gpu_slots(spec: Any, settings: Settings) -> None:
 
     resources, field = _resources(spec)
     if resources is not None and resources.gpu_count:
-        gpu_slots.check(f"{field}.gpu_count", resources.gpu_count, settings)
+        training = spec.training if getattr(spec, "training", None) is not None else spec
+        gpu_slots.check(f"{field}.gpu_count", resources.gpu_count, settings, getattr(training, "nodes", 1))
 
 
 def check_cluster(spec: Any) -> None:

@@ -37,13 +37,15 @@ def slots(settings: Settings) -> int:
     return settings.gpu_slots if settings.gpu_slots is not None else machine_gpus()
 
 
-def check(field: str, gpu_count: int, settings: Settings) -> None:
-    """Refuse more GPUs than this machine has slots for (when it has any: without GPUs, gpu_count is
-    what the spec asks of a Kubernetes pool and is not enforced here)."""
+def check(field: str, gpu_count: int, settings: Settings, nodes: int = 1) -> None:
+    """Refuse more GPUs than this machine has slots for, `nodes` node processes asking `gpu_count` each
+    (when it has any: without GPUs, gpu_count is what the spec asks of a Kubernetes pool and is not
+    enforced here)."""
     total = slots(settings)
-    if total and gpu_count > total:
-        raise SpecError(field, gpu_count, f"at most {total}: this machine has {total} GPU slot(s) (settings "
-                        "gpu_slots); more runs on the gpu pool (--submit --pool gpu)")
+    if total and gpu_count * nodes > total:
+        per = f" per node for {nodes} nodes" if nodes > 1 else ""
+        raise SpecError(field, gpu_count, f"at most {total // nodes}{per}: this machine has {total} GPU slot(s) "
+                        "(settings gpu_slots); more runs on the gpu pool (--submit --pool gpu)")
 
 
 def ensure_limit(total: int) -> None:
@@ -69,7 +71,7 @@ def holding(gpu_count: int, settings: Settings, say: Callable[[str], None]) -> I
         return
     from prefect.concurrency.sync import concurrency
 
-    check("resources.gpu_count", gpu_count, settings)
+    check("resources.gpu_count", gpu_count, settings)  # the nodes' total: the caller's product
     ensure_limit(total)
     said: list[bool] = []
 

@@ -92,7 +92,7 @@ def launch(spec: TrainingSpec, dirs: Workdirs, python: str, region: str, engine_
     from core.settings import Settings
     from tasks.gpu_slots import holding
 
-    with holding(spec.resources.gpu_count, Settings(), say=_sayer()):
+    with holding(spec.resources.gpu_count * spec.nodes, Settings(), say=_sayer()):  # every node here
         return run_script(spec, dirs, python, region, {**os.environ, **engine_env}, log_path,
                           metric_sink=lambda batch: tracking.log_metrics(run_id, batch),
                           should_stop=should_stop, on_line=on_line, echo=echo)
