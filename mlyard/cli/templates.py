@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 import yaml
 
-from mlyard.cli.common import JSON, SETS, ask, emit, guard, out, parse_sets, platform, typer_app
+from mlyard.cli.common import JSON, SETS, ask, emit, guard, out, parse_sets, templates, typer_app
 
 app = typer_app("Saved training specs to start trainings from.")
 
@@ -28,7 +28,7 @@ def templates_create(name: str, file: Path = typer.Option(..., "-f", "--file", h
         from core.specs import TrainingSpec
         from mlyard.api import load
 
-        return platform().templates.create(name, load(TrainingSpec, file).resolved(Path.cwd()), description)
+        return templates().create(name, load(TrainingSpec, file).resolved(Path.cwd()), description)
 
     emit(_brief(guard(go).as_dict()), as_json)
 
@@ -57,11 +57,11 @@ def templates_show(name: str, as_json: bool = JSON) -> None:
 @app.command("copy")
 def templates_copy(name: str, new_name: str, sets: Optional[list[str]] = SETS, as_json: bool = JSON) -> None:
     """Copy a template under a new name (with optional overrides)."""
-    emit(_brief(guard(lambda: platform().templates.copy(name, new_name, parse_sets(sets))).as_dict()), as_json)
+    emit(_brief(guard(lambda: templates().copy(name, new_name, parse_sets(sets))).as_dict()), as_json)
 
 
 @app.command("delete")
 def templates_delete(name: str) -> None:
     """Delete a template."""
-    guard(lambda: platform().templates.delete(name))
+    guard(lambda: templates().delete(name))
     out.print(f"deleted template {name}")

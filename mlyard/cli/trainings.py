@@ -17,9 +17,9 @@ from mlyard.cli.common import (
     copied,
     emit,
     guard,
-    platform,
     run_or_submit,
     stop,
+    templates,
     typer_app,
 )
 
@@ -41,7 +41,7 @@ def train(
             import yaml
 
             extra = yaml.safe_load(file.read_text()) if file else {}
-            spec = platform().templates.spec_for(template, extra or {})
+            spec = templates().spec_for(template, extra or {})
         elif file is None:
             raise SpecError("-f", None, "a training spec file (-f train.yaml) or --template NAME")
         else:
