@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import tempfile
+from pathlib import Path
 
 from core.errors import MlyardError, TrainingFailed
 from core.settings import Settings, apply_engine_env, require_shared_stores
@@ -42,8 +43,6 @@ def main() -> int:
     settings.runs_dir.mkdir(parents=True, exist_ok=True)
     scratch = tempfile.mkdtemp(prefix=f"node-{index}.", dir=settings.runs_dir)
     try:
-        from pathlib import Path
-
         inputs = stage_inputs(storage, spec, Path(scratch), stage=Storage.stage_in)  # no task runs outside a flow run
         python = requirements_env(inputs.source, settings.envs_dir)
         dirs = inputs.workdirs(Path(scratch))
