@@ -1,6 +1,7 @@
 """An endpoint stage on Kubernetes, as manifests: each stage resource is a Deployment (the mlyard model
-server on the resource's model version), a Service and, when its pod autoscaler is on, a
-HorizontalPodAutoscaler whose target is the resource's CPU or memory threshold. The stage's node
+server on the resource's model version), a Service, a NetworkPolicy admitting only the gateway's pods
+and, when its pod autoscaler is on, a HorizontalPodAutoscaler whose target is the resource's CPU or
+memory threshold. The stage's node
 autoscaler settings become cluster-autoscaler annotations for its node pool.
 
 The manifests come from the templates in `infra/endpoint/` and are checked against the Kubernetes
@@ -79,6 +80,7 @@ def render_stage(view: dict[str, Any], stage: str, *, image: str = DEFAULT_IMAGE
         }
         out.append(yaml.safe_load(env.get_template("deployment.yaml.j2").render(context)))
         out.append(yaml.safe_load(env.get_template("service.yaml.j2").render(context)))
+        out.append(yaml.safe_load(env.get_template("networkpolicy.yaml.j2").render(context)))
         if res["pod_autoscaler"].get("enabled"):
             out.append(yaml.safe_load(env.get_template("hpa.yaml.j2").render(context)))
     return out
@@ -118,6 +120,7 @@ _KINDS = {  # kind -> (API class, the method names' stem)
     "Deployment": ("AppsV1Api", "deployment"),
     "Service": ("CoreV1Api", "service"),
     "HorizontalPodAutoscaler": ("AutoscalingV2Api", "horizontal_pod_autoscaler"),
+    "NetworkPolicy": ("NetworkingV1Api", "network_policy"),
 }
 
 

@@ -33,9 +33,15 @@ def test_a_stage_renders_to_valid_deployments_services_and_an_hpa(view):
     kinds = [(m["kind"], m["metadata"]["name"]) for m in manifests]
     first, second = (r["id"] for r in view["stages"][0]["resources"])
     assert kinds == [("Deployment", f"iris-api-default-r{first}"), ("Service", f"iris-api-default-r{first}"),
+                     ("NetworkPolicy", f"iris-api-default-r{first}"),
                      ("HorizontalPodAutoscaler", f"iris-api-default-r{first}"),
-                     ("Deployment", f"iris-api-default-r{second}"), ("Service", f"iris-api-default-r{second}")]
-    iris, _, hpa, bert, _ = manifests
+                     ("Deployment", f"iris-api-default-r{second}"), ("Service", f"iris-api-default-r{second}"),
+                     ("NetworkPolicy", f"iris-api-default-r{second}")]
+    iris, _, policy, hpa, bert, _, _ = manifests
+    # only the gateway's pods reach the replicas, on their serving port
+    assert policy["spec"]["podSelector"]["matchLabels"] == iris["spec"]["selector"]["matchLabels"]
+    assert policy["spec"]["ingress"] == [{"from": [{"podSelector": {"matchLabels": {
+        "app.kubernetes.io/name": "gateway"}}}], "ports": [{"protocol": "TCP", "port": "http"}]}]
     container = iris["spec"]["template"]["spec"]["containers"][0]
     assert container["args"][:3] == ["mlyard", "serve", "models:/iris/2"]
     assert container["resources"]["limits"] == {"cpu": "500m", "memory": "512Mi"}
@@ -88,12 +94,13 @@ def test_applying_a_stage_creates_then_changes_nothing_and_prunes_against_an_api
         first = k8s.apply_stage(api, manifests, "mlyard", "iris-api", "default")
         names = [f"{m['kind']}/{m['metadata']['name']}" for m in manifests]
         assert first == {"created": names, "changed": [], "unchanged": [], "deleted": []}
-        assert len(kube.objects) == 5
+        assert len(kube.objects) == 7
         rv = {k: o["metadata"]["resourceVersion"] for k, o in kube.objects.items()}
         again = k8s.apply_stage(api, manifests, "mlyard", "iris-api", "default")  # the same again: nothing changes
         assert again == {"created": [], "changed": [], "unchanged": names, "deleted": []}
         assert {k: o["metadata"]["resourceVersion"] for k, o in kube.objects.items()} == rv
-        bert = kube.get("Deployment", "mlyard", manifests[3]["metadata"]["name"])["spec"]["template"]["spec"]
+        bert_name = [m for m in manifests if m["kind"] == "Deployment"][1]["metadata"]["name"]
+        bert = kube.get("Deployment", "mlyard", bert_name)["spec"]["template"]["spec"]
         assert bert["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
         assert bert["imagePullSecrets"] == [{"name": "regcred"}]
         without_hpa = [m for m in manifests if m["kind"] != "HorizontalPodAutoscaler"]  # the autoscaler turned off
