@@ -683,7 +683,10 @@ class Kubelet:
                 succeeded = len(codes) - failed
                 done = failed > 0 or succeeded == count
                 status = {"succeeded": succeeded, "failed": failed, "active": 0 if done else count - len(codes)}
-                if done and "conditions" not in (self.api.objects.get(("Job", ns, name)) or {}).get("status", {}):
+                before = (self.api.objects.get(("Job", ns, name)) or {}).get("status", {})
+                if "conditions" in before:  # decided by an earlier pod: the Job's end stays as it was
+                    status.update(conditions=before["conditions"], completionTime=before.get("completionTime"))
+                elif done:
                     status.update(conditions=[{"type": "Complete" if not failed else "Failed", "status": "True",
                                                "lastTransitionTime": _now()}], completionTime=_now())
                     if failed:
