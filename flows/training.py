@@ -109,13 +109,13 @@ def _on_nodes(p: Platform, spec: TrainingSpec, training_id: str) -> TrainingResu
     try:
         script = run_nodes(spec, training_id, run_id, p.tracking, p.settings.kube_namespace, cancel_watch(training_id))
     except TrainingStopped as stop:
-        close_run(p.tracking, run_id, "KILLED", p.settings.runs_dir / LOG_NAME, f"STOPPED: {stop.reason}")
+        close_run(p.tracking, run_id, "KILLED", None, f"STOPPED: {stop.reason}")
         logger.warning("training stopped: %s", stop.reason)
         return Cancelled(message=f"STOPPED: {stop.reason}")  # type: ignore[return-value]
     except BaseException as exc:
-        close_run(p.tracking, run_id, "FAILED", p.settings.runs_dir / LOG_NAME, f"FAIL TRAIN: {exc}")
+        close_run(p.tracking, run_id, "FAILED", None, f"FAIL TRAIN: {exc}")
         raise
-    close_run(p.tracking, run_id, "FINISHED", p.settings.runs_dir / LOG_NAME, None)
+    close_run(p.tracking, run_id, "FINISHED", None, None)
     logger.info("training %s COMPLETE on %d nodes in %.1f s (MLflow run %s)", spec.name, spec.nodes, script.seconds,
                 run_id)
     return TrainingResult(training_id=training_id, run_id=run_id, experiment=spec.experiment,

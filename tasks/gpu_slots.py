@@ -65,8 +65,8 @@ def ensure_limit(total: int) -> None:
 def holding(gpu_count: int, settings: Settings, say: Callable[[str], None]) -> Iterator[None]:
     """Hold `gpu_count` GPU slots for the block: nothing to hold on a Kubernetes pod, for no GPUs, or on a
     machine without GPU slots. A taker that will have to wait says so, with what it waits for."""
-    total = slots(settings)
-    if gpu_count == 0 or total == 0 or in_kubernetes_pod():
+    total = slots(settings) if gpu_count and not in_kubernetes_pod() else 0  # nvidia-smi only when it matters
+    if total == 0:
         yield
         return
     from prefect.concurrency.sync import concurrency

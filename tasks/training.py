@@ -145,11 +145,12 @@ def save_outputs(storage: Storage, tracking: Tracking, spec: TrainingSpec, dirs:
     return model_uri
 
 
-def close_run(tracking: Tracking, run_id: str, status: Literal["FINISHED", "FAILED", "KILLED"], log_path: Path, reason: str | None,
-              tags: Mapping[str, str] | None = None) -> None:
-    """End the MLflow run: the script's log as an artifact, the reason of a failure or stop as a tag."""
+def close_run(tracking: Tracking, run_id: str, status: Literal["FINISHED", "FAILED", "KILLED"], log_path: Path | None,
+              reason: str | None, tags: Mapping[str, str] | None = None) -> None:
+    """End the MLflow run: the script's log as an artifact (None: the nodes logged theirs), the reason of a
+    failure or stop as a tag."""
     try:
-        if log_path.exists():
+        if log_path is not None and log_path.exists():
             tracking.log_artifact(run_id, log_path, "logs")
         extra = {**(tags or {}), **({TAG_STATUS_REASON: reason[:5000]} if reason else {})}
         if extra:

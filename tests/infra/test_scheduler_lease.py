@@ -150,14 +150,10 @@ def test_one_replica_leads_and_another_takes_over_within_30_s(stack, tmp_path):
     finally:
         stop.set()
         finisher.join(10)
+        from tasks.processes import stop_group
+
         for proc in procs.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+            stop_group(proc, 15)
         api.close()
 
 
