@@ -64,6 +64,11 @@ class Settings(BaseSettings):
         "e.g. registry.example/mlyard:0.1.0. `mlyard up` renders the gpu deployments with it.")
     kube_namespace: str = Field(default="mlyard", description="Kubernetes namespace of endpoint Deployments, "
                                 "Services and HPAs.")
+    kube_service_url: str = Field(
+        default="http://{service}.{namespace}.svc.cluster.local:{port}",
+        description="How the gateway reaches a stage resource's Service on the cluster: {service}, {namespace}, "
+        "{port} and {cluster_ip} are filled in when the stage is routed. The default is the Service's cluster DNS "
+        "name; a gateway outside the cluster's DNS can use http://{cluster_ip}:{port}.")
     kueue_queue: str | None = Field(
         default=None, description="On a cluster with Kueue: the LocalQueue the gpu pool's Jobs are labelled for, so "
         "that Kueue admits them against the GPU quota (trials wait for quota, not for nodes).")

@@ -39,7 +39,8 @@ from tasks.endpoints import (
     RoutingFailed,
     kube_apply,
     kube_delete,
-    kube_replicas,
+    kube_route,
+    kube_unroute,
     kube_wait_ready,
     local_replicas,
     route,
@@ -105,10 +106,11 @@ def with_urls(p: Platform, eps: Endpoints, name: str) -> EndpointResult:
     return EndpointResult(**view, urls=urls(gateway_url(p.settings), view, code_kinds(p.models, view)))
 
 
-def teardown(home, gw: str, endpoint: str, st: dict[str, Any]) -> None:
+def teardown(home, gw: str, endpoint: str, st: dict[str, Any], eps: Endpoints) -> None:
     """Take a stage out of routing and end what runs it: local replicas, or its Kubernetes objects."""
     stop_replicas(home, gw, stage_keys(home, endpoint, st["name"]))
     if st["instance_type"] != LOCAL:
+        kube_unroute(eps, gw, eps.get(endpoint), st["name"])
         kube_delete(endpoint, st["name"], st["instance_type"])
 
 
@@ -142,7 +144,7 @@ def deploy_stage(p: Platform, eps: Endpoints, endpoint: str, stage: str, creatin
             logger.info("applied %s", ", ".join(f"{m['kind']}/{m['metadata']['name']}" for m in manifests))
             eps.set_status(endpoint, "DEPLOY IN PROGRESS", stage)
             kube_wait_ready(st["instance_type"], manifests)
-            keys = start_replicas(home, kube_replicas(view, stage, manifests))
+            keys = kube_route(eps, view, stage, manifests)
         # 5. Routing.
         eps.set_status(endpoint, "DEPLOY IN PROGRESS", stage, gateway_status="STAGE DEPLOYING")
         route(home, gw, endpoint, stage, keys)
@@ -154,7 +156,7 @@ def deploy_stage(p: Platform, eps: Endpoints, endpoint: str, stage: str, creatin
     except BaseException as exc:
         # 6. Roll back: no replica outlives a failed deploy.
         logger.error("deploying %s/%s failed, rolling back: %s", endpoint, stage, exc)
-        teardown(home, gw, endpoint, st)
+        teardown(home, gw, endpoint, st, eps)
         reason = str(exc)[:2000]
         gateway_status = "STAGE DEPLOY FAIL" if isinstance(exc, RoutingFailed) else None
         for r in st["resources"]:

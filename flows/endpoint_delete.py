@@ -31,11 +31,11 @@ def delete_endpoint(spec: DeletionSpec) -> DeletionResult:
     stages = {s["name"]: s for s in eps.get(spec.endpoint)["stages"]}
     if spec.stage is not None:
         eps.set_status(spec.endpoint, "DELETE IN PROGRESS", spec.stage)
-        teardown(home, gw, spec.endpoint, stages[spec.stage])
+        teardown(home, gw, spec.endpoint, stages[spec.stage], eps)
         eps.delete_stage(spec.endpoint, spec.stage)
         return DeletionResult(deleted=f"{spec.endpoint}/{spec.stage}")
     eps.set_status(spec.endpoint, "DELETE IN PROGRESS")
     for st in stages.values():
-        teardown(home, gw, spec.endpoint, st)
+        teardown(home, gw, spec.endpoint, st, eps)
     eps.delete(spec.endpoint)
     return DeletionResult(deleted=spec.endpoint)

@@ -48,7 +48,7 @@ def promote_stage(spec: PromotionSpec) -> EndpointResult:
     if left:
         logger.warning("%d request(s) still outstanding on %s/%s after the drain timeout", left, spec.endpoint, old)
     eps.set_status(spec.endpoint, "DELETE IN PROGRESS", old)
-    teardown(home, gw, spec.endpoint, next(s for s in eps.get(spec.endpoint)["stages"] if s["name"] == old))
+    teardown(home, gw, spec.endpoint, next(s for s in eps.get(spec.endpoint)["stages"] if s["name"] == old), eps)
     eps.delete_stage(spec.endpoint, old, replaced=True)
     logger.info("deleted the old default stage %s/%s", spec.endpoint, old)
     return with_urls(p, eps, spec.endpoint)

@@ -39,7 +39,7 @@ def retry_stage(spec: PromotionSpec) -> EndpointResult:
         raise NotFound(f"{spec.endpoint}/{spec.stage}")
     home, gw = p.settings.home_dir, gateway_url(p.settings)
     if st["status"] == "ACTIVE":
-        keys = stage_keys(home, spec.endpoint, spec.stage)
+        keys = stage_keys(home, spec.endpoint, spec.stage, view)
         try:
             route(home, gw, spec.endpoint, spec.stage, keys)
             eps.set_status(spec.endpoint, "ACTIVE", spec.stage, gateway_status="ACTIVE")

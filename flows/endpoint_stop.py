@@ -35,7 +35,7 @@ def stop_stage(spec: PromotionSpec) -> EndpointResult:
     if st is None or st["status"] != "ACTIVE":
         raise Protected(f"stage {spec.endpoint}/{spec.stage} is {st['status'] if st else 'missing'}; only an ACTIVE "
                         "stage is stopped")
-    teardown(home, gw, spec.endpoint, st)
+    teardown(home, gw, spec.endpoint, st, eps)
     for r in st["resources"]:
         eps.set_status(spec.endpoint, "STOPPED", spec.stage, r["id"])
     eps.set_status(spec.endpoint, "STOPPED", spec.stage, reason="stopped; start it again with `mlyard servers start`",

@@ -113,6 +113,8 @@ class StageResource(Base):
     gpu: Mapped[int] = mapped_column(Integer, default=0)
     pods: Mapped[int] = mapped_column(Integer, default=1)
     pod_autoscaler: Mapped[dict] = mapped_column(JSON, default=dict)
+    # on a cluster, where the gateway reaches it (its Service) once it is routed; None: not routed there
+    service_url: Mapped[str | None] = mapped_column(String(512), nullable=True, default=None)
     status: Mapped[str] = mapped_column(String(32), default="CREATE REQUESTED")
     reason: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -111,6 +111,7 @@ def endpoint_view(ep: Endpoint) -> dict[str, Any]:
                         "max_replicas": st.max_replicas,
                         "resources": [{"id": r.id, "model": f"{r.model_name}/{r.model_version}", "status": r.status,
                                        "description": r.description, "cpu": r.cpu, "memory": r.memory, "gpu": r.gpu,
-                                       "pods": r.pods, "pod_autoscaler": r.pod_autoscaler, "reason": r.reason}
+                                       "pods": r.pods, "pod_autoscaler": r.pod_autoscaler, "reason": r.reason,
+                                       "service_url": r.service_url}
                                       for r in st.resources]}
                        for st in ep.stages]}

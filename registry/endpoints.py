@@ -165,6 +165,15 @@ class Endpoints:
                 end_history(s, ep.name, st.name, [res], status.lower())
             res.status, res.reason = status, reason
 
+    def set_service_urls(self, endpoint: str, stage: str, urls: dict[int, str | None]) -> None:
+        """Route a cluster-run stage's resources to these URLs (their Services), or, with None, take
+        them out of every gateway replica's routing."""
+        with self.catalog.session() as s:
+            st = stage_of(get_endpoint(s, endpoint), stage)
+            for r in st.resources:
+                if r.id in urls:
+                    r.service_url = urls[r.id]
+
     # -- changing the default stage ---------------------------------------------------------------
 
     def promote(self, endpoint: str, stage: str) -> str | None:
@@ -282,13 +291,17 @@ class Endpoints:
 
     def routing(self) -> dict[str, dict[str, Any]]:
         """What the gateway needs of every endpoint, read in one go: whether it is public, its default
-        stage, its stages, and its tokens as digest -> (expiry as epoch seconds, revoked)."""
+        stage, its stages (with the routed Services of those that run on a cluster, resource id -> (model,
+        URL)), and its tokens as digest -> (expiry as epoch seconds, revoked)."""
         with self.catalog.session() as s:
             return {ep.name: {"id": ep.id, "public": ep.public,
                               "default": next((st.name for st in ep.stages if st.is_default), None),
                               "stages": {st.name: {"id": st.id, "status": st.status,
                                                    "rules": st.autoscaling_rules or [],
-                                                   "max_replicas": st.max_replicas} for st in ep.stages},
+                                                   "max_replicas": st.max_replicas,
+                                                   "services": {r.id: (r.model_name, r.service_url)
+                                                                for r in st.resources if r.service_url}}
+                                         for st in ep.stages},
                               "tokens": {t.digest: (_aware(t.expires_at).timestamp(), t.revoked_at is not None)
                                          for t in ep.tokens}}
                     for ep in s.scalars(select(Endpoint))}

@@ -20,8 +20,8 @@ connection, or resets or closes it before answering (as a killed one does), is t
 at once and the request goes to another one (inference requests have no side effects); it comes back
 when a health probe passes.
 
-Every second (and on /mlyard/reload) it reads the catalog (endpoints, default stages, tokens) and the
-replica files (tasks/replicas.py); each replica is probed with Backend.AI's health-check semantics
+Every second (and on /mlyard/reload) it reads the catalog (endpoints, default stages, tokens, and the
+Services of stages on a cluster) and the local replica files (tasks/replicas.py); each replica is probed with Backend.AI's health-check semantics
 (serving/health.py): UNHEALTHY replicas leave routing, HEALTHY ones return.
 """
 
@@ -96,7 +96,7 @@ class Gateway:
             from registry.rags import Rags
 
             endpoints.update(Rags(self._endpoints_api.catalog).routing(endpoints))
-        return endpoints, files.wanted(self.home), files.states(self.home)
+        return endpoints, files.wanted(self.home) + files.on_cluster(endpoints), files.states(self.home)
 
     async def refresh(self) -> None:
         if self._refresh_lock is None:

@@ -4,7 +4,8 @@ healthy, put them into the gateway's routing, drain and stop them, and roll back
 Locally a stage resource's replicas are `mlyard serve` processes that the supervisor of `mlyard up`
 runs (tasks/replicas.py); the gateway routes to them once they are marked `routed` and it has reloaded.
 On Kubernetes (any instance type other than `local`) a stage resource is a Deployment, a Service and
-an HPA (tasks/kubernetes.py), routed through its Service. Arguments are narrow: names, ids, keys.
+an HPA (tasks/kubernetes.py), routed through its Service, whose URL the catalog holds for every
+gateway replica. Arguments are narrow: names, ids, keys.
 """
 
 from __future__ import annotations
@@ -156,15 +157,47 @@ def kube_wait_ready(instance_type: str, manifests: list[dict[str, Any]], timeout
             time.sleep(2.0)
 
 
-def kube_replicas(view: dict[str, Any], stage: str, manifests: list[dict[str, Any]]) -> list[files.Wanted]:
-    """One routed entry per stage resource: its Service, which spreads requests over the pods."""
+@task(name="route-services", cache_policy=NO_CACHE)
+def kube_route(endpoints: Endpoints, view: dict[str, Any], stage: str, manifests: list[dict[str, Any]]) -> list[str]:
+    """Record in the catalog where the gateway reaches each stage resource, its Service (every gateway
+    replica reads it there); the keys under which the gateway routes them."""
     st = next(s for s in view["stages"] if s["name"] == stage)
-    services = {m["metadata"]["labels"].get("mlyard.io/resource"): m["metadata"]["name"]
-                for m in manifests if m["kind"] == "Service"}
-    return [files.Wanted(key=files.key_of(view["name"], stage, r["id"], 0), endpoint=view["name"], stage=stage,
-                         resource_id=r["id"], index=0, model=r["model"].rsplit("/", 1)[0], argv=[],
-                         url=f"http://{services[str(r['id'])]}.{namespace()}.svc.cluster.local:80")
-            for r in st["resources"]]
+    services = {m["metadata"]["labels"].get("mlyard.io/resource"): m for m in manifests if m["kind"] == "Service"}
+    template = Settings().kube_service_url
+    urls: dict[int, str | None] = {}
+    for r in st["resources"]:
+        svc = services[str(r["id"])]
+        name, port = svc["metadata"]["name"], svc["spec"]["ports"][0]["port"]
+        cluster_ip = _cluster_ip(st["instance_type"], name) if "{cluster_ip}" in template else ""
+        urls[r["id"]] = template.format(service=name, namespace=namespace(), port=port, cluster_ip=cluster_ip)
+    endpoints.set_service_urls(view["name"], stage, urls)
+    return [files.key_of(view["name"], stage, rid, 0) for rid in urls]
+
+
+def _cluster_ip(instance_type: str, service: str) -> str:
+    from kubernetes import client
+
+    from tasks.kubernetes import cluster_client
+
+    ip = client.CoreV1Api(cluster_client("stage.instance_type", instance_type)).read_namespaced_service(
+        service, namespace()).spec.cluster_ip
+    if not ip or ip == "None":
+        raise RoutingFailed(f"the Service {service} has no cluster IP for kube_service_url to use")
+    return ip
+
+
+@task(name="unroute-services", cache_policy=NO_CACHE)
+def kube_unroute(endpoints: Endpoints, gateway_url: str | None, view: dict[str, Any], stage: str) -> None:
+    """Take a cluster-run stage's Services out of the catalog's routing and tell the gateway."""
+    st = next(s for s in view["stages"] if s["name"] == stage)
+    if not any(r.get("service_url") for r in st["resources"]):
+        return
+    endpoints.set_service_urls(view["name"], stage, {r["id"]: None for r in st["resources"]})
+    if gateway_url is not None:
+        try:
+            gateway(gateway_url, "/mlyard/reload", "POST")
+        except RoutingFailed:
+            pass  # no gateway answers: every replica reads the catalog again within a second
 
 
 @task(name="delete-manifests", cache_policy=NO_CACHE)
@@ -242,8 +275,12 @@ def stop_replicas(home: Path, gateway_url: str | None, keys: list[str], wait: bo
         files.wait_stopped(home, keys)
 
 
-def stage_keys(home: Path, endpoint: str, stage: str) -> list[str]:
-    return [w.key for w in files.of_stage(home, endpoint, stage)]
+def stage_keys(home: Path, endpoint: str, stage: str, view: dict[str, Any] | None = None) -> list[str]:
+    """The keys the gateway routes a stage under: its local replicas, and (given the endpoint's view)
+    the Services of its resources on a cluster."""
+    services = [files.key_of(endpoint, stage, r["id"], 0) for st in (view or {}).get("stages", [])
+                if st["name"] == stage for r in st["resources"] if r.get("service_url")]
+    return [w.key for w in files.of_stage(home, endpoint, stage)] + services
 
 
 def supervisor_running(home: Path) -> bool:

@@ -82,6 +82,15 @@ def key_of(endpoint: str, stage: str, resource_id: int, index: int) -> str:
     return f"{endpoint}.{stage}.{resource_id}.{index}"
 
 
+def on_cluster(endpoints: dict[str, dict[str, Any]]) -> list[Wanted]:
+    """The routed Services of stages that run on a cluster, from the catalog's routing table
+    (`Endpoints.routing`): every gateway replica reads the same rows, so none needs files under a home."""
+    return [Wanted(key=key_of(name, stage, rid, 0), endpoint=name, stage=stage, resource_id=rid, index=0,
+                   model=model, argv=[], routed=True, url=url)
+            for name, ep in endpoints.items() for stage, st in ep["stages"].items()
+            for rid, (model, url) in st.get("services", {}).items()]
+
+
 def _write(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -9,7 +9,8 @@ apply-patch+yaml`, `fieldManager`, `force`) with field ownership in `managedFiel
 and no new resourceVersion when nothing changed; the `status`, `scale` and `log` subresources; delete
 with `ownerReferences` cascading. Errors are `Status` objects with the API server's reasons.
 
-Not emulated: admission, defaulting, validation (the tests validate with kubernetes-validate),
+Defaulted as the API server does: a Service's `spec.clusterIP`, from a network the test chooses.
+Not emulated: admission, other defaulting, validation (the tests validate with kubernetes-validate),
 controllers. Tests play the controllers and the kubelet themselves (`set_status`, `logs`).
 
 Field ownership is tracked per leaf path; lists are atomic, except those the API server merges by key
@@ -20,6 +21,7 @@ enough to tell who owns `spec.replicas` and whether an apply changed anything.
 from __future__ import annotations
 
 import copy
+import ipaddress
 import json
 import random
 import string
@@ -144,7 +146,11 @@ _MISSING = object()
 class KubeApi:
     """The emulator. `url` is its address; `objects` maps (kind, namespace, name) to the stored object."""
 
-    def __init__(self) -> None:
+    def __init__(self, service_ips: str = "10.96.0.0/16") -> None:
+        # a Service's cluster IP comes from this network, as the apiserver's --service-cluster-ip-range gives
+        # them; a test that plays kube-proxy passes a loopback one (127.x.0.0/16) to reach them here
+        self._service_ips = ipaddress.ip_network(service_ips).hosts()
+        next(self._service_ips)  # .1 is the `kubernetes` Service's
         self.objects: dict[tuple[str, str, str], dict] = {}
         self.owners: dict[tuple[str, str, str], dict[str, set[tuple]]] = {}  # field manager -> its leaf paths
         self.pod_logs: dict[tuple[str, str], str] = {}  # (namespace, pod) -> text
@@ -439,6 +445,8 @@ class KubeApi:
         obj.update({"apiVersion": api_version, "kind": kind})
         obj["metadata"].update({"uid": str(uuid.uuid4()), "creationTimestamp": _now(), "generation": 1})
         self.owners[key] = {manager: set(leaves(self._config(obj)))}
+        if kind == "Service" and not obj.get("spec", {}).get("clusterIP"):  # the server's default: not owned
+            obj.setdefault("spec", {})["clusterIP"] = str(next(self._service_ips))
         self._managed(key, obj, {manager: "Update"})
         self.objects[key] = obj
         self._bump(kind, "ADDED", obj)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,22 @@ def _check_uri(field: str, uri: str) -> None:
         raise ValueError(exc.expected) from None
 
 
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The fields of the model found at `loc` inside `model` (through lists, dicts and optionals), so that an
+    unknown nested field is told what its own model allows."""
+    current: Any = model
+    for part in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            break
+        if isinstance(part, str) and part in current.model_fields:
+            current = current.model_fields[part].annotation
+        while not (isinstance(current, type) and issubclass(current, BaseModel)) and typing.get_args(current):
+            current = next((a for a in typing.get_args(current) if isinstance(a, type) and issubclass(a, BaseModel)),
+                           typing.get_args(current)[-1])
+    return list(current.model_fields) if isinstance(current, type) and issubclass(current, BaseModel) else \
+        list(model.model_fields)
+
+
 def load_spec(model: type[BaseModel], data: Any, source: str = "spec"):
     """Validate `data` as `model`, turning pydantic's report into one SpecError naming every bad field."""
     if not isinstance(data, dict):
@@ -67,7 +84,7 @@ def load_spec(model: type[BaseModel], data: Any, source: str = "spec"):
             loc = ".".join(str(p) for p in err["loc"]) or "(spec)"
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
-                msg = f"unknown field; allowed: {', '.join(model.model_fields)}"
+                msg = f"unknown field; allowed: {', '.join(_fields_at(model, err['loc'][:-1]))}"
             elif err["type"] == "missing":
                 msg = "is required"
             value = err.get("input")

@@ -429,8 +429,81 @@ def test_a_kubernetes_stage_is_applied_then_rolled_back(endpoint, settings, tmp_
         stage = api.show("kube")["stages"][0]
         assert stage["status"] == "CREATE FAILED" and stage["gateway_status"] == "STAGE DEPLOY FAIL", stage
         assert "svc.cluster.local" in stage["reason"]
+        assert stage["resources"][0]["service_url"] is None  # the rollback took its Service out of routing
         assert not [w for w in files.wanted(settings.home_dir) if w.endpoint == "kube"]
         api.delete("kube")
     finally:
         stop.set()
+        kube.close()
+
+
+def test_two_kubernetes_stages_route_through_their_services_and_promote(endpoint, settings, tmp_path, monkeypatch):
+    """An endpoint of two stages on the cluster (the API emulator of tests/kube_api.py; the test plays the
+    Deployment controller and kube-proxy, tests/kube_proxy.py, which forwards each Service's cluster IP to
+    one of `fraud`'s replicas: no cluster runs here). The catalog holds each resource's Service URL, the
+    gateway routes both stages through them, the HPA keeps `replicas` through a stage update and a
+    promotion, and the promotion deletes the old default's objects and routes."""
+    import random
+
+    from kube_api import KubeApi
+    from kube_proxy import ServingControllers
+
+    import mlyard.endpoints as api
+    from core.connection import gateway_url
+
+    gw = gateway_url(settings)
+    backend = routes(gw)["fraud"]["stages"]["default"][0]["url"].rsplit("//", 1)[1].split(":")
+    kube = KubeApi(service_ips=f"127.{random.randint(100, 250)}.0.0/16")
+    controllers = ServingControllers(kube, (backend[0], int(backend[1])))
+    monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig(tmp_path / "kubeconfig")))
+    monkeypatch.setenv("MLYARD_KUBE_SERVICE_URL", "http://{cluster_ip}:{port}")  # kube-proxy plays the DNS
+    hpa = {"enabled": True, "max_pods": 4}
+    try:
+        view = api.create({"name": "kube2", "public": True, "stage": {"instance_type": "g2-t4", "resources": [
+            {"model": "clf/1", "pods": 2, "pod_autoscaler": hpa}]}})
+        assert view["status"] == "ACTIVE", view
+        view = api.add_stage("kube2", {"name": "canary", "instance_type": "g2-t4", "resources": [
+            {"model": "clf@challenger", "pod_autoscaler": hpa}]})
+        stages = {st["name"]: st for st in view["stages"]}
+        default = next(n for n, st in stages.items() if st["default"])
+        # each resource's Service URL is in the catalog; the gateway routes each stage through it, healthy
+        deployments = {}
+        for name, st in stages.items():
+            (res,) = st["resources"]
+            svc = next(s for s in kube.items("Service") if s["metadata"]["labels"]["mlyard.io/resource"] == str(res["id"]))
+            assert res["service_url"] == f"http://{svc['spec']['clusterIP']}:80", res
+            assert [(r["url"], r["status"]) for r in routes(gw)["kube2"]["stages"][name]] == [(res["service_url"], "HEALTHY")]
+            deployments[name] = next(d["metadata"]["name"] for d in kube.items("Deployment")
+                                     if d["metadata"]["labels"]["mlyard.io/resource"] == str(res["id"]))
+        for name, url in ((default, view["urls"]["default"]["clf"]), ("canary", view["urls"]["stages"]["canary"]["clf"])):
+            service = next(s["metadata"]["name"] for s in kube.items("Service") if s["metadata"]["labels"]["mlyard.io/stage"] == name)
+            before = controllers.bytes_in[service]
+            status, body = call(url)
+            assert status == 200 and len(body["predictions"]) == 2, body
+            assert controllers.bytes_in[service] > before, f"{name}'s answer did not come through its Service"
+        # the HPA scales the canary; a retry of the ACTIVE stage routes it again and leaves that count alone
+        canary = deployments["canary"]
+        with kube._cond:  # as the HPA controller does: the scale subresource, under its own manager
+            kube._update(("Deployment", "mlyard", canary), {"spec": {"replicas": 3}}, "horizontal-pod-autoscaler",
+                         "scale")
+        api.retry("kube2", "canary")
+        assert kube.get("Deployment", "mlyard", canary)["spec"]["replicas"] == 3
+        assert kube.owner_of("Deployment", "mlyard", canary, "spec", "replicas") == ["horizontal-pod-autoscaler"]
+        # promotion: the canary takes the default route; the old default's objects and route are gone
+        promoted = api.promote("kube2", "canary")
+        assert [st["name"] for st in promoted["stages"]] == ["canary"] and promoted["stages"][0]["default"]
+        assert {d["metadata"]["name"] for d in kube.items("Deployment")} == {canary}
+        assert {o["metadata"]["labels"]["mlyard.io/stage"] for kind in ("Service", "HorizontalPodAutoscaler", "NetworkPolicy")
+                for o in kube.items(kind)} == {"canary"}
+        assert kube.get("Deployment", "mlyard", canary)["spec"]["replicas"] == 3
+        assert set(routes(gw)["kube2"]["stages"]) == {"canary"} and default not in routes(gw)["kube2"]["stages"]
+        status, body = call(promoted["urls"]["default"]["clf"])
+        assert status == 200, body
+        api.delete("kube2")
+        assert kube.objects == {} and "kube2" not in routes(gw)
+    finally:
+        if any(ep["name"] == "kube2" for ep in api.list_endpoints()):  # a failure above: clean up while the API runs
+            for st in sorted(api.show("kube2")["stages"], key=lambda st: st["default"]):
+                api.delete("kube2", None if st["default"] else st["name"])
+        controllers.close()
         kube.close()

@@ -80,10 +80,19 @@ def _run_seed_examples(url: str, rag: str, question: str, key: str | None = None
     assert streamed.returncode == 0 and streamed.stdout == answer + "\n", (streamed.stdout, answer, streamed.stderr)
 
 
+def _view(name: str) -> dict:
+    """The RAG as `mlyard rags show` gives it, read in this process: the waits below poll with it, since a
+    fresh `mlyard` process every half second would take a core from the flow run it waits for."""
+    from mlyard import rags
+
+    return rags.show(name)
+
+
 def _deployed(name: str, timeout: float = 180) -> dict:
     deadline = time.monotonic() + timeout
-    while (view := _json("rags", "show", name))["deploy_status"] == "DEPLOYING" and time.monotonic() < deadline:
-        time.sleep(1)
+    while _view(name)["deploy_status"] == "DEPLOYING" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    view = _json("rags", "show", name)  # the user's view, from a fresh process
     assert view["deploy_status"] == "COMPLETE", view
     return view
 
@@ -340,8 +349,8 @@ def test_faults_an_llm_that_is_down_and_a_database_that_goes_away_mid_sync(stack
     assert _json("rags", "create", "-f", str(spec))["status"] in ("CREATE REQUESTED", "CREATE IN PROGRESS")
     _one_line_error(mlyard("rags", "delete", "flaky"), "being created or deleted cannot be deleted")
     deadline = time.monotonic() + 180
-    while _json("rags", "show", "flaky")["status"] != "ACTIVE" and time.monotonic() < deadline:
-        time.sleep(1)
+    while _view("flaky")["status"] != "ACTIVE" and time.monotonic() < deadline:
+        time.sleep(0.5)
     _deployed("flaky")
     t0 = time.monotonic()
     line = _one_line_error(mlyard("rags", "query", "flaky", "What is the answer?"), "502", "cannot be reached")
@@ -354,12 +363,13 @@ def test_faults_an_llm_that_is_down_and_a_database_that_goes_away_mid_sync(stack
     quality.write(folder / "reference")  # 67 more documents, a few hundred chunks: long enough to cut into
     _json("rags", "sync", "flaky")
     deadline = time.monotonic() + 240
-    while (view := _json("rags", "show", "flaky"))["store"].get("documents", 0) < 10 and time.monotonic() < deadline:
+    while (view := _view("flaky"))["store"].get("documents", 0) < 10 and time.monotonic() < deadline:
         time.sleep(0.5)
     assert view["status"] == "UPDATE IN PROGRESS", view
     os.kill(stack.pids["postgres"], signal.SIGQUIT)  # PostgreSQL's immediate shutdown: the database goes away
-    while (view := _json("rags", "show", "flaky"))["status"] == "UPDATE IN PROGRESS" and time.monotonic() < deadline:
+    while _view("flaky")["status"] == "UPDATE IN PROGRESS" and time.monotonic() < deadline:
         time.sleep(0.5)
+    view = _json("rags", "show", "flaky")
     assert view["status"] == "UPDATE FAILED" and "vector store" in view["reason"], view
     assert _json("rags", "history", "flaky")[0]["state"] == "FAILED"
 
