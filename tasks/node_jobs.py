@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -168,7 +169,7 @@ def follow(api_client: Any, job: NodeJob, should_stop: Callable[[], str | None],
     from kubernetes import client
 
     core, batch = client.CoreV1Api(api_client), client.BatchV1Api(api_client)
-    start, shown = time.monotonic(), 0
+    start, relay = time.monotonic(), None
     while True:
         reason = should_stop()
         if reason:
@@ -177,8 +178,8 @@ def follow(api_client: Any, job: NodeJob, should_stop: Callable[[], str | None],
         status = batch.read_namespaced_job(job.name, job.namespace).status  # the Role grants jobs, not jobs/status
         pods = core.list_namespaced_pod(job.namespace, label_selector=f"{LABEL}={job.name}").items
         lead = next((p for p in pods if _index(p) == 0), None)
-        if lead is not None and (lead.status.phase or "Pending") != "Pending":
-            shown = _relay(core, lead, shown, on_line)
+        if relay is None and lead is not None and (lead.status.phase or "Pending") != "Pending":
+            relay = LogRelay(core, lead.metadata.name, job.namespace, on_line)
         failed = sorted((p for p in pods if p.status.phase == "Failed"), key=_first_failure)
         if failed or (status.failed or 0) > 0:
             if not failed:  # the Job counted it before we saw the pod: look again
@@ -191,8 +192,10 @@ def follow(api_client: Any, job: NodeJob, should_stop: Callable[[], str | None],
             raise TrainingFailed(f"the entry point failed (node {_index(first)} of {job.nodes}: {what})", code,
                                  [f"[node {_index(first)}] {line}" for line in tail])
         if (status.succeeded or 0) >= job.nodes:
-            if lead is not None:
-                _relay(core, lead, shown, on_line)
+            if relay is None and lead is not None:  # it ended between two looks: its whole log at once
+                relay = LogRelay(core, lead.metadata.name, job.namespace, on_line)
+            if relay is not None:
+                relay.join(timeout=30)  # node 0 ended: its log stream ends with its last lines
             return NodesEnded(time.monotonic() - start)
         time.sleep(poll_seconds)
 
@@ -240,12 +243,44 @@ def _log(core: Any, pod: Any, tail: int | None = None) -> str:
         return ""
 
 
-def _relay(core: Any, pod: Any, shown: int, on_line: Callable[[str], None]) -> int:
-    """Node 0's lines after the first `shown`; returns how many are shown now."""
-    lines = _log(core, pod).splitlines()
-    for line in lines[shown:]:
-        on_line(line)
-    return max(shown, len(lines))
+class LogRelay(threading.Thread):
+    """Node 0's log, followed as `kubectl logs -f` does (one stream the API server ends when the container
+    does), each line to `on_line` once. A stream cut while the pod still runs is opened again, skipping
+    the lines already relayed."""
+
+    def __init__(self, core: Any, pod: str, namespace: str, on_line: Callable[[str], None]):
+        super().__init__(name=f"log-{pod}", daemon=True)
+        self.core, self.pod, self.namespace, self.on_line = core, pod, namespace, on_line
+        self.shown = 0
+        self.start()
+
+    def run(self) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        for _ in range(20):  # reconnections, not lines
+            seen, pending = 0, b""
+            try:
+                resp = self.core.read_namespaced_pod_log(self.pod, self.namespace, follow=True, _preload_content=False)
+                for chunk in resp.stream(65536):
+                    pending += chunk
+                    *lines, pending = pending.split(b"\n")
+                    for line in lines:
+                        seen += 1
+                        if seen > self.shown:
+                            self.on_line(line.decode(errors="replace").rstrip("\r"))
+                            self.shown = seen
+            except (ApiException, OSError, ValueError):
+                pass  # the pod is gone, or the stream broke: look at the pod
+            try:
+                phase = self.core.read_namespaced_pod(self.pod, self.namespace).status.phase
+            except (ApiException, OSError, ValueError):
+                phase = "Gone"
+            if phase in ("Succeeded", "Failed", "Gone"):
+                if pending and seen + 1 > self.shown:  # its last line, without a newline
+                    self.on_line(pending.decode(errors="replace").rstrip("\r"))
+                    self.shown = seen + 1
+                return
+            time.sleep(1.0)
 
 
 @task(name=TASK_RUN_ENTRY_POINT, cache_policy=NO_CACHE)

@@ -10,6 +10,7 @@ and no new resourceVersion when nothing changed; the `status`, `scale` and `log`
 with `ownerReferences` cascading. Errors are `Status` objects with the API server's reasons.
 
 Defaulted as the API server does: a Service's `spec.clusterIP`, from a network the test chooses.
+Mutating admission (`admission`: callables a test adds, as a webhook such as Kueue's would be).
 Not emulated: admission, other defaulting, validation (the tests validate with kubernetes-validate),
 controllers. Tests play the controllers and the kubelet themselves (`set_status`, `logs`).
 
@@ -152,6 +153,9 @@ class KubeApi:
         self._service_ips = ipaddress.ip_network(service_ips).hosts()
         next(self._service_ips)  # .1 is the `kubernetes` Service's
         self.objects: dict[tuple[str, str, str], dict] = {}
+        # mutating admission, as a webhook does (Kueue's suspends the Jobs of a LocalQueue): each is called with
+        # (kind, object) before a created object is stored
+        self.admission: list = []
         self.owners: dict[tuple[str, str, str], dict[str, set[tuple]]] = {}  # field manager -> its leaf paths
         self.pod_logs: dict[tuple[str, str], str] = {}  # (namespace, pod) -> text
         self.requests: list[tuple[str, str]] = []  # (method, path)
@@ -183,6 +187,8 @@ class KubeApi:
                 try:
                     if method == "GET" and query.get("watch") in ("true", "1"):
                         return self._watch(url.path, query)
+                    if method == "GET" and url.path.endswith("/log") and query.get("follow") in ("true", "1"):
+                        return self._follow(url.path)
                     code, doc = api.serve(method, url.path, query, raw, self.headers.get("Content-Type", ""))
                 except ApiError as exc:
                     code, doc = exc.code, status(exc.code, exc.reason, exc.message)
@@ -235,6 +241,36 @@ class KubeApi:
                                        if rv > since and k == kind
                                        and (ns is None or o["metadata"].get("namespace") == ns)]
                             since = api._rv
+                    self.wfile.write(b"0\r\n\r\n")
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def _follow(self, path: str) -> None:
+                """A pod's log as it grows, until the pod has ended (or is deleted) and all of it is sent."""
+                import time
+
+                _, ns, name, _ = api._route(path)
+                key = ("Pod", ns or "", name or "")
+                if key not in api.objects:
+                    raise ApiError(404, "NotFound", f'pods "{name}" not found')
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                sent = 0
+                try:
+                    while True:
+                        pod = api.objects.get(key)
+                        ended = pod is None or pod.get("status", {}).get("phase") in ("Succeeded", "Failed")
+                        text = api.pod_logs.get((ns or "", name or ""), "")
+                        if len(text) > sent:
+                            data = text[sent:].encode()
+                            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                            self.wfile.flush()
+                            sent = len(text)
+                        if ended:
+                            break
+                        time.sleep(0.05)
                     self.wfile.write(b"0\r\n\r\n")
                 except (BrokenPipeError, ConnectionResetError):
                     pass
@@ -443,6 +479,8 @@ class KubeApi:
             raise ApiError(409, "AlreadyExists", f'{kind.lower()}s "{meta["name"]}" already exists')
         obj = copy.deepcopy(body)
         obj.update({"apiVersion": api_version, "kind": kind})
+        for admit in self.admission:
+            admit(kind, obj)
         obj["metadata"].update({"uid": str(uuid.uuid4()), "creationTimestamp": _now(), "generation": 1})
         self.owners[key] = {manager: set(leaves(self._config(obj)))}
         if kind == "Service" and not obj.get("spec", {}).get("clusterIP"):  # the server's default: not owned
@@ -628,7 +666,7 @@ class Kubelet:
         while not self._stop.wait(0.1):
             for job in self.api.items("Job"):
                 uid = job["metadata"]["uid"]
-                if uid not in self.seen:
+                if uid not in self.seen and not job["spec"].get("suspend"):  # a suspended Job has no pods yet
                     self.seen.add(uid)
                     threading.Thread(target=self._run_job, args=(job,), daemon=True).start()
             live = {p["metadata"]["name"] for p in self.api.items("Pod")}

@@ -452,7 +452,7 @@ def test_two_kubernetes_stages_route_through_their_services_and_promote(endpoint
     from core.connection import gateway_url
 
     gw = gateway_url(settings)
-    backend = routes(gw)["fraud"]["stages"]["default"][0]["url"].rsplit("//", 1)[1].split(":")
+    backend = next(iter(routes(gw)["fraud"]["stages"].values()))[0]["url"].rsplit("//", 1)[1].split(":")
     kube = KubeApi(service_ips=f"127.{random.randint(100, 250)}.0.0/16")
     controllers = ServingControllers(kube, (backend[0], int(backend[1])))
     monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig(tmp_path / "kubeconfig")))

@@ -179,9 +179,11 @@ def test_create_sync_history_search_query_and_delete(stack, settings, tmp_path, 
     updated = _json("rags", "update", "handbook", "--set", "top_k=1", "--set",
                     "prompt=Use {context} to answer {question} briefly.")
     assert updated["spec"]["top_k"] == 1 and updated["prompt"] == "Use {context} to answer {question} briefly."
-    time.sleep(2.5)
-    assert len(client.chat.completions.create(model="handbook", messages=[{"role": "user", "content": "Regions?"}])
-               .model_extra["sources"]) == 1
+    deadline = time.monotonic() + 10  # the query service reads the spec again within 2 s
+    while len(sources := client.chat.completions.create(model="handbook", messages=[
+            {"role": "user", "content": "Regions?"}]).model_extra["sources"]) != 1 and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert len(sources) == 1, sources
 
     served = _json("rags", "stats", "handbook")["stats"]
     assert sum(r["calls"] for r in served) >= 4, served  # the gateway counts a RAG's queries as for an endpoint

@@ -74,9 +74,14 @@ def test_every_deployment_on_a_kubernetes_pool_renders_a_strictly_valid_job(stac
 
 
 def test_the_scheduler_and_pipeline_runs_run_on_the_cpu_pool():
-    """Neither asks for a GPU: the scheduler loops, a pipeline run hands its steps to the KFP server."""
-    assert sorted(d["entrypoint"] for d in _deployments("cpu")) == ["flows.pipeline_run.pipeline_run",
-                                                                    "flows.scheduler.scheduler"]
+    """None asks for a GPU: the scheduler loops, a pipeline run hands its steps to the KFP server, an endpoint
+    change applies a stage's objects."""
+    endpoint_flows = ["flows.endpoint_add_stage.add_stage", "flows.endpoint_delete.delete_endpoint",
+                      "flows.endpoint_deploy.deploy_endpoint", "flows.endpoint_promote.promote_stage",
+                      "flows.endpoint_retry.retry_stage", "flows.endpoint_start.start_stage",
+                      "flows.endpoint_stop.stop_stage"]
+    assert sorted(d["entrypoint"] for d in _deployments("cpu")) == endpoint_flows + ["flows.pipeline_run.pipeline_run",
+                                                                                     "flows.scheduler.scheduler"]
     assert "flows.pipeline_run.pipeline_run" not in [d["entrypoint"] for d in _deployments("gpu")]
 
 

@@ -11,6 +11,7 @@ across node processes is tested on one machine (tests/flows/test_training.py, 2 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import kubernetes_validate
@@ -143,6 +144,24 @@ def test_a_3_node_training_runs_as_an_indexed_job_and_ends_with_it(cluster, plat
     run = platform.tracking.find_training_run(flow_run_id)
     assert run is not None and run.status == "FINISHED" and run.metrics["accuracy"] == pytest.approx(0.91)
     assert platform.tracking.client.list_artifacts(run.run_id, "model"), "node 0 saved the model"
+    # node 0's log is followed as one stream into the run's log: each of its lines once, in order
+    lead = [line for line in api.pod_logs[(NS, pods[0]["metadata"]["name"])].splitlines() if line.strip()]
+    relayed = _run_log_lines(flow_run_id, set(lead))
+    assert relayed == lead, (relayed, lead)
+
+
+def _run_log_lines(flow_run_id: str, wanted: set[str], timeout: float = 15) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:  # the pod's log handler sends its last batch as it exits
+            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200)
+            lines = [log.message for log in logs if log.message in wanted]  # oldest first
+            if set(lines) == wanted or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.3)
 
 
 def test_one_failed_node_fails_the_training_with_its_last_lines(cluster, platform, algorithm):

@@ -1,0 +1,117 @@
+"""A tuning's parallel trials on the cluster wait for GPU quota in Kueue, not for nodes: 4 parallel
+trials of 1 GPU each as flow runs of `train/gpu`, through the real Prefect Kubernetes worker, against the
+API emulator (tests/kube_api.py). No Kueue runs here, so the test plays it, as its two halves do on a
+cluster: the webhook suspends every Job labelled with a LocalQueue, and the controller admits
+suspended Jobs in creation order while the ClusterQueue's `nvidia.com/gpu` quota (2 here) holds them,
+releasing a Job's GPUs when it ends. The ClusterQueue and LocalQueue are the install's own
+(infra/k8s/components/kueue), applied to the emulator."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import yaml
+from kube_cluster import NS, finished_job
+
+from tasks.orchestration import KUEUE_QUEUE_LABEL
+
+QUEUES = Path(__file__).resolve().parents[2] / "infra" / "k8s" / "components" / "kueue" / "queues.yaml"
+TRIAL = ("import sys, time\nargs = dict(zip(sys.argv[1::2], sys.argv[2::2]))\ntime.sleep(1.0)\n"
+         "print(f\"accuracy={1 - abs(float(args['--x']) - 3) / 10}\", flush=True)\n")
+
+
+class Kueue:
+    """Kueue's webhook and its controller for one ClusterQueue's `nvidia.com/gpu` quota."""
+
+    def __init__(self, api, quota: int):
+        self.api, self.quota = api, quota
+        self.admitted: dict[str, int] = {}  # Job name -> GPUs, while it runs
+        self.most = 0  # the most GPUs admitted at once
+        self.waited: set[str] = set()  # Jobs that found the quota used up
+        self.order: list[str] = []  # the queue's Jobs in the order they were created
+        api.admission.append(self._webhook)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _webhook(self, kind: str, obj: dict) -> None:
+        if kind == "Job" and KUEUE_QUEUE_LABEL in obj["metadata"].get("labels", {}):
+            obj["spec"]["suspend"] = True
+            self.order.append(obj["metadata"]["name"])
+
+    @staticmethod
+    def _gpus(job: dict) -> int:
+        return sum(int(c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0))
+                   for c in job["spec"]["template"]["spec"]["containers"])
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.05):
+            with self.api._cond:
+                queued = {j["metadata"]["name"]: j for j in self.api.items("Job", NS)}
+                jobs = [queued[n] for n in self.order if n in queued]
+                for j in jobs:  # a finished Job gives its quota back
+                    if j["metadata"]["name"] in self.admitted and j.get("status", {}).get("conditions"):
+                        del self.admitted[j["metadata"]["name"]]
+                for j in jobs:
+                    name = j["metadata"]["name"]
+                    if not j["spec"].get("suspend") or name in self.admitted:
+                        continue
+                    if sum(self.admitted.values()) + self._gpus(j) > self.quota:
+                        self.waited.add(name)
+                        break  # strict FIFO, as the ClusterQueue's default queueing strategy
+                    body = {k: v for k, v in j.items() if k != "status"}
+                    body["spec"] = {**j["spec"], "suspend": False}
+                    self.api._update(("Job", NS, name), body, "kueue-admission", None)
+                    self.admitted[name] = self._gpus(j)
+                    self.most = max(self.most, sum(self.admitted.values()))
+
+
+def test_four_trials_on_two_gpus_of_quota_run_two_at_a_time(cluster, platform, algorithm, tmp_path, monkeypatch):
+    api, kubelet = cluster
+    for obj in yaml.safe_load_all(QUEUES.read_text()):
+        if obj["kind"] == "ClusterQueue":
+            for r in obj["spec"]["resourceGroups"][0]["flavors"][0]["resources"]:
+                if r["name"] == "nvidia.com/gpu":
+                    r["nominalQuota"] = 2  # two GPUs of quota for four trials that want one each
+        api.create(obj["kind"], obj["apiVersion"], NS if obj["kind"] == "LocalQueue" else None, obj, "kubectl")
+    quota = next(r["nominalQuota"] for r in api.get("ClusterQueue", "", "mlyard-gpu")["spec"]["resourceGroups"][0]
+                 ["flavors"][0]["resources"] if r["name"] == "nvidia.com/gpu")
+    kueue = Kueue(api, quota)
+    monkeypatch.setenv("MLYARD_KUEUE_QUEUE", "gpu")  # the install's ConfigMap names it (values: kueue_queue)
+    running: list[int] = []
+
+    def count_pods(stop: threading.Event) -> None:  # pods of the trials' Jobs that run at once
+        while not stop.wait(0.05):
+            running.append(sum(1 for p in api.items("Pod", NS) if p.get("status", {}).get("phase") == "Running"))
+
+    stop = threading.Event()
+    threading.Thread(target=count_pods, args=(stop,), daemon=True).start()
+    from core.specs.common import load_spec
+    from core.specs.tuning import TuningSpec
+    from flows.tuning import tune
+
+    spec = load_spec(TuningSpec, {
+        "name": "kueue", "strategy": "grid", "parallel_trials": 4, "max_trials": 4, "trial_deployment": "train/gpu",
+        "training": {"name": "t", "experiment": "kueue", "source_uri": str(algorithm(TRIAL)), "entry_point": "main.py",
+                     "resources": {"gpu_count": 1}},
+        "parameters": [{"name": "x", "type": "int", "min": 1, "max": 4, "step": 1}],
+        "objective": {"metric": "accuracy", "direction": "maximize"}})
+    try:
+        t0 = time.monotonic()
+        result = tune(spec)
+    finally:
+        stop.set()
+        kueue.close()
+    jobs = [j for j in api.items("Job", NS) if j["metadata"]["labels"].get(KUEUE_QUEUE_LABEL) == "gpu"]
+    assert len(jobs) == 4, [j["metadata"]["name"] for j in api.items("Job", NS)]
+    assert result.counts["succeeded"] == 4 and result.best_params == {"x": 3}, result
+    assert kueue.most == 2 and max(running) == 2, (kueue.most, max(running))  # never more than the quota
+    assert len(kueue.waited) >= 2, "two trials waited for quota"
+    assert all(finished_job(api, j["metadata"]["name"])["status"].get("succeeded") == 1 for j in jobs)
+    assert time.monotonic() - t0 < 300
