@@ -29,6 +29,7 @@ from core.specs import TrainingSpec
 from flows.platform import Platform
 from tasks.node_jobs import end_nodes, model_uri, run_nodes
 from tasks.orchestration import cancel_watch, stopped_on_interrupt
+from tasks.registry_secrets import check_pod_image
 from tasks.training import (
     LOG_NAME,
     check_locations,
@@ -64,6 +65,8 @@ def train(spec: TrainingSpec) -> TrainingResult:  # or a Cancelled state, shown 
     if spec.image and not in_kubernetes_pod():
         logger.info("image %s applies to Kubernetes pools; on this machine the training runs in its own Python "
                     "environment", spec.image)
+    elif spec.image:
+        check_pod_image(spec.image, p.settings)  # a run from the UI's Run button did not get the image
     if spec.nodes > 1 and in_kubernetes_pod():  # 2-6 on the nodes' own pods
         return _on_nodes(p, spec, training_id)
 

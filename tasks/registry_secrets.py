@@ -123,3 +123,34 @@ def ensure_pull_secret(resolved: ResolvedImage, settings: Settings) -> None:
             "to it; if the cluster lacks it, its pod cannot pull the image", resolved.pull_secret, resolved.address)
         return
     KubeCredentials(api, settings.kube_namespace).ensure(resolved.pull_secret, config_json)
+
+
+def check_pod_image(ref: str, settings: Settings | None = None) -> None:
+    """In a pod: the spec's `image` must be what this pod runs. A run made through mlyard (CLI, Python,
+    trials) gets it as the job variable `image`; a run started from the Prefect UI's Run button does not
+    (its form takes the spec, the job variables apart), so it would train in the pool's default image. Such a
+    run is refused in one line saying which job variables to set. When the pod cannot read itself (no kubeconfig
+    or Role for it), the check is skipped with a warning."""
+    import os
+
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    from core.errors import SpecError
+    from tasks.kubernetes import cluster_client
+
+    settings = settings or Settings()
+    resolved = images(settings).resolve(ref)
+    try:
+        pod = client.CoreV1Api(cluster_client("image", ref)).read_namespaced_pod(os.environ["HOSTNAME"],
+                                                                                settings.kube_namespace)
+    except (SpecError, ApiException, KeyError, OSError) as exc:
+        logging.getLogger("mlyard.images").warning("could not read this run's pod to check that it runs image %s: %s", resolved.address, exc)
+        return
+    running = pod.spec.containers[0].image
+    if running != resolved.address:
+        pulls = f' and image_pull_secrets [{{"name": "{resolved.pull_secret}"}}]' if resolved.pull_secret else ""
+        raise SpecError("image", ref, f"this run's pod runs {running}, not {resolved.address}: a run started from the "
+                        f"Prefect UI takes its image from the job variables; set image {resolved.address}{pulls} "
+                        "there, or start it with `mlyard train -f SPEC --submit --pool gpu`, which sets them")
+

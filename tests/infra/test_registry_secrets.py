@@ -97,6 +97,29 @@ def test_a_run_from_this_machine_copies_the_pull_secret_and_its_job_names_it(api
     assert "image_pull_secrets" not in public
 
 
+def test_a_pod_that_does_not_run_the_specs_image_is_refused_in_one_line(api, tmp_path, monkeypatch):
+    """The Prefect UI's Run button sends the spec, not the job variables: its pod runs the pool's default
+    image. The training checks its own pod (as the API has it) before anything starts."""
+    from core.errors import SpecError
+    from tasks.registry_secrets import check_pod_image, images
+
+    settings = Settings(home=tmp_path / "home", registry_secrets="file")
+    store = images(settings)
+    account = store.create_account(RegistryAccountSpec(name="team", registry=REG, username="AK1", password="pw-1"))
+    store.create_image(ImageSpec(name="custom", address=f"{REG}/vision/train:v1", account="team"))
+    for pod, image in (("from-ui", "registry.example/mlyard:0.1.0"), ("from-cli", f"{REG}/vision/train:v1")):
+        api.create("Pod", "v1", "mlyard", {"metadata": {"name": pod}, "spec": {"containers": [
+            {"name": "prefect-job", "image": image}]}}, "kube-controller-manager")
+    monkeypatch.setenv("HOSTNAME", "from-ui")
+    with pytest.raises(SpecError) as refused:
+        check_pod_image("custom", settings)
+    line = str(refused.value)
+    assert "\n" not in line and "registry.example/mlyard:0.1.0" in line and f"{REG}/vision/train:v1" in line, line
+    assert account.secret_name in line and "--pool gpu" in line, line
+    monkeypatch.setenv("HOSTNAME", "from-cli")
+    check_pod_image("custom", settings)  # the pod runs the image: nothing to say
+
+
 def test_the_cli_keeps_the_password_off_screen_and_refuses_in_one_line(stack, tmp_path):
     """As a user types it: a fresh `mlyard` process with the user's environment only."""
     env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8"}

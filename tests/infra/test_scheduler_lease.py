@@ -64,12 +64,14 @@ def _slots(tag: str) -> list[str]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 
-    runs: list = []
+    runs: dict = {}  # by id: the schedule makes runs while this pages, so a page can repeat the last one's end
+    offset = 0
     with get_client(sync_client=True) as client:
         while page := client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[tag])),
-                                            limit=200, offset=len(runs)):
-            runs += page
-    return [t for r in runs for t in r.tags if t.startswith("mlyard.slot:")]
+                                            limit=200, offset=offset):
+            runs.update((r.id, r) for r in page)
+            offset += len(page)
+    return [t for r in runs.values() for t in r.tags if t.startswith("mlyard.slot:")]
 
 
 def _finisher(tag: str, stop) -> None:
