@@ -21,6 +21,7 @@ def cluster(stack, settings, tmp_path):
     """A Kubernetes API emulator with the platform's namespace and ConfigMap, a Kubelet, and the real
     Prefect Kubernetes worker on the gpu pool pointed at it (per test: all of it ends with the test)."""
     # per test: the worker and the pods' processes end with it, before the leak guard looks
+    _cancel_queued_gpu_runs()
     api = KubeApi()
     kubeconfig = api.kubeconfig(tmp_path / "kubeconfig", namespace=NS)
     api.create("Namespace", "v1", None, {"metadata": {"name": NS}}, "kubectl")
@@ -50,3 +51,24 @@ def cluster(stack, settings, tmp_path):
             print(log.read_text())
 
 
+def _cancel_queued_gpu_runs() -> None:
+    """Runs of the gpu pool that earlier tests on this stack queued and left (schedules on train/gpu) would
+    be this test's worker's to run: cancel them first, so each test's cluster runs only its own."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        WorkPoolFilter,
+        WorkPoolFilterName,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Cancelled
+
+    with get_client(sync_client=True) as client:
+        while queued := client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
+                    any_=[StateType.SCHEDULED, StateType.PENDING]))),
+                work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=["gpu"])), limit=200):
+            for run in queued:
+                client.set_flow_run_state(run.id, Cancelled(message="left queued by an earlier test"), force=True)

@@ -89,7 +89,8 @@ def test_four_trials_on_two_gpus_of_quota_run_two_at_a_time(cluster, platform, a
     def count_pods(stop: threading.Event) -> None:  # pods of the trials' Jobs that run at once
         while not stop.wait(0.05):
             running.append([f"{p['metadata']['name']} (Job {p['metadata']['labels'].get('job-name')})"
-                            for p in api.items("Pod", NS) if p.get("status", {}).get("phase") == "Running"])
+                            for p in api.items("Pod", NS) if p.get("status", {}).get("phase") == "Running"
+                            and p["metadata"]["labels"].get("job-name") in kueue.order])
 
     stop = threading.Event()
     threading.Thread(target=count_pods, args=(stop,), daemon=True).start()

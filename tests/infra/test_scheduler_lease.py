@@ -74,9 +74,8 @@ def _slots(tag: str) -> list[str]:
     return [t for r in runs.values() for t in r.tags if t.startswith("mlyard.slot:")]
 
 
-def _finisher(tag: str, stop) -> None:
-    """Play the pool's worker: every queued run of the schedule completes at once (freeing its slot)."""
-    from prefect.client.orchestration import get_client
+def _complete_queued(client, tag: str) -> int:
+    """Complete every queued run of the schedule at once, as the pool's worker would run them; how many."""
     from prefect.client.schemas.filters import (
         FlowRunFilter,
         FlowRunFilterState,
@@ -86,13 +85,30 @@ def _finisher(tag: str, stop) -> None:
     from prefect.client.schemas.objects import StateType
     from prefect.states import Completed
 
+    queued = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+        tags=FlowRunFilterTags(all_=[tag]), state=FlowRunFilterState(
+            type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING]))), limit=200)
+    for run in queued:
+        client.set_flow_run_state(run.id, Completed(), force=True)
+    return len(queued)
+
+
+def _finisher(tag: str, stop) -> None:
+    """Play the pool's worker: every queued run of the schedule completes at once (freeing its slot)."""
+    from prefect.client.orchestration import get_client
+
     with get_client(sync_client=True) as client:
         while not stop.wait(0.3):
-            queued = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-                tags=FlowRunFilterTags(all_=[tag]), state=FlowRunFilterState(
-                    type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING]))), limit=200)
-            for run in queued:
-                client.set_flow_run_state(run.id, Completed(), force=True)
+            _complete_queued(client, tag)
+
+
+def _finish_all(tag: str) -> None:
+    """After the schedulers stopped: no queued run of the schedule is left for a later test's gpu worker."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        while _complete_queued(client, tag):
+            pass
 
 
 def test_one_replica_leads_and_another_takes_over_within_30_s(stack, tmp_path):
@@ -150,12 +166,13 @@ def test_one_replica_leads_and_another_takes_over_within_30_s(stack, tmp_path):
         assert set(gaps) == {1.0}, f"a slot was lost: gaps {sorted(set(gaps))}"
         print(f"{len(times)} slots, each once, across the takeover")
     finally:
-        stop.set()
-        finisher.join(10)
         from tasks.processes import stop_group
 
         for proc in procs.values():
             stop_group(proc, 15)
+        stop.set()
+        finisher.join(10)
+        _finish_all(tag)
         api.close()
 
 
