@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal, Mapping
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Environment that turns off every usage-telemetry sender of the engines we run.
@@ -136,6 +136,18 @@ class Settings(BaseSettings):
     telemetry: bool = Field(
         default=False, description="Allow the engines (Prefect, MLflow) to send usage telemetry."
     )
+
+    @field_validator("kube_service_url")
+    @classmethod
+    def _service_url(cls, value: str) -> str:
+        try:
+            value.format(service="s", namespace="n", port=80, cluster_ip="10.0.0.1")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"{value!r} may name only {{service}}, {{namespace}}, {{port}} and {{cluster_ip}} "
+                             f"({type(exc).__name__}: {exc})") from None
+        if not value.startswith("http://"):
+            raise ValueError(f"{value!r} must start with http:// (the gateway reaches replicas in plain HTTP)")
+        return value
 
     @classmethod
     def from_mapping(cls, env: Mapping[str, str]) -> "Settings":

@@ -629,6 +629,29 @@ class KubeApi:
         return sorted(m for m, paths in self.owners.get((kind, namespace, name), {}).items() if tuple(path) in paths)
 
 
+class Controller:
+    """A controller a test plays (Kueue, kube-proxy...): `step()` every `period` seconds on its own thread
+    until `close()`. A subclass sets its state, then calls this `__init__` last."""
+
+    period = 0.05
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=type(self).__name__)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            self.step()
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
 class Kubelet:
     """Plays the Job controller and the kubelet against a KubeApi, on this machine: for each new Job a
     Pod (Pending, then Running), whose first container's command runs as a process here with the

@@ -8,38 +8,34 @@ from __future__ import annotations
 import socket
 import threading
 
-from kube_api import KubeApi
+from kube_api import Controller, KubeApi
 
 
-class ServingControllers:
+class ServingControllers(Controller):
     def __init__(self, api: KubeApi, backend: tuple[str, int]):
         self.api, self.backend = api, backend
         self.forwarded: dict[str, tuple[str, int]] = {}  # Service name -> the (cluster IP, port) it listens on
         self.bytes_in: dict[str, int] = {}  # Service name -> bytes its clients sent through it
         self._listeners: dict[str, socket.socket] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
+        super().__init__()
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+        super().close()
         for s in self._listeners.values():
             s.close()
 
-    def _loop(self) -> None:
-        while not self._stop.wait(0.05):
-            for d in self.api.items("Deployment"):
-                n = d["spec"].get("replicas", 1)
-                if d.get("status", {}).get("readyReplicas") != n:
-                    self.api.set_status("Deployment", d["metadata"]["namespace"], d["metadata"]["name"],
-                                        {"replicas": n, "readyReplicas": n, "availableReplicas": n})
-            services = {s["metadata"]["name"]: s for s in self.api.items("Service")}
-            for name, svc in services.items():
-                if name not in self._listeners and svc["spec"].get("clusterIP") not in (None, "None"):
-                    self._listen(name, svc["spec"]["clusterIP"], svc["spec"]["ports"][0]["port"])
-            for name in set(self._listeners) - set(services):  # a deleted Service stops answering
-                self._listeners.pop(name).close()
+    def step(self) -> None:
+        for d in self.api.items("Deployment"):
+            n = d["spec"].get("replicas", 1)
+            if d.get("status", {}).get("readyReplicas") != n:
+                self.api.set_status("Deployment", d["metadata"]["namespace"], d["metadata"]["name"],
+                                    {"replicas": n, "readyReplicas": n, "availableReplicas": n})
+        services = {s["metadata"]["name"]: s for s in self.api.items("Service")}
+        for name, svc in services.items():
+            if name not in self._listeners and svc["spec"].get("clusterIP") not in (None, "None"):
+                self._listen(name, svc["spec"]["clusterIP"], svc["spec"]["ports"][0]["port"])
+        for name in set(self._listeners) - set(services):  # a deleted Service stops answering
+            self._listeners.pop(name).close()
 
     def _listen(self, name: str, ip: str, port: int) -> None:
         s = socket.socket()

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import yaml
+from kube_api import Controller
 from kube_cluster import NS, finished_job
 
 from tasks.orchestration import KUEUE_QUEUE_LABEL
@@ -22,7 +23,7 @@ TRIAL = ("import sys, time\nargs = dict(zip(sys.argv[1::2], sys.argv[2::2]))\nti
          "print(f\"accuracy={1 - abs(float(args['--x']) - 3) / 10}\", flush=True)\n")
 
 
-class Kueue:
+class Kueue(Controller):
     """Kueue's webhook and its controller for one ClusterQueue's `nvidia.com/gpu` quota."""
 
     def __init__(self, api, quota: int):
@@ -32,13 +33,7 @@ class Kueue:
         self.waited: set[str] = set()  # Jobs that found the quota used up
         self.order: list[str] = []  # the queue's Jobs in the order they were created
         api.admission.append(self._webhook)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+        super().__init__()
 
     def _webhook(self, kind: str, obj: dict) -> None:
         if kind == "Job" and KUEUE_QUEUE_LABEL in obj["metadata"].get("labels", {}):
@@ -50,26 +45,25 @@ class Kueue:
         return sum(int(c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0))
                    for c in job["spec"]["template"]["spec"]["containers"])
 
-    def _loop(self) -> None:
-        while not self._stop.wait(0.05):
-            with self.api._cond:
-                queued = {j["metadata"]["name"]: j for j in self.api.items("Job", NS)}
-                jobs = [queued[n] for n in self.order if n in queued]
-                for j in jobs:  # a finished Job gives its quota back
-                    if j["metadata"]["name"] in self.admitted and j.get("status", {}).get("conditions"):
-                        del self.admitted[j["metadata"]["name"]]
-                for j in jobs:
-                    name = j["metadata"]["name"]
-                    if not j["spec"].get("suspend") or name in self.admitted:
-                        continue
-                    if sum(self.admitted.values()) + self._gpus(j) > self.quota:
-                        self.waited.add(name)
-                        break  # strict FIFO, as the ClusterQueue's default queueing strategy
-                    body = {k: v for k, v in j.items() if k != "status"}
-                    body["spec"] = {**j["spec"], "suspend": False}
-                    self.api._update(("Job", NS, name), body, "kueue-admission", None)
-                    self.admitted[name] = self._gpus(j)
-                    self.most = max(self.most, sum(self.admitted.values()))
+    def step(self) -> None:
+        with self.api._cond:
+            queued = {j["metadata"]["name"]: j for j in self.api.items("Job", NS)}
+            jobs = [queued[n] for n in self.order if n in queued]
+            for j in jobs:  # a finished Job gives its quota back
+                if j["metadata"]["name"] in self.admitted and j.get("status", {}).get("conditions"):
+                    del self.admitted[j["metadata"]["name"]]
+            for j in jobs:
+                name = j["metadata"]["name"]
+                if not j["spec"].get("suspend") or name in self.admitted:
+                    continue
+                if sum(self.admitted.values()) + self._gpus(j) > self.quota:
+                    self.waited.add(name)
+                    break  # strict FIFO, as the ClusterQueue's default queueing strategy
+                body = {k: v for k, v in j.items() if k != "status"}
+                body["spec"] = {**j["spec"], "suspend": False}
+                self.api._update(("Job", NS, name), body, "kueue-admission", None)
+                self.admitted[name] = self._gpus(j)
+                self.most = max(self.most, sum(self.admitted.values()))
 
 
 def test_four_trials_on_two_gpus_of_quota_run_two_at_a_time(cluster, platform, algorithm, tmp_path, monkeypatch):

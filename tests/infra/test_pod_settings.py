@@ -63,3 +63,15 @@ def test_outside_a_pod_the_embedded_stores_are_the_default(tmp_path):
     out = _run(["-c", code], tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"sqlite:///{tmp_path / 'home' / 'catalog.db'}"
+
+
+def test_a_service_url_template_names_only_what_routing_fills_in():
+    from pydantic import ValidationError
+
+    from core.settings import Settings
+
+    assert Settings().kube_service_url == "http://{service}.{namespace}.svc.cluster.local:{port}"
+    assert Settings(kube_service_url="http://{cluster_ip}:{port}").kube_service_url == "http://{cluster_ip}:{port}"
+    for bad, words in (("http://{svc}:80", "may name only"), ("https://{service}:443", "http://")):
+        with pytest.raises(ValidationError, match=words):
+            Settings(kube_service_url=bad)
