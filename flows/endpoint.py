@@ -34,14 +34,10 @@ from core.errors import StackError
 from flows.platform import Platform
 from registry.endpoints import Endpoints
 from tasks import replicas as files
+from tasks.endpoint_cluster import kube_apply, kube_delete, kube_route, kube_unroute, kube_wait_ready
 from tasks.endpoints import (
     LOCAL,
     RoutingFailed,
-    kube_apply,
-    kube_delete,
-    kube_route,
-    kube_unroute,
-    kube_wait_ready,
     local_replicas,
     route,
     stage_keys,

@@ -4,8 +4,7 @@ healthy, put them into the gateway's routing, drain and stop them, and roll back
 Locally a stage resource's replicas are `mlyard serve` processes that the supervisor of `mlyard up`
 runs (tasks/replicas.py); the gateway routes to them once they are marked `routed` and it has reloaded.
 On Kubernetes (any instance type other than `local`) a stage resource is a Deployment, a Service and
-an HPA (tasks/kubernetes.py), routed through its Service, whose URL the catalog holds for every
-gateway replica. Arguments are narrow: names, ids, keys.
+an HPA (tasks/endpoint_cluster.py). Arguments are narrow: names, ids, keys.
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ from core.errors import (
     RoutingFailed,
     SpecError,
 )
-from core.settings import Settings
 from core.specs.endpoint import StageSpec, SyncSpec
 from registry.endpoints import Endpoints, Version
 from tasks import replicas as files
@@ -113,98 +111,6 @@ def version_params(models: Any, view: dict[str, Any], stage: str) -> dict[str, d
     """Each of the stage's model versions' registered parameters, by "name/version"."""
     st = next(s for s in view["stages"] if s["name"] == stage)
     return {r["model"]: dict(models.get_version(*r["model"].rsplit("/", 1)).parameters) for r in st["resources"]}
-
-
-# -- Kubernetes: each stage resource a Deployment, a Service and (pod autoscaler on) an HPA ---------------
-
-
-def namespace() -> str:
-    return Settings().kube_namespace
-
-
-@task(name="apply-manifests", cache_policy=NO_CACHE)
-def kube_apply(view: dict[str, Any], stage: str, parameters: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
-    """Render the stage's manifests from infra/endpoint/, validate them, and make the cluster hold them."""
-    from tasks.kubernetes import apply_stage, cluster_client, render_stage
-
-    st = next(s for s in view["stages"] if s["name"] == stage)
-    api = cluster_client("stage.instance_type", st["instance_type"])
-    manifests = render_stage(view, stage, image=Settings().image, namespace=namespace(),
-                             parameters=parameters)
-    apply_stage(api, manifests, namespace(), view["name"], stage)
-    return manifests
-
-
-@task(name="wait-ready", cache_policy=NO_CACHE)
-def kube_wait_ready(instance_type: str, manifests: list[dict[str, Any]], timeout: float = 900.0) -> None:
-    """Wait until every Deployment has all its pods ready."""
-    from kubernetes import client
-
-    from tasks.kubernetes import cluster_client
-
-    apps = client.AppsV1Api(cluster_client("stage.instance_type", instance_type))
-    deadline = time.monotonic() + timeout
-    for m in (m for m in manifests if m["kind"] == "Deployment"):
-        name, want = m["metadata"]["name"], m["spec"].get("replicas", 1)
-        while True:
-            status = apps.read_namespaced_deployment(name, namespace()).status
-            if status is not None and (status.ready_replicas or 0) >= want:
-                break
-            if time.monotonic() > deadline:
-                raise files.ReplicaFailed(f"Deployment {name} has {getattr(status, 'ready_replicas', 0) or 0} of "
-                                          f"{want} pods ready after {timeout:.0f} s; see `kubectl -n {namespace()} "
-                                          f"describe deployment {name}`")
-            time.sleep(2.0)
-
-
-@task(name="route-services", cache_policy=NO_CACHE)
-def kube_route(endpoints: Endpoints, view: dict[str, Any], stage: str, manifests: list[dict[str, Any]]) -> list[str]:
-    """Record in the catalog where the gateway reaches each stage resource, its Service (every gateway
-    replica reads it there); the keys under which the gateway routes them."""
-    st = next(s for s in view["stages"] if s["name"] == stage)
-    services = {m["metadata"]["labels"].get("mlyard.io/resource"): m for m in manifests if m["kind"] == "Service"}
-    template = Settings().kube_service_url
-    urls: dict[int, str | None] = {}
-    for r in st["resources"]:
-        svc = services[str(r["id"])]
-        name, port = svc["metadata"]["name"], svc["spec"]["ports"][0]["port"]
-        cluster_ip = _cluster_ip(st["instance_type"], name) if "{cluster_ip}" in template else ""
-        urls[r["id"]] = template.format(service=name, namespace=namespace(), port=port, cluster_ip=cluster_ip)
-    endpoints.set_service_urls(view["name"], stage, urls)
-    return [files.key_of(view["name"], stage, rid, 0) for rid in urls]
-
-
-def _cluster_ip(instance_type: str, service: str) -> str:
-    from kubernetes import client
-
-    from tasks.kubernetes import cluster_client
-
-    ip = client.CoreV1Api(cluster_client("stage.instance_type", instance_type)).read_namespaced_service(
-        service, namespace()).spec.cluster_ip
-    if not ip or ip == "None":
-        raise RoutingFailed(f"the Service {service} has no cluster IP for kube_service_url to use")
-    return ip
-
-
-@task(name="unroute-services", cache_policy=NO_CACHE)
-def kube_unroute(endpoints: Endpoints, gateway_url: str | None, view: dict[str, Any], stage: str) -> None:
-    """Take a cluster-run stage's Services out of the catalog's routing and tell the gateway."""
-    st = next(s for s in view["stages"] if s["name"] == stage)
-    if not any(r.get("service_url") for r in st["resources"]):
-        return
-    endpoints.set_service_urls(view["name"], stage, {r["id"]: None for r in st["resources"]})
-    if gateway_url is not None:
-        try:
-            gateway(gateway_url, "/mlyard/reload", "POST")
-        except RoutingFailed:
-            pass  # no gateway answers: every replica reads the catalog again within a second
-
-
-@task(name="delete-manifests", cache_policy=NO_CACHE)
-def kube_delete(endpoint: str, stage: str, instance_type: str) -> list[str]:
-    from tasks.kubernetes import cluster_client, delete_stage
-
-    return delete_stage(cluster_client("stage.instance_type", instance_type), namespace(), endpoint, stage)
 
 
 @task(name="start-replicas", cache_policy=NO_CACHE)

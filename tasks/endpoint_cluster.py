@@ -1,0 +1,108 @@
+"""An endpoint flow's steps for a stage on a node pool: each stage resource is a Deployment, a Service, a
+NetworkPolicy and (pod autoscaler on) an HPA, rendered from infra/endpoint/ and applied with server-side
+apply (tasks/kubernetes.py); the stage is routed through its Services, whose URLs the catalog holds for
+every gateway replica (`MLYARD_KUBE_SERVICE_URL`), and taken out of routing before its objects go.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from core.errors import RoutingFailed
+from core.settings import Settings
+from registry.endpoints import Endpoints
+from tasks import replicas as files
+from tasks.endpoints import gateway
+
+
+def namespace() -> str:
+    return Settings().kube_namespace
+
+
+@task(name="apply-manifests", cache_policy=NO_CACHE)
+def kube_apply(view: dict[str, Any], stage: str, parameters: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
+    """Render the stage's manifests from infra/endpoint/, validate them, and make the cluster hold them."""
+    from tasks.kubernetes import apply_stage, cluster_client, render_stage
+
+    st = next(s for s in view["stages"] if s["name"] == stage)
+    api = cluster_client("stage.instance_type", st["instance_type"])
+    manifests = render_stage(view, stage, image=Settings().image, namespace=namespace(),
+                             parameters=parameters)
+    apply_stage(api, manifests, namespace(), view["name"], stage)
+    return manifests
+
+
+@task(name="wait-ready", cache_policy=NO_CACHE)
+def kube_wait_ready(instance_type: str, manifests: list[dict[str, Any]], timeout: float = 900.0) -> None:
+    """Wait until every Deployment has all its pods ready."""
+    from kubernetes import client
+
+    from tasks.kubernetes import cluster_client
+
+    apps = client.AppsV1Api(cluster_client("stage.instance_type", instance_type))
+    deadline = time.monotonic() + timeout
+    for m in (m for m in manifests if m["kind"] == "Deployment"):
+        name, want = m["metadata"]["name"], m["spec"].get("replicas", 1)
+        while True:
+            status = apps.read_namespaced_deployment(name, namespace()).status
+            if status is not None and (status.ready_replicas or 0) >= want:
+                break
+            if time.monotonic() > deadline:
+                raise files.ReplicaFailed(f"Deployment {name} has {getattr(status, 'ready_replicas', 0) or 0} of "
+                                          f"{want} pods ready after {timeout:.0f} s; see `kubectl -n {namespace()} "
+                                          f"describe deployment {name}`")
+            time.sleep(2.0)
+
+
+@task(name="route-services", cache_policy=NO_CACHE)
+def kube_route(endpoints: Endpoints, view: dict[str, Any], stage: str, manifests: list[dict[str, Any]]) -> list[str]:
+    """Record in the catalog where the gateway reaches each stage resource, its Service (every gateway
+    replica reads it there); the keys under which the gateway routes them."""
+    st = next(s for s in view["stages"] if s["name"] == stage)
+    services = {m["metadata"]["labels"].get("mlyard.io/resource"): m for m in manifests if m["kind"] == "Service"}
+    template = Settings().kube_service_url
+    urls: dict[int, str | None] = {}
+    for r in st["resources"]:
+        svc = services[str(r["id"])]
+        name, port = svc["metadata"]["name"], svc["spec"]["ports"][0]["port"]
+        cluster_ip = _cluster_ip(st["instance_type"], name) if "{cluster_ip}" in template else ""
+        urls[r["id"]] = template.format(service=name, namespace=namespace(), port=port, cluster_ip=cluster_ip)
+    endpoints.set_service_urls(view["name"], stage, urls)
+    return [files.key_of(view["name"], stage, rid, 0) for rid in urls]
+
+
+def _cluster_ip(instance_type: str, service: str) -> str:
+    from kubernetes import client
+
+    from tasks.kubernetes import cluster_client
+
+    ip = client.CoreV1Api(cluster_client("stage.instance_type", instance_type)).read_namespaced_service(
+        service, namespace()).spec.cluster_ip
+    if not ip or ip == "None":
+        raise RoutingFailed(f"the Service {service} has no cluster IP for kube_service_url to use")
+    return ip
+
+
+@task(name="unroute-services", cache_policy=NO_CACHE)
+def kube_unroute(endpoints: Endpoints, gateway_url: str | None, view: dict[str, Any], stage: str) -> None:
+    """Take a cluster-run stage's Services out of the catalog's routing and tell the gateway."""
+    st = next(s for s in view["stages"] if s["name"] == stage)
+    if not any(r.get("service_url") for r in st["resources"]):
+        return
+    endpoints.set_service_urls(view["name"], stage, {r["id"]: None for r in st["resources"]})
+    if gateway_url is not None:
+        try:
+            gateway(gateway_url, "/mlyard/reload", "POST")
+        except RoutingFailed:
+            pass  # no gateway answers: every replica reads the catalog again within a second
+
+
+@task(name="delete-manifests", cache_policy=NO_CACHE)
+def kube_delete(endpoint: str, stage: str, instance_type: str) -> list[str]:
+    from tasks.kubernetes import cluster_client, delete_stage
+
+    return delete_stage(cluster_client("stage.instance_type", instance_type), namespace(), endpoint, stage)
