@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import selectinload
 
 from core.errors import AlreadyExists, NotFound, Protected, SpecError
 from core.specs.endpoint import (
@@ -40,6 +41,7 @@ from core.specs.endpoint import (
 from registry.catalog import (
     Catalog,
     Endpoint,
+    EndpointStage,
     EndpointToken,
     ServingHistory,
     utcnow,
@@ -304,7 +306,9 @@ class Endpoints:
                                          for st in ep.stages},
                               "tokens": {t.digest: (_aware(t.expires_at).timestamp(), t.revoked_at is not None)
                                          for t in ep.tokens}}
-                    for ep in s.scalars(select(Endpoint))}
+                    for ep in s.scalars(select(Endpoint).options(  # four queries however many endpoints
+                        selectinload(Endpoint.stages).selectinload(EndpointStage.resources),
+                        selectinload(Endpoint.tokens)))}
 
     # -- reading ----------------------------------------------------------------------------------
 

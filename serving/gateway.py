@@ -21,8 +21,9 @@ at once and the request goes to another one (inference requests have no side eff
 when a health probe passes.
 
 Every second (and on /mlyard/reload) it reads the catalog (endpoints, default stages, tokens, and the
-Services of stages on a cluster) and the local replica files (tasks/replicas.py); each replica is probed with Backend.AI's health-check semantics
-(serving/health.py): UNHEALTHY replicas leave routing, HEALTHY ones return.
+Services of stages on a cluster) and the local replica files (tasks/replicas.py); each replica is
+probed with Backend.AI's health-check semantics (serving/health.py): UNHEALTHY replicas leave routing,
+HEALTHY ones return.
 """
 
 from __future__ import annotations
