@@ -5,6 +5,7 @@ Plain functions over the Prefect client; the flows and the transports (tasks/tra
 from __future__ import annotations
 
 import time
+from typing import Any
 from uuid import UUID
 
 from core.errors import StackError
@@ -108,12 +109,36 @@ def submit(deployment: str, parameters: dict, job_variables: dict | None = None,
                              "local ones; in production, `prefect deploy --all --prefect-file infra/prefect.yaml`"
                              ) from None
         pool = client.read_work_pool(found.work_pool_name) if found.work_pool_name else None
+    kept = pool_job_variables(pool, job_variables)
+    return run_deployment(found.id, parameters=parameters, timeout=0, job_variables=kept, tags=tags or None,
+                          as_subflow=False)
+
+
+def training_job_variables(client: Any, deployment_id: str, parameters: dict, pools: dict[str, Any]) -> dict | None:
+    """A run of `train/...` made without mlyard's submit (the scheduler's): its spec's resources and image
+    as its pool's job variables, so that it asks for its GPUs and runs its image as a submitted one does.
+    `pools` caches each deployment's work pool."""
+    if "spec" not in parameters:
+        return None
+    if deployment_id not in pools:
+        found = client.read_deployment(UUID(deployment_id))
+        pools[deployment_id] = client.read_work_pool(found.work_pool_name) if found.work_pool_name else None
+    if pools[deployment_id] is None or pools[deployment_id].type != "kubernetes":
+        return None
+    from core.specs import TrainingSpec
+
+    return pool_job_variables(pools[deployment_id], TrainingSpec.model_validate(parameters["spec"]).job_variables())
+
+
+def pool_job_variables(pool: Any, job_variables: dict | None) -> dict:
+    """What of a run's job variables its work pool takes: nothing on a process pool; on a Kubernetes pool
+    all of them, `image` resolved (a registered image's address and its account's pull Secret) and, on the
+    gpu pool, the Kueue queue label. The one rule for runs made by mlyard (submit, the scheduler)."""
     kept = dict(job_variables or {}) if pool is not None and pool.type == "kubernetes" else {}
     if kept.get("image"):
         from tasks.registry_secrets import pod_image
 
-        kept = pod_image(kept)  # a registered image's address and its account's pull Secret
+        kept = pod_image(kept)
     if pool is not None and pool.name == "gpu":
         kept = with_queue_label(kept)
-    return run_deployment(found.id, parameters=parameters, timeout=0, job_variables=kept, tags=tags or None,
-                          as_subflow=False)
+    return kept

@@ -152,6 +152,7 @@ class Scheduler:
         self.lead, self.budget = lead_seconds, budget_seconds
         self._plans: dict[tuple[int, str], Plan] = {}
         self._records: list[ScheduleRecord] = []
+        self._pools: dict[str, Any] = {}  # deployment id -> its work pool (None: none)
 
     def _plan(self, record: ScheduleRecord) -> Plan:
         key = (record.id, repr(sorted(record.spec.items())))
@@ -210,13 +211,21 @@ class Scheduler:
     def _start(self, record: ScheduleRecord, slot_epoch: int, slot_id: int, plan: Plan, now: float) -> str:
         from prefect.states import Scheduled
 
+        from core.names import FLOW_TRAIN
+        from tasks.orchestration import training_job_variables
+
         label = slot_label(slot_epoch)
         assert record.deployment_id is not None
         state: Any = Scheduled(scheduled_time=datetime.fromtimestamp(slot_epoch, timezone.utc)) if slot_epoch > now else None
+        parameters = render(plan.spec.get("parameters", {}), slot_epoch)
+        # a training's resources and image as its pool's job variables, as a run made from the CLI gets them
+        training = str(record.spec.get("deployment", "")).startswith(f"{FLOW_TRAIN}/")
         fr = self.client.create_flow_run_from_deployment(
-            UUID(record.deployment_id), parameters=render(plan.spec.get("parameters", {}), slot_epoch),
+            UUID(record.deployment_id), parameters=parameters,
             name=f"{record.name}-{label}", tags=[f"{TAG_SCHEDULE}:{record.name}", f"{TAG_SLOT}:{label}"],
-            idempotency_key=f"mlyard.schedule:{record.id}:{slot_epoch}", state=state)
+            idempotency_key=f"mlyard.schedule:{record.id}:{slot_epoch}", state=state,
+            job_variables=training_job_variables(self.client, record.deployment_id, parameters, self._pools)
+            if training else None)
         self.store.started(slot_id, str(fr.id))
         return str(fr.id)
 

@@ -131,8 +131,9 @@ def test_a_pass_starts_the_most_urgent_slot_of_all_schedules_first(stack, tmp_pa
 def test_enabled_late_with_catchup_off_runs_only_the_latest_missed_slot(stack):
     import mlyard.schedules as schedules
 
+    gpu_train = {"spec": {**TRAIN["spec"], "resources": {"gpu_count": 2}, "image": "docker.io/pytorch/pytorch:2.4.0"}}
     schedules.create({"name": "nocatch", "deployment": "train/gpu", "interval": {"every": 1, "unit": "seconds"},
-                      "max_concurrency": 10, "catchup": False, "enabled": False, "parameters": TRAIN})
+                      "max_concurrency": 10, "catchup": False, "enabled": False, "parameters": gpu_train})
     assert schedules.show("nocatch")["status"] == "DISABLED"
     time.sleep(4)
     enabled_at = time.time()
@@ -147,6 +148,10 @@ def test_enabled_late_with_catchup_off_runs_only_the_latest_missed_slot(stack):
     # than a second (the interval) before the scheduler saw it enabled
     assert slots[0] >= enabled_at - 1, (slots, enabled_at)
     assert shown["missed"] >= 3
+    # a scheduled training on a Kubernetes pool gets its spec's GPUs and image, as a submitted one does
+    for run in _runs("mlyard.schedule:nocatch"):
+        assert run.job_variables["gpu_count"] == 2, run.job_variables
+        assert run.job_variables["image"] == "docker.io/pytorch/pytorch:2.4.0", run.job_variables
 
 
 def test_a_scheduled_training_runs_on_the_local_pool(stack):
