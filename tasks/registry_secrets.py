@@ -145,7 +145,8 @@ def check_pod_image(ref: str, settings: Settings | None = None) -> None:
         pod = client.CoreV1Api(cluster_client("image", ref)).read_namespaced_pod(os.environ["HOSTNAME"],
                                                                                 settings.kube_namespace)
     except (SpecError, ApiException, KeyError, OSError) as exc:
-        logging.getLogger("mlyard.images").warning("could not read this run's pod to check that it runs image %s: %s", resolved.address, exc)
+        logging.getLogger("mlyard.images").warning("could not read this run's pod to check that it runs image %s: %s",
+                                                   resolved.address, exc)
         return
     running = pod.spec.containers[0].image
     if running != resolved.address:
@@ -153,4 +154,3 @@ def check_pod_image(ref: str, settings: Settings | None = None) -> None:
         raise SpecError("image", ref, f"this run's pod runs {running}, not {resolved.address}: a run started from the "
                         f"Prefect UI takes its image from the job variables; set image {resolved.address}{pulls} "
                         "there, or start it with `mlyard train -f SPEC --submit --pool gpu`, which sets them")
-

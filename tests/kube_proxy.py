@@ -14,7 +14,6 @@ from kube_api import Controller, KubeApi
 class ServingControllers(Controller):
     def __init__(self, api: KubeApi, backend: tuple[str, int]):
         self.api, self.backend = api, backend
-        self.forwarded: dict[str, tuple[str, int]] = {}  # Service name -> the (cluster IP, port) it listens on
         self.bytes_in: dict[str, int] = {}  # Service name -> bytes its clients sent through it
         self._listeners: dict[str, socket.socket] = {}
         super().__init__()
@@ -42,7 +41,7 @@ class ServingControllers(Controller):
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind((ip, port))
         s.listen(64)
-        self._listeners[name], self.forwarded[name] = s, (ip, port)
+        self._listeners[name] = s
         self.bytes_in[name] = 0
         threading.Thread(target=self._accept, args=(name, s), daemon=True).start()
 
