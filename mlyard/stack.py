@@ -63,8 +63,6 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
         state.internal_token = secrets.token_urlsafe(32)
         write_state(settings, state)
     logs = home / "logs"
-    bin_dir = Path(sys.executable).parent
-    prefect_bin = str(bin_dir / "prefect")
 
     server_up = bool(state.pids.get("prefect-server") and alive(state.pids["prefect-server"]) and healthy(state.api_url))
     worker_up = bool(state.pids.get("worker") and alive(state.pids["worker"]))
@@ -133,12 +131,10 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
     _ensure_gpu_slots(settings, echo)
     if not worker_up:
         log = logs / "worker.log"
-        # Poll for new flow runs four times a second (Prefect's default is every 10 s): a local pool should
-        # feel immediate, and a warm run starts in well under a second once picked up. A poll is one indexed
-        # read of the pool's scheduled runs.
-        env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "0.25")
-        pid = spawn([prefect_bin, "worker", "start", "--pool", LOCAL_POOL, "--type", "process",
-                      "--name", "mlyard-local"], log, env, cwd=PROJECT_ROOT)
+        # Prefect's process worker, woken by each flow run's SCHEDULED event rather than a poll four
+        # times a second (mlyard/warm/worker.py): a local pool should feel immediate, and cost nothing idle.
+        pid = spawn([sys.executable, "-m", "mlyard.warm.worker", "--pool", LOCAL_POOL, "--name", "mlyard-local"],
+                    log, env, cwd=PROJECT_ROOT)
         state.pids["worker"], state.logs["worker"] = pid, str(log)
         write_state(settings, state)
         echo(f"started a worker on the '{LOCAL_POOL}' pool (log: {log})")
