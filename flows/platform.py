@@ -8,10 +8,13 @@ import shutil
 import tempfile
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.settings import Settings, apply_engine_env, require_shared_stores
-from registry import Catalog, Experiments, ModelRegistry, Templates, Tracking
 from tasks.storage import Storage
+
+if TYPE_CHECKING:  # each part is imported when first used: a command that reads the catalog never loads MLflow
+    from registry import Catalog, Experiments, ModelRegistry, Templates, Tracking
 
 
 class Platform:
@@ -36,26 +39,35 @@ class Platform:
 
     @cached_property
     def tracking(self) -> Tracking:
+        from registry import Tracking
+
         s = self.settings
         root = None if s.mlflow_tracking_uri else s.mlflow_artifact_root
         return Tracking(s.mlflow_uri, root)
 
     @cached_property
     def catalog(self) -> Catalog:
+        from registry import Catalog
+
         return Catalog(self.settings.catalog_db_url)
 
     @cached_property
     def models(self) -> ModelRegistry:
+        from registry import ModelRegistry
         from tasks.models import estimator_signature
 
         return ModelRegistry(self.tracking, self.catalog, infer_signature=estimator_signature)
 
     @cached_property
     def experiments(self) -> Experiments:
+        from registry import Experiments
+
         return Experiments(self.tracking)
 
     @cached_property
     def templates(self) -> Templates:
+        from registry import Templates
+
         return Templates(self.catalog)
 
 

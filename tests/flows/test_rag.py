@@ -254,13 +254,16 @@ def test_a_private_chat_endpoint_writes_the_answers_and_its_tokens_open_the_rout
 def outside_embeddings():
     """A stand-in for an outside OpenAI-compatible embeddings service (no other one runs offline): a real
     HTTP server on a free port whose vectors are hashed bags of words (64 dimensions). What it stands
-    in for is only the far side; mlyard's side is the user's path. Yields (base URL, texts it embedded)."""
+    in for is only the far side; mlyard's side is the user's path. Yields (base URL, texts it embedded,
+    a gate that holds documents' embeddings while it is cleared)."""
     import re
     import threading
     import zlib
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     seen: list[str] = []
+    gate = threading.Event()  # cleared: documents wait here (the one-text probe never does) until it is set
+    gate.set()
 
     class Embeddings(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802 - http.server's name
@@ -269,6 +272,8 @@ def outside_embeddings():
                 self.send_error(404)
                 return
             texts = [body["input"]] if isinstance(body["input"], str) else body["input"]
+            if texts != ["dimension probe"]:
+                gate.wait(120)
             seen.extend(texts)
             data = []
             for i, text in enumerate(texts):
@@ -288,20 +293,27 @@ def outside_embeddings():
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Embeddings)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1", seen
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1", seen, gate
+    gate.set()
     server.shutdown()
     server.server_close()
 
 
 def test_an_outside_embeddings_service_embeds_documents_and_questions(stack, outside_embeddings):
-    url, seen = outside_embeddings
+    url, seen, gate = outside_embeddings
     folder = project("outside-docs")
     (folder / "library.txt").write_text("The library opens at eight and lends books for three weeks.\n")
     (folder / "parking.txt").write_text("Parking costs five euros per day in the north garage.\n")
     spec = folder.parent / "outside.yaml"
     spec.write_text(f"name: outside\npath: outside-docs\nembedding: {{url: '{url}', model: bow-64}}\n"
                     "llm: {base_url: 'http://127.0.0.1:9/v1'}\n")
-    view = _json("rags", "create", "-f", str(spec), "--wait")
+    gate.clear()  # the creation waits on the documents' embeddings: it is in progress until the gate opens
+    assert _json("rags", "create", "-f", str(spec))["status"] in ("CREATE REQUESTED", "CREATE IN PROGRESS")
+    _one_line_error(mlyard("rags", "delete", "outside"), "being created or deleted cannot be deleted")
+    gate.set()
+    deadline = time.monotonic() + 120
+    while (view := _view("outside"))["status"] != "ACTIVE" and time.monotonic() < deadline:
+        time.sleep(0.3)
     assert view["status"] == "ACTIVE" and view["store"]["chunks"] == 2, view
     assert any("library opens" in t for t in seen) and any("north garage" in t for t in seen)
     _deployed("outside")
@@ -349,7 +361,6 @@ def test_faults_an_llm_that_is_down_and_a_database_that_goes_away_mid_sync(stack
     spec = folder.parent / "flaky.yaml"
     spec.write_text(f"name: flaky\npath: flaky-docs\nllm: {{base_url: 'http://127.0.0.1:{port}/v1', model: x}}\n")
     assert _json("rags", "create", "-f", str(spec))["status"] in ("CREATE REQUESTED", "CREATE IN PROGRESS")
-    _one_line_error(mlyard("rags", "delete", "flaky"), "being created or deleted cannot be deleted")
     deadline = time.monotonic() + 180
     while _view("flaky")["status"] != "ACTIVE" and time.monotonic() < deadline:
         time.sleep(0.5)
