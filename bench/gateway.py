@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._stack import start  # noqa: E402
 
 TOKEN = {"value": ""}  # the endpoints' token, sent with every request (a replica called directly ignores it)
+REPLICA = {"value": ""}  # the replicas' credential (the gateway's), for the direct calls to a replica
 
 
 def wrk(url: str, body: str, connections: int, seconds: float, check: bool = True) -> dict:
@@ -42,6 +43,7 @@ def wrk(url: str, body: str, connections: int, seconds: float, check: bool = Tru
     script = Path("/tmp/mlyard-bench-post.lua")
     script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
                       f'wrk.headers["Authorization"] = "Bearer {TOKEN["value"]}"\n'
+                      f'wrk.headers["x-mlyard-replica"] = "{REPLICA["value"]}"\n'
                       f"wrk.body = [==[{body}]==]\n")
     proc = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", "--latency", "-s", str(script), url],
                           capture_output=True, text=True, check=True)
@@ -69,7 +71,11 @@ def cpu_seconds(pid: int) -> float:
 
 
 def routes(gw: str) -> dict:
-    return json.loads(urllib.request.urlopen(f"{gw}/mlyard/routes", timeout=5).read())["endpoints"]
+    from core.connection import internal_headers
+    from core.settings import Settings
+
+    req = urllib.request.Request(f"{gw}/mlyard/routes", headers=internal_headers(Settings()))
+    return json.loads(urllib.request.urlopen(req, timeout=5).read())["endpoints"]
 
 
 def main() -> None:
@@ -99,6 +105,9 @@ def main() -> None:
         endpoints.create({"name": name, "stage": {"resources": [{"model": "rf/1", "pods": pods}]}})
     tokens = {name: endpoints.issue_token(name, days=1)["token"] for name in ("rf1", "rf2")}
     TOKEN["value"] = tokens["rf1"]
+    from core.connection import internal_token, replica_token
+
+    REPLICA["value"] = replica_token(internal_token(settings) or "")
     body = json.dumps({"instances": [X[0].tolist()]})
     direct = routes(gw)["rf1"]["stages"]["default"][0]["url"] + "/v1/models/rf:predict"
     via = f"{gw}/rf1/rf/v1/models/rf:predict"

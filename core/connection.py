@@ -109,6 +109,42 @@ def connect_if_running(settings: Settings | None = None) -> str | None:
     return url
 
 
+REPLICA_HEADER = b"x-mlyard-replica"  # what the gateway shows a replica (serving/access.py checks it)
+
+
+def internal_token(settings: Settings) -> str | None:
+    """The platform's own credential (Settings.internal_token): set, or the one `mlyard up` made."""
+    if settings.internal_token is not None:
+        return settings.internal_token.get_secret_value()
+    state = read_state(settings)
+    return state.internal_token if state is not None else None
+
+
+def internal_headers(settings: Settings) -> dict[str, str]:
+    """Headers that pass the gateway's management routes and the mlyard API's runs."""
+    token = internal_token(settings)
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def replica_token(internal: str) -> str:
+    """The replicas' credential, derived from the internal one: a replica (which runs a model's own code)
+    holds only this, which opens no endpoint and no management route."""
+    import hashlib
+    import hmac
+
+    return hmac.new(internal.encode(), b"mlyard-replica", hashlib.sha256).hexdigest()
+
+
+def replica_headers(settings: Settings) -> dict[str, str]:
+    """What lets the platform's own code call a replica directly, as the gateway does (a RAG's ingestion
+    embedding through its query service, the query service asking its own LLM): a replica's own
+    credential (MLYARD_REPLICA_TOKEN), else the one derived from the internal credential."""
+    if settings.replica_token is not None:
+        return {REPLICA_HEADER.decode(): settings.replica_token.get_secret_value()}
+    internal = internal_token(settings)
+    return {REPLICA_HEADER.decode(): replica_token(internal)} if internal else {}
+
+
 def gateway_url(settings: Settings) -> str:
     """The endpoint gateway's URL: the one `mlyard up` started for this home, else from settings."""
     state = read_state(settings)

@@ -136,6 +136,17 @@ class Settings(BaseSettings):
     telemetry: bool = Field(
         default=False, description="Allow the engines (Prefect, MLflow) to send usage telemetry."
     )
+    internal_token: SecretStr | None = Field(
+        default=None, description="The platform's own credential: the gateway's management routes (/mlyard/*), "
+        "the mlyard API's POST /v1/runs, and the platform's services calling private endpoints show it. Unset: the "
+        "one `mlyard up` made for this home (stack.json, mode 0600). On Kubernetes: `mlyard_internal_token` in the "
+        "mlyard-settings Secret.")
+    replica_token: SecretStr | None = Field(
+        default=None, description="Set by the platform on the replicas it starts: a replica answers only requests "
+        "that carry it (the gateway's), health checks aside. Unset (a `mlyard serve` of your own): no check.")
+    max_request_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024, description="The gateway's limit on a request body (413 above it), "
+        "unless an endpoint's spec sets its own `max_request_bytes`.")
 
     @field_validator("kube_service_url")
     @classmethod

@@ -244,7 +244,10 @@ def chat(endpoint: str, *, stage: str | None = None, token: str | None = None, m
 
 
 def _gateway(settings, path: str, method: str = "GET", timeout: float = 10.0) -> dict[str, Any] | None:
-    req = urllib.request.Request(gateway_url(settings) + path, method=method, data=b"" if method == "POST" else None)
+    from core.connection import internal_headers
+
+    req = urllib.request.Request(gateway_url(settings) + path, method=method, data=b"" if method == "POST" else None,
+                                 headers=internal_headers(settings))
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return json.loads(resp.read())

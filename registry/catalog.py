@@ -65,6 +65,7 @@ class Endpoint(Base):
     name: Mapped[str] = mapped_column(String(50), unique=True)
     description: Mapped[str] = mapped_column(Text, default="")
     public: Mapped[bool] = mapped_column(Boolean, default=False)
+    max_request_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # None: the platform's limit
     status: Mapped[str] = mapped_column(String(32), default="CREATE REQUESTED")
     reason: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

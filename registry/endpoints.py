@@ -89,7 +89,8 @@ class Endpoints:
         with self.catalog.session() as s:
             if s.scalar(select(Endpoint).where(Endpoint.name == spec.name)) is not None:
                 raise AlreadyExists("endpoint", spec.name)
-            ep = Endpoint(name=spec.name, description=spec.description, public=spec.public, status="CREATE REQUESTED")
+            ep = Endpoint(name=spec.name, description=spec.description, public=spec.public,
+                          max_request_bytes=spec.max_request_bytes, status="CREATE REQUESTED")
             ep.stages.append(new_stage(spec.stage, versions, default=True))
             s.add(ep)
             s.flush()
@@ -296,7 +297,7 @@ class Endpoints:
         stage, its stages (with the routed Services of those that run on a cluster, resource id -> (model,
         URL)), and its tokens as digest -> (expiry as epoch seconds, revoked)."""
         with self.catalog.session() as s:
-            return {ep.name: {"id": ep.id, "public": ep.public,
+            return {ep.name: {"id": ep.id, "public": ep.public, "max_request_bytes": ep.max_request_bytes,
                               "default": next((st.name for st in ep.stages if st.is_default), None),
                               "stages": {st.name: {"id": st.id, "status": st.status,
                                                    "rules": st.autoscaling_rules or [],

@@ -56,3 +56,30 @@ def token_problem(internal: bytes | None, ep: dict[str, Any], scope: dict) -> st
     if len(passed) < 4096:
         passed[value] = expires
     return None
+
+
+# What a replica answers without the replicas' credential: liveness and readiness, which the gateway's and
+# Kubernetes' probes ask (a kubelet sends no header), and which say nothing about the model.
+OPEN_PATHS = frozenset({"/", "/health", "/v2/health/live", "/v2/health/ready", "/mlyard/health"})
+
+
+class ReplicaGuard:
+    """ASGI middleware of a replica that the platform started: every request but the health checks must
+    carry the replicas' credential (`x-mlyard-replica`), which only the gateway sends, so that nobody
+    reaches a private endpoint's model around the gateway's tokens. The check reads the headers only."""
+
+    def __init__(self, app: Any, token: str):
+        self.app, self._token = app, token.encode()
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and not (scope["path"] in OPEN_PATHS and scope["method"] in ("GET", "HEAD")):
+            value = next((v for k, v in scope["headers"] if k == b"x-mlyard-replica"), None)
+            if value is None or not hmac.compare_digest(value, self._token):
+                body = error_body("this replica answers the mlyard gateway only: call the endpoint through the "
+                                  "gateway (mlyard endpoints show ENDPOINT gives its URLs)")
+                await send({"type": "http.response.start", "status": 403,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)

@@ -9,6 +9,13 @@ whose body comes in one message as a single write with its Content-Length. A str
 app gave a length. Keep-alive, pipelined requests (answered in order), and `Connection: close` are
 honoured; a malformed request gets 400 and the connection is closed.
 
+It holds under abuse (Limits): the request line and headers are bounded (431), and so is the body
+(413, as soon as it passes the limit, not after reading it all); an app that has `admit(method, path,
+headers)` judges a request on its head alone (the gateway checks the route and the token there), and
+a refused request is answered at once without its body ever being read; a connection must send its
+head and body in time (408), is closed after a keep-alive pause, and there are at most
+`max_connections` at once (503 to the next).
+
 Not here, on purpose: TLS, WebSockets, HTTP/2, `Expect: 100-continue` beyond answering it, trailers.
 """
 
@@ -18,6 +25,7 @@ import asyncio
 import logging
 import signal
 from collections import deque
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Callable
 
@@ -25,6 +33,7 @@ import httptools
 
 log = logging.getLogger("mlyard.fastserver")
 MAX_BODY = 64 * 1024 * 1024
+LINGER_SECONDS = 2.0
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 
@@ -32,9 +41,31 @@ def _status_line(status: int) -> bytes:
     return b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b""))
 
 
+@dataclass(frozen=True)
+class Limits:
+    max_head_bytes: int = 64 * 1024  # the request line and headers (431 above)
+    max_body_bytes: int = MAX_BODY  # unless the app's admit() gives a request its own limit (413 above)
+    head_seconds: float = 10.0  # from a request's first byte to the end of its headers (408 after)
+    body_seconds: float = 60.0  # from the end of the headers to the end of the body (408 after)
+    idle_seconds: float = 5.0  # a kept-alive connection with no request (closed after), as uvicorn does
+    max_connections: int = 4096  # open at once (503 to the next)
+
+
+Refusal = tuple[int, bytes, list]  # status, JSON body, extra headers
+
+
+def _closing_reply(status: int, body: bytes, headers: list | tuple = ()) -> bytes:
+    head = [_status_line(status), b"content-type: application/json\r\ncontent-length: ", str(len(body)).encode(),
+            b"\r\nconnection: close\r\n"]
+    for k, v in headers:
+        head += [k, b": ", v, b"\r\n"]
+    return b"".join(head) + b"\r\n" + body
+
+
 class _Connection(asyncio.Protocol):
     def __init__(self, app: Any, server: "Server"):
-        self.app, self.server = app, server
+        self.app, self.server, self.limits = app, server, server.limits
+        self.admit: Callable[[str, str, list], Refusal | int | None] | None = getattr(app, "admit", None)
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.pending: deque[tuple] = deque()
@@ -44,32 +75,96 @@ class _Connection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
         self._size = 0
-        self._too_large = False
+        self._limit = self.limits.max_body_bytes
+        self._in_body = False  # between the end of a request's headers and the end of its body
+        self._head_bytes = 0  # bytes received while a request's head was incomplete
+        self._refused: Refusal | None = None  # this request is answered with it; its body is not kept
+        self._timer: asyncio.TimerHandle | None = None
         self.client: tuple[str, int] | None = None
 
     # asyncio.Protocol
     def connection_made(self, transport) -> None:  # type: ignore[override]
         self.transport = transport
         self.client = transport.get_extra_info("peername")
+        if len(self.server.connections) >= self.limits.max_connections:
+            self.closing = True
+            transport.write(_closing_reply(503, b'{"error": "the gateway has too many connections open; retry '
+                                                b'shortly"}', [(b"retry-after", b"1")]))
+            transport.close()
+            return
         self.server.connections.add(self)
+        self._arm(self.limits.idle_seconds, None)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
+        self._arm(None, None)
         self.server.connections.discard(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.closing:  # a refused request's body (lingering, see _close_with), or a closed connection's
+            return
+        if not self._in_body:
+            self._head_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._close_with(400, f'{{"error": "malformed HTTP request: {type(exc).__name__}"}}'.encode())
+            return
+        if not self._in_body and self._head_bytes > self.limits.max_head_bytes and not self.closing:
+            self._close_with(431, b'{"error": "the request line and headers are over the limit of %d bytes"}'
+                             % self.limits.max_head_bytes)
+
+    # the connection's clock: one timer, for the phase it is in
+    def _arm(self, seconds: float | None, status: int | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if seconds is not None and not self.closing:
+            self._timer = asyncio.get_running_loop().call_later(seconds, self._late, status)
+
+    def _late(self, status: int | None) -> None:
+        self._timer = None
+        if status is None or self.busy:  # idle, or an answer is being written: closed without a word
+            self.closing = True
             if self.transport is not None:
-                body = f'{{"error": "malformed HTTP request: {type(exc).__name__}"}}'.encode()
-                self.transport.write(_status_line(400) + b"content-type: application/json\r\ncontent-length: "
-                                     + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
                 self.transport.close()
+        else:
+            self._close_with(status, b'{"error": "the request did not arrive in time"}')
+
+    def _close_with(self, status: int, body: bytes, headers: list | tuple = ()) -> None:
+        """Answer now and close (nothing is being answered on this connection). The close lingers: our side
+        ends with the answer (FIN), and what the client still sends (the body we refused) is read and
+        dropped for LINGER_SECONDS before the socket closes, so that its unread bytes do not turn the
+        close into a reset that would lose the answer on the client's side (as nginx's lingering_close)."""
+        self.closing = True
+        self._arm(None, None)
+        transport = self.transport
+        if transport is None:
+            return
+        if self.busy:
+            transport.close()
+            return
+        transport.write(_closing_reply(status, body, headers))
+        if transport.can_write_eof():
+            transport.write_eof()
+            asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.close)
+        else:
+            transport.close()
+
+    def _refuse(self, refusal: Refusal) -> None:
+        """Refuse the request being received: at once when nothing is being answered (its body is never
+        read), else after the answers before it (its body is dropped as it comes)."""
+        if not self.busy and not self.pending:
+            self._close_with(*refusal)
+        else:
+            self._refused = refusal
 
     # httptools callbacks
     def on_message_begin(self) -> None:
-        self._url, self._headers, self._body, self._size, self._too_large = b"", [], [], 0, False
+        self._url, self._headers, self._body, self._size = b"", [], [], 0
+        self._limit, self._refused = self.limits.max_body_bytes, None
+        if not self.busy:
+            self._arm(self.limits.head_seconds, 408)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -78,24 +173,49 @@ class _Connection(asyncio.Protocol):
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        self._in_body = True
+        if not self.busy:
+            self._arm(self.limits.body_seconds, 408)
+        verdict = None
+        if self.admit is not None:
+            try:
+                verdict = self.admit(self.parser.get_method().decode("ascii"),
+                                     httptools.parse_url(self._url).path.decode("latin-1"), self._headers)
+            except Exception:  # a bad head the app could not judge: the app answers it as usual
+                log.exception("admit failed")
+        if isinstance(verdict, tuple):
+            return self._refuse(verdict)
+        if isinstance(verdict, int):
+            self._limit = verdict
+        declared = next((v for k, v in self._headers if k == b"content-length"), None)
+        if declared is not None and declared.isdigit() and int(declared) > self._limit:
+            return self._refuse(_too_large(self._limit))
         if self.transport is not None and (b"expect", b"100-continue") in self._headers:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
+        if self._refused is not None or self.closing:
+            return
         self._size += len(body)
-        if self._size > MAX_BODY:
-            self._too_large = True
+        if self._size > self._limit:
+            self._body = []
+            self._refuse(_too_large(self._limit))
         else:
             self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self._in_body, self._head_bytes = False, 0
+        if self.closing:
+            return
         url = httptools.parse_url(self._url)
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         request = (self.parser.get_method().decode("ascii"), url.path.decode("latin-1"), url.query or b"",
-                   self._headers, body, self.parser.should_keep_alive(), self._too_large)
+                   self._headers, body, self.parser.should_keep_alive(), self._refused)
+        self._body = []
         self.pending.append(request)
         if not self.busy:
             self.busy = True
+            self._arm(None, None)
             asyncio.get_running_loop().create_task(self._serve())
 
     async def _serve(self) -> None:
@@ -104,15 +224,15 @@ class _Connection(asyncio.Protocol):
                 await self._one(*self.pending.popleft())
         finally:
             self.busy = False
+            if not self.closing:
+                self._arm(self.limits.idle_seconds, None)
 
     async def _one(self, method: str, path: str, query: bytes, headers: list, body: bytes, keep_alive: bool,
-                   too_large: bool) -> None:
+                   refused: Refusal | None) -> None:
         transport = self.transport
         assert transport is not None
-        if too_large:
-            msg = b'{"error": "the request body is over the limit"}'
-            transport.write(_status_line(413) + b"content-type: application/json\r\ncontent-length: "
-                            + str(len(msg)).encode() + b"\r\nconnection: close\r\n\r\n" + msg)
+        if refused is not None:
+            transport.write(_closing_reply(*refused))
             transport.close()
             self.closing = True
             return
@@ -189,9 +309,13 @@ class _Connection(asyncio.Protocol):
             self.closing = True
 
 
+def _too_large(limit: int) -> Refusal:
+    return 413, b'{"error": "the request body is over the limit of %d bytes"}' % limit, []
+
+
 class Server:
-    def __init__(self, app: Any, host: str, port: int):
-        self.app, self.address = app, (host, port)
+    def __init__(self, app: Any, host: str, port: int, limits: Limits | None = None):
+        self.app, self.address, self.limits = app, (host, port), limits or Limits()
         self.connections: set[_Connection] = set()
 
     async def serve(self, on_ready: Callable[[str], None] | None = None) -> None:
@@ -242,7 +366,8 @@ class _Lifespan:
             pass
 
 
-def run(app: Any, host: str, port: int, on_ready: Callable[[str], None] | None = None) -> None:
+def run(app: Any, host: str, port: int, on_ready: Callable[[str], None] | None = None,
+        limits: Limits | None = None) -> None:
     """Serve `app` until SIGINT or SIGTERM (uvloop when it is installed)."""
     import gc
 
@@ -252,4 +377,4 @@ def run(app: Any, host: str, port: int, on_ready: Callable[[str], None] | None =
         from uvloop import run as runner
     except ImportError:
         runner = asyncio.run  # type: ignore[assignment]
-    runner(Server(app, host, port).serve(on_ready))
+    runner(Server(app, host, port, limits).serve(on_ready))

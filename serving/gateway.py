@@ -3,22 +3,27 @@ front of every endpoint's replicas.
 
     /{endpoint}/{model}/v1|v2|openai/...                 the endpoint's default stage
     /{endpoint}/stages/{stage}/{model}/v1|v2|openai/...  one stage
-    GET  /mlyard/health     200 while the gateway runs
+    GET  /mlyard/health     200 while the gateway runs (the only route open to anyone)
     GET  /mlyard/routes     the routing table: default stages, replicas, health, outstanding requests
     POST /mlyard/reload     read the catalog and the replicas now (the endpoint flows call it after a change)
     GET  /mlyard/stats      ?since=&until= (epoch seconds) &endpoint=&stage=&model=: the statistics
     GET  /mlyard/metrics    the same counts since this gateway started, for Prometheus to scrape
+    (every /mlyard/ route but health needs the platform's internal credential: gateway_admin.py)
     POST /rag/v1/query      an OpenAI chat-completions body whose `model` is a RAG's name: to that RAG's
                             query service (serving/rag.py), streamed; /rag/v1/search: its retrieval alone.
                             A RAG is routed and counted as an endpoint named `rag:NAME`.
 
 What it does per request, in order: parse the route (404 when no endpoint, stage or model answers);
-check the token unless the endpoint is public (401 with why; the request never reaches a replica);
+check the token unless the endpoint is public (401 with why; the request never reaches a replica) and
+the body's declared size against the endpoint's limit (413) — all on the request's head, before its
+body is read (`admit`, called by fastserver.py, whose Limits bound headers, bodies, time and
+connections);
 take the healthy replica with the fewest outstanding requests (503 + Retry-After when none, or when
 the gateway itself is full); proxy the request, streaming the answer. A replica that refuses the
 connection, or resets or closes it before answering (as a killed one does), is taken out of routing
 at once and the request goes to another one (inference requests have no side effects); it comes back
-when a health probe passes.
+when a health probe passes. Every request to a replica carries the replicas' credential
+(`x-mlyard-replica`, derived from the internal one): replicas answer nothing else (serving/access.py).
 
 Every second (and on /mlyard/reload) it reads the catalog (endpoints, default stages, tokens, and the
 Services of stages on a cluster) and the local replica files (tasks/replicas.py); each replica is
@@ -35,13 +40,15 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 
 import orjson
 
+from core.connection import REPLICA_HEADER, replica_token
 from serving import asgi
 from serving.access import error_body, openai_error, token_problem
 from serving.endpoint_stats import EndpointStats
+from serving.fastserver import Refusal
+from serving.gateway_admin import admin, is_internal
 from serving.health import HEALTHY, Health
 from serving.modelfolder import HealthCheck
 from serving.proxy import Pool, UpstreamError
@@ -62,10 +69,13 @@ RAG_ROUTES = {"/rag/v1/query": "/v1/chat/completions", "/rag/v1/chat/completions
 class Gateway:
     def __init__(self, home: Path, catalog_url: str | None, check: HealthCheck | None = None,
                  max_in_flight: int = 1024, timeout: float = 120.0, refresh_seconds: float = 1.0,
-                 autoscale_seconds: float = 5.0, internal_token: str | None = None):
+                 autoscale_seconds: float = 5.0, internal_token: str | None = None, max_body: int = MAX_BODY):
         self.home = Path(home)
-        # the platform's own services (a RAG's query service asking its LLM endpoint) pass with this token
+        # the platform's own services (a RAG's query service asking its LLM endpoint) pass with this token,
+        # and the management routes take nothing else
         self._internal = b"Bearer " + internal_token.encode() if internal_token else None
+        self._to_replica = [(REPLICA_HEADER, replica_token(internal_token).encode())] if internal_token else []
+        self.max_body = max_body
         self.catalog_url = catalog_url
         self.check = check or HealthCheck(path="/v2/health/ready", interval=1.0, max_retries=2, max_wait_time=2.0, expected_status_code=200,
                                           initial_delay=0.0)
@@ -140,7 +150,7 @@ class Gateway:
 
     async def _probe(self, t: Tracked) -> None:
         try:
-            resp = await t.pool.request("GET", t.path, [], b"", timeout=self.check.max_wait_time)
+            resp = await t.pool.request("GET", t.path, self._to_replica, b"", timeout=self.check.max_wait_time)
             await resp.read()
             resp.close()
             status = t.health.probed(time.monotonic(), resp.status)
@@ -177,6 +187,39 @@ class Gateway:
             t.health.probed(time.monotonic(), None, reason)
         self.router.set_health(url, False)
 
+    # -- the head of a request (fastserver calls it before reading the body) ------------------------
+
+    def admit(self, method: str, path: str, headers: list[tuple[bytes, bytes]]) -> Refusal | int | None:
+        """Refuse a request on its head alone (404, 401), or give its body limit."""
+        if path.startswith("/mlyard/"):
+            if path == "/mlyard/health" or is_internal(self._internal, headers):
+                return 64 * 1024
+            return 401, error_body("the gateway's management routes need the platform's internal credential"), \
+                [(b"www-authenticate", b"Bearer")]
+        if path in RAG_ROUTES:  # the RAG is named in the body: its token is checked once the body is read
+            return self.max_body
+        try:
+            route = self._route(path)
+        except NoRoute as exc:
+            return 404, error_body(str(exc)), []
+        ep = self.endpoints.get(route.endpoint)
+        if ep is None:
+            return 404, self._err(route, 404, f"no endpoint {route.endpoint!r}"), []
+        if not ep["public"]:
+            why = token_problem(self._internal, ep, {"headers": headers})
+            if why is not None:
+                return 401, self._err(route, 401, why), [(b"www-authenticate", b"Bearer")]
+        return ep.get("max_request_bytes") or self.max_body
+
+    def _route(self, path: str) -> Route:
+        """The route of a path (NoRoute when it names none)."""
+        route = self._routes.get(path)
+        if route is None:
+            route = parse(path)
+            if len(self._routes) < 4096:  # the paths clients call are few; parsed once each
+                self._routes[path] = route
+        return route
+
     # -- ASGI ---------------------------------------------------------------------------------------
 
     async def __call__(self, scope: dict, receive: asgi.Receive, send: asgi.Send) -> None:
@@ -186,7 +229,7 @@ class Gateway:
             return
         path: str = scope["path"]
         if path.startswith("/mlyard/"):
-            return await self._admin(scope, receive, send)
+            return await admin(self, scope, receive, send)
         if self.in_flight >= self.max_in_flight:
             return await asgi.reply(send, 503, error_body(f"the gateway is at its limit of {self.max_in_flight} requests "
                                                       "in flight; retry shortly"), headers=RETRY_AFTER)
@@ -205,7 +248,7 @@ class Gateway:
         if scope["method"] != "POST":
             return await asgi.reply(send, 405, openai_error(f"{path} takes POST", 405))
         try:
-            body = await asgi.read_body(receive, MAX_BODY)
+            body = await asgi.read_body(receive, self.max_body)
             model = orjson.loads(body).get("model")
         except asgi.BodyTooLarge as exc:
             return await asgi.reply(send, 413, openai_error(str(exc), 413))
@@ -228,14 +271,11 @@ class Gateway:
     async def _serve(self, scope: dict, receive, send, path: str, route: Route | None = None,
                      body: bytes | None = None) -> None:
         started = time.perf_counter()
-        route = route or self._routes.get(path)
         if route is None:
             try:
-                route = parse(path)
+                route = self._route(path)
             except NoRoute as exc:
                 return await asgi.reply(send, 404, error_body(str(exc)))
-            if len(self._routes) < 4096:  # the paths clients call are few; parsed once each
-                self._routes[path] = route
         ep = self.endpoints.get(route.endpoint)
         if ep is None:
             return await asgi.reply(send, 404, self._err(route, 404, f"no endpoint {route.endpoint!r}"))
@@ -255,12 +295,13 @@ class Gateway:
             return await asgi.reply(send, 404, self._err(route, 404, str(exc)))
         try:
             if body is None:
-                body = await asgi.read_body(receive, MAX_BODY)
+                body = await asgi.read_body(receive, ep.get("max_request_bytes") or self.max_body)
         except asgi.BodyTooLarge as exc:
             return await asgi.reply(send, 413, self._err(route, 413, str(exc)))
         qs = scope.get("query_string") or b""
         target = route.rest + ("?" + qs.decode("latin-1") if qs else "")
-        headers = [(k, v) for k, v in scope["headers"] if k != b"authorization"]
+        headers = [(k, v) for k, v in scope["headers"] if k != b"authorization" and k != REPLICA_HEADER]
+        headers += self._to_replica
         key = (route.endpoint, stage, route.model)
         for _ in range(4):
             try:
@@ -325,31 +366,6 @@ class Gateway:
             return openai_error(message, status)
         return error_body(message)
 
-    async def _admin(self, scope: dict, receive, send) -> None:
-        path, method = scope["path"], scope["method"]
-        if path == "/mlyard/health":
-            return await asgi.reply(send, 200, orjson.dumps({"status": "ok", "in_flight": self.in_flight}))
-        if path == "/mlyard/routes" and method == "GET":
-            return await asgi.reply(send, 200, orjson.dumps(self.view()))
-        if path == "/mlyard/reload" and method == "POST":
-            await asgi.read_body(receive, 1024)
-            await self.refresh()
-            return await asgi.reply(send, 200, orjson.dumps(self.view()))
-        if path == "/mlyard/metrics" and method == "GET":
-            body = self.stats.prometheus({"mlyard_gateway_in_flight": ("Requests this gateway is answering now.",
-                                                                       self.in_flight)})
-            return await asgi.reply(send, 200, body, content_type=b"text/plain; version=0.0.4; charset=utf-8")
-        if path == "/mlyard/stats" and method == "GET":
-            q = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
-            try:
-                since = float(q.get("since", time.time() - 3600))
-                until = float(q["until"]) if "until" in q else None
-            except ValueError:
-                return await asgi.reply(send, 400, error_body("since and until are epoch seconds"))
-            result = self.stats.query(since, until, q.get("endpoint"), q.get("stage"), q.get("model"))
-            return await asgi.reply(send, 200, orjson.dumps(result))
-        return await asgi.reply(send, 404, error_body(f"no route {method} {path}"))
-
     def view(self) -> dict[str, Any]:
         table = self.router.view()
         for ep in table.values():
@@ -396,12 +412,15 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"mlyard gateway: {exc}") from None
     check = HealthCheck(path="/v2/health/ready", interval=args.health_interval, max_retries=args.health_max_retries,
                         max_wait_time=2.0, expected_status_code=200, initial_delay=0.0)
-    from core.connection import read_state
+    from core.connection import internal_token
 
-    state = read_state(settings)
+    token = internal_token(settings)
+    if token is None:
+        raise SystemExit("mlyard gateway: no internal credential: set MLYARD_INTERNAL_TOKEN (on Kubernetes, "
+                         "mlyard_internal_token in the mlyard-settings Secret) or start it with `mlyard up`")
     gw = Gateway(settings.home_dir, settings.catalog_db_url, check, max_in_flight=args.max_in_flight,
                  autoscale_seconds=args.autoscale_interval or settings.autoscale_interval,
-                 internal_token=state.internal_token if state else None)
+                 internal_token=token, max_body=settings.max_request_bytes)
     # The replicas' own date and server headers are passed on.
     fastserver.run(gw, args.host, args.port, on_ready=lambda url: print(f"the mlyard gateway listens on {url}",
                                                                          flush=True))

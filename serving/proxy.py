@@ -41,7 +41,7 @@ class UpstreamError(Exception):
 
 class _Conn(asyncio.Protocol):
     __slots__ = ("transport", "parser", "head", "chunks", "wake", "done", "lost", "error", "status", "headers",
-                 "keep_alive")
+                 "keep_alive", "no_body")
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -58,6 +58,7 @@ class _Conn(asyncio.Protocol):
         self.error: UpstreamError | None = None
         self.status = 0
         self.keep_alive = False
+        self.no_body = False  # the answer to a HEAD: its Content-Length describes a body that never comes
         self.headers: list[tuple[bytes, bytes]] = []
 
     # asyncio.Protocol
@@ -92,6 +93,8 @@ class _Conn(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
         self.keep_alive = self.parser.should_keep_alive()
+        if self.no_body:  # the parser would wait for the body the length announces: the answer is complete,
+            self.done, self.keep_alive = True, False  # and the connection (its parser mid-message) is not reused
         if not self.head.done():
             self.head.set_result(None)
 
@@ -205,6 +208,7 @@ class Pool:
         for attempt in (0, 1):
             conn, reused = await self._conn()
             assert conn.transport is not None
+            conn.no_body = method == "HEAD"
             conn.transport.write(payload)
             timer = None if timeout is None else asyncio.get_running_loop().call_later(timeout, _late, conn, timeout)
             try:

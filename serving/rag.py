@@ -227,8 +227,13 @@ class RagService:
 
         if self._http is None:
             t = self.spec.llm.timeout_seconds
-            self._http = httpx.AsyncClient(timeout=httpx.Timeout(t, connect=min(5.0, t)),
-                                           headers={"Authorization": f"Bearer {self.llm_key}"} if self.llm_key else {})
+            headers = {"Authorization": f"Bearer {self.llm_key}"} if self.llm_key else {}
+            if self.own_llm:  # its own LLM replica, called directly: with the replicas' credential, as the gateway
+                from core.connection import replica_headers
+                from core.settings import Settings
+
+                headers.update(replica_headers(Settings()))
+            self._http = httpx.AsyncClient(timeout=httpx.Timeout(t, connect=min(5.0, t)), headers=headers)
         return self._http
 
     def _url(self) -> str:

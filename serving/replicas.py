@@ -8,7 +8,8 @@ Every 0.2 s it compares what the endpoint flows want (tasks/replicas.py) with wh
 - one no longer wanted is stopped (SIGTERM to its process group, SIGKILL after 10 s) and forgotten.
 Replicas outlive the gateway and the supervisor itself: a supervisor that starts finds the replicas
 its predecessor left running (by pid and command line) and adopts them. Stopping the supervisor
-(SIGTERM, as `mlyard down` does) stops its replicas.
+(SIGTERM, as `mlyard down` does) stops its replicas. Each replica gets the replicas' credential
+(MLYARD_REPLICA_TOKEN, derived from the stack's internal one) and answers only the gateway.
 """
 
 from __future__ import annotations
@@ -42,7 +43,12 @@ def _cmdline(pid: int) -> str:
 
 class Supervisor:
     def __init__(self, home: Path):
+        from core.connection import internal_token, replica_token
+        from core.settings import Settings
+
         self.home = Path(home)
+        internal = internal_token(Settings(home=self.home))
+        self.env = {"MLYARD_REPLICA_TOKEN": replica_token(internal)} if internal else {}
         self.procs: dict[str, subprocess.Popen | int] = {}  # key -> our child, or the pid of an adopted one
         self.backoff: dict[str, float] = {}
         self.due: dict[str, float] = {}  # key -> when an exited replica is started again
@@ -104,7 +110,7 @@ class Supervisor:
             out.flush()
             try:
                 proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        env={**os.environ, **w.env}, start_new_session=True)
+                                        env={**os.environ, **w.env, **self.env}, start_new_session=True)
             except OSError as exc:
                 out.write(f"could not start: {exc}\n".encode())
                 st.status, st.last_exit = "EXITED", None

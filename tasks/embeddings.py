@@ -66,13 +66,14 @@ class LocalEmbedder:
 class ServiceEmbedder:
     """An OpenAI-compatible embeddings service (`POST {url}/embeddings`)."""
 
-    def __init__(self, spec: EmbeddingSpec, timeout: float = 60.0):
+    def __init__(self, spec: EmbeddingSpec, timeout: float = 60.0, headers: dict[str, str] | None = None):
         import httpx
 
         assert spec.url is not None
         key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
         self.url, self.model, self.batch_size = spec.url.rstrip("/"), spec.model, spec.batch_size
-        self._http = httpx.Client(timeout=timeout, headers={"Authorization": f"Bearer {key}"} if key else {})
+        self._http = httpx.Client(timeout=timeout, headers={**(headers or {}),
+                                                            **({"Authorization": f"Bearer {key}"} if key else {})})
         self.tokenizer = _tokenizer(str(default_model_dir()))  # chunks are cut by MiniLM's word pieces
         self.max_tokens = 512
         self.dim = int(self.encode(["dimension probe"]).shape[1])

@@ -126,7 +126,12 @@ def wait_healthy(home: Path, keys: list[str], timeout: float = 300.0) -> None:
 
 
 def gateway(url: str, path: str, method: str = "GET", timeout: float = 30.0) -> dict[str, Any]:
-    req = urllib.request.Request(url + path, method=method, data=b"" if method == "POST" else None)
+    """A management route of the gateway (/mlyard/...), with the platform's internal credential."""
+    from core.connection import internal_headers
+    from core.settings import Settings
+
+    req = urllib.request.Request(url + path, method=method, data=b"" if method == "POST" else None,
+                                 headers=internal_headers(Settings()))
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return json.loads(resp.read())

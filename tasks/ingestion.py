@@ -71,16 +71,17 @@ def diff_step(p: Parts, listing: Listing, store: VectorStore) -> Diff:
 def _model(p: Parts, spec: RagSpec):
     """The embedding model: the RAG's running query service has it loaded (a sync then embeds through
     it, with no torch to import here), else it is loaded in this process (preloaded at the start)."""
+    from core.connection import replica_headers
     from core.specs.rag import DEFAULT_EMBEDDING_MODEL, EmbeddingSpec
-    from tasks.embeddings import embedder
+    from tasks.embeddings import ServiceEmbedder, embedder
     from tasks.rag_service import service_url
 
     if not spec.embedding.url and spec.embedding.model == DEFAULT_EMBEDDING_MODEL:
         url = service_url(p.settings.home_dir, spec.name)
         if url is not None:
             try:
-                return embedder(EmbeddingSpec(url=url, model=spec.embedding.model,
-                                              batch_size=spec.embedding.batch_size)), f"the query service at {url}"
+                service = EmbeddingSpec(url=url, model=spec.embedding.model, batch_size=spec.embedding.batch_size)
+                return ServiceEmbedder(service, headers=replica_headers(p.settings)), f"the query service at {url}"
             except Exception:  # noqa: BLE001 - it went away meanwhile: load the model here
                 pass
     return embedder(spec.embedding), "this process"

@@ -143,6 +143,9 @@ class EndpointSpec(BaseModel):
     description: str = Field(default="", max_length=255, description="What this endpoint is for.")
     public: bool = Field(default=False, description="Open to the public (no token needed); else every request "
                                                     "needs a token of this endpoint.")
+    max_request_bytes: int | None = Field(
+        default=None, ge=1024, le=1024 ** 3, description="The largest request body the gateway takes for this "
+        "endpoint (413 above it, before a replica sees it). Unset: the platform's (MLYARD_MAX_REQUEST_BYTES, 64 MiB).")
     stage: StageSpec = Field(description="The default stage, created with the endpoint.")
 
 

@@ -36,19 +36,42 @@ def call(url: str, token: str | None = None, scheme: str = "Bearer", body: dict 
         return exc.code, json.loads(exc.read() or b"{}")
 
 
+def admin(gw: str, path: str, method: str = "GET") -> bytes:
+    """A management route of the gateway, with the platform's internal credential (as mlyard's own calls)."""
+    from core.connection import internal_headers
+    from core.settings import Settings
+
+    req = urllib.request.Request(gw + path, method=method, data=b"" if method == "POST" else None,
+                                 headers=internal_headers(Settings()))
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return resp.read()
+
+
+def as_gateway(url: str) -> bytes:
+    """GET a replica's own route with the replicas' credential, which only the gateway holds."""
+    from core.connection import REPLICA_HEADER, internal_token, replica_token
+    from core.settings import Settings
+
+    token = internal_token(Settings())
+    assert token
+    req = urllib.request.Request(url, headers={REPLICA_HEADER.decode(): replica_token(token)})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return resp.read()
+
+
 def replica_requests(gw: str, endpoint: str) -> int:
     """Requests the endpoint's replicas have answered, from each replica's own statistics."""
-    table = json.loads(urllib.request.urlopen(f"{gw}/mlyard/routes", timeout=5).read())
+    table = json.loads(admin(gw, "/mlyard/routes"))
     total = 0
     for replicas in table["endpoints"].get(endpoint, {}).get("stages", {}).values():
         for r in replicas:
-            stats = json.loads(urllib.request.urlopen(r["url"] + "/stats", timeout=5).read())
+            stats = json.loads(as_gateway(r["url"] + "/stats"))
             total += sum(m["requests"] for m in stats["models"])
     return total
 
 
 def routes(gw: str) -> dict:
-    return json.loads(urllib.request.urlopen(f"{gw}/mlyard/routes", timeout=5).read())["endpoints"]
+    return json.loads(admin(gw, "/mlyard/routes"))["endpoints"]
 
 
 def _alive(pid: int) -> bool:
@@ -104,7 +127,7 @@ def test_deploy_routes_tokens_and_stats(endpoint, settings):
 
     with Catalog(settings.catalog_db_url).session() as s:
         s.get(EndpointToken, expired["id"]).expires_at = datetime.now(timezone.utc) - timedelta(seconds=1)
-    urllib.request.urlopen(urllib.request.Request(f"{gw}/mlyard/reload", method="POST", data=b""), timeout=10)
+    admin(gw, "/mlyard/reload", "POST")
     for auth in (None, "", "Bearer", "Bearer ", "Basic dXNlcjpwYXNz", "Bearer " + "x" * 600, "Bearer wrong",
                  "BackendAI myd_not-a-token", f"Bearer {expired['token']}", f"Bearer {revoked['token']}",
                  f"Bearer {other_token}", "Bearer\t" + revoked["token"], "bearer" + revoked["token"]):
@@ -141,7 +164,11 @@ def test_deploy_routes_tokens_and_stats(endpoint, settings):
     # The same counts for Prometheus, read back by its client's parser.
     from prometheus_client.parser import text_string_to_metric_families
 
-    with urllib.request.urlopen(f"{gw}/mlyard/metrics", timeout=10) as resp:
+    from core.connection import internal_headers
+    from core.settings import Settings
+
+    metrics = urllib.request.Request(f"{gw}/mlyard/metrics", headers=internal_headers(Settings()))
+    with urllib.request.urlopen(metrics, timeout=10) as resp:
         assert resp.headers["content-type"].startswith("text/plain; version=0.0.4")
         families = {f.name: f for f in text_string_to_metric_families(resp.read().decode())}
     here = {"endpoint": "fraud", "stage": "default", "model": "clf"}
@@ -357,7 +384,7 @@ def test_autoscaling_rules_scale_replicas_up_and_down(endpoint, settings):
         assert call(url)[0] == 200
         assert time.monotonic() < deadline, replicas()
         time.sleep(0.05)  # about 15 requests a second
-    events = json.loads(urllib.request.urlopen(f"{gw}/mlyard/routes", timeout=5).read())["autoscaling"]
+    events = json.loads(admin(gw, "/mlyard/routes"))["autoscaling"]
     assert any(e["endpoint"] == "auto" and e["to"] == 2 for e in events)
     deadline = time.monotonic() + 60
     while len(replicas()) != 1:  # no traffic: back to one

@@ -160,15 +160,23 @@ def test_create_sync_history_search_query_and_delete(stack, settings, tmp_path, 
 
     # the query service's embeddings route is OpenAI's: the openai package, and mlyard's own client for an
     # `embedding.url` (what a sync uses once the service runs), both read it
+    from core.connection import replica_headers
     from core.specs.rag import EmbeddingSpec
     from tasks.embeddings import ServiceEmbedder
     from tasks.rag_service import service_url
 
     url = service_url(settings.home_dir, "handbook")
     assert url is not None
-    got = OpenAI(base_url=url, api_key="unused").embeddings.create(model="all-MiniLM-L6-v2", input=["backups", "tokens"])
+    # a replica answers the gateway's credential only (the platform's own ingestion shows it too)
+    import openai
+
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        OpenAI(base_url=url, api_key="unused", max_retries=0).embeddings.create(model="all-MiniLM-L6-v2", input=["x"])
+    assert "answers the mlyard gateway only" in refused.value.response.json()["error"]
+    got = OpenAI(base_url=url, api_key="unused", default_headers=replica_headers(settings)).embeddings.create(
+        model="all-MiniLM-L6-v2", input=["backups", "tokens"])
     assert [len(d.embedding) for d in got.data] == [384, 384]
-    v = ServiceEmbedder(EmbeddingSpec(url=url)).encode(["How long are backups kept?", "Backups are kept for 35 days.",
+    v = ServiceEmbedder(EmbeddingSpec(url=url), headers=replica_headers(settings)).encode(["How long are backups kept?", "Backups are kept for 35 days.",
                                                         "A mobile app comes next quarter."])
     assert v.shape == (3, 384) and float(v[0] @ v[1]) > float(v[0] @ v[2])
 

@@ -1,0 +1,56 @@
+"""The gateway's management routes (/mlyard/...): health for anyone; the routing table, a reload, the
+statistics and the metrics for the platform alone (its internal credential as a bearer token), since
+they name every endpoint and replica.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs
+
+import orjson
+
+from serving import asgi
+from serving.access import error_body
+
+if TYPE_CHECKING:
+    from serving.gateway import Gateway
+
+
+def is_internal(internal: bytes | None, headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the headers carry the platform's internal credential (`Authorization: Bearer ...`)."""
+    if internal is None:
+        return False
+    value = next((v for k, v in headers if k == b"authorization"), None)
+    return value is not None and hmac.compare_digest(value, internal)
+
+
+async def admin(gw: Gateway, scope: dict, receive: asgi.Receive, send: asgi.Send) -> None:
+    path, method = scope["path"], scope["method"]
+    if path == "/mlyard/health":
+        return await asgi.reply(send, 200, orjson.dumps({"status": "ok", "in_flight": gw.in_flight}))
+    if not is_internal(gw._internal, scope["headers"]):
+        return await asgi.reply(send, 401, error_body("the gateway's management routes need the platform's internal "
+                                                      "credential"), headers=[(b"www-authenticate", b"Bearer")])
+    if path == "/mlyard/routes" and method == "GET":
+        return await asgi.reply(send, 200, orjson.dumps(gw.view()))
+    if path == "/mlyard/reload" and method == "POST":
+        await asgi.read_body(receive, 1024)
+        await gw.refresh()
+        return await asgi.reply(send, 200, orjson.dumps(gw.view()))
+    if path == "/mlyard/metrics" and method == "GET":
+        body = gw.stats.prometheus({"mlyard_gateway_in_flight": ("Requests this gateway is answering now.",
+                                                                 gw.in_flight)})
+        return await asgi.reply(send, 200, body, content_type=b"text/plain; version=0.0.4; charset=utf-8")
+    if path == "/mlyard/stats" and method == "GET":
+        q = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
+        try:
+            since = float(q.get("since", time.time() - 3600))
+            until = float(q["until"]) if "until" in q else None
+        except ValueError:
+            return await asgi.reply(send, 400, error_body("since and until are epoch seconds"))
+        result = gw.stats.query(since, until, q.get("endpoint"), q.get("stage"), q.get("model"))
+        return await asgi.reply(send, 200, orjson.dumps(result))
+    return await asgi.reply(send, 404, error_body(f"no route {method} {path}"))
