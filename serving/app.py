@@ -35,7 +35,7 @@ from serving.batching import Batcher, ModelTimeout
 from serving.endpoint_stats import format_classes
 from serving.inference_log import InferenceLog, new_id
 from serving.protocol import BadRequest
-from serving.runtime import ServedModel
+from serving.runtime import ServedModel, has_strings
 from serving.stats import Stats
 
 SERVER_NAME = "mlyard"
@@ -81,13 +81,14 @@ class ModelServer:
             return
         if self.openai is not None and scope["path"].startswith("/openai/"):
             return await self.openai(scope, receive, send)
+        head = scope["method"] == "HEAD"  # answered as GET, without the body
         try:
-            status, body, headers = await self._route(scope, receive)
+            status, body, headers = await self._route({**scope, "method": "GET"} if head else scope, receive)
         except HttpError as exc:
             status, body, headers = exc.status, protocol.error_body(str(exc)), []
         except BadRequest as exc:
             status, body, headers = 400, protocol.error_body(str(exc)), []
-        await asgi.reply(send, status, body, headers=headers)
+        await asgi.reply(send, status, body, headers=headers, head=head)
 
     async def _route(self, scope: dict, receive) -> tuple[int, bytes, list]:
         method, path = scope["method"], scope["path"].rstrip("/") or "/"
@@ -155,7 +156,9 @@ class ModelServer:
         if unknown:
             raise BadRequest("outputs", unknown[0], f"one of the model's outputs: {', '.join(sorted(known))}")
         proba = "predict_proba" in names
-        preds, probs = await self._predict(model, x, proba)
+        where = f"inputs[0] ({req.inputs[0].name!r})" if len(req.inputs) == 1 else "inputs"
+        model.check_types(x, where)
+        preds, probs = await self._predict(model, x, proba, where)
         if model.takes_rows:
             from serving.custom import as_tensor
 
@@ -221,7 +224,8 @@ class ModelServer:
         proba = bool(params.get("probabilities", False))
         if proba and not model.is_classifier:
             raise BadRequest("parameters.probabilities", True, f"false: model {model.name!r} gives no probabilities")
-        preds, probs = await self._predict(model, x, proba)
+        model.check_types(x, "instances")
+        preds, probs = await self._predict(model, x, proba, "instances")
         return 200, protocol.v1_response(probs if proba else preds), self._classes_header(model, preds, probs), len(x)
 
     async def _explain(self, model: ServedModel, receive) -> tuple[int, bytes, list, int]:
@@ -236,7 +240,8 @@ class ModelServer:
 
     # -- shared -------------------------------------------------------------------------------------
 
-    async def _predict(self, model: ServedModel, x: Any, proba: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    async def _predict(self, model: ServedModel, x: Any, proba: bool,
+                       where: str = "the input") -> tuple[np.ndarray, np.ndarray | None]:
         if not self.ready:
             raise HttpError(503, "the server is not ready")
         try:
@@ -245,6 +250,11 @@ class ModelServer:
             raise HttpError(504, f"model {model.name!r}: {exc}") from None
         except (BadRequest, HttpError):
             raise
+        except (ValueError, TypeError) as exc:
+            if has_strings(x):  # the model cannot take the strings it was sent: the request is wrong, not the model
+                raise BadRequest(where, "strings", f"the values model {model.name!r} takes: it refused them "
+                                 f"({type(exc).__name__}: {exc})"[:2000]) from None
+            raise HttpError(500, f"model {model.name!r} failed: {type(exc).__name__}: {exc}"[:2000]) from None
         except Exception as exc:  # the model raised: 500 with what it said
             raise HttpError(500, f"model {model.name!r} failed: {type(exc).__name__}: {exc}"[:2000]) from None
         if model.is_classifier:

@@ -46,7 +46,8 @@ async def read_body(receive: Receive, limit: int) -> bytes:
 
 
 async def reply(send: Send, status: int, body: bytes, content_type: bytes = JSON,
-                headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+                headers: Iterable[tuple[bytes, bytes]] = (), head: bool = False) -> None:
+    """A whole response; `head`: the answer to a HEAD (the length of the body it would have, no body)."""
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *headers]})
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": "http.response.body", "body": b"" if head else body})

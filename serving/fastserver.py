@@ -145,11 +145,7 @@ class _Connection(asyncio.Protocol):
             transport.close()
             return
         transport.write(_closing_reply(status, body, headers))
-        if transport.can_write_eof():
-            transport.write_eof()
-            asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.close)
-        else:
-            transport.close()
+        _linger(transport)
 
     def _refuse(self, refusal: Refusal) -> None:
         """Refuse the request being received: at once when nothing is being answered (its body is never
@@ -233,7 +229,7 @@ class _Connection(asyncio.Protocol):
         assert transport is not None
         if refused is not None:
             transport.write(_closing_reply(*refused))
-            transport.close()
+            _linger(transport)
             self.closing = True
             return
         scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
@@ -307,6 +303,15 @@ class _Connection(asyncio.Protocol):
         if not sent_body or not keep_alive:
             transport.close()
             self.closing = True
+
+
+def _linger(transport: asyncio.Transport) -> None:
+    """End our side after the answer (FIN), and close the socket LINGER_SECONDS later."""
+    if transport.can_write_eof():
+        transport.write_eof()
+        asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.close)
+    else:
+        transport.close()
 
 
 def _too_large(limit: int) -> Refusal:

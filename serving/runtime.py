@@ -132,6 +132,24 @@ class ServedModel:
         self.check_width(x, where)
         return x
 
+    def check_types(self, x: Any, where: str) -> None:
+        """Strings for an input that the model's signature declares numeric: 400 naming the input and the
+        type it takes. (Without a signature the model itself is the judge: see ModelServer._predict.)"""
+        if not self.signature:
+            return
+        numeric = {m.name: m.datatype for m in self.inputs if m.datatype.startswith(("FP", "INT", "UINT", "BOOL"))}
+        columns = [(c, np.asarray(x[c])) for c in x.columns] if hasattr(x, "columns") else [(None, x)]
+        for name, values in columns:
+            datatype = numeric.get(name) if name is not None else (next(iter(numeric.values()), None)
+                                                                    if len(self.inputs) == 1 else None)
+            if datatype is not None and has_strings(values):
+                what = f"{where}.{name}" if name is not None else where
+                raise BadRequest(what, "strings", f"{datatype} numbers: model {self.name!r} takes "
+                                 f"{self._declared()} (its signature)")
+
+    def _declared(self) -> str:
+        return ", ".join(f"{m.name} {m.datatype}{m.shape}" for m in self.inputs)
+
     def check_width(self, x: np.ndarray, where: str) -> None:
         if x.ndim != 2:
             raise BadRequest(where, f"shape {list(x.shape)}", f"2 dimensions: [rows, {self.n_features or 'features'}]")
@@ -152,6 +170,16 @@ class ServedModel:
         if self.feature_names:
             return [TensorMeta(n, "FP64", [-1]) for n in self.feature_names], outputs
         return [TensorMeta("input-0", "FP64", [-1, self.n_features or -1])], outputs
+
+
+def has_strings(x: Any) -> bool:
+    """Whether model input (an array or a DataFrame) holds strings or bytes."""
+    if hasattr(x, "dtypes"):
+        return any(has_strings(np.asarray(x[c])) for c in x.columns if x[c].dtype.kind in "OSU")
+    arr = np.asarray(x)
+    if arr.dtype.kind in "SU":
+        return True
+    return arr.dtype.kind == "O" and any(isinstance(v, (str, bytes)) for v in arr.reshape(-1)[:1000])
 
 
 def _short_value(value: Any) -> str:

@@ -116,6 +116,19 @@ def test_deploy_routes_tokens_and_stats(endpoint, settings):
     assert {r["status"] for st in endpoint["stages"] for r in st["resources"]} == {"ACTIVE"}
     assert [r["status"] for r in routes(gw)["fraud"]["stages"]["default"]] == ["HEALTHY", "HEALTHY"]
 
+    # Around the gateway: its management routes need the internal credential, and a replica answers only
+    # the gateway's (a port read off the routing table, or found by a scan, gives nothing).
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{gw}/mlyard/routes", timeout=5)
+    assert refused.value.code == 401
+    replica = routes(gw)["fraud"]["stages"]["default"][0]["url"]
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(urllib.request.Request(f"{replica}/v1/models/clf:predict", data=json.dumps(
+            {"instances": ROW}).encode(), headers={"content-type": "application/json"}), timeout=5)
+    assert refused.value.code == 403 and b"answers the mlyard gateway only" in refused.value.read()
+    assert json.loads(as_gateway(f"{replica}/v2/models/clf"))["name"] == "clf"
+    assert urllib.request.urlopen(f"{replica}/v2/health/ready", timeout=5).status == 200  # probes need nothing
+
     # No valid token: 401, and no request reaches a replica.
     before = replica_requests(gw, "fraud")
     other = api.create({"name": "other", "public": True, "stage": {"resources": [{"model": "clf/1"}]}})
@@ -180,6 +193,13 @@ def test_deploy_routes_tokens_and_stats(endpoint, settings):
     assert records and {"category", "logLevel", "body", "logType", "time", "endpointId", "endpointStageId",
                         "inferenceId", "action", "modelName"} <= set(records[-1])
     assert records[-1]["endpointId"] == str(endpoint["id"])
+    # HEAD through the gateway: answered at once (it waited 5 s for a body that a HEAD answer never has)
+    t0 = time.monotonic()
+    head = urllib.request.Request(f"{gw}/fraud/clf/v2/models/clf", method="HEAD",
+                                  headers={"authorization": f"Bearer {api.issue_token('fraud', days=1)['token']}"})
+    with urllib.request.urlopen(head, timeout=10) as resp:
+        assert resp.status == 200 and resp.read() == b""
+    assert time.monotonic() - t0 < 2.0
     api.delete("other")
 
 

@@ -115,12 +115,35 @@ def test_tritonclient_json_and_binary_tensors(iris):
     ("/v1/models/iris:predict", {"instances": [[1, 2], [1, 2, 3]]}, 400, "equal length"),
     ("/v1/models/iris:predict", {"rows": [[1, 2, 3, 4]]}, 400, "instances"),
     ("/v1/models/iris:explain", {"instances": [[1, 2, 3]]}, 400, "4 features"),
+    # strings to a numeric model: 400 naming the input and why (it answered 500 "could not convert")
+    ("/v1/models/iris:predict", {"instances": [["a", "b", "c", "d"]]}, 400, "instances: "),
+    ("/v1/models/iris:predict", {"instances": [["5.1", "3.5", "x", "0.2"]]}, 400, "could not convert string to float"),
+    ("/v2/models/iris/infer", {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "BYTES",
+                                           "data": ["a", "b", "c", "d"]}]}, 400, "inputs[0] ('input-0')"),
 ])
 def test_bad_requests_get_a_clear_error_and_the_server_goes_on(iris, route, body, status, words):
     url, model, _ = iris
     got, answer = call(url + route, body)
     assert got == status and words in answer["error"], answer
     assert call(url + "/v1/models/iris:predict", {"instances": [[1, 2, 3, 4]]})[0] == 200
+
+
+def test_strings_for_a_signature_that_declares_numbers_are_refused_naming_it(tmp_path):
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    from serving.protocol import BadRequest
+    from serving.runtime import load
+
+    x, y = load_iris(return_X_y=True)
+    model = LogisticRegression(max_iter=500).fit(x, y)
+    mlflow.sklearn.save_model(model, tmp_path / "m", signature=infer_signature(x, y))
+    served = load(tmp_path / "m", "sig")
+    served.check_types(np.asarray([[1.0, 2.0, 3.0, 4.0]]), "instances")  # numbers pass
+    with pytest.raises(BadRequest, match=r"instances.*strings.*model 'sig' takes input-0 FP64\[-1, 4\] \(its signature\)"):
+        served.check_types(np.asarray([["a", "b", "c", "d"]]), "instances")
 
 
 def test_limits_and_methods(iris):

@@ -1,0 +1,215 @@
+"""The gateway's front under abuse, on real sockets: the gateway's own app (serving/gateway.py, its
+routing table set by hand: no catalog or replica is needed to refuse) behind the real fastserver, in a
+thread of this process, on a free port. Limits are shortened where a test would otherwise wait for the
+defaults (10 s for a head, 5 s idle); `test_endpoint.py` runs the gateway as `mlyard up` starts it.
+
+And a fuzz test (hypothesis) of the request parsing: whatever bytes come, the answer is a well-formed
+HTTP response that is not 500, or the connection is closed; the server stays up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from serving import fastserver
+from serving.gateway import Gateway
+
+TOKEN = "myd_the-right-token"
+INTERNAL = "internal-credential"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Running:
+    """A fastserver with the gateway's app in a thread; `.port`, `.stop()`."""
+
+    def __init__(self, app, limits: fastserver.Limits):
+        self.port = _free_port()
+        self.server = fastserver.Server(app, "127.0.0.1", self.port, limits)
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
+        self.thread.start()
+        assert ready.wait(10)
+
+    def _run(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.stopped = self.loop.create_future()
+
+        async def main() -> None:
+            srv = await self.loop.create_server(lambda: fastserver._Connection(self.server.app, self.server),
+                                                "127.0.0.1", self.port)
+            ready.set()
+            await self.stopped
+            srv.close()
+
+        self.loop.run_until_complete(main())
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.stopped.set_result, None)
+        self.thread.join(10)
+
+
+@pytest.fixture()
+def gateway(tmp_path: Path):
+    gw = Gateway(tmp_path, None, internal_token=INTERNAL, max_body=1024 * 1024)
+    digest = hashlib.sha256(TOKEN.encode()).hexdigest()
+    gw.endpoints = {"priv": {"public": False, "default": "default", "max_request_bytes": 4096,
+                             "stages": {"default": {"status": "ACTIVE"}},
+                             "tokens": {digest: (time.time() + 3600, False)}},
+                    "open": {"public": True, "default": "default", "max_request_bytes": None,
+                             "stages": {"default": {"status": "ACTIVE"}}, "tokens": {}}}
+    running = Running(gw, fastserver.Limits(max_head_bytes=8 * 1024, head_seconds=0.5, body_seconds=0.5,
+                                            idle_seconds=0.5, max_connections=8))
+    yield running
+    running.stop()
+
+
+def _connect(port: int) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.settimeout(5)
+    return s
+
+
+def _answer(s: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (or 5 s pass)."""
+    out = b""
+    try:
+        while chunk := s.recv(65536):
+            out += chunk
+    except (TimeoutError, ConnectionResetError):
+        pass
+    return out
+
+
+def test_no_token_is_refused_on_the_head_before_the_body_is_sent(gateway):
+    s = _connect(gateway.port)
+    s.sendall(b"POST /priv/m/v2/models/m/infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+              b"content-length: 62914560\r\n\r\n")  # 60 MiB announced; not one byte of it is sent
+    t0 = time.monotonic()
+    head = s.recv(65536)
+    assert head.startswith(b"HTTP/1.1 401 "), head
+    assert b"needs a token" in head and b"www-authenticate: Bearer" in head
+    assert time.monotonic() - t0 < 1.0
+    s.sendall(b"x" * 1024 * 1024)  # the client keeps sending: read and dropped (lingering close), then closed
+    s.close()
+
+
+def test_a_valid_token_over_the_endpoints_limit_is_413_before_the_body(gateway):
+    s = _connect(gateway.port)
+    s.sendall(b"POST /priv/m/v2/models/m/infer HTTP/1.1\r\nhost: x\r\nauthorization: Bearer " + TOKEN.encode()
+              + b"\r\ncontent-length: 5000\r\n\r\n")
+    head = s.recv(65536)
+    assert head.startswith(b"HTTP/1.1 413 ") and b"limit of 4096 bytes" in head, head
+    s.close()
+    # a chunked body (no length announced) is cut as soon as it passes the limit, not at its end
+    s = _connect(gateway.port)
+    s.sendall(b"POST /priv/m/v2/models/m/infer HTTP/1.1\r\nhost: x\r\nauthorization: Bearer " + TOKEN.encode()
+              + b"\r\ntransfer-encoding: chunked\r\n\r\n" + b"1000\r\n" + b"x" * 4096 + b"\r\n" + b"10\r\n" + b"y" * 16
+              + b"\r\n")
+    head = s.recv(65536)
+    assert head.startswith(b"HTTP/1.1 413 "), head
+    s.close()
+
+
+def test_headers_over_the_limit_are_431_and_an_unknown_route_404_without_reading_the_body(gateway):
+    s = _connect(gateway.port)
+    s.sendall(b"GET /priv/m/v2/models/m HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 64 * 1024)  # never ends
+    assert _answer(s).startswith(b"HTTP/1.1 431 ")
+    s = _connect(gateway.port)
+    s.sendall(b"POST /nowhere/m/v2/models/m/infer HTTP/1.1\r\nhost: x\r\ncontent-length: 62914560\r\n\r\n")
+    head = s.recv(65536)
+    assert head.startswith(b"HTTP/1.1 404 ") and b"no endpoint 'nowhere'" in head, head
+
+
+def test_management_routes_need_the_internal_credential(gateway):
+    for path in (b"/mlyard/routes", b"/mlyard/stats", b"/mlyard/metrics"):
+        s = _connect(gateway.port)
+        s.sendall(b"GET " + path + b" HTTP/1.1\r\nhost: x\r\nauthorization: Bearer " + TOKEN.encode() + b"\r\n\r\n")
+        assert _answer(s).startswith(b"HTTP/1.1 401 "), path
+    s = _connect(gateway.port)
+    s.sendall(b"GET /mlyard/routes HTTP/1.1\r\nhost: x\r\nauthorization: Bearer " + INTERNAL.encode()
+              + b"\r\nconnection: close\r\n\r\n")
+    answer = _answer(s)
+    assert answer.startswith(b"HTTP/1.1 200 ") and b'"endpoints"' in answer
+    s = _connect(gateway.port)
+    s.sendall(b"GET /mlyard/health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")  # open to anyone
+    assert _answer(s).startswith(b"HTTP/1.1 200 ")
+
+
+def test_slow_heads_and_bodies_get_408_and_idle_connections_are_closed(gateway):
+    s = _connect(gateway.port)
+    s.sendall(b"GET /mlyard/health HTTP/1.1\r\nhost")  # a head that never ends (slowloris)
+    t0 = time.monotonic()
+    assert _answer(s).startswith(b"HTTP/1.1 408 ") and time.monotonic() - t0 < 3
+    s = _connect(gateway.port)
+    s.sendall(b"POST /open/m/v2/models/m/infer HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{")  # a body short
+    assert _answer(s).startswith(b"HTTP/1.1 408 ")
+    s = _connect(gateway.port)
+    s.sendall(b"GET /mlyard/health HTTP/1.1\r\nhost: x\r\n\r\n")  # kept alive, then nothing more
+    t0 = time.monotonic()
+    answer = _answer(s)
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.count(b"HTTP/1.1") == 1 and time.monotonic() - t0 < 3
+
+
+def test_connections_are_bounded_and_pipelined_requests_answered_in_order(gateway):
+    held = [_connect(gateway.port) for _ in range(8)]
+    time.sleep(0.1)
+    extra = _connect(gateway.port)
+    assert _answer(extra).startswith(b"HTTP/1.1 503 ")
+    for s in held:
+        s.close()
+    time.sleep(0.2)
+    s = _connect(gateway.port)
+    s.sendall(b"GET /mlyard/health HTTP/1.1\r\nhost: x\r\n\r\nGET /mlyard/nope HTTP/1.1\r\nhost: x\r\n\r\n"
+              b"GET /mlyard/health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+    answer = _answer(s)
+    assert re.findall(rb"HTTP/1.1 (\d{3}) ", answer) == [b"200", b"401"]  # a refused request ends its connection: the third is never read
+
+
+methods = st.sampled_from([b"GET", b"POST", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"G\x00T", b""])
+paths = st.one_of(st.sampled_from([b"/priv/m/v2/models/m/infer", b"/open/m/v1/models/m:predict", b"/mlyard/routes",
+                                   b"/mlyard/health", b"/rag/v1/query", b"/open/stages/x/m/v2/models", b"//",
+                                   b"/open/m/openai/v1/chat/completions", b"/%00", b"*"]),
+                  st.binary(max_size=40).map(lambda b: b"/" + b.replace(b" ", b"")))
+header_lines = st.lists(st.tuples(st.sampled_from([b"authorization", b"content-length", b"transfer-encoding",
+                                                   b"x-nhn-apikey", b"expect", b"host", b"x-\xff"]),
+                                  st.one_of(st.sampled_from([b"Bearer " + TOKEN.encode(), b"-1", b"99999999999999999999",
+                                                             b"chunked", b"100-continue", b"0"]),
+                                            st.binary(max_size=30).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")))),
+                        max_size=6)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(method=methods, path=paths, headers=header_lines, body=st.binary(max_size=200))
+def test_fuzzed_requests_get_an_answer_that_is_not_500_and_the_server_stays_up(gateway, method, path, headers, body):
+    raw = method + b" " + path + b" HTTP/1.1\r\n" + b"".join(k + b": " + v + b"\r\n" for k, v in headers) \
+        + b"connection: close\r\n\r\n" + body
+    s = _connect(gateway.port)
+    try:
+        s.sendall(raw)
+    except OSError:
+        pass
+    answer = _answer(s)
+    s.close()
+    if answer:
+        assert answer.startswith(b"HTTP/1.1 "), answer[:80]
+        status = int(answer.split(b" ", 2)[1])
+        assert status != 500 and 100 <= status < 600, answer[:300]
+    health = _connect(gateway.port)
+    health.sendall(b"GET /mlyard/health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+    assert _answer(health).startswith(b"HTTP/1.1 200 ")
