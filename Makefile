@@ -34,6 +34,9 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15
 
 bench: $(STAMP)
+	# wrk drives the gateway and serving benchmarks (Debian's package)
+	command -v wrk >/dev/null || apt-get install -y -q wrk >/dev/null 2>&1 \
+	  || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q wrk >/dev/null 2>&1)
 	$(PY) bench/front_door.py
 	$(PY) bench/warm_starts.py
 	$(PY) bench/crash_detection.py
@@ -44,6 +47,8 @@ bench: $(STAMP)
 	$(PY) bench/batch_user_path.py
 	$(PY) bench/kubernetes.py
 	$(PY) bench/chat_smollm2.py
+	$(PY) bench/gateway.py
+	$(PY) bench/gateway_abuse.py
 	bash bench/serving_peers.sh
 
 down:
