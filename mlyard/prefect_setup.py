@@ -28,11 +28,14 @@ CPU_TEMPLATE = PROJECT_ROOT / "infra" / "cpu-job-template.json"
 LOCAL_POOL, GPU_POOL, CPU_POOL = "local", "gpu", "cpu"
 
 
-def spawn(argv: list[str], log: Path, env: dict[str, str], cwd: Path | None = None) -> int:
+def spawn(argv: list[str], log: Path, env: dict[str, str], cwd: Path | None = None, private: bool = True) -> int:
+    """Start a process of the stack in its own session, its output appended to `log`. `private`: what it
+    writes (databases, logs, statistics) is its user's alone (umask 077); the worker and the warm runner,
+    whose flow runs write the user's outputs, keep the user's umask."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as fh:
         proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, cwd=cwd, start_new_session=True)
+                                env=env, cwd=cwd, start_new_session=True, umask=0o077 if private else -1)
     return proc.pid
 
 

@@ -219,8 +219,11 @@ def _remote(url: str, name: str, kwargs: dict[str, Any]) -> Any:
 def post(url: str, path: str, body: dict[str, Any]) -> Any:
     """POST `body` as JSON to the mlyard API at `url`: its JSON answer, or its error raised as the same
     mlyard class; Unreachable when nothing answers there (the API stopped since `up`)."""
-    req = urllib.request.Request(f"{url}{path}", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"}, method="POST")
+    from core.connection import internal_headers
+    from core.settings import Settings
+
+    req = urllib.request.Request(f"{url}{path}", data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json", **internal_headers(Settings())})
     try:
         with urllib.request.urlopen(req, timeout=QUERY_TIMEOUT_SECONDS) as resp:
             return json.loads(resp.read())

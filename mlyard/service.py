@@ -12,6 +12,10 @@ command would make it; everything the command checks is checked before it asks.
     GET  /health              {"status": "ok"} once warm
     GET  /docs                the OpenAPI page
 
+Every route but /health needs the platform's internal credential (`Authorization: Bearer ...`, from
+stack.json, mode 0600): its answers hold specs and parameters, and its runs act as the stack's user,
+so another user of the machine gets 401 before the body is read.
+
 Run by the stack as `python -m mlyard.service --port N` (loopback only).
 """
 
@@ -32,11 +36,34 @@ from mlyard.warm import code_fingerprint, loaded_project_files
 log = logging.getLogger("mlyard.service")
 
 
-def create_app():
+class InternalOnly:
+    """ASGI middleware: every route but /health needs the internal credential (on the headers alone)."""
+
+    def __init__(self, app: Any, token: str | None):
+        self.app, self._expected = app, f"Bearer {token}".encode() if token else None
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] != "/health":
+            import hmac
+
+            given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+            if self._expected is None or not hmac.compare_digest(given, self._expected):
+                body = json.dumps({"error": {"type": "MlyardError", "status": 401, "message":
+                                             "the mlyard API answers the platform's own clients only (the internal "
+                                             "credential of stack.json)"}}).encode()
+                await send({"type": "http.response.start", "status": 401, "headers": [
+                    (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(token: str | None = None):
     from fastapi import Body, FastAPI
     from fastapi.responses import JSONResponse, Response
 
     app = FastAPI(title="mlyard API", description=__doc__, version="0.1.0")
+    app.add_middleware(InternalOnly, token=token)
 
     @app.get("/health")
     def health() -> dict[str, str]:
@@ -126,7 +153,10 @@ def main(argv: list[str] | None = None) -> None:
     threading.Thread(target=_restart_on_change, args=(files, code_fingerprint(files)), name="mlyard-code-watch",
                      daemon=True).start()
     log.info("warm; answering on http://%s:%d", args.host, args.port)
-    uvicorn.run(create_app(), host=args.host, port=args.port, log_level="warning", access_log=False)
+    from core.connection import internal_token
+
+    uvicorn.run(create_app(internal_token(Settings())), host=args.host, port=args.port, log_level="warning",
+                access_log=False)
 
 
 if __name__ == "__main__":

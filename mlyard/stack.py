@@ -52,6 +52,7 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
                          "`mlyard up` only starts the embedded stack. Unset it to use one.")
     home = settings.home_dir
     home.mkdir(parents=True, exist_ok=True)
+    home.chmod(0o700)
     point_prefect(settings, None)
     env = {**os.environ, **settings.engine_env(), "MLYARD_PROJECT_ROOT": str(PROJECT_ROOT)}
     env["MLYARD_IMAGE"] = settings.image  # prefect.yaml renders the gpu deployments with it
@@ -112,7 +113,7 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
     point_prefect(settings, state.api_url)
     if not warm_up:  # it imports while the rest starts, and is warm by the first run
         state.pids["warm-runner"] = spawn([sys.executable, "-m", "mlyard.warm.server", str(home)],
-                                           logs / "warm-runner.log", env, cwd=PROJECT_ROOT)
+                                           logs / "warm-runner.log", env, cwd=PROJECT_ROOT, private=False)
         state.logs["warm-runner"] = str(logs / "warm-runner.log")
     service_pid = 0
     if not service_up:  # it warms up (imports, first reads) while the rest is set up
@@ -134,7 +135,7 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
         # Prefect's process worker, woken by each flow run's SCHEDULED event rather than a poll four
         # times a second (mlyard/warm/worker.py): a local pool should feel immediate, and cost nothing idle.
         pid = spawn([sys.executable, "-m", "mlyard.warm.worker", "--pool", LOCAL_POOL, "--name", "mlyard-local"],
-                    log, env, cwd=PROJECT_ROOT)
+                    log, env, cwd=PROJECT_ROOT, private=False)
         state.pids["worker"], state.logs["worker"] = pid, str(log)
         write_state(settings, state)
         echo(f"started a worker on the '{LOCAL_POOL}' pool (log: {log})")
@@ -152,11 +153,28 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
         state.logs["postgres"] = str(settings.pgdata_dir / "log")
         echo(f"PostgreSQL + pgvector (RAG vectors) runs under {settings.pgdata_dir}")
     write_state(settings, state)
+    make_private(home)
     if not service_up:
         _wait_service(state, service_pid, echo)
     if not warm_up:
         _wait_runner(settings, state.pids["warm-runner"], echo)
     return state
+
+
+def make_private(home: Path) -> None:
+    """Specs, parameters, models, predictions and credentials are the stack's user's alone: every folder
+    of the home 0700 and every file in it 0600 (the stack's processes write with umask 077, but the
+    databases are made by whichever process opens them first). The home itself is 0700, or 0711 when
+    the embedded PostgreSQL runs as its own unprivileged user (root's case: pgserver makes the path to
+    its data traversable), which lets that user reach `postgres/` and lists nothing."""
+    for entry in home.iterdir():
+        if entry.name == "postgres" or entry.is_symlink():
+            continue
+        wanted = 0o700 if entry.is_dir() else 0o600
+        if entry.stat().st_mode & 0o077:
+            entry.chmod(wanted)
+    pg = home / "postgres"
+    home.chmod(0o711 if pg.is_dir() and pg.stat().st_uid != os.geteuid() else 0o700)
 
 
 def _ensure_gpu_slots(settings: Settings, echo) -> None:

@@ -6,6 +6,7 @@ path (a fresh process, a shell's environment, found through ./.mlyard) is tests/
 """
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -47,6 +48,28 @@ def test_status_shows_urls(stack):
     assert info["running"] is True and info["prefect_ui"] == stack.ui_url
     assert info["processes"]["worker"]["alive"] and info["mlflow_tracking_uri"].startswith("sqlite:///")
     assert info["processes"]["mlyard-api"]["alive"] and info["mlyard_api"] == stack.service_url
+
+
+def test_the_home_and_what_the_stack_writes_are_its_users_alone(stack, settings):
+    """Another user of the machine reads no spec, parameter or prediction, and cannot ask the mlyard API."""
+    import stat
+    import urllib.error
+    import urllib.request
+
+    home = settings.home_dir
+    pg_user = (home / "postgres").stat().st_uid != os.geteuid()  # root: pgserver's own user needs to pass
+    assert stat.S_IMODE(home.stat().st_mode) == (0o711 if pg_user else 0o700)
+    assert stat.S_IMODE(settings.stack_file.stat().st_mode) == 0o600
+    for entry in home.iterdir():  # every folder 0700 and file 0600: nothing to read, list or pass through
+        if entry.name != "postgres":
+            assert stat.S_IMODE(entry.stat().st_mode) & 0o077 == 0, (entry.name, oct(entry.stat().st_mode))
+    assert stat.S_IMODE((home / "postgres").stat().st_mode) & 0o077 == 0
+    # the mlyard API: the platform's own clients only (the CLI shows the credential of stack.json)
+    for path in ("/v1/queries/trainings_list", "/v1/runs"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(stack.service_url + path, data=b"{}", method="POST"), timeout=10)
+        assert refused.value.code == 401, path
+    assert urllib.request.urlopen(stack.service_url + "/health", timeout=10).status == 200
 
 
 def test_a_fresh_home_starts_from_the_installations_prepared_database(stack):
