@@ -35,8 +35,8 @@ class BadRequest(SpecError):
 
 
 def datatype_of(array: np.ndarray) -> str:
-    """The v2 datatype of an array (strings and bytes are BYTES)."""
-    if array.dtype.kind in ("U", "S", "O"):
+    """The v2 datatype of an array (strings, bytes, objects and datetimes, as ISO 8601, are BYTES)."""
+    if array.dtype.kind in ("U", "S", "O", "M", "m"):
         return "BYTES"
     name = _BY_KIND.get(array.dtype.str[1:])
     if name is None:
@@ -62,7 +62,52 @@ def v1_instances(body: bytes) -> tuple[list[Any], dict[str, Any]]:
 
 
 def v1_response(predictions: Any) -> bytes:
-    return orjson.dumps({"predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY)
+    """`{"predictions": [...]}` of any output numpy can hold: numbers as they are; strings; bytes as UTF-8
+    text; datetimes as ISO 8601; object arrays element by element."""
+    return orjson.dumps({"predictions": jsonable(predictions)}, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def jsonable(value: Any) -> Any:
+    """A value orjson can write: numeric arrays pass as they are (fast); the others become lists."""
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind in "biufc" and value.dtype.str[1:] in _BY_KIND:
+            return value
+        if value.dtype.kind in "Mm":
+            return np.datetime_as_string(value).tolist() if value.dtype.kind == "M" else value.astype(str).tolist()
+        return [jsonable(v) for v in value] if value.ndim > 1 else [_scalar(v) for v in value.tolist()]
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return _scalar(value)
+
+
+def _text(v: Any) -> str:
+    """One element of a BYTES output as text: datetimes in ISO 8601, objects as JSON."""
+    if isinstance(v, str):
+        return v
+    if isinstance(v, bytes):
+        return v.decode("utf-8", errors="replace")
+    if isinstance(v, np.datetime64):
+        return str(np.datetime_as_string(v))
+    if hasattr(v, "isoformat"):
+        return v.isoformat()
+    if isinstance(v, (dict, list, tuple)) or v is None:
+        return orjson.dumps(jsonable(v) if not isinstance(v, dict) else v,
+                            option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS).decode()
+    return str(v.item() if isinstance(v, np.generic) else v)
+
+
+def _scalar(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return v.decode("utf-8", errors="replace")
+    if isinstance(v, np.generic):
+        return jsonable(np.asarray(v)).tolist() if isinstance(v, (np.datetime64, np.timedelta64)) else v.item()
+    if isinstance(v, (dict, str, int, float, bool)) or v is None:
+        return v
+    if hasattr(v, "isoformat"):  # datetime, date, time, pandas' Timestamp
+        return v.isoformat()
+    if isinstance(v, np.ndarray):
+        return jsonable(v)
+    return str(v)
 
 
 # -- v2 -----------------------------------------------------------------------------------------------
@@ -208,7 +253,7 @@ def v2_response(model: str, version: str | None, request_id: str | None, outputs
             item["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         elif datatype == "BYTES":
-            item["data"] = [v.decode(errors="replace") if isinstance(v, bytes) else str(v) for v in array.reshape(-1)]
+            item["data"] = [_text(v) for v in array.reshape(-1)]
         else:
             item["data"] = array.reshape(-1)
         items.append(item)
@@ -229,7 +274,7 @@ def _to_binary(array: np.ndarray, datatype: str) -> bytes:
     if datatype == "BYTES":
         out = bytearray()
         for v in array.reshape(-1):
-            b = v if isinstance(v, bytes) else str(v).encode()
+            b = v if isinstance(v, bytes) else _text(v).encode()
             out += struct.pack("<I", len(b)) + b
         return bytes(out)
     return np.ascontiguousarray(array, dtype=np.dtype(DATATYPES[datatype]).newbyteorder("<")).tobytes()

@@ -252,3 +252,43 @@ def test_a_linear_model_is_explained_and_a_forest_says_it_has_no_explainer(iris,
     furl = forest[0]
     status, body = call(f"{furl}/v1/models/bc_rf:explain", {"instances": [forest[2][0].tolist()]})
     assert status == 501 and "no explainer" in body["error"]
+
+
+def test_string_labels_answer_on_v1_and_v2(tmp_path):
+    """A classifier with string labels (every scikit-learn classifier fitted on names): v1 answered a
+    plain-text 500 (its encoder took no strings); both protocols answer the labels."""
+    import mlflow.sklearn
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = load_iris(return_X_y=True)
+    names = np.array(["setosa", "versicolor", "virginica"])[y]
+    model = LogisticRegression(max_iter=500).fit(x, names)
+    mlflow.sklearn.save_model(model, tmp_path / "named")
+    proc, url = serve(tmp_path / "named", "named")
+    try:
+        rows = x[[0, 60, 120]].tolist()
+        status, body = call(url + "/v1/models/named:predict", {"instances": rows})
+        assert status == 200 and body == {"predictions": model.predict(rows).tolist()}, body
+        v2 = {"inputs": [{"name": "input-0", "shape": [3, 4], "datatype": "FP64", "data": sum(rows, [])}]}
+        status, body = call(url + "/v2/models/named/infer", v2)
+        assert status == 200 and body["outputs"][0]["datatype"] == "BYTES"
+        assert body["outputs"][0]["data"] == model.predict(rows).tolist()
+    finally:
+        stop(proc)
+
+
+def test_every_output_numpy_holds_is_encoded_on_both_protocols():
+    import datetime
+
+    from serving.protocol import v1_response, v2_response
+
+    when = datetime.datetime(2026, 11, 25, 9, 30)
+    cases = [(np.array(["a", "b"]), ["a", "b"]), (np.array([b"raw"]), ["raw"]),
+             (np.array(["2026-11-25T09:30"], dtype="datetime64[s]"), ["2026-11-25T09:30:00"]),
+             (np.array([when, "x", 3, None], dtype=object), [when.isoformat(), "x", 3, None]),
+             (np.array([{"k": 1}], dtype=object), [{"k": 1}]), (np.array([[1.5, 2.0]]), [[1.5, 2.0]])]
+    for array, expected in cases:
+        assert json.loads(v1_response(array)) == {"predictions": expected}
+        out = json.loads(v2_response("m", "1", None, [("predict", array, False)])[0])["outputs"][0]
+        assert out["shape"] == list(array.shape) and (out["datatype"] == "FP64") == (array.dtype.kind == "f")
