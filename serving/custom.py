@@ -49,6 +49,9 @@ class RowModel:
     takes_rows = True
     explainable = False
     runtime_note = ""
+
+    def check_types(self, x: Any, where: str) -> None:
+        """Rows are JSON values the handler judges itself."""
     is_classifier = False
     classes = None
     n_features = None
