@@ -90,30 +90,13 @@ def main() -> None:
         t.start()
     answers: dict[str, list[str]] = {}
 
-    def post_60mib(i: int) -> None:
-        chunk = b"x" * (1024 * 1024)
+    def flood(what: str, head: bytes, megabytes: int) -> None:
+        """Send `head`, then `megabytes` MiB, as fast as the gateway takes them; record its first line."""
         s = socket.create_connection((host, int(port)), timeout=30)
-        head = f"POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-length: {60 * 1024 * 1024}\r\n\r\n".encode()
         first = b""
         try:
             s.sendall(head)
-            for _ in range(60):
-                s.sendall(chunk)
-        except OSError:
-            pass
-        try:
-            first = s.recv(200)
-        except OSError:
-            pass
-        answers.setdefault("60 MiB POST, no token", []).append(first.split(b"\r\n", 1)[0].decode() or "closed")
-        s.close()
-
-    def big_header(i: int) -> None:
-        s = socket.create_connection((host, int(port)), timeout=30)
-        first = b""
-        try:
-            s.sendall(f"GET {path} HTTP/1.1\r\nhost: {host}\r\nx-pad: ".encode())
-            for _ in range(101):
+            for _ in range(megabytes):
                 s.sendall(b"a" * (1024 * 1024))
         except OSError:
             pass
@@ -121,8 +104,15 @@ def main() -> None:
             first = s.recv(200)
         except OSError:
             pass
-        answers.setdefault("101 MB header", []).append(first.split(b"\r\n", 1)[0].decode() or "closed")
+        answers.setdefault(what, []).append(first.split(b"\r\n", 1)[0].decode() or "closed")
         s.close()
+
+    def post_60mib(i: int) -> None:
+        flood("60 MiB POST, no token",
+              f"POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-length: {60 * 1024 * 1024}\r\n\r\n".encode(), 60)
+
+    def big_header(i: int) -> None:
+        flood("101 MB header", f"GET {path} HTTP/1.1\r\nhost: {host}\r\nx-pad: ".encode(), 101)
 
     def declared_100mib(i: int) -> None:
         s = socket.create_connection((host, int(port)), timeout=30)
