@@ -11,6 +11,8 @@ from typing import Any
 
 import orjson
 
+from core.connection import REPLICA_HEADER
+
 
 def error_body(message: str) -> bytes:
     return orjson.dumps({"error": message})
@@ -22,17 +24,22 @@ def openai_error(message: str, status: int) -> bytes:
                                    "param": None, "code": None}})
 
 
+def is_internal(internal: bytes | None, headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the headers carry the platform's internal credential (`internal`: its whole Authorization
+    header, `Bearer ...`)."""
+    if internal is None:
+        return False
+    value = next((v for k, v in headers if k == b"authorization"), None)
+    return value is not None and hmac.compare_digest(value, internal)
+
+
 def token_problem(internal: bytes | None, ep: dict[str, Any], scope: dict) -> str | None:
     """Why a request may not pass to the endpoint `ep` (its tokens as the gateway read them from the
     catalog), or None. Only the headers are read: the body is never touched before this passes.
     `internal` is the platform's own Authorization header (a RAG's query service asking its LLM)."""
-    value = None
-    for k, v in scope["headers"]:
-        if k == b"authorization":
-            value = v
-            break
-    if value is not None and internal is not None and hmac.compare_digest(value, internal):
+    if is_internal(internal, scope["headers"]):
         return None
+    value = next((v for k, v in scope["headers"] if k == b"authorization"), None)
     # Headers that passed, with their expiry, for this read of the catalog: a client sends the same
     # header again and again, and a revocation reaches the gateway with the next read (within 1 s).
     passed = ep.setdefault("passed", {})
@@ -73,7 +80,7 @@ class ReplicaGuard:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and not (scope["path"] in OPEN_PATHS and scope["method"] in ("GET", "HEAD")):
-            value = next((v for k, v in scope["headers"] if k == b"x-mlyard-replica"), None)
+            value = next((v for k, v in scope["headers"] if k == REPLICA_HEADER), None)
             if value is None or not hmac.compare_digest(value, self._token):
                 body = error_body("this replica answers the mlyard gateway only: call the endpoint through the "
                                   "gateway (mlyard endpoints show ENDPOINT gives its URLs)")

@@ -45,10 +45,10 @@ import orjson
 
 from core.connection import REPLICA_HEADER, replica_token
 from serving import asgi
-from serving.access import error_body, openai_error, token_problem
+from serving.access import error_body, is_internal, openai_error, token_problem
 from serving.endpoint_stats import EndpointStats
 from serving.fastserver import Refusal
-from serving.gateway_admin import admin, is_internal
+from serving.gateway_admin import admin
 from serving.health import HEALTHY, Health
 from serving.modelfolder import HealthCheck
 from serving.proxy import Pool, UpstreamError

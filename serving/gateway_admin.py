@@ -5,7 +5,6 @@ they name every endpoint and replica.
 
 from __future__ import annotations
 
-import hmac
 import time
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
@@ -13,18 +12,10 @@ from urllib.parse import parse_qs
 import orjson
 
 from serving import asgi
-from serving.access import error_body
+from serving.access import error_body, is_internal
 
 if TYPE_CHECKING:
     from serving.gateway import Gateway
-
-
-def is_internal(internal: bytes | None, headers: list[tuple[bytes, bytes]]) -> bool:
-    """Whether the headers carry the platform's internal credential (`Authorization: Bearer ...`)."""
-    if internal is None:
-        return False
-    value = next((v for k, v in headers if k == b"authorization"), None)
-    return value is not None and hmac.compare_digest(value, internal)
 
 
 async def admin(gw: Gateway, scope: dict, receive: asgi.Receive, send: asgi.Send) -> None:
