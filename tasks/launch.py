@@ -11,6 +11,7 @@ import collections
 import fcntl
 import hashlib
 import json
+import re
 import shutil
 import site
 import subprocess
@@ -330,16 +331,23 @@ def run_script(spec: TrainingSpec, dirs: Workdirs, python: str, region: str, bas
                log_path: Path, metric_sink: Callable[[list[Metric]], None],
                should_stop: Callable[[], str | None] = lambda: None,
                on_line: Callable[[str], None] | None = None,
-               echo: Callable[[str], None] | None = None, rendezvous: Rendezvous | None = None) -> ScriptRun:
+               echo: Callable[[str], None] | None = None, rendezvous: Rendezvous | None = None,
+               named_patterns: Sequence[tuple[str, re.Pattern[str]]] = ()) -> ScriptRun:
     """Run the entry point to the end: every line to `log_path`, `echo` and `on_line` (a tuning reads
     its objective there), parsed metrics to `metric_sink` in batches from a background thread. With
     `rendezvous`, this is one node of a multi-node training whose other nodes run elsewhere (a pod of
-    tasks/node_jobs.py; `base_env` holds its NODE_RANK); without, every node runs here."""
+    tasks/node_jobs.py; `base_env` holds its NODE_RANK); without, every node runs here. `named_patterns`
+    read more metrics by name (a tuning's `metrics[].regex`). A metric line of Katib's JSON format that
+    cannot be read fails the script (TrainingFailed), as it fails Katib's collection."""
     if rendezvous is not None:
         (argv, env), more = build_invocation(spec, dirs, python, region, base_env, rendezvous), []
     else:
         (argv, env), *more = node_invocations(spec, dirs, python, region, base_env)
-    parser = MetricParser(spec.metric_patterns)
+    parser = MetricParser([*spec.metric_patterns, *named_patterns], json_format=spec.metrics_format == "json")
+
+    def stop_reason() -> str | None:
+        return f"metrics collection failed: {parser.error}" if parser.error else should_stop()
+
     lock = threading.Lock()
     with open(log_path, "a", buffering=1) as log_file, MetricStream(metric_sink) as stream:
 
@@ -352,6 +360,13 @@ def run_script(spec: TrainingSpec, dirs: Workdirs, python: str, region: str, bas
                 if echo is not None:
                     echo(line)
 
-        outcome = Supervisor(argv, env, dirs.source, handle, should_stop=should_stop,
-                             max_run_time_seconds=spec.max_run_time_seconds, more=more).run()
+        try:
+            outcome = Supervisor(argv, env, dirs.source, handle, should_stop=stop_reason,
+                                 max_run_time_seconds=spec.max_run_time_seconds, more=more).run()
+        except TrainingStopped as stopped:
+            if parser.error:
+                raise TrainingFailed(stopped.reason) from None
+            raise
+        if parser.error:
+            raise TrainingFailed(f"metrics collection failed: {parser.error}")
     return ScriptRun(outcome.seconds, latest(stream.seen), list(stream.seen))

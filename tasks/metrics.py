@@ -12,9 +12,9 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Collection, Iterable, Sequence
 
-from core.metrics import metric_values
+from core.metrics import MetricLineError, json_metric_values, metric_values
 
 STEP_NAMES = ("step", "epoch", "iteration", "global_step")
 COUNTERS_ONLY = ("step", "global_step")  # a step and nothing more; epoch and iteration are also metrics
@@ -35,17 +35,36 @@ class MetricParser:
     carries `step=`, `epoch=`, `iteration=` or `global_step=` gives its metrics that step (`epoch` and
     `iteration` are logged as metrics too, so their curve shows); otherwise a metric's step counts
     its own occurrences (0, 1, 2, ...).
+
+    A pattern given as (name, pattern) reads that metric by core/metrics.py's rules (a tuning's
+    `metrics[].regex`). With `json_format`, lines are Katib's JSON objects instead (`names`: the keys
+    to read; None: every numeric key) and a line's `timestamp` is its metrics' time; the first line
+    that cannot be read is kept in `error` (the collection has failed) and nothing after it counts.
     """
 
-    def __init__(self, patterns: Sequence[str]):
-        self.patterns: list[tuple[str | None, re.Pattern[str]]] = [(None, re.compile(p)) for p in patterns]
+    def __init__(self, patterns: Sequence[str | tuple[str | None, re.Pattern[str]]], json_format: bool = False,
+                 names: Collection[str] | None = None):
+        self.patterns: list[tuple[str | None, re.Pattern[str]]] = [
+            p if isinstance(p, tuple) else (None, re.compile(p)) for p in patterns]
+        self.json_format, self.names = json_format, names
+        self.error: str | None = None
         self._counts: dict[str, int] = {}
 
     def parse(self, line: str, now_ms: int | None = None) -> list[Metric]:
-        found = metric_values(line, self.patterns)
+        stamp = None
+        if self.json_format:
+            if self.error is not None:
+                return []
+            try:
+                found, stamp = json_metric_values(line, self.names)
+            except MetricLineError as exc:
+                self.error = str(exc)
+                return []
+        else:
+            found = metric_values(line, self.patterns)
         if not found:
             return []
-        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        now_ms = stamp if stamp is not None else int(time.time() * 1000) if now_ms is None else now_ms
         explicit = next((int(found[n]) for n in STEP_NAMES if n in found), None)
         out = []
         for name, value in found.items():

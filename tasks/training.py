@@ -7,10 +7,11 @@ MLflow tracking client, ids and paths.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, Mapping
+from typing import Callable, Literal, Mapping, Sequence
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -86,7 +87,8 @@ def open_run(tracking: Tracking, spec: TrainingSpec, training_id: str, kind: str
 
 def launch(spec: TrainingSpec, dirs: Workdirs, python: str, region: str, engine_env: Mapping[str, str],
            tracking: Tracking, run_id: str, log_path: Path, should_stop: Callable[[], str | None],
-           on_line: Callable[[str], None] | None = None, echo: Callable[[str], None] | None = None) -> ScriptRun:
+           on_line: Callable[[str], None] | None = None, echo: Callable[[str], None] | None = None,
+           named_patterns: Sequence[tuple[str, re.Pattern[str]]] = ()) -> ScriptRun:
     """Run the entry point to its end under the EasyMaker contract, its metrics streamed to the MLflow run,
     once it holds its GPU slots on this machine (tasks/gpu_slots.py)."""
     from core.settings import Settings
@@ -95,7 +97,7 @@ def launch(spec: TrainingSpec, dirs: Workdirs, python: str, region: str, engine_
     with holding(spec.resources.gpu_count * spec.nodes, Settings(), say=_sayer()):  # every node here
         return run_script(spec, dirs, python, region, {**os.environ, **engine_env}, log_path,
                           metric_sink=lambda batch: tracking.log_metrics(run_id, batch),
-                          should_stop=should_stop, on_line=on_line, echo=echo)
+                          should_stop=should_stop, on_line=on_line, echo=echo, named_patterns=named_patterns)
 
 
 def _sayer() -> Callable[[str], None]:

@@ -7,6 +7,7 @@ that deployment (a pod on the Kubernetes pool), followed through its MLflow metr
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from core.errors import TrainingFailed, TrainingStopped
+from core.metrics import MetricLineError, json_metric_values
 from core.names import TAG_PARENT_RUN_ID, TAG_TRIAL_NUMBER, TAG_TRIAL_STATE, TAG_TUNING_ID, TASK_TRIAL
 from core.specs import TrainingSpec, TuningSpec
 from registry.tracking import Tracking
@@ -50,7 +52,8 @@ class TrialSetup:
 def run_trial(setup: TrialSetup, loop: Loop, tracking: Tracking, trial: optuna.Trial) -> str:
     """One trial to its end; its outcome is recorded in the study. Returns its Katib state."""
     spec, number = setup.spec, trial.number
-    tspec = setup.base.with_overrides({"name": f"{spec.name[:40]}-t{number}", "hyperparameters": dict(trial.params)})
+    tspec = setup.base.with_overrides({"name": f"{spec.name[:40]}-t{number}", "hyperparameters": dict(trial.params),
+                                       "metrics_format": spec.metrics_format})
     tags = {TAG_PARENT_RUN_ID: setup.parent_run, TAG_TUNING_ID: setup.tuning_id, TAG_TRIAL_NUMBER: str(number)}
     pruner = Pruner(loop, trial)
     try:
@@ -70,20 +73,35 @@ def _as_process(setup: TrialSetup, tracking: Tracking, tspec: TrainingSpec, tags
     run_id = open_run(tracking, tspec, f"{setup.tuning_id}/trial-{trial.number}", kind="trial", tags=tags)
     trial.set_user_attr(RUN_ID_ATTR, run_id)
     parsers = objective_parsers(spec)
+    names = list(spec.metric_regexes())
+    unreadable: list[str] = []  # a JSON metrics line that failed the collection (Katib's rule)
 
     def on_line(line: str) -> None:
-        found = parse_line(parsers, line)
+        if spec.metrics_format == "json":
+            try:
+                found, _ = json_metric_values(line, names)
+            except MetricLineError as exc:
+                unreadable.append(f"metrics collection failed: {exc}")
+                return
+        else:
+            found = parse_line(parsers, line)
         if spec.objective.metric in found:
             pruner.report(found[spec.objective.metric])
+
+    def should_stop() -> str | None:
+        return unreadable[0] if unreadable else pruner.stop_reason()
 
     state, reason = KatibState.SUCCEEDED, None
     status: Literal["FINISHED", "FAILED", "KILLED"] = "FINISHED"
     try:
         script = launch(tspec, dirs, setup.python, setup.region, setup.engine_env, tracking, run_id, tdir / LOG_NAME,
-                        should_stop=pruner.stop_reason, on_line=on_line)
+                        should_stop=should_stop, on_line=on_line,
+                        named_patterns=[(m.name, re.compile(m.regex)) for m in spec.metrics if m.regex])
         trial.set_user_attr("script_seconds", script.seconds)
     except TrainingStopped as stop:
         state, reason, status = pruner.stopped_state(), stop.reason, "KILLED"
+        if unreadable:
+            state, reason, status = KatibState.FAILED, unreadable[0], "FAILED"
     except TrainingFailed as exc:
         state, reason, status = KatibState.FAILED, str(exc), "FAILED"
     except Exception as exc:  # an engine error: the trial failed, the tuning goes on

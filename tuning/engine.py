@@ -199,6 +199,7 @@ class TrialReport:
     run_id: str | None
     started_at: str | None
     seconds: float | None
+    partial: bool = False  # the value is a trial's last report before it ended unSUCCEEDED: never a result
 
 
 @dataclass(frozen=True)
@@ -227,9 +228,10 @@ def trial_reports(study: optuna.Study) -> list[TrialReport]:
         seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
         state = katib_state(t)
         reason = t.user_attrs.get(REASON_ATTR) or (INTERRUPTED if state == KatibState.KILLED else None)
-        out.append(TrialReport(t.number, state, dict(t.params), t.value if t.state == TrialState.COMPLETE else
-                               t.user_attrs.get(OBJECTIVE_ATTR), reason, t.user_attrs.get(RUN_ID_ATTR),
-                               t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None, seconds))
+        value = t.value if t.state == TrialState.COMPLETE else t.user_attrs.get(OBJECTIVE_ATTR)
+        out.append(TrialReport(t.number, state, dict(t.params), value, reason, t.user_attrs.get(RUN_ID_ATTR),
+                               t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None, seconds,
+                               partial=value is not None and state != KatibState.SUCCEEDED))
     return out
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -59,6 +59,13 @@ class TrainingSpec(BaseModel):
         description="Regexes matched against each output line; group 1 is the metric name, group 2 its value. "
         "Default: Katib's name=value.",
     )
+
+    metrics_format: Literal["text", "json"] = Field(
+        default="text",
+        description="text: metric_patterns over each output line. json: Katib's JSON lines, one object of "
+        "metrics per line ({\"loss\": \"0.2\", \"timestamp\": 1700000000.5}); every numeric key is a metric, "
+        "`timestamp` (epoch seconds or RFC 3339) its time, and a line starting with '{' that cannot be read "
+        "fails the training.")
 
     @field_validator("hyperparameters")
     @classmethod

@@ -107,6 +107,11 @@ class TuningSpec(BaseModel):
     seed: int | None = Field(default=None, description="Random seed: the same seed gives the same suggestions.")
     parameters: list[HyperparameterSpec] = Field(description="The search space; fixed hyperparameters stay in the training.")
     metrics: list[MetricSpec] = Field(default_factory=list, description="Metrics collected from each trial's output.")
+    metrics_format: Literal["text", "json"] = Field(
+        default="text",
+        description="text: Katib's name=value lines (or each metric's regex). json: Katib's JSON lines, one "
+        "object per line ({\"accuracy\": \"0.91\", \"timestamp\": 1700000000.5}); `timestamp` is the "
+        "metrics' time and a line starting with '{' that cannot be read fails the trial.")
     objective: ObjectiveSpec = Field(description="The metric to optimize, its direction and an optional goal.")
     max_trials: int = Field(default=12, ge=1, le=10_000, description="Trials to run at most.")
     max_failed_trials: int = Field(default=3, ge=1, description="The tuning fails once this many trials failed.")
@@ -130,6 +135,11 @@ class TuningSpec(BaseModel):
             for p in self.parameters:
                 if p.values is None and p.step is None:
                     raise ValueError(f"parameters.{p.name}: grid needs a step for a {p.type} range (or give values)")
+        if self.metrics_format == "json":
+            for m in self.metrics:
+                if m.regex is not None:
+                    raise ValueError(f"metrics.{m.name}.regex: with metrics_format json a metric is read by its key; "
+                                     "drop the regex")
         if self.trial_deployment:
             for m in self.metrics:
                 if m.regex is not None and re.compile(m.regex).groups < 2:

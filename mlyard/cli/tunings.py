@@ -47,9 +47,16 @@ def tunings_show(tuning_id: str, as_json: bool = JSON) -> None:
 
 @app.command("trials")
 def tunings_trials(tuning_id: str, as_json: bool = JSON) -> None:
-    """The trials of a tuning with their Katib states, hyperparameters and objective values."""
-    emit(guard(lambda: ask("tunings_trials", tuning_id=tuning_id)), as_json, ["number", "state", "value", "params", "seconds", "reason", "run_id"],
-         empty="no trials yet")
+    """The trials of a tuning with their Katib states, hyperparameters and objective values.
+
+    A trial that did not succeed shows the last value it reported marked `(partial)` (`partial: true`
+    with --json): it is never a result, and never the best trial."""
+    rows = guard(lambda: ask("tunings_trials", tuning_id=tuning_id))
+    if not as_json:
+        for r in rows:
+            if r.get("partial"):
+                r["value"] = f"{r['value']:g} (partial)"
+    emit(rows, as_json, ["number", "state", "value", "params", "seconds", "reason", "run_id"], empty="no trials yet")
 
 
 @app.command("stop")

@@ -312,3 +312,60 @@ def test_trials_as_their_own_flow_runs_with_median_stopping(platform, algorithm,
     assert all(get_training(f).work_pool == "local" for f in flow_runs)
     best = platform.tracking.get_run(result.best_run_id)
     assert best.tags["mlflow.parentRunId"] == result.run_id and best.tags["mlyard.training_id"] in flow_runs
+
+
+CUSTOM = """
+import os, sys
+x = float(dict(zip(sys.argv[1::2], sys.argv[2::2]))["--x"])
+for epoch in (1, 2):
+    print(f"epoch {epoch}: ACC IS {0.5 + x / 10 + epoch / 100:.3f}; val loss -> {1 - x / 10:.3f}", flush=True)
+open(os.path.join(os.environ["EM_MODEL_DIR"], "m.txt"), "w").write("m")
+"""
+
+
+def test_custom_metric_regexes_reach_each_trials_mlflow_run(platform, algorithm, tmp_path):
+    """Trials as processes of the tuning's run: every matched metric is in the trial's own MLflow run."""
+    from flows.tuning import tune
+
+    spec = _spec(algorithm(CUSTOM), tmp_path / "m", name="regex", strategy="grid", max_trials=2,
+                 parameters=[{"name": "x", "type": "int", "min": 1, "max": 2, "step": 1}],
+                 metrics=[{"name": "accuracy", "regex": r"ACC IS ([\d.]+)"},
+                          {"name": "val_loss", "regex": r"val loss -> (?P<value>[\d.]+)"}])
+    result = tune(spec)
+    rows = sorted(_trials(platform, result.tuning_id), key=lambda r: r["number"])
+    assert [r["state"] for r in rows] == ["SUCCEEDED"] * 2
+    run = platform.tracking.get_run(rows[1]["run_id"])
+    assert run.metrics["accuracy"] == pytest.approx(0.72) and run.metrics["val_loss"] == pytest.approx(0.8)
+    history = platform.tracking.metric_history(rows[1]["run_id"], "accuracy")
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx([0.71, 0.72])
+
+
+KATIB_JSON = """
+import json, os, sys, time
+x = int(dict(zip(sys.argv[1::2], sys.argv[2::2]))["--x"])
+for epoch in (1, 2, 3):
+    print(json.dumps({"epoch": epoch, "accuracy": str(0.5 + x / 10 + epoch / 100), "timestamp": 1700000000 + epoch}),
+          flush=True)
+    if x == 2 and epoch == 2:
+        print('{"accuracy": 0.9,', flush=True)  # a torn line: Katib's collection fails on it
+        time.sleep(30)  # ended by the failed collection long before this
+print("done")
+open(os.path.join(os.environ["EM_MODEL_DIR"], "m.txt"), "w").write("m")
+"""
+
+
+def test_katib_json_metrics_format(platform, algorithm, tmp_path):
+    from flows.tuning import tune
+
+    spec = _spec(algorithm(KATIB_JSON), tmp_path / "m", name="json", strategy="grid", max_trials=2,
+                 max_failed_trials=2, metrics_format="json",
+                 parameters=[{"name": "x", "type": "int", "min": 1, "max": 2, "step": 1}])
+    result = tune(spec)
+    rows = sorted(_trials(platform, result.tuning_id), key=lambda r: r["number"])
+    assert [r["state"] for r in rows] == ["SUCCEEDED", "FAILED"]
+    assert rows[0]["value"] == pytest.approx(0.63) and not rows[0]["partial"]
+    assert "metrics collection failed: not a JSON object" in rows[1]["reason"]
+    assert rows[1]["partial"] and rows[1]["value"] == pytest.approx(0.72), "its last report, marked partial"
+    assert result.best_trial == 0
+    history = platform.tracking.metric_history(rows[0]["run_id"], "accuracy")
+    assert sorted(m.timestamp for m in history) == [1700000001000, 1700000002000, 1700000003000]

@@ -1,4 +1,6 @@
 
+import pytest
+
 from core.specs import KATIB_METRIC_PATTERN
 from tasks.metrics import MetricParser, MetricStream, latest
 
@@ -41,3 +43,43 @@ def test_stream_survives_a_failing_sink():
     with MetricStream(sink, flush_seconds=0.01) as s:
         s.put(MetricParser([KATIB_METRIC_PATTERN]).parse("loss=1"))
     assert s.errors and isinstance(s.errors[0], RuntimeError)
+
+
+def test_named_patterns_read_their_metric_by_name():
+    import re
+
+    p = MetricParser([KATIB_METRIC_PATTERN, ("accuracy", re.compile(r"ACC: ([\d.]+)"))])
+    assert latest(p.parse("epoch=2 ACC: 0.91")) == {"epoch": 2, "accuracy": 0.91}
+
+
+def test_katib_json_lines_carry_their_own_timestamps():
+    p = MetricParser([], json_format=True)
+    got = p.parse('{"epoch": 1, "loss": "0.25", "checkpoint": "", "timestamp": 1700000000.5}', now_ms=1)
+    assert {(m.name, m.value, m.step, m.timestamp_ms) for m in got} == {
+        ("loss", 0.25, 1, 1700000000500), ("epoch", 1.0, 1, 1700000000500)}
+    got = p.parse('{"loss": 0.2, "timestamp": "2023-11-14T22:13:20Z"}')
+    assert [(m.name, m.timestamp_ms) for m in got] == [("loss", 1700000000000)]
+    assert p.parse("plain output is not metrics") == [] and p.error is None
+
+
+@pytest.mark.parametrize("line, words", [
+    ('{"loss": 0.2', "not a JSON object (Expecting"),
+    ('{"loss": 0.2, "timestamp": "yesterday"}', "timestamp 'yesterday'"),
+    ("[1, 2]", None),  # not an object line: output, not metrics
+])
+def test_a_malformed_json_metrics_line_fails_the_collection(line, words):
+    p = MetricParser([], json_format=True)
+    assert p.parse(line) == []
+    if words is None:
+        assert p.error is None
+    else:
+        assert words in p.error
+        assert p.parse('{"loss": 0.1}') == [], "nothing after the failure counts"
+
+
+def test_json_names_must_be_numbers():
+    from core.metrics import MetricLineError, json_metric_values
+
+    assert json_metric_values('{"accuracy": "0.9", "note": "x"}', ["accuracy"]) == ({"accuracy": 0.9}, None)
+    with pytest.raises(MetricLineError, match="'accuracy' has the value 'high'"):
+        json_metric_values('{"accuracy": "high"}', ["accuracy"])

@@ -125,6 +125,21 @@ def test_interrupted_trials_are_killed_on_resume(tmp_path):
     assert trial_counts(trial_reports(again)).killed == 1 and again.best_value == 0.6
 
 
+def test_a_trial_that_did_not_succeed_shows_its_value_as_partial(tmp_path):
+    spec = make(metrics=[{"name": "accuracy"}])
+    study = create_study(spec, f"sqlite:///{tmp_path}/s.db", "partial")
+    good, bad = study.ask(search_space(spec)), study.ask(search_space(spec))
+    good.set_user_attr("katib_state", "SUCCEEDED")
+    study.tell(good, 0.5)
+    bad.set_user_attr("katib_state", "FAILED")
+    bad.set_user_attr("objective", 0.9)
+    study.tell(bad, None, state=optuna.trial.TrialState.FAIL)
+    reports = {r.number: r for r in trial_reports(study)}
+    assert (reports[0].value, reports[0].partial) == (0.5, False)
+    assert (reports[1].value, reports[1].partial) == (0.9, True)
+    assert study.best_value == 0.5, "a partial value is never ranked"
+
+
 def test_metric_regexes():
     spec = make(metrics=[{"name": "accuracy", "regex": r"acc: (?P<value>[\d.]+)"}, {"name": "loss"},
                          {"name": "f1", "regex": r"F1 score ([\d.]+)"}])
@@ -144,6 +159,8 @@ def test_metric_regexes():
     ({"metrics": [{"name": "loss"}]}, "objective.metric 'accuracy' is not one of metrics"),
     ({"metrics": [{"name": "accuracy", "regex": "(unclosed"}]}, "does not compile"),
     ({"metrics": [{"name": "accuracy", "regex": "accuracy"}]}, "has no group for the value"),
+    ({"metrics_format": "json", "metrics": [{"name": "accuracy", "regex": "acc ([0-9.]+)"}]}, "read by its key"),
+    ({"metrics_format": "xml"}, "metrics_format"),
     ({"parallel_trials": 0}, "parallel_trials"),
     ({"template": "t"}, "exactly one of training"),
     ({"parameters": [{"name": "opt", "type": "categorical"}]}, "needs values"),
