@@ -61,11 +61,27 @@ def stage_inputs(storage: Storage, spec: TrainingSpec, scratch: Path,
     entry point included: the one check on the way to a run, beside the one before a command queues it).
     `stage`: the stage-in task; outside a flow run (a node's pod) the storage's own method."""
     source = stage(storage, spec.source_uri, scratch / "source", "source_uri")
-    datasets = {name: stage(storage, uri, scratch / "datasets" / name, f"datasets.{name}")
+    datasets = {name: as_folder(stage(storage, uri, scratch / "datasets" / name, f"datasets.{name}"),
+                                scratch / "datasets" / name)
                 for name, uri in spec.datasets.items()}
     ckpt_in = (stage(storage, spec.checkpoint_input_uri, scratch / "checkpoint-input", "checkpoint_input_uri")
                if spec.checkpoint_input_uri else None)
     return Inputs(source, datasets, ckpt_in)
+
+
+def as_folder(staged: Path, folder: Path) -> Path:
+    """`EM_DATASET_<NAME>` is a folder (the EasyMaker contract), whatever the dataset's source: a single
+    file (a local one, or one S3 object) is put in a folder of its own under its own name, a local file
+    by a symbolic link, never a copy."""
+    if staged.is_dir():
+        return staged
+    if staged.parent == folder:  # downloaded there already
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / staged.name
+    if not link.exists():
+        link.symlink_to(staged)
+    return folder
 
 
 @task(name="prepare-environment", cache_policy=NO_CACHE)

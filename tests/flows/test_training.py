@@ -79,6 +79,35 @@ def test_training_end_to_end(platform, s3_env, s3_settings, bucket, algorithm, t
     assert (info.status, info.name, info.experiment) == ("COMPLETE", "e2e", "flow-tests") and info.run_seconds > 0
 
 
+READS_FOLDERS = """
+import os
+for name in ("LOCAL_FILE", "FILE_URI", "LOCAL_DIR", "S3_PREFIX", "S3_OBJECT"):
+    folder = os.environ["EM_DATASET_" + name]
+    assert os.path.isdir(folder), (name, folder)
+    print(name, open(os.path.join(folder, "train.csv")).read().strip(), flush=True)
+"""
+
+
+def test_every_dataset_is_a_folder_whatever_its_source(platform, s3_env, s3_settings, bucket, algorithm, tmp_path):
+    """EM_DATASET_<NAME> is a folder: a script joins its file name to it, for a single file too."""
+    from flows.training import train
+    from tasks.storage import Storage
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.csv").write_text("x,y")
+    storage = Storage(s3_settings)
+    storage.upload(data, f"s3://{bucket}/ds/prefix")
+    storage.upload(data / "train.csv", f"s3://{bucket}/ds/object/train.csv")
+    datasets = {"local_file": str(data / "train.csv"), "file_uri": f"file://{data}/train.csv", "local_dir": str(data),
+                "s3_prefix": f"s3://{bucket}/ds/prefix", "s3_object": f"s3://{bucket}/ds/object/train.csv"}
+    result = train(_spec(algorithm(READS_FOLDERS), name="folders", datasets=datasets))
+    log = platform.tracking.download(result.run_id, "logs/output.log", tmp_path / "a").read_text()
+    for name in ("LOCAL_FILE", "FILE_URI", "LOCAL_DIR", "S3_PREFIX", "S3_OBJECT"):
+        assert f"{name} x,y" in log
+    assert (data / "train.csv").read_text() == "x,y" and sorted(p.name for p in data.iterdir()) == ["train.csv"]
+
+
 def test_failing_script_is_fail_train_with_cause_and_leaves_nothing(platform, s3_env, s3_settings, bucket, algorithm):
     from flows.training import train
     from mlyard.trainings import get_training
