@@ -30,7 +30,7 @@ QUERY_TIMEOUT_SECONDS = 120.0
 
 
 @lru_cache(maxsize=1)
-def _platform():
+def platform():
     """One Platform per process: in the API its MLflow and catalog clients stay warm between queries."""
     from core.connection import connect
     from flows.platform import Platform
@@ -57,7 +57,7 @@ def trainings_show(training_id: str) -> dict[str, Any]:
     from mlyard.links import links
     from mlyard.trainings import get_training
 
-    p = _platform()
+    p = platform()
     info = get_training(training_id).as_dict()
     run = p.tracking.find_training_run(training_id)
     if run is not None:
@@ -114,7 +114,7 @@ def batches_show(batch_id: str) -> dict[str, Any]:
     from mlyard.links import links
     from mlyard.runs import BATCH, get_run
 
-    p = _platform()
+    p = platform()
     info = get_run(BATCH, batch_id).as_dict()
     run_id = p.tracking.find_run({TAG_BATCH_ID: batch_id})
     run = p.tracking.get_run(run_id) if run_id else None
@@ -129,31 +129,31 @@ def evaluations_show(evaluation_id: str) -> dict[str, Any]:
     from mlyard import evaluations
     from mlyard.links import links
 
-    p = _platform()
+    p = platform()
     info = evaluations.show(p.tracking, evaluation_id)
     info["links"] = links(p.settings, evaluation_id, info.get("mlflow_run_id"), info.get("experiment_id"))
     return info
 
 
 def experiments_list() -> list[dict[str, Any]]:
-    return [e.as_dict() for e in _platform().experiments.list()]
+    return [e.as_dict() for e in platform().experiments.list()]
 
 
 def templates_list() -> list[dict[str, Any]]:
-    return [t.as_dict() for t in _platform().templates.list()]
+    return [t.as_dict() for t in platform().templates.list()]
 
 
 def templates_show(name: str) -> dict[str, Any]:
-    return _platform().templates.get(name).as_dict()
+    return platform().templates.get(name).as_dict()
 
 
 def models_list() -> list[dict[str, Any]]:
-    return [m.as_dict() for m in _platform().models.list()]
+    return [m.as_dict() for m in platform().models.list()]
 
 
 def models_show(ref: str) -> dict[str, Any]:
     """A model with all its versions (`name`), or one version (`name/version`, `name@alias`)."""
-    models = _platform().models
+    models = platform().models
     return (models.resolve(ref) if "/" in ref or "@" in ref else models.get(ref)).as_dict()
 
 
@@ -164,7 +164,7 @@ def model_reference(model: str) -> dict[str, Any]:
     from core.specs import is_registry_ref
     from tasks import checks
 
-    p = _platform()
+    p = platform()
     registered = is_registry_ref(model) or model.startswith("models:/")
     uri = checks.model_reference(p.storage, p.models if registered else None, model)
     version = p.models.resolve(uri.removeprefix("models:/")) if registered else None

@@ -16,6 +16,9 @@ Every route but /health needs the platform's internal credential (`Authorization
 stack.json, mode 0600): its answers hold specs and parameters, and its runs act as the stack's user,
 so another user of the machine gets 401 before the body is read.
 
+It also follows Prefect's events: a flow run that CRASHED (its process killed) gets its MLflow runs
+ended FAILED with the reason (mlyard/crashes.py).
+
 Run by the stack as `python -m mlyard.service --port N` (loopback only).
 """
 
@@ -148,6 +151,10 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("mlflow.store.db.utils", "alembic", "httpx"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warm_up()
+    from mlyard import crashes
+    from mlyard.queries import platform
+
+    crashes.follow(platform().tracking)  # a crashed flow run's MLflow runs end FAILED, not RUNNING for ever
     files = loaded_project_files()
     threading.Thread(target=_restart_on_change, args=(files, code_fingerprint(files)), name="mlyard-code-watch",
                      daemon=True).start()

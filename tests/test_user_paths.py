@@ -179,3 +179,42 @@ def test_ctrl_c_on_mlyard_train_ends_stopped(stack):
     listed = json.loads(_ok(mlyard("trainings", "list", "--json")))
     mine = [t for t in listed if t["name"] == "interrupted"]
     assert mine and mine[0]["status"] == "STOPPED" and "Ctrl-C" in mine[0]["cause"], mine
+
+
+def test_a_killed_training_ends_failed_in_mlflow_too(stack, settings):
+    """kill -9 of a training's flow process: Prefect marks it CRASHED (its worker saw it end), and the
+    mlyard API ends its MLflow run FAILED with the reason, instead of leaving it RUNNING for ever."""
+    import signal
+
+    from registry.tracking import Tracking
+
+    work = project("killed")
+    (work / "algo").mkdir()
+    (work / "algo" / "main.py").write_text(textwrap.dedent("""
+        import os, pathlib, time
+        pathlib.Path(os.environ["EM_HP_PIDS"]).write_text(f"{os.getppid()} {os.getpid()}")
+        print("loss=1", flush=True)
+        time.sleep(120)
+    """))
+    pids = work / "pids"
+    (work / "train.yaml").write_text("name: killed\nexperiment: user-paths\nsource_uri: algo\nentry_point: main.py\n"
+                                     f"hyperparameters: {{pids: {pids}}}\n")
+    sub = json.loads(_ok(mlyard("train", "-f", "train.yaml", "--submit", "--json", cwd=work)))
+    deadline = time.monotonic() + 120
+    while not pids.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    flow_pid, script_pid = (int(p) for p in pids.read_text().split())
+    tracking = Tracking(settings.mlflow_uri)
+    [run] = tracking.client.search_runs([tracking.experiment_id("user-paths")],
+                                        filter_string=f"tags.`mlyard.training_id` = '{sub['id']}'")
+    assert run.info.status == "RUNNING"
+    os.kill(flow_pid, signal.SIGKILL)
+    os.kill(script_pid, signal.SIGKILL)  # its own process group: not this test's to leave behind
+    deadline = time.monotonic() + 60
+    while tracking.get_run(run.info.run_id).status == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    ended = tracking.get_run(run.info.run_id)
+    assert ended.status == "FAILED", "the MLflow run of a crashed training is still RUNNING after 60 s"
+    assert ended.tags["mlyard.status_reason"].startswith("its Prefect flow run crashed: ")
+    shown = json.loads(_ok(mlyard("trainings", "show", sub["id"], "--json")))
+    assert shown["status"] == "FAIL TRAIN"
