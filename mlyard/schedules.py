@@ -17,7 +17,7 @@ flows, that they make a valid spec of that action); a bad one fails with one lin
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -96,8 +96,9 @@ def _check_trigger(spec: ScheduleSpec) -> None:
         except CronError as exc:
             raise SpecError("cron", spec.cron, exc.reason + (f" (the {exc.field} field {exc.value!r})"
                                                              if exc.field else "")) from exc
-        # from the start (a window in the past is a backfill, which catch-up runs), else from now
-        after = spec.start_time - timedelta(seconds=1) if spec.start_time else datetime.now(timezone.utc)
+        # strictly after the start, as the scheduler and Kubeflow count (a window in the past is a
+        # backfill, which catch-up runs), else from now
+        after = spec.start_time if spec.start_time else datetime.now(timezone.utc)
         nxt = schedule.next_after(after)
         if nxt is None:
             raise SpecError("cron", spec.cron, "an expression that fires: this one never does (see `mlyard schedules "
@@ -174,7 +175,7 @@ def create(spec_in: ScheduleSpec | dict | str | Path, *, sets: dict[str, Any] | 
             names = sorted(f"{flows.get(d.flow_id, '?')}/{d.name}" for d in client.read_deployments())
             raise SpecError("deployment", spec.deployment, f"a deployment of this platform: {', '.join(names)}") from exc
         parameters = _check_parameters(spec, deployment, Path.cwd())
-    watermark = int(spec.start_time.timestamp()) - 1 if spec.start_time else int(time.time())
+    watermark = int(spec.start_time.timestamp()) if spec.start_time else int(time.time())
     saved = spec.model_dump(mode="json")
     saved["parameters"] = parameters
     if spec.pipeline is not None:
@@ -199,7 +200,7 @@ def _pipeline_target(spec: ScheduleSpec) -> ScheduleSpec:
     from tasks.pipelines import check_run
 
     settings = connect()
-    run = {"name": f"{spec.name[:38]}-{{{{ slot_epoch }}}}", "description": f"run by schedule {spec.name}",
+    run = {"name": f"{spec.name[:33]}-{{{{ slot_name }}}}", "description": f"run by schedule {spec.name}",
            "pipeline": spec.pipeline, "parameters": spec.parameters, "scheduled_time": "{{ slot_time }}"}
     sample = PipelineRunSpec.model_validate(render(run, int(time.time())))
     check_run(Pipelines(Catalog(settings.catalog_db_url)), sample, local=not settings.kfp_host)
@@ -255,7 +256,7 @@ def show(name: str, *, runs: int = 10, upcoming: int = PREVIEW_COUNT) -> dict[st
                  "parameters": record.spec.get("parameters", {}), "slots": store.counts(record.id),
                  "missed": record.missed})
     now = datetime.now(timezone.utc)
-    after = now
+    after = max(now, plan.policy.start) if plan.policy.start else now  # strictly after start_time
     end = plan.policy.end
     view["next"] = [] if record.status in ("DISABLED", "CREATE FAILED") else [
         t.isoformat() for t in fire_times(plan.trigger, after, end, limit=upcoming)]
@@ -269,18 +270,23 @@ def _runs(slots, settings) -> list[dict[str, Any]]:
     from mlyard.links import links
 
     states: dict[str, str] = {}
+    started: dict[str, float] = {}  # when each run began RUNNING (Prefect's start_time)
     ids = [s.flow_run_id for s in slots if s.flow_run_id]
     if ids:
         from tasks.scheduling import flow_runs_by_id
 
         with _client() as client:
-            states = {i: fr.state.name if fr.state else "?" for i, fr in flow_runs_by_id(client, ids).items()}
+            found = flow_runs_by_id(client, ids)
+        states = {i: fr.state.name if fr.state else "?" for i, fr in found.items()}
+        started = {i: fr.start_time.timestamp() for i, fr in found.items() if fr.start_time}
     out = []
     for s in slots:
+        began = started.get(s.flow_run_id or "")
         out.append({"slot": datetime.fromtimestamp(s.slot_epoch, timezone.utc).isoformat(), "slot_state": s.state,
                     "flow_run_id": s.flow_run_id or "",
                     "run_state": states.get(s.flow_run_id or "", "(deleted)" if s.flow_run_id else ""),
-                    "lateness_seconds": round(s.started_at - s.slot_epoch, 3) if s.started_at else None,
+                    # from the slot to the run's start (not to its creation, which the lead puts ahead)
+                    "lateness_seconds": round(began - s.slot_epoch, 3) if began is not None else None,
                     "url": links(settings, s.flow_run_id).get("prefect", "") if s.flow_run_id else ""})
     return out
 

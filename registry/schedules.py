@@ -169,6 +169,12 @@ class Schedules:
             s.execute(update(Schedule).where(Schedule.id == schedule_id, Schedule.watermark_epoch > epoch)
                       .values(watermark_epoch=epoch))
 
+    def forget(self, slot_ids: Sequence[int]) -> None:
+        """Remove these slots: recorded again when due, they follow the schedule's catch-up as new ones."""
+        if slot_ids:
+            with self.catalog.session() as s:
+                s.execute(delete(ScheduleSlot).where(ScheduleSlot.id.in_(list(slot_ids))))
+
     def mark(self, slot_ids: Sequence[int], state: str) -> None:
         if slot_ids:
             with self.catalog.session() as s:

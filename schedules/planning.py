@@ -98,8 +98,8 @@ def due(schedule: Schedule, policy: Policy, watermark: int, now: float, lead: fl
 
 def _due(schedule: Schedule, policy: Policy, watermark: int, now: int) -> Due:
     lo = watermark
-    if policy.start is not None:
-        lo = max(lo, _epoch(policy.start) - 1)
+    if policy.start is not None:  # strictly after start_time, as Kubeflow's scheduled workflows start
+        lo = max(lo, _epoch(policy.start))
     hi = now
     if policy.end is not None:
         hi = min(hi, _epoch(policy.end))
@@ -132,16 +132,17 @@ def dispatch(waiting: Sequence[T], running: int, max_concurrency: int, when_busy
     return start, (rest if when_busy == "skip" else [])
 
 
-_PLACEHOLDER = re.compile(r"\{\{\s*(slot_time|slot_date|slot_epoch)\s*\}\}")
+_PLACEHOLDER = re.compile(r"\{\{\s*(slot_time|slot_date|slot_epoch|slot_name)\s*\}\}")
 
 
 def render(value: Any, slot_epoch: int) -> Any:
-    """`value` with {{ slot_time }} (ISO-8601, UTC), {{ slot_date }} (YYYY-MM-DD) and {{ slot_epoch }}
-    replaced in every string, however deep."""
+    """`value` with {{ slot_time }} (ISO-8601, UTC), {{ slot_date }} (YYYY-MM-DD), {{ slot_epoch }} and
+    {{ slot_name }} (the slot's label in lower case, 20261201t020000z: it fits a name) replaced in every
+    string, however deep."""
     if isinstance(value, str):
         at = _at(slot_epoch)
         names = {"slot_time": at.isoformat().replace("+00:00", "Z"), "slot_date": at.date().isoformat(),
-                 "slot_epoch": str(slot_epoch)}
+                 "slot_epoch": str(slot_epoch), "slot_name": slot_label(slot_epoch).lower()}
         return _PLACEHOLDER.sub(lambda m: names[m.group(1)], value)
     if isinstance(value, dict):
         return {k: render(v, slot_epoch) for k, v in value.items()}

@@ -13,7 +13,7 @@ One pass (`Scheduler.tick`):
    slot of all schedules first, for at most `budget_seconds` a pass (the next pass takes up the rest
    at once, so that slots coming due meanwhile are not held behind a long pass):
    each is a flow run of the target deployment, created with the idempotency key
-   (schedule, slot), tagged with the schedule and the slot, its parameters rendered for the slot.
+   (schedule, slot, when the slot was recorded), tagged with the schedule and the slot, its parameters rendered for the slot.
    A slot still ahead is created as a Prefect run scheduled at the slot's time, which the worker
    starts then, as Prefect's own scheduler does: creating a run costs Prefect on SQLite 0.1-0.5 s
    (its own services hold the database lock at times), so the lead is what keeps a burst of
@@ -208,12 +208,13 @@ class Scheduler:
 
     # -- 3 and 4. record and start ---------------------------------------------------------------
 
-    def _start(self, record: ScheduleRecord, slot_epoch: int, slot_id: int, plan: Plan, now: float) -> str:
+    def _start(self, record: ScheduleRecord, slot: SlotRecord, plan: Plan, now: float) -> str:
         from prefect.states import Scheduled
 
         from core.names import FLOW_TRAIN
         from tasks.orchestration import training_job_variables
 
+        slot_epoch = slot.slot_epoch
         label = slot_label(slot_epoch)
         assert record.deployment_id is not None
         state: Any = Scheduled(scheduled_time=datetime.fromtimestamp(slot_epoch, timezone.utc)) if slot_epoch > now else None
@@ -223,10 +224,10 @@ class Scheduler:
         fr = self.client.create_flow_run_from_deployment(
             UUID(record.deployment_id), parameters=parameters,
             name=f"{record.name}-{label}", tags=[f"{TAG_SCHEDULE}:{record.name}", f"{TAG_SLOT}:{label}"],
-            idempotency_key=f"mlyard.schedule:{record.id}:{slot_epoch}", state=state,
+            idempotency_key=f"mlyard.schedule:{record.id}:{slot_epoch}:{slot.due_at:.6f}", state=state,
             job_variables=training_job_variables(self.client, record.deployment_id, parameters, self._pools)
             if training else None)
-        self.store.started(slot_id, str(fr.id))
+        self.store.started(slot.id, str(fr.id))
         return str(fr.id)
 
     def tick(self, now: float | None = None) -> PassReport:
@@ -283,27 +284,29 @@ class Scheduler:
                 report.more = True  # the rest is the next pass's, which follows at once
                 return
             try:
-                self._start(rec, slot.slot_epoch, slot.id, plan, now)
+                self._start(rec, slot, plan, now)
                 report.started += 1
             except Exception as exc:  # noqa: BLE001 - one schedule's trouble must not stop the others
                 log.error("schedule %s: %s", rec.name, exc, exc_info=exc)
                 report.errors.append(f"{rec.name}: {exc}")
 
     def withdraw(self, record: ScheduleRecord, now: float) -> int:
-        """A schedule being disabled: runs created ahead of a slot still to come are cancelled (their
-        slots recorded SKIPPED), slots still to come and not started are forgotten, and the watermark
-        comes back to now, so that enabling it again catches up from here."""
+        """A schedule being disabled: runs created ahead of a slot still to come are cancelled, and those
+        slots, like every slot still to come and not started, are forgotten; the watermark comes back to
+        now. Enabling it again records them afresh: a slot still ahead runs at its time, one that passed
+        meanwhile follows the catch-up policy like any other missed slot (its new run has a new
+        idempotency key: the key holds when the slot was recorded, and that record is gone)."""
         from prefect.states import Cancelled
 
-        withdrawn = 0
+        withdrawn = []
         for slot in self.store.slots(record.id, ["STARTED"]):
             if slot.slot_epoch > now and slot.flow_run_id:
                 self.client.set_flow_run_state(UUID(slot.flow_run_id), Cancelled(
                     message="its schedule was disabled before the slot's time"), force=True)
-                self.store.mark([slot.id], "SKIPPED")
-                withdrawn += 1
+                withdrawn.append(slot.id)
+        self.store.forget(withdrawn)
         self.store.forget_after(record.id, int(now))
-        return withdrawn
+        return len(withdrawn)
 
     def next_wake(self, now: float, longest: float = 1.0) -> float:
         """When the next pass is needed: `lead` before the earliest next slot of an enabled schedule,

@@ -49,7 +49,8 @@ class ScheduleSpec(BaseModel):
         default_factory=dict,
         description="The run's parameters: for a lifecycle deployment {spec: {...}} with that action's spec; "
                     "for a pipeline its run parameters. Text may hold {{ slot_time }} (ISO-8601, UTC), "
-                    "{{ slot_date }} and {{ slot_epoch }}: a catch-up run then works on its own period.")
+                    "{{ slot_date }}, {{ slot_epoch }} and {{ slot_name }} (20261201t020000z): a catch-up run then works on "
+                    "its own period.")
     cron: str | None = Field(
         default=None,
         description="A cron expression as Kubeflow reads it: six fields, seconds first ('0 0 2 * * *'), "
@@ -57,8 +58,10 @@ class ScheduleSpec(BaseModel):
     interval: Interval | None = Field(default=None, description="Or every N seconds|minutes|hours|days|weeks.")
     timezone: str = Field(default="UTC", description="The zone a cron expression's wall clock is read in "
                                                      "(an IANA name; a CRON_TZ= prefix overrides it).")
-    start_time: datetime | None = Field(default=None, description="No run before this instant (ISO-8601; default: "
-                                                                  "from creation).")
+    start_time: datetime | None = Field(default=None, description="Slots strictly after this instant, as Kubeflow's "
+                                                                  "scheduled workflows count (an interval's first slot "
+                                                                  "is start_time + interval); ISO-8601; default: from "
+                                                                  "creation.")
     end_time: datetime | None = Field(default=None, description="No run after this instant; past it the schedule "
                                                                 "shows ENABLED(EXPIRED).")
     max_concurrency: int = Field(default=1, ge=1, le=MAX_CONCURRENCY,

@@ -11,12 +11,14 @@ its pool (Run in the UI, `mlyard train`, a tuning's trial, a schedule's slot) wa
 event arrives about 0.1 s after the run is created. The poll stays, every POLL_SECONDS, as the safety
 net (a lost stream, a run scheduled for later that enters the prefetch window). When the stream is
 lost the worker reconnects and polls at once, so a run created meanwhile waits at most one poll.
+A run it takes ahead of its scheduled time (a schedule's slot) starts at that time, never before.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import time
 import warnings
 from typing import Any
 
@@ -30,6 +32,21 @@ def in_pool(event: Any, pool: str) -> bool:
     """Whether a `prefect.flow-run.Scheduled` event is about a run of this work pool."""
     return any(r.id.startswith("prefect.work-pool.") and r.get("prefect.resource.name") == pool
                for r in event.related)
+
+
+def seconds_early(flow_run: Any, now: float | None = None) -> float:
+    """How long before its scheduled time the worker took this run (0: not early).
+
+    The worker takes runs up to PREFECT_WORKER_PREFETCH_SECONDS ahead, to start their process in time;
+    Prefect's server then holds the run's move to RUNNING until its scheduled time, but rounds the wait
+    to whole seconds, so a run could start up to half a second before its slot. The worker waits the
+    exact rest first: a scheduled run never starts before its time."""
+    state = flow_run.state
+    at = state.state_details.scheduled_time if state is not None and state.state_details else None
+    at = at or flow_run.expected_start_time
+    if at is None:
+        return 0.0
+    return max(0.0, at.timestamp() - (time.time() if now is None else now))
 
 
 async def run(pool: str, name: str) -> None:
@@ -51,6 +68,10 @@ async def run(pool: str, name: str) -> None:
             async def get_and_submit_flow_runs(self) -> list[Any]:
                 async with self._query_lock:
                     return await super().get_and_submit_flow_runs()
+
+            async def run(self, flow_run: Any, configuration: Any, task_status: Any = None) -> Any:
+                await anyio.sleep(seconds_early(flow_run))
+                return await super().run(flow_run, configuration, task_status)
 
     worker = Worker(name=name, work_pool_name=pool)
     woken = anyio.Event()

@@ -31,7 +31,7 @@ def test_window_start_and_end():
     start = datetime.fromtimestamp(T0 + 300, timezone.utc)
     end = datetime.fromtimestamp(T0 + 420, timezone.utc)
     d = due(EVERY_MINUTE, Policy(start=start, end=end), T0, T0 + 600)
-    assert d.slots == [T0 + 300, T0 + 360, T0 + 420]
+    assert d.slots == [T0 + 360, T0 + 420], "strictly after start_time (Kubeflow's rule), up to end_time"
     assert due(EVERY_MINUTE, Policy(start=start, end=end), d.watermark, T0 + 900).slots == []
 
 
@@ -50,7 +50,7 @@ def test_latest_of_a_long_downtime_is_found_without_walking_it():
 def test_interval_counts_from_its_anchor():
     anchor = datetime.fromtimestamp(T0 + 7, timezone.utc)
     s = trigger(None, 90, "UTC", anchor)
-    assert due(s, Policy(start=anchor), T0, T0 + 200).slots == [T0 + 7, T0 + 97, T0 + 187]
+    assert due(s, Policy(start=anchor), T0, T0 + 200).slots == [T0 + 97, T0 + 187], "start + interval first, as KFP"
 
 
 def test_dispatch():
@@ -64,6 +64,7 @@ def test_render():
     assert render(params, T0 + 61) == {"spec": {"name": "n-2026-01-01", "out": ["s3://b/2026-01-01T00:01:01Z/x"],
                                                 "k": 3}}
     assert slot_label(T0) == "20260101T000000Z"
+    assert render("nightly-{{ slot_name }}", T0 + 61) == "nightly-20260101t000101z", "it fits a run's name"
 
 
 def test_lead_records_the_slots_just_ahead_and_never_counts_them_missed():

@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from uuid import UUID
 
 import pytest
 from test_user_paths import _ok, _one_line_error, mlyard
@@ -65,7 +66,8 @@ def test_catchup_concurrency_exactly_once_and_reclaim(stack):
     slots = Counter(t for r in runs for t in r.tags if t.startswith("mlyard.slot:"))
     assert all(n == 1 for n in slots.values()), slots
     first = min(slots)
-    assert first == f"mlyard.slot:{start.strftime('%Y%m%dT%H%M%SZ')}", "catch-up starts with the oldest slot"
+    oldest = start + timedelta(seconds=1)  # strictly after start_time, as Kubeflow counts
+    assert first == f"mlyard.slot:{oldest.strftime('%Y%m%dT%H%M%SZ')}", "catch-up starts with the oldest slot"
     shown = schedules.show("catchup", runs=50)
     # 3 going; two schedulers racing may briefly exceed the limit (schedules/README.md), never duplicate
     assert shown["slots"]["STARTED"] <= 6 and shown["slots"].get("WAITING", 0) >= 15
@@ -112,10 +114,10 @@ def test_a_pass_starts_the_most_urgent_slot_of_all_schedules_first(stack, tmp_pa
     with get_client(sync_client=True) as client:
         dep = str(client.read_deployment_by_name("train/gpu").id)
         for name, back in (("urgency-b", 10), ("urgency-a", 20)):  # b is older, a's slot is earlier
-            start = datetime.fromtimestamp(now - back, timezone.utc).isoformat()
+            start = datetime.fromtimestamp(now - back - 3600, timezone.utc).isoformat()  # its first slot: now - back
             store.create(name, {"name": name, "deployment": "train/gpu", "start_time": start, "max_concurrency": 1,
                                 "interval": {"every": 1, "unit": "hours"}, "parameters": TRAIN}, dep, "ENABLED",
-                         now - back - 1)  # the watermark just before the start, as schedules.create sets it
+                         now - back - 3600)  # the watermark at the start, as schedules.create sets it
         scheduler = Scheduler(store, client, lead_seconds=0, budget_seconds=0)
         first = scheduler.tick()
         assert (first.started, first.more) == (1, True)
@@ -166,7 +168,8 @@ def test_a_scheduled_training_runs_on_the_local_pool(stack):
     shutil.copytree(EXAMPLES / "sklearn_digits", home / "sched-algo")
     # a relative path is taken from where the schedule is created (the worker runs elsewhere)
     spec = {"name": "hourly-train", "deployment": "train/local", "interval": {"every": 1, "unit": "hours"},
-            "start_time": start.isoformat(), "parameters": {"spec": {**TRAIN["spec"], "source_uri": "sched-algo"}}}
+            "start_time": (start - timedelta(hours=1)).isoformat(),  # its first slot: start_time + 1 h = start
+            "parameters": {"spec": {**TRAIN["spec"], "source_uri": "sched-algo"}}}
     path = home / "hourly.yaml"
     path.write_text(json.dumps(spec))
     _ok(mlyard("schedules", "create", "-f", str(path)))
@@ -178,6 +181,7 @@ def test_a_scheduled_training_runs_on_the_local_pool(stack):
     shown = json.loads(_ok(mlyard("schedules", "show", "hourly-train", "--json")))  # what the user sees
     run = shown["runs"][0]
     assert shown["parameters"]["spec"]["source_uri"] == str(home / "sched-algo")
+    assert run["lateness_seconds"] >= 0, "a run never starts before its slot"
     assert run["slot"] == start.isoformat() and run["lateness_seconds"] is not None and run["lateness_seconds"] < 5
     assert shown["next"][0] == (start + timedelta(hours=1)).isoformat()
     trainings = json.loads(_ok(mlyard("trainings", "list", "--json")))
@@ -210,3 +214,46 @@ def test_bad_schedules_are_refused_in_one_line(stack, tmp_path):
     got = json.loads(_ok(mlyard("schedules", "preview", "CRON_TZ=Asia/Seoul 0 0 9 * * *", "--start",
                                 "2026-11-22T12:00:00Z", "--count", "2", "--json")))
     assert got["next"] == ["2026-11-23T09:00:00+09:00", "2026-11-24T09:00:00+09:00"]
+
+
+def test_disabled_then_enabled_keeps_the_slot_whose_run_was_made_ahead(stack, tmp_path):
+    """A run created within the lead, then its schedule disabled: the run is cancelled and, enabled
+    again before the slot, the slot runs at its time with a new run (it was lost as SKIPPED); enabled
+    after it, the slot is a missed one that catch-up runs. A scheduler of our own over its own catalog."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled
+
+    from registry.catalog import Catalog
+    from registry.schedules import Schedules
+    from tasks.scheduling import Scheduler
+
+    store = Schedules(Catalog(f"sqlite:///{tmp_path / 'catalog.db'}"))
+    now = int(time.time())
+    start = datetime.fromtimestamp(now + 30 - 3600, timezone.utc).isoformat()  # its slots: now + 30, + 1 h, ...
+    with get_client(sync_client=True) as client:
+        dep = str(client.read_deployment_by_name("train/gpu").id)
+        rec = store.create("toggled", {"name": "toggled", "deployment": "train/gpu", "start_time": start,
+                                       "interval": {"every": 1, "unit": "hours"}, "parameters": TRAIN},
+                           dep, "ENABLED", now - 1)
+        scheduler = Scheduler(store, client, lead_seconds=60)
+        assert scheduler.tick(now=now).started == 1  # made ahead, scheduled at the slot
+        [ahead] = store.slots(rec.id, ["STARTED"])
+        assert ahead.slot_epoch == now + 30
+        store.set_status("toggled", "DISABLED")
+        scheduler.withdraw(store.get("toggled"), now + 1)
+        assert client.read_flow_run(UUID(ahead.flow_run_id)).state.is_cancelled()
+        store.set_status("toggled", "ENABLED")
+        assert scheduler.tick(now=now + 2).started == 1, "the slot came back when enabled before its time"
+        [again] = store.slots(rec.id, ["STARTED"])
+        assert again.slot_epoch == now + 30 and again.flow_run_id != ahead.flow_run_id
+        fresh = client.read_flow_run(UUID(again.flow_run_id))
+        assert fresh.state.is_scheduled() and fresh.state.state_details.scheduled_time.timestamp() == now + 30
+
+        # disabled again and enabled after the slot: catch-up (on by default) runs it at once
+        store.set_status("toggled", "DISABLED")
+        scheduler.withdraw(store.get("toggled"), now + 3)
+        store.set_status("toggled", "ENABLED")
+        assert scheduler.tick(now=now + 40).started == 1
+        [late] = store.slots(rec.id, ["STARTED"])
+        assert late.slot_epoch == now + 30 and late.flow_run_id not in (ahead.flow_run_id, again.flow_run_id)
+        client.set_flow_run_state(UUID(late.flow_run_id), Cancelled(), force=True)
