@@ -212,3 +212,20 @@ def test_changed_code_is_never_run_stale(probe, settings, tmp_path):
     fr, report = _start(probe, tmp_path)
     assert _wait(fr).state.is_completed()
     assert json.loads(report.read_text())["ppid"] == new_runner
+
+
+def test_the_worker_waits_out_its_prefetch_to_the_exact_scheduled_time():
+    """Prefect's server holds a run's start to its scheduled time rounded to whole seconds (so up to
+    0.5 s early); the worker waits the exact rest before it starts the process."""
+    from datetime import datetime, timezone
+    from types import SimpleNamespace
+
+    from mlyard.warm.worker import seconds_early
+
+    at = datetime(2026, 1, 1, 0, 1, tzinfo=timezone.utc)
+    run = SimpleNamespace(state=SimpleNamespace(state_details=SimpleNamespace(scheduled_time=at)),
+                          expected_start_time=None)
+    assert seconds_early(run, now=at.timestamp() - 9.4) == pytest.approx(9.4)
+    assert seconds_early(run, now=at.timestamp() + 3) == 0.0
+    queued_now = SimpleNamespace(state=None, expected_start_time=None)
+    assert seconds_early(queued_now) == 0.0
