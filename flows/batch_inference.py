@@ -61,6 +61,7 @@ def batch_infer(spec: BatchInferenceSpec) -> BatchInferenceResult:
         # 1-2. Check and stage in.
         model_uri, model_path, model = load_model(p.storage, p.models, spec, scratch)
         checks.output_outside_input(spec.input_uri, spec.output_uri)
+        checks.output_free(spec.output_uri, me=batch_id)  # one running batch per output_uri
         files = select_files(p.storage, spec.input_uri, spec.include, spec.exclude)
         manifest, done = check_output(p.storage, spec, layout, model_uri)
         sources = stage_inputs(p.storage, files, manifest, done, scratch)

@@ -104,6 +104,7 @@ def check(action: Action, spec, settings: Settings) -> str | None:
     else:
         checks.input_location(storage, spec.input_uri)
         checks.output_outside_input(spec.input_uri, spec.output_uri)
+        checks.output_free(spec.output_uri)
         if is_registry_ref(spec.model) or spec.model.startswith("models:/"):
             from mlyard.queries import ask
 

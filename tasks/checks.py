@@ -7,6 +7,8 @@ input, model or alias is refused in one line before anything starts.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from core.errors import ModelNotFound, SpecError, StorageNotFound
 from core.specs import TrainingSpec, is_mlflow_uri, is_registry_ref
 from core.uris import parse_uri
@@ -75,3 +77,43 @@ def output_outside_input(input_uri: str, output_uri: str) -> None:
     if inside:
         raise SpecError("output_uri", output_uri, f"a location outside input_uri {input_uri}: predictions written "
                         "inside it would be read as input by the next job")
+
+
+def output_free(output_uri: str, me: str | None = None) -> None:
+    """Refuse a batch inference whose output_uri another running batch inference writes: two of them
+    would do the same work twice into one place. Of two that run at once, the one that started first
+    holds the output (`me`: this run's own flow run id, inside the flow; None: a command checking
+    before it queues a run)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    from core.errors import InUse
+    from core.names import FLOW_BATCH
+
+    wanted = _output_key(output_uri)
+    with get_client(sync_client=True) as client:
+        running = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_BATCH])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
+                any_=[StateType.RUNNING, StateType.CANCELLING]))), limit=200)
+    writers = [r for r in running if _output_key(str((r.parameters.get("spec") or {}).get("output_uri", ""))) == wanted]
+    mine = next((r for r in writers if str(r.id) == me), None)
+    first = min(writers, key=lambda r: (r.start_time or r.created, str(r.id)), default=None)
+    if first is None or first is mine:
+        return
+    began = first.start_time or first.created
+    since = began.strftime("%H:%M:%S UTC") if began is not None else "?"
+    raise InUse("output_uri", output_uri, [f"batch inference {first.id} ({first.name}, running since {since})"],
+                f"wait for it to end (`mlyard batches show {first.id}`), stop it, or give another output_uri (a run "
+                "whose process died frees it within a minute, when Prefect marks it crashed)")
+
+
+def _output_key(uri: str) -> str:
+    return uri.rstrip("/") if "://" in uri else str(Path(uri).expanduser().resolve()) if uri else ""

@@ -94,6 +94,22 @@ batch_infer(BatchInferenceSpec(**json.loads(sys.argv[1])))
 """
 
 
+def _crash_running(name: str) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterName,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.states import Crashed
+
+    with get_client(sync_client=True) as client:
+        for r in client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                name=FlowRunFilterName(any_=[name]), state=FlowRunFilterState(type=FlowRunFilterStateType(any_=["RUNNING"])))):
+            client.set_flow_run_state(r.id, Crashed(message="killed"), force=True)
+
+
 def test_rerun_after_the_flow_process_was_killed_produces_every_row_once(platform, models, tmp_path):
     from flows.batch_inference import batch_infer
 
@@ -115,6 +131,7 @@ def test_rerun_after_the_flow_process_was_killed_produces_every_row_once(platfor
     outputs = list((tmp_path / "out").glob("*.predictions.jsonl"))
     assert len(outputs) >= finished and all(len(_predictions(p)) == 40 for p in outputs)
 
+    _crash_running("resume")  # as the heartbeat automation does within a minute: the output is free again
     stale = tmp_path / "out" / ".f3.jsonl.predictions.jsonl.deadbeef.tmp"  # as a kill mid-copy leaves it
     stale.write_text('{"row": 0}\n')
     result = batch_infer(BatchInferenceSpec(**data))
@@ -137,6 +154,38 @@ def test_another_job_cannot_write_into_a_used_output(platform, models, tmp_path)
     exc = state.result(raise_on_failure=False)
     assert isinstance(exc, SpecError) and exc.field == "output_uri" and "another batch inference" in str(exc)
     assert (tmp_path / "out" / "a.jsonl.predictions.jsonl").read_bytes() == before
+
+
+def test_two_identical_jobs_into_one_output_the_second_is_refused_naming_the_first(platform, models, tmp_path):
+    """The first holds the output while it runs: the second (the same spec, run here) fails before it
+    starts, naming the first; a command checking before it queues a run says the same."""
+    from core.errors import InUse
+    from flows.batch_inference import batch_infer
+    from tasks import checks
+
+    for i in range(4):
+        _write(tmp_path / "in" / f"f{i}.jsonl", [{"id": f"{i}-{j}", "features": [float(j + 1), 1.0]} for j in range(40)])
+    data = dict(name="holder", model=str(models["slow"]), input_uri=str(tmp_path / "in"), input_format="jsonl",
+                output_uri=str(tmp_path / "out"), id_field="id", batch_size=2)
+    first = subprocess.Popen([sys.executable, "-c", RUN_FLOW, json.dumps(data)], cwd=ROOT, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        manifest = tmp_path / "out" / "_mlyard"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not manifest.exists():
+            time.sleep(0.05)
+        state = batch_infer(BatchInferenceSpec(**{**data, "name": "second"}), return_state=True)
+        exc = state.result(raise_on_failure=False)
+        assert isinstance(exc, InUse) and "batch inference" in str(exc) and "(holder, running since" in str(exc), exc
+        with pytest.raises(InUse, match="output_uri"):
+            checks.output_free(str(tmp_path / "out") + "/")
+        assert first.wait(timeout=120) == 0
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    checks.output_free(str(tmp_path / "out"))  # free again once it ended
+    ids = [x["id"] for i in range(4) for x in _predictions(tmp_path / "out" / f"f{i}.jsonl.predictions.jsonl")]
+    assert len(ids) == len(set(ids)) == 160, "the work was done once"
 
 
 def test_bad_input_fails_before_anything_starts(platform, models, tmp_path):
