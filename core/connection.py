@@ -41,6 +41,8 @@ class StackState:
     # The token the platform's own services show the gateway (a RAG's query service asking a private LLM
     # endpoint): every endpoint takes it. Made by `mlyard up`, kept in this file only (mode 0600).
     internal_token: str | None = None
+    # Prefect's API auth string (`user:password`) when the server was started with one (MLYARD_PREFECT_AUTH)
+    prefect_auth_string: str | None = None
     started_at: float = field(default_factory=time.time)
 
 
@@ -84,6 +86,10 @@ def point_prefect(settings: Settings, api_url: str | None) -> None:
             os.environ.setdefault(key, value)
     if api_url:
         os.environ["PREFECT_API_URL"] = api_url
+        if not settings.prefect_api_url:  # the embedded server's auth string, when it has one
+            state = read_state(settings)
+            if state is not None and state.prefect_auth_string and state.api_url == api_url:
+                os.environ["PREFECT_API_AUTH_STRING"] = state.prefect_auth_string
     os.environ.update(settings.plain_http_env(os.environ.get("PREFECT_API_URL")))
     if "prefect.context" in sys.modules:
         from prefect.context import refresh_global_settings_context

@@ -141,6 +141,11 @@ class Settings(BaseSettings):
         "the mlyard API's POST /v1/runs, and the platform's services calling private endpoints show it. Unset: the "
         "one `mlyard up` made for this home (stack.json, mode 0600). On Kubernetes: `mlyard_internal_token` in the "
         "mlyard-settings Secret.")
+    prefect_auth: bool = Field(
+        default=False, description="`mlyard up` starts the embedded Prefect server with an API auth string (made "
+        "then, kept in stack.json, mode 0600): its API then answers only the platform's processes and this user's "
+        "commands, and the Prefect UI asks for the string once per browser. On Kubernetes it is always on "
+        "(`auth-string` in the mlyard-prefect Secret).")
     replica_token: SecretStr | None = Field(
         default=None, description="Set by the platform on the replicas it starts: a replica answers only requests "
         "that carry it (the gateway's), health checks aside. Unset (a `mlyard serve` of your own): no check.")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -59,8 +60,6 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
     api_url = f"http://127.0.0.1:{settings.prefect_port}/api"
     state = read_state(settings) or StackState(api_url=api_url, ui_url=f"http://127.0.0.1:{settings.prefect_port}")
     if not state.internal_token:  # written now: the gateway reads it when it starts
-        import secrets
-
         state.internal_token = secrets.token_urlsafe(32)
         write_state(settings, state)
     logs = home / "logs"
@@ -98,7 +97,10 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
             except (OSError, StackError) as exc:  # e.g. an installation we cannot write to: Prefect migrates
                 echo(f"(no prepared Prefect database: {exc}; the server makes its own)")
         echo(f"starting the Prefect server on {state.ui_url} (database under {settings.prefect_home}) ...")
-        pid = start_server(settings, env, logs / "prefect-server.log")
+        state.prefect_auth_string = f"mlyard:{secrets.token_urlsafe(24)}" if settings.prefect_auth else None
+        server_env = {**env, "PREFECT_SERVER_API_AUTH_STRING": state.prefect_auth_string} \
+            if state.prefect_auth_string else env
+        pid = start_server(settings, server_env, logs / "prefect-server.log")
         state.pids["prefect-server"], state.logs["prefect-server"] = pid, str(logs / "prefect-server.log")
         write_state(settings, state)
         # The MLflow database and the catalog are made while the server migrates its own.
@@ -109,6 +111,8 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
         finally:
             stores.join()
     env["PREFECT_API_URL"] = state.api_url
+    if state.prefect_auth_string:  # every process the stack starts, and the flow runs they start, show it
+        env["PREFECT_API_AUTH_STRING"] = state.prefect_auth_string
     env.update(settings.plain_http_env(state.api_url))
     point_prefect(settings, state.api_url)
     if not warm_up:  # it imports while the rest starts, and is warm by the first run
@@ -350,6 +354,8 @@ def status(settings: Settings) -> dict:
             out["processes"]["warm-runner"] = {"pid": runner, "alive": True, "log": state.logs.get("warm-runner")}
         if healthy(state.api_url) if state.api_url else False:
             out.update(running=True, prefect_ui=state.ui_url, prefect_api=state.api_url)
+            if state.prefect_auth_string:  # where to find it, never the string itself
+                out["prefect_ui_login"] = f"the UI asks for `prefect_auth_string` of {settings.stack_file}"
         if state.service_url and state.pids.get("mlyard-api") and alive(state.pids["mlyard-api"]):
             out["mlyard_api"] = state.service_url
         if state.gateway_url and state.pids.get("gateway") and alive(state.pids["gateway"]):

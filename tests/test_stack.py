@@ -90,6 +90,30 @@ def test_prefect_ui_talks_to_this_server(stack):
         assert json.loads(resp.read())["api_url"] == stack.api_url
 
 
+def test_with_an_auth_string_prefects_api_answers_only_the_platform(stack, settings):
+    """MLYARD_PREFECT_AUTH (on in these tests): a request without the string gets 401 (another local
+    user's), health probes stay open, and the string is in stack.json alone (mode 0600); every other
+    test's CLI, worker and flow runs pass with it."""
+    import base64
+    import stat
+    import urllib.error
+    import urllib.request
+
+    assert stack.prefect_auth_string and stack.prefect_auth_string.startswith("mlyard:")
+    assert stat.S_IMODE(settings.stack_file.stat().st_mode) == 0o600
+    request = urllib.request.Request(f"{stack.api_url}/flow_runs/filter", data=b"{}", method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 401
+    with urllib.request.urlopen(f"{stack.api_url}/health", timeout=10) as resp:
+        assert resp.status == 200
+    token = base64.b64encode(stack.prefect_auth_string.encode()).decode()
+    request.add_header("Authorization", f"Basic {token}")
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        assert resp.status == 200
+
+
 def test_run_button_path_trains_on_the_local_pool(platform):
     """What pressing Run on the deployment does: a flow run the worker picks up and executes."""
     from prefect.deployments import run_deployment
