@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
@@ -34,6 +35,8 @@ class PipelineRunResult(BaseModel):
     run_dir: str = Field(description="Where its outputs and artifacts are (until the retention passes).")
     nodes: dict[str, dict] = Field(description="Each step's state, and how often it ran (loops).")
     outputs: list[dict] = Field(description="Every file a step wrote: task, name, path, bytes.")
+    output_values: dict[str, Any] = Field(default_factory=dict, description="The pipeline's own outputs (what it "
+                                          "returns), by name: parameters as values, artifacts as their URI.")
 
 
 @flow(name=FLOW_PIPELINE_RUN, flow_run_name="{spec.name}", on_crashed=[stopped_on_interrupt],
@@ -70,7 +73,9 @@ def pipeline_run(spec: PipelineRunSpec) -> PipelineRunResult:
     if code != 0:
         summary = fail(run_dir)
         failed = [n for n, s in summary["nodes"].items() if s.get("state") == "FAILED"]
-        if failed:
+        if summary.get("reason"):  # what kfp.local returned or raised (tasks/kfp_runner.py)
+            why = summary["reason"]
+        elif failed:
             why = f"step(s) {', '.join(failed)} failed"
         else:  # before any step: the last error line kfp.local printed
             errors = [t.strip() for t in tail if "Error" in t or "error" in t]

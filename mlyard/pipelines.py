@@ -185,7 +185,7 @@ def show_run(run_id: str) -> dict[str, Any]:
     """A pipeline run: status (the console's, from Prefect's state), each step's state, its outputs."""
     from mlyard.links import links
     from mlyard.runs import get_run
-    from tasks.pipelines import node_states, outputs
+    from tasks.pipelines import node_states, outputs, result
 
     settings = connect()
     info = get_run(PIPELINE_RUN, run_id).as_dict()
@@ -197,6 +197,10 @@ def show_run(run_id: str) -> dict[str, Any]:
     view["run_dir"] = str(run_dir)
     view["nodes"] = node_states(run_dir)
     view["outputs"] = outputs(run_dir)
+    ended = result(run_dir)
+    view["output_values"] = ended.get("outputs", {})
+    if ended.get("reason"):
+        view["reason"] = ended["reason"]
     view["links"] = links(settings, run_id)
     return view
 

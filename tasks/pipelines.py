@@ -84,6 +84,14 @@ def node_states(run_dir: Path) -> dict[str, dict[str, Any]]:
         return {}
 
 
+def result(run_dir: Path) -> dict[str, Any]:
+    """The outcome kfp.local returned (tasks/kfp_runner.py): status, reason, the pipeline's output values."""
+    try:
+        return json.loads((run_dir / "result.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def outputs(run_dir: Path) -> list[dict[str, Any]]:
     """Every file a task wrote: its task (loop iterations as task[i]), name, path and size."""
     root = run_dir / "outputs"
@@ -106,12 +114,13 @@ def outputs(run_dir: Path) -> list[dict[str, Any]]:
 
 @task(name=TASK_FINISH_PIPELINE, cache_policy=NO_CACHE)
 def finish(run_dir: Path) -> dict[str, Any]:
-    return {"nodes": node_states(run_dir), "outputs": outputs(run_dir)}
+    return {"nodes": node_states(run_dir), "outputs": outputs(run_dir),
+            "output_values": result(run_dir).get("outputs", {})}
 
 
 @task(name=TASK_FAIL_PIPELINE, cache_policy=NO_CACHE)
 def fail(run_dir: Path) -> dict[str, Any]:
-    return {"nodes": node_states(run_dir), "outputs": outputs(run_dir)}
+    return {"nodes": node_states(run_dir), "outputs": outputs(run_dir), "reason": result(run_dir).get("reason")}
 
 
 def sweep(runs_dir: Path, retention_days: float, now: float | None = None) -> list[str]:
