@@ -1,7 +1,9 @@
 """The model server's HTTP layer: a bare ASGI application (run by uvicorn with uvloop and httptools),
 kept thin so that a request costs little beyond its model call.
 
+    GET  /                                         liveness ({"status": "alive"}, as KServe)
     GET  /v2                                       server metadata
+    GET  /v2/models                                the models served here ({"models": [...]})
     GET  /v2/health/live | /v2/health/ready
     GET  /v2/models/{m}[/versions/{v}]             model metadata (inputs and outputs from the signature)
     GET  /v2/models/{m}[/versions/{v}]/ready
@@ -15,7 +17,7 @@ kept thin so that a request costs little beyond its model call.
     GET  /openai/v1/models, POST /openai/v1/chat/completions | /openai/v1/completions
                                                    a generative model (serving/generative.py, serving/openai_routes.py), streamed or not
 
-Errors are `{"error": "..."}`: 400 a bad request, 404 an unknown model or version, 405, 413 a body over
+Errors are `{"error": "..."}`: 400 a bad request (FP16 sent as JSON included: it travels binary), 404 an unknown model or version, 405, 413 a body over
 the limit, 500 the model raised, 501 no explainer, 503 not ready, 504 the model timed out.
 """
 
@@ -97,6 +99,8 @@ class ModelServer:
             return await self._v2(method, parts[1:], scope, receive)
         if parts[0] == "v1" and len(parts) >= 2 and parts[1] == "models":
             return await self._v1(method, parts[2:], scope, receive)
+        if path == "/" and method == "GET":  # liveness, as KServe's model server answers it
+            return 200, b'{"status":"alive"}', []
         if path == "/metrics" and method == "GET":
             return 200, self.stats.prometheus(), [(b"content-type", b"text/plain; version=0.0.4")]
         if path == "/stats" and method == "GET":
@@ -117,6 +121,9 @@ class ModelServer:
             if parts[1] == "ready" and not self.ready:
                 raise HttpError(503, "the server is not ready")
             return 200, orjson.dumps({parts[1]: True}), []
+        if parts == ["models"]:  # the models served here (KServe's model list)
+            _only(method, "GET")
+            return 200, orjson.dumps({"models": list(self.models)}), []
         if parts[0] != "models" or len(parts) < 2:
             raise HttpError(404, f"no route {method} /v2/{'/'.join(parts)}")
         model = self._model(parts[1])

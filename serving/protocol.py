@@ -198,6 +198,9 @@ def _tensor(raw: Any, i: int, binary: memoryview) -> tuple[Tensor, int]:
 def _from_json(data: Any, datatype: str, count: int, where: str) -> np.ndarray:
     if not isinstance(data, list):
         raise BadRequest(f"{where} data", _short(data), f"a (nested) list of {count} {datatype} values")
+    if datatype == "FP16":  # JSON numbers cannot say which half-precision value they mean: as KServe refuses it
+        raise BadRequest(f"{where} datatype", "FP16", "FP16 in the binary tensor extension (binary_data_size), or "
+                         "FP32 as JSON: FP16 data cannot travel as JSON")
     if datatype == "BYTES":
         flat = list(_flatten(data))
         if not all(isinstance(v, (str, bytes)) for v in flat):

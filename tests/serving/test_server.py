@@ -68,6 +68,8 @@ def test_v2_metadata_health_and_json_infer(iris):
         assert status == 200 and meta["inputs"] == [{"name": "input-0", "datatype": "FP64", "shape": [-1, 4]}]
         assert [o["name"] for o in meta["outputs"]] == ["predict", "predict_proba"]
     assert call(url + "/v2/models/iris/versions/1/ready") == (200, {"name": "iris", "ready": True})
+    assert call(url + "/") == (200, {"status": "alive"}), "liveness on /, as KServe answers it"
+    assert call(url + "/v2/models") == (200, {"models": ["iris"]})
     status, out = call(url + "/v2/models/iris/infer", {
         "id": "r1", "inputs": [{"name": "input-0", "shape": [3, 4], "datatype": "FP32", "data": x[:3].tolist()}],
         "outputs": [{"name": "predict"}, {"name": "predict_proba"}]})
@@ -94,6 +96,10 @@ def test_tritonclient_json_and_binary_tensors(iris):
             result = client.infer("iris", [inp], outputs=outs)
             assert result.as_numpy("predict").tolist() == model.predict(x[10:15]).tolist()
             assert np.allclose(result.as_numpy("predict_proba"), model.predict_proba(x[10:15]))
+        half = httpclient.InferInput("input-0", [5, 4], "FP16")  # FP16 travels binary (as JSON it is refused)
+        half.set_data_from_numpy(x[10:15].astype(np.float16), binary_data=True)
+        result = client.infer("iris", [half], outputs=[httpclient.InferRequestedOutput("predict", binary_data=True)])
+        assert result.as_numpy("predict").tolist() == model.predict(x[10:15].astype(np.float16)).tolist()
     finally:
         client.close()
 
@@ -110,6 +116,8 @@ def test_tritonclient_json_and_binary_tensors(iris):
                                            "data": [1, 2, 3, 999]}]}, 400, "INT8 values"),
     ("/v2/models/iris/infer", {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64",
                                            "data": [1, 2, 3, 4]}], "outputs": [{"name": "nope"}]}, 400, "predict_proba"),
+    ("/v2/models/iris/infer", {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP16",
+                                           "data": [1, 2, 3, 4]}]}, 400, "FP16 in the binary tensor extension"),
     ("/v2/models/nope/infer", {"inputs": []}, 404, "not served here"),
     ("/v2/models/iris/versions/7/infer", {"inputs": []}, 404, "no version '7'"),
     ("/v1/models/iris:predict", {"instances": [[1, 2], [1, 2, 3]]}, 400, "equal length"),
