@@ -7,7 +7,8 @@ kept thin so that a request costs little beyond its model call.
     GET  /v2/health/live | /v2/health/ready
     GET  /v2/models/{m}[/versions/{v}]             model metadata (inputs and outputs from the signature)
     GET  /v2/models/{m}[/versions/{v}]/ready
-    POST /v2/models/{m}[/versions/{v}]/infer       OIP v2, JSON or binary tensors; outputs predict, predict_proba
+    POST /v2/models/{m}[/versions/{v}]/infer       OIP v2, JSON or binary tensors; outputs predict, predict_proba,
+                                                   or a pyfunc's named outputs; `parameters` to a pyfunc's params
     GET  /v2/models/{m}/stats                      statistics over the window (JSON)
     GET  /v1/models | /v1/models/{m}               model list, model ready
     POST /v1/models/{m}:predict | /v1/models/{m}/predict   {"instances": [...]} -> {"predictions": [...]}
@@ -23,6 +24,7 @@ the limit, 500 the model raised, 501 no explainer, 503 not ready, 504 the model 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 import time
@@ -57,7 +59,7 @@ class ModelServer:
                  max_latency_ms: float = 0.0, timeout_seconds: float = 60.0, max_body_bytes: int = 32 * 1024 * 1024,
                  inference_log: InferenceLog | None = None):
         self.models = {m.name: m for m in models}
-        self.max_body = max_body_bytes
+        self.max_body, self.timeout_seconds = max_body_bytes, timeout_seconds
         self.stats = Stats()
         self.log = inference_log or InferenceLog(every_request=False)  # failures always; every request on request
         self.openai = None
@@ -157,6 +159,13 @@ class ModelServer:
             raise BadRequest("Inference-Header-Content-Length", length, "an integer") from None
         req = protocol.v2_request(body, header_length)
         x = model.v2_rows(req.inputs) if model.takes_rows else self._v2_rows(model, req)
+        # request- and input-level parameters meant for the model (an input's own win)
+        given = dict(req.parameters)
+        for t in req.inputs:
+            given.update(t.parameters or {})
+        params = model.model_params(given)
+        if model.named or params:
+            return await self._infer_outputs(model, req, x, params)
         names = [o["name"] for o in req.outputs] or [model.outputs[0].name]
         known = {t.name for t in model.outputs}
         unknown = [n for n in names if n not in known]
@@ -178,8 +187,39 @@ class ModelServer:
             headers.append((b"inference-header-content-length", str(head).encode()))
         return 200, body_out, headers, len(x)
 
+    async def _infer_outputs(self, model: ServedModel, req: protocol.InferRequest, x: Any,
+                             params: dict[str, Any]) -> tuple[int, bytes, list, int]:
+        """v2 for a model with named outputs or given parameters: one model call (not batched: parameters
+        are a request's own), the requested outputs by name, the parameters it ran with in the answer."""
+        where = f"inputs[0] ({req.inputs[0].name!r})" if len(req.inputs) == 1 else "inputs"
+        model.check_types(x, where)
+        outs = await self._outputs(model, x, params, where)
+        names = [o["name"] for o in req.outputs] or list(outs)
+        unknown = [n for n in names if n not in outs]
+        if unknown:
+            raise BadRequest("outputs", unknown[0], f"one of the model's outputs: {', '.join(outs)}")
+        binary = {o["name"]: bool((o.get("parameters") or {}).get("binary_data", req.binary_output)) for o in req.outputs}
+        body_out, head = protocol.v2_response(model.name, model.version, req.id,
+                                              [(n, outs[n], binary.get(n, req.binary_output)) for n in names],
+                                              parameters=params or None)
+        headers = [(b"inference-header-content-length", str(head).encode())] if head is not None else []
+        return 200, body_out, headers, len(x)
+
+    async def _outputs(self, model: ServedModel, x: Any, params: dict[str, Any], where: str) -> dict[str, np.ndarray]:
+        if not self.ready:
+            raise HttpError(503, "the server is not ready")
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(loop.run_in_executor(None, model.predict_outputs, x, params),
+                                          self.timeout_seconds)
+        except asyncio.TimeoutError:
+            raise HttpError(504, f"model {model.name!r}: no answer within {self.timeout_seconds:g} s") from None
+        except Exception as exc:  # noqa: BLE001
+            raise self._model_error(model, x, exc, where) from None
+
     def _v2_rows(self, model: ServedModel, req: protocol.InferRequest) -> Any:
-        if len(req.inputs) == 1:
+        columns = {m.name for m in model.inputs} if model.signature and model.estimator is None else set()
+        if len(req.inputs) == 1 and req.inputs[0].name not in columns:  # a pyfunc's named column goes as a table
             t = req.inputs[0]
             x = t.data
             if x.ndim == 1:
@@ -231,6 +271,13 @@ class ModelServer:
         proba = bool(params.get("probabilities", False))
         if proba and not model.is_classifier:
             raise BadRequest("parameters.probabilities", True, f"false: model {model.name!r} gives no probabilities")
+        mine = model.model_params(params)
+        if model.named or mine:  # named outputs: one record per row; parameters go to the model
+            model.check_types(x, "instances")
+            outs = await self._outputs(model, x, mine, "instances")
+            predictions: Any = [dict(zip(outs, row)) for row in zip(*(protocol.jsonable(v) for v in outs.values()))] \
+                if model.named or len(outs) > 1 else outs[next(iter(outs))]
+            return 200, protocol.v1_response(predictions), [], len(x)
         model.check_types(x, "instances")
         preds, probs = await self._predict(model, x, proba, "instances")
         return 200, protocol.v1_response(probs if proba else preds), self._classes_header(model, preds, probs), len(x)
@@ -255,18 +302,22 @@ class ModelServer:
             preds, probs = await self._batchers[(model.name, proba)].run(x)
         except ModelTimeout as exc:
             raise HttpError(504, f"model {model.name!r}: {exc}") from None
-        except (BadRequest, HttpError):
-            raise
-        except (ValueError, TypeError) as exc:
-            if has_strings(x):  # the model cannot take the strings it was sent: the request is wrong, not the model
-                raise BadRequest(where, "strings", f"the values model {model.name!r} takes: it refused them "
-                                 f"({type(exc).__name__}: {exc})"[:2000]) from None
-            raise HttpError(500, f"model {model.name!r} failed: {type(exc).__name__}: {exc}"[:2000]) from None
-        except Exception as exc:  # the model raised: 500 with what it said
-            raise HttpError(500, f"model {model.name!r} failed: {type(exc).__name__}: {exc}"[:2000]) from None
+        except Exception as exc:  # noqa: BLE001
+            raise self._model_error(model, x, exc, where) from None
         if model.is_classifier:
             self.stats.record_classes(model.name, np.asarray(preds), probs)
         return preds, probs
+
+    @staticmethod
+    def _model_error(model: ServedModel, x: Any, exc: BaseException, where: str) -> Exception:
+        """What a model's exception answers: a request error as it was, 400 for strings the model cannot
+        take (the request is wrong, not the model), else 500 with what the model said."""
+        if isinstance(exc, (BadRequest, HttpError)):
+            return exc
+        if isinstance(exc, (ValueError, TypeError)) and has_strings(x):
+            return BadRequest(where, "strings", f"the values model {model.name!r} takes: it refused them "
+                              f"({type(exc).__name__}: {exc})"[:2000])
+        return HttpError(500, f"model {model.name!r} failed: {type(exc).__name__}: {exc}"[:2000])
 
     def _classes_header(self, model: ServedModel, preds: Any, probs: np.ndarray | None) -> list:
         """Behind the gateway, a classifier's answer says what it predicted (x-mlyard-classes: per class the

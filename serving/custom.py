@@ -50,8 +50,15 @@ class RowModel:
     explainable = False
     runtime_note = ""
 
+    named = False  # one output, whatever the handler answers
+
     def check_types(self, x: Any, where: str) -> None:
         """Rows are JSON values the handler judges itself."""
+
+    def model_params(self, given: dict[str, Any], where: str = "parameters") -> dict[str, Any]:
+        """A handler takes its version's parameters (MLYARD_PARAM_*), not a request's: those are not passed."""
+        return {}
+
     is_classifier = False
     classes = None
     n_features = None

@@ -34,6 +34,11 @@ class TensorMeta:
         return {"name": self.name, "datatype": self.datatype, "shape": self.shape}
 
 
+# Parameters the protocols define for themselves (binary tensors, a v1 classifier's probabilities): never the model's
+PROTOCOL_PARAMETERS = frozenset({"binary_data", "binary_data_output", "binary_data_size", "content_type", "headers",
+                                 "probabilities"})
+
+
 class ServedModel:
     """One loaded model. `predict(x, proba)` gives (predictions, probabilities or None) for rows `x`."""
 
@@ -52,6 +57,16 @@ class ServedModel:
         names = getattr(estimator, "feature_names_in_", None)
         self.feature_names: list[str] | None = [str(n) for n in names] if names is not None else None
         self.inputs, self.outputs = self._metadata(signature)
+        # a pyfunc model's parameters (MLflow's params schema) and its named outputs (columns of its output
+        # schema, or what it returns: a dict, a DataFrame of several columns)
+        self.param_specs: dict[str, dict] = {p["name"]: p for p in (signature or {}).get("params") or []
+                                             if isinstance(p, dict) and p.get("name")}
+        declared = (signature or {}).get("outputs")
+        named = [c.get("name") for c in declared] if isinstance(declared, list) and declared \
+            and all(isinstance(c, dict) and c.get("type") != "tensor" for c in declared) else []
+        self.named = estimator is None and pyfunc is not None and len(named) >= 2 and all(named)
+        if self.named and isinstance(declared, list):
+            self.outputs = [TensorMeta(str(c["name"]), _COLUMN_TO_V2.get(c.get("type"), "BYTES"), [-1]) for c in declared]
 
     def v2_rows(self, inputs: list) -> Any:  # only for models that take rows (takes_rows)
         raise NotImplementedError
@@ -75,6 +90,41 @@ class ServedModel:
         if out.ndim == 2 and out.shape[1] == 1:
             out = out[:, 0]
         return out, None
+
+    def model_params(self, given: dict[str, Any], where: str = "parameters") -> dict[str, Any]:
+        """The request's parameters meant for the model (the protocol's own, such as binary_data_output,
+        left out), checked against the parameters its signature declares."""
+        mine = {k: v for k, v in (given or {}).items() if k not in PROTOCOL_PARAMETERS}
+        if not mine:
+            return {}
+        unknown = [k for k in mine if k not in self.param_specs]
+        if unknown:
+            takes = (f"one of the parameters its signature declares: {', '.join(sorted(self.param_specs))}"
+                     if self.param_specs else "none: its signature declares no parameters")
+            raise BadRequest(f"{where}.{unknown[0]}", mine[unknown[0]], f"a parameter model {self.name!r} takes; it takes {takes}")
+        return mine
+
+    def predict_outputs(self, x: Any, params: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+        """Every output the model gives, by name: a pyfunc's dict or DataFrame columns as they are named
+        (`params` go to it, MLflow checking them against its signature); otherwise `predict`."""
+        if self.pyfunc is None or self.estimator is not None:
+            preds, _ = self.predict(x)
+            return {"predict": preds}
+        try:
+            out = self.pyfunc.predict(x, params=params or None)
+        except Exception as exc:
+            if params and type(exc).__name__ == "MlflowException" and "param" in str(exc).lower():
+                raise BadRequest("parameters", params, f"values of the types model {self.name!r} declares "
+                                 f"({exc})"[:2000]) from None
+            raise
+        if isinstance(out, dict):
+            return {str(k): np.asarray(v) for k, v in out.items()}
+        if hasattr(out, "columns") and (len(out.columns) > 1 or self.named):
+            return {str(c): out[c].to_numpy() for c in out.columns}
+        if hasattr(out, "to_numpy"):
+            out = out.to_numpy()
+        arr = np.asarray(out)
+        return {"predict": arr[:, 0] if arr.ndim == 2 and arr.shape[1] == 1 else arr}
 
     @property
     def explainable(self) -> bool:

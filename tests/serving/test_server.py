@@ -300,3 +300,67 @@ def test_every_output_numpy_holds_is_encoded_on_both_protocols():
         assert json.loads(v1_response(array)) == {"predictions": expected}
         out = json.loads(v2_response("m", "1", None, [("predict", array, False)])[0])["outputs"][0]
         assert out["shape"] == list(array.shape) and (out["datatype"] == "FP64") == (array.dtype.kind == "f")
+
+
+SCALED = '''
+import mlflow
+import pandas as pd
+
+
+class Scaled(mlflow.pyfunc.PythonModel):
+    """Named outputs (a label and a score), and a parameter from the request."""
+
+    def predict(self, context, model_input, params=None):
+        scale = (params or {}).get("scale", 1.0)
+        score = model_input["x"].astype(float) * scale
+        return pd.DataFrame({"label": ["big" if v > 5 else "small" for v in score], "score": score})
+
+
+mlflow.models.set_model(Scaled())
+'''
+
+
+def test_a_pyfunc_gets_the_requests_parameters_and_answers_each_named_output(tmp_path):
+    """Parameters reached no model (accepted, then dropped) and outputs were predict/predict_proba only:
+    a pyfunc's params come from the request (checked against its signature) and each of its named
+    outputs answers by name, as JSON or binary, on v2; v1 answers a record per row."""
+    import mlflow.pyfunc
+    import pandas as pd
+    import tritonclient.http as httpclient
+    from mlflow.models import infer_signature
+
+    code = tmp_path / "scaled.py"
+    code.write_text(SCALED)
+    signature = infer_signature(pd.DataFrame({"x": [1.0]}), pd.DataFrame({"label": ["a"], "score": [1.0]}),
+                                params={"scale": 1.0})
+    mlflow.pyfunc.save_model(tmp_path / "scaled", python_model=str(code), signature=signature)
+    proc, url = serve(tmp_path / "scaled", "scaled")
+    try:
+        status, meta = call(url + "/v2/models/scaled")
+        assert [(o["name"], o["datatype"]) for o in meta["outputs"]] == [("label", "BYTES"), ("score", "FP64")]
+        x = {"name": "x", "shape": [2], "datatype": "FP64", "data": [2.0, 7.0]}
+        status, body = call(url + "/v2/models/scaled/infer", {"inputs": [x], "parameters": {"scale": 2.0}})
+        assert status == 200 and body["parameters"] == {"scale": 2.0}, body
+        got = {o["name"]: o["data"] for o in body["outputs"]}
+        assert got == {"label": ["small", "big"], "score": [4.0, 14.0]}
+        status, body = call(url + "/v2/models/scaled/infer", {"inputs": [x], "outputs": [{"name": "label"}]})
+        assert status == 200 and [o["name"] for o in body["outputs"]] == ["label"]
+        assert body["outputs"][0]["data"] == ["small", "big"] and "parameters" not in body, "the default scale"
+        status, body = call(url + "/v2/models/scaled/infer", {"inputs": [x], "parameters": {"nope": 1}})
+        assert status == 400 and "parameters.nope" in body["error"] and "scale" in body["error"], body
+        status, body = call(url + "/v2/models/scaled/infer", {"inputs": [x], "outputs": [{"name": "predict"}]})
+        assert status == 400 and "label, score" in body["error"], body
+        status, body = call(url + "/v1/models/scaled:predict", {"instances": [{"x": 3.0}], "parameters": {"scale": 3}})
+        assert status == 200 and body == {"predictions": [{"label": "big", "score": 9.0}]}, body
+
+        client = httpclient.InferenceServerClient(url.removeprefix("http://"))
+        try:
+            inp = httpclient.InferInput("x", [2], "FP64")
+            inp.set_data_from_numpy(np.array([1.0, 6.0]), binary_data=True)
+            result = client.infer("scaled", [inp], outputs=[httpclient.InferRequestedOutput("score", binary_data=True)],
+                                  parameters={"scale": 10.0})
+            assert result.as_numpy("score").tolist() == [10.0, 60.0] and result.as_numpy("label") is None
+        finally:
+            client.close()
+    finally:
+        stop(proc)
