@@ -1,7 +1,11 @@
 """Backend.AI model folders: `model-definition.yaml|yml` (or a named file) and an optional
 `service-definition.toml`, read with the semantics Backend.AI gives them.
 
-- `start_command` is a string (split as a shell would) or a list; `port` is where it listens.
+- `start_command` is a string, run by the shell that `shell` names (default /bin/bash, `shell -c`:
+  pipes, `&&`, `cd` and `$VAR` work), or a list, run as argv; `port` is where it listens. Older files
+  that name it `command` still run: `start_command` wins when both are there (reported either way).
+- Keys of Backend.AI's own schema that mlyard does not use (a model's older `info` block, `metadata`'s
+  own keys) are kept and reported, not refused; a key the schema does not know is refused.
 - `pre_start_actions` run in order before it: write_file, write_tempfile, run_command, mkdir, log.
 - `health_check`: only when the block exists are its defaults applied (interval 10, max_retries 10,
   max_wait_time 15, expected_status_code 200, initial_delay 60; `path` is required in it).
@@ -15,7 +19,7 @@ Everything is checked before anything starts: a bad file is refused naming the f
 
 from __future__ import annotations
 
-import shlex
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -87,17 +91,29 @@ class Action(_Strict):
 
 
 class Service(_Strict):
-    start_command: Union[str, list[str]]
+    start_command: Union[str, list[str], None] = None
+    command: Union[str, list[str], None] = Field(default=None, description="Older files' name of start_command.")
     port: int = Field(ge=1, le=65535)
     pre_start_actions: list[Action] = Field(default_factory=list)
     health_check: HealthCheck | None = None
-    shell: str | None = None  # accepted as Backend.AI files carry it; the command runs without a shell here
+    shell: str = Field(default="/bin/bash", min_length=1, description="Runs a start_command given as a string.")
+
+    @property
+    def command_line(self) -> Union[str, list[str], None]:
+        """What runs: start_command, else the older `command`."""
+        return self.start_command if self.start_command is not None else self.command
 
     def argv(self) -> list[str]:
-        argv = shlex.split(self.start_command) if isinstance(self.start_command, str) else list(self.start_command)
-        if not argv:
+        line = self.command_line
+        if line is None:
+            raise ValueError("start_command is missing")
+        if isinstance(line, str):
+            if not line.strip():
+                raise ValueError("start_command is empty")
+            return [self.shell, "-c", line]
+        if not line:
             raise ValueError("start_command is empty")
-        return argv
+        return list(line)
 
 
 class ModelEntry(_Strict):
@@ -105,6 +121,7 @@ class ModelEntry(_Strict):
     model_path: str = Field(min_length=1)
     service: Service | None = None
     metadata: dict[str, Any] | None = None
+    info: dict[str, Any] | None = Field(default=None, description="Older files' model information: kept, not used.")
 
 
 class ModelDefinition(_Strict):
@@ -128,6 +145,7 @@ class ModelFolder(BaseModel):
     model: ModelEntry
     service: Service
     variant: RuntimeVariant | None = None
+    notes: list[str] = Field(default_factory=list, description="What was read but not used, and why.")
 
     def local(self, value: str) -> str:
         """`value` with the container's model_path replaced by the folder (a path under it, or itself)."""
@@ -136,8 +154,18 @@ class ModelFolder(BaseModel):
             return str(self.folder) + value[len(root):]
         return value
 
+    def local_text(self, text: str) -> str:
+        """A shell command line with every path under model_path (a word of its own) pointing at the folder."""
+        root = self.model.model_path.rstrip("/")
+        if not root:
+            return text
+        return re.sub(rf"(?<![\w/.-]){re.escape(root)}(?=/|$|[\s'\";&|)<>])", lambda _: str(self.folder), text)
+
     def argv(self) -> list[str]:
-        return [self.local(a) for a in self.service.argv()]
+        argv = self.service.argv()
+        if isinstance(self.service.command_line, str):  # [shell, -c, line]
+            return [*argv[:2], self.local_text(argv[2])]
+        return [self.local(a) for a in argv]
 
     def on_port(self, port: int) -> "ModelFolder":
         """The folder with its service moved to `port`, as a container's port is mapped: arguments that
@@ -153,8 +181,12 @@ class ModelFolder(BaseModel):
                     return arg[:-len(old)] + str(port)
             return arg
 
-        command = [moved(a) for a in self.service.argv()]
-        service = self.service.model_copy(update={"start_command": command, "port": port})
+        line = self.service.command_line
+        if isinstance(line, str):  # the port as a word of the shell line
+            command: Union[str, list[str]] = re.sub(rf"(?<![\w.]){old}(?![\w.])", str(port), line)
+        else:
+            command = [moved(a) for a in self.service.argv()]
+        service = self.service.model_copy(update={"start_command": command, "command": None, "port": port})
         variant = self.variant.model_copy(update={"environ": {**self.variant.environ, "PORT": str(port)}}) \
             if self.variant else RuntimeVariant(environ={"PORT": str(port)})
         return self.model_copy(update={"service": service, "variant": variant})
@@ -195,6 +227,14 @@ def load(folder: Path | str, definition: str | None = None, variant: str | None 
     except ValueError as exc:
         raise SpecError(f"{file.name}: models[{index}].service.start_command", entry.service.start_command,
                         f"a command to run ({exc})") from None
+    notes = []
+    if entry.info is not None:
+        notes.append(f"{file.name}: models[{index}].info is kept and not used (older files carry it; "
+                     "Backend.AI reads metadata)")
+    if entry.service.command is not None:
+        notes.append(f"{file.name}: models[{index}].service.command " + (
+            "is not used: start_command takes precedence" if entry.service.start_command is not None
+            else "runs as the start command (the older name of start_command)"))
     for i, action in enumerate(entry.service.pre_start_actions):
         try:
             action.parsed()
@@ -204,7 +244,7 @@ def load(folder: Path | str, definition: str | None = None, variant: str | None 
             raise SpecError(f"{file.name}: models[{index}].service.pre_start_actions[{i}].args.{key}",
                             err.get("input"), f"{err['msg']} (action {action.action})") from None
     return ModelFolder(folder=folder, definition_file=file, model=entry, service=entry.service,
-                       variant=_variant(folder, variant))
+                       variant=_variant(folder, variant), notes=notes)
 
 
 def _variant(folder: Path, name: str | None) -> RuntimeVariant | None:

@@ -211,6 +211,8 @@ def serve_folder(folder: ModelFolder, host: str, port: int) -> None:
         raise SpecError("--port", port, f"another port than the service's own ({folder.service.port}), which the "
                         "proxy forwards to")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for note in folder.notes:
+        log.info("%s", note)
     for result in run_actions(folder):
         if result.get("err"):
             log.warning("pre-start action %s: %s", result["action"], result["err"].strip()[:500])

@@ -31,7 +31,8 @@ def _folder(tmp_path, service: dict, toml: str | None = None, name: str = "model
 def test_a_definition_is_read_with_its_semantics(tmp_path):
     f = modelfolder.load(_folder(tmp_path, {"start_command": "python -m http.server --directory /models/www 8000",
                                             "port": 8000}))
-    assert f.argv() == ["python", "-m", "http.server", "--directory", f"{tmp_path}/www", "8000"]
+    # a string runs through the shell `shell:` names (Backend.AI's default /bin/bash), model_path pointing here
+    assert f.argv() == ["/bin/bash", "-c", f"python -m http.server --directory {tmp_path}/www 8000"]
     assert f.service.health_check is None  # no block: nothing is probed, no defaults
     (tmp_path / "yml").mkdir()
     f = modelfolder.load(_folder(tmp_path / "yml", {"start_command": ["python", "x.py"], "port": 8000,
@@ -45,6 +46,27 @@ def test_a_definition_is_read_with_its_semantics(tmp_path):
     assert f.variant is not None and f.variant.environ == {"MODEL_NAME": "other"}
     f = modelfolder.load(tmp_path)
     assert f.variant.image == "example.com/server:1" and f.variant.resource_slots["cuda.shares"] == "0.5"
+
+
+def test_keys_of_backend_ais_schema_are_kept_and_reported_not_refused(tmp_path):
+    """An older file's `info` block and `command` (start_command's older name) are read as Backend.AI
+    reads them; start_command wins when both are there; `shell` is the shell a string runs in."""
+    (tmp_path / "model-definition.yaml").write_text(yaml.safe_dump({"models": [{
+        "name": "m", "model_path": "/models", "info": {"author": "a", "version": 2},
+        "metadata": {"title": "t", "framework": ["x"], "own_key": 1},
+        "service": {"command": ["python", "old.py"], "port": 8000, "shell": "/bin/sh"}}]}))
+    f = modelfolder.load(tmp_path)
+    assert f.argv() == ["python", "old.py"]
+    assert any("info is kept and not used" in n for n in f.notes)
+    assert any("command runs as the start command" in n for n in f.notes)
+    (tmp_path / "model-definition.yaml").write_text(yaml.safe_dump({"models": [{
+        "name": "m", "model_path": "/models",
+        "service": {"command": ["python", "old.py"], "start_command": "cd /models && ./run", "port": 8000,
+                    "shell": "/bin/sh"}}]}))
+    f = modelfolder.load(tmp_path)
+    assert f.argv() == ["/bin/sh", "-c", f"cd {tmp_path} && ./run"]
+    assert any("start_command takes precedence" in n for n in f.notes)
+    assert f.on_port(9001).argv() == ["/bin/sh", "-c", f"cd {tmp_path} && ./run"]
 
 
 @pytest.mark.parametrize("service, words", [
@@ -165,6 +187,28 @@ def _until(url: str, ok, timeout: float = 30.0) -> dict:
             return view
         time.sleep(0.1)
     raise AssertionError(f"the supervisor stayed {json.dumps(view)}")
+
+
+def test_a_string_start_command_runs_in_its_shell_pipes_cd_and_variables_included(tmp_path):
+    """As Backend.AI runs it: `echo ... && cd ... && python3 -m http.server` served (it restarted for
+    ever as UNHEALTHY when the string was split without a shell)."""
+    child_port = free_port()
+    (tmp_path / "app.py").write_text(CHILD)
+    _folder(tmp_path, {"start_command": f"echo booting | tr a-z A-Z > /models/boot.txt && cd /models && "
+                                        f"exec {sys.executable} app.py $APP_PORT",
+                       "port": child_port,
+                       "health_check": {"path": "/health", "interval": 0.3, "max_retries": 1, "max_wait_time": 1,
+                                        "initial_delay": 0.5}},
+            toml=f'[custom.environ]\nAPP_PORT = "{child_port}"\nMODEL_NAME = "shell"\n')
+    port = free_port()
+    proc, _ = start([MLYARD, "serve", "--model-folder", str(tmp_path), "--port", str(port)])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _until(url, lambda v: v["status"] == HEALTHY)
+        assert call(url + "/x") == (200, {"path": "/x", "model": "shell"})
+        assert (tmp_path / "boot.txt").read_text() == "BOOTING\n"
+    finally:
+        stop(proc)
 
 
 def test_replicas_of_one_folder_run_side_by_side_on_ports_of_their_own(tmp_path):
