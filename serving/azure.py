@@ -16,7 +16,8 @@ line); the server goes on. An `init()` that raises leaves the server up: livenes
 unhealthy and why, and /score answers 503 with that reason, instead of a dead port.
 
 `python -m serving.azure --entry_script score.py [--model_dir DIR] [--port 5001] [--worker_count N]`
-takes azmlinfsrv's flags; `mlyard serve --entry-script score.py` does the same.
+takes azmlinfsrv's flags; `mlyard serve --entry-script score.py` does the same. The script runs in the
+environment its deployment names: a conda file or requirements.txt (serving/azure_env.py).
 """
 
 from __future__ import annotations
@@ -244,16 +245,35 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="Port to listen on (default 5001).")
     parser.add_argument("--worker_count", type=int, default=1, help="Threads that run run() concurrently.")
     parser.add_argument("--host", default="0.0.0.0", help="Address to listen on (default: every interface).")
+    parser.add_argument("--conda_file", default=None, help="The deployment's conda file (its pip: list is installed).")
+    parser.add_argument("--requirements", default=None, help="The deployment's requirements.txt.")
+    parser.add_argument("--strict", action="store_true", help="End when init() fails (an endpoint's replica).")
     args = parser.parse_args(argv)
-    serve_entry_script(args.entry_script, args.model_dir, args.host, args.port, args.worker_count)
+    serve_entry_script(args.entry_script, args.model_dir, args.host, args.port, args.worker_count, args.strict,
+                       conda_file=args.conda_file, requirements=args.requirements)
 
 
 def serve_entry_script(entry_script: str, model_dir: str | None, host: str, port: int, workers: int = 1,
-                       strict: bool = False) -> None:
-    """Serve the script. A failed init() is answered with its reason until fixed (as Azure's server
-    does), or with `strict` (an endpoint's replica: no later request can fix it) ends the process."""
+                       strict: bool = False, conda_file: str | None = None, requirements: str | None = None) -> None:
+    """Serve the script, in the environment its deployment names (serving/azure_env.py: a conda file or
+    requirements.txt given, or beside the script). A failed init() is answered with its reason until
+    fixed (as Azure's server does), or with `strict` (an endpoint's replica: no later request can fix
+    it) ends the process."""
+    from serving import azure_env
     from serving.server import run_app
 
+    if not os.environ.get(azure_env.REEXEC_ENV):
+        try:
+            env = azure_env.find(Path(entry_script), Path(conda_file) if conda_file else None,
+                                 Path(requirements) if requirements else None)
+            python = _environment_python(env)
+        except SpecError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        if python != sys.executable:
+            azure_env.run_in(python, ["--entry_script", entry_script, "--port", str(port), "--worker_count",
+                                      str(workers), "--host", host, *(["--model_dir", model_dir] if model_dir else []),
+                                      *(["--strict"] if strict else [])])
     try:
         script = EntryScript(entry_script, model_dir)
     except SpecError as exc:
@@ -266,6 +286,19 @@ def serve_entry_script(entry_script: str, model_dir: str | None, host: str, port
         print(f"warning: {script.init_error}; the server answers with this reason until it is fixed", file=sys.stderr)
     run_app(AzureApp(script, workers), host, port,
             on_ready=lambda url: print(f"serving {script.path.name} on {url}  (score: {url}/score)", flush=True))
+
+
+def _environment_python(env) -> str:
+    """The deployment's environment built (or found in the cache); its python."""
+    from core.errors import TrainingFailed
+    from core.settings import Settings
+    from serving import azure_env
+
+    try:
+        return azure_env.python_for(env, Settings().envs_dir, log=lambda line: print(line, file=sys.stderr, flush=True))
+    except TrainingFailed as exc:  # pip could not install it: the reason, in one line
+        raise SpecError(env.source.name if env.source else "environment", "its packages",
+                        f"packages pip can install ({exc.reason}: {exc.last_lines[-1] if exc.last_lines else ''})") from None
 
 
 if __name__ == "__main__":

@@ -169,7 +169,15 @@ def requirements_env(source: Path, envs_dir: Path, log: Callable[[str], None] = 
     req = source / "requirements.txt"
     if not req.is_file() or not req.read_text().strip():
         return sys.executable
-    digest = hashlib.sha256(req.read_bytes() + sys.version.encode()).hexdigest()[:16]
+    return pip_environment(req.read_text(), envs_dir, log, cwd=source)
+
+
+def pip_environment(requirements: str, envs_dir: Path, log: Callable[[str], None] = print,
+                    label: str = "requirements.txt", cwd: Path | None = None) -> str:
+    """The python of a virtual environment holding `requirements` (pip's requirement lines) over the
+    platform's packages, built once per hash of them and this Python (`requirements_env`'s rules);
+    `label` names them in what it logs and in a failure."""
+    digest = hashlib.sha256(requirements.encode() + sys.version.encode()).hexdigest()[:16]
     target = envs_dir / digest
     python = target / "bin" / "python"
     ready = target / ".ready"
@@ -177,31 +185,33 @@ def requirements_env(source: Path, envs_dir: Path, log: Callable[[str], None] = 
     with open(envs_dir / f"{digest}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # parallel trials share one build
         if ready.exists():
-            log(f"requirements.txt: reusing environment {target}")
+            log(f"{label}: reusing environment {target}")
             return str(python)
         shutil.rmtree(target, ignore_errors=True)  # a half-built environment from a crash
-        log(f"requirements.txt: building environment {target}")
+        log(f"{label}: building environment {target}")
         try:
             _run_checked([sys.executable, "-m", "venv", "--without-pip", str(target)])
             # The platform's own packages stay visible, behind the environment's own (a .pth is read last).
             own = target / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
             (own / "mlyard-platform.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+            wanted = target / "requirements.txt"
+            wanted.write_text(requirements)
             out = _run_checked([sys.executable, "-m", "pip", "--python", str(python), "install",
-                                "--disable-pip-version-check", "--no-input", "-r", str(req)], cwd=source)
+                                "--disable-pip-version-check", "--no-input", "-r", str(wanted)], cwd=cwd, label=label)
         except TrainingFailed:
             shutil.rmtree(target, ignore_errors=True)
             raise
         for line in out.splitlines()[-3:]:
             log(line)
-        ready.write_text(req.read_text())
+        ready.write_text(requirements)
     return str(python)
 
 
-def _run_checked(argv: list[str], cwd: Path | None = None) -> str:
+def _run_checked(argv: list[str], cwd: Path | None = None, label: str = "requirements.txt") -> str:
     proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0:
         lines = (proc.stdout + proc.stderr).strip().splitlines()[-TAIL_LINES:]
-        raise TrainingFailed(f"installing requirements.txt failed (exit code {proc.returncode})",
+        raise TrainingFailed(f"installing {label} failed (exit code {proc.returncode})",
                              proc.returncode, lines)
     return proc.stdout
 

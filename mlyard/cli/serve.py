@@ -22,6 +22,11 @@ def serve(
     model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="With --entry-script: the model directory "
                                              "(AZUREML_MODEL_DIR)."),
     workers: int = typer.Option(1, "--workers", help="With --entry-script: threads that run run() concurrently."),
+    conda_file: Optional[Path] = typer.Option(None, "--conda-file", help="With --entry-script: the deployment's conda "
+                                              "file; its pip: list is installed into a cached environment the script "
+                                              "runs in (default: conda.yaml or environment.yml beside the script)."),
+    requirements: Optional[Path] = typer.Option(None, "--requirements", help="With --entry-script: the deployment's "
+                                                "requirements.txt (default: one beside the script)."),
     chat_model: Optional[str] = typer.Option(None, "--chat-model", help="Also (or only) serve a generative model on "
                                              "OpenAI's routes (/openai/v1/chat/completions, /openai/v1/completions): "
                                              "smollm2 (the offline default; needs the llm extra), a .gguf file, a "
@@ -80,7 +85,10 @@ def serve(
         from serving.azure import DEFAULT_PORT, serve_entry_script
 
         _listening(lambda: serve_entry_script(str(entry_script), str(model_dir) if model_dir else None, host,
-                                              port or DEFAULT_PORT, workers), port or DEFAULT_PORT)
+                                              port or DEFAULT_PORT, workers,
+                                              conda_file=str(conda_file) if conda_file else None,
+                                              requirements=str(requirements) if requirements else None),
+                   port or DEFAULT_PORT)
         return
     if model is not None and chat_model is None and _registered(model):
         # A version pushed by `mlyard endpoints deploy --sync`: an entry script or a model folder.

@@ -192,3 +192,60 @@ def test_a_plain_script_has_no_swagger(tmp_path):
         assert status == 404 and "inference-schema" in body["error"]
     finally:
         stop(proc)
+
+
+NEEDS_ITS_PACKAGE = """
+import sys
+import mlyardprobe  # only in the environment the deployment names
+
+def init():
+    global value
+    value = mlyardprobe.VALUE
+
+def run(raw):
+    return {"value": value, "python": sys.executable}
+"""
+
+
+def _probe_wheel(dest: Path) -> Path:
+    """A minimal pure-Python wheel: the deployment's package, installed with no network."""
+    import base64
+    import hashlib
+    import zipfile
+
+    name, version = "mlyardprobe", "1.0"
+    path = dest / f"{name}-{version}-py3-none-any.whl"
+    files = {f"{name}/__init__.py": "VALUE = 42\n",
+             f"{name}-{version}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+             f"{name}-{version}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = [f"{f},sha256={base64.urlsafe_b64encode(hashlib.sha256(t.encode()).digest()).rstrip(b'=').decode()},"
+              f"{len(t.encode())}" for f, t in files.items()] + [f"{name}-{version}.dist-info/RECORD,,"]
+    with zipfile.ZipFile(path, "w") as z:
+        for f, text in files.items():
+            z.writestr(f, text)
+        z.writestr(f"{name}-{version}.dist-info/RECORD", "\n".join(record) + "\n")
+    return path
+
+
+def test_an_entry_script_runs_in_the_environment_its_conda_file_names(tmp_path):
+    """The conda file beside the script was ignored, so init() failed on a package only it names. Its
+    pip: list is built into a cached environment and the script runs there; a Python version that
+    cannot be honoured and conda-only packages are each reported in one line."""
+    wheel = _probe_wheel(tmp_path)
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "score.py").write_text(NEEDS_ITS_PACKAGE)
+    (tmp_path / "app" / "conda.yaml").write_text(
+        f"name: scoring\ndependencies:\n  - python=3.8\n  - numpy=1.21\n  - pip\n  - pip:\n    - {wheel}\n")
+    port = free_port()
+    proc, printed = start([MLYARD, "serve", "--entry-script", str(tmp_path / "app" / "score.py"), "--port", str(port)],
+                          env={"MLYARD_HOME": str(tmp_path / "home")})
+    try:
+        assert "conda.yaml: python=3.8 cannot be honoured here: the entry script runs on Python 3." in printed
+        assert "conda packages are not installed here (numpy=1.21)" in printed
+        status, body = call(f"http://127.0.0.1:{port}/score", b"{}")
+        assert status == 200 and body["value"] == 42, body
+        assert body["python"].startswith(str(tmp_path / "home" / "envs")), "it ran in the built environment"
+    finally:
+        stop(proc)
+    with pytest.raises(ImportError):
+        __import__("mlyardprobe")  # the platform's own environment is untouched
