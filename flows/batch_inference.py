@@ -60,6 +60,7 @@ def batch_infer(spec: BatchInferenceSpec) -> BatchInferenceResult:
     try:
         # 1-2. Check and stage in.
         model_uri, model_path, model = load_model(p.storage, p.models, spec, scratch)
+        logger.info("model %s runs on %s", model_uri, model.runtime)
         checks.output_outside_input(spec.input_uri, spec.output_uri)
         checks.output_free(spec.output_uri, me=batch_id)  # one running batch per output_uri
         files = select_files(p.storage, spec.input_uri, spec.include, spec.exclude)
@@ -82,6 +83,7 @@ def batch_infer(spec: BatchInferenceSpec) -> BatchInferenceResult:
             TAG_MODEL_URI: model_uri, TAG_NOTE: spec.description, **prefect_link(),
         }, params={"model": model_uri, "input_uri": spec.input_uri, "input_format": spec.input_format,
                    "output_uri": spec.output_uri, "batch_size": spec.batch_size, "workers": spec.workers,
+                   "runtime": model.runtime,
                    "inference_timeout_seconds": spec.inference_timeout_seconds, "files": len(files),
                    "shards": len(shards)})
         job = BatchJob(batch_id=batch_id, model_uri=model_uri, model_path=str(model_path), output_uri=spec.output_uri,

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from core.errors import SpecError
-from serving.cache import cache_dir
+from tasks.cache import cache_dir
 
 SMOLLM2 = "smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

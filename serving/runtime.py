@@ -14,8 +14,9 @@ import numpy as np
 import yaml
 
 from core.errors import SpecError
-from serving import compiled, custom
+from serving import custom
 from serving.protocol import BadRequest
+from tasks import compiled
 
 _NUMPY_TO_V2 = {"float64": "FP64", "float32": "FP32", "float16": "FP16", "int64": "INT64", "int32": "INT32",
                 "int16": "INT16", "int8": "INT8", "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32",
@@ -246,7 +247,7 @@ def load(path: Path | str, name: str | None = None, version: str = "1",
     """The model in directory `path`: an MLflow model, a scikit-learn `.joblib` directory, PyTorch
     weights with a handler, or a Hugging Face directory (serving/custom.py); `params` are the version's
     parameters. A scikit-learn model runs compiled to ONNX when it compiles and agrees with itself
-    (serving/compiled.py; `compile=False` keeps scikit-learn). A layout that is recognised but cannot be
+    (tasks/compiled.py; `compile=False` keeps scikit-learn). A layout that is recognised but cannot be
     served here (TensorFlow SavedModel, Triton) is refused with why."""
     path = Path(path)
     name = name or path.name
@@ -295,7 +296,7 @@ def _mlflow(path: Path, name: str, version: str, compile: bool) -> ServedModel:
             return _compiled(ServedModel(name, version, path, ready, None, platform, signature), "cached")
     from tasks.models import load_model
 
-    loaded = load_model(str(path))
+    loaded = load_model(str(path), compile=False)  # compiled below, saying how
     served = ServedModel(name, version, path, loaded.raw, loaded.pyfunc, platform, signature)
     return _compile(served, path) if compile and platform == "sklearn" and loaded.raw is not None else served
 

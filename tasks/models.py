@@ -27,9 +27,10 @@ SKLEARN_LOADER = "mlflow.sklearn"
 class Model:
     """A model loaded once. `predict` gives (predictions, probabilities or None)."""
 
-    def __init__(self, uri: str):
+    def __init__(self, uri: str, compile: bool = True):
         self.uri = uri
-        raw = _sklearn_estimator(Path(uri)) if "://" not in uri else None
+        self.runtime = "python_function"
+        raw = _compiled_or_estimator(Path(uri), compile, self) if "://" not in uri else None
         self.pyfunc: Any = None
         if raw is None:
             import mlflow.pyfunc
@@ -57,6 +58,10 @@ class Model:
     def predict(self, x, with_proba: bool) -> tuple[list, Any]:
         import numpy as np
 
+        both = getattr(self._raw, "predict_with_proba", None)  # a compiled classifier: labels as scikit-learn's
+        if with_proba and both is not None:
+            labels, proba = both(x)
+            return labels.tolist(), proba
         if with_proba and self._proba is not None and self._classes is not None:
             proba = np.asarray(self._proba(x))
             return self._classes[proba.argmax(axis=1)].tolist(), proba
@@ -64,8 +69,9 @@ class Model:
         return _as_list(predictor.predict(x)), None
 
 
-def load_model(uri: str) -> Model:
-    return Model(uri)
+def load_model(uri: str, compile: bool = True) -> Model:
+    """The model at `uri`; a scikit-learn one compiled to ONNX when it compiles and agrees (`compile`)."""
+    return Model(uri, compile)
 
 
 def local_framework(model: str) -> str | None:
@@ -111,6 +117,27 @@ def estimator_signature(model_dir: Path) -> dict[str, Any] | None:
     classes = getattr(est, "classes_", None)
     outputs = Schema([TensorSpec(np.dtype(classes.dtype) if classes is not None else np.dtype("float64"), (-1,))])
     return {**signature_json(ModelSignature(inputs=inputs, outputs=outputs)), "source": "read off the scikit-learn estimator"}
+
+
+def _compiled_or_estimator(path: Path, compile: bool, model: "Model") -> Any:
+    """A local scikit-learn model as serving runs it (tasks/compiled.py): compiled to ONNX and verified
+    against the estimator (from the cache, without importing scikit-learn, when it was compiled before,
+    at registration for a registered version), else the estimator itself; None for other models."""
+    from tasks import compiled
+
+    if compile and (path / "MLmodel").is_file():
+        ready = compiled.cached(path)
+        if ready is not None:
+            model.runtime = "onnxruntime (compiled before)"
+            return ready
+    raw = _sklearn_estimator(path)
+    if raw is None or not compile:
+        if raw is not None:
+            model.runtime = "scikit-learn"
+        return raw
+    ready, why = compiled.compile_estimator(raw, path)
+    model.runtime = "onnxruntime (compiled now)" if ready is not None else f"scikit-learn (not compiled: {why})"
+    return ready if ready is not None else raw
 
 
 def _sklearn_estimator(path: Path):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from serving_http import MLYARD, call, free_port, serve, start, stop
 
-from serving import compiled
+from tasks import compiled
 
 
 @pytest.fixture()
@@ -56,7 +56,11 @@ def test_a_compiled_model_agrees_with_its_estimator(cache, name):
         assert list(onnx_est.classes_) == list(est.classes_)
     again = compiled.cached(path)  # the next start loads it from the cache
     assert again is not None and np.array_equal(again.predict(x), onnx_est.predict(x))
-    path.write_bytes(path.read_bytes())  # a changed file is a new key: compiled again
+    elsewhere = cache / "copy" / path.name  # the same bytes elsewhere (a replica's download): the same entry
+    elsewhere.parent.mkdir(exist_ok=True)
+    elsewhere.write_bytes(path.read_bytes())
+    assert compiled.cached(elsewhere) is not None
+    path.write_bytes(path.read_bytes() + b"\0")  # changed contents are a new key: compiled again
     assert compiled.cached(path) is None
 
 

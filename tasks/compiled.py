@@ -2,9 +2,9 @@
 imports neither scikit-learn nor SciPy, so it starts in a fraction of a second and in a fraction of
 the memory, and a tree ensemble answers one row in microseconds instead of milliseconds.
 
-A model is compiled once (skl2onnx, the first time it is served) and kept in a cache directory keyed
-by its files, so every later start of that model (a restart, one more replica) loads the ONNX file
-alone. A compiled model is used only when it agrees with the estimator on probe rows: the same labels,
+A model is compiled once (skl2onnx: when it is registered, else the first time it is served or run
+in a batch) and kept in a cache directory keyed by its files' contents, so every later start of that
+model (a restart, one more replica, a batch worker) loads the ONNX file alone. A compiled model is used only when it agrees with the estimator on probe rows: the same labels,
 and probabilities or regression values within 1e-6. Trees compare each feature as float32 (scikit-learn
 casts its input), so their rows are rounded the same way before they reach onnxruntime. Probes are
 random rows at several scales, and for trees rows made of the trees' own thresholds (every split's
@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from serving.cache import cache_dir
+from tasks.cache import cache_dir
 
 TOLERANCE = 1e-6
 PROBE_ROWS = 512
-FORMAT = 1  # bump when the cache's layout or the verification changes
+FORMAT = 2  # bump when the cache's layout or the verification changes
 
 
 def cache_root() -> Path:
@@ -35,12 +35,16 @@ def cache_root() -> Path:
 
 
 def key(model_path: Path) -> str:
-    """A key over the model's files (names, sizes, modification times): a changed model compiles again."""
+    """A key over the model's contents (each file's name and bytes): the same model wherever it lies (the
+    registration's copy, a replica's download, a batch's stage-in) finds one compiled entry; a changed
+    model compiles again."""
     files = sorted(p for p in model_path.rglob("*") if p.is_file()) if model_path.is_dir() else [model_path]
-    h = hashlib.sha256(f"{FORMAT}|{model_path.resolve()}".encode())
+    h = hashlib.sha256(f"{FORMAT}".encode())
     for f in files:
-        st = f.stat()
-        h.update(f"|{f.relative_to(model_path) if model_path.is_dir() else f.name}|{st.st_size}|{st.st_mtime_ns}".encode())
+        h.update(f"|{f.relative_to(model_path) if model_path.is_dir() else f.name}|{f.stat().st_size}|".encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()[:20]
 
 
@@ -128,9 +132,32 @@ def cached(model_path: Path) -> OnnxEstimator | None:
         return None
 
 
+def refused(model_path: Path) -> str | None:
+    """Why `model_path` was found not to compile before (it is not tried again), or None."""
+    try:
+        return (cache_root() / f"{key(model_path)}.refused").read_text() or "it did not compile before"
+    except OSError:
+        return None
+
+
 def compile_estimator(estimator: Any, model_path: Path) -> tuple[OnnxEstimator | None, str]:
     """Compile `estimator` (loaded from `model_path`) and verify it; (the compiled model or None, why).
-    Tries double-precision input first, then single (some onnxruntime operators have no double kernel)."""
+    Tries double-precision input first, then single (some onnxruntime operators have no double kernel).
+    A model that does not compile or agree is remembered as such (its key's `.refused`), with why."""
+    known = refused(model_path)
+    if known is not None:
+        return None, known
+    compiled_est, why = _compile(estimator, model_path)
+    if compiled_est is None and not why.startswith(("skl2onnx/onnxruntime are not installed", "its files cannot")):
+        try:
+            cache_root().mkdir(parents=True, exist_ok=True)
+            (cache_root() / f"{key(model_path)}.refused").write_text(why)
+        except OSError:
+            pass
+    return compiled_est, why
+
+
+def _compile(estimator: Any, model_path: Path) -> tuple[OnnxEstimator | None, str]:
     try:
         import onnxruntime  # noqa: F401
         from skl2onnx import to_onnx
