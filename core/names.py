@@ -67,6 +67,7 @@ TAG_FRAMEWORK_VERSION = "mlyard.framework_version"
 TAG_PARAMETERS = "mlyard.parameters"
 TAG_LINEAGE = "mlyard.lineage"
 TAG_SIGNATURE = "mlyard.signature"
+TAG_RUNTIME = "mlyard.runtime"  # how serving and batch run a version (compiled at registration, or why not)
 
 
 # -- a model version's parameters at the model server: arguments under the names as given, environment

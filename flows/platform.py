@@ -54,9 +54,10 @@ class Platform:
     @cached_property
     def models(self) -> ModelRegistry:
         from registry import ModelRegistry
-        from tasks.models import estimator_signature
+        from tasks.models import estimator_signature, prepare_for_serving
 
-        return ModelRegistry(self.tracking, self.catalog, infer_signature=estimator_signature)
+        return ModelRegistry(self.tracking, self.catalog, infer_signature=estimator_signature,
+                             prepare=prepare_for_serving)
 
     @cached_property
     def experiments(self) -> Experiments:

@@ -26,6 +26,7 @@ from core.names import (
     TAG_LINEAGE,
     TAG_ORIGIN_URI,
     TAG_PARAMETERS,
+    TAG_RUNTIME,
     TAG_SIGNATURE,
     param_arguments,
     param_environ,
@@ -52,6 +53,7 @@ class ModelVersionInfo:
     description: str
     created_at: str  # ISO 8601
     signature: dict[str, Any] | None = None  # {"inputs": [...], "outputs": [...], "source": ...} (MLflow schema JSON)
+    runtime: str = ""  # how serving and batch run it, decided at registration (compiled, or why not)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,10 +116,22 @@ class ModelRegistry:
     platform passes the model loader's, which reads it off a scikit-learn estimator)."""
 
     def __init__(self, tracking: Tracking, catalog: Catalog,
-                 infer_signature: Callable[[Path], dict[str, Any] | None] | None = None):
+                 infer_signature: Callable[[Path], dict[str, Any] | None] | None = None,
+                 prepare: Callable[[Path], str | None] | None = None):
+        """`prepare(model_dir)`: done once to a new version's files (compiling a scikit-learn model for
+        serving and batch); what it says becomes the version's `mlyard.runtime` tag."""
         self.tracking, self.catalog = tracking, catalog
         self.client = tracking.client
         self.infer_signature = infer_signature
+        self.prepare = prepare
+
+    def _prepared(self, model_dir: Path) -> str | None:
+        if self.prepare is None:
+            return None
+        try:
+            return self.prepare(model_dir)
+        except Exception as exc:  # noqa: BLE001 - a model that cannot be prepared is still registered
+            return f"not prepared: {type(exc).__name__}: {exc}"[:500]
 
     def _signature(self, model_dir: Path) -> dict[str, Any] | None:
         if not model_dir.is_dir():
@@ -147,10 +161,11 @@ class ModelRegistry:
                                           kind) from exc
             found_fw, found_ver = detect_framework(local)
             signature = self._signature(local)
+            runtime = self._prepared(local)
         lineage = {f"{kind}_id": training_id, "run_id": run_id, "experiment_id": run.experiment_id, **(lineage or {})}
         return self._create(name, f"{run.artifact_uri.rstrip('/')}/{MODEL_ARTIFACT}", run_id,
                             framework or found_fw, framework_version or found_ver,
-                            parameters or {}, lineage, description, signature)
+                            parameters or {}, lineage, description, signature, runtime)
 
     def create_from_directory(self, name: str, model_dir: Path, origin_uri: str, *,
                               parameters: Mapping[str, str] | None = None, description: str = "",
@@ -161,6 +176,7 @@ class ModelRegistry:
             raise SpecError("artifact_uri", origin_uri, "a directory (or file) holding the model; it is empty")
         found_fw, found_ver = detect_framework(model_dir) if model_dir.is_dir() else ("custom", "")
         signature = self._signature(model_dir)
+        runtime = self._prepared(model_dir)
         run_id = self.tracking.start_run("models", f"import-{name}", {TAG_KIND: "model-import", TAG_ORIGIN_URI: origin_uri})
         try:
             if model_dir.is_dir():
@@ -174,10 +190,10 @@ class ModelRegistry:
         run = self.tracking.get_run(run_id)
         return self._create(name, f"{run.artifact_uri.rstrip('/')}/{MODEL_ARTIFACT}", run_id,
                             framework or found_fw, framework_version or found_ver, parameters or {},
-                            {"origin_uri": origin_uri, "run_id": run_id}, description, signature)
+                            {"origin_uri": origin_uri, "run_id": run_id}, description, signature, runtime)
 
     def _create(self, name, source, run_id, framework, framework_version, parameters, lineage, description,
-                signature=None):
+                signature=None, runtime=None):
         try:
             self.client.create_registered_model(name)
         except MlflowException as exc:
@@ -191,6 +207,8 @@ class ModelRegistry:
                 text = json.dumps({"inputs": f"{len(signature['inputs'])} columns", "outputs": None,
                                    "source": f"{signature.get('source', '')}; too long for a tag, see MLmodel"})
             tags[TAG_SIGNATURE] = text
+        if runtime:
+            tags[TAG_RUNTIME] = runtime
         mv = self.client.create_model_version(name, source, run_id=run_id, tags=tags, description=description or None)
         return self.get_version(name, mv.version)
 
@@ -292,6 +310,7 @@ class ModelRegistry:
             aliases=list(getattr(mv, "aliases", []) or []), description=mv.description or "",
             created_at=datetime.fromtimestamp((mv.creation_timestamp or 0) / 1000, timezone.utc).isoformat(timespec="seconds"),
             signature=json.loads(tags[TAG_SIGNATURE]) if TAG_SIGNATURE in tags else None,
+            runtime=tags.get(TAG_RUNTIME, ""),
         )
 
 

@@ -28,6 +28,7 @@ from tasks.cache import cache_dir
 TOLERANCE = 1e-6
 PROBE_ROWS = 512
 FORMAT = 2  # bump when the cache's layout or the verification changes
+NOT_THE_MODEL = frozenset({"registered_model_meta"})  # what MLflow adds to a registered version's download
 
 
 def cache_root() -> Path:
@@ -38,7 +39,8 @@ def key(model_path: Path) -> str:
     """A key over the model's contents (each file's name and bytes): the same model wherever it lies (the
     registration's copy, a replica's download, a batch's stage-in) finds one compiled entry; a changed
     model compiles again."""
-    files = sorted(p for p in model_path.rglob("*") if p.is_file()) if model_path.is_dir() else [model_path]
+    files = sorted(p for p in model_path.rglob("*") if p.is_file() and p.name not in NOT_THE_MODEL) \
+        if model_path.is_dir() else [model_path]
     h = hashlib.sha256(f"{FORMAT}".encode())
     for f in files:
         h.update(f"|{f.relative_to(model_path) if model_path.is_dir() else f.name}|{f.stat().st_size}|".encode())

@@ -74,6 +74,36 @@ def load_model(uri: str, compile: bool = True) -> Model:
     return Model(uri, compile)
 
 
+def prepare_for_serving(model_dir: Path) -> str | None:
+    """Done once when a version is registered: a scikit-learn model (an MLflow model, or a folder of one
+    .joblib file) compiled to ONNX and verified, into the cache every later load finds it in (the first
+    `serve` of the version then imports neither scikit-learn nor SciPy); how it will run, or None."""
+    from tasks import compiled
+
+    if (model_dir / "MLmodel").is_file():
+        if not _sklearn_flavour(model_dir):
+            return None
+        runtime = Model(str(model_dir)).runtime
+        return "onnxruntime (compiled at registration)" if runtime == "onnxruntime (compiled now)" else runtime
+    found = sorted(model_dir.glob("*.joblib")) if model_dir.is_dir() else []
+    if len(found) != 1:
+        return None
+    if compiled.cached(found[0]) is not None:
+        return "onnxruntime (compiled before)"
+    import joblib
+
+    ready, why = compiled.compile_estimator(joblib.load(found[0]), found[0])
+    return "onnxruntime (compiled at registration)" if ready is not None else f"scikit-learn (not compiled: {why})"
+
+
+def _sklearn_flavour(path: Path) -> bool:
+    try:
+        meta = yaml.safe_load((path / "MLmodel").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return False
+    return "sklearn" in (meta.get("flavors") or {})
+
+
 def local_framework(model: str) -> str | None:
     """"sklearn" for a local MLflow model directory that the scikit-learn path loads, else None."""
     if "://" in model:
