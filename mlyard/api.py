@@ -108,11 +108,18 @@ def check(action: Action, spec, settings: Settings) -> str | None:
         if is_registry_ref(spec.model) or spec.model.startswith("models:/"):
             from mlyard.queries import ask
 
-            return ask("model_reference", model=spec.model)["framework"]  # the warm mlyard API when it runs
+            found = ask("model_reference", model=spec.model)  # the warm mlyard API when it runs
+            # compiled at registration: it runs on onnxruntime, scikit-learn is never loaded
+            return "onnx" if str(found.get("runtime", "")).startswith("onnxruntime") else found["framework"]
         checks.model_reference(storage, None, spec.model)
         from tasks.models import local_framework
 
-        return local_framework(spec.model)
+        framework = local_framework(spec.model)
+        if framework == "sklearn":
+            from tasks import compiled
+
+            return "onnx" if compiled.is_cached(Path(spec.model)) else framework
+        return framework
     return None
 
 

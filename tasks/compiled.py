@@ -123,6 +123,14 @@ def open_compiled(folder: Path) -> OnnxEstimator:
     return OnnxClassifier(folder, meta) if meta.get("classes") is not None else OnnxEstimator(folder, meta)
 
 
+def is_cached(model_path: Path) -> bool:
+    """Whether `model_path` has been compiled and verified (without loading onnxruntime)."""
+    try:
+        return (cache_root() / key(model_path) / "compiled.json").is_file()
+    except OSError:
+        return False
+
+
 def cached(model_path: Path) -> OnnxEstimator | None:
     """The compiled model of `model_path`, when it has been compiled and verified before."""
     folder = cache_root() / key(model_path)

@@ -33,7 +33,7 @@ from core.errors import BadRecord, BatchFailed, TrainingStopped
 from core.specs import BatchJob, BatchShard, is_mlflow_uri
 from tasks.models import Model
 from tasks.outputs import Layout, ShardRecord, done_records
-from tasks.records import features, read_records
+from tasks.records import features, read_chunks
 from tasks.storage import Storage
 from tasks.transport import Follow, emit_to_stdout
 
@@ -131,15 +131,18 @@ class Worker:
         last = started
         batch: list[tuple[int, Any]] = []
         done_bytes = 0
+        size = self.job.batch_size
         with open(tmp, "wb", buffering=1 << 20) as out:
-            for row, record, done_bytes in read_records(path, self.job.input_format, shard.start, shard.end, shard.first_row):
-                if isinstance(record, BadRecord):
-                    self._fail(rec, out, shard, [(row, None)], record.reason)
-                    continue
-                batch.append((row, record))
-                if len(batch) >= self.job.batch_size:
-                    self._batch(rec, out, shard, batch)
-                    batch = []
+            for chunk, done_bytes in read_chunks(path, self.job.input_format, shard.start, shard.end, shard.first_row,
+                                                 size):
+                for row, record in chunk:
+                    if isinstance(record, BadRecord):
+                        self._fail(rec, out, shard, [(row, None)], record.reason)
+                    else:
+                        batch.append((row, record))
+                while len(batch) >= size:
+                    self._batch(rec, out, shard, batch[:size])
+                    batch = batch[size:]
                     now = time.monotonic()
                     if now - last >= PROGRESS_SECONDS:
                         last = now
@@ -181,14 +184,8 @@ class Worker:
             self._fail(rec, out, shard, batch, f"{type(exc).__name__}: {exc}"[:500])
             return
         idf = job.id_field
-        if proba is None:
-            lines = [{"row": row, "prediction": p} if idf is None else {"row": row, "id": r.get(idf), "prediction": p}
-                     for (row, r), p in zip(batch, preds)]
-        else:
-            lines = [{"row": row, "prediction": p, "probabilities": pr} if idf is None else
-                     {"row": row, "id": r.get(idf), "prediction": p, "probabilities": pr}
-                     for (row, r), p, pr in zip(batch, preds, proba.tolist())]
-        out.write(b"".join(map(_json_line, lines)))
+        out.write(encode_lines([row for row, _ in batch], [r.get(idf) for _, r in batch] if idf is not None else None,
+                               preds, proba))
         rec.rows += len(batch)
 
     def _fail(self, rec: ShardRecord, out, shard: BatchShard, batch: list[tuple[int, Any]], error: str) -> None:
@@ -210,6 +207,50 @@ class Worker:
             raise BatchFailed(f"{self.failed_batches} batches failed (max_failed_batches is "
                                 f"{self.job.max_failed_batches}); last: {shard.file} rows "
                                 f"{failure['first_row']}-{failure['last_row']}: {error}")
+
+
+def encode_lines(rows: list[int], ids: list[Any] | None, preds: list[Any], proba: Any) -> bytes:
+    """A batch's output lines, `{"row":..,"id":..,"prediction":..,"probabilities":[..]}` each (as
+    `_json_line` writes them), made a column at a time: numbers and the probability matrix are
+    serialized once for the whole batch and cut into rows; anything else goes value by value."""
+    import numpy as np
+
+    try:
+        pred = _column(preds)
+        ident = _column(ids) if ids is not None else None
+        probs = None
+        if proba is not None:
+            text = orjson.dumps(np.asarray(proba, dtype=np.float64), option=orjson.OPT_SERIALIZE_NUMPY)
+            probs = [b"[" + r + b"]" for r in text[2:-2].split(b"],[")] if len(rows) else []
+    except TypeError:  # what orjson refuses (integers beyond 64 bits): the row-by-row way
+        return _slow_lines(rows, ids, preds, proba)
+    head = [b'{"row":%d' % row for row in rows]
+    if ident is not None:
+        head = [h + b',"id":' + i for h, i in zip(head, ident)]
+    head = [h + b',"prediction":' + p for h, p in zip(head, pred)]
+    if probs is not None:
+        head = [h + b',"probabilities":' + q for h, q in zip(head, probs)]
+    return b"}\n".join(head) + b"}\n" if head else b""
+
+
+def _column(values: list[Any]) -> list[bytes]:
+    """Each value as JSON: a list of plain numbers in one call, cut at its commas; else one by one."""
+    if values and all(type(v) in (int, float) for v in values):
+        return orjson.dumps(values)[1:-1].split(b",")
+    return [orjson.dumps(v) for v in values]
+
+
+def _slow_lines(rows: list[int], ids: list[Any] | None, preds: list[Any], proba: Any) -> bytes:
+    lines = []
+    for i, (row, p) in enumerate(zip(rows, preds)):
+        line: dict[str, Any] = {"row": row}
+        if ids is not None:
+            line["id"] = ids[i]
+        line["prediction"] = p
+        if proba is not None:
+            line["probabilities"] = [float(v) for v in proba[i]]
+        lines.append(_json_line(line))
+    return b"".join(lines)
 
 
 def _json_line(obj: dict[str, Any]) -> bytes:

@@ -47,6 +47,58 @@ def _jsonl(path: Path, start: int, end: int | None, row: int) -> Iterator[tuple[
                 return
 
 
+def read_chunks(path: Path, fmt: str, start: int = 0, end: int | None = None, first_row: int = 0,
+                size: int = 1000) -> Iterator[tuple[list[tuple[int, Any]], int]]:
+    """`read_records` in chunks of up to `size` records: ([(row, record or BadRecord)], bytes read so far).
+    A JSONL chunk is parsed in one call (its lines as one JSON array) when each line is one object or
+    list; any other chunk (a blank line, a line that is not one value) line by line, as `read_records`."""
+    if fmt != "jsonl":
+        chunk: list[tuple[int, Any]] = []
+        done = 0
+        for row, record, done in read_records(path, fmt, start, end, first_row):
+            chunk.append((row, record))
+            if len(chunk) >= size:
+                yield chunk, done
+                chunk = []
+        if chunk:
+            yield chunk, done
+        return
+    limit = None if end is None else end - start
+    done, row = 0, first_row
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        while limit is None or done < limit:
+            lines: list[bytes] = []
+            for line in fh:
+                lines.append(line)
+                done += len(line)
+                if len(lines) >= size or (limit is not None and done >= limit):
+                    break
+            if not lines:
+                return
+            yield _parse_lines(lines, row), done
+            row += len(lines)
+
+
+def _parse_lines(lines: list[bytes], row: int) -> list[tuple[int, Any]]:
+    whole = all(len(ln) > 1 and ln[:1] in (b"{", b"[") and ln.rstrip()[-1:] in (b"}", b"]") for ln in lines)
+    if whole:
+        try:
+            values = orjson.loads(b"[" + b",".join(lines) + b"]")
+        except ValueError:
+            values = None
+        if values is not None and len(values) == len(lines):
+            return list(zip(range(row, row + len(lines)), values))
+    out = []
+    for i, line in enumerate(lines):
+        if line.strip():
+            try:
+                out.append((row + i, orjson.loads(line)))
+            except ValueError:
+                out.append((row + i, _slow_json(line)))
+    return out
+
+
 def _slow_json(line: bytes) -> Any:
     """A line orjson refused: the standard library reads what orjson does not (integers beyond 64 bits,
     NaN); what neither reads is a BadRecord."""
