@@ -54,11 +54,13 @@ class OnnxEstimator:
     """What the model server uses of an estimator (predict, predict_proba, classes_, n_features_in_,
     feature_names_in_), answered by an onnxruntime session."""
 
-    def __init__(self, folder: Path, meta: dict[str, Any]):
+    def __init__(self, folder: Path, meta: dict[str, Any], threads: int = 1):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = 1  # one request's rows are few; threads would spin for nothing
+        # serving: one request's rows are few, threads would spin for nothing (1); a batch's 1,000 rows
+        # are many: every core (0, onnxruntime's default)
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
@@ -96,8 +98,8 @@ class OnnxClassifier(OnnxEstimator):
     onnxruntime adds tree votes in float32, so a tie (0.5, 0.5) can arrive as (0.49999997, 0.5).
     Compilation keeps whichever agrees with the estimator."""
 
-    def __init__(self, folder: Path, meta: dict[str, Any]):
-        super().__init__(folder, meta)
+    def __init__(self, folder: Path, meta: dict[str, Any], threads: int = 1):
+        super().__init__(folder, meta, threads)
         self.classes_ = np.array(meta["classes"], dtype=meta["classes_dtype"])
         self.rounded = meta.get("labels") == "rounded"
         self.by_index = bool(meta.get("labels_by_index"))
@@ -118,9 +120,10 @@ class OnnxClassifier(OnnxEstimator):
         return labels.reshape(-1), proba
 
 
-def open_compiled(folder: Path) -> OnnxEstimator:
+def open_compiled(folder: Path, threads: int = 1) -> OnnxEstimator:
     meta = json.loads((folder / "compiled.json").read_text())
-    return OnnxClassifier(folder, meta) if meta.get("classes") is not None else OnnxEstimator(folder, meta)
+    return OnnxClassifier(folder, meta, threads) if meta.get("classes") is not None \
+        else OnnxEstimator(folder, meta, threads)
 
 
 def is_cached(model_path: Path) -> bool:
@@ -131,13 +134,13 @@ def is_cached(model_path: Path) -> bool:
         return False
 
 
-def cached(model_path: Path) -> OnnxEstimator | None:
+def cached(model_path: Path, threads: int = 1) -> OnnxEstimator | None:
     """The compiled model of `model_path`, when it has been compiled and verified before."""
     folder = cache_root() / key(model_path)
     if not (folder / "compiled.json").is_file():
         return None
     try:
-        return open_compiled(folder)
+        return open_compiled(folder, threads)
     except Exception:  # noqa: BLE001 - an unreadable cache entry: compile again
         return None
 

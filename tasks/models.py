@@ -22,6 +22,7 @@ from typing import Any, Iterator
 import yaml
 
 SKLEARN_LOADER = "mlflow.sklearn"
+BATCH_THREADS = 0  # a compiled model in a batch: onnxruntime's own default, every core
 
 
 class Model:
@@ -156,7 +157,7 @@ def _compiled_or_estimator(path: Path, compile: bool, model: "Model") -> Any:
     from tasks import compiled
 
     if compile and (path / "MLmodel").is_file():
-        ready = compiled.cached(path)
+        ready = compiled.cached(path, threads=BATCH_THREADS)
         if ready is not None:
             model.runtime = "onnxruntime (compiled before)"
             return ready
@@ -166,6 +167,8 @@ def _compiled_or_estimator(path: Path, compile: bool, model: "Model") -> Any:
             model.runtime = "scikit-learn"
         return raw
     ready, why = compiled.compile_estimator(raw, path)
+    if ready is not None:
+        ready = compiled.cached(path, threads=BATCH_THREADS) or ready
     model.runtime = "onnxruntime (compiled now)" if ready is not None else f"scikit-learn (not compiled: {why})"
     return ready if ready is not None else raw
 
