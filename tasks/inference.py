@@ -14,6 +14,7 @@ Planning is in tasks/shards.py, reading records in tasks/records.py, where resul
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import queue
@@ -103,8 +104,13 @@ class Worker:
             if self.model is None:
                 self.model = Model(str(self._model_path(scratch)))
             self.with_proba = self.job.output_probabilities and self.model.has_proba
+            # what is loaded now (Prefect, MLflow, the model) lives as long as the job: keep it out of the
+            # collector's full passes, which a million parsed rows would otherwise trigger again and again
+            gc.collect()
+            gc.freeze()
             return [self.run_shard(shard, scratch) for shard in self.job.shards]
         finally:
+            gc.unfreeze()  # a worker in a longer-lived process (a test, a flow run) gives them back
             self._caller.close()
             import shutil
 
