@@ -141,6 +141,9 @@ class Settings(BaseSettings):
         "the mlyard API's POST /v1/runs, and the platform's services calling private endpoints show it. Unset: the "
         "one `mlyard up` made for this home (stack.json, mode 0600). On Kubernetes: `mlyard_internal_token` in the "
         "mlyard-settings Secret.")
+    compile_at_registration: bool = Field(
+        default=True, description="Registering a scikit-learn model version compiles it to ONNX and verifies it "
+        "once (tasks/compiled.py), so its first serve and every batch load the compiled model.")
     prefect_auth: bool = Field(
         default=False, description="`mlyard up` starts the embedded Prefect server with an API auth string (made "
         "then, kept in stack.json, mode 0600): its API then answers only the platform's processes and this user's "

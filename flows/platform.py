@@ -57,7 +57,7 @@ class Platform:
         from tasks.models import estimator_signature, prepare_for_serving
 
         return ModelRegistry(self.tracking, self.catalog, infer_signature=estimator_signature,
-                             prepare=prepare_for_serving)
+                             prepare=prepare_for_serving if self.settings.compile_at_registration else None)
 
     @cached_property
     def experiments(self) -> Experiments:

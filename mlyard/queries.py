@@ -169,7 +169,8 @@ def model_reference(model: str) -> dict[str, Any]:
     uri = checks.model_reference(p.storage, p.models if registered else None, model)
     version = p.models.resolve(uri.removeprefix("models:/")) if registered else None
     return {"uri": uri, "framework": version.framework if version else None,
-            "parameters": version.parameters if version else {}, "runtime": version.runtime if version else ""}
+            "parameters": version.parameters if version else {}, "runtime": version.runtime if version else "",
+            "source": version.source if version else None}
 
 
 QUERIES: dict[str, Callable[..., Any]] = {f.__name__: f for f in (

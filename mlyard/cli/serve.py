@@ -226,13 +226,31 @@ def _resolve(model: str) -> tuple[Path, str, str, dict[str, str]]:
         found = ask("model_reference", model=model)  # models:/name/version, checked by the registry
         ref = found["uri"].removeprefix("models:/")
         name, version = ref.rsplit("/", 1)
-        return _fetch(found["uri"], name, version), name, version, found.get("parameters") or {}
+        local = _local_source(found.get("source"))
+        # a version whose files are on this machine (the embedded stack's artifact store) is served where
+        # it is: no copy, and no MLflow to import for one
+        return local or _fetch(found["uri"], name, version), name, version, found.get("parameters") or {}
     if is_mlflow_uri(model):
         return _fetch(model, "model", "1"), "model", "1", {}
     if "://" in model:
         return _fetch(model, Path(model.rstrip("/")).name, "1"), Path(model.rstrip("/")).name, "1", {}
     path = Path(model).expanduser().resolve()
     return path, (path.parent.name if path.is_file() else path.name), "1", {}
+
+
+def _local_source(source: str | None) -> Path | None:
+    """The local directory a registered version's files are kept in, when they are (file:// or a path)."""
+    if not source:
+        return None
+    if source.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        source = unquote(urlparse(source).path)
+    if "://" in source:
+        return None
+    path = Path(source)
+    # MLflow models only: pushed code (an entry script, a model folder) may write where it runs
+    return path if (path / "MLmodel").is_file() else None
 
 
 def _fetch(uri: str, name: str, version: str) -> Path:
