@@ -14,7 +14,10 @@
    second: the hard case; --spread: at seconds 0-59) for MINUTES minutes; lateness = the flow run's creation time in Prefect
    minus its slot time (negative: created ahead, to start at its time). Target: p99 <= 1 s.
 
-Runs target `train/gpu`, a deployment on the Kubernetes pool, where no worker runs here. A stand-in
+4. start - slot: SCHEDULES schedules on the real local pool, two slots a second, each a no-op training:
+   Prefect's start_time of each run minus its slot (p50, p99, min). A run must never start early.
+
+Runs of 1-3 target `train/gpu`, a deployment on the Kubernetes pool, where no worker runs here. A stand-in
 worker (a thread of this script) sets each run COMPLETED once its scheduled time has come, so runs
 end and the concurrency limit moves on: it is not what is measured. Run: `python bench/scheduler.py`
 (about 10 minutes; never part of the tests).
@@ -209,6 +212,48 @@ def lateness(n: int, minutes: int, spread: bool, settings) -> None:
         schedules.disable(f"late-{k}")
 
 
+NOOP = "print('started', flush=True)\n"
+
+
+def start_vs_slot(n: int) -> None:
+    """start - slot: n schedules on the real local pool (the stack's worker), two slots a second, each
+    run a no-op training; Prefect's start_time of each run minus its slot. A run must never start early."""
+    import tempfile
+
+    from prefect.client.orchestration import get_client
+
+    import mlyard.schedules as schedules
+
+    algo = Path(tempfile.mkdtemp(prefix="mlyard-bench-noop-"))
+    (algo / "main.py").write_text(NOOP)
+    first = int(time.time()) + 30 + n // 2  # after every schedule is created (about 0.3 s each)
+    slots = {f"start-{k}": first + k // 2 for k in range(n)}
+    for name, slot in slots.items():
+        begin = datetime.fromtimestamp(slot - 3600, timezone.utc).isoformat()  # its first slot: begin + 1 h
+        schedules.create({"name": name, "deployment": "train/local", "interval": {"every": 1, "unit": "hours"},
+                          "start_time": begin, "parameters": {"spec": {"name": name, "source_uri": str(algo),
+                                                                       "entry_point": "main.py"}}}, wait_seconds=0)
+    deadline = time.time() + n + 300
+    starts: dict[str, float] = {}
+    with get_client(sync_client=True) as client:
+        while len(starts) < n and time.time() < deadline:
+            time.sleep(2)
+            for name in slots:
+                if name in starts:
+                    continue
+                for r in tagged_runs(f"mlyard.schedule:{name}"):
+                    run = client.read_flow_run(r.id)
+                    if run.start_time is not None:
+                        starts[name] = run.start_time.timestamp()
+    gaps = sorted(starts[name] - slots[name] for name in starts)
+    q = statistics.quantiles(gaps, n=100)
+    print(f"start - slot: {len(gaps)} of {n} schedules on the local pool (two slots a second), flow run start_time "
+          f"minus slot: p50 {statistics.median(gaps):+.2f} s, p99 {q[98]:+.2f} s, min {gaps[0]:+.3f} s, "
+          f"max {gaps[-1]:+.2f} s (negative would be early)")
+    for name in slots:
+        schedules.disable(name)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--slots", type=int, default=10_000)
@@ -218,7 +263,7 @@ def main() -> None:
     ap.add_argument("--kills", type=int, default=100)
     ap.add_argument("--schedules", type=int, default=100)
     ap.add_argument("--minutes", type=int, default=3)
-    ap.add_argument("--only", choices=["catchup", "crash", "lateness"], default=None)
+    ap.add_argument("--only", choices=["catchup", "crash", "lateness", "start"], default=None)
     ap.add_argument("--spread", action="store_true", help="lateness: schedules fire at different seconds")
     args = ap.parse_args()
     settings = _stack.start()
@@ -231,6 +276,8 @@ def main() -> None:
         lateness(args.schedules, args.minutes, args.spread, settings)
     if args.only in (None, "crash"):
         crash(args.crash_slots, args.kills, settings, args.settle_seconds)
+    if args.only in (None, "start"):
+        start_vs_slot(args.schedules)
     stop.set()
 
 
