@@ -6,7 +6,7 @@ kept thin so that a request costs little beyond its model call.
     GET  /v2/models                                the models served here ({"models": [...]})
     GET  /v2/health/live | /v2/health/ready
     GET  /v2/models/{m}[/versions/{v}]             model metadata (inputs and outputs from the signature)
-    GET  /v2/models/{m}[/versions/{v}]/ready
+    GET  /v2/models/{m}[/versions/{v}]/ready       503 {"ready": false} while the model loads or compiles
     POST /v2/models/{m}[/versions/{v}]/infer       OIP v2, JSON or binary tensors; outputs predict, predict_proba,
                                                    or a pyfunc's named outputs; `parameters` to a pyfunc's params
     GET  /v2/models/{m}/stats                      statistics over the window (JSON)
@@ -19,7 +19,8 @@ kept thin so that a request costs little beyond its model call.
                                                    a generative model (serving/generative.py, serving/openai_routes.py), streamed or not
 
 Errors are `{"error": "..."}`: 400 a bad request (FP16 sent as JSON included: it travels binary), 404 an unknown model or version, 405, 413 a body over
-the limit, 500 the model raised, 501 no explainer, 503 not ready, 504 the model timed out.
+the limit, 500 the model raised, 501 no explainer, 503 not ready (a model still loading: listed, its ready
+false, its infer 503), 504 the model timed out.
 """
 
 from __future__ import annotations
@@ -57,8 +58,10 @@ class ModelServer:
 
     def __init__(self, models: list[ServedModel], *, chat: Any = None, max_batch_size: int = 64,
                  max_latency_ms: float = 0.0, timeout_seconds: float = 60.0, max_body_bytes: int = 32 * 1024 * 1024,
-                 inference_log: InferenceLog | None = None):
-        self.models = {m.name: m for m in models}
+                 inference_log: InferenceLog | None = None, loading: dict[str, str] | None = None):
+        self.models: dict[str, ServedModel] = {}
+        self.loading = dict(loading or {})  # name -> version of the models still loading (add() serves them)
+        self._batching = (max_batch_size, max_latency_ms)
         self.max_body, self.timeout_seconds = max_body_bytes, timeout_seconds
         self.stats = Stats()
         self.log = inference_log or InferenceLog(every_request=False)  # failures always; every request on request
@@ -67,14 +70,21 @@ class ModelServer:
             from serving.openai_routes import OpenAIRoutes
 
             self.openai = OpenAIRoutes(chat, max_body_bytes, self.stats, self.log)
-        self.ready = True
         self.behind_gateway = bool(os.environ.get("MLYARD_ENDPOINT_ID"))
         self._batchers: dict[tuple[str, bool], Batcher] = {}
+        self.ready = not self.loading
         for m in models:
-            for proba in (False, True):
-                self._batchers[(m.name, proba)] = Batcher(
-                    functools.partial(m.predict, proba=proba), max_batch_size=max_batch_size,
-                    max_latency_ms=max_latency_ms, timeout_seconds=timeout_seconds)
+            self.add(m)
+
+    def add(self, model: ServedModel) -> None:
+        """Serve `model` (one that was loading, or a new one); the server is ready once nothing loads."""
+        for proba in (False, True):
+            self._batchers[(model.name, proba)] = Batcher(
+                functools.partial(model.predict, proba=proba), max_batch_size=self._batching[0],
+                max_latency_ms=self._batching[1], timeout_seconds=self.timeout_seconds)
+        self.models[model.name] = model
+        self.loading.pop(model.name, None)
+        self.ready = not self.loading
 
     # -- ASGI ---------------------------------------------------------------------------------------
 
@@ -125,9 +135,12 @@ class ModelServer:
             return 200, orjson.dumps({parts[1]: True}), []
         if parts == ["models"]:  # the models served here (KServe's model list)
             _only(method, "GET")
-            return 200, orjson.dumps({"models": list(self.models)}), []
+            return 200, orjson.dumps({"models": [*self.models, *self.loading]}), []
         if parts[0] != "models" or len(parts) < 2:
             raise HttpError(404, f"no route {method} /v2/{'/'.join(parts)}")
+        if parts[1] in self.loading:
+            ready_route = parts[2:] in (["ready"], ["versions", self.loading[parts[1]], "ready"])
+            return self._still_loading(parts[1], ready_route and method == "GET")
         model = self._model(parts[1])
         rest = parts[2:]
         if len(rest) >= 2 and rest[0] == "versions":
@@ -243,12 +256,14 @@ class ModelServer:
     async def _v1(self, method: str, parts: list[str], scope: dict, receive) -> tuple[int, bytes, list]:
         if not parts:
             _only(method, "GET")
-            return 200, orjson.dumps({"models": list(self.models)}), []
+            return 200, orjson.dumps({"models": [*self.models, *self.loading]}), []
         name, _, verb = parts[0].partition(":")
         if not verb and len(parts) == 2:
             verb = parts[1]
         elif len(parts) > 2 or (verb and len(parts) > 1):
             raise HttpError(404, f"no route {method} /v1/models/{'/'.join(parts)}")
+        if name in self.loading:
+            return self._still_loading(name, not verb and method == "GET")
         model = self._model(name)
         if not verb:
             _only(method, "GET")
@@ -371,6 +386,13 @@ class ModelServer:
         out = self.stats.summary(self.openai.chat.name)
         out["rows_are"] = "generated tokens"
         return [out]
+
+    def _still_loading(self, name: str, ready_route: bool) -> tuple[int, bytes, list]:
+        """A model still loading or compiling: its ready route answers ready false, anything else 503."""
+        if ready_route:
+            return 503, orjson.dumps({"name": name, "ready": False}), []
+        raise HttpError(503, f"model {name!r} (version {self.loading[name]}) is still loading; "
+                             f"GET /v2/models/{name}/ready answers when it is ready")
 
     def _model(self, name: str) -> ServedModel:
         model = self.models.get(name)

@@ -114,11 +114,17 @@ def is_torch_dir(path: Path) -> bool:
     return (path / "handler.py").is_file() and (path / "model.py").is_file()
 
 
-def load_torch(path: Path, name: str, version: str, params: dict[str, str]) -> RowModel:
+def torch_weights(path: Path) -> Path:
+    """The one weight file of a PyTorch model folder (refused unless there is exactly one)."""
     weights = sorted(p for p in path.iterdir() if p.suffix in WEIGHTS)
     if len(weights) != 1:
         raise SpecError("model", str(path), f"one weight file ({', '.join(WEIGHTS)}) beside model.py and handler.py; "
                         f"found {', '.join(p.name for p in weights) or 'none'}")
+    return weights[0]
+
+
+def load_torch(path: Path, name: str, version: str, params: dict[str, str]) -> RowModel:
+    weights = [torch_weights(path)]
     if importlib.util.find_spec("torch") is None:
         raise SpecError("model", str(path), "torch installed to serve a PyTorch model (pip install torch)")
     if importlib.util.find_spec("ts") is None:  # TorchServe absent: its BaseHandler from here

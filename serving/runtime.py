@@ -242,30 +242,24 @@ def _v2(dtype: Any) -> str:
     return _NUMPY_TO_V2.get(np.dtype(dtype).name if not isinstance(dtype, str) else dtype, "BYTES")
 
 
-def load(path: Path | str, name: str | None = None, version: str = "1",
-         params: dict[str, str] | None = None, compile: bool = True) -> ServedModel:
-    """The model in directory `path`: an MLflow model, a scikit-learn `.joblib` directory, PyTorch
-    weights with a handler, or a Hugging Face directory (serving/custom.py); `params` are the version's
-    parameters. A scikit-learn model runs compiled to ONNX when it compiles and agrees with itself
-    (tasks/compiled.py; `compile=False` keeps scikit-learn). A layout that is recognised but cannot be
-    served here (TensorFlow SavedModel, Triton) is refused with why."""
+def layout(path: Path | str) -> tuple[str, Path]:
+    """What kind of model `path` holds, checked without loading it: ("mlflow", dir), ("torch", dir),
+    ("hf", dir) or ("joblib", file). A layout that is recognised but cannot be served here (TensorFlow
+    SavedModel, Triton) is refused with why, as is one that is not recognised."""
     path = Path(path)
-    name = name or path.name
-    params = params or {}
     if (path / "MLmodel").is_file():
-        served = _mlflow(path, name, version, compile)
-        served.params = params
-        return served
+        return "mlflow", path
     if path.is_dir() and custom.is_torch_dir(path):
-        return custom.load_torch(path, name, version, params)  # type: ignore[return-value]
+        custom.torch_weights(path)
+        return "torch", path
     if path.is_dir() and custom.is_hf_dir(path):
-        return custom.load_hf(path, name, version, params)  # type: ignore[return-value]
+        return "hf", path
     if path.is_file() and path.suffix == ".joblib":
-        return _joblib(path, name, version, compile)
+        return "joblib", path
     if path.is_dir():
         found = sorted(path.glob("*.joblib"))
         if len(found) == 1:
-            return _joblib(found[0], name, version, compile)
+            return "joblib", found[0]
         if len(found) > 1:
             raise SpecError("model", str(path), f"one .joblib file; it holds {', '.join(f.name for f in found)}")
         if (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file():
@@ -279,6 +273,42 @@ def load(path: Path | str, name: str | None = None, version: str = "1",
     raise SpecError("model", str(path), "an MLflow model (a directory with MLmodel), a scikit-learn .joblib file, "
                     "PyTorch weights with model.py and handler.py, or a Hugging Face directory (config.json and "
                     ".safetensors weights)")
+
+
+def load(path: Path | str, name: str | None = None, version: str = "1",
+         params: dict[str, str] | None = None, compile: bool = True) -> ServedModel:
+    """The model in directory `path` (see `layout`): an MLflow model, a scikit-learn `.joblib`
+    directory, PyTorch weights with a handler, or a Hugging Face directory (serving/custom.py); `params`
+    are the version's parameters. A scikit-learn model runs compiled to ONNX when it compiles and agrees
+    with itself (tasks/compiled.py; `compile=False` keeps scikit-learn)."""
+    kind, found = layout(path)
+    name = name or Path(path).name
+    params = params or {}
+    if kind == "mlflow":
+        served = _mlflow(found, name, version, compile)
+        served.params = params
+        return served
+    if kind == "torch":
+        return custom.load_torch(found, name, version, params)  # type: ignore[return-value]
+    if kind == "hf":
+        return custom.load_hf(found, name, version, params)  # type: ignore[return-value]
+    return _joblib(found, name, version, compile)
+
+
+def to_compile(path: Path | str) -> Path | None:
+    """The model file or folder a scikit-learn model at `path` compiles from, when it has been neither
+    compiled nor refused before (its first load would compile it); else None."""
+    kind, found = layout(path)
+    if kind == "mlflow":
+        try:
+            flavors = (yaml.safe_load((found / "MLmodel").read_text()) or {}).get("flavors") or {}
+        except (OSError, yaml.YAMLError):
+            return None
+        if "sklearn" not in flavors:
+            return None
+    elif kind != "joblib":
+        return None
+    return None if compiled.is_cached(found) or compiled.refused(found) else found
 
 
 def _mlflow(path: Path, name: str, version: str, compile: bool) -> ServedModel:

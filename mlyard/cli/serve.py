@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from core.errors import SpecError
+from core.errors import MlyardError, SpecError
 from mlyard.cli.common import ask, err, guard
 
 
@@ -115,17 +116,43 @@ def serve(
                                        "--model-folder DIR, --chat-model smollm2)")))
     port = port or 8080
 
-    def load():
+    loaded: dict = {}
+
+    def prepare():
+        """The model's files, name and version, resolved and checked before anything listens."""
+        from serving.runtime import layout, to_compile
         from serving.runtime import load as load_model
+        from serving.server import Pending
 
         if max_batch_size < 1:
             raise SpecError("--max-batch-size", max_batch_size, "at least 1")
         if model is None:
             return None
         path, default_name, version, registered = _resolve(model)
+        layout(path)  # a folder that holds no model it can serve is refused now, before listening
         merged = {**registered, **given}
         os.environ.update(param_environ(merged))
-        return load_model(path, name or default_name, version, params=merged, compile=compile_model)
+        # loaded (compiled when it was not at registration) once the server listens: meanwhile it answers
+        # ready false and 503, as KServe's servers do, rather than refusing connections
+        served_name = name or default_name
+
+        def load_model_now():
+            print(f"listening on {host}:{port}; loading {served_name} (version {version}) ...", file=sys.stderr,
+                  flush=True)
+            try:
+                source = to_compile(path) if compile_model else None
+                note = _compile_apart(source) if source is not None else None
+                loaded["model"] = load_model(path, served_name, version, params=merged, compile=compile_model)
+                if note and loaded["model"].runtime_note == "cached":
+                    loaded["model"].runtime_note = note
+            except MlyardError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the model's own code or files: one line, naming it
+                raise SpecError("MODEL", model, f"a model that loads here; loading it raised {type(exc).__name__}: "
+                                f"{str(exc)[:500]}") from None
+            return loaded["model"]
+
+        return Pending(served_name, version, load_model_now)
 
     def load_chat():
         from serving.generative import ChatModel
@@ -150,18 +177,12 @@ def serve(
             raise SpecError("--inference-log", inference_log, f"a file that can be written ({exc.strerror})") from None
 
     log = guard(open_log)
-    served = guard(load)
-    if served is not None and served.runtime_note.startswith("compiled now") and not os.environ.get("MLYARD_SERVE_REEXEC"):
-        # Compiling loaded scikit-learn and skl2onnx into this process; start again lean on the cached
-        # compiled model (what every later start of this model does anyway).
-        print(f"runtime: {served.runtime} ({served.runtime_note}); restarting on it", file=sys.stderr, flush=True)
-        os.environ["MLYARD_SERVE_REEXEC"] = "1"
-        sys.stdout.flush()
-        os.execv(sys.executable, [sys.executable, *sys.argv])
+    pending = guard(prepare)
     chat = guard(load_chat)
     from serving.server import run
 
     def ready(url: str) -> None:
+        served = loaded.get("model")
         if served is not None:
             if served.runtime_note:
                 print(f"runtime: {served.runtime} ({served.runtime_note})", flush=True)
@@ -170,10 +191,23 @@ def serve(
         if chat is not None:
             print(f"serving {chat.name} on {url}  (OpenAI base URL: {url}/openai/v1)", flush=True)
 
-    _listening(lambda: run([served] if served else [], chat=chat, host=host, port=port, on_ready=ready,
-                           max_batch_size=max_batch_size,
-                           max_latency_ms=max_latency_ms, timeout_seconds=timeout_seconds,
-                           max_body_bytes=int(max_body_mb * 1024 * 1024), inference_log=log), port)
+    _listening(lambda: guard(lambda: run([], chat=chat, host=host, port=port, on_ready=ready, pending=pending,
+                                         max_batch_size=max_batch_size, max_latency_ms=max_latency_ms,
+                                         timeout_seconds=timeout_seconds,
+                                         max_body_bytes=int(max_body_mb * 1024 * 1024), inference_log=log)), port)
+
+
+def _compile_apart(source: Path) -> str | None:
+    """Compile a scikit-learn model into the cache in a process of its own (scikit-learn, SciPy and
+    skl2onnx stay out of the server, which then loads the compiled model lean); how it went, or None when
+    that process failed (the server's own load then compiles, or says why not)."""
+    import subprocess
+
+    probe = ("import sys; from pathlib import Path; from serving.runtime import load; "
+             "m = load(Path(sys.argv[1])); print(m.runtime_note)")
+    done = subprocess.run([sys.executable, "-c", probe, str(source)], capture_output=True, text=True)
+    lines = done.stdout.strip().splitlines()
+    return lines[-1] if done.returncode == 0 and lines else None
 
 
 def _registered(model: str) -> bool:
@@ -212,7 +246,9 @@ def _raise(exc: Exception):
 def _listening(serve_fn, port: int) -> None:
     try:
         serve_fn()
-    except OSError as exc:  # the port is taken
+    except OSError as exc:  # the port is taken (any other OSError, a model's file for one, is not this)
+        if exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES) or exc.filename is not None:
+            raise
         err.print(f"error: port: {port} is not free ({exc.strerror}); pick another with --port", style="red")
         sys.exit(2)
 

@@ -364,3 +364,86 @@ def test_a_pyfunc_gets_the_requests_parameters_and_answers_each_named_output(tmp
             client.close()
     finally:
         stop(proc)
+
+
+SLOW_TO_LOAD = '''
+import time
+
+import mlflow
+import numpy as np
+
+
+class SlowToLoad(mlflow.pyfunc.PythonModel):
+    """A model that takes seconds to load (weights to read, a runtime to compile)."""
+
+    def load_context(self, context):
+        time.sleep(4)
+
+    def predict(self, context, model_input, params=None):
+        return (np.asarray(model_input, dtype=float)[:, 0] > 0).astype(int)
+
+
+mlflow.models.set_model(SlowToLoad())
+'''
+
+
+def test_a_model_still_loading_answers_not_ready_rather_than_not_existing(tmp_path):
+    """The server listened only once its model had loaded (a refused connection meanwhile, on every
+    start that compiles): now it listens first, lists the model, answers its ready routes ready false with
+    503 and its infer 503 while it loads, and then serves it."""
+    import socket
+    import subprocess
+    import time
+
+    import mlflow.pyfunc
+    from serving_http import MLYARD, free_port
+
+    code = tmp_path / "slow_to_load.py"
+    code.write_text(SLOW_TO_LOAD)
+    mlflow.pyfunc.save_model(tmp_path / "slowload", python_model=str(code), pip_requirements=["numpy"])
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([MLYARD, "serve", str(tmp_path / "slowload"), "--port", str(port), "--name", "late"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        assert call(url + "/v2/health/live")[0] == 200
+        assert call(url + "/v2/health/ready")[0] == 503
+        assert call(url + "/v2/models") == (200, {"models": ["late"]})
+        assert call(url + "/v2/models/late/ready") == (503, {"name": "late", "ready": False})
+        assert call(url + "/v2/models/late/versions/1/ready") == (503, {"name": "late", "ready": False})
+        assert call(url + "/v1/models/late") == (503, {"name": "late", "ready": False})
+        body = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP64", "data": [1.0, 2.0]}]}
+        status, answer = call(url + "/v2/models/late/infer", body)
+        assert status == 503 and "still loading" in answer["error"]
+        assert call(url + "/v2/models/other/ready")[0] == 404
+        while call(url + "/v2/health/ready")[0] != 200:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        assert call(url + "/v2/models/late/ready") == (200, {"name": "late", "ready": True})
+        status, answer = call(url + "/v2/models/late/infer", body)
+        assert status == 200 and answer["outputs"][0]["data"] == [1]
+    finally:
+        stop(proc)
+    out = proc.stdout.read()
+    assert "loading late (version 1)" in out and "serving late (version 1)" in out
+
+
+def test_a_model_that_fails_to_load_stops_the_server_with_one_line(tmp_path):
+    """A model that fails while loading (after the server listens) ends the server: one line, exit 2."""
+    import subprocess
+
+    from serving_http import MLYARD, free_port
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "MLmodel").write_text("flavors:\n  python_function:\n    loader_module: no_such_module_here\n")
+    result = subprocess.run([MLYARD, "serve", str(broken), "--port", str(free_port())], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and "error:" in result.stderr
