@@ -151,7 +151,9 @@ class Settings(BaseSettings):
         "(`auth-string` in the mlyard-prefect Secret).")
     replica_token: SecretStr | None = Field(
         default=None, description="Set by the platform on the replicas it starts: a replica answers only requests "
-        "that carry it (the gateway's), health checks aside. Unset (a `mlyard serve` of your own): no check.")
+        "that carry it (the gateway's), health checks aside. Unset (a `mlyard serve` of your own): no check. On "
+        "Kubernetes: `mlyard_replica_token` in the mlyard-settings Secret, which the gateway sends and every stage's "
+        "pods check (locally it is derived from the internal credential).")
     max_request_bytes: int = Field(
         default=64 * 1024 * 1024, ge=1024, description="The gateway's limit on a request body (413 above it), "
         "unless an endpoint's spec sets its own `max_request_bytes`.")

@@ -69,12 +69,16 @@ RAG_ROUTES = {"/rag/v1/query": "/v1/chat/completions", "/rag/v1/chat/completions
 class Gateway:
     def __init__(self, home: Path, catalog_url: str | None, check: HealthCheck | None = None,
                  max_in_flight: int = 1024, timeout: float = 120.0, refresh_seconds: float = 1.0,
-                 autoscale_seconds: float = 5.0, internal_token: str | None = None, max_body: int = MAX_BODY):
+                 autoscale_seconds: float = 5.0, internal_token: str | None = None, max_body: int = MAX_BODY,
+                 replica: str | None = None):
         self.home = Path(home)
         # the platform's own services (a RAG's query service asking its LLM endpoint) pass with this token,
         # and the management routes take nothing else
         self._internal = b"Bearer " + internal_token.encode() if internal_token else None
-        self._to_replica = [(REPLICA_HEADER, replica_token(internal_token).encode())] if internal_token else []
+        # what replicas check (serving/access.py): given (on Kubernetes, the Secret's mlyard_replica_token),
+        # else derived from the internal credential, as `mlyard up` gives its replicas
+        replica = replica or (replica_token(internal_token) if internal_token else None)
+        self._to_replica = [(REPLICA_HEADER, replica.encode())] if replica else []
         self.max_body = max_body
         self.catalog_url = catalog_url
         self.check = check or HealthCheck(path="/v2/health/ready", interval=1.0, max_retries=2, max_wait_time=2.0, expected_status_code=200,
@@ -420,7 +424,8 @@ def main(argv: list[str] | None = None) -> None:
                          "mlyard_internal_token in the mlyard-settings Secret) or start it with `mlyard up`")
     gw = Gateway(settings.home_dir, settings.catalog_db_url, check, max_in_flight=args.max_in_flight,
                  autoscale_seconds=args.autoscale_interval or settings.autoscale_interval,
-                 internal_token=token, max_body=settings.max_request_bytes)
+                 internal_token=token, max_body=settings.max_request_bytes,
+                 replica=settings.replica_token.get_secret_value() if settings.replica_token else None)
     # The replicas' own date and server headers are passed on.
     fastserver.run(gw, args.host, args.port, on_ready=lambda url: print(f"the mlyard gateway listens on {url}",
                                                                          flush=True))

@@ -31,6 +31,13 @@ DEFAULT_IMAGE = SETTINGS_DEFAULT_IMAGE
 LABEL = "mlyard.io"
 
 
+# What a stage's pods read of the settings Secret: the model's registry (catalog) and artifacts (S3). Never
+# the internal credential: a replica runs a model's own code (its replica credential comes as
+# MLYARD_REPLICA_TOKEN from `mlyard_replica_token`).
+REPLICA_SETTINGS = ("mlyard_catalog_url", "mlyard_s3_endpoint_url", "mlyard_s3_access_key_id",
+                    "mlyard_s3_secret_access_key")
+
+
 def resource_name(endpoint: str, stage: str, resource_id: int) -> str:
     """A DNS-1123 name for a stage resource's objects (at most 63 characters)."""
     base = re.sub(r"[^a-z0-9-]", "-", f"{endpoint}-{stage}".lower()).strip("-")
@@ -70,13 +77,18 @@ def render_stage(view: dict[str, Any], stage: str, *, image: str = DEFAULT_IMAGE
             "args": ["mlyard", "serve", f"models:/{model_name}/{version}", "--host", "0.0.0.0", "--port", str(PORT),
                      "--name", model_name, *[a for k, v in params.items() for a in ("--param", f"{k}={v}")]],
             "env": [{"name": k, "value": v} for k, v in {
-                **param_environ(params), "MLYARD_ENDPOINT_ID": view["name"], "MLYARD_ENDPOINT_STAGE_ID": stage}.items()],
+                **param_environ(params), "MLYARD_ENDPOINT_ID": view["name"], "MLYARD_ENDPOINT_STAGE_ID": stage}.items()]
+            # the replicas' credential: the pod answers only requests that carry it (the gateway's), health
+            # checks aside; required (no key, no pod), so that no replica serves unguarded
+            + [{"name": "MLYARD_REPLICA_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": settings_secret, "key": "mlyard_replica_token"}}}],
             "requests": quantities, "limits": quantities,
             "node_selector": {"node.kubernetes.io/instance-type": st["instance_type"]}
             if st["instance_type"] != "local" else {},
             "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}] if res["gpu"] else [],
             "pull_secrets": [{"name": n} for n in pull_secrets],
             "settings_secret": settings_secret,
+            "settings_items": [{"key": k, "path": k} for k in REPLICA_SETTINGS],
         }
         out.append(yaml.safe_load(env.get_template("deployment.yaml.j2").render(context)))
         out.append(yaml.safe_load(env.get_template("service.yaml.j2").render(context)))

@@ -213,3 +213,15 @@ def test_fuzzed_requests_get_an_answer_that_is_not_500_and_the_server_stays_up(g
     health = _connect(gateway.port)
     health.sendall(b"GET /mlyard/health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
     assert _answer(health).startswith(b"HTTP/1.1 200 ")
+
+
+def test_the_gateway_sends_the_replica_credential_it_is_given_else_the_derived_one(tmp_path: Path):
+    """On Kubernetes the replicas' credential is the Secret's mlyard_replica_token (the stage's pods hold
+    it, never the internal one); on one machine it is derived from the internal credential."""
+    from core.connection import REPLICA_HEADER, replica_token
+
+    given = Gateway(tmp_path, None, internal_token=INTERNAL, replica="from-the-secret")
+    assert given._to_replica == [(REPLICA_HEADER, b"from-the-secret")]
+    derived = Gateway(tmp_path, None, internal_token=INTERNAL)
+    assert derived._to_replica == [(REPLICA_HEADER, replica_token(INTERNAL).encode())]
+    assert replica_token(INTERNAL) != INTERNAL

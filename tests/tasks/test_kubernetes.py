@@ -53,8 +53,15 @@ def test_a_stage_renders_to_valid_deployments_services_and_an_hpa(view):
     bert_c = bert["spec"]["template"]["spec"]["containers"][0]
     assert bert_c["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert ["--param", "task=fill_mask"] == bert_c["args"][-4:-2]  # the version's parameters, names as given
-    env = {e["name"]: e["value"] for e in bert_c["env"]}
+    env = {e["name"]: e.get("value") or e["valueFrom"] for e in bert_c["env"]}
     assert env["MAX_LENGTH"] == "64" and env["MLYARD_ENDPOINT_ID"] == "iris-api"
+    # the replicas' credential from the settings Secret (required: no pod serves unguarded), and of that
+    # Secret only the registry's and the artifacts' settings: never the internal credential
+    assert env["MLYARD_REPLICA_TOKEN"] == {"secretKeyRef": {"name": "mlyard-settings", "key": "mlyard_replica_token"}}
+    volume = next(v for v in bert["spec"]["template"]["spec"]["volumes"] if v["name"] == "settings")
+    keys = [item["key"] for item in volume["secret"]["items"]]
+    assert "mlyard_catalog_url" in keys and "mlyard_s3_secret_access_key" in keys
+    assert not [k for k in keys if "internal" in k]
 
 
 def test_node_autoscaler_annotations_and_long_names(view):
