@@ -6,6 +6,12 @@ on the same server the CLI and the UI use, and never on a hidden temporary one. 
 to call a flow from Python, with the checks the CLI makes, is `mlyard.train(spec)` (mlyard/api.py).
 """
 
+import sys
+
 from core.connection import connect_if_running
 
 connect_if_running()
+if "prefect" in sys.modules:  # a flow run's process (Prefect's engine imported it): runs end promptly
+    from tasks.orchestration import prompt_flow_ends
+
+    prompt_flow_ends()

@@ -194,8 +194,12 @@ def run_here(flow: str, spec: Any, fail: str) -> Any:
     """Run the flow `module:function` on `spec` in this process and return its result. Bad input the
     flow itself found raises the same one-line error as a check before the run would; a run that
     failed raises RunFailed(`fail`, with why); a cancelled one TrainingStopped."""
+    from tasks.orchestration import prompt_flow_ends
+
     module, name = flow.split(":")
-    state = getattr(importlib.import_module(module), name)(spec, return_state=True)
+    function = getattr(importlib.import_module(module), name)
+    prompt_flow_ends()  # the run ends when its work does, not up to 1 s later
+    state = function(spec, return_state=True)
     if state.is_completed():
         return state.result()
     if state.is_cancelled():

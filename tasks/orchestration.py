@@ -12,6 +12,29 @@ from core.errors import StackError
 from core.names import TAG_PREFECT_URL
 
 
+def prompt_flow_ends() -> None:
+    """Make a flow run end when its work ends. Prefect's sync flow engine joins its heartbeat thread as a run
+    ends, and that thread sleeps in whole seconds between looks at its stop event (prefect 3.8,
+    flow_engine._send_heartbeats): every flow run ended up to 1 s late, 0.5 s on average (a 1,000-row
+    batch: COMPLETE logged, then 1.0 s before Completed). Prefect's async engine already leaves the
+    thread unjoined (`join_on_exit=False`); the sync engine does the same here. The thread is a daemon
+    and, the stop event set, returns at its next wake without another heartbeat. Idempotent."""
+    import functools
+
+    from prefect import flow_engine
+
+    original = flow_engine._send_heartbeats
+    if getattr(original, "_mlyard_unjoined", False):
+        return
+
+    @functools.wraps(original)
+    def unjoined(engine: Any, join_on_exit: bool = True) -> Any:
+        return original(engine, join_on_exit=False)
+
+    unjoined._mlyard_unjoined = True  # type: ignore[attr-defined]
+    flow_engine._send_heartbeats = unjoined  # type: ignore[assignment]
+
+
 def prefect_link() -> dict[str, str]:
     """The MLflow tag that links an MLflow run back to the Prefect flow run that makes it (the way
     back: the mlyard ids in its other tags are flow run ids). Empty outside a flow run."""

@@ -63,6 +63,9 @@ def preload() -> None:
         importlib.import_module(name)
     for path in sorted((PROJECT_ROOT / "flows").glob("*.py")):
         importlib.import_module(f"flows.{path.stem}")  # `import flows` points Prefect at the platform
+    from tasks.orchestration import prompt_flow_ends
+
+    prompt_flow_ends()  # a run ends when its work does, not up to 1 s later
     from sqlalchemy.orm import configure_mappers
 
     configure_mappers()  # every ORM model imported above, configured once (no connection is made)

@@ -229,3 +229,41 @@ def test_the_worker_waits_out_its_prefetch_to_the_exact_scheduled_time():
     assert seconds_early(run, now=at.timestamp() + 3) == 0.0
     queued_now = SimpleNamespace(state=None, expected_start_time=None)
     assert seconds_early(queued_now) == 0.0
+
+
+
+ENDS = textwrap.dedent('''
+    import json, sys, time
+    sys.path.insert(0, sys.argv[1])
+    from mlyard.api import run_here
+    delays = []
+    for _ in range(2):
+        body_end = run_here("ends_probe:probe", {}, "the probe failed")
+        delays.append(time.perf_counter() - body_end)
+    print(json.dumps(delays))
+''')
+
+
+def test_a_flow_run_in_a_command_returns_when_its_work_ends(stack, settings, tmp_path):
+    """Prefect's sync engine joined its heartbeat thread, which sleeps in whole seconds, as a run ended:
+    every flow run that a command ran in its own process (`mlyard batch`, `mlyard train`; heartbeats on,
+    as mlyard runs them) returned about 1 s after its work (tasks.orchestration.prompt_flow_ends). Run
+    as a user's process: a fresh Python in the project directory, PATH and HOME only."""
+    import subprocess
+    import sys
+
+    (tmp_path / "ends_probe.py").write_text(textwrap.dedent('''
+        import time
+        import flows  # points Prefect at the running platform, as every mlyard flow module does
+        from prefect import flow
+
+        @flow(name="ends-probe")
+        def probe(spec):
+            return time.perf_counter()
+    '''))
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}
+    done = subprocess.run([sys.executable, "-c", ENDS, str(tmp_path)], cwd=settings.home_dir.parent, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    delays = json.loads(done.stdout.strip().splitlines()[-1])
+    assert min(delays) < 0.5, f"the run returned {min(delays):.2f} s after its work ended"
