@@ -104,11 +104,13 @@ def _announce(server, url: str, on_ready: Callable[[str], None], then: Callable[
 
         def work() -> None:
             try:
-                result = then()
+                outcome: tuple[Any, BaseException | None] = (then(), None)
             except BaseException as exc:  # noqa: BLE001 - raised again by run_app on the main thread
-                loop.call_soon_threadsafe(done, None, exc)
-            else:
-                loop.call_soon_threadsafe(done, result, None)
+                outcome = (None, exc)
+            try:
+                loop.call_soon_threadsafe(done, *outcome)
+            except RuntimeError:  # the server stopped (SIGTERM) while the model loaded: nothing to serve
+                pass
 
         threading.Thread(target=work, name="mlyard-load", daemon=True).start()
 
