@@ -35,6 +35,9 @@ def test_a_gpu_training_job_is_strictly_valid_and_asks_for_gpus(stack):
     assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert pod["imagePullSecrets"] == [{"name": "regcred"}] and pod["serviceAccountName"] == "mlyard"
     assert container["image"] == "registry.local/mlyard:gpu"
+    # the pod runs Prefect's engine itself: not `prefect flow-run execute`, whose CLI and workspace
+    # supervisor are two more Python processes (about 5 s of CPU) before the flow begins
+    assert container["args"] == ["python", "-m", "prefect.engine"]
     volumes = {v["name"]: v for v in pod["volumes"]}
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"  # NCCL and DataLoader workers need it
