@@ -5,7 +5,7 @@ Plain functions over the Prefect client; the flows and the transports (tasks/tra
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Iterator
 from uuid import UUID
 
 from core.errors import StackError
@@ -13,13 +13,16 @@ from core.names import TAG_PREFECT_URL
 
 
 def prompt_flow_ends() -> None:
-    """Make a flow run end when its work ends. Prefect's sync flow engine joins its heartbeat thread as a run
-    ends, and that thread sleeps in whole seconds between looks at its stop event (prefect 3.8,
-    flow_engine._send_heartbeats): every flow run ended up to 1 s late, 0.5 s on average (a 1,000-row
-    batch: COMPLETE logged, then 1.0 s before Completed). Prefect's async engine already leaves the
-    thread unjoined (`join_on_exit=False`); the sync engine does the same here. The thread is a daemon
-    and, the stop event set, returns at its next wake without another heartbeat. Idempotent."""
-    import functools
+    """Make a flow run end when its work and its records are done. Prefect's sync flow engine joins its
+    heartbeat thread as a run ends, and that thread sleeps in whole seconds between looks at its stop
+    event (prefect 3.8, flow_engine._send_heartbeats): every flow run's process ended about 1 s after the
+    run (a 1,000-row batch: Completed, then 1.0 s before the command returned). Prefect's async engine
+    already leaves the thread unjoined (`join_on_exit=False`); the sync engine does the same here (the
+    thread is a daemon and, the stop event set, returns at its next wake without another heartbeat).
+    What that second used to hide is waited for instead: the run's events (its task runs' states, which
+    the server records from them) are sent before the flow call returns, so that what a caller reads
+    next (`trainings show`: FAIL TRAIN once the entry point ran) is there. Idempotent."""
+    import contextlib
 
     from prefect import flow_engine
 
@@ -27,12 +30,34 @@ def prompt_flow_ends() -> None:
     if getattr(original, "_mlyard_unjoined", False):
         return
 
-    @functools.wraps(original)
-    def unjoined(engine: Any, join_on_exit: bool = True) -> Any:
-        return original(engine, join_on_exit=False)
+    @contextlib.contextmanager
+    def unjoined(engine: Any, join_on_exit: bool = True) -> Iterator[None]:
+        with original(engine, join_on_exit=False):
+            yield
+        events_sent(EVENTS_WAIT_SECONDS)
 
     unjoined._mlyard_unjoined = True  # type: ignore[attr-defined]
     flow_engine._send_heartbeats = unjoined  # type: ignore[assignment]
+
+
+EVENTS_WAIT_SECONDS = 5.0
+
+
+def events_sent(timeout: float) -> bool:
+    """Wait (at most `timeout` seconds: a server that is gone never holds a run up) until this process's
+    Prefect events have been sent; whether they were."""
+    import threading
+
+    from prefect.events.worker import EventsWorker
+
+    try:
+        worker = EventsWorker.instance()
+    except Exception:  # noqa: BLE001 - no events client here (no API): nothing to wait for
+        return True
+    waiter = threading.Thread(target=worker.wait_until_empty, name="mlyard-events-sent", daemon=True)
+    waiter.start()
+    waiter.join(timeout)
+    return not waiter.is_alive()
 
 
 def prefect_link() -> dict[str, str]:
