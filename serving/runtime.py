@@ -300,11 +300,9 @@ def to_compile(path: Path | str) -> Path | None:
     compiled nor refused before (its first load would compile it); else None."""
     kind, found = layout(path)
     if kind == "mlflow":
-        try:
-            flavors = (yaml.safe_load((found / "MLmodel").read_text()) or {}).get("flavors") or {}
-        except (OSError, yaml.YAMLError):
-            return None
-        if "sklearn" not in flavors:
+        from tasks.models import is_sklearn_model
+
+        if not is_sklearn_model(found):
             return None
     elif kind != "joblib":
         return None

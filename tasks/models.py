@@ -82,7 +82,7 @@ def prepare_for_serving(model_dir: Path) -> str | None:
     from tasks import compiled
 
     if (model_dir / "MLmodel").is_file():
-        if not _sklearn_flavour(model_dir):
+        if not is_sklearn_model(model_dir):
             return None
         runtime = Model(str(model_dir)).runtime
         return "onnxruntime (compiled at registration)" if runtime == "onnxruntime (compiled now)" else runtime
@@ -97,7 +97,8 @@ def prepare_for_serving(model_dir: Path) -> str | None:
     return "onnxruntime (compiled at registration)" if ready is not None else f"scikit-learn (not compiled: {why})"
 
 
-def _sklearn_flavour(path: Path) -> bool:
+def is_sklearn_model(path: Path) -> bool:
+    """Whether the MLflow model in `path` has the sklearn flavour (its MLmodel read, nothing imported)."""
     try:
         meta = yaml.safe_load((path / "MLmodel").read_text()) or {}
     except (OSError, yaml.YAMLError):
