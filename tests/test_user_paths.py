@@ -94,7 +94,7 @@ def test_a_model_is_compiled_at_registration_and_its_first_serve_loads_it(stack)
         from sklearn.ensemble import RandomForestClassifier
         x, y = load_iris(return_X_y=True)
         mlflow.sklearn.save_model(RandomForestClassifier(n_estimators=20, random_state=0).fit(x, y), "rf",
-                                  skops_trusted_types=["sklearn.tree._tree.Tree"])
+                                  skops_trusted_types=["sklearn.tree._tree.Tree"], pip_requirements=["scikit-learn"])
     """, cwd=work))
     mv = json.loads(_ok(mlyard("models", "create", "rf-ready", "--artifact-uri", "rf", "--json", cwd=work)))
     assert mv["runtime"] == "onnxruntime (compiled at registration)", mv["runtime"]

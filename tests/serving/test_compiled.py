@@ -10,6 +10,9 @@ from serving_http import MLYARD, call, free_port, serve, start, stop
 
 from tasks import compiled
 
+# named, so MLflow does not infer them (a subprocess of several CPU-seconds per saved model)
+REQ = ["scikit-learn"]
+
 
 @pytest.fixture()
 def cache(tmp_path, monkeypatch):
@@ -89,7 +92,7 @@ def test_mlyard_serve_compiles_once_and_then_starts_without_scikit_learn(cache):
 
     est, x = next((e, x) for n, e, x in _models() if n == "rf")
     path = cache / "bc_rf"
-    mlflow.sklearn.save_model(est, path, skops_trusted_types=["sklearn.tree._tree.Tree"])
+    mlflow.sklearn.save_model(est, path, skops_trusted_types=["sklearn.tree._tree.Tree"], pip_requirements=REQ)
     env = {"MLYARD_CACHE_DIR": str(cache / "cache")}
     for note in ("runtime: onnxruntime (compiled now, labels equal", "runtime: onnxruntime (cached)"):
         port = free_port()

@@ -61,7 +61,7 @@ def iris_url(tmp_path_factory):
 
     x, y = load_iris(return_X_y=True)
     path = tmp_path_factory.mktemp("fuzz") / "model"
-    mlflow.sklearn.save_model(LogisticRegression(max_iter=300).fit(x, y), path)
+    mlflow.sklearn.save_model(LogisticRegression(max_iter=300).fit(x, y), path, pip_requirements=["scikit-learn"])
     proc, url = serve(path, "iris")
     yield url
     stop(proc)

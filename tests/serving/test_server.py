@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 from serving_http import call, serve, stop
 
+# named, so MLflow does not infer them (a subprocess of several CPU-seconds per saved model)
+REQ = ["scikit-learn"]
+
 
 @pytest.fixture(scope="module")
 def iris(tmp_path_factory):
@@ -21,7 +24,7 @@ def iris(tmp_path_factory):
     x, y = load_iris(return_X_y=True)
     model = LogisticRegression(max_iter=500).fit(x, y)
     path = tmp_path_factory.mktemp("iris") / "model"
-    mlflow.sklearn.save_model(model, path)
+    mlflow.sklearn.save_model(model, path, pip_requirements=REQ)
     proc, url = serve(path, "iris", "--max-body-mb", "1")
     yield url, model, x
     stop(proc)
@@ -147,7 +150,7 @@ def test_strings_for_a_signature_that_declares_numbers_are_refused_naming_it(tmp
 
     x, y = load_iris(return_X_y=True)
     model = LogisticRegression(max_iter=500).fit(x, y)
-    mlflow.sklearn.save_model(model, tmp_path / "m", signature=infer_signature(x, y))
+    mlflow.sklearn.save_model(model, tmp_path / "m", signature=infer_signature(x, y), pip_requirements=REQ)
     served = load(tmp_path / "m", "sig")
     served.check_types(np.asarray([[1.0, 2.0, 3.0, 4.0]]), "instances")  # numbers pass
     with pytest.raises(BadRequest, match=r"instances.*strings.*model 'sig' takes input-0 FP64\[-1, 4\] \(its signature\)"):
@@ -272,7 +275,7 @@ def test_string_labels_answer_on_v1_and_v2(tmp_path):
     x, y = load_iris(return_X_y=True)
     names = np.array(["setosa", "versicolor", "virginica"])[y]
     model = LogisticRegression(max_iter=500).fit(x, names)
-    mlflow.sklearn.save_model(model, tmp_path / "named")
+    mlflow.sklearn.save_model(model, tmp_path / "named", pip_requirements=REQ)
     proc, url = serve(tmp_path / "named", "named")
     try:
         rows = x[[0, 60, 120]].tolist()
@@ -333,7 +336,8 @@ def test_a_pyfunc_gets_the_requests_parameters_and_answers_each_named_output(tmp
     code.write_text(SCALED)
     signature = infer_signature(pd.DataFrame({"x": [1.0]}), pd.DataFrame({"label": ["a"], "score": [1.0]}),
                                 params={"scale": 1.0})
-    mlflow.pyfunc.save_model(tmp_path / "scaled", python_model=str(code), signature=signature)
+    mlflow.pyfunc.save_model(tmp_path / "scaled", python_model=str(code), signature=signature,
+                             pip_requirements=["pandas"])
     proc, url = serve(tmp_path / "scaled", "scaled")
     try:
         status, meta = call(url + "/v2/models/scaled")
