@@ -173,9 +173,29 @@ def model_reference(model: str) -> dict[str, Any]:
             "source": version.source if version else None}
 
 
+def pipeline_runs_list(limit: int = 100) -> list[dict[str, Any]]:
+    from mlyard import pipelines
+
+    return pipelines.list_runs(limit)
+
+
+def pipeline_runs_show(run_id: str) -> dict[str, Any]:
+    from mlyard import pipelines
+
+    return pipelines.show_run(run_id)
+
+
+def pipeline_runs_graph(run_id: str) -> dict[str, Any]:
+    """The run's DAG with each step's state (drawing it to a file is the command's own: `--out`)."""
+    from mlyard import pipelines
+
+    return pipelines.run_graph(run_id)
+
+
 QUERIES: dict[str, Callable[..., Any]] = {f.__name__: f for f in (
     trainings_list, trainings_show, tunings_list, tunings_show, tunings_trials, runs_list, batches_show,
-    evaluations_show, experiments_list, templates_list, templates_show, models_list, models_show, model_reference)}
+    evaluations_show, experiments_list, templates_list, templates_show, models_list, models_show, model_reference,
+    pipeline_runs_list, pipeline_runs_show, pipeline_runs_graph)}
 
 
 # -- asking -----------------------------------------------------------------------------------------

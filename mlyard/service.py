@@ -150,7 +150,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in ("mlflow.store.db.utils", "alembic", "httpx"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    warm_up()
+    try:
+        warm_up()
+    except Exception:  # noqa: BLE001 - warming is a head start, not a condition: the first query pays instead
+        log.exception("could not warm up (Prefect, MLflow or the catalog did not answer); answering anyway")
     from mlyard import crashes
     from mlyard.queries import platform
 

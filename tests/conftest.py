@@ -84,6 +84,11 @@ def stack(settings):
     from mlyard import stack as stack_mod
 
     state = stack_mod.up(settings, echo=lambda *_: None)
+    from tasks.processes import alive
+
+    for name, pid in state.pids.items():  # a part that died while starting: say which, with its log's end
+        log = Path(state.logs.get(name, "/nonexistent"))
+        assert alive(pid), f"the stack's {name} died while starting: {log.read_text()[-3000:] if log.is_file() else ''}"
     yield state
     stack_mod.down(settings, echo=lambda *_: None)
     if not os.environ.get("MLYARD_KEEP_TEST_HOME"):  # set it to look at the logs of a failed run

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import typer
 
-from mlyard.cli.common import JSON, SETS, emit, guard, out, parse_sets, typer_app
+from mlyard.cli.common import JSON, SETS, ask, emit, guard, out, parse_sets, typer_app
 
 app = typer_app("Pipelines: compiled Kubeflow pipelines (IR YAML): upload, show, graph, delete.")
 runs_app = typer_app("Pipeline runs: run an uploaded pipeline (kfp.local here, or a KFP server), follow each "
@@ -125,14 +125,14 @@ def runs_create(
 @runs_app.command("list")
 def runs_list(as_json: bool = JSON) -> None:
     """Pipeline runs, newest first, with the console's statuses."""
-    emit(guard(lambda: _api().list_runs()), as_json, RUN_COLUMNS,
+    emit(guard(lambda: ask("pipeline_runs_list")), as_json, RUN_COLUMNS,
          empty="no pipeline runs yet: `mlyard pipeline-runs create --pipeline P --name N`")
 
 
 @runs_app.command("show")
 def runs_show(run_id: str, as_json: bool = JSON) -> None:
     """A pipeline run: status, each step's state, the files each step wrote, the Prefect link."""
-    view = guard(lambda: _api().show_run(run_id))
+    view = guard(lambda: ask("pipeline_runs_show", run_id=run_id))
     emit(view, True) if as_json else _print_run(view)
 
 
@@ -140,7 +140,7 @@ def runs_show(run_id: str, as_json: bool = JSON) -> None:
 def runs_graph(run_id: str, image: Optional[Path] = typer.Option(None, "--out", help="Also draw it (.png or .svg)."),
                as_json: bool = JSON) -> None:
     """The run's DAG with each step's state."""
-    g = guard(lambda: _api().run_graph(run_id, image=image))
+    g = guard(lambda: _api().run_graph(run_id, image=image) if image else ask("pipeline_runs_graph", run_id=run_id))
     if as_json:
         emit({k: v for k, v in g.items() if k != "text"}, True)
         return
