@@ -192,10 +192,71 @@ def pipeline_runs_graph(run_id: str) -> dict[str, Any]:
     return pipelines.run_graph(run_id)
 
 
+def rags_list() -> list[dict[str, Any]]:
+    from mlyard import rags
+
+    return rags.list_rags()
+
+
+def rags_show(name: str) -> dict[str, Any]:
+    from mlyard import rags
+
+    return rags.show(name)
+
+
+def rags_history(name: str, limit: int = 100) -> list[dict[str, Any]]:
+    from mlyard import rags
+
+    return rags.history(name, limit)
+
+
+def rags_logs(name: str, tail: int = 20) -> list[dict[str, Any]]:
+    from mlyard import rags
+
+    return rags.logs(name, tail)
+
+
+def schedules_list() -> list[dict[str, Any]]:
+    from mlyard import schedules
+
+    return schedules.list_schedules()
+
+
+def schedules_show(name: str, runs: int = 10) -> dict[str, Any]:
+    from mlyard import schedules
+
+    return schedules.show(name, runs=runs)
+
+
+def endpoints_list() -> list[dict[str, Any]]:
+    from mlyard import endpoints
+
+    return endpoints.list_endpoints()
+
+
+def endpoints_show(endpoint: str) -> dict[str, Any]:
+    from mlyard import endpoints
+
+    return endpoints.show(endpoint)
+
+
+def pipelines_list() -> list[dict[str, Any]]:
+    from mlyard import pipelines
+
+    return pipelines.list_pipelines()
+
+
+def pipelines_show(name: str) -> dict[str, Any]:
+    from mlyard import pipelines
+
+    return pipelines.show(name)
+
+
 QUERIES: dict[str, Callable[..., Any]] = {f.__name__: f for f in (
     trainings_list, trainings_show, tunings_list, tunings_show, tunings_trials, runs_list, batches_show,
     evaluations_show, experiments_list, templates_list, templates_show, models_list, models_show, model_reference,
-    pipeline_runs_list, pipeline_runs_show, pipeline_runs_graph)}
+    pipeline_runs_list, pipeline_runs_show, pipeline_runs_graph, rags_list, rags_show, rags_history, rags_logs,
+    schedules_list, schedules_show, endpoints_list, endpoints_show, pipelines_list, pipelines_show)}
 
 
 # -- asking -----------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import typer
 
-from mlyard.cli.common import JSON, SETS, SUBMIT, emit, guard, out, parse_sets, typer_app
+from mlyard.cli.common import JSON, SETS, SUBMIT, ask, emit, guard, out, parse_sets, typer_app
 
 app = typer_app("Endpoints: stages of model versions behind the gateway, tokens, statistics, logs.")
 tokens_app = typer_app("Tokens of a token-protected endpoint: issue (shown once), list, revoke.")
@@ -130,7 +130,7 @@ def endpoints_retry(endpoint: str, stage: Optional[str] = typer.Option(None, "--
 @app.command("list")
 def endpoints_list(as_json: bool = JSON) -> None:
     """Endpoints with their status, stages and models."""
-    emit(guard(lambda: _api().list_endpoints()), as_json, ["name", "status", "default_stage", "public", "stages",
+    emit(guard(lambda: ask("endpoints_list")), as_json, ["name", "status", "default_stage", "public", "stages",
                                                            "models"],
          empty="no endpoints yet: create one with `mlyard endpoints create -f endpoint.yaml`")
 
@@ -138,7 +138,7 @@ def endpoints_list(as_json: bool = JSON) -> None:
 @app.command("show")
 def endpoints_show(endpoint: str, as_json: bool = JSON) -> None:
     """An endpoint: stages, resources, statuses, the gateway's view of each replica, URLs, tokens."""
-    view = guard(lambda: _api().show(endpoint))
+    view = guard(lambda: ask("endpoints_show", endpoint=endpoint))
     emit(view, True) if as_json else _print_view(view)
 
 

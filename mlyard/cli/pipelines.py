@@ -50,14 +50,14 @@ def _print_pipeline(view: dict[str, Any]) -> None:
 @app.command("list")
 def pipelines_list(as_json: bool = JSON) -> None:
     """Uploaded pipelines with their status (CREATE REQUESTED, CREATE IN PROGRESS, CREATE FAILED, ACTIVE)."""
-    emit(guard(lambda: _api().list_pipelines()), as_json, COLUMNS,
+    emit(guard(lambda: ask("pipelines_list")), as_json, COLUMNS,
          empty="no pipelines yet: `mlyard pipelines upload FILE --name NAME`")
 
 
 @app.command("show")
 def pipelines_show(name: str, as_json: bool = JSON) -> None:
     """A pipeline: inputs with types and defaults, components, executors, and whether it runs here."""
-    view = guard(lambda: _api().show(name))
+    view = guard(lambda: ask("pipelines_show", name=name))
     emit(view, True) if as_json else _print_pipeline(view)
 
 

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import typer
 
-from mlyard.cli.common import JSON, SETS, emit, guard, out, parse_sets, typer_app
+from mlyard.cli.common import JSON, SETS, ask, emit, guard, out, parse_sets, typer_app
 
 app = typer_app("RAGs: documents kept as vectors in PostgreSQL + pgvector, answered through an LLM on an "
                 "OpenAI-compatible route (POST /rag/v1/query).")
@@ -63,14 +63,14 @@ def rags_create(
 @app.command("list")
 def rags_list(as_json: bool = JSON) -> None:
     """RAGs with their status (CREATE REQUESTED ... ACTIVE, UPDATE IN PROGRESS, ... DELETE FAILED)."""
-    emit(guard(lambda: _api().list_rags()), as_json, COLUMNS, empty="no RAGs yet: `mlyard rags create -f rag.yaml`")
+    emit(guard(lambda: ask("rags_list")), as_json, COLUMNS, empty="no RAGs yet: `mlyard rags create -f rag.yaml`")
 
 
 @app.command("show")
 def rags_show(name: str, prompt: bool = typer.Option(False, "--prompt", help="Print the prompt template in full."),
               as_json: bool = JSON) -> None:
     """A RAG: status, where its documents and vectors are, its models, its last ingestion."""
-    view = guard(lambda: _api().show(name))
+    view = guard(lambda: ask("rags_show", name=name))
     if as_json:
         emit(view, True)
     elif prompt:
@@ -97,7 +97,7 @@ def rags_sync(name: str, wait: bool = WAIT, as_json: bool = JSON) -> None:
 @app.command("history")
 def rags_history(name: str, limit: int = typer.Option(20, "--limit"), as_json: bool = JSON) -> None:
     """One record per ingestion, newest first: counts, skipped files and why, duration, state."""
-    rows = guard(lambda: _api().history(name, limit))
+    rows = guard(lambda: ask("rags_history", name=name, limit=limit))
     if as_json:
         emit(rows, True)
         return
@@ -176,7 +176,7 @@ def rags_stats(name: str, since: str = typer.Option("1h", "--since", help="From 
 @app.command("logs")
 def rags_logs(name: str, tail: int = typer.Option(20, "--tail", help="How many records."), as_json: bool = JSON) -> None:
     """The last records of the query service's request log (time, level, body with status and timings)."""
-    records = guard(lambda: _api().logs(name, tail))
+    records = guard(lambda: ask("rags_logs", name=name, tail=tail))
     if as_json:
         emit(records, True)
         return

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import typer
 
-from mlyard.cli.common import JSON, SETS, emit, guard, out, parse_sets, typer_app
+from mlyard.cli.common import JSON, SETS, ask, emit, guard, out, parse_sets, typer_app
 
 app = typer_app("Schedules: cron (six fields, seconds first, as Kubeflow) or interval runs of a deployment, "
                 "with catch-up and a concurrency limit.")
@@ -71,7 +71,7 @@ def schedules_create(
 @app.command("list")
 def schedules_list(as_json: bool = JSON) -> None:
     """Schedules with their status (CREATE REQUESTED, CREATE FAILED, ENABLED, ENABLED(EXPIRED), DISABLED)."""
-    emit(guard(lambda: _api().list_schedules()), as_json, COLUMNS,
+    emit(guard(lambda: ask("schedules_list")), as_json, COLUMNS,
          empty="no schedules yet: `mlyard schedules create -f schedule.yaml`")
 
 
@@ -79,7 +79,7 @@ def schedules_list(as_json: bool = JSON) -> None:
 def schedules_show(name: str, runs: int = typer.Option(10, "--runs", help="How many past runs."),
                    as_json: bool = JSON) -> None:
     """A schedule: settings, how its trigger reads, past runs with their Prefect states, next runs."""
-    view = guard(lambda: _api().show(name, runs=runs))
+    view = guard(lambda: ask("schedules_show", name=name, runs=runs))
     emit(view, True) if as_json else _print(view)
 
 

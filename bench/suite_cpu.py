@@ -1,0 +1,92 @@
+"""Where the test suite's CPU goes: run a command (default: the suite as `make test` runs it) while
+sampling every process's CPU time from /proc twice a second, then print the CPU-seconds per kind of
+process (the Prefect servers, the xdist workers' own test code, `mlyard` commands, model servers, ...).
+
+    .venv/bin/python bench/suite_cpu.py                      # pytest -q -n 2 --dist loadfile
+    .venv/bin/python bench/suite_cpu.py -- pytest tests/flows/test_rag.py
+
+A process that lives less than half a second can be missed, so the total is a floor. The suite is
+CPU-bound on two cores: its wall time follows the sum below, not any one test.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+
+HZ = os.sysconf("SC_CLK_TCK")
+KINDS = [  # the first pattern a command line matches names its kind
+    ("Prefect server", r"mlyard\.prefect_server|prefect server"),
+    ("warm runner and its flow runs", r"mlyard\.warm\.server"),
+    ("local worker", r"mlyard\.warm\.worker"),
+    ("Kubernetes workers (emulated cluster)", r"prefect worker"),
+    ("flow-run pods (emulated cluster)", r"prefect\.engine"),
+    ("training nodes (emulated cluster)", r"tasks\.node"),
+    ("xdist workers (the tests' own code)", r"execnet|import sys;exec\(eval"),
+    ("mlyard serve", r"mlyard serve"),
+    ("RAG query services", r"serving\.rag"),
+    ("mlyard API", r"mlyard\.service"),
+    ("gateway", r"serving\.gateway"),
+    ("scheduler", r"tasks\.scheduling"),
+    ("MLflow requirement inference", r"_capture_modules"),
+    ("mypy", r"mypy"),
+    ("mlyard commands", r"bin/mlyard "),
+    ("python -c (users' Python calls)", r"python3? -c"),
+    ("PostgreSQL", r"postgres"),
+    ("other Python (scripts, trainings, loaders)", r"python"),
+]
+
+
+def sample(seen: dict[str, list], stop: threading.Event) -> None:
+    while not stop.is_set():
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+                key = f"{pid}:{fields[19]}"  # pid and start time: a reused pid is another process
+                cpu = (int(fields[11]) + int(fields[12])) / HZ
+                if key not in seen:
+                    with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                        seen[key] = [fh.read().replace(b"\0", b" ").decode(errors="replace"), cpu]
+                seen[key][1] = cpu
+            except (OSError, IndexError, ValueError):
+                continue
+        stop.wait(0.5)
+
+
+def kind(cmd: str) -> str:
+    return next((name for name, rx in KINDS if re.search(rx, cmd)), "other")
+
+
+def main() -> None:
+    argv = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else \
+        [sys.executable, "-m", "pytest", "-q", "-n", "2", "--dist", "loadfile"]
+    seen: dict[str, list] = {}
+    stop = threading.Event()
+    sampler = threading.Thread(target=sample, args=(seen, stop), daemon=True)
+    t0 = time.monotonic()
+    sampler.start()
+    code = subprocess.call(argv)
+    wall = time.monotonic() - t0
+    stop.set()
+    sampler.join()
+    totals: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0])
+    for cmd, cpu in seen.values():
+        totals[kind(cmd)][0] += cpu
+        totals[kind(cmd)][1] += 1
+    total = sum(cpu for cpu, _ in totals.values())
+    print(f"\n{' '.join(argv)}: exit {code}, {wall:.0f} s wall, {total:.0f} CPU-seconds sampled "
+          f"({total / wall:.2f} cores busy on average)")
+    for name, (cpu, n) in sorted(totals.items(), key=lambda kv: -kv[1][0]):
+        print(f"{cpu:8.1f} s  {100 * cpu / total:5.1f}%  {int(n):4d} processes  {name}")
+
+
+if __name__ == "__main__":
+    main()
