@@ -66,6 +66,16 @@ def pytest_collection_finish(session):
 
         setup_logging()
 
+
+def pytest_unconfigure(config):
+    """Every process that imported this module made a USER_DIR (xdist's controller too, which runs no
+    test): remove it, unless the home is to be kept (the stack fixture removes a worker's own)."""
+    if not os.environ.get("MLYARD_KEEP_TEST_HOME"):
+        import shutil
+
+        shutil.rmtree(USER_DIR, ignore_errors=True)
+
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
