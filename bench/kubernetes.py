@@ -59,8 +59,12 @@ def render_and_apply(work: Path) -> None:
     try:
         config = api.kubeconfig(work / "kubeconfig")
         api.create("Namespace", "v1", None, {"metadata": {"name": "mlyard"}}, "kubectl")
-        for name in ("mlyard-prefect", "mlyard-mlflow", "mlyard-settings", "mlyard-postgres"):
-            api.create("Secret", "v1", "mlyard", {"metadata": {"name": name}, "data": {}}, "kubectl")
+        keys = {"mlyard-prefect": ("database-url", "auth-string"), "mlyard-mlflow": ("backend-store-uri",
+                "artifacts-destination"), "mlyard-postgres": ("password",), "mlyard-settings": (
+                "mlyard_s3_access_key_id", "mlyard_s3_secret_access_key", "mlyard_internal_token", "mlyard_replica_token")}
+        for name, names in keys.items():
+            api.create("Secret", "v1", "mlyard", {"metadata": {"name": name}, "data": {k: "eA==" for k in names}},
+                       "kubectl")
         results = []
         for _ in range(2):
             seconds, out = timed([MLYARD, "k8s", "apply", "--kubeconfig", str(config), "--json"], work)

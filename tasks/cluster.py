@@ -162,18 +162,39 @@ def apply(objs: list[dict], dyn) -> Iterator[Applied]:
         yield Applied(kind, meta["name"], "created" if before is None else "unchanged" if after == before else "changed")
 
 
-def missing_secrets(objs: list[dict], dyn, namespace: str) -> list[str]:
-    """The Secrets the objects name that the namespace does not have."""
+# Keys of the settings Secret read as files (not as secretKeyRef), without which pods refuse to start:
+# the gateway (the internal credential) and every stage's pods (the replicas' credential).
+REQUIRED_SETTINGS_KEYS = ("mlyard_internal_token", "mlyard_replica_token")
+
+
+def secret_problems(objs: list[dict], dyn, namespace: str, settings_secret: str) -> list[str]:
+    """What the namespace lacks of the Secrets the objects name: a Secret that is not there, or a key a
+    container needs (a secretKeyRef that is not optional, or one of the settings Secret's required keys).
+    A pod would otherwise sit in CreateContainerConfigError, or start and refuse, after the apply."""
     from kubernetes.dynamic.exceptions import NotFoundError
 
+    needs: dict[str, set[str]] = {name: set() for name in secret_names(objs)}
+    for obj in objs:
+        if obj["kind"] in WORKLOADS:
+            for c in obj["spec"]["template"]["spec"]["containers"]:
+                for e in c.get("env", []):
+                    ref = e.get("valueFrom", {}).get("secretKeyRef")
+                    if ref and not ref.get("optional"):
+                        needs[ref["name"]].add(ref["key"])
+    if settings_secret in needs:
+        needs[settings_secret] |= set(REQUIRED_SETTINGS_KEYS)
     secrets = dyn.resources.get(api_version="v1", kind="Secret")
-    missing = []
-    for name in sorted(secret_names(objs)):
+    problems = []
+    for name in sorted(needs):
         try:
-            dyn.get(secrets, name=name, namespace=namespace)
+            secret = dyn.get(secrets, name=name, namespace=namespace).to_dict()
         except NotFoundError:
-            missing.append(name)
-    return missing
+            problems.append(f"Secret {name} (missing)")
+            continue
+        lacking = sorted(needs[name] - set(secret.get("data") or {}))
+        if lacking:
+            problems.append(f"Secret {name} without key(s) {', '.join(lacking)}")
+    return problems
 
 
 GPU = "nvidia.com/gpu"

@@ -65,10 +65,10 @@ def apply(values: Optional[Path] = VALUES,
         dyn = cluster.dynamic_client(str(kubeconfig) if kubeconfig else None, context)
         namespaces = [o for o in objs if o["kind"] == "Namespace"]
         done = [a.__dict__ for a in cluster.apply(namespaces, dyn)]
-        missing = cluster.missing_secrets(objs, dyn, vals.namespace)
-        if missing:
-            raise StackError(f"namespace {vals.namespace} lacks the Secret(s) {', '.join(missing)}: create them "
-                             "first (infra/README.md lists their keys); nothing else was applied")
+        problems = cluster.secret_problems(objs, dyn, vals.namespace, vals.secrets.settings)
+        if problems:
+            raise StackError(f"namespace {vals.namespace} lacks what the pods need: {'; '.join(problems)}: create "
+                             "them first (infra/README.md lists their keys); nothing else was applied")
         done += [a.__dict__ for a in cluster.apply([o for o in objs if o["kind"] != "Namespace"], dyn)]
         if prefect_api_url:
             from mlyard.prefect_setup import register_on_cluster

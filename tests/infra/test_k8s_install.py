@@ -100,8 +100,17 @@ def cluster(tmp_path):
     api.close()
 
 
-def _secret(api: KubeApi, namespace: str, name: str) -> None:
-    api.create("Secret", "v1", namespace, {"metadata": {"name": name}, "type": "Opaque", "data": {}}, "kubectl-create")
+# The keys each of VALUES's Secrets must hold (infra/README.md lists them): what the pods read by
+# secretKeyRef, and the settings Secret's credentials the gateway and stage pods refuse to start without
+KEYS = {"pf": ("database-url", "auth-string"), "mf": ("backend-store-uri", "artifacts-destination"),
+        "ms": ("mlyard_s3_access_key_id", "mlyard_s3_secret_access_key", "mlyard_internal_token",
+               "mlyard_replica_token"),
+        "regcred": (".dockerconfigjson",)}
+
+
+def _secret(api: KubeApi, namespace: str, name: str, without: str | None = None) -> None:
+    data = {key: "eA==" for key in KEYS[name] if key != without}
+    api.create("Secret", "v1", namespace, {"metadata": {"name": name}, "type": "Opaque", "data": data}, "kubectl-create")
 
 
 def test_apply_needs_the_secrets_then_applies_everything_and_a_second_apply_changes_nothing(tmp_path, values_file,
@@ -112,8 +121,15 @@ def test_apply_needs_the_secrets_then_applies_everything_and_a_second_apply_chan
     assert "pf, mf, ms, regcred" in first.stderr or all(n in first.stderr for n in ("pf", "mf", "ms", "regcred"))
     assert [o["kind"] for o in api.objects.values()] == ["Namespace"], "nothing but the namespace before the Secrets"
 
-    for name in ("pf", "mf", "ms", "regcred"):
+    for name in ("pf", "mf", "regcred"):
         _secret(api, "ml-platform", name)
+    _secret(api, "ml-platform", "ms", without="mlyard_replica_token")  # stage pods would refuse to start
+    lacking = mlyard("k8s", "apply", "-f", str(values_file), "--kubeconfig", str(kubeconfig), cwd=tmp_path)
+    assert lacking.returncode == 2 and len(lacking.stderr.strip().splitlines()) == 1, lacking.stderr
+    assert "Secret ms without key(s) mlyard_replica_token" in lacking.stderr and "nothing else" in lacking.stderr
+    assert sorted(o["kind"] for o in api.objects.values()) == ["Namespace"] + ["Secret"] * 4
+    api.delete(("Secret", "ml-platform", "ms"))
+    _secret(api, "ml-platform", "ms")
     second = mlyard("k8s", "apply", "-f", str(values_file), "--kubeconfig", str(kubeconfig), "--json", cwd=tmp_path)
     assert second.returncode == 0, second.stderr
     rows = json.loads(second.stdout)
