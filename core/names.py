@@ -33,6 +33,10 @@ TASK_FINISH_PIPELINE = "finish-pipeline"  # its outputs are listed: COMPLETE IN 
 TASK_FAIL_PIPELINE = "fail-pipeline"  # a failed one's outputs are listed: FAIL PIPELINE RUN IN PROGRESS
 # An evaluation is RUNNING once its batch inference (a subflow, seen as a task run named after it) has started.
 TASK_EVALUATION_BATCH = FLOW_BATCH
+# A flow run label set, by the API call itself, when one of the steps above starts (`mlyard.started.<step>`):
+# Prefect's server records task runs from their events a moment later, so a status read right after a run
+# ended could miss its step; the label cannot be missed.
+STARTED_LABEL = "mlyard.started."
 
 # -- MLflow run tags -------------------------------------------------------------------------------------
 TAG_KIND = "mlyard.kind"  # training, trial, tuning, batch_inference, evaluation, ...

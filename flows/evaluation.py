@@ -29,13 +29,14 @@ from core.names import (
     TAG_NOTE,
     TAG_STATUS_REASON,
     TAG_TASK,
+    TASK_EVALUATION_BATCH,
 )
 from core.specs import EvaluationSpec
 from flows.batch_inference import batch_infer
 from flows.platform import Platform
 from tasks.batch import load_model
 from tasks.evaluation_steps import check_classes, check_input, compare, record
-from tasks.orchestration import prefect_link, stopped_on_interrupt
+from tasks.orchestration import mark_started, prefect_link, stopped_on_interrupt
 
 
 class EvaluationResult(BaseModel):
@@ -72,6 +73,8 @@ def evaluate(spec: EvaluationSpec) -> EvaluationResult:
                    "files": len(files)})
         try:
             # 3. Batch inference (a subflow).
+            if flow_run.get_id():
+                mark_started(flow_run.get_id(), TASK_EVALUATION_BATCH)
             state = batch_infer(spec.batch_spec(name=f"{spec.name}-batch"), return_state=True)
             if state.is_cancelled():
                 p.tracking.set_tags(run_id, {TAG_STATUS_REASON: f"STOPPED: {state.message}"})

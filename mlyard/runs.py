@@ -19,6 +19,7 @@ from core.names import (
     FLOW_EVALUATE,
     FLOW_TRAIN,
     FLOW_TUNE,
+    STARTED_LABEL,
     TASK_EVALUATION_BATCH,
     TASK_FINISH,
     TASK_RECORD,
@@ -97,17 +98,23 @@ def _info(kind: Kind, fr, started: bool, parent_id: str | None, closing: bool = 
                    fr.work_pool_name, fr.name, parent_id, spec)
 
 
-def _started(client, marker: str | None, ids: list) -> set[str]:
-    """Ids of the flow runs among `ids` in which a task run named like `marker` has started."""
+def _started(client, marker: str | None, flow_runs: list) -> set[str]:
+    """Ids of the flow runs among `flow_runs` in which the step `marker` has started: the label the step
+    sets as it starts (tasks.orchestration.step_started), else a task run named like it (runs made
+    before the label, or whose label could not be written)."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName
 
-    if not ids or not marker:
+    if not flow_runs or not marker:
         return set()
+    labelled = {str(r.id) for r in flow_runs if (r.labels or {}).get(STARTED_LABEL + marker)}
+    rest = [r.id for r in flow_runs if str(r.id) not in labelled]
+    if not rest:
+        return labelled
     runs = client.read_task_runs(
-        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)),
+        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=rest)),
         task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=marker)),
     )
-    return {str(t.flow_run_id) for t in runs if t.state and t.state.type.value != "PENDING"}
+    return labelled | {str(t.flow_run_id) for t in runs if t.state and t.state.type.value != "PENDING"}
 
 
 def _parents(client, runs: list) -> dict[str, str]:
@@ -147,8 +154,8 @@ def list_runs(kind: Kind, limit: int = 100, active_only: bool = False) -> list[R
             runs += page
             if len(page) < 200:
                 break
-        running = [r.id for r in runs if r.state and r.state.type.value == "RUNNING"]
-        started = _started(client, kind.marker, [r.id for r in runs])
+        running = [r for r in runs if r.state and r.state.type.value == "RUNNING"]
+        started = _started(client, kind.marker, runs)
         closing = _started(client, kind.closing, running)
         parents = _parents(client, runs)
     return [_info(kind, r, str(r.id) in started, parents.get(str(r.id)), str(r.id) in closing) for r in runs]
@@ -164,8 +171,8 @@ def get_run(kind: Kind, run_id: str) -> RunInfo:
             raise kind.not_found(run_id) from exc
         if fr.flow_id is None or client.read_flow(fr.flow_id).name != kind.flow:
             raise kind.not_found(run_id)
-        return _info(kind, fr, bool(_started(client, kind.marker, [fr.id])), _parents(client, [fr]).get(str(fr.id)),
-                     bool(_started(client, kind.closing, [fr.id])))
+        return _info(kind, fr, bool(_started(client, kind.marker, [fr])), _parents(client, [fr]).get(str(fr.id)),
+                     bool(_started(client, kind.closing, [fr])))
 
 
 def stop_run(kind: Kind, run_id: str, reason: str = "stopped by user") -> RunInfo:

@@ -23,7 +23,7 @@ from registry.models import ModelRegistry
 from registry.tracking import Tracking
 from tasks.inference import Model, Progress, RecordWatcher, fetch_model, run_job
 from tasks.metrics import Metric
-from tasks.orchestration import cancel_watch
+from tasks.orchestration import cancel_watch, step_started
 from tasks.outputs import Layout, ShardRecord, concat, done_records, rows_per_second
 from tasks.shards import assign
 from tasks.storage import Storage
@@ -93,7 +93,7 @@ def stage_inputs(storage: Storage, files: list[tuple[str, str]], manifest: dict 
     return out
 
 
-@task(name=TASK_RUN_WORKERS, cache_policy=NO_CACHE)
+@task(name=TASK_RUN_WORKERS, cache_policy=NO_CACHE, on_running=[step_started])
 def run_workers(storage: Storage, worker_env: dict[str, str], spec: BatchInferenceSpec, job: BatchJob, pending: list[BatchShard],
                 done: dict[str, ShardRecord], shards: list[BatchShard], model: Model, batch_id: str,
                 scratch: Path) -> dict[str, ShardRecord]:
@@ -156,7 +156,7 @@ def run_workers(storage: Storage, worker_env: dict[str, str], spec: BatchInferen
     return {s.key: records[s.key] for s in pending if s.key in records}
 
 
-@task(name=TASK_FINISH, cache_policy=NO_CACHE)
+@task(name=TASK_FINISH, cache_policy=NO_CACHE, on_running=[step_started])
 def finish(storage: Storage, tracking: Tracking, spec: BatchInferenceSpec, layout: Layout, shards: list[BatchShard], records: dict[str, ShardRecord],
            model_uri: str, model: Model, run_id: str, batch_id: str, seconds: float, resumed: int,
            fresh: dict[str, ShardRecord], scratch: Path) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from core.specs import MAX_CLASSES, MAX_EVALUATION_BYTES, EvaluationSpec
 from registry.tracking import Tracking
 from tasks.evaluation import Report, classification, plot_report, regression, thin_curves
 from tasks.metrics import Metric
+from tasks.orchestration import step_started
 from tasks.outputs import Layout
 from tasks.records import read_records
 from tasks.shards import select_files
@@ -103,7 +104,7 @@ def _key(value: Any) -> str:
     return str(value)
 
 
-@task(name=TASK_RECORD, cache_policy=NO_CACHE)
+@task(name=TASK_RECORD, cache_policy=NO_CACHE, on_running=[step_started])
 def record(tracking: Tracking, spec: EvaluationSpec, run_id: str, report: Report, rows: int, skipped: int, batch_id: str,
            model_uri: str, scratch: Path) -> str:
     """Metrics, pictures and the JSON report to MLflow; returns the report's artifact URI."""

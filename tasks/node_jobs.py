@@ -36,6 +36,7 @@ from core.names import TASK_RUN_ENTRY_POINT
 from core.specs import TrainingSpec
 from registry.tracking import Tracking
 from tasks.launch import ScriptRun
+from tasks.orchestration import step_started
 
 RENDEZVOUS_PORT = 29400  # torchrun's c10d store, on node 0
 MASTER_PORT = 29500  # MASTER_PORT for code that reads it (torch.distributed's env:// init)
@@ -269,8 +270,8 @@ class LogRelay(threading.Thread):
                         if seen > self.shown:
                             self.on_line(line.decode(errors="replace").rstrip("\r"))
                             self.shown = seen
-            except (ApiException, OSError, ValueError):
-                pass  # the pod is gone, or the stream broke: look at the pod
+            except Exception:  # noqa: BLE001 - the pod is gone, or the stream broke (urllib3's ProtocolError is
+                pass  # no OSError, and a thread that died of it would drop the rest of the log): look at the pod
             try:
                 phase = self.core.read_namespaced_pod(self.pod, self.namespace).status.phase
             except (ApiException, OSError, ValueError):
@@ -283,7 +284,7 @@ class LogRelay(threading.Thread):
             time.sleep(1.0)
 
 
-@task(name=TASK_RUN_ENTRY_POINT, cache_policy=NO_CACHE)
+@task(name=TASK_RUN_ENTRY_POINT, cache_policy=NO_CACHE, on_running=[step_started])
 def run_nodes(spec: TrainingSpec, training_id: str, run_id: str, tracking: Tracking, namespace: str,
               should_stop: Callable[[], str | None]) -> ScriptRun:
     """The entry point on `spec.nodes` pods (the task whose start makes a training RUNNING): make the

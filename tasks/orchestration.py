@@ -9,7 +9,7 @@ from typing import Any, Iterator
 from uuid import UUID
 
 from core.errors import StackError
-from core.names import TAG_PREFECT_URL
+from core.names import STARTED_LABEL, TAG_PREFECT_URL
 
 
 def prompt_flow_ends() -> None:
@@ -58,6 +58,37 @@ def events_sent(timeout: float) -> bool:
     waiter.start()
     waiter.join(timeout)
     return not waiter.is_alive()
+
+
+_MARKED: set[tuple[str, str]] = set()
+
+
+def step_started(task: Any, task_run: Any, state: Any) -> None:
+    """An `on_running` hook of the tasks whose start decides a lifecycle run's status (core.names): the
+    flow run is labelled with the step at once. Prefect's server records task runs from their events, a
+    moment after they happen and longer under load, so a status read right after a run failed could miss
+    that its entry point had run (CREATE FAILED instead of FAIL TRAIN)."""
+    if task_run.flow_run_id is not None:
+        mark_started(task_run.flow_run_id, task.name)
+
+
+def mark_started(flow_run_id: Any, step: str) -> None:
+    """Label the flow run `flow_run_id` with `step` started (once per process: a tuning's trials). Best
+    effort: a label that could not be written leaves the status to the task runs, as before labels."""
+    import logging
+
+    from prefect.client.orchestration import get_client
+
+    key = (str(flow_run_id), step)
+    if key in _MARKED:
+        return
+    try:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run_labels(UUID(str(flow_run_id)), {STARTED_LABEL + step: True})
+    except Exception as exc:  # noqa: BLE001 - the run goes on; only the label is missing
+        logging.getLogger("mlyard").warning("could not label flow run %s with %s started: %s", flow_run_id, step, exc)
+        return
+    _MARKED.add(key)
 
 
 def prefect_link() -> dict[str, str]:

@@ -21,6 +21,7 @@ from core.specs.pipeline import PipelineRunSpec
 from registry.pipelines import Pipelines
 from tasks import kfp
 from tasks.launch import Supervisor
+from tasks.orchestration import step_started
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,7 +62,7 @@ def prepare(pipelines: Pipelines, spec: PipelineRunSpec, run_dir: Path, local: b
     return run_dir
 
 
-@task(name=TASK_RUN_PIPELINE, cache_policy=NO_CACHE)
+@task(name=TASK_RUN_PIPELINE, cache_policy=NO_CACHE, on_running=[step_started])
 def run_local(run_dir: Path, on_line: Callable[[str], None], should_stop: Callable[[], str | None],
               env: dict[str, str]) -> tuple[int, list[str]]:
     """kfp.local in its own process group (a stop ends every step it started); the exit code and the
@@ -112,7 +113,7 @@ def outputs(run_dir: Path) -> list[dict[str, Any]]:
     return found
 
 
-@task(name=TASK_FINISH_PIPELINE, cache_policy=NO_CACHE)
+@task(name=TASK_FINISH_PIPELINE, cache_policy=NO_CACHE, on_running=[step_started])
 def finish(run_dir: Path) -> dict[str, Any]:
     return {"nodes": node_states(run_dir), "outputs": outputs(run_dir),
             "output_values": result(run_dir).get("outputs", {})}

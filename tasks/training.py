@@ -30,7 +30,7 @@ from core.specs import TrainingSpec
 from registry.tracking import Tracking
 from tasks import checks
 from tasks.launch import ScriptRun, Workdirs, requirements_env, run_script
-from tasks.orchestration import prefect_link
+from tasks.orchestration import prefect_link, step_started
 from tasks.staging import stage_in, stage_out
 from tasks.storage import Storage
 
@@ -126,7 +126,7 @@ def _sayer() -> Callable[[str], None]:
         return lambda message: print(message, file=sys.stderr, flush=True)
 
 
-@task(name=TASK_RUN_ENTRY_POINT, cache_policy=NO_CACHE)
+@task(name=TASK_RUN_ENTRY_POINT, cache_policy=NO_CACHE, on_running=[step_started])
 def run_entry_point(spec: TrainingSpec, dirs: Workdirs, python: str, region: str, engine_env: Mapping[str, str],
                     tracking: Tracking, run_id: str, log_path: Path,
                     should_stop: Callable[[], str | None]) -> ScriptRun:

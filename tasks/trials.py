@@ -23,7 +23,7 @@ from core.metrics import MetricLineError, json_metric_values
 from core.names import TAG_PARENT_RUN_ID, TAG_TRIAL_NUMBER, TAG_TRIAL_STATE, TAG_TUNING_ID, TASK_TRIAL
 from core.specs import TrainingSpec, TuningSpec
 from registry.tracking import Tracking
-from tasks.orchestration import cancel_flow_run, submit
+from tasks.orchestration import cancel_flow_run, step_started, submit
 from tasks.training import LOG_NAME, Inputs, close_run, launch, open_run, save_model
 from tuning import KatibState, objective_parsers
 from tuning.engine import RUN_ID_ATTR, parse_line
@@ -48,7 +48,7 @@ class TrialSetup:
     engine_env: dict[str, str]
 
 
-@task(name=TASK_TRIAL, cache_policy=NO_CACHE, task_run_name=TASK_TRIAL + "-{trial.number}")
+@task(name=TASK_TRIAL, cache_policy=NO_CACHE, on_running=[step_started], task_run_name=TASK_TRIAL + "-{trial.number}")
 def run_trial(setup: TrialSetup, loop: Loop, tracking: Tracking, trial: optuna.Trial) -> str:
     """One trial to its end; its outcome is recorded in the study. Returns its Katib state."""
     spec, number = setup.spec, trial.number

@@ -62,9 +62,15 @@ def test_classification_metrics_equal_sklearn_and_pictures_reach_mlflow(platform
 
     from mlyard.runs import _started
 
+    from core.names import STARTED_LABEL
+
     with get_client(sync_client=True) as client:  # RUNNING is derived from the batch subflow having started
-        assert _started(client, EVALUATION.marker, [result.evaluation_id]) == {result.evaluation_id}
-        assert _started(client, EVALUATION.closing, [result.evaluation_id]) == {result.evaluation_id}
+        fr = client.read_flow_run(result.evaluation_id)
+        for step in (EVALUATION.marker, EVALUATION.closing):
+            assert fr.labels.get(STARTED_LABEL + step) is True, fr.labels  # set as the step started
+            assert _started(client, step, [fr]) == {result.evaluation_id}
+            # a run without the label (made before it, or its label failed): found from its task runs
+            assert _started(client, step, [fr.model_copy(update={"labels": {}})]) == {result.evaluation_id}
     batch = get_run(BATCH, result.batch_id)
     assert batch.status == "COMPLETE" and batch.parent_id == result.evaluation_id
 

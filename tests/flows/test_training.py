@@ -118,7 +118,7 @@ def test_failing_script_is_fail_train_with_cause_and_leaves_nothing(platform, s3
     state = train(_spec(src, name="fails", output_uri=f"s3://{bucket}/never"), return_state=True)
     assert state.is_failed()
     info = get_training(str(state.state_details.flow_run_id))
-    assert info.status == "FAIL TRAIN"
+    assert info.status == "FAIL TRAIN"  # read at once: from the label the entry point's start wrote
     assert "exit code 1" in info.cause and "CUDA out of memory" in info.cause and "step one ok" in info.cause
     run = platform.tracking.find_training_run(info.id)
     assert run.status == "FAILED" and "CUDA out of memory" in run.tags["mlyard.status_reason"]

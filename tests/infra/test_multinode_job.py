@@ -146,11 +146,13 @@ def test_a_3_node_training_runs_as_an_indexed_job_and_ends_with_it(cluster, plat
     assert platform.tracking.client.list_artifacts(run.run_id, "model"), "node 0 saved the model"
     # node 0's log is followed as one stream into the run's log: each of its lines once, in order
     lead = [line for line in api.pod_logs[(NS, pods[0]["metadata"]["name"])].splitlines() if line.strip()]
-    relayed = _run_log_lines(flow_run_id, set(lead))
-    assert relayed == lead, (relayed, lead)
+    relayed, everything = _run_log_lines(flow_run_id, set(lead))
+    coordinator = {pod: text[-3000:] for (_, pod), text in api.pod_logs.items() if not pod.startswith(name)}
+    assert relayed == lead, (relayed, lead, everything, coordinator)
 
 
-def _run_log_lines(flow_run_id: str, wanted: set[str], timeout: float = 15) -> list[str]:
+def _run_log_lines(flow_run_id: str, wanted: set[str], timeout: float = 15) -> tuple[list[str], list[str]]:
+    """The run's log lines that are in `wanted`, oldest first, and all its lines (for a failure's message)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
@@ -160,7 +162,7 @@ def _run_log_lines(flow_run_id: str, wanted: set[str], timeout: float = 15) -> l
             logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200)
             lines = [log.message for log in logs if log.message in wanted]  # oldest first
             if set(lines) == wanted or time.monotonic() > deadline:
-                return lines
+                return lines, [log.message[:200] for log in logs]
             time.sleep(0.3)
 
 
