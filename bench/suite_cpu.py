@@ -4,6 +4,7 @@ process (the Prefect servers, the xdist workers' own test code, `mlyard` command
 
     .venv/bin/python bench/suite_cpu.py                      # pytest -q -n 2 --dist loadfile
     .venv/bin/python bench/suite_cpu.py -- pytest tests/flows/test_rag.py
+    .venv/bin/python bench/suite_cpu.py --top 30             # and the 30 costliest kinds of command line
 
 A process that lives less than half a second can be missed, so the total is a floor. The suite is
 CPU-bound on two cores: its wall time follows the sum below, not any one test.
@@ -43,6 +44,9 @@ KINDS = [  # the first pattern a command line matches names its kind
 
 
 def sample(seen: dict[str, list], stop: threading.Event) -> None:
+    """Each process's command line and CPU time so far, less what those already running at the start
+    had used before it."""
+    first = True
     while not stop.is_set():
         for pid in os.listdir("/proc"):
             if not pid.isdigit():
@@ -54,10 +58,11 @@ def sample(seen: dict[str, list], stop: threading.Event) -> None:
                 cpu = (int(fields[11]) + int(fields[12])) / HZ
                 if key not in seen:
                     with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                        seen[key] = [fh.read().replace(b"\0", b" ").decode(errors="replace"), cpu]
+                        seen[key] = [fh.read().replace(b"\0", b" ").decode(errors="replace"), cpu, cpu if first else 0.0]
                 seen[key][1] = cpu
             except (OSError, IndexError, ValueError):
                 continue
+        first = False
         stop.wait(0.5)
 
 
@@ -65,7 +70,17 @@ def kind(cmd: str) -> str:
     return next((name for name, rx in KINDS if re.search(rx, cmd)), "other")
 
 
+def shape(cmd: str) -> str:
+    """A command line with its paths cut to their last part and its ids and numbers masked, so that the
+    same command run many times counts as one (`mlyard trainings show <id>`)."""
+    words = [w.rsplit("/", 1)[-1] if "/" in w and not w.startswith("-") else w for w in cmd.split()]
+    text = re.sub(r"[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}|\d+", "N", " ".join(words))
+    return text[:90]
+
+
 def main() -> None:
+    args = sys.argv[1:sys.argv.index("--")] if "--" in sys.argv else sys.argv[1:]
+    top = int(args[args.index("--top") + 1]) if "--top" in args else 0
     argv = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else \
         [sys.executable, "-m", "pytest", "-q", "-n", "2", "--dist", "loadfile"]
     seen: dict[str, list] = {}
@@ -78,7 +93,8 @@ def main() -> None:
     stop.set()
     sampler.join()
     totals: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0])
-    for cmd, cpu in seen.values():
+    used = [(cmd, cpu - base) for cmd, cpu, base in seen.values() if cpu > base]
+    for cmd, cpu in used:
         totals[kind(cmd)][0] += cpu
         totals[kind(cmd)][1] += 1
     total = sum(cpu for cpu, _ in totals.values())
@@ -86,6 +102,14 @@ def main() -> None:
           f"({total / wall:.2f} cores busy on average)")
     for name, (cpu, n) in sorted(totals.items(), key=lambda kv: -kv[1][0]):
         print(f"{cpu:8.1f} s  {100 * cpu / total:5.1f}%  {int(n):4d} processes  {name}")
+    if top:
+        shapes: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0])
+        for cmd, cpu in used:
+            shapes[shape(cmd)][0] += cpu
+            shapes[shape(cmd)][1] += 1
+        print(f"\nthe {top} costliest command lines (paths cut, ids and numbers masked):")
+        for cmd, (cpu, n) in sorted(shapes.items(), key=lambda kv: -kv[1][0])[:top]:
+            print(f"{cpu:8.1f} s  {int(n):4d} x  {cpu / n:6.2f} s each  {cmd}")
 
 
 if __name__ == "__main__":
