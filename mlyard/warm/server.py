@@ -52,7 +52,7 @@ MAX_REQUEST_BYTES = 4 << 20  # an environment, a working directory and a umask
 # Imported once here, so that no flow run pays for them (the flows' own imports come with them); the
 # SQL stores are what a run's first MLflow and Optuna calls would import (a third of a no-op training).
 PRELOAD = ("prefect", "prefect.engine", "prefect.flow_engine", "prefect.flows", "prefect.deployments.steps",
-           "prefect.runner", "mlflow", "mlflow.tracking", "mlflow.store.tracking.sqlalchemy_store",
+           "prefect.runner", "prefect.task_engine", "prefect.utilities.visualization",  # a flow's first task "mlflow", "mlflow.tracking", "mlflow.store.tracking.sqlalchemy_store",
            "mlflow.store.model_registry.sqlalchemy_store", "sqlalchemy", "optuna", "optuna.storages")
 
 
@@ -69,6 +69,42 @@ def preload() -> None:
     from sqlalchemy.orm import configure_mappers
 
     configure_mappers()  # every ORM model imported above, configured once (no connection is made)
+    _KEEP.extend(warm_objects())
+
+
+_KEEP: list = []  # what warm_objects made, held for the children to inherit
+
+
+def warm_objects() -> list:
+    """Objects each flow run would otherwise build afresh, made once here for the children to inherit.
+
+    - The stack's MLflow stores: MLflow keeps one per URI for a process's life, and making it checks
+      the database's schema against every Alembic migration script it ships (a third of a second, a
+      fifth of a warm no-op training). Their engines are disposed here: no connection is open at a fork,
+      and each child opens its own.
+    - `OrchestrationResult[Any]`, which Prefect's engine parametrizes at every state change: pydantic's
+      cache of parametrized models holds them weakly, so each run built the class again (0.17 s).
+    A failure here is logged: the runs then make them themselves."""
+    from typing import Any
+
+    from prefect.client.schemas import OrchestrationResult
+
+    kept: list = [OrchestrationResult[Any]]
+    try:
+        from mlflow.tracking._model_registry.utils import _get_store as registry_store
+        from mlflow.tracking._tracking_service.utils import _get_store as tracking_store
+
+        from core.settings import Settings
+
+        uri = Settings().mlflow_uri
+        for store in (tracking_store(uri), registry_store(uri, uri)):  # as MlflowClient(uri, uri) asks
+            for engine in (getattr(store, "engine", None), getattr(store, "read_engine", None)):
+                if engine is not None:
+                    engine.dispose()
+            kept.append(store)
+    except Exception as exc:  # noqa: BLE001 - only a saving is lost
+        log.warning("could not make the MLflow stores ahead of the runs: %s", exc)
+    return kept
 
 
 def serve(home: Path) -> int:
