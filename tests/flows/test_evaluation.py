@@ -60,9 +60,8 @@ def test_classification_metrics_equal_sklearn_and_pictures_reach_mlflow(platform
     assert get_run(EVALUATION, result.evaluation_id).status == "COMPLETE"
     from prefect.client.orchestration import get_client
 
-    from mlyard.runs import _started
-
     from core.names import STARTED_LABEL
+    from mlyard.runs import _started
 
     with get_client(sync_client=True) as client:  # RUNNING is derived from the batch subflow having started
         fr = client.read_flow_run(result.evaluation_id)
