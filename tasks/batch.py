@@ -93,11 +93,12 @@ def stage_inputs(storage: Storage, files: list[tuple[str, str]], manifest: dict 
     return out
 
 
-@task(name=TASK_RUN_WORKERS, cache_policy=NO_CACHE, on_running=[step_started])
+@task(name=TASK_RUN_WORKERS, cache_policy=NO_CACHE)
 def run_workers(storage: Storage, worker_env: dict[str, str], spec: BatchInferenceSpec, job: BatchJob, pending: list[BatchShard],
                 done: dict[str, ShardRecord], shards: list[BatchShard], model: Model, batch_id: str,
                 scratch: Path) -> dict[str, ShardRecord]:
     """Run the pending shards on the transport the spec asks for; returns their records."""
+    step_started(TASK_RUN_WORKERS)
     from tasks.transport import FlowRuns, Follow, InProcess, LocalProcesses, Transport
 
     logger = get_run_logger()
@@ -156,11 +157,12 @@ def run_workers(storage: Storage, worker_env: dict[str, str], spec: BatchInferen
     return {s.key: records[s.key] for s in pending if s.key in records}
 
 
-@task(name=TASK_FINISH, cache_policy=NO_CACHE, on_running=[step_started])
+@task(name=TASK_FINISH, cache_policy=NO_CACHE)
 def finish(storage: Storage, tracking: Tracking, spec: BatchInferenceSpec, layout: Layout, shards: list[BatchShard], records: dict[str, ShardRecord],
            model_uri: str, model: Model, run_id: str, batch_id: str, seconds: float, resumed: int,
            fresh: dict[str, ShardRecord], scratch: Path) -> dict[str, Any]:
     """Every shard has its record; join shards of one file; write the summary and the failures."""
+    step_started(TASK_FINISH)
     missing = [s.key for s in shards if s.key not in records]
     if missing:
         raise BatchFailed(f"{len(missing)} shard(s) have no result ({missing[0]} ...); rerun the same spec to finish them")

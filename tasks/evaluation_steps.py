@@ -104,10 +104,11 @@ def _key(value: Any) -> str:
     return str(value)
 
 
-@task(name=TASK_RECORD, cache_policy=NO_CACHE, on_running=[step_started])
+@task(name=TASK_RECORD, cache_policy=NO_CACHE)
 def record(tracking: Tracking, spec: EvaluationSpec, run_id: str, report: Report, rows: int, skipped: int, batch_id: str,
            model_uri: str, scratch: Path) -> str:
     """Metrics, pictures and the JSON report to MLflow; returns the report's artifact URI."""
+    step_started(TASK_RECORD)
     now = int(time.time() * 1000)
     tracking.log_metrics(run_id, [Metric(k, v, 0, now) for k, v in report.values().items()])
     out = scratch / "evaluation"

@@ -284,12 +284,13 @@ class LogRelay(threading.Thread):
             time.sleep(1.0)
 
 
-@task(name=TASK_RUN_ENTRY_POINT, cache_policy=NO_CACHE, on_running=[step_started])
+@task(name=TASK_RUN_ENTRY_POINT, cache_policy=NO_CACHE)
 def run_nodes(spec: TrainingSpec, training_id: str, run_id: str, tracking: Tracking, namespace: str,
               should_stop: Callable[[], str | None]) -> ScriptRun:
     """The entry point on `spec.nodes` pods (the task whose start makes a training RUNNING): make the
     nodes' Job and Service from this flow run's pod, follow them to their end, and read back from the
     MLflow run what node 0 logged there."""
+    step_started(TASK_RUN_ENTRY_POINT)
     import os
 
     from kubernetes import client

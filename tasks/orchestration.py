@@ -63,13 +63,17 @@ def events_sent(timeout: float) -> bool:
 _MARKED: set[tuple[str, str]] = set()
 
 
-def step_started(task: Any, task_run: Any, state: Any) -> None:
-    """An `on_running` hook of the tasks whose start decides a lifecycle run's status (core.names): the
-    flow run is labelled with the step at once. Prefect's server records task runs from their events, a
-    moment after they happen and longer under load, so a status read right after a run failed could miss
-    that its entry point had run (CREATE FAILED instead of FAIL TRAIN)."""
-    if task_run.flow_run_id is not None:
-        mark_started(task_run.flow_run_id, task.name)
+def step_started(step: str) -> None:
+    """Called first in each task whose start decides a lifecycle run's status (core.names): the flow run
+    is labelled with the step at once. Prefect's server records task runs from their events, a moment
+    after they happen and longer under load, so a status read right after a run failed could miss that
+    its entry point had run (CREATE FAILED instead of FAIL TRAIN). (A task's `on_running` hook would
+    do the same, with two lines of Prefect's in every run's log.)"""
+    from prefect.context import TaskRunContext
+
+    ctx = TaskRunContext.get()
+    if ctx is not None and ctx.task_run.flow_run_id is not None:
+        mark_started(ctx.task_run.flow_run_id, step)
 
 
 def mark_started(flow_run_id: Any, step: str) -> None:

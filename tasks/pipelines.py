@@ -62,11 +62,12 @@ def prepare(pipelines: Pipelines, spec: PipelineRunSpec, run_dir: Path, local: b
     return run_dir
 
 
-@task(name=TASK_RUN_PIPELINE, cache_policy=NO_CACHE, on_running=[step_started])
+@task(name=TASK_RUN_PIPELINE, cache_policy=NO_CACHE)
 def run_local(run_dir: Path, on_line: Callable[[str], None], should_stop: Callable[[], str | None],
               env: dict[str, str]) -> tuple[int, list[str]]:
     """kfp.local in its own process group (a stop ends every step it started); the exit code and the
     last lines it printed."""
+    step_started(TASK_RUN_PIPELINE)
     from core.errors import TrainingFailed
 
     sup = Supervisor([sys.executable, "-m", "tasks.kfp_runner", str(run_dir)], env, PROJECT_ROOT, on_line,
@@ -113,8 +114,9 @@ def outputs(run_dir: Path) -> list[dict[str, Any]]:
     return found
 
 
-@task(name=TASK_FINISH_PIPELINE, cache_policy=NO_CACHE, on_running=[step_started])
+@task(name=TASK_FINISH_PIPELINE, cache_policy=NO_CACHE)
 def finish(run_dir: Path) -> dict[str, Any]:
+    step_started(TASK_FINISH_PIPELINE)
     return {"nodes": node_states(run_dir), "outputs": outputs(run_dir),
             "output_values": result(run_dir).get("outputs", {})}
 

@@ -126,11 +126,12 @@ def _sayer() -> Callable[[str], None]:
         return lambda message: print(message, file=sys.stderr, flush=True)
 
 
-@task(name=TASK_RUN_ENTRY_POINT, cache_policy=NO_CACHE, on_running=[step_started])
+@task(name=TASK_RUN_ENTRY_POINT, cache_policy=NO_CACHE)
 def run_entry_point(spec: TrainingSpec, dirs: Workdirs, python: str, region: str, engine_env: Mapping[str, str],
                     tracking: Tracking, run_id: str, log_path: Path,
                     should_stop: Callable[[], str | None]) -> ScriptRun:
     """The training's script runs (the task whose start makes a training RUNNING)."""
+    step_started(TASK_RUN_ENTRY_POINT)
     logger = get_run_logger()
     logger.info("starting %s", spec.entry_point)
     return launch(spec, dirs, python, region, engine_env, tracking, run_id, log_path, should_stop,

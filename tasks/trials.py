@@ -48,9 +48,10 @@ class TrialSetup:
     engine_env: dict[str, str]
 
 
-@task(name=TASK_TRIAL, cache_policy=NO_CACHE, on_running=[step_started], task_run_name=TASK_TRIAL + "-{trial.number}")
+@task(name=TASK_TRIAL, cache_policy=NO_CACHE, task_run_name=TASK_TRIAL + "-{trial.number}")
 def run_trial(setup: TrialSetup, loop: Loop, tracking: Tracking, trial: optuna.Trial) -> str:
     """One trial to its end; its outcome is recorded in the study. Returns its Katib state."""
+    step_started(TASK_TRIAL)
     spec, number = setup.spec, trial.number
     tspec = setup.base.with_overrides({"name": f"{spec.name[:40]}-t{number}", "hyperparameters": dict(trial.params),
                                        "metrics_format": spec.metrics_format})

@@ -119,6 +119,12 @@ def test_failing_script_is_fail_train_with_cause_and_leaves_nothing(platform, s3
     assert state.is_failed()
     info = get_training(str(state.state_details.flow_run_id))
     assert info.status == "FAIL TRAIN"  # read at once: from the label the entry point's start wrote
+    from prefect.client.orchestration import get_client
+
+    from core.names import STARTED_LABEL, TASK_RUN_ENTRY_POINT
+
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(info.id).labels.get(STARTED_LABEL + TASK_RUN_ENTRY_POINT) is True
     assert "exit code 1" in info.cause and "CUDA out of memory" in info.cause and "step one ok" in info.cause
     run = platform.tracking.find_training_run(info.id)
     assert run.status == "FAILED" and "CUDA out of memory" in run.tags["mlyard.status_reason"]
