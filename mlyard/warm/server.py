@@ -51,9 +51,11 @@ _FINISHED = threading.Event()  # in a child: its exit status is on its way to th
 MAX_REQUEST_BYTES = 4 << 20  # an environment, a working directory and a umask
 # Imported once here, so that no flow run pays for them (the flows' own imports come with them); the
 # SQL stores are what a run's first MLflow and Optuna calls would import (a third of a no-op training).
+# `prefect.task_engine` and `prefect.utilities.visualization` (graphviz) come with a flow's first task.
 PRELOAD = ("prefect", "prefect.engine", "prefect.flow_engine", "prefect.flows", "prefect.deployments.steps",
-           "prefect.runner", "prefect.task_engine", "prefect.utilities.visualization",  # a flow's first task "mlflow", "mlflow.tracking", "mlflow.store.tracking.sqlalchemy_store",
-           "mlflow.store.model_registry.sqlalchemy_store", "sqlalchemy", "optuna", "optuna.storages")
+           "prefect.runner", "prefect.task_engine", "prefect.utilities.visualization", "mlflow", "mlflow.tracking",
+           "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store", "sqlalchemy",
+           "optuna", "optuna.storages")
 
 
 def preload() -> None:
