@@ -31,6 +31,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	# the prepared Prefect database again if a flow or spec changed since the install (at once if not)
+	$(PY) -c 'from mlyard.prefect_setup import prepared_prefect_db; prepared_prefect_db()'
 	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15
 
 bench: $(STAMP)

@@ -170,15 +170,13 @@ def _row(info: dict[str, Any]) -> dict[str, Any]:
 
 
 def _failing(run_id: str) -> bool:
-    from uuid import UUID
-
+    """Whether the run's failure step (listing a failed run's outputs) has started."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName
+
+    from mlyard.runs import _started
 
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(run_id)])),
-                                     task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=TASK_FAIL_PIPELINE)))
-    return any(t.state and t.state.type.value != "PENDING" for t in runs)
+        return bool(_started(client, TASK_FAIL_PIPELINE, [client.read_flow_run(run_id)]))
 
 
 def show_run(run_id: str) -> dict[str, Any]:

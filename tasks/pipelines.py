@@ -123,6 +123,7 @@ def finish(run_dir: Path) -> dict[str, Any]:
 
 @task(name=TASK_FAIL_PIPELINE, cache_policy=NO_CACHE)
 def fail(run_dir: Path) -> dict[str, Any]:
+    step_started(TASK_FAIL_PIPELINE)
     return {"nodes": node_states(run_dir), "outputs": outputs(run_dir), "reason": result(run_dir).get("reason")}
 
 

@@ -63,6 +63,9 @@ def test_upload_graph_run_fail_download_and_rules(stack, tmp_path):
     assert shown["status"] == "FAIL PIPELINE RUN" and shown["nodes"]["explode"]["state"] == "FAILED"
     assert shown["nodes"]["report"]["state"] == "SUCCEEDED", "the exit handler runs after a failure"
     assert shown["spec"]["parameters"] == {"epochs": 1, "rows": 40, "fail": True}
+    from mlyard.pipelines import _failing  # what shows FAIL PIPELINE RUN IN PROGRESS while it lists outputs
+
+    assert _failing(r2["id"]) and not _failing(run["id"])
 
     # rules: a pipeline a schedule uses cannot be deleted; a run can be deleted once it ended
     sched = tmp_path / "s.yaml"
