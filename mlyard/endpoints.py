@@ -69,9 +69,9 @@ def _run(flow_name: str, module_fn: str, spec: Any, submit: bool) -> Any:
 def create(spec: EndpointSpec | dict | str | Path, *, sets: dict[str, Any] | None = None,
            submit: bool = False) -> dict[str, Any]:
     """Deploy an endpoint with its default stage (deploy-endpoint); its view with URLs."""
+    spec = _spec(EndpointSpec, spec, sets)  # a bad spec is refused before Prefect and MLflow are imported
     from tasks.endpoints import check_stage
 
-    spec = _spec(EndpointSpec, spec, sets)
     p = _platform()
     check_stage.fn(_endpoints(p), p.models, spec.stage, "stage", new_endpoint=spec.name)
     return _run(FLOW_DEPLOY_ENDPOINT, "flows.endpoint_deploy:deploy_endpoint", spec, submit)
@@ -80,9 +80,9 @@ def create(spec: EndpointSpec | dict | str | Path, *, sets: dict[str, Any] | Non
 def add_stage(endpoint: str, stage: StageSpec | dict | str | Path, *, sets: dict[str, Any] | None = None,
               submit: bool = False) -> dict[str, Any]:
     """Add a stage (add-endpoint-stage); it answers at its own URL until promoted."""
+    stage_spec = _spec(StageSpec, stage, sets)
     from tasks.endpoints import check_stage
 
-    stage_spec = _spec(StageSpec, stage, sets)
     p = _platform()
     check_stage.fn(_endpoints(p), p.models, stage_spec, "stage", endpoint=endpoint)
     return _run(FLOW_ADD_STAGE, "flows.endpoint_add_stage:add_stage", StageChangeSpec(endpoint=endpoint, stage=stage_spec),
