@@ -15,7 +15,7 @@ install: $(STAMP)
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,torch,llm,rag]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,torch,llm,rag,notebook]'
 	# Debian tools: catdoc reads .doc/.ppt for RAG ingestion; jq runs examples/rag/ask.sh (and its test)
 	for tool in catdoc jq; do command -v $$tool >/dev/null || apt-get install -y -q $$tool >/dev/null 2>&1 \
 	  || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $$tool >/dev/null 2>&1) \

@@ -133,6 +133,11 @@ class RagNotFound(NotFound):
     hint = "See `mlyard rags list`."
 
 
+class NotebookNotFound(NotFound):
+    kind = "notebook"
+    hint = "See `mlyard notebooks list`."
+
+
 class ImageNotFound(NotFound):
     kind = "image"
     hint = "See `mlyard images list`, or give a registry address (docker.io/library/python:3.11)."

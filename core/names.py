@@ -20,6 +20,7 @@ FLOW_DELETE_ENDPOINT = "delete-endpoint"
 FLOW_SYNC_ENDPOINT = "sync-endpoint-code"
 FLOW_PIPELINE_RUN = "pipeline-run"
 FLOW_RAG_SYNC = "rag-sync"
+FLOW_NOTEBOOK = "notebook"  # every action on a notebook (create, stop, start, reboot, delete)
 FLOW_SCHEDULER = "scheduler"  # production only: `mlyard up` runs the same loop as a process
 
 # -- Prefect tasks whose start or failure decides a run's status ------------------------------------------

@@ -252,11 +252,24 @@ def pipelines_show(name: str) -> dict[str, Any]:
     return pipelines.show(name)
 
 
+def notebooks_list() -> list[dict[str, Any]]:
+    from mlyard import notebooks
+
+    return notebooks.list_notebooks()
+
+
+def notebooks_show(name: str) -> dict[str, Any]:
+    from mlyard import notebooks
+
+    return notebooks.show(name)
+
+
 QUERIES: dict[str, Callable[..., Any]] = {f.__name__: f for f in (
     trainings_list, trainings_show, tunings_list, tunings_show, tunings_trials, runs_list, batches_show,
     evaluations_show, experiments_list, templates_list, templates_show, models_list, models_show, model_reference,
     pipeline_runs_list, pipeline_runs_show, pipeline_runs_graph, rags_list, rags_show, rags_history, rags_logs,
-    schedules_list, schedules_show, endpoints_list, endpoints_show, pipelines_list, pipelines_show)}
+    schedules_list, schedules_show, endpoints_list, endpoints_show, pipelines_list, pipelines_show, notebooks_list,
+    notebooks_show)}
 
 
 # -- asking -----------------------------------------------------------------------------------------

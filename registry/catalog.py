@@ -288,6 +288,23 @@ class RagIngestion(Base):
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
+class Notebook(Base):
+    """A notebook: its spec (the instance type changes while it is stopped; storage sizes never), its
+    stored status (ACTIVE is shown HEALTHY or UNHEALTHY from a probe, never stored so) and why the last
+    action failed. Its files live under its storage, its process with the replica supervisor."""
+
+    __tablename__ = "notebooks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(50), unique=True)
+    spec: Mapped[dict] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(32), default="CREATE REQUESTED")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    flow_run_id: Mapped[str | None] = mapped_column(String(36), nullable=True)  # the last action's run
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class Catalog:
     """A catalog database, migrated to the newest revision on open."""
 

@@ -21,6 +21,7 @@ from mlyard.cli import (
     images,
     k8s,
     models,
+    notebooks,
     pipelines,
     predict,
     rags,
@@ -50,7 +51,7 @@ for group, name in ((trainings.app, "trainings"), (tunings.app, "tunings"), (bat
                     (evaluations.app, "evaluations"), (experiments.app, "experiments"), (templates.app, "templates"),
                     (models.app, "models"), (endpoints.app, "endpoints"), (servers.app, "servers"),
                     (schedules.app, "schedules"), (pipelines.app, "pipelines"),
-                    (pipelines.runs_app, "pipeline-runs"), (rags.app, "rags"),
+                    (pipelines.runs_app, "pipeline-runs"), (rags.app, "rags"), (notebooks.app, "notebooks"),
                     (stack.ui_app, "ui"), (k8s.app, "k8s"),
                     (images.app, "images"), (images.accounts_app, "registry-accounts")):
     app.add_typer(group, name=name)

@@ -1,0 +1,83 @@
+"""Every action on a notebook is one run of this flow (`notebook/local`): create, stop, start, reboot,
+delete. The front door records the notebook (and moves it to the action's IN PROGRESS status, which
+refuses an action its status cannot follow) before it queues the run; a run started from the Prefect
+UI makes that move itself.
+
+1. The action's IN PROGRESS status (CREATE IN PROGRESS, STOP IN PROGRESS, ...).
+2. Its work on this machine:
+   - create: the storage and the token, then JupyterLab through its boot, until Jupyter answers;
+   - stop: the process ends (boot storage goes at the next start; data storage stays);
+   - start: JupyterLab through its boot (start-up scripts, kernels), until Jupyter answers;
+   - reboot: stop, then start;
+   - delete: stop, then boot and data storage are deleted (a NAS share never), then the record.
+3. The new status: ACTIVE (shown HEALTHY or UNHEALTHY from Jupyter's answer), STOPPED, or gone; on any
+   failure the action's FAILED status with the reason, and no process left behind.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+from pydantic import BaseModel, Field
+
+from core.errors import Protected
+from core.names import FLOW_NOTEBOOK
+from core.settings import Settings
+from core.specs.notebook import ACTIVE, FAILED, IN_PROGRESS, STOPPED, NotebookAction, NotebookSpec
+from registry.catalog import Catalog
+from registry.notebooks import Notebooks
+from tasks.notebook_steps import delete_storage, start_jupyter, stop_jupyter
+
+
+class NotebookResult(BaseModel):
+    notebook: str
+    action: str
+    status: str = Field(description="ACTIVE, STOPPED or DELETED; the action's FAILED status raises instead.")
+
+
+@flow(name=FLOW_NOTEBOOK, flow_run_name="{spec.action}-{spec.notebook}",
+      description="Create, stop, start, reboot or delete a JupyterLab notebook (mlyard notebooks ...).")
+def notebook(spec: NotebookAction) -> NotebookResult:
+    settings = Settings()
+    notebooks = Notebooks(Catalog(settings.catalog_db_url))
+    home, logger = settings.home_dir, get_run_logger()
+    run_id = str(flow_run.get_id() or "") or None
+
+    # 1. IN PROGRESS.
+    record = notebooks.get(spec.notebook)
+    if record.status != IN_PROGRESS[spec.action]:
+        if spec.action == "create":
+            if record.status != "CREATE REQUESTED":
+                raise Protected(f"notebook {spec.notebook!r} is {record.status}: it was created already")
+        else:
+            notebooks.begin(spec.notebook, spec.action)
+    record = notebooks.set_status(spec.notebook, IN_PROGRESS[spec.action], flow_run_id=run_id)
+    nb = NotebookSpec.model_validate(record.spec)
+
+    # 2. The work; 3. the new status.
+    try:
+        if spec.action in ("stop", "reboot", "delete"):
+            stop_jupyter(home, record.id)
+        if spec.action == "delete":
+            delete_storage(home, record.id)
+            notebooks.remove(spec.notebook)
+            logger.info("notebook %s deleted with its boot and data storage", spec.notebook)
+            return NotebookResult(notebook=spec.notebook, action=spec.action, status="DELETED")
+        if spec.action in ("create", "start", "reboot"):
+            url = start_jupyter(home, record.id, nb, settings.nas_mounts, create=spec.action == "create")
+            logger.info("notebook %s is ACTIVE: %s (with its token: mlyard notebooks open %s)", spec.notebook, url,
+                        spec.notebook)
+            notebooks.set_status(spec.notebook, ACTIVE)
+            return NotebookResult(notebook=spec.notebook, action=spec.action, status=ACTIVE)
+        notebooks.set_status(spec.notebook, STOPPED, "stopped: its data storage is kept; start it again with "
+                             f"`mlyard notebooks start {spec.notebook}`")
+        return NotebookResult(notebook=spec.notebook, action=spec.action, status=STOPPED)
+    except BaseException as exc:
+        if spec.action in ("create", "start", "reboot"):
+            try:
+                stop_jupyter.fn(home, record.id)  # no process of a failed start is left running
+            except Exception as again:
+                logger.warning("could not stop notebook %s after the failure: %s", spec.notebook, again)
+        reason = str(exc) if not isinstance(exc, (KeyboardInterrupt, SystemExit)) else f"stopped ({type(exc).__name__})"
+        notebooks.set_status(spec.notebook, FAILED[spec.action], reason)
+        raise

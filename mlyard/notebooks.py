@@ -1,0 +1,216 @@
+"""Notebooks from Python (and the CLI's `mlyard notebooks`): JupyterLab with its own storage, started,
+stopped, rebooted and deleted by flow runs of `notebook/local`.
+
+    import mlyard.notebooks as notebooks
+
+    notebooks.create({"name": "explore", "instance_type": "cpu-2"}, wait=True)   # ACTIVE (HEALTHY)
+    notebooks.open_url("explore")        # http://127.0.0.1:PORT/lab?token=...: only with the token
+    notebooks.stop("explore", wait=True)     # STOPPED: data storage kept
+    notebooks.set_type("explore", "cpu-4")   # only while stopped, within the core type
+    notebooks.start("explore", wait=True)    # the start-up scripts run again, the kernels come back
+    notebooks.delete("explore", wait=True)   # boot and data storage go; a NAS share never
+
+Everything that can be checked is checked before a notebook is recorded or an action queued: its spec,
+its NAS share, whether its status allows the action.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from core.connection import connect
+from core.errors import NotebookNotFound, RunFailed, SpecError
+from core.names import FLOW_NOTEBOOK
+from core.settings import Settings
+from core.specs.notebook import (
+    ACTIVE,
+    CREATE_REQUESTED,
+    FAILED,
+    HEALTHY,
+    IN_PROGRESS,
+    INSTANCE_TYPES,
+    LOCAL_IMAGE,
+    UNHEALTHY,
+    NotebookSpec,
+)
+from mlyard.api import load as _spec
+from tasks import notebooks as local
+
+BUSY = (CREATE_REQUESTED, *IN_PROGRESS.values())
+
+
+def _store(settings: Settings):
+    from registry.catalog import Catalog
+    from registry.notebooks import Notebooks
+
+    return Notebooks(Catalog(settings.catalog_db_url))
+
+
+def _submit(name: str, action: str) -> str:
+    from mlyard.submit import submit
+
+    return submit(f"{FLOW_NOTEBOOK}/local", {"spec": {"notebook": name, "action": action}},
+                  tags=[f"mlyard.notebook:{name}"])["id"]
+
+
+def _status(settings: Settings, record: Any) -> str:
+    """The stored status, with ACTIVE shown as Jupyter's answer now: HEALTHY or UNHEALTHY."""
+    if record.status != ACTIVE:
+        return record.status
+    return HEALTHY if local.healthy(settings.home_dir, record.id) else UNHEALTHY
+
+
+def _view(settings: Settings, record: Any) -> dict[str, Any]:
+    spec, kind = record.spec, INSTANCE_TYPES[record.spec["instance_type"]]
+    status = _status(settings, record)
+    return {"name": record.name, "status": status, "reason": record.reason,
+            "description": spec.get("description", ""), "image": spec.get("image", LOCAL_IMAGE),
+            "instance_type": kind.name, "core_type": kind.core_type, "cpus": kind.cpus, "memory_gb": kind.memory_gb,
+            "gpus": kind.gpus, "boot_storage_gb": spec["boot_storage_gb"], "data_storage_gb": spec["data_storage_gb"],
+            "data_used_mb": round(local.usage_bytes(settings.home_dir, record.id) / 2**20, 1),
+            "nas": spec.get("nas"),
+            "url": local.url(settings.home_dir, record.id, with_token=False) if status == HEALTHY else None,
+            "flow_run_id": record.flow_run_id, "created_at": record.created_at.isoformat(),
+            "updated_at": record.updated_at.isoformat()}
+
+
+def _wait(settings: Settings, name: str, run_id: str, timeout_seconds: float) -> dict[str, Any] | None:
+    """Until the action's run ends (the notebook leaves its IN PROGRESS status, or is gone); a run that
+    ended without saying so (killed, or never started) sets the action's FAILED status. The view, or
+    None once deleted."""
+    from mlyard.rags import _run_state
+
+    store = _store(settings)
+    deadline, checked = time.monotonic() + timeout_seconds, time.monotonic()
+    while True:
+        try:
+            record = store.get(name)
+        except NotebookNotFound:
+            return None
+        if record.status not in BUSY:
+            view = _view(settings, record)
+            if view["status"] in FAILED.values():
+                raise RunFailed(view["status"], run_id, view["reason"])
+            return view
+        if time.monotonic() - checked > 5:  # has the run ended without saying so?
+            checked = time.monotonic()
+            ended, message = _run_state(run_id)
+            if ended in ("CRASHED", "FAILED", "CANCELLED") and store.get(name).status in BUSY:
+                action = next((a for a, s in IN_PROGRESS.items() if s == record.status), "create")
+                store.set_status(name, FAILED[action], f"its run {run_id} ended {ended}" + (f": {message}" if message else ""))
+                continue
+        if time.monotonic() > deadline:
+            raise RunFailed(record.status, run_id, f"still {record.status} after {timeout_seconds:.0f} s")
+        time.sleep(0.3)
+
+
+def create(spec: NotebookSpec | dict | str | Path, *, sets: dict[str, Any] | None = None, wait: bool = False,
+           timeout_seconds: float = 600) -> dict[str, Any]:
+    """Record a notebook (CREATE REQUESTED) and queue its creation; with `wait`, until it is ACTIVE."""
+    nb = _spec(NotebookSpec, spec, sets)
+    settings = connect()
+    if nb.image != LOCAL_IMAGE:
+        raise SpecError("image", nb.image, f"'{LOCAL_IMAGE}' on this machine (a notebook image of mlyard images runs "
+                                           "on a Kubernetes cluster: mlyard k8s)")
+    if INSTANCE_TYPES[nb.instance_type].gpus:
+        raise SpecError("instance_type", nb.instance_type, "a CPU type on this machine (it has no GPU): "
+                        + ", ".join(t for t, v in INSTANCE_TYPES.items() if not v.gpus))
+    local.nas_path(nb, settings.nas_mounts)
+    store = _store(settings)
+    store.create(nb.name, nb.model_dump(mode="json"))
+    try:
+        run_id = _submit(nb.name, "create")
+    except Exception:
+        store.remove(nb.name)  # nothing half-made: no run, no record
+        raise
+    store.set_run(nb.name, run_id)
+    if wait:
+        return _wait(settings, nb.name, run_id, timeout_seconds) or {}
+    return {**_view(settings, store.get(nb.name)), "flow_run_id": run_id}
+
+
+def _act(name: str, action: str, wait: bool, timeout_seconds: float) -> dict[str, Any] | None:
+    settings = connect()
+    store = _store(settings)
+    before = store.get(name).status
+    store.begin(name, action)  # refused here when the status does not allow it
+    try:
+        run_id = _submit(name, action)
+    except Exception:
+        store.set_status(name, before, "")
+        raise
+    store.set_run(name, run_id)
+    if wait:
+        return _wait(settings, name, run_id, timeout_seconds)
+    return {**_view(settings, store.get(name)), "flow_run_id": run_id}
+
+
+def stop(name: str, *, wait: bool = False, timeout_seconds: float = 120) -> dict[str, Any]:
+    """Stop the notebook's JupyterLab (STOPPED); its data storage stays."""
+    return _act(name, "stop", wait, timeout_seconds) or {}
+
+
+def start(name: str, *, wait: bool = False, timeout_seconds: float = 600) -> dict[str, Any]:
+    """Start a stopped notebook: boot storage anew, the start-up scripts, the kernels, JupyterLab."""
+    return _act(name, "start", wait, timeout_seconds) or {}
+
+
+def reboot(name: str, *, wait: bool = False, timeout_seconds: float = 600) -> dict[str, Any]:
+    """Stop and start an ACTIVE notebook (when Jupyter is unhealthy or does not answer)."""
+    return _act(name, "reboot", wait, timeout_seconds) or {}
+
+
+def delete(name: str, *, wait: bool = False, timeout_seconds: float = 120) -> dict[str, Any]:
+    """Delete the notebook with its boot and data storage (a NAS share stays)."""
+    view = _act(name, "delete", wait, timeout_seconds)
+    return view if view is not None else {"name": name, "deleted": True}
+
+
+def rename(name: str, new_name: str) -> dict[str, Any]:
+    from core.specs.common import NAME_PATTERN
+
+    if not re.match(NAME_PATTERN, new_name):
+        raise SpecError("name", new_name, "lowercase letters, digits and '-', at most 50")
+    settings = connect()
+    return _view(settings, _store(settings).rename(name, new_name))
+
+
+def set_type(name: str, instance_type: str) -> dict[str, Any]:
+    """Change the instance type of a STOPPED notebook (same core type); it applies at its next start."""
+    settings = connect()
+    return _view(settings, _store(settings).set_instance_type(name, instance_type))
+
+
+def list_notebooks() -> list[dict[str, Any]]:
+    settings = connect()
+    return [_view(settings, r) for r in _store(settings).all()]
+
+
+def show(name: str) -> dict[str, Any]:
+    settings = connect()
+    record = _store(settings).get(name)
+    view = _view(settings, record)
+    data = local.folder(settings.home_dir, record.id) / "data"
+    init_log = data / "cont-init.output"
+    view.update({"data_dir": str(data), "log": str(local.log_path(settings.home_dir, record.id)),
+                 "start_up_log": init_log.read_text(errors="replace") if init_log.exists() else None})
+    return view
+
+
+def open_url(name: str) -> str:
+    """The notebook's JupyterLab URL with its token (only its owner can read the token)."""
+    settings = connect()
+    record = _store(settings).get(name)
+    if _status(settings, record) != HEALTHY:
+        raise SpecError("notebook", name, f"an ACTIVE (HEALTHY) notebook (it is {_status(settings, record)}; "
+                                          f"start it with `mlyard notebooks start {name}`)")
+    return local.url(settings.home_dir, record.id) or ""
+
+
+def types() -> list[dict[str, Any]]:
+    return [{"name": t.name, "core_type": t.core_type, "cpus": t.cpus, "memory_gb": t.memory_gb, "gpus": t.gpus}
+            for t in INSTANCE_TYPES.values()]
+
