@@ -4,7 +4,9 @@ refuses an action its status cannot follow) before it queues the run; a run star
 UI makes that move itself.
 
 1. The action's IN PROGRESS status (CREATE IN PROGRESS, STOP IN PROGRESS, ...).
-2. Its work on this machine:
+2. Its work: a notebook of a registered image is a StatefulSet on the Kubernetes cluster
+   (tasks/notebook_cluster.py: applied at 1 replica, at 0 to stop; its pod deleted to reboot; every
+   object and the data storage's claim deleted). One of `python` runs on this machine:
    - create: the storage and the token, then JupyterLab through its boot, until Jupyter answers;
    - stop: the process ends (boot storage goes at the next start; data storage stays);
    - start: JupyterLab through its boot (start-up scripts, kernels), until Jupyter answers;
@@ -26,7 +28,15 @@ from core.settings import Settings
 from core.specs.notebook import ACTIVE, FAILED, IN_PROGRESS, STOPPED, NotebookAction, NotebookSpec
 from registry.catalog import Catalog
 from registry.notebooks import Notebooks
-from tasks.notebook_steps import delete_storage, start_jupyter, stop_jupyter
+from tasks.notebook_steps import (
+    apply_on_cluster,
+    delete_on_cluster,
+    delete_storage,
+    on_cluster,
+    reboot_on_cluster,
+    start_jupyter,
+    stop_jupyter,
+)
 
 
 class NotebookResult(BaseModel):
@@ -56,6 +66,18 @@ def notebook(spec: NotebookAction) -> NotebookResult:
 
     # 2. The work; 3. the new status.
     try:
+        if on_cluster(nb):  # a registered image: a StatefulSet on the cluster
+            if spec.action == "delete":
+                delete_on_cluster(settings, record.name, record.id, nb)
+                notebooks.remove(spec.notebook)
+                return NotebookResult(notebook=spec.notebook, action=spec.action, status="DELETED")
+            if spec.action == "reboot":
+                reboot_on_cluster(settings, record.name, record.id, nb)
+            else:
+                apply_on_cluster(settings, record.name, record.id, nb, 0 if spec.action == "stop" else 1)
+            status = STOPPED if spec.action == "stop" else ACTIVE
+            notebooks.set_status(spec.notebook, status)
+            return NotebookResult(notebook=spec.notebook, action=spec.action, status=status)
         if spec.action in ("stop", "reboot", "delete"):
             stop_jupyter(home, record.id)
         if spec.action == "delete":
@@ -73,7 +95,7 @@ def notebook(spec: NotebookAction) -> NotebookResult:
                              f"`mlyard notebooks start {spec.notebook}`")
         return NotebookResult(notebook=spec.notebook, action=spec.action, status=STOPPED)
     except BaseException as exc:
-        if spec.action in ("create", "start", "reboot"):
+        if spec.action in ("create", "start", "reboot") and not on_cluster(nb):
             try:
                 stop_jupyter.fn(home, record.id)  # no process of a failed start is left running
             except Exception as again:

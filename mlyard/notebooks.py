@@ -57,10 +57,27 @@ def _submit(name: str, action: str) -> str:
 
 
 def _status(settings: Settings, record: Any) -> str:
-    """The stored status, with ACTIVE shown as Jupyter's answer now: HEALTHY or UNHEALTHY."""
+    """The stored status, with ACTIVE shown as Jupyter's answer now: HEALTHY or UNHEALTHY (on a cluster:
+    the readiness of its pod, whose probe asks Jupyter)."""
     if record.status != ACTIVE:
         return record.status
+    if record.spec.get("image", LOCAL_IMAGE) != LOCAL_IMAGE:
+        return HEALTHY if _ready_on_cluster(settings, record) else UNHEALTHY
     return HEALTHY if local.healthy(settings.home_dir, record.id) else UNHEALTHY
+
+
+def _ready_on_cluster(settings: Settings, record: Any) -> bool:
+    try:
+        import kubernetes.client
+
+        from tasks.kubernetes import cluster_client
+        from tasks.notebook_cluster import object_name
+
+        sts = kubernetes.client.AppsV1Api(cluster_client("image", record.spec["image"])).read_namespaced_stateful_set(
+            object_name(record.id), settings.kube_namespace)
+        return bool(sts.status and sts.status.ready_replicas)
+    except Exception:  # noqa: BLE001 - the cluster does not answer, or the object is gone: not healthy
+        return False
 
 
 def _view(settings: Settings, record: Any) -> dict[str, Any]:
@@ -72,9 +89,19 @@ def _view(settings: Settings, record: Any) -> dict[str, Any]:
             "gpus": kind.gpus, "boot_storage_gb": spec["boot_storage_gb"], "data_storage_gb": spec["data_storage_gb"],
             "data_used_mb": round(local.usage_bytes(settings.home_dir, record.id) / 2**20, 1),
             "nas": spec.get("nas"),
-            "url": local.url(settings.home_dir, record.id, with_token=False) if status == HEALTHY else None,
+            "url": _url(settings, record) if status == HEALTHY else None,
             "flow_run_id": record.flow_run_id, "created_at": record.created_at.isoformat(),
             "updated_at": record.updated_at.isoformat()}
+
+
+def _url(settings: Settings, record: Any, with_token: bool = False) -> str | None:
+    if record.spec.get("image", LOCAL_IMAGE) == LOCAL_IMAGE:
+        return local.url(settings.home_dir, record.id, with_token=with_token)
+    from tasks.notebook_cluster import object_name
+
+    token = (local.folder(settings.home_dir, record.id) / "token").read_text().strip() if with_token else ""
+    return f"http://{object_name(record.id)}.{settings.kube_namespace}.svc/lab" + (
+        f"?token={token}" if token else "")
 
 
 def _wait(settings: Settings, name: str, run_id: str, timeout_seconds: float) -> dict[str, Any] | None:
@@ -112,13 +139,21 @@ def create(spec: NotebookSpec | dict | str | Path, *, sets: dict[str, Any] | Non
     """Record a notebook (CREATE REQUESTED) and queue its creation; with `wait`, until it is ACTIVE."""
     nb = _spec(NotebookSpec, spec, sets)
     settings = connect()
-    if nb.image != LOCAL_IMAGE:
-        raise SpecError("image", nb.image, f"'{LOCAL_IMAGE}' on this machine (a notebook image of mlyard images runs "
-                                           "on a Kubernetes cluster: mlyard k8s)")
-    if INSTANCE_TYPES[nb.instance_type].gpus:
-        raise SpecError("instance_type", nb.instance_type, "a CPU type on this machine (it has no GPU): "
-                        + ", ".join(t for t, v in INSTANCE_TYPES.items() if not v.gpus))
-    local.nas_path(nb, settings.nas_mounts)
+    if nb.image != LOCAL_IMAGE:  # a StatefulSet on the cluster: the image registered, a cluster configured
+        from tasks.kubernetes import cluster_client
+        from tasks.registry_secrets import images
+
+        store_images = images(settings)
+        if store_images.get_image(nb.image).kind != "notebook":  # ImageNotFound names `mlyard images list`
+            raise SpecError("image", nb.image, "a notebook image (mlyard images list: kind notebook), or "
+                                               f"'{LOCAL_IMAGE}' for this machine's Python")
+        cluster_client("image", nb.image)
+    else:
+        if INSTANCE_TYPES[nb.instance_type].gpus:
+            raise SpecError("instance_type", nb.instance_type, "a CPU type on this machine (it has no GPU): "
+                            + ", ".join(t for t, v in INSTANCE_TYPES.items() if not v.gpus)
+                            + "; a GPU type runs a registered notebook image on a cluster")
+        local.nas_path(nb, settings.nas_mounts)
     store = _store(settings)
     store.create(nb.name, nb.model_dump(mode="json"))
     try:
@@ -207,7 +242,7 @@ def open_url(name: str) -> str:
     if _status(settings, record) != HEALTHY:
         raise SpecError("notebook", name, f"an ACTIVE (HEALTHY) notebook (it is {_status(settings, record)}; "
                                           f"start it with `mlyard notebooks start {name}`)")
-    return local.url(settings.home_dir, record.id) or ""
+    return _url(settings, record, with_token=True) or ""
 
 
 def types() -> list[dict[str, Any]]:

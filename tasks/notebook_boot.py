@@ -2,6 +2,7 @@
 start, reboot, and a restart after a crash), before it becomes JupyterLab.
 
     python -m tasks.notebook_boot --folder NOTEBOOK_DIR --port N [--nas NAME=PATH] [--cpus C]
+                                  [--ip 0.0.0.0 --token-file PATH]    (in a pod: tasks/notebook_cluster.py)
 
 1. Boot storage is reset: `boot/` is made anew (Jupyter's settings, runtime files, the kernels'
    registry and the notebook's home). Data storage (`data/`) is kept: it is the home's `easymaker`
@@ -12,7 +13,7 @@ start, reboot, and a restart after a crash), before it becomes JupyterLab.
    log, including the files skipped and why. A script that fails is logged; the notebook still starts.
 3. The environments under `data/custom-conda-envs` (a venv or a conda env, anything with
    `bin/python`) that can run ipykernel become Jupyter kernels; one that cannot is logged with what to do.
-4. JupyterLab on 127.0.0.1:N with the notebook's token (from its private token file, through the
+4. JupyterLab on 127.0.0.1:N (in a pod: all addresses, behind its Service) with the notebook's token (from its private token file, through the
    environment, never the command line), no browser, no update checks or news from the internet.
 """
 
@@ -121,6 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tasks.notebook_boot", description=__doc__.splitlines()[0])
     parser.add_argument("--folder", required=True, type=Path)
     parser.add_argument("--port", required=True, type=int)
+    parser.add_argument("--ip", default="127.0.0.1", help="where Jupyter listens (0.0.0.0 in a pod, behind its Service)")
+    parser.add_argument("--token-file", type=Path, help="the token (default: FOLDER/token)")
     parser.add_argument("--nas", action="append", default=[], help="NAME=PATH: a NAS share in the home")
     parser.add_argument("--cpus", type=int, default=0, help="the instance type's cores (threads of the kernels)")
     args = parser.parse_args(argv)
@@ -132,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     jupyter = folder / "boot" / "jupyter"
     env = {**os.environ, "HOME": str(home), "JUPYTER_CONFIG_DIR": str(jupyter / "config"),
            "JUPYTER_DATA_DIR": str(jupyter / "data"), "JUPYTER_RUNTIME_DIR": str(jupyter / "runtime"),
-           "MLYARD_NOTEBOOK_DATA": str(folder / "data"), "JUPYTER_TOKEN": (folder / "token").read_text().strip()}
+           "MLYARD_NOTEBOOK_DATA": str(folder / "data"), "JUPYTER_TOKEN": (args.token_file or folder / "token").read_text().strip()}
     for key in ("MLYARD_REPLICA_TOKEN", "PREFECT_API_KEY", "PREFECT_API_AUTH_STRING"):
         env.pop(key, None)  # the platform's credentials are not the notebook user's
     if args.cpus:
@@ -144,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"boot ready in {time.monotonic() - t0:.1f} s: {len(ran)} start-up script(s), {len(kernels)} extra "
           "kernel(s); starting JupyterLab", flush=True)
     os.chdir(home)
-    os.execve(sys.executable, [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1",  # 4
+    os.execve(sys.executable, [sys.executable, "-m", "jupyterlab", "--no-browser", f"--ip={args.ip}",  # 4
                                f"--port={args.port}", "--port-retries=0", f"--ServerApp.root_dir={home}",
                                "--ServerApp.allow_remote_access=False", "--LabApp.news_url=",
                                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",

@@ -4,6 +4,7 @@ replica supervisor, and its storage deleted. The files and processes themselves:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -46,3 +47,46 @@ def stop_jupyter(home: Path, notebook_id: int) -> None:
 @task(name="delete-storage", cache_policy=NO_CACHE)
 def delete_storage(home: Path, notebook_id: int) -> None:
     local.remove(home, notebook_id)
+
+
+def on_cluster(spec: NotebookSpec) -> bool:
+    """A notebook of a registered image runs on the Kubernetes cluster; `python` on this machine."""
+    from core.specs.notebook import LOCAL_IMAGE
+
+    return spec.image != LOCAL_IMAGE
+
+
+@task(name="apply-notebook", cache_policy=NO_CACHE)
+def apply_on_cluster(settings: Any, name: str, notebook_id: int, spec: NotebookSpec, replicas: int) -> str:
+    """Render, validate and apply the notebook's objects (its StatefulSet at `replicas`: 1 running, 0
+    stopped); its Service's address."""
+    from tasks import notebook_cluster as nbk
+    from tasks.kubernetes import cluster_client
+    from tasks.registry_secrets import ensure_pull_secret, images
+
+    resolved = images(settings).resolve(spec.image)
+    ensure_pull_secret(resolved, settings)
+    token = (local.prepare(settings.home_dir, notebook_id) / "token").read_text().strip()
+    manifests = nbk.render(name, notebook_id, spec, resolved.address, token, namespace=settings.kube_namespace,
+                           replicas=replicas, pull_secrets=(resolved.pull_secret,) if resolved.pull_secret else ())
+    done = nbk.apply(cluster_client("image", spec.image), manifests, settings.kube_namespace)
+    get_run_logger().info("notebook %s on the cluster: %s", name, done)
+    return f"http://{nbk.object_name(notebook_id)}.{settings.kube_namespace}.svc/lab"
+
+
+@task(name="reboot-notebook-pod", cache_policy=NO_CACHE)
+def reboot_on_cluster(settings: Any, name: str, notebook_id: int, spec: NotebookSpec) -> None:
+    from tasks import notebook_cluster as nbk
+    from tasks.kubernetes import cluster_client
+
+    nbk.reboot(cluster_client("image", spec.image), name, notebook_id, settings.kube_namespace)
+
+
+@task(name="delete-notebook-objects", cache_policy=NO_CACHE)
+def delete_on_cluster(settings: Any, name: str, notebook_id: int, spec: NotebookSpec) -> list[str]:
+    from tasks import notebook_cluster as nbk
+    from tasks.kubernetes import cluster_client
+
+    gone = nbk.delete(cluster_client("image", spec.image), name, notebook_id, settings.kube_namespace)
+    local.remove(settings.home_dir, notebook_id)  # its token
+    return gone
