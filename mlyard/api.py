@@ -190,6 +190,36 @@ def check_cluster(spec: Any) -> None:
     cluster.check_gpus(field, resources.gpu_count, resources.gpu_type, capacity)
 
 
+CONSOLE_TRACEBACKS = {"on": True}  # the CLI turns them off (its --debug back on): its error line says why
+
+
+def _console_without_tracebacks() -> None:
+    """Prefect's console log prints a failed task's and flow's traceback of mlyard's and Prefect's own
+    frames (two, about 90 lines) before the command's one-line error: keep the lines, drop the
+    tracebacks, on the console only (the run's log in the Prefect UI keeps them)."""
+    import logging
+
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    class NoTraceback(logging.Formatter):
+        def __init__(self, inner: logging.Formatter | None) -> None:
+            super().__init__()
+            self.inner = inner or logging.Formatter()
+
+        def format(self, record: logging.LogRecord) -> str:
+            saved = record.exc_info, record.exc_text, record.stack_info
+            record.exc_info = record.exc_text = record.stack_info = None  # this handler's view only
+            try:
+                return self.inner.format(record)
+            finally:
+                record.exc_info, record.exc_text, record.stack_info = saved
+
+    for logger in [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict))]:
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, PrefectConsoleHandler) and not isinstance(handler.formatter, NoTraceback):
+                handler.setFormatter(NoTraceback(handler.formatter))
+
+
 def run_here(flow: str, spec: Any, fail: str) -> Any:
     """Run the flow `module:function` on `spec` in this process and return its result. Bad input the
     flow itself found raises the same one-line error as a check before the run would; a run that
@@ -198,6 +228,8 @@ def run_here(flow: str, spec: Any, fail: str) -> Any:
 
     module, name = flow.split(":")
     function = getattr(importlib.import_module(module), name)
+    if not CONSOLE_TRACEBACKS["on"]:
+        _console_without_tracebacks()
     prompt_flow_ends()  # the run ends when its work does, not up to 1 s later
     state = function(spec, return_state=True)
     if state.is_completed():

@@ -34,6 +34,7 @@ def report(tracking, evaluation_id: str) -> dict[str, Any] | None:
 
 def show(tracking, evaluation_id: str) -> dict[str, Any]:
     info = runs.get_run(EVALUATION, evaluation_id).as_dict()
+    evaluation_id = info["id"]  # the whole id, when a prefix of it was given
     run = mlflow_run(tracking, evaluation_id)
     if run is not None:
         info["mlflow_run_id"] = run.run_id
@@ -61,6 +62,7 @@ def compare(tracking, ids: list[str], out_dir: Path) -> tuple[list[dict[str, Any
         raise SpecError("ids", ids, "at least two evaluation ids to compare")
     reports: dict[str, dict[str, Any]] = {}
     experiment = None
+    ids = [runs.get_run(EVALUATION, i).id for i in ids]  # whole ids, when prefixes were given
     for evaluation_id in ids:
         info = runs.get_run(EVALUATION, evaluation_id)
         doc = report(tracking, evaluation_id)
@@ -91,6 +93,7 @@ def delete(tracking, evaluation_id: str) -> None:
     """Delete an evaluation: its flow run and its batch inference's, and their MLflow runs. Refused while
     it runs. The predictions under output_uri are the user's data and stay."""
     info = runs.get_run(EVALUATION, evaluation_id)
+    evaluation_id = info.id
     if info.status in ACTIVE_STATUSES:
         raise StillRunning("evaluation", info.name, info.status, f"mlyard evaluations stop {evaluation_id}")
     batch_ids = runs.children(evaluation_id, runs.BATCH.flow)

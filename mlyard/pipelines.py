@@ -187,6 +187,7 @@ def show_run(run_id: str) -> dict[str, Any]:
 
     settings = connect()
     info = get_run(PIPELINE_RUN, run_id).as_dict()
+    run_id = info["id"]  # the whole id, when a prefix of it was given
     view = _row(info)
     if view["status"] == "COMPLETE IN PROGRESS" and _failing(run_id):
         view["status"] = "FAIL PIPELINE RUN IN PROGRESS"
@@ -243,15 +244,14 @@ def download(run_id: str, dest: str | Path, *, task: str | None = None) -> dict[
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(o["path"], target)
         copied.append(str(target))
-    return {"pipeline_run_id": run_id, "copied": copied}
+    return {"pipeline_run_id": view["id"], "copied": copied}
 
 
 def stop(run_id: str) -> dict[str, Any]:
     from mlyard.runs import stop_run
 
     connect()
-    stop_run(PIPELINE_RUN, run_id)
-    return show_run(run_id)
+    return show_run(stop_run(PIPELINE_RUN, run_id).id)
 
 
 def copy(run_id: str, *, sets: dict[str, Any] | None = None, wait: bool = False) -> dict[str, Any]:
@@ -267,6 +267,7 @@ def delete_run(run_id: str) -> dict[str, Any]:
     from mlyard.runs import ACTIVE_STATUSES, delete_flow_runs
 
     view = show_run(run_id)
+    run_id = view["id"]
     if view["status"] in ACTIVE_STATUSES or view["status"].endswith("IN PROGRESS"):
         raise StillRunning("pipeline run", run_id, view["status"], f"mlyard pipeline-runs stop {run_id}")
     delete_flow_runs([run_id])

@@ -59,6 +59,7 @@ def trainings_show(training_id: str) -> dict[str, Any]:
 
     p = platform()
     info = get_training(training_id).as_dict()
+    training_id = info["id"]  # the whole id, when a prefix of it was given
     run = p.tracking.find_training_run(training_id)
     if run is not None:
         info["mlflow_run_id"] = run.run_id
@@ -81,6 +82,7 @@ def tunings_show(tuning_id: str) -> dict[str, Any]:
 
     settings = _connected()
     info = get_tuning(tuning_id).as_dict()
+    tuning_id = info["id"]
     rows = trials(settings.catalog_db_url, tuning_id)
     counts: dict[str, int] = {}
     for r in rows:
@@ -95,8 +97,7 @@ def tunings_trials(tuning_id: str) -> list[dict[str, Any]]:
     from mlyard.tunings import get_tuning, trials
 
     settings = _connected()
-    get_tuning(tuning_id)
-    return trials(settings.catalog_db_url, tuning_id)
+    return trials(settings.catalog_db_url, get_tuning(tuning_id).id)
 
 
 def runs_list(kind: str, limit: int = 50) -> list[dict[str, Any]]:
@@ -116,6 +117,7 @@ def batches_show(batch_id: str) -> dict[str, Any]:
 
     p = platform()
     info = get_run(BATCH, batch_id).as_dict()
+    batch_id = info["id"]
     run_id = p.tracking.find_run({TAG_BATCH_ID: batch_id})
     run = p.tracking.get_run(run_id) if run_id else None
     if run is not None:

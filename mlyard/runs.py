@@ -9,11 +9,12 @@ it the kind's own failure status (FAIL TRAIN, FAIL BATCH INFERENCE, FAIL MODEL E
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from core.errors import BatchNotFound, EvaluationNotFound, NotFound, TrainingNotFound, TuningNotFound
+from core.errors import BatchNotFound, EvaluationNotFound, NotFound, SpecError, TrainingNotFound, TuningNotFound
 from core.names import (
     FLOW_BATCH,
     FLOW_EVALUATE,
@@ -162,9 +163,13 @@ def list_runs(kind: Kind, limit: int = 100, active_only: bool = False) -> list[R
 
 
 def get_run(kind: Kind, run_id: str) -> RunInfo:
+    """The run of this kind with id `run_id`, or the one whose id starts with it (as the first 8 characters
+    a table shows): an ambiguous prefix is refused with its candidates."""
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
+        if _PREFIX.match(run_id) and not _UUID.match(run_id):
+            run_id = _by_prefix(client, kind, run_id.lower())
         try:
             fr = client.read_flow_run(run_id)
         except Exception as exc:  # not found, or a malformed id (422)
@@ -175,6 +180,32 @@ def get_run(kind: Kind, run_id: str) -> RunInfo:
                      bool(_started(client, kind.closing, [fr])))
 
 
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_PREFIX = re.compile(r"^[0-9a-fA-F]{4,8}(-[0-9a-fA-F-]{0,27})?$")  # at least 4 characters of an id
+
+
+def _by_prefix(client: Any, kind: Kind, prefix: str) -> str:
+    """The one id of this kind's runs that starts with `prefix` (Prefect filters ids by value only, so the
+    flow's runs are read a page of ids at a time)."""
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    found: list[str] = []
+    offset = 0
+    while True:
+        page = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[kind.flow])), limit=200,
+                                     offset=offset)
+        found += [str(r.id) for r in page if str(r.id).startswith(prefix)]
+        if len(page) < 200 or len(found) > 5:
+            break
+        offset += 200
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise kind.not_found(prefix)
+    raise SpecError("id", prefix, f"a prefix of one {kind.noun} only; it starts {len(found)}"
+                                  f"{'+' if len(found) > 5 else ''}: {', '.join(found[:5])}")
+
+
 def stop_run(kind: Kind, run_id: str, reason: str = "stopped by user") -> RunInfo:
     """Stop a run (its processes are ended); it becomes STOPPED."""
     from tasks.orchestration import cancel_flow_run
@@ -182,8 +213,8 @@ def stop_run(kind: Kind, run_id: str, reason: str = "stopped by user") -> RunInf
     info = get_run(kind, run_id)
     if info.status not in ACTIVE_STATUSES:
         return info
-    cancel_flow_run(run_id, reason)
-    return get_run(kind, run_id)
+    cancel_flow_run(info.id, reason)
+    return get_run(kind, info.id)
 
 
 def children(run_id: str, flow: str) -> list[str]:

@@ -262,7 +262,10 @@ def show(name: str, *, runs: int = 10, upcoming: int = PREVIEW_COUNT) -> dict[st
         t.isoformat() for t in fire_times(plan.trigger, after, end, limit=upcoming)]
     if runs:
         slots = store.slots(record.id, ["STARTED", "ENDED", "SKIPPED", "WAITING"], limit=runs, newest_first=True)
-        view["runs"] = _runs(slots, settings)
+        done = _runs(slots, settings)
+        # a run made ahead of its slot (the scheduler's lead) is an upcoming one, not a past one
+        view["runs"] = [r for r in done if datetime.fromisoformat(r["slot"]) <= now]
+        view["queued"] = [r for r in done if datetime.fromisoformat(r["slot"]) > now]
     return view
 
 

@@ -70,8 +70,9 @@ def test_a_python_call_from_a_fresh_interpreter_is_a_training_the_cli_shows_and_
     """, cwd=work))
     training_id = out.split("ID ")[-1].strip()
 
-    shown = json.loads(_ok(mlyard("trainings", "show", training_id, "--json")))
-    assert shown["status"] == "COMPLETE" and shown["name"] == "from-python"
+    shown = json.loads(_ok(mlyard("trainings", "show", training_id[:8], "--json")))  # a table's short id
+    assert shown["id"] == training_id and shown["status"] == "COMPLETE" and shown["name"] == "from-python"
+    _one_line_error(mlyard("trainings", "show", "ffff0000"), "ffff0000", "trainings list")
     assert shown["spec"]["source_uri"] == str(work / "algo"), "a relative path is stored absolute"
     assert shown["spec"]["hyperparameters"] == {"epochs": 1}
     assert shown["links"]["prefect"].endswith(f"/runs/flow-run/{training_id}") and shown["mlflow_run_id"]
@@ -265,3 +266,17 @@ def test_a_killed_training_ends_failed_in_mlflow_too(stack, settings):
     assert ended.tags["mlyard.status_reason"].startswith("its Prefect flow run crashed: ")
     shown = json.loads(_ok(mlyard("trainings", "show", sub["id"], "--json")))
     assert shown["status"] == "FAIL TRAIN"
+
+
+def test_a_failing_training_from_the_cli_ends_in_its_line_without_tracebacks(stack):
+    """The run's log lines stream, then `FAIL TRAIN ...` with the script's last lines; the tracebacks of
+    mlyard's and Prefect's frames stay in the run's log in the Prefect UI (`--debug` prints them too)."""
+    work = project("failing-cli")
+    (work / "algo").mkdir()
+    (work / "algo" / "main.py").write_text('print("epoch=1 loss=0.5")\nraise SystemExit("explode")\n')
+    (work / "train.yaml").write_text("name: failing-cli\nexperiment: user-paths\nsource_uri: algo\nentry_point: main.py\n")
+    proc = mlyard("train", "-f", "train.yaml", cwd=work)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "Task run 'run-entry-point" in proc.stderr  # the log itself still streams
+    assert proc.stderr.strip().splitlines()[-1].startswith("FAIL TRAIN: the entry point failed (exit code 1)")
+    assert "explode" in proc.stderr.strip().splitlines()[-1]
