@@ -132,6 +132,15 @@ def internal_headers(settings: Settings) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+def dashboard_key(internal: str) -> str:
+    """The key of the dashboard page (GET /dashboard?key=... on the mlyard API), derived from the internal
+    credential: it opens that read-only page and nothing else, so it can sit in a browser's address bar."""
+    import hashlib
+    import hmac
+
+    return hmac.new(internal.encode(), b"mlyard-dashboard", hashlib.sha256).hexdigest()[:40]
+
+
 def replica_token(internal: str) -> str:
     """The replicas' credential, derived from the internal one: a replica (which runs a model's own code)
     holds only this, which opens no endpoint and no management route."""

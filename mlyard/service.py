@@ -9,6 +9,8 @@ command would make it; everything the command checks is checked before it asks.
     POST /v1/queries/{name}   JSON body: the query's arguments -> its JSON answer
     POST /v1/runs             {"deployment", "parameters", "tags", "job_variables"} -> {"id", "name"}
                               an error: {"error": {"type", "message", "status"}} with that HTTP status
+    GET  /dashboard?key=K     the dashboard page (mlyard/dashboard.py); K is its own read-only key
+                              (`mlyard status` prints the link), since a browser sends no header
     GET  /health              {"status": "ok"} once warm
     GET  /docs                the OpenAPI page
 
@@ -25,6 +27,7 @@ Run by the stack as `python -m mlyard.service --port N` (loopback only).
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import logging
 import os
@@ -43,10 +46,20 @@ class InternalOnly:
     """ASGI middleware: every route but /health needs the internal credential (on the headers alone)."""
 
     def __init__(self, app: Any, token: str | None):
+        from core.connection import dashboard_key
+
         self.app, self._expected = app, f"Bearer {token}".encode() if token else None
+        self._page_key = f"key={dashboard_key(token)}".encode() if token else None
+
+    def _dashboard(self, scope: dict) -> bool:
+        """GET /dashboard with its own key in the query (a browser sends no Authorization header)."""
+        import hmac
+
+        return (scope["path"] == "/dashboard" and scope["method"] == "GET" and self._page_key is not None
+                and any(hmac.compare_digest(part, self._page_key) for part in scope["query_string"].split(b"&")))
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] != "/health":
+        if scope["type"] == "http" and scope["path"] != "/health" and not self._dashboard(scope):
             from serving.access import is_internal
 
             if not is_internal(self._expected, scope["headers"]):
@@ -77,6 +90,20 @@ def create_app(token: str | None = None):
         if fn is None:
             return JSONResponse(error_body(_unknown(name)), status_code=400)
         return _answer(fn, arguments, f"query {name}")
+
+    @app.get("/dashboard")
+    def dashboard(since: str = "24h") -> Response:
+        """The dashboard page (mlyard/dashboard.py): server-rendered, read-only."""
+        from fastapi.responses import HTMLResponse
+
+        from mlyard import dashboard as board
+
+        try:
+            data = board.collect(since)
+        except Exception as exc:  # noqa: BLE001 - a bad period, or an engine away: say which, as a page
+            return HTMLResponse(f"<!doctype html><title>mlyard dashboard</title><p>{html.escape(str(exc))}</p>",
+                                status_code=error_body(exc)["error"]["status"])
+        return HTMLResponse(board.page(data))
 
     @app.post("/v1/runs")
     def runs(run: dict[str, Any] = Body(...)) -> Response:  # noqa: B008

@@ -346,7 +346,8 @@ def status(settings: Settings) -> dict:
     state = read_state(settings)
     out = {"home": str(settings.home_dir), "running": False, "processes": {},
            "prefect_ui": None, "prefect_api": settings.prefect_api_url, "mlflow_tracking_uri": settings.mlflow_uri,
-           "mlflow_ui": None, "mlyard_api": None, "gateway": None, "catalog": settings.catalog_db_url}
+           "mlflow_ui": None, "mlyard_api": None, "dashboard": None, "gateway": None,
+           "catalog": settings.catalog_db_url}
     if state:
         out["processes"] = {n: {"pid": p, "alive": alive(p), "log": state.logs.get(n)} for n, p in state.pids.items()}
         runner = warm.runner_pid(settings.home_dir)
@@ -358,6 +359,10 @@ def status(settings: Settings) -> dict:
                 out["prefect_ui_login"] = f"the UI asks for `prefect_auth_string` of {settings.stack_file}"
         if state.service_url and state.pids.get("mlyard-api") and alive(state.pids["mlyard-api"]):
             out["mlyard_api"] = state.service_url
+            if state.internal_token:  # its own read-only key: the page opens in a browser, nothing else does
+                from core.connection import dashboard_key
+
+                out["dashboard"] = f"{state.service_url}/dashboard?key={dashboard_key(state.internal_token)}"
         if state.gateway_url and state.pids.get("gateway") and alive(state.pids["gateway"]):
             out["gateway"] = state.gateway_url
         if state.mlflow_ui_url and state.pids.get("mlflow-ui") and alive(state.pids["mlflow-ui"]):

@@ -15,6 +15,7 @@ import typer
 
 from mlyard.cli import (
     batches,
+    dashboard,
     endpoints,
     evaluations,
     experiments,
@@ -49,7 +50,7 @@ def root(debug: bool = typer.Option(False, "--debug", help="Show the traceback o
 
 
 for command in (stack.up, stack.down, stack.status, trainings.train, tunings.tune, batches.batch,
-                evaluations.evaluate, serve.serve, predict.predict, stack.demo):
+                evaluations.evaluate, serve.serve, predict.predict, stack.demo, dashboard.dashboard):
     app.command(command.__name__)(command)
 for group, name in ((trainings.app, "trainings"), (tunings.app, "tunings"), (batches.app, "batches"),
                     (evaluations.app, "evaluations"), (experiments.app, "experiments"), (templates.app, "templates"),

@@ -63,6 +63,16 @@ def test_a_notebook_is_created_opened_stopped_started_rebooted_and_deleted(stack
     assert _get(f"{base}/api/contents?token={token}")[0] == 200
     assert stat.S_IMODE(os.stat(data.parent / "token").st_mode) == 0o600
 
+    # The dashboard counts it and shows what it holds: as JSON, and as the page `mlyard status` links.
+    board = _json("dashboard")
+    assert board["usage"]["notebooks_healthy"] >= 1
+    assert {"resource": "notebook nb1", "instance_type": "cpu-2", "cpu": 2.0, "gpu": 0} in board["resources"]["CPU"]
+    page = _json("status")["dashboard"]
+    with urllib.request.urlopen(page, timeout=30) as resp:
+        html = resp.read().decode()
+    assert "Notebooks ACTIVE (HEALTHY)" in html and "notebook nb1" in html and "<svg" in html
+    assert _get(page.split("?")[0])[0] == 401 and _get(page.split("?")[0] + "?key=guess")[0] == 401
+
     # What the user puts in the data storage (and one file outside it, in boot storage).
     home = data.parent / "boot" / "home"
     assert (home / "easymaker").resolve() == data.resolve()

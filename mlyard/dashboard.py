@@ -1,0 +1,237 @@
+"""The dashboard: what the platform is used for, at a glance (`mlyard dashboard`, the page the mlyard API
+serves at /dashboard, and the Prefect artifact `mlyard-dashboard`).
+
+- **Service usage**: notebooks ACTIVE (HEALTHY), trainings and tunings COMPLETE, endpoints ACTIVE.
+- **Monitoring**: the 3 endpoints with the most calls over the period, each stage's successes and
+  failures (the gateway's own counts, as `mlyard endpoints stats`).
+- **Resource usage**: per core type (CPU, GPU), the resources holding the most: running notebooks,
+  endpoint stages' replicas and running trainings, tunings and batch inferences, by what they ask for.
+
+Every figure is read from its engine when asked (Prefect's counts, the catalog, the gateway): nothing is
+copied. The page is server-rendered HTML with SVG bars: no JavaScript.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from core.connection import connect
+from core.settings import Settings
+
+TOP_ENDPOINTS = 3
+TOP_RESOURCES = 5
+
+
+def collect(since: str | float | None = "24h", settings: Settings | None = None) -> dict[str, Any]:
+    """The dashboard's figures over [since, now]."""
+    from mlyard.endpoints import when
+
+    settings = settings or connect()
+    start = when(since, "since", time.time() - 86400) or time.time() - 86400
+    endpoints = _endpoints(settings)
+    running = _running_runs()
+    return {"generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "usage": {"notebooks_healthy": _healthy_notebooks(settings), **_completed(),
+                      "endpoints_active": sum(1 for e in endpoints if e["status"] == "ACTIVE")},
+            "monitoring": _monitoring(settings, start),
+            "resources": _resources(settings, endpoints, running)}
+
+
+def _endpoints(settings: Settings) -> list[dict[str, Any]]:
+    from registry.catalog import Catalog
+    from registry.endpoints import Endpoints
+
+    return Endpoints(Catalog(settings.catalog_db_url)).all()
+
+
+def _healthy_notebooks(settings: Settings) -> int:
+    from mlyard.notebooks import HEALTHY, _status, _store
+
+    return sum(1 for r in _store(settings).all() if _status(settings, r) == HEALTHY)
+
+
+def _completed() -> dict[str, int]:
+    """COMPLETE trainings and tunings: Prefect's count of their flows' COMPLETED runs (one query each)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    from core.names import FLOW_TRAIN, FLOW_TUNE
+
+    done = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.COMPLETED])))
+    with get_client(sync_client=True) as client:
+        return {f"{key}_complete": client.count_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow])),
+                                                          flow_run_filter=done)
+                for key, flow in (("trainings", FLOW_TRAIN), ("tunings", FLOW_TUNE))}
+
+
+def _running_runs() -> list[dict[str, Any]]:
+    """The specs of the trainings, tunings and batch inferences running now."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    from core.names import FLOW_BATCH, FLOW_TRAIN, FLOW_TUNE
+
+    kinds = {FLOW_TRAIN: "training", FLOW_TUNE: "tuning", FLOW_BATCH: "batch inference"}
+    active = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING])))
+    with get_client(sync_client=True) as client:
+        flows = {f.id: f.name for f in client.read_flows(flow_filter=FlowFilter(name=FlowFilterName(any_=list(kinds))))}
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=list(kinds))),
+                                     flow_run_filter=active, limit=200)
+    return [{"kind": kinds.get(flows.get(r.flow_id, ""), "run"), "name": (r.parameters.get("spec") or {}).get("name",
+             r.name), "spec": r.parameters.get("spec") or {}} for r in runs]
+
+
+def _monitoring(settings: Settings, start: float) -> dict[str, Any]:
+    from mlyard.endpoints import _gateway
+
+    result = _gateway(settings, f"/mlyard/stats?since={start}")
+    if result is None:  # no gateway runs: what its replicas recorded
+        from serving.endpoint_stats import EndpointStats
+
+        result = EndpointStats(None, settings.catalog_db_url).query(start)
+    per: dict[str, dict[str, Any]] = {}
+    for row in result["stats"]:
+        if row["endpoint"].startswith("rag:"):
+            continue  # a RAG's route: its own stats (mlyard rags stats)
+        ep = per.setdefault(row["endpoint"], {"endpoint": row["endpoint"], "calls": 0, "failures": 0, "stages": {}})
+        st = ep["stages"].setdefault(row["stage"], {"stage": row["stage"], "successes": 0, "failures": 0})
+        ep["calls"] += row["calls"]
+        ep["failures"] += row["failures"]
+        st["successes"] += row["calls"] - row["failures"]
+        st["failures"] += row["failures"]
+    top = sorted(per.values(), key=lambda e: (-e["calls"], e["endpoint"]))[:TOP_ENDPOINTS]
+    for ep in top:
+        ep["stages"] = sorted(ep["stages"].values(), key=lambda s: s["stage"])
+    return {"since": result["since"], "until": result["until"], "top_endpoints": top}
+
+
+def _resources(settings: Settings, endpoints: list[dict[str, Any]], running: list[dict[str, Any]]) -> dict[str, Any]:
+    from core.specs.notebook import ACTIVE, INSTANCE_TYPES
+    from mlyard.notebooks import _store
+
+    held: list[dict[str, Any]] = []
+    for r in _store(settings).all():
+        if r.status == ACTIVE:
+            t = INSTANCE_TYPES[r.spec["instance_type"]]
+            held.append({"resource": f"notebook {r.name}", "instance_type": t.name, "cpu": float(t.cpus),
+                         "gpu": t.gpus})
+    for ep in endpoints:
+        for st in ep["stages"]:
+            if st["status"] != "ACTIVE":
+                continue
+            for res in st["resources"]:
+                held.append({"resource": f"endpoint {ep['name']}/{st['name']} ({res['model']})",
+                             "instance_type": st["instance_type"], "cpu": float(res["cpu"]) * res["pods"],
+                             "gpu": int(res["gpu"]) * res["pods"]})
+    for run in running:
+        need = run["spec"].get("resources") or {}
+        nodes = int(run["spec"].get("nodes") or 1)
+        held.append({"resource": f"{run['kind']} {run['name']}", "instance_type": run["spec"].get("instance_type", "local"),
+                     "cpu": float(need.get("cpu") or 1) * nodes, "gpu": int(need.get("gpu_count") or 0) * nodes})
+    gpu = sorted((h for h in held if h["gpu"]), key=lambda h: (-h["gpu"], -h["cpu"], h["resource"]))
+    cpu = sorted((h for h in held if not h["gpu"]), key=lambda h: (-h["cpu"], h["resource"]))
+    return {"CPU": cpu[:TOP_RESOURCES], "GPU": gpu[:TOP_RESOURCES],
+            "totals": {"CPU": round(sum(h["cpu"] for h in held if not h["gpu"]), 2),
+                       "GPU": sum(h["gpu"] for h in held)}}
+
+
+# -- the page ------------------------------------------------------------------------------------------
+
+_STYLE = """body{font:14px system-ui,sans-serif;margin:24px;color:#1d2330;background:#f7f8fa}
+h1{font-size:20px}h2{font-size:16px;margin-top:28px}.cards{display:flex;gap:12px;flex-wrap:wrap}
+.card{background:#fff;border:1px solid #dde1e7;border-radius:8px;padding:12px 16px;min-width:160px}
+.card b{display:block;font-size:26px}table{border-collapse:collapse;background:#fff}
+td,th{border:1px solid #dde1e7;padding:4px 10px;text-align:left}.muted{color:#6b7280}"""
+
+
+def _bars(rows: list[tuple[str, float, float]], unit: str, width: int = 420) -> str:
+    """An SVG bar per row: (label, value, second value drawn in red over it: failures), with a <title>."""
+    if not rows:
+        return '<p class="muted">nothing yet</p>'
+    top = max(v for _, v, _ in rows) or 1
+    h = 22
+    parts = [f'<svg role="img" width="{width + 260}" height="{h * len(rows) + 4}" xmlns="http://www.w3.org/2000/svg">']
+    for i, (label, value, bad) in enumerate(rows):
+        y, w = i * h + 2, max(1.0, width * value / top)
+        parts.append(f'<g><title>{html.escape(label)}: {value:g} {unit}{f", {bad:g} failed" if bad else ""}</title>'
+                     f'<text x="0" y="{y + 15}" font-size="12">{html.escape(label[:34])}</text>'
+                     f'<rect x="230" y="{y}" width="{w:.1f}" height="{h - 6}" fill="#3b82f6"/>'
+                     + (f'<rect x="230" y="{y}" width="{max(1.0, width * bad / top):.1f}" height="{h - 6}" fill="#ef4444"/>'
+                        if bad else "")
+                     + f'<text x="{236 + w:.1f}" y="{y + 13}" font-size="11">{value:g}</text></g>')
+    return "".join(parts) + "</svg>"
+
+
+def page(data: dict[str, Any], links: dict[str, str] | None = None) -> str:
+    """The dashboard as one HTML page (nothing to load besides it)."""
+    e = html.escape
+    usage = data["usage"]
+    cards = "".join(f'<div class="card">{e(label)}<b>{usage[key]}</b></div>' for key, label in (
+        ("notebooks_healthy", "Notebooks ACTIVE (HEALTHY)"), ("trainings_complete", "Trainings COMPLETE"),
+        ("tunings_complete", "Tunings COMPLETE"), ("endpoints_active", "Endpoints ACTIVE")))
+    mon = data["monitoring"]
+    top = _bars([(t["endpoint"], t["calls"], t["failures"]) for t in mon["top_endpoints"]], "calls")
+    stages = "".join(f"<tr><td>{e(t['endpoint'])}</td><td>{e(s['stage'])}</td><td>{s['successes']}</td>"
+                     f"<td>{s['failures']}</td></tr>" for t in mon["top_endpoints"] for s in t["stages"])
+    res = data["resources"]
+    cpu = _bars([(h["resource"], h["cpu"], 0) for h in res["CPU"]], "cores")
+    gpu = _bars([(h["resource"], h["gpu"], 0) for h in res["GPU"]], "GPUs")
+    more = "".join(f' · <a href="{e(url)}">{e(name)}</a>' for name, url in (links or {}).items())
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>mlyard dashboard</title>
+<meta name="viewport" content="width=device-width,initial-scale=1"><style>{_STYLE}</style></head><body>
+<h1>mlyard dashboard</h1><p class="muted">as of {e(data['generated_at'])}{more}</p>
+<h2>Service usage</h2><div class="cards">{cards}</div>
+<h2>Monitoring: top {TOP_ENDPOINTS} endpoints by calls</h2>
+<p class="muted">{e(mon['since'])} to {e(mon['until'])}; failures in red</p>{top}
+<table><tr><th>endpoint</th><th>stage</th><th>successes</th><th>failures</th></tr>{stages}</table>
+<h2>Resource usage</h2><p class="muted">what running notebooks, endpoint stages and runs ask for: CPU
+{res['totals']['CPU']:g} cores, GPU {res['totals']['GPU']} in all</p>
+<h3>CPU</h3>{cpu}<h3>GPU</h3>{gpu}
+</body></html>"""
+
+
+def markdown(data: dict[str, Any]) -> str:
+    """The dashboard as the Prefect artifact's markdown."""
+    u, mon, res = data["usage"], data["monitoring"], data["resources"]
+    lines = [f"# mlyard dashboard ({data['generated_at']})", "", "| notebooks ACTIVE (HEALTHY) | trainings COMPLETE | "
+             "tunings COMPLETE | endpoints ACTIVE |", "|---|---|---|---|",
+             f"| {u['notebooks_healthy']} | {u['trainings_complete']} | {u['tunings_complete']} | {u['endpoints_active']} |",
+             "", f"## Top {TOP_ENDPOINTS} endpoints by calls ({mon['since']} to {mon['until']})", "",
+             "| endpoint | stage | successes | failures |", "|---|---|---|---|"]
+    lines += [f"| {t['endpoint']} | {s['stage']} | {s['successes']} | {s['failures']} |"
+              for t in mon["top_endpoints"] for s in t["stages"]] or ["| (no calls) | | | |"]
+    for core in ("CPU", "GPU"):
+        lines += ["", f"## {core}: the resources holding the most", "", "| resource | instance type | cores | GPUs |",
+                  "|---|---|---|---|"]
+        lines += [f"| {h['resource']} | {h['instance_type']} | {h['cpu']:g} | {h['gpu']} |" for h in res[core]] \
+            or ["| (none) | | | |"]
+    return "\n".join(lines) + "\n"
+
+
+def publish(data: dict[str, Any]) -> str:
+    """A new version of the Prefect artifact `mlyard-dashboard` (the Prefect UI's Artifacts page shows the
+    latest, with its history); its id. Made through Prefect's client: it belongs to no flow run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import ArtifactCreate
+
+    with get_client(sync_client=True) as client:
+        made = client.create_artifact(ArtifactCreate(key="mlyard-dashboard", type="markdown", data=markdown(data),
+                                                     description="mlyard's dashboard (mlyard dashboard --publish)"))
+    return str(made.id)
