@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 
 from core.errors import VectorStoreError
-from serving import asgi
+from serving import asgi, citations
 from tasks.rag_service import healthy_replica
 
 log = logging.getLogger("mlyard.rag")
@@ -218,6 +218,13 @@ class RagService:
         answer = await self._llm(request)
         answer["model"] = self.name
         answer["sources"] = sources
+        removed = 0
+        for choice in answer.get("choices") or []:
+            message = choice.get("message") or {}
+            if isinstance(message.get("content"), str):
+                message["content"], n = citations.check(message["content"], sources)
+                removed += n
+        answer["citations_removed"] = removed  # cited numbers (or files) that were not among the sources
         return await asgi.reply(send, 200, orjson.dumps(answer))
 
     # -- the LLM -------------------------------------------------------------------------------------
@@ -300,7 +307,7 @@ class RagService:
                 raise Unavailable(502, f"the LLM at {url} answered {resp.status_code}: {text[:300]}")
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
-            first = True
+            first, checked, last = True, citations.StreamingCheck(sources), None
             try:
                 async for line in resp.aiter_lines():
                     if not line.startswith("data:"):
@@ -313,8 +320,19 @@ class RagService:
                     if first:
                         chunk["sources"] = sources
                         first = False
+                    for choice in chunk.get("choices") or []:
+                        delta = choice.get("delta") or {}
+                        if isinstance(delta.get("content"), str):  # a citation is held until it is judged
+                            delta["content"] = checked.feed(delta["content"])
+                    last = chunk
                     await send({"type": "http.response.body", "more_body": True,
                                 "body": b"data: " + orjson.dumps(chunk) + b"\n\n"})
+                if last is not None:  # what was held back, and how many citations were removed
+                    tail = {**last, "choices": [{"index": 0, "delta": {"content": checked.end()}, "finish_reason": None}],
+                            "citations_removed": checked.removed}
+                    tail.pop("sources", None)
+                    await send({"type": "http.response.body", "more_body": True,
+                                "body": b"data: " + orjson.dumps(tail) + b"\n\n"})
             except httpx.HTTPError as exc:  # the LLM broke off: an error event, then the end
                 err = {"error": {"message": str(self._failed(exc, url)), "type": "api_error", "code": "llm_unavailable"}}
                 await send({"type": "http.response.body", "more_body": True,

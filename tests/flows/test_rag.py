@@ -148,6 +148,7 @@ def test_create_sync_history_search_query_and_delete(stack, settings, tmp_path, 
     assert whole.model == "handbook" and whole.choices[0].finish_reason in ("stop", "length")
     assert (whole.model_extra["sources"][0]["file"], whole.model_extra["sources"][0]["where"]) == \
         ("security.pdf", "page 2")
+    assert whole.model_extra["citations_removed"] >= 0  # citations not among the sources (tests/serving/test_citations.py)
     pieces = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
         model="handbook", messages=[{"role": "user", "content": "Which regions?"}], stream=True) if c.choices]
     assert "".join(pieces)
