@@ -3,18 +3,21 @@ replicas recorded in the catalog, and the page (HTML with SVG bars, every name e
 
 from __future__ import annotations
 
+import socket
 import time
 
 from core.settings import Settings
 
 
 def test_the_top_three_endpoints_by_calls_with_each_stages_successes_and_failures(tmp_path):
-    from conftest import free_port
 
     from mlyard import dashboard
     from registry.catalog import Catalog, EndpointStatMinute
 
-    settings = Settings(home=tmp_path / "home", gateway_port=free_port())  # no gateway answers there
+    with socket.socket() as sock:  # a port nothing listens on: no gateway answers there
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = Settings(home=tmp_path / "home", gateway_port=port)
     catalog = Catalog(settings.catalog_db_url)
     now = int(time.time() // 60)
     rows = [("iris", "default", 50, 2), ("iris", "canary", 10, 5), ("bert", "default", 30, 0), ("small", "default", 5, 0),
