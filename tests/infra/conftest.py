@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -35,11 +37,13 @@ def cluster(stack, settings, tmp_path):
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PREFECT_INTEGRATIONS_KUBERNETES_OBSERVER_NAMESPACES": NS,
            "PREFECT_WORKER_QUERY_SECONDS": "0.5"}
     log = tmp_path / "worker.log"
+    began = datetime.now(timezone.utc)
     with open(log, "w") as out:
         worker = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "worker", "start", "--pool", "gpu",
                                    "--type", "kubernetes", "--name", "kube-test"], env=env, stdout=out,
                                   stderr=subprocess.STDOUT, start_new_session=True)
     try:
+        _wait_for_worker(worker, began, log)  # a worker stuck starting fails the test, never hangs it
         yield api, kubelet
     finally:
         from tasks.processes import stop_group
@@ -49,6 +53,20 @@ def cluster(stack, settings, tmp_path):
         api.close()
         if os.environ.get("MLYARD_KEEP_TEST_HOME"):
             print(log.read_text())
+
+
+def _wait_for_worker(worker: subprocess.Popen, began: datetime, log: Path, timeout: float = 120) -> None:
+    """Until the worker has sent a heartbeat to the pool (it does once its kopf observer is up)."""
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while not any(w.name == "kube-test" and w.last_heartbeat_time and w.last_heartbeat_time > began
+                      for w in client.read_workers_for_work_pool("gpu")):
+            if worker.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the Kubernetes worker did not start within {timeout:.0f} s (exit {worker.poll()}):\n"
+                            + log.read_text()[-3000:])
+            time.sleep(0.5)
 
 
 def _cancel_queued_gpu_runs() -> None:
