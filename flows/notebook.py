@@ -86,7 +86,7 @@ def notebook(spec: NotebookAction) -> NotebookResult:
             logger.info("notebook %s deleted with its boot and data storage", spec.notebook)
             return NotebookResult(notebook=spec.notebook, action=spec.action, status="DELETED")
         if spec.action in ("create", "start", "reboot"):
-            url = start_jupyter(home, record.id, nb, settings.nas_mounts, create=spec.action == "create")
+            url = start_jupyter(home, record.id, nb, settings.nas_mounts)
             logger.info("notebook %s is ACTIVE: %s (with its token: mlyard notebooks open %s)", spec.notebook, url,
                         spec.notebook)
             notebooks.set_status(spec.notebook, ACTIVE)

@@ -19,8 +19,7 @@ STOP_TIMEOUT = 30.0
 
 
 @task(name="start-jupyter", cache_policy=NO_CACHE)
-def start_jupyter(home: Path, notebook_id: int, spec: NotebookSpec, nas_mounts: dict[str, Path],
-                  create: bool = False) -> str:
+def start_jupyter(home: Path, notebook_id: int, spec: NotebookSpec, nas_mounts: dict[str, Path]) -> str:
     """Storage (kept), then JupyterLab through its boot; its URL (without the token) once Jupyter answers."""
     nas = local.nas_path(spec, nas_mounts)
     local.prepare(home, notebook_id)
