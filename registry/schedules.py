@@ -83,6 +83,12 @@ class Schedules:
                 raise ScheduleNotFound(name)
             return _record(row)
 
+    def enabled(self, schedule_id: int) -> bool:
+        """Whether the schedule is enabled now (the scheduler asks before each run it creates: a pass
+        reads the schedules at its start, and a disable may come in while it runs)."""
+        with self.catalog.session() as s:
+            return s.scalar(select(Schedule.status).where(Schedule.id == schedule_id)) == "ENABLED"
+
     def all(self) -> list[ScheduleRecord]:
         with self.catalog.session() as s:
             return [_record(r) for r in s.scalars(select(Schedule).order_by(Schedule.id))]

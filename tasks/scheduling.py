@@ -284,6 +284,8 @@ class Scheduler:
                 report.more = True  # the rest is the next pass's, which follows at once
                 return
             try:
+                if not self.store.enabled(rec.id):  # disabled or deleted since the pass began
+                    continue
                 self._start(rec, slot, plan, now)
                 report.started += 1
             except Exception as exc:  # noqa: BLE001 - one schedule's trouble must not stop the others
