@@ -22,6 +22,9 @@ class Platform:
         self.settings = settings or Settings()
         require_shared_stores(self.settings)
         apply_engine_env(self.settings)
+        from tasks.logrecords import install
+
+        install(self.settings)  # what the flow run logs, also as structured records (`mlyard logs`)
 
     def scratch(self, prefix: str) -> Path:
         """A new private working directory under `<home>/runs` for one run; the caller removes it.

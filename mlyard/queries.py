@@ -272,12 +272,18 @@ def dashboard(since: str = "24h") -> dict[str, Any]:
     return board.collect(since)
 
 
+def logs(**filters: Any) -> list[dict[str, Any]]:
+    from mlyard import logs as records
+
+    return records.query(**filters)
+
+
 QUERIES: dict[str, Callable[..., Any]] = {f.__name__: f for f in (
     trainings_list, trainings_show, tunings_list, tunings_show, tunings_trials, runs_list, batches_show,
     evaluations_show, experiments_list, templates_list, templates_show, models_list, models_show, model_reference,
     pipeline_runs_list, pipeline_runs_show, pipeline_runs_graph, rags_list, rags_show, rags_history, rags_logs,
     schedules_list, schedules_show, endpoints_list, endpoints_show, pipelines_list, pipelines_show, notebooks_list,
-    notebooks_show, dashboard)}
+    notebooks_show, dashboard, logs)}
 
 
 # -- asking -----------------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ Every route but /health needs the platform's internal credential (`Authorization
 stack.json, mode 0600): its answers hold specs and parameters, and its runs act as the stack's user,
 so another user of the machine gets 401 before the body is read.
 
+It keeps the index of the structured log records caught up (mlyard/logs.py), every 2 s.
+
 It also follows Prefect's events: a flow run that CRASHED (its process killed) gets its MLflow runs
 ended FAILED with the reason (mlyard/crashes.py).
 
@@ -160,6 +162,18 @@ def _restart_on_change(files: list[str], fingerprint: str, every_seconds: float 
             os.execv(sys.executable, [sys.executable, "-m", "mlyard.service", *sys.argv[1:]])
 
 
+def _index_logs(every_seconds: float = 2.0) -> None:
+    """Keep the logs' index caught up, so that a query finds little left to index (mlyard/logs.py)."""
+    from mlyard import logs
+
+    while True:
+        try:
+            logs.catch_up()
+        except Exception:  # noqa: BLE001 - the next pass tries again; a query catches up itself
+            log.exception("indexing the log records")
+        time.sleep(every_seconds)
+
+
 def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
@@ -185,6 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     from mlyard.queries import platform
 
     crashes.follow(platform().tracking)  # a crashed flow run's MLflow runs end FAILED, not RUNNING for ever
+    threading.Thread(target=_index_logs, name="mlyard-logs-index", daemon=True).start()
     files = loaded_project_files()
     threading.Thread(target=_restart_on_change, args=(files, code_fingerprint(files)), name="mlyard-code-watch",
                      daemon=True).start()

@@ -1,6 +1,6 @@
 """Inference log records: one JSON object per line, with the fields of the console's log search
 (category, logLevel, body, logType, time) and of its endpoint logs (endpointId, endpointStageId,
-inferenceId, action, modelName). The endpoint and stage ids come from MLYARD_ENDPOINT_ID and
+inferenceId, action, modelName): core/logrecords.py, indexed for `mlyard logs` (tasks/logstore.py). The endpoint and stage ids come from MLYARD_ENDPOINT_ID and
 MLYARD_ENDPOINT_STAGE_ID, which the endpoint flow sets on each replica; without them they are null.
 """
 
@@ -10,13 +10,13 @@ import os
 import sys
 import threading
 import uuid
-from datetime import datetime, timezone
 from typing import IO, Any
 
 import orjson
 
+from core.logrecords import LOG_TYPE, utc_now
+
 CATEGORY = "mlyard.inference"
-LOG_TYPE = "mlyard"
 ACTION = "Endpoint.Model"
 
 
@@ -44,7 +44,7 @@ class InferenceLog:
 
     def record(self, level: str, model: str, body: str, inference_id: str | None = None) -> dict[str, Any]:
         doc = {"category": CATEGORY, "logLevel": level, "body": body, "logType": LOG_TYPE,
-               "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+               "time": utc_now(),
                "endpointId": self.endpoint_id, "endpointStageId": self.stage_id,
                "inferenceId": inference_id or new_id(), "action": self.action, "modelName": model}
         line = orjson.dumps(doc).decode() + "\n"

@@ -76,6 +76,17 @@ def test_a_python_call_from_a_fresh_interpreter_is_a_training_the_cli_shows_and_
     assert shown["spec"]["source_uri"] == str(work / "algo"), "a relative path is stored absolute"
     assert shown["spec"]["hyperparameters"] == {"epochs": 1}
     assert shown["links"]["prefect"].endswith(f"/runs/flow-run/{training_id}") and shown["mlflow_run_id"]
+    # its structured log records: the script's own lines too, found by a start of the id
+    lines = [json.loads(x) for x in _ok(mlyard("logs", "--training", training_id[:8], "--json")).splitlines()]
+    assert {d["category"] for d in lines} == {"mlyard.training"} and {d["trainingId"] for d in lines} == {training_id}
+    assert {"category", "logLevel", "body", "logType", "time", "trainingId"} <= set(lines[0])
+    assert any(d["body"].startswith("epoch=1 loss=") for d in lines), [d["body"] for d in lines]
+    assert lines[-1]["time"] >= lines[0]["time"] and all(d["time"].endswith("Z") for d in lines)
+    assert _ok(mlyard("logs", "--training", training_id, "--level", "ERROR", "--json")) == ""
+    table = _ok(mlyard("logs", "-c", "training", "--since", "1h", "-n", "3"))
+    assert len(table.splitlines()) == 3 and "training" in table
+    _one_line_error(mlyard("logs", "--category", "trainings"), "category", "trainings", "training, tuning")
+    _one_line_error(mlyard("logs", "--since", "yesterday"), "since", "yesterday")
     mv = json.loads(_ok(mlyard("models", "create", "from-python", "--from-training", training_id, "--alias",
                                "champion", "--json")))
     assert mv["lineage"]["training_id"] == training_id and mv["aliases"] == ["champion"]

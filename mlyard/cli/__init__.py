@@ -21,6 +21,7 @@ from mlyard.cli import (
     experiments,
     images,
     k8s,
+    logs,
     models,
     notebooks,
     pipelines,
@@ -50,7 +51,7 @@ def root(debug: bool = typer.Option(False, "--debug", help="Show the traceback o
 
 
 for command in (stack.up, stack.down, stack.status, trainings.train, tunings.tune, batches.batch,
-                evaluations.evaluate, serve.serve, predict.predict, stack.demo, dashboard.dashboard):
+                evaluations.evaluate, serve.serve, predict.predict, stack.demo, dashboard.dashboard, logs.logs):
     app.command(command.__name__)(command)
 for group, name in ((trainings.app, "trainings"), (tunings.app, "tunings"), (batches.app, "batches"),
                     (evaluations.app, "evaluations"), (experiments.app, "experiments"), (templates.app, "templates"),

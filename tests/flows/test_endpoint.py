@@ -193,6 +193,13 @@ def test_deploy_routes_tokens_and_stats(endpoint, settings):
     assert records and {"category", "logLevel", "body", "logType", "time", "endpointId", "endpointStageId",
                         "inferenceId", "action", "modelName"} <= set(records[-1])
     assert records[-1]["endpointId"] == str(endpoint["id"])
+    # the same records through `mlyard logs`, by endpoint name and by one request's id
+    found = [json.loads(x) for x in _ok(mlyard("logs", "-c", "inference", "--endpoint", "fraud", "--since", "10m",
+                                               "--json")).splitlines()]
+    assert {d["endpointId"] for d in found} == {str(endpoint["id"])} and len(found) >= 3
+    one = _ok(mlyard("logs", "--inference", records[-1]["inferenceId"][:10], "--json")).splitlines()
+    assert [json.loads(x)["inferenceId"] for x in one] == [records[-1]["inferenceId"]]
+    _one_line_error(mlyard("logs", "--endpoint", "no-such-endpoint"), "no-such-endpoint")
     # HEAD through the gateway: answered at once (it waited 5 s for a body that a HEAD answer never has)
     t0 = time.monotonic()
     head = urllib.request.Request(f"{gw}/fraud/clf/v2/models/clf", method="HEAD",

@@ -1,0 +1,104 @@
+"""Logs: the structured records of trainings, tunings, batch inferences, evaluations, endpoints and their
+inference requests (core/logrecords.py), found by category, id, level and time.
+
+    from mlyard import logs
+    logs.query(category="inference", endpoint="digits", since="1h")
+    logs.query(training="3f2a", level="WARNING")        # an id or a unique start of one
+
+The stack's mlyard API keeps the index (tasks/logstore.py) caught up every few seconds and answers
+`mlyard logs`; called here, the index is caught up first.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from core import logrecords as lr
+from core.connection import connect
+from core.errors import SpecError
+
+_STORES: dict[str, Any] = {}
+_LOCK = threading.Lock()
+MAX_LIMIT = 10_000
+
+
+def store(home: Any = None) -> Any:
+    """The index of this platform's records, opened once per process."""
+    from tasks.logstore import LogStore
+
+    home = home or connect().home_dir
+    with _LOCK:
+        if str(home) not in _STORES:
+            _STORES[str(home)] = LogStore(home)
+        return _STORES[str(home)]
+
+
+def catch_up() -> int:
+    return int(store().catch_up())
+
+
+def query(*, category: str | None = None, training: str | None = None, tuning: str | None = None,
+          batch: str | None = None, evaluation: str | None = None, endpoint: str | None = None,
+          stage: str | None = None, inference: str | None = None, run: str | None = None,
+          level: str | None = None, since: str | float | None = None, until: str | float | None = None,
+          limit: int = 100, after: int | None = None, fresh: bool = True) -> list[dict[str, Any]]:
+    """The records matching every filter given, oldest first: the latest `limit` of them, or with
+    `after` (a record's `seq`) the first `limit` indexed after it (follow mode). `endpoint` is a name
+    or an id; the other ids may be cut to a unique start. `since`/`until`: 30m, 1h, 7d ago, an
+    ISO-8601 time or epoch seconds."""
+    from mlyard.endpoints import when
+
+    if category is not None and lr.category(category).removeprefix("mlyard.") not in lr.CATEGORIES:
+        raise SpecError("category", category, f"one of {', '.join(lr.CATEGORIES)}")
+    if level is not None and level.upper() not in lr.LEVELS:
+        raise SpecError("level", level, "one of INFO, WARNING, ERROR (that level and above)")
+    if not 1 <= int(limit) <= MAX_LIMIT:
+        raise SpecError("limit", str(limit), f"a number of records from 1 to {MAX_LIMIT}")
+    ids = {column: str(value) for column, value in (
+        ("training_id", training), ("tuning_id", tuning), ("batch_id", batch), ("evaluation_id", evaluation),
+        ("stage_id", stage), ("inference_id", inference), ("flow_run_id", run)) if value}
+    for column, value in ids.items():
+        if not value.strip():
+            raise SpecError(column.removesuffix("_id"), value, "an id or the start of one")
+    names: dict[str, str] = {}
+    if endpoint:
+        ids["endpoint_id"], names["endpoint_id"] = _endpoint_id(endpoint), endpoint
+    s = store()
+    if fresh:
+        s.catch_up()
+    return list(s.query(category=category, ids=ids, names=names, level=level, since=when(since, "since"),
+                        until=when(until, "until"), after=after, limit=int(limit)))
+
+
+def _endpoint_id(endpoint: str) -> str:
+    """An endpoint's id from its name (records of requests carry the id; an endpoint deleted since is
+    still found by an id given as such)."""
+    from core.errors import EndpointNotFound
+
+    try:
+        from mlyard.endpoints import _endpoints
+
+        return str(_endpoints().get(endpoint)["id"])
+    except EndpointNotFound:
+        if endpoint.isdigit():
+            return endpoint
+        raise
+
+
+def follow(poll_seconds: float = 1.0, **filters: Any):
+    """Yield the matching records as they are written: the latest `limit` first, then each new one."""
+    batch = query(**filters)
+    yield from batch
+    last = batch[-1]["seq"] if batch else _last_seq()
+    filters.pop("limit", None)
+    while True:
+        time.sleep(poll_seconds)
+        for doc in query(after=last, limit=1000, **filters):
+            last = doc["seq"]
+            yield doc
+
+
+def _last_seq() -> int:
+    return int(store().last_seq())
