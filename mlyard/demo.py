@@ -155,6 +155,8 @@ def run(settings: Settings, out: Console, keep_running: bool = True) -> None:
         .venv/bin/mlyard schedules show every-minute   /   .venv/bin/mlyard schedules enable every-minute
         .venv/bin/mlyard notebooks start demo-lab   /   .venv/bin/mlyard notebooks open demo-lab
         .venv/bin/mlyard rags query handbook "How do I rotate a token?"   /   mlyard rags history handbook
+        .venv/bin/mlyard logs --training {result.training_id[:8]}   /   mlyard logs -c inference --endpoint digits -f
+        .venv/bin/mlyard dashboard
         .venv/bin/mlyard train -f examples/train.yaml --submit
         .venv/bin/mlyard down      (stops the stack; state stays in {settings.home_dir})""")
     if not keep_running:

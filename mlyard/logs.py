@@ -16,8 +16,8 @@ import time
 from typing import Any
 
 from core import logrecords as lr
-from core.connection import connect
 from core.errors import SpecError
+from core.settings import Settings
 
 _STORES: dict[str, Any] = {}
 _LOCK = threading.Lock()
@@ -25,10 +25,11 @@ MAX_LIMIT = 10_000
 
 
 def store(home: Any = None) -> Any:
-    """The index of this platform's records, opened once per process."""
+    """The index of this platform's records, opened once per process. It needs no running stack: the
+    records of a stopped one are still found."""
     from tasks.logstore import LogStore
 
-    home = home or connect().home_dir
+    home = home or Settings().home_dir
     with _LOCK:
         if str(home) not in _STORES:
             _STORES[str(home)] = LogStore(home)
@@ -78,13 +79,23 @@ def _endpoint_id(endpoint: str) -> str:
     from core.errors import EndpointNotFound
 
     try:
-        from mlyard.endpoints import _endpoints
-
-        return str(_endpoints().get(endpoint)["id"])
+        return str(_catalog_endpoints().get(endpoint)["id"])
     except EndpointNotFound:
         if endpoint.isdigit():
             return endpoint
         raise
+
+
+def _catalog_endpoints() -> Any:
+    """The catalog's endpoints, opened once per process (the mlyard API answers many queries)."""
+    from registry.catalog import Catalog
+    from registry.endpoints import Endpoints
+
+    url = Settings().catalog_db_url
+    with _LOCK:
+        if url not in _STORES:
+            _STORES[url] = Endpoints(Catalog(url))
+        return _STORES[url]
 
 
 def follow(poll_seconds: float = 1.0, **filters: Any):
