@@ -23,6 +23,34 @@ FLOW_RAG_SYNC = "rag-sync"
 FLOW_NOTEBOOK = "notebook"  # every action on a notebook (create, stop, start, reboot, delete)
 FLOW_SCHEDULER = "scheduler"  # production only: `mlyard up` runs the same loop as a process
 
+# -- flow run names: what each flow's runs are called (rendered from the run's parameters) ------------------
+RUN_NAMES: dict[str, str] = {
+    FLOW_TRAIN: "{spec.name}", FLOW_TUNE: "{spec.name}", FLOW_BATCH: "{spec.name}", FLOW_EVALUATE: "{spec.name}",
+    FLOW_PIPELINE_RUN: "{spec.name}", FLOW_DEPLOY_ENDPOINT: "{spec.name}", FLOW_ADD_STAGE: "{spec.endpoint}-{spec.stage.name}",
+    FLOW_PROMOTE_STAGE: "{spec.endpoint}-{spec.stage}", FLOW_DELETE_ENDPOINT: "{spec.endpoint}",
+    FLOW_SYNC_ENDPOINT: "{spec.endpoint}", FLOW_RAG_SYNC: "{spec.rag}", FLOW_NOTEBOOK: "{spec.action}-{spec.notebook}",
+    "stop-endpoint-stage": "{spec.endpoint}-{spec.stage}", "start-endpoint-stage": "{spec.endpoint}-{spec.stage}",
+    "retry-endpoint-stage": "{spec.endpoint}-{spec.stage}"}
+TAG_NAMED = "mlyard.named"  # the run was given its final name when it was made: the flow keeps it
+_PLACEHOLDER = re.compile(r"\{([a-z_.]+)\}")
+
+
+def render_run_name(template: str, parameters: Mapping) -> str | None:
+    """`template` with each {a.b} taken from `parameters` (dicts or objects); None when one is missing."""
+    def value(path: str) -> str:
+        cur: object = parameters
+        for part in path.split("."):
+            cur = cur.get(part) if isinstance(cur, Mapping) else getattr(cur, part, None)
+            if cur is None:
+                raise KeyError(path)
+        return str(getattr(cur, "value", cur))
+
+    try:
+        return _PLACEHOLDER.sub(lambda m: value(m[1]), template)
+    except KeyError:
+        return None
+
+
 # -- Prefect tasks whose start or failure decides a run's status ------------------------------------------
 TASK_RUN_ENTRY_POINT = "run-entry-point"  # a training's script runs: RUNNING; a failure after it is FAIL TRAIN
 TASK_TRIAL = "trial"  # a tuning's trial runs

@@ -27,7 +27,7 @@ from core.specs import BatchInferenceSpec, BatchJob, BatchShard
 from flows.platform import Platform
 from tasks import checks
 from tasks.batch import check_output, end_run, fingerprint, finish, load_model, run_workers, stage_inputs
-from tasks.orchestration import prefect_link, stopped_on_interrupt
+from tasks.orchestration import prefect_link, run_name, stopped_on_interrupt
 from tasks.outputs import Layout
 from tasks.shards import plan, select_files
 
@@ -49,7 +49,7 @@ class BatchInferenceResult(BaseModel):
     empty_files: list[str] = Field(default_factory=list, description="Input files that hold no rows.")
 
 
-@flow(name=FLOW_BATCH, flow_run_name="{spec.name}", on_crashed=[stopped_on_interrupt],
+@flow(name=FLOW_BATCH, flow_run_name=run_name(FLOW_BATCH), on_crashed=[stopped_on_interrupt],
       description="Run a model over input files (JSON, JSONL, CSV) and write predictions.")
 def batch_infer(spec: BatchInferenceSpec) -> BatchInferenceResult:
     p = Platform()

@@ -19,9 +19,10 @@ from flows.endpoint import (
 from flows.platform import Platform
 from registry.endpoints import Endpoints
 from tasks.endpoints import check_stage
+from tasks.orchestration import run_name
 
 
-@flow(name=FLOW_ADD_STAGE, flow_run_name="{spec.endpoint}-{spec.stage.name}",
+@flow(name=FLOW_ADD_STAGE, flow_run_name=run_name(FLOW_ADD_STAGE),
       description="Add a stage to an endpoint: replicas, health, routing at its own URL; rolled back on failure.")
 def add_stage(spec: StageChangeSpec) -> EndpointResult:
     p = Platform()

@@ -18,9 +18,10 @@ from flows.endpoint import (
 )
 from flows.platform import Platform
 from registry.endpoints import Endpoints
+from tasks.orchestration import run_name
 
 
-@flow(name=FLOW_DELETE_ENDPOINT, flow_run_name="{spec.endpoint}",
+@flow(name=FLOW_DELETE_ENDPOINT, flow_run_name=run_name(FLOW_DELETE_ENDPOINT),
       description="Delete a stage, or an endpoint with its default stage (refused while other stages exist).")
 def delete_endpoint(spec: DeletionSpec) -> DeletionResult:
     p = Platform()

@@ -19,9 +19,10 @@ from flows.endpoint import (
 from flows.platform import Platform
 from registry.endpoints import Endpoints
 from tasks.endpoints import check_stage
+from tasks.orchestration import run_name
 
 
-@flow(name=FLOW_DEPLOY_ENDPOINT, flow_run_name="{spec.name}",
+@flow(name=FLOW_DEPLOY_ENDPOINT, flow_run_name=run_name(FLOW_DEPLOY_ENDPOINT),
       description="Create an endpoint with its default stage: replicas, health, routing; rolled back on failure.")
 def deploy_endpoint(spec: EndpointSpec) -> EndpointResult:
     p = Platform()

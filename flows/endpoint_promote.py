@@ -24,9 +24,10 @@ from tasks.endpoints import (
     drain,
     gateway,
 )
+from tasks.orchestration import run_name
 
 
-@flow(name=FLOW_PROMOTE_STAGE, flow_run_name="{spec.endpoint}-{spec.stage}",
+@flow(name=FLOW_PROMOTE_STAGE, flow_run_name=run_name(FLOW_PROMOTE_STAGE),
       description="Make a stage the endpoint's default: traffic moves at once, the old default drains and is deleted.")
 def promote_stage(spec: PromotionSpec) -> EndpointResult:
     logger = get_run_logger()

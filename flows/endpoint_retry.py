@@ -23,9 +23,10 @@ from tasks.endpoints import (
     route,
     stage_keys,
 )
+from tasks.orchestration import run_name
 
 
-@flow(name="retry-endpoint-stage", flow_run_name="{spec.endpoint}-{spec.stage}",
+@flow(name="retry-endpoint-stage", flow_run_name=run_name("retry-endpoint-stage"),
       description="Clear a stage's errors and try again: a failed stage is deployed anew; an ACTIVE stage is "
                   "routed again (the console's stage deploy).")
 def retry_stage(spec: PromotionSpec) -> EndpointResult:

@@ -17,9 +17,10 @@ from flows.endpoint import (
 )
 from flows.platform import Platform
 from registry.endpoints import Endpoints
+from tasks.orchestration import run_name
 
 
-@flow(name="start-endpoint-stage", flow_run_name="{spec.endpoint}-{spec.stage}",
+@flow(name="start-endpoint-stage", flow_run_name=run_name("start-endpoint-stage"),
       description="Start a stopped stage again: replicas, health, routing (VRidge's server start).")
 def start_stage(spec: PromotionSpec) -> EndpointResult:
     p = Platform()

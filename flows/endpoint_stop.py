@@ -23,9 +23,10 @@ from tasks.endpoints import (
     RoutingFailed,
     gateway,
 )
+from tasks.orchestration import run_name
 
 
-@flow(name="stop-endpoint-stage", flow_run_name="{spec.endpoint}-{spec.stage}",
+@flow(name="stop-endpoint-stage", flow_run_name=run_name("stop-endpoint-stage"),
       description="Stop a stage's replicas and keep its configuration (VRidge's server stop).")
 def stop_stage(spec: PromotionSpec) -> EndpointResult:
     p = Platform()

@@ -45,6 +45,7 @@ from tasks.endpoints import (
     wait_healthy,
     write_config,
 )
+from tasks.orchestration import run_name
 
 
 def _roll(p: Platform, eps: Endpoints, endpoint: str, stage: str, resource_id: int, model: str,
@@ -105,7 +106,7 @@ def _retire(home, gw: str, endpoint: str, stage: str, key: str) -> None:
     stop_replicas(home, None, [key])
 
 
-@flow(name=FLOW_SYNC_ENDPOINT, flow_run_name="{spec.endpoint}",
+@flow(name=FLOW_SYNC_ENDPOINT, flow_run_name=run_name(FLOW_SYNC_ENDPOINT),
       description="Push a folder's latest code (entry script or model folder) to an endpoint: a new model version, "
                   "replicas replaced one at a time with no failed request; the URL goes to inference.config.json.")
 def sync_endpoint(spec: SyncSpec) -> SyncResult:

@@ -36,7 +36,7 @@ from flows.batch_inference import batch_infer
 from flows.platform import Platform
 from tasks.batch import load_model
 from tasks.evaluation_steps import check_classes, check_input, compare, record
-from tasks.orchestration import mark_started, prefect_link, stopped_on_interrupt
+from tasks.orchestration import mark_started, prefect_link, run_name, stopped_on_interrupt
 
 
 class EvaluationResult(BaseModel):
@@ -52,7 +52,7 @@ class EvaluationResult(BaseModel):
     report_uri: str = Field(description="MLflow artifact URI of the JSON report.")
 
 
-@flow(name=FLOW_EVALUATE, flow_run_name="{spec.name}", on_crashed=[stopped_on_interrupt],
+@flow(name=FLOW_EVALUATE, flow_run_name=run_name(FLOW_EVALUATE), on_crashed=[stopped_on_interrupt],
       description="Evaluate a model on labelled data: metrics, curves, confusion matrix, report.")
 def evaluate(spec: EvaluationSpec) -> EvaluationResult:
     p = Platform()

@@ -37,6 +37,7 @@ from tasks.notebook_steps import (
     start_jupyter,
     stop_jupyter,
 )
+from tasks.orchestration import run_name
 
 
 class NotebookResult(BaseModel):
@@ -45,7 +46,7 @@ class NotebookResult(BaseModel):
     status: str = Field(description="ACTIVE, STOPPED or DELETED; the action's FAILED status raises instead.")
 
 
-@flow(name=FLOW_NOTEBOOK, flow_run_name="{spec.action}-{spec.notebook}",
+@flow(name=FLOW_NOTEBOOK, flow_run_name=run_name(FLOW_NOTEBOOK),
       description="Create, stop, start, reboot or delete a JupyterLab notebook (mlyard notebooks ...).")
 def notebook(spec: NotebookAction) -> NotebookResult:
     settings = Settings()

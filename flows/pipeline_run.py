@@ -25,7 +25,7 @@ from core.names import FLOW_PIPELINE_RUN
 from core.specs.pipeline import PipelineRunSpec
 from flows.platform import Platform
 from registry.pipelines import Pipelines
-from tasks.orchestration import cancel_watch, stopped_on_interrupt
+from tasks.orchestration import cancel_watch, run_name, stopped_on_interrupt
 from tasks.pipelines import fail, finish, prepare, run_local
 
 
@@ -39,7 +39,7 @@ class PipelineRunResult(BaseModel):
                                           "returns), by name: parameters as values, artifacts as their URI.")
 
 
-@flow(name=FLOW_PIPELINE_RUN, flow_run_name="{spec.name}", on_crashed=[stopped_on_interrupt],
+@flow(name=FLOW_PIPELINE_RUN, flow_run_name=run_name(FLOW_PIPELINE_RUN), on_crashed=[stopped_on_interrupt],
       description="Run an uploaded Kubeflow pipeline (kfp.local here, or a Kubeflow Pipelines server).")
 def pipeline_run(spec: PipelineRunSpec) -> PipelineRunResult:
     p = Platform()

@@ -28,6 +28,7 @@ from core.specs.rag import RagSpec
 from registry.rags import Rags
 from tasks.documents import Skipped
 from tasks.ingestion import Parts, diff_step, ingest_step, list_step, preload_model
+from tasks.orchestration import run_name
 from tasks.vectorstore import VectorStore, conninfo
 
 
@@ -44,7 +45,7 @@ class RagSyncResult(BaseModel):
                                                  "seconds, embed_seconds.")
 
 
-@flow(name=FLOW_RAG_SYNC, flow_run_name="{spec.rag}",
+@flow(name=FLOW_RAG_SYNC, flow_run_name=run_name(FLOW_RAG_SYNC),
       description="Ingest a RAG's documents into its vector store: list, diff by content hash, parse, chunk, embed, "
                   "upsert, delete what disappeared.")
 def rag_sync(spec: RagSyncSpec) -> RagSyncResult:

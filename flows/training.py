@@ -28,7 +28,7 @@ from core.settings import in_kubernetes_pod
 from core.specs import TrainingSpec
 from flows.platform import Platform
 from tasks.node_jobs import end_nodes, model_uri, run_nodes
-from tasks.orchestration import cancel_watch, stopped_on_interrupt
+from tasks.orchestration import cancel_watch, run_name, stopped_on_interrupt
 from tasks.registry_secrets import check_pod_image
 from tasks.training import (
     LOG_NAME,
@@ -52,7 +52,7 @@ class TrainingResult(BaseModel):
     script_seconds: float = Field(description="How long the entry point itself ran.")
 
 
-@flow(name=FLOW_TRAIN, flow_run_name="{spec.name}", on_crashed=[stopped_on_interrupt, end_nodes],
+@flow(name=FLOW_TRAIN, flow_run_name=run_name(FLOW_TRAIN), on_crashed=[stopped_on_interrupt, end_nodes],
       on_cancellation=[end_nodes],
       description="Run a training (EasyMaker contract) and record it in MLflow.")
 def train(spec: TrainingSpec) -> TrainingResult:  # or a Cancelled state, shown as STOPPED

@@ -35,7 +35,7 @@ from core.names import (
 from core.specs import TrainingSpec, TuningSpec
 from flows.platform import Platform
 from tasks.metrics import Metric
-from tasks.orchestration import cancel_watch, prefect_link, stopped_on_interrupt
+from tasks.orchestration import cancel_watch, prefect_link, run_name, stopped_on_interrupt
 from tasks.training import check_locations, prepare_environment, stage_inputs
 from tasks.trials import TrialSetup, run_trial
 from tuning import create_study, recover_interrupted
@@ -60,7 +60,7 @@ def resolve_training(p: Platform, spec: TuningSpec) -> TrainingSpec:
     return base.with_overrides({"name": spec.name, "experiment": spec.experiment or base.experiment})
 
 
-@flow(name=FLOW_TUNE, flow_run_name="{spec.name}", on_crashed=[stopped_on_interrupt],
+@flow(name=FLOW_TUNE, flow_run_name=run_name(FLOW_TUNE), on_crashed=[stopped_on_interrupt],
       description="Hyperparameter tuning: trials of a training, searched with Optuna.")
 def tune(spec: TuningSpec) -> TuningResult:
     p = Platform()

@@ -5,11 +5,11 @@ Plain functions over the Prefect client; the flows and the transports (tasks/tra
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 from uuid import UUID
 
 from core.errors import StackError
-from core.names import STARTED_LABEL, TAG_PREFECT_URL
+from core.names import RUN_NAMES, STARTED_LABEL, TAG_NAMED, TAG_PREFECT_URL, render_run_name
 
 
 def prompt_flow_ends() -> None:
@@ -175,6 +175,24 @@ def with_queue_label(job_variables: dict) -> dict:
     return {**job_variables, "labels": {**(job_variables.get("labels") or {}), KUEUE_QUEUE_LABEL: queue}}
 
 
+def run_name(flow: str) -> Callable[[], str]:
+    """A flow's `flow_run_name`: the name its run was made with, when mlyard gave it one then (TAG_NAMED:
+    a run queued from the CLI or Python, a schedule's slot), so the name printed at creation is the
+    name it keeps; else (the Prefect UI's Run button) rendered from the run's parameters
+    (core.names.RUN_NAMES) when it starts."""
+    template = RUN_NAMES[flow]
+
+    def name() -> str:
+        from prefect.runtime import flow_run
+
+        current = str(flow_run.name or "")
+        if TAG_NAMED in (flow_run.tags or []) and current:
+            return current
+        return render_run_name(template, flow_run.parameters) or current
+
+    return name
+
+
 def submit(deployment: str, parameters: dict, job_variables: dict | None = None, tags: list[str] | None = None):
     """Queue a flow run of `deployment` ("FLOW/DEPLOYMENT", never as a subflow) and return it: the one way
     mlyard makes a deployment run (the CLI, the Python API, the mlyard API, trials and batch workers).
@@ -193,8 +211,12 @@ def submit(deployment: str, parameters: dict, job_variables: dict | None = None,
                              ) from None
         pool = client.read_work_pool(found.work_pool_name) if found.work_pool_name else None
     kept = pool_job_variables(pool, job_variables)
+    template = RUN_NAMES.get(deployment.split("/", 1)[0])
+    name = render_run_name(template, parameters) if template else None
+    if name:  # its final name now: printed by the command, kept when the run starts (run_name)
+        tags = [*(tags or []), TAG_NAMED]
     return run_deployment(found.id, parameters=parameters, timeout=0, job_variables=kept, tags=tags or None,
-                          as_subflow=False)
+                          as_subflow=False, flow_run_name=name)
 
 
 def training_job_variables(client: Any, deployment_id: str, parameters: dict, pools: dict[str, Any]) -> dict | None:

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, Callable
 from uuid import UUID
 
+from core.names import TAG_NAMED
 from registry.schedules import ScheduleRecord, Schedules, SlotRecord
 from schedules.cron import Schedule
 from schedules.planning import Policy, dispatch, due, render, slot_label, trigger
@@ -223,7 +224,7 @@ class Scheduler:
         training = str(record.spec.get("deployment", "")).startswith(f"{FLOW_TRAIN}/")
         fr = self.client.create_flow_run_from_deployment(
             UUID(record.deployment_id), parameters=parameters,
-            name=f"{record.name}-{label}", tags=[f"{TAG_SCHEDULE}:{record.name}", f"{TAG_SLOT}:{label}"],
+            name=f"{record.name}-{label}", tags=[f"{TAG_SCHEDULE}:{record.name}", f"{TAG_SLOT}:{label}", TAG_NAMED],
             idempotency_key=f"mlyard.schedule:{record.id}:{slot_epoch}:{slot.due_at:.6f}", state=state,
             job_variables=training_job_variables(self.client, record.deployment_id, parameters, self._pools)
             if training else None)

@@ -10,6 +10,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
+from uuid import UUID
 
 import pytest
 
@@ -122,6 +123,7 @@ def test_run_button_path_trains_on_the_local_pool(platform):
             "entry_point": "train.py", "hyperparameters": {"epochs": 2}}
     fr = run_deployment("train/local", parameters={"spec": spec}, timeout=240)
     assert fr.state.is_completed(), fr.state.message
+    assert fr.name == "from-ui", "a run made without a name (the UI's Run) is named after its spec when it starts"
     info = _wait_status(str(fr.id), {"COMPLETE"})
     assert info.work_pool == "local"
 
@@ -149,7 +151,12 @@ def test_stop_a_training_running_on_the_worker(platform, algorithm, tmp_path):
                                 "entry_point": "main.py", "hyperparameters": {"pidfile": str(pidfile)}}))
     submitted = json.loads(cli("train", "-f", str(spec), "--submit", "--json").stdout)
     tid = submitted["id"]
+    assert submitted["flow_run"] == "worker-stop", "the name printed at creation is the run's final name"
     _wait_status(tid, {"RUNNING"})
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(UUID(tid)).name == "worker-stop", "and it keeps it once it runs"
     assert json.loads(cli("trainings", "stop", tid, "--json").stdout)["status"] in ("STOP IN PROGRESS", "STOPPED")
     info = _wait_status(tid, {"STOPPED"}, timeout=90)
     assert info.status == "STOPPED"

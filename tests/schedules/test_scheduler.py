@@ -221,6 +221,9 @@ def test_a_scheduled_training_runs_on_the_local_pool(stack):
     shown = json.loads(_ok(mlyard("schedules", "show", "hourly-train", "--json")))  # what the user sees
     run = shown["runs"][0]
     assert shown["parameters"]["spec"]["source_uri"] == str(home / "sched-algo")
+    completed = _runs("mlyard.schedule:hourly-train")
+    assert [r.name for r in completed] == [f"hourly-train-{start.strftime('%Y%m%dT%H%M%SZ')}"], \
+        "a scheduled run keeps the name it was made with"
     assert run["lateness_seconds"] >= 0, "a run never starts before its slot"
     assert run["slot"] == start.isoformat() and run["lateness_seconds"] is not None and run["lateness_seconds"] < 5
     assert shown["next"][0] == (start + timedelta(hours=1)).isoformat()
