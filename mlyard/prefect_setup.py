@@ -161,7 +161,7 @@ def deployments_digest(image: str) -> str:
     import hashlib
 
     h = hashlib.sha256(PREFECT_YAML.read_bytes() + GPU_TEMPLATE.read_bytes() + CPU_TEMPLATE.read_bytes() + image.encode()
-                       + str(PROJECT_ROOT).encode())
+                       + str(PROJECT_ROOT).encode() + NO_WORKER_HERE.encode())
     for source in sorted([*(PROJECT_ROOT / "flows").glob("*.py"), *(PROJECT_ROOT / "core" / "specs").glob("*.py")]):
         h.update(source.name.encode() + source.read_bytes())
     return h.hexdigest()[:16]
@@ -258,21 +258,32 @@ def ensure_pools(echo=print, settings: Settings | None = None, pools: dict[str, 
                 client.update_work_pool(name, WorkPoolUpdate(base_job_template=template))
 
 
+# what the embedded stack adds to the description of a deployment on a Kubernetes pool: the Prefect UI
+# shows it Not Ready (no worker polls that pool here), and a person should know why and what to use
+NO_WORKER_HERE = (" On this machine no worker serves the {pool} pool (it runs Kubernetes Jobs; there is no "
+                  "cluster here), so the Prefect UI shows this deployment Not Ready and its runs wait: use the "
+                  "local deployment here, or see the README's 'Running on Kubernetes'.")
+
+
 def register_deployments(env: dict[str, str], pools: tuple[str, ...] | None = None) -> None:
     """`prefect deploy --all` of infra/prefect.yaml, or of its deployments on `pools` only (a cluster's
-    Prefect has no local pool)."""
+    Prefect has no local pool). All of them (the embedded stack): the Kubernetes pools' deployments say
+    in their description why they show Not Ready here (NO_WORKER_HERE)."""
     import tempfile
 
     import yaml
 
     with tempfile.TemporaryDirectory() as tmp:
-        prefect_file = PREFECT_YAML
+        doc = yaml.safe_load(PREFECT_YAML.read_text())  # anchors resolved
         if pools is not None:
-            doc = yaml.safe_load(PREFECT_YAML.read_text())  # anchors resolved
             doc["deployments"] = [d for d in doc["deployments"] if d["work_pool"]["name"] in pools]
-            doc.pop("definitions", None)
-            prefect_file = Path(tmp) / "prefect.yaml"
-            prefect_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+        else:
+            for d in doc["deployments"]:
+                if d["work_pool"]["name"] != LOCAL_POOL:
+                    d["description"] = d.get("description", "") + NO_WORKER_HERE.format(pool=d["work_pool"]["name"])
+        doc.pop("definitions", None)
+        prefect_file = Path(tmp) / "prefect.yaml"
+        prefect_file.write_text(yaml.safe_dump(doc, sort_keys=False))
         proc = subprocess.run([str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy", "--all",
                                "--prefect-file", str(prefect_file)],
                               cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)

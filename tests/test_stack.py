@@ -51,6 +51,18 @@ def test_status_shows_urls(stack):
     assert info["processes"]["mlyard-api"]["alive"] and info["mlyard_api"] == stack.service_url
 
 
+def test_the_kubernetes_pools_deployments_say_why_they_are_not_ready_here(stack):
+    """No worker serves the gpu and cpu pools on one machine: the Prefect UI lists their deployments Not
+    Ready, and their descriptions say why and what to use (the production registration says nothing of it)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        deployments = client.read_deployments()
+    kube = [d for d in deployments if d.work_pool_name in ("gpu", "cpu")]
+    assert kube and all(f"no worker serves the {d.work_pool_name} pool" in (d.description or "") for d in kube)
+    assert all("no worker serves" not in (d.description or "") for d in deployments if d.work_pool_name == "local")
+
+
 def test_the_home_and_what_the_stack_writes_are_its_users_alone(stack, settings):
     """Another user of the machine reads no spec, parameter or prediction, and cannot ask the mlyard API."""
     import stat
