@@ -54,7 +54,7 @@ class ClusterValues(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    overlay: Literal["dev", "prod"] = Field(default="dev", description="infra/k8s/overlays/<overlay>.")
+    overlay: Literal["dev", "prod"] = Field(default="dev", description="infra/k8s/overlays/{overlay}.")
     namespace: str = Field(default="mlyard", pattern=DNS_LABEL, max_length=63, description="Namespace of everything.")
     image: str = Field(default="mlyard:0.1.0", pattern=IMAGE, description="The platform image (infra/docker).")
     image_pull_secrets: list[str] = Field(default_factory=list, description="Pull Secrets for the image.")

@@ -240,7 +240,7 @@ class SyncSpec(BaseModel):
                                                  "(default: infra/provision/inference.parameters.json's, if any).")
     public: bool = Field(default=False, description="A new endpoint is open to the public (no token).")
     config: str | None = Field(default=None, description="Where the endpoint's URL is written (default: "
-                                                         "<source>/infra/inference.config.json).")
+                                                         "SOURCE/infra/inference.config.json).")
 
     @model_validator(mode="after")
     def _cap(self) -> "SyncSpec":

@@ -135,7 +135,7 @@ class RagSpec(BaseModel):
     token_endpoint: str | None = Field(
         default=None, pattern=NAME_PATTERN,
         description="Protect the query route with the tokens of this endpoint (mlyard endpoints tokens issue); "
-                    "sent as 'Authorization: Bearer <token>' or 'x-nhn-apikey: <token>'. Unset: open to all.")
+                    "sent as 'Authorization: Bearer TOKEN' or 'x-nhn-apikey: TOKEN'. Unset: open to all.")
     prompt: str = Field(default=DEFAULT_PROMPT, max_length=20000,
                         description="The prompt template: {context} (the retrieved chunks, numbered) and "
                                     "{question} (the user's last message) are filled in.")

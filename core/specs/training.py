@@ -34,11 +34,11 @@ class TrainingSpec(BaseModel):
     entry_point: str = Field(description="Script inside source_uri that starts the training, e.g. train.py.")
     hyperparameters: dict[str, str | int | float | bool] = Field(
         default_factory=dict,
-        description=f"At most {MAX_HYPERPARAMETERS}; passed as --key value, EM_HP_<KEY> and EM_HPS (JSON).",
+        description=f"At most {MAX_HYPERPARAMETERS}; passed as --key value, EM_HP_{{KEY}} and EM_HPS (JSON).",
     )
     datasets: dict[str, str] = Field(
         default_factory=dict,
-        description=f"At most {MAX_DATASETS}; name -> URI, staged in and passed as EM_DATASET_<NAME>.",
+        description=f"At most {MAX_DATASETS}; name -> URI, staged in and passed as EM_DATASET_{{NAME}}.",
     )
     checkpoint_input_uri: str | None = Field(default=None, description="Checkpoint to resume from (EM_CHECKPOINT_INPUT_DIR).")
     output_uri: str | None = Field(default=None, description="Where the model directory is copied when the training completes.")

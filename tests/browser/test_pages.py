@@ -87,7 +87,8 @@ def test_the_prefect_ui_lists_every_mlyard_deployment_and_runs_a_training_from_i
     # the training's Run form: every field a person fills, with its description
     dep = _deployment(stack, "train/local")
     page = _page(browser, f"{stack.ui_url}/deployments/deployment/{dep}/run", "train-form", auth, height=2400)
-    for label in ("Name", "Source Uri", "Entry Point", "Hyperparameters", "Training name: lowercase letters"):
+    for label in ("Name", "Source Uri", "Entry Point", "Hyperparameters", "Training name: lowercase letters",
+                  "EM_HP_{KEY}", "EM_DATASET_{NAME}"):  # placeholders a browser would take for HTML tags before
         _see(page, label, "train-form")
     page.screenshot(path=str(SHOTS / "train-form.png"), full_page=True)
 
