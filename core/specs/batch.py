@@ -5,25 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from core.specs.common import NAME_PATTERN, Resources, _check_uri, is_mlflow_uri, is_registry_ref
+from core.specs.common import (
+    NAME_PATTERN,
+    Resources,
+    SpecModel,
+    _check_uri,
+    form_schema,
+    is_mlflow_uri,
+    is_registry_ref,
+)
 from core.specs.training import TrainingSpec
 from core.uris import RELATIVE_PATHS, absolute
 
 
-def _form_order(schema: dict[str, Any], cls: type) -> None:
-    """Put what a user fills in first (name, model, input) at the top of the Prefect UI's form; the
-    shared batch settings come after."""
-    props = schema.get("properties", {})
-    first = [k for k in getattr(cls, "FORM_FIRST", ()) if k in props]
-    schema["properties"] = {**{k: props[k] for k in first}, **{k: v for k, v in props.items() if k not in first}}
-
-
-class _BatchSettings(BaseModel):
+class _BatchSettings(SpecModel):
     """Where the model runs and how it is fed: shared by batch inference and model evaluation."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra=_form_order)
+    model_config = ConfigDict(extra="forbid", json_schema_extra=form_schema)
 
     model: str = Field(description="Registry reference (name@alias or name/version) or a model URI: runs:/, "
                                    "models:/, s3://, obs://, nas://, file:// or ./path to an MLflow model. "
@@ -149,7 +149,7 @@ class BatchInferenceSpec(_BatchSettings):
 
 # -- the batch job: one worker's share, whichever way it runs --------------------------------------------
 
-class BatchShard(BaseModel):
+class BatchShard(SpecModel):
     """A piece of the input one worker reads: a whole file, or a line range of a big JSONL file."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -167,7 +167,7 @@ class BatchShard(BaseModel):
         return f"{self.file}#{self.index + 1}-of-{self.count}"
 
 
-class BatchJob(BaseModel):
+class BatchJob(SpecModel):
     """One worker's share of a batch inference, filled in by the batch inference (not by hand). The
     same typed job runs in process, as a local process, or as a flow run of the worker deployment (on
     a Kubernetes pool: a pod): every location in it is a URI any of them can read, and the local

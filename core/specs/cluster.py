@@ -22,13 +22,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
+
+from core.specs.common import SpecModel
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 IMAGE = r"^[a-z0-9]+([._/:-][a-zA-Z0-9_.-]+)*(@sha256:[a-f0-9]{64})?$"
 
 
-class ClusterSecrets(BaseModel):
+class ClusterSecrets(SpecModel):
     model_config = ConfigDict(extra="forbid")
 
     prefect: str = Field(default="mlyard-prefect", pattern=DNS_LABEL, max_length=63,
@@ -41,7 +43,7 @@ class ClusterSecrets(BaseModel):
                                  description="Secret with the dev PostgreSQL's password (dev overlay).")
 
 
-class GpuNodes(BaseModel):
+class GpuNodes(SpecModel):
     model_config = ConfigDict(extra="forbid")
 
     types: list[str] = Field(default_factory=list, description="nvidia.com/gpu.product values of the GPU nodes; "
@@ -49,7 +51,7 @@ class GpuNodes(BaseModel):
     per_node: int = Field(default=8, ge=1, le=16, description="GPUs one node offers; a larger gpu_count is refused.")
 
 
-class ClusterValues(BaseModel):
+class ClusterValues(SpecModel):
     """A platform install on a Kubernetes cluster."""
 
     model_config = ConfigDict(extra="forbid")

@@ -18,7 +18,34 @@ NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,48}[a-z0-9])?$"
 KATIB_METRIC_PATTERN = r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)"
 
 
-class Resources(BaseModel):
+def form_schema(schema: dict[str, Any], cls: type) -> None:
+    """A spec's JSON schema shaped for the Prefect UI's Run form, without changing what validates.
+
+    - An optional scalar (`str | None = None`) becomes its plain type with no default: the form shows a
+      plain input instead of a `str | None` toggle reading 'Property is type "None"'. Prefect's own
+      parameter check still accepts null (a property that is not required and has no default is read
+      as nullable), and the model still does.
+    - `FORM_FIRST` (a class attribute) puts what a person fills first at the top of the form."""
+    props: dict[str, Any] = schema.get("properties", {})
+    for name, prop in props.items():
+        options = prop.get("anyOf")
+        if not options or len(options) != 2 or {"type": "null"} not in options or prop.get("default", None) is not None:
+            continue
+        (kept,) = [o for o in options if o != {"type": "null"}]
+        if "type" not in kept or kept["type"] in ("object", "array"):
+            continue  # a nested model or a collection: Prefect's check would not read it as nullable
+        props[name] = {**{k: v for k, v in prop.items() if k not in ("anyOf", "default")}, **kept}
+    first = [k for k in getattr(cls, "FORM_FIRST", ()) if k in props]
+    schema["properties"] = {**{k: props[k] for k in first}, **{k: v for k, v in props.items() if k not in first}}
+
+
+class SpecModel(BaseModel):
+    """The base of every spec: its JSON schema is shaped for the Prefect UI's Run form (form_schema)."""
+
+    model_config = ConfigDict(json_schema_extra=form_schema)
+
+
+class Resources(SpecModel):
     """What a training needs from the pool. Used by the Kubernetes pool; the local pool runs on this machine."""
 
     model_config = ConfigDict(extra="forbid")

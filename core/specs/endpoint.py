@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from core.specs.common import NAME_PATTERN, is_registry_ref
+from core.specs.common import NAME_PATTERN, SpecModel, is_registry_ref
 
 # Each resource's statuses, as the console lists them.
 # STOPPED is VRidge's: a server (a one-stage endpoint) whose replicas were stopped, its configuration kept.
@@ -33,7 +33,7 @@ MAX_STAGES = 10
 MAX_RESOURCES = 10
 
 
-class NodeAutoscaler(BaseModel):
+class NodeAutoscaler(SpecModel):
     """The node autoscaler of a stage's node pool (cluster-autoscaler settings on Kubernetes)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -56,7 +56,7 @@ class NodeAutoscaler(BaseModel):
         return self
 
 
-class PodAutoscaler(BaseModel):
+class PodAutoscaler(SpecModel):
     """The pod autoscaler of a stage resource (a HorizontalPodAutoscaler on Kubernetes)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -68,7 +68,7 @@ class PodAutoscaler(BaseModel):
     max_pods: int = Field(default=5, ge=1, le=100, description="Most pods it may scale up to.")
 
 
-class StageResourceSpec(BaseModel):
+class StageResourceSpec(SpecModel):
     """One model version served by a stage."""
 
     model_config = ConfigDict(extra="forbid")
@@ -98,7 +98,7 @@ class StageResourceSpec(BaseModel):
         return self
 
 
-class StageSpec(BaseModel):
+class StageSpec(SpecModel):
     """A stage of an endpoint: where its resources run and how its nodes scale."""
 
     model_config = ConfigDict(extra="forbid")
@@ -134,7 +134,7 @@ class StageSpec(BaseModel):
         return self
 
 
-class EndpointSpec(BaseModel):
+class EndpointSpec(SpecModel):
     """An endpoint and its first (default) stage."""
 
     model_config = ConfigDict(extra="forbid")
@@ -152,7 +152,7 @@ class EndpointSpec(BaseModel):
 COMPARATORS = ("LESS_THAN", "LESS_THAN_OR_EQUAL", "GREATER_THAN", "GREATER_THAN_OR_EQUAL")
 
 
-class AutoscalingRule(BaseModel):
+class AutoscalingRule(SpecModel):
     """A Backend.AI autoscaling rule: when the metric compares with the threshold, change the replica
     count by `step_size`, within min and max replicas, then wait `cooldown_seconds` before this rule
     applies again."""
@@ -190,7 +190,7 @@ StageSpec.model_rebuild()
 EndpointSpec.model_rebuild()
 
 
-class StageChangeSpec(BaseModel):
+class StageChangeSpec(SpecModel):
     """A new stage for an existing endpoint (`add-endpoint-stage`)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -199,7 +199,7 @@ class StageChangeSpec(BaseModel):
     stage: StageSpec = Field(description="The new stage; it takes requests at its own URL until it is promoted.")
 
 
-class PromotionSpec(BaseModel):
+class PromotionSpec(SpecModel):
     """Make a stage the endpoint's default (`promote-endpoint-stage`): its traffic moves at once and the
     old default stage's resources are deleted once its last requests are answered."""
 
@@ -214,7 +214,7 @@ class PromotionSpec(BaseModel):
 CODE_KINDS = ("entry-script", "model-folder")
 
 
-class SyncSpec(BaseModel):
+class SyncSpec(SpecModel):
     """Deploy the latest code of an entry-script or model-folder endpoint (`sync-endpoint-code`, AI
     Toolkit's deploy for inference): the folder becomes a new version of a registered model; a new
     endpoint is created with it, an existing one has its default stage's replicas replaced by it one at
@@ -249,7 +249,7 @@ class SyncSpec(BaseModel):
         return self
 
 
-class DeletionSpec(BaseModel):
+class DeletionSpec(SpecModel):
     """Delete a stage, or the endpoint with its default stage (`delete-endpoint`)."""
 
     model_config = ConfigDict(extra="forbid")

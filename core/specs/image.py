@@ -18,10 +18,10 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import ConfigDict, Field, SecretStr, field_validator
 
 from core.errors import SpecError
-from core.specs.common import NAME_PATTERN
+from core.specs.common import NAME_PATTERN, SpecModel
 
 ImageKind = Literal["notebook", "training"]
 DOCKER_HUB = "docker.io"
@@ -69,7 +69,7 @@ def is_image_name(value: str) -> bool:
     return re.match(NAME_PATTERN, value) is not None
 
 
-class RegistryAccountSpec(BaseModel):
+class RegistryAccountSpec(SpecModel):
     """A login to a container registry. The password is kept as a Secret and never printed."""
 
     model_config = ConfigDict(extra="forbid")
@@ -96,7 +96,7 @@ class RegistryAccountSpec(BaseModel):
         return value
 
 
-class ImageSpec(BaseModel):
+class ImageSpec(SpecModel):
     """A private image pods run: its address, whether notebooks or trainings use it, and the registry
     account its pods pull it with (none: a public image)."""
 

@@ -18,10 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from core.errors import SpecError
-from core.specs.common import NAME_PATTERN, _check_uri
+from core.specs.common import NAME_PATTERN, SpecModel, _check_uri
 
 LOCAL_IMAGE = "python"  # this machine's Python environment (mlyard's own)
 DATA_MOUNT = "easymaker"  # the data storage's folder in the notebook's home (/root/easymaker on a cluster)
@@ -68,7 +68,7 @@ def instance_type(name: str, field: str = "instance_type") -> InstanceType:
     return INSTANCE_TYPES[name]
 
 
-class NasMount(BaseModel):
+class NasMount(SpecModel):
     model_config = ConfigDict(extra="forbid")
 
     mount_name: str = Field(pattern=NAME_PATTERN, examples=["shared"],
@@ -85,7 +85,7 @@ class NasMount(BaseModel):
         return uri
 
 
-class NotebookSpec(BaseModel):
+class NotebookSpec(SpecModel):
     """A JupyterLab notebook: its image, instance type, storage and optional NAS share."""
 
     model_config = ConfigDict(extra="forbid")
@@ -112,7 +112,7 @@ class NotebookSpec(BaseModel):
         return name
 
 
-class NotebookAction(BaseModel):
+class NotebookAction(SpecModel):
     """What the notebook flow does to a notebook (the front door records the notebook first)."""
 
     model_config = ConfigDict(extra="forbid")

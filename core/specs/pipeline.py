@@ -8,9 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
-from core.specs.common import NAME_PATTERN, _check_uri
+from core.specs.common import NAME_PATTERN, SpecModel, _check_uri
 from core.uris import absolute
 
 # The console's statuses of a pipeline and of a pipeline run.
@@ -19,7 +19,7 @@ PIPELINE_RUN_STATUSES = ("CREATE REQUESTED", "CREATE IN PROGRESS", "CREATE FAILE
                          "COMPLETE", "STOP IN PROGRESS", "STOPPED", "FAIL PIPELINE RUN IN PROGRESS", "FAIL PIPELINE RUN")
 
 
-class PipelineRunSpec(BaseModel):
+class PipelineRunSpec(SpecModel):
     """A run of an uploaded pipeline: its parameters and where it runs."""
 
     model_config = ConfigDict(extra="forbid")

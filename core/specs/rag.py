@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from core.specs.common import NAME_PATTERN, _check_uri
+from core.specs.common import NAME_PATTERN, SpecModel, _check_uri
 from core.uris import absolute
 
 # The console's statuses of a RAG, and of its query route's deployment.
@@ -29,7 +29,7 @@ Question: {question}
 Answer:"""
 
 
-class VectorStoreSpec(BaseModel):
+class VectorStoreSpec(SpecModel):
     """Where the vectors are kept: the PostgreSQL + pgvector that `mlyard up` runs (embedded), or any
     PostgreSQL with pgvector, by URL or by host, port, user and database."""
 
@@ -66,7 +66,7 @@ class VectorStoreSpec(BaseModel):
         return self
 
 
-class EmbeddingSpec(BaseModel):
+class EmbeddingSpec(SpecModel):
     """The model that turns chunks and questions into vectors: the offline all-MiniLM-L6-v2 on this
     machine, or any OpenAI-compatible /v1/embeddings service."""
 
@@ -91,7 +91,7 @@ class EmbeddingSpec(BaseModel):
         return v
 
 
-class LlmSpec(BaseModel):
+class LlmSpec(SpecModel):
     """The model that writes the answer: an mlyard endpoint with OpenAI routes, any OpenAI-compatible
     base URL, or (neither given) the offline SmolLM2 run by the RAG's query service itself."""
 
@@ -121,7 +121,7 @@ class LlmSpec(BaseModel):
         return self
 
 
-class RagSpec(BaseModel):
+class RagSpec(SpecModel):
     """A RAG: documents under a path, kept as vectors, answered through an LLM."""
 
     model_config = ConfigDict(extra="forbid")

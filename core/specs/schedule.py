@@ -10,9 +10,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from core.specs.common import NAME_PATTERN
+from core.specs.common import NAME_PATTERN, SpecModel
 
 # The console's statuses of a schedule; ENABLED(EXPIRED) is ENABLED past its end time.
 SCHEDULE_STATUSES = ("CREATE REQUESTED", "CREATE FAILED", "ENABLED", "ENABLED(EXPIRED)", "DISABLED")
@@ -20,7 +20,7 @@ MAX_CONCURRENCY = 10  # as Kubeflow Pipelines allows
 UNIT_SECONDS = {"seconds": 1, "minutes": 60, "hours": 3600, "days": 86400, "weeks": 604800}
 
 
-class Interval(BaseModel):
+class Interval(SpecModel):
     """Every N units, counted from the schedule's start time (or its creation)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -34,7 +34,7 @@ class Interval(BaseModel):
         return timedelta(seconds=self.every * UNIT_SECONDS[self.unit])
 
 
-class ScheduleSpec(BaseModel):
+class ScheduleSpec(SpecModel):
     """A schedule: what it runs, when, and what happens when runs pile up or were missed."""
 
     model_config = ConfigDict(extra="forbid")

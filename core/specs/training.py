@@ -6,9 +6,17 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from core.specs.common import KATIB_METRIC_PATTERN, NAME_PATTERN, Resources, _check_uri, _regex, with_overrides
+from core.specs.common import (
+    KATIB_METRIC_PATTERN,
+    NAME_PATTERN,
+    Resources,
+    SpecModel,
+    _check_uri,
+    _regex,
+    with_overrides,
+)
 from core.uris import RELATIVE_PATHS, absolute
 
 MAX_HYPERPARAMETERS = 100
@@ -20,7 +28,7 @@ COORDINATOR: dict[str, Any] = {"gpu_count": 0, "cpu_request": "250m", "cpu_limit
                                "memory_limit": "2Gi", "data_storage_size": "1Gi"}
 
 
-class TrainingSpec(BaseModel):
+class TrainingSpec(SpecModel):
     """A training: run an algorithm's entry point with hyperparameters and datasets (EasyMaker contract)."""
 
     model_config = ConfigDict(extra="forbid")

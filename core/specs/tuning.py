@@ -6,13 +6,13 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from core.specs.common import NAME_PATTERN, _regex
+from core.specs.common import NAME_PATTERN, SpecModel, _regex
 from core.specs.training import TrainingSpec
 
 
-class HyperparameterSpec(BaseModel):
+class HyperparameterSpec(SpecModel):
     """One hyperparameter to search: a range (min/max, step for grid) or a list of values."""
 
     model_config = ConfigDict(extra="forbid")
@@ -56,7 +56,7 @@ class HyperparameterSpec(BaseModel):
         return self
 
 
-class MetricSpec(BaseModel):
+class MetricSpec(SpecModel):
     """A metric collected from the trial's output."""
 
     model_config = ConfigDict(extra="forbid")
@@ -76,7 +76,7 @@ class MetricSpec(BaseModel):
         return value
 
 
-class ObjectiveSpec(BaseModel):
+class ObjectiveSpec(SpecModel):
     model_config = ConfigDict(extra="forbid")
 
     metric: str = Field(min_length=1, description="The metric to optimize (one of metrics, or any name in Katib format).")
@@ -84,7 +84,7 @@ class ObjectiveSpec(BaseModel):
     goal: float | None = Field(default=None, description="Stop the tuning (GoalReached) once a trial reaches this value.")
 
 
-class EarlyStoppingSpec(BaseModel):
+class EarlyStoppingSpec(SpecModel):
     model_config = ConfigDict(extra="forbid")
 
     algorithm: Literal["median"] = Field(default="median", description="median: Katib's median stopping rule.")
@@ -92,7 +92,7 @@ class EarlyStoppingSpec(BaseModel):
     start_step: int = Field(default=4, ge=1, description="Reports of the objective a trial makes before it can be stopped.")
 
 
-class TuningSpec(BaseModel):
+class TuningSpec(SpecModel):
     """Hyperparameter tuning: trials of one training with suggested hyperparameters."""
 
     model_config = ConfigDict(extra="forbid")

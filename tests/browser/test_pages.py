@@ -91,6 +91,7 @@ def test_the_prefect_ui_lists_every_mlyard_deployment_and_runs_a_training_from_i
                   "EM_HP_{KEY}", "EM_DATASET_{NAME}"):  # placeholders a browser would take for HTML tags before
         _see(page, label, "train-form")
     page.screenshot(path=str(SHOTS / "train-form.png"), full_page=True)
+    assert page.get_by_text('Property is type "None"').count() == 0, "an optional field shows a str | None toggle"
 
     # filled as a person does, and Run: the run completes
     algo = tmp_path / "algo"
