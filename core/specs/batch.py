@@ -25,7 +25,7 @@ class _BatchSettings(SpecModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=form_schema)
 
-    model: str = Field(description="Registry reference (name@alias or name/version) or a model URI: runs:/, "
+    model: str = Field(description="Registry reference, e.g. digits@champion or digits/3, or a model URI: runs:/, "
                                    "models:/, s3://, obs://, nas://, file:// or ./path to an MLflow model. "
                                    + RELATIVE_PATHS)
     output_uri: str = Field(description="Where predictions go: a NAME.predictions.jsonl for each input file NAME, "

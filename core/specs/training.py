@@ -33,11 +33,12 @@ class TrainingSpec(SpecModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=NAME_PATTERN, description="Training name: lowercase letters, digits and '-', at most 50.")
+    name: str = Field(pattern=NAME_PATTERN, description="Training name: lowercase letters, digits and '-', at most 50; e.g. digits-sgd.")
     description: str = Field(default="", max_length=255, description="Free text shown in lists.")
     experiment: str = Field(default="default", min_length=1, max_length=100,
                             description="MLflow experiment that groups this training (created if missing).")
-    source_uri: str = Field(description="Directory of the algorithm: path, file://, s3://, obs:// or nas://. "
+    source_uri: str = Field(description="Directory of the algorithm, e.g. /home/me/algo or s3://bucket/algo: a path, "
+                                        "file://, s3://, obs:// or nas://. "
                                         + RELATIVE_PATHS)
     entry_point: str = Field(description="Script inside source_uri that starts the training, e.g. train.py.")
     hyperparameters: dict[str, str | int | float | bool] = Field(

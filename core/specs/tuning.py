@@ -97,7 +97,7 @@ class TuningSpec(SpecModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=NAME_PATTERN, description="Tuning name: lowercase letters, digits and '-', at most 50.")
+    name: str = Field(pattern=NAME_PATTERN, description="Tuning name: lowercase letters, digits and '-', at most 50; e.g. digits-search.")
     description: str = Field(default="", max_length=255, description="Free text shown in lists.")
     experiment: str | None = Field(default=None, description="MLflow experiment (default: the training's).")
     training: TrainingSpec | None = Field(default=None, description="The training each trial runs (or use template).")
