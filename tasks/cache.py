@@ -9,3 +9,20 @@ from pathlib import Path
 
 def cache_dir() -> Path:
     return Path(os.environ.get("MLYARD_CACHE_DIR") or Path.home() / ".cache" / "mlyard")
+
+
+def refused(root: Path, key: str, default: str) -> str | None:
+    """Why the entry `key` under `root` was found not to work before (it is not tried again), or None."""
+    try:
+        return (root / f"{key}.refused").read_text() or default
+    except OSError:
+        return None
+
+
+def refuse(root: Path, key: str, why: str) -> None:
+    """Remember that the entry `key` under `root` does not work, and why (best effort)."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / f"{key}.refused").write_text(why)
+    except OSError:
+        pass

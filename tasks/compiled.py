@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from tasks import cache
 from tasks.cache import cache_dir
 
 TOLERANCE = 1e-6
@@ -148,8 +149,8 @@ def cached(model_path: Path, threads: int = 1) -> OnnxEstimator | None:
 def refused(model_path: Path) -> str | None:
     """Why `model_path` was found not to compile before (it is not tried again), or None."""
     try:
-        return (cache_root() / f"{key(model_path)}.refused").read_text() or "it did not compile before"
-    except OSError:
+        return cache.refused(cache_root(), key(model_path), "it did not compile before")
+    except OSError:  # its files cannot be read
         return None
 
 
@@ -163,9 +164,8 @@ def compile_estimator(estimator: Any, model_path: Path) -> tuple[OnnxEstimator |
     compiled_est, why = _compile(estimator, model_path)
     if compiled_est is None and not why.startswith(("skl2onnx/onnxruntime are not installed", "its files cannot")):
         try:
-            cache_root().mkdir(parents=True, exist_ok=True)
-            (cache_root() / f"{key(model_path)}.refused").write_text(why)
-        except OSError:
+            cache.refuse(cache_root(), key(model_path), why)
+        except OSError:  # its files cannot be read
             pass
     return compiled_est, why
 

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from tasks import cache
 from tasks.cache import cache_dir
 
 TOLERANCE = 1e-4  # per component of unit-length vectors (float32 kernels differ in the last bits)
@@ -119,13 +120,6 @@ class OnnxEmbedder:
         return out
 
 
-def refused(model_dir: Path) -> str | None:
-    try:
-        return (cache_root() / f"{key(model_dir)}.refused").read_text() or "it did not export before"
-    except OSError:
-        return None
-
-
 def load(model_dir: Path, batch_size: int = 64) -> tuple[OnnxEmbedder | None, str]:
     """The ONNX form of `model_dir` (exported and checked now if it was not before), or (None, why)."""
     why = exportable(model_dir)
@@ -138,17 +132,13 @@ def load(model_dir: Path, batch_size: int = 64) -> tuple[OnnxEmbedder | None, st
         except Exception as exc:  # noqa: BLE001 - an unreadable cache entry: export again
             shutil.rmtree(folder, ignore_errors=True)
             why = f"{type(exc).__name__}: {exc}"
-    known = refused(model_dir)
+    known = cache.refused(cache_root(), key(model_dir), "it did not export before")
     if known is not None:
         return None, known
     ok, why = export(model_dir)
     if not ok:
         if not why.startswith(("torch, sentence-transformers or onnxruntime", "its files cannot")):
-            try:
-                cache_root().mkdir(parents=True, exist_ok=True)
-                (cache_root() / f"{key(model_dir)}.refused").write_text(why)
-            except OSError:
-                pass
+            cache.refuse(cache_root(), key(model_dir), why)
         return None, why
     return OnnxEmbedder(folder, batch_size), why
 
