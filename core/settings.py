@@ -116,6 +116,10 @@ class Settings(BaseSettings):
         "then means /mnt/nas-1/data.",
     )
     region: str = Field(default="local", description="Region name handed to trainings as EM_REGION.")
+    log_retention_days: int = Field(
+        default=30, ge=1,
+        description="Structured log records (`mlyard logs`) older than this many days are deleted: their day "
+        "files and their rows in the index, checked every hour by the mlyard API.")
     schedule_start_timeout_seconds: int = Field(
         default=600, ge=1,
         description="A scheduled run still not started (no worker took it) after this long is cancelled and its "

@@ -40,6 +40,11 @@ def catch_up() -> int:
     return int(store().catch_up())
 
 
+def prune() -> int:
+    """Delete the records older than the settings' log_retention_days; how many."""
+    return int(store().prune(Settings().log_retention_days))
+
+
 def query(*, category: str | None = None, training: str | None = None, tuning: str | None = None,
           batch: str | None = None, evaluation: str | None = None, endpoint: str | None = None,
           stage: str | None = None, inference: str | None = None, run: str | None = None,

@@ -18,7 +18,8 @@ Every route but /health needs the platform's internal credential (`Authorization
 stack.json, mode 0600): its answers hold specs and parameters, and its runs act as the stack's user,
 so another user of the machine gets 401 before the body is read.
 
-It keeps the index of the structured log records caught up (mlyard/logs.py), every 2 s.
+It keeps the index of the structured log records caught up (mlyard/logs.py), every 2 s, and deletes
+the records past their retention (Settings.log_retention_days) every hour.
 
 It also follows Prefect's events: a flow run that CRASHED (its process killed) gets its MLflow runs
 ended FAILED with the reason (mlyard/crashes.py).
@@ -162,12 +163,18 @@ def _restart_on_change(files: list[str], fingerprint: str, every_seconds: float 
             os.execv(sys.executable, [sys.executable, "-m", "mlyard.service", *sys.argv[1:]])
 
 
-def _index_logs(every_seconds: float = 2.0) -> None:
-    """Keep the logs' index caught up, so that a query finds little left to index (mlyard/logs.py)."""
+def _index_logs(every_seconds: float = 2.0, prune_every_seconds: float = 3600.0) -> None:
+    """Keep the logs' index caught up, so that a query finds little left to index, and delete the
+    records past their retention once an hour (mlyard/logs.py)."""
     from mlyard import logs
 
+    pruned = 0.0
     while True:
         try:
+            if time.monotonic() - pruned > prune_every_seconds:
+                pruned = time.monotonic()
+                if n := logs.prune():
+                    log.info("deleted %d log records past their retention", n)
             logs.catch_up()
         except Exception:  # noqa: BLE001 - the next pass tries again; a query catches up itself
             log.exception("indexing the log records")

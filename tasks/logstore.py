@@ -154,6 +154,27 @@ class LogStore:
             added += len(rows)
         return added
 
+    def prune(self, keep_days: float, now: float | None = None) -> int:
+        """Delete the records older than `keep_days`: the flow runs' day files before the cut (their
+        names are their days) and the index's rows before it (the model server's own files are kept:
+        their endpoint's deletion removes them). How many rows went."""
+        cut = (now or time.time()) - keep_days * 86400
+        day = time.strftime("%Y-%m-%d", time.gmtime(cut))
+        gone = [p for p in (self.home / "logs" / "records").glob("*/*.jsonl") if p.stem < day]
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                deleted = self.db.execute("DELETE FROM records WHERE time < ?", (cut,)).rowcount
+                for path in gone:
+                    self.db.execute("DELETE FROM files WHERE path = ?", (str(path),))
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+        for path in gone:
+            path.unlink(missing_ok=True)
+        return int(deleted)
+
     # -- querying ------------------------------------------------------------------------------------
 
     def query(self, *, category: str | None = None, ids: dict[str, str] | None = None, names: dict[str, str] | None = None,

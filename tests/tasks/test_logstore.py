@@ -78,3 +78,20 @@ def test_a_million_records_are_not_needed_to_see_the_index_used(tmp_path):
         plan = " ".join(str(r) for r in store.db.execute(
             f"EXPLAIN QUERY PLAN SELECT * FROM records WHERE +category = ? AND {column} = ? ORDER BY time DESC", ("a", "b")))
         assert f"records_{column}" in plan, plan
+
+
+def test_records_past_their_retention_are_deleted_with_their_day_files(tmp_path):
+    old_day, today = time.time() - 40 * 86400, time.time()
+    folder = tmp_path / "logs" / "records" / "training"
+    old = folder / time.strftime("%Y-%m-%d.jsonl", time.gmtime(old_day))
+    new = folder / time.strftime("%Y-%m-%d.jsonl", time.gmtime(today))
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(old_day))
+    _append(old, *(lr.document("training", "INFO", f"old {i}", trainingId="t-old", time=stamp) for i in range(3)))
+    _append(new, lr.document("training", "INFO", "new", trainingId="t-new"))
+    store = LogStore(tmp_path)
+    assert store.catch_up() == 4
+    assert store.prune(30) == 3
+    assert not old.exists() and new.exists()
+    assert [d["body"] for d in store.query(category="training")] == ["new"]
+    assert store.catch_up() == 0, "nothing is indexed again"
+    assert store.prune(30) == 0
