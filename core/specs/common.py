@@ -32,8 +32,9 @@ def form_schema(schema: dict[str, Any], cls: type) -> None:
         if not options or len(options) != 2 or {"type": "null"} not in options or prop.get("default", None) is not None:
             continue
         (kept,) = [o for o in options if o != {"type": "null"}]
-        if "type" not in kept or kept["type"] in ("object", "array"):
-            continue  # a nested model or a collection: Prefect's check would not read it as nullable
+        if "type" not in kept or kept["type"] in ("object", "array") or "enum" in kept or "const" in kept:
+            continue  # Prefect's check would not read it as nullable (a nested model, a collection), or null
+            # would still fail it (an enum applies to every type; a string's pattern or a number's minimum do not)
         props[name] = {**{k: v for k, v in prop.items() if k not in ("anyOf", "default")}, **kept}
     first = [k for k in getattr(cls, "FORM_FIRST", ()) if k in props]
     schema["properties"] = {**{k: props[k] for k in first}, **{k: v for k, v in props.items() if k not in first}}
