@@ -22,11 +22,6 @@ import orjson
 LOG_TYPE = "mlyard"
 CATEGORIES = ("training", "tuning", "batch", "evaluation", "endpoint", "inference", "rag", "pipeline", "notebook")
 LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40}
-# the id fields, each with the option `mlyard logs` selects it by
-ID_FIELDS = {"trainingId": "training", "hyperparameterTuningId": "tuning", "batchInferenceId": "batch",
-             "evaluationId": "evaluation", "endpointId": "endpoint", "endpointStageId": "stage",
-             "inferenceId": "inference", "flowRunId": "run"}
-OTHER_FIELDS = ("action", "modelName", "name")
 
 
 def category(short: str) -> str:
