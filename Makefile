@@ -16,6 +16,11 @@ $(STAMP):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,torch,llm,rag,notebook]'
+	# JupyterLab's jupyter-events asks for jsonschema[format-nongpl], which brings rfc3987-syntax: it compiles
+	# a Lark grammar when jsonschema is imported, 1.9 s of CPU in every process that imports Prefect (every
+	# flow run, worker, command and server). Only jsonschema's "iri" format checks need it; the platform's
+	# images never carry it (bench/README.md, tenth session).
+	$(PY) -m pip uninstall --quiet -y rfc3987-syntax
 	# Debian tools: catdoc reads .doc/.ppt for RAG ingestion; jq runs examples/rag/ask.sh (and its test)
 	# Debian's chromium drives the browser tests (Playwright with executable_path; it never downloads one)
 	for tool in catdoc jq chromium; do command -v $$tool >/dev/null || apt-get install -y -q $$tool >/dev/null 2>&1 \

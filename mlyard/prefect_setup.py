@@ -51,9 +51,15 @@ def wait_healthy(api_url: str, pid: int, log: Path, timeout: float) -> None:
     raise StackError(f"the Prefect server did not answer at {api_url} within {timeout:.0f} s; see {log}")
 
 
-def start_server(settings: Settings, env: dict[str, str], log: Path) -> int:
+def start_server(settings: Settings, env: dict[str, str], log: Path, blocks_registered: bool = False) -> int:
+    """Prefect's server on the stack's port. `blocks_registered`: its database came from the prepared one,
+    whose server already registered Prefect's block types; registering them again at start imports every
+    Prefect collection (prefect-kubernetes, kopf) and hashes the block registry: 2-3 s of a cold start."""
     api_url = f"http://127.0.0.1:{settings.prefect_port}/api"
     srv_env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
+    if blocks_registered:
+        srv_env.update({"PREFECT_API_BLOCKS_REGISTER_ON_START": "false",
+                        "PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION": "false"})  # the memo would load them all first
     # The UI calls the API at this URL; without it the UI assumes port 4200.
     srv_env.update({"PREFECT_UI_API_URL": api_url, "PREFECT_SERVER_API_PORT": str(settings.prefect_port),
                     "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_HOME": str(settings.prefect_home)})

@@ -85,13 +85,14 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
             raise StackError(f"something else already answers at {api_url}; stop it or set MLYARD_PREFECT_PORT")
         db = settings.prefect_home / "prefect.db"
         state.deployments = None
+        prepared_copy = False
         if not db.exists():  # a fresh home: start from a database that is already migrated
             settings.prefect_home.mkdir(parents=True, exist_ok=True)
             prepared = prepared_db_path(digest)
             try:
                 if prepared.is_file():  # this installation's pools, automation and deployments already in it
                     shutil.copyfile(prepared, db)
-                    state.deployments = digest
+                    state.deployments, prepared_copy = digest, True
                 else:
                     shutil.copyfile(empty_prefect_db(echo), db)
             except (OSError, StackError) as exc:  # e.g. an installation we cannot write to: Prefect migrates
@@ -100,7 +101,7 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
         state.prefect_auth_string = f"mlyard:{secrets.token_urlsafe(24)}" if settings.prefect_auth else None
         server_env = {**env, "PREFECT_SERVER_API_AUTH_STRING": state.prefect_auth_string} \
             if state.prefect_auth_string else env
-        pid = start_server(settings, server_env, logs / "prefect-server.log")
+        pid = start_server(settings, server_env, logs / "prefect-server.log", blocks_registered=prepared_copy)
         state.pids["prefect-server"], state.logs["prefect-server"] = pid, str(logs / "prefect-server.log")
         write_state(settings, state)
         # The MLflow database and the catalog are made while the server migrates its own.
