@@ -134,9 +134,8 @@ def _wait(settings: Settings, name: str, timeout_seconds: float, run_id: str) ->
             return
         if time.monotonic() - checked > 5:  # every 5 s: has the run ended without saying so?
             checked = time.monotonic()
-            _settle(settings, name, run_id)
-            if store.get(name).status != record.status:
-                return
+            _settle(settings, name, run_id)  # a failed status it sets ends the wait at the next read
+            continue
         time.sleep(0.2)  # one read of the catalog
 
 
