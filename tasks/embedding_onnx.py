@@ -7,6 +7,8 @@ second and embed as fast. So the first process that needs a model exports its tr
 `torch.onnx.export` into the cache (`MLYARD_CACHE_DIR`, else ~/.cache/mlyard), checks that the export
 agrees with sentence-transformers on probe texts (a short one, an empty one, one past the model's
 token limit, one in another script), and every later load, in any process, reads the ONNX file alone.
+`make install` exports the default model once into the installation (`prepare`), so no process on a
+fresh cache pays the export (14 s of CPU) for it.
 
 Only the models sentence-transformers builds as Transformer -> mean Pooling (-> Normalize) are
 exported: all-MiniLM and most sentence embedding models. Any other folder, a failed export or one that
@@ -20,6 +22,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -38,6 +41,12 @@ PROBES = ["What is a Python decorator?", "",
 
 def cache_root() -> Path:
     return cache_dir() / "embeddings"
+
+
+def prepared_root() -> Path:
+    """Exports made with the installation (`prepare`, run by `make install`): read first, never written
+    by a run."""
+    return Path(sys.prefix) / "share" / "mlyard" / "embeddings"
 
 
 def key(model_dir: Path) -> str:
@@ -125,13 +134,16 @@ def load(model_dir: Path, batch_size: int = 64) -> tuple[OnnxEmbedder | None, st
     why = exportable(model_dir)
     if why is not None:
         return None, why
-    folder = cache_root() / key(model_dir)
-    if (folder / "export.json").is_file():
-        try:
-            return OnnxEmbedder(folder, batch_size), "exported before"
-        except Exception as exc:  # noqa: BLE001 - an unreadable cache entry: export again
-            shutil.rmtree(folder, ignore_errors=True)
-            why = f"{type(exc).__name__}: {exc}"
+    k = key(model_dir)
+    for root in (prepared_root(), cache_root()):
+        folder = root / k
+        if (folder / "export.json").is_file():
+            try:
+                return OnnxEmbedder(folder, batch_size), "exported before"
+            except Exception as exc:  # noqa: BLE001 - an unreadable entry: the cache's is exported again
+                if root == cache_root():
+                    shutil.rmtree(folder, ignore_errors=True)
+                why = f"{type(exc).__name__}: {exc}"
     known = cache.refused(cache_root(), key(model_dir), "it did not export before")
     if known is not None:
         return None, known
@@ -140,13 +152,25 @@ def load(model_dir: Path, batch_size: int = 64) -> tuple[OnnxEmbedder | None, st
         if not why.startswith(("torch, sentence-transformers or onnxruntime", "its files cannot")):
             cache.refuse(cache_root(), key(model_dir), why)
         return None, why
-    return OnnxEmbedder(folder, batch_size), why
+    return OnnxEmbedder(cache_root() / k, batch_size), why
 
 
-def export(model_dir: Path) -> tuple[bool, str]:
+def prepare(echo=print) -> None:
+    """Export the default embedding model into the installation, once (`make install` runs it)."""
+    from tasks.embeddings import default_model_dir
+
+    model_dir = default_model_dir()
+    if (prepared_root() / key(model_dir) / "export.json").is_file():
+        return
+    echo("exporting the default embedding model to ONNX (once per installation) ...")
+    ok, why = export(model_dir, prepared_root())
+    echo(f"  {why}" if ok else f"  not exported ({why}): each cache exports it, or sentence-transformers runs it")
+
+
+def export(model_dir: Path, root: Path | None = None) -> tuple[bool, str]:
     """Export the transformer of `model_dir` with torch, check it against sentence-transformers on
-    PROBES, and keep it in the cache (written aside, then renamed: two processes exporting at once
-    both end with one whole entry)."""
+    PROBES, and keep it under `root` (default the cache; written aside, then renamed: two processes
+    exporting at once both end with one whole entry)."""
     try:
         import onnxruntime  # noqa: F401
         import torch
@@ -154,7 +178,7 @@ def export(model_dir: Path) -> tuple[bool, str]:
     except ImportError as exc:
         return False, f"torch, sentence-transformers or onnxruntime are not installed ({exc.name})"
     try:
-        folder = cache_root() / key(model_dir)
+        folder = (root or cache_root()) / key(model_dir)
         tmp = folder.parent / f".{folder.name}.{os.getpid()}.tmp"
     except OSError as exc:
         return False, f"its files cannot be read ({exc})"
