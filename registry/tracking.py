@@ -7,6 +7,11 @@ trainings can log from one process and no run is left active behind a test.
 from __future__ import annotations
 
 import os
+import shutil
+import sqlite3
+import sys
+import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Literal, Mapping, Protocol
@@ -56,10 +61,59 @@ class MetricLike(Protocol):
     def timestamp_ms(self) -> int: ...
 
 
+def prepared_db_path() -> Path:
+    from importlib.metadata import version
+
+    return Path(sys.prefix) / "share" / "mlyard" / f"mlflow-{version('mlflow')}-empty.db"
+
+
+def prepare_db() -> Path:
+    """An empty MLflow tracking database at its newest migration, made once per installation (`make
+    install` runs this): a SQLite database that does not exist yet starts as a copy of it (`start_db`)."""
+    import tempfile
+
+    path = prepared_db_path()
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "mlflow.db"
+        MlflowClient(f"sqlite:///{db}").search_experiments(max_results=1)  # MLflow migrates it (no journal left)
+        shutil.copyfile(db, Path(tmp) / "ready.db")
+        os.replace(Path(tmp) / "ready.db", path)
+    return path
+
+
+def start_db(tracking_uri: str) -> None:
+    """A SQLite tracking database that does not exist yet is made from the prepared one: MLflow would run
+    its Alembic migrations one by one (about 2 s of CPU) in whichever process opened it first. The
+    Default experiment (id 0) keeps artifacts in ./mlruns/0 of this directory, as MLflow makes it."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    prepared = prepared_db_path()
+    if db.exists() or not prepared.is_file() or not db.parent.is_dir():
+        return
+    tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copyfile(prepared, tmp)
+        with closing(sqlite3.connect(tmp)) as conn, conn:
+            now = int(time.time() * 1000)
+            conn.execute("UPDATE experiments SET artifact_location = ?, creation_time = ?, last_update_time = ? "
+                         "WHERE experiment_id = 0", (str(Path.cwd() / "mlruns" / "0"), now, now))
+        os.chmod(tmp, 0o600)
+        os.link(tmp, db)  # never over a database another process made meanwhile
+    except OSError:
+        pass  # MLflow makes it, as before
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 class Tracking:
     def __init__(self, tracking_uri: str, artifact_root: Path | None = None):
         """`artifact_root`: where new experiments keep artifacts (embedded stack); None lets the server decide."""
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        start_db(tracking_uri)
         self.tracking_uri = tracking_uri
         self.artifact_root = artifact_root
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)

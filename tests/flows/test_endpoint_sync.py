@@ -88,10 +88,11 @@ def test_sync_deploys_then_replaces_replicas_one_at_a_time_under_load(stack, set
     results: list[tuple[int, str]] = []
     stop = threading.Event()
 
-    def load():
+    def load():  # three callers, each at most 50 requests a second: load, without starving the deploy of CPU
         while not stop.is_set():
             status, body = call(url, token)
             results.append((status, body.get("version", body.get("error", ""))))
+            stop.wait(0.02)
 
     threads = [threading.Thread(target=load) for _ in range(3)]
     for t in threads:
