@@ -18,8 +18,29 @@ from kube_api import KubeApi, Kubelet
 from kube_cluster import NS, ROOT
 
 
+@pytest.fixture(scope="session")
+def pod_runner(stack, tmp_path_factory):
+    """A warm runner for the emulated cluster's flow-run pods (see Kubelet), one for the session: its
+    home holds only its socket; each pod's child takes that pod's own environment."""
+    import signal
+
+    from mlyard import warm
+
+    home = tmp_path_factory.mktemp("pod-runner")
+    (home / "logs").mkdir()
+    with open(home / "logs" / "warm-runner.log", "ab") as out:  # `setsid -f`: no child of a test (leak guard)
+        subprocess.run(["setsid", "-f", sys.executable, "-m", "mlyard.warm.server", str(home)], cwd=ROOT, stdout=out,
+                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=True)
+    deadline = time.monotonic() + 120
+    while warm.runner_pid(home) is None and time.monotonic() < deadline:
+        time.sleep(0.2)  # not ready in time: the pods start cold, as on a cluster
+    yield str(home)
+    if (pid := warm.runner_pid(home)) is not None:
+        os.killpg(pid, signal.SIGTERM)
+
+
 @pytest.fixture
-def cluster(stack, settings, tmp_path):
+def cluster(stack, settings, tmp_path, pod_runner):
     """A Kubernetes API emulator with the platform's namespace and ConfigMap, a Kubelet, and the real
     Prefect Kubernetes worker on the gpu pool pointed at it (per test: all of it ends with the test)."""
     # per test: the worker and the pods' processes end with it, before the leak guard looks
@@ -33,7 +54,8 @@ def cluster(stack, settings, tmp_path):
     data = tmp_path / "data"  # the pod's data storage volume, at /mlyard/data in a real pod
     data.mkdir()
     # the pod reaches the API through the kubeconfig, as a real one does through its service account token
-    kubelet = Kubelet(api, str(ROOT), overrides={"MLYARD_HOME": str(data), "KUBECONFIG": str(kubeconfig)})
+    kubelet = Kubelet(api, str(ROOT), overrides={"MLYARD_HOME": str(data), "KUBECONFIG": str(kubeconfig)},
+                      warm_home=pod_runner)
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PREFECT_INTEGRATIONS_KUBERNETES_OBSERVER_NAMESPACES": NS,
            "PREFECT_WORKER_QUERY_SECONDS": "0.5"}
     log = tmp_path / "worker.log"
