@@ -88,7 +88,7 @@ def start_db(tracking_uri: str) -> None:
     """A SQLite tracking database that does not exist yet is made from the prepared one: MLflow would run
     its Alembic migrations one by one (about 2 s of CPU) in whichever process opened it first. The
     Default experiment (id 0) keeps artifacts in ./mlruns/0 of this directory, as MLflow makes it."""
-    if not tracking_uri.startswith("sqlite:///"):
+    if not tracking_uri.startswith("sqlite:///") or "?" in tracking_uri:  # a URI with options: MLflow makes it
         return
     db = Path(tracking_uri.removeprefix("sqlite:///"))
     prepared = prepared_db_path()
