@@ -144,13 +144,13 @@ def load(model_dir: Path, batch_size: int = 64) -> tuple[OnnxEmbedder | None, st
                 if root == cache_root():
                     shutil.rmtree(folder, ignore_errors=True)
                 why = f"{type(exc).__name__}: {exc}"
-    known = cache.refused(cache_root(), key(model_dir), "it did not export before")
+    known = cache.refused(cache_root(), k, "it did not export before")
     if known is not None:
         return None, known
     ok, why = export(model_dir)
     if not ok:
         if not why.startswith(("torch, sentence-transformers or onnxruntime", "its files cannot")):
-            cache.refuse(cache_root(), key(model_dir), why)
+            cache.refuse(cache_root(), k, why)
         return None, why
     return OnnxEmbedder(cache_root() / k, batch_size), why
 

@@ -27,7 +27,6 @@ def test_the_run_moving_its_rag_to_in_progress_during_a_check_does_not_end_the_w
 
     monkeypatch.setattr(rags, "_rags", lambda settings: Store())
     monkeypatch.setattr(rags, "_settle", settle)
-    monkeypatch.setattr(rags.time, "monotonic", tick)
-    monkeypatch.setattr(rags.time, "sleep", lambda s: None)
+    monkeypatch.setattr(rags, "time", SimpleNamespace(monotonic=tick, sleep=lambda s: None))  # this module's clock
     rags._wait(None, "handbook", 3600, "run-1")
     assert current["status"] == "ACTIVE"
