@@ -91,8 +91,10 @@ def start_db(tracking_uri: str) -> None:
     if not tracking_uri.startswith("sqlite:///") or "?" in tracking_uri:  # a URI with options: MLflow makes it
         return
     db = Path(tracking_uri.removeprefix("sqlite:///"))
-    prepared = prepared_db_path()
-    if db.exists() or not prepared.is_file() or not db.parent.is_dir():
+    if db.exists() or not db.parent.is_dir():  # every Tracking of an existing database: one stat
+        return
+    prepared = prepared_db_path()  # (reads the installed packages' metadata)
+    if not prepared.is_file():
         return
     tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
     try:
