@@ -92,9 +92,23 @@ def point_prefect(settings: Settings, api_url: str | None) -> None:
                 os.environ["PREFECT_API_AUTH_STRING"] = state.prefect_auth_string
     os.environ.update(settings.plain_http_env(os.environ.get("PREFECT_API_URL")))
     if "prefect.context" in sys.modules:
+        reread_prefect_settings()
+
+
+# The PREFECT_* environment that Prefect's settings were last made from in this process.
+_PREFECT_ENV_READ: dict[str, dict[str, str]] = {}
+
+
+def reread_prefect_settings(force: bool = False) -> None:
+    """Have an imported Prefect make its settings again from the environment, if that changed since it
+    last did here (or always, with `force`): a process that calls the platform again and again (a
+    notebook, a test) does not rebuild them (60 ms of CPU each) for nothing."""
+    seen = {key: value for key, value in os.environ.items() if key.startswith("PREFECT_")}
+    if force or seen != _PREFECT_ENV_READ.get("env"):
         from prefect.context import refresh_global_settings_context
 
         refresh_global_settings_context()
+        _PREFECT_ENV_READ["env"] = seen
 
 
 def connect(settings: Settings | None = None) -> Settings:

@@ -255,15 +255,14 @@ def _run(conn: socket.socket, fds: list[int], request: dict, listener: socket.so
 
 def _fresh_process_state() -> None:
     """What a cold process would have read at start: settings, logging, seeds."""
-    from prefect.context import refresh_global_settings_context
     from prefect.logging.configuration import setup_logging
 
-    from core.connection import connect_if_running
+    from core.connection import connect_if_running, reread_prefect_settings
 
     if os.environ.get("PYTHONUNBUFFERED"):
         sys.stdout.reconfigure(write_through=True)  # type: ignore[union-attr]
         sys.stderr.reconfigure(write_through=True)  # type: ignore[union-attr]
-    refresh_global_settings_context()  # Prefect read its settings when the runner imported it
+    reread_prefect_settings(force=True)  # Prefect read its settings when the runner imported it
     setup_logging(incremental=False)
     connect_if_running()  # what `import flows` does in a cold process
     random.seed()

@@ -1,0 +1,32 @@
+"""core.connection: Prefect's settings are made again when, and only when, the environment changed."""
+
+from __future__ import annotations
+
+import os
+
+
+def test_prefect_settings_are_made_again_only_when_the_environment_changed(monkeypatch):
+    import prefect.context
+    from prefect.settings import get_current_settings
+
+    from core import connection
+
+    made = []
+    real = prefect.context.refresh_global_settings_context
+    monkeypatch.setattr(prefect.context, "refresh_global_settings_context", lambda: made.append(1) or real())
+    level = get_current_settings().logging.level
+    connection.reread_prefect_settings(force=True)
+    connection.reread_prefect_settings()
+    connection.reread_prefect_settings()
+    assert len(made) == 1, "the same environment: the settings are kept"
+
+    before = os.environ.get("PREFECT_LOGGING_LEVEL")
+    monkeypatch.setenv("PREFECT_LOGGING_LEVEL", "CRITICAL" if level != "CRITICAL" else "ERROR")
+    connection.reread_prefect_settings()
+    assert len(made) == 2 and get_current_settings().logging.level != level
+    if before is None:
+        monkeypatch.delenv("PREFECT_LOGGING_LEVEL")
+    else:
+        monkeypatch.setenv("PREFECT_LOGGING_LEVEL", before)
+    connection.reread_prefect_settings()
+    assert len(made) == 3 and get_current_settings().logging.level == level
