@@ -5,6 +5,7 @@ process (the Prefect servers, the xdist workers' own test code, `mlyard` command
     .venv/bin/python bench/suite_cpu.py                      # pytest -q -n 2 --dist loadfile
     .venv/bin/python bench/suite_cpu.py -- pytest tests/flows/test_rag.py
     .venv/bin/python bench/suite_cpu.py --top 30             # and the 30 costliest kinds of command line
+    .venv/bin/python bench/suite_cpu.py --timeline 60        # and the machine's busy cores per minute
 
 A process that lives less than half a second can be missed, so the total is a floor. The suite is
 CPU-bound on two cores: its wall time follows the sum below, not any one test.
@@ -43,11 +44,19 @@ KINDS = [  # the first pattern a command line matches names its kind
 ]
 
 
-def sample(seen: dict[str, list], stop: threading.Event) -> None:
+def busy_seconds() -> float:
+    """The whole machine's busy CPU time since boot (/proc/stat: all but idle and iowait)."""
+    with open("/proc/stat") as fh:
+        ticks = [int(v) for v in fh.readline().split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / HZ
+
+
+def sample(seen: dict[str, list], stop: threading.Event, timeline: list[tuple[float, float]]) -> None:
     """Each process's command line and CPU time so far, less what those already running at the start
-    had used before it."""
+    had used before it; and the machine's busy CPU time at each pass."""
     first = True
     while not stop.is_set():
+        timeline.append((time.monotonic(), busy_seconds()))
         for pid in os.listdir("/proc"):
             if not pid.isdigit():
                 continue
@@ -81,11 +90,13 @@ def shape(cmd: str) -> str:
 def main() -> None:
     args = sys.argv[1:sys.argv.index("--")] if "--" in sys.argv else sys.argv[1:]
     top = int(args[args.index("--top") + 1]) if "--top" in args else 0
+    window = float(args[args.index("--timeline") + 1]) if "--timeline" in args else 0.0
     argv = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else \
         [sys.executable, "-m", "pytest", "-q", "-n", "2", "--dist", "loadfile"]
     seen: dict[str, list] = {}
+    timeline: list[tuple[float, float]] = []
     stop = threading.Event()
-    sampler = threading.Thread(target=sample, args=(seen, stop), daemon=True)
+    sampler = threading.Thread(target=sample, args=(seen, stop, timeline), daemon=True)
     t0 = time.monotonic()
     sampler.start()
     code = subprocess.call(argv)
@@ -110,6 +121,13 @@ def main() -> None:
         print(f"\nthe {top} costliest command lines (paths cut, ids and numbers masked):")
         for cmd, (cpu, n) in sorted(shapes.items(), key=lambda kv: -kv[1][0])[:top]:
             print(f"{cpu:8.1f} s  {int(n):4d} x  {cpu / n:6.2f} s each  {cmd}")
+    if window and timeline:
+        print(f"\nthe machine's busy cores, every {window:.0f} s (idle cores are time no process could use):")
+        start, mark = timeline[0]
+        for t, busy in timeline:
+            if t - start >= window:
+                print(f"{start - t0:6.0f}-{t - t0:4.0f} s  {(busy - mark) / (t - start):4.2f}")
+                start, mark = t, busy
 
 
 if __name__ == "__main__":

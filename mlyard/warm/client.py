@@ -33,17 +33,20 @@ def main(argv: list[str]) -> int:
         print("usage: python -m mlyard.warm.client HOME", file=sys.stderr)
         return 2
     home = Path(argv[1])
-    handed = _hand_over(warm_dir(home) / SOCKET)
+    handed = hand_over(warm_dir(home) / SOCKET)
     if handed is None:
-        _start_runner(home)
+        start_runner(home)
         return _cold()
-    return _relay(*handed)
+    return relay(*handed)
 
 
-def _hand_over(path: Path) -> tuple[socket.socket, int] | None:
-    """Send this run to the runner; the connected socket and the child's pid once a child holds the
-    run, else None."""
-    request = json.dumps({"env": dict(os.environ), "cwd": os.getcwd(), "umask": _umask()}).encode()
+def hand_over(path: Path, command: list[str] | None = None) -> tuple[socket.socket, int] | None:
+    """Send this run (or, with `command`, this `mlyard` command line) to the runner; the connected
+    socket and the child's pid once a child holds it, else None."""
+    fields = {"env": dict(os.environ), "cwd": os.getcwd(), "umask": _umask()}
+    if command is not None:
+        fields["command"] = command
+    request = json.dumps(fields).encode()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(CONNECT_TIMEOUT_SECONDS)
@@ -61,7 +64,7 @@ def _hand_over(path: Path) -> tuple[socket.socket, int] | None:
     return sock, int(reply.split()[1])
 
 
-def _relay(sock: socket.socket, pid: int) -> int:
+def relay(sock: socket.socket, pid: int) -> int:
     """Forward signals to the child's group until it reports its exit status; exit with it."""
     forwarded: list[int] = []
 
@@ -80,7 +83,7 @@ def _relay(sock: socket.socket, pid: int) -> int:
     if forwarded:  # the child died of the signal we passed on: end the same way, as a cold process would
         signal.signal(forwarded[-1], signal.SIG_DFL)
         os.kill(os.getpid(), forwarded[-1])
-    print(f"mlyard: the flow run's warm process {pid} ended without an exit status (killed?)", file=sys.stderr)
+    print(f"mlyard: the warm process {pid} ended without an exit status (killed?)", file=sys.stderr)
     return 1
 
 
@@ -100,7 +103,7 @@ def _umask() -> int:
     return mask
 
 
-def _start_runner(home: Path) -> None:
+def start_runner(home: Path) -> None:
     """Start a runner in the background for the next runs (it exits at once if one is already up)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT__")}  # this run's own
     log = home / "logs" / "warm-runner.log"

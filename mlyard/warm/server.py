@@ -1,5 +1,6 @@
 """The warm runner: imports Prefect, MLflow, SQLAlchemy and every flow once, then forks one child per
-flow run handed to it by mlyard/warm/client.py.
+flow run handed to it by mlyard/warm/client.py, and per `mlyard` command handed to it by
+mlyard/warm/cli.py (the child imports the CLI itself, from the files as they are then).
 
     python -m mlyard.warm.server HOME
 
@@ -234,11 +235,18 @@ def _run(conn: socket.socket, fds: list[int], request: dict, listener: socket.so
     os.environ.update(request["env"])
     _fresh_process_state()
     code: object = 0
-    sys.argv = [""]  # as `python -m prefect.engine`: the run's id comes from PREFECT__FLOW_RUN_ID
-    # runpy warns that the module was imported before it runs as __main__: by design, here
-    warnings.filterwarnings("ignore", message=r"'prefect\.engine' found in sys\.modules", category=RuntimeWarning)
     try:
-        runpy.run_module("prefect.engine", run_name="__main__", alter_sys=True)
+        if "command" in request:  # an `mlyard` command line (mlyard/warm/cli.py)
+            sys.argv = [str(word) for word in request["command"]]
+            from mlyard.cli import app  # imported here, from the files as they are now (typer, rich: 30 ms)
+
+            app(prog_name=os.path.basename(sys.argv[0]))  # click would name this process's __main__
+        else:
+            sys.argv = [""]  # as `python -m prefect.engine`: the run's id comes from PREFECT__FLOW_RUN_ID
+            # runpy warns that the module was imported before it runs as __main__: by design, here
+            warnings.filterwarnings("ignore", message=r"'prefect\.engine' found in sys\.modules",
+                                    category=RuntimeWarning)
+            runpy.run_module("prefect.engine", run_name="__main__", alter_sys=True)
     except SystemExit as exc:
         code = exc.code
     except KeyboardInterrupt:
@@ -257,14 +265,16 @@ def _fresh_process_state() -> None:
     """What a cold process would have read at start: settings, logging, seeds."""
     from prefect.logging.configuration import setup_logging
 
-    from core.connection import connect_if_running, reread_prefect_settings
+    from core.connection import connect_if_running
 
     if os.environ.get("PYTHONUNBUFFERED"):
         sys.stdout.reconfigure(write_through=True)  # type: ignore[union-attr]
         sys.stderr.reconfigure(write_through=True)  # type: ignore[union-attr]
-    reread_prefect_settings(force=True)  # Prefect read its settings when the runner imported it
+    # What `import flows` does in a cold process: the platform's environment; and Prefect, which read its
+    # settings when the runner imported it, makes them again from this environment (unless it is the very
+    # one they were made from)
+    connect_if_running()
     setup_logging(incremental=False)
-    connect_if_running()  # what `import flows` does in a cold process
     random.seed()
     if "numpy" in sys.modules:
         sys.modules["numpy"].random.seed()
@@ -300,7 +310,13 @@ def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print("usage: python -m mlyard.warm.server HOME", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # the runner's own log, on its own logger: the root logger stays as a cold process has it, so that a
+    # child's logging (a command's stderr, a flow run's) is set up as it would be cold
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
     return serve(Path(argv[1]).resolve())
 
 

@@ -267,3 +267,77 @@ def test_a_flow_run_in_a_command_returns_when_its_work_ends(stack, settings, tmp
     assert done.returncode == 0, done.stderr[-3000:]
     delays = json.loads(done.stdout.strip().splitlines()[-1])
     assert min(delays) < 0.5, f"the run returned {min(delays):.2f} s after its work ended"
+
+
+def _user_env(**extra: str) -> dict[str, str]:
+    """A user's shell: PATH, HOME and LANG (none of the harness's variables), and `extra`."""
+    import sys
+
+    return {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"),
+            "LANG": "C.UTF-8", **extra}
+
+
+def _children_of(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found |= {int(p) for p in (task / "children").read_text().split()}
+    return found
+
+
+def test_a_command_gives_warm_what_it_gives_cold(stack):
+    """The same commands through the warm runner and with MLYARD_WARM_CLI=0: the same output, exit
+    status and one-line errors."""
+    import subprocess
+    import sys
+
+    mlyard = str(Path(sys.executable).parent / "mlyard")
+    cwd = Path(os.environ["MLYARD_HOME"]).parent
+    for words in (["images", "list", "--json"], ["trainings", "show", "no-such-training"],
+                  ["train", "-f", "no-such-file.yaml"], ["trainings", "--help"]):
+        warm, cold = (subprocess.run([mlyard, *words], cwd=cwd, env=_user_env(MLYARD_WARM_CLI=flag), text=True,
+                                     capture_output=True, timeout=120) for flag in ("1", "0"))
+        assert (warm.returncode, warm.stdout, warm.stderr) == (cold.returncode, cold.stdout, cold.stderr), words
+
+
+def test_a_command_runs_in_a_child_of_the_warm_runner_and_ctrl_c_reaches_it(stack, settings):
+    """`mlyard train` from a user's shell: the command runs in a child of the home's warm runner with the
+    shell's environment and directory, its output streams back, and Ctrl-C stops the training (STOPPED)."""
+    import subprocess
+    import sys
+
+    cwd = Path(os.environ["MLYARD_HOME"]).parent / "warm-cli"
+    (cwd / "algo").mkdir(parents=True)
+    (cwd / "algo" / "main.py").write_text("import time\nprint('loss=1', flush=True)\ntime.sleep(120)\n")
+    (cwd / "train.yaml").write_text("name: warm-cli\nexperiment: warm-cli\nsource_uri: algo\nentry_point: main.py\n")
+
+    def as_a_terminal_starts_it() -> None:  # see test_user_paths.test_ctrl_c_on_mlyard_train_ends_stopped
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+    runner = _runner(settings)
+    assert runner is not None, "mlyard up starts the home's warm runner"
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "mlyard"), "train", "-f", "train.yaml"], cwd=cwd,
+                            env=_user_env(MLYARD_PROBE="warm-cli"), preexec_fn=as_a_terminal_starts_it, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            if "loss=1" in line:
+                break
+        commands = [pid for pid in _children_of(runner) if Path(f"/proc/{pid}/cwd").resolve() == cwd.resolve()]
+        assert len(commands) == 1, "the command runs in a child of the warm runner, in the shell's directory"
+        below, found = {commands[0]}, set()
+        while below:
+            found |= below
+            below = set().union(*(_children_of(pid) for pid in below)) - found
+        assert any(b"MLYARD_PROBE=warm-cli" in Path(f"/proc/{pid}/environ").read_bytes() for pid in found), \
+            "the training the command started has the shell's environment"
+        assert _children_of(proc.pid) == set(), "the command's client starts nothing itself"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130, "as a cold command ends on Ctrl-C (128 + SIGINT)"
+    finally:
+        proc.kill()
+        proc.stdout.close()  # type: ignore[union-attr]
+    listed = json.loads(subprocess.run([str(Path(sys.executable).parent / "mlyard"), "trainings", "list", "--json"],
+                                       cwd=cwd, env=_user_env(), capture_output=True, text=True, check=True).stdout)
+    mine = [t for t in listed if t["name"] == "warm-cli"]
+    assert mine and mine[0]["status"] == "STOPPED" and "Ctrl-C" in mine[0]["cause"], mine

@@ -1,0 +1,58 @@
+"""The `mlyard` command's entry point: the command runs in a child of the home's warm runner, or here.
+
+A cold `mlyard` process pays for Python, typer and rich before it parses its arguments, and for Prefect,
+SQLAlchemy and MLflow when its command submits, creates or runs something (0.4 to 3 s of CPU per
+command). When `mlyard up` runs for this home, its warm runner (mlyard/warm/server.py) already holds
+them: this entry hands it the command line, environment, working directory, umask and standard streams
+(as the local pool's flow runs are handed over), forwards SIGINT, SIGTERM and SIGHUP to the command's
+process group, and exits with its status. It imports only the standard library, so the hand-over costs
+a few milliseconds.
+
+The command runs here, as before, when no runner answers for the home, when the runner's code is
+stale (it then exits, and a fresh one is started for the commands that follow), with `MLYARD_WARM_CLI=0`, and for the
+commands that start or stop the stack or serve a model (`up`, `down`, `demo`, `serve`): those are
+long-lived processes that should hold only what they need.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from mlyard.warm import SOCKET, warm_dir
+
+COLD_COMMANDS = frozenset({"up", "down", "demo", "serve"})
+DEFAULT_HOME = ".mlyard"  # as core.settings names it (this module imports nothing of the project's)
+
+
+def main() -> None:
+    words = sys.argv[1:]
+    command = next((word for word in words if not word.startswith("-")), None)
+    if os.environ.get("MLYARD_WARM_CLI", "1") != "0" and command is not None and command not in COLD_COMMANDS:
+        socket_path = warm_dir(home()) / SOCKET
+        if socket_path.exists():
+            from mlyard.warm.client import hand_over, relay, start_runner
+
+            handed = hand_over(socket_path, command=sys.argv)
+            if handed is not None:
+                sys.exit(relay(*handed))
+            start_runner(home())  # the stack's runner went away (stale code): a fresh one for what follows
+    from mlyard.cli import main as cold
+
+    cold()
+
+
+def home() -> Path:
+    """The home as core.settings.Settings finds it (MLYARD_HOME, else the nearest .mlyard from here up)."""
+    if (named := os.environ.get("MLYARD_HOME")) and Path(named) != Path(DEFAULT_HOME):
+        return Path(named).expanduser().resolve()
+    here = Path.cwd()
+    for folder in (here, *here.parents):
+        if (folder / DEFAULT_HOME).is_dir():
+            return (folder / DEFAULT_HOME).resolve()
+    return Path(DEFAULT_HOME).resolve()
+
+
+if __name__ == "__main__":
+    main()
