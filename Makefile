@@ -41,7 +41,7 @@ test: $(STAMP)
 	$(VENV)/bin/mypy
 	# the prepared Prefect database again if a flow or spec changed since the install (at once if not)
 	$(PY) -c 'from mlyard.prefect_setup import prepared_prefect_db; prepared_prefect_db()'
-	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15  # longest files first: tests/conftest.py
 
 bench: $(STAMP)
 	# wrk drives the gateway and serving benchmarks (Debian's package)

@@ -67,6 +67,36 @@ def pytest_collection_finish(session):
         setup_logging()
 
 
+# Seconds each of the longest test files took in a full run on a 2-core machine (bench/README.md, the
+# eleventh session). `make test` hands files to its two workers in the order of the collection
+# (`--no-loadscope-reorder`; xdist's own order puts the files with the fewest tests last, and those are
+# often the longest: one worker then ran a single long file alone at the end), and this puts the
+# longest first, so that the two finish together.
+LONGEST_FILES = {
+    "flows/test_rag.py": 146, "flows/test_tuning.py": 114, "infra/test_multinode_job.py": 108,
+    "flows/test_endpoint.py": 101, "test_stack.py": 96, "flows/test_pipeline_run.py": 92, "test_user_paths.py": 82,
+    "schedules/test_scheduler.py": 72, "flows/test_batch_inference.py": 66, "infra/test_k8s_install.py": 62,
+    "tasks/test_rag_quality.py": 52, "mlyard/test_warm.py": 52, "flows/test_endpoint_sync.py": 44,
+    "infra/test_kueue_trials.py": 43, "serving/test_server.py": 40, "infra/test_batch_pods.py": 40,
+    "serving/test_custom.py": 38, "flows/test_notebook.py": 37, "flows/test_training.py": 37,
+    "infra/test_kubernetes_worker.py": 37, "browser/test_pages.py": 34, "infra/test_scheduler_lease.py": 32,
+    "serving/test_generative.py": 28,
+}
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The longest files first (see LONGEST_FILES); the rest in their usual order after them."""
+    root = Path(__file__).resolve().parent
+
+    def seconds(item) -> int:
+        try:
+            return LONGEST_FILES.get(Path(str(item.path)).resolve().relative_to(root).as_posix(), 0)
+        except ValueError:
+            return 0
+
+    items.sort(key=lambda item: -seconds(item))  # a stable sort: tests keep their order within a file
+
+
 def pytest_unconfigure(config):
     """Every process that imported this module made a USER_DIR (xdist's controller too, which runs no
     test): remove it, unless the home is to be kept (the stack fixture removes a worker's own)."""

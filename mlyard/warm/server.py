@@ -73,6 +73,28 @@ def preload() -> None:
 
     configure_mappers()  # every ORM model imported above, configured once (no connection is made)
     _KEEP.extend(warm_objects())
+    from prefect.logging.configuration import setup_logging
+
+    setup_logging(incremental=False)  # from the settings as they are now, for the children to inherit
+    _LOGGING_SET_UP["inputs"] = _logging_inputs()
+
+
+_LOGGING_SET_UP: dict[str, object] = {}  # what the logging set-up the children inherit was made from
+
+
+def _logging_inputs() -> object:
+    """What Prefect's logging set-up is made from: its logging settings, the server's and internal
+    logging levels (all that its own logging file names) and the PREFECT_LOGGING_* overrides; None when
+    a logging file of the user's (which may name any setting) is used. A child whose inputs are the
+    runner's, writing to no terminal (the handlers' colours depend on it), keeps the runner's set-up:
+    its handlers write to the standard streams, which the child has taken over."""
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    if settings.logging.config_path.exists():
+        return None
+    return (settings.logging.model_dump_json(), settings.server.logging_level, settings.internal.logging_level,
+            sorted((key, value) for key, value in os.environ.items() if key.startswith("PREFECT_LOGGING_")))
 
 
 _KEEP: list = []  # what warm_objects made, held for the children to inherit
@@ -274,7 +296,9 @@ def _fresh_process_state() -> None:
     # settings when the runner imported it, makes them again from this environment (unless it is the very
     # one they were made from)
     connect_if_running()
-    setup_logging(incremental=False)
+    inputs = _logging_inputs()
+    if os.isatty(2) or inputs is None or inputs != _LOGGING_SET_UP.get("inputs"):
+        setup_logging(incremental=False)  # 0.15 s of CPU: only when it would not come out as the runner's
     random.seed()
     if "numpy" in sys.modules:
         sys.modules["numpy"].random.seed()
