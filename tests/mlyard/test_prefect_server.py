@@ -97,3 +97,31 @@ def test_a_writing_request_takes_the_lock_first(tmp_path):
     assert asyncio.run(held(writes=True)) is True  # IMMEDIATE: the lock is this request's from BEGIN
     assert asyncio.run(held(writes=False)) is False  # a reading request stays DEFERRED, as Prefect has it
     assert asyncio.run(held(writes=False, with_for_update=True)) is True  # Prefect's own IMMEDIATE is kept
+
+
+def test_each_schema_is_checked_once_and_every_instance_every_time(monkeypatch):
+    """The server's `jsonschema.validate` (prefect_server.check_each_schema_once) gives jsonschema's own
+    answers: a bad instance and a bad schema are refused as before, a good schema is checked once."""
+    import jsonschema
+    from jsonschema import Draft202012Validator
+
+    from mlyard import prefect_server
+
+    monkeypatch.setattr(jsonschema, "validate", jsonschema.validate)  # put back after the test
+    prefect_server.check_each_schema_once()
+    checks = []
+    real_check = Draft202012Validator.check_schema.__func__
+    monkeypatch.setattr(Draft202012Validator, "check_schema",
+                        classmethod(lambda cls, schema, **kw: checks.append(1) or real_check(cls, schema, **kw)))
+    schema = {"type": "object", "properties": {"env": {"type": "object"}}, "required": ["env"]}
+    for _ in range(3):
+        jsonschema.validate({"env": {"A": "b"}}, schema, Draft202012Validator)
+    assert len(checks) == 1
+    with pytest.raises(jsonschema.ValidationError, match="is not of type 'object'"):
+        jsonschema.validate({"env": "text"}, schema, Draft202012Validator)
+    with pytest.raises(jsonschema.ValidationError, match="'env' is a required property"):
+        jsonschema.validate({}, schema, Draft202012Validator)
+    for _ in range(2):
+        with pytest.raises(jsonschema.SchemaError):
+            jsonschema.validate({}, {"type": "no-such-type"}, Draft202012Validator)
+    assert len(checks) == 3, "a schema that failed its check is checked again"
