@@ -1,4 +1,5 @@
-"""The `mlyard` command's entry point: the command runs in a child of the home's warm runner, or here.
+"""The `mlyard` command's entry point: a command from a script or a pipe runs in a child of the home's
+warm runner; a command typed at a terminal runs here.
 
 A cold `mlyard` process pays for Python, typer and rich before it parses its arguments, and for Prefect,
 SQLAlchemy and MLflow when its command submits, creates or runs something (0.4 to 3 s of CPU per
@@ -8,7 +9,9 @@ them: this entry hands it the command line, environment, working directory, umas
 process group, and exits with its status. It imports only the standard library, so the hand-over costs
 a few milliseconds.
 
-The command runs here, as before, when no runner answers for the home, when the runner's code is
+The command runs here, as before, when it is typed at a terminal (its own process keeps the shell's job
+control, Ctrl-Z included, and a password prompt's hidden input, which need the terminal as the
+process's controlling one), when no runner answers for the home, when the runner's code is
 stale (it then exits, and a fresh one is started for the commands that follow), with `MLYARD_WARM_CLI=0`, and for the
 commands that start or stop the stack or serve a model (`up`, `down`, `demo`, `serve`): those are
 long-lived processes that should hold only what they need.
@@ -29,7 +32,8 @@ DEFAULT_HOME = ".mlyard"  # as core.settings names it (this module imports nothi
 def main() -> None:
     words = sys.argv[1:]
     command = next((word for word in words if not word.startswith("-")), None)
-    if os.environ.get("MLYARD_WARM_CLI", "1") != "0" and command is not None and command not in COLD_COMMANDS:
+    if (os.environ.get("MLYARD_WARM_CLI", "1") != "0" and command is not None and command not in COLD_COMMANDS
+            and not os.isatty(0)):
         socket_path = warm_dir(home()) / SOCKET
         if socket_path.exists():
             from mlyard.warm.client import hand_over, relay, start_runner

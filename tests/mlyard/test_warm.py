@@ -295,13 +295,15 @@ def test_a_command_gives_warm_what_it_gives_cold(stack):
     for words in (["images", "list", "--json"], ["trainings", "show", "no-such-training"],
                   ["train", "-f", "no-such-file.yaml"], ["trainings", "--help"]):
         warm, cold = (subprocess.run([mlyard, *words], cwd=cwd, env=_user_env(MLYARD_WARM_CLI=flag), text=True,
-                                     capture_output=True, timeout=120) for flag in ("1", "0"))
+                                     stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
+                      for flag in ("1", "0"))
         assert (warm.returncode, warm.stdout, warm.stderr) == (cold.returncode, cold.stdout, cold.stderr), words
 
 
 def test_a_command_runs_in_a_child_of_the_warm_runner_and_ctrl_c_reaches_it(stack, settings):
-    """`mlyard train` from a user's shell: the command runs in a child of the home's warm runner with the
-    shell's environment and directory, its output streams back, and Ctrl-C stops the training (STOPPED)."""
+    """`mlyard train` from a user's script: the command runs in a child of the home's warm runner with the
+    script's environment and directory, its output streams back, and Ctrl-C stops the training (STOPPED).
+    (Typed at a terminal, a command runs in its own process: mlyard/warm/cli.py.)"""
     import subprocess
     import sys
 
@@ -318,7 +320,7 @@ def test_a_command_runs_in_a_child_of_the_warm_runner_and_ctrl_c_reaches_it(stac
     assert runner is not None, "mlyard up starts the home's warm runner"
     proc = subprocess.Popen([str(Path(sys.executable).parent / "mlyard"), "train", "-f", "train.yaml"], cwd=cwd,
                             env=_user_env(MLYARD_PROBE="warm-cli"), preexec_fn=as_a_terminal_starts_it, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         for line in proc.stdout:  # type: ignore[union-attr]
             if "loss=1" in line:
@@ -341,3 +343,30 @@ def test_a_command_runs_in_a_child_of_the_warm_runner_and_ctrl_c_reaches_it(stac
                                        cwd=cwd, env=_user_env(), capture_output=True, text=True, check=True).stdout)
     mine = [t for t in listed if t["name"] == "warm-cli"]
     assert mine and mine[0]["status"] == "STOPPED" and "Ctrl-C" in mine[0]["cause"], mine
+
+
+def test_a_command_typed_at_a_terminal_runs_in_its_own_process(stack, settings):
+    """At a terminal the command keeps its own process (job control, hidden password input): on a
+    pseudo-terminal, `mlyard` runs the command itself and the runner starts no child for it."""
+    import pty
+    import subprocess
+    import sys
+
+    runner = _runner(settings)
+    assert runner is not None
+    cwd = Path(os.environ["MLYARD_HOME"]).parent
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "mlyard"), "trainings", "list", "--json"],
+                                cwd=cwd, env=_user_env(), stdin=follower, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        seen: set[int] = set()
+        while proc.poll() is None:
+            seen |= {pid for pid in _children_of(runner) if Path(f"/proc/{pid}/cwd").resolve() == cwd.resolve()}
+            time.sleep(0.01)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert proc.returncode == 0 and isinstance(json.loads(out), list), err
+    assert not seen, "no runner child for a command typed at a terminal"
