@@ -26,7 +26,8 @@ from pathlib import Path
 from mlyard.warm import SOCKET, warm_dir
 
 COLD_COMMANDS = frozenset({"up", "down", "demo", "serve"})
-DEFAULT_HOME = ".mlyard"  # as core.settings names it (this module imports nothing of the project's)
+DEFAULT_HOME, STACK_FILE = ".mlyard", "stack.json"  # as core.settings names them (this module imports no more
+# of the project's than mlyard.warm: it is every command's first step)
 
 
 def main() -> None:
@@ -34,14 +35,16 @@ def main() -> None:
     command = next((word for word in words if not word.startswith("-")), None)
     if (os.environ.get("MLYARD_WARM_CLI", "1") != "0" and command is not None and command not in COLD_COMMANDS
             and not os.isatty(0)):
-        socket_path = warm_dir(home()) / SOCKET
+        folder = home()
+        socket_path = warm_dir(folder) / SOCKET
         if socket_path.exists():
             from mlyard.warm.client import hand_over, relay, start_runner
 
             handed = hand_over(socket_path, command=sys.argv)
             if handed is not None:
                 sys.exit(relay(*handed))
-            start_runner(home())  # the stack's runner went away (stale code): a fresh one for what follows
+            if (folder / STACK_FILE).exists():  # the stack runs, its runner went away (stale code, killed)
+                start_runner(folder)  # a fresh one for the commands that follow
     from mlyard.cli import main as cold
 
     cold()
