@@ -176,7 +176,8 @@ def follow(api_client: Any, job: NodeJob, should_stop: Callable[[], str | None],
         if reason:
             delete(api_client, job)
             raise TrainingStopped(reason)
-        status = batch.read_namespaced_job(job.name, job.namespace).status  # the Role grants jobs, not jobs/status
+        # the Role grants jobs, not jobs/status; a Job read before its controller first wrote it has no status
+        status = batch.read_namespaced_job(job.name, job.namespace).status or client.V1JobStatus()
         pods = core.list_namespaced_pod(job.namespace, label_selector=f"{LABEL}={job.name}").items
         lead = next((p for p in pods if _index(p) == 0), None)
         if relay is None and lead is not None and (lead.status.phase or "Pending") != "Pending":

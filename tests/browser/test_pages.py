@@ -43,7 +43,11 @@ def _page(browser, url: str, shot: str, auth: str | None = None, **viewport):
     page.set_default_timeout(30_000)
     page.goto(url, wait_until="networkidle")
     login = page.get_by_placeholder("admin:pass")
-    if auth and login.count():
+    if auth:  # a new page asks; on a loaded machine its form can come after the network went quiet
+        try:
+            login.wait_for(state="visible", timeout=20_000)
+        except Exception:  # noqa: BLE001 - no login asked for: the page is already in
+            return page
         login.fill(auth)
         page.get_by_role("button", name="Login").click()
         page.wait_for_load_state("networkidle")
