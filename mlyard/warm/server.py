@@ -1,6 +1,6 @@
 """The warm runner: imports Prefect, MLflow, SQLAlchemy and every flow once, then forks one child per
 flow run handed to it by mlyard/warm/client.py, and per `mlyard` command handed to it by
-mlyard/warm/cli.py (the child imports the CLI itself, from the files as they are then).
+mlyard/warm/cli.py (the command tree is built once here too).
 
     python -m mlyard.warm.server HOME
 
@@ -56,7 +56,11 @@ MAX_REQUEST_BYTES = 4 << 20  # an environment, a working directory and a umask
 PRELOAD = ("prefect", "prefect.engine", "prefect.flow_engine", "prefect.flows", "prefect.deployments.steps",
            "prefect.runner", "prefect.task_engine", "prefect.utilities.visualization", "mlflow", "mlflow.tracking",
            "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store", "sqlalchemy",
-           "optuna", "optuna.storages")
+           "optuna", "optuna.storages",
+           # a pipeline's checks, graph, upload and run read its KFP IR with kfp's protobuf classes, and `import
+           # kfp` brings its client and the Kubernetes client (0.6 s of CPU; 12% of the runner's children's
+           # time in a test suite, bench/README.md, twelfth session)
+           "kfp", "kfp.pipeline_spec.pipeline_spec_pb2", "kfp.local", "kfp.components", "google.protobuf.json_format")
 
 
 def preload() -> None:
@@ -73,28 +77,63 @@ def preload() -> None:
 
     configure_mappers()  # every ORM model imported above, configured once (no connection is made)
     _KEEP.extend(warm_objects())
+    _build_cli()
     from prefect.logging.configuration import setup_logging
 
     setup_logging(incremental=False)  # from the settings as they are now, for the children to inherit
     _LOGGING_SET_UP["inputs"] = _logging_inputs()
 
 
+def _build_cli() -> None:
+    """The `mlyard` command tree, imported and built once for the commands' children: typer makes click's
+    commands from every command function's signature at each call (0.13 s of CPU a command with the
+    import). The tree holds no settings: options read the environment when a command parses them."""
+    import typer.main
+
+    from mlyard.cli import app
+
+    built = typer.main.get_command(app)
+    made = typer.main.get_command
+
+    def get_command(instance: typer.Typer):  # what Typer.__call__ asks for, the tree built above for `app`
+        return built if instance is app else made(instance)
+
+    typer.main.get_command = get_command  # type: ignore[assignment]
+
+
 _LOGGING_SET_UP: dict[str, object] = {}  # what the logging set-up the children inherit was made from
 
 
 def _logging_inputs() -> object:
-    """What Prefect's logging set-up is made from: its logging settings, the server's and internal
-    logging levels (all that its own logging file names) and the PREFECT_LOGGING_* overrides; None when
-    a logging file of the user's (which may name any setting) is used. A child whose inputs are the
-    runner's, writing to no terminal (the handlers' colours depend on it), keeps the runner's set-up:
-    its handlers write to the standard streams, which the child has taken over."""
+    """What Prefect's logging set-up (`setup_logging`) is made from: the three logging levels its logging
+    file names, the console's colours and markup, the extra loggers, and the environment variables that
+    override an entry of that file (PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL, ...); None when a logging file
+    of the user's (which may name any setting) is used. Other logging settings (to_api.*, log_prints) are
+    read when a run logs, not at the set-up. A child whose inputs are the runner's, writing to no terminal
+    (the handlers' colours depend on it), keeps the runner's set-up: its handlers write to the standard
+    streams, which the child has taken over."""
     from prefect.settings import get_current_settings
 
     settings = get_current_settings()
     if settings.logging.config_path.exists():
         return None
-    return (settings.logging.model_dump_json(), settings.server.logging_level, settings.internal.logging_level,
-            sorted((key, value) for key, value in os.environ.items() if key.startswith("PREFECT_LOGGING_")))
+    logging_ = settings.logging
+    return (logging_.level, settings.server.logging_level, settings.internal.logging_level, logging_.colors,
+            logging_.markup, logging_.extra_loggers,
+            sorted((key, value) for key, value in os.environ.items() if key in _config_overrides()))
+
+
+def _config_overrides() -> frozenset[str]:
+    """The variables Prefect's `load_logging_config` reads: one per entry of its default logging file."""
+    if "overrides" not in _LOGGING_SET_UP:
+        import yaml
+        from prefect.logging.configuration import DEFAULT_LOGGING_SETTINGS_PATH, to_envvar
+        from prefect.utilities.collections import dict_to_flatdict
+
+        entries: dict = dict_to_flatdict(yaml.safe_load(DEFAULT_LOGGING_SETTINGS_PATH.read_text()))
+        _LOGGING_SET_UP["overrides"] = frozenset(to_envvar("PREFECT_LOGGING_" + "_".join(key)).upper()
+                                                 for key in entries)
+    return _LOGGING_SET_UP["overrides"]  # type: ignore[return-value]
 
 
 _KEEP: list = []  # what warm_objects made, held for the children to inherit
@@ -260,7 +299,7 @@ def _run(conn: socket.socket, fds: list[int], request: dict, listener: socket.so
     try:
         if "command" in request:  # an `mlyard` command line (mlyard/warm/cli.py)
             sys.argv = [str(word) for word in request["command"]]
-            from mlyard.cli import app  # imported here, from the files as they are now (typer, rich: 30 ms)
+            from mlyard.cli import app  # imported and built by preload (a change to it makes the runner stale)
 
             app(prog_name=os.path.basename(sys.argv[0]))  # click would name this process's __main__
         else:
@@ -296,6 +335,10 @@ def _fresh_process_state() -> None:
     # settings when the runner imported it, makes them again from this environment (unless it is the very
     # one they were made from)
     connect_if_running()
+    if "kubernetes.config" in sys.modules:  # it reads KUBECONFIG once, at import (kfp, preloaded, imports it)
+        location = os.environ.get("KUBECONFIG", "~/.kube/config")
+        for name in ("kubernetes.config.kube_config", "kubernetes.config"):
+            sys.modules[name].KUBE_CONFIG_DEFAULT_LOCATION = location  # type: ignore[attr-defined]
     inputs = _logging_inputs()
     if os.isatty(2) or inputs is None or inputs != _LOGGING_SET_UP.get("inputs"):
         setup_logging(incremental=False)  # 0.15 s of CPU: only when it would not come out as the runner's

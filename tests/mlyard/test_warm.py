@@ -7,6 +7,7 @@ probe flow deployed from a temporary directory; the probe writes what its proces
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import textwrap
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 PROBE = textwrap.dedent('''
-    import json, os, subprocess, sys, time
+    import json, logging, os, subprocess, sys, time
     from prefect import flow
 
     def _unix_paths(inodes):
@@ -41,6 +42,7 @@ PROBE = textwrap.dedent('''
         out = {"pid": os.getpid(), "ppid": os.getppid(), "pgid": os.getpgid(0), "sid": os.getsid(0),
                "cwd": os.getcwd(), "probe_env": os.environ.get("MLYARD_PROBE"),
                "logging_level": get_current_settings().logging.level,
+               "prefect_logger_level": logging.getLogger("prefect").level,
                "files": sorted(v for v in fds.values() if v.startswith("/")),
                "unix_sockets": _unix_paths(sockets)}
         if group_child:  # a process the run started in its own group, as torchrun's workers are
@@ -123,6 +125,7 @@ def test_a_warm_run_sees_its_own_environment_settings_and_streams(probe, setting
     assert seen["cwd"] == str(probe)  # the job's working_dir (the entrypoint was found there)
     assert seen["probe_env"] == "from-the-job"  # the job's env
     assert seen["logging_level"] == "DEBUG", "Prefect's settings are the runner's, frozen at its import"
+    assert seen["prefect_logger_level"] == logging.DEBUG, "the logging set-up is the runner's, made from its settings"
     assert seen["pgid"] == seen["pid"] == seen["sid"], "the run is not its own process group"
     # of the runner's, the run holds only its own channel to the client: not the listening socket, not the lock
     warm_files = [f for f in seen["files"] + seen["unix_sockets"] if "/warm/" in f]
@@ -370,3 +373,18 @@ def test_a_command_typed_at_a_terminal_runs_in_its_own_process(stack, settings):
         os.close(leader)
     assert proc.returncode == 0 and isinstance(json.loads(out), list), err
     assert not seen, "no runner child for a command typed at a terminal"
+
+
+def test_the_logging_set_up_is_made_again_only_for_what_it_is_made_from(monkeypatch):
+    """A warm child keeps the runner's logging set-up unless something it is made from differs: a
+    setting read only when a run logs does not count, an override of an entry of Prefect's logging file
+    does."""
+    from mlyard.warm import server
+
+    for key in [k for k in os.environ if k.startswith("PREFECT_LOGGING_")]:
+        monkeypatch.delenv(key)
+    base = server._logging_inputs()
+    monkeypatch.setenv("PREFECT_LOGGING_TO_API_BATCH_INTERVAL", "7")  # read by the log shipper, when a run logs
+    assert server._logging_inputs() == base
+    monkeypatch.setenv("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "DEBUG")  # an entry of the logging file
+    assert server._logging_inputs() != base
