@@ -99,12 +99,12 @@ def point_prefect(settings: Settings, api_url: str | None) -> None:
 _PREFECT_ENV_READ: dict[str, dict[str, str]] = {}
 
 
-def reread_prefect_settings(force: bool = False) -> None:
+def reread_prefect_settings() -> None:
     """Have an imported Prefect make its settings again from the environment, if that changed since it
-    last did here (or always, with `force`): a process that calls the platform again and again (a
-    notebook, a test) does not rebuild them (60 ms of CPU each) for nothing."""
+    last did here: a process that calls the platform again and again (a notebook, a test) does not
+    rebuild them (60 ms of CPU each) for nothing."""
     seen = {key: value for key, value in os.environ.items() if key.startswith("PREFECT_")}
-    if force or seen != _PREFECT_ENV_READ.get("env"):
+    if seen != _PREFECT_ENV_READ.get("env"):
         from prefect.context import refresh_global_settings_context
 
         refresh_global_settings_context()

@@ -13,6 +13,8 @@ from typing import Literal, Mapping
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.home import DEFAULT_HOME, STACK_FILE, find_home
+
 # Environment that turns off every usage-telemetry sender of the engines we run.
 TELEMETRY_OFF_ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -21,7 +23,6 @@ TELEMETRY_OFF_ENV = {
 }
 
 
-DEFAULT_HOME = ".mlyard"
 HEARTBEAT_SECONDS = 30
 UNRESPONSIVE_AFTER_SECONDS = 50  # no heartbeat for this long: CRASHED (seen within 60 s of the kill)
 
@@ -188,14 +189,8 @@ class Settings(BaseSettings):
 
     @property
     def home_dir(self) -> Path:
-        """The home; the default `.mlyard` is looked for in the current directory and then its parents
-        (as git finds `.git`), so a command run in a subdirectory of the project finds its platform."""
-        if self.home == Path(DEFAULT_HOME):
-            here = Path.cwd()
-            for folder in (here, *here.parents):
-                if (folder / DEFAULT_HOME).is_dir():
-                    return (folder / DEFAULT_HOME).resolve()
-        return self.home.expanduser().resolve()
+        """The home (core.home.find_home: the default `.mlyard` is looked for from here up)."""
+        return find_home(self.home)
 
     @property
     def service_port(self) -> int:
@@ -252,7 +247,7 @@ class Settings(BaseSettings):
     @property
     def stack_file(self) -> Path:
         """What `mlyard up` started (pids and URLs)."""
-        return self.home_dir / "stack.json"
+        return self.home_dir / STACK_FILE
 
     def as_env(self) -> dict[str, str]:
         """These settings as the MLYARD_* environment of a process mlyard starts (a batch worker): the

@@ -23,11 +23,10 @@ import os
 import sys
 from pathlib import Path
 
+from core.home import DEFAULT_HOME, STACK_FILE, find_home
 from mlyard.warm import SOCKET, warm_dir
 
 COLD_COMMANDS = frozenset({"up", "down", "demo", "serve"})
-DEFAULT_HOME, STACK_FILE = ".mlyard", "stack.json"  # as core.settings names them (this module imports no more
-# of the project's than mlyard.warm: it is every command's first step)
 
 
 def main() -> None:
@@ -52,13 +51,7 @@ def main() -> None:
 
 def home() -> Path:
     """The home as core.settings.Settings finds it (MLYARD_HOME, else the nearest .mlyard from here up)."""
-    if (named := os.environ.get("MLYARD_HOME")) and Path(named) != Path(DEFAULT_HOME):
-        return Path(named).expanduser().resolve()
-    here = Path.cwd()
-    for folder in (here, *here.parents):
-        if (folder / DEFAULT_HOME).is_dir():
-            return (folder / DEFAULT_HOME).resolve()
-    return Path(DEFAULT_HOME).resolve()
+    return find_home(os.environ.get("MLYARD_HOME") or DEFAULT_HOME)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ def test_prefect_settings_are_made_again_only_when_the_environment_changed(monke
     real = prefect.context.refresh_global_settings_context
     monkeypatch.setattr(prefect.context, "refresh_global_settings_context", lambda: made.append(1) or real())
     level = get_current_settings().logging.level
-    connection.reread_prefect_settings(force=True)
+    monkeypatch.setattr(connection, "_PREFECT_ENV_READ", {})  # as in a process that never read them here
     connection.reread_prefect_settings()
     connection.reread_prefect_settings()
     assert len(made) == 1, "the same environment: the settings are kept"
