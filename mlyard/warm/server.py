@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import fcntl
+import functools
 import gc
 import json
 import logging
@@ -123,17 +124,16 @@ def _logging_inputs() -> object:
             sorted((key, value) for key, value in os.environ.items() if key in _config_overrides()))
 
 
+@functools.cache
 def _config_overrides() -> frozenset[str]:
-    """The variables Prefect's `load_logging_config` reads: one per entry of its default logging file."""
-    if "overrides" not in _LOGGING_SET_UP:
-        import yaml
-        from prefect.logging.configuration import DEFAULT_LOGGING_SETTINGS_PATH, to_envvar
-        from prefect.utilities.collections import dict_to_flatdict
+    """The variables Prefect's `load_logging_config` reads: one per entry of its default logging file
+    (read once, by the runner's own set-up: the children inherit it)."""
+    import yaml
+    from prefect.logging.configuration import DEFAULT_LOGGING_SETTINGS_PATH, to_envvar
+    from prefect.utilities.collections import dict_to_flatdict
 
-        entries: dict = dict_to_flatdict(yaml.safe_load(DEFAULT_LOGGING_SETTINGS_PATH.read_text()))
-        _LOGGING_SET_UP["overrides"] = frozenset(to_envvar("PREFECT_LOGGING_" + "_".join(key)).upper()
-                                                 for key in entries)
-    return _LOGGING_SET_UP["overrides"]  # type: ignore[return-value]
+    entries: dict = dict_to_flatdict(yaml.safe_load(DEFAULT_LOGGING_SETTINGS_PATH.read_text()))
+    return frozenset(to_envvar("PREFECT_LOGGING_" + "_".join(key)).upper() for key in entries)
 
 
 _KEEP: list = []  # what warm_objects made, held for the children to inherit
