@@ -18,6 +18,9 @@ FLOW_ADD_STAGE = "add-endpoint-stage"
 FLOW_PROMOTE_STAGE = "promote-endpoint-stage"
 FLOW_DELETE_ENDPOINT = "delete-endpoint"
 FLOW_SYNC_ENDPOINT = "sync-endpoint-code"
+FLOW_SET_TRAFFIC = "set-endpoint-traffic"  # a stage's weight or shadow share
+FLOW_ROLLOUT = "promote-progressively"  # a stage promoted step by step behind gates
+FLOW_CONTROL_PROMOTION = "control-promotion"  # pause, resume or abort the promotion in progress
 FLOW_PIPELINE_RUN = "pipeline-run"
 FLOW_RAG_SYNC = "rag-sync"
 FLOW_NOTEBOOK = "notebook"  # every action on a notebook (create, stop, start, reboot, delete)
@@ -30,7 +33,8 @@ RUN_NAMES: dict[str, str] = {
     FLOW_PROMOTE_STAGE: "{spec.endpoint}-{spec.stage}", FLOW_DELETE_ENDPOINT: "{spec.endpoint}",
     FLOW_SYNC_ENDPOINT: "{spec.endpoint}", FLOW_RAG_SYNC: "{spec.rag}", FLOW_NOTEBOOK: "{spec.action}-{spec.notebook}",
     "stop-endpoint-stage": "{spec.endpoint}-{spec.stage}", "start-endpoint-stage": "{spec.endpoint}-{spec.stage}",
-    "retry-endpoint-stage": "{spec.endpoint}-{spec.stage}"}
+    "retry-endpoint-stage": "{spec.endpoint}-{spec.stage}", FLOW_SET_TRAFFIC: "{spec.endpoint}-{spec.stage}",
+    FLOW_ROLLOUT: "{spec.endpoint}-{spec.stage}", FLOW_CONTROL_PROMOTION: "{spec.action}-{spec.endpoint}"}
 TAG_NAMED = "mlyard.named"  # the run was given its final name when it was made: the flow keeps it
 _PLACEHOLDER = re.compile(r"\{([a-z_.]+)\}")
 

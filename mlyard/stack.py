@@ -163,7 +163,26 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
         _wait_service(state, service_pid, echo)
     if not warm_up:
         _wait_runner(settings, state.pids["warm-runner"], echo)
+    _resume_promotions(settings, echo)
     return state
+
+
+def _resume_promotions(settings: Settings, echo) -> None:
+    """A progressive promotion survives a restart of the stack: each RUNNING one whose run is gone gets a
+    new run that goes on at its step (flows/endpoint_rollout.py)."""
+    from registry.catalog import Catalog
+    from registry.traffic import Traffic, orphaned
+
+    traffic = Traffic(Catalog(settings.catalog_db_url))
+    for promo in traffic.promotions():
+        if promo["status"] == "RUNNING" and orphaned(promo):
+            from core.names import FLOW_ROLLOUT
+            from mlyard.submit import submit
+
+            fr = submit(f"{FLOW_ROLLOUT}/local", {"spec": {"endpoint": promo["endpoint"], "stage": promo["stage"],
+                                                           "resume": True}})
+            traffic.update(promo["id"], flow_run_id=fr["id"])
+            echo(f"resumed the promotion of {promo['endpoint']}/{promo['stage']} at its step ({fr['name']})")
 
 
 def make_private(home: Path) -> None:

@@ -68,6 +68,8 @@ class Endpoint(Base):
     max_request_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # None: the platform's limit
     status: Mapped[str] = mapped_column(String(32), default="CREATE REQUESTED")
     reason: Mapped[str] = mapped_column(Text, default="")
+    # the progressive promotion's policy (core/specs/promotion.py), as the user gave it; None: none set
+    promotion_policy: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     stages: Mapped[list["EndpointStage"]] = relationship(back_populates="endpoint", cascade="all, delete-orphan",
                                                          order_by="EndpointStage.id")
@@ -90,6 +92,8 @@ class EndpointStage(Base):
     node_autoscaler: Mapped[dict] = mapped_column(JSON, default=dict)
     autoscaling_rules: Mapped[list] = mapped_column(JSON, default=list)
     max_replicas: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    weight: Mapped[int] = mapped_column(Integer, default=0)  # percent of the endpoint's default traffic it answers
+    shadow: Mapped[int] = mapped_column(Integer, default=0)  # percent of that traffic mirrored to it, never answered
     status: Mapped[str] = mapped_column(String(32), default="CREATE REQUESTED")
     gateway_status: Mapped[str] = mapped_column(String(40), default="CREATE IN PROGRESS")
     reason: Mapped[str] = mapped_column(Text, default="")
@@ -150,6 +154,10 @@ class ServingHistory(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     note: Mapped[str] = mapped_column(Text, default="")
+    # percent of the endpoint's default traffic this record served (None: only the stage's own URL), and
+    # the percent mirrored to it as a shadow
+    share: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    shadow: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Schedule(Base):
@@ -303,6 +311,43 @@ class Notebook(Base):
     flow_run_id: Mapped[str | None] = mapped_column(String(36), nullable=True)  # the last action's run
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Promotion(Base):
+    """A progressive promotion of a stage (flows/endpoint_rollout.py): its policy as it started, where it
+    is (phase, step), each gate's result, and the flow run moving it."""
+
+    __tablename__ = "promotions"
+    __table_args__ = (Index("ix_promotions_endpoint", "endpoint"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(50))
+    stage: Mapped[str] = mapped_column(String(50))
+    policy: Mapped[dict] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(32))
+    step: Mapped[int] = mapped_column(Integer, default=0)  # index into policy.steps
+    phase: Mapped[str] = mapped_column(String(32), default="evaluation")  # evaluation, shadow, steps, done
+    gates: Mapped[list] = mapped_column(JSON, default=list)  # each gate's judgement, in order
+    reason: Mapped[str] = mapped_column(Text, default="")
+    flow_run_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class LiveCount(Base):
+    """One gateway replica's running totals for a stage that shares traffic (serving/traffic.py): what
+    the live and shadow gates take differences of, whichever replica answered."""
+
+    __tablename__ = "live_counts"
+    __table_args__ = (UniqueConstraint("gateway", "endpoint", "stage"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    gateway: Mapped[str] = mapped_column(String(64))
+    endpoint: Mapped[str] = mapped_column(String(255))
+    stage: Mapped[str] = mapped_column(String(255))
+    counts: Mapped[dict] = mapped_column(JSON)
+    updated_at: Mapped[float] = mapped_column(Float)
 
 
 class Catalog:

@@ -109,7 +109,7 @@ def endpoint_view(ep: Endpoint) -> dict[str, Any]:
                         "status": st.status, "gateway_status": st.gateway_status, "reason": st.reason,
                         "instance_type": st.instance_type, "instance_count": st.instance_count,
                         "node_autoscaler": st.node_autoscaler, "autoscaling_rules": st.autoscaling_rules or [],
-                        "max_replicas": st.max_replicas,
+                        "max_replicas": st.max_replicas, "weight": st.weight, "shadow": st.shadow,
                         "resources": [{"id": r.id, "model": f"{r.model_name}/{r.model_version}", "status": r.status,
                                        "description": r.description, "cpu": r.cpu, "memory": r.memory, "gpu": r.gpu,
                                        "pods": r.pods, "pod_autoscaler": r.pod_autoscaler, "reason": r.reason,

@@ -70,11 +70,14 @@ class HistoryRecord:
     started_at: datetime
     ended_at: datetime | None
     note: str
+    share: int | None = None  # percent of the default traffic it answered (None: only its own URL, or all of it)
+    shadow: int | None = None  # percent of the default traffic mirrored to it
 
     def as_dict(self) -> dict[str, Any]:
         return {"endpoint": self.endpoint, "stage": self.stage, "model": f"{self.model_name}/{self.model_version}",
                 "started_at": self.started_at.isoformat(),
-                "ended_at": self.ended_at.isoformat() if self.ended_at else None, "note": self.note}
+                "ended_at": self.ended_at.isoformat() if self.ended_at else None, "note": self.note,
+                "share": self.share, "shadow": self.shadow}
 
 
 class Endpoints:
@@ -191,7 +194,13 @@ class Endpoints:
                 return None
             if old is not None:
                 old.is_default = False
-            new.is_default = True
+            if new.weight or new.shadow:  # it answers the whole default traffic now: its share records end
+                end_history(s, endpoint, stage, [r for r in new.resources if r.status == "ACTIVE"], "promoted to default")
+                for r in new.resources:
+                    if r.status == "ACTIVE":
+                        s.add(ServingHistory(endpoint=endpoint, stage=stage, model_name=r.model_name,
+                                             model_version=r.model_version, note=f"resource {r.id}, the default"))
+            new.is_default, new.weight, new.shadow = True, 0, 0
             return old.name if old is not None else None
 
     # -- deleting ---------------------------------------------------------------------------------
@@ -298,10 +307,13 @@ class Endpoints:
         URL)), and its tokens as digest -> (expiry as epoch seconds, revoked)."""
         with self.catalog.session() as s:
             return {ep.name: {"id": ep.id, "public": ep.public, "max_request_bytes": ep.max_request_bytes,
+                              "shadow_tolerance": (((ep.promotion_policy or {}).get("gates") or {}).get("shadow")
+                                                   or {}).get("tolerance"),
                               "default": next((st.name for st in ep.stages if st.is_default), None),
                               "stages": {st.name: {"id": st.id, "status": st.status,
                                                    "rules": st.autoscaling_rules or [],
                                                    "max_replicas": st.max_replicas,
+                                                   "weight": st.weight, "shadow": st.shadow,
                                                    "services": {r.id: (r.model_name, r.service_url)
                                                                 for r in st.resources if r.service_url}}
                                          for st in ep.stages},
@@ -328,7 +340,8 @@ class Endpoints:
                 q = q.where(ServingHistory.endpoint == endpoint)
             if stage is not None:
                 q = q.where(ServingHistory.stage == stage)
-            return [HistoryRecord(h.endpoint, h.stage, h.model_name, h.model_version, h.started_at, h.ended_at, h.note)
+            return [HistoryRecord(h.endpoint, h.stage, h.model_name, h.model_version, h.started_at, h.ended_at, h.note,
+                                  h.share, h.shadow)
                     for h in s.scalars(q)]
 
 

@@ -36,6 +36,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -54,6 +56,7 @@ from serving.modelfolder import HealthCheck
 from serving.proxy import Pool, UpstreamError
 from serving.routing import NoReplica, NoRoute, Replica, Route, Router, parse
 from serving.scaler import Autoscaler, Tracked
+from serving.traffic import AFFINITY_HEADER, STAGE_HEADER, LiveCounts, Split, agree
 from tasks import replicas as files
 
 log = logging.getLogger("mlyard.gateway")
@@ -97,6 +100,12 @@ class Gateway:
         self._endpoints_api: Any = None
         self._tasks: list[asyncio.Task] = []
         self._refresh_lock: asyncio.Lock | None = None
+        # traffic shares (serving/traffic.py): per endpoint whose stages share its default traffic
+        self.splits: dict[str, Split] = {}
+        self.live = LiveCounts()
+        self.gateway_id = f"{socket.gethostname()}-{os.getpid()}-{int(self.started)}"
+        self._mirrors: set[asyncio.Task] = set()
+        self.max_mirrors = 64  # mirrored requests in flight at most; beyond, a shadow share skips requests
 
     # -- the table ----------------------------------------------------------------------------------
 
@@ -145,8 +154,17 @@ class Gateway:
                     self.router.remove_stage(endpoint, stage)
             for name, ep in endpoints.items():
                 self.router.set_default(name, ep["default"])
+            models: dict[tuple[str, str], set[str]] = {k: {w.model for w, _ in members} for k, members in groups.items()}
+            self.splits = {name: split for name, ep in endpoints.items()
+                           if (split := Split.of(ep["stages"], {st: models.get((name, st), set()) for st in ep["stages"]},
+                                                 ep.get("shadow_tolerance"))) is not None}
             for name in set(self.router.view()) - set(endpoints):  # deleted endpoints
                 self.router.set_default(name, None)
+
+    def _write_live(self, changed: dict) -> None:
+        from registry.traffic import Traffic
+
+        Traffic(self._endpoints_api.catalog).write_counts(self.gateway_id, changed)
 
     def _routable(self, url: str) -> bool:
         t = self.replicas.get(url)
@@ -174,6 +192,9 @@ class Gateway:
                     await self.refresh()
                     next_refresh = now + self.refresh_seconds
                     self.stats.flush()
+                    changed = self.live.changed()
+                    if changed and self._endpoints_api is not None:
+                        await asyncio.get_running_loop().run_in_executor(None, self._write_live, changed)
                 if now >= next_scale:
                     await asyncio.get_running_loop().run_in_executor(None, self.scaling.step)
                     next_scale = now + self.autoscale_seconds
@@ -288,6 +309,15 @@ class Gateway:
             if why is not None:
                 return await asgi.reply(send, 401, self._err(route, 401, why),
                                         headers=[(b"www-authenticate", b"Bearer")])
+        split = self.splits.get(route.endpoint)
+        shadow = None
+        if split is not None and route.stage is None:
+            affinity = next((v for k, v in scope["headers"] if k == AFFINITY_HEADER), None)
+            chosen = split.choose(route.model, affinity)
+            if chosen is not None:
+                route = Route(route.endpoint, chosen, route.model, route.rest)
+            elif split.shadows:
+                shadow = split.shadow(route.model, affinity)
         try:
             stage = self.router.stage_of(route)
         except NoRoute as exc:
@@ -344,15 +374,24 @@ class Gateway:
             else:
                 out_headers.append((k, v))
         failed = resp.status >= 500
+        whole = None
+        if split is not None:
+            out_headers.append((STAGE_HEADER, stage.encode()))
         try:
             await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
             whole = resp.complete()
             if whole is not None:  # one write for the body and its end
                 await send({"type": "http.response.body", "body": whole})
-                return
-            async for chunk in resp.body():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
+            else:
+                kept: list[bytes] | None = [] if shadow is not None else None  # the answer, for the shadow's comparison
+                async for chunk in resp.body():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    if kept is not None:
+                        kept.append(chunk)
+                        if len(kept) > 256:  # a long stream (a chat's tokens): not compared
+                            kept = None
+                await send({"type": "http.response.body", "body": b""})
+                whole = b"".join(kept) if kept is not None else None
         except (UpstreamError, OSError) as exc:
             failed = True
             log.warning("replica %s broke off its answer: %s", replica.url, exc)
@@ -360,7 +399,41 @@ class Gateway:
             resp.close()  # back to the pool when read to the end, else closed
             t.active -= 1
             self.router.release(replica)
-            self.stats.record(key, (time.perf_counter() - started) * 1000, failed or resp.status >= 400, classes)
+            ms = (time.perf_counter() - started) * 1000
+            self.stats.record(key, ms, failed or resp.status >= 400, classes)
+            if split is not None:
+                self.live.record((route.endpoint, stage), ms, failed)
+        if shadow is not None and len(self._mirrors) < self.max_mirrors:
+            mirror = asyncio.get_running_loop().create_task(
+                self._mirror(Route(route.endpoint, shadow, route.model, route.rest), scope["method"], target, headers,
+                             body, whole if not failed else None, split.tolerance if split else 1e-6))
+            self._mirrors.add(mirror)
+            mirror.add_done_callback(self._mirrors.discard)
+
+    async def _mirror(self, route: Route, method: str, target: str, headers: list, body: bytes,
+                      answer: bytes | None, tolerance: float) -> None:
+        """The same request to a shadow stage, after the client has its answer: compared, counted, dropped."""
+        started = time.perf_counter()
+        status, got = None, b""
+        try:
+            replica = self.router.acquire(route)
+        except (NoRoute, NoReplica):
+            replica = None
+        t = self.replicas.get(replica.url) if replica is not None else None
+        if t is not None:
+            try:
+                resp = await t.pool.request(method, target, headers, body, timeout=self.timeout)
+                got = await resp.read()
+                status = resp.status
+                resp.close()
+            except UpstreamError:
+                pass
+        if replica is not None:
+            self.router.release(replica)
+        failed = status is None or status >= 500
+        agreed = None if answer is None else (not failed and status is not None and status < 400
+                                              and agree(answer, got, tolerance))
+        self.live.record_pair((route.endpoint, route.stage or ""), agreed, (time.perf_counter() - started) * 1000, failed)
 
     @staticmethod
     def _err(route: Route, status: int, message: str) -> bytes:
@@ -381,6 +454,10 @@ class Gateway:
                                  reason=t.health.reason, ejected=t.ejected)
         for key in [k for k, t in self.draining.items() if not t.active]:
             del self.draining[key]
+        for name, split in self.splits.items():
+            if name in table:
+                table[name]["weights"] = {st: w for st, w, _ in split.weights}
+                table[name]["shadows"] = {st: w for st, w, _ in split.shadows}
         return {"endpoints": table, "draining": {k: t.active for k, t in self.draining.items()},
                 "in_flight": self.in_flight, "started_at": self.started,
                 "autoscaling": list(self.scaling.events)}
@@ -389,7 +466,7 @@ class Gateway:
         self._tasks.append(asyncio.get_running_loop().create_task(self._loop()))
 
     def _stop(self) -> None:
-        for task in self._tasks:
+        for task in [*self._tasks, *self._mirrors]:
             task.cancel()
         self.stats.flush(everything=True)
 

@@ -24,6 +24,7 @@ from core.names import (
     FLOW_ADD_STAGE,
     FLOW_BATCH,
     FLOW_BATCH_WORKER,
+    FLOW_CONTROL_PROMOTION,
     FLOW_DELETE_ENDPOINT,
     FLOW_DEPLOY_ENDPOINT,
     FLOW_EVALUATE,
@@ -31,6 +32,8 @@ from core.names import (
     FLOW_PIPELINE_RUN,
     FLOW_PROMOTE_STAGE,
     FLOW_RAG_SYNC,
+    FLOW_ROLLOUT,
+    FLOW_SET_TRAFFIC,
     FLOW_SYNC_ENDPOINT,
     FLOW_TRAIN,
     FLOW_TUNE,
@@ -45,7 +48,8 @@ FLOWS: dict[str, tuple[str, str | None]] = {
     FLOW_EVALUATE: ("evaluation", "evaluationId"), FLOW_DEPLOY_ENDPOINT: ("endpoint", None),
     FLOW_ADD_STAGE: ("endpoint", None), FLOW_PROMOTE_STAGE: ("endpoint", None), FLOW_DELETE_ENDPOINT: ("endpoint", None),
     FLOW_SYNC_ENDPOINT: ("endpoint", None), FLOW_PIPELINE_RUN: ("pipeline", None), FLOW_RAG_SYNC: ("rag", None),
-    FLOW_NOTEBOOK: ("notebook", None)}
+    FLOW_NOTEBOOK: ("notebook", None), FLOW_SET_TRAFFIC: ("endpoint", None), FLOW_ROLLOUT: ("endpoint", None),
+    FLOW_CONTROL_PROMOTION: ("endpoint", None)}
 RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 DONE = "Finished in state Completed()"
 

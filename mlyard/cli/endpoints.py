@@ -1,6 +1,8 @@
-"""`mlyard endpoints ...`: endpoints, their stages, tokens, statistics and logs (mlyard/endpoints.py).
+"""`mlyard endpoints ...`: endpoints, their stages, tokens, statistics and logs (mlyard/endpoints.py),
+and safe promotion: traffic shares, policies and progressive promotions (mlyard/promotion.py).
 Every change is a flow run (deploy-endpoint, add-endpoint-stage, promote-endpoint-stage,
-delete-endpoint, retry-endpoint-stage, sync-endpoint-code), visible in the Prefect UI."""
+delete-endpoint, retry-endpoint-stage, sync-endpoint-code, set-endpoint-traffic,
+promote-progressively, control-promotion), visible in the Prefect UI."""
 
 from __future__ import annotations
 
@@ -14,6 +16,15 @@ from mlyard.cli.common import JSON, SETS, SUBMIT, ask, emit, guard, out, parse_s
 app = typer_app("Endpoints: stages of model versions behind the gateway, tokens, statistics, logs.")
 tokens_app = typer_app("Tokens of a token-protected endpoint: issue (shown once), list, revoke.")
 app.add_typer(tokens_app, name="tokens")
+rollout_app = typer_app("Progressive promotion of a stage behind the endpoint's policy: start, show, pause, resume, "
+                        "abort.")
+app.add_typer(rollout_app, name="rollout")
+
+
+def _promotion():
+    import mlyard.promotion as promotion
+
+    return promotion
 
 
 def _api():
@@ -30,8 +41,10 @@ def _print_view(view: dict[str, Any]) -> None:
               f"  default stage: {view['default_stage']}" + (f"  reason: {view['reason']}" if view.get("reason") else ""))
     rows = []
     for st in view["stages"]:
+        share = (f" {st['weight']}%" if st.get("weight") else "") + (f" shadow {st['shadow']}%" if st.get("shadow") else "")
         for r in st["resources"]:
-            rows.append({"stage": st["name"] + (" (default)" if st["default"] else ""), "stage status": st["status"],
+            rows.append({"stage": st["name"] + (" (default)" if st["default"] else "") + share,
+                         "stage status": st["status"],
                          "gateway": st["gateway_status"], "resource": str(r["id"]), "model": r["model"],
                          "pods": str(r["pods"]), "status": r["status"],
                          "replicas": ", ".join(f"{x.get('status', '?')}" for x in st.get("replicas", [])
@@ -145,8 +158,8 @@ def endpoints_show(endpoint: str, as_json: bool = JSON) -> None:
 @app.command("history")
 def endpoints_history(endpoint: Optional[str] = typer.Argument(None), as_json: bool = JSON) -> None:
     """Which model version served which stage, from when to when (kept after deletions)."""
-    emit(guard(lambda: _api().history(endpoint)), as_json, ["endpoint", "stage", "model", "started_at", "ended_at",
-                                                            "note"])
+    emit(guard(lambda: _api().history(endpoint)), as_json, ["endpoint", "stage", "model", "share", "shadow",
+                                                            "started_at", "ended_at", "note"])
 
 
 @app.command("stats")
@@ -243,3 +256,98 @@ def endpoints_chat(endpoint: str, stage: Optional[str] = typer.Option(None, "--s
                             "model's own.")) -> None:
     """Chat with an endpoint's generative model in the terminal (its OpenAI route, streamed); empty line ends."""
     guard(lambda: _api().chat(endpoint, stage=stage, token=token, max_tokens=max_tokens, temperature=temperature))
+
+
+@app.command("canary")
+def endpoints_canary(
+    endpoint: str, stage: str,
+    weight: Optional[int] = typer.Option(None, "--weight", min=0, max=99, help="Percent of the default traffic STAGE "
+                                         "answers (1-99; 0 stops). A caller sending x-mlyard-affinity: ID keeps one "
+                                         "stage for that ID."),
+    shadow: Optional[int] = typer.Option(None, "--shadow", min=0, max=100, help="Percent of the default traffic "
+                                         "mirrored to STAGE: compared with the default's answers, never returned "
+                                         "(0 stops)."),
+    submit: bool = SUBMIT, as_json: bool = JSON,
+) -> None:
+    """Give a stage a share of the endpoint's default traffic, or a shadow share; every gateway routes it within 2 s."""
+    view = guard(lambda: _promotion().canary(endpoint, stage, weight=weight, shadow=shadow, submit=submit))
+    emit(view, True) if as_json else _print_view(view)
+
+
+@app.command("policy")
+def endpoints_policy(
+    endpoint: str,
+    file: Optional[Path] = typer.Option(None, "-f", "--file", help="Policy (YAML): steps, step_seconds, gates "
+                                        "(evaluation, live, shadow), on_failure, keep_old. Without it: show the policy."),
+    remove: bool = typer.Option(False, "--remove", help="Remove the endpoint's policy."),
+    sets: Optional[list[str]] = SETS, as_json: bool = JSON,
+) -> None:
+    """Set, show or remove the endpoint's promotion policy (what `rollout start` follows)."""
+    api = _promotion()
+    if remove:
+        guard(lambda: api.set_policy(endpoint, None))
+        out.print(f"{endpoint} has no promotion policy now")
+        return
+    kept = guard(lambda: api.set_policy(endpoint, file, sets=parse_sets(sets)) if file else api.policy(endpoint))
+    if kept is None and not as_json:
+        out.print(f"{endpoint} has no promotion policy: set one with `mlyard endpoints policy {endpoint} -f policy.yaml`")
+        return
+    emit(kept, True) if as_json else emit(kept, False)
+
+
+@rollout_app.command("start")
+def rollout_start(
+    endpoint: str, stage: str,
+    policy: Optional[Path] = typer.Option(None, "--policy", help="A policy (YAML) for this promotion; it becomes the "
+                                          "endpoint's. Default: the endpoint's policy."),
+    submit: bool = SUBMIT, as_json: bool = JSON,
+) -> None:
+    """Promote STAGE step by step: evaluation gate, shadow gate, then each step's weight held and judged; a failed
+    gate rolls back at once. Runs here until it ends; --submit queues it on the local pool."""
+    result = guard(lambda: _promotion().rollout(endpoint, stage, policy=policy, submit=submit))
+    if as_json or "promotion" not in result:
+        emit(result, as_json)
+        return
+    _print_promotion(result["promotion"])
+
+
+def _print_promotion(p: dict[str, Any]) -> None:
+    where = f"step {p['step'] + 1} of {len(p['steps'])} ({p['weight']}%)" if p["phase"] == "steps" else p["phase"]
+    out.print(f"[bold]{p['endpoint']}/{p['stage']}[/bold]  {p['status']}  {where}"
+              + (f"  reason: {p['reason']}" if p["reason"] else ""), soft_wrap=True)
+    for g in p["gates"]:
+        verdict = {True: "passed", False: "FAILED", None: "waiting"}[g["passed"]]
+        step = f" (step {g['step']}, {g['weight']}%)" if "step" in g else ""
+        out.print(f"  {g['gate']} gate{step}: {verdict}: {g['why']}", highlight=False, soft_wrap=True)
+
+
+@rollout_app.command("show")
+def rollout_show(endpoint: str, as_json: bool = JSON) -> None:
+    """The promotion in progress (or the last), each gate's judgement, and the stages' shares."""
+    result = guard(lambda: _promotion().show(endpoint))
+    if as_json:
+        emit(result, True)
+        return
+    shown = result["active"] or (result["promotions"][-1] if result["promotions"] else None)
+    if shown is None:
+        out.print(f"{endpoint} has had no promotion: `mlyard endpoints rollout start {endpoint} STAGE`")
+    else:
+        _print_promotion(shown)
+    out.print("shares: " + ", ".join(f"{name} {s['weight'] if not s['default'] else 100 - sum(x['weight'] for x in result['shares'].values())}%"
+                                     + (f" (shadow {s['shadow']}%)" if s["shadow"] else "")
+                                     for name, s in result["shares"].items()), highlight=False)
+
+
+def _control(action: str):
+    def command(endpoint: str, as_json: bool = JSON) -> None:
+        promo = guard(lambda: getattr(_promotion(), action)(endpoint))
+        emit(promo, True) if as_json else _print_promotion(promo)
+
+    command.__doc__ = {"pause": "Hold the promotion in progress at its current weight.",
+                       "resume": "Go on with the promotion in progress (at its step; a new run if its run ended).",
+                       "abort": "End the promotion in progress: the candidate's weight goes to 0 at once."}[action]
+    return command
+
+
+for _action in ("pause", "resume", "abort"):
+    rollout_app.command(_action)(_control(_action))

@@ -1,0 +1,34 @@
+"""Give a stage a share of its endpoint's default traffic, or mirror a share to it (set-endpoint-traffic).
+
+1. Record the share in the catalog: the rules are checked there (an ACTIVE stage other than the
+   default, serving a model of the default stage; the weights add up to at most 99) and the serving
+   history gets the new shares.
+2. The gateway routes it now (every other gateway replica on its next read, within a second).
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+
+from core.connection import gateway_url
+from core.names import FLOW_SET_TRAFFIC
+from core.specs.promotion import TrafficSpec
+from flows.endpoint import EndpointResult, with_urls
+from flows.platform import Platform
+from registry.endpoints import Endpoints
+from registry.traffic import Traffic
+from tasks.endpoints import gateway
+from tasks.orchestration import run_name
+
+
+@flow(name=FLOW_SET_TRAFFIC, flow_run_name=run_name(FLOW_SET_TRAFFIC),
+      description="Give a stage a weight (a share of the endpoint's default traffic it answers) or a shadow share "
+                  "(mirrored to it, compared, never answered).")
+def set_traffic(spec: TrafficSpec) -> EndpointResult:
+    p = Platform()
+    # 1. Record the share (the rules are checked there).
+    shares = Traffic(p.catalog).set_share(spec.endpoint, spec.stage, spec.weight, spec.shadow, spec.note)
+    # 2. The gateway routes it now.
+    gateway(gateway_url(p.settings), "/mlyard/reload", "POST")
+    get_run_logger().info("%s: %s", spec.endpoint, ", ".join(f"{k} {v}%" for k, v in shares.items()))
+    return with_urls(p, Endpoints(p.catalog), spec.endpoint)
