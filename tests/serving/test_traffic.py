@@ -41,7 +41,7 @@ def test_answers_agree_on_labels_and_on_numbers_within_the_tolerance():
 
 def test_the_live_gate_waits_for_requests_then_judges_the_rate_and_p99_of_one_window():
     counts = LiveCounts()
-    for i in range(50):
+    for _ in range(50):
         counts.record(("ep", "canary"), 5.0, failed=False)
     first = {"gw-1": counts.changed()[("ep", "canary")]}
     assert counts.changed() == {}  # only what changed is written again
