@@ -3,15 +3,8 @@ front of every endpoint's replicas.
 
     /{endpoint}/{model}/v1|v2|openai/...                 the endpoint's default stage
     /{endpoint}/stages/{stage}/{model}/v1|v2|openai/...  one stage
-    GET  /mlyard/health     200 while the gateway runs (the only route open to anyone)
-    GET  /mlyard/routes     the routing table: default stages, replicas, health, outstanding requests
-    POST /mlyard/reload     read the catalog and the replicas now (the endpoint flows call it after a change)
-    GET  /mlyard/stats      ?since=&until= (epoch seconds) &endpoint=&stage=&model=: the statistics
-    GET  /mlyard/metrics    the same counts since this gateway started, for Prometheus to scrape
-    (every /mlyard/ route but health needs the platform's internal credential: gateway_admin.py)
-    POST /rag/v1/query      an OpenAI chat-completions body whose `model` is a RAG's name: to that RAG's
-                            query service (serving/rag.py), streamed; /rag/v1/search: its retrieval alone.
-                            A RAG is routed and counted as an endpoint named `rag:NAME`.
+    /mlyard/health, routes, reload, stats, metrics: gateway_admin.py (internal credential but health)
+    POST /rag/v1/query, /rag/v1/search: to the RAG the body's `model` names (gateway_rag.py)
 
 What it does per request, in order: parse the route (404 when no endpoint, stage or model answers);
 check the token unless the endpoint is public (401 with why; the request never reaches a replica) and
@@ -29,21 +22,22 @@ Every second (and on /mlyard/reload) it reads the catalog (endpoints, default st
 Services of stages on a cluster) and the local replica files (tasks/replicas.py); each replica is
 probed with Backend.AI's health-check semantics (serving/health.py): UNHEALTHY replicas leave routing,
 HEALTHY ones return.
+
+Stages can share an endpoint's default traffic (serving/traffic.py): a request to the default URL goes
+to the stage the shares pick, and one with a shadow share is sent again to the shadow stage after the
+client has its answer (gateway_shadow.py); their running totals go to the catalog every second for the
+promotion's gates (flows/endpoint_rollout.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
 import socket
-import sys
 import time
 from pathlib import Path
 from typing import Any
-
-import orjson
 
 from core.connection import REPLICA_HEADER, replica_token
 from serving import asgi
@@ -51,12 +45,14 @@ from serving.access import error_body, is_internal, openai_error, token_problem
 from serving.endpoint_stats import EndpointStats
 from serving.fastserver import Refusal
 from serving.gateway_admin import admin
+from serving.gateway_rag import RAG_ROUTES, rag
+from serving.gateway_shadow import shadow_request
 from serving.health import HEALTHY, Health
 from serving.modelfolder import HealthCheck
 from serving.proxy import Pool, UpstreamError
 from serving.routing import NoReplica, NoRoute, Replica, Route, Router, parse
 from serving.scaler import Autoscaler, Tracked
-from serving.traffic import AFFINITY_HEADER, STAGE_HEADER, LiveCounts, Split, agree
+from serving.traffic import AFFINITY_HEADER, STAGE_HEADER, LiveCounts, Split
 from tasks import replicas as files
 
 log = logging.getLogger("mlyard.gateway")
@@ -64,9 +60,6 @@ MAX_BODY = 64 * 1024 * 1024
 RETRY_AFTER = [(b"retry-after", b"1")]
 
 
-# /rag/v1/chat/completions too: the `openai` package, given base_url .../rag/v1, posts there
-RAG_ROUTES = {"/rag/v1/query": "/v1/chat/completions", "/rag/v1/chat/completions": "/v1/chat/completions",
-              "/rag/v1/search": "/v1/search"}
 
 
 class Gateway:
@@ -261,37 +254,11 @@ class Gateway:
         self.in_flight += 1
         try:
             if path in RAG_ROUTES:
-                await self._rag(scope, receive, send, path)
+                await rag(self, scope, receive, send, path)
             else:
                 await self._serve(scope, receive, send, path)
         finally:
             self.in_flight -= 1
-
-    async def _rag(self, scope: dict, receive, send, path: str) -> None:
-        """A RAG's route: the RAG named by the body's `model`, then as any endpoint's request. The seed's
-        `x-nhn-apikey` header is taken as a bearer token."""
-        if scope["method"] != "POST":
-            return await asgi.reply(send, 405, openai_error(f"{path} takes POST", 405))
-        try:
-            body = await asgi.read_body(receive, self.max_body)
-            model = orjson.loads(body).get("model")
-        except asgi.BodyTooLarge as exc:
-            return await asgi.reply(send, 413, openai_error(str(exc), 413))
-        except (orjson.JSONDecodeError, AttributeError):
-            return await asgi.reply(send, 400, openai_error("the body must be a JSON object (an OpenAI chat "
-                                                              "completions request)", 400))
-        if not isinstance(model, str) or not model:
-            return await asgi.reply(send, 400, openai_error("model: the name of the RAG to ask (mlyard rags list)",
-                                                              400))
-        name = f"rag:{model}"
-        if name not in self.endpoints:
-            return await asgi.reply(send, 404, openai_error(f"no RAG {model!r}; see `mlyard rags list`", 404))
-        headers = list(scope["headers"])
-        key = next((v for k, v in headers if k == b"x-nhn-apikey"), None)
-        if key is not None and not any(k == b"authorization" for k, _ in headers):
-            scope = {**scope, "headers": [*headers, (b"authorization", b"Bearer " + key)]}
-        route = Route(name, None, "rag", RAG_ROUTES[path])
-        return await self._serve(scope, receive, send, path, route, body)
 
     async def _serve(self, scope: dict, receive, send, path: str, route: Route | None = None,
                      body: bytes | None = None) -> None:
@@ -405,35 +372,10 @@ class Gateway:
                 self.live.record((route.endpoint, stage), ms, failed)
         if shadow is not None and len(self._mirrors) < self.max_mirrors:
             mirror = asyncio.get_running_loop().create_task(
-                self._mirror(Route(route.endpoint, shadow, route.model, route.rest), scope["method"], target, headers,
+                shadow_request(self, Route(route.endpoint, shadow, route.model, route.rest), scope["method"], target, headers,
                              body, whole if not failed else None, split.tolerance if split else 1e-6))
             self._mirrors.add(mirror)
             mirror.add_done_callback(self._mirrors.discard)
-
-    async def _mirror(self, route: Route, method: str, target: str, headers: list, body: bytes,
-                      answer: bytes | None, tolerance: float) -> None:
-        """The same request to a shadow stage, after the client has its answer: compared, counted, dropped."""
-        started = time.perf_counter()
-        status, got = None, b""
-        try:
-            replica = self.router.acquire(route)
-        except (NoRoute, NoReplica):
-            replica = None
-        t = self.replicas.get(replica.url) if replica is not None else None
-        if t is not None:
-            try:
-                resp = await t.pool.request(method, target, headers, body, timeout=self.timeout)
-                got = await resp.read()
-                status = resp.status
-                resp.close()
-            except UpstreamError:
-                pass
-        if replica is not None:
-            self.router.release(replica)
-        failed = status is None or status >= 500
-        agreed = None if answer is None else (not failed and status is not None and status < 400
-                                              and agree(answer, got, tolerance))
-        self.live.record_pair((route.endpoint, route.stage or ""), agreed, (time.perf_counter() - started) * 1000, failed)
 
     @staticmethod
     def _err(route: Route, status: int, message: str) -> bytes:
@@ -442,25 +384,6 @@ class Gateway:
         if route.endpoint.startswith("rag:") or route.rest.startswith("/openai/"):
             return openai_error(message, status)
         return error_body(message)
-
-    def view(self) -> dict[str, Any]:
-        table = self.router.view()
-        for ep in table.values():
-            for replicas in ep["stages"].values():
-                for r in replicas:
-                    t = self.replicas.get(r["url"])
-                    if t is not None:
-                        r.update(key=t.key, status=t.health.status, failures=t.health.failures,
-                                 reason=t.health.reason, ejected=t.ejected)
-        for key in [k for k, t in self.draining.items() if not t.active]:
-            del self.draining[key]
-        for name, split in self.splits.items():
-            if name in table:
-                table[name]["weights"] = {st: w for st, w, _ in split.weights}
-                table[name]["shadows"] = {st: w for st, w, _ in split.shadows}
-        return {"endpoints": table, "draining": {k: t.active for k, t in self.draining.items()},
-                "in_flight": self.in_flight, "started_at": self.started,
-                "autoscaling": list(self.scaling.events)}
 
     def _start(self) -> None:
         self._tasks.append(asyncio.get_running_loop().create_task(self._loop()))
@@ -471,42 +394,7 @@ class Gateway:
         self.stats.flush(everything=True)
 
 
-def main(argv: list[str] | None = None) -> None:
-    from core.errors import StackError
-    from core.settings import Settings, require_shared_stores
-    from serving import fastserver
+if __name__ == "__main__":  # `python -m serving.gateway`, as `mlyard up` and the cluster's manifests start it
+    from serving.gateway_main import main
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--max-in-flight", type=int, default=1024)
-    parser.add_argument("--health-interval", type=float, default=1.0)
-    parser.add_argument("--health-max-retries", type=int, default=2)
-    parser.add_argument("--autoscale-interval", type=float, default=None,
-                        help="Seconds between autoscaling passes (default: MLYARD_AUTOSCALE_INTERVAL, 5).")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
-    settings = Settings()
-    try:
-        require_shared_stores(settings)
-    except StackError as exc:
-        raise SystemExit(f"mlyard gateway: {exc}") from None
-    check = HealthCheck(path="/v2/health/ready", interval=args.health_interval, max_retries=args.health_max_retries,
-                        max_wait_time=2.0, expected_status_code=200, initial_delay=0.0)
-    from core.connection import internal_token
-
-    token = internal_token(settings)
-    if token is None:
-        raise SystemExit("mlyard gateway: no internal credential: set MLYARD_INTERNAL_TOKEN (on Kubernetes, "
-                         "mlyard_internal_token in the mlyard-settings Secret) or start it with `mlyard up`")
-    gw = Gateway(settings.home_dir, settings.catalog_db_url, check, max_in_flight=args.max_in_flight,
-                 autoscale_seconds=args.autoscale_interval or settings.autoscale_interval,
-                 internal_token=token, max_body=settings.max_request_bytes,
-                 replica=settings.replica_token.get_secret_value() if settings.replica_token else None)
-    # The replicas' own date and server headers are passed on.
-    fastserver.run(gw, args.host, args.port, on_ready=lambda url: print(f"the mlyard gateway listens on {url}",
-                                                                         flush=True))
-
-
-if __name__ == "__main__":
     main()

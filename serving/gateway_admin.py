@@ -1,12 +1,18 @@
 """The gateway's management routes (/mlyard/...): health for anyone; the routing table, a reload, the
 statistics and the metrics for the platform alone (its internal credential as a bearer token), since
 they name every endpoint and replica.
+
+    GET  /mlyard/health     200 while the gateway runs (the only route open to anyone)
+    GET  /mlyard/routes     the routing table: default stages, replicas, health, outstanding requests, shares
+    POST /mlyard/reload     read the catalog and the replicas now (the endpoint flows call it after a change)
+    GET  /mlyard/stats      ?since=&until= (epoch seconds) &endpoint=&stage=&model=: the statistics
+    GET  /mlyard/metrics    the same counts since this gateway started, for Prometheus to scrape
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import orjson
@@ -26,11 +32,11 @@ async def admin(gw: Gateway, scope: dict, receive: asgi.Receive, send: asgi.Send
         return await asgi.reply(send, 401, error_body("the gateway's management routes need the platform's internal "
                                                       "credential"), headers=[(b"www-authenticate", b"Bearer")])
     if path == "/mlyard/routes" and method == "GET":
-        return await asgi.reply(send, 200, orjson.dumps(gw.view()))
+        return await asgi.reply(send, 200, orjson.dumps(routes(gw)))
     if path == "/mlyard/reload" and method == "POST":
         await asgi.read_body(receive, 1024)
         await gw.refresh()
-        return await asgi.reply(send, 200, orjson.dumps(gw.view()))
+        return await asgi.reply(send, 200, orjson.dumps(routes(gw)))
     if path == "/mlyard/metrics" and method == "GET":
         body = gw.stats.prometheus({"mlyard_gateway_in_flight": ("Requests this gateway is answering now.",
                                                                  gw.in_flight)})
@@ -45,3 +51,24 @@ async def admin(gw: Gateway, scope: dict, receive: asgi.Receive, send: asgi.Send
         result = gw.stats.query(since, until, q.get("endpoint"), q.get("stage"), q.get("model"))
         return await asgi.reply(send, 200, orjson.dumps(result))
     return await asgi.reply(send, 404, error_body(f"no route {method} {path}"))
+
+
+def routes(gw: Gateway) -> dict[str, Any]:
+    """The routing table as /mlyard/routes gives it: each replica's health, the draining, the shares."""
+    table = gw.router.view()
+    for ep in table.values():
+        for replicas in ep["stages"].values():
+            for r in replicas:
+                t = gw.replicas.get(r["url"])
+                if t is not None:
+                    r.update(key=t.key, status=t.health.status, failures=t.health.failures,
+                             reason=t.health.reason, ejected=t.ejected)
+    for key in [k for k, t in gw.draining.items() if not t.active]:
+        del gw.draining[key]
+    for name, split in gw.splits.items():
+        if name in table:
+            table[name]["weights"] = {st: w for st, w, _ in split.weights}
+            table[name]["shadows"] = {st: w for st, w, _ in split.shadows}
+    return {"endpoints": table, "draining": {k: t.active for k, t in gw.draining.items()},
+            "in_flight": gw.in_flight, "started_at": gw.started,
+            "autoscaling": list(gw.scaling.events)}

@@ -1,0 +1,46 @@
+"""The gateway's RAG routes (/rag/v1/query, /rag/v1/chat/completions, /rag/v1/search): the RAG named by
+the body's `model`, then routed and counted as the endpoint `rag:NAME` (serving/rag.py answers)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import orjson
+
+from serving import asgi
+from serving.access import openai_error
+from serving.routing import Route
+
+if TYPE_CHECKING:
+    from serving.gateway import Gateway
+
+# /rag/v1/chat/completions too: the `openai` package, given base_url .../rag/v1, posts there
+RAG_ROUTES = {"/rag/v1/query": "/v1/chat/completions", "/rag/v1/chat/completions": "/v1/chat/completions",
+              "/rag/v1/search": "/v1/search"}
+
+
+async def rag(gw: Gateway, scope: dict, receive, send, path: str) -> None:
+    """A RAG's route: the RAG named by the body's `model`, then as any endpoint's request. The seed's
+    `x-nhn-apikey` header is taken as a bearer token."""
+    if scope["method"] != "POST":
+        return await asgi.reply(send, 405, openai_error(f"{path} takes POST", 405))
+    try:
+        body = await asgi.read_body(receive, gw.max_body)
+        model = orjson.loads(body).get("model")
+    except asgi.BodyTooLarge as exc:
+        return await asgi.reply(send, 413, openai_error(str(exc), 413))
+    except (orjson.JSONDecodeError, AttributeError):
+        return await asgi.reply(send, 400, openai_error("the body must be a JSON object (an OpenAI chat "
+                                                          "completions request)", 400))
+    if not isinstance(model, str) or not model:
+        return await asgi.reply(send, 400, openai_error("model: the name of the RAG to ask (mlyard rags list)",
+                                                          400))
+    name = f"rag:{model}"
+    if name not in gw.endpoints:
+        return await asgi.reply(send, 404, openai_error(f"no RAG {model!r}; see `mlyard rags list`", 404))
+    headers = list(scope["headers"])
+    key = next((v for k, v in headers if k == b"x-nhn-apikey"), None)
+    if key is not None and not any(k == b"authorization" for k, _ in headers):
+        scope = {**scope, "headers": [*headers, (b"authorization", b"Bearer " + key)]}
+    route = Route(name, None, "rag", RAG_ROUTES[path])
+    return await gw._serve(scope, receive, send, path, route, body)

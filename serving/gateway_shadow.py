@@ -1,0 +1,40 @@
+"""A shadow stage's copy of a request (serving/traffic.py decides which): sent after the client has its
+answer, compared with that answer, counted for the shadow gate, and dropped."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from serving.proxy import UpstreamError
+from serving.routing import NoReplica, NoRoute, Route
+from serving.traffic import agree
+
+if TYPE_CHECKING:
+    from serving.gateway import Gateway
+
+
+async def shadow_request(gw: Gateway, route: Route, method: str, target: str, headers: list, body: bytes,
+                         answer: bytes | None, tolerance: float) -> None:
+    """The same request to a shadow stage, after the client has its answer: compared, counted, dropped."""
+    started = time.perf_counter()
+    status, got = None, b""
+    try:
+        replica = gw.router.acquire(route)
+    except (NoRoute, NoReplica):
+        replica = None
+    t = gw.replicas.get(replica.url) if replica is not None else None
+    if t is not None:
+        try:
+            resp = await t.pool.request(method, target, headers, body, timeout=gw.timeout)
+            got = await resp.read()
+            status = resp.status
+            resp.close()
+        except UpstreamError:
+            pass
+    if replica is not None:
+        gw.router.release(replica)
+    failed = status is None or status >= 500
+    agreed = None if answer is None else (not failed and status is not None and status < 400
+                                          and agree(answer, got, tolerance))
+    gw.live.record_pair((route.endpoint, route.stage or ""), agreed, (time.perf_counter() - started) * 1000, failed)
