@@ -43,7 +43,19 @@ $(STAMP):
 demo: $(STAMP)
 	$(VENV)/bin/mlyard demo
 
-test: $(STAMP)
+# the Gateway API's own validators (npm, generated from its CRDs' schemas) for the HTTPRoutes that the tests
+# render (tests/infra/test_http_route.py); Debian's nodejs and npm run them
+GATEWAY_API := $(VENV)/gateway-api/.installed
+$(GATEWAY_API): infra/gateway-api/package.json infra/gateway-api/package-lock.json infra/gateway-api/validate.mjs
+	command -v npm >/dev/null || apt-get install -y -q nodejs npm >/dev/null 2>&1 \
+	  || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q nodejs npm >/dev/null 2>&1) \
+	  || echo "nodejs and npm could not be installed (no apt or no root): the HTTPRoute test needs them"
+	mkdir -p $(VENV)/gateway-api && cp infra/gateway-api/package.json infra/gateway-api/package-lock.json \
+	  infra/gateway-api/validate.mjs $(VENV)/gateway-api/
+	cd $(VENV)/gateway-api && npm ci --no-audit --no-fund --silent
+	touch $@
+
+test: $(STAMP) $(GATEWAY_API)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	# the prepared Prefect database again if a flow or spec changed since the install (at once if not)

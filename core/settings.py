@@ -70,6 +70,10 @@ class Settings(BaseSettings):
         description="How the gateway reaches a stage resource's Service on the cluster: {service}, {namespace}, "
         "{port} and {cluster_ip} are filled in when the stage is routed. The default is the Service's cluster DNS "
         "name; a gateway outside the cluster's DNS can use http://{cluster_ip}:{port}.")
+    http_route_gateway: str | None = Field(
+        default=None, description="On a cluster that routes with the Gateway API: the Gateway (NAME or "
+        "NAMESPACE/NAME) an endpoint's HTTPRoute attaches to; every change of traffic shares applies it with the "
+        "same weights (tasks/http_route.py). Unset: mlyard's gateway routes.")
     kueue_queue: str | None = Field(
         default=None, description="On a cluster with Kueue: the LocalQueue the gpu pool's Jobs are labelled for, so "
         "that Kueue admits them against the GPU quota (trials wait for quota, not for nodes).")

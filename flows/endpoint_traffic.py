@@ -4,6 +4,8 @@
    default, serving a model of the default stage; the weights add up to at most 99) and the serving
    history gets the new shares.
 2. The gateway routes it now (every other gateway replica on its next read, within a second).
+3. On a cluster that routes with the Gateway API (`MLYARD_HTTP_ROUTE_GATEWAY`), the endpoint's HTTPRoute
+   is applied with the same weights.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from flows.endpoint import EndpointResult, with_urls
 from flows.platform import Platform
 from registry.endpoints import Endpoints
 from registry.traffic import Traffic
+from tasks.endpoint_cluster import apply_route
 from tasks.endpoints import gateway
 from tasks.orchestration import run_name
 
@@ -30,5 +33,11 @@ def set_traffic(spec: TrafficSpec) -> EndpointResult:
     shares = Traffic(p.catalog).set_share(spec.endpoint, spec.stage, spec.weight, spec.shadow, spec.note)
     # 2. The gateway routes it now.
     gateway(gateway_url(p.settings), "/mlyard/reload", "POST")
-    get_run_logger().info("%s: %s", spec.endpoint, ", ".join(f"{k} {v}%" for k, v in shares.items()))
-    return with_urls(p, Endpoints(p.catalog), spec.endpoint)
+    logger = get_run_logger()
+    logger.info("%s: %s", spec.endpoint, ", ".join(f"{k} {v}%" for k, v in shares.items()))
+    eps = Endpoints(p.catalog)
+    # 3. The cluster's own routing, when it has one.
+    if p.settings.http_route_gateway:
+        route = apply_route(eps.get(spec.endpoint), p.settings.http_route_gateway)
+        logger.info("applied HTTPRoute %s/%s", route["metadata"]["namespace"], route["metadata"]["name"])
+    return with_urls(p, eps, spec.endpoint)

@@ -36,6 +36,18 @@ def kube_apply(view: dict[str, Any], stage: str, parameters: dict[str, dict[str,
     return manifests
 
 
+@task(name="apply-http-route", cache_policy=NO_CACHE)
+def apply_route(view: dict[str, Any], gateway_ref: str) -> dict[str, Any]:
+    """The endpoint's HTTPRoute (tasks/http_route.py) for the Gateway `gateway_ref` (NAME or NAMESPACE/NAME),
+    rendered with the catalog's shares and applied; the object as the API holds it."""
+    from tasks.http_route import apply_http_route, render_http_route
+    from tasks.kubernetes import cluster_client
+
+    gw_namespace, _, gw_name = gateway_ref.rpartition("/")
+    manifest = render_http_route(view, gw_name, namespace(), gw_namespace or None)
+    return apply_http_route(cluster_client("http_route_gateway", gateway_ref), manifest)
+
+
 @task(name="wait-ready", cache_policy=NO_CACHE)
 def kube_wait_ready(instance_type: str, manifests: list[dict[str, Any]], timeout: float = 900.0) -> None:
     """Wait until every Deployment has all its pods ready."""

@@ -57,6 +57,7 @@ KINDS: list[tuple[str, str, str, str, bool, tuple[str, ...]]] = [
     ("coordination.k8s.io", "v1", "leases", "Lease", True, ()),
     ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", True, ("status",)),
     ("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", True, ()),
+    ("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute", True, ("status",)),
     ("kueue.x-k8s.io", "v1beta1", "resourceflavors", "ResourceFlavor", False, ()),
     ("kueue.x-k8s.io", "v1beta1", "clusterqueues", "ClusterQueue", False, ("status",)),
     ("kueue.x-k8s.io", "v1beta1", "localqueues", "LocalQueue", True, ("status",)),

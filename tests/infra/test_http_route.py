@@ -1,0 +1,76 @@
+"""An endpoint's traffic shares as a Gateway API HTTPRoute (issue 29 §4, tasks/http_route.py): rendered from
+the catalog's view, checked by the Gateway API's own validators (@kubernetes-models/gateway-api, generated
+from its CRDs' schemas; `make test` installs them with npm), and applied with server-side apply to the
+Kubernetes API emulator of tests/kube_api.py (no cluster here; the emulator stores what a real API
+server would, without a Gateway controller acting on it)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from kube_api import KubeApi
+
+from tasks.http_route import apply_http_route, render_http_route
+
+VALIDATOR = Path(__file__).resolve().parents[2] / ".venv" / "gateway-api" / "validate.mjs"
+
+
+def gateway_api_check(objects: list[dict]) -> list[str]:
+    """What the Gateway API's validators say of each object ("ok" or "invalid: why")."""
+    assert VALIDATOR.exists(), f"{VALIDATOR} is missing: `make test` installs it (nodejs, npm)"
+    proc = subprocess.run(["node", VALIDATOR.name], cwd=VALIDATOR.parent, input=json.dumps(objects), text=True,
+                          capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.splitlines()
+
+
+def _view(weights: dict[str, int], shadows: dict[str, int]) -> dict:
+    def stage(name: str, rid: int, model: str, default: bool = False) -> dict:
+        return {"name": name, "default": default, "weight": weights.get(name, 0), "shadow": shadows.get(name, 0),
+                "resources": [{"id": rid, "model": model}]}
+
+    return {"name": "shop", "stages": [stage("default", 1, "iris/1", True), stage("canary", 2, "iris/2"),
+                                       stage("mirror", 3, "iris/3"), stage("other", 4, "digits/1")]}
+
+
+@pytest.fixture()
+def api(tmp_path, monkeypatch):
+    server = KubeApi()
+    monkeypatch.setenv("KUBECONFIG", str(server.kubeconfig(tmp_path / "kubeconfig", namespace="mlyard")))
+    yield server
+    server.close()
+
+
+def test_the_route_carries_the_shares_passes_the_gateway_apis_validators_and_is_applied(api):
+    from tasks.kubernetes import cluster_client
+
+    route = render_http_route(_view({"canary": 10}, {"mirror": 20}), "public", "mlyard", "gateways")
+    assert route["spec"]["parentRefs"] == [{"name": "public", "namespace": "gateways"}]
+    rules = {r["matches"][0]["path"]["value"]: r for r in route["spec"]["rules"]}
+    default = rules["/shop/iris/"]
+    assert [(b["name"], b["weight"]) for b in default["backendRefs"]] == [("shop-default-r1", 90), ("shop-canary-r2", 10)]
+    mirror = [f["requestMirror"] for f in default["filters"] if f["type"] == "RequestMirror"]
+    assert mirror == [{"backendRef": {"name": "shop-mirror-r3", "port": 8080}, "percent": 20}]
+    assert {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/"} in [
+        f["urlRewrite"]["path"] for f in default["filters"] if f["type"] == "URLRewrite"]
+    assert "/shop/digits/" not in rules  # the default stage does not serve digits: no default route for it
+    assert [b["name"] for b in rules["/shop/stages/canary/iris/"]["backendRefs"]] == ["shop-canary-r2"]
+
+    broken = json.loads(json.dumps(route))
+    broken["spec"]["rules"][0]["backendRefs"][0]["weight"] = -1
+    del broken["spec"]["rules"][1]["matches"][0]["path"]["type"]
+    broken["spec"]["rules"][1]["matches"][0]["path"]["type"] = "Prefixish"
+    assert gateway_api_check([route, broken])[0] == "ok"
+    assert gateway_api_check([broken])[0].startswith("invalid:") and "weight" in gateway_api_check([broken])[0]
+
+    client = cluster_client("http_route_gateway", "gateways/public")
+    held = apply_http_route(client, route)
+    assert held["metadata"]["name"] == "mlyard-shop" and held["spec"]["rules"] == route["spec"]["rules"]
+    moved = render_http_route(_view({"canary": 50}, {}), "public", "mlyard", "gateways")  # the next step
+    held = apply_http_route(client, moved)
+    stored = next(o for o in api.items("HTTPRoute", "mlyard") if o["metadata"]["name"] == "mlyard-shop")
+    weights = [(b["name"], b["weight"]) for b in stored["spec"]["rules"][0]["backendRefs"]]
+    assert weights == [("shop-default-r1", 50), ("shop-canary-r2", 50)] and gateway_api_check([stored])[0] == "ok"
