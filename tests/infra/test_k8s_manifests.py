@@ -108,13 +108,13 @@ def test_workers_get_exactly_what_they_use(overlay):
     # the endpoint flows' runs: server-side apply (patch), read back, list by labels and delete a stage's objects
     endpoints = {(g, r): set(rule["verbs"]) for rule in roles["mlyard-endpoints"]["rules"]
                  for g in rule["apiGroups"] for r in rule["resources"]}
-    assert endpoints == {(g, r): {"get", "list", "patch", "delete"} for g, r in (
+    assert endpoints == {**{(g, r): {"get", "list", "patch", "delete"} for g, r in (
         ("apps", "deployments"), ("", "services"), ("autoscaling", "horizontalpodautoscalers"),
-        ("networking.k8s.io", "networkpolicies"))}
+        ("networking.k8s.io", "networkpolicies"))}, ("gateway.networking.k8s.io", "httproutes"): {"get", "patch"}}
     assert {s["name"] for s in bindings["mlyard-endpoints"]["subjects"]} == {"mlyard-endpoints"}
     flows = [d for d in yaml.safe_load((K8S.parent / "prefect.yaml").read_text())["deployments"]
              if d["entrypoint"].startswith("flows.endpoint_") and d["work_pool"]["name"] != "local"]
-    assert len(flows) == 7 and {d["work_pool"]["job_variables"]["service_account_name"] for d in flows} == {"mlyard-endpoints"}
+    assert len(flows) == 10 and {d["work_pool"]["job_variables"]["service_account_name"] for d in flows} == {"mlyard-endpoints"}
 
 
 def test_the_gateway_is_replicated_and_the_databases_follow_the_overlay(overlay):
