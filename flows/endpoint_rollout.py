@@ -109,7 +109,8 @@ class _Run:
         measured: dict[str, Any] = {}
         passed = True
         for name in sorted(set(candidate) & set(default)):
-            values = {}
+            values: dict[str, float] = {}
+            runs: dict[str, str] = {}
             for who, ref in (("candidate", candidate[name]), ("default", default[name])):
                 out = self.p.settings.home_dir / "promotions" / str(self.id) / f"{who}-{name}"
                 result = evaluate(EvaluationSpec(
@@ -120,8 +121,10 @@ class _Run:
                     why = result.not_applicable.get(gate.metric, "not computed")
                     return Judgement("evaluation", False, measured, f"{gate.metric} of {ref}: {why}")
                 values[who] = result.metrics[gate.metric]
+                runs[who] = result.run_id
             measured[name] = {"candidate": values["candidate"], "default": values["default"],
-                              "models": [candidate[name], default[name]]}
+                              "models": [candidate[name], default[name]],
+                              "mlflow_runs": [runs["candidate"], runs["default"]]}
             passed = passed and gate.better(values["candidate"], values["default"])
         if not measured:
             return Judgement("evaluation", False, measured, "the stages serve no model in common")
@@ -207,13 +210,30 @@ def _ended(run: _Run, outcome: str, j: Judgement | None) -> PromotionResult:
     if outcome == "failed" and j is not None:
         run.fail(j)
     elif outcome == "aborted":
-        run.share(0, 0, f"promotion {run.id} aborted")
+        try:
+            run.share(0, 0, f"promotion {run.id} aborted")
+        except NotFound:  # its stage was deleted (which aborted it)
+            return PromotionResult(promotion=next(x for x in run.traffic.promotions(run.endpoint) if x["id"] == run.id),
+                                   endpoint=with_urls(run.p, run.eps, run.endpoint))
         run.log.warning("%s/%s: the promotion was aborted; its weight is 0", run.endpoint, run.stage)
     return _result(run)
 
 
 def _result(run: _Run) -> PromotionResult:
+    """The promotion as it ended (or paused), also as a Prefect artifact of the run: its gates in a table."""
+    from prefect.artifacts import create_markdown_artifact
+
     promo = next(x for x in run.traffic.promotions(run.endpoint) if x["id"] == run.id)
+    lines = [f"**{promo['endpoint']}/{promo['stage']}: {promo['status']}** (steps {promo['steps']})", "",
+             "| gate | step | verdict | measured |", "|---|---|---|---|"]
+    for g in promo["gates"]:
+        verdict = {True: "passed", False: "FAILED", None: "waiting"}[g["passed"]]
+        lines.append(f"| {g['gate']} | {g.get('weight', '')} | {verdict} | {g['why']} |")
+    if promo["reason"]:
+        lines += ["", promo["reason"]]
+    if flow_run.get_id():
+        create_markdown_artifact("\n".join(lines), key=f"promotion-{promo['endpoint']}",
+                                 description="The promotion's gates, as `mlyard endpoints rollout show` gives them.")
     return PromotionResult(promotion=promo, endpoint=with_urls(run.p, run.eps, run.endpoint))
 
 
@@ -251,7 +271,10 @@ def control_promotion(spec: PromotionControlSpec) -> dict[str, Any]:
         return traffic.update(promo["id"], status="PAUSED", reason="paused by a person")
     if spec.action == "abort":
         promo = traffic.update(promo["id"], status="ABORTED", reason="aborted by a person")
-        traffic.set_share(spec.endpoint, promo["stage"], 0, 0, f"promotion {promo['id']} aborted")
+        try:
+            traffic.set_share(spec.endpoint, promo["stage"], 0, 0, f"promotion {promo['id']} aborted")
+        except NotFound:  # the stage was deleted under it: nothing to take traffic from
+            pass
         gateway(gateway_url(p.settings), "/mlyard/reload", "POST")
         return promo
     promo = traffic.update(promo["id"], status="RUNNING", reason="")

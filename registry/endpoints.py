@@ -43,6 +43,7 @@ from registry.catalog import (
     Endpoint,
     EndpointStage,
     EndpointToken,
+    Promotion,
     ServingHistory,
     utcnow,
 )
@@ -241,6 +242,9 @@ class Endpoints:
             else:
                 check_deletable_stage(ep, st, deleting=True)
             end_history(s, endpoint, stage, st.resources, "stage deleted" if not replaced else "replaced as default")
+            for promo in s.scalars(select(Promotion).where(Promotion.endpoint == endpoint, Promotion.stage == stage,
+                                                           Promotion.status.in_(("RUNNING", "PAUSED")))):
+                promo.status, promo.reason = "ABORTED", "the stage was deleted"
             ep.stages.remove(st)
 
     def delete(self, endpoint: str) -> None:

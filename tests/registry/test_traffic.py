@@ -89,3 +89,13 @@ def test_a_traffic_spec_wants_one_share():
         load_spec(TrafficSpec, {"endpoint": "shop", "stage": "a"})
     with pytest.raises(SpecError, match="weight"):
         load_spec(TrafficSpec, {"endpoint": "shop", "stage": "a", "weight": 100})
+
+
+def test_deleting_the_candidate_stage_aborts_its_promotion(shop):
+    eps, traffic = shop
+    _active(eps, "shop", "a")
+    promo = traffic.start("shop", "a", PolicySpec(steps=[10, 100]), "run-1")
+    eps.delete_stage("shop", "a")
+    assert traffic.active("shop") is None
+    (ended,) = traffic.promotions("shop")
+    assert ended["id"] == promo["id"] and ended["status"] == "ABORTED" and ended["reason"] == "the stage was deleted"
