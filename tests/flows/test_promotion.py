@@ -243,18 +243,9 @@ def test_pause_resume_after_its_run_ended_and_abort(shop, tmp_path):
 
     # Its run ends under it (cancelled from the Prefect UI, or the stack stopped): resume starts a new run
     # that goes on at its step.
-    from prefect import get_client
 
-    from tasks.orchestration import cancel_flow_run
 
-    cancel_flow_run(paused["flow_run_id"], "the test cancels the promotion's run")
-    deadline = time.monotonic() + 60
-    while True:
-        with get_client(sync_client=True) as client:
-            if client.read_flow_run(UUID(paused["flow_run_id"])).state.is_final():
-                break
-        assert time.monotonic() < deadline, "the cancelled run did not end"
-        time.sleep(0.3)
+    _end_run(paused["flow_run_id"])
     resumed = json.loads(_ok(mlyard("endpoints", "rollout", "resume", "shop", "--json")))
     assert resumed["status"] == "RUNNING" and resumed["flow_run_id"] != paused["flow_run_id"], resumed
     deadline = time.monotonic() + 60
@@ -262,7 +253,44 @@ def test_pause_resume_after_its_run_ended_and_abort(shop, tmp_path):
         assert time.monotonic() < deadline, active
         time.sleep(0.3)
     assert active["phase"] == "steps" and active["step"] == 0 and active["weight"] == 20
+
+    # The stack restarts under a RUNNING promotion: `mlyard up` starts a run for it, which goes on at its step.
+    _end_run(active["flow_run_id"])
+    from datetime import datetime, timedelta, timezone
+
+    from core.settings import Settings
+    from mlyard.stack import _resume_promotions
+    from registry.catalog import Catalog, Promotion
+
+    catalog = Catalog(Settings().catalog_db_url)
+    with catalog.session() as s:  # its run's last heartbeat, as the stack went down a while ago
+        s.get(Promotion, active["id"]).heartbeat_at = datetime.now(timezone.utc) - timedelta(minutes=5)
+    said: list[str] = []
+    _resume_promotions(Settings(), said.append)
+    assert said and "resumed the promotion of shop/flaky" in said[0], said
+    deadline = time.monotonic() + 60
+    while (again := _show("shop")["active"])["flow_run_id"] in (None, active["flow_run_id"]) or \
+            again["heartbeat_at"] <= active["heartbeat_at"]:
+        assert time.monotonic() < deadline, again
+        time.sleep(0.3)
+    assert again["status"] == "RUNNING" and again["step"] == 0 and again["weight"] == 20
     aborted = json.loads(_ok(mlyard("endpoints", "rollout", "abort", "shop", "--json")))
     assert aborted["status"] == "ABORTED"
     shown = _show("shop")
     assert shown["active"] is None and shown["shares"]["flaky"]["weight"] == 0
+
+
+def _end_run(flow_run_id: str) -> None:
+    """Cancel a flow run as the Prefect UI's Cancel does, and wait until it has ended."""
+    from prefect import get_client
+
+    from tasks.orchestration import cancel_flow_run
+
+    cancel_flow_run(flow_run_id, "the test cancels the promotion's run")
+    deadline = time.monotonic() + 60
+    while True:
+        with get_client(sync_client=True) as client:
+            if client.read_flow_run(UUID(flow_run_id)).state.is_final():
+                return
+        assert time.monotonic() < deadline, "the cancelled run did not end"
+        time.sleep(0.3)
