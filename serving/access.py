@@ -24,6 +24,15 @@ def openai_error(message: str, status: int) -> bytes:
                                    "param": None, "code": None}})
 
 
+def route_error(route: Any, status: int, message: str) -> bytes:
+    """The gateway's error body for a routed request (serving/routing.py's Route): OpenAI's shape on the
+    OpenAI routes (a RAG's, an endpoint's /openai/...), so that OpenAI clients show the message;
+    {"error": message} on the others."""
+    if route.endpoint.startswith("rag:") or route.rest.startswith("/openai/"):
+        return openai_error(message, status)
+    return error_body(message)
+
+
 def is_internal(internal: bytes | None, headers: list[tuple[bytes, bytes]]) -> bool:
     """Whether the headers carry the platform's internal credential (`internal`: its whole Authorization
     header, `Bearer ...`)."""

@@ -41,7 +41,7 @@ from typing import Any
 
 from core.connection import REPLICA_HEADER, replica_token
 from serving import asgi
-from serving.access import error_body, is_internal, openai_error, token_problem
+from serving.access import error_body, is_internal, route_error, token_problem
 from serving.endpoint_stats import EndpointStats
 from serving.fastserver import Refusal
 from serving.gateway_admin import admin
@@ -222,11 +222,11 @@ class Gateway:
             return 404, error_body(str(exc)), []
         ep = self.endpoints.get(route.endpoint)
         if ep is None:
-            return 404, self._err(route, 404, f"no endpoint {route.endpoint!r}"), []
+            return 404, route_error(route, 404, f"no endpoint {route.endpoint!r}"), []
         if not ep["public"]:
             why = token_problem(self._internal, ep, {"headers": headers})
             if why is not None:
-                return 401, self._err(route, 401, why), [(b"www-authenticate", b"Bearer")]
+                return 401, route_error(route, 401, why), [(b"www-authenticate", b"Bearer")]
         return ep.get("max_request_bytes") or self.max_body
 
     def _route(self, path: str) -> Route:
@@ -270,19 +270,19 @@ class Gateway:
                 return await asgi.reply(send, 404, error_body(str(exc)))
         ep = self.endpoints.get(route.endpoint)
         if ep is None:
-            return await asgi.reply(send, 404, self._err(route, 404, f"no endpoint {route.endpoint!r}"))
+            return await asgi.reply(send, 404, route_error(route, 404, f"no endpoint {route.endpoint!r}"))
         if not ep["public"]:
             why = token_problem(self._internal, ep, scope)
             if why is not None:
-                return await asgi.reply(send, 401, self._err(route, 401, why),
+                return await asgi.reply(send, 401, route_error(route, 401, why),
                                         headers=[(b"www-authenticate", b"Bearer")])
         split = self.splits.get(route.endpoint)
-        shadow = None
+        shadow = fallback = None  # fallback: the default's route, when the split chose another stage
         if split is not None and route.stage is None:
             affinity = next((v for k, v in scope["headers"] if k == AFFINITY_HEADER), None)
             chosen = split.choose(route.model, affinity)
             if chosen is not None:
-                route = Route(route.endpoint, chosen, route.model, route.rest)
+                route, fallback = Route(route.endpoint, chosen, route.model, route.rest), route
             elif split.shadows:
                 shadow = split.shadow(route.model, affinity)
         try:
@@ -292,13 +292,13 @@ class Gateway:
             known = ep["stages"].get(name)
             if known is not None:  # the stage exists but does not serve now (stopped, deploying, failed)
                 why = f"stage {route.endpoint}/{name} is {known['status']} and serves no requests now"
-                return await asgi.reply(send, 503, self._err(route, 503, why), headers=RETRY_AFTER)
-            return await asgi.reply(send, 404, self._err(route, 404, str(exc)))
+                return await asgi.reply(send, 503, route_error(route, 503, why), headers=RETRY_AFTER)
+            return await asgi.reply(send, 404, route_error(route, 404, str(exc)))
         try:
             if body is None:
                 body = await asgi.read_body(receive, ep.get("max_request_bytes") or self.max_body)
         except asgi.BodyTooLarge as exc:
-            return await asgi.reply(send, 413, self._err(route, 413, str(exc)))
+            return await asgi.reply(send, 413, route_error(route, 413, str(exc)))
         qs = scope.get("query_string") or b""
         target = route.rest + ("?" + qs.decode("latin-1") if qs else "")
         headers = [(k, v) for k, v in scope["headers"] if k != b"authorization" and k != REPLICA_HEADER]
@@ -308,10 +308,16 @@ class Gateway:
             try:
                 replica = self.router.acquire(route)
             except NoRoute as exc:
-                return await asgi.reply(send, 404, self._err(route, 404, str(exc)))
+                return await asgi.reply(send, 404, route_error(route, 404, str(exc)))
             except NoReplica as exc:
                 self.stats.record(key, (time.perf_counter() - started) * 1000, True)
-                return await asgi.reply(send, 503, self._err(route, 503, f"{exc}; retry shortly"),
+                if fallback is not None:  # the stage the split chose cannot answer now: counted, then the default
+                    self.live.record((route.endpoint, stage), 0.0, True)
+                    route, fallback = fallback, None
+                    stage = self.router.stage_of(route)
+                    key = (route.endpoint, stage, route.model)
+                    continue
+                return await asgi.reply(send, 503, route_error(route, 503, f"{exc}; retry shortly"),
                                         headers=RETRY_AFTER)
             t = self.replicas.get(replica.url)
             if t is None:  # left the table between acquire and here
@@ -328,10 +334,10 @@ class Gateway:
                     self._eject(replica.url, str(exc))
                     continue  # no answer began there: another replica takes it
                 self.stats.record(key, (time.perf_counter() - started) * 1000, True)
-                return await asgi.reply(send, 502, self._err(route, 502, f"replica {replica.url}: {exc}"))
+                return await asgi.reply(send, 502, route_error(route, 502, f"replica {replica.url}: {exc}"))
             break
         else:
-            return await asgi.reply(send, 503, self._err(route, 503, "no replica could be reached; retry shortly"),
+            return await asgi.reply(send, 503, route_error(route, 503, "no replica could be reached; retry shortly"),
                                     headers=RETRY_AFTER)
         classes = None
         out_headers = []
@@ -376,14 +382,6 @@ class Gateway:
                              body, whole if not failed else None, split.tolerance if split else 1e-6))
             self._mirrors.add(mirror)
             mirror.add_done_callback(self._mirrors.discard)
-
-    @staticmethod
-    def _err(route: Route, status: int, message: str) -> bytes:
-        """An error body: OpenAI's shape on the OpenAI routes (a RAG's, an endpoint's /openai/...), so that
-        OpenAI clients show the message; {"error": message} on the others."""
-        if route.endpoint.startswith("rag:") or route.rest.startswith("/openai/"):
-            return openai_error(message, status)
-        return error_body(message)
 
     def _start(self) -> None:
         self._tasks.append(asyncio.get_running_loop().create_task(self._loop()))

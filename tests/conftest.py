@@ -78,7 +78,8 @@ LONGEST_FILES = {
     "schedules/test_scheduler.py": 72, "flows/test_batch_inference.py": 66, "infra/test_k8s_install.py": 62,
     "tasks/test_rag_quality.py": 52, "mlyard/test_warm.py": 52, "flows/test_endpoint_sync.py": 44,
     "infra/test_kueue_trials.py": 43, "serving/test_server.py": 40, "infra/test_batch_pods.py": 40,
-    "serving/test_custom.py": 38, "flows/test_notebook.py": 37, "flows/test_training.py": 37,
+    "flows/test_promotion.py": 60, "serving/test_custom.py": 38, "flows/test_notebook.py": 37,
+    "flows/test_training.py": 37,
     "infra/test_kubernetes_worker.py": 37, "browser/test_pages.py": 34, "infra/test_scheduler_lease.py": 32,
     "serving/test_generative.py": 28,
 }

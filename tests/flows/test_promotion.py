@@ -6,10 +6,12 @@ without the harness's environment. Nothing is mocked."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from uuid import UUID
 
 import pytest
@@ -118,11 +120,43 @@ def shop(stack, settings, versions):
     api.delete("shop")
 
 
+@contextmanager
+def second_gateway(settings):
+    """Another gateway replica on the same home and catalog, as a cluster runs several."""
+    import subprocess
+    import sys
+
+    from conftest import free_port
+
+    from tasks.processes import stop_group
+
+    port = free_port()
+    log = open(settings.home_dir / "logs" / "gateway-2.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "serving.gateway", "--port", str(port)], stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "MLYARD_HOME": str(settings.home_dir)})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(url + "/mlyard/health", timeout=1).read()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the second gateway did not start"
+                time.sleep(0.2)
+        time.sleep(1.5)  # its first read of the catalog and probe of the replicas
+        yield url
+    finally:
+        stop_group(proc, 5)
+        log.close()
+
+
 def _show(endpoint: str) -> dict:
     return json.loads(_ok(mlyard("endpoints", "rollout", "show", endpoint, "--json")))
 
 
-def test_weights_split_pin_callers_and_a_shadow_reports_agreement(shop, tmp_path):
+def test_weights_split_pin_callers_and_a_shadow_reports_agreement(shop, settings, tmp_path):
     import mlyard.endpoints as api
 
     api.add_stage("shop", {"name": "good", "resources": [{"model": f"pclf/{shop['versions'][1]}"}]})
@@ -141,6 +175,16 @@ def test_weights_split_pin_callers_and_a_shadow_reports_agreement(shop, tmp_path
     assert len(pinned) == 1, pinned  # one caller, one stage while the weights hold
     shares = [(h["stage"], h["share"], h["ended_at"] is None) for h in api.history("shop")]
     assert ("good", 30, True) in shares and ("default", 70, True) in shares, shares
+
+    # A second gateway replica (stateless: it reads the shares from the catalog) routes a change within 2 s.
+    with second_gateway(settings) as other:
+        url = other + "/" + shop["url"].split("/", 3)[3]  # the same path, on the other gateway
+        assert {call(url, shop["token"])[0] for _ in range(10)} == {200}
+        _ok(mlyard("endpoints", "canary", "shop", "good", "--weight", "99"))
+        changed = time.monotonic()
+        while sum(call(url, shop["token"])[1] == "good" for _ in range(5)) < 4:
+            assert time.monotonic() - changed < 2.0, "the second gateway did not route the new weight within 2 s"
+    _ok(mlyard("endpoints", "canary", "shop", "good", "--weight", "30"))
 
     # A shadow: every answer from the default; the mirrored ones compared (the same classifier: all agree).
     _ok(mlyard("endpoints", "canary", "shop", "good", "--weight", "0"))
