@@ -302,8 +302,10 @@ def rollout_start(
                                           "endpoint's. Default: the endpoint's policy."),
     submit: bool = SUBMIT, as_json: bool = JSON,
 ) -> None:
-    """Promote STAGE step by step: evaluation gate, shadow gate, then each step's weight held and judged; a failed
-    gate rolls back at once. Runs here until it ends; --submit queues it on the local pool."""
+    """Promote STAGE step by step behind the policy's gates (a failed gate rolls back at once); --submit queues it.
+
+    Evaluation gate, shadow gate, then each step's weight held and judged. Without --submit it runs here until
+    it ends."""
     result = guard(lambda: _promotion().rollout(endpoint, stage, policy=policy, submit=submit))
     if as_json or "promotion" not in result:
         emit(result, as_json)

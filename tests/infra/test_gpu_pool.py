@@ -81,8 +81,9 @@ def test_the_scheduler_and_pipeline_runs_run_on_the_cpu_pool():
     change applies a stage's objects."""
     endpoint_flows = ["flows.endpoint_add_stage.add_stage", "flows.endpoint_delete.delete_endpoint",
                       "flows.endpoint_deploy.deploy_endpoint", "flows.endpoint_promote.promote_stage",
-                      "flows.endpoint_retry.retry_stage", "flows.endpoint_start.start_stage",
-                      "flows.endpoint_stop.stop_stage"]
+                      "flows.endpoint_retry.retry_stage", "flows.endpoint_rollout.control_promotion",
+                      "flows.endpoint_rollout.promote_progressively", "flows.endpoint_start.start_stage",
+                      "flows.endpoint_stop.stop_stage", "flows.endpoint_traffic.set_traffic"]
     assert sorted(d["entrypoint"] for d in _deployments("cpu")) == endpoint_flows + ["flows.pipeline_run.pipeline_run",
                                                                                      "flows.scheduler.scheduler"]
     assert "flows.pipeline_run.pipeline_run" not in [d["entrypoint"] for d in _deployments("gpu")]
