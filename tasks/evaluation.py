@@ -76,6 +76,11 @@ def classification(y_true: Sequence, y_pred: Sequence, proba: np.ndarray | None 
                                                           pos_label=pos, zero_division=0)), average=said),
         "recall": MetricValue(float(skm.recall_score(y_true, y_pred, labels=labels, average=average, pos_label=pos,
                                                     zero_division=0)), average=said),
+        # scikit-learn's scorer names, whatever the number of classes (a promotion policy's gates name them)
+        "f1_macro": MetricValue(float(skm.f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+                                average=f"macro over {len(labels)} classes"),
+        "f1_weighted": MetricValue(float(skm.f1_score(y_true, y_pred, labels=labels, average="weighted",
+                                                      zero_division=0)), average="weighted by support"),
     }
     cm = skm.confusion_matrix(y_true, y_pred, labels=labels).tolist()
     curves: dict[str, Any] = {}

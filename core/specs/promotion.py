@@ -19,7 +19,8 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from core.specs.common import NAME_PATTERN, SpecModel, _check_uri
 
 # The evaluation flow's metrics (tasks/evaluation.py), by task, and those where less is better.
-CLASSIFICATION_METRICS = ("accuracy", "f1", "precision", "recall", "log_loss", "roc_auc", "pr_auc")
+CLASSIFICATION_METRICS = ("accuracy", "f1", "f1_macro", "f1_weighted", "precision", "recall", "log_loss", "roc_auc",
+                          "pr_auc")
 REGRESSION_METRICS = ("mae", "rmse", "r2", "mape", "rmsle")
 LOWER_IS_BETTER = frozenset({"log_loss", "mae", "rmse", "mape", "rmsle"})
 PROMOTION_STATUSES = ("RUNNING", "PAUSED", "COMPLETE", "ROLLED BACK", "ABORTED", "FAILED")

@@ -74,7 +74,7 @@ def test_one_promotion_at_a_time_and_an_orphan_is_seen(shop):
 
 @pytest.mark.parametrize("data,field", [
     ({"steps": [50, 20]}, "steps"), ({"steps": [10, 50]}, "steps"), ({"steps": [0, 100]}, "steps"),
-    ({"gates": {"evaluation": {"dataset": "x.csv", "metric": "f1_macro"}}}, "metric"),
+    ({"gates": {"evaluation": {"dataset": "x.csv", "metric": "f1_micro"}}}, "metric"),
     ({"gates": {"live": {"min_requests": 10}}}, "live"), ({"on_failure": "explode"}, "on_failure"),
     ({"gates": {"shadow": {"min_agreement": 2}}}, "min_agreement"), ({"step_second": 5}, "step_second"),
 ])

@@ -20,6 +20,8 @@ def test_binary_matches_sklearn():
     assert v["pr_auc"] == pytest.approx(skm.average_precision_score(y, proba[:, 1]))
     assert v["log_loss"] == pytest.approx(skm.log_loss(y, proba))
     assert v["f1"] == pytest.approx(skm.f1_score(y, pred))
+    assert v["f1_macro"] == pytest.approx(skm.f1_score(y, pred, average="macro"))
+    assert v["f1_weighted"] == pytest.approx(skm.f1_score(y, pred, average="weighted"))
     assert v["precision"] == pytest.approx(skm.precision_score(y, pred))
     assert v["recall"] == pytest.approx(skm.recall_score(y, pred))
     assert r.confusion_matrix == skm.confusion_matrix(y, pred).tolist()
