@@ -20,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from core.connection import StackState, healthy, point_prefect, read_state
-from core.errors import StackError
+from core.errors import MlyardError, StackError
 from core.settings import Settings
 from mlyard import warm
 from mlyard.prefect_setup import (
@@ -179,8 +179,12 @@ def _resume_promotions(settings: Settings, echo) -> None:
             from core.names import FLOW_ROLLOUT
             from mlyard.submit import submit
 
-            fr = submit(f"{FLOW_ROLLOUT}/local", {"spec": {"endpoint": promo["endpoint"], "stage": promo["stage"],
-                                                           "resume": True}})
+            try:
+                fr = submit(f"{FLOW_ROLLOUT}/local", {"spec": {"endpoint": promo["endpoint"], "stage": promo["stage"],
+                                                               "resume": True}})
+            except MlyardError as exc:  # the stack is up all the same; the promotion waits for `rollout resume`
+                echo(f"could not resume the promotion of {promo['endpoint']}/{promo['stage']}: {exc}")
+                continue
             traffic.update(promo["id"], flow_run_id=fr["id"])
             echo(f"resumed the promotion of {promo['endpoint']}/{promo['stage']} at its step ({fr['name']})")
 

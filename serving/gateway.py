@@ -60,8 +60,6 @@ MAX_BODY = 64 * 1024 * 1024
 RETRY_AFTER = [(b"retry-after", b"1")]
 
 
-
-
 class Gateway:
     def __init__(self, home: Path, catalog_url: str | None, check: HealthCheck | None = None,
                  max_in_flight: int = 1024, timeout: float = 120.0, refresh_seconds: float = 1.0,
