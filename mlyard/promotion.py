@@ -77,13 +77,11 @@ def rollout(endpoint: str, stage: str, *, policy: PolicySpec | dict | str | Path
     spec = RolloutSpec(endpoint=endpoint, stage=stage, policy=None if policy is None else _spec(PolicySpec, policy))
     _candidate(endpoint, stage)
     traffic = Traffic(_platform().catalog)
-    busy = traffic.active(endpoint)
-    if busy is not None:
-        raise SpecError("endpoint", endpoint, f"an endpoint with no promotion in progress ({busy['stage']} is "
-                        f"{busy['status']}: `mlyard endpoints rollout resume|abort {endpoint}`)")
-    if spec.policy is None and traffic.policy(endpoint) is None:
+    kept = spec.policy or traffic.policy(endpoint)
+    if kept is None:
         raise SpecError("policy", None, f"a promotion policy: `mlyard endpoints policy {endpoint} -f policy.yaml`, "
                         "or --policy with the rollout")
+    traffic.check_start(endpoint, stage, kept)  # one promotion at a time; room for its steps
     return _run(FLOW_ROLLOUT, "flows.endpoint_rollout:promote_progressively", spec, submit)
 
 

@@ -89,19 +89,31 @@ class Traffic:
 
     # -- promotions -------------------------------------------------------------------------------
 
+    def check_start(self, endpoint: str, stage: str, policy: PolicySpec) -> None:
+        """Raise unless `stage` may start a promotion under `policy` now (the rules of `start`)."""
+        with self.catalog.session() as s:
+            self._check_start(s, endpoint, stage, policy)
+
+    def _check_start(self, s: Any, endpoint: str, stage: str, policy: PolicySpec) -> None:
+        ep = get_endpoint(s, endpoint)
+        st = stage_of(ep, stage)
+        if st.is_default:
+            raise SpecError("stage", stage, f"a stage other than the default ({stage} already is)")
+        if st.status != "ACTIVE":
+            raise Protected(f"stage {endpoint}/{stage} is {st.status}; only an ACTIVE stage can be promoted")
+        others = sum(x.weight for x in ep.stages if x is not st)
+        highest = max((w for w in policy.steps if w < 100), default=0)
+        if others + highest > 99:
+            raise SpecError("steps", policy.steps, f"steps below 100 of at most {99 - others}: other stages of "
+                            f"{endpoint} take {others} % (set their weight to 0 first)")
+        busy = s.scalar(select(Promotion).where(Promotion.endpoint == endpoint, Promotion.status.in_(ACTIVE_PROMOTION)))
+        if busy is not None:
+            raise Protected(f"endpoint {endpoint} already has a promotion in progress ({busy.stage}, {busy.status}); "
+                            f"resume or abort it first (`mlyard endpoints rollout resume|abort {endpoint}`)")
+
     def start(self, endpoint: str, stage: str, policy: PolicySpec, flow_run_id: str | None) -> dict[str, Any]:
         with self.catalog.session() as s:
-            ep = get_endpoint(s, endpoint)
-            st = stage_of(ep, stage)
-            if st.is_default:
-                raise SpecError("stage", stage, f"a stage other than the default ({stage} already is)")
-            if st.status != "ACTIVE":
-                raise Protected(f"stage {endpoint}/{stage} is {st.status}; only an ACTIVE stage can be promoted")
-            busy = s.scalar(select(Promotion).where(Promotion.endpoint == endpoint,
-                                                    Promotion.status.in_(ACTIVE_PROMOTION)))
-            if busy is not None:
-                raise Protected(f"endpoint {endpoint} already has a promotion in progress ({busy.stage}, {busy.status}); "
-                                f"resume or abort it first (`mlyard endpoints rollout resume|abort {endpoint}`)")
+            self._check_start(s, endpoint, stage, policy)
             row = Promotion(endpoint=endpoint, stage=stage, policy=policy.model_dump(mode="json"), status="RUNNING",
                             step=0, phase="evaluation", gates=[], flow_run_id=flow_run_id, heartbeat_at=utcnow())
             s.add(row)

@@ -60,6 +60,10 @@ def test_shares_follow_the_rules_and_the_history_says_who_served_what_share(shop
 def test_one_promotion_at_a_time_and_an_orphan_is_seen(shop):
     eps, traffic = shop
     _active(eps, "shop", "a")
+    _active(eps, "shop", "b")
+    traffic.set_share("shop", "b", weight=60)
+    with pytest.raises(SpecError, match="other stages of shop take 60"):  # 60 + 50 would pass 99 mid-promotion
+        traffic.start("shop", "a", PolicySpec(steps=[10, 50, 100]), "run-0")
     policy = PolicySpec(steps=[10, 100], step_seconds=5)
     promo = traffic.start("shop", "a", policy, "run-1")
     assert promo["status"] == "RUNNING" and promo["phase"] == "evaluation" and not orphaned(promo)
