@@ -34,7 +34,7 @@ from core.errors import StackError
 from flows.platform import Platform
 from registry.endpoints import Endpoints
 from tasks import replicas as files
-from tasks.endpoint_cluster import kube_apply, kube_delete, kube_route, kube_unroute, kube_wait_ready
+from tasks.endpoint_cluster import kube_apply, kube_delete, kube_route, kube_unroute, kube_wait_ready, sync_route
 from tasks.endpoints import (
     LOCAL,
     RoutingFailed,
@@ -102,6 +102,19 @@ def with_urls(p: Platform, eps: Endpoints, name: str) -> EndpointResult:
     return EndpointResult(**view, urls=urls(gateway_url(p.settings), view, code_kinds(p.models, view)))
 
 
+def sync_http_route(p: Platform, eps: Endpoints, endpoint: str, deleted: bool = False,
+                    without: str | None = None) -> None:
+    """On a cluster that routes with the Gateway API (MLYARD_HTTP_ROUTE_GATEWAY): the endpoint's HTTPRoute
+    as its stages and shares are now, after every change of them; `without` a stage about to be deleted
+    (before its Services go), deleted with the endpoint."""
+    if p.settings.http_route_gateway:
+        view = None if deleted else eps.get(endpoint)
+        if view is not None and without is not None:
+            view = {**view, "stages": [s for s in view["stages"] if s["name"] != without]}
+        done = sync_route(endpoint, view, p.settings.http_route_gateway)
+        get_run_logger().info("HTTPRoute of %s: %s", endpoint, done)
+
+
 def teardown(home, gw: str, endpoint: str, st: dict[str, Any], eps: Endpoints) -> None:
     """Take a stage out of routing and end what runs it: local replicas, or its Kubernetes objects."""
     stop_replicas(home, gw, stage_keys(home, endpoint, st["name"]))
@@ -149,6 +162,7 @@ def deploy_stage(p: Platform, eps: Endpoints, endpoint: str, stage: str, creatin
         eps.set_status(endpoint, "ACTIVE", stage, gateway_status="ACTIVE")
         eps.set_status(endpoint, "ACTIVE")
         logger.info("%s/%s is ACTIVE", endpoint, stage)
+        sync_http_route(p, eps, endpoint)
     except BaseException as exc:
         # 6. Roll back: no replica outlives a failed deploy.
         logger.error("deploying %s/%s failed, rolling back: %s", endpoint, stage, exc)

@@ -14,6 +14,7 @@ from core.names import FLOW_DELETE_ENDPOINT
 from core.specs.endpoint import DeletionSpec
 from flows.endpoint import (
     DeletionResult,
+    sync_http_route,
     teardown,
 )
 from flows.platform import Platform
@@ -32,10 +33,12 @@ def delete_endpoint(spec: DeletionSpec) -> DeletionResult:
     stages = {s["name"]: s for s in eps.get(spec.endpoint)["stages"]}
     if spec.stage is not None:
         eps.set_status(spec.endpoint, "DELETE IN PROGRESS", spec.stage)
+        sync_http_route(p, eps, spec.endpoint, without=spec.stage)  # the cluster's Gateway first, if it routes
         teardown(home, gw, spec.endpoint, stages[spec.stage], eps)
         eps.delete_stage(spec.endpoint, spec.stage)
         return DeletionResult(deleted=f"{spec.endpoint}/{spec.stage}")
     eps.set_status(spec.endpoint, "DELETE IN PROGRESS")
+    sync_http_route(p, eps, spec.endpoint, deleted=True)
     for st in stages.values():
         teardown(home, gw, spec.endpoint, st, eps)
     eps.delete(spec.endpoint)

@@ -15,6 +15,7 @@ from core.names import FLOW_PROMOTE_STAGE
 from core.specs.endpoint import PromotionSpec
 from flows.endpoint import (
     EndpointResult,
+    sync_http_route,
     teardown,
     with_urls,
 )
@@ -39,8 +40,9 @@ def promote_stage(spec: PromotionSpec) -> EndpointResult:
     if old is None:
         logger.info("%s is already the default stage of %s", spec.stage, spec.endpoint)
         return with_urls(p, eps, spec.endpoint)
-    # 2. The gateway moves traffic now.
+    # 2. The gateway moves traffic now (and the cluster's HTTPRoute, when it routes with the Gateway API).
     gateway(gw, "/mlyard/reload", "POST")
+    sync_http_route(p, eps, spec.endpoint)
     logger.info("traffic of %s moved from %s to %s", spec.endpoint, old, spec.stage)
     if spec.keep_old:
         return with_urls(p, eps, spec.endpoint)
@@ -51,5 +53,6 @@ def promote_stage(spec: PromotionSpec) -> EndpointResult:
     eps.set_status(spec.endpoint, "DELETE IN PROGRESS", old)
     teardown(home, gw, spec.endpoint, next(s for s in eps.get(spec.endpoint)["stages"] if s["name"] == old), eps)
     eps.delete_stage(spec.endpoint, old, replaced=True)
+    sync_http_route(p, eps, spec.endpoint)
     logger.info("deleted the old default stage %s/%s", spec.endpoint, old)
     return with_urls(p, eps, spec.endpoint)

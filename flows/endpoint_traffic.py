@@ -15,11 +15,10 @@ from prefect import flow, get_run_logger
 from core.connection import gateway_url
 from core.names import FLOW_SET_TRAFFIC
 from core.specs.promotion import TrafficSpec
-from flows.endpoint import EndpointResult, with_urls
+from flows.endpoint import EndpointResult, sync_http_route, with_urls
 from flows.platform import Platform
 from registry.endpoints import Endpoints
 from registry.traffic import Traffic
-from tasks.endpoint_cluster import apply_route
 from tasks.endpoints import gateway
 from tasks.orchestration import run_name
 
@@ -37,7 +36,5 @@ def set_traffic(spec: TrafficSpec) -> EndpointResult:
     logger.info("%s: %s", spec.endpoint, ", ".join(f"{k} {v}%" for k, v in shares.items()))
     eps = Endpoints(p.catalog)
     # 3. The cluster's own routing, when it has one.
-    if p.settings.http_route_gateway:
-        route = apply_route(eps.get(spec.endpoint), p.settings.http_route_gateway)
-        logger.info("applied HTTPRoute %s/%s", route["metadata"]["namespace"], route["metadata"]["name"])
+    sync_http_route(p, eps, spec.endpoint)
     return with_urls(p, eps, spec.endpoint)

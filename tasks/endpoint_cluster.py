@@ -36,16 +36,21 @@ def kube_apply(view: dict[str, Any], stage: str, parameters: dict[str, dict[str,
     return manifests
 
 
-@task(name="apply-http-route", cache_policy=NO_CACHE)
-def apply_route(view: dict[str, Any], gateway_ref: str) -> dict[str, Any]:
-    """The endpoint's HTTPRoute (tasks/http_route.py) for the Gateway `gateway_ref` (NAME or NAMESPACE/NAME),
-    rendered with the catalog's shares and applied; the object as the API holds it."""
-    from tasks.http_route import apply_http_route, render_http_route
+@task(name="sync-http-route", cache_policy=NO_CACHE)
+def sync_route(endpoint: str, view: dict[str, Any] | None, gateway_ref: str) -> str:
+    """The endpoint's HTTPRoute (tasks/http_route.py) for the Gateway `gateway_ref` (NAME or NAMESPACE/NAME)
+    as the catalog's `view` of it is now: applied, or deleted when the endpoint is gone (`view` None) or
+    its default stage runs locally. What was done: applied, deleted or nothing."""
+    from tasks.http_route import apply_http_route, delete_http_route, render_http_route
     from tasks.kubernetes import cluster_client
 
     gw_namespace, _, gw_name = gateway_ref.rpartition("/")
-    manifest = render_http_route(view, gw_name, namespace(), gw_namespace or None)
-    return apply_http_route(cluster_client("http_route_gateway", gateway_ref), manifest)
+    manifest = render_http_route(view, gw_name, namespace(), gw_namespace or None) if view is not None else None
+    client = cluster_client("http_route_gateway", gateway_ref)
+    if manifest is None:
+        return "deleted" if delete_http_route(client, endpoint, namespace()) else "nothing"
+    apply_http_route(client, manifest)
+    return "applied"
 
 
 @task(name="wait-ready", cache_policy=NO_CACHE)

@@ -5,8 +5,10 @@ One rule per model of the default stage, matching `/{endpoint}/{model}/` and rew
 `/` (the model server's own paths, as mlyard's gateway passes them): its backends are the Services of
 the stages that answer it (tasks/kubernetes.py's names), weighted as the catalog's shares (the default
 stage takes the rest), and a stage's shadow share is a RequestMirror filter with that percent. A named
-stage keeps its own rule (`/{endpoint}/stages/{stage}/{model}/`). The set-endpoint-traffic flow applies
-it after every change of share, so the same policy drives both kinds of routing.
+stage keeps its own rule (`/{endpoint}/stages/{stage}/{model}/`). The endpoint flows keep it as the
+catalog is after every change (flows/endpoint.py `sync_http_route`): a stage deployed, a share, a
+promotion; a stage's rule goes before its Services, the route with the endpoint. So the same policy
+drives both kinds of routing.
 
 What mlyard's gateway does and a Gateway API route cannot, and is the cluster Gateway's to do: the
 endpoint's token check, and the replicas' credential (`x-mlyard-replica`, from the settings Secret) that
@@ -42,9 +44,13 @@ def _rule(prefix: str, backends: list[tuple[dict[str, Any], int | None]],
 
 
 def render_http_route(view: dict[str, Any], gateway: str, namespace: str = "mlyard",
-                      gateway_namespace: str | None = None) -> dict[str, Any]:
-    """The HTTPRoute of an endpoint view (`Endpoints.get`), attached to the Gateway `gateway`."""
-    default = next(s for s in view["stages"] if s["default"])
+                      gateway_namespace: str | None = None) -> dict[str, Any] | None:
+    """The HTTPRoute of an endpoint view (`Endpoints.get`), attached to the Gateway `gateway`: its stages
+    that run on the cluster (a `local` stage has no Service); None when its default stage runs locally."""
+    view = {**view, "stages": [s for s in view["stages"] if s.get("instance_type") != "local"]}
+    default = next((s for s in view["stages"] if s["default"]), None)
+    if default is None:
+        return None
     models = sorted({r["model"].rsplit("/", 1)[0] for r in default["resources"]})
     total = sum(s.get("weight", 0) for s in view["stages"] if not s["default"])
     rules = []
@@ -83,3 +89,17 @@ def apply_http_route(api_client: Any, manifest: dict[str, Any]) -> dict[str, Any
     resource = dyn.resources.get(api_version=API_VERSION, kind="HTTPRoute")
     return dyn.server_side_apply(resource, body=manifest, namespace=manifest["metadata"]["namespace"],
                                  field_manager=FIELD_MANAGER, force_conflicts=True).to_dict()
+
+
+def delete_http_route(api_client: Any, endpoint: str, namespace: str) -> bool:
+    """Delete the endpoint's HTTPRoute; False when there was none."""
+    from kubernetes.dynamic import DynamicClient
+    from kubernetes.dynamic.exceptions import NotFoundError
+
+    dyn = DynamicClient(api_client)
+    try:
+        dyn.resources.get(api_version=API_VERSION, kind="HTTPRoute").delete(name=route_name(endpoint),
+                                                                             namespace=namespace)
+    except NotFoundError:
+        return False
+    return True

@@ -511,6 +511,8 @@ def test_two_kubernetes_stages_route_through_their_services_and_promote(endpoint
     controllers = ServingControllers(kube, (backend[0], int(backend[1])))
     monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig(tmp_path / "kubeconfig")))
     monkeypatch.setenv("MLYARD_KUBE_SERVICE_URL", "http://{cluster_ip}:{port}")  # kube-proxy plays the DNS
+    # the cluster also routes with the Gateway API: every change keeps the endpoint's HTTPRoute as the catalog is
+    monkeypatch.setenv("MLYARD_HTTP_ROUTE_GATEWAY", "gateways/public")
     hpa = {"enabled": True, "max_pods": 4}
     try:
         view = api.create({"name": "kube2", "public": True, "stage": {"instance_type": "g2-t4", "resources": [
@@ -543,8 +545,23 @@ def test_two_kubernetes_stages_route_through_their_services_and_promote(endpoint
         api.retry("kube2", "canary")
         assert kube.get("Deployment", "mlyard", canary)["spec"]["replicas"] == 3
         assert kube.owner_of("Deployment", "mlyard", canary, "spec", "replicas") == ["horizontal-pod-autoscaler"]
+        # a share of the default URL's traffic goes through the canary's Service, and the HTTPRoute has the same
+        import mlyard.promotion as promotion
+
+        services = {s["metadata"]["labels"]["mlyard.io/stage"]: s["metadata"]["name"] for s in kube.items("Service")}
+        before = {name: controllers.bytes_in[svc] for name, svc in services.items()}
+        promotion.canary("kube2", "canary", weight=50)
+        assert all(call(view["urls"]["default"]["clf"])[0] == 200 for _ in range(40))
+        assert all(controllers.bytes_in[svc] > before[name] for name, svc in services.items()), before
+        (route,) = kube.items("HTTPRoute")
+        rules = {r["matches"][0]["path"]["value"]: r for r in route["spec"]["rules"]}
+        assert [(b["name"], b["weight"]) for b in rules["/kube2/clf/"]["backendRefs"]] == [
+            (services[default], 50), (services["canary"], 50)]
+        assert set(rules) == {"/kube2/clf/", f"/kube2/stages/{default}/clf/", "/kube2/stages/canary/clf/"}
         # promotion: the canary takes the default route; the old default's objects and route are gone
         promoted = api.promote("kube2", "canary")
+        (route,) = kube.items("HTTPRoute")
+        assert [[b["name"] for b in r["backendRefs"]] for r in route["spec"]["rules"]] == [[services["canary"]]] * 2
         assert [st["name"] for st in promoted["stages"]] == ["canary"] and promoted["stages"][0]["default"]
         assert {d["metadata"]["name"] for d in kube.items("Deployment")} == {canary}
         assert {o["metadata"]["labels"]["mlyard.io/stage"] for kind in ("Service", "HorizontalPodAutoscaler", "NetworkPolicy")
