@@ -110,7 +110,8 @@ def test_workers_get_exactly_what_they_use(overlay):
                  for g in rule["apiGroups"] for r in rule["resources"]}
     assert endpoints == {**{(g, r): {"get", "list", "patch", "delete"} for g, r in (
         ("apps", "deployments"), ("", "services"), ("autoscaling", "horizontalpodautoscalers"),
-        ("networking.k8s.io", "networkpolicies"))}, ("gateway.networking.k8s.io", "httproutes"): {"get", "patch"}}
+        ("networking.k8s.io", "networkpolicies"))}, ("gateway.networking.k8s.io", "httproutes"): {"get", "patch",
+                                                                                          "delete"}}
     assert {s["name"] for s in bindings["mlyard-endpoints"]["subjects"]} == {"mlyard-endpoints"}
     flows = [d for d in yaml.safe_load((K8S.parent / "prefect.yaml").read_text())["deployments"]
              if d["entrypoint"].startswith("flows.endpoint_") and d["work_pool"]["name"] != "local"]
