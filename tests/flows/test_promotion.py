@@ -123,14 +123,15 @@ def shop(stack, settings, versions):
 @contextmanager
 def second_gateway(settings):
     """Another gateway replica on the same home and catalog, as a cluster runs several."""
+    import socket
     import subprocess
     import sys
 
-    from conftest import free_port
-
     from tasks.processes import stop_group
 
-    port = free_port()
+    with socket.socket() as sock:  # (not conftest's free_port: importing conftest again would run it again)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     log = open(settings.home_dir / "logs" / "gateway-2.log", "ab")
     proc = subprocess.Popen([sys.executable, "-m", "serving.gateway", "--port", str(port)], stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True,

@@ -74,3 +74,19 @@ def test_the_route_carries_the_shares_passes_the_gateway_apis_validators_and_is_
     stored = next(o for o in api.items("HTTPRoute", "mlyard") if o["metadata"]["name"] == "mlyard-shop")
     weights = [(b["name"], b["weight"]) for b in stored["spec"]["rules"][0]["backendRefs"]]
     assert weights == [("shop-default-r1", 50), ("shop-canary-r2", 50)] and gateway_api_check([stored])[0] == "ok"
+
+
+def test_local_stages_have_no_route_and_the_route_goes_with_the_endpoint(api):
+    from tasks.http_route import delete_http_route
+    from tasks.kubernetes import cluster_client
+
+    view = _view({"canary": 10}, {})
+    view["stages"][1]["instance_type"] = "local"  # a stage on this machine: no Service to route to
+    route = render_http_route(view, "public")
+    assert [b["name"] for b in route["spec"]["rules"][0]["backendRefs"]] == ["shop-default-r1"]
+    view["stages"][0]["instance_type"] = "local"
+    assert render_http_route(view, "public") is None  # the default runs here: mlyard's gateway routes it
+    client = cluster_client("http_route_gateway", "public")
+    apply_http_route(client, render_http_route(_view({}, {}), "public"))
+    assert delete_http_route(client, "shop", "mlyard") and api.items("HTTPRoute") == []
+    assert not delete_http_route(client, "shop", "mlyard")
