@@ -19,12 +19,50 @@ VALIDATOR = Path(__file__).resolve().parents[2] / ".venv" / "gateway-api" / "val
 
 
 def gateway_api_check(objects: list[dict]) -> list[str]:
-    """What the Gateway API's validators say of each object ("ok" or "invalid: why")."""
+    """What the Gateway API's validators say of each object ("ok" or "invalid: why"), strictly: those
+    validators check types, ranges, enums and required fields but, as an API server prunes them, let
+    unknown fields pass; `unknown_fields` refuses those, from the same package's types."""
     assert VALIDATOR.exists(), f"{VALIDATOR} is missing: `make test` installs it (nodejs, npm)"
     proc = subprocess.run(["node", VALIDATOR.name], cwd=VALIDATOR.parent, input=json.dumps(objects), text=True,
                           capture_output=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    return proc.stdout.splitlines()
+    said = proc.stdout.splitlines()
+    return [why if why != "ok" or not (extra := unknown_fields(obj)) else f"invalid: unknown fields {extra}"
+            for why, obj in zip(said, objects)]
+
+
+def _types() -> dict[str, dict[str, str]]:
+    """Each type of the package's gateway.networking.k8s.io/v1 declarations: exported name -> {field: type}."""
+    import re
+
+    out: dict[str, dict[str, str]] = {}
+    for dts in (VALIDATOR.parent / "node_modules/@kubernetes-models/gateway-api/gateway.networking.k8s.io/v1").glob("*.d.ts"):
+        text = dts.read_text()
+        cls = re.search(r"export declare class (\w+) extends Model<\w+> implements \w+ \{(.*?)\n\}", text, re.S)
+        alias = re.search(r"(\w+) as (IoK8s\w+) \}", text)
+        if cls and alias:
+            fields = dict(re.findall(r'^\s+"(\w+)"\??: (.+);$', cls.group(2), re.M))
+            out["I" + alias.group(2)] = fields
+            out[f"I{cls.group(1)}"] = fields
+    return out
+
+
+def unknown_fields(obj: dict, kind: str = "IHTTPRoute", where: str = "", types: dict | None = None) -> list[str]:
+    """The paths of fields the Gateway API's types do not declare (metadata and free-form types aside)."""
+    types = types if types is not None else _types()
+    fields = types.get(kind)
+    if fields is None or not isinstance(obj, dict):
+        return []
+    found = []
+    for key, value in obj.items():
+        if key not in fields:
+            found.append(f"{where}.{key}".lstrip("."))
+            continue
+        declared = fields[key]
+        inner = declared[6:-1] if declared.startswith("Array<") else declared
+        for i, item in enumerate(value if isinstance(value, list) else [value]):
+            found += unknown_fields(item, inner, f"{where}.{key}" + (f"[{i}]" if isinstance(value, list) else ""), types)
+    return found
 
 
 def _view(weights: dict[str, int], shadows: dict[str, int]) -> dict:
@@ -65,6 +103,9 @@ def test_the_route_carries_the_shares_passes_the_gateway_apis_validators_and_is_
     broken["spec"]["rules"][1]["matches"][0]["path"]["type"] = "Prefixish"
     assert gateway_api_check([route, broken])[0] == "ok"
     assert gateway_api_check([broken])[0].startswith("invalid:") and "weight" in gateway_api_check([broken])[0]
+    stray = json.loads(json.dumps(route))
+    stray["spec"]["rules"][0]["filters"][0]["urlRewrite"]["path"]["prefix"] = "/"  # a field HTTPRoute has not
+    assert gateway_api_check([stray]) == ["invalid: unknown fields ['spec.rules[0].filters[0].urlRewrite.path.prefix']"]
 
     client = cluster_client("http_route_gateway", "gateways/public")
     held = apply_http_route(client, route)
