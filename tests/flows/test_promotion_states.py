@@ -1,0 +1,59 @@
+"""What a failed gate does to a promotion, by `on_failure` (flows/endpoint_rollout.py), on a real catalog
+(SQLite) without a stack: the gateway call of a share change is left out (the stack tests,
+test_promotion.py, go through it); everything else is the flow's own code."""
+
+import logging
+
+import pytest
+
+from core.specs.endpoint import EndpointSpec, StageResourceSpec, StageSpec
+from core.specs.promotion import PolicySpec
+from registry.catalog import Catalog
+from registry.endpoints import Endpoints
+from registry.traffic import Traffic, orphaned
+from serving.traffic import Judgement
+
+
+@pytest.fixture()
+def shop(tmp_path):
+    catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
+    eps = Endpoints(catalog)
+    eps.create(EndpointSpec(name="shop", stage=StageSpec(resources=[StageResourceSpec(model="iris/1")])), [("iris", "1")])
+    eps.set_status("shop", "ACTIVE")
+    eps.add_stage("shop", StageSpec(name="cand", resources=[StageResourceSpec(model="iris/2")]), [("iris", "2")])
+    for stage in ("default", "cand"):
+        (res,) = next(s for s in eps.get("shop")["stages"] if s["name"] == stage)["resources"]
+        eps.set_status("shop", "ACTIVE", stage, res["id"])
+        eps.set_status("shop", "ACTIVE", stage)
+    eps.set_status("shop", "ACTIVE")
+    yield eps, Traffic(catalog)
+    catalog.dispose()
+
+
+def _run(traffic: Traffic, eps: Endpoints, on_failure: str):
+    from flows.endpoint_rollout import _Run
+
+    promo = traffic.start("shop", "cand", PolicySpec(steps=[10, 100], on_failure=on_failure), "run-1")
+    run = _Run.__new__(_Run)  # as the flow makes it, minus the gateway and the run logger
+    run.traffic, run.eps, run.log = traffic, eps, logging.getLogger("test")
+    run.id, run.endpoint, run.stage = promo["id"], "shop", "cand"
+    run.policy = PolicySpec.model_validate(promo["policy"])
+    run.share = lambda weight=0, shadow=0, note="": traffic.set_share("shop", "cand", weight, shadow, note)
+    run.share(10)
+    return run
+
+
+@pytest.mark.parametrize("on_failure,status", [("rollback", "ROLLED BACK"), ("pause", "PAUSED")])
+def test_a_failed_gate_zeroes_the_weight_and_rolls_back_or_pauses(shop, on_failure, status):
+    eps, traffic = shop
+    run = _run(traffic, eps, on_failure)
+    run.fail(Judgement("live", False, {"requests": 40, "error_rate": 0.2}, "error rate 0.2000 over 40 requests"))
+    (promo,) = traffic.promotions("shop")
+    cand = next(s for s in eps.get("shop")["stages"] if s["name"] == "cand")
+    assert promo["status"] == status and promo["gates"][-1]["measured"]["error_rate"] == 0.2
+    assert cand["weight"] == 0 and cand["reason"] == "rolled back by the live gate: error rate 0.2000 over 40 requests"
+    if on_failure == "pause":  # held for a person: still in progress, at its step; a resume starts a new run
+        assert traffic.active("shop")["step"] == 0
+        assert orphaned(traffic.update(promo["id"], flow_run_id=None))
+    else:
+        assert traffic.active("shop") is None
