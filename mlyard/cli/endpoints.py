@@ -261,10 +261,10 @@ def endpoints_chat(endpoint: str, stage: Optional[str] = typer.Option(None, "--s
 @app.command("canary")
 def endpoints_canary(
     endpoint: str, stage: str,
-    weight: Optional[int] = typer.Option(None, "--weight", min=0, max=99, help="Percent of the default traffic STAGE "
+    weight: Optional[int] = typer.Option(None, "--weight", help="Percent of the default traffic STAGE "
                                          "answers (1-99; 0 stops). A caller sending x-mlyard-affinity: ID keeps one "
                                          "stage for that ID."),
-    shadow: Optional[int] = typer.Option(None, "--shadow", min=0, max=100, help="Percent of the default traffic "
+    shadow: Optional[int] = typer.Option(None, "--shadow", help="Percent of the default traffic "
                                          "mirrored to STAGE: compared with the default's answers, never returned "
                                          "(0 stops)."),
     submit: bool = SUBMIT, as_json: bool = JSON,

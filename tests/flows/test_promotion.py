@@ -165,6 +165,7 @@ def test_weights_split_pin_callers_and_a_shadow_reports_agreement(shop, settings
     _one_line_error(mlyard("endpoints", "canary", "shop", "nosuch", "--weight", "10"), "stage", "good")
     _one_line_error(mlyard("endpoints", "canary", "shop", "default", "--weight", "10"), "default")
     _one_line_error(mlyard("endpoints", "canary", "shop", "good", "--weight", "10", "--shadow", "10"), "not both")
+    _one_line_error(mlyard("endpoints", "canary", "shop", "good", "--weight", "150"), "weight", "99", "150")
 
     view = json.loads(_ok(mlyard("endpoints", "canary", "shop", "good", "--weight", "30", "--json")))
     assert {s["name"]: s["weight"] for s in view["stages"]} == {"default": 0, "good": 30}
