@@ -335,9 +335,17 @@ def rollout_show(endpoint: str, as_json: bool = JSON) -> None:
         out.print(f"{endpoint} has had no promotion: `mlyard endpoints rollout start {endpoint} STAGE`")
     else:
         _print_promotion(shown)
-    out.print("shares: " + ", ".join(f"{name} {s['weight'] if not s['default'] else 100 - sum(x['weight'] for x in result['shares'].values())}%"
+    shares = result["shares"]
+    taken = sum(s["weight"] for s in shares.values())
+    out.print("shares: " + ", ".join(f"{name} {100 - taken if s['default'] else s['weight']}%"
                                      + (f" (shadow {s['shadow']}%)" if s["shadow"] else "")
-                                     for name, s in result["shares"].items()), highlight=False)
+                                     for name, s in shares.items()), highlight=False, soft_wrap=True)
+    for name, s in shares.items():  # the gateway's running totals of the stages that share traffic
+        live = s["live"]
+        if live["requests"] or live["mirrored_pairs"]:
+            out.print(f"  {name}: {live['requests']} requests, error rate {live['error_rate']}, p99 {live['p99_ms']} ms"
+                      + (f"; {live['mirrored_pairs']} mirrored, agreement {live['agreement']}"
+                         if live["mirrored_pairs"] else ""), highlight=False, soft_wrap=True)
 
 
 def _control(action: str):

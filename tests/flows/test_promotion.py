@@ -198,6 +198,8 @@ def test_weights_split_pin_callers_and_a_shadow_reports_agreement(shop, settings
         assert time.monotonic() < deadline, json.dumps(live)
         time.sleep(0.3)
     assert live["agreement"] == 1.0 and live["shadow_failures"] == 0, live
+    shown = _ok(mlyard("endpoints", "rollout", "show", "shop"))  # as a person reads it
+    assert "shares: default 100%, good 0% (shadow 100%)" in shown and "agreement 1.0" in shown, shown
     _ok(mlyard("endpoints", "canary", "shop", "good", "--shadow", "0"))
 
 
