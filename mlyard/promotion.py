@@ -45,8 +45,11 @@ def canary(endpoint: str, stage: str, *, weight: int | None = None, shadow: int 
     """Give `stage` `weight` % of the endpoint's default traffic, or mirror `shadow` % to it (0 stops
     either); the endpoint after it (set-endpoint-traffic)."""
     spec = _spec(TrafficSpec, {"endpoint": endpoint, "stage": stage, "weight": weight, "shadow": shadow, "note": note})
-    if (spec.weight or spec.shadow):
+    if spec.weight or spec.shadow:
         _candidate(endpoint, stage)
+    from registry.traffic import Traffic
+
+    Traffic(_platform().catalog).check_share(endpoint, stage, spec.weight, spec.shadow)  # every rule, before the run
     return _run(FLOW_SET_TRAFFIC, "flows.endpoint_traffic:set_traffic", spec, submit)
 
 

@@ -39,28 +39,11 @@ class Traffic:
         with self.catalog.session() as s:
             ep = get_endpoint(s, endpoint)
             st = stage_of(ep, stage)
-            if st.is_default:
-                raise SpecError("stage", stage, f"a stage other than the default ({stage} is the default stage of "
-                                f"{endpoint}: it answers whatever the others do not)")
-            weight = st.weight if weight is None else weight
-            shadow = st.shadow if shadow is None else shadow
+            weight, shadow = self._check_share(ep, st, weight, shadow)
             if (weight, shadow) == (st.weight, st.shadow):
                 return _shares(ep)
             default = next((x for x in ep.stages if x.is_default), None)
-            if weight or shadow:
-                if st.status != "ACTIVE":
-                    raise Protected(f"stage {endpoint}/{stage} is {st.status}; only an ACTIVE stage takes traffic")
-                if weight and shadow:
-                    raise SpecError("shadow", shadow, "0 while the stage has a weight (a stage either answers a share "
-                                    "or shadows it)")
-                theirs = {r.model_name for r in default.resources} if default is not None else set()
-                if default is None or not theirs & {r.model_name for r in st.resources}:
-                    raise SpecError("stage", stage, f"a stage serving a model of the default stage "
-                                    f"({', '.join(sorted(theirs)) or 'none'}): requests are split per model")
             others = sum(x.weight for x in ep.stages if x is not st)
-            if others + weight > 99:
-                raise SpecError("weight", weight, f"at most {99 - others}: the stages' weights add up to at most 99 "
-                                f"(the others take {others})")
             touched = [st] + ([default] if default is not None and weight != st.weight else [])
             why = note or f"weight {weight}" + (f", shadow {shadow}" if shadow else "")
             for x in touched:
@@ -75,6 +58,39 @@ class Traffic:
                                              model_version=r.model_version, note=why if x is st else f"resource {r.id}",
                                              share=share, shadow=(x.shadow or None)))
             return _shares(ep)
+
+    def check_share(self, endpoint: str, stage: str, weight: int | None = None, shadow: int | None = None) -> None:
+        """Raise unless `set_share` would take these shares now (its rules), changing nothing."""
+        with self.catalog.session() as s:
+            ep = get_endpoint(s, endpoint)
+            self._check_share(ep, stage_of(ep, stage), weight, shadow)
+
+    @staticmethod
+    def _check_share(ep: Any, st: Any, weight: int | None, shadow: int | None) -> tuple[int, int]:
+        """The rules of a share; the (weight, shadow) the stage would have."""
+        if st.is_default:
+            raise SpecError("stage", st.name, f"a stage other than the default ({st.name} is the default stage of "
+                            f"{ep.name}: it answers whatever the others do not)")
+        weight = st.weight if weight is None else weight
+        shadow = st.shadow if shadow is None else shadow
+        if (weight, shadow) == (st.weight, st.shadow):
+            return weight, shadow
+        if weight or shadow:
+            if st.status != "ACTIVE":
+                raise Protected(f"stage {ep.name}/{st.name} is {st.status}; only an ACTIVE stage takes traffic")
+            if weight and shadow:
+                raise SpecError("shadow", shadow, "0 while the stage has a weight (a stage either answers a share "
+                                "or shadows it)")
+            default = next((x for x in ep.stages if x.is_default), None)
+            theirs = {r.model_name for r in default.resources} if default is not None else set()
+            if default is None or not theirs & {r.model_name for r in st.resources}:
+                raise SpecError("stage", st.name, f"a stage serving a model of the default stage "
+                                f"({', '.join(sorted(theirs)) or 'none'}): requests are split per model")
+        others = sum(x.weight for x in ep.stages if x is not st)
+        if others + weight > 99:
+            raise SpecError("weight", weight, f"at most {99 - others}: the stages' weights add up to at most 99 "
+                            f"(the others take {others})")
+        return weight, shadow
 
     # -- the policy -------------------------------------------------------------------------------
 
