@@ -39,6 +39,15 @@ def pod_runner(stack, tmp_path_factory):
         os.killpg(pid, signal.SIGTERM)
 
 
+@pytest.fixture()
+def api(tmp_path, monkeypatch):
+    """The Kubernetes API emulator alone, with KUBECONFIG pointing at it (namespace mlyard)."""
+    server = KubeApi()
+    monkeypatch.setenv("KUBECONFIG", str(server.kubeconfig(tmp_path / "kubeconfig", namespace="mlyard")))
+    yield server
+    server.close()
+
+
 @pytest.fixture
 def cluster(stack, settings, tmp_path, pod_runner):
     """A Kubernetes API emulator with the platform's namespace and ConfigMap, a Kubelet, and the real

@@ -10,9 +10,6 @@ import json
 import subprocess
 from pathlib import Path
 
-import pytest
-from kube_api import KubeApi
-
 from tasks.http_route import apply_http_route, render_http_route
 
 VALIDATOR = Path(__file__).resolve().parents[2] / ".venv" / "gateway-api" / "validate.mjs"
@@ -73,13 +70,6 @@ def _view(weights: dict[str, int], shadows: dict[str, int]) -> dict:
     return {"name": "shop", "stages": [stage("default", 1, "iris/1", True), stage("canary", 2, "iris/2"),
                                        stage("mirror", 3, "iris/3"), stage("other", 4, "digits/1")]}
 
-
-@pytest.fixture()
-def api(tmp_path, monkeypatch):
-    server = KubeApi()
-    monkeypatch.setenv("KUBECONFIG", str(server.kubeconfig(tmp_path / "kubeconfig", namespace="mlyard")))
-    yield server
-    server.close()
 
 
 def test_the_route_carries_the_shares_passes_the_gateway_apis_validators_and_is_applied(api):

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import yaml
 from job_templates import render, strictly_valid
-from kube_api import KubeApi
 
 from core.settings import Settings
 from core.specs.image import ImageSpec, RegistryAccountSpec
@@ -23,13 +22,6 @@ from core.specs.image import ImageSpec, RegistryAccountSpec
 REG = "registry.example.com:5000"
 BIN = Path(sys.executable).parent
 
-
-@pytest.fixture()
-def api(tmp_path, monkeypatch):
-    server = KubeApi()
-    monkeypatch.setenv("KUBECONFIG", str(server.kubeconfig(tmp_path / "kubeconfig", namespace="mlyard")))
-    yield server
-    server.close()
 
 
 def _secret(api, name):
