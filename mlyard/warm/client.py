@@ -64,6 +64,29 @@ def hand_over(path: Path, command: list[str] | None = None) -> tuple[socket.sock
     return sock, int(reply.split()[1])
 
 
+def detach(path: Path, module: str, args: list[str], log: Path, env: dict[str, str], cwd: Path,
+           umask: int) -> int | None:
+    """Have the runner start `python -m MODULE ARGS` as a process of its own session with this
+    environment, working directory and umask, its output appended to `log`: a process of the stack
+    (`mlyard up`). Its pid, or None when no runner took it (the caller starts it itself)."""
+    request = json.dumps({"env": env, "cwd": str(cwd), "umask": umask, "module": module, "args": args,
+                          "detached": True}).encode()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        with open(os.devnull, "rb") as stdin, open(log, "ab") as out:
+            sock.settimeout(CONNECT_TIMEOUT_SECONDS)
+            sock.connect(str(path))
+            socket.send_fds(sock, [struct.pack("!I", len(request))], [stdin.fileno(), out.fileno(), out.fileno()])
+            sock.sendall(request)
+            sock.settimeout(60.0)  # the runner forks at once; a reply given up on could leave a second copy
+            reply = _read_line(sock)
+    except OSError:
+        return None
+    finally:
+        sock.close()
+    return int(reply.split()[1]) if reply.startswith(b"pid ") else None
+
+
 def relay(sock: socket.socket, pid: int) -> int:
     """Forward signals to the child's group until it reports its exit status; exit with it."""
     forwarded: list[int] = []

@@ -1,6 +1,8 @@
 """The warm runner: imports Prefect, MLflow, SQLAlchemy and every flow once, then forks one child per
-flow run handed to it by mlyard/warm/client.py, and per `mlyard` command handed to it by
-mlyard/warm/cli.py (the command tree is built once here too).
+flow run handed to it by mlyard/warm/client.py, per `mlyard` command handed to it by
+mlyard/warm/cli.py (the command tree is built once here too), and for the stack's own Prefect-side
+processes that `mlyard up` starts (the mlyard API, the scheduler, the local worker: `detach` in
+client.py), which would otherwise import the same libraries again.
 
     python -m mlyard.warm.server HOME
 
@@ -187,6 +189,9 @@ def serve(home: Path) -> int:
                 return 0
             time.sleep(0.1)
     started = time.monotonic()
+    import setproctitle
+
+    setproctitle.getproctitle()  # it finds the command line's memory now, before a child replaces the environment
     preload()
     files = loaded_project_files()
     fingerprint = code_fingerprint(files)  # (an edit made during the imports shows only at the next edit)
@@ -249,8 +254,12 @@ def _serve_one(conn: socket.socket, listener: socket.socket, lock, files: list[s
             return "stale"
         sys.stdout.flush()
         sys.stderr.flush()
-        if os.fork() == 0:
+        pid = os.fork()
+        if pid == 0:
             _child(conn, fds, request, listener, lock)  # never returns
+        if "module" in request:
+            log.info("started %s as pid %d", " ".join(["-m", str(request["module"]), *map(str, request.get("args", []))]),
+                     pid)
         return None
     except (OSError, ValueError) as exc:
         log.warning("a flow run could not be handed over: %s", exc)
@@ -272,7 +281,8 @@ def _child(conn: socket.socket, fds: list[int], request: dict, listener: socket.
             _FINISHED.set()
             sys.stdout.flush()
             sys.stderr.flush()
-            conn.sendall(f"exit {code}\n".encode())
+            if not request.get("detached"):
+                conn.sendall(f"exit {code}\n".encode())
         except BaseException:  # noqa: BLE001, S110
             pass
         os._exit(code)
@@ -289,7 +299,10 @@ def _run(conn: socket.socket, fds: list[int], request: dict, listener: socket.so
         os.dup2(fd, target)
     conn.settimeout(None)
     conn.sendall(f"pid {os.getpid()}\n".encode())
-    threading.Thread(target=_watch_client, args=(conn,), name="mlyard-warm-client", daemon=True).start()
+    if request.get("detached"):  # a process of the stack: no client waits for it, its pid is its handle
+        conn.close()
+    else:
+        threading.Thread(target=_watch_client, args=(conn,), name="mlyard-warm-client", daemon=True).start()
     os.umask(int(request["umask"]))
     os.chdir(request["cwd"])
     os.environ.clear()
@@ -297,7 +310,15 @@ def _run(conn: socket.socket, fds: list[int], request: dict, listener: socket.so
     _fresh_process_state()
     code: object = 0
     try:
-        if "command" in request:  # an `mlyard` command line (mlyard/warm/cli.py)
+        if "module" in request:  # a process of the stack, `python -m MODULE ARGS` (mlyard/stack.py)
+            import setproctitle
+
+            sys.argv = [str(request["module"]), *(str(word) for word in request.get("args", []))]
+            # ps shows it as it would show it started alone, not as another warm runner
+            setproctitle.setproctitle(" ".join([sys.executable, "-m", *sys.argv]))
+            warnings.filterwarnings("ignore", message=r"'.*' found in sys\.modules", category=RuntimeWarning)
+            runpy.run_module(str(request["module"]), run_name="__main__", alter_sys=True)
+        elif "command" in request:  # an `mlyard` command line (mlyard/warm/cli.py)
             sys.argv = [str(word) for word in request["command"]]
             from mlyard.cli import app  # imported and built by preload (a change to it makes the runner stale)
 

@@ -230,18 +230,21 @@ def _flow_process(flow_run_id: str) -> int | None:
 
 
 def _warm_child() -> int | None:
-    """The one flow run the warm runner of the test stack has forked (tests of a stack run one at a time)."""
+    """The one flow run the warm runner of the test stack has forked (tests of a stack run one at a time;
+    the stack's own processes that `mlyard up` had it fork are not runs)."""
+    from core.connection import read_state
     from core.settings import Settings
     from mlyard import warm
 
     runner = warm.runner_pid(Settings().home_dir)
+    stack = set(read_state(Settings()).pids.values())
     children = []
     for entry in Path("/proc").iterdir():
         try:
             stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        if entry.name.isdigit() and int(stat[1]) == runner and stat[0] != "Z":
+        if entry.name.isdigit() and int(stat[1]) == runner and stat[0] != "Z" and int(entry.name) not in stack:
             children.append(int(entry.name))
     return children[0] if len(children) == 1 else None
 

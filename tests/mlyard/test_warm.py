@@ -287,6 +287,33 @@ def _children_of(pid: int) -> set[int]:
     return found
 
 
+def test_the_stack_forks_its_api_scheduler_and_worker_from_the_runner(stack, settings):
+    """`mlyard up` has the runner fork the mlyard API, the scheduler and the local worker (their imports
+    already made): each leads a session of its own, is named by its own command line in ps, has its own
+    log and environment, and works (the API answers; the worker is online in Prefect)."""
+    import sys
+    import urllib.request
+
+    from core.connection import read_state
+
+    state = read_state(settings)
+    ran = (settings.home_dir / "logs" / "warm-runner.log").read_text()
+    for name, module in (("mlyard-api", "mlyard.service"), ("scheduler", "tasks.scheduling"),
+                         ("worker", "mlyard.warm.worker")):
+        pid = state.pids[name]
+        assert _alive(pid) and os.getsid(pid) == pid, name
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().decode().replace("\0", " ")
+        assert command.startswith(f"{sys.executable} -m {module}"), (name, command)
+        assert f"started -m {module}" in ran and f"as pid {pid}" in ran, f"{name} was not forked by the runner"
+        assert Path(f"/proc/{pid}/fd/1").resolve() == Path(state.logs[name]).resolve(), name
+    with urllib.request.urlopen(state.service_url + "/health", timeout=10) as answer:
+        assert json.loads(answer.read())["status"] == "ok"
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        assert any(w.name == "mlyard-local" and w.status.value == "ONLINE" for w in client.read_workers_for_work_pool("local"))
+
+
 def test_a_command_gives_warm_what_it_gives_cold(stack):
     """The same commands through the warm runner and with MLYARD_WARM_CLI=0: the same output, exit
     status and one-line errors."""
