@@ -19,6 +19,8 @@ from pathlib import Path
 from core.connection import healthy, point_prefect
 from core.errors import StackError
 from core.settings import TELEMETRY_OFF_ENV, UNRESPONSIVE_AFTER_SECONDS, Settings
+from mlyard.warm import SOCKET, warm_dir
+from mlyard.warm.client import detach
 from tasks.processes import alive, stop_group
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +39,23 @@ def spawn(argv: list[str], log: Path, env: dict[str, str], cwd: Path | None = No
         proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, cwd=cwd, start_new_session=True, umask=0o077 if private else -1)
     return proc.pid
+
+
+def spawn_module(settings: Settings, module: str, args: list[str], log: Path, env: dict[str, str],
+                  private: bool = True) -> int:
+    """`python -m MODULE ARGS` as a process of the stack (its own session, its output appended to `log`;
+    `private` as for `spawn`): forked from the home's warm runner when one takes it, since the runner
+    has already imported Prefect, MLflow and SQLAlchemy (3-5 s of CPU less for each of the mlyard API,
+    the scheduler and the worker: bench/README.md, fourteenth session); else started afresh."""
+    if settings.warm_starts:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        mask = os.umask(0o077)
+        os.umask(mask)
+        pid = detach(warm_dir(settings.home_dir) / SOCKET, module, args, log, env, PROJECT_ROOT,
+                     0o077 if private else mask)
+        if pid is not None:
+            return pid
+    return spawn([sys.executable, "-m", module, *args], log, env, cwd=PROJECT_ROOT, private=private)
 
 
 def wait_healthy(api_url: str, pid: int, log: Path, timeout: float) -> None:

