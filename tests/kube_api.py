@@ -661,7 +661,8 @@ class Kubelet:
     path); its output becomes the pod's log, its exit the pod's phase and the Job's `succeeded` or
     `failed` count and condition.
 
-    With `warm_home`, a container whose command is `python -m prefect.engine` (a flow-run pod) starts
+    With `warm_home`, a container whose command is `python -m prefect.engine` (a flow-run pod) or
+    `python -m tasks.node` (a training's node) starts
     through mlyard's warm runner of that home (mlyard/warm/client.py), as the local pool's runs do: the
     runner's child takes the pod's whole environment, working directory and streams, and reads
     Prefect's and mlyard's settings from them as a cold process would (tests/mlyard/test_warm.py holds
@@ -821,6 +822,10 @@ class Kubelet:
             import sys
 
             command = [sys.executable, "-m", "mlyard.warm.client", self.warm_home]
+        elif self.warm_home and command[1:3] == ["-m", "tasks.node"] and "python" in command[0]:
+            import sys
+
+            command = [sys.executable, "-m", "mlyard.warm.client", self.warm_home, *command[1:]]
         self.api.set_status("Pod", ns, pod_name, {"phase": "Running", "startTime": _now()}, "kubelet")
         try:
             proc = subprocess.Popen(command, env=env, cwd=self.cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -29,8 +29,15 @@ CONNECT_TIMEOUT_SECONDS = 2.0
 
 
 def main(argv: list[str]) -> int:
+    if len(argv) >= 4 and argv[2] == "-m":  # `... HOME -m MODULE ARGS`: that module, as `python -m` runs it
+        module = [argv[3], *argv[4:]]
+        handed = hand_over(warm_dir(Path(argv[1])) / SOCKET, module=module)
+        if handed is None:
+            sys.stdout.flush()
+            os.execv(sys.executable, [sys.executable, "-m", *module])
+        return relay(*handed)
     if len(argv) != 2:
-        print("usage: python -m mlyard.warm.client HOME", file=sys.stderr)
+        print("usage: python -m mlyard.warm.client HOME [-m MODULE ARGS...]", file=sys.stderr)
         return 2
     home = Path(argv[1])
     handed = hand_over(warm_dir(home) / SOCKET)
@@ -40,12 +47,16 @@ def main(argv: list[str]) -> int:
     return relay(*handed)
 
 
-def hand_over(path: Path, command: list[str] | None = None) -> tuple[socket.socket, int] | None:
-    """Send this run (or, with `command`, this `mlyard` command line) to the runner; the connected
-    socket and the child's pid once a child holds it, else None."""
-    fields = {"env": dict(os.environ), "cwd": os.getcwd(), "umask": _umask()}
+def hand_over(path: Path, command: list[str] | None = None,
+              module: list[str] | None = None) -> tuple[socket.socket, int] | None:
+    """Send this run (or, with `command`, this `mlyard` command line; with `module`, `python -m` of
+    module[0] with the rest as its arguments) to the runner; the connected socket and the child's pid
+    once a child holds it, else None."""
+    fields: dict[str, object] = {"env": dict(os.environ), "cwd": os.getcwd(), "umask": _umask()}
     if command is not None:
         fields["command"] = command
+    if module is not None:
+        fields["module"], fields["args"] = module[0], module[1:]
     request = json.dumps(fields).encode()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

@@ -272,6 +272,46 @@ def test_a_flow_run_in_a_command_returns_when_its_work_ends(stack, settings, tmp
     assert min(delays) < 0.5, f"the run returned {min(delays):.2f} s after its work ended"
 
 
+def test_a_module_runs_in_a_child_of_the_runner_with_its_arguments_directory_and_signals(stack, settings, tmp_path):
+    """`python -m mlyard.warm.client HOME -m MODULE ARGS` (the emulated cluster's training nodes start so):
+    MODULE runs as `python -m` runs it, in a child of the runner, in the caller's directory, with its
+    arguments; a signal to the client reaches it, and the way it ended comes back. Without a runner it
+    runs in the client's own process."""
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    (tmp_path / "hello.txt").write_text("hello")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    runner = _runner(settings)
+    proc = subprocess.Popen([sys.executable, "-m", "mlyard.warm.client", str(settings.home_dir), "-m", "http.server",
+                             str(port), "--bind", "127.0.0.1"], cwd=tmp_path, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/hello.txt", timeout=2) as answer:
+                    assert answer.read() == b"hello"  # the caller's directory, the port it was given
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the module did not start"
+                time.sleep(0.2)
+        served = [pid for pid in _children_of(runner) if b"http.server" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(served) == 1 and _children_of(proc.pid) == set(), "it runs in a child of the runner"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == -signal.SIGTERM and not _alive(served[0])
+    finally:
+        proc.kill()
+    (tmp_path / "ok.json").write_text('{"a": 1}')
+    cold = subprocess.run([sys.executable, "-m", "mlyard.warm.client", str(tmp_path / "no-home"), "-m", "json.tool",
+                           "ok.json"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert cold.returncode == 0 and json.loads(cold.stdout) == {"a": 1}, cold.stderr
+
+
 def _user_env(**extra: str) -> dict[str, str]:
     """A user's shell: PATH, HOME and LANG (none of the harness's variables), and `extra`."""
     import sys
