@@ -94,6 +94,10 @@ class OnnxEmbedder:
         meta = json.loads((folder / "export.json").read_text())
         options = ort.SessionOptions()
         options.inter_op_num_threads = 1
+        # Threads that wait for the next parallel section sleep instead of spinning: on a machine whose
+        # cores are shared (a sync beside a training, the stack's servers) spinning took 3-15% more CPU
+        # for the same embeddings and was no faster (bench/README.md, fourteenth session)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
         self.session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
         self.inputs = {i.name for i in self.session.get_inputs()}

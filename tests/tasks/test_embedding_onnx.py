@@ -30,6 +30,7 @@ def test_the_onnx_model_agrees_with_sentence_transformers_and_loads_without_torc
     assert ok and "exported now" in why, why
     model = embedding_onnx.OnnxEmbedder(cache / "embeddings" / embedding_onnx.key(default_model_dir()))
     assert model.report["max_difference"] <= embedding_onnx.TOLERANCE
+    assert model.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert isinstance(embedder(EmbeddingSpec()), embedding_onnx.OnnxEmbedder), "runs read an export"
     got = model.encode(TEXTS)
     want = SentenceTransformer(str(default_model_dir()), device="cpu", local_files_only=True).encode(
