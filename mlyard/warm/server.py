@@ -1,8 +1,8 @@
 """The warm runner: imports Prefect, MLflow, SQLAlchemy and every flow once, then forks one child per
 flow run handed to it by mlyard/warm/client.py, per `mlyard` command handed to it by
-mlyard/warm/cli.py (the command tree is built once here too), and for the stack's own Prefect-side
-processes that `mlyard up` starts (the mlyard API, the scheduler, the local worker: `detach` in
-client.py), which would otherwise import the same libraries again.
+mlyard/warm/cli.py (the command tree is built once here too), and per `python -m MODULE ARGS` handed
+to it (`client.py HOME -m MODULE`; `detach` for the stack's own processes that `mlyard up` starts: the
+mlyard API, the scheduler, the local worker), which would otherwise import the same libraries again.
 
     python -m mlyard.warm.server HOME
 
