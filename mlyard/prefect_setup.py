@@ -49,10 +49,8 @@ def spawn_module(settings: Settings, module: str, args: list[str], log: Path, en
     the scheduler and the worker: bench/README.md, fourteenth session); else started afresh."""
     if settings.warm_starts:
         log.parent.mkdir(parents=True, exist_ok=True)
-        mask = os.umask(0o077)
-        os.umask(mask)
         pid = detach(warm_dir(settings.home_dir) / SOCKET, module, args, log, env, PROJECT_ROOT,
-                     0o077 if private else mask)
+                     0o077 if private else None)
         if pid is not None:
             return pid
     return spawn([sys.executable, "-m", module, *args], log, env, cwd=PROJECT_ROOT, private=private)

@@ -76,11 +76,12 @@ def hand_over(path: Path, command: list[str] | None = None,
 
 
 def detach(path: Path, module: str, args: list[str], log: Path, env: dict[str, str], cwd: Path,
-           umask: int) -> int | None:
+           umask: int | None = None) -> int | None:
     """Have the runner start `python -m MODULE ARGS` as a process of its own session with this
-    environment, working directory and umask, its output appended to `log`: a process of the stack
-    (`mlyard up`). Its pid, or None when no runner took it (the caller starts it itself)."""
-    request = json.dumps({"env": env, "cwd": str(cwd), "umask": umask, "module": module, "args": args,
+    environment, working directory and umask (this process's when None), its output appended to `log`:
+    a process of the stack (`mlyard up`). Its pid, or None when no runner took it (the caller starts it
+    itself)."""
+    request = json.dumps({"env": env, "cwd": str(cwd), "umask": _umask() if umask is None else umask, "module": module, "args": args,
                           "detached": True}).encode()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

@@ -76,7 +76,7 @@ def cluster(stack, settings, tmp_path, pod_runner):
     # test otherwise); Prefect's own CLI in a process of its own if that runner is not there
     args = ["worker", "start", "--pool", "gpu", "--type", "kubernetes", "--name", "kube-test"]
     worker: int | subprocess.Popen | None = detach(Path(pod_runner) / "warm" / SOCKET, "prefect", args, log, env,
-                                                   ROOT, 0o022)
+                                                   ROOT)
     if worker is None:
         with open(log, "w") as out:
             worker = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), *args], env=env, stdout=out,

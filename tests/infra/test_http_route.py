@@ -71,7 +71,6 @@ def _view(weights: dict[str, int], shadows: dict[str, int]) -> dict:
                                        stage("mirror", 3, "iris/3"), stage("other", 4, "digits/1")]}
 
 
-
 def test_the_route_carries_the_shares_passes_the_gateway_apis_validators_and_is_applied(api):
     from tasks.kubernetes import cluster_client
 

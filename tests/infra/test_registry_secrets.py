@@ -23,7 +23,6 @@ REG = "registry.example.com:5000"
 BIN = Path(sys.executable).parent
 
 
-
 def _secret(api, name):
     found = [o for o in api.items("Secret", "mlyard") if o["metadata"]["name"] == name]
     return found[0] if found else None

@@ -344,7 +344,8 @@ def test_the_stack_forks_its_api_scheduler_and_worker_from_the_runner(stack, set
         assert _alive(pid) and os.getsid(pid) == pid, name
         command = Path(f"/proc/{pid}/cmdline").read_bytes().decode().replace("\0", " ")
         assert command.startswith(f"{sys.executable} -m {module}"), (name, command)
-        assert f"started -m {module}" in ran and f"as pid {pid}" in ran, f"{name} was not forked by the runner"
+        assert any(f"started -m {module}" in line and line.endswith(f" as pid {pid}") for line in ran.splitlines()), \
+            f"{name} was not forked by the runner"
         assert Path(f"/proc/{pid}/fd/1").resolve() == Path(state.logs[name]).resolve(), name
     with urllib.request.urlopen(state.service_url + "/health", timeout=10) as answer:
         assert json.loads(answer.read())["status"] == "ok"
