@@ -36,9 +36,10 @@ def main() -> None:
     from core.names import FLOW_TRAIN
     from core.specs.endpoint import EndpointSpec, StageResourceSpec, StageSpec
     from mlyard import stack
-    from registry.catalog import Catalog, EndpointStatMinute
+    from registry.catalog import Catalog
     from registry.endpoints import Endpoints
     from registry.notebooks import Notebooks
+    from registry.tables import EndpointStatMinute
 
     t0 = time.monotonic()
     with get_client(sync_client=True) as client:

@@ -23,7 +23,8 @@ def scheduler(max_hours: float = 0.0) -> None:
     from core.settings import Settings
     from registry.catalog import Catalog
     from registry.schedules import Schedules
-    from tasks.scheduling import Scheduler, quick_retries
+    from tasks.orchestration import quick_retries
+    from tasks.scheduling import Scheduler
 
     settings = connect(Settings())
     stop = threading.Event()

@@ -276,7 +276,7 @@ def _runs(slots, settings) -> list[dict[str, Any]]:
     started: dict[str, float] = {}  # when each run began RUNNING (Prefect's start_time)
     ids = [s.flow_run_id for s in slots if s.flow_run_id]
     if ids:
-        from tasks.scheduling import flow_runs_by_id
+        from tasks.orchestration import flow_runs_by_id
 
         with _client() as client:
             found = flow_runs_by_id(client, ids)

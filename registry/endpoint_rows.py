@@ -16,13 +16,7 @@ from core.specs.endpoint import (
     StageResourceSpec,
     StageSpec,
 )
-from registry.catalog import (
-    Endpoint,
-    EndpointStage,
-    ServingHistory,
-    StageResource,
-    utcnow,
-)
+from registry.tables import Endpoint, EndpointStage, ServingHistory, StageResource, utcnow
 
 Version = tuple[str, str]  # (model name, version)
 

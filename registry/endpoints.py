@@ -38,15 +38,7 @@ from core.specs.endpoint import (
     StageResourceSpec,
     StageSpec,
 )
-from registry.catalog import (
-    Catalog,
-    Endpoint,
-    EndpointStage,
-    EndpointToken,
-    Promotion,
-    ServingHistory,
-    utcnow,
-)
+from registry.catalog import Catalog
 from registry.endpoint_rows import (
     Version,
     check_allowed,
@@ -60,6 +52,7 @@ from registry.endpoint_rows import (
     new_stage,
     stage_of,
 )
+from registry.tables import Endpoint, EndpointStage, EndpointToken, Promotion, ServingHistory, utcnow
 
 
 @dataclass(frozen=True)

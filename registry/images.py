@@ -28,7 +28,8 @@ from sqlalchemy.exc import IntegrityError
 from core.errors import AlreadyExists, ImageNotFound, InUse, RegistryAccountNotFound, SpecError
 from core.specs import load_spec
 from core.specs.image import ImageSpec, RegistryAccountSpec, is_image_name, parse_image
-from registry.catalog import Catalog, Image, RegistryAccount, TrainingTemplate, utcnow
+from registry.catalog import Catalog
+from registry.tables import Image, RegistryAccount, TrainingTemplate, utcnow
 
 SECRET_PREFIX = "mlyard-registry-"
 

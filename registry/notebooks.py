@@ -17,7 +17,8 @@ from sqlalchemy import select
 
 from core.errors import AlreadyExists, NotebookNotFound, Protected
 from core.specs.notebook import ALLOWED_FROM, IN_PROGRESS, STOPPED, instance_type
-from registry.catalog import Catalog, Notebook, utcnow
+from registry.catalog import Catalog
+from registry.tables import Notebook, utcnow
 
 
 @dataclass(frozen=True)

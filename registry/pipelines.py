@@ -13,7 +13,8 @@ from typing import Any
 from sqlalchemy import select
 
 from core.errors import AlreadyExists, PipelineNotFound, Protected
-from registry.catalog import Catalog, Pipeline, Schedule
+from registry.catalog import Catalog
+from registry.tables import Pipeline, Schedule
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ from typing import Any
 from sqlalchemy import select
 
 from core.errors import AlreadyExists, Protected, RagNotFound
-from registry.catalog import Catalog, Rag, RagIngestion, utcnow
+from registry.catalog import Catalog
+from registry.tables import Rag, RagIngestion, utcnow
 
 BUSY = ("CREATE REQUESTED", "CREATE IN PROGRESS", "DELETE IN PROGRESS")
 

@@ -21,7 +21,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from core.errors import AlreadyExists, Protected, ScheduleNotFound
-from registry.catalog import Catalog, Schedule, ScheduleSlot
+from registry.catalog import Catalog
+from registry.tables import Schedule, ScheduleSlot
 
 SLOT_STATES = ("WAITING", "STARTED", "ENDED", "SKIPPED")
 

@@ -11,7 +11,8 @@ from sqlalchemy.exc import IntegrityError
 
 from core.errors import AlreadyExists, TemplateNotFound
 from core.specs import TrainingSpec, load_spec
-from registry.catalog import Catalog, TrainingTemplate
+from registry.catalog import Catalog
+from registry.tables import TrainingTemplate
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,9 @@ from sqlalchemy import select
 
 from core.errors import NotFound, Protected, SpecError
 from core.specs.promotion import ACTIVE_PROMOTION, PROMOTION_STATUSES, PolicySpec
-from registry.catalog import Catalog, LiveCount, Promotion, ServingHistory, utcnow
+from registry.catalog import Catalog
 from registry.endpoint_rows import end_history, get_endpoint, stage_of
+from registry.tables import LiveCount, Promotion, ServingHistory, utcnow
 
 
 class Traffic:

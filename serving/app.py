@@ -37,7 +37,7 @@ import orjson
 from core.errors import SpecError
 from serving import asgi, protocol
 from serving.batching import Batcher, ModelTimeout
-from serving.endpoint_stats import format_classes
+from serving.endpoint_stats import classes_of
 from serving.inference_log import InferenceLog, new_id
 from serving.protocol import BadRequest
 from serving.runtime import ServedModel, has_strings
@@ -165,13 +165,13 @@ class ModelServer:
 
     async def _infer(self, model: ServedModel, scope: dict, receive) -> tuple[int, bytes, list, int]:
         body = await self._body(receive)
-        length = _header(scope, protocol.HEADER_LENGTH)
+        length = asgi.header(scope, protocol.HEADER_LENGTH)
         try:
             header_length = int(length) if length is not None else None
         except ValueError:
             raise BadRequest("Inference-Header-Content-Length", length, "an integer") from None
         req = protocol.v2_request(body, header_length)
-        x = model.v2_rows(req.inputs) if model.takes_rows else self._v2_rows(model, req)
+        x = model.v2_rows(req.inputs)
         # request- and input-level parameters meant for the model (an input's own win)
         given = dict(req.parameters)
         for t in req.inputs:
@@ -229,27 +229,6 @@ class ModelServer:
             raise HttpError(504, f"model {model.name!r}: no answer within {self.timeout_seconds:g} s") from None
         except Exception as exc:  # noqa: BLE001
             raise self._model_error(model, x, exc, where) from None
-
-    def _v2_rows(self, model: ServedModel, req: protocol.InferRequest) -> Any:
-        columns = {m.name for m in model.inputs} if model.signature and model.estimator is None else set()
-        if len(req.inputs) == 1 and req.inputs[0].name not in columns:  # a pyfunc's named column goes as a table
-            t = req.inputs[0]
-            x = t.data
-            if x.ndim == 1:
-                x = x.reshape(1, -1) if model.n_features and x.shape[0] == model.n_features else x.reshape(-1, 1)
-            model.check_width(x, f"input {t.name!r}")
-            return x
-        import pandas as pd
-
-        lengths = {t.data.reshape(-1).shape[0] for t in req.inputs}
-        if len(lengths) != 1:
-            raise BadRequest("inputs", sorted(lengths), "named 1-D inputs of one length each (one column each)")
-        names = model.feature_names or [t.name for t in req.inputs]
-        given = {t.name: t.data.reshape(-1) for t in req.inputs}
-        missing = [n for n in names if n not in given]
-        if missing:
-            raise BadRequest("inputs", missing[0], f"the model's inputs: {', '.join(names)}")
-        return pd.DataFrame({n: given[n] for n in names})
 
     # -- v1 -----------------------------------------------------------------------------------------
 
@@ -340,15 +319,7 @@ class ModelServer:
         gateway takes the header off."""
         if not self.behind_gateway or not model.is_classifier:
             return []
-        per: dict[str, list[float]] = {}
-        conf = probs.max(axis=1) if probs is not None else None
-        for i, label in enumerate(np.asarray(preds).tolist()):
-            entry = per.setdefault(str(label), [0, 0.0, 0])
-            entry[0] += 1
-            if conf is not None:
-                entry[1] += float(conf[i])
-                entry[2] += 1
-        return [(b"x-mlyard-classes", format_classes(per))]
+        return [(b"x-mlyard-classes", classes_of(preds, probs))]
 
     async def _timed(self, model: ServedModel, scope: dict,
                      work: Awaitable[tuple[int, bytes, list, int]]) -> tuple[int, bytes, list]:
@@ -361,12 +332,12 @@ class ModelServer:
             self.stats.record(model.name, seconds, 0, status)
             if status >= 500 or self.log.every_request:
                 self.log.request(model.name, scope["method"], scope["path"], status, 0, seconds,
-                                 _header(scope, "x-request-id") or new_id(), str(exc))
+                                 asgi.header(scope, "x-request-id") or new_id(), str(exc))
             raise
         seconds = time.perf_counter() - started
         self.stats.record(model.name, seconds, rows, status)
         if self.log.every_request:  # one record per request, and its id back to the caller
-            iid = _header(scope, "x-request-id") or new_id()
+            iid = asgi.header(scope, "x-request-id") or new_id()
             self.log.request(model.name, scope["method"], scope["path"], status, rows, seconds, iid)
             headers = [*headers, (b"x-inference-id", iid.encode())]
         return status, body, headers
@@ -411,10 +382,3 @@ def _only(method: str, allowed: str) -> None:
     if method != allowed:
         raise HttpError(405, f"method {method} is not allowed here; use {allowed}")
 
-
-def _header(scope: dict, name: str) -> str | None:
-    key = name.encode()
-    for k, v in scope["headers"]:
-        if k == key:
-            return v.decode("latin-1")
-    return None

@@ -51,3 +51,12 @@ async def reply(send: Send, status: int, body: bytes, content_type: bytes = JSON
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *headers]})
     await send({"type": "http.response.body", "body": b"" if head else body})
+
+
+def header(scope: dict, name: str) -> str | None:
+    """A request header's value (`name` in lower case), or None."""
+    key = name.encode()
+    for k, v in scope["headers"]:
+        if k == key:
+            return v.decode("latin-1")
+    return None

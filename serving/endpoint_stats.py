@@ -81,6 +81,23 @@ def format_classes(per: dict[str, list[float]]) -> bytes:
     return ";".join(f"{quote(str(k), safe='')}={int(v[0])}:{v[1]:.6g}:{int(v[2])}" for k, v in per.items()).encode()
 
 
+def classes_of(preds: Any, probs: Any = None) -> bytes:
+    """The `x-mlyard-classes` header of a classifier's answer (the model server's side): per predicted
+    class how many rows, the sum of their confidences (each row's highest probability) and how many had
+    one."""
+    import numpy as np
+
+    per: dict[str, list[float]] = {}
+    conf = np.asarray(probs).max(axis=1) if probs is not None else None
+    for i, label in enumerate(np.asarray(preds).tolist()):
+        entry = per.setdefault(str(label), [0, 0.0, 0])
+        entry[0] += 1
+        if conf is not None:
+            entry[1] += float(conf[i])
+            entry[2] += 1
+    return format_classes(per)
+
+
 # Prometheus histogram bounds of the request duration, in seconds (its client's defaults, plus 30 and 60 s)
 PROMETHEUS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 30.0, 60.0)
 
@@ -171,7 +188,7 @@ class EndpointStats:
         current = int((now if now is not None else time.time()) // 60)
         done = sorted(m for m in self._live if everything or m < current)
         if done and self.catalog_url:
-            from registry.catalog import EndpointStatMinute
+            from registry.tables import EndpointStatMinute
 
             rows = [EndpointStatMinute(minute=minute, endpoint=endpoint, stage=stage, model=model,
                                        counts=counts.as_dict())
@@ -208,7 +225,7 @@ class EndpointStats:
         if self.catalog_url:
             from sqlalchemy import select
 
-            from registry.catalog import EndpointStatMinute as Row
+            from registry.tables import EndpointStatMinute as Row
 
             with self._catalog_db().session() as s:
                 for r in s.scalars(select(Row).where(Row.minute >= first, Row.minute <= last)):

@@ -32,6 +32,7 @@ import orjson
 
 from core.errors import VectorStoreError
 from serving import asgi, citations
+from serving.rag_llm import RagLlm, Unavailable
 from tasks.rag_service import healthy_replica
 
 log = logging.getLogger("mlyard.rag")
@@ -41,14 +42,6 @@ MAX_BODY = 1024 * 1024
 def _error(message: str, status: int, code: str = "rag_error") -> tuple[int, bytes]:
     kind = "invalid_request_error" if status < 500 else "api_error"
     return status, orjson.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}})
-
-
-class Unavailable(Exception):
-    """The LLM is down, slow or failing: the status (502/504) and the reason."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 def context_of(hits: list[Any]) -> str:
@@ -65,12 +58,8 @@ class RagService:
         self.name, self._spec, self.store, self.embedder = name, spec, store, embedder
         self.requests_log = requests_log  # an InferenceLog: one record per request
         self._reread, self._read_at = reread, time.monotonic()  # reread(): the spec as the catalog has it now
-        self.llm_base, self.llm_key = llm_base, llm_key  # llm_base(): the LLM's base URL now (…/v1)
+        self.llm = RagLlm(name, lambda: self.spec, llm_base, llm_key)  # llm_base(): its base URL now (…/v1)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-retrieve")  # one DB connection
-        self._http: Any = None
-        self.own_llm = not (spec.llm.endpoint or spec.llm.base_url)
-        self._served: str | None = None
-        self._base: str | None = None  # the LLM's base URL, once found (see _url)
 
     @property
     def spec(self) -> Any:
@@ -214,8 +203,8 @@ class RagService:
             request["temperature"] = self.spec.llm.temperature
         sources = sources_of(hits)
         if body.get("stream"):
-            return await self._stream(send, request, sources)
-        answer = await self._llm(request)
+            return await self.llm.stream(send, request, sources)
+        answer = await self.llm.complete(request)
         answer["model"] = self.name
         answer["sources"] = sources
         removed = 0
@@ -226,120 +215,6 @@ class RagService:
                 removed += n
         answer["citations_removed"] = removed  # cited numbers (or files) that were not among the sources
         return await asgi.reply(send, 200, orjson.dumps(answer))
-
-    # -- the LLM -------------------------------------------------------------------------------------
-
-    def _client(self) -> Any:
-        import httpx
-
-        if self._http is None:
-            t = self.spec.llm.timeout_seconds
-            headers = {"Authorization": f"Bearer {self.llm_key}"} if self.llm_key else {}
-            if self.own_llm:  # its own LLM replica, called directly: with the replicas' credential, as the gateway
-                from core.connection import replica_headers
-                from core.settings import Settings
-
-                headers.update(replica_headers(Settings()))
-            self._http = httpx.AsyncClient(timeout=httpx.Timeout(t, connect=min(5.0, t)), headers=headers)
-        return self._http
-
-    def _url(self) -> str:
-        """The LLM's chat route: found once (for the RAG's own LLM, a replica that answers its health
-        check), kept until a request to it fails, then looked up again: no probe on every query."""
-        if self._base is None:
-            self._base = self.llm_base()
-        base = self._base
-        if not base:
-            raise Unavailable(502, f"the LLM of RAG {self.name} is not running (no healthy LLM replica yet); "
-                                   "retry shortly or see `mlyard rags show`")
-        return f"{base.rstrip('/')}/chat/completions"
-
-    async def _model(self, url: str) -> str:
-        """The model name to ask for: the spec's, or for the RAG's own LLM replica the name it serves
-        (a model folder is served by its folder's name)."""
-        if not self.own_llm:
-            return self.spec.llm.model
-        if self._served is None:
-            import httpx
-
-            try:
-                resp = await self._client().get(url.rsplit("/chat/completions", 1)[0] + "/models")
-                self._served = resp.json()["data"][0]["id"]
-            except (httpx.HTTPError, ValueError, KeyError, IndexError) as exc:
-                raise self._failed(exc, url) from exc
-        return self._served
-
-    def _failed(self, exc: Exception, url: str) -> Unavailable:
-        import httpx
-
-        self._base = None  # the next request looks for the LLM again (another replica, a restarted one)
-        if isinstance(exc, httpx.TimeoutException):
-            return Unavailable(504, f"the LLM at {url} did not answer within {self.spec.llm.timeout_seconds:g} s")
-        return Unavailable(502, f"the LLM at {url} cannot be reached: {type(exc).__name__}: {exc}")
-
-    async def _llm(self, request: dict) -> dict:
-        import httpx
-
-        url = self._url()
-        request = {**request, "model": await self._model(url)}
-        try:
-            resp = await self._client().post(url, json={**request, "stream": False})
-        except httpx.HTTPError as exc:
-            raise self._failed(exc, url) from exc
-        if resp.status_code != 200:
-            raise Unavailable(502, f"the LLM at {url} answered {resp.status_code}: {resp.text[:300]}")
-        return resp.json()
-
-    async def _stream(self, send: asgi.Send, request: dict, sources: list[dict]) -> None:
-        import httpx
-
-        url = self._url()
-        client = self._client()
-        request = {**request, "model": await self._model(url)}
-        try:
-            cm = client.stream("POST", url, json={**request, "stream": True})
-            resp = await cm.__aenter__()
-        except httpx.HTTPError as exc:
-            raise self._failed(exc, url) from exc
-        try:
-            if resp.status_code != 200:
-                text = (await resp.aread()).decode(errors="replace")
-                raise Unavailable(502, f"the LLM at {url} answered {resp.status_code}: {text[:300]}")
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
-            first, checked, last = True, citations.StreamingCheck(sources), None
-            try:
-                async for line in resp.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        break
-                    chunk = orjson.loads(data)
-                    chunk["model"] = self.name
-                    if first:
-                        chunk["sources"] = sources
-                        first = False
-                    for choice in chunk.get("choices") or []:
-                        delta = choice.get("delta") or {}
-                        if isinstance(delta.get("content"), str):  # a citation is held until it is judged
-                            delta["content"] = checked.feed(delta["content"])
-                    last = chunk
-                    await send({"type": "http.response.body", "more_body": True,
-                                "body": b"data: " + orjson.dumps(chunk) + b"\n\n"})
-                if last is not None:  # what was held back, and how many citations were removed
-                    tail = {**last, "choices": [{"index": 0, "delta": {"content": checked.end()}, "finish_reason": None}],
-                            "citations_removed": checked.removed}
-                    tail.pop("sources", None)
-                    await send({"type": "http.response.body", "more_body": True,
-                                "body": b"data: " + orjson.dumps(tail) + b"\n\n"})
-            except httpx.HTTPError as exc:  # the LLM broke off: an error event, then the end
-                err = {"error": {"message": str(self._failed(exc, url)), "type": "api_error", "code": "llm_unavailable"}}
-                await send({"type": "http.response.body", "more_body": True,
-                            "body": b"data: " + orjson.dumps(err) + b"\n\n"})
-            await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
-        finally:
-            await cm.__aexit__(None, None, None)
 
 
 def build(name: str) -> RagService:

@@ -69,8 +69,28 @@ class ServedModel:
         if self.named and isinstance(declared, list):
             self.outputs = [TensorMeta(str(c["name"]), _COLUMN_TO_V2.get(c.get("type"), "BYTES"), [-1]) for c in declared]
 
-    def v2_rows(self, inputs: list) -> Any:  # only for models that take rows (takes_rows)
-        raise NotImplementedError
+    def v2_rows(self, inputs: list) -> Any:
+        """The rows of a v2 request's input tensors: one tensor as a table (a 1-D one as one row of
+        n_features, else one column), or named 1-D tensors as the columns of a DataFrame."""
+        columns = {m.name for m in self.inputs} if self.signature and self.estimator is None else set()
+        if len(inputs) == 1 and inputs[0].name not in columns:  # a pyfunc's named column goes as a table
+            t = inputs[0]
+            x = t.data
+            if x.ndim == 1:
+                x = x.reshape(1, -1) if self.n_features and x.shape[0] == self.n_features else x.reshape(-1, 1)
+            self.check_width(x, f"input {t.name!r}")
+            return x
+        import pandas as pd
+
+        lengths = {t.data.reshape(-1).shape[0] for t in inputs}
+        if len(lengths) != 1:
+            raise BadRequest("inputs", sorted(lengths), "named 1-D inputs of one length each (one column each)")
+        names = self.feature_names or [t.name for t in inputs]
+        given = {t.name: t.data.reshape(-1) for t in inputs}
+        missing = [n for n in names if n not in given]
+        if missing:
+            raise BadRequest("inputs", missing[0], f"the model's inputs: {', '.join(names)}")
+        return pd.DataFrame({n: given[n] for n in names})
 
     @property
     def is_classifier(self) -> bool:

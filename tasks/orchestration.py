@@ -1,9 +1,11 @@
 """The Prefect API as the platform uses it: queue a flow run of a deployment, follow it, cancel it
-like the UI's Cancel button, watch for a cancel, and link an MLflow run back to its flow run.
+like the UI's Cancel button, watch for a cancel, link an MLflow run back to its flow run, read runs by
+id, and retry a busy server's 503 at once.
 Plain functions over the Prefect client; the flows and the transports (tasks/transport.py) call them."""
 
 from __future__ import annotations
 
+import random
 import time
 from typing import Any, Callable, Iterator
 from uuid import UUID
@@ -247,3 +249,40 @@ def pool_job_variables(pool: Any, job_variables: dict | None) -> dict:
     if pool is not None and pool.name == "gpu":
         kept = with_queue_label(kept)
     return kept
+
+
+def flow_runs_by_id(client: Any, ids: list[str]) -> dict[str, Any]:
+    """Prefect's flow runs of these ids (those that exist), read 200 at a time (the API's page)."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    runs = {}
+    for i in range(0, len(ids), 200):
+        chunk = [UUID(x) for x in ids[i:i + 200]]
+        for fr in client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=chunk)),
+                                        limit=len(chunk)):
+            runs[str(fr.id)] = fr
+    return runs
+
+
+def quick_retries(retry_seconds: float = 15.0) -> Any:
+    """An httpx transport for the scheduler's Prefect client that retries a 503 at once.
+
+    Prefect on SQLite answers 503 when a write meets the database locked by another writer (rolled
+    back: it can be sent again), and its client sleeps 2 s before a retry: under a burst of schedules,
+    72% of a pass (py-spy). Here a 503 is retried after 0.02 s, doubling up to 0.5 s, for
+    `retry_seconds` in all, then left to Prefect's client. Run creation carries an idempotency key, so
+    sending it again never makes a second run (mlyard/prefect_server.py now makes most writers wait)."""
+    import httpx
+
+    class QuickRetries(httpx.HTTPTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            deadline, pause = time.monotonic() + retry_seconds, 0.02
+            while True:
+                response = super().handle_request(request)
+                if response.status_code != 503 or time.monotonic() + pause > deadline:
+                    return response
+                response.close()
+                time.sleep(pause * random.uniform(0.5, 1.5))
+                pause = min(pause * 2, 0.5)
+
+    return QuickRetries(retries=3)  # Prefect's own transport retries connection errors 3 times too

@@ -136,7 +136,8 @@ def test_deploy_routes_tokens_and_stats(endpoint, settings):
     expired = api.issue_token("fraud", days=1)
     revoked = api.issue_token("fraud", days=1)
     api.revoke_token("fraud", revoked["id"])
-    from registry.catalog import Catalog, EndpointToken
+    from registry.catalog import Catalog
+    from registry.tables import EndpointToken
 
     with Catalog(settings.catalog_db_url).session() as s:
         s.get(EndpointToken, expired["id"]).expires_at = datetime.now(timezone.utc) - timedelta(seconds=1)

@@ -308,7 +308,8 @@ def test_pause_resume_after_its_run_ended_and_abort(shop, tmp_path):
 
     from core.settings import Settings
     from mlyard.stack import _resume_promotions
-    from registry.catalog import Catalog, Promotion
+    from registry.catalog import Catalog
+    from registry.tables import Promotion
 
     catalog = Catalog(Settings().catalog_db_url)
     with catalog.session() as s:  # its run's last heartbeat, as the stack went down a while ago

@@ -4,7 +4,7 @@ from sqlalchemy import inspect, text
 from core.errors import AlreadyExists, SpecError, TemplateNotFound
 from core.specs import TrainingSpec
 from registry import Templates
-from registry.catalog import Endpoint, EndpointStage, StageResource
+from registry.tables import Endpoint, EndpointStage, StageResource
 
 SPEC = TrainingSpec(name="base", source_uri="examples/sklearn_digits", entry_point="train.py",
                     hyperparameters={"epochs": 5})

@@ -112,7 +112,7 @@ def test_a_bad_endpoint_spec_names_the_field(data, field):
 def test_tokens_expire_are_revoked_and_belong_to_their_endpoint(eps, catalog):
     from datetime import datetime, timedelta, timezone
 
-    from registry.catalog import EndpointToken
+    from registry.tables import EndpointToken
 
     eps.create(_spec(), [("iris", "2")])
     eps.create(EndpointSpec(name="open-api", public=True, stage=StageSpec(resources=[StageResourceSpec(model="iris/2")])),

@@ -4,7 +4,7 @@ import pytest
 
 from core.errors import ModelInUse, ModelNotFound, SpecError, TrainingNotComplete
 from registry import ModelRegistry, serving_args, serving_env
-from registry.catalog import Endpoint, EndpointStage, StageResource
+from registry.tables import Endpoint, EndpointStage, StageResource
 
 
 @pytest.fixture()
