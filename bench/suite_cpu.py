@@ -2,7 +2,7 @@
 sampling every process's CPU time from /proc twice a second, then print the CPU-seconds per kind of
 process (the Prefect servers, the xdist workers' own test code, `mlyard` commands, model servers, ...).
 
-    .venv/bin/python bench/suite_cpu.py                      # pytest -q -n 2 --dist loadfile
+    .venv/bin/python bench/suite_cpu.py                      # pytest -q -n 3 --dist loadfile (as make test)
     .venv/bin/python bench/suite_cpu.py -- pytest tests/flows/test_rag.py
     .venv/bin/python bench/suite_cpu.py --top 30             # and the 30 costliest kinds of command line
     .venv/bin/python bench/suite_cpu.py --timeline 60        # and the machine's busy cores per minute
@@ -92,7 +92,7 @@ def main() -> None:
     top = int(args[args.index("--top") + 1]) if "--top" in args else 0
     window = float(args[args.index("--timeline") + 1]) if "--timeline" in args else 0.0
     argv = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else \
-        [sys.executable, "-m", "pytest", "-q", "-n", "2", "--dist", "loadfile"]
+        [sys.executable, "-m", "pytest", "-q", "-n", "3", "--dist", "loadfile"]
     seen: dict[str, list] = {}
     timeline: list[tuple[float, float]] = []
     stop = threading.Event()

@@ -68,10 +68,10 @@ def pytest_collection_finish(session):
 
 
 # Seconds each of the longest test files took in a full run on a 2-core machine (bench/README.md, the
-# eleventh session). `make test` hands files to its two workers in the order of the collection
+# eleventh session). `make test` hands files to its workers in the order of the collection
 # (`--no-loadscope-reorder`; xdist's own order puts the files with the fewest tests last, and those are
 # often the longest: one worker then ran a single long file alone at the end), and this puts the
-# longest first, so that the two finish together.
+# longest first, so that the workers finish together.
 LONGEST_FILES = {
     "flows/test_rag.py": 130, "flows/test_tuning.py": 114, "infra/test_multinode_job.py": 108,
     "flows/test_endpoint.py": 101, "test_stack.py": 96, "flows/test_pipeline_run.py": 92, "test_user_paths.py": 82,
