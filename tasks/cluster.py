@@ -120,7 +120,7 @@ class Applied:
 
 def dynamic_client(kubeconfig: str | None = None, context: str | None = None):
     """A DynamicClient for the cluster of a kubeconfig (default: ~/.kube/config, then in-cluster)."""
-    from kubernetes import config, dynamic
+    from kubernetes import config
     from kubernetes.config.config_exception import ConfigException
 
     try:
@@ -135,7 +135,23 @@ def dynamic_client(kubeconfig: str | None = None, context: str | None = None):
         from kubernetes import client
 
         api_client = client.ApiClient()
-    return dynamic.DynamicClient(api_client)
+    return discovery_client(api_client)
+
+
+def discovery_client(api_client: Any):
+    """A DynamicClient over `api_client`, its discovery cache in mlyard's cache folder (made private)
+    rather than the kubernetes client's default: a world-readable `osrcp-*.json` in /tmp per API server,
+    never removed."""
+    import hashlib
+
+    from kubernetes import dynamic
+
+    from tasks.cache import cache_dir
+
+    folder = cache_dir() / "kubernetes"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = hashlib.sha256(api_client.configuration.host.encode()).hexdigest()[:16]
+    return dynamic.DynamicClient(api_client, cache_file=str(folder / f"discovery-{key}.json"))
 
 
 def apply(objs: list[dict], dyn) -> Iterator[Applied]:

@@ -81,11 +81,10 @@ def render_http_route(view: dict[str, Any], gateway: str, namespace: str = "mlya
 
 def apply_http_route(api_client: Any, manifest: dict[str, Any]) -> dict[str, Any]:
     """Server-side apply of the HTTPRoute under the field manager `mlyard`; the object as the API holds it."""
-    from kubernetes.dynamic import DynamicClient
-
+    from tasks.cluster import discovery_client
     from tasks.kubernetes import FIELD_MANAGER
 
-    dyn = DynamicClient(api_client)
+    dyn = discovery_client(api_client)
     resource = dyn.resources.get(api_version=API_VERSION, kind="HTTPRoute")
     return dyn.server_side_apply(resource, body=manifest, namespace=manifest["metadata"]["namespace"],
                                  field_manager=FIELD_MANAGER, force_conflicts=True).to_dict()
@@ -93,10 +92,11 @@ def apply_http_route(api_client: Any, manifest: dict[str, Any]) -> dict[str, Any
 
 def delete_http_route(api_client: Any, endpoint: str, namespace: str) -> bool:
     """Delete the endpoint's HTTPRoute; False when there was none."""
-    from kubernetes.dynamic import DynamicClient
     from kubernetes.dynamic.exceptions import NotFoundError
 
-    dyn = DynamicClient(api_client)
+    from tasks.cluster import discovery_client
+
+    dyn = discovery_client(api_client)
     try:
         dyn.resources.get(api_version=API_VERSION, kind="HTTPRoute").delete(name=route_name(endpoint),
                                                                              namespace=namespace)

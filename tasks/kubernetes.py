@@ -148,10 +148,10 @@ def apply_stage(api_client: Any, manifests: list[dict[str, Any]], namespace: str
     what it scaled to: on creation the count goes to the HPA through a hand-over manager, never back to
     1 (server-side apply's transfer of ownership). Returns what was created, changed, left unchanged and
     deleted, as `Kind/name`."""
-    from kubernetes.dynamic import DynamicClient
+    from tasks.cluster import discovery_client
 
     validate(manifests)
-    dyn = DynamicClient(api_client)
+    dyn = discovery_client(api_client)
     done: dict[str, list[str]] = {"created": [], "changed": [], "unchanged": [], "deleted": []}
     wanted = {(m["kind"], m["metadata"]["name"]) for m in manifests}
     scaled = {m["spec"]["scaleTargetRef"]["name"] for m in manifests if m["kind"] == "HorizontalPodAutoscaler"}

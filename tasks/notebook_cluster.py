@@ -82,10 +82,10 @@ def render(name: str, notebook_id: int, spec: NotebookSpec, image: str, token: s
 
 def apply(api_client: Any, manifests: list[dict[str, Any]], namespace: str) -> dict[str, list[str]]:
     """Server-side apply of the notebook's objects; what was created, changed or left unchanged."""
-    from kubernetes.dynamic import DynamicClient
+    from tasks.cluster import discovery_client
 
     validate(manifests)
-    dyn = DynamicClient(api_client)
+    dyn = discovery_client(api_client)
     done: dict[str, list[str]] = {"created": [], "changed": [], "unchanged": []}
     for m in manifests:
         resource = dyn.resources.get(api_version=m["apiVersion"], kind=m["kind"])

@@ -59,6 +59,22 @@ def test_the_rules_against_the_nodes_the_api_reports(kubeconfig, resources, word
         assert word in str(refused.value)
 
 
+def test_the_kubernetes_discovery_cache_is_kept_private_in_mlyard_s_cache(kubeconfig, tmp_path, monkeypatch):
+    """The kubernetes client caches what an API server serves; mlyard keeps that file in its cache folder
+    (0700), not as the client's default, a world-readable /tmp/osrcp-*.json left behind per server."""
+    import glob
+    import stat
+
+    from tasks import cluster
+
+    monkeypatch.setenv("MLYARD_CACHE_DIR", str(tmp_path / "cache"))
+    before = set(glob.glob("/tmp/osrcp-*.json"))
+    assert cluster.gpu_capacity(cluster.dynamic_client(str(kubeconfig)))
+    folder = tmp_path / "cache" / "kubernetes"
+    assert [p.name for p in folder.glob("discovery-*.json")] and stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert set(glob.glob("/tmp/osrcp-*.json")) <= before
+
+
 def test_the_cli_refuses_it_in_one_line_before_a_run_is_made(stack, kubeconfig, tmp_path):
     from prefect.client.orchestration import get_client
 
