@@ -155,8 +155,11 @@ def main(run_dir: str) -> int:
     logging.getLogger().addFilter(nodes)
     # kfp.local's components call `python3`: this interpreter, where kfp and the packages are
     os.environ["PATH"] = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
+    # the workspace in the run's own folder, kept and removed with its outputs (kfp's default is a new
+    # /tmp/kfp-workspace-* per run, never removed)
+    (root / "workspace").mkdir(exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root / "outputs"),
-               raise_on_error=False)
+               workspace_root=str(root / "workspace"), raise_on_error=False)
     pipeline = load_component_from_text((root / "pipeline.yaml").read_text())
     arguments = json.loads((root / "arguments.json").read_text())
     reason, outputs = None, {}

@@ -72,10 +72,15 @@ def _run(compiled: Path, name: str, arguments: dict, tmp_path: Path) -> tuple[in
 
 
 def test_a_one_step_pipeline_named_like_its_component_succeeds_with_its_output(compiled, tmp_path):
+    import glob
+
+    before = set(glob.glob("/tmp/kfp-workspace-*"))
     code, out, result, nodes = _run(compiled, "same", {"a": 1, "b": 2}, tmp_path)
     assert code == 0, out
     assert result == {"status": "SUCCEEDED", "reason": None, "outputs": {"Output": 3}}
     assert nodes["add"]["state"] == "SUCCEEDED"
+    # kfp.local's workspace is the run's own folder, removed with it: none is left in /tmp
+    assert (tmp_path / "same" / "workspace").is_dir() and set(glob.glob("/tmp/kfp-workspace-*")) <= before
 
 
 def test_a_step_that_succeeded_on_its_retry_is_succeeded(compiled, tmp_path):
