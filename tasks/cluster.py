@@ -149,7 +149,10 @@ def discovery_client(api_client: Any):
     from tasks.cache import cache_dir
 
     folder = cache_dir() / "kubernetes"
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError:  # a read-only home in a pod: the client's own default rather than no client
+        return dynamic.DynamicClient(api_client)
     key = hashlib.sha256(api_client.configuration.host.encode()).hexdigest()[:16]
     return dynamic.DynamicClient(api_client, cache_file=str(folder / f"discovery-{key}.json"))
 

@@ -73,6 +73,11 @@ def test_the_kubernetes_discovery_cache_is_kept_private_in_mlyard_s_cache(kubeco
     folder = tmp_path / "cache" / "kubernetes"
     assert [p.name for p in folder.glob("discovery-*.json")] and stat.S_IMODE(folder.stat().st_mode) == 0o700
     assert set(glob.glob("/tmp/osrcp-*.json")) <= before
+    (tmp_path / "read-only").write_text("")  # a cache folder that cannot be made: the client still works
+    monkeypatch.setenv("MLYARD_CACHE_DIR", str(tmp_path / "read-only" / "cache"))
+    assert cluster.gpu_capacity(cluster.dynamic_client(str(kubeconfig)))
+    for left in set(glob.glob("/tmp/osrcp-*.json")) - before:  # that fallback's file, the client's default
+        os.remove(left)
 
 
 def test_the_cli_refuses_it_in_one_line_before_a_run_is_made(stack, kubeconfig, tmp_path):
