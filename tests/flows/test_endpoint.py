@@ -278,9 +278,10 @@ def test_promotion_under_load_loses_nothing_then_kill_and_gateway_restart(endpoi
     results: list[int] = []
     stop = threading.Event()
 
-    def load():
+    def load():  # three callers, each at most 50 requests a second (as in test_endpoint_sync.py)
         while not stop.is_set():
             results.append(call(url, token)[0])
+            stop.wait(0.02)
 
     threads = [threading.Thread(target=load) for _ in range(3)]
     for t in threads:

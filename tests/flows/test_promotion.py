@@ -35,13 +35,14 @@ def call(url: str, token: str, row: list[float] | None = None, headers: dict | N
 
 
 class Load:
-    """A bounded client: `threads` callers, each one request at a time, rows from a fixed random stream
-    (a fifth of them have a first feature above 0.8416, the standard normal's 80th percentile)."""
+    """A bounded client: `threads` callers, each one request at a time and at most 50 a second (load that
+    leaves the promotion's flow run and the gateway their CPU), rows from a fixed random stream (a fifth of
+    them have a first feature above 0.8416, the standard normal's 80th percentile)."""
 
-    def __init__(self, url: str, token: str, threads: int = 3):
+    def __init__(self, url: str, token: str, threads: int = 3, pause: float = 0.02):
         import numpy as np
 
-        self.url, self.token = url, token
+        self.url, self.token, self.pause = url, token, pause
         self.rows = np.random.default_rng(1).normal(size=(5000, 4)).round(4).tolist()
         self.results: list[tuple[float, int, str]] = []  # (time, status, stage)
         self._stop = threading.Event()
@@ -53,6 +54,7 @@ class Load:
             status, stage = call(self.url, self.token, self.rows[i % len(self.rows)])
             self.results.append((time.monotonic(), status, stage))
             i += len(self._threads)
+            self._stop.wait(self.pause)
 
     def __enter__(self) -> "Load":
         for t in self._threads:
