@@ -88,7 +88,10 @@ class _Run:
             if waited >= self.policy.wait_limit:
                 why = f"paused: {last.why if last else 'no judgement'} after {int(waited)} s (max_wait_seconds)"
                 self.log.warning(why)
-                self.traffic.update(self.id, status="PAUSED", reason=why)
+                try:
+                    self.traffic.update(self.id, status="PAUSED", reason=why)
+                except Protected:  # a person aborted it in between
+                    return "aborted", last
                 continue
             time.sleep(TICK)
 

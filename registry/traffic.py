@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy import update as sql_update
 
 from core.errors import NotFound, Protected, SpecError
 from core.specs.promotion import ACTIVE_PROMOTION, PROMOTION_STATUSES, PolicySpec
@@ -153,13 +154,22 @@ class Traffic:
             return [_promotion_view(p) for p in s.scalars(q)]
 
     def update(self, promotion_id: int, *, gate: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
-        """Change a promotion's status, phase, step, reason or flow run; `gate` appends a judgement."""
+        """Change a promotion's status, phase, step, reason or flow run; `gate` appends a judgement. Its status
+        changes only while it is in progress: an ended promotion (a person's abort) stays ended, even when a
+        run that read it just before writes RUNNING or PAUSED (Protected)."""
+        if "status" in fields and fields["status"] not in PROMOTION_STATUSES:
+            raise SpecError("status", fields["status"], f"one of {', '.join(PROMOTION_STATUSES)}")
         with self.catalog.session() as s:
+            if "status" in fields:  # one conditional UPDATE first: it holds the row (or the database) to commit
+                moved = s.execute(sql_update(Promotion).where(Promotion.id == promotion_id,
+                                                              Promotion.status.in_(ACTIVE_PROMOTION))
+                                  .values(updated_at=utcnow()))
+                if moved.rowcount == 0 and (ended := s.get(Promotion, promotion_id)) is not None:
+                    raise Protected(f"promotion {promotion_id} of {ended.endpoint}/{ended.stage} already ended "
+                                    f"({ended.status}); start a new one with `mlyard endpoints rollout start`")
             row = s.get(Promotion, promotion_id)
             if row is None:
                 raise NotFound(f"promotion {promotion_id}")
-            if "status" in fields and fields["status"] not in PROMOTION_STATUSES:
-                raise SpecError("status", fields["status"], f"one of {', '.join(PROMOTION_STATUSES)}")
             for key, value in fields.items():
                 setattr(row, key, value)
             if gate is not None:

@@ -319,9 +319,10 @@ def test_pause_resume_after_its_run_ended_and_abort(shop, tmp_path):
     said: list[str] = []
     _resume_promotions(Settings(), said.append)
     assert said and "resumed the promotion of shop/flaky" in said[0], said
+    marked = _show("shop")["active"]  # the new run's id, written when it was submitted: wait for it to beat
+    assert marked["flow_run_id"] not in (None, active["flow_run_id"]), marked
     deadline = time.monotonic() + 60
-    while (again := _show("shop")["active"])["flow_run_id"] in (None, active["flow_run_id"]) or \
-            again["heartbeat_at"] <= active["heartbeat_at"]:
+    while (again := _show("shop")["active"])["heartbeat_at"] <= marked["heartbeat_at"]:
         assert time.monotonic() < deadline, again
         time.sleep(0.3)
     assert again["status"] == "RUNNING" and again["step"] == 0 and again["weight"] == 20

@@ -74,6 +74,10 @@ def test_one_promotion_at_a_time_and_an_orphan_is_seen(shop):
     assert orphaned(traffic.update(promo["id"], flow_run_id=None))
     traffic.update(promo["id"], status="ABORTED")
     assert traffic.active("shop") is None and traffic.heartbeat(promo["id"]) == "ABORTED"
+    # A resuming run read it RUNNING just before the abort: its write does not bring it back
+    with pytest.raises(Protected, match=r"already ended \(ABORTED\)"):
+        traffic.update(promo["id"], status="RUNNING", reason="", flow_run_id="run-3")
+    assert traffic.active("shop") is None and traffic.promotions("shop")[0]["flow_run_id"] is None
 
 
 @pytest.mark.parametrize("data,field", [
