@@ -161,10 +161,10 @@ class Traffic:
             raise SpecError("status", fields["status"], f"one of {', '.join(PROMOTION_STATUSES)}")
         with self.catalog.session() as s:
             if "status" in fields:  # one conditional UPDATE first: it holds the row (or the database) to commit
-                moved = s.execute(sql_update(Promotion).where(Promotion.id == promotion_id,
-                                                              Promotion.status.in_(ACTIVE_PROMOTION))
-                                  .values(updated_at=utcnow()))
-                if moved.rowcount == 0 and (ended := s.get(Promotion, promotion_id)) is not None:
+                moved = s.scalar(sql_update(Promotion).where(Promotion.id == promotion_id,
+                                                             Promotion.status.in_(ACTIVE_PROMOTION))
+                                 .values(updated_at=utcnow()).returning(Promotion.id))
+                if moved is None and (ended := s.get(Promotion, promotion_id)) is not None:
                     raise Protected(f"promotion {promotion_id} of {ended.endpoint}/{ended.stage} already ended "
                                     f"({ended.status}); start a new one with `mlyard endpoints rollout start`")
             row = s.get(Promotion, promotion_id)
