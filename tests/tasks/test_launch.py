@@ -63,7 +63,9 @@ def test_failure_reports_exit_code_and_last_lines(algorithm):
 GRANDCHILD = """
 import os, subprocess, sys, time
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
-open(os.environ["PIDFILE"], "w").write(str(child.pid))
+with open(os.environ["PIDFILE"] + ".part", "w") as fh:  # whole or not there: the test stops once it exists
+    fh.write(str(child.pid))
+os.replace(os.environ["PIDFILE"] + ".part", os.environ["PIDFILE"])
 print("started", flush=True)
 time.sleep(300)
 """
