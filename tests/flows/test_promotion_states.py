@@ -57,3 +57,35 @@ def test_a_failed_gate_zeroes_the_weight_and_rolls_back_or_pauses(shop, on_failu
         assert orphaned(traffic.update(promo["id"], flow_run_id=None))
     else:
         assert traffic.active("shop") is None
+
+
+def test_a_held_steps_automatic_pause_after_a_persons_abort_leaves_it_aborted(shop, monkeypatch):
+    """A step waits past max_wait_seconds and pauses itself, while a person aborts the promotion between the
+    run's last look at its status and that pause: the pause is refused (the promotion already ended), the
+    step ends "aborted" and the promotion stays ABORTED. The person's abort is committed right before the
+    run's own pause reaches the catalog, so the interleaving is exact, not timed."""
+    import flows.endpoint_rollout as rollout
+
+    eps, traffic = shop
+    run = _run(traffic, eps, "rollback")
+    run.policy = PolicySpec(steps=[10, 100], step_seconds=60, max_wait_seconds=1)
+    monkeypatch.setattr(rollout, "TICK", 0.05)
+    looks: list[str] = []
+
+    class AbortedBeforeThePause(Traffic):
+        def heartbeat(self, promotion_id: int) -> str:
+            looks.append(status := super().heartbeat(promotion_id))
+            if status == "PAUSED":  # the run's pause went through: fail here rather than hold for a resume
+                raise AssertionError("the automatic pause of an aborted promotion was not refused")
+            return status
+
+        def update(self, promotion_id: int, **fields):
+            if fields.get("status") == "PAUSED":  # the person's abort lands first
+                super().update(promotion_id, status="ABORTED", reason="a person aborted it")
+            return super().update(promotion_id, **fields)
+
+    run.traffic = AbortedBeforeThePause(traffic.catalog)
+    outcome, _ = run.hold(60, None)
+    (promo,) = traffic.promotions("shop")
+    assert outcome == "aborted" and set(looks) == {"RUNNING"}, looks
+    assert promo["status"] == "ABORTED" and promo["reason"] == "a person aborted it"
