@@ -163,6 +163,7 @@ def test_cancelling_a_warm_run_ends_its_process_group(probe, tmp_path):
     assert not _alive(seen["group_child"]), "a process the run started outlived its cancel"
 
 
+@pytest.mark.stack_turn("alone")  # it kills the stack's warm runner
 def test_a_killed_warm_run_crashes_with_a_reason_and_a_killed_runner_loses_nothing(probe, settings, tmp_path):
     # kill -9 of the run's own process: the run fails with a reason at once (well within 60 s)
     fr, report = _start(probe, tmp_path, sleep_seconds=300)
@@ -425,7 +426,10 @@ def test_a_command_typed_at_a_terminal_runs_in_its_own_process(stack, settings):
 
     runner = _runner(settings)
     assert runner is not None
-    cwd = Path(os.environ["MLYARD_HOME"]).parent
+    # a folder of the user's project that only this command works in (the stack's other users run theirs
+    # from the project's top): a runner child working there would be this command's
+    cwd = Path(os.environ["MLYARD_HOME"]).parent / f"at-a-terminal-{os.getpid()}"
+    cwd.mkdir()
     leader, follower = pty.openpty()
     try:
         proc = subprocess.Popen([str(Path(sys.executable).parent / "mlyard"), "trainings", "list", "--json"],
