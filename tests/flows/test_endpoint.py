@@ -237,7 +237,7 @@ def test_rules_are_refused_in_one_line(endpoint, platform, tmp_path):
         api.delete("fraud", "default")
     with pytest.raises(ModelInUse):
         platform.models.delete("clf", "1")
-    # nothing half-made: none of the refused endpoints exists (other tests' endpoints share the stack)
+    # nothing half-made: none of the refused endpoints exists (whatever other tests made on the stack)
     assert {"fraud", "fraud2", "fraud3", "fraud4", "fraud5"} & {e["name"] for e in api.list_endpoints()} == {"fraud"}
 
 
@@ -261,7 +261,6 @@ def test_failed_deploy_rolls_back(endpoint, platform, settings, tmp_path):
     api.delete("broken")
 
 
-@pytest.mark.stack_turn("alone")  # it kills the stack's gateway
 def test_promotion_under_load_loses_nothing_then_kill_and_gateway_restart(endpoint, settings, stack):
     import mlyard.endpoints as api
     from core.connection import gateway_url, read_state
@@ -353,7 +352,7 @@ def test_validate_creates_nothing(endpoint, platform, settings):
         return
     result = api.validate({"resources": [{"model": "broken/1"}]}, echo=lines.append)
     assert result["status"] == "Failed" and "exited" in result["resources"][0]["reason"]
-    assert "probe" not in [e["name"] for e in api.list_endpoints()]  # (other tests' endpoints share the stack)
+    assert "probe" not in [e["name"] for e in api.list_endpoints()]  # (whatever other tests made on the stack)
     assert not [w for w in files.wanted(settings.home_dir) if w.endpoint == "probe"]
 
 

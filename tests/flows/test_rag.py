@@ -349,7 +349,6 @@ def test_bad_specs_are_refused_in_one_line_before_anything_is_made(stack, tmp_pa
                                                 for r in _json("rags", "list"))
 
 
-@pytest.mark.stack_turn("alone")  # it stops the stack's PostgreSQL
 def test_faults_an_llm_that_is_down_and_a_database_that_goes_away_mid_sync(stack, settings):
     """One RAG through both faults: its LLM is down (502 with the reason, never a hang); then its
     database goes away while a sync writes (UPDATE FAILED with the reason, no document half written),

@@ -163,7 +163,6 @@ def test_cancelling_a_warm_run_ends_its_process_group(probe, tmp_path):
     assert not _alive(seen["group_child"]), "a process the run started outlived its cancel"
 
 
-@pytest.mark.stack_turn("alone")  # it kills the stack's warm runner
 def test_a_killed_warm_run_crashes_with_a_reason_and_a_killed_runner_loses_nothing(probe, settings, tmp_path):
     # kill -9 of the run's own process: the run fails with a reason at once (well within 60 s)
     fr, report = _start(probe, tmp_path, sleep_seconds=300)
@@ -321,6 +320,14 @@ def _user_env(**extra: str) -> dict[str, str]:
             "LANG": "C.UTF-8", **extra}
 
 
+def _cwd(pid: int) -> Path | None:
+    """A process's working directory; None once it has ended."""
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd")).resolve()
+    except OSError:
+        return None
+
+
 def _children_of(pid: int) -> set[int]:
     found: set[int] = set()
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -426,8 +433,8 @@ def test_a_command_typed_at_a_terminal_runs_in_its_own_process(stack, settings):
 
     runner = _runner(settings)
     assert runner is not None
-    # a folder of the user's project that only this command works in (the stack's other users run theirs
-    # from the project's top): a runner child working there would be this command's
+    # a folder of the user's project that only this command works in (other tests run theirs from the
+    # project's top): a runner child working there would be this command's
     cwd = Path(os.environ["MLYARD_HOME"]).parent / f"at-a-terminal-{os.getpid()}"
     cwd.mkdir()
     leader, follower = pty.openpty()
@@ -437,7 +444,7 @@ def test_a_command_typed_at_a_terminal_runs_in_its_own_process(stack, settings):
                                 stderr=subprocess.PIPE, text=True)
         seen: set[int] = set()
         while proc.poll() is None:
-            seen |= {pid for pid in _children_of(runner) if Path(f"/proc/{pid}/cwd").resolve() == cwd.resolve()}
+            seen |= {pid for pid in _children_of(runner) if _cwd(pid) == cwd.resolve()}
             time.sleep(0.01)
         out, err = proc.communicate(timeout=60)
     finally:
