@@ -211,7 +211,8 @@ def test_cli_bad_spec_is_refused_before_anything_runs(platform, tmp_path, conten
     spec.write_text(content)
     proc = cli("train", "-f", str(spec), check=False)
     assert proc.returncode == 2 and words in proc.stderr, proc.stderr
-    # nothing made: no new training of that name (other tests' trainings on the shared stack come and go)
+    # nothing made: no new training of the refused spec's name (the only one it could have made; trainings
+    # that a schedule left by an earlier test starts may come meanwhile)
     assert not [t for t in list_trainings(200) if t.id not in before and t.name == name]
 
 

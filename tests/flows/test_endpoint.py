@@ -237,7 +237,7 @@ def test_rules_are_refused_in_one_line(endpoint, platform, tmp_path):
         api.delete("fraud", "default")
     with pytest.raises(ModelInUse):
         platform.models.delete("clf", "1")
-    # nothing half-made: none of the refused endpoints exists (whatever other tests made on the stack)
+    # nothing half-made: none of the refused endpoints exists (the only ones they could have made)
     assert {"fraud", "fraud2", "fraud3", "fraud4", "fraud5"} & {e["name"] for e in api.list_endpoints()} == {"fraud"}
 
 
@@ -352,7 +352,7 @@ def test_validate_creates_nothing(endpoint, platform, settings):
         return
     result = api.validate({"resources": [{"model": "broken/1"}]}, echo=lines.append)
     assert result["status"] == "Failed" and "exited" in result["resources"][0]["reason"]
-    assert "probe" not in [e["name"] for e in api.list_endpoints()]  # (whatever other tests made on the stack)
+    assert "probe" not in [e["name"] for e in api.list_endpoints()]  # the only endpoint it could have made
     assert not [w for w in files.wanted(settings.home_dir) if w.endpoint == "probe"]
 
 
