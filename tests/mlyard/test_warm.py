@@ -404,7 +404,7 @@ def test_a_command_runs_in_a_child_of_the_warm_runner_and_ctrl_c_reaches_it(stac
         for line in proc.stdout:  # type: ignore[union-attr]
             if "loss=1" in line:
                 break
-        commands = [pid for pid in _children_of(runner) if Path(f"/proc/{pid}/cwd").resolve() == cwd.resolve()]
+        commands = [pid for pid in _children_of(runner) if _cwd(pid) == cwd.resolve()]
         assert len(commands) == 1, "the command runs in a child of the warm runner, in the shell's directory"
         below, found = {commands[0]}, set()
         while below:
