@@ -7,6 +7,7 @@ State lives in `<home>/stack.json` (pids, URLs); `down` ends each process group 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
@@ -16,6 +17,8 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -49,14 +52,32 @@ def write_state(settings: Settings, state: StackState) -> None:
     os.replace(tmp, settings.stack_file)
 
 
+@contextmanager
+def _one_at_a_time(home: Path) -> Iterator[None]:
+    """`mlyard up` and `mlyard down` on one home, one at a time (two terminals, or a script and a person):
+    a second `up` would otherwise start a part the first is starting (two PostgreSQLs on one data folder,
+    two gateways on one port); it waits, then finds the part up."""
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(home / "stack.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        home.chmod(_home_mode(home))
+        yield
+    finally:
+        os.close(fd)
+
+
 def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackState:
     """Start (or confirm) the embedded stack. Idempotent: what already runs is kept."""
     if settings.prefect_api_url:
         raise StackError("MLYARD_PREFECT_API_URL points at a production Prefect server; "
                          "`mlyard up` only starts the embedded stack. Unset it to use one.")
+    with _one_at_a_time(settings.home_dir):
+        return _up(settings, echo, start_timeout)
+
+
+def _up(settings: Settings, echo, start_timeout: float) -> StackState:
     home = settings.home_dir
-    home.mkdir(parents=True, exist_ok=True)
-    home.chmod(0o700)
     point_prefect(settings, None)
     env = {**os.environ, **settings.engine_env(), "MLYARD_PROJECT_ROOT": str(PROJECT_ROOT)}
     env["MLYARD_IMAGE"] = settings.image  # prefect.yaml renders the gpu deployments with it
@@ -204,8 +225,12 @@ def make_private(home: Path) -> None:
         wanted = 0o700 if entry.is_dir() else 0o600
         if entry.stat().st_mode & 0o077:
             entry.chmod(wanted)
+    home.chmod(_home_mode(home))
+
+
+def _home_mode(home: Path) -> int:
     pg = home / "postgres"
-    home.chmod(0o711 if pg.is_dir() and pg.stat().st_uid != os.geteuid() else 0o700)
+    return 0o711 if pg.is_dir() and pg.stat().st_uid != os.geteuid() else 0o700
 
 
 def _ensure_gpu_slots(settings: Settings, echo) -> None:
@@ -331,6 +356,13 @@ def start_mlflow_ui(settings: Settings, echo=print, timeout: float = 180.0) -> s
 
 def down(settings: Settings, echo=print, grace_seconds: float = 15.0) -> list[str]:
     """Stop every process the stack started (worker first, server last). Returns what was stopped."""
+    if not settings.home_dir.is_dir():
+        return []
+    with _one_at_a_time(settings.home_dir):
+        return _down(settings, echo, grace_seconds)
+
+
+def _down(settings: Settings, echo, grace_seconds: float) -> list[str]:
     state = read_state(settings)
     if state is None:
         return []

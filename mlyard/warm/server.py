@@ -204,6 +204,11 @@ def _run(conn: socket.socket, fds: list[int], request: dict, listener: socket.so
             app(prog_name=os.path.basename(sys.argv[0]))  # click would name this process's __main__
         else:
             sys.argv = [""]  # as `python -m prefect.engine`: the run's id comes from PREFECT__FLOW_RUN_ID
+            import setproctitle
+
+            # ps names the flow run each child runs (its environment in /proc is still the runner's)
+            setproctitle.setproctitle(f"{sys.executable} -m prefect.engine (flow run "
+                                      f"{os.environ.get('PREFECT__FLOW_RUN_ID', '?')})")
             # runpy warns that the module was imported before it runs as __main__: by design, here
             warnings.filterwarnings("ignore", message=r"'prefect\.engine' found in sys\.modules",
                                     category=RuntimeWarning)

@@ -140,6 +140,7 @@ def test_parallel_trials_overlap(platform, algorithm, tmp_path):
     assert max(s["start"] for s in spans) < min(s["end"] for s in spans), "the trials did not run at the same time"
 
 
+@pytest.mark.stack_turn("gpu")  # the stack's GPU slots
 def test_four_parallel_trials_on_two_gpu_slots_run_two_at_a_time(platform, algorithm, tmp_path, monkeypatch, caplog):
     """GPU slots on one machine (issue 26): a Prefect global concurrency limit of 2 (MLYARD_GPU_SLOTS; no
     GPU here, the slots are what is tested), 4 trials of 1 GPU each at parallel 4: never more than 2 at
@@ -212,41 +213,23 @@ def test_unknown_template_is_refused_before_any_trial(platform, tmp_path):
 
 
 def _flow_process(flow_run_id: str) -> int | None:
-    """The process running the flow run: the one started with its id, or, for a warm start (that one is
-    then mlyard/warm's client, relaying), the child the warm runner forked for it."""
+    """The process running the flow run: the child the warm runner forked for it, which names the run in its
+    command line (its environment in /proc is the runner's), or a cold one started with the run's id in its
+    environment (not mlyard/warm's client, which only relays a warm start)."""
+    cold = None
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
+                cmd = (entry / "cmdline").read_bytes()
                 env = (entry / "environ").read_bytes()
             except OSError:
                 continue
-            if f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode() in env:
-                cmd = (entry / "cmdline").read_bytes()
-                if b"mlyard.warm.client" in cmd:
-                    return _warm_child()
-                if b"main.py" not in cmd:
-                    return int(entry.name)
-    return None
-
-
-def _warm_child() -> int | None:
-    """The one flow run the warm runner of the test stack has forked (tests of a stack run one at a time;
-    the stack's own processes that `mlyard up` had it fork are not runs)."""
-    from core.connection import read_state
-    from core.settings import Settings
-    from mlyard import warm
-
-    runner = warm.runner_pid(Settings().home_dir)
-    stack = set(read_state(Settings()).pids.values())
-    children = []
-    for entry in Path("/proc").iterdir():
-        try:
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if entry.name.isdigit() and int(stat[1]) == runner and stat[0] != "Z" and int(entry.name) not in stack:
-            children.append(int(entry.name))
-    return children[0] if len(children) == 1 else None
+            if f"(flow run {flow_run_id})".encode() in cmd:
+                return int(entry.name)
+            if f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode() in env and b"mlyard.warm.client" not in cmd \
+                    and b"main.py" not in cmd:
+                cold = int(entry.name)
+    return cold
 
 
 def test_crashed_tuning_resumes_when_retried(platform, algorithm, tmp_path):
