@@ -70,7 +70,7 @@ test: $(STAMP) $(GATEWAY_API)
 	$(VENV)/bin/mypy
 	# the prepared Prefect database again if a flow or spec changed since the install (at once if not)
 	$(PY) -c 'from mlyard.prefect_setup import prepared_prefect_db; prepared_prefect_db()'
-	# three workers on two cores, sharing one stack (tests/conftest.py): each test waits on its processes part of the time, and a third worker
+	# three workers on two cores: each test waits on its processes part of the time, and a third worker's stack
 	# fills those gaps (two workers left 18% of the cores idle; 573 s against 698 s run back to back, bench/README.md)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15  # longest files first: tests/conftest.py
 

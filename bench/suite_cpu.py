@@ -24,7 +24,7 @@ import time
 HZ = os.sysconf("SC_CLK_TCK")
 KINDS = [  # the first pattern a command line matches names its kind
     ("Prefect server", r"mlyard\.prefect_server|prefect server"),
-    ("warm runner and its flow runs", r"mlyard\.warm\.server"),
+    ("warm runner and its flow runs", r"mlyard\.warm\.server|prefect\.engine \(flow run "),  # a child names its run
     ("local worker", r"mlyard\.warm\.worker"),
     ("Kubernetes workers (emulated cluster)", r"prefect worker"),
     ("flow-run pods (emulated cluster)", r"prefect\.engine"),

@@ -11,7 +11,6 @@ import os
 import socket
 import tempfile
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -28,22 +27,14 @@ def free_port() -> int:
 
 # A user's project directory: the platform's home is its `.mlyard`, as `mlyard up` makes it there, so
 # a fresh process started in USER_DIR with none of the variables below finds the running stack.
-# One stack for the whole run: pytest (xdist's controller under `-n`) makes the directory and picks the
-# ports when it imports this module, before it starts its workers; they inherit them through
-# MLYARD_TEST_SHARED and take them over, so every worker's tests talk to the same stack (see `stack`).
-if shared := os.environ.get("MLYARD_TEST_SHARED"):
-    USER_DIR, _PORT, _API_PORT, _GATEWAY_PORT = Path(shared.split(":")[0]), *map(int, shared.split(":")[1:])
-else:
-    USER_DIR, _PORT, _API_PORT, _GATEWAY_PORT = Path(tempfile.mkdtemp(prefix="mlyard-test-")), free_port(), \
-        free_port(), free_port()
-    os.environ["MLYARD_TEST_SHARED"] = f"{USER_DIR}:{_PORT}:{_API_PORT}:{_GATEWAY_PORT}"
+USER_DIR = Path(tempfile.mkdtemp(prefix="mlyard-test-"))
 _HOME = USER_DIR / ".mlyard"
-_OWNER = not os.environ.get("PYTEST_XDIST_WORKER")  # the process that made USER_DIR stops the stack and removes it
+_PORT = free_port()
 os.environ.update({
     "MLYARD_HOME": str(_HOME),
     "MLYARD_PREFECT_PORT": str(_PORT),
-    "MLYARD_API_PORT": str(_API_PORT),
-    "MLYARD_GATEWAY_PORT": str(_GATEWAY_PORT),
+    "MLYARD_API_PORT": str(free_port()),
+    "MLYARD_GATEWAY_PORT": str(free_port()),
     "MLYARD_AUTOSCALE_INTERVAL": "1",  # the gateway's autoscaling passes, every second in the tests
     # the scheduler cancels a run that no worker started within 12 s of its slot (default 600 s), so the
     # tests see a never-started run give its concurrency slot back
@@ -108,16 +99,9 @@ def pytest_collection_modifyitems(session, config, items):
 
 
 def pytest_unconfigure(config):
-    """After the last worker: the owner (pytest, or xdist's controller) stops the stack if a test started
-    it, and removes USER_DIR unless the home is to be kept."""
-    if not _OWNER:
-        return
-    if (_HOME / "stack.json").is_file():
-        from core.settings import Settings
-        from mlyard import stack as stack_mod
-
-        stack_mod.down(Settings(), echo=lambda *_: None)
-    if not os.environ.get("MLYARD_KEEP_TEST_HOME"):  # set it to look at the logs of a failed run
+    """Every process that imported this module made a USER_DIR (xdist's controller too, which runs no
+    test): remove it, unless the home is to be kept (the stack fixture removes a worker's own)."""
+    if not os.environ.get("MLYARD_KEEP_TEST_HOME"):
         import shutil
 
         shutil.rmtree(USER_DIR, ignore_errors=True)
@@ -135,114 +119,21 @@ def settings():
 
 @pytest.fixture(scope="session")
 def stack(settings):
-    """The embedded stack, started once for the whole run: Prefect server, local pool + worker,
-    deployments. `mlyard up` is idempotent and one at a time: the first worker to get here starts it (the
-    others wait) and each later one finds it up. Never in the middle of another test's turn alone (below).
-    It is stopped after the last worker (pytest_unconfigure)."""
+    """The embedded stack, started once: Prefect server, local pool + worker, deployments."""
+    import shutil
+
     from mlyard import stack as stack_mod
 
-    with _Turns() as turns:
-        turns.shared()
-        state = stack_mod.up(settings, echo=lambda *_: None)
+    state = stack_mod.up(settings, echo=lambda *_: None)
     from tasks.processes import alive
 
     for name, pid in state.pids.items():  # a part that died while starting: say which, with its log's end
         log = Path(state.logs.get(name, "/nonexistent"))
         assert alive(pid), f"the stack's {name} died while starting: {log.read_text()[-3000:] if log.is_file() else ''}"
     yield state
-
-
-# The tests of the stack's gpu pool: the emulated cluster's Kubernetes worker (`cluster`, tests/infra/conftest.py)
-# takes every run queued on that pool and `cluster` cancels the ones left queued, while other tests leave
-# runs queued there on purpose (schedules on train/gpu, a submitted GPU training). Their files are one unit of
-# work for xdist: one worker runs them one after the other (pytest_xdist_make_scheduler below).
-GPU_POOL_FILES = ("infra/test_multinode_job.py", "infra/test_kueue_trials.py", "infra/test_kubernetes_worker.py",
-                  "infra/test_batch_pods.py", "infra/test_scheduler_lease.py", "infra/test_gpu_requests.py",
-                  "infra/test_notebook_cluster.py", "schedules/test_scheduler.py")
-
-
-def pytest_xdist_make_scheduler(config, log):
-    """`--dist loadfile` (as `make test` runs it), with GPU_POOL_FILES as one file."""
-    if config.getvalue("dist") != "loadfile":
-        return None
-    from xdist.scheduler import LoadFileScheduling
-
-    class Scheduling(LoadFileScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            file = super()._split_scope(nodeid)
-            return "the gpu pool's tests" if file.removeprefix("tests/") in GPU_POOL_FILES else file
-
-    return Scheduling(config, log)
-
-
-class _Turns:
-    """Turns on the stack every worker shares, as file locks in USER_DIR: every test on the stack holds
-    `.stack.lock` shared; a test that takes a part of the stack away for a while (kills the gateway,
-    PostgreSQL or the warm runner) holds it exclusive for that while only (`stack_alone`). A turnstile
-    first, so that one waiting for its turn alone is not passed by the tests that start meanwhile. The
-    tests that take the stack's GPU slots hold `.gpu.lock`, one at a time."""
-
-    def __enter__(self):
-        self._files = [open(USER_DIR / name, "a") for name in (".turnstile.lock", ".stack.lock", ".gpu.lock")]
-        self._gate, self._whole, self._gpus = self._files
-        return self
-
-    def __exit__(self, *exc):
-        for f in self._files:  # the locks go with their files
-            f.close()
-
-    def _through_gate(self, mode: int) -> None:
-        import fcntl
-
-        fcntl.flock(self._gate, fcntl.LOCK_EX)
-        fcntl.flock(self._whole, mode)
-        fcntl.flock(self._gate, fcntl.LOCK_UN)
-
-    def shared(self) -> None:
-        import fcntl
-
-        self._through_gate(fcntl.LOCK_SH)
-
-    def gpus(self) -> None:
-        import fcntl
-
-        fcntl.flock(self._gpus, fcntl.LOCK_EX)
-
-    @contextmanager
-    def alone(self):
-        """The stack to this test alone for the block: the shared hold is given up first (two tests
-        waiting to be alone would otherwise each hold what the other waits for), then taken exclusive
-        through the turnstile, and made shared again after the block."""
-        import fcntl
-
-        fcntl.flock(self._whole, fcntl.LOCK_UN)
-        self._through_gate(fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(self._whole, fcntl.LOCK_SH)
-
-
-@pytest.fixture(autouse=True)
-def stack_turn(request):
-    """Every test on the stack holds its turn shared (see _Turns); the emulated cluster's tests and those
-    marked `@pytest.mark.stack_turn("gpu")` hold the GPU slots' turn too."""
-    if not {"stack", "platform", "settings"} & set(request.fixturenames):
-        yield None
-        return
-    mark = request.node.get_closest_marker("stack_turn")
-    with _Turns() as turns:
-        if (mark and mark.args[0] == "gpu") or "cluster" in request.fixturenames:
-            turns.gpus()
-        turns.shared()
-        yield turns
-
-
-@pytest.fixture
-def stack_alone(stack_turn):
-    """`with stack_alone():` around what takes a part of the stack away (kills the gateway, PostgreSQL or
-    the warm runner): no other test runs on the stack meanwhile."""
-    return stack_turn.alone
+    stack_mod.down(settings, echo=lambda *_: None)
+    if not os.environ.get("MLYARD_KEEP_TEST_HOME"):  # set it to look at the logs of a failed run
+        shutil.rmtree(USER_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -85,6 +85,35 @@ def test_the_home_and_what_the_stack_writes_are_its_users_alone(stack, settings)
     assert urllib.request.urlopen(stack.service_url + "/health", timeout=10).status == 200
 
 
+def test_a_second_up_waits_for_the_one_under_way_then_finds_everything_up(stack, settings):
+    """Two `mlyard up` on one home at once (two terminals, a script and a person) run one after the other:
+    the second would otherwise start what the first is starting (the embedded PostgreSQL once failed so,
+    the home made private again under it while its own user initialised its folder)."""
+    import fcntl
+    import threading
+
+    from core.connection import read_state
+    from mlyard import stack as stack_mod
+
+    before = read_state(settings).pids
+    result: dict = {}
+    second = threading.Thread(target=lambda: result.update(state=stack_mod.up(settings, echo=lambda *_: None)))
+    fd = os.open(settings.home_dir / "stack.lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # an `up` under way
+        second.start()
+        second.join(1.5)
+        assert second.is_alive(), "the second up did not wait for the one under way"
+    finally:
+        os.close(fd)
+    second.join(60)
+    assert not second.is_alive()
+    # it started nothing: every part is the process it was (the warm runner aside: it restarts on its own
+    # when the code it imported changes, test_warm.py)
+    parts = ("prefect-server", "worker", "mlyard-api", "gateway", "replicas", "scheduler", "postgres")
+    assert [result["state"].pids[p] for p in parts] == [before[p] for p in parts]
+
+
 def test_a_fresh_home_starts_from_the_installations_prepared_database(stack):
     """`make install` prepared a Prefect database holding the pools, the crash automation and the
     deployments of this checkout; the test stack's fresh home started from it, so `up` registered nothing."""

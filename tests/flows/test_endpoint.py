@@ -261,7 +261,7 @@ def test_failed_deploy_rolls_back(endpoint, platform, settings, tmp_path):
     api.delete("broken")
 
 
-def test_promotion_under_load_loses_nothing_then_kill_and_gateway_restart(endpoint, settings, stack, stack_alone):
+def test_promotion_under_load_loses_nothing_then_kill_and_gateway_restart(endpoint, settings, stack):
     import mlyard.endpoints as api
     from core.connection import gateway_url, read_state
     from mlyard import stack as stack_mod
@@ -321,22 +321,21 @@ def test_promotion_under_load_loses_nothing_then_kill_and_gateway_restart(endpoi
     assert [r["status"] for r in routes(gw)["fraud"]["stages"]["canary"]] == ["HEALTHY"]
 
     # The gateway restarts; the replicas do not.
-    with stack_alone():  # the stack's gateway goes away: no other test on the stack meanwhile
-        state = read_state(settings)
-        os.kill(state.pids["gateway"], signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        while _alive(state.pids["gateway"]) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        stack_mod.up(settings, echo=lambda *_: None)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if call(url, token)[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "the gateway did not come back"
-            time.sleep(0.2)
+    state = read_state(settings)
+    os.kill(state.pids["gateway"], signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while _alive(state.pids["gateway"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stack_mod.up(settings, echo=lambda *_: None)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if call(url, token)[0] == 200:
+                break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "the gateway did not come back"
+        time.sleep(0.2)
     assert files.states(settings.home_dir)[key].pid == st.pid  # the same replica process
     assert api.retry("fraud")["stages"][0]["gateway_status"] == "ACTIVE"  # the stage deploy, by hand
 

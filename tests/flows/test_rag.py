@@ -349,7 +349,7 @@ def test_bad_specs_are_refused_in_one_line_before_anything_is_made(stack, tmp_pa
                                                 for r in _json("rags", "list"))
 
 
-def test_faults_an_llm_that_is_down_and_a_database_that_goes_away_mid_sync(stack, settings, stack_alone):
+def test_faults_an_llm_that_is_down_and_a_database_that_goes_away_mid_sync(stack, settings):
     """One RAG through both faults: its LLM is down (502 with the reason, never a hang); then its
     database goes away while a sync writes (UPDATE FAILED with the reason, no document half written),
     `mlyard up` starts it again, and the next sync resumes where the failed one stopped."""
@@ -384,23 +384,22 @@ def test_faults_an_llm_that_is_down_and_a_database_that_goes_away_mid_sync(stack
 
     # 30 more documents of the Python reference (about 2.4 kB each): a sync long enough to cut into after its
     # 10th document (the whole reference, 67, only made the test 20 s longer)
-    with stack_alone():  # the stack's PostgreSQL goes away: no other test on the stack meanwhile
-        (folder / "reference").mkdir()
-        for name, text in list(quality.topics().items())[:30]:
-            (folder / "reference" / f"{name}.md").write_text(text)
-        _json("rags", "sync", "flaky")
-        deadline = time.monotonic() + 240
-        while (view := _view("flaky"))["store"].get("documents", 0) < 10 and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert view["status"] == "UPDATE IN PROGRESS", view
-        os.kill(stack.pids["postgres"], signal.SIGQUIT)  # PostgreSQL's immediate shutdown: the database goes away
-        while _view("flaky")["status"] == "UPDATE IN PROGRESS" and time.monotonic() < deadline:
-            time.sleep(0.5)
-        view = _json("rags", "show", "flaky")
-        assert view["status"] == "UPDATE FAILED" and "vector store" in view["reason"], view
-        assert _json("rags", "history", "flaky")[0]["state"] == "FAILED"
+    (folder / "reference").mkdir()
+    for name, text in list(quality.topics().items())[:30]:
+        (folder / "reference" / f"{name}.md").write_text(text)
+    _json("rags", "sync", "flaky")
+    deadline = time.monotonic() + 240
+    while (view := _view("flaky"))["store"].get("documents", 0) < 10 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert view["status"] == "UPDATE IN PROGRESS", view
+    os.kill(stack.pids["postgres"], signal.SIGQUIT)  # PostgreSQL's immediate shutdown: the database goes away
+    while _view("flaky")["status"] == "UPDATE IN PROGRESS" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    view = _json("rags", "show", "flaky")
+    assert view["status"] == "UPDATE FAILED" and "vector store" in view["reason"], view
+    assert _json("rags", "history", "flaky")[0]["state"] == "FAILED"
 
-        stack_mod.up(settings, echo=lambda *_: None)  # `mlyard up` starts what is not running: PostgreSQL again
+    stack_mod.up(settings, echo=lambda *_: None)  # `mlyard up` starts what is not running: PostgreSQL again
     with psycopg.connect(stack_mod.read_state(settings).vector_store_url) as conn:
         rag_id = conn.execute("SELECT max(split_part(tablename, '_', 3)::int) FROM pg_tables "
                               "WHERE tablename LIKE 'mlyard_rag_%_docs'").fetchone()[0]

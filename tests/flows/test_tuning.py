@@ -140,7 +140,6 @@ def test_parallel_trials_overlap(platform, algorithm, tmp_path):
     assert max(s["start"] for s in spans) < min(s["end"] for s in spans), "the trials did not run at the same time"
 
 
-@pytest.mark.stack_turn("gpu")  # the stack's GPU slots
 def test_four_parallel_trials_on_two_gpu_slots_run_two_at_a_time(platform, algorithm, tmp_path, monkeypatch, caplog):
     """GPU slots on one machine (issue 26): a Prefect global concurrency limit of 2 (MLYARD_GPU_SLOTS; no
     GPU here, the slots are what is tested), 4 trials of 1 GPU each at parallel 4: never more than 2 at

@@ -163,8 +163,7 @@ def test_cancelling_a_warm_run_ends_its_process_group(probe, tmp_path):
     assert not _alive(seen["group_child"]), "a process the run started outlived its cancel"
 
 
-def test_a_killed_warm_run_crashes_with_a_reason_and_a_killed_runner_loses_nothing(probe, settings, tmp_path,
-                                                                                   stack_alone):
+def test_a_killed_warm_run_crashes_with_a_reason_and_a_killed_runner_loses_nothing(probe, settings, tmp_path):
     # kill -9 of the run's own process: the run fails with a reason at once (well within 60 s)
     fr, report = _start(probe, tmp_path, sleep_seconds=300)
     seen = _wait(fr, report, final=False)
@@ -176,25 +175,24 @@ def test_a_killed_warm_run_crashes_with_a_reason_and_a_killed_runner_loses_nothi
 
     # kill -9 of the warm runner mid-run: the run goes on to COMPLETED; the next starts cold, and a new
     # runner serves the one after it
-    with stack_alone():  # the stack's warm runner goes away: no other test's runs meanwhile
-        runner = _runner(settings)
-        fr, report = _start(probe, tmp_path, sleep_seconds=3)
-        seen = _wait(fr, report, final=False)
-        assert seen["ppid"] == runner
-        os.kill(runner, signal.SIGKILL)
-        run = _wait(fr)
-        assert run.state.is_completed(), run.state
-        fr, report = _start(probe, tmp_path)
-        assert _wait(fr).state.is_completed()
-        assert json.loads(report.read_text())["ppid"] != runner
-        deadline = time.monotonic() + 60
-        while (_runner(settings) in (None, runner)) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        new_runner = _runner(settings)
-        assert new_runner not in (None, runner), "no new warm runner started after the old one was killed"
-        fr, report = _start(probe, tmp_path)
-        assert _wait(fr).state.is_completed()
-        assert json.loads(report.read_text())["ppid"] == new_runner
+    runner = _runner(settings)
+    fr, report = _start(probe, tmp_path, sleep_seconds=3)
+    seen = _wait(fr, report, final=False)
+    assert seen["ppid"] == runner
+    os.kill(runner, signal.SIGKILL)
+    run = _wait(fr)
+    assert run.state.is_completed(), run.state
+    fr, report = _start(probe, tmp_path)
+    assert _wait(fr).state.is_completed()
+    assert json.loads(report.read_text())["ppid"] != runner
+    deadline = time.monotonic() + 60
+    while (_runner(settings) in (None, runner)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    new_runner = _runner(settings)
+    assert new_runner not in (None, runner), "no new warm runner started after the old one was killed"
+    fr, report = _start(probe, tmp_path)
+    assert _wait(fr).state.is_completed()
+    assert json.loads(report.read_text())["ppid"] == new_runner
 
 
 def test_changed_code_is_never_run_stale(probe, settings, tmp_path):
