@@ -211,13 +211,20 @@ def test_stop_a_training_running_on_the_worker(platform, algorithm, tmp_path):
 
 
 def test_cli_copy_and_templates(platform, tmp_path):
+    # templates and copies carry a spec, whatever its script does: a script that reports its metric and its
+    # epochs (the digits example costs 9 CPU-seconds a run; test_run_button_path_trains_on_the_local_pool and
+    # the users' paths run it)
+    algo = tmp_path / "algo"
+    algo.mkdir()
+    (algo / "train.py").write_text("import sys\nargs = dict(zip(sys.argv[1::2], sys.argv[2::2]))\n"
+                                   "print(f'epochs={args[\"--epochs\"]} accuracy=0.9', flush=True)\n")
     spec = tmp_path / "t.yaml"
-    spec.write_text(f"name: tmpl-run\nexperiment: cli-tests\nsource_uri: {EXAMPLES / 'sklearn_digits'}\n"
+    spec.write_text(f"name: tmpl-run\nexperiment: cli-tests\nsource_uri: {algo}\n"
                     "entry_point: train.py\nhyperparameters: {epochs: 1}\n")
     cli("templates", "create", "digits-quick", "-f", str(spec))
     assert "epochs: 1" in cli("templates", "show", "digits-quick").stdout
     out = json.loads(cli("train", "--template", "digits-quick", "--set", "hyperparameters.epochs=2", "--json").stdout)
-    assert out["metrics"]["accuracy"] > 0.5
+    assert out["metrics"]["accuracy"] > 0.5 and out["metrics"]["epochs"] == 2  # the template, with the override
     copied = json.loads(cli("trainings", "copy", out["training_id"], "--name", "copied", "--set",
                             "hyperparameters.epochs=1", "--json").stdout)
     from mlyard.trainings import get_training
