@@ -66,9 +66,12 @@ def sample(seen: dict[str, list], stop: threading.Event, timeline: list[tuple[fl
                 key = f"{pid}:{fields[19]}"  # pid and start time: a reused pid is another process
                 cpu = (int(fields[11]) + int(fields[12])) / HZ
                 if key not in seen:
-                    with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                        seen[key] = [fh.read().replace(b"\0", b" ").decode(errors="replace"), cpu, cpu if first else 0.0]
+                    seen[key] = ["", cpu, cpu if first else 0.0]
                 seen[key][1] = cpu
+                # read again at every pass: a warm runner's child names itself (its run, its command) only
+                # after the fork
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    seen[key][0] = fh.read().replace(b"\0", b" ").decode(errors="replace") or seen[key][0]
             except (OSError, IndexError, ValueError):
                 continue
         first = False

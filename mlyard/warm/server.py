@@ -198,7 +198,10 @@ def _run(conn: socket.socket, fds: list[int], request: dict, listener: socket.so
             warnings.filterwarnings("ignore", message=r"'.*' found in sys\.modules", category=RuntimeWarning)
             runpy.run_module(str(request["module"]), run_name="__main__", alter_sys=True)
         elif "command" in request:  # an `mlyard` command line (mlyard/warm/cli.py)
+            import setproctitle
+
             sys.argv = [str(word) for word in request["command"]]
+            setproctitle.setproctitle(" ".join([sys.executable, *sys.argv]))  # ps shows it as it would cold
             from mlyard.cli import app  # imported and built by preload (a change to it makes the runner stale)
 
             app(prog_name=os.path.basename(sys.argv[0]))  # click would name this process's __main__
