@@ -190,28 +190,19 @@ def _run(conn: socket.socket, fds: list[int], request: dict, listener: socket.so
     code: object = 0
     try:
         if "module" in request:  # a process of the stack, `python -m MODULE ARGS` (mlyard/stack.py)
-            import setproctitle
-
             sys.argv = [str(request["module"]), *(str(word) for word in request.get("args", []))]
-            # ps shows it as it would show it started alone, not as another warm runner
-            setproctitle.setproctitle(" ".join([sys.executable, "-m", *sys.argv]))
+            _name_process("-m", *sys.argv)
             warnings.filterwarnings("ignore", message=r"'.*' found in sys\.modules", category=RuntimeWarning)
             runpy.run_module(str(request["module"]), run_name="__main__", alter_sys=True)
         elif "command" in request:  # an `mlyard` command line (mlyard/warm/cli.py)
-            import setproctitle
-
             sys.argv = [str(word) for word in request["command"]]
-            setproctitle.setproctitle(" ".join([sys.executable, *sys.argv]))  # ps shows it as it would cold
+            _name_process(*sys.argv)
             from mlyard.cli import app  # imported and built by preload (a change to it makes the runner stale)
 
             app(prog_name=os.path.basename(sys.argv[0]))  # click would name this process's __main__
         else:
             sys.argv = [""]  # as `python -m prefect.engine`: the run's id comes from PREFECT__FLOW_RUN_ID
-            import setproctitle
-
-            # ps names the flow run each child runs (its environment in /proc is still the runner's)
-            setproctitle.setproctitle(f"{sys.executable} -m prefect.engine (flow run "
-                                      f"{os.environ.get('PREFECT__FLOW_RUN_ID', '?')})")
+            _name_process("-m", "prefect.engine", f"(flow run {os.environ.get('PREFECT__FLOW_RUN_ID', '?')})")
             # runpy warns that the module was imported before it runs as __main__: by design, here
             warnings.filterwarnings("ignore", message=r"'prefect\.engine' found in sys\.modules",
                                     category=RuntimeWarning)
@@ -228,6 +219,14 @@ def _run(conn: socket.socket, fds: list[int], request: dict, listener: socket.so
         print(code, file=sys.stderr)
     _interpreter_exit()
     return status
+
+
+def _name_process(*words: str) -> None:
+    """What ps shows for a child: its command as it would run cold (a flow run's child names its run),
+    not another warm runner (the child's /proc environment is still the runner's)."""
+    import setproctitle
+
+    setproctitle.setproctitle(" ".join([sys.executable, *words]))
 
 
 def _fresh_process_state() -> None:

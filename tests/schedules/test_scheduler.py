@@ -199,7 +199,6 @@ def test_enabled_late_with_catchup_off_runs_only_the_latest_missed_slot(stack):
 def test_a_scheduled_training_runs_on_the_local_pool(stack):
     """The user's path: a schedule of `train/local`, created from a fresh CLI process, runs its training
     to COMPLETED with the slot in its name; `schedules show` lists it."""
-
     # the slot falls after the schedule is saved (a fresh CLI process takes seconds to create it), so
     # its lateness is the scheduler's own
     start = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=12)
