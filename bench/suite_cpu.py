@@ -23,6 +23,9 @@ import time
 
 HZ = os.sysconf("SC_CLK_TCK")
 KINDS = [  # the first pattern a command line matches names its kind
+    # with setproctitle installed (the warm runner's children use it), xdist names its workers by the test
+    # they run ("[pytest-xdist running] tests/...") or "[pytest-xdist idle]"
+    ("xdist workers (the tests' own code)", r"^\[pytest-xdist "),
     ("Prefect server", r"mlyard\.prefect_server|prefect server"),
     ("warm runner and its flow runs", r"mlyard\.warm\.server|prefect\.engine \(flow run "),  # a child names its run
     ("local worker", r"mlyard\.warm\.worker"),

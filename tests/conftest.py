@@ -130,6 +130,12 @@ def stack(settings):
     for name, pid in state.pids.items():  # a part that died while starting: say which, with its log's end
         log = Path(state.logs.get(name, "/nonexistent"))
         assert alive(pid), f"the stack's {name} died while starting: {log.read_text()[-3000:] if log.is_file() else ''}"
+    import gc
+
+    # What this process imported to start the stack (Prefect, MLflow, SQLAlchemy, the platform) lives as long
+    # as the session: out of the collector's full passes, as the servers keep theirs (a worker's full passes
+    # otherwise scanned all of it a few dozen times a run, 0.2-0.5 s each)
+    gc.freeze()
     yield state
     stack_mod.down(settings, echo=lambda *_: None)
     if not os.environ.get("MLYARD_KEEP_TEST_HOME"):  # set it to look at the logs of a failed run
