@@ -109,7 +109,8 @@ class Worker:
             # collector's full passes, which a million parsed rows would otherwise trigger again and again.
             # Only the young generations are collected first: a full pass here scanned everything the
             # process had loaded (0.5 s of CPU per job in a process holding a test suite's imports); older
-            # garbage frozen with the rest is collected after the job, at the unfreeze.
+            # garbage frozen with the rest is collected after the job, at the unfreeze (a process that keeps
+            # its own freeze, below, ends with its flow run or keeps it: a little memory).
             gc.collect(1)
             gc.freeze()
             return [self.run_shard(shard, scratch) for shard in self.job.shards]
