@@ -210,14 +210,12 @@ def test_stop_a_training_running_on_the_worker(platform, algorithm, tmp_path):
     cli("experiments", "delete", "stack-tests")
 
 
-def test_cli_copy_and_templates(platform, tmp_path):
+def test_cli_copy_and_templates(platform, algorithm, tmp_path):
     # templates and copies carry a spec, whatever its script does: a script that reports its metric and its
     # epochs (the digits example costs 9 CPU-seconds a run; test_run_button_path_trains_on_the_local_pool and
     # the users' paths run it)
-    algo = tmp_path / "algo"
-    algo.mkdir()
-    (algo / "train.py").write_text("import sys\nargs = dict(zip(sys.argv[1::2], sys.argv[2::2]))\n"
-                                   "print(f'epochs={args[\"--epochs\"]} accuracy=0.9', flush=True)\n")
+    algo = algorithm("import sys\nargs = dict(zip(sys.argv[1::2], sys.argv[2::2]))\n"
+                     "print(f'epochs={args[\"--epochs\"]} accuracy=0.9', flush=True)\n", entry="train.py")
     spec = tmp_path / "t.yaml"
     spec.write_text(f"name: tmpl-run\nexperiment: cli-tests\nsource_uri: {algo}\n"
                     "entry_point: train.py\nhyperparameters: {epochs: 1}\n")
