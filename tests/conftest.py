@@ -150,6 +150,40 @@ def platform(settings, stack):
 
 
 @pytest.fixture(scope="session")
+def tiny_chat_model(tmp_path_factory):
+    """`make(dest, context=256)`: a tiny random chat model (tests/serving/tiny_llm.py) copied to `dest`.
+    It is built once for the whole run, whichever xdist worker asks first (each build imports torch and
+    transformers: 7 CPU-seconds; three tests in three workers asked for one). A larger context is the same
+    model with a larger `max_position_embeddings` (Llama's rotary positions have no weights)."""
+    import fcntl
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "tiny-chat-model"
+
+    def make(dest: Path, context: int = 256) -> Path:
+        root.mkdir(exist_ok=True)
+        built = root / "model"
+        with open(root / "lock", "w") as lock:  # the other workers wait for the first one's build
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (built / "config.json").is_file():
+                part = root / f"part-{os.getpid()}"
+                subprocess.run([sys.executable, str(Path(__file__).parent / "serving" / "tiny_llm.py"), str(part)],
+                               check=True, capture_output=True, timeout=300)
+                part.rename(built)
+        shutil.copytree(built, dest, dirs_exist_ok=True)
+        if context != 256:
+            config = json.loads((dest / "config.json").read_text())
+            (dest / "config.json").write_text(json.dumps({**config, "max_position_embeddings": context}, indent=2))
+        return dest
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def s3_server():
     """A real S3 API (moto's server mode) on a free loopback port."""
     from moto.server import ThreadedMotoServer

@@ -356,20 +356,15 @@ def test_validate_creates_nothing(endpoint, platform, settings):
     assert not [w for w in files.wanted(settings.home_dir) if w.endpoint == "probe"]
 
 
-def test_chat_endpoint_streams_through_the_gateway(endpoint, platform, settings, tmp_path):
+def test_chat_endpoint_streams_through_the_gateway(endpoint, platform, settings, tmp_path, tiny_chat_model):
     """A registered chat model (parameter task=chat) behind the gateway: the openai client streams
     through it, and `endpoints chat` holds a conversation."""
-    import subprocess
-    import sys
-
     import openai
 
     import mlyard.endpoints as api
     from core.connection import gateway_url
 
-    folder = tmp_path / "tinychat"
-    subprocess.run([sys.executable, str(Path(__file__).parent.parent / "serving" / "tiny_llm.py"), str(folder)],
-                   check=True, capture_output=True, timeout=300)
+    folder = tiny_chat_model(tmp_path / "tinychat")
     platform.models.create_from_directory("tinychat", folder, "file://tinychat", parameters={"task": "chat"},
                                           framework="transformers")
     view = api.create({"name": "chat", "public": True, "stage": {"resources": [{"model": "tinychat/1"}]}})

@@ -4,7 +4,6 @@ embedded PostgreSQL + pgvector, embedded by the offline all-MiniLM-L6-v2), syncs
 shows the history, searches, and deletes it; and the rules and bad input."""
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,12 +20,10 @@ def _json(*args: str):
 
 
 @pytest.fixture(scope="module")
-def tiny_llm(tmp_path_factory):
+def tiny_llm(tmp_path_factory, tiny_chat_model):
     """A tiny random chat model (tests/serving/tiny_llm.py): the RAG's own LLM replica serves it."""
-    folder = tmp_path_factory.mktemp("tiny-llm")
-    subprocess.run([sys.executable, str(Path(__file__).parents[1] / "serving" / "tiny_llm.py"), str(folder), "4096"],
-                   check=True, capture_output=True, timeout=300)  # a context that holds a prompt of 3 chunks
-    return folder
+    # a context that holds a prompt of 3 chunks
+    return tiny_chat_model(tmp_path_factory.mktemp("tiny-llm"), context=4096)
 
 
 def _seed_examples() -> tuple[str, str] | None:

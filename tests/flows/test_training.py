@@ -2,6 +2,7 @@
 
 import threading
 import time
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -217,6 +218,9 @@ def test_metric_visible_while_running(platform, algorithm, tmp_path):
         thread.join(60)
 
 
+# torch runs in the training's processes: found here, not imported into the tests' own process
+_TORCH = pytest.mark.skipif(find_spec("torch") is None, reason="torch is installed by `make test` (the torch extra)")
+
 TORCH_SCRIPT = """
 import os, torch, torch.distributed as dist
 dist.init_process_group("gloo")
@@ -230,8 +234,8 @@ dist.destroy_process_group()
 """
 
 
+@_TORCH
 def test_torchrun_two_cpu_processes_with_gloo(platform, algorithm, tmp_path):
-    pytest.importorskip("torch", reason="torch is installed by `make test` (the torch extra)")
     from flows.training import train
 
     spec = _spec(algorithm(TORCH_SCRIPT), name="ddp", torchrun=True, processes_per_node=2)
@@ -241,11 +245,11 @@ def test_torchrun_two_cpu_processes_with_gloo(platform, algorithm, tmp_path):
     assert result.model_uri is not None
 
 
+@_TORCH
 def test_two_nodes_of_two_processes_meet_on_this_machine(platform, algorithm, tmp_path):
     """nodes: 2 on the local pool: two node processes (torchrun each, two workers each) that meet at a
     c10d rendezvous on 127.0.0.1, as an Indexed Job's pods meet at node 0 on a cluster: a real
     all-reduce over gloo across the four ranks."""
-    pytest.importorskip("torch", reason="torch is installed by `make test` (the torch extra)")
     from flows.training import train
 
     spec = _spec(algorithm(TORCH_SCRIPT), name="ddp2", torchrun=True, nodes=2, processes_per_node=2)

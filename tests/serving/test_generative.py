@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import openai
@@ -22,11 +20,8 @@ pytest.importorskip("transformers", reason="the llm extra is not installed")
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    dest = tmp_path_factory.mktemp("llm") / "tiny-chat"
-    subprocess.run([sys.executable, str(Path(__file__).with_name("tiny_llm.py")), str(dest)], check=True,
-                   capture_output=True)
-    return dest
+def tiny(tmp_path_factory, tiny_chat_model) -> Path:
+    return tiny_chat_model(tmp_path_factory.mktemp("llm") / "tiny-chat")
 
 
 @pytest.fixture(scope="module")
