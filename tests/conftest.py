@@ -75,7 +75,7 @@ def pytest_runtest_teardown(item, nextitem):
     that allocates much (a Kubernetes schema read, a million parsed rows). The young generations are
     collected first, so that only what survived them is frozen. The infra files serially: the collector
     5.3 -> 2.8 CPU-s (bench/README.md, twenty-first session)."""
-    if nextitem is None or nextitem.module is not item.module:
+    if nextitem is None or getattr(nextitem, "module", None) is not getattr(item, "module", None):
         import gc
 
         gc.collect(1)
