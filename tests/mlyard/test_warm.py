@@ -197,12 +197,24 @@ def test_a_killed_warm_run_crashes_with_a_reason_and_a_killed_runner_loses_nothi
 
 def test_changed_code_is_never_run_stale(probe, settings, tmp_path):
     import flows.batch_worker
+    from mlyard import warm
+    from mlyard.warm.client import hand_over
 
     runner = _runner(settings)
     assert runner is not None
     source = Path(flows.batch_worker.__file__)  # a change to any module the runner imported
     st = source.stat()
+    # The change lasts only until this stack's runner has seen it: every warm runner and mlyard API of the
+    # other xdist workers' stacks imported the same file from this checkout, and a change they saw would make
+    # each of them start again (a runner, its first run cold, an API: about 45 CPU-seconds in all).
     os.utime(source, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    try:
+        handed = hand_over(warm.warm_dir(settings.home_dir) / warm.SOCKET, command=["mlyard", "--help"])
+    finally:
+        os.utime(source, ns=(st.st_atime_ns, st.st_mtime_ns))
+    if handed is not None:
+        handed[0].close()  # the command's child ends with its client
+    assert handed is None, "the runner took a command after the project's code changed"
     fr, report = _start(probe, tmp_path)
     assert _wait(fr).state.is_completed()
     assert json.loads(report.read_text())["ppid"] != runner, "a stale runner ran the flow"
