@@ -206,7 +206,9 @@ def test_changed_code_is_never_run_stale(probe, settings, tmp_path):
     st = source.stat()
     # The change lasts only until this stack's runner has seen it: every warm runner and mlyard API of the
     # other xdist workers' stacks imported the same file from this checkout, and a change they saw would make
-    # each of them start again (a runner, its first run cold, an API: about 45 CPU-seconds in all).
+    # each of them start again (a runner, its first run cold, an API: about 11 CPU-seconds a stack).
+    log = settings.home_dir / "logs" / "warm-runner.log"
+    before = log.stat().st_size
     os.utime(source, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
     try:
         handed = hand_over(warm.warm_dir(settings.home_dir) / warm.SOCKET, command=["mlyard", "--help"])
@@ -215,6 +217,10 @@ def test_changed_code_is_never_run_stale(probe, settings, tmp_path):
     if handed is not None:
         handed[0].close()  # the command's child ends with its client
     assert handed is None, "the runner took a command after the project's code changed"
+    deadline = time.monotonic() + 30  # the runner says why, in its log
+    while "the project's code changed" not in (said := log.read_bytes()[before:].decode(errors="replace")):
+        assert time.monotonic() < deadline, f"the runner did not say why it refused: {said!r}"
+        time.sleep(0.1)
     fr, report = _start(probe, tmp_path)
     assert _wait(fr).state.is_completed()
     assert json.loads(report.read_text())["ppid"] != runner, "a stale runner ran the flow"
