@@ -190,9 +190,8 @@ def tiny_chat_model(tmp_path_factory):
                                check=True, capture_output=True, timeout=300)
                 part.rename(built)
         shutil.copytree(built, dest, dirs_exist_ok=True)
-        if context != 256:
-            config = json.loads((dest / "config.json").read_text())
-            (dest / "config.json").write_text(json.dumps({**config, "max_position_embeddings": context}, indent=2))
+        config = json.loads((dest / "config.json").read_text())
+        (dest / "config.json").write_text(json.dumps({**config, "max_position_embeddings": context}, indent=2))
         return dest
 
     return make
