@@ -196,7 +196,10 @@ class Gateway:
                     await asyncio.gather(*(self._probe(t) for t in due))
             except Exception:  # the loop must outlive a bad read (a database being migrated, a file in flux)
                 log.exception("refreshing the routing table failed")
-            await asyncio.sleep(0.05)
+            # asleep until the next refresh, scaling step or probe is due (an idle gateway then wakes about once a
+            # second, not at a fixed 20 Hz tick), and at least 50 ms (a read that keeps failing is not retried hot)
+            probes = [p for t in self.replicas.values() if (p := t.health.next_probe()) is not None]
+            await asyncio.sleep(max(0.05, min([next_refresh, next_scale, *probes]) - time.monotonic()))
 
     def _eject(self, url: str, reason: str) -> None:
         t = self.replicas.get(url)
