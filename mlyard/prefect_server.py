@@ -89,6 +89,25 @@ def check_each_schema_once(remembered: int = 256) -> None:
     jsonschema.validate = validate
 
 
+def background_polls_every(seconds: float = 1.0) -> None:
+    """Prefect's background-task worker (docket: the server's loop services, late runs, cancellation
+    clean-up, ..., and the tasks its API hands off) looks for due work every 0.25 s, Prefect exposing no
+    setting for it; it is most of what an idle embedded server costs (bench/README.md, twenty-second
+    session). Every `seconds` instead: the loop services run every 5 s or slower, so each still runs on
+    time to within that. Left as it is if docket's worker no longer takes these arguments."""
+    import inspect
+    from datetime import timedelta
+    from functools import partial
+
+    from prefect.server.api import background_workers
+
+    worker = background_workers.Worker
+    if {"minimum_check_interval", "scheduling_resolution"} <= set(inspect.signature(worker).parameters):
+        every = timedelta(seconds=seconds)
+        background_workers.Worker = partial(worker, minimum_check_interval=every,  # type: ignore[misc]
+                                            scheduling_resolution=every)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mlyard.prefect_server", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -103,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
 
     take_write_lock_first()
     check_each_schema_once()
+    background_polls_every(1.0)
     app = create_app(final=True)
     app.add_middleware(WritesFirst)
     # Prefect's modules, settings and app (about 400,000 objects) live as long as the server: out of the
