@@ -72,7 +72,10 @@ test: $(STAMP) $(GATEWAY_API)
 	$(PY) -c 'from mlyard.prefect_setup import prepared_prefect_db; prepared_prefect_db()'
 	# three workers on two cores: each test waits on its processes part of the time, and a third worker's stack
 	# fills those gaps (two workers left 18% of the cores idle; 573 s against 698 s run back to back, bench/README.md)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15  # longest files first: tests/conftest.py
+	# bytecode written even where the environment says not to: pytest then keeps its rewritten test files (about
+	# 4 CPU-s of each worker's collection, bench/README.md) for the next run
+	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder \
+	  --durations=15  # longest files first: tests/conftest.py
 
 bench: $(STAMP)
 	# wrk drives the gateway and serving benchmarks (Debian's package)
