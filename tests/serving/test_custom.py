@@ -70,9 +70,12 @@ def test_a_bad_pytorch_folder_is_refused_before_serving(tmp_path):
 HF_PROBE = """
 import json, sys
 from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+import tiny_models
 from serving import custom
 from core.errors import SpecError
 root = Path(sys.argv[1])
+tiny_models.hf_dirs(root)
 rows = {"sequence_classification": ["the model is good", "bad"], "token_classification": ["hello world"],
         "fill_mask": ["the capital of france is [MASK]"], "text_generation": ["the model is"],
         "text2text_generation": [{"text": "hello world"}, "one two"]}
@@ -89,8 +92,11 @@ print(json.dumps(out))
 
 
 def test_the_hugging_face_runtime_serves_the_five_tasks(tmp_path):
-    root = _make("hf", tmp_path / "hf")
-    probe = subprocess.run([sys.executable, "-c", HF_PROBE, str(root)], capture_output=True, text=True, check=True)
+    # one process builds the five tiny models and loads each as the runtime does: torch and transformers are
+    # imported once for both (5 CPU-seconds), the server below loads its model in a process of its own
+    root = tmp_path / "hf"
+    probe = subprocess.run([sys.executable, "-c", HF_PROBE, str(root), str(HERE)], capture_output=True, text=True,
+                           check=True)
     got = json.loads(probe.stdout.strip().splitlines()[-1])
     assert got["sequence_classification"]["platform"] == "huggingface:sequence_classification"
     assert [p["label"] in ("NEGATIVE", "POSITIVE") for p in got["sequence_classification"]["predictions"]] == [True] * 2
