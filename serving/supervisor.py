@@ -29,6 +29,9 @@ log = logging.getLogger("mlyard.serving.supervisor")
 MAX_BACKOFF_SECONDS = 30.0
 _HOP = {b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te", b"trailers",
         b"transfer-encoding", b"upgrade", b"host", b"content-length"}
+# a request's body is passed on as it came, so its length goes with it: without one, httpx sends the body
+# chunked, which a service on a plain HTTP server (Python's http.server, for one) cannot read
+_REQUEST_HOP = _HOP - {b"content-length"}
 
 
 def run_actions(folder: ModelFolder) -> list[dict[str, Any]]:
@@ -184,7 +187,7 @@ class Supervisor:
                     return
 
         path = scope["path"] + (("?" + scope["query_string"].decode()) if scope.get("query_string") else "")
-        headers = [(k, v) for k, v in scope["headers"] if k not in _HOP]
+        headers = [(k, v) for k, v in scope["headers"] if k not in _REQUEST_HOP]
         try:
             req = self._client.build_request(scope["method"], path, headers=headers, content=body())
             resp = await self._client.send(req, stream=True)
