@@ -1,19 +1,17 @@
 """Generative models on OpenAI's routes: `mlyard serve --chat-model DIR` in its own process, called with
-the real `openai` package (chat, completions, streaming) and with raw HTTP as curl sends it; and a
-Backend.AI model folder whose start_command speaks OpenAI, proxied with its stream intact. The model
-is a tiny random one made offline (tiny_llm.py); the real SmolLM2 is measured in bench/."""
+the real `openai` package (chat, completions, streaming) and with raw HTTP as curl sends it. The model is
+a tiny random one made offline (tiny_llm.py); the real SmolLM2 is measured in bench/. A model folder whose
+own service speaks OpenAI, proxied with its stream, is tested in test_modelfolder.py."""
 
 from __future__ import annotations
 
 import http.client
 import json
-import sys
 from importlib.util import find_spec
 from pathlib import Path
 
 import openai
 import pytest
-import yaml
 from serving_http import MLYARD, call, free_port, start, stop
 
 from serving.generative import _first_stop, _partial_stop
@@ -108,93 +106,3 @@ def test_stop_sequences_are_cut_and_held_back_while_streaming():
     assert _first_stop("abc", ["STOP"]) is None
     assert _partial_stop("abc ST", ["STOP"]) == 2  # might be the start of STOP: not sent yet
     assert _partial_stop("abc", ["STOP"]) == 0
-
-
-# The model folder's own service: a server of the user's that speaks OpenAI's chat route (as vLLM or llama.cpp
-# would), its stream in HTTP chunks, one piece at a time. The generative server itself is the tests' above.
-FOLDER_SERVER = """
-import json, sys, time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-PIECES = ["A", " small", " answer", " here", " and", " more"]
-
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):
-        pass
-
-    def _reply(self, status, body):
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self):
-        self._reply(200, b'{"ready": true}') if self.path == "/v2/health/ready" else self._reply(404, b"{}")
-
-    def do_POST(self):
-        req = json.loads(self.rfile.read(int(self.headers["content-length"])))
-        if self.path != "/openai/v1/chat/completions":
-            return self._reply(404, b"{}")
-        pieces = PIECES[:req.get("max_tokens") or len(PIECES)]
-        head = {"id": "chatcmpl-folder", "created": int(time.time()), "model": req["model"]}
-        if not req.get("stream"):
-            return self._reply(200, json.dumps({**head, "object": "chat.completion", "choices": [{
-                "index": 0, "message": {"role": "assistant", "content": "".join(pieces)}, "finish_reason": "length"}],
-                "usage": {"prompt_tokens": 1, "completion_tokens": len(pieces), "total_tokens": 1 + len(pieces)}}).encode())
-        self.send_response(200)
-        self.send_header("content-type", "text/event-stream")
-        self.send_header("transfer-encoding", "chunked")
-        self.end_headers()
-
-        def event(data):
-            body = f"data: {data}\\n\\n".encode()
-            self.wfile.write(f"{len(body):x}\\r\\n".encode() + body + b"\\r\\n")
-            self.wfile.flush()
-
-        for i, piece in enumerate(pieces):
-            delta = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
-            event(json.dumps({**head, "object": "chat.completion.chunk",
-                              "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}))
-            time.sleep(0.05)
-        event(json.dumps({**head, "object": "chat.completion.chunk",
-                          "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}))
-        event("[DONE]")
-        self.wfile.write(b"0\\r\\n\\r\\n")
-
-
-ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
-"""
-
-
-def test_a_model_folder_that_speaks_openai_is_proxied_with_its_stream(tmp_path):
-    inner = free_port()
-    (tmp_path / "server.py").write_text(FOLDER_SERVER)
-    (tmp_path / "model-definition.yaml").write_text(yaml.safe_dump({"models": [{
-        "name": "chat", "model_path": "/models",
-        "service": {"start_command": [sys.executable, str(tmp_path / "server.py"), str(inner)],
-                    "port": inner, "health_check": {"path": "/v2/health/ready", "initial_delay": 0.5,
-                                                    "interval": 0.5, "max_wait_time": 2}}}]}))
-    outer = free_port()
-    proc, _ = start([MLYARD, "serve", "--model-folder", str(tmp_path), "--port", str(outer)])
-    try:
-        client = _client(f"http://127.0.0.1:{outer}")
-        import time
-
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:  # DEGRADED until the child's health check passes
-            if call(f"http://127.0.0.1:{outer}/mlyard/health")[1].get("status") == "HEALTHY":
-                break
-            time.sleep(0.5)
-        chunks = list(client.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "hi"}],
-                                                     max_tokens=4, temperature=0, stream=True))
-        assert chunks and chunks[-1].choices[0].finish_reason in ("stop", "length")
-        assert len([c for c in chunks if c.choices[0].delta.content]) == 4  # piece by piece, as the service sent them
-        whole = client.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "hi"}],
-                                               max_tokens=4, temperature=0)
-        assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole.choices[0].message.content
-    finally:
-        stop(proc)
