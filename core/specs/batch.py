@@ -30,12 +30,12 @@ class _BatchSettings(SpecModel):
                                    + RELATIVE_PATHS)
     output_uri: str = Field(description="Where predictions go: a NAME.predictions.jsonl for each input file NAME, "
                                         "with _summary.json and _failures.jsonl. " + RELATIVE_PATHS)
-    id_field: str | None = Field(default=None, description="Input field copied to each prediction to join them back "
+    id_field: str | None = Field(default=None, description="Input field copied to each prediction to join them back, e.g. id "
                                                            "(the row number is always kept).")
     feature_fields: list[str] | None = Field(
         default=None, description="Input fields fed to the model, in order (default: every field but the id and "
         "label). A single field holding a list is used as the feature vector.")
-    drop_fields: list[str] = Field(default_factory=list, description="Input fields never fed to the model.")
+    drop_fields: list[str] = Field(default_factory=list, description="Input fields never fed to the model, e.g. comment.")
     batch_size: int = Field(default=256, ge=1, le=100_000, description="Rows per model call.")
     inference_timeout_seconds: float = Field(default=60, gt=0, le=86_400,
                                              description="Longest one model call may take; a slower batch is recorded as failed.")
@@ -49,8 +49,8 @@ class _BatchSettings(SpecModel):
         "per worker). Default: workers are processes of this run.")
     max_failed_batches: int = Field(default=10, ge=0, description="Fail once more batches than this failed "
                                                                    "(0: the first failure fails the job).")
-    max_run_time_seconds: int | None = Field(default=None, ge=1, description="Stop with a failure after this long.")
-    image: str | None = Field(default=None, description="Container image on the Kubernetes pool; ignored locally.")
+    max_run_time_seconds: int | None = Field(default=None, ge=1, description="Stop with a failure after this long, e.g. 3600 (default: no limit).")
+    image: str | None = Field(default=None, description="Container image on the Kubernetes pool, e.g. a registered image's name; ignored locally.")
     resources: Resources = Field(default_factory=Resources, description="CPU, memory and GPUs per worker on the Kubernetes pool.")
 
     @field_validator("output_uri", "input_uri", check_fields=False)  # input_uri: declared by each subclass
@@ -122,7 +122,7 @@ class BatchInferenceSpec(_BatchSettings):
     FORM_FIRST: ClassVar[tuple[str, ...]] = ("name", "description", "experiment", "model", "input_uri", "input_format",
                                              "include", "exclude", "output_uri", "id_field")
 
-    name: str = Field(pattern=NAME_PATTERN, description="Batch inference name: lowercase letters, digits and '-', at most 50.")
+    name: str = Field(pattern=NAME_PATTERN, description="Batch inference name: lowercase letters, digits and '-', at most 50; e.g. digits-nightly.")
     description: str = Field(default="", max_length=255, description="Free text shown in lists.")
     experiment: str = Field(default="batch-inference", min_length=1, max_length=100,
                             description="MLflow experiment of the run that records the summary.")
@@ -131,8 +131,8 @@ class BatchInferenceSpec(_BatchSettings):
     input_format: Literal["json", "jsonl", "csv"] = Field(
         description="json: a file holding a list of records or {\"instances\": [...]}; jsonl: a record per line; "
         "csv: a header line and a row per line.")
-    include: list[str] = Field(default_factory=lambda: ["**"], description="Glob patterns of input files to take.")
-    exclude: list[str] = Field(default_factory=list, description="Glob patterns of input files to skip (exclude wins).")
+    include: list[str] = Field(default_factory=lambda: ["**"], description="Glob patterns of input files to take, e.g. **/*.jsonl.")
+    exclude: list[str] = Field(default_factory=list, description="Glob patterns of input files to skip (exclude wins), e.g. tmp/**.")
     output_probabilities: bool = Field(default=True, description="Also write class probabilities where the model has predict_proba.")
 
     @field_validator("include", "exclude")

@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from core.errors import SpecError
 from core.uris import parse_uri
 
-NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,48}[a-z0-9])?$"
+# (one character, or 2-50 that neither start nor end with '-'; written without `](`, which the Prefect UI's
+# Markdown would read as a link and mangle in the error it shows for a bad name)
+NAME_PATTERN = r"^([a-z0-9]|[a-z0-9][a-z0-9-]{0,48}[a-z0-9])$"
 # Katib's default metric filter: `name=value`, one or more per line.
 KATIB_METRIC_PATTERN = r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)"
 
@@ -21,29 +23,102 @@ KATIB_METRIC_PATTERN = r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)"
 def form_schema(schema: dict[str, Any], cls: type) -> None:
     """A spec's JSON schema shaped for the Prefect UI's Run form, without changing what validates.
 
-    - An optional scalar (`str | None = None`) becomes its plain type with no default: the form shows a
-      plain input instead of a `str | None` toggle reading 'Property is type "None"'. Prefect's own
-      parameter check still accepts null (a property that is not required and has no default is read
-      as nullable), and the model still does.
+    - An optional scalar or list (`str | None = None`, `list[str] | None = None`) becomes its plain type
+      with no default: the form shows a plain input (a list of inputs) instead of a `str | None` toggle
+      reading 'Property is type "None"'. Prefect's own parameter check still accepts null (a property
+      that is not required and has no default is read as nullable), and the model still does.
+    - A mapping (`dict[str, str]`: hyperparameters, datasets, tags) is offered as a list of key and value
+      pairs first, which the form shows as inputs, or as a JSON mapping: Prefect's check accepts both,
+      so the YAML's, the CLI's and `prefect deployment run --params`' mappings pass as before, and the
+      model reads the pairs back into the mapping (SpecModel._mappings_from_pairs).
+    - An optional nested model (`EarlyStoppingSpec | None`) stays a choice of the model or none, since
+      Prefect's check reads it as nullable only so; `FORM_NONE` (a class attribute, field -> label) names
+      the none button for what leaving it out means ("Off") instead of "None".
     - `FORM_FIRST` (a class attribute) puts what a person fills first at the top of the form."""
     props: dict[str, Any] = schema.get("properties", {})
     for name, prop in props.items():
+        if _is_mapping(prop):
+            props[name] = _pairs_or_mapping(prop)
+            continue
         options = prop.get("anyOf")
         if not options or len(options) != 2 or {"type": "null"} not in options or prop.get("default", None) is not None:
             continue
         (kept,) = [o for o in options if o != {"type": "null"}]
-        if "type" not in kept or kept["type"] in ("object", "array") or "enum" in kept or "const" in kept:
-            continue  # Prefect's check would not read it as nullable (a nested model, a collection), or null
-            # would still fail it (an enum applies to every type; a string's pattern or a number's minimum do not)
+        if name in getattr(cls, "FORM_NONE", {}):  # a nested model stays a choice: say what leaving it out means
+            prop["anyOf"] = [kept, {"type": "null", "title": cls.FORM_NONE[name]}]  # type: ignore[attr-defined]
+            continue
+        if "type" not in kept or kept["type"] == "object" or "enum" in kept or "const" in kept:
+            continue  # Prefect's check would not read it as nullable (a nested model), or null would still
+            # fail it (an enum applies to every type; a string's pattern or a list's items do not)
         props[name] = {**{k: v for k, v in prop.items() if k not in ("anyOf", "default")}, **kept}
     first = [k for k in getattr(cls, "FORM_FIRST", ()) if k in props]
     schema["properties"] = {**{k: props[k] for k in first}, **{k: v for k, v in props.items() if k not in first}}
+
+
+def _is_mapping(prop: dict[str, Any]) -> bool:
+    return prop.get("type") == "object" and not prop.get("properties") and isinstance(prop.get("additionalProperties"), dict)
+
+
+def _pairs_or_mapping(prop: dict[str, Any]) -> dict[str, Any]:
+    value = prop["additionalProperties"]
+    if value.get("type") not in ("string", "integer", "number", "boolean"):  # several types: typed as text,
+        value_input = {"type": "string", "description": "A number or true/false is read as one."}  # read back
+    else:
+        value_input = value
+    pair = {"type": "object", "title": "Pair", "additionalProperties": False, "required": ["key", "value"],
+            "properties": {"key": {"type": "string", "title": "Key", "minLength": 1},
+                           "value": {**value_input, "title": "Value"}}}
+    return {**{k: v for k, v in prop.items() if k not in ("type", "additionalProperties")},
+            "anyOf": [{"type": "array", "title": "Key and value", "items": pair},
+                      {"type": "object", "title": "JSON", "additionalProperties": value}]}
+
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _typed(text: Any) -> Any:
+    """A form's text as the value it reads as: 3 an int, 0.01 or 1e-3 a float, true/false a bool."""
+    if not isinstance(text, str):
+        return text
+    if text.strip().lower() in ("true", "false"):
+        return text.strip().lower() == "true"
+    if _NUMBER.fullmatch(text.strip()):
+        number = float(text)
+        return int(text) if re.fullmatch(r"\s*[+-]?\d+\s*", text) else number
+    return text
+
+
+def _from_pairs(field: str, pairs: list[Any], typed: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for i, pair in enumerate(pairs):
+        if not isinstance(pair, dict) or set(pair) != {"key", "value"} or not isinstance(pair["key"], str):
+            raise ValueError(f"{field}[{i}]: a pair is a key and a value, e.g. {{key: lr, value: 0.01}} (got {pair!r}); "
+                             f"or give {field} as a mapping")
+        if pair["key"] in out:
+            raise ValueError(f"{field}: key {pair['key']!r} is given twice")
+        out[pair["key"]] = _typed(pair["value"]) if typed else pair["value"]
+    return out
 
 
 class SpecModel(BaseModel):
     """The base of every spec: its JSON schema is shaped for the Prefect UI's Run form (form_schema)."""
 
     model_config = ConfigDict(json_schema_extra=form_schema)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mappings_from_pairs(cls, data: Any) -> Any:
+        """A mapping field given as the Run form's pairs ([{key, value}, ...]) is read as the mapping; a
+        value of a mapping that also takes numbers or booleans is read as one when it is one."""
+        if not isinstance(data, dict):
+            return data
+        out = data
+        for name, field in cls.model_fields.items():
+            given = data.get(name)
+            if isinstance(given, list) and typing.get_origin(field.annotation) is dict:
+                value_type = typing.get_args(field.annotation)[1:] or (Any,)
+                out = {**out, name: _from_pairs(name, given, typed=value_type[0] is not str)}
+        return out
 
 
 class Resources(SpecModel):
@@ -58,7 +133,7 @@ class Resources(SpecModel):
     )
     gpu_count: int = Field(default=0, ge=0, le=16, description="GPUs per node (nvidia.com/gpu).")
     gpu_type: str | None = Field(
-        default=None, description="GPU type, matched against the node label nvidia.com/gpu.product."
+        default=None, description="GPU type, matched against the node label nvidia.com/gpu.product, e.g. NVIDIA-A100-SXM4-80GB."
     )
     data_storage: str | None = Field(
         default=None, pattern=r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$",

@@ -20,7 +20,7 @@ class EvaluationSpec(_BatchSettings):
     FORM_FIRST: ClassVar[tuple[str, ...]] = ("name", "description", "experiment", "task", "model", "input_uri",
                                              "input_format", "label_field", "class_names", "output_uri", "id_field")
 
-    name: str = Field(pattern=NAME_PATTERN, description="Evaluation name: lowercase letters, digits and '-', at most 50.")
+    name: str = Field(pattern=NAME_PATTERN, description="Evaluation name: lowercase letters, digits and '-', at most 50; e.g. digits-holdout.")
     description: str = Field(default="", max_length=255, description="Free text shown in lists.")
     experiment: str = Field(default="evaluations", min_length=1, max_length=100,
                             description="MLflow experiment of the evaluation run.")
@@ -28,7 +28,7 @@ class EvaluationSpec(_BatchSettings):
     input_uri: str = Field(description="Labelled data (at most 20 GB): a .csv or .jsonl file, or a directory of them. "
                                        + RELATIVE_PATHS)
     input_format: Literal["jsonl", "csv"] = Field(description="jsonl or csv (files must end in .jsonl or .csv).")
-    label_field: str = Field(min_length=1, description="The field that holds the ground truth.")
+    label_field: str = Field(min_length=1, description="The field that holds the ground truth, e.g. label.")
     class_names: list[str] | None = Field(
         default=None, description=f"Classification: the model's classes in its output order, at most {MAX_CLASSES} "
         "(default: the model's classes_, else the labels seen).")

@@ -49,10 +49,10 @@ class TrainingSpec(SpecModel):
         default_factory=dict,
         description=f"At most {MAX_DATASETS}; name -> URI, staged in and passed as EM_DATASET_{{NAME}}.",
     )
-    checkpoint_input_uri: str | None = Field(default=None, description="Checkpoint to resume from (EM_CHECKPOINT_INPUT_DIR).")
-    output_uri: str | None = Field(default=None, description="Where the model directory is copied when the training completes.")
-    checkpoint_output_uri: str | None = Field(default=None, description="Where EM_CHECKPOINT_DIR is copied at the end.")
-    image: str | None = Field(default=None, description="Container image on the Kubernetes pool; ignored locally.")
+    checkpoint_input_uri: str | None = Field(default=None, description="Checkpoint to resume from (EM_CHECKPOINT_INPUT_DIR), e.g. s3://bucket/ckpt/run1.")
+    output_uri: str | None = Field(default=None, description="Where the model directory is copied when the training completes, e.g. s3://bucket/models/digits.")
+    checkpoint_output_uri: str | None = Field(default=None, description="Where EM_CHECKPOINT_DIR is copied at the end, e.g. s3://bucket/ckpt/run2.")
+    image: str | None = Field(default=None, description="Container image on the Kubernetes pool, e.g. a registered image's name; ignored locally.")
     resources: Resources = Field(default_factory=Resources, description="CPU, memory and GPUs on the Kubernetes pool.")
     nodes: int = Field(default=1, ge=1, le=32, description="Nodes of a distributed training. On the local pool, "
                        "that many node processes on this machine, meeting on 127.0.0.1 (torchrun's c10d rendezvous; "
@@ -60,13 +60,13 @@ class TrainingSpec(SpecModel):
                        "many pods, each with `resources`, meeting at pod 0 through a headless Service.")
     torchrun: bool = Field(default=False, description="Start the entry point with torchrun (PyTorch).")
     processes_per_node: int = Field(default=1, ge=1, le=64, description="torchrun --nproc_per_node.")
-    max_run_time_seconds: int | None = Field(default=None, ge=1, description="Fail the training after this long.")
+    max_run_time_seconds: int | None = Field(default=None, ge=1, description="Fail the training after this long, e.g. 3600 (default: no limit).")
     collect_logs: bool = Field(default=True, description="Stream the script's output to the Prefect log and keep it in MLflow.")
-    tags: dict[str, str] = Field(default_factory=dict, description="Extra MLflow run tags (e.g. a parent run).")
+    tags: dict[str, str] = Field(default_factory=dict, description="Extra MLflow run tags, e.g. team = vision.")
     metric_patterns: list[str] = Field(
         default_factory=lambda: [KATIB_METRIC_PATTERN],
         description="Regexes matched against each output line; group 1 is the metric name, group 2 its value. "
-        "Default: Katib's name=value.",
+        "Default: Katib's name=value, e.g. accuracy=0.91.",
     )
 
     metrics_format: Literal["text", "json"] = Field(

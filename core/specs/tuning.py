@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
@@ -17,11 +17,11 @@ class HyperparameterSpec(SpecModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$", description="Passed to the script as --name value.")
-    type: Literal["int", "double", "categorical"] = Field(description="int, double or categorical.")
-    min: float | None = Field(default=None, description="Smallest value (int and double).")
-    max: float | None = Field(default=None, description="Largest value (int and double).")
-    step: float | None = Field(default=None, description="Grid step (int and double); grid needs it.")
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$", description="Passed to the script as --name value, e.g. lr.")
+    type: Literal["int", "double", "categorical"] = Field(description="int, double or categorical (values only).")
+    min: float | None = Field(default=None, description="Smallest value (int and double), e.g. 0.001.")
+    max: float | None = Field(default=None, description="Largest value (int and double), e.g. 0.1.")
+    step: float | None = Field(default=None, description="Grid step (int and double), e.g. 0.01; grid needs it.")
     values: list[str | int | float] | None = Field(
         default=None, description="Fixed values instead of a range, e.g. [sgd, adam] or 'sgd,adam'.")
 
@@ -79,9 +79,9 @@ class MetricSpec(SpecModel):
 class ObjectiveSpec(SpecModel):
     model_config = ConfigDict(extra="forbid")
 
-    metric: str = Field(min_length=1, description="The metric to optimize (one of metrics, or any name in Katib format).")
+    metric: str = Field(min_length=1, description="The metric to optimize (one of metrics, or any name in Katib format), e.g. accuracy.")
     direction: Literal["minimize", "maximize"] = Field(description="minimize or maximize.")
-    goal: float | None = Field(default=None, description="Stop the tuning (GoalReached) once a trial reaches this value.")
+    goal: float | None = Field(default=None, description="Stop the tuning (GoalReached) once a trial reaches this value, e.g. 0.95.")
 
 
 class EarlyStoppingSpec(SpecModel):
@@ -96,17 +96,18 @@ class TuningSpec(SpecModel):
     """Hyperparameter tuning: trials of one training with suggested hyperparameters."""
 
     model_config = ConfigDict(extra="forbid")
+    FORM_NONE: ClassVar[dict[str, str]] = {"training": "Use template", "early_stopping": "Off"}
 
     name: str = Field(pattern=NAME_PATTERN, description="Tuning name: lowercase letters, digits and '-', at most 50; e.g. digits-search.")
     description: str = Field(default="", max_length=255, description="Free text shown in lists.")
-    experiment: str | None = Field(default=None, description="MLflow experiment (default: the training's).")
+    experiment: str | None = Field(default=None, description="MLflow experiment, e.g. digits-tuning (default: the training's).")
     training: TrainingSpec | None = Field(default=None, description="The training each trial runs (or use template).")
-    template: str | None = Field(default=None, description="A training template each trial runs (or use training).")
+    template: str | None = Field(default=None, description="A training template each trial runs (or use training), e.g. digits-sgd (`mlyard templates list`).")
     strategy: Literal["grid", "random", "bayesian"] = Field(
         description="grid (every step of every range), random, or bayesian (Optuna's TPE, a model-based sampler).")
-    seed: int | None = Field(default=None, description="Random seed: the same seed gives the same suggestions.")
-    parameters: list[HyperparameterSpec] = Field(description="The search space; fixed hyperparameters stay in the training.")
-    metrics: list[MetricSpec] = Field(default_factory=list, description="Metrics collected from each trial's output.")
+    seed: int | None = Field(default=None, description="Random seed, e.g. 42: the same seed gives the same suggestions (default: a new one each time).")
+    parameters: list[HyperparameterSpec] = Field(description="The search space, e.g. lr (double, 0.001 to 0.1) and optimizer (categorical: sgd, adam); fixed hyperparameters stay in the training.")
+    metrics: list[MetricSpec] = Field(default_factory=list, description="Metrics collected from each trial's output, e.g. accuracy (default: the objective's metric, in Katib format).")
     metrics_format: Literal["text", "json"] = Field(
         default="text",
         description="text: Katib's name=value lines (or each metric's regex). json: Katib's JSON lines, one "

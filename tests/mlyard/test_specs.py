@@ -121,3 +121,95 @@ def test_relative_paths_are_resolved_against_the_submitter(tmp_path):
     b = BatchInferenceSpec(name="b", model="digits@champion", input_uri="in", input_format="jsonl",
                            output_uri="../out").resolved(tmp_path)
     assert b.model == "digits@champion" and b.input_uri == str(tmp_path / "in") and b.output_uri == str(tmp_path.parent / "out")
+
+
+# -- the Prefect UI's Run forms (core.specs.common.form_schema) --------------------------------------
+
+FORMS = {"flows.training:train": {"spec": {**BASE}},
+         "flows.tuning:tune": {"spec": {"name": "tu", "strategy": "random", "template": "t",
+                                        "parameters": [{"name": "lr", "type": "double", "min": 0.01, "max": 0.1}],
+                                        "objective": {"metric": "accuracy", "direction": "maximize"}}},
+         "flows.batch_inference:batch_infer": {"spec": {"name": "b", "model": "digits/1", "input_uri": "/in",
+                                                        "input_format": "jsonl", "output_uri": "/out"}},
+         "flows.evaluation:evaluate": {"spec": {"name": "e", "task": "classification", "model": "digits/1",
+                                                "input_uri": "/in.csv", "input_format": "csv", "label_field": "y",
+                                                "output_uri": "/out"}}}
+
+
+def _form(flow_path: str) -> dict:
+    import importlib
+
+    module, name = flow_path.split(":")
+    return getattr(importlib.import_module(module), name).parameters.model_dump_for_openapi()
+
+
+def _rendered(prop: dict, defs: dict) -> str:
+    """What Prefect 3.8's Run form (prefect-ui-library's schema form) shows for a property: `anyOf` is a
+    button group of its options, an object without properties and a property without a type a JSON editor."""
+    if "$ref" in prop:
+        prop = defs[prop["$ref"].split("/")[-1]]
+    if "anyOf" in prop:
+        return "choice of " + " | ".join(o.get("title") or o.get("type") or o["$ref"].split("/")[-1] for o in prop["anyOf"])
+    if prop.get("type") == "object":
+        return "inputs" if prop.get("properties") else "JSON editor"
+    return "JSON editor" if "type" not in prop else "inputs"
+
+
+@pytest.mark.parametrize("flow_path", FORMS)
+def test_run_forms_show_inputs_not_json_and_prefect_still_takes_the_specs(flow_path):
+    from prefect.utilities.schema_tools.validation import validate
+
+    schema = _form(flow_path)
+    defs = schema["definitions"]
+    spec = defs[schema["properties"]["spec"]["$ref"].split("/")[-1]]
+    shown = {}
+    for model in [spec] + [defs[k] for k in defs]:
+        for field, prop in model["properties"].items():
+            shown[f"{model['title']}.{field}"] = _rendered(prop, defs)
+            if "anyOf" in prop:  # a choice only where it means something; never a `str | None` toggle
+                assert shown[f"{model['title']}.{field}"] in (
+                    "choice of Key and value | JSON", "choice of TrainingSpec | Use template",
+                    "choice of EarlyStoppingSpec | Off"), (field, prop)
+            assert shown[f"{model['title']}.{field}"] != "JSON editor", f"{field} shows a JSON editor"
+            assert "](" not in prop.get("pattern", ""), f"{field}'s pattern would show mangled in the UI's Markdown"
+    # what the YAML, the CLI and Python send (mappings, nulls) and what the form sends (pairs) both pass
+    # Prefect's own parameter check, as the server runs it on every flow run it creates
+    params = FORMS[flow_path]
+    assert validate(params, schema, raise_on_error=True) == []
+    if flow_path == "flows.training:train":
+        as_yaml = {"spec": {**BASE, "hyperparameters": {"lr": 0.1, "opt": "adam", "fast": True}, "datasets": {"train": "/d"},
+                            "tags": {"team": "vision"}, "output_uri": None, "metric_patterns": None}}
+        as_form = {"spec": {**BASE, "hyperparameters": [{"key": "lr", "value": "0.1"}], "datasets": [{"key": "train",
+                            "value": "/d"}], "tags": [{"key": "team", "value": "vision"}]}}
+        for params in (as_yaml, as_form):
+            assert validate(params, schema, raise_on_error=True) == []
+        assert validate({"spec": {**BASE, "hyperparameters": [{"key": "lr"}]}}, schema), "a pair without a value"
+
+
+def test_a_mapping_given_as_the_forms_pairs_is_read_as_the_mapping():
+    spec = TrainingSpec(**BASE, hyperparameters=[{"key": k, "value": v} for k, v in (
+        ("lr", "0.01"), ("epochs", "3"), ("opt", "adam"), ("fast", "true"), ("decay", "1e-3"), ("name", "1.2.3"))],
+        datasets=[{"key": "train", "value": "s3://b/train"}], tags=[{"key": "n", "value": "3"}])
+    assert spec.hyperparameters == {"lr": 0.01, "epochs": 3, "opt": "adam", "fast": True, "decay": 0.001, "name": "1.2.3"}
+    assert spec.datasets == {"train": "s3://b/train"} and spec.tags == {"n": "3"}, "a text-only mapping stays text"
+    assert TrainingSpec(**BASE, hyperparameters={"lr": "0.01"}).hyperparameters == {"lr": "0.01"}, "a mapping as given"
+    for pairs, words in (([{"key": "a", "value": "1"}, {"key": "a", "value": "2"}], "key 'a' is given twice"),
+                         ([{"key": "a"}], "hyperparameters[0]: a pair is a key and a value"),
+                         ([["a", 1]], "hyperparameters[0]: a pair is a key and a value")):
+        with pytest.raises(SpecError) as err:
+            load_spec(TrainingSpec, {**BASE, "hyperparameters": pairs})
+        assert words in str(err.value) and "\n" not in str(err.value).split(":\n  ", 1)[1]
+
+
+def test_the_name_pattern_reads_right_in_the_ui_and_takes_the_same_names():
+    import itertools
+    import re
+
+    from core.specs.common import NAME_PATTERN
+
+    before = re.compile(r"^[a-z0-9]([a-z0-9-]{0,48}[a-z0-9])?$")  # the pattern as it was, `](` and all
+    now = re.compile(NAME_PATTERN)
+    names = ["".join(t) for n in range(6) for t in itertools.product("a0-A_", repeat=n)]
+    names += [s for n in (48, 49, 50, 51) for s in ("a" * n, "a" + "-" * (n - 2) + "a", "-" + "a" * (n - 1), "a" * n + "\n")]
+    assert [n for n in names if bool(before.match(n)) != bool(now.match(n))] == []
+    assert "](" not in NAME_PATTERN
