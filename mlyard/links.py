@@ -13,6 +13,11 @@ def prefect_ui(settings: Settings) -> str | None:
     return state.ui_url if state else None
 
 
+# MLflow's UI opens a link in its model-training view with this (its GenAI view otherwise, unless the
+# browser chose; mlyard/mlflow_ui.py)
+TRAINING_VIEW = "?workflowType=machine_learning"
+
+
 def mlflow_ui(settings: Settings) -> str:
     uri = settings.mlflow_uri
     return uri.rstrip("/") if uri.startswith("http") else f"http://127.0.0.1:{settings.mlflow_ui_port}"
@@ -26,5 +31,15 @@ def links(settings: Settings, flow_run_id: str | None, mlflow_run_id: str | None
     if ui and flow_run_id:
         out["prefect"] = f"{ui}/runs/flow-run/{flow_run_id}"
     if mlflow_run_id and experiment_id:
-        out["mlflow"] = f"{mlflow_ui(settings)}/#/experiments/{experiment_id}/runs/{mlflow_run_id}"
+        out["mlflow"] = f"{mlflow_ui(settings)}/#/experiments/{experiment_id}/runs/{mlflow_run_id}{TRAINING_VIEW}"
+    return out
+
+
+def model_links(settings: Settings, name: str, version: str | None = None,
+                lineage: dict[str, str] | None = None) -> dict[str, str]:
+    """URLs of a registered model (or one version of it) in the MLflow UI, and of the run it came from."""
+    ui = mlflow_ui(settings)
+    out = {"mlflow": f"{ui}/#/models/{name}" + (f"/versions/{version}" if version else "") + TRAINING_VIEW}
+    if lineage and lineage.get("run_id") and lineage.get("experiment_id"):
+        out["mlflow_run"] = f"{ui}/#/experiments/{lineage['experiment_id']}/runs/{lineage['run_id']}{TRAINING_VIEW}"
     return out

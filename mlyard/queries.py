@@ -133,7 +133,7 @@ def evaluations_show(evaluation_id: str) -> dict[str, Any]:
 
     p = platform()
     info = evaluations.show(p.tracking, evaluation_id)
-    info["links"] = links(p.settings, evaluation_id, info.get("mlflow_run_id"), info.get("experiment_id"))
+    info["links"] = links(p.settings, info.get("id") or evaluation_id, info.get("mlflow_run_id"), info.get("experiment_id"))
     return info
 
 
@@ -155,8 +155,17 @@ def models_list() -> list[dict[str, Any]]:
 
 def models_show(ref: str) -> dict[str, Any]:
     """A model with all its versions (`name`), or one version (`name/version`, `name@alias`)."""
-    models = platform().models
-    return (models.resolve(ref) if "/" in ref or "@" in ref else models.get(ref)).as_dict()
+    from mlyard.links import model_links
+
+    p = platform()
+    found = (p.models.resolve(ref) if "/" in ref or "@" in ref else p.models.get(ref)).as_dict()
+    if "versions" in found:
+        for v in found["versions"]:
+            v["links"] = model_links(p.settings, found["name"], v["version"], v.get("lineage"))
+        found["links"] = model_links(p.settings, found["name"])
+    else:
+        found["links"] = model_links(p.settings, found["name"], found["version"], found.get("lineage"))
+    return found
 
 
 def model_reference(model: str) -> dict[str, Any]:

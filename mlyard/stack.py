@@ -328,6 +328,14 @@ def _shared_folders(settings: Settings) -> list[Path]:
     return folders
 
 
+def _has_mlflow_app() -> bool:
+    """mlyard's MLflow app plugin (mlyard/mlflow_ui.py) is installed: an install from before it
+    (`make install` adds it) starts MLflow's own app."""
+    from importlib.metadata import entry_points
+
+    return any(e.name == "mlyard" for e in entry_points(group="mlflow.app"))
+
+
 def start_mlflow_ui(settings: Settings, echo=print, timeout: float = 180.0) -> str:
     state = read_state(settings)
     if state is None:
@@ -339,7 +347,8 @@ def start_mlflow_ui(settings: Settings, echo=print, timeout: float = 180.0) -> s
     log = settings.home_dir / "logs" / "mlflow-ui.log"
     pid = spawn([str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", settings.mlflow_uri,
                   "--default-artifact-root", settings.mlflow_artifact_root.as_uri(),
-                  "--host", "127.0.0.1", "--port", str(settings.mlflow_ui_port), "--workers", "1"], log, env)
+                  "--host", "127.0.0.1", "--port", str(settings.mlflow_ui_port), "--workers", "1",
+                  *(["--app-name", "mlyard"] if _has_mlflow_app() else [])], log, env)
     state.pids["mlflow-ui"], state.logs["mlflow-ui"], state.mlflow_ui_url = pid, str(log), url
     write_state(settings, state)
     deadline = time.monotonic() + timeout

@@ -87,9 +87,11 @@ def test_a_python_call_from_a_fresh_interpreter_is_a_training_the_cli_shows_and_
     assert len(table.splitlines()) == 3 and "training" in table
     _one_line_error(mlyard("logs", "--category", "trainings"), "category", "trainings", "training, tuning")
     _one_line_error(mlyard("logs", "--since", "yesterday"), "since", "yesterday")
-    mv = json.loads(_ok(mlyard("models", "create", "from-python", "--from-training", training_id, "--alias",
-                               "champion", "--json")))
+    mv = json.loads(_ok(mlyard("models", "create", "from-python", "--from-training", training_id[:8], "--alias",
+                               "champion", "--json")))  # the short id a table shows, as for `show`
     assert mv["lineage"]["training_id"] == training_id and mv["aliases"] == ["champion"]
+    assert mv["links"]["mlflow"].endswith(f"/#/models/from-python/versions/{mv['version']}?workflowType=machine_learning")
+    assert mv["links"]["mlflow_run"].endswith(f"/runs/{shown['mlflow_run_id']}?workflowType=machine_learning")
     # how it will run was settled at registration (this SGD model does not agree with its ONNX form: said so)
     assert mv["runtime"].startswith(("onnxruntime (compiled at registration)", "scikit-learn (not compiled: "))
     model = json.loads(_ok(mlyard("models", "show", "from-python", "--json")))

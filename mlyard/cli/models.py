@@ -53,6 +53,7 @@ def models_create(
 
     def go():
         from core.uris import absolute
+        from mlyard.links import model_links
         from mlyard.trainings import get_training
 
         if sum(map(bool, (from_training, from_tuning, artifact_uri))) != 1:
@@ -62,18 +63,18 @@ def models_create(
         if from_tuning:
             from mlyard.tunings import get_tuning
 
-            t = get_tuning(from_tuning)
-            parent = p.tracking.find_run({TAG_TUNING_ID: from_tuning, TAG_KIND: "tuning"})
+            t = get_tuning(from_tuning)  # the whole id: from_tuning may be a unique prefix of it
+            parent = p.tracking.find_run({TAG_TUNING_ID: t.id, TAG_KIND: "tuning"})
             best = p.tracking.get_run(parent).tags.get(TAG_BEST_RUN_ID) if parent else None
             best = None if best in (None, "None") else best
-            mv = p.models.create_from_training(name, from_tuning, t.status, best, parameters=parameters,
+            mv = p.models.create_from_training(name, t.id, t.status, best, parameters=parameters,
                                                description=description, framework=framework,
                                                framework_version=framework_version, kind="tuning",
                                                lineage={"best_trial_run_id": best or ""})
         elif from_training:
-            t = get_training(from_training)
-            run = p.tracking.find_training_run(from_training)
-            mv = p.models.create_from_training(name, from_training, t.status, run.run_id if run else None,
+            t = get_training(from_training)  # the whole id: from_training may be a unique prefix of it
+            run = p.tracking.find_training_run(t.id)
+            mv = p.models.create_from_training(name, t.id, t.status, run.run_id if run else None,
                                                parameters=parameters, description=description,
                                                framework=framework, framework_version=framework_version)
         else:
@@ -85,9 +86,9 @@ def models_create(
                                                     framework_version=framework_version)
         if alias:
             mv = p.models.set_alias(name, alias, mv.version)
-        return mv
+        return {**mv.as_dict(), "links": model_links(p.settings, mv.name, mv.version, mv.lineage)}
 
-    emit(guard(go).as_dict(), as_json)
+    emit(guard(go), as_json)
 
 
 @app.command("list")
@@ -117,7 +118,7 @@ def models_show(ref: str = typer.Argument(..., help="name, name/version or name@
         emit({**data, "signature": signature_text(data["signature"])}, False)
         return
     aliases = ", ".join(f"{a}->{v}" for a, v in data["aliases"].items()) or "none"
-    out.print(f"[bold]{data['name']}[/bold] {data['description']}  aliases: {aliases}")
+    out.print(f"[bold]{data['name']}[/bold] {data['description']}  aliases: {aliases}  MLflow: {data['links']['mlflow']}")
     emit([{**v, "aliases": ", ".join(v["aliases"]), "parameters": json.dumps(v["parameters"]),
            "lineage": json.dumps(v["lineage"]), "signature": signature_text(v["signature"])} for v in data["versions"]],
          False, ["version", "framework", "framework_version", "aliases", "signature", "parameters", "lineage",

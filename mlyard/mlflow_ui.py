@@ -1,0 +1,81 @@
+"""The MLflow UI as mlyard starts it (`mlyard ui mlflow`): MLflow's own server app, registered as the
+MLflow app plugin `mlyard` (pyproject's `mlflow.app` entry point, started with `mlflow ui --app-name
+mlyard`), whose page sets the browser's defaults for an ML platform before MLflow's code reads them.
+
+MLflow 3.17's UI keeps its choices in the browser's localStorage, as `<key>_v<version>` holding JSON:
+- `mlflow.workflowType`: the GenAI view (MLflow's default) or the model-training one. mlyard's
+  experiments hold trainings, so a browser that has not chosen opens in the model-training view; a
+  person's own choice is kept. (mlyard's links also carry `?workflowType=machine_learning`.)
+- `mlflow.assistant.fab.autoOpenedOnFirstLoad`: the assistant panel (a GenAI chat) opens itself once;
+  it stays closed until a person opens it.
+- With telemetry off (`MLFLOW_DISABLE_TELEMETRY`, mlyard's default): the UI's own telemetry switch is set
+  off, and its notice "MLflow collects usage data" is marked read. The server drops whatever the UI
+  would send (MLflow's `post_ui_telemetry_handler` when telemetry is disabled), and the browser talks to
+  nothing but this server, so the notice would tell a person something untrue here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from mlflow.server.fastapi_app import app as mlflow_app
+
+_DEFAULTS = {"mlflow.workflowType_v1": "machine_learning", "mlflow.assistant.fab.autoOpenedOnFirstLoad_v1": True}
+_TELEMETRY_OFF = {"mlflow.telemetry.info.alert.dismissed_v1": True, "mlflow.settings.telemetry.enabled_v1": False}
+
+
+def _telemetry_off() -> bool:
+    return os.environ.get("MLFLOW_DISABLE_TELEMETRY", "").lower() in ("1", "true", "yes") or \
+        os.environ.get("DO_NOT_TRACK", "").lower() in ("1", "true", "yes")
+
+
+def page_script(telemetry_off: bool) -> bytes:
+    """The script put first in the page's <head>: defaults where the browser has none, and the telemetry
+    settings when telemetry is off."""
+    unset = {k: json.dumps(v) for k, v in _DEFAULTS.items()}
+    forced = {k: json.dumps(v) for k, v in _TELEMETRY_OFF.items()} if telemetry_off else {}
+    return ("<script>(function(){try{var s=window.localStorage,d=" + json.dumps(unset) + ",f=" + json.dumps(forced)
+            + ";for(var k in d){if(s.getItem(k)===null){s.setItem(k,d[k]);}}for(var k in f){s.setItem(k,f[k]);}}"
+            "catch(e){}})();</script>").encode()
+
+
+class WithDefaults:
+    """ASGI middleware: the page MLflow serves (text/html) with `page_script` after its <head>; every
+    other response passes untouched."""
+
+    def __init__(self, app: Any, telemetry_off: bool):
+        self.app, self.script = app, page_script(telemetry_off)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "GET":
+            await self.app(scope, receive, send)
+            return
+        start: dict[str, Any] = {}
+        body: list[bytes] = []
+
+        async def sending(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                headers = dict(message.get("headers", []))
+                html = headers.get(b"content-type", b"").startswith(b"text/html") and b"content-encoding" not in headers
+                if not html:
+                    await send(message)
+                    return
+                start.update(message)
+                return
+            if not start:  # not the page: as it came
+                await send(message)
+                return
+            body.append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            page = b"".join(body).replace(b"<head>", b"<head>" + self.script, 1)
+            headers = [(k, v) for k, v in start.get("headers", []) if k not in (b"content-length", b"etag")]
+            await send({**start, "headers": [*headers, (b"content-length", str(len(page)).encode())]})
+            await send({"type": "http.response.body", "body": page})
+
+        await self.app(scope, receive, sending)
+
+
+app = WithDefaults(mlflow_app, _telemetry_off())
