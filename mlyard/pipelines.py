@@ -28,7 +28,7 @@ from core.specs.pipeline import PipelineRunSpec
 from mlyard.api import load as _spec
 from mlyard.runs import Kind
 
-PIPELINE_RUN = Kind(FLOW_PIPELINE_RUN, TASK_RUN_PIPELINE, "FAIL PIPELINE RUN", "pipeline run", PipelineRunNotFound,
+PIPELINE_RUN = Kind(FLOW_PIPELINE_RUN, "core.specs.pipeline:PipelineRunSpec", TASK_RUN_PIPELINE, "FAIL PIPELINE RUN", "pipeline run", PipelineRunNotFound,
                     "pipeline-runs", closing=TASK_FINISH_PIPELINE)
 MAX_FILE_BYTES = 10 * 1024 * 1024
 

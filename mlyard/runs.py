@@ -33,6 +33,7 @@ from core.names import (
 @dataclass(frozen=True)
 class Kind:
     flow: str  # the Prefect flow name
+    spec: str  # its spec model, module:class
     marker: str  # task run name prefix that means the work itself started
     fail: str  # status of a failure after the marker started
     noun: str
@@ -42,12 +43,12 @@ class Kind:
     complete_reason: bool = False  # COMPLETE shows the flow's reason, as the console does: COMPLETE (GoalReached)
 
 
-TRAINING = Kind(FLOW_TRAIN, TASK_RUN_ENTRY_POINT, "FAIL TRAIN", "training", TrainingNotFound, "trainings")
-TUNING = Kind(FLOW_TUNE, TASK_TRIAL, "FAIL HYPERPARAMETER TUNING", "tuning", TuningNotFound, "tunings",
+TRAINING = Kind(FLOW_TRAIN, "core.specs.training:TrainingSpec", TASK_RUN_ENTRY_POINT, "FAIL TRAIN", "training", TrainingNotFound, "trainings")
+TUNING = Kind(FLOW_TUNE, "core.specs.tuning:TuningSpec", TASK_TRIAL, "FAIL HYPERPARAMETER TUNING", "tuning", TuningNotFound, "tunings",
               complete_reason=True)
-BATCH = Kind(FLOW_BATCH, TASK_RUN_WORKERS, "FAIL BATCH INFERENCE", "batch inference", BatchNotFound, "batches",
+BATCH = Kind(FLOW_BATCH, "core.specs.batch:BatchInferenceSpec", TASK_RUN_WORKERS, "FAIL BATCH INFERENCE", "batch inference", BatchNotFound, "batches",
              closing=TASK_FINISH)
-EVALUATION = Kind(FLOW_EVALUATE, TASK_EVALUATION_BATCH, "FAIL MODEL EVALUATION", "evaluation", EvaluationNotFound,
+EVALUATION = Kind(FLOW_EVALUATE, "core.specs.evaluation:EvaluationSpec", TASK_EVALUATION_BATCH, "FAIL MODEL EVALUATION", "evaluation", EvaluationNotFound,
                   "evaluations", closing=TASK_RECORD)
 
 _BY_STATE = {"SCHEDULED": "CREATE REQUESTED", "PENDING": "CREATE REQUESTED", "PAUSED": "CREATE REQUESTED",
@@ -83,8 +84,23 @@ class RunInfo:
         return asdict(self)
 
 
+def _pairs_in(value: Any) -> bool:
+    """A list of {key, value} pairs somewhere in a spec: a mapping as the Prefect UI's Run form sends it."""
+    if isinstance(value, dict):
+        return any(_pairs_in(v) for v in value.values())
+    return isinstance(value, list) and bool(value) and all(isinstance(i, dict) and set(i) == {"key", "value"}
+                                                           for i in value)
+
+
 def _info(kind: Kind, fr, started: bool, parent_id: str | None, closing: bool = False) -> RunInfo:
     spec = (fr.parameters or {}).get("spec") or {}
+    if _pairs_in(spec):  # a run from the Run form: its mappings as the spec file and the CLI give them
+        import importlib
+
+        from core.specs.common import mappings_from_pairs
+
+        module, model = kind.spec.split(":")
+        spec = mappings_from_pairs(getattr(importlib.import_module(module), model), spec)
     state_type = fr.state.type.value if fr.state else None
     st = status(kind, state_type, started, closing)
     message = fr.state.message if fr.state else None

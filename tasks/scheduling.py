@@ -93,6 +93,8 @@ def _dt(value: Any) -> datetime | None:
 def plan_of(record: ScheduleRecord) -> Plan:
     spec = record.spec
     start, end = _dt(spec.get("start_time")), _dt(spec.get("end_time"))
+    if start is not None:  # whole seconds, as the spec now keeps it (a schedule saved before kept a fraction,
+        start = start.replace(microsecond=0)  # which made an interval fire at start_time itself)
     created = _dt(record.created_at) or datetime.now(timezone.utc)
     anchor = start or created.replace(microsecond=0)
     interval = spec.get("interval")

@@ -116,9 +116,33 @@ class SpecModel(BaseModel):
         for name, field in cls.model_fields.items():
             given = data.get(name)
             if isinstance(given, list) and typing.get_origin(field.annotation) is dict:
-                value_type = typing.get_args(field.annotation)[1:] or (Any,)
-                out = {**out, name: _from_pairs(name, given, typed=value_type[0] is not str)}
+                out = {**out, name: _from_pairs(name, given, typed=_typed_values(field.annotation))}
         return out
+
+
+def _typed_values(annotation: Any) -> bool:
+    """A mapping whose values may be numbers or booleans (hyperparameters), not text only (datasets)."""
+    return (typing.get_args(annotation)[1:] or (Any,))[0] is not str
+
+
+def mappings_from_pairs(model: type[BaseModel], spec: dict[str, Any]) -> dict[str, Any]:
+    """`spec` as it was given (a run's parameters, as Prefect keeps them), with each mapping that the Run
+    form gave as key and value pairs read as the model reads it, nested specs too (a tuning's
+    training): what a run's record shows. Pairs it cannot read stay as given."""
+    out = dict(spec)
+    for name, field in model.model_fields.items():
+        value = spec.get(name)
+        if isinstance(value, list) and typing.get_origin(field.annotation) is dict:
+            try:
+                out[name] = _from_pairs(name, value, typed=_typed_values(field.annotation))
+            except ValueError:
+                pass
+        elif isinstance(value, dict):
+            nested = [a for a in (field.annotation, *typing.get_args(field.annotation))
+                      if isinstance(a, type) and issubclass(a, BaseModel)]
+            if nested:
+                out[name] = mappings_from_pairs(nested[0], value)
+    return out
 
 
 class Resources(SpecModel):

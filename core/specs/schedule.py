@@ -81,8 +81,9 @@ class ScheduleSpec(SpecModel):
     @classmethod
     def _aware(cls, v: datetime | None) -> datetime | None:
         if v is not None and v.tzinfo is None:
-            return v.replace(tzinfo=timezone.utc)  # a time without an offset is UTC
-        return v
+            v = v.replace(tzinfo=timezone.utc)  # a time without an offset is UTC
+        # slots fall on whole seconds: a fraction would make an interval's first slot start_time itself
+        return v.replace(microsecond=0) if v is not None else v
 
     @field_validator("timezone")
     @classmethod

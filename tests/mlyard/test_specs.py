@@ -193,6 +193,13 @@ def test_a_mapping_given_as_the_forms_pairs_is_read_as_the_mapping():
     assert spec.hyperparameters == {"lr": 0.01, "epochs": 3, "opt": "adam", "fast": True, "decay": 0.001, "name": "1.2.3"}
     assert spec.datasets == {"train": "s3://b/train"} and spec.tags == {"n": "3"}, "a text-only mapping stays text"
     assert TrainingSpec(**BASE, hyperparameters={"lr": "0.01"}).hyperparameters == {"lr": "0.01"}, "a mapping as given"
+    # a run's record (its Prefect parameters) shows the mappings, a tuning's nested training too
+    from core.specs import TuningSpec
+    from core.specs.common import mappings_from_pairs
+
+    given = {"name": "tu", "training": {**BASE, "hyperparameters": [{"key": "epochs", "value": "2"}]}, "parameters": []}
+    assert mappings_from_pairs(TuningSpec, given) == {**given, "training": {**BASE, "hyperparameters": {"epochs": 2}}}
+    assert mappings_from_pairs(TrainingSpec, {**BASE, "tags": [{"key": "a"}]})["tags"] == [{"key": "a"}], "as given"
     for pairs, words in (([{"key": "a", "value": "1"}, {"key": "a", "value": "2"}], "key 'a' is given twice"),
                          ([{"key": "a"}], "hyperparameters[0]: a pair is a key and a value"),
                          ([["a", 1]], "hyperparameters[0]: a pair is a key and a value")):

@@ -72,3 +72,15 @@ def test_lead_records_the_slots_just_ahead_and_never_counts_them_missed():
     assert d.slots == [T0 + 10, T0 + 11, T0 + 12, T0 + 13] and d.missed == 9 and d.watermark == T0 + 13
     d2 = due(parse("* * * * * *"), Policy(catchup=False), d.watermark, T0 + 11, lead=3)
     assert d2.slots == [T0 + 14] and d2.missed == 0
+
+
+def test_a_start_time_with_a_fraction_of_a_second_is_not_itself_a_slot():
+    """An interval counts from start_time, and slots fall strictly after it: kept to whole seconds, a start
+    given as 00:00:00.6 does not make 00:00:00 (its own second) a slot."""
+    from core.specs.schedule import ScheduleSpec
+
+    spec = ScheduleSpec.model_validate({"name": "s", "deployment": "train/local", "interval": {"every": 1, "unit": "hours"},
+                                        "start_time": "2026-01-01T00:00:00.600000+00:00", "parameters": {}})
+    assert spec.start_time == datetime(2026, 1, 1, tzinfo=timezone.utc)
+    trig = trigger(None, 3600, "UTC", spec.start_time)
+    assert due(trig, Policy(start=spec.start_time), T0 - 10, T0 + 3600).slots == [T0 + 3600]
