@@ -343,7 +343,9 @@ def start_mlflow_ui(settings: Settings, echo=print, timeout: float = 180.0) -> s
     url = f"http://127.0.0.1:{settings.mlflow_ui_port}"
     if state.pids.get("mlflow-ui") and alive(state.pids["mlflow-ui"]):
         return state.mlflow_ui_url or url
-    env = {**os.environ, **settings.engine_env()}
+    # MLflow's job execution (a job runner and eight huey consumer processes, 15 CPU-seconds to start) runs
+    # GenAI jobs (scorers, prompt optimization) that mlyard never submits; the UI's server goes without it
+    env = {**os.environ, **settings.engine_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     log = settings.home_dir / "logs" / "mlflow-ui.log"
     pid = spawn([str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", settings.mlflow_uri,
                   "--default-artifact-root", settings.mlflow_artifact_root.as_uri(),
