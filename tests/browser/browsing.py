@@ -16,8 +16,11 @@ SHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "browser"
 
 
 def open_page(browser, url: str, **viewport):
-    """A page in a context of its own (its own storage: a browser new to the site) at `url`."""
-    page = browser.new_context(viewport={"width": 1280, "height": 1000, **viewport}).new_page()
+    """A page in a context of its own (its own storage: a browser new to the site) at `url`. Motion
+    reduced, as a person may ask their system: the pages' animations otherwise keep chromium's
+    compositor drawing while a test waits on the stack."""
+    page = browser.new_context(viewport={"width": 1280, "height": 1000, **viewport},
+                               reduced_motion="reduce").new_page()
     page.set_default_timeout(30_000)
     page.goto(url, wait_until="load")
     return page
@@ -72,3 +75,10 @@ def deployment_id(stack, name: str) -> str:
     with urllib.request.urlopen(urllib.request.Request(f"{stack.api_url}/deployments/name/{name}",
                                                        headers=auth_headers(stack)), timeout=10) as resp:
         return json.loads(resp.read())["id"]
+
+
+def idle(page) -> None:
+    """Leave the page while the test waits on the stack: an open Prefect page polls and redraws (its
+    run graphs, its lists), which cost chromium more CPU than the test's own steps. The context keeps
+    the sign-in."""
+    page.goto("about:blank")

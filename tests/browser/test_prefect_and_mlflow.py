@@ -11,7 +11,7 @@ import time
 import urllib.request
 
 import pytest
-from browsing import SHOTS, auth_headers, deployment_id, fill_after, fill_label, open_page, prefect_page, see
+from browsing import SHOTS, auth_headers, deployment_id, fill_after, fill_label, idle, open_page, prefect_page, see
 from test_user_paths import EXAMPLES, _ok, mlyard
 
 pytestmark = pytest.mark.browser
@@ -50,7 +50,9 @@ def test_a_training_from_the_run_form_then_its_model_and_evaluation_in_mlflow(st
     fill_label(page, "Key", "epochs")
     fill_label(page, "Value", "2")
     page.get_by_role("button", name=re.compile("^Submit$|^Run$")).last.click()
-    page.wait_for_url(re.compile(r".*/deployments/deployment/.*"), timeout=30_000)  # the UI goes back to it
+    # the UI goes back to the deployment once the run is made (the form's own URL is below it)
+    page.wait_for_url(re.compile(r".*/deployments/deployment/[0-9a-f-]+/?(\?.*)?$"), timeout=30_000)
+    idle(page)
     deadline, shown = time.monotonic() + 180, {"status": "never listed"}
     while time.monotonic() < deadline:
         found = [t for t in json.loads(_ok(mlyard("trainings", "list", "--json"))) if t["name"] == "from-browser"]
@@ -65,6 +67,7 @@ def test_a_training_from_the_run_form_then_its_model_and_evaluation_in_mlflow(st
     see(page, "Completed", "train-run")
     see(page, "epoch=2", "train-run")  # the script's own lines in the run's logs
     page.screenshot(path=str(SHOTS / "train-run.png"), full_page=True)
+    idle(page)
 
     # its model, registered with an alias, and evaluated (from the CLI, as a user goes on)
     version = json.loads(_ok(mlyard("models", "create", "from-browser", "--from-training", shown["id"][:8],
