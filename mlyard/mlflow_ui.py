@@ -42,14 +42,14 @@ def page_script(telemetry_off: bool) -> bytes:
 
 
 class WithDefaults:
-    """ASGI middleware: the page MLflow serves (text/html) with `page_script` after its <head>; every
-    other response passes untouched."""
+    """ASGI middleware: the page MLflow serves at / (text/html) with `page_script` after its <head>;
+    every other response (an artifact that is a web page among them) passes untouched."""
 
     def __init__(self, app: Any, telemetry_off: bool):
         self.app, self.script = app, page_script(telemetry_off)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] != "GET":
+        if scope["type"] != "http" or scope["method"] != "GET" or scope["path"] != "/":
             await self.app(scope, receive, send)
             return
         start: dict[str, Any] = {}
