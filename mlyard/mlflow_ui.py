@@ -17,18 +17,13 @@ MLflow 3.17's UI keeps its choices in the browser's localStorage, as `<key>_v<ve
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 from mlflow.server.fastapi_app import app as mlflow_app
+from mlflow.telemetry.utils import is_telemetry_disabled
 
 _DEFAULTS = {"mlflow.workflowType_v1": "machine_learning", "mlflow.assistant.fab.autoOpenedOnFirstLoad_v1": True}
 _TELEMETRY_OFF = {"mlflow.telemetry.info.alert.dismissed_v1": True, "mlflow.settings.telemetry.enabled_v1": False}
-
-
-def _telemetry_off() -> bool:
-    return os.environ.get("MLFLOW_DISABLE_TELEMETRY", "").lower() in ("1", "true", "yes") or \
-        os.environ.get("DO_NOT_TRACK", "").lower() in ("1", "true", "yes")
 
 
 def page_script(telemetry_off: bool) -> bytes:
@@ -78,4 +73,5 @@ class WithDefaults:
         await self.app(scope, receive, sending)
 
 
-app = WithDefaults(mlflow_app, _telemetry_off())
+# telemetry off as MLflow's server itself reads it: then it drops what the UI would report
+app = WithDefaults(mlflow_app, is_telemetry_disabled())

@@ -80,12 +80,12 @@ def _typed(text: Any) -> Any:
     """A form's text as the value it reads as: 3 an int, 0.01 or 1e-3 a float, true/false a bool."""
     if not isinstance(text, str):
         return text
-    if text.strip().lower() in ("true", "false"):
-        return text.strip().lower() == "true"
-    if _NUMBER.fullmatch(text.strip()):
-        number = float(text)
-        return int(text) if re.fullmatch(r"\s*[+-]?\d+\s*", text) else number
-    return text
+    word = text.strip()
+    if word.lower() in ("true", "false"):
+        return word.lower() == "true"
+    if re.fullmatch(r"[+-]?\d+", word):
+        return int(word)
+    return float(word) if _NUMBER.fullmatch(word) else text
 
 
 def _from_pairs(field: str, pairs: list[Any], typed: bool) -> dict[str, Any]:
@@ -110,14 +110,7 @@ class SpecModel(BaseModel):
     def _mappings_from_pairs(cls, data: Any) -> Any:
         """A mapping field given as the Run form's pairs ([{key, value}, ...]) is read as the mapping; a
         value of a mapping that also takes numbers or booleans is read as one when it is one."""
-        if not isinstance(data, dict):
-            return data
-        out = data
-        for name, field in cls.model_fields.items():
-            given = data.get(name)
-            if isinstance(given, list) and typing.get_origin(field.annotation) is dict:
-                out = {**out, name: _from_pairs(name, given, typed=_typed_values(field.annotation))}
-        return out
+        return _read_pairs(cls, data, strict=True) if isinstance(data, dict) else data
 
 
 def _typed_values(annotation: Any) -> bool:
@@ -129,19 +122,27 @@ def mappings_from_pairs(model: type[BaseModel], spec: dict[str, Any]) -> dict[st
     """`spec` as it was given (a run's parameters, as Prefect keeps them), with each mapping that the Run
     form gave as key and value pairs read as the model reads it, nested specs too (a tuning's
     training): what a run's record shows. Pairs it cannot read stay as given."""
-    out = dict(spec)
+    return _read_pairs(model, spec, strict=False)
+
+
+def _read_pairs(model: type[BaseModel], data: dict[str, Any], strict: bool) -> dict[str, Any]:
+    """`data` with the model's mapping fields given as pairs read as mappings. Strict (validating the
+    model): bad pairs are an error, and nested models read their own. Not strict (a stored record): bad
+    pairs stay as they are, and nested specs are read here."""
+    out = data
     for name, field in model.model_fields.items():
-        value = spec.get(name)
+        value = data.get(name)
         if isinstance(value, list) and typing.get_origin(field.annotation) is dict:
             try:
-                out[name] = _from_pairs(name, value, typed=_typed_values(field.annotation))
+                out = {**out, name: _from_pairs(name, value, typed=_typed_values(field.annotation))}
             except ValueError:
-                pass
-        elif isinstance(value, dict):
+                if strict:
+                    raise
+        elif not strict and isinstance(value, dict):
             nested = [a for a in (field.annotation, *typing.get_args(field.annotation))
                       if isinstance(a, type) and issubclass(a, BaseModel)]
             if nested:
-                out[name] = mappings_from_pairs(nested[0], value)
+                out = {**out, name: _read_pairs(nested[0], value, strict=False)}
     return out
 
 
