@@ -154,10 +154,13 @@ class Settings(BaseSettings):
         default=True, description="Registering a scikit-learn model version compiles it to ONNX and verifies it "
         "once (tasks/compiled.py), so its first serve and every batch load the compiled model.")
     prefect_auth: bool = Field(
-        default=False, description="`mlyard up` starts the embedded Prefect server with an API auth string (made "
-        "then, kept in stack.json, mode 0600): its API then answers only the platform's processes and this user's "
-        "commands, and the Prefect UI asks for the string once per browser. On Kubernetes it is always on "
-        "(`auth-string` in the mlyard-prefect Secret).")
+        default=True, description="`mlyard up` starts the embedded Prefect server with an API auth string (made "
+        "then, kept in stack.json, mode 0600): its API and websockets answer only the platform's processes and "
+        "this user's commands, and the Prefect UI asks for the string once per browser (`mlyard ui prefect` "
+        "prints it). False opens the Prefect API to every account of this machine: anyone who reaches "
+        "127.0.0.1 can then read every run, deployment and setting and start a training's script as you. "
+        "Takes effect at the next `mlyard up` of a stopped stack. On Kubernetes it is always on (`auth-string` "
+        "in the mlyard-prefect Secret).")
     replica_token: SecretStr | None = Field(
         default=None, description="Set by the platform on the replicas it starts: a replica answers only requests "
         "that carry it (the gateway's), health checks aside. Unset (a `mlyard serve` of your own): no check. On "

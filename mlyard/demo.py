@@ -139,8 +139,10 @@ def run(settings: Settings, out: Console, keep_running: bool = True) -> None:
                comparison picture {picture}
 
   Prefect UI   {state.ui_url}/runs/flow-run/{result.training_id}
+               {stack.prefect_sign_in(settings)}
                press Run on deployment train/local to train again from the UI
   MLflow UI    {mlflow_url}
+               {stack.mlflow_sign_in(settings)}
 
   Try:  .venv/bin/mlyard trainings list
         .venv/bin/mlyard models show digits

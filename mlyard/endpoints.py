@@ -286,6 +286,9 @@ def list_endpoints() -> list[dict[str, Any]]:
             for v in _endpoints().all()]
 
 
+MAX_TOKEN_DAYS = 36500
+
+
 def issue_token(endpoint: str, *, days: float | None = 30, expires_at: datetime | str | None = None) -> dict[str, Any]:
     """A new token (shown once) valid for `days`, or until `expires_at`."""
     if isinstance(expires_at, str):
@@ -296,8 +299,9 @@ def issue_token(endpoint: str, *, days: float | None = 30, expires_at: datetime 
         if expires_at.tzinfo is None:
             expires_at = expires_at.replace(tzinfo=timezone.utc)
     if expires_at is None:
-        if days is None or days <= 0:
-            raise SpecError("days", days, "a positive number of days")
+        if days is None or not 0 < days <= MAX_TOKEN_DAYS:  # NaN fails this too
+            raise SpecError("days", days, f"a number of days above 0 and at most {MAX_TOKEN_DAYS} (100 years); "
+                            "or give --expires")
         expires_at = datetime.now(timezone.utc) + timedelta(days=days)
     token = _endpoints().issue_token(endpoint, expires_at)
     _gateway(connect(), "/mlyard/reload", "POST")  # valid at once, not at the gateway's next read

@@ -1,6 +1,12 @@
-"""The MLflow UI as mlyard starts it (`mlyard ui mlflow`): MLflow's own server app, registered as the
-MLflow app plugin `mlyard` (pyproject's `mlflow.app` entry point, started with `mlflow ui --app-name
-mlyard`), whose page sets the browser's defaults for an ML platform before MLflow's code reads them.
+"""The MLflow UI as mlyard starts it (`mlyard ui mlflow`): MLflow's own server app behind MLflow's own
+basic auth (the `basic-auth` app of `mlflow[auth]`), registered as the MLflow app plugin `mlyard`
+(pyproject's `mlflow.app` entry point, started with `mlflow ui --app-name mlyard`), whose page sets the
+browser's defaults for an ML platform before MLflow's code reads them.
+
+Every request but `/health` and the static files signs in as the stack's admin (`mlyard`, with the
+password `mlyard up` made for this home, `auth_config`): another account of the machine can neither read
+the registry nor move an alias. The admin, its password and MLflow's permission store are MLflow's own
+(`MLFLOW_AUTH_CONFIG_PATH`, an ini file in the home, mode 0600).
 
 MLflow 3.17's UI keeps its choices in the browser's localStorage, as `<key>_v<version>` holding JSON:
 - `mlflow.workflowType`: the GenAI view (MLflow's default) or the model-training one. mlyard's
@@ -19,8 +25,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from mlflow.server.fastapi_app import app as mlflow_app
-from mlflow.telemetry.utils import is_telemetry_disabled
+from pathlib import Path
 
 _DEFAULTS = {"mlflow.workflowType_v1": "machine_learning", "mlflow.assistant.fab.autoOpenedOnFirstLoad_v1": True}
 _TELEMETRY_OFF = {"mlflow.telemetry.info.alert.dismissed_v1": True, "mlflow.settings.telemetry.enabled_v1": False}
@@ -73,5 +78,57 @@ class WithDefaults:
         await self.app(scope, receive, sending)
 
 
-# telemetry off as MLflow's server itself reads it: then it drops what the UI would report
-app = WithDefaults(mlflow_app, is_telemetry_disabled())
+def app() -> WithDefaults:
+    """The app factory MLflow's server runs (`uvicorn --factory`): MLflow's basic-auth app (it reads
+    `MLFLOW_AUTH_CONFIG_PATH` and bootstraps the admin) with the page defaults. Telemetry is read as
+    MLflow's server itself reads it: off, it drops what the UI would report."""
+    from mlflow.server.auth import create_app
+    from mlflow.telemetry.utils import is_telemetry_disabled
+
+    return WithDefaults(create_app(), is_telemetry_disabled())
+
+
+ADMIN = "mlyard"
+
+
+def auth_env(home: Path) -> dict[str, str]:
+    """The environment MLflow's server reads its auth from: the home's configuration (made once, mode
+    0600, beside MLflow's permission store `mlflow-auth.db`) and Flask's CSRF key. The admin's password
+    there outlives `mlyard down`: MLflow keeps the admin it bootstrapped and ignores a new bootstrap
+    password once the admin exists."""
+    config = _config(home)
+    return {"MLFLOW_AUTH_CONFIG_PATH": str(home / CONFIG), "MLFLOW_FLASK_SERVER_SECRET_KEY": config["secret_key"]}
+
+
+def admin_password(home: Path) -> str:
+    """The password of the MLflow UI's admin (`mlyard`) for this home."""
+    return _config(home)["admin_password"]
+
+
+CONFIG = "mlflow-auth.ini"
+
+
+def _config(home: Path) -> dict[str, str]:
+    import configparser
+    import os
+    import secrets
+
+    path = home / CONFIG
+    config = configparser.ConfigParser(interpolation=None)
+    if path.is_file():
+        config.read(path)
+        return dict(config["mlflow"])
+    config["mlflow"] = {
+        "default_permission": "READ",
+        "database_uri": f"sqlite:///{home / 'mlflow-auth.db'}",
+        "admin_username": ADMIN,
+        "admin_password": secrets.token_urlsafe(18),
+        "secret_key": secrets.token_urlsafe(32),
+        "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
+    }
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        config.write(f)
+    os.replace(tmp, path)
+    return dict(config["mlflow"])

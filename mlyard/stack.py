@@ -322,6 +322,7 @@ def _shared_folders(settings: Settings) -> list[Path]:
     them first, the user's alone (make_private then covers the rest of the home)."""
     home = settings.home_dir
     folders = [home / "logs", home / "endpoints", home / "outputs", home / "serving", home / "promotions",
+               home / "notebooks", home / "rags", home / "demo", settings.secrets_path,
                settings.runs_dir, settings.envs_dir, settings.pipeline_runs_dir]
     if not settings.mlflow_tracking_uri:  # the embedded MLflow's artifacts (models, plots)
         folders.append(settings.mlflow_artifact_root)
@@ -330,7 +331,7 @@ def _shared_folders(settings: Settings) -> list[Path]:
 
 def _has_mlflow_app() -> bool:
     """mlyard's MLflow app plugin (mlyard/mlflow_ui.py) is installed: an install from before it
-    (`make install` adds it) starts MLflow's own app."""
+    (`make install` adds it) starts MLflow's own basic-auth app."""
     from importlib.metadata import entry_points
 
     return any(e.name == "mlyard" for e in entry_points(group="mlflow.app"))
@@ -343,16 +344,21 @@ def start_mlflow_ui(settings: Settings, echo=print, timeout: float = 180.0) -> s
     url = f"http://127.0.0.1:{settings.mlflow_ui_port}"
     if state.pids.get("mlflow-ui") and alive(state.pids["mlflow-ui"]):
         return state.mlflow_ui_url or url
+    from mlyard import mlflow_ui
+
     # MLflow's job execution (a job runner and eight huey consumer processes, 15 CPU-seconds to start) runs
-    # GenAI jobs (scorers, prompt optimization) that mlyard never submits; the UI's server goes without it
-    env = {**os.environ, **settings.engine_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    # GenAI jobs (scorers, prompt optimization) that mlyard never submits; the UI's server goes without it.
+    # Every request but its health probe signs in (MLflow's basic auth, the home's admin: mlyard/mlflow_ui.py).
+    env = {**os.environ, **settings.engine_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+           **mlflow_ui.auth_env(settings.home_dir)}
     log = settings.home_dir / "logs" / "mlflow-ui.log"
     pid = spawn([str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", settings.mlflow_uri,
                   "--default-artifact-root", settings.mlflow_artifact_root.as_uri(),
                   "--host", "127.0.0.1", "--port", str(settings.mlflow_ui_port), "--workers", "1",
-                  *(["--app-name", "mlyard"] if _has_mlflow_app() else [])], log, env)
+                  "--app-name", "mlyard" if _has_mlflow_app() else "basic-auth"], log, env)
     state.pids["mlflow-ui"], state.logs["mlflow-ui"], state.mlflow_ui_url = pid, str(log), url
     write_state(settings, state)
+    make_private(settings.home_dir)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -363,6 +369,23 @@ def start_mlflow_ui(settings: Settings, echo=print, timeout: float = 180.0) -> s
                 raise StackError(f"the MLflow UI exited while starting; see {log}") from exc
             time.sleep(0.5)
     raise StackError(f"the MLflow UI did not answer at {url} within {timeout:.0f} s; see {log}")
+
+
+def prefect_sign_in(settings: Settings) -> str:
+    """What the Prefect UI's login page asks for, said to the stack's owner (the string is in stack.json,
+    which only they read), or that it asks for nothing."""
+    state = read_state(settings)
+    if state is None or not state.prefect_auth_string:
+        return "sign-in: none (MLYARD_PREFECT_AUTH=false: every account of this machine reaches this Prefect API)"
+    return f"sign-in: paste {state.prefect_auth_string} into the login page (once per browser and `mlyard up`)"
+
+
+def mlflow_sign_in(settings: Settings) -> str:
+    """How the stack's owner signs in to the MLflow UI (mlyard/mlflow_ui.py: MLflow's basic auth)."""
+    from mlyard import mlflow_ui
+
+    return (f"sign-in: user {mlflow_ui.ADMIN}, password {mlflow_ui.admin_password(settings.home_dir)} "
+            f"(kept in {settings.home_dir / mlflow_ui.CONFIG}, readable by you alone)")
 
 
 def down(settings: Settings, echo=print, grace_seconds: float = 15.0) -> list[str]:
@@ -415,8 +438,8 @@ def status(settings: Settings) -> dict:
             out["processes"]["warm-runner"] = {"pid": runner, "alive": True, "log": state.logs.get("warm-runner")}
         if healthy(state.api_url) if state.api_url else False:
             out.update(running=True, prefect_ui=state.ui_url, prefect_api=state.api_url)
-            if state.prefect_auth_string:  # where to find it, never the string itself
-                out["prefect_ui_login"] = f"the UI asks for `prefect_auth_string` of {settings.stack_file}"
+            out["prefect_ui_login"] = "`mlyard ui prefect` prints what the UI's login page asks for" \
+                if state.prefect_auth_string else "none: MLYARD_PREFECT_AUTH=false opens the API to every local account"
         if state.service_url and state.pids.get("mlyard-api") and alive(state.pids["mlyard-api"]):
             out["mlyard_api"] = state.service_url
             if state.internal_token:  # its own read-only key: the page opens in a browser, nothing else does
@@ -427,4 +450,5 @@ def status(settings: Settings) -> dict:
             out["gateway"] = state.gateway_url
         if state.mlflow_ui_url and state.pids.get("mlflow-ui") and alive(state.pids["mlflow-ui"]):
             out["mlflow_ui"] = state.mlflow_ui_url
+            out["mlflow_ui_login"] = "`mlyard ui mlflow` prints the user and password"
     return out

@@ -181,6 +181,8 @@ def _tensor(raw: Any, i: int, binary: memoryview) -> tuple[Tensor, int]:
     if not isinstance(params, dict):
         raise BadRequest(f"{where} parameters", _short(params), "an object")
     count = int(np.prod(shape)) if shape else 1
+    if count == 0:  # nothing to predict: a caller's mistake, not the model's failure
+        raise BadRequest(f"{where} shape", shape, "at least one value: no dimension of 0")
     size = params.get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or size < 0 or size > len(binary):
@@ -208,12 +210,18 @@ def _from_json(data: Any, datatype: str, count: int, where: str) -> np.ndarray:
         array = np.empty(len(flat), dtype=object)
         array[:] = [v.encode() if isinstance(v, str) else v for v in flat]
     else:
+        kind = np.dtype(DATATYPES[datatype]).kind
+        if kind in "iu" and not all(isinstance(v, int) and not isinstance(v, bool) for v in _flatten(data)):
+            raise BadRequest(f"{where} data", _short(data), f"whole numbers for {datatype}")  # 0.5 is not one
         try:
-            array = np.asarray(data, dtype=DATATYPES[datatype]).reshape(-1)
-        except (ValueError, TypeError, OverflowError) as exc:
+            with np.errstate(over="raise", invalid="raise"):
+                array = np.asarray(data, dtype=DATATYPES[datatype]).reshape(-1)
+        except (ValueError, TypeError, OverflowError, FloatingPointError) as exc:
             raise BadRequest(f"{where} data", _short(data), f"{datatype} values ({exc})") from None
         if datatype == "BOOL" and not all(isinstance(v, bool) for v in _flatten(data)):
             raise BadRequest(f"{where} data", _short(data), "true/false values for BOOL")
+        if kind == "f" and not np.isfinite(array).all():
+            raise BadRequest(f"{where} data", _short(data), f"finite values within {datatype}'s range")
     if array.size != count:
         raise BadRequest(f"{where} data", f"{array.size} values", f"{count} values, as its shape says")
     return array

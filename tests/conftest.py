@@ -40,9 +40,6 @@ os.environ.update({
     # tests see a never-started run give its concurrency slot back
     "MLYARD_SCHEDULE_START_TIMEOUT_SECONDS": "12",
     "MLYARD_CACHE_DIR": str(USER_DIR / "cache"),  # compiled models and LLM conversions, fresh for each run
-    # Prefect's API auth string on: every test then takes the path of a stack whose Prefect API answers
-    # only the platform's processes and its user's commands (test_stack.py checks the refusal)
-    "MLYARD_PREFECT_AUTH": "true",
     "PREFECT_HOME": str(_HOME / "prefect"),
     "PREFECT_API_URL": f"http://127.0.0.1:{_PORT}/api",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import typing
 from pathlib import Path
@@ -53,6 +54,23 @@ def form_schema(schema: dict[str, Any], cls: type) -> None:
         props[name] = {**{k: v for k, v in prop.items() if k not in ("anyOf", "default")}, **kept}
     first = [k for k in getattr(cls, "FORM_FIRST", ()) if k in props]
     schema["properties"] = {**{k: props[k] for k in first}, **{k: v for k, v in props.items() if k not in first}}
+    _bound_integers(schema["properties"])
+
+
+def _bound_integers(node: Any) -> None:
+    """Every integer in the schema bounded to 64 bits, so that Prefect's own parameter check (the Run form,
+    the API) refuses one that its store could not read back, before a run is made with it."""
+    if isinstance(node, dict):
+        if node.get("type") == "integer":
+            if "minimum" not in node and "exclusiveMinimum" not in node:
+                node["minimum"] = -INT64_LIMIT
+            if "maximum" not in node and "exclusiveMaximum" not in node:
+                node["maximum"] = INT64_LIMIT - 1
+        for value in node.values():
+            _bound_integers(value)
+    elif isinstance(node, list):
+        for value in node:
+            _bound_integers(value)
 
 
 def _is_mapping(prop: dict[str, Any]) -> bool:
@@ -111,6 +129,39 @@ class SpecModel(BaseModel):
         """A mapping field given as the Run form's pairs ([{key, value}, ...]) is read as the mapping; a
         value of a mapping that also takes numbers or booleans is read as one when it is one."""
         return _read_pairs(cls, data, strict=True) if isinstance(data, dict) else data
+
+    @model_validator(mode="after")
+    def _numbers_that_fit(self) -> "SpecModel":
+        """Every number a spec holds can be stored and read back (Prefect keeps a run's parameters, and
+        its listings broke on an integer past 64 bits): whole numbers within ±2^63, no inf or NaN."""
+        for name in type(self).model_fields:
+            found = unstorable_number(getattr(self, name), name)
+            if found is not None:
+                path, value = found
+                raise ValueError(f"{path} = {value!r} is out of range: whole numbers must lie within ±2^63 "
+                                 f"({-INT64_LIMIT} to {INT64_LIMIT - 1}) and numbers must be finite; give a "
+                                 "smaller value, or text in quotes")
+        return self
+
+
+INT64_LIMIT = 2**63
+
+
+def unstorable_number(value: Any, path: str) -> tuple[str, Any] | None:
+    """The first number in `value` (through mappings and lists; a nested spec checks its own) that a
+    64-bit store cannot hold: an integer outside ±2^63 or a float that is not finite, with its path."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return None if -INT64_LIMIT <= value < INT64_LIMIT else (path, value)
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path, value)
+    items: Any = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    for key, item in items:
+        found = unstorable_number(item, f"{path}.{key}" if isinstance(value, dict) else f"{path}[{key}]")
+        if found is not None:
+            return found
+    return None
 
 
 def _typed_values(annotation: Any) -> bool:

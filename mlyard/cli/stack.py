@@ -48,23 +48,28 @@ def status(as_json: bool = JSON) -> None:
 
 @ui_app.command("mlflow")
 def ui_mlflow() -> None:
-    """Start the MLflow UI on the embedded tracking store and print its URL."""
+    """Start the MLflow UI on the embedded tracking store and print its URL and how to sign in (MLflow's
+    basic auth: the user `mlyard` and this home's password)."""
     from mlyard import stack
 
-    url = guard(lambda: stack.start_mlflow_ui(_settings()))
+    settings = _settings()
+    url = guard(lambda: stack.start_mlflow_ui(settings))
     out.print(f"MLflow UI: {url}")
+    out.print(stack.mlflow_sign_in(settings))
 
 
 @ui_app.command("prefect")
 def ui_prefect() -> None:
-    """Print the Prefect UI URL (the server runs after `mlyard up`)."""
+    """Print the Prefect UI URL (the server runs after `mlyard up`) and the string its login page asks for."""
     from mlyard import stack
 
-    info = stack.status(_settings())
+    settings = _settings()
+    info = stack.status(settings)
     if not info["running"]:
         err.print("the embedded stack is not running: start it with `mlyard up`")
         raise typer.Exit(2)
     out.print(f"Prefect UI: {info['prefect_ui']}")
+    out.print(stack.prefect_sign_in(settings))
 
 
 def demo(keep_running: bool = typer.Option(True, help="Leave the stack running to look at the UIs.")) -> None:

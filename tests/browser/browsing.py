@@ -15,12 +15,14 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 SHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "browser"
 
 
-def open_page(browser, url: str, **viewport):
-    """A page in a context of its own (its own storage: a browser new to the site) at `url`. Motion
+def open_page(browser, url: str, sign_in: tuple[str, str] | None = None, **viewport):
+    """A page in a context of its own (its own storage: a browser new to the site) at `url`; `sign_in`, a
+    user and password that the browser's own sign-in prompt is answered with (the MLflow UI's). Motion
     reduced, as a person may ask their system: the pages' animations otherwise keep chromium's
     compositor drawing while a test waits on the stack."""
+    credentials = {"http_credentials": {"username": sign_in[0], "password": sign_in[1]}} if sign_in else {}
     page = browser.new_context(viewport={"width": 1280, "height": 1000, **viewport},
-                               reduced_motion="reduce").new_page()
+                               reduced_motion="reduce", **credentials).new_page()
     page.set_default_timeout(30_000)
     page.goto(url, wait_until="load")
     return page

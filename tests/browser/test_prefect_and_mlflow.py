@@ -76,7 +76,10 @@ def test_a_training_from_the_run_form_then_its_model_and_evaluation_in_mlflow(st
                                       "--set", "model=from-browser@champion", "--set", f"output_uri={tmp_path / 'eval'}",
                                       "--set", f"input_uri={EXAMPLES / 'data' / 'digits-test.jsonl'}", "--json")))
     evaluation = json.loads(_ok(mlyard("evaluations", "show", evaluated["evaluation_id"][:8], "--json")))
-    ui = _ok(mlyard("ui", "mlflow")).split()[-1]
+    opened = _ok(mlyard("ui", "mlflow"))  # its URL, and the sign-in it prints for the browser's prompt
+    ui = opened.splitlines()[0].split()[-1]
+    sign_in = re.search(r"sign-in: user (\S+), password (\S+) ", opened)
+    assert sign_in, opened
     for link in (training["links"]["mlflow"], version["links"]["mlflow"], evaluation["links"]["mlflow"]):
         assert link.startswith(ui) and link.endswith("?workflowType=machine_learning"), link
 
@@ -90,7 +93,7 @@ def test_a_training_from_the_run_form_then_its_model_and_evaluation_in_mlflow(st
     page.context.close()
 
     # MLflow, in a browser new to it: the model-training view, no telemetry notice, nothing sent elsewhere
-    page = open_page(browser, ui, width=1400)
+    page = open_page(browser, ui, sign_in=(sign_in[1], sign_in[2]), width=1400)
     hosts: set[str] = set()
     page.on("request", lambda r: hosts.add(r.url.split("/")[2]))
     see(page, "Model training", "mlflow-home")
