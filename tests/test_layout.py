@@ -47,6 +47,21 @@ def test_flow_parameter_schema_documents_every_field(flow_path, models):
             assert prop.get("description"), f"{model}.{field} has no description"
             assert prop != {} and "type" in prop or "anyOf" in prop or "$ref" in prop or "allOf" in prop, \
                 f"{model}.{field} would render as Any"
+    # Prefect's own check (the Run form, the API) refuses a number its store could not read back
+    unbounded = [node for node in _nodes(schema) if node.get("type") in ("integer", "number")
+                 and not (-2**63 <= node.get("minimum", node.get("exclusiveMinimum", -2**64))
+                          and node.get("maximum", node.get("exclusiveMaximum", 2**64)) <= 2**63 - 1)]
+    assert not unbounded, f"numbers without 64-bit bounds in {flow_path}'s schema: {unbounded}"
+
+
+def _nodes(node):
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _nodes(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _nodes(value)
 
 
 # -- imports run one way (DESIGN §2) ---------------------------------------------------------------

@@ -58,10 +58,11 @@ def form_schema(schema: dict[str, Any], cls: type) -> None:
 
 
 def _bound_integers(node: Any) -> None:
-    """Every integer in the schema bounded to 64 bits, so that Prefect's own parameter check (the Run form,
-    the API) refuses one that its store could not read back, before a run is made with it."""
+    """Every integer and number in the schema bounded to ±2^63 (SpecModel._numbers_that_fit), so that
+    Prefect's own parameter check (the Run form, the API) refuses one that its store could not read back,
+    before a run is made with it."""
     if isinstance(node, dict):
-        if node.get("type") == "integer":
+        if node.get("type") in ("integer", "number"):
             if "minimum" not in node and "exclusiveMinimum" not in node:
                 node["minimum"] = -INT64_LIMIT
             if "maximum" not in node and "exclusiveMaximum" not in node:
@@ -133,14 +134,14 @@ class SpecModel(BaseModel):
     @model_validator(mode="after")
     def _numbers_that_fit(self) -> "SpecModel":
         """Every number a spec holds can be stored and read back (Prefect keeps a run's parameters, and
-        its listings broke on an integer past 64 bits): whole numbers within ±2^63, no inf or NaN."""
+        its listings broke on an integer past 64 bits): within ±2^63, no inf or NaN."""
         for name in type(self).model_fields:
             found = unstorable_number(getattr(self, name), name)
             if found is not None:
                 path, value = found
-                raise ValueError(f"{path} = {value!r} is out of range: whole numbers must lie within ±2^63 "
-                                 f"({-INT64_LIMIT} to {INT64_LIMIT - 1}) and numbers must be finite; give a "
-                                 "smaller value, or text in quotes")
+                raise ValueError(f"{path} = {value!r} is out of range: numbers must be finite and lie within "
+                                 f"±2^63 ({-INT64_LIMIT} to {INT64_LIMIT - 1}); give a smaller value, or text "
+                                 "in quotes")
         return self
 
 
@@ -148,14 +149,15 @@ INT64_LIMIT = 2**63
 
 
 def unstorable_number(value: Any, path: str) -> tuple[str, Any] | None:
-    """The first number in `value` (through mappings and lists; a nested spec checks its own) that a
-    64-bit store cannot hold: an integer outside ±2^63 or a float that is not finite, with its path."""
+    """The first number in `value` (through mappings and lists; a nested spec checks its own) outside what
+    every path in keeps the same: an integer outside a 64-bit store's ±2^63, a float that is not finite or
+    lies beyond ±2^63 (Prefect's schema check, which cannot tell 1e20 from 10**20, bounds both), with its path."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
         return None if -INT64_LIMIT <= value < INT64_LIMIT else (path, value)
     if isinstance(value, float):
-        return None if math.isfinite(value) else (path, value)
+        return None if math.isfinite(value) and -INT64_LIMIT <= value <= INT64_LIMIT else (path, value)
     items: Any = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
     for key, item in items:
         found = unstorable_number(item, f"{path}.{key}" if isinstance(value, dict) else f"{path}[{key}]")

@@ -1,0 +1,43 @@
+"""Bad input, given as users give it (a fresh shell, the Prefect API), never reaches a place it can
+break: refused in one line naming the field, before anything is made, and the listings keep working."""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.error
+import urllib.request
+
+from tests.browser.browsing import deployment_id
+from tests.test_user_paths import EXAMPLES, _ok, _one_line_error, mlyard, project
+
+
+def test_an_integer_past_64_bits_is_refused_by_the_cli_and_by_prefect(stack):
+    folder = project("big-numbers")
+    spec = {"name": "too-big", "experiment": "bad-input", "source_uri": str(EXAMPLES / "sklearn_digits"),
+            "entry_point": "train.py"}
+    (folder / "big.yaml").write_text(json.dumps({**spec, "max_run_time_seconds": 10**20}))
+    _one_line_error(mlyard("train", "-f", "big.yaml", cwd=folder), "max_run_time_seconds")
+    (folder / "hp.yaml").write_text(json.dumps({**spec, "hyperparameters": {"lr": 10**20}}))
+    _one_line_error(mlyard("train", "-f", "hp.yaml", cwd=folder), "hyperparameters.lr")
+
+    # the Run form's path: Prefect's own parameter check refuses it before a run is stored
+    token = base64.b64encode(stack.prefect_auth_string.encode()).decode()
+    for bad in ({**spec, "max_run_time_seconds": 10**20}, {**spec, "resources": {"gpu_count": 10**20}},
+                {**spec, "hyperparameters": {"lr": 10**20}}):
+        request = urllib.request.Request(
+            f"{stack.api_url}/deployments/{deployment_id(stack, 'train/local')}/create_flow_run", method="POST",
+            data=json.dumps({"parameters": {"spec": bad}}).encode(),
+            headers={"Content-Type": "application/json", "Authorization": f"Basic {token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as resp:
+                raise AssertionError(f"Prefect made a run with {bad}: {resp.status} {resp.read()[:300]!r}")
+        except urllib.error.HTTPError as exc:
+            assert exc.code in (409, 422), exc.read()
+    listed = json.loads(_ok(mlyard("trainings", "list", "--json")))
+    assert not any(t["name"] == "too-big" for t in listed)
+
+
+def test_a_token_for_ninety_nine_million_days_is_one_line_naming_days(stack):
+    _one_line_error(mlyard("endpoints", "tokens", "issue", "any-endpoint", "--days", "99999999"), "days", "36500")
+    _one_line_error(mlyard("endpoints", "tokens", "issue", "any-endpoint", "--days", "nan"), "days")
