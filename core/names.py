@@ -56,6 +56,10 @@ def render_run_name(template: str, parameters: Mapping) -> str | None:
 
 
 # -- Prefect tasks whose start or failure decides a run's status ------------------------------------------
+# The first path segments the gateway keeps for itself (/mlyard/... management, /rag/... RAG queries): an
+# endpoint of that name would be made and never reached.
+GATEWAY_PREFIXES = ("mlyard", "rag")
+
 TASK_RUN_ENTRY_POINT = "run-entry-point"  # a training's script runs: RUNNING; a failure after it is FAIL TRAIN
 TASK_TRIAL = "trial"  # a tuning's trial runs
 TASK_RUN_WORKERS = "run-workers"  # a batch inference's workers run

@@ -167,8 +167,9 @@ class Settings(BaseSettings):
         "Kubernetes: `mlyard_replica_token` in the mlyard-settings Secret, which the gateway sends and every stage's "
         "pods check (locally it is derived from the internal credential).")
     max_request_bytes: int = Field(
-        default=64 * 1024 * 1024, ge=1024, description="The gateway's limit on a request body (413 above it), "
-        "unless an endpoint's spec sets its own `max_request_bytes`.")
+        default=32 * 1024 * 1024, ge=1024, le=1024**3, description="The gateway's limit on a request body (413 above "
+        "it, before it reads one whose Content-Length says so), unless an endpoint's spec sets its own "
+        "`max_request_bytes`; an endpoint's replicas are started with the same limit (`mlyard serve`'s default).")
 
     @field_validator("kube_service_url")
     @classmethod

@@ -71,6 +71,7 @@ class _Connection(asyncio.Protocol):
         self.pending: deque[tuple] = deque()
         self.busy = False
         self.closing = False
+        self._upgraded = False
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
@@ -101,13 +102,24 @@ class _Connection(asyncio.Protocol):
         self.server.connections.discard(self)
 
     def data_received(self, data: bytes) -> None:
-        if self.closing:  # a refused request's body (lingering, see _close_with), or a closed connection's
-            return
+        if self.closing or self._upgraded:  # a refused request's body (lingering, see _close_with), a closed
+            return  # connection's, or what follows a request that offered another protocol
         if not self._in_body:
             self._head_bytes += len(data)
         try:
             self.parser.feed_data(data)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+        except httptools.HttpParserUpgrade:
+            # a request asking to switch protocols (`Upgrade: h2c`, curl --http2) is answered over HTTP/1.1, as
+            # RFC 9110 lets a server ignore the offer; the parser reads nothing after it, so that answer is
+            # the connection's last (what the client sends meanwhile is dropped)
+            self._upgraded = True
+            if self.pending:
+                method, path, query, headers, body, _, refused = self.pending.pop()
+                self.pending.append((method, path, query, headers, body, False, refused))
+            else:
+                self._close_with(400, b'{"error": "malformed HTTP request: an upgrade before a whole request"}')
+            return
+        except httptools.HttpParserError as exc:
             self._close_with(400, f'{{"error": "malformed HTTP request: {type(exc).__name__}"}}'.encode())
             return
         if not self._in_body and self._head_bytes > self.limits.max_head_bytes and not self.closing:

@@ -50,7 +50,7 @@ from serving.traffic import AFFINITY_HEADER, STAGE_HEADER, LiveCounts, Split
 from tasks import replicas as files
 
 log = logging.getLogger("mlyard.gateway")
-MAX_BODY = 64 * 1024 * 1024
+MAX_BODY = 32 * 1024 * 1024  # as `mlyard serve`'s replicas (Settings.max_request_bytes)
 RETRY_AFTER = [(b"retry-after", b"1")]
 RECHECK_SECONDS = 0.25
 

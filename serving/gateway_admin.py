@@ -11,6 +11,7 @@ they name every endpoint and replica.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
@@ -46,8 +47,10 @@ async def admin(gw: Gateway, scope: dict, receive: asgi.Receive, send: asgi.Send
         try:
             since = float(q.get("since", time.time() - 3600))
             until = float(q["until"]) if "until" in q else None
+            if not all(math.isfinite(t) and 0 <= t < 2**40 for t in (since, until) if t is not None):
+                raise ValueError
         except ValueError:
-            return await asgi.reply(send, 400, error_body("since and until are epoch seconds"))
+            return await asgi.reply(send, 400, error_body("since and until are epoch seconds (finite, at least 0)"))
         result = gw.stats.query(since, until, q.get("endpoint"), q.get("stage"), q.get("model"))
         return await asgi.reply(send, 200, orjson.dumps(result))
     return await asgi.reply(send, 404, error_body(f"no route {method} {path}"))

@@ -25,6 +25,9 @@ _COLUMN_TO_V2 = {"double": "FP64", "float": "FP32", "long": "INT64", "integer": 
                  "string": "BYTES", "binary": "BYTES"}
 
 
+FP32_MAX = float(np.finfo(np.float32).max)
+
+
 @dataclass
 class TensorMeta:
     name: str
@@ -198,6 +201,9 @@ class ServedModel:
             raise BadRequest(where, "rows of different lengths", f"rows of equal length ({exc})") from None
         if x.dtype == object:
             raise BadRequest(where, "mixed or nested values", "rows of numbers")
+        if x.dtype.kind in "iuf" and not (np.isfinite(x) & (np.abs(x) <= FP32_MAX)).all():
+            raise BadRequest(where, _short_value(x[~(np.isfinite(x) & (np.abs(x) <= FP32_MAX))][0].item()),
+                             "finite numbers within ±3.4e38 (FP32's range, in which compiled models compute)")
         if x.ndim == 1:
             x = x.reshape(1, -1) if self.n_features and x.shape[0] == self.n_features else x.reshape(-1, 1)
         self.check_width(x, where)

@@ -30,7 +30,8 @@ from core.errors import (
     RoutingFailed,
     SpecError,
 )
-from core.specs.endpoint import StageSpec, SyncSpec
+from core.settings import Settings
+from core.specs.endpoint import StageSpec, SyncSpec, body_limit_args
 from registry.endpoints import Endpoints, Version
 from tasks import replicas as files
 
@@ -98,6 +99,7 @@ def local_replicas(home: Path, view: dict[str, Any], stage: str,
             argv = [mlyard_bin(), "serve", *(["--chat-model"] if given.get("task") == "chat" else []),
                     f"models:/{name}/{version}", "--host", "127.0.0.1",
                     "--inference-log", str(logs / f"{view['name']}.jsonl")]
+        argv = [*argv, *body_limit_args(view.get("max_request_bytes"), Settings().max_request_bytes)]
         for i in range(res["pods"]):
             out.append(files.Wanted(
                 key=files.key_of(view["name"], stage, res["id"], i), endpoint=view["name"], stage=stage,

@@ -22,6 +22,8 @@ import yaml
 from core.errors import SpecError
 from core.names import param_environ
 from core.settings import DEFAULT_IMAGE as SETTINGS_DEFAULT_IMAGE
+from core.settings import Settings
+from core.specs.endpoint import body_limit_args
 from tasks.replicas import CODE_KIND, health_path
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "infra" / "endpoint"
@@ -75,7 +77,8 @@ def render_stage(view: dict[str, Any], stage: str, *, image: str = DEFAULT_IMAGE
             "image": image, "port": PORT, "ready_path": health_path(params.get(CODE_KIND)),
             "live_path": health_path(params.get(CODE_KIND)).replace("/v2/health/ready", "/v2/health/live"),
             "args": ["mlyard", "serve", f"models:/{model_name}/{version}", "--host", "0.0.0.0", "--port", str(PORT),
-                     "--name", model_name, *[a for k, v in params.items() for a in ("--param", f"{k}={v}")]],
+                     "--name", model_name, *[a for k, v in params.items() for a in ("--param", f"{k}={v}")],
+                     *body_limit_args(view.get("max_request_bytes"), Settings().max_request_bytes)],
             "env": [{"name": k, "value": v} for k, v in {
                 **param_environ(params), "MLYARD_ENDPOINT_ID": view["name"], "MLYARD_ENDPOINT_STAGE_ID": stage}.items()]
             # the replicas' credential: the pod answers only requests that carry it (the gateway's), health

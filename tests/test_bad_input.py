@@ -41,3 +41,19 @@ def test_an_integer_past_64_bits_is_refused_by_the_cli_and_by_prefect(stack):
 def test_a_token_for_ninety_nine_million_days_is_one_line_naming_days(stack):
     _one_line_error(mlyard("endpoints", "tokens", "issue", "any-endpoint", "--days", "99999999"), "days", "36500")
     _one_line_error(mlyard("endpoints", "tokens", "issue", "any-endpoint", "--days", "nan"), "days")
+
+
+def test_an_endpoint_named_after_a_gateway_route_is_refused_at_create(stack):
+    """/mlyard/... and /rag/... are the gateway's own paths: an endpoint of such a name was made ACTIVE and
+    could never be reached."""
+    from core.names import GATEWAY_PREFIXES
+    from serving.gateway_rag import RAG_ROUTES
+
+    assert {route.split("/")[1] for route in RAG_ROUTES} | {"mlyard"} <= set(GATEWAY_PREFIXES)
+    folder = project("reserved-endpoint")
+    for name in GATEWAY_PREFIXES:
+        (folder / f"{name}.yaml").write_text(json.dumps({"name": name, "stage": {
+            "name": "default", "resources": [{"model": "digits@champion"}]}}))
+        _one_line_error(mlyard("endpoints", "create", "-f", f"{name}.yaml", cwd=folder), "name", "gateway")
+    listed = json.loads(_ok(mlyard("endpoints", "list", "--json")))
+    assert not {e["name"] for e in listed} & set(GATEWAY_PREFIXES)

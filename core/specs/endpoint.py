@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from core.names import GATEWAY_PREFIXES
 from core.specs.common import NAME_PATTERN, SpecModel, is_registry_ref
 
 # Each resource's statuses, as the console lists them.
@@ -145,8 +146,23 @@ class EndpointSpec(SpecModel):
                                                     "needs a token of this endpoint.")
     max_request_bytes: int | None = Field(
         default=None, ge=1024, le=1024 ** 3, description="The largest request body the gateway takes for this "
-        "endpoint (413 above it, before a replica sees it). Unset: the platform's (MLYARD_MAX_REQUEST_BYTES, 64 MiB).")
+        "endpoint (413 above it, before a replica sees it; its replicas take the same). Unset: the platform's "
+        "(MLYARD_MAX_REQUEST_BYTES, 32 MiB).")
     stage: StageSpec = Field(description="The default stage, created with the endpoint.")
+
+    @field_validator("name")
+    @classmethod
+    def _not_a_gateway_route(cls, name: str) -> str:
+        if name in GATEWAY_PREFIXES:
+            raise ValueError(f"{name!r} is a path of the gateway's own ({', '.join(f'/{p}/' for p in GATEWAY_PREFIXES)}): "
+                             "an endpoint of that name could never be reached; choose another name")
+        return name
+
+
+def body_limit_args(max_request_bytes: int | None, platform_limit: int) -> list[str]:
+    """`mlyard serve`'s body limit for an endpoint's replicas: the gateway's for that endpoint, so that the
+    gateway never takes (and holds) a body its replicas would refuse."""
+    return ["--max-body-mb", str((max_request_bytes or platform_limit) / 2**20)]
 
 
 COMPARATORS = ("LESS_THAN", "LESS_THAN_OR_EQUAL", "GREATER_THAN", "GREATER_THAN_OR_EQUAL")

@@ -225,3 +225,56 @@ def test_the_gateway_sends_the_replica_credential_it_is_given_else_the_derived_o
     derived = Gateway(tmp_path, None, internal_token=INTERNAL)
     assert derived._to_replica == [(REPLICA_HEADER, replica_token(INTERNAL).encode())]
     assert replica_token(INTERNAL) != INTERNAL
+
+
+def test_an_h2c_upgrade_is_answered_over_http_1_1(gateway):
+    """`curl --http2` on plain HTTP offers `Upgrade: h2c`: the gateway answers the request itself over
+    HTTP/1.1 (it once sent an empty reply), and closes the connection after it."""
+    import shutil
+    import subprocess
+
+    s = _connect(gateway.port)
+    s.sendall(b"GET /mlyard/health HTTP/1.1\r\nhost: x\r\nconnection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\n"
+              b"http2-settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n")
+    answer = _answer(s)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    s.close()
+    if shutil.which("curl"):
+        got = subprocess.run(["curl", "-s", "--http2", "-o", "/dev/null", "-w", "%{http_code} %{http_version}",
+                              f"http://127.0.0.1:{gateway.port}/mlyard/health"], capture_output=True, text=True,
+                             timeout=30)
+        assert got.stdout == "200 1.1", got
+
+
+@pytest.mark.parametrize("query", [b"since=nan", b"since=1e400", b"since=-inf", b"until=nan", b"since=abc"])
+def test_statistics_over_a_period_that_is_no_time_are_400(gateway, query):
+    s = _connect(gateway.port)
+    s.sendall(b"GET /mlyard/stats?" + query + b" HTTP/1.1\r\nhost: x\r\nauthorization: Bearer " + INTERNAL.encode()
+              + b"\r\n\r\n")
+    head = s.recv(65536)
+    assert head.startswith(b"HTTP/1.1 400 ") and b"epoch seconds" in head, head
+    s.close()
+
+
+def test_replicas_take_the_body_limit_the_gateway_takes_for_their_endpoint(tmp_path):
+    """The gateway never takes (and holds) a body its replicas would refuse: an endpoint's replicas start
+    with its limit, the platform's when it sets none, locally and on a cluster."""
+    from core.settings import Settings
+    from core.specs.endpoint import body_limit_args
+    from tasks.endpoints import local_replicas
+    from tasks.kubernetes import render_stage
+
+    view = {"name": "ep", "id": 1, "max_request_bytes": None, "stages": [
+        {"name": "default", "id": 1, "instance_type": "local",
+         "resources": [{"id": 1, "model": "m/1", "pods": 1, "cpu": 1, "memory": "1Gi", "gpu": 0,
+                        "pod_autoscaler": {"enabled": False}}]}]}
+    assert Settings().max_request_bytes == 32 * 1024 * 1024  # `mlyard serve`'s own default (--max-body-mb 32)
+    for limit in (None, 5 * 1024 * 1024):
+        view["max_request_bytes"] = limit
+        want = body_limit_args(limit, Settings().max_request_bytes)
+        (replica,) = local_replicas(tmp_path, view, "default")
+        assert replica.argv[-2:] == want
+        rendered = render_stage(view, "default")
+        deployment = next(o for o in rendered if o["kind"] == "Deployment")
+        assert deployment["spec"]["template"]["spec"]["containers"][0]["args"][-2:] == want
+        assert float(want[1]) * 1024 * 1024 == (limit or 32 * 1024 * 1024)

@@ -451,3 +451,20 @@ def test_a_model_that_fails_to_load_stops_the_server_with_one_line(tmp_path):
                             timeout=120)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr and "error:" in result.stderr
+
+
+@pytest.mark.parametrize("route, body, named", [
+    ("/v2/models/iris/infer", {"inputs": [{"name": "x", "shape": [0, 4], "datatype": "FP32", "data": []}]}, "shape"),
+    ("/v2/models/iris/infer", {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "INT64",
+                                           "data": [0.5, 1, 2, 3]}]}, "whole numbers"),
+    ("/v2/models/iris/infer", {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32",
+                                           "data": [1e308, 1, 2, 3]}]}, "FP32"),
+    ("/v1/models/iris:predict", {"instances": [[1e308, 1, 2, 3]]}, "finite numbers"),
+    ("/v1/models/iris:predict", {"instances": [[1e39, 1, 2, 3]]}, "finite numbers"),
+])
+def test_a_callers_malformed_numbers_are_400_never_500(iris, route, body, named):
+    """A caller's mistake is the caller's (4xx): a gate judging a stage counts only the stage's own
+    failures (5xx), so malformed requests from anyone must never answer 500."""
+    url, _, _ = iris
+    status, answer = call(url + route, body)
+    assert status == 400 and named in json.dumps(answer), (status, answer)
