@@ -12,8 +12,10 @@ promotion (control-promotion). The policy's fields: core/specs/promotion.py.
 5. The last step (100): the candidate becomes the default (promote-endpoint-stage, as a subflow).
 
 A failed gate sets the candidate's weight and shadow to 0 at once, writes the gate and its measured
-value on the stage, and ends the promotion ROLLED BACK (PAUSED with `on_failure: pause`). A person's
-pause holds the current weight; abort sets it to 0. Nothing moves again without a new run or a resume.
+value on the stage, and ends the promotion ROLLED BACK (PAUSED with `on_failure: pause`). So does a run
+that fails without a verdict (a gate that could not be judged), with the error as the reason; a run that
+is killed is taken up by a new one at its step (tasks/promotion_watch.py). A person's pause holds the
+current weight; abort sets it to 0.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from registry.traffic import Traffic, orphaned
 from serving.traffic import Judgement, judge_live, judge_shadow, since
 from tasks.endpoints import gateway
 from tasks.orchestration import run_name, submit
+from tasks.promotion_watch import roll_back
 
 TICK = 0.5  # seconds between two looks at the counts and the promotion's status
 
@@ -203,10 +206,17 @@ def promote_progressively(spec: RolloutSpec) -> PromotionResult:
         run.traffic.update(run.id, status="COMPLETE", phase="done", reason="")
         run.log.info("%s/%s is the default stage", run.endpoint, run.stage)
         return _result(run)
-    finally:
+    except Exception as exc:  # a gate that could not be judged (an evaluation that failed, ...): no verdict
         left = run.traffic.active(run.endpoint)
-        if left is not None and left["id"] == run.id:  # paused, or this run stopped: a resume starts a new one
-            run.traffic.update(run.id, flow_run_id=None)
+        if left is not None and left["id"] == run.id and left["status"] == "RUNNING":
+            why = f"its run failed in the {left['phase']} phase: {type(exc).__name__}: {exc}"[:2000]
+            try:
+                roll_back(run.traffic, left, why)
+                gateway(run.gw, "/mlyard/reload", "POST")
+                run.log.error("%s/%s ROLLED BACK: %s", run.endpoint, run.stage, why)
+            except (NotFound, Protected):  # its stage deleted, or a person ended it meanwhile
+                pass
+        raise
 
 
 def _ended(run: _Run, outcome: str, j: Judgement | None) -> PromotionResult:

@@ -73,7 +73,9 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
         raise StackError("MLYARD_PREFECT_API_URL points at a production Prefect server; "
                          "`mlyard up` only starts the embedded stack. Unset it to use one.")
     with _one_at_a_time(settings.home_dir):
-        return _up(settings, echo, start_timeout)
+        state = _up(settings, echo, start_timeout)
+    tend_promotions(settings, echo)
+    return state
 
 
 def _up(settings: Settings, echo, start_timeout: float) -> StackState:
@@ -187,30 +189,24 @@ def _up(settings: Settings, echo, start_timeout: float) -> StackState:
     make_private(home)
     if not service_up:
         _wait_service(state, service_pid, echo)
-    _resume_promotions(settings, echo)
     return state
 
 
-def _resume_promotions(settings: Settings, echo) -> None:
-    """A progressive promotion survives a restart of the stack: each RUNNING one whose run is gone gets a
-    new run that goes on at its step (flows/endpoint_rollout.py)."""
-    from registry.catalog import Catalog
-    from registry.traffic import Traffic, orphaned
+def tend_promotions(settings: Settings, echo) -> None:
+    """A progressive promotion whose run ended without a verdict (the stack stopped under it, its run was
+    killed or failed) is taken up by a new run at its step or rolled back (tasks/promotion_watch.py: the
+    scheduler looks every few seconds; `up` once, on a stack started or already running)."""
+    from core.connection import connect
+    from tasks import promotion_watch
 
-    traffic = Traffic(Catalog(settings.catalog_db_url))
-    for promo in traffic.promotions():
-        if promo["status"] == "RUNNING" and orphaned(promo):
-            from core.names import FLOW_ROLLOUT
-            from mlyard.submit import submit
+    try:
+        connect(settings)  # an `up` that found everything running pointed Prefect nowhere yet
+        from prefect import get_client
 
-            try:
-                fr = submit(f"{FLOW_ROLLOUT}/local", {"spec": {"endpoint": promo["endpoint"], "stage": promo["stage"],
-                                                               "resume": True}})
-            except MlyardError as exc:  # the stack is up all the same; the promotion waits for `rollout resume`
-                echo(f"could not resume the promotion of {promo['endpoint']}/{promo['stage']}: {exc}")
-                continue
-            traffic.update(promo["id"], flow_run_id=fr["id"])
-            echo(f"resumed the promotion of {promo['endpoint']}/{promo['stage']} at its step ({fr['name']})")
+        with get_client(sync_client=True) as client:
+            promotion_watch.watch(settings, client, echo)
+    except MlyardError as exc:  # the stack is up all the same; the scheduler looks again within seconds
+        echo(f"could not look at the promotions in progress: {exc}")
 
 
 def make_private(home: Path) -> None:

@@ -318,6 +318,7 @@ class Promotion(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     flow_run_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    resumes: Mapped[int] = mapped_column(Integer, default=0)  # new runs after its own ended without a verdict
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

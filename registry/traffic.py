@@ -186,6 +186,16 @@ class Traffic:
             row.heartbeat_at = utcnow()
             return row.status
 
+    def claim_orphan(self, promo: dict[str, Any]) -> bool:
+        """Take up a RUNNING promotion whose run is gone, as `promo` was read: one of several watchers (the
+        scheduler, `mlyard up`) wins, the others find it claimed. The winner's claim counts a resume and
+        freshens its heartbeat, so that it looks alive while its new run starts."""
+        with self.catalog.session() as s:
+            claimed = s.scalar(sql_update(Promotion).where(
+                Promotion.id == promo["id"], Promotion.status == "RUNNING", Promotion.resumes == promo["resumes"])
+                .values(resumes=Promotion.resumes + 1, heartbeat_at=utcnow()).returning(Promotion.id))
+            return claimed is not None
+
     def mark_stage(self, endpoint: str, stage: str, reason: str) -> None:
         """Write why on the stage (a failed gate and its measured value)."""
         with self.catalog.session() as s:
@@ -237,4 +247,4 @@ def _promotion_view(p: Promotion) -> dict[str, Any]:
             "step": p.step, "weight": policy.steps[p.step] if p.phase == "steps" and p.step < len(policy.steps) else 0,
             "steps": policy.steps, "policy": p.policy, "gates": p.gates, "reason": p.reason,
             "flow_run_id": p.flow_run_id, "heartbeat_at": _aware(p.heartbeat_at).isoformat() if p.heartbeat_at else None,
-            "created_at": p.created_at.isoformat(), "updated_at": p.updated_at.isoformat()}
+            "resumes": p.resumes or 0, "created_at": p.created_at.isoformat(), "updated_at": p.updated_at.isoformat()}

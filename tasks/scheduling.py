@@ -50,6 +50,7 @@ from registry.schedules import ScheduleRecord, Schedules, SlotRecord
 from schedules.cron import Schedule
 from schedules.planning import Policy, dispatch, due, render, slot_label, trigger
 from tasks.orchestration import flow_runs_by_id, quick_retries
+from tasks.promotion_watch import WATCH_SECONDS
 
 log = logging.getLogger("mlyard.scheduler")
 
@@ -295,21 +296,24 @@ class Scheduler:
 
     def run(self, stop: threading.Event, longest_sleep: float = 1.0,
             housekeeping: Callable[[], None] | None = None, housekeeping_every: float = 3600.0,
-            alive: Path | None = None) -> None:
+            alive: Path | None = None, watch: Callable[[], object] | None = None,
+            watch_every: float = WATCH_SECONDS) -> None:
         """Passes until `stop` is set; a failing pass (Prefect unreachable, ...) is retried with backoff.
-        `housekeeping` (the clean-up of expired pipeline artifacts) runs every `housekeeping_every` s.
+        `housekeeping` (the clean-up of expired pipeline artifacts) runs every `housekeeping_every` s, `watch`
+        (promotions whose run ended without a verdict: tasks/promotion_watch.py) every `watch_every` s.
         `alive` is touched before every pass: a liveness probe reads its age (infra/k8s)."""
         backoff = 1.0
-        last_housekeeping = 0.0
+        last = {"housekeeping": 0.0, "watch": 0.0}
         while not stop.is_set():
             if alive is not None:
                 alive.touch()
-            if housekeeping is not None and self.clock() - last_housekeeping > housekeeping_every:
-                last_housekeeping = self.clock()
-                try:
-                    housekeeping()
-                except Exception:  # noqa: BLE001
-                    log.exception("housekeeping failed")
+            for name, chore, every in (("housekeeping", housekeeping, housekeeping_every), ("watch", watch, watch_every)):
+                if chore is not None and self.clock() - last[name] > every:
+                    last[name] = self.clock()
+                    try:
+                        chore()
+                    except Exception:  # noqa: BLE001 - the next look tries again; the schedules go on
+                        log.exception("%s failed", name)
             try:
                 t0 = self.clock()
                 report = self.tick()
@@ -334,6 +338,7 @@ def main(argv: list[str] | None = None) -> None:
     from core.errors import StackError
     from core.settings import Settings, require_shared_stores
     from registry.catalog import Catalog
+    from tasks import promotion_watch
     from tasks.leader import wait_to_lead
     from tasks.pipelines import sweep
 
@@ -368,7 +373,8 @@ def main(argv: list[str] | None = None) -> None:
                          settings.pipeline_artifact_retention_days)
 
         try:
-            scheduler.run(stop, housekeeping=clean_up, alive=settings.home_dir / ALIVE_FILE)
+            scheduler.run(stop, housekeeping=clean_up, alive=settings.home_dir / ALIVE_FILE,
+                          watch=lambda: promotion_watch.watch(settings, client))
         except KeyboardInterrupt:
             pass
         if leadership and leadership.lost.is_set():  # the Deployment starts it again, as a follower

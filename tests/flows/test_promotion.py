@@ -304,32 +304,66 @@ def test_pause_resume_after_its_run_ended_and_abort(shop, tmp_path):
         time.sleep(0.3)
     assert active["phase"] == "steps" and active["step"] == 0 and active["weight"] == 20
 
-    # The stack restarts under a RUNNING promotion: `mlyard up` starts a run for it, which goes on at its step.
-    _end_run(active["flow_run_id"])
-    from datetime import datetime, timedelta, timezone
-
-    from core.settings import Settings
-    from mlyard.stack import _resume_promotions
-    from registry.catalog import Catalog
-    from registry.tables import Promotion
-
-    catalog = Catalog(Settings().catalog_db_url)
-    with catalog.session() as s:  # its run's last heartbeat, as the stack went down a while ago
-        s.get(Promotion, active["id"]).heartbeat_at = datetime.now(timezone.utc) - timedelta(minutes=5)
-    said: list[str] = []
-    _resume_promotions(Settings(), said.append)
-    assert said and "resumed the promotion of shop/flaky" in said[0], said
-    marked = _show("shop")["active"]  # the new run's id, written when it was submitted: wait for it to beat
-    assert marked["flow_run_id"] not in (None, active["flow_run_id"]), marked
-    deadline = time.monotonic() + 60
-    while (again := _show("shop")["active"])["heartbeat_at"] <= marked["heartbeat_at"]:
-        assert time.monotonic() < deadline, again
+    # Its run is killed (kill -9): within 30 s the stack's scheduler has a new run take it up at its step,
+    # while the stack keeps running; and `mlyard up` on the running stack finds it taken up already.
+    killed_run = active["flow_run_id"]
+    _kill_run_process(killed_run)
+    killed = time.monotonic()
+    while (again := _show("shop")["active"])["flow_run_id"] == killed_run:
+        assert time.monotonic() - killed < 30, f"no new run took the promotion up within 30 s: {again}"
+        time.sleep(0.5)
+    marked = again
+    while (again := _show("shop")["active"])["heartbeat_at"] <= marked["heartbeat_at"]:  # the new run beats
+        assert time.monotonic() - killed < 60, again
         time.sleep(0.3)
-    assert again["status"] == "RUNNING" and again["step"] == 0 and again["weight"] == 20
+    assert again["status"] == "RUNNING" and again["step"] == 0 and again["weight"] == 20 and again["resumes"] == 1
+    _ok(mlyard("up"))
+    assert _show("shop")["active"]["flow_run_id"] == again["flow_run_id"], "up started a second run for it"
     aborted = json.loads(_ok(mlyard("endpoints", "rollout", "abort", "shop", "--json")))
     assert aborted["status"] == "ABORTED"
     shown = _show("shop")
     assert shown["active"] is None and shown["shares"]["flaky"]["weight"] == 0
+
+
+def _kill_run_process(flow_run_id: str) -> None:
+    """kill -9 the process of a flow run (the warm runner's child names itself after its run)."""
+    import signal
+    from pathlib import Path
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for proc in Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit() and flow_run_id.encode() in (proc / "cmdline").read_bytes():
+                    os.kill(int(proc.name), signal.SIGKILL)
+                    return
+            except OSError:
+                continue
+        time.sleep(0.3)
+    raise AssertionError(f"no process of flow run {flow_run_id}")
+
+
+def test_a_promotion_whose_run_fails_is_rolled_back_with_the_reason(shop, tmp_path):
+    """An evaluation gate that cannot be judged (its data has no label field) ends the run FAILED: the
+    promotion is ROLLED BACK at once, the canary's weight set before it back to 0, the error as the reason
+    (it once stayed RUNNING at its evaluation with the canary live)."""
+    import mlyard.endpoints as api
+
+    api.add_stage("shop", {"name": "broken-gate", "resources": [{"model": f"pclf/{shop['versions'][1]}"}]})
+    _ok(mlyard("endpoints", "canary", "shop", "broken-gate", "--weight", "10"))
+    unlabelled = tmp_path / "unlabelled.csv"
+    unlabelled.write_text("a,b,c,d\n0.1,0.2,0.3,0.4\n")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"steps: [50, 100]\nstep_seconds: 1\ngates:\n  evaluation: {{dataset: {unlabelled}, metric: "
+                      "accuracy}\n")
+    ran = mlyard("endpoints", "rollout", "start", "shop", "broken-gate", "--policy", str(policy), "--json")
+    assert ran.returncode != 0, ran.stdout
+    shown = _show("shop")
+    assert shown["active"] is None, shown["active"]
+    promo = shown["promotions"][-1]
+    assert promo["status"] == "ROLLED BACK" and "its run failed in the evaluation phase" in promo["reason"], promo
+    assert shown["shares"]["broken-gate"]["weight"] == 0 and "rolled back" in shown["shares"]["broken-gate"]["reason"]
+    api.delete("shop", "broken-gate")
 
 
 def _end_run(flow_run_id: str) -> None:
