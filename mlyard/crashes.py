@@ -4,8 +4,8 @@ A flow run whose process was killed (kill -9, a node lost, the OOM killer) canno
 run. Prefect marks it CRASHED on one of two paths: its worker saw the process end, or the crash
 automation (mlyard/prefect_setup.py) saw its heartbeats stop. Either way Prefect emits
 `prefect.flow-run.Crashed`, and the mlyard API, which follows the event stream, ends every MLflow run
-that is still RUNNING for that flow run: the training's, the tuning's and its trials', the batch
-inference's, the evaluation's. On (re)connecting to the stream it does the same for crashes it did not
+that is still RUNNING for that flow run: the training's, the tuning's and its trials' (KILLED, and the
+trials still RUNNING in the tuning's study too), the batch inference's, the evaluation's. On (re)connecting to the stream it does the same for crashes it did not
 see (the API was down, or restarting).
 
 `reconcile` is the one rule: an MLflow run of mlyard's still RUNNING whose flow run has CRASHED
@@ -40,9 +40,12 @@ def owner(tags: dict[str, str]) -> str | None:
         return None
 
 
-def reconcile(tracking: Tracking, crashed: Callable[[Iterable[str]], dict[str, str]]) -> list[str]:
-    """End FAILED every RUNNING MLflow run of mlyard's whose flow run crashed. `crashed(ids)`: the ids
-    among them whose flow run is CRASHED, with Prefect's message. Returns the MLflow run ids ended."""
+def reconcile(tracking: Tracking, crashed: Callable[[Iterable[str]], dict[str, str]],
+              end_trials: Callable[[str], object] | None = None) -> list[str]:
+    """End FAILED every RUNNING MLflow run of mlyard's whose flow run crashed (a trial's KILLED, as Katib
+    names a trial its tuning stopped). `crashed(ids)`: the ids among them whose flow run is CRASHED, with
+    Prefect's message. `end_trials(tuning_id)`: the crashed tuning's trials still RUNNING in its study end
+    KILLED too. Returns the MLflow run ids ended."""
     client = tracking.client
     experiments = [e.experiment_id for e in client.search_experiments()]
     if not experiments:
@@ -52,15 +55,21 @@ def reconcile(tracking: Tracking, crashed: Callable[[Iterable[str]], dict[str, s
     if not running:
         return []
     messages = crashed({owner(r.data.tags) for r in running})  # type: ignore[misc]
-    ended = []
+    ended, tunings = [], set()
     for r in running:
         message = messages.get(owner(r.data.tags) or "")
         if message is None:
             continue
+        kind = r.data.tags.get(TAG_KIND)
+        status = "KILLED" if kind == "trial" else "FAILED"
         tracking.set_tags(r.info.run_id, {TAG_STATUS_REASON: f"its Prefect flow run crashed: {message}"[:5000]})
-        tracking.end_run(r.info.run_id, "FAILED")
+        tracking.end_run(r.info.run_id, status)
         ended.append(r.info.run_id)
-        log.info("ended MLflow run %s FAILED: its flow run %s crashed", r.info.run_id, owner(r.data.tags))
+        if kind in ("tuning", "trial"):
+            tunings.add(owner(r.data.tags))
+        log.info("ended MLflow run %s %s: its flow run %s crashed", r.info.run_id, status, owner(r.data.tags))
+    for tuning_id in sorted(t for t in tunings if t) if end_trials is not None else ():
+        end_trials(tuning_id)
     return ended
 
 
@@ -83,27 +92,30 @@ def crashed_flow_runs(ids: Iterable[str]) -> dict[str, str]:
     return {str(r.id): (r.state.message if r.state and r.state.message else "no reason given") for r in runs}
 
 
-def follow(tracking: Tracking) -> threading.Thread:
+def follow(tracking: Tracking, catalog_url: str) -> threading.Thread:
     """A daemon thread that reconciles on every `prefect.flow-run.Crashed` event and on (re)connecting."""
-    thread = threading.Thread(target=_follow, args=(tracking,), name="mlyard-crashes", daemon=True)
+    thread = threading.Thread(target=_follow, args=(tracking, catalog_url), name="mlyard-crashes", daemon=True)
     thread.start()
     return thread
 
 
-def _follow(tracking: Tracking) -> None:
+def _follow(tracking: Tracking, catalog_url: str) -> None:
     import anyio
 
-    anyio.run(_listen, tracking)
+    anyio.run(_listen, tracking, catalog_url)
 
 
-async def _listen(tracking: Tracking) -> None:
+async def _listen(tracking: Tracking, catalog_url: str) -> None:
     import anyio
     from prefect.events.clients import get_events_subscriber
     from prefect.events.filters import EventFilter, EventNameFilter
 
+    from mlyard import tunings
+
     def sweep() -> None:
         try:
-            reconcile(tracking, crashed_flow_runs)
+            reconcile(tracking, crashed_flow_runs,
+                      end_trials=lambda tuning_id: tunings.end_interrupted_trials(catalog_url, tuning_id))
         except Exception:  # MLflow or Prefect unreachable for a moment: the next event or reconnect sweeps again
             log.exception("could not end the MLflow runs of crashed flow runs")
 

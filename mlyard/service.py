@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     from mlyard import crashes
     from mlyard.queries import platform
 
-    crashes.follow(platform().tracking)  # a crashed flow run's MLflow runs end FAILED, not RUNNING for ever
+    crashes.follow(platform().tracking, platform().settings.catalog_db_url)  # a crashed flow run's MLflow runs end FAILED, not RUNNING for ever
     threading.Thread(target=_index_logs, name="mlyard-logs-index", daemon=True).start()
     files = loaded_project_files()
     threading.Thread(target=_restart_on_change, args=(files, code_fingerprint(files)), name="mlyard-code-watch",

@@ -97,9 +97,10 @@ def _up(settings: Settings, echo, start_timeout: float) -> StackState:
     scheduler_up = bool(state.pids.get("scheduler") and alive(state.pids["scheduler"]))
     warm_up = not settings.warm_starts or warm.runner_pid(home) is not None
     postgres_up = bool(settings.vector_store_url or (state.pids.get("postgres") and alive(state.pids["postgres"])))
+    keeper_up = bool(state.pids.get("keeper") and alive(state.pids["keeper"]))
     digest = deployments_digest(env["MLYARD_IMAGE"])
     if server_up and worker_up and service_up and serving_up and scheduler_up and postgres_up and warm_up \
-            and state.deployments == digest:
+            and keeper_up and state.deployments == digest:
         return state  # already up, deployments current: nothing to do
     postgres: dict[str, object] = {}
     if not postgres_up:  # RAG vectors; it starts (initdb the first time: 2 s) while the rest is set up
@@ -124,7 +125,10 @@ def _up(settings: Settings, echo, start_timeout: float) -> StackState:
             except (OSError, StackError) as exc:  # e.g. an installation we cannot write to: Prefect migrates
                 echo(f"(no prepared Prefect database: {exc}; the server makes its own)")
         echo(f"starting the Prefect server on {state.ui_url} (database under {settings.prefect_home}) ...")
-        state.prefect_auth_string = f"mlyard:{secrets.token_urlsafe(24)}" if settings.prefect_auth else None
+        # a new string for a new stack; a server restarted under a running one (the keeper) keeps the string
+        # every running part holds
+        if not (settings.prefect_auth and state.prefect_auth_string and state.pids.get("worker")):
+            state.prefect_auth_string = f"mlyard:{secrets.token_urlsafe(24)}" if settings.prefect_auth else None
         server_env = {**env, "PREFECT_SERVER_API_AUTH_STRING": state.prefect_auth_string} \
             if state.prefect_auth_string else env
         pid = start_server(settings, server_env, logs / "prefect-server.log", blocks_registered=prepared_copy)
@@ -185,11 +189,45 @@ def _up(settings: Settings, echo, start_timeout: float) -> StackState:
         state.pids["postgres"], state.vector_store_url = int(postgres["pid"]), str(postgres["url"])  # type: ignore[call-overload]
         state.logs["postgres"] = str(settings.pgdata_dir / "log")
         echo(f"PostgreSQL + pgvector (RAG vectors) runs under {settings.pgdata_dir}")
+    if not keeper_up:  # it restarts any of the above that dies (mlyard/keeper.py)
+        state.pids["keeper"] = spawn([sys.executable, "-m", "mlyard.keeper"], logs / "keeper.log",
+                                     {**env, "MLYARD_HOME": str(home)}, cwd=PROJECT_ROOT)
+        state.logs["keeper"] = str(logs / "keeper.log")
     write_state(settings, state)
     make_private(home)
     if not service_up:
         _wait_service(state, service_pid, echo)
     return state
+
+
+# the parts `up` starts (and the keeper restarts), besides the warm runner and the MLflow UI
+PARTS = ("prefect-server", "worker", "mlyard-api", "replicas", "gateway", "scheduler", "postgres")
+
+
+def dead_parts(settings: Settings, state: StackState) -> list[str]:
+    """The parts of a running stack whose process is gone."""
+    dead = [name for name in (*PARTS, "mlflow-ui") if name in state.pids and not alive(state.pids[name])]
+    if settings.warm_starts and "warm-runner" in state.pids and warm.runner_pid(settings.home_dir) is None:
+        dead.append("warm-runner")
+    return dead
+
+
+def restart_dead(settings: Settings, echo=print) -> list[str] | None:
+    """Start again the parts of the running stack that died, as `up` started them (the keeper's restart);
+    what was dead, or None when the stack was stopped meanwhile."""
+    with _one_at_a_time(settings.home_dir):
+        state = read_state(settings)
+        if state is None:
+            return None
+        dead = dead_parts(settings, state)
+        if not dead:
+            return []
+        echo(f"restarting what died: {', '.join(f'{n} (pid {state.pids.get(n)})' for n in dead)}")
+        after = _up(settings, echo, start_timeout=240.0)
+    if "mlflow-ui" in dead:
+        start_mlflow_ui(settings, echo)
+    echo("restarted: " + ", ".join(f"{n} as pid {after.pids.get(n, warm.runner_pid(settings.home_dir))}" for n in dead))
+    return dead
 
 
 def tend_promotions(settings: Settings, echo) -> None:
@@ -396,9 +434,11 @@ def _down(settings: Settings, echo, grace_seconds: float) -> list[str]:
     state = read_state(settings)
     if state is None:
         return []
+    if alive(state.pids.get("keeper")):  # first: it would start again what is being stopped
+        stop_group(state.pids["keeper"], grace_seconds)
     # every part at once, sharing one grace period; the Prefect server last (the worker and the
     # runs' processes report their ends to it)
-    parts = {name: pid for name, pid in state.pids.items() if name != "prefect-server" and alive(pid)}
+    parts = {name: pid for name, pid in state.pids.items() if name not in ("prefect-server", "keeper") and alive(pid)}
     ended = set(stop_groups([(pid, signal.SIGINT if name == "postgres" else signal.SIGTERM)
                              for name, pid in parts.items()], grace_seconds))
     if "prefect-server" in state.pids and alive(state.pids["prefect-server"]):

@@ -43,6 +43,21 @@ def trials(catalog_url: str, tuning_id: str) -> list[dict[str, Any]]:
     return [{**asdict(r), "state": r.state.value} for r in trial_reports(study)]
 
 
+def end_interrupted_trials(catalog_url: str, tuning_id: str) -> list[int]:
+    """A crashed tuning's trials still RUNNING in its study end KILLED (tuning.engine.recover_interrupted,
+    as a resumed tuning ends them); their numbers."""
+    import optuna
+
+    from tuning.engine import recover_interrupted
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=f"mlyard-tuning-{tuning_id}", storage=catalog_url)
+    except KeyError:
+        return []
+    return recover_interrupted(study)
+
+
 def best_trial(rows: list[dict[str, Any]], direction: str) -> dict[str, Any] | None:
     """The SUCCEEDED trial with the best objective value, or None."""
     done = [r for r in rows if r["state"] == "SUCCEEDED" and r["value"] is not None]

@@ -75,6 +75,7 @@ class Gateway:
         self._rechecked = float("-inf")  # when a request that found no healthy replica last had the table read
         self.router = Router()
         self.endpoints: dict[str, dict[str, Any]] = {}
+        self.loaded = False  # the routing table read once: until then no endpoint is known to be unknown
         self.replicas: dict[str, Tracked] = {}  # url -> its health and connections
         self.draining: dict[str, Tracked] = {}  # key -> a replica out of routing with requests still on it
         self.stats = EndpointStats(self.home / "endpoints" / "stats", catalog_url)  # the catalog's, when it has one
@@ -127,7 +128,7 @@ class Gateway:
                 gone.pool.close()
                 if gone.active:  # its answers are still coming: a flow that stops it waits for them (drain)
                     self.draining[gone.key] = gone
-            self.endpoints = endpoints
+            self.endpoints, self.loaded = endpoints, True
             for (endpoint, stage), members in groups.items():
                 self.router.set_stage(endpoint, stage, [Replica(url, w.model, healthy=self._routable(url))
                                                         for w, url in members])
@@ -225,12 +226,18 @@ class Gateway:
             return 404, error_body(str(exc)), []
         ep = self.endpoints.get(route.endpoint)
         if ep is None:
-            return 404, route_error(route, 404, f"no endpoint {route.endpoint!r}"), []
+            return self._unknown(route)
         if not ep["public"]:
             why = token_problem(self._internal, ep, {"headers": headers})
             if why is not None:
                 return 401, route_error(route, 401, why), [(b"www-authenticate", b"Bearer")]
         return ep.get("max_request_bytes") or self.max_body
+
+    def _unknown(self, route: Route) -> tuple[int, bytes, list]:
+        """An endpoint not in the table: 404, or 503 while the gateway (just started) has not read it yet."""
+        if not self.loaded:
+            return 503, route_error(route, 503, "the gateway is starting; retry shortly"), list(RETRY_AFTER)
+        return 404, route_error(route, 404, f"no endpoint {route.endpoint!r}"), []
 
     def _route(self, path: str) -> Route:
         """The route of a path (NoRoute when it names none)."""
@@ -273,7 +280,8 @@ class Gateway:
                 return await asgi.reply(send, 404, error_body(str(exc)))
         ep = self.endpoints.get(route.endpoint)
         if ep is None:
-            return await asgi.reply(send, 404, route_error(route, 404, f"no endpoint {route.endpoint!r}"))
+            status, body, headers = self._unknown(route)
+            return await asgi.reply(send, status, body, headers=headers)
         if not ep["public"]:
             why = token_problem(self._internal, ep, scope)
             if why is not None:

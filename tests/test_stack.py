@@ -289,3 +289,48 @@ def test_cli_bad_tuning_spec_is_refused(platform, tmp_path):
                     "objective: {metric: accuracy, direction: maximize}\n")
     proc = cli("tune", "-f", str(spec), check=False)
     assert proc.returncode == 2 and "grid needs a step" in proc.stderr
+
+
+def test_a_part_that_dies_is_restarted_within_seconds_and_the_log_says_so(stack, settings):
+    """kill -9 of the gateway, the mlyard API and the scheduler: the stack's keeper starts each again
+    within 5 s (a new pid in stack.json, answering), and says so in its log; the stack was never `up` again."""
+    import os
+    import signal
+
+    from core.connection import healthy, read_state
+    from tasks.processes import alive
+
+    before = read_state(settings)
+    assert before is not None and alive(before.pids.get("keeper")), "up started no keeper"
+    victims = ("gateway", "mlyard-api", "scheduler")
+    for name in victims:
+        os.kill(before.pids[name], signal.SIGKILL)
+    killed = time.monotonic()
+    while True:
+        now = read_state(settings)
+        moved = {n: now.pids[n] for n in victims if now.pids[n] != before.pids[n] and alive(now.pids[n])}
+        if len(moved) == len(victims):
+            break
+        assert time.monotonic() - killed < 5.0, f"not restarted within 5 s: {set(victims) - set(moved)}"
+        time.sleep(0.1)
+    deadline = time.monotonic() + 60
+    while not (healthy(now.gateway_url + "/mlyard") and healthy(now.service_url)):
+        assert time.monotonic() < deadline, "the restarted gateway and API do not answer"
+        time.sleep(0.2)
+    log = Path(now.logs["keeper"]).read_text()
+    assert "restarting what died" in log and all(name in log for name in victims), log[-2000:]
+    assert now.pids["prefect-server"] == before.pids["prefect-server"], "a part that lived was restarted"
+
+
+def test_a_gateway_that_has_not_read_its_table_yet_says_503_for_any_endpoint(tmp_path):
+    """While the gateway starts (restarted by the keeper), an endpoint it does not know yet may well exist:
+    503 with Retry-After, not 404."""
+    from serving.gateway import Gateway
+    from serving.routing import parse
+
+    gw = Gateway(tmp_path, None)
+    assert gw.admit("POST", "/digits/digits/v1/models/digits:predict", [])[0] == 503
+    status, _, headers = gw._unknown(parse("/digits/digits/v1/models/digits:predict"))
+    assert status == 503 and (b"retry-after", b"1") in headers
+    gw.loaded = True
+    assert gw.admit("POST", "/digits/digits/v1/models/digits:predict", [])[0] == 404

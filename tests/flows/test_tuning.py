@@ -261,6 +261,11 @@ def test_crashed_tuning_resumes_when_retried(platform, algorithm, tmp_path):
     deadline = time.monotonic() + 20
     while crash_reports() < 2 and time.monotonic() < deadline:
         time.sleep(0.5)
+    # its trials that were running end KILLED once the crash is known, without waiting for a retry
+    deadline = time.monotonic() + 20
+    while running := [r["number"] for r in _trials(platform, tid) if r["state"] == "RUNNING"]:
+        assert time.monotonic() < deadline, f"the killed tuning's trials {running} stayed RUNNING"
+        time.sleep(0.5)
     with get_client(sync_client=True) as client:
         client.set_flow_run_state(tid, Scheduled(), force=True)
     deadline = time.monotonic() + 240
