@@ -21,7 +21,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 
-from core.errors import NotConnected
+from core.errors import NotConnected, PlatformUnreachable
 from core.settings import Settings
 
 
@@ -116,6 +116,9 @@ def connect(settings: Settings | None = None) -> Settings:
     settings = settings or Settings()
     url = find_api_url(settings)
     if url is None:
+        state = None if settings.prefect_api_url else read_state(settings)
+        if state is not None and state.api_url:  # a stack was started here: its server is away, not absent
+            raise PlatformUnreachable(state.api_url, "its health check got no answer")
         raise NotConnected(str(settings.home_dir))
     point_prefect(settings, url)
     return settings

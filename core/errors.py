@@ -296,6 +296,17 @@ class NotConnected(StackError):
                          "Prefect server")
 
 
+class PlatformUnreachable(StackError):
+    """The platform's Prefect server did not answer (stopped, restarting): not the same as a run it does
+    not have."""
+
+    def __init__(self, api_url: str, cause: str):
+        self.api_url, self.cause = api_url, cause
+        super().__init__(f"the platform's Prefect server at {api_url} does not answer ({cause}); on one machine the "
+                         "stack's keeper starts it again within seconds: retry, `mlyard status` shows what runs, and "
+                         "`mlyard up` starts what is down")
+
+
 # -- raised by the steps of RAG ingestion and of endpoint changes ----------------------------------
 
 class DocumentError(MlyardError, ValueError):

@@ -14,7 +14,15 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from core.errors import BatchNotFound, EvaluationNotFound, NotFound, SpecError, TrainingNotFound, TuningNotFound
+from core.errors import (
+    BatchNotFound,
+    EvaluationNotFound,
+    NotFound,
+    PlatformUnreachable,
+    SpecError,
+    TrainingNotFound,
+    TuningNotFound,
+)
 from core.names import (
     FLOW_BATCH,
     FLOW_EVALUATE,
@@ -181,19 +189,37 @@ def list_runs(kind: Kind, limit: int = 100, active_only: bool = False) -> list[R
 def get_run(kind: Kind, run_id: str) -> RunInfo:
     """The run of this kind with id `run_id`, or the one whose id starts with it (as the first 8 characters
     a table shows): an ambiguous prefix is refused with its candidates."""
+    import httpx
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
         if _PREFIX.match(run_id) and not _UUID.match(run_id):
-            run_id = _by_prefix(client, kind, run_id.lower())
+            try:
+                run_id = _by_prefix(client, kind, run_id.lower())
+            except httpx.TransportError as exc:
+                raise PlatformUnreachable(str(client.api_url), f"{type(exc).__name__}: {exc}"[:300]) from exc
         try:
             fr = client.read_flow_run(run_id)
-        except Exception as exc:  # not found, or a malformed id (422)
-            raise kind.not_found(run_id) from exc
+        except Exception as exc:  # not found, or a malformed id (422); else Prefect is away, not the run
+            raise not_found_or_away(exc, kind.not_found(run_id), str(client.api_url)) from exc
         if fr.flow_id is None or client.read_flow(fr.flow_id).name != kind.flow:
             raise kind.not_found(run_id)
         return _info(kind, fr, bool(_started(client, kind.marker, [fr])), _parents(client, [fr]).get(str(fr.id)),
                      bool(_started(client, kind.closing, [fr])))
+
+
+def not_found_or_away(exc: Exception, not_found: Exception, api_url: str) -> Exception:
+    """What a failed read of one flow run means: the run is not there (Prefect said 404, or 422 for an id
+    it cannot read), or Prefect is unreachable (a refused connection, a timeout, a 5xx)."""
+    import httpx
+    from prefect.exceptions import ObjectNotFound
+
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if isinstance(exc, ObjectNotFound) or status in (404, 422):
+        return not_found
+    if isinstance(exc, (httpx.TransportError, OSError)) or (status is not None and status >= 500):
+        return PlatformUnreachable(api_url, f"{type(exc).__name__}: {exc}"[:300])
+    return not_found
 
 
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")

@@ -57,3 +57,27 @@ def test_an_endpoint_named_after_a_gateway_route_is_refused_at_create(stack):
         _one_line_error(mlyard("endpoints", "create", "-f", f"{name}.yaml", cwd=folder), "name", "gateway")
     listed = json.loads(_ok(mlyard("endpoints", "list", "--json")))
     assert not {e["name"] for e in listed} & set(GATEWAY_PREFIXES)
+
+
+def test_a_platform_that_does_not_answer_is_not_a_run_that_is_missing(tmp_path):
+    """With the stack's Prefect server away (stopped, restarting), `trainings show ID` said "not found"
+    about a training that was alive: it says the platform does not answer, and what to run."""
+    import httpx
+    from prefect.exceptions import ObjectNotFound
+
+    from core.errors import PlatformUnreachable, TrainingNotFound
+    from mlyard.runs import not_found_or_away
+    from tests.conftest import free_port
+
+    missing = TrainingNotFound("x")
+    refused = httpx.ConnectError("All connection attempts failed")
+    assert isinstance(not_found_or_away(refused, missing, "http://127.0.0.1:1/api"), PlatformUnreachable)
+    assert not_found_or_away(ObjectNotFound(http_exc=Exception()), missing, "u") is missing
+
+    # a fresh shell in a project whose stack record names a server that does not answer
+    home = tmp_path / "project" / ".mlyard"
+    home.mkdir(parents=True, mode=0o700)
+    (home / "stack.json").write_text(json.dumps({"api_url": f"http://127.0.0.1:{free_port()}/api", "ui_url": ""}))
+    said = _one_line_error(mlyard("trainings", "show", "0b7a2c1e-1111-4222-8333-444455556666", cwd=tmp_path / "project"),
+                           "does not answer", "mlyard up")
+    assert "not found" not in said
