@@ -115,10 +115,16 @@ def relay(sock: socket.socket, pid: int) -> int:
     line = _read_line(sock)
     if line.startswith(b"exit "):
         return int(line.split()[1])
-    if forwarded:  # the child died of the signal we passed on: end the same way, as a cold process would
-        signal.signal(forwarded[-1], signal.SIG_DFL)
-        os.kill(os.getpid(), forwarded[-1])
-    print(f"mlyard: the warm process {pid} ended without an exit status (killed?)", file=sys.stderr)
+    killed_by = int(line.split()[1]) if line.startswith(b"signal ") else (forwarded[-1] if forwarded else None)
+    if killed_by is not None:  # end the same way, as a cold process would: the caller sees which signal
+        name = signal.Signals(killed_by).name
+        if not forwarded:
+            print(f"mlyard: the process {pid} was killed by {name}" + (
+                " (out of memory, or stopped from outside)" if killed_by == signal.SIGKILL else ""), file=sys.stderr)
+        if killed_by not in (signal.SIGKILL, signal.SIGSTOP):  # those two cannot be caught, nor reset
+            signal.signal(killed_by, signal.SIG_DFL)
+        os.kill(os.getpid(), killed_by)
+    print(f"mlyard: the warm process {pid} ended without an exit status (its runner went away)", file=sys.stderr)
     return 1
 
 

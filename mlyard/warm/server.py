@@ -91,7 +91,7 @@ def serve(home: Path) -> int:
         os.umask(old_mask)
     listener.listen(64)
     (folder / PIDFILE).write_text(str(os.getpid()))
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel: their clients wait
+    signal.signal(signal.SIGCHLD, _reap)  # a child killed by a signal: its client hears which
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     log.info("warm runner %d ready on %s in %.1f s", os.getpid(), path, time.monotonic() - started)
     gc.freeze()  # what the imports made stays shared with the children instead of being copied on write
@@ -133,9 +133,17 @@ def _serve_one(conn: socket.socket, listener: socket.socket, lock, files: list[s
             return "stale"
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            _child(conn, fds, request, listener, lock)  # never returns
+        # SIGCHLD held back until the child's connection is held: a child that ends at once is then reaped
+        # with its connection known
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+        try:
+            pid = os.fork()
+            if pid == 0:
+                _child(conn, fds, request, listener, lock)  # never returns
+            if not request.get("detached"):  # kept: if the child dies of a signal, this says which (_reap)
+                _HELD[pid] = conn
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
         if "module" in request:
             log.info("started %s as pid %d", " ".join(["-m", str(request["module"]), *map(str, request.get("args", []))]),
                      pid)
@@ -146,7 +154,36 @@ def _serve_one(conn: socket.socket, listener: socket.socket, lock, files: list[s
     finally:
         for fd in fds:
             os.close(fd)
-        conn.close()
+        if conn not in _HELD.values():
+            conn.close()
+
+
+# The runner's end of each waiting client's connection, by its child's pid.
+_HELD: dict[int, socket.socket] = {}
+
+
+def _reap(*_: object) -> None:
+    """Collect the children that ended. A child reports its own exit status to its client; one killed by
+    a signal cannot, so the runner tells the client which signal (`signal N`), and the client ends the
+    same way: whoever started it (Prefect's worker, a shell) sees the kill, not a made-up exit 1."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        conn = _HELD.pop(pid, None)
+        if conn is None:
+            continue
+        try:
+            if os.WIFSIGNALED(status):
+                conn.setblocking(False)
+                conn.send(f"signal {os.WTERMSIG(status)}\n".encode())
+        except OSError:
+            pass
+        finally:
+            conn.close()
 
 
 def _child(conn: socket.socket, fds: list[int], request: dict, listener: socket.socket, lock) -> None:
@@ -156,13 +193,16 @@ def _child(conn: socket.socket, fds: list[int], request: dict, listener: socket.
     except BaseException:  # noqa: BLE001 - whatever happens, the client hears how this ended
         traceback.print_exc()
     finally:
+        _FINISHED.set()
+        for stream in (sys.stdout, sys.stderr):
+            try:  # a full non-blocking pipe or a reader gone: what is lost is output, never the status
+                stream.flush()
+            except BaseException:  # noqa: BLE001, S110
+                pass
         try:
-            _FINISHED.set()
-            sys.stdout.flush()
-            sys.stderr.flush()
             if not request.get("detached"):
                 conn.sendall(f"exit {code}\n".encode())
-        except BaseException:  # noqa: BLE001, S110
+        except BaseException:  # noqa: BLE001, S110 - the client went away: nobody to tell
             pass
         os._exit(code)
 
@@ -171,6 +211,10 @@ def _run(conn: socket.socket, fds: list[int], request: dict, listener: socket.so
     os.setsid()  # its own process group: a cancel ends the run and everything it started, nothing else
     for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})  # blocked by the runner around the fork
+    for held in _HELD.values():  # the other runs' connections, copied by the fork: not this one's
+        held.close()
+    _HELD.clear()
     signal.signal(signal.SIGINT, signal.default_int_handler)
     listener.close()
     lock.close()  # the next runner may start while this run goes on

@@ -172,6 +172,8 @@ def test_a_killed_warm_run_crashes_with_a_reason_and_a_killed_runner_loses_nothi
     run = _wait(fr, timeout=60)
     assert run.state.is_crashed() and run.state.message, run.state
     assert time.monotonic() - started < 60
+    # the signal is named (the runner tells the pool's command, which dies of it), not a made-up exit 1
+    assert "SIGKILL" in run.state.message and "status code: 1." not in run.state.message, run.state.message
 
     # kill -9 of the warm runner mid-run: the run goes on to COMPLETED; the next starts cold, and a new
     # runner serves the one after it
