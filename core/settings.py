@@ -95,6 +95,10 @@ class Settings(BaseSettings):
         "Takes effect at the next `mlyard up`.")
     autoscale_interval: float = Field(default=5.0, gt=0, le=3600,
                                       description="Seconds between the gateway's autoscaling passes.")
+    notebook_ports: str | None = Field(
+        default=None, pattern=r"^\d{1,5}-\d{1,5}$", description="Ports local notebooks take, as FIRST-LAST (e.g. "
+        "8800-8899). A notebook keeps its port (and so its URL) across stop, start and reboot while it is free. "
+        "Unset: any free port the first time.")
     mlflow_tracking_uri: str | None = Field(
         default=None,
         description="MLflow tracking URI (e.g. http://mlflow:5000). Unset: sqlite:///<home>/mlflow.db.",

@@ -70,7 +70,7 @@ class Supervisor:
         for key in set(have) - set(want) - set(self.procs):
             files.drop_state(self.home, key)
         for key, w in want.items():
-            st = have.get(key) or files.State(key=key, port=free_port(), log=str(files.log_path(self.home, key)))
+            st = have.get(key) or files.State(key=key, port=w.port or free_port(), log=str(files.log_path(self.home, key)))
             running = self._running(key)
             if running:
                 if time.time() - st.started_at > STEADY_SECONDS:

@@ -13,7 +13,8 @@ start, reboot, and a restart after a crash), before it becomes JupyterLab.
    log, including the files skipped and why. A script that fails is logged; the notebook still starts.
 3. The environments under `data/custom-conda-envs` (a venv or a conda env, anything with
    `bin/python`) that can run ipykernel become Jupyter kernels; one that cannot is logged with what to do.
-4. JupyterLab on 127.0.0.1:N (in a pod: all addresses, behind its Service) with the notebook's token (from its private token file, through the
+4. JupyterLab, opening in the data storage (what a person saves where it opens is kept; a NAS share is
+   linked there too), on 127.0.0.1:N (in a pod: all addresses, behind its Service) with the notebook's token (from its private token file, through the
    environment, never the command line), no browser, no update checks or news from the internet.
 """
 
@@ -49,6 +50,20 @@ def reset_boot(folder: Path, nas: dict[str, Path]) -> Path:
     for name, path in nas.items():
         (home / name).symlink_to(path, target_is_directory=True)
     return home
+
+
+def link_shares(data: Path, nas: dict[str, Path]) -> Path:
+    """The data storage, where JupyterLab opens, with each NAS share linked in it under its mount name
+    (made again at every start; a file or folder of the user's with that name is left alone)."""
+    for name, path in nas.items():
+        link = data / name
+        if link.is_symlink():
+            link.unlink()
+        if not link.exists():
+            link.symlink_to(path, target_is_directory=True)
+        else:
+            print(f"NAS share {name}: {link} is a file or folder of yours; the share is at ~/{name}", flush=True)
+    return data
 
 
 def _runnable(path: Path) -> str | None:
@@ -146,9 +161,10 @@ def main(argv: list[str] | None = None) -> None:
     kernels = register_kernels(folder / "data", jupyter / "data" / "kernels")  # 3
     print(f"boot ready in {time.monotonic() - t0:.1f} s: {len(ran)} start-up script(s), {len(kernels)} extra "
           "kernel(s); starting JupyterLab", flush=True)
-    os.chdir(home)
+    work = link_shares(folder / "data", nas)
+    os.chdir(work)  # JupyterLab opens in the data storage: what a person saves where it opens is kept
     os.execve(sys.executable, [sys.executable, "-m", "jupyterlab", "--no-browser", f"--ip={args.ip}",  # 4
-                               f"--port={args.port}", "--port-retries=0", f"--ServerApp.root_dir={home}",
+                               f"--port={args.port}", "--port-retries=0", f"--ServerApp.root_dir={work}",
                                "--ServerApp.allow_remote_access=False", "--LabApp.news_url=",
                                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
                                "--LabApp.extension_manager=readonly",

@@ -76,8 +76,48 @@ def want(home: Any, notebook_id: int, spec: NotebookSpec, nas_path: Path | None)
         argv += ["--nas", f"{spec.nas.mount_name}={nas_path}"]
     k = key(notebook_id)
     files.want(home, files.Wanted(k, group(notebook_id), "jupyter", notebook_id, 0, spec.name, argv,
-                                  {"MLYARD_HOME": str(home)}, routed=False, health_path=HEALTH_PATH))
+                                  {"MLYARD_HOME": str(home)}, routed=False, health_path=HEALTH_PATH,
+                                  port=port(home, notebook_id)))
     return k
+
+
+def port(home: Any, notebook_id: int) -> int:
+    """The notebook's port, kept in its folder so that a stop and start (and a reboot of the machine) keep
+    its URL: the one it had while that is free, else a new one (MLYARD_NOTEBOOK_PORTS, or any free)."""
+    import socket
+
+    from core.settings import Settings
+
+    kept = folder(home, notebook_id) / "port"
+
+    def free(p: int) -> bool:  # as a server binds it (SO_REUSEADDR: its last connections' TIME_WAIT is no bar)
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", p))
+                return True
+            except OSError:
+                return False
+
+    try:
+        if free(had := int(kept.read_text())):
+            return had
+    except (OSError, ValueError):
+        pass
+    span = Settings().notebook_ports
+    if span:
+        first, last = (int(x) for x in span.split("-"))
+        chosen = next((p for p in range(first, last + 1) if free(p)), None)
+        if chosen is None:
+            from core.errors import StackError
+
+            raise StackError(f"no free port left in MLYARD_NOTEBOOK_PORTS={span}: widen it, or stop a notebook")
+    else:
+        from tasks.replicas import free_port
+
+        chosen = free_port()
+    kept.write_text(str(chosen))
+    return chosen
 
 
 def unwant(home: Any, notebook_id: int) -> str:

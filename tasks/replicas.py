@@ -49,6 +49,7 @@ class Wanted:
     health_path: str = "/v2/health/ready"
     created_at: float = field(default_factory=time.time)
     url: str | None = None  # a replica that runs elsewhere (a Kubernetes Service): routed, never started here
+    port: int | None = None  # the port it takes (a notebook keeps its URL across stop and start); None: a free one
 
 
 @dataclass

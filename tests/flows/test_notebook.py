@@ -88,6 +88,14 @@ def test_a_notebook_is_created_opened_stopped_started_rebooted_and_deleted(stack
     site = next((env / "lib").glob("python3*/site-packages"))  # ipykernel without a network: mlyard's own
     (site / "base.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
 
+    # A file saved where JupyterLab opens (its contents API, as the file browser saves), before the stop
+    saved = urllib.request.Request(f"{base}/api/contents/saved-where-it-opens.txt?token={token}", method="PUT",
+                                   data=json.dumps({"type": "file", "format": "text", "content": "mine"}).encode(),
+                                   headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(saved, timeout=30) as resp:
+        assert resp.status in (200, 201)
+    assert (data / "saved-where-it-opens.txt").read_text() == "mine", "JupyterLab does not open in the data storage"
+
     _one_line_error(mlyard("notebooks", "set-type", "nb1", "cpu-4"), "ACTIVE", "stop it first")
     _one_line_error(mlyard("notebooks", "start", "nb1"), "ACTIVE", "STOPPED")
     assert _json("notebooks", "stop", "nb1")["status"] == "STOPPED"
@@ -98,7 +106,10 @@ def test_a_notebook_is_created_opened_stopped_started_rebooted_and_deleted(stack
     view = _json("notebooks", "start", "nb1")
     assert view["status"] == "ACTIVE (HEALTHY)" and view["flow_run_id"] != run
     url = _ok(mlyard("notebooks", "open", "nb1")).strip()
+    assert url.split("/lab?token=")[0] == base, "a restarted notebook keeps its URL"
     base, token = url.split("/lab?token=")
+    status, kept = _get(f"{base}/api/contents/saved-where-it-opens.txt?token={token}")
+    assert status == 200 and kept["content"] == "mine", "the file saved where JupyterLab opens is gone"
     assert not (home / "scratch.txt").exists() and (data / "kept.txt").read_text() == "data storage: kept"
     assert (data / "order.txt").read_text() == "first\nsecond\n"  # alphanumeric order
     assert (init / "10-first.exitcode").read_text().strip() == "3" and "to stderr" in (init / "10-first.output").read_text()
