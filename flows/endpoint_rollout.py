@@ -122,6 +122,7 @@ class _Run:
                 result = evaluate(EvaluationSpec(
                     name=f"gate-{self.id}-{who}", experiment="promotions", task=gate.task, model=ref,
                     input_uri=gate.dataset, input_format=gate.format, label_field=gate.label_field,
+                    id_field=gate.id_field, feature_fields=gate.feature_fields, drop_fields=gate.drop_fields,
                     output_uri=str(out)))
                 if gate.metric not in result.metrics:
                     why = result.not_applicable.get(gate.metric, "not computed")

@@ -138,6 +138,21 @@ class Router:
             raise NoRoute(f"endpoint {route.endpoint!r} has no stage {route.stage or '(default)'!r}")
         return stage
 
+    def for_default(self, route: Route) -> Route:
+        """An endpoint's default URL keeps answering whatever model its default stage serves: a route to the
+        default stage naming a model it does not serve, when it serves exactly one (a promotion made a stage
+        serving another model the default), goes to that model, its path renamed to match."""
+        if route.stage is not None:
+            return route
+        with self._lock:
+            st = self._stages.get((route.endpoint, self._default.get(route.endpoint) or ""))
+            models = {r.model for r in st.replicas} if st is not None else set()
+        if route.model in models or len(models) != 1:
+            return route
+        (only,) = models
+        rest = route.rest.replace(f"/models/{route.model}", f"/models/{only}", 1)
+        return Route(route.endpoint, None, only, rest)
+
     def acquire(self, route: Route) -> Replica:
         """The replica for this request, its outstanding count raised; call `release` when done."""
         with self._lock:

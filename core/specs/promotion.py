@@ -63,6 +63,13 @@ class EvaluationGate(SpecModel):
     label_field: str = Field(default="label", min_length=1, description="The field holding the ground truth.")
     input_format: Literal["csv", "jsonl"] | None = Field(default=None, description="csv or jsonl (default: from the "
                                                          "file name).")
+    # what an evaluation takes to read its data (core/specs/evaluation.py), so that the same file serves both
+    id_field: str | None = Field(default=None, description="Input field that identifies a row (never fed to the "
+                                 "model), e.g. id.")
+    feature_fields: list[str] | None = Field(
+        default=None, description="Input fields fed to the model, in order (default: every field but the id and "
+        "label). A single field holding a list is used as the feature vector.")
+    drop_fields: list[str] = Field(default_factory=list, description="Input fields never fed to the model, e.g. comment.")
 
     @field_validator("metric")
     @classmethod

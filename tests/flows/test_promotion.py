@@ -259,11 +259,13 @@ def test_a_worse_candidate_never_receives_traffic(shop, models, tmp_path):
 
     api.add_stage("shop", {"name": "worse", "resources": [{"model": f"pclf/{shop['versions'][3]}"}]})
     holdout = tmp_path / "holdout.csv"
-    holdout.write_text("a,b,c,d,label\n" + "".join(f"{','.join(str(round(v, 4)) for v in x)},{y}\n"
-                                                    for x, y in zip(models["X"][:200], models["y"][:200])))
+    # with an id and a comment the model must not see, as an evaluation's own data has (the demo's has an id)
+    holdout.write_text("id,a,b,c,d,comment,label\n" + "".join(
+        f"row-{i},{','.join(str(round(v, 4)) for v in x)},seen on day {i % 7},{y}\n"
+        for i, (x, y) in enumerate(zip(models["X"][:200], models["y"][:200]))))
     policy = tmp_path / "policy.yaml"
     policy.write_text(f"steps: [50, 100]\nstep_seconds: 1\ngates:\n  evaluation: {{dataset: {holdout}, metric: "
-                      "accuracy}\n  live: {max_error_rate: 0.01, min_requests: 1}\n")
+                      "accuracy, id_field: id, drop_fields: [comment]}\n  live: {max_error_rate: 0.01, min_requests: 1}\n")
     out = json.loads(_ok(mlyard("endpoints", "rollout", "start", "shop", "worse", "--policy", str(policy), "--json")))
     promo = out["promotion"]
     (gate,) = promo["gates"]

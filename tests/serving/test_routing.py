@@ -74,3 +74,25 @@ def test_a_refresh_keeps_counts_of_requests_in_flight():
     assert r.view()["e"]["stages"]["s"][0]["outstanding"] == 1
     r.release(held)
     assert r.view()["e"]["stages"]["s"][0]["outstanding"] == 0
+
+
+def test_the_default_url_keeps_answering_after_a_promotion_to_a_stage_serving_another_model():
+    """The demo promoted `tuned` (serving digits-tuned) over `default` (serving digits): a client that kept
+    /digits/digits/v1/models/digits:predict is answered by the model the default stage serves now."""
+    r = Router()
+    r.set_stage("digits", "default", [Replica("http://a", "digits")], default=True)
+    kept = parse("/digits/digits/v1/models/digits:predict")
+    assert r.for_default(kept) == kept  # served as it is, before the promotion
+    r.set_stage("digits", "tuned", [Replica("http://b", "digits-tuned")], default=True)
+    moved = r.for_default(kept)
+    assert moved == Route("digits", None, "digits-tuned", "/v1/models/digits-tuned:predict")
+    assert r.acquire(moved).url == "http://b"
+    v2 = r.for_default(parse("/digits/digits/v2/models/digits/infer"))
+    assert v2.rest == "/v2/models/digits-tuned/infer"
+    # a stage named in the URL, or a default stage serving several models, is taken as named
+    named = parse("/digits/stages/default/digits/v1/models/digits:predict")
+    assert r.for_default(named) == named
+    r.set_stage("digits", "tuned", [Replica("http://b", "digits-tuned"), Replica("http://c", "other")], default=True)
+    assert r.for_default(kept) == kept
+    with pytest.raises(NoRoute, match="serves no model 'digits'"):
+        r.acquire(kept)
