@@ -1,9 +1,10 @@
 """Backend.AI model folders: `model-definition.yaml|yml` (or a named file) and an optional
 `service-definition.toml`, read with the semantics Backend.AI gives them.
 
-- `start_command` is a string, run by the shell that `shell` names (default /bin/bash, `shell -c`:
-  pipes, `&&`, `cd` and `$VAR` work), or a list, run as argv; `port` is where it listens. Older files
-  that name it `command` still run: `start_command` wins when both are there (reported either way).
+- `command` is a string, run by the shell that `shell` names (default /bin/bash, `shell -c`: pipes,
+  `&&`, `cd` and `$VAR` work), or a list, run as argv; `port` is where it listens. Files that name it
+  `start_command` (its deprecated name) still run; `command` wins when both are there, as current
+  Backend.AI runs it (reported either way).
 - Keys of Backend.AI's own schema that mlyard does not use (a model's older `info` block, `metadata`'s
   own keys) are kept and reported, not refused; a key the schema does not know is refused.
 - `pre_start_actions` run in order before it: write_file, write_tempfile, run_command, mkdir, log.
@@ -91,28 +92,28 @@ class Action(_Strict):
 
 
 class Service(_Strict):
-    start_command: Union[str, list[str], None] = None
-    command: Union[str, list[str], None] = Field(default=None, description="Older files' name of start_command.")
+    command: Union[str, list[str], None] = None
+    start_command: Union[str, list[str], None] = Field(default=None, description="The deprecated name of command.")
     port: int = Field(ge=1, le=65535)
     pre_start_actions: list[Action] = Field(default_factory=list)
     health_check: HealthCheck | None = None
-    shell: str = Field(default="/bin/bash", min_length=1, description="Runs a start_command given as a string.")
+    shell: str = Field(default="/bin/bash", min_length=1, description="Runs a command given as a string.")
 
     @property
     def command_line(self) -> Union[str, list[str], None]:
-        """What runs: start_command, else the older `command`."""
-        return self.start_command if self.start_command is not None else self.command
+        """What runs: command, else the deprecated `start_command`."""
+        return self.command if self.command is not None else self.start_command
 
     def argv(self) -> list[str]:
         line = self.command_line
         if line is None:
-            raise ValueError("start_command is missing")
+            raise ValueError("command is missing")
         if isinstance(line, str):
             if not line.strip():
-                raise ValueError("start_command is empty")
+                raise ValueError("command is empty")
             return [self.shell, "-c", line]
         if not line:
-            raise ValueError("start_command is empty")
+            raise ValueError("command is empty")
         return list(line)
 
 
@@ -186,7 +187,7 @@ class ModelFolder(BaseModel):
             command: Union[str, list[str]] = re.sub(rf"(?<![\w.]){old}(?![\w.])", str(port), line)
         else:
             command = [moved(a) for a in self.service.argv()]
-        service = self.service.model_copy(update={"start_command": command, "command": None, "port": port})
+        service = self.service.model_copy(update={"command": command, "start_command": None, "port": port})
         variant = self.variant.model_copy(update={"environ": {**self.variant.environ, "PORT": str(port)}}) \
             if self.variant else RuntimeVariant(environ={"PORT": str(port)})
         return self.model_copy(update={"service": service, "variant": variant})
@@ -218,23 +219,23 @@ def load(folder: Path | str, definition: str | None = None, variant: str | None 
         if not entries:
             raise SpecError(f"{file.name}: models", model, f"one of {', '.join(m.name for m in parsed.models)}")
     if not entries or entries[0].service is None:
-        raise SpecError(f"{file.name}: models[].service", None, "a model with a service (start_command and port)")
+        raise SpecError(f"{file.name}: models[].service", None, "a model with a service (command and port)")
     entry = entries[0]
     assert entry.service is not None
     index = parsed.models.index(entry)
     try:
         entry.service.argv()
     except ValueError as exc:
-        raise SpecError(f"{file.name}: models[{index}].service.start_command", entry.service.start_command,
+        raise SpecError(f"{file.name}: models[{index}].service.command", entry.service.command_line,
                         f"a command to run ({exc})") from None
     notes = []
     if entry.info is not None:
         notes.append(f"{file.name}: models[{index}].info is kept and not used (older files carry it; "
                      "Backend.AI reads metadata)")
-    if entry.service.command is not None:
-        notes.append(f"{file.name}: models[{index}].service.command " + (
-            "is not used: start_command takes precedence" if entry.service.start_command is not None
-            else "runs as the start command (the older name of start_command)"))
+    if entry.service.start_command is not None:
+        notes.append(f"{file.name}: models[{index}].service.start_command " + (
+            "is not used: command takes precedence" if entry.service.command is not None
+            else "runs as the command (start_command is its deprecated name)"))
     for i, action in enumerate(entry.service.pre_start_actions):
         try:
             action.parsed()

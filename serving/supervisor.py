@@ -1,4 +1,4 @@
-"""Run a Backend.AI model folder: its pre-start actions in order, then its `start_command` as a child
+"""Run a Backend.AI model folder: its pre-start actions in order, then its `command` as a child
 process (restarted with backoff when it exits), probed by the health-check state machine, with every
 request proxied to it (streamed, so server-sent events pass through as they come).
 
@@ -103,7 +103,7 @@ class Supervisor:
             self.proc = subprocess.Popen(argv, cwd=self.folder.folder, env=self.env, start_new_session=True)
         except OSError as exc:
             self.proc = None
-            self.health.exited(f"start_command could not start: {exc}")
+            self.health.exited(f"the command could not start: {exc}")
             return
         self.health.restarted(time.monotonic())
 
@@ -122,7 +122,7 @@ class Supervisor:
                 if self.proc is None or self.proc.poll() is not None:
                     code = None if self.proc is None else self.proc.returncode
                     if self.proc is not None:
-                        self.health.exited(f"start_command exited with code {code}")
+                        self.health.exited(f"the command exited with code {code}")
                         log.warning("the service exited (code %s); restarting in %.0f s", code, backoff)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)

@@ -33,7 +33,7 @@ def serve(
                                              "smollm2 (the offline default; needs the llm extra), a .gguf file, a "
                                              "transformers model directory, or a registered one (name@alias)."),
     model_folder: Optional[Path] = typer.Option(None, "--model-folder", help="Serve a Backend.AI model folder "
-                                                "(model-definition.yaml): its start_command is supervised and proxied."),
+                                                "(model-definition.yaml): its command is supervised and proxied."),
     definition: Optional[str] = typer.Option(None, "--definition", help="With --model-folder: the model definition "
                                              "file's name (default model-definition.yaml or .yml)."),
     runtime: Optional[str] = typer.Option(None, "--runtime", help="With --model-folder: the runtime variant section "

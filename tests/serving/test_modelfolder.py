@@ -31,17 +31,17 @@ def _folder(tmp_path, service: dict, toml: str | None = None, name: str = "model
 
 
 def test_a_definition_is_read_with_its_semantics(tmp_path):
-    f = modelfolder.load(_folder(tmp_path, {"start_command": "python -m http.server --directory /models/www 8000",
+    f = modelfolder.load(_folder(tmp_path, {"command": "python -m http.server --directory /models/www 8000",
                                             "port": 8000}))
     # a string runs through the shell `shell:` names (Backend.AI's default /bin/bash), model_path pointing here
     assert f.argv() == ["/bin/bash", "-c", f"python -m http.server --directory {tmp_path}/www 8000"]
     assert f.service.health_check is None  # no block: nothing is probed, no defaults
     (tmp_path / "yml").mkdir()
-    f = modelfolder.load(_folder(tmp_path / "yml", {"start_command": ["python", "x.py"], "port": 8000,
+    f = modelfolder.load(_folder(tmp_path / "yml", {"command": ["python", "x.py"], "port": 8000,
                                                     "health_check": {"path": "/health"}}, name="model-definition.yml"))
     assert f.service.health_check == HealthCheck(path="/health", interval=10.0, max_retries=10, max_wait_time=15.0,
                                                  expected_status_code=200, initial_delay=60.0)
-    f = modelfolder.load(_folder(tmp_path, {"start_command": "x", "port": 1}, toml=(
+    f = modelfolder.load(_folder(tmp_path, {"command": "x", "port": 1}, toml=(
         '[vllm.environment]\nimage = "example.com/server:1"\narchitecture = "x86_64"\n'
         '[vllm.resource_slots]\ncpu = 1\nmem = "8gb"\n"cuda.shares" = "0.5"\n[vllm.environ]\nMODEL_NAME = "demo"\n'
         '[custom.environ]\nMODEL_NAME = "other"\n')), variant="custom")
@@ -51,37 +51,38 @@ def test_a_definition_is_read_with_its_semantics(tmp_path):
 
 
 def test_keys_of_backend_ais_schema_are_kept_and_reported_not_refused(tmp_path):
-    """An older file's `info` block and `command` (start_command's older name) are read as Backend.AI
-    reads them; start_command wins when both are there; `shell` is the shell a string runs in."""
+    """An older file's `info` block and `start_command` (command's deprecated name) are read as Backend.AI
+    reads them; `command` wins when both are there, as current Backend.AI runs it; `shell` is the shell a
+    string runs in."""
     (tmp_path / "model-definition.yaml").write_text(yaml.safe_dump({"models": [{
         "name": "m", "model_path": "/models", "info": {"author": "a", "version": 2},
         "metadata": {"title": "t", "framework": ["x"], "own_key": 1},
-        "service": {"command": ["python", "old.py"], "port": 8000, "shell": "/bin/sh"}}]}))
+        "service": {"start_command": ["python", "old.py"], "port": 8000, "shell": "/bin/sh"}}]}))
     f = modelfolder.load(tmp_path)
     assert f.argv() == ["python", "old.py"]
     assert any("info is kept and not used" in n for n in f.notes)
-    assert any("command runs as the start command" in n for n in f.notes)
+    assert any("start_command runs as the command" in n for n in f.notes)
     (tmp_path / "model-definition.yaml").write_text(yaml.safe_dump({"models": [{
         "name": "m", "model_path": "/models",
-        "service": {"command": ["python", "old.py"], "start_command": "cd /models && ./run", "port": 8000,
+        "service": {"start_command": ["python", "old.py"], "command": "cd /models && ./run", "port": 8000,
                     "shell": "/bin/sh"}}]}))
     f = modelfolder.load(tmp_path)
     assert f.argv() == ["/bin/sh", "-c", f"cd {tmp_path} && ./run"]
-    assert any("start_command takes precedence" in n for n in f.notes)
+    assert any("command takes precedence" in n for n in f.notes)
     assert f.on_port(9001).argv() == ["/bin/sh", "-c", f"cd {tmp_path} && ./run"]
 
 
 @pytest.mark.parametrize("service, words", [
-    ({"port": 8000}, "models[0].service.start_command"),
-    ({"start_command": "x", "port": 99999}, "models[0].service.port: 99999"),
-    ({"start_command": "x", "port": 8000, "helth_check": {}}, "models[0].service.helth_check"),
-    ({"start_command": "x", "port": 8000, "health_check": {"interval": 5}}, "health_check.path"),
-    ({"start_command": "x", "port": 8000, "health_check": {"path": "health"}}, "starting with /"),
-    ({"start_command": "x", "port": 8000, "pre_start_actions": [{"action": "copy", "args": {}}]},
+    ({"port": 8000}, "models[0].service.command"),
+    ({"command": "x", "port": 99999}, "models[0].service.port: 99999"),
+    ({"command": "x", "port": 8000, "helth_check": {}}, "models[0].service.helth_check"),
+    ({"command": "x", "port": 8000, "health_check": {"interval": 5}}, "health_check.path"),
+    ({"command": "x", "port": 8000, "health_check": {"path": "health"}}, "starting with /"),
+    ({"command": "x", "port": 8000, "pre_start_actions": [{"action": "copy", "args": {}}]},
      "pre_start_actions[0].action: 'copy'"),
-    ({"start_command": "x", "port": 8000, "pre_start_actions": [{"action": "mkdir", "args": {}}]},
+    ({"command": "x", "port": 8000, "pre_start_actions": [{"action": "mkdir", "args": {}}]},
      "pre_start_actions[0].args.path"),
-    ({"start_command": "", "port": 8000}, "start_command: ''"),
+    ({"command": "", "port": 8000}, "command: ''"),
 ])
 def test_a_bad_definition_names_the_key_and_the_value(tmp_path, service, words):
     with pytest.raises(SpecError) as bad:
@@ -92,7 +93,7 @@ def test_a_bad_definition_names_the_key_and_the_value(tmp_path, service, words):
 def test_bad_service_definitions_and_folders(tmp_path):
     with pytest.raises(SpecError, match="model-definition.yaml or model-definition.yml"):
         modelfolder.load(tmp_path)
-    _folder(tmp_path, {"start_command": "x", "port": 1}, toml="[vllm.environment]\nimage = 'x'\n")
+    _folder(tmp_path, {"command": "x", "port": 1}, toml="[vllm.environment]\nimage = 'x'\n")
     with pytest.raises(SpecError, match=r"\[vllm.environment\].architecture"):
         modelfolder.load(tmp_path)
     (tmp_path / "service-definition.toml").write_text("[vllm.environ]\nA = 1\n")
@@ -121,7 +122,7 @@ def test_the_health_state_machine():
 
 
 def test_pre_start_actions_run_in_order(tmp_path):
-    f = modelfolder.load(_folder(tmp_path, {"start_command": "x", "port": 1, "pre_start_actions": [
+    f = modelfolder.load(_folder(tmp_path, {"command": "x", "port": 1, "pre_start_actions": [
         {"action": "mkdir", "args": {"path": "/models/conf"}},
         {"action": "write_file", "args": {"filename": "/models/conf/a.txt", "body": "one\n", "mode": "600"}},
         {"action": "write_file", "args": {"filename": "conf/a.txt", "body": "two\n", "append": True, "mode": "640"}},
@@ -156,7 +157,7 @@ http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 def test_mlyard_serve_supervises_probes_restarts_and_proxies(tmp_path):
     child_port = free_port()
     (tmp_path / "app.py").write_text(CHILD)
-    _folder(tmp_path, {"start_command": [sys.executable, "/models/app.py", str(child_port)], "port": child_port,
+    _folder(tmp_path, {"command": [sys.executable, "/models/app.py", str(child_port)], "port": child_port,
                        "health_check": {"path": "/health", "interval": 0.3, "max_retries": 1, "max_wait_time": 1,
                                         "initial_delay": 0.5}},
             toml='[custom.environ]\nMODEL_NAME = "from-toml"\n')
@@ -191,12 +192,12 @@ def _until(url: str, ok, timeout: float = 30.0) -> dict:
     raise AssertionError(f"the supervisor stayed {json.dumps(view)}")
 
 
-def test_a_string_start_command_runs_in_its_shell_pipes_cd_and_variables_included(tmp_path):
+def test_a_string_command_runs_in_its_shell_pipes_cd_and_variables_included(tmp_path):
     """As Backend.AI runs it: `echo ... && cd ... && python3 -m http.server` served (it restarted for
     ever as UNHEALTHY when the string was split without a shell)."""
     child_port = free_port()
     (tmp_path / "app.py").write_text(CHILD)
-    _folder(tmp_path, {"start_command": f"echo booting | tr a-z A-Z > /models/boot.txt && cd /models && "
+    _folder(tmp_path, {"command": f"echo booting | tr a-z A-Z > /models/boot.txt && cd /models && "
                                         f"exec {sys.executable} app.py $APP_PORT",
                        "port": child_port,
                        "health_check": {"path": "/health", "interval": 0.3, "max_retries": 1, "max_wait_time": 1,
@@ -217,7 +218,7 @@ def test_replicas_of_one_folder_run_side_by_side_on_ports_of_their_own(tmp_path)
     """--service-port 0 moves the definition's port (arguments that name it, and PORT), as a container's
     port is mapped: two replicas of one folder on one machine both serve."""
     (tmp_path / "app.py").write_text(CHILD)
-    _folder(tmp_path, {"start_command": [sys.executable, "/models/app.py", "8000"], "port": 8000,
+    _folder(tmp_path, {"command": [sys.executable, "/models/app.py", "8000"], "port": 8000,
                        "health_check": {"path": "/health", "interval": 0.3, "max_retries": 1, "max_wait_time": 1,
                                         "initial_delay": 0.5}})
     moved = modelfolder.load(tmp_path).on_port(9123)
@@ -302,7 +303,7 @@ def test_a_model_folder_that_speaks_openai_is_proxied_with_its_stream(tmp_path):
     (tmp_path / "server.py").write_text(FOLDER_SERVER)
     (tmp_path / "model-definition.yaml").write_text(yaml.safe_dump({"models": [{
         "name": "chat", "model_path": "/models",
-        "service": {"start_command": [sys.executable, str(tmp_path / "server.py"), str(inner)],
+        "service": {"command": [sys.executable, str(tmp_path / "server.py"), str(inner)],
                     "port": inner, "health_check": {"path": "/v2/health/ready", "initial_delay": 0.5,
                                                     "interval": 0.5, "max_wait_time": 2}}}]}))
     outer = free_port()
