@@ -15,7 +15,7 @@ import json
 import math
 import re
 from datetime import datetime, timezone
-from typing import Collection, Sequence
+from typing import Callable, Collection, Sequence
 
 
 def metric_values(line: str, patterns: Sequence[tuple[str | None, re.Pattern[str]]]) -> dict[str, float]:
@@ -48,13 +48,15 @@ class MetricLineError(ValueError):
     """A line of Katib's JSON metrics format that cannot be read: the collection fails with this reason."""
 
 
-def json_metric_values(line: str, names: Collection[str] | None = None) -> tuple[dict[str, float], int | None]:
+def json_metric_values(line: str, names: Collection[str] | None = None,
+                       bad_timestamp: Callable[[str], None] | None = None) -> tuple[dict[str, float], int | None]:
     """Katib's JSON metrics format: a line that is a JSON object holds metrics by key (`{"accuracy":
     "0.91", "timestamp": 1700000000.5}`), values as numbers or numeric strings; its `timestamp`
     (epoch seconds, or an RFC 3339 string) is the metrics' time, in ms. With `names`, only those keys
     count; without, every numeric key but `timestamp`. A line that does not start with `{` is output,
     not metrics: ({}, None). Raises MetricLineError for a line that starts like an object and is not one,
-    a named metric whose value is not a number, or a timestamp that cannot be read."""
+    or a named metric whose value is not a number. A timestamp that cannot be read leaves the metrics
+    without a time (as Katib records them), and `bad_timestamp` hears why."""
     text = line.strip()
     if not text.startswith("{"):
         return {}, None
@@ -64,7 +66,13 @@ def json_metric_values(line: str, names: Collection[str] | None = None) -> tuple
         raise MetricLineError(f"not a JSON object ({exc.msg} at column {exc.colno}): {text[:120]}") from None
     if not isinstance(obj, dict):
         raise MetricLineError(f"not a JSON object: {text[:120]}")
-    stamp = _timestamp_ms(obj["timestamp"]) if "timestamp" in obj else None
+    stamp = None
+    if "timestamp" in obj:
+        try:
+            stamp = _timestamp_ms(obj["timestamp"])
+        except MetricLineError as exc:
+            if bad_timestamp is not None:
+                bad_timestamp(f"{exc}: the line's metrics are recorded without it ({text[:120]})")
     found: dict[str, float] = {}
     for key, raw in obj.items():
         if key == "timestamp" or (names is not None and key not in names):

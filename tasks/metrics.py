@@ -7,6 +7,7 @@ visible well under a second after its line was printed.
 
 from __future__ import annotations
 
+import logging
 import queue
 import re
 import threading
@@ -28,6 +29,9 @@ class Metric:
     timestamp_ms: int
 
 
+log = logging.getLogger("mlyard.metrics")
+
+
 class MetricParser:
     """Turns output lines into metrics.
 
@@ -39,7 +43,8 @@ class MetricParser:
     A pattern given as (name, pattern) reads that metric by core/metrics.py's rules (a tuning's
     `metrics[].regex`). With `json_format`, lines are Katib's JSON objects instead (`names`: the keys
     to read; None: every numeric key) and a line's `timestamp` is its metrics' time; the first line
-    that cannot be read is kept in `error` (the collection has failed) and nothing after it counts.
+    that cannot be read is kept in `error` (the collection has failed) and nothing after it counts; a
+    `timestamp` that cannot be read is not such a line: its metrics count without it (`notes`, logged once).
     """
 
     def __init__(self, patterns: Sequence[str | tuple[str | None, re.Pattern[str]]], json_format: bool = False,
@@ -48,7 +53,13 @@ class MetricParser:
             p if isinstance(p, tuple) else (None, re.compile(p)) for p in patterns]
         self.json_format, self.names = json_format, names
         self.error: str | None = None
+        self.notes: list[str] = []  # said once each: a timestamp that could not be read
         self._counts: dict[str, int] = {}
+
+    def _bad_timestamp(self, why: str) -> None:
+        if not self.notes:
+            log.warning("%s (said once)", why)
+            self.notes.append(why)
 
     def parse(self, line: str, now_ms: int | None = None) -> list[Metric]:
         stamp = None
@@ -56,7 +67,7 @@ class MetricParser:
             if self.error is not None:
                 return []
             try:
-                found, stamp = json_metric_values(line, self.names)
+                found, stamp = json_metric_values(line, self.names, self._bad_timestamp)
             except MetricLineError as exc:
                 self.error = str(exc)
                 return []

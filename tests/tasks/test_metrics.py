@@ -64,7 +64,6 @@ def test_katib_json_lines_carry_their_own_timestamps():
 
 @pytest.mark.parametrize("line, words", [
     ('{"loss": 0.2', "not a JSON object (Expecting"),
-    ('{"loss": 0.2, "timestamp": "yesterday"}', "timestamp 'yesterday'"),
     ("[1, 2]", None),  # not an object line: output, not metrics
 ])
 def test_a_malformed_json_metrics_line_fails_the_collection(line, words):
@@ -75,6 +74,16 @@ def test_a_malformed_json_metrics_line_fails_the_collection(line, words):
     else:
         assert words in p.error
         assert p.parse('{"loss": 0.1}') == [], "nothing after the failure counts"
+
+
+def test_a_timestamp_that_cannot_be_read_leaves_the_metrics_without_a_time():
+    """As Katib records the metric and goes on: the training does not fail, and the line is said once."""
+    p = MetricParser([], json_format=True)
+    got = p.parse('{"loss": 0.2, "timestamp": "yesterday"}', now_ms=5)
+    assert [(m.name, m.value, m.timestamp_ms) for m in got] == [("loss", 0.2, 5)] and p.error is None
+    p.parse('{"loss": 0.1, "timestamp": "today"}', now_ms=6)
+    assert len(p.notes) == 1 and "timestamp 'yesterday'" in p.notes[0]
+    assert [m.value for m in p.parse('{"loss": 0.05}')] == [0.05]
 
 
 def test_json_names_must_be_numbers():
