@@ -81,6 +81,9 @@ class OpenAIRoutes:
         top_p = _number(req.get("top_p", 1.0), "top_p", 0.0, 1.0)
         if req.get("n", 1) not in (1, None):
             raise BadChat("only n=1 is supported", "n")
+        for field in ("logprobs", "top_logprobs"):  # not computed here: refused rather than answered null
+            if req.get(field) not in (None, False, 0):
+                raise BadChat(f"{field} is not supported by this server; leave it out", field)
         stop = req.get("stop") or []
         stop = [stop] if isinstance(stop, str) else stop
         if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > 4:

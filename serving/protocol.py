@@ -265,6 +265,9 @@ def v2_response(model: str, version: str | None, request_id: str | None, outputs
             chunks.append(raw)
         elif datatype == "BYTES":
             item["data"] = [_text(v) for v in array.reshape(-1)]
+        elif datatype == "FP16":  # as for inputs: half precision cannot travel as JSON (KServe refuses it too)
+            raise BadRequest(f"output {name!r}", "FP16 as JSON", 'the binary tensor extension: ask for it with '
+                             '{"name": ..., "parameters": {"binary_data": true}} in "outputs"')
         else:
             item["data"] = array.reshape(-1)
         items.append(item)

@@ -88,6 +88,13 @@ def test_bad_requests_are_openai_errors_naming_the_field(server):
     assert bad.value.body["param"] == "max_tokens"
     with pytest.raises(openai.BadRequestError, match="messages"):
         client.chat.completions.create(model="tiny-chat", messages=[])
+    for asked in ({"logprobs": True}, {"logprobs": True, "top_logprobs": 2}):  # once answered null, silently
+        with pytest.raises(openai.BadRequestError) as bad:
+            client.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "x"}], **asked)
+        assert bad.value.body["param"] == "logprobs" and "not supported" in bad.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.completions.create(model="tiny-chat", prompt="x", logprobs=3)
+    assert bad.value.body["param"] == "logprobs"
     with pytest.raises(openai.BadRequestError, match="context"):  # the tiny model's context is 256 tokens
         client.completions.create(model="tiny-chat", prompt="x", max_tokens=300)
     status, body = call(f"{server}/openai/v1/chat/completions", b"{not json")

@@ -468,3 +468,30 @@ def test_a_callers_malformed_numbers_are_400_never_500(iris, route, body, named)
     url, _, _ = iris
     status, answer = call(url + route, body)
     assert status == 400 and named in json.dumps(answer), (status, answer)
+
+
+def test_an_fp16_output_travels_binary_or_is_refused(tmp_path):
+    """An FP16 output asked for as JSON is 400 naming the output (as KServe answers), not 200 with
+    numbers that cannot say which half-precision value they mean; asked for binary, it is answered."""
+    import mlflow.pyfunc
+    import tritonclient.http as httpclient
+
+    code = tmp_path / "half.py"
+    code.write_text("import numpy as np\nimport mlflow.pyfunc\n"
+                    "class Half(mlflow.pyfunc.PythonModel):\n"
+                    "    def predict(self, context, model_input, params=None):\n"
+                    "        return np.asarray(model_input, dtype=float).sum(axis=1).astype(np.float16)\n"
+                    "mlflow.models.set_model(Half())\n")
+    mlflow.pyfunc.save_model(tmp_path / "model", python_model=str(code), pip_requirements=["numpy"])
+    proc, url = serve(tmp_path / "model", "half")
+    try:
+        body = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1.5, 2.0]}]}
+        status, answer = call(url + "/v2/models/half/infer", body)
+        assert status == 400 and "FP16" in answer["error"] and "binary" in answer["error"], (status, answer)
+        with httpclient.InferenceServerClient(url.split("//")[1]) as client:
+            given = httpclient.InferInput("x", [1, 2], "FP32")
+            given.set_data_from_numpy(np.array([[1.5, 2.0]], dtype=np.float32), binary_data=True)
+            result = client.infer("half", [given], outputs=[httpclient.InferRequestedOutput("predict", binary_data=True)])
+            assert result.as_numpy("predict").dtype == np.float16 and result.as_numpy("predict").tolist() == [3.5]
+    finally:
+        stop(proc)
