@@ -49,7 +49,7 @@ class BatchInferenceResult(BaseModel):
     empty_files: list[str] = Field(default_factory=list, description="Input files that hold no rows.")
 
 
-@flow(name=FLOW_BATCH, flow_run_name=run_name(FLOW_BATCH), on_crashed=[stopped_on_interrupt],
+@flow(name=FLOW_BATCH, flow_run_name=run_name(FLOW_BATCH), persist_result=True, on_crashed=[stopped_on_interrupt],
       description="Run a model over input files (JSON, JSONL, CSV) and write predictions.")
 def batch_infer(spec: BatchInferenceSpec) -> BatchInferenceResult:
     p = Platform()

@@ -52,7 +52,7 @@ class EvaluationResult(BaseModel):
     report_uri: str = Field(description="MLflow artifact URI of the JSON report.")
 
 
-@flow(name=FLOW_EVALUATE, flow_run_name=run_name(FLOW_EVALUATE), on_crashed=[stopped_on_interrupt],
+@flow(name=FLOW_EVALUATE, flow_run_name=run_name(FLOW_EVALUATE), persist_result=True, on_crashed=[stopped_on_interrupt],
       description="Evaluate a model on labelled data: metrics, curves, confusion matrix, report.")
 def evaluate(spec: EvaluationSpec) -> EvaluationResult:
     p = Platform()

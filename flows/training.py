@@ -52,7 +52,7 @@ class TrainingResult(BaseModel):
     script_seconds: float = Field(description="How long the entry point itself ran.")
 
 
-@flow(name=FLOW_TRAIN, flow_run_name=run_name(FLOW_TRAIN), on_crashed=[stopped_on_interrupt, end_nodes],
+@flow(name=FLOW_TRAIN, flow_run_name=run_name(FLOW_TRAIN), persist_result=True, on_crashed=[stopped_on_interrupt, end_nodes],
       on_cancellation=[end_nodes],
       description="Run a training (EasyMaker contract) and record it in MLflow.")
 def train(spec: TrainingSpec) -> TrainingResult:  # or a Cancelled state, shown as STOPPED

@@ -60,7 +60,7 @@ def resolve_training(p: Platform, spec: TuningSpec) -> TrainingSpec:
     return base.with_overrides({"name": spec.name, "experiment": spec.experiment or base.experiment})
 
 
-@flow(name=FLOW_TUNE, flow_run_name=run_name(FLOW_TUNE), on_crashed=[stopped_on_interrupt],
+@flow(name=FLOW_TUNE, flow_run_name=run_name(FLOW_TUNE), persist_result=True, on_crashed=[stopped_on_interrupt],
       description="Hyperparameter tuning: trials of a training, searched with Optuna.")
 def tune(spec: TuningSpec) -> TuningResult:
     p = Platform()

@@ -69,6 +69,29 @@ class Submitted:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def wait(self, timeout: float | None = None, poll_seconds: float = 0.5) -> Any:
+        """Wait for the run to end; what a direct call returns (a TrainingResult, ...), or what it raises
+        (RunFailed, TrainingStopped). The flows keep their result in Prefect's result storage, which a
+        worker on this machine shares (on a Kubernetes pool, follow it with `show ID` instead)."""
+        import time
+        from uuid import UUID
+
+        from prefect.client.orchestration import get_client
+
+        action = next(a for a in (TRAINING, TUNING, BATCH, EVALUATION) if self.deployment.startswith(f"{a.deployment}/"))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with get_client(sync_client=True) as client:
+            while True:
+                state = client.read_flow_run(UUID(self.id)).state
+                if state is not None and state.is_final():
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"{self.flow_run} ({self.id}) is still {state.type.value if state else 'new'} "
+                                       f"after {timeout:g} s; follow the {action.noun} in the Prefect UI or with "
+                                       "its `show` command")
+                time.sleep(poll_seconds)
+        return _outcome(state, action.fail)
+
 
 def load(model: type, spec: Any, sets: dict[str, Any] | None = None) -> Any:
     """A spec of `model` from a spec object, a mapping or a YAML file path, with `sets` merged in."""
@@ -231,7 +254,11 @@ def run_here(flow: str, spec: Any, fail: str) -> Any:
     if not CONSOLE_TRACEBACKS["on"]:
         _console_without_tracebacks()
     prompt_flow_ends()  # the run ends when its work does, not up to 1 s later
-    state = function(spec, return_state=True)
+    return _outcome(function(spec, return_state=True), fail)
+
+
+def _outcome(state: Any, fail: str) -> Any:
+    """A run's final state as a call's outcome: its result, or the error it ended with."""
     if state.is_completed():
         return state.result()
     if state.is_cancelled():

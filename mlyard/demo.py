@@ -161,6 +161,8 @@ def run(settings: Settings, out: Console, keep_running: bool = True) -> None:
         .venv/bin/mlyard dashboard
         .venv/bin/mlyard train -f examples/train.yaml --submit
         .venv/bin/mlyard down      (stops the stack; state stays in {settings.home_dir})""")
+    if (where := stack.how_to_find(settings)) is not None:
+        out.print(f"  {where}")
     if not keep_running:
         stack.down(settings, echo=out.print)
 

@@ -20,8 +20,11 @@ def up() -> None:
     """Start the embedded stack: Prefect server (SQLite), the local pool with a worker, the deployments."""
     from mlyard import stack
 
-    state = guard(lambda: stack.up(_settings(), echo=out.print))
+    settings = _settings()
+    state = guard(lambda: stack.up(settings, echo=out.print))
     out.print(f"Prefect UI: {state.ui_url}   (stop with `mlyard down`)")
+    if (where := stack.how_to_find(settings)) is not None:
+        out.print(where)
 
 
 def down() -> None:

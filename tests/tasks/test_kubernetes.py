@@ -52,7 +52,8 @@ def test_a_stage_renders_to_valid_deployments_services_and_an_hpa(view):
                                                                                   "averageUtilization": 70}}
     bert_c = bert["spec"]["template"]["spec"]["containers"][0]
     assert bert_c["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    assert ["--param", "task=fill_mask"] == bert_c["args"][-4:-2]  # the version's parameters, names as given
+    assert ["--param", "task=fill_mask"] == bert_c["args"][-6:-4]  # the version's parameters, names as given
+    assert bert_c["args"][-2:] == ["--max-body-mb", "32.0"]  # the body limit the gateway takes for it
     env = {e["name"]: e.get("value") or e["valueFrom"] for e in bert_c["env"]}
     assert env["MAX_LENGTH"] == "64" and env["MLYARD_ENDPOINT_ID"] == "iris-api"
     # the replicas' credential from the settings Secret (required: no pod serves unguarded), and of that
