@@ -241,7 +241,7 @@ def _ingestion_view(h: Any) -> dict[str, Any]:
             "skipped_files": h.skipped, "reason": h.reason}
 
 
-UPDATABLE = ("description", "prompt", "top_k", "llm.max_tokens", "llm.temperature", "llm.timeout_seconds")
+UPDATABLE = ("description", "prompt", "top_k", "llm.max_tokens", "llm.temperature", "llm.timeout_seconds", "llm.answer")
 
 
 def update(name: str, sets: dict[str, Any]) -> dict[str, Any]:

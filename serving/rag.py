@@ -32,6 +32,8 @@ import orjson
 
 from core.errors import VectorStoreError
 from serving import asgi, citations
+from serving.generative import SMOLLM2
+from serving.rag_extract import extract
 from serving.rag_llm import RagLlm, Unavailable
 from tasks.rag_service import healthy_replica
 
@@ -202,6 +204,8 @@ class RagService:
         if "temperature" not in request and self.spec.llm.temperature is not None:
             request["temperature"] = self.spec.llm.temperature
         sources = sources_of(hits)
+        if self.extractive:
+            return await self._extracted(send, question, hits, sources, bool(body.get("stream")))
         if body.get("stream"):
             return await self.llm.stream(send, request, sources)
         answer = await self.llm.complete(request)
@@ -215,6 +219,37 @@ class RagService:
                 removed += n
         answer["citations_removed"] = removed  # cited numbers (or files) that were not among the sources
         return await asgi.reply(send, 200, orjson.dumps(answer))
+
+
+    @property
+    def extractive(self) -> bool:
+        """Whether answers are the passages' own sentences (LlmSpec.answer; auto: with the built-in SmolLM2)."""
+        llm = self.spec.llm
+        if llm.answer == "auto":
+            return not (llm.endpoint or llm.base_url) and llm.model == SMOLLM2
+        return llm.answer == "extract"
+
+    async def _extracted(self, send: asgi.Send, question: str, hits: list[Any], sources: list[dict], stream: bool) -> None:
+        """The extractive answer (serving/rag_extract.py), in OpenAI's chat-completion shape, whole or as
+        server-sent events (the sources in the first chunk, as a generated answer's)."""
+        text = await asyncio.get_running_loop().run_in_executor(
+            self._pool, extract, question, [h.text for h in hits], self.embedder.encode)
+        ident, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        if not stream:
+            return await asgi.reply(send, 200, orjson.dumps({
+                "id": ident, "object": "chat.completion", "created": now, "model": self.name, "sources": sources,
+                "citations_removed": 0, "answer_kind": "extractive",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}))
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
+        chunk = {"id": ident, "object": "chat.completion.chunk", "created": now, "model": self.name}
+        for extra, delta, finish in (({"sources": sources, "answer_kind": "extractive"},
+                                      {"role": "assistant", "content": text}, None), ({"citations_removed": 0}, {}, "stop")):
+            event = {**chunk, **extra, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(event) + b"\n\n",
+                        "more_body": True})
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
 
 
 def build(name: str) -> RagService:

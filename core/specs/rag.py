@@ -109,6 +109,10 @@ class LlmSpec(SpecModel):
                                       description="Sampling temperature of the answers (0: greedy, the same answer "
                                                   "every time); unset, the LLM's own default. A query's own wins.")
     timeout_seconds: float = Field(default=60.0, gt=0, le=3600, description="How long to wait for the LLM.")
+    answer: Literal["auto", "generate", "extract"] = Field(
+        default="auto", description="How answers are made: generate (the LLM writes them), extract (the retrieved "
+        "passages' sentences closest to the question, each cited), or auto: extract while the LLM is the built-in "
+        "SmolLM2 (too small to answer well), generate with any other.")
     instance_type: str = Field(default="local", max_length=64, description="Where the LLM runs.")
     instance_count: int = Field(default=1, ge=1, le=10, description="How many instances run it.")
 

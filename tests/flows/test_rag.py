@@ -191,6 +191,23 @@ def test_create_sync_history_search_query_and_delete(stack, settings, tmp_path, 
         time.sleep(0.3)
     assert len(sources) == 1, sources
 
+    # answers made from the passages themselves (the default with the built-in SmolLM2): the sentence that
+    # answers, cited with its passage, whole and streamed
+    _json("rags", "update", "handbook", "--set", "top_k=3", "--set", "llm.answer=extract")
+    deadline = time.monotonic() + 10
+    while (whole := client.chat.completions.create(model="handbook", messages=[
+            {"role": "user", "content": "How long are backups kept?"}])).model_extra.get("answer_kind") != "extractive":
+        assert time.monotonic() < deadline, whole
+        time.sleep(0.3)
+    text = whole.choices[0].message.content
+    cited = next(s["index"] for s in whole.model_extra["sources"] if s["file"] == "security.pdf")
+    assert text.startswith("Backups of Yardstick are encrypted with AES-256 and kept for 35 days. "
+                           f"[{cited}]"), (text, whole.model_extra["sources"])
+    pieces = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model="handbook", messages=[{"role": "user", "content": "How long are backups kept?"}], stream=True)
+              if c.choices]
+    assert "".join(pieces) == text
+
     served = _json("rags", "stats", "handbook")["stats"]
     assert sum(r["calls"] for r in served) >= 4, served  # the gateway counts a RAG's queries as for an endpoint
     logged = _json("rags", "logs", "handbook", "--tail", "50")  # and its query service logs every request
