@@ -22,12 +22,12 @@ from prefect.states import Cancelled
 from pydantic import BaseModel, Field
 
 from core.errors import TrainingStopped
-from core.names import FLOW_BATCH, TAG_BATCH_ID, TAG_KIND, TAG_MODEL, TAG_MODEL_URI, TAG_NOTE
+from core.names import FLOW_BATCH, TAG_BATCH_ID, TAG_KIND, TAG_MODEL, TAG_MODEL_URI
 from core.specs import BatchInferenceSpec, BatchJob, BatchShard
 from flows.platform import Platform
 from tasks import checks
 from tasks.batch import check_output, end_run, fingerprint, finish, load_model, run_workers, stage_inputs
-from tasks.orchestration import prefect_link, run_name, stopped_on_interrupt
+from tasks.orchestration import link_mlflow_run, prefect_link, run_name, stopped_on_interrupt
 from tasks.outputs import Layout
 from tasks.shards import plan, select_files
 
@@ -80,12 +80,14 @@ def batch_infer(spec: BatchInferenceSpec) -> BatchInferenceResult:
         # 4. MLflow run.
         run_id = p.tracking.start_run(spec.experiment, spec.name, tags={
             TAG_KIND: "batch_inference", TAG_BATCH_ID: batch_id, TAG_MODEL: spec.model,
-            TAG_MODEL_URI: model_uri, TAG_NOTE: spec.description, **prefect_link(),
+            TAG_MODEL_URI: model_uri, **prefect_link(spec.description),
         }, params={"model": model_uri, "input_uri": spec.input_uri, "input_format": spec.input_format,
                    "output_uri": spec.output_uri, "batch_size": spec.batch_size, "workers": spec.workers,
                    "runtime": model.runtime,
                    "inference_timeout_seconds": spec.inference_timeout_seconds, "files": len(files),
                    "shards": len(shards)})
+        p.tracking.log_datasets(run_id, {"input": spec.input_uri}, "inference")
+        link_mlflow_run(p.tracking, run_id, "batch inference")
         job = BatchJob(batch_id=batch_id, model_uri=model_uri, model_path=str(model_path), output_uri=spec.output_uri,
                        input_format=spec.input_format, batch_size=spec.batch_size,
                        inference_timeout_seconds=spec.inference_timeout_seconds,

@@ -26,7 +26,6 @@ from core.names import (
     TAG_KIND,
     TAG_MODEL,
     TAG_MODEL_URI,
-    TAG_NOTE,
     TAG_STATUS_REASON,
     TAG_TASK,
     TASK_EVALUATION_BATCH,
@@ -36,7 +35,7 @@ from flows.batch_inference import batch_infer
 from flows.platform import Platform
 from tasks.batch import load_model
 from tasks.evaluation_steps import check_classes, check_input, compare, record
-from tasks.orchestration import mark_started, prefect_link, run_name, stopped_on_interrupt
+from tasks.orchestration import link_mlflow_run, mark_started, prefect_link, run_name, stopped_on_interrupt
 
 
 class EvaluationResult(BaseModel):
@@ -68,9 +67,11 @@ def evaluate(spec: EvaluationSpec) -> EvaluationResult:
         # 2. MLflow run.
         run_id = p.tracking.start_run(spec.experiment, spec.name, tags={
             TAG_KIND: "evaluation", TAG_EVALUATION_ID: evaluation_id, TAG_MODEL: spec.model,
-            TAG_MODEL_URI: model_uri, TAG_TASK: spec.task, TAG_NOTE: spec.description, **prefect_link(),
+            TAG_MODEL_URI: model_uri, TAG_TASK: spec.task, **prefect_link(spec.description),
         }, params={"model": model_uri, "input_uri": spec.input_uri, "label_field": spec.label_field, "task": spec.task,
                    "files": len(files)})
+        p.tracking.log_datasets(run_id, {"labelled": spec.input_uri}, "evaluation")
+        link_mlflow_run(p.tracking, run_id, "evaluation")
         try:
             # 3. Batch inference (a subflow).
             if flow_run.get_id():

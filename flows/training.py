@@ -32,6 +32,7 @@ from tasks.orchestration import cancel_watch, run_name, stopped_on_interrupt
 from tasks.registry_secrets import check_pod_image
 from tasks.training import (
     LOG_NAME,
+    announce_run,
     check_locations,
     close_run,
     open_run,
@@ -80,8 +81,9 @@ def train(spec: TrainingSpec) -> TrainingResult:  # or a Cancelled state, shown 
         # 3. Environment.
         python = prepare_environment(inputs.source, p.settings.envs_dir)
 
-        # 4. MLflow run.
+        # 4. MLflow run, linked from the flow run and naming the datasets it reads.
         run_id = open_run(p.tracking, spec, training_id)
+        announce_run(p.tracking, run_id, spec)
         try:
             # 5. Run.
             script = run_entry_point(spec, dirs, python, p.settings.region, p.settings.engine_env(), p.tracking,
@@ -109,6 +111,7 @@ def _on_nodes(p: Platform, spec: TrainingSpec, training_id: str) -> TrainingResu
     (each pod stages in, prepares, runs its node and node 0 stages out: tasks/node.py), then end the run."""
     logger = get_run_logger()
     run_id = open_run(p.tracking, spec, training_id)
+    announce_run(p.tracking, run_id, spec)
     try:
         script = run_nodes(spec, training_id, run_id, p.tracking, p.settings.kube_namespace, cancel_watch(training_id))
     except TrainingStopped as stop:

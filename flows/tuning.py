@@ -26,7 +26,6 @@ from core.names import (
     TAG_BEST_RUN_ID,
     TAG_BEST_TRIAL,
     TAG_KIND,
-    TAG_NOTE,
     TAG_REASON,
     TAG_STATUS,
     TAG_TRAINING_NAME,
@@ -35,7 +34,7 @@ from core.names import (
 from core.specs import TrainingSpec, TuningSpec
 from flows.platform import Platform
 from tasks.metrics import Metric
-from tasks.orchestration import cancel_watch, prefect_link, run_name, stopped_on_interrupt
+from tasks.orchestration import cancel_watch, link_mlflow_run, prefect_link, run_name, stopped_on_interrupt
 from tasks.training import check_locations, prepare_environment, stage_inputs
 from tasks.trials import TrialSetup, run_trial
 from tuning import create_study, recover_interrupted
@@ -89,10 +88,11 @@ def tune(spec: TuningSpec) -> TuningResult:
                     p.tracking.end_run(t.user_attrs[RUN_ID_ATTR], "KILLED")
         parent = p.tracking.find_run({TAG_TUNING_ID: tuning_id, TAG_KIND: "tuning"}) or p.tracking.start_run(
             base.experiment, spec.name, tags={TAG_KIND: "tuning", TAG_TUNING_ID: tuning_id, TAG_TRAINING_NAME: spec.name,
-                                              TAG_NOTE: spec.description, **prefect_link()},
+                                              **prefect_link(spec.description)},
             params={"strategy": spec.strategy, "seed": spec.seed, "max_trials": spec.max_trials,
                     "parallel_trials": spec.parallel_trials, "objective": spec.objective.metric,
                     "direction": spec.objective.direction})
+        link_mlflow_run(p.tracking, parent, "tuning")
         setup = TrialSetup(spec, base, inputs, python, parent, tuning_id, scratch, p.settings.region,
                            p.settings.engine_env())
 

@@ -181,7 +181,7 @@ def _failing(run_id: str) -> bool:
 
 def show_run(run_id: str) -> dict[str, Any]:
     """A pipeline run: status (the console's, from Prefect's state), each step's state, its outputs."""
-    from mlyard.links import links
+    from core.links import links
     from mlyard.runs import get_run
     from tasks.pipelines import node_states, outputs, result
 

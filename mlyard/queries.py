@@ -54,7 +54,7 @@ def trainings_list(limit: int = 50, experiment: str | None = None) -> list[dict[
 
 
 def trainings_show(training_id: str) -> dict[str, Any]:
-    from mlyard.links import links
+    from core.links import links
     from mlyard.trainings import get_training
 
     p = platform()
@@ -77,7 +77,7 @@ def tunings_list(limit: int = 50) -> list[dict[str, Any]]:
 
 
 def tunings_show(tuning_id: str) -> dict[str, Any]:
-    from mlyard.links import links
+    from core.links import links
     from mlyard.tunings import best_trial, get_tuning, trials
 
     settings = _connected()
@@ -111,8 +111,8 @@ def runs_list(kind: str, limit: int = 50) -> list[dict[str, Any]]:
 
 
 def batches_show(batch_id: str) -> dict[str, Any]:
+    from core.links import links
     from core.names import TAG_BATCH_ID
-    from mlyard.links import links
     from mlyard.runs import BATCH, get_run
 
     p = platform()
@@ -128,8 +128,8 @@ def batches_show(batch_id: str) -> dict[str, Any]:
 
 
 def evaluations_show(evaluation_id: str) -> dict[str, Any]:
+    from core.links import links
     from mlyard import evaluations
-    from mlyard.links import links
 
     p = platform()
     info = evaluations.show(p.tracking, evaluation_id)
@@ -155,7 +155,7 @@ def models_list() -> list[dict[str, Any]]:
 
 def models_show(ref: str) -> dict[str, Any]:
     """A model with all its versions (`name`), or one version (`name/version`, `name@alias`)."""
-    from mlyard.links import model_links
+    from core.links import model_links
 
     p = platform()
     found = (p.models.resolve(ref) if "/" in ref or "@" in ref else p.models.get(ref)).as_dict()

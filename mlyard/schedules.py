@@ -270,7 +270,7 @@ def show(name: str, *, runs: int = 10, upcoming: int = PREVIEW_COUNT) -> dict[st
 
 
 def _runs(slots, settings) -> list[dict[str, Any]]:
-    from mlyard.links import links
+    from core.links import links
 
     states: dict[str, str] = {}
     started: dict[str, float] = {}  # when each run began RUNNING (Prefect's start_time)

@@ -158,6 +158,22 @@ class Tracking:
         for i in range(0, len(batch), MAX_BATCH):
             self.client.log_batch(run_id, metrics=batch[i:i + MAX_BATCH], synchronous=True)
 
+    def log_datasets(self, run_id: str, datasets: Mapping[str, str], context: str) -> None:
+        """The datasets a run read, as MLflow dataset inputs (its run page's Datasets): each by its name and
+        URI (the digest identifies the URI; its content is not read again here), with the context MLflow
+        shows (training, evaluation, inference)."""
+        import hashlib
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        inputs = [DatasetInput(Dataset(name=name, digest=hashlib.sha256(uri.encode()).hexdigest()[:8],
+                                       source_type="uri" if "://" in uri else "local",
+                                       source=json.dumps({"uri": uri})),
+                               tags=[InputTag("mlflow.data.context", context)]) for name, uri in datasets.items()]
+        if inputs:
+            self.client.log_inputs(run_id, datasets=inputs)
+
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 

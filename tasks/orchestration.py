@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator
 from uuid import UUID
 
 from core.errors import StackError
-from core.names import RUN_NAMES, STARTED_LABEL, TAG_NAMED, TAG_PREFECT_URL, render_run_name
+from core.names import RUN_NAMES, STARTED_LABEL, TAG_NAMED, TAG_NOTE, TAG_PREFECT_URL, render_run_name
 
 
 def prompt_flow_ends() -> None:
@@ -97,14 +97,36 @@ def mark_started(flow_run_id: Any, step: str) -> None:
     _MARKED.add(key)
 
 
-def prefect_link() -> dict[str, str]:
-    """The MLflow tag that links an MLflow run back to the Prefect flow run that makes it (the way
-    back: the mlyard ids in its other tags are flow run ids). Empty outside a flow run."""
+def prefect_link(description: str = "") -> dict[str, str]:
+    """The MLflow tags that link an MLflow run back to the Prefect flow run that makes it: its URL, and
+    the run's description (MLflow's note, which its UI shows as Markdown, links clickable) ending in a
+    link to it. Outside a flow run, the description alone."""
     from prefect.runtime import flow_run
     from prefect.settings import PREFECT_UI_URL
 
     run_id, ui = flow_run.get_id(), PREFECT_UI_URL.value()
-    return {TAG_PREFECT_URL: f"{ui.rstrip('/')}/runs/flow-run/{run_id}"} if run_id and ui else {}
+    if not (run_id and ui):
+        return {TAG_NOTE: description}
+    url = f"{ui.rstrip('/')}/runs/flow-run/{run_id}"
+    link = f"Prefect flow run: [{flow_run.name or run_id}]({url})"
+    return {TAG_PREFECT_URL: url, TAG_NOTE: f"{description}\n\n{link}" if description else link}
+
+
+def link_mlflow_run(tracking: Any, run_id: str, what: str, key: str | None = "mlflow-run") -> None:
+    """On the running flow run, a Prefect link artifact to its MLflow run's page (its Artifacts tab), with
+    the datasets the run read. Nothing outside a flow run."""
+    from prefect.artifacts import create_link_artifact
+    from prefect.runtime import flow_run
+
+    from core.links import mlflow_run_url
+    from core.settings import Settings
+
+    if not flow_run.get_id():
+        return
+    url = mlflow_run_url(Settings(), tracking.client.get_run(run_id).info.experiment_id, run_id)
+    create_link_artifact(link=url, link_text=f"MLflow run of this {what} ({run_id[:8]})", key=key,
+                         description=f"The {what}'s MLflow run: parameters, metrics, artifacts (`mlyard ui mlflow` "
+                                     "opens the MLflow UI).")
 
 
 def cancel_watch(flow_run_id: str, every_seconds: float = 1.0, parent_id: str | None = None):

@@ -19,7 +19,6 @@ from prefect.cache_policies import NO_CACHE
 from core.names import (
     TAG_ENTRY_POINT,
     TAG_KIND,
-    TAG_NOTE,
     TAG_SOURCE_URI,
     TAG_STATUS_REASON,
     TAG_TRAINING_ID,
@@ -96,9 +95,17 @@ def open_run(tracking: Tracking, spec: TrainingSpec, training_id: str, kind: str
     """The MLflow run of a training (or a trial, `kind="trial"`): its tags and hyperparameters."""
     return tracking.start_run(spec.experiment, spec.name, tags={
         **spec.tags, **(tags or {}), TAG_KIND: kind, TAG_TRAINING_ID: training_id, TAG_TRAINING_NAME: spec.name,
-        TAG_SOURCE_URI: spec.source_uri, TAG_ENTRY_POINT: spec.entry_point, TAG_NOTE: spec.description,
-        **prefect_link(),
+        TAG_SOURCE_URI: spec.source_uri, TAG_ENTRY_POINT: spec.entry_point, **prefect_link(spec.description),
     }, params=spec.hyperparameters)
+
+
+def announce_run(tracking: Tracking, run_id: str, spec: TrainingSpec) -> None:
+    """The training's MLflow run, linked from its Prefect flow run (an artifact), and the datasets it reads
+    as the run's dataset inputs."""
+    from tasks.orchestration import link_mlflow_run
+
+    tracking.log_datasets(run_id, spec.datasets, "training")
+    link_mlflow_run(tracking, run_id, "training")
 
 
 def launch(spec: TrainingSpec, dirs: Workdirs, python: str, region: str, engine_env: Mapping[str, str],

@@ -65,7 +65,8 @@ def test_a_python_call_from_a_fresh_interpreter_is_a_training_the_cli_shows_and_
     out = _ok(python("""
         import mlyard
         result = mlyard.train({"name": "from-python", "experiment": "user-paths", "source_uri": "algo",
-                               "entry_point": "train.py"}, sets={"hyperparameters": {"epochs": 1}})
+                               "entry_point": "train.py", "datasets": {"digits": "algo"}},
+                              sets={"hyperparameters": {"epochs": 1}})
         print("ID", result.training_id)
     """, cwd=work))
     training_id = out.split("ID ")[-1].strip()
@@ -76,6 +77,21 @@ def test_a_python_call_from_a_fresh_interpreter_is_a_training_the_cli_shows_and_
     assert shown["spec"]["source_uri"] == str(work / "algo"), "a relative path is stored absolute"
     assert shown["spec"]["hyperparameters"] == {"epochs": 1}
     assert shown["links"]["prefect"].endswith(f"/runs/flow-run/{training_id}") and shown["mlflow_run_id"]
+    # one record across the engines: the flow run links its MLflow run (an artifact), the MLflow run links
+    # back in its description (Markdown: clickable in MLflow's UI), and names the datasets it read
+    from mlflow.tracking import MlflowClient
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(
+            any_=[training_id])))
+    assert any(shown["links"]["mlflow"].split("?")[0] in str(a.data) and a.key == "mlflow-run" for a in artifacts), \
+        [(a.type, a.data) for a in artifacts]
+    run = MlflowClient(os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{user_dir() / '.mlyard' / 'mlflow.db'}"
+                       ).get_run(shown["mlflow_run_id"])
+    assert f"]({shown['links']['prefect']})" in run.data.tags["mlflow.note.content"], run.data.tags
+    assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["digits"]
     # its structured log records: the script's own lines too, found by a start of the id
     lines = [json.loads(x) for x in _ok(mlyard("logs", "--training", training_id[:8], "--json")).splitlines()]
     assert {d["category"] for d in lines} == {"mlyard.training"} and {d["trainingId"] for d in lines} == {training_id}

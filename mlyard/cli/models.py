@@ -52,8 +52,8 @@ def models_create(
     import tempfile
 
     def go():
+        from core.links import model_links
         from core.uris import absolute
-        from mlyard.links import model_links
         from mlyard.trainings import get_training
 
         if sum(map(bool, (from_training, from_tuning, artifact_uri))) != 1:

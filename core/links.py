@@ -23,6 +23,11 @@ def mlflow_ui(settings: Settings) -> str:
     return uri.rstrip("/") if uri.startswith("http") else f"http://127.0.0.1:{settings.mlflow_ui_port}"
 
 
+def mlflow_run_url(settings: Settings, experiment_id: str, run_id: str) -> str:
+    """An MLflow run's page in the MLflow UI (`mlyard ui mlflow` starts it), in its model-training view."""
+    return f"{mlflow_ui(settings)}/#/experiments/{experiment_id}/runs/{run_id}{TRAINING_VIEW}"
+
+
 def links(settings: Settings, flow_run_id: str | None, mlflow_run_id: str | None = None,
           experiment_id: str | None = None) -> dict[str, str]:
     """URLs of the Prefect flow run and the MLflow run (start the MLflow UI with `mlyard ui mlflow`)."""
@@ -31,7 +36,7 @@ def links(settings: Settings, flow_run_id: str | None, mlflow_run_id: str | None
     if ui and flow_run_id:
         out["prefect"] = f"{ui}/runs/flow-run/{flow_run_id}"
     if mlflow_run_id and experiment_id:
-        out["mlflow"] = f"{mlflow_ui(settings)}/#/experiments/{experiment_id}/runs/{mlflow_run_id}{TRAINING_VIEW}"
+        out["mlflow"] = mlflow_run_url(settings, experiment_id, mlflow_run_id)
     return out
 
 
@@ -41,5 +46,5 @@ def model_links(settings: Settings, name: str, version: str | None = None,
     ui = mlflow_ui(settings)
     out = {"mlflow": f"{ui}/#/models/{name}" + (f"/versions/{version}" if version else "") + TRAINING_VIEW}
     if lineage and lineage.get("run_id") and lineage.get("experiment_id"):
-        out["mlflow_run"] = f"{ui}/#/experiments/{lineage['experiment_id']}/runs/{lineage['run_id']}{TRAINING_VIEW}"
+        out["mlflow_run"] = mlflow_run_url(settings, lineage["experiment_id"], lineage["run_id"])
     return out
