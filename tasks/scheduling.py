@@ -178,7 +178,7 @@ class Scheduler:
     def _start(self, record: ScheduleRecord, slot: SlotRecord, plan: Plan, now: float) -> str:
         from prefect.states import Scheduled
 
-        from core.names import FLOW_TRAIN
+        from core.names import FLOW_TRAIN, RUN_NAMES, render_run_name
         from tasks.orchestration import training_job_variables
 
         slot_epoch = slot.slot_epoch
@@ -187,10 +187,13 @@ class Scheduler:
         state: Any = Scheduled(scheduled_time=datetime.fromtimestamp(slot_epoch, timezone.utc)) if slot_epoch > now else None
         parameters = render(plan.spec.get("parameters", {}), slot_epoch)
         # a training's resources and image as its pool's job variables, as a run made from the CLI gets them
-        training = str(record.spec.get("deployment", "")).startswith(f"{FLOW_TRAIN}/")
+        flow = str(record.spec.get("deployment", "")).split("/", 1)[0]
+        training = flow == FLOW_TRAIN
+        # one name everywhere: the run's own (its spec's, as every mlyard list shows it), else the slot's
+        name = (render_run_name(RUN_NAMES[flow], parameters) if flow in RUN_NAMES else None) or f"{record.name}-{label}"
         fr = self.client.create_flow_run_from_deployment(
             UUID(record.deployment_id), parameters=parameters,
-            name=f"{record.name}-{label}", tags=[f"{TAG_SCHEDULE}:{record.name}", f"{TAG_SLOT}:{label}", TAG_NAMED],
+            name=name, tags=[f"{TAG_SCHEDULE}:{record.name}", f"{TAG_SLOT}:{label}", TAG_NAMED],
             idempotency_key=f"mlyard.schedule:{record.id}:{slot_epoch}:{slot.due_at:.6f}", state=state,
             job_variables=training_job_variables(self.client, record.deployment_id, parameters, self._pools)
             if training else None)
@@ -265,13 +268,17 @@ class Scheduler:
         now. Enabling it again records them afresh: a slot still ahead runs at its time, one that passed
         meanwhile follows the catch-up policy like any other missed slot (its new run has a new
         idempotency key: the key holds when the slot was recorded, and that record is gone)."""
-        from prefect.states import Cancelled
+        from prefect.exceptions import ObjectNotFound
 
         withdrawn = []
         for slot in self.store.slots(record.id, ["STARTED"]):
             if slot.slot_epoch > now and slot.flow_run_id:
-                self.client.set_flow_run_state(UUID(slot.flow_run_id), Cancelled(
-                    message="its schedule was disabled before the slot's time"), force=True)
+                # a run made ahead and not started: removed, not left as a STOPPED twin of the one that
+                # enabling the schedule again makes for the same slot, under the same name
+                try:
+                    self.client.delete_flow_run(UUID(slot.flow_run_id))
+                except ObjectNotFound:
+                    pass
                 withdrawn.append(slot.id)
         self.store.forget(withdrawn)
         self.store.forget_after(record.id, int(now))

@@ -33,7 +33,8 @@ def _print(view: dict[str, Any]) -> None:
         out.print("past runs (newest first):")
         emit(view["runs"], False, ["slot", "slot_state", "run_state", "lateness_seconds", "flow_run_id"])
     if view.get("queued"):
-        out.print("made ahead of their slots: " + ", ".join(f"{r['slot']} ({r['run_state']})" for r in view["queued"]),
+        out.print("made ahead of their slots: " + ", ".join(
+            r["slot"] + (f" ({r['run_state']})" if r.get("run_state") else "") for r in view["queued"]),
                   highlight=False, soft_wrap=True)
     if "next" in view:
         out.print("next runs: " + (", ".join(view["next"]) if view["next"] else "none"), highlight=False,

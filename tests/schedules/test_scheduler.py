@@ -15,6 +15,7 @@ from pathlib import Path
 from uuid import UUID
 
 import pytest
+from prefect.exceptions import ObjectNotFound
 from test_user_paths import _ok, _one_line_error, mlyard
 
 EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
@@ -72,6 +73,7 @@ def test_catchup_concurrency_exactly_once_and_reclaim(stack):
     # 3 going; two schedulers racing may briefly exceed the limit (schedules/README.md), never duplicate
     assert shown["slots"]["STARTED"] <= 6 and shown["slots"].get("WAITING", 0) >= 15
     assert runs[0].parameters["spec"]["name"] == "sched-" + start.date().isoformat()
+    assert runs[0].name == runs[0].parameters["spec"]["name"], "one name in Prefect and in mlyard's lists"
 
     # the Kubernetes pool has no worker here: after 12 s the runs are cancelled and their slots reclaimed
     _wait(lambda: sum(1 for r in _runs(tag) if r.state.type.value == "CANCELLED") >= 3, 40, "reclaimed slots")
@@ -223,8 +225,8 @@ def test_a_scheduled_training_runs_on_the_local_pool(stack):
     run = shown["runs"][0]
     assert shown["parameters"]["spec"]["source_uri"] == str(home / "sched-algo")
     completed = _runs("mlyard.schedule:hourly-train")
-    assert [r.name for r in completed] == [f"hourly-train-{start.strftime('%Y%m%dT%H%M%SZ')}"], \
-        "a scheduled run keeps the name it was made with"
+    assert [r.name for r in completed] == [f"sched-{start.date().isoformat()}"], \
+        "a scheduled run keeps the name it was made with: its training's, as `trainings list` shows it"
     assert run["lateness_seconds"] >= 0, "a run never starts before its slot"
     assert run["slot"] == start.isoformat() and run["lateness_seconds"] is not None and run["lateness_seconds"] < 5
     assert shown["next"][0] == (start + timedelta(hours=1)).isoformat()
@@ -285,7 +287,9 @@ def test_disabled_then_enabled_keeps_the_slot_whose_run_was_made_ahead(stack, tm
         assert ahead.slot_epoch == now + 30
         store.set_status("toggled", "DISABLED")
         scheduler.withdraw(store.get("toggled"), now + 1)
-        assert client.read_flow_run(UUID(ahead.flow_run_id)).state.is_cancelled()
+        # removed, not left as a STOPPED twin of the run that enabling it again makes for the same slot
+        with pytest.raises(ObjectNotFound):
+            client.read_flow_run(UUID(ahead.flow_run_id))
         store.set_status("toggled", "ENABLED")
         assert scheduler.tick(now=now + 2).started == 1, "the slot came back when enabled before its time"
         [again] = store.slots(rec.id, ["STARTED"])
