@@ -39,6 +39,8 @@ import threading
 import time
 from typing import Any
 
+from fastapi.responses import Response  # module-level: FastAPI reads the routes' annotations here (the docs)
+
 from mlyard.queries import QUERIES, error_body
 from mlyard.warm import code_fingerprint, loaded_project_files
 
@@ -54,31 +56,52 @@ class InternalOnly:
         self.app, self._expected = app, f"Bearer {token}".encode() if token else None
         self._page_key = f"key={dashboard_key(token)}".encode() if token else None
 
-    def _dashboard(self, scope: dict) -> bool:
-        """GET /dashboard with its own key in the query (a browser sends no Authorization header)."""
+    def _page(self, scope: dict) -> bool:
+        """A read-only page opened in a browser (which sends no Authorization header): GET /dashboard, or the
+        API's own docs (/docs and the /openapi.json it loads), with the page key in the query or, once the
+        docs were opened with it, in the cookie they set."""
         import hmac
 
-        return (scope["path"] == "/dashboard" and scope["method"] == "GET" and self._page_key is not None
-                and any(hmac.compare_digest(part, self._page_key) for part in scope["query_string"].split(b"&")))
+        if scope["method"] != "GET" or self._page_key is None or scope["path"] not in PAGES:
+            return False
+        given = scope["query_string"].split(b"&")
+        if scope["path"] != "/dashboard":  # the docs' own requests carry the key as a cookie
+            given += [c.strip() for k, v in scope["headers"] if k == b"cookie" for c in v.split(b";")]
+        return any(hmac.compare_digest(part.replace(COOKIE + b"=", b"key=", 1), self._page_key) for part in given)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] != "/health" and not self._dashboard(scope):
+        if scope["type"] == "http" and scope["path"] != "/health" and not self._page(scope):
             from serving.access import is_internal
 
             if not is_internal(self._expected, scope["headers"]):
                 body = json.dumps({"error": {"type": "MlyardError", "status": 401, "message":
                                              "the mlyard API answers the platform's own clients only (the internal "
-                                             "credential of stack.json)"}}).encode()
+                                             "credential of stack.json); its docs open at /docs?key=... as `mlyard "
+                                             "status` prints"}}).encode()
                 await send({"type": "http.response.start", "status": 401, "headers": [
                     (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
                 await send({"type": "http.response.body", "body": body})
                 return
+        if scope["type"] == "http" and scope["path"] == "/docs" and self._page_key is not None:
+            key = self._page_key.split(b"=", 1)[1]
+
+            async def with_cookie(message: dict) -> None:  # the docs then load /openapi.json with it
+                if message["type"] == "http.response.start":
+                    message = {**message, "headers": [*message.get("headers", []), (
+                        b"set-cookie", COOKIE + b"=" + key + b"; Path=/; HttpOnly; SameSite=Strict")]}
+                await send(message)
+
+            return await self.app(scope, receive, with_cookie)
         await self.app(scope, receive, send)
+
+
+PAGES = ("/dashboard", "/docs", "/openapi.json")
+COOKIE = b"mlyard_page_key"
 
 
 def create_app(token: str | None = None):
     from fastapi import Body, FastAPI
-    from fastapi.responses import JSONResponse, Response
+    from fastapi.responses import JSONResponse
 
     app = FastAPI(title="mlyard API", description=__doc__, version="0.1.0")
     app.add_middleware(InternalOnly, token=token)

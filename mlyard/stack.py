@@ -78,7 +78,9 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
     return state
 
 
-def _up(settings: Settings, echo, start_timeout: float) -> StackState:
+def _up(settings: Settings, echo, start_timeout: float, configure: bool = True) -> StackState:
+    """`up` under its lock. `configure` False (the keeper restarting processes of a stack whose Prefect
+    server lives): the pools, automation, GPU limit and deployments are as they were, not checked again."""
     home = settings.home_dir
     point_prefect(settings, None)
     env = {**os.environ, **settings.engine_env(), "MLYARD_PROJECT_ROOT": str(PROJECT_ROOT)}
@@ -152,9 +154,10 @@ def _up(settings: Settings, echo, start_timeout: float) -> StackState:
         state.logs["warm-runner"] = str(logs / "warm-runner.log")
     if not serving_up:
         _start_serving(settings, state, env, logs, echo)
-    ensure_pools(echo, settings)
-    ensure_crash_detection()
-    _ensure_gpu_slots(settings, echo)
+    if configure or not server_up:
+        ensure_pools(echo, settings)
+        ensure_crash_detection()
+        _ensure_gpu_slots(settings, echo)
     if state.deployments != digest:
         echo("registering deployments from infra/prefect.yaml ...")
         register_deployments(env)
@@ -223,7 +226,7 @@ def restart_dead(settings: Settings, echo=print) -> list[str] | None:
         if not dead:
             return []
         echo(f"restarting what died: {', '.join(f'{n} (pid {state.pids.get(n)})' for n in dead)}")
-        after = _up(settings, echo, start_timeout=240.0)
+        after = _up(settings, echo, start_timeout=240.0, configure=False)
     if "mlflow-ui" in dead:
         start_mlflow_ui(settings, echo)
     echo("restarted: " + ", ".join(f"{n} as pid {after.pids.get(n, warm.runner_pid(settings.home_dir))}" for n in dead))
@@ -493,7 +496,9 @@ def status(settings: Settings) -> dict:
             if state.internal_token:  # its own read-only key: the page opens in a browser, nothing else does
                 from core.connection import dashboard_key
 
-                out["dashboard"] = f"{state.service_url}/dashboard?key={dashboard_key(state.internal_token)}"
+                key = dashboard_key(state.internal_token)
+                out["dashboard"] = f"{state.service_url}/dashboard?key={key}"
+                out["mlyard_api_docs"] = f"{state.service_url}/docs?key={key}"  # read-only: its calls need the token
         if state.gateway_url and state.pids.get("gateway") and alive(state.pids["gateway"]):
             out["gateway"] = state.gateway_url
         if state.mlflow_ui_url and state.pids.get("mlflow-ui") and alive(state.pids["mlflow-ui"]):

@@ -299,11 +299,15 @@ class Endpoints:
             return None
 
     def routing(self) -> dict[str, dict[str, Any]]:
-        """What the gateway needs of every endpoint, read in one go: whether it is public, its default
-        stage, its stages (with the routed Services of those that run on a cluster, resource id -> (model,
+        """What the gateway needs of every endpoint, read in one go: whether it is public, the models it has
+        ever served, its default stage, its stages (with the routed Services of those that run on a cluster, resource id -> (model,
         URL)), and its tokens as digest -> (expiry as epoch seconds, revoked)."""
         with self.catalog.session() as s:
+            served: dict[str, set[str]] = {}  # every model an endpoint has served: its old URLs stay answered
+            for endpoint, model in s.execute(select(ServingHistory.endpoint, ServingHistory.model_name).distinct()):
+                served.setdefault(endpoint, set()).add(model)
             return {ep.name: {"id": ep.id, "public": ep.public, "max_request_bytes": ep.max_request_bytes,
+                              "served_models": sorted(served.get(ep.name, ())),
                               "shadow_tolerance": (((ep.promotion_policy or {}).get("gates") or {}).get("shadow")
                                                    or {}).get("tolerance"),
                               "default": next((st.name for st in ep.stages if st.is_default), None),
@@ -316,7 +320,7 @@ class Endpoints:
                                          for st in ep.stages},
                               "tokens": {t.digest: (_aware(t.expires_at).timestamp(), t.revoked_at is not None)
                                          for t in ep.tokens}}
-                    for ep in s.scalars(select(Endpoint).options(  # four queries however many endpoints
+                    for ep in s.scalars(select(Endpoint).options(  # five queries however many endpoints
                         selectinload(Endpoint.stages).selectinload(EndpointStage.resources),
                         selectinload(Endpoint.tokens)))}
 

@@ -287,7 +287,7 @@ class Gateway:
             if why is not None:
                 return await asgi.reply(send, 401, route_error(route, 401, why),
                                         headers=[(b"www-authenticate", b"Bearer")])
-        route = self.router.for_default(route)
+        route = self.router.for_default(route, ep.get("served_models") or ())
         split = self.splits.get(route.endpoint)
         shadow = fallback = None  # fallback: the default's route, when the split chose another stage
         if split is not None and route.stage is None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 PROTOCOLS = ("v1", "v2", "openai", "score")  # score: an entry script's route (Azure ML)
@@ -138,11 +139,12 @@ class Router:
             raise NoRoute(f"endpoint {route.endpoint!r} has no stage {route.stage or '(default)'!r}")
         return stage
 
-    def for_default(self, route: Route) -> Route:
+    def for_default(self, route: Route, served_before: Collection[str] = ()) -> Route:
         """An endpoint's default URL keeps answering whatever model its default stage serves: a route to the
-        default stage naming a model it does not serve, when it serves exactly one (a promotion made a stage
-        serving another model the default), goes to that model, its path renamed to match."""
-        if route.stage is not None:
+        default stage naming a model the endpoint served before (`served_before`) but the stage does not,
+        when it serves exactly one (a promotion made a stage serving another model the default), goes to
+        that model, its path renamed to match. A name the endpoint never served stays unknown (404)."""
+        if route.stage is not None or route.model not in served_before:
             return route
         with self._lock:
             st = self._stages.get((route.endpoint, self._default.get(route.endpoint) or ""))

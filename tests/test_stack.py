@@ -334,3 +334,27 @@ def test_a_gateway_that_has_not_read_its_table_yet_says_503_for_any_endpoint(tmp
     assert status == 503 and (b"retry-after", b"1") in headers
     gw.loaded = True
     assert gw.admit("POST", "/digits/digits/v1/models/digits:predict", [])[0] == 404
+
+
+def test_the_mlyard_apis_docs_open_for_its_owner_in_a_browser_and_call_nothing(stack):
+    """`mlyard status` gives the API's docs with the page key: the page and the OpenAPI document it loads
+    (with the cookie the page set) open; nothing else does, and without the key the docs stay shut."""
+    import http.cookiejar
+    import urllib.error
+    import urllib.request
+
+    docs = json.loads(cli("status", "--json").stdout)["mlyard_api_docs"]
+    base = docs.split("/docs")[0]
+    browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    with browser.open(docs, timeout=10) as resp:
+        assert resp.status == 200 and b"swagger" in resp.read().lower()
+    with browser.open(f"{base}/openapi.json", timeout=10) as resp:
+        assert "/v1/runs" in json.loads(resp.read())["paths"]
+    for shut in (f"{base}/docs", f"{base}/openapi.json"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(shut, timeout=10)
+        assert refused.value.code == 401
+    with pytest.raises(urllib.error.HTTPError) as refused:  # the page's cookie runs nothing
+        browser.open(urllib.request.Request(f"{base}/v1/runs", data=b"{}", method="POST",
+                                            headers={"content-type": "application/json"}), timeout=10)
+    assert refused.value.code == 401

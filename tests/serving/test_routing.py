@@ -82,17 +82,20 @@ def test_the_default_url_keeps_answering_after_a_promotion_to_a_stage_serving_an
     r = Router()
     r.set_stage("digits", "default", [Replica("http://a", "digits")], default=True)
     kept = parse("/digits/digits/v1/models/digits:predict")
-    assert r.for_default(kept) == kept  # served as it is, before the promotion
+    served = {"digits", "digits-tuned"}  # what the endpoint has served (the catalog's serving history)
+    assert r.for_default(kept, served) == kept  # served as it is, before the promotion
     r.set_stage("digits", "tuned", [Replica("http://b", "digits-tuned")], default=True)
-    moved = r.for_default(kept)
+    moved = r.for_default(kept, served)
     assert moved == Route("digits", None, "digits-tuned", "/v1/models/digits-tuned:predict")
     assert r.acquire(moved).url == "http://b"
-    v2 = r.for_default(parse("/digits/digits/v2/models/digits/infer"))
+    v2 = r.for_default(parse("/digits/digits/v2/models/digits/infer"), served)
     assert v2.rest == "/v2/models/digits-tuned/infer"
     # a stage named in the URL, or a default stage serving several models, is taken as named
     named = parse("/digits/stages/default/digits/v1/models/digits:predict")
-    assert r.for_default(named) == named
+    assert r.for_default(named, served) == named
+    typo = parse("/digits/digts/v1/models/digts:predict")  # a name the endpoint never served: unknown
+    assert r.for_default(typo, served) == typo
     r.set_stage("digits", "tuned", [Replica("http://b", "digits-tuned"), Replica("http://c", "other")], default=True)
-    assert r.for_default(kept) == kept
+    assert r.for_default(kept, served) == kept
     with pytest.raises(NoRoute, match="serves no model 'digits'"):
         r.acquire(kept)
