@@ -96,7 +96,10 @@ class OnnxEstimator:
 class OnnxClassifier(OnnxEstimator):
     """Labels come from onnxruntime's own label output, or (`labels: rounded`) as scikit-learn makes
     them, the first class of the highest probability, with probabilities rounded to 1e-6 first:
-    onnxruntime adds tree votes in float32, so a tie (0.5, 0.5) can arrive as (0.49999997, 0.5).
+    onnxruntime adds tree votes in float32, so a tie (0.5, 0.5) can arrive as (0.49999997, 0.5); or
+    (`labels: scores`, a linear classifier) from a second graph of its decision function, as scikit-learn
+    predicts: far from the data, several classes' probabilities saturate to 1.0 and their argmax is a tie
+    that the decision function does not have (the demo's SGD classifier: 122 of 384 probe labels).
     Compilation keeps whichever agrees with the estimator."""
 
     def __init__(self, folder: Path, meta: dict[str, Any], threads: int = 1):
@@ -104,21 +107,33 @@ class OnnxClassifier(OnnxEstimator):
         self.classes_ = np.array(meta["classes"], dtype=meta["classes_dtype"])
         self.rounded = meta.get("labels") == "rounded"
         self.by_index = bool(meta.get("labels_by_index"))
+        self.scores = None
+        if meta.get("labels") == "scores":  # labels from the decision function's graph (a linear classifier)
+            import onnxruntime as ort
+
+            self.scores = ort.InferenceSession(str(folder / SCORES), self.session.get_session_options(),
+                                               providers=["CPUExecutionProvider"])
 
     def predict(self, x: Any) -> np.ndarray:
+        if self.scores is not None:  # the labels alone: the decision function's graph only
+            return self._labels(self.scores.run(self.outputs[:1], {self.input: self._x(x)})[0])
         return self.predict_with_proba(x)[0]
 
     def predict_proba(self, x: Any) -> np.ndarray:
         return self.predict_with_proba(x)[1]
 
     def predict_with_proba(self, x: Any) -> tuple[np.ndarray, np.ndarray]:
-        labels, proba = self.session.run(self.outputs[:2], {self.input: self._x(x)})
+        rows = self._x(x)
+        labels, proba = self.session.run(self.outputs[:2], {self.input: rows})
         proba = np.clip(proba, 0.0, 1.0)  # float32 sums of votes can land a hair below 0 or above 1
-        if self.rounded:
-            labels = self.classes_[np.round(proba, 6).argmax(axis=1)]
-        elif self.by_index:
-            labels = self.classes_[labels.reshape(-1)]
-        return labels.reshape(-1), proba
+        if self.scores is not None:
+            labels = self.scores.run(self.outputs[:1], {self.input: rows})[0]
+        elif self.rounded:
+            return self.classes_[np.round(proba, 6).argmax(axis=1)], proba
+        return self._labels(labels), proba
+
+    def _labels(self, labels: np.ndarray) -> np.ndarray:
+        return self.classes_[labels.reshape(-1)] if self.by_index else labels.reshape(-1)
 
 
 def open_compiled(folder: Path, threads: int = 1) -> OnnxEstimator:
@@ -215,7 +230,10 @@ def _compile(estimator: Any, model_path: Path) -> tuple[OnnxEstimator | None, st
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             (tmp / "model.onnx").write_bytes(onx.SerializeToString())
-            for cast, labels in ((False, "onnx"), (True, "onnx"), (False, "rounded"), (True, "rounded")):
+            modes = [(False, "onnx"), (True, "onnx"), (False, "rounded"), (True, "rounded")]
+            if classifier and _scores_graph(target, n, dtype, tmp):
+                modes += [(False, "scores"), (True, "scores")]
+            for cast, labels in modes:
                 if labels == "rounded" and not classifier:
                     break
                 meta.update(cast_float32=cast, labels=labels, input_dtype=dtype, verified={})
@@ -238,6 +256,26 @@ def _compile(estimator: Any, model_path: Path) -> tuple[OnnxEstimator | None, st
         return None, f"{type(exc).__name__}: {str(exc)[:200]}"
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+SCORES = "labels.onnx"  # a linear classifier's decision-function graph, whose labels scikit-learn's predict gives
+
+
+def _scores_graph(target: Any, n: int, dtype: str, folder: Path) -> bool:
+    """Write the decision-function graph of a linear classifier (its last step's raw scores) into `folder`;
+    whether there is one."""
+    from skl2onnx import to_onnx
+
+    final = target.steps[-1][1] if hasattr(target, "steps") else target
+    if getattr(final, "coef_", None) is None or not hasattr(final, "decision_function"):
+        return False
+    try:
+        onx = to_onnx(target, np.zeros((1, n), dtype=dtype), options={id(final): {"zipmap": False, "raw_scores": True}},
+                      target_opset={"": 17, "ai.onnx.ml": 3})
+    except Exception:  # noqa: BLE001 - no such graph for it: the other ways are tried
+        return False
+    (folder / SCORES).write_bytes(onx.SerializeToString())
+    return True
 
 
 def _linear(estimator: Any) -> dict[str, Any] | None:

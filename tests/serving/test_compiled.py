@@ -24,8 +24,9 @@ def _models():
     import pandas as pd
     from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
     from sklearn.ensemble import GradientBoostingRegressor, RandomForestClassifier
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.linear_model import LogisticRegression, RidgeClassifier, SGDClassifier
     from sklearn.pipeline import make_pipeline
+    from sklearn.svm import LinearSVC
     from sklearn.preprocessing import StandardScaler
     from sklearn.tree import DecisionTreeClassifier
 
@@ -33,6 +34,13 @@ def _models():
     xb, yb = load_breast_cancer(return_X_y=True)
     xd, yd = load_diabetes(return_X_y=True)
     named = pd.DataFrame(xi, columns=["sl", "sw", "pl", "pw"])
+    from sklearn.datasets import load_digits
+
+    xg, yg = load_digits(return_X_y=True)
+    scaler = StandardScaler().fit(xg)
+    sgd = SGDClassifier(loss="log_loss", learning_rate="constant", eta0=0.01, alpha=1e-4, random_state=0)
+    for _ in range(3):  # as examples/sklearn_digits trains it, epoch by epoch
+        sgd.partial_fit(scaler.transform(xg), yg, classes=np.unique(yg))
     return [
         ("lr", LogisticRegression(max_iter=500).fit(xi, yi), xi),
         ("rf", RandomForestClassifier(n_estimators=30, random_state=0).fit(xb, yb), xb),
@@ -40,10 +48,15 @@ def _models():
         ("gbr", GradientBoostingRegressor(n_estimators=20, random_state=0).fit(xd, yd), xd),
         ("pipeline", make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(xb, yb), xb),
         ("named", LogisticRegression(max_iter=500).fit(named, yi), named),
+        # every linear classifier it accepts agrees, far from the data too (the probes): the demo's own model
+        ("demo-sgd", make_pipeline(scaler, sgd), xg),
+        ("linear-svc", LinearSVC().fit(xi, yi), xi),
+        ("ridge", RidgeClassifier().fit(xi, yi), xi),
     ]
 
 
-@pytest.mark.parametrize("name", ["lr", "rf", "tree-strings", "gbr", "pipeline", "named"])
+@pytest.mark.parametrize("name", ["lr", "rf", "tree-strings", "gbr", "pipeline", "named", "demo-sgd", "linear-svc",
+                                  "ridge"])
 def test_a_compiled_model_agrees_with_its_estimator(cache, name):
     import joblib
 
