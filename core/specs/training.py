@@ -31,7 +31,7 @@ COORDINATOR: dict[str, Any] = {"gpu_count": 0, "cpu_request": "250m", "cpu_limit
 class TrainingSpec(SpecModel):
     """A training: run an algorithm's entry point with hyperparameters and datasets (EasyMaker contract)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", title="Training")  # a tuning's form: Training | Use template
 
     name: str = Field(pattern=NAME_PATTERN, description="Training name: lowercase letters, digits and '-', at most 50; e.g. digits-sgd.")
     description: str = Field(default="", max_length=255, description="Free text shown in lists.")

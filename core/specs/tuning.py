@@ -85,7 +85,7 @@ class ObjectiveSpec(SpecModel):
 
 
 class EarlyStoppingSpec(SpecModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", title="Median stopping")  # the Run form's choice: Median stopping | Off
 
     algorithm: Literal["median"] = Field(default="median", description="median: Katib's median stopping rule.")
     min_trials_required: int = Field(default=3, ge=1, description="Succeeded trials needed before any trial is stopped.")

@@ -45,7 +45,8 @@ def test_a_schedules_next_run_shows_on_its_deployments_upcoming_tab(stack, brows
     start = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1) + dt.timedelta(seconds=50)).isoformat()
     spec = tmp_path / "hourly.yaml"
     spec.write_text(json.dumps({"name": "web-hourly", "deployment": "train/gpu", "interval": {"every": 1, "unit": "hours"},
-                                "start_time": start, "parameters": {"spec": {"name": "web-hourly", "source_uri": "/nowhere",
+                                "start_time": start, "parameters": {"spec": {"name": "web-hourly-{{ slot_name }}",
+                                                                             "source_uri": "/nowhere",
                                                                              "entry_point": "train.py"}}}))
     _ok(mlyard("schedules", "create", "-f", str(spec)))
     try:
@@ -56,8 +57,8 @@ def test_a_schedules_next_run_shows_on_its_deployments_upcoming_tab(stack, brows
         assert queued, "the scheduler made no run ahead of the slot"
         page = prefect_page(browser, stack, f"/deployments/deployment/{deployment_id(stack, 'train/gpu')}")
         page.locator("li.p-tab", has_text="Upcoming").click()
-        slot = dt.datetime.fromisoformat(queued[0]["slot"]).strftime("%Y%m%dT%H%M%SZ")
-        see(page, f"web-hourly-{slot}", "upcoming")
+        slot = dt.datetime.fromisoformat(queued[0]["slot"]).strftime("%Y%m%dt%H%M%Sz")
+        see(page, f"web-hourly-{slot}", "upcoming")  # the run's one name: its training's, as trainings list shows it
         see(page, "Scheduled for", "upcoming")
         page.screenshot(path=str(SHOTS / "schedule-upcoming.png"))
         page.context.close()
