@@ -1,6 +1,7 @@
 """The environment an Azure ML deployment names for its entry script: a conda file's pip section, or a
 requirements.txt, built into a cached virtual environment (tasks/launch.pip_environment: one per hash
-of the requirements and this Python, over the platform's own packages), and the entry script run in it.
+of the requirements and this Python, over the platform's own packages, none of which it may replace:
+mlyard's serving code runs in it too), and the entry script run in it.
 
 Which file: `--conda-file` or `--requirements` when given; else, beside the entry script, the first of
 conda.yaml, conda.yml, environment.yml, environment.yaml, requirements.txt. Of a conda file, the `pip:`
@@ -109,7 +110,9 @@ def python_for(env: Environment, envs_dir: Path, log: Callable[[str], None]) -> 
     from tasks.launch import pip_environment
 
     assert env.source is not None
-    return pip_environment(env.requirements, envs_dir, log, label=env.source.name, cwd=env.source.parent)
+    # mlyard's serving code runs in it too: the deployment's packages may not replace the platform's
+    return pip_environment(env.requirements, envs_dir, log, label=env.source.name, cwd=env.source.parent,
+                           keep_platform=True)
 
 
 def run_in(python: str, argv: list[str]) -> NoReturn:

@@ -173,11 +173,14 @@ def requirements_env(source: Path, envs_dir: Path, log: Callable[[str], None] = 
 
 
 def pip_environment(requirements: str, envs_dir: Path, log: Callable[[str], None] = print,
-                    label: str = "requirements.txt", cwd: Path | None = None) -> str:
+                    label: str = "requirements.txt", cwd: Path | None = None, keep_platform: bool = False) -> str:
     """The python of a virtual environment holding `requirements` (pip's requirement lines) over the
     platform's packages, built once per hash of them and this Python (`requirements_env`'s rules);
-    `label` names them in what it logs and in a failure."""
-    digest = hashlib.sha256(requirements.encode() + sys.version.encode()).hexdigest()[:16]
+    `label` names them in what it logs and in a failure. `keep_platform` (mlyard's own code runs in it: a
+    served entry script): the requirements may add packages but change none of the platform's (every
+    installed one is a pip constraint at its version), so pip refuses a conflict naming the package."""
+    digest = hashlib.sha256(requirements.encode() + sys.version.encode() + (b"|keep" if keep_platform else b"")
+                            ).hexdigest()[:16]
     target = envs_dir / digest
     python = target / "bin" / "python"
     ready = target / ".ready"
@@ -196,8 +199,13 @@ def pip_environment(requirements: str, envs_dir: Path, log: Callable[[str], None
             (own / "mlyard-platform.pth").write_text("\n".join(site.getsitepackages()) + "\n")
             wanted = target / "requirements.txt"
             wanted.write_text(requirements)
+            kept: list[str] = []
+            if keep_platform:
+                (target / "platform-constraints.txt").write_text(platform_pins())
+                kept = ["-c", str(target / "platform-constraints.txt")]
             out = _run_checked([sys.executable, "-m", "pip", "--python", str(python), "install",
-                                "--disable-pip-version-check", "--no-input", "-r", str(wanted)], cwd=cwd, label=label)
+                                "--disable-pip-version-check", "--no-input", "-r", str(wanted), *kept], cwd=cwd,
+                               label=label)
         except TrainingFailed:
             shutil.rmtree(target, ignore_errors=True)
             raise
@@ -207,12 +215,28 @@ def pip_environment(requirements: str, envs_dir: Path, log: Callable[[str], None
     return str(python)
 
 
+def platform_pins() -> str:
+    """Every distribution the platform runs on, pinned at its installed version (pip constraint lines)."""
+    from importlib.metadata import distributions
+
+    pins = {d.metadata["Name"].lower(): d.version for d in distributions() if d.metadata["Name"]}
+    return "".join(f"{name}=={version}\n" for name, version in sorted(pins.items()))
+
+
 def _run_checked(argv: list[str], cwd: Path | None = None, label: str = "requirements.txt") -> str:
     proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0:
-        lines = (proc.stdout + proc.stderr).strip().splitlines()[-TAIL_LINES:]
+        everything = (proc.stdout + proc.stderr).strip().splitlines()
+        # a requirement that would replace a package the platform runs on (platform_pins): pip names it
+        # beside "(constraint)"; said first, as the reason
+        pinned = sorted({m.group(1) for line in everything
+                         if (m := re.search(r"requested \(constraint\) ([A-Za-z0-9_.\-]+==\S+)", line))})
+        if pinned:
+            raise TrainingFailed(f"{label} asks for other versions of packages mlyard runs on (kept at "
+                                 f"{', '.join(pinned)}): leave them out of it, or ask for those versions",
+                                 proc.returncode, everything[-TAIL_LINES:])
         raise TrainingFailed(f"installing {label} failed (exit code {proc.returncode})",
-                             proc.returncode, lines)
+                             proc.returncode, everything[-TAIL_LINES:])
     return proc.stdout
 
 

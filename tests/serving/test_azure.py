@@ -3,6 +3,7 @@ flags (`python -m serving.azure`) and with `mlyard serve --entry-script`, called
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -207,13 +208,12 @@ def run(raw):
 """
 
 
-def _probe_wheel(dest: Path) -> Path:
+def _probe_wheel(dest: Path, name: str = "mlyardprobe", version: str = "1.0") -> Path:
     """A minimal pure-Python wheel: the deployment's package, installed with no network."""
     import base64
     import hashlib
     import zipfile
 
-    name, version = "mlyardprobe", "1.0"
     path = dest / f"{name}-{version}-py3-none-any.whl"
     files = {f"{name}/__init__.py": "VALUE = 42\n",
              f"{name}-{version}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
@@ -249,3 +249,21 @@ def test_an_entry_script_runs_in_the_environment_its_conda_file_names(tmp_path):
         stop(proc)
     with pytest.raises(ImportError):
         __import__("mlyardprobe")  # the platform's own environment is untouched
+
+
+def test_a_deployments_environment_never_replaces_the_packages_mlyard_runs_on(tmp_path):
+    """An environment that asked for another pydantic replaced mlyard's own underneath its serving code:
+    it is refused, naming the package, and the platform's version stays what its code runs on."""
+    import importlib.metadata
+
+    (tmp_path / "wheels").mkdir()
+    old = _probe_wheel(tmp_path / "wheels", "pydantic", "1.0")  # what a model's pin of an old pydantic brings
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "score.py").write_text(NEEDS_ITS_PACKAGE)
+    (tmp_path / "app" / "requirements.txt").write_text(f"{old}\n")
+    proc = subprocess.run([MLYARD, "serve", "--entry-script", str(tmp_path / "app" / "score.py"), "--port",
+                           str(free_port())], env={**os.environ, "MLYARD_HOME": str(tmp_path / "home")},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "pydantic" in proc.stdout + proc.stderr, (proc.stdout, proc.stderr)
+    assert "requirements.txt" in proc.stdout + proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert importlib.metadata.version("pydantic").startswith("2.")

@@ -26,8 +26,8 @@ def _models():
     from sklearn.ensemble import GradientBoostingRegressor, RandomForestClassifier
     from sklearn.linear_model import LogisticRegression, RidgeClassifier, SGDClassifier
     from sklearn.pipeline import make_pipeline
-    from sklearn.svm import LinearSVC
     from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
     from sklearn.tree import DecisionTreeClassifier
 
     xi, yi = load_iris(return_X_y=True)
