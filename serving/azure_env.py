@@ -1,7 +1,7 @@
 """The environment an Azure ML deployment names for its entry script: a conda file's pip section, or a
 requirements.txt, built into a cached virtual environment (tasks/launch.pip_environment: one per hash
-of the requirements and this Python, over the platform's own packages, none of which it may replace:
-mlyard's serving code runs in it too), and the entry script run in it.
+of the requirements and this Python, over the platform's own packages; those mlyard's serving code loads
+there may not be replaced), and the entry script run in it.
 
 Which file: `--conda-file` or `--requirements` when given; else, beside the entry script, the first of
 conda.yaml, conda.yml, environment.yml, environment.yaml, requirements.txt. Of a conda file, the `pip:`
@@ -23,6 +23,9 @@ import yaml
 from core.errors import SpecError
 
 CONDA_NAMES = ("conda.yaml", "conda.yml", "environment.yml", "environment.yaml")
+# what of mlyard runs in the deployment's environment (`python -m serving.azure`): the packages these load
+# stay at the platform's versions there
+SERVER_MODULES = ("serving.azure", "serving.server", "serving.fastserver", "serving.inference_log", "core.settings")
 REEXEC_ENV = "MLYARD_AZURE_ENV"  # set in the process that already runs in the deployment's environment
 
 
@@ -112,7 +115,7 @@ def python_for(env: Environment, envs_dir: Path, log: Callable[[str], None]) -> 
     assert env.source is not None
     # mlyard's serving code runs in it too: the deployment's packages may not replace the platform's
     return pip_environment(env.requirements, envs_dir, log, label=env.source.name, cwd=env.source.parent,
-                           keep_platform=True)
+                           keep=SERVER_MODULES)
 
 
 def run_in(python: str, argv: list[str]) -> NoReturn:

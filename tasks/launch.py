@@ -173,14 +173,14 @@ def requirements_env(source: Path, envs_dir: Path, log: Callable[[str], None] = 
 
 
 def pip_environment(requirements: str, envs_dir: Path, log: Callable[[str], None] = print,
-                    label: str = "requirements.txt", cwd: Path | None = None, keep_platform: bool = False) -> str:
+                    label: str = "requirements.txt", cwd: Path | None = None, keep: Sequence[str] = ()) -> str:
     """The python of a virtual environment holding `requirements` (pip's requirement lines) over the
     platform's packages, built once per hash of them and this Python (`requirements_env`'s rules);
-    `label` names them in what it logs and in a failure. `keep_platform` (mlyard's own code runs in it: a
-    served entry script): the requirements may add packages but change none of the platform's (every
-    installed one is a pip constraint at its version), so pip refuses a conflict naming the package."""
-    digest = hashlib.sha256(requirements.encode() + sys.version.encode() + (b"|keep" if keep_platform else b"")
-                            ).hexdigest()[:16]
+    `label` names them in what it logs and in a failure. `keep`: mlyard's modules that run in it too (a
+    served entry script's server): the packages they load are pip constraints at the platform's versions,
+    so the requirements may add packages and change others (an older scikit-learn for an old pickle),
+    but never those; pip refuses a conflict, named in one line."""
+    digest = hashlib.sha256(requirements.encode() + sys.version.encode() + "|".join(keep).encode()).hexdigest()[:16]
     target = envs_dir / digest
     python = target / "bin" / "python"
     ready = target / ".ready"
@@ -200,8 +200,8 @@ def pip_environment(requirements: str, envs_dir: Path, log: Callable[[str], None
             wanted = target / "requirements.txt"
             wanted.write_text(requirements)
             kept: list[str] = []
-            if keep_platform:
-                (target / "platform-constraints.txt").write_text(platform_pins())
+            if keep:
+                (target / "platform-constraints.txt").write_text(platform_pins(keep))
                 kept = ["-c", str(target / "platform-constraints.txt")]
             out = _run_checked([sys.executable, "-m", "pip", "--python", str(python), "install",
                                 "--disable-pip-version-check", "--no-input", "-r", str(wanted), *kept], cwd=cwd,
@@ -215,12 +215,17 @@ def pip_environment(requirements: str, envs_dir: Path, log: Callable[[str], None
     return str(python)
 
 
-def platform_pins() -> str:
-    """Every distribution the platform runs on, pinned at its installed version (pip constraint lines)."""
-    from importlib.metadata import distributions
-
-    pins = {d.metadata["Name"].lower(): d.version for d in distributions() if d.metadata["Name"]}
-    return "".join(f"{name}=={version}\n" for name, version in sorted(pins.items()))
+def platform_pins(modules: Sequence[str]) -> str:
+    """The distributions that `modules` load (in a fresh interpreter of the platform, so nothing else is
+    counted), pinned at their installed versions: pip constraint lines."""
+    code = ("import importlib, json, sys\nfrom importlib.metadata import packages_distributions, version\n"
+            f"for m in {list(modules)!r}: importlib.import_module(m)\n"
+            "found = packages_distributions()\n"
+            "names = {d for m in list(sys.modules) for d in found.get(m.split('.')[0], [])}\n"
+            "print(json.dumps({n: version(n) for n in names if n != 'mlyard'}))")
+    pins = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                     cwd=Path(__file__).resolve().parent.parent).stdout)
+    return "".join(f"{name}=={v}\n" for name, v in sorted(pins.items()))
 
 
 def _run_checked(argv: list[str], cwd: Path | None = None, label: str = "requirements.txt") -> str:
