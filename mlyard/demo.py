@@ -30,7 +30,7 @@ from rich.console import Console
 from core.connection import connect
 from core.errors import StackError
 from core.settings import Settings
-from mlyard import api, stack
+from mlyard import api, stack, stack_ui
 from mlyard.prefect_setup import PROJECT_ROOT
 from tasks.processes import stop_group
 
@@ -117,7 +117,7 @@ def run(settings: Settings, out: Console, keep_running: bool = True) -> None:
 
     out.rule("13. where to look")
     try:  # a UI slow to start on a busy machine never fails the demo: everything is recorded already
-        mlflow_url = stack.start_mlflow_ui(settings, echo=out.print)
+        mlflow_url = stack_ui.start_mlflow_ui(settings, echo=out.print)
     except StackError as exc:
         mlflow_url = f"not up yet ({exc}); try `.venv/bin/mlyard ui mlflow` again"
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items())
@@ -139,10 +139,10 @@ def run(settings: Settings, out: Console, keep_running: bool = True) -> None:
                comparison picture {picture}
 
   Prefect UI   {state.ui_url}/runs/flow-run/{result.training_id}
-               {stack.prefect_sign_in(settings)}
+               {stack_ui.prefect_sign_in(settings)}
                press Run on deployment train/local to train again from the UI
   MLflow UI    {mlflow_url}
-               {stack.mlflow_sign_in(settings)}
+               {stack_ui.mlflow_sign_in(settings)}
 
   Try:  .venv/bin/mlyard trainings list
         .venv/bin/mlyard models show digits
@@ -161,7 +161,7 @@ def run(settings: Settings, out: Console, keep_running: bool = True) -> None:
         .venv/bin/mlyard dashboard
         .venv/bin/mlyard train -f examples/train.yaml --submit
         .venv/bin/mlyard down      (stops the stack; state stays in {settings.home_dir})""")
-    if (where := stack.how_to_find(settings)) is not None:
+    if (where := stack_ui.how_to_find(settings)) is not None:
         out.print(f"  {where}")
     if not keep_running:
         stack.down(settings, echo=out.print)

@@ -7,8 +7,6 @@ State lives in `<home>/stack.json` (pids, URLs); `down` ends each process group 
 
 from __future__ import annotations
 
-import fcntl
-import json
 import os
 import secrets
 import shutil
@@ -16,10 +14,6 @@ import signal
 import sys
 import threading
 import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 
 from core.connection import StackState, healthy, point_prefect, read_state
@@ -41,30 +35,10 @@ from mlyard.prefect_setup import (
     start_server,
     wait_healthy,
 )
+from mlyard.stack_state import make_private, one_at_a_time, write_state
+from mlyard.stack_ui import start_mlflow_ui
 from mlyard.warm.worker import POLL_SECONDS as WORKER_POLL_SECONDS
 from tasks.processes import alive, stop_group, stop_groups
-
-
-def write_state(settings: Settings, state: StackState) -> None:
-    tmp = settings.stack_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(state), indent=2))
-    tmp.chmod(0o600)  # it holds the platform's internal token
-    os.replace(tmp, settings.stack_file)
-
-
-@contextmanager
-def _one_at_a_time(home: Path) -> Iterator[None]:
-    """`mlyard up` and `mlyard down` on one home, one at a time (two terminals, or a script and a person):
-    a second `up` would otherwise start a part the first is starting (two PostgreSQLs on one data folder,
-    two gateways on one port); it waits, then finds the part up."""
-    home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(home / "stack.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        home.chmod(_home_mode(home))
-        yield
-    finally:
-        os.close(fd)
 
 
 def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackState:
@@ -72,7 +46,7 @@ def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackSta
     if settings.prefect_api_url:
         raise StackError("MLYARD_PREFECT_API_URL points at a production Prefect server; "
                          "`mlyard up` only starts the embedded stack. Unset it to use one.")
-    with _one_at_a_time(settings.home_dir):
+    with one_at_a_time(settings.home_dir):
         state = _up(settings, echo, start_timeout)
     tend_promotions(settings, echo)
     return state
@@ -218,7 +192,7 @@ def dead_parts(settings: Settings, state: StackState) -> list[str]:
 def restart_dead(settings: Settings, echo=print) -> list[str] | None:
     """Start again the parts of the running stack that died, as `up` started them (the keeper's restart);
     what was dead, or None when the stack was stopped meanwhile."""
-    with _one_at_a_time(settings.home_dir):
+    with one_at_a_time(settings.home_dir):
         state = read_state(settings)
         if state is None:
             return None
@@ -248,26 +222,6 @@ def tend_promotions(settings: Settings, echo) -> None:
             promotion_watch.watch(settings, client, echo)
     except MlyardError as exc:  # the stack is up all the same; the scheduler looks again within seconds
         echo(f"could not look at the promotions in progress: {exc}")
-
-
-def make_private(home: Path) -> None:
-    """Specs, parameters, models, predictions and credentials are the stack's user's alone: every folder
-    of the home 0700 and every file in it 0600 (the stack's processes write with umask 077, but the
-    databases are made by whichever process opens them first). The home itself is 0700, or 0711 when
-    the embedded PostgreSQL runs as its own unprivileged user (root's case: pgserver makes the path to
-    its data traversable), which lets that user reach `postgres/` and lists nothing."""
-    for entry in home.iterdir():
-        if entry.name == "postgres" or entry.is_symlink():
-            continue
-        wanted = 0o700 if entry.is_dir() else 0o600
-        if entry.stat().st_mode & 0o077:
-            entry.chmod(wanted)
-    home.chmod(_home_mode(home))
-
-
-def _home_mode(home: Path) -> int:
-    pg = home / "postgres"
-    return 0o711 if pg.is_dir() and pg.stat().st_uid != os.geteuid() else 0o700
 
 
 def _ensure_gpu_slots(settings: Settings, echo) -> None:
@@ -366,82 +320,11 @@ def _shared_folders(settings: Settings) -> list[Path]:
     return folders
 
 
-def _has_mlflow_app() -> bool:
-    """mlyard's MLflow app plugin (mlyard/mlflow_ui.py) is installed: an install from before it
-    (`make install` adds it) starts MLflow's own basic-auth app."""
-    from importlib.metadata import entry_points
-
-    return any(e.name == "mlyard" for e in entry_points(group="mlflow.app"))
-
-
-def start_mlflow_ui(settings: Settings, echo=print, timeout: float = 180.0) -> str:
-    url = f"http://127.0.0.1:{settings.mlflow_ui_port}"
-    with _one_at_a_time(settings.home_dir):  # the stack's record is read and written whole: not beside a restart
-        state = read_state(settings)
-        if state is None:
-            state = StackState(api_url="", ui_url="")
-        if state.pids.get("mlflow-ui") and alive(state.pids["mlflow-ui"]):
-            return state.mlflow_ui_url or url
-        from mlyard import mlflow_ui
-
-        # MLflow's job execution (a job runner and eight huey consumer processes, 15 CPU-seconds to start) runs
-        # GenAI jobs (scorers, prompt optimization) that mlyard never submits; the UI's server goes without it.
-        # Every request but its health probe signs in (MLflow's basic auth, the home's admin: mlyard/mlflow_ui.py).
-        env = {**os.environ, **settings.engine_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-               **mlflow_ui.auth_env(settings.home_dir)}
-        log = settings.home_dir / "logs" / "mlflow-ui.log"
-        pid = spawn([str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", settings.mlflow_uri,
-                      "--default-artifact-root", settings.mlflow_artifact_root.as_uri(),
-                      "--host", "127.0.0.1", "--port", str(settings.mlflow_ui_port), "--workers", "1",
-                      "--app-name", "mlyard" if _has_mlflow_app() else "basic-auth"], log, env)
-        state.pids["mlflow-ui"], state.logs["mlflow-ui"], state.mlflow_ui_url = pid, str(log), url
-        write_state(settings, state)
-        make_private(settings.home_dir)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                return url
-        except OSError as exc:
-            if not alive(pid):
-                raise StackError(f"the MLflow UI exited while starting; see {log}") from exc
-            time.sleep(0.5)
-    raise StackError(f"the MLflow UI did not answer at {url} within {timeout:.0f} s; see {log}")
-
-
-def how_to_find(settings: Settings) -> str | None:
-    """What a new shell in this folder needs to reach this stack, when its home is not the `.mlyard` it
-    would find from here (MLYARD_HOME moved it): the line to export. None when nothing is needed."""
-    from core.home import DEFAULT_HOME, find_home
-
-    if find_home(DEFAULT_HOME) == settings.home_dir:
-        return None
-    below = f" (or run mlyard from {settings.home_dir.parent} or below)" if settings.home_dir.name == DEFAULT_HOME else ""
-    return f"this stack's home is {settings.home_dir}: in a new shell, `export MLYARD_HOME={settings.home_dir}`{below}"
-
-
-def prefect_sign_in(settings: Settings) -> str:
-    """What the Prefect UI's login page asks for, said to the stack's owner (the string is in stack.json,
-    which only they read), or that it asks for nothing."""
-    state = read_state(settings)
-    if state is None or not state.prefect_auth_string:
-        return "sign-in: none (MLYARD_PREFECT_AUTH=false: every account of this machine reaches this Prefect API)"
-    return f"sign-in: paste {state.prefect_auth_string} into the login page (once per browser and `mlyard up`)"
-
-
-def mlflow_sign_in(settings: Settings) -> str:
-    """How the stack's owner signs in to the MLflow UI (mlyard/mlflow_ui.py: MLflow's basic auth)."""
-    from mlyard import mlflow_ui
-
-    return (f"sign-in: user {mlflow_ui.ADMIN}, password {mlflow_ui.admin_password(settings.home_dir)} "
-            f"(kept in {settings.home_dir / mlflow_ui.CONFIG}, readable by you alone)")
-
-
 def down(settings: Settings, echo=print, grace_seconds: float = 15.0) -> list[str]:
     """Stop every process the stack started (worker first, server last). Returns what was stopped."""
     if not settings.home_dir.is_dir():
         return []
-    with _one_at_a_time(settings.home_dir):
+    with one_at_a_time(settings.home_dir):
         return _down(settings, echo, grace_seconds)
 
 

@@ -1,5 +1,5 @@
 """The environment an Azure ML deployment names for its entry script: a conda file's pip section, or a
-requirements.txt, built into a cached virtual environment (tasks/launch.pip_environment: one per hash
+requirements.txt, built into a cached virtual environment (tasks/environments.pip_environment: one per hash
 of the requirements and this Python, over the platform's own packages; those mlyard's serving code loads
 there may not be replaced), and the entry script run in it.
 
@@ -110,7 +110,7 @@ def python_for(env: Environment, envs_dir: Path, log: Callable[[str], None]) -> 
         log(note)
     if not env.requirements.strip():
         return sys.executable
-    from tasks.launch import pip_environment
+    from tasks.environments import pip_environment
 
     assert env.source is not None
     # mlyard's serving code runs in it too: the deployment's packages may not replace the platform's

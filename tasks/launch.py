@@ -8,14 +8,9 @@ streams its lines, enforces the max run time, and kills the whole group when ask
 from __future__ import annotations
 
 import collections
-import fcntl
-import hashlib
 import json
 import re
-import shutil
-import site
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -154,95 +149,6 @@ def _free_ports(count: int) -> list[int]:
 
 def _env_key(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name).upper()
-
-
-# -- requirements -----------------------------------------------------------------------------------
-
-def requirements_env(source: Path, envs_dir: Path, log: Callable[[str], None] = print) -> str:
-    """The Python to run `source`'s entry point with.
-
-    Without a requirements.txt that is the platform's own interpreter. With one, it is a virtual
-    environment that sees the platform's packages (through a .pth file, behind its own) but
-    installs into its own directory, cached by the hash of requirements.txt: a second training
-    reuses it.
-    """
-    req = source / "requirements.txt"
-    if not req.is_file() or not req.read_text().strip():
-        return sys.executable
-    return pip_environment(req.read_text(), envs_dir, log, cwd=source)
-
-
-def pip_environment(requirements: str, envs_dir: Path, log: Callable[[str], None] = print,
-                    label: str = "requirements.txt", cwd: Path | None = None, keep: Sequence[str] = ()) -> str:
-    """The python of a virtual environment holding `requirements` (pip's requirement lines) over the
-    platform's packages, built once per hash of them and this Python (`requirements_env`'s rules);
-    `label` names them in what it logs and in a failure. `keep`: mlyard's modules that run in it too (a
-    served entry script's server): the packages they load are pip constraints at the platform's versions,
-    so the requirements may add packages and change others (an older scikit-learn for an old pickle),
-    but never those; pip refuses a conflict, named in one line."""
-    digest = hashlib.sha256(requirements.encode() + sys.version.encode() + "|".join(keep).encode()).hexdigest()[:16]
-    target = envs_dir / digest
-    python = target / "bin" / "python"
-    ready = target / ".ready"
-    envs_dir.mkdir(parents=True, exist_ok=True)
-    with open(envs_dir / f"{digest}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel trials share one build
-        if ready.exists():
-            log(f"{label}: reusing environment {target}")
-            return str(python)
-        shutil.rmtree(target, ignore_errors=True)  # a half-built environment from a crash
-        log(f"{label}: building environment {target}")
-        try:
-            _run_checked([sys.executable, "-m", "venv", "--without-pip", str(target)])
-            # The platform's own packages stay visible, behind the environment's own (a .pth is read last).
-            own = target / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
-            (own / "mlyard-platform.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-            wanted = target / "requirements.txt"
-            wanted.write_text(requirements)
-            kept: list[str] = []
-            if keep:
-                (target / "platform-constraints.txt").write_text(platform_pins(keep))
-                kept = ["-c", str(target / "platform-constraints.txt")]
-            out = _run_checked([sys.executable, "-m", "pip", "--python", str(python), "install",
-                                "--disable-pip-version-check", "--no-input", "-r", str(wanted), *kept], cwd=cwd,
-                               label=label)
-        except TrainingFailed:
-            shutil.rmtree(target, ignore_errors=True)
-            raise
-        for line in out.splitlines()[-3:]:
-            log(line)
-        ready.write_text(requirements)
-    return str(python)
-
-
-def platform_pins(modules: Sequence[str]) -> str:
-    """The distributions that `modules` load (in a fresh interpreter of the platform, so nothing else is
-    counted), pinned at their installed versions: pip constraint lines."""
-    code = ("import importlib, json, sys\nfrom importlib.metadata import packages_distributions, version\n"
-            f"for m in {list(modules)!r}: importlib.import_module(m)\n"
-            "found = packages_distributions()\n"
-            "names = {d for m in list(sys.modules) for d in found.get(m.split('.')[0], [])}\n"
-            "print(json.dumps({n: version(n) for n in names if n != 'mlyard'}))")
-    pins = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                                     cwd=Path(__file__).resolve().parent.parent).stdout)
-    return "".join(f"{name}=={v}\n" for name, v in sorted(pins.items()))
-
-
-def _run_checked(argv: list[str], cwd: Path | None = None, label: str = "requirements.txt") -> str:
-    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        everything = (proc.stdout + proc.stderr).strip().splitlines()
-        # a requirement that would replace a package the platform runs on (platform_pins): pip names it
-        # beside "(constraint)"; said first, as the reason
-        pinned = sorted({m.group(1) for line in everything
-                         if (m := re.search(r"requested \(constraint\) ([A-Za-z0-9_.\-]+==\S+)", line))})
-        if pinned:
-            raise TrainingFailed(f"{label} asks for other versions of packages mlyard runs on (kept at "
-                                 f"{', '.join(pinned)}): leave them out of it, or ask for those versions",
-                                 proc.returncode, everything[-TAIL_LINES:])
-        raise TrainingFailed(f"installing {label} failed (exit code {proc.returncode})",
-                             proc.returncode, everything[-TAIL_LINES:])
-    return proc.stdout
 
 
 # -- supervising the process ------------------------------------------------------------------------

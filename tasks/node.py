@@ -24,7 +24,8 @@ from core.errors import MlyardError, TrainingFailed
 from core.settings import Settings, apply_engine_env, require_shared_stores
 from core.specs import TrainingSpec
 from registry.tracking import Tracking
-from tasks.launch import Rendezvous, requirements_env, run_script
+from tasks.environments import requirements_env
+from tasks.launch import Rendezvous, run_script
 from tasks.node_jobs import RENDEZVOUS_PORT, NodeJob, node_environment
 from tasks.storage import Storage
 from tasks.training import LOG_NAME, save_model, stage_inputs

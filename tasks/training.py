@@ -28,7 +28,8 @@ from core.names import (
 from core.specs import TrainingSpec
 from registry.tracking import Tracking
 from tasks import checks
-from tasks.launch import ScriptRun, Workdirs, requirements_env, run_script
+from tasks.environments import requirements_env
+from tasks.launch import ScriptRun, Workdirs, run_script
 from tasks.orchestration import prefect_link, step_started
 from tasks.staging import stage_in, stage_out
 from tasks.storage import Storage

@@ -18,12 +18,12 @@ ui_app = typer_app("Open the web UIs of the embedded stack.")
 
 def up() -> None:
     """Start the embedded stack: Prefect server (SQLite), the local pool with a worker, the deployments."""
-    from mlyard import stack
+    from mlyard import stack, stack_ui
 
     settings = _settings()
     state = guard(lambda: stack.up(settings, echo=out.print))
     out.print(f"Prefect UI: {state.ui_url}   (stop with `mlyard down`)")
-    if (where := stack.how_to_find(settings)) is not None:
+    if (where := stack_ui.how_to_find(settings)) is not None:
         out.print(where)
 
 
@@ -53,18 +53,18 @@ def status(as_json: bool = JSON) -> None:
 def ui_mlflow() -> None:
     """Start the MLflow UI on the embedded tracking store and print its URL and how to sign in (MLflow's
     basic auth: the user `mlyard` and this home's password)."""
-    from mlyard import stack
+    from mlyard import stack_ui
 
     settings = _settings()
-    url = guard(lambda: stack.start_mlflow_ui(settings))
+    url = guard(lambda: stack_ui.start_mlflow_ui(settings))
     out.print(f"MLflow UI: {url}")
-    out.print(stack.mlflow_sign_in(settings))
+    out.print(stack_ui.mlflow_sign_in(settings))
 
 
 @ui_app.command("prefect")
 def ui_prefect() -> None:
     """Print the Prefect UI URL (the server runs after `mlyard up`) and the string its login page asks for."""
-    from mlyard import stack
+    from mlyard import stack, stack_ui
 
     settings = _settings()
     info = stack.status(settings)
@@ -72,7 +72,7 @@ def ui_prefect() -> None:
         err.print("the embedded stack is not running: start it with `mlyard up`")
         raise typer.Exit(2)
     out.print(f"Prefect UI: {info['prefect_ui']}")
-    out.print(stack.prefect_sign_in(settings))
+    out.print(stack_ui.prefect_sign_in(settings))
 
 
 def demo(keep_running: bool = typer.Option(True, help="Leave the stack running to look at the UIs.")) -> None:

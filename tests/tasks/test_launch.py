@@ -13,7 +13,8 @@ import pytest
 
 from core.errors import TrainingFailed, TrainingStopped
 from core.specs import TrainingSpec
-from tasks.launch import Supervisor, Workdirs, build_invocation, requirements_env
+from tasks.environments import requirements_env
+from tasks.launch import Supervisor, Workdirs, build_invocation
 
 ECHO_ENV = """
 import json, os, sys
