@@ -33,6 +33,17 @@ def route_error(route: Any, status: int, message: str) -> bytes:
     return error_body(message)
 
 
+RETRY_AFTER = [(b"retry-after", b"1")]  # with a 503: the caller may try again in a second
+
+
+def unknown_endpoint(route: Any, loaded: bool) -> tuple[int, bytes, list]:
+    """An endpoint not in the gateway's table: 404, or 503 with Retry-After while the gateway (just started,
+    a keeper's restart) has not read its table yet: the endpoint may well exist."""
+    if not loaded:
+        return 503, route_error(route, 503, "the gateway is starting; retry shortly"), list(RETRY_AFTER)
+    return 404, route_error(route, 404, f"no endpoint {route.endpoint!r}"), []
+
+
 def is_internal(internal: bytes | None, headers: list[tuple[bytes, bytes]]) -> bool:
     """Whether the headers carry the platform's internal credential (`internal`: its whole Authorization
     header, `Bearer ...`)."""

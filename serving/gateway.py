@@ -5,18 +5,16 @@
     /mlyard/health, routes, reload, stats, metrics: gateway_admin.py (internal credential but health)
     POST /rag/v1/query, /rag/v1/search: the RAG the body's `model` names (gateway_rag.py)
 
-Per request, in order: parse the route (404 when no endpoint, stage or model answers); check the token
-unless the endpoint is public (401 with why) and the body's declared size against the endpoint's limit
-(413), all on the request's head, before its body is read (`admit`, called by fastserver.py, whose
-Limits bound headers, bodies, time and connections); take the healthy replica with the fewest
-outstanding requests (503 + Retry-After when none, or when the gateway is full); proxy the request,
-streaming the answer. A replica that refuses the connection, or closes it before answering (a killed
-one), leaves routing at once and another takes the request; it returns when a health probe passes.
-Requests to replicas carry the replicas' credential (`x-mlyard-replica`, serving/access.py).
+Per request: parse the route (404 when nothing answers; 503 before the table's first read); check the
+token unless the endpoint is public (401) and the declared size against the endpoint's limit (413), on
+the head, before the body is read (`admit`; fastserver.py's Limits bound headers, bodies, time and
+connections); take the healthy replica with the fewest outstanding requests (503 + Retry-After when none
+or when full); proxy the request, streaming the answer. A replica that refuses the connection or closes
+it unanswered leaves routing at once and another takes the request, until a health probe passes; a
+replica is sent the replicas' credential (`x-mlyard-replica`, serving/access.py).
 
-Every second (on /mlyard/reload, and when a request finds no healthy replica) it reads the catalog
-(endpoints, default stages, tokens, the Services of stages on a cluster) and the local replica files
-(tasks/replicas.py); replicas are probed with Backend.AI's health-check semantics (serving/health.py).
+Every second (on /mlyard/reload; when a request finds no healthy replica) it reads the catalog and the
+local replica files (tasks/replicas.py); replicas are probed as Backend.AI's health checks (health.py).
 
 Stages can share an endpoint's default traffic (serving/traffic.py): a default-URL request goes to the
 stage the shares pick, and is sent again to a shadow stage after the client has its answer
@@ -35,12 +33,12 @@ from typing import Any
 
 from core.connection import REPLICA_HEADER, replica_token
 from serving import asgi
-from serving.access import error_body, is_internal, route_error, token_problem
+from serving.access import RETRY_AFTER, error_body, is_internal, route_error, token_problem, unknown_endpoint
 from serving.endpoint_stats import EndpointStats
 from serving.fastserver import Refusal
 from serving.gateway_admin import admin
 from serving.gateway_rag import RAG_ROUTES, rag
-from serving.gateway_shadow import shadow_request
+from serving.gateway_shadow import mirror
 from serving.health import HEALTHY, Health
 from serving.modelfolder import HealthCheck
 from serving.proxy import Pool, UpstreamError
@@ -51,7 +49,6 @@ from tasks import replicas as files
 
 log = logging.getLogger("mlyard.gateway")
 MAX_BODY = 32 * 1024 * 1024  # as `mlyard serve`'s replicas (Settings.max_request_bytes)
-RETRY_AFTER = [(b"retry-after", b"1")]
 RECHECK_SECONDS = 0.25
 
 
@@ -226,18 +223,12 @@ class Gateway:
             return 404, error_body(str(exc)), []
         ep = self.endpoints.get(route.endpoint)
         if ep is None:
-            return self._unknown(route)
+            return unknown_endpoint(route, self.loaded)
         if not ep["public"]:
             why = token_problem(self._internal, ep, {"headers": headers})
             if why is not None:
                 return 401, route_error(route, 401, why), [(b"www-authenticate", b"Bearer")]
         return ep.get("max_request_bytes") or self.max_body
-
-    def _unknown(self, route: Route) -> tuple[int, bytes, list]:
-        """An endpoint not in the table: 404, or 503 while the gateway (just started) has not read it yet."""
-        if not self.loaded:
-            return 503, route_error(route, 503, "the gateway is starting; retry shortly"), list(RETRY_AFTER)
-        return 404, route_error(route, 404, f"no endpoint {route.endpoint!r}"), []
 
     def _route(self, path: str) -> Route:
         """The route of a path (NoRoute when it names none)."""
@@ -280,7 +271,7 @@ class Gateway:
                 return await asgi.reply(send, 404, error_body(str(exc)))
         ep = self.endpoints.get(route.endpoint)
         if ep is None:
-            status, body, headers = self._unknown(route)
+            status, body, headers = unknown_endpoint(route, self.loaded)
             return await asgi.reply(send, status, body, headers=headers)
         if not ep["public"]:
             why = token_problem(self._internal, ep, scope)
@@ -390,12 +381,9 @@ class Gateway:
             self.stats.record(key, ms, failed or resp.status >= 400, classes)
             if split is not None:
                 self.live.record((route.endpoint, stage), ms, failed)
-        if shadow is not None and len(self._mirrors) < self.max_mirrors:
-            mirror = asyncio.get_running_loop().create_task(
-                shadow_request(self, Route(route.endpoint, shadow, route.model, route.rest), scope["method"], target, headers,
-                             body, whole if not failed else None, split.tolerance if split else 1e-6))
-            self._mirrors.add(mirror)
-            mirror.add_done_callback(self._mirrors.discard)
+        if shadow is not None:
+            mirror(self, Route(route.endpoint, shadow, route.model, route.rest), scope["method"], target, headers, body,
+                   whole if not failed else None, split.tolerance if split else 1e-6)
 
     def _start(self) -> None:
         self._tasks.append(asyncio.get_running_loop().create_task(self._loop()))

@@ -3,6 +3,7 @@ answer, compared with that answer, counted for the shadow gate, and dropped."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING
 
@@ -38,3 +39,15 @@ async def shadow_request(gw: Gateway, route: Route, method: str, target: str, he
     agreed = None if answer is None else (not failed and status is not None and status < 400
                                           and agree(answer, got, tolerance))
     gw.live.record_pair((route.endpoint, route.stage or ""), agreed, (time.perf_counter() - started) * 1000, failed)
+
+
+def mirror(gw: Gateway, route: Route, method: str, target: str, headers: list, body: bytes, answer: bytes | None,
+           tolerance: float) -> None:
+    """Send the shadow copy in the background, unless `max_mirrors` copies are already on their way (a
+    shadow share then skips requests rather than queue them)."""
+    if len(gw._mirrors) >= gw.max_mirrors:
+        return
+    task = asyncio.get_running_loop().create_task(shadow_request(gw, route, method, target, headers, body, answer,
+                                                                 tolerance))
+    gw._mirrors.add(task)
+    task.add_done_callback(gw._mirrors.discard)

@@ -325,12 +325,13 @@ def test_a_part_that_dies_is_restarted_within_seconds_and_the_log_says_so(stack,
 def test_a_gateway_that_has_not_read_its_table_yet_says_503_for_any_endpoint(tmp_path):
     """While the gateway starts (restarted by the keeper), an endpoint it does not know yet may well exist:
     503 with Retry-After, not 404."""
+    from serving.access import unknown_endpoint
     from serving.gateway import Gateway
     from serving.routing import parse
 
     gw = Gateway(tmp_path, None)
     assert gw.admit("POST", "/digits/digits/v1/models/digits:predict", [])[0] == 503
-    status, _, headers = gw._unknown(parse("/digits/digits/v1/models/digits:predict"))
+    status, _, headers = unknown_endpoint(parse("/digits/digits/v1/models/digits:predict"), gw.loaded)
     assert status == 503 and (b"retry-after", b"1") in headers
     gw.loaded = True
     assert gw.admit("POST", "/digits/digits/v1/models/digits:predict", [])[0] == 404
