@@ -10,7 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from core.connection import StackState, read_state
+from core.connection import StackState, healthy, read_state
 from core.errors import StackError
 from core.settings import Settings
 from mlyard.prefect_setup import spawn
@@ -34,6 +34,8 @@ def start_mlflow_ui(settings: Settings, echo=print, timeout: float = 180.0) -> s
             state = StackState(api_url="", ui_url="")
         if state.pids.get("mlflow-ui") and alive(state.pids["mlflow-ui"]):
             return state.mlflow_ui_url or url
+        if healthy(url):  # another stack's MLflow UI (or anything else): ours would not bind, theirs would answer
+            raise StackError(f"something else already answers at {url}; stop it or set MLYARD_MLFLOW_UI_PORT")
         from mlyard import mlflow_ui
 
         # MLflow's job execution (a job runner and eight huey consumer processes, 15 CPU-seconds to start) runs

@@ -148,7 +148,17 @@ def second_gateway(settings):
             except OSError:
                 assert proc.poll() is None and time.monotonic() < deadline, "the second gateway did not start"
                 time.sleep(0.2)
-        time.sleep(1.5)  # its first read of the catalog and probe of the replicas
+        from core.connection import internal_headers
+
+        while True:  # its first read of the catalog and probe of the replicas (a loaded machine takes longer)
+            with urllib.request.urlopen(urllib.request.Request(url + "/mlyard/routes", headers=internal_headers(settings)),
+                                        timeout=5) as resp:
+                table = json.loads(resp.read())
+            shop = table["endpoints"].get("shop", {"stages": {}})
+            if all(any(r["healthy"] for r in rs) for rs in shop["stages"].values()) and shop["stages"]:
+                break
+            assert time.monotonic() < deadline + 30, f"the second gateway routes nothing healthy: {table}"
+            time.sleep(0.2)
         yield url
     finally:
         stop_group(proc, 5)
