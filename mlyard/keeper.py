@@ -17,6 +17,7 @@ import time
 
 from core.connection import read_state
 from core.settings import Settings
+from tasks.processes import reaped
 
 log = logging.getLogger("mlyard.keeper")
 
@@ -34,7 +35,8 @@ def main() -> None:
     log.info("keeping the stack of %s (pid %d)", settings.home_dir, os.getpid())
     while True:
         time.sleep(LOOK_SECONDS)
-        _reap()
+        for _ in reaped():  # the parts it restarted are its children: no zombie of a dead one stays
+            pass
         state = read_state(settings)
         if state is None or state.pids.get("keeper") != os.getpid():
             log.info("the stack was stopped, or another keeper keeps it: ending")
@@ -56,18 +58,6 @@ def main() -> None:
                 return
         except Exception:  # noqa: BLE001 - found dead again at the next look, after the backoff
             log.exception("restarting the stack's dead parts failed")
-
-
-def _reap() -> None:
-    """Collect the parts this process started that have exited (they are its children once it restarted
-    them): a dead part must not linger as a zombie."""
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 
 
 def alive(pid: int | None) -> bool:
@@ -24,6 +25,19 @@ def alive(pid: int | None) -> bool:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+def reaped() -> Iterator[tuple[int, int]]:
+    """The children of this process that have ended, collected now (pid, wait status), without waiting
+    for the others: a process that starts children it does not wait for must not leave them zombies."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        yield pid, status
 
 
 def stop_group(target: int | subprocess.Popen, grace_seconds: float, sig: int = signal.SIGTERM) -> bool:

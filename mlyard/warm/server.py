@@ -46,6 +46,7 @@ from mlyard.warm import (
     warm_dir,
 )
 from mlyard.warm.preload import LOGGING_SET_UP, logging_inputs, preload
+from tasks.processes import reaped
 
 log = logging.getLogger("mlyard.warm")
 REQUEST_TIMEOUT_SECONDS = 5.0
@@ -166,13 +167,7 @@ def _reap(*_: object) -> None:
     """Collect the children that ended. A child reports its own exit status to its client; one killed by
     a signal cannot, so the runner tells the client which signal (`signal N`), and the client ends the
     same way: whoever started it (Prefect's worker, a shell) sees the kill, not a made-up exit 1."""
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
+    for pid, status in reaped():
         conn = _HELD.pop(pid, None)
         if conn is None:
             continue
