@@ -13,6 +13,7 @@ import numpy as np
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 MIN_SCORE = 0.3  # a sentence less similar to the question than this does not answer it
+NEAR_BEST = 0.8  # a second sentence is quoted only when it is nearly as close as the best
 NOTE = ("(Sentences quoted from the retrieved passages; for a written answer, point llm.base_url or llm.endpoint "
         "at a capable chat model.)")
 
@@ -31,7 +32,9 @@ def extract(question: str, passages: Sequence[str], encode: Callable[[list[str]]
         return "The retrieved passages hold no text to answer from. " + NOTE
     vectors = np.asarray(encode([question] + [s for _, s in found]), dtype=np.float32)
     scores = vectors[1:] @ vectors[0]
-    best = [i for i in np.argsort(-scores)[:most] if scores[i] >= MIN_SCORE]
+    order = np.argsort(-scores)[:most]
+    floor = max(MIN_SCORE, NEAR_BEST * float(scores[order[0]]))  # a runner-up far behind the best answers less
+    best = [i for i in order if scores[i] >= floor]
     if not best:
         return "None of the retrieved passages answers this closely. " + NOTE
     return " ".join(f"{found[i][1]} [{found[i][0]}]" for i in best) + "\n\n" + NOTE

@@ -40,3 +40,9 @@ def test_nothing_close_enough_is_said_so_and_cites_nothing(encode):
     answer = extract("What is the capital of France?", PASSAGES[2:], encode)
     assert answer.startswith("None of the retrieved passages") and not re.search(r"\[\d+\]", answer)
     assert sentences("One. Two!\nThree? ") == ["One.", "Two!", "Three?"]
+
+
+def test_a_sentence_far_behind_the_best_is_not_quoted(encode):
+    """The demo once quoted the token's expiry after the backups' 35 days: close to nothing asked."""
+    answer = extract("How long are backups kept?", PASSAGES, encode)
+    assert "[2]" not in answer and "90 days" not in answer, answer
