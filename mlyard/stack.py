@@ -332,8 +332,8 @@ def _down(settings: Settings, echo, grace_seconds: float) -> list[str]:
     state = read_state(settings)
     if state is None:
         return []
-    if alive(state.pids.get("keeper")):  # first: it would start again what is being stopped
-        stop_group(state.pids["keeper"], grace_seconds)
+    if alive(state.pids.get("keeper")) and stop_group(state.pids["keeper"], grace_seconds):  # first: it would
+        echo(f"stopped keeper (pid {state.pids['keeper']})")  # start again what is being stopped
     # every part at once, sharing one grace period; the Prefect server last (the worker and the
     # runs' processes report their ends to it)
     parts = {name: pid for name, pid in state.pids.items() if name not in ("prefect-server", "keeper") and alive(pid)}
