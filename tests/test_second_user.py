@@ -27,14 +27,19 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="making a second Unix 
 
 
 @pytest.fixture(scope="module")
-def intruder() -> pwd.struct_passwd:
-    """A second account: no password, no home, no group of ours (made once; several workers may ask)."""
+def intruder():
+    """A second account: no password, no home, no group of ours; removed again if this test made it."""
     try:
-        return pwd.getpwnam(INTRUDER)
+        yield pwd.getpwnam(INTRUDER)
+        return
     except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", INTRUDER],
-                       capture_output=True)  # a worker beside this one may have made it meanwhile
-        return pwd.getpwnam(INTRUDER)
+        pass
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", INTRUDER],
+                   capture_output=True, check=True)
+    try:
+        yield pwd.getpwnam(INTRUDER)
+    finally:
+        subprocess.run(["userdel", INTRUDER], capture_output=True)
 
 
 def as_intruder(intruder, *argv: str, stdin: str | None = None) -> subprocess.CompletedProcess:
