@@ -291,12 +291,15 @@ def control_promotion(spec: PromotionControlSpec) -> dict[str, Any]:
             pass
         gateway(gateway_url(p.settings), "/mlyard/reload", "POST")
         return promo
-    promo = traffic.update(promo["id"], status="RUNNING", reason="")
-    # 3. A run for it, if it has none.
-    if orphaned(promo) or _ended_run(promo["flow_run_id"]):
-        pool = "kubernetes" if in_kubernetes_pod() else "local"
-        fr = submit(f"{FLOW_ROLLOUT}/{pool}", {"spec": RolloutSpec(endpoint=spec.endpoint, stage=promo["stage"],
-                                                                    resume=True).model_dump(mode="json")})
-        promo = traffic.update(promo["id"], flow_run_id=str(fr.id))
-        get_run_logger().info("started %s to go on with the promotion", fr.name)
+    # 3. A run for it, if it has none: made while the promotion still waits (PAUSED), then RUNNING with the new
+    # run's id in one write, so the promotion watch never reads it RUNNING with its ended run
+    if not (orphaned(promo) or _ended_run(promo["flow_run_id"])):
+        return traffic.update(promo["id"], status="RUNNING", reason="")
+    if promo["status"] == "RUNNING" and not traffic.claim_orphan(promo):  # the promotion watch took it up meanwhile
+        return traffic.active(spec.endpoint) or promo
+    pool = "kubernetes" if in_kubernetes_pod() else "local"
+    fr = submit(f"{FLOW_ROLLOUT}/{pool}", {"spec": RolloutSpec(endpoint=spec.endpoint, stage=promo["stage"],
+                                                                resume=True).model_dump(mode="json")})
+    promo = traffic.update(promo["id"], status="RUNNING", reason="", flow_run_id=str(fr.id))
+    get_run_logger().info("started %s to go on with the promotion", fr.name)
     return promo
