@@ -71,7 +71,13 @@ class Router:
     def __init__(self) -> None:
         self._stages: dict[tuple[str, str], _Stage] = {}
         self._default: dict[str, str] = {}
+        self._default_models: dict[str, frozenset[str]] = {}  # what each default stage serves (for_default)
         self._lock = threading.Lock()
+
+    def _models_changed(self, endpoint: str) -> None:
+        """(under the lock) The models of `endpoint`'s default stage, kept for the request path."""
+        st = self._stages.get((endpoint, self._default.get(endpoint) or ""))
+        self._default_models[endpoint] = frozenset(r.model for r in st.replicas) if st is not None else frozenset()
 
     def set_stage(self, endpoint: str, stage: str, replicas: list[Replica], default: bool = False) -> None:
         """Put a stage's replicas into routing. A replica it already had stays the same object (health
@@ -93,12 +99,14 @@ class Router:
                 self._stages[(endpoint, stage)] = _Stage(kept)
             if default:
                 self._default[endpoint] = stage  # traffic moves at once: the next request goes here
+            self._models_changed(endpoint)
 
     def remove_stage(self, endpoint: str, stage: str) -> None:
         with self._lock:
             self._stages.pop((endpoint, stage), None)
             if self._default.get(endpoint) == stage:
                 del self._default[endpoint]
+            self._models_changed(endpoint)
 
     def set_default(self, endpoint: str, stage: str | None) -> None:
         with self._lock:
@@ -106,6 +114,7 @@ class Router:
                 self._default.pop(endpoint, None)
             else:
                 self._default[endpoint] = stage
+            self._models_changed(endpoint)
 
     def stages(self) -> list[tuple[str, str]]:
         with self._lock:
@@ -146,9 +155,7 @@ class Router:
         that model, its path renamed to match. A name the endpoint never served stays unknown (404)."""
         if route.stage is not None or route.model not in served_before:
             return route
-        with self._lock:
-            st = self._stages.get((route.endpoint, self._default.get(route.endpoint) or ""))
-            models = {r.model for r in st.replicas} if st is not None else set()
+        models = self._default_models.get(route.endpoint, frozenset())  # one dict read: no lock on this path
         if route.model in models or len(models) != 1:
             return route
         (only,) = models
