@@ -367,14 +367,16 @@ def query(name: str, question: str, *, stream: bool = False, token: str | None =
     if not stream:
         data = resp.json()
         return {"answer": data["choices"][0]["message"]["content"], "sources": data.get("sources", []),
+                "citations_removed": data.get("citations_removed", 0),
                 "seconds": round(time.monotonic() - t0, 3), "usage": data.get("usage")}
     pieces: list[str] = []
     sources: list[dict[str, Any]] = []
-    first = None
+    first, removed = None, 0
     for chunk in sse.chunks(resp.iter_lines()):
         if "error" in chunk:
             raise Protected(f"RAG {name!r}: {chunk['error']['message']}")
         sources = chunk.get("sources") or sources
+        removed = chunk.get("citations_removed", removed)
         piece = sse.delta_text(chunk)
         if piece:
             first = first if first is not None else time.monotonic() - t0
@@ -382,7 +384,8 @@ def query(name: str, question: str, *, stream: bool = False, token: str | None =
             if on_text is not None:
                 on_text(piece)
     resp.close()
-    return {"answer": "".join(pieces), "sources": sources, "seconds": round(time.monotonic() - t0, 3),
+    return {"answer": "".join(pieces), "sources": sources, "citations_removed": removed,
+            "seconds": round(time.monotonic() - t0, 3),
             "first_token_seconds": round(first, 3) if first is not None else None}
 
 

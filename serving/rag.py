@@ -206,8 +206,9 @@ class RagService:
         sources = sources_of(hits)
         if self.extractive:
             return await self._extracted(send, question, hits, sources, bool(body.get("stream")))
+        passages = [h.text for h in hits]  # a citation stands only where its claim drew on its passage
         if body.get("stream"):
-            return await self.llm.stream(send, request, sources)
+            return await self.llm.stream(send, request, sources, passages)
         answer = await self.llm.complete(request)
         answer["model"] = self.name
         answer["sources"] = sources
@@ -215,9 +216,9 @@ class RagService:
         for choice in answer.get("choices") or []:
             message = choice.get("message") or {}
             if isinstance(message.get("content"), str):
-                message["content"], n = citations.check(message["content"], sources)
+                message["content"], n = citations.check(message["content"], sources, passages)
                 removed += n
-        answer["citations_removed"] = removed  # cited numbers (or files) that were not among the sources
+        answer["citations_removed"] = removed  # cited numbers (or files) not among the sources, or not drawn on
         return await asgi.reply(send, 200, orjson.dumps(answer))
 
 

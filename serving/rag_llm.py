@@ -93,7 +93,7 @@ class RagLlm:
             raise Unavailable(502, f"the LLM at {url} answered {resp.status_code}: {resp.text[:300]}")
         return resp.json()
 
-    async def stream(self, send: asgi.Send, request: dict, sources: list[dict]) -> None:
+    async def stream(self, send: asgi.Send, request: dict, sources: list[dict], passages: list[str]) -> None:
         """The LLM's streamed answer relayed as server-sent events: renamed to the RAG, `sources` in the
         first chunk, citations judged as they come, an error event if the LLM breaks off."""
         import httpx
@@ -112,7 +112,7 @@ class RagLlm:
                 raise Unavailable(502, f"the LLM at {url} answered {resp.status_code}: {text[:300]}")
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
-            first, checked, last = True, citations.StreamingCheck(sources), None
+            first, checked, last = True, citations.StreamingCheck(sources, passages), None
             try:
                 async for line in resp.aiter_lines():
                     if not line.startswith("data:"):

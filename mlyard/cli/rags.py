@@ -139,6 +139,9 @@ def rags_query(name: str, question: str, stream: bool = typer.Option(True, "--st
     out.print("sources: " + "; ".join(f"[{s['index']}] {s['file']}{', ' + s['where'] if s['where'] else ''} "
                                       f"({s['score']:.2f})" for s in result["sources"]), highlight=False,
               soft_wrap=True)
+    if result.get("citations_removed"):
+        out.print(f"citations removed: {result['citations_removed']} (not among the sources, or not drawn on)",
+                  highlight=False)
 
 
 @app.command("search")

@@ -3,6 +3,7 @@ folder of mixed documents (ingested by a flow run of rag-sync/local on the real 
 embedded PostgreSQL + pgvector, embedded by the offline all-MiniLM-L6-v2), syncs after a change,
 shows the history, searches, and deletes it; and the rules and bad input."""
 
+import contextlib
 import json
 import sys
 import time
@@ -364,7 +365,8 @@ def test_bad_specs_are_refused_in_one_line_before_anything_is_made(stack, tmp_pa
 
 
 def test_faults_an_llm_that_is_down_and_a_database_that_goes_away_mid_sync(stack, settings):
-    """One RAG through both faults: its LLM is down (502 with the reason, never a hang); then its
+    """One RAG through both faults: its LLM is down (502 with the reason, never a hang), and once it is up
+    its answer keeps only the citations it drew on; then its
     database goes away while a sync writes (UPDATE FAILED with the reason, no document half written),
     `mlyard up` starts it again, and the next sync resumes where the failed one stopped."""
     import os
@@ -395,6 +397,14 @@ def test_faults_an_llm_that_is_down_and_a_database_that_goes_away_mid_sync(stack
     assert last["logLevel"] == "ERROR" and last["body"].startswith("POST /v1/chat/completions 502"), last
     assert "cannot be reached" in last["body"]
     assert _json("rags", "search", "flaky", "What is the answer?")[0]["file"] == "a.md", "retrieval needs no LLM"
+
+    # the LLM comes up (a stand-in that writes one claim its passage holds and one it does not, both cited):
+    # a generated answer keeps only the citation of the passage it drew on, whole and streamed
+    with _stand_in_llm(port, "The answer is forty-two [1]. The office opens at nine [1]."):
+        for stream in ("--no-stream", "--stream"):
+            answered = _json("rags", "query", "flaky", "What is the answer?", stream)
+            assert answered["answer"] == "The answer is forty-two [1]. The office opens at nine.", answered
+            assert answered["citations_removed"] == 1, answered
 
     # 30 more documents of the Python reference (about 2.4 kB each): a sync long enough to cut into after its
     # 10th document (the whole reference, 67, only made the test 20 s longer)
@@ -427,3 +437,45 @@ def test_faults_an_llm_that_is_down_and_a_database_that_goes_away_mid_sync(stack
     assert resumed["status"] == "ACTIVE" and resumed["store"]["documents"] == 31
     assert last["added"] == 31 - written and last["unchanged"] == written, (last, written)
     _json("rags", "delete", "flaky")
+
+
+@contextlib.contextmanager
+def _stand_in_llm(port: int, answer: str):
+    """An OpenAI-compatible chat route on 127.0.0.1:`port` that always answers `answer` (whole, or streamed
+    three characters at a time): a stand-in for an outside LLM, which cannot run offline."""
+    import http.server
+    import threading
+
+    class Chat(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            head = {"id": "chatcmpl-1", "created": 0, "model": body["model"]}
+            if not body.get("stream"):
+                out = json.dumps({**head, "object": "chat.completion", "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}]})
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out.encode())
+                return
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.end_headers()
+            for i in range(0, len(answer), 3):
+                chunk = {**head, "object": "chat.completion.chunk",
+                         "choices": [{"index": 0, "delta": {"content": answer[i:i + 3]}, "finish_reason": None}]}
+                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.close_connection = True
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Chat)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
