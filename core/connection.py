@@ -38,6 +38,7 @@ class StackState:
     gateway_url: str | None = None  # the endpoint gateway (serving/gateway.py)
     vector_store_url: str | None = None  # the embedded PostgreSQL + pgvector (RAG vectors), a socket URL
     deployments: str | None = None  # digest of what the registered deployments were made from
+    cluster_pools: bool = False  # the Kubernetes pools' deployments are registered too (Settings.cluster_pools)
     # The token the platform's own services show the gateway (a RAG's query service asking a private LLM
     # endpoint): every endpoint takes it. Made by `mlyard up`, kept in this file only (mode 0600).
     internal_token: str | None = None

@@ -63,6 +63,11 @@ class Settings(BaseSettings):
         default=DEFAULT_IMAGE,
         description="The mlyard image that Kubernetes pools and endpoint Deployments run (infra/docker/platform.Dockerfile), "
         "e.g. registry.example/mlyard:0.1.0. `mlyard up` renders the gpu deployments with it.")
+    cluster_pools: bool | None = Field(
+        default=None, description="Whether the embedded stack also registers the deployments of the Kubernetes "
+        "pools (gpu, cpu), for a Kubernetes worker you run against a cluster (`prefect worker start --pool gpu "
+        "--type kubernetes`). Off (a new home), the Prefect UI lists only the local deployments, which run here. "
+        "`mlyard up` keeps the choice in the home's stack.json; unset: the home's choice.")
     kube_namespace: str = Field(default="mlyard", description="Kubernetes namespace of endpoint Deployments, "
                                 "Services and HPAs.")
     kube_service_url: str = Field(

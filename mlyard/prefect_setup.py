@@ -116,7 +116,7 @@ def prepared_db_path(digest: str) -> Path:
 
 
 def prepared_prefect_db(echo=print) -> Path:
-    """A Prefect database that already holds this installation's work pools, crash automation and
+    """A Prefect database that already holds this installation's work pools, crash automation and local
     deployments (made once per installation by `make install`, with a temporary server): a fresh
     home starts from a copy, so a cold `mlyard up` only starts processes. Remade when what the
     deployments are made from changes (see `_deployments_digest`); `up` registers them itself when
@@ -147,7 +147,7 @@ def prepared_prefect_db(echo=print) -> Path:
             point_prefect(settings, api_url)
             ensure_pools(lambda _: None, settings)
             ensure_crash_detection()
-            register_deployments({**env, "PREFECT_API_URL": api_url})
+            register_deployments({**env, "PREFECT_API_URL": api_url}, pools=(LOCAL_POOL,))
         finally:
             stop_group(pid, 30.0)
         partial = path.with_suffix(f".{os.getpid()}.tmp")
@@ -158,7 +158,7 @@ def prepared_prefect_db(echo=print) -> Path:
 
 def _copy_sqlite(source: Path, target: Path) -> None:
     """A consistent copy of a SQLite database, its write-ahead log included (a file copy would lose
-    what the log still holds), checked to hold every deployment of prefect.yaml."""
+    what the log still holds), checked to hold every local deployment of prefect.yaml."""
     import sqlite3
 
     import yaml
@@ -171,7 +171,7 @@ def _copy_sqlite(source: Path, target: Path) -> None:
     finally:
         src.close()
         dst.close()
-    wanted = len(yaml.safe_load(PREFECT_YAML.read_text())["deployments"])
+    wanted = sum(d["work_pool"]["name"] == LOCAL_POOL for d in yaml.safe_load(PREFECT_YAML.read_text())["deployments"])
     if found != wanted:
         target.unlink(missing_ok=True)
         raise StackError(f"the prepared Prefect database holds {found} deployments, not the {wanted} of {PREFECT_YAML}")
@@ -184,7 +184,7 @@ def deployments_digest(image: str) -> str:
     import hashlib
 
     h = hashlib.sha256(PREFECT_YAML.read_bytes() + GPU_TEMPLATE.read_bytes() + CPU_TEMPLATE.read_bytes() + image.encode()
-                       + str(PROJECT_ROOT).encode() + NO_WORKER_HERE.encode())
+                       + str(PROJECT_ROOT).encode() + NO_WORKER_HERE.encode() + b"the local pool's deployments")
     for source in sorted([*(PROJECT_ROOT / "flows").glob("*.py"), *(PROJECT_ROOT / "core" / "specs").glob("*.py")]):
         h.update(source.name.encode() + source.read_bytes())
     return h.hexdigest()[:16]
@@ -288,22 +288,21 @@ NO_WORKER_HERE = (" On this machine no worker serves the {pool} pool (it runs Ku
                   "local deployment here, or see the README's 'Running on Kubernetes'.")
 
 
-def register_deployments(env: dict[str, str], pools: tuple[str, ...] | None = None) -> None:
-    """`prefect deploy --all` of infra/prefect.yaml, or of its deployments on `pools` only (a cluster's
-    Prefect has no local pool). All of them (the embedded stack): the Kubernetes pools' deployments say
-    in their description why they show Not Ready here (NO_WORKER_HERE)."""
+def register_deployments(env: dict[str, str], pools: tuple[str, ...], here: bool = False) -> None:
+    """`prefect deploy --all` of infra/prefect.yaml's deployments on `pools` (a cluster's Prefect has no
+    local pool; the embedded stack has the Kubernetes pools' only when Settings.cluster_pools asks).
+    `here` (the embedded stack): the Kubernetes pools' deployments say in their description why they
+    show Not Ready here (NO_WORKER_HERE)."""
     import tempfile
 
     import yaml
 
     with tempfile.TemporaryDirectory() as tmp:
         doc = yaml.safe_load(PREFECT_YAML.read_text())  # anchors resolved
-        if pools is not None:
-            doc["deployments"] = [d for d in doc["deployments"] if d["work_pool"]["name"] in pools]
-        else:
-            for d in doc["deployments"]:
-                if d["work_pool"]["name"] != LOCAL_POOL:
-                    d["description"] = d.get("description", "") + NO_WORKER_HERE.format(pool=d["work_pool"]["name"])
+        doc["deployments"] = [d for d in doc["deployments"] if d["work_pool"]["name"] in pools]
+        for d in doc["deployments"]:
+            if here and d["work_pool"]["name"] != LOCAL_POOL:
+                d["description"] = d.get("description", "") + NO_WORKER_HERE.format(pool=d["work_pool"]["name"])
         doc.pop("definitions", None)
         prefect_file = Path(tmp) / "prefect.yaml"
         prefect_file.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -312,6 +311,38 @@ def register_deployments(env: dict[str, str], pools: tuple[str, ...] | None = No
                               cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise StackError("registering deployments failed:\n" + (proc.stdout + proc.stderr)[-3000:])
+
+
+CLUSTER_POOLS = "cluster-pools"  # the mark, in stack.json's digest, of the Kubernetes pools' deployments
+
+
+def stack_deployments(env: dict[str, str], digest: str, registered: str | None, cluster: bool, echo=print) -> str:
+    """The embedded stack's deployments made as wanted: the local ones of this checkout (`digest`), and
+    the Kubernetes pools' only when `cluster` (Settings.cluster_pools), withdrawn when it was turned off.
+    `registered`: what stack.json says is registered. Returns what is registered now."""
+    wanted = f"{digest}+{CLUSTER_POOLS}" if cluster else digest
+    if registered not in (digest, f"{digest}+{CLUSTER_POOLS}"):
+        echo("registering deployments from infra/prefect.yaml ...")
+        register_deployments(env, pools=(LOCAL_POOL,))
+    if cluster and registered != wanted:
+        echo(f"registering the {GPU_POOL} and {CPU_POOL} pools' deployments too (MLYARD_CLUSTER_POOLS) ...")
+        register_deployments(env, pools=(GPU_POOL, CPU_POOL), here=True)
+    elif not cluster and registered != wanted and (n := withdraw_deployments((GPU_POOL, CPU_POOL))):
+        echo(f"withdrew the {n} deployments of the {GPU_POOL} and {CPU_POOL} pools (MLYARD_CLUSTER_POOLS is off)")
+    return wanted
+
+
+def withdraw_deployments(pools: tuple[str, ...]) -> int:
+    """Delete the deployments of `pools` from the Prefect server this process points at (the embedded
+    stack's Kubernetes pools' when Settings.cluster_pools is turned off): how many were deleted."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
+
+    with get_client(sync_client=True) as client:
+        found = client.read_deployments(work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=list(pools))))
+        for d in found:
+            client.delete_deployment(d.id)
+    return len(found)
 
 
 def register_on_cluster(api_url: str, namespace: str, image: str, pull_secrets: list[str], echo=print) -> None:

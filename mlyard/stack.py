@@ -22,6 +22,7 @@ from core.settings import Settings
 from mlyard import warm
 from mlyard.postgres import start_postgres
 from mlyard.prefect_setup import (
+    CLUSTER_POOLS,
     LOCAL_POOL,
     PROJECT_ROOT,
     deployments_digest,
@@ -29,8 +30,8 @@ from mlyard.prefect_setup import (
     ensure_crash_detection,
     ensure_pools,
     prepared_db_path,
-    register_deployments,
     spawn,
+    stack_deployments,
     spawn_module,
     start_server,
     wait_healthy,
@@ -61,6 +62,8 @@ def _up(settings: Settings, echo, start_timeout: float, configure: bool = True) 
     env["MLYARD_IMAGE"] = settings.image  # prefect.yaml renders the gpu deployments with it
     api_url = f"http://127.0.0.1:{settings.prefect_port}/api"
     state = read_state(settings) or StackState(api_url=api_url, ui_url=f"http://127.0.0.1:{settings.prefect_port}")
+    if settings.cluster_pools is not None:  # the Kubernetes pools' deployments: this home's choice, kept
+        state.cluster_pools = settings.cluster_pools
     if not state.internal_token:  # written now: the gateway reads it when it starts
         state.internal_token = secrets.token_urlsafe(32)
         write_state(settings, state)
@@ -74,9 +77,10 @@ def _up(settings: Settings, echo, start_timeout: float, configure: bool = True) 
     warm_up = not settings.warm_starts or warm.runner_pid(home) is not None
     postgres_up = bool(settings.vector_store_url or (state.pids.get("postgres") and alive(state.pids["postgres"])))
     keeper_up = bool(state.pids.get("keeper") and alive(state.pids["keeper"]))
-    digest = deployments_digest(env["MLYARD_IMAGE"])
+    digest = deployments_digest(env["MLYARD_IMAGE"])  # the local deployments' (the prepared database's)
+    wanted = f"{digest}+{CLUSTER_POOLS}" if state.cluster_pools else digest
     if server_up and worker_up and service_up and serving_up and scheduler_up and postgres_up and warm_up \
-            and keeper_up and state.deployments == digest:
+            and keeper_up and state.deployments == wanted:
         return state  # already up, deployments current: nothing to do
     postgres: dict[str, object] = {}
     if not postgres_up:  # RAG vectors; it starts (initdb the first time: 2 s) while the rest is set up
@@ -132,10 +136,8 @@ def _up(settings: Settings, echo, start_timeout: float, configure: bool = True) 
         ensure_pools(echo, settings)
         ensure_crash_detection()
         _ensure_gpu_slots(settings, echo)
-    if state.deployments != digest:
-        echo("registering deployments from infra/prefect.yaml ...")
-        register_deployments(env)
-        state.deployments = digest
+    if state.deployments != wanted:
+        state.deployments = stack_deployments(env, digest, state.deployments, state.cluster_pools, echo)
     write_state(settings, state)
     if not warm_up:  # the mlyard API, the scheduler and the worker are forked from it, its imports made
         _wait_runner(settings, state.pids["warm-runner"], echo)

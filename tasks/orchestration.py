@@ -231,8 +231,8 @@ def submit(deployment: str, parameters: dict, job_variables: dict | None = None,
             found = client.read_deployment_by_name(deployment)
         except ObjectNotFound:
             raise StackError(f"no deployment {deployment!r} on this Prefect server: `mlyard up` registers the "
-                             "local ones; in production, `prefect deploy --all --prefect-file infra/prefect.yaml`"
-                             ) from None
+                             "local ones (and the gpu and cpu pools' with MLYARD_CLUSTER_POOLS=1, for a Kubernetes "
+                             "worker you run); in production, `mlyard k8s apply --prefect-api-url URL`") from None
         pool = client.read_work_pool(found.work_pool_name) if found.work_pool_name else None
     kept = pool_job_variables(pool, job_variables)
     template = RUN_NAMES.get(deployment.split("/", 1)[0])

@@ -131,12 +131,15 @@ def settings():
 
 @pytest.fixture(scope="session")
 def stack(settings):
-    """The embedded stack, started once: Prefect server, local pool + worker, deployments."""
+    """The embedded stack, started once: Prefect server, local pool + worker, deployments. It registers the
+    Kubernetes pools' deployments too (MLYARD_CLUSTER_POOLS, kept in its home), as a platform team that runs
+    a Kubernetes worker against a cluster does: the Kubernetes tests run train/gpu, and the scheduler's make
+    runs of it that no worker takes here."""
     import shutil
 
     from mlyard import stack as stack_mod
 
-    state = stack_mod.up(settings, echo=lambda *_: None)
+    state = stack_mod.up(settings.model_copy(update={"cluster_pools": True}), echo=lambda *_: None)
     from tasks.processes import alive
 
     for name, pid in state.pids.items():  # a part that died while starting: say which, with its log's end

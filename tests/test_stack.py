@@ -52,8 +52,9 @@ def test_status_shows_urls(stack):
 
 
 def test_the_kubernetes_pools_deployments_say_why_they_are_not_ready_here(stack):
-    """No worker serves the gpu and cpu pools on one machine: the Prefect UI lists their deployments Not
-    Ready, and their descriptions say why and what to use (the production registration says nothing of it)."""
+    """No worker serves the gpu and cpu pools on one machine: where they are registered here
+    (MLYARD_CLUSTER_POOLS, as the test stack does) the Prefect UI lists their deployments Not Ready, and
+    their descriptions say why and what to use (the production registration says nothing of it)."""
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
@@ -115,13 +116,25 @@ def test_a_second_up_waits_for_the_one_under_way_then_finds_everything_up(stack,
 
 
 def test_a_fresh_home_starts_from_the_installations_prepared_database(stack):
-    """`make install` prepared a Prefect database holding the pools, the crash automation and the
-    deployments of this checkout; the test stack's fresh home started from it, so `up` registered nothing."""
+    """`make install` prepared a Prefect database holding the pools, the crash automation and the local
+    deployments of this checkout; the test stack's fresh home started from it, so `up` registered only the
+    Kubernetes pools' deployments the test stack asks for (MLYARD_CLUSTER_POOLS)."""
+    import sqlite3
+
     from core.settings import DEFAULT_IMAGE
-    from mlyard.prefect_setup import deployments_digest, prepared_db_path
+    from mlyard.prefect_setup import CLUSTER_POOLS, deployments_digest, prepared_db_path
 
     digest = deployments_digest(DEFAULT_IMAGE)
-    assert prepared_db_path(digest).is_file() and stack.deployments == digest
+    assert prepared_db_path(digest).is_file() and stack.deployments == f"{digest}+{CLUSTER_POOLS}"
+    # what a new home lists on the Prefect UI's Deployments page: the local deployments alone, which run
+    # here (the page sorts by name: the Not Ready "cpu" and "gpu" ones came first, issue 52)
+    db = sqlite3.connect(f"file:{prepared_db_path(digest)}?mode=ro", uri=True)
+    try:
+        pools = db.execute("SELECT w.name, count(*) FROM deployment d JOIN work_pool w ON w.id = "
+                           "(SELECT work_pool_id FROM work_queue q WHERE q.id = d.work_queue_id) GROUP BY w.name").fetchall()
+    finally:
+        db.close()
+    assert dict(pools).keys() == {"local"} and dict(pools)["local"] >= 10, pools
 
 
 def test_prefect_ui_talks_to_this_server(stack):
