@@ -201,20 +201,59 @@ def with_queue_label(job_variables: dict) -> dict:
 
 def run_name(flow: str) -> Callable[[], str]:
     """A flow's `flow_run_name`: the name its run was made with, when mlyard gave it one then (TAG_NAMED:
-    a run queued from the CLI or Python, a schedule's slot), so the name printed at creation is the
-    name it keeps; else (the Prefect UI's Run button) rendered from the run's parameters
-    (core.names.RUN_NAMES) when it starts."""
+    a run queued from the CLI or Python, a schedule's slot) or a person typed it in the Prefect UI's Run
+    form, so the name given at creation is the name it keeps; else (a name Prefect made up: the Run
+    form's own suggestion, the server's for `prefect deployment run`) rendered from the run's
+    parameters (core.names.RUN_NAMES) when it starts."""
     template = RUN_NAMES[flow]
 
     def name() -> str:
         from prefect.runtime import flow_run
 
         current = str(flow_run.name or "")
-        if TAG_NAMED in (flow_run.tags or []) and current:
+        if current and (TAG_NAMED in (flow_run.tags or []) or not made_up_by_prefect(current)):
             return current
         return render_run_name(template, flow_run.parameters) or current
 
     return name
+
+
+# The names Prefect makes up for a run nobody named. Its UI's Run form suggests a star's ("alpha3-
+# centauri-nebula", prefect-ui-library's mocker `runName`: a Greek letter, maybe a number, a
+# constellation in the genitive, maybe a suffix); its server names a run made without one with two
+# coolname words ("crimson-hedgehog", prefect.utilities.names.generate_slug(2)).
+_GREEK = ("alpha|beta|gamma|delta|epsilon|zeta|eta|theta|iota|kappa|lambda|mu|nu|xi|omicron|pi|rho|sigma|"
+          "tau|upsilon|phi|chi|psi|omega")
+_STAR_NAME = f"(?:{_GREEK})\\d*-[a-z]+(?:-[a-z]+)*"
+
+
+def made_up_by_prefect(name: str) -> bool:
+    """Whether `name` looks like one Prefect made up (a typed "lr-sweep-3" does not; a typed
+    "alpha-test" or "brave-fox" would be taken for one and replaced by the spec's name)."""
+    import re
+
+    if re.fullmatch(_STAR_NAME, name):
+        return True
+    words = name.split("-")
+    return len(words) == 2 and all(w in _coolname_words() for w in words)
+
+
+def _coolname_words() -> frozenset[str]:
+    global _COOLNAME
+    if _COOLNAME is None:
+        import re
+        from importlib import resources
+
+        try:
+            texts = [f.read_text() for f in resources.files("coolname.data").iterdir() if f.name.endswith(".txt")]
+        except (ModuleNotFoundError, OSError):  # no coolname (a Prefect without it): no server-made names
+            texts = []
+        _COOLNAME = frozenset(w for text in texts for line in text.splitlines() if not line.startswith("#")
+                              for w in re.findall(r"[a-z]+", line))
+    return _COOLNAME
+
+
+_COOLNAME: frozenset[str] | None = None
 
 
 def submit(deployment: str, parameters: dict, job_variables: dict | None = None, tags: list[str] | None = None):

@@ -18,8 +18,8 @@ pytestmark = pytest.mark.browser
 
 
 def test_a_training_from_the_run_form_then_its_model_and_evaluation_in_mlflow(stack, browser, tmp_path):
-    """The deployments list; the training's Run form filled as a person does (a hyperparameter as a key
-    and a value) and Run, until the run shows Completed with its logs. Then its version registered with
+    """The deployments list; the training's Run form filled as a person does (a Run Name, a hyperparameter
+    as a key and a value) and Run, until the run shows Completed with its logs. Then its version registered with
     an alias and evaluated from the CLI, and the MLflow pages the printed links open, in the
     model-training view: its metric charts, the version with its alias, the evaluation's ROC curve,
     with nothing sent beyond 127.0.0.1. Last, the evaluation's batch inference with its progress."""
@@ -42,6 +42,7 @@ def test_a_training_from_the_run_form_then_its_model_and_evaluation_in_mlflow(st
     # filled as a person does, and Run: the run completes; a hyperparameter is a key and a value (no JSON)
     algo = tmp_path / "algo"
     shutil.copytree(EXAMPLES / "sklearn_digits", algo)
+    page.locator(".flow-run-name-input input").fill("my-first-run")  # the Run Name, typed over Prefect's
     fill_after(page, "Training name: lowercase letters", "from-browser")
     fill_after(page, "Directory of the algorithm", str(algo))
     fill_after(page, "Script inside source_uri", "train.py")
@@ -63,6 +64,7 @@ def test_a_training_from_the_run_form_then_its_model_and_evaluation_in_mlflow(st
     assert shown["status"] == "COMPLETE", shown
     training = json.loads(_ok(mlyard("trainings", "show", shown["id"][:8], "--json")))
     assert training["spec"]["hyperparameters"] == {"epochs": 2}, "the form's pair, its value read as a number"
+    assert training["flow_run_name"] == "my-first-run", "the Run Name typed was replaced"
     page.goto(f"{stack.ui_url}/runs/flow-run/{shown['id']}", wait_until="networkidle")
     see(page, "Completed", "train-run")
     see(page, "epoch=2", "train-run")  # the script's own lines in the run's logs
