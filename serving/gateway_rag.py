@@ -1,4 +1,5 @@
-"""The gateway's RAG routes (/rag/v1/query, /rag/v1/chat/completions, /rag/v1/search): the RAG named by
+"""The gateway's RAG routes (/rag/v1/query, /rag/v1/chat/completions, /rag/v1/search, /rag/v1/embeddings:
+the RAG's embedding model, as OpenAI's embeddings route): the RAG named by
 the body's `model`, then routed and counted as the endpoint `rag:NAME` (serving/rag.py answers)."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
 
 # /rag/v1/chat/completions too: the `openai` package, given base_url .../rag/v1, posts there
 RAG_ROUTES = {"/rag/v1/query": "/v1/chat/completions", "/rag/v1/chat/completions": "/v1/chat/completions",
-              "/rag/v1/search": "/v1/search"}
+              "/rag/v1/search": "/v1/search", "/rag/v1/embeddings": "/v1/embeddings"}
 
 
 async def rag(gw: Gateway, scope: dict, receive, send, path: str) -> None:

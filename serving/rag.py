@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import logging
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import orjson
 
 from core.errors import VectorStoreError
@@ -39,6 +41,7 @@ from tasks.rag_service import healthy_replica
 
 log = logging.getLogger("mlyard.rag")
 MAX_BODY = 1024 * 1024
+MAX_EMBED_INPUTS = 256  # texts one embeddings request may carry (OpenAI's route takes 2,048; a CPU is slower)
 
 
 def _error(message: str, status: int, code: str = "rag_error") -> tuple[int, bytes]:
@@ -175,7 +178,15 @@ class RagService:
             texts = [texts]
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
             return await asgi.reply(send, *_error("input: a string or a list of strings to embed", 400))
+        if len(texts) > MAX_EMBED_INPUTS:
+            return await asgi.reply(send, *_error(f"input: {len(texts)} texts; at most {MAX_EMBED_INPUTS} a request",
+                                                  400))
+        encoding = body.get("encoding_format", "float")
+        if encoding not in ("float", "base64"):
+            return await asgi.reply(send, *_error(f"encoding_format: {encoding!r}; float or base64", 400))
         vectors = await asyncio.get_running_loop().run_in_executor(self._pool, self.embedder.encode, texts)
+        if encoding == "base64":  # OpenAI's: little-endian float32 bytes (the openai package asks for it)
+            vectors = [base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode() for v in vectors]
         return await asgi.reply(send, 200, orjson.dumps(
             {"object": "list", "model": self.spec.embedding.model,
              "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]},

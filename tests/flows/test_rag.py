@@ -156,6 +156,20 @@ def test_create_sync_history_search_query_and_delete(stack, settings, tmp_path, 
 
     with pytest.raises(NotFoundError, match="no RAG 'nope'"):
         client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
+    # the RAG's embedding model through the gateway, as OpenAI's embeddings route (the openai package asks
+    # for base64; floats as asked), the same vectors the RAG searches with
+    import numpy as np
+
+    packed = client.embeddings.create(model="handbook", input=["How long are backups kept?", "Backups are kept for "
+                                                                "35 days.", "A mobile app comes next quarter."])
+    floats = client.embeddings.create(model="handbook", input="How long are backups kept?", encoding_format="float")
+    v = np.array([d.embedding for d in packed.data])
+    assert v.shape == (3, 384) and packed.model == "all-MiniLM-L6-v2" and float(v[0] @ v[1]) > float(v[0] @ v[2])
+    assert np.allclose(floats.data[0].embedding, v[0], atol=1e-6)
+    from openai import BadRequestError
+
+    with pytest.raises(BadRequestError, match="input: a string or a list of strings"):
+        client.embeddings.create(model="handbook", input=[[1, 2, 3]])
 
     # the query service's embeddings route is OpenAI's: the openai package, and mlyard's own client for an
     # `embedding.url` (what a sync uses once the service runs), both read it
