@@ -177,7 +177,7 @@ class ModelServer:
         for t in req.inputs:
             given.update(t.parameters or {})
         params = model.model_params(given)
-        if model.named or params:
+        if model.named or params or isinstance(x, dict):  # named tensors, too: one call with all of them
             return await self._infer_outputs(model, req, x, params)
         names = [o["name"] for o in req.outputs] or [model.outputs[0].name]
         known = {t.name for t in model.outputs}
@@ -216,7 +216,7 @@ class ModelServer:
                                               [(n, outs[n], binary.get(n, req.binary_output)) for n in names],
                                               parameters=params or None)
         headers = [(b"inference-header-content-length", str(head).encode())] if head is not None else []
-        return 200, body_out, headers, len(x)
+        return 200, body_out, headers, model.rows_in(x)
 
     async def _outputs(self, model: ServedModel, x: Any, params: dict[str, Any], where: str) -> dict[str, np.ndarray]:
         if not self.ready:

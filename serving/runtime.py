@@ -72,9 +72,19 @@ class ServedModel:
         if self.named and isinstance(declared, list):
             self.outputs = [TensorMeta(str(c["name"]), _COLUMN_TO_V2.get(c.get("type"), "BYTES"), [-1]) for c in declared]
 
+    @property
+    def tensor_inputs(self) -> bool:
+        """Whether the model's signature declares its inputs as tensors (each with its own shape)."""
+        spec = (self.signature or {}).get("inputs")
+        return self.estimator is None and isinstance(spec, list) and bool(spec) and spec[0].get("type") == "tensor"
+
     def v2_rows(self, inputs: list) -> Any:
-        """The rows of a v2 request's input tensors: one tensor as a table (a 1-D one as one row of
-        n_features, else one column), or named 1-D tensors as the columns of a DataFrame."""
+        """The rows of a v2 request's input tensors: for a signature of tensors, each input a tensor of its
+        declared shape (several by name, as MLflow's pyfunc takes them: Triton's `input0` UINT32 [2,2] with
+        `input1` BOOL [3]); else one tensor as a table (a 1-D one as one row of n_features, else one
+        column), or named 1-D tensors as the columns of a DataFrame."""
+        if self.tensor_inputs:
+            return self._tensors(inputs)
         columns = {m.name for m in self.inputs} if self.signature and self.estimator is None else set()
         if len(inputs) == 1 and inputs[0].name not in columns:  # a pyfunc's named column goes as a table
             t = inputs[0]
@@ -94,6 +104,42 @@ class ServedModel:
         if missing:
             raise BadRequest("inputs", missing[0], f"the model's inputs: {', '.join(names)}")
         return pd.DataFrame({n: given[n] for n in names})
+
+    def _tensors(self, inputs: list) -> Any:
+        """The request's tensors for a signature of tensors: one as an array, several as a dict by name,
+        each of its declared shape (a request without the leading batch axis, as Triton's clients send a
+        model without batching, gets one)."""
+        if len(self.inputs) == 1 and len(inputs) == 1:  # whatever its name (one the server made up, too)
+            return self._shaped(inputs[0].data, self.inputs[0], f"input {inputs[0].name!r}")
+        given = {t.name: t.data for t in inputs}
+        wanted = {m.name for m in self.inputs}
+        stray = [n for n in given if n not in wanted] + [m.name for m in self.inputs if m.name not in given]
+        if stray or len(inputs) != len(given):
+            raise BadRequest("inputs", stray[0] if stray else "a name twice", f"the model's inputs, one each: "
+                             f"{self._declared()}")
+        return {m.name: self._shaped(given[m.name], m, f"inputs.{m.name}") for m in self.inputs}
+
+    @staticmethod
+    def _shaped(data: np.ndarray, meta: TensorMeta, where: str) -> np.ndarray:
+        declared = meta.shape
+
+        def fits(a: np.ndarray) -> bool:
+            return len(declared) == a.ndim and all(d == -1 or d == n for d, n in zip(declared, a.shape))
+
+        if not fits(data) and len(declared) == data.ndim + 1:  # one row without its batch axis, or a column
+            data = next((a for a in (data.reshape(1, *data.shape), data.reshape(*data.shape, 1)) if fits(a)), data)
+        if not fits(data):
+            raise BadRequest(where, f"shape {list(data.shape)}", f"shape {declared} (-1: any), as the model's "
+                             "signature declares it")
+        return data
+
+    @staticmethod
+    def rows_in(x: Any) -> int:
+        """How many rows model input holds (a dict of tensors: the first one's leading axis)."""
+        if isinstance(x, dict):
+            first = next(iter(x.values()), np.empty(0))
+            return int(first.shape[0]) if first.ndim else 1
+        return len(x)
 
     @property
     def is_classifier(self) -> bool:
@@ -215,7 +261,8 @@ class ServedModel:
         if not self.signature:
             return
         numeric = {m.name: m.datatype for m in self.inputs if m.datatype.startswith(("FP", "INT", "UINT", "BOOL"))}
-        columns = [(c, np.asarray(x[c])) for c in x.columns] if hasattr(x, "columns") else [(None, x)]
+        columns = list(x.items()) if isinstance(x, dict) else \
+            [(c, np.asarray(x[c])) for c in x.columns] if hasattr(x, "columns") else [(None, x)]
         for name, values in columns:
             datatype = numeric.get(name) if name is not None else (next(iter(numeric.values()), None)
                                                                     if len(self.inputs) == 1 else None)
@@ -239,8 +286,8 @@ class ServedModel:
             outputs.append(TensorMeta("predict_proba", "FP64", [-1, len(self.classes)]))
         spec = (signature or {}).get("inputs")
         if spec and isinstance(spec, list) and spec[0].get("type") == "tensor":
-            t = spec[0].get("tensor-spec", {})
-            return [TensorMeta("input-0", _v2(t.get("dtype", "float64")), list(t.get("shape", [-1, -1])))], outputs
+            return [TensorMeta(str(c.get("name") or f"input-{i}"), _v2(c.get("tensor-spec", {}).get("dtype", "float64")),
+                               list(c.get("tensor-spec", {}).get("shape", [-1, -1]))) for i, c in enumerate(spec)], outputs
         if spec and isinstance(spec, list):
             return [TensorMeta(c.get("name", f"input-{i}"), _COLUMN_TO_V2.get(c.get("type"), "BYTES"), [-1])
                     for i, c in enumerate(spec)], outputs

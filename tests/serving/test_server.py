@@ -495,3 +495,89 @@ def test_an_fp16_output_travels_binary_or_is_refused(tmp_path):
             assert result.as_numpy("predict").dtype == np.float16 and result.as_numpy("predict").tolist() == [3.5]
     finally:
         stop(proc)
+
+
+TENSORS = '''
+import mlflow
+import numpy as np
+
+
+class Tensors(mlflow.pyfunc.PythonModel):
+    """Two named tensors of different shapes and types (Triton's `simple` style): per row, the sum of
+    input0's 2x2 values plus how many of input1's 3 flags are set."""
+
+    def predict(self, context, model_input, params=None):
+        return model_input["input0"].astype(np.int64).sum(axis=(1, 2)) + model_input["input1"].sum(axis=1)
+
+
+mlflow.models.set_model(Tensors())
+'''
+
+ONE_TENSOR = '''
+import mlflow
+import numpy as np
+
+
+class Rowsum(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):
+        return np.asarray(model_input).sum(axis=1)
+
+
+mlflow.models.set_model(Rowsum())
+'''
+
+
+def test_named_tensors_of_different_shapes_reach_the_model_as_tensors(tmp_path):
+    """A signature of several named tensors (input0 UINT32 [-1,2,2], input1 BOOL [-1,3]) was turned into
+    table columns and refused: each reaches the model as a tensor of its shape, from tritonclient too
+    (binary, and without the batch axis as Triton's `simple` example sends it). A single tensor named as
+    the server named it in its metadata (`input-0`) keeps its shape."""
+    import mlflow.pyfunc
+    import tritonclient.http as httpclient
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    (tmp_path / "tensors.py").write_text(TENSORS)
+    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint32), (-1, 2, 2), "input0"),
+                                              TensorSpec(np.dtype(bool), (-1, 3), "input1")]),
+                               outputs=Schema([TensorSpec(np.dtype(np.int64), (-1,))]))
+    mlflow.pyfunc.save_model(tmp_path / "tensors", python_model=str(tmp_path / "tensors.py"), signature=signature,
+                             pip_requirements=["numpy"])
+    (tmp_path / "rowsum.py").write_text(ONE_TENSOR)
+    mlflow.pyfunc.save_model(tmp_path / "rowsum", python_model=str(tmp_path / "rowsum.py"), pip_requirements=["numpy"],
+                             signature=ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float64), (-1, 4))])))
+    proc, url = serve(tmp_path / "tensors", "tensors")
+    try:
+        status, meta = call(url + "/v2/models/tensors")
+        assert meta["inputs"] == [{"name": "input0", "datatype": "UINT32", "shape": [-1, 2, 2]},
+                                  {"name": "input1", "datatype": "BOOL", "shape": [-1, 3]}], meta
+        two_rows = {"inputs": [{"name": "input0", "shape": [2, 2, 2], "datatype": "UINT32", "data": [1, 2, 3, 4, 5, 6, 7, 8]},
+                               {"name": "input1", "shape": [2, 3], "datatype": "BOOL",
+                                "data": [True, False, True, False, False, False]}]}
+        status, body = call(url + "/v2/models/tensors/infer", two_rows)
+        assert status == 200 and body["outputs"][0]["data"] == [12, 26], body
+        status, body = call(url + "/v2/models/tensors/infer", {"inputs": two_rows["inputs"][:1]})
+        assert status == 400 and "input1" in body["error"] and "UINT32[-1, 2, 2]" in body["error"], body
+        wrong = {"inputs": [two_rows["inputs"][0], {**two_rows["inputs"][1], "shape": [3, 2]}]}
+        status, body = call(url + "/v2/models/tensors/infer", wrong)
+        assert status == 400 and "inputs.input1" in body["error"] and "[-1, 3]" in body["error"], body
+
+        client = httpclient.InferenceServerClient(url.removeprefix("http://"))
+        try:
+            a, b = httpclient.InferInput("input0", [2, 2], "UINT32"), httpclient.InferInput("input1", [3], "BOOL")
+            a.set_data_from_numpy(np.array([[1, 1], [1, 1]], dtype=np.uint32), binary_data=True)
+            b.set_data_from_numpy(np.array([True, True, True]), binary_data=True)
+            assert client.infer("tensors", [a, b]).as_numpy("predict").tolist() == [7]
+        finally:
+            client.close()
+    finally:
+        stop(proc)
+    proc, url = serve(tmp_path / "rowsum", "rowsum")
+    try:
+        status, meta = call(url + "/v2/models/rowsum")
+        assert meta["inputs"] == [{"name": "input-0", "datatype": "FP64", "shape": [-1, 4]}], meta
+        status, body = call(url + "/v2/models/rowsum/infer", {"inputs": [
+            {"name": "input-0", "shape": [2, 4], "datatype": "FP64", "data": [1, 2, 3, 4, 5, 6, 7, 8]}]})
+        assert status == 200 and body["outputs"][0]["data"] == [10.0, 26.0], body
+    finally:
+        stop(proc)
