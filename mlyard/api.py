@@ -17,13 +17,12 @@ run, MLflow run and mlyard record as one started from the CLI or the UI.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from core.connection import connect
-from core.errors import RUN_FAILURES, MlyardError, RunFailed, SpecError, TrainingStopped
+from core.errors import SpecError
 from core.names import FLOW_BATCH, FLOW_EVALUATE, FLOW_TRAIN, FLOW_TUNE
 from core.settings import Settings
 from core.specs import (
@@ -36,6 +35,7 @@ from core.specs import (
     load_spec_file,
     with_overrides,
 )
+from mlyard.submit import final_state, outcome, run_or_queue
 
 Pool = Literal["local", "gpu"]
 
@@ -73,24 +73,10 @@ class Submitted:
         """Wait for the run to end; what a direct call returns (a TrainingResult, ...), or what it raises
         (RunFailed, TrainingStopped). The flows keep their result in Prefect's result storage, which a
         worker on this machine shares (on a Kubernetes pool, follow it with `show ID` instead)."""
-        import time
-        from uuid import UUID
-
-        from prefect.client.orchestration import get_client
-
         action = next(a for a in (TRAINING, TUNING, BATCH, EVALUATION) if self.deployment.startswith(f"{a.deployment}/"))
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with get_client(sync_client=True) as client:
-            while True:
-                state = client.read_flow_run(UUID(self.id)).state
-                if state is not None and state.is_final():
-                    break
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(f"{self.flow_run} ({self.id}) is still {state.type.value if state else 'new'} "
-                                       f"after {timeout:g} s; follow the {action.noun} in the Prefect UI or with "
-                                       "its `show` command")
-                time.sleep(poll_seconds)
-        return _outcome(state, action.fail)
+        state = final_state(self.id, timeout, poll_seconds, f"{self.flow_run} ({self.id})",
+                            f"follow the {action.noun} in the Prefect UI or with its `show` command")
+        return outcome(state, action.fail)
 
 
 def load(model: type, spec: Any, sets: dict[str, Any] | None = None) -> Any:
@@ -129,9 +115,9 @@ def check(action: Action, spec, settings: Settings) -> str | None:
         checks.output_outside_input(spec.input_uri, spec.output_uri)
         checks.output_free(spec.output_uri)
         if is_registry_ref(spec.model) or spec.model.startswith("models:/"):
-            from mlyard.queries import ask
+            from mlyard.warm_api import answer
 
-            found = ask("model_reference", model=spec.model)  # the warm mlyard API when it runs
+            found = answer("model_reference", model_reference, model=spec.model)  # the warm mlyard API when it runs
             # compiled at registration: it runs on onnxruntime, scikit-learn is never loaded
             return "onnx" if str(found.get("runtime", "")).startswith("onnxruntime") else found["framework"]
         checks.model_reference(storage, None, spec.model)
@@ -157,15 +143,16 @@ def run(action: Action, spec: Any, *, sets: dict[str, Any] | None = None, submit
     check_image(spec, settings)
     if pool == "local":
         check_gpu_slots(spec, settings)
-    if submit:
-        if pool == "gpu":
-            check_cluster(spec)
-        return _submit(action, spec, pool)
-    if framework == "sklearn":
+    if submit and pool == "gpu":
+        check_cluster(spec)
+    if not submit and framework == "sklearn":
         from tasks.models import prepare_sklearn_loader
 
         prepare_sklearn_loader()  # before Prefect and MLflow are imported: see its docstring
-    return run_here(action.flow, spec, action.fail)
+    deployment = f"{action.deployment}/{pool}"
+    done = run_or_queue(deployment, action.flow, spec, queue=submit, fail=action.fail,  # job variables reach
+                        job_variables=spec.job_variables() if hasattr(spec, "job_variables") else None)  # Kubernetes pools only
+    return Submitted(done["id"], done["name"], deployment, pool) if submit else done
 
 
 def check_image(spec: Any, settings: Settings) -> None:
@@ -213,72 +200,6 @@ def check_cluster(spec: Any) -> None:
     cluster.check_gpus(field, resources.gpu_count, resources.gpu_type, capacity)
 
 
-CONSOLE_TRACEBACKS = {"on": True}  # the CLI turns them off (its --debug back on): its error line says why
-
-
-def _console_without_tracebacks() -> None:
-    """Prefect's console log prints a failed task's and flow's traceback of mlyard's and Prefect's own
-    frames (two, about 90 lines) before the command's one-line error: keep the lines, drop the
-    tracebacks, on the console only (the run's log in the Prefect UI keeps them)."""
-    import logging
-
-    from prefect.logging.handlers import PrefectConsoleHandler
-
-    class NoTraceback(logging.Formatter):
-        def __init__(self, inner: logging.Formatter | None) -> None:
-            super().__init__()
-            self.inner = inner or logging.Formatter()
-
-        def format(self, record: logging.LogRecord) -> str:
-            saved = record.exc_info, record.exc_text, record.stack_info
-            record.exc_info = record.exc_text = record.stack_info = None  # this handler's view only
-            try:
-                return self.inner.format(record)
-            finally:
-                record.exc_info, record.exc_text, record.stack_info = saved
-
-    for logger in [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict))]:
-        for handler in getattr(logger, "handlers", []):
-            if isinstance(handler, PrefectConsoleHandler) and not isinstance(handler.formatter, NoTraceback):
-                handler.setFormatter(NoTraceback(handler.formatter))
-
-
-def run_here(flow: str, spec: Any, fail: str) -> Any:
-    """Run the flow `module:function` on `spec` in this process and return its result. Bad input the
-    flow itself found raises the same one-line error as a check before the run would; a run that
-    failed raises RunFailed(`fail`, with why); a cancelled one TrainingStopped."""
-    from tasks.orchestration import prompt_flow_ends
-
-    module, name = flow.split(":")
-    function = getattr(importlib.import_module(module), name)
-    if not CONSOLE_TRACEBACKS["on"]:
-        _console_without_tracebacks()
-    prompt_flow_ends()  # the run ends when its work does, not up to 1 s later
-    return _outcome(function(spec, return_state=True), fail)
-
-
-def _outcome(state: Any, fail: str) -> Any:
-    """A run's final state as a call's outcome: its result, or the error it ended with."""
-    if state.is_completed():
-        return state.result()
-    if state.is_cancelled():
-        raise TrainingStopped(state.message or "stopped")
-    exc = state.result(raise_on_failure=False)
-    if isinstance(exc, MlyardError) and not isinstance(exc, RUN_FAILURES):
-        raise exc
-    raise RunFailed(fail, None, exc if isinstance(exc, BaseException) else state.message) from (
-        exc if isinstance(exc, BaseException) else None)
-
-
-def _submit(action: Action, spec, pool: str) -> Submitted:
-    from mlyard.submit import submit
-
-    deployment = f"{action.deployment}/{pool}"
-    fr = submit(deployment, {"spec": spec.model_dump(mode="json")},  # job variables reach Kubernetes pools only
-                job_variables=spec.job_variables() if hasattr(spec, "job_variables") else {})
-    return Submitted(fr["id"], fr["name"], deployment, pool)
-
-
 def train(spec: TrainingSpec | dict | str | Path, *, sets: dict[str, Any] | None = None, submit: bool = False,
           pool: Pool = "local"):
     """Run a training (a TrainingResult) or queue it (`submit=True`: a Submitted)."""
@@ -301,3 +222,20 @@ def evaluate(spec: EvaluationSpec | dict | str | Path, *, sets: dict[str, Any] |
              pool: Pool = "local"):
     """Run a model evaluation (an EvaluationResult) or queue it (`submit=True`)."""
     return run(EVALUATION, spec, sets=sets, submit=submit, pool=pool)
+
+
+def model_reference(model: str) -> dict[str, Any]:
+    """The `model` field of a batch inference or an evaluation as a pinned URI (an alias resolved to
+    its version) and the registered version's framework; SpecError, naming the field, when it does
+    not exist. The query of the same name (mlyard/queries.py) answers with it."""
+    from core.specs import is_registry_ref
+    from mlyard.warm_api import platform
+    from tasks import checks
+
+    p = platform()
+    registered = is_registry_ref(model) or model.startswith("models:/")
+    uri = checks.model_reference(p.storage, p.models if registered else None, model)
+    version = p.models.resolve(uri.removeprefix("models:/")) if registered else None
+    return {"uri": uri, "framework": version.framework if version else None,
+            "parameters": version.parameters if version else {}, "runtime": version.runtime if version else "",
+            "source": version.source if version else None}

@@ -48,9 +48,9 @@ def _endpoints(settings: Settings) -> list[dict[str, Any]]:
 
 
 def _healthy_notebooks(settings: Settings) -> int:
-    from mlyard.notebooks import HEALTHY, _status, _store
+    from mlyard.notebooks import HEALTHY, notebook_status, notebook_store
 
-    return sum(1 for r in _store(settings).all() if _status(settings, r) == HEALTHY)
+    return sum(1 for r in notebook_store(settings).all() if notebook_status(settings, r) == HEALTHY)
 
 
 def _completed() -> dict[str, int]:
@@ -99,9 +99,9 @@ def _running_runs() -> list[dict[str, Any]]:
 
 
 def _monitoring(settings: Settings, start: float) -> dict[str, Any]:
-    from mlyard.endpoints import _gateway
+    from mlyard.endpoints import gateway_call
 
-    result = _gateway(settings, f"/mlyard/stats?since={start}")
+    result = gateway_call(settings, f"/mlyard/stats?since={start}")
     if result is None:  # no gateway runs: what its replicas recorded
         from serving.endpoint_stats import EndpointStats
 
@@ -124,10 +124,10 @@ def _monitoring(settings: Settings, start: float) -> dict[str, Any]:
 
 def _resources(settings: Settings, endpoints: list[dict[str, Any]], running: list[dict[str, Any]]) -> dict[str, Any]:
     from core.specs.notebook import ACTIVE, INSTANCE_TYPES
-    from mlyard.notebooks import _store
+    from mlyard.notebooks import notebook_store
 
     held: list[dict[str, Any]] = []
-    for r in _store(settings).all():
+    for r in notebook_store(settings).all():
         if r.status == ACTIVE:
             t = INSTANCE_TYPES[r.spec["instance_type"]]
             held.append({"resource": f"notebook {r.name}", "instance_type": t.name, "cpu": float(t.cpus),

@@ -40,30 +40,29 @@ from mlyard.api import load as _spec  # a spec from an object, a mapping or a YA
 from tasks.processes import stop_group
 
 
-def _platform():
+def connect_platform():
     from flows.platform import Platform
 
     return Platform(connect())
 
 
-def _endpoints(p=None):
+def endpoint_registry(p=None):
     from registry.endpoints import Endpoints
 
-    return Endpoints((p or _platform()).catalog)
+    return Endpoints((p or connect_platform()).catalog)
 
 
-def _run(flow_name: str, module_fn: str, spec: Any, submit: bool) -> Any:
-    """Run a flow here (its result, or RunFailed with why) or queue it on the local pool."""
+def act(flow_name: str, module_fn: str, spec: Any, submit: bool) -> Any:
+    """Run an endpoint flow here (its result as a dict, or RunFailed with why) or queue it on the local
+    pool (its flow run), as mlyard/submit.py's `run_or_queue` decides every run."""
+    from mlyard.submit import run_or_queue
+
+    deployment = f"{flow_name}/local"
+    done = run_or_queue(deployment, module_fn, spec, queue=submit, fail=flow_name.upper().replace("-", " "))
     if submit:
-        from mlyard.submit import submit
-
-        fr = submit(f"{flow_name}/local", {"spec": spec.model_dump(mode="json")})
-        return {"flow_run_id": fr["id"], "flow_run": fr["name"], "deployment": f"{flow_name}/local",
+        return {"flow_run_id": done["id"], "flow_run": done["name"], "deployment": deployment,
                 "status": "CREATE REQUESTED"}
-    from mlyard.api import run_here
-
-    result = run_here(module_fn, spec, flow_name.upper().replace("-", " "))
-    return result.model_dump() if hasattr(result, "model_dump") else result  # the flows' typed results, as dicts
+    return done.model_dump() if hasattr(done, "model_dump") else done  # the flows' typed results, as dicts
 
 
 def create(spec: EndpointSpec | dict | str | Path, *, sets: dict[str, Any] | None = None,
@@ -72,9 +71,9 @@ def create(spec: EndpointSpec | dict | str | Path, *, sets: dict[str, Any] | Non
     spec = _spec(EndpointSpec, spec, sets)  # a bad spec is refused before Prefect and MLflow are imported
     from tasks.endpoints import check_stage
 
-    p = _platform()
-    check_stage.fn(_endpoints(p), p.models, spec.stage, "stage", new_endpoint=spec.name)
-    return _run(FLOW_DEPLOY_ENDPOINT, "flows.endpoint_deploy:deploy_endpoint", spec, submit)
+    p = connect_platform()
+    check_stage.fn(endpoint_registry(p), p.models, spec.stage, "stage", new_endpoint=spec.name)
+    return act(FLOW_DEPLOY_ENDPOINT, "flows.endpoint_deploy:deploy_endpoint", spec, submit)
 
 
 def add_stage(endpoint: str, stage: StageSpec | dict | str | Path, *, sets: dict[str, Any] | None = None,
@@ -83,9 +82,9 @@ def add_stage(endpoint: str, stage: StageSpec | dict | str | Path, *, sets: dict
     stage_spec = _spec(StageSpec, stage, sets)
     from tasks.endpoints import check_stage
 
-    p = _platform()
-    check_stage.fn(_endpoints(p), p.models, stage_spec, "stage", endpoint=endpoint)
-    return _run(FLOW_ADD_STAGE, "flows.endpoint_add_stage:add_stage", StageChangeSpec(endpoint=endpoint, stage=stage_spec),
+    p = connect_platform()
+    check_stage.fn(endpoint_registry(p), p.models, stage_spec, "stage", endpoint=endpoint)
+    return act(FLOW_ADD_STAGE, "flows.endpoint_add_stage:add_stage", StageChangeSpec(endpoint=endpoint, stage=stage_spec),
                 submit)
 
 
@@ -93,27 +92,27 @@ def promote(endpoint: str, stage: str, *, keep_old: bool = False, submit: bool =
     """Make `stage` the default (promote-endpoint-stage): traffic moves at once, then the old default
     stage drains and is deleted (kept with `keep_old`)."""
     spec = PromotionSpec(endpoint=endpoint, stage=stage, keep_old=keep_old)
-    view = _endpoints().get(endpoint)
+    view = endpoint_registry().get(endpoint)
     st = next((s for s in view["stages"] if s["name"] == stage), None)
     if st is None:
         raise SpecError("stage", stage, f"a stage of {endpoint}: {', '.join(s['name'] for s in view['stages'])}")
     if st["status"] != "ACTIVE":
         raise SpecError("stage", stage, f"an ACTIVE stage ({stage} is {st['status']})")
-    return _run(FLOW_PROMOTE_STAGE, "flows.endpoint_promote:promote_stage", spec, submit)
+    return act(FLOW_PROMOTE_STAGE, "flows.endpoint_promote:promote_stage", spec, submit)
 
 
 def delete(endpoint: str, stage: str | None = None, *, submit: bool = False) -> dict[str, Any]:
     """Delete a stage, or the endpoint (refused while it has stages other than the default)."""
-    _endpoints().check_delete(endpoint, stage)
-    return _run(FLOW_DELETE_ENDPOINT, "flows.endpoint_delete:delete_endpoint", DeletionSpec(endpoint=endpoint, stage=stage),
+    endpoint_registry().check_delete(endpoint, stage)
+    return act(FLOW_DELETE_ENDPOINT, "flows.endpoint_delete:delete_endpoint", DeletionSpec(endpoint=endpoint, stage=stage),
                 submit)
 
 
 def retry(endpoint: str, stage: str | None = None, *, submit: bool = False) -> dict[str, Any]:
     """Clear a stage's errors and try again (the default stage when none is named)."""
-    view = _endpoints().get(endpoint)
+    view = endpoint_registry().get(endpoint)
     stage = stage or view["default_stage"]
-    return _run("retry-endpoint-stage", "flows.endpoint_retry:retry_stage", PromotionSpec(endpoint=endpoint, stage=stage),
+    return act("retry-endpoint-stage", "flows.endpoint_retry:retry_stage", PromotionSpec(endpoint=endpoint, stage=stage),
                 submit)
 
 
@@ -133,9 +132,9 @@ def deploy(endpoint: str, sync: str | Path, *, entry_script: str = "score.py", k
     spec = _spec(SyncSpec, {"endpoint": endpoint, "source": where(sync), "entry_script": entry_script, "kind": kind,
                             "model": model, "replicas": replicas, "max_replicas": max_replicas, "public": public,
                             "config": where(config) if config else None}, None)
-    p = _platform()
-    check_target.fn(_endpoints(p), spec, check_code.fn(spec, modelfolder.load), p.settings.home_dir)  # before any flow run
-    return _run(FLOW_SYNC_ENDPOINT, "flows.endpoint_sync:sync_endpoint", spec, submit)
+    p = connect_platform()
+    check_target.fn(endpoint_registry(p), spec, check_code.fn(spec, modelfolder.load), p.settings.home_dir)  # before any flow run
+    return act(FLOW_SYNC_ENDPOINT, "flows.endpoint_sync:sync_endpoint", spec, submit)
 
 
 def validate(spec: EndpointSpec | StageSpec | dict | str | Path, *, echo=print, timeout: float = 300.0) -> dict[str, Any]:
@@ -154,8 +153,8 @@ def validate(spec: EndpointSpec | StageSpec | dict | str | Path, *, echo=print, 
         stage = _spec(EndpointSpec, spec).stage
     except SpecError:
         stage = _spec(StageSpec, spec)
-    p = _platform()
-    versions = check_stage.fn(_endpoints(p), p.models, stage, "stage")
+    p = connect_platform()
+    versions = check_stage.fn(endpoint_registry(p), p.models, stage, "stage")
     results = []
     for name, version in versions:
         with socket.socket() as sock:
@@ -204,7 +203,7 @@ def chat(endpoint: str, *, stage: str | None = None, token: str | None = None, m
     """Backend.AI's LLM chat test in a terminal: each line read is sent with the conversation so far to
     the endpoint's OpenAI chat route, and the answer is written as it streams (temperature unset: the
     model's own; 0: greedy). Returns the turns taken."""
-    view = _endpoints().get(endpoint)
+    view = endpoint_registry().get(endpoint)
     st = next((s for s in view["stages"] if s["name"] == (stage or view["default_stage"])), None)
     if st is None:
         raise SpecError("stage", stage, f"a stage of {endpoint}")
@@ -243,7 +242,7 @@ def chat(endpoint: str, *, stage: str | None = None, token: str | None = None, m
 # -- reading -------------------------------------------------------------------------------------------
 
 
-def _gateway(settings, path: str, method: str = "GET", timeout: float = 10.0) -> dict[str, Any] | None:
+def gateway_call(settings, path: str, method: str = "GET", timeout: float = 10.0) -> dict[str, Any] | None:
     from core.connection import internal_headers
 
     req = urllib.request.Request(gateway_url(settings) + path, method=method, data=b"" if method == "POST" else None,
@@ -261,12 +260,12 @@ def show(endpoint: str) -> dict[str, Any]:
     from flows.endpoint import code_kinds, urls
 
     settings = connect()
-    p = _platform()
-    eps = _endpoints(p)
+    p = connect_platform()
+    eps = endpoint_registry(p)
     view = eps.get(endpoint)
     view["urls"] = urls(gateway_url(settings), view, code_kinds(p.models, view))
     view["tokens"] = eps.tokens(endpoint)
-    table = _gateway(settings, "/mlyard/routes")
+    table = gateway_call(settings, "/mlyard/routes")
     live = (table or {}).get("endpoints", {}).get(endpoint, {})
     for st in view["stages"]:
         routed = live.get("stages", {}).get(st["name"])
@@ -283,7 +282,7 @@ def list_endpoints() -> list[dict[str, Any]]:
     return [{"name": v["name"], "status": v["status"], "default_stage": v["default_stage"], "public": v["public"],
              "stages": ", ".join(f"{s['name']}:{s['status']}" for s in v["stages"]),
              "models": ", ".join(sorted({r["model"] for s in v["stages"] for r in s["resources"]}))}
-            for v in _endpoints().all()]
+            for v in endpoint_registry().all()]
 
 
 MAX_TOKEN_DAYS = 36500
@@ -303,22 +302,22 @@ def issue_token(endpoint: str, *, days: float | None = 30, expires_at: datetime 
             raise SpecError("days", days, f"a number of days above 0 and at most {MAX_TOKEN_DAYS} (100 years); "
                             "or give --expires")
         expires_at = datetime.now(timezone.utc) + timedelta(days=days)
-    token = _endpoints().issue_token(endpoint, expires_at)
-    _gateway(connect(), "/mlyard/reload", "POST")  # valid at once, not at the gateway's next read
+    token = endpoint_registry().issue_token(endpoint, expires_at)
+    gateway_call(connect(), "/mlyard/reload", "POST")  # valid at once, not at the gateway's next read
     return token
 
 
 def tokens(endpoint: str) -> list[dict[str, Any]]:
-    return _endpoints().tokens(endpoint)
+    return endpoint_registry().tokens(endpoint)
 
 
 def revoke_token(endpoint: str, token_id: int) -> None:
-    _endpoints().revoke_token(endpoint, token_id)
-    _gateway(connect(), "/mlyard/reload", "POST")  # refused at once
+    endpoint_registry().revoke_token(endpoint, token_id)
+    gateway_call(connect(), "/mlyard/reload", "POST")  # refused at once
 
 
 def history(endpoint: str | None = None) -> list[dict[str, Any]]:
-    return [h.as_dict() for h in _endpoints().history(endpoint)]
+    return [h.as_dict() for h in endpoint_registry().history(endpoint)]
 
 
 _AGO = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
@@ -345,7 +344,7 @@ def stats(endpoint: str, *, since: str | float | None = "1h", until: str | float
     """Calls, failures, latency (mean, p50, p95, p99), predictions per class and average confidence, per
     stage and model over [since, until]; with `png`, a chart there too."""
     settings = connect()
-    _endpoints().get(endpoint)  # EndpointNotFound for a wrong name
+    endpoint_registry().get(endpoint)  # EndpointNotFound for a wrong name
     return gateway_stats(settings, endpoint, since=since, until=until, stage=stage, model=model, png=png)
 
 
@@ -360,7 +359,7 @@ def gateway_stats(settings: Any, endpoint: str, *, since: str | float | None = "
         raise SpecError("until", until, f"a time after since ({since})")
     query = {"since": start, "endpoint": endpoint, **({"until": end} if end else {}),
              **({"stage": stage} if stage else {}), **({"model": model} if model else {})}
-    result = _gateway(settings, "/mlyard/stats?" + urlencode(query))
+    result = gateway_call(settings, "/mlyard/stats?" + urlencode(query))
     if result is None:  # no gateway: what its replicas recorded in the catalog
         from serving.endpoint_stats import EndpointStats
 
@@ -377,5 +376,5 @@ def logs(endpoint: str, tail: int = 20) -> list[dict[str, Any]]:
     from serving.inference_log import tail as last
 
     settings = connect()
-    _endpoints().get(endpoint)
+    endpoint_registry().get(endpoint)
     return last(settings.home_dir / "endpoints" / "logs" / f"{endpoint}.jsonl", tail)

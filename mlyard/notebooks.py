@@ -42,7 +42,7 @@ from tasks import notebooks as local
 BUSY = (CREATE_REQUESTED, *IN_PROGRESS.values())
 
 
-def _store(settings: Settings):
+def notebook_store(settings: Settings):
     from registry.catalog import Catalog
     from registry.notebooks import Notebooks
 
@@ -56,7 +56,7 @@ def _submit(name: str, action: str) -> str:
                   tags=[f"mlyard.notebook:{name}"])["id"]
 
 
-def _status(settings: Settings, record: Any) -> str:
+def notebook_status(settings: Settings, record: Any) -> str:
     """The stored status, with ACTIVE shown as Jupyter's answer now: HEALTHY or UNHEALTHY (on a cluster:
     the readiness of its pod, whose probe asks Jupyter)."""
     if record.status != ACTIVE:
@@ -82,7 +82,7 @@ def _ready_on_cluster(settings: Settings, record: Any) -> bool:
 
 def _view(settings: Settings, record: Any) -> dict[str, Any]:
     spec, kind = record.spec, INSTANCE_TYPES[record.spec["instance_type"]]
-    status = _status(settings, record)
+    status = notebook_status(settings, record)
     return {"name": record.name, "status": status, "reason": record.reason,
             "description": spec.get("description", ""), "image": spec.get("image", LOCAL_IMAGE),
             "instance_type": kind.name, "core_type": kind.core_type, "cpus": kind.cpus, "memory_gb": kind.memory_gb,
@@ -108,9 +108,9 @@ def _wait(settings: Settings, name: str, run_id: str, timeout_seconds: float) ->
     """Until the action's run ends (the notebook leaves its IN PROGRESS status, or is gone); a run that
     ended without saying so (killed, or never started) sets the action's FAILED status. The view, or
     None once deleted."""
-    from mlyard.rags import _run_state
+    from mlyard.rags import flow_run_state
 
-    store = _store(settings)
+    store = notebook_store(settings)
     deadline, checked = time.monotonic() + timeout_seconds, time.monotonic()
     while True:
         try:
@@ -124,7 +124,7 @@ def _wait(settings: Settings, name: str, run_id: str, timeout_seconds: float) ->
             return view
         if time.monotonic() - checked > 5:  # has the run ended without saying so?
             checked = time.monotonic()
-            ended, message = _run_state(run_id)
+            ended, message = flow_run_state(run_id)
             if ended in ("CRASHED", "FAILED", "CANCELLED") and store.get(name).status in BUSY:
                 action = next((a for a, s in IN_PROGRESS.items() if s == record.status), "create")
                 store.set_status(name, FAILED[action], f"its run {run_id} ended {ended}" + (f": {message}" if message else ""))
@@ -154,7 +154,7 @@ def create(spec: NotebookSpec | dict | str | Path, *, sets: dict[str, Any] | Non
                             + ", ".join(t for t, v in INSTANCE_TYPES.items() if not v.gpus)
                             + "; a GPU type runs a registered notebook image on a cluster")
         local.nas_path(nb, settings.nas_mounts)
-    store = _store(settings)
+    store = notebook_store(settings)
     store.create(nb.name, nb.model_dump(mode="json"))
     try:
         run_id = _submit(nb.name, "create")
@@ -169,7 +169,7 @@ def create(spec: NotebookSpec | dict | str | Path, *, sets: dict[str, Any] | Non
 
 def _act(name: str, action: str, wait: bool, timeout_seconds: float) -> dict[str, Any] | None:
     settings = connect()
-    store = _store(settings)
+    store = notebook_store(settings)
     before = store.get(name).status
     store.begin(name, action)  # refused here when the status does not allow it
     try:
@@ -210,23 +210,23 @@ def rename(name: str, new_name: str) -> dict[str, Any]:
     if not re.match(NAME_PATTERN, new_name):
         raise SpecError("name", new_name, "lowercase letters, digits and '-', at most 50")
     settings = connect()
-    return _view(settings, _store(settings).rename(name, new_name))
+    return _view(settings, notebook_store(settings).rename(name, new_name))
 
 
 def set_type(name: str, instance_type: str) -> dict[str, Any]:
     """Change the instance type of a STOPPED notebook (same core type); it applies at its next start."""
     settings = connect()
-    return _view(settings, _store(settings).set_instance_type(name, instance_type))
+    return _view(settings, notebook_store(settings).set_instance_type(name, instance_type))
 
 
 def list_notebooks() -> list[dict[str, Any]]:
     settings = connect()
-    return [_view(settings, r) for r in _store(settings).all()]
+    return [_view(settings, r) for r in notebook_store(settings).all()]
 
 
 def show(name: str) -> dict[str, Any]:
     settings = connect()
-    record = _store(settings).get(name)
+    record = notebook_store(settings).get(name)
     view = _view(settings, record)
     data = local.folder(settings.home_dir, record.id) / "data"
     init_log = data / "cont-init.output"
@@ -238,9 +238,9 @@ def show(name: str) -> dict[str, Any]:
 def open_url(name: str) -> str:
     """The notebook's JupyterLab URL with its token (only its owner can read the token)."""
     settings = connect()
-    record = _store(settings).get(name)
-    if _status(settings, record) != HEALTHY:
-        raise SpecError("notebook", name, f"an ACTIVE (HEALTHY) notebook (it is {_status(settings, record)}; "
+    record = notebook_store(settings).get(name)
+    if notebook_status(settings, record) != HEALTHY:
+        raise SpecError("notebook", name, f"an ACTIVE (HEALTHY) notebook (it is {notebook_status(settings, record)}; "
                                           f"start it with `mlyard notebooks start {name}`)")
     return _url(settings, record, with_token=True) or ""
 

@@ -140,15 +140,20 @@ def run(spec: PipelineRunSpec | dict | str | Path, *, sets: dict[str, Any] | Non
     follow it to its end. Everything is checked before the run is created."""
     spec = _spec(PipelineRunSpec, spec, sets).resolved(Path.cwd())
     _check(spec)  # connects first: Prefect is imported pointed at the running platform
-    from prefect.deployments import run_deployment
+    from mlyard.submit import final_state, submit
 
-    fr: Any = run_deployment(f"{FLOW_PIPELINE_RUN}/local", parameters={"spec": spec.model_dump(mode="json")},
-                             timeout=timeout_seconds if wait else 0, tags=[f"mlyard.experiment:{spec.experiment}"])
-    view = show_run(str(fr.id))
+    made = submit(f"{FLOW_PIPELINE_RUN}/local", {"spec": spec.model_dump(mode="json")},
+                  tags=[f"mlyard.experiment:{spec.experiment}"])
+    if wait:
+        try:
+            final_state(made["id"], timeout_seconds, what=f"pipeline run {made['name']} ({made['id']})")
+        except TimeoutError:
+            pass  # still running: its view says so, as run_deployment's timeout left it
+    view = show_run(made["id"])
     if wait and view["status"] not in ("COMPLETE",):
         if view["status"] == "STOPPED":
             return view
-        raise RunFailed(view["status"], str(fr.id), view.get("cause") or "see `mlyard pipeline-runs show`")
+        raise RunFailed(view["status"], made["id"], view.get("cause") or "see `mlyard pipeline-runs show`")
     return view
 
 
@@ -173,10 +178,10 @@ def _failing(run_id: str) -> bool:
     """Whether the run's failure step (listing a failed run's outputs) has started."""
     from prefect.client.orchestration import get_client
 
-    from mlyard.runs import _started
+    from mlyard.runs import started_in
 
     with get_client(sync_client=True) as client:
-        return bool(_started(client, TASK_FAIL_PIPELINE, [client.read_flow_run(run_id)]))
+        return bool(started_in(client, TASK_FAIL_PIPELINE, [client.read_flow_run(run_id)]))
 
 
 def show_run(run_id: str) -> dict[str, Any]:

@@ -24,12 +24,12 @@ from core.errors import SpecError
 from core.names import FLOW_CONTROL_PROMOTION, FLOW_ROLLOUT, FLOW_SET_TRAFFIC
 from core.specs.promotion import PolicySpec, PromotionControlSpec, RolloutSpec, TrafficSpec
 from mlyard.api import load as _spec
-from mlyard.endpoints import _endpoints, _platform, _run
+from mlyard.endpoints import act, connect_platform, endpoint_registry
 
 
 def _candidate(endpoint: str, stage: str) -> dict[str, Any]:
     """The stage, checked as the flows would check it: an ACTIVE stage other than the default."""
-    view = _endpoints().get(endpoint)
+    view = endpoint_registry().get(endpoint)
     st = next((s for s in view["stages"] if s["name"] == stage), None)
     if st is None:
         raise SpecError("stage", stage, f"a stage of {endpoint}: {', '.join(s['name'] for s in view['stages'])}")
@@ -49,8 +49,8 @@ def canary(endpoint: str, stage: str, *, weight: int | None = None, shadow: int 
         _candidate(endpoint, stage)
     from registry.traffic import Traffic
 
-    Traffic(_platform().catalog).check_share(endpoint, stage, spec.weight, spec.shadow)  # every rule, before the run
-    return _run(FLOW_SET_TRAFFIC, "flows.endpoint_traffic:set_traffic", spec, submit)
+    Traffic(connect_platform().catalog).check_share(endpoint, stage, spec.weight, spec.shadow)  # every rule, before the run
+    return act(FLOW_SET_TRAFFIC, "flows.endpoint_traffic:set_traffic", spec, submit)
 
 
 def set_policy(endpoint: str, policy: PolicySpec | dict | str | Path | None, *,
@@ -60,14 +60,14 @@ def set_policy(endpoint: str, policy: PolicySpec | dict | str | Path | None, *,
     spec = None if policy is None else _spec(PolicySpec, policy, sets)
     from registry.traffic import Traffic
 
-    Traffic(_platform().catalog).set_policy(endpoint, spec)
+    Traffic(connect_platform().catalog).set_policy(endpoint, spec)
     return spec.model_dump(mode="json") if spec else None
 
 
 def policy(endpoint: str) -> dict[str, Any] | None:
     from registry.traffic import Traffic
 
-    kept = Traffic(_platform().catalog).policy(endpoint)
+    kept = Traffic(connect_platform().catalog).policy(endpoint)
     return kept.model_dump(mode="json") if kept else None
 
 
@@ -79,22 +79,22 @@ def rollout(endpoint: str, stage: str, *, policy: PolicySpec | dict | str | Path
 
     spec = RolloutSpec(endpoint=endpoint, stage=stage, policy=None if policy is None else _spec(PolicySpec, policy))
     _candidate(endpoint, stage)
-    traffic = Traffic(_platform().catalog)
+    traffic = Traffic(connect_platform().catalog)
     kept = spec.policy or traffic.policy(endpoint)
     if kept is None:
         raise SpecError("policy", None, f"a promotion policy: `mlyard endpoints policy {endpoint} -f policy.yaml`, "
                         "or --policy with the rollout")
     traffic.check_start(endpoint, stage, kept)  # one promotion at a time; room for its steps
-    return _run(FLOW_ROLLOUT, "flows.endpoint_rollout:promote_progressively", spec, submit)
+    return act(FLOW_ROLLOUT, "flows.endpoint_rollout:promote_progressively", spec, submit)
 
 
 def _control(endpoint: str, action: str) -> dict[str, Any]:
     from registry.traffic import Traffic
 
-    if Traffic(_platform().catalog).active(endpoint) is None:
+    if Traffic(connect_platform().catalog).active(endpoint) is None:
         raise SpecError("endpoint", endpoint, "an endpoint with a promotion in progress (`mlyard endpoints rollout "
                         f"show {endpoint}`)")
-    return _run(FLOW_CONTROL_PROMOTION, "flows.endpoint_rollout:control_promotion",
+    return act(FLOW_CONTROL_PROMOTION, "flows.endpoint_rollout:control_promotion",
                 PromotionControlSpec(endpoint=endpoint, action=action), False)
 
 
@@ -118,8 +118,8 @@ def show(endpoint: str) -> dict[str, Any]:
     from registry.traffic import Traffic
     from serving.traffic import merged, summary
 
-    p = _platform()
-    traffic, view = Traffic(p.catalog), _endpoints(p).get(endpoint)
+    p = connect_platform()
+    traffic, view = Traffic(p.catalog), endpoint_registry(p).get(endpoint)
     kept = traffic.policy(endpoint)
     # the gateway's running totals of each stage since traffic was first shared (every gateway replica's)
     return {"endpoint": endpoint, "active": traffic.active(endpoint), "promotions": traffic.promotions(endpoint),

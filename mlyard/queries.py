@@ -16,26 +16,10 @@ Each query imports what it needs when it runs, so importing this module stays ch
 
 from __future__ import annotations
 
-import json
-import os
-import urllib.error
-import urllib.request
-from functools import lru_cache
 from typing import Any, Callable
 
 from core import errors
-from core.errors import MlyardError
-
-QUERY_TIMEOUT_SECONDS = 120.0
-
-
-@lru_cache(maxsize=1)
-def platform():
-    """One Platform per process: in the API its MLflow and catalog clients stay warm between queries."""
-    from core.connection import connect
-    from flows.platform import Platform
-
-    return Platform(connect())
+from mlyard.warm_api import answer, platform
 
 
 def _connected():
@@ -169,19 +153,9 @@ def models_show(ref: str) -> dict[str, Any]:
 
 
 def model_reference(model: str) -> dict[str, Any]:
-    """The `model` field of a batch inference or an evaluation as a pinned URI (an alias resolved to
-    its version) and the registered version's framework; SpecError, naming the field, when it does
-    not exist."""
-    from core.specs import is_registry_ref
-    from tasks import checks
+    from mlyard.api import model_reference as reference
 
-    p = platform()
-    registered = is_registry_ref(model) or model.startswith("models:/")
-    uri = checks.model_reference(p.storage, p.models if registered else None, model)
-    version = p.models.resolve(uri.removeprefix("models:/")) if registered else None
-    return {"uri": uri, "framework": version.framework if version else None,
-            "parameters": version.parameters if version else {}, "runtime": version.runtime if version else "",
-            "source": version.source if version else None}
+    return reference(model)
 
 
 def pipeline_runs_list(limit: int = 100) -> list[dict[str, Any]]:
@@ -295,80 +269,6 @@ QUERIES: dict[str, Callable[..., Any]] = {f.__name__: f for f in (
     notebooks_show, dashboard, logs)}
 
 
-# -- asking -----------------------------------------------------------------------------------------
-
 def ask(query: str, /, **kwargs: Any) -> Any:
     """The answer of `query`: from the stack's warm mlyard API when one runs, else computed here."""
-    url = api_url()
-    if url is not None:
-        try:
-            return _remote(url, query, kwargs)
-        except Unreachable:
-            pass  # stopped since `up` (or never started): the same answer, computed here
-    return json.loads(json.dumps(QUERIES[query](**kwargs), default=str))
-
-
-def api_url() -> str | None:
-    """The mlyard API of this home's running stack (None with a production Prefect server, or when
-    `mlyard up` started none). Only files are read: no engine is imported or asked."""
-    from core.connection import read_state
-    from core.settings import Settings
-
-    settings = Settings()
-    if settings.prefect_api_url or os.environ.get("PREFECT__FLOW_RUN_ID"):
-        return None
-    state = read_state(settings)
-    if state is None or not state.service_url:
-        return None
-    pid = state.pids.get("mlyard-api")
-    if pid is None or not os.path.exists(f"/proc/{pid}"):
-        return None
-    return state.service_url
-
-
-class Unreachable(Exception):
-    """Nothing answers at the mlyard API's address: the caller computes (or queues) it itself."""
-
-
-def _remote(url: str, name: str, kwargs: dict[str, Any]) -> Any:
-    return post(url, f"/v1/queries/{name}", kwargs)
-
-
-def post(url: str, path: str, body: dict[str, Any]) -> Any:
-    """POST `body` as JSON to the mlyard API at `url`: its JSON answer, or its error raised as the same
-    mlyard class; Unreachable when nothing answers there (the API stopped since `up`)."""
-    from core.connection import internal_headers
-    from core.settings import Settings
-
-    req = urllib.request.Request(f"{url}{path}", data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json", **internal_headers(Settings())})
-    try:
-        with urllib.request.urlopen(req, timeout=QUERY_TIMEOUT_SECONDS) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        raw = exc.read()
-        try:
-            problem = json.loads(raw)["error"]
-        except (ValueError, KeyError, TypeError):
-            raise MlyardError(f"the mlyard API at {url} answered {exc.code}: {raw[:300]!r}") from None
-        raise as_error(problem) from None
-    except (urllib.error.URLError, ConnectionError) as exc:
-        raise Unreachable(str(exc)) from exc
-
-
-def error_body(exc: BaseException) -> dict[str, Any]:
-    """How the API sends an error: its mlyard class and message (and the HTTP status it carries)."""
-    if isinstance(exc, MlyardError):
-        return {"error": {"type": type(exc).__name__, "message": str(exc), "status": exc.http_status}}
-    return {"error": {"type": "MlyardError", "message": f"the mlyard API failed: {type(exc).__name__}: {exc}",
-                      "status": 500}}
-
-
-def as_error(problem: dict[str, Any]) -> MlyardError:
-    """The error the API sent, as the same mlyard class with the same message."""
-    cls = getattr(errors, str(problem.get("type")), None)
-    if not (isinstance(cls, type) and issubclass(cls, MlyardError)):
-        cls = MlyardError
-    exc = cls.__new__(cls)
-    Exception.__init__(exc, str(problem.get("message")))
-    return exc
+    return answer(query, lambda **given: QUERIES[query](**given), **kwargs)  # the API names an unknown one

@@ -159,7 +159,7 @@ def _settle(settings: Settings, name: str, run_id: str | None = None) -> None:
     flow_run_id = running.flow_run_id if running is not None else run_id
     if flow_run_id is None:
         return
-    ended, message = _run_state(flow_run_id)
+    ended, message = flow_run_state(flow_run_id)
     if ended in ("CRASHED", "FAILED", "CANCELLED"):
         failed = "UPDATE FAILED" if record.status == "UPDATE IN PROGRESS" else "CREATE FAILED"
         reason = f"its ingestion run {flow_run_id} ended {ended}" + (f": {message}" if message else "")
@@ -168,7 +168,7 @@ def _settle(settings: Settings, name: str, run_id: str | None = None) -> None:
         store.set_status(name, failed, reason)
 
 
-def _run_state(flow_run_id: str) -> tuple[str | None, str]:
+def flow_run_state(flow_run_id: str) -> tuple[str | None, str]:
     """The state of a flow run and its message (why it failed)."""
     from uuid import UUID
 

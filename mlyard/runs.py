@@ -123,7 +123,7 @@ def _info(kind: Kind, fr, started: bool, parent_id: str | None, closing: bool = 
                    fr.work_pool_name, fr.name, parent_id, spec)
 
 
-def _started(client, marker: str | None, flow_runs: list) -> set[str]:
+def started_in(client, marker: str | None, flow_runs: list) -> set[str]:
     """Ids of the flow runs among `flow_runs` in which the step `marker` has started: the label the step
     sets as it starts (tasks.orchestration.step_started), else a task run named like it (runs made
     before the label, or whose label could not be written)."""
@@ -180,8 +180,8 @@ def list_runs(kind: Kind, limit: int = 100, active_only: bool = False) -> list[R
             if len(page) < 200:
                 break
         running = [r for r in runs if r.state and r.state.type.value == "RUNNING"]
-        started = _started(client, kind.marker, runs)
-        closing = _started(client, kind.closing, running)
+        started = started_in(client, kind.marker, runs)
+        closing = started_in(client, kind.closing, running)
         parents = _parents(client, runs)
     return [_info(kind, r, str(r.id) in started, parents.get(str(r.id)), str(r.id) in closing) for r in runs]
 
@@ -204,8 +204,8 @@ def get_run(kind: Kind, run_id: str) -> RunInfo:
             raise not_found_or_away(exc, kind.not_found(run_id), str(client.api_url)) from exc
         if fr.flow_id is None or client.read_flow(fr.flow_id).name != kind.flow:
             raise kind.not_found(run_id)
-        return _info(kind, fr, bool(_started(client, kind.marker, [fr])), _parents(client, [fr]).get(str(fr.id)),
-                     bool(_started(client, kind.closing, [fr])))
+        return _info(kind, fr, bool(started_in(client, kind.marker, [fr])), _parents(client, [fr]).get(str(fr.id)),
+                     bool(started_in(client, kind.closing, [fr])))
 
 
 def not_found_or_away(exc: Exception, not_found: Exception, api_url: str) -> Exception:

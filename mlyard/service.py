@@ -41,8 +41,9 @@ from typing import Any
 
 from fastapi.responses import Response  # module-level: FastAPI reads the routes' annotations here (the docs)
 
-from mlyard.queries import QUERIES, error_body
+from mlyard.queries import QUERIES
 from mlyard.warm import code_fingerprint, loaded_project_files
+from mlyard.warm_api import error_body
 
 log = logging.getLogger("mlyard.service")
 
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception:  # noqa: BLE001 - warming is a head start, not a condition: the first query pays instead
         log.exception("could not warm up (Prefect, MLflow or the catalog did not answer); answering anyway")
     from mlyard import crashes
-    from mlyard.queries import platform
+    from mlyard.warm_api import platform
 
     crashes.follow(platform().tracking, platform().settings.catalog_db_url)  # a crashed flow run's MLflow runs end FAILED, not RUNNING for ever
     threading.Thread(target=_index_logs, name="mlyard-logs-index", daemon=True).start()

@@ -31,8 +31,8 @@ from mlyard.prefect_setup import (
     ensure_pools,
     prepared_db_path,
     spawn,
-    stack_deployments,
     spawn_module,
+    stack_deployments,
     start_server,
     wait_healthy,
 )
@@ -274,7 +274,7 @@ def _start_serving(settings: Settings, state: StackState, env: dict[str, str], l
         if healthy(url + "/mlyard"):
             raise StackError(f"something else already answers at {url}; stop it or set MLYARD_GATEWAY_PORT")
         log = logs / "gateway.log"
-        state.pids["gateway"] = spawn([sys.executable, "-m", "serving.gateway", "--port", url.rsplit(":", 1)[1]],
+        state.pids["gateway"] = spawn([sys.executable, "-m", "serving.gateway_main", "--port", url.rsplit(":", 1)[1]],
                                        log, run_env, cwd=PROJECT_ROOT)
         state.logs["gateway"], state.gateway_url = str(log), url
         echo(f"the endpoint gateway listens on {url} (log: {log})")

@@ -1,34 +1,48 @@
-"""Queueing work: a flow run of a deployment, the run that Run in the Prefect UI makes.
+"""Running work, here or queued: the one place that decides which (`run_or_queue`), runs a flow in
+this process (`run_here`), or makes a flow run of a deployment, the run that Run in the Prefect UI
+makes (`submit`), and follows it to its end (`final_state`).
 
-The commands that queue work (`mlyard rags create|sync`, `--submit`, endpoint changes) ask the stack's
-warm mlyard API (mlyard/service.py) to make the run: Prefect's client is imported and connected there
-already, which saves a fresh command 2-3 s of importing Prefect. Without that API (a production Prefect
-server, or the API stopped) the run is made here. Either way Prefect's own `run_deployment` makes it,
-so it is the same flow run with the same parameters, tags and job variables.
+The commands that queue work (`mlyard rags create|sync`, `--submit`, endpoint changes, pipeline runs)
+ask the stack's warm mlyard API (mlyard/service.py) to make the run: Prefect's client is imported and
+connected there already, which saves a fresh command 2-3 s of importing Prefect. Without that API (a
+production Prefect server, or the API stopped) the run is made here. Either way Prefect's own
+`run_deployment` makes it, so it is the same flow run with the same parameters, tags and job variables.
 
     from mlyard.submit import submit
     submit("rag-sync/local", {"spec": {"rag": "handbook"}}, tags=["mlyard.rag:handbook"])
-    # {"id": "6f1c...", "name": "curious-heron"}
+    # {"id": "6f1c...", "name": "handbook"}
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
+
+from core.errors import RUN_FAILURES, MlyardError, RunFailed, TrainingStopped
+
+
+def run_or_queue(deployment: str, flow: str, spec: Any, *, queue: bool, fail: str,
+                 job_variables: dict[str, Any] | None = None, tags: list[str] | None = None) -> Any:
+    """Run the flow `module:function` on `spec` here (its result, or RunFailed(`fail`) with why), or with
+    `queue` make a flow run of `deployment` ("FLOW/POOL") for its work pool: {"id", "name"}."""
+    if queue:
+        return submit(deployment, {"spec": spec.model_dump(mode="json")}, tags=tags, job_variables=job_variables)
+    return run_here(flow, spec, fail)
 
 
 def submit(deployment: str, parameters: dict[str, Any], *, tags: list[str] | None = None,
            job_variables: dict[str, Any] | None = None) -> dict[str, str]:
     """A new flow run of `deployment` ("FLOW/DEPLOYMENT"), queued for its work pool: {"id", "name"}.
     `parameters` must be JSON (a spec's `model_dump(mode="json")`)."""
-    from mlyard import queries
+    from mlyard import warm_api
 
     body: dict[str, Any] = {"deployment": deployment, "parameters": parameters, "tags": tags or [],
             "job_variables": job_variables or {}}
-    url = queries.api_url()
+    url = warm_api.api_url()
     if url is not None:
         try:
-            return queries.post(url, "/v1/runs", body)
-        except queries.Unreachable:
+            return warm_api.post(url, "/v1/runs", body)
+        except warm_api.Unreachable:
             pass  # stopped since `up`: the same run, made here
     return create_run(**body)
 
@@ -40,3 +54,80 @@ def create_run(deployment: str, parameters: dict[str, Any], tags: list[str],
 
     fr: Any = make_run(deployment, parameters, job_variables, tags)
     return {"id": str(fr.id), "name": fr.name}
+
+
+def final_state(run_id: str, timeout: float | None, poll_seconds: float = 0.5, what: str = "", then: str = "") -> Any:
+    """The Prefect state a queued run ended in, waited for; TimeoutError past `timeout` seconds, naming
+    `what` and saying `then` (where to follow it)."""
+    import time
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            state = client.read_flow_run(UUID(run_id)).state
+            if state is not None and state.is_final():
+                return state
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"{what or run_id} is still {state.type.value if state else 'new'} after "
+                                   f"{timeout:g} s" + (f"; {then}" if then else ""))
+            time.sleep(poll_seconds)
+
+
+CONSOLE_TRACEBACKS = {"on": True}  # the CLI turns them off (its --debug back on): its error line says why
+
+
+def _console_without_tracebacks() -> None:
+    """Prefect's console log prints a failed task's and flow's traceback of mlyard's and Prefect's own
+    frames (two, about 90 lines) before the command's one-line error: keep the lines, drop the
+    tracebacks, on the console only (the run's log in the Prefect UI keeps them)."""
+    import logging
+
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    class NoTraceback(logging.Formatter):
+        def __init__(self, inner: logging.Formatter | None) -> None:
+            super().__init__()
+            self.inner = inner or logging.Formatter()
+
+        def format(self, record: logging.LogRecord) -> str:
+            saved = record.exc_info, record.exc_text, record.stack_info
+            record.exc_info = record.exc_text = record.stack_info = None  # this handler's view only
+            try:
+                return self.inner.format(record)
+            finally:
+                record.exc_info, record.exc_text, record.stack_info = saved
+
+    for logger in [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict))]:
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, PrefectConsoleHandler) and not isinstance(handler.formatter, NoTraceback):
+                handler.setFormatter(NoTraceback(handler.formatter))
+
+
+def run_here(flow: str, spec: Any, fail: str) -> Any:
+    """Run the flow `module:function` on `spec` in this process and return its result. Bad input the
+    flow itself found raises the same one-line error as a check before the run would; a run that
+    failed raises RunFailed(`fail`, with why); a cancelled one TrainingStopped."""
+    from tasks.orchestration import prompt_flow_ends
+
+    module, name = flow.split(":")
+    function = getattr(importlib.import_module(module), name)
+    if not CONSOLE_TRACEBACKS["on"]:
+        _console_without_tracebacks()
+    prompt_flow_ends()  # the run ends when its work does, not up to 1 s later
+    return outcome(function(spec, return_state=True), fail)
+
+
+def outcome(state: Any, fail: str) -> Any:
+    """A run's final state as a call's outcome: its result, or the error it ended with."""
+    if state.is_completed():
+        return state.result()
+    if state.is_cancelled():
+        raise TrainingStopped(state.message or "stopped")
+    exc = state.result(raise_on_failure=False)
+    if isinstance(exc, MlyardError) and not isinstance(exc, RUN_FAILURES):
+        raise exc
+    raise RunFailed(fail, None, exc if isinstance(exc, BaseException) else state.message) from (
+        exc if isinstance(exc, BaseException) else None)

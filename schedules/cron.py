@@ -32,7 +32,7 @@ from typing import Iterator
 
 from croniter import CroniterBadDateError, croniter
 
-from schedules.gotime import _add, go_date, parse_duration, zone
+from schedules.gotime import add_seconds, go_date, parse_duration, zone
 
 __all__ = ["CronError", "CronSchedule", "EverySchedule", "Schedule", "parse", "parse_duration", "zone"]
 
@@ -83,7 +83,7 @@ class CronSchedule:
         """The first fire time strictly after `after` (aware), or None within five years: robfig's
         `SpecSchedule.Next`, step for step."""
         loc = self.tz
-        t = _add(after.astimezone(loc), 1 - after.microsecond / 1e6)
+        t = add_seconds(after.astimezone(loc), 1 - after.microsecond / 1e6)
         added = False
         year_limit = t.year + YEAR_LIMIT
         while True:  # WRAP
@@ -106,7 +106,7 @@ class CronSchedule:
                     t = go_date(t.year, t.month, t.day, 0, 0, 0, loc)
                 t = go_date(t.year, t.month, t.day + 1, t.hour, t.minute, t.second, loc)
                 if t.hour != 0:  # midnight did not exist (DST): back to the day's start
-                    t = _add(t, 3600 * (24 - t.hour)) if t.hour > 12 else _add(t, -3600 * t.hour)
+                    t = add_seconds(t, 3600 * (24 - t.hour)) if t.hour > 12 else add_seconds(t, -3600 * t.hour)
                 if t.day == 1:
                     wrapped = True
                     break
@@ -116,7 +116,7 @@ class CronSchedule:
                 if not added:
                     added = True
                     t = go_date(t.year, t.month, t.day, t.hour, 0, 0, loc)
-                t = _add(t, 3600)
+                t = add_seconds(t, 3600)
                 if t.hour == 0:
                     wrapped = True
                     break
@@ -125,8 +125,8 @@ class CronSchedule:
             while not (1 << t.minute & self.minute):
                 if not added:
                     added = True
-                    t = _add(t, -t.second)
-                t = _add(t, 60)
+                    t = add_seconds(t, -t.second)
+                t = add_seconds(t, 60)
                 if t.minute == 0:
                     wrapped = True
                     break
@@ -134,7 +134,7 @@ class CronSchedule:
                 continue
             while not (1 << t.second & self.second):
                 added = True
-                t = _add(t, 1)
+                t = add_seconds(t, 1)
                 if t.second == 0:
                     wrapped = True
                     break
@@ -155,10 +155,10 @@ class EverySchedule:
     def next_after(self, after: datetime) -> datetime:
         step = self.delay.total_seconds()
         if self.anchor is None:  # robfig: the delay after the given time, on the second
-            return _add(after, self.delay.total_seconds() - after.microsecond / 1e6)
+            return add_seconds(after, self.delay.total_seconds() - after.microsecond / 1e6)
         elapsed = (after - self.anchor).total_seconds()
         k = 0 if elapsed < 0 else int(elapsed // step) + 1
-        return _add(self.anchor, k * step)
+        return add_seconds(self.anchor, k * step)
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ def _offset(tz: tzinfo, instant: float) -> float:
     return off.total_seconds() if off is not None else 0.0
 
 
-def _add(t: datetime, seconds: float) -> datetime:
+def add_seconds(t: datetime, seconds: float) -> datetime:
     """`t` moved by absolute seconds, read back in its own zone (Go's `Add`; Python's `+` moves the wall clock)."""
     tz = t.tzinfo
     assert tz is not None

@@ -148,7 +148,7 @@ def load_torch(path: Path, name: str, version: str, params: dict[str, str]) -> R
             return handler.handle(rows, context)
         return handler.postprocess(handler.inference(handler.preprocess(rows)))
 
-    from serving.runtime import TensorMeta
+    from serving.protocol import TensorMeta
 
     return RowModel(name, version, path, "pytorch", handle, [TensorMeta("instances", "FP32", [-1, -1])],
                     [TensorMeta("predictions", "BYTES", [-1])], params)
@@ -222,7 +222,7 @@ def load_hf(path: Path, name: str, version: str, params: dict[str, str]) -> RowM
                 return [o[0]["generated_text"] if isinstance(o, list) else o["generated_text"] for o in out]
             return _plain(out)
 
-    from serving.runtime import TensorMeta
+    from serving.protocol import TensorMeta
 
     return RowModel(name, version, path, f"huggingface:{task}", handle, [TensorMeta("text", "BYTES", [-1])],
                     [TensorMeta("predictions", "BYTES", [-1])], params)

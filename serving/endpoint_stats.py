@@ -24,11 +24,11 @@ _LOG_GROWTH = math.log(_GROWTH)
 Key = tuple[str, str, str]  # (endpoint, stage, model)
 
 
-def _bucket(ms: float) -> int:
+def latency_bucket(ms: float) -> int:
     return 0 if ms <= _BASE_MS else int(math.log(ms / _BASE_MS) / _LOG_GROWTH) + 1
 
 
-def _value(bucket: int) -> float:
+def bucket_value(bucket: int) -> float:
     return _BASE_MS if bucket == 0 else _BASE_MS * _GROWTH ** (bucket - 0.5)
 
 
@@ -137,7 +137,7 @@ class EndpointStats:
         if failed:
             m.failures += 1
         m.latency_sum += ms
-        b = _bucket(ms)
+        b = latency_bucket(ms)
         m.hist[b] = m.hist.get(b, 0) + 1
         if classes:
             m.raw[classes] = m.raw.get(classes, 0) + 1
@@ -301,7 +301,7 @@ def _percentiles(hist: dict[int, int]) -> dict[str, float | None]:
         for b, n in ordered:
             seen += n
             if seen >= rank:
-                out[name] = round(_value(b), 3)
+                out[name] = round(bucket_value(b), 3)
                 break
     return out
 

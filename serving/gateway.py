@@ -1,4 +1,4 @@
-"""The endpoint gateway that `mlyard up` starts (`python -m serving.gateway`), before every endpoint's replicas.
+"""The endpoint gateway that `mlyard up` starts (`python -m serving.gateway_main`), before every endpoint's replicas.
 
     /{endpoint}/{model}/v1|v2|openai/...                 the endpoint's default stage
     /{endpoint}/stages/{stage}/{model}/v1|v2|openai/...  one stage
@@ -39,12 +39,13 @@ from serving.fastserver import Refusal
 from serving.gateway_admin import admin
 from serving.gateway_rag import RAG_ROUTES, rag
 from serving.gateway_shadow import mirror
+from serving.gateway_state import Shared, Tracked
 from serving.health import HEALTHY, Health
 from serving.modelfolder import HealthCheck
 from serving.proxy import Pool, UpstreamError
-from serving.routing import NoReplica, NoRoute, Replica, Route, Router, parse
-from serving.scaler import Autoscaler, Tracked
-from serving.traffic import AFFINITY_HEADER, STAGE_HEADER, LiveCounts, Split
+from serving.routing import NoReplica, NoRoute, Replica, Route, parse
+from serving.scaler import Autoscaler
+from serving.traffic import AFFINITY_HEADER, STAGE_HEADER, Split
 from tasks import replicas as files
 
 log = logging.getLogger("mlyard.gateway")
@@ -57,37 +58,29 @@ class Gateway:
                  max_in_flight: int = 1024, timeout: float = 120.0, refresh_seconds: float = 1.0,
                  autoscale_seconds: float = 5.0, internal_token: str | None = None, max_body: int = MAX_BODY,
                  replica: str | None = None):
-        self.home = Path(home)
         # the platform's own services (a RAG's query service asking its LLM endpoint) pass with this token,
         # and the management routes take nothing else
-        self._internal = b"Bearer " + internal_token.encode() if internal_token else None
+        internal = b"Bearer " + internal_token.encode() if internal_token else None
         # what replicas check (serving/access.py): given (on Kubernetes, the Secret's mlyard_replica_token),
         # else derived from the internal credential, as `mlyard up` gives its replicas
         replica = replica or (replica_token(internal_token) if internal_token else None)
         self._to_replica = [(REPLICA_HEADER, replica.encode())] if replica else []
-        self.max_body, self.catalog_url = max_body, catalog_url
+        home = Path(home)
+        # the routing state the side modules share (serving/gateway_state.py): the catalog's stats, when it has one
+        self.shared = Shared(home, EndpointStats(home / "endpoints" / "stats", catalog_url), timeout, max_body, internal)
+        self.catalog_url = catalog_url
         self.check = check or HealthCheck(path="/v2/health/ready", interval=1.0, max_retries=2, max_wait_time=2.0, expected_status_code=200,
                                           initial_delay=0.0)
-        self.max_in_flight, self.timeout, self.refresh_seconds = max_in_flight, timeout, refresh_seconds
+        self.max_in_flight, self.refresh_seconds = max_in_flight, refresh_seconds
         self._rechecked = float("-inf")  # when a request that found no healthy replica last had the table read
-        self.router = Router()
-        self.endpoints: dict[str, dict[str, Any]] = {}
         self.loaded = False  # the routing table read once: until then no endpoint is known to be unknown
-        self.replicas: dict[str, Tracked] = {}  # url -> its health and connections
-        self.draining: dict[str, Tracked] = {}  # key -> a replica out of routing with requests still on it
-        self.stats = EndpointStats(self.home / "endpoints" / "stats", catalog_url)  # the catalog's, when it has one
-        self.in_flight, self.started = 0, time.time()
         self._endpoints_api: Any = None
         self._routes: dict[str, Any] = {}
         self.autoscale_seconds = autoscale_seconds
-        self.scaling = Autoscaler(self)
+        self.scaling = Autoscaler(self.shared)
         self._tasks: list[asyncio.Task] = []
         self._refresh_lock: asyncio.Lock | None = None
-        self.splits: dict[str, Split] = {}  # per endpoint whose stages share its default traffic (traffic.py)
-        self.live = LiveCounts()
-        self.gateway_id = f"{socket.gethostname()}-{os.getpid()}-{int(self.started)}"
-        self._mirrors: set[asyncio.Task] = set()
-        self.max_mirrors = 64  # mirrored requests in flight at most; beyond, a shadow share skips requests
+        self.gateway_id = f"{socket.gethostname()}-{os.getpid()}-{int(self.shared.started)}"
 
     def _read(self) -> tuple[dict[str, dict[str, Any]], list[files.Wanted], dict[str, files.State]]:
         if self._endpoints_api is None and self.catalog_url:
@@ -100,7 +93,7 @@ class Gateway:
             from registry.rags import Rags
 
             endpoints.update(Rags(self._endpoints_api.catalog).routing(endpoints))
-        return endpoints, files.wanted(self.home) + files.on_cluster(endpoints), files.states(self.home)
+        return endpoints, files.wanted(self.shared.home) + files.on_cluster(endpoints), files.states(self.shared.home)
 
     async def refresh(self) -> None:
         if self._refresh_lock is None:
@@ -113,33 +106,33 @@ class Gateway:
                 if w.routed and url is not None and w.endpoint in endpoints:
                     groups.setdefault((w.endpoint, w.stage), []).append((w, url))
             seen = {url for members in groups.values() for _, url in members}
-            new = [(w, url) for members in groups.values() for w, url in members if url not in self.replicas]
+            new = [(w, url) for members in groups.values() for w, url in members if url not in self.shared.replicas]
             for w, url in new:
                 host, port = url.rsplit("//", 1)[1].rstrip("/").rsplit(":", 1)  # replica URLs carry their port
-                self.replicas[url] = Tracked(w.key, url, Health(self.check, time.monotonic()), Pool(host, int(port)),
+                self.shared.replicas[url] = Tracked(w.key, url, Health(self.check, time.monotonic()), Pool(host, int(port)),
                                               w.health_path)
             # A replica put into routing was found healthy by its flow: probe it once before it takes requests.
-            await asyncio.gather(*(self._probe(self.replicas[url]) for _, url in new))
-            for url in set(self.replicas) - seen:
-                gone = self.replicas.pop(url)
+            await asyncio.gather(*(self._probe(self.shared.replicas[url]) for _, url in new))
+            for url in set(self.shared.replicas) - seen:
+                gone = self.shared.replicas.pop(url)
                 gone.pool.close()
                 if gone.active:  # its answers are still coming: a flow that stops it waits for them (drain)
-                    self.draining[gone.key] = gone
-            self.endpoints, self.loaded = endpoints, True
+                    self.shared.draining[gone.key] = gone
+            self.shared.endpoints, self.loaded = endpoints, True
             for (endpoint, stage), members in groups.items():
-                self.router.set_stage(endpoint, stage, [Replica(url, w.model, healthy=self._routable(url))
+                self.shared.router.set_stage(endpoint, stage, [Replica(url, w.model, healthy=self._routable(url))
                                                         for w, url in members])
-            for endpoint, stage in self.router.stages():
+            for endpoint, stage in self.shared.router.stages():
                 if (endpoint, stage) not in groups:
-                    self.router.remove_stage(endpoint, stage)
+                    self.shared.router.remove_stage(endpoint, stage)
             for name, ep in endpoints.items():
-                self.router.set_default(name, ep["default"])
+                self.shared.router.set_default(name, ep["default"])
             models: dict[tuple[str, str], set[str]] = {k: {w.model for w, _ in members} for k, members in groups.items()}
-            self.splits = {name: split for name, ep in endpoints.items()
+            self.shared.splits = {name: split for name, ep in endpoints.items()
                            if (split := Split.of(ep["stages"], {st: models.get((name, st), set()) for st in ep["stages"]},
                                                  ep.get("shadow_tolerance"))) is not None}
-            for name in set(self.router.view()) - set(endpoints):  # deleted endpoints
-                self.router.set_default(name, None)
+            for name in set(self.shared.router.view()) - set(endpoints):  # deleted endpoints
+                self.shared.router.set_default(name, None)
 
     async def _recheck(self) -> bool:
         """A request found no healthy replica, but a flow may have routed one since the last pass (a deploy):
@@ -149,7 +142,7 @@ class Gateway:
             return False
         self._rechecked = now
         await self.refresh()
-        await asyncio.gather(*(self._probe(t) for url, t in list(self.replicas.items()) if not self._routable(url)))
+        await asyncio.gather(*(self._probe(t) for url, t in list(self.shared.replicas.items()) if not self._routable(url)))
         return True
 
     def _write_live(self, changed: dict) -> None:
@@ -158,7 +151,7 @@ class Gateway:
         Traffic(self._endpoints_api.catalog).write_counts(self.gateway_id, changed)
 
     def _routable(self, url: str) -> bool:
-        t = self.replicas.get(url)
+        t = self.shared.replicas.get(url)
         return t is not None and t.health.status == HEALTHY and not t.ejected
 
     async def _probe(self, t: Tracked) -> None:
@@ -171,7 +164,7 @@ class Gateway:
             status = t.health.probed(time.monotonic(), None, str(exc))
         if status == HEALTHY:
             t.ejected = False
-        self.router.set_health(t.url, self._routable(t.url))
+        self.shared.router.set_health(t.url, self._routable(t.url))
 
     async def _loop(self) -> None:
         next_refresh = 0.0
@@ -182,53 +175,53 @@ class Gateway:
                 if now >= next_refresh:
                     await self.refresh()
                     next_refresh = now + self.refresh_seconds
-                    self.stats.flush()
-                    changed = self.live.changed()
+                    self.shared.stats.flush()
+                    changed = self.shared.live.changed()
                     if changed and self._endpoints_api is not None:
                         await asyncio.get_running_loop().run_in_executor(None, self._write_live, changed)
                 if now >= next_scale:
                     await asyncio.get_running_loop().run_in_executor(None, self.scaling.step)
                     next_scale = now + self.autoscale_seconds
-                due = [t for t in self.replicas.values() if (t.health.next_probe() or 0) <= time.monotonic()]
+                due = [t for t in self.shared.replicas.values() if (t.health.next_probe() or 0) <= time.monotonic()]
                 if due:
                     await asyncio.gather(*(self._probe(t) for t in due))
             except Exception:  # the loop must outlive a bad read (a database being migrated, a file in flux)
                 log.exception("refreshing the routing table failed")
             # asleep until the next refresh, scaling step or probe is due (an idle gateway then wakes about once a
             # second, not at a fixed 20 Hz tick), and at least 50 ms (a read that keeps failing is not retried hot)
-            probes = [p for t in self.replicas.values() if (p := t.health.next_probe()) is not None]
+            probes = [p for t in self.shared.replicas.values() if (p := t.health.next_probe()) is not None]
             await asyncio.sleep(max(0.05, min([next_refresh, next_scale, *probes]) - time.monotonic()))
 
     def _eject(self, url: str, reason: str) -> None:
-        t = self.replicas.get(url)
+        t = self.shared.replicas.get(url)
         if t is not None:
             t.ejected = True
             t.health.probed(time.monotonic(), None, reason)
-        self.router.set_health(url, False)
+        self.shared.router.set_health(url, False)
 
     # -- the head of a request (fastserver calls it before reading the body) ------------------------
 
     def admit(self, method: str, path: str, headers: list[tuple[bytes, bytes]]) -> Refusal | int | None:
         """Refuse a request on its head alone (404, 401), or give its body limit."""
         if path.startswith("/mlyard/"):
-            if path == "/mlyard/health" or is_internal(self._internal, headers):
+            if path == "/mlyard/health" or is_internal(self.shared.internal, headers):
                 return 64 * 1024
             return 401, error_body("the gateway's management routes need the platform's internal credential"), \
                 [(b"www-authenticate", b"Bearer")]
         if path in RAG_ROUTES:  # the RAG is named in the body: its token is checked once the body is read
-            return self.max_body
+            return self.shared.max_body
         try:
             route = self._route(path)
         except NoRoute as exc:
             return 404, error_body(str(exc)), []
-        ep = self.endpoints.get(route.endpoint)
+        ep = self.shared.endpoints.get(route.endpoint)
         if ep is None:
             return unknown_endpoint(route, self.loaded)
         if not ep["public"]:
-            why = token_problem(self._internal, ep, {"headers": headers})
+            why = token_problem(self.shared.internal, ep, {"headers": headers})
             if why is not None:
                 return 401, route_error(route, 401, why), [(b"www-authenticate", b"Bearer")]
-        return ep.get("max_request_bytes") or self.max_body
+        return ep.get("max_request_bytes") or self.shared.max_body
 
     def _route(self, path: str) -> Route:
         """The route of a path (NoRoute when it names none)."""
@@ -248,18 +241,18 @@ class Gateway:
             return
         path: str = scope["path"]
         if path.startswith("/mlyard/"):
-            return await admin(self, scope, receive, send)
-        if self.in_flight >= self.max_in_flight:
+            return await admin(self.shared, self.refresh, scope, receive, send)
+        if self.shared.in_flight >= self.max_in_flight:
             return await asgi.reply(send, 503, error_body(f"the gateway is at its limit of {self.max_in_flight} requests "
                                                       "in flight; retry shortly"), headers=RETRY_AFTER)
-        self.in_flight += 1
+        self.shared.in_flight += 1
         try:
             if path in RAG_ROUTES:
-                await rag(self, scope, receive, send, path)
+                await rag(self.shared, self._serve, scope, receive, send, path)
             else:
                 await self._serve(scope, receive, send, path)
         finally:
-            self.in_flight -= 1
+            self.shared.in_flight -= 1
 
     async def _serve(self, scope: dict, receive, send, path: str, route: Route | None = None,
                      body: bytes | None = None) -> None:
@@ -269,17 +262,17 @@ class Gateway:
                 route = self._route(path)
             except NoRoute as exc:
                 return await asgi.reply(send, 404, error_body(str(exc)))
-        ep = self.endpoints.get(route.endpoint)
+        ep = self.shared.endpoints.get(route.endpoint)
         if ep is None:
             status, body, headers = unknown_endpoint(route, self.loaded)
             return await asgi.reply(send, status, body, headers=headers)
         if not ep["public"]:
-            why = token_problem(self._internal, ep, scope)
+            why = token_problem(self.shared.internal, ep, scope)
             if why is not None:
                 return await asgi.reply(send, 401, route_error(route, 401, why),
                                         headers=[(b"www-authenticate", b"Bearer")])
-        route = self.router.for_default(route, ep.get("served_models") or ())
-        split = self.splits.get(route.endpoint)
+        route = self.shared.router.for_default(route, ep.get("served_models") or ())
+        split = self.shared.splits.get(route.endpoint)
         shadow = fallback = None  # fallback: the default's route, when the split chose another stage
         if split is not None and route.stage is None:
             affinity = next((v for k, v in scope["headers"] if k == AFFINITY_HEADER), None)
@@ -289,7 +282,7 @@ class Gateway:
             elif split.shadows:
                 shadow = split.shadow(route.model, affinity)
         try:
-            stage = self.router.stage_of(route)
+            stage = self.shared.router.stage_of(route)
         except NoRoute as exc:
             name = route.stage or ep["default"] or ""
             known = ep["stages"].get(name)
@@ -299,7 +292,7 @@ class Gateway:
             return await asgi.reply(send, 404, route_error(route, 404, str(exc)))
         try:
             if body is None:
-                body = await asgi.read_body(receive, ep.get("max_request_bytes") or self.max_body)
+                body = await asgi.read_body(receive, ep.get("max_request_bytes") or self.shared.max_body)
         except asgi.BodyTooLarge as exc:
             return await asgi.reply(send, 413, route_error(route, 413, str(exc)))
         qs = scope.get("query_string") or b""
@@ -309,36 +302,36 @@ class Gateway:
         key = (route.endpoint, stage, route.model)
         for _ in range(4):
             try:
-                replica = self.router.acquire(route)
+                replica = self.shared.router.acquire(route)
             except NoRoute as exc:
                 return await asgi.reply(send, 404, route_error(route, 404, str(exc)))
             except NoReplica as exc:
                 if await self._recheck():  # a replica its flow just found healthy, not yet in the table
                     continue
-                self.stats.record(key, (time.perf_counter() - started) * 1000, True)
+                self.shared.stats.record(key, (time.perf_counter() - started) * 1000, True)
                 if fallback is not None:  # the stage the split chose cannot answer now: counted, then the default
-                    self.live.record((route.endpoint, stage), 0.0, True)
+                    self.shared.live.record((route.endpoint, stage), 0.0, True)
                     route, fallback = fallback, None
-                    stage = self.router.stage_of(route)
+                    stage = self.shared.router.stage_of(route)
                     key = (route.endpoint, stage, route.model)
                     continue
                 return await asgi.reply(send, 503, route_error(route, 503, f"{exc}; retry shortly"),
                                         headers=RETRY_AFTER)
-            t = self.replicas.get(replica.url)
+            t = self.shared.replicas.get(replica.url)
             if t is None:  # left the table between acquire and here
-                self.router.release(replica)
+                self.shared.router.release(replica)
                 continue
             t.requests += 1
             t.active += 1
             try:
-                resp = await t.pool.request(scope["method"], target, headers, body, timeout=self.timeout)
+                resp = await t.pool.request(scope["method"], target, headers, body, timeout=self.shared.timeout)
             except UpstreamError as exc:
                 t.active -= 1
-                self.router.release(replica)
+                self.shared.router.release(replica)
                 if not exc.sent:
                     self._eject(replica.url, str(exc))
                     continue  # no answer began there: another replica takes it
-                self.stats.record(key, (time.perf_counter() - started) * 1000, True)
+                self.shared.stats.record(key, (time.perf_counter() - started) * 1000, True)
                 return await asgi.reply(send, 502, route_error(route, 502, f"replica {replica.url}: {exc}"))
             break
         else:
@@ -376,25 +369,20 @@ class Gateway:
         finally:
             resp.close()  # back to the pool when read to the end, else closed
             t.active -= 1
-            self.router.release(replica)
+            self.shared.router.release(replica)
             ms = (time.perf_counter() - started) * 1000
-            self.stats.record(key, ms, failed or resp.status >= 400, classes)
+            self.shared.stats.record(key, ms, failed or resp.status >= 400, classes)
             if split is not None:
-                self.live.record((route.endpoint, stage), ms, failed)
+                self.shared.live.record((route.endpoint, stage), ms, failed)
         if shadow is not None:
-            mirror(self, Route(route.endpoint, shadow, route.model, route.rest), scope["method"], target, headers, body,
+            mirror(self.shared, Route(route.endpoint, shadow, route.model, route.rest), scope["method"], target, headers, body,
                    whole if not failed else None, split.tolerance if split else 1e-6)
 
     def _start(self) -> None:
         self._tasks.append(asyncio.get_running_loop().create_task(self._loop()))
 
     def _stop(self) -> None:
-        for task in [*self._tasks, *self._mirrors]:
+        for task in [*self._tasks, *self.shared.mirrors]:
             task.cancel()
-        self.stats.flush(everything=True)
+        self.shared.stats.flush(everything=True)
 
-
-if __name__ == "__main__":  # `python -m serving.gateway`, as `mlyard up` and the cluster's manifests start it
-    from serving.gateway_main import main
-
-    main()

@@ -13,30 +13,30 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qs
 
 import orjson
 
 from serving import asgi
 from serving.access import error_body, is_internal
-
-if TYPE_CHECKING:
-    from serving.gateway import Gateway
+from serving.gateway_state import Shared
 
 
-async def admin(gw: Gateway, scope: dict, receive: asgi.Receive, send: asgi.Send) -> None:
+async def admin(gw: Shared, refresh: Callable[[], Awaitable[None]], scope: dict, receive: asgi.Receive,
+                send: asgi.Send) -> None:
+    """A management route; `refresh()` reads the catalog and the replicas now (the gateway's)."""
     path, method = scope["path"], scope["method"]
     if path == "/mlyard/health":
         return await asgi.reply(send, 200, orjson.dumps({"status": "ok", "in_flight": gw.in_flight}))
-    if not is_internal(gw._internal, scope["headers"]):
+    if not is_internal(gw.internal, scope["headers"]):
         return await asgi.reply(send, 401, error_body("the gateway's management routes need the platform's internal "
                                                       "credential"), headers=[(b"www-authenticate", b"Bearer")])
     if path == "/mlyard/routes" and method == "GET":
         return await asgi.reply(send, 200, orjson.dumps(routes(gw)))
     if path == "/mlyard/reload" and method == "POST":
         await asgi.read_body(receive, 1024)
-        await gw.refresh()
+        await refresh()
         return await asgi.reply(send, 200, orjson.dumps(routes(gw)))
     if path == "/mlyard/metrics" and method == "GET":
         body = gw.stats.prometheus({"mlyard_gateway_in_flight": ("Requests this gateway is answering now.",
@@ -56,7 +56,7 @@ async def admin(gw: Gateway, scope: dict, receive: asgi.Receive, send: asgi.Send
     return await asgi.reply(send, 404, error_body(f"no route {method} {path}"))
 
 
-def routes(gw: Gateway) -> dict[str, Any]:
+def routes(gw: Shared) -> dict[str, Any]:
     """The routing table as /mlyard/routes gives it: each replica's health, the draining, the shares."""
     table = gw.router.view()
     for ep in table.values():
@@ -74,4 +74,4 @@ def routes(gw: Gateway) -> dict[str, Any]:
             table[name]["shadows"] = {st: w for st, w, _ in split.shadows}
     return {"endpoints": table, "draining": {k: t.active for k, t in gw.draining.items()},
             "in_flight": gw.in_flight, "started_at": gw.started,
-            "autoscaling": list(gw.scaling.events)}
+            "autoscaling": list(gw.scaling)}

@@ -1,5 +1,6 @@
-"""The gateway's command line (`python -m serving.gateway`): settings, the internal credential, and the
-HTTP server (serving/fastserver.py) around serving/gateway.py's app."""
+"""The gateway's command line (`python -m serving.gateway_main`, as `mlyard up` and the cluster's
+manifests start it): settings, the internal credential, and the HTTP server (serving/fastserver.py)
+around serving/gateway.py's app."""
 
 from __future__ import annotations
 
@@ -46,3 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     # The replicas' own date and server headers are passed on.
     fastserver.run(gw, args.host, args.port, on_ready=lambda url: print(f"the mlyard gateway listens on {url}",
                                                                          flush=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -4,25 +4,24 @@ the body's `model`, then routed and counted as the endpoint `rag:NAME` (serving/
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Awaitable, Callable
 
 import orjson
 
 from serving import asgi
 from serving.access import openai_error
+from serving.gateway_state import Shared
 from serving.routing import Route
-
-if TYPE_CHECKING:
-    from serving.gateway import Gateway
 
 # /rag/v1/chat/completions too: the `openai` package, given base_url .../rag/v1, posts there
 RAG_ROUTES = {"/rag/v1/query": "/v1/chat/completions", "/rag/v1/chat/completions": "/v1/chat/completions",
               "/rag/v1/search": "/v1/search", "/rag/v1/embeddings": "/v1/embeddings"}
 
 
-async def rag(gw: Gateway, scope: dict, receive, send, path: str) -> None:
-    """A RAG's route: the RAG named by the body's `model`, then as any endpoint's request. The seed's
-    `x-nhn-apikey` header is taken as a bearer token."""
+async def rag(gw: Shared, serve: Callable[..., Awaitable[Any]], scope: dict, receive, send, path: str) -> None:
+    """A RAG's route: the RAG named by the body's `model`, then as any endpoint's request (`serve(scope,
+    receive, send, path, route, body)`, the gateway's). The seed's `x-nhn-apikey` header is taken as a
+    bearer token."""
     if scope["method"] != "POST":
         return await asgi.reply(send, 405, openai_error(f"{path} takes POST", 405))
     try:
@@ -44,4 +43,4 @@ async def rag(gw: Gateway, scope: dict, receive, send, path: str) -> None:
     if key is not None and not any(k == b"authorization" for k, _ in headers):
         scope = {**scope, "headers": [*headers, (b"authorization", b"Bearer " + key)]}
     route = Route(name, None, "rag", RAG_ROUTES[path])
-    return await gw._serve(scope, receive, send, path, route, body)
+    return await serve(scope, receive, send, path, route, body)

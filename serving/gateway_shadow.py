@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
 
+from serving.gateway_state import Shared
 from serving.proxy import UpstreamError
 from serving.routing import NoReplica, NoRoute, Route
 from serving.traffic import agree
 
-if TYPE_CHECKING:
-    from serving.gateway import Gateway
 
-
-async def shadow_request(gw: Gateway, route: Route, method: str, target: str, headers: list, body: bytes,
+async def shadow_request(gw: Shared, route: Route, method: str, target: str, headers: list, body: bytes,
                          answer: bytes | None, tolerance: float) -> None:
     """The same request to a shadow stage, after the client has its answer: compared, counted, dropped."""
     started = time.perf_counter()
@@ -41,13 +38,13 @@ async def shadow_request(gw: Gateway, route: Route, method: str, target: str, he
     gw.live.record_pair((route.endpoint, route.stage or ""), agreed, (time.perf_counter() - started) * 1000, failed)
 
 
-def mirror(gw: Gateway, route: Route, method: str, target: str, headers: list, body: bytes, answer: bytes | None,
+def mirror(gw: Shared, route: Route, method: str, target: str, headers: list, body: bytes, answer: bytes | None,
            tolerance: float) -> None:
     """Send the shadow copy in the background, unless `max_mirrors` copies are already on their way (a
     shadow share then skips requests rather than queue them)."""
-    if len(gw._mirrors) >= gw.max_mirrors:
+    if len(gw.mirrors) >= gw.max_mirrors:
         return
     task = asyncio.get_running_loop().create_task(shadow_request(gw, route, method, target, headers, body, answer,
                                                                  tolerance))
-    gw._mirrors.add(task)
-    task.add_done_callback(gw._mirrors.discard)
+    gw.mirrors.add(task)
+    task.add_done_callback(gw.mirrors.discard)

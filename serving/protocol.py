@@ -27,6 +27,18 @@ DATATYPES: dict[str, Any] = {
 _BY_KIND = {np.dtype(v).str[1:]: k for k, v in DATATYPES.items() if k != "BYTES"}
 
 
+@dataclass
+class TensorMeta:
+    """An input or output tensor as a model's v2 metadata names it."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": self.shape}
+
+
 class BadRequest(SpecError):
     """A request the protocol cannot accept (400)."""
 

@@ -6,7 +6,6 @@ reason before anything starts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import yaml
 
 from core.errors import SpecError
 from serving import custom
-from serving.protocol import BadRequest
+from serving.protocol import BadRequest, TensorMeta
 from tasks import compiled
 
 _NUMPY_TO_V2 = {"float64": "FP64", "float32": "FP32", "float16": "FP16", "int64": "INT64", "int32": "INT32",
@@ -26,16 +25,6 @@ _COLUMN_TO_V2 = {"double": "FP64", "float": "FP32", "long": "INT64", "integer": 
 
 
 FP32_MAX = float(np.finfo(np.float32).max)
-
-
-@dataclass
-class TensorMeta:
-    name: str
-    datatype: str
-    shape: list[int]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "datatype": self.datatype, "shape": self.shape}
 
 
 # Parameters the protocols define for themselves (binary tensors, a v1 classifier's probabilities): never the model's

@@ -1,6 +1,7 @@
 """The gateway's autoscaling loop: each pass reads the routed replicas' metrics and applies the
 stages' autoscaling rules (the decision itself is serving/autoscale.py, pure). It runs in a worker
-thread of the gateway (serving/gateway.py) every `autoscale_interval` seconds.
+thread of the gateway (serving/gateway.py) every `autoscale_interval` seconds, on the state the gateway
+shares (serving/gateway_state.py).
 """
 
 from __future__ import annotations
@@ -8,33 +9,13 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from serving.health import Health
-from serving.proxy import Pool
+from serving.gateway_state import Shared, Tracked
 from tasks import replicas as files
 
-if TYPE_CHECKING:
-    from serving.gateway import Gateway
-
 log = logging.getLogger("mlyard.gateway")
-
-
-@dataclass
-class Tracked:
-    """A replica as the gateway routes it: its health, connections and request counters."""
-
-    key: str
-    url: str
-    health: Health
-    pool: Pool
-    path: str
-    ejected: bool = False  # taken out after a failed connection, until a probe passes
-    requests: int = 0  # requests sent to it (the autoscaler's requests_per_second)
-    active: int = 0  # requests in flight on it
 
 
 class Autoscaler:
@@ -44,9 +25,9 @@ class Autoscaler:
     wants one more replica (the supervisor starts it, the gateway routes it once a probe passes);
     scaling down takes the newest replica out of routing and stops it once its requests are answered."""
 
-    def __init__(self, gateway: Gateway):
-        self.gw = gateway
-        self.events: deque[dict[str, Any]] = deque(maxlen=50)
+    def __init__(self, shared: Shared):
+        self.gw = shared
+        self.events = shared.scaling  # its decisions, as /mlyard/routes shows them
         self._fired: dict[tuple[str, str, int], dict[int, float]] = {}
         self._last: dict[str, tuple[float, int, float]] = {}  # key -> (when, requests, cpu seconds)
         self._leaving: dict[str, Tracked | None] = {}  # taken out of routing, stopped once idle

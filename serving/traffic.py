@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from serving.endpoint_stats import _bucket, _value
+from serving.endpoint_stats import bucket_value, latency_bucket
 
 AFFINITY_HEADER = b"x-mlyard-affinity"
 STAGE_HEADER = b"x-mlyard-stage"  # on an answer to a split endpoint: the stage that answered
@@ -143,7 +143,7 @@ class LiveCounts:
             t = self._totals[key] = _Totals()
         t.calls += 1
         t.failures += failed
-        b = _bucket(ms)
+        b = latency_bucket(ms)
         t.hist[b] = t.hist.get(b, 0) + 1
         self._dirty.add(key)
 
@@ -156,7 +156,7 @@ class LiveCounts:
             t.pairs += 1
             t.agreed += agreed
         t.shadow_failures += failed
-        b = _bucket(shadow_ms)
+        b = latency_bucket(shadow_ms)
         t.shadow_hist[b] = t.shadow_hist.get(b, 0) + 1
         self._dirty.add(key)
 
@@ -213,7 +213,7 @@ def p99(hist: dict[str, int]) -> float | None:
     for b in sorted(hist, key=int):
         seen += hist[b]
         if seen >= 0.99 * total:
-            return round(_value(int(b)), 3)
+            return round(bucket_value(int(b)), 3)
     return None
 
 

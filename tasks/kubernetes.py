@@ -161,19 +161,19 @@ def apply_stage(api_client: Any, manifests: list[dict[str, Any]], namespace: str
     for m in manifests:
         name = m["metadata"]["name"]
         resource = dyn.resources.get(api_version=m["apiVersion"], kind=m["kind"])
-        live = _get(dyn, resource, name, namespace)
+        live = read_object(dyn, resource, name, namespace)
         body = m
         if m["kind"] == "Deployment" and name in scaled:
             body = {**m, "spec": {k: v for k, v in m["spec"].items() if k != "replicas"}}
             if live is None:  # created at its pods count, which the hand-over manager then holds
-                live = _ssa(dyn, resource, m, namespace, FIELD_MANAGER)
+                live = apply_object(dyn, resource, m, namespace, FIELD_MANAGER)
                 done["created"].append(f"{m['kind']}/{name}")
             if _owns(live, FIELD_MANAGER, "replicas"):
                 replicas = {"apiVersion": m["apiVersion"], "kind": m["kind"],
                             "metadata": {"name": name, "namespace": namespace},
                             "spec": {"replicas": live["spec"].get("replicas", m["spec"]["replicas"])}}
-                _ssa(dyn, resource, replicas, namespace, HANDOVER_MANAGER)
-        after = _ssa(dyn, resource, body, namespace, FIELD_MANAGER)
+                apply_object(dyn, resource, replicas, namespace, HANDOVER_MANAGER)
+        after = apply_object(dyn, resource, body, namespace, FIELD_MANAGER)
         if f"{m['kind']}/{name}" in done["created"]:
             continue
         outcome = ("created" if live is None else
@@ -185,7 +185,7 @@ def apply_stage(api_client: Any, manifests: list[dict[str, Any]], namespace: str
     return done
 
 
-def _get(dyn: Any, resource: Any, name: str, namespace: str) -> dict[str, Any] | None:
+def read_object(dyn: Any, resource: Any, name: str, namespace: str) -> dict[str, Any] | None:
     from kubernetes.dynamic.exceptions import NotFoundError
 
     try:
@@ -194,7 +194,7 @@ def _get(dyn: Any, resource: Any, name: str, namespace: str) -> dict[str, Any] |
         return None
 
 
-def _ssa(dyn: Any, resource: Any, body: dict[str, Any], namespace: str, manager: str) -> dict[str, Any]:
+def apply_object(dyn: Any, resource: Any, body: dict[str, Any], namespace: str, manager: str) -> dict[str, Any]:
     return dyn.server_side_apply(resource, body=body, namespace=namespace, field_manager=manager,
                                  force_conflicts=True).to_dict()
 

@@ -23,7 +23,7 @@ import yaml
 
 from core.specs.notebook import INSTANCE_TYPES, NotebookSpec
 from core.uris import parse_uri
-from tasks.kubernetes import FIELD_MANAGER, LABEL, _get, _ssa, validate
+from tasks.kubernetes import FIELD_MANAGER, LABEL, apply_object, read_object, validate
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "infra" / "notebook"
 PORT = 8888
@@ -89,8 +89,8 @@ def apply(api_client: Any, manifests: list[dict[str, Any]], namespace: str) -> d
     done: dict[str, list[str]] = {"created": [], "changed": [], "unchanged": []}
     for m in manifests:
         resource = dyn.resources.get(api_version=m["apiVersion"], kind=m["kind"])
-        live = _get(dyn, resource, m["metadata"]["name"], namespace)
-        after = _ssa(dyn, resource, m, namespace, FIELD_MANAGER)
+        live = read_object(dyn, resource, m["metadata"]["name"], namespace)
+        after = apply_object(dyn, resource, m, namespace, FIELD_MANAGER)
         outcome = ("created" if live is None else "unchanged"
                    if after["metadata"]["resourceVersion"] == live["metadata"]["resourceVersion"] else "changed")
         done[outcome].append(f"{m['kind']}/{m['metadata']['name']}")

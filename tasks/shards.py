@@ -8,7 +8,7 @@ from pathlib import Path
 
 from core.errors import SpecError
 from core.specs import BatchShard
-from tasks.storage import Storage, _glob_match
+from tasks.storage import Storage, glob_match
 
 MIN_SPLIT_BYTES = 1 << 20  # a JSONL file smaller than this is never cut
 
@@ -17,7 +17,7 @@ def select_files(storage: Storage, input_uri: str, include: list[str], exclude: 
     """(name, uri) of each input file, sorted. Raises SpecError when the globs leave nothing."""
     names = storage.list(input_uri, field="input_uri")
     single = storage.exists(input_uri, "input_uri")
-    chosen = [n for n in names if any(_glob_match(n, p) for p in include) and not any(_glob_match(n, p) for p in exclude)]
+    chosen = [n for n in names if any(glob_match(n, p) for p in include) and not any(glob_match(n, p) for p in exclude)]
     chosen = [n for n in chosen if not n.startswith("_mlyard/")]
     if not chosen:
         raise SpecError("include/exclude", {"include": include, "exclude": exclude},

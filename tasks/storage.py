@@ -72,7 +72,7 @@ class Storage:
                 raise StorageNotFound(uri)
         else:
             names = sorted(self._s3_keys(loc, uri))
-        return [n for n in names if _glob_match(n, pattern) and n != SUCCESS_MARKER]
+        return [n for n in names if glob_match(n, pattern) and n != SUCCESS_MARKER]
 
     def _s3_keys(self, loc: Location, uri: str) -> list[str]:
         client = self.client(loc)
@@ -272,7 +272,7 @@ def _atomic_copy_local(src: Path, dest: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink()
 
 
-def _glob_match(name: str, pattern: str) -> bool:
+def glob_match(name: str, pattern: str) -> bool:
     if pattern in ("**", "*", "**/*"):
         return True
     if fnmatch.fnmatchcase(name, pattern):

@@ -121,3 +121,97 @@ def test_nothing_but_tests_imports_the_front_door():
              if rel.parts[0] in FLOOR and rel.parts[0] != "mlyard"
              and any(m.split(".")[0] == "mlyard" for m in _imports(ROOT / rel))]
     assert users == []
+
+
+# -- no circles inside a folder, no private names across modules ------------------------------------
+
+def _folders(root):
+    """Each folder of modules (a floor and its subfolders), as module name -> path."""
+    folders: dict = {}
+    for path in sorted(root.glob("*/**/*.py")):
+        rel = path.relative_to(root)
+        if rel.parts[0] in FLOOR and "migrations" not in rel.parts:
+            folders.setdefault(".".join(rel.parts[:-1]), {})[".".join((*rel.parts[:-1], path.stem))] = path
+    return folders
+
+
+def _circles(root) -> list[list[str]]:
+    """Import circles among the modules of one folder, top-level or lazy imports alike."""
+    circles = []
+    for package, modules in _folders(root).items():
+        edges = {m: {i for i in _imports(p) if i in modules and i != m} | {
+            f"{package}.{n}" for i in _imports(p) if i == package for n in _names_from(p, package)
+            if f"{package}.{n}" in modules} for m, p in modules.items()}
+        circles += [c for c in _components(edges) if len(c) > 1]
+    return circles
+
+
+def _components(edges: dict) -> list[list[str]]:
+    """The strongly connected components of a graph (Tarjan's), each sorted."""
+    index: dict = {}
+    low: dict = {}
+    stack: list = []
+    found: list = []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in edges[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            found.append(sorted(component))
+
+    for v in edges:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def _names_from(path, module: str) -> set[str]:
+    import ast
+
+    return {a.name for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.ImportFrom) and node.module == module for a in node.names}
+
+
+def _private_imports(root) -> list[str]:
+    """`from a.b import _name`: a module reaching into another's private names (tests aside)."""
+    wrong = []
+    for modules in _folders(root).values():
+        for m, path in modules.items():
+            for imported in _imports(path):
+                if imported.split(".")[0] in FLOOR and imported != m:
+                    wrong += [f"{m} imports {imported}.{n}" for n in _names_from(path, imported)
+                              if n.startswith("_") and not n.startswith("__")]
+    return wrong
+
+
+def test_no_import_circle_inside_a_folder():
+    circles = _circles(ROOT)
+    assert not circles, "modules of one folder that import each other round a circle:\n" + \
+        "\n".join(" -> ".join(c) for c in circles)
+
+
+def test_no_module_imports_another_ones_private_names():
+    wrong = _private_imports(ROOT)
+    assert not wrong, "private names imported across modules (make them public, or move them):\n" + "\n".join(wrong)
+
+
+def test_the_circle_and_private_checks_fail_on_what_they_look_for(tmp_path):
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "a.py").write_text("from tasks.b import _secret\n")
+    (tmp_path / "tasks" / "b.py").write_text("def f():\n    from tasks import c\n")
+    (tmp_path / "tasks" / "c.py").write_text("import tasks.a\n")
+    (tmp_path / "tasks" / "d.py").write_text("import tasks.c\n")
+    assert _circles(tmp_path) == [["tasks.a", "tasks.b", "tasks.c"]]
+    assert _private_imports(tmp_path) == ["tasks.a imports tasks.b._secret"]

@@ -11,7 +11,7 @@ from core.specs.common import (
     NAME_PATTERN,
     Resources,
     SpecModel,
-    _check_uri,
+    check_uri,
     form_schema,
     is_mlflow_uri,
     is_registry_ref,
@@ -20,7 +20,7 @@ from core.specs.training import TrainingSpec
 from core.uris import RELATIVE_PATHS, absolute
 
 
-class _BatchSettings(SpecModel):
+class BatchSettings(SpecModel):
     """Where the model runs and how it is fed: shared by batch inference and model evaluation."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=form_schema)
@@ -56,7 +56,7 @@ class _BatchSettings(SpecModel):
     @field_validator("output_uri", "input_uri", check_fields=False)  # input_uri: declared by each subclass
     @classmethod
     def _locations(cls, value: str, info) -> str:
-        _check_uri(info.field_name, value)
+        check_uri(info.field_name, value)
         return value
 
     @field_validator("model")
@@ -66,7 +66,7 @@ class _BatchSettings(SpecModel):
         if not value:
             raise ValueError("give a model: name@alias, name/version or a model URI")
         if not is_registry_ref(value) and not is_mlflow_uri(value):
-            _check_uri("model", value)
+            check_uri("model", value)
         return value
 
     job_variables = TrainingSpec.node_resources  # the run's own pod asks for `resources`
@@ -116,7 +116,7 @@ class _BatchSettings(SpecModel):
         return self.model_copy(update=updates)
 
 
-class BatchInferenceSpec(_BatchSettings):
+class BatchInferenceSpec(BatchSettings):
     """Batch inference: run a model over every row of the input files and write aligned predictions."""
 
     FORM_FIRST: ClassVar[tuple[str, ...]] = ("name", "description", "experiment", "model", "input_uri", "input_format",

@@ -220,7 +220,7 @@ class Resources(SpecModel):
     )
 
 
-def _regex(pattern: str, min_groups: int, too_few: str) -> re.Pattern:
+def compiled_regex(pattern: str, min_groups: int, too_few: str) -> re.Pattern:
     try:
         compiled = re.compile(pattern)
     except re.error as exc:
@@ -230,7 +230,7 @@ def _regex(pattern: str, min_groups: int, too_few: str) -> re.Pattern:
     return compiled
 
 
-def _check_uri(field: str, uri: str) -> None:
+def check_uri(field: str, uri: str) -> None:
     try:
         parse_uri(uri, field)
     except SpecError as exc:

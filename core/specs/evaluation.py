@@ -6,7 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from core.specs.batch import BatchInferenceSpec, _BatchSettings
+from core.specs.batch import BatchInferenceSpec, BatchSettings
 from core.specs.common import NAME_PATTERN
 from core.uris import RELATIVE_PATHS
 
@@ -14,7 +14,7 @@ MAX_EVALUATION_BYTES = 20 * 1024**3  # the seeds' limit on a model evaluation's 
 MAX_CLASSES = 50
 
 
-class EvaluationSpec(_BatchSettings):
+class EvaluationSpec(BatchSettings):
     """Model evaluation: a batch inference over labelled data, then metrics, curves and a report in MLflow."""
 
     FORM_FIRST: ClassVar[tuple[str, ...]] = ("name", "description", "experiment", "task", "model", "input_uri",
@@ -51,7 +51,7 @@ class EvaluationSpec(_BatchSettings):
 
     def batch_spec(self, name: str | None = None) -> BatchInferenceSpec:
         """The batch inference this evaluation runs (the label is never fed to the model)."""
-        shared = self.model_dump(include=set(_BatchSettings.model_fields))
+        shared = self.model_dump(include=set(BatchSettings.model_fields))
         shared["drop_fields"] = [*self.drop_fields, self.label_field]
         return BatchInferenceSpec(
             **shared, name=name or self.name, description=f"batch inference of evaluation {self.name}",

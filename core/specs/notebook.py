@@ -21,7 +21,7 @@ from typing import Literal
 from pydantic import ConfigDict, Field, field_validator
 
 from core.errors import SpecError
-from core.specs.common import NAME_PATTERN, SpecModel, _check_uri
+from core.specs.common import NAME_PATTERN, SpecModel, check_uri
 
 LOCAL_IMAGE = "python"  # this machine's Python environment (mlyard's own)
 DATA_MOUNT = "easymaker"  # the data storage's folder in the notebook's home (/root/easymaker on a cluster)
@@ -81,7 +81,7 @@ class NasMount(SpecModel):
     def _nas(cls, uri: str) -> str:
         if not uri.startswith("nas://"):
             raise ValueError("a NAS path: nas://{NAS id}:/{path}")
-        _check_uri("nas.uri", uri)
+        check_uri("nas.uri", uri)
         return uri
 
 

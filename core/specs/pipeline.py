@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, field_validator
 
-from core.specs.common import NAME_PATTERN, SpecModel, _check_uri
+from core.specs.common import NAME_PATTERN, SpecModel, check_uri
 from core.uris import absolute
 
 # The console's statuses of a pipeline and of a pipeline run.
@@ -48,7 +48,7 @@ class PipelineRunSpec(SpecModel):
         if v is not None:
             if not v.startswith("nas://"):
                 raise ValueError(f"a NAS URI nas://{{id}}:/{{path}}, not {v!r}")
-            _check_uri("nas_uri", v)
+            check_uri("nas_uri", v)
         return v
 
     def resolved(self, base: Path) -> "PipelineRunSpec":

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from core.specs.common import NAME_PATTERN, SpecModel, _check_uri
+from core.specs.common import NAME_PATTERN, SpecModel, check_uri
 from core.uris import absolute
 
 # The console's statuses of a RAG, and of its query route's deployment.
@@ -154,7 +154,7 @@ class RagSpec(SpecModel):
     @field_validator("path")
     @classmethod
     def _path(cls, v: str) -> str:
-        _check_uri("path", v)
+        check_uri("path", v)
         return v
 
     @field_validator("prompt")

@@ -13,8 +13,8 @@ from core.specs.common import (
     NAME_PATTERN,
     Resources,
     SpecModel,
-    _check_uri,
-    _regex,
+    check_uri,
+    compiled_regex,
     with_overrides,
 )
 from core.uris import RELATIVE_PATHS, absolute
@@ -94,14 +94,14 @@ class TrainingSpec(SpecModel):
         for name, uri in value.items():
             if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
                 raise ValueError(f"dataset name {name!r} must be letters, digits and '_' (it becomes EM_DATASET_{name.upper()})")
-            _check_uri(f"datasets.{name}", uri)
+            check_uri(f"datasets.{name}", uri)
         return value
 
     @field_validator("source_uri", "checkpoint_input_uri", "output_uri", "checkpoint_output_uri")
     @classmethod
     def _uri(cls, value: str | None, info) -> str | None:
         if value is not None:
-            _check_uri(info.field_name, value)
+            check_uri(info.field_name, value)
         return value
 
     @field_validator("entry_point")
@@ -115,7 +115,7 @@ class TrainingSpec(SpecModel):
     @classmethod
     def _patterns(cls, value: list[str]) -> list[str]:
         for pattern in value:
-            _regex(pattern, 2, f"metric pattern {pattern!r} needs a name group and a value group")
+            compiled_regex(pattern, 2, f"metric pattern {pattern!r} needs a name group and a value group")
         return value
 
     @model_validator(mode="after")

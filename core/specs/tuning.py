@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from core.specs.common import NAME_PATTERN, SpecModel, _regex
+from core.specs.common import NAME_PATTERN, SpecModel, compiled_regex
 from core.specs.training import TrainingSpec
 
 
@@ -70,9 +70,9 @@ class MetricSpec(SpecModel):
 
     @field_validator("regex")
     @classmethod
-    def _regex(cls, value: str | None) -> str | None:
+    def _regex_has_a_group(cls, value: str | None) -> str | None:
         if value is not None:
-            _regex(value, 1, f"regex {value!r} has no group for the value; e.g. 'accuracy: ([0-9.]+)'")
+            compiled_regex(value, 1, f"regex {value!r} has no group for the value; e.g. 'accuracy: ([0-9.]+)'")
         return value
 
 

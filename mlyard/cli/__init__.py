@@ -45,9 +45,9 @@ app = typer.Typer(help="mlyard: ML lifecycle flows on Prefect 3 with MLflow as t
 def root(debug: bool = typer.Option(False, "--debug", help="Show the traceback of an error (and a failed run's in "
                                                          "its log).")) -> None:
     DEBUG["on"] = debug
-    from mlyard import api
+    from mlyard import submit
 
-    api.CONSOLE_TRACEBACKS["on"] = debug  # the error line says why; the Prefect UI's log keeps the tracebacks
+    submit.CONSOLE_TRACEBACKS["on"] = debug  # the error line says why; the Prefect UI's log keeps the tracebacks
 
 
 for command in (stack.up, stack.down, stack.status, trainings.train, tunings.tune, batches.batch,

@@ -135,7 +135,7 @@ def second_gateway(settings):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     log = open(settings.home_dir / "logs" / "gateway-2.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "serving.gateway", "--port", str(port)], stdout=log,
+    proc = subprocess.Popen([sys.executable, "-m", "serving.gateway_main", "--port", str(port)], stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True,
                             env={**os.environ, "MLYARD_HOME": str(settings.home_dir)})
     url = f"http://127.0.0.1:{port}"

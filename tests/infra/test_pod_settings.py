@@ -24,7 +24,7 @@ def _run(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedPro
 
 
 @pytest.mark.parametrize("module", [["-m", "tasks.scheduling", "--once"], ["-m", "mlyard.service", "--port", "1"],
-                                    ["-m", "serving.gateway", "--port", "1"]])
+                                    ["-m", "serving.gateway_main", "--port", "1"]])
 def test_a_pod_without_the_shared_stores_refuses_to_start(tmp_path, module):
     out = _run(module, tmp_path, KUBERNETES_SERVICE_HOST="10.96.0.1")
     assert out.returncode != 0

@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 
 from core.errors import ModelNotFound, SpecError, TrainingNotFound
-from mlyard import queries
+from mlyard import queries, warm_api
 
 
 def _local(name, **kwargs):
@@ -28,17 +28,17 @@ def only_remote(monkeypatch):
 
 
 def test_the_stack_runs_a_warm_api_that_answers_reads(stack, platform):
-    assert queries.api_url() == stack.service_url
+    assert warm_api.api_url() == stack.service_url
     with urllib.request.urlopen(f"{stack.service_url}/health", timeout=5) as resp:
         assert json.loads(resp.read()) == {"status": "ok"}
     for name in ("models_list", "templates_list"):
-        assert queries._remote(stack.service_url, name, {}) == _local(name)
+        assert warm_api._remote(stack.service_url, name, {}) == _local(name)
     # an experiment's count of running work may move between the two reads: the same experiments
-    assert [e["name"] for e in queries._remote(stack.service_url, "experiments_list", {})] == \
+    assert [e["name"] for e in warm_api._remote(stack.service_url, "experiments_list", {})] == \
         [e["name"] for e in _local("experiments_list")]
     # runs may still be running (their seconds and status move): the same runs, in the same order
     for name, kwargs in (("trainings_list", {"limit": 5}), ("runs_list", {"kind": "BATCH", "limit": 5})):
-        remote = queries._remote(stack.service_url, name, kwargs)
+        remote = warm_api._remote(stack.service_url, name, kwargs)
         assert [r["id"] for r in remote] == [r["id"] for r in _local(name, **kwargs)]
         assert all(r["status"] and r["spec"] for r in remote)
 
@@ -61,7 +61,7 @@ def test_without_the_api_the_answer_is_computed_here(stack, platform, monkeypatc
     with socket.socket() as s:  # a port nobody answers on: the API went away since `up`
         s.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{s.getsockname()[1]}"
-    monkeypatch.setattr(queries, "api_url", lambda: closed)
+    monkeypatch.setattr(warm_api, "api_url", lambda: closed)
     assert queries.ask("experiments_list") == _local("experiments_list")
 
 
@@ -138,6 +138,6 @@ def test_queueing_errs_as_the_same_class_and_message_and_falls_back_without_the_
     with socket.socket() as s:  # the API went away since `up`: the run is made here
         s.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{s.getsockname()[1]}"
-    monkeypatch.setattr(queries, "api_url", lambda: closed)
+    monkeypatch.setattr(warm_api, "api_url", lambda: closed)
     run = submit.submit("rag-sync/local", {"spec": {"rag": "nosuch"}}, tags=["mlyard.test:here"])
     assert "mlyard.test:here" in _cancel(run["id"])["tags"]

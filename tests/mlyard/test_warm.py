@@ -258,7 +258,7 @@ def test_the_worker_waits_out_its_prefetch_to_the_exact_scheduled_time():
 ENDS = textwrap.dedent('''
     import json, sys, time
     sys.path.insert(0, sys.argv[1])
-    from mlyard.api import run_here
+    from mlyard.submit import run_here
     delays = []
     for _ in range(2):
         body_end = run_here("ends_probe:probe", {}, "the probe failed")

@@ -69,7 +69,7 @@ def gateway(tmp_path: Path):
     gw = Gateway(tmp_path, None, internal_token=INTERNAL, max_body=1024 * 1024)
     digest = hashlib.sha256(TOKEN.encode()).hexdigest()
     gw.loaded = True  # its table set by hand, as a refresh would
-    gw.endpoints = {"priv": {"public": False, "default": "default", "max_request_bytes": 4096,
+    gw.shared.endpoints = {"priv": {"public": False, "default": "default", "max_request_bytes": 4096,
                              "stages": {"default": {"status": "ACTIVE"}},
                              "tokens": {digest: (time.time() + 3600, False)}},
                     "open": {"public": True, "default": "default", "max_request_bytes": None,

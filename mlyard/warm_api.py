@@ -1,0 +1,108 @@
+"""The stack's warm mlyard API (mlyard/service.py), as both sides use it: where it is and how to ask
+it (`api_url`, `post`, `answer`), how an error crosses it as the same mlyard class (`error_body`,
+`as_error`), and the Platform a process keeps warm for its answers (`platform`).
+
+Only files are read to find it: importing this module imports no engine. The reads it answers are
+mlyard/queries.py's; the runs it makes, mlyard/submit.py's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from functools import lru_cache
+from typing import Any, Callable
+
+from core import errors
+from core.errors import MlyardError
+
+QUERY_TIMEOUT_SECONDS = 120.0
+
+
+@lru_cache(maxsize=1)
+def platform():
+    """One Platform per process: in the API its MLflow and catalog clients stay warm between queries."""
+    from core.connection import connect
+    from flows.platform import Platform
+
+    return Platform(connect())
+
+
+def answer(query: str, local: Callable[..., Any], /, **kwargs: Any) -> Any:
+    """The answer of `query` (mlyard/queries.py): from the stack's warm mlyard API when one runs, else
+    `local(**kwargs)` computed here, as the same JSON."""
+    url = api_url()
+    if url is not None:
+        try:
+            return _remote(url, query, kwargs)
+        except Unreachable:
+            pass  # stopped since `up` (or never started): the same answer, computed here
+    return json.loads(json.dumps(local(**kwargs), default=str))
+
+
+def api_url() -> str | None:
+    """The mlyard API of this home's running stack (None with a production Prefect server, or when
+    `mlyard up` started none). Only files are read: no engine is imported or asked."""
+    from core.connection import read_state
+    from core.settings import Settings
+
+    settings = Settings()
+    if settings.prefect_api_url or os.environ.get("PREFECT__FLOW_RUN_ID"):
+        return None
+    state = read_state(settings)
+    if state is None or not state.service_url:
+        return None
+    pid = state.pids.get("mlyard-api")
+    if pid is None or not os.path.exists(f"/proc/{pid}"):
+        return None
+    return state.service_url
+
+
+class Unreachable(Exception):
+    """Nothing answers at the mlyard API's address: the caller computes (or queues) it itself."""
+
+
+def _remote(url: str, name: str, kwargs: dict[str, Any]) -> Any:
+    return post(url, f"/v1/queries/{name}", kwargs)
+
+
+def post(url: str, path: str, body: dict[str, Any]) -> Any:
+    """POST `body` as JSON to the mlyard API at `url`: its JSON answer, or its error raised as the same
+    mlyard class; Unreachable when nothing answers there (the API stopped since `up`)."""
+    from core.connection import internal_headers
+    from core.settings import Settings
+
+    req = urllib.request.Request(f"{url}{path}", data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json", **internal_headers(Settings())})
+    try:
+        with urllib.request.urlopen(req, timeout=QUERY_TIMEOUT_SECONDS) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        try:
+            problem = json.loads(raw)["error"]
+        except (ValueError, KeyError, TypeError):
+            raise MlyardError(f"the mlyard API at {url} answered {exc.code}: {raw[:300]!r}") from None
+        raise as_error(problem) from None
+    except (urllib.error.URLError, ConnectionError) as exc:
+        raise Unreachable(str(exc)) from exc
+
+
+def error_body(exc: BaseException) -> dict[str, Any]:
+    """How the API sends an error: its mlyard class and message (and the HTTP status it carries)."""
+    if isinstance(exc, MlyardError):
+        return {"error": {"type": type(exc).__name__, "message": str(exc), "status": exc.http_status}}
+    return {"error": {"type": "MlyardError", "message": f"the mlyard API failed: {type(exc).__name__}: {exc}",
+                      "status": 500}}
+
+
+def as_error(problem: dict[str, Any]) -> MlyardError:
+    """The error the API sent, as the same mlyard class with the same message."""
+    cls = getattr(errors, str(problem.get("type")), None)
+    if not (isinstance(cls, type) and issubclass(cls, MlyardError)):
+        cls = MlyardError
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, str(problem.get("message")))
+    return exc

@@ -1,0 +1,59 @@
+"""What the gateway (serving/gateway.py) shares with its side modules, as one object of its own: the
+management routes (gateway_admin.py), the RAG routes (gateway_rag.py), the shadow copies
+(gateway_shadow.py) and the autoscaler (scaler.py) read and change this, and nothing of the Gateway.
+
+    shared = Shared(home, EndpointStats(...), timeout=120.0, max_body=32 * 2**20, internal=b"Bearer ...")
+    shared.router.acquire(route); shared.replicas[url].active += 1
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from serving.endpoint_stats import EndpointStats
+from serving.health import Health
+from serving.proxy import Pool
+from serving.routing import Router
+from serving.traffic import LiveCounts, Split
+
+
+@dataclass
+class Tracked:
+    """A replica as the gateway routes it: its health, connections and request counters."""
+
+    key: str
+    url: str
+    health: Health
+    pool: Pool
+    path: str
+    ejected: bool = False  # taken out after a failed connection, until a probe passes
+    requests: int = 0  # requests sent to it (the autoscaler's requests_per_second)
+    active: int = 0  # requests in flight on it
+
+
+@dataclass
+class Shared:
+    """The gateway's routing state: the table it routes by, the replicas it tracks, what it counts."""
+
+    home: Path
+    stats: EndpointStats
+    timeout: float  # seconds a replica has to answer
+    max_body: int  # bytes of a request body, unless its endpoint says otherwise
+    # what the management routes take, and what the platform's own services pass endpoints with
+    internal: bytes | None = None  # b"Bearer " + the internal token
+    router: Router = field(default_factory=Router)
+    replicas: dict[str, Tracked] = field(default_factory=dict)  # url -> its health and connections
+    draining: dict[str, Tracked] = field(default_factory=dict)  # key -> out of routing, requests still on it
+    endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)  # the catalog's routing view
+    splits: dict[str, Split] = field(default_factory=dict)  # per endpoint whose stages share its default traffic
+    live: LiveCounts = field(default_factory=LiveCounts)  # running totals for promotions' gates
+    scaling: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=50))  # the autoscaler's decisions
+    mirrors: set[asyncio.Task] = field(default_factory=set)  # shadow copies on their way
+    max_mirrors: int = 64  # shadow copies in flight at most; beyond, a shadow share skips requests
+    in_flight: int = 0
+    started: float = field(default_factory=time.time)
