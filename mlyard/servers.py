@@ -47,16 +47,16 @@ def server_create(name: str, model: str, *, pods: int = 1, public: bool = False,
 
 def server_stop(name: str) -> dict[str, Any]:
     """Stop a server's replicas; its configuration stays (STOPPED)."""
-    view = endpoints._endpoints().get(name)
-    endpoints._run("stop-endpoint-stage", "flows.endpoint_stop:stop_stage", PromotionSpec(endpoint=name, stage=view["default_stage"]),
+    view = endpoints.endpoint_registry().get(name)
+    endpoints.act("stop-endpoint-stage", "flows.endpoint_stop:stop_stage", PromotionSpec(endpoint=name, stage=view["default_stage"]),
          False)
     return server_view(name)
 
 
 def server_start(name: str) -> dict[str, Any]:
     """Start a stopped server again (PENDING until it answers, then RUNNING)."""
-    view = endpoints._endpoints().get(name)
-    endpoints._run("start-endpoint-stage", "flows.endpoint_start:start_stage",
+    view = endpoints.endpoint_registry().get(name)
+    endpoints.act("start-endpoint-stage", "flows.endpoint_start:start_stage",
          PromotionSpec(endpoint=name, stage=view["default_stage"]), False)
     return server_view(name)
 

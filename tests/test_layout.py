@@ -185,7 +185,10 @@ def _names_from(path, module: str) -> set[str]:
 
 
 def _private_imports(root) -> list[str]:
-    """`from a.b import _name`: a module reaching into another's private names (tests aside)."""
+    """`from a.b import _name`, or `b._name` of a module imported as `b`: a module reaching into
+    another's private names (tests aside)."""
+    import ast
+
     wrong = []
     for modules in _folders(root).values():
         for m, path in modules.items():
@@ -193,6 +196,17 @@ def _private_imports(root) -> list[str]:
                 if imported.split(".")[0] in FLOOR and imported != m:
                     wrong += [f"{m} imports {imported}.{n}" for n in _names_from(path, imported)
                               if n.startswith("_") and not n.startswith("__")]
+            tree = ast.parse(path.read_text())
+            aliases = {}  # a first-party module's local name -> the module
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in FLOOR:
+                    aliases.update({a.asname or a.name: f"{node.module}.{a.name}" for a in node.names})
+                elif isinstance(node, ast.Import):
+                    aliases.update({a.asname: a.name for a in node.names if a.asname and a.name.split(".")[0] in FLOOR})
+            wrong += sorted({f"{m} uses {aliases[node.value.id]}.{node.attr}" for node in ast.walk(tree)
+                             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                             and node.value.id in aliases and aliases[node.value.id] != m
+                             and node.attr.startswith("_") and not node.attr.startswith("__")})
     return wrong
 
 
@@ -212,6 +226,6 @@ def test_the_circle_and_private_checks_fail_on_what_they_look_for(tmp_path):
     (tmp_path / "tasks" / "a.py").write_text("from tasks.b import _secret\n")
     (tmp_path / "tasks" / "b.py").write_text("def f():\n    from tasks import c\n")
     (tmp_path / "tasks" / "c.py").write_text("import tasks.a\n")
-    (tmp_path / "tasks" / "d.py").write_text("import tasks.c\n")
+    (tmp_path / "tasks" / "d.py").write_text("import tasks.c\nfrom tasks import b\n\nb._hidden()\n")
     assert _circles(tmp_path) == [["tasks.a", "tasks.b", "tasks.c"]]
-    assert _private_imports(tmp_path) == ["tasks.a imports tasks.b._secret"]
+    assert _private_imports(tmp_path) == ["tasks.a imports tasks.b._secret", "tasks.d uses tasks.b._hidden"]
