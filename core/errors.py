@@ -2,6 +2,7 @@
 
     MlyardError
     ├── SpecError (ValueError)               a spec, file or request is invalid
+    │   └── BadRequest                       a request a server's protocol cannot accept (where in it)
     ├── NotFound (LookupError)
     │   ├── TrainingNotFound
     │   ├── TemplateNotFound
@@ -38,9 +39,22 @@
     ├── EmbeddingError (RuntimeError)        the embedding model or service failed
     ├── VectorStoreError (ConnectionError)   the vector store cannot be reached or used
     ├── RoutingFailed                        the gateway did not take a stage's replicas into routing
-    └── ReplicaFailed                        a replica did not become healthy
+    ├── ReplicaFailed                        a replica did not become healthy
+    ├── MetricLineError (ValueError)         a line of Katib's JSON metrics format that cannot be read
+    ├── CronError (ValueError)               a cron expression robfig/cron would refuse
+    ├── Unreachable                          nothing answers at the warm mlyard API's address
+    └── HttpError                            a server's answer other than 200, with its status
+        ├── BadChat                          an OpenAI request the chat routes refuse (param, code)
+        ├── BadInput                         a body that does not fit an Azure run()'s declared inputs
+        ├── Unavailable                      a RAG's LLM down, slow or failing (502, 504)
+        ├── BodyTooLarge                     a request body over its limit (413)
+        ├── ModelTimeout                     a model that did not answer in time (504)
+        ├── NoRoute                          no endpoint, stage or model answers the path (404)
+        ├── NoReplica                        no healthy replica can take the request now (503)
+        └── UpstreamError                    a replica unreachable or broken off (502; `sent`, `timeout`)
 
-Every class carries the HTTP status a server answers with (`http_status`) for the coming servers.
+Every class carries the HTTP status a server answers with (`http_status`); an HttpError is given its
+own (`status` reads it). Nothing outside this module defines an exception (tests/test_layout.py).
 """
 
 from __future__ import annotations
@@ -60,6 +74,10 @@ class SpecError(MlyardError, ValueError):
     def __init__(self, field: str, value: object, expected: str):
         self.field, self.value, self.expected = field, value, expected
         super().__init__(f"{field}: {value!r} is not valid: {expected}")
+
+
+class BadRequest(SpecError):
+    """A request a server's protocol cannot accept (400), naming where in it: `inputs[0].data`, ..."""
 
 
 class NotFound(MlyardError, LookupError):
@@ -341,3 +359,95 @@ class VectorStoreError(MlyardError, ConnectionError):
 # is bad input it found itself, reported as the same one-line error a check before the run gives.
 RUN_FAILURES: tuple[type[MlyardError], ...] = (TrainingFailed, JobFailed, TuningFailed, RunFailed, StackError,
                                                ReplicaFailed, RoutingFailed)
+
+
+class MetricLineError(MlyardError, ValueError):
+    """A line of Katib's JSON metrics format that cannot be read: the collection fails with this reason."""
+
+    http_status = 400
+
+
+class CronError(MlyardError, ValueError):
+    """An expression robfig/cron would refuse: `field` names the part, `value` the bad text."""
+
+    http_status = 400
+
+    def __init__(self, expression: str, reason: str, field: str = "", value: str = "") -> None:
+        self.expression, self.reason, self.field, self.value = expression, reason, field, value
+        where = f"{field} field {value!r}: " if field else ""
+        super().__init__(f"cron expression {expression!r}: {where}{reason}")
+
+
+class Unreachable(MlyardError):
+    """Nothing answers at the warm mlyard API's address: the caller computes (or queues) it itself."""
+
+    http_status = 503
+
+
+class HttpError(MlyardError):
+    """A server's answer other than 200: its status and the reason it gives."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.http_status = status
+
+    @property
+    def status(self) -> int:
+        return self.http_status
+
+
+class BadChat(HttpError):
+    """An OpenAI chat or completions request refused: the parameter it names and OpenAI's error code."""
+
+    def __init__(self, message: str, param: str | None = None, status: int = 400, code: str | None = None):
+        super().__init__(status, message)
+        self.param, self.code = param, code
+        self.started = False  # raised after a stream's first event
+
+
+class BadInput(HttpError):
+    """A request body that does not fit an Azure entry script's run() declared inputs."""
+
+    def __init__(self, message: str):
+        super().__init__(400, message)
+
+
+class Unavailable(HttpError):
+    """A RAG's LLM is down, slow or failing: the status (502/504) and the reason."""
+
+
+class BodyTooLarge(HttpError):
+    def __init__(self, limit: int):
+        super().__init__(413, f"the request body is over the limit of {limit} bytes")
+
+
+class ModelTimeout(HttpError):
+    """The model did not answer within the timeout (the server answers 504)."""
+
+    def __init__(self, message: str = "the model did not answer in time"):
+        super().__init__(504, message)
+
+
+class NoRoute(HttpError):
+    """No endpoint, stage or model answers this path (404)."""
+
+    def __init__(self, message: str):
+        super().__init__(404, message)
+
+
+class NoReplica(HttpError):
+    """The route exists but no healthy replica can take the request now (503 with Retry-After)."""
+
+    def __init__(self, message: str):
+        super().__init__(503, message)
+
+
+class UpstreamError(HttpError):
+    """The replica could not be reached or broke the connection. `sent` False: no answer began (the
+    connection was refused, or reset or closed before the first byte of a response, as a replica that
+    is killed does), so another replica may take the request; True: it may be at work on it (a
+    timeout, a broken answer)."""
+
+    def __init__(self, message: str, sent: bool, timeout: bool = False):
+        super().__init__(504 if timeout else 502, message)
+        self.sent, self.timeout = sent, timeout

@@ -17,6 +17,8 @@ import re
 from datetime import datetime, timezone
 from typing import Callable, Collection, Sequence
 
+from core.errors import MetricLineError
+
 
 def metric_values(line: str, patterns: Sequence[tuple[str | None, re.Pattern[str]]]) -> dict[str, float]:
     """Every finite value the line holds, by metric name (a later match of a name wins)."""
@@ -44,8 +46,6 @@ def metric_values(line: str, patterns: Sequence[tuple[str | None, re.Pattern[str
     return found
 
 
-class MetricLineError(ValueError):
-    """A line of Katib's JSON metrics format that cannot be read: the collection fails with this reason."""
 
 
 def json_metric_values(line: str, names: Collection[str] | None = None,

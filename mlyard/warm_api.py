@@ -16,7 +16,7 @@ from functools import lru_cache
 from typing import Any, Callable
 
 from core import errors
-from core.errors import MlyardError
+from core.errors import MlyardError, Unreachable
 
 QUERY_TIMEOUT_SECONDS = 120.0
 
@@ -60,8 +60,6 @@ def api_url() -> str | None:
     return state.service_url
 
 
-class Unreachable(Exception):
-    """Nothing answers at the mlyard API's address: the caller computes (or queues) it itself."""
 
 
 def _remote(url: str, name: str, kwargs: dict[str, Any]) -> Any:

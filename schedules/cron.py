@@ -32,6 +32,7 @@ from typing import Iterator
 
 from croniter import CroniterBadDateError, croniter
 
+from core.errors import CronError
 from schedules.gotime import add_seconds, go_date, parse_duration, zone
 
 __all__ = ["CronError", "CronSchedule", "EverySchedule", "Schedule", "parse", "parse_duration", "zone"]
@@ -49,13 +50,6 @@ DESCRIPTORS = {
 YEAR_LIMIT = 5  # robfig gives up after five years without a match
 
 
-class CronError(ValueError):
-    """An expression robfig/cron would refuse: `field` names the part, `value` the bad text."""
-
-    def __init__(self, expression: str, reason: str, field: str = "", value: str = "") -> None:
-        self.expression, self.reason, self.field, self.value = expression, reason, field, value
-        where = f"{field} field {value!r}: " if field else ""
-        super().__init__(f"cron expression {expression!r}: {where}{reason}")
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from typing import Any, Awaitable
 import numpy as np
 import orjson
 
-from core.errors import SpecError
+from core.errors import HttpError, SpecError
 from serving import asgi, protocol
 from serving.batching import Batcher, ModelTimeout
 from serving.endpoint_stats import classes_of
@@ -47,10 +47,6 @@ SERVER_NAME = "mlyard"
 SERVER_VERSION = "0.1.0"
 
 
-class HttpError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 class ModelServer:

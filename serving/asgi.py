@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from typing import Awaitable, Callable, Iterable
 
+from core.errors import BodyTooLarge
+
 Receive = Callable[[], Awaitable[dict]]
 Send = Callable[[dict], Awaitable[None]]
 JSON = b"application/json"
 
 
-class BodyTooLarge(Exception):
-    def __init__(self, limit: int):
-        super().__init__(f"the request body is over the limit of {limit} bytes")
 
 
 async def lifespan(receive: Receive, send: Send, on_startup: Callable[[], None] | None = None,

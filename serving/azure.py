@@ -34,7 +34,7 @@ from typing import Any
 
 import orjson
 
-from core.errors import SpecError
+from core.errors import BadInput, SpecError
 from serving import asgi
 
 DEFAULT_PORT = 5001
@@ -106,8 +106,6 @@ class EntryScript:
         return run(raw)
 
 
-class BadInput(Exception):
-    """A request body that does not fit run()'s declared inputs (400)."""
 
 
 def _schema(run: Any) -> tuple[dict, dict, list[str]] | None:

@@ -23,9 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-
-class ModelTimeout(Exception):
-    """The model did not answer within the timeout (the server answers 504)."""
+from core.errors import ModelTimeout
 
 
 @dataclass

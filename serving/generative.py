@@ -25,7 +25,7 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator
 
-from core.errors import SpecError
+from core.errors import BadChat, SpecError
 from tasks.cache import cache_dir
 
 SMOLLM2 = "smollm2"
@@ -34,11 +34,6 @@ MAX_TOKENS = 4096
 DEFAULT_MAX_TOKENS = 256
 
 
-class BadChat(Exception):
-    def __init__(self, message: str, param: str | None = None, status: int = 400, code: str | None = None):
-        super().__init__(message)
-        self.param, self.status, self.code = param, status, code
-        self.started = False  # raised after a stream's first event
 
 
 def locate(model: str) -> tuple[Path, str | None]:

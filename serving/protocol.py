@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from core.errors import SpecError
+from core.errors import BadRequest
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -37,13 +37,6 @@ class TensorMeta:
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "datatype": self.datatype, "shape": self.shape}
-
-
-class BadRequest(SpecError):
-    """A request the protocol cannot accept (400)."""
-
-    def __init__(self, where: str, value: object, expected: str):
-        super().__init__(where, value, expected)
 
 
 def datatype_of(array: np.ndarray) -> str:

@@ -19,6 +19,8 @@ from typing import AsyncIterator
 
 import httptools
 
+from core.errors import UpstreamError
+
 HOP_HEADERS = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
                          b"trailers", b"transfer-encoding", b"upgrade", b"host", b"content-length"})
 
@@ -28,15 +30,6 @@ CONNECT_TIMEOUT = 5.0  # seconds to resolve and connect
 RESPONSE_HOP_HEADERS = (HOP_HEADERS - {b"content-length"}) | {b"date", b"server"}
 
 
-class UpstreamError(Exception):
-    """The replica could not be reached or broke the connection. `sent` False: no answer began (the
-    connection was refused, or reset or closed before the first byte of a response, as a replica that
-    is killed does), so another replica may take the request; True: it may be at work on it (a
-    timeout, a broken answer)."""
-
-    def __init__(self, message: str, sent: bool, timeout: bool = False):
-        super().__init__(message)
-        self.sent, self.timeout = sent, timeout
 
 
 class _Conn(asyncio.Protocol):

@@ -9,15 +9,8 @@ from typing import Any, Callable
 
 import orjson
 
+from core.errors import Unavailable
 from serving import asgi, citations
-
-
-class Unavailable(Exception):
-    """The LLM is down, slow or failing: the status (502/504) and the reason."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 class RagLlm:

@@ -18,15 +18,13 @@ import threading
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
+from core.errors import NoReplica, NoRoute
+
 PROTOCOLS = ("v1", "v2", "openai", "score")  # score: an entry script's route (Azure ML)
 
 
-class NoRoute(Exception):
-    """No endpoint, stage or model answers this path (404)."""
 
 
-class NoReplica(Exception):
-    """The route exists but no healthy replica can take the request now (503 with Retry-After)."""
 
 
 @dataclass(frozen=True)

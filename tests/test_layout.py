@@ -229,3 +229,42 @@ def test_the_circle_and_private_checks_fail_on_what_they_look_for(tmp_path):
     (tmp_path / "tasks" / "d.py").write_text("import tasks.c\nfrom tasks import b\n\nb._hidden()\n")
     assert _circles(tmp_path) == [["tasks.a", "tasks.b", "tasks.c"]]
     assert _private_imports(tmp_path) == ["tasks.a imports tasks.b._secret", "tasks.d uses tasks.b._hidden"]
+
+
+# -- one error tree (core/errors.py) ----------------------------------------------------------------
+
+def _exceptions_outside_the_tree(root) -> list[str]:
+    """Classes defined outside core/errors.py whose bases name an exception (`...Error`, `Exception`,
+    or a class core/errors.py defines)."""
+    import ast
+    import builtins
+
+    tree_names = {n.name for n in ast.walk(ast.parse((root / "core" / "errors.py").read_text()))
+                  if isinstance(n, ast.ClassDef)} if (root / "core" / "errors.py").is_file() else set()
+    builtin_errors = {n for n, v in vars(builtins).items() if isinstance(v, type) and issubclass(v, BaseException)}
+    found = []
+    for path in sorted(root.glob("*/**/*.py")):
+        rel = path.relative_to(root)
+        if rel.parts[0] not in FLOOR or rel.as_posix() == "core/errors.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                bases = {b.id if isinstance(b, ast.Name) else b.attr if isinstance(b, ast.Attribute) else ""
+                         for b in node.bases}
+                if bases & (builtin_errors | tree_names) or any(b.endswith(("Error", "Exception")) for b in bases):
+                    found.append(f"{rel}: {node.name}")
+    return found
+
+
+def test_every_exception_is_in_the_one_tree():
+    outside = _exceptions_outside_the_tree(ROOT)
+    assert not outside, "exceptions defined outside core/errors.py (move them into its tree):\n" + "\n".join(outside)
+
+
+def test_the_tree_check_finds_an_exception_elsewhere(tmp_path):
+    (tmp_path / "core").mkdir()
+    (tmp_path / "core" / "errors.py").write_text("class MlyardError(Exception):\n    pass\n")
+    (tmp_path / "serving").mkdir()
+    (tmp_path / "serving" / "x.py").write_text("class Gone(KeyError):\n    pass\n\n\nclass Mine(MlyardError):\n"
+                                               "    pass\n\n\nclass Fine:\n    pass\n")
+    assert _exceptions_outside_the_tree(tmp_path) == ["serving/x.py: Gone", "serving/x.py: Mine"]
