@@ -31,31 +31,19 @@ def stop_tuning(tuning_id: str, reason: str = "stopped by user") -> TuningInfo:
 
 def trials(catalog_url: str, tuning_id: str) -> list[dict[str, Any]]:
     """The tuning's trials (Katib states, params, objective, MLflow run) from its study."""
-    import optuna
+    from tuning.engine import load_study, trial_reports
 
-    from tuning.engine import trial_reports
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        study = optuna.load_study(study_name=f"mlyard-tuning-{tuning_id}", storage=catalog_url)
-    except KeyError:
-        return []
-    return [{**asdict(r), "state": r.state.value} for r in trial_reports(study)]
+    study = load_study(catalog_url, tuning_id)
+    return [{**asdict(r), "state": r.state.value} for r in trial_reports(study)] if study is not None else []
 
 
 def end_interrupted_trials(catalog_url: str, tuning_id: str) -> list[int]:
     """A crashed tuning's trials still RUNNING in its study end KILLED (tuning.engine.recover_interrupted,
     as a resumed tuning ends them); their numbers."""
-    import optuna
+    from tuning.engine import load_study, recover_interrupted
 
-    from tuning.engine import recover_interrupted
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        study = optuna.load_study(study_name=f"mlyard-tuning-{tuning_id}", storage=catalog_url)
-    except KeyError:
-        return []
-    return recover_interrupted(study)
+    study = load_study(catalog_url, tuning_id)
+    return recover_interrupted(study) if study is not None else []
 
 
 def best_trial(rows: list[dict[str, Any]], direction: str) -> dict[str, Any] | None:

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import optuna
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -26,7 +25,7 @@ from registry.tracking import Tracking
 from tasks.orchestration import cancel_flow_run, step_started, submit
 from tasks.training import LOG_NAME, Inputs, close_run, launch, open_run, save_model
 from tuning import KatibState, objective_parsers
-from tuning.engine import RUN_ID_ATTR, parse_line
+from tuning.engine import RUN_ID_ATTR, Trial, parse_line
 from tuning.loop import Loop, Pruner, record_outcome
 
 STATE_POLL_SECONDS = 0.2  # a trial's flow run: how often its state is read while the tuning waits
@@ -49,7 +48,7 @@ class TrialSetup:
 
 
 @task(name=TASK_TRIAL, cache_policy=NO_CACHE, task_run_name=TASK_TRIAL + "-{trial.number}")
-def run_trial(setup: TrialSetup, loop: Loop, tracking: Tracking, trial: optuna.Trial) -> str:
+def run_trial(setup: TrialSetup, loop: Loop, tracking: Tracking, trial: Trial) -> str:
     """One trial to its end; its outcome is recorded in the study. Returns its Katib state."""
     step_started(TASK_TRIAL)
     spec, number = setup.spec, trial.number

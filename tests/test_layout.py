@@ -268,3 +268,11 @@ def test_the_tree_check_finds_an_exception_elsewhere(tmp_path):
     (tmp_path / "serving" / "x.py").write_text("class Gone(KeyError):\n    pass\n\n\nclass Mine(MlyardError):\n"
                                                "    pass\n\n\nclass Fine:\n    pass\n")
     assert _exceptions_outside_the_tree(tmp_path) == ["serving/x.py: Gone", "serving/x.py: Mine"]
+
+
+def test_optuna_is_called_from_tuning_alone():
+    """The tuning engine is Optuna behind tuning/'s functions: no other folder imports it."""
+    users = [str(p.relative_to(ROOT)) for p in sorted(ROOT.glob("*/**/*.py"))
+             if p.relative_to(ROOT).parts[0] in FLOOR and p.relative_to(ROOT).parts[0] != "tuning"
+             and any(m.split(".")[0] == "optuna" for m in _imports(p))]
+    assert users == [], f"Optuna imported outside tuning/: {users}"

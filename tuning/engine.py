@@ -156,6 +156,18 @@ def ordered_grid(spec: TuningSpec) -> Iterator[dict[str, Any]]:
         yield dict(zip(names, combo))
 
 
+Trial = optuna.Trial  # what a trial's task is handed (tasks/trials.py): the engine's own type, named here
+
+
+def load_study(storage: str, tuning_id: str) -> optuna.Study | None:
+    """The study of the tuning `tuning_id` in `storage` (the catalog's URL), or None when it has none."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.load_study(study_name=f"mlyard-tuning-{tuning_id}", storage=storage)
+    except KeyError:
+        return None
+
+
 def recover_interrupted(study: optuna.Study) -> list[int]:
     """Trials left RUNNING by a crashed tuning are KILLED (they count as failed). Returns their numbers."""
     numbers = []

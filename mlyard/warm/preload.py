@@ -18,7 +18,7 @@ log = logging.getLogger("mlyard.warm")
 PRELOAD = ("prefect", "prefect.engine", "prefect.flow_engine", "prefect.flows", "prefect.deployments.steps",
            "prefect.runner", "prefect.task_engine", "prefect.utilities.visualization", "mlflow", "mlflow.tracking",
            "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store", "sqlalchemy",
-           "optuna", "optuna.storages",
+           "optuna", "optuna.storages",  # Optuna (only tuning/ calls it), before a tuning run imports it
            # a pipeline's checks, graph, upload and run read its KFP IR with kfp's protobuf classes, and `import
            # kfp` brings its client and the Kubernetes client (0.6 s of CPU; 12% of the runner's children's
            # time in a test suite, bench/README.md, twelfth session)
