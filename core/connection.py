@@ -22,7 +22,7 @@ import urllib.request
 from dataclasses import dataclass, field
 
 from core.errors import NotConnected, PlatformUnreachable
-from core.settings import Settings
+from core.settings import Settings, flow_run_env
 
 
 @dataclass
@@ -64,11 +64,11 @@ def healthy(api_url: str, timeout: float = 2.0) -> bool:
 
 def find_api_url(settings: Settings, environ: dict[str, str] | None = None) -> str | None:
     """The Prefect API this process should use (see the module docstring), or None."""
-    env = os.environ if environ is None else environ
     if settings.prefect_api_url:
         return settings.prefect_api_url
-    if env.get("PREFECT__FLOW_RUN_ID") and env.get("PREFECT_API_URL"):
-        return env["PREFECT_API_URL"]
+    run, url = flow_run_env() if environ is None else (environ.get("PREFECT__FLOW_RUN_ID"), environ.get("PREFECT_API_URL"))
+    if run and url:
+        return url
     state = read_state(settings)
     if state and state.api_url and healthy(state.api_url):
         return state.api_url
@@ -91,7 +91,7 @@ def point_prefect(settings: Settings, api_url: str | None) -> None:
             state = read_state(settings)
             if state is not None and state.prefect_auth_string and state.api_url == api_url:
                 os.environ["PREFECT_API_AUTH_STRING"] = state.prefect_auth_string
-    os.environ.update(settings.plain_http_env(os.environ.get("PREFECT_API_URL")))
+    os.environ.update(settings.plain_http_env(flow_run_env()[1]))
     if "prefect.context" in sys.modules:
         reread_prefect_settings()
 

@@ -350,3 +350,70 @@ def apply_engine_env(settings: Settings, environ: dict[str, str] | None = None) 
     settings.prefect_home.mkdir(parents=True, exist_ok=True)  # Prefect only creates the last level
     for key, value in settings.engine_env().items():
         target.setdefault(key, value)
+
+
+# -- what else a process learns from its environment ------------------------------------------------
+# Not settings a person gives: what the process that started this one (the replica supervisor, a node
+# Job, the warm runner, Prefect, Kubernetes) or the spec's own named variables tell it. Read here alone.
+
+def cache_root() -> Path:
+    """Where downloads, exported and compiled models are cached (MLYARD_CACHE_DIR; ~/.cache/mlyard)."""
+    return Path(os.environ.get("MLYARD_CACHE_DIR") or Path.home() / ".cache" / "mlyard")
+
+
+def served_endpoint() -> tuple[str | None, str | None]:
+    """The endpoint and stage a model server replica serves (MLYARD_ENDPOINT_ID and _STAGE_ID, set by the
+    replica supervisor and the cluster's Deployments): (None, None) for a server of its own."""
+    return os.environ.get("MLYARD_ENDPOINT_ID") or None, os.environ.get("MLYARD_ENDPOINT_STAGE_ID") or None
+
+
+def node_job_env() -> dict[str, str]:
+    """A multi-node training's node: its spec and job (JSON), the training and MLflow run, and its index
+    (MLYARD_NODE_*, set by tasks/node_jobs.py; JOB_COMPLETION_INDEX, set by the Indexed Job)."""
+    keys = {"spec": "MLYARD_NODE_SPEC", "job": "MLYARD_NODE_JOB", "training_id": "MLYARD_NODE_TRAINING_ID",
+            "run_id": "MLYARD_NODE_RUN_ID", "index": "JOB_COMPLETION_INDEX"}
+    missing = [v for v in keys.values() if v not in os.environ]
+    if missing:
+        raise RuntimeError(f"not a node of a multi-node training: {', '.join(missing)} unset (tasks/node_jobs.py sets them)")
+    return {k: os.environ[v] for k, v in keys.items()}
+
+
+def pod_name() -> str | None:
+    """This pod's name (POD_NAME from the downward API, else the HOSTNAME Kubernetes gives it)."""
+    return os.environ.get("POD_NAME") or os.environ.get("HOSTNAME")
+
+
+def kubeconfig_path() -> str | None:
+    """The kubeconfig a client outside the cluster uses (KUBECONFIG; None: ~/.kube/config)."""
+    return os.environ.get("KUBECONFIG")
+
+
+def flow_run_env() -> tuple[str | None, str | None]:
+    """The flow run this process runs and the Prefect API it was started against (PREFECT__FLOW_RUN_ID and
+    PREFECT_API_URL, set by Prefect's workers): (None, ...) outside a flow run."""
+    return os.environ.get("PREFECT__FLOW_RUN_ID") or None, os.environ.get("PREFECT_API_URL") or None
+
+
+def named_secret(variable: str | None) -> str | None:
+    """The value of the environment variable a spec names for a secret (a RAG's `password_env`,
+    `api_key_env`): the secret itself never enters a spec."""
+    return os.environ.get(variable) if variable else None
+
+
+def python_path() -> str:
+    """This process's PYTHONPATH, for a child that must see the same packages ("" when unset)."""
+    return os.environ.get("PYTHONPATH", "")
+
+
+def flag(variable: str, default: bool = False) -> bool:
+    """An on/off variable of the engines or a launcher (PYTHONUNBUFFERED, MLFLOW_ALLOW_PICKLE_
+    DESERIALIZATION, mlyard's re-exec marks): unset is `default`; "", "0", "false", "no", "off" are off."""
+    value = os.environ.get(variable)
+    if value is None:
+        return default
+    return value.strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def search_path() -> str:
+    """This process's PATH, for a child that must find the same commands first ("" when unset)."""
+    return os.environ.get("PATH", "")

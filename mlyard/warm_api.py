@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from core import errors
 from core.errors import MlyardError, Unreachable
+from core.settings import flow_run_env
 
 QUERY_TIMEOUT_SECONDS = 120.0
 
@@ -49,7 +50,7 @@ def api_url() -> str | None:
     from core.settings import Settings
 
     settings = Settings()
-    if settings.prefect_api_url or os.environ.get("PREFECT__FLOW_RUN_ID"):
+    if settings.prefect_api_url or flow_run_env()[0]:
         return None
     state = read_state(settings)
     if state is None or not state.service_url:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 import time
 from typing import Any, Awaitable
 
@@ -35,6 +34,7 @@ import numpy as np
 import orjson
 
 from core.errors import HttpError, SpecError
+from core.settings import served_endpoint
 from serving import asgi, protocol
 from serving.batching import Batcher, ModelTimeout
 from serving.endpoint_stats import classes_of
@@ -66,7 +66,7 @@ class ModelServer:
             from serving.openai_routes import OpenAIRoutes
 
             self.openai = OpenAIRoutes(chat, max_body_bytes, self.stats, self.log)
-        self.behind_gateway = bool(os.environ.get("MLYARD_ENDPOINT_ID"))
+        self.behind_gateway = served_endpoint()[0] is not None
         self._batchers: dict[tuple[str, bool], Batcher] = {}
         self.ready = not self.loading
         for m in models:

@@ -35,6 +35,7 @@ from typing import Any
 import orjson
 
 from core.errors import BadInput, SpecError
+from core.settings import flag
 from serving import asgi
 
 DEFAULT_PORT = 5001
@@ -260,7 +261,7 @@ def serve_entry_script(entry_script: str, model_dir: str | None, host: str, port
     from serving import azure_env
     from serving.server import run_app
 
-    if not os.environ.get(azure_env.REEXEC_ENV):
+    if not flag(azure_env.REEXEC_ENV):
         try:
             env = azure_env.find(Path(entry_script), Path(conda_file) if conda_file else None,
                                  Path(requirements) if requirements else None)

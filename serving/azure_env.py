@@ -21,6 +21,7 @@ from typing import Any, Callable, NoReturn
 import yaml
 
 from core.errors import SpecError
+from core.settings import python_path
 
 CONDA_NAMES = ("conda.yaml", "conda.yml", "environment.yml", "environment.yaml")
 # what of mlyard runs in the deployment's environment (`python -m serving.azure`): the packages these load
@@ -122,7 +123,7 @@ def run_in(python: str, argv: list[str]) -> NoReturn:
     """Replace this process with `python -m serving.azure ARGV` (mlyard's code importable from there)."""
     root = str(Path(__file__).resolve().parent.parent)
     env: dict[str, Any] = {**os.environ, REEXEC_ENV: "1",
-                           "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
+                           "PYTHONPATH": os.pathsep.join(p for p in (root, python_path()) if p)}
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(python, [python, "-m", "serving.azure", *argv], env)

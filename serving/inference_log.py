@@ -6,7 +6,6 @@ MLYARD_ENDPOINT_STAGE_ID, which the endpoint flow sets on each replica; without 
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import uuid
@@ -15,6 +14,7 @@ from typing import IO, Any
 import orjson
 
 from core.logrecords import LOG_TYPE, utc_now
+from core.settings import served_endpoint
 
 CATEGORY = "mlyard.inference"
 ACTION = "Endpoint.Model"
@@ -37,8 +37,9 @@ class InferenceLog:
         else:
             self._out = target
         self.every_request = every_request
-        self.endpoint_id = endpoint_id or os.environ.get("MLYARD_ENDPOINT_ID") or None
-        self.stage_id = stage_id or os.environ.get("MLYARD_ENDPOINT_STAGE_ID") or None
+        served, stage = served_endpoint()
+        self.endpoint_id = endpoint_id or served
+        self.stage_id = stage_id or stage
         self.action = action
         self._lock = threading.Lock()
 

@@ -33,6 +33,7 @@ import numpy as np
 import orjson
 
 from core.errors import VectorStoreError
+from core.settings import named_secret
 from serving import asgi, citations
 from serving.generative import SMOLLM2
 from serving.rag_extract import extract
@@ -267,7 +268,6 @@ class RagService:
 def build(name: str) -> RagService:
     """The service of the RAG `name` on this platform: its spec from the catalog, its vector store, its
     embedding model (loaded now), and where its LLM is."""
-    import os
 
     from core.connection import gateway_url, read_state
     from core.settings import Settings
@@ -286,7 +286,7 @@ def build(name: str) -> RagService:
     store = VectorStore(conninfo(spec.vector_store, settings, state.vector_store_url if state else None), record.id)
     model = embedder(spec.embedding)
     model.encode(["warm up"])
-    key = os.environ.get(spec.llm.api_key_env) if spec.llm.api_key_env else None
+    key = named_secret(spec.llm.api_key_env)
     if key is None and spec.llm.endpoint and state is not None:
         key = state.internal_token  # an mlyard endpoint, private or public: the platform's own token passes
     home = settings.home_dir

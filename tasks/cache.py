@@ -3,12 +3,13 @@ GGUF files): `MLYARD_CACHE_DIR`, else ~/.cache/mlyard."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from core.settings import cache_root
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("MLYARD_CACHE_DIR") or Path.home() / ".cache" / "mlyard")
+    return cache_root()
 
 
 def refused(root: Path, key: str, default: str) -> str | None:

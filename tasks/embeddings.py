@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from core.errors import EmbeddingError
+from core.settings import named_secret
 from core.specs.rag import DEFAULT_EMBEDDING_MODEL, EmbeddingSpec
 from tasks.documents import HFTokenizer
 from tasks.embedding_onnx import default_model_dir
@@ -72,7 +73,7 @@ class ServiceEmbedder:
         import httpx
 
         assert spec.url is not None
-        key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
+        key = named_secret(spec.api_key_env)
         self.url, self.model, self.batch_size = spec.url.rstrip("/"), spec.model, spec.batch_size
         self._http = httpx.Client(timeout=timeout, headers={**(headers or {}),
                                                             **({"Authorization": f"Bearer {key}"} if key else {})})

@@ -148,13 +148,15 @@ def main(run_dir: str) -> int:
     from kfp import local
     from kfp.components import load_component_from_text
 
+    from core.settings import search_path
+
     root = Path(run_dir)
     tail = Tail(sys.stdout)
     sys.stdout = tail  # type: ignore[assignment]
     nodes = Nodes(root / "nodes.json", tail)
     logging.getLogger().addFilter(nodes)
     # kfp.local's components call `python3`: this interpreter, where kfp and the packages are
-    os.environ["PATH"] = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
+    os.environ["PATH"] = f"{Path(sys.executable).parent}:{search_path()}"
     # the workspace in the run's own folder, kept and removed with its outputs (kfp's default is a new
     # /tmp/kfp-workspace-* per run, never removed)
     (root / "workspace").mkdir(exist_ok=True)

@@ -22,7 +22,7 @@ import yaml
 from core.errors import SpecError
 from core.names import param_environ
 from core.settings import DEFAULT_IMAGE as SETTINGS_DEFAULT_IMAGE
-from core.settings import Settings
+from core.settings import Settings, kubeconfig_path
 from core.specs.endpoint import body_limit_args
 from tasks.replicas import CODE_KIND, health_path
 
@@ -262,12 +262,11 @@ def _cpu(cores: float) -> str:
 def cluster_client(field: str, instance_type: str) -> Any:
     """An API client for the configured cluster (KUBECONFIG, ~/.kube/config, or in-cluster), or a
     SpecError naming the instance type when none is configured."""
-    import os
 
     from kubernetes import client, config
 
     try:  # KUBECONFIG as it is now (the client reads it once, when first imported)
-        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
+        config.load_kube_config(config_file=kubeconfig_path())
     except Exception:  # noqa: BLE001 - no kube config: try the in-cluster one
         try:
             config.load_incluster_config()

@@ -18,6 +18,8 @@ import socket
 import threading
 from pathlib import Path
 
+from core.settings import pod_name
+
 LEASE_SECONDS = 15
 RENEW_SECONDS = 10
 RETRY_SECONDS = 2
@@ -30,7 +32,7 @@ class Leadership:
 
     def __init__(self, lease: str, namespace: str, identity: str | None = None, kubeconfig: str | None = None) -> None:
         self.lease, self.namespace, self.kubeconfig = lease, namespace, kubeconfig
-        self.identity = identity or os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+        self.identity = identity or pod_name() or f"{socket.gethostname()}-{os.getpid()}"
         self.leading = threading.Event()
         self.lost = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mlyard-leader-election", daemon=True)

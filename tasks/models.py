@@ -13,13 +13,14 @@ installed. Every other model goes through `mlflow.pyfunc.load_model`.
 from __future__ import annotations
 
 import importlib.abc
-import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 import yaml
+
+from core.settings import flag
 
 SKLEARN_LOADER = "mlflow.sklearn"
 BATCH_THREADS = 0  # a compiled model in a batch: onnxruntime's own default, every core
@@ -187,7 +188,7 @@ def _sklearn_estimator(path: Path):
         return None
     file = path / conf.get("pickled_model", pyfunc.get("model_path", "model.pkl"))
     fmt = conf.get("serialization_format", "pickle")
-    if os.environ.get("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true").lower() in ("false", "0"):
+    if not flag("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", default=True):
         return None  # MLflow refuses it then, with its own message
     if fmt == "skops":
         with _torch_hidden():

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from core.errors import MlyardError, TrainingFailed
-from core.settings import Settings, apply_engine_env, require_shared_stores
+from core.settings import Settings, apply_engine_env, node_job_env, require_shared_stores
 from core.specs import TrainingSpec
 from registry.tracking import Tracking
 from tasks.environments import requirements_env
@@ -32,11 +32,12 @@ from tasks.training import LOG_NAME, save_model, stage_inputs
 
 
 def main() -> int:
-    spec = TrainingSpec.model_validate_json(os.environ["MLYARD_NODE_SPEC"])
-    meta = json.loads(os.environ["MLYARD_NODE_JOB"])
+    given = node_job_env()
+    spec = TrainingSpec.model_validate_json(given["spec"])
+    meta = json.loads(given["job"])
     job = NodeJob(meta["name"], "", int(meta["nodes"]))
-    index = int(os.environ["JOB_COMPLETION_INDEX"])
-    training_id, run_id = os.environ["MLYARD_NODE_TRAINING_ID"], os.environ["MLYARD_NODE_RUN_ID"]
+    index = int(given["index"])
+    training_id, run_id = given["training_id"], given["run_id"]
     settings = Settings()
     require_shared_stores(settings)
     apply_engine_env(settings)

@@ -33,6 +33,7 @@ from prefect.cache_policies import NO_CACHE
 
 from core.errors import TrainingFailed, TrainingStopped
 from core.names import TASK_RUN_ENTRY_POINT
+from core.settings import pod_name
 from core.specs import TrainingSpec
 from registry.tracking import Tracking
 from tasks.launch import ScriptRun
@@ -292,7 +293,6 @@ def run_nodes(spec: TrainingSpec, training_id: str, run_id: str, tracking: Track
     nodes' Job and Service from this flow run's pod, follow them to their end, and read back from the
     MLflow run what node 0 logged there."""
     step_started(TASK_RUN_ENTRY_POINT)
-    import os
 
     from kubernetes import client
 
@@ -301,7 +301,7 @@ def run_nodes(spec: TrainingSpec, training_id: str, run_id: str, tracking: Track
     logger = get_run_logger()
     api = cluster_client("nodes", spec.nodes)
     job = NodeJob(job_name(training_id), namespace, spec.nodes)
-    own = coordinator_pod(client.CoreV1Api(api), namespace, os.environ["HOSTNAME"])
+    own = coordinator_pod(client.CoreV1Api(api), namespace, pod_name() or "")
     create(api, render(spec, own, job, training_id, run_id), owner=own)
     logger.info("%d nodes: Indexed Job %s and headless Service %s in namespace %s; node 0's log follows",
                 spec.nodes, job.name, job.name, namespace)

@@ -13,7 +13,7 @@ import base64
 import logging
 from typing import Any
 
-from core.settings import Settings
+from core.settings import Settings, pod_name
 from registry.images import SECRET_PREFIX, FileCredentials, Images, ResolvedImage
 
 TYPE = "kubernetes.io/dockerconfigjson"
@@ -131,7 +131,6 @@ def check_pod_image(ref: str, settings: Settings | None = None) -> None:
     (its form takes the spec, the job variables apart), so it would train in the pool's default image. Such a
     run is refused in one line saying which job variables to set. When the pod cannot read itself (no kubeconfig
     or Role for it), the check is skipped with a warning."""
-    import os
 
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
@@ -142,7 +141,7 @@ def check_pod_image(ref: str, settings: Settings | None = None) -> None:
     settings = settings or Settings()
     resolved = images(settings).resolve(ref)
     try:
-        pod = client.CoreV1Api(cluster_client("image", ref)).read_namespaced_pod(os.environ["HOSTNAME"],
+        pod = client.CoreV1Api(cluster_client("image", ref)).read_namespaced_pod(pod_name() or "",
                                                                                 settings.kube_namespace)
     except (SpecError, ApiException, KeyError, OSError) as exc:
         logging.getLogger("mlyard.images").warning("could not read this run's pod to check that it runs image %s: %s",

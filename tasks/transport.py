@@ -32,6 +32,7 @@ from typing import Any, Callable, Protocol, Sequence
 from pydantic import BaseModel
 
 from core.errors import JobFailed, TrainingFailed, TrainingStopped
+from core.settings import python_path
 
 EVENT_PREFIX = "@mlyard "
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,7 +112,7 @@ class LocalProcesses:
             job_file = self.scratch / f"worker-{i}.json"
             job_file.write_text(job.model_dump_json())
             env = {**os.environ, **self.env,
-                   "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+                   "PYTHONPATH": os.pathsep.join([str(ROOT), python_path()])}
             argv = [sys.executable, "-m", self.module, str(job_file)]
             try:
                 Supervisor(argv, env, ROOT, on_line, should_stop=stop_reason, poll_seconds=self.poll_seconds,

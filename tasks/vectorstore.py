@@ -11,12 +11,11 @@ index is built once a RAG holds enough chunks for it to pay (below that a scan i
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 from core.errors import VectorStoreError
-from core.settings import Settings
+from core.settings import Settings, named_secret
 from core.specs.rag import VectorStoreSpec
 
 HNSW_MIN_CHUNKS = 10_000
@@ -41,7 +40,7 @@ def conninfo(spec: VectorStoreSpec, settings: Settings, stack_url: str | None = 
         return url
     from sqlalchemy.engine import URL, make_url
 
-    password = os.environ.get(spec.password_env)
+    password = named_secret(spec.password_env)
     if spec.url:
         u = make_url(spec.url)
         u = u.set(drivername="postgresql", password=password or u.password)

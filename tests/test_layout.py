@@ -276,3 +276,50 @@ def test_optuna_is_called_from_tuning_alone():
              if p.relative_to(ROOT).parts[0] in FLOOR and p.relative_to(ROOT).parts[0] != "tuning"
              and any(m.split(".")[0] == "optuna" for m in _imports(p))]
     assert users == [], f"Optuna imported outside tuning/: {users}"
+
+
+# -- one reader of the environment (core/settings.py) -----------------------------------------------
+
+# The `mlyard` entry point hands a command to the warm runner before anything heavy is imported (a few
+# milliseconds; core.settings imports pydantic-settings, 0.2 s): it reads MLYARD_HOME and MLYARD_WARM_CLI itself.
+ENVIRONMENT_READERS = {"core/settings.py", "mlyard/warm/cli.py"}
+
+
+def _environment_reads(root) -> list[str]:
+    """`os.environ.get(...)`, `os.environ[...]` read, `os.getenv(...)` and `... in os.environ` outside the
+    readers; writing the environment, or passing all of it to a child, is not reading a setting."""
+    import ast
+
+    def is_environ(node) -> bool:
+        return isinstance(node, ast.Attribute) and node.attr == "environ" and isinstance(node.value, ast.Name) \
+            and node.value.id == "os"
+
+    found = []
+    for path in sorted(root.glob("*/**/*.py")):
+        rel = path.relative_to(root).as_posix()
+        if path.relative_to(root).parts[0] not in FLOOR or rel in ENVIRONMENT_READERS:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            read = (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and ((node.func.attr == "get" and is_environ(node.func.value))
+                         or (node.func.attr == "getenv" and isinstance(node.func.value, ast.Name)
+                             and node.func.value.id == "os"))) \
+                or (isinstance(node, ast.Subscript) and is_environ(node.value) and isinstance(node.ctx, ast.Load)) \
+                or (isinstance(node, ast.Compare) and any(isinstance(op, (ast.In, ast.NotIn)) for op in node.ops)
+                    and any(is_environ(c) for c in node.comparators))
+            if read:
+                found.append(f"{rel}:{node.lineno}")
+    return found
+
+
+def test_only_settings_read_the_environment():
+    reads = _environment_reads(ROOT)
+    assert not reads, "environment read outside core/settings.py (add a reader there):\n" + "\n".join(reads)
+
+
+def test_the_environment_check_finds_each_kind_of_read(tmp_path):
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "x.py").write_text(
+        "import os\na = os.environ.get('A')\nb = os.environ['B']\nc = os.getenv('C')\nd = 'D' in os.environ\n"
+        "os.environ['E'] = '1'\nenv = {**os.environ}\nos.environ.setdefault('F', '1')\n")
+    assert _environment_reads(tmp_path) == ["tasks/x.py:2", "tasks/x.py:3", "tasks/x.py:4", "tasks/x.py:5"]

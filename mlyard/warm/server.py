@@ -36,6 +36,7 @@ import warnings
 import weakref
 from pathlib import Path
 
+from core.settings import flag, flow_run_env, kubeconfig_path
 from mlyard.warm import (
     GRACE_SECONDS,
     LOCKFILE,
@@ -241,7 +242,7 @@ def _run(conn: socket.socket, fds: list[int], request: dict, listener: socket.so
             app(prog_name=os.path.basename(sys.argv[0]))  # click would name this process's __main__
         else:
             sys.argv = [""]  # as `python -m prefect.engine`: the run's id comes from PREFECT__FLOW_RUN_ID
-            _name_process("-m", "prefect.engine", f"(flow run {os.environ.get('PREFECT__FLOW_RUN_ID', '?')})")
+            _name_process("-m", "prefect.engine", f"(flow run {flow_run_env()[0] or '?'})")
             # runpy warns that the module was imported before it runs as __main__: by design, here
             warnings.filterwarnings("ignore", message=r"'prefect\.engine' found in sys\.modules",
                                     category=RuntimeWarning)
@@ -274,7 +275,7 @@ def _fresh_process_state() -> None:
 
     from core.connection import connect_if_running
 
-    if os.environ.get("PYTHONUNBUFFERED"):
+    if flag("PYTHONUNBUFFERED"):
         sys.stdout.reconfigure(write_through=True)  # type: ignore[union-attr]
         sys.stderr.reconfigure(write_through=True)  # type: ignore[union-attr]
     # What `import flows` does in a cold process: the platform's environment; and Prefect, which read its
@@ -282,7 +283,7 @@ def _fresh_process_state() -> None:
     # one they were made from)
     connect_if_running()
     if "kubernetes.config" in sys.modules:  # it reads KUBECONFIG once, at import (kfp, preloaded, imports it)
-        location = os.environ.get("KUBECONFIG", "~/.kube/config")
+        location = kubeconfig_path() or "~/.kube/config"
         for name in ("kubernetes.config.kube_config", "kubernetes.config"):
             sys.modules[name].KUBE_CONFIG_DEFAULT_LOCATION = location  # type: ignore[attr-defined]
     inputs = logging_inputs()
