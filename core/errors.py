@@ -3,26 +3,13 @@
     MlyardError
     ├── SpecError (ValueError)               a spec, file or request is invalid
     │   └── BadRequest                       a request a server's protocol cannot accept (where in it)
-    ├── NotFound (LookupError)
-    │   ├── TrainingNotFound
-    │   ├── TemplateNotFound
-    │   ├── ExperimentNotFound
-    │   ├── ModelNotFound
-    │   ├── TuningNotFound
-    │   ├── BatchNotFound
-    │   ├── EvaluationNotFound
-    │   ├── EndpointNotFound
-    │   ├── ScheduleNotFound
-    │   ├── PipelineNotFound
-    │   ├── PipelineRunNotFound
-    │   └── RagNotFound
-    ├── Conflict (RuntimeError)              the action breaks a platform rule
-    │   ├── AlreadyExists
-    │   ├── ModelInUse
-    │   ├── ExperimentBusy
-    │   ├── TrainingNotComplete
-    │   ├── StillRunning
-    │   └── Protected                        a rule protects the resource (the default stage, ...)
+    ├── NotFound (LookupError)               one per kind: TrainingNotFound, TemplateNotFound, ExperimentNotFound,
+    │                                        ModelNotFound, TuningNotFound, BatchNotFound, EvaluationNotFound,
+    │                                        EndpointNotFound, ScheduleNotFound, PipelineNotFound, PipelineRunNotFound,
+    │                                        RagNotFound, NotebookNotFound, ImageNotFound, RegistryAccountNotFound
+    ├── Conflict (RuntimeError)              the action breaks a platform rule: AlreadyExists, ModelInUse, InUse,
+    │                                        ExperimentBusy, TrainingNotComplete, StillRunning, Protected (a rule
+    │                                        protects the resource: the default stage, ...)
     ├── StorageError (OSError)
     │   ├── StorageUnreachable
     │   └── StorageNotFound
@@ -92,78 +79,63 @@ class NotFound(MlyardError, LookupError):
 
 
 class TrainingNotFound(NotFound):
-    kind = "training"
-    hint = "List trainings with `mlyard trainings list`."
+    kind, hint = "training", "List trainings with `mlyard trainings list`."
 
 
 class TemplateNotFound(NotFound):
-    kind = "training template"
-    hint = "List templates with `mlyard templates list`."
+    kind, hint = "training template", "List templates with `mlyard templates list`."
 
 
 class ExperimentNotFound(NotFound):
-    kind = "experiment"
-    hint = "List experiments with `mlyard experiments list`."
+    kind, hint = "experiment", "List experiments with `mlyard experiments list`."
 
 
 class ModelNotFound(NotFound):
-    kind = "model"
-    hint = "List models with `mlyard models list`."
+    kind, hint = "model", "List models with `mlyard models list`."
 
 
 class TuningNotFound(NotFound):
-    kind = "tuning"
-    hint = "List tunings with `mlyard tunings list`."
+    kind, hint = "tuning", "List tunings with `mlyard tunings list`."
 
 
 class BatchNotFound(NotFound):
-    kind = "batch inference"
-    hint = "List batch inferences with `mlyard batches list`."
+    kind, hint = "batch inference", "List batch inferences with `mlyard batches list`."
 
 
 class EvaluationNotFound(NotFound):
-    kind = "evaluation"
-    hint = "List evaluations with `mlyard evaluations list`."
+    kind, hint = "evaluation", "List evaluations with `mlyard evaluations list`."
 
 
 class EndpointNotFound(NotFound):
-    kind = "endpoint"
-    hint = "See `mlyard endpoints list`."
+    kind, hint = "endpoint", "See `mlyard endpoints list`."
 
 
 class ScheduleNotFound(NotFound):
-    kind = "schedule"
-    hint = "See `mlyard schedules list`."
+    kind, hint = "schedule", "See `mlyard schedules list`."
 
 
 class PipelineNotFound(NotFound):
-    kind = "pipeline"
-    hint = "See `mlyard pipelines list`."
+    kind, hint = "pipeline", "See `mlyard pipelines list`."
 
 
 class PipelineRunNotFound(NotFound):
-    kind = "pipeline run"
-    hint = "See `mlyard pipeline-runs list`."
+    kind, hint = "pipeline run", "See `mlyard pipeline-runs list`."
 
 
 class RagNotFound(NotFound):
-    kind = "RAG"
-    hint = "See `mlyard rags list`."
+    kind, hint = "RAG", "See `mlyard rags list`."
 
 
 class NotebookNotFound(NotFound):
-    kind = "notebook"
-    hint = "See `mlyard notebooks list`."
+    kind, hint = "notebook", "See `mlyard notebooks list`."
 
 
 class ImageNotFound(NotFound):
-    kind = "image"
-    hint = "See `mlyard images list`, or give a registry address (docker.io/library/python:3.11)."
+    kind, hint = "image", "See `mlyard images list`, or give a registry address (docker.io/library/python:3.11)."
 
 
 class RegistryAccountNotFound(NotFound):
-    kind = "registry account"
-    hint = "See `mlyard registry-accounts list`."
+    kind, hint = "registry account", "See `mlyard registry-accounts list`."
 
 
 class Conflict(MlyardError, RuntimeError):
@@ -182,10 +154,8 @@ class ModelInUse(Conflict):
     def __init__(self, name: str, version: str | None, endpoints: Sequence[str]):
         self.name, self.version, self.endpoints = name, version, list(endpoints)
         what = f"model {name!r}" + (f" version {version}" if version else "")
-        super().__init__(
-            f"{what} is served by endpoint(s) {', '.join(self.endpoints)}; "
-            "delete those endpoints (or move their stages to another model) first."
-        )
+        super().__init__(f"{what} is served by endpoint(s) {', '.join(self.endpoints)}; delete those endpoints "
+                         "(or move their stages to another model) first.")
 
 
 class InUse(Conflict):
@@ -199,19 +169,15 @@ class InUse(Conflict):
 class ExperimentBusy(Conflict):
     def __init__(self, name: str, running: Sequence[str]):
         self.name, self.running = name, list(running)
-        super().__init__(
-            f"experiment {name!r} has running work ({', '.join(self.running)}); "
-            "stop it or wait for it to finish, then delete the experiment."
-        )
+        super().__init__(f"experiment {name!r} has running work ({', '.join(self.running)}); "
+                         "stop it or wait for it to finish, then delete the experiment.")
 
 
 class TrainingNotComplete(Conflict):
     def __init__(self, training: str, status: str, kind: str = "training"):
         self.training, self.status, self.kind = training, status, kind
-        super().__init__(
-            f"{kind} {training!r} is {status}, not COMPLETE; a model can only be created "
-            f"from a COMPLETE {kind}."
-        )
+        super().__init__(f"{kind} {training!r} is {status}, not COMPLETE; a model can only be created "
+                         f"from a COMPLETE {kind}.")
 
 
 class StillRunning(Conflict):
@@ -336,9 +302,7 @@ class DocumentError(MlyardError, ValueError):
 
 
 class EmbeddingError(MlyardError, RuntimeError):
-    """The embedding model could not be loaded or run, or an embeddings service failed."""
-
-    http_status = 502
+    http_status = 502  # the embedding model could not be loaded or run, or an embeddings service failed
 
 
 class RoutingFailed(MlyardError):
@@ -350,9 +314,7 @@ class ReplicaFailed(MlyardError):
 
 
 class VectorStoreError(MlyardError, ConnectionError):
-    """The vector store cannot be reached or used; the message says which and why (never a password)."""
-
-    http_status = 502
+    http_status = 502  # the vector store cannot be reached or used; the message says which, why (never a password)
 
 
 # A flow that raises one of these failed as a run (RunFailed, with why); any other MlyardError it raises
@@ -362,9 +324,7 @@ RUN_FAILURES: tuple[type[MlyardError], ...] = (TrainingFailed, JobFailed, Tuning
 
 
 class MetricLineError(MlyardError, ValueError):
-    """A line of Katib's JSON metrics format that cannot be read: the collection fails with this reason."""
-
-    http_status = 400
+    http_status = 400  # a line of Katib's JSON metrics format that cannot be read: the collection fails with it
 
 
 class CronError(MlyardError, ValueError):
@@ -379,17 +339,16 @@ class CronError(MlyardError, ValueError):
 
 
 class Unreachable(MlyardError):
-    """Nothing answers at the warm mlyard API's address: the caller computes (or queues) it itself."""
-
-    http_status = 503
+    http_status = 503  # nothing answers at the warm mlyard API's address: the caller computes (or queues) it
 
 
 class HttpError(MlyardError):
-    """A server's answer other than 200: its status and the reason it gives."""
+    """A server's answer other than 200: its status (`HttpError(503, why)`; a subclass's own by default)."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, *args: object):
+        status, message = args if len(args) == 2 else (type(self).http_status, args[0])
         super().__init__(message)
-        self.http_status = status
+        self.http_status = int(status)  # type: ignore[call-overload]
 
     @property
     def status(self) -> int:
@@ -406,10 +365,7 @@ class BadChat(HttpError):
 
 
 class BadInput(HttpError):
-    """A request body that does not fit an Azure entry script's run() declared inputs."""
-
-    def __init__(self, message: str):
-        super().__init__(400, message)
+    http_status = 400  # a body that does not fit an Azure entry script's run() declared inputs
 
 
 class Unavailable(HttpError):
@@ -422,31 +378,20 @@ class BodyTooLarge(HttpError):
 
 
 class ModelTimeout(HttpError):
-    """The model did not answer within the timeout (the server answers 504)."""
-
-    def __init__(self, message: str = "the model did not answer in time"):
-        super().__init__(504, message)
+    http_status = 504  # the model did not answer within the timeout
 
 
 class NoRoute(HttpError):
-    """No endpoint, stage or model answers this path (404)."""
-
-    def __init__(self, message: str):
-        super().__init__(404, message)
+    http_status = 404  # no endpoint, stage or model answers this path
 
 
 class NoReplica(HttpError):
-    """The route exists but no healthy replica can take the request now (503 with Retry-After)."""
-
-    def __init__(self, message: str):
-        super().__init__(503, message)
+    http_status = 503  # the route exists, but no healthy replica can take the request now (with Retry-After)
 
 
 class UpstreamError(HttpError):
-    """The replica could not be reached or broke the connection. `sent` False: no answer began (the
-    connection was refused, or reset or closed before the first byte of a response, as a replica that
-    is killed does), so another replica may take the request; True: it may be at work on it (a
-    timeout, a broken answer)."""
+    """A replica unreachable or broken off. `sent` False: no answer began (refused, or closed before the
+    first byte, as a killed replica does), so another may take the request; True: it may be at work on it."""
 
     def __init__(self, message: str, sent: bool, timeout: bool = False):
         super().__init__(504 if timeout else 502, message)

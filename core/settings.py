@@ -13,7 +13,7 @@ from typing import Literal, Mapping
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.home import DEFAULT_HOME, STACK_FILE, find_home
+from core.home import DEFAULT_HOME, STACK_FILE, find_home, plain_http_ca_file
 
 # Environment that turns off every usage-telemetry sender of the engines we run.
 TELEMETRY_OFF_ENV = {
@@ -300,31 +300,6 @@ class Settings(BaseSettings):
         if not (api_url or "").startswith("http://"):
             return {}
         return {"PREFECT_API_SSL_CERT_FILE": str(plain_http_ca_file(self.prefect_home))}
-
-
-def plain_http_ca_file(prefect_home: Path) -> Path:
-    """A one-certificate CA file for a Prefect API spoken over plain HTTP (the embedded server on
-    127.0.0.1). Prefect builds a verifying TLS context for every client it makes, whatever the URL,
-    loading the whole CA bundle each time: 20-100 ms a client, several clients a flow run (issue 25
-    measured 0.48 s of CPU a run). Over plain HTTP no certificate is ever checked, so the bundle it
-    loads may hold one (any valid one: the first of certifi's) and costs 0.3 ms."""
-    path = prefect_home / "plain-http-ca.pem"
-    if path.is_file():
-        return path
-    import re
-    import tempfile
-
-    import certifi
-
-    pem = Path(certifi.where()).read_text()
-    first = re.search(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----\n", pem, re.S)
-    if first is None:
-        raise RuntimeError(f"no certificate in {certifi.where()}")
-    prefect_home.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=prefect_home, delete=False) as tmp:
-        tmp.write(first.group(0))
-    os.replace(tmp.name, path)
-    return path
 
 
 def in_kubernetes_pod() -> bool:

@@ -13,23 +13,24 @@
    (kfp.local, a flow run of pipeline-run/local) and show each step's state and outputs.
 10. Schedule it every minute with catch-up (its start a few minutes back: the missed slots run, oldest
     first, one at a time), show the schedule's runs and next fire times, then disable it.
-11. RAG: write a small folder of mixed documents (txt, md, csv, pdf, docx, xlsx, pptx), ingest it into
-    the embedded PostgreSQL + pgvector (a flow run of rag-sync/local), ask one question through the
-    RAG's route with streaming (the RAG's own SmolLM2 answers), print the answer and its sources,
-    change one file and sync (only that file is embedded again).
-12. Notebook: create a JupyterLab notebook (examples/notebook.yaml), put a start-up script in its data
-    storage's cont-init.d, reboot it (the script runs, its output kept), print its URL with the token,
-    and stop it at the end (its data storage stays).
+11. RAG: ingest a folder of mixed documents into PostgreSQL + pgvector, ask one question through its route
+    (streamed, with sources), change one file and sync (only that file is embedded again).
+12. Notebook: JupyterLab (examples/notebook.yaml) with a start-up script in its storage's cont-init.d,
+    rebooted (the script runs), its URL with the token; stopped at the end (its data storage stays).
 13. Start the MLflow UI and print what was done and where to look.
 """
 
 from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
 
 from rich.console import Console
 
 from core.connection import connect
 from core.errors import StackError
 from core.settings import Settings
+from core.specs import TrainingSpec, load_spec_file
 from mlyard import api, stack, stack_ui
 from mlyard.prefect_setup import PROJECT_ROOT
 from tasks.processes import stop_group
@@ -44,100 +45,111 @@ def run(settings: Settings, out: Console, keep_running: bool = True) -> None:
     out.rule("1. embedded stack")
     state = stack.up(settings, echo=out.print)
     connect(settings)
+    done = SimpleNamespace(spec=load_spec_file(TrainingSpec, SPEC))  # what each step made, for the closing lines
+    trained_once(settings, out, done)
+    tuned_once(settings, out, done)
+    batch_and_evaluations_once(settings, out, done)
+    steps = {"served": ("7. serving digits@champion (mlyard serve)", lambda: serve_once(settings, out)),
+             "endpoint": ("8. endpoint digits: default stage, token, curl, a tuned stage promoted, statistics",
+                          lambda: endpoint_once(settings, out)),
+             "pipeline_run": ("9. pipeline: upload, graph, run (examples/pipelines/example.yaml)", lambda: pipeline_once(out)),
+             "schedule": ("10. schedule: the pipeline every minute, with catch-up", lambda: schedule_once(out)),
+             "rag": ("11. RAG: ingest mixed documents, ask with streaming, change one file, sync", lambda: rag_once(settings, out)),
+             "notebook": ("12. notebook: JupyterLab with a start-up script (examples/notebook.yaml)", lambda: notebook_once(out))}
+    for key, (title, step) in steps.items():
+        out.rule(title)
+        setattr(done, key, step())
+    where_to_look(settings, state, out, done)
+    if not keep_running:
+        stack.down(settings, echo=out.print)
 
-    # The examples' relative paths are relative to the project directory, wherever `mlyard demo` runs.
-    out.rule("2. training (examples/sklearn_digits)")
-    from core.specs import TrainingSpec, load_spec_file
+
+def trained_once(settings: Settings, out: Console, done: SimpleNamespace) -> None:
+    """Steps 2 and 3: the digits training (examples/sklearn_digits), registered as digits@champion."""
     from flows.platform import Platform
 
-    spec = load_spec_file(TrainingSpec, SPEC)
-    result = api.run(api.TRAINING, spec, base=PROJECT_ROOT)
-
+    out.rule("2. training (examples/sklearn_digits)")
+    # The examples' relative paths are relative to the project directory, wherever `mlyard demo` runs.
+    done.result = result = api.run(api.TRAINING, done.spec, base=PROJECT_ROOT)
     out.rule("3. model registry")
-    p = Platform(settings)
-    mv = p.models.create_from_training("digits", result.training_id, "COMPLETE", result.run_id,
-                                       parameters={"batch_size": "32"},
-                                       description="SGD classifier on scikit-learn's digits (mlyard demo)")
+    done.platform = p = Platform(settings)
+    done.mv = mv = p.models.create_from_training("digits", result.training_id, "COMPLETE", result.run_id,
+                                                 parameters={"batch_size": "32"},
+                                                 description="SGD classifier on scikit-learn's digits (mlyard demo)")
     p.models.set_alias("digits", "champion", mv.version)
     out.print(f"registered digits version {mv.version} ({mv.framework} {mv.framework_version}), alias champion")
 
-    out.rule("4. hyperparameter tuning (examples/tune.yaml)")
+
+def tuned_once(settings: Settings, out: Console, done: SimpleNamespace) -> None:
+    """Step 4: the tuning of examples/tune.yaml, its trials, its best registered as digits-tuned@best."""
     from mlyard.tunings import trials
 
-    tuned = api.run(api.TUNING, TUNE_SPEC, base=PROJECT_ROOT)
+    out.rule("4. hyperparameter tuning (examples/tune.yaml)")
+    done.tuned = tuned = api.run(api.TUNING, TUNE_SPEC, base=PROJECT_ROOT)
     for t in sorted(trials(settings.catalog_db_url, tuned.tuning_id), key=lambda r: r["number"]):
         value = "-" if t["value"] is None else f"{t['value']:.4f}"
         out.print(f"  trial {t['number']}: learning_rate={t['params'].get('learning_rate')}  {t['state']:<14} "
                   f"accuracy={value}  {t['reason'] or ''}")
-    tv = p.models.create_from_training("digits-tuned", tuned.tuning_id, "COMPLETE", tuned.best_run_id, kind="tuning",
-                                       description=f"best trial of tuning {spec.name}")
-    p.models.set_alias("digits-tuned", "best", tv.version)
+    done.tv = tv = done.platform.models.create_from_training("digits-tuned", tuned.tuning_id, "COMPLETE",
+                                                             tuned.best_run_id, kind="tuning",
+                                                             description=f"best trial of tuning {done.spec.name}")
+    done.platform.models.set_alias("digits-tuned", "best", tv.version)
     out.print(f"registered digits-tuned version {tv.version} from trial {tuned.best_trial} ({tuned.reason})")
 
-    out.rule("5. batch inference (examples/batch.yaml)")
+
+def batch_and_evaluations_once(settings: Settings, out: Console, done: SimpleNamespace) -> None:
+    """Steps 5 and 6: a batch inference of digits@champion, then both models evaluated and compared."""
     import time
 
     from mlyard import evaluations
 
+    out.rule("5. batch inference (examples/batch.yaml)")
     outputs = settings.home_dir / "outputs" / f"demo-{int(time.time())}"
-    batch = api.run(api.BATCH, BATCH_SPEC, sets={"output_uri": str(outputs / "digits-batch")}, base=PROJECT_ROOT)
+    done.batch = batch = api.run(api.BATCH, BATCH_SPEC, sets={"output_uri": str(outputs / "digits-batch")},
+                                 base=PROJECT_ROOT)
     first = next(iter(batch.outputs.values()))
     out.print(f"{batch.rows} rows ({batch.failed_rows} failed) at {batch.rows_per_second:,.0f} rows/s -> {first}")
     with open(first) as fh:
         out.print("  first prediction: " + fh.readline().strip()[:150])
-
     out.rule("6. evaluation and comparison (examples/evaluate.yaml)")
-    champion = api.run(api.EVALUATION, EVAL_SPEC, sets={"output_uri": str(outputs / "eval-champion")},
-                       base=PROJECT_ROOT)
-    tuned_eval = api.run(api.EVALUATION, EVAL_SPEC, sets={"name": "digits-tuned", "model": "digits-tuned@best",
-                                                          "output_uri": str(outputs / "eval-tuned")}, base=PROJECT_ROOT)
-    table, picture, _ = evaluations.compare(p.tracking, [champion.evaluation_id, tuned_eval.evaluation_id], outputs)
+    done.champion = api.run(api.EVALUATION, EVAL_SPEC, sets={"output_uri": str(outputs / "eval-champion")},
+                            base=PROJECT_ROOT)
+    done.tuned_eval = api.run(api.EVALUATION, EVAL_SPEC, sets={"name": "digits-tuned", "model": "digits-tuned@best",
+                                                               "output_uri": str(outputs / "eval-tuned")},
+                              base=PROJECT_ROOT)
+    table, done.picture, _ = evaluations.compare(done.platform.tracking,
+                                                 [done.champion.evaluation_id, done.tuned_eval.evaluation_id], outputs)
     for row in table:
         cells = "  ".join(f"{v:>10.4f}" if isinstance(v, float) else f"{str(v):>10}" for k, v in row.items() if k != "metric")
         out.print(f"  {row['metric']:<10} {cells}")
-    out.print(f"  (columns: digits@champion, digits-tuned@best)  curves: {picture}")
+    out.print(f"  (columns: digits@champion, digits-tuned@best)  curves: {done.picture}")
 
-    out.rule("7. serving digits@champion (mlyard serve)")
-    served = serve_once(settings, out)
 
-    out.rule("8. endpoint digits: default stage, token, curl, a tuned stage promoted, statistics")
-    endpoint = endpoint_once(settings, out)
-
-    out.rule("9. pipeline: upload, graph, run (examples/pipelines/example.yaml)")
-    pipeline_run = pipeline_once(out)
-
-    out.rule("10. schedule: the pipeline every minute, with catch-up")
-    schedule = schedule_once(out)
-
-    out.rule("11. RAG: ingest mixed documents, ask with streaming, change one file, sync")
-    rag = rag_once(settings, out)
-
-    out.rule("12. notebook: JupyterLab with a start-up script (examples/notebook.yaml)")
-    notebook = notebook_once(out)
-
+def where_to_look(settings: Settings, state: Any, out: Console, d: SimpleNamespace) -> None:
+    """Step 13: what the demo made, the UIs with how to sign in, and commands to try next."""
     out.rule("13. where to look")
     try:  # a UI slow to start on a busy machine never fails the demo: everything is recorded already
         mlflow_url = stack_ui.start_mlflow_ui(settings, echo=out.print)
     except StackError as exc:
         mlflow_url = f"not up yet ({exc}); try `.venv/bin/mlyard ui mlflow` again"
+    result, tuned, champion, tuned_eval = d.result, d.tuned, d.champion, d.tuned_eval
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items())
     out.print(f"""[bold]Done.[/bold]
-  training     {spec.name}  id {result.training_id}  COMPLETE  ({metrics})
+  training     {d.spec.name}  id {result.training_id}  COMPLETE  ({metrics})
   MLflow run   {result.run_id} in experiment '{result.experiment}'
-  model        digits version {mv.version}  (digits@champion)
+  model        digits version {d.mv.version}  (digits@champion)
   tuning       {tuned.tuning_id}  COMPLETE ({tuned.reason}), best accuracy={tuned.best_value:.4f}
-               {tuned.best_params}  ->  model digits-tuned version {tv.version}
-  batch        {batch.batch_id}  COMPLETE  {batch.rows} rows -> {batch.output_uri}
-  serving      {served}
-  endpoint     {endpoint}
-  pipeline     {pipeline_run}
-  schedule     {schedule}
-  RAG          {rag}
-  notebook     {notebook}
+               {tuned.best_params}  ->  model digits-tuned version {d.tv.version}
+  batch        {d.batch.batch_id}  COMPLETE  {d.batch.rows} rows -> {d.batch.output_uri}
+  serving      {d.served}
+  endpoint     {d.endpoint}
+  pipeline     {d.pipeline_run}
+  schedule     {d.schedule}
+  RAG          {d.rag}
+  notebook     {d.notebook}
   evaluations  {champion.evaluation_id}  digits@champion  accuracy={champion.metrics['accuracy']:.4f}
                {tuned_eval.evaluation_id}  digits-tuned@best  accuracy={tuned_eval.metrics['accuracy']:.4f}
-               comparison picture {picture}
-
+               comparison picture {d.picture}
   Prefect UI   {state.ui_url}/runs/flow-run/{result.training_id}
                {stack_ui.prefect_sign_in(settings)}
                press Run on deployment train/local to train again from the UI
@@ -163,8 +175,6 @@ def run(settings: Settings, out: Console, keep_running: bool = True) -> None:
         .venv/bin/mlyard down      (stops the stack; state stays in {settings.home_dir})""")
     if (where := stack_ui.how_to_find(settings)) is not None:
         out.print(f"  {where}")
-    if not keep_running:
-        stack.down(settings, echo=out.print)
 
 
 def notebook_once(out: Console) -> str:

@@ -38,6 +38,7 @@ from serving.endpoint_stats import EndpointStats
 from serving.fastserver import Refusal
 from serving.gateway_admin import admin
 from serving.gateway_rag import RAG_ROUTES, rag
+from serving.gateway_relay import Taken, relay
 from serving.gateway_shadow import mirror
 from serving.gateway_state import Shared, Tracked
 from serving.health import HEALTHY, Health
@@ -45,7 +46,7 @@ from serving.modelfolder import HealthCheck
 from serving.proxy import Pool, UpstreamError
 from serving.routing import NoReplica, NoRoute, Replica, Route, parse
 from serving.scaler import Autoscaler
-from serving.traffic import AFFINITY_HEADER, STAGE_HEADER, Split
+from serving.traffic import AFFINITY_HEADER, Split
 from tasks import replicas as files
 
 log = logging.getLogger("mlyard.gateway")
@@ -256,6 +257,9 @@ class Gateway:
 
     async def _serve(self, scope: dict, receive, send, path: str, route: Route | None = None,
                      body: bytes | None = None) -> None:
+        """An endpoint's request: its route, endpoint and token; the stage its traffic shares pick (and a
+        shadow); its body; a replica to take it (another when one refuses); the answer relayed and counted,
+        then copied to the shadow."""
         started = time.perf_counter()
         if route is None:
             try:
@@ -266,27 +270,16 @@ class Gateway:
         if ep is None:
             status, body, headers = unknown_endpoint(route, self.loaded)
             return await asgi.reply(send, status, body, headers=headers)
-        if not ep["public"]:
-            why = token_problem(self.shared.internal, ep, scope)
-            if why is not None:
-                return await asgi.reply(send, 401, route_error(route, 401, why),
-                                        headers=[(b"www-authenticate", b"Bearer")])
+        if not ep["public"] and (why := token_problem(self.shared.internal, ep, scope)) is not None:
+            return await asgi.reply(send, 401, route_error(route, 401, why), headers=[(b"www-authenticate", b"Bearer")])
         route = self.shared.router.for_default(route, ep.get("served_models") or ())
         split = self.shared.splits.get(route.endpoint)
-        shadow = fallback = None  # fallback: the default's route, when the split chose another stage
-        if split is not None and route.stage is None:
-            affinity = next((v for k, v in scope["headers"] if k == AFFINITY_HEADER), None)
-            chosen = split.choose(route.model, affinity)
-            if chosen is not None:
-                route, fallback = Route(route.endpoint, chosen, route.model, route.rest), route
-            elif split.shadows:
-                shadow = split.shadow(route.model, affinity)
+        route, fallback, shadow = self._shared_out(route, split, scope)
         try:
             stage = self.shared.router.stage_of(route)
         except NoRoute as exc:
             name = route.stage or ep["default"] or ""
-            known = ep["stages"].get(name)
-            if known is not None:  # the stage exists but does not serve now (stopped, deploying, failed)
+            if (known := ep["stages"].get(name)) is not None:  # it exists but serves nothing now (stopped, failed)
                 why = f"stage {route.endpoint}/{name} is {known['status']} and serves no requests now"
                 return await asgi.reply(send, 503, route_error(route, 503, why), headers=RETRY_AFTER)
             return await asgi.reply(send, 404, route_error(route, 404, str(exc)))
@@ -299,24 +292,49 @@ class Gateway:
         target = route.rest + ("?" + qs.decode("latin-1") if qs else "")
         headers = [(k, v) for k, v in scope["headers"] if k != b"authorization" and k != REPLICA_HEADER]
         headers += self._to_replica
+        taken = await self._forward(scope["method"], route, stage, fallback, target, headers, body, started)
+        if not isinstance(taken, Taken):
+            status, answer, extra = taken
+            return await asgi.reply(send, status, answer, headers=extra)
+        whole, failed = await relay(self.shared, send, taken, split, keep=shadow is not None, started=started)
+        if shadow is not None:
+            mirror(self.shared, Route(taken.route.endpoint, shadow, taken.route.model, taken.route.rest),
+                   scope["method"], target, headers, body, whole if not failed else None,
+                   split.tolerance if split else 1e-6)
+
+    def _shared_out(self, route: Route, split: Split | None, scope: dict) -> tuple[Route, Route | None, str | None]:
+        """For a default-URL request of an endpoint whose stages share its traffic: the stage the shares pick
+        (the default's route kept as the fallback) or the shadow stage to copy the request to."""
+        if split is None or route.stage is not None:
+            return route, None, None
+        affinity = next((v for k, v in scope["headers"] if k == AFFINITY_HEADER), None)
+        chosen = split.choose(route.model, affinity)
+        if chosen is not None:
+            return Route(route.endpoint, chosen, route.model, route.rest), route, None
+        return route, None, split.shadow(route.model, affinity) if split.shadows else None
+
+    async def _forward(self, method: str, route: Route, stage: str, fallback: Route | None, target: str,
+                       headers: list, body: bytes, started: float) -> Taken | tuple[int, bytes, list]:
+        """The request sent to the stage's least busy healthy replica (another when one refuses the
+        connection; the fallback's stage when the chosen one has none): what answers, or the refusal."""
         key = (route.endpoint, stage, route.model)
         for _ in range(4):
             try:
                 replica = self.shared.router.acquire(route)
             except NoRoute as exc:
-                return await asgi.reply(send, 404, route_error(route, 404, str(exc)))
+                return 404, route_error(route, 404, str(exc)), []
             except NoReplica as exc:
                 if await self._recheck():  # a replica its flow just found healthy, not yet in the table
                     continue
                 self.shared.stats.record(key, (time.perf_counter() - started) * 1000, True)
-                if fallback is not None:  # the stage the split chose cannot answer now: counted, then the default
-                    self.shared.live.record((route.endpoint, stage), 0.0, True)
-                    route, fallback = fallback, None
-                    stage = self.shared.router.stage_of(route)
-                    key = (route.endpoint, stage, route.model)
-                    continue
-                return await asgi.reply(send, 503, route_error(route, 503, f"{exc}; retry shortly"),
-                                        headers=RETRY_AFTER)
+                if fallback is None:
+                    return 503, route_error(route, 503, f"{exc}; retry shortly"), RETRY_AFTER
+                # the stage the split chose cannot answer now: counted, then the default's
+                self.shared.live.record((route.endpoint, stage), 0.0, True)
+                route, fallback = fallback, None
+                stage = self.shared.router.stage_of(route)
+                key = (route.endpoint, stage, route.model)
+                continue
             t = self.shared.replicas.get(replica.url)
             if t is None:  # left the table between acquire and here
                 self.shared.router.release(replica)
@@ -324,7 +342,7 @@ class Gateway:
             t.requests += 1
             t.active += 1
             try:
-                resp = await t.pool.request(scope["method"], target, headers, body, timeout=self.shared.timeout)
+                resp = await t.pool.request(method, target, headers, body, timeout=self.shared.timeout)
             except UpstreamError as exc:
                 t.active -= 1
                 self.shared.router.release(replica)
@@ -332,51 +350,9 @@ class Gateway:
                     self._eject(replica.url, str(exc))
                     continue  # no answer began there: another replica takes it
                 self.shared.stats.record(key, (time.perf_counter() - started) * 1000, True)
-                return await asgi.reply(send, 502, route_error(route, 502, f"replica {replica.url}: {exc}"))
-            break
-        else:
-            return await asgi.reply(send, 503, route_error(route, 503, "no replica could be reached; retry shortly"),
-                                    headers=RETRY_AFTER)
-        classes = None
-        out_headers = []
-        for k, v in resp.headers:
-            if k == b"x-mlyard-classes":
-                classes = v
-            else:
-                out_headers.append((k, v))
-        failed = resp.status >= 500
-        whole = None
-        if split is not None:
-            out_headers.append((STAGE_HEADER, stage.encode()))
-        try:
-            await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
-            whole = resp.complete()
-            if whole is not None:  # one write for the body and its end
-                await send({"type": "http.response.body", "body": whole})
-            else:
-                kept: list[bytes] | None = [] if shadow is not None else None  # the answer, for the shadow's comparison
-                async for chunk in resp.body():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    if kept is not None:
-                        kept.append(chunk)
-                        if len(kept) > 256:  # a long stream (a chat's tokens): not compared
-                            kept = None
-                await send({"type": "http.response.body", "body": b""})
-                whole = b"".join(kept) if kept is not None else None
-        except (UpstreamError, OSError) as exc:
-            failed = True
-            log.warning("replica %s broke off its answer: %s", replica.url, exc)
-        finally:
-            resp.close()  # back to the pool when read to the end, else closed
-            t.active -= 1
-            self.shared.router.release(replica)
-            ms = (time.perf_counter() - started) * 1000
-            self.shared.stats.record(key, ms, failed or resp.status >= 400, classes)
-            if split is not None:
-                self.shared.live.record((route.endpoint, stage), ms, failed)
-        if shadow is not None:
-            mirror(self.shared, Route(route.endpoint, shadow, route.model, route.rest), scope["method"], target, headers, body,
-                   whole if not failed else None, split.tolerance if split else 1e-6)
+                return 502, route_error(route, 502, f"replica {replica.url}: {exc}"), []
+            return Taken(route, stage, key, replica, t, resp)
+        return 503, route_error(route, 503, "no replica could be reached; retry shortly"), RETRY_AFTER
 
     def _start(self) -> None:
         self._tasks.append(asyncio.get_running_loop().create_task(self._loop()))

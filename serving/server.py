@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from serving.app import ModelServer
-from serving.runtime import ServedModel, load
+from serving.loading import load
+from serving.runtime import ServedModel
 
 
 def build(path: Path | str, name: str | None = None, version: str = "1", **options) -> ModelServer:

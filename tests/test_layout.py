@@ -323,3 +323,27 @@ def test_the_environment_check_finds_each_kind_of_read(tmp_path):
         "import os\na = os.environ.get('A')\nb = os.environ['B']\nc = os.getenv('C')\nd = 'D' in os.environ\n"
         "os.environ['E'] = '1'\nenv = {**os.environ}\nos.environ.setdefault('F', '1')\n")
     assert _environment_reads(tmp_path) == ["tasks/x.py:2", "tasks/x.py:3", "tasks/x.py:4", "tasks/x.py:5"]
+
+
+# -- sizes that still read (DESIGN: a module a person reads in one sitting, functions that read as steps) --
+
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 100
+
+
+def test_no_module_over_400_lines_and_no_function_over_100():
+    import ast
+
+    long_modules, long_functions = [], []
+    for path in sorted(ROOT.glob("*/**/*.py")):
+        rel = path.relative_to(ROOT)
+        if rel.parts[0] not in FLOOR:
+            continue
+        text = path.read_text()
+        if text.count("\n") > MAX_MODULE_LINES:
+            long_modules.append(f"{rel}: {text.count(chr(10))} lines")
+        long_functions += [f"{rel}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1} lines"
+                           for node in ast.walk(ast.parse(text))
+                           if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                           and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+    assert not long_modules, "modules over 400 lines (split them by what they do):\n" + "\n".join(long_modules)
+    assert not long_functions, "functions over 100 lines (make them read as steps):\n" + "\n".join(long_functions)

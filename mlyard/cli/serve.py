@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import functools
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -70,115 +71,93 @@ def serve(
 
     given = guard(lambda: _params(param))
     os.environ.update(param_environ(given))
-    if model_folder is not None:
+    if model_folder is not None:  # 1. a Backend.AI model folder, alone
         if model is not None or entry_script is not None or chat_model is not None:
             guard(lambda: _raise(SpecError("--model-folder", str(model_folder), "alone (not with MODEL, --entry-script "
                                            "or --chat-model)")))
         from serving import modelfolder
 
         folder = guard(lambda: modelfolder.load(model_folder, definition, runtime))
-        _serve_folder(folder, service_port, host, port or 8080)
-        return
-    if entry_script is not None:
+        return _serve_folder(folder, service_port, host, port or 8080)
+    if entry_script is not None:  # 2. an Azure ML entry script, alone
         if model is not None or chat_model is not None:
             guard(lambda: _raise(SpecError("MODEL" if model else "--chat-model", model or chat_model,
                                            "nothing with --entry-script (the script loads its model)")))
-        from serving.azure import DEFAULT_PORT, serve_entry_script
-
-        _listening(lambda: serve_entry_script(str(entry_script), str(model_dir) if model_dir else None, host,
-                                              port or DEFAULT_PORT, workers,
-                                              conda_file=str(conda_file) if conda_file else None,
-                                              requirements=str(requirements) if requirements else None),
-                   port or DEFAULT_PORT)
-        return
-    if model is not None and chat_model is None and _registered(model):
-        # A version pushed by `mlyard endpoints deploy --sync`: an entry script or a model folder.
-        path, _, _, registered = guard(lambda: _resolve(model))
-        from tasks.replicas import CODE_KIND
-
-        kind = registered.get(CODE_KIND)
-        if kind in ("entry-script", "model-folder"):
-            os.environ.update(param_environ({**registered, **given}))
-            if kind == "model-folder":
-                from serving import modelfolder
-
-                _serve_folder(guard(lambda: modelfolder.load(path, definition, runtime)), service_port, host,
-                              port or 8080)
-                return
-            from serving.azure import serve_entry_script
-
-            script = path / registered.get("entry_script", "score.py")
-            _listening(lambda: serve_entry_script(str(script), str(path), host, port or 8080, workers, strict=True),
-                       port or 8080)
-            return
+        return _serve_script(entry_script, model_dir, host, port, workers, conda_file, requirements)
+    if model is not None and chat_model is None and _registered(model) and \
+            _serve_pushed_code(model, given, definition, runtime, service_port, host, port, workers):
+        return  # 3. a version `mlyard endpoints deploy --sync` pushed: its entry script or model folder
     if model is None and chat_model is None:
         guard(lambda: _raise(SpecError("MODEL", None, "a model reference or directory (or --entry-script FILE, "
                                        "--model-folder DIR, --chat-model smollm2)")))
-    port = port or 8080
+    # 4. a model and/or a chat model, on the model server
+    _serve_models(_Served(model, chat_model, name, given, host, port or 8080, max_batch_size, max_latency_ms,
+                          timeout_seconds, max_body_mb, compile_model, inference_log))
 
+
+@dataclass(frozen=True)
+class _Served:
+    """What the model server is asked to serve, and how (`mlyard serve`'s options for it)."""
+
+    model: str | None
+    chat_model: str | None
+    name: str | None
+    given: dict[str, str]  # --param
+    host: str
+    port: int
+    max_batch_size: int
+    max_latency_ms: float
+    timeout_seconds: float
+    max_body_mb: float
+    compile_model: bool
+    inference_log: str | None
+
+
+def _serve_script(entry_script: Path, model_dir: Path | None, host: str, port: int | None, workers: int,
+                  conda_file: Path | None, requirements: Path | None) -> None:
+    from serving.azure import DEFAULT_PORT, serve_entry_script
+
+    _listening(lambda: serve_entry_script(str(entry_script), str(model_dir) if model_dir else None, host,
+                                          port or DEFAULT_PORT, workers,
+                                          conda_file=str(conda_file) if conda_file else None,
+                                          requirements=str(requirements) if requirements else None),
+               port or DEFAULT_PORT)
+
+
+def _serve_pushed_code(model: str, given: dict[str, str], definition: str | None, runtime: str | None,
+                       service_port: int | None, host: str, port: int | None, workers: int) -> bool:
+    """Serve a registered version that holds pushed code (an entry script or a model folder); False for a
+    model of any other kind (the model server serves it)."""
+    import os
+
+    from core.names import param_environ
+    from tasks.replicas import CODE_KIND
+
+    path, _, _, registered = guard(lambda: _resolve(model))
+    kind = registered.get(CODE_KIND)
+    if kind not in ("entry-script", "model-folder"):
+        return False
+    os.environ.update(param_environ({**registered, **given}))
+    if kind == "model-folder":
+        from serving import modelfolder
+
+        _serve_folder(guard(lambda: modelfolder.load(path, definition, runtime)), service_port, host, port or 8080)
+        return True
+    from serving.azure import serve_entry_script
+
+    script = path / registered.get("entry_script", "score.py")
+    _listening(lambda: serve_entry_script(str(script), str(path), host, port or 8080, workers, strict=True),
+               port or 8080)
+    return True
+
+
+def _serve_models(o: _Served) -> None:
+    """The model server: the request log opened, the model resolved and checked (loaded once the server
+    listens), the chat model loaded, then the server runs until Ctrl-C."""
     loaded: dict = {}
-
-    def prepare():
-        """The model's files, name and version, resolved and checked before anything listens."""
-        from serving.runtime import layout, to_compile
-        from serving.runtime import load as load_model
-        from serving.server import Pending
-
-        if max_batch_size < 1:
-            raise SpecError("--max-batch-size", max_batch_size, "at least 1")
-        if model is None:
-            return None
-        path, default_name, version, registered = _resolve(model)
-        layout(path)  # a folder that holds no model it can serve is refused now, before listening
-        merged = {**registered, **given}
-        os.environ.update(param_environ(merged))
-        # loaded (compiled when it was not at registration) once the server listens: meanwhile it answers
-        # ready false and 503, as KServe's servers do, rather than refusing connections
-        served_name = name or default_name
-
-        def load_model_now():
-            print(f"listening on {host}:{port}; loading {served_name} (version {version}) ...", file=sys.stderr,
-                  flush=True)
-            try:
-                source = to_compile(path) if compile_model else None
-                note = _compile_apart(source) if source is not None else None
-                loaded["model"] = load_model(path, served_name, version, params=merged, compile=compile_model)
-                if note and loaded["model"].runtime_note == "cached":
-                    loaded["model"].runtime_note = note
-            except MlyardError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the model's own code or files: one line, naming it
-                raise SpecError("MODEL", model, f"a model that loads here; loading it raised {type(exc).__name__}: "
-                                f"{str(exc)[:500]}") from None
-            return loaded["model"]
-
-        return Pending(served_name, version, load_model_now)
-
-    def load_chat():
-        from serving.generative import ChatModel
-
-        if chat_model is None:
-            return None
-        if model is None:
-            print(f"loading {chat_model} ...", file=sys.stderr, flush=True)
-        from core.specs import is_registry_ref
-
-        if chat_model.startswith("models:/") or (is_registry_ref(chat_model) and not Path(chat_model).exists()):
-            path, registered_name, _, _ = _resolve(chat_model)  # a registered chat model (parameter task=chat)
-            return ChatModel(str(path), (name if model is None else None) or registered_name)
-        return ChatModel(chat_model, name if model is None else None)
-
-    def open_log():
-        from serving.inference_log import InferenceLog
-
-        try:
-            return InferenceLog(inference_log) if inference_log else None
-        except OSError as exc:
-            raise SpecError("--inference-log", inference_log, f"a file that can be written ({exc.strerror})") from None
-
-    log = guard(open_log)
-    pending = guard(prepare)
-    chat = guard(load_chat)
+    log = guard(lambda: _open_log(o.inference_log))
+    pending = guard(lambda: _pending_model(o, loaded))
+    chat = guard(lambda: _load_chat(o))
     from serving.server import run
 
     def ready(url: str) -> None:
@@ -191,10 +170,76 @@ def serve(
         if chat is not None:
             print(f"serving {chat.name} on {url}  (OpenAI base URL: {url}/openai/v1)", flush=True)
 
-    _listening(lambda: guard(lambda: run([], chat=chat, host=host, port=port, on_ready=ready, pending=pending,
-                                         max_batch_size=max_batch_size, max_latency_ms=max_latency_ms,
-                                         timeout_seconds=timeout_seconds,
-                                         max_body_bytes=int(max_body_mb * 1024 * 1024), inference_log=log)), port)
+    _listening(lambda: guard(lambda: run([], chat=chat, host=o.host, port=o.port, on_ready=ready, pending=pending,
+                                         max_batch_size=o.max_batch_size, max_latency_ms=o.max_latency_ms,
+                                         timeout_seconds=o.timeout_seconds,
+                                         max_body_bytes=int(o.max_body_mb * 1024 * 1024), inference_log=log)), o.port)
+
+
+def _pending_model(o: _Served, loaded: dict):
+    """The model's files, name and version, resolved and checked before anything listens; it is loaded
+    (compiled when it was not at registration) once the server listens: meanwhile it answers ready false
+    and 503, as KServe's servers do, rather than refusing connections. None without a model."""
+    import os
+
+    from core.names import param_environ
+    from serving.loading import layout, to_compile
+    from serving.loading import load as load_model
+    from serving.server import Pending
+
+    if o.max_batch_size < 1:
+        raise SpecError("--max-batch-size", o.max_batch_size, "at least 1")
+    if o.model is None:
+        return None
+    model = o.model
+    path, default_name, version, registered = _resolve(model)
+    layout(path)  # a folder that holds no model it can serve is refused now, before listening
+    merged = {**registered, **o.given}
+    os.environ.update(param_environ(merged))
+    served_name = o.name or default_name
+
+    def load_model_now():
+        print(f"listening on {o.host}:{o.port}; loading {served_name} (version {version}) ...", file=sys.stderr,
+              flush=True)
+        try:
+            source = to_compile(path) if o.compile_model else None
+            note = _compile_apart(source) if source is not None else None
+            loaded["model"] = load_model(path, served_name, version, params=merged, compile=o.compile_model)
+            if note and loaded["model"].runtime_note == "cached":
+                loaded["model"].runtime_note = note
+        except MlyardError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the model's own code or files: one line, naming it
+            raise SpecError("MODEL", model, f"a model that loads here; loading it raised {type(exc).__name__}: "
+                            f"{str(exc)[:500]}") from None
+        return loaded["model"]
+
+    return Pending(served_name, version, load_model_now)
+
+
+def _load_chat(o: _Served):
+    """The chat model (None without one): smollm2, a .gguf file, a transformers folder or a registered one."""
+    from serving.generative import ChatModel
+
+    if o.chat_model is None:
+        return None
+    if o.model is None:
+        print(f"loading {o.chat_model} ...", file=sys.stderr, flush=True)
+    from core.specs import is_registry_ref
+
+    if o.chat_model.startswith("models:/") or (is_registry_ref(o.chat_model) and not Path(o.chat_model).exists()):
+        path, registered_name, _, _ = _resolve(o.chat_model)  # a registered chat model (parameter task=chat)
+        return ChatModel(str(path), (o.name if o.model is None else None) or registered_name)
+    return ChatModel(o.chat_model, o.name if o.model is None else None)
+
+
+def _open_log(inference_log: str | None):
+    from serving.inference_log import InferenceLog
+
+    try:
+        return InferenceLog(inference_log) if inference_log else None
+    except OSError as exc:
+        raise SpecError("--inference-log", inference_log, f"a file that can be written ({exc.strerror})") from None
 
 
 def _compile_apart(source: Path) -> str | None:
@@ -203,7 +248,7 @@ def _compile_apart(source: Path) -> str | None:
     that process failed (the server's own load then compiles, or says why not)."""
     import subprocess
 
-    probe = ("import sys; from pathlib import Path; from serving.runtime import load; "
+    probe = ("import sys; from pathlib import Path; from serving.loading import load; "
              "m = load(Path(sys.argv[1])); print(m.runtime_note)")
     done = subprocess.run([sys.executable, "-c", probe, str(source)], capture_output=True, text=True)
     lines = done.stdout.strip().splitlines()

@@ -145,8 +145,8 @@ def test_strings_for_a_signature_that_declares_numbers_are_refused_naming_it(tmp
     from sklearn.datasets import load_iris
     from sklearn.linear_model import LogisticRegression
 
+    from serving.loading import load
     from serving.protocol import BadRequest
-    from serving.runtime import load
 
     x, y = load_iris(return_X_y=True)
     model = LogisticRegression(max_iter=500).fit(x, y)

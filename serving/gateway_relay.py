@@ -1,0 +1,70 @@
+"""A replica's answer relayed to the gateway's client (serving/gateway.py takes the replica), counted for
+the endpoint's statistics and its promotion gates, kept whole when a shadow stage is to compare it."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from serving.gateway_state import Shared, Tracked
+from serving.proxy import UpstreamError
+from serving.routing import Replica, Route
+from serving.traffic import STAGE_HEADER, Split
+
+log = logging.getLogger("mlyard.gateway")
+
+
+@dataclass
+class Taken:
+    """A request a replica took: the route and stage it went to, its statistics key, the replica, its answer."""
+
+    route: Route
+    stage: str
+    key: tuple[str, str, str]
+    replica: Replica
+    tracked: Tracked
+    resp: Any
+
+
+async def relay(shared: Shared, send, taken: Taken, split: Split | None, keep: bool, started: float) -> tuple[bytes | None, bool]:
+    """The replica's answer streamed to the client (the stage named when traffic is shared), counted
+    for the statistics and the gates: (the whole answer, when `keep` and it was short; whether it failed)."""
+    resp, route, stage = taken.resp, taken.route, taken.stage
+    classes, out_headers = None, []
+    for k, v in resp.headers:
+        if k == b"x-mlyard-classes":
+            classes = v
+        else:
+            out_headers.append((k, v))
+    failed, whole = resp.status >= 500, None
+    if split is not None:
+        out_headers.append((STAGE_HEADER, stage.encode()))
+    try:
+        await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
+        whole = resp.complete()
+        if whole is not None:  # one write for the body and its end
+            await send({"type": "http.response.body", "body": whole})
+        else:
+            kept: list[bytes] | None = [] if keep else None  # the answer, for the shadow's comparison
+            async for chunk in resp.body():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if kept is not None:
+                    kept.append(chunk)
+                    if len(kept) > 256:  # a long stream (a chat's tokens): not compared
+                        kept = None
+            await send({"type": "http.response.body", "body": b""})
+            whole = b"".join(kept) if kept is not None else None
+    except (UpstreamError, OSError) as exc:
+        failed = True
+        log.warning("replica %s broke off its answer: %s", taken.replica.url, exc)
+    finally:
+        resp.close()  # back to the pool when read to the end, else closed
+        taken.tracked.active -= 1
+        shared.router.release(taken.replica)
+        ms = (time.perf_counter() - started) * 1000
+        shared.stats.record(taken.key, ms, failed or resp.status >= 400, classes)
+        if split is not None:
+            shared.live.record((route.endpoint, stage), ms, failed)
+    return whole, failed
