@@ -12,6 +12,7 @@ import secrets
 import signal
 import sys
 import threading
+from typing import Any
 
 from core.connection import StackState, healthy, point_prefect, read_state
 from core.errors import MlyardError, StackError
@@ -201,7 +202,7 @@ def _stop_group(pid: int, grace_seconds: float, sig: int = signal.SIGTERM) -> bo
 
 def status(settings: Settings) -> dict:
     state = read_state(settings)
-    out = {"home": str(settings.home_dir), "running": False, "processes": {},
+    out: dict[str, Any] = {"home": str(settings.home_dir), "running": False, "processes": {},
            "prefect_ui": None, "prefect_api": settings.prefect_api_url, "mlflow_tracking_uri": settings.mlflow_uri,
            "mlflow_ui": None, "mlyard_api": None, "dashboard": None, "gateway": None,
            "catalog": settings.catalog_db_url}
