@@ -22,8 +22,8 @@ $(STAMP):
 	# local wheels pip is pointed at (the CPU torch) are handed to it.
 	$(PY) -m pip install --quiet -c constraints.txt uv
 	$(VENV)/bin/uv pip install --python $(PY) --quiet --compile-bytecode $(FIND_LINKS:%=--find-links %) \
-	  -c constraints.txt -e '.[test,torch,llm,rag,notebook]' \
-	  || $(PY) -m pip install --quiet -c constraints.txt -e '.[test,torch,llm,rag,notebook]'
+	  -c constraints.txt -e '.[test,torch,llm,rag,notebook,tensorboard]' \
+	  || $(PY) -m pip install --quiet -c constraints.txt -e '.[test,torch,llm,rag,notebook,tensorboard]'
 	# JupyterLab's jupyter-events asks for jsonschema[format-nongpl], which brings rfc3987-syntax: it compiles
 	# a Lark grammar when jsonschema is imported, 1.9 s of CPU in every process that imports Prefect (every
 	# flow run, worker, command and server). Only jsonschema's "iri" format checks need it; the platform's

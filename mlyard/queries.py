@@ -50,6 +50,8 @@ def trainings_show(training_id: str) -> dict[str, Any]:
         info["metrics"] = run.metrics
         info["artifact_uri"] = run.artifact_uri
     info["links"] = links(p.settings, training_id, run.run_id if run else None, run.experiment_id if run else None)
+    if run is not None and p.tracking.has_artifacts(run.run_id, "tensorboard"):  # it wrote EM_TENSORBOARD_LOG_DIR
+        info["links"]["tensorboard"] = f"mlyard trainings tensorboard {training_id[:8]}"
     return info
 
 

@@ -6,13 +6,14 @@ one logged to.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from mlyard import runs
 from mlyard.runs import ACTIVE_STATUSES, TRAINING
 
 FLOW_NAME = TRAINING.flow
 __all__ = ["ACTIVE_STATUSES", "TrainingInfo", "training_status", "list_trainings", "get_training", "stop_training",
-           "active_in_experiment"]
+           "active_in_experiment", "tensorboard_logs"]
 
 
 def training_status(state_type: str | None, entry_point_started: bool) -> str:
@@ -49,3 +50,37 @@ def stop_training(training_id: str, reason: str = "stopped by user") -> Training
 def active_in_experiment(experiment: str) -> list[str]:
     return [t.name for t in list_trainings(limit=10_000, experiment=experiment, active_only=True)
             if t.status in ACTIVE_STATUSES]
+
+
+def tensorboard_logs(training_id: str) -> tuple[str, Path, bool]:
+    """(the whole training id, the folder of its TensorBoard logs, whether they are live): while it runs on
+    this machine, its working folder's `EM_TENSORBOARD_LOG_DIR` (TensorBoard follows the script's writes);
+    else the copy it saved to its MLflow run, downloaded once into `<home>/tensorboard/ID`. SpecError when
+    the training wrote none."""
+    import shutil
+
+    from core.connection import connect
+    from core.errors import SpecError
+    from flows.platform import Platform
+    from tasks.processes import alive
+
+    info = get_training(training_id)
+    settings = connect()
+    if info.status in ACTIVE_STATUSES:  # its working folder: <home>/runs/NAME.pidPID.*/tensorboard
+        for folder in sorted(settings.runs_dir.glob(f"{info.name}.pid*"), key=lambda f: f.stat().st_mtime, reverse=True):
+            pid = folder.name.split(".pid", 1)[1].split(".", 1)[0]
+            if pid.isdigit() and alive(int(pid)) and (folder / "tensorboard").is_dir():
+                return info.id, folder / "tensorboard", True
+    p = Platform(settings)
+    run = p.tracking.find_training_run(info.id)
+    if run is None or not p.tracking.has_artifacts(run.run_id, "tensorboard"):
+        raise SpecError("training", training_id, "a training whose script wrote TensorBoard logs to "
+                        "EM_TENSORBOARD_LOG_DIR (this one wrote none)" + (
+                            "; it is still starting: try again once it runs" if info.status in ACTIVE_STATUSES else ""))
+    kept = settings.home_dir / "tensorboard" / info.id
+    if not kept.is_dir():
+        partial = kept.with_name(f"{info.id}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        p.tracking.download(run.run_id, "tensorboard", partial)
+        partial.rename(kept)
+    return info.id, kept, False

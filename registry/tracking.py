@@ -199,6 +199,10 @@ class Tracking:
         dst.mkdir(parents=True, exist_ok=True)
         return Path(self.client.download_artifacts(run_id, path, str(dst)))
 
+    def has_artifacts(self, run_id: str, path: str) -> bool:
+        """Whether the run holds artifacts under `path` (a folder it logged, such as `tensorboard`)."""
+        return bool(self.client.list_artifacts(run_id, path))
+
     def find_run(self, tags: Mapping[str, str]) -> str | None:
         """The id of a run carrying all `tags`, or None."""
         query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())

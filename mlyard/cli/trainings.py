@@ -83,3 +83,66 @@ def trainings_copy(training_id: str,
     """Start a new training with the same spec (and optional overrides)."""
     guard(lambda: run_or_submit("TRAINING", copied("TRAINING", training_id, name), sets, submit, pool, as_json,
                                 "trainings show"))
+
+
+@app.command("tensorboard")
+def trainings_tensorboard(training_id: str,
+                          port: int = typer.Option(6006, "--port", "-p", help="Port on 127.0.0.1 (0: a free one)."),
+                          as_json: bool = JSON) -> None:
+    """TensorBoard on the logs the training's script wrote to EM_TENSORBOARD_LOG_DIR (live while it runs here,
+    else the copy saved with its MLflow run), on 127.0.0.1; it stops with this command (Ctrl-C)."""
+    import importlib.util
+    import json
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from mlyard.trainings import tensorboard_logs
+
+    if importlib.util.find_spec("tensorboard") is None:
+        guard(lambda: _refuse(SpecError("tensorboard", "not installed", "TensorBoard in mlyard's environment: "
+                                        "pip install 'mlyard[tensorboard]' (make install includes it)")))
+    whole_id, logdir, live = guard(lambda: tensorboard_logs(training_id))
+    with socket.socket() as sock:  # a port taken is said in one line, before TensorBoard starts
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            taken = SpecError("--port", port, f"a free port ({exc.strerror}); pick another")
+            guard(lambda: _refuse(taken))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1",
+                             "--port", str(port), "--reload_interval", "5"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(url + "data/logdir", timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.2)
+        if proc.poll() is not None:
+            guard(lambda: _refuse(SpecError("tensorboard", f"exit {proc.returncode}", "a TensorBoard that starts: "
+                                            + (proc.stderr.read() if proc.stderr else "")[-300:].strip())))
+        if as_json:  # one line, flushed: a script reads the URL while TensorBoard runs
+            print(json.dumps({"training_id": whole_id, "url": url, "logdir": str(logdir), "live": live}), flush=True)
+        else:
+            print(f"TensorBoard of training {whole_id[:8]} ({'live' if live else 'saved'} logs, {logdir}) on {url}"
+                  "  (Ctrl-C stops it)", flush=True)
+        proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _refuse(exc: Exception):
+    raise exc
