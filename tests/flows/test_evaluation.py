@@ -61,15 +61,15 @@ def test_classification_metrics_equal_sklearn_and_pictures_reach_mlflow(platform
     from prefect.client.orchestration import get_client
 
     from core.names import STARTED_LABEL
-    from mlyard.runs import _started
+    from mlyard.runs import started_in
 
     with get_client(sync_client=True) as client:  # RUNNING is derived from the batch subflow having started
         fr = client.read_flow_run(result.evaluation_id)
         for step in (EVALUATION.marker, EVALUATION.closing):
             assert fr.labels.get(STARTED_LABEL + step) is True, fr.labels  # set as the step started
-            assert _started(client, step, [fr]) == {result.evaluation_id}
+            assert started_in(client, step, [fr]) == {result.evaluation_id}
             # a run without the label (made before it, or its label failed): found from its task runs
-            assert _started(client, step, [fr.model_copy(update={"labels": {}})]) == {result.evaluation_id}
+            assert started_in(client, step, [fr.model_copy(update={"labels": {}})]) == {result.evaluation_id}
     batch = get_run(BATCH, result.batch_id)
     assert batch.status == "COMPLETE" and batch.parent_id == result.evaluation_id
 
