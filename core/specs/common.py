@@ -32,9 +32,11 @@ def form_schema(schema: dict[str, Any], cls: type) -> None:
       pairs first, which the form shows as inputs, or as a JSON mapping: Prefect's check accepts both,
       so the YAML's, the CLI's and `prefect deployment run --params`' mappings pass as before, and the
       model reads the pairs back into the mapping (SpecModel._mappings_from_pairs).
-    - An optional nested model (`EarlyStoppingSpec | None`) stays a choice of the model or none, since
-      Prefect's check reads it as nullable only so; `FORM_NONE` (a class attribute, field -> label) names
-      the none button for what leaving it out means ("Off") instead of "None".
+    - An optional nested model (`EarlyStoppingSpec | None`) stays a choice of none or the model, since
+      Prefect's check reads it as nullable only so. The none choice comes first (the field's default) and
+      is written as "anything but a value" (`not` of every other type) rather than `type: null`: the
+      form then shows nothing under it, not the text 'Property is type "None"', and sends null. `FORM_NONE`
+      (a class attribute, field -> label) names it for what leaving it out means ("Off", "Use template").
     - `FORM_FIRST` (a class attribute) puts what a person fills first at the top of the form."""
     props: dict[str, Any] = schema.get("properties", {})
     for name, prop in props.items():
@@ -46,7 +48,7 @@ def form_schema(schema: dict[str, Any], cls: type) -> None:
             continue
         (kept,) = [o for o in options if o != {"type": "null"}]
         if name in getattr(cls, "FORM_NONE", {}):  # a nested model stays a choice: say what leaving it out means
-            prop["anyOf"] = [kept, {"type": "null", "title": cls.FORM_NONE[name]}]  # type: ignore[attr-defined]
+            prop["anyOf"] = [{"title": cls.FORM_NONE[name], "not": {"type": NOT_NULL}}, kept]  # type: ignore[attr-defined]
             continue
         if "type" not in kept or kept["type"] == "object" or "enum" in kept or "const" in kept:
             continue  # Prefect's check would not read it as nullable (a nested model), or null would still
@@ -146,6 +148,7 @@ class SpecModel(BaseModel):
 
 
 INT64_LIMIT = 2**63
+NOT_NULL = ["string", "number", "integer", "boolean", "array", "object"]  # every JSON type but null
 
 
 def unstorable_number(value: Any, path: str) -> tuple[str, Any] | None:

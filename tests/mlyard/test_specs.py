@@ -168,8 +168,11 @@ def test_run_forms_show_inputs_not_json_and_prefect_still_takes_the_specs(flow_p
             shown[f"{model['title']}.{field}"] = _rendered(prop, defs)
             if "anyOf" in prop:  # a choice only where it means something; never a `str | None` toggle
                 assert shown[f"{model['title']}.{field}"] in (
-                    "choice of Key and value | JSON", "choice of TrainingSpec | Use template",
-                    "choice of EarlyStoppingSpec | Off"), (field, prop)
+                    "choice of Key and value | JSON", "choice of Use template | TrainingSpec",
+                    "choice of Off | EarlyStoppingSpec"), (field, prop)
+                # the none choice: nothing to fill (no `type: null`, which the form shows as 'Property is
+                # type "None"'), and null alone passes it
+                assert all(o.get("type") != "null" for o in prop["anyOf"]), (field, prop)
             assert shown[f"{model['title']}.{field}"] != "JSON editor", f"{field} shows a JSON editor"
             assert "](" not in prop.get("pattern", ""), f"{field}'s pattern would show mangled in the UI's Markdown"
     # what the YAML, the CLI and Python send (mappings, nulls) and what the form sends (pairs) both pass
@@ -184,6 +187,11 @@ def test_run_forms_show_inputs_not_json_and_prefect_still_takes_the_specs(flow_p
         for params in (as_yaml, as_form):
             assert validate(params, schema, raise_on_error=True) == []
         assert validate({"spec": {**BASE, "hyperparameters": [{"key": "lr"}]}}, schema), "a pair without a value"
+    if flow_path == "flows.tuning:tune":  # the none choices take null (the CLI's, the form's) and nothing else
+        tune = FORMS[flow_path]["spec"]
+        assert validate({"spec": {**tune, "training": None, "early_stopping": None}}, schema, raise_on_error=True) == []
+        assert validate({"spec": {**tune, "early_stopping": {"algorithm": "median"}}}, schema, raise_on_error=True) == []
+        assert validate({"spec": {**tune, "early_stopping": "off"}}, schema), "a string is no early stopping"
 
 
 def test_a_mapping_given_as_the_forms_pairs_is_read_as_the_mapping():
