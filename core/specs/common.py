@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 from core.errors import SpecError
 from core.uris import parse_uri
@@ -32,11 +32,12 @@ def form_schema(schema: dict[str, Any], cls: type) -> None:
       pairs first, which the form shows as inputs, or as a JSON mapping: Prefect's check accepts both,
       so the YAML's, the CLI's and `prefect deployment run --params`' mappings pass as before, and the
       model reads the pairs back into the mapping (SpecModel._mappings_from_pairs).
-    - An optional nested model (`EarlyStoppingSpec | None`) stays a choice of none or the model, since
-      Prefect's check reads it as nullable only so. The none choice comes first (the field's default) and
-      is written as "anything but a value" (`not` of every other type) rather than `type: null`: the
-      form then shows nothing under it, not the text 'Property is type "None"', and sends null. `FORM_NONE`
-      (a class attribute, field -> label) names it for what leaving it out means ("Off", "Use template").
+    - An optional nested model (`EarlyStoppingSpec | None`) stays a choice of none or the model. The none
+      choice comes first, the field's default, as an empty object (`{}`) rather than `type: null`: the form
+      then shows nothing to fill under it, not the text 'Property is type "None"' (and a type-less choice
+      would show a JSON editor). The model reads `{}` as None, and a spec leaves such a field out of its
+      dump when it is None, so what mlyard sends passes Prefect's check. `FORM_NONE` (a class attribute,
+      field -> label) names the choice for what leaving it out means ("Off", "Use template").
     - `FORM_FIRST` (a class attribute) puts what a person fills first at the top of the form."""
     props: dict[str, Any] = schema.get("properties", {})
     for name, prop in props.items():
@@ -48,7 +49,9 @@ def form_schema(schema: dict[str, Any], cls: type) -> None:
             continue
         (kept,) = [o for o in options if o != {"type": "null"}]
         if name in getattr(cls, "FORM_NONE", {}):  # a nested model stays a choice: say what leaving it out means
-            prop["anyOf"] = [{"title": cls.FORM_NONE[name], "not": {"type": NOT_NULL}}, kept]  # type: ignore[attr-defined]
+            prop["anyOf"] = [{"title": cls.FORM_NONE[name], "type": "object", "properties": {},  # type: ignore[attr-defined]
+                              "additionalProperties": False}, kept]
+            prop["default"] = {}
             continue
         if "type" not in kept or kept["type"] == "object" or "enum" in kept or "const" in kept:
             continue  # Prefect's check would not read it as nullable (a nested model), or null would still
@@ -131,7 +134,22 @@ class SpecModel(BaseModel):
     def _mappings_from_pairs(cls, data: Any) -> Any:
         """A mapping field given as the Run form's pairs ([{key, value}, ...]) is read as the mapping; a
         value of a mapping that also takes numbers or booleans is read as one when it is one."""
-        return _read_pairs(cls, data, strict=True) if isinstance(data, dict) else data
+        if not isinstance(data, dict):
+            return data
+        choices = getattr(cls, "FORM_NONE", {})
+        if any(data.get(name) == {} for name in choices):  # the Run form's none choice (form_schema)
+            data = {k: None if k in choices and v == {} else v for k, v in data.items()}
+        return _read_pairs(cls, data, strict=True)
+
+    @model_serializer(mode="wrap")
+    def _without_none_choices(self, handler: Any) -> Any:
+        """A none choice (FORM_NONE) that is None is left out: Prefect's check takes its absence, not null."""
+        data = handler(self)
+        if isinstance(data, dict):
+            for name in getattr(type(self), "FORM_NONE", {}):
+                if name in data and data[name] is None:
+                    del data[name]
+        return data
 
     @model_validator(mode="after")
     def _numbers_that_fit(self) -> "SpecModel":
@@ -148,7 +166,6 @@ class SpecModel(BaseModel):
 
 
 INT64_LIMIT = 2**63
-NOT_NULL = ["string", "number", "integer", "boolean", "array", "object"]  # every JSON type but null
 
 
 def unstorable_number(value: Any, path: str) -> tuple[str, Any] | None:

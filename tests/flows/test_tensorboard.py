@@ -43,7 +43,11 @@ def test_a_trainings_tensorboard_opens_on_its_logs_and_stops_with_the_command(st
     proc = subprocess.Popen([str(BIN / "mlyard"), "trainings", "tensorboard", done["training_id"][:8], "--port", "0",
                              "--json"], cwd=user_dir(), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        opened = json.loads(proc.stdout.readline())
+        first = proc.stdout.readline()
+        if not first:
+            proc.wait(10)
+            raise AssertionError(f"tensorboard said nothing: exit {proc.returncode} {proc.stderr.read()}")
+        opened = json.loads(first)
         url = opened["url"]
         assert url.startswith("http://127.0.0.1:") and opened["live"] is False, opened
         deadline, tags = time.monotonic() + 60, {}

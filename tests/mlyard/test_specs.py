@@ -189,9 +189,18 @@ def test_run_forms_show_inputs_not_json_and_prefect_still_takes_the_specs(flow_p
         assert validate({"spec": {**BASE, "hyperparameters": [{"key": "lr"}]}}, schema), "a pair without a value"
     if flow_path == "flows.tuning:tune":  # the none choices take null (the CLI's, the form's) and nothing else
         tune = FORMS[flow_path]["spec"]
-        assert validate({"spec": {**tune, "training": None, "early_stopping": None}}, schema, raise_on_error=True) == []
+        from core.specs import TuningSpec
+
+        assert validate({"spec": {**tune, "early_stopping": {}}}, schema, raise_on_error=True) == []
         assert validate({"spec": {**tune, "early_stopping": {"algorithm": "median"}}}, schema, raise_on_error=True) == []
         assert validate({"spec": {**tune, "early_stopping": "off"}}, schema), "a string is no early stopping"
+        # the form's none choice reads as None, and a spec sends none (absent) as Prefect's check takes it
+        spec = TuningSpec(**tune, early_stopping={})
+        assert spec.early_stopping is None and spec.training is None
+        dumped = spec.model_dump(mode="json")
+        assert "early_stopping" not in dumped and "training" not in dumped and dumped["template"] == "t"
+        assert validate({"spec": dumped}, schema, raise_on_error=True) == []
+        assert TuningSpec(**dumped) == spec
 
 
 def test_a_mapping_given_as_the_forms_pairs_is_read_as_the_mapping():
