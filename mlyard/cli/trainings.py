@@ -90,14 +90,13 @@ def trainings_tensorboard(training_id: str,
                           port: int = typer.Option(6006, "--port", "-p", help="Port on 127.0.0.1 (0: a free one)."),
                           as_json: bool = JSON) -> None:
     """TensorBoard on the logs the training's script wrote to EM_TENSORBOARD_LOG_DIR (live while it runs here,
-    else the copy saved with its MLflow run), on 127.0.0.1; it stops with this command (Ctrl-C)."""
+    else the copy saved with its MLflow run), on 127.0.0.1 behind a token only this command prints (other
+    local accounts get 401); it stops with this command (Ctrl-C)."""
     import importlib.util
     import json
+    import secrets
     import socket
-    import subprocess
-    import sys
     import time
-    import urllib.request
 
     from mlyard.trainings import tensorboard_logs
 
@@ -112,36 +111,52 @@ def trainings_tensorboard(training_id: str,
             taken = SpecError("--port", port, f"a free port ({exc.strerror}); pick another")
             guard(lambda: _refuse(taken))
         port = sock.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1",
-                             "--port", str(port), "--reload_interval", "5"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}/"
+    from tensorboard import default, program
+
+    token = secrets.token_urlsafe(24)
+    board = program.TensorBoard(default.get_plugins(),
+                                server_class=lambda app, flags: program.WerkzeugServer(_behind_token(app, token), flags))
+    board.configure(argv=[None, "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port),
+                          "--reload_interval", "5"])
+    url = board.launch()  # it serves from a thread of this process: it ends with the command
+    opened = f"{url}?token={token}"
+    if as_json:  # one line, flushed: a script reads the URL while TensorBoard runs
+        print(json.dumps({"training_id": whole_id, "url": opened, "token": token, "logdir": str(logdir),
+                          "live": live}), flush=True)
+    else:
+        print(f"TensorBoard of training {whole_id[:8]} ({'live' if live else 'saved'} logs, {logdir}):\n  {opened}\n"
+              "(the token keeps other local accounts out; Ctrl-C stops it)", flush=True)
     try:
-        deadline = time.monotonic() + 60
-        while proc.poll() is None and time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(url + "data/logdir", timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.2)
-        if proc.poll() is not None:
-            guard(lambda: _refuse(SpecError("tensorboard", f"exit {proc.returncode}", "a TensorBoard that starts: "
-                                            + (proc.stderr.read() if proc.stderr else "")[-300:].strip())))
-        if as_json:  # one line, flushed: a script reads the URL while TensorBoard runs
-            print(json.dumps({"training_id": whole_id, "url": url, "logdir": str(logdir), "live": live}), flush=True)
-        else:
-            print(f"TensorBoard of training {whole_id[:8]} ({'live' if live else 'saved'} logs, {logdir}) on {url}"
-                  "  (Ctrl-C stops it)", flush=True)
-        proc.wait()
+        while True:
+            time.sleep(3600)
     except KeyboardInterrupt:
         pass
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+
+
+def _behind_token(app, token: str):
+    """TensorBoard's WSGI app for the holder of `token` alone: the printed URL's `?token=` sets an HttpOnly
+    cookie (and drops the token from the address bar); a script may send `Authorization: Bearer TOKEN`.
+    Anything else is 401 before TensorBoard reads it."""
+    import hmac
+
+    def given(environ) -> bool:
+        auth = environ.get("HTTP_AUTHORIZATION", "")
+        cookies = dict(c.strip().split("=", 1) for c in environ.get("HTTP_COOKIE", "").split(";") if "=" in c)
+        return any(hmac.compare_digest(v.encode(), token.encode()) for v in (
+            auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else "", cookies.get("mlyard_tensorboard", "")))
+
+    def guarded(environ, start_response):
+        query = dict(p.split("=", 1) for p in environ.get("QUERY_STRING", "").split("&") if "=" in p)
+        if hmac.compare_digest(query.get("token", "").encode(), token.encode()):
+            start_response("302 Found", [("Location", environ.get("PATH_INFO") or "/"), ("Set-Cookie",
+                           f"mlyard_tensorboard={token}; HttpOnly; SameSite=Strict; Path=/")])
+            return [b""]
+        if given(environ):
+            return app(environ, start_response)
+        start_response("401 Unauthorized", [("Content-Type", "text/plain; charset=utf-8")])
+        return [b"open the URL that `mlyard trainings tensorboard` printed: it carries this board's token\n"]
+
+    return guarded
 
 
 def _refuse(exc: Exception):
