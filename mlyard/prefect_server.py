@@ -89,6 +89,26 @@ def check_each_schema_once(remembered: int = 256) -> None:
     jsonschema.validate = validate
 
 
+def readable_patterns() -> None:
+    """A value that a schema's `pattern` refuses is told in the words the schema gives beside it
+    (core.specs.common.PATTERN_WORDS_KEY) rather than as the regular expression, in what Prefect's
+    parameter check answers: the Run form's field messages and its toast ("'Bad Name' is not valid:
+    lowercase letters, digits and '-' ..."). Other patterns keep jsonschema's message."""
+    from jsonschema import ValidationError
+    from prefect.utilities.schema_tools import validation
+
+    from core.specs.common import PATTERN_WORDS_KEY
+
+    plain = validation._VALIDATOR.VALIDATORS["pattern"]
+
+    def pattern(validator: Any, patrn: str, instance: Any, schema: dict[str, Any]) -> Any:
+        for error in plain(validator, patrn, instance, schema):
+            words = schema.get(PATTERN_WORDS_KEY)
+            yield ValidationError(f"{instance!r} is not valid: {words}") if words else error
+
+    validation._VALIDATOR.VALIDATORS["pattern"] = pattern
+
+
 def background_polls_every(seconds: float = 1.0) -> None:
     """Prefect's background-task worker (docket: the server's loop services, late runs, cancellation
     clean-up, ..., and the tasks its API hands off) looks for due work every 0.25 s, Prefect exposing no
@@ -122,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
 
     take_write_lock_first()
     check_each_schema_once()
+    readable_patterns()
     background_polls_every(1.0)
     app = create_app(final=True)
     app.add_middleware(WritesFirst)

@@ -38,6 +38,31 @@ def test_an_integer_past_64_bits_is_refused_by_the_cli_and_by_prefect(stack):
     assert not any(t["name"] == "too-big" for t in listed)
 
 
+def test_a_bad_name_from_the_run_form_is_refused_in_words_not_a_regular_expression(stack):
+    """The Run form's toast showed the name's pattern itself; Prefect's check (the form's field messages
+    and a run's creation alike) now says what a name may hold, and no run is made."""
+    token = base64.b64encode(stack.prefect_auth_string.encode()).decode()
+    headers = {"Content-Type": "application/json", "Authorization": f"Basic {token}"}
+    spec = {"name": "Bad Name", "source_uri": str(EXAMPLES / "sklearn_digits"), "entry_point": "train.py"}
+    request = urllib.request.Request(
+        f"{stack.api_url}/deployments/{deployment_id(stack, 'train/local')}/create_flow_run", method="POST",
+        data=json.dumps({"parameters": {"spec": spec}}).encode(), headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            raise AssertionError(f"Prefect made a run named 'Bad Name': {resp.status}")
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode()
+        assert exc.code in (409, 422) and "lowercase letters, digits and '-'" in detail, detail
+        assert "^(" not in detail and "[a-z0-9]" not in detail, detail
+    # what the form asks as a person types: the same words under the field
+    deployment = json.loads(urllib.request.urlopen(urllib.request.Request(
+        f"{stack.api_url}/deployments/{deployment_id(stack, 'train/local')}", headers=headers), timeout=30).read())
+    checked = json.loads(urllib.request.urlopen(urllib.request.Request(
+        f"{stack.api_url}/ui/schemas/validate", method="POST", headers=headers, data=json.dumps(
+            {"schema": deployment["parameter_openapi_schema"], "values": {"spec": spec}}).encode()), timeout=30).read())
+    assert "lowercase letters, digits and '-'" in json.dumps(checked) and "^(" not in json.dumps(checked), checked
+
+
 def test_a_token_for_ninety_nine_million_days_is_one_line_naming_days(stack):
     _one_line_error(mlyard("endpoints", "tokens", "issue", "any-endpoint", "--days", "99999999"), "days", "36500")
     _one_line_error(mlyard("endpoints", "tokens", "issue", "any-endpoint", "--days", "nan"), "days")

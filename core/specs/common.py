@@ -17,6 +17,13 @@ from core.uris import parse_uri
 # (one character, or 2-50 that neither start nor end with '-'; written without `](`, which the Prefect UI's
 # Markdown would read as a link and mangle in the error it shows for a bad name)
 NAME_PATTERN = r"^([a-z0-9]|[a-z0-9][a-z0-9-]{0,48}[a-z0-9])$"
+# What each pattern a spec uses asks for, in words: the schema carries them beside the pattern
+# (PATTERN_WORDS_KEY), and the embedded Prefect server says them instead of the regular expression when a
+# value does not match (mlyard/prefect_server.readable_patterns): the Run form's messages read as words.
+PATTERN_WORDS_KEY = "x-mlyard-pattern"
+PATTERN_WORDS = {NAME_PATTERN: "lowercase letters, digits and '-' (not first or last), at most 50 characters, "
+                               "e.g. digits-sgd",
+                 r"^[\w.-]+/[\w.-]+$": "a deployment as FLOW/DEPLOYMENT, e.g. train/gpu"}
 # Katib's default metric filter: `name=value`, one or more per line.
 KATIB_METRIC_PATTERN = r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)"
 
@@ -57,6 +64,9 @@ def form_schema(schema: dict[str, Any], cls: type) -> None:
             continue  # Prefect's check would not read it as nullable (a nested model), or null would still
             # fail it (an enum applies to every type; a string's pattern or a list's items do not)
         props[name] = {**{k: v for k, v in prop.items() if k not in ("anyOf", "default")}, **kept}
+    for prop in props.values():
+        if prop.get("pattern") in PATTERN_WORDS:
+            prop[PATTERN_WORDS_KEY] = PATTERN_WORDS[prop["pattern"]]
     first = [k for k in getattr(cls, "FORM_FIRST", ()) if k in props]
     schema["properties"] = {**{k: props[k] for k in first}, **{k: v for k, v in props.items() if k not in first}}
     _bound_integers(schema["properties"])
