@@ -199,7 +199,7 @@ def shared_folders(settings: Settings) -> list[Path]:
     them first, the user's alone (make_private then covers the rest of the home)."""
     home = settings.home_dir
     folders = [home / "logs", home / "endpoints", home / "outputs", home / "serving", home / "promotions",
-               home / "notebooks", home / "rags", home / "demo", settings.secrets_path,
+               home / "notebooks", home / "rags", home / "demo", home / "tensorboard", settings.secrets_path,
                settings.runs_dir, settings.envs_dir, settings.pipeline_runs_dir]
     if not settings.mlflow_tracking_uri:  # the embedded MLflow's artifacts (models, plots)
         folders.append(settings.mlflow_artifact_root)

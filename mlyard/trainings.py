@@ -78,6 +78,8 @@ def tensorboard_logs(training_id: str) -> tuple[str, Path, bool]:
                         "EM_TENSORBOARD_LOG_DIR (this one wrote none)" + (
                             "; it is still starting: try again once it runs" if info.status in ACTIVE_STATUSES else ""))
     kept = settings.home_dir / "tensorboard" / info.id
+    kept.parent.mkdir(mode=0o700, exist_ok=True)  # the home's, private as all of it (`up` makes it so too)
+    kept.parent.chmod(0o700)
     if not kept.is_dir():
         partial = kept.with_name(f"{info.id}.partial")
         shutil.rmtree(partial, ignore_errors=True)
