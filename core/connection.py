@@ -21,8 +21,9 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 
+from core.environment import flow_run_env
 from core.errors import NotConnected, PlatformUnreachable
-from core.settings import Settings, flow_run_env
+from core.settings import Settings
 
 
 @dataclass

@@ -16,8 +16,8 @@ from functools import lru_cache
 from typing import Any, Callable
 
 from core import errors
+from core.environment import flow_run_env
 from core.errors import MlyardError, Unreachable
-from core.settings import flow_run_env
 
 QUERY_TIMEOUT_SECONDS = 120.0
 

@@ -33,8 +33,8 @@ from typing import Any, Awaitable
 import numpy as np
 import orjson
 
+from core.environment import served_endpoint
 from core.errors import HttpError, SpecError
-from core.settings import served_endpoint
 from serving import asgi, protocol
 from serving.batching import Batcher, ModelTimeout
 from serving.endpoint_stats import classes_of

@@ -34,8 +34,8 @@ from typing import Any
 
 import orjson
 
+from core.environment import flag
 from core.errors import BadInput, SpecError
-from core.settings import flag
 from serving import asgi
 
 DEFAULT_PORT = 5001

@@ -20,8 +20,8 @@ from typing import Any, Callable, NoReturn
 
 import yaml
 
+from core.environment import python_path
 from core.errors import SpecError
-from core.settings import python_path
 
 CONDA_NAMES = ("conda.yaml", "conda.yml", "environment.yml", "environment.yaml")
 # what of mlyard runs in the deployment's environment (`python -m serving.azure`): the packages these load

@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from core.environment import named_secret
 from core.errors import VectorStoreError
-from core.settings import named_secret
 from serving import asgi, citations
 from serving.generative import SMOLLM2
 from serving.rag_extract import extract

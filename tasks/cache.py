@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.settings import cache_root
+from core.environment import cache_root
 
 
 def cache_dir() -> Path:

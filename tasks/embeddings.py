@@ -17,8 +17,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
+from core.environment import named_secret
 from core.errors import EmbeddingError
-from core.settings import named_secret
 from core.specs.rag import DEFAULT_EMBEDDING_MODEL, EmbeddingSpec
 from tasks.documents import HFTokenizer
 from tasks.embedding_onnx import default_model_dir

@@ -148,7 +148,7 @@ def main(run_dir: str) -> int:
     from kfp import local
     from kfp.components import load_component_from_text
 
-    from core.settings import search_path
+    from core.environment import search_path
 
     root = Path(run_dir)
     tail = Tail(sys.stdout)

@@ -19,10 +19,11 @@ from typing import Any
 
 import yaml
 
+from core.environment import kubeconfig_path
 from core.errors import SpecError
 from core.names import param_environ
 from core.settings import DEFAULT_IMAGE as SETTINGS_DEFAULT_IMAGE
-from core.settings import Settings, kubeconfig_path
+from core.settings import Settings
 from core.specs.endpoint import body_limit_args
 from tasks.replicas import CODE_KIND, health_path
 

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from core.settings import flag
+from core.environment import flag
 
 SKLEARN_LOADER = "mlflow.sklearn"
 BATCH_THREADS = 0  # a compiled model in a batch: onnxruntime's own default, every core

@@ -20,8 +20,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from core.environment import node_job_env
 from core.errors import MlyardError, TrainingFailed
-from core.settings import Settings, apply_engine_env, node_job_env, require_shared_stores
+from core.settings import Settings, apply_engine_env, require_shared_stores
 from core.specs import TrainingSpec
 from registry.tracking import Tracking
 from tasks.environments import requirements_env

@@ -31,9 +31,9 @@ from typing import Any, Callable
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from core.environment import pod_name
 from core.errors import TrainingFailed, TrainingStopped
 from core.names import TASK_RUN_ENTRY_POINT
-from core.settings import pod_name
 from core.specs import TrainingSpec
 from registry.tracking import Tracking
 from tasks.launch import ScriptRun

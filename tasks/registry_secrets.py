@@ -13,7 +13,8 @@ import base64
 import logging
 from typing import Any
 
-from core.settings import Settings, pod_name
+from core.environment import pod_name
+from core.settings import Settings
 from registry.images import SECRET_PREFIX, FileCredentials, Images, ResolvedImage
 
 TYPE = "kubernetes.io/dockerconfigjson"

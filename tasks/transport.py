@@ -31,8 +31,8 @@ from typing import Any, Callable, Protocol, Sequence
 
 from pydantic import BaseModel
 
+from core.environment import python_path
 from core.errors import JobFailed, TrainingFailed, TrainingStopped
-from core.settings import python_path
 
 EVENT_PREFIX = "@mlyard "
 ROOT = Path(__file__).resolve().parent.parent

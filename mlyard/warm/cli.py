@@ -23,7 +23,9 @@ import os
 import sys
 from pathlib import Path
 
-from core.home import DEFAULT_HOME, STACK_FILE, find_home
+from core.environment import home as named_home
+from core.environment import warm_cli
+from core.home import STACK_FILE
 from mlyard.warm import SOCKET, warm_dir
 
 COLD_COMMANDS = frozenset({"up", "down", "demo", "serve"})
@@ -32,7 +34,7 @@ COLD_COMMANDS = frozenset({"up", "down", "demo", "serve"})
 def main() -> None:
     words = sys.argv[1:]
     command = next((word for word in words if not word.startswith("-")), None)
-    if (os.environ.get("MLYARD_WARM_CLI", "1") != "0" and command is not None and command not in COLD_COMMANDS
+    if (warm_cli() and command is not None and command not in COLD_COMMANDS
             and not os.isatty(0)):
         folder = home()
         socket_path = warm_dir(folder) / SOCKET
@@ -51,7 +53,7 @@ def main() -> None:
 
 def home() -> Path:
     """The home as core.settings.Settings finds it (MLYARD_HOME, else the nearest .mlyard from here up)."""
-    return find_home(os.environ.get("MLYARD_HOME") or DEFAULT_HOME)
+    return named_home()
 
 
 if __name__ == "__main__":

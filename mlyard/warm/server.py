@@ -36,7 +36,7 @@ import warnings
 import weakref
 from pathlib import Path
 
-from core.settings import flag, flow_run_env, kubeconfig_path
+from core.environment import flag, flow_run_env, kubeconfig_path
 from mlyard.warm import (
     GRACE_SECONDS,
     LOCKFILE,

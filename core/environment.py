@@ -1,0 +1,85 @@
+"""What a process is told about itself through its environment, read here (and in core/settings.py, the
+user's settings) alone: by the process that started it (the replica supervisor, a node Job, the warm
+runner), by Prefect and Kubernetes, or by a spec that names a variable for a secret. Standard library only:
+a model server or the `mlyard` entry point reads these without importing pydantic (0.2 s).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from core.home import DEFAULT_HOME, find_home
+
+
+def home() -> Path:
+    """The home as Settings finds it (MLYARD_HOME, else the nearest .mlyard from here up)."""
+    return find_home(os.environ.get("MLYARD_HOME") or DEFAULT_HOME)
+
+
+def warm_cli() -> bool:
+    """Whether a command may run in the warm runner (MLYARD_WARM_CLI=0 keeps it in its own process)."""
+    return os.environ.get("MLYARD_WARM_CLI", "1") != "0"
+
+
+def cache_root() -> Path:
+    """Where downloads, exported and compiled models are cached (MLYARD_CACHE_DIR; ~/.cache/mlyard)."""
+    return Path(os.environ.get("MLYARD_CACHE_DIR") or Path.home() / ".cache" / "mlyard")
+
+
+def served_endpoint() -> tuple[str | None, str | None]:
+    """The endpoint and stage a model server replica serves (MLYARD_ENDPOINT_ID and _STAGE_ID, set by the
+    replica supervisor and the cluster's Deployments): (None, None) for a server of its own."""
+    return os.environ.get("MLYARD_ENDPOINT_ID") or None, os.environ.get("MLYARD_ENDPOINT_STAGE_ID") or None
+
+
+def node_job_env() -> dict[str, str]:
+    """A multi-node training's node: its spec and job (JSON), the training and MLflow run, and its index
+    (MLYARD_NODE_*, set by tasks/node_jobs.py; JOB_COMPLETION_INDEX, set by the Indexed Job)."""
+    keys = {"spec": "MLYARD_NODE_SPEC", "job": "MLYARD_NODE_JOB", "training_id": "MLYARD_NODE_TRAINING_ID",
+            "run_id": "MLYARD_NODE_RUN_ID", "index": "JOB_COMPLETION_INDEX"}
+    missing = [v for v in keys.values() if v not in os.environ]
+    if missing:
+        raise RuntimeError(f"not a node of a multi-node training: {', '.join(missing)} unset (tasks/node_jobs.py sets them)")
+    return {k: os.environ[v] for k, v in keys.items()}
+
+
+def pod_name() -> str | None:
+    """This pod's name (POD_NAME from the downward API, else the HOSTNAME Kubernetes gives it)."""
+    return os.environ.get("POD_NAME") or os.environ.get("HOSTNAME")
+
+
+def kubeconfig_path() -> str | None:
+    """The kubeconfig a client outside the cluster uses (KUBECONFIG; None: ~/.kube/config)."""
+    return os.environ.get("KUBECONFIG")
+
+
+def flow_run_env() -> tuple[str | None, str | None]:
+    """The flow run this process runs and the Prefect API it was started against (PREFECT__FLOW_RUN_ID and
+    PREFECT_API_URL, set by Prefect's workers): (None, ...) outside a flow run."""
+    return os.environ.get("PREFECT__FLOW_RUN_ID") or None, os.environ.get("PREFECT_API_URL") or None
+
+
+def named_secret(variable: str | None) -> str | None:
+    """The value of the environment variable a spec names for a secret (a RAG's `password_env`,
+    `api_key_env`): the secret itself never enters a spec."""
+    return os.environ.get(variable) if variable else None
+
+
+def python_path() -> str:
+    """This process's PYTHONPATH, for a child that must see the same packages ("" when unset)."""
+    return os.environ.get("PYTHONPATH", "")
+
+
+def flag(variable: str, default: bool = False) -> bool:
+    """An on/off variable of the engines or a launcher (PYTHONUNBUFFERED, MLFLOW_ALLOW_PICKLE_
+    DESERIALIZATION, mlyard's re-exec marks): unset is `default`; "", "0", "false", "no", "off" are off."""
+    value = os.environ.get(variable)
+    if value is None:
+        return default
+    return value.strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def search_path() -> str:
+    """This process's PATH, for a child that must find the same commands first ("" when unset)."""
+    return os.environ.get("PATH", "")
