@@ -93,20 +93,24 @@ def readable_patterns() -> None:
     """A value that a schema's `pattern` refuses is told in the words the schema gives beside it
     (core.specs.common.PATTERN_WORDS_KEY) rather than as the regular expression, in what Prefect's
     parameter check answers: the Run form's field messages and its toast ("'Bad Name' is not valid:
-    lowercase letters, digits and '-' ..."). Other patterns keep jsonschema's message."""
+    lowercase letters, digits and '-' ..."). Other patterns keep jsonschema's message; a Prefect whose
+    validator is built otherwise is left as it is."""
     from jsonschema import ValidationError
     from prefect.utilities.schema_tools import validation
 
     from core.specs.common import PATTERN_WORDS_KEY
 
-    plain = validation._VALIDATOR.VALIDATORS["pattern"]
+    validators = getattr(getattr(validation, "_VALIDATOR", None), "VALIDATORS", None)
+    if not isinstance(validators, dict) or "pattern" not in validators:  # a Prefect without it: its own messages
+        return
+    plain = validators["pattern"]
 
     def pattern(validator: Any, patrn: str, instance: Any, schema: dict[str, Any]) -> Any:
         for error in plain(validator, patrn, instance, schema):
             words = schema.get(PATTERN_WORDS_KEY)
             yield ValidationError(f"{instance!r} is not valid: {words}") if words else error
 
-    validation._VALIDATOR.VALIDATORS["pattern"] = pattern
+    validators["pattern"] = pattern
 
 
 def background_polls_every(seconds: float = 1.0) -> None:
