@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from core.assets import infra
 from core.connection import healthy, point_prefect
 from core.errors import StackError
 from core.settings import TELEMETRY_OFF_ENV, UNRESPONSIVE_AFTER_SECONDS, Settings
@@ -24,9 +25,9 @@ from mlyard.warm.client import detach
 from tasks.processes import alive, stop_group
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-PREFECT_YAML = PROJECT_ROOT / "infra" / "prefect.yaml"
-GPU_TEMPLATE = PROJECT_ROOT / "infra" / "gpu-job-template.json"
-CPU_TEMPLATE = PROJECT_ROOT / "infra" / "cpu-job-template.json"
+PREFECT_YAML = infra("prefect.yaml")
+GPU_TEMPLATE = infra("gpu-job-template.json")
+CPU_TEMPLATE = infra("cpu-job-template.json")
 LOCAL_POOL, GPU_POOL, CPU_POOL = "local", "gpu", "cpu"
 
 

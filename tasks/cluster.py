@@ -20,10 +20,11 @@ from typing import Any, Iterator
 
 import yaml
 
+from core.assets import infra
 from core.errors import StackError
 from core.specs.cluster import ClusterValues
 
-K8S = Path(__file__).resolve().parent.parent / "infra" / "k8s"
+K8S = infra("k8s")
 FIELD_MANAGER = "mlyard"
 BASE_IMAGE = "mlyard:0.1.0"  # what the base's `images:` renders; replaced by the values' image
 DEFAULT_SECRETS = {"mlyard-prefect": "prefect", "mlyard-mlflow": "mlflow", "mlyard-settings": "settings",

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import yaml
 
+from core.assets import infra
 from core.environment import kubeconfig_path
 from core.errors import SpecError
 from core.names import param_environ
@@ -27,7 +27,7 @@ from core.settings import Settings
 from core.specs.endpoint import body_limit_args
 from tasks.replicas import CODE_KIND, health_path
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "infra" / "endpoint"
+TEMPLATES = infra("endpoint")
 KUBERNETES_VERSION = "1.30"
 PORT = 8080
 DEFAULT_IMAGE = SETTINGS_DEFAULT_IMAGE

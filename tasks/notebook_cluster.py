@@ -16,16 +16,16 @@ Rendered from infra/notebook/ and checked against the Kubernetes schema before a
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import yaml
 
+from core.assets import infra
 from core.specs.notebook import INSTANCE_TYPES, NotebookSpec
 from core.uris import parse_uri
 from tasks.kubernetes import FIELD_MANAGER, LABEL, apply_object, read_object, validate
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "infra" / "notebook"
+TEMPLATES = infra("notebook")
 PORT = 8888
 FOLDER = "/mlyard/notebook"  # boot/ and data/ under it, as <home>/notebooks/<id>/ on one machine
 TOKEN_DIR = "/var/run/secrets/mlyard-notebook"
