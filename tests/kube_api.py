@@ -11,7 +11,12 @@ with `ownerReferences` cascading. Errors are `Status` objects with the API serve
 
 Defaulted as the API server does: a Service's `spec.clusterIP`, from a network the test chooses.
 Mutating admission (`admission`: callables a test adds, as a webhook such as Kueue's would be).
-Not emulated: admission, other defaulting, validation (the tests validate with kubernetes-validate),
+Pod Security admission (tests/pod_security.py), as the API server's built-in plugin: a Pod that breaks its
+namespace's `pod-security.kubernetes.io/enforce` level is refused with 403; a Job, Deployment, StatefulSet
+(...) whose pod template breaks it is stored, and a FailedCreate Event is recorded against it as its
+controller would, with no pods. A namespace without the label (or not created) is held to
+`pod_security_default`, as an AdmissionConfiguration's `defaults` do: `restricted`, mlyard's level.
+Not emulated: other admission, other defaulting, validation (the tests validate with kubernetes-validate),
 controllers. Tests play the controllers and the kubelet themselves (`set_status`, `logs`).
 
 Field ownership is tracked per leaf path; lists are atomic, except those the API server merges by key
@@ -25,6 +30,7 @@ import copy
 import ipaddress
 import json
 import random
+import re
 import string
 import threading
 import uuid
@@ -34,6 +40,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import yaml
+from pod_security import forbidden, level_of, template_of, violations
 
 # (group, version, plural, kind, namespaced, subresources)
 KINDS: list[tuple[str, str, str, str, bool, tuple[str, ...]]] = [
@@ -148,7 +155,8 @@ _MISSING = object()
 class KubeApi:
     """The emulator. `url` is its address; `objects` maps (kind, namespace, name) to the stored object."""
 
-    def __init__(self, service_ips: str = "10.96.0.0/16") -> None:
+    def __init__(self, service_ips: str = "10.96.0.0/16", pod_security_default: str = "restricted") -> None:
+        self.pod_security_default = pod_security_default
         # a Service's cluster IP comes from this network, as the apiserver's --service-cluster-ip-range gives
         # them; a test that plays kube-proxy passes a loopback one (127.x.0.0/16) to reach them here
         self._service_ips = ipaddress.ip_network(service_ips).hosts()
@@ -482,6 +490,7 @@ class KubeApi:
         obj.update({"apiVersion": api_version, "kind": kind})
         for admit in self.admission:
             admit(kind, obj)
+        refused = self._pod_security(kind, obj)
         obj["metadata"].update({"uid": str(uuid.uuid4()), "creationTimestamp": _now(), "generation": 1})
         self.owners[key] = {manager: set(leaves(self._config(obj)))}
         if kind == "Service" and not obj.get("spec", {}).get("clusterIP"):  # the server's default: not owned
@@ -489,7 +498,40 @@ class KubeApi:
         self._managed(key, obj, {manager: "Update"})
         self.objects[key] = obj
         self._bump(kind, "ADDED", obj)
+        if refused:
+            self._failed_create(obj, refused)
         return obj
+
+    def _pod_security(self, kind: str, obj: dict) -> str | None:
+        """Refuse a Pod (403) that breaks its namespace's level; for a workload, the message its controller will
+        meet creating pods (None when its template is allowed)."""
+        spec = template_of(kind, obj)
+        if spec is None:
+            return None
+        ns = obj["metadata"].get("namespace", "")
+        level = level_of(self.objects.get(("Namespace", "", ns)), self.pod_security_default)
+        found = violations(spec, level)
+        if not found:
+            return None
+        if kind == "Pod":
+            raise ApiError(403, "Forbidden", forbidden("pods", obj["metadata"]["name"], level, found))
+        return forbidden("pods", obj["metadata"]["name"] + "-", level, found)
+
+    def _failed_create(self, obj: dict, message: str) -> None:
+        """The event a workload's controller records when the API refuses its pods (kubectl describe shows it)."""
+        meta = obj["metadata"]
+        self._create("Event", "v1", meta.get("namespace"), {
+            "metadata": {"generateName": f"{meta['name']}."}, "type": "Warning", "reason": "FailedCreate",
+            "message": f"Error creating: {message}", "involvedObject": {
+                "kind": obj["kind"], "apiVersion": obj["apiVersion"], "name": meta["name"],
+                "namespace": meta.get("namespace"), "uid": meta.get("uid")},
+            "source": {"component": f"{obj['kind'].lower()}-controller"}, "firstTimestamp": _now(), "count": 1},
+            "kube-controller-manager")
+
+    def pod_security_refusals(self) -> list[str]:
+        """Every pod refused by Pod Security since the start, as the controllers' events say it."""
+        return [e["message"] for e in self.items("Event") if e.get("reason") == "FailedCreate"
+                and "violates PodSecurity" in e.get("message", "")]
 
     @staticmethod
     def _config(obj: dict) -> dict:
@@ -546,13 +588,17 @@ class KubeApi:
         if not changed:
             self._managed(key, old, operations)
             return 200, old
+        refused = None
         if self._config(new).get("spec") != self._config(old).get("spec"):
             new["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
+            refused = self._pod_security(kind, new)
         for f in ("uid", "creationTimestamp"):
             new["metadata"][f] = old["metadata"][f]
         self._managed(key, new, operations)
         self.objects[key] = new
         self._bump(kind, "MODIFIED", new)
+        if refused:
+            self._failed_create(new, refused)
         return 200, new
 
     def _update(self, key, body: dict, manager: str, sub: str | None) -> dict:
@@ -723,10 +769,15 @@ class Kubelet:
             data = obj.get("data") or {}
             env.update({k: base64.b64decode(v).decode() if kind == "Secret" else v for k, v in data.items()})
         for e in container.get("env") or []:
-            if "value" in e:
-                env[e["name"]] = str(e["value"])
+            if "value" in e:  # `$(NAME)` of a variable set before it is expanded, `$$` is a `$`, as kubelet does
+                env[e["name"]] = re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)", lambda m: "$" if m[0] == "$$" else
+                                        env.get(m[1], m[0]), str(e["value"]))
                 continue
             ref = e.get("valueFrom", {})
+            if "fieldRef" in ref:  # the downward API: what the pod's own metadata says
+                field = ref["fieldRef"]["fieldPath"]
+                env[e["name"]] = {"metadata.namespace": namespace, "spec.serviceAccountName": "default"}.get(field, "")
+                continue
             key_ref = ref.get("secretKeyRef") or ref.get("configMapKeyRef")
             if key_ref:
                 kind = "Secret" if "secretKeyRef" in ref else "ConfigMap"
@@ -799,9 +850,12 @@ class Kubelet:
         spec = template["spec"]
         if index is not None:
             spec["hostname"] = f"{name}-{index}"
-        pod = self.api.create("Pod", "v1", ns, {"metadata": {
-            "generateName": f"{name}-{index}-" if index is not None else f"{name}-", "labels": labels,
-            "annotations": annotations, "ownerReferences": owner}, "spec": spec}, "kube-controller-manager")
+        try:
+            pod = self.api.create("Pod", "v1", ns, {"metadata": {
+                "generateName": f"{name}-{index}-" if index is not None else f"{name}-", "labels": labels,
+                "annotations": annotations, "ownerReferences": owner}, "spec": spec}, "kube-controller-manager")
+        except ApiError:  # refused (Pod Security): the controller's event is recorded, no pod ever exists
+            return None
         pod_name = pod["metadata"]["name"]
         self.api.set_status("Pod", ns, pod_name, {"phase": "Pending"}, "kubelet")
         container = spec["containers"][0]

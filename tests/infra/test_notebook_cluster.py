@@ -53,7 +53,7 @@ def test_a_notebook_is_a_statefulset_whose_claim_outlives_stop_and_reboot_but_no
         kube.create("PersistentVolumeClaim", "v1", "mlyard", {"metadata": {"name": f"data-{obj}-0"}, "spec": {
             "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "200Gi"}}}}, "statefulset-controller")
         kube.create("Pod", "v1", "mlyard", {"metadata": {"name": f"{obj}-0", "labels": {"mlyard.io/notebook": "7"}},
-                                            "spec": {"containers": [{"name": "jupyterlab", "image": "x"}]}}, "kubelet")
+                                            "spec": sts["spec"]["template"]["spec"]}, "statefulset-controller")
 
         stopped = nbk.render("explore", 7, spec, "registry.example/notebook:1", "s3cret", replicas=0,
                              pull_secrets=("regcred",))

@@ -99,8 +99,10 @@ def test_a_pod_that_does_not_run_the_specs_image_is_refused_in_one_line(api, tmp
     account = store.create_account(RegistryAccountSpec(name="team", registry=REG, username="AK1", password="pw-1"))
     store.create_image(ImageSpec(name="custom", address=f"{REG}/vision/train:v1", account="team"))
     for pod, image in (("from-ui", "registry.example/mlyard:0.1.0"), ("from-cli", f"{REG}/vision/train:v1")):
-        api.create("Pod", "v1", "mlyard", {"metadata": {"name": pod}, "spec": {"containers": [
-            {"name": "prefect-job", "image": image}]}}, "kube-controller-manager")
+        api.create("Pod", "v1", "mlyard", {"metadata": {"name": pod}, "spec": {
+            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{"name": "prefect-job", "image": image, "securityContext": {
+                "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}]}}, "kube-controller-manager")
     monkeypatch.setenv("HOSTNAME", "from-ui")
     with pytest.raises(SpecError) as refused:
         check_pod_image("custom", settings)
