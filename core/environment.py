@@ -83,3 +83,12 @@ def flag(variable: str, default: bool = False) -> bool:
 def search_path() -> str:
     """This process's PATH, for a child that must find the same commands first ("" when unset)."""
     return os.environ.get("PATH", "")
+
+
+def migration_databases() -> tuple[str | None, str | None]:
+    """The databases the migration Job upgrades besides the catalog: MLflow's (MLFLOW_BACKEND_STORE_URI, as
+    MLflow's server reads it) and Prefect's (PREFECT_SERVER_DATABASE_CONNECTION_URL, or its older name
+    PREFECT_API_DATABASE_CONNECTION_URL: Prefect's own setting, which its upgrade command reads too)."""
+    return (os.environ.get("MLFLOW_BACKEND_STORE_URI") or None,
+            os.environ.get("PREFECT_SERVER_DATABASE_CONNECTION_URL")
+            or os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL") or None)

@@ -63,6 +63,10 @@ class Settings(BaseSettings):
         default=DEFAULT_IMAGE,
         description="The mlyard image that Kubernetes pools and endpoint Deployments run (infra/docker/platform.Dockerfile), "
         "e.g. registry.example/mlyard:0.1.0. `mlyard up` renders the gpu deployments with it.")
+    serving_image: str | None = Field(
+        default=None, description="The image of endpoint stages' model servers on Kubernetes "
+        "(infra/docker/serving.Dockerfile); a cluster install sets it from its values (images.serving) in the "
+        "mlyard-config ConfigMap. Unset: `image`.")
     cluster_pools: bool | None = Field(
         default=None, description="Whether the embedded stack also registers the deployments of the Kubernetes "
         "pools (gpu, cpu), for a Kubernetes worker you run against a cluster (`prefect worker start --pool gpu "

@@ -20,6 +20,7 @@ from core.assets import infra
 from core.connection import healthy, point_prefect
 from core.errors import StackError
 from core.settings import TELEMETRY_OFF_ENV, UNRESPONSIVE_AFTER_SECONDS, Settings
+from core.specs.cluster import ClusterValues
 from mlyard.warm import SOCKET, warm_dir
 from mlyard.warm.client import detach
 from tasks.processes import alive, stop_group
@@ -139,7 +140,7 @@ def prepared_prefect_db(echo=print) -> Path:
         settings.prefect_home.mkdir(parents=True)
         shutil.copyfile(empty, settings.prefect_home / "prefect.db")
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}, **settings.engine_env(),
-               "MLYARD_PROJECT_ROOT": str(PROJECT_ROOT), "MLYARD_IMAGE": image}
+               "MLYARD_PROJECT_ROOT": str(PROJECT_ROOT), "MLYARD_IMAGE": image, "MLYARD_GPU_IMAGE": image}
         log = Path(tmp) / "prefect-server.log"
         pid = start_server(settings, env, log)
         try:
@@ -246,15 +247,17 @@ def local_pool_template(settings: Settings) -> dict:
     return template
 
 
-def cluster_pool_template(path: Path, namespace: str, image: str, pull_secrets: list[str]) -> dict:
-    """A Kubernetes pool's base job template with the install's defaults: its namespace, the platform
-    image, the flow-run service account (infra/k8s/base/flow-runs.yaml) and the pull Secrets."""
+def cluster_pool_template(path: Path, values: ClusterValues, image: str) -> dict:
+    """A Kubernetes pool's base job template with the install's defaults: its namespace, `image`, the flow-run
+    service account (infra/k8s/base/flow-runs.yaml), the pull Secrets and the data storage's StorageClass."""
     template = json.loads(path.read_text())
     props = template["variables"]["properties"]
-    props["namespace"]["default"] = namespace
+    props["namespace"]["default"] = values.namespace
     props["image"]["default"] = image
     props["service_account_name"]["default"] = "mlyard-flow-run"
-    props["image_pull_secrets"]["default"] = [{"name": n} for n in pull_secrets]
+    props["image_pull_secrets"]["default"] = [{"name": n} for n in values.image_pull_secrets]
+    if values.storage_class and "data_storage_class" in props:
+        props["data_storage_class"]["default"] = values.storage_class
     return template
 
 
@@ -346,17 +349,20 @@ def withdraw_deployments(pools: tuple[str, ...]) -> int:
     return len(found)
 
 
-def register_on_cluster(api_url: str, namespace: str, image: str, pull_secrets: list[str], echo=print) -> None:
+def register_on_cluster(api_url: str, values: ClusterValues, echo=print) -> None:
     """On a cluster's Prefect (`mlyard k8s apply --prefect-api-url`): the gpu and cpu pools with the
-    install's job template defaults, the crash automation, and every deployment on those pools (its
-    auth string, when the server has one, from PREFECT_API_AUTH_STRING as for any Prefect client)."""
+    install's job template defaults (the gpu pool's image is the CUDA training image: its runs' scripts
+    import torch with CUDA; the cpu pool's the platform's), the crash automation, and every deployment on
+    those pools (its auth string, when the server has one, from PREFECT_API_AUTH_STRING as for any client)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    pools = {name: ("kubernetes", cluster_pool_template(path, namespace, image, pull_secrets))
+    images = {GPU_POOL: values.images.training_cuda, CPU_POOL: values.image}
+    pools = {name: ("kubernetes", cluster_pool_template(path, values, images[name]))
              for name, path in ((GPU_POOL, GPU_TEMPLATE), (CPU_POOL, CPU_TEMPLATE))}
     with temporary_settings({PREFECT_API_URL: api_url}):
         ensure_pools(echo, pools=pools)
         ensure_crash_detection()
-    env = {**os.environ, "PREFECT_API_URL": api_url, "MLYARD_IMAGE": image, "MLYARD_PROJECT_ROOT": str(PROJECT_ROOT)}
+    env = {**os.environ, "PREFECT_API_URL": api_url, "MLYARD_IMAGE": values.image,
+           "MLYARD_GPU_IMAGE": images[GPU_POOL], "MLYARD_PROJECT_ROOT": str(PROJECT_ROOT)}
     register_deployments(env, pools=(GPU_POOL, CPU_POOL))
     echo(f"registered on {api_url}: pools {GPU_POOL} and {CPU_POOL}, their deployments, the crash automation")

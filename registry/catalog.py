@@ -2,7 +2,10 @@
 Alembic), its tables declared in registry/tables.py.
 
 The schema is owned by the Alembic migrations in `registry/migrations`; opening a catalog
-upgrades it to the newest revision.
+upgrades it to the newest revision, under a lock (Alembic has none): on PostgreSQL an advisory lock held by
+the migrating transaction, on SQLite a lock file beside the database, so that two processes opening an old
+catalog at once migrate it once. On a cluster the migration Job (registry/migrate.py) does it before the
+pods start.
 """
 
 from __future__ import annotations
@@ -20,13 +23,16 @@ from registry.tables import Endpoint, EndpointStage, StageResource
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "mlyard_alembic_version"  # Optuna keeps its own `alembic_version` in the same DB
 # The newest revision: migrations are numbered files whose revision is their number (one line of history).
+# the advisory lock's key for the catalog's migrations: any fixed number no other lock of the database uses
+MIGRATION_LOCK = 0x6D6C7961  # "mlya"
 HEAD = max(p.name.split("_", 1)[0] for p in (MIGRATIONS / "versions").glob("[0-9]*_*.py"))
 
 
 class Catalog:
     """A catalog database, migrated to the newest revision on open."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, upgrade: bool = True):
+        """`upgrade=False`: open as it is (registry/migrate.py then upgrades it and says what it did)."""
         self.url = url
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
@@ -34,26 +40,33 @@ class Catalog:
         self.engine: Engine = create_engine(url)
         if parsed.get_backend_name() == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        if self.revision() != HEAD:  # alembic (a quarter second to import) only when there is work for it
+        if upgrade and self.revision() != HEAD:  # alembic (a quarter second to import) only when there is work for it
             self.upgrade()
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def revision(self) -> str | None:
         """The revision the database is at (None: not made yet)."""
         with self.engine.connect() as conn:
-            if not inspect(conn).has_table(VERSION_TABLE):
-                return None
-            return conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+            return self._revision(conn)
 
-    def upgrade(self, revision: str = "head") -> None:
+    @staticmethod
+    def _revision(conn) -> str | None:
+        if not inspect(conn).has_table(VERSION_TABLE):
+            return None
+        return conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+
+    def upgrade(self, revision: str = "head") -> tuple[str | None, str | None]:
+        """Migrate to `revision` (once, whoever else migrates at the same time); (before, after)."""
         from alembic import command
         from alembic.config import Config
 
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS))
-        with self.engine.begin() as conn:
+        with migration_lock(self.engine, MIGRATION_LOCK), self.engine.begin() as conn:
+            before = self._revision(conn)
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
+            return before, self._revision(conn)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -71,6 +84,34 @@ class Catalog:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+@contextmanager
+def migration_lock(engine: Engine, key: int) -> Iterator[None]:
+    """Held by one process at a time, per database: a PostgreSQL advisory lock `key` (on a connection of its
+    own, so that the migration's transaction is Alembic's), or for a SQLite file an exclusive lock on
+    `<database>.migrate.lock`. Alembic takes no lock: two processes upgrading at once would both migrate."""
+    database = engine.url.database
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+        return
+    if engine.dialect.name != "sqlite" or database in (None, "", ":memory:"):
+        yield
+        return
+    import fcntl
+    import os
+
+    fd = os.open(f"{database}.migrate.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

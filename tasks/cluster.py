@@ -6,7 +6,8 @@ sets what the values name: the namespace, the image and its pull Secrets, the Se
 gateway's replicas, the Kueue queue. `apply` applies every object through the `kubernetes` client's
 DynamicClient with server-side apply under the field manager `mlyard` (forcing its own fields), and
 reports for each whether it was created, changed or left as it was: a second apply of the same values
-changes nothing.
+changes nothing. A Job's pod template cannot be changed: a Job whose template changed (a new image) is
+replaced instead, and `wait_for_job` follows it to its end (the migration Job, infra/k8s/base/migrate.yaml).
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ FIELD_MANAGER = "mlyard"
 BASE_IMAGE = "mlyard:0.1.0"  # what the base's `images:` renders; replaced by the values' image
 DEFAULT_SECRETS = {"mlyard-prefect": "prefect", "mlyard-mlflow": "mlflow", "mlyard-settings": "settings",
                    "mlyard-postgres": "postgres"}
-WORKLOADS = ("Deployment", "StatefulSet")
+WORKLOADS = ("Deployment", "StatefulSet", "Job")
+MIGRATION_JOB = "mlyard-migrate"
+TEMPLATE_HASH = "mlyard.io/template-hash"  # on a Job: what its pod template was rendered from
 FIRST = ("Namespace", "ServiceAccount", "Role", "RoleBinding", "ConfigMap")  # what others refer to
 
 
@@ -72,7 +75,11 @@ def _customize(obj: dict, values: ClusterValues, secret_names: dict[str, str | N
         if subject.get("kind") == "ServiceAccount":
             subject["namespace"] = values.namespace
     if obj["kind"] == "ConfigMap" and meta["name"] == "mlyard-config":
-        obj["data"]["MLYARD_KUBE_NAMESPACE"] = values.namespace
+        obj["data"].update(MLYARD_KUBE_NAMESPACE=values.namespace, MLYARD_IMAGE=values.image,
+                           MLYARD_SERVING_IMAGE=values.images.serving)  # what the platform's flows put in pods
+    if obj["kind"] == "StatefulSet" and values.storage_class:
+        for claim in obj["spec"].get("volumeClaimTemplates", []):
+            claim["spec"]["storageClassName"] = values.storage_class
     if obj["kind"] == "Deployment" and meta["name"] == "gateway":
         obj["spec"]["replicas"] = values.gateway_replicas
     if obj["kind"] in WORKLOADS:
@@ -171,15 +178,80 @@ def apply(objs: list[dict], dyn) -> Iterator[Applied]:
                              f"{'Kueue' if 'kueue' in obj['apiVersion'] else 'the API it belongs to'})") from None
         namespace = meta.get("namespace") if resource.namespaced else None
         try:
-            before = dyn.get(resource, name=meta["name"], namespace=namespace).metadata.resourceVersion
+            existing = dyn.get(resource, name=meta["name"], namespace=namespace)
+            before = existing.metadata.resourceVersion
         except NotFoundError:
-            before = None
+            existing = before = None
+        if kind == "Job":
+            obj = _hashed(obj)
+            if existing is not None and (existing.metadata.annotations or {}).get(TEMPLATE_HASH) != \
+                    obj["metadata"]["annotations"][TEMPLATE_HASH]:
+                _delete_job(dyn, resource, meta["name"], namespace)
+                dyn.server_side_apply(resource, body=obj, namespace=namespace, field_manager=FIELD_MANAGER,
+                                      force_conflicts=True)
+                yield Applied(kind, meta["name"], "replaced")
+                continue
         try:
             after = dyn.server_side_apply(resource, body=obj, namespace=namespace, field_manager=FIELD_MANAGER,
                                           force_conflicts=True).metadata.resourceVersion
         except ApiException as exc:
             raise StackError(f"applying {kind} {meta['name']} failed: {exc.status} {exc.reason}") from None
         yield Applied(kind, meta["name"], "created" if before is None else "unchanged" if after == before else "changed")
+
+
+def _hashed(job: dict) -> dict:
+    import hashlib
+    import json
+
+    job = copy.deepcopy(job)
+    digest = hashlib.sha256(json.dumps(job["spec"], sort_keys=True).encode()).hexdigest()[:16]
+    job["metadata"].setdefault("annotations", {})[TEMPLATE_HASH] = digest
+    return job
+
+
+def _delete_job(dyn, resource, name: str, namespace: str | None, timeout: float = 120) -> None:
+    """Delete a Job with its pods, and wait until it is gone (a new one of the same name needs its place)."""
+    import time
+
+    from kubernetes.dynamic.exceptions import NotFoundError
+
+    dyn.delete(resource, name=name, namespace=namespace, body={"propagationPolicy": "Background"})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            dyn.get(resource, name=name, namespace=namespace)
+        except NotFoundError:
+            return
+        time.sleep(0.5)
+    raise StackError(f"Job {name} was not deleted within {timeout:.0f} s: delete it (kubectl -n {namespace} delete "
+                     f"job {name}) and apply again")
+
+
+def wait_for_job(dyn, namespace: str, name: str, timeout: float) -> tuple[bool, str]:
+    """Until the Job has ended: (whether it succeeded, its last pod's log). StackError when it has not ended
+    within `timeout` seconds, saying what its pods wait for."""
+    import time
+
+    from kubernetes import client
+
+    jobs = dyn.resources.get(api_version="batch/v1", kind="Job")
+    core = client.CoreV1Api(dyn.client)
+    deadline = time.monotonic() + timeout
+    while True:
+        status = dyn.get(jobs, name=name, namespace=namespace).to_dict().get("status") or {}
+        ended = {c["type"]: c for c in status.get("conditions") or [] if c.get("status") == "True"}
+        pods = sorted(core.list_namespaced_pod(namespace, label_selector=f"job-name={name}").items,
+                      key=lambda p: p.metadata.creation_timestamp)
+        if "Complete" in ended or "Failed" in ended:
+            log = core.read_namespaced_pod_log(pods[-1].metadata.name, namespace) if pods else ""
+            return "Complete" in ended, log
+        if time.monotonic() > deadline:
+            waiting = [w.reason for p in pods for cs in (p.status.container_statuses or [])
+                       if (w := cs.state.waiting) is not None]
+            raise StackError(f"Job {name} has not finished within {timeout:.0f} s ({len(pods)} pod(s)"
+                             f"{', waiting: ' + ', '.join(waiting) if waiting else ''}): kubectl -n {namespace} "
+                             f"describe job {name}")
+        time.sleep(1)
 
 
 # Keys of the settings Secret read as files (not as secretKeyRef), without which pods refuse to start:

@@ -30,7 +30,8 @@ def kube_apply(view: dict[str, Any], stage: str, parameters: dict[str, dict[str,
 
     st = next(s for s in view["stages"] if s["name"] == stage)
     api = cluster_client("stage.instance_type", st["instance_type"])
-    manifests = render_stage(view, stage, image=Settings().image, namespace=namespace(),
+    settings = Settings()
+    manifests = render_stage(view, stage, image=settings.serving_image or settings.image, namespace=namespace(),
                              parameters=parameters)
     apply_stage(api, manifests, namespace(), view["name"], stage)
     return manifests

@@ -33,6 +33,7 @@ import random
 import re
 import string
 import threading
+import time
 import uuid
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -794,8 +795,9 @@ class Kubelet:
     def _run_job(self, job: dict) -> None:
         """The Job controller: one pod, or for `completionMode: Indexed` one per index (each with
         JOB_COMPLETION_INDEX, the index annotation and hostname `<job>-<index>`), run in parallel; the Job
-        is Complete when every index succeeded and Failed at its first failed pod (`backoffLimit: 0`, the
-        only limit mlyard uses), whose other pods it then deletes, as the controller does."""
+        is Complete when every index succeeded and Failed at its first failed pod, whose other pods it then
+        deletes, as the controller does; a non-indexed Job's failed pod is first replaced up to `backoffLimit`
+        times (the migration Job's retries while its databases start)."""
         ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
         indexed = job["spec"].get("completionMode") == "Indexed"
         count = int(job["spec"].get("completions") or 1) if indexed else 1
@@ -803,8 +805,14 @@ class Kubelet:
         codes: dict[int, int] = {}
         lock = threading.Lock()
 
+        retries = 0 if indexed else int(job["spec"].get("backoffLimit", 6))
+
         def one(index: int | None) -> None:
             code = self._run_pod(job, index)
+            for _ in range(retries):  # a failed pod of a non-indexed Job is replaced, up to backoffLimit times
+                if code != 0 and code is not None and ("Job", ns, name) in self.api.objects:
+                    time.sleep(0.5)  # the controller's backoff (10 s, doubling, on a cluster)
+                    code = self._run_pod(job, index)
             if code is None:
                 return
             with lock:

@@ -3,8 +3,14 @@
 ```yaml
 overlay: dev                       # dev (with a PostgreSQL + pgvector) or prod (external databases)
 namespace: mlyard
-image: registry.example/mlyard:0.1.0
+image: registry.example/mlyard:0.1.0   # the platform (infra/docker/platform.Dockerfile): services, cpu pool
+images:                            # the other images workloads run (infra/docker), pushed beside it
+  training_cuda: registry.example/mlyard-training:0.1.0-cuda  # the gpu pool's flow runs (torch with CUDA)
+  training_cpu: registry.example/mlyard-training:0.1.0-cpu
+  serving: registry.example/mlyard-serving:0.1.0              # endpoint stages' model servers
+  notebook: registry.example/mlyard-notebook:0.1.0
 image_pull_secrets: [regcred]      # optional: Secrets of type kubernetes.io/dockerconfigjson
+storage_class: null                # StorageClass of runs' data storage and the dev PostgreSQL (null: the default)
 gateway_replicas: 2
 secrets:                           # the Secrets the manifests name (create them first; never in these files)
   prefect: mlyard-prefect          # keys database-url, auth-string
@@ -43,6 +49,19 @@ class ClusterSecrets(SpecModel):
                                  description="Secret with the dev PostgreSQL's password (dev overlay).")
 
 
+class ClusterImages(SpecModel):
+    model_config = ConfigDict(extra="forbid")
+
+    training_cuda: str = Field(default="mlyard-training:0.1.0-cuda", pattern=IMAGE, description="The gpu pool's "
+                               "default image (infra/docker/training-cuda.Dockerfile: mlyard with torch and CUDA).")
+    training_cpu: str = Field(default="mlyard-training:0.1.0-cpu", pattern=IMAGE,
+                              description="A CPU training image (infra/docker/training-cpu.Dockerfile).")
+    serving: str = Field(default="mlyard-serving:0.1.0", pattern=IMAGE, description="Endpoint stages' model servers "
+                         "(infra/docker/serving.Dockerfile).")
+    notebook: str = Field(default="mlyard-notebook:0.1.0", pattern=IMAGE,
+                          description="Notebooks' default image (infra/docker/notebook.Dockerfile).")
+
+
 class GpuNodes(SpecModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -59,7 +78,11 @@ class ClusterValues(SpecModel):
     overlay: Literal["dev", "prod"] = Field(default="dev", description="infra/k8s/overlays/{overlay}.")
     namespace: str = Field(default="mlyard", pattern=DNS_LABEL, max_length=63, description="Namespace of everything.")
     image: str = Field(default="mlyard:0.1.0", pattern=IMAGE, description="The platform image (infra/docker).")
-    image_pull_secrets: list[str] = Field(default_factory=list, description="Pull Secrets for the image.")
+    images: ClusterImages = Field(default_factory=ClusterImages)
+    image_pull_secrets: list[str] = Field(default_factory=list, description="Pull Secrets for the images.")
+    storage_class: str | None = Field(default=None, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=253,
+                                      description="StorageClass of the runs' data storage and the dev PostgreSQL's "
+                                      "claim. Unset: the cluster's default one (a claim stays Pending without it).")
     gateway_replicas: int = Field(default=2, ge=2, le=100, description="Gateway replicas (at least 2).")
     secrets: ClusterSecrets = Field(default_factory=ClusterSecrets)
     gpu: GpuNodes = Field(default_factory=GpuNodes)

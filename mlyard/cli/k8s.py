@@ -52,10 +52,13 @@ def apply(values: Optional[Path] = VALUES,
               None, "--prefect-api-url", help="The installed Prefect server's API (e.g. through `kubectl -n mlyard "
               "port-forward svc/prefect-server 4200`: http://127.0.0.1:4200/api): then also register the gpu and "
               "cpu pools, their deployments and the crash automation there (auth: PREFECT_API_AUTH_STRING)."),
+          wait_seconds: float = typer.Option(600, "--wait-seconds", min=1, help="How long to wait for the "
+                                             "migration Job (the databases' schemas) before giving up."),
           as_json: bool = JSON) -> None:
     """Apply the install with server-side apply (field manager `mlyard`); a second apply changes nothing.
-    The Secrets it names must exist first (infra/README.md lists their keys). With --prefect-api-url,
-    register the pools, deployments and crash automation on that Prefect too."""
+    The Secrets it names must exist first (infra/README.md lists their keys). The migration Job runs (again
+    when the image changed) and is waited for before the Deployments; what it did is printed. With
+    --prefect-api-url, register the pools, deployments and crash automation on that Prefect too."""
     from core.errors import StackError
     from tasks import cluster
 
@@ -69,11 +72,26 @@ def apply(values: Optional[Path] = VALUES,
         if problems:
             raise StackError(f"namespace {vals.namespace} lacks what the pods need: {'; '.join(problems)}: create "
                              "them first (infra/README.md lists their keys); nothing else was applied")
-        done += [a.__dict__ for a in cluster.apply([o for o in objs if o["kind"] != "Namespace"], dyn)]
+        # the schemas first (the migration Job, after the databases' own objects), then the Deployments that use
+        # them: a failed migration leaves the running release as it was
+        rest = [o for o in objs if o["kind"] != "Namespace"]
+        done += [a.__dict__ for a in cluster.apply([o for o in rest if o["kind"] != "Deployment"], dyn)]
+        if any(o["kind"] == "Job" and o["metadata"]["name"] == cluster.MIGRATION_JOB for o in rest):
+            ok, log = cluster.wait_for_job(dyn, vals.namespace, cluster.MIGRATION_JOB, wait_seconds)
+            said = [line for line in log.splitlines() if line.startswith(("catalog:", "mlflow:", "prefect:"))]
+            if not ok:
+                raise StackError(f"the migration Job failed ({(log.strip().splitlines() or ['no log'])[-1]}): the "
+                                 f"Deployments were left as they were; kubectl -n {vals.namespace} logs job/"
+                                 f"{cluster.MIGRATION_JOB}")
+            next(r for r in done if r["name"] == cluster.MIGRATION_JOB)["said"] = said
+            if not as_json:
+                for line in said:
+                    out.print(f"migrations: {line}", highlight=False)
+        done += [a.__dict__ for a in cluster.apply([o for o in rest if o["kind"] == "Deployment"], dyn)]
         if prefect_api_url:
             from mlyard.prefect_setup import register_on_cluster
 
-            register_on_cluster(prefect_api_url, vals.namespace, vals.image, list(vals.image_pull_secrets),
+            register_on_cluster(prefect_api_url, vals,
                                 echo=lambda line: None if as_json else out.print(line, highlight=False))
         return done
 
@@ -82,6 +100,7 @@ def apply(values: Optional[Path] = VALUES,
         emit(rows, True)
         return
     emit(rows, False, ["kind", "name", "outcome"])
-    counts = {k: sum(r["outcome"] == k for r in rows) for k in ("created", "changed", "unchanged")}
-    out.print(f"{counts['created']} created, {counts['changed']} changed, {counts['unchanged']} unchanged",
+    counts = {k: sum(r["outcome"] == k for r in rows) for k in ("created", "changed", "replaced", "unchanged")}
+    out.print(f"{counts['created']} created, {counts['changed']} changed, {counts['replaced']} replaced, "
+              f"{counts['unchanged']} unchanged",
               highlight=False)

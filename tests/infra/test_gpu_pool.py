@@ -43,7 +43,12 @@ def test_a_gpu_training_job_is_strictly_valid_and_asks_for_gpus(stack):
     assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"  # NCCL and DataLoader workers need it
     data = volumes[mounts["/mlyard/data"]]["ephemeral"]["volumeClaimTemplate"]["spec"]
     assert data["resources"]["requests"]["storage"] == "300Gi"  # the seed's data storage size
+    assert "storageClassName" not in data  # unset: the cluster's default StorageClass
+    assert pod["securityContext"]["fsGroup"] == 10001  # the bound volume is the run's user's to write
     assert manifest["spec"]["ttlSecondsAfterFinished"] == 86400  # finished Jobs do not pile up
+    classed = _strictly_valid(_render(json.loads(GPU_TEMPLATE.read_text()), {**values, "data_storage_class": "fast"}))
+    data = next(v for v in classed["spec"]["template"]["spec"]["volumes"] if v["name"] == "data")
+    assert data["ephemeral"]["volumeClaimTemplate"]["spec"]["storageClassName"] == "fast"
 
 
 def _deployments(pool: str):

@@ -14,13 +14,15 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-from kube_api import KubeApi
+from kube_api import KubeApi, Kubelet
 
 ROOT = Path(__file__).resolve().parents[2]
 MLYARD = str(Path(sys.executable).parent / "mlyard")
 
 VALUES = {"overlay": "prod", "namespace": "ml-platform", "image": "registry.example/team/mlyard:1.2.3",
-          "image_pull_secrets": ["regcred"], "gateway_replicas": 4,
+          "images": {"training_cuda": "registry.example/team/mlyard-training:1.2.3-cuda",
+                     "serving": "registry.example/team/mlyard-serving:1.2.3"},
+          "image_pull_secrets": ["regcred"], "gateway_replicas": 4, "storage_class": "fast-ssd",
           "secrets": {"prefect": "pf", "mlflow": "mf", "settings": "ms", "postgres": None}}
 
 
@@ -53,6 +55,9 @@ def test_render_sets_what_the_values_name(tmp_path, values_file):
     assert workloads["gateway"]["imagePullSecrets"] == [{"name": "regcred"}]
     assert workloads["gateway"]["containers"][0]["image"] == "registry.example/team/mlyard:1.2.3"
     assert next(o for o in objs if o["metadata"]["name"] == "gateway" and o["kind"] == "Deployment")["spec"]["replicas"] == 4
+    config = next(o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "mlyard-config")["data"]
+    assert config["MLYARD_IMAGE"] == "registry.example/team/mlyard:1.2.3"  # endpoint stages no longer fall back
+    assert config["MLYARD_SERVING_IMAGE"] == "registry.example/team/mlyard-serving:1.2.3"  # to mlyard:0.1.0
     worker_env = {e["name"]: e for e in workloads["prefect-worker-gpu"]["containers"][0]["env"]}
     assert worker_env["PREFECT_INTEGRATIONS_KUBERNETES_WORKER_API_AUTH_STRING_SECRET_NAME"]["value"] == "pf"
     assert worker_env["PREFECT_INTEGRATIONS_KUBERNETES_OBSERVER_NAMESPACES"]["value"] == "ml-platform"
@@ -94,22 +99,35 @@ def test_bad_values_are_refused_in_one_line(tmp_path, change, field):
 
 @pytest.fixture
 def cluster(tmp_path):
+    """The API emulator, and a kubelet that runs the Jobs' pods here (the migration Job: its databases are
+    SQLite files under tmp_path, named by the Secrets as a cluster's name PostgreSQL ones)."""
     api = KubeApi()
     kubeconfig = api.kubeconfig(tmp_path / "kubeconfig")
+    (tmp_path / "pod-home").mkdir()
+    kubelet = Kubelet(api, str(ROOT), overrides={"MLYARD_HOME": str(tmp_path / "pod-home")})
     yield api, kubeconfig
+    kubelet.close()
     api.close()
 
 
 # The keys each of VALUES's Secrets must hold (infra/README.md lists them): what the pods read by
 # secretKeyRef, and the settings Secret's credentials the gateway and stage pods refuse to start without
 KEYS = {"pf": ("database-url", "auth-string"), "mf": ("backend-store-uri", "artifacts-destination"),
-        "ms": ("mlyard_s3_access_key_id", "mlyard_s3_secret_access_key", "mlyard_internal_token",
-               "mlyard_replica_token"),
+        "ms": ("mlyard_catalog_url", "mlyard_s3_access_key_id", "mlyard_s3_secret_access_key",
+               "mlyard_internal_token", "mlyard_replica_token"),
         "regcred": (".dockerconfigjson",)}
 
 
-def _secret(api: KubeApi, namespace: str, name: str, without: str | None = None) -> None:
-    data = {key: "eA==" for key in KEYS[name] if key != without}
+def _databases(folder: Path) -> dict[str, str]:
+    return {"database-url": f"sqlite+aiosqlite:///{folder}/prefect.db", "backend-store-uri": f"sqlite:///{folder}/mlflow.db",
+            "mlyard_catalog_url": f"sqlite:///{folder}/catalog.db"}
+
+
+def _secret(api: KubeApi, namespace: str, name: str, folder: Path, without: str | None = None) -> None:
+    import base64
+
+    urls = _databases(folder)
+    data = {key: base64.b64encode(urls.get(key, "x").encode()).decode() for key in KEYS[name] if key != without}
     api.create("Secret", "v1", namespace, {"metadata": {"name": name}, "type": "Opaque", "data": data}, "kubectl-create")
 
 
@@ -122,18 +140,23 @@ def test_apply_needs_the_secrets_then_applies_everything_and_a_second_apply_chan
     assert [o["kind"] for o in api.objects.values()] == ["Namespace"], "nothing but the namespace before the Secrets"
 
     for name in ("pf", "mf", "regcred"):
-        _secret(api, "ml-platform", name)
-    _secret(api, "ml-platform", "ms", without="mlyard_replica_token")  # stage pods would refuse to start
+        _secret(api, "ml-platform", name, tmp_path)
+    _secret(api, "ml-platform", "ms", tmp_path, without="mlyard_replica_token")  # stage pods would refuse to start
     lacking = mlyard("k8s", "apply", "-f", str(values_file), "--kubeconfig", str(kubeconfig), cwd=tmp_path)
     assert lacking.returncode == 2 and len(lacking.stderr.strip().splitlines()) == 1, lacking.stderr
     assert "Secret ms without key(s) mlyard_replica_token" in lacking.stderr and "nothing else" in lacking.stderr
     assert sorted(o["kind"] for o in api.objects.values()) == ["Namespace"] + ["Secret"] * 4
     api.delete(("Secret", "ml-platform", "ms"))
-    _secret(api, "ml-platform", "ms")
+    _secret(api, "ml-platform", "ms", tmp_path)
     second = mlyard("k8s", "apply", "-f", str(values_file), "--kubeconfig", str(kubeconfig), "--json", cwd=tmp_path)
     assert second.returncode == 0, second.stderr
     rows = json.loads(second.stdout)
     assert len(rows) >= 20 and {r["outcome"] for r in rows[1:]} == {"created"}
+    said = next(r for r in rows if r["name"] == "mlyard-migrate")["said"]  # the databases the Secrets name, made
+    assert [line.split(":")[0] for line in said] == ["catalog", "mlflow", "prefect"], said
+    assert all("migrated from an empty database" in line for line in said), said
+    kinds = [r["kind"] for r in rows]
+    assert kinds.index("Job") < min(i for i, k in enumerate(kinds) if k == "Deployment"), "the schemas come first"
     rv = {k: o["metadata"]["resourceVersion"] for k, o in api.objects.items()}
 
     third = mlyard("k8s", "apply", "-f", str(values_file), "--kubeconfig", str(kubeconfig), "--json", cwd=tmp_path)
@@ -151,7 +174,7 @@ def test_a_changed_value_changes_only_what_it_touches(tmp_path, values_file, clu
     api, kubeconfig = cluster
     api.create("Namespace", "v1", None, {"metadata": {"name": "ml-platform"}}, "kubectl")
     for name in ("pf", "mf", "ms", "regcred"):
-        _secret(api, "ml-platform", name)
+        _secret(api, "ml-platform", name, tmp_path)
     assert mlyard("k8s", "apply", "-f", str(values_file), "--kubeconfig", str(kubeconfig), cwd=tmp_path).returncode == 0
     values_file.write_text(yaml.safe_dump({**VALUES, "gateway_replicas": 5}))
     out = mlyard("k8s", "apply", "-f", str(values_file), "--kubeconfig", str(kubeconfig), "--json", cwd=tmp_path)
@@ -193,7 +216,7 @@ def test_apply_registers_the_pools_deployments_and_crash_automation_on_the_clust
         tmp_path, values_file, cluster, clusters_prefect):
     api, kubeconfig = cluster
     for name in ("pf", "mf", "ms", "regcred"):
-        _secret(api, "ml-platform", name)
+        _secret(api, "ml-platform", name, tmp_path)
     out = mlyard("k8s", "apply", "-f", str(values_file), "--kubeconfig", str(kubeconfig), "--prefect-api-url",
                  clusters_prefect, cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -209,12 +232,79 @@ def test_apply_registers_the_pools_deployments_and_crash_automation_on_the_clust
             assert pool.type == "kubernetes"
             props = pool.base_job_template["variables"]["properties"]
             assert props["namespace"]["default"] == "ml-platform"
-            assert props["image"]["default"] == "registry.example/team/mlyard:1.2.3"
+            assert props["image"]["default"] == {"gpu": "registry.example/team/mlyard-training:1.2.3-cuda",
+                                                 "cpu": "registry.example/team/mlyard:1.2.3"}[pool.name]
             assert props["service_account_name"]["default"] == "mlyard-flow-run"
             assert props["image_pull_secrets"]["default"] == [{"name": "regcred"}]
         deployments = client.read_deployments()
         automations = client.read_automations_by_name(CRASH_AUTOMATION)
     wanted = [d for d in yaml.safe_load(PREFECT_YAML.read_text())["deployments"] if d["work_pool"]["name"] != "local"]
     assert len(deployments) == len(wanted) and {d.work_pool_name for d in deployments} == {"gpu", "cpu"}
-    assert {d.job_variables["image"] for d in deployments} == {"registry.example/team/mlyard:1.2.3"}
+    images = {d.work_pool_name: set() for d in deployments}
+    for d in deployments:
+        images[d.work_pool_name].add(d.job_variables["image"])
+    assert images == {"gpu": {"registry.example/team/mlyard-training:1.2.3-cuda"},  # torch with CUDA
+                      "cpu": {"registry.example/team/mlyard:1.2.3"}}
+    assert pools["gpu"].base_job_template["variables"]["properties"]["data_storage_class"]["default"] == "fast-ssd"
     assert len(automations) == 1
+
+
+def test_apply_migrates_the_previous_releases_catalog_once_and_a_new_image_runs_the_job_again(tmp_path, values_file,
+                                                                                               cluster):
+    """An upgrade: the catalog as the previous release left it (one revision behind, with a template in it)
+    is migrated by the Job, under its lock, before the new Deployments; the next release's Job finds
+    nothing to do. A failed migration leaves the Deployments as they were."""
+    from sqlalchemy import text
+
+    from registry.catalog import HEAD, Catalog
+
+    api, kubeconfig = cluster
+    previous = f"{int(HEAD) - 1:04d}"
+    old = Catalog(_databases(tmp_path)["mlyard_catalog_url"], upgrade=False)
+    old.upgrade(previous)
+    with old.engine.begin() as conn:
+        conn.execute(text("INSERT INTO training_templates (name, description, spec, created_at) "
+                          "VALUES ('kept', '', '{}', '2026-01-01')"))
+    old.dispose()
+    for name in ("pf", "mf", "ms", "regcred"):
+        _secret(api, "ml-platform", name, tmp_path)
+
+    def apply() -> subprocess.CompletedProcess:
+        out = mlyard("k8s", "apply", "-f", str(values_file), "--kubeconfig", str(kubeconfig), cwd=tmp_path)
+        assert out.returncode == 0, out.stdout + out.stderr
+        return out
+
+    assert f"migrations: catalog: migrated from {previous} to {HEAD}" in apply().stdout
+    catalog = Catalog(_databases(tmp_path)["mlyard_catalog_url"], upgrade=False)
+    with catalog.engine.connect() as conn:
+        assert catalog.revision() == HEAD
+        assert conn.execute(text("SELECT name FROM training_templates")).scalars().all() == ["kept"]
+    catalog.dispose()
+
+    values_file.write_text(yaml.safe_dump({**VALUES, "image": "registry.example/team/mlyard:1.2.4"}))
+    again = apply().stdout
+    assert f"migrations: catalog: at {HEAD} already, nothing to do" in again, again
+    assert "1 replaced" in again and api.get("Job", "ml-platform", "mlyard-migrate")["spec"]["template"]["spec"][
+        "containers"][0]["image"] == "registry.example/team/mlyard:1.2.4"
+
+    api.delete(("Secret", "ml-platform", "ms"))  # the catalog's URL now names a database no one serves
+    api.create("Secret", "v1", "ml-platform", {"metadata": {"name": "ms"}, "data": {
+        k: __import__("base64").b64encode(("postgresql+psycopg://mlyard:x@127.0.0.1:9/catalog" if k == "mlyard_catalog_url"
+                                           else "x").encode()).decode() for k in KEYS["ms"]}}, "kubectl-create")
+    values_file.write_text(yaml.safe_dump({**VALUES, "image": "registry.example/team/mlyard:1.2.5"}))
+    failed = mlyard("k8s", "apply", "-f", str(values_file), "--kubeconfig", str(kubeconfig), cwd=tmp_path)
+    assert failed.returncode != 0 and "the migration Job failed" in failed.stderr, failed.stdout + failed.stderr
+    gateway = api.get("Deployment", "ml-platform", "gateway")["spec"]["template"]["spec"]["containers"][0]
+    assert gateway["image"] == "registry.example/team/mlyard:1.2.4", "the running release was left as it was"
+
+
+def test_the_values_storage_class_goes_to_every_claim_the_install_makes():
+    """Without a default StorageClass a claim that names none stays Pending (and its pod with it)."""
+    from core.specs.cluster import ClusterValues
+    from tasks.cluster import render
+
+    objs = render(ClusterValues(overlay="dev", storage_class="fast-ssd"))
+    postgres = next(o for o in objs if o["kind"] == "StatefulSet" and o["metadata"]["name"] == "postgres")
+    assert [c["spec"]["storageClassName"] for c in postgres["spec"]["volumeClaimTemplates"]] == ["fast-ssd"]
+    plain = next(o for o in render(ClusterValues(overlay="dev")) if o["kind"] == "StatefulSet")
+    assert "storageClassName" not in plain["spec"]["volumeClaimTemplates"][0]["spec"]

@@ -143,3 +143,18 @@ def test_the_kueue_component_names_the_gpu_queue():
     assert kinds["LocalQueue"]["spec"]["clusterQueue"] == kinds["ClusterQueue"]["metadata"]["name"]
     covered = kinds["ClusterQueue"]["spec"]["resourceGroups"][0]["coveredResources"]
     assert "nvidia.com/gpu" in covered
+
+
+def test_the_dev_postgres_makes_every_database_the_readmes_secrets_name():
+    """The walk in the README names a database per Secret (prefect, mlflow, catalog): the dev overlay's
+    PostgreSQL must make each, as its image's POSTGRES_DB makes only one."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    named = set(re.findall(r"@postgres:5432/(\w+)", readme))
+    init = _by(render(K8S / "overlays" / "dev"), "ConfigMap")["postgres-init"]["data"]["10-databases.sql"]
+    made = set(re.findall(r"CREATE DATABASE (\w+)", init))
+    assert named == {"prefect", "mlflow", "catalog"} and named <= made, (named, made)
+    sts = _by(render(K8S / "overlays" / "dev"), "StatefulSet")["postgres"]["spec"]["template"]["spec"]
+    assert {"name": "init", "mountPath": "/docker-entrypoint-initdb.d", "readOnly": True} in \
+        sts["containers"][0]["volumeMounts"]
