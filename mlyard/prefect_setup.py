@@ -21,6 +21,7 @@ from core.connection import healthy, point_prefect
 from core.errors import StackError
 from core.settings import TELEMETRY_OFF_ENV, UNRESPONSIVE_AFTER_SECONDS, Settings
 from core.specs.cluster import ClusterValues
+from core.specs.training import RUN_ACCOUNT
 from mlyard.warm import SOCKET, warm_dir
 from mlyard.warm.client import detach
 from tasks.processes import alive, stop_group
@@ -248,13 +249,14 @@ def local_pool_template(settings: Settings) -> dict:
 
 
 def cluster_pool_template(path: Path, values: ClusterValues, image: str) -> dict:
-    """A Kubernetes pool's base job template with the install's defaults: its namespace, `image`, the flow-run
-    service account (infra/k8s/base/flow-runs.yaml), the pull Secrets and the data storage's StorageClass."""
+    """A Kubernetes pool's base job template with the install's defaults: its namespace, `image`, the runs'
+    service account (infra/k8s/base/flow-runs.yaml: it may read a pod and nothing more; a multi-node training
+    asks for the one that makes its nodes' Job), the pull Secrets and the data storage's StorageClass."""
     template = json.loads(path.read_text())
     props = template["variables"]["properties"]
     props["namespace"]["default"] = values.namespace
     props["image"]["default"] = image
-    props["service_account_name"]["default"] = "mlyard-flow-run"
+    props["service_account_name"]["default"] = RUN_ACCOUNT  # no rights to make Jobs (flow-runs.yaml)
     props["image_pull_secrets"]["default"] = [{"name": n} for n in values.image_pull_secrets]
     if values.storage_class and "data_storage_class" in props:
         props["data_storage_class"]["default"] = values.storage_class

@@ -60,6 +60,23 @@ class Rendezvous:
     host: bool
 
 
+# What the platform holds and a user's script never gets (it gets the EasyMaker contract's EM_* and what its
+# spec names): Prefect's admin string and database, the gateway's internal and the replicas' tokens, the
+# platform's storage keys and databases (the catalog, RAG vectors, MLflow's backend), the kubeconfig.
+PLATFORM_CREDENTIALS = frozenset({
+    "PREFECT_API_AUTH_STRING", "PREFECT_API_KEY", "PREFECT_SERVER_API_AUTH_STRING",
+    "PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_CONNECTION_URL",
+    "PREFECT_SERVER_DATABASE_PASSWORD", "PREFECT_API_DATABASE_PASSWORD",
+    "MLYARD_INTERNAL_TOKEN", "MLYARD_REPLICA_TOKEN", "MLYARD_S3_ACCESS_KEY_ID", "MLYARD_S3_SECRET_ACCESS_KEY",
+    "MLYARD_CATALOG_URL", "MLYARD_VECTOR_STORE_URL", "MLFLOW_BACKEND_STORE_URI", "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "KUBECONFIG"})
+
+
+def script_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` without the platform's credentials (PLATFORM_CREDENTIALS), for a user's entry point."""
+    return {k: v for k, v in env.items() if k.upper() not in PLATFORM_CREDENTIALS}
+
+
 def build_invocation(spec: TrainingSpec, dirs: Workdirs, python: str, region: str,
                      base_env: Mapping[str, str], rendezvous: Rendezvous | None = None) -> tuple[list[str], dict[str, str]]:
     """argv and environment of the entry point, as EasyMaker scripts expect them."""
@@ -84,7 +101,7 @@ def build_invocation(spec: TrainingSpec, dirs: Workdirs, python: str, region: st
     else:
         argv = [python, "-u", entry] + args
 
-    env = dict(base_env)
+    env = script_environment(base_env)
     env.update({
         "PYTHONUNBUFFERED": "1",
         "EM_SOURCE_DIR": str(dirs.source),

@@ -34,10 +34,12 @@ from prefect.cache_policies import NO_CACHE
 from core.environment import pod_name
 from core.errors import TrainingFailed, TrainingStopped
 from core.names import TASK_RUN_ENTRY_POINT
+from core.settings import Settings
 from core.specs import TrainingSpec
+from core.specs.training import COORDINATOR, RUN_ACCOUNT
 from registry.tracking import Tracking
 from tasks.launch import ScriptRun
-from tasks.orchestration import step_started
+from tasks.orchestration import KUEUE_QUEUE_LABEL, step_started
 
 RENDEZVOUS_PORT = 29400  # torchrun's c10d store, on node 0
 MASTER_PORT = 29500  # MASTER_PORT for code that reads it (torch.distributed's env:// init)
@@ -77,8 +79,10 @@ def node_environment(spec: TrainingSpec, job: NodeJob, index: int) -> dict[str, 
 
 
 def render(spec: TrainingSpec, coordinator_pod: dict[str, Any], job: NodeJob, training_id: str,
-           run_id: str) -> list[dict[str, Any]]:
-    """The headless Service and the Indexed Job of a training's nodes, from the coordinator's pod."""
+           run_id: str, queue: str | None = None) -> list[dict[str, Any]]:
+    """The headless Service and the Indexed Job of a training's nodes, from the coordinator's pod. With a
+    Kueue `queue`, the Job carries its label: Kueue admits its whole parallelism (every node's GPUs) at once
+    or not at all, against the same quota as the pool's Jobs, instead of its pods bypassing it."""
     labels = {"app.kubernetes.io/name": "mlyard-training-node", "app.kubernetes.io/managed-by": "mlyard",
               LABEL: job.name}
     pod = copy.deepcopy(coordinator_pod.get("spec") or {})
@@ -86,6 +90,7 @@ def render(spec: TrainingSpec, coordinator_pod: dict[str, Any], job: NodeJob, tr
         pod.pop(transient, None)
     pod["restartPolicy"] = "Never"
     pod["subdomain"] = job.name
+    pod["serviceAccountName"] = RUN_ACCOUNT  # the user's script: none of the coordinator's right to make Jobs
     # the service account token volume admission added to the coordinator: it adds the nodes' own
     pod["volumes"] = [v for v in pod.get("volumes") or [] if not v["name"].startswith("kube-api-access-")]
     container = pod["containers"][0]
@@ -129,7 +134,8 @@ def render(spec: TrainingSpec, coordinator_pod: dict[str, Any], job: NodeJob, tr
                         "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT},
                                   {"name": "master", "port": MASTER_PORT}, {"name": "tf-worker", "port": TF_PORT}]}}
     batch = {"apiVersion": "batch/v1", "kind": "Job",
-             "metadata": {"name": job.name, "namespace": job.namespace, "labels": labels},
+             "metadata": {"name": job.name, "namespace": job.namespace,
+                          "labels": {**labels, **({KUEUE_QUEUE_LABEL: queue} if queue else {})}},
              "spec": {"completionMode": "Indexed", "completions": job.nodes, "parallelism": job.nodes,
                       "backoffLimit": 0, "ttlSecondsAfterFinished": TTL_SECONDS,
                       "template": {"metadata": {"labels": labels}, "spec": pod}}}
@@ -302,7 +308,16 @@ def run_nodes(spec: TrainingSpec, training_id: str, run_id: str, tracking: Track
     api = cluster_client("nodes", spec.nodes)
     job = NodeJob(job_name(training_id), namespace, spec.nodes)
     own = coordinator_pod(client.CoreV1Api(api), namespace, pod_name() or "")
-    create(api, render(spec, own, job, training_id, run_id), owner=own)
+    try:
+        create(api, render(spec, own, job, training_id, run_id, Settings().kueue_queue), owner=own)
+    except client.ApiException as exc:
+        if exc.status != 403:
+            raise
+        # a run without mlyard's job variables (the Prefect UI's Run button): the pool's account may make no Job
+        raise TrainingFailed(f"this flow run's service account ({own['spec'].get('serviceAccountName')}) may not "
+                             f"make the nodes' Job: run a {spec.nodes}-node training with the job variable "
+                             f"service_account_name: {COORDINATOR['service_account_name']} (mlyard train and "
+                             "Python set it)") from None
     logger.info("%d nodes: Indexed Job %s and headless Service %s in namespace %s; node 0's log follows",
                 spec.nodes, job.name, job.name, namespace)
     ended = follow(api, job, should_stop, logger.info if spec.collect_logs else (lambda line: None))

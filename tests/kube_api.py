@@ -66,10 +66,10 @@ KINDS: list[tuple[str, str, str, str, bool, tuple[str, ...]]] = [
     ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", True, ("status",)),
     ("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", True, ()),
     ("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute", True, ("status",)),
-    ("kueue.x-k8s.io", "v1beta1", "resourceflavors", "ResourceFlavor", False, ()),
-    ("kueue.x-k8s.io", "v1beta1", "clusterqueues", "ClusterQueue", False, ("status",)),
-    ("kueue.x-k8s.io", "v1beta1", "localqueues", "LocalQueue", True, ("status",)),
-    ("kueue.x-k8s.io", "v1beta1", "workloads", "Workload", True, ("status",)),
+    ("kueue.x-k8s.io", "v1beta2", "resourceflavors", "ResourceFlavor", False, ()),
+    ("kueue.x-k8s.io", "v1beta2", "clusterqueues", "ClusterQueue", False, ("status",)),
+    ("kueue.x-k8s.io", "v1beta2", "localqueues", "LocalQueue", True, ("status",)),
+    ("kueue.x-k8s.io", "v1beta2", "workloads", "Workload", True, ("status",)),
 ]
 BY_PLURAL = {(g, v, p): (k, ns, subs) for g, v, p, k, ns, subs in KINDS}
 SERVER_FIELDS = ("uid", "resourceVersion", "creationTimestamp", "managedFields", "generation", "selfLink")

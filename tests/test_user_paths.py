@@ -324,3 +324,19 @@ def test_a_failing_training_from_the_cli_ends_in_its_line_without_tracebacks(sta
     assert "Task run 'run-entry-point" in proc.stderr  # the log itself still streams
     assert proc.stderr.strip().splitlines()[-1].startswith("FAIL TRAIN: the entry point failed (exit code 1)")
     assert "explode" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_a_users_script_sees_none_of_the_platforms_credentials(stack):
+    """The training's entry point gets the EasyMaker contract (EM_*) and what its spec names, never what the
+    platform holds: the CLI process that runs the flow holds the Prefect admin string (read from the
+    stack's private home), and the script must not inherit it."""
+    from tasks.launch import PLATFORM_CREDENTIALS
+
+    work = project("no-credentials")
+    (work / "main.py").write_text("import json, os\nprint('SEEN', json.dumps(sorted(k for k in os.environ if k in "
+                                  f"{sorted(PLATFORM_CREDENTIALS)!r})), 'HAS_EM', 'EM_MODEL_DIR' in os.environ)\n")
+    (work / "t.yaml").write_text("name: no-credentials\nexperiment: user-paths\nsource_uri: .\nentry_point: main.py\n")
+    proc = mlyard("train", "-f", "t.yaml", cwd=work)
+    _ok(proc)
+    line = next(ln for ln in (proc.stdout + proc.stderr).splitlines() if "SEEN" in ln)
+    assert line.split("SEEN ", 1)[1] == "[] HAS_EM True", line

@@ -234,7 +234,7 @@ def test_apply_registers_the_pools_deployments_and_crash_automation_on_the_clust
             assert props["namespace"]["default"] == "ml-platform"
             assert props["image"]["default"] == {"gpu": "registry.example/team/mlyard-training:1.2.3-cuda",
                                                  "cpu": "registry.example/team/mlyard:1.2.3"}[pool.name]
-            assert props["service_account_name"]["default"] == "mlyard-flow-run"
+            assert props["service_account_name"]["default"] == "mlyard-run"  # may make no Jobs: user code runs there
             assert props["image_pull_secrets"]["default"] == [{"name": "regcred"}]
         deployments = client.read_deployments()
         automations = client.read_automations_by_name(CRASH_AUTOMATION)

@@ -113,6 +113,11 @@ def test_workers_get_exactly_what_they_use(overlay):
         ("networking.k8s.io", "networkpolicies"))}, ("gateway.networking.k8s.io", "httproutes"): {"get", "patch",
                                                                                           "delete"}}
     assert {s["name"] for s in bindings["mlyard-endpoints"]["subjects"]} == {"mlyard-endpoints"}
+    # where user code runs (every flow-run pod by default, a multi-node training's nodes): read a pod, no more
+    run = {(g, r): set(rule["verbs"]) for rule in roles["mlyard-run"]["rules"]
+           for g in rule["apiGroups"] for r in rule["resources"]}
+    assert run == {("", "pods"): {"get"}}
+    assert {s["name"] for s in bindings["mlyard-run"]["subjects"]} == {"mlyard-run"}
     flows = [d for d in yaml.safe_load((K8S.parent / "prefect.yaml").read_text())["deployments"]
              if d["entrypoint"].startswith("flows.endpoint_") and d["work_pool"]["name"] != "local"]
     assert len(flows) == 10 and {d["work_pool"]["job_variables"]["service_account_name"] for d in flows} == {"mlyard-endpoints"}

@@ -44,8 +44,11 @@ class Kueue(Controller):
 
     @staticmethod
     def _gpus(job: dict) -> int:
-        return sum(int(c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0))
-                   for c in job["spec"]["template"]["spec"]["containers"])
+        """What Kueue charges a Job: its pods' GPUs times its parallelism, all at once (a multi-node training's
+        nodes are admitted together or not at all)."""
+        per_pod = sum(int(c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0))
+                      for c in job["spec"]["template"]["spec"]["containers"])
+        return per_pod * int(job["spec"].get("parallelism") or 1)
 
     def step(self) -> None:
         if len(self.order) < self.queued_first:
@@ -118,3 +121,39 @@ def test_four_trials_on_two_gpus_of_quota_run_two_at_a_time(cluster, platform, a
     assert len(kueue.waited) == 2, "two trials waited for quota"
     assert all(finished_job(api, j["metadata"]["name"])["status"].get("succeeded") == 1 for j in jobs)
     assert time.monotonic() - t0 < 300
+
+
+def test_a_multi_node_trainings_nodes_are_admitted_all_together_or_not_at_all(tmp_path):
+    """Gang admission: the node Job of a 2-node training of 2 GPUs each carries the queue's label, so Kueue
+    holds all of it (no node starts, the other's GPUs are not taken) while the quota has 3 GPUs free, and
+    starts both nodes at once when 4 are."""
+    import json
+
+    from job_templates import render as render_job
+    from kube_api import KubeApi, Kubelet
+
+    from core.specs import TrainingSpec
+    from mlyard.prefect_setup import GPU_TEMPLATE
+    from tasks import node_jobs
+
+    spec = TrainingSpec(name="ddp", source_uri="s3://b/algo", entry_point="train.py", nodes=2,
+                        resources={"gpu_count": 2})
+    coordinator = render_job(json.loads(GPU_TEMPLATE.read_text()), {**spec.job_variables(), "image": "mlyard:0.1.0"})
+    job = node_jobs.NodeJob("mlyard-nodes-gang", NS, 2)
+    _, nodes = node_jobs.render(spec, {"spec": coordinator["spec"]["template"]["spec"]}, job, "gang", "run", "gpu")
+    assert nodes["metadata"]["labels"][KUEUE_QUEUE_LABEL] == "gpu"
+    nodes["spec"]["template"]["spec"]["containers"][0]["command"] = ["sleep", "2"]  # the nodes' work is not the point
+    for quota, started in ((3, 0), (4, 2)):
+        api = KubeApi()
+        kueue = Kueue(api, quota)
+        kubelet = Kubelet(api, str(tmp_path))
+        try:
+            api.create("Job", "batch/v1", NS, json.loads(json.dumps(nodes)), "mlyard")
+            time.sleep(3)
+            pods = [p for p in api.items("Pod", NS) if p["metadata"]["labels"].get("job-name") == job.name]
+            assert len(pods) == started, (quota, len(pods))
+            assert kueue.most in (0, 4) and (job.name in kueue.waited) == (started == 0)
+        finally:
+            kubelet.close()
+            kueue.close()
+            api.close()

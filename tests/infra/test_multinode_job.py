@@ -84,7 +84,8 @@ def test_the_nodes_job_and_service_for_1_2_and_4_nodes(nodes, torchrun):
     assert container["resources"]["limits"] == {"cpu": "16", "memory": "128Gi", "nvidia.com/gpu": 4}
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
-    assert pod["imagePullSecrets"] == [{"name": "mlyard-registry-1"}] and pod["serviceAccountName"] == "mlyard-flow-run"
+    assert pod["imagePullSecrets"] == [{"name": "mlyard-registry-1"}]
+    assert pod["serviceAccountName"] == "mlyard-run", "the nodes run the user's script: no right to make Jobs"
     assert [v["name"] for v in pod["volumes"]] == ["data"], "the token volume is admission's to add again"
     assert [m["name"] for m in container["volumeMounts"]] == ["data"]
     data = next(v for v in pod["volumes"] if v["name"] == "data")
@@ -115,6 +116,8 @@ def test_the_coordinator_asks_for_no_gpu_and_the_nodes_for_theirs():
     spec = TrainingSpec(name="ddp", source_uri=".", entry_point="t.py", nodes=3, image="custom",
                         resources={"gpu_count": 8, "memory": "64Gi"})
     assert spec.job_variables()["gpu_count"] == 0 and spec.job_variables()["image"] == "custom"
+    assert spec.job_variables()["service_account_name"] == "mlyard-flow-run"  # the one that makes the nodes' Job
+    assert "service_account_name" not in spec.model_copy(update={"nodes": 1}).job_variables()
     assert spec.node_resources()["gpu_count"] == 8 and spec.node_resources()["memory_limit"] == "64Gi"
 
 

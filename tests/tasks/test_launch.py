@@ -31,7 +31,9 @@ def test_contract_args_and_env(tmp_path, algorithm):
     spec = _spec(hyperparameters={"learning_rate": 0.1, "optimizer": "adam", "use-bn": True},
                  datasets={"train": "/x"})
     dirs = Workdirs.under(tmp_path / "w", src, {"train": tmp_path / "ds"}, None)
-    argv, env = build_invocation(spec, dirs, sys.executable, "kr1", {"PATH": os.environ["PATH"]})
+    platform = {"PREFECT_API_AUTH_STRING": "admin:pw", "MLYARD_INTERNAL_TOKEN": "t", "MLYARD_S3_SECRET_ACCESS_KEY": "k",
+                "MLYARD_CATALOG_URL": "postgresql://u:pw@db/catalog", "AWS_SECRET_ACCESS_KEY": "k", "KUBECONFIG": "/k"}
+    argv, env = build_invocation(spec, dirs, sys.executable, "kr1", {"PATH": os.environ["PATH"], **platform})
     lines = []
     Supervisor(argv, env, src, lines.append).run()
     got = json.loads(lines[0])
@@ -43,6 +45,7 @@ def test_contract_args_and_env(tmp_path, algorithm):
     assert e["EM_MODEL_DIR"] == str(dirs.model) and Path(e["EM_MODEL_DIR"]).is_dir()
     assert e["EM_SOURCE_DIR"] == str(src) and e["EM_ENTRY_POINT"] == "main.py" and e["EM_REGION"] == "kr1"
     assert {"EM_CHECKPOINT_DIR", "EM_CHECKPOINT_INPUT_DIR", "EM_TENSORBOARD_LOG_DIR"} <= set(e)
+    assert not set(platform) & set(e), "the platform's credentials never reach a user's script"
 
 
 def test_torchrun_invocation(tmp_path):
