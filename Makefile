@@ -11,7 +11,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 
-.PHONY: install demo test bench down clean
+.PHONY: install demo test images dist bench down clean
 
 install: $(STAMP)
 
@@ -76,6 +76,21 @@ test: $(STAMP) $(GATEWAY_API)
 	# 4 CPU-s of each worker's collection, bench/README.md) for the next run
 	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder \
 	  --durations=15  # longest files first: tests/conftest.py
+
+# The images (infra/docker/mlyard.Dockerfile), built as shipped and run as their users: Debian's buildah builds
+# the Dockerfile without a Docker engine (its layer cache makes a second build quick), mmdebstrap makes the
+# debian:12-slim base from Debian's packages where no registry serves it; tests/images runs every entry point
+# as the image's user on a read-only root (tests/images/container.py)
+images: $(STAMP)
+	for tool in buildah mmdebstrap; do command -v $$tool >/dev/null || apt-get install -y -q $$tool >/dev/null 2>&1 \
+	  || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $$tool >/dev/null 2>&1) \
+	  || echo "$$tool could not be installed (no apt or no root): the images need it"; done
+	MLYARD_IMAGE_TESTS=1 $(PY) -m pytest -q -p no:cacheprovider tests/images --durations=10
+
+# dist/: mlyard's wheel and the images' pinned requirements, what `docker build -f infra/docker/mlyard.Dockerfile`
+# copies from the project root
+dist: $(STAMP)
+	$(PY) infra/docker/build.py dist
 
 bench: $(STAMP)
 	# wrk drives the gateway and serving benchmarks (Debian's package)

@@ -61,11 +61,11 @@ class Settings(BaseSettings):
         description="Port of the endpoint gateway that `mlyard up` starts. Unset: the Prefect port + 2 (4202).")
     image: str = Field(
         default=DEFAULT_IMAGE,
-        description="The mlyard image that Kubernetes pools and endpoint Deployments run (infra/docker/platform.Dockerfile), "
+        description="The mlyard image that Kubernetes pools and endpoint Deployments run (infra/docker/mlyard.Dockerfile, target platform), "
         "e.g. registry.example/mlyard:0.1.0. `mlyard up` renders the gpu deployments with it.")
     serving_image: str | None = Field(
         default=None, description="The image of endpoint stages' model servers on Kubernetes "
-        "(infra/docker/serving.Dockerfile); a cluster install sets it from its values (images.serving) in the "
+        "(infra/docker/mlyard.Dockerfile, target serving); a cluster install sets it from its values (images.serving) in the "
         "mlyard-config ConfigMap. Unset: `image`.")
     cluster_pools: bool | None = Field(
         default=None, description="Whether the embedded stack also registers the deployments of the Kubernetes "

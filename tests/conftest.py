@@ -51,6 +51,10 @@ for key in ("MLYARD_PREFECT_API_URL", "MLYARD_MLFLOW_TRACKING_URI", "MLYARD_CATA
 (_HOME / "prefect").mkdir(parents=True, exist_ok=True)
 
 
+# tests/images build the images (buildah, minutes): `make images` runs them, `make test` does not
+collect_ignore = [] if os.environ.get("MLYARD_IMAGE_TESTS") else ["images"]
+
+
 def pytest_collection_finish(session):
     """Prefect binds its console log handler to the sys.stderr of the moment it sets up logging (its
     first flow run): set it up before the first test, so that a test running the CLI in process

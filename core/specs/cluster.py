@@ -3,7 +3,7 @@
 ```yaml
 overlay: dev                       # dev (with a PostgreSQL + pgvector) or prod (external databases)
 namespace: mlyard
-image: registry.example/mlyard:0.1.0   # the platform (infra/docker/platform.Dockerfile): services, cpu pool
+image: registry.example/mlyard:0.1.0   # the platform (infra/docker/mlyard.Dockerfile, target platform): services, cpu pool
 images:                            # the other images workloads run (infra/docker), pushed beside it
   training_cuda: registry.example/mlyard-training:0.1.0-cuda  # the gpu pool's flow runs (torch with CUDA)
   training_cpu: registry.example/mlyard-training:0.1.0-cpu
@@ -53,13 +53,13 @@ class ClusterImages(SpecModel):
     model_config = ConfigDict(extra="forbid")
 
     training_cuda: str = Field(default="mlyard-training:0.1.0-cuda", pattern=IMAGE, description="The gpu pool's "
-                               "default image (infra/docker/training-cuda.Dockerfile: mlyard with torch and CUDA).")
+                               "default image (infra/docker/mlyard.Dockerfile, target training-cuda: mlyard with torch and CUDA).")
     training_cpu: str = Field(default="mlyard-training:0.1.0-cpu", pattern=IMAGE,
-                              description="A CPU training image (infra/docker/training-cpu.Dockerfile).")
+                              description="A CPU training image (infra/docker/mlyard.Dockerfile, target training-cpu).")
     serving: str = Field(default="mlyard-serving:0.1.0", pattern=IMAGE, description="Endpoint stages' model servers "
-                         "(infra/docker/serving.Dockerfile).")
+                         "(infra/docker/mlyard.Dockerfile, target serving).")
     notebook: str = Field(default="mlyard-notebook:0.1.0", pattern=IMAGE,
-                          description="Notebooks' default image (infra/docker/notebook.Dockerfile).")
+                          description="Notebooks' default image (infra/docker/mlyard.Dockerfile, target notebook).")
 
 
 class GpuNodes(SpecModel):
