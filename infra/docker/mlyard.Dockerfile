@@ -54,12 +54,13 @@ CMD ["python", "-c", "import torch; print('torch', torch.__version__)"]
 
 FROM python AS training-cuda
 # PyPI's torch carries its CUDA libraries (the nvidia-* wheels): nothing but the node's driver is needed.
-# From PyPI alone (--isolated: no local wheel folder offers a CPU build in its place); CA_BUNDLE: the
-# machine's, where a build step finds it.
+# From PyPI alone (no pip configuration file: no local wheel folder offers a CPU build in its place);
+# CA_BUNDLE: the machine's, where a build step finds it.
 ARG CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
 COPY dist/requirements-torch.txt /opt/mlyard/pins/
-RUN pip install -q --isolated --cert "$CA_BUNDLE" --index-url https://pypi.org/simple \
-        -c /opt/mlyard/pins/constraints.txt -r /opt/mlyard/pins/requirements-torch.txt
+RUN PIP_CONFIG_FILE=/dev/null pip install -q --cert "$CA_BUNDLE" --index-url https://pypi.org/simple \
+        -c /opt/mlyard/pins/constraints.txt -r /opt/mlyard/pins/requirements-torch.txt \
+    && python -c "import torch; assert torch.version.cuda, torch.__version__"
 COPY dist/mlyard-0.1.0-py3-none-any.whl /opt/mlyard/pins/
 RUN pip install -q --no-deps /opt/mlyard/pins/mlyard-0.1.0-py3-none-any.whl
 USER 10001:10001

@@ -105,7 +105,8 @@ def test_the_platform_image_runs_its_services_as_its_user_on_a_read_only_root(im
         _line(log, worker, "started")
 
         stores = {"MLYARD_MLFLOW_TRACKING_URI": "sqlite:////tmp/mlflow.db", "MLYARD_CATALOG_URL":
-                  "sqlite:////tmp/catalog.db", "PREFECT_API_URL": api_url, "MLYARD_INTERNAL_TOKEN": TOKEN,
+                  "sqlite:////tmp/catalog.db", "PREFECT_API_URL": api_url, "MLYARD_PREFECT_API_URL": api_url,
+                  "MLYARD_INTERNAL_TOKEN": TOKEN,
                   "MLYARD_REPLICA_TOKEN": TOKEN}
         scheduler, log = start("scheduler", ["python", "-m", "tasks.scheduling"], stores)
         _line(log, scheduler, "scheduler started")
@@ -145,6 +146,13 @@ def test_a_flow_run_pods_command_runs_a_training_in_the_platform_image(images, t
                            {**POD, "PREFECT_UI_ENABLED": "false"}, tmp_path / "prefect.log")
         started.append(server)
         _healthy(f"{api_url}/health", server, tmp_path / "prefect.log")
+        # MLflow as on the cluster: its server (from the same image), storing the run's artifacts itself
+        mlflow_port = free_port()
+        mlflow = box.start(["mlflow", "server", "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",
+                            "--backend-store-uri", "sqlite:////tmp/mlflow.db", "--artifacts-destination",
+                            "/tmp/artifacts"], POD, tmp_path / "mlflow.log")
+        started.append(mlflow)
+        _healthy(f"http://127.0.0.1:{mlflow_port}/health", mlflow, tmp_path / "mlflow.log")
         with SyncPrefectClient(api_url) as client:
             flow_id = client.create_flow_from_name("train")
             deployment = client.create_deployment(flow_id, "gpu", entrypoint="flows.training.train",
@@ -152,8 +160,9 @@ def test_a_flow_run_pods_command_runs_a_training_in_the_platform_image(images, t
                                                                {"directory": "."}}])
             spec = {"name": "in-image", "experiment": "images", "source_uri": "/algo", "entry_point": "train.py"}
             run = client.create_flow_run_from_deployment(deployment, parameters={"spec": spec})
-        env = {**POD, "MLYARD_HOME": "/mlyard/data", "PREFECT_API_URL": api_url, "PREFECT__FLOW_RUN_ID": str(run.id),
-               "MLYARD_MLFLOW_TRACKING_URI": "sqlite:////mlyard/data/mlflow.db",
+        env = {**POD, "MLYARD_HOME": "/mlyard/data", "PREFECT_API_URL": api_url, "MLYARD_PREFECT_API_URL": api_url,
+               "PREFECT__FLOW_RUN_ID": str(run.id),
+               "MLYARD_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
                "MLYARD_CATALOG_URL": "sqlite:////mlyard/data/catalog.db"}
         done = box.run(["python", "-m", "prefect.engine"], env, timeout=300)
         with SyncPrefectClient(api_url) as client:
