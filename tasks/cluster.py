@@ -7,7 +7,8 @@ gateway's replicas, the Kueue queue. `apply` applies every object through the `k
 DynamicClient with server-side apply under the field manager `mlyard` (forcing its own fields), and
 reports for each whether it was created, changed or left as it was: a second apply of the same values
 changes nothing. A Job's pod template cannot be changed: a Job whose template changed (a new image) is
-replaced instead, and `wait_for_job` follows it to its end (the migration Job, infra/k8s/base/migrate.yaml).
+replaced instead (and so is one that failed, so that an apply after a fix runs it again), and `wait_for_job`
+follows it to its end (the migration Job, infra/k8s/base/migrate.yaml).
 """
 
 from __future__ import annotations
@@ -182,10 +183,10 @@ def apply(objs: list[dict], dyn) -> Iterator[Applied]:
             before = existing.metadata.resourceVersion
         except NotFoundError:
             existing = before = None
-        if kind == "Job":
+        if kind == "Job":  # a new template, or the last run failed (a retry after fixing a Secret): run it anew
             obj = _hashed(obj)
-            if existing is not None and (existing.metadata.annotations or {}).get(TEMPLATE_HASH) != \
-                    obj["metadata"]["annotations"][TEMPLATE_HASH]:
+            if existing is not None and ((existing.metadata.annotations or {}).get(TEMPLATE_HASH) !=
+                                         obj["metadata"]["annotations"][TEMPLATE_HASH] or _failed(existing)):
                 _delete_job(dyn, resource, meta["name"], namespace)
                 dyn.server_side_apply(resource, body=obj, namespace=namespace, field_manager=FIELD_MANAGER,
                                       force_conflicts=True)
@@ -197,6 +198,11 @@ def apply(objs: list[dict], dyn) -> Iterator[Applied]:
         except ApiException as exc:
             raise StackError(f"applying {kind} {meta['name']} failed: {exc.status} {exc.reason}") from None
         yield Applied(kind, meta["name"], "created" if before is None else "unchanged" if after == before else "changed")
+
+
+def _failed(job) -> bool:
+    return any(c["type"] == "Failed" and c["status"] == "True"
+               for c in (job.to_dict().get("status") or {}).get("conditions") or [])
 
 
 def _hashed(job: dict) -> dict:

@@ -297,6 +297,13 @@ def test_apply_migrates_the_previous_releases_catalog_once_and_a_new_image_runs_
     gateway = api.get("Deployment", "ml-platform", "gateway")["spec"]["template"]["spec"]["containers"][0]
     assert gateway["image"] == "registry.example/team/mlyard:1.2.4", "the running release was left as it was"
 
+    api.delete(("Secret", "ml-platform", "ms"))  # the fix; the same apply again runs the failed Job anew
+    _secret(api, "ml-platform", "ms", tmp_path)
+    fixed = apply().stdout
+    assert f"migrations: catalog: at {HEAD} already" in fixed and "1 replaced" in fixed, fixed
+    gateway = api.get("Deployment", "ml-platform", "gateway")["spec"]["template"]["spec"]["containers"][0]
+    assert gateway["image"] == "registry.example/team/mlyard:1.2.5"
+
 
 def test_the_values_storage_class_goes_to_every_claim_the_install_makes():
     """Without a default StorageClass a claim that names none stays Pending (and its pod with it)."""
