@@ -163,3 +163,24 @@ def test_the_dev_postgres_makes_every_database_the_readmes_secrets_name():
     sts = _by(render(K8S / "overlays" / "dev"), "StatefulSet")["postgres"]["spec"]["template"]["spec"]
     assert {"name": "init", "mountPath": "/docker-entrypoint-initdb.d", "readOnly": True} in \
         sts["containers"][0]["volumeMounts"]
+
+
+def test_only_the_namespaces_pods_reach_the_platforms_services_but_the_gateway(overlay):
+    """Prefect (its admin API), MLflow, the mlyard API and the dev PostgreSQL admit pods of the namespace
+    alone, on their Service's port; the gateway, the endpoints' front door, stays open. Replicated services
+    keep a PodDisruptionBudget."""
+    name, objs = overlay
+    policies = _by(objs, "NetworkPolicy")
+    services = _by(objs, "Service")
+    guarded = {"prefect-server", "mlflow", "mlyard-api"} | ({"postgres"} if name == "dev" else set())
+    for service in guarded:
+        policy = policies[service]["spec"]
+        assert policy["podSelector"]["matchLabels"] == services[service]["spec"]["selector"], service
+        assert policy["policyTypes"] == ["Ingress"] and len(policy["ingress"]) == 1, service
+        rule = policy["ingress"][0]
+        assert rule["from"] == [{"podSelector": {}}], f"{service}: this namespace's pods only"
+        assert [p["port"] for p in rule["ports"]] == [p["port"] for p in services[service]["spec"]["ports"]]
+    assert "gateway" not in policies
+    budgets = {p["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] for p in _by(objs, "PodDisruptionBudget").values()}
+    replicated = {d["metadata"]["name"] for d in _by(objs, "Deployment").values() if d["spec"].get("replicas", 1) > 1}
+    assert replicated <= budgets, replicated - budgets
