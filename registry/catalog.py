@@ -1,11 +1,11 @@
 """The platform catalog: a database of long-lived resources MLflow does not know (SQLAlchemy 2 +
 Alembic), its tables declared in registry/tables.py.
 
-The schema is owned by the Alembic migrations in `registry/migrations`; opening a catalog
-upgrades it to the newest revision, under a lock (Alembic has none): on PostgreSQL an advisory lock held by
-the migrating transaction, on SQLite a lock file beside the database, so that two processes opening an old
-catalog at once migrate it once. On a cluster the migration Job (registry/migrate.py) does it before the
-pods start.
+The schema is owned by the Alembic migrations in `registry/migrations`; opening a catalog upgrades it
+to the newest revision under a lock (Alembic has none): on PostgreSQL an advisory lock held by a
+connection of its own while Alembic migrates, on SQLite a lock file beside the database, so that two
+processes opening an old catalog at once migrate it once. On a cluster the migration Job
+(registry/migrate.py) does it before the pods start.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from registry.tables import Endpoint, EndpointStage, StageResource
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "mlyard_alembic_version"  # Optuna keeps its own `alembic_version` in the same DB
-# The newest revision: migrations are numbered files whose revision is their number (one line of history).
 # the advisory lock's key for the catalog's migrations: any fixed number no other lock of the database uses
 MIGRATION_LOCK = 0x6D6C7961  # "mlya"
+# The newest revision: migrations are numbered files whose revision is their number (one line of history).
 HEAD = max(p.name.split("_", 1)[0] for p in (MIGRATIONS / "versions").glob("[0-9]*_*.py"))
 
 
