@@ -64,8 +64,12 @@ class Container:
         return subprocess.run(self.command(argv, env), capture_output=True, text=True, timeout=timeout)
 
     def start(self, argv: list[str], env: dict[str, str] | None = None, log: Path | None = None) -> subprocess.Popen:
-        out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 - the process holds it
-        return subprocess.Popen(self.command(argv, env), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        if log is None:
+            return subprocess.Popen(self.command(argv, env), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        with open(log, "w") as out:  # the child holds its own copy
+            return subprocess.Popen(self.command(argv, env), stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
 
     def close(self) -> None:
         subprocess.run(["buildah", "umount", self.ctr], capture_output=True)

@@ -64,11 +64,25 @@ def _line(log: Path, proc, words: str, timeout: float = 120) -> str:
     raise AssertionError(f"no {words!r} within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
 
 
-def _shared(folder: Path) -> Path:
-    """`folder` readable by the image's user (a test's tmp_path is root's alone)."""
+@pytest.fixture
+def shared():
+    """A new folder the image's user can read (a test's tmp_path is root's alone), removed after the test."""
+    import shutil
+
+    folders: list[Path] = []
+
+    def make() -> Path:
+        folders.append(Path(tempfile.mkdtemp()))
+        return folders[-1]
+
+    yield make
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _readable(folder: Path) -> None:
     for path in [folder, *folder.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
-    return folder
 
 
 @pytest.fixture
@@ -129,16 +143,16 @@ def test_the_platform_image_runs_its_services_as_its_user_on_a_read_only_root(im
                     {"Host": "mlflow:5000"})[0] == 200
 
 
-def test_a_flow_run_pods_command_runs_a_training_in_the_platform_image(images, tmp_path, started):
+def test_a_flow_run_pods_command_runs_a_training_in_the_platform_image(images, tmp_path, started, shared):
     """What the worker's Job runs, `python -m prefect.engine`, with a flow run of the gpu pool's `train`
     deployment: the training of a script mounted into the pod, its data storage a volume of the pod's
     fsGroup, and the run COMPLETED on the Prefect server (in the image too)."""
     from prefect.client.orchestration import SyncPrefectClient
 
-    algo = Path(tempfile.mkdtemp())
+    algo = shared()
     (algo / "train.py").write_text("import os\nprint('loss=0.25')\nopen(os.path.join(os.environ['EM_MODEL_DIR'], "
                                    "'model.txt'), 'w').write('m')\n")
-    _shared(algo)
+    _readable(algo)
     with Container(images["platform"], writable={"/mlyard/data": 10001}, binds={str(algo): "/algo"}) as box:
         port = free_port()
         api_url = f"http://127.0.0.1:{port}/api"
@@ -171,15 +185,15 @@ def test_a_flow_run_pods_command_runs_a_training_in_the_platform_image(images, t
         assert "loss=0.25" in done.stdout + done.stderr
 
 
-def test_the_serving_image_serves_a_model_as_its_user(images, tmp_path, started):
+def test_the_serving_image_serves_a_model_as_its_user(images, tmp_path, started, shared):
     import mlflow.sklearn
     import numpy as np
     from sklearn.linear_model import LinearRegression
 
-    model = Path(tempfile.mkdtemp()) / "model"
+    model = shared() / "model"
     x = np.arange(10.0).reshape(-1, 1)
     mlflow.sklearn.save_model(LinearRegression().fit(x, 2 * x.ravel() + 1), str(model))
-    _shared(model.parent)
+    _readable(model.parent)
     with Container(images["serving"], binds={str(model): "/models/line"}) as box:
         assert box.user == "10001:10001" and box.config["Entrypoint"] == ["mlyard", "serve"]
         port = free_port()
