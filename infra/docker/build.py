@@ -78,11 +78,11 @@ def base_image(say=print) -> None:
 BUILD_CA = "/run/mlyard-build/ca.crt"  # where a RUN step finds this machine's CA bundle (never in a layer)
 
 
-def pip_mounts(folder: Path) -> list[str]:
-    """`-v SRC:DST:ro` arguments that give pip inside a RUN step this machine's settings: one pip.conf made in
-    `folder` from what `pip config list` says here (its files and PIP_* variables), with the CA bundle at
-    BUILD_CA, and the local wheel folders, file:// indexes and constraint files it names. Not the image's
-    own /etc/ssl (Debian's ca-certificates package writes there)."""
+def pip_mounts(folder: Path) -> tuple[list[str], dict[str, str]]:
+    """`-v SRC:DST:ro` arguments that give pip inside a RUN step this machine's settings, and those settings:
+    one pip.conf made in `folder` from what `pip config list` says here (its files and PIP_* variables), with
+    the CA bundle at BUILD_CA, and the local wheel folders, file:// indexes and constraint files it names. Not
+    the image's own /etc/ssl (Debian's ca-certificates package writes there)."""
     values = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
     settings: dict[str, str] = {}
     for key, value in re.findall(r"^[^.\n]*\.([\w-]+)='([^']*)'$", values, re.M):
@@ -96,7 +96,7 @@ def pip_mounts(folder: Path) -> list[str]:
     paths = {Path(word.removeprefix("file://")) for value in settings.values() for word in value.split()
              if word.removeprefix("file://").startswith("/") and word != BUILD_CA}
     paths = {p.parent if p.name == "simple" else p for p in paths}  # an index's pages link to files beside them
-    return mounts + [arg for p in sorted(paths) if p.exists() for arg in ("-v", f"{p}:{p}:ro")]
+    return mounts + [arg for p in sorted(paths) if p.exists() for arg in ("-v", f"{p}:{p}:ro")], settings
 
 
 def build(targets: tuple[str, ...] = TARGETS, say=print) -> dict[str, float]:
@@ -107,10 +107,10 @@ def build(targets: tuple[str, ...] = TARGETS, say=print) -> dict[str, float]:
     seconds = {}
     with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:  # the context: what the Dockerfile copies, no more
         context = Path(tmp) / "context"
-        mounts = pip_mounts(Path(tmp))
+        mounts, settings = pip_mounts(Path(tmp))
         # pip's own configuration names where wheels lie (a CPU torch among them): no PyTorch index then
         build_args = ["--build-arg", f"CA_BUNDLE={BUILD_CA}"] + (
-            ["--build-arg", "TORCH_INDEX="] if _pip_finds_local_wheels() else [])
+            ["--build-arg", "TORCH_INDEX="] if "find-links" in settings else [])
         dist(context / "dist")
         shutil.copyfile(ROOT / "constraints.txt", context / "constraints.txt")
         for target in targets:
@@ -121,11 +121,6 @@ def build(targets: tuple[str, ...] = TARGETS, say=print) -> dict[str, float]:
                             str(context)], check=True, stdout=subprocess.DEVNULL)
             seconds[target] = time.monotonic() - t0
     return seconds
-
-
-def _pip_finds_local_wheels() -> bool:
-    values = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
-    return "find-links" in values
 
 
 if __name__ == "__main__":
