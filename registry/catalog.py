@@ -47,13 +47,7 @@ class Catalog:
     def revision(self) -> str | None:
         """The revision the database is at (None: not made yet)."""
         with self.engine.connect() as conn:
-            return self._revision(conn)
-
-    @staticmethod
-    def _revision(conn) -> str | None:
-        if not inspect(conn).has_table(VERSION_TABLE):
-            return None
-        return conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+            return alembic_revision(conn)
 
     def upgrade(self, revision: str = "head") -> tuple[str | None, str | None]:
         """Migrate to `revision` (once, whoever else migrates at the same time); (before, after)."""
@@ -63,10 +57,10 @@ class Catalog:
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS))
         with migration_lock(self.engine, MIGRATION_LOCK), self.engine.begin() as conn:
-            before = self._revision(conn)
+            before = alembic_revision(conn)
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
-            return before, self._revision(conn)
+            return before, alembic_revision(conn)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -84,6 +78,14 @@ class Catalog:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def alembic_revision(conn, table: str = VERSION_TABLE) -> str | None:
+    """The revision(s) an Alembic version table records (None: the schema is not made yet); MLflow's and
+    Prefect's databases keep theirs in `alembic_version`."""
+    if not inspect(conn).has_table(table):
+        return None
+    return ",".join(sorted(r[0] for r in conn.execute(text(f"SELECT version_num FROM {table}")))) or None
 
 
 @contextmanager

@@ -18,10 +18,10 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine
 
 from core.environment import migration_databases
-from registry.catalog import Catalog, migration_lock
+from registry.catalog import Catalog, alembic_revision, migration_lock
 
 # advisory lock keys, one per engine's database (each database has its own locks; distinct all the same)
 MLFLOW_LOCK = 0x6D6C6631  # "mlf1"
@@ -33,24 +33,15 @@ def _sync_url(url: str) -> str:
     return url.replace("+asyncpg", "+psycopg").replace("+aiosqlite", "").replace("postgresql://", "postgresql+psycopg://")
 
 
-def _alembic_revision(url: str) -> str | None:
-    engine = create_engine(_sync_url(url))
-    try:
-        with engine.connect() as conn:
-            if not inspect(conn).has_table("alembic_version"):
-                return None
-            return ",".join(sorted(r[0] for r in conn.execute(text("SELECT version_num FROM alembic_version"))))
-    finally:
-        engine.dispose()
-
-
 def _locked(url: str, key: int, upgrade: Callable[[], None]) -> tuple[str | None, str | None]:
     engine = create_engine(_sync_url(url))
     try:
         with migration_lock(engine, key):
-            before = _alembic_revision(url)
+            with engine.connect() as conn:
+                before = alembic_revision(conn, "alembic_version")
             upgrade()
-            return before, _alembic_revision(url)
+            with engine.connect() as conn:
+                return before, alembic_revision(conn, "alembic_version")
     finally:
         engine.dispose()
 
