@@ -63,6 +63,14 @@ $(GATEWAY_API): infra/gateway-api/package.json infra/gateway-api/package-lock.js
 	cd $(VENV)/gateway-api && npm ci --no-audit --no-fund --silent
 	touch $@
 
+# what the PostgreSQL tier runs: a training from the CLI and from Python (the users' paths), tunings with
+# parallel trials (one study, concurrent writers), a progressive promotion, a schedule's catch-up
+POSTGRES_TIER := tests/test_postgres_stores.py tests/test_user_paths.py tests/flows/test_promotion.py \
+  tests/flows/test_tuning.py::test_parallel_trials_overlap \
+  tests/flows/test_tuning.py::test_trials_as_their_own_flow_runs_with_median_stopping \
+  tests/flows/test_tuning.py::test_crashed_tuning_resumes_when_retried \
+  tests/schedules/test_scheduler.py::test_catchup_concurrency_exactly_once_and_reclaim
+
 # a target's variable reaches the prerequisites it builds: the install that `make test` runs warms mypy's cache
 test: WARM_TYPE_CACHE := 1
 test: $(STAMP) $(GATEWAY_API)
@@ -76,6 +84,10 @@ test: $(STAMP) $(GATEWAY_API)
 	# 4 CPU-s of each worker's collection, bench/README.md) for the next run
 	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder \
 	  --durations=15  # longest files first: tests/conftest.py
+	# the PostgreSQL tier: the users' paths again on stacks whose Prefect, MLflow and catalog databases are the
+	# embedded PostgreSQL's, as production's are (MLYARD_DATABASE=postgres; tests/test_postgres_stores.py)
+	env -u PYTHONDONTWRITEBYTECODE MLYARD_DATABASE=postgres $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile \
+	  $(POSTGRES_TIER)
 
 # The images (infra/docker/mlyard.Dockerfile), built as shipped and run as their users: Debian's buildah builds
 # the Dockerfile without a Docker engine (its layer cache makes a second build quick), mmdebstrap makes the

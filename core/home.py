@@ -8,6 +8,7 @@ from pathlib import Path
 
 DEFAULT_HOME = ".mlyard"
 STACK_FILE = "stack.json"  # what `mlyard up` writes in the home while the stack runs
+DATABASE_FILE = "database"  # the home's choice of embedded database (core/settings.py: `database`), kept
 
 
 def find_home(named: Path | str = DEFAULT_HOME) -> Path:

@@ -13,7 +13,7 @@ from typing import Literal, Mapping
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.home import DEFAULT_HOME, STACK_FILE, find_home, plain_http_ca_file
+from core.home import DATABASE_FILE, DEFAULT_HOME, STACK_FILE, find_home, plain_http_ca_file
 
 # Environment that turns off every usage-telemetry sender of the engines we run.
 TELEMETRY_OFF_ENV = {
@@ -108,15 +108,23 @@ class Settings(BaseSettings):
         default=None, pattern=r"^\d{1,5}-\d{1,5}$", description="Ports local notebooks take, as FIRST-LAST (e.g. "
         "8800-8899). A notebook keeps its port (and so its URL) across stop, start and reboot while it is free. "
         "Unset: any free port the first time.")
+    database: Literal["sqlite", "postgres"] | None = Field(
+        default=None, description="Where the embedded stack keeps Prefect's, MLflow's and the catalog's databases: "
+        "`sqlite`, files in <home>; or `postgres`, databases of the embedded PostgreSQL under <home>/postgres (the "
+        "server RAG's vectors use), as production keeps them: its types, locks, migrations and concurrent writers "
+        "show on one machine. A home keeps the choice of its first `mlyard up` (in <home>/database); unset: that "
+        "choice, sqlite for a new home. Servers named by prefect_api_url, mlflow_tracking_uri or catalog_url are "
+        "used as they are.")
     mlflow_tracking_uri: str | None = Field(
         default=None,
-        description="MLflow tracking URI (e.g. http://mlflow:5000). Unset: sqlite:///<home>/mlflow.db.",
+        description="MLflow tracking URI (e.g. http://mlflow:5000). Unset: sqlite:///<home>/mlflow.db, or the embedded "
+        "PostgreSQL's mlflow database (see `database`).",
     )
     mlflow_ui_port: int = Field(default=5000, ge=1, le=65535, description="Port of `mlyard ui mlflow`.")
     catalog_url: str | None = Field(
         default=None,
         description="SQLAlchemy URL of the platform catalog (e.g. postgresql+psycopg://...). "
-        "Unset: sqlite:///<home>/catalog.db.",
+        "Unset: sqlite:///<home>/catalog.db, or the embedded PostgreSQL's catalog database (see `database`).",
     )
     s3_endpoint_url: str | None = Field(
         default=None, description="Endpoint of the S3-compatible store for s3:// URIs (unset: AWS)."
@@ -239,8 +247,31 @@ class Settings(BaseSettings):
         return self.home_dir / "prefect"
 
     @property
+    def embedded_database(self) -> str:
+        """`sqlite` or `postgres`: the home's choice (see `database`), else this setting's, else sqlite."""
+        try:
+            return (self.home_dir / DATABASE_FILE).read_text().strip()
+        except FileNotFoundError:
+            return self.database or "sqlite"
+
+    def embedded_postgres_url(self, database: str, driver: str = "psycopg") -> str:
+        """A database of the embedded PostgreSQL, reached on its Unix socket in its data folder (it
+        listens on no TCP port; mlyard/postgres.py refuses a folder whose socket path is too long)."""
+        return f"postgresql+{driver}://postgres:@/{database}?host={self.pgdata_dir.resolve()}"
+
+    @property
+    def prefect_database_url(self) -> str | None:
+        """The embedded Prefect server's database when it is PostgreSQL (None: Prefect's SQLite file in
+        prefect_home)."""
+        return self.embedded_postgres_url("prefect", "asyncpg") if self.embedded_database == "postgres" else None
+
+    @property
     def mlflow_uri(self) -> str:
-        return self.mlflow_tracking_uri or f"sqlite:///{self.home_dir / 'mlflow.db'}"
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        if self.embedded_database == "postgres":
+            return self.embedded_postgres_url("mlflow")
+        return f"sqlite:///{self.home_dir / 'mlflow.db'}"
 
     @property
     def mlflow_artifact_root(self) -> Path:
@@ -248,7 +279,11 @@ class Settings(BaseSettings):
 
     @property
     def catalog_db_url(self) -> str:
-        return self.catalog_url or f"sqlite:///{self.home_dir / 'catalog.db'}"
+        if self.catalog_url:
+            return self.catalog_url
+        if self.embedded_database == "postgres":
+            return self.embedded_postgres_url("catalog")
+        return f"sqlite:///{self.home_dir / 'catalog.db'}"
 
     @property
     def envs_dir(self) -> Path:
@@ -262,7 +297,7 @@ class Settings(BaseSettings):
 
     @property
     def pgdata_dir(self) -> Path:
-        """The embedded PostgreSQL's data directory (RAG vectors)."""
+        """The embedded PostgreSQL's data directory (RAG vectors; with `database` postgres, the stores')."""
         return self.home_dir / "postgres"
 
     @property

@@ -1,4 +1,5 @@
-"""The embedded stack: a local Prefect server on SQLite, the `local` process pool with a worker,
+"""The embedded stack: a local Prefect server (on SQLite, or the embedded PostgreSQL: `database` in
+core/settings.py), the `local` process pool with a worker,
 the deployments from infra/prefect.yaml, the mlyard API (warm answers for the CLI's reads,
 mlyard/service.py), the endpoint gateway and replica supervisor, the scheduler (tasks/scheduling.py) and (on request) the MLflow UI — all under `<home>`.
 
@@ -49,6 +50,7 @@ def _up(settings: Settings, echo, start_timeout: float, configure: bool = True) 
     """`up` under its lock. `configure` False (the keeper restarting processes of a stack whose Prefect
     server lives): the pools, automation, GPU limit and deployments are as they were, not checked again."""
     point_prefect(settings, None)
+    parts.choose_database(settings)
     env = {**os.environ, **settings.engine_env(), "MLYARD_PROJECT_ROOT": str(PROJECT_ROOT)}
     env["MLYARD_IMAGE"] = env["MLYARD_GPU_IMAGE"] = settings.image  # prefect.yaml renders the gpu deployments with it
     api_url = f"http://127.0.0.1:{settings.prefect_port}/api"
@@ -67,9 +69,13 @@ def _up(settings: Settings, echo, start_timeout: float, configure: bool = True) 
         return state
     postgres: dict[str, object] = {}
     pg_thread = None
-    if not running["postgres"]:  # RAG vectors; it starts (initdb the first time: 2 s) while the rest is set up
+    if not running["postgres"]:  # it starts (initdb the first time: 2 s) while the rest is set up
         pg_thread = threading.Thread(target=start_postgres, args=(settings, postgres), name="mlyard-postgres")
         pg_thread.start()
+        if settings.prefect_database_url:  # unless the stores' databases are in it
+            pg_thread.join()
+            parts.took_postgres(settings, state, postgres, echo)
+            pg_thread = None
     # 2. the Prefect server, and every process pointed at it with its auth string
     if not running["prefect-server"]:
         parts.start_prefect_server(settings, state, env, digest, start_timeout, echo)
@@ -175,14 +181,16 @@ def _down(settings: Settings, echo, grace_seconds: float) -> list[str]:
         return []
     if alive(state.pids.get("keeper")) and stop_group(state.pids["keeper"], grace_seconds):  # first: it would
         echo(f"stopped keeper (pid {state.pids['keeper']})")  # start again what is being stopped
-    # every part at once, sharing one grace period; the Prefect server last (the worker and the
-    # runs' processes report their ends to it)
-    parts = {name: pid for name, pid in state.pids.items() if name not in ("prefect-server", "keeper") and alive(pid)}
-    ended = set(stop_groups([(pid, signal.SIGINT if name == "postgres" else signal.SIGTERM)
-                             for name, pid in parts.items()], grace_seconds))
-    if "prefect-server" in state.pids and alive(state.pids["prefect-server"]):
-        parts["prefect-server"] = state.pids["prefect-server"]
-        ended |= set(stop_groups([(parts["prefect-server"], signal.SIGTERM)], grace_seconds))
+    # every part at once, sharing one grace period; then the Prefect server (the worker and the runs'
+    # processes report their ends to it); PostgreSQL last (it may hold the others' databases; SIGINT
+    # is its fast shutdown)
+    last = ("prefect-server", "postgres")
+    parts = {name: pid for name, pid in state.pids.items() if name not in (*last, "keeper") and alive(pid)}
+    ended = set(stop_groups([(pid, signal.SIGTERM) for pid in parts.values()], grace_seconds))
+    for name, sig in zip(last, (signal.SIGTERM, signal.SIGINT)):
+        if name in state.pids and alive(state.pids[name]):
+            parts[name] = state.pids[name]
+            ended |= set(stop_groups([(parts[name], sig)], grace_seconds))
     stopped = [name for name, pid in parts.items() if pid in ended]
     for name in stopped:
         echo(f"stopped {name} (pid {parts[name]})")

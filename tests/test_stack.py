@@ -71,7 +71,7 @@ def test_the_home_and_what_the_stack_writes_are_its_users_alone(stack, settings)
     import urllib.request
 
     home = settings.home_dir
-    pg_user = (home / "postgres").stat().st_uid != os.geteuid()  # root: pgserver's own user needs to pass
+    pg_user = (home / "postgres").stat().st_uid != os.geteuid()  # root: PostgreSQL's own user needs to pass
     assert stat.S_IMODE(home.stat().st_mode) == (0o711 if pg_user else 0o700)
     assert stat.S_IMODE(settings.stack_file.stat().st_mode) == 0o600
     for entry in home.iterdir():  # every folder 0700 and file 0600: nothing to read, list or pass through

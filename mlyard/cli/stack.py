@@ -17,7 +17,8 @@ ui_app = typer_app("Open the web UIs of the embedded stack.")
 
 
 def up() -> None:
-    """Start the embedded stack: Prefect server (SQLite), the local pool with a worker, the deployments."""
+    """Start the embedded stack: Prefect server, the local pool with a worker, the deployments (databases on
+    SQLite, or with MLYARD_DATABASE=postgres on the embedded PostgreSQL, as production's)."""
     from mlyard import stack, stack_ui
 
     settings = _settings()

@@ -1,0 +1,62 @@
+"""The embedded stack's choice of database (core/settings.py: `database`): kept by the home, refused when
+it would change, and the embedded PostgreSQL refused where it would be reachable by others or was made
+by another PostgreSQL. No stack: the home is a folder, PostgreSQL is not started."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core.errors import StackError
+from core.settings import Settings
+from mlyard.postgres import _refusal
+from mlyard.stack_parts import choose_database
+
+
+def test_a_new_home_keeps_the_choice_of_its_first_up(tmp_path):
+    home = tmp_path / ".mlyard"
+    home.mkdir()
+    choose_database(Settings(home=home, database="postgres"))
+    assert (home / "database").read_text() == "postgres\n" and (home / "database").stat().st_mode & 0o077 == 0
+    later = Settings(home=home, database=None)  # a command without MLYARD_DATABASE: the home says where its stores are
+    socket_dir = (home / "postgres").resolve()
+    assert later.embedded_database == "postgres"
+    assert later.catalog_db_url == f"postgresql+psycopg://postgres:@/catalog?host={socket_dir}"
+    assert later.mlflow_uri == f"postgresql+psycopg://postgres:@/mlflow?host={socket_dir}"
+    assert later.prefect_database_url == f"postgresql+asyncpg://postgres:@/prefect?host={socket_dir}"
+    # servers named in settings are used as they are
+    named = Settings(home=home, catalog_url="postgresql+psycopg://db/catalog", mlflow_tracking_uri="http://mlflow:5000")
+    assert named.catalog_db_url == "postgresql+psycopg://db/catalog" and named.mlflow_uri == "http://mlflow:5000"
+
+
+def test_a_home_made_on_sqlite_stays_on_it_and_says_how_to_change(tmp_path):
+    home = tmp_path / ".mlyard"
+    (home / "prefect").mkdir(parents=True)
+    (home / "catalog.db").write_bytes(b"")  # a home from before the choice existed
+    assert Settings(home=home, database=None).prefect_database_url is None
+    with pytest.raises(StackError) as refused:
+        choose_database(Settings(home=home, database="postgres"))
+    line = str(refused.value)
+    assert "\n" not in line and "MLYARD_DATABASE=postgres" in line and str(home) in line and "MLYARD_HOME" in line
+    assert (home / "database").read_text() == "sqlite\n"  # what the home is, kept
+    assert Settings(home=home, database="postgres").catalog_db_url == f"sqlite:///{home / 'catalog.db'}"
+    choose_database(Settings(home=home, database=None))  # unset: the home's choice, no complaint
+
+
+def test_postgres_is_refused_where_its_socket_would_leave_its_private_folder(tmp_path):
+    deep = tmp_path / ("d" * 90) / "postgres"
+    assert "107 bytes" in _refusal(deep) and "MLYARD_HOME" in _refusal(deep)
+    assert _refusal(tmp_path / "postgres") is None
+
+
+def test_a_data_folder_of_another_postgresql_is_kept_and_named(tmp_path):
+    data = tmp_path / "postgres"
+    data.mkdir()
+    (data / "PG_VERSION").write_text("16\n")
+    said = _refusal(data)
+    assert said is not None and "PostgreSQL 16" in said and f"mv {data} {data}-16" in said
+    assert (data / "PG_VERSION").read_text() == "16\n"
+    (data / "PG_VERSION").write_text("18\n")
+    assert _refusal(data) is None
+    assert _refusal(Path("/nonexistent/postgres")) is None

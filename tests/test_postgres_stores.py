@@ -1,0 +1,49 @@
+"""The PostgreSQL tier (`make test`'s second stage, MLYARD_DATABASE=postgres): the stack's Prefect, MLflow
+and catalog databases are the embedded PostgreSQL's, as production's are, and nothing of them falls back
+to a SQLite file. The users' paths that this tier runs again (tests/test_user_paths.py, parallel tuning
+trials, a promotion, a schedule's catch-up: the Makefile lists them) then exercise PostgreSQL's types,
+locks, migrations and concurrent writers."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.test_user_paths import EXAMPLES, _ok, mlyard, project
+
+
+@pytest.fixture(scope="module")
+def postgres(settings):
+    if settings.embedded_database != "postgres":
+        pytest.skip("the PostgreSQL tier's (make test runs it after the main run, with MLYARD_DATABASE=postgres)")
+    import psycopg
+
+    def query(database: str, sql: str) -> list[tuple]:
+        url = settings.embedded_postgres_url(database).replace("+psycopg", "")
+        with psycopg.connect(url) as conn:
+            return conn.execute(sql).fetchall()
+
+    return query
+
+
+def test_every_store_is_a_database_of_the_embedded_postgresql(postgres, stack, settings):
+    import shutil
+
+    work = project("on-postgres")
+    shutil.copytree(EXAMPLES / "sklearn_digits", work / "algo")
+    (work / "train.yaml").write_text("name: on-postgres\nexperiment: on-postgres\nsource_uri: algo\n"
+                                     "entry_point: train.py\nhyperparameters: {epochs: 1, epoch_seconds: 0}\n")
+    _ok(mlyard("train", "-f", "train.yaml", cwd=work))  # a user's command, which finds the stores itself
+
+    home = settings.home_dir
+    assert not [p.name for p in (home / "mlflow.db", home / "catalog.db", home / "prefect" / "prefect.db") if p.exists()]
+    assert (home / "database").read_text().strip() == "postgres"
+    # Prefect's run, MLflow's run and the catalog's schema, each in its own database
+    assert postgres("prefect", "SELECT count(*) FROM flow_run WHERE name IS NOT NULL")[0][0] >= 1
+    assert ("on-postgres",) in postgres("mlflow", "SELECT name FROM experiments")
+    assert postgres("mlflow", "SELECT count(*) FROM runs r JOIN experiments e USING (experiment_id) "
+                              "WHERE e.name = 'on-postgres' AND r.status = 'FINISHED'")[0][0] == 1
+    assert postgres("catalog", "SELECT version_num FROM mlyard_alembic_version")
+    # Prefect's PostgreSQL schema is the one production runs: its trigram indexes (pg_trgm) are there
+    assert ("pg_trgm",) in postgres("prefect", "SELECT extname FROM pg_extension")
+    status = _ok(mlyard("status", "--json"))
+    assert "postgresql+psycopg://" in status and "catalog.db" not in status
