@@ -9,8 +9,10 @@ their end (issue 26 §2; DESIGN §14).
   resolve through the headless Service (`subdomain`), before the pods are ready
   (`publishNotReadyAddresses`), so node 0's torchrun c10d store (port 29400) and TensorFlow's workers
   (port 2222) are reachable as the pods start.
-- `backoffLimit: 0`: one node failing fails the Job (its other pods are ended), and the training fails
-  with that node's last lines. A stop seen by the flow run deletes the Job with its pods; the Job is
+- `backoffLimit: 0`: one node failing fails the Job (its other pods are ended). With the spec's
+  `max_restarts`, the failed Job is deleted and all the nodes start again as a new Job (`<name>-r<k>`),
+  as JobSet's failurePolicy restarts a gang; past the limit, or without one, the training fails with
+  that node's last lines. A stop seen by the flow run deletes the Job with its pods; the Job is
   also owned by the coordinator's pod, so when the pool's worker ends that pod (a cancel from the UI)
   the nodes go with it. The Service is owned by the Job (the Job's TTL, a day after it ends).
 
@@ -60,9 +62,11 @@ class NodeJob:
         return f"{self.name}-{index}.{self.name}"
 
 
-def job_name(training_id: str) -> str:
-    """A DNS-1123 label for a training's node Job: short enough that `name-31` stays a valid hostname."""
-    return "mlyard-nodes-" + re.sub(r"[^a-z0-9]", "", training_id.lower())[:12]
+def job_name(training_id: str, restart: int = 0) -> str:
+    """A DNS-1123 label for a training's node Job (of its `restart`-th restart): short enough that
+    `name-31` stays a valid hostname."""
+    name = "mlyard-nodes-" + re.sub(r"[^a-z0-9]", "", training_id.lower())[:12]
+    return f"{name}-r{restart}" if restart else name
 
 
 def node_environment(spec: TrainingSpec, job: NodeJob, index: int) -> dict[str, str]:
@@ -306,22 +310,37 @@ def run_nodes(spec: TrainingSpec, training_id: str, run_id: str, tracking: Track
 
     logger = get_run_logger()
     api = cluster_client("nodes", spec.nodes)
-    job = NodeJob(job_name(training_id), namespace, spec.nodes)
     own = coordinator_pod(client.CoreV1Api(api), namespace, pod_name() or "")
-    try:
-        create(api, render(spec, own, job, training_id, run_id, Settings().kueue_queue), owner=own)
-    except client.ApiException as exc:
-        if exc.status != 403:
-            raise
-        # a run without mlyard's job variables (the Prefect UI's Run button): the pool's account may make no Job
-        raise TrainingFailed(f"this flow run's service account ({own['spec'].get('serviceAccountName')}) may not "
-                             f"make the nodes' Job: run a {spec.nodes}-node training with the job variable "
-                             f"service_account_name: {COORDINATOR['service_account_name']} (mlyard train and "
-                             "Python set it)") from None
-    logger.info("%d nodes: Indexed Job %s and headless Service %s in namespace %s; node 0's log follows",
-                spec.nodes, job.name, job.name, namespace)
-    ended = follow(api, job, should_stop, logger.info if spec.collect_logs else (lambda line: None))
-    return ScriptRun(ended.seconds, tracking.get_run(run_id).metrics, [])
+    queue, start = Settings().kueue_queue, time.monotonic()
+    for restart in range(spec.max_restarts + 1):
+        job = NodeJob(job_name(training_id, restart), namespace, spec.nodes)
+        try:
+            create(api, render(spec, own, job, training_id, run_id, queue), owner=own)
+        except client.ApiException as exc:
+            if exc.status != 403:
+                raise
+            # a run without mlyard's job variables (the Prefect UI's Run button): the pool's account may make no Job
+            raise TrainingFailed(f"this flow run's service account ({own['spec'].get('serviceAccountName')}) may "
+                                 f"not make the nodes' Job: run a {spec.nodes}-node training with the job variable "
+                                 f"service_account_name: {COORDINATOR['service_account_name']} (mlyard train and "
+                                 "Python set it)") from None
+        logger.info("%d nodes: Indexed Job %s and headless Service %s in namespace %s; node 0's log follows",
+                    spec.nodes, job.name, job.name, namespace)
+        try:
+            follow(api, job, should_stop, logger.info if spec.collect_logs else (lambda line: None))
+        except TrainingFailed as failed:
+            if restart == spec.max_restarts:
+                if restart:  # the limit is part of the reason
+                    raise TrainingFailed(f"{failed.reason}, after {restart} restart(s) of all {spec.nodes} nodes "
+                                         f"(max_restarts {spec.max_restarts})", failed.exit_code,
+                                         failed.last_lines) from None
+                raise
+            logger.warning("%s; restarting all %d nodes (restart %d of %d); its last lines:\n%s", failed.reason,
+                           spec.nodes, restart + 1, spec.max_restarts, "\n".join(failed.last_lines))
+            delete(api, job)  # its pods end first; the failed Job goes (the next one is a new gang for Kueue)
+            continue
+        break
+    return ScriptRun(time.monotonic() - start, tracking.get_run(run_id).metrics, [])
 
 
 def model_uri(tracking: Tracking, run_id: str) -> str | None:
@@ -337,9 +356,14 @@ def end_nodes(flow, flow_run, state) -> None:
     from core.settings import Settings, in_kubernetes_pod
 
     spec = (flow_run.parameters or {}).get("spec") or {}
-    nodes = int(spec.get("nodes", 1) if isinstance(spec, dict) else getattr(spec, "nodes", 1))
+    def field(name: str, default: int) -> int:
+        return int(spec.get(name, default) if isinstance(spec, dict) else getattr(spec, name, default))
+
+    nodes = field("nodes", 1)
     if nodes < 2 or not in_kubernetes_pod():
         return
     from tasks.kubernetes import cluster_client
 
-    delete(cluster_client("nodes", nodes), NodeJob(job_name(str(flow_run.id)), Settings().kube_namespace, nodes))
+    api, namespace = cluster_client("nodes", nodes), Settings().kube_namespace
+    for restart in range(field("max_restarts", 0) + 1):  # whichever start was running (the others are gone: 404)
+        delete(api, NodeJob(job_name(str(flow_run.id), restart), namespace, nodes))

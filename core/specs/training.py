@@ -61,6 +61,11 @@ class TrainingSpec(SpecModel):
                        "that many node processes on this machine, meeting on 127.0.0.1 (torchrun's c10d rendezvous; "
                        "MASTER_ADDR, NODE_RANK and TF_CONFIG otherwise); on a Kubernetes pool an Indexed Job of that "
                        "many pods, each with `resources`, meeting at pod 0 through a headless Service.")
+    max_restarts: int = Field(default=0, ge=0, le=10, description="A multi-node training on a Kubernetes pool: how "
+                              "many times all its nodes start again when one fails, before the training fails with that "
+                              "node's reason (JobSet's failurePolicy.maxRestarts, which Kubeflow Trainer uses). Every "
+                              "start reports to the same MLflow run; a script that keeps checkpoints in shared storage "
+                              "resumes from them. 0: the first failed node fails the training.")
     torchrun: bool = Field(default=False, description="Start the entry point with torchrun (PyTorch).")
     processes_per_node: int = Field(default=1, ge=1, le=64, description="torchrun --nproc_per_node.")
     max_run_time_seconds: int | None = Field(default=None, ge=1, description="Fail the training after this long, e.g. 3600 (default: no limit).")
@@ -125,6 +130,9 @@ class TrainingSpec(SpecModel):
     def _torchrun(self) -> "TrainingSpec":
         if self.processes_per_node > 1 and not self.torchrun:
             raise ValueError("processes_per_node > 1 needs torchrun: true")
+        if self.max_restarts and self.nodes == 1:
+            raise ValueError(f"max_restarts {self.max_restarts} restarts the nodes of a multi-node training: "
+                             "set nodes above 1, or max_restarts to 0")
         return self
 
     def resolved(self, base: Path) -> "TrainingSpec":

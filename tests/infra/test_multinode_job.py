@@ -30,7 +30,10 @@ print(f"node={rank} nnodes={os.environ['NNODES']} tf_index={tf['task']['index']}
 if rank == 0:
     print("accuracy=0.91", flush=True)
     open(os.path.join(os.environ["EM_MODEL_DIR"], "model.txt"), "w").write("trained on nodes")
-if rank == int(sys.argv[-1]) if len(sys.argv) > 2 else False:
+once = os.environ.get("EM_HP_ONCE")  # a file: the node fails only while it does not exist (a first start)
+if rank == int(os.environ.get("EM_HP_FAIL", -1)) and not (once and os.path.exists(once)):
+    if once:
+        open(once, "w").close()
     print(f"node {rank} gives up", flush=True)
     sys.exit(3)
 """
@@ -169,19 +172,50 @@ def _run_log_lines(flow_run_id: str, wanted: set[str], timeout: float = 15) -> t
             time.sleep(0.3)
 
 
-def test_one_failed_node_fails_the_training_with_its_last_lines(cluster, platform, algorithm):
+def test_a_node_failing_past_max_restarts_fails_the_training_with_its_last_lines(cluster, platform, algorithm):
     api, _ = cluster
     spec = {"name": "node-fails", "experiment": "kube", "source_uri": str(algorithm(NODE_SCRIPT)),
-            "entry_point": "main.py", "nodes": 3, "hyperparameters": {"fail": 2}}
+            "entry_point": "main.py", "nodes": 3, "hyperparameters": {"fail": 2}, "max_restarts": 1}
     flow_run_id, _ = run_training(spec)
     fr = final(flow_run_id)
     assert fr.state.is_failed(), fr.state
     message = fr.state.message or ""
     assert "node 2 of 3: exit code 3" in message and "[node 2] node 2 gives up" in message, message
+    assert "after 1 restart(s) of all 3 nodes (max_restarts 1)" in message, message
     run = platform.tracking.find_training_run(flow_run_id)
     assert run is not None and run.status == "FAILED"
-    job = finished_job(api, job_name(flow_run_id))  # the run may fail a moment before the Job is marked
-    assert [c["type"] for c in job["status"]["conditions"]] == ["Failed"], "kept, failed, for kubectl describe"
+    # the first start's Job was deleted for the restart; the last one is kept, failed, for kubectl describe
+    assert ("Job", NS, job_name(flow_run_id)) not in api.objects
+    job = finished_job(api, job_name(flow_run_id, 1))  # the run may fail a moment before the Job is marked
+    assert [c["type"] for c in job["status"]["conditions"]] == ["Failed"]
+
+
+def test_a_failed_node_restarts_every_node_and_the_training_completes(cluster, platform, algorithm, tmp_path):
+    """JobSet's failurePolicy: one node's failure starts the whole gang again, within max_restarts."""
+    api, _ = cluster
+    once = tmp_path / "node-1-failed-once"
+    spec = {"name": "node-restarts", "experiment": "kube", "source_uri": str(algorithm(NODE_SCRIPT)),
+            "entry_point": "main.py", "nodes": 3, "max_restarts": 2,
+            "hyperparameters": {"fail": 1, "once": str(once)}}
+    flow_run_id, _ = run_training(spec)
+    fr = final(flow_run_id)
+    assert fr.state.is_completed(), (fr.state, {k[1]: v[-600:] for k, v in api.pod_logs.items()})
+    assert once.exists(), "node 1 failed its first start"
+    first, again = job_name(flow_run_id), job_name(flow_run_id, 1)
+    assert ("Job", NS, first) not in api.objects and ("Service", NS, first) not in api.objects
+    job = api.get("Job", NS, again)
+    assert job["status"]["succeeded"] == 3 and ("Job", NS, job_name(flow_run_id, 2)) not in api.objects
+    failed_first = [log for (_, pod), log in api.pod_logs.items() if pod.startswith(f"{first}-1-")]
+    assert failed_first and "node 1 gives up" in failed_first[0]
+    _, everything = _run_log_lines(flow_run_id, set(), timeout=0)
+    assert any("restarting all 3 nodes (restart 1 of 2)" in line for line in everything), everything
+    run = platform.tracking.find_training_run(flow_run_id)
+    assert run is not None and run.status == "FINISHED" and run.metrics["accuracy"] == pytest.approx(0.91)
+
+
+def test_max_restarts_is_for_multi_node_trainings():
+    with pytest.raises(ValueError, match="max_restarts 2 restarts the nodes of a multi-node training"):
+        TrainingSpec(name="one", source_uri=".", entry_point="t.py", max_restarts=2)
 
 
 def test_cancelling_the_training_ends_every_node(cluster, platform, algorithm):
