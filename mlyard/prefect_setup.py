@@ -82,7 +82,8 @@ def start_server(settings: Settings, env: dict[str, str], log: Path, blocks_regi
                         "PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION": "false"})  # the memo would load them all first
     # The UI calls the API at this URL; without it the UI assumes port 4200.
     srv_env.update({"PREFECT_UI_API_URL": api_url, "PREFECT_SERVER_API_PORT": str(settings.prefect_port),
-                    "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_HOME": str(settings.prefect_home)})
+                    "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_HOME": str(settings.prefect_home),
+                    "PREFECT_SERVER_METRICS_ENABLED": "true"})  # /api/metrics, behind the auth string as on a cluster
     # Prefect's app as `prefect server start` serves it, with a short Retry-After on a 503 (see the module)
     return spawn([sys.executable, "-m", "mlyard.prefect_server", "--host", "127.0.0.1",
                   "--port", str(settings.prefect_port)], log, srv_env)

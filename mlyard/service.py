@@ -12,6 +12,7 @@ command would make it; everything the command checks is checked before it asks.
     GET  /dashboard?key=K     the dashboard page (mlyard/dashboard.py); K is its own read-only key
                               (`mlyard status` prints the link), since a browser sends no header
     GET  /health              {"status": "ok"} once warm
+    GET  /metrics             Prometheus text: requests by route and status, their seconds, the process
     GET  /docs                the OpenAPI page
 
 Every route but /health needs the platform's internal credential (`Authorization: Bearer ...`, from
@@ -96,6 +97,37 @@ class InternalOnly:
         await self.app(scope, receive, send)
 
 
+class Measured:
+    """ASGI middleware: each answered request counted by its route's template (never the path a caller
+    made up: a label per made-up path would grow the metrics without bound) and status, and timed."""
+
+    def __init__(self, app: Any, registry: Any):
+        from prometheus_client import Counter, Histogram
+
+        self.app = app
+        self.requests = Counter("mlyard_api_requests", "Requests the mlyard API answered, by route and status.",
+                                ["route", "status"], registry=registry)
+        self.seconds = Histogram("mlyard_api_request_seconds", "Seconds the mlyard API took to answer, by route.",
+                                 ["route"], registry=registry)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status, start = [500], time.perf_counter()
+
+        async def seen(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, seen)
+        finally:
+            route = getattr(scope.get("route"), "path", "other")  # set by the router once it matched
+            self.requests.labels(route, str(status[0])).inc()
+            self.seconds.labels(route).observe(time.perf_counter() - start)
+
+
 PAGES = ("/dashboard", "/docs", "/openapi.json")
 COOKIE = b"mlyard_page_key"
 
@@ -103,13 +135,24 @@ COOKIE = b"mlyard_page_key"
 def create_app(token: str | None = None):
     from fastapi import Body, FastAPI
     from fastapi.responses import JSONResponse
+    from prometheus_client import CollectorRegistry, ProcessCollector
 
     app = FastAPI(title="mlyard API", description=__doc__, version="0.1.0")
-    app.add_middleware(InternalOnly, token=token)
+    registry = CollectorRegistry()  # this app's own: two apps in one process never share counts
+    ProcessCollector(registry=registry)
+    app.add_middleware(Measured, registry=registry)
+    app.add_middleware(InternalOnly, token=token)  # the outer one: a refused request is not measured
 
     @app.get("/health")
     def health() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        """Prometheus text (the platform's credential, as every route but /health)."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/queries/{name}")
     def query(name: str, arguments: dict[str, Any] = Body(default_factory=dict)) -> Response:  # noqa: B008
