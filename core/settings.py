@@ -126,6 +126,12 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL of the platform catalog (e.g. postgresql+psycopg://...). "
         "Unset: sqlite:///<home>/catalog.db, or the embedded PostgreSQL's catalog database (see `database`).",
     )
+    upload_uri: str | None = Field(
+        default=None, description="Where a run queued on a Kubernetes pool (`--submit --pool gpu`) gets the inputs "
+        "given as paths on the submitting machine (a source folder, datasets, a checkpoint, a model folder), which "
+        "its pods cannot read: they are uploaded under this prefix of the platform's storage (e.g. "
+        "s3://ml-bucket/uploads, with this machine's S3 settings), once per content, and the run's spec names the "
+        "upload. Unset: such a path is refused before the run is made.")
     s3_endpoint_url: str | None = Field(
         default=None, description="Endpoint of the S3-compatible store for s3:// URIs (unset: AWS)."
     )

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from core.connection import connect
 from core.errors import SpecError
@@ -133,8 +133,10 @@ def check(action: Action, spec, settings: Settings) -> str | None:
 
 
 def run(action: Action, spec: Any, *, sets: dict[str, Any] | None = None, submit: bool = False,
-        pool: Pool = "local", base: Path | None = None):
-    """Check and run `spec` here (returns the flow's result) or queue it on `pool` (returns Submitted)."""
+        pool: Pool = "local", base: Path | None = None, echo: Callable[[str], None] = lambda line: None):
+    """Check and run `spec` here (returns the flow's result) or queue it on `pool` (returns Submitted). Queued
+    on a Kubernetes pool, its inputs given as local paths are uploaded first (mlyard/uploads.py; `echo`
+    says what is sent)."""
     if pool not in ("local", "gpu"):
         raise SpecError("pool", pool, "local or gpu")
     settings = connect()
@@ -145,6 +147,9 @@ def run(action: Action, spec: Any, *, sets: dict[str, Any] | None = None, submit
         check_gpu_slots(spec, settings)
     if submit and pool == "gpu":
         check_cluster(spec)
+        from mlyard.uploads import for_cluster
+
+        spec = for_cluster(spec, settings, echo)
     if not submit and framework == "sklearn":
         from tasks.models import prepare_sklearn_loader
 

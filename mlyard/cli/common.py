@@ -135,7 +135,8 @@ def run_or_submit(action_name: str, spec: Any, sets: list[str] | None, submit: b
     from mlyard import api
 
     action = getattr(api, action_name)
-    result = api.run(action, spec, sets=parse_sets(sets), submit=submit, pool=pool)  # type: ignore[arg-type]
+    result = api.run(action, spec, sets=parse_sets(sets), submit=submit, pool=pool,  # type: ignore[arg-type]
+                     echo=lambda line: err.print(line, markup=False, highlight=False))
     if isinstance(result, api.Submitted):
         emit(result.as_dict(), as_json)
         if not as_json:

@@ -1,0 +1,105 @@
+"""The inputs of a run queued on a Kubernetes pool, as its pods can read them: a path on the submitting
+machine (relative or absolute; a workstation's, or the pod's of a CLI that runs in the cluster) names
+nothing in another pod, so it is uploaded to the platform's storage (Settings.upload_uri) and the spec
+names the upload instead; without an upload prefix it is refused, as is an output path there, before any
+run is made. Object-store URIs (s3://, obs://) and NAS URIs (mounted in the pods by the platform) pass.
+
+An upload's place is the digest of what it holds (names, sizes and contents), so the same folder
+submitted again is not sent again."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Callable
+
+from core.errors import SpecError
+from core.settings import Settings
+from core.specs import BatchInferenceSpec, EvaluationSpec, TrainingSpec, TuningSpec, is_mlflow_uri, is_registry_ref
+from core.uris import parse_uri
+
+Echo = Callable[[str], None]
+
+
+def for_cluster(spec: Any, settings: Settings, echo: Echo = lambda line: None) -> Any:
+    """`spec` with every local input uploaded and named by its upload (see the module)."""
+    shipper = _Shipper(settings, echo)
+    return shipper.spec(spec, "")
+
+
+class _Shipper:
+    def __init__(self, settings: Settings, echo: Echo):
+        self.settings, self.echo = settings, echo
+        self._storage: Any = None
+
+    def spec(self, spec: Any, prefix: str) -> Any:
+        if isinstance(spec, TuningSpec):  # a tuning of a template: the template's paths are the catalog's
+            return spec if spec.training is None else spec.model_copy(
+                update={"training": self.spec(spec.training, "training.")})
+        if isinstance(spec, TrainingSpec):
+            for field in ("output_uri", "checkpoint_output_uri"):
+                self.output(prefix + field, getattr(spec, field))
+            updates: dict[str, Any] = {f: self.input(prefix + f, getattr(spec, f))
+                                       for f in ("source_uri", "checkpoint_input_uri") if getattr(spec, f)}
+            updates["datasets"] = {k: self.input(f"{prefix}datasets.{k}", v) for k, v in spec.datasets.items()}
+            return spec.model_copy(update=updates)
+        if isinstance(spec, (BatchInferenceSpec, EvaluationSpec)):
+            self.output("output_uri", spec.output_uri)
+            updates = {"input_uri": self.input("input_uri", spec.input_uri)}
+            if not (is_registry_ref(spec.model) or is_mlflow_uri(spec.model)):  # a model folder here
+                updates["model"] = self.input("model", spec.model)
+            return spec.model_copy(update=updates)
+        return spec
+
+    @staticmethod
+    def _local(uri: str | None, field: str) -> Path | None:
+        if not uri:
+            return None
+        loc = parse_uri(uri, field)
+        return loc.path if loc.kind == "local" and loc.nas_id is None else None
+
+    def output(self, field: str, uri: str | None) -> None:
+        if self._local(uri, field) is not None:
+            raise SpecError(field, uri, "a run on a Kubernetes pool cannot write to a path on this machine: give an "
+                            "s3:// or obs:// URI of the platform's storage, or a nas:// URI its pods mount")
+
+    def input(self, field: str, uri: str) -> str:
+        path = self._local(uri, field)
+        if path is None:
+            return uri
+        if not self.settings.upload_uri:
+            raise SpecError(field, uri, "a path on this machine, which a run on a Kubernetes pool cannot read: give "
+                            "an s3:// or obs:// URI (or nas://), or set MLYARD_UPLOAD_URI=s3://BUCKET/PREFIX so "
+                            "mlyard uploads it there")
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        digest = _digest(path, files)
+        target = f"{self.settings.upload_uri.rstrip('/')}/{digest}/{path.name}"
+        storage = self.storage()
+        from tasks.storage import SUCCESS_MARKER  # a folder's upload is whole once its marker is there
+
+        if storage.exists(f"{target}/{SUCCESS_MARKER}" if path.is_dir() else target, field):
+            self.echo(f"{field}: {uri} is at {target} already")
+        else:
+            size = sum(f.stat().st_size for f in files)
+            self.echo(f"{field}: uploading {uri} ({len(files)} file(s), {size / 1e6:.1f} MB) to {target} ...")
+            storage.upload(path, target, field)
+        return target
+
+    def storage(self) -> Any:
+        if self._storage is None:
+            from tasks.storage import Storage
+
+            self._storage = Storage(self.settings)
+        return self._storage
+
+
+def _digest(root: Path, files: list[Path]) -> str:
+    """What the files hold, names and sizes included: 16 hex digits of a SHA-256."""
+    h = hashlib.sha256()
+    for f in files:
+        name = f.relative_to(root).as_posix() if f != root else f.name
+        h.update(f"{name}\0{f.stat().st_size}\0".encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
