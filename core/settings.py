@@ -56,6 +56,12 @@ class Settings(BaseSettings):
         default=None, ge=1, le=65535,
         description="Port of the mlyard API that `mlyard up` starts (it answers the CLI's lists and shows "
         "warm). Unset: the Prefect port + 1 (4201).")
+    api_url: str | None = Field(
+        default=None, pattern=r"^https?://", description="The platform's mlyard API, as a workstation reaches a "
+        "cluster's (its ingress, or `kubectl port-forward svc/mlyard-api 8080:8080` and http://127.0.0.1:8080), with "
+        "the platform's credential in MLYARD_INTERNAL_TOKEN: the CLI's reads and its writes to the catalog (images, "
+        "registry accounts, templates) then go there, so they land in the catalog the cluster uses. Unset: this "
+        "machine's stack (or MLYARD_CATALOG_URL).")
     gateway_port: int | None = Field(
         default=None, ge=1, le=65535,
         description="Port of the endpoint gateway that `mlyard up` starts. Unset: the Prefect port + 2 (4202).")

@@ -135,6 +135,29 @@ def templates_show(name: str) -> dict[str, Any]:
     return platform().templates.get(name).as_dict()
 
 
+def _images():
+    """The catalog's images and accounts (without loading MLflow)."""
+    from tasks.registry_secrets import images
+
+    return images(_connected())
+
+
+def images_list(kind: str | None = None) -> list[dict[str, Any]]:
+    return [i.as_dict() for i in _images().list_images(kind)]
+
+
+def images_show(name: str) -> dict[str, Any]:
+    return _images().get_image(name).as_dict()
+
+
+def accounts_list() -> list[dict[str, Any]]:
+    return [a.as_dict() for a in _images().list_accounts()]
+
+
+def accounts_show(name: str) -> dict[str, Any]:
+    return _images().get_account(name).as_dict()
+
+
 def models_list() -> list[dict[str, Any]]:
     return [m.as_dict() for m in platform().models.list()]
 
@@ -268,7 +291,7 @@ QUERIES: dict[str, Callable[..., Any]] = {f.__name__: f for f in (
     evaluations_show, experiments_list, templates_list, templates_show, models_list, models_show, model_reference,
     pipeline_runs_list, pipeline_runs_show, pipeline_runs_graph, rags_list, rags_show, rags_history, rags_logs,
     schedules_list, schedules_show, endpoints_list, endpoints_show, pipelines_list, pipelines_show, notebooks_list,
-    notebooks_show, dashboard, logs)}
+    notebooks_show, dashboard, logs, images_list, images_show, accounts_list, accounts_show)}
 
 
 def ask(query: str, /, **kwargs: Any) -> Any:

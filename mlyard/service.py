@@ -7,6 +7,8 @@ flow run a command queues (mlyard/submit.py), made with Prefect's own `run_deplo
 command would make it; everything the command checks is checked before it asks.
 
     POST /v1/queries/{name}   JSON body: the query's arguments -> its JSON answer
+    POST /v1/commands/{name}  JSON body: a catalog write's arguments (mlyard/commands.py: images, registry
+                              accounts, templates) -> its JSON answer
     POST /v1/runs             {"deployment", "parameters", "tags", "job_variables"} -> {"id", "name"}
                               an error: {"error": {"type", "message", "status"}} with that HTTP status
     GET  /dashboard?key=K     the dashboard page (mlyard/dashboard.py); K is its own read-only key
@@ -77,9 +79,10 @@ class InternalOnly:
 
             if not is_internal(self._expected, scope["headers"]):
                 body = json.dumps({"error": {"type": "MlyardError", "status": 401, "message":
-                                             "the mlyard API answers the platform's own clients only (the internal "
-                                             "credential of stack.json); its docs open at /docs?key=... as `mlyard "
-                                             "status` prints"}}).encode()
+                                             "the mlyard API answers the platform's own clients only: its internal "
+                                             "credential as a bearer token (stack.json's on one machine, "
+                                             "MLYARD_INTERNAL_TOKEN elsewhere); its docs open at /docs?key=... as "
+                                             "`mlyard status` prints"}}).encode()
                 await send({"type": "http.response.start", "status": 401, "headers": [
                     (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
                 await send({"type": "http.response.body", "body": body})
@@ -161,6 +164,15 @@ def create_app(token: str | None = None):
             return JSONResponse(error_body(_unknown(name)), status_code=400)
         return _answer(fn, arguments, f"query {name}")
 
+    @app.post("/v1/commands/{name}")
+    def command(name: str, arguments: dict[str, Any] = Body(default_factory=dict)) -> Response:  # noqa: B008
+        from mlyard.commands import COMMANDS
+
+        fn = COMMANDS.get(name)
+        if fn is None:
+            return JSONResponse(error_body(_unknown(name, COMMANDS, "command")), status_code=400)
+        return _answer(fn, arguments, f"command {name}")
+
     @app.get("/dashboard")
     def dashboard(since: str = "24h") -> Response:
         """The dashboard page (mlyard/dashboard.py): server-rendered, read-only."""
@@ -196,16 +208,16 @@ def create_app(token: str | None = None):
     return app
 
 
-def _unknown(name: str):
+def _unknown(name: str, known: dict[str, Any] = QUERIES, what: str = "query"):
     from core.errors import SpecError
 
-    return SpecError("query", name, f"one of {', '.join(sorted(QUERIES))}")
+    return SpecError(what, name, f"one of {', '.join(sorted(known))}")
 
 
 def _bad_arguments(what: str, exc: TypeError):
     from core.errors import SpecError
 
-    return SpecError(what, str(exc), "its own arguments (see mlyard/queries.py and mlyard/submit.py)")
+    return SpecError(what, str(exc), "its own arguments (see mlyard/queries.py, mlyard/commands.py and mlyard/submit.py)")
 
 
 def warm_up() -> None:

@@ -32,8 +32,14 @@ def platform():
 
 
 def answer(query: str, local: Callable[..., Any], /, **kwargs: Any) -> Any:
-    """The answer of `query` (mlyard/queries.py): from the stack's warm mlyard API when one runs, else
-    `local(**kwargs)` computed here, as the same JSON."""
+    """The answer of `query` (mlyard/queries.py): from the platform's mlyard API when MLYARD_API_URL names
+    one (a workstation reaching a cluster: never computed here instead), or from the stack's warm mlyard
+    API when one runs, else `local(**kwargs)` computed here, as the same JSON."""
+    from core.settings import Settings
+
+    named = Settings().api_url
+    if named:
+        return _remote(named.rstrip("/"), query, kwargs)
     url = api_url()
     if url is not None:
         try:

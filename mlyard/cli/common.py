@@ -75,17 +75,6 @@ def platform():
     return Platform(connected())
 
 
-def templates():
-    """The catalog's training templates, without loading MLflow (a second and a half per command)."""
-    from core.settings import require_shared_stores
-    from registry.catalog import Catalog
-    from registry.templates import Templates
-
-    settings = connected()
-    require_shared_stores(settings)
-    return Templates(Catalog(settings.catalog_db_url))
-
-
 def emit(data: Any, as_json: bool, columns: list[str] | None = None, title: str | None = None,
          empty: str | None = None) -> None:
     """JSON for scripts, else a table: a list as rows of `columns`, one record as key/value pairs."""

@@ -9,7 +9,8 @@ from typing import Optional
 
 import typer
 
-from mlyard.cli.common import JSON, connected, emit, guard, out, typer_app
+from mlyard.cli.common import JSON, ask, emit, guard, out, typer_app
+from mlyard.commands import act
 
 app = typer_app("Private images that trainings, tunings, batch inference, endpoints and notebooks run on "
                 "Kubernetes pools.")
@@ -19,13 +20,6 @@ PASSWORD_STDIN = typer.Option(False, "--password-stdin", help="Read the password
                               "--password-stdin`); without it, a hidden prompt asks.")
 IMAGE_COLUMNS = ["name", "kind", "address", "account", "description", "created_at"]
 ACCOUNT_COLUMNS = ["name", "registry", "username", "images", "secret", "description", "updated_at"]
-
-
-def _images():
-    """The catalog's images and accounts, their Secrets where settings keep them (without loading MLflow)."""
-    from tasks.registry_secrets import images
-
-    return images(connected())
 
 
 def _password(from_stdin: bool) -> str:
@@ -53,29 +47,22 @@ def images_create(name: str,
                                                         "it with (required for a registry that has accounts)."),
                   description: str = typer.Option("", help="Shown in lists."), as_json: bool = JSON) -> None:
     """Register an image under a name that specs give as `image: NAME`."""
-    def go():
-        from core.specs import load_spec
-        from core.specs.image import ImageSpec
-
-        spec = load_spec(ImageSpec, {"name": name, "address": address, "kind": kind, "account": account,
-                                     "description": description}, source="image")
-        return _images().create_image(spec)
-
-    emit(_row(guard(go).as_dict()), as_json)
+    emit(_row(guard(lambda: act("images_create", name=name, address=address, kind=kind, account=account,
+                                description=description))), as_json)
 
 
 @app.command("list")
 def images_list(kind: Optional[str] = typer.Option(None, "--kind", help="Only notebook or training images."),
                 as_json: bool = JSON) -> None:
     """Registered images."""
-    rows = [_row(i.as_dict()) for i in guard(lambda: _images().list_images(kind))]
+    rows = [_row(i) for i in guard(lambda: ask("images_list", kind=kind))]
     emit(rows, as_json, IMAGE_COLUMNS, empty="no images yet: `mlyard images create NAME --address REGISTRY/REPO:TAG`")
 
 
 @app.command("show")
 def images_show(name: str, as_json: bool = JSON) -> None:
     """One image, with its registry and the pull Secret its pods name."""
-    emit(_row(guard(lambda: _images().get_image(name)).as_dict()), as_json)
+    emit(_row(guard(lambda: ask("images_show", name=name))), as_json)
 
 
 @app.command("update")
@@ -83,19 +70,13 @@ def images_update(name: str, new_name: Optional[str] = typer.Option(None, "--nam
                   description: Optional[str] = typer.Option(None, help="A new description."),
                   as_json: bool = JSON) -> None:
     """Rename or describe an image (a new address or account is a new image)."""
-    emit(_row(guard(lambda: _images().update_image(name, new_name=new_name, description=description))
-              .as_dict()), as_json)
+    emit(_row(guard(lambda: act("images_update", name=name, new_name=new_name, description=description))), as_json)
 
 
 @app.command("delete")
 def images_delete(name: str) -> None:
     """Delete an image that no unfinished run, endpoint, notebook or template uses."""
-    def go():
-        from mlyard.images import image_users
-
-        _images().delete_image(name, image_users)
-
-    guard(go)
+    guard(lambda: act("images_delete", name=name))
     out.print(f"deleted image {name}")
 
 
@@ -108,22 +89,14 @@ def accounts_create(name: str,
                     description: str = typer.Option("", help="Shown in lists."), as_json: bool = JSON) -> None:
     """Save a registry login; its password becomes a Secret (a private file here, a
     kubernetes.io/dockerconfigjson Secret on a cluster)."""
-    def go():
-        from core.specs import load_spec
-        from core.specs.image import RegistryAccountSpec
-
-        spec = load_spec(RegistryAccountSpec, {"name": name, "registry": registry, "username": username,
-                                               "password": _password(password_stdin), "description": description},
-                         source="registry account")
-        return _images().create_account(spec)
-
-    emit(_row(guard(go).as_dict()), as_json)
+    emit(_row(guard(lambda: act("accounts_create", name=name, registry=registry, username=username,
+                                password=_password(password_stdin), description=description))), as_json)
 
 
 @accounts_app.command("list")
 def accounts_list(as_json: bool = JSON) -> None:
     """Registry accounts and the images that use each (never a password)."""
-    rows = [_row(a.as_dict()) for a in guard(lambda: _images().list_accounts())]
+    rows = [_row(a) for a in guard(lambda: ask("accounts_list"))]
     emit(rows, as_json, ACCOUNT_COLUMNS,
          empty="no registry accounts yet: `mlyard registry-accounts create NAME --registry HOST --username USER`")
 
@@ -131,7 +104,7 @@ def accounts_list(as_json: bool = JSON) -> None:
 @accounts_app.command("show")
 def accounts_show(name: str, as_json: bool = JSON) -> None:
     """One account (never its password)."""
-    emit(_row(guard(lambda: _images().get_account(name)).as_dict()), as_json)
+    emit(_row(guard(lambda: ask("accounts_show", name=name))), as_json)
 
 
 @accounts_app.command("update")
@@ -147,14 +120,14 @@ def accounts_update(name: str, new_name: Optional[str] = typer.Option(None, "--n
     def go():
         relogin = username is not None or password or password_stdin
         secret = _password(password_stdin) if relogin else None
-        return _images().update_account(name, new_name=new_name, description=description,
-                                                username=username, password=secret)
+        return act("accounts_update", name=name, new_name=new_name, description=description, username=username,
+                   password=secret)
 
-    emit(_row(guard(go).as_dict()), as_json)
+    emit(_row(guard(go)), as_json)
 
 
 @accounts_app.command("delete")
 def accounts_delete(name: str) -> None:
     """Delete an account that no image uses (delete those images first); its Secret goes with it."""
-    guard(lambda: _images().delete_account(name))
+    guard(lambda: act("accounts_delete", name=name))
     out.print(f"deleted registry account {name}")

@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 import yaml
 
-from mlyard.cli.common import JSON, SETS, ask, emit, guard, out, parse_sets, templates, typer_app
+from mlyard.cli.common import JSON, SETS, ask, emit, err, guard, out, parse_sets, typer_app
+from mlyard.commands import act, relocated_spec
 
 app = typer_app("Saved training specs to start trainings from.")
 
@@ -23,14 +24,16 @@ def _brief(t: dict) -> dict:
 @app.command("create")
 def templates_create(name: str, file: Path = typer.Option(..., "-f", "--file", help="Training spec (YAML)."),
                      description: str = typer.Option("", help="Shown in lists."), as_json: bool = JSON) -> None:
-    """Save a training spec as a template (relative paths are stored absolute)."""
+    """Save a training spec as a template (relative paths are stored absolute; for a platform reached with
+    MLYARD_API_URL, local inputs are uploaded under MLYARD_UPLOAD_URI)."""
     def go():
         from core.specs import TrainingSpec
         from mlyard.api import load
 
-        return templates().create(name, load(TrainingSpec, file).resolved(Path.cwd()), description)
+        spec = relocated_spec(load(TrainingSpec, file), lambda line: err.print(line, markup=False, highlight=False))
+        return act("templates_create", name=name, spec=spec, description=description)
 
-    emit(_brief(guard(go).as_dict()), as_json)
+    emit(_brief(guard(go)), as_json)
 
 
 @app.command("list")
@@ -57,11 +60,11 @@ def templates_show(name: str, as_json: bool = JSON) -> None:
 @app.command("copy")
 def templates_copy(name: str, new_name: str, sets: Optional[list[str]] = SETS, as_json: bool = JSON) -> None:
     """Copy a template under a new name (with optional overrides)."""
-    emit(_brief(guard(lambda: templates().copy(name, new_name, parse_sets(sets))).as_dict()), as_json)
+    emit(_brief(guard(lambda: act("templates_copy", name=name, new_name=new_name, sets=parse_sets(sets)))), as_json)
 
 
 @app.command("delete")
 def templates_delete(name: str) -> None:
     """Delete a template."""
-    guard(lambda: templates().delete(name))
+    guard(lambda: act("templates_delete", name=name))
     out.print(f"deleted template {name}")

@@ -19,7 +19,6 @@ from mlyard.cli.common import (
     guard,
     run_or_submit,
     stop,
-    templates,
     typer_app,
 )
 
@@ -41,7 +40,10 @@ def train(
             import yaml
 
             extra = yaml.safe_load(file.read_text()) if file else {}
-            spec = templates().spec_for(template, extra or {})
+            from core.specs import TrainingSpec
+
+            saved = TrainingSpec.model_validate(ask("templates_show", name=template)["spec"])  # where the catalog is
+            spec = saved.with_overrides(extra) if extra else saved
         elif file is None:
             raise SpecError("-f", None, "a training spec file (-f train.yaml) or --template NAME")
         else:

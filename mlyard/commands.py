@@ -1,0 +1,135 @@
+"""The catalog's writes that the CLI makes (images, registry accounts, training templates), each a plain
+function of JSON arguments with a JSON answer, so that they run where the platform's catalog is:
+
+- here, on this machine's catalog (the embedded stack's, or MLYARD_CATALOG_URL's);
+- by the platform's mlyard API (POST /v1/commands/{name}, mlyard/service.py) when MLYARD_API_URL names one:
+  a workstation reaching a cluster's platform writes to the catalog the cluster uses, and a registry
+  account's password becomes the cluster's pull Secret, not a file on the workstation.
+
+A production Prefect server named without either refuses the write, rather than keep it in a catalog
+on this machine that no pod ever reads. The reads go the same way (mlyard/queries.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from core.errors import StackError
+from core.settings import Settings
+
+
+def _images():
+    from core.connection import connect
+    from tasks.registry_secrets import images
+
+    return images(connect())
+
+
+def images_create(name: str, address: str, kind: str = "training", account: str | None = None,
+                  description: str = "") -> dict[str, Any]:
+    from core.specs import load_spec
+    from core.specs.image import ImageSpec
+
+    spec = load_spec(ImageSpec, {"name": name, "address": address, "kind": kind, "account": account,
+                                 "description": description}, source="image")
+    return _images().create_image(spec).as_dict()
+
+
+def images_update(name: str, new_name: str | None = None, description: str | None = None) -> dict[str, Any]:
+    return _images().update_image(name, new_name=new_name, description=description).as_dict()
+
+
+def images_delete(name: str) -> dict[str, Any]:
+    from mlyard.images import image_users
+
+    _images().delete_image(name, image_users)
+    return {"deleted": name}
+
+
+def accounts_create(name: str, registry: str, username: str, password: str, description: str = "") -> dict[str, Any]:
+    from core.specs import load_spec
+    from core.specs.image import RegistryAccountSpec
+
+    spec = load_spec(RegistryAccountSpec, {"name": name, "registry": registry, "username": username,
+                                           "password": password, "description": description},
+                     source="registry account")
+    return _images().create_account(spec).as_dict()
+
+
+def accounts_update(name: str, new_name: str | None = None, description: str | None = None,
+                    username: str | None = None, password: str | None = None) -> dict[str, Any]:
+    return _images().update_account(name, new_name=new_name, description=description, username=username,
+                                    password=password).as_dict()
+
+
+def accounts_delete(name: str) -> dict[str, Any]:
+    _images().delete_account(name)
+    return {"deleted": name}
+
+
+def templates_create(name: str, spec: dict[str, Any], description: str = "") -> dict[str, Any]:
+    from core.specs import TrainingSpec, load_spec
+
+    return _templates().create(name, load_spec(TrainingSpec, spec), description).as_dict()
+
+
+def templates_copy(name: str, new_name: str, sets: dict[str, Any] | None = None) -> dict[str, Any]:
+    return _templates().copy(name, new_name, sets or {}).as_dict()
+
+
+def templates_delete(name: str) -> dict[str, Any]:
+    _templates().delete(name)
+    return {"deleted": name}
+
+
+def _templates():
+    """The catalog's training templates, without loading MLflow (a second and a half per command)."""
+    from core.connection import connect
+    from core.settings import require_shared_stores
+    from registry.catalog import Catalog
+    from registry.templates import Templates
+
+    settings = connect()
+    require_shared_stores(settings)
+    return Templates(Catalog(settings.catalog_db_url))
+
+
+COMMANDS: dict[str, Callable[..., Any]] = {f.__name__: f for f in (
+    images_create, images_update, images_delete, accounts_create, accounts_update, accounts_delete,
+    templates_create, templates_copy, templates_delete)}
+
+
+def where() -> str | None:
+    """The mlyard API that holds the platform's catalog (MLYARD_API_URL), or None: this machine's catalog.
+    StackError when a production Prefect server is named without it or a catalog URL."""
+    settings = Settings()
+    if settings.api_url:
+        return settings.api_url.rstrip("/")
+    if settings.prefect_api_url and not settings.catalog_url:
+        raise StackError("this command writes to the platform's catalog, and MLYARD_PREFECT_API_URL names a "
+                           "production platform: set MLYARD_API_URL to its mlyard API (and MLYARD_INTERNAL_TOKEN), or "
+                           "MLYARD_CATALOG_URL to its catalog database, so the write is not kept on this machine alone")
+    return None
+
+
+def act(name: str, /, **arguments: Any) -> Any:
+    """Run the command `name` where the platform's catalog is (see the module): its JSON answer."""
+    url = where()
+    if url is not None:
+        from mlyard.warm_api import post
+
+        return post(url, f"/v1/commands/{name}", arguments)
+    return json.loads(json.dumps(COMMANDS[name](**arguments), default=str))
+
+
+def relocated_spec(spec: Any, echo: Callable[[str], None]) -> dict[str, Any]:
+    """A template's spec as the platform's pods read it: relative paths absolute here; sent to a remote
+    platform, its local inputs uploaded (mlyard/uploads.py) and a local output refused."""
+    spec = spec.resolved(Path.cwd())
+    if where() is not None:
+        from mlyard.uploads import for_cluster
+
+        spec = for_cluster(spec, Settings(), echo)
+    return spec.model_dump(mode="json")
