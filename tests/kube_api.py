@@ -37,6 +37,7 @@ import time
 import uuid
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -717,11 +718,17 @@ class Kubelet:
     and changes nothing the flow sees."""
 
     def __init__(self, api: KubeApi, cwd: str, overrides: dict[str, str] | None = None,
-                 warm_home: str | None = None) -> None:
+                 warm_home: str | None = None, as_users: bool = False, binds: tuple[str, ...] = ()) -> None:
+        """`as_users`: each container runs as its securityContext's user with its volumes laid out as kubelet
+        lays them and its root file system read-only where set (tests/kubelet_sandbox.py; never warm); `binds`:
+        host folders its pods reach at their paths (what a cluster offers them as services)."""
         import os
         import sys
+        import tempfile
 
         self.api, self.cwd, self.overrides, self.warm_home = api, cwd, dict(overrides or {}), warm_home
+        self.as_users, self.binds = as_users, binds
+        self.pods_dir = Path(tempfile.mkdtemp(prefix="mlyard-kubelet-")) if as_users else None
         image_path = f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"  # the "image" is this environment
         self.base_env = {"PATH": image_path, "HOME": os.environ.get("HOME", "/tmp"), "LANG": "C.UTF-8",
                          "KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
@@ -739,6 +746,10 @@ class Kubelet:
         self._thread.join(10)
         for proc in self.processes.values():
             stop_group(proc, 5)
+        if self.pods_dir is not None:
+            import shutil
+
+            shutil.rmtree(self.pods_dir, ignore_errors=True)
 
     def _loop(self) -> None:
         from tasks.processes import stop_group
@@ -880,7 +891,25 @@ class Kubelet:
             env["JOB_COMPLETION_INDEX"] = str(index)
         env.update(self.overrides)
         command = (container.get("command") or []) + (container.get("args") or [])
-        if self.warm_home and command[-2:] == ["-m", "prefect.engine"] and "python" in command[0]:
+        sandbox = None
+        if self.as_users:
+            from kubelet_sandbox import PodSandbox
+
+            assert self.pods_dir is not None
+            try:
+                sandbox = PodSandbox(self.pods_dir / pod_name, spec,
+                                     lambda kind, name: self.api.objects.get((kind, ns, name)))
+            except RuntimeError as exc:  # a volume's Secret or ConfigMap is missing: kubelet waits for it
+                self.api.set_status("Pod", ns, pod_name, {"phase": "Pending", "containerStatuses": [{
+                    "name": container["name"], "ready": False, "restartCount": 0, "image": container.get("image", ""),
+                    "imageID": "", "state": {"waiting": {"reason": "ContainerCreating", "message": str(exc)}}}]},
+                    "kubelet")
+                return None
+            if not any(e.get("name") == "HOME" for e in container.get("env") or []):
+                env["HOME"] = "/"  # a user the image's /etc/passwd does not name, as the runtime sets it
+            command = sandbox.command(container, command, env, self.cwd, self.binds)
+            env = {}
+        elif self.warm_home and command[-2:] == ["-m", "prefect.engine"] and "python" in command[0]:
             import sys
 
             command = [sys.executable, "-m", "mlyard.warm.client", self.warm_home]
@@ -903,6 +932,8 @@ class Kubelet:
                 lines.append(line)
                 self.api.pod_logs[(ns, pod_name)] = "".join(lines)
             code = proc.wait()
+        if sandbox is not None:
+            sandbox.close()
         if ("Pod", ns, pod_name) in self.api.objects:
             phase = "Succeeded" if code == 0 else "Failed"
             self.api.set_status("Pod", ns, pod_name, {"phase": phase, "containerStatuses": [{

@@ -99,12 +99,16 @@ def test_bad_values_are_refused_in_one_line(tmp_path, change, field):
 
 @pytest.fixture
 def cluster(tmp_path):
-    """The API emulator, and a kubelet that runs the Jobs' pods here (the migration Job: its databases are
-    SQLite files under tmp_path, named by the Secrets as a cluster's name PostgreSQL ones)."""
+    """The API emulator, and a kubelet that runs the Jobs' pods here as their users, with their volumes and
+    read-only roots (tests/kubelet_sandbox.py). The migration Job's databases are SQLite files in a folder
+    of the pods' user, named by the Secrets as a cluster's name PostgreSQL ones, and bound into its pod
+    as a database server would be reached."""
     api = KubeApi()
     kubeconfig = api.kubeconfig(tmp_path / "kubeconfig")
-    (tmp_path / "pod-home").mkdir()
-    kubelet = Kubelet(api, str(ROOT), overrides={"MLYARD_HOME": str(tmp_path / "pod-home")})
+    databases = tmp_path / "databases"
+    databases.mkdir(mode=0o700)
+    _to_pods(databases)
+    kubelet = Kubelet(api, str(ROOT), as_users=True, binds=(str(databases),))
     yield api, kubeconfig
     kubelet.close()
     api.close()
@@ -119,14 +123,24 @@ KEYS = {"pf": ("database-url", "auth-string"), "mf": ("backend-store-uri", "arti
 
 
 def _databases(folder: Path) -> dict[str, str]:
+    folder = folder / "databases"
     return {"database-url": f"sqlite+aiosqlite:///{folder}/prefect.db", "backend-store-uri": f"sqlite:///{folder}/mlflow.db",
             "mlyard_catalog_url": f"sqlite:///{folder}/catalog.db"}
+
+
+def _to_pods(databases: Path) -> None:
+    """The databases' files are the pods' user's (10001), as a database server's files are its own: a
+    file this test made or read as root (a catalog of the previous release, SQLite's journal) is handed over."""
+    for path in (databases, *databases.rglob("*")):
+        os.chown(path, 10001, 10001)
 
 
 def _secret(api: KubeApi, namespace: str, name: str, folder: Path, without: str | None = None) -> None:
     import base64
 
     urls = _databases(folder)
+    if (folder / "databases").is_dir():
+        _to_pods(folder / "databases")
     data = {key: base64.b64encode(urls.get(key, "x").encode()).decode() for key in KEYS[name] if key != without}
     api.create("Secret", "v1", namespace, {"metadata": {"name": name}, "type": "Opaque", "data": data}, "kubectl-create")
 
@@ -270,6 +284,7 @@ def test_apply_migrates_the_previous_releases_catalog_once_and_a_new_image_runs_
         _secret(api, "ml-platform", name, tmp_path)
 
     def apply() -> subprocess.CompletedProcess:
+        _to_pods(tmp_path / "databases")
         out = mlyard("k8s", "apply", "-f", str(values_file), "--kubeconfig", str(kubeconfig), cwd=tmp_path)
         assert out.returncode == 0, out.stdout + out.stderr
         return out

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from job_templates import render as render_job
 from kube_api import KubeApi
+from kubelet_sandbox import files_as_kubelet_lays_them
 from pod_security import violations
 
 from core.assets import infra
@@ -155,18 +156,6 @@ def test_every_pod_mlyard_makes_passes_the_restricted_profile(tmp_path):
     assert len(pods) > 30
     broken = {what: found for what, spec in pods if (found := violations(spec, "restricted"))}
     assert broken == {}, json.dumps(broken, indent=1)
-
-
-def files_as_kubelet_lays_them(pod: dict, volume: dict) -> tuple[int, int, int]:
-    """(mode, uid, gid) of a Secret or ConfigMap volume's files as kubelet writes them: the volume's
-    `defaultMode` (0644 when unset), owned by root; with the pod's `fsGroup`, group-owned by it and made
-    group-readable (kubelet's SetVolumeOwnership, read-only mask 0440)."""
-    source = volume.get("secret") or volume.get("configMap") or {}
-    mode, gid = source.get("defaultMode", 0o644), 0
-    fs_group = (pod.get("securityContext") or {}).get("fsGroup")
-    if fs_group is not None:
-        mode, gid = mode | 0o440, fs_group
-    return mode, 0, gid
 
 
 def _can_read(mode: int, uid: int, gid: int, user: int, groups: set[int]) -> bool:

@@ -1,0 +1,143 @@
+"""How the emulated kubelet (tests/kube_api.py, `Kubelet(as_users=True)`) runs a container as kubelet and
+the container runtime would, as far as this host allows (the tests run as root):
+
+- **its user**: the container's or the pod's `runAsUser` / `runAsGroup` (the images' user, 10001, when
+  the pod names none), with the pod's `fsGroup` and `supplementalGroups` as supplementary groups;
+- **its volumes, laid out as kubelet lays them** in a folder of the pod's own: a Secret's or ConfigMap's
+  keys (or `items`) as files with the volume's `defaultMode`, owned by root and, with `fsGroup`, by that
+  group with group read (`files_as_kubelet_lays_them`); emptyDir world-writable (and the fsGroup's, set-gid);
+  ephemeral and persistentVolumeClaim volumes root's, 0755, unless `fsGroup` makes them the group's (a
+  run that writes there without it fails as it would on a node); each mounted at its `mountPath`, read-only
+  where the mount says so;
+- **its root file system**: the host's, through an overlay of the pod's own (writes land in a tmpfs and
+  never reach the host), remounted read-only when `readOnlyRootFilesystem` is set; /proc, /sys and /dev are
+  the host's. What the cluster offers as network services (here: folders of the test, such as a database's)
+  is bound in at its path (`binds`).
+
+The "image" is this host's environment: the test's virtual environment and checkout. Where the folders on
+the way to its interpreter are closed to others (pyenv's under a 0700 /root), the pod's overlay opens them
+for traversal (`o+x`, in the overlay only), as an image's interpreter is its user's to run.
+
+It is a mount namespace (`unshare -m`), an overlay of `/`, bind mounts and `chroot --userspec`: no cgroups,
+no network namespace (a pod reaches 127.0.0.1 as this host does), no seccomp; the same
+`mount`/`chroot` steps tests/images/container.py uses for the built images.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+from typing import Callable
+
+IMAGE_USER = 10001  # every mlyard image's USER
+
+
+def files_as_kubelet_lays_them(pod: dict, volume: dict) -> tuple[int, int, int]:
+    """(mode, uid, gid) of a Secret or ConfigMap volume's files as kubelet writes them: the volume's
+    `defaultMode` (0644 when unset), owned by root; with the pod's `fsGroup`, group-owned by it and made
+    group-readable (kubelet's SetVolumeOwnership, read-only mask 0440)."""
+    source = volume.get("secret") or volume.get("configMap") or {}
+    mode, gid = source.get("defaultMode", 0o644), 0
+    fs_group = (pod.get("securityContext") or {}).get("fsGroup")
+    if fs_group is not None:
+        mode, gid = mode | 0o440, fs_group
+    return mode, 0, gid
+
+
+def identity(pod: dict, container: dict) -> tuple[int, int, list[int]]:
+    """(uid, gid, supplementary groups) the container runs with."""
+    pod_sc, sc = pod.get("securityContext") or {}, container.get("securityContext") or {}
+    uid = sc.get("runAsUser", pod_sc.get("runAsUser", IMAGE_USER))
+    gid = sc.get("runAsGroup", pod_sc.get("runAsGroup", IMAGE_USER if uid == IMAGE_USER else 0))
+    groups = [g for g in [pod_sc.get("fsGroup"), *(pod_sc.get("supplementalGroups") or [])] if g is not None]
+    return uid, gid, groups
+
+
+class PodSandbox:
+    """One pod's folder (its volumes, its overlay's mount point) and the command that runs a container in it."""
+
+    def __init__(self, folder: Path, pod: dict, lookup: Callable[[str, str], dict | None]):
+        """`lookup(kind, name)`: a Secret or ConfigMap of the pod's namespace (None when there is none)."""
+        self.folder, self.pod, self.lookup = folder, pod, lookup
+        folder.mkdir(parents=True)
+        folder.chmod(0o711)
+        self.volumes = {v["name"]: self._volume(v) for v in pod.get("volumes") or []}
+
+    def _volume(self, volume: dict) -> Path:
+        path = self.folder / "volumes" / volume["name"]
+        path.mkdir(parents=True)
+        fs_group = (self.pod.get("securityContext") or {}).get("fsGroup")
+        if "secret" in volume or "configMap" in volume:
+            kind, source = ("Secret", volume["secret"]) if "secret" in volume else ("ConfigMap", volume["configMap"])
+            obj = self.lookup(kind, source.get("secretName") or source.get("name"))
+            if obj is None and not source.get("optional"):
+                raise RuntimeError(f"{kind} {source.get('secretName') or source.get('name')} not found "
+                                   "(the pod stays ContainerCreating)")
+            data = {k: base64.b64decode(v) if kind == "Secret" else v.encode()
+                    for k, v in ((obj or {}).get("data") or {}).items()}
+            mode, uid, gid = files_as_kubelet_lays_them(self.pod, volume)
+            items = source.get("items") or [{"key": k, "path": k} for k in data]
+            for item in items:
+                file = path / item["path"]
+                file.parent.mkdir(parents=True, exist_ok=True)
+                file.write_bytes(data[item["key"]])
+                os.chown(file, uid, gid)
+                file.chmod(item.get("mode", mode) | (0o440 if fs_group is not None else 0))
+            path.chmod(0o755)
+        elif "emptyDir" in volume:
+            if fs_group is not None:
+                os.chown(path, 0, fs_group)
+            path.chmod(0o2777 if fs_group is not None else 0o777)
+        else:  # ephemeral, persistentVolumeClaim: a fresh file system's root, until fsGroup makes it the group's
+            if fs_group is not None:
+                os.chown(path, 0, fs_group)
+            path.chmod(0o2775 if fs_group is not None else 0o755)
+        return path
+
+    def command(self, container: dict, argv: list[str], env: dict[str, str], cwd: str,
+                binds: tuple[str, ...] = ()) -> list[str]:
+        """`argv` as `container` of this pod runs it (see the module)."""
+        uid, gid, groups = identity(self.pod, container)
+        root, scratch = self.folder / "root", self.folder / "scratch"
+        root.mkdir()
+        scratch.mkdir()
+        q = shlex.quote
+        lines = ["set -e", f"mount -t tmpfs -o mode=0755 tmpfs {q(str(scratch))}",
+                 f"mkdir {q(str(scratch))}/upper {q(str(scratch))}/work",
+                 f"mount -t overlay overlay -o lowerdir=/,upperdir={q(str(scratch))}/upper,workdir={q(str(scratch))}/work "
+                 f"{q(str(root))}"]
+        lines += [f"mount --rbind /{d} {q(str(root))}/{d}" for d in ("proc", "sys", "dev")]
+        for folder in _closed_on_the_way(os.path.realpath(sys.executable), cwd):
+            lines.append(f"chmod o+x {q(str(root) + folder)}")
+        for mount in container.get("volumeMounts") or []:  # a symlink on the way (/var/run) resolved in the root
+            target = q(str(root) + os.path.realpath(mount["mountPath"]))
+            lines += [f"mkdir -p {target}", f"mount --bind {q(str(self.volumes[mount['name']]))} {target}"]
+            if mount.get("readOnly"):
+                lines.append(f"mount -o remount,bind,ro {target}")
+        for path in binds:  # the cluster's services that are folders here (a database's), over the volumes
+            inside = q(str(root) + os.path.realpath(path))
+            lines += [f"mkdir -p {inside}", f"mount --bind {q(path)} {inside}"]
+        if (container.get("securityContext") or {}).get("readOnlyRootFilesystem"):
+            lines.append(f"mount -o remount,ro {q(str(root))}")
+        userspec = f"--userspec={uid}:{gid}" + (f" --groups={','.join(map(str, groups))}" if groups else "")
+        variables = " ".join(q(f"{k}={v}") for k, v in env.items())
+        lines.append(f"exec chroot {userspec} {q(str(root))} /usr/bin/env -i -C {q(cwd)} {variables} "
+                     + " ".join(q(a) for a in argv))
+        return ["unshare", "-m", "--propagation", "private", "sh", "-c", "\n".join(lines)]
+
+    def close(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _closed_on_the_way(*paths: str) -> list[str]:
+    """The folders above `paths` that others may not traverse."""
+    closed = []
+    for path in paths:
+        for folder in Path(path).parents:
+            if folder != Path("/") and not os.stat(folder).st_mode & 0o001 and str(folder) not in closed:
+                closed.append(str(folder))
+    return closed
