@@ -268,8 +268,22 @@ class Settings(BaseSettings):
 
     def embedded_postgres_url(self, database: str, driver: str = "psycopg") -> str:
         """A database of the embedded PostgreSQL, reached on its Unix socket in its data folder (it
-        listens on no TCP port; mlyard/postgres.py refuses a folder whose socket path is too long)."""
-        return f"postgresql+{driver}://postgres:@/{database}?host={self.pgdata_dir.resolve()}"
+        listens on no TCP port)."""
+        return f"postgresql+{driver}://postgres:@/{database}?host={self.pgsocket_dir}"
+
+    @property
+    def pgsocket_dir(self) -> Path:
+        """Where the embedded PostgreSQL's socket is reached: its data folder, or, when that path is too long
+        for a Unix socket (107 bytes), a short link to it in the temporary folder, this user's and named
+        after the data folder (mlyard/postgres.py makes it). The socket stays in the private data folder."""
+        import hashlib
+        import tempfile
+
+        data = self.pgdata_dir.resolve()
+        if len(str(data / ".s.PGSQL.5432").encode()) <= 107:
+            return data
+        digest = hashlib.sha256(str(data).encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"mlyard-pg-{os.geteuid()}-{digest}"
 
     @property
     def prefect_database_url(self) -> str | None:

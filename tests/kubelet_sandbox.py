@@ -14,9 +14,10 @@ the container runtime would, as far as this host allows (the tests run as root):
   the host's. What the cluster offers as network services (here: folders of the test, such as a database's)
   is bound in at its path (`binds`).
 
-The "image" is this host's environment: the test's virtual environment and checkout. Where the folders on
-the way to its interpreter are closed to others (pyenv's under a 0700 /root), the pod's overlay opens them
-for traversal (`o+x`, in the overlay only), as an image's interpreter is its user's to run.
+The "image" is this host's environment: the test's checkout and its virtual environment, bound read-only at
+its path over whatever volume covers it (a clone under /tmp, below a pod's /tmp emptyDir). Where the
+folders on the way to its interpreter are closed to others (pyenv's under a 0700 /root), the pod's overlay
+opens them for traversal (`o+x`, in the overlay only), as an image's interpreter is its user's to run.
 
 It is a mount namespace (`unshare -m`), an overlay of `/`, bind mounts and `chroot --userspec`: no cgroups,
 no network namespace (a pod reaches 127.0.0.1 as this host does), no seccomp; the same
@@ -121,6 +122,9 @@ class PodSandbox:
         for path in binds:  # the cluster's services that are folders here (a database's), over the volumes
             inside = q(str(root) + os.path.realpath(path))
             lines += [f"mkdir -p {inside}", f"mount --bind {q(path)} {inside}"]
+        if os.path.realpath(cwd) != "/":  # the "image": the checkout and its environment, over a volume at its
+            image = q(str(root) + os.path.realpath(cwd))  # path (a clone under /tmp)
+            lines += [f"mkdir -p {image}", f"mount --bind {q(cwd)} {image}", f"mount -o remount,bind,ro {image}"]
         if (container.get("securityContext") or {}).get("readOnlyRootFilesystem"):
             lines.append(f"mount -o remount,ro {q(str(root))}")
         userspec = f"--userspec={uid}:{gid}" + (f" --groups={','.join(map(str, groups))}" if groups else "")

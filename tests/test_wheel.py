@@ -56,8 +56,13 @@ def test_the_wheel_holds_every_module_and_every_file_mlyard_reads(wheel):
 
 
 def test_the_installed_wheel_runs_a_users_first_hour_from_an_empty_folder(wheel, tmp_path):
-    venv, folder = tmp_path / "venv", tmp_path / "work"
-    folder.mkdir()
+    # a project folder deep enough that PostgreSQL's socket path needs the short link (mlyard/postgres.py)
+    venv, folder = tmp_path / "venv", tmp_path / "projects-of-a-team-with-long-names" / "first-hour-with-mlyard" / "work"
+    folder.mkdir(parents=True)
+    from core.settings import Settings
+
+    link = Settings(home=folder / ".mlyard").pgsocket_dir
+    assert link != (folder / ".mlyard" / "postgres").resolve()
     # uv links the packages `make install` already fetched: seconds, not minutes
     subprocess.run([str(BIN / "uv"), "venv", "--quiet", "--python", sys.executable, str(venv)], check=True, timeout=120)
     subprocess.run([str(BIN / "uv"), "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), "-c",
@@ -94,7 +99,8 @@ def test_the_installed_wheel_runs_a_users_first_hour_from_an_empty_folder(wheel,
         mlyard("endpoints", "delete", "first-ep")
     finally:
         stopped = mlyard("down")
-    assert "stopped prefect-server" in stopped, stopped
+    assert "stopped prefect-server" in stopped and "stopped postgres" in stopped, stopped
+    assert not link.is_symlink(), "the socket's link goes with the stack"
     left = subprocess.run(["pgrep", "-f", str(venv)], capture_output=True, text=True).stdout.split()
     assert not left or _gone(left), textwrap.shorten(str(left), 200)
 

@@ -29,14 +29,15 @@ def kubeconfig(tmp_path_factory):
     api.close()
 
 
-def submit(stack, kubeconfig: Path, tmp_path: Path, resources: dict) -> subprocess.CompletedProcess:
+def submit(stack, kubeconfig: Path, tmp_path: Path, resources: dict, **extra_env: str) -> subprocess.CompletedProcess:
     src = tmp_path / "algo"
     src.mkdir(exist_ok=True)
     (src / "main.py").write_text("print('ok')\n")
     spec = tmp_path / "train.yaml"
     spec.write_text(yaml.safe_dump({"name": "big", "source_uri": str(src), "entry_point": "main.py",
                                     "resources": resources}))
-    env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8", "KUBECONFIG": str(kubeconfig)}
+    env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8", "KUBECONFIG": str(kubeconfig),
+           **extra_env}
     user_dir = Path(os.environ["MLYARD_HOME"]).parent  # the running test platform's project directory
     return subprocess.run([str(BIN / "mlyard"), "train", "-f", str(spec), "--submit", "--pool", "gpu", "--json"],
                           cwd=user_dir, env=env, capture_output=True, text=True, timeout=120)
@@ -94,12 +95,14 @@ def test_the_cli_refuses_it_in_one_line_before_a_run_is_made(stack, kubeconfig, 
         assert len(client.read_flow_runs()) == before, "no run was made"
 
 
-def test_a_request_a_node_can_hold_is_submitted(stack, kubeconfig, tmp_path):
+def test_a_request_a_node_can_hold_is_submitted(stack, kubeconfig, tmp_path, s3_server, bucket):
     import json
 
     from prefect.client.orchestration import get_client
 
-    out = submit(stack, kubeconfig, tmp_path, {"gpu_count": 8, "gpu_type": "NVIDIA-A100-SXM4-80GB"})
+    out = submit(stack, kubeconfig, tmp_path, {"gpu_count": 8, "gpu_type": "NVIDIA-A100-SXM4-80GB"},
+                 MLYARD_UPLOAD_URI=f"s3://{bucket}/uploads", MLYARD_S3_ENDPOINT_URL=s3_server,  # its local source
+                 MLYARD_S3_ACCESS_KEY_ID="test", MLYARD_S3_SECRET_ACCESS_KEY="test")  # goes to the platform's storage
     assert out.returncode == 0, out.stderr
     run_id = json.loads(out.stdout)["id"]
     with get_client(sync_client=True) as client:

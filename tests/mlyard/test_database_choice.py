@@ -44,10 +44,32 @@ def test_a_home_made_on_sqlite_stays_on_it_and_says_how_to_change(tmp_path):
     choose_database(Settings(home=home, database=None))  # unset: the home's choice, no complaint
 
 
-def test_postgres_is_refused_where_its_socket_would_leave_its_private_folder(tmp_path):
-    deep = tmp_path / ("d" * 90) / "postgres"
-    assert "107 bytes" in _refusal(deep) and "MLYARD_HOME" in _refusal(deep)
-    assert _refusal(tmp_path / "postgres") is None
+def test_a_home_too_deep_for_a_socket_reaches_postgresql_through_a_short_link_of_its_own(tmp_path):
+    """The socket stays in the private data folder; clients and the server name it through a link in the
+    temporary folder (a world-writable socket folder would let every local account in without a password)."""
+    import os
+
+    from core.errors import StackError
+    from mlyard.postgres import _link
+
+    deep = Settings(home=tmp_path / ("d" * 90) / ".mlyard", database="postgres")
+    data = deep.pgdata_dir.resolve()
+    link = deep.pgsocket_dir
+    assert link != data and len(str(link / ".s.PGSQL.5432")) <= 107 and str(os.geteuid()) in link.name
+    assert deep.catalog_db_url == f"postgresql+psycopg://postgres:@/catalog?host={link}"
+    data.mkdir(parents=True)
+    try:
+        _link(link, data)
+        _link(link, data)  # found, and ours: kept
+        assert os.readlink(link) == str(data)
+        link.unlink()
+        link.symlink_to(tmp_path)  # someone else's idea of it
+        with pytest.raises(StackError, match="is not this user's link"):
+            _link(link, data)
+    finally:
+        link.unlink(missing_ok=True)
+    shallow = Settings(home=tmp_path / ".mlyard")
+    assert shallow.pgsocket_dir == shallow.pgdata_dir.resolve()
 
 
 def test_a_data_folder_of_another_postgresql_is_kept_and_named(tmp_path):
