@@ -63,12 +63,15 @@ $(GATEWAY_API): infra/gateway-api/package.json infra/gateway-api/package-lock.js
 	cd $(VENV)/gateway-api && npm ci --no-audit --no-fund --silent
 	touch $@
 
-# what the PostgreSQL tier runs: a training from the CLI and from Python (the users' paths), tunings with
+# what the PostgreSQL tier runs: a training from the CLI and one from Python (the users' paths), tunings with
 # parallel trials (one study, concurrent writers), a progressive promotion, a schedule's catch-up
-POSTGRES_TIER := tests/test_postgres_stores.py tests/test_user_paths.py tests/flows/test_promotion.py \
+POSTGRES_TIER := tests/test_postgres_stores.py \
+  tests/test_user_paths.py::test_a_python_call_from_a_fresh_interpreter_is_a_training_the_cli_shows_and_registers \
+  tests/test_user_paths.py::test_submit_resolves_relative_paths_where_the_command_runs \
+  tests/flows/test_promotion.py::test_weights_split_pin_callers_and_a_shadow_reports_agreement \
+  tests/flows/test_promotion.py::test_a_good_candidate_goes_5_25_50_100_under_load_with_no_failed_request \
   tests/flows/test_tuning.py::test_parallel_trials_overlap \
   tests/flows/test_tuning.py::test_trials_as_their_own_flow_runs_with_median_stopping \
-  tests/flows/test_tuning.py::test_crashed_tuning_resumes_when_retried \
   tests/schedules/test_scheduler.py::test_catchup_concurrency_exactly_once_and_reclaim
 
 # a target's variable reaches the prerequisites it builds: the install that `make test` runs warms mypy's cache
