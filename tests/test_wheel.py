@@ -84,8 +84,8 @@ def test_the_installed_wheel_runs_a_users_first_hour_from_an_empty_folder(wheel,
     (folder / "train.py").write_text(SCRIPT)
     (folder / "train.yaml").write_text("name: first\nexperiment: wheel\nsource_uri: .\nentry_point: train.py\n")
     (folder / "endpoint.yaml").write_text("name: first-ep\nstage:\n  resources: [{model: first@champion}]\n")
-    mlyard("up")
     try:
+        mlyard("up")  # inside: an `up` that fails part-way has started processes that `down` ends
         trained = json.loads(mlyard("train", "-f", "train.yaml", "--json"))
         assert trained["metrics"] == {"r2": 1.0}, trained
         mlyard("models", "create", "first", "--from-training", trained["training_id"], "--alias", "champion")
