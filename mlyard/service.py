@@ -2,9 +2,11 @@
 
 It answers the queries of mlyard/queries.py (every list and show, the registry check before a batch
 or an evaluation) with Prefect's client, MLflow and the catalog already imported and connected, so a
-CLI command pays for none of that. It reads only what the CLI would read itself. Its one write is the
-flow run a command queues (mlyard/submit.py), made with Prefect's own `run_deployment` exactly as the
-command would make it; everything the command checks is checked before it asks.
+CLI command pays for none of that. It reads only what the CLI would read itself. It writes the flow run a
+command queues (mlyard/submit.py), made with Prefect's own `run_deployment` exactly as the command would
+make it (everything the command checks is checked before it asks), and, for a CLI that names this API
+with MLYARD_API_URL (a workstation reaching a cluster's platform), the catalog's images, registry accounts
+and templates (mlyard/commands.py), as the command would write them here.
 
     POST /v1/queries/{name}   JSON body: the query's arguments -> its JSON answer
     POST /v1/commands/{name}  JSON body: a catalog write's arguments (mlyard/commands.py: images, registry
