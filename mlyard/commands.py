@@ -18,13 +18,7 @@ from typing import Any, Callable
 
 from core.errors import StackError
 from core.settings import Settings
-
-
-def _images():
-    from core.connection import connect
-    from tasks.registry_secrets import images
-
-    return images(connect())
+from mlyard.queries import images_catalog as _images
 
 
 def images_create(name: str, address: str, kind: str = "training", account: str | None = None,

@@ -135,27 +135,28 @@ def templates_show(name: str) -> dict[str, Any]:
     return platform().templates.get(name).as_dict()
 
 
-def _images():
-    """The catalog's images and accounts (without loading MLflow)."""
+def images_catalog():
+    """The catalog's images and accounts, their Secrets where settings keep them (without loading MLflow);
+    mlyard/commands.py writes through it too."""
     from tasks.registry_secrets import images
 
     return images(_connected())
 
 
 def images_list(kind: str | None = None) -> list[dict[str, Any]]:
-    return [i.as_dict() for i in _images().list_images(kind)]
+    return [i.as_dict() for i in images_catalog().list_images(kind)]
 
 
 def images_show(name: str) -> dict[str, Any]:
-    return _images().get_image(name).as_dict()
+    return images_catalog().get_image(name).as_dict()
 
 
 def accounts_list() -> list[dict[str, Any]]:
-    return [a.as_dict() for a in _images().list_accounts()]
+    return [a.as_dict() for a in images_catalog().list_accounts()]
 
 
 def accounts_show(name: str) -> dict[str, Any]:
-    return _images().get_account(name).as_dict()
+    return images_catalog().get_account(name).as_dict()
 
 
 def models_list() -> list[dict[str, Any]]:

@@ -856,6 +856,12 @@ class Kubelet:
                 if proc is not None and proc.poll() is None:
                     stop_group(proc, 5)
 
+    def _waiting(self, ns: str, pod_name: str, container: dict, reason: str, message: str) -> None:
+        """The pod stays Pending, its container waiting for `reason`, as on a node (no exit code)."""
+        self.api.set_status("Pod", ns, pod_name, {"phase": "Pending", "containerStatuses": [{
+            "name": container["name"], "ready": False, "restartCount": 0, "image": container.get("image", ""),
+            "imageID": "", "state": {"waiting": {"reason": reason, "message": message}}}]}, "kubelet")
+
     def _run_pod(self, job: dict, index: int | None) -> int | None:
         import subprocess
 
@@ -881,11 +887,7 @@ class Kubelet:
         try:
             env = self.resolve_env(ns, container)
         except RuntimeError as exc:
-            self.api.set_status("Pod", ns, pod_name, {"phase": "Pending", "containerStatuses": [{
-                "name": container["name"], "ready": False, "restartCount": 0, "image": container.get("image", ""),
-                "imageID": "", "state": {"waiting": {"reason": "CreateContainerConfigError", "message": str(exc)}}}]},
-                "kubelet")
-            return None  # it stays Pending, as on a node
+            return self._waiting(ns, pod_name, container, "CreateContainerConfigError", str(exc))
         env["HOSTNAME"] = spec.get("hostname") or pod_name  # what a kubelet sets
         if index is not None:
             env["JOB_COMPLETION_INDEX"] = str(index)
@@ -900,11 +902,7 @@ class Kubelet:
                 sandbox = PodSandbox(self.pods_dir / pod_name, spec,
                                      lambda kind, name: self.api.objects.get((kind, ns, name)))
             except RuntimeError as exc:  # a volume's Secret or ConfigMap is missing: kubelet waits for it
-                self.api.set_status("Pod", ns, pod_name, {"phase": "Pending", "containerStatuses": [{
-                    "name": container["name"], "ready": False, "restartCount": 0, "image": container.get("image", ""),
-                    "imageID": "", "state": {"waiting": {"reason": "ContainerCreating", "message": str(exc)}}}]},
-                    "kubelet")
-                return None
+                return self._waiting(ns, pod_name, container, "ContainerCreating", str(exc))
             if not any(e.get("name") == "HOME" for e in container.get("env") or []):
                 env["HOME"] = "/"  # a user the image's /etc/passwd does not name, as the runtime sets it
             command = sandbox.command(container, command, env, self.cwd, self.binds)

@@ -61,7 +61,7 @@ def test_without_the_api_the_answer_is_computed_here(stack, platform, monkeypatc
     with socket.socket() as s:  # a port nobody answers on: the API went away since `up`
         s.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{s.getsockname()[1]}"
-    monkeypatch.setattr(warm_api, "api_url", lambda: closed)
+    monkeypatch.setattr(warm_api, "api_url", lambda settings=None: closed)
     assert queries.ask("experiments_list") == _local("experiments_list")
 
 
