@@ -289,22 +289,75 @@ class ScriptRun:
     seen: list[Metric]
 
 
+@dataclass(frozen=True)
+class Confinement:
+    """What a user's entry point is kept from (tasks/confine.py): the stack's `home` (and, in a pod, the
+    mounted Secrets), but for what the run itself uses; `mode` is Settings.script_confinement."""
+
+    home: Path
+    mode: str = "auto"
+
+
+POD_SECRETS = ("/var/run/secrets", "/run/secrets")  # the settings Secret, the service account's token
+
+
+UNCONFINED = ("mlyard: this kernel has no Landlock (Linux 5.13 or newer): the script runs unconfined, and can read "
+              "what the flow can (MLYARD_SCRIPT_CONFINEMENT=required refuses such runs)")
+
+
+def confined(invocations: list[tuple[list[str], dict[str, str]]], dirs: Workdirs, python: str,
+             confinement: Confinement) -> list[tuple[list[str], dict[str, str]]]:
+    """Each (argv, env) started through the confining launcher, its temporary files in the run's scratch
+    folder; the flow's own process made non-dumpable, so that the script (the same user, in a pod without
+    the capabilities to override it) cannot read its environment or memory through /proc."""
+    import os
+
+    from tasks import confine
+
+    if confinement.mode == "off" or (confinement.mode == "auto" and confine.abi_version() < 1):
+        return invocations
+    hide = [str(confinement.home), *(p for p in POD_SECRETS if os.path.isdir(p))]
+    scratch = dirs.model.parent
+    env_root = Path(python).parent.parent
+    keep = sorted({str(p) for p in (scratch, dirs.source, dirs.checkpoint_input, env_root, *dirs.datasets.values())
+                   if p is not None and os.path.exists(p)})
+    tmp = scratch / "tmp"
+    tmp.mkdir(exist_ok=True)
+    _not_dumpable()
+    required = confinement.mode == "required"
+    return [(confine.launcher(argv, hide, keep, required), {**env, "TMPDIR": str(tmp)}) for argv, env in invocations]
+
+
+def _not_dumpable() -> None:
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0
+
+
 def run_script(spec: TrainingSpec, dirs: Workdirs, python: str, region: str, base_env: Mapping[str, str],
                log_path: Path, metric_sink: Callable[[list[Metric]], None],
                should_stop: Callable[[], str | None] = lambda: None,
                on_line: Callable[[str], None] | None = None,
                echo: Callable[[str], None] | None = None, rendezvous: Rendezvous | None = None,
-               named_patterns: Sequence[tuple[str, re.Pattern[str]]] = ()) -> ScriptRun:
+               named_patterns: Sequence[tuple[str, re.Pattern[str]]] = (),
+               confinement: Confinement | None = None) -> ScriptRun:
     """Run the entry point to the end: every line to `log_path`, `echo` and `on_line` (a tuning reads
     its objective there), parsed metrics to `metric_sink` in batches from a background thread. With
     `rendezvous`, this is one node of a multi-node training whose other nodes run elsewhere (a pod of
     tasks/node_jobs.py; `base_env` holds its NODE_RANK); without, every node runs here. `named_patterns`
     read more metrics by name (a tuning's `metrics[].regex`). A metric line of Katib's JSON format that
-    cannot be read fails the script (TrainingFailed), as it fails Katib's collection."""
+    cannot be read fails the script (TrainingFailed), as it fails Katib's collection. With `confinement`,
+    the script is kept from the platform's files and processes (`confined`)."""
     if rendezvous is not None:
-        (argv, env), more = build_invocation(spec, dirs, python, region, base_env, rendezvous), []
+        invocations = [build_invocation(spec, dirs, python, region, base_env, rendezvous)]
     else:
-        (argv, env), *more = node_invocations(spec, dirs, python, region, base_env)
+        invocations = node_invocations(spec, dirs, python, region, base_env)
+    notice = None
+    if confinement is not None:
+        confining = confined(invocations, dirs, python, confinement)
+        notice = UNCONFINED if confining is invocations and confinement.mode != "off" else None
+        invocations = confining
+    (argv, env), *more = invocations
     parser = MetricParser([*spec.metric_patterns, *named_patterns], json_format=spec.metrics_format == "json")
 
     def stop_reason() -> str | None:
@@ -322,6 +375,8 @@ def run_script(spec: TrainingSpec, dirs: Workdirs, python: str, region: str, bas
                 if echo is not None:
                     echo(line)
 
+        if notice is not None:
+            handle(notice)
         try:
             outcome = Supervisor(argv, env, dirs.source, handle, should_stop=stop_reason,
                                  max_run_time_seconds=spec.max_run_time_seconds, more=more).run()

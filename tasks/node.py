@@ -26,7 +26,7 @@ from core.settings import Settings, apply_engine_env, require_shared_stores
 from core.specs import TrainingSpec
 from registry.tracking import Tracking
 from tasks.environments import requirements_env
-from tasks.launch import Rendezvous, run_script
+from tasks.launch import Confinement, Rendezvous, run_script
 from tasks.node_jobs import RENDEZVOUS_PORT, NodeJob, node_environment
 from tasks.storage import Storage
 from tasks.training import LOG_NAME, save_model, stage_inputs
@@ -55,7 +55,8 @@ def main() -> int:
         run_script(spec, dirs, python, settings.region, env, log_path,
                    metric_sink=(lambda batch: tracking.log_metrics(run_id, batch)) if lead else (lambda batch: None),
                    echo=lambda line: print(line, flush=True),
-                   rendezvous=Rendezvous(f"{job.host(0)}:{RENDEZVOUS_PORT}", training_id, host=lead))
+                   rendezvous=Rendezvous(f"{job.host(0)}:{RENDEZVOUS_PORT}", training_id, host=lead),
+                   confinement=Confinement(settings.home_dir, settings.script_confinement))
         if lead:
             save_model(storage, tracking, spec, dirs, run_id)
             tracking.log_artifact(run_id, log_path, "logs")

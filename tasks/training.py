@@ -29,7 +29,7 @@ from core.specs import TrainingSpec
 from registry.tracking import Tracking
 from tasks import checks
 from tasks.environments import requirements_env
-from tasks.launch import ScriptRun, Workdirs, run_script
+from tasks.launch import Confinement, ScriptRun, Workdirs, run_script
 from tasks.orchestration import prefect_link, step_started
 from tasks.staging import stage_in, stage_out
 from tasks.storage import Storage
@@ -118,10 +118,12 @@ def launch(spec: TrainingSpec, dirs: Workdirs, python: str, region: str, engine_
     from core.settings import Settings
     from tasks.gpu_slots import holding
 
-    with holding(spec.resources.gpu_count * spec.nodes, Settings(), say=_sayer()):  # every node here
+    settings = Settings()
+    with holding(spec.resources.gpu_count * spec.nodes, settings, say=_sayer()):  # every node here
         return run_script(spec, dirs, python, region, {**os.environ, **engine_env}, log_path,
                           metric_sink=lambda batch: tracking.log_metrics(run_id, batch),
-                          should_stop=should_stop, on_line=on_line, echo=echo, named_patterns=named_patterns)
+                          should_stop=should_stop, on_line=on_line, echo=echo, named_patterns=named_patterns,
+                          confinement=Confinement(settings.home_dir, settings.script_confinement))
 
 
 def _sayer() -> Callable[[str], None]:

@@ -707,26 +707,18 @@ class Kubelet:
     container's environment resolved as a kubelet does (values, `secretKeyRef`, `configMapKeyRef`,
     `envFrom` from the API's objects; `overrides` stand for what the node adds, such as a volume's
     path); its output becomes the pod's log, its exit the pod's phase and the Job's `succeeded` or
-    `failed` count and condition.
-
-    With `warm_home`, a container whose command is `python -m prefect.engine` (a flow-run pod) or
-    `python -m tasks.node` (a training's node) starts
-    through mlyard's warm runner of that home (mlyard/warm/client.py), as the local pool's runs do: the
-    runner's child takes the pod's whole environment, working directory and streams, and reads
-    Prefect's and mlyard's settings from them as a cold process would (tests/mlyard/test_warm.py holds
-    it to that). A real pod starts cold; this saves the emulated cluster 4-5 s of CPU per flow run,
-    and changes nothing the flow sees."""
+    `failed` count and condition."""
 
     def __init__(self, api: KubeApi, cwd: str, overrides: dict[str, str] | None = None,
-                 warm_home: str | None = None, as_users: bool = False, binds: tuple[str, ...] = ()) -> None:
+                 as_users: bool = False, binds: tuple[str, ...] = ()) -> None:
         """`as_users`: each container runs as its securityContext's user with its volumes laid out as kubelet
-        lays them and its root file system read-only where set (tests/kubelet_sandbox.py; never warm); `binds`:
+        lays them and its root file system read-only where set (tests/kubelet_sandbox.py); `binds`:
         host folders its pods reach at their paths (what a cluster offers them as services)."""
         import os
         import sys
         import tempfile
 
-        self.api, self.cwd, self.overrides, self.warm_home = api, cwd, dict(overrides or {}), warm_home
+        self.api, self.cwd, self.overrides = api, cwd, dict(overrides or {})
         self.as_users, self.binds = as_users, binds
         self.pods_dir = Path(tempfile.mkdtemp(prefix="mlyard-kubelet-")) if as_users else None
         image_path = f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"  # the "image" is this environment
@@ -907,14 +899,6 @@ class Kubelet:
                 env["HOME"] = "/"  # a user the image's /etc/passwd does not name, as the runtime sets it
             command = sandbox.command(container, command, env, self.cwd, self.binds)
             env = {}
-        elif self.warm_home and command[-2:] == ["-m", "prefect.engine"] and "python" in command[0]:
-            import sys
-
-            command = [sys.executable, "-m", "mlyard.warm.client", self.warm_home]
-        elif self.warm_home and command[1:3] == ["-m", "tasks.node"] and "python" in command[0]:
-            import sys
-
-            command = [sys.executable, "-m", "mlyard.warm.client", self.warm_home, *command[1:]]
         self.api.set_status("Pod", ns, pod_name, {"phase": "Running", "startTime": _now()}, "kubelet")
         try:
             proc = subprocess.Popen(command, env=env, cwd=self.cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -11,13 +11,18 @@ NS = "mlyard"
 
 
 def run_training(spec: dict) -> tuple[str, float]:
+    """A training queued on the gpu pool, its local inputs uploaded to the cluster's storage first (as
+    `mlyard train --submit` does: the `cluster` fixture sets MLYARD_UPLOAD_URI)."""
     from prefect.deployments import run_deployment
 
+    from core.settings import Settings
     from core.specs import TrainingSpec
+    from mlyard.uploads import for_cluster
 
     t0 = time.time()
-    fr = run_deployment("train/gpu", parameters={"spec": spec}, job_variables=TrainingSpec(**spec).job_variables(),
-                        timeout=0)
+    training = for_cluster(TrainingSpec(**spec), Settings())
+    fr = run_deployment("train/gpu", parameters={"spec": training.model_dump(mode="json")},
+                        job_variables=training.job_variables(), timeout=0)
     return str(fr.id), t0
 
 

@@ -1,8 +1,10 @@
 """The tests' Kubernetes cluster: the API emulator of tests/kube_api.py, a kubelet playing its nodes on this
 machine, and the real Prefect Kubernetes worker (prefect-kubernetes 0.8, its kopf observer included) on
-the gpu pool. Each pod's command runs as a process here with the container's environment resolved from
-the API's objects (the mlyard-config ConfigMap gives it the test stack's MLflow and catalog), so a flow
-run in a "pod" reports to the test stack's Prefect as a pod's would."""
+the gpu pool. Each pod's command runs here as its container's user (10001), with its volumes laid out as
+kubelet lays them (tests/kubelet_sandbox.py) and its environment resolved from the API's objects: the
+mlyard-config ConfigMap and the mlyard-settings Secret name the cluster's stores (tests/cluster_stores.py:
+an MLflow server, PostgreSQL over TCP, S3), so a flow run in a "pod" reports to the test stack's Prefect
+and writes where a pod on a cluster writes. The test's own checks read the same stores (`Cluster.platform`)."""
 
 from __future__ import annotations
 
@@ -10,36 +12,36 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from cluster_stores import ClusterStores
+from conftest import free_port
 from kube_api import KubeApi, Kubelet
 from kube_cluster import NS, ROOT
 
-from mlyard.warm import SOCKET
-from mlyard.warm.client import detach
-
 
 @pytest.fixture(scope="session")
-def pod_runner(stack, tmp_path_factory):
-    """A warm runner for the emulated cluster's flow-run pods (see Kubelet), one for the session: its
-    home holds only its socket; each pod's child takes that pod's own environment."""
-    import signal
+def cluster_stores(s3_server):
+    """The stores a cluster's pods reach over the network (tests/cluster_stores.py), for the session."""
+    import cluster_stores as stores
 
-    from mlyard import warm
+    started = stores.start(s3_server, free_port)
+    yield started
+    started.close()
 
-    home = tmp_path_factory.mktemp("pod-runner")
-    (home / "logs").mkdir()
-    with open(home / "logs" / "warm-runner.log", "ab") as out:  # `setsid -f`: no child of a test (leak guard)
-        subprocess.run(["setsid", "-f", sys.executable, "-m", "mlyard.warm.server", str(home)], cwd=ROOT, stdout=out,
-                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=True)
-    deadline = time.monotonic() + 120
-    while warm.runner_pid(home) is None and time.monotonic() < deadline:
-        time.sleep(0.2)  # not ready in time: the pods start cold, as on a cluster
-    yield str(home)
-    if (pid := warm.runner_pid(home)) is not None:
-        os.killpg(pid, signal.SIGTERM)
+
+@dataclass
+class Cluster:
+    api: KubeApi
+    kubelet: Kubelet
+    stores: ClusterStores
+    platform: object  # flows.platform.Platform of the cluster's stores
+
+    def __iter__(self):  # `api, kubelet = cluster`
+        return iter((self.api, self.kubelet))
 
 
 @pytest.fixture()
@@ -52,38 +54,55 @@ def api(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def cluster(stack, settings, tmp_path, pod_runner):
-    """A Kubernetes API emulator with the platform's namespace and ConfigMap, a Kubelet, and the real
-    Prefect Kubernetes worker on the gpu pool pointed at it (per test: all of it ends with the test)."""
+def cluster(stack, settings, tmp_path, cluster_stores, monkeypatch):
+    """A Kubernetes API emulator with the platform's namespace, ConfigMap and settings Secret, a Kubelet that
+    runs each pod as its user, and the real Prefect Kubernetes worker on the gpu pool pointed at it (per
+    test: all of it ends with the test). This test's process takes the cluster's stores too (MLYARD_*), as
+    a workstation's CLI configured for the cluster does: a flow it runs in process, an upload."""
+    import base64
+    import tempfile
+
+    from flows.platform import Platform
+
     # per test: the worker and the pods' processes end with it, before the leak guard looks
     _cancel_queued_gpu_runs()
     api = KubeApi()
     kubeconfig = api.kubeconfig(tmp_path / "kubeconfig", namespace=NS)
+    # what a pod reaches the API with (a service account's token on a cluster): a kubeconfig its user can read
+    pods_kubeconfig = Path(tempfile.mkdtemp(prefix="mlyard-pods-kube-"))
+    pods_kubeconfig.chmod(0o755)
+    pods_kubeconfig = api.kubeconfig(pods_kubeconfig / "kubeconfig", namespace=NS)
+    pods_kubeconfig.chmod(0o644)
     api.create("Namespace", "v1", None, {"metadata": {"name": NS}}, "kubectl")
     api.create("ConfigMap", "v1", NS, {"metadata": {"name": "mlyard-config"}, "data": {
-        "MLYARD_MLFLOW_TRACKING_URI": settings.mlflow_uri, "MLYARD_CATALOG_URL": settings.catalog_db_url,
+        "MLYARD_MLFLOW_TRACKING_URI": cluster_stores.mlflow_uri, "MLYARD_KUBE_NAMESPACE": NS,
         "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}}, "kubectl")
-    data = tmp_path / "data"  # the pod's data storage volume, at /mlyard/data in a real pod
-    data.mkdir()
-    # the pod reaches the API through the kubeconfig, as a real one does through its service account token
-    kubelet = Kubelet(api, str(ROOT), overrides={"MLYARD_HOME": str(data), "KUBECONFIG": str(kubeconfig)},
-                      warm_home=pod_runner)
+    secret = {"mlyard_catalog_url": cluster_stores.catalog_url, **cluster_stores.s3_settings}
+    api.create("Secret", "v1", NS, {"metadata": {"name": "mlyard-settings"}, "data": {
+        k: base64.b64encode(v.encode()).decode() for k, v in secret.items()}}, "kubectl")
+    for key, value in cluster_stores.env().items():
+        monkeypatch.setenv(key, value)
+    kubelet = Kubelet(api, str(ROOT), overrides={"KUBECONFIG": str(pods_kubeconfig)}, as_users=True,
+                      binds=(str(pods_kubeconfig.parent),))  # at its path, over the pod's /tmp
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PREFECT_INTEGRATIONS_KUBERNETES_OBSERVER_NAMESPACES": NS,
            "PREFECT_WORKER_QUERY_SECONDS": "0.5"}
+    for key in cluster_stores.env():  # the worker is the platform's, with its own settings
+        env.pop(key, None)
+    env.pop("MLYARD_HOME", None)
+    env.pop("PREFECT_API_SSL_CERT_FILE", None)  # this machine's CA file in the stack's home
+    env["PREFECT_HOME"] = str(tmp_path / "worker-prefect")  # its own, as the Deployment's /tmp/prefect
     log = tmp_path / "worker.log"
     began = datetime.now(timezone.utc)
-    # `prefect worker start`, forked from the pods' warm runner, which has Prefect imported (4 s of CPU a
-    # test otherwise); Prefect's own CLI in a process of its own if that runner is not there
-    args = ["worker", "start", "--pool", "gpu", "--type", "kubernetes", "--name", "kube-test"]
-    worker: int | subprocess.Popen | None = detach(Path(pod_runner) / "warm" / SOCKET, "prefect", args, log, env,
-                                                   ROOT)
-    if worker is None:
-        with open(log, "w") as out:
-            worker = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), *args], env=env, stdout=out,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
+    # Prefect's own CLI in a process of its own, as the worker's Deployment runs it: Prefect hands a flow run
+    # every setting its worker has, and a worker forked from a warm runner would have mlyard's (this stack's
+    # home, a CA file there), which no worker on a cluster has and a pod's user could not read
+    with open(log, "w") as out:
+        worker = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "worker", "start", "--pool", "gpu",
+                                   "--type", "kubernetes", "--name", "kube-test"], env=env, cwd=tmp_path, stdout=out,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_for_worker(worker, began, log)  # a worker stuck starting fails the test, never hangs it
-        yield api, kubelet
+        yield Cluster(api, kubelet, cluster_stores, Platform(cluster_stores.settings(settings)))
     finally:
         from tasks.processes import stop_group
 
@@ -93,6 +112,9 @@ def cluster(stack, settings, tmp_path, pod_runner):
         stop_group(worker, 2)
         kubelet.close()
         api.close()
+        import shutil
+
+        shutil.rmtree(pods_kubeconfig.parent, ignore_errors=True)
         if os.environ.get("MLYARD_KEEP_TEST_HOME"):
             print(log.read_text())
 

@@ -1,7 +1,7 @@
 """A batch inference's workers as pods of the gpu pool (issue 26 §2): an instance's resources split among
 its pods (the seed's appendix 9), the pods spread evenly over nodes, and a real run of 2 worker pods
 through the Prefect Kubernetes worker against the API emulator (tests/kube_api.py; its kubelet runs
-each pod's command here)."""
+each pod's command here, as the pod's user), reading and writing the cluster's storage."""
 
 from __future__ import annotations
 
@@ -47,8 +47,14 @@ def test_impossible_splits_are_refused_before_anything_runs(change, words):
         assert word in str(refused.value)
 
 
-def test_two_worker_pods_share_the_rows_and_finish_the_batch(cluster, platform, models, tmp_path):
+def test_two_worker_pods_share_the_rows_and_finish_the_batch(cluster, models, tmp_path):
+    import uuid
+
+    import boto3
+
+    from core.settings import Settings
     from flows.batch_inference import batch_infer
+    from mlyard.uploads import for_cluster
 
     api, _ = cluster
     rows = [{"id": f"r{i}", "features": x.tolist()} for i, x in enumerate(models["X"][:80])]
@@ -56,11 +62,12 @@ def test_two_worker_pods_share_the_rows_and_finish_the_batch(cluster, platform, 
         path = tmp_path / "in" / f"part-{n}.jsonl"
         path.parent.mkdir(exist_ok=True)
         path.write_text("".join(json.dumps(r) + "\n" for r in rows[n * 40:(n + 1) * 40]))
+    out = f"s3://mlyard-cluster/out/{uuid.uuid4().hex}"
     spec = BatchInferenceSpec(name="on-pods", model=str(models["classifier"]), input_uri=str(tmp_path / "in"),
-                              input_format="jsonl", output_uri=str(tmp_path / "out"), id_field="id", workers=2,
+                              input_format="jsonl", output_uri=out, id_field="id", workers=2,
                               worker_deployment="batch-inference-worker/gpu",
                               resources={"cpu": 2, "memory": "4Gi"})
-    result = batch_infer(spec)
+    result = batch_infer(for_cluster(spec, Settings()))  # the model and the input uploaded for the pods
     assert (result.rows, result.failed_rows) == (80, 0)
     jobs = [j for j in api.items("Job", NS)
             if j["spec"]["template"]["metadata"]["labels"].get("mlyard.io/batch") == result.batch_id]
@@ -71,5 +78,11 @@ def test_two_worker_pods_share_the_rows_and_finish_the_batch(cluster, platform, 
         limits = job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
         assert (limits["cpu"], limits["memory"]) == ("1000m", "2048Mi"), "one instance, two pods: half each"
         assert job["spec"]["template"]["spec"]["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
-    out = sorted(line for p in (tmp_path / "out").glob("*.predictions.jsonl") for line in p.read_text().splitlines())
-    assert len(out) == 80
+    s3 = boto3.client("s3", endpoint_url=cluster.stores.s3_endpoint, aws_access_key_id="test",
+                      aws_secret_access_key="test", region_name="us-east-1")
+    prefix = out.removeprefix("s3://mlyard-cluster/")
+    parts = [o["Key"] for o in s3.list_objects_v2(Bucket="mlyard-cluster", Prefix=prefix)["Contents"]
+             if o["Key"].endswith(".predictions.jsonl")]
+    lines = [line for key in parts
+             for line in s3.get_object(Bucket="mlyard-cluster", Key=key)["Body"].read().decode().splitlines()]
+    assert len(lines) == 80 and {json.loads(line)["id"] for line in lines} == {r["id"] for r in rows}

@@ -1,8 +1,8 @@
 """A training on the gpu pool, end to end, with the real Prefect Kubernetes worker (prefect-kubernetes
 0.8, its kopf observer included) against the Kubernetes API emulator of tests/kube_api.py; no cluster
 or Docker engine can run here. The test plays the Job controller and the kubelet (`Kubelet`): the Job's
-container command runs as a process on this machine with the container's environment resolved from
-the API's objects (the mlyard-config ConfigMap gives it the test stack's MLflow and catalog), so the
+container command runs as a process on this machine, as its user, with the container's environment resolved
+from the API's objects (the ConfigMap and Secret name the cluster's stores: tests/cluster_stores.py), so the
 flow run in the "pod" reports to the test stack's Prefect as a pod's would. Assertions are on the
 objects and on the run's records."""
 
@@ -16,7 +16,21 @@ import pytest
 from kube_api import KubeApi
 from kube_cluster import NS, final, finished_job, run_training
 
-SCRIPT = "import sys\nprint('accuracy=0.93', flush=True)\nsys.exit(int(sys.argv[-1]) if len(sys.argv) > 2 else 0)\n"
+SCRIPT = """import os, sys
+def reach(path):
+    try:
+        open(path, "rb").read(1)
+        return "read"
+    except OSError as exc:
+        return type(exc).__name__
+print(f"uid={os.getuid()} gid={os.getgid()}", flush=True)
+# what the pod mounts and runs for the platform: the settings Secret, the flow's process (its environment)
+print(f"secret={reach('/var/run/secrets/mlyard/mlyard_catalog_url')} flow={reach(f'/proc/{os.getppid()}/environ')}"
+      f" env={sorted(k for k in os.environ if k.startswith(('PREFECT_API_AUTH', 'MLYARD_CATALOG', 'MLYARD_S3')))}",
+      flush=True)
+print('accuracy=0.93', flush=True)
+sys.exit(int(sys.argv[-1]) if len(sys.argv) > 2 else 0)
+"""
 
 
 def _job_of(api: KubeApi, flow_run_id: str, timeout: float = 60) -> dict:
@@ -29,8 +43,8 @@ def _job_of(api: KubeApi, flow_run_id: str, timeout: float = 60) -> dict:
     raise AssertionError("the worker made no Job")
 
 
-def test_a_training_on_the_gpu_pool_runs_as_a_job_and_is_recorded(cluster, platform, algorithm):
-    api, _ = cluster
+def test_a_training_on_the_gpu_pool_runs_as_a_job_and_is_recorded(cluster, algorithm):
+    api, platform = cluster.api, cluster.platform
     spec = {"name": "on-gpu", "experiment": "kube", "source_uri": str(algorithm(SCRIPT)), "entry_point": "main.py",
             "resources": {"gpu_count": 2, "gpu_type": "NVIDIA-A100-SXM4-80GB", "cpu": 4, "memory": "16Gi",
                           "data_storage": "100Gi"}}
@@ -47,7 +61,7 @@ def test_a_training_on_the_gpu_pool_runs_as_a_job_and_is_recorded(cluster, platf
     container = pod["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 2 and container["resources"]["limits"]["memory"] == "16Gi"
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
-    assert {v["name"] for v in pod["volumes"]} == {"dshm", "data", "settings"}
+    assert {v["name"] for v in pod["volumes"]} == {"tmp", "dshm", "data", "settings"}
 
     fr = final(flow_run_id)
     assert fr.state.is_completed(), (fr.state, list(api.pod_logs.values()))
@@ -55,6 +69,10 @@ def test_a_training_on_the_gpu_pool_runs_as_a_job_and_is_recorded(cluster, platf
     assert job["status"]["succeeded"] == 1
     pods = [p for p in api.items("Pod", NS) if p["metadata"]["labels"]["job-name"] == job["metadata"]["name"]]
     assert len(pods) == 1 and pods[0]["status"]["phase"] == "Succeeded"
+    log = api.pod_logs[(NS, pods[0]["metadata"]["name"])]
+    assert "uid=10001 gid=10001" in log, "the script ran as the pod's user"
+    # the flow read the Secret (it reached the catalog), its user's script could not, nor the flow's environment
+    assert "secret=PermissionError flow=PermissionError env=[]" in log, log[-3000:]
     run = platform.tracking.find_training_run(flow_run_id)  # the pod wrote to the shared MLflow, not to its own
     assert run is not None and run.status == "FINISHED" and run.metrics["accuracy"] == pytest.approx(0.93)
 

@@ -75,7 +75,7 @@ class Kueue(Controller):
                 self.most = max(self.most, sum(self.admitted.values()))
 
 
-def test_four_trials_on_two_gpus_of_quota_run_two_at_a_time(cluster, platform, algorithm, tmp_path, monkeypatch):
+def test_four_trials_on_two_gpus_of_quota_run_two_at_a_time(cluster, algorithm, tmp_path, monkeypatch):
     api, kubelet = cluster
     for obj in yaml.safe_load_all(QUEUES.read_text()):
         if obj["kind"] == "ClusterQueue":
@@ -107,6 +107,10 @@ def test_four_trials_on_two_gpus_of_quota_run_two_at_a_time(cluster, platform, a
                      "resources": {"gpu_count": 1}},
         "parameters": [{"name": "x", "type": "int", "min": 1, "max": 4, "step": 1}],
         "objective": {"metric": "accuracy", "direction": "maximize"}})
+    from core.settings import Settings
+    from mlyard.uploads import for_cluster
+
+    spec = for_cluster(spec, Settings())  # the trials' pods read the source from the cluster's storage
     try:
         t0 = time.monotonic()
         result = tune(spec)
