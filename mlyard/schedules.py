@@ -12,6 +12,8 @@ deployment (or a pipeline), with a window, catch-up and a concurrency limit. The
 A schedule is checked before it is saved: the expression as robfig/cron reads it, that it fires at
 all within its window, that the deployment exists and takes these parameters (and, for mlyard's own
 flows, that they make a valid spec of that action); a bad one fails with one line naming the field.
+A schedule of a deployment on a Kubernetes pool names its inputs as the pods can read them: local paths
+are uploaded once, when it is saved (mlyard/uploads.py, as `--submit` does), or refused with the reason.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from core.connection import connect
 from core.errors import SpecError
@@ -108,10 +110,12 @@ def _check_trigger(spec: ScheduleSpec) -> None:
                                                                    f"({nxt.isoformat()}): it would never run")
 
 
-def _check_parameters(spec: ScheduleSpec, deployment: Any, base: Path) -> dict[str, Any]:
+def _check_parameters(spec: ScheduleSpec, deployment: Any, base: Path, cluster: bool = False,
+                      echo: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
     """Parameters the deployment does not take, lacks, or that do not make a valid spec; the parameters
     to store, relative local paths of an mlyard spec made absolute against `base` (as a submitted run's
-    are), placeholders kept."""
+    are), placeholders kept. For a deployment on a Kubernetes pool (`cluster`), local inputs are uploaded
+    and named by their upload (`_for_pods`)."""
     from prefect.utilities.schema_tools import validate
 
     from schedules.planning import render
@@ -153,13 +157,52 @@ def _check_parameters(spec: ScheduleSpec, deployment: Any, base: Path) -> dict[s
             elif isinstance(value, dict):
                 raw[key] = {k: absolute(v, base) if before[key].get(k) != after[key].get(k) else v
                             for k, v in value.items()}
-        stored["spec"] = raw
+        stored["spec"] = _for_pods(raw, loaded.resolved(base), echo) if cluster else raw
     return stored
 
 
+INPUTS = frozenset({"source_uri", "checkpoint_input_uri", "input_uri", "model"})  # and each of `datasets`
+
+
+def _for_pods(raw: dict[str, Any], loaded: Any, echo: Callable[[str], None]) -> dict[str, Any]:
+    """`raw` (the stored spec, placeholders kept) with each local input replaced by its upload. A local
+    input whose path has a placeholder names another file at every run, which cannot be sent now: refused
+    before anything is sent."""
+    from core.settings import Settings
+    from core.specs import is_mlflow_uri, is_registry_ref
+    from core.uris import parse_uri
+    from mlyard.uploads import for_cluster
+
+    def placeholders(raw_part: Any, where: str, key: str, parent: str) -> None:
+        if isinstance(raw_part, dict):
+            for k, v in raw_part.items():
+                placeholders(v, f"{where}.{k}", k, key)
+        elif (isinstance(raw_part, str) and "{{" in raw_part and (key in INPUTS or parent == "datasets")
+              and not (key == "model" and (is_registry_ref(raw_part) or is_mlflow_uri(raw_part)))
+              and parse_uri(raw_part, where).kind == "local"):
+            raise SpecError(where, raw_part, "a URI of the storage the cluster's pods read (s3://, obs:// or nas://): "
+                            "a path on this machine with a placeholder names another file at every run, so it "
+                            "cannot be uploaded when the schedule is saved")
+
+    placeholders(raw, "parameters.spec", "", "")
+    try:
+        shipped = for_cluster(loaded, Settings(), echo).model_dump(mode="json")
+    except SpecError as exc:
+        raise SpecError(f"parameters.spec.{exc.field}", exc.value, exc.expected) from exc
+    before = loaded.model_dump(mode="json")
+
+    def merge(raw_part: Any, old: Any, new: Any) -> Any:
+        if isinstance(raw_part, dict) and isinstance(old, dict) and isinstance(new, dict):
+            return {k: merge(v, old.get(k), new.get(k)) for k, v in raw_part.items()}
+        return raw_part if old == new else new
+
+    return merge(raw, before, shipped)
+
+
 def create(spec_in: ScheduleSpec | dict | str | Path, *, sets: dict[str, Any] | None = None,
-           wait_seconds: float = 10.0) -> dict[str, Any]:
-    """Check and save a schedule; the scheduler confirms it (ENABLED or DISABLED) on its next pass."""
+           wait_seconds: float = 10.0, echo: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
+    """Check and save a schedule; the scheduler confirms it (ENABLED or DISABLED) on its next pass. `echo`
+    says what is uploaded for a deployment on a Kubernetes pool."""
     spec: ScheduleSpec = _spec(ScheduleSpec, spec_in, sets)
     _check_trigger(spec)
     store = _store()
@@ -174,7 +217,9 @@ def create(spec_in: ScheduleSpec | dict | str | Path, *, sets: dict[str, Any] | 
             flows = {f.id: f.name for f in client.read_flows()}
             names = sorted(f"{flows.get(d.flow_id, '?')}/{d.name}" for d in client.read_deployments())
             raise SpecError("deployment", spec.deployment, f"a deployment of this platform: {', '.join(names)}") from exc
-        parameters = _check_parameters(spec, deployment, Path.cwd())
+        cluster = bool(deployment.work_pool_name) and client.read_work_pool(
+            deployment.work_pool_name).type == "kubernetes"
+        parameters = _check_parameters(spec, deployment, Path.cwd(), cluster, echo)
     watermark = int(spec.start_time.timestamp()) if spec.start_time else int(time.time())
     saved = spec.model_dump(mode="json")
     saved["parameters"] = parameters

@@ -71,6 +71,8 @@ class _Shipper:
             raise SpecError(field, uri, "a path on this machine, which a run on a Kubernetes pool cannot read: give "
                             "an s3:// or obs:// URI (or nas://), or set MLYARD_UPLOAD_URI=s3://BUCKET/PREFIX so "
                             "mlyard uploads it there")
+        if not path.exists():
+            raise SpecError(field, uri, "a path that exists on this machine (it is uploaded for the cluster's pods)")
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         digest = _digest(path, files)
         target = f"{self.settings.upload_uri.rstrip('/')}/{digest}/{path.name}"

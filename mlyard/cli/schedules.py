@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import typer
 
-from mlyard.cli.common import JSON, SETS, ask, emit, guard, out, parse_sets, typer_app
+from mlyard.cli.common import JSON, SETS, ask, emit, err, guard, out, parse_sets, typer_app
 
 app = typer_app("Schedules: cron (six fields, seconds first, as Kubeflow) or interval runs of a deployment, "
                 "with catch-up and a concurrency limit.")
@@ -67,8 +67,10 @@ def schedules_create(
                               "cron or interval, window, max_concurrency, catchup; fields: core/specs/schedule.py."),
     sets: Optional[list[str]] = SETS, as_json: bool = JSON,
 ) -> None:
-    """Check a schedule against its deployment and save it; the scheduler confirms it (ENABLED or DISABLED)."""
-    view = guard(lambda: _api().create(file, sets=parse_sets(sets)))
+    """Check a schedule against its deployment and save it; the scheduler confirms it (ENABLED or DISABLED).
+    On a Kubernetes pool's deployment, local inputs are uploaded first (MLYARD_UPLOAD_URI), as with --submit."""
+    view = guard(lambda: _api().create(file, sets=parse_sets(sets),
+                                       echo=lambda line: err.print(line, markup=False, highlight=False)))
     emit(view, True) if as_json else _print(view)
 
 

@@ -49,7 +49,7 @@ def test_a_schedules_next_run_shows_on_its_deployments_upcoming_tab(stack, brows
     spec = tmp_path / "hourly.yaml"
     spec.write_text(json.dumps({"name": "web-hourly", "deployment": "train/gpu", "interval": {"every": 1, "unit": "hours"},
                                 "start_time": start, "parameters": {"spec": {"name": "web-hourly-{{ slot_name }}",
-                                                                             "source_uri": "/nowhere",
+                                                                             "source_uri": "s3://nowhere/algo",
                                                                              "entry_point": "train.py"}}}))
     _ok(mlyard("schedules", "create", "-f", str(spec)))
     try:

@@ -2,11 +2,14 @@
 runs on a real Prefect server. Most targets are `train/gpu`, a deployment on the Kubernetes pool: no
 worker runs there (no cluster here), so its runs stay scheduled and hold their concurrency slots until
 the scheduler reclaims them (MLYARD_SCHEDULE_START_TIMEOUT_SECONDS=12 in conftest.py). One schedule
-runs a real training on the local pool to COMPLETED."""
+runs a real training on the local pool to COMPLETED. A schedule of `train/gpu` names its inputs as pods
+read them: the local source of TRAIN is uploaded when it is saved (`uploads`: MLYARD_UPLOAD_URI on moto's
+S3 server), or refused without an upload prefix."""
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections import Counter
@@ -21,6 +24,13 @@ from test_user_paths import _ok, _one_line_error, mlyard
 EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
 TRAIN = {"spec": {"name": "sched-{{ slot_date }}", "experiment": "schedules", "source_uri": str(EXAMPLES / "sklearn_digits"),
                   "entry_point": "train.py", "hyperparameters": {"epochs": 1, "epoch_seconds": 0}}}
+
+
+@pytest.fixture
+def uploads(monkeypatch, s3_env, bucket):
+    """Where local inputs of a schedule on the Kubernetes pool go (as a workstation configured for the cluster)."""
+    monkeypatch.setenv("MLYARD_UPLOAD_URI", f"s3://{bucket}/uploads")
+    return f"s3://{bucket}/uploads"
 
 
 def _runs(tag: str) -> list:
@@ -41,7 +51,7 @@ def _wait(cond, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_catchup_concurrency_exactly_once_and_reclaim(stack):
+def test_catchup_concurrency_exactly_once_and_reclaim(stack, uploads):
     from prefect.client.orchestration import get_client
     from prefect.states import Crashed
 
@@ -172,13 +182,19 @@ def test_a_disable_during_a_pass_stops_its_remaining_runs(stack, tmp_path):
             client.set_flow_run_state(r.id, Cancelled(), force=True)
 
 
-def test_enabled_late_with_catchup_off_runs_only_the_latest_missed_slot(stack):
+def test_enabled_late_with_catchup_off_runs_only_the_latest_missed_slot(stack, uploads):
     import mlyard.schedules as schedules
 
     gpu_train = {"spec": {**TRAIN["spec"], "resources": {"gpu_count": 2}, "image": "docker.io/pytorch/pytorch:2.4.0"}}
+    said: list[str] = []
     schedules.create({"name": "nocatch", "deployment": "train/gpu", "interval": {"every": 1, "unit": "seconds"},
-                      "max_concurrency": 10, "catchup": False, "enabled": False, "parameters": gpu_train})
-    assert schedules.show("nocatch")["status"] == "DISABLED"
+                      "max_concurrency": 10, "catchup": False, "enabled": False, "parameters": gpu_train},
+                     echo=said.append)
+    view = schedules.show("nocatch")
+    assert view["status"] == "DISABLED"
+    stored = view["parameters"]["spec"]  # the upload, not the path on this machine; placeholders kept
+    assert stored["source_uri"].startswith(f"{uploads}/") and stored["source_uri"].endswith("/sklearn_digits")
+    assert stored["name"] == TRAIN["spec"]["name"] and any("source_uri: uploading" in line for line in said), said
     time.sleep(4)
     enabled_at = time.time()
     schedules.enable("nocatch")
@@ -236,6 +252,25 @@ def test_a_scheduled_training_runs_on_the_local_pool(stack):
     assert json.loads(_ok(mlyard("schedules", "list", "--json")))[-1]["status"] == "DISABLED"
 
 
+def test_a_local_input_with_a_placeholder_is_refused_before_anything_is_sent(stack, uploads, tmp_path):
+    import boto3
+
+    import mlyard.schedules as schedules
+    from core.errors import SpecError
+
+    (tmp_path / "day-2030-01-01").mkdir()
+    spec = {**TRAIN["spec"], "datasets": {"train": str(tmp_path / "day-{{ slot_date }}")}}
+    with pytest.raises(SpecError) as refused:
+        schedules.create({"name": "daily-data", "deployment": "train/gpu", "cron": "0 0 0 * * *",
+                          "parameters": {"spec": spec}})
+    assert refused.value.field == "parameters.spec.datasets.train" and "placeholder" in str(refused.value)
+    bucket = uploads.removeprefix("s3://").split("/")[0]
+    s3 = boto3.client("s3", endpoint_url=os.environ["MLYARD_S3_ENDPOINT_URL"], aws_access_key_id="test",
+                      aws_secret_access_key="test", region_name="us-east-1")
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket), "nothing was sent"
+    assert all(s["name"] != "daily-data" for s in schedules.list_schedules())
+
+
 def test_bad_schedules_are_refused_in_one_line(stack, tmp_path):
     def refused(spec: dict, *words: str):
         f = tmp_path / "s.yaml"
@@ -252,6 +287,8 @@ def test_bad_schedules_are_refused_in_one_line(stack, tmp_path):
     refused({"parameters": {"spec": TRAIN["spec"], "extra": 1}}, "parameters.extra", "takes spec")
     refused({"parameters": {"spec": {**TRAIN["spec"], "entry_point": 3}}}, "parameters")
     refused({"parameters": {"spec": {**TRAIN["spec"], "max_run_time_seconds": -5}}}, "max_run_time_seconds")
+    # the gpu pool's pods cannot read a path on this machine: without an upload prefix, refused as --submit is
+    refused({}, "parameters.spec.source_uri", str(EXAMPLES / "sklearn_digits"), "MLYARD_UPLOAD_URI")
     assert json.loads(_ok(mlyard("schedules", "list", "--json"))) == [] or all(
         s["name"] != "bad" for s in json.loads(_ok(mlyard("schedules", "list", "--json"))))
     _one_line_error(mlyard("schedules", "preview", "0 0 24 * * *"), "hour", "above maximum (23)")
