@@ -65,7 +65,7 @@ class ClusterStores:
 
 
 def start(s3_endpoint: str, free_port) -> ClusterStores:
-    """Both servers, started in parallel (PostgreSQL's initdb and MLflow's imports take a few seconds each)."""
+    """Both servers: MLflow's starts (its imports take a few seconds) while PostgreSQL's initdb runs."""
     import boto3
 
     folder = Path(tempfile.mkdtemp(prefix="mlyard-cluster-stores-"))
@@ -74,9 +74,13 @@ def start(s3_endpoint: str, free_port) -> ClusterStores:
         pgdata, catalog_url = _start_postgres(folder, free_port())
         mlflow_uri = _wait_for_mlflow(mlflow, folder)
     except BaseException:
+        import shutil
+
         from tasks.processes import stop_group
 
         stop_group(mlflow[0], 5)
+        _pg_ctl(folder / "pgdata", ["-m", "fast", "stop"], check=False)
+        shutil.rmtree(folder, ignore_errors=True)
         raise
     s3 = boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id="test", aws_secret_access_key="test",
                       region_name="us-east-1")

@@ -88,7 +88,7 @@ def pytest_runtest_teardown(item, nextitem):
 # often the longest: one worker then ran a single long file alone at the end), and this puts the
 # longest first, so that the workers finish together.
 LONGEST_FILES = {
-    "flows/test_rag.py": 130, "flows/test_tuning.py": 114, "infra/test_multinode_job.py": 108,
+    "flows/test_rag.py": 130, "flows/test_tuning.py": 114, "infra/test_multinode_job.py": 140,
     "flows/test_endpoint.py": 101, "test_stack.py": 96, "flows/test_pipeline_run.py": 92, "test_user_paths.py": 82,
     "schedules/test_scheduler.py": 72, "flows/test_batch_inference.py": 66, "infra/test_k8s_install.py": 190,
     "infra/test_walk.py": 70, "infra/test_uploads.py": 55, "mlyard/test_workstation.py": 54,

@@ -176,13 +176,13 @@ def _run_log_lines(flow_run_id: str, wanted: set[str], timeout: float = 15) -> t
 def test_a_node_failing_past_max_restarts_fails_the_training_with_its_last_lines(cluster, algorithm):
     api, _ = cluster
     spec = {"name": "node-fails", "experiment": "kube", "source_uri": str(algorithm(NODE_SCRIPT)),
-            "entry_point": "main.py", "nodes": 3, "hyperparameters": {"fail": 2}, "max_restarts": 1}
+            "entry_point": "main.py", "nodes": 2, "hyperparameters": {"fail": 1}, "max_restarts": 1}
     flow_run_id, _ = run_training(spec)
     fr = final(flow_run_id)
     assert fr.state.is_failed(), fr.state
     message = fr.state.message or ""
-    assert "node 2 of 3: exit code 3" in message and "[node 2] node 2 gives up" in message, message
-    assert "after 1 restart(s) of all 3 nodes (max_restarts 1)" in message, message
+    assert "node 1 of 2: exit code 3" in message and "[node 1] node 1 gives up" in message, message
+    assert "after 1 restart(s) of all 2 nodes (max_restarts 1)" in message, message
     run = cluster.platform.tracking.find_training_run(flow_run_id)
     assert run is not None and run.status == "FAILED"
     # the first start's Job was deleted for the restart; the last one is kept, failed, for kubectl describe
@@ -195,7 +195,7 @@ def test_a_failed_node_restarts_every_node_and_the_training_completes(cluster, a
     """JobSet's failurePolicy: one node's failure starts the whole gang again, within max_restarts."""
     api, _ = cluster
     spec = {"name": "node-restarts", "experiment": "kube", "source_uri": str(algorithm(NODE_SCRIPT)),
-            "entry_point": "main.py", "nodes": 3, "max_restarts": 2,
+            "entry_point": "main.py", "nodes": 2, "max_restarts": 2,
             "hyperparameters": {"fail": 1, "once": True}}
     flow_run_id, _ = run_training(spec)
     fr = final(flow_run_id)
@@ -203,11 +203,11 @@ def test_a_failed_node_restarts_every_node_and_the_training_completes(cluster, a
     first, again = job_name(flow_run_id), job_name(flow_run_id, 1)
     assert ("Job", NS, first) not in api.objects and ("Service", NS, first) not in api.objects
     job = api.get("Job", NS, again)
-    assert job["status"]["succeeded"] == 3 and ("Job", NS, job_name(flow_run_id, 2)) not in api.objects
+    assert job["status"]["succeeded"] == 2 and ("Job", NS, job_name(flow_run_id, 2)) not in api.objects
     failed_first = [log for (_, pod), log in api.pod_logs.items() if pod.startswith(f"{first}-1-")]
     assert failed_first and "node 1 gives up" in failed_first[0]
     _, everything = _run_log_lines(flow_run_id, set(), timeout=0)
-    assert any("restarting all 3 nodes (restart 1 of 2)" in line for line in everything), everything
+    assert any("restarting all 2 nodes (restart 1 of 2)" in line for line in everything), everything
     run = cluster.platform.tracking.find_training_run(flow_run_id)
     assert run is not None and run.status == "FINISHED" and run.metrics["accuracy"] == pytest.approx(0.91)
 
