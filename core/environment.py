@@ -92,3 +92,9 @@ def migration_databases() -> tuple[str | None, str | None]:
     return (os.environ.get("MLFLOW_BACKEND_STORE_URI") or None,
             os.environ.get("PREFECT_SERVER_DATABASE_CONNECTION_URL")
             or os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL") or None)
+
+
+def metrics_folder() -> str | None:
+    """Where prometheus_client's multiprocess mode keeps the counts of a server's workers
+    (PROMETHEUS_MULTIPROC_DIR, as prometheus_client itself reads it)."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None

@@ -135,12 +135,18 @@ def test_the_platform_image_runs_its_services_as_its_user_on_a_read_only_root(im
         _healthy(f"http://127.0.0.1:{port}/health", api, log)
 
         port = free_port()
+        # as the mlflow Deployment runs it: the wheel's MLflow app plugin, its /metrics for the internal credential
         mlflow, log = start("mlflow", ["mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                                       "--backend-store-uri", "sqlite:////tmp/mlflow.db", "--default-artifact-root",
-                                       "/tmp/artifacts"], {"MLFLOW_SERVER_ALLOWED_HOSTS": "mlflow:*"})
+                                       "--app-name", "mlyard-server", "--backend-store-uri", "sqlite:////tmp/mlflow.db",
+                                       "--default-artifact-root", "/tmp/artifacts"],
+                            {"MLFLOW_SERVER_ALLOWED_HOSTS": "mlflow:*", "PROMETHEUS_MULTIPROC_DIR": "/tmp/metrics",
+                             "MLYARD_INTERNAL_TOKEN": TOKEN})
         _healthy(f"http://127.0.0.1:{port}/health", mlflow, log)
         assert _get(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=1",
                     {"Host": "mlflow:5000"})[0] == 200
+        assert _get(f"http://127.0.0.1:{port}/metrics", {"Host": "mlflow:5000"})[0] == 401
+        status, text = _get(f"http://127.0.0.1:{port}/metrics", {"Host": "mlflow:5000", "Authorization": f"Bearer {TOKEN}"})
+        assert status == 200 and "mlyard_mlflow_requests_total" in text, text[:2000]
 
 
 def test_a_flow_run_pods_command_runs_a_training_in_the_platform_image(images, tmp_path, started, shared):

@@ -1,7 +1,8 @@
 """Every service's metrics are scrapeable with a credential (Prometheus text), and the monitoring component
 (infra/k8s/components/monitoring) scrapes each with the credential it asks for: the ServiceMonitors are
 checked against the services and Secrets the overlays render and the README names, and those credentials
-are tried on the running stack's gateway, mlyard API and Prefect server (refused without them)."""
+are tried on the running stack's gateway, mlyard API and Prefect server, and on a real `mlflow server`
+started as the mlflow Deployment starts it (refused without them)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def test_the_monitoring_component_names_a_service_port_and_credential_that_exist
     objs = _with_monitoring(tmp_path)
     services, deployments = _by(objs, "Service"), _by(objs, "Deployment")
     monitors = _by(objs, "ServiceMonitor")
-    assert set(monitors) == {"gateway", "mlyard-api", "prefect-server"}
+    assert set(monitors) == {"gateway", "mlyard-api", "prefect-server", "mlflow"}
     for name, monitor in monitors.items():
         assert monitor["apiVersion"] == "monitoring.coreos.com/v1" and monitor["metadata"]["namespace"] == "mlyard"
         service = next(s for s in services.values() if s["metadata"]["labels"] == {
@@ -52,7 +53,7 @@ def test_the_monitoring_component_names_a_service_port_and_credential_that_exist
     assert {"name": "PREFECT_SERVER_METRICS_ENABLED", "value": "true"} in prefect
     # Prometheus's namespace reaches exactly the guarded services' ports, besides the base policies
     policies = _by(objs, "NetworkPolicy")
-    for service in ("prefect-server", "mlyard-api"):
+    for service in ("prefect-server", "mlyard-api", "mlflow"):
         rule = policies[f"{service}-metrics"]["spec"]["ingress"][0]
         assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
         pod = deployments[service]["spec"]["template"]["spec"]["containers"][0]
@@ -79,3 +80,71 @@ def test_each_service_answers_its_metrics_to_the_credential_alone(stack):
     httpx.post(f"{stack.service_url}/v1/queries/no-such-{os.getpid()}", headers=bearer, json={}, timeout=30)
     text = httpx.get(f"{stack.service_url}/metrics", headers=bearer, timeout=30).text
     assert 'route="/v1/queries/{name}",status="400"' in text and f"no-such-{os.getpid()}" not in text
+
+
+def test_mlflows_server_as_the_deployment_starts_it_counts_every_worker_for_the_credential_alone(tmp_path):
+    """The mlflow Deployment's command and environment (as kubelet resolves them, with its Secrets), its
+    host and port made this test's: two workers, a scrape of either sees the requests of both."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import free_port
+    from kube_api import KubeApi, Kubelet
+
+    from registry.tracking import prepare_db
+    from tasks.cluster import kustomize
+
+    objs = kustomize(K8S / "overlays" / "dev")
+    deployment = next(o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"] == "mlflow")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    api, token = KubeApi(), "internal-" + os.urandom(8).hex()
+    kubelet = Kubelet(api, "/")
+    try:
+        for name, data in (("mlyard-mlflow", {"backend-store-uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+                                              "artifacts-destination": str(tmp_path / "artifacts")}),
+                           ("mlyard-settings", {"mlyard_s3_access_key_id": "k", "mlyard_s3_secret_access_key": "s",
+                                                "mlyard_internal_token": token})):
+            api.create("Secret", "v1", "mlyard", {"metadata": {"name": name}, "data": {
+                k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}, "kubectl")
+        env = kubelet.resolve_env("mlyard", container)
+    finally:
+        kubelet.close()
+        api.close()
+    import shutil
+
+    shutil.copyfile(prepare_db(), tmp_path / "mlflow.db")
+    port = free_port()
+    script = container["command"][2].replace("--host 0.0.0.0 --port 5000", f"--host 127.0.0.1 --port {port}")
+    assert "--app-name mlyard-server" in script and env["MLYARD_INTERNAL_TOKEN"] == token
+    env = {**env, "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path),
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}  # /tmp/metrics in the pod
+    server = subprocess.Popen(["sh", "-c", script], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                httpx.get(f"{url}/health", timeout=2)
+                break
+            except httpx.HTTPError:
+                assert server.poll() is None and time.monotonic() < deadline, server.stderr.read().decode()[-3000:]
+                time.sleep(0.3)
+        for n in range(8):  # spread over both workers by the kernel; the count is theirs together
+            answer = httpx.post(f"{url}/api/2.0/mlflow/experiments/create", json={"name": f"e{n}"}, timeout=30)
+            assert answer.status_code == 200, answer.text
+        httpx.get(f"{url}/api/2.0/mlflow/made-up-{os.getpid()}", timeout=30)
+        assert httpx.get(f"{url}/metrics", timeout=30).status_code == 401
+        assert httpx.get(f"{url}/metrics", headers={"Authorization": "Bearer wrong"}, timeout=30).status_code == 401
+        bearer = {"Authorization": f"Bearer {token}"}
+        for _ in range(4):  # whichever worker answers
+            text = httpx.get(f"{url}/metrics", headers=bearer, timeout=30).text
+            created = re.search(r'^mlyard_mlflow_requests_total\{method="POST",route="/api/2.0/mlflow/experiments/create",'
+                                r'status="200"\} (\S+)$', text, re.M)
+            assert created and float(created[1]) == 8, text[:3000]
+            assert f"made-up-{os.getpid()}" not in text and 'route="other"' in text
+    finally:
+        from tasks.processes import stop_group
+
+        stop_group(server, 5)

@@ -31,7 +31,8 @@ def _mlflow_env(namespace: str) -> dict[str, str]:
     kubelet = Kubelet(api, "/")
     try:
         for name, data in (("mlyard-mlflow", {"backend-store-uri": "", "artifacts-destination": ""}),
-                           ("mlyard-settings", {"mlyard_s3_access_key_id": "", "mlyard_s3_secret_access_key": ""})):
+                           ("mlyard-settings", {"mlyard_s3_access_key_id": "", "mlyard_s3_secret_access_key": "",
+                                               "mlyard_internal_token": ""})):
             api.create("Secret", "v1", namespace, {"metadata": {"name": name}, "data": data}, "kubectl")
         return kubelet.resolve_env(namespace, container)
     finally:

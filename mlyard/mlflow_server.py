@@ -1,0 +1,95 @@
+"""MLflow's tracking server as the cluster runs it (infra/k8s/base/mlflow.yaml: `mlflow server --app-name
+mlyard-server`, the MLflow app plugin `mlyard-server` of pyproject's `mlflow.app` entry points): MLflow's
+own app, unchanged, with its requests counted and timed for Prometheus at /metrics, which answers only the
+platform's internal credential (`Authorization: Bearer $MLYARD_INTERNAL_TOKEN`; 401 before anything is read
+otherwise, and when the pod has no token).
+
+The counts are by route template (MLflow's own rule, `/api/2.0/mlflow/traces/<request_id>`; never a
+caller's path, which would grow the metrics without bound) and status. The server runs several worker
+processes: prometheus_client's multiprocess mode adds them up (PROMETHEUS_MULTIPROC_DIR, a folder the
+container empties at start), so one scrape of any worker sees them all."""
+
+from __future__ import annotations
+
+import hmac
+import os
+import time
+from typing import Any
+
+from core.environment import metrics_folder
+
+METRICS = "/metrics"
+
+
+class Metered:
+    """ASGI middleware of the tracking server (see the module)."""
+
+    def __init__(self, app: Any, flask_app: Any, token: str | None):
+        from prometheus_client import Counter, Histogram
+
+        self.app, self.token = app, (token or "").encode()
+        self.rules = flask_app.url_map.bind("mlflow")
+        self.requests = Counter("mlyard_mlflow_requests", "Requests MLflow's tracking server answered, by route, "
+                                "method and status.", ["route", "method", "status"])
+        self.seconds = Histogram("mlyard_mlflow_request_seconds", "Seconds MLflow's tracking server took to answer, "
+                                 "by route.", ["route"])
+
+    def route(self, scope: dict) -> str:
+        if scope.get("route") is not None:  # one of MLflow's FastAPI routes
+            return getattr(scope["route"], "path", "other")
+        try:
+            rule, _ = self.rules.match(scope["path"], method=scope["method"], return_rule=True)
+            return rule.rule
+        except Exception:  # noqa: BLE001 - werkzeug's NotFound, MethodNotAllowed, a redirect
+            return "other"
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if scope["path"] == METRICS:
+            return await self._metrics(scope, send)
+        status, start = [500], time.perf_counter()
+
+        async def seen(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, seen)
+        finally:
+            route = self.route(scope)
+            self.requests.labels(route, scope["method"], str(status[0])).inc()
+            self.seconds.labels(route).observe(time.perf_counter() - start)
+
+    async def _metrics(self, scope: dict, send: Any) -> None:
+        given = dict(scope.get("headers") or []).get(b"authorization", b"")
+        if not self.token or not hmac.compare_digest(given, b"Bearer " + self.token):
+            await send({"type": "http.response.start", "status": 401, "headers": [
+                (b"content-type", b"text/plain"), (b"www-authenticate", b"Bearer")]})
+            await send({"type": "http.response.body", "body": b"the platform's internal credential is needed\n"})
+            return
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        body = generate_latest(registry)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", CONTENT_TYPE_LATEST.encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def app() -> Metered:
+    """The app factory MLflow's server runs (`uvicorn --factory`)."""
+    folder = metrics_folder()
+    if not folder:
+        raise SystemExit("mlyard-server: set PROMETHEUS_MULTIPROC_DIR to a folder of its own (emptied at start), "
+                         "where the workers keep their counts")
+    os.makedirs(folder, exist_ok=True)
+    from mlflow.server import app as flask_app
+    from mlflow.server.fastapi_app import app as fastapi_app
+
+    from core.settings import Settings
+
+    token = Settings().internal_token  # MLYARD_INTERNAL_TOKEN, from the settings Secret
+    return Metered(fastapi_app, flask_app, token.get_secret_value() if token is not None else None)
