@@ -15,8 +15,9 @@ inherits the restriction:
   folder, its virtual environment);
 - the folders on the way to a hidden one can be passed through, not listed or written;
 - with Landlock ABI 6, the script cannot signal processes outside its own (the flow, the stack) or
-  connect to their abstract Unix sockets; from ABI 1, it cannot ptrace them or read their memory or
-  environment through /proc.
+  connect to their abstract Unix sockets; from ABI 1, it cannot ptrace them or read their memory through
+  /proc. Landlock leaves /proc/PID/environ readable: the flow makes its own process non-dumpable
+  (tasks/launch.py), which closes that to a script of the same user without capabilities (a pod's).
 
 Landlock is an allow-list: each folder beside the way to a hidden one gets a rule of its own, found when
 the script starts (what appears there later is out of reach). Exit 125 with one line when the kernel

@@ -319,8 +319,12 @@ def confined(invocations: list[tuple[list[str], dict[str, str]]], dirs: Workdirs
     hide = [str(confinement.home), *(p for p in POD_SECRETS if os.path.isdir(p))]
     scratch = dirs.model.parent
     env_root = Path(python).parent.parent
-    keep = sorted({str(p) for p in (scratch, dirs.source, dirs.checkpoint_input, env_root, *dirs.datasets.values())
-                   if p is not None and os.path.exists(p)})
+    hidden = [os.path.realpath(h) for h in hide]
+    # what the run uses inside a hidden folder (elsewhere it is reachable anyway: a rule on the interpreter's
+    # /usr, or on / for a /bin/python, would open what is hidden)
+    used = {os.path.realpath(p) for p in (scratch, dirs.source, dirs.checkpoint_input, env_root,
+                                          *dirs.datasets.values()) if p is not None and os.path.exists(p)}
+    keep = sorted(p for p in used if any(p.startswith(h.rstrip("/") + "/") for h in hidden))
     tmp = scratch / "tmp"
     tmp.mkdir(exist_ok=True)
     _not_dumpable()

@@ -126,3 +126,16 @@ def test_the_launcher_refuses_in_one_line_where_it_cannot_confine(tmp_path):
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == confine.UNCONFINED_EXIT
     assert out.stderr.count("\n") == 1 and "MLYARD_SCRIPT_CONFINEMENT" in out.stderr and "Landlock" in out.stderr
+
+
+def test_only_what_the_run_uses_inside_the_home_is_kept(tmp_path):
+    """A kept folder opens all beneath it: an interpreter at /bin/python (whose environment's root is /) or a
+    source outside the home must never become a rule."""
+    from tasks import launch
+
+    home, outside = tmp_path / "home", tmp_path / "src"
+    outside.mkdir()
+    dirs = Workdirs.under(home / "runs" / "r", outside, {}, None)
+    argv, _ = launch.confined([(["python", "main.py"], {})], dirs, "/bin/python3", Confinement(home, "auto"))[0]
+    keeps = [argv[i + 1] for i, a in enumerate(argv) if a == "--keep"]
+    assert keeps == [str((home / "runs" / "r").resolve())], keeps
