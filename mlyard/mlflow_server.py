@@ -5,7 +5,7 @@ platform's internal credential (`Authorization: Bearer $MLYARD_INTERNAL_TOKEN`; 
 otherwise, and when the pod has no token).
 
 The counts are by route template (MLflow's own rule, `/api/2.0/mlflow/traces/<request_id>`; never a
-caller's path, which would grow the metrics without bound) and status. The server runs several worker
+caller's path, which would grow the metrics without bound) and status, as the mlyard API's. The server runs several worker
 processes: prometheus_client's multiprocess mode adds them up (PROMETHEUS_MULTIPROC_DIR, a folder the
 container empties at start), so one scrape of any worker sees them all."""
 
@@ -13,54 +13,36 @@ from __future__ import annotations
 
 import hmac
 import os
-import time
 from typing import Any
 
 from core.environment import metrics_folder
+from mlyard.measured import Measured, router_route
 
 METRICS = "/metrics"
 
 
 class Metered:
-    """ASGI middleware of the tracking server (see the module)."""
+    """ASGI middleware of the tracking server (see the module): /metrics for the token alone, every other
+    request measured (mlyard/measured.py) by MLflow's route template."""
 
     def __init__(self, app: Any, flask_app: Any, token: str | None):
-        from prometheus_client import Counter, Histogram
-
-        self.app, self.token = app, (token or "").encode()
+        self.token = (token or "").encode()
         self.rules = flask_app.url_map.bind("mlflow")
-        self.requests = Counter("mlyard_mlflow_requests", "Requests MLflow's tracking server answered, by route, "
-                                "method and status.", ["route", "method", "status"])
-        self.seconds = Histogram("mlyard_mlflow_request_seconds", "Seconds MLflow's tracking server took to answer, "
-                                 "by route.", ["route"])
+        self.app = Measured(app, None, "mlyard_mlflow", "MLflow's tracking server", route=self.route)
 
     def route(self, scope: dict) -> str:
         if scope.get("route") is not None:  # one of MLflow's FastAPI routes
-            return getattr(scope["route"], "path", "other")
-        try:
+            return router_route(scope)
+        try:  # one of its Flask app's rules
             rule, _ = self.rules.match(scope["path"], method=scope["method"], return_rule=True)
             return rule.rule
         except Exception:  # noqa: BLE001 - werkzeug's NotFound, MethodNotAllowed, a redirect
             return "other"
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        if scope["path"] == METRICS:
+        if scope["type"] == "http" and scope["path"] == METRICS:
             return await self._metrics(scope, send)
-        status, start = [500], time.perf_counter()
-
-        async def seen(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, seen)
-        finally:
-            route = self.route(scope)
-            self.requests.labels(route, scope["method"], str(status[0])).inc()
-            self.seconds.labels(route).observe(time.perf_counter() - start)
+        await self.app(scope, receive, send)
 
     async def _metrics(self, scope: dict, send: Any) -> None:
         given = dict(scope.get("headers") or []).get(b"authorization", b"")

@@ -46,6 +46,7 @@ from typing import Any
 
 from fastapi.responses import Response  # module-level: FastAPI reads the routes' annotations here (the docs)
 
+from mlyard.measured import Measured
 from mlyard.queries import QUERIES
 from mlyard.warm import code_fingerprint, loaded_project_files
 from mlyard.warm_api import error_body
@@ -102,37 +103,6 @@ class InternalOnly:
         await self.app(scope, receive, send)
 
 
-class Measured:
-    """ASGI middleware: each answered request counted by its route's template (never the path a caller
-    made up: a label per made-up path would grow the metrics without bound) and status, and timed."""
-
-    def __init__(self, app: Any, registry: Any):
-        from prometheus_client import Counter, Histogram
-
-        self.app = app
-        self.requests = Counter("mlyard_api_requests", "Requests the mlyard API answered, by route and status.",
-                                ["route", "status"], registry=registry)
-        self.seconds = Histogram("mlyard_api_request_seconds", "Seconds the mlyard API took to answer, by route.",
-                                 ["route"], registry=registry)
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        status, start = [500], time.perf_counter()
-
-        async def seen(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, seen)
-        finally:
-            route = getattr(scope.get("route"), "path", "other")  # set by the router once it matched
-            self.requests.labels(route, str(status[0])).inc()
-            self.seconds.labels(route).observe(time.perf_counter() - start)
-
-
 PAGES = ("/dashboard", "/docs", "/openapi.json")
 COOKIE = b"mlyard_page_key"
 
@@ -145,7 +115,7 @@ def create_app(token: str | None = None):
     app = FastAPI(title="mlyard API", description=__doc__, version="0.1.0")
     registry = CollectorRegistry()  # this app's own: two apps in one process never share counts
     ProcessCollector(registry=registry)
-    app.add_middleware(Measured, registry=registry)
+    app.add_middleware(Measured, registry=registry, prefix="mlyard_api", server="the mlyard API")
     app.add_middleware(InternalOnly, token=token)  # the outer one: a refused request is not measured
 
     @app.get("/health")
