@@ -51,7 +51,9 @@ class _PathBeneath(ctypes.Structure):
 
 
 def abi_version() -> int:
-    """The kernel's Landlock ABI (0: none, or disabled at boot)."""
+    """The kernel's Landlock ABI (0: none, disabled at boot, or not Linux, whose syscall numbers these are)."""
+    if not sys.platform.startswith("linux"):
+        return 0
     libc = ctypes.CDLL(None, use_errno=True)
     version = libc.syscall(SYS_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(CREATE_RULESET_VERSION))
     return max(version, 0)
