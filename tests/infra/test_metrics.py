@@ -85,34 +85,21 @@ def test_each_service_answers_its_metrics_to_the_credential_alone(stack):
 def test_mlflows_server_as_the_deployment_starts_it_counts_every_worker_for_the_credential_alone(tmp_path):
     """The mlflow Deployment's command and environment (as kubelet resolves them, with its Secrets), its
     host and port made this test's: two workers, a scrape of either sees the requests of both."""
+    import shutil
     import subprocess
     import sys
     import time
 
     from conftest import free_port
-    from kube_api import KubeApi, Kubelet
 
     from registry.tracking import prepare_db
-    from tasks.cluster import kustomize
+    from tests.infra.test_mlflow_hosts import mlflow_pod
 
-    objs = kustomize(K8S / "overlays" / "dev")
-    deployment = next(o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"] == "mlflow")
-    container = deployment["spec"]["template"]["spec"]["containers"][0]
-    api, token = KubeApi(), "internal-" + os.urandom(8).hex()
-    kubelet = Kubelet(api, "/")
-    try:
-        for name, data in (("mlyard-mlflow", {"backend-store-uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
-                                              "artifacts-destination": str(tmp_path / "artifacts")}),
-                           ("mlyard-settings", {"mlyard_s3_access_key_id": "k", "mlyard_s3_secret_access_key": "s",
-                                                "mlyard_internal_token": token})):
-            api.create("Secret", "v1", "mlyard", {"metadata": {"name": name}, "data": {
-                k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}, "kubectl")
-        env = kubelet.resolve_env("mlyard", container)
-    finally:
-        kubelet.close()
-        api.close()
-    import shutil
-
+    token = "internal-" + os.urandom(8).hex()
+    container, env = mlflow_pod("mlyard", mlflow={"backend-store-uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+                                                  "artifacts-destination": str(tmp_path / "artifacts")},
+                                settings={"mlyard_s3_access_key_id": "k", "mlyard_s3_secret_access_key": "s",
+                                          "mlyard_internal_token": token})
     shutil.copyfile(prepare_db(), tmp_path / "mlflow.db")
     port = free_port()
     script = container["command"][2].replace("--host 0.0.0.0 --port 5000", f"--host 127.0.0.1 --port {port}")

@@ -23,18 +23,25 @@ from registry.tracking import prepare_db
 from tasks.cluster import kustomize
 
 
-def _mlflow_env(namespace: str) -> dict[str, str]:
+def mlflow_pod(namespace: str, mlflow: dict[str, str] | None = None,
+               settings: dict[str, str] | None = None) -> tuple[dict, dict[str, str]]:
+    """The shipped mlflow Deployment's container and its environment as kubelet resolves it, with these
+    values in its Secrets (empty ones where not given)."""
+    import base64
+
     objs = kustomize(infra("k8s", "overlays", "dev"))
     deployment = next(o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"] == "mlflow")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
+    secrets = {"mlyard-mlflow": {"backend-store-uri": "", "artifacts-destination": "", **(mlflow or {})},
+               "mlyard-settings": {"mlyard_s3_access_key_id": "", "mlyard_s3_secret_access_key": "",
+                                   "mlyard_internal_token": "", **(settings or {})}}
     api = KubeApi()
     kubelet = Kubelet(api, "/")
     try:
-        for name, data in (("mlyard-mlflow", {"backend-store-uri": "", "artifacts-destination": ""}),
-                           ("mlyard-settings", {"mlyard_s3_access_key_id": "", "mlyard_s3_secret_access_key": "",
-                                               "mlyard_internal_token": ""})):
-            api.create("Secret", "v1", namespace, {"metadata": {"name": name}, "data": data}, "kubectl")
-        return kubelet.resolve_env(namespace, container)
+        for name, data in secrets.items():
+            api.create("Secret", "v1", namespace, {"metadata": {"name": name}, "data": {
+                k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}, "kubectl")
+        return container, kubelet.resolve_env(namespace, container)
     finally:
         kubelet.close()
         api.close()
@@ -84,7 +91,7 @@ def mlflow_server(tmp_path):
 
 
 def test_the_shipped_mlflow_answers_the_names_pods_use(mlflow_server):
-    env = _mlflow_env("ml-platform")
+    _, env = mlflow_pod("ml-platform")
     allowed = env["MLFLOW_SERVER_ALLOWED_HOSTS"]
     assert "$(" not in allowed and "mlflow.ml-platform.svc" in allowed, allowed
     url = mlflow_server(allowed)
