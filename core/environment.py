@@ -98,3 +98,27 @@ def metrics_folder() -> str | None:
     """Where prometheus_client's multiprocess mode keeps the counts of a server's workers
     (PROMETHEUS_MULTIPROC_DIR, as prometheus_client itself reads it)."""
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+LOGIN_FILE = Path("~/.config/mlyard/login.json")
+
+
+def login_path() -> Path:
+    """Where `mlyard login` keeps the user's API key, the API's address and their project."""
+    return LOGIN_FILE.expanduser()
+
+
+def apply_login(environ: dict[str, str] | None = None) -> None:
+    """The CLI's and the Python API's defaults from `mlyard login` (MLYARD_API_URL, MLYARD_API_KEY,
+    MLYARD_PROJECT), where the environment does not say them already. Only a user's own commands read it:
+    the stack's servers never do."""
+    import json
+
+    environ = os.environ if environ is None else environ  # type: ignore[assignment]
+    try:
+        saved = json.loads(login_path().read_text())
+    except (OSError, ValueError):
+        return
+    for key in ("api_url", "api_key", "project"):
+        if isinstance(saved.get(key), str) and f"MLYARD_{key.upper()}" not in environ:
+            environ[f"MLYARD_{key.upper()}"] = saved[key]

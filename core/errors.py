@@ -4,9 +4,11 @@
     ├── SpecError (ValueError)               a spec, file or request is invalid
     │   └── BadRequest                       a request a server's protocol cannot accept (where in it)
     ├── NotFound (LookupError)               one per kind: TrainingNotFound, TemplateNotFound, ExperimentNotFound,
-    │                                        ModelNotFound, TuningNotFound, BatchNotFound, EvaluationNotFound,
+    │                                        ModelNotFound, TuningNotFound, BatchNotFound, EvaluationNotFound, UserNotFound,
     │                                        EndpointNotFound, ScheduleNotFound, PipelineNotFound, PipelineRunNotFound,
-    │                                        RagNotFound, NotebookNotFound, ImageNotFound, RegistryAccountNotFound
+    │                                        RagNotFound, NotebookNotFound, ImageNotFound, RegistryAccountNotFound, ProjectNotFound
+    ├── Unauthenticated (PermissionError)    no credential, or one that is unknown, expired or revoked (401)
+    ├── Forbidden (PermissionError)          the caller's role in the project does not allow the action (403)
     ├── Conflict (RuntimeError)              the action breaks a platform rule: AlreadyExists, ModelInUse, InUse,
     │                                        ExperimentBusy, TrainingNotComplete, StillRunning, Protected (a rule
     │                                        protects the resource: the default stage, ...)
@@ -78,64 +80,57 @@ class NotFound(MlyardError, LookupError):
         super().__init__(f"{self.kind} {name!r} not found.{hint}")
 
 
+# the kinds, as a table
 class TrainingNotFound(NotFound):
     kind, hint = "training", "List trainings with `mlyard trainings list`."
-
-
 class TemplateNotFound(NotFound):
     kind, hint = "training template", "List templates with `mlyard templates list`."
-
-
 class ExperimentNotFound(NotFound):
     kind, hint = "experiment", "List experiments with `mlyard experiments list`."
-
-
 class ModelNotFound(NotFound):
     kind, hint = "model", "List models with `mlyard models list`."
-
-
 class TuningNotFound(NotFound):
     kind, hint = "tuning", "List tunings with `mlyard tunings list`."
-
-
 class BatchNotFound(NotFound):
     kind, hint = "batch inference", "List batch inferences with `mlyard batches list`."
-
-
 class EvaluationNotFound(NotFound):
     kind, hint = "evaluation", "List evaluations with `mlyard evaluations list`."
-
-
 class EndpointNotFound(NotFound):
     kind, hint = "endpoint", "See `mlyard endpoints list`."
-
-
 class ScheduleNotFound(NotFound):
     kind, hint = "schedule", "See `mlyard schedules list`."
-
-
 class PipelineNotFound(NotFound):
     kind, hint = "pipeline", "See `mlyard pipelines list`."
-
-
 class PipelineRunNotFound(NotFound):
     kind, hint = "pipeline run", "See `mlyard pipeline-runs list`."
-
-
 class RagNotFound(NotFound):
     kind, hint = "RAG", "See `mlyard rags list`."
-
-
 class NotebookNotFound(NotFound):
     kind, hint = "notebook", "See `mlyard notebooks list`."
-
-
 class ImageNotFound(NotFound):
     kind, hint = "image", "See `mlyard images list`, or give a registry address (docker.io/library/python:3.11)."
-
-
 class RegistryAccountNotFound(NotFound):
     kind, hint = "registry account", "See `mlyard registry-accounts list`."
+class ProjectNotFound(NotFound):
+    kind, hint = "project", "List yours with `mlyard projects list`."
+class UserNotFound(NotFound):
+    kind, hint = "user", "List them with `mlyard users list` (an admin's command)."
+
+
+class Unauthenticated(MlyardError, PermissionError):
+    http_status = 401  # no credential, or one unknown, expired or revoked (never saying which key ids exist)
+
+
+class Forbidden(MlyardError, PermissionError):
+    """The caller's role in `project` (None: as an admin, or any project's owner) does not allow `action`."""
+
+    http_status = 403
+
+    def __init__(self, user: str, project: str | None, action: str, needed: str, has: str | None):
+        self.user, self.project, self.action, self.needed, self.has = user, project, action, needed, has
+        where = f"{f'is {has}' if has else 'has no role'} in project {project!r}" if project else f"is no {needed}"
+        grant = f" (its owner or an admin: `mlyard projects add-member {project} {user} --role {needed}`)"
+        super().__init__(f"{user} {where}; {action} needs {needed}{grant if project else ''}")
 
 
 class Conflict(MlyardError, RuntimeError):
@@ -284,9 +279,9 @@ class PlatformUnreachable(StackError):
     """The platform's Prefect server did not answer (stopped, restarting): not the same as a run it does
     not have."""
 
-    def __init__(self, api_url: str, cause: str):
+    def __init__(self, api_url: str, cause: str, server: str = "Prefect server"):
         self.api_url, self.cause = api_url, cause
-        super().__init__(f"the platform's Prefect server at {api_url} does not answer ({cause}); on one machine the "
+        super().__init__(f"the platform's {server} at {api_url} does not answer ({cause}); on one machine the "
                          "stack's keeper starts it again within seconds: retry, `mlyard status` shows what runs, and "
                          "`mlyard up` starts what is down")
 

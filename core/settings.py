@@ -57,11 +57,14 @@ class Settings(BaseSettings):
         description="Port of the mlyard API that `mlyard up` starts (it answers the CLI's lists and shows "
         "warm). Unset: the Prefect port + 1 (4201).")
     api_url: str | None = Field(
-        default=None, pattern=r"^https?://", description="The platform's mlyard API, as a workstation reaches a "
-        "cluster's (its ingress, or `kubectl port-forward svc/mlyard-api 8080:8080` and http://127.0.0.1:8080), with "
-        "the platform's credential in MLYARD_INTERNAL_TOKEN: the CLI's reads and its writes to the catalog (images, "
-        "registry accounts, templates) then go there, so they land in the catalog the cluster uses. Unset: this "
-        "machine's stack (or MLYARD_CATALOG_URL).")
+        default=None, pattern=r"^https?://", description="The platform's mlyard API as a workstation reaches it (a "
+        "cluster's ingress, or `kubectl port-forward svc/mlyard-api 8080:8080`), with MLYARD_API_KEY (or the platform's "
+        "MLYARD_INTERNAL_TOKEN): the CLI's reads, catalog writes and runs go there. Unset: this machine's stack.")
+    api_key: SecretStr | None = Field(default=None, description="A team member's API key (`mlyard login` keeps it "
+        "private): the CLI and Python act as that user through the platform's mlyard API (MLYARD_API_URL, or this "
+        "machine's stack's). Unset: the stack's owner, an admin, when you can read its home.")
+    project: str | None = Field(default=None, description="The project commands and Python calls act in "
+                                "(`--project`). Unset: your only project, or `default` for an admin.")
     gateway_port: int | None = Field(
         default=None, ge=1, le=65535,
         description="Port of the endpoint gateway that `mlyard up` starts. Unset: the Prefect port + 2 (4202).")

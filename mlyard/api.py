@@ -13,6 +13,9 @@ hidden server), 2. loads the spec (a spec object, a mapping, or a YAML file) and
 world (entry point, datasets, inputs, model and alias exist), and only then 5. runs the flow in this
 process, or queues it on a work pool (`submit=True`). A run started here is the same Prefect flow
 run, MLflow run and mlyard record as one started from the CLI or the UI.
+
+With a team member's API key (MLYARD_API_KEY, `mlyard login`) every call acts as that user in their
+project (MLYARD_PROJECT) through the platform's mlyard API: work is always queued, never run here.
 """
 
 from __future__ import annotations
@@ -139,11 +142,14 @@ def run(action: Action, spec: Any, *, sets: dict[str, Any] | None = None, submit
     says what is sent)."""
     if pool not in ("local", "gpu"):
         raise SpecError("pool", pool, "local or gpu")
-    settings = connect()
+    member = Settings().api_key is not None  # a team member's key: the platform runs it, as them (mlyard/teams.py)
+    settings = Settings() if member else connect()
+    submit = submit or member
     spec = load(action.spec, spec, sets).resolved(base or Path.cwd())
     framework = check(action, spec, settings)
-    check_image(spec, settings)
-    if pool == "local":
+    if not member:  # the catalog's images and this machine's GPU slots are the platform's to check
+        check_image(spec, settings)
+    if pool == "local" and not member:
         check_gpu_slots(spec, settings)
     if submit and pool == "gpu":
         check_cluster(spec)

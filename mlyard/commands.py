@@ -16,8 +16,10 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
+from core.access import current
 from core.errors import StackError
 from core.settings import Settings
+from mlyard import teams
 from mlyard.queries import images_catalog as _images
 
 
@@ -66,15 +68,28 @@ def accounts_delete(name: str) -> dict[str, Any]:
 def templates_create(name: str, spec: dict[str, Any], description: str = "") -> dict[str, Any]:
     from core.specs import TrainingSpec, load_spec
 
-    return _templates().create(name, load_spec(TrainingSpec, spec), description).as_dict()
+    project = teams.acting_editor("creating a template")
+    return _templates().create(name, load_spec(TrainingSpec, spec), description, project).as_dict()
 
 
 def templates_copy(name: str, new_name: str, sets: dict[str, Any] | None = None) -> dict[str, Any]:
-    return _templates().copy(name, new_name, sets or {}).as_dict()
+    from core.errors import TemplateNotFound
+    from mlyard.queries import visible_template
+
+    templates = _templates()
+    found = visible_template(templates, name)
+    current().need(found.project, "editor", "copying a template", lambda: TemplateNotFound(name))
+    return templates.copy(name, new_name, sets or {}).as_dict()
 
 
 def templates_delete(name: str) -> dict[str, Any]:
-    _templates().delete(name)
+    from core.errors import TemplateNotFound
+    from mlyard.queries import visible_template
+
+    templates = _templates()
+    found = visible_template(templates, name)
+    current().need(found.project, "owner", "deleting a template", lambda: TemplateNotFound(name))
+    templates.delete(name)
     return {"deleted": name}
 
 
@@ -90,17 +105,44 @@ def _templates():
     return Templates(Catalog(settings.catalog_db_url))
 
 
-COMMANDS: dict[str, Callable[..., Any]] = {f.__name__: f for f in (
+def runs_stop(kind: str, run_id: str) -> dict[str, Any]:
+    """Stop a run of `kind` (TRAINING, TUNING, BATCH, EVALUATION) like the UI's Cancel: its new status."""
+    from core.connection import connect
+    from core.errors import SpecError
+    from mlyard import runs
+
+    if kind not in ("TRAINING", "TUNING", "BATCH", "EVALUATION"):
+        raise SpecError("kind", kind, "TRAINING, TUNING, BATCH or EVALUATION")
+    connect()
+    info = runs.stop_run(getattr(runs, kind), run_id)
+    return {"id": info.id, "name": info.name, "status": info.status, "project": info.project}
+
+
+def _audited(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A catalog write, recorded once in the audit trail (who, project, what, which, result)."""
+    from mlyard.teams import audited
+
+    kind, _, verb = fn.__name__.partition("_")
+    what = {"images": "image", "accounts": "registry account", "templates": "template", "runs": "run"}[kind]
+    return audited(f"{what.replace(' ', '_')}.{verb}", lambda a: f"{what} {a.get('name') or a.get('run_id')}",
+                   lambda a: current().acting_project())(fn)
+
+
+COMMANDS: dict[str, Callable[..., Any]] = {f.__name__: _audited(f) for f in (
     images_create, images_update, images_delete, accounts_create, accounts_update, accounts_delete,
-    templates_create, templates_copy, templates_delete)}
+    templates_create, templates_copy, templates_delete, runs_stop)}
+COMMANDS.update(teams.COMMANDS)
+MEMBER_COMMANDS = frozenset({"templates_create", "templates_copy", "templates_delete", "runs_stop", *teams.COMMANDS})
 
 
 def where() -> str | None:
     """The mlyard API that holds the platform's catalog (MLYARD_API_URL), or None: this machine's catalog.
     StackError when a production Prefect server is named without it or a catalog URL."""
     settings = Settings()
-    if settings.api_url:
-        return settings.api_url.rstrip("/")
+    if settings.api_url or settings.api_key is not None:
+        from mlyard.warm_api import signed_in_api
+
+        return signed_in_api(settings)
     if settings.prefect_api_url and not settings.catalog_url:
         raise StackError("this command writes to the platform's catalog, and MLYARD_PREFECT_API_URL names a "
                            "production platform: set MLYARD_API_URL to its mlyard API (and MLYARD_INTERNAL_TOKEN), or "

@@ -17,7 +17,6 @@ Run in the Prefect UI.
 from __future__ import annotations
 
 import json
-import re
 import time
 import urllib.error
 import urllib.request
@@ -37,6 +36,7 @@ from core.names import (
 from core.specs.endpoint import DeletionSpec, EndpointSpec, PromotionSpec, StageChangeSpec, StageSpec, SyncSpec
 from mlyard import sse
 from mlyard.api import load as _spec  # a spec from an object, a mapping or a YAML file, with --set merged
+from schedules.moments import when  # noqa: F401 - the stats' --since/--until, as callers import it here
 from tasks.processes import stop_group
 
 
@@ -318,25 +318,6 @@ def revoke_token(endpoint: str, token_id: int) -> None:
 
 def history(endpoint: str | None = None) -> list[dict[str, Any]]:
     return [h.as_dict() for h in endpoint_registry().history(endpoint)]
-
-
-_AGO = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
-
-
-def when(value: str | float | None, field: str, default: float | None = None) -> float | None:
-    """Epoch seconds from `1h`/`30m`/`7d` (that long ago), an ISO-8601 time, or epoch seconds."""
-    if value is None:
-        return default
-    if isinstance(value, (int, float)):
-        return float(value)
-    m = _AGO.match(value.strip())
-    if m:
-        return time.time() - float(m[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m[2]]
-    try:
-        t = datetime.fromisoformat(value)
-    except ValueError:
-        raise SpecError(field, value, "a duration ago (30m, 1h, 7d) or an ISO-8601 time") from None
-    return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
 
 
 def stats(endpoint: str, *, since: str | float | None = "1h", until: str | float | None = None,

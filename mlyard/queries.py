@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from core import errors
+from mlyard import teams
 from mlyard.warm_api import answer, platform
 
 
@@ -128,11 +129,24 @@ def experiments_list() -> list[dict[str, Any]]:
 
 
 def templates_list() -> list[dict[str, Any]]:
-    return [t.as_dict() for t in platform().templates.list()]
+    from mlyard.runs import visible_projects
+
+    return [t.as_dict() for t in platform().templates.list(visible_projects())]
 
 
 def templates_show(name: str) -> dict[str, Any]:
-    return platform().templates.get(name).as_dict()
+    return visible_template(platform().templates, name).as_dict()
+
+
+def visible_template(templates: Any, name: str) -> Any:
+    """The template `name` when its project is one this call sees, else TemplateNotFound (as if not there)."""
+    from core.errors import TemplateNotFound
+    from mlyard.runs import visible_projects
+
+    found, projects = templates.get(name), visible_projects()
+    if projects is not None and found.project not in projects:
+        raise TemplateNotFound(name)
+    return found
 
 
 def images_catalog():
@@ -293,6 +307,13 @@ QUERIES: dict[str, Callable[..., Any]] = {f.__name__: f for f in (
     pipeline_runs_list, pipeline_runs_show, pipeline_runs_graph, rags_list, rags_show, rags_history, rags_logs,
     schedules_list, schedules_show, endpoints_list, endpoints_show, pipelines_list, pipelines_show, notebooks_list,
     notebooks_show, dashboard, logs, images_list, images_show, accounts_list, accounts_show)}
+QUERIES.update(teams.QUERIES)
+
+# What a team member's key may ask (mlyard/service.py): the reads that answer within their projects. The
+# rest still answer every project's things, so they are the platform's and its admins' alone until they do.
+MEMBER_QUERIES = frozenset({
+    "trainings_list", "trainings_show", "tunings_list", "tunings_show", "tunings_trials", "runs_list", "batches_show",
+    "evaluations_show", "templates_list", "templates_show", *teams.QUERIES})
 
 
 def ask(query: str, /, **kwargs: Any) -> Any:

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from core.access import DEFAULT_PROJECT, PROJECT_TAG, current, project_of_tags, project_tags
 from core.errors import (
     BatchNotFound,
     EvaluationNotFound,
@@ -87,6 +88,7 @@ class RunInfo:
     flow_run_name: str
     parent_id: str | None  # the flow run that started this one as a subflow (an evaluation's batch)
     spec: dict[str, Any]
+    project: str = "default"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,7 +122,52 @@ def _info(kind: Kind, fr, started: bool, parent_id: str | None, closing: bool = 
     secs = fr.estimated_run_time.total_seconds() if fr.estimated_run_time else 0.0
     created = fr.created or datetime.now(timezone.utc)
     return RunInfo(str(fr.id), spec.get("name", fr.name), st, cause, round(secs, 1), created.isoformat(timespec="seconds"),
-                   fr.work_pool_name, fr.name, parent_id, spec)
+                   fr.work_pool_name, fr.name, parent_id, spec, project_of_tags(fr.tags or ()))
+
+
+def project_filter(projects: list[str] | None):
+    """Prefect's filter of the flow runs of `projects` (None: every run) by their project tag; for `default`,
+    also the runs from before projects, which have no tags."""
+    from prefect.client.schemas.filters import FlowRunFilterTags
+
+    if projects is None:
+        return None
+    tags = project_tags(projects) or [f"{PROJECT_TAG}-"]  # no project at all: a tag no run has
+    if DEFAULT_PROJECT in projects:
+        return FlowRunFilterTags(operator="or_", any_=tags, is_null_=True)
+    return FlowRunFilterTags(any_=tags)
+
+
+def _visible(fr: Any) -> bool:
+    projects = visible_projects()
+    return projects is None or project_of_tags(fr.tags or ()) in projects
+
+
+def visible_projects() -> list[str] | None:
+    """The projects whose runs this call sees: the one it chose, else all of the actor's (None: all)."""
+    actor = current()
+    if actor.project is not None:
+        return [actor.acting_project()]
+    return actor.projects()
+
+
+def active_in_project(project: str) -> list[str]:
+    """Ids of the project's flow runs that have not ended."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        FlowRunFilterTags,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    active = [StateType.SCHEDULED, StateType.PENDING, StateType.PAUSED, StateType.RUNNING, StateType.CANCELLING]
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            tags=FlowRunFilterTags(any_=project_tags([project])),
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=active))), limit=20)
+    return [str(r.id) for r in runs]
 
 
 def started_in(client, marker: str | None, flow_runs: list) -> set[str]:
@@ -166,10 +213,10 @@ def list_runs(kind: Kind, limit: int = 100, active_only: bool = False) -> list[R
     from prefect.client.schemas.objects import StateType
     from prefect.client.schemas.sorting import FlowRunSort
 
-    run_filter = None
+    run_filter = FlowRunFilter(tags=project_filter(visible_projects()))
     if active_only:
         active = [StateType.SCHEDULED, StateType.PENDING, StateType.PAUSED, StateType.RUNNING, StateType.CANCELLING]
-        run_filter = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=active)))
+        run_filter.state = FlowRunFilterState(type=FlowRunFilterStateType(any_=active))
     runs = []
     with get_client(sync_client=True) as client:
         while len(runs) < limit:  # the API serves at most 200 a page
@@ -204,6 +251,8 @@ def get_run(kind: Kind, run_id: str) -> RunInfo:
             raise not_found_or_away(exc, kind.not_found(run_id), str(client.api_url)) from exc
         if fr.flow_id is None or client.read_flow(fr.flow_id).name != kind.flow:
             raise kind.not_found(run_id)
+        if not _visible(fr):
+            raise kind.not_found(run_id)  # another project's run does not exist for this caller
         return _info(kind, fr, bool(started_in(client, kind.marker, [fr])), _parents(client, [fr]).get(str(fr.id)),
                      bool(started_in(client, kind.closing, [fr])))
 
@@ -229,13 +278,13 @@ _PREFIX = re.compile(r"^[0-9a-fA-F]{4,8}(-[0-9a-fA-F-]{0,27})?$")  # at least 4 
 def _by_prefix(client: Any, kind: Kind, prefix: str) -> str:
     """The one id of this kind's runs that starts with `prefix` (Prefect filters ids by value only, so the
     flow's runs are read a page of ids at a time)."""
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter
 
     found: list[str] = []
     offset = 0
     while True:
         page = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[kind.flow])), limit=200,
-                                     offset=offset)
+                                     offset=offset, flow_run_filter=FlowRunFilter(tags=project_filter(visible_projects())))
         found += [str(r.id) for r in page if str(r.id).startswith(prefix)]
         if len(page) < 200 or len(found) > 5:
             break
@@ -253,6 +302,7 @@ def stop_run(kind: Kind, run_id: str, reason: str = "stopped by user") -> RunInf
     from tasks.orchestration import cancel_flow_run
 
     info = get_run(kind, run_id)
+    current().need(info.project, "editor", f"stopping a {kind.noun}", lambda: kind.not_found(run_id))
     if info.status not in ACTIVE_STATUSES:
         return info
     cancel_flow_run(info.id, reason)

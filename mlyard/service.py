@@ -19,9 +19,10 @@ and templates (mlyard/commands.py), as the command would write them here.
     GET  /metrics             Prometheus text: requests by route and status, their seconds, the process
     GET  /docs                the OpenAPI page
 
-Every route but /health needs the platform's internal credential (`Authorization: Bearer ...`, from
-stack.json, mode 0600): its answers hold specs and parameters, and its runs act as the stack's user,
-so another user of the machine gets 401 before the body is read.
+Every route but /health needs a credential on its headers, checked before the body is read (SignedIn):
+the platform's internal one (`Authorization: Bearer ...`, from stack.json, mode 0600), which acts as the
+stack's owner, an admin; or a team member's API key (`Bearer mly_...`, mlyard/teams.py), which acts as
+that user within their projects (`X-Mlyard-Project` chooses one). Anyone else gets 401.
 
 It keeps the index of the structured log records caught up (mlyard/logs.py), every 2 s, and deletes
 the records past their retention (Settings.log_retention_days) every hour.
@@ -54,8 +55,17 @@ from mlyard.warm_api import error_body
 log = logging.getLogger("mlyard.service")
 
 
-class InternalOnly:
-    """ASGI middleware: every route but /health needs the internal credential (on the headers alone)."""
+class SignedIn:
+    """ASGI middleware: who asks, from the headers alone, before any body is read, for every route but
+    /health:
+    - the platform's internal credential: the platform itself (the stack owner's commands, the cluster's
+      services), an admin;
+    - a user's API key (`mly_...`): that user with their roles, read from the catalog on every request, so a
+      revoked key stops at once; a member (not an admin) reaches only the queries and commands that answer
+      within their projects (mlyard/queries.py MEMBER_QUERIES, mlyard/commands.py MEMBER_COMMANDS) and runs;
+    - a read-only page (the dashboard, the docs) opened with the page key, for the stack's owner.
+    Anything else is 401. The project a call acts in comes in `X-Mlyard-Project`; the actor is what
+    mlyard/teams.py, mlyard/runs.py and the commands check (core/access.current)."""
 
     def __init__(self, app: Any, token: str | None):
         from core.connection import dashboard_key
@@ -76,21 +86,54 @@ class InternalOnly:
             given += [c.strip() for k, v in scope["headers"] if k == b"cookie" for c in v.split(b";")]
         return any(hmac.compare_digest(part.replace(COOKIE + b"=", b"key=", 1), self._page_key) for part in given)
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] != "/health" and not self._page(scope):
-            from serving.access import is_internal
+    async def _actor(self, scope: dict):
+        """Who the headers say asks (None: nobody we know)."""
+        from core.access import local_owner
+        from serving.access import is_internal
 
-            if not is_internal(self._expected, scope["headers"]):
-                body = json.dumps({"error": {"type": "MlyardError", "status": 401, "message":
-                                             "the mlyard API answers the platform's own clients only: its internal "
-                                             "credential as a bearer token (stack.json's on one machine, "
-                                             "MLYARD_INTERNAL_TOKEN elsewhere); its docs open at /docs?key=... as "
-                                             "`mlyard status` prints"}}).encode()
-                await send({"type": "http.response.start", "status": 401, "headers": [
-                    (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-                await send({"type": "http.response.body", "body": body})
-                return
-        if scope["type"] == "http" and scope["path"] == "/docs" and self._page_key is not None:
+        headers = dict(scope["headers"])
+        project = headers.get(b"x-mlyard-project", b"").decode("latin-1").strip() or None
+        source = (scope.get("client") or ("", 0))[0] or "unknown"
+        if self._page(scope) or is_internal(self._expected, scope["headers"]):
+            from dataclasses import replace
+
+            return replace(local_owner(project), source=source)
+        auth = headers.get(b"authorization", b"")
+        if not auth.startswith(b"Bearer mly_"):
+            return None
+        import anyio
+
+        from mlyard.teams import teams
+
+        key = auth[len(b"Bearer "):].decode("latin-1")
+        return await anyio.to_thread.run_sync(lambda: teams().authenticate(key, source, project))
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] == "/health":
+            return await self.app(scope, receive, send)
+        from core.access import acting_as, done_acting
+        from core.errors import Forbidden, MlyardError, Unauthenticated
+
+        try:
+            actor = await self._actor(scope)
+            if actor is None:
+                raise Unauthenticated(
+                    "the mlyard API answers signed-in callers only: a user's API key (MLYARD_API_KEY, `mlyard login`) or "
+                    "the platform's internal credential (stack.json's on one machine, MLYARD_INTERNAL_TOKEN elsewhere), "
+                    "as a bearer token; its docs open at /docs?key=... as `mlyard status` prints")
+            if not actor.admin and not _member_route(scope):
+                raise Forbidden(actor.name, None, f"{scope['method']} {scope['path']} (not yet open to project "
+                                "members' keys)", "admin", None)
+        except MlyardError as exc:
+            return await _refuse(send, exc)
+        token = acting_as(actor)
+        try:
+            await self._pass(scope, receive, send)
+        finally:
+            done_acting(token)
+
+    async def _pass(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["path"] == "/docs" and self._page_key is not None:
             key = self._page_key.split(b"=", 1)[1]
 
             async def with_cookie(message: dict) -> None:  # the docs then load /openapi.json with it
@@ -101,6 +144,29 @@ class InternalOnly:
 
             return await self.app(scope, receive, with_cookie)
         await self.app(scope, receive, send)
+
+
+def _member_route(scope: dict) -> bool:
+    """A route a team member's key may take (the rest are the platform's and its admins')."""
+    from mlyard.commands import MEMBER_COMMANDS
+    from mlyard.queries import MEMBER_QUERIES
+
+    if scope["method"] != "POST":
+        return False
+    path = scope["path"]
+    if path == "/v1/runs":
+        return True
+    for prefix, allowed in (("/v1/queries/", MEMBER_QUERIES), ("/v1/commands/", MEMBER_COMMANDS)):
+        if path.startswith(prefix):
+            return path[len(prefix):] in allowed
+    return False
+
+
+async def _refuse(send: Any, exc: Any) -> None:
+    body = json.dumps(error_body(exc)).encode()
+    await send({"type": "http.response.start", "status": exc.http_status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 PAGES = ("/dashboard", "/docs", "/openapi.json")
@@ -116,7 +182,7 @@ def create_app(token: str | None = None):
     registry = CollectorRegistry()  # this app's own: two apps in one process never share counts
     ProcessCollector(registry=registry)
     app.add_middleware(Measured, registry=registry, prefix="mlyard_api", server="the mlyard API")
-    app.add_middleware(InternalOnly, token=token)  # the outer one: a refused request is not measured
+    app.add_middleware(SignedIn, token=token)  # the outer one: a refused request is not measured
 
     @app.get("/health")
     def health() -> dict[str, str]:

@@ -25,7 +25,9 @@ def run_or_queue(deployment: str, flow: str, spec: Any, *, queue: bool, fail: st
                  job_variables: dict[str, Any] | None = None, tags: list[str] | None = None) -> Any:
     """Run the flow `module:function` on `spec` here (its result, or RunFailed(`fail`) with why), or with
     `queue` make a flow run of `deployment` ("FLOW/POOL") for its work pool: {"id", "name"}."""
-    if queue:
+    from core.settings import Settings
+
+    if queue or Settings().api_key is not None:  # a team member's work runs on the platform's pool, as them
         return submit(deployment, {"spec": spec.model_dump(mode="json")}, tags=tags, job_variables=job_variables)
     return run_here(flow, spec, fail)
 
@@ -34,10 +36,14 @@ def submit(deployment: str, parameters: dict[str, Any], *, tags: list[str] | Non
            job_variables: dict[str, Any] | None = None) -> dict[str, str]:
     """A new flow run of `deployment` ("FLOW/DEPLOYMENT"), queued for its work pool: {"id", "name"}.
     `parameters` must be JSON (a spec's `model_dump(mode="json")`)."""
+    from core.settings import Settings
     from mlyard import warm_api
 
     body: dict[str, Any] = {"deployment": deployment, "parameters": parameters, "tags": tags or [],
             "job_variables": job_variables or {}}
+    settings = Settings()
+    if settings.api_key is not None:  # a team member: the platform makes the run, as them, or nobody does
+        return warm_api.post(warm_api.signed_in_api(settings), "/v1/runs", body)
     url = warm_api.api_url()
     if url is not None:
         try:
@@ -49,10 +55,27 @@ def submit(deployment: str, parameters: dict[str, Any], *, tags: list[str] | Non
 
 def create_run(deployment: str, parameters: dict[str, Any], tags: list[str],
                job_variables: dict[str, Any]) -> dict[str, str]:
-    """Make the flow run in this process (the mlyard API runs this too), with the platform's one helper."""
+    """Make the flow run in this process (the mlyard API runs this too), with the platform's one helper, in
+    the caller's project: its tag set here (never taken from the caller), their role there an editor's,
+    and recorded in the audit trail."""
+    from core.access import PROJECT_TAG, current, project_tags
+    from mlyard.teams import acting_editor, record
     from tasks.orchestration import submit as make_run
 
-    fr: Any = make_run(deployment, parameters, job_variables, tags)
+    actor = current()
+    what = f"deployment {deployment}"
+    try:
+        project = acting_editor("starting work")
+    except MlyardError as exc:
+        record(actor, "run.start", what, "refused", actor.project, f"{type(exc).__name__}: {exc}")
+        raise
+    tags = [t for t in tags if not t.startswith(PROJECT_TAG)] + project_tags([project])
+    try:
+        fr: Any = make_run(deployment, parameters, job_variables, tags)
+    except MlyardError as exc:
+        record(actor, "run.start", what, "refused" if exc.http_status < 500 else "failed", project, str(exc))
+        raise
+    record(actor, "run.start", f"{what} run {fr.id}", "ok", project)
     return {"id": str(fr.id), "name": fr.name}
 
 
@@ -110,14 +133,20 @@ def run_here(flow: str, spec: Any, fail: str) -> Any:
     """Run the flow `module:function` on `spec` in this process and return its result. Bad input the
     flow itself found raises the same one-line error as a check before the run would; a run that
     failed raises RunFailed(`fail`, with why); a cancelled one TrainingStopped."""
+    from prefect import tags
+
+    from core.access import project_tags
+    from mlyard.teams import acting_editor
     from tasks.orchestration import prompt_flow_ends
 
     module, name = flow.split(":")
+    project = acting_editor("starting work")
     function = getattr(importlib.import_module(module), name)
     if not CONSOLE_TRACEBACKS["on"]:
         _console_without_tracebacks()
     prompt_flow_ends()  # the run ends when its work does, not up to 1 s later
-    return outcome(function(spec, return_state=True), fail)
+    with tags(*project_tags([project])):  # the project the run belongs to (mlyard/runs.py lists by it)
+        return outcome(function(spec, return_state=True), fail)
 
 
 def outcome(state: Any, fail: str) -> Any:

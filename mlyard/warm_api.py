@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from core import errors
 from core.environment import flow_run_env
-from core.errors import MlyardError, Unreachable
+from core.errors import MlyardError, PlatformUnreachable, Unreachable
 
 QUERY_TIMEOUT_SECONDS = 120.0
 
@@ -38,8 +38,12 @@ def answer(query: str, local: Callable[..., Any], /, **kwargs: Any) -> Any:
     from core.settings import Settings
 
     settings = Settings()  # read once: 4-5 ms each
-    if settings.api_url:
-        return _remote(settings.api_url.rstrip("/"), query, kwargs)
+    if settings.api_url or settings.api_key is not None:
+        url = signed_in_api(settings)
+        try:
+            return _remote(url, query, kwargs)
+        except Unreachable as exc:  # nothing here to compute it with instead
+            raise PlatformUnreachable(url, str(exc), "mlyard API") from None
     url = api_url(settings)
     if url is not None:
         try:
@@ -69,6 +73,21 @@ def api_url(settings: Any = None) -> str | None:
 
 
 
+def signed_in_api(settings: Any) -> str:
+    """The mlyard API a caller reaches the platform through: MLYARD_API_URL, else (a team member's key on
+    the stack's own machine) this home's running stack's. A key is only ever used there: a member's
+    command never runs anything with the stack's own stores."""
+    from core.errors import StackError
+
+    if settings.api_url:
+        return settings.api_url.rstrip("/")
+    url = api_url(settings) if settings.api_key is not None else None
+    if url is None:
+        raise StackError("MLYARD_API_KEY is set but no mlyard API is named: set MLYARD_API_URL to the platform's "
+                         "(`mlyard login --url URL`; `mlyard status` prints it on the stack's machine)")
+    return url
+
+
 def _remote(url: str, name: str, kwargs: dict[str, Any]) -> Any:
     return post(url, f"/v1/queries/{name}", kwargs)
 
@@ -76,11 +95,10 @@ def _remote(url: str, name: str, kwargs: dict[str, Any]) -> Any:
 def post(url: str, path: str, body: dict[str, Any]) -> Any:
     """POST `body` as JSON to the mlyard API at `url`: its JSON answer, or its error raised as the same
     mlyard class; Unreachable when nothing answers there (the API stopped since `up`)."""
-    from core.connection import internal_headers
     from core.settings import Settings
 
     req = urllib.request.Request(f"{url}{path}", data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json", **internal_headers(Settings())})
+                                 headers={"Content-Type": "application/json", **signed_in_headers(Settings())})
     try:
         with urllib.request.urlopen(req, timeout=QUERY_TIMEOUT_SECONDS) as resp:
             return json.loads(resp.read())
@@ -93,6 +111,18 @@ def post(url: str, path: str, body: dict[str, Any]) -> Any:
         raise as_error(problem) from None
     except (urllib.error.URLError, ConnectionError) as exc:
         raise Unreachable(str(exc)) from exc
+
+
+def signed_in_headers(settings: Any) -> dict[str, str]:
+    """Who asks: the user's API key (MLYARD_API_KEY), else the platform's internal credential; and the
+    project the call acts in (MLYARD_PROJECT, `--project`)."""
+    from core.connection import internal_headers
+
+    headers = ({"Authorization": f"Bearer {settings.api_key.get_secret_value()}"} if settings.api_key is not None
+               else internal_headers(settings))
+    if settings.project:
+        headers["X-Mlyard-Project"] = settings.project
+    return headers
 
 
 def error_body(exc: BaseException) -> dict[str, Any]:

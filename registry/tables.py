@@ -37,6 +37,7 @@ class TrainingTemplate(Base):
     __tablename__ = "training_templates"
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    project: Mapped[str] = mapped_column(String(40), default="default", server_default="default", index=True)
     name: Mapped[str] = mapped_column(String(50), unique=True)
     description: Mapped[str] = mapped_column(Text, default="")
     spec: Mapped[dict] = mapped_column(JSON)
@@ -336,3 +337,4 @@ class LiveCount(Base):
     stage: Mapped[str] = mapped_column(String(255))
     counts: Mapped[dict] = mapped_column(JSON)
     updated_at: Mapped[float] = mapped_column(Float)
+

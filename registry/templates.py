@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from core.access import DEFAULT_PROJECT
 from core.errors import AlreadyExists, TemplateNotFound
 from core.specs import TrainingSpec, load_spec
 from registry.catalog import Catalog
@@ -21,30 +22,36 @@ class TemplateInfo:
     description: str
     spec: TrainingSpec
     created_at: datetime
+    project: str = DEFAULT_PROJECT
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "created_at": self.created_at.isoformat(),
-                "spec": self.spec.model_dump(mode="json")}
+                "spec": self.spec.model_dump(mode="json"), "project": self.project}
 
 
 class Templates:
     def __init__(self, catalog: Catalog):
         self.catalog = catalog
 
-    def create(self, name: str, spec: TrainingSpec, description: str = "") -> TemplateInfo:
+    def create(self, name: str, spec: TrainingSpec, description: str = "", project: str = DEFAULT_PROJECT) -> TemplateInfo:
         _check_name(name)
         try:
             with self.catalog.session() as s:
-                row = TrainingTemplate(name=name, description=description, spec=spec.model_dump(mode="json"))
+                row = TrainingTemplate(name=name, description=description, spec=spec.model_dump(mode="json"),
+                                       project=project)
                 s.add(row)
                 s.flush()
                 return _info(row)
         except IntegrityError as exc:
             raise AlreadyExists("training template", name) from exc
 
-    def list(self) -> list[TemplateInfo]:
+    def list(self, projects: list[str] | None = None) -> list[TemplateInfo]:
+        """Every template, or those of `projects`."""
+        q = select(TrainingTemplate).order_by(TrainingTemplate.name)
+        if projects is not None:
+            q = q.where(TrainingTemplate.project.in_(projects))
         with self.catalog.session() as s:
-            return [_info(r) for r in s.scalars(select(TrainingTemplate).order_by(TrainingTemplate.name))]
+            return [_info(r) for r in s.scalars(q)]
 
     def get(self, name: str) -> TemplateInfo:
         with self.catalog.session() as s:
@@ -54,9 +61,10 @@ class Templates:
             return _info(row)
 
     def copy(self, name: str, new_name: str, overrides: dict[str, Any] | None = None) -> TemplateInfo:
+        """A copy in the same project."""
         src = self.get(name)
         spec = src.spec.with_overrides(overrides) if overrides else src.spec
-        return self.create(new_name, spec, src.description)
+        return self.create(new_name, spec, src.description, src.project)
 
     def delete(self, name: str) -> None:
         with self.catalog.session() as s:
@@ -76,4 +84,5 @@ def _check_name(name: str) -> None:
 
 
 def _info(row: TrainingTemplate) -> TemplateInfo:
-    return TemplateInfo(row.name, row.description, TrainingSpec.model_validate(row.spec), row.created_at)
+    return TemplateInfo(row.name, row.description, TrainingSpec.model_validate(row.spec), row.created_at,
+                        row.project or DEFAULT_PROJECT)

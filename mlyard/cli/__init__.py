@@ -31,6 +31,7 @@ from mlyard.cli import (
     serve,
     servers,
     stack,
+    teams,
     templates,
     trainings,
     tunings,
@@ -43,15 +44,23 @@ app = typer.Typer(help="mlyard: ML lifecycle flows on Prefect 3 with MLflow as t
 
 @app.callback()
 def root(debug: bool = typer.Option(False, "--debug", help="Show the traceback of an error (and a failed run's in "
-                                                         "its log).")) -> None:
+                                                         "its log)."),
+         project: str = typer.Option(None, "--project", help="The project this command acts in (else "
+                                     "MLYARD_PROJECT, your only project, or `default` for an admin).")) -> None:
     DEBUG["on"] = debug
+    from core.environment import apply_login
+
+    if project:
+        os.environ["MLYARD_PROJECT"] = project  # read by Settings, here and in what this command starts
+    apply_login()  # `mlyard login`'s key and address, where the environment does not say them
     from mlyard import submit
 
     submit.CONSOLE_TRACEBACKS["on"] = debug  # the error line says why; the Prefect UI's log keeps the tracebacks
 
 
 for command in (stack.up, stack.down, stack.status, trainings.train, tunings.tune, batches.batch,
-                evaluations.evaluate, serve.serve, predict.predict, stack.demo, dashboard.dashboard, logs.logs):
+                evaluations.evaluate, serve.serve, predict.predict, stack.demo, dashboard.dashboard, logs.logs,
+                teams.audit, teams.login, teams.logout, teams.whoami):
     app.command(command.__name__)(command)
 for group, name in ((trainings.app, "trainings"), (tunings.app, "tunings"), (batches.app, "batches"),
                     (evaluations.app, "evaluations"), (experiments.app, "experiments"), (templates.app, "templates"),
@@ -59,7 +68,8 @@ for group, name in ((trainings.app, "trainings"), (tunings.app, "tunings"), (bat
                     (schedules.app, "schedules"), (pipelines.app, "pipelines"),
                     (pipelines.runs_app, "pipeline-runs"), (rags.app, "rags"), (notebooks.app, "notebooks"),
                     (stack.ui_app, "ui"), (k8s.app, "k8s"),
-                    (images.app, "images"), (images.accounts_app, "registry-accounts")):
+                    (images.app, "images"), (images.accounts_app, "registry-accounts"),
+                    (teams.users_app, "users"), (teams.projects_app, "projects")):
     app.add_typer(group, name=name)
 app.add_typer(rags.app, name="rag", hidden=True)  # `mlyard rag search ...` as the issue first spelled it
 

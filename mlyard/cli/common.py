@@ -145,12 +145,15 @@ def copied(kind: str, run_id: str, name: Optional[str]) -> dict[str, Any]:
 
 def stop(kind: str, run_id: str, as_json: bool) -> None:
     """Stop a run of `kind` (a name in mlyard.runs) like the UI's Cancel; print its new status."""
-    from mlyard import runs
+    from core.settings import Settings
+    from mlyard.commands import COMMANDS, act
 
     def go():
-        connected()
-        return runs.stop_run(getattr(runs, kind), run_id)
+        settings = Settings()
+        if settings.api_url or settings.api_key is not None:  # the platform's mlyard API stops it, as the caller
+            return act("runs_stop", kind=kind, run_id=run_id)
+        return COMMANDS["runs_stop"](kind=kind, run_id=run_id)
 
     info = guard(go)
-    emit({"id": info.id, "name": info.name, "status": info.status}, as_json)
+    emit({"id": info["id"], "name": info["name"], "status": info["status"]}, as_json)
 
