@@ -125,7 +125,7 @@ def _audited(fn: Callable[..., Any]) -> Callable[..., Any]:
     kind, _, verb = fn.__name__.partition("_")
     what = {"images": "image", "accounts": "registry account", "templates": "template", "runs": "run"}[kind]
     return audited(f"{what.replace(' ', '_')}.{verb}", lambda a: f"{what} {a.get('name') or a.get('run_id')}",
-                   lambda a: current().acting_project())(fn)
+                   lambda a: teams.acting_or_none(current()))(fn)
 
 
 COMMANDS: dict[str, Callable[..., Any]] = {f.__name__: _audited(f) for f in (

@@ -59,7 +59,7 @@ def create_run(deployment: str, parameters: dict[str, Any], tags: list[str],
     the caller's project: its tag set here (never taken from the caller), their role there an editor's,
     and recorded in the audit trail."""
     from core.access import PROJECT_TAG, current, project_tags
-    from mlyard.teams import acting_editor, record
+    from mlyard.teams import acting_editor, acting_or_none, record
     from tasks.orchestration import submit as make_run
 
     actor = current()
@@ -67,7 +67,7 @@ def create_run(deployment: str, parameters: dict[str, Any], tags: list[str],
     try:
         project = acting_editor("starting work")
     except MlyardError as exc:
-        record(actor, "run.start", what, "refused", actor.project, f"{type(exc).__name__}: {exc}")
+        record(actor, "run.start", what, "refused", acting_or_none(actor), f"{type(exc).__name__}: {exc}")
         raise
     tags = [t for t in tags if not t.startswith(PROJECT_TAG)] + project_tags([project])
     try:

@@ -99,8 +99,12 @@ def _project_arg(a: dict[str, Any]) -> str | None:
     return a.get("project") or a.get("name")
 
 
-def _acting(_: dict[str, Any]) -> str | None:
-    return current().acting_project()
+def acting_or_none(actor: Actor) -> str | None:
+    """The project `actor` acts in, for a record; None when there is none (several, or none at all)."""
+    try:
+        return actor.acting_project()
+    except MlyardError:
+        return None
 
 
 # -- users and keys ---------------------------------------------------------------------------------------
@@ -166,11 +170,7 @@ def users_keys(name: str) -> list[dict[str, Any]]:
 def whoami() -> dict[str, Any]:
     """Who this call acts as: name, admin, roles, the project it acts in."""
     actor = current()
-    try:
-        acting: str | None = actor.acting_project()
-    except MlyardError:
-        acting = None
-    return {"name": actor.name, "admin": actor.admin, "roles": actor.roles, "project": acting,
+    return {"name": actor.name, "admin": actor.admin, "roles": actor.roles, "project": acting_or_none(actor),
             "key_id": actor.key_id, "source": actor.source}
 
 

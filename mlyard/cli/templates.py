@@ -17,7 +17,8 @@ app = typer_app("Saved training specs to start trainings from.")
 def _brief(t: dict) -> dict:
     """A template (as its as_dict) in one row."""
     spec = t["spec"]
-    return {"name": t["name"], "description": t["description"], "created_at": t["created_at"][:19],
+    return {"name": t["name"], "project": t.get("project", "default"), "description": t["description"],
+            "created_at": t["created_at"][:19],
             "source_uri": spec["source_uri"], "entry_point": spec["entry_point"], "experiment": spec["experiment"]}
 
 
@@ -40,7 +41,7 @@ def templates_create(name: str, file: Path = typer.Option(..., "-f", "--file", h
 def templates_list(as_json: bool = JSON) -> None:
     """Saved templates."""
     rows = [_brief(t) for t in guard(lambda: ask("templates_list"))]
-    emit(rows, as_json, ["name", "experiment", "source_uri", "entry_point", "created_at", "description"],
+    emit(rows, as_json, ["name", "project", "experiment", "source_uri", "entry_point", "created_at", "description"],
          empty="no templates yet: `mlyard templates create NAME -f train.yaml`")
 
 

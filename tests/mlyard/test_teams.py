@@ -1,0 +1,184 @@
+"""Two projects on one running stack, as their members meet it: the stack's owner (an admin, signed in by
+owning the home) makes the projects and users; each user then works in fresh processes that hold only
+their API key and the mlyard API's address (no home, none of the harness's environment), and every read
+or write of the other project's things is refused, with nothing of theirs changed. A viewer starts
+nothing; a revoked key stops at once; every change is in the audit trail."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.test_user_paths import mlyard as owner
+
+BIN = Path(sys.executable).parent
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _ok(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def _refused(proc: subprocess.CompletedProcess, *words: str) -> str:
+    assert proc.returncode != 0, proc.stdout
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+class Member:
+    """A user's shell: their key, the API's address, a home and a work folder of their own."""
+
+    def __init__(self, tmp: Path, stack, key: str):
+        self.home, self.work = tmp / "home", tmp / "work"
+        self.home.mkdir(parents=True)
+        self.work.mkdir(parents=True)
+        self.key = key
+        self.env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(self.home), "LANG": "C.UTF-8",
+                    "MLYARD_API_URL": stack.service_url, "MLYARD_API_KEY": key}
+
+    def __call__(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "mlyard"), *args], cwd=self.work, env=self.env, input=stdin,
+                              capture_output=True, text=True, timeout=180)
+
+    def json(self, *args: str):
+        return json.loads(_ok(self(*args, "--json")))
+
+    def python(self, code: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "python"), "-c", code], cwd=self.work, env=self.env, capture_output=True,
+                              text=True, timeout=180)
+
+
+@pytest.fixture(scope="module")
+def team(stack, tmp_path_factory):
+    """team-a (alice an editor, carol a viewer) and team-b (bob an editor), made by the stack's owner."""
+    tmp = tmp_path_factory.mktemp("team")
+    _ok(owner("projects", "create", "team-a", "--gpus", "1", "--description", "vision"))
+    _ok(owner("projects", "create", "team-b"))
+    members = {}
+    for name, project, role in (("alice", "team-a", "editor"), ("bob", "team-b", "editor"), ("carol", "team-a", "viewer")):
+        made = json.loads(_ok(owner("users", "create", name, "--json")))
+        assert made["name"] == name and made["key"].startswith("mly_")
+        _ok(owner("projects", "add-member", project, name, "--role", role))
+        members[name] = Member(tmp / name, stack, made["key"])
+    return members
+
+
+def test_each_member_works_in_their_project_and_cannot_see_or_touch_the_others(team, stack):
+    alice, bob, carol = team["alice"], team["bob"], team["carol"]
+    assert alice.json("whoami")["project"] == "team-a" and not alice.json("whoami")["admin"]
+
+    # alice: a template and a training of team-a's (her only project, so no --project needed)
+    (alice.work / "t.yaml").write_text("name: a-t\nsource_uri: s3://team-a-bucket/algo\nentry_point: train.py\n")
+    assert alice.json("templates", "create", "a-t", "-f", "t.yaml")["project"] == "team-a"
+    spec = (EXAMPLES / "train.yaml").read_text().replace("examples/sklearn_digits", str(EXAMPLES / "sklearn_digits"))
+    (alice.work / "train.yaml").write_text(spec.replace("epochs: 3", "epochs: 30").replace("epoch_seconds: 0.3",
+                                                                                               "epoch_seconds: 1"))
+    queued = alice.json("train", "-f", "train.yaml")  # a member's work always runs on the platform's pool
+    run_id = queued["id"]
+    assert [t["id"] for t in alice.json("trainings", "list")] == [run_id]
+    assert alice.json("trainings", "show", run_id[:8])["project"] == "team-a"
+
+    # bob, of team-b: none of it exists for him, by any command; nothing of alice's changes
+    assert bob.json("trainings", "list") == [] and bob.json("templates", "list") == []
+    for args in (("trainings", "show", run_id), ("trainings", "show", run_id[:8]), ("trainings", "stop", run_id)):
+        _refused(bob(*args), "not found")
+    for args in (("templates", "show", "a-t"), ("templates", "delete", "a-t"), ("templates", "copy", "a-t", "b-t")):
+        _refused(bob(*args), "'a-t' not found")
+    _refused(bob("--project", "team-a", "trainings", "list"), "project 'team-a' not found")
+    _refused(bob("models", "list"), "bob is no admin")  # not yet scoped by project: an admin's alone
+    _refused(bob("projects", "show", "team-a"), "not found")
+    assert [p["name"] for p in bob.json("projects", "list")] == ["team-b"]
+    _refused(bob("users", "create", "mallory"), "bob is no admin")
+    _refused(bob("projects", "add-member", "team-a", "bob", "--role", "owner"), "not found")
+    _refused(bob("users", "keys", "alice"), "not found")
+    # the project tag is the platform's to set: bob's own tags cannot put his run into team-a
+    body = {"deployment": "train/local", "parameters": {"spec": json.loads(json.dumps(
+        {"name": "bob-run", "source_uri": str(EXAMPLES / "sklearn_digits"), "entry_point": "train.py",
+         "hyperparameters": {"epochs": 1, "epoch_seconds": 0.01}}))}, "tags": ["mlyard.project:team-a"],
+        "job_variables": {}}
+    bobs = _post(stack.service_url, "/v1/runs", body, bob.key)
+    assert [t["id"] for t in bob.json("trainings", "list")] == [bobs["id"]]
+    assert bobs["id"] not in [t["id"] for t in alice.json("trainings", "list")]
+
+    # carol, a viewer of team-a: she reads, she starts and stops nothing
+    assert [t["id"] for t in carol.json("trainings", "list")] == [run_id]
+    (carol.work / "train.yaml").write_text(spec)
+    _refused(carol("train", "-f", "train.yaml"), "carol is viewer in project 'team-a'", "needs editor")
+    _refused(carol("trainings", "stop", run_id), "carol is viewer", "needs editor")
+    _refused(carol("templates", "delete", "a-t"), "needs owner")
+
+    # the same from Python, with the same key alone
+    py = alice.python("import mlyard; s = mlyard.train('train.yaml', sets={'hyperparameters': {'epochs': 1}}); "
+                      "print(s.id)")
+    assert py.returncode == 0, py.stderr
+    assert py.stdout.strip() in [t["id"] for t in alice.json("trainings", "list")]
+
+    stopped = alice.json("trainings", "stop", run_id)
+    assert stopped["status"] in ("STOP IN PROGRESS", "STOPPED", "COMPLETE")
+    assert owner("trainings", "list", "--json").returncode == 0  # the owner, an admin, sees every project's
+
+    # every change and every refusal of one, once, with who, project, result and where from
+    records = json.loads(_ok(owner("audit", "--json", "--since", "1h")))
+    seen = {(r["user"], r["action"], r["result"], r["project"]) for r in records}
+    assert {("alice", "template.create", "ok", "team-a"), ("alice", "run.start", "ok", "team-a"),
+            ("bob", "template.delete", "refused", "team-b"), ("bob", "run.start", "ok", "team-b"),
+            ("carol", "run.start", "refused", "team-a"), ("alice", "run.stop", "ok", "team-a"),
+            ("bob", "member.grant", "refused", "team-a")} <= seen, seen
+    assert all(r["source"] == "127.0.0.1" for r in records if r["user"] in ("alice", "bob", "carol"))
+    assert len([r for r in records if r["user"] == "alice" and r["action"] == "template.create"]) == 1
+    _refused(alice("audit"), "alice is no owner")
+
+
+def test_a_revoked_key_stops_at_once_and_a_bad_one_is_refused_before_the_body(team, stack):
+    dave = json.loads(_ok(owner("users", "create", "dave", "--json")))
+    _ok(owner("projects", "add-member", "team-b", "dave", "--role", "viewer"))
+    member = Member(Path(team["bob"].home).parent.parent / "dave", stack, dave["key"])
+    assert member.json("whoami")["name"] == "dave"
+    keys = json.loads(_ok(owner("users", "keys", "dave", "--json")))
+    assert [k["state"] for k in keys] == ["active"] and keys[0]["last_used_at"]
+    _ok(owner("users", "revoke", dave["key_id"]))
+    _refused(member("whoami"), "unknown, expired or revoked")
+    _refused(member("trainings", "list"), "unknown, expired or revoked")
+
+    # a request that claims a body larger than anything allowed is answered 401 on its headers alone
+    import socket
+
+    host, port = stack.service_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(b"POST /v1/runs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer mly_000000000000_" + b"A" * 43 +
+                  b"\r\nContent-Type: application/json\r\nContent-Length: 10000000000\r\n\r\n")
+        answer = s.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 401")
+
+    # `mlyard login` keeps the key for the user alone, and their commands use it
+    erin = json.loads(_ok(owner("users", "create", "erin", "--json")))
+    _ok(owner("projects", "add-member", "team-b", "erin", "--role", "editor"))
+    shell = Member(Path(team["bob"].home).parent.parent / "erin", stack, "unused")
+    del shell.env["MLYARD_API_KEY"], shell.env["MLYARD_API_URL"]
+    _refused(shell("login", "--url", stack.service_url, "--key-stdin", stdin="mly_nope\n"), "not an mlyard API key")
+    _ok(shell("login", "--url", stack.service_url, "--key-stdin", stdin=erin["key"] + "\n"))
+    saved = shell.home / ".config" / "mlyard" / "login.json"
+    assert saved.stat().st_mode & 0o077 == 0 and erin["key"] in saved.read_text()
+    assert shell.json("whoami")["name"] == "erin" and shell.json("whoami")["project"] == "team-b"
+    _ok(shell("logout"))
+    assert not saved.exists()
+
+
+def _post(url: str, path: str, body: dict, key: str) -> dict:
+    req = urllib.request.Request(f"{url}{path}", data=json.dumps(body).encode(), method="POST",
+                                 headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        raise AssertionError(f"{exc.code}: {exc.read()[:500]!r}") from None
