@@ -31,6 +31,7 @@ ROLES = ("viewer", "editor", "owner")
 DEFAULT_PROJECT = "default"
 KEY_PREFIX = "mly"
 PROJECT_TAG = "mlyard.project:"  # the tag every flow run of a project carries (Prefect has no other owner)
+USER_TAG = "mlyard.user:"  # and the user who started it
 NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")  # a DNS label: it names namespaces, queues, prefixes
 _KEY = re.compile(rf"^{KEY_PREFIX}_([0-9a-f]{{12}})_([A-Za-z0-9_-]{{43}})$")
 
@@ -177,3 +178,12 @@ def project_tags(projects: Iterable[str]) -> list[str]:
 def project_of_tags(tags: Iterable[str]) -> str:
     """The project a flow run belongs to, from its tags (`default` for runs from before projects)."""
     return next((t[len(PROJECT_TAG):] for t in tags if t.startswith(PROJECT_TAG)), DEFAULT_PROJECT)
+
+
+def run_tags(project: str, user: str) -> list[str]:
+    """The tags the platform gives a run it makes: its project and who started it."""
+    return [f"{PROJECT_TAG}{project}", f"{USER_TAG}{user}"]
+
+
+def user_of_tags(tags: Iterable[str]) -> str | None:
+    return next((t[len(USER_TAG):] for t in tags if t.startswith(USER_TAG)), None)

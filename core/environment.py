@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from core.home import DEFAULT_HOME, find_home
 
@@ -114,11 +115,11 @@ def apply_login(environ: dict[str, str] | None = None) -> None:
     the stack's servers never do."""
     import json
 
-    environ = os.environ if environ is None else environ  # type: ignore[assignment]
+    target: Any = os.environ if environ is None else environ
     try:
         saved = json.loads(login_path().read_text())
     except (OSError, ValueError):
         return
     for key in ("api_url", "api_key", "project"):
-        if isinstance(saved.get(key), str) and f"MLYARD_{key.upper()}" not in environ:
-            environ[f"MLYARD_{key.upper()}"] = saved[key]
+        if isinstance(saved.get(key), str) and f"MLYARD_{key.upper()}" not in target:
+            target[f"MLYARD_{key.upper()}"] = saved[key]

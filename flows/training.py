@@ -28,7 +28,7 @@ from core.settings import in_kubernetes_pod
 from core.specs import TrainingSpec
 from flows.platform import Platform
 from tasks.node_jobs import end_nodes, model_uri, run_nodes
-from tasks.orchestration import cancel_watch, run_name, stopped_on_interrupt
+from tasks.orchestration import appkey_env, cancel_watch, run_name, stopped_on_interrupt
 from tasks.registry_secrets import check_pod_image
 from tasks.training import (
     LOG_NAME,
@@ -86,8 +86,9 @@ def train(spec: TrainingSpec) -> TrainingResult:  # or a Cancelled state, shown 
         announce_run(p.tracking, run_id, spec)
         try:
             # 5. Run.
-            script = run_entry_point(spec, dirs, python, p.settings.region, p.settings.engine_env(), p.tracking,
-                                     run_id, log_path, cancel_watch(training_id))
+            env = {**p.settings.engine_env(), **appkey_env()}
+            script = run_entry_point(spec, dirs, python, p.settings.region, env, p.tracking, run_id, log_path,
+                                     cancel_watch(training_id))
             # 6. Stage out.
             model_uri = save_outputs(p.storage, p.tracking, spec, dirs, run_id)
         except TrainingStopped as stop:

@@ -34,7 +34,14 @@ from core.names import (
 from core.specs import TrainingSpec, TuningSpec
 from flows.platform import Platform
 from tasks.metrics import Metric
-from tasks.orchestration import cancel_watch, link_mlflow_run, prefect_link, run_name, stopped_on_interrupt
+from tasks.orchestration import (
+    appkey_env,
+    cancel_watch,
+    link_mlflow_run,
+    prefect_link,
+    run_name,
+    stopped_on_interrupt,
+)
 from tasks.training import check_locations, prepare_environment, stage_inputs
 from tasks.trials import TrialSetup, run_trial
 from tuning import create_study, recover_interrupted
@@ -94,7 +101,7 @@ def tune(spec: TuningSpec) -> TuningResult:
                     "direction": spec.objective.direction})
         link_mlflow_run(p.tracking, parent, "tuning")
         setup = TrialSetup(spec, base, inputs, python, parent, tuning_id, scratch, p.settings.region,
-                           p.settings.engine_env())
+                           {**p.settings.engine_env(), **appkey_env()})
 
         # 4. Trials.
         loop = Loop(spec, study)

@@ -58,7 +58,7 @@ def create_run(deployment: str, parameters: dict[str, Any], tags: list[str],
     """Make the flow run in this process (the mlyard API runs this too), with the platform's one helper, in
     the caller's project: its tag set here (never taken from the caller), their role there an editor's,
     and recorded in the audit trail."""
-    from core.access import PROJECT_TAG, current, project_tags
+    from core.access import PROJECT_TAG, USER_TAG, current, run_tags
     from mlyard.teams import acting_editor, acting_or_none, record
     from tasks.orchestration import submit as make_run
 
@@ -69,7 +69,7 @@ def create_run(deployment: str, parameters: dict[str, Any], tags: list[str],
     except MlyardError as exc:
         record(actor, "run.start", what, "refused", acting_or_none(actor), f"{type(exc).__name__}: {exc}")
         raise
-    tags = [t for t in tags if not t.startswith(PROJECT_TAG)] + project_tags([project])
+    tags = [t for t in tags if not t.startswith((PROJECT_TAG, USER_TAG))] + run_tags(project, actor.name)
     try:
         fr: Any = make_run(deployment, parameters, job_variables, tags)
     except MlyardError as exc:
@@ -135,7 +135,7 @@ def run_here(flow: str, spec: Any, fail: str) -> Any:
     failed raises RunFailed(`fail`, with why); a cancelled one TrainingStopped."""
     from prefect import tags
 
-    from core.access import project_tags
+    from core.access import current, run_tags
     from mlyard.teams import acting_editor
     from tasks.orchestration import prompt_flow_ends
 
@@ -145,7 +145,7 @@ def run_here(flow: str, spec: Any, fail: str) -> Any:
     if not CONSOLE_TRACEBACKS["on"]:
         _console_without_tracebacks()
     prompt_flow_ends()  # the run ends when its work does, not up to 1 s later
-    with tags(*project_tags([project])):  # the project the run belongs to (mlyard/runs.py lists by it)
+    with tags(*run_tags(project, current().name)):  # its project (mlyard/runs.py lists by it) and who started it
         return outcome(function(spec, return_state=True), fail)
 
 

@@ -39,11 +39,11 @@ def answer(query: str, local: Callable[..., Any], /, **kwargs: Any) -> Any:
 
     settings = Settings()  # read once: 4-5 ms each
     if settings.api_url or settings.api_key is not None:
-        url = signed_in_api(settings)
+        remote = signed_in_api(settings)
         try:
-            return _remote(url, query, kwargs)
+            return _remote(remote, query, kwargs)
         except Unreachable as exc:  # nothing here to compute it with instead
-            raise PlatformUnreachable(url, str(exc), "mlyard API") from None
+            raise PlatformUnreachable(remote, str(exc), "mlyard API") from None
     url = api_url(settings)
     if url is not None:
         try:

@@ -87,7 +87,10 @@ def _fields(ctx: Any) -> tuple[str, dict[str, Any]] | None:
         return None
     cat, own = known
     run_id = str(ctx.flow_run.id)
-    fields: dict[str, Any] = {"flowRunId": run_id}
+    from core.access import project_of_tags, user_of_tags
+
+    tags = ctx.flow_run.tags or ()  # whose run: the seed's easymakerAppKey (the project), and the user
+    fields: dict[str, Any] = {"flowRunId": run_id, "easymakerAppKey": project_of_tags(tags), "user": user_of_tags(tags)}
     if own:
         fields[own] = run_id
     if ctx.flow.name == FLOW_BATCH_WORKER:

@@ -30,7 +30,7 @@ from core import logrecords as lr
 COLUMNS = {"trainingId": "training_id", "hyperparameterTuningId": "tuning_id", "batchInferenceId": "batch_id",
            "evaluationId": "evaluation_id", "endpointId": "endpoint_id", "endpointStageId": "stage_id",
            "inferenceId": "inference_id", "flowRunId": "flow_run_id", "action": "action", "modelName": "model_name",
-           "name": "name"}
+           "name": "name", "easymakerAppKey": "appkey", "user": "user"}
 ID_COLUMNS = ("training_id", "tuning_id", "batch_id", "evaluation_id", "endpoint_id", "stage_id", "inference_id",
               "flow_run_id")
 SCHEMA = [
@@ -87,6 +87,10 @@ class LogStore:
         self.db.execute("PRAGMA synchronous=NORMAL")
         for stmt in SCHEMA:
             self.db.execute(stmt)
+        have = {row[1] for row in self.db.execute("PRAGMA table_info(records)")}
+        for column in COLUMNS.values():  # an index made before a field was kept: the column, empty for old rows
+            if column not in have:
+                self.db.execute(f"ALTER TABLE records ADD COLUMN {column} TEXT")
         self._lock = threading.Lock()
         self._readers = threading.local()
 

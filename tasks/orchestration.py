@@ -274,12 +274,34 @@ def submit(deployment: str, parameters: dict, job_variables: dict | None = None,
                              "worker you run); in production, `mlyard k8s apply --prefect-api-url URL`") from None
         pool = client.read_work_pool(found.work_pool_name) if found.work_pool_name else None
     kept = pool_job_variables(pool, job_variables)
+    tags = [*(tags or []), *(t for t in owner_tags() if t not in (tags or []))]  # a run's children are its project's
     template = RUN_NAMES.get(deployment.split("/", 1)[0])
     name = render_run_name(template, parameters) if template else None
     if name:  # its final name now: printed by the command, kept when the run starts (run_name)
         tags = [*(tags or []), TAG_NAMED]
     return run_deployment(found.id, parameters=parameters, timeout=0, job_variables=kept, tags=tags or None,
                           as_subflow=False, flow_run_name=name)
+
+
+def owner_tags() -> list[str]:
+    """The project and user tags of the flow run this process runs (none outside one)."""
+    from prefect.context import FlowRunContext
+
+    from core.access import PROJECT_TAG, USER_TAG
+
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None:
+        return []
+    return [t for t in ctx.flow_run.tags or () if t.startswith((PROJECT_TAG, USER_TAG))]
+
+
+def appkey_env() -> dict[str, str]:
+    """What a user's script is told of whose it is, as EasyMaker tells it: EM_APPKEY, the project the run
+    belongs to (and EM_USER, who started it)."""
+    from core.access import project_of_tags, user_of_tags
+
+    tags = owner_tags()
+    return {"EM_APPKEY": project_of_tags(tags), **({"EM_USER": u} if (u := user_of_tags(tags)) else {})}
 
 
 def training_job_variables(client: Any, deployment_id: str, parameters: dict, pools: dict[str, Any]) -> dict | None:

@@ -9,30 +9,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from tests.mlyard.test_workstation import _ok
+from tests.mlyard.test_workstation import _one_line as _refused
 from tests.test_user_paths import mlyard as owner
 
 BIN = Path(sys.executable).parent
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-def _ok(proc: subprocess.CompletedProcess) -> str:
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
-
-
-def _refused(proc: subprocess.CompletedProcess, *words: str) -> str:
-    assert proc.returncode != 0, proc.stdout
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
-    return lines[0]
 
 
 class Member:
@@ -117,11 +106,23 @@ def test_each_member_works_in_their_project_and_cannot_see_or_touch_the_others(t
     _refused(carol("trainings", "stop", run_id), "carol is viewer", "needs editor")
     _refused(carol("templates", "delete", "a-t"), "needs owner")
 
-    # the same from Python, with the same key alone
-    py = alice.python("import mlyard; s = mlyard.train('train.yaml', sets={'hyperparameters': {'epochs': 1}}); "
-                      "print(s.id)")
+    # the same from Python, with the same key alone; the script is told whose run it is, as EasyMaker tells it
+    algo = alice.work / "whose"
+    algo.mkdir()
+    algo.chmod(0o755)
+    (algo / "main.py").write_text("import os\nprint('appkey=' + os.environ['EM_APPKEY'], 'user=' + os.environ['EM_USER'])\n")
+    py = alice.python("import mlyard; s = mlyard.train({'name': 'whose', 'source_uri': 'whose', 'entry_point': "
+                      "'main.py'}); print(s.id)")
     assert py.returncode == 0, py.stderr
-    assert py.stdout.strip() in [t["id"] for t in alice.json("trainings", "list")]
+    whose_id = py.stdout.split()[0]
+    deadline = time.monotonic() + 120
+    while (status := alice.json("trainings", "show", whose_id)["status"]) not in ("COMPLETE", "FAIL TRAIN", "CREATE FAILED"):
+        assert time.monotonic() < deadline, status
+        time.sleep(1)
+    assert status == "COMPLETE"
+    records = [json.loads(line) for line in _ok(owner("logs", "--training", whose_id, "--json")).splitlines()]
+    assert any("appkey=team-a user=alice" in r["body"] for r in records), records
+    assert {(r.get("easymakerAppKey"), r.get("user")) for r in records} == {("team-a", "alice")}
 
     stopped = alice.json("trainings", "stop", run_id)
     assert stopped["status"] in ("STOP IN PROGRESS", "STOPPED", "COMPLETE")
