@@ -141,11 +141,12 @@ class Settings(BaseSettings):
         "Unset: sqlite:///<home>/catalog.db, or the embedded PostgreSQL's catalog database (see `database`).",
     )
     upload_uri: str | None = Field(
-        default=None, description="Where a run queued on a Kubernetes pool (`--submit --pool gpu`) gets the inputs "
-        "given as paths on the submitting machine (a source folder, datasets, a checkpoint, a model folder), which "
-        "its pods cannot read: they are uploaded under this prefix of the platform's storage (e.g. "
-        "s3://ml-bucket/uploads, with this machine's S3 settings), once per content, and the run's spec names the "
-        "upload. Unset: such a path is refused before the run is made.")
+        default=None, description="Where a run queued on a Kubernetes pool gets the inputs given as paths on the "
+        "submitting machine (source, datasets, a checkpoint, a model folder): uploaded once per content under this "
+        "prefix (e.g. s3://ml-bucket/uploads, with this machine's S3 settings). Unset: such a path is refused.")
+    projects_uri: str | None = Field(
+        default=None, description="The platform's storage of projects: a member's uploads and run outputs go under "
+        "<projects_uri>/<project>/ and nowhere else (e.g. s3://ml-bucket/projects). Unset: <home>/projects.")
     s3_endpoint_url: str | None = Field(
         default=None, description="Endpoint of the S3-compatible store for s3:// URIs (unset: AWS)."
     )
@@ -198,10 +199,9 @@ class Settings(BaseSettings):
         default=True, description="`mlyard up` starts the embedded Prefect server with an API auth string (made "
         "then, kept in stack.json, mode 0600): its API and websockets answer only the platform's processes and "
         "this user's commands, and the Prefect UI asks for the string once per browser (`mlyard ui prefect` "
-        "prints it). False opens the Prefect API to every account of this machine: anyone who reaches "
-        "127.0.0.1 can then read every run, deployment and setting and start a training's script as you. "
-        "Takes effect at the next `mlyard up` of a stopped stack. On Kubernetes it is always on (`auth-string` "
-        "in the mlyard-prefect Secret).")
+        "prints it). False opens the Prefect API to every account of this machine (anyone on 127.0.0.1 could read "
+        "every run and start a training's script as you). Takes effect at the next `mlyard up` of a stopped "
+        "stack. On Kubernetes it is always on (`auth-string` in the mlyard-prefect Secret).")
     replica_token: SecretStr | None = Field(
         default=None, description="Set by the platform on the replicas it starts: a replica answers only requests "
         "that carry it (the gateway's), health checks aside. Unset (a `mlyard serve` of your own): no check. On "

@@ -146,13 +146,16 @@ def run(action: Action, spec: Any, *, sets: dict[str, Any] | None = None, submit
     settings = Settings() if member else connect()
     submit = submit or member
     spec = load(action.spec, spec, sets).resolved(base or Path.cwd())
-    framework = check(action, spec, settings)
-    if not member:  # the catalog's images and this machine's GPU slots are the platform's to check
+    # a member's inputs are uploaded from here (a missing one said so) or are the project's, which the
+    # platform reads; the catalog's images and this machine's GPU slots are the platform's to check too
+    framework = None if member else check(action, spec, settings)
+    if not member:
         check_image(spec, settings)
     if pool == "local" and not member:
         check_gpu_slots(spec, settings)
     if submit and pool == "gpu":
         check_cluster(spec)
+    if (submit and pool == "gpu") or member:  # local inputs uploaded where the run reads them (or refused)
         from mlyard.uploads import for_cluster
 
         spec = for_cluster(spec, settings, echo)

@@ -69,7 +69,13 @@ def templates_create(name: str, spec: dict[str, Any], description: str = "") -> 
     from core.specs import TrainingSpec, load_spec
 
     project = teams.acting_editor("creating a template")
-    return _templates().create(name, load_spec(TrainingSpec, spec), description, project).as_dict()
+    checked = load_spec(TrainingSpec, spec)
+    if not current().admin:  # a member's template names their project's storage alone (as their runs do)
+        from core.connection import connect
+        from mlyard.project_storage import confine
+
+        confine(checked, project, connect())
+    return _templates().create(name, checked, description, project).as_dict()
 
 
 def templates_copy(name: str, new_name: str, sets: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -12,6 +12,7 @@ and templates (mlyard/commands.py), as the command would write them here.
     POST /v1/commands/{name}  JSON body: a catalog write's arguments (mlyard/commands.py: images, registry
                               accounts, templates) -> its JSON answer
     POST /v1/runs             {"deployment", "parameters", "tags", "job_variables"} -> {"id", "name"}
+    PUT  /v1/uploads/{digest}/{name}  a tar of a member's local folder -> {"uri"} under their project's prefix
                               an error: {"error": {"type", "message", "status"}} with that HTTP status
     GET  /dashboard?key=K     the dashboard page (mlyard/dashboard.py); K is its own read-only key
                               (`mlyard status` prints the link), since a browser sends no header
@@ -43,9 +44,11 @@ import os
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
-from fastapi.responses import Response  # module-level: FastAPI reads the routes' annotations here (the docs)
+from fastapi import Request  # module-level: FastAPI reads the routes' annotations here (the docs)
+from fastapi.responses import Response
 
 from mlyard.measured import Measured
 from mlyard.queries import QUERIES
@@ -151,9 +154,11 @@ def _member_route(scope: dict) -> bool:
     from mlyard.commands import MEMBER_COMMANDS
     from mlyard.queries import MEMBER_QUERIES
 
+    path = scope["path"]
+    if scope["method"] == "PUT" and path.startswith("/v1/uploads/"):
+        return True
     if scope["method"] != "POST":
         return False
-    path = scope["path"]
     if path == "/v1/runs":
         return True
     for prefix, allowed in (("/v1/queries/", MEMBER_QUERIES), ("/v1/commands/", MEMBER_COMMANDS)):
@@ -170,6 +175,7 @@ async def _refuse(send: Any, exc: Any) -> None:
 
 
 PAGES = ("/dashboard", "/docs", "/openapi.json")
+MAX_UPLOAD_BYTES = 4 << 30  # a member's folder uploaded to their project (PUT /v1/uploads)
 COOKIE = b"mlyard_page_key"
 
 
@@ -230,6 +236,33 @@ def create_app(token: str | None = None):
         from mlyard.submit import create_run
 
         return _answer(create_run, run, "run")
+
+    @app.put("/v1/uploads/{digest}/{name}")
+    async def upload(digest: str, name: str, request: Request) -> Response:
+        """A tar of a local folder or file `name` (its content digest `digest`), unpacked into the caller's
+        project prefix (mlyard/project_storage.py): {"uri"}. At most MAX_UPLOAD_BYTES."""
+        import tempfile
+
+        from starlette.concurrency import run_in_threadpool
+
+        from core.errors import BodyTooLarge
+        from mlyard.project_storage import receive
+        from mlyard.teams import audited
+
+        declared = request.headers.get("content-length", "")
+        if not declared.isdigit() or int(declared) > MAX_UPLOAD_BYTES:  # said by the headers: no byte read
+            return JSONResponse(error_body(BodyTooLarge(MAX_UPLOAD_BYTES)), status_code=413)
+        with tempfile.NamedTemporaryFile(suffix=".tar") as body:
+            got = 0
+            async for chunk in request.stream():
+                got += len(chunk)
+                if got > int(declared):  # longer than it said
+                    return JSONResponse(error_body(BodyTooLarge(int(declared))), status_code=413)
+                body.write(chunk)
+            body.flush()
+            receipt = audited("upload.create", lambda a: f"upload {a['digest']}/{a['name']}",
+                              lambda a: None)(lambda **a: receive(Path(body.name), **a))
+            return await run_in_threadpool(_answer, receipt, {"digest": digest, "name": name}, "upload")
 
     def _answer(fn, arguments: dict[str, Any], what: str) -> Response:
         try:

@@ -66,6 +66,8 @@ def create_run(deployment: str, parameters: dict[str, Any], tags: list[str],
     what = f"deployment {deployment}"
     try:
         project = acting_editor("starting work")
+        if not actor.admin:
+            parameters = member_parameters(deployment, parameters, project)
     except MlyardError as exc:
         record(actor, "run.start", what, "refused", acting_or_none(actor), f"{type(exc).__name__}: {exc}")
         raise
@@ -77,6 +79,34 @@ def create_run(deployment: str, parameters: dict[str, Any], tags: list[str],
         raise
     record(actor, "run.start", f"{what} run {fr.id}", "ok", project)
     return {"id": str(fr.id), "name": fr.name}
+
+
+def member_parameters(deployment: str, parameters: dict[str, Any], project: str) -> dict[str, Any]:
+    """A project member's run, checked before it is made: a training or a tuning (the kinds whose every input
+    is checked here; the rest are an admin's for now), its spec valid, every location in it under the
+    project's storage (mlyard/project_storage.py), a template it names one of the project's."""
+    from pydantic import BaseModel
+
+    from core.access import current
+    from core.connection import connect
+    from core.errors import Forbidden
+    from core.names import FLOW_TRAIN, FLOW_TUNE
+    from core.specs import TrainingSpec, TuningSpec, load_spec
+    from mlyard.project_storage import confine
+
+    flow = deployment.split("/", 1)[0]
+    models: dict[str, type[BaseModel]] = {FLOW_TRAIN: TrainingSpec, FLOW_TUNE: TuningSpec}
+    model = models.get(flow)
+    if model is None:
+        raise Forbidden(current().name, None, f"starting a {flow} run (not yet open to project members)", "admin", None)
+    spec = load_spec(model, parameters.get("spec"), source="spec")
+    confine(spec, project, connect())
+    if isinstance(spec, TuningSpec) and spec.template is not None:
+        from mlyard.commands import _templates
+        from mlyard.queries import visible_template
+
+        confine(visible_template(_templates(), spec.template).spec, project, connect())
+    return {**parameters, "spec": spec.model_dump(mode="json")}
 
 
 def final_state(run_id: str, timeout: float | None, poll_seconds: float = 0.5, what: str = "", then: str = "") -> Any:

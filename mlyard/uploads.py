@@ -24,32 +24,48 @@ Echo = Callable[[str], None]
 def for_cluster(spec: Any, settings: Settings, echo: Echo = lambda line: None) -> Any:
     """`spec` with every local input uploaded and named by its upload (see the module)."""
     shipper = _Shipper(settings, echo)
-    return shipper.spec(spec, "")
+    return map_locations(spec, shipper.input, shipper.output)
+
+
+def map_locations(spec: Any, inputs: Callable[[str, str], str], outputs: Callable[[str, str | None], None],
+                  prefix: str = "") -> Any:
+    """`spec` with each location it reads given as `inputs(field, uri)` returns it, after each location it
+    writes was shown to `outputs(field, uri)`: the one list of a spec's locations (a source folder, datasets,
+    checkpoints, input files, a model folder; outputs), for uploading them and for confining them."""
+    if isinstance(spec, TuningSpec):  # a tuning of a template: the template's paths are the catalog's
+        return spec if spec.training is None else spec.model_copy(
+            update={"training": map_locations(spec.training, inputs, outputs, "training.")})
+    if isinstance(spec, TrainingSpec):
+        for field in ("output_uri", "checkpoint_output_uri"):
+            outputs(prefix + field, getattr(spec, field))
+        updates: dict[str, Any] = {f: inputs(prefix + f, getattr(spec, f))
+                                   for f in ("source_uri", "checkpoint_input_uri") if getattr(spec, f)}
+        updates["datasets"] = {k: inputs(f"{prefix}datasets.{k}", v) for k, v in spec.datasets.items()}
+        return spec.model_copy(update=updates)
+    if isinstance(spec, (BatchInferenceSpec, EvaluationSpec)):
+        outputs("output_uri", spec.output_uri)
+        updates = {"input_uri": inputs("input_uri", spec.input_uri)}
+        if not (is_registry_ref(spec.model) or is_mlflow_uri(spec.model)):  # a model folder here
+            updates["model"] = inputs("model", spec.model)
+        return spec.model_copy(update=updates)
+    return spec
 
 
 class _Shipper:
     def __init__(self, settings: Settings, echo: Echo):
         self.settings, self.echo = settings, echo
+        self.member = settings.api_key is not None  # a project member: through the mlyard API, as them
         self._storage: Any = None
 
-    def spec(self, spec: Any, prefix: str) -> Any:
-        if isinstance(spec, TuningSpec):  # a tuning of a template: the template's paths are the catalog's
-            return spec if spec.training is None else spec.model_copy(
-                update={"training": self.spec(spec.training, "training.")})
-        if isinstance(spec, TrainingSpec):
-            for field in ("output_uri", "checkpoint_output_uri"):
-                self.output(prefix + field, getattr(spec, field))
-            updates: dict[str, Any] = {f: self.input(prefix + f, getattr(spec, f))
-                                       for f in ("source_uri", "checkpoint_input_uri") if getattr(spec, f)}
-            updates["datasets"] = {k: self.input(f"{prefix}datasets.{k}", v) for k, v in spec.datasets.items()}
-            return spec.model_copy(update=updates)
-        if isinstance(spec, (BatchInferenceSpec, EvaluationSpec)):
-            self.output("output_uri", spec.output_uri)
-            updates = {"input_uri": self.input("input_uri", spec.input_uri)}
-            if not (is_registry_ref(spec.model) or is_mlflow_uri(spec.model)):  # a model folder here
-                updates["model"] = self.input("model", spec.model)
-            return spec.model_copy(update=updates)
-        return spec
+    def _to_project(self, field: str, uri: str, path: Path) -> str:
+        from mlyard.project_storage import send
+        from mlyard.warm_api import signed_in_api, signed_in_headers
+
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        size = sum(f.stat().st_size for f in files)
+        sent = send(signed_in_api(self.settings), path, _digest(path, files), signed_in_headers(self.settings))
+        self.echo(f"{field}: {uri} ({len(files)} file(s), {size / 1e6:.1f} MB) is in your project at {sent}")
+        return sent
 
     @staticmethod
     def _local(uri: str | None, field: str) -> Path | None:
@@ -60,13 +76,19 @@ class _Shipper:
 
     def output(self, field: str, uri: str | None) -> None:
         if self._local(uri, field) is not None:
-            raise SpecError(field, uri, "a run on a Kubernetes pool cannot write to a path on this machine: give an "
-                            "s3:// or obs:// URI of the platform's storage, or a nas:// URI its pods mount")
+            who = "a project member's run" if self.member else "a run on a Kubernetes pool"
+            raise SpecError(field, uri, f"{who} cannot write to a path on this machine: give an s3:// or obs:// URI "
+                            "of the platform's storage" + (" under your project's prefix (`mlyard projects show`)"
+                                                           if self.member else ", or a nas:// URI its pods mount"))
 
     def input(self, field: str, uri: str) -> str:
         path = self._local(uri, field)
         if path is None:
             return uri
+        if self.member and not self.settings.upload_uri:  # through the platform's API, into the project's prefix
+            if not path.exists():
+                raise SpecError(field, uri, "a path that exists on this machine (it is uploaded to your project)")
+            return self._to_project(field, uri, path)
         if not self.settings.upload_uri:
             raise SpecError(field, uri, "a path on this machine, which a run on a Kubernetes pool cannot read: give "
                             "an s3:// or obs:// URI (or nas://), or set MLYARD_UPLOAD_URI=s3://BUCKET/PREFIX so "

@@ -7,6 +7,7 @@ nothing; a revoked key stops at once; every change is in the audit trail."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ import pytest
 from tests.mlyard.test_workstation import _ok
 from tests.mlyard.test_workstation import _one_line as _refused
 from tests.test_user_paths import mlyard as owner
+from tests.test_user_paths import user_dir
 
 BIN = Path(sys.executable).parent
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -66,16 +68,20 @@ def test_each_member_works_in_their_project_and_cannot_see_or_touch_the_others(t
     alice, bob, carol = team["alice"], team["bob"], team["carol"]
     assert alice.json("whoami")["project"] == "team-a" and not alice.json("whoami")["admin"]
 
-    # alice: a template and a training of team-a's (her only project, so no --project needed)
-    (alice.work / "t.yaml").write_text("name: a-t\nsource_uri: s3://team-a-bucket/algo\nentry_point: train.py\n")
-    assert alice.json("templates", "create", "a-t", "-f", "t.yaml")["project"] == "team-a"
-    spec = (EXAMPLES / "train.yaml").read_text().replace("examples/sklearn_digits", str(EXAMPLES / "sklearn_digits"))
+    # alice: a template and a training of team-a's (her only project, so no --project needed); her local folder
+    # is uploaded to team-a's storage, where the platform's run reads it
+    shutil.copytree(EXAMPLES / "sklearn_digits", alice.work / "algo")
+    (alice.work / "t.yaml").write_text("name: a-t\nsource_uri: algo\nentry_point: train.py\n")
+    template = alice.json("templates", "create", "a-t", "-f", "t.yaml")
+    assert template["project"] == "team-a" and "/projects/team-a/uploads/" in template["source_uri"]
+    spec = (EXAMPLES / "train.yaml").read_text().replace("examples/sklearn_digits", "algo")
     (alice.work / "train.yaml").write_text(spec.replace("epochs: 3", "epochs: 30").replace("epoch_seconds: 0.3",
                                                                                                "epoch_seconds: 1"))
     queued = alice.json("train", "-f", "train.yaml")  # a member's work always runs on the platform's pool
     run_id = queued["id"]
     assert [t["id"] for t in alice.json("trainings", "list")] == [run_id]
-    assert alice.json("trainings", "show", run_id[:8])["project"] == "team-a"
+    shown = alice.json("trainings", "show", run_id[:8])
+    assert shown["project"] == "team-a" and shown["spec"]["source_uri"] == template["source_uri"]
 
     # bob, of team-b: none of it exists for him, by any command; nothing of alice's changes
     assert bob.json("trainings", "list") == [] and bob.json("templates", "list") == []
@@ -90,18 +96,41 @@ def test_each_member_works_in_their_project_and_cannot_see_or_touch_the_others(t
     _refused(bob("users", "create", "mallory"), "bob is no admin")
     _refused(bob("projects", "add-member", "team-a", "bob", "--role", "owner"), "not found")
     _refused(bob("users", "keys", "alice"), "not found")
+    # bob's runs read his project's storage alone: not alice's upload, not the platform's home
+    shutil.copytree(EXAMPLES / "sklearn_digits", bob.work / "algo")
+    (bob.work / "train.yaml").write_text(spec.replace("epochs: 3", "epochs: 1"))
+    first = bob.json("train", "-f", "train.yaml")
+    mine = bob.json("trainings", "show", first["id"])["spec"]["source_uri"]
+    assert "/projects/team-b/uploads/" in mine
+
+    def run_of_bob(source: str, tags: list[str]) -> tuple[int, dict]:
+        body = {"deployment": "train/local", "tags": tags, "job_variables": {}, "parameters": {"spec": {
+            "name": "bob-run", "source_uri": source, "entry_point": "train.py",
+            "hyperparameters": {"epochs": 1, "epoch_seconds": 0.01}}}}
+        return _post(stack.service_url, "/v1/runs", body, bob.key)
+
+    home = user_dir() / ".mlyard"
+    for source in (template["source_uri"], str(home), str(home / "projects" / "team-b" / ".." / "team-a"),
+                   "s3://platform-bucket/team-b", f"{mine}/../../../../team-a"):
+        status, answer = run_of_bob(source, [])
+        assert status == 400 and "source_uri" in answer["error"]["message"], (source, answer)
     # the project tag is the platform's to set: bob's own tags cannot put his run into team-a
-    body = {"deployment": "train/local", "parameters": {"spec": json.loads(json.dumps(
-        {"name": "bob-run", "source_uri": str(EXAMPLES / "sklearn_digits"), "entry_point": "train.py",
-         "hyperparameters": {"epochs": 1, "epoch_seconds": 0.01}}))}, "tags": ["mlyard.project:team-a"],
-        "job_variables": {}}
-    bobs = _post(stack.service_url, "/v1/runs", body, bob.key)
-    assert [t["id"] for t in bob.json("trainings", "list")] == [bobs["id"]]
+    status, bobs = run_of_bob(mine, ["mlyard.project:team-a", "mlyard.user:alice"])
+    assert status == 200, bobs
+    assert {t["id"] for t in bob.json("trainings", "list")} == {first["id"], bobs["id"]}
     assert bobs["id"] not in [t["id"] for t in alice.json("trainings", "list")]
+    # only trainings and tunings are open to members so far
+    status, answer = _post(stack.service_url, "/v1/runs", {"deployment": "rag-sync/local", "parameters": {},
+                                                            "tags": [], "job_variables": {}}, bob.key)
+    assert status == 403 and "bob is no admin" in answer["error"]["message"]
 
     # carol, a viewer of team-a: she reads, she starts and stops nothing
     assert [t["id"] for t in carol.json("trainings", "list")] == [run_id]
-    (carol.work / "train.yaml").write_text(spec)
+    status, answer = _post(stack.service_url, "/v1/runs", {"deployment": "train/local", "tags": [], "job_variables": {},
+                           "parameters": {"spec": {**shown["spec"], "name": "carol-run"}}}, carol.key)
+    assert status == 403 and "carol is viewer in project 'team-a'; starting work needs editor" in answer["error"]["message"]
+    shutil.copytree(EXAMPLES / "sklearn_digits", carol.work / "algo")
+    (carol.work / "train.yaml").write_text(spec)  # her own folder: not even uploaded
     _refused(carol("train", "-f", "train.yaml"), "carol is viewer in project 'team-a'", "needs editor")
     _refused(carol("trainings", "stop", run_id), "carol is viewer", "needs editor")
     _refused(carol("templates", "delete", "a-t"), "needs owner")
@@ -161,6 +190,38 @@ def test_a_revoked_key_stops_at_once_and_a_bad_one_is_refused_before_the_body(te
         answer = s.recv(4096)
     assert answer.startswith(b"HTTP/1.1 401")
 
+    # an upload is unpacked inside the project's prefix or not at all: no `..`, no link out of it
+    import io
+    import tarfile
+
+    def put(name: str, members: list[tarfile.TarInfo], key: str) -> tuple[int, dict]:
+        raw = io.BytesIO()
+        with tarfile.open(fileobj=raw, mode="w") as tar:
+            for m in members:
+                tar.addfile(m, io.BytesIO(b"x" * m.size) if m.isfile() else None)
+        req = urllib.request.Request(f"{stack.service_url}/v1/uploads/{'0' * 16}/{name}", data=raw.getvalue(),
+                                     method="PUT", headers={"Authorization": f"Bearer {key}"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def member(name: str, kind: bytes = tarfile.REGTYPE, target: str = "") -> tarfile.TarInfo:
+        info = tarfile.TarInfo(name)
+        info.type, info.linkname, info.size = kind, target, 1 if kind == tarfile.REGTYPE else 0
+        return info
+
+    bob = team["bob"]
+    for name, members in (("algo", [member("algo/../../escape.py")]), ("algo", [member("other/x.py")]),
+                          ("algo", [member("algo/passwd", tarfile.SYMTYPE, "/etc/passwd")]),
+                          ("..", [member("../x")])):
+        status, answer = put(name, members, bob.key)
+        assert status == 400, (name, answer)
+    assert not list((user_dir() / ".mlyard" / "projects").rglob("escape.py"))
+    status, answer = put("algo", [member("algo/x.py")], "mly_000000000000_" + "A" * 43)
+    assert status == 401
+
     # `mlyard login` keeps the key for the user alone, and their commands use it
     erin = json.loads(_ok(owner("users", "create", "erin", "--json")))
     _ok(owner("projects", "add-member", "team-b", "erin", "--role", "editor"))
@@ -175,11 +236,11 @@ def test_a_revoked_key_stops_at_once_and_a_bad_one_is_refused_before_the_body(te
     assert not saved.exists()
 
 
-def _post(url: str, path: str, body: dict, key: str) -> dict:
+def _post(url: str, path: str, body: dict, key: str) -> tuple[int, dict]:
     req = urllib.request.Request(f"{url}{path}", data=json.dumps(body).encode(), method="POST",
                                  headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
-            return json.loads(resp.read())
+            return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
-        raise AssertionError(f"{exc.code}: {exc.read()[:500]!r}") from None
+        return exc.code, json.loads(exc.read())

@@ -1,0 +1,125 @@
+"""Each project's own prefix of the platform's storage (Settings.projects_uri, `<home>/projects` on one
+machine): `<root>/<project>/`. A project member's run reads and writes there alone, since the platform's
+processes hold the platform's credentials (its home, its buckets): a member's spec that names anything
+else (a path of the platform's machine, another project's prefix, another bucket) is refused before a
+run is made (`confine`). A member's local folder reaches their prefix through the mlyard API
+(`PUT /v1/uploads/{digest}/{name}`: a tar, unpacked with tarfile's `data` filter, `receive`), named by the
+digest of what it holds, so the same folder is sent once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from core.errors import SpecError
+from core.uris import Location, parse_uri
+
+_DIGEST = re.compile(r"^[0-9a-f]{16}$")
+_NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+
+
+def root(settings: Any) -> str:
+    return (settings.projects_uri or str(settings.home_dir / "projects")).rstrip("/")
+
+
+def prefix(settings: Any, project: str) -> str:
+    return f"{root(settings)}/{project}"
+
+
+def inside(uri: str, area: str, field: str) -> bool:
+    """Whether `uri` names something under `area` (a local folder or an object-store prefix), links and
+    `..` resolved: a path that leaves it through a link is not inside."""
+    loc, home = parse_uri(uri, field), parse_uri(area, field)
+    if loc.kind != home.kind or loc.nas_id is not None:
+        return False
+    if loc.kind == "local":
+        assert loc.path is not None and home.path is not None
+        base = os.path.realpath(home.path)
+        return os.path.realpath(loc.path).startswith(base + os.sep)
+    return _same_store(loc, home) and f"{loc.key.rstrip('/')}/".startswith(f"{home.key.rstrip('/')}/")
+
+
+def _same_store(a: Location, b: Location) -> bool:
+    return a.bucket == b.bucket and a.endpoint == b.endpoint
+
+
+def confine(spec: Any, project: str, settings: Any) -> Any:
+    """Refuse a member's spec naming any location outside their project's prefix (SpecError, the field)."""
+    from mlyard.uploads import map_locations
+
+    area = prefix(settings, project)
+    what = (f"a location under project {project}'s storage, {area}/ (the CLI and Python upload a local folder "
+            "there for you); a member's run never reads or writes the platform's own files or buckets")
+
+    def check(field: str, uri: str | None) -> str | None:
+        if uri and not inside(uri, area, field):
+            raise SpecError(field, uri, what)
+        return uri
+
+    return map_locations(spec, check, check)  # type: ignore[arg-type]
+
+
+def receive(body: Path, digest: str, name: str) -> dict[str, str]:
+    """Unpack an uploaded tar (`body`) of the folder or file `name` into the caller's project prefix, as
+    `uploads/<digest>/<name>`, unless it is there already: {"uri"}."""
+    from core.connection import connect
+    from mlyard.teams import acting_editor
+    from tasks.storage import SUCCESS_MARKER, Storage
+
+    if not _DIGEST.match(digest):
+        raise SpecError("digest", digest, "16 hexadecimal digits (the upload's content digest)")
+    if not _NAME.match(name) or name in (".", ".."):
+        raise SpecError("name", name, "a file or folder name: letters, digits, '.', '_' and '-'")
+    project = acting_editor("uploading")
+    settings = connect()
+    storage = Storage(settings)
+    target = f"{prefix(settings, project)}/uploads/{digest}/{name}"
+    if storage.exists(f"{target}/{SUCCESS_MARKER}", "upload") or storage.exists(target, "upload"):
+        return {"uri": target}
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            with tarfile.open(body) as tar:
+                members = tar.getmembers()
+                if not members or any(m.name != name and not m.name.startswith(f"{name}/") for m in members):
+                    raise SpecError("upload", name, f"a tar holding {name!r} alone (its files under {name}/)")
+                tar.extractall(tmp, filter="data")  # no absolute paths, no `..`, no links out, no devices
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise SpecError("upload", name, f"a readable tar ({type(exc).__name__}: {exc})") from None
+        made = Path(tmp) / name
+        if made.is_dir():
+            (made / SUCCESS_MARKER).touch()  # a folder's upload is whole once its marker is there
+        storage.upload(made, target, "upload")
+    return {"uri": target}
+
+
+def send(url: str, path: Path, digest: str, headers: dict[str, str]) -> str:
+    """Upload the local file or folder `path` to the caller's project prefix through the mlyard API at
+    `url`: the URI it is at."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from mlyard.warm_api import as_error
+
+    with tempfile.TemporaryFile() as tmp:
+        with tarfile.open(fileobj=tmp, mode="w:gz") as tar:
+            tar.add(path, arcname=path.name)
+        size = tmp.tell()
+        tmp.seek(0)
+        req = urllib.request.Request(f"{url}/v1/uploads/{digest}/{path.name}", data=tmp, method="PUT",
+                                     headers={**headers, "Content-Type": "application/x-tar",
+                                              "Content-Length": str(size)})
+        try:
+            with urllib.request.urlopen(req, timeout=600) as resp:
+                return json.loads(resp.read())["uri"]
+        except urllib.error.HTTPError as exc:
+            try:
+                problem = json.loads(exc.read())["error"]
+            except (ValueError, KeyError, TypeError):
+                raise SpecError("upload", str(path), f"the mlyard API answered {exc.code}") from None
+            raise as_error(problem) from None
