@@ -107,6 +107,7 @@ TAG_FRAMEWORK = "mlyard.framework"
 TAG_FRAMEWORK_VERSION = "mlyard.framework_version"
 TAG_PARAMETERS = "mlyard.parameters"
 TAG_LINEAGE = "mlyard.lineage"
+TAG_PROJECT = "mlyard.project"  # a registered model's project (core/access.py)
 TAG_SIGNATURE = "mlyard.signature"
 TAG_RUNTIME = "mlyard.runtime"  # how serving and batch run a version (compiled at registration, or why not)
 

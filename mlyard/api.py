@@ -77,9 +77,40 @@ class Submitted:
         (RunFailed, TrainingStopped). The flows keep their result in Prefect's result storage, which a
         worker on this machine shares (on a Kubernetes pool, follow it with `show ID` instead)."""
         action = next(a for a in (TRAINING, TUNING, BATCH, EVALUATION) if self.deployment.startswith(f"{a.deployment}/"))
+        if Settings().api_key is not None:  # a member reaches Prefect through the platform's API alone
+            return _shown_when_done(action, self.id, timeout, poll_seconds)
         state = final_state(self.id, timeout, poll_seconds, f"{self.flow_run} ({self.id})",
                             f"follow the {action.noun} in the Prefect UI or with its `show` command")
         return outcome(state, action.fail)
+
+
+def _shown_when_done(action: Action, run_id: str, timeout: float | None, poll_seconds: float) -> dict[str, Any]:
+    """A member's queued run, followed through the mlyard API: what its `show` says once it ended (a dict,
+    not the flow's result object); RunFailed with why when it failed, TrainingStopped when stopped."""
+    import time
+
+    from core.errors import RunFailed, TrainingStopped
+    from mlyard.warm_api import post, signed_in_api
+
+    def ask(query: str, **arguments: Any) -> dict[str, Any]:
+        return post(signed_in_api(Settings()), f"/v1/queries/{query}", arguments)
+
+    query = {TRAINING: "trainings_show", TUNING: "tunings_show"}.get(action)
+    if query is None:
+        raise SpecError("wait", action.noun, "a training or a tuning (the runs a project member starts)")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        shown = ask(query, **{f"{action.noun}_id": run_id})
+        status = str(shown["status"])
+        if status.startswith("COMPLETE") and status != "COMPLETE IN PROGRESS":
+            return shown
+        if status == "STOPPED":
+            raise TrainingStopped(shown.get("cause") or "stopped")
+        if status == action.fail or status == "CREATE FAILED":
+            raise RunFailed(status, run_id, shown.get("cause"))
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"{action.noun} {run_id} is still {status} after {timeout:g} s")
+        time.sleep(poll_seconds)
 
 
 def load(model: type, spec: Any, sets: dict[str, Any] | None = None) -> Any:

@@ -124,21 +124,55 @@ def runs_stop(kind: str, run_id: str) -> dict[str, Any]:
     return {"id": info.id, "name": info.name, "status": info.status, "project": info.project}
 
 
+def models_create(name: str, **given: Any) -> dict[str, Any]:
+    """A model version (mlyard/models.py: from a training, a tuning or an artifact)."""
+    from mlyard import models
+
+    return models.create(name, **given)
+
+
+def models_rename(name: str, new_name: str) -> dict[str, Any]:
+    from mlyard import models
+
+    return models.rename(name, new_name)
+
+
+def models_describe(name: str, description: str, version: str | None = None) -> dict[str, Any]:
+    from mlyard import models
+
+    return models.describe(name, description, version)
+
+
+def models_alias(name: str, alias: str, version: str | None = None, delete: bool = False) -> dict[str, Any]:
+    from mlyard import models
+
+    return models.alias(name, alias, version, delete)
+
+
+def models_delete(name: str, version: str | None = None) -> dict[str, Any]:
+    from mlyard import models
+
+    return models.delete(name, version)
+
+
 def _audited(fn: Callable[..., Any]) -> Callable[..., Any]:
     """A catalog write, recorded once in the audit trail (who, project, what, which, result)."""
     from mlyard.teams import audited
 
     kind, _, verb = fn.__name__.partition("_")
-    what = {"images": "image", "accounts": "registry account", "templates": "template", "runs": "run"}[kind]
+    what = {"images": "image", "accounts": "registry account", "templates": "template", "runs": "run",
+            "models": "model"}[kind]
     return audited(f"{what.replace(' ', '_')}.{verb}", lambda a: f"{what} {a.get('name') or a.get('run_id')}",
                    lambda a: teams.acting_or_none(current()))(fn)
 
 
 COMMANDS: dict[str, Callable[..., Any]] = {f.__name__: _audited(f) for f in (
     images_create, images_update, images_delete, accounts_create, accounts_update, accounts_delete,
-    templates_create, templates_copy, templates_delete, runs_stop)}
+    templates_create, templates_copy, templates_delete, runs_stop, models_create, models_rename, models_describe,
+    models_alias, models_delete)}
 COMMANDS.update(teams.COMMANDS)
-MEMBER_COMMANDS = frozenset({"templates_create", "templates_copy", "templates_delete", "runs_stop", *teams.COMMANDS})
+MEMBER_COMMANDS = frozenset({"templates_create", "templates_copy", "templates_delete", "runs_stop", "models_create",
+                             "models_rename", "models_describe", "models_alias", "models_delete", *teams.COMMANDS})
 
 
 def where() -> str | None:

@@ -95,31 +95,3 @@ def receive(body: Path, digest: str, name: str) -> dict[str, str]:
             (made / SUCCESS_MARKER).touch()  # a folder's upload is whole once its marker is there
         storage.upload(made, target, "upload")
     return {"uri": target}
-
-
-def send(url: str, path: Path, digest: str, headers: dict[str, str]) -> str:
-    """Upload the local file or folder `path` to the caller's project prefix through the mlyard API at
-    `url`: the URI it is at."""
-    import json
-    import urllib.error
-    import urllib.request
-
-    from mlyard.warm_api import as_error
-
-    with tempfile.TemporaryFile() as tmp:
-        with tarfile.open(fileobj=tmp, mode="w:gz") as tar:
-            tar.add(path, arcname=path.name)
-        size = tmp.tell()
-        tmp.seek(0)
-        req = urllib.request.Request(f"{url}/v1/uploads/{digest}/{path.name}", data=tmp, method="PUT",
-                                     headers={**headers, "Content-Type": "application/x-tar",
-                                              "Content-Length": str(size)})
-        try:
-            with urllib.request.urlopen(req, timeout=600) as resp:
-                return json.loads(resp.read())["uri"]
-        except urllib.error.HTTPError as exc:
-            try:
-                problem = json.loads(exc.read())["error"]
-            except (ValueError, KeyError, TypeError):
-                raise SpecError("upload", str(path), f"the mlyard API answered {exc.code}") from None
-            raise as_error(problem) from None

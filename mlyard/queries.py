@@ -174,14 +174,18 @@ def accounts_show(name: str) -> dict[str, Any]:
 
 
 def models_list() -> list[dict[str, Any]]:
-    return [m.as_dict() for m in platform().models.list()]
+    from mlyard.runs import visible_projects
+
+    return [m.as_dict() for m in platform().models.list(visible_projects())]
 
 
 def models_show(ref: str) -> dict[str, Any]:
     """A model with all its versions (`name`), or one version (`name/version`, `name@alias`)."""
     from core.links import model_links
+    from mlyard.models import visible
 
     p = platform()
+    visible(p.models, ref.split("@", 1)[0].split("/", 1)[0])  # another project's: ModelNotFound
     found = (p.models.resolve(ref) if "/" in ref or "@" in ref else p.models.get(ref)).as_dict()
     if "versions" in found:
         for v in found["versions"]:
@@ -313,7 +317,7 @@ QUERIES.update(teams.QUERIES)
 # rest still answer every project's things, so they are the platform's and its admins' alone until they do.
 MEMBER_QUERIES = frozenset({
     "trainings_list", "trainings_show", "tunings_list", "tunings_show", "tunings_trials", "runs_list", "batches_show",
-    "evaluations_show", "templates_list", "templates_show", *teams.QUERIES})
+    "evaluations_show", "templates_list", "templates_show", "models_list", "models_show", *teams.QUERIES})
 
 
 def ask(query: str, /, **kwargs: Any) -> Any:

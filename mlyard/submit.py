@@ -100,12 +100,17 @@ def member_parameters(deployment: str, parameters: dict[str, Any], project: str)
     if model is None:
         raise Forbidden(current().name, None, f"starting a {flow} run (not yet open to project members)", "admin", None)
     spec = load_spec(model, parameters.get("spec"), source="spec")
-    confine(spec, project, connect())
+    settings = connect()
+    confine(spec, project, settings)
     if isinstance(spec, TuningSpec) and spec.template is not None:
-        from mlyard.commands import _templates
-        from mlyard.queries import visible_template
+        from core.errors import TemplateNotFound
+        from mlyard.teams import catalog
+        from registry.templates import Templates
 
-        confine(visible_template(_templates(), spec.template).spec, project, connect())
+        template = Templates(catalog(settings.catalog_db_url)).get(spec.template)
+        if template.project != project:  # another project's does not exist for this run
+            raise TemplateNotFound(spec.template)
+        confine(template.spec, project, settings)
     return {**parameters, "spec": spec.model_dump(mode="json")}
 
 

@@ -27,13 +27,13 @@ def teams():
 
     settings = connect()
     require_shared_stores(settings)
-    return Teams(_catalog(settings.catalog_db_url))
+    return Teams(catalog(settings.catalog_db_url))
 
 
 _catalogs: dict[str, Any] = {}
 
 
-def _catalog(url: str):
+def catalog(url: str):
     """One Catalog per database and process: the mlyard API checks a key on every request."""
     from registry.catalog import Catalog
 

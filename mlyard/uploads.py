@@ -27,6 +27,11 @@ def for_cluster(spec: Any, settings: Settings, echo: Echo = lambda line: None) -
     return map_locations(spec, shipper.input, shipper.output)
 
 
+def shipped(field: str, uri: str, settings: Settings, echo: Echo = lambda line: None) -> str:
+    """One location as a run reads it (see the module): a local path uploaded (a member's, to their project)."""
+    return _Shipper(settings, echo).input(field, uri)
+
+
 def map_locations(spec: Any, inputs: Callable[[str, str], str], outputs: Callable[[str, str | None], None],
                   prefix: str = "") -> Any:
     """`spec` with each location it reads given as `inputs(field, uri)` returns it, after each location it
@@ -58,7 +63,6 @@ class _Shipper:
         self._storage: Any = None
 
     def _to_project(self, field: str, uri: str, path: Path) -> str:
-        from mlyard.project_storage import send
         from mlyard.warm_api import signed_in_api, signed_in_headers
 
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
@@ -127,3 +131,33 @@ def _digest(root: Path, files: list[Path]) -> str:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()[:16]
+
+
+def send(url: str, path: Path, digest: str, headers: dict[str, str]) -> str:
+    """Upload the local file or folder `path` to the caller's project prefix through the mlyard API at
+    `url` (PUT /v1/uploads, mlyard/project_storage.py): the URI it is at."""
+    import json
+    import tarfile
+    import tempfile
+    import urllib.error
+    import urllib.request
+
+    from mlyard.warm_api import as_error
+
+    with tempfile.TemporaryFile() as tmp:
+        with tarfile.open(fileobj=tmp, mode="w:gz") as tar:
+            tar.add(path, arcname=path.name)
+        size = tmp.tell()
+        tmp.seek(0)
+        req = urllib.request.Request(f"{url}/v1/uploads/{digest}/{path.name}", data=tmp, method="PUT",
+                                     headers={**headers, "Content-Type": "application/x-tar",
+                                              "Content-Length": str(size)})
+        try:
+            with urllib.request.urlopen(req, timeout=600) as resp:
+                return json.loads(resp.read())["uri"]
+        except urllib.error.HTTPError as exc:
+            try:
+                problem = json.loads(exc.read())["error"]
+            except (ValueError, KeyError, TypeError):
+                raise SpecError("upload", str(path), f"the mlyard API answered {exc.code}") from None
+            raise as_error(problem) from None

@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping
 import yaml
 from mlflow.exceptions import MlflowException
 
+from core.access import DEFAULT_PROJECT
 from core.errors import AlreadyExists, ModelInUse, ModelNotFound, SpecError, TrainingNotComplete
 from core.names import (
     TAG_FRAMEWORK,
@@ -26,6 +27,7 @@ from core.names import (
     TAG_LINEAGE,
     TAG_ORIGIN_URI,
     TAG_PARAMETERS,
+    TAG_PROJECT,
     TAG_RUNTIME,
     TAG_SIGNATURE,
     param_arguments,
@@ -65,10 +67,11 @@ class ModelInfo:
     description: str
     aliases: dict[str, str]
     versions: list[ModelVersionInfo] = field(default_factory=list)
+    project: str = DEFAULT_PROJECT
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "aliases": self.aliases,
-                "versions": [v.as_dict() for v in self.versions]}
+                "versions": [v.as_dict() for v in self.versions], "project": self.project}
 
 
 def serving_env(parameters: Mapping[str, str]) -> dict[str, str]:
@@ -146,10 +149,12 @@ class ModelRegistry:
     def create_from_training(self, name: str, training_id: str, status: str, run_id: str | None, *,
                              parameters: Mapping[str, str] | None = None, description: str = "",
                              framework: str | None = None, framework_version: str | None = None,
-                             kind: str = "training", lineage: Mapping[str, str] | None = None) -> ModelVersionInfo:
+                             kind: str = "training", lineage: Mapping[str, str] | None = None,
+                             project: str = DEFAULT_PROJECT) -> ModelVersionInfo:
         """A new version of `name` from a training's model (or a tuning's best trial, `kind="tuning"`).
         Refused unless it is COMPLETE."""
         _check_name(name)
+        self._claim(name, project)
         if not status.startswith("COMPLETE") or run_id is None:
             raise TrainingNotComplete(training_id, status, kind)
         run = self.tracking.get_run(run_id)
@@ -165,13 +170,15 @@ class ModelRegistry:
         lineage = {f"{kind}_id": training_id, "run_id": run_id, "experiment_id": run.experiment_id, **(lineage or {})}
         return self._create(name, f"{run.artifact_uri.rstrip('/')}/{MODEL_ARTIFACT}", run_id,
                             framework or found_fw, framework_version or found_ver,
-                            parameters or {}, lineage, description, signature, runtime)
+                            parameters or {}, lineage, description, signature, runtime, project)
 
     def create_from_directory(self, name: str, model_dir: Path, origin_uri: str, *,
                               parameters: Mapping[str, str] | None = None, description: str = "",
-                              framework: str | None = None, framework_version: str | None = None) -> ModelVersionInfo:
+                              framework: str | None = None, framework_version: str | None = None,
+                              project: str = DEFAULT_PROJECT) -> ModelVersionInfo:
         """A new version from an external artifact already staged in `model_dir` (copied into MLflow)."""
         _check_name(name)
+        self._claim(name, project)
         if not model_dir.exists() or (model_dir.is_dir() and not any(model_dir.iterdir())):
             raise SpecError("artifact_uri", origin_uri, "a directory (or file) holding the model; it is empty")
         found_fw, found_ver = detect_framework(model_dir) if model_dir.is_dir() else ("custom", "")
@@ -190,12 +197,27 @@ class ModelRegistry:
         run = self.tracking.get_run(run_id)
         return self._create(name, f"{run.artifact_uri.rstrip('/')}/{MODEL_ARTIFACT}", run_id,
                             framework or found_fw, framework_version or found_ver, parameters or {},
-                            {"origin_uri": origin_uri, "run_id": run_id}, description, signature, runtime)
+                            {"origin_uri": origin_uri, "run_id": run_id}, description, signature, runtime, project)
+
+    def _claim(self, name: str, project: str) -> None:
+        """A new version of `name` goes to `project`: refused when the model is another project's."""
+        try:
+            if self.project_of(name) != project:
+                raise AlreadyExists("model", name)  # names are the platform's: the other one keeps it
+        except ModelNotFound:
+            pass
+
+    def project_of(self, name: str) -> str:
+        try:
+            rm = self.client.get_registered_model(name)
+        except MlflowException as exc:
+            raise ModelNotFound(name) from exc
+        return (rm.tags or {}).get(TAG_PROJECT, DEFAULT_PROJECT)
 
     def _create(self, name, source, run_id, framework, framework_version, parameters, lineage, description,
-                signature=None, runtime=None):
+                signature=None, runtime=None, project=DEFAULT_PROJECT):
         try:
-            self.client.create_registered_model(name)
+            self.client.create_registered_model(name, tags={TAG_PROJECT: project})
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
@@ -214,8 +236,10 @@ class ModelRegistry:
 
     # -- reading -------------------------------------------------------------------------------
 
-    def list(self) -> list[ModelInfo]:
-        return [self.get(m.name, with_versions=True) for m in self.client.search_registered_models(max_results=1000)]
+    def list(self, projects: list[str] | None = None) -> list[ModelInfo]:
+        """Every model, or those of `projects`."""
+        found = [self.get(m.name, with_versions=True) for m in self.client.search_registered_models(max_results=1000)]
+        return found if projects is None else [m for m in found if m.project in projects]
 
     def get(self, name: str, with_versions: bool = True) -> ModelInfo:
         try:
@@ -228,7 +252,8 @@ class ModelRegistry:
             versions = sorted((replace(self._info(v), aliases=sorted(a for a, ver in aliases.items() if ver == str(v.version)))
                                for v in self.client.search_model_versions(f"name = '{name}'")),
                               key=lambda v: int(v.version))
-        return ModelInfo(rm.name, rm.description or "", aliases, versions)
+        return ModelInfo(rm.name, rm.description or "", aliases, versions,
+                         (rm.tags or {}).get(TAG_PROJECT, DEFAULT_PROJECT))
 
     def get_version(self, name: str, version: str | int) -> ModelVersionInfo:
         try:

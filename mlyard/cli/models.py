@@ -8,9 +8,8 @@ from typing import Any, Optional
 
 import typer
 
-from core.errors import SpecError
-from core.names import TAG_BEST_RUN_ID, TAG_KIND, TAG_TUNING_ID
-from mlyard.cli.common import JSON, ask, emit, guard, out, parse_sets, platform, typer_app
+from mlyard.cli.common import JSON, ask, emit, err, guard, out, parse_sets, typer_app
+from mlyard.commands import act
 
 app = typer_app("The model registry (MLflow): models, versions, aliases.")
 
@@ -49,44 +48,21 @@ def models_create(
     as_json: bool = JSON,
 ) -> None:
     """Create a model version from a COMPLETE training, a COMPLETE tuning's best trial, or an external artifact."""
-    import tempfile
-
     def go():
-        from core.links import model_links
-        from core.uris import absolute
-        from mlyard.trainings import get_training
+        uri = artifact_uri
+        if uri is not None:
+            from core.settings import Settings
+            from core.uris import absolute
 
-        if sum(map(bool, (from_training, from_tuning, artifact_uri))) != 1:
-            raise SpecError("--from-training/--from-tuning/--artifact-uri", None, "give exactly one of them")
-        parameters = {k: str(v) for k, v in parse_sets(params).items()}
-        p = platform()
-        if from_tuning:
-            from mlyard.tunings import get_tuning
+            uri = absolute(uri, Path.cwd())
+            if Settings().api_key is not None:  # a member's folder: uploaded to their project first
+                from mlyard.uploads import shipped
 
-            t = get_tuning(from_tuning)  # the whole id: from_tuning may be a unique prefix of it
-            parent = p.tracking.find_run({TAG_TUNING_ID: t.id, TAG_KIND: "tuning"})
-            best = p.tracking.get_run(parent).tags.get(TAG_BEST_RUN_ID) if parent else None
-            best = None if best in (None, "None") else best
-            mv = p.models.create_from_training(name, t.id, t.status, best, parameters=parameters,
-                                               description=description, framework=framework,
-                                               framework_version=framework_version, kind="tuning",
-                                               lineage={"best_trial_run_id": best or ""})
-        elif from_training:
-            t = get_training(from_training)  # the whole id: from_training may be a unique prefix of it
-            run = p.tracking.find_training_run(t.id)
-            mv = p.models.create_from_training(name, t.id, t.status, run.run_id if run else None,
-                                               parameters=parameters, description=description,
-                                               framework=framework, framework_version=framework_version)
-        else:
-            uri = absolute(artifact_uri, Path.cwd())
-            with tempfile.TemporaryDirectory() as tmp:
-                local = p.storage.stage_in(uri, Path(tmp) / "model", "--artifact-uri")
-                mv = p.models.create_from_directory(name, local, uri, parameters=parameters,
-                                                    description=description, framework=framework,
-                                                    framework_version=framework_version)
-        if alias:
-            mv = p.models.set_alias(name, alias, mv.version)
-        return {**mv.as_dict(), "links": model_links(p.settings, mv.name, mv.version, mv.lineage)}
+                uri = shipped("--artifact-uri", uri, Settings(), lambda line: err.print(line, markup=False,
+                                                                                        highlight=False))
+        return act("models_create", name=name, from_training=from_training, from_tuning=from_tuning,
+                   artifact_uri=uri, framework=framework, framework_version=framework_version,
+                   parameters={k: str(v) for k, v in parse_sets(params).items()}, description=description, alias=alias)
 
     emit(guard(go), as_json)
 
@@ -129,14 +105,14 @@ def models_show(ref: str = typer.Argument(..., help="name, name/version or name@
 @app.command("rename")
 def models_rename(name: str, new_name: str) -> None:
     """Rename a model."""
-    guard(lambda: platform().models.rename(name, new_name))
+    guard(lambda: act("models_rename", name=name, new_name=new_name))
     out.print(f"renamed {name} -> {new_name}")
 
 
 @app.command("describe")
 def models_describe(name: str, description: str, version: Optional[str] = typer.Option(None, help="Describe this version only.")) -> None:
     """Set the description of a model (or of one version)."""
-    guard(lambda: platform().models.describe(name, description, version))
+    guard(lambda: act("models_describe", name=name, description=description, version=version))
     out.print("updated")
 
 
@@ -145,14 +121,8 @@ def models_alias(name: str, alias: str, version: Optional[str] = typer.Argument(
                  delete: bool = typer.Option(False, "--delete", help="Remove the alias.")) -> None:
     """Point an alias (e.g. champion) at a version, or remove it."""
     def go():
-        p = platform()
-        if delete:
-            p.models.delete_alias(name, alias)
-            return f"removed alias {alias} of {name}"
-        if version is None:
-            raise SpecError("version", None, "the version the alias points at")
-        p.models.set_alias(name, alias, version)
-        return f"{name}@{alias} -> version {version}"
+        act("models_alias", name=name, alias=alias, version=version, delete=delete)
+        return f"removed alias {alias} of {name}" if delete else f"{name}@{alias} -> version {version}"
 
     out.print(guard(go))
 
@@ -160,5 +130,5 @@ def models_alias(name: str, alias: str, version: Optional[str] = typer.Argument(
 @app.command("delete")
 def models_delete(name: str, version: Optional[str] = typer.Option(None, help="Delete only this version.")) -> None:
     """Delete a model or a version; refused while an endpoint serves it."""
-    guard(lambda: platform().models.delete(name, version))
+    guard(lambda: act("models_delete", name=name, version=version))
     out.print(f"deleted {name}" + (f" version {version}" if version else ""))

@@ -90,7 +90,7 @@ def test_each_member_works_in_their_project_and_cannot_see_or_touch_the_others(t
     for args in (("templates", "show", "a-t"), ("templates", "delete", "a-t"), ("templates", "copy", "a-t", "b-t")):
         _refused(bob(*args), "'a-t' not found")
     _refused(bob("--project", "team-a", "trainings", "list"), "project 'team-a' not found")
-    _refused(bob("models", "list"), "bob is no admin")  # not yet scoped by project: an admin's alone
+    _refused(bob("experiments", "list"), "bob is no admin")  # not yet scoped by project: an admin's alone
     _refused(bob("projects", "show", "team-a"), "not found")
     assert [p["name"] for p in bob.json("projects", "list")] == ["team-b"]
     _refused(bob("users", "create", "mallory"), "bob is no admin")
@@ -141,17 +141,32 @@ def test_each_member_works_in_their_project_and_cannot_see_or_touch_the_others(t
     algo.chmod(0o755)
     (algo / "main.py").write_text("import os\nprint('appkey=' + os.environ['EM_APPKEY'], 'user=' + os.environ['EM_USER'])\n")
     py = alice.python("import mlyard; s = mlyard.train({'name': 'whose', 'source_uri': 'whose', 'entry_point': "
-                      "'main.py'}); print(s.id)")
+                      "'main.py'}); print(s.id); print(s.wait(timeout=120)['status'])")
     assert py.returncode == 0, py.stderr
-    whose_id = py.stdout.split()[0]
-    deadline = time.monotonic() + 120
-    while (status := alice.json("trainings", "show", whose_id)["status"]) not in ("COMPLETE", "FAIL TRAIN", "CREATE FAILED"):
-        assert time.monotonic() < deadline, status
-        time.sleep(1)
+    whose_id, status = py.stdout.split()[-2:]
     assert status == "COMPLETE"
     records = [json.loads(line) for line in _ok(owner("logs", "--training", whose_id, "--json")).splitlines()]
     assert any("appkey=team-a user=alice" in r["body"] for r in records), records
     assert {(r.get("easymakerAppKey"), r.get("user")) for r in records} == {("team-a", "alice")}
+
+    # models: bob registers his training's; for alice and carol it does not exist, nor his trainings
+    deadline = time.monotonic() + 180
+    while (status := bob.json("trainings", "show", first["id"])["status"]) != "COMPLETE":
+        assert time.monotonic() < deadline and status in ("CREATE REQUESTED", "CREATE IN PROGRESS", "RUNNING",
+                                                           "COMPLETE IN PROGRESS"), status
+        time.sleep(1)
+    made = bob.json("models", "create", "b-model", "--from-training", first["id"][:8], "--alias", "champion")
+    assert made["project"] == "team-b" and made["aliases"] == ["champion"]
+    assert [m["name"] for m in bob.json("models", "list")] == ["b-model"]
+    assert alice.json("models", "list") == [] and carol.json("models", "list") == []
+    for args in (("models", "show", "b-model"), ("models", "show", "b-model@champion"),
+                 ("models", "alias", "b-model", "stolen", "1"), ("models", "delete", "b-model"),
+                 ("models", "rename", "b-model", "mine"), ("models", "describe", "b-model", "mine")):
+        _refused(alice(*args), "model 'b-model' not found")
+    _refused(alice("models", "create", "b-model", "--from-training", whose_id), "already exists")
+    _refused(alice("models", "create", "a-model", "--from-training", first["id"]), "not found")
+    _refused(bob("models", "delete", "b-model"), "bob is editor in project 'team-b'", "needs owner")
+    assert "b-model" in [m["name"] for m in json.loads(_ok(owner("models", "list", "--json")))]
 
     stopped = alice.json("trainings", "stop", run_id)
     assert stopped["status"] in ("STOP IN PROGRESS", "STOPPED", "COMPLETE")
