@@ -19,7 +19,7 @@ from flows.endpoint import (
 from flows.platform import Platform
 from registry.endpoints import Endpoints
 from tasks.endpoints import check_stage
-from tasks.orchestration import run_name
+from tasks.orchestration import run_name, run_project
 
 
 @flow(name=FLOW_DEPLOY_ENDPOINT, flow_run_name=run_name(FLOW_DEPLOY_ENDPOINT),
@@ -29,7 +29,7 @@ def deploy_endpoint(spec: EndpointSpec) -> EndpointResult:
     eps = Endpoints(p.catalog)
     # 1. Check.
     versions = check_stage(eps, p.models, spec.stage, "stage", new_endpoint=spec.name)
-    # 2. Record.
-    eps.create(spec, versions)
+    # 2. Record, in the project of the run (the platform tagged it).
+    eps.create(spec, versions, run_project())
     deploy_stage(p, eps, spec.name, spec.stage.name, creating=True)
     return with_urls(p, eps, spec.name)

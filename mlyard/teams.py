@@ -194,8 +194,14 @@ def projects_create(name: str, description: str = "", gpus: int | None = None, c
 
 @audited("project.quota", lambda a: f"project {a.get('name')}", _project_arg)
 def projects_set_quota(name: str, **quota: Any) -> dict[str, Any]:
-    """Change a project's quota (`gpus`, `cpus`, `max_runs`; None: no limit)."""
+    """Change a project's quota (`gpus`, `cpus`, `max_runs`) and its endpoints' request rate limits
+    (`rate_limit`, `key_rate_limit`, a second); a field given as None: no limit."""
+    from core.errors import SpecError
+
     _admin(current(), "changing a project's quota")
+    unknown = set(quota) - {"gpus", "cpus", "max_runs", "rate_limit", "key_rate_limit"}
+    if unknown:
+        raise SpecError("quota", sorted(unknown), "gpus, cpus, max_runs, rate_limit or key_rate_limit")
     return teams().set_quota(name, **quota)
 
 

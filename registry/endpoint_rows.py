@@ -96,7 +96,7 @@ def end_history(s: Session, endpoint: str, stage: str, resources: list[StageReso
 
 def endpoint_view(ep: Endpoint) -> dict[str, Any]:
     default = next((st.name for st in ep.stages if st.is_default), None)
-    return {"id": ep.id, "name": ep.name, "description": ep.description, "public": ep.public,
+    return {"id": ep.id, "name": ep.name, "project": ep.project, "description": ep.description, "public": ep.public,
             "max_request_bytes": ep.max_request_bytes, "status": ep.status,
             "reason": ep.reason, "default_stage": default, "created_at": ep.created_at.isoformat(),
             "stages": [{"id": st.id, "name": st.name, "default": st.is_default, "description": st.description,

@@ -80,13 +80,13 @@ class Endpoints:
 
     # -- creating ---------------------------------------------------------------------------------
 
-    def create(self, spec: EndpointSpec, versions: list[Version]) -> dict[str, Any]:
-        """Record an endpoint and its default stage, CREATE REQUESTED; `versions` are the stage
+    def create(self, spec: EndpointSpec, versions: list[Version], project: str = "default") -> dict[str, Any]:
+        """Record an endpoint of `project` and its default stage, CREATE REQUESTED; `versions` are the stage
         resources' model versions, in order."""
         with self.catalog.session() as s:
             if s.scalar(select(Endpoint).where(Endpoint.name == spec.name)) is not None:
                 raise AlreadyExists("endpoint", spec.name)
-            ep = Endpoint(name=spec.name, description=spec.description, public=spec.public,
+            ep = Endpoint(name=spec.name, description=spec.description, public=spec.public, project=project,
                           max_request_bytes=spec.max_request_bytes, status="CREATE REQUESTED")
             ep.stages.append(new_stage(spec.stage, versions, default=True))
             s.add(ep)
@@ -307,6 +307,7 @@ class Endpoints:
             for endpoint, model in s.execute(select(ServingHistory.endpoint, ServingHistory.model_name).distinct()):
                 served.setdefault(endpoint, set()).add(model)
             return {ep.name: {"id": ep.id, "public": ep.public, "max_request_bytes": ep.max_request_bytes,
+                              "project": ep.project,
                               "served_models": sorted(served.get(ep.name, ())),
                               "shadow_tolerance": (((ep.promotion_policy or {}).get("gates") or {}).get("shadow")
                                                    or {}).get("tolerance"),

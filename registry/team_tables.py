@@ -49,6 +49,8 @@ class Project(Base):
     gpus: Mapped[int | None] = mapped_column(Integer, nullable=True)  # None: no limit
     cpus: Mapped[float | None] = mapped_column(Float, nullable=True)
     max_runs: Mapped[int | None] = mapped_column(Integer, nullable=True)  # concurrent runs
+    rate_limit: Mapped[float | None] = mapped_column(Float, nullable=True)  # requests/s to its endpoints, all callers
+    key_rate_limit: Mapped[float | None] = mapped_column(Float, nullable=True)  # requests/s of one key or token
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

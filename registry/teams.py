@@ -148,13 +148,18 @@ class Teams:
         return self.project(name)
 
     def set_quota(self, name: str, **quota: Any) -> dict[str, Any]:
-        """Change a project's quota: `gpus`, `cpus`, `max_runs` given (None: no limit)."""
+        """Change a project's quota: `gpus`, `cpus`, `max_runs`, and the gateway's `rate_limit` and
+        `key_rate_limit` (requests a second) given (None: no limit)."""
         _check_quota(quota.get("gpus"), quota.get("cpus"), quota.get("max_runs"))
+        for field in ("rate_limit", "key_rate_limit"):
+            value = quota.get(field)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+                raise SpecError(field, value, "requests a second, more than 0 (none: no limit)")
         with self.catalog.session() as s:
             row = s.get(Project, name)
             if row is None:
                 raise ProjectNotFound(name)
-            for field in ("gpus", "cpus", "max_runs"):
+            for field in ("gpus", "cpus", "max_runs", "rate_limit", "key_rate_limit"):
                 if field in quota:
                     setattr(row, field, quota[field])
         return self.project(name)
@@ -227,6 +232,22 @@ class Teams:
             s.execute(delete(ProjectMember).where(ProjectMember.project == name))
             s.delete(row)
 
+    def gateway_view(self) -> dict[str, Any]:
+        """What the gateway checks an API key and counts a request with, read in one go: the active keys
+        (id -> secret hash, user, expiry as epoch seconds), each user's admin flag and projects, and each
+        project's rate limits (requests a second for all its endpoints' calls, and per caller)."""
+        now = utcnow()
+        with self.catalog.session() as s:
+            roles: dict[str, set[str]] = {}
+            for m in s.scalars(select(ProjectMember)):
+                roles.setdefault(m.user, set()).add(m.project)
+            users = {u.name: (u.admin, frozenset(roles.get(u.name, ()))) for u in s.scalars(select(User))}
+            keys = {k.key_id: (k.secret_hash, k.user, _expiry(k)) for k in
+                    s.scalars(select(ApiKey).where(ApiKey.revoked_at.is_(None))) if _key_state(k, now) == "active"}
+            limits = {p.name: (p.rate_limit, p.key_rate_limit) for p in s.scalars(select(Project))
+                      if p.rate_limit or p.key_rate_limit}
+        return {"keys": keys, "users": users, "limits": limits}
+
     # -- the audit trail -----------------------------------------------------------------------------------
 
     def record(self, actor: Actor, action: str, resource: str, result: str, project: str | None = None,
@@ -262,9 +283,14 @@ def _key_state(k: ApiKey, now: datetime) -> str:
     return "active"
 
 
+def _expiry(k: ApiKey) -> float:
+    expires = _aware(k.expires_at)
+    return expires.timestamp() if expires is not None else float("inf")
+
+
 def _project(p: Project) -> dict[str, Any]:
     return {"name": p.name, "description": p.description, "gpus": p.gpus, "cpus": p.cpus, "max_runs": p.max_runs,
-            "created_at": _iso(p.created_at)}
+            "rate_limit": p.rate_limit, "key_rate_limit": p.key_rate_limit, "created_at": _iso(p.created_at)}
 
 
 def _check_quota(gpus: Any, cpus: Any, max_runs: Any) -> None:

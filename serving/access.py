@@ -53,10 +53,13 @@ def is_internal(internal: bytes | None, headers: list[tuple[bytes, bytes]]) -> b
     return value is not None and hmac.compare_digest(value, internal)
 
 
-def token_problem(internal: bytes | None, ep: dict[str, Any], scope: dict) -> str | None:
+def token_problem(internal: bytes | None, ep: dict[str, Any], scope: dict,
+                  members: dict[str, Any] | None = None) -> str | None:
     """Why a request may not pass to the endpoint `ep` (its tokens as the gateway read them from the
     catalog), or None. Only the headers are read: the body is never touched before this passes.
-    `internal` is the platform's own Authorization header (a RAG's query service asking its LLM)."""
+    `internal` is the platform's own Authorization header (a RAG's query service asking its LLM);
+    `members`, the catalog's users' API keys (registry/teams.py gateway_view): a key of a user with a role
+    in the endpoint's project (or an admin's) passes too."""
     if is_internal(internal, scope["headers"]):
         return None
     value = next((v for k, v in scope["headers"] if k == b"authorization"), None)
@@ -66,6 +69,8 @@ def token_problem(internal: bytes | None, ep: dict[str, Any], scope: dict) -> st
     expires = passed.get(value)
     if expires is not None and expires > time.time():
         return None
+    if value is not None and value.startswith(b"Bearer mly_") and members is not None:
+        return _key_problem(value, ep, members, passed)
     from registry.endpoints import token_from_header
 
     token = token_from_header(value.decode("latin-1") if value is not None else None)
@@ -83,6 +88,39 @@ def token_problem(internal: bytes | None, ep: dict[str, Any], scope: dict) -> st
     if len(passed) < 4096:
         passed[value] = expires
     return None
+
+
+def _key_problem(value: bytes, ep: dict[str, Any], members: dict[str, Any], passed: dict) -> str | None:
+    from core.access import DEFAULT_PROJECT, secret_matches, split_key
+    from core.errors import Unauthenticated
+
+    try:
+        key_id, secret = split_key(value[len(b"Bearer "):].decode("latin-1"))
+    except Unauthenticated as exc:
+        return str(exc)
+    found = members["keys"].get(key_id)
+    if found is None or not secret_matches(secret, found[0]) or found[2] <= time.time():
+        return "this API key is unknown, expired or revoked"
+    admin, projects = members["users"].get(found[1], (False, frozenset()))
+    if not admin and ep.get("project", DEFAULT_PROJECT) not in projects:
+        return "the API key is not valid for this endpoint"
+    if len(passed) < 4096:
+        passed[value] = found[2]
+    return None
+
+
+def over_limit(shared: Any, ep: dict[str, Any], limits: tuple[float | None, float | None],
+               headers: list[tuple[bytes, bytes]]) -> float:
+    """Seconds until a request to `ep` may pass its project's rate limits (0.0: now): all its endpoints' calls
+    together, and each caller's (by the key or token it sends). The platform's own calls are not counted."""
+    if is_internal(shared.internal, headers):
+        return 0.0
+    now, (rate, per_caller) = time.monotonic(), limits
+    wait = shared.buckets.take(b"p\0" + ep["project"].encode(), rate, now) if rate else 0.0
+    caller = next((v for k, v in headers if k == b"authorization"), None)
+    if per_caller and caller is not None and not wait:
+        wait = shared.buckets.take(b"k\0" + caller, per_caller, now)
+    return wait
 
 
 # What a replica answers without the replicas' credential: liveness and readiness, which the gateway's and

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import socket
 import time
@@ -33,7 +34,15 @@ from typing import Any
 
 from core.connection import REPLICA_HEADER, replica_token
 from serving import asgi
-from serving.access import RETRY_AFTER, error_body, is_internal, route_error, token_problem, unknown_endpoint
+from serving.access import (
+    RETRY_AFTER,
+    error_body,
+    is_internal,
+    over_limit,
+    route_error,
+    token_problem,
+    unknown_endpoint,
+)
 from serving.endpoint_stats import EndpointStats
 from serving.fastserver import Refusal
 from serving.gateway_admin import admin
@@ -76,6 +85,7 @@ class Gateway:
         self._rechecked = float("-inf")  # when a request that found no healthy replica last had the table read
         self.loaded = False  # the routing table read once: until then no endpoint is known to be unknown
         self._endpoints_api: Any = None
+        self._members: dict[str, Any] | None = None
         self._routes: dict[str, Any] = {}
         self.autoscale_seconds = autoscale_seconds
         self.scaling = Autoscaler(self.shared)
@@ -92,8 +102,10 @@ class Gateway:
         endpoints = self._endpoints_api.routing() if self._endpoints_api is not None else {}
         if self._endpoints_api is not None:
             from registry.rags import Rags
+            from registry.teams import Teams
 
             endpoints.update(Rags(self._endpoints_api.catalog).routing(endpoints))
+            self._members = Teams(self._endpoints_api.catalog).gateway_view()
         return endpoints, files.wanted(self.shared.home) + files.on_cluster(endpoints), files.states(self.shared.home)
 
     async def refresh(self) -> None:
@@ -120,6 +132,8 @@ class Gateway:
                 if gone.active:  # its answers are still coming: a flow that stops it waits for them (drain)
                     self.shared.draining[gone.key] = gone
             self.shared.endpoints, self.loaded = endpoints, True
+            if self._members is not None:
+                self.shared.members = self._members
             for (endpoint, stage), members in groups.items():
                 self.shared.router.set_stage(endpoint, stage, [Replica(url, w.model, healthy=self._routable(url))
                                                         for w, url in members])
@@ -219,7 +233,7 @@ class Gateway:
         if ep is None:
             return unknown_endpoint(route, self.loaded)
         if not ep["public"]:
-            why = token_problem(self.shared.internal, ep, {"headers": headers})
+            why = token_problem(self.shared.internal, ep, {"headers": headers}, self.shared.members)
             if why is not None:
                 return 401, route_error(route, 401, why), [(b"www-authenticate", b"Bearer")]
         return ep.get("max_request_bytes") or self.shared.max_body
@@ -270,8 +284,13 @@ class Gateway:
         if ep is None:
             status, body, headers = unknown_endpoint(route, self.loaded)
             return await asgi.reply(send, status, body, headers=headers)
-        if not ep["public"] and (why := token_problem(self.shared.internal, ep, scope)) is not None:
+        if not ep["public"] and (why := token_problem(self.shared.internal, ep, scope, self.shared.members)) is not None:
             return await asgi.reply(send, 401, route_error(route, 401, why), headers=[(b"www-authenticate", b"Bearer")])
+        if (limits := self.shared.members["limits"].get(ep.get("project"))) is not None and (
+                wait := over_limit(self.shared, ep, limits, scope["headers"])):
+            return await asgi.reply(send, 429, route_error(route, 429, f"over project {ep.get('project')}'s request "
+                                                           f"rate limit; retry in {wait:.2f} s"),
+                                    headers=[(b"retry-after", str(max(1, math.ceil(wait))).encode())])
         route = self.shared.router.for_default(route, ep.get("served_models") or ())
         split = self.shared.splits.get(route.endpoint)
         route, fallback, shadow = self._shared_out(route, split, scope)

@@ -18,6 +18,7 @@ from typing import Any
 from serving.endpoint_stats import EndpointStats
 from serving.health import Health
 from serving.proxy import Pool
+from serving.ratelimit import Buckets
 from serving.routing import Router
 from serving.traffic import LiveCounts, Split
 
@@ -57,3 +58,6 @@ class Shared:
     max_mirrors: int = 64  # shadow copies in flight at most; beyond, a shadow share skips requests
     in_flight: int = 0
     started: float = field(default_factory=time.time)
+    # the catalog's view of users' API keys, their projects and the projects' rate limits (registry/teams.py)
+    members: dict[str, Any] = field(default_factory=lambda: {"keys": {}, "users": {}, "limits": {}})
+    buckets: Buckets = field(default_factory=Buckets)  # requests a second, by project and by caller

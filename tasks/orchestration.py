@@ -295,6 +295,13 @@ def owner_tags() -> list[str]:
     return [t for t in ctx.flow_run.tags or () if t.startswith((PROJECT_TAG, USER_TAG))]
 
 
+def run_project() -> str:
+    """The project of the flow run this process runs (`default` outside one, or for runs from before)."""
+    from core.access import project_of_tags
+
+    return project_of_tags(owner_tags())
+
+
 def appkey_env() -> dict[str, str]:
     """What a user's script is told of whose it is, as EasyMaker tells it: EM_APPKEY, the project the run
     belongs to (and EM_USER, who started it)."""

@@ -116,9 +116,16 @@ def projects_remove_member(project: str, user: str, as_json: bool = JSON) -> Non
 @projects_app.command("set-quota")
 def projects_set_quota(name: str, gpus: Optional[int] = typer.Option(None, "--gpus", min=0),
                        cpus: Optional[float] = typer.Option(None, "--cpus", min=0),
-                       max_runs: Optional[int] = typer.Option(None, "--max-runs", min=0), as_json: bool = JSON) -> None:
-    """Change a project's quota (an admin's); the options given change, the rest stay."""
-    quota = {k: v for k, v in (("gpus", gpus), ("cpus", cpus), ("max_runs", max_runs)) if v is not None}
+                       max_runs: Optional[int] = typer.Option(None, "--max-runs", min=0),
+                       rate_limit: Optional[float] = typer.Option(None, "--rate-limit", help="Requests a second to "
+                                                                  "the project's endpoints, all callers together."),
+                       key_rate_limit: Optional[float] = typer.Option(None, "--key-rate-limit", help="Requests a "
+                                                                      "second of one caller's key or token."),
+                       as_json: bool = JSON) -> None:
+    """Change a project's quota and its endpoints' rate limits (an admin's); the options given change, the
+    rest stay. Over a rate limit the gateway answers 429 with Retry-After."""
+    quota = {k: v for k, v in (("gpus", gpus), ("cpus", cpus), ("max_runs", max_runs), ("rate_limit", rate_limit),
+                               ("key_rate_limit", key_rate_limit)) if v is not None}
     emit(guard(lambda: act("projects_set_quota", name=name, **quota)), as_json)
 
 

@@ -211,6 +211,50 @@ def test_deploy_routes_tokens_and_stats(endpoint, settings):
     api.delete("other")
 
 
+def test_a_users_api_key_calls_their_projects_endpoints_and_a_projects_rate_limit_holds(endpoint, settings):
+    """The real gateway reads users' keys and projects' limits from the catalog (each second): a key of a
+    member of the endpoint's project calls it, another project's member's does not, a revoked key stops
+    within a catalog read, and over the project's per-caller limit the answer is 429 with Retry-After."""
+    from core.connection import gateway_url
+    from registry.catalog import Catalog
+    from registry.endpoints import Endpoints
+    from registry.teams import Teams
+
+    catalog = Catalog(settings.catalog_db_url)
+    assert Endpoints(catalog).get("fraud")["project"] == "default"  # the project its deploy run was made in
+    teams = Teams(catalog)
+    teams.create_project("gw-other")
+    (viewer, key), (_, other) = teams.create_user("gw-viewer"), teams.create_user("gw-stranger")
+    teams.set_member("default", "gw-viewer", "viewer")
+    teams.set_member("gw-other", "gw-stranger", "owner")
+    url = f"{gateway_url(settings)}/fraud/clf/v1/models/clf:predict"
+
+    def status(token: str) -> int:
+        return call(url, token)[0]
+
+    deadline = time.time() + 10
+    while status(key) != 200:  # the gateway's next read of the catalog
+        assert time.time() < deadline
+        time.sleep(0.2)
+    assert status(other) == 401
+    try:
+        teams.set_quota("default", key_rate_limit=2.0)
+        deadline = time.time() + 10
+        while True:
+            got = [call(url, key) for _ in range(4)]
+            if got[-1][0] == 429 or time.time() > deadline:
+                break
+            time.sleep(0.5)
+        assert got[-1][0] == 429 and "rate limit" in json.dumps(got[-1][1]), got
+    finally:
+        teams.set_quota("default", key_rate_limit=None)
+    teams.revoke(viewer["key_id"])
+    deadline = time.time() + 10
+    while status(key) != 401:
+        assert time.time() < deadline
+        time.sleep(0.2)
+
+
 def test_rules_are_refused_in_one_line(endpoint, platform, tmp_path):
     import mlyard.endpoints as api
     from core.errors import AlreadyExists, ModelInUse, Protected, SpecError
