@@ -186,6 +186,11 @@ def run(action: Action, spec: Any, *, sets: dict[str, Any] | None = None, submit
         check_gpu_slots(spec, settings)
     if submit and pool == "gpu":
         check_cluster(spec)
+    if member:  # their role and their project's quota, before anything is uploaded
+        from mlyard.warm_api import post, signed_in_api
+
+        post(signed_in_api(settings), "/v1/queries/run_check", {"flow": action.deployment,
+                                                                  "spec": spec.model_dump(mode="json")})
     if (submit and pool == "gpu") or member:  # local inputs uploaded where the run reads them (or refused)
         from mlyard.uploads import for_cluster
 

@@ -93,6 +93,7 @@ def member_parameters(deployment: str, parameters: dict[str, Any], project: str)
     from core.names import FLOW_TRAIN, FLOW_TUNE
     from core.specs import TrainingSpec, TuningSpec, load_spec
     from mlyard.project_storage import confine
+    from mlyard.teams import check_quota
 
     flow = deployment.split("/", 1)[0]
     models: dict[str, type[BaseModel]] = {FLOW_TRAIN: TrainingSpec, FLOW_TUNE: TuningSpec}
@@ -102,6 +103,7 @@ def member_parameters(deployment: str, parameters: dict[str, Any], project: str)
     spec = load_spec(model, parameters.get("spec"), source="spec")
     settings = connect()
     confine(spec, project, settings)
+    check_quota(spec, project)
     if isinstance(spec, TuningSpec) and spec.template is not None:
         from core.errors import TemplateNotFound
         from mlyard.teams import catalog
@@ -171,11 +173,12 @@ def run_here(flow: str, spec: Any, fail: str) -> Any:
     from prefect import tags
 
     from core.access import current, run_tags
-    from mlyard.teams import acting_editor
+    from mlyard.teams import acting_editor, check_quota
     from tasks.orchestration import prompt_flow_ends
 
     module, name = flow.split(":")
     project = acting_editor("starting work")
+    check_quota(spec, project)
     function = getattr(importlib.import_module(module), name)
     if not CONSOLE_TRACEBACKS["on"]:
         _console_without_tracebacks()

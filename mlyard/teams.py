@@ -99,6 +99,39 @@ def _project_arg(a: dict[str, Any]) -> str | None:
     return a.get("project") or a.get("name")
 
 
+def check_quota(spec: Any, project: str) -> None:
+    """Refuse a training or tuning asking more at once than its project's quota holds (it would wait for
+    ever): GPUs (every node's) and CPUs of one run."""
+    from core.errors import SpecError
+
+    training = getattr(spec, "training", None) or spec
+    resources = getattr(training, "resources", None)
+    if resources is None:
+        return
+    quota = teams().project(project)
+    field = "training.resources" if training is not spec else "resources"
+    gpus = resources.gpu_count * getattr(training, "nodes", 1)
+    if quota["gpus"] is not None and gpus > quota["gpus"]:
+        raise SpecError(f"{field}.gpu_count", resources.gpu_count, f"at most {quota['gpus']} GPU(s) in all: project "
+                        f"{project}'s quota (an admin raises it: `mlyard projects set-quota {project} --gpus N`)")
+    if quota["cpus"] and resources.cpu and resources.cpu > quota["cpus"]:
+        raise SpecError(f"{field}.cpu", resources.cpu, f"at most {quota['cpus']:g}: project {project}'s CPU quota "
+                        f"(an admin raises it: `mlyard projects set-quota {project} --cpus N`)")
+
+
+def run_check(flow: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """What a member's command asks before it uploads anything: may they start a `flow` run of `spec` in the
+    project they act in (their role, its quota)? {"project"}; the refusal otherwise."""
+    from core.names import FLOW_TRAIN, FLOW_TUNE
+    from core.specs import TrainingSpec, TuningSpec, load_spec
+
+    project = acting_editor("starting work")
+    model = {FLOW_TRAIN: TrainingSpec, FLOW_TUNE: TuningSpec}.get(flow)
+    if model is not None:
+        check_quota(load_spec(model, spec, source="spec"), project)  # type: ignore[arg-type]
+    return {"project": project}
+
+
 def acting_or_none(actor: Actor) -> str | None:
     """The project `actor` acts in, for a record; None when there is none (several, or none at all)."""
     try:
@@ -284,5 +317,5 @@ COMMANDS: dict[str, Callable[..., Any]] = {f.__name__: f for f in (
     users_create, users_add_key, users_revoke, users_delete, projects_create, projects_set_quota,
     projects_add_member, projects_remove_member, projects_delete)}
 QUERIES: dict[str, Callable[..., Any]] = {f.__name__: f for f in (
-    users_list, users_keys, whoami, projects_list, projects_show, audit)}
+    users_list, users_keys, whoami, projects_list, projects_show, audit, run_check)}
 

@@ -116,10 +116,13 @@ def launch(spec: TrainingSpec, dirs: Workdirs, python: str, region: str, engine_
     """Run the entry point to its end under the EasyMaker contract, its metrics streamed to the MLflow run,
     once it holds its GPU slots on this machine (tasks/gpu_slots.py)."""
     from core.settings import Settings
-    from tasks.gpu_slots import holding
+    from tasks.gpu_slots import holding, project_quota
+    from tasks.orchestration import run_project
 
     settings = Settings()
-    with holding(spec.resources.gpu_count * spec.nodes, settings, say=_sayer()):  # every node here
+    gpus = spec.resources.gpu_count * spec.nodes  # every node here
+    quota = project_quota(run_project(), gpus, spec.resources.cpu, settings)  # its project's, while it runs
+    with holding(gpus, settings, say=_sayer(), also=quota):
         return run_script(spec, dirs, python, region, {**os.environ, **engine_env}, log_path,
                           metric_sink=lambda batch: tracking.log_metrics(run_id, batch),
                           should_stop=should_stop, on_line=on_line, echo=echo, named_patterns=named_patterns,

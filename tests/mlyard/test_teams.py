@@ -259,3 +259,34 @@ def _post(url: str, path: str, body: dict, key: str) -> tuple[int, dict]:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
+
+
+def test_a_project_at_its_gpu_quota_queues_the_next_run_and_starts_it_when_a_slot_frees(team):
+    """One machine, no GPU: a project's quota is still its own limit (a Prefect global concurrency limit), so
+    its second 1-GPU training waits, says so in its log, and starts once the first gives the slot back."""
+    bob = team["bob"]
+    _ok(owner("projects", "set-quota", "team-b", "--gpus", "1"))
+    algo = bob.work / "slow"
+    algo.mkdir()
+    (algo / "main.py").write_text("import time\nprint('start', time.time(), flush=True)\ntime.sleep(4)\n"
+                                  "print('end', time.time(), flush=True)\n")
+    spec = "name: {name}\nsource_uri: slow\nentry_point: main.py\nresources:\n  gpu_count: 1\n"
+    (bob.work / "big.yaml").write_text(spec.format(name="big").replace("gpu_count: 1", "gpu_count: 2"))
+    _refused(bob("train", "-f", "big.yaml"), "resources.gpu_count", "project team-b's quota")
+    ids = []
+    for name in ("first", "second"):
+        (bob.work / f"{name}.yaml").write_text(spec.format(name=name))
+        ids.append(bob.json("train", "-f", f"{name}.yaml")["id"])
+    deadline = time.monotonic() + 180
+    while {bob.json("trainings", "show", i)["status"] for i in ids} != {"COMPLETE"}:
+        assert time.monotonic() < deadline
+        time.sleep(1)
+    times = {}
+    for i in ids:
+        lines = [json.loads(line)["body"] for line in _ok(owner("logs", "--training", i, "--json")).splitlines()]
+        times[i] = ([float(b.split()[1]) for b in lines if b.startswith("start ")][0],
+                    [float(b.split()[1]) for b in lines if b.startswith("end ")][0],
+                    any("waiting for 1 of project team-b's 1 GPU(s)" in b for b in lines))
+    (a_start, a_end, a_waited), (b_start, b_end, b_waited) = sorted(times.values())
+    assert b_start >= a_end and (a_waited or b_waited), times  # never both at once; the later one said why
+    _ok(owner("projects", "set-quota", "team-b", "--gpus", "8"))
