@@ -185,5 +185,10 @@ def run_tags(project: str, user: str) -> list[str]:
     return [f"{PROJECT_TAG}{project}", f"{USER_TAG}{user}"]
 
 
+def project_queue(queue: str, project: str) -> str:
+    """The Kueue LocalQueue of `project`'s runs beside the gpu pool's `queue` (the default project's is it)."""
+    return queue if project == DEFAULT_PROJECT else f"{queue}-{project}"
+
+
 def user_of_tags(tags: Iterable[str]) -> str | None:
     return next((t[len(USER_TAG):] for t in tags if t.startswith(USER_TAG)), None)

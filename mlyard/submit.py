@@ -66,8 +66,8 @@ def create_run(deployment: str, parameters: dict[str, Any], tags: list[str],
     what = f"deployment {deployment}"
     try:
         project = acting_editor("starting work")
-        if not actor.admin:
-            parameters = member_parameters(deployment, parameters, project)
+        if not actor.admin:  # the pod's job variables are the spec's own, never what a member's request says
+            parameters, job_variables = member_parameters(deployment, parameters, project)
     except MlyardError as exc:
         record(actor, "run.start", what, "refused", acting_or_none(actor), f"{type(exc).__name__}: {exc}")
         raise
@@ -81,10 +81,12 @@ def create_run(deployment: str, parameters: dict[str, Any], tags: list[str],
     return {"id": str(fr.id), "name": fr.name}
 
 
-def member_parameters(deployment: str, parameters: dict[str, Any], project: str) -> dict[str, Any]:
+def member_parameters(deployment: str, parameters: dict[str, Any], project: str
+                      ) -> tuple[dict[str, Any], dict[str, Any]]:
     """A project member's run, checked before it is made: a training or a tuning (the kinds whose every input
     is checked here; the rest are an admin's for now), its spec valid, every location in it under the
-    project's storage (mlyard/project_storage.py), a template it names one of the project's."""
+    project's storage (mlyard/project_storage.py), a template it names one of the project's: (its
+    parameters, its job variables as its spec makes them)."""
     from pydantic import BaseModel
 
     from core.access import current
@@ -113,7 +115,8 @@ def member_parameters(deployment: str, parameters: dict[str, Any], project: str)
         if template.project != project:  # another project's does not exist for this run
             raise TemplateNotFound(spec.template)
         confine(template.spec, project, settings)
-    return {**parameters, "spec": spec.model_dump(mode="json")}
+    made = getattr(spec, "job_variables", None)
+    return {**parameters, "spec": spec.model_dump(mode="json")}, (made() if callable(made) else {})
 
 
 def final_state(run_id: str, timeout: float | None, poll_seconds: float = 0.5, what: str = "", then: str = "") -> Any:

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 import yaml
 
 from core.assets import infra
-from core.errors import StackError
+from core.errors import SpecError, StackError
 from core.specs.cluster import ClusterValues
 
 K8S = infra("k8s")
@@ -63,6 +63,38 @@ def render(values: ClusterValues) -> list[dict[str, Any]]:
             if obj["kind"] == "ConfigMap" and obj["metadata"]["name"] == "mlyard-config":
                 obj["data"]["MLYARD_KUEUE_QUEUE"] = values.kueue_queue
     return sorted(out, key=lambda o: (o["kind"] not in FIRST, FIRST.index(o["kind"]) if o["kind"] in FIRST else 0))
+
+
+COHORT = "mlyard"  # the gpu pool's ClusterQueue and every project's: idle quota is borrowed within it
+
+
+def project_queues(values: ClusterValues, projects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each project's Kueue queues beside the gpu pool's (values.kueue_queue): a ClusterQueue
+    `mlyard-<project>` whose nominal quota is the project's GPUs and CPUs (0 when it has none: it borrows
+    idle quota only), in the cohort of the pool's ClusterQueue, and the LocalQueue its runs' Jobs are
+    labelled with (core/access.py project_queue; tasks/orchestration.py sets it, never a caller)."""
+    from core.access import DEFAULT_PROJECT, project_queue
+
+    if not values.kueue_queue:
+        raise SpecError("kueue_queue", None, "the gpu pool's LocalQueue (Kueue installed): each project's queue "
+                        "is made beside it")
+    out: list[dict[str, Any]] = []
+    for p in projects:
+        if p["name"] == DEFAULT_PROJECT:  # its runs use the pool's own queue
+            continue
+        quota = [{"name": "cpu", "nominalQuota": p.get("cpus") or 0}, {"name": "memory", "nominalQuota": 0},
+                 {"name": "nvidia.com/gpu", "nominalQuota": p.get("gpus") or 0}]
+        cq = f"mlyard-{p['name']}"
+        out.append({"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ClusterQueue",
+                    "metadata": {"name": cq, "labels": {"mlyard.project": p["name"]}},
+                    "spec": {"cohortName": COHORT, "namespaceSelector": {}, "resourceGroups": [
+                        {"coveredResources": ["cpu", "memory", "nvidia.com/gpu"],
+                         "flavors": [{"name": "gpu", "resources": quota}]}]}})
+        out.append({"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "LocalQueue",
+                    "metadata": {"name": project_queue(values.kueue_queue, p["name"]), "namespace": values.namespace,
+                                 "labels": {"mlyard.project": p["name"]}},
+                    "spec": {"clusterQueue": cq}})
+    return out
 
 
 def _customize(obj: dict, values: ClusterValues, secret_names: dict[str, str | None]) -> dict:
@@ -313,8 +345,6 @@ def gpu_capacity(dyn) -> dict[str, int]:
 
 def check_gpus(field: str, gpu_count: int, gpu_type: str | None, capacity: dict[str, int]) -> None:
     """Refuse a GPU request no node of the cluster can hold (SpecError naming the field)."""
-    from core.errors import SpecError
-
     if gpu_count == 0:
         return
     if not capacity:

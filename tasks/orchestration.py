@@ -188,15 +188,19 @@ def cancel_flow_run(flow_run_id: str, reason: str) -> None:
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 
-def with_queue_label(job_variables: dict) -> dict:
+def with_queue_label(job_variables: dict, project: str = "default") -> dict:
     """The gpu pool's job variables with the Kueue queue label, when settings name a queue (kueue_queue):
-    Kueue then admits the Job against the pool's GPU quota."""
+    Kueue then admits the Job against the pool's GPU quota, or its project's (its own LocalQueue,
+    tasks/cluster.py `project_queues`). The platform sets it, over any label the caller gave."""
+    from core.access import project_queue
     from core.settings import Settings
 
     queue = Settings().kueue_queue
     if not queue:
         return job_variables
-    return {**job_variables, "labels": {**(job_variables.get("labels") or {}), KUEUE_QUEUE_LABEL: queue}}
+    return {**job_variables, "labels": {**(job_variables.get("labels") or {}),
+                                        KUEUE_QUEUE_LABEL: project_queue(queue, project)}}
+
 
 
 def run_name(flow: str) -> Callable[[], str]:
@@ -273,8 +277,10 @@ def submit(deployment: str, parameters: dict, job_variables: dict | None = None,
                              "local ones (and the gpu and cpu pools' with MLYARD_CLUSTER_POOLS=1, for a Kubernetes "
                              "worker you run); in production, `mlyard k8s apply --prefect-api-url URL`") from None
         pool = client.read_work_pool(found.work_pool_name) if found.work_pool_name else None
-    kept = pool_job_variables(pool, job_variables)
     tags = [*(tags or []), *(t for t in owner_tags() if t not in (tags or []))]  # a run's children are its project's
+    from core.access import project_of_tags
+
+    kept = pool_job_variables(pool, job_variables, project_of_tags(tags))
     template = RUN_NAMES.get(deployment.split("/", 1)[0])
     name = render_run_name(template, parameters) if template else None
     if name:  # its final name now: printed by the command, kept when the run starts (run_name)
@@ -327,17 +333,18 @@ def training_job_variables(client: Any, deployment_id: str, parameters: dict, po
     return pool_job_variables(pools[deployment_id], TrainingSpec.model_validate(parameters["spec"]).job_variables())
 
 
-def pool_job_variables(pool: Any, job_variables: dict | None) -> dict:
+def pool_job_variables(pool: Any, job_variables: dict | None, project: str = "default") -> dict:
     """What of a run's job variables its work pool takes: nothing on a process pool; on a Kubernetes pool
     all of them, `image` resolved (a registered image's address and its account's pull Secret) and, on the
-    gpu pool, the Kueue queue label. The one rule for runs made by mlyard (submit, the scheduler)."""
+    gpu pool, the Kueue queue label of the run's project. The one rule for runs made by mlyard (submit, the
+    scheduler)."""
     kept = dict(job_variables or {}) if pool is not None and pool.type == "kubernetes" else {}
     if kept.get("image"):
         from tasks.registry_secrets import pod_image
 
         kept = pod_image(kept)
     if pool is not None and pool.name == "gpu":
-        kept = with_queue_label(kept)
+        kept = with_queue_label(kept, project)
     return kept
 
 

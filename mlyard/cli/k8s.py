@@ -16,7 +16,7 @@ VALUES = typer.Option(None, "-f", "--values", help="Values file (YAML; fields in
                       "Without it: the dev overlay in namespace mlyard with the mlyard:0.1.0 image.")
 
 
-def _values(path: Optional[Path]):
+def values_of(path: Optional[Path]):
     from core.specs import load_spec_file
     from core.specs.cluster import ClusterValues
 
@@ -30,7 +30,7 @@ def render(values: Optional[Path] = VALUES,
     """Print (or write) every object of the install as YAML, ready for `kubectl apply --server-side`."""
     from tasks import cluster
 
-    objs = guard(lambda: cluster.render(_values(values)))
+    objs = guard(lambda: cluster.render(values_of(values)))
     if as_json:
         emit(objs, True)
         return
@@ -63,7 +63,7 @@ def apply(values: Optional[Path] = VALUES,
     from tasks import cluster
 
     def go() -> list[dict]:
-        vals = _values(values)
+        vals = values_of(values)
         objs = cluster.render(vals)
         dyn = cluster.dynamic_client(str(kubeconfig) if kubeconfig else None, context)
         namespaces = [o for o in objs if o["kind"] == "Namespace"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -189,3 +190,34 @@ def logout() -> None:
 def whoami(as_json: bool = JSON) -> None:
     """Who your commands act as: the user, admin or not, roles, the project."""
     emit(guard(lambda: ask("whoami")), as_json)
+
+
+@projects_app.command("queues")
+def projects_queues(values: Optional[Path] = typer.Option(None, "-f", "--values", help="The install's values file "
+                                                          "(core/specs/cluster.py); it names kueue_queue."),
+                    apply: bool = typer.Option(False, "--apply", help="Apply them (server-side) instead of printing."),
+                    kubeconfig: Optional[Path] = typer.Option(None, "--kubeconfig"),
+                    context: Optional[str] = typer.Option(None, "--context"), as_json: bool = JSON) -> None:
+    """Each project's Kueue queues on the cluster (an admin's): a ClusterQueue with the project's GPU and CPU
+    quota as its nominal quota, in the cohort of the gpu pool's (idle quota is borrowed), and the LocalQueue
+    the platform labels the project's Jobs with. Run it again after `projects create` or `set-quota`."""
+    from mlyard.cli.k8s import values_of
+    from tasks import cluster
+
+    def go() -> list[dict]:
+        me = ask("whoami")
+        if not me["admin"]:
+            from core.errors import Forbidden
+
+            raise Forbidden(me["name"], None, "making the projects' queues", "admin", None)
+        objs = cluster.project_queues(values_of(values), ask("projects_list"))
+        if not apply:
+            return objs
+        dyn = cluster.dynamic_client(str(kubeconfig) if kubeconfig else None, context)
+        return [a.__dict__ for a in cluster.apply(objs, dyn)]
+
+    done = guard(go)
+    if as_json or apply:
+        emit(done, as_json, None if as_json else ["kind", "name", "outcome"])
+        return
+    print(cluster.to_yaml(done), end="")
