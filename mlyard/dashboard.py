@@ -37,7 +37,15 @@ def collect(since: str | float | None = "24h", settings: Settings | None = None)
             "usage": {"notebooks_healthy": _healthy_notebooks(settings), **_completed(),
                       "endpoints_active": sum(1 for e in endpoints if e["status"] == "ACTIVE")},
             "monitoring": _monitoring(settings, start),
-            "resources": _resources(settings, endpoints, running)}
+            "resources": _resources(settings, endpoints, running),
+            "projects": _projects(endpoints, running),
+            "audit": _recent_audit()}
+
+
+def _recent_audit(n: int = 15) -> list[dict[str, Any]]:
+    from mlyard.teams import teams
+
+    return teams().audit(limit=n)
 
 
 def _endpoints(settings: Settings) -> list[dict[str, Any]]:
@@ -94,8 +102,25 @@ def _running_runs() -> list[dict[str, Any]]:
         flows = {f.id: f.name for f in client.read_flows(flow_filter=FlowFilter(name=FlowFilterName(any_=list(kinds))))}
         runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=list(kinds))),
                                      flow_run_filter=active, limit=200)
+    from core.access import project_of_tags
+
     return [{"kind": kinds.get(flows.get(r.flow_id, ""), "run"), "name": (r.parameters.get("spec") or {}).get("name",
-             r.name), "spec": r.parameters.get("spec") or {}} for r in runs]
+             r.name), "spec": r.parameters.get("spec") or {}, "project": project_of_tags(r.tags or ())} for r in runs]
+
+
+def _projects(endpoints: list[dict[str, Any]], running: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per project: members, quota, its runs running now and the GPUs they ask, its ACTIVE endpoints."""
+    from mlyard.teams import teams
+
+    out = []
+    for p in teams().projects():
+        runs = [r for r in running if r["project"] == p["name"]]
+        gpus = sum(int(((r["spec"].get("resources") or {}).get("gpu_count") or 0)) for r in runs)
+        out.append({"project": p["name"], "members": p["members"], "gpus": p["gpus"], "max_runs": p["max_runs"],
+                    "running": len(runs), "gpus_in_use": gpus,
+                    "endpoints_active": sum(1 for e in endpoints if e.get("project", "default") == p["name"]
+                                            and e["status"] == "ACTIVE")})
+    return out
 
 
 def _monitoring(settings: Settings, start: float) -> dict[str, Any]:
@@ -154,11 +179,12 @@ def _resources(settings: Settings, endpoints: list[dict[str, Any]], running: lis
 
 # -- the page ------------------------------------------------------------------------------------------
 
+BAD = ' class="bad"'  # a refused or failed action, in red
 _STYLE = """body{font:14px system-ui,sans-serif;margin:24px;color:#1d2330;background:#f7f8fa}
 h1{font-size:20px}h2{font-size:16px;margin-top:28px}.cards{display:flex;gap:12px;flex-wrap:wrap}
 .card{background:#fff;border:1px solid #dde1e7;border-radius:8px;padding:12px 16px;min-width:160px}
 .card b{display:block;font-size:26px}table{border-collapse:collapse;background:#fff}
-td,th{border:1px solid #dde1e7;padding:4px 10px;text-align:left}.muted{color:#6b7280}"""
+td,th{border:1px solid #dde1e7;padding:4px 10px;text-align:left}.muted{color:#6b7280}.bad{color:#b91c1c}"""
 
 
 def _bars(rows: list[tuple[str, float, float]], unit: str, width: int = 420) -> str:
@@ -194,6 +220,14 @@ def page(data: dict[str, Any], links: dict[str, str] | None = None) -> str:
     cpu = _bars([(h["resource"], h["cpu"], 0) for h in res["CPU"]], "cores")
     gpu = _bars([(h["resource"], h["gpu"], 0) for h in res["GPU"]], "GPUs")
     more = "".join(f' · <a href="{e(url)}">{e(name)}</a>' for name, url in (links or {}).items())
+    projects = "".join(f"<tr><td>{e(p['project'])}</td><td>{p['members']}</td><td>{p['running']} "
+                       f"({p['max_runs'] if p['max_runs'] is not None else '-'})</td><td>{p['gpus_in_use']} "
+                       f"({p['gpus'] if p['gpus'] is not None else '-'})</td><td>{p['endpoints_active']}</td></tr>"
+                       for p in data.get("projects", []))
+    audit = "".join(f"<tr><td>{e(str(r['at']))}</td><td>{e(r['user'])}</td><td>{e(r['project'] or '')}</td>"
+                    f"<td>{e(r['action'])}</td><td>{e(r['resource'])}</td>"
+                    f"<td{BAD if r['result'] != 'ok' else ''}>{e(r['result'])}</td><td>{e(r['source'])}</td></tr>"
+                    for r in data.get("audit", []))
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>mlyard dashboard</title>
 <meta name="viewport" content="width=device-width,initial-scale=1"><style>{_STYLE}</style></head><body>
 <h1>mlyard dashboard</h1><p class="muted">as of {e(data['generated_at'])}{more}</p>
@@ -204,6 +238,12 @@ def page(data: dict[str, Any], links: dict[str, str] | None = None) -> str:
 <h2>Resource usage</h2><p class="muted">what running notebooks, endpoint stages and runs ask for: CPU
 {res['totals']['CPU']:g} cores, GPU {res['totals']['GPU']} in all</p>
 <h3>CPU</h3>{cpu}<h3>GPU</h3>{gpu}
+<h2>Projects</h2>
+<table><tr><th>project</th><th>members</th><th>runs now (of at most)</th><th>GPUs asked (quota)</th>
+<th>endpoints ACTIVE</th></tr>{projects}</table>
+<h2>Audit trail: the latest changes</h2>
+<table><tr><th>when</th><th>who</th><th>project</th><th>action</th><th>resource</th><th>result</th><th>from</th></tr>
+{audit}</table>
 </body></html>"""
 
 

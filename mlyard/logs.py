@@ -53,8 +53,10 @@ def query(*, category: str | None = None, training: str | None = None, tuning: s
     """The records matching every filter given, oldest first: the latest `limit` of them, or with
     `after` (a record's `seq`) the first `limit` indexed after it (follow mode). `endpoint` is a name
     or an id; the other ids may be cut to a unique start. `since`/`until`: 30m, 1h, 7d ago, an
-    ISO-8601 time or epoch seconds."""
+    ISO-8601 time or epoch seconds. A project member reads their projects' runs' records alone (their
+    easymakerAppKey); an admin, every record."""
     from mlyard.endpoints import when
+    from mlyard.runs import visible_projects
 
     if category is not None and lr.category(category).removeprefix("mlyard.") not in lr.CATEGORIES:
         raise SpecError("category", category, f"one of {', '.join(lr.CATEGORIES)}")
@@ -75,7 +77,7 @@ def query(*, category: str | None = None, training: str | None = None, tuning: s
     if fresh:
         s.catch_up()
     return list(s.query(category=category, ids=ids, names=names, level=level, since=when(since, "since"),
-                        until=when(until, "until"), after=after, limit=int(limit)))
+                        until=when(until, "until"), after=after, limit=int(limit), projects=visible_projects()))
 
 
 def _endpoint_id(endpoint: str) -> str:

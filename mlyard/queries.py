@@ -317,7 +317,7 @@ QUERIES.update(teams.QUERIES)
 # rest still answer every project's things, so they are the platform's and its admins' alone until they do.
 MEMBER_QUERIES = frozenset({
     "trainings_list", "trainings_show", "tunings_list", "tunings_show", "tunings_trials", "runs_list", "batches_show",
-    "evaluations_show", "templates_list", "templates_show", "models_list", "models_show", *teams.QUERIES})
+    "evaluations_show", "templates_list", "templates_show", "models_list", "models_show", "logs", *teams.QUERIES})
 
 
 def ask(query: str, /, **kwargs: Any) -> Any:

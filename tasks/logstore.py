@@ -183,11 +183,13 @@ class LogStore:
 
     def query(self, *, category: str | None = None, ids: dict[str, str] | None = None, names: dict[str, str] | None = None,
               level: str | None = None, since: float | None = None, until: float | None = None,
-              after: int | None = None, limit: int = 100, newest: bool = True) -> list[dict[str, Any]]:
+              after: int | None = None, limit: int = 100, newest: bool = True,
+              projects: list[str] | None = None) -> list[dict[str, Any]]:
         """Records matching every filter given, oldest first: the last `limit` of them (`newest`), or the
         first `limit` after sequence number `after` (follow mode). `ids` maps columns to an id or the
         start of one (endpoint and stage ids: whole); `names` maps an id column to a name that may stand in for it (an endpoint's records
-        written before its id was known carry its name)."""
+        written before its id was known carry its name); `projects`: only records of those projects' runs
+        (their easymakerAppKey; None: every record)."""
         # with an id to go by, its index finds the records: the other columns are compared, not searched
         # (a unary + keeps SQLite from picking the category's or the time's index instead)
         plus = "+" if ids else ""
@@ -202,6 +204,8 @@ class LogStore:
             common.append((f"{plus}time <= ?", [until]))
         if after is not None:
             common.append(("seq > ?", [after]))
+        if projects is not None:
+            common.append((f"{plus}appkey IN ({', '.join('?' * len(projects)) or 'NULL'})", list(projects)))
         by_id: dict[str, tuple[str, list[Any]]] = {}
         for column, value in (ids or {}).items():
             if column not in ID_COLUMNS:

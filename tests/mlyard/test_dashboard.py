@@ -46,8 +46,14 @@ def test_the_page_is_html_with_svg_bars_and_escapes_every_name():
                 {"endpoint": "iris", "calls": 60, "failures": 7, "stages": [{"stage": "default", "successes": 53,
                                                                              "failures": 7}]}]},
             "resources": {"CPU": [{"resource": "notebook <b>x</b>", "instance_type": "cpu-2", "cpu": 2.0, "gpu": 0}],
-                          "GPU": [], "totals": {"CPU": 2.0, "GPU": 0}}}
+                          "GPU": [], "totals": {"CPU": 2.0, "GPU": 0}},
+            "projects": [{"project": "vision<1>", "members": 3, "gpus": 2, "max_runs": None, "running": 1,
+                          "gpus_in_use": 1, "endpoints_active": 2}],
+            "audit": [{"at": "2026-11-25T00:00:00+00:00", "user": "bob", "project": "vision<1>", "action":
+                       "template.delete", "resource": "template <i>t</i>", "result": "refused", "source": "10.0.0.7"}]}
     html = dashboard.page(data)
+    assert "<td>vision&lt;1&gt;</td><td>3</td><td>1 (-)</td><td>1 (2)</td><td>2</td>" in html  # per project
+    assert 'class="bad">refused<' in html and "template &lt;i&gt;t&lt;/i&gt;" in html  # the audit trail
     assert html.startswith("<!doctype html>") and "<script" not in html
     assert ">1000<" in html and ">50<" in html and html.count("<svg") == 2  # endpoints and CPU; no GPU in use
     assert "notebook &lt;b&gt;x&lt;/b&gt;" in html and "<b>x</b>" not in html

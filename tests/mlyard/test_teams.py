@@ -148,6 +148,10 @@ def test_each_member_works_in_their_project_and_cannot_see_or_touch_the_others(t
     records = [json.loads(line) for line in _ok(owner("logs", "--training", whose_id, "--json")).splitlines()]
     assert any("appkey=team-a user=alice" in r["body"] for r in records), records
     assert {(r.get("easymakerAppKey"), r.get("user")) for r in records} == {("team-a", "alice")}
+    # `mlyard logs` shows a member their projects' records alone
+    mine = [json.loads(line) for line in _ok(alice("logs", "--json", "--limit", "2000")).splitlines()]
+    assert whose_id in {r.get("trainingId") for r in mine} and {r.get("easymakerAppKey") for r in mine} == {"team-a"}
+    assert not [line for line in _ok(bob("logs", "--training", whose_id, "--json")).splitlines() if line.strip()]
 
     # models: bob registers his training's; for alice and carol it does not exist, nor his trainings
     deadline = time.monotonic() + 180
