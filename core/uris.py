@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import unquote, urlparse
 
 from core.errors import SpecError
@@ -85,3 +85,21 @@ def absolute(uri: str, base: Path) -> str:
         return uri
     path = Path(uri.strip()).expanduser()
     return uri if path.is_absolute() else os.path.normpath(base / path)
+
+
+def project_prefix(settings: Any, project: str) -> str:
+    """A project's prefix of the platform's storage: `<projects_uri>/<project>` (`<home>/projects` unset)."""
+    return f"{(settings.projects_uri or str(settings.home_dir / 'projects')).rstrip('/')}/{project}"
+
+
+def within(uri: str, area: str, field: str = "uri") -> bool:
+    """Whether `uri` names something under `area` (a local folder or an object-store prefix), links and
+    `..` resolved: a path that leaves it through a link is not within."""
+    loc, home = parse_uri(uri, field), parse_uri(area, field)
+    if loc.kind != home.kind or loc.nas_id is not None:
+        return False
+    if loc.kind == "local":
+        assert loc.path is not None and home.path is not None
+        return os.path.realpath(loc.path).startswith(os.path.realpath(home.path) + os.sep)
+    return (loc.bucket, loc.endpoint) == (home.bucket, home.endpoint) and \
+        f"{loc.key.rstrip('/')}/".startswith(f"{home.key.rstrip('/')}/")

@@ -186,15 +186,16 @@ def run(action: Action, spec: Any, *, sets: dict[str, Any] | None = None, submit
         check_gpu_slots(spec, settings)
     if submit and pool == "gpu":
         check_cluster(spec)
-    if member:  # their role and their project's quota, before anything is uploaded
+    area = None
+    if member:  # their role and their project's quota, before anything is uploaded; where its storage is
         from mlyard.warm_api import post, signed_in_api
 
-        post(signed_in_api(settings), "/v1/queries/run_check", {"flow": action.deployment,
-                                                                  "spec": spec.model_dump(mode="json")})
+        area = post(signed_in_api(settings), "/v1/queries/run_check", {"flow": action.deployment,
+                                                                         "spec": spec.model_dump(mode="json")})["storage"]
     if (submit and pool == "gpu") or member:  # local inputs uploaded where the run reads them (or refused)
         from mlyard.uploads import for_cluster
 
-        spec = for_cluster(spec, settings, echo)
+        spec = for_cluster(spec, settings, echo, area)
     if not submit and framework == "sklearn":
         from tasks.models import prepare_sklearn_loader
 

@@ -60,11 +60,11 @@ def create(name: str, from_training: str | None = None, from_tuning: str | None 
     else:
         assert artifact_uri is not None
         if not current().admin:  # a member's artifact is their project's (the platform reads it for them)
-            from mlyard.project_storage import inside, prefix
+            from core.uris import project_prefix, within
 
-            if not inside(artifact_uri, prefix(p.settings, project), "artifact_uri"):
+            if not within(artifact_uri, project_prefix(p.settings, project), "artifact_uri"):
                 raise SpecError("artifact_uri", artifact_uri, f"a location under project {project}'s storage, "
-                                f"{prefix(p.settings, project)}/ (the CLI uploads a local folder there for you)")
+                                f"{project_prefix(p.settings, project)}/ (the CLI uploads a local folder there for you)")
         with tempfile.TemporaryDirectory() as tmp:
             local = p.storage.stage_in(artifact_uri, Path(tmp) / "model", "--artifact-uri")
             mv = p.models.create_from_directory(name, local, artifact_uri, **common)

@@ -9,7 +9,6 @@ digest of what it holds, so the same folder is sent once.
 
 from __future__ import annotations
 
-import os
 import re
 import tarfile
 import tempfile
@@ -17,47 +16,22 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import SpecError
-from core.uris import Location, parse_uri
+from core.uris import project_prefix, within
 
 _DIGEST = re.compile(r"^[0-9a-f]{16}$")
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
-
-
-def root(settings: Any) -> str:
-    return (settings.projects_uri or str(settings.home_dir / "projects")).rstrip("/")
-
-
-def prefix(settings: Any, project: str) -> str:
-    return f"{root(settings)}/{project}"
-
-
-def inside(uri: str, area: str, field: str) -> bool:
-    """Whether `uri` names something under `area` (a local folder or an object-store prefix), links and
-    `..` resolved: a path that leaves it through a link is not inside."""
-    loc, home = parse_uri(uri, field), parse_uri(area, field)
-    if loc.kind != home.kind or loc.nas_id is not None:
-        return False
-    if loc.kind == "local":
-        assert loc.path is not None and home.path is not None
-        base = os.path.realpath(home.path)
-        return os.path.realpath(loc.path).startswith(base + os.sep)
-    return _same_store(loc, home) and f"{loc.key.rstrip('/')}/".startswith(f"{home.key.rstrip('/')}/")
-
-
-def _same_store(a: Location, b: Location) -> bool:
-    return a.bucket == b.bucket and a.endpoint == b.endpoint
 
 
 def confine(spec: Any, project: str, settings: Any) -> Any:
     """Refuse a member's spec naming any location outside their project's prefix (SpecError, the field)."""
     from mlyard.uploads import map_locations
 
-    area = prefix(settings, project)
+    area = project_prefix(settings, project)
     what = (f"a location under project {project}'s storage, {area}/ (the CLI and Python upload a local folder "
             "there for you); a member's run never reads or writes the platform's own files or buckets")
 
     def check(field: str, uri: str | None) -> str | None:
-        if uri and not inside(uri, area, field):
+        if uri and not within(uri, area, field):
             raise SpecError(field, uri, what)
         return uri
 
@@ -78,7 +52,7 @@ def receive(body: Path, digest: str, name: str) -> dict[str, str]:
     project = acting_editor("uploading")
     settings = connect()
     storage = Storage(settings)
-    target = f"{prefix(settings, project)}/uploads/{digest}/{name}"
+    target = f"{project_prefix(settings, project)}/uploads/{digest}/{name}"
     if storage.exists(f"{target}/{SUCCESS_MARKER}", "upload") or storage.exists(target, "upload"):
         return {"uri": target}
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from core import errors
-from mlyard import teams
+from mlyard import submit, teams
 from mlyard.warm_api import answer, platform
 
 
@@ -312,12 +312,14 @@ QUERIES: dict[str, Callable[..., Any]] = {f.__name__: f for f in (
     schedules_list, schedules_show, endpoints_list, endpoints_show, pipelines_list, pipelines_show, notebooks_list,
     notebooks_show, dashboard, logs, images_list, images_show, accounts_list, accounts_show)}
 QUERIES.update(teams.QUERIES)
+QUERIES["run_check"] = submit.run_check
 
 # What a team member's key may ask (mlyard/service.py): the reads that answer within their projects. The
 # rest still answer every project's things, so they are the platform's and its admins' alone until they do.
 MEMBER_QUERIES = frozenset({
     "trainings_list", "trainings_show", "tunings_list", "tunings_show", "tunings_trials", "runs_list", "batches_show",
-    "evaluations_show", "templates_list", "templates_show", "models_list", "models_show", "logs", *teams.QUERIES})
+    "evaluations_show", "templates_list", "templates_show", "models_list", "models_show", "logs", "run_check",
+    *teams.QUERIES})
 
 
 def ask(query: str, /, **kwargs: Any) -> Any:

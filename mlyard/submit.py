@@ -83,22 +83,24 @@ def create_run(deployment: str, parameters: dict[str, Any], tags: list[str],
 
 def member_parameters(deployment: str, parameters: dict[str, Any], project: str
                       ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A project member's run, checked before it is made: a training or a tuning (the kinds whose every input
-    is checked here; the rest are an admin's for now), its spec valid, every location in it under the
-    project's storage (mlyard/project_storage.py), a template it names one of the project's: (its
-    parameters, its job variables as its spec makes them)."""
+    """A project member's run, checked before it is made: a training, a tuning, a batch inference or an
+    evaluation (the kinds whose every input is checked here; the rest are an admin's for now), its spec
+    valid, every location in it under the project's storage (mlyard/project_storage.py), a template or a
+    registered model it names one of the project's: (its parameters, its job variables as its spec makes
+    them)."""
     from pydantic import BaseModel
 
     from core.access import current
     from core.connection import connect
     from core.errors import Forbidden
-    from core.names import FLOW_TRAIN, FLOW_TUNE
-    from core.specs import TrainingSpec, TuningSpec, load_spec
+    from core.names import FLOW_BATCH, FLOW_EVALUATE, FLOW_TRAIN, FLOW_TUNE
+    from core.specs import BatchInferenceSpec, EvaluationSpec, TrainingSpec, TuningSpec, load_spec
     from mlyard.project_storage import confine
     from mlyard.teams import check_quota
 
     flow = deployment.split("/", 1)[0]
-    models: dict[str, type[BaseModel]] = {FLOW_TRAIN: TrainingSpec, FLOW_TUNE: TuningSpec}
+    models: dict[str, type[BaseModel]] = {FLOW_TRAIN: TrainingSpec, FLOW_TUNE: TuningSpec,
+                                          FLOW_BATCH: BatchInferenceSpec, FLOW_EVALUATE: EvaluationSpec}
     model = models.get(flow)
     if model is None:
         raise Forbidden(current().name, None, f"starting a {flow} run (not yet open to project members)", "admin", None)
@@ -106,6 +108,8 @@ def member_parameters(deployment: str, parameters: dict[str, Any], project: str
     settings = connect()
     confine(spec, project, settings)
     check_quota(spec, project)
+    if isinstance(spec, (BatchInferenceSpec, EvaluationSpec)):
+        model_of_project(spec.model, project)
     if isinstance(spec, TuningSpec) and spec.template is not None:
         from core.errors import TemplateNotFound
         from mlyard.teams import catalog
@@ -117,6 +121,47 @@ def member_parameters(deployment: str, parameters: dict[str, Any], project: str
         confine(template.spec, project, settings)
     made = getattr(spec, "job_variables", None)
     return {**parameters, "spec": spec.model_dump(mode="json")}, (made() if callable(made) else {})
+
+
+def run_check(flow: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """What a member's command asks before it uploads anything: may they start a `flow` run of `spec` in the
+    project they act in (their role, its quota, a registered model it names)? {"project", "storage"} (where
+    the project's runs read and write); the refusal otherwise."""
+    from core.connection import connect
+    from core.names import FLOW_BATCH, FLOW_EVALUATE, FLOW_TRAIN, FLOW_TUNE
+    from core.specs import BatchInferenceSpec, EvaluationSpec, TrainingSpec, TuningSpec, load_spec
+    from core.uris import project_prefix
+    from mlyard.teams import acting_editor, check_quota
+
+    project = acting_editor("starting work")
+    model = {FLOW_TRAIN: TrainingSpec, FLOW_TUNE: TuningSpec, FLOW_BATCH: BatchInferenceSpec,
+             FLOW_EVALUATE: EvaluationSpec}.get(flow)
+    if model is not None:
+        checked: Any = load_spec(model, spec, source="spec")  # type: ignore[arg-type]
+        check_quota(checked, project)
+        if isinstance(checked, (BatchInferenceSpec, EvaluationSpec)):
+            model_of_project(checked.model, project)
+    return {"project": project, "storage": f"{project_prefix(connect(), project)}/"}
+
+
+def model_of_project(model: str, project: str) -> None:
+    """A member's batch inference or evaluation reads a registered model of their project (`name@alias`,
+    `name/version`, `models:/...`) or a folder of its storage (checked with the other locations); never an
+    MLflow run's files by id (`runs:/...`), which no project owns."""
+    import re
+
+    from core.errors import ModelNotFound, SpecError
+    from core.specs import is_mlflow_uri, is_registry_ref
+    from mlyard.warm_api import platform
+
+    if model.startswith("runs:/"):
+        raise SpecError("model", model, "a registered model of your project (name@alias, name/version) or a folder "
+                        "of its storage: a run's files by id are not a project's")
+    if not (is_registry_ref(model) or is_mlflow_uri(model)):
+        return
+    name = re.split(r"[@/]", model.removeprefix("models:/"), maxsplit=1)[0]
+    if platform().models.project_of(name) != project:  # another project's model does not exist for this run
+        raise ModelNotFound(name)
 
 
 def final_state(run_id: str, timeout: float | None, poll_seconds: float = 0.5, what: str = "", then: str = "") -> Any:

@@ -119,19 +119,6 @@ def check_quota(spec: Any, project: str) -> None:
                         f"(an admin raises it: `mlyard projects set-quota {project} --cpus N`)")
 
 
-def run_check(flow: str, spec: dict[str, Any]) -> dict[str, Any]:
-    """What a member's command asks before it uploads anything: may they start a `flow` run of `spec` in the
-    project they act in (their role, its quota)? {"project"}; the refusal otherwise."""
-    from core.names import FLOW_TRAIN, FLOW_TUNE
-    from core.specs import TrainingSpec, TuningSpec, load_spec
-
-    project = acting_editor("starting work")
-    model = {FLOW_TRAIN: TrainingSpec, FLOW_TUNE: TuningSpec}.get(flow)
-    if model is not None:
-        check_quota(load_spec(model, spec, source="spec"), project)  # type: ignore[arg-type]
-    return {"project": project}
-
-
 def acting_or_none(actor: Actor) -> str | None:
     """The project `actor` acts in, for a record; None when there is none (several, or none at all)."""
     try:
@@ -280,10 +267,14 @@ def projects_list() -> list[dict[str, Any]]:
 
 
 def projects_show(name: str) -> dict[str, Any]:
+    """A project: members, quota, your role, and its storage (where its members' runs read and write)."""
+    from core.connection import connect
+    from core.uris import project_prefix
+
     actor = current()
     if not actor.sees(name):
         raise ProjectNotFound(name)
-    return {**teams().project(name), "role": actor.role(name)}
+    return {**teams().project(name), "role": actor.role(name), "storage": f"{project_prefix(connect(), name)}/"}
 
 
 # -- the audit trail --------------------------------------------------------------------------------------
@@ -317,5 +308,5 @@ COMMANDS: dict[str, Callable[..., Any]] = {f.__name__: f for f in (
     users_create, users_add_key, users_revoke, users_delete, projects_create, projects_set_quota,
     projects_add_member, projects_remove_member, projects_delete)}
 QUERIES: dict[str, Callable[..., Any]] = {f.__name__: f for f in (
-    users_list, users_keys, whoami, projects_list, projects_show, audit, run_check)}
+    users_list, users_keys, whoami, projects_list, projects_show, audit)}
 

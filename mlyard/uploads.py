@@ -21,9 +21,10 @@ from core.uris import parse_uri
 Echo = Callable[[str], None]
 
 
-def for_cluster(spec: Any, settings: Settings, echo: Echo = lambda line: None) -> Any:
-    """`spec` with every local input uploaded and named by its upload (see the module)."""
-    shipper = _Shipper(settings, echo)
+def for_cluster(spec: Any, settings: Settings, echo: Echo = lambda line: None, area: str | None = None) -> Any:
+    """`spec` with every local input uploaded and named by its upload (see the module). `area`: a member's
+    project storage (mlyard/project_storage.py), whose locations are the platform's and pass as given."""
+    shipper = _Shipper(settings, echo, area)
     return map_locations(spec, shipper.input, shipper.output)
 
 
@@ -57,10 +58,15 @@ def map_locations(spec: Any, inputs: Callable[[str, str], str], outputs: Callabl
 
 
 class _Shipper:
-    def __init__(self, settings: Settings, echo: Echo):
-        self.settings, self.echo = settings, echo
+    def __init__(self, settings: Settings, echo: Echo, area: str | None = None):
+        self.settings, self.echo, self.area = settings, echo, area
         self.member = settings.api_key is not None  # a project member: through the mlyard API, as them
         self._storage: Any = None
+
+    def _in_area(self, field: str, uri: str | None) -> bool:
+        from core.uris import within
+
+        return bool(uri and self.area and within(uri, self.area.rstrip("/"), field))
 
     def _to_project(self, field: str, uri: str, path: Path) -> str:
         from mlyard.warm_api import signed_in_api, signed_in_headers
@@ -79,7 +85,10 @@ class _Shipper:
         return loc.path if loc.kind == "local" and loc.nas_id is None else None
 
     def output(self, field: str, uri: str | None) -> None:
-        if self._local(uri, field) is not None:
+        if self._local(uri, field) is not None and not self._in_area(field, uri):
+            if self.area:
+                raise SpecError(field, uri, f"a location under your project's storage, {self.area} (a member's run "
+                                "writes there alone)")
             who = "a project member's run" if self.member else "a run on a Kubernetes pool"
             raise SpecError(field, uri, f"{who} cannot write to a path on this machine: give an s3:// or obs:// URI "
                             "of the platform's storage" + (" under your project's prefix (`mlyard projects show`)"
@@ -87,7 +96,7 @@ class _Shipper:
 
     def input(self, field: str, uri: str) -> str:
         path = self._local(uri, field)
-        if path is None:
+        if path is None or self._in_area(field, uri):
             return uri
         if self.member and not self.settings.upload_uri:  # through the platform's API, into the project's prefix
             if not path.exists():

@@ -172,6 +172,27 @@ def test_each_member_works_in_their_project_and_cannot_see_or_touch_the_others(t
     _refused(bob("models", "delete", "b-model"), "bob is editor in project 'team-b'", "needs owner")
     assert "b-model" in [m["name"] for m in json.loads(_ok(owner("models", "list", "--json")))]
 
+    # a batch inference with the project's model: its input uploaded, its output in the project's storage
+    storage = bob.json("projects", "show", "team-b")["storage"]
+    shutil.copytree(EXAMPLES / "data", bob.work / "data")
+    batch = (EXAMPLES / "batch.yaml").read_text().replace("digits@champion", "b-model@champion").replace(
+        "examples/data", "data").replace(".mlyard/outputs/digits-batch", f"{storage}outputs/b1")
+    (bob.work / "batch.yaml").write_text(batch)
+    queued = bob.json("batch", "-f", "batch.yaml")
+    (alice.work / "batch.yaml").write_text(batch)
+    _refused(alice("batch", "-f", "batch.yaml"), "model 'b-model' not found")  # his model is not hers
+    (bob.work / "theirs.yaml").write_text(batch.replace(storage, storage.replace("team-b", "team-a")))
+    _refused(bob("batch", "-f", "theirs.yaml"), "output_uri", "under your project's storage")  # nor her storage his
+    shutil.copytree(EXAMPLES / "data", alice.work / "data")
+    (alice.work / "other.yaml").write_text(batch.replace(storage, storage.replace("team-b", "team-a")).replace(
+        "b-model@champion", "runs:/0123456789abcdef/model"))
+    _refused(alice("batch", "-f", "other.yaml"), "model", "a run's files by id are not a project's")
+    deadline = time.monotonic() + 180
+    while (status := bob.json("batches", "show", queued["id"])["status"]) != "COMPLETE":
+        assert time.monotonic() < deadline and "FAIL" not in status, status
+        time.sleep(1)
+    assert [b["id"] for b in bob.json("batches", "list")] == [queued["id"]] and alice.json("batches", "list") == []
+
     stopped = alice.json("trainings", "stop", run_id)
     assert stopped["status"] in ("STOP IN PROGRESS", "STOPPED", "COMPLETE")
     assert owner("trainings", "list", "--json").returncode == 0  # the owner, an admin, sees every project's
