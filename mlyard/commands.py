@@ -85,6 +85,11 @@ def templates_copy(name: str, new_name: str, sets: dict[str, Any] | None = None)
     templates = _templates()
     found = visible_template(templates, name)
     current().need(found.project, "editor", "copying a template", lambda: TemplateNotFound(name))
+    if not current().admin and sets:  # a member's changes name their project's storage alone
+        from core.connection import connect
+        from mlyard.project_storage import confine
+
+        confine(found.spec.with_overrides(sets), found.project, connect())
     return templates.copy(name, new_name, sets or {}).as_dict()
 
 
