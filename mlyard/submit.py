@@ -88,20 +88,15 @@ def member_parameters(deployment: str, parameters: dict[str, Any], project: str
     valid, every location in it under the project's storage (mlyard/project_storage.py), a template or a
     registered model it names one of the project's: (its parameters, its job variables as its spec makes
     them)."""
-    from pydantic import BaseModel
-
     from core.access import current
     from core.connection import connect
     from core.errors import Forbidden
-    from core.names import FLOW_BATCH, FLOW_EVALUATE, FLOW_TRAIN, FLOW_TUNE
-    from core.specs import BatchInferenceSpec, EvaluationSpec, TrainingSpec, TuningSpec, load_spec
+    from core.specs import BatchInferenceSpec, EvaluationSpec, TuningSpec, load_spec
     from mlyard.project_storage import confine
     from mlyard.teams import check_quota
 
     flow = deployment.split("/", 1)[0]
-    models: dict[str, type[BaseModel]] = {FLOW_TRAIN: TrainingSpec, FLOW_TUNE: TuningSpec,
-                                          FLOW_BATCH: BatchInferenceSpec, FLOW_EVALUATE: EvaluationSpec}
-    model = models.get(flow)
+    model = member_spec(flow)
     if model is None:
         raise Forbidden(current().name, None, f"starting a {flow} run (not yet open to project members)", "admin", None)
     spec = load_spec(model, parameters.get("spec"), source="spec")
@@ -123,19 +118,26 @@ def member_parameters(deployment: str, parameters: dict[str, Any], project: str
     return {**parameters, "spec": spec.model_dump(mode="json")}, (made() if callable(made) else {})
 
 
+def member_spec(flow: str) -> Any:
+    """The spec model of the runs a project member may start (None: an admin's alone, for now)."""
+    from core.names import FLOW_BATCH, FLOW_EVALUATE, FLOW_TRAIN, FLOW_TUNE
+    from core.specs import BatchInferenceSpec, EvaluationSpec, TrainingSpec, TuningSpec
+
+    return {FLOW_TRAIN: TrainingSpec, FLOW_TUNE: TuningSpec, FLOW_BATCH: BatchInferenceSpec,
+            FLOW_EVALUATE: EvaluationSpec}.get(flow)
+
+
 def run_check(flow: str, spec: dict[str, Any]) -> dict[str, Any]:
     """What a member's command asks before it uploads anything: may they start a `flow` run of `spec` in the
     project they act in (their role, its quota, a registered model it names)? {"project", "storage"} (where
     the project's runs read and write); the refusal otherwise."""
     from core.connection import connect
-    from core.names import FLOW_BATCH, FLOW_EVALUATE, FLOW_TRAIN, FLOW_TUNE
-    from core.specs import BatchInferenceSpec, EvaluationSpec, TrainingSpec, TuningSpec, load_spec
+    from core.specs import BatchInferenceSpec, EvaluationSpec, load_spec
     from core.uris import project_prefix
     from mlyard.teams import acting_editor, check_quota
 
     project = acting_editor("starting work")
-    model = {FLOW_TRAIN: TrainingSpec, FLOW_TUNE: TuningSpec, FLOW_BATCH: BatchInferenceSpec,
-             FLOW_EVALUATE: EvaluationSpec}.get(flow)
+    model = member_spec(flow)
     if model is not None:
         checked: Any = load_spec(model, spec, source="spec")  # type: ignore[arg-type]
         check_quota(checked, project)
