@@ -160,13 +160,27 @@ def models_delete(name: str, version: str | None = None) -> dict[str, Any]:
     return models.delete(name, version)
 
 
+def endpoints_issue(name: str, days: float | None = 30, expires_at: str | None = None) -> dict[str, Any]:
+    """A new token of the endpoint `name` (shown once)."""
+    from mlyard import endpoints
+
+    return endpoints.issue_token(name, days=days, expires_at=expires_at)
+
+
+def endpoints_revoke(name: str, token_id: int) -> dict[str, Any]:
+    from mlyard import endpoints
+
+    endpoints.revoke_token(name, token_id)
+    return {"endpoint": name, "revoked": token_id}
+
+
 def _audited(fn: Callable[..., Any]) -> Callable[..., Any]:
     """A catalog write, recorded once in the audit trail (who, project, what, which, result)."""
     from mlyard.teams import audited
 
     kind, _, verb = fn.__name__.partition("_")
     what = {"images": "image", "accounts": "registry account", "templates": "template", "runs": "run",
-            "models": "model"}[kind]
+            "models": "model", "endpoints": "endpoint_token"}[kind]
     return audited(f"{what.replace(' ', '_')}.{verb}", lambda a: f"{what} {a.get('name') or a.get('run_id')}",
                    lambda a: teams.acting_or_none(current()))(fn)
 
@@ -174,10 +188,11 @@ def _audited(fn: Callable[..., Any]) -> Callable[..., Any]:
 COMMANDS: dict[str, Callable[..., Any]] = {f.__name__: _audited(f) for f in (
     images_create, images_update, images_delete, accounts_create, accounts_update, accounts_delete,
     templates_create, templates_copy, templates_delete, runs_stop, models_create, models_rename, models_describe,
-    models_alias, models_delete)}
+    models_alias, models_delete, endpoints_issue, endpoints_revoke)}
 COMMANDS.update(teams.COMMANDS)
 MEMBER_COMMANDS = frozenset({"templates_create", "templates_copy", "templates_delete", "runs_stop", "models_create",
-                             "models_rename", "models_describe", "models_alias", "models_delete", *teams.COMMANDS})
+                             "models_rename", "models_describe", "models_alias", "models_delete", "endpoints_issue",
+                             "endpoints_revoke", *teams.COMMANDS})
 
 
 def where() -> str | None:

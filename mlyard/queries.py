@@ -269,6 +269,12 @@ def endpoints_show(endpoint: str) -> dict[str, Any]:
     return endpoints.show(endpoint)
 
 
+def endpoints_tokens(endpoint: str) -> list[dict[str, Any]]:
+    from mlyard import endpoints
+
+    return endpoints.tokens(endpoint)
+
+
 def pipelines_list() -> list[dict[str, Any]]:
     from mlyard import pipelines
 
@@ -309,7 +315,7 @@ QUERIES: dict[str, Callable[..., Any]] = {f.__name__: f for f in (
     trainings_list, trainings_show, tunings_list, tunings_show, tunings_trials, runs_list, batches_show,
     evaluations_show, experiments_list, templates_list, templates_show, models_list, models_show, model_reference,
     pipeline_runs_list, pipeline_runs_show, pipeline_runs_graph, rags_list, rags_show, rags_history, rags_logs,
-    schedules_list, schedules_show, endpoints_list, endpoints_show, pipelines_list, pipelines_show, notebooks_list,
+    schedules_list, schedules_show, endpoints_list, endpoints_show, endpoints_tokens, pipelines_list, pipelines_show, notebooks_list,
     notebooks_show, dashboard, logs, images_list, images_show, accounts_list, accounts_show)}
 QUERIES.update(teams.QUERIES)
 QUERIES["run_check"] = submit.run_check
@@ -319,6 +325,7 @@ QUERIES["run_check"] = submit.run_check
 MEMBER_QUERIES = frozenset({
     "trainings_list", "trainings_show", "tunings_list", "tunings_show", "tunings_trials", "runs_list", "batches_show",
     "evaluations_show", "templates_list", "templates_show", "models_list", "models_show", "logs", "run_check",
+    "endpoints_list", "endpoints_show", "endpoints_tokens",
     *teams.QUERIES})
 
 

@@ -105,6 +105,7 @@ def member_parameters(deployment: str, parameters: dict[str, Any], project: str
     check_quota(spec, project)
     if isinstance(spec, (BatchInferenceSpec, EvaluationSpec)):
         model_of_project(spec.model, project)
+    endpoint_of_member(spec, project)
     if isinstance(spec, TuningSpec) and spec.template is not None:
         from core.errors import TemplateNotFound
         from mlyard.teams import catalog
@@ -120,11 +121,12 @@ def member_parameters(deployment: str, parameters: dict[str, Any], project: str
 
 def member_spec(flow: str) -> Any:
     """The spec model of the runs a project member may start (None: an admin's alone, for now)."""
-    from core.names import FLOW_BATCH, FLOW_EVALUATE, FLOW_TRAIN, FLOW_TUNE
+    from core.names import FLOW_BATCH, FLOW_DELETE_ENDPOINT, FLOW_DEPLOY_ENDPOINT, FLOW_EVALUATE, FLOW_TRAIN, FLOW_TUNE
     from core.specs import BatchInferenceSpec, EvaluationSpec, TrainingSpec, TuningSpec
+    from core.specs.endpoint import DeletionSpec, EndpointSpec
 
     return {FLOW_TRAIN: TrainingSpec, FLOW_TUNE: TuningSpec, FLOW_BATCH: BatchInferenceSpec,
-            FLOW_EVALUATE: EvaluationSpec}.get(flow)
+            FLOW_EVALUATE: EvaluationSpec, FLOW_DEPLOY_ENDPOINT: EndpointSpec, FLOW_DELETE_ENDPOINT: DeletionSpec}.get(flow)
 
 
 def run_check(flow: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -143,7 +145,25 @@ def run_check(flow: str, spec: dict[str, Any]) -> dict[str, Any]:
         check_quota(checked, project)
         if isinstance(checked, (BatchInferenceSpec, EvaluationSpec)):
             model_of_project(checked.model, project)
+        endpoint_of_member(checked, project)
     return {"project": project, "storage": f"{project_prefix(connect(), project)}/"}
+
+
+def endpoint_of_member(spec: Any, project: str) -> None:
+    """A member's endpoint deploy serves their project's models alone; a member's delete is of an endpoint of
+    their project, by its owner (the endpoint of another project does not exist for them)."""
+    from core.specs.endpoint import DeletionSpec, EndpointSpec
+
+    if isinstance(spec, EndpointSpec):
+        for resource in spec.stage.resources:
+            model_of_project(resource.model, project)
+    elif isinstance(spec, DeletionSpec):
+        from core.connection import connect
+        from mlyard.teams import catalog, endpoint_in_reach
+        from registry.endpoints import Endpoints
+
+        endpoint_in_reach(spec.endpoint, "owner", "deleting an endpoint or a stage")
+        Endpoints(catalog(connect().catalog_db_url)).check_delete(spec.endpoint, spec.stage)  # the seeds' rules
 
 
 def model_of_project(model: str, project: str) -> None:

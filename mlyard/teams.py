@@ -119,6 +119,23 @@ def check_quota(spec: Any, project: str) -> None:
                         f"(an admin raises it: `mlyard projects set-quota {project} --cpus N`)")
 
 
+def endpoint_in_reach(endpoint: str, role: str, action: str) -> dict[str, Any]:
+    """The endpoint's view when the caller's role in its project allows `action` (EndpointNotFound for an
+    endpoint of a project they have no role in, Forbidden for a smaller role)."""
+    from core.errors import EndpointNotFound
+    from registry.endpoints import Endpoints
+
+    view = Endpoints(catalog(_settings().catalog_db_url)).get(endpoint)
+    current().need(view["project"], role, action, lambda: EndpointNotFound(endpoint))
+    return view
+
+
+def _settings():
+    from core.connection import connect
+
+    return connect()
+
+
 def acting_or_none(actor: Actor) -> str | None:
     """The project `actor` acts in, for a record; None when there is none (several, or none at all)."""
     try:

@@ -205,7 +205,9 @@ def tokens_issue(endpoint: str, days: float = typer.Option(30.0, "--days", help=
                  expires: Optional[str] = typer.Option(None, "--expires", help="Or valid until this ISO-8601 time."),
                  as_json: bool = JSON) -> None:
     """Issue a token; it is shown only now. Send it as 'Authorization: Bearer <token>'."""
-    token = guard(lambda: _api().issue_token(endpoint, days=days, expires_at=expires))
+    from mlyard.commands import act
+
+    token = guard(lambda: act("endpoints_issue", name=endpoint, days=days, expires_at=expires))
     if as_json:
         emit(token, True)
         return
@@ -216,14 +218,16 @@ def tokens_issue(endpoint: str, days: float = typer.Option(30.0, "--days", help=
 @tokens_app.command("list")
 def tokens_list(endpoint: str, as_json: bool = JSON) -> None:
     """Tokens with their prefix, expiry and state (valid, expired, revoked)."""
-    emit(guard(lambda: _api().tokens(endpoint)), as_json, ["id", "prefix", "created_at", "expires_at", "state"],
+    emit(guard(lambda: ask("endpoints_tokens", endpoint=endpoint)), as_json, ["id", "prefix", "created_at", "expires_at", "state"],
          empty=f"no tokens: issue one with `mlyard endpoints tokens issue {endpoint}`")
 
 
 @tokens_app.command("revoke")
 def tokens_revoke(endpoint: str, token_id: int) -> None:
     """Revoke a token: the gateway refuses it at once."""
-    guard(lambda: _api().revoke_token(endpoint, token_id))
+    from mlyard.commands import act
+
+    guard(lambda: act("endpoints_revoke", name=endpoint, token_id=token_id))
     out.print(f"revoked token {token_id} of {endpoint}")
 
 

@@ -315,3 +315,48 @@ def test_a_project_at_its_gpu_quota_queues_the_next_run_and_starts_it_when_a_slo
     (a_start, a_end, a_waited), (b_start, b_end, b_waited) = sorted(times.values())
     assert b_start >= a_end and (a_waited or b_waited), times  # never both at once; the later one said why
     _ok(owner("projects", "set-quota", "team-b", "--gpus", "8"))
+
+
+def test_a_members_endpoint_is_their_projects_its_tokens_and_their_keys_open_it(team, stack):
+    """bob (editor of team-b) deploys his project's model (registered by the first test) as an endpoint;
+    its tokens are issued by him, his key opens it too; for alice it does not exist by any path, and her key
+    does not open it; deleting it needs team-b's owner."""
+    from core.connection import gateway_url
+    from core.settings import Settings
+
+    alice, bob = team["alice"], team["bob"]
+    (bob.work / "ep.yaml").write_text("name: b-ep\nstage:\n  resources:\n    - model: b-model@champion\n")
+    (alice.work / "ep.yaml").write_text("name: a-ep\nstage:\n  resources:\n    - model: b-model@champion\n")
+    _refused(alice("endpoints", "create", "-f", "ep.yaml"), "model 'b-model' not found")
+    bob.json("endpoints", "create", "-f", "ep.yaml")  # queued: its run records it, then deploys it
+    deadline, status = time.monotonic() + 240, ""
+    while status != "ACTIVE":
+        assert time.monotonic() < deadline and "FAIL" not in status, status
+        time.sleep(1)
+        shown = bob("endpoints", "show", "b-ep", "--json")
+        status = json.loads(shown.stdout)["status"] if shown.returncode == 0 else ""
+    assert [e["name"] for e in bob.json("endpoints", "list")] == ["b-ep"] and alice.json("endpoints", "list") == []
+    token = bob.json("endpoints", "tokens", "issue", "b-ep", "--days", "1")["token"]
+    for args in (("endpoints", "show", "b-ep"), ("endpoints", "tokens", "list", "b-ep"),
+                 ("endpoints", "tokens", "issue", "b-ep"), ("endpoints", "delete", "b-ep")):
+        _refused(alice(*args), "endpoint 'b-ep' not found")
+    url = f"{gateway_url(Settings())}/b-ep/b-model/v1/models/b-model:predict"
+    body = json.dumps({"instances": [[0.0] * 64]}).encode()
+
+    def call(credential: str) -> int:
+        req = urllib.request.Request(url, data=body, headers={"Authorization": f"Bearer {credential}",
+                                                              "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    assert call(token) == 200 and call(bob.key) == 200 and call(alice.key) == 401
+    _refused(bob("endpoints", "delete", "b-ep"), "bob is editor in project 'team-b'", "needs owner")
+    _ok(owner("projects", "add-member", "team-b", "bob", "--role", "owner"))
+    bob.json("endpoints", "delete", "b-ep")
+    deadline = time.monotonic() + 120
+    while "b-ep" in [e["name"] for e in bob.json("endpoints", "list")]:
+        assert time.monotonic() < deadline
+        time.sleep(1)
