@@ -272,6 +272,10 @@ def test_a_revoked_key_stops_at_once_and_a_bad_one_is_refused_before_the_body(te
     saved = shell.home / ".config" / "mlyard" / "login.json"
     assert saved.stat().st_mode & 0o077 == 0 and erin["key"] in saved.read_text()
     assert shell.json("whoami")["name"] == "erin" and shell.json("whoami")["project"] == "team-b"
+    py = shell.python("import mlyard, mlyard.api; from mlyard.warm_api import post, signed_in_api; "
+                      "from core.settings import Settings; mlyard.train; "
+                      "print(post(signed_in_api(Settings()), '/v1/queries/whoami', {})['name'])")
+    assert py.returncode == 0 and py.stdout.split()[-1] == "erin", py.stderr  # Python reads the login too
     _ok(shell("logout"))
     assert not saved.exists()
 
