@@ -65,9 +65,10 @@ class Settings(BaseSettings):
         "machine's stack's). Unset: the stack's owner, an admin, when you can read its home.")
     project: str | None = Field(default=None, description="The project commands and Python calls act in "
                                 "(`--project`). Unset: your only project, or `default` for an admin.")
-    gateway_port: int | None = Field(
-        default=None, ge=1, le=65535,
-        description="Port of the endpoint gateway that `mlyard up` starts. Unset: the Prefect port + 2 (4202).")
+    gateway_port: int | None = Field(default=None, ge=1, le=65535, description="Port of the endpoint gateway that "
+                                     "`mlyard up` starts. Unset: the Prefect port + 2 (4202).")
+    door_port: int | None = Field(default=None, ge=1, le=65535, description="Port of the front door to the Prefect UI "
+                                  "for project members (mlyard/prefect_door.py). Unset: the Prefect port + 3 (4203).")
     image: str = Field(
         default=DEFAULT_IMAGE,
         description="The mlyard image that Kubernetes pools and endpoint Deployments run (infra/docker/mlyard.Dockerfile, target platform), "
@@ -147,16 +148,12 @@ class Settings(BaseSettings):
     projects_uri: str | None = Field(
         default=None, description="The platform's storage of projects: a member's uploads and run outputs go under "
         "<projects_uri>/<project>/ and nowhere else (e.g. s3://ml-bucket/projects). Unset: <home>/projects.")
-    s3_endpoint_url: str | None = Field(
-        default=None, description="Endpoint of the S3-compatible store for s3:// URIs (unset: AWS)."
-    )
+    s3_endpoint_url: str | None = Field(default=None, description="Endpoint of the S3-compatible store for s3:// URIs (unset: AWS).")
     s3_access_key_id: str | None = Field(default=None, description="S3 access key id.")
     s3_secret_access_key: SecretStr | None = Field(default=None, description="S3 secret access key.")
     s3_region: str = Field(default="us-east-1", description="S3 region name.")
-    obs_scheme: str = Field(
-        default="https",
-        description="Scheme used to reach the endpoint host named in obs://{endpoint}/{container}/{path}.",
-    )
+    obs_scheme: str = Field(default="https", description="Scheme used to reach the endpoint host named in "
+                            "obs://{endpoint}/{container}/{path}.")
     nas_mounts: dict[str, Path] = Field(
         default_factory=dict,
         description='NAS id -> mount root, as JSON (e.g. {"nas-1": "/mnt/nas-1"}); nas://nas-1:/data '
@@ -184,9 +181,7 @@ class Settings(BaseSettings):
     vector_store_url: str | None = Field(
         default=None, description="The PostgreSQL (with pgvector) of RAGs whose vector store is `embedded`, as a "
         "postgresql:// URL. Unset: the one `mlyard up` runs under <home>/postgres.")
-    telemetry: bool = Field(
-        default=False, description="Allow the engines (Prefect, MLflow) to send usage telemetry."
-    )
+    telemetry: bool = Field(default=False, description="Allow the engines (Prefect, MLflow) to send usage telemetry.")
     internal_token: SecretStr | None = Field(
         default=None, description="The platform's own credential: the gateway's management routes (/mlyard/*), "
         "the mlyard API's POST /v1/runs, and the platform's services calling private endpoints show it. Unset: the "
@@ -248,6 +243,10 @@ class Settings(BaseSettings):
     @property
     def gateway_url(self) -> str:
         return f"http://127.0.0.1:{self.gateway_port or self.prefect_port + 2}"
+
+    @property
+    def door_url(self) -> str:
+        return f"http://127.0.0.1:{self.door_port or self.prefect_port + 3}"
 
     @property
     def registry_secrets_on_cluster(self) -> bool:

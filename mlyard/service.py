@@ -31,6 +31,9 @@ the records past their retention (Settings.log_retention_days) every hour.
 It also follows Prefect's events: a flow run that CRASHED (its process killed) gets its MLflow runs
 ended FAILED with the reason (mlyard/crashes.py).
 
+And it holds the front door to the Prefect UI for project members, on a second port (Settings.door_port:
+mlyard/prefect_door.py).
+
 Run by the stack as `python -m mlyard.service --port N` (loopback only).
 """
 
@@ -357,13 +360,18 @@ def main(argv: list[str] | None = None) -> None:
 
     crashes.follow(platform().tracking, platform().settings.catalog_db_url)  # a crashed flow run's MLflow runs end FAILED, not RUNNING for ever
     threading.Thread(target=_index_logs, name="mlyard-logs-index", daemon=True).start()
-    files = loaded_project_files()
+    from core.connection import internal_token
+    from mlyard import prefect_door
+
+    settings = Settings()
+    door = int(settings.door_url.rsplit(":", 1)[1])  # the front door to the Prefect UI, a listener of its own
+    threading.Thread(target=prefect_door.serve, args=(args.host, door, internal_token(settings)),
+                     name="mlyard-prefect-door", daemon=True).start()
+    files = loaded_project_files()  # the door's modules among them
     threading.Thread(target=_restart_on_change, args=(files, code_fingerprint(files)), name="mlyard-code-watch",
                      daemon=True).start()
-    log.info("warm; answering on http://%s:%d", args.host, args.port)
-    from core.connection import internal_token
-
-    uvicorn.run(create_app(internal_token(Settings())), host=args.host, port=args.port, log_level="warning",
+    log.info("warm; answering on http://%s:%d (the Prefect UI's front door on %d)", args.host, args.port, door)
+    uvicorn.run(create_app(internal_token(settings)), host=args.host, port=args.port, log_level="warning",
                 access_log=False)
 
 

@@ -54,7 +54,7 @@ def submit(deployment: str, parameters: dict[str, Any], *, tags: list[str] | Non
 
 
 def create_run(deployment: str, parameters: dict[str, Any], tags: list[str],
-               job_variables: dict[str, Any]) -> dict[str, str]:
+               job_variables: dict[str, Any], name: str | None = None, scheduled_time: Any = None) -> dict[str, str]:
     """Make the flow run in this process (the mlyard API runs this too), with the platform's one helper, in
     the caller's project: its tag set here (never taken from the caller), their role there an editor's,
     and recorded in the audit trail."""
@@ -73,7 +73,7 @@ def create_run(deployment: str, parameters: dict[str, Any], tags: list[str],
         raise
     tags = [t for t in tags if not t.startswith((PROJECT_TAG, USER_TAG))] + run_tags(project, actor.name)
     try:
-        fr: Any = make_run(deployment, parameters, job_variables, tags)
+        fr: Any = make_run(deployment, parameters, job_variables, tags, name=name, scheduled_time=scheduled_time)
     except MlyardError as exc:
         record(actor, "run.start", what, "refused" if exc.http_status < 500 else "failed", project, str(exc))
         raise
@@ -117,6 +117,14 @@ def member_parameters(deployment: str, parameters: dict[str, Any], project: str
         confine(template.spec, project, settings)
     made = getattr(spec, "job_variables", None)
     return {**parameters, "spec": spec.model_dump(mode="json")}, (made() if callable(made) else {})
+
+
+def member_flows() -> list[str]:
+    """The flows whose runs a project member may start (their deployments are the ones the Prefect UI's
+    front door shows them)."""
+    from core.names import FLOW_BATCH, FLOW_DELETE_ENDPOINT, FLOW_DEPLOY_ENDPOINT, FLOW_EVALUATE, FLOW_TRAIN, FLOW_TUNE
+
+    return [FLOW_TRAIN, FLOW_TUNE, FLOW_BATCH, FLOW_EVALUATE, FLOW_DEPLOY_ENDPOINT, FLOW_DELETE_ENDPOINT]
 
 
 def member_spec(flow: str) -> Any:

@@ -8,7 +8,7 @@ A key's secret is never kept, only its hash; a revoked or expired key stops work
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
@@ -117,12 +117,18 @@ class Teams:
         """The user an API key signs in, with their roles: Unauthenticated for an unknown, wrong, expired or
         revoked key (one message for all: it never says which key ids exist)."""
         key_id, secret = split_key(key)
+        return self.actor_of_key(key_id, source, project, lambda kept: secret_matches(secret, kept))
+
+    def actor_of_key(self, key_id: str, source: str = "", project: str | None = None,
+                     proven: Callable[[str], bool] = lambda kept: True) -> Actor:
+        """The user of key `key_id` while it is active (a signed-in session names its key: a revoked key ends
+        it at once), once `proven` holds for its kept hash."""
         refused = Unauthenticated("this API key is unknown, expired or revoked; ask an admin for a new one "
                                   "(`mlyard users add-key NAME`)")
         with self.catalog.session() as s:
             row = s.get(ApiKey, key_id)
             now = utcnow()
-            if row is None or not secret_matches(secret, row.secret_hash) or _key_state(row, now) != "active":
+            if row is None or not proven(row.secret_hash) or _key_state(row, now) != "active":
                 raise refused
             user = s.get(User, row.user)
             if user is None:

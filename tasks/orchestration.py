@@ -260,9 +260,11 @@ def _coolname_words() -> frozenset[str]:
 _COOLNAME: frozenset[str] | None = None
 
 
-def submit(deployment: str, parameters: dict, job_variables: dict | None = None, tags: list[str] | None = None):
+def submit(deployment: str, parameters: dict, job_variables: dict | None = None, tags: list[str] | None = None,
+           name: str | None = None, scheduled_time: Any = None):
     """Queue a flow run of `deployment` ("FLOW/DEPLOYMENT", never as a subflow) and return it: the one way
-    mlyard makes a deployment run (the CLI, the Python API, the mlyard API, trials and batch workers).
+    mlyard makes a deployment run (the CLI, the Python API, the mlyard API, trials and batch workers, and
+    the Prefect UI's Run button through mlyard's front door, which may give the run's `name` and time).
     The job variables (GPUs, image, resources) are only handed to a Kubernetes pool; a process pool has
     no use for them. A deployment that does not exist is a StackError saying how to register it."""
     from prefect.client.orchestration import get_client
@@ -282,11 +284,10 @@ def submit(deployment: str, parameters: dict, job_variables: dict | None = None,
 
     kept = pool_job_variables(pool, job_variables, project_of_tags(tags))
     template = RUN_NAMES.get(deployment.split("/", 1)[0])
-    name = render_run_name(template, parameters) if template else None
-    if name:  # its final name now: printed by the command, kept when the run starts (run_name)
-        tags = [*(tags or []), TAG_NAMED]
+    if not name and template and (name := render_run_name(template, parameters)):
+        tags = [*(tags or []), TAG_NAMED]  # its final name now: printed by the command, kept when the run starts
     return run_deployment(found.id, parameters=parameters, timeout=0, job_variables=kept, tags=tags or None,
-                          as_subflow=False, flow_run_name=name)
+                          as_subflow=False, flow_run_name=name, scheduled_time=scheduled_time)
 
 
 def owner_tags() -> list[str]:

@@ -69,7 +69,8 @@ def test_the_installed_wheel_runs_a_users_first_hour_from_an_empty_folder(wheel,
                     str(ROOT / "constraints.txt"), str(wheel)], check=True, timeout=600)
     env = {"PATH": f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"),
            "LANG": "C.UTF-8", "MLYARD_PREFECT_PORT": str(free_port()), "MLYARD_API_PORT": str(free_port()),
-           "MLYARD_GATEWAY_PORT": str(free_port()), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "MLYARD_GATEWAY_PORT": str(free_port()), "MLYARD_DOOR_PORT": str(free_port()),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
 
     def mlyard(*args: str, timeout: float = 300) -> str:

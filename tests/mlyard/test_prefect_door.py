@@ -1,0 +1,191 @@
+"""The Prefect API through mlyard's front door (mlyard/prefect_door.py), as project members' browsers and
+scripts call it on a running stack: signed in with their key, each sees and runs their project's flow runs
+alone, and every read or write of the other project's is refused as if it did not exist; what the door
+does not know is denied; a write from another site is refused; a revoked key ends the session at once.
+(tests/browser/test_prefect_door.py presses the Run button in Chromium.)"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+
+from tests.mlyard.test_workstation import _ok
+from tests.test_user_paths import mlyard as owner
+from tests.test_user_paths import user_dir
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def call(url: str, method: str = "GET", body: dict | bytes | None = None, cookie: str | None = None,
+         headers: dict | None = None) -> tuple[int, dict, object]:
+    """(status, headers, JSON or text) of one request, redirects not followed."""
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    sent = {"Content-Type": "application/json", **({"Cookie": f"mlyard_door={cookie}"} if cookie else {}),
+            **(headers or {})}
+    opener = urllib.request.build_opener(_NoRedirect)
+    try:
+        with opener.open(urllib.request.Request(url, data=data, method=method, headers=sent), timeout=60) as resp:
+            status, got, raw = resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
+    except urllib.error.HTTPError as exc:
+        status, got, raw = exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read()
+    try:
+        return status, got, json.loads(raw)
+    except ValueError:
+        return status, got, raw.decode("utf-8", "replace")
+
+
+def sign_in(door: str, key: str, project: str = "") -> str:
+    status, headers, page = call(f"{door}/sign-in", "POST", urlencode({"key": key, "project": project,
+                                                                       "next": "/runs"}).encode(),
+                                 headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 303 and headers["location"] == "/runs", (status, page)
+    cookie = headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and key not in cookie
+    return cookie.split(";", 1)[0].split("=", 1)[1]
+
+
+@pytest.fixture(scope="module")
+def door_team(stack):
+    """door-a (dana an editor, finn a viewer) and door-b (erik an editor); each project's storage holds the
+    example training (as a member's upload leaves it there)."""
+    from core.settings import Settings
+
+    members = {}
+    for project in ("door-a", "door-b"):
+        _ok(owner("projects", "create", project))
+        shutil.copytree(EXAMPLES / "sklearn_digits", user_dir() / ".mlyard" / "projects" / project / "algo")
+    for name, project, role in (("dana", "door-a", "editor"), ("erik", "door-b", "editor"), ("finn", "door-a", "viewer")):
+        members[name] = json.loads(_ok(owner("users", "create", name, "--json")))
+        _ok(owner("projects", "add-member", project, name, "--role", role))
+    return Settings().door_url, members
+
+
+def _spec(project: str, name: str) -> dict:
+    return {"spec": {"name": name, "source_uri": str(user_dir() / ".mlyard" / "projects" / project / "algo"),
+                     "entry_point": "train.py", "hyperparameters": {"epochs": 1, "epoch_seconds": 0.01}}}
+
+
+def test_each_member_sees_and_runs_their_projects_flow_runs_alone(door_team, stack):
+    door, users = door_team
+    api = f"{door}/api"
+
+    # nobody is let in for being on the machine: a page sends them to sign in, the API answers 401, and a
+    # body claimed bigger than anything allowed is refused on the headers alone
+    assert call(f"{api}/flow_runs/filter", "POST", {})[0] == 401
+    status, headers, _ = call(f"{door}/runs?x=1")
+    assert status == 303 and headers["location"] == "/sign-in?next=%2Fruns%3Fx%3D1"
+    host, port = door.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(b"POST /api/flow_runs/filter HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000000\r\n\r\n")
+        assert s.recv(4096).startswith(b"HTTP/1.1 401")
+    status, _, page = call(f"{door}/sign-in", "POST", urlencode({"key": "mly_000000000000_" + "A" * 43}).encode(),
+                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 401 and "unknown, expired or revoked" in page
+    dana, erik, finn = (sign_in(door, users[n]["key"]) for n in ("dana", "erik", "finn"))
+    settings = call(f"{door}/ui-settings", cookie=dana)[2]
+    assert settings["api_url"] == f"{api}" and settings["auth"] is None  # the UI talks to the door, no password
+
+    # the Run button's request: the run is made by mlyard, in dana's project, whatever tags or job variables
+    # the request says; a typed run name is kept
+    runnable = call(f"{api}/deployments/filter", "POST", {}, cookie=dana)[2]
+    names = {d["name"] for d in runnable}
+    by_flow = {call(f"{api}/flows/{d['flow_id']}", cookie=dana)[2]["name"]: d["id"] for d in runnable}
+    assert {"train", "tune", "batch-inference", "evaluate"} <= set(by_flow) and "rag-sync" not in by_flow, by_flow
+    assert names and call(f"{api}/deployments/count", "POST", {}, cookie=dana)[2] == len(runnable)
+    train = by_flow["train"]
+    status, _, made = call(f"{api}/deployments/{train}/create_flow_run", "POST", {
+        "state": {"type": "SCHEDULED", "message": "Run from the Prefect UI"}, "name": "dana-from-door",
+        "parameters": _spec("door-a", "door-a-train"), "tags": ["mlyard.project:door-b", "mine"],
+        "job_variables": {"image": "evil"}}, cookie=dana)
+    assert status == 201, made
+    assert made["name"] == "dana-from-door" and "mlyard.project:door-a" in made["tags"] and "mine" in made["tags"]
+    assert "mlyard.user:dana" in made["tags"] and "mlyard.project:door-b" not in made["tags"]
+    status, _, theirs = call(f"{api}/deployments/{train}/create_flow_run", "POST", {
+        "state": {"type": "SCHEDULED"}, "parameters": _spec("door-b", "door-b-train")}, cookie=erik)
+    assert status == 201, theirs
+    # another project's storage, and a viewer, are refused before any run is made
+    status, _, refused = call(f"{api}/deployments/{train}/create_flow_run", "POST", {
+        "state": {"type": "SCHEDULED"}, "parameters": _spec("door-b", "stolen")}, cookie=dana)
+    assert status == 422 and "source_uri" in refused["detail"], refused
+    status, _, refused = call(f"{api}/deployments/{train}/create_flow_run", "POST", {
+        "state": {"type": "SCHEDULED"}, "parameters": _spec("door-a", "finn-run")}, cookie=finn)
+    assert status == 403 and "finn is viewer in project 'door-a'; starting work needs editor" in refused["detail"]
+
+    # lists: each sees their project's runs alone, whatever the filter asks
+    def ids(cookie: str, body: dict) -> set[str]:
+        status, _, runs = call(f"{api}/flow_runs/filter", "POST", body, cookie=cookie)
+        assert status == 200, runs
+        return {r["id"] for r in runs}
+
+    assert made["id"] in ids(dana, {}) and theirs["id"] not in ids(dana, {})
+    assert ids(finn, {}) == ids(dana, {})
+    widened = {"flow_runs": {"operator": "or_", "tags": {"operator": "or_", "any_": ["mlyard.project:door-b"]},
+                             "id": {"any_": [theirs["id"]]}}}
+    assert theirs["id"] not in ids(dana, widened) and ids(erik, {}) == {theirs["id"]}
+    assert call(f"{api}/flow_runs/count", "POST", {}, cookie=erik)[2] == 1
+    assert call(f"{api}/task_runs/count", "POST", {"flow_runs": {"id": {"any_": [theirs["id"]]}}}, cookie=dana)[2] == 0
+
+    # one thing of the other project's: not found, by every path that names it
+    for path in (f"flow_runs/{theirs['id']}", f"flow_runs/{theirs['id']}/graph-v2",
+                 f"flow_run_states/?flow_run_id={theirs['id']}"):
+        status, _, answer = call(f"{api}/{path}", cookie=dana)
+        assert status == 404, (path, answer)
+    assert call(f"{api}/flow_runs/{made['id']}", cookie=dana)[0] == 200
+    status, _, answer = call(f"{api}/logs/filter", "POST", {"logs": {"flow_run_id": {"any_": [theirs["id"]]}}},
+                             cookie=dana)
+    assert status == 404
+    status, _, answer = call(f"{api}/logs/filter", "POST", {"logs": {"flow_run_id": {"any_": [made["id"]]}}},
+                             cookie=dana)
+    assert status == 200 and isinstance(answer, list)
+    status, _, answer = call(f"{api}/logs/filter", "POST", {"logs": {"level": {"ge_": 0}}}, cookie=dana)
+    assert status == 422 and "names its flow runs" in answer["detail"]
+
+    # writes: cancel is an editor's, on their project's run alone; no other state change
+    status, _, answer = call(f"{api}/flow_runs/{theirs['id']}/set_state", "POST", {"state": {"type": "CANCELLING"}},
+                             cookie=dana)
+    assert status == 404
+    status, _, answer = call(f"{api}/flow_runs/{made['id']}/set_state", "POST", {"state": {"type": "CANCELLING"}},
+                             cookie=finn)
+    assert status == 403 and "needs editor" in answer["detail"]
+    status, _, answer = call(f"{api}/flow_runs/{made['id']}/set_state", "POST", {"state": {"type": "COMPLETED"}},
+                             cookie=dana)
+    assert status == 403 and "only to cancel" in answer["detail"]
+    # what the door does not know is denied: the platform's blocks and variables, deleting runs, other flows
+    for method, path, body in (("POST", "block_documents/filter", {}), ("POST", "variables/filter", {}),
+                               ("DELETE", f"flow_runs/{made['id']}", None), ("POST", "automations/filter", {}),
+                               ("POST", "events/count-by/event", {})):
+        status, _, answer = call(f"{api}/{path}", method, body, cookie=dana)
+        assert status == 403 and "not open to project members" in answer["detail"], (path, answer)
+    # a run's events, as its page asks for them: the project's runs alone, and never every run's at once
+    status, _, answer = call(f"{api}/events/filter", "POST", {"filter": {}}, cookie=dana)
+    assert status == 422 and "names its flow runs" in answer["detail"]
+    for run, expected in ((theirs["id"], 404), (made["id"], 200)):
+        status, _, answer = call(f"{api}/events/filter", "POST", {"filter": {
+            "any_resource": {"id": [f"prefect.flow-run.{run}"]}}}, cookie=dana)
+        assert status == expected, answer
+    # a write from another site (another port of this machine is another origin) is refused
+    for extra in ({"Origin": "http://127.0.0.1:1"}, {"Sec-Fetch-Site": "same-site"}):
+        status, _, answer = call(f"{api}/flow_runs/filter", "POST", {}, cookie=dana, headers=extra)
+        assert status == 403 and "same origin" in answer["detail"]
+
+    # a bearer key works for a script; a revoked key ends its session at the next request
+    assert call(f"{api}/flow_runs/count", "POST", {}, headers={"Authorization": f"Bearer {users['erik']['key']}"})[2] == 1
+    _ok(owner("users", "revoke", users["finn"]["key_id"]))
+    assert call(f"{api}/flow_runs/filter", "POST", {}, cookie=finn)[0] == 401
+
+    records = json.loads(_ok(owner("audit", "--project", "door-a", "--json")))
+    seen = {(r["user"], r["action"], r["result"]) for r in records}
+    assert {("dana", "run.start", "ok"), ("dana", "run.start", "refused"), ("finn", "run.start", "refused"),
+            ("finn", "run.stop", "refused"), ("dana", "prefect.request", "refused")} <= seen, seen
