@@ -228,6 +228,7 @@ def status(settings: Settings) -> dict:
                 if state.prefect_auth_string else "none: MLYARD_PREFECT_AUTH=false opens the API to every local account"
         if state.service_url and state.pids.get("mlyard-api") and alive(state.pids["mlyard-api"]):
             out["mlyard_api"] = state.service_url
+            out["prefect_ui_for_members"] = f"{settings.door_url} (sign in with an API key)"
             if state.internal_token:  # its own read-only key: the page opens in a browser, nothing else does
                 from core.connection import dashboard_key
 

@@ -64,7 +64,8 @@ def ui_mlflow() -> None:
 
 @ui_app.command("prefect")
 def ui_prefect() -> None:
-    """Print the Prefect UI URL (the server runs after `mlyard up`) and the string its login page asks for."""
+    """Print the Prefect UI URL (the server runs after `mlyard up`) and the string its login page asks for, and
+    the front door where project members sign in with their API key (their projects' runs alone)."""
     from mlyard import stack, stack_ui
 
     settings = _settings()
@@ -74,6 +75,8 @@ def ui_prefect() -> None:
         raise typer.Exit(2)
     out.print(f"Prefect UI: {info['prefect_ui']}")
     out.print(stack_ui.prefect_sign_in(settings))
+    if info.get("prefect_ui_for_members"):
+        out.print(f"for project members: {info['prefect_ui_for_members']}")
 
 
 def demo(keep_running: bool = typer.Option(True, help="Leave the stack running to look at the UIs.")) -> None:
