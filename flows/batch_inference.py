@@ -22,12 +22,12 @@ from prefect.states import Cancelled
 from pydantic import BaseModel, Field
 
 from core.errors import TrainingStopped
-from core.names import FLOW_BATCH, TAG_BATCH_ID, TAG_KIND, TAG_MODEL, TAG_MODEL_URI
+from core.names import FLOW_BATCH, TAG_BATCH_ID, TAG_KIND, TAG_MODEL, TAG_MODEL_URI, TAG_PROJECT
 from core.specs import BatchInferenceSpec, BatchJob, BatchShard
 from flows.platform import Platform
 from tasks import checks
 from tasks.batch import check_output, end_run, fingerprint, finish, load_model, run_workers, stage_inputs
-from tasks.orchestration import link_mlflow_run, prefect_link, run_name, stopped_on_interrupt
+from tasks.orchestration import link_mlflow_run, prefect_link, run_name, run_project, stopped_on_interrupt
 from tasks.outputs import Layout
 from tasks.shards import plan, select_files
 
@@ -80,7 +80,7 @@ def batch_infer(spec: BatchInferenceSpec) -> BatchInferenceResult:
         # 4. MLflow run.
         run_id = p.tracking.start_run(spec.experiment, spec.name, tags={
             TAG_KIND: "batch_inference", TAG_BATCH_ID: batch_id, TAG_MODEL: spec.model,
-            TAG_MODEL_URI: model_uri, **prefect_link(spec.description),
+            TAG_MODEL_URI: model_uri, **prefect_link(spec.description), TAG_PROJECT: run_project(),
         }, params={"model": model_uri, "input_uri": spec.input_uri, "input_format": spec.input_format,
                    "output_uri": spec.output_uri, "batch_size": spec.batch_size, "workers": spec.workers,
                    "runtime": model.runtime,

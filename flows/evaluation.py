@@ -26,6 +26,7 @@ from core.names import (
     TAG_KIND,
     TAG_MODEL,
     TAG_MODEL_URI,
+    TAG_PROJECT,
     TAG_STATUS_REASON,
     TAG_TASK,
     TASK_EVALUATION_BATCH,
@@ -35,7 +36,7 @@ from flows.batch_inference import batch_infer
 from flows.platform import Platform
 from tasks.batch import load_model
 from tasks.evaluation_steps import check_classes, check_input, compare, record
-from tasks.orchestration import link_mlflow_run, mark_started, prefect_link, run_name, stopped_on_interrupt
+from tasks.orchestration import link_mlflow_run, mark_started, prefect_link, run_name, run_project, stopped_on_interrupt
 
 
 class EvaluationResult(BaseModel):
@@ -67,7 +68,7 @@ def evaluate(spec: EvaluationSpec) -> EvaluationResult:
         # 2. MLflow run.
         run_id = p.tracking.start_run(spec.experiment, spec.name, tags={
             TAG_KIND: "evaluation", TAG_EVALUATION_ID: evaluation_id, TAG_MODEL: spec.model,
-            TAG_MODEL_URI: model_uri, TAG_TASK: spec.task, **prefect_link(spec.description),
+            TAG_MODEL_URI: model_uri, TAG_TASK: spec.task, **prefect_link(spec.description), TAG_PROJECT: run_project(),
         }, params={"model": model_uri, "input_uri": spec.input_uri, "label_field": spec.label_field, "task": spec.task,
                    "files": len(files)})
         p.tracking.log_datasets(run_id, {"labelled": spec.input_uri}, "evaluation")

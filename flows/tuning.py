@@ -26,6 +26,7 @@ from core.names import (
     TAG_BEST_RUN_ID,
     TAG_BEST_TRIAL,
     TAG_KIND,
+    TAG_PROJECT,
     TAG_REASON,
     TAG_STATUS,
     TAG_TRAINING_NAME,
@@ -40,6 +41,7 @@ from tasks.orchestration import (
     link_mlflow_run,
     prefect_link,
     run_name,
+    run_project,
     stopped_on_interrupt,
 )
 from tasks.training import check_locations, prepare_environment, stage_inputs
@@ -95,7 +97,7 @@ def tune(spec: TuningSpec) -> TuningResult:
                     p.tracking.end_run(t.user_attrs[RUN_ID_ATTR], "KILLED")
         parent = p.tracking.find_run({TAG_TUNING_ID: tuning_id, TAG_KIND: "tuning"}) or p.tracking.start_run(
             base.experiment, spec.name, tags={TAG_KIND: "tuning", TAG_TUNING_ID: tuning_id, TAG_TRAINING_NAME: spec.name,
-                                              **prefect_link(spec.description)},
+                                              **prefect_link(spec.description), TAG_PROJECT: run_project()},
             params={"strategy": spec.strategy, "seed": spec.seed, "max_trials": spec.max_trials,
                     "parallel_trials": spec.parallel_trials, "objective": spec.objective.metric,
                     "direction": spec.objective.direction})

@@ -3,9 +3,11 @@ basic auth (the `basic-auth` app of `mlflow[auth]`), registered as the MLflow ap
 (pyproject's `mlflow.app` entry point, started with `mlflow ui --app-name mlyard`), whose page sets the
 browser's defaults for an ML platform before MLflow's code reads them.
 
-Every request but `/health` and the static files signs in as the stack's admin (`mlyard`, with the
-password `mlyard up` made for this home, `auth_config`): another account of the machine can neither read
-the registry nor move an alias. The admin, its password and MLflow's permission store are MLflow's own
+Every request but `/health` and the static files signs in: as the stack's admin (`mlyard`, with the
+password `mlyard up` made for this home, `auth_config`), or as a project member with their name and their
+mlyard API key for a password (`authenticate`), who then holds MLflow's permissions on their projects'
+experiments and models alone (registry/mlflow_permissions.py). Another account of the machine can neither
+read the registry nor move an alias. The admin, its password and MLflow's permission store are MLflow's own
 (`MLFLOW_AUTH_CONFIG_PATH`, an ini file in the home, mode 0600).
 
 MLflow 3.17's UI keeps its choices in the browser's localStorage, as `<key>_v<version>` holding JSON:
@@ -88,6 +90,50 @@ def app() -> WithDefaults:
 
 
 ADMIN = "mlyard"
+SYNC_SECONDS = 5.0  # a member's MLflow permissions are brought in step with their roles at most this often
+_synced: dict[str, float] = {}
+
+
+def authenticate() -> Any:
+    """MLflow's authorization function here (`authorization_function` in the home's ini): a project member
+    signs in with their name and their mlyard API key as the password (the key is checked in the catalog
+    on every request, so a revoked key stops at once), and MLflow's permissions are kept in step with their
+    roles (registry/mlflow_permissions.py); the admin signs in with MLflow's own password, as before."""
+    from flask import g, request
+    from mlflow.server.auth import authenticate_request_basic_auth, make_basic_auth_response
+
+    given = request.authorization
+    if given is None or not (given.password or "").startswith("mly_"):
+        return authenticate_request_basic_auth()
+    if getattr(g, "mlyard_user", None) is not None:  # MLflow asks again for each check of the same request
+        return g.mlyard_user
+    from werkzeug.datastructures import Authorization
+
+    from core.errors import MlyardError
+    from mlyard.teams import teams
+
+    try:
+        actor = teams().authenticate(given.password or "", request.remote_addr or "unknown")
+    except MlyardError:
+        return make_basic_auth_response()
+    _keep_in_step(actor)
+    g.mlyard_user = Authorization("basic", {"username": actor.name, "password": given.password})
+    return g.mlyard_user
+
+
+def _keep_in_step(actor: Any) -> None:
+    import time
+
+    from mlflow.server.auth import store
+
+    from core.connection import connect
+    from registry.mlflow_permissions import keep_in_step, wanted
+
+    if time.monotonic() - _synced.get(actor.name, -SYNC_SECONDS) < SYNC_SECONDS:
+        return
+    experiments, models = wanted(connect().mlflow_uri, {} if actor.admin else actor.roles)
+    keep_in_step(store, actor.name, actor.admin, experiments, models)
+    _synced[actor.name] = time.monotonic()
 
 
 def auth_env(home: Path) -> dict[str, str]:
@@ -110,24 +156,36 @@ CONFIG = "mlflow-auth.ini"
 def _config(home: Path) -> dict[str, str]:
     import configparser
     import os
-    import secrets
 
     path = home / CONFIG
     config = configparser.ConfigParser(interpolation=None)
     if path.is_file():
         config.read(path)
-        return dict(config["mlflow"])
-    config["mlflow"] = {
-        "default_permission": "READ",
-        "database_uri": f"sqlite:///{home / 'mlflow-auth.db'}",
-        "admin_username": ADMIN,
-        "admin_password": secrets.token_urlsafe(18),
-        "secret_key": secrets.token_urlsafe(32),
-        "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
-    }
+        if config["mlflow"].get("authorization_function") == AUTHENTICATE:
+            return dict(config["mlflow"])
+        # a home from before project members: they sign in with their keys, and see their projects' alone
+        config["mlflow"].update(authorization_function=AUTHENTICATE, default_permission="NO_PERMISSIONS")
+    else:
+        config["mlflow"] = _new_config(home)
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         config.write(f)
     os.replace(tmp, path)
     return dict(config["mlflow"])
+
+
+AUTHENTICATE = "mlyard.mlflow_ui:authenticate"
+
+
+def _new_config(home: Path) -> dict[str, str]:
+    import secrets
+
+    return {
+        "default_permission": "NO_PERMISSIONS",
+        "database_uri": f"sqlite:///{home / 'mlflow-auth.db'}",
+        "admin_username": ADMIN,
+        "admin_password": secrets.token_urlsafe(18),
+        "secret_key": secrets.token_urlsafe(32),
+        "authorization_function": AUTHENTICATE,
+    }

@@ -42,7 +42,7 @@ def start_mlflow_ui(settings: Settings, echo=print, timeout: float = 180.0) -> s
         # GenAI jobs (scorers, prompt optimization) that mlyard never submits; the UI's server goes without it.
         # Every request but its health probe signs in (MLflow's basic auth, the home's admin: mlyard/mlflow_ui.py).
         env = {**os.environ, **settings.engine_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-               **mlflow_ui.auth_env(settings.home_dir)}
+               **mlflow_ui.auth_env(settings.home_dir), "MLYARD_HOME": str(settings.home_dir)}  # members' keys: its catalog
         log = settings.home_dir / "logs" / "mlflow-ui.log"
         pid = spawn([str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", settings.mlflow_uri,
                       "--default-artifact-root", settings.mlflow_artifact_root.as_uri(),

@@ -99,13 +99,14 @@ def member_parameters(deployment: str, parameters: dict[str, Any], project: str
     model = member_spec(flow)
     if model is None:
         raise Forbidden(current().name, None, f"starting a {flow} run (not yet open to project members)", "admin", None)
-    spec = load_spec(model, parameters.get("spec"), source="spec")
+    spec = project_experiments(load_spec(model, parameters.get("spec"), source="spec"), project)
     settings = connect()
     confine(spec, project, settings)
     check_quota(spec, project)
     if isinstance(spec, (BatchInferenceSpec, EvaluationSpec)):
         model_of_project(spec.model, project)
     endpoint_of_member(spec, project)
+    experiment_of_project(spec, project)
     if isinstance(spec, TuningSpec) and spec.template is not None:
         from core.errors import TemplateNotFound
         from mlyard.teams import catalog
@@ -192,6 +193,39 @@ def model_of_project(model: str, project: str) -> None:
     name = re.split(r"[@/]", model.removeprefix("models:/"), maxsplit=1)[0]
     if platform().models.project_of(name) != project:  # another project's model does not exist for this run
         raise ModelNotFound(name)
+
+
+def project_experiments(spec: Any, project: str) -> Any:
+    """`spec` with each experiment left at its kind's default ("default", "evaluations", ...) made the
+    project's own ("team-a/default"): an experiment belongs to one project, and the defaults are
+    `default`'s. An experiment named in the spec is kept (experiment_of_project checks it)."""
+    from core.access import DEFAULT_PROJECT
+    from core.specs import TuningSpec
+
+    if project == DEFAULT_PROJECT:
+        return spec
+    updates: dict[str, Any] = {}
+    field = type(spec).model_fields.get("experiment")
+    if field is not None and field.default and spec.experiment == field.default:
+        updates["experiment"] = f"{project}/{field.default}"
+    if isinstance(spec, TuningSpec):
+        if spec.training is not None:
+            updates["training"] = project_experiments(spec.training, project)
+        if spec.experiment is None and (spec.training is None or updates["training"].experiment.startswith(f"{project}/")):
+            updates["experiment"] = f"{project}/default"  # a template's or the training's default: the project's
+    return spec.model_copy(update=updates) if updates else spec
+
+
+def experiment_of_project(spec: Any, project: str) -> None:
+    """A member's run logs to an experiment of their project, or to a new one (it becomes theirs): another
+    project's experiment is refused before the run is made."""
+    from mlyard.warm_api import platform
+
+    names = [getattr(spec, "experiment", None), getattr(getattr(spec, "training", None), "experiment", None)]
+    for name in filter(None, names):
+        owner = platform().tracking.experiment_project(name)
+        if owner is not None:
+            platform().tracking.check_project(name, owner, project)
 
 
 def final_state(run_id: str, timeout: float | None, poll_seconds: float = 0.5, what: str = "", then: str = "") -> Any:

@@ -21,8 +21,9 @@ from mlflow.entities import Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from core.errors import ExperimentNotFound
-from core.names import TAG_EXPERIMENT_KIND, TAG_TRAINING_ID
+from core.access import DEFAULT_PROJECT
+from core.errors import Conflict, ExperimentNotFound
+from core.names import TAG_EXPERIMENT_KIND, TAG_PROJECT, TAG_TRAINING_ID
 
 RunStatus = Literal["FINISHED", "FAILED", "KILLED"]
 MODEL_TRAINING = "custom_model_development"
@@ -122,8 +123,13 @@ class Tracking:
 
     # -- experiments ---------------------------------------------------------------------------
 
-    def experiment_id(self, name: str, create: bool = False) -> str:
+    def experiment_id(self, name: str, create: bool = False, project: str | None = None) -> str:
+        """The id of experiment `name` (made when `create`). With a `project`: an experiment is made as that
+        project's (its tag), and one of another project is refused (a run of one project never lands among
+        another's; experiments from before projects are `default`'s)."""
         exp = self.client.get_experiment_by_name(name)
+        if exp is not None and project is not None:
+            self.check_project(name, exp.tags.get(TAG_PROJECT), project)
         if exp is not None and exp.lifecycle_stage == "active":
             return exp.experiment_id
         if exp is not None:  # deleted earlier: bring it back rather than fail on the unique name
@@ -136,7 +142,8 @@ class Tracking:
         location = (self.artifact_root / name).as_uri() if self.artifact_root else None
         try:
             # Model training, not GenAI: the MLflow UI then opens the runs table, not its GenAI view.
-            return self.client.create_experiment(name, artifact_location=location, tags={TAG_EXPERIMENT_KIND: MODEL_TRAINING})
+            return self.client.create_experiment(name, artifact_location=location, tags={
+                TAG_EXPERIMENT_KIND: MODEL_TRAINING, **({TAG_PROJECT: project} if project else {})})
         except MlflowException:  # created concurrently
             exp = self.client.get_experiment_by_name(name)
             if exp is None:
@@ -145,9 +152,21 @@ class Tracking:
 
     # -- runs ----------------------------------------------------------------------------------
 
+    @staticmethod
+    def check_project(name: str, owner: str | None, project: str) -> None:
+        if (owner or DEFAULT_PROJECT) != project:
+            raise Conflict(f"experiment {name!r} belongs to another project: name an experiment of project "
+                           f"{project!r} (or a new one) for its runs")
+
+    def experiment_project(self, name: str) -> str | None:
+        """The project of experiment `name` (None: there is none by that name)."""
+        exp = self.client.get_experiment_by_name(name)
+        return None if exp is None else exp.tags.get(TAG_PROJECT, DEFAULT_PROJECT)
+
     def start_run(self, experiment: str, run_name: str, tags: Mapping[str, str],
                   params: Mapping[str, object] | None = None) -> str:
-        exp_id = self.experiment_id(experiment, create=True)
+        """A new run in `experiment`; with TAG_PROJECT among its `tags`, the experiment is that project's."""
+        exp_id = self.experiment_id(experiment, create=True, project=tags.get(TAG_PROJECT))
         run = self.client.create_run(exp_id, run_name=run_name, tags=dict(tags))
         if params:
             self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])

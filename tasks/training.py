@@ -19,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from core.names import (
     TAG_ENTRY_POINT,
     TAG_KIND,
+    TAG_PROJECT,
     TAG_SOURCE_URI,
     TAG_STATUS_REASON,
     TAG_TRAINING_ID,
@@ -30,7 +31,7 @@ from registry.tracking import Tracking
 from tasks import checks
 from tasks.environments import requirements_env
 from tasks.launch import Confinement, ScriptRun, Workdirs, run_script
-from tasks.orchestration import prefect_link, step_started
+from tasks.orchestration import prefect_link, run_project, step_started
 from tasks.staging import stage_in, stage_out
 from tasks.storage import Storage
 
@@ -97,6 +98,7 @@ def open_run(tracking: Tracking, spec: TrainingSpec, training_id: str, kind: str
     return tracking.start_run(spec.experiment, spec.name, tags={
         **spec.tags, **(tags or {}), TAG_KIND: kind, TAG_TRAINING_ID: training_id, TAG_TRAINING_NAME: spec.name,
         TAG_SOURCE_URI: spec.source_uri, TAG_ENTRY_POINT: spec.entry_point, **prefect_link(spec.description),
+        TAG_PROJECT: run_project(),
     }, params=spec.hyperparameters)
 
 

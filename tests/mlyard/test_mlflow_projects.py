@@ -1,0 +1,119 @@
+"""MLflow per project, as members meet it on a running stack: each member's runs log to an experiment of
+their project (another project's experiment is refused before the run is made), and in the MLflow UI's
+server, signed in with their name and API key, each sees their projects' experiments, runs and models
+alone; a viewer reads and writes nothing; another project's experiment is refused; the admin sees all."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tests.mlyard.test_prefect_door import call
+from tests.mlyard.test_teams import Member
+from tests.mlyard.test_workstation import _ok
+from tests.test_user_paths import mlyard as owner
+from tests.test_user_paths import user_dir
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def mlflow(url: str, path: str, user: str, password: str, body: dict | None = None) -> tuple[int, dict]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    req = urllib.request.Request(f"{url}/api/2.0/mlflow/{path}", data=json.dumps(body).encode() if body is not None
+                                 else None, method="POST" if body is not None else "GET",
+                                 headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        try:
+            return exc.code, json.loads(raw)
+        except ValueError:
+            return exc.code, {"text": raw.decode("utf-8", "replace")}
+
+
+def test_the_mlflow_ui_shows_each_member_their_projects_experiments_and_models_alone(stack, tmp_path):
+    from core.settings import Settings
+
+    door = Settings().door_url
+    keys = {}
+    for name, project, role in (("mara", "mlp-a", "editor"), ("nils", "mlp-b", "editor"), ("otto", "mlp-a", "viewer")):
+        if role == "editor":
+            _ok(owner("projects", "create", project))
+            shutil.copytree(EXAMPLES / "sklearn_digits", user_dir() / ".mlyard" / "projects" / project / "algo")
+        keys[name] = json.loads(_ok(owner("users", "create", name, "--json")))["key"]
+        _ok(owner("projects", "add-member", project, name, "--role", role))
+    train = call(f"{door}/api/deployments/filter", "POST", {"flows": {"name": {"any_": ["train"]}}},
+        headers={"Authorization": f"Bearer {keys['mara']}"})[2][0]["id"]
+
+    def start(user: str, project: str, experiment: str) -> tuple[int, dict]:
+        status, _, made = call(f"{door}/api/deployments/{train}/create_flow_run", "POST", {
+            "state": {"type": "SCHEDULED"}, "parameters": {"spec": {
+                "name": f"{user}-train", "experiment": experiment, "source_uri": str(
+                    user_dir() / ".mlyard" / "projects" / project / "algo"), "entry_point": "train.py",
+                "hyperparameters": {"epochs": 1, "epoch_seconds": 0.01}}}},
+            headers={"Authorization": f"Bearer {keys[user]}"})
+        return status, made
+
+    runs = {}
+    for user, project in (("mara", "mlp-a"), ("nils", "mlp-b")):
+        status, runs[user] = start(user, project, f"exp-{project}")
+        assert status == 201, runs[user]
+    for user in runs:  # each training's experiment is made as its project's
+        deadline = time.monotonic() + 180
+        while (state := call(f"{door}/api/flow_runs/{runs[user]['id']}",
+                             headers={"Authorization": f"Bearer {keys[user]}"})[2]["state_type"]) != "COMPLETED":
+            assert time.monotonic() < deadline and state not in ("FAILED", "CRASHED"), state
+            time.sleep(1)
+    status, refused = start("nils", "mlp-b", "exp-mlp-a")  # her project's experiment is not his to log to
+    assert status == 409 and "experiment 'exp-mlp-a' belongs to another project" in refused["detail"], refused
+    mara = Member(tmp_path / "mara", stack, keys["mara"])
+    made = mara.json("models", "create", "mlp-a-model", "--from-training", runs["mara"]["id"][:8])
+    assert made["project"] == "mlp-a"
+
+    opened = _ok(owner("ui", "mlflow"))
+    url = opened.splitlines()[0].split()[-1]
+    admin = opened.split("sign-in: user ", 1)[1].split()[0], opened.split("password ", 1)[1].split()[0]
+
+    def experiments(user: str, password: str) -> dict[str, str]:
+        status, found = mlflow(url, "experiments/search", user, password, {"max_results": 1000})
+        assert status == 200, found
+        return {e["name"]: e["experiment_id"] for e in found.get("experiments", [])}
+
+    everything = experiments(*admin)
+    assert {"exp-mlp-a", "exp-mlp-b"} <= set(everything)
+    assert set(experiments("mara", keys["mara"])) == {"exp-mlp-a"}
+    assert set(experiments("otto", keys["otto"])) == {"exp-mlp-a"}
+    assert set(experiments("nils", keys["nils"])) == {"exp-mlp-b"}
+    theirs, hers = everything["exp-mlp-b"], everything["exp-mlp-a"]
+    status, _ = mlflow(url, f"experiments/get?experiment_id={theirs}", "mara", keys["mara"])
+    assert status == 403
+    status, _ = mlflow(url, "runs/search", "mara", keys["mara"], {"experiment_ids": [theirs]})
+    assert status == 403
+    status, found = mlflow(url, "runs/search", "mara", keys["mara"], {"experiment_ids": [hers]})
+    assert status == 200 and len(found["runs"]) == 1
+    her_run = found["runs"][0]["info"]["run_id"]
+    status, found = mlflow(url, "runs/search", "nils", keys["nils"], {"experiment_ids": [theirs]})
+    his_run = found["runs"][0]["info"]["run_id"]
+    assert mlflow(url, "runs/set-tag", "mara", keys["mara"], {"run_id": his_run, "key": "x", "value": "y"})[0] == 403
+    assert mlflow(url, "runs/set-tag", "otto", keys["otto"], {"run_id": her_run, "key": "x", "value": "y"})[0] == 403
+    assert mlflow(url, "runs/set-tag", "mara", keys["mara"], {"run_id": her_run, "key": "x", "value": "y"})[0] == 200
+
+    def models(user: str) -> set[str]:
+        status, found = mlflow(url, "registered-models/search", user, keys[user], {"max_results": 1000})
+        assert status == 200, found
+        return {m["name"] for m in found.get("registered_models", [])}
+
+    assert models("mara") == {"mlp-a-model"} and models("nils") == set()
+    assert mlflow(url, "registered-models/get?name=mlp-a-model", "nils", keys["nils"])[0] == 403
+    # a wrong key signs nobody in; a revoked one stops at once
+    assert mlflow(url, "experiments/search", "mara", "mly_000000000000_" + "A" * 43, {})[0] == 401
+    key_id = keys["otto"].split("_")[1]
+    _ok(owner("users", "revoke", key_id))
+    assert mlflow(url, "experiments/search", "otto", keys["otto"], {})[0] == 401
