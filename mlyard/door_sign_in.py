@@ -7,7 +7,7 @@ expiry, and carries an HMAC of them made with a secret derived from the platform
 The cookie is HttpOnly and SameSite=Strict. Every request reads the key's row again: when the key is
 revoked, the session ends at its next request. A person signs out with POST /sign-out.
 
-It also holds the door's own answers: a refusal (`Answer`) worded as Prefect's API words one, the body
+It also holds the door's own answers: a refusal (an HttpError) worded as Prefect's API words one, the body
 read within its bound, and the check that a write comes from the door's own pages.
 """
 
@@ -20,7 +20,8 @@ import html
 import json
 import time
 from typing import Any
-from urllib.parse import quote
+
+from core.errors import HttpError
 
 COOKIE = "mlyard_door"
 SESSION_SECONDS = 12 * 3600
@@ -81,10 +82,6 @@ def safe_next(given: str | None) -> str:
     return given
 
 
-def sign_in_path(next_path: str) -> str:
-    return f"/sign-in?next={quote(safe_next(next_path), safe='')}"
-
-
 def page(next_path: str, problem: str = "", who: str = "") -> bytes:
     """The sign-in page: an API key, a project (for a member of several), and the line that says what went wrong."""
     said = f'<p class="problem" role="alert">{html.escape(problem)}</p>' if problem else ""
@@ -128,14 +125,6 @@ def detail(message: str) -> bytes:
 # -- the door's own answers ----------------------------------------------------------------------------------
 
 
-class Answer(Exception):
-    """Stop here and answer: `status`, a JSON `detail` (Prefect's wording)."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
-
 def same_origin(scope: dict) -> None:
     """A write comes from this site's own pages: a browser says where a request comes from (Sec-Fetch-Site,
     Origin), and a page elsewhere (another port of this machine is another origin) is refused."""
@@ -146,20 +135,20 @@ def same_origin(scope: dict) -> None:
     origin = headers.get(b"origin")
     host = headers.get(b"host", b"")
     if site not in (None, b"same-origin", b"none") or (origin is not None and origin.split(b"://", 1)[-1] != host):
-        raise Answer(403, "a write through mlyard's front door comes from its own pages (same origin)")
+        raise HttpError(403, "a write through mlyard's front door comes from its own pages (same origin)")
 
 
 async def body(scope: dict, receive: Any, limit: int = MAX_BODY_BYTES) -> bytes:
     declared = dict(scope["headers"]).get(b"content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise Answer(413, f"a request body through mlyard's front door is at most {limit} bytes")
+        raise HttpError(413, f"a request body through mlyard's front door is at most {limit} bytes")
     chunks, got = [], 0
     while True:
         message = await receive()
         chunk = message.get("body", b"")
         got += len(chunk)
         if got > limit:
-            raise Answer(413, f"a request body through mlyard's front door is at most {limit} bytes")
+            raise HttpError(413, f"a request body through mlyard's front door is at most {limit} bytes")
         chunks.append(chunk)
         if not message.get("more_body"):
             return b"".join(chunks)

@@ -27,6 +27,7 @@ import logging
 from typing import Any
 from urllib.parse import parse_qs
 
+from core.errors import HttpError
 from mlyard import door_sign_in as door
 from mlyard import prefect_rules as rules
 
@@ -55,10 +56,8 @@ class PrefectDoor:
             return await send({"type": "websocket.close", "code": 1008})
         try:
             await self._serve(scope, receive, send)
-        except door.Answer as exc:
-            await door.answer_json(send, exc.status, door.detail(str(exc)))
-        except rules.Refused as exc:  # a body the door cannot narrow: nothing forwarded
-            await door.answer_json(send, 422, door.detail(str(exc)))
+        except HttpError as exc:  # a refusal, or a body the door cannot narrow: nothing forwarded
+            await door.answer_json(send, exc.http_status, door.detail(str(exc)))
 
     async def _serve(self, scope: dict, receive: Any, send: Any) -> None:
         path, method = scope["path"], scope["method"]
@@ -69,15 +68,16 @@ class PrefectDoor:
         actor = await self._actor(scope)
         if actor is None:
             if path.startswith("/api/") or method not in ("GET", "HEAD"):
-                raise door.Answer(401, "sign in at /sign-in (an mlyard API key) or send one as a bearer token")
-            return await door.redirect(send, door.sign_in_path(path + ("?" + scope["query_string"].decode("latin-1")
-                                                                   if scope["query_string"] else "")))
+                raise HttpError(401, "sign in at /sign-in (an mlyard API key) or send one as a bearer token")
+            # the sign-in page, here (401: nobody is in), back to this page once signed in
+            return await door.answer_html(send, 401, door.page(path + ("?" + scope["query_string"].decode("latin-1")
+                                                                    if scope["query_string"] else "")))
         door.same_origin(scope)
         if path == "/ui-settings":
             return await self._ui_settings(scope, send)
         if not path.startswith("/api/"):
             if method not in ("GET", "HEAD"):
-                raise door.Answer(405, f"{method} {path}: the UI's pages are only read")
+                raise HttpError(405, f"{method} {path}: the UI's pages are only read")
             return await self._forward(scope, send, None)
         body = await door.body(scope, receive) if method not in ("GET", "HEAD") else None
         if actor.admin:
@@ -122,7 +122,7 @@ class PrefectDoor:
         if scope["method"] == "GET" and scope["path"] == "/sign-in":
             return await door.answer_html(send, 200, door.page(query.get("next", "")))
         if scope["method"] != "POST":
-            raise door.Answer(405, "sign in with POST /sign-in, out with POST /sign-out")
+            raise HttpError(405, "sign in with POST /sign-in, out with POST /sign-out")
         door.same_origin(scope)
         secure = dict(scope["headers"]).get(b"x-forwarded-proto") == b"https"
         if scope["path"] == "/sign-out":
@@ -148,7 +148,7 @@ class PrefectDoor:
         if found is None:
             if method not in ("GET", "HEAD"):
                 self._record(actor, "prefect.request", f"{method} {path}", "refused", "not open to project members")
-            raise door.Answer(403, f"{method} {path} is not open to project members through mlyard's front door "
+            raise HttpError(403, f"{method} {path} is not open to project members through mlyard's front door "
                          "(an admin's, or not scoped by project in Prefect)")
         rule, ident = found
         project = actor.acting_project()
@@ -163,7 +163,7 @@ class PrefectDoor:
             return await self._forward(scope, send, _dumped(rules.deployments_narrowed(given, await self._runnable())))
         if rule == "deployment":
             if ident not in await self._runnable():
-                raise door.Answer(404, "Deployment not found")
+                raise HttpError(404, "Deployment not found")
             return await self._forward(scope, send, None)
         if rule == "events":
             await self._all_in(project, rules.event_runs(given), [])
@@ -189,10 +189,10 @@ class PrefectDoor:
             url = f"/api/artifacts/{ident}" + ("/latest" if rule == "latest artifact" else "")
             found_artifact = await self._get(url)
             if found_artifact is None or not found_artifact.get("flow_run_id"):
-                raise door.Answer(404, "Artifact not found")
+                raise HttpError(404, "Artifact not found")
             await self._all_in(project, [found_artifact["flow_run_id"]], [], "Artifact not found")
             return await door.answer_json(send, 200, json.dumps(found_artifact).encode())
-        raise door.Answer(403, f"{method} {path} is not open to project members")  # a rule without a way: denied
+        raise HttpError(403, f"{method} {path} is not open to project members")  # a rule without a way: denied
 
     async def _all_in(self, project: str, flow_runs: list[str], task_runs: list[str], missing: str = "") -> None:
         """Every flow run and task run named is the project's: else 404 as if it did not exist."""
@@ -202,12 +202,12 @@ class PrefectDoor:
             if not ids:
                 continue
             if not all(_uuid(i) for i in ids):
-                raise door.Answer(404, missing or f"{what} not found")
+                raise HttpError(404, missing or f"{what} not found")
             answer = await self._post(f"/api/{route}/count", {
                 route: {"id": {"any_": ids}}, "flow_runs": {"operator": "and_", "tags": tag}} if route == "task_runs"
                 else {"flow_runs": {"operator": "and_", "id": {"any_": ids}, "tags": tag}})
             if answer != len(ids):
-                raise door.Answer(404, missing or f"{what} not found")
+                raise HttpError(404, missing or f"{what} not found")
 
     async def _runnable(self) -> list[str]:
         """The ids of the deployments a member may run (re-read every 30 s: `mlyard up` may register more)."""
@@ -232,7 +232,7 @@ class PrefectDoor:
 
         deployment = await self._get(f"/api/deployments/{deployment_id}")
         if deployment is None or deployment_id not in await self._runnable():
-            raise door.Answer(404, "Deployment not found")
+            raise HttpError(404, "Deployment not found")
         flow = await self._get(f"/api/flows/{deployment['flow_id']}") or {}
         state = given["state"] if isinstance(given.get("state"), dict) else {}
         details = state.get("state_details")
@@ -252,7 +252,7 @@ class PrefectDoor:
         try:
             made = await anyio.to_thread.run_sync(make)
         except MlyardError as exc:
-            raise door.Answer(exc.http_status if exc.http_status != 400 else 422, str(exc)) from None
+            raise HttpError(exc.http_status if exc.http_status != 400 else 422, str(exc)) from None
         await door.answer_json(send, 201, json.dumps(await self._get(f"/api/flow_runs/{made['id']}")).encode())
 
     async def _cancel(self, actor: Any, project: str, run: str, given: dict[str, Any]) -> None:
@@ -268,7 +268,7 @@ class PrefectDoor:
         self._record(actor, "run.stop", f"flow run {run}", "refused" if refused else "ok", refused or "from the "
                      "Prefect UI", project)
         if refused:
-            raise door.Answer(403, refused)
+            raise HttpError(403, refused)
 
     @staticmethod
     def _record(actor: Any, action: str, resource: str, result: str, detail: str, project: str | None = None) -> None:
@@ -324,9 +324,9 @@ def _parsed(body: bytes | None) -> dict[str, Any]:
     try:
         given = json.loads(body)
     except ValueError:
-        raise door.Answer(422, "the request body is not JSON") from None
+        raise HttpError(422, "the request body is not JSON") from None
     if not isinstance(given, dict):
-        raise door.Answer(422, "the request body is a JSON object")
+        raise HttpError(422, "the request body is a JSON object")
     return given
 
 

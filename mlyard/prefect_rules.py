@@ -85,10 +85,6 @@ def rule_of(method: str, path: str) -> tuple[str, str | None] | None:
     return None
 
 
-class Refused(ValueError):
-    """A body the door cannot narrow safely: answered 422 with this message, nothing forwarded."""
-
-
 def narrowed(body: dict[str, Any], project: str) -> dict[str, Any]:
     """`body` (a Prefect filter request) with the project's tag required of every flow run it reaches: the
     body's own flow-run filter and its tags filter joined by "and", the tag added to their "all of"."""
@@ -96,7 +92,7 @@ def narrowed(body: dict[str, Any], project: str) -> dict[str, Any]:
     tags = _object(flow_runs.get("tags"), "flow_runs.tags")
     wanted = tags.get("all_") or []
     if not isinstance(wanted, list) or not all(isinstance(t, str) for t in wanted):
-        raise Refused("flow_runs.tags.all_ must be a list of tags")
+        raise _refused("flow_runs.tags.all_ must be a list of tags")
     tags = {**tags, "operator": "and_", "all_": [*wanted, f"{PROJECT_TAG}{project}"]}
     return {**body, "flow_runs": {**flow_runs, "operator": "and_", "tags": tags}}
 
@@ -107,44 +103,44 @@ def deployments_narrowed(body: dict[str, Any], allowed: list[str]) -> dict[str, 
     ids = _object(deployments.get("id"), "deployments.id")
     given = ids.get("any_")
     if given is not None and not isinstance(given, list):
-        raise Refused("deployments.id.any_ must be a list of ids")
+        raise _refused("deployments.id.any_ must be a list of ids")
     keep = [i for i in allowed if given is None or i in given]
     return {**body, "deployments": {**deployments, "operator": "and_", "id": {**ids, "any_": keep}}}
 
 
 def named_runs(rule: str, body: dict[str, Any]) -> tuple[list[str], list[str]]:
     """The flow runs and task runs a logs filter or a task-run count names (both must be the project's):
-    (flow run ids, task run ids). A logs filter that names neither would read every run's: Refused."""
+    (flow run ids, task run ids). A logs filter that names neither would read every run's: refused."""
     if rule == "counts":
         ids = body.get("flow_run_ids")
         if not isinstance(ids, list) or not ids:
-            raise Refused("flow_run_ids must list the flow runs to count")
+            raise _refused("flow_run_ids must list the flow runs to count")
         return [str(i) for i in ids], []
     logs = _object(body.get("logs"), "logs")
     if logs.get("operator", "and_") != "and_":
-        raise Refused("a logs filter through mlyard's front door joins its parts with and_")
+        raise _refused("a logs filter through mlyard's front door joins its parts with and_")
     found: tuple[list[str], list[str]] = ([], [])
     for field, into in (("flow_run_id", found[0]), ("task_run_id", found[1])):
         any_ = _object(logs.get(field), f"logs.{field}").get("any_")
         if any_ is not None:
             if not isinstance(any_, list):
-                raise Refused(f"logs.{field}.any_ must be a list of ids")
+                raise _refused(f"logs.{field}.any_ must be a list of ids")
             into.extend(str(i) for i in any_)
     if not any(found):
-        raise Refused("a logs filter through mlyard's front door names its flow runs (logs.flow_run_id.any_) "
+        raise _refused("a logs filter through mlyard's front door names its flow runs (logs.flow_run_id.any_) "
                       "or task runs (logs.task_run_id.any_)")
     return found
 
 
 def event_runs(body: dict[str, Any]) -> list[str]:
     """The flow runs an events filter is pinned to (a run's page asks for the events of that run, in
-    `any_resource.id` or `related.id`). A filter pinned to nothing would read every project's: Refused."""
+    `any_resource.id` or `related.id`). A filter pinned to nothing would read every project's: refused."""
     flt = _object(body.get("filter"), "filter")
     for part in ("any_resource", "related"):
         ids = _object(flt.get(part), f"filter.{part}").get("id")
         if isinstance(ids, list) and ids and all(isinstance(i, str) and i.startswith(FLOW_RUN) for i in ids):
             return [i[len(FLOW_RUN):] for i in ids]
-    raise Refused("an events filter through mlyard's front door names its flow runs "
+    raise _refused("an events filter through mlyard's front door names its flow runs "
                   "(filter.any_resource.id or filter.related.id: prefect.flow-run.<id>)")
 
 
@@ -157,9 +153,16 @@ def cancelling(body: dict[str, Any]) -> bool:
     return isinstance(state, dict) and state.get("type") == "CANCELLING"
 
 
+def _refused(message: str) -> Exception:
+    """A body the door cannot narrow safely: answered 422 with `message`, nothing forwarded."""
+    from core.errors import HttpError
+
+    return HttpError(422, message)
+
+
 def _object(value: Any, field: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise Refused(f"{field} must be an object")
+        raise _refused(f"{field} must be an object")
     return value
