@@ -125,7 +125,10 @@ def evaluations_show(evaluation_id: str) -> dict[str, Any]:
 
 
 def experiments_list() -> list[dict[str, Any]]:
-    return [e.as_dict() for e in platform().experiments.list()]
+    """The experiments of the caller's projects (each made as the project's whose run made it)."""
+    from mlyard.runs import visible_projects
+
+    return [e.as_dict() for e in platform().experiments.list(visible_projects())]
 
 
 def templates_list() -> list[dict[str, Any]]:
@@ -325,7 +328,7 @@ QUERIES["run_check"] = submit.run_check
 MEMBER_QUERIES = frozenset({
     "trainings_list", "trainings_show", "tunings_list", "tunings_show", "tunings_trials", "runs_list", "batches_show",
     "evaluations_show", "templates_list", "templates_show", "models_list", "models_show", "logs", "run_check",
-    "endpoints_list", "endpoints_show", "endpoints_tokens",
+    "endpoints_list", "endpoints_show", "endpoints_tokens", "experiments_list",
     *teams.QUERIES})
 
 

@@ -8,8 +8,9 @@ from typing import Sequence
 
 from mlflow.entities import ViewType
 
+from core.access import DEFAULT_PROJECT
 from core.errors import AlreadyExists, ExperimentBusy, ExperimentNotFound
-from core.names import TAG_KIND, TAG_NOTE, TAG_TRAINING_NAME
+from core.names import TAG_KIND, TAG_NOTE, TAG_PROJECT, TAG_TRAINING_NAME
 from registry.tracking import Tracking
 
 DESCRIPTION_TAG = TAG_NOTE
@@ -23,6 +24,7 @@ class ExperimentInfo:
     trainings: int
     running: int
     created_at: str
+    project: str = DEFAULT_PROJECT
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -42,9 +44,11 @@ class Experiments:
             self.client.set_experiment_tag(exp_id, DESCRIPTION_TAG, description)
         return self.get(name)
 
-    def list(self) -> list[ExperimentInfo]:
+    def list(self, projects: Sequence[str] | None = None) -> list[ExperimentInfo]:
+        """The active experiments (of `projects` alone, when given: untagged ones are `default`'s)."""
         return [self._info(e) for e in self.client.search_experiments(view_type=ViewType.ACTIVE_ONLY)
-                if e.name != "Default" or self._count(e.experiment_id)[0]]
+                if (projects is None or e.tags.get(TAG_PROJECT, DEFAULT_PROJECT) in projects)
+                and (e.name != "Default" or self._count(e.experiment_id)[0])]
 
     def get(self, name: str) -> ExperimentInfo:
         exp = self.client.get_experiment_by_name(name)
@@ -71,4 +75,5 @@ class Experiments:
     def _info(self, e) -> ExperimentInfo:
         total, running = self._count(e.experiment_id)
         created = datetime.fromtimestamp((e.creation_time or 0) / 1000, timezone.utc).isoformat(timespec="seconds")
-        return ExperimentInfo(e.experiment_id, e.name, e.tags.get(DESCRIPTION_TAG, ""), total, running, created)
+        return ExperimentInfo(e.experiment_id, e.name, e.tags.get(DESCRIPTION_TAG, ""), total, running, created,
+                              e.tags.get(TAG_PROJECT, DEFAULT_PROJECT))

@@ -19,7 +19,7 @@ def experiments_create(name: str, description: str = typer.Option("", help="Show
 def experiments_list(as_json: bool = JSON) -> None:
     """Experiments with their number of trainings (and how many run now)."""
     rows = guard(lambda: ask("experiments_list"))
-    emit(rows, as_json, ["id", "name", "trainings", "running", "created_at", "description"],
+    emit(rows, as_json, ["id", "name", "project", "trainings", "running", "created_at", "description"],
          empty="no experiments yet: `mlyard experiments create NAME`, or a training makes its own")
 
 

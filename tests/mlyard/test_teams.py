@@ -74,7 +74,8 @@ def test_each_member_works_in_their_project_and_cannot_see_or_touch_the_others(t
     (alice.work / "t.yaml").write_text("name: a-t\nsource_uri: algo\nentry_point: train.py\n")
     template = alice.json("templates", "create", "a-t", "-f", "t.yaml")
     assert template["project"] == "team-a" and "/projects/team-a/uploads/" in template["source_uri"]
-    spec = (EXAMPLES / "train.yaml").read_text().replace("examples/sklearn_digits", "algo")
+    spec = (EXAMPLES / "train.yaml").read_text().replace("examples/sklearn_digits", "algo").replace(
+        "experiment: demo\n", "")  # the owner's demo experiment is the default project's: theirs is their own
     (alice.work / "train.yaml").write_text(spec.replace("epochs: 3", "epochs: 30").replace("epoch_seconds: 0.3",
                                                                                                "epoch_seconds: 1"))
     queued = alice.json("train", "-f", "train.yaml")  # a member's work always runs on the platform's pool
@@ -90,7 +91,7 @@ def test_each_member_works_in_their_project_and_cannot_see_or_touch_the_others(t
     for args in (("templates", "show", "a-t"), ("templates", "delete", "a-t"), ("templates", "copy", "a-t", "b-t")):
         _refused(bob(*args), "'a-t' not found")
     _refused(bob("--project", "team-a", "trainings", "list"), "project 'team-a' not found")
-    _refused(bob("experiments", "list"), "bob is no admin")  # not yet scoped by project: an admin's alone
+    assert [e["name"] for e in bob.json("experiments", "list")] == []  # alice's run made team-a/default, not his
     _refused(bob("projects", "show", "team-a"), "not found")
     assert [p["name"] for p in bob.json("projects", "list")] == ["team-b"]
     _refused(bob("users", "create", "mallory"), "bob is no admin")
@@ -159,6 +160,7 @@ def test_each_member_works_in_their_project_and_cannot_see_or_touch_the_others(t
         assert time.monotonic() < deadline and status in ("CREATE REQUESTED", "CREATE IN PROGRESS", "RUNNING",
                                                            "COMPLETE IN PROGRESS"), status
         time.sleep(1)
+    assert [e["name"] for e in bob.json("experiments", "list")] == ["team-b/default"]  # his project's own default
     made = bob.json("models", "create", "b-model", "--from-training", first["id"][:8], "--alias", "champion")
     assert made["project"] == "team-b" and made["aliases"] == ["champion"]
     assert [m["name"] for m in bob.json("models", "list")] == ["b-model"]
