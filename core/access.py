@@ -192,3 +192,20 @@ def project_queue(queue: str, project: str) -> str:
 
 def user_of_tags(tags: Iterable[str]) -> str | None:
     return next((t[len(USER_TAG):] for t in tags if t.startswith(USER_TAG)), None)
+
+
+def roles_of_groups(groups: Iterable[str]) -> tuple[bool, dict[str, str]]:
+    """What an identity provider's group claims grant (behind the cluster's sign-in): `mlyard:admin`, and
+    `mlyard:<project>:<role>` (or Keycloak's path form `/mlyard/<project>/<role>`), the greater role of a
+    project named twice. Every other group grants nothing. (admin, {project: role})."""
+    admin, roles = False, {}
+    for group in groups:
+        parts = group.strip().lstrip("/").replace("/", ":").split(":")
+        if parts[0] != "mlyard":
+            continue
+        if parts[1:] == ["admin"]:
+            admin = True
+        elif len(parts) == 3 and parts[2] in ROLES and NAME.match(parts[1]):
+            if rank(parts[2]) > rank(roles.get(parts[1])):
+                roles[parts[1]] = parts[2]
+    return admin, roles

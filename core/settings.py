@@ -69,6 +69,9 @@ class Settings(BaseSettings):
                                      "`mlyard up` starts. Unset: the Prefect port + 2 (4202).")
     door_port: int | None = Field(default=None, ge=1, le=65535, description="Port of the front door to the Prefect UI "
                                   "for project members (mlyard/prefect_door.py). Unset: the Prefect port + 3 (4203).")
+    door_trusted_proxy: bool = Field(default=False, description="The front door sits behind oauth2-proxy in its pod "
+        "(infra/k8s/components/sign-in): it listens on 127.0.0.1 alone and takes the signed-in user and groups from the "
+        "proxy's X-Forwarded-Preferred-Username (or -User) and X-Forwarded-Groups. Off: those headers are ignored.")
     image: str = Field(
         default=DEFAULT_IMAGE,
         description="The mlyard image that Kubernetes pools and endpoint Deployments run (infra/docker/mlyard.Dockerfile, target platform), "
@@ -154,11 +157,8 @@ class Settings(BaseSettings):
     s3_region: str = Field(default="us-east-1", description="S3 region name.")
     obs_scheme: str = Field(default="https", description="Scheme used to reach the endpoint host named in "
                             "obs://{endpoint}/{container}/{path}.")
-    nas_mounts: dict[str, Path] = Field(
-        default_factory=dict,
-        description='NAS id -> mount root, as JSON (e.g. {"nas-1": "/mnt/nas-1"}); nas://nas-1:/data '
-        "then means /mnt/nas-1/data.",
-    )
+    nas_mounts: dict[str, Path] = Field(default_factory=dict, description='NAS id -> mount root, as JSON (e.g. '
+                                        '{"nas-1": "/mnt/nas-1"}); nas://nas-1:/data then means /mnt/nas-1/data.')
     region: str = Field(default="local", description="Region name handed to trainings as EM_REGION.")
     log_retention_days: int = Field(
         default=30, ge=1,

@@ -4,7 +4,10 @@ Prefect's open-source server has one credential (its basic-auth string) and no u
 whoever holds that string is its owner. So only the platform holds it, and people reach Prefect through
 this door. The door signs them in and forwards what their project allows, with the platform's credential:
 - It signs people in (mlyard/door_sign_in.py) with a session cookie from the sign-in page, or with an API
-  key as a bearer token (a script). Identity headers from a client are never read.
+  key as a bearer token (a script). On a cluster, oauth2-proxy may sign them in instead, with the company's
+  identity provider (infra/k8s/components/sign-in): with `door_trusted_proxy`, the door listens on
+  127.0.0.1 in the proxy's pod and takes the user and groups from the proxy's headers (groups may grant
+  roles: core/access.roles_of_groups). Otherwise those headers are ignored, and never forwarded.
 - It serves Prefect's own UI, unchanged, except that `/ui-settings` tells the UI that the API is here and
   that it needs no password of its own.
 - It forwards an admin's requests as they are.
@@ -27,7 +30,7 @@ import logging
 from typing import Any
 from urllib.parse import parse_qs
 
-from core.errors import HttpError
+from core.errors import HttpError, MlyardError
 from mlyard import door_sign_in as door
 from mlyard import prefect_rules as rules
 
@@ -35,18 +38,20 @@ log = logging.getLogger("mlyard.door")
 
 _HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade", b"proxy-authorization",
         b"proxy-authenticate", b"host", b"content-length"}
-_NOT_UPSTREAM = _HOP | {b"authorization", b"cookie", b"x-mlyard-project", b"origin", b"referer"}
+_NOT_UPSTREAM = _HOP | {b"authorization", b"cookie", b"x-mlyard-project", b"origin", b"referer", b"x-forwarded-user",
+                        b"x-forwarded-email", b"x-forwarded-groups", b"x-forwarded-preferred-username",
+                        b"x-forwarded-access-token"}
 
 
 class PrefectDoor:
-    def __init__(self, prefect_api_url: str, prefect_auth: str | None, secret: bytes):
+    def __init__(self, prefect_api_url: str, prefect_auth: str | None, secret: bytes, trusted_proxy: bool = False):
         import httpx
 
         self.root = prefect_api_url.rstrip("/").removesuffix("/api")
         self.upstream = [(b"authorization", b"Basic " + base64.b64encode(prefect_auth.encode()))] if prefect_auth else []
         self.client = httpx.AsyncClient(base_url=self.root, timeout=httpx.Timeout(60.0, connect=5.0),
                                         limits=httpx.Limits(max_connections=64))
-        self.secret = secret
+        self.secret, self.trusted_proxy = secret, trusted_proxy
         self._allowed: tuple[float, list[str]] = (0.0, [])
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
@@ -56,7 +61,7 @@ class PrefectDoor:
             return await send({"type": "websocket.close", "code": 1008})
         try:
             await self._serve(scope, receive, send)
-        except HttpError as exc:  # a refusal, or a body the door cannot narrow: nothing forwarded
+        except MlyardError as exc:  # a refusal (HttpError: a body the door cannot narrow, ...): nothing forwarded
             await door.answer_json(send, exc.http_status, door.detail(str(exc)))
 
     async def _serve(self, scope: dict, receive: Any, send: Any) -> None:
@@ -96,7 +101,12 @@ class PrefectDoor:
         source = (scope.get("client") or ("", 0))[0] or "unknown"
         auth = headers.get(b"authorization", b"")
         project = headers.get(b"x-mlyard-project", b"").decode("latin-1").strip() or None
-        if auth.startswith(b"Bearer mly_"):
+        who = headers.get(b"x-forwarded-preferred-username") or headers.get(b"x-forwarded-user")
+        if self.trusted_proxy and who:  # oauth2-proxy, the only one that reaches this door, signed them in
+            name = who.decode("latin-1").strip()
+            groups = headers.get(b"x-forwarded-groups", b"").decode("latin-1").split(",")
+            call = lambda: teams().identity(name, groups, "oidc", project)  # noqa: E731
+        elif auth.startswith(b"Bearer mly_"):
             key = auth[len(b"Bearer "):].decode("latin-1")
             call = lambda: teams().authenticate(key, source, project)  # noqa: E731
         else:
@@ -354,11 +364,16 @@ def serve(host: str, port: int, internal: str | None) -> None:
     import uvicorn
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
 
+    from core.settings import Settings
+
     api = PREFECT_API_URL.value()
     if not api or not internal:
         log.warning("no Prefect API or no internal credential: the front door to the Prefect UI stays closed")
         return
-    app = PrefectDoor(api, PREFECT_API_AUTH_STRING.value(), door.session_secret(internal))
+    trusted = Settings().door_trusted_proxy
+    if trusted:  # the identity headers are believed: only the proxy beside it in its pod may reach it
+        host = "127.0.0.1"
+    app = PrefectDoor(api, PREFECT_API_AUTH_STRING.value(), door.session_secret(internal), trusted)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
                             limit_concurrency=64, timeout_keep_alive=30, h11_max_incomplete_event_size=32 * 1024)
     try:

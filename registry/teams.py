@@ -140,6 +140,22 @@ class Teams:
             return Actor(name=user.name, admin=user.admin, roles=roles, project=project, source=source,
                          key_id=key_id)
 
+    def identity(self, name: str, groups: list[str], source: str = "", project: str | None = None) -> Actor:
+        """A person the cluster's sign-in (OIDC, through oauth2-proxy) vouches for: the roles their user holds
+        here, joined with what their groups grant (core/access.roles_of_groups; the greater role counts).
+        A person with neither is signed in and sees nothing."""
+        from core.access import rank, roles_of_groups
+
+        admin, granted = roles_of_groups(groups)
+        with self.catalog.session() as s:
+            user = s.get(User, name)
+            roles = {m.project: m.role for m in s.scalars(select(ProjectMember).where(ProjectMember.user == name))}
+        for p, role in granted.items():
+            if rank(role) > rank(roles.get(p)):
+                roles[p] = role
+        return Actor(name=name, admin=admin or bool(user and user.admin), roles=roles, project=project,
+                     source=source)
+
     # -- projects ------------------------------------------------------------------------------------------
 
     def create_project(self, name: str, description: str = "", gpus: int | None = None, cpus: float | None = None,

@@ -48,3 +48,13 @@ def test_the_project_a_call_acts_in():
         both.within("team-b").acting_project()
     with pytest.raises(Forbidden, match="carol has no role"):
         Actor("carol").acting_project()
+
+
+def test_an_identity_providers_groups_grant_roles_and_nothing_else():
+    from core.access import roles_of_groups
+
+    assert roles_of_groups(["mlyard:team-a:editor", "/mlyard/team-b/viewer", "mlyard:team-a:viewer", "staff",
+                            "mlyard:team-c:root", "mlyard:Bad_Name:owner", "other:team-d:owner", ""]) == (
+        False, {"team-a": "editor", "team-b": "viewer"})
+    assert roles_of_groups(["mlyard:admin"]) == (True, {})
+    assert roles_of_groups(["mlyard:admin:extra", "mlyardadmin"]) == (False, {})

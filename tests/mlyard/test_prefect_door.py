@@ -190,3 +190,36 @@ def test_each_member_sees_and_runs_their_projects_flow_runs_alone(door_team, sta
     seen = {(r["user"], r["action"], r["result"]) for r in records}
     assert {("dana", "run.start", "ok"), ("dana", "run.start", "refused"), ("finn", "run.start", "refused"),
             ("finn", "run.stop", "refused"), ("dana", "prefect.request", "refused")} <= seen, seen
+
+
+def test_behind_the_clusters_sign_in_the_proxys_headers_name_the_person_and_nobody_elses_do(door_team, stack):
+    """With `door_trusted_proxy` (oauth2-proxy beside the door in its pod, infra/k8s/components/sign-in), the
+    user and groups the proxy sends decide who asks; a door without it (every door on one machine) ignores
+    such headers as any client could send them."""
+    import asyncio
+
+    import httpx
+
+    from mlyard import door_sign_in
+    from mlyard.prefect_door import PrefectDoor
+
+    door_url, _ = door_team
+    behind = PrefectDoor(stack.api_url, stack.prefect_auth_string, door_sign_in.session_secret("t"), trusted_proxy=True)
+
+    async def asked(*headers: dict) -> list[tuple[int, object]]:  # one event loop: the door's client lives in it
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=behind), base_url="http://door") as client:
+            answers = [await client.post("/api/flow_runs/filter", json={}, headers=h) for h in headers]
+        return [(a.status_code, a.json()) for a in answers]
+
+    dana, zoe, nobody = asyncio.run(asked(
+        {"X-Forwarded-Preferred-Username": "dana"},  # a user here (an editor of door-a): her own roles
+        {"X-Forwarded-User": "zoe", "X-Forwarded-Groups": "staff,mlyard:door-b:viewer"},  # known to the groups alone
+        {"X-Forwarded-User": "zoe", "X-Forwarded-Groups": "staff"}))
+    for (status, found), project in ((dana, "door-a"), (zoe, "door-b")):
+        assert status == 200 and found, found
+        assert {t for r in found for t in r["tags"] if t.startswith("mlyard.project:")} == {f"mlyard.project:{project}"}
+    assert nobody[0] == 403 and "acting in a project" in nobody[1]["detail"], nobody  # signed in, in no project
+    # the same headers at a door that trusts no proxy: nobody
+    status, _, answer = call(f"{door_url}/api/flow_runs/filter", "POST", {}, headers={
+        "X-Forwarded-User": "dana", "X-Forwarded-Preferred-Username": "dana", "X-Forwarded-Groups": "mlyard:admin"})
+    assert status == 401, answer
