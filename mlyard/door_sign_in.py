@@ -107,14 +107,11 @@ def parse_form(body: bytes) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace"), max_num_fields=8).items()}
 
 
-def response_headers(kind: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> list[tuple[bytes, bytes]]:
-    """Headers of the door's own answers: never framed by another page (the Run button is not to be
-    clicked through someone else's), never cached."""
-    return [(b"content-type", kind), (b"cache-control", b"no-store"), *FRAMING, *(extra or [])]
-
-
+# The door's own answers are never framed by another page (the Run button is not to be clicked through
+# someone else's) and never cached.
 FRAMING: list[tuple[bytes, bytes]] = [(b"x-frame-options", b"DENY"),
                                       (b"content-security-policy", b"frame-ancestors 'none'")]
+NOT_CACHED: list[tuple[bytes, bytes]] = [(b"cache-control", b"no-store"), *FRAMING]
 
 
 def detail(message: str) -> bytes:
@@ -139,45 +136,29 @@ def same_origin(scope: dict) -> None:
 
 
 async def body(scope: dict, receive: Any, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The request's body within `limit` bytes: one that says it is longer is refused before a byte is read."""
+    from core.errors import BodyTooLarge
+    from serving.asgi import read_body
+
     declared = dict(scope["headers"]).get(b"content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise HttpError(413, f"a request body through mlyard's front door is at most {limit} bytes")
-    chunks, got = [], 0
-    while True:
-        message = await receive()
-        chunk = message.get("body", b"")
-        got += len(chunk)
-        if got > limit:
-            raise HttpError(413, f"a request body through mlyard's front door is at most {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body"):
-            return b"".join(chunks)
+        raise BodyTooLarge(limit)
+    return await read_body(receive, limit)
 
 
 async def answer_json(send: Any, status: int, body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": response_headers(b"application/json", [(b"content-length", str(len(body)).encode())])})
-    await send({"type": "http.response.body", "body": body})
+    from serving.asgi import reply
+
+    await reply(send, status, body, b"application/json", NOT_CACHED)
 
 
 async def answer_html(send: Any, status: int, body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": response_headers(b"text/html; charset=utf-8", [(b"content-length", str(len(body)).encode())])})
-    await send({"type": "http.response.body", "body": body})
+    from serving.asgi import reply
+
+    await reply(send, status, body, b"text/html; charset=utf-8", NOT_CACHED)
 
 
 async def redirect(send: Any, to: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    await send({"type": "http.response.start", "status": 303,
-                "headers": response_headers(b"text/plain", [(b"location", to.encode()), (b"content-length", b"0"),
-                                                                 *(headers or [])])})
-    await send({"type": "http.response.body", "body": b""})
+    from serving.asgi import reply
 
-
-async def lifespan(receive: Any, send: Any) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
+    await reply(send, 303, b"", b"text/plain", [*NOT_CACHED, (b"location", to.encode()), *(headers or [])])

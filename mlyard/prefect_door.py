@@ -56,7 +56,9 @@ class PrefectDoor:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            return await door.lifespan(receive, send)
+            from serving.asgi import lifespan
+
+            return await lifespan(receive, send)
         if scope["type"] != "http":  # Prefect's websockets (events, logs) are not scoped by project: closed
             return await send({"type": "websocket.close", "code": 1008})
         try:

@@ -8,7 +8,7 @@ experiments, runs and models alone, and refuse a viewer's writes."""
 from __future__ import annotations
 
 import secrets
-from typing import Any
+from typing import Any, Callable
 
 from core.access import DEFAULT_PROJECT
 from core.names import TAG_PROJECT
@@ -46,19 +46,22 @@ def keep_in_step(store: Any, user: str, admin: bool, experiments: dict[str, str]
         store.create_user(user, secrets.token_urlsafe(32), is_admin=admin)
     elif store.get_user(user).is_admin != admin:
         store.update_user(user, is_admin=admin)
-    held = {p.experiment_id: p.permission for p in store.list_experiment_permissions(user)}
-    for experiment, permission in experiments.items():
-        if experiment not in held:
-            store.create_experiment_permission(experiment, user, permission)
-        elif held[experiment] != permission:
-            store.update_experiment_permission(experiment, user, permission)
-    for experiment in held.keys() - experiments.keys():
-        store.delete_experiment_permission(experiment, user)
-    held = {p.name: p.permission for p in store.list_registered_model_permissions(user)}
-    for name, permission in models.items():
-        if name not in held:
-            store.create_registered_model_permission(name, user, permission)
-        elif held[name] != permission:
-            store.update_registered_model_permission(name, user, permission)
-    for name in held.keys() - models.keys():
-        store.delete_registered_model_permission(name, user)
+    _in_step({p.experiment_id: p.permission for p in store.list_experiment_permissions(user)}, experiments,
+             lambda e, p: store.create_experiment_permission(e, user, p),
+             lambda e, p: store.update_experiment_permission(e, user, p),
+             lambda e: store.delete_experiment_permission(e, user))
+    _in_step({p.name: p.permission for p in store.list_registered_model_permissions(user)}, models,
+             lambda m, p: store.create_registered_model_permission(m, user, p),
+             lambda m, p: store.update_registered_model_permission(m, user, p),
+             lambda m: store.delete_registered_model_permission(m, user))
+
+
+def _in_step(held: dict[str, str], wanted: dict[str, str], create: Callable[[str, str], Any],
+             update: Callable[[str, str], Any], delete: Callable[[str], Any]) -> None:
+    for key, permission in wanted.items():
+        if key not in held:
+            create(key, permission)
+        elif held[key] != permission:
+            update(key, permission)
+    for key in held.keys() - wanted.keys():
+        delete(key)
