@@ -68,6 +68,8 @@ class PrefectDoor:
 
     async def _serve(self, scope: dict, receive: Any, send: Any) -> None:
         path, method = scope["path"], scope["method"]
+        if not rules.plain(path):  # `/x/../api/...` would reach Prefect's API as a page: no dot segments at all
+            raise HttpError(400, f"{path!r} is not a plain path (no '.' or '..' segments, '//' or '\\')")
         if path in ("/sign-in", "/sign-out"):
             return await self._sign_in(scope, receive, send)
         if path == "/api/health" and method == "GET":
@@ -167,12 +169,16 @@ class PrefectDoor:
         given = _parsed(body)
         if rule == "free":
             return await self._forward(scope, send, body)
+        if rule == "runs named":  # flows, deployments, pools that have runs like these: the project's runs alone
+            return await self._forward(scope, send, _dumped(rules.narrowed_if_runs(given, project)))
         if rule in ("empty", "none"):
             return await door.answer_json(send, 200, b"{}" if rule == "empty" else b"[]")
         if rule == "narrowed":
             return await self._forward(scope, send, _dumped(rules.narrowed(given, project)))
         if rule == "deployments":
-            return await self._forward(scope, send, _dumped(rules.deployments_narrowed(given, await self._runnable())))
+            allowed = await self._runnable()
+            return await self._forward(scope, send, _dumped(rules.deployments_narrowed(
+                rules.narrowed_if_runs(given, project), allowed)))
         if rule == "deployment":
             if ident not in await self._runnable():
                 raise HttpError(404, "Deployment not found")

@@ -7,9 +7,12 @@ knows it; anything else is denied:
 
     rule        requests                                            what the door does
     free        GET health and versions, flows, work pools and      passes (no project's data in them)
-                their queues, block and collection schemas the forms
-                read; POST flows and work pools' filters, the
-                schema validation of a Run form
+                their queues and workers, the collections' schemas
+                the forms read; POST the schema validation of a
+                Run form
+    runs named  POST flows' and work pools' filters, counts, pages  passes; one that asks by flow runs gets
+                                                                    the project's tag added to them, one that
+                                                                    asks by task runs is refused
     narrowed    POST the filters, counts, histories and pages of    adds the project's tag to the body's
                 flow runs, task runs and artifacts                  flow-run filter ("all of", joined by "and")
     deployments POST the deployments' filters, counts and pages;    only the deployments a member may run
@@ -44,10 +47,10 @@ RULES: list[tuple[str, re.Pattern[str], str]] = [(m, re.compile(f"^/api{p}$"), r
     ("GET", r"/(health|version|admin/version|csrf-token)", "free"),
     ("GET", r"/flows/" + _ID, "free"),
     ("GET", r"/flows/name/[^/]+", "free"),
-    ("POST", r"/flows/(filter|count|paginate)", "free"),
+    ("POST", r"/flows/(filter|count|paginate)", "runs named"),
     ("POST", r"/ui/flows/count-deployments", "free"),
     ("GET", r"/work_pools/[^/]+", "free"),
-    ("POST", r"/work_pools/(filter|count)", "free"),
+    ("POST", r"/work_pools/(filter|count)", "runs named"),
     ("POST", r"/work_pools/[^/]+/queues/filter", "free"),
     ("GET", r"/collections/views/aggregate-worker-metadata", "free"),
     ("POST", r"/ui/schemas/validate", "free"),
@@ -95,6 +98,23 @@ def narrowed(body: dict[str, Any], project: str) -> dict[str, Any]:
         raise _refused("flow_runs.tags.all_ must be a list of tags")
     tags = {**tags, "operator": "and_", "all_": [*wanted, f"{PROJECT_TAG}{project}"]}
     return {**body, "flow_runs": {**flow_runs, "operator": "and_", "tags": tags}}
+
+
+def narrowed_if_runs(body: dict[str, Any], project: str) -> dict[str, Any]:
+    """A filter of flows, deployments or work pools: as it is, or, when it asks by flow runs ("the flows that
+    have a run named X"), narrowed to the project's runs, so that it says nothing of another project's. One
+    that asks by task runs would join them apart from the flow runs: refused."""
+    if body.get("task_runs") is not None:
+        raise _refused("a filter of flows, deployments or work pools through mlyard's front door does not ask by "
+                       "task runs")
+    return narrowed(body, project) if body.get("flow_runs") is not None else body
+
+
+def plain(path: str) -> bool:
+    """A path with no '.' or '..' segment, no empty segment ('//') and no backslash: what the door checks is
+    what Prefect routes."""
+    return "\\" not in path and all(part not in ("", ".", "..") for part in path.split("/")[1:-1]) \
+        and path.split("/")[-1] not in (".", "..")
 
 
 def deployments_narrowed(body: dict[str, Any], allowed: list[str]) -> dict[str, Any]:

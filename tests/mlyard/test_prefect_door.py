@@ -176,6 +176,16 @@ def test_each_member_sees_and_runs_their_projects_flow_runs_alone(door_team, sta
         status, _, answer = call(f"{api}/events/filter", "POST", {"filter": {
             "any_resource": {"id": [f"prefect.flow-run.{run}"]}}}, cookie=dana)
         assert status == expected, answer
+    # nor by a page path that Prefect would route into its API, nor by asking which flows have another's runs
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(b"GET /runs/../api/variables/filter HTTP/1.1\r\nHost: x\r\nCookie: mlyard_door=" + dana.encode() +
+                  b"\r\n\r\n")
+        assert s.recv(4096).startswith(b"HTTP/1.1 400")
+    status, _, flows = call(f"{api}/flows/filter", "POST", {"flow_runs": {"name": {"any_": [theirs["name"]]}}},
+                            cookie=dana)
+    assert status == 200 and flows == [], flows
+    status, _, answer = call(f"{api}/flows/filter", "POST", {"task_runs": {}}, cookie=dana)
+    assert status == 422 and "task runs" in answer["detail"]
     # a write from another site (another port of this machine is another origin) is refused
     for extra in ({"Origin": "http://127.0.0.1:1"}, {"Sec-Fetch-Site": "same-site"}):
         status, _, answer = call(f"{api}/flow_runs/filter", "POST", {}, cookie=dana, headers=extra)
