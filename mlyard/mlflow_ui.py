@@ -100,7 +100,7 @@ def authenticate() -> Any:
     on every request, so a revoked key stops at once), and MLflow's permissions are kept in step with their
     roles (registry/mlflow_permissions.py); the admin signs in with MLflow's own password, as before."""
     from flask import g, request
-    from mlflow.server.auth import authenticate_request_basic_auth, make_basic_auth_response
+    from mlflow.server.auth import authenticate_request_basic_auth
 
     given = request.authorization
     if given is None or not (given.password or "").startswith("mly_"):
@@ -114,8 +114,8 @@ def authenticate() -> Any:
 
     try:
         actor = teams().authenticate(given.password or "", request.remote_addr or "unknown")
-    except MlyardError:
-        return make_basic_auth_response()
+    except MlyardError:  # no key of ours: MLflow's own users and passwords decide
+        return authenticate_request_basic_auth()
     _keep_in_step(actor)
     g.mlyard_user = Authorization("basic", {"username": actor.name, "password": given.password})
     return g.mlyard_user
