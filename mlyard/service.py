@@ -179,6 +179,7 @@ async def _refuse(send: Any, exc: Any) -> None:
 
 PAGES = ("/dashboard", "/docs", "/openapi.json")
 MAX_UPLOAD_BYTES = 4 << 30  # a member's folder uploaded to their project (PUT /v1/uploads)
+UPLOADS_AT_ONCE = 4  # a user's uploads being received at once: more wait their turn (429), others are not held up
 COOKIE = b"mlyard_page_key"
 
 
@@ -240,10 +241,30 @@ def create_app(token: str | None = None):
 
         return _answer(create_run, run, "run")
 
+    uploading: dict[str, int] = {}  # the user's uploads being received now (one event loop: no lock)
+
     @app.put("/v1/uploads/{digest}/{name}")
     async def upload(digest: str, name: str, request: Request) -> Response:
         """A tar of a local folder or file `name` (its content digest `digest`), unpacked into the caller's
-        project prefix (mlyard/project_storage.py): {"uri"}. At most MAX_UPLOAD_BYTES."""
+        project prefix (mlyard/project_storage.py): {"uri"}. At most MAX_UPLOAD_BYTES, and UPLOADS_AT_ONCE of
+        a user's at a time."""
+        from core.access import current
+        from core.errors import BodyTooLarge, HttpError
+
+        declared = request.headers.get("content-length", "")
+        if not declared.isdigit() or int(declared) > MAX_UPLOAD_BYTES:  # said by the headers: no byte read
+            return JSONResponse(error_body(BodyTooLarge(MAX_UPLOAD_BYTES)), status_code=413)
+        user = current().name
+        if uploading.get(user, 0) >= UPLOADS_AT_ONCE:
+            return JSONResponse(error_body(HttpError(429, f"{user} has {UPLOADS_AT_ONCE} uploads being received "
+                                                     "already: send the next when one has finished")), status_code=429)
+        uploading[user] = uploading.get(user, 0) + 1
+        try:
+            return await _received(digest, name, request, int(declared))
+        finally:
+            uploading[user] -= 1
+
+    async def _received(digest: str, name: str, request: Request, declared: int) -> Response:
         import tempfile
 
         from starlette.concurrency import run_in_threadpool
@@ -252,15 +273,12 @@ def create_app(token: str | None = None):
         from mlyard.project_storage import receive
         from mlyard.teams import audited
 
-        declared = request.headers.get("content-length", "")
-        if not declared.isdigit() or int(declared) > MAX_UPLOAD_BYTES:  # said by the headers: no byte read
-            return JSONResponse(error_body(BodyTooLarge(MAX_UPLOAD_BYTES)), status_code=413)
         with tempfile.NamedTemporaryFile(suffix=".tar") as body:
             got = 0
             async for chunk in request.stream():
                 got += len(chunk)
-                if got > int(declared):  # longer than it said
-                    return JSONResponse(error_body(BodyTooLarge(int(declared))), status_code=413)
+                if got > declared:  # longer than it said
+                    return JSONResponse(error_body(BodyTooLarge(declared)), status_code=413)
                 body.write(chunk)
             body.flush()
             receipt = audited("upload.create", lambda a: f"upload {a['digest']}/{a['name']}",

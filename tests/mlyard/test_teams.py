@@ -263,6 +263,23 @@ def test_a_revoked_key_stops_at_once_and_a_bad_one_is_refused_before_the_body(te
     assert not list((user_dir() / ".mlyard" / "projects").rglob("escape.py"))
     status, answer = put("algo", [member("algo/x.py")], "mly_000000000000_" + "A" * 43)
     assert status == 401
+    # a user's uploads at once are bounded: with four of bob's held open, his fifth is told to wait its turn
+    held = []
+    for _ in range(4):
+        s = socket.create_connection((host, int(port)), timeout=10)
+        s.sendall(b"PUT /v1/uploads/" + b"1" * 16 + b"/algo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+                  bob.key.encode() + b"\r\nContent-Length: 100\r\n\r\n")
+        held.append(s)
+    time.sleep(2)  # all four taken in
+    status, answer = put("algo", [member("algo/x.py")], bob.key)
+    assert status == 429 and "4 uploads being received" in answer["error"]["message"], answer
+    for s in held:
+        s.close()
+    deadline = time.monotonic() + 30
+    while (status := put("algo", [member("algo/x.py")], bob.key)[0]) == 429:  # their slots given back
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    assert status == 200
 
     # `mlyard login` keeps the key for the user alone, and their commands use it
     erin = json.loads(_ok(owner("users", "create", "erin", "--json")))
