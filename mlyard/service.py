@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Request  # module-level: FastAPI reads the routes' annotations here (the docs)
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
 from mlyard.measured import Measured
 from mlyard.queries import QUERIES
@@ -185,7 +185,6 @@ COOKIE = b"mlyard_page_key"
 
 def create_app(token: str | None = None):
     from fastapi import Body, FastAPI
-    from fastapi.responses import JSONResponse
     from prometheus_client import CollectorRegistry, ProcessCollector
 
     app = FastAPI(title="mlyard API", description=__doc__, version="0.1.0")
@@ -241,63 +240,65 @@ def create_app(token: str | None = None):
 
         return _answer(create_run, run, "run")
 
-    uploading: dict[str, int] = {}  # the user's uploads being received now (one event loop: no lock)
-
-    @app.put("/v1/uploads/{digest}/{name}")
-    async def upload(digest: str, name: str, request: Request) -> Response:
-        """A tar of a local folder or file `name` (its content digest `digest`), unpacked into the caller's
-        project prefix (mlyard/project_storage.py): {"uri"}. At most MAX_UPLOAD_BYTES, and UPLOADS_AT_ONCE of
-        a user's at a time."""
-        from core.access import current
-        from core.errors import BodyTooLarge, HttpError
-
-        declared = request.headers.get("content-length", "")
-        if not declared.isdigit() or int(declared) > MAX_UPLOAD_BYTES:  # said by the headers: no byte read
-            return JSONResponse(error_body(BodyTooLarge(MAX_UPLOAD_BYTES)), status_code=413)
-        user = current().name
-        if uploading.get(user, 0) >= UPLOADS_AT_ONCE:
-            return JSONResponse(error_body(HttpError(429, f"{user} has {UPLOADS_AT_ONCE} uploads being received "
-                                                     "already: send the next when one has finished")), status_code=429)
-        uploading[user] = uploading.get(user, 0) + 1
-        try:
-            return await _received(digest, name, request, int(declared))
-        finally:
-            uploading[user] -= 1
-
-    async def _received(digest: str, name: str, request: Request, declared: int) -> Response:
-        import tempfile
-
-        from starlette.concurrency import run_in_threadpool
-
-        from core.errors import BodyTooLarge
-        from mlyard.project_storage import receive
-        from mlyard.teams import audited
-
-        with tempfile.NamedTemporaryFile(suffix=".tar") as body:
-            got = 0
-            async for chunk in request.stream():
-                got += len(chunk)
-                if got > declared:  # longer than it said
-                    return JSONResponse(error_body(BodyTooLarge(declared)), status_code=413)
-                body.write(chunk)
-            body.flush()
-            receipt = audited("upload.create", lambda a: f"upload {a['digest']}/{a['name']}",
-                              lambda a: None)(lambda **a: receive(Path(body.name), **a))
-            return await run_in_threadpool(_answer, receipt, {"digest": digest, "name": name}, "upload")
-
-    def _answer(fn, arguments: dict[str, Any], what: str) -> Response:
-        try:
-            answer = fn(**arguments)
-        except TypeError as exc:  # arguments that do not fit
-            return JSONResponse(error_body(_bad_arguments(what, exc)), status_code=400)
-        except Exception as exc:  # noqa: BLE001 - every error goes back to the caller, as the same class
-            body = error_body(exc)
-            if body["error"]["status"] >= 500:
-                log.exception("%s failed", what)
-            return JSONResponse(body, status_code=body["error"]["status"])
-        return Response(json.dumps(answer, default=str), media_type="application/json")
-
+    app.put("/v1/uploads/{digest}/{name}")(upload)
     return app
+
+
+uploading: dict[str, int] = {}  # the user's uploads being received now (one event loop: no lock)
+
+async def upload(digest: str, name: str, request: Request) -> Response:
+    """A tar of a local folder or file `name` (its content digest `digest`), unpacked into the caller's
+    project prefix (mlyard/project_storage.py): {"uri"}. At most MAX_UPLOAD_BYTES, and UPLOADS_AT_ONCE of
+    a user's at a time."""
+    from core.access import current
+    from core.errors import BodyTooLarge, HttpError
+
+    declared = request.headers.get("content-length", "")
+    if not declared.isdigit() or int(declared) > MAX_UPLOAD_BYTES:  # said by the headers: no byte read
+        return JSONResponse(error_body(BodyTooLarge(MAX_UPLOAD_BYTES)), status_code=413)
+    user = current().name
+    if uploading.get(user, 0) >= UPLOADS_AT_ONCE:
+        return JSONResponse(error_body(HttpError(429, f"{user} has {UPLOADS_AT_ONCE} uploads being received "
+                                                 "already: send the next when one has finished")), status_code=429)
+    uploading[user] = uploading.get(user, 0) + 1
+    try:
+        return await _received(digest, name, request, int(declared))
+    finally:
+        uploading[user] -= 1
+
+async def _received(digest: str, name: str, request: Request, declared: int) -> Response:
+    import tempfile
+
+    from starlette.concurrency import run_in_threadpool
+
+    from core.errors import BodyTooLarge
+    from mlyard.project_storage import receive
+    from mlyard.teams import audited
+
+    with tempfile.NamedTemporaryFile(suffix=".tar") as body:
+        got = 0
+        async for chunk in request.stream():
+            got += len(chunk)
+            if got > declared:  # longer than it said
+                return JSONResponse(error_body(BodyTooLarge(declared)), status_code=413)
+            body.write(chunk)
+        body.flush()
+        receipt = audited("upload.create", lambda a: f"upload {a['digest']}/{a['name']}",
+                          lambda a: None)(lambda **a: receive(Path(body.name), **a))
+        return await run_in_threadpool(_answer, receipt, {"digest": digest, "name": name}, "upload")
+
+
+def _answer(fn, arguments: dict[str, Any], what: str) -> Response:
+    try:
+        answer = fn(**arguments)
+    except TypeError as exc:  # arguments that do not fit
+        return JSONResponse(error_body(_bad_arguments(what, exc)), status_code=400)
+    except Exception as exc:  # noqa: BLE001 - every error goes back to the caller, as the same class
+        body = error_body(exc)
+        if body["error"]["status"] >= 500:
+            log.exception("%s failed", what)
+        return JSONResponse(body, status_code=body["error"]["status"])
+    return Response(json.dumps(answer, default=str), media_type="application/json")
 
 
 def _unknown(name: str, known: dict[str, Any] = QUERIES, what: str = "query"):
