@@ -114,6 +114,8 @@ def _up(settings: Settings, echo, start_timeout: float, configure: bool = True) 
                                      {**env, "MLYARD_HOME": str(settings.home_dir)}, cwd=PROJECT_ROOT)
         state.logs["keeper"] = str(logs / "keeper.log")
     write_state(settings, state)
+    if settings.projects_uri is None:  # the projects' storage, made here so that no run's umask makes it open
+        (settings.home_dir / "projects").mkdir(mode=0o700, exist_ok=True)
     make_private(settings.home_dir)
     if not running["mlyard-api"]:
         parts.wait_service(state, service_pid, echo)
