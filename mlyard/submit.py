@@ -123,19 +123,21 @@ def member_parameters(deployment: str, parameters: dict[str, Any], project: str
 def member_flows() -> list[str]:
     """The flows whose runs a project member may start (their deployments are the ones the Prefect UI's
     front door shows them)."""
-    from core.names import FLOW_BATCH, FLOW_DELETE_ENDPOINT, FLOW_DEPLOY_ENDPOINT, FLOW_EVALUATE, FLOW_TRAIN, FLOW_TUNE
-
-    return [FLOW_TRAIN, FLOW_TUNE, FLOW_BATCH, FLOW_EVALUATE, FLOW_DEPLOY_ENDPOINT, FLOW_DELETE_ENDPOINT]
+    return list(_member_specs())
 
 
 def member_spec(flow: str) -> Any:
     """The spec model of the runs a project member may start (None: an admin's alone, for now)."""
+    return _member_specs().get(flow)
+
+
+def _member_specs() -> dict[str, Any]:
     from core.names import FLOW_BATCH, FLOW_DELETE_ENDPOINT, FLOW_DEPLOY_ENDPOINT, FLOW_EVALUATE, FLOW_TRAIN, FLOW_TUNE
     from core.specs import BatchInferenceSpec, EvaluationSpec, TrainingSpec, TuningSpec
     from core.specs.endpoint import DeletionSpec, EndpointSpec
 
     return {FLOW_TRAIN: TrainingSpec, FLOW_TUNE: TuningSpec, FLOW_BATCH: BatchInferenceSpec,
-            FLOW_EVALUATE: EvaluationSpec, FLOW_DEPLOY_ENDPOINT: EndpointSpec, FLOW_DELETE_ENDPOINT: DeletionSpec}.get(flow)
+            FLOW_EVALUATE: EvaluationSpec, FLOW_DEPLOY_ENDPOINT: EndpointSpec, FLOW_DELETE_ENDPOINT: DeletionSpec}
 
 
 def run_check(flow: str, spec: dict[str, Any]) -> dict[str, Any]:
