@@ -174,6 +174,36 @@ def endpoints_revoke(name: str, token_id: int) -> dict[str, Any]:
     return {"endpoint": name, "revoked": token_id}
 
 
+def schedules_create(spec: dict[str, Any], wait_seconds: float = 10.0) -> dict[str, Any]:
+    from mlyard import schedules
+
+    return schedules.create(spec, wait_seconds=min(float(wait_seconds), 30.0))
+
+
+def schedules_enable(name: str) -> dict[str, Any]:
+    from mlyard import schedules
+
+    return schedules.enable(name)
+
+
+def schedules_disable(name: str) -> dict[str, Any]:
+    from mlyard import schedules
+
+    return schedules.disable(name)
+
+
+def schedules_copy(name: str, new_name: str, sets: dict[str, Any] | None = None) -> dict[str, Any]:
+    from mlyard import schedules
+
+    return schedules.copy(name, new_name, sets=sets)
+
+
+def schedules_delete(name: str) -> dict[str, Any]:
+    from mlyard import schedules
+
+    return schedules.delete(name)
+
+
 def _audited(fn: Callable[..., Any]) -> Callable[..., Any]:
     """A catalog write, recorded once in the audit trail (who, project, what, which, result)."""
     from mlyard.teams import audited
@@ -190,9 +220,11 @@ COMMANDS: dict[str, Callable[..., Any]] = {f.__name__: _audited(f) for f in (
     templates_create, templates_copy, templates_delete, runs_stop, models_create, models_rename, models_describe,
     models_alias, models_delete, endpoints_issue, endpoints_revoke)}
 COMMANDS.update(teams.COMMANDS)
+SELF_AUDITED = (schedules_create, schedules_enable, schedules_disable, schedules_copy, schedules_delete)
+COMMANDS.update({f.__name__: f for f in SELF_AUDITED})  # each records itself, by every path (mlyard/schedules.py)
 MEMBER_COMMANDS = frozenset({"templates_create", "templates_copy", "templates_delete", "runs_stop", "models_create",
                              "models_rename", "models_describe", "models_alias", "models_delete", "endpoints_issue",
-                             "endpoints_revoke", *teams.COMMANDS})
+                             "endpoints_revoke", *teams.COMMANDS, *(f.__name__ for f in SELF_AUDITED)})
 
 
 def where() -> str | None:

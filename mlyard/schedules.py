@@ -23,11 +23,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from core.access import current
 from core.connection import connect
-from core.errors import SpecError
-from core.names import FLOW_BATCH, FLOW_EVALUATE, FLOW_TRAIN, FLOW_TUNE
+from core.errors import ScheduleNotFound, SpecError
 from core.specs.schedule import ScheduleSpec
 from mlyard.api import load as _spec
+from mlyard.runs import visible_projects
+from mlyard.schedule_checks import (
+    check_parameters,
+    check_trigger,
+    for_member,
+    localized,
+    member_may_schedule,
+    sample_spec,
+)
+from mlyard.teams import acting_editor, acting_or_none, audited
+from mlyard.warm_api import member_api, post
 
 PREVIEW_COUNT = 5
 
@@ -85,126 +96,32 @@ def preview(expression: str, *, start: datetime | str | None = None, tz: str = "
 
 # -- create ----------------------------------------------------------------------------------------
 
-SPEC_MODELS = {FLOW_TRAIN: "TrainingSpec", FLOW_TUNE: "TuningSpec", FLOW_BATCH: "BatchInferenceSpec",
-               FLOW_EVALUATE: "EvaluationSpec"}
-
-
-def _check_trigger(spec: ScheduleSpec) -> None:
-    from schedules.cron import CronError, parse
-
-    if spec.cron is not None:
-        try:
-            schedule = parse(spec.cron, spec.timezone)
-        except CronError as exc:
-            raise SpecError("cron", spec.cron, exc.reason + (f" (the {exc.field} field {exc.value!r})"
-                                                             if exc.field else "")) from exc
-        # strictly after the start, as the scheduler and Kubeflow count (a window in the past is a
-        # backfill, which catch-up runs), else from now
-        after = spec.start_time if spec.start_time else datetime.now(timezone.utc)
-        nxt = schedule.next_after(after)
-        if nxt is None:
-            raise SpecError("cron", spec.cron, "an expression that fires: this one never does (see `mlyard schedules "
-                                               "preview`)")
-        if spec.end_time is not None and nxt > spec.end_time:
-            raise SpecError("end_time", spec.end_time.isoformat(), f"a time after the first fire time "
-                                                                   f"({nxt.isoformat()}): it would never run")
-
-
-def _check_parameters(spec: ScheduleSpec, deployment: Any, base: Path, cluster: bool = False,
-                      echo: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
-    """Parameters the deployment does not take, lacks, or that do not make a valid spec; the parameters
-    to store, relative local paths of an mlyard spec made absolute against `base` (as a submitted run's
-    are), placeholders kept. For a deployment on a Kubernetes pool (`cluster`), local inputs are uploaded
-    and named by their upload (`_for_pods`)."""
-    from prefect.utilities.schema_tools import validate
-
-    from schedules.planning import render
-
-    schema = deployment.parameter_openapi_schema or {}
-    props = schema.get("properties", {})
-    for key in spec.parameters:
-        if props and key not in props:
-            raise SpecError(f"parameters.{key}", spec.parameters[key],
-                            f"a parameter of {spec.deployment}: it takes {', '.join(props) or 'none'}")
-    for key in schema.get("required", []):
-        if key not in spec.parameters:
-            raise SpecError("parameters", sorted(spec.parameters), f"the required parameter {key!r} of "
-                                                                   f"{spec.deployment}")
-    sample = render(spec.parameters, int(time.time()))
-    errors = validate(sample, schema, raise_on_error=False, preprocess=True)
-    if errors:
-        e = errors[0]
-        where = ".".join(str(p) for p in e.path)
-        raise SpecError(f"parameters.{where}" if where else "parameters", e.instance, e.message)
-    model_name = SPEC_MODELS.get(spec.deployment.split("/")[0] if spec.deployment else "")
-    stored = dict(spec.parameters)
-    if model_name and isinstance(sample.get("spec"), dict):
-        import core.specs as specs
-        from core.specs.common import load_spec
-        from core.uris import absolute
-
-        try:
-            loaded = load_spec(getattr(specs, model_name), sample["spec"], "parameters.spec")
-        except SpecError as exc:
-            raise SpecError(f"parameters.spec.{exc.field}", exc.value, exc.expected) from exc
-        before, after = loaded.model_dump(mode="json"), loaded.resolved(base).model_dump(mode="json")
-        raw = dict(stored["spec"])
-        for key, value in raw.items():
-            if before.get(key) == after.get(key):
-                continue
-            if isinstance(value, str):
-                raw[key] = absolute(value, base)
-            elif isinstance(value, dict):
-                raw[key] = {k: absolute(v, base) if before[key].get(k) != after[key].get(k) else v
-                            for k, v in value.items()}
-        stored["spec"] = _for_pods(raw, loaded.resolved(base), echo) if cluster else raw
-    return stored
-
-
-INPUTS = frozenset({"source_uri", "checkpoint_input_uri", "input_uri", "model"})  # and each of `datasets`
-
-
-def _for_pods(raw: dict[str, Any], loaded: Any, echo: Callable[[str], None]) -> dict[str, Any]:
-    """`raw` (the stored spec, placeholders kept) with each local input replaced by its upload. A local
-    input whose path has a placeholder names another file at every run, which cannot be sent now: refused
-    before anything is sent."""
-    from core.settings import Settings
-    from core.specs import is_mlflow_uri, is_registry_ref
-    from core.uris import parse_uri
-    from mlyard.uploads import for_cluster
-
-    def placeholders(raw_part: Any, where: str, key: str, parent: str) -> None:
-        if isinstance(raw_part, dict):
-            for k, v in raw_part.items():
-                placeholders(v, f"{where}.{k}", k, key)
-        elif (isinstance(raw_part, str) and "{{" in raw_part and (key in INPUTS or parent == "datasets")
-              and not (key == "model" and (is_registry_ref(raw_part) or is_mlflow_uri(raw_part)))
-              and parse_uri(raw_part, where).kind == "local"):
-            raise SpecError(where, raw_part, "a URI of the storage the cluster's pods read (s3://, obs:// or nas://): "
-                            "a path on this machine with a placeholder names another file at every run, so it "
-                            "cannot be uploaded when the schedule is saved")
-
-    placeholders(raw, "parameters.spec", "", "")
-    try:
-        shipped = for_cluster(loaded, Settings(), echo).model_dump(mode="json")
-    except SpecError as exc:
-        raise SpecError(f"parameters.spec.{exc.field}", exc.value, exc.expected) from exc
-    before = loaded.model_dump(mode="json")
-
-    def merge(raw_part: Any, old: Any, new: Any) -> Any:
-        if isinstance(raw_part, dict) and isinstance(old, dict) and isinstance(new, dict):
-            return {k: merge(v, old.get(k), new.get(k)) for k, v in raw_part.items()}
-        return raw_part if old == new else new
-
-    return merge(raw, before, shipped)
-
-
 def create(spec_in: ScheduleSpec | dict | str | Path, *, sets: dict[str, Any] | None = None,
            wait_seconds: float = 10.0, echo: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
-    """Check and save a schedule; the scheduler confirms it (ENABLED or DISABLED) on its next pass. `echo`
-    says what is uploaded for a deployment on a Kubernetes pool."""
+    """Check and save a schedule in the project the caller acts in (an editor's); the scheduler confirms it
+    (ENABLED or DISABLED) on its next pass, and its runs are that project's and the caller's. `echo` says
+    what is uploaded: for a deployment on a Kubernetes pool, and for a team member (their key), whose
+    schedule the platform saves as them."""
     spec: ScheduleSpec = _spec(ScheduleSpec, spec_in, sets)
-    _check_trigger(spec)
+    check_trigger(spec)
+    if (url := member_api()) is not None:  # the platform saves it, as them; their local inputs uploaded first
+        parameters = spec.parameters
+        if spec.pipeline is None and (sample := sample_spec(spec)) is not None:
+            area = post(url, "/v1/queries/run_check", {"flow": (spec.deployment or "").split("/", 1)[0],
+                                                        "spec": sample.resolved(Path.cwd()).model_dump(mode="json")})
+            parameters = localized(spec, Path.cwd(), upload=True, echo=echo, area=area["storage"])
+        return post(url, "/v1/commands/schedules_create", {"spec": {**spec.model_dump(mode="json"),
+                                                                    "parameters": parameters},
+                                                           "wait_seconds": wait_seconds})
+    return _create(spec=spec, wait_seconds=wait_seconds, echo=echo)
+
+
+@audited("schedule.create", lambda a: f"schedule {a['spec'].name}", lambda a: acting_or_none(current()))
+def _create(spec: ScheduleSpec, wait_seconds: float, echo: Callable[[str], None]) -> dict[str, Any]:
+    actor = current()
+    project = acting_editor("creating a schedule")
+    if not actor.admin:
+        member_may_schedule(spec, project)
     store = _store()
     if spec.pipeline is not None:
         spec = _pipeline_target(spec)
@@ -219,13 +136,16 @@ def create(spec_in: ScheduleSpec | dict | str | Path, *, sets: dict[str, Any] | 
             raise SpecError("deployment", spec.deployment, f"a deployment of this platform: {', '.join(names)}") from exc
         cluster = bool(deployment.work_pool_name) and client.read_work_pool(
             deployment.work_pool_name).type == "kubernetes"
-        parameters = _check_parameters(spec, deployment, Path.cwd(), cluster, echo)
+        check_parameters(spec, deployment)
+        parameters = localized(spec, Path.cwd(), cluster, echo)
+    if not actor.admin:  # as the run they would start now: their project's storage, quota, models, experiments
+        parameters = for_member(spec.model_copy(update={"parameters": parameters}), project)
     watermark = int(spec.start_time.timestamp()) if spec.start_time else int(time.time())
     saved = spec.model_dump(mode="json")
     saved["parameters"] = parameters
     if spec.pipeline is not None:
         saved["run_parameters"] = dict(spec.parameters["spec"]["parameters"])
-    store.create(spec.name, saved, str(deployment.id), "CREATE REQUESTED", watermark)
+    store.create(spec.name, saved, str(deployment.id), "CREATE REQUESTED", watermark, project, actor.name)
     deadline = time.monotonic() + wait_seconds
     view = show(spec.name, runs=0)
     while view["status"] == "CREATE REQUESTED" and time.monotonic() < deadline:
@@ -272,14 +192,26 @@ def _trigger_text(spec: dict[str, Any]) -> str:
 
 def _row(record) -> dict[str, Any]:
     spec = record.spec
-    return {"name": record.name, "status": _status(record), "trigger": _trigger_text(spec),
+    return {"name": record.name, "project": record.project, "owner": record.owner, "status": _status(record),
+            "trigger": _trigger_text(spec),
             "target": f"pipeline {spec['pipeline']}" if spec.get("pipeline") else spec.get("deployment"),
             "max_concurrency": spec.get("max_concurrency", 1), "catchup": spec.get("catchup", True),
             "reason": record.reason}
 
 
 def list_schedules() -> list[dict[str, Any]]:
-    return [_row(r) for r in _store().all()]
+    """The schedules of the caller's projects."""
+    if (url := member_api()) is not None:
+        return post(url, "/v1/queries/schedules_list", {})
+    return [_row(r) for r in _store().all(visible_projects())]
+
+
+def in_reach(store: Any, name: str, role: str = "viewer", action: str = "reading a schedule") -> Any:
+    """The schedule `name` when the caller's role in its project allows `action` (one of a project they
+    have no role in does not exist for them)."""
+    record = store.get(name)
+    current().need(record.project, role, action, lambda: ScheduleNotFound(name))
+    return record
 
 
 def show(name: str, *, runs: int = 10, upcoming: int = PREVIEW_COUNT) -> dict[str, Any]:
@@ -290,9 +222,11 @@ def show(name: str, *, runs: int = 10, upcoming: int = PREVIEW_COUNT) -> dict[st
     from schedules.cron import fire_times
     from tasks.scheduling import plan_of
 
+    if (url := member_api()) is not None:
+        return post(url, "/v1/queries/schedules_show", {"name": name, "runs": runs})
     settings = connect()
     store = Schedules(Catalog(settings.catalog_db_url))
-    record = store.get(name)
+    record = in_reach(store, name)
     view = _row(record)
     plan = plan_of(record)
     view.update({"description": record.spec.get("description", ""), "read_as": plan.trigger.reading,
@@ -341,10 +275,21 @@ def _runs(slots, settings) -> list[dict[str, Any]]:
 
 # -- changes ---------------------------------------------------------------------------------------
 
+def _change(verb: str, **arguments: Any) -> Any:
+    """A change of a team member (their key) is the platform's to make, as them; None: made here."""
+    url = member_api()
+    return None if url is None else post(url, f"/v1/commands/schedules_{verb}", arguments)
+
+
 def enable(name: str) -> dict[str, Any]:
     """Enable a schedule; with catch-up on, the slots missed while it was disabled run (oldest first)."""
+    return _change("enable", name=name) or _enable(name=name)
+
+
+@audited("schedule.enable", lambda a: f"schedule {a['name']}", lambda a: acting_or_none(current()))
+def _enable(name: str) -> dict[str, Any]:
     store = _store()
-    rec = store.get(name)
+    rec = in_reach(store, name, "editor", "enabling a schedule")
     if rec.status == "CREATE FAILED":
         raise SpecError("schedule", name, f"a schedule that was created ({rec.reason}); copy it once fixed")
     store.set_status(name, "ENABLED")
@@ -354,10 +299,15 @@ def enable(name: str) -> dict[str, Any]:
 def disable(name: str) -> dict[str, Any]:
     """Disable a schedule: no new runs (a run created ahead of a slot still to come is cancelled);
     runs already going go on."""
+    return _change("disable", name=name) or _disable(name=name)
+
+
+@audited("schedule.disable", lambda a: f"schedule {a['name']}", lambda a: acting_or_none(current()))
+def _disable(name: str) -> dict[str, Any]:
     from tasks.scheduling import Scheduler
 
     store = _store()
-    rec = store.get(name)
+    rec = in_reach(store, name, "editor", "disabling a schedule")
     if rec.status == "CREATE FAILED":
         raise SpecError("schedule", name, f"a schedule that was created ({rec.reason})")
     store.set_status(name, "DISABLED")
@@ -367,8 +317,11 @@ def disable(name: str) -> dict[str, Any]:
 
 
 def copy(name: str, new_name: str, *, sets: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A new schedule with the same settings (and `sets` merged in), checked like any other."""
-    spec = dict(_store().get(name).spec)
+    """A new schedule with the same settings (and `sets` merged in), checked like any other, in the project
+    the caller acts in."""
+    if (made := _change("copy", name=name, new_name=new_name, sets=sets)) is not None:
+        return made
+    spec = dict(in_reach(_store(), name, "editor", "copying a schedule").spec)
     spec["name"] = new_name
     if spec.get("pipeline"):  # as given: the run parameters, not the pipeline-run spec made of them
         spec["deployment"], spec["parameters"] = None, spec.pop("run_parameters", {})
@@ -377,11 +330,17 @@ def copy(name: str, new_name: str, *, sets: dict[str, Any] | None = None) -> dic
 
 
 def delete(name: str) -> dict[str, Any]:
-    """Delete a schedule; refused while a run it created is still going (its slots' runs are looked up first)."""
+    """Delete a schedule (its project's owner's); refused while a run it created is still going (its slots'
+    runs are looked up first)."""
+    return _change("delete", name=name) or _delete(name=name)
+
+
+@audited("schedule.delete", lambda a: f"schedule {a['name']}", lambda a: acting_or_none(current()))
+def _delete(name: str) -> dict[str, Any]:
     from tasks.scheduling import PassReport, Scheduler
 
     store = _store()
-    rec = store.get(name)
+    rec = in_reach(store, name, "owner", "deleting a schedule")
     with _client() as client:
         Scheduler(store, client, start_timeout_seconds=float("inf")).refresh([rec], PassReport(), time.time())
     store.delete(name)

@@ -88,6 +88,15 @@ def signed_in_api(settings: Any) -> str:
     return url
 
 
+def member_api() -> str | None:
+    """The mlyard API a team member's call (MLYARD_API_KEY) is made through, by the platform, as them; None:
+    the caller is the stack's owner or the platform, whose call is made here."""
+    from core.settings import Settings
+
+    settings = Settings()
+    return signed_in_api(settings) if settings.api_key is not None else None
+
+
 def _remote(url: str, name: str, kwargs: dict[str, Any]) -> Any:
     return post(url, f"/v1/queries/{name}", kwargs)
 

@@ -31,22 +31,24 @@ class NotebookRecord:
     flow_run_id: str | None
     created_at: datetime
     updated_at: datetime
+    project: str = "default"
+    owner: str = ""  # the user its JupyterLab answers ("": made before projects, the platform's)
 
 
 def _record(row: Notebook) -> NotebookRecord:
     return NotebookRecord(row.id, row.name, dict(row.spec), row.status, row.reason, row.flow_run_id, row.created_at,
-                          row.updated_at)
+                          row.updated_at, row.project or "default", row.owner or "")
 
 
 class Notebooks:
     def __init__(self, catalog: Catalog):
         self.catalog = catalog
 
-    def create(self, name: str, spec: dict[str, Any]) -> NotebookRecord:
+    def create(self, name: str, spec: dict[str, Any], project: str = "default", owner: str = "") -> NotebookRecord:
         with self.catalog.session() as s:
             if s.scalar(select(Notebook.id).where(Notebook.name == name)) is not None:
                 raise AlreadyExists("notebook", name)
-            row = Notebook(name=name, spec=spec, status="CREATE REQUESTED")
+            row = Notebook(name=name, spec=spec, status="CREATE REQUESTED", project=project, owner=owner)
             s.add(row)
             s.flush()
             return _record(row)
@@ -55,9 +57,13 @@ class Notebooks:
         with self.catalog.session() as s:
             return _record(self._row(s, name))
 
-    def all(self) -> list[NotebookRecord]:
+    def all(self, projects: list[str] | None = None) -> list[NotebookRecord]:
+        """Every notebook, or those of `projects`."""
+        q = select(Notebook).order_by(Notebook.id)
+        if projects is not None:
+            q = q.where(Notebook.project.in_(projects))
         with self.catalog.session() as s:
-            return [_record(r) for r in s.scalars(select(Notebook).order_by(Notebook.id))]
+            return [_record(r) for r in s.scalars(q)]
 
     @staticmethod
     def _row(s: Any, name: str, lock: bool = False) -> Notebook:

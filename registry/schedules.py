@@ -38,6 +38,8 @@ class ScheduleRecord:
     watermark_epoch: int | None
     missed: int
     created_at: Any
+    project: str = "default"
+    owner: str = ""  # the user whose runs its runs are ("": made before projects, the platform's)
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class SlotRecord:
 
 def _record(row: Schedule) -> ScheduleRecord:
     return ScheduleRecord(row.id, row.name, dict(row.spec), row.deployment_id, row.status, row.reason,
-                          row.watermark_epoch, row.missed, row.created_at)
+                          row.watermark_epoch, row.missed, row.created_at, row.project or "default", row.owner or "")
 
 
 def _slot(row: ScheduleSlot) -> SlotRecord:
@@ -67,12 +69,12 @@ class Schedules:
     # -- schedules ---------------------------------------------------------------------------------
 
     def create(self, name: str, spec: dict[str, Any], deployment_id: str | None, status: str,
-               watermark_epoch: int | None) -> ScheduleRecord:
+               watermark_epoch: int | None, project: str = "default", owner: str = "") -> ScheduleRecord:
         with self.catalog.session() as s:
             if s.scalar(select(Schedule.id).where(Schedule.name == name)) is not None:
                 raise AlreadyExists("schedule", name)
             row = Schedule(name=name, spec=spec, deployment_id=deployment_id, status=status,
-                           watermark_epoch=watermark_epoch)
+                           watermark_epoch=watermark_epoch, project=project, owner=owner)
             s.add(row)
             s.flush()
             return _record(row)
@@ -90,9 +92,13 @@ class Schedules:
         with self.catalog.session() as s:
             return s.scalar(select(Schedule.status).where(Schedule.id == schedule_id)) == "ENABLED"
 
-    def all(self) -> list[ScheduleRecord]:
+    def all(self, projects: list[str] | None = None) -> list[ScheduleRecord]:
+        """Every schedule, or those of `projects`."""
+        q = select(Schedule).order_by(Schedule.id)
+        if projects is not None:
+            q = q.where(Schedule.project.in_(projects))
         with self.catalog.session() as s:
-            return [_record(r) for r in s.scalars(select(Schedule).order_by(Schedule.id))]
+            return [_record(r) for r in s.scalars(q)]
 
     def set_status(self, name: str, status: str, reason: str = "", *, watermark_epoch: int | None = None,
                    keep_watermark: bool = True) -> ScheduleRecord:

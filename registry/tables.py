@@ -156,6 +156,8 @@ class Schedule(Base):
     __tablename__ = "schedules"
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    project: Mapped[str] = mapped_column(String(40), default="default", server_default="default", index=True)
+    owner: Mapped[str] = mapped_column(String(80), default="", server_default="")  # who made it: its runs are theirs
     name: Mapped[str] = mapped_column(String(50), unique=True)
     spec: Mapped[dict] = mapped_column(JSON)
     deployment_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
@@ -293,6 +295,8 @@ class Notebook(Base):
     __tablename__ = "notebooks"
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    project: Mapped[str] = mapped_column(String(40), default="default", server_default="default", index=True)
+    owner: Mapped[str] = mapped_column(String(80), default="", server_default="")  # its JupyterLab answers them alone
     name: Mapped[str] = mapped_column(String(50), unique=True)
     spec: Mapped[dict] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(32), default="CREATE REQUESTED")

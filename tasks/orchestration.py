@@ -318,10 +318,11 @@ def appkey_env() -> dict[str, str]:
     return {"EM_APPKEY": project_of_tags(tags), **({"EM_USER": u} if (u := user_of_tags(tags)) else {})}
 
 
-def training_job_variables(client: Any, deployment_id: str, parameters: dict, pools: dict[str, Any]) -> dict | None:
+def training_job_variables(client: Any, deployment_id: str, parameters: dict, pools: dict[str, Any],
+                           project: str = "default") -> dict | None:
     """A run of `train/...` made without mlyard's submit (the scheduler's): its spec's resources and image
-    as its pool's job variables, so that it asks for its GPUs and runs its image as a submitted one does.
-    `pools` caches each deployment's work pool."""
+    as its pool's job variables, so that it asks for its GPUs and runs its image (in `project`'s queue) as a
+    submitted one does. `pools` caches each deployment's work pool."""
     if "spec" not in parameters:
         return None
     if deployment_id not in pools:
@@ -331,7 +332,8 @@ def training_job_variables(client: Any, deployment_id: str, parameters: dict, po
         return None
     from core.specs import TrainingSpec
 
-    return pool_job_variables(pools[deployment_id], TrainingSpec.model_validate(parameters["spec"]).job_variables())
+    return pool_job_variables(pools[deployment_id], TrainingSpec.model_validate(parameters["spec"]).job_variables(),
+                              project)
 
 
 def pool_job_variables(pool: Any, job_variables: dict | None, project: str = "default") -> dict:

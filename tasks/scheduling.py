@@ -178,6 +178,7 @@ class Scheduler:
     def _start(self, record: ScheduleRecord, slot: SlotRecord, plan: Plan, now: float) -> str:
         from prefect.states import Scheduled
 
+        from core.access import PROJECT_TAG, run_tags
         from core.names import FLOW_TRAIN, RUN_NAMES, render_run_name
         from tasks.orchestration import training_job_variables
 
@@ -191,12 +192,15 @@ class Scheduler:
         training = flow == FLOW_TRAIN
         # one name everywhere: the run's own (its spec's, as every mlyard list shows it), else the slot's
         name = (render_run_name(RUN_NAMES[flow], parameters) if flow in RUN_NAMES else None) or f"{record.name}-{label}"
+        # the schedule's project and its maker's: its runs count against that project's quota, show in its
+        # lists and the Prefect UI's door, and carry them into the script (EM_APPKEY) and every log record
+        owner = run_tags(record.project, record.owner) if record.owner else [f"{PROJECT_TAG}{record.project}"]
         fr = self.client.create_flow_run_from_deployment(
             UUID(record.deployment_id), parameters=parameters,
-            name=name, tags=[f"{TAG_SCHEDULE}:{record.name}", f"{TAG_SLOT}:{label}", TAG_NAMED],
+            name=name, tags=[f"{TAG_SCHEDULE}:{record.name}", f"{TAG_SLOT}:{label}", TAG_NAMED, *owner],
             idempotency_key=f"mlyard.schedule:{record.id}:{slot_epoch}:{slot.due_at:.6f}", state=state,
-            job_variables=training_job_variables(self.client, record.deployment_id, parameters, self._pools)
-            if training else None)
+            job_variables=training_job_variables(self.client, record.deployment_id, parameters, self._pools,
+                                                 record.project) if training else None)
         self.store.started(slot.id, str(fr.id))
         return str(fr.id)
 
