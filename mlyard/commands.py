@@ -204,6 +204,48 @@ def schedules_delete(name: str) -> dict[str, Any]:
     return schedules.delete(name)
 
 
+def notebooks_create(spec: dict[str, Any]) -> dict[str, Any]:
+    from mlyard import notebooks
+
+    return notebooks.create(spec)
+
+
+def notebooks_stop(name: str) -> dict[str, Any]:
+    from mlyard import notebooks
+
+    return notebooks.stop(name)
+
+
+def notebooks_start(name: str) -> dict[str, Any]:
+    from mlyard import notebooks
+
+    return notebooks.start(name)
+
+
+def notebooks_reboot(name: str) -> dict[str, Any]:
+    from mlyard import notebooks
+
+    return notebooks.reboot(name)
+
+
+def notebooks_delete(name: str) -> dict[str, Any]:
+    from mlyard import notebooks
+
+    return notebooks.delete(name)
+
+
+def notebooks_rename(name: str, new_name: str) -> dict[str, Any]:
+    from mlyard import notebooks
+
+    return notebooks.rename(name, new_name)
+
+
+def notebooks_set_type(name: str, instance_type: str) -> dict[str, Any]:
+    from mlyard import notebooks
+
+    return notebooks.set_type(name, instance_type)
+
+
 def _audited(fn: Callable[..., Any]) -> Callable[..., Any]:
     """A catalog write, recorded once in the audit trail (who, project, what, which, result)."""
     from mlyard.teams import audited
@@ -220,8 +262,10 @@ COMMANDS: dict[str, Callable[..., Any]] = {f.__name__: _audited(f) for f in (
     templates_create, templates_copy, templates_delete, runs_stop, models_create, models_rename, models_describe,
     models_alias, models_delete, endpoints_issue, endpoints_revoke)}
 COMMANDS.update(teams.COMMANDS)
-SELF_AUDITED = (schedules_create, schedules_enable, schedules_disable, schedules_copy, schedules_delete)
-COMMANDS.update({f.__name__: f for f in SELF_AUDITED})  # each records itself, by every path (mlyard/schedules.py)
+SELF_AUDITED = (schedules_create, schedules_enable, schedules_disable, schedules_copy, schedules_delete, notebooks_create,
+                notebooks_stop, notebooks_start, notebooks_reboot, notebooks_delete, notebooks_rename, notebooks_set_type)
+# each records itself, by every path (mlyard/schedules.py, mlyard/notebooks.py)
+COMMANDS.update({f.__name__: f for f in SELF_AUDITED})
 MEMBER_COMMANDS = frozenset({"templates_create", "templates_copy", "templates_delete", "runs_stop", "models_create",
                              "models_rename", "models_describe", "models_alias", "models_delete", "endpoints_issue",
                              "endpoints_revoke", *teams.COMMANDS, *(f.__name__ for f in SELF_AUDITED)})

@@ -12,6 +12,11 @@ stopped, rebooted and deleted by flow runs of `notebook/local`.
 
 Everything that can be checked is checked before a notebook is recorded or an action queued: its spec,
 its NAS share, whether its status allows the action.
+
+A notebook belongs to the project it was made in and to the user who made it (an editor there): the
+project's members see it listed, but only its user (and admins) open it, since its JupyterLab's token is
+the way in, and only they stop, start, reboot, rename or retype it; its user or the project's owner
+deletes it. A team member's call (their key) is made by the platform, through the mlyard API, as them.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from core.access import current, run_tags
 from core.connection import connect
-from core.errors import NotebookNotFound, RunFailed, SpecError
+from core.errors import HttpError, NotebookNotFound, RunFailed, SpecError
 from core.names import FLOW_NOTEBOOK
 from core.settings import Settings
 from core.specs.notebook import (
@@ -37,6 +43,9 @@ from core.specs.notebook import (
     NotebookSpec,
 )
 from mlyard.api import load as _spec
+from mlyard.runs import visible_projects
+from mlyard.teams import acting_editor, acting_or_none, audited
+from mlyard.warm_api import member_api, member_command, post
 from tasks import notebooks as local
 
 BUSY = (CREATE_REQUESTED, *IN_PROGRESS.values())
@@ -49,11 +58,25 @@ def notebook_store(settings: Settings):
     return Notebooks(Catalog(settings.catalog_db_url))
 
 
-def _submit(name: str, action: str) -> str:
-    from mlyard.submit import submit
+def _submit(record: Any, action: str) -> str:
+    """The action's flow run, tagged with the notebook's project and user (its logs are theirs)."""
+    from tasks.orchestration import submit
 
-    return submit(f"{FLOW_NOTEBOOK}/local", {"spec": {"notebook": name, "action": action}},
-                  tags=[f"mlyard.notebook:{name}"])["id"]
+    tags = [f"mlyard.notebook:{record.name}", *run_tags(record.project, record.owner or current().name)]
+    return str(submit(f"{FLOW_NOTEBOOK}/local", {"spec": {"notebook": record.name, "action": action}}, None, tags).id)
+
+
+def in_reach(store: Any, name: str, action: str | None = None, deleting: bool = False) -> Any:
+    """The notebook `name` for the caller: one of a project they have no role in does not exist for them; an
+    `action` on it (an editor's) is its user's alone, or an admin's (a delete: also the project's owner's)."""
+    record, actor = store.get(name), current()
+    actor.need(record.project, "editor" if action else "viewer", action or "reading a notebook",
+               lambda: NotebookNotFound(name))
+    theirs = actor.admin or record.owner == actor.name or (deleting and actor.role(record.project) == "owner")
+    if action and not theirs:
+        raise HttpError(403, f"{actor.name} may not be {action}: notebook {name!r} is {record.owner or 'the platform'}'s, "
+                        "and its JupyterLab answers its user alone (and admins)")
+    return record
 
 
 def notebook_status(settings: Settings, record: Any) -> str:
@@ -83,7 +106,8 @@ def _ready_on_cluster(settings: Settings, record: Any) -> bool:
 def _view(settings: Settings, record: Any) -> dict[str, Any]:
     spec, kind = record.spec, INSTANCE_TYPES[record.spec["instance_type"]]
     status = notebook_status(settings, record)
-    return {"name": record.name, "status": status, "reason": record.reason,
+    return {"name": record.name, "project": record.project, "owner": record.owner, "status": status,
+            "reason": record.reason,
             "description": spec.get("description", ""), "image": spec.get("image", LOCAL_IMAGE),
             "instance_type": kind.name, "core_type": kind.core_type, "cpus": kind.cpus, "memory_gb": kind.memory_gb,
             "gpus": kind.gpus, "boot_storage_gb": spec["boot_storage_gb"], "data_storage_gb": spec["data_storage_gb"],
@@ -136,8 +160,21 @@ def _wait(settings: Settings, name: str, run_id: str, timeout_seconds: float) ->
 
 def create(spec: NotebookSpec | dict | str | Path, *, sets: dict[str, Any] | None = None, wait: bool = False,
            timeout_seconds: float = 600) -> dict[str, Any]:
-    """Record a notebook (CREATE REQUESTED) and queue its creation; with `wait`, until it is ACTIVE."""
+    """Record a notebook (CREATE REQUESTED) in the project the caller acts in, as theirs, and queue its
+    creation; with `wait`, until it is ACTIVE."""
     nb = _spec(NotebookSpec, spec, sets)
+    if (made := member_command("notebooks_create", spec=nb.model_dump(mode="json"))) is not None:
+        return (_member_wait(nb.name, made, timeout_seconds) or {}) if wait else made
+    return _create(spec=nb, wait=wait, timeout_seconds=timeout_seconds)
+
+
+@audited("notebook.create", lambda a: f"notebook {a['spec'].name}", lambda a: acting_or_none(current()))
+def _create(spec: NotebookSpec, wait: bool, timeout_seconds: float) -> dict[str, Any]:
+    nb, actor = spec, current()
+    project = acting_editor("creating a notebook")
+    if nb.nas is not None and not actor.admin:
+        raise SpecError("nas", nb.nas, "nothing: a member's notebook keeps its files in its own data storage (a NAS "
+                        "share of the platform's machine is an admin's to mount)")
     settings = connect()
     if nb.image != LOCAL_IMAGE:  # a StatefulSet on the cluster: the image registered, a cluster configured
         from tasks.kubernetes import cluster_client
@@ -155,9 +192,9 @@ def create(spec: NotebookSpec | dict | str | Path, *, sets: dict[str, Any] | Non
                             + "; a GPU type runs a registered notebook image on a cluster")
         local.nas_path(nb, settings.nas_mounts)
     store = notebook_store(settings)
-    store.create(nb.name, nb.model_dump(mode="json"))
+    record = store.create(nb.name, nb.model_dump(mode="json"), project, actor.name)
     try:
-        run_id = _submit(nb.name, "create")
+        run_id = _submit(record, "create")
     except Exception:
         store.remove(nb.name)  # nothing half-made: no run, no record
         raise
@@ -167,20 +204,48 @@ def create(spec: NotebookSpec | dict | str | Path, *, sets: dict[str, Any] | Non
     return {**_view(settings, store.get(nb.name)), "flow_run_id": run_id}
 
 
+def _member_wait(name: str, view: dict[str, Any], timeout_seconds: float) -> dict[str, Any] | None:
+    """A team member's wait for their action's end, asked of the platform (None once deleted)."""
+    url, deadline = member_api(), time.monotonic() + timeout_seconds
+    while view["status"] in BUSY:
+        if time.monotonic() > deadline:
+            raise RunFailed(view["status"], view.get("flow_run_id") or "", f"still {view['status']} after "
+                                                                           f"{timeout_seconds:.0f} s")
+        time.sleep(0.5)
+        try:
+            view = post(url or "", "/v1/queries/notebooks_show", {"name": name})
+        except NotebookNotFound:
+            return None
+    if view["status"] in FAILED.values():
+        raise RunFailed(view["status"], view.get("flow_run_id") or "", view.get("reason", ""))
+    return view
+
+
 def _act(name: str, action: str, wait: bool, timeout_seconds: float) -> dict[str, Any] | None:
+    if (made := member_command(f"notebooks_{action}", name=name)) is not None:
+        return _member_wait(name, made, timeout_seconds) if wait else made
+    return _act_here(name=name, action=action, wait=wait, timeout_seconds=timeout_seconds)
+
+
+@audited("notebook.act", lambda a: f"notebook {a['name']} {a['action']}", lambda a: acting_or_none(current()))
+def _act_here(name: str, action: str, wait: bool, timeout_seconds: float) -> dict[str, Any] | None:
     settings = connect()
     store = notebook_store(settings)
-    before = store.get(name).status
+    record = in_reach(store, name, f"{_doing(action)} a notebook", deleting=action == "delete")
     store.begin(name, action)  # refused here when the status does not allow it
     try:
-        run_id = _submit(name, action)
+        run_id = _submit(record, action)
     except Exception:
-        store.set_status(name, before, "")
+        store.set_status(name, record.status, "")
         raise
     store.set_run(name, run_id)
     if wait:
         return _wait(settings, name, run_id, timeout_seconds)
     return {**_view(settings, store.get(name)), "flow_run_id": run_id}
+
+
+def _doing(action: str) -> str:
+    return {"stop": "stopping", "start": "starting", "reboot": "rebooting", "delete": "deleting"}[action]
 
 
 def stop(name: str, *, wait: bool = False, timeout_seconds: float = 120) -> dict[str, Any]:
@@ -205,40 +270,68 @@ def delete(name: str, *, wait: bool = False, timeout_seconds: float = 120) -> di
 
 
 def rename(name: str, new_name: str) -> dict[str, Any]:
+    if (made := member_command("notebooks_rename", name=name, new_name=new_name)) is not None:
+        return made
+    return _rename(name=name, new_name=new_name)
+
+
+@audited("notebook.rename", lambda a: f"notebook {a['name']}", lambda a: acting_or_none(current()))
+def _rename(name: str, new_name: str) -> dict[str, Any]:
     from core.specs.common import NAME_PATTERN
 
     if not re.match(NAME_PATTERN, new_name):
         raise SpecError("name", new_name, "lowercase letters, digits and '-', at most 50")
     settings = connect()
-    return _view(settings, notebook_store(settings).rename(name, new_name))
+    store = notebook_store(settings)
+    in_reach(store, name, "renaming a notebook")
+    return _view(settings, store.rename(name, new_name))
 
 
 def set_type(name: str, instance_type: str) -> dict[str, Any]:
     """Change the instance type of a STOPPED notebook (same core type); it applies at its next start."""
+    if (made := member_command("notebooks_set_type", name=name, instance_type=instance_type)) is not None:
+        return made
+    return _set_type(name=name, instance_type=instance_type)
+
+
+@audited("notebook.set_type", lambda a: f"notebook {a['name']}", lambda a: acting_or_none(current()))
+def _set_type(name: str, instance_type: str) -> dict[str, Any]:
     settings = connect()
-    return _view(settings, notebook_store(settings).set_instance_type(name, instance_type))
+    store = notebook_store(settings)
+    in_reach(store, name, "changing a notebook's type")
+    return _view(settings, store.set_instance_type(name, instance_type))
 
 
 def list_notebooks() -> list[dict[str, Any]]:
+    """The notebooks of the caller's projects."""
+    if (url := member_api()) is not None:
+        return post(url, "/v1/queries/notebooks_list", {})
     settings = connect()
-    return [_view(settings, r) for r in notebook_store(settings).all()]
+    return [_view(settings, r) for r in notebook_store(settings).all(visible_projects())]
 
 
 def show(name: str) -> dict[str, Any]:
+    """A notebook; its files' places and start-up log for its user (and admins) alone."""
+    if (url := member_api()) is not None:
+        return post(url, "/v1/queries/notebooks_show", {"name": name})
     settings = connect()
-    record = notebook_store(settings).get(name)
+    record = in_reach(notebook_store(settings), name)
     view = _view(settings, record)
-    data = local.folder(settings.home_dir, record.id) / "data"
-    init_log = data / "cont-init.output"
-    view.update({"data_dir": str(data), "log": str(local.log_path(settings.home_dir, record.id)),
-                 "start_up_log": init_log.read_text(errors="replace") if init_log.exists() else None})
+    actor = current()
+    if actor.admin or record.owner == actor.name:
+        data = local.folder(settings.home_dir, record.id) / "data"
+        init_log = data / "cont-init.output"
+        view.update({"data_dir": str(data), "log": str(local.log_path(settings.home_dir, record.id)),
+                     "start_up_log": init_log.read_text(errors="replace") if init_log.exists() else None})
     return view
 
 
 def open_url(name: str) -> str:
-    """The notebook's JupyterLab URL with its token (only its owner can read the token)."""
+    """The notebook's JupyterLab URL with its token: its user's (and admins') alone, the token being the way in."""
+    if (url := member_api()) is not None:
+        return post(url, "/v1/queries/notebooks_open", {"name": name})["url"]
     settings = connect()
-    record = notebook_store(settings).get(name)
+    record = in_reach(notebook_store(settings), name, "opening a notebook")
     if notebook_status(settings, record) != HEALTHY:
         raise SpecError("notebook", name, f"an ACTIVE (HEALTHY) notebook (it is {notebook_status(settings, record)}; "
                                           f"start it with `mlyard notebooks start {name}`)")

@@ -302,6 +302,12 @@ def notebooks_show(name: str) -> dict[str, Any]:
     return notebooks.show(name)
 
 
+def notebooks_open(name: str) -> dict[str, Any]:
+    from mlyard import notebooks
+
+    return {"url": notebooks.open_url(name)}
+
+
 def dashboard(since: str = "24h") -> dict[str, Any]:
     from mlyard import dashboard as board
 
@@ -319,7 +325,7 @@ QUERIES: dict[str, Callable[..., Any]] = {f.__name__: f for f in (
     evaluations_show, experiments_list, templates_list, templates_show, models_list, models_show, model_reference,
     pipeline_runs_list, pipeline_runs_show, pipeline_runs_graph, rags_list, rags_show, rags_history, rags_logs,
     schedules_list, schedules_show, endpoints_list, endpoints_show, endpoints_tokens, pipelines_list, pipelines_show, notebooks_list,
-    notebooks_show, dashboard, logs, images_list, images_show, accounts_list, accounts_show)}
+    notebooks_show, notebooks_open, dashboard, logs, images_list, images_show, accounts_list, accounts_show)}
 QUERIES.update(teams.QUERIES)
 QUERIES["run_check"] = submit.run_check
 
@@ -329,6 +335,7 @@ MEMBER_QUERIES = frozenset({
     "trainings_list", "trainings_show", "tunings_list", "tunings_show", "tunings_trials", "runs_list", "batches_show",
     "evaluations_show", "templates_list", "templates_show", "models_list", "models_show", "logs", "run_check",
     "endpoints_list", "endpoints_show", "endpoints_tokens", "experiments_list", "schedules_list", "schedules_show",
+    "notebooks_list", "notebooks_show", "notebooks_open",
     *teams.QUERIES})
 
 

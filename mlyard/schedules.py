@@ -38,7 +38,7 @@ from mlyard.schedule_checks import (
     sample_spec,
 )
 from mlyard.teams import acting_editor, acting_or_none, audited
-from mlyard.warm_api import member_api, post
+from mlyard.warm_api import member_api, member_command, post
 
 PREVIEW_COUNT = 5
 
@@ -275,15 +275,9 @@ def _runs(slots, settings) -> list[dict[str, Any]]:
 
 # -- changes ---------------------------------------------------------------------------------------
 
-def _change(verb: str, **arguments: Any) -> Any:
-    """A change of a team member (their key) is the platform's to make, as them; None: made here."""
-    url = member_api()
-    return None if url is None else post(url, f"/v1/commands/schedules_{verb}", arguments)
-
-
 def enable(name: str) -> dict[str, Any]:
     """Enable a schedule; with catch-up on, the slots missed while it was disabled run (oldest first)."""
-    return _change("enable", name=name) or _enable(name=name)
+    return member_command("schedules_enable", name=name) or _enable(name=name)
 
 
 @audited("schedule.enable", lambda a: f"schedule {a['name']}", lambda a: acting_or_none(current()))
@@ -299,7 +293,7 @@ def _enable(name: str) -> dict[str, Any]:
 def disable(name: str) -> dict[str, Any]:
     """Disable a schedule: no new runs (a run created ahead of a slot still to come is cancelled);
     runs already going go on."""
-    return _change("disable", name=name) or _disable(name=name)
+    return member_command("schedules_disable", name=name) or _disable(name=name)
 
 
 @audited("schedule.disable", lambda a: f"schedule {a['name']}", lambda a: acting_or_none(current()))
@@ -319,7 +313,7 @@ def _disable(name: str) -> dict[str, Any]:
 def copy(name: str, new_name: str, *, sets: dict[str, Any] | None = None) -> dict[str, Any]:
     """A new schedule with the same settings (and `sets` merged in), checked like any other, in the project
     the caller acts in."""
-    if (made := _change("copy", name=name, new_name=new_name, sets=sets)) is not None:
+    if (made := member_command("schedules_copy", name=name, new_name=new_name, sets=sets)) is not None:
         return made
     spec = dict(in_reach(_store(), name, "editor", "copying a schedule").spec)
     spec["name"] = new_name
@@ -332,7 +326,7 @@ def copy(name: str, new_name: str, *, sets: dict[str, Any] | None = None) -> dic
 def delete(name: str) -> dict[str, Any]:
     """Delete a schedule (its project's owner's); refused while a run it created is still going (its slots'
     runs are looked up first)."""
-    return _change("delete", name=name) or _delete(name=name)
+    return member_command("schedules_delete", name=name) or _delete(name=name)
 
 
 @audited("schedule.delete", lambda a: f"schedule {a['name']}", lambda a: acting_or_none(current()))

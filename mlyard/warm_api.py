@@ -97,6 +97,13 @@ def member_api() -> str | None:
     return signed_in_api(settings) if settings.api_key is not None else None
 
 
+def member_command(name: str, /, **arguments: Any) -> Any:
+    """A team member's change (MLYARD_API_KEY): the platform's answer to the command `name` (mlyard/commands.py),
+    made there as them; None for anyone else, whose change is made here."""
+    url = member_api()
+    return None if url is None else post(url, f"/v1/commands/{name}", arguments)
+
+
 def _remote(url: str, name: str, kwargs: dict[str, Any]) -> Any:
     return post(url, f"/v1/queries/{name}", kwargs)
 
