@@ -383,3 +383,78 @@ def test_a_members_endpoint_is_their_projects_its_tokens_and_their_keys_open_it(
     while "b-ep" in [e["name"] for e in bob.json("endpoints", "list")]:
         assert time.monotonic() < deadline
         time.sleep(1)
+
+
+def test_a_members_schedule_and_notebook_are_their_projects_and_theirs(team, stack):
+    """alice schedules a training and makes a notebook, from fresh processes with her key alone: the schedule's
+    run is team-a's and hers; the notebook's JupyterLab opens for her alone. bob (team-b) finds neither;
+    carol (a viewer of team-a) sees both and changes nothing."""
+    from datetime import datetime, timedelta, timezone
+
+    alice, bob, carol = team["alice"], team["bob"], team["carol"]
+    if not (alice.work / "algo").exists():
+        shutil.copytree(EXAMPLES / "sklearn_digits", alice.work / "algo")
+    first = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=20)
+    (alice.work / "nightly.yaml").write_text(json.dumps({
+        "name": "a-nightly", "deployment": "train/local", "interval": {"every": 1, "unit": "hours"},
+        "start_time": (first - timedelta(hours=1)).isoformat(),  # its first slot: `first`
+        "parameters": {"spec": {"name": "a-sched", "source_uri": "algo", "entry_point": "train.py",
+                                "hyperparameters": {"epochs": 1, "epoch_seconds": 0.01}}}}))
+    made = alice.json("schedules", "create", "-f", "nightly.yaml")
+    assert (made["project"], made["owner"], made["status"]) == ("team-a", "alice", "ENABLED"), made
+    stored = made["parameters"]["spec"]
+    assert "/projects/team-a/uploads/" in stored["source_uri"] and stored["experiment"] == "team-a/default", stored
+    (alice.work / "lab.yaml").write_text("name: a-lab\ninstance_type: cpu-2\n")
+    lab = alice.json("notebooks", "create", "-f", "lab.yaml", "--wait")
+    assert (lab["project"], lab["owner"], lab["status"]) == ("team-a", "alice", "ACTIVE (HEALTHY)"), lab
+    url = _ok(alice("notebooks", "open", "a-lab")).strip()
+    base, token = url.split("/lab?token=")
+    with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=30) as resp:  # hers: Jupyter answers
+        assert resp.status == 200
+    with pytest.raises(urllib.error.HTTPError) as refused:  # without the token, nobody is let in
+        urllib.request.urlopen(f"{base}/api/contents", timeout=30)
+    assert refused.value.code == 403
+
+    # bob: neither exists for him, by the CLI or Python; nothing of alice's changes
+    assert bob.json("schedules", "list") == [] and bob.json("notebooks", "list") == []
+    for args in (("schedules", "show", "a-nightly"), ("schedules", "disable", "a-nightly"),
+                 ("schedules", "enable", "a-nightly"), ("schedules", "delete", "a-nightly"),
+                 ("schedules", "copy", "a-nightly", "b-nightly")):
+        _refused(bob(*args), "schedule 'a-nightly' not found")
+    for args in (("notebooks", "show", "a-lab"), ("notebooks", "open", "a-lab"), ("notebooks", "stop", "a-lab"),
+                 ("notebooks", "delete", "a-lab"), ("notebooks", "rename", "a-lab", "mine")):
+        _refused(bob(*args), "notebook 'a-lab' not found")
+    py = bob.python("import mlyard.notebooks as n\ntry:\n    n.open_url('a-lab')\nexcept Exception as e:\n"
+                    "    print(type(e).__name__, e)")
+    assert py.returncode == 0 and "NotebookNotFound" in py.stdout, (py.stdout, py.stderr)
+    # a schedule of bob's reads his project's storage alone, as his runs do (sent as is: his CLI would upload
+    # what his own account can read, which alice's storage is not, outside this harness's one account)
+    status, answer = _post(stack.service_url, "/v1/commands/schedules_create", {"spec": {
+        "name": "b-theirs", "deployment": "train/local", "cron": "0 0 3 * * *",
+        "parameters": {"spec": {"name": "b", "source_uri": stored["source_uri"], "entry_point": "train.py"}}}}, bob.key)
+    assert status == 400 and "source_uri" in answer["error"]["message"], answer
+    assert "b-theirs" not in [s["name"] for s in json.loads(_ok(owner("schedules", "list", "--json")))]
+
+    # carol, a viewer of team-a: she sees both, opens and changes nothing
+    assert [s["name"] for s in carol.json("schedules", "list")] == ["a-nightly"]
+    assert [n["name"] for n in carol.json("notebooks", "list")] == ["a-lab"]
+    assert "start_up_log" not in carol.json("notebooks", "show", "a-lab")  # the user's files are hers alone
+    _refused(carol("schedules", "disable", "a-nightly"), "carol is viewer", "needs editor")
+    _refused(carol("notebooks", "open", "a-lab"), "carol is viewer", "needs editor")
+    _refused(carol("schedules", "create", "-f", str(alice.work / "nightly.yaml")), "carol is viewer", "needs editor")
+    _refused(alice("schedules", "delete", "a-nightly"), "alice is editor", "needs owner")
+
+    # the schedule's run is team-a's and alice's: in her trainings, not in bob's
+    deadline = time.monotonic() + 120
+    while not (runs := [t for t in alice.json("trainings", "list") if t["name"] == "a-sched"]):
+        assert time.monotonic() < deadline, "the schedule's run did not come"
+        time.sleep(1)
+    assert runs[0]["project"] == "team-a" and "a-sched" not in [t["name"] for t in bob.json("trainings", "list")]
+    assert alice.json("schedules", "disable", "a-nightly")["status"] == "DISABLED"
+    assert alice.json("notebooks", "stop", "a-lab", "--wait")["status"] == "STOPPED"
+    assert owner("notebooks", "delete", "a-lab", "--wait").returncode == 0  # an admin may
+    records = json.loads(_ok(owner("audit", "--json", "--since", "1h")))
+    seen = {(r["user"], r["action"], r["result"], r["project"]) for r in records}
+    assert {("alice", "schedule.create", "ok", "team-a"), ("alice", "notebook.create", "ok", "team-a"),
+            ("bob", "schedule.disable", "refused", "team-b"), ("carol", "schedule.disable", "refused", "team-a")} <= seen, \
+        seen
