@@ -4,7 +4,7 @@ stopped, rebooted and deleted by flow runs of `notebook/local`.
     import mlyard.notebooks as notebooks
 
     notebooks.create({"name": "explore", "instance_type": "cpu-2"}, wait=True)   # ACTIVE (HEALTHY)
-    notebooks.open_url("explore")        # http://127.0.0.1:PORT/lab?token=...: only with the token
+    notebooks.open_url("explore")        # http://127.0.0.1:PORT/notebooks/ID/lab?token=...: only with the token
     notebooks.stop("explore", wait=True)     # STOPPED: data storage kept
     notebooks.set_type("explore", "cpu-4")   # only while stopped, within the core type
     notebooks.start("explore", wait=True)    # the start-up scripts run again, the kernels come back
@@ -113,19 +113,30 @@ def _view(settings: Settings, record: Any) -> dict[str, Any]:
             "gpus": kind.gpus, "boot_storage_gb": spec["boot_storage_gb"], "data_storage_gb": spec["data_storage_gb"],
             "data_used_mb": round(local.usage_bytes(settings.home_dir, record.id) / 2**20, 1),
             "nas": spec.get("nas"),
-            "url": _url(settings, record) if status == HEALTHY else None,
+            "url": door_url(settings, record) if status == HEALTHY else None,
             "flow_run_id": record.flow_run_id, "created_at": record.created_at.isoformat(),
             "updated_at": record.updated_at.isoformat()}
 
 
-def _url(settings: Settings, record: Any, with_token: bool = False) -> str | None:
+def upstream(settings: Settings, record: Any) -> str | None:
+    """Where the notebook's JupyterLab listens (`http://host:port`), or None while it does not run."""
     if record.spec.get("image", LOCAL_IMAGE) == LOCAL_IMAGE:
-        return local.url(settings.home_dir, record.id, with_token=with_token)
+        return local.address(settings.home_dir, record.id)
     from tasks.notebook_cluster import object_name
 
-    token = (local.folder(settings.home_dir, record.id) / "token").read_text().strip() if with_token else ""
-    return f"http://{object_name(record.id)}.{settings.kube_namespace}.svc/lab" + (
-        f"?token={token}" if token else "")
+    return f"http://{object_name(record.id)}.{settings.kube_namespace}.svc"  # its Service, port 80
+
+
+def door_url(settings: Settings, record: Any) -> str:
+    """The notebook's JupyterLab through mlyard's front door, which signs its user in (mlyard/notebook_door.py)."""
+    return f"{settings.door_url}{local.base_path(record.id)}lab"
+
+
+def _url(settings: Settings, record: Any, with_token: bool = False) -> str | None:
+    """The notebook's JupyterLab itself, with its token: the way in that needs no sign-in."""
+    found = upstream(settings, record)
+    token = f"?token={local.token(settings.home_dir, record.id)}" if with_token else ""
+    return f"{found}{local.base_path(record.id)}lab{token}" if found else None
 
 
 def _wait(settings: Settings, name: str, run_id: str, timeout_seconds: float) -> dict[str, Any] | None:
@@ -327,7 +338,8 @@ def show(name: str) -> dict[str, Any]:
 
 
 def open_url(name: str) -> str:
-    """The notebook's JupyterLab URL with its token: its user's (and admins') alone, the token being the way in."""
+    """The notebook's JupyterLab for its user (and admins) alone: through mlyard's front door, where they sign in
+    (the stack's owner, an admin on their own machine, gets it with its token instead, as ever)."""
     if (url := member_api()) is not None:
         return post(url, "/v1/queries/notebooks_open", {"name": name})["url"]
     settings = connect()
@@ -335,6 +347,8 @@ def open_url(name: str) -> str:
     if notebook_status(settings, record) != HEALTHY:
         raise SpecError("notebook", name, f"an ACTIVE (HEALTHY) notebook (it is {notebook_status(settings, record)}; "
                                           f"start it with `mlyard notebooks start {name}`)")
+    if not current().admin:
+        return door_url(settings, record)
     return _url(settings, record, with_token=True) or ""
 
 

@@ -57,6 +57,13 @@ class Notebooks:
         with self.catalog.session() as s:
             return _record(self._row(s, name))
 
+    def get_by_id(self, notebook_id: int) -> NotebookRecord:
+        with self.catalog.session() as s:
+            row = s.get(Notebook, notebook_id)
+            if row is None:
+                raise NotebookNotFound(str(notebook_id))
+            return _record(row)
+
     def all(self, projects: list[str] | None = None) -> list[NotebookRecord]:
         """Every notebook, or those of `projects`."""
         q = select(Notebook).order_by(Notebook.id)

@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--token-file", type=Path, help="the token (default: FOLDER/token)")
     parser.add_argument("--nas", action="append", default=[], help="NAME=PATH: a NAS share in the home")
     parser.add_argument("--cpus", type=int, default=0, help="the instance type's cores (threads of the kernels)")
+    parser.add_argument("--base-url", default="/", help="the path JupyterLab serves under (mlyard's front door's)")
     args = parser.parse_args(argv)
     folder = args.folder.resolve()
     nas = dict((name, Path(path)) for name, path in (item.split("=", 1) for item in args.nas))
@@ -165,7 +166,11 @@ def main(argv: list[str] | None = None) -> None:
     os.chdir(work)  # JupyterLab opens in the data storage: what a person saves where it opens is kept
     os.execve(sys.executable, [sys.executable, "-m", "jupyterlab", "--no-browser", f"--ip={args.ip}",  # 4
                                f"--port={args.port}", "--port-retries=0", f"--ServerApp.root_dir={work}",
-                               "--ServerApp.allow_remote_access=False", "--LabApp.news_url=",
+                               f"--ServerApp.base_url={args.base_url}",
+                               # on 127.0.0.1, a page of another site must not reach it by a name that resolves
+                               # here (DNS rebinding); in a pod, only mlyard's front door reaches it (its
+                               # NetworkPolicy), by its Service's name, and the probes by the pod's address
+                               f"--ServerApp.allow_remote_access={args.ip != '127.0.0.1'}", "--LabApp.news_url=",
                                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
                                "--LabApp.extension_manager=readonly",
                                *(["--allow-root"] if os.geteuid() == 0 else [])], env)  # root: as the stack runs

@@ -1,7 +1,7 @@
 """A notebook on Kubernetes: a StatefulSet of one pod (JupyterLab through the same boot as on one machine,
 tasks/notebook_boot.py) whose data storage is the PersistentVolumeClaim of its claim template, boot
 storage an emptyDir of the boot size, its token a Secret, a Service and a NetworkPolicy admitting only
-the gateway. A NAS share is the platform team's PersistentVolumeClaim `nas-{id}` (mounted at its path,
+mlyard's front door (the mlyard API's pods: mlyard/notebook_door.py), which signs its user in. A NAS share is the platform team's PersistentVolumeClaim `nas-{id}` (mounted at its path,
 never created or deleted here).
 
     stop    the StatefulSet scaled to 0 (the claim stays: whenScaled Retain)
@@ -24,6 +24,7 @@ from core.assets import infra
 from core.specs.notebook import INSTANCE_TYPES, NotebookSpec
 from core.uris import parse_uri
 from tasks.kubernetes import FIELD_MANAGER, LABEL, apply_object, read_object, validate
+from tasks.notebooks import HEALTH_PATH, base_path
 
 TEMPLATES = infra("notebook")
 PORT = 8888
@@ -53,7 +54,7 @@ def render(name: str, notebook_id: int, spec: NotebookSpec, image: str, token: s
     if kind.gpus:
         quantities["nvidia.com/gpu"] = str(kind.gpus)
     command = ["python", "-m", "tasks.notebook_boot", "--folder", FOLDER, "--port", str(PORT), "--ip", "0.0.0.0",
-               "--token-file", f"{TOKEN_DIR}/token", "--cpus", str(kind.cpus)]
+               "--token-file", f"{TOKEN_DIR}/token", "--cpus", str(kind.cpus), "--base-url", base_path(notebook_id)]
     mounts = [{"name": "data", "mountPath": f"{FOLDER}/data"}, {"name": "boot", "mountPath": f"{FOLDER}/boot"},
               {"name": "token", "mountPath": TOKEN_DIR, "readOnly": True}]
     volumes: list[dict[str, Any]] = [
@@ -67,7 +68,7 @@ def render(name: str, notebook_id: int, spec: NotebookSpec, image: str, token: s
         command += ["--nas", f"{spec.nas.mount_name}=/mlyard/nas/{spec.nas.mount_name}"]
     context = {
         "name": obj, "namespace": namespace, "labels": labels, "selector": selector, "replicas": replicas,
-        "image": image, "command": command, "port": PORT, "requests": quantities, "limits": quantities,
+        "image": image, "command": command, "port": PORT, "health": base_path(notebook_id) + HEALTH_PATH, "requests": quantities, "limits": quantities,
         "env": [{"name": "MLYARD_NOTEBOOK", "value": name}, {"name": "MLYARD_INSTANCE_TYPE", "value": kind.name}],
         "mounts": mounts, "volumes": volumes, "data_storage": f"{spec.data_storage_gb}Gi",
         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}] if kind.gpus else [],

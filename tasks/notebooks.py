@@ -22,7 +22,13 @@ from typing import Any
 
 from core.specs.notebook import INSTANCE_TYPES, NotebookSpec
 
-HEALTH_PATH = "/api"  # Jupyter server's version: it answers once the server serves
+HEALTH_PATH = "api"  # under its base path: Jupyter server's version, which answers once the server serves
+
+
+def base_path(notebook_id: int) -> str:
+    """Where the notebook's JupyterLab serves (its base URL): the path mlyard's front door gives it
+    (mlyard/notebook_door.py), by id so that a renamed notebook keeps it."""
+    return f"/notebooks/{notebook_id}/"
 
 
 def folder(home: Any, notebook_id: int) -> Path:
@@ -71,12 +77,13 @@ def want(home: Any, notebook_id: int, spec: NotebookSpec, nas_path: Path | None)
     from tasks import replicas as files
 
     argv = [sys.executable, "-m", "tasks.notebook_boot", "--folder", str(folder(home, notebook_id)),
-            "--cpus", str(INSTANCE_TYPES[spec.instance_type].cpus)]
+            "--cpus", str(INSTANCE_TYPES[spec.instance_type].cpus), "--base-url", base_path(notebook_id)]
     if spec.nas and nas_path is not None:
         argv += ["--nas", f"{spec.nas.mount_name}={nas_path}"]
     k = key(notebook_id)
     files.want(home, files.Wanted(k, group(notebook_id), "jupyter", notebook_id, 0, spec.name, argv,
-                                  {"MLYARD_HOME": str(home)}, routed=False, health_path=HEALTH_PATH,
+                                  {"MLYARD_HOME": str(home)}, routed=False,
+                                  health_path=base_path(notebook_id) + HEALTH_PATH,
                                   port=port(home, notebook_id)))
     return k
 
@@ -128,15 +135,25 @@ def unwant(home: Any, notebook_id: int) -> str:
     return k
 
 
-def url(home: Any, notebook_id: int, with_token: bool = True) -> str | None:
-    """Where the notebook's JupyterLab answers (with its token), or None while it has no process."""
+def address(home: Any, notebook_id: int) -> str | None:
+    """`http://127.0.0.1:PORT` of the notebook's JupyterLab, or None while it has no process."""
     from tasks import replicas as files
 
     st = files.states(home).get(key(notebook_id))
-    if st is None or st.status != "RUNNING":
+    return st.url if st is not None and st.status == "RUNNING" else None
+
+
+def token(home: Any, notebook_id: int) -> str:
+    return (folder(home, notebook_id) / "token").read_text().strip()
+
+
+def url(home: Any, notebook_id: int, with_token: bool = True) -> str | None:
+    """Where the notebook's JupyterLab answers (with its token), or None while it has no process."""
+    found = address(home, notebook_id)
+    if found is None:
         return None
-    token = (folder(home, notebook_id) / "token").read_text().strip() if with_token else ""
-    return f"{st.url}/lab" + (f"?token={token}" if token else "")
+    secret = token(home, notebook_id) if with_token else ""
+    return f"{found}{base_path(notebook_id)}lab" + (f"?token={secret}" if secret else "")
 
 
 def healthy(home: Any, notebook_id: int) -> bool:
@@ -144,7 +161,8 @@ def healthy(home: Any, notebook_id: int) -> bool:
     from tasks import replicas as files
 
     st = files.states(home).get(key(notebook_id))
-    return st is not None and st.status == "RUNNING" and files.probe(st.url + HEALTH_PATH, 1.0) == 200
+    return (st is not None and st.status == "RUNNING"
+            and files.probe(st.url + base_path(notebook_id) + HEALTH_PATH, 1.0) == 200)
 
 
 def usage_bytes(home: Any, notebook_id: int) -> int:

@@ -39,7 +39,7 @@ def test_a_notebook_is_a_statefulset_whose_claim_outlives_stop_and_reboot_but_no
     assert volumes["boot"]["emptyDir"] == {"sizeLimit": "50Gi"}
     assert volumes["nas"]["persistentVolumeClaim"] == {"claimName": "nas-nas-1"}
     assert {"name": "nas", "mountPath": "/mlyard/nas/team", "subPath": "projects/a"} in box["volumeMounts"]
-    assert policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "gateway"}
+    assert policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "mlyard-api"}
 
     kube = KubeApi()
     try:
@@ -108,7 +108,9 @@ def test_the_notebook_flow_runs_a_registered_image_on_the_cluster(stack, setting
         assert api.show("gpu-nb")["status"] == "ACTIVE (UNHEALTHY)"  # no pod is ready: no kubelet here
         kube.set_status("StatefulSet", "mlyard", f"notebook-{record.id}", {"replicas": 1, "readyReplicas": 1})
         view = api.show("gpu-nb")
-        assert view["status"] == "ACTIVE (HEALTHY)" and view["url"] == f"http://notebook-{record.id}.mlyard.svc/lab"
+        # people open it through mlyard's front door, which reaches its Service (the only way its pod admits)
+        assert view["status"] == "ACTIVE (HEALTHY)" and view["url"].endswith(f"/notebooks/{record.id}/lab")
+        assert api.upstream(settings, notebooks.get("gpu-nb")) == f"http://notebook-{record.id}.mlyard.svc"
 
         assert notebook(NotebookAction(notebook="gpu-nb", action="stop")).status == "STOPPED"
         assert kube.get("StatefulSet", "mlyard", f"notebook-{record.id}")["spec"]["replicas"] == 0

@@ -309,6 +309,39 @@ def _post(url: str, path: str, body: dict, key: str) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
+def _door(url: str, key: str | None, body: dict | None = None) -> tuple[int, dict]:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    req = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None,
+                                 headers={**headers, "Content-Type": "application/json"},
+                                 method="POST" if body is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, {}
+
+
+def _kernel_says(url: str, key: str, origin: str, code: str) -> str:
+    """What the kernel prints for `code`, asked over its channels' websocket as JupyterLab asks."""
+    import uuid
+
+    from websockets.sync.client import connect
+
+    session = uuid.uuid4().hex
+    with connect(url.replace("http://", "ws://"), additional_headers={"Authorization": f"Bearer {key}",
+                                                                      "Origin": origin}, open_timeout=30) as ws:
+        ws.send(json.dumps({"header": {"msg_id": uuid.uuid4().hex, "username": "alice", "session": session,
+                                       "msg_type": "execute_request", "version": "5.3"},
+                            "parent_header": {}, "metadata": {}, "channel": "shell",
+                            "content": {"code": code, "silent": False}}))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            message = json.loads(ws.recv(timeout=60))
+            if message.get("msg_type") == "stream":
+                return message["content"]["text"]
+    raise AssertionError("the kernel printed nothing")
+
+
 def test_a_project_at_its_gpu_quota_queues_the_next_run_and_starts_it_when_a_slot_frees(team):
     """One machine, no GPU: a project's quota is still its own limit (a Prefect global concurrency limit), so
     its second 1-GPU training waits, says so in its log, and starts once the first gives the slot back."""
@@ -385,7 +418,7 @@ def test_a_members_endpoint_is_their_projects_its_tokens_and_their_keys_open_it(
         time.sleep(1)
 
 
-def test_a_members_schedule_and_notebook_are_their_projects_and_theirs(team, stack):
+def test_a_members_schedule_and_notebook_are_their_projects_and_theirs(team, stack, settings):
     """alice schedules a training and makes a notebook, from fresh processes with her key alone: the schedule's
     run is team-a's and hers; the notebook's JupyterLab opens for her alone. bob (team-b) finds neither;
     carol (a viewer of team-a) sees both and changes nothing."""
@@ -407,12 +440,24 @@ def test_a_members_schedule_and_notebook_are_their_projects_and_theirs(team, sta
     (alice.work / "lab.yaml").write_text("name: a-lab\ninstance_type: cpu-2\n")
     lab = alice.json("notebooks", "create", "-f", "lab.yaml", "--wait")
     assert (lab["project"], lab["owner"], lab["status"]) == ("team-a", "alice", "ACTIVE (HEALTHY)"), lab
+    # her JupyterLab, through the front door where she signs in (here her key as a bearer token; a browser's
+    # session cookie is the same), with no token of its own to hold; a kernel runs her code over its websocket
     url = _ok(alice("notebooks", "open", "a-lab")).strip()
-    base, token = url.split("/lab?token=")
-    with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=30) as resp:  # hers: Jupyter answers
-        assert resp.status == 200
-    with pytest.raises(urllib.error.HTTPError) as refused:  # without the token, nobody is let in
-        urllib.request.urlopen(f"{base}/api/contents", timeout=30)
+    assert url.startswith(settings.door_url + "/notebooks/") and url.endswith("/lab") and "token" not in url
+    base = url.removesuffix("/lab")
+    assert _door(f"{base}/api/status", alice.key)[0] == 200
+    status, kernel = _door(f"{base}/api/kernels", alice.key, {"name": "python3"})
+    assert status == 201, kernel
+    assert _kernel_says(f"{base}/api/kernels/{kernel['id']}/channels", alice.key, settings.door_url,
+                        "print(6 * 7)") == "42\n"
+    for key, code in ((bob.key, 404), (carol.key, 403), (None, 401)):  # not his project's; not hers; nobody
+        assert _door(f"{base}/api/contents", key)[0] == code
+    with pytest.raises(Exception):  # noqa: B017 - a websocket from another origin is closed before Jupyter is asked
+        _kernel_says(f"{base}/api/kernels/{kernel['id']}/channels", alice.key, "http://127.0.0.1:1", "1")
+    # JupyterLab itself answers only its token, which the platform keeps (its file is the stack home's, 0600)
+    direct = _ok(owner("notebooks", "open", "a-lab"))
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(direct.strip().split("/lab?token=")[0] + "/api/contents", timeout=30)
     assert refused.value.code == 403
 
     # bob: neither exists for him, by the CLI or Python; nothing of alice's changes

@@ -1,0 +1,178 @@
+"""The notebooks' way in through mlyard's front door (mlyard/prefect_door.py): `/notebooks/<id>/...` reaches the
+JupyterLab of notebook <id> (which serves under that path: tasks/notebooks.py `base_path`), for its user and
+admins alone (mlyard/notebooks.py `in_reach`), signed in as everywhere at the door: its session cookie, an API
+key, or the cluster's sign-in in front of it.
+
+The door adds the notebook's token, which only the platform and the notebook's user hold, and strips what the
+caller sent of their own credentials, cookies and origin; Jupyter's websockets (kernels, terminals) pass the
+same way, from the door's own pages only. A notebook of a project the caller has no role in answers 404, one
+of another member of their project 403. So a member opens their JupyterLab by signing in once, as on a
+managed console, and needs no token; on a cluster the notebook's pod admits the door alone (its
+NetworkPolicy). Bounds: a request's body streams through up to MAX_UPLOAD_BYTES (a notebook saved whole), a
+websocket message up to MAX_MESSAGE_BYTES.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from core.errors import BodyTooLarge, HttpError
+
+log = logging.getLogger("mlyard.door")
+
+PREFIX = "/notebooks/"
+MAX_UPLOAD_BYTES = 512 * 1024 * 1024
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+REMEMBER_SECONDS = 5.0  # a page loads dozens of files: who may open which notebook is read again after this
+
+
+class NotebookDoor:
+    def __init__(self, not_upstream: frozenset[bytes], hop: frozenset[bytes]):
+        import httpx
+
+        self.client = httpx.AsyncClient(timeout=httpx.Timeout(300.0, connect=5.0),
+                                        limits=httpx.Limits(max_connections=64))
+        self.not_upstream, self.hop = not_upstream, hop
+        self._known: dict[tuple[str, str], tuple[float, str, str]] = {}
+
+    async def target(self, path: str, actor: Any) -> tuple[str, str]:
+        """(where the notebook's JupyterLab listens, its token) when `actor` may open it; else the refusal."""
+        ident = path[len(PREFIX):].split("/", 1)[0]
+        if not ident.isdigit():
+            raise HttpError(404, "no such notebook")
+        remembered = self._known.get((actor.name, ident))
+        if remembered is not None and time.monotonic() - remembered[0] < REMEMBER_SECONDS:
+            return remembered[1], remembered[2]
+        import anyio
+
+        found = await anyio.to_thread.run_sync(lambda: _look_up(int(ident), actor))
+        if len(self._known) > 1024:
+            self._known.clear()
+        self._known[(actor.name, ident)] = (time.monotonic(), *found)
+        return found
+
+    async def http(self, scope: dict, receive: Any, send: Any, actor: Any) -> None:
+        from mlyard import door_sign_in as door
+
+        where, token = await self.target(scope["path"], actor)
+        headers = [(k, v) for k, v in scope["headers"] if k not in self.not_upstream]
+        headers.append((b"authorization", b"token " + token.encode()))
+        url = where + scope["path"] + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else "")
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > MAX_UPLOAD_BYTES):
+            raise BodyTooLarge(MAX_UPLOAD_BYTES)
+        if declared is not None:
+            headers.append((b"content-length", declared))
+        body = _bounded(receive) if scope["method"] not in ("GET", "HEAD") else None
+        request = self.client.build_request(scope["method"], url, headers=headers, content=body)
+        answer = await self.client.send(request, stream=True)
+        try:
+            kept = [(k.lower(), v) for k, v in answer.headers.raw if k.lower() not in self.hop]
+            await send({"type": "http.response.start", "status": answer.status_code, "headers": kept + door.FRAMING})
+            async for chunk in answer.aiter_raw():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            await answer.aclose()
+
+    async def websocket(self, scope: dict, receive: Any, send: Any, actor: Any) -> None:
+        """A websocket of the notebook's JupyterLab, relayed both ways until either side closes."""
+        import anyio
+        import websockets
+
+        if (await receive())["type"] != "websocket.connect":
+            return
+        headers = dict(scope["headers"])
+        origin, host = headers.get(b"origin"), headers.get(b"host", b"")
+        try:
+            if actor is None:
+                raise HttpError(401, "sign in first")
+            if origin is None or origin.split(b"://", 1)[-1] != host:  # a page elsewhere cannot use your session
+                raise HttpError(403, "a notebook's websocket opens from its own pages")
+            where, token = await self.target(scope["path"], actor)
+        except HttpError as exc:
+            log.info("notebook websocket %s refused: %s", scope["path"], exc)
+            return await send({"type": "websocket.close", "code": 1008})
+        url = "ws" + where[len("http"):] + scope["path"] + (
+            "?" + scope["query_string"].decode("latin-1") if scope["query_string"] else "")
+        offered = [p.strip() for p in headers.get(b"sec-websocket-protocol", b"").decode("latin-1").split(",") if p.strip()]
+        try:
+            upstream = await websockets.connect(url, additional_headers={"Authorization": f"token {token}"},
+                                                subprotocols=offered or None, max_size=MAX_MESSAGE_BYTES,
+                                                open_timeout=10)
+        except Exception as exc:  # noqa: BLE001 - Jupyter refused it or is gone: the browser retries
+            log.info("notebook websocket %s: upstream %s", scope["path"], exc)
+            return await send({"type": "websocket.close", "code": 1011})
+        await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
+
+        async def browser_to_jupyter(done: Any) -> None:
+            while True:
+                message = await receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                data = message.get("text") if message.get("text") is not None else message.get("bytes")
+                if data is not None:
+                    await upstream.send(data)
+            done.cancel()
+
+        async def jupyter_to_browser(done: Any) -> None:
+            try:
+                async for data in upstream:
+                    await send({"type": "websocket.send", **({"text": data} if isinstance(data, str) else {"bytes": data})})
+            except websockets.ConnectionClosed:
+                pass
+            await send({"type": "websocket.close", "code": 1000})
+            done.cancel()
+
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(browser_to_jupyter, group.cancel_scope)
+                group.start_soon(jupyter_to_browser, group.cancel_scope)
+        finally:
+            await upstream.close()
+
+
+def _look_up(notebook_id: int, actor: Any) -> tuple[str, str]:
+    """(where the notebook's JupyterLab listens, its token), as `actor`, who must be its user or an admin."""
+    from core.access import acting_as, done_acting
+    from core.connection import connect
+    from core.errors import Forbidden, NotebookNotFound
+    from mlyard import notebooks
+    from tasks import notebooks as local
+
+    acting = acting_as(actor)
+    try:
+        settings = connect()
+        store = notebooks.notebook_store(settings)
+        try:
+            record = notebooks.in_reach(store, store.get_by_id(notebook_id).name, "opening a notebook")
+        except NotebookNotFound:
+            raise HttpError(404, "no such notebook") from None
+        except Forbidden as exc:
+            raise HttpError(403, str(exc)) from None
+        where = notebooks.upstream(settings, record)
+        if where is None:
+            raise HttpError(503, f"notebook {record.name!r} is {record.status}: start it (`mlyard notebooks start "
+                            f"{record.name}`)")
+        return where, local.token(settings.home_dir, record.id)
+    finally:
+        done_acting(acting)
+
+
+async def _bounded(receive: Any):
+    """The request's body as it comes, refused past MAX_UPLOAD_BYTES."""
+    seen = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        chunk = message.get("body", b"")
+        seen += len(chunk)
+        if seen > MAX_UPLOAD_BYTES:
+            raise BodyTooLarge(MAX_UPLOAD_BYTES)
+        if chunk:
+            yield chunk
+        if not message.get("more_body"):
+            return
