@@ -90,3 +90,49 @@ def test_a_member_signs_in_sees_their_projects_runs_and_runs_a_training_from_the
     idle(page)
     assert page.get_by_text("hugos-secret-run").count() == 0, "another project's run opens"
     page.context.close()
+
+
+def test_a_member_opens_their_notebook_through_the_door_and_runs_code_in_it(stack, browser):
+    """nina's notebook, made with her key: its JupyterLab opens in chromium once she signs in at the door with
+    that key, with no token of its own, and a cell she runs prints its answer (the kernel's websocket
+    through the door)."""
+    from core.settings import Settings
+
+    door = Settings().door_url
+    _ok(owner("projects", "create", "door-n"))
+    nina = json.loads(_ok(owner("users", "create", "nina", "--json")))
+    _ok(owner("projects", "add-member", "door-n", "nina", "--role", "editor"))
+    status, _, made = call(f"{stack.service_url}/v1/commands/notebooks_create", "POST", {"spec": {
+        "name": "nina-lab", "instance_type": "cpu-2", "boot_storage_gb": 10, "data_storage_gb": 5}},
+        headers={"Authorization": f"Bearer {nina['key']}"})
+    assert status == 200 and made["owner"] == "nina", made
+    try:
+        deadline = time.monotonic() + 180
+        while (view := json.loads(_ok(owner("notebooks", "show", "nina-lab", "--json"))))["status"] != "ACTIVE (HEALTHY)":
+            assert time.monotonic() < deadline and "FAIL" not in view["status"], view
+            time.sleep(1)
+        page = open_page(browser, view["url"], width=1400)
+        page.set_default_timeout(60_000)
+        see(page, "Sign in", "door-notebook-sign-in")
+        page.get_by_label("API key").fill(nina["key"])
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_url(view["url"] + "*", timeout=60_000)
+        see(page, "Launcher", "door-notebook")
+        page.locator(".jp-LauncherCard[data-category='Notebook']").first.click()
+        editor = page.locator(".jp-Cell .cm-content").first
+        editor.wait_for(state="visible")
+        # its kernel's status, over the kernel's websocket through the door (a cell run before it has one is not run)
+        page.get_by_text(re.compile(r"\(ipykernel\) \| Idle")).first.wait_for(state="visible")
+        editor.click()
+        page.keyboard.type("print(6 * 7)")
+        page.keyboard.press("Shift+Enter")
+        # the kernel ran it and answered over its websocket, through the door
+        try:
+            page.locator(".jp-OutputArea-output", has_text="42").first.wait_for(state="visible")
+        except Exception:
+            page.screenshot(path=str(SHOTS / "door-notebook-missing.png"))
+            raise
+        page.screenshot(path=str(SHOTS / "door-notebook.png"))
+        page.context.close()
+    finally:
+        _ok(owner("notebooks", "delete", "nina-lab", "--wait"))
