@@ -26,26 +26,35 @@ TOP_RESOURCES = 5
 
 
 def collect(since: str | float | None = "24h", settings: Settings | None = None) -> dict[str, Any]:
-    """The dashboard's figures over [since, now]."""
+    """The dashboard's figures over [since, now], of the caller's projects (every project's for an admin;
+    the audit trail's latest for an admin and for a project's owner, of their projects)."""
     from mlyard.endpoints import when
+    from mlyard.runs import visible_projects
 
     settings = settings or connect()
     start = when(since, "since", time.time() - 86400) or time.time() - 86400
-    endpoints = _endpoints(settings)
-    running = _running_runs()
+    projects = visible_projects()
+    endpoints = [e for e in _endpoints(settings) if projects is None or e.get("project", "default") in projects]
+    running = [r for r in _running_runs() if projects is None or r["project"] in projects]
+    notebooks = _notebooks(settings, projects)
     return {"generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "usage": {"notebooks_healthy": _healthy_notebooks(settings), **_completed(),
+            "usage": {"notebooks_healthy": _healthy_notebooks(settings, notebooks), **_completed(projects),
                       "endpoints_active": sum(1 for e in endpoints if e["status"] == "ACTIVE")},
-            "monitoring": _monitoring(settings, start),
-            "resources": _resources(settings, endpoints, running),
-            "projects": _projects(endpoints, running),
-            "audit": _recent_audit()}
+            "monitoring": _monitoring(settings, start, {e["name"] for e in endpoints} if projects is not None else None),
+            "resources": _resources(notebooks, endpoints, running),
+            "projects": _projects(endpoints, running, projects),
+            "audit": _recent_audit(projects)}
 
 
-def _recent_audit(n: int = 15) -> list[dict[str, Any]]:
+def _recent_audit(projects: list[str] | None, n: int = 15) -> list[dict[str, Any]]:
+    from core.access import current
     from mlyard.teams import teams
 
-    return teams().audit(limit=n)
+    actor = current()
+    if projects is None:
+        return teams().audit(limit=n)
+    owned = [p for p in projects if actor.role(p) == "owner"]  # the audit trail is its owners' to read
+    return teams().audit(projects=owned, limit=n) if owned else []
 
 
 def _endpoints(settings: Settings) -> list[dict[str, Any]]:
@@ -55,13 +64,19 @@ def _endpoints(settings: Settings) -> list[dict[str, Any]]:
     return Endpoints(Catalog(settings.catalog_db_url)).all()
 
 
-def _healthy_notebooks(settings: Settings) -> int:
-    from mlyard.notebooks import HEALTHY, notebook_status, notebook_store
+def _notebooks(settings: Settings, projects: list[str] | None) -> list[Any]:
+    from mlyard.notebooks import notebook_store
 
-    return sum(1 for r in notebook_store(settings).all() if notebook_status(settings, r) == HEALTHY)
+    return notebook_store(settings).all(projects)
 
 
-def _completed() -> dict[str, int]:
+def _healthy_notebooks(settings: Settings, notebooks: list[Any]) -> int:
+    from mlyard.notebooks import HEALTHY, notebook_status
+
+    return sum(1 for r in notebooks if notebook_status(settings, r) == HEALTHY)
+
+
+def _completed(projects: list[str] | None) -> dict[str, int]:
     """COMPLETE trainings and tunings: Prefect's count of their flows' COMPLETED runs (one query each)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
@@ -74,8 +89,10 @@ def _completed() -> dict[str, int]:
     from prefect.client.schemas.objects import StateType
 
     from core.names import FLOW_TRAIN, FLOW_TUNE
+    from mlyard.runs import project_filter
 
-    done = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.COMPLETED])))
+    done = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.COMPLETED])),
+                         tags=project_filter(projects))
     with get_client(sync_client=True) as client:
         return {f"{key}_complete": client.count_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow])),
                                                           flow_run_filter=done)
@@ -108,12 +125,13 @@ def _running_runs() -> list[dict[str, Any]]:
              r.name), "spec": r.parameters.get("spec") or {}, "project": project_of_tags(r.tags or ())} for r in runs]
 
 
-def _projects(endpoints: list[dict[str, Any]], running: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _projects(endpoints: list[dict[str, Any]], running: list[dict[str, Any]], projects: list[str] | None
+              ) -> list[dict[str, Any]]:
     """Per project: members, quota, its runs running now and the GPUs they ask, its ACTIVE endpoints."""
     from mlyard.teams import teams
 
     out = []
-    for p in teams().projects():
+    for p in teams().projects(projects):
         runs = [r for r in running if r["project"] == p["name"]]
         gpus = sum(int(((r["spec"].get("resources") or {}).get("gpu_count") or 0)) for r in runs)
         out.append({"project": p["name"], "members": p["members"], "gpus": p["gpus"], "max_runs": p["max_runs"],
@@ -123,7 +141,7 @@ def _projects(endpoints: list[dict[str, Any]], running: list[dict[str, Any]]) ->
     return out
 
 
-def _monitoring(settings: Settings, start: float) -> dict[str, Any]:
+def _monitoring(settings: Settings, start: float, endpoints: set[str] | None) -> dict[str, Any]:
     from mlyard.endpoints import gateway_call
 
     result = gateway_call(settings, f"/mlyard/stats?since={start}")
@@ -133,8 +151,8 @@ def _monitoring(settings: Settings, start: float) -> dict[str, Any]:
         result = EndpointStats(None, settings.catalog_db_url).query(start)
     per: dict[str, dict[str, Any]] = {}
     for row in result["stats"]:
-        if row["endpoint"].startswith("rag:"):
-            continue  # a RAG's route: its own stats (mlyard rags stats)
+        if row["endpoint"].startswith("rag:") or (endpoints is not None and row["endpoint"] not in endpoints):
+            continue  # a RAG's route: its own stats (mlyard rags stats); another project's endpoint
         ep = per.setdefault(row["endpoint"], {"endpoint": row["endpoint"], "calls": 0, "failures": 0, "stages": {}})
         st = ep["stages"].setdefault(row["stage"], {"stage": row["stage"], "successes": 0, "failures": 0})
         ep["calls"] += row["calls"]
@@ -147,12 +165,11 @@ def _monitoring(settings: Settings, start: float) -> dict[str, Any]:
     return {"since": result["since"], "until": result["until"], "top_endpoints": top}
 
 
-def _resources(settings: Settings, endpoints: list[dict[str, Any]], running: list[dict[str, Any]]) -> dict[str, Any]:
+def _resources(notebooks: list[Any], endpoints: list[dict[str, Any]], running: list[dict[str, Any]]) -> dict[str, Any]:
     from core.specs.notebook import ACTIVE, INSTANCE_TYPES
-    from mlyard.notebooks import notebook_store
 
     held: list[dict[str, Any]] = []
-    for r in notebook_store(settings).all():
+    for r in notebooks:
         if r.status == ACTIVE:
             t = INSTANCE_TYPES[r.spec["instance_type"]]
             held.append({"resource": f"notebook {r.name}", "instance_type": t.name, "cpu": float(t.cpus),

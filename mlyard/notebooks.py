@@ -128,7 +128,7 @@ def upstream(settings: Settings, record: Any) -> str | None:
 
 
 def door_url(settings: Settings, record: Any) -> str:
-    """The notebook's JupyterLab through mlyard's front door, which signs its user in (mlyard/notebook_door.py)."""
+    """The notebook's JupyterLab through mlyard's front door, which signs its user in (mlyard/door_pages.py)."""
     return f"{settings.door_url}{local.base_path(record.id)}lab"
 
 

@@ -11,7 +11,8 @@ this door. The door signs them in and forwards what their project allows, with t
 - It serves Prefect's own UI, unchanged, except that `/ui-settings` tells the UI that the API is here and
   that it needs no password of its own.
 - It forwards an admin's requests as they are.
-- It opens a notebook's JupyterLab (`/notebooks/<id>/`) to its user and admins (mlyard/notebook_door.py).
+- It serves the dashboard of a person's projects, and a notebook's JupyterLab to its user and admins
+  (mlyard/door_pages.py).
 - It forwards a member's requests only as mlyard/prefect_rules.py allows them, narrowed to the project they
   signed in to. Their Run button makes the run through mlyard (mlyard/submit.py create_run): the spec is
   checked, the run is confined to the project's storage and quota, its tags are set by the platform, and
@@ -34,8 +35,8 @@ from urllib.parse import parse_qs
 from core.errors import HttpError, MlyardError
 from mlyard import door_sign_in as door
 from mlyard import prefect_rules as rules
-from mlyard.notebook_door import PREFIX as NOTEBOOKS
-from mlyard.notebook_door import NotebookDoor
+from mlyard.door_pages import PREFIX as NOTEBOOKS
+from mlyard.door_pages import DoorPages
 
 log = logging.getLogger("mlyard.door")
 
@@ -56,7 +57,7 @@ class PrefectDoor:
                                         limits=httpx.Limits(max_connections=64))
         self.secret, self.trusted_proxy = secret, trusted_proxy
         self._allowed: tuple[float, list[str]] = (0.0, [])
-        self.notebooks = NotebookDoor(frozenset(_NOT_UPSTREAM), frozenset(_HOP))
+        self.pages = DoorPages(frozenset(_NOT_UPSTREAM), frozenset(_HOP))
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -64,7 +65,7 @@ class PrefectDoor:
 
             return await lifespan(receive, send)
         if scope["type"] == "websocket" and scope["path"].startswith(NOTEBOOKS) and rules.plain(scope["path"]):
-            return await self.notebooks.websocket(scope, receive, send, await self._actor(scope))
+            return await self.pages.websocket(scope, receive, send, await self._actor(scope))
         if scope["type"] != "http":  # Prefect's websockets (events, logs) are not scoped by project: closed
             return await send({"type": "websocket.close", "code": 1008})
         try:
@@ -88,8 +89,8 @@ class PrefectDoor:
             return await door.answer_html(send, 401, door.page(path + ("?" + scope["query_string"].decode("latin-1")
                                                                     if scope["query_string"] else "")))
         door.same_origin(scope)
-        if path.startswith(NOTEBOOKS):  # a notebook's JupyterLab, for its user alone (mlyard/notebook_door.py)
-            return await self.notebooks.http(scope, receive, send, actor)
+        if self.pages.serves(path):  # the dashboard, a notebook's JupyterLab (mlyard/door_pages.py)
+            return await self.pages.http(scope, receive, send, actor)
         if path == "/ui-settings":
             return await self._ui_settings(scope, send)
         if not path.startswith("/api/"):

@@ -335,7 +335,7 @@ MEMBER_QUERIES = frozenset({
     "trainings_list", "trainings_show", "tunings_list", "tunings_show", "tunings_trials", "runs_list", "batches_show",
     "evaluations_show", "templates_list", "templates_show", "models_list", "models_show", "logs", "run_check",
     "endpoints_list", "endpoints_show", "endpoints_tokens", "experiments_list", "schedules_list", "schedules_show",
-    "notebooks_list", "notebooks_show", "notebooks_open",
+    "notebooks_list", "notebooks_show", "notebooks_open", "dashboard",
     *teams.QUERIES})
 
 

@@ -1,8 +1,9 @@
 """A notebook on Kubernetes: a StatefulSet of one pod (JupyterLab through the same boot as on one machine,
 tasks/notebook_boot.py) whose data storage is the PersistentVolumeClaim of its claim template, boot
 storage an emptyDir of the boot size, its token a Secret, a Service and a NetworkPolicy admitting only
-mlyard's front door (the mlyard API's pods: mlyard/notebook_door.py), which signs its user in. A NAS share is the platform team's PersistentVolumeClaim `nas-{id}` (mounted at its path,
-never created or deleted here).
+mlyard's front door (the mlyard API's pods: mlyard/door_pages.py), which signs its user in. A NAS share
+is the platform team's PersistentVolumeClaim `nas-{id}` (mounted at its path, never created or deleted
+here).
 
     stop    the StatefulSet scaled to 0 (the claim stays: whenScaled Retain)
     start   scaled to 1 again (a new pod: boot storage anew, the start-up scripts run)

@@ -27,7 +27,7 @@ HEALTH_PATH = "api"  # under its base path: Jupyter server's version, which answ
 
 def base_path(notebook_id: int) -> str:
     """Where the notebook's JupyterLab serves (its base URL): the path mlyard's front door gives it
-    (mlyard/notebook_door.py), by id so that a renamed notebook keeps it."""
+    (mlyard/door_pages.py), by id so that a renamed notebook keeps it."""
     return f"/notebooks/{notebook_id}/"
 
 

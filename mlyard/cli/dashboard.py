@@ -10,6 +10,13 @@ import typer
 from mlyard.cli.common import JSON, ask, emit, guard, out
 
 
+def _members_do_not_publish() -> None:
+    from core.errors import SpecError
+
+    raise SpecError("--publish", True, "nothing with a member's key: the Prefect artifact is the platform's, an "
+                    "admin publishes it")
+
+
 def dashboard(
     since: str = typer.Option("24h", "--since", help="The monitoring period: 30m, 24h, 7d or an ISO time."),
     html: Optional[Path] = typer.Option(None, "--html", help="Also write the page to this file."),
@@ -18,8 +25,11 @@ def dashboard(
 ) -> None:
     """Notebooks, trainings, tunings and endpoints in use; the top 3 endpoints by calls with each stage's
     successes and failures; per core type, the resources holding the most. `mlyard status` links the page."""
+    from core.settings import Settings
     from mlyard import dashboard as board
 
+    if publish and Settings().api_key is not None:
+        guard(_members_do_not_publish)
     data = guard(lambda: ask("dashboard", since=since))  # the warm mlyard API's answer, else here
     if html is not None:
         html.write_text(board.page(data))

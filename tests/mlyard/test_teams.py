@@ -495,6 +495,16 @@ def test_a_members_schedule_and_notebook_are_their_projects_and_theirs(team, sta
         assert time.monotonic() < deadline, "the schedule's run did not come"
         time.sleep(1)
     assert runs[0]["project"] == "team-a" and "a-sched" not in [t["name"] for t in bob.json("trainings", "list")]
+    # the dashboard of each one's projects alone: by the CLI, and as a page through the door
+    board = alice.json("dashboard")
+    assert [p["project"] for p in board["projects"]] == ["team-a"] and board["usage"]["notebooks_healthy"] == 1
+    assert board["audit"] == []  # the audit trail is the project owners' to read
+    assert [p["project"] for p in bob.json("dashboard")["projects"]] == ["team-b"]
+    assert bob.json("dashboard")["usage"]["notebooks_healthy"] == 0
+    page = urllib.request.urlopen(urllib.request.Request(f"{settings.door_url}/dashboard", headers={
+        "Authorization": f"Bearer {bob.key}"}), timeout=60).read().decode()
+    assert "<td>team-b</td>" in page and "team-a" not in page
+    _refused(bob("dashboard", "--publish"), "--publish", "an admin publishes it")
     assert alice.json("schedules", "disable", "a-nightly")["status"] == "DISABLED"
     assert alice.json("notebooks", "stop", "a-lab", "--wait")["status"] == "STOPPED"
     assert owner("notebooks", "delete", "a-lab", "--wait").returncode == 0  # an admin may

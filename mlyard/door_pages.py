@@ -1,4 +1,10 @@
-"""The notebooks' way in through mlyard's front door (mlyard/prefect_door.py): `/notebooks/<id>/...` reaches the
+"""What mlyard's front door (mlyard/prefect_door.py) serves besides Prefect, to whoever signed in there:
+
+    /dashboard          the dashboard (mlyard/dashboard.py) of their projects: a member's usage, quotas and
+                        endpoints (an owner's also their projects' latest audit records); an admin's of all
+    /notebooks/<id>/    a notebook's JupyterLab, for its user and admins alone
+
+The notebooks' way in: `/notebooks/<id>/...` reaches the
 JupyterLab of notebook <id> (which serves under that path: tasks/notebooks.py `base_path`), for its user and
 admins alone (mlyard/notebooks.py `in_reach`), signed in as everywhere at the door: its session cookie, an API
 key, or the cluster's sign-in in front of it.
@@ -23,12 +29,13 @@ from core.errors import BodyTooLarge, HttpError
 log = logging.getLogger("mlyard.door")
 
 PREFIX = "/notebooks/"
+DASHBOARD = "/dashboard"
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 REMEMBER_SECONDS = 5.0  # a page loads dozens of files: who may open which notebook is read again after this
 
 
-class NotebookDoor:
+class DoorPages:
     def __init__(self, not_upstream: frozenset[bytes], hop: frozenset[bytes]):
         import httpx
 
@@ -53,9 +60,15 @@ class NotebookDoor:
         self._known[(actor.name, ident)] = (time.monotonic(), *found)
         return found
 
+    @staticmethod
+    def serves(path: str) -> bool:
+        return path == DASHBOARD or path.startswith(PREFIX)
+
     async def http(self, scope: dict, receive: Any, send: Any, actor: Any) -> None:
         from mlyard import door_sign_in as door
 
+        if scope["path"] == DASHBOARD:
+            return await _dashboard(scope, send, actor)
         where, token = await self.target(scope["path"], actor)
         headers = [(k, v) for k, v in scope["headers"] if k not in self.not_upstream]
         headers.append((b"authorization", b"token " + token.encode()))
@@ -132,6 +145,37 @@ class NotebookDoor:
                 group.start_soon(jupyter_to_browser, group.cancel_scope)
         finally:
             await upstream.close()
+
+
+async def _dashboard(scope: dict, send: Any, actor: Any) -> None:
+    """The dashboard's page as `actor` sees it (GET only; `?since=` as the CLI's --since)."""
+    import html
+    from urllib.parse import parse_qs
+
+    import anyio
+
+    from core.access import acting_as, done_acting
+    from core.errors import MlyardError
+    from mlyard import dashboard as board
+    from mlyard import door_sign_in as door
+
+    if scope["method"] not in ("GET", "HEAD"):
+        raise HttpError(405, "the dashboard is only read")
+    since = parse_qs(scope["query_string"].decode("latin-1")).get("since", ["24h"])[0]
+
+    def collect() -> str:
+        acting = acting_as(actor)
+        try:
+            return board.page(board.collect(since))
+        finally:
+            done_acting(acting)
+
+    try:
+        page = await anyio.to_thread.run_sync(collect)
+    except MlyardError as exc:  # a bad period, or an engine away: said on the page
+        return await door.answer_html(send, exc.http_status, f"<!doctype html><title>mlyard dashboard</title>"
+                                                             f"<p>{html.escape(str(exc))}</p>".encode())
+    await door.answer_html(send, 200, page.encode())
 
 
 def _look_up(notebook_id: int, actor: Any) -> tuple[str, str]:
