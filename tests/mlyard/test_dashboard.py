@@ -29,7 +29,7 @@ def test_the_top_three_endpoints_by_calls_with_each_stages_successes_and_failure
             s.add(EndpointStatMinute(minute=minute - i % 2, endpoint=endpoint, stage=stage, model=f"{endpoint}/1",
                                      counts={"calls": calls, "failures": failures, "latency_sum": 1.0 * calls,
                                              "hist": {}, "classes": {}}))
-    mon = dashboard._monitoring(settings, time.time() - 86400)
+    mon = dashboard._monitoring(settings, time.time() - 86400, None)  # an admin: every endpoint
     assert [(t["endpoint"], t["calls"], t["failures"]) for t in mon["top_endpoints"]] == [
         ("iris", 60, 7), ("bert", 30, 0), ("small", 5, 0)]  # a RAG's route is not an endpoint
     assert mon["top_endpoints"][0]["stages"] == [{"stage": "canary", "successes": 5, "failures": 5},
