@@ -91,7 +91,7 @@ def app() -> WithDefaults:
 
 ADMIN = "mlyard"
 SYNC_SECONDS = 5.0  # a member's MLflow permissions are brought in step with their roles at most this often
-_synced: dict[str, float] = {}
+_synced: dict[str, tuple[float, tuple]] = {}  # when each person's permissions were last brought in step, to what
 
 
 def authenticate() -> Any:
@@ -102,9 +102,6 @@ def authenticate() -> Any:
     from flask import g, request
     from mlflow.server.auth import authenticate_request_basic_auth
 
-    given = request.authorization
-    if given is None or not (given.password or "").startswith("mly_"):
-        return authenticate_request_basic_auth()
     if getattr(g, "mlyard_user", None) is not None:  # MLflow asks again for each check of the same request
         return g.mlyard_user
     from werkzeug.datastructures import Authorization
@@ -112,12 +109,39 @@ def authenticate() -> Any:
     from core.errors import MlyardError
     from mlyard.teams import teams
 
+    vouched = _signed_in_by_proxy(request)
+    if vouched is not None:
+        return vouched
+    given = request.authorization
+    if given is None or not (given.password or "").startswith("mly_"):
+        return authenticate_request_basic_auth()
+
     try:
         actor = teams().authenticate(given.password or "", request.remote_addr or "unknown")
     except MlyardError:  # no key of ours: MLflow's own users and passwords decide
         return authenticate_request_basic_auth()
     _keep_in_step(actor)
     g.mlyard_user = Authorization("basic", {"username": actor.name, "password": given.password})
+    return g.mlyard_user
+
+
+def _signed_in_by_proxy(request: Any) -> Any:
+    """Behind the cluster's sign-in (infra/k8s/components/sign-in: oauth2-proxy in this pod, the only way in,
+    MLflow on 127.0.0.1), the person and groups its headers name, with MLflow's permissions in step with their
+    roles; None without the setting (`door_trusted_proxy`), whose headers are then nobody's word."""
+    from flask import g
+    from werkzeug.datastructures import Authorization
+
+    from core.settings import Settings
+    from mlyard.teams import teams
+
+    who = request.headers.get("X-Forwarded-Preferred-Username") or request.headers.get("X-Forwarded-User")
+    if not who or not Settings().door_trusted_proxy:
+        return None
+    groups = request.headers.get("X-Forwarded-Groups", "").split(",")
+    actor = teams().identity(who.strip(), groups, request.remote_addr or "oidc")
+    _keep_in_step(actor)
+    g.mlyard_user = Authorization("basic", {"username": actor.name, "password": ""})
     return g.mlyard_user
 
 
@@ -129,11 +153,13 @@ def _keep_in_step(actor: Any) -> None:
     from core.connection import connect
     from registry.mlflow_permissions import keep_in_step, wanted
 
-    if time.monotonic() - _synced.get(actor.name, -SYNC_SECONDS) < SYNC_SECONDS:
+    roles = (actor.admin, tuple(sorted(actor.roles.items())))  # a changed role or group: in step at once
+    at, had = _synced.get(actor.name, (-SYNC_SECONDS, ()))
+    if time.monotonic() - at < SYNC_SECONDS and had == roles:
         return
     experiments, models = wanted(connect().mlflow_uri, {} if actor.admin else actor.roles)
     keep_in_step(store, actor.name, actor.admin, experiments, models)
-    _synced[actor.name] = time.monotonic()
+    _synced[actor.name] = (time.monotonic(), roles)
 
 
 def auth_env(home: Path) -> dict[str, str]:
@@ -189,3 +215,21 @@ def _new_config(home: Path) -> dict[str, str]:
         "secret_key": secrets.token_urlsafe(32),
         "authorization_function": AUTHENTICATE,
     }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m mlyard.mlflow_ui --home DIR`: the auth configuration MLflow's server reads, written in DIR
+    (MLFLOW_AUTH_CONFIG_PATH=DIR/mlflow-auth.ini), and its Flask key printed: how the cluster's MLflow UI
+    (infra/k8s/components/sign-in) starts, on its pod's own storage (its permission store is kept in step
+    with the platform's roles at each sign-in, so it needs keeping nowhere else)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m mlyard.mlflow_ui", description="the MLflow UI's auth configuration")
+    parser.add_argument("--home", required=True, type=Path)
+    args = parser.parse_args(argv)
+    args.home.mkdir(parents=True, exist_ok=True)
+    print(auth_env(args.home)["MLFLOW_FLASK_SERVER_SECRET_KEY"])
+
+
+if __name__ == "__main__":
+    main()

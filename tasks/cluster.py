@@ -48,9 +48,24 @@ def kustomize(path: Path) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
+def with_components(overlay: str, namespace: str, components: list[str]) -> list[dict[str, Any]]:
+    """The objects of `overlay` with opt-in components (infra/k8s/components), as an overlay of the user's
+    that names them renders."""
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="mlyard-kustomize-") as tmp:
+        rel = lambda p: os.path.relpath(p, tmp)  # noqa: E731 - kustomize takes relative paths alone
+        (Path(tmp) / "kustomization.yaml").write_text(yaml.safe_dump({
+            "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "namespace": namespace,
+            "resources": [rel(K8S / "overlays" / overlay)], "components": [rel(K8S / "components" / c) for c in components]}))
+        return kustomize(Path(tmp))
+
+
 def render(values: ClusterValues) -> list[dict[str, Any]]:
     """Every object of the install, in the order to apply them."""
-    objs = kustomize(K8S / "overlays" / values.overlay)
+    objs = kustomize(K8S / "overlays" / values.overlay) if not values.sign_in else with_components(
+        values.overlay, values.namespace, ["sign-in"])
     secret_names = {default: getattr(values.secrets, field) for default, field in DEFAULT_SECRETS.items()}
     out = [_customize(obj, values, secret_names) for obj in objs]
     if values.kueue_queue:  # the opt-in component's queues (Kueue must be installed), the queue in the ConfigMap

@@ -21,6 +21,7 @@ gpu:
   types: [NVIDIA-A100-SXM4-80GB]   # the nvidia.com/gpu.product values of the GPU nodes
   per_node: 8                      # GPUs a node offers
 kueue_queue: null                  # a LocalQueue (Kueue installed): the gpu pool's Jobs wait there for quota
+sign_in: false                     # true: the company's OIDC sign-in in front of every UI (Secret mlyard-oidc)
 ```
 """
 
@@ -87,6 +88,8 @@ class ClusterValues(SpecModel):
     secrets: ClusterSecrets = Field(default_factory=ClusterSecrets)
     gpu: GpuNodes = Field(default_factory=GpuNodes)
     kueue_queue: str | None = Field(default=None, pattern=DNS_LABEL, description="LocalQueue of the gpu pool.")
+    sign_in: bool = Field(default=False, description="One OIDC sign-in in front of every UI (infra/k8s/components/"
+                          "sign-in: oauth2-proxy; the Secret mlyard-oidc first).")
 
     @model_validator(mode="after")
     def _postgres_secret(self) -> "ClusterValues":

@@ -96,9 +96,6 @@ def test_a_member_opens_their_notebook_through_the_door_and_runs_code_in_it(stac
     """nina's notebook, made with her key: its JupyterLab opens in chromium once she signs in at the door with
     that key, with no token of its own, and a cell she runs prints its answer (the kernel's websocket
     through the door)."""
-    from core.settings import Settings
-
-    door = Settings().door_url
     _ok(owner("projects", "create", "door-n"))
     nina = json.loads(_ok(owner("users", "create", "nina", "--json")))
     _ok(owner("projects", "add-member", "door-n", "nina", "--role", "editor"))

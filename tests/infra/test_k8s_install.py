@@ -119,7 +119,9 @@ def cluster(tmp_path):
 KEYS = {"pf": ("database-url", "auth-string"), "mf": ("backend-store-uri", "artifacts-destination"),
         "ms": ("mlyard_catalog_url", "mlyard_s3_access_key_id", "mlyard_s3_secret_access_key",
                "mlyard_internal_token", "mlyard_replica_token"),
-        "regcred": (".dockerconfigjson",)}
+        "regcred": (".dockerconfigjson",),
+        "mlyard-oidc": ("issuer-url", "client-id", "client-secret", "cookie-secret", "redirect-url",
+                        "mlflow-redirect-url")}
 
 
 def _databases(folder: Path) -> dict[str, str]:
@@ -182,6 +184,47 @@ def test_apply_needs_the_secrets_then_applies_everything_and_a_second_apply_chan
     assert gateway["spec"]["replicas"] == 4
     assert api.owner_of("Deployment", "ml-platform", "gateway", "spec", "replicas") == ["mlyard"]
     assert [m["operation"] for m in gateway["metadata"]["managedFields"] if m["manager"] == "mlyard"] == ["Apply"]
+
+
+def test_sign_in_puts_every_ui_behind_oauth2_proxy_once_its_secret_is_there(tmp_path, cluster):
+    """`sign_in: true`: the sign-in component (infra/k8s/components/sign-in) rendered strictly valid and under
+    the restricted profile, and applied to the emulator once the Secret mlyard-oidc holds every key it names:
+    oauth2-proxy beside the front door (the Prefect UI, the dashboard, notebooks) and beside the MLflow UI."""
+    from pod_security import violations
+
+    api, kubeconfig = cluster
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump({**VALUES, "sign_in": True}))
+    out = mlyard("k8s", "render", "-f", str(path), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    objs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    for obj in objs:
+        for version in ("1.30", "1.33"):
+            kubernetes_validate.validate(obj, version, strict=True)
+        assert obj["kind"] == "Namespace" or obj["metadata"].get("namespace") == "ml-platform", obj["metadata"]
+    pods = {o["metadata"]["name"]: o["spec"]["template"]["spec"] for o in objs if o["kind"] == "Deployment"}
+    for name in ("mlyard-api", "mlflow-ui"):
+        assert violations(pods[name], "restricted") == [], name
+        assert [c["name"] for c in pods[name]["containers"]][1] == "sign-in"
+        assert pods[name]["containers"][0]["image"] == "registry.example/team/mlyard:1.2.3"
+    ui = pods["mlflow-ui"]["containers"]
+    assert "--host 127.0.0.1" in ui[0]["command"][-1] and "--upstream=http://127.0.0.1:5000/" in ui[1]["args"]
+    assert {"name": "MLYARD_DOOR_TRUSTED_PROXY", "value": "true"} in ui[0]["env"]
+
+    api.create("Namespace", "v1", None, {"metadata": {"name": "ml-platform"}}, "kubectl")
+    for name in ("pf", "mf", "ms", "regcred"):
+        _secret(api, "ml-platform", name, tmp_path)
+    refused = mlyard("k8s", "apply", "-f", str(path), "--kubeconfig", str(kubeconfig), cwd=tmp_path)
+    assert refused.returncode == 2 and "mlyard-oidc" in refused.stderr, refused.stderr
+    assert sorted(o["kind"] for o in api.objects.values()) == ["Namespace"] + ["Secret"] * 4
+    _secret(api, "ml-platform", "mlyard-oidc", tmp_path)
+    applied = mlyard("k8s", "apply", "-f", str(path), "--kubeconfig", str(kubeconfig), "--json", cwd=tmp_path)
+    assert applied.returncode == 0, applied.stderr
+    made = {(r["kind"], r["name"]) for r in json.loads(applied.stdout)}
+    assert {("Deployment", "mlflow-ui"), ("Service", "mlflow-ui"), ("NetworkPolicy", "mlflow-ui"),
+            ("NetworkPolicy", "mlyard-sign-in")} <= made
+    assert [c["name"] for c in api.get("Deployment", "ml-platform", "mlyard-api")["spec"]["template"]["spec"][
+        "containers"]] == ["mlyard-api", "sign-in"]
 
 
 def test_a_changed_value_changes_only_what_it_touches(tmp_path, values_file, cluster):

@@ -129,3 +129,58 @@ def test_the_mlflow_ui_shows_each_member_their_projects_experiments_and_models_a
     key_id = keys["otto"].split("_")[1]
     _ok(owner("users", "revoke", key_id))
     assert mlflow(url, "experiments/search", "otto", keys["otto"], {})[0] == 401
+
+    # behind the cluster's sign-in (infra/k8s/components/sign-in), the MLflow UI's server started as its pod
+    # starts it: oauth2-proxy's headers name the person and their groups, stood in for here by the test, which
+    # reaches 127.0.0.1 as the proxy alone does in the pod
+    _behind_the_sign_in(tmp_path)
+
+
+def _behind_the_sign_in(tmp_path: Path) -> None:
+    from core.settings import Settings
+    from tasks.processes import stop_group
+
+    settings = Settings()
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path), "MLYARD_HOME": str(
+        settings.home_dir), "MLYARD_DOOR_TRUSTED_PROXY": "true", "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "pod" / "mlflow-auth.ini")}
+    env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = _ok(subprocess.run(
+        [sys.executable, "-m", "mlyard.mlflow_ui", "--home", str(tmp_path / "pod")], env=env, capture_output=True,
+        text=True, timeout=120)).strip()
+    port = free_port()
+    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port",
+                               str(port), "--workers", "1", "--app-name", "mlyard", "--backend-store-uri",
+                               settings.mlflow_uri, "--default-artifact-root", settings.mlflow_artifact_root.as_uri()],
+                              env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "pod.log", "w"),
+                              start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=5)
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "pod.log").read_text()[-3000:]
+                time.sleep(0.5)
+
+        def seen(who: str | None, groups: str = "") -> tuple[int, set[str]]:
+            headers = {"Content-Type": "application/json"}
+            if who:
+                headers.update({"X-Forwarded-Preferred-Username": who, "X-Forwarded-Groups": groups})
+            req = urllib.request.Request(f"{url}/api/2.0/mlflow/experiments/search", data=b'{"max_results": 1000}',
+                                         headers=headers, method="POST")
+            try:
+                with urllib.request.urlopen(req, timeout=60) as resp:
+                    return resp.status, {e["name"] for e in json.loads(resp.read()).get("experiments", [])}
+            except urllib.error.HTTPError as exc:
+                return exc.code, set()
+
+        assert seen("mara") == (200, {"exp-mlp-a"})  # her roles here
+        assert seen("quinn", "mlyard:mlp-b:viewer,other") == (200, {"exp-mlp-b"})  # a person the groups alone vouch for
+        status, everything = seen("quinn", "mlyard:admin")
+        assert status == 200 and {"exp-mlp-a", "exp-mlp-b"} <= everything
+        assert seen("quinn") == (200, set())  # signed in, in no project: nothing
+        assert seen(None)[0] == 401  # nobody named: MLflow's own sign-in, which nobody passes here
+    finally:
+        stop_group(server.pid, 10)
