@@ -24,12 +24,13 @@ from core.errors import SpecError
 from core.names import FLOW_CONTROL_PROMOTION, FLOW_ROLLOUT, FLOW_SET_TRAFFIC
 from core.specs.promotion import PolicySpec, PromotionControlSpec, RolloutSpec, TrafficSpec
 from mlyard.api import load as _spec
-from mlyard.endpoints import act, connect_platform, endpoint_registry
+from mlyard.endpoints import act, connect_platform, endpoint_registry, endpoint_view
+from mlyard.warm_api import member_api
 
 
 def _candidate(endpoint: str, stage: str) -> dict[str, Any]:
     """The stage, checked as the flows would check it: an ACTIVE stage other than the default."""
-    view = endpoint_registry().get(endpoint)
+    view = endpoint_view(endpoint)
     st = next((s for s in view["stages"] if s["name"] == stage), None)
     if st is None:
         raise SpecError("stage", stage, f"a stage of {endpoint}: {', '.join(s['name'] for s in view['stages'])}")
@@ -47,9 +48,10 @@ def canary(endpoint: str, stage: str, *, weight: int | None = None, shadow: int 
     spec = _spec(TrafficSpec, {"endpoint": endpoint, "stage": stage, "weight": weight, "shadow": shadow, "note": note})
     if spec.weight or spec.shadow:
         _candidate(endpoint, stage)
-    from registry.traffic import Traffic
+    if member_api() is None:  # a member's change is checked by the platform and its flow (mlyard/submit.py)
+        from registry.traffic import Traffic
 
-    Traffic(connect_platform().catalog).check_share(endpoint, stage, spec.weight, spec.shadow)  # every rule, before the run
+        Traffic(connect_platform().catalog).check_share(endpoint, stage, spec.weight, spec.shadow)  # every rule, first
     return act(FLOW_SET_TRAFFIC, "flows.endpoint_traffic:set_traffic", spec, submit)
 
 
@@ -79,6 +81,8 @@ def rollout(endpoint: str, stage: str, *, policy: PolicySpec | dict | str | Path
 
     spec = RolloutSpec(endpoint=endpoint, stage=stage, policy=None if policy is None else _spec(PolicySpec, policy))
     _candidate(endpoint, stage)
+    if member_api() is not None:  # a member's: the platform and its flow check the policy and what runs already
+        return act(FLOW_ROLLOUT, "flows.endpoint_rollout:promote_progressively", spec, submit)
     traffic = Traffic(connect_platform().catalog)
     kept = spec.policy or traffic.policy(endpoint)
     if kept is None:
@@ -91,7 +95,7 @@ def rollout(endpoint: str, stage: str, *, policy: PolicySpec | dict | str | Path
 def _control(endpoint: str, action: str) -> dict[str, Any]:
     from registry.traffic import Traffic
 
-    if Traffic(connect_platform().catalog).active(endpoint) is None:
+    if member_api() is None and Traffic(connect_platform().catalog).active(endpoint) is None:
         raise SpecError("endpoint", endpoint, "an endpoint with a promotion in progress (`mlyard endpoints rollout "
                         f"show {endpoint}`)")
     return act(FLOW_CONTROL_PROMOTION, "flows.endpoint_rollout:control_promotion",

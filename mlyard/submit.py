@@ -132,12 +132,17 @@ def member_spec(flow: str) -> Any:
 
 
 def _member_specs() -> dict[str, Any]:
-    from core.names import FLOW_BATCH, FLOW_DELETE_ENDPOINT, FLOW_DEPLOY_ENDPOINT, FLOW_EVALUATE, FLOW_TRAIN, FLOW_TUNE
+    from core import names
     from core.specs import BatchInferenceSpec, EvaluationSpec, TrainingSpec, TuningSpec
-    from core.specs.endpoint import DeletionSpec, EndpointSpec
+    from core.specs.endpoint import DeletionSpec, EndpointSpec, PromotionSpec, StageChangeSpec
+    from core.specs.promotion import PromotionControlSpec, RolloutSpec, TrafficSpec
 
-    return {FLOW_TRAIN: TrainingSpec, FLOW_TUNE: TuningSpec, FLOW_BATCH: BatchInferenceSpec,
-            FLOW_EVALUATE: EvaluationSpec, FLOW_DEPLOY_ENDPOINT: EndpointSpec, FLOW_DELETE_ENDPOINT: DeletionSpec}
+    return {names.FLOW_TRAIN: TrainingSpec, names.FLOW_TUNE: TuningSpec, names.FLOW_BATCH: BatchInferenceSpec,
+            names.FLOW_EVALUATE: EvaluationSpec, names.FLOW_DEPLOY_ENDPOINT: EndpointSpec,
+            names.FLOW_DELETE_ENDPOINT: DeletionSpec, names.FLOW_ADD_STAGE: StageChangeSpec,
+            names.FLOW_PROMOTE_STAGE: PromotionSpec, "retry-endpoint-stage": PromotionSpec,
+            names.FLOW_SET_TRAFFIC: TrafficSpec, names.FLOW_ROLLOUT: RolloutSpec,
+            names.FLOW_CONTROL_PROMOTION: PromotionControlSpec}
 
 
 def run_check(flow: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -161,16 +166,31 @@ def run_check(flow: str, spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def endpoint_of_member(spec: Any, project: str) -> None:
-    """A member's endpoint deploy serves their project's models alone; a member's delete is of an endpoint of
-    their project, by its owner (the endpoint of another project does not exist for them)."""
-    from core.specs.endpoint import DeletionSpec, EndpointSpec
+    """A member's endpoint deploy, or new stage, serves their project's models alone; a change of an endpoint
+    (a stage, its traffic, a promotion) is of an endpoint of their project, by an editor, and a delete by its
+    owner (the endpoint of another project does not exist for them)."""
+    from core.specs.endpoint import DeletionSpec, EndpointSpec, PromotionSpec, StageChangeSpec
+    from core.specs.promotion import PromotionControlSpec, RolloutSpec, TrafficSpec
+    from mlyard.teams import endpoint_in_reach
 
-    if isinstance(spec, EndpointSpec):
+    if isinstance(spec, (EndpointSpec, StageChangeSpec)):
+        if isinstance(spec, StageChangeSpec):
+            from core.connection import connect
+            from mlyard.teams import catalog
+            from mlyard.warm_api import platform
+            from registry.endpoints import Endpoints
+            from tasks.endpoints import check_stage
+
+            endpoint_in_reach(spec.endpoint, "editor", "adding a stage")
+            check_stage.fn(Endpoints(catalog(connect().catalog_db_url)), platform().models, spec.stage, "stage",
+                           endpoint=spec.endpoint)  # as a command on the platform's own machine checks it
         for resource in spec.stage.resources:
             model_of_project(resource.model, project)
+    elif isinstance(spec, (PromotionSpec, TrafficSpec, RolloutSpec, PromotionControlSpec)):  # traffic, promotions
+        endpoint_in_reach(spec.endpoint, "editor", "changing an endpoint's stages or traffic")
     elif isinstance(spec, DeletionSpec):
         from core.connection import connect
-        from mlyard.teams import catalog, endpoint_in_reach
+        from mlyard.teams import catalog
         from registry.endpoints import Endpoints
 
         endpoint_in_reach(spec.endpoint, "owner", "deleting an endpoint or a stage")

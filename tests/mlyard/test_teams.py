@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -409,6 +410,30 @@ def test_a_members_endpoint_is_their_projects_its_tokens_and_their_keys_open_it(
             return exc.code
 
     assert call(token) == 200 and call(bob.key) == 200 and call(alice.key) == 401
+
+    # his stages and their traffic are his to change, as an editor of team-b: a new stage of his project's model,
+    # a canary share, its promotion; none of it is alice's
+    def stage_of(name: str) -> dict:
+        return next((s for s in bob.json("endpoints", "show", "b-ep")["stages"] if s["name"] == name), {})
+
+    def until(what: Callable[[], bool], why: str) -> None:
+        deadline = time.monotonic() + 240
+        while not what():
+            assert time.monotonic() < deadline, why
+            time.sleep(1)
+
+    (bob.work / "stage.yaml").write_text("name: next\nresources:\n  - model: b-model@champion\n")
+    (alice.work / "stage.yaml").write_text("name: mine\nresources:\n  - model: b-model@champion\n")
+    for args in (("endpoints", "add-stage", "b-ep", "-f", "stage.yaml"), ("endpoints", "canary", "b-ep", "default",
+                 "--weight", "10"), ("endpoints", "promote", "b-ep", "default"), ("endpoints", "retry", "b-ep")):
+        _refused(alice(*args), "endpoint 'b-ep' not found")
+    assert bob.json("endpoints", "add-stage", "b-ep", "-f", "stage.yaml")["status"] == "CREATE REQUESTED"
+    until(lambda: stage_of("next").get("status") == "ACTIVE", "his new stage to come up")
+    bob.json("endpoints", "canary", "b-ep", "next", "--weight", "10")
+    until(lambda: stage_of("next").get("weight") == 10, "the canary share")
+    bob.json("endpoints", "promote", "b-ep", "next")
+    until(lambda: bob.json("endpoints", "show", "b-ep")["default_stage"] == "next", "the promotion")
+    assert call(token) == 200  # the endpoint's token still opens it, now answered by the promoted stage
     _refused(bob("endpoints", "delete", "b-ep"), "bob is editor in project 'team-b'", "needs owner")
     _ok(owner("projects", "add-member", "team-b", "bob", "--role", "owner"))
     bob.json("endpoints", "delete", "b-ep")
