@@ -349,10 +349,21 @@ def history(endpoint: str | None = None) -> list[dict[str, Any]]:
 
 def stats(endpoint: str, *, since: str | float | None = "1h", until: str | float | None = None,
           stage: str | None = None, model: str | None = None, png: str | Path | None = None) -> dict[str, Any]:
-    """Calls, failures, latency (mean, p50, p95, p99), predictions per class and average confidence, per
-    stage and model over [since, until]; with `png`, a chart there too."""
+    """Calls, failures, latency (mean, p50, p95, p99), predictions per class and average confidence, and
+    which token or key made how many calls, per stage and model over [since, until]; with `png`, a chart
+    there too. A team member reads their projects' endpoints' (through the mlyard API)."""
+    from mlyard.warm_api import member_api, post
+
+    if (url := member_api()) is not None:
+        result = post(url, "/v1/queries/endpoints_stats", {"endpoint": endpoint, "since": since, "until": until,
+                                                            "stage": stage, "model": model})
+        if png is not None:
+            from serving.endpoint_stats import plot
+
+            result["png"] = str(plot(result, Path(png).resolve()))
+        return result
     settings = connect()
-    endpoint_registry().get(endpoint)  # EndpointNotFound for a wrong name
+    endpoint_in_reach(endpoint, "viewer", "reading an endpoint's statistics")  # EndpointNotFound for a wrong name
     return gateway_stats(settings, endpoint, since=since, until=until, stage=stage, model=model, png=png)
 
 

@@ -266,6 +266,13 @@ def endpoints_list() -> list[dict[str, Any]]:
     return endpoints.list_endpoints()
 
 
+def endpoints_stats(endpoint: str, since: str | float | None = "1h", until: str | float | None = None,
+                    stage: str | None = None, model: str | None = None) -> dict[str, Any]:
+    from mlyard import endpoints
+
+    return endpoints.stats(endpoint, since=since, until=until, stage=stage, model=model)
+
+
 def endpoints_show(endpoint: str) -> dict[str, Any]:
     from mlyard import endpoints
 
@@ -324,7 +331,8 @@ QUERIES: dict[str, Callable[..., Any]] = {f.__name__: f for f in (
     trainings_list, trainings_show, tunings_list, tunings_show, tunings_trials, runs_list, batches_show,
     evaluations_show, experiments_list, templates_list, templates_show, models_list, models_show, model_reference,
     pipeline_runs_list, pipeline_runs_show, pipeline_runs_graph, rags_list, rags_show, rags_history, rags_logs,
-    schedules_list, schedules_show, endpoints_list, endpoints_show, endpoints_tokens, pipelines_list, pipelines_show, notebooks_list,
+    schedules_list, schedules_show, endpoints_list, endpoints_show, endpoints_stats, endpoints_tokens, pipelines_list,
+    pipelines_show, notebooks_list,
     notebooks_show, notebooks_open, dashboard, logs, images_list, images_show, accounts_list, accounts_show)}
 QUERIES.update(teams.QUERIES)
 QUERIES["run_check"] = submit.run_check
@@ -334,7 +342,7 @@ QUERIES["run_check"] = submit.run_check
 MEMBER_QUERIES = frozenset({
     "trainings_list", "trainings_show", "tunings_list", "tunings_show", "tunings_trials", "runs_list", "batches_show",
     "evaluations_show", "templates_list", "templates_show", "models_list", "models_show", "logs", "run_check",
-    "endpoints_list", "endpoints_show", "endpoints_tokens", "experiments_list", "schedules_list", "schedules_show",
+    "endpoints_list", "endpoints_show", "endpoints_tokens", "endpoints_stats", "experiments_list", "schedules_list", "schedules_show",
     "notebooks_list", "notebooks_show", "notebooks_open", "dashboard",
     *teams.QUERIES})
 

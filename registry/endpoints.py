@@ -319,8 +319,8 @@ class Endpoints:
                                                    "services": {r.id: (r.model_name, r.service_url)
                                                                 for r in st.resources if r.service_url}}
                                          for st in ep.stages},
-                              "tokens": {t.digest: (_aware(t.expires_at).timestamp(), t.revoked_at is not None)
-                                         for t in ep.tokens}}
+                              "tokens": {t.digest: (_aware(t.expires_at).timestamp(), t.revoked_at is not None,
+                                                    f"token:{t.id}") for t in ep.tokens}}
                     for ep in s.scalars(select(Endpoint).options(  # five queries however many endpoints
                         selectinload(Endpoint.stages).selectinload(EndpointStage.resources),
                         selectinload(Endpoint.tokens)))}

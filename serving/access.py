@@ -66,8 +66,8 @@ def token_problem(internal: bytes | None, ep: dict[str, Any], scope: dict,
     # Headers that passed, with their expiry, for this read of the catalog: a client sends the same
     # header again and again, and a revocation reaches the gateway with the next read (within 1 s).
     passed = ep.setdefault("passed", {})
-    expires = passed.get(value)
-    if expires is not None and expires > time.time():
+    hit = passed.get(value)
+    if hit is not None and hit[0] > time.time():
         return None
     if value is not None and value.startswith(b"Bearer mly_") and members is not None:
         return _key_problem(value, ep, members, passed)
@@ -80,13 +80,13 @@ def token_problem(internal: bytes | None, ep: dict[str, Any], scope: dict,
     found = ep["tokens"].get(hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest())
     if found is None:
         return "the token is not valid for this endpoint"
-    expires, revoked = found
+    expires, revoked, label = found
     if revoked:
         return "the token was revoked"
     if expires <= time.time():
         return "the token has expired"
     if len(passed) < 4096:
-        passed[value] = expires
+        passed[value] = (expires, label)
     return None
 
 
@@ -105,8 +105,25 @@ def _key_problem(value: bytes, ep: dict[str, Any], members: dict[str, Any], pass
     if not admin and ep.get("project", DEFAULT_PROJECT) not in projects:
         return "the API key is not valid for this endpoint"
     if len(passed) < 4096:
-        passed[value] = found[2]
+        passed[value] = (found[2], f"key:{key_id} ({found[1]})")
     return None
+
+
+def caller_of(ep: dict[str, Any], headers: list[tuple[bytes, bytes]], internal: bytes | None) -> str:
+    """Who a request that passed `token_problem` came from, for the statistics: `token:<id>`, `key:<id>
+    (<user>)`, `platform` (its own credential), or `anyone` (a public endpoint's caller without a credential
+    of it). A dict lookup: the header is what token_problem remembered passing."""
+    value = next((v for k, v in headers if k == b"authorization"), None)
+    if value is None:
+        return "anyone"
+    hit = ep.get("passed", {}).get(value)
+    if hit is not None:
+        return hit[1]
+    if is_internal(internal, headers):
+        return "platform"
+    if value.startswith(b"Bearer mly_"):
+        return f"key:{value[11:23].decode('latin-1')}"
+    return "anyone" if ep.get("public") else "token"
 
 
 def over_limit(shared: Any, ep: dict[str, Any], limits: tuple[float | None, float | None],

@@ -33,13 +33,14 @@ def bucket_value(bucket: int) -> float:
 
 
 class _Minute:
-    __slots__ = ("calls", "failures", "latency_sum", "hist", "raw")
+    __slots__ = ("calls", "failures", "latency_sum", "hist", "raw", "callers")
 
     def __init__(self) -> None:
         self.calls = self.failures = 0
         self.latency_sum = 0.0
         self.hist: dict[int, int] = {}
         self.raw: dict[bytes, int] = {}  # replicas' class headers as they came, counted (parsed when read)
+        self.callers: dict[str, list[int]] = {}  # token:<id>, key:<id> (user), ... -> [calls, failures]
 
     def classes(self) -> dict[str, list[float]]:
         """label -> [predictions, confidence sum, scored]"""
@@ -56,7 +57,7 @@ class _Minute:
 
     def as_dict(self) -> dict[str, Any]:
         return {"calls": self.calls, "failures": self.failures, "latency_sum": self.latency_sum,
-                "hist": self.hist, "classes": self.classes()}
+                "hist": self.hist, "classes": self.classes(), "callers": self.callers}
 
 
 def parse_classes(header: bytes) -> list[tuple[str, int, float, int]]:
@@ -125,7 +126,7 @@ class EndpointStats:
         self.totals: dict[Key, _Total] = {}
 
     def record(self, key: Key, ms: float, failed: bool, classes: bytes | None = None,
-               now: float | None = None) -> None:
+               now: float | None = None, caller: str | None = None) -> None:
         minute = int((now if now is not None else time.time()) // 60)
         per = self._live.get(minute)
         if per is None:
@@ -141,6 +142,12 @@ class EndpointStats:
         m.hist[b] = m.hist.get(b, 0) + 1
         if classes:
             m.raw[classes] = m.raw.get(classes, 0) + 1
+        if caller is not None:
+            c = m.callers.get(caller)
+            if c is None:
+                c = m.callers[caller] = [0, 0]
+            c[0] += 1
+            c[1] += failed
         t = self.totals.get(key)
         if t is None:
             t = self.totals[key] = _Total()
@@ -256,7 +263,11 @@ class EndpointStats:
             if endpoint and key[0] != endpoint or stage and key[1] != stage or model and key[2] != model:
                 return
             acc = merged.setdefault(key, {"calls": 0, "failures": 0, "latency_sum": 0.0, "hist": {}, "classes": {},
-                                          "series": {}})
+                                          "series": {}, "callers": {}})
+            for who, (calls, failures) in (m.get("callers") or {}).items():  # minutes from before have none
+                c = acc["callers"].setdefault(who, [0, 0])
+                c[0] += calls
+                c[1] += failures
             acc["calls"] += m["calls"]
             acc["failures"] += m["failures"]
             acc["latency_sum"] += m["latency_sum"]
@@ -311,7 +322,9 @@ def summarize(acc: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"calls": calls, "failures": acc["failures"],
                            "failure_rate": round(acc["failures"] / calls, 4) if calls else None,
                            "latency_ms": {"mean": round(acc["latency_sum"] / calls, 3) if calls else None,
-                                          **_percentiles(acc["hist"])}}
+                                          **_percentiles(acc["hist"])},
+                           "callers": [{"caller": who, "calls": c[0], "failures": c[1]}  # the busiest first
+                                       for who, c in sorted(acc.get("callers", {}).items(), key=lambda i: (-i[1][0], i[0]))]}
     classes = acc["classes"]
     if classes:
         scored = sum(v[2] for v in classes.values())

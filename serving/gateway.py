@@ -36,6 +36,7 @@ from core.connection import REPLICA_HEADER, replica_token
 from serving import asgi
 from serving.access import (
     RETRY_AFTER,
+    caller_of,
     error_body,
     is_internal,
     over_limit,
@@ -311,7 +312,8 @@ class Gateway:
         target = route.rest + ("?" + qs.decode("latin-1") if qs else "")
         headers = [(k, v) for k, v in scope["headers"] if k != b"authorization" and k != REPLICA_HEADER]
         headers += self._to_replica
-        taken = await self._forward(scope["method"], route, stage, fallback, target, headers, body, started)
+        caller = caller_of(ep, scope["headers"], self.shared.internal)  # whose use the statistics count
+        taken = await self._forward(scope["method"], route, stage, fallback, target, headers, body, started, caller)
         if not isinstance(taken, Taken):
             status, answer, extra = taken
             return await asgi.reply(send, status, answer, headers=extra)
@@ -333,7 +335,7 @@ class Gateway:
         return route, None, split.shadow(route.model, affinity) if split.shadows else None
 
     async def _forward(self, method: str, route: Route, stage: str, fallback: Route | None, target: str,
-                       headers: list, body: bytes, started: float) -> Taken | tuple[int, bytes, list]:
+                       headers: list, body: bytes, started: float, caller: str) -> Taken | tuple[int, bytes, list]:
         """The request sent to the stage's least busy healthy replica (another when one refuses the
         connection; the fallback's stage when the chosen one has none): what answers, or the refusal."""
         key = (route.endpoint, stage, route.model)
@@ -345,7 +347,7 @@ class Gateway:
             except NoReplica as exc:
                 if await self._recheck():  # a replica its flow just found healthy, not yet in the table
                     continue
-                self.shared.stats.record(key, (time.perf_counter() - started) * 1000, True)
+                self.shared.stats.record(key, (time.perf_counter() - started) * 1000, True, caller=caller)
                 if fallback is None:
                     return 503, route_error(route, 503, f"{exc}; retry shortly"), RETRY_AFTER
                 # the stage the split chose cannot answer now: counted, then the default's
@@ -368,9 +370,9 @@ class Gateway:
                 if not exc.sent:
                     self._eject(replica.url, str(exc))
                     continue  # no answer began there: another replica takes it
-                self.shared.stats.record(key, (time.perf_counter() - started) * 1000, True)
+                self.shared.stats.record(key, (time.perf_counter() - started) * 1000, True, caller=caller)
                 return 502, route_error(route, 502, f"replica {replica.url}: {exc}"), []
-            return Taken(route, stage, key, replica, t, resp)
+            return Taken(route, stage, key, replica, t, resp, caller)
         return 503, route_error(route, 503, "no replica could be reached; retry shortly"), RETRY_AFTER
 
     def _start(self) -> None:

@@ -26,6 +26,7 @@ class Taken:
     replica: Replica
     tracked: Tracked
     resp: Any
+    caller: str = "anyone"  # whose call it is, for the statistics (serving/access.py caller_of)
 
 
 async def relay(shared: Shared, send, taken: Taken, split: Split | None, keep: bool, started: float) -> tuple[bytes | None, bool]:
@@ -64,7 +65,7 @@ async def relay(shared: Shared, send, taken: Taken, split: Split | None, keep: b
         taken.tracked.active -= 1
         shared.router.release(taken.replica)
         ms = (time.perf_counter() - started) * 1000
-        shared.stats.record(taken.key, ms, failed or resp.status >= 400, classes)
+        shared.stats.record(taken.key, ms, failed or resp.status >= 400, classes, caller=taken.caller)
         if split is not None:
             shared.live.record((route.endpoint, stage), ms, failed)
     return whole, failed

@@ -172,7 +172,8 @@ def endpoints_stats(
     png: Optional[Path] = typer.Option(None, "--png", help="Also draw calls, latency and predictions per class here."),
     as_json: bool = JSON,
 ) -> None:
-    """Calls, failures, latency (mean, p50, p95, p99), predictions per class, average confidence."""
+    """Calls, failures, latency (mean, p50, p95, p99), predictions per class, average confidence, and which
+    token or API key made how many of the calls."""
     result = guard(lambda: _api().stats(endpoint, since=since, until=until, stage=stage, model=model, png=png))
     if as_json:
         emit(result, True)
@@ -183,6 +184,9 @@ def endpoints_stats(
     emit(rows, False, ["stage", "model", "calls", "failures", "mean", "p50", "p95", "p99", "predictions",
                        "avg confidence"], title=f"{endpoint}: {result['since']} .. {result['until']} (latency in ms)",
          empty=f"no calls to {endpoint} in that period")
+    callers = [{"stage": r["stage"], "model": r["model"], **c} for r in result["stats"] for c in r.get("callers", [])]
+    if callers:
+        emit(callers, False, ["stage", "model", "caller", "calls", "failures"], title="who called (tokens and keys)")
     if result.get("png"):
         out.print(f"chart: {result['png']}")
 

@@ -434,6 +434,14 @@ def test_a_members_endpoint_is_their_projects_its_tokens_and_their_keys_open_it(
     bob.json("endpoints", "promote", "b-ep", "next")
     until(lambda: bob.json("endpoints", "show", "b-ep")["default_stage"] == "next", "the promotion")
     assert call(token) == 200  # the endpoint's token still opens it, now answered by the promoted stage
+    # the statistics say whose calls they were: his token's and his key's (alice's refused call is nobody's)
+    token_id = bob.json("endpoints", "tokens", "list", "b-ep")[0]["id"]
+    used: dict[str, int] = {}
+    for row in bob.json("endpoints", "stats", "b-ep", "--since", "1h")["stats"]:
+        for c in row["callers"]:
+            used[c["caller"]] = used.get(c["caller"], 0) + c["calls"]
+    assert used == {f"token:{token_id}": 2, f"key:{bob.key.split('_')[1]} (bob)": 1}, used
+    _refused(alice("endpoints", "stats", "b-ep"), "endpoint 'b-ep' not found")
     _refused(bob("endpoints", "delete", "b-ep"), "bob is editor in project 'team-b'", "needs owner")
     _ok(owner("projects", "add-member", "team-b", "bob", "--role", "owner"))
     bob.json("endpoints", "delete", "b-ep")

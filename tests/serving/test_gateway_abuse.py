@@ -71,7 +71,7 @@ def gateway(tmp_path: Path):
     gw.loaded = True  # its table set by hand, as a refresh would
     gw.shared.endpoints = {"priv": {"public": False, "default": "default", "max_request_bytes": 4096,
                              "stages": {"default": {"status": "ACTIVE"}},
-                             "tokens": {digest: (time.time() + 3600, False)}},
+                             "tokens": {digest: (time.time() + 3600, False, "token:1")}},
                     "open": {"public": True, "default": "default", "max_request_bytes": None,
                              "stages": {"default": {"status": "ACTIVE"}}, "tokens": {}}}
     running = Running(gw, fastserver.Limits(max_head_bytes=8 * 1024, head_seconds=0.5, body_seconds=0.5,
