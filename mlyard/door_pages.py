@@ -1,6 +1,6 @@
 """What mlyard's front door (mlyard/prefect_door.py) serves besides Prefect, to whoever signed in there:
 
-    /dashboard          the dashboard (mlyard/dashboard.py) of their projects: a member's usage, quotas and
+    /mlyard/dashboard   the dashboard (mlyard/dashboard.py) of their projects: a member's usage, quotas and
                         endpoints (an owner's also their projects' latest audit records); an admin's of all
     /notebooks/<id>/    a notebook's JupyterLab, for its user and admins alone
 
@@ -29,7 +29,7 @@ from core.errors import BodyTooLarge, HttpError
 log = logging.getLogger("mlyard.door")
 
 PREFIX = "/notebooks/"
-DASHBOARD = "/dashboard"
+DASHBOARD = "/mlyard/dashboard"  # not /dashboard: the Prefect UI's own page is there
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 REMEMBER_SECONDS = 5.0  # a page loads dozens of files: who may open which notebook is read again after this

@@ -534,7 +534,7 @@ def test_a_members_schedule_and_notebook_are_their_projects_and_theirs(team, sta
     assert board["audit"] == []  # the audit trail is the project owners' to read
     assert [p["project"] for p in bob.json("dashboard")["projects"]] == ["team-b"]
     assert bob.json("dashboard")["usage"]["notebooks_healthy"] == 0
-    page = urllib.request.urlopen(urllib.request.Request(f"{settings.door_url}/dashboard", headers={
+    page = urllib.request.urlopen(urllib.request.Request(f"{settings.door_url}/mlyard/dashboard", headers={
         "Authorization": f"Bearer {bob.key}"}), timeout=60).read().decode()
     assert "<td>team-b</td>" in page and "team-a" not in page
     _refused(bob("dashboard", "--publish"), "--publish", "an admin publishes it")
