@@ -20,6 +20,7 @@ from core.access import current
 from core.errors import StackError
 from core.settings import Settings
 from mlyard import teams
+from mlyard.queries import account_in_reach, image_in_reach
 from mlyard.queries import images_catalog as _images
 
 
@@ -28,18 +29,21 @@ def images_create(name: str, address: str, kind: str = "training", account: str 
     from core.specs import load_spec
     from core.specs.image import ImageSpec
 
+    project = teams.acting_editor("registering an image")
     spec = load_spec(ImageSpec, {"name": name, "address": address, "kind": kind, "account": account,
                                  "description": description}, source="image")
-    return _images().create_image(spec).as_dict()
+    return _images().create_image(spec, project).as_dict()
 
 
 def images_update(name: str, new_name: str | None = None, description: str | None = None) -> dict[str, Any]:
+    image_in_reach(name, "editor", "changing an image")
     return _images().update_image(name, new_name=new_name, description=description).as_dict()
 
 
 def images_delete(name: str) -> dict[str, Any]:
     from mlyard.images import image_users
 
+    image_in_reach(name, "owner", "deleting an image")
     _images().delete_image(name, image_users)
     return {"deleted": name}
 
@@ -48,19 +52,22 @@ def accounts_create(name: str, registry: str, username: str, password: str, desc
     from core.specs import load_spec
     from core.specs.image import RegistryAccountSpec
 
+    project = teams.acting_editor("registering a registry account")
     spec = load_spec(RegistryAccountSpec, {"name": name, "registry": registry, "username": username,
                                            "password": password, "description": description},
                      source="registry account")
-    return _images().create_account(spec).as_dict()
+    return _images().create_account(spec, project).as_dict()
 
 
 def accounts_update(name: str, new_name: str | None = None, description: str | None = None,
                     username: str | None = None, password: str | None = None) -> dict[str, Any]:
+    account_in_reach(name, "editor", "changing a registry account")
     return _images().update_account(name, new_name=new_name, description=description, username=username,
                                     password=password).as_dict()
 
 
 def accounts_delete(name: str) -> dict[str, Any]:
+    account_in_reach(name, "owner", "deleting a registry account")
     _images().delete_account(name)
     return {"deleted": name}
 
@@ -70,11 +77,13 @@ def templates_create(name: str, spec: dict[str, Any], description: str = "") -> 
 
     project = teams.acting_editor("creating a template")
     checked = load_spec(TrainingSpec, spec)
-    if not current().admin:  # a member's template names their project's storage alone (as their runs do)
+    if not current().admin:  # a member's template names their project's storage and images alone (as their runs)
         from core.connection import connect
         from mlyard.project_storage import confine
+        from mlyard.submit import image_of_project
 
         confine(checked, project, connect())
+        image_of_project(checked, project)
     return _templates().create(name, checked, description, project).as_dict()
 
 
@@ -85,11 +94,14 @@ def templates_copy(name: str, new_name: str, sets: dict[str, Any] | None = None)
     templates = _templates()
     found = visible_template(templates, name)
     current().need(found.project, "editor", "copying a template", lambda: TemplateNotFound(name))
-    if not current().admin and sets:  # a member's changes name their project's storage alone
+    if not current().admin and sets:  # a member's changes name their project's storage and images alone
         from core.connection import connect
         from mlyard.project_storage import confine
+        from mlyard.submit import image_of_project
 
-        confine(found.spec.with_overrides(sets), found.project, connect())
+        changed = found.spec.with_overrides(sets)
+        confine(changed, found.project, connect())
+        image_of_project(changed, found.project)
     return templates.copy(name, new_name, sets or {}).as_dict()
 
 
@@ -266,7 +278,8 @@ SELF_AUDITED = (schedules_create, schedules_enable, schedules_disable, schedules
                 notebooks_stop, notebooks_start, notebooks_reboot, notebooks_delete, notebooks_rename, notebooks_set_type)
 # each records itself, by every path (mlyard/schedules.py, mlyard/notebooks.py)
 COMMANDS.update({f.__name__: f for f in SELF_AUDITED})
-MEMBER_COMMANDS = frozenset({"templates_create", "templates_copy", "templates_delete", "runs_stop", "models_create",
+MEMBER_COMMANDS = frozenset({"images_create", "images_update", "images_delete", "accounts_create", "accounts_update",
+                             "accounts_delete", "templates_create", "templates_copy", "templates_delete", "runs_stop", "models_create",
                              "models_rename", "models_describe", "models_alias", "models_delete", "endpoints_issue",
                              "endpoints_revoke", *teams.COMMANDS, *(f.__name__ for f in SELF_AUDITED)})
 

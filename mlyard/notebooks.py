@@ -192,6 +192,8 @@ def _create(spec: NotebookSpec, wait: bool, timeout_seconds: float) -> dict[str,
         from tasks.registry_secrets import images
 
         store_images = images(settings)
+        if not actor.admin:  # a member's notebook runs an image of their project, pulled with its own login
+            store_images.resolve(nb.image, "image", project)
         if store_images.get_image(nb.image).kind != "notebook":  # ImageNotFound names `mlyard images list`
             raise SpecError("image", nb.image, "a notebook image (mlyard images list: kind notebook), or "
                                                f"'{LOCAL_IMAGE}' for this machine's Python")

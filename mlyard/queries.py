@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from core import errors
+from core.access import current
 from mlyard import submit, teams
 from mlyard.warm_api import answer, platform
 
@@ -161,19 +162,40 @@ def images_catalog():
 
 
 def images_list(kind: str | None = None) -> list[dict[str, Any]]:
-    return [i.as_dict() for i in images_catalog().list_images(kind)]
+    from mlyard.runs import visible_projects
+
+    return [i.as_dict() for i in images_catalog().list_images(kind, visible_projects())]
+
+
+def image_in_reach(name: str, role: str = "viewer", action: str = "reading an image") -> Any:
+    """The image `name` when the caller's role in its project allows `action` (another project's does not exist)."""
+    from core.errors import ImageNotFound
+
+    info = images_catalog().get_image(name)
+    current().need(info.project, role, action, lambda: ImageNotFound(name))
+    return info
+
+
+def account_in_reach(name: str, role: str = "viewer", action: str = "reading a registry account") -> Any:
+    from core.errors import RegistryAccountNotFound
+
+    info = images_catalog().get_account(name)
+    current().need(info.project, role, action, lambda: RegistryAccountNotFound(name))
+    return info
 
 
 def images_show(name: str) -> dict[str, Any]:
-    return images_catalog().get_image(name).as_dict()
+    return image_in_reach(name).as_dict()
 
 
 def accounts_list() -> list[dict[str, Any]]:
-    return [a.as_dict() for a in images_catalog().list_accounts()]
+    from mlyard.runs import visible_projects
+
+    return [a.as_dict() for a in images_catalog().list_accounts(visible_projects())]
 
 
 def accounts_show(name: str) -> dict[str, Any]:
-    return images_catalog().get_account(name).as_dict()
+    return account_in_reach(name).as_dict()
 
 
 def models_list() -> list[dict[str, Any]]:
@@ -343,7 +365,8 @@ MEMBER_QUERIES = frozenset({
     "trainings_list", "trainings_show", "tunings_list", "tunings_show", "tunings_trials", "runs_list", "batches_show",
     "evaluations_show", "templates_list", "templates_show", "models_list", "models_show", "logs", "run_check",
     "endpoints_list", "endpoints_show", "endpoints_tokens", "endpoints_stats", "experiments_list", "schedules_list", "schedules_show",
-    "notebooks_list", "notebooks_show", "notebooks_open", "dashboard",
+    "notebooks_list", "notebooks_show", "notebooks_open", "dashboard", "images_list", "images_show", "accounts_list",
+    "accounts_show",
     *teams.QUERIES})
 
 

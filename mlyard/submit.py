@@ -107,6 +107,7 @@ def member_parameters(deployment: str, parameters: dict[str, Any], project: str
         model_of_project(spec.model, project)
     endpoint_of_member(spec, project)
     experiment_of_project(spec, project)
+    image_of_project(spec, project)
     if isinstance(spec, TuningSpec) and spec.template is not None:
         from core.errors import TemplateNotFound
         from mlyard.teams import catalog
@@ -195,6 +196,18 @@ def endpoint_of_member(spec: Any, project: str) -> None:
 
         endpoint_in_reach(spec.endpoint, "owner", "deleting an endpoint or a stage")
         Endpoints(catalog(connect().catalog_db_url)).check_delete(spec.endpoint, spec.stage)  # the seeds' rules
+
+
+def image_of_project(spec: Any, project: str) -> None:
+    """A member's run, template or notebook names an image of their project, or a public address: another
+    project's image does not exist for it, and an address in a registry with accounts must be one of the
+    project's images (whose pods pull with the project's own login, never another's)."""
+    image = getattr(spec, "image", None) or getattr(getattr(spec, "training", None), "image", None)
+    if image:
+        from core.connection import connect
+        from tasks.registry_secrets import images
+
+        images(connect()).resolve(image, "image" if getattr(spec, "image", None) else "training.image", project)
 
 
 def model_of_project(model: str, project: str) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from sqlalchemy import select
+from sqlalchemy import true as sa_true
 from sqlalchemy.exc import IntegrityError
 
 from core.errors import AlreadyExists, ImageNotFound, InUse, RegistryAccountNotFound, SpecError
@@ -90,9 +91,10 @@ class AccountInfo:
     images: list[str]
     created_at: datetime
     updated_at: datetime
+    project: str = "default"
 
     def as_dict(self) -> dict[str, Any]:  # never the password
-        return {"name": self.name, "description": self.description, "registry": self.registry,
+        return {"name": self.name, "project": self.project, "description": self.description, "registry": self.registry,
                 "username": self.username, "secret": self.secret_name,
                 "credentials_version": self.credentials_version, "images": self.images,
                 "created_at": self.created_at.isoformat(), "updated_at": self.updated_at.isoformat()}
@@ -108,9 +110,10 @@ class ImageInfo:
     registry: str
     pull_secret: str | None
     created_at: datetime
+    project: str = "default"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "description": self.description, "address": self.address, "kind": self.kind,
+        return {"name": self.name, "project": self.project, "description": self.description, "address": self.address, "kind": self.kind,
                 "account": self.account, "registry": self.registry, "pull_secret": self.pull_secret,
                 "created_at": self.created_at.isoformat()}
 
@@ -130,12 +133,13 @@ class Images:
         self.credentials = credentials
 
     # ---- registry accounts
-    def create_account(self, spec: RegistryAccountSpec) -> AccountInfo:
-        """Record the account and make its Secret, in one step: a failure leaves neither."""
+    def create_account(self, spec: RegistryAccountSpec, project: str = "default") -> AccountInfo:
+        """Record the account (of `project`) and make its Secret, in one step: a failure leaves neither."""
         try:
             with self.catalog.session() as s:
                 row = RegistryAccount(name=spec.name, description=spec.description, registry_host=spec.registry,
-                                      username=spec.username, secret_name=f"{SECRET_PREFIX}pending-{spec.name}")
+                                      username=spec.username, secret_name=f"{SECRET_PREFIX}pending-{spec.name}",
+                                      project=project)
                 s.add(row)
                 s.flush()
                 row.secret_name = f"{SECRET_PREFIX}{row.id}"
@@ -182,10 +186,13 @@ class Images:
             s.delete(row)
         self.credentials.delete(secret)
 
-    def list_accounts(self) -> list[AccountInfo]:
+    def list_accounts(self, projects: list[str] | None = None) -> list[AccountInfo]:
+        """Every account, or those of `projects`."""
+        q = select(RegistryAccount).order_by(RegistryAccount.name)
+        if projects is not None:
+            q = q.where(RegistryAccount.project.in_(projects))
         with self.catalog.session() as s:
-            return [_account(r, self._images_of(s, r.id))
-                    for r in s.scalars(select(RegistryAccount).order_by(RegistryAccount.name))]
+            return [_account(r, self._images_of(s, r.id)) for r in s.scalars(q)]
 
     def get_account(self, name: str) -> AccountInfo:
         with self.catalog.session() as s:
@@ -193,13 +200,16 @@ class Images:
             return _account(row, self._images_of(s, row.id))
 
     # ---- images
-    def create_image(self, spec: ImageSpec) -> ImageInfo:
-        """Record an image after checking its account: it exists, its registry is the image's, and an
-        image in a registry that has accounts names one."""
+    def create_image(self, spec: ImageSpec, project: str = "default") -> ImageInfo:
+        """Record an image of `project` after checking its account: it exists in the same project (another
+        project's login is not this one's to use), its registry is the image's, and an image in a registry
+        that has accounts names one."""
         registry = parse_image(spec.address).registry
         try:
             with self.catalog.session() as s:
                 account = self._account_row(s, spec.account) if spec.account else None
+                if account is not None and account.project != project:
+                    raise RegistryAccountNotFound(spec.account or "")
                 if account is not None and account.registry_host != registry:
                     raise SpecError("account", spec.account, f"an account of the image's registry {registry} "
                                     f"(account {account.name!r} logs in to {account.registry_host})")
@@ -209,7 +219,7 @@ class Images:
                         raise SpecError("account", None, f"one of {', '.join(private)}: registry {registry} is "
                                         "private (it has accounts), so its images need one (--account)")
                 row = Image(name=spec.name, description=spec.description, address=spec.address, kind=spec.kind,
-                            account_id=account.id if account else None)
+                            account_id=account.id if account else None, project=project)
                 s.add(row)
                 s.flush()
                 return _image(row)
@@ -239,11 +249,14 @@ class Images:
         with self.catalog.session() as s:
             s.delete(self._image_row(s, name))
 
-    def list_images(self, kind: str | None = None) -> list[ImageInfo]:
+    def list_images(self, kind: str | None = None, projects: list[str] | None = None) -> list[ImageInfo]:
+        """Every image (of `kind`), or those of `projects`."""
         with self.catalog.session() as s:
             q = select(Image).order_by(Image.name)
             if kind:
                 q = q.where(Image.kind == kind)
+            if projects is not None:
+                q = q.where(Image.project.in_(projects))
             return [_image(r) for r in s.scalars(q)]
 
     def get_image(self, name: str) -> ImageInfo:
@@ -255,21 +268,27 @@ class Images:
             return [f"template {t.name}" for t in s.scalars(select(TrainingTemplate).order_by(TrainingTemplate.name))
                     if uses(t.spec.get("image"), info)]
 
-    def resolve(self, ref: str, field: str = "image") -> ResolvedImage:
+    def resolve(self, ref: str, field: str = "image", project: str | None = None) -> ResolvedImage:
         """What a spec's `image` means: a registered image's name (its address and pull Secret), or an
         address. An address in a registry that has accounts must be registered (`mlyard images create`):
-        its pods need the account's login."""
+        its pods need the account's login. With `project` (a member's run), only that project's images
+        count: another project's does not exist, and its login is never borrowed."""
         with self.catalog.session() as s:
+            mine = (Image.project == project) if project is not None else sa_true()
             if is_image_name(ref):
-                row = s.scalar(select(Image).where(Image.name == ref))
+                row = s.scalar(select(Image).where(Image.name == ref, mine))
                 if row is None:
                     raise ImageNotFound(ref)
                 return ResolvedImage(row.address, row.account.secret_name if row.account else None, row.name)
             registry = parse_image(ref, field).registry
-            row = s.scalars(select(Image).where(Image.address == ref).order_by(Image.account_id.is_(None))).first()
+            row = s.scalars(select(Image).where(Image.address == ref, mine).order_by(Image.account_id.is_(None))).first()
             if row is not None:
                 return ResolvedImage(row.address, row.account.secret_name if row.account else None, row.name)
             private = self._accounts_for(s, registry)
+            if private and project is not None:  # another project's accounts are not named to this one
+                raise SpecError(field, ref, f"a registered image of your project: registry {registry} is private; "
+                                "register your account of it and the image (`mlyard registry-accounts create`, "
+                                f"`mlyard images create NAME --address {ref} --account ACCOUNT`), then name the image")
             if private:
                 raise SpecError(field, ref, f"a registered image: registry {registry} is private (accounts: "
                                 f"{', '.join(private)}); `mlyard images create NAME --address {ref} --account "
@@ -308,10 +327,11 @@ def uses(ref: str | None, info: ImageInfo) -> bool:
 
 def _account(row: RegistryAccount, images: list[str]) -> AccountInfo:
     return AccountInfo(row.name, row.description, row.registry_host, row.username, row.secret_name,
-                       row.credentials_version, images, row.created_at, row.updated_at)
+                       row.credentials_version, images, row.created_at, row.updated_at, row.project or "default")
 
 
 def _image(row: Image) -> ImageInfo:
     account = row.account
     return ImageInfo(row.name, row.description, row.address, row.kind, account.name if account else None,
-                     parse_image(row.address).registry, account.secret_name if account else None, row.created_at)
+                     parse_image(row.address).registry, account.secret_name if account else None, row.created_at,
+                     row.project or "default")

@@ -226,6 +226,7 @@ class RegistryAccount(Base):
     __tablename__ = "registry_accounts"
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    project: Mapped[str] = mapped_column(String(40), default="default", server_default="default", index=True)
     name: Mapped[str] = mapped_column(String(50), unique=True)
     description: Mapped[str] = mapped_column(Text, default="")
     registry_host: Mapped[str] = mapped_column("registry", String(253))  # `registry` is reserved by SQLAlchemy
@@ -242,6 +243,7 @@ class Image(Base):
     __tablename__ = "images"
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    project: Mapped[str] = mapped_column(String(40), default="default", server_default="default", index=True)
     name: Mapped[str] = mapped_column(String(50), unique=True)
     description: Mapped[str] = mapped_column(Text, default="")
     address: Mapped[str] = mapped_column(String(512))

@@ -546,3 +546,36 @@ def test_a_members_schedule_and_notebook_are_their_projects_and_theirs(team, sta
     assert {("alice", "schedule.create", "ok", "team-a"), ("alice", "notebook.create", "ok", "team-a"),
             ("bob", "schedule.disable", "refused", "team-b"), ("carol", "schedule.disable", "refused", "team-a")} <= seen, \
         seen
+
+
+def test_a_projects_images_and_registry_accounts_are_its_own(team, stack):
+    """alice registers her registry login and a private image in team-a; for bob they do not exist, his runs
+    cannot name her image or pull from her private registry with her login, and carol (a viewer) registers
+    nothing."""
+    alice, bob, carol = team["alice"], team["bob"], team["carol"]
+    made = json.loads(_ok(alice("registry-accounts", "create", "a-login", "--registry", "registry.team-a.example",
+                                "--username", "alice", "--password-stdin", "--json", stdin="s3cret\n")))
+    assert made["project"] == "team-a" and "s3cret" not in json.dumps(made)
+    image = alice.json("images", "create", "a-img", "--address", "registry.team-a.example/lab/train:1",
+                       "--account", "a-login")
+    assert image["project"] == "team-a" and image["account"] == "a-login"
+    assert [i["name"] for i in alice.json("images", "list")] == ["a-img"]
+    assert bob.json("images", "list") == [] and bob.json("registry-accounts", "list") == []
+    for args in (("images", "show", "a-img"), ("images", "delete", "a-img")):
+        _refused(bob(*args), "image 'a-img' not found")
+    _refused(bob("registry-accounts", "show", "a-login"), "not found")
+    # his own image cannot borrow her login, nor his runs her image or her private registry
+    _refused(bob("images", "create", "b-img", "--address", "registry.team-a.example/lab/train:1", "--account",
+                 "a-login"), "not found")
+    storage = bob.json("projects", "show", "team-b")["storage"]
+    spec = {"name": "b-img-run", "source_uri": f"{storage}algo", "entry_point": "train.py"}
+    for ref, words in (("a-img", "image 'a-img' not found"),
+                       ("registry.team-a.example/lab/train:1", "registry registry.team-a.example is private")):
+        status, answer = _post(stack.service_url, "/v1/runs", {"deployment": "train/local", "tags": [],
+                               "job_variables": {}, "parameters": {"spec": {**spec, "image": ref}}}, bob.key)
+        assert status in (400, 404) and words in answer["error"]["message"], answer
+        assert "a-login" not in answer["error"]["message"]  # her account's name is not told to him
+    _refused(carol("images", "create", "c-img", "--address", "docker.io/library/python:3.11"), "carol is viewer",
+             "needs editor")
+    _refused(alice("images", "delete", "a-img"), "alice is editor", "needs owner")
+    assert "a-img" in [i["name"] for i in json.loads(_ok(owner("images", "list", "--json")))]
