@@ -80,15 +80,7 @@ class DoorPages:
             headers.append((b"content-length", declared))
         body = _bounded(receive) if scope["method"] not in ("GET", "HEAD") else None
         request = self.client.build_request(scope["method"], url, headers=headers, content=body)
-        answer = await self.client.send(request, stream=True)
-        try:
-            kept = [(k.lower(), v) for k, v in answer.headers.raw if k.lower() not in self.hop]
-            await send({"type": "http.response.start", "status": answer.status_code, "headers": kept + door.FRAMING})
-            async for chunk in answer.aiter_raw():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
-        finally:
-            await answer.aclose()
+        await door.relay(send, await self.client.send(request, stream=True), self.hop)
 
     async def websocket(self, scope: dict, receive: Any, send: Any, actor: Any) -> None:
         """A websocket of the notebook's JupyterLab, relayed both ways until either side closes."""

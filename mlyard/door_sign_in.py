@@ -152,6 +152,19 @@ async def answer_json(send: Any, status: int, body: bytes) -> None:
     await reply(send, status, body, b"application/json", NOT_CACHED)
 
 
+async def relay(send: Any, answer: Any, drop: set[bytes] | frozenset[bytes]) -> None:
+    """An upstream answer (an httpx response opened with stream=True) sent on as it comes, without the
+    headers in `drop`; closed once sent, or once the client is gone."""
+    try:
+        kept = [(k.lower(), v) for k, v in answer.headers.raw if k.lower() not in drop]
+        await send({"type": "http.response.start", "status": answer.status_code, "headers": kept + FRAMING})
+        async for chunk in answer.aiter_raw():
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+    finally:
+        await answer.aclose()
+
+
 async def answer_html(send: Any, status: int, body: bytes) -> None:
     from serving.asgi import reply
 

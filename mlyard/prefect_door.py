@@ -334,15 +334,7 @@ class PrefectDoor:
             headers.append((b"content-type", b"application/json"))
         url = scope["path"] + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else "")
         request = self.client.build_request(scope["method"], url, headers=headers, content=body)
-        answer = await self.client.send(request, stream=True)
-        try:
-            kept = [(k.lower(), v) for k, v in answer.headers.raw if k.lower() not in _HOP | {b"set-cookie"}]
-            await send({"type": "http.response.start", "status": answer.status_code, "headers": kept + door.FRAMING})
-            async for chunk in answer.aiter_raw():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
-        finally:
-            await answer.aclose()
+        await door.relay(send, await self.client.send(request, stream=True), _HOP | {b"set-cookie"})
 
 
 def _parsed(body: bytes | None) -> dict[str, Any]:
