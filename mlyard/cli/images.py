@@ -18,8 +18,8 @@ accounts_app = typer_app("Registry accounts: the logins Kubernetes nodes pull pr
 
 PASSWORD_STDIN = typer.Option(False, "--password-stdin", help="Read the password from stdin (like `docker login "
                               "--password-stdin`); without it, a hidden prompt asks.")
-IMAGE_COLUMNS = ["name", "kind", "address", "account", "description", "created_at"]
-ACCOUNT_COLUMNS = ["name", "registry", "username", "images", "secret", "description", "updated_at"]
+IMAGE_COLUMNS = ["name", "project", "kind", "address", "account", "description", "created_at"]
+ACCOUNT_COLUMNS = ["name", "project", "registry", "username", "images", "secret", "description", "updated_at"]
 
 
 def _password(from_stdin: bool) -> str:

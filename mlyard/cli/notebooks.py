@@ -11,7 +11,7 @@ import typer
 from mlyard.cli.common import JSON, SETS, ask, emit, guard, out, parse_sets, typer_app
 
 app = typer_app("JupyterLab notebooks with boot and data storage: create, open, stop, start, reboot, delete.")
-COLUMNS = ["name", "status", "instance_type", "core_type", "data_storage_gb", "data_used_mb", "url", "description",
+COLUMNS = ["name", "project", "owner", "status", "instance_type", "core_type", "data_storage_gb", "data_used_mb", "url", "description",
            "reason"]
 WAIT = typer.Option(True, "--wait/--no-wait", help="Follow the action's flow run to its end (exit 1 when it fails); "
                     "--no-wait: print the run and return.")

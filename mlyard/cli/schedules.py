@@ -12,7 +12,7 @@ from mlyard.cli.common import JSON, SETS, ask, emit, err, guard, out, parse_sets
 
 app = typer_app("Schedules: cron (six fields, seconds first, as Kubeflow) or interval runs of a deployment, "
                 "with catch-up and a concurrency limit.")
-COLUMNS = ["name", "status", "trigger", "target", "max_concurrency", "catchup", "reason"]
+COLUMNS = ["name", "project", "owner", "status", "trigger", "target", "max_concurrency", "catchup", "reason"]
 
 
 def _api():
