@@ -47,7 +47,7 @@ class DoorPages:
     async def target(self, path: str, actor: Any) -> tuple[str, str]:
         """(where the notebook's JupyterLab listens, its token) when `actor` may open it; else the refusal."""
         ident = path[len(PREFIX):].split("/", 1)[0]
-        if not ident.isdigit():
+        if not (ident.isascii() and ident.isdigit()):
             raise HttpError(404, "no such notebook")
         remembered = self._known.get((actor.name, ident))
         if remembered is not None and time.monotonic() - remembered[0] < REMEMBER_SECONDS:

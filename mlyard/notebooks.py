@@ -74,8 +74,8 @@ def in_reach(store: Any, name: str, action: str | None = None, deleting: bool = 
                lambda: NotebookNotFound(name))
     theirs = actor.admin or record.owner == actor.name or (deleting and actor.role(record.project) == "owner")
     if action and not theirs:
-        raise HttpError(403, f"{actor.name} may not be {action}: notebook {name!r} is {record.owner or 'the platform'}'s, "
-                        "and its JupyterLab answers its user alone (and admins)")
+        raise HttpError(403, f"{action} is for its user and admins: notebook {name!r} is "
+                        f"{record.owner or 'the platform'}'s, and its JupyterLab answers its user alone")
     return record
 
 
