@@ -258,6 +258,54 @@ def notebooks_set_type(name: str, instance_type: str) -> dict[str, Any]:
     return notebooks.set_type(name, instance_type)
 
 
+def pipelines_upload(text: str, name: str, description: str = "") -> dict[str, Any]:
+    from mlyard import pipelines
+
+    return pipelines.record(text=text, name=name, description=description)
+
+
+def pipelines_delete(name: str) -> dict[str, Any]:
+    from mlyard import pipelines
+
+    return pipelines.delete(name)
+
+
+def pipeline_runs_stop(run_id: str) -> dict[str, Any]:
+    from mlyard import pipelines
+
+    return pipelines.stop(run_id)
+
+
+def pipeline_runs_delete(run_id: str) -> dict[str, Any]:
+    from mlyard import pipelines
+
+    return pipelines.delete_run(run_id)
+
+
+def rags_create(spec: dict[str, Any]) -> dict[str, Any]:
+    from mlyard import rags
+
+    return rags.record(spec=spec)
+
+
+def rags_sync(name: str) -> dict[str, Any]:
+    from mlyard import rags
+
+    return rags.begin_sync(name)
+
+
+def rags_update(name: str, sets: dict[str, Any]) -> dict[str, Any]:
+    from mlyard import rags
+
+    return rags.update(name, sets)
+
+
+def rags_delete(name: str) -> dict[str, Any]:
+    from mlyard import rags
+
+    return rags.delete(name)
+
+
 def _audited(fn: Callable[..., Any]) -> Callable[..., Any]:
     """A catalog write, recorded once in the audit trail (who, project, what, which, result)."""
     from mlyard.teams import audited
@@ -275,8 +323,10 @@ COMMANDS: dict[str, Callable[..., Any]] = {f.__name__: _audited(f) for f in (
     models_alias, models_delete, endpoints_issue, endpoints_revoke)}
 COMMANDS.update(teams.COMMANDS)
 SELF_AUDITED = (schedules_create, schedules_enable, schedules_disable, schedules_copy, schedules_delete, notebooks_create,
-                notebooks_stop, notebooks_start, notebooks_reboot, notebooks_delete, notebooks_rename, notebooks_set_type)
-# each records itself, by every path (mlyard/schedules.py, mlyard/notebooks.py)
+                notebooks_stop, notebooks_start, notebooks_reboot, notebooks_delete, notebooks_rename, notebooks_set_type,
+                pipelines_upload, pipelines_delete, pipeline_runs_stop, pipeline_runs_delete, rags_create, rags_sync,
+                rags_update, rags_delete)
+# each records itself, by every path (mlyard/schedules.py, notebooks.py, pipelines.py, rags.py)
 COMMANDS.update({f.__name__: f for f in SELF_AUDITED})
 MEMBER_COMMANDS = frozenset({"images_create", "images_update", "images_delete", "accounts_create", "accounts_update",
                              "accounts_delete", "templates_create", "templates_copy", "templates_delete", "runs_stop", "models_create",

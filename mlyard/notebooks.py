@@ -143,7 +143,7 @@ def _wait(settings: Settings, name: str, run_id: str, timeout_seconds: float) ->
     """Until the action's run ends (the notebook leaves its IN PROGRESS status, or is gone); a run that
     ended without saying so (killed, or never started) sets the action's FAILED status. The view, or
     None once deleted."""
-    from mlyard.rags import flow_run_state
+    from mlyard.rag_checks import flow_run_state
 
     store = notebook_store(settings)
     deadline, checked = time.monotonic() + timeout_seconds, time.monotonic()

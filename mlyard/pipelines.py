@@ -12,6 +12,11 @@ upload a compiled pipeline (IR YAML), look at it and its graph, run it as a Pref
 A file is checked with the KFP SDK's own types before anything is recorded; run parameters are checked
 against the pipeline's inputs, and (to run here) its components against what this machine can run,
 before any run starts. Pipeline runs are Prefect flow runs: their status is derived from Prefect's state.
+
+A pipeline belongs to the project it was uploaded in, and its runs to the project they were started in:
+its members see them, an editor uploads and runs, the project's owner deletes. A team member's call
+(MLYARD_API_KEY) is made by the platform, as them, through the mlyard API (`by_platform`); a drawing is
+made where the caller is, from the graph the platform answers.
 """
 
 from __future__ import annotations
@@ -20,17 +25,21 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from core.access import current
 from core.connection import connect
-from core.errors import PipelineRunNotFound, RunFailed, SpecError
+from core.errors import PipelineNotFound, PipelineRunNotFound, RunFailed, SpecError
 from core.names import FLOW_PIPELINE_RUN, TASK_FAIL_PIPELINE, TASK_FINISH_PIPELINE, TASK_RUN_PIPELINE
 from core.specs.common import NAME_PATTERN
 from core.specs.pipeline import PipelineRunSpec
 from mlyard.api import load as _spec
-from mlyard.runs import Kind
+from mlyard.runs import Kind, visible_projects
+from mlyard.teams import acting_editor, acting_or_none, audited
+from mlyard.warm_api import by_platform, member_api, member_command
 
 PIPELINE_RUN = Kind(FLOW_PIPELINE_RUN, "core.specs.pipeline:PipelineRunSpec", TASK_RUN_PIPELINE, "FAIL PIPELINE RUN", "pipeline run", PipelineRunNotFound,
                     "pipeline-runs", closing=TASK_FINISH_PIPELINE)
 MAX_FILE_BYTES = 10 * 1024 * 1024
+MAX_DOWNLOAD_BYTES = 256 * 1024 * 1024  # a member's download, sent through the mlyard API in one answer
 
 
 def _pipelines():
@@ -42,8 +51,17 @@ def _pipelines():
 
 # -- pipelines ---------------------------------------------------------------------------------
 
+def in_reach(name: str, role: str = "viewer", action: str = "reading a pipeline") -> Any:
+    """The pipeline `name` when the caller's role in its project allows `action` (one of a project they have
+    no role in does not exist for them)."""
+    record = _pipelines().get(name)
+    current().need(record.project, role, action, lambda: PipelineNotFound(name))
+    return record
+
+
 def upload(file: str | Path, *, name: str | None = None, description: str = "") -> dict[str, Any]:
-    """Check a compiled pipeline and record it: CREATE IN PROGRESS while its graph is read, then ACTIVE."""
+    """Check a compiled pipeline and record it in the caller's project: CREATE IN PROGRESS while its graph
+    is read, then ACTIVE."""
     import re
 
     from tasks import kfp
@@ -57,12 +75,29 @@ def upload(file: str | Path, *, name: str | None = None, description: str = "") 
         text = path.read_text()
     except UnicodeDecodeError as exc:
         raise SpecError("file", str(file), "a text (YAML) file") from exc
-    p = kfp.load(text, "file")
+    p = kfp.load(text, "file")  # checked here first: a member's mistake is told before anything is sent
     name = name or re.sub(r"[^a-z0-9-]+", "-", p.name.lower()).strip("-")[:50]
     if not re.match(NAME_PATTERN, name):
         raise SpecError("--name", name, "lowercase letters, digits and '-', 1-50")
+    made = member_command("pipelines_upload", text=text, name=name, description=description)
+    return made if made is not None else record(text=text, name=name, description=description)
+
+
+@audited("pipeline.upload", lambda a: f"pipeline {a['name']}", lambda a: acting_or_none(current()))
+def record(text: str, name: str, description: str = "") -> dict[str, Any]:
+    """Record the compiled pipeline `text` as `name` in the caller's project (an editor's)."""
+    import re
+
+    from tasks import kfp
+
+    project = acting_editor("uploading a pipeline")
+    if len(text.encode()) > MAX_FILE_BYTES:
+        raise SpecError("file", name, f"a file of at most {MAX_FILE_BYTES // 1024 // 1024} MB")
+    if not re.match(NAME_PATTERN, name):
+        raise SpecError("--name", name, "lowercase letters, digits and '-', 1-50")
+    p = kfp.load(text, "file")
     store = _pipelines()
-    store.create(name, description or p.description, p.name, text)
+    store.create(name, description or p.description, p.name, text, project=project)
     try:
         kfp.graph(p)  # what `show` and runs rely on
         kfp.describe(p)
@@ -73,26 +108,29 @@ def upload(file: str | Path, *, name: str | None = None, description: str = "") 
     return show(name)
 
 
+@by_platform("pipelines_list")
 def list_pipelines() -> list[dict[str, Any]]:
+    """The pipelines of the caller's projects."""
     store = _pipelines()
     out = []
-    for r in store.all():
+    for r in store.all(visible_projects()):
         row = store.as_dict(r)
         row["schedules"] = ", ".join(store.schedules_using(r.name))
         out.append(row)
     return out
 
 
+@by_platform("pipelines_show")
 def show(name: str) -> dict[str, Any]:
     """A pipeline: its record, inputs with types and defaults, components and executors, local blockers."""
     from tasks import kfp
 
     store = _pipelines()
-    record = store.get(name)
-    view = store.as_dict(record)
-    p = kfp.load(record.yaml_text, f"pipeline {name}")
+    found = in_reach(name)
+    view = store.as_dict(found)
+    p = kfp.load(found.yaml_text, f"pipeline {name}")
     view.update(kfp.describe(p))
-    view["name"] = record.name
+    view["name"] = found.name
     view["local_blockers"] = kfp.local_blockers(p)
     view["runs_here"] = not view["local_blockers"]
     view["schedules"] = store.schedules_using(name)
@@ -103,15 +141,23 @@ def graph(name: str, *, image: str | Path | None = None) -> dict[str, Any]:
     """The pipeline's DAG: nodes with their parent DAG, and dependency edges; drawn to `image` (.png, .svg)."""
     from tasks import kfp
 
-    record = _pipelines().get(name)
-    p = kfp.load(record.yaml_text, f"pipeline {name}")
-    g = kfp.graph(p)
-    out = g.as_dict()
-    out["text"] = kfp.graph_text(g)
     if image:
         _check_image(image)
-        out["image"] = str(kfp.graph_image(g, Path(image), f"pipeline {name} ({p.name})"))
+    out = graph_view(name)
+    title = out.pop("title")
+    if image:
+        out["image"] = str(kfp.graph_image(kfp.Graph.of(out), Path(image), title))
     return out
+
+
+@by_platform("pipelines_graph")
+def graph_view(name: str) -> dict[str, Any]:
+    """The pipeline's DAG as `graph` answers it (undrawn), with the title of its drawing."""
+    from tasks import kfp
+
+    p = kfp.load(in_reach(name).yaml_text, f"pipeline {name}")
+    g = kfp.graph(p)
+    return {**g.as_dict(), "text": kfp.graph_text(g), "title": f"pipeline {name} ({p.name})"}
 
 
 def _check_image(image: str | Path) -> None:
@@ -119,8 +165,11 @@ def _check_image(image: str | Path) -> None:
         raise SpecError("--out", str(image), "a .png or .svg file name")
 
 
+@by_platform("pipelines_delete", "commands")
+@audited("pipeline.delete", lambda a: f"pipeline {a['name']}", lambda a: acting_or_none(current()))
 def delete(name: str) -> dict[str, Any]:
-    """Delete a pipeline (refused while it is being created or while schedules use it)."""
+    """Delete a pipeline (its project owner's; refused while it is being created or while schedules use it)."""
+    in_reach(name, "owner", "deleting a pipeline")
     _pipelines().delete(name)
     return {"deleted": name}
 
@@ -139,12 +188,16 @@ def run(spec: PipelineRunSpec | dict | str | Path, *, sets: dict[str, Any] | Non
     """Start a pipeline run (a flow run of pipeline-run/local, like Run in the Prefect UI); with `wait`,
     follow it to its end. Everything is checked before the run is created."""
     spec = _spec(PipelineRunSpec, spec, sets).resolved(Path.cwd())
-    _check(spec)  # connects first: Prefect is imported pointed at the running platform
+    member = member_api() is not None
+    if not member:  # a member's is checked by the platform, which makes it as them (mlyard/submit.py)
+        _check(spec)  # connects first: Prefect is imported pointed at the running platform
     from mlyard.submit import final_state, submit
 
     made = submit(f"{FLOW_PIPELINE_RUN}/local", {"spec": spec.model_dump(mode="json")},
                   tags=[f"mlyard.experiment:{spec.experiment}"])
-    if wait:
+    if wait and member:
+        _ended(made["id"], timeout_seconds)
+    elif wait:
         try:
             final_state(made["id"], timeout_seconds, what=f"pipeline run {made['name']} ({made['id']})")
         except TimeoutError:
@@ -157,6 +210,21 @@ def run(spec: PipelineRunSpec | dict | str | Path, *, sets: dict[str, Any] | Non
     return view
 
 
+def _ended(run_id: str, timeout_seconds: float) -> None:
+    """Until a member's run has ended, or `timeout_seconds` passed, following it through the mlyard API."""
+    import time
+
+    from mlyard.runs import ACTIVE_STATUSES
+
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        status = show_run(run_id)["status"]
+        if status not in ACTIVE_STATUSES and not status.endswith("IN PROGRESS"):
+            return
+        time.sleep(1.0)
+
+
+@by_platform("pipeline_runs_list")
 def list_runs(limit: int = 100) -> list[dict[str, Any]]:
     from mlyard.runs import list_runs as _list
 
@@ -169,7 +237,8 @@ def _row(info: dict[str, Any]) -> dict[str, Any]:
     cause = info.get("cause") or ""
     for prefix in ("RunFailed: ", f"{info['status']}: "):
         cause = cause.removeprefix(prefix)
-    return {"id": info["id"], "name": info["name"], "status": info["status"], "pipeline": spec.get("pipeline"),
+    return {"id": info["id"], "name": info["name"], "project": info.get("project"), "status": info["status"],
+            "pipeline": spec.get("pipeline"),
             "experiment": spec.get("experiment") or "pipelines", "created_at": info["created_at"], "cause": cause,
             "scheduled_time": spec.get("scheduled_time") or ""}
 
@@ -184,6 +253,7 @@ def _failing(run_id: str) -> bool:
         return bool(started_in(client, TASK_FAIL_PIPELINE, [client.read_flow_run(run_id)]))
 
 
+@by_platform("pipeline_runs_show")
 def show_run(run_id: str) -> dict[str, Any]:
     """A pipeline run: status (the console's, from Prefect's state), each step's state, its outputs."""
     from core.links import links
@@ -211,7 +281,22 @@ def show_run(run_id: str) -> dict[str, Any]:
 
 def run_graph(run_id: str, *, image: str | Path | None = None) -> dict[str, Any]:
     """The run's DAG with each step's state (SUCCEEDED, FAILED, RUNNING, NOT STARTED: skipped by a condition
-    or not reached)."""
+    or not reached); drawn to `image` (.png, .svg)."""
+    from tasks import kfp
+
+    if image:
+        _check_image(image)
+    out = run_graph_view(run_id)
+    title = out.pop("title")
+    if image:
+        plain = {n["name"]: n["state"] for n in out["nodes"] if n.get("state")}
+        out["image"] = str(kfp.graph_image(kfp.Graph.of(out), Path(image), title, plain))
+    return out
+
+
+@by_platform("pipeline_runs_graph")
+def run_graph_view(run_id: str) -> dict[str, Any]:
+    """The run's DAG as `run_graph` answers it (undrawn), with the title of its drawing."""
     from tasks import kfp
 
     view = show_run(run_id)
@@ -229,30 +314,57 @@ def run_graph(run_id: str, *, image: str | Path | None = None) -> dict[str, Any]
             if node["kind"] in ("task", "importer") else None
     out["text"] = kfp.graph_text(g, states)
     out["status"] = view["status"]
-    if image:
-        _check_image(image)
-        plain = {k: v.split(" ")[0] for k, v in states.items()}
-        out["image"] = str(kfp.graph_image(g, Path(image), f"run {view['name']} ({view['status']})", plain))
+    out["title"] = f"run {view['name']} ({view['status']})"
     return out
 
 
 def download(run_id: str, dest: str | Path, *, task: str | None = None) -> dict[str, Any]:
-    """Copy a run's outputs and artifacts (of one step, with `task`) to `dest`, laid out as task/name."""
-    view = show_run(run_id)
-    files = [o for o in view["outputs"] if task is None or o["task"] == task or o["task"].split("[")[0] == task]
-    if task is not None and not files:
-        raise SpecError("--task", task, f"a step with outputs: {', '.join(sorted({o['task'] for o in view['outputs']}))}")
+    """Copy a run's outputs and artifacts (of one step, with `task`) to `dest`, laid out as task/name (a
+    member's are sent by the platform through the mlyard API, at most MAX_DOWNLOAD_BYTES at once)."""
+    import base64
+
     dest = Path(dest)
     copied = []
-    for o in files:
-        target = dest / o["task"] / o["name"]
+    member = member_api() is not None
+    view = output_files(run_id, task) if member else show_run(run_id)
+    for o in view["files"] if member else _outputs_of(view, task):
+        target = dest / o["task"] / o["name"]  # the platform's step and file names: no '/' or '..' in them
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(o["path"], target)
+        if member:
+            target.write_bytes(base64.b64decode(o["data"]))
+        else:
+            shutil.copyfile(o["path"], target)
         copied.append(str(target))
     return {"pipeline_run_id": view["id"], "copied": copied}
 
 
+def _outputs_of(view: dict[str, Any], task: str | None) -> list[dict[str, Any]]:
+    files = [o for o in view["outputs"] if task is None or o["task"] == task or o["task"].split("[")[0] == task]
+    if task is not None and not files:
+        raise SpecError("--task", task, f"a step with outputs: {', '.join(sorted({o['task'] for o in view['outputs']}))}")
+    return files
+
+
+@by_platform("pipeline_runs_files")
+def output_files(run_id: str, task: str | None = None) -> dict[str, Any]:
+    """A run's outputs (of one step, with `task`) with their bytes, base64: what a member's download writes."""
+    import base64
+
+    view = show_run(run_id)
+    files = _outputs_of(view, task)
+    size = sum(Path(o["path"]).stat().st_size for o in files)
+    if size > MAX_DOWNLOAD_BYTES:
+        raise SpecError("--task", task or "(all)", f"outputs of at most {MAX_DOWNLOAD_BYTES >> 20} MiB at once (these are "
+                        f"{size >> 20} MiB): download one step's with --task")
+    return {"id": view["id"], "files": [
+        {"task": o["task"], "name": o["name"], "data": base64.b64encode(Path(o["path"]).read_bytes()).decode()}
+        for o in files]}
+
+
+@by_platform("pipeline_runs_stop", "commands")
+@audited("run.stop", lambda a: f"pipeline run {a['run_id']}", lambda a: acting_or_none(current()))
 def stop(run_id: str) -> dict[str, Any]:
+    """Stop a pipeline run (an editor's of its project)."""
     from mlyard.runs import stop_run
 
     connect()
@@ -266,13 +378,17 @@ def copy(run_id: str, *, sets: dict[str, Any] | None = None, wait: bool = False)
     return run(spec, sets=sets, wait=wait)
 
 
+@by_platform("pipeline_runs_delete", "commands")
+@audited("run.delete", lambda a: f"pipeline run {a['run_id']}", lambda a: acting_or_none(current()))
 def delete_run(run_id: str) -> dict[str, Any]:
-    """Delete a finished pipeline run: its Prefect flow run and its folder (refused while it runs)."""
+    """Delete a finished pipeline run: its Prefect flow run and its folder (its project owner's; refused while
+    it runs)."""
     from core.errors import StillRunning
     from mlyard.runs import ACTIVE_STATUSES, delete_flow_runs
 
     view = show_run(run_id)
     run_id = view["id"]
+    current().need(view["project"], "owner", "deleting a pipeline run", lambda: PipelineRunNotFound(run_id))
     if view["status"] in ACTIVE_STATUSES or view["status"].endswith("IN PROGRESS"):
         raise StillRunning("pipeline run", run_id, view["status"], f"mlyard pipeline-runs stop {run_id}")
     delete_flow_runs([run_id])

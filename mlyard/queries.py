@@ -243,7 +243,13 @@ def pipeline_runs_graph(run_id: str) -> dict[str, Any]:
     """The run's DAG with each step's state (drawing it to a file is the command's own: `--out`)."""
     from mlyard import pipelines
 
-    return pipelines.run_graph(run_id)
+    return pipelines.run_graph_view(run_id)
+
+
+def pipeline_runs_files(run_id: str, task: str | None = None) -> dict[str, Any]:
+    from mlyard import pipelines
+
+    return pipelines.output_files(run_id, task)
 
 
 def rags_list() -> list[dict[str, Any]]:
@@ -268,6 +274,12 @@ def rags_logs(name: str, tail: int = 20) -> list[dict[str, Any]]:
     from mlyard import rags
 
     return rags.logs(name, tail)
+
+
+def rags_stats(name: str, since: str | float | None = "1h", until: str | float | None = None) -> dict[str, Any]:
+    from mlyard import rags
+
+    return rags.stats_view(name, since, until)
 
 
 def schedules_list() -> list[dict[str, Any]]:
@@ -319,6 +331,12 @@ def pipelines_show(name: str) -> dict[str, Any]:
     return pipelines.show(name)
 
 
+def pipelines_graph(name: str) -> dict[str, Any]:
+    from mlyard import pipelines
+
+    return pipelines.graph_view(name)
+
+
 def notebooks_list() -> list[dict[str, Any]]:
     from mlyard import notebooks
 
@@ -352,9 +370,10 @@ def logs(**filters: Any) -> list[dict[str, Any]]:
 QUERIES: dict[str, Callable[..., Any]] = {f.__name__: f for f in (
     trainings_list, trainings_show, tunings_list, tunings_show, tunings_trials, runs_list, batches_show,
     evaluations_show, experiments_list, templates_list, templates_show, models_list, models_show, model_reference,
-    pipeline_runs_list, pipeline_runs_show, pipeline_runs_graph, rags_list, rags_show, rags_history, rags_logs,
+    pipeline_runs_list, pipeline_runs_show, pipeline_runs_graph, pipeline_runs_files, rags_list, rags_show,
+    rags_history, rags_logs, rags_stats,
     schedules_list, schedules_show, endpoints_list, endpoints_show, endpoints_stats, endpoints_tokens, pipelines_list,
-    pipelines_show, notebooks_list,
+    pipelines_show, pipelines_graph, notebooks_list,
     notebooks_show, notebooks_open, dashboard, logs, images_list, images_show, accounts_list, accounts_show)}
 QUERIES.update(teams.QUERIES)
 QUERIES["run_check"] = submit.run_check
@@ -366,7 +385,8 @@ MEMBER_QUERIES = frozenset({
     "evaluations_show", "templates_list", "templates_show", "models_list", "models_show", "logs", "run_check",
     "endpoints_list", "endpoints_show", "endpoints_tokens", "endpoints_stats", "experiments_list", "schedules_list", "schedules_show",
     "notebooks_list", "notebooks_show", "notebooks_open", "dashboard", "images_list", "images_show", "accounts_list",
-    "accounts_show",
+    "accounts_show", "pipelines_list", "pipelines_show", "pipelines_graph", "pipeline_runs_list", "pipeline_runs_show",
+    "pipeline_runs_graph", "pipeline_runs_files", "rags_list", "rags_show", "rags_history", "rags_logs", "rags_stats",
     *teams.QUERIES})
 
 

@@ -12,6 +12,11 @@ they change, look at its history, search it, ask it, delete it.
 Ingestion is a Prefect flow run of the `rag-sync` deployment (also in the Prefect UI, and on a
 schedule: target `rag-sync/local` with parameters `{"spec": {"rag": NAME}}`). Everything that can be
 checked is checked before a RAG is recorded: its spec, its path, its vector store, its LLM endpoint.
+
+A RAG belongs to the project it was made in (mlyard/rag_checks.py): its members see and ask it, an editor
+makes, syncs and changes it, the project's owner deletes it. A team member's call (MLYARD_API_KEY) is made
+by the platform, as them, through the mlyard API; their local folder is uploaded to their project first,
+and they ask the RAG at the gateway with their key (or a token of its `token_endpoint`).
 """
 
 from __future__ import annotations
@@ -20,123 +25,117 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.connection import connect, read_state
+from core.access import current
+from core.connection import connect
 from core.errors import Protected, RunFailed, SpecError
 from core.names import FLOW_RAG_SYNC
 from core.settings import Settings
 from core.specs.rag import RagSpec
-from mlyard import sse
+from mlyard import rag_checks, sse
 from mlyard.api import load as _spec
+from mlyard.teams import acting_editor, acting_or_none, audited
+from mlyard.warm_api import by_platform, member_api, member_command
 from tasks.rag_service import query_log, query_service_status, unwant_query_service, want_query_service
 
-
-def _rags(settings: Settings):
-    from registry.catalog import Catalog
-    from registry.rags import Rags
-
-    return Rags(Catalog(settings.catalog_db_url))
+_rags, _store = rag_checks.store, rag_checks.vectors
 
 
-def _store(settings: Settings, spec: RagSpec, rag_id: int):
-    from tasks.vectorstore import VectorStore, conninfo
+def _submit(record: Any) -> str:
+    """Queue an ingestion (a flow run of rag-sync/local) as the RAG's project's and the caller's: the stack
+    owner's through the warm mlyard API when it runs; a member's made here, by the platform's API."""
+    from core.access import run_tags
 
-    state = read_state(settings)
-    return VectorStore(conninfo(spec.vector_store, settings, state.vector_store_url if state else None), rag_id)
+    actor, parameters, tags = current(), {"spec": {"rag": record.name}}, [f"mlyard.rag:{record.name}"]
+    if actor.admin and acting_or_none(actor) == record.project:
+        from mlyard.submit import submit
 
+        return submit(f"{FLOW_RAG_SYNC}/local", parameters, tags=tags)["id"]
+    from tasks.orchestration import submit as make_run
 
-def _check(settings: Settings, spec: RagSpec) -> None:
-    """What can be known before a RAG is recorded: the path holds files, the vector store answers, the
-    LLM endpoint exists, an embeddings service embeds."""
-    from core.errors import VectorStoreError
-    from tasks.storage import Storage
-
-    Storage(settings).check(spec.path, field="path")
-    try:
-        with _store(settings, spec, 0):
-            pass
-    except VectorStoreError as exc:
-        raise SpecError("vector_store", spec.vector_store.kind, f"a vector store that answers ({exc})") from None
-    if spec.llm.endpoint or spec.token_endpoint:
-        from registry.catalog import Catalog
-        from registry.endpoints import Endpoints
-
-        names = {e["name"] for e in Endpoints(Catalog(settings.catalog_db_url)).all()}
-        if spec.llm.endpoint and spec.llm.endpoint not in names:
-            raise SpecError("llm.endpoint", spec.llm.endpoint, "an endpoint that exists (mlyard endpoints list) and "
-                                                               "serves a chat model")
-        if spec.token_endpoint and spec.token_endpoint not in names:
-            raise SpecError("token_endpoint", spec.token_endpoint, "an endpoint that exists (mlyard endpoints list), "
-                                                                   "whose tokens the RAG's route takes")
-    if spec.embedding.url:
-        from core.errors import EmbeddingError
-        from tasks.embeddings import ServiceEmbedder
-
-        try:
-            ServiceEmbedder(spec.embedding, timeout=10.0)  # asks it to embed one text
-        except (EmbeddingError, KeyError, ValueError, TypeError) as exc:
-            why = str(exc) if isinstance(exc, EmbeddingError) else f"its answer is not OpenAI's embeddings shape ({exc!r})"
-            raise SpecError("embedding.url", spec.embedding.url, f"an OpenAI-compatible embeddings service that "
-                                                                 f"answers POST …/embeddings: {why}") from None
-
-
-def _submit(name: str) -> str:
-    """Queue an ingestion (a flow run of rag-sync/local; through the warm mlyard API when it runs)."""
-    from mlyard.submit import submit
-
-    return submit(f"{FLOW_RAG_SYNC}/local", {"spec": {"rag": name}}, tags=[f"mlyard.rag:{name}"])["id"]
+    return str(make_run(f"{FLOW_RAG_SYNC}/local", parameters, None, [*tags, *run_tags(record.project, actor.name)]).id)
 
 
 def create(spec: RagSpec | dict | str | Path, *, sets: dict[str, Any] | None = None, wait: bool = False,
            timeout_seconds: float = 3600) -> dict[str, Any]:
-    """Record a RAG (CREATE REQUESTED) and start its first ingestion (CREATE IN PROGRESS, then ACTIVE);
-    with `wait`, until it ends."""
+    """Record a RAG (CREATE REQUESTED) in the caller's project and start its first ingestion (CREATE IN
+    PROGRESS, then ACTIVE); with `wait`, until it ends."""
     spec = _spec(RagSpec, spec, sets).resolved(Path.cwd())
-    settings = connect()
-    _check(settings, spec)
-    store = _rags(settings)
-    record = store.create(spec.name, spec.model_dump(mode="json"))
-    try:
-        run_id = _submit(spec.name)
-    except Exception:
-        store.remove(spec.name)  # nothing half-made: no run, no record
-        raise
-    want_query_service(settings.home_dir, record.id, spec)  # it loads while the documents are ingested
+    if (url := member_api()) is not None:  # the platform records it, as them; their local folders uploaded first
+        from mlyard.uploads import for_cluster
+        from mlyard.warm_api import post
+
+        area = post(url, "/v1/queries/run_check", {"flow": FLOW_RAG_SYNC, "spec": {}})["storage"]
+        made = member_command("rags_create", spec=for_cluster(spec, Settings(), area=area).model_dump(mode="json"))
+    else:
+        made = record(spec=spec.model_dump(mode="json"))
     if wait:
-        _wait(settings, spec.name, timeout_seconds, run_id)
+        _wait(name=spec.name, timeout_seconds=timeout_seconds, run_id=made["run_id"])
     return _finished(spec.name, wait)
+
+
+@audited("rag.create", lambda a: f"RAG {a['spec'].get('name')}", lambda a: acting_or_none(current()))
+def record(spec: dict[str, Any]) -> dict[str, Any]:
+    """Check and record the RAG `spec` in the caller's project (an editor's), and queue its first ingestion:
+    {"name", "run_id"}. Nothing half-made: without its run, no record."""
+    checked = _spec(RagSpec, spec)
+    project, member = acting_editor("creating a RAG"), not current().admin
+    settings = connect()
+    if member:
+        rag_checks.of_member(checked, project, settings)
+    rag_checks.check(settings, checked, project if member else None)
+    store = _rags(settings)
+    made = store.create(checked.name, checked.model_dump(mode="json"), project)
+    try:
+        run_id = _submit(made)
+    except Exception:
+        store.remove(checked.name)
+        raise
+    want_query_service(settings.home_dir, made.id, checked)  # it loads while the documents are ingested
+    return {"name": checked.name, "run_id": run_id}
 
 
 def sync(name: str, *, wait: bool = False, timeout_seconds: float = 3600) -> dict[str, Any]:
     """Ingest the RAG's path again: only added and modified documents are embedded, deleted ones removed."""
-    settings = connect()
-    store = _rags(settings)
-    _settle(settings, name)
-    store.begin_sync(name)
-    try:
-        run_id = _submit(name)
-    except Exception:
-        store.set_status(name, "UPDATE FAILED", "its sync run could not be created")
-        raise
+    made = begin_sync(name)
     if wait:
-        _wait(settings, name, timeout_seconds, run_id)
+        _wait(name=name, timeout_seconds=timeout_seconds, run_id=made["run_id"])
     return _finished(name, wait)
 
 
-def _wait(settings: Settings, name: str, timeout_seconds: float, run_id: str) -> None:
-    """Until the ingestion ends (the RAG leaves CREATE/UPDATE IN PROGRESS), printing nothing. A run that
-    ended before it could say so (it failed to start, its process was killed) sets the failed status."""
+@by_platform("rags_sync", "commands")
+@audited("rag.sync", lambda a: f"RAG {a['name']}", lambda a: acting_or_none(current()))
+def begin_sync(name: str) -> dict[str, Any]:
+    """Queue the RAG's sync (an editor's of its project): {"name", "run_id"}."""
+    settings = connect()
     store = _rags(settings)
+    found = rag_checks.in_reach(settings, name, "editor", "syncing a RAG")
+    rag_checks.settle(settings, name)
+    store.begin_sync(name)
+    try:
+        run_id = _submit(found)
+    except Exception:
+        store.set_status(name, "UPDATE FAILED", "its sync run could not be created")
+        raise
+    return {"name": name, "run_id": run_id}
+
+
+def _wait(name: str, timeout_seconds: float, run_id: str) -> None:
+    """Until the ingestion ends (the RAG leaves CREATE/UPDATE IN PROGRESS), printing nothing. A run that
+    ended before it could say so (it failed to start, its process was killed) sets the failed status (a
+    member's wait reads its status through the mlyard API, whose `show` does that)."""
+    member = member_api() is not None
+    settings = None if member else connect()
     deadline = time.monotonic() + timeout_seconds
     checked = time.monotonic()
     while time.monotonic() < deadline:
-        record = store.get(name)
-        if record.status not in ("CREATE REQUESTED", "CREATE IN PROGRESS", "UPDATE IN PROGRESS"):
+        status = show(name)["status"] if settings is None else _rags(settings).get(name).status
+        if status not in ("CREATE REQUESTED", "CREATE IN PROGRESS", "UPDATE IN PROGRESS"):
             return
-        if time.monotonic() - checked > 5:  # every 5 s: has the run ended without saying so?
+        if settings is not None and time.monotonic() - checked > 5:  # has the run ended without saying so?
             checked = time.monotonic()
-            _settle(settings, name, run_id)  # a failed status it sets ends the wait at the next read
+            rag_checks.settle(settings, name, run_id)  # a failed status it sets ends the wait at the next read
             continue
-        time.sleep(0.2)  # one read of the catalog
+        time.sleep(1.0 if member else 0.2)  # one read of the catalog
 
 
 def _finished(name: str, wait: bool) -> dict[str, Any]:
@@ -146,47 +145,9 @@ def _finished(name: str, wait: bool) -> dict[str, Any]:
     return view
 
 
-def _settle(settings: Settings, name: str, run_id: str | None = None) -> None:
-    """A RAG whose ingestion run ended without saying so (its process was killed, or it failed before
-    it began its ingestion record) is set to the failed status that run implies, so that it can be
-    synced again. The run is the one of its RUNNING ingestion record, else `run_id`."""
-    store = _rags(settings)
-    record = store.get(name)
-    if record.status not in ("CREATE IN PROGRESS", "UPDATE IN PROGRESS", "CREATE REQUESTED"):
-        return
-    history = store.history(record.id, limit=1)
-    running = history[0] if history and history[0].state == "RUNNING" and history[0].flow_run_id else None
-    flow_run_id = running.flow_run_id if running is not None else run_id
-    if flow_run_id is None:
-        return
-    ended, message = flow_run_state(flow_run_id)
-    if ended in ("CRASHED", "FAILED", "CANCELLED"):
-        failed = "UPDATE FAILED" if record.status == "UPDATE IN PROGRESS" else "CREATE FAILED"
-        reason = f"its ingestion run {flow_run_id} ended {ended}" + (f": {message}" if message else "")
-        if running is not None:
-            store.end_ingestion(running.id, "FAILED", running.counts, running.skipped, reason)
-        store.set_status(name, failed, reason)
-
-
-def flow_run_state(flow_run_id: str) -> tuple[str | None, str]:
-    """The state of a flow run and its message (why it failed)."""
-    from uuid import UUID
-
-    from prefect.client.orchestration import get_client
-
-    try:
-        with get_client(sync_client=True) as client:
-            fr = client.read_flow_run(UUID(flow_run_id))
-    except Exception:  # noqa: BLE001 - a deleted run: it ended
-        return "CRASHED", "the run is gone"
-    if fr.state is None:
-        return None, ""
-    return fr.state.type.value, (fr.state.message or "").removeprefix("Flow run encountered an exception: ")
-
-
 def _view(record: Any, settings: Settings | None = None) -> dict[str, Any]:
     spec = record.spec
-    return {"name": record.name, "status": record.status, "reason": record.reason,
+    return {"name": record.name, "project": record.project, "status": record.status, "reason": record.reason,
             "deploy_status": query_service_status(settings.home_dir, record.name) if settings is not None else record.deploy_status, "description": spec.get("description", ""),
             "path": spec.get("path"), "vector_store": spec.get("vector_store", {}).get("kind"),
             "embedding": spec.get("embedding", {}).get("url") or spec.get("embedding", {}).get("model"),
@@ -202,20 +163,30 @@ def _llm_label(llm: dict[str, Any]) -> str:
     return f"{llm.get('model', 'smollm2')} (local)"
 
 
+@by_platform("rags_list")
 def list_rags() -> list[dict[str, Any]]:
-    settings = connect()
-    for r in _rags(settings).all():
-        _settle(settings, r.name)
-    return [_view(r, settings) for r in _rags(settings).all()]
+    """The RAGs of the caller's projects."""
+    from mlyard.runs import visible_projects
+
+    settings, projects = connect(), visible_projects()
+    for r in _rags(settings).all(projects):
+        rag_checks.settle(settings, r.name)
+    return [_view(r, settings) for r in _rags(settings).all(projects)]
 
 
+@by_platform("rags_show")
 def show(name: str) -> dict[str, Any]:
-    """A RAG: its status, spec (the prompt in full), what its vector store holds, its last ingestion."""
+    """A RAG: its status, spec (the prompt in full), what its vector store holds, its last ingestion, and the
+    gateway's base URL its queries take (OpenAI's clients: `base_url`)."""
+    from core.connection import gateway_url
+
     settings = connect()
-    _settle(settings, name)
+    rag_checks.in_reach(settings, name)
+    rag_checks.settle(settings, name)
     store = _rags(settings)
     record = store.get(name)
     view = _view(record, settings)
+    view["base_url"] = f"{gateway_url(settings)}/rag/v1"
     view["spec"] = record.spec
     view["prompt"] = record.spec.get("prompt")
     try:
@@ -244,6 +215,8 @@ def _ingestion_view(h: Any) -> dict[str, Any]:
 UPDATABLE = ("description", "prompt", "top_k", "llm.max_tokens", "llm.temperature", "llm.timeout_seconds", "llm.answer")
 
 
+@by_platform("rags_update", "commands")
+@audited("rag.update", lambda a: f"RAG {a['name']}", lambda a: acting_or_none(current()))
 def update(name: str, sets: dict[str, Any]) -> dict[str, Any]:
     """Change what a RAG answers with, without ingesting again: its description, prompt template,
     top_k, and the LLM's max_tokens, temperature and timeout. Its query service takes the change within 2 s."""
@@ -251,7 +224,7 @@ def update(name: str, sets: dict[str, Any]) -> dict[str, Any]:
 
     settings = connect()
     store = _rags(settings)
-    record = store.get(name)
+    record = rag_checks.in_reach(settings, name, "editor", "changing a RAG")
     flat = {f"{k}.{kk}" if isinstance(v, dict) else k: vv for k, v in sets.items()
             for kk, vv in (v.items() if isinstance(v, dict) else [(None, v)])}
     wrong = sorted(k for k in flat if k not in UPDATABLE)
@@ -263,18 +236,22 @@ def update(name: str, sets: dict[str, Any]) -> dict[str, Any]:
     return show(name)
 
 
+@by_platform("rags_history")
 def history(name: str, limit: int = 100) -> list[dict[str, Any]]:
     """One record per ingestion, newest first: counts, skipped files with the reason, duration, state."""
     settings = connect()
-    _settle(settings, name)
-    store = _rags(settings)
-    return [_ingestion_view(h) for h in store.history(store.get(name).id, limit)]
+    found = rag_checks.in_reach(settings, name)
+    rag_checks.settle(settings, name)
+    return [_ingestion_view(h) for h in _rags(settings).history(found.id, limit)]
 
 
+@by_platform("rags_delete", "commands")
+@audited("rag.delete", lambda a: f"RAG {a['name']}", lambda a: acting_or_none(current()))
 def delete(name: str) -> dict[str, Any]:
-    """Delete a RAG and drop its vectors (refused while it is being created or deleted)."""
+    """Delete a RAG and drop its vectors (its project owner's; refused while it is being created or deleted)."""
     settings = connect()
-    _settle(settings, name)
+    rag_checks.in_reach(settings, name, "owner", "deleting a RAG")
+    rag_checks.settle(settings, name)
     store = _rags(settings)
     record = store.begin_delete(name)
     try:
@@ -294,19 +271,29 @@ def logs(name: str, tail: int = 20) -> list[dict[str, Any]]:
     embedding request its query service answered (status, time, first byte, the error's reason)."""
     from serving.inference_log import tail as last
     settings = connect()
-    _rags(settings).get(name)
+    rag_checks.in_reach(settings, name)
     return last(query_log(settings.home_dir, name), tail)
 
 
-def _post(settings: Settings, route: str, body: dict[str, Any], token: str | None, stream: bool = False,
+def _asked(name: str, token: str | None) -> tuple[Settings | None, Any, str, str | None]:
+    """Where the caller asks the RAG `name`: (this machine's settings, or None for a member; its record, or
+    None; the gateway's base URL of its routes; the credential: `token`, else a member's own key)."""
+    from core.connection import gateway_url
+
+    if member_api() is not None:  # at the gateway the platform names, with their key unless a token is given
+        key = Settings().api_key
+        return None, None, show(name)["base_url"], token or (key.get_secret_value() if key is not None else None)
+    settings = connect()
+    return settings, rag_checks.in_reach(settings, name), f"{gateway_url(settings)}/rag/v1", token
+
+
+def _post(base: str, route: str, body: dict[str, Any], token: str | None, stream: bool = False,
           timeout: float = 300.0) -> Any:
     import httpx
 
-    from core.connection import gateway_url
-
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     client = httpx.Client(timeout=httpx.Timeout(timeout, connect=5.0))
-    request = client.build_request("POST", f"{gateway_url(settings)}{route}", json=body, headers=headers)
+    request = client.build_request("POST", f"{base}{route}", json=body, headers=headers)
     return client.send(request, stream=stream)
 
 
@@ -323,23 +310,24 @@ def _answer_error(resp: Any, name: str) -> Protected:
 def search(name: str, question: str, top_k: int | None = None, token: str | None = None) -> list[dict[str, Any]]:
     """The chunks a query would retrieve for `question`, best first, with their scores: through the
     query route (POST /rag/v1/search) once it runs, else embedded here."""
-    settings = connect()
-    record = _rags(settings).get(name)
-    spec = RagSpec.model_validate(record.spec)
     import httpx
 
+    settings, record, base, token = _asked(name, token)
     body: dict[str, Any] = {"model": name, "query": question, **({"top_k": top_k} if top_k else {})}
     try:
-        resp = _post(settings, "/rag/v1/search", body, token)
-        if resp.status_code == 200:
-            return [{"rank": h["index"], "file": h["file"], "where": h["where"], "score": h["score"], "text": h["text"]}
-                    for h in resp.json()["data"]]
-        if resp.status_code not in (502, 503):
-            raise _answer_error(resp, name)
-    except httpx.TransportError:
-        pass  # no gateway: the query service is not there either; retrieve here
+        resp = _post(base, "/search", body, token)
+    except httpx.TransportError as exc:
+        if settings is None:
+            raise Protected(f"RAG {name!r}: the gateway at {base} cannot be reached ({exc})") from exc
+        resp = None  # no gateway: the query service is not there either; retrieve here
+    if resp is not None and resp.status_code == 200:
+        return [{"rank": h["index"], "file": h["file"], "where": h["where"], "score": h["score"], "text": h["text"]}
+                for h in resp.json()["data"]]
+    if resp is not None and (resp.status_code not in (502, 503) or settings is None):
+        raise _answer_error(resp, name)
     from tasks.embeddings import embedder
 
+    spec = RagSpec.model_validate(record.spec)
     vector = embedder(spec.embedding).encode([question])[0]
     with _store(settings, spec, record.id) as vs:
         hits = vs.search(vector, top_k or spec.top_k)
@@ -353,12 +341,11 @@ def query(name: str, question: str, *, stream: bool = False, token: str | None =
     sources, and the time to the first token. With `stream`, `on_text(piece)` gets each piece as it comes."""
     import httpx
 
-    settings = connect()
-    _rags(settings).get(name)
+    _, _, base, token = _asked(name, token)
     body = {"model": name, "messages": [{"role": "user", "content": question}], "stream": stream}
     t0 = time.monotonic()
     try:
-        resp = _post(settings, "/rag/v1/query", body, token, stream=stream)
+        resp = _post(base, "/query", body, token, stream=stream)
     except httpx.TransportError as exc:
         raise Protected(f"RAG {name!r}: the gateway cannot be reached ({exc}); is the platform up (`mlyard up`)?") from exc
     if resp.status_code != 200:
@@ -392,9 +379,20 @@ def query(name: str, question: str, *, stream: bool = False, token: str | None =
 def stats(name: str, *, since: str | float | None = "1h", until: str | float | None = None,
           png: str | Path | None = None) -> dict[str, Any]:
     """The query route's calls, failures and latency (mean, p50, p95, p99) over [since, until], as for an
-    endpoint (the gateway counts a RAG as the endpoint `rag:NAME`); with `png`, a chart there too."""
+    endpoint (the gateway counts a RAG as the endpoint `rag:NAME`); with `png`, a chart there too (drawn where
+    the caller is)."""
+    result = stats_view(name, since=since, until=until)
+    if png is not None:
+        from serving.endpoint_stats import plot
+
+        result["png"] = str(plot(result, Path(png).resolve()))
+    return result
+
+
+@by_platform("rags_stats")
+def stats_view(name: str, since: str | float | None = "1h", until: str | float | None = None) -> dict[str, Any]:
     from mlyard.endpoints import gateway_stats
 
     settings = connect()
-    _rags(settings).get(name)
-    return gateway_stats(settings, f"rag:{name}", since=since, until=until, png=png)
+    rag_checks.in_reach(settings, name)
+    return gateway_stats(settings, f"rag:{name}", since=since, until=until)

@@ -106,6 +106,7 @@ def member_parameters(deployment: str, parameters: dict[str, Any], project: str
     if isinstance(spec, (BatchInferenceSpec, EvaluationSpec)):
         model_of_project(spec.model, project)
     endpoint_of_member(spec, project)
+    pipeline_of_project(spec, project, settings)
     experiment_of_project(spec, project)
     image_of_project(spec, project)
     if isinstance(spec, TuningSpec) and spec.template is not None:
@@ -136,6 +137,7 @@ def _member_specs() -> dict[str, Any]:
     from core import names
     from core.specs import BatchInferenceSpec, EvaluationSpec, TrainingSpec, TuningSpec
     from core.specs.endpoint import DeletionSpec, EndpointSpec, PromotionSpec, StageChangeSpec
+    from core.specs.pipeline import PipelineRunSpec
     from core.specs.promotion import PromotionControlSpec, RolloutSpec, TrafficSpec
 
     return {names.FLOW_TRAIN: TrainingSpec, names.FLOW_TUNE: TuningSpec, names.FLOW_BATCH: BatchInferenceSpec,
@@ -143,7 +145,7 @@ def _member_specs() -> dict[str, Any]:
             names.FLOW_DELETE_ENDPOINT: DeletionSpec, names.FLOW_ADD_STAGE: StageChangeSpec,
             names.FLOW_PROMOTE_STAGE: PromotionSpec, "retry-endpoint-stage": PromotionSpec,
             names.FLOW_SET_TRAFFIC: TrafficSpec, names.FLOW_ROLLOUT: RolloutSpec,
-            names.FLOW_CONTROL_PROMOTION: PromotionControlSpec}
+            names.FLOW_CONTROL_PROMOTION: PromotionControlSpec, names.FLOW_PIPELINE_RUN: PipelineRunSpec}
 
 
 def run_check(flow: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -196,6 +198,23 @@ def endpoint_of_member(spec: Any, project: str) -> None:
 
         endpoint_in_reach(spec.endpoint, "owner", "deleting an endpoint or a stage")
         Endpoints(catalog(connect().catalog_db_url)).check_delete(spec.endpoint, spec.stage)  # the seeds' rules
+
+
+def pipeline_of_project(spec: Any, project: str, settings: Any) -> None:
+    """A member's pipeline run runs an uploaded pipeline of their project (another project's does not exist
+    for it), checked as a run on the platform's own machine is: its parameters, what its steps need."""
+    from core.specs.pipeline import PipelineRunSpec
+
+    if isinstance(spec, PipelineRunSpec):
+        from core.errors import PipelineNotFound
+        from mlyard.teams import catalog
+        from registry.pipelines import Pipelines
+        from tasks.pipelines import check_run
+
+        store = Pipelines(catalog(settings.catalog_db_url))
+        if store.get(spec.pipeline).project != project:
+            raise PipelineNotFound(spec.pipeline)
+        check_run(store, spec, local=not settings.kfp_host)
 
 
 def image_of_project(spec: Any, project: str) -> None:

@@ -16,6 +16,8 @@ from typing import Any, Callable
 from core.errors import SpecError
 from core.settings import Settings
 from core.specs import BatchInferenceSpec, EvaluationSpec, TrainingSpec, TuningSpec, is_mlflow_uri, is_registry_ref
+from core.specs.pipeline import PipelineRunSpec
+from core.specs.rag import RagSpec
 from core.uris import parse_uri
 
 Echo = Callable[[str], None]
@@ -54,6 +56,12 @@ def map_locations(spec: Any, inputs: Callable[[str, str], str], outputs: Callabl
         if not (is_registry_ref(spec.model) or is_mlflow_uri(spec.model)):  # a model folder here
             updates["model"] = inputs("model", spec.model)
         return spec.model_copy(update=updates)
+    if isinstance(spec, PipelineRunSpec) and spec.nas_uri:  # a share its steps read
+        return spec.model_copy(update={"nas_uri": inputs("nas_uri", spec.nas_uri)})
+    if isinstance(spec, RagSpec):  # its documents, and an embedding model's folder
+        folder = spec.embedding.model_folder()
+        embedding = spec.embedding.model_copy(update={"model": inputs("embedding.model", folder)}) if folder else None
+        return spec.model_copy(update={"path": inputs("path", spec.path), "embedding": embedding or spec.embedding})
     return spec
 
 

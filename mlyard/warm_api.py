@@ -13,13 +13,15 @@ import os
 import urllib.error
 import urllib.request
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any, Callable, ParamSpec, TypeVar
 
 from core import errors
 from core.environment import flow_run_env
 from core.errors import MlyardError, PlatformUnreachable, Unreachable
 
 QUERY_TIMEOUT_SECONDS = 120.0
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @lru_cache(maxsize=1)
@@ -102,6 +104,30 @@ def member_command(name: str, /, **arguments: Any) -> Any:
     made there as them; None for anyone else, whose change is made here."""
     url = member_api()
     return None if url is None else post(url, f"/v1/commands/{name}", arguments)
+
+
+def by_platform(name: str, kind: str = "queries") -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorator: a team member's call (MLYARD_API_KEY) of the function is the platform's answer to the query
+    (or, with kind "commands", the command) `name`, which runs the same function there, as them, with the
+    same JSON arguments; anyone else's call runs it here."""
+    import functools
+    import inspect
+
+    def wrap(fn: Callable[P, R]) -> Callable[P, R]:
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def call(*args: P.args, **kwargs: P.kwargs) -> R:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            url = member_api()
+            if url is None:
+                return fn(**bound.arguments)  # type: ignore[call-arg]  # by name, as the API calls it
+            return post(url, f"/v1/{kind}/{name}", dict(bound.arguments))
+
+        return call
+
+    return wrap
 
 
 def _remote(url: str, name: str, kwargs: dict[str, Any]) -> Any:

@@ -27,11 +27,12 @@ class PipelineRecord:
     reason: str
     yaml_text: str
     created_at: datetime
+    project: str = "default"
 
 
 def _record(row: Pipeline) -> PipelineRecord:
     return PipelineRecord(row.id, row.name, row.description, row.pipeline_name, row.status, row.reason, row.yaml_text,
-                          row.created_at)
+                          row.created_at, row.project)
 
 
 class Pipelines:
@@ -39,12 +40,12 @@ class Pipelines:
         self.catalog = catalog
 
     def create(self, name: str, description: str, pipeline_name: str, yaml_text: str,
-               status: str = "CREATE IN PROGRESS") -> PipelineRecord:
+               status: str = "CREATE IN PROGRESS", project: str = "default") -> PipelineRecord:
         with self.catalog.session() as s:
             if s.scalar(select(Pipeline.id).where(Pipeline.name == name)) is not None:
                 raise AlreadyExists("pipeline", name)
             row = Pipeline(name=name, description=description, pipeline_name=pipeline_name, yaml_text=yaml_text,
-                           status=status)
+                           status=status, project=project)
             s.add(row)
             s.flush()
             return _record(row)
@@ -56,9 +57,13 @@ class Pipelines:
                 raise PipelineNotFound(name)
             return _record(row)
 
-    def all(self) -> list[PipelineRecord]:
+    def all(self, projects: list[str] | None = None) -> list[PipelineRecord]:
+        """Every pipeline, or those of `projects`."""
+        query = select(Pipeline).order_by(Pipeline.id)
+        if projects is not None:
+            query = query.where(Pipeline.project.in_(projects))
         with self.catalog.session() as s:
-            return [_record(r) for r in s.scalars(select(Pipeline).order_by(Pipeline.id))]
+            return [_record(r) for r in s.scalars(query)]
 
     def set_status(self, name: str, status: str, reason: str = "") -> None:
         with self.catalog.session() as s:
@@ -85,5 +90,5 @@ class Pipelines:
             s.delete(row)
 
     def as_dict(self, r: PipelineRecord) -> dict[str, Any]:
-        return {"name": r.name, "description": r.description, "pipeline_name": r.pipeline_name, "status": r.status,
+        return {"name": r.name, "project": r.project, "description": r.description, "pipeline_name": r.pipeline_name, "status": r.status,
                 "reason": r.reason, "created_at": r.created_at.isoformat() if r.created_at else None}

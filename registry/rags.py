@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from core.access import DEFAULT_PROJECT
 from core.errors import AlreadyExists, Protected, RagNotFound
 from registry.catalog import Catalog
 from registry.tables import Rag, RagIngestion, utcnow
@@ -30,6 +31,7 @@ class RagRecord:
     deploy_status: str
     created_at: datetime
     updated_at: datetime
+    project: str = "default"
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class IngestionRecord:
 
 def _record(row: Rag) -> RagRecord:
     return RagRecord(row.id, row.name, dict(row.spec), row.status, row.reason, row.deploy_status, row.created_at,
-                     row.updated_at)
+                     row.updated_at, row.project)
 
 
 def _ingestion(row: RagIngestion) -> IngestionRecord:
@@ -59,11 +61,11 @@ class Rags:
     def __init__(self, catalog: Catalog):
         self.catalog = catalog
 
-    def create(self, name: str, spec: dict[str, Any]) -> RagRecord:
+    def create(self, name: str, spec: dict[str, Any], project: str = "default") -> RagRecord:
         with self.catalog.session() as s:
             if s.scalar(select(Rag.id).where(Rag.name == name)) is not None:
                 raise AlreadyExists("RAG", name)
-            row = Rag(name=name, spec=spec, status="CREATE REQUESTED")
+            row = Rag(name=name, spec=spec, status="CREATE REQUESTED", project=project)
             s.add(row)
             s.flush()
             return _record(row)
@@ -75,9 +77,13 @@ class Rags:
                 raise RagNotFound(name)
             return _record(row)
 
-    def all(self) -> list[RagRecord]:
+    def all(self, projects: list[str] | None = None) -> list[RagRecord]:
+        """Every RAG, or those of `projects`."""
+        query = select(Rag).order_by(Rag.id)
+        if projects is not None:
+            query = query.where(Rag.project.in_(projects))
         with self.catalog.session() as s:
-            return [_record(r) for r in s.scalars(select(Rag).order_by(Rag.id))]
+            return [_record(r) for r in s.scalars(query)]
 
     def set_status(self, name: str, status: str, reason: str = "", deploy_status: str | None = None) -> RagRecord:
         with self.catalog.session() as s:
@@ -136,12 +142,14 @@ class Rags:
     def routing(self, endpoints: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """What the gateway needs of every RAG, in the shape of an endpoint's (`endpoints`: what
         registry.endpoints' routing read): its query service routes as the endpoint `rag:NAME`, stage
-        `query`. Public unless the spec names `token_endpoint`, whose tokens it then takes."""
+        `query`. It takes the tokens of the spec's `token_endpoint`, and the API keys of its project's members;
+        a RAG of the `default` project without one is public (the one-person stack's), another project's never."""
         with self.catalog.session() as s:
             out = {}
             for r in s.scalars(select(Rag)):
                 guard = r.spec.get("token_endpoint")
-                out[f"rag:{r.name}"] = {"id": r.id, "public": not guard, "default": "query",
+                out[f"rag:{r.name}"] = {"id": r.id, "project": r.project, "default": "query",
+                                        "public": not guard and r.project == DEFAULT_PROJECT,
                                         "stages": {"query": {"id": r.id, "status": r.status, "rules": [],
                                                              "max_replicas": 10}},
                                         "tokens": endpoints.get(guard, {}).get("tokens", {}) if guard else {}}

@@ -194,6 +194,7 @@ class Pipeline(Base):
     __tablename__ = "pipelines"
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    project: Mapped[str] = mapped_column(String(40), default="default", server_default="default", index=True)
     name: Mapped[str] = mapped_column(String(50), unique=True)
     description: Mapped[str] = mapped_column(Text, default="")
     pipeline_name: Mapped[str] = mapped_column(String(255))  # pipelineInfo.name inside the YAML
@@ -262,6 +263,7 @@ class Rag(Base):
     __tablename__ = "rags"
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    project: Mapped[str] = mapped_column(String(40), default="default", server_default="default", index=True)
     name: Mapped[str] = mapped_column(String(50), unique=True)
     spec: Mapped[dict] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(32), default="CREATE REQUESTED")

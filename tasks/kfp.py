@@ -18,7 +18,7 @@ No Prefect here.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,13 @@ class Graph:
 
     def as_dict(self) -> dict[str, Any]:
         return {"nodes": [asdict(n) for n in self.nodes], "edges": [{"from": a, "to": b} for a, b in self.edges]}
+
+    @classmethod
+    def of(cls, view: dict[str, Any]) -> "Graph":
+        """The graph `as_dict` gave (the mlyard API's answer, to draw it where the caller is)."""
+        names = {f.name for f in fields(Node)}
+        return cls([Node(**{k: v for k, v in n.items() if k in names}) for n in view["nodes"]],
+                   [(e["from"], e["to"]) for e in view["edges"]])
 
 
 # -- loading and checking ----------------------------------------------------------------------

@@ -90,6 +90,10 @@ class EmbeddingSpec(SpecModel):
             raise ValueError(f"an http(s):// URL, not {v!r}")
         return v
 
+    def model_folder(self) -> str | None:
+        """The model's folder, when `model` names one (a location read like the documents)."""
+        return None if self.url or self.model == DEFAULT_EMBEDDING_MODEL else self.model
+
 
 class LlmSpec(SpecModel):
     """The model that writes the answer: an mlyard endpoint with OpenAI routes, any OpenAI-compatible

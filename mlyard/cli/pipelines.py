@@ -13,8 +13,8 @@ from mlyard.cli.common import JSON, SETS, ask, emit, guard, out, parse_sets, typ
 app = typer_app("Pipelines: compiled Kubeflow pipelines (IR YAML): upload, show, graph, delete.")
 runs_app = typer_app("Pipeline runs: run an uploaded pipeline (kfp.local here, or a KFP server), follow each "
                      "step, list and download what the steps made.")
-COLUMNS = ["name", "status", "pipeline_name", "description", "schedules", "reason"]
-RUN_COLUMNS = ["id", "name", "status", "pipeline", "experiment", "created_at", "scheduled_time", "cause"]
+COLUMNS = ["name", "project", "status", "pipeline_name", "description", "schedules", "reason"]
+RUN_COLUMNS = ["id", "name", "project", "status", "pipeline", "experiment", "created_at", "scheduled_time", "cause"]
 
 
 def _api():
@@ -77,7 +77,7 @@ def pipelines_graph(name: str, image: Optional[Path] = typer.Option(None, "--out
 
 @app.command("delete")
 def pipelines_delete(name: str, as_json: bool = JSON) -> None:
-    """Delete a pipeline (refused while it is being created, or while schedules use it)."""
+    """Delete a pipeline (its project owner's; refused while it is being created, or while schedules use it)."""
     emit(guard(lambda: _api().delete(name)), as_json)
 
 
@@ -174,5 +174,5 @@ def runs_copy(run_id: str, sets: Optional[list[str]] = SETS, wait: bool = typer.
 
 @runs_app.command("delete")
 def runs_delete(run_id: str, as_json: bool = JSON) -> None:
-    """Delete a finished pipeline run and its outputs (refused while it runs)."""
+    """Delete a finished pipeline run and its outputs (its project owner's; refused while it runs)."""
     emit(guard(lambda: _api().delete_run(run_id)), as_json)
