@@ -58,10 +58,13 @@ def map_locations(spec: Any, inputs: Callable[[str, str], str], outputs: Callabl
         return spec.model_copy(update=updates)
     if isinstance(spec, PipelineRunSpec) and spec.nas_uri:  # a share its steps read
         return spec.model_copy(update={"nas_uri": inputs("nas_uri", spec.nas_uri)})
-    if isinstance(spec, RagSpec):  # its documents, and an embedding model's folder
-        folder = spec.embedding.model_folder()
-        embedding = spec.embedding.model_copy(update={"model": inputs("embedding.model", folder)}) if folder else None
-        return spec.model_copy(update={"path": inputs("path", spec.path), "embedding": embedding or spec.embedding})
+    if isinstance(spec, RagSpec):  # its documents, and the folders of its embedding model and its LLM
+        read = {"path": inputs("path", spec.path)}
+        for field in ("embedding", "llm"):
+            part = getattr(spec, field)
+            if (folder := part.model_folder()) is not None:
+                read[field] = part.model_copy(update={"model": inputs(f"{field}.model", folder)})
+        return spec.model_copy(update=read)
     return spec
 
 

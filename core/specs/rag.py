@@ -120,6 +120,11 @@ class LlmSpec(SpecModel):
     instance_type: str = Field(default="local", max_length=64, description="Where the LLM runs.")
     instance_count: int = Field(default=1, ge=1, le=10, description="How many instances run it.")
 
+    def model_folder(self) -> str | None:
+        """The model's file or folder, when the RAG's query service runs one of its own other than SmolLM2 (a
+        location read like the documents)."""
+        return None if self.endpoint or self.base_url or self.model == "smollm2" else self.model
+
     @model_validator(mode="after")
     def _one(self) -> "LlmSpec":
         if self.endpoint and self.base_url:
