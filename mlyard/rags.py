@@ -59,18 +59,18 @@ def create(spec: RagSpec | dict | str | Path, *, sets: dict[str, Any] | None = N
            timeout_seconds: float = 3600) -> dict[str, Any]:
     """Record a RAG (CREATE REQUESTED) in the caller's project and start its first ingestion (CREATE IN
     PROGRESS, then ACTIVE); with `wait`, until it ends."""
-    spec = _spec(RagSpec, spec, sets).resolved(Path.cwd())
+    loaded = _spec(RagSpec, spec, sets).resolved(Path.cwd())
     if (url := member_api()) is not None:  # the platform records it, as them; their local folders uploaded first
         from mlyard.uploads import for_cluster
         from mlyard.warm_api import post
 
         area = post(url, "/v1/queries/run_check", {"flow": FLOW_RAG_SYNC, "spec": {}})["storage"]
-        made = member_command("rags_create", spec=for_cluster(spec, Settings(), area=area).model_dump(mode="json"))
+        made = member_command("rags_create", spec=for_cluster(loaded, Settings(), area=area).model_dump(mode="json"))
     else:
-        made = record(spec=spec.model_dump(mode="json"))
+        made = record(spec=loaded.model_dump(mode="json"))
     if wait:
-        _wait(name=spec.name, timeout_seconds=timeout_seconds, run_id=made["run_id"])
-    return _finished(spec.name, wait)
+        _wait(name=loaded.name, timeout_seconds=timeout_seconds, run_id=made["run_id"])
+    return _finished(loaded.name, wait)
 
 
 @audited("rag.create", lambda a: f"RAG {a['spec'].get('name')}", lambda a: acting_or_none(current()))
@@ -124,14 +124,14 @@ def _wait(name: str, timeout_seconds: float, run_id: str) -> None:
     ended before it could say so (it failed to start, its process was killed) sets the failed status (a
     member's wait reads its status through the mlyard API, whose `show` does that)."""
     member = member_api() is not None
-    settings = None if member else connect()
+    settings: Any = None if member else connect()
     deadline = time.monotonic() + timeout_seconds
     checked = time.monotonic()
     while time.monotonic() < deadline:
-        status = show(name)["status"] if settings is None else _rags(settings).get(name).status
+        status = show(name)["status"] if member else _rags(settings).get(name).status
         if status not in ("CREATE REQUESTED", "CREATE IN PROGRESS", "UPDATE IN PROGRESS"):
             return
-        if settings is not None and time.monotonic() - checked > 5:  # has the run ended without saying so?
+        if not member and time.monotonic() - checked > 5:  # has the run ended without saying so?
             checked = time.monotonic()
             rag_checks.settle(settings, name, run_id)  # a failed status it sets ends the wait at the next read
             continue
@@ -325,6 +325,7 @@ def search(name: str, question: str, top_k: int | None = None, token: str | None
                 for h in resp.json()["data"]]
     if resp is not None and (resp.status_code not in (502, 503) or settings is None):
         raise _answer_error(resp, name)
+    assert settings is not None  # a member's search ended above
     from tasks.embeddings import embedder
 
     spec = RagSpec.model_validate(record.spec)

@@ -26,7 +26,9 @@ def test_the_run_moving_its_rag_to_in_progress_during_a_check_does_not_end_the_w
         return t
 
     monkeypatch.setattr(rags, "_rags", lambda settings: Store())
-    monkeypatch.setattr(rags, "_settle", settle)
+    monkeypatch.setattr(rags.rag_checks, "settle", settle)
+    monkeypatch.setattr(rags, "connect", lambda: "settings")
+    monkeypatch.setattr(rags, "member_api", lambda: None)
     monkeypatch.setattr(rags, "time", SimpleNamespace(monotonic=tick, sleep=lambda s: None))  # this module's clock
-    rags._wait(None, "handbook", 3600, "run-1")
+    rags._wait("handbook", 3600, "run-1")
     assert current["status"] == "ACTIVE"

@@ -579,3 +579,94 @@ def test_a_projects_images_and_registry_accounts_are_its_own(team, stack):
              "needs editor")
     _refused(alice("images", "delete", "a-img"), "alice is editor", "needs owner")
     assert "a-img" in [i["name"] for i in json.loads(_ok(owner("images", "list", "--json")))]
+
+
+def test_a_projects_pipelines_and_rags_are_its_own(team, stack, settings):
+    """alice uploads and runs a pipeline and makes a RAG over a folder of hers, from fresh processes with her
+    key alone: they are team-a's, her local files reach team-a's storage, she downloads the run's outputs and
+    asks the RAG at the gateway with her key. For bob (team-b) none of it exists, by any path, and his RAG may
+    reach nothing of the platform's; carol (a viewer of team-a) reads and asks, and changes nothing."""
+    from core.connection import gateway_url
+
+    alice, bob, carol = team["alice"], team["bob"], team["carol"]
+    shutil.copy(EXAMPLES / "pipelines" / "example.yaml", alice.work / "pipe.yaml")
+    made = alice.json("pipelines", "upload", "pipe.yaml", "--name", "a-pipe")
+    assert (made["project"], made["status"]) == ("team-a", "ACTIVE"), made
+    run = alice.json("pipeline-runs", "create", "--pipeline", "a-pipe", "--name", "a-r1", "--param", "epochs=1",
+                     "--param", "rows=40", "--wait")
+    assert (run["project"], run["status"]) == ("team-a", "COMPLETE"), run
+    assert alice.json("pipeline-runs", "download", run["id"], "out")["copied"] and any((alice.work / "out").rglob("*"))
+    _ok(alice("pipeline-runs", "graph", run["id"], "--out", "run.png"))  # drawn where she is
+    assert (alice.work / "run.png").stat().st_size > 1000
+
+    assert bob.json("pipelines", "list") == [] and bob.json("pipeline-runs", "list") == []
+    for args in (("pipelines", "show", "a-pipe"), ("pipelines", "graph", "a-pipe"), ("pipelines", "delete", "a-pipe"),
+                 ("pipeline-runs", "create", "--pipeline", "a-pipe", "--name", "b-r1")):
+        _refused(bob(*args), "pipeline 'a-pipe' not found")
+    for args in (("pipeline-runs", "show", run["id"]), ("pipeline-runs", "stop", run["id"]),
+                 ("pipeline-runs", "download", run["id"], "out"), ("pipeline-runs", "delete", run["id"]),
+                 ("pipeline-runs", "copy", run["id"])):
+        _refused(bob(*args), "not found")
+    assert [p["name"] for p in carol.json("pipelines", "list")] == ["a-pipe"]
+    assert [r["id"] for r in carol.json("pipeline-runs", "list")] == [run["id"]]
+    _refused(carol("pipeline-runs", "create", "--pipeline", "a-pipe", "--name", "c-r1"), "carol is viewer",
+             "needs editor")
+    _refused(carol("pipelines", "upload", "pipe.yaml", "--name", "c-pipe"), "carol is viewer", "needs editor")
+    _refused(alice("pipeline-runs", "delete", run["id"]), "alice is editor", "needs owner")
+    _refused(alice("pipelines", "delete", "a-pipe"), "alice is editor", "needs owner")
+
+    # a RAG over her folder: uploaded to team-a's storage, ingested by the platform, asked with her key
+    docs = alice.work / "docs"
+    docs.mkdir()
+    (docs / "backups.md").write_text("# Backups\n\nBackups of team A are kept for 35 days in the vault.\n")
+    (docs / "support.md").write_text("# Support\n\nSupport answers within four hours on weekdays.\n")
+    (alice.work / "rag.yaml").write_text("name: a-rag\npath: docs\ntop_k: 1\n")
+    rag = alice.json("rags", "create", "-f", "rag.yaml", "--wait")
+    assert (rag["project"], rag["status"]) == ("team-a", "ACTIVE") and "/projects/team-a/uploads/" in rag["path"], rag
+    assert alice.json("rags", "search", "a-rag", "How long are backups kept?")[0]["file"] == "backups.md"
+    deadline = time.monotonic() + 180
+    while alice.json("rags", "show", "a-rag")["deploy_status"] == "DEPLOYING":
+        assert time.monotonic() < deadline
+        time.sleep(1)
+    assert "35 days" in alice.json("rags", "query", "a-rag", "How long are backups kept?")["answer"]
+    assert "35 days" in carol.json("rags", "query", "a-rag", "How long are backups kept?")["answer"]
+
+    def ask(key: str | None) -> int:
+        req = urllib.request.Request(f"{gateway_url(settings)}/rag/v1/search", method="POST", data=json.dumps(
+            {"model": "a-rag", "query": "backups"}).encode(), headers={"Content-Type": "application/json", **(
+                {"Authorization": f"Bearer {key}"} if key else {})})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                return resp.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    assert (ask(alice.key), ask(bob.key), ask(None)) == (200, 401, 401)  # a project's RAG is never public
+    assert bob.json("rags", "list") == []
+    for args in (("rags", "show", "a-rag"), ("rags", "search", "a-rag", "backups"), ("rags", "sync", "a-rag"),
+                 ("rags", "query", "a-rag", "backups"), ("rags", "history", "a-rag"), ("rags", "logs", "a-rag"),
+                 ("rags", "update", "a-rag", "--set", "top_k=2"), ("rags", "delete", "a-rag"),
+                 ("rags", "stats", "a-rag")):
+        _refused(bob(*args), "RAG 'a-rag' not found")
+    # his RAG reads his project's storage alone, keeps its vectors in the platform's store, asks his project's
+    # endpoints, and names none of the platform's environment variables
+    storage = bob.json("projects", "show", "team-b")["storage"]
+    spec = {"name": "b-rag", "path": f"{storage}docs"}
+    for extra, field in (({"path": rag["path"]}, "path"), ({"path": str(user_dir() / ".mlyard")}, "path"),
+                         ({"vector_store": {"kind": "postgresql", "host": "127.0.0.1"}}, "vector_store.kind"),
+                         ({"llm": {"base_url": "http://127.0.0.1:9/v1", "api_key_env": "MLYARD_INTERNAL_TOKEN"}},
+                          "llm.api_key_env"),
+                         ({"embedding": {"model": str(user_dir() / ".mlyard" / "models")}}, "embedding.model"),
+                         ({"llm": {"endpoint": "a-ep"}}, "llm.endpoint")):
+        status, answer = _post(stack.service_url, "/v1/commands/rags_create", {"spec": {**spec, **extra}}, bob.key)
+        assert status == 400 and field in answer["error"]["message"], (extra, answer)
+    assert [r["name"] for r in json.loads(_ok(owner("rags", "list", "--json")))] == ["a-rag"]
+    _refused(carol("rags", "sync", "a-rag"), "carol is viewer", "needs editor")
+    _refused(alice("rags", "delete", "a-rag"), "alice is editor", "needs owner")
+    assert alice.json("rags", "sync", "a-rag", "--wait")["status"] == "ACTIVE"
+    assert owner("rags", "delete", "a-rag").returncode == 0 and owner("pipelines", "delete", "a-pipe").returncode == 0
+    records = json.loads(_ok(owner("audit", "--json", "--since", "1h")))
+    seen = {(r["user"], r["action"], r["result"], r["project"]) for r in records}
+    assert {("alice", "pipeline.upload", "ok", "team-a"), ("alice", "rag.create", "ok", "team-a"),
+            ("alice", "rag.sync", "ok", "team-a"), ("bob", "rag.create", "refused", "team-b"),
+            ("carol", "rag.sync", "refused", "team-a")} <= seen, seen
