@@ -87,22 +87,22 @@ def check(settings: Settings, spec: RagSpec, project: str | None = None) -> None
     from core.errors import VectorStoreError
     from tasks.storage import Storage
 
-    Storage(settings).check(spec.path, field="path")
-    try:
-        with vectors(settings, spec, 0):
-            pass
-    except VectorStoreError as exc:
-        raise SpecError("vector_store", spec.vector_store.kind, f"a vector store that answers ({exc})") from None
     if spec.llm.endpoint or spec.token_endpoint:
         from registry.catalog import Catalog
         from registry.endpoints import Endpoints
 
         projects = {e["name"]: e.get("project") for e in Endpoints(Catalog(settings.catalog_db_url)).all()}
         for field, endpoint, what in (("llm.endpoint", spec.llm.endpoint, "serves a chat model"),
-                                      ("token_endpoint", spec.token_endpoint, "whose tokens the RAG's route takes")):
+                                      ("token_endpoint", spec.token_endpoint, "lends the RAG's route its tokens")):
             if endpoint and (endpoint not in projects or project is not None and projects[endpoint] != project):
                 theirs = f" of project {project}" if project is not None else ""
                 raise SpecError(field, endpoint, f"an endpoint{theirs} that exists (mlyard endpoints list) and {what}")
+    Storage(settings).check(spec.path, field="path")
+    try:
+        with vectors(settings, spec, 0):
+            pass
+    except VectorStoreError as exc:
+        raise SpecError("vector_store", spec.vector_store.kind, f"a vector store that answers ({exc})") from None
     if spec.embedding.url:
         from core.errors import EmbeddingError
         from tasks.embeddings import ServiceEmbedder

@@ -611,7 +611,7 @@ def test_a_projects_pipelines_and_rags_are_its_own(team, stack, settings):
     assert [r["id"] for r in carol.json("pipeline-runs", "list")] == [run["id"]]
     _refused(carol("pipeline-runs", "create", "--pipeline", "a-pipe", "--name", "c-r1"), "carol is viewer",
              "needs editor")
-    _refused(carol("pipelines", "upload", "pipe.yaml", "--name", "c-pipe"), "carol is viewer", "needs editor")
+    _refused(carol("pipelines", "upload", str(alice.work / "pipe.yaml"), "--name", "c-pipe"), "carol is viewer", "needs editor")
     _refused(alice("pipeline-runs", "delete", run["id"]), "alice is editor", "needs owner")
     _refused(alice("pipelines", "delete", "a-pipe"), "alice is editor", "needs owner")
 
