@@ -43,9 +43,9 @@ from tasks.endpoints import (
     stop_replicas,
     version_params,
     wait_healthy,
-    write_config,
 )
-from tasks.orchestration import run_name
+from tasks.inference_config import write_config
+from tasks.orchestration import run_name, run_project
 
 
 def _roll(p: Platform, eps: Endpoints, endpoint: str, stage: str, resource_id: int, model: str,
@@ -118,14 +118,14 @@ def sync_endpoint(spec: SyncSpec) -> SyncResult:
     code = check_code(spec, modelfolder.load)
     target = check_target(eps, spec, code, p.settings.home_dir)
     # 2. The code becomes a model version.
-    version = register_code(p.models, name, code)
+    version = register_code(p.models, name, code, run_project())  # the model and the endpoint: the run's project
     logger.info("pushed %s as %s/%s (%s)", code.folder, *version, code.kind)
     if target is None:
         # 3. A new endpoint: deployed as any other.
         ep_spec = EndpointSpec(name=spec.endpoint, public=spec.public, description=f"code pushed from {code.folder}",
                                stage=StageSpec(max_replicas=code.max_replicas, resources=[
                                    StageResourceSpec(model=f"{version[0]}/{version[1]}", pods=spec.replicas)]))
-        eps.create(ep_spec, [version])
+        eps.create(ep_spec, [version], run_project())
         deploy_stage(p, eps, spec.endpoint, ep_spec.stage.name, creating=True)
     else:
         # 3. An existing one: its replicas replaced one at a time, then the catalog says what it serves.

@@ -79,8 +79,8 @@ def templates_create(name: str, spec: dict[str, Any], description: str = "") -> 
     checked = load_spec(TrainingSpec, spec)
     if not current().admin:  # a member's template names their project's storage and images alone (as their runs)
         from core.connection import connect
+        from mlyard.member_runs import image_of_project
         from mlyard.project_storage import confine
-        from mlyard.submit import image_of_project
 
         confine(checked, project, connect())
         image_of_project(checked, project)
@@ -96,8 +96,8 @@ def templates_copy(name: str, new_name: str, sets: dict[str, Any] | None = None)
     current().need(found.project, "editor", "copying a template", lambda: TemplateNotFound(name))
     if not current().admin and sets:  # a member's changes name their project's storage and images alone
         from core.connection import connect
+        from mlyard.member_runs import image_of_project
         from mlyard.project_storage import confine
-        from mlyard.submit import image_of_project
 
         changed = found.spec.with_overrides(sets)
         confine(changed, found.project, connect())

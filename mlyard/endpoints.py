@@ -37,6 +37,7 @@ from core.specs.endpoint import DeletionSpec, EndpointSpec, PromotionSpec, Stage
 from mlyard import sse
 from mlyard.api import load as _spec  # a spec from an object, a mapping or a YAML file, with --set merged
 from mlyard.teams import endpoint_in_reach
+from mlyard.warm_api import member_api, post
 from schedules.moments import when  # noqa: F401 - the stats' --since/--until, as callers import it here
 from tasks.processes import stop_group
 
@@ -56,8 +57,6 @@ def endpoint_registry(p=None):
 def endpoint_view(endpoint: str) -> dict[str, Any]:
     """The endpoint with its stages, as the caller may see it: the platform's answer for a team member (their
     key: one of another project does not exist), else the catalog's."""
-    from mlyard.warm_api import member_api, post
-
     url = member_api()
     return post(url, "/v1/queries/endpoints_show", {"endpoint": endpoint}) if url else endpoint_registry().get(endpoint)
 
@@ -84,7 +83,7 @@ def create(spec: EndpointSpec | dict | str | Path, *, sets: dict[str, Any] | Non
     from core.settings import Settings
     from tasks.endpoints import check_stage
 
-    if Settings().api_key is None:  # a member's is checked by the platform, as it makes the run (mlyard/submit.py)
+    if Settings().api_key is None:  # a member's is checked by the platform, as it makes the run (mlyard/member_runs.py)
         p = connect_platform()
         check_stage.fn(endpoint_registry(p), p.models, spec.stage, "stage", new_endpoint=spec.name)
     return act(FLOW_DEPLOY_ENDPOINT, "flows.endpoint_deploy:deploy_endpoint", spec, submit)
@@ -97,7 +96,7 @@ def add_stage(endpoint: str, stage: StageSpec | dict | str | Path, *, sets: dict
     from core.settings import Settings
     from tasks.endpoints import check_stage
 
-    if Settings().api_key is None:  # a member's is checked by the platform, as it makes the run (mlyard/submit.py)
+    if Settings().api_key is None:  # a member's is checked by the platform, as it makes the run (mlyard/member_runs.py)
         p = connect_platform()
         check_stage.fn(endpoint_registry(p), p.models, stage_spec, "stage", endpoint=endpoint)
     return act(FLOW_ADD_STAGE, "flows.endpoint_add_stage:add_stage", StageChangeSpec(endpoint=endpoint, stage=stage_spec),
@@ -121,7 +120,7 @@ def delete(endpoint: str, stage: str | None = None, *, submit: bool = False) -> 
     """Delete a stage, or the endpoint (refused while it has stages other than the default)."""
     from core.settings import Settings
 
-    if Settings().api_key is None:  # a member's is checked by the platform, as it makes the run (mlyard/submit.py)
+    if Settings().api_key is None:  # a member's is checked by the platform, as it makes the run (mlyard/member_runs.py)
         endpoint_registry().check_delete(endpoint, stage)
     return act(FLOW_DELETE_ENDPOINT, "flows.endpoint_delete:delete_endpoint", DeletionSpec(endpoint=endpoint, stage=stage),
                 submit)
@@ -151,6 +150,9 @@ def deploy(endpoint: str, sync: str | Path, *, entry_script: str = "score.py", k
     spec = _spec(SyncSpec, {"endpoint": endpoint, "source": where(sync), "entry_script": entry_script, "kind": kind,
                             "model": model, "replicas": replicas, "max_replicas": max_replicas, "public": public,
                             "config": where(config) if config else None}, None)
+    if member_api() is not None:  # a member's folder goes to their project; the platform checks and pushes it
+        from mlyard.endpoint_push import as_member
+        return as_member(spec)
     p = connect_platform()
     check_target.fn(endpoint_registry(p), spec, check_code.fn(spec, modelfolder.load), p.settings.home_dir)  # before any flow run
     return act(FLOW_SYNC_ENDPOINT, "flows.endpoint_sync:sync_endpoint", spec, submit)
@@ -352,8 +354,6 @@ def stats(endpoint: str, *, since: str | float | None = "1h", until: str | float
     """Calls, failures, latency (mean, p50, p95, p99), predictions per class and average confidence, and
     which token or key made how many calls, per stage and model over [since, until]; with `png`, a chart
     there too. A team member reads their projects' endpoints' (through the mlyard API)."""
-    from mlyard.warm_api import member_api, post
-
     if (url := member_api()) is not None:
         result = post(url, "/v1/queries/endpoints_stats", {"endpoint": endpoint, "since": since, "until": until,
                                                             "stage": stage, "model": model})

@@ -189,7 +189,7 @@ def run(spec: PipelineRunSpec | dict | str | Path, *, sets: dict[str, Any] | Non
     follow it to its end. Everything is checked before the run is created."""
     spec = _spec(PipelineRunSpec, spec, sets).resolved(Path.cwd())
     member = member_api() is not None
-    if not member:  # a member's is checked by the platform, which makes it as them (mlyard/submit.py)
+    if not member:  # a member's is checked by the platform, which makes it as them (mlyard/member_runs.py)
         _check(spec)  # connects first: Prefect is imported pointed at the running platform
     from mlyard.submit import final_state, submit
 

@@ -240,7 +240,7 @@ class PrefectDoor:
         """The ids of the deployments a member may run (re-read every 30 s: `mlyard up` may register more)."""
         import time
 
-        from mlyard.submit import member_flows
+        from mlyard.member_runs import member_flows
 
         if time.monotonic() - self._allowed[0] > 30:
             found = await self._post("/api/deployments/filter", {"flows": {"name": {"any_": member_flows()}},

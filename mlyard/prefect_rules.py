@@ -16,7 +16,7 @@ knows it; anything else is denied:
     narrowed    POST the filters, counts, histories and pages of    adds the project's tag to the body's
                 flow runs, task runs and artifacts                  flow-run filter ("all of", joined by "and")
     deployments POST the deployments' filters, counts and pages;    only the deployments a member may run
-                GET one of them, its schedules                      (mlyard/submit.py member_spec)
+                GET one of them, its schedules                      (mlyard/member_runs.py member_spec)
     run         GET a flow run and its graph, states, inputs        when the run is the project's
     task run    GET a task run, its states                          when its flow run is the project's
     artifact    GET an artifact, the latest of a key                when its flow run is the project's

@@ -48,7 +48,7 @@ def canary(endpoint: str, stage: str, *, weight: int | None = None, shadow: int 
     spec = _spec(TrafficSpec, {"endpoint": endpoint, "stage": stage, "weight": weight, "shadow": shadow, "note": note})
     if spec.weight or spec.shadow:
         _candidate(endpoint, stage)
-    if member_api() is None:  # a member's change is checked by the platform and its flow (mlyard/submit.py)
+    if member_api() is None:  # a member's change is checked by the platform and its flow (mlyard/member_runs.py)
         from registry.traffic import Traffic
 
         Traffic(connect_platform().catalog).check_share(endpoint, stage, spec.weight, spec.shadow)  # every rule, first

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from core import errors
 from core.access import current
-from mlyard import submit, teams
+from mlyard import member_runs, teams
 from mlyard.warm_api import answer, platform
 
 
@@ -376,7 +376,7 @@ QUERIES: dict[str, Callable[..., Any]] = {f.__name__: f for f in (
     pipelines_show, pipelines_graph, notebooks_list,
     notebooks_show, notebooks_open, dashboard, logs, images_list, images_show, accounts_list, accounts_show)}
 QUERIES.update(teams.QUERIES)
-QUERIES["run_check"] = submit.run_check
+QUERIES["run_check"] = member_runs.run_check
 
 # What a team member's key may ask (mlyard/service.py): the reads that answer within their projects. The
 # rest still answer every project's things, so they are the platform's and its admins' alone until they do.

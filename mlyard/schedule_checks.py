@@ -1,7 +1,7 @@
 """What a schedule is checked against before it is saved (mlyard/schedules.py): its trigger fires, the
 deployment takes its parameters and they make a valid spec of that action; its local inputs named as the
 runs will read them (made absolute, or uploaded for a Kubernetes pool's deployment or a team member's
-schedule); and a team member's, what their project allows, as a run they start would be (mlyard/submit.py).
+schedule); and a team member's, what their project allows, as a run they start would be (mlyard/member_runs.py).
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def localized(spec: ScheduleSpec, base: Path, upload: bool = False,
 
 
 def member_may_schedule(spec: ScheduleSpec, project: str) -> None:
-    """A team member schedules the runs they may start (mlyard/submit.py `member_flows`) with an mlyard spec:
+    """A team member schedules the runs they may start (mlyard/member_runs.py `member_flows`) with an mlyard spec:
     trainings, tunings, batch inferences and evaluations; anything else is an admin's."""
     from core.access import current
     from core.errors import Forbidden
@@ -120,10 +120,10 @@ def member_may_schedule(spec: ScheduleSpec, project: str) -> None:
 
 
 def for_member(spec: ScheduleSpec, project: str) -> dict[str, Any]:
-    """A team member's schedule's parameters, checked as the run they would start now is (mlyard/submit.py
+    """A team member's schedule's parameters, checked as the run they would start now is (mlyard/member_runs.py
     `member_parameters`: their project's storage, quota, models, templates and experiments), with an
     experiment left at its kind's default made the project's own."""
-    from mlyard.submit import member_parameters
+    from mlyard.member_runs import member_parameters
     from schedules.planning import render
 
     member_may_schedule(spec, project)

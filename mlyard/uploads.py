@@ -16,6 +16,7 @@ from typing import Any, Callable
 from core.errors import SpecError
 from core.settings import Settings
 from core.specs import BatchInferenceSpec, EvaluationSpec, TrainingSpec, TuningSpec, is_mlflow_uri, is_registry_ref
+from core.specs.endpoint import SyncSpec
 from core.specs.pipeline import PipelineRunSpec
 from core.specs.rag import RagSpec
 from core.uris import parse_uri
@@ -56,6 +57,9 @@ def map_locations(spec: Any, inputs: Callable[[str, str], str], outputs: Callabl
         if not (is_registry_ref(spec.model) or is_mlflow_uri(spec.model)):  # a model folder here
             updates["model"] = inputs("model", spec.model)
         return spec.model_copy(update=updates)
+    if isinstance(spec, SyncSpec):  # the folder pushed to an endpoint; where its URL is written
+        outputs("config", spec.config)
+        return spec.model_copy(update={"source": inputs("source", spec.source)})
     if isinstance(spec, PipelineRunSpec) and spec.nas_uri:  # a share its steps read
         return spec.model_copy(update={"nas_uri": inputs("nas_uri", spec.nas_uri)})
     if isinstance(spec, RagSpec):  # its documents, and the folders of its embedding model and its LLM

@@ -34,6 +34,7 @@ from core.settings import Settings
 from core.specs.endpoint import StageSpec, SyncSpec, body_limit_args
 from registry.endpoints import Endpoints, Version
 from tasks import replicas as files
+from tasks.inference_config import CONFIG
 
 LOCAL = "local"
 MAX_LOCAL_REPLICAS = 8  # the cap on one machine's replicas per stage (AI Toolkit's maximumInstanceCount)
@@ -212,7 +213,6 @@ def supervisor_running(home: Path) -> bool:
 # -- Code endpoints (AI Toolkit's deploy for inference) ------------------------------------------------
 
 SKIPPED = (".git", "__pycache__", "*.pyc", ".venv", ".ipynb_checkpoints")  # never pushed
-CONFIG = Path("infra") / "inference.config.json"
 PARAMETERS = Path("infra") / "provision" / "inference.parameters.json"
 
 
@@ -307,7 +307,7 @@ def check_target(endpoints: Endpoints, spec: SyncSpec, code: CodeSource, home: P
 
 
 @task(name="register-code", cache_policy=NO_CACHE)
-def register_code(models: Any, name: str, code: CodeSource) -> Version:
+def register_code(models: Any, name: str, code: CodeSource, project: str = "default") -> Version:
     """The folder as a new version of model `name` (its files copied into the registry, without
     SKIPPED and the config file that names the endpoint)."""
     import shutil
@@ -320,19 +320,5 @@ def register_code(models: Any, name: str, code: CodeSource) -> Version:
         params = {files.CODE_KIND: code.kind, **({"entry_script": code.entry_script} if code.kind == "entry-script"
                                                 else {})}
         info = models.create_from_directory(name, snapshot, str(code.folder), parameters=params, framework=code.kind,
-                                            description=f"pushed from {code.folder}")
+                                            description=f"pushed from {code.folder}", project=project)
     return info.name, str(info.version)
-
-
-def write_config(path: Path, endpoint: str, base_url: str, model: str, version: str, kind: str) -> dict[str, str]:
-    """The endpoint's URL in AI Toolkit's inference.config.json (its other keys are kept)."""
-    data = json.loads(path.read_text()) if path.is_file() else {}  # (check_code found it readable)
-    app = f"{base_url}/{endpoint}/{model}"
-    data.update({"ACA_APP_NAME": endpoint, "ACA_APP_ENDPOINT": app,
-                 "MLYARD_SCORE_URL": app + ("/score" if kind == "entry-script" else ""),
-                 "MLYARD_MODEL_VERSION": f"{model}/{version}"})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
-    return data

@@ -670,3 +670,41 @@ def test_a_projects_pipelines_and_rags_are_its_own(team, stack, settings):
     assert {("alice", "pipeline.upload", "ok", "team-a"), ("alice", "rag.create", "ok", "team-a"),
             ("alice", "rag.sync", "ok", "team-a"), ("bob", "rag.create", "refused", "team-b"),
             ("carol", "rag.sync", "refused", "team-a")} <= seen, seen
+
+
+def test_a_members_push_of_a_folder_is_their_projects_endpoint(team, stack, settings):
+    """bob pushes a folder of his (an entry script and what it loads) as a new endpoint of team-b: it is
+    uploaded to his project, checked and deployed by the platform as him, and the URL lands in his own
+    inference.config.json; alice can neither push to it nor take its name or its model."""
+    alice, bob = team["alice"], team["bob"]
+    for member in (alice, bob):
+        app = member.work / "app"
+        app.mkdir()
+        (app / "score.py").write_text("import json\n\ndef init():\n    pass\n\ndef run(raw):\n"
+                                      "    return {'sum': sum(json.loads(raw)['data'])}\n")
+    queued = bob.json("endpoints", "deploy", "b-push", "--sync", "app")
+    config = json.loads((bob.work / "app" / "infra" / "inference.config.json").read_text())
+    assert config["ACA_APP_NAME"] == "b-push" and config["MLYARD_SCORE_URL"].endswith("/b-push/b-push/score"), config
+    assert queued["config"]["path"] == str(bob.work / "app" / "infra" / "inference.config.json")
+    deadline, status = time.monotonic() + 240, ""
+    while status != "ACTIVE":
+        assert time.monotonic() < deadline and "FAIL" not in status, status
+        time.sleep(1)
+        shown = bob("endpoints", "show", "b-push", "--json")
+        status = json.loads(shown.stdout)["status"] if shown.returncode == 0 else ""
+    view = bob.json("endpoints", "show", "b-push")
+    assert view["project"] == "team-b" and view["stages"][0]["resources"][0]["model"] == "b-push/1", view
+    assert "b-push" in [m["name"] for m in bob.json("models", "list")]  # his project's model
+    assert "b-push" not in [m["name"] for m in alice.json("models", "list")]
+    req = urllib.request.Request(config["MLYARD_SCORE_URL"], data=json.dumps({"data": [1, 2, 3]}).encode(),
+                                 headers={"Authorization": f"Bearer {bob.key}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert json.loads(resp.read())["sum"] == 6
+    _refused(alice("endpoints", "deploy", "b-push", "--sync", "app"), "endpoint 'b-push' already exists")
+    _refused(alice("endpoints", "deploy", "a-push", "--sync", "app", "--model", "b-push"), "model 'b-push' not found")
+    # a push names a folder of the project's storage alone (sent as is: his CLI uploads what he can read)
+    status, answer = _post(stack.service_url, "/v1/runs", {"deployment": "sync-endpoint-code/local", "tags": [],
+                           "job_variables": {}, "parameters": {"spec": {"endpoint": "b-other",
+                                                                        "source": str(EXAMPLES / "sklearn_digits")}}},
+                           bob.key)
+    assert status == 400 and "source" in answer["error"]["message"], answer
