@@ -45,6 +45,24 @@ def prune() -> int:
     return int(store().prune(Settings().log_retention_days))
 
 
+def keep_indexed(every_seconds: float = 2.0, prune_every_seconds: float = 3600.0) -> None:
+    """Keep the index caught up, so that a query finds little left to index, and delete the records past
+    their retention once an hour: the mlyard API's thread, for ever."""
+    import logging
+
+    pruned = 0.0
+    while True:
+        try:
+            if time.monotonic() - pruned > prune_every_seconds:
+                pruned = time.monotonic()
+                if n := prune():
+                    logging.getLogger("mlyard.service").info("deleted %d log records past their retention", n)
+            catch_up()
+        except Exception:  # noqa: BLE001 - the next pass tries again; a query catches up itself
+            logging.getLogger("mlyard.service").exception("indexing the log records")
+        time.sleep(every_seconds)
+
+
 def query(*, category: str | None = None, training: str | None = None, tuning: str | None = None,
           batch: str | None = None, evaluation: str | None = None, endpoint: str | None = None,
           stage: str | None = None, inference: str | None = None, run: str | None = None,

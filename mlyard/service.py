@@ -20,7 +20,8 @@ and templates (mlyard/commands.py), as the command would write them here.
     GET  /metrics             Prometheus text: requests by route and status, their seconds, the process
     GET  /docs                the OpenAPI page
 
-Every route but /health needs a credential on its headers, checked before the body is read (SignedIn):
+Every route but /health needs a credential on its headers, checked before the body is read (SignedIn;
+a JSON body then says its length, at most MAX_BODY_BYTES):
 the platform's internal one (`Authorization: Bearer ...`, from stack.json, mode 0600), which acts as the
 stack's owner, an admin; or a team member's API key (`Bearer mly_...`, mlyard/teams.py), which acts as
 that user within their projects (`X-Mlyard-Project` chooses one). Anyone else gets 401.
@@ -130,6 +131,7 @@ class SignedIn:
             if not actor.admin and not _member_route(scope):
                 raise Forbidden(actor.name, None, f"{scope['method']} {scope['path']} (not yet open to project "
                                 "members' keys)", "admin", None)
+            _bounded(scope)
         except MlyardError as exc:
             return await _refuse(send, exc)
         token = acting_as(actor)
@@ -170,6 +172,20 @@ def _member_route(scope: dict) -> bool:
     return False
 
 
+def _bounded(scope: dict) -> None:
+    """A query's, a command's or a run's JSON body says its length, at most MAX_BODY_BYTES (an upload has
+    its own bound): refused on the headers, before a byte of it is read."""
+    from core.errors import BodyTooLarge, HttpError
+
+    if scope["method"] != "POST":
+        return
+    declared = dict(scope["headers"]).get(b"content-length", b"")
+    if not declared.isdigit():
+        raise HttpError(411, "a request body says its length (Content-Length)")
+    if int(declared) > MAX_BODY_BYTES:
+        raise BodyTooLarge(MAX_BODY_BYTES)
+
+
 async def _refuse(send: Any, exc: Any) -> None:
     body = json.dumps(error_body(exc)).encode()
     await send({"type": "http.response.start", "status": exc.http_status, "headers": [
@@ -179,6 +195,7 @@ async def _refuse(send: Any, exc: Any) -> None:
 
 PAGES = ("/dashboard", "/docs", "/openapi.json")
 MAX_UPLOAD_BYTES = 4 << 30  # a member's folder uploaded to their project (PUT /v1/uploads)
+MAX_BODY_BYTES = 32 << 20  # a query's, command's or run's JSON (a pipeline's YAML, the largest, is 10 MiB at most)
 UPLOADS_AT_ONCE = 4  # a user's uploads being received at once: more wait their turn (429), others are not held up
 COOKIE = b"mlyard_page_key"
 
@@ -335,24 +352,6 @@ def _restart_on_change(files: list[str], fingerprint: str, every_seconds: float 
             os.execv(sys.executable, [sys.executable, "-m", "mlyard.service", *sys.argv[1:]])
 
 
-def _index_logs(every_seconds: float = 2.0, prune_every_seconds: float = 3600.0) -> None:
-    """Keep the logs' index caught up, so that a query finds little left to index, and delete the
-    records past their retention once an hour (mlyard/logs.py)."""
-    from mlyard import logs
-
-    pruned = 0.0
-    while True:
-        try:
-            if time.monotonic() - pruned > prune_every_seconds:
-                pruned = time.monotonic()
-                if n := logs.prune():
-                    log.info("deleted %d log records past their retention", n)
-            logs.catch_up()
-        except Exception:  # noqa: BLE001 - the next pass tries again; a query catches up itself
-            log.exception("indexing the log records")
-        time.sleep(every_seconds)
-
-
 def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
@@ -378,7 +377,9 @@ def main(argv: list[str] | None = None) -> None:
     from mlyard.warm_api import platform
 
     crashes.follow(platform().tracking, platform().settings.catalog_db_url)  # a crashed flow run's MLflow runs end FAILED, not RUNNING for ever
-    threading.Thread(target=_index_logs, name="mlyard-logs-index", daemon=True).start()
+    from mlyard import logs
+
+    threading.Thread(target=logs.keep_indexed, name="mlyard-logs-index", daemon=True).start()
     from core.connection import internal_token
     from mlyard import prefect_door
 

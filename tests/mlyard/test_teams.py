@@ -232,6 +232,12 @@ def test_a_revoked_key_stops_at_once_and_a_bad_one_is_refused_before_the_body(te
                   b"\r\nContent-Type: application/json\r\nContent-Length: 10000000000\r\n\r\n")
         answer = s.recv(4096)
     assert answer.startswith(b"HTTP/1.1 401")
+    # a member's: its length is refused on the headers too (413), and a body that does not say it (411)
+    for length, code in ((b"Content-Length: 10000000000", b"413"), (b"Transfer-Encoding: chunked", b"411")):
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(b"POST /v1/queries/whoami HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + team["bob"].key.encode()
+                      + b"\r\nContent-Type: application/json\r\n" + length + b"\r\n\r\n")
+            assert s.recv(4096).startswith(b"HTTP/1.1 " + code)
 
     # an upload is unpacked inside the project's prefix or not at all: no `..`, no link out of it
     import io
