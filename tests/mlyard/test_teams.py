@@ -306,6 +306,16 @@ def test_a_revoked_key_stops_at_once_and_a_bad_one_is_refused_before_the_body(te
     assert not saved.exists()
 
 
+def _until_active(member: Member, endpoint: str) -> None:
+    """Until the member's queued endpoint is ACTIVE (its run records it, then deploys it)."""
+    deadline, status = time.monotonic() + 240, ""
+    while status != "ACTIVE":
+        assert time.monotonic() < deadline and "FAIL" not in status, status
+        time.sleep(1)
+        shown = member("endpoints", "show", endpoint, "--json")
+        status = json.loads(shown.stdout)["status"] if shown.returncode == 0 else ""
+
+
 def _post(url: str, path: str, body: dict, key: str) -> tuple[int, dict]:
     req = urllib.request.Request(f"{url}{path}", data=json.dumps(body).encode(), method="POST",
                                  headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
@@ -392,12 +402,7 @@ def test_a_members_endpoint_is_their_projects_its_tokens_and_their_keys_open_it(
     (alice.work / "ep.yaml").write_text("name: a-ep\nstage:\n  resources:\n    - model: b-model@champion\n")
     _refused(alice("endpoints", "create", "-f", "ep.yaml"), "model 'b-model' not found")
     bob.json("endpoints", "create", "-f", "ep.yaml")  # queued: its run records it, then deploys it
-    deadline, status = time.monotonic() + 240, ""
-    while status != "ACTIVE":
-        assert time.monotonic() < deadline and "FAIL" not in status, status
-        time.sleep(1)
-        shown = bob("endpoints", "show", "b-ep", "--json")
-        status = json.loads(shown.stdout)["status"] if shown.returncode == 0 else ""
+    _until_active(bob, "b-ep")
     assert [e["name"] for e in bob.json("endpoints", "list")] == ["b-ep"] and alice.json("endpoints", "list") == []
     token = bob.json("endpoints", "tokens", "issue", "b-ep", "--days", "1")["token"]
     for args in (("endpoints", "show", "b-ep"), ("endpoints", "tokens", "list", "b-ep"),
@@ -692,12 +697,7 @@ def test_a_members_push_of_a_folder_is_their_projects_endpoint(team, stack, sett
     config = json.loads((bob.work / "app" / "infra" / "inference.config.json").read_text())
     assert config["ACA_APP_NAME"] == "b-push" and config["MLYARD_SCORE_URL"].endswith("/b-push/b-push/score"), config
     assert queued["config"]["path"] == str(bob.work / "app" / "infra" / "inference.config.json")
-    deadline, status = time.monotonic() + 240, ""
-    while status != "ACTIVE":
-        assert time.monotonic() < deadline and "FAIL" not in status, status
-        time.sleep(1)
-        shown = bob("endpoints", "show", "b-push", "--json")
-        status = json.loads(shown.stdout)["status"] if shown.returncode == 0 else ""
+    _until_active(bob, "b-push")
     view = bob.json("endpoints", "show", "b-push")
     assert view["project"] == "team-b" and view["stages"][0]["resources"][0]["model"] == "b-push/1", view
     assert "b-push" in [m["name"] for m in bob.json("models", "list")]  # his project's model
