@@ -119,7 +119,10 @@ class DoorPages:
                     break
                 data = message.get("text") if message.get("text") is not None else message.get("bytes")
                 if data is not None:
-                    await upstream.send(data)
+                    try:
+                        await upstream.send(data)
+                    except websockets.ConnectionClosed:  # Jupyter closed it while the browser still sent
+                        break
             done.cancel()
 
         async def jupyter_to_browser(done: Any) -> None:
