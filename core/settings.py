@@ -69,9 +69,11 @@ class Settings(BaseSettings):
                                      "`mlyard up` starts. Unset: the Prefect port + 2 (4202).")
     door_port: int | None = Field(default=None, ge=1, le=65535, description="Port of the front door to the Prefect UI "
                                   "for project members (mlyard/prefect_door.py). Unset: the Prefect port + 3 (4203).")
+    door_public_url: str | None = Field(default=None, pattern=r"^https?://", description="The front door as people reach "
+        "it (a cluster's ingress): the links members are given. Unset: http://127.0.0.1:<door port>.")
     door_trusted_proxy: bool = Field(default=False, description="The front door sits behind oauth2-proxy in its pod "
-        "(infra/k8s/components/sign-in): it listens on 127.0.0.1 alone and takes the signed-in user and groups from the "
-        "proxy's X-Forwarded-Preferred-Username (or -User) and X-Forwarded-Groups. Off: those headers are ignored.")
+        "(infra/k8s/components/sign-in), on 127.0.0.1, and takes the user and groups from the proxy's X-Forwarded-"
+        "Preferred-Username (or -User) and X-Forwarded-Groups. Off: those headers are ignored.")
     image: str = Field(
         default=DEFAULT_IMAGE,
         description="The mlyard image that Kubernetes pools and endpoint Deployments run (infra/docker/mlyard.Dockerfile, target platform), "
@@ -246,7 +248,7 @@ class Settings(BaseSettings):
 
     @property
     def door_url(self) -> str:
-        return f"http://127.0.0.1:{self.door_port or self.prefect_port + 3}"
+        return (self.door_public_url or "").rstrip("/") or f"http://127.0.0.1:{self.door_port or self.prefect_port + 3}"
 
     @property
     def registry_secrets_on_cluster(self) -> bool:
@@ -254,8 +256,7 @@ class Settings(BaseSettings):
 
     @property
     def secrets_path(self) -> Path:
-        """Registry accounts' Secrets on one machine: one private file each."""
-        return self.home_dir / "secrets"
+        return self.home_dir / "secrets"  # registry accounts' Secrets on one machine: one private file each
 
     @property
     def pipeline_runs_dir(self) -> Path:

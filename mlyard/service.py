@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> None:
     from mlyard import prefect_door
 
     settings = Settings()
-    door = int(settings.door_url.rsplit(":", 1)[1])  # the front door to the Prefect UI, a listener of its own
+    door = settings.door_port or settings.prefect_port + 3  # the front door to the Prefect UI, a listener of its own
     threading.Thread(target=prefect_door.serve, args=(args.host, door, internal_token(settings)),
                      name="mlyard-prefect-door", daemon=True).start()
     files = loaded_project_files()  # the door's modules among them

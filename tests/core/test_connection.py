@@ -30,3 +30,13 @@ def test_prefect_settings_are_made_again_only_when_the_environment_changed(monke
         monkeypatch.setenv("PREFECT_LOGGING_LEVEL", before)
     connection.reread_prefect_settings()
     assert len(made) == 3 and get_current_settings().logging.level == level
+
+
+def test_the_doors_links_point_where_people_reach_it():
+    """A cluster's door is reached at its ingress: the links members are given say so (a notebook's URL);
+    unset, the door of this machine's stack, whose port the API listens on either way."""
+    from core.settings import Settings
+
+    assert Settings(prefect_port=4200, door_port=None, door_public_url=None).door_url == "http://127.0.0.1:4203"
+    public = Settings(prefect_port=4200, door_port=8081, door_public_url="https://mlyard.example/")
+    assert public.door_url == "https://mlyard.example" and public.door_port == 8081
