@@ -15,7 +15,7 @@ same way, from the door's own pages only. A notebook of a project the caller has
 of another member of their project 403. So a member opens their JupyterLab by signing in once, as on a
 managed console, and needs no token; on a cluster the notebook's pod admits the door alone (its
 NetworkPolicy). Bounds: a request's body streams through up to MAX_UPLOAD_BYTES (a notebook saved whole), a
-websocket message up to MAX_MESSAGE_BYTES.
+websocket message up to MAX_MESSAGE_BYTES, a person's websockets at once to SOCKETS_PER_PERSON.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ PREFIX = "/notebooks/"
 DASHBOARD = "/mlyard/dashboard"  # not /dashboard: the Prefect UI's own page is there
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+SOCKETS_PER_PERSON = 16  # a person's websockets at once (their tabs' kernels and terminals): the door's
+                         # connections are everyone's, so one person's many tabs cannot take them all
 REMEMBER_SECONDS = 5.0  # a page loads dozens of files: who may open which notebook is read again after this
 
 
@@ -43,6 +45,7 @@ class DoorPages:
                                         limits=httpx.Limits(max_connections=64))
         self.not_upstream, self.hop = not_upstream, hop
         self._known: dict[tuple[str, str], tuple[float, str, str]] = {}
+        self._sockets: dict[str, int] = {}  # each person's websockets open now (one event loop: no lock)
 
     async def target(self, path: str, actor: Any) -> tuple[str, str]:
         """(where the notebook's JupyterLab listens, its token) when `actor` may open it; else the refusal."""
@@ -83,10 +86,8 @@ class DoorPages:
         await door.relay(send, await self.client.send(request, stream=True), self.hop)
 
     async def websocket(self, scope: dict, receive: Any, send: Any, actor: Any) -> None:
-        """A websocket of the notebook's JupyterLab, relayed both ways until either side closes."""
-        import anyio
-        import websockets
-
+        """A websocket of the notebook's JupyterLab, relayed both ways until either side closes (at most
+        SOCKETS_PER_PERSON of a person's at once: the next is closed with 1013, try again later)."""
         if (await receive())["type"] != "websocket.connect":
             return
         headers = dict(scope["headers"])
@@ -97,9 +98,21 @@ class DoorPages:
             if origin is None or origin.split(b"://", 1)[-1] != host:  # a page elsewhere cannot use your session
                 raise HttpError(403, "a notebook's websocket opens from its own pages")
             where, token = await self.target(scope["path"], actor)
+            if self._sockets.get(actor.name, 0) >= SOCKETS_PER_PERSON:
+                raise HttpError(429, f"{actor.name} has {SOCKETS_PER_PERSON} notebook websockets open")
         except HttpError as exc:
             log.info("notebook websocket %s refused: %s", scope["path"], exc)
-            return await send({"type": "websocket.close", "code": 1008})
+            return await send({"type": "websocket.close", "code": 1013 if exc.http_status == 429 else 1008})
+        self._sockets[actor.name] = self._sockets.get(actor.name, 0) + 1
+        try:
+            await self._relay(scope, receive, send, where, token, headers)
+        finally:
+            self._sockets[actor.name] -= 1
+
+    async def _relay(self, scope: dict, receive: Any, send: Any, where: str, token: str, headers: dict) -> None:
+        import anyio
+        import websockets
+
         url = "ws" + where[len("http"):] + scope["path"] + (
             "?" + scope["query_string"].decode("latin-1") if scope["query_string"] else "")
         offered = [p.strip() for p in headers.get(b"sec-websocket-protocol", b"").decode("latin-1").split(",") if p.strip()]
