@@ -48,6 +48,7 @@ from serving.endpoint_stats import EndpointStats
 from serving.fastserver import Refusal
 from serving.gateway_admin import admin
 from serving.gateway_rag import RAG_ROUTES, rag
+from serving.gateway_rag import admit as admit_rag
 from serving.gateway_relay import Taken, relay
 from serving.gateway_shadow import mirror
 from serving.gateway_state import Shared, Tracked
@@ -224,8 +225,8 @@ class Gateway:
                 return 64 * 1024
             return 401, error_body("the gateway's management routes need the platform's internal credential"), \
                 [(b"www-authenticate", b"Bearer")]
-        if path in RAG_ROUTES:  # the RAG is named in the body: its token is checked once the body is read
-            return self.shared.max_body
+        if path in RAG_ROUTES:  # the RAG is named in the body: its own token is checked once the body is read
+            return admit_rag(self.shared, headers)
         try:
             route = self._route(path)
         except NoRoute as exc:

@@ -10,6 +10,7 @@ import orjson
 
 from serving import asgi
 from serving.access import openai_error
+from serving.fastserver import Refusal
 from serving.gateway_state import Shared
 from serving.routing import Route
 
@@ -24,6 +25,7 @@ async def rag(gw: Shared, serve: Callable[..., Awaitable[Any]], scope: dict, rec
     bearer token."""
     if scope["method"] != "POST":
         return await asgi.reply(send, 405, openai_error(f"{path} takes POST", 405))
+    scope = {**scope, "headers": with_bearer(list(scope["headers"]))}
     try:
         body = await asgi.read_body(receive, gw.max_body)
         model = orjson.loads(body).get("model")
@@ -38,9 +40,28 @@ async def rag(gw: Shared, serve: Callable[..., Awaitable[Any]], scope: dict, rec
     name = f"rag:{model}"
     if name not in gw.endpoints:
         return await asgi.reply(send, 404, openai_error(f"no RAG {model!r}; see `mlyard rags list`", 404))
-    headers = list(scope["headers"])
-    key = next((v for k, v in headers if k == b"x-nhn-apikey"), None)
-    if key is not None and not any(k == b"authorization" for k, _ in headers):
-        scope = {**scope, "headers": [*headers, (b"authorization", b"Bearer " + key)]}
     route = Route(name, None, "rag", RAG_ROUTES[path])
     return await serve(scope, receive, send, path, route, body)
+
+
+def with_bearer(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The seed's `x-nhn-apikey` header taken as a bearer token, when no Authorization is sent."""
+    key = next((v for k, v in headers if k == b"x-nhn-apikey"), None)
+    if key is not None and not any(k == b"authorization" for k, _ in headers):
+        return [*headers, (b"authorization", b"Bearer " + key)]
+    return headers
+
+
+def admit(gw: Shared, headers: list[tuple[bytes, bytes]]) -> Refusal | int:
+    """A RAG route's request on its head alone (the gateway's `admit`): 401 when no RAG would take this caller,
+    so that no body is read before a credential is checked (which RAG is asked is known from the body, and
+    its own check follows there); else the body limit. A public RAG, or none at all, takes anyone here."""
+    from serving.access import token_problem
+
+    rags = [ep for name, ep in gw.endpoints.items() if name.startswith("rag:")]
+    if not rags or any(ep["public"] for ep in rags):
+        return gw.max_body
+    problems = [token_problem(gw.internal, ep, {"headers": with_bearer(headers)}, gw.members) for ep in rags]
+    if None in problems:
+        return gw.max_body
+    return 401, openai_error(str(problems[0]), 401), [(b"www-authenticate", b"Bearer")]

@@ -91,3 +91,24 @@ def test_over_a_projects_rate_limits_the_answer_is_429_with_retry_after(gateway)
     time.sleep(1.1)
     assert [_call(gateway.port, None)[0] for _ in range(5)] == [401] * 5
     assert _call(gateway.port, keys["alice"])[0] == 503
+
+
+def test_a_projects_rag_takes_its_members_keys_and_reads_no_body_before_a_credential(gateway):
+    """The RAG routes name the RAG in the body: a caller whom no RAG would take is answered 401 on the
+    headers, so a body it claims is never waited for; a member of the RAG's project passes."""
+    keys = gateway.keys
+    gateway.gw.shared.endpoints["rag:handbook"] = {"public": False, "project": "team-a", "default": "query",
+                                                   "max_request_bytes": None, "tokens": {},
+                                                   "stages": {"query": {"status": "STOPPED"}}}
+
+    def ask(auth: str | None, length: int | None = None) -> int:
+        body = b'{"model": "handbook", "query": "backups"}'
+        head = f"POST /rag/v1/search HTTP/1.1\r\nHost: x\r\nContent-Length: {length or len(body)}\r\n"
+        head += f"Authorization: Bearer {auth}\r\n" if auth else ""
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as s:
+            s.sendall(head.encode() + b"Connection: close\r\n\r\n" + (b"" if length else body))
+            return int(s.recv(65536).split(b" ", 2)[1])
+
+    assert ask(None, length=500_000) == 401 and ask(keys["bob"], length=500_000) == 401  # its body not waited for
+    assert ask(keys["alice"]) == 503 and ask(keys["root"]) == 503  # past the check: the query service is away
+    assert ask(keys["bob"]) == 401
