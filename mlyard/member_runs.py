@@ -126,30 +126,8 @@ def endpoint_of_member(spec: Any, project: str) -> None:
             model_of_project(resource.model, project)
     elif isinstance(spec, (PromotionSpec, TrafficSpec, RolloutSpec, PromotionControlSpec)):  # traffic, promotions
         endpoint_in_reach(spec.endpoint, "editor", "changing an endpoint's stages or traffic")
-    elif isinstance(spec, SyncSpec):  # a push to their project's endpoint, or a new one; their project's model
-        from core.errors import EndpointNotFound
-        from mlyard.teams import endpoint_in_reach
-
-        try:
-            endpoint_in_reach(spec.endpoint, "editor", "pushing code to an endpoint")
-        except EndpointNotFound:  # a new endpoint, theirs; unless the name is another project's
-            from core.connection import connect
-            from core.errors import AlreadyExists
-            from mlyard.teams import catalog
-            from registry.endpoints import Endpoints
-
-            if spec.endpoint in {e["name"] for e in Endpoints(catalog(connect().catalog_db_url)).all()}:
-                raise AlreadyExists("endpoint", spec.endpoint) from None
-        from core.errors import ModelNotFound
-        from mlyard.warm_api import platform
-
-        name = spec.model or spec.endpoint
-        try:
-            owner = platform().models.project_of(name)
-        except ModelNotFound:
-            owner = project  # a model the push makes: theirs
-        if owner != project:  # another project's model does not exist for this push
-            raise ModelNotFound(name)
+    elif isinstance(spec, SyncSpec):
+        push_of_member(spec, project)
     elif isinstance(spec, DeletionSpec):
         from core.connection import connect
         from mlyard.teams import catalog
@@ -157,6 +135,30 @@ def endpoint_of_member(spec: Any, project: str) -> None:
 
         endpoint_in_reach(spec.endpoint, "owner", "deleting an endpoint or a stage")
         Endpoints(catalog(connect().catalog_db_url)).check_delete(spec.endpoint, spec.stage)  # the seeds' rules
+
+
+def push_of_member(spec: Any, project: str) -> None:
+    """A member's push goes to an endpoint of their project (an editor's) or a new one, as a version of their
+    project's model or a new one: another project's endpoint name is taken ("already exists"), another
+    project's model does not exist for it."""
+    from core.connection import connect
+    from core.errors import AlreadyExists, EndpointNotFound, ModelNotFound
+    from mlyard.teams import catalog, endpoint_in_reach
+    from mlyard.warm_api import platform
+    from registry.endpoints import Endpoints
+
+    try:
+        endpoint_in_reach(spec.endpoint, "editor", "pushing code to an endpoint")
+    except EndpointNotFound:
+        if spec.endpoint in {e["name"] for e in Endpoints(catalog(connect().catalog_db_url)).all()}:
+            raise AlreadyExists("endpoint", spec.endpoint) from None
+    name = spec.model or spec.endpoint
+    try:
+        owner = platform().models.project_of(name)
+    except ModelNotFound:
+        owner = project  # a model the push makes: theirs
+    if owner != project:
+        raise ModelNotFound(name)
 
 
 def pipeline_of_project(spec: Any, project: str, settings: Any) -> None:
