@@ -11,8 +11,9 @@ model directory. transformers de-quantizes a GGUF file on every load (about 30 s
 load keeps the result as safetensors in a cache directory and later loads take that (a few seconds).
 
 Errors have OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, so the `openai` package
-raises its own exceptions. One generation runs at a time (the CPU has no room for two); others wait
-their turn. A client that disconnects stops its generation. Needs the `llm` extra and torch.
+raises its own exceptions. Greedy answers (temperature 0) are batched continuously (serving/continuous.py):
+a request joins the running batch at the next token. A sampled answer runs alone (`generate`), one at a
+time. A client that disconnects stops its generation. Needs the `llm` extra and torch.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def _save(model, tokenizer, dest: Path) -> None:
 class ChatModel:
     """A causal language model and its tokenizer, loaded once."""
 
-    def __init__(self, model: str, name: str | None = None):
+    def __init__(self, model: str, name: str | None = None, max_sequences: int = 8):
         folder, gguf = locate(model)
         for missing in ("transformers", "torch", "gguf"):
             if importlib.util.find_spec(missing) is None:
@@ -119,6 +120,17 @@ class ChatModel:
         self.name = name or (SMOLLM2 if model == SMOLLM2 else Path(model).stem if gguf else folder.name)
         self.context = int(getattr(self.model.config, "max_position_embeddings", 2048))
         self._lock = threading.Lock()
+        self.max_sequences = max_sequences  # greedy answers batched continuously, this many at once (0: none)
+        self._batcher: Any = None
+
+    def batcher(self) -> Any:
+        """The continuous batch of greedy answers (serving/continuous.py), started on first use; None when
+        `max_sequences` is 0 or the model cannot batch continuously."""
+        if self._batcher is None and self.max_sequences and hasattr(self.model, "init_continuous_batching"):
+            from serving.continuous import Batcher
+
+            self._batcher = Batcher(self, self.max_sequences)
+        return self._batcher
 
     def prompt_ids(self, messages: list[dict[str, str]] | None, prompt: str | None):
         if messages is not None:
@@ -174,11 +186,11 @@ class ChatModel:
             finish = None
             for piece in streamer:
                 text += piece
-                cut = _first_stop(text, stop)
+                cut = first_stop(text, stop)
                 if cut is not None:
                     text, finish = text[:cut], "stop"
                     halt.set()
-                hold = _partial_stop(text, stop) if finish is None else 0
+                hold = partial_stop(text, stop) if finish is None else 0
                 if len(text) - hold > sent:
                     yield text[sent:len(text) - hold], None, 0
                     sent = len(text) - hold
@@ -197,12 +209,12 @@ class ChatModel:
             yield "", finish, produced[0] if produced else 0
 
 
-def _first_stop(text: str, stops: list[str]) -> int | None:
+def first_stop(text: str, stops: list[str]) -> int | None:
     found = [text.find(s) for s in stops if s and s in text]
     return min(found) if found else None
 
 
-def _partial_stop(text: str, stops: list[str]) -> int:
+def partial_stop(text: str, stops: list[str]) -> int:
     """How many trailing characters could be the start of a stop sequence (held back from streaming)."""
     hold = 0
     for s in stops:

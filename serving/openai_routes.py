@@ -6,6 +6,7 @@ field by field, generation on a thread, OpenAI's response and error shapes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 import uuid
@@ -101,21 +102,27 @@ class OpenAIRoutes:
             raise BadChat(f"the prompt ({prompt_tokens} tokens) and max_tokens ({max_tokens}) exceed the model's "
                           f"context of {self.chat.context} tokens", "max_tokens")
         cancel = threading.Event()
-        pieces = _in_thread(lambda: self.chat.generate(inputs, max_tokens, temperature, top_p, stop, seed, cancel))
+        batcher = self.chat.batcher() if temperature == 0 else None
+        if batcher is not None:  # joins the running batch at its next token (serving/continuous.py)
+            pieces = batcher.generate(inputs["input_ids"][0].tolist(), max_tokens, stop, cancel)
+        else:
+            pieces = _in_thread(lambda: self.chat.generate(inputs, max_tokens, temperature, top_p, stop, seed, cancel))
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
         if stream:
             watch = asyncio.ensure_future(_disconnected(receive, cancel))
             try:
-                return await self._stream(send, pieces, rid, created, chat, prompt_tokens,
-                                          bool(isinstance(options, dict) and options.get("include_usage")))
+                async with contextlib.aclosing(pieces):  # type: ignore[type-var]  # left early: its generation ends
+                    return await self._stream(send, pieces, rid, created, chat, prompt_tokens,
+                                              bool(isinstance(options, dict) and options.get("include_usage")))
             finally:
                 cancel.set()  # the client left, or the stream ended: the generation stops either way
                 watch.cancel()
         text, finish, completion = "", None, 0
-        async for piece, done, tokens in pieces:
-            text += piece
-            finish, completion = done or finish, tokens or completion
+        async with contextlib.aclosing(pieces):  # type: ignore[type-var]  # left early: its generation ends
+            async for piece, done, tokens in pieces:
+                text += piece
+                finish, completion = done or finish, tokens or completion
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
                  "total_tokens": prompt_tokens + completion}
         if chat:

@@ -56,6 +56,9 @@ def serve(
                                        "ONNX (onnxruntime) when it compiles and agrees with the estimator (labels "
                                        "equal, probabilities within 1e-6): faster starts, less memory, faster trees. "
                                        "Compiled once, then cached."),
+    max_sequences: int = typer.Option(8, "--max-sequences", min=0, max=64, help="With --chat-model: greedy answers "
+                                      "(temperature 0) generated at once, batched continuously (a request joins at "
+                                      "the next token; 64 more wait, then 503); 0: one at a time."),
     inference_log: Optional[str] = typer.Option(None, "--inference-log", help="Write a JSON record of every "
                                                 "request to this file ('-': standard output); failures are always "
                                                 "recorded on standard error."),
@@ -92,7 +95,7 @@ def serve(
                                        "--model-folder DIR, --chat-model smollm2)")))
     # 4. a model and/or a chat model, on the model server
     _serve_models(_Served(model, chat_model, name, given, host, port or 8080, max_batch_size, max_latency_ms,
-                          timeout_seconds, max_body_mb, compile_model, inference_log))
+                          timeout_seconds, max_body_mb, compile_model, inference_log, max_sequences))
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,7 @@ class _Served:
     max_body_mb: float
     compile_model: bool
     inference_log: str | None
+    max_sequences: int = 8
 
 
 def _serve_script(entry_script: Path, model_dir: Path | None, host: str, port: int | None, workers: int,
@@ -229,8 +233,8 @@ def _load_chat(o: _Served):
 
     if o.chat_model.startswith("models:/") or (is_registry_ref(o.chat_model) and not Path(o.chat_model).exists()):
         path, registered_name, _, _ = _resolve(o.chat_model)  # a registered chat model (parameter task=chat)
-        return ChatModel(str(path), (o.name if o.model is None else None) or registered_name)
-    return ChatModel(o.chat_model, o.name if o.model is None else None)
+        return ChatModel(str(path), (o.name if o.model is None else None) or registered_name, o.max_sequences)
+    return ChatModel(o.chat_model, o.name if o.model is None else None, o.max_sequences)
 
 
 def _open_log(inference_log: str | None):

@@ -14,7 +14,7 @@ import openai
 import pytest
 from serving_http import MLYARD, call, free_port, start, stop
 
-from serving.generative import _first_stop, _partial_stop
+from serving.generative import first_stop, partial_stop
 
 # transformers runs in the servers only: found, not imported (every worker collects this file)
 pytestmark = pytest.mark.skipif(find_spec("transformers") is None, reason="the llm extra is not installed")
@@ -108,8 +108,52 @@ def test_bad_requests_are_openai_errors_naming_the_field(server):
     assert chat["requests"] >= 1 and chat["failures"] >= 1
 
 
+@pytest.fixture(scope="module")
+def one_at_a_time(tiny):
+    port = free_port()
+    proc, _ = start([MLYARD, "serve", "--chat-model", str(tiny), "--port", str(port), "--max-sequences", "0"])
+    yield f"http://127.0.0.1:{port}"
+    stop(proc)
+
+
+def test_answers_batched_continuously_are_the_answers_given_alone(server, one_at_a_time):
+    """Greedy answers to six chats asked at once (joining the running batch at its token steps) are word for
+    word what the same model answers each alone, one at a time, with the same usage and finish reasons;
+    streamed or not, with a stop string or max_tokens."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def ask(url: str, message: dict, tokens: int, stops, stream: bool) -> tuple[str, str, int]:
+        client = _client(url)
+        if not stream:
+            done = client.chat.completions.create(model="tiny-chat", messages=[message], max_tokens=tokens,
+                                                  temperature=0, stop=stops)
+            return done.choices[0].message.content, done.choices[0].finish_reason, done.usage.completion_tokens
+        chunks = list(client.chat.completions.create(model="tiny-chat", messages=[message], max_tokens=tokens,
+                                                     temperature=0, stop=stops, stream=True,
+                                                     stream_options={"include_usage": True}))
+        return ("".join(c.choices[0].delta.content or "" for c in chunks if c.choices),
+                [c.choices[0].finish_reason for c in chunks if c.choices][-1], chunks[-1].usage.completion_tokens)
+
+    def said(word: str) -> dict:
+        return {"role": "user", "content": f"{word} one two three"}
+
+    # stop strings the model's answers hold: from the middle of what it says to those chats unstopped
+    cut = {word: (text := ask(one_at_a_time, said(word), 30, None, False)[0])[len(text) // 2:len(text) // 2 + 2]
+           for word in ("server", "protocol")}
+    asks = [(said(word), tokens, stops) for word, tokens, stops in (
+        ("hello", 40, None), ("model", 3, None), ("server", 30, [cut["server"]]), ("tokens", 60, None),
+        ("events", 1, None), ("protocol", 30, ["zz", cut["protocol"]]))]
+    alone = [ask(one_at_a_time, m, t, s, False) for m, t, s in asks]
+    assert {a[1] for a in alone} == {"stop", "length"} and any(a[0] for a in alone)
+    for stream in (False, True):
+        with ThreadPoolExecutor(len(asks)) as pool:
+            together = list(pool.map(lambda a, stream=stream: ask(server, *a, stream), asks))
+        assert [t[:2] for t in together] == [a[:2] for a in alone], (stream, together, alone)
+        assert [t[2] for t in together if t[1] == "length"] == [a[2] for a in alone if a[1] == "length"]
+
+
 def test_stop_sequences_are_cut_and_held_back_while_streaming():
-    assert _first_stop("abc STOP def", ["STOP"]) == 4
-    assert _first_stop("abc", ["STOP"]) is None
-    assert _partial_stop("abc ST", ["STOP"]) == 2  # might be the start of STOP: not sent yet
-    assert _partial_stop("abc", ["STOP"]) == 0
+    assert first_stop("abc STOP def", ["STOP"]) == 4
+    assert first_stop("abc", ["STOP"]) is None
+    assert partial_stop("abc ST", ["STOP"]) == 2  # might be the start of STOP: not sent yet
+    assert partial_stop("abc", ["STOP"]) == 0
