@@ -23,6 +23,7 @@ import uuid
 from typing import Any, AsyncIterator
 
 from core.errors import BadChat
+from serving.stops import first_stop, partial_stop
 
 PAGE_TOKENS = 32  # tokens a KV cache page holds
 MAX_SEQUENCE_TOKENS = 2048  # the cache reserved for each sequence in the batch (prompt and answer together)
@@ -56,7 +57,6 @@ class Batcher:
         when the batch and its queue are full. Setting `cancel` (the client left) ends it at the next token."""
         from tokenizers.decoders import DecodeStream
 
-        from serving.generative import first_stop, partial_stop
 
         if self.active >= self.max_sequences + self.max_waiting:
             raise BadChat(f"the model is busy: {self.max_sequences} answers are being generated and "

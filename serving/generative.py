@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from core.errors import BadChat, SpecError
+from serving.stops import first_stop, partial_stop
 from tasks.cache import cache_dir
 
 SMOLLM2 = "smollm2"
@@ -207,19 +208,3 @@ class ChatModel:
             if finish is None:
                 finish = "length" if produced and produced[0] >= max_tokens else "stop"
             yield "", finish, produced[0] if produced else 0
-
-
-def first_stop(text: str, stops: list[str]) -> int | None:
-    found = [text.find(s) for s in stops if s and s in text]
-    return min(found) if found else None
-
-
-def partial_stop(text: str, stops: list[str]) -> int:
-    """How many trailing characters could be the start of a stop sequence (held back from streaming)."""
-    hold = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), 0, -1):
-            if text.endswith(s[:k]):
-                hold = max(hold, k)
-                break
-    return hold
