@@ -57,7 +57,6 @@ class Batcher:
         when the batch and its queue are full. Setting `cancel` (the client left) ends it at the next token."""
         from tokenizers.decoders import DecodeStream
 
-
         if self.active >= self.max_sequences + self.max_waiting:
             raise BadChat(f"the model is busy: {self.max_sequences} answers are being generated and "
                           f"{self.max_waiting} wait; retry shortly", status=503)
@@ -65,7 +64,12 @@ class Batcher:
         queue: asyncio.Queue = asyncio.Queue()
         rid = uuid.uuid4().hex
         self.manager.register_result_handler(rid, queue.put_nowait)
-        self.manager.add_request(input_ids, request_id=rid, max_new_tokens=max_tokens, streaming=True)
+        if self.manager.add_request(input_ids, request_id=rid, max_new_tokens=max_tokens, streaming=True) is None:
+            self.active -= 1  # its loop has ended (a fatal error): the next request starts a new one (ChatModel.batcher)
+            with self.manager.output_router._lock:
+                self.manager.output_router.result_handlers.pop(rid, None)
+            raise BadChat(f"the model's generation loop has stopped: "
+                          f"{self.manager.background_thread_status.fatal_error}", status=503)
         decoder, text, sent, seen, finish, ended = DecodeStream(skip_special_tokens=True), "", 0, 0, None, False
         try:
             while finish is None:
@@ -98,6 +102,3 @@ class Batcher:
                 self.manager.cancel_request(rid)
                 with self.manager.output_router._lock:  # no final answer comes to clean its handler up
                     self.manager.output_router.result_handlers.pop(rid, None)
-
-    def stop(self) -> None:
-        self.manager.stop(block=True, timeout=5)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import os
 import shutil
 import threading
@@ -127,7 +128,11 @@ class ChatModel:
     def batcher(self) -> Any:
         """The continuous batch of greedy answers (serving/continuous.py), started on first use; None when
         `max_sequences` is 0 or the model cannot batch continuously."""
-        if self._batcher is None and self.max_sequences and hasattr(self.model, "init_continuous_batching"):
+        dead = self._batcher is not None and self._batcher.manager.background_thread_status.fatal_error is not None
+        if dead:  # its loop ended on an error (its requests were answered with it): a new loop, said so
+            logging.getLogger("mlyard.serving").error("the continuous batch's loop stopped (%s): starting a new one",
+                                                      self._batcher.manager.background_thread_status.fatal_error)
+        if (self._batcher is None or dead) and self.max_sequences and hasattr(self.model, "init_continuous_batching"):
             from serving.continuous import Batcher
 
             self._batcher = Batcher(self, self.max_sequences)
