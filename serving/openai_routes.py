@@ -15,6 +15,7 @@ from typing import Any, AsyncIterator
 import orjson
 
 from serving import asgi
+from serving.continuous import MAX_SEQUENCE_TOKENS
 from serving.generative import DEFAULT_MAX_TOKENS, MAX_TOKENS, BadChat, ChatModel
 
 
@@ -102,7 +103,8 @@ class OpenAIRoutes:
             raise BadChat(f"the prompt ({prompt_tokens} tokens) and max_tokens ({max_tokens}) exceed the model's "
                           f"context of {self.chat.context} tokens", "max_tokens")
         cancel = threading.Event()
-        batcher = self.chat.batcher() if temperature == 0 else None
+        fits = prompt_tokens + max_tokens <= MAX_SEQUENCE_TOKENS  # the cache each sequence of the batch has
+        batcher = self.chat.batcher() if temperature == 0 and fits else None
         if batcher is not None:  # joins the running batch at its next token (serving/continuous.py)
             pieces = batcher.generate(inputs["input_ids"][0].tolist(), max_tokens, stop, cancel)
         else:
