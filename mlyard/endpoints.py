@@ -152,7 +152,7 @@ def deploy(endpoint: str, sync: str | Path, *, entry_script: str = "score.py", k
                             "config": where(config) if config else None}, None)
     if member_api() is not None:  # a member's folder goes to their project; the platform checks and pushes it
         from mlyard.endpoint_push import as_member
-        return as_member(spec)
+        return as_member(spec, wait=not submit)
     p = connect_platform()
     check_target.fn(endpoint_registry(p), spec, check_code.fn(spec, modelfolder.load), p.settings.home_dir)  # before any flow run
     return act(FLOW_SYNC_ENDPOINT, "flows.endpoint_sync:sync_endpoint", spec, submit)

@@ -211,6 +211,40 @@ def code_of_member(spec: Any, project: str, settings: Any) -> Any:
     return spec
 
 
+def push_state(run_id: str) -> dict[str, Any]:
+    """A member's push (`endpoints deploy --sync`) as their command follows it: its run's state and message,
+    and once it completed the model version it made. Not found unless it is a push of the caller's projects."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+
+    from core.access import project_of_tags
+    from core.errors import NotFound
+    from core.names import FLOW_SYNC_ENDPOINT
+    from core.specs.endpoint import SyncSpec
+    from mlyard.runs import not_found_or_away, visible_projects
+    from mlyard.teams import endpoint_in_reach
+
+    with get_client(sync_client=True) as client:
+        try:
+            fr = client.read_flow_run(UUID(run_id))
+        except Exception as exc:  # not found or not an id; else Prefect is away
+            raise not_found_or_away(exc, NotFound(run_id), str(client.api_url)) from exc
+        projects = visible_projects()
+        if fr.flow_id is None or client.read_flow(fr.flow_id).name != FLOW_SYNC_ENDPOINT or (
+                projects is not None and project_of_tags(fr.tags or ()) not in projects):
+            raise NotFound(run_id)
+    state = fr.state
+    view: dict[str, Any] = {"state": state.type.value if state else "PENDING", "message": state.message if state else None}
+    if state is not None and state.is_completed():
+        spec = SyncSpec(**fr.parameters["spec"])
+        model = spec.model or spec.endpoint
+        served = [r["model"].rsplit("/", 1)[1] for st in endpoint_in_reach(spec.endpoint, "viewer", "following a push")["stages"]
+                  for r in st["resources"] if r["model"].rsplit("/", 1)[0] == model]
+        view["version"] = max(served, key=int, default=None)
+    return view
+
+
 def model_of_project(model: str, project: str) -> None:
     """A member's batch inference or evaluation reads a registered model of their project (`name@alias`,
     `name/version`, `models:/...`) or a folder of its storage (checked with the other locations); never an

@@ -37,7 +37,7 @@ class Batcher:
         from transformers import ContinuousBatchingConfig, GenerationConfig
 
         tokenizer = chat.tokenizer
-        self.chat, self.max_sequences, self.max_waiting = chat, max_sequences, max_waiting
+        self.max_sequences, self.max_waiting = max_sequences, max_waiting
         self._rust = tokenizer._tokenizer  # the fast tokenizer's own, for step-by-step decoding
         eos = chat.model.generation_config.eos_token_id
         eos = tokenizer.eos_token_id if eos is None else eos

@@ -61,7 +61,11 @@ def admit(gw: Shared, headers: list[tuple[bytes, bytes]]) -> Refusal | int:
     rags = [ep for name, ep in gw.endpoints.items() if name.startswith("rag:")]
     if not rags or any(ep["public"] for ep in rags):
         return gw.max_body
-    problems = [token_problem(gw.internal, ep, {"headers": with_bearer(headers)}, gw.members) for ep in rags]
-    if None in problems:
-        return gw.max_body
-    return 401, openai_error(str(problems[0]), 401), [(b"www-authenticate", b"Bearer")]
+    scope = {"headers": with_bearer(headers)}
+    first = None
+    for ep in rags:  # the first RAG that takes the caller ends the search
+        problem = token_problem(gw.internal, ep, scope, gw.members)
+        if problem is None:
+            return gw.max_body
+        first = first or problem
+    return 401, openai_error(str(first), 401), [(b"www-authenticate", b"Bearer")]

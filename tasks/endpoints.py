@@ -34,7 +34,7 @@ from core.settings import Settings
 from core.specs.endpoint import StageSpec, SyncSpec, body_limit_args
 from registry.endpoints import Endpoints, Version
 from tasks import replicas as files
-from tasks.inference_config import CONFIG
+from tasks.inference_config import CONFIG, folder_kind
 
 LOCAL = "local"
 MAX_LOCAL_REPLICAS = 8  # the cap on one machine's replicas per stage (AI Toolkit's maximumInstanceCount)
@@ -234,7 +234,7 @@ def check_code(spec: SyncSpec, load_folder: Callable[[Path], Any]) -> CodeSource
     if not folder.is_dir():
         raise SpecError("--sync", spec.source, "a folder holding an entry script (score.py) or a model folder "
                         "(model-definition.yaml)")
-    kind = spec.kind or ("model-folder" if any(folder.glob("model-definition.y*ml")) else "entry-script")
+    kind = spec.kind or folder_kind(folder)
     if kind == "model-folder":
         load_folder(folder)  # SpecError names the file, key and value
     else:

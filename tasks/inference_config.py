@@ -10,6 +10,11 @@ from pathlib import Path
 CONFIG = Path("infra") / "inference.config.json"
 
 
+def folder_kind(folder: Path) -> str:
+    """A pushed folder's kind when the push names none: a model folder when it has a model-definition."""
+    return "model-folder" if any(folder.glob("model-definition.y*ml")) else "entry-script"
+
+
 def write_config(path: Path, endpoint: str, base_url: str, model: str, version: str | None, kind: str) -> dict[str, str]:
     """The endpoint's URL in AI Toolkit's inference.config.json (its other keys are kept). `version` None:
     not known yet (a member's push is queued), and no stale one is kept."""

@@ -693,10 +693,11 @@ def test_a_members_push_of_a_folder_is_their_projects_endpoint(team, stack, sett
         app.mkdir()
         (app / "score.py").write_text("import json\n\ndef init():\n    pass\n\ndef run(raw):\n"
                                       "    return {'sum': sum(json.loads(raw)['data'])}\n")
-    queued = bob.json("endpoints", "deploy", "b-push", "--sync", "app")
+    pushed = bob.json("endpoints", "deploy", "b-push", "--sync", "app")  # followed until the run has made it
     config = json.loads((bob.work / "app" / "infra" / "inference.config.json").read_text())
     assert config["ACA_APP_NAME"] == "b-push" and config["MLYARD_SCORE_URL"].endswith("/b-push/b-push/score"), config
-    assert queued["config"]["path"] == str(bob.work / "app" / "infra" / "inference.config.json")
+    assert config["MLYARD_MODEL_VERSION"] == "b-push/1" and pushed["status"] == "ACTIVE", (config, pushed)
+    assert pushed["config"]["path"] == str(bob.work / "app" / "infra" / "inference.config.json")
     _until_active(bob, "b-push")
     view = bob.json("endpoints", "show", "b-push")
     assert view["project"] == "team-b" and view["stages"][0]["resources"][0]["model"] == "b-push/1", view
@@ -706,6 +707,8 @@ def test_a_members_push_of_a_folder_is_their_projects_endpoint(team, stack, sett
                                  headers={"Authorization": f"Bearer {bob.key}", "Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=30) as resp:
         assert json.loads(resp.read())["sum"] == 6
+    status, answer = _post(stack.service_url, "/v1/queries/push_state", {"run_id": pushed["flow_run_id"]}, alice.key)
+    assert status == 404, answer  # his push's run does not exist for her
     _refused(alice("endpoints", "deploy", "b-push", "--sync", "app"), "endpoint 'b-push' already exists")
     _refused(alice("endpoints", "deploy", "a-push", "--sync", "app", "--model", "b-push"), "model 'b-push' not found")
     # a push names a folder of the project's storage alone (sent as is: his CLI uploads what he can read)
