@@ -61,6 +61,18 @@ def flow_run_env() -> tuple[str | None, str | None]:
     return os.environ.get("PREFECT__FLOW_RUN_ID") or None, os.environ.get("PREFECT_API_URL") or None
 
 
+def runtime_images() -> dict[str, str]:
+    """A cluster's images of the runtime variants (MLYARD_RUNTIME_IMAGES, a JSON object: variant -> image,
+    set from the values' `runtimeImages`), over core/runtimes.py's defaults; unset or unreadable: none."""
+    import json
+
+    try:
+        found = json.loads(os.environ.get("MLYARD_RUNTIME_IMAGES") or "{}")
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+
 def named_secret(variable: str | None) -> str | None:
     """The value of the environment variable a spec names for a secret (a RAG's `password_env`,
     `api_key_env`): the secret itself never enters a spec."""

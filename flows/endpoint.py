@@ -76,9 +76,12 @@ def urls(base_url: str, view: dict[str, Any], kinds: dict[str, str | None] | Non
     """The URLs a user calls: per stage and model, and the default stage's. `kinds` ("name/version" ->
     entry-script or model-folder) gives pushed code its own route (/score, or the folder's base)."""
     def route(m: str, st: dict[str, Any]) -> str:
-        kind = next((kinds.get(r["model"]) for r in st["resources"] if r["model"].rsplit("/", 1)[0] == m), None) \
-            if kinds else None
-        return {"entry-script": f"/{m}/score", "model-folder": f"/{m}"}.get(kind or "", f"/{m}/v1/models/{m}:predict")
+        mine = [r for r in st["resources"] if r["model"].rsplit("/", 1)[0] == m]
+        kind = next((kinds.get(r["model"]) for r in mine), None) if kinds else None
+        if any((r.get("runtime") or {}).get("variant", "custom") != "custom" for r in mine):
+            kind = "model-folder"  # an inference engine: its own routes (OpenAI's /v1/...) under the base
+        return {"entry-script": f"/{m}/score", "model-folder": f"/{m}", "chat": f"/{m}/openai/v1"}.get(
+            kind or "", f"/{m}/v1/models/{m}:predict")
 
     out: dict[str, Any] = {"default": {}, "stages": {}}
     for st in view["stages"]:
@@ -91,9 +94,13 @@ def urls(base_url: str, view: dict[str, Any], kinds: dict[str, str | None] | Non
 
 
 def code_kinds(models: Any, view: dict[str, Any]) -> dict[str, str | None]:
-    """Which of the view's model versions are pushed code, and of which kind."""
-    return {r["model"]: models.get_version(*r["model"].rsplit("/", 1)).parameters.get(files.CODE_KIND)
-            for st in view["stages"] for r in st["resources"]}
+    """Which of the view's model versions are pushed code, and of which kind; a chat model (parameter task=chat)
+    is `chat`: its URL is the base of OpenAI's routes, as clients take it."""
+    def kind(model: str) -> str | None:
+        params = models.get_version(*model.rsplit("/", 1)).parameters
+        return params.get(files.CODE_KIND) or ("chat" if params.get("task") == "chat" else None)
+
+    return {r["model"]: kind(r["model"]) for st in view["stages"] for r in st["resources"]}
 
 
 def with_urls(p: Platform, eps: Endpoints, name: str) -> EndpointResult:

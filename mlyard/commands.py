@@ -172,11 +172,18 @@ def models_delete(name: str, version: str | None = None) -> dict[str, Any]:
     return models.delete(name, version)
 
 
-def endpoints_issue(name: str, days: float | None = 30, expires_at: str | None = None) -> dict[str, Any]:
+def endpoints_issue(name: str, days: float | None = 30, expires_at: str | None = None,
+                    daily_tokens: int | None = None) -> dict[str, Any]:
     """A new token of the endpoint `name` (shown once)."""
     from mlyard import endpoints
 
-    return endpoints.issue_token(name, days=days, expires_at=expires_at)
+    return endpoints.issue_token(name, days=days, expires_at=expires_at, daily_tokens=daily_tokens)
+
+
+def endpoints_budget(name: str, token_id: int | str, daily_tokens: int | None) -> dict[str, Any]:
+    from mlyard import endpoints
+
+    return endpoints.set_budget(name, token_id, daily_tokens)
 
 
 def endpoints_revoke(name: str, token_id: int) -> dict[str, Any]:
@@ -320,7 +327,7 @@ def _audited(fn: Callable[..., Any]) -> Callable[..., Any]:
 COMMANDS: dict[str, Callable[..., Any]] = {f.__name__: _audited(f) for f in (
     images_create, images_update, images_delete, accounts_create, accounts_update, accounts_delete,
     templates_create, templates_copy, templates_delete, runs_stop, models_create, models_rename, models_describe,
-    models_alias, models_delete, endpoints_issue, endpoints_revoke)}
+    models_alias, models_delete, endpoints_issue, endpoints_revoke, endpoints_budget)}
 COMMANDS.update(teams.COMMANDS)
 SELF_AUDITED = (schedules_create, schedules_enable, schedules_disable, schedules_copy, schedules_delete, notebooks_create,
                 notebooks_stop, notebooks_start, notebooks_reboot, notebooks_delete, notebooks_rename, notebooks_set_type,
@@ -331,7 +338,7 @@ COMMANDS.update({f.__name__: f for f in SELF_AUDITED})
 MEMBER_COMMANDS = frozenset({"images_create", "images_update", "images_delete", "accounts_create", "accounts_update",
                              "accounts_delete", "templates_create", "templates_copy", "templates_delete", "runs_stop", "models_create",
                              "models_rename", "models_describe", "models_alias", "models_delete", "endpoints_issue",
-                             "endpoints_revoke", *teams.COMMANDS, *(f.__name__ for f in SELF_AUDITED)})
+                             "endpoints_revoke", "endpoints_budget", *teams.COMMANDS, *(f.__name__ for f in SELF_AUDITED)})
 
 
 def where() -> str | None:

@@ -34,7 +34,6 @@ from core.names import (
     FLOW_SYNC_ENDPOINT,
 )
 from core.specs.endpoint import DeletionSpec, EndpointSpec, PromotionSpec, StageChangeSpec, StageSpec, SyncSpec
-from mlyard import sse
 from mlyard.api import load as _spec  # a spec from an object, a mapping or a YAML file, with --set merged
 from mlyard.teams import endpoint_in_reach
 from mlyard.warm_api import member_api, post
@@ -219,47 +218,6 @@ def validate(spec: EndpointSpec | StageSpec | dict | str | Path, *, echo=print, 
             "resources": results}
 
 
-def chat(endpoint: str, *, stage: str | None = None, token: str | None = None, model: str | None = None,
-         read=input, write=print, max_tokens: int = 256, temperature: float | None = None) -> int:
-    """Backend.AI's LLM chat test in a terminal: each line read is sent with the conversation so far to
-    the endpoint's OpenAI chat route, and the answer is written as it streams (temperature unset: the
-    model's own; 0: greedy). Returns the turns taken."""
-    view = endpoint_registry().get(endpoint)
-    st = next((s for s in view["stages"] if s["name"] == (stage or view["default_stage"])), None)
-    if st is None:
-        raise SpecError("stage", stage, f"a stage of {endpoint}")
-    name = model or st["resources"][0]["model"].rsplit("/", 1)[0]
-    base = gateway_url(connect()) + f"/{endpoint}" + ("" if st["default"] else f"/stages/{st['name']}") + f"/{name}"
-    url = base + "/openai/v1/chat/completions"
-    messages: list[dict[str, str]] = []
-    turns = 0
-    while True:
-        try:
-            line = read("you> ")
-        except EOFError:
-            return turns
-        if line.strip() in ("", "/exit", "/quit"):
-            return turns
-        messages.append({"role": "user", "content": line})
-        body = json.dumps({"model": name, "messages": messages, "stream": True, "max_tokens": max_tokens,
-                           **({} if temperature is None else {"temperature": temperature})}).encode()
-        headers = {"content-type": "application/json", **({"authorization": f"Bearer {token}"} if token else {})}
-        req = urllib.request.Request(url, data=body, headers=headers)
-        answer = []
-        try:
-            with urllib.request.urlopen(req, timeout=300) as resp:
-                for chunk in sse.chunks(resp):
-                    delta = sse.delta_text(chunk)
-                    answer.append(delta)
-                    write(delta, end="", flush=True)
-        except urllib.error.HTTPError as exc:
-            raise SpecError("endpoint", endpoint, f"an endpoint that answers chat at {url} "
-                            f"({exc.code}: {exc.read().decode(errors='replace')[:300]})") from None
-        write("")
-        messages.append({"role": "assistant", "content": "".join(answer)})
-        turns += 1
-
-
 # -- reading -------------------------------------------------------------------------------------------
 
 
@@ -314,8 +272,11 @@ def list_endpoints() -> list[dict[str, Any]]:
 MAX_TOKEN_DAYS = 36500
 
 
-def issue_token(endpoint: str, *, days: float | None = 30, expires_at: datetime | str | None = None) -> dict[str, Any]:
-    """A new token (shown once) valid for `days`, or until `expires_at`."""
+def issue_token(endpoint: str, *, days: float | None = 30, expires_at: datetime | str | None = None,
+                daily_tokens: int | None = None) -> dict[str, Any]:
+    """A new token (shown once) valid for `days`, or until `expires_at`; with `daily_tokens`, the tokens of
+    generative answers (in and out) it may use a day (UTC), past which the gateway answers it 429."""
+    _check_budget(daily_tokens)
     if isinstance(expires_at, str):
         try:
             expires_at = datetime.fromisoformat(expires_at)
@@ -329,14 +290,39 @@ def issue_token(endpoint: str, *, days: float | None = 30, expires_at: datetime 
                             "or give --expires")
         expires_at = datetime.now(timezone.utc) + timedelta(days=days)
     endpoint_in_reach(endpoint, "editor", "issuing an endpoint's token")
-    token = endpoint_registry().issue_token(endpoint, expires_at)
+    token = endpoint_registry().issue_token(endpoint, expires_at, daily_tokens)
     gateway_call(connect(), "/mlyard/reload", "POST")  # valid at once, not at the gateway's next read
     return token
 
 
+def _check_budget(daily_tokens: int | None) -> None:
+    if daily_tokens is not None and (not isinstance(daily_tokens, int) or isinstance(daily_tokens, bool)
+                                     or not 1 <= daily_tokens <= 10**12):
+        raise SpecError("daily_tokens", daily_tokens, "a whole number of tokens a day from 1 to 10^12 (none: no budget)")
+
+
+def set_budget(endpoint: str, who: int | str, daily_tokens: int | None) -> dict[str, Any]:
+    """Set (or, with None, lift) the budget of tokens a day of a token (its id) or of a RAG whose LLM is this
+    endpoint (`rag:NAME`); the gateway holds it at once."""
+    _check_budget(daily_tokens)
+    if not (isinstance(who, int) or str(who).isdigit() or str(who).startswith("rag:") and 4 < len(str(who)) <= 70):
+        raise SpecError("token", who, "a token's id (`mlyard endpoints tokens list`) or rag:NAME")
+    endpoint_in_reach(endpoint, "editor", "setting a token's budget")
+    view = endpoint_registry().set_budget(endpoint, who, daily_tokens)
+    gateway_call(connect(), "/mlyard/reload", "POST")
+    return view
+
+
 def tokens(endpoint: str) -> list[dict[str, Any]]:
+    """The endpoint's tokens, each with the tokens it used today (UTC) on the endpoint, by the gateway's count."""
     endpoint_in_reach(endpoint, "viewer", "listing an endpoint's tokens")
-    return endpoint_registry().tokens(endpoint)
+    found = endpoint_registry().tokens(endpoint)
+    midnight = time.time() // 86400 * 86400
+    used: dict[str, int] = {}
+    for row in gateway_stats(connect(), endpoint, since=midnight).get("stats", []):
+        for c in row.get("callers", []):
+            used[c["caller"]] = used.get(c["caller"], 0) + c.get("tokens_in", 0) + c.get("tokens_out", 0)
+    return [{**t, "used_today": used.get(f"token:{t['id']}", 0)} for t in found]
 
 
 def revoke_token(endpoint: str, token_id: int) -> None:
@@ -358,7 +344,7 @@ def stats(endpoint: str, *, since: str | float | None = "1h", until: str | float
         result = post(url, "/v1/queries/endpoints_stats", {"endpoint": endpoint, "since": since, "until": until,
                                                             "stage": stage, "model": model})
         if png is not None:
-            from serving.endpoint_stats import plot
+            from serving.stats_plot import plot
 
             result["png"] = str(plot(result, Path(png).resolve()))
         return result
@@ -384,7 +370,7 @@ def gateway_stats(settings: Any, endpoint: str, *, since: str | float | None = "
 
         result = EndpointStats(None, settings.catalog_db_url).query(start, end, endpoint, stage, model)
     if png is not None:
-        from serving.endpoint_stats import plot
+        from serving.stats_plot import plot
 
         result["png"] = str(plot(result, Path(png).resolve()))
     return result

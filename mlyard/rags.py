@@ -384,7 +384,7 @@ def stats(name: str, *, since: str | float | None = "1h", until: str | float | N
     the caller is)."""
     result = stats_view(name, since=since, until=until)
     if png is not None:
-        from serving.endpoint_stats import plot
+        from serving.stats_plot import plot
 
         result["png"] = str(plot(result, Path(png).resolve()))
     return result

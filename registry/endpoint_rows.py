@@ -50,7 +50,8 @@ def new_stage(spec: StageSpec, versions: list[Version], default: bool) -> Endpoi
 def new_resource(spec: StageResourceSpec, version: Version) -> StageResource:
     return StageResource(model_name=version[0], model_version=str(version[1]), description=spec.description,
                          cpu=spec.cpu, memory=spec.memory, gpu=spec.gpu, pods=spec.pods,
-                         pod_autoscaler=spec.pod_autoscaler.model_dump(), status="CREATE REQUESTED")
+                         pod_autoscaler=spec.pod_autoscaler.model_dump(), status="CREATE REQUESTED",
+                         runtime=spec.runtime.model_dump() if spec.runtime else None)
 
 
 def check_allowed(status: str, allowed: tuple[str, ...], kind: str) -> None:
@@ -107,6 +108,6 @@ def endpoint_view(ep: Endpoint) -> dict[str, Any]:
                         "resources": [{"id": r.id, "model": f"{r.model_name}/{r.model_version}", "status": r.status,
                                        "description": r.description, "cpu": r.cpu, "memory": r.memory, "gpu": r.gpu,
                                        "pods": r.pods, "pod_autoscaler": r.pod_autoscaler, "reason": r.reason,
-                                       "service_url": r.service_url}
+                                       "service_url": r.service_url, "runtime": r.runtime}
                                       for r in st.resources]}
                        for st in ep.stages]}

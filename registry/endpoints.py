@@ -252,8 +252,9 @@ class Endpoints:
 
     # -- tokens -----------------------------------------------------------------------------------
 
-    def issue_token(self, endpoint: str, expires_at: datetime) -> dict[str, Any]:
-        """A new token for `endpoint`, valid until `expires_at`; the token itself is in the answer only."""
+    def issue_token(self, endpoint: str, expires_at: datetime, daily_tokens: int | None = None) -> dict[str, Any]:
+        """A new token for `endpoint`, valid until `expires_at` (with a budget of `daily_tokens` a day, if
+        given); the token itself is in the answer only."""
         if expires_at.tzinfo is None:
             raise SpecError("expires_at", expires_at.isoformat(), "a time with its zone (UTC if unsure)")
         if expires_at <= utcnow():
@@ -261,7 +262,8 @@ class Endpoints:
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         with self.catalog.session() as s:
             ep = get_endpoint(s, endpoint)
-            row = EndpointToken(digest=digest(token), prefix=token[:10], expires_at=expires_at)
+            row = EndpointToken(digest=digest(token), prefix=token[:10], expires_at=expires_at,
+                                daily_tokens=daily_tokens)
             ep.tokens.append(row)
             s.flush()
             return {**_token_view(row), "token": token}
@@ -276,6 +278,20 @@ class Endpoints:
             if row is None:
                 raise NotFound(f"token {token_id} of endpoint {endpoint}")
             row.revoked_at = row.revoked_at or utcnow()
+
+    def set_budget(self, endpoint: str, who: int | str, daily_tokens: int | None) -> dict[str, Any]:
+        """The budget of tokens a day (None: none) of a token (its id) or a RAG asking the endpoint (`rag:NAME`)."""
+        with self.catalog.session() as s:
+            ep = get_endpoint(s, endpoint)
+            if isinstance(who, str) and who.startswith("rag:"):
+                budgets = {k: v for k, v in (ep.caller_budgets or {}).items() if k != who}
+                ep.caller_budgets = {**budgets, **({who: daily_tokens} if daily_tokens else {})}
+                return {"caller": who, "daily_tokens": daily_tokens}
+            row = next((t for t in ep.tokens if str(t.id) == str(who)), None)
+            if row is None:
+                raise NotFound(f"token {who} of endpoint {endpoint}")
+            row.daily_tokens = daily_tokens
+            return _token_view(row)
 
     def check_token(self, endpoint: str, authorization: str | None) -> str | None:
         """None when the request may pass; else why not (the gateway answers 401 with it). A public
@@ -320,7 +336,9 @@ class Endpoints:
                                                                 for r in st.resources if r.service_url}}
                                          for st in ep.stages},
                               "tokens": {t.digest: (_aware(t.expires_at).timestamp(), t.revoked_at is not None,
-                                                    f"token:{t.id}") for t in ep.tokens}}
+                                                    f"token:{t.id}") for t in ep.tokens},
+                              "budgets": {**(ep.caller_budgets or {}),
+                                          **{f"token:{t.id}": t.daily_tokens for t in ep.tokens if t.daily_tokens}}}
                     for ep in s.scalars(select(Endpoint).options(  # five queries however many endpoints
                         selectinload(Endpoint.stages).selectinload(EndpointStage.resources),
                         selectinload(Endpoint.tokens)))}
@@ -372,4 +390,4 @@ def _token_view(t: EndpointToken) -> dict[str, Any]:
     expires = _aware(t.expires_at)
     state = "revoked" if t.revoked_at is not None else "expired" if expires <= utcnow() else "valid"
     return {"id": t.id, "prefix": t.prefix, "created_at": _aware(t.created_at).isoformat(),
-            "expires_at": expires.isoformat(), "state": state}
+            "expires_at": expires.isoformat(), "state": state, "daily_tokens": t.daily_tokens}

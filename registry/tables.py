@@ -59,6 +59,7 @@ class Endpoint(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     # the progressive promotion's policy (core/specs/promotion.py), as the user gave it; None: none set
     promotion_policy: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    caller_budgets: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # "rag:NAME" -> tokens a day
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     stages: Mapped[list["EndpointStage"]] = relationship(back_populates="endpoint", cascade="all, delete-orphan",
                                                          order_by="EndpointStage.id")
@@ -107,6 +108,7 @@ class StageResource(Base):
     gpu: Mapped[int] = mapped_column(Integer, default=0)
     pods: Mapped[int] = mapped_column(Integer, default=1)
     pod_autoscaler: Mapped[dict] = mapped_column(JSON, default=dict)
+    runtime: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # RuntimeSpec; None: mlyard's own server
     # on a cluster, where the gateway reaches it (its Service) once it is routed; None: not routed there
     service_url: Mapped[str | None] = mapped_column(String(512), nullable=True, default=None)
     status: Mapped[str] = mapped_column(String(32), default="CREATE REQUESTED")
@@ -127,6 +129,7 @@ class EndpointToken(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    daily_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)  # None: no budget
 
 
 class ServingHistory(Base):

@@ -119,11 +119,27 @@ def caller_of(ep: dict[str, Any], headers: list[tuple[bytes, bytes]], internal: 
     hit = ep.get("passed", {}).get(value)
     if hit is not None:
         return hit[1]
-    if is_internal(internal, headers):
-        return "platform"
+    if is_internal(internal, headers):  # the platform's own call; a RAG's query service names its RAG
+        named = next((v for k, v in headers if k == CALLER_HEADER), b"")
+        return named.decode("latin-1") if named.startswith(b"rag:") and len(named) <= 70 else "platform"
     if value.startswith(b"Bearer mly_"):
         return f"key:{value[11:23].decode('latin-1')}"
     return "anyone" if ep.get("public") else "token"
+
+
+CALLER_HEADER = b"x-mlyard-caller"  # who the platform's own call is for (rag:NAME), honoured with its credential alone
+
+
+def over_budget(stats: Any, ep: dict[str, Any], caller: str) -> str | None:
+    """Why the caller may not ask `ep` again today: its budget of tokens a day (a token's, or a RAG's) spent."""
+    budget = (ep.get("budgets") or {}).get(caller)
+    if not budget:
+        return None
+    spent = stats.spent(caller)
+    if spent < budget:
+        return None
+    return (f"{caller}'s budget of {budget} tokens a day on this endpoint is spent ({spent} used today); it renews "
+            "at 00:00 UTC")
 
 
 def over_limit(shared: Any, ep: dict[str, Any], limits: tuple[float | None, float | None],

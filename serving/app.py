@@ -37,7 +37,7 @@ from core.environment import served_endpoint
 from core.errors import HttpError, SpecError
 from serving import asgi, protocol
 from serving.batching import Batcher, ModelTimeout
-from serving.endpoint_stats import classes_of
+from serving.class_counts import classes_of
 from serving.inference_log import InferenceLog, new_id
 from serving.protocol import BadRequest
 from serving.runtime import ServedModel, has_strings

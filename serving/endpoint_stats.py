@@ -33,14 +33,16 @@ def bucket_value(bucket: int) -> float:
 
 
 class _Minute:
-    __slots__ = ("calls", "failures", "latency_sum", "hist", "raw", "callers")
+    __slots__ = ("calls", "failures", "latency_sum", "hist", "raw", "callers", "tokens")
 
     def __init__(self) -> None:
         self.calls = self.failures = 0
         self.latency_sum = 0.0
         self.hist: dict[int, int] = {}
         self.raw: dict[bytes, int] = {}  # replicas' class headers as they came, counted (parsed when read)
-        self.callers: dict[str, list[int]] = {}  # token:<id>, key:<id> (user), ... -> [calls, failures]
+        # token:<id>, key:<id> (user), rag:<name>, ... -> [calls, failures, tokens in, tokens out]
+        self.callers: dict[str, list[int]] = {}
+        self.tokens: dict[str, Any] | None = None  # generative answers: see `_add_usage`
 
     def classes(self) -> dict[str, list[float]]:
         """label -> [predictions, confidence sum, scored]"""
@@ -57,7 +59,21 @@ class _Minute:
 
     def as_dict(self) -> dict[str, Any]:
         return {"calls": self.calls, "failures": self.failures, "latency_sum": self.latency_sum,
-                "hist": self.hist, "classes": self.classes(), "callers": self.callers}
+                "hist": self.hist, "classes": self.classes(), "callers": self.callers,
+                **({"tokens": self.tokens} if self.tokens else {})}
+
+
+def _add_usage(acc: dict[str, Any] | None, other: dict[str, Any]) -> dict[str, Any]:
+    """Merge a minute's token figures into `acc` (a new dict when None): answers counted, tokens in and out,
+    the first tokens' times (sum, count, histogram) and the generating time after them (for tokens a second)."""
+    if acc is None:
+        acc = {"answers": 0, "in": 0, "out": 0, "ttft_sum": 0.0, "ttft_n": 0, "ttft_hist": {}, "decode_ms": 0.0,
+               "decoded": 0}
+    for name in ("answers", "in", "out", "ttft_sum", "ttft_n", "decode_ms", "decoded"):
+        acc[name] += other.get(name, 0)
+    for b, n in (other.get("ttft_hist") or {}).items():
+        acc["ttft_hist"][int(b)] = acc["ttft_hist"].get(int(b), 0) + n
+    return acc
 
 
 def parse_classes(header: bytes) -> list[tuple[str, int, float, int]]:
@@ -76,29 +92,6 @@ def parse_classes(header: bytes) -> list[tuple[str, int, float, int]]:
     return out
 
 
-def format_classes(per: dict[str, list[float]]) -> bytes:
-    from urllib.parse import quote
-
-    return ";".join(f"{quote(str(k), safe='')}={int(v[0])}:{v[1]:.6g}:{int(v[2])}" for k, v in per.items()).encode()
-
-
-def classes_of(preds: Any, probs: Any = None) -> bytes:
-    """The `x-mlyard-classes` header of a classifier's answer (the model server's side): per predicted
-    class how many rows, the sum of their confidences (each row's highest probability) and how many had
-    one."""
-    import numpy as np
-
-    per: dict[str, list[float]] = {}
-    conf = np.asarray(probs).max(axis=1) if probs is not None else None
-    for i, label in enumerate(np.asarray(preds).tolist()):
-        entry = per.setdefault(str(label), [0, 0.0, 0])
-        entry[0] += 1
-        if conf is not None:
-            entry[1] += float(conf[i])
-            entry[2] += 1
-    return format_classes(per)
-
-
 # Prometheus histogram bounds of the request duration, in seconds (its client's defaults, plus 30 and 60 s)
 PROMETHEUS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 30.0, 60.0)
 
@@ -106,10 +99,10 @@ PROMETHEUS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0
 class _Total:
     """Since this gateway started, for Prometheus: calls, failures, seconds, calls per bucket."""
 
-    __slots__ = ("calls", "failures", "seconds", "buckets")
+    __slots__ = ("calls", "failures", "seconds", "buckets", "tokens_in", "tokens_out")
 
     def __init__(self) -> None:
-        self.calls = self.failures = 0
+        self.calls = self.failures = self.tokens_in = self.tokens_out = 0
         self.seconds = 0.0
         self.buckets = [0] * (len(PROMETHEUS_BUCKETS) + 1)  # the last one: above every bound
 
@@ -124,9 +117,11 @@ class EndpointStats:
         self._catalog: Any = None
         self._live: dict[int, dict[Key, _Minute]] = {}  # minute (epoch // 60) -> key -> counts
         self.totals: dict[Key, _Total] = {}
+        self._stored_today: tuple[int, dict[str, int]] = (-1, {})  # (UTC day, caller -> tokens stored of it)
 
     def record(self, key: Key, ms: float, failed: bool, classes: bytes | None = None,
-               now: float | None = None, caller: str | None = None) -> None:
+               now: float | None = None, caller: str | None = None, usage: Any = None) -> None:
+        """Count one answer; `usage` (serving/usage.py) for a generative one: its tokens and first token."""
         minute = int((now if now is not None else time.time()) // 60)
         per = self._live.get(minute)
         if per is None:
@@ -145,12 +140,23 @@ class EndpointStats:
         if caller is not None:
             c = m.callers.get(caller)
             if c is None:
-                c = m.callers[caller] = [0, 0]
+                c = m.callers[caller] = [0, 0, 0, 0]
             c[0] += 1
             c[1] += failed
+            if usage is not None:
+                c[2] += usage.prompt
+                c[3] += usage.completion
         t = self.totals.get(key)
         if t is None:
             t = self.totals[key] = _Total()
+        if usage is not None:
+            ttft = usage.ttft_ms
+            m.tokens = _add_usage(m.tokens, {
+                "answers": 1, "in": usage.prompt, "out": usage.completion,
+                **({"ttft_sum": ttft, "ttft_n": 1, "ttft_hist": {latency_bucket(ttft): 1}} if ttft is not None else {}),
+                **({"decode_ms": ms - ttft, "decoded": usage.completion} if ttft is not None and ms > ttft else {})})
+            t.tokens_in += usage.prompt
+            t.tokens_out += usage.completion
         t.calls += 1
         t.failures += failed
         t.seconds += ms / 1000
@@ -174,7 +180,12 @@ class EndpointStats:
                                              "Routed requests that failed (an error status or no answer).", labels=labels)
                 seconds = HistogramMetricFamily("mlyard_gateway_request_duration_seconds",
                                                 "Time from a request's arrival to its answer's end.", labels=labels)
+                tokens = CounterMetricFamily("mlyard_gateway_tokens", "Tokens of generative answers: the prompts' "
+                                             "(direction in) and the completions' (out).", labels=[*labels, "direction"])
                 for key, t in sorted(totals.items()):
+                    if t.tokens_in or t.tokens_out:
+                        tokens.add_metric([*key, "in"], t.tokens_in)
+                        tokens.add_metric([*key, "out"], t.tokens_out)
                     calls.add_metric(list(key), t.calls)
                     failed.add_metric(list(key), t.failures)
                     running, buckets = 0, []
@@ -182,7 +193,7 @@ class EndpointStats:
                         running += count
                         buckets.append(("+Inf" if bound == math.inf else repr(bound), running))
                     seconds.add_metric(list(key), buckets, t.seconds)
-                yield from (calls, failed, seconds)
+                yield from (calls, failed, seconds, tokens)
                 for name, (text, value) in (gauges or {}).items():
                     yield GaugeMetricFamily(name, text, value=value)
 
@@ -203,7 +214,7 @@ class EndpointStats:
             with self._catalog_db().session() as s:
                 s.add_all(rows)
             for minute in done:
-                self._live.pop(minute)
+                self._keep_today(minute, self._live.pop(minute))
             return len(rows)
         if not done or self.folder is None:
             for m in done:
@@ -213,6 +224,7 @@ class EndpointStats:
         written = 0
         for minute in done:
             per = self._live.pop(minute)
+            self._keep_today(minute, per)
             day = datetime.fromtimestamp(minute * 60, timezone.utc).strftime("%Y-%m-%d")
             with open(self.folder / f"{day}.jsonl", "a", encoding="utf-8") as fh:
                 for (endpoint, stage, model), counts in per.items():
@@ -263,11 +275,13 @@ class EndpointStats:
             if endpoint and key[0] != endpoint or stage and key[1] != stage or model and key[2] != model:
                 return
             acc = merged.setdefault(key, {"calls": 0, "failures": 0, "latency_sum": 0.0, "hist": {}, "classes": {},
-                                          "series": {}, "callers": {}})
-            for who, (calls, failures) in (m.get("callers") or {}).items():  # minutes from before have none
-                c = acc["callers"].setdefault(who, [0, 0])
-                c[0] += calls
-                c[1] += failures
+                                          "series": {}, "callers": {}, "tokens": None})
+            for who, counts in (m.get("callers") or {}).items():  # minutes from before have none (or no tokens)
+                c = acc["callers"].setdefault(who, [0, 0, 0, 0])
+                for i, n in enumerate(counts[:4]):
+                    c[i] += n
+            if m.get("tokens"):
+                acc["tokens"] = _add_usage(acc["tokens"], m["tokens"])
             acc["calls"] += m["calls"]
             acc["failures"] += m["failures"]
             acc["latency_sum"] += m["latency_sum"]
@@ -278,9 +292,10 @@ class EndpointStats:
                 c[0] += count
                 c[1] += conf
                 c[2] += scored
-            s = acc["series"].setdefault(minute, {"calls": 0, "failures": 0, "hist": {}})
+            s = acc["series"].setdefault(minute, {"calls": 0, "failures": 0, "hist": {}, "tokens_out": 0})
             s["calls"] += m["calls"]
             s["failures"] += m["failures"]
+            s["tokens_out"] += (m.get("tokens") or {}).get("out", 0)
             for b, n in m["hist"].items():
                 s["hist"][int(b)] = s["hist"].get(int(b), 0) + n
 
@@ -295,10 +310,45 @@ class EndpointStats:
             rows.append({"endpoint": ep, "stage": st, "model": md, **summarize(acc),
                          "series": [{"minute": datetime.fromtimestamp(mm * 60, timezone.utc).isoformat(),
                                      "calls": s["calls"], "failures": s["failures"],
+                                     **({"tokens_out": s["tokens_out"]} if acc["tokens"] else {}),
                                      **{k: v for k, v in _percentiles(s["hist"]).items() if k in ("p50", "p99")}}
                                     for mm, s in sorted(acc["series"].items())]})
         return {"since": datetime.fromtimestamp(since, timezone.utc).isoformat(),
                 "until": datetime.fromtimestamp(until, timezone.utc).isoformat(), "stats": rows}
+
+    def spent(self, caller: str, now: float | None = None) -> int:
+        """Tokens (in and out) the caller has used today (UTC), on every endpoint: what the stored minutes held
+        when `reload_today` last read them, and this gateway's since."""
+        now = now if now is not None else time.time()
+        day = int(now // 86400)
+        if self._stored_today[0] != day:
+            self.reload_today(now)
+        first = day * 1440
+        live = sum(c[2] + c[3] for minute, per in self._live.items() if minute >= first
+                   for m in per.values() if (c := m.callers.get(caller)) is not None and len(c) > 3)
+        return self._stored_today[1].get(caller, 0) + live
+
+    def _keep_today(self, minute: int, per: dict[Key, _Minute]) -> None:
+        """A minute leaving `_live` for the store: its callers' tokens move to today's stored counts."""
+        day, spent = self._stored_today
+        if minute // 1440 != day:
+            return
+        for m in per.values():
+            for who, c in m.callers.items():
+                if len(c) > 3 and c[2] + c[3]:
+                    spent[who] = spent.get(who, 0) + c[2] + c[3]
+
+    def reload_today(self, now: float | None = None) -> None:
+        """Read today's stored minutes (every gateway replica's) into the callers' tokens of the day (the
+        gateway does, at its start and after each flush)."""
+        now = now if now is not None else time.time()
+        day = int(now // 86400)
+        spent: dict[str, int] = {}
+        for rec in self._stored(day * 1440, int(now // 60)):
+            for who, counts in (rec.get("callers") or {}).items():
+                if len(counts) > 3:
+                    spent[who] = spent.get(who, 0) + counts[2] + counts[3]
+        self._stored_today = (day, spent)
 
 
 def _percentiles(hist: dict[int, int]) -> dict[str, float | None]:
@@ -323,8 +373,15 @@ def summarize(acc: dict[str, Any]) -> dict[str, Any]:
                            "failure_rate": round(acc["failures"] / calls, 4) if calls else None,
                            "latency_ms": {"mean": round(acc["latency_sum"] / calls, 3) if calls else None,
                                           **_percentiles(acc["hist"])},
-                           "callers": [{"caller": who, "calls": c[0], "failures": c[1]}  # the busiest first
+                           "callers": [{"caller": who, "calls": c[0], "failures": c[1],  # the busiest first
+                                        **({"tokens_in": c[2], "tokens_out": c[3]} if acc.get("tokens") else {})}
                                        for who, c in sorted(acc.get("callers", {}).items(), key=lambda i: (-i[1][0], i[0]))]}
+    if (tokens := acc.get("tokens")) is not None:
+        ttft = {"mean": round(tokens["ttft_sum"] / tokens["ttft_n"], 1) if tokens["ttft_n"] else None,
+                **_percentiles(tokens["ttft_hist"])}
+        out["tokens"] = {"answers": tokens["answers"], "in": tokens["in"], "out": tokens["out"], "ttft_ms": ttft,
+                         "tokens_per_second": round(tokens["decoded"] / (tokens["decode_ms"] / 1000), 2)
+                         if tokens["decode_ms"] > 0 else None}
     classes = acc["classes"]
     if classes:
         scored = sum(v[2] for v in classes.values())
@@ -333,50 +390,3 @@ def summarize(acc: dict[str, Any]) -> dict[str, Any]:
         out["average_confidence_per_class"] = {k: round(v[1] / v[2], 4) if v[2] else None
                                                for k, v in sorted(classes.items())}
     return out
-
-
-def plot(result: dict[str, Any], path: Path) -> Path:
-    """A PNG: calls and failures per minute, p50/p99 latency per minute, predictions per class."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = result["stats"]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for row in rows:
-        label = f"{row['endpoint']}/{row['stage']}/{row['model']}"
-        xs = [datetime.fromisoformat(s["minute"]) for s in row["series"]]
-        axes[0].plot(xs, [s["calls"] for s in row["series"]], marker="o", label=f"{label} calls")
-        if any(s["failures"] for s in row["series"]):
-            axes[0].plot(xs, [s["failures"] for s in row["series"]], marker="x", linestyle="--",
-                         label=f"{label} failures")
-        axes[1].plot(xs, [s.get("p50") for s in row["series"]], marker="o", label=f"{label} p50")
-        axes[1].plot(xs, [s.get("p99") for s in row["series"]], marker=".", linestyle="--", label=f"{label} p99")
-    axes[0].set_title("calls per minute")
-    axes[1].set_title("latency (ms)")
-    import matplotlib.dates as mdates
-
-    period = (datetime.fromisoformat(result["since"]), datetime.fromisoformat(result["until"]))
-    for ax in axes[:2]:  # the whole period, even when only a few minutes had calls
-        ax.set_xlim(*period)
-        ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M", tz=timezone.utc))
-    axes[0].set_ylim(bottom=0)
-    labels = sorted({k for row in rows for k in row.get("predictions", {})})
-    width = 0.8 / max(1, len(rows))
-    for i, row in enumerate(rows):
-        preds = row.get("predictions", {})
-        axes[2].bar([j + i * width for j in range(len(labels))], [preds.get(k, 0) for k in labels], width,
-                    label=f"{row['stage']}/{row['model']}")
-    axes[2].set_xticks([j + 0.4 - width / 2 for j in range(len(labels))], labels, rotation=30)
-    axes[2].set_title("predictions per class")
-    for ax in axes:
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    fig.autofmt_xdate()
-    fig.suptitle(f"{result['since']} .. {result['until']}", fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path

@@ -35,10 +35,12 @@ from typing import Any
 from core.connection import REPLICA_HEADER, replica_token
 from serving import asgi
 from serving.access import (
+    CALLER_HEADER,
     RETRY_AFTER,
     caller_of,
     error_body,
     is_internal,
+    over_budget,
     over_limit,
     route_error,
     token_problem,
@@ -184,7 +186,7 @@ class Gateway:
         self.shared.router.set_health(t.url, self._routable(t.url))
 
     async def _loop(self) -> None:
-        next_refresh = 0.0
+        next_refresh = next_spent = 0.0
         next_scale = time.monotonic() + self.autoscale_seconds
         while True:
             now = time.monotonic()
@@ -193,6 +195,9 @@ class Gateway:
                     await self.refresh()
                     next_refresh = now + self.refresh_seconds
                     self.shared.stats.flush()
+                if now >= next_spent:  # what the other gateway replicas stored of today's tokens (budgets)
+                    self.shared.stats.reload_today()  # here, as flush: no minute is between the two
+                    next_spent = now + 60
                     changed = self.shared.live.changed()
                     if changed and self._endpoints_api is not None:
                         await asyncio.get_running_loop().run_in_executor(None, self._write_live, changed)
@@ -288,6 +293,10 @@ class Gateway:
             return await asgi.reply(send, status, body, headers=headers)
         if not ep["public"] and (why := token_problem(self.shared.internal, ep, scope, self.shared.members)) is not None:
             return await asgi.reply(send, 401, route_error(route, 401, why), headers=[(b"www-authenticate", b"Bearer")])
+        caller = caller_of(ep, scope["headers"], self.shared.internal)  # whose use the statistics count
+        if (spent := over_budget(self.shared.stats, ep, caller)) is not None:
+            return await asgi.reply(send, 429, route_error(route, 429, spent), headers=[
+                (b"retry-after", str(max(1, math.ceil(86400 - time.time() % 86400))).encode())])
         if (limits := self.shared.members["limits"].get(ep.get("project"))) is not None and (
                 wait := over_limit(self.shared, ep, limits, scope["headers"])):
             return await asgi.reply(send, 429, route_error(route, 429, f"over project {ep.get('project')}'s request "
@@ -311,9 +320,8 @@ class Gateway:
             return await asgi.reply(send, 413, route_error(route, 413, str(exc)))
         qs = scope.get("query_string") or b""
         target = route.rest + ("?" + qs.decode("latin-1") if qs else "")
-        headers = [(k, v) for k, v in scope["headers"] if k != b"authorization" and k != REPLICA_HEADER]
+        headers = [(k, v) for k, v in scope["headers"] if k not in (b"authorization", REPLICA_HEADER, CALLER_HEADER)]
         headers += self._to_replica
-        caller = caller_of(ep, scope["headers"], self.shared.internal)  # whose use the statistics count
         taken = await self._forward(scope["method"], route, stage, fallback, target, headers, body, started, caller)
         if not isinstance(taken, Taken):
             status, answer, extra = taken
@@ -377,6 +385,7 @@ class Gateway:
         return 503, route_error(route, 503, "no replica could be reached; retry shortly"), RETRY_AFTER
 
     def _start(self) -> None:
+        self.shared.stats.reload_today()  # a restarted gateway keeps today's budgets spent
         self._tasks.append(asyncio.get_running_loop().create_task(self._loop()))
 
     def _stop(self) -> None:

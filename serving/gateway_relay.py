@@ -12,6 +12,8 @@ from serving.gateway_state import Shared, Tracked
 from serving.proxy import UpstreamError
 from serving.routing import Replica, Route
 from serving.traffic import STAGE_HEADER, Split
+from serving.usage import HEADER as USAGE_HEADER
+from serving.usage import Scan
 
 log = logging.getLogger("mlyard.gateway")
 
@@ -31,14 +33,18 @@ class Taken:
 
 async def relay(shared: Shared, send, taken: Taken, split: Split | None, keep: bool, started: float) -> tuple[bytes | None, bool]:
     """The replica's answer streamed to the client (the stage named when traffic is shared), counted
-    for the statistics and the gates: (the whole answer, when `keep` and it was short; whether it failed)."""
+    for the statistics and the gates, with a generative answer's tokens (serving/usage.py): (the whole
+    answer, when `keep` and it was short; whether it failed)."""
     resp, route, stage = taken.resp, taken.route, taken.stage
-    classes, out_headers = None, []
+    classes, usage, out_headers = None, None, []
     for k, v in resp.headers:
         if k == b"x-mlyard-classes":
             classes = v
+        elif k == USAGE_HEADER:
+            usage = v
         else:
             out_headers.append((k, v))
+    scan = Scan(usage, started, route.rest.endswith("completions"))
     failed, whole = resp.status >= 500, None
     if split is not None:
         out_headers.append((STAGE_HEADER, stage.encode()))
@@ -47,9 +53,11 @@ async def relay(shared: Shared, send, taken: Taken, split: Split | None, keep: b
         whole = resp.complete()
         if whole is not None:  # one write for the body and its end
             await send({"type": "http.response.body", "body": whole})
+            scan.whole(whole)
         else:
             kept: list[bytes] | None = [] if keep else None  # the answer, for the shadow's comparison
             async for chunk in resp.body():
+                chunk = scan.feed(chunk, time.perf_counter())
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 if kept is not None:
                     kept.append(chunk)
@@ -65,7 +73,8 @@ async def relay(shared: Shared, send, taken: Taken, split: Split | None, keep: b
         taken.tracked.active -= 1
         shared.router.release(taken.replica)
         ms = (time.perf_counter() - started) * 1000
-        shared.stats.record(taken.key, ms, failed or resp.status >= 400, classes, caller=taken.caller)
+        shared.stats.record(taken.key, ms, failed or resp.status >= 400, classes, caller=taken.caller,
+                            usage=scan.result())
         if split is not None:
             shared.live.record((route.endpoint, stage), ms, failed)
     return whole, failed

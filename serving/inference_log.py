@@ -43,11 +43,12 @@ class InferenceLog:
         self.action = action
         self._lock = threading.Lock()
 
-    def record(self, level: str, model: str, body: str, inference_id: str | None = None) -> dict[str, Any]:
+    def record(self, level: str, model: str, body: str, inference_id: str | None = None,
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
         doc = {"category": CATEGORY, "logLevel": level, "body": body, "logType": LOG_TYPE,
                "time": utc_now(),
                "endpointId": self.endpoint_id, "endpointStageId": self.stage_id,
-               "inferenceId": inference_id or new_id(), "action": self.action, "modelName": model}
+               "inferenceId": inference_id or new_id(), "action": self.action, "modelName": model, **(extra or {})}
         line = orjson.dumps(doc).decode() + "\n"
         with self._lock:
             self._out.write(line)
@@ -55,12 +56,24 @@ class InferenceLog:
         return doc
 
     def request(self, model: str, method: str, path: str, status: int, rows: int, seconds: float,
-                inference_id: str, error: str | None = None) -> None:
+                inference_id: str, error: str | None = None, usage: Any = None) -> None:
+        """One request's record; a generative answer's `usage` (serving/usage.py) gives its tokens in and
+        out, time to first token and tokens a second, in the body and as fields (promptTokens, ...)."""
         level = "INFO" if status < 400 else "WARNING" if status < 500 else "ERROR"
         if level == "INFO" and not self.every_request:
             return
-        body = f"{method} {path} {status} rows={rows} {seconds * 1000:.2f} ms"
-        self.record(level, model, f"{body}: {error}" if error else body, inference_id)
+        extra = None
+        if usage is None:
+            body = f"{method} {path} {status} rows={rows} {seconds * 1000:.2f} ms"
+        else:
+            ttft = usage.ttft_ms
+            rate = usage.completion / (seconds - ttft / 1000) if ttft is not None and seconds > ttft / 1000 else None
+            extra = {"promptTokens": usage.prompt, "completionTokens": usage.completion,
+                     "ttftMs": round(ttft, 1) if ttft is not None else None,
+                     "tokensPerSecond": round(rate, 2) if rate is not None else None}
+            body = (f"{method} {path} {status} tokens in={usage.prompt} out={usage.completion} "
+                    f"first token {ttft or 0:.0f} ms, {seconds * 1000:.2f} ms")
+        self.record(level, model, f"{body}: {error}" if error else body, inference_id, extra)
 
 
 def tail(path: Any, n: int) -> list[dict[str, Any]]:

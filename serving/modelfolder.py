@@ -245,13 +245,15 @@ def load(folder: Path | str, definition: str | None = None, variant: str | None 
             raise SpecError(f"{file.name}: models[{index}].service.pre_start_actions[{i}].args.{key}",
                             err.get("input"), f"{err['msg']} (action {action.action})") from None
     return ModelFolder(folder=folder, definition_file=file, model=entry, service=entry.service,
-                       variant=_variant(folder, variant), notes=notes)
+                       variant=load_section(folder, variant), notes=notes)
 
 
-def _variant(folder: Path, name: str | None) -> RuntimeVariant | None:
+def load_section(folder: Path, name: str | None, required: bool = True) -> RuntimeVariant | None:
+    """The `[name.*]` section of the folder's service-definition.toml (its first without a name); with
+    `required` False, None when the file or the section is not there (a runtime variant's is optional)."""
     file = folder / SERVICE_DEFINITION
     if not file.is_file():
-        if name:
+        if name and required:
             raise SpecError("runtime variant", name, f"a [{name}.*] section in {SERVICE_DEFINITION}; the folder has none")
         return None
     try:
@@ -261,6 +263,8 @@ def _variant(folder: Path, name: str | None) -> RuntimeVariant | None:
     if not doc:
         return None
     chosen = name or next(iter(doc))
+    if chosen not in doc and not required:
+        return None
     if chosen not in doc or not isinstance(doc[chosen], dict):
         raise SpecError("runtime variant", chosen, f"one of the sections of {SERVICE_DEFINITION}: {', '.join(doc)}")
     section = doc[chosen]

@@ -14,9 +14,11 @@ from typing import Any, AsyncIterator
 
 import orjson
 
+from core.connection import REPLICA_HEADER
 from serving import asgi
 from serving.continuous import MAX_SEQUENCE_TOKENS
 from serving.generative import DEFAULT_MAX_TOKENS, MAX_TOKENS, BadChat, ChatModel
+from serving.usage import HEADER, Usage, format_usage, stream_comment
 
 
 class OpenAIRoutes:
@@ -39,13 +41,13 @@ class OpenAIRoutes:
                     body = await asgi.read_body(receive, self.max_body)
                 except asgi.BodyTooLarge as exc:
                     raise BadChat(str(exc), status=413) from None
-                tokens = await self._complete(scope, receive, send, body, chat=path.endswith("chat/completions"))
-                self._record(scope, started, tokens, 200)
+                usage = await self._complete(scope, receive, send, body, path.endswith("chat/completions"), started)
+                self._record(scope, started, usage, 200)
                 return
             raise BadChat(f"no route {method} {path}; use /openai/v1/chat/completions or /openai/v1/completions",
                           status=404)
         except BadChat as exc:
-            self._record(scope, started, 0, exc.status, str(exc))
+            self._record(scope, started, None, exc.status, str(exc))
             if exc.started:  # the stream is open: end it with the error as an event
                 doc = {"error": {"message": str(exc), "type": "server_error", "param": exc.param, "code": exc.code}}
                 await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(doc) + b"\n\n"})
@@ -54,16 +56,18 @@ class OpenAIRoutes:
             await asgi.reply(send, exc.status, orjson.dumps(
                 {"error": {"message": str(exc), "type": kind, "param": exc.param, "code": exc.code}}))
 
-    def _record(self, scope: dict, started: float, tokens: int, status: int, error: str | None = None) -> None:
+    def _record(self, scope: dict, started: float, usage: Usage | None, status: int, error: str | None = None) -> None:
         seconds = time.perf_counter() - started
         if self.stats is not None and status != 404:
-            self.stats.record(self.chat.name, seconds, tokens, status)
+            self.stats.record(self.chat.name, seconds, usage.completion if usage else 0, status)
         if self.log is not None:
-            self.log.request(self.chat.name, scope["method"], scope["path"], status, tokens, seconds, uuid.uuid4().hex,
-                             error)
+            self.log.request(self.chat.name, scope["method"], scope["path"], status, usage.completion if usage else 0,
+                             seconds, uuid.uuid4().hex, error, usage=usage)
 
-    async def _complete(self, scope: dict, receive: asgi.Receive, send: asgi.Send, raw: bytes, chat: bool) -> int:
-        """Answer one completion; the number of tokens generated."""
+    async def _complete(self, scope: dict, receive: asgi.Receive, send: asgi.Send, raw: bytes, chat: bool,
+                        started: float) -> Usage:
+        """Answer one completion: its usage (tokens in and out, counted with the model's tokenizer, and the
+        time to its first token), which the answer also carries for the gateway (serving/usage.py)."""
         try:
             req = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -111,22 +115,27 @@ class OpenAIRoutes:
             pieces = _in_thread(lambda: self.chat.generate(inputs, max_tokens, temperature, top_p, stop, seed, cancel))
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
+        counted = Usage(prompt_tokens, 0)
         if stream:
             watch = asyncio.ensure_future(_disconnected(receive, cancel))
             try:
                 async with contextlib.aclosing(pieces):  # type: ignore[type-var]  # left early: its generation ends
-                    return await self._stream(send, pieces, rid, created, chat, prompt_tokens,
-                                              bool(isinstance(options, dict) and options.get("include_usage")))
+                    await self._stream(send, pieces, rid, created, chat, counted, started,
+                                       bool(isinstance(options, dict) and options.get("include_usage")),
+                                       any(k == REPLICA_HEADER for k, _ in scope["headers"]))
+                    return counted
             finally:
                 cancel.set()  # the client left, or the stream ended: the generation stops either way
                 watch.cancel()
-        text, finish, completion = "", None, 0
+        text, finish = "", None
         async with contextlib.aclosing(pieces):  # type: ignore[type-var]  # left early: its generation ends
             async for piece, done, tokens in pieces:
+                if counted.ttft_ms is None:
+                    counted.ttft_ms = (time.perf_counter() - started) * 1000
                 text += piece
-                finish, completion = done or finish, tokens or completion
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
-                 "total_tokens": prompt_tokens + completion}
+                finish, counted.completion = done or finish, tokens or counted.completion
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": counted.completion,
+                 "total_tokens": prompt_tokens + counted.completion}
         if chat:
             doc = {"id": rid, "object": "chat.completion", "created": created, "model": self.chat.name,
                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
@@ -134,12 +143,16 @@ class OpenAIRoutes:
         else:
             doc = {"id": rid, "object": "text_completion", "created": created, "model": self.chat.name,
                    "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}], "usage": usage}
-        await asgi.reply(send, 200, orjson.dumps(doc))
-        return completion
+        await asgi.reply(send, 200, orjson.dumps(doc), headers=[
+            (HEADER, format_usage(counted.prompt, counted.completion, counted.ttft_ms))])
+        return counted
 
     async def _stream(self, send: asgi.Send, pieces: AsyncIterator[tuple[str, str | None, int]], rid: str,
-                      created: int, chat: bool, prompt_tokens: int, include_usage: bool) -> int:
-        """Server-sent events: a chunk per piece of text, the finish reason, optionally the usage, [DONE]."""
+                      created: int, chat: bool, counted: Usage, started: float, include_usage: bool,
+                      gateway: bool) -> None:
+        """Server-sent events: a chunk per piece of text, the finish reason, optionally the usage, the usage
+        for the gateway as a comment (`gateway`: the request came through it; it takes the line out),
+        [DONE]. `counted` is filled in as tokens come."""
         head = {"id": rid, "created": created, "model": self.chat.name,
                 "object": "chat.completion.chunk" if chat else "text_completion"}
 
@@ -151,10 +164,11 @@ class OpenAIRoutes:
                     "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
         if chat:  # the role first, as OpenAI sends it
             await send(event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]))
-        completion = 0
         try:
             async for piece, finish, tokens in pieces:
-                completion = tokens or completion
+                if counted.ttft_ms is None:
+                    counted.ttft_ms = (time.perf_counter() - started) * 1000
+                counted.completion = tokens or counted.completion
                 if chat:
                     choice = {"index": 0, "delta": {"content": piece} if piece else {}, "finish_reason": finish}
                 else:
@@ -164,10 +178,12 @@ class OpenAIRoutes:
             exc.started = True
             raise
         if include_usage:
-            await send(event([], usage={"prompt_tokens": prompt_tokens, "completion_tokens": completion,
-                                        "total_tokens": prompt_tokens + completion}))
+            await send(event([], usage={"prompt_tokens": counted.prompt, "completion_tokens": counted.completion,
+                                        "total_tokens": counted.prompt + counted.completion}))
+        if gateway:
+            await send({"type": "http.response.body", "more_body": True,
+                        "body": stream_comment(counted.prompt, counted.completion, counted.ttft_ms)})
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
-        return completion
 
 
 async def _disconnected(receive: asgi.Receive, cancel: threading.Event) -> None:

@@ -30,6 +30,8 @@ class RagLlm:
         if self._http is None:
             t = self.spec().llm.timeout_seconds
             headers = {"Authorization": f"Bearer {self.llm_key}"} if self.llm_key else {}
+            if self.spec().llm.endpoint:  # an mlyard endpoint counts (and budgets) the RAG's tokens under its name
+                headers["x-mlyard-caller"] = f"rag:{self.name}"
             if self.own_llm:  # its own LLM replica, called directly: with the replicas' credential, as the gateway
                 from core.connection import replica_headers
                 from core.settings import Settings

@@ -72,10 +72,21 @@ def check_stage(endpoints: Endpoints, models: Any, stage: StageSpec, field: str,
         if pods > MAX_LOCAL_REPLICAS:
             raise SpecError(f"{field}.resources[].pods", pods, f"at most {MAX_LOCAL_REPLICAS} replicas in all on "
                             "one machine (instance_type local)")
+        for i, res in enumerate(stage.resources):
+            if res.runtime is not None and res.runtime.variant in ("cmd", "nim") and not res.runtime.args:
+                raise SpecError(f"{field}.resources[{i}].runtime.args", [], f"the command to run: {res.runtime.variant} "
+                                "runs its image's own command, which only a cluster's pod has")
     else:
+        from core.environment import runtime_images
+        from core.runtimes import VARIANTS
         from tasks.kubernetes import cluster_client
 
         cluster_client(f"{field}.instance_type", stage.instance_type)  # refuses when no cluster is configured
+        for i, res in enumerate(stage.resources):
+            variant = VARIANTS.get(res.runtime.variant) if res.runtime else None
+            if variant is not None and not (res.runtime.image or runtime_images().get(variant.name) or variant.image):
+                raise SpecError(f"{field}.resources[{i}].runtime.image", None, f"an image: {variant.name} runs its "
+                                "image's own command (or the values' runtimeImages)")
     return versions
 
 
@@ -92,7 +103,13 @@ def local_replicas(home: Path, view: dict[str, Any], stage: str,
         name, version = res["model"].rsplit("/", 1)
         given = (params or {}).get(res["model"], {})
         kind = given.get(files.CODE_KIND)
-        if kind == "model-folder":
+        runtime = res.get("runtime")
+        if runtime and runtime["variant"] != "custom":  # an inference engine runs the folder (serving/variants.py)
+            kind = "model-folder"
+            argv = [mlyard_bin(), "serve", f"models:/{name}/{version}", "--runtime", runtime["variant"],
+                    "--service-port", "0", "--host", "127.0.0.1", *[f"--engine-arg={a}" for a in runtime["args"]],
+                    *[f"--env={k}={v}" for k, v in runtime["environ"].items()]]
+        elif kind == "model-folder":
             argv = [mlyard_bin(), "serve", f"models:/{name}/{version}", "--service-port", "0", "--host", "127.0.0.1"]
         elif kind == "entry-script":
             argv = [mlyard_bin(), "serve", f"models:/{name}/{version}", "--host", "127.0.0.1"]

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from core.assets import infra
-from core.environment import kubeconfig_path
+from core.environment import kubeconfig_path, runtime_images
 from core.errors import SpecError
 from core.names import param_environ
 from core.settings import DEFAULT_IMAGE as SETTINGS_DEFAULT_IMAGE
@@ -75,8 +75,7 @@ def render_stage(view: dict[str, Any], stage: str, *, image: str = DEFAULT_IMAGE
             quantities["nvidia.com/gpu"] = str(res["gpu"])
         context = {
             "name": name, "namespace": namespace, "labels": labels, "selector": selector, "resource": res,
-            "image": image, "port": PORT, "ready_path": health_path(params.get(CODE_KIND)),
-            "live_path": health_path(params.get(CODE_KIND)).replace("/v2/health/ready", "/v2/health/live"),
+            "image": image, "port": PORT,
             "args": ["mlyard", "serve", f"models:/{model_name}/{version}", "--host", "0.0.0.0", "--port", str(PORT),
                      "--name", model_name, *[a for k, v in params.items() for a in ("--param", f"{k}={v}")],
                      *body_limit_args(view.get("max_request_bytes"), Settings().max_request_bytes)],
@@ -86,6 +85,13 @@ def render_stage(view: dict[str, Any], stage: str, *, image: str = DEFAULT_IMAGE
             # checks aside; required (no key, no pod), so that no replica serves unguarded
             + [{"name": "MLYARD_REPLICA_TOKEN",
                 "valueFrom": {"secretKeyRef": {"name": settings_secret, "key": "mlyard_replica_token"}}}],
+            "command": None, "init_containers": [], "extra_volumes": [],
+            "mounts": [{"name": "settings", "mountPath": "/var/run/secrets/mlyard", "readOnly": True}],
+            "probes": {"readinessProbe": {"httpGet": {"path": health_path(params.get(CODE_KIND)), "port": "http"},
+                                          "periodSeconds": 5},
+                       "livenessProbe": {"httpGet": {"path": health_path(params.get(CODE_KIND)).replace(
+                           "/v2/health/ready", "/v2/health/live"), "port": "http"},
+                           "initialDelaySeconds": 30, "periodSeconds": 10}},
             "requests": quantities, "limits": quantities,
             "node_selector": {"node.kubernetes.io/instance-type": st["instance_type"]}
             if st["instance_type"] != "local" else {},
@@ -94,12 +100,54 @@ def render_stage(view: dict[str, Any], stage: str, *, image: str = DEFAULT_IMAGE
             "settings_secret": settings_secret,
             "settings_items": [{"key": k, "path": k} for k in REPLICA_SETTINGS],
         }
+        if (res.get("runtime") or {}).get("variant", "custom") != "custom":
+            engine_pod(context, res["runtime"], f"models:/{model_name}/{version}", image)
         out.append(yaml.safe_load(env.get_template("deployment.yaml.j2").render(context)))
         out.append(yaml.safe_load(env.get_template("service.yaml.j2").render(context)))
         out.append(yaml.safe_load(env.get_template("networkpolicy.yaml.j2").render(context)))
         if res["pod_autoscaler"].get("enabled"):
             out.append(yaml.safe_load(env.get_template("hpa.yaml.j2").render(context)))
     return out
+
+
+def engine_pod(context: dict[str, Any], runtime: dict[str, Any], model_uri: str, mlyard_image: str) -> None:
+    """A runtime variant's pod (serving/variants.py), in place of mlyard's server: the variant's image (the
+    stage's, else the values' MLYARD_RUNTIME_IMAGES, else the variant's default) runs its start command
+    on its port, the model folder copied to /models first by an init container of mlyard's image (with the
+    replicas' settings alone); a startup probe waits out the variant's initial delay, then readiness
+    follows its health path. Pod Security restricted holds: the engine runs as the pod's non-root user,
+    with HOME and caches on a writable /tmp."""
+    import math
+
+    from core.runtimes import MOUNT, VARIANTS
+
+    v = VARIANTS[runtime["variant"]]
+    context["image"] = runtime.get("image") or runtime_images().get(v.name) or v.image
+    if not context["image"]:
+        raise SpecError("runtime.image", None, f"an image: the {v.name} variant runs its image's own command")
+    filled = {"model": MOUNT, "port": str(v.port), "gguf": "model.gguf"}
+    command = [part.format(**filled) for part in v.command]
+    context["command"], context["args"] = (command, runtime["args"]) if command else (None, runtime["args"])
+    context["port"] = v.port
+    context["env"] = [*[{"name": k, "value": str(val)} for k, val in runtime["environ"].items()],
+                      {"name": "HOME", "value": "/tmp"}, {"name": "HF_HOME", "value": "/tmp/hf"}]
+    fetch = {"name": "fetch-model", "image": mlyard_image, "args": ["mlyard", "models", "download", model_uri,
+                                                                   "--to", MOUNT],
+             "envFrom": [{"configMapRef": {"name": "mlyard-config", "optional": True}}],
+             "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+             "volumeMounts": [*context["mounts"], {"name": "models", "mountPath": MOUNT}]}
+    context["init_containers"] = [fetch]
+    context["mounts"] = [{"name": "models", "mountPath": MOUNT, "readOnly": True}, {"name": "tmp", "mountPath": "/tmp"}]
+    context["extra_volumes"] = [{"name": "models", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]
+    if v.health is None:  # cmd: Backend.AI probes nothing; Kubernetes checks the port opens
+        context["probes"] = {"readinessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 10}}
+        return
+    probe = {"httpGet": {"path": v.health, "port": "http"}, "periodSeconds": int(v.interval)}
+    delay = v.initial_delay if v.initial_delay is not None else 60.0
+    context["probes"] = {
+        "startupProbe": {**probe, "failureThreshold": math.ceil(delay / v.interval) + v.max_retries},
+        "readinessProbe": {**probe, "failureThreshold": 3},
+        "livenessProbe": {**probe, "failureThreshold": v.max_retries}}
 
 
 def node_pool_annotations(view: dict[str, Any], stage: str) -> dict[str, str]:

@@ -69,6 +69,37 @@ class PodAutoscaler(SpecModel):
     max_pods: int = Field(default=5, ge=1, le=100, description="Most pods it may scale up to.")
 
 
+RUNTIME_VARIANTS = ("vllm", "nim", "cmd", "huggingface-tgi", "sglang", "modular-max", "llama-cpp", "custom")
+
+
+class RuntimeSpec(SpecModel):
+    """The inference engine that serves a stage resource's model folder (Backend.AI's runtime variants,
+    serving/variants.py): every variant but custom brings its own model definition."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    variant: Literal["vllm", "nim", "cmd", "huggingface-tgi", "sglang", "modular-max", "llama-cpp", "custom"] = Field(
+        description="vllm, nim, cmd (the image's own command), huggingface-tgi, sglang, modular-max, llama-cpp, or "
+                    "custom (the folder's model-definition.yaml).")
+    args: list[str] = Field(default_factory=list, max_length=64,
+                            description="Extra engine flags after the variant's command (for cmd and nim, the "
+                                        "command itself: container arguments replace the image's command).")
+    environ: dict[str, str] = Field(default_factory=dict, description="The engine's environment, over the "
+                                                                      "folder's service-definition.toml.")
+    image: str | None = Field(default=None, max_length=255, description="On a cluster, the engine's image (default: "
+                                                                        "service-definition.toml's, else the variant's).")
+
+    @field_validator("environ")
+    @classmethod
+    def _names(cls, value: dict[str, str]) -> dict[str, str]:
+        import re
+
+        bad = [k for k in value if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", k)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not an environment variable name (letters, digits, _)")
+        return value
+
+
 class StageResourceSpec(SpecModel):
     """One model version served by a stage."""
 
@@ -83,6 +114,13 @@ class StageResourceSpec(SpecModel):
     gpu: int = Field(default=0, ge=0, le=16, description="GPUs per pod.")
     pods: int = Field(default=1, ge=1, le=100, description="Pods (replicas) to start.")
     pod_autoscaler: PodAutoscaler = Field(default_factory=PodAutoscaler, description="Pod autoscaling.")
+    runtime: RuntimeSpec | None = Field(default=None, description="An inference engine for a model folder (runtime: "
+                                        "vllm, or {variant: vllm, args: [...], environ: {...}}); none: mlyard's server.")
+
+    @field_validator("runtime", mode="before")
+    @classmethod
+    def _runtime(cls, value: object) -> object:
+        return {"variant": value} if isinstance(value, str) else value
 
     @field_validator("model")
     @classmethod

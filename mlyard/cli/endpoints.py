@@ -12,9 +12,9 @@ from typing import Any, Optional
 import typer
 
 from mlyard.cli.common import JSON, SETS, SUBMIT, ask, emit, guard, out, parse_sets, typer_app
+from mlyard.cli.endpoint_tokens import tokens_app
 
 app = typer_app("Endpoints: stages of model versions behind the gateway, tokens, statistics, logs.")
-tokens_app = typer_app("Tokens of a token-protected endpoint: issue (shown once), list, revoke.")
 app.add_typer(tokens_app, name="tokens")
 rollout_app = typer_app("Progressive promotion of a stage behind the endpoint's policy: start, show, pause, resume, "
                         "abort.")
@@ -169,11 +169,12 @@ def endpoints_stats(
     until: Optional[str] = typer.Option(None, "--until", help="End (default: now)."),
     stage: Optional[str] = typer.Option(None, "--stage"),
     model: Optional[str] = typer.Option(None, "--model"),
-    png: Optional[Path] = typer.Option(None, "--png", help="Also draw calls, latency and predictions per class here."),
+    png: Optional[Path] = typer.Option(None, "--png", help="Also draw calls, latency and predictions per class (or tokens per minute) here."),
     as_json: bool = JSON,
 ) -> None:
-    """Calls, failures, latency (mean, p50, p95, p99), predictions per class, average confidence, and which
-    token or API key made how many of the calls."""
+    """Calls, failures, latency (mean, p50, p95, p99), predictions per class, average confidence; for a
+    generative model tokens in and out, time to first token and tokens a second; and which token, API key
+    or RAG made how many of the calls (and used how many tokens)."""
     result = guard(lambda: _api().stats(endpoint, since=since, until=until, stage=stage, model=model, png=png))
     if as_json:
         emit(result, True)
@@ -184,9 +185,16 @@ def endpoints_stats(
     emit(rows, False, ["stage", "model", "calls", "failures", "mean", "p50", "p95", "p99", "predictions",
                        "avg confidence"], title=f"{endpoint}: {result['since']} .. {result['until']} (latency in ms)",
          empty=f"no calls to {endpoint} in that period")
+    generated = [{"stage": r["stage"], "model": r["model"], "answers": t["answers"], "tokens in": t["in"],
+                  "tokens out": t["out"], "first token mean": t["ttft_ms"]["mean"], "first token p95": t["ttft_ms"]["p95"],
+                  "tokens/s": t["tokens_per_second"]} for r in result["stats"] if (t := r.get("tokens"))]
+    if generated:
+        emit(generated, False, ["stage", "model", "answers", "tokens in", "tokens out", "first token mean",
+                                "first token p95", "tokens/s"], title="generated tokens (first token in ms)")
     callers = [{"stage": r["stage"], "model": r["model"], **c} for r in result["stats"] for c in r.get("callers", [])]
     if callers:
-        emit(callers, False, ["stage", "model", "caller", "calls", "failures"], title="who called (tokens and keys)")
+        emit(callers, False, ["stage", "model", "caller", "calls", "failures",
+                              *(["tokens_in", "tokens_out"] if generated else [])], title="who called (tokens and keys)")
     if result.get("png"):
         out.print(f"chart: {result['png']}")
 
@@ -202,37 +210,6 @@ def endpoints_logs(endpoint: str, tail: int = typer.Option(20, "--tail", help="H
     emit([{"time": r.get("time"), "level": r.get("logLevel"), "model": r.get("modelName"),
            "inferenceId": r.get("inferenceId"), "body": r.get("body")} for r in records], False,
          ["time", "level", "model", "inferenceId", "body"], empty="no inference log records yet")
-
-
-@tokens_app.command("issue")
-def tokens_issue(endpoint: str, days: float = typer.Option(30.0, "--days", help="Valid for this many days."),
-                 expires: Optional[str] = typer.Option(None, "--expires", help="Or valid until this ISO-8601 time."),
-                 as_json: bool = JSON) -> None:
-    """Issue a token; it is shown only now. Send it as 'Authorization: Bearer <token>'."""
-    from mlyard.commands import act
-
-    token = guard(lambda: act("endpoints_issue", name=endpoint, days=days, expires_at=expires))
-    if as_json:
-        emit(token, True)
-        return
-    print(token["token"])
-    out.print(f"(token {token['id']}, valid until {token['expires_at']}; it is not shown again)", style="dim")
-
-
-@tokens_app.command("list")
-def tokens_list(endpoint: str, as_json: bool = JSON) -> None:
-    """Tokens with their prefix, expiry and state (valid, expired, revoked)."""
-    emit(guard(lambda: ask("endpoints_tokens", endpoint=endpoint)), as_json, ["id", "prefix", "created_at", "expires_at", "state"],
-         empty=f"no tokens: issue one with `mlyard endpoints tokens issue {endpoint}`")
-
-
-@tokens_app.command("revoke")
-def tokens_revoke(endpoint: str, token_id: int) -> None:
-    """Revoke a token: the gateway refuses it at once."""
-    from mlyard.commands import act
-
-    guard(lambda: act("endpoints_revoke", name=endpoint, token_id=token_id))
-    out.print(f"revoked token {token_id} of {endpoint}")
 
 
 @app.command("validate")
@@ -263,7 +240,9 @@ def endpoints_chat(endpoint: str, stage: Optional[str] = typer.Option(None, "--s
                        help="Sampling temperature, 0 to 2 (0: greedy, the same answer every time); unset, the "
                             "model's own.")) -> None:
     """Chat with an endpoint's generative model in the terminal (its OpenAI route, streamed); empty line ends."""
-    guard(lambda: _api().chat(endpoint, stage=stage, token=token, max_tokens=max_tokens, temperature=temperature))
+    from mlyard import endpoint_chat
+
+    guard(lambda: endpoint_chat.chat(endpoint, stage=stage, token=token, max_tokens=max_tokens, temperature=temperature))
 
 
 @app.command("canary")

@@ -83,6 +83,27 @@ def models_list(as_json: bool = JSON) -> None:
          empty="no models yet: `mlyard models create NAME --from-training ID`")
 
 
+@app.command("download")
+def models_download(ref: str = typer.Argument(..., help="name/version, name@alias or models:/name/version"),
+                    to: Path = typer.Option(..., "--to", help="The folder the version's files are copied into (made "
+                                            "when missing; a runtime variant's pod copies to /models)."),
+                    as_json: bool = JSON) -> None:
+    """Copy a registered version's files into a folder (MLflow's artifacts; what a runtime variant's engine
+    reads on a cluster)."""
+    from core.connection import connect
+    from tasks.inference import fetch_model
+    from tasks.storage import Storage
+
+    found = guard(lambda: ask("model_reference", model=ref))
+    to.mkdir(parents=True, exist_ok=True)
+    got = guard(lambda: fetch_model(Storage(connect()), found["uri"], to))
+    files = sum(1 for p in Path(got).rglob("*") if p.is_file())
+    if as_json:
+        emit({"model": found["uri"], "path": str(got), "files": files}, True)
+        return
+    out.print(f"{found['uri']}: {files} files in {got}")
+
+
 @app.command("show")
 def models_show(ref: str = typer.Argument(..., help="name, name/version or name@alias"), as_json: bool = JSON) -> None:
     """A model with all its versions, or one version."""

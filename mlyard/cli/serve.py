@@ -37,8 +37,16 @@ def serve(
                                                 "(model-definition.yaml): its command is supervised and proxied."),
     definition: Optional[str] = typer.Option(None, "--definition", help="With --model-folder: the model definition "
                                              "file's name (default model-definition.yaml or .yml)."),
-    runtime: Optional[str] = typer.Option(None, "--runtime", help="With --model-folder: the runtime variant section "
-                                          "of service-definition.toml (default: its first)."),
+    runtime: Optional[str] = typer.Option(None, "--runtime", help="With --model-folder (or a registered model "
+                                          "folder): the runtime variant, as Backend.AI's: vllm, nim, cmd, "
+                                          "huggingface-tgi, sglang, modular-max, llama-cpp (no model-definition "
+                                          "needed: the engine on PATH runs the folder) or custom (the folder's "
+                                          "model-definition; the default). Its service-definition.toml section "
+                                          "adds the environment."),
+    engine_args: list[str] = typer.Option([], "--engine-arg", help="With --runtime: an extra engine flag, after "
+                                          "the variant's command (repeatable; for cmd and nim, the command itself)."),
+    envs: list[str] = typer.Option([], "--env", help="With --runtime: NAME=VALUE for the engine's environment "
+                                   "(repeatable; over service-definition.toml's)."),
     service_port: Optional[int] = typer.Option(None, "--service-port", help="With --model-folder: run its service on "
                                                "this port instead of the definition's (0: a free one), as a "
                                                "container's port is mapped, so several replicas run side by side."),
@@ -78,17 +86,15 @@ def serve(
         if model is not None or entry_script is not None or chat_model is not None:
             guard(lambda: _raise(SpecError("--model-folder", str(model_folder), "alone (not with MODEL, --entry-script "
                                            "or --chat-model)")))
-        from serving import modelfolder
-
-        folder = guard(lambda: modelfolder.load(model_folder, definition, runtime))
-        return _serve_folder(folder, service_port, host, port or 8080)
+        return _serve_folder(guard(lambda: _folder(model_folder, runtime, definition, engine_args, envs)),
+                             service_port, host, port or 8080)
     if entry_script is not None:  # 2. an Azure ML entry script, alone
         if model is not None or chat_model is not None:
             guard(lambda: _raise(SpecError("MODEL" if model else "--chat-model", model or chat_model,
                                            "nothing with --entry-script (the script loads its model)")))
         return _serve_script(entry_script, model_dir, host, port, workers, conda_file, requirements)
     if model is not None and chat_model is None and _registered(model) and \
-            _serve_pushed_code(model, given, definition, runtime, service_port, host, port, workers):
+            _serve_pushed_code(model, given, (definition, runtime, engine_args, envs), service_port, host, port, workers):
         return  # 3. a version `mlyard endpoints deploy --sync` pushed: its entry script or model folder
     if model is None and chat_model is None:
         guard(lambda: _raise(SpecError("MODEL", None, "a model reference or directory (or --entry-script FILE, "
@@ -128,24 +134,26 @@ def _serve_script(entry_script: Path, model_dir: Path | None, host: str, port: i
                port or DEFAULT_PORT)
 
 
-def _serve_pushed_code(model: str, given: dict[str, str], definition: str | None, runtime: str | None,
-                       service_port: int | None, host: str, port: int | None, workers: int) -> bool:
-    """Serve a registered version that holds pushed code (an entry script or a model folder); False for a
+def _serve_pushed_code(model: str, given: dict[str, str], how: tuple, service_port: int | None, host: str,
+                       port: int | None, workers: int) -> bool:
+    """Serve a registered version that holds pushed code (an entry script or a model folder), or a model
+    folder run by a runtime variant (`how`: definition, runtime, engine args, environment); False for a
     model of any other kind (the model server serves it)."""
     import os
 
     from core.names import param_environ
+    from serving.variants import VARIANTS
     from tasks.replicas import CODE_KIND
 
     path, _, _, registered = guard(lambda: _resolve(model))
-    kind = registered.get(CODE_KIND)
+    kind = "model-folder" if how[1] in VARIANTS else registered.get(CODE_KIND)
     if kind not in ("entry-script", "model-folder"):
         return False
     os.environ.update(param_environ({**registered, **given}))
     if kind == "model-folder":
-        from serving import modelfolder
-
-        _serve_folder(guard(lambda: modelfolder.load(path, definition, runtime)), service_port, host, port or 8080)
+        definition, runtime, engine_args, envs = how
+        _serve_folder(guard(lambda: _folder(path, runtime, definition, engine_args, envs)), service_port, host,
+                      port or 8080)
         return True
     from serving.azure import serve_entry_script
 
@@ -263,6 +271,27 @@ def _registered(model: str) -> bool:
     from core.specs import is_registry_ref
 
     return model.startswith("models:/") or (is_registry_ref(model) and not Path(model).exists())
+
+
+def _folder(path: Path, runtime: str | None, definition: str | None, engine_args: list[str], envs: list[str]):
+    """The model folder as its runtime variant runs it, refused (one line) when its engine is not here."""
+    from serving.variants import NAMES, VARIANTS, engine_problem, folder_of
+
+    if (engine_args or envs) and runtime is None:
+        raise SpecError("--engine-arg" if engine_args else "--env", (engine_args or envs)[0], "used with --runtime")
+    if runtime is not None and runtime not in NAMES and not (path / "service-definition.toml").is_file():
+        raise SpecError("--runtime", runtime, f"one of {', '.join(NAMES)}")
+    environ = {}
+    for pair in envs:
+        name, eq, value = pair.partition("=")
+        if not eq or not name.strip():
+            raise SpecError("--env", pair, "NAME=VALUE")
+        environ[name.strip()] = value
+    mf = folder_of(path, runtime, definition, engine_args, environ)
+    if runtime in VARIANTS and (missing := engine_problem(mf)) is not None:
+        raise SpecError("--runtime", runtime, f"its engine on PATH: {missing} is not found here; install it, or run "
+                        "the stage on a cluster, where the variant's image has it")
+    return mf
 
 
 def _serve_folder(folder, service_port: int | None, host: str, port: int) -> None:

@@ -407,6 +407,7 @@ def test_chat_endpoint_streams_through_the_gateway(endpoint, platform, settings,
 
     import mlyard.endpoints as api
     from core.connection import gateway_url
+    from mlyard import endpoint_chat
 
     folder = tiny_chat_model(tmp_path / "tinychat")
     platform.models.create_from_directory("tinychat", folder, "file://tinychat", parameters={"task": "chat"},
@@ -418,7 +419,7 @@ def test_chat_endpoint_streams_through_the_gateway(endpoint, platform, settings,
     assert chunks and chunks[-1].choices[0].finish_reason in ("stop", "length")
     said: list[str] = []
     lines = iter(["hello", "and again", ""])
-    turns = api.chat("chat", read=lambda _prompt: next(lines),
+    turns = endpoint_chat.chat("chat", read=lambda _prompt: next(lines),
                      write=lambda text="", **_: said.append(text), max_tokens=6, temperature=0)
     # greedy (temperature 0): the tiny random model answers the same printable text every time (tiny_llm.py);
     # sampled, it could stop at once and write nothing

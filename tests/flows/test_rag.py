@@ -279,8 +279,10 @@ def test_a_private_chat_endpoint_writes_the_answers_and_its_tokens_open_the_rout
         streamed = _json("rags", "query", "vault", "When does it close?", "--token", token)
         assert streamed["sources"][0]["file"] == "hours.txt"
         assert settings.stack_file.stat().st_mode & 0o777 == 0o600  # it holds the platform's internal token
-        calls = sum(r["calls"] for r in endpoints.stats("asker")["stats"])
-        assert calls >= 3, calls  # the RAG's LLM calls went through the gateway, counted for the endpoint
+        asked = endpoints.stats("asker")["stats"]
+        assert sum(r["calls"] for r in asked) >= 3, asked  # the RAG's LLM calls went through the gateway
+        by_rag = [c for r in asked for c in r["callers"] if c["caller"] == "rag:vault"]  # under the RAG's name
+        assert by_rag and by_rag[0]["calls"] >= 3 and by_rag[0]["tokens_out"] > 0 and by_rag[0]["tokens_in"] > 0, asked
         assert len(_json("rags", "logs", "vault")) >= 3  # the refused ones never reached the query service
     finally:
         if any(r["name"] == "vault" for r in _json("rags", "list")):

@@ -142,9 +142,13 @@ def _endpoint_pods(tmp_path) -> list[tuple[str, dict]]:
     catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
     try:
         view = Endpoints(catalog).create(EndpointSpec(name="iris-api", stage=StageSpec(
-            instance_type="m2.c4m8", resources=[StageResourceSpec(model="iris/2"), StageResourceSpec(model="b/1",
-                                                                                                      gpu=1)])),
-            [("iris", "2"), ("b", "1")])
+            instance_type="m2.c4m8", resources=[
+                StageResourceSpec(model="iris/2"), StageResourceSpec(model="b/1", gpu=1),
+                *[StageResourceSpec(model=f"llm{i}/1", gpu=1, runtime={"variant": v, "args": ["serve"],
+                                                                                     "image": "engine:1"})
+                  for i, v in enumerate(("vllm", "nim", "cmd", "huggingface-tgi", "sglang", "modular-max",
+                                         "llama-cpp"))]])),  # every runtime variant's engine pod too
+            [("iris", "2"), ("b", "1"), *[(f"llm{i}", "1") for i in range(7)]])
         return [(f"endpoint {m['metadata']['name']}", m["spec"]["template"]["spec"])
                 for m in k8s.render_stage(view, "default", image="mlyard:1", parameters={}) if m["kind"] == "Deployment"]
     finally:

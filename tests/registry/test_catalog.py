@@ -16,7 +16,7 @@ def test_migrations_create_the_schema(catalog):
             "mlyard_alembic_version", "registry_accounts", "images", "endpoint_stat_minutes", "notebooks",
             "promotions", "live_counts"} <= tables
     with catalog.engine.connect() as conn:
-        assert conn.execute(text("select version_num from mlyard_alembic_version")).scalar() == "0019"
+        assert conn.execute(text("select version_num from mlyard_alembic_version")).scalar() == "0020"
     catalog.upgrade()  # re-opening an up-to-date catalog is a no-op
     # the head that lets an up-to-date catalog open without alembic is alembic's own head
     from alembic.config import Config
@@ -26,7 +26,7 @@ def test_migrations_create_the_schema(catalog):
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    assert ScriptDirectory.from_config(cfg).get_current_head() == HEAD == catalog.revision() == "0019"
+    assert ScriptDirectory.from_config(cfg).get_current_head() == HEAD == catalog.revision() == "0020"
 
 
 def test_templates_lifecycle(catalog):

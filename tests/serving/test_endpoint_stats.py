@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from serving.endpoint_stats import EndpointStats, format_classes, parse_classes
+from serving.class_counts import format_classes
+from serving.endpoint_stats import EndpointStats, parse_classes
 
 
 def test_percentiles_classes_and_persistence(tmp_path):

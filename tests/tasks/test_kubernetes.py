@@ -65,6 +65,45 @@ def test_a_stage_renders_to_valid_deployments_services_and_an_hpa(view):
     assert not [k for k in keys if "internal" in k]
 
 
+def test_a_runtime_variant_stage_is_its_engines_deployment_with_backend_ais_probes(tmp_path, monkeypatch):
+    """A vllm resource: vLLM's image (the values can change it) serving /models, which an init container of
+    mlyard's image fills with the version's files; the startup probe waits out vLLM's 300 s of loading
+    (Backend.AI's initial delay) before readiness follows /health; GPUs asked; strictly valid."""
+    from registry import Catalog
+
+    catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
+    try:
+        view = Endpoints(catalog).create(EndpointSpec(name="chat", stage=StageSpec(instance_type="g2", resources=[
+            StageResourceSpec(model="llama/3", gpu=1, memory="24Gi",
+                              runtime={"variant": "vllm", "args": ["--max-model-len", "4096"], "environ": {"A": "1"}}),
+            StageResourceSpec(model="tool/1", runtime="cmd")])), [("llama", "3"), ("tool", "1")])
+        with pytest.raises(SpecError, match="runtime.image"):  # cmd runs its image's own command: name the image
+            k8s.render_stage(view, "default", image="registry.local/mlyard:1")
+        monkeypatch.setenv("MLYARD_RUNTIME_IMAGES", '{"cmd": "registry.local/tool:2"}')
+        manifests = k8s.render_stage(view, "default", image="registry.local/mlyard:1")
+    finally:
+        catalog.dispose()
+    k8s.validate(manifests)
+    vllm, _, _, tool, _, _ = manifests
+    pod = vllm["spec"]["template"]["spec"]
+    engine = pod["containers"][0]
+    assert engine["image"] == "vllm/vllm-openai:v0.11.0"
+    assert engine["command"] == ["vllm", "serve", "/models", "--host", "0.0.0.0", "--port", "8000"]
+    assert engine["args"] == ["--max-model-len", "4096"] and engine["ports"][0]["containerPort"] == 8000
+    assert engine["startupProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert engine["startupProbe"]["periodSeconds"] * engine["startupProbe"]["failureThreshold"] >= 300
+    assert engine["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert engine["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert {"name": "A", "value": "1"} in engine["env"] and {"name": "models", "mountPath": "/models",
+                                                              "readOnly": True} in engine["volumeMounts"]
+    fetch = pod["initContainers"][0]
+    assert fetch["image"] == "registry.local/mlyard:1"
+    assert fetch["args"] == ["mlyard", "models", "download", "models:/llama/3", "--to", "/models"]
+    tool_engine = tool["spec"]["template"]["spec"]["containers"][0]
+    assert tool_engine["image"] == "registry.local/tool:2" and "command" not in tool_engine and "args" not in tool_engine
+    assert tool_engine["readinessProbe"] == {"tcpSocket": {"port": "http"}, "periodSeconds": 10}  # no health path
+
+
 def test_node_autoscaler_annotations_and_long_names(view):
     notes = k8s.node_pool_annotations(view, "default")
     assert notes["cluster.x-k8s.io/cluster-api-autoscaler-node-group-max-size"] == "4"

@@ -1,0 +1,109 @@
+"""A generative answer's usage as the gateway counts it: tokens in (the prompt) and out (the completion),
+and the time to its first token. Pure: no I/O.
+
+mlyard's model server says it exactly (counted with the model's tokenizer, serving/openai_routes.py): in
+an `x-mlyard-usage` header of a whole answer, and in a comment line of a stream (`: x-mlyard-usage ...`,
+which server-sent-event clients skip) just before `data: [DONE]`. The gateway takes both off the answer
+(`Scan`). An engine of a runtime variant (vLLM, TGI, llama.cpp's server...) says nothing of the kind: the
+gateway reads OpenAI's own `usage` object from its whole answer, or from the stream's last chunk when the
+client asked for it (`stream_options.include_usage`), and times the first token itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+HEADER = b"x-mlyard-usage"
+_COMMENT = b": x-mlyard-usage "
+
+
+@dataclass
+class Usage:
+    prompt: int
+    completion: int
+    ttft_ms: float | None = None  # None: not a generation (or not known)
+
+
+def format_usage(prompt: int, completion: int, ttft_ms: float | None) -> bytes:
+    """`prompt=12;completion=30;ttft_ms=153.2` (ttft_ms left out when there was no token)."""
+    out = f"prompt={prompt};completion={completion}"
+    return (out if ttft_ms is None else f"{out};ttft_ms={ttft_ms:.1f}").encode()
+
+
+def stream_comment(prompt: int, completion: int, ttft_ms: float | None) -> bytes:
+    """The usage as a stream's comment event."""
+    return _COMMENT + format_usage(prompt, completion, ttft_ms) + b"\n\n"
+
+
+def parse_usage(value: bytes) -> Usage | None:
+    """`format_usage`'s text back (None when it is not that: a replica's header is not trusted blindly)."""
+    fields: dict[str, str] = {}
+    for part in value.decode("latin-1").strip().split(";"):
+        name, _, number = part.partition("=")
+        fields[name] = number
+    try:
+        prompt, completion = int(fields["prompt"]), int(fields["completion"])
+        ttft = float(fields["ttft_ms"]) if "ttft_ms" in fields else None
+    except (KeyError, ValueError):
+        return None
+    if not (0 <= prompt < 1 << 31 and 0 <= completion < 1 << 31) or ttft is not None and not 0 <= ttft < 1e9:
+        return None
+    return Usage(prompt, completion, ttft)
+
+
+def of_openai(doc: object) -> Usage | None:
+    """OpenAI's `usage` object of a parsed answer or chunk (None without one)."""
+    usage = doc.get("usage") if isinstance(doc, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 1 << 31 for n in (prompt, completion)):
+        return None
+    return Usage(prompt, completion)  # type: ignore[arg-type]
+
+
+class Scan:
+    """An answer's usage, read as the gateway relays it: `feed` each piece of a stream (what to send on, the
+    usage comment taken out), `whole` for an answer read at once. `started` is when the request came (a
+    perf_counter time), to time an engine's first token."""
+
+    def __init__(self, header: bytes | None, started: float, generative: bool):
+        self.usage = parse_usage(header) if header is not None else None
+        self.started, self.generative = started, generative
+        self.first_ms: float | None = None  # when the first piece came
+        self._told = self.usage is not None  # the model server said it: nothing to look for
+
+    def whole(self, body: bytes) -> None:
+        if not self._told and self.generative and body[:1] == b"{" and b'"usage"' in body:
+            try:
+                self.usage = of_openai(orjson.loads(body))
+            except orjson.JSONDecodeError:
+                pass
+
+    def feed(self, chunk: bytes, now: float) -> bytes:
+        if self.first_ms is None and chunk.strip():
+            self.first_ms = (now - self.started) * 1000
+        at = chunk.find(_COMMENT)
+        if at >= 0:  # mlyard's model server: its comment line, cut out
+            end = chunk.find(b"\n\n", at)
+            end = len(chunk) if end < 0 else end + 2
+            said = parse_usage(chunk[at + len(_COMMENT):end])
+            if said is not None:
+                self.usage, self._told = said, True
+            return chunk[:at] + chunk[end:]
+        if not self._told and self.generative and b'"usage":{' in chunk.replace(b'"usage": {', b'"usage":{'):
+            for line in chunk.split(b"\n"):  # an engine's last chunk, when the client asked for usage
+                if line.startswith(b"data: {") and b'"usage"' in line:
+                    try:
+                        self.usage = of_openai(orjson.loads(line[6:])) or self.usage
+                    except orjson.JSONDecodeError:
+                        continue
+        return chunk
+
+    def result(self) -> Usage | None:
+        """The usage, its first token timed here when the engine did not say (a stream's first piece)."""
+        if self.usage is not None and self.usage.ttft_ms is None and self.first_ms is not None and self.usage.completion:
+            self.usage.ttft_ms = self.first_ms
+        return self.usage

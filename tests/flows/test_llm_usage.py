@@ -1,0 +1,102 @@
+"""Usage accounting of a generative endpoint on the real stack (issue 55 §3): OpenAI's `usage` exact for every
+answer, streamed ones included, counted with the model's tokenizer; the gateway's statistics per token (tokens
+in and out, time to first token, tokens a second); the inference log per request; a token's budget of tokens
+a day answered 429 once spent. The users' paths (`mlyard endpoints tokens|stats|logs`) run in fresh
+processes; the chat calls are the openai client's and plain HTTP against the real gateway."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+from test_user_paths import _ok, _one_line_error, mlyard
+
+ASK = [{"role": "user", "content": "Say something about the sea."}]
+
+
+def _json(*args: str):
+    return json.loads(_ok(mlyard(*args, "--json")))
+
+
+def _raw_stream(url: str, token: str, include_usage: bool) -> bytes:
+    """A streamed answer as the client receives it, bytes and all."""
+    body = {"model": "usagechat", "messages": ASK, "max_tokens": 6, "temperature": 0, "stream": True,
+            **({"stream_options": {"include_usage": True}} if include_usage else {})}
+    req = urllib.request.Request(url + "/chat/completions", data=json.dumps(body).encode(),
+                                 headers={"content-type": "application/json", "authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        return resp.read()
+
+
+def test_a_chat_endpoint_counts_tokens_per_token_and_holds_a_daily_budget(stack, platform, settings, tmp_path,
+                                                                          tiny_chat_model):
+    import openai
+    from transformers import AutoTokenizer
+
+    import mlyard.endpoints as api
+
+    folder = tiny_chat_model(tmp_path / "usagechat")
+    platform.models.create_from_directory("usagechat", folder, "file://usagechat", parameters={"task": "chat"},
+                                          framework="transformers")
+    view = api.create({"name": "usage", "stage": {"resources": [{"model": "usagechat/1"}]}})
+    try:
+        url = view["urls"]["default"]["usagechat"]
+        issued = _json("endpoints", "tokens", "issue", "usage", "--daily-tokens", "1000")
+        token, token_id = issued["token"], issued["id"]
+        assert issued["daily_tokens"] == 1000
+        assert url.endswith("/usage/usagechat/openai/v1"), url  # a chat model's URL: the base of OpenAI's routes
+        client = openai.OpenAI(base_url=url, api_key=token)
+
+        # 1. usage, exact: the prompt as the model's tokenizer makes it; 6 tokens out (greedy, max_tokens)
+        expected_prompt = len(AutoTokenizer.from_pretrained(folder).apply_chat_template(
+            ASK, add_generation_prompt=True, return_dict=True)["input_ids"])
+        whole = client.chat.completions.create(model="usagechat", messages=ASK, max_tokens=6, temperature=0)
+        assert whole.choices[0].finish_reason == "length"
+        assert (whole.usage.prompt_tokens, whole.usage.completion_tokens, whole.usage.total_tokens) == (
+            expected_prompt, 6, expected_prompt + 6), whole.usage
+        chunks = list(client.chat.completions.create(model="usagechat", messages=ASK, max_tokens=6, temperature=0,
+                                                     stream=True, stream_options={"include_usage": True}))
+        assert chunks[-1].usage is not None and chunks[-1].usage.model_dump() == whole.usage.model_dump()
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole.choices[0].message.content
+        # the model server's usage line for the gateway never reaches the client; a stream that did not ask
+        # for usage carries none
+        plain = _raw_stream(url, token, include_usage=False)
+        assert b"x-mlyard-usage" not in plain and b'"usage"' not in plain and plain.endswith(b"data: [DONE]\n\n"), plain
+        assert b'"usage"' in _raw_stream(url, token, include_usage=True)
+        answers, tokens_in, tokens_out = 4, 4 * expected_prompt, 4 * 6
+
+        # 2. the statistics: tokens in and out, first token, tokens a second, per token
+        stats = _json("endpoints", "stats", "usage")["stats"]
+        row = next(r for r in stats if r["model"] == "usagechat")
+        assert (row["tokens"]["answers"], row["tokens"]["in"], row["tokens"]["out"]) == (answers, tokens_in, tokens_out)
+        assert 0 < row["tokens"]["ttft_ms"]["mean"] < row["latency_ms"]["p99"] and row["tokens"]["tokens_per_second"] > 0
+        by_token = next(c for c in row["callers"] if c["caller"] == f"token:{token_id}")
+        assert (by_token["calls"], by_token["tokens_in"], by_token["tokens_out"]) == (answers, tokens_in, tokens_out)
+        table = _ok(mlyard("endpoints", "stats", "usage"))
+        assert "tokens" in table and str(tokens_out) in table, table
+        listed = next(t for t in _json("endpoints", "tokens", "list", "usage") if t["id"] == token_id)
+        assert (listed["daily_tokens"], listed["used_today"]) == (1000, tokens_in + tokens_out)
+
+        # 3. the inference log: a record per request with its tokens
+        records = [r for r in _json("endpoints", "logs", "usage", "--tail", "50") if r.get("promptTokens") is not None]
+        assert len(records) == answers and all(r["completionTokens"] == 6 and r["ttftMs"] > 0 for r in records), records
+
+        # 4. the budget: set below what was used, the next call is refused with when it renews; lifted, it passes
+        _ok(mlyard("endpoints", "tokens", "budget", "usage", str(token_id), "--daily-tokens", str(tokens_in + tokens_out)))
+        try:
+            client.chat.completions.create(model="usagechat", messages=ASK, max_tokens=6, temperature=0)
+            raise AssertionError("a spent budget let a call through")
+        except openai.RateLimitError as exc:
+            assert "budget" in str(exc) and "00:00 UTC" in str(exc), exc
+            assert 0 < int(exc.response.headers["retry-after"]) <= 86400
+        other = _json("endpoints", "tokens", "issue", "usage")["token"]  # another token's calls still pass
+        assert openai.OpenAI(base_url=url, api_key=other).chat.completions.create(
+            model="usagechat", messages=ASK, max_tokens=2).usage.completion_tokens <= 2
+        _ok(mlyard("endpoints", "tokens", "budget", "usage", str(token_id), "--daily-tokens", "0"))
+        assert client.chat.completions.create(model="usagechat", messages=ASK, max_tokens=2).usage.completion_tokens <= 2
+        _one_line_error(mlyard("endpoints", "tokens", "budget", "usage", str(token_id), "--daily-tokens", "-5"),
+                        "daily_tokens")
+        _one_line_error(mlyard("endpoints", "tokens", "budget", "usage", "someone", "--daily-tokens", "5"), "token")
+    finally:
+        api.delete("usage")
