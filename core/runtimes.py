@@ -33,29 +33,32 @@ class Variant:
     model_name: str  # the model's name in Backend.AI's generated definition
     port: int
     health: str | None
-    command: tuple[str, ...]  # the engine's start command ({model} and {port} filled in); empty: the image's own
+    command: tuple[str, ...]  # the engine's start command ({model}, {port}, {host} filled in); empty: the image's own
     image: str  # the image on a cluster when neither the stage nor service-definition.toml names one
     initial_delay: float | None = None  # seconds before the first probe; None: Backend.AI's default (60)
     interval: float = 10.0
     max_retries: int = 10
+    cluster_command: tuple[str, ...] = ()  # in the image, when it differs from the command above
 
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
-    Variant("vllm", "vllm-model", 8000, "/health", ("vllm", "serve", "{model}", "--host", "0.0.0.0", "--port", "{port}"),
+    Variant("vllm", "vllm-model", 8000, "/health", ("vllm", "serve", "{model}", "--host", "{host}", "--port", "{port}"),
             "vllm/vllm-openai:v0.11.0", initial_delay=300.0),
     Variant("nim", "nim-model", 8000, "/v1/health/ready", (), "nvcr.io/nim/meta/llama-3.1-8b-instruct:latest"),
     Variant("huggingface-tgi", "tgi-model", 3000, "/info",
-            ("text-generation-launcher", "--model-id", "{model}", "--hostname", "0.0.0.0", "--port", "{port}"),
+            ("text-generation-launcher", "--model-id", "{model}", "--hostname", "{host}", "--port", "{port}"),
             "ghcr.io/huggingface/text-generation-inference:3.3.4"),
     Variant("sglang", "sglang-model", 9001, "/health",
-            ("python3", "-m", "sglang.launch_server", "--model-path", "{model}", "--host", "0.0.0.0", "--port", "{port}"),
+            ("python3", "-m", "sglang.launch_server", "--model-path", "{model}", "--host", "{host}", "--port", "{port}"),
             "lmsysorg/sglang:latest"),
     Variant("modular-max", "max-model", 8000, "/health",
             ("max", "serve", "--model-path", "{model}", "--port", "{port}"), "modular/max-nvidia-full:latest",
             initial_delay=1800.0),
     Variant("cmd", "image-model", 8000, None, (), ""),
     Variant("llama-cpp", "llama-cpp-model", 8080, "/health",
-            ("llama-server", "-m", "{model}/{gguf}", "--host", "0.0.0.0", "--port", "{port}"),
-            "ghcr.io/ggml-org/llama.cpp:server"),
+            ("llama-server", "-m", "{model}/{gguf}", "--host", "{host}", "--port", "{port}"),
+            "ghcr.io/ggml-org/llama.cpp:server",  # its entry point is /app/llama-server; the GGUF file is found
+            cluster_command=("/bin/sh", "-c", 'exec /app/llama-server -m "$(ls /models/*.gguf | head -n 1)" '
+                             '--host 0.0.0.0 --port 8080 "$@"', "llama-server")),
 )}
 

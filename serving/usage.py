@@ -74,6 +74,8 @@ class Scan:
         self.started, self.generative = started, generative
         self.first_ms: float | None = None  # when the first piece came
         self._told = self.usage is not None  # the model server said it: nothing to look for
+        self._json: bytearray | None = None  # an engine's whole answer sent in pieces (at most 1 MiB is kept)
+        self._line = b""  # an engine's stream: the end of the last piece, an event line not finished yet
 
     def whole(self, body: bytes) -> None:
         if not self._told and self.generative and body[:1] == b"{" and b'"usage"' in body:
@@ -83,7 +85,8 @@ class Scan:
                 pass
 
     def feed(self, chunk: bytes, now: float) -> bytes:
-        if self.first_ms is None and chunk.strip():
+        first = self.first_ms is None and bool(chunk.strip())
+        if first:
             self.first_ms = (now - self.started) * 1000
         at = chunk.find(_COMMENT)
         if at >= 0:  # mlyard's model server: its comment line, cut out
@@ -93,17 +96,30 @@ class Scan:
             if said is not None:
                 self.usage, self._told = said, True
             return chunk[:at] + chunk[end:]
-        if not self._told and self.generative and b'"usage":{' in chunk.replace(b'"usage": {', b'"usage":{'):
-            for line in chunk.split(b"\n"):  # an engine's last chunk, when the client asked for usage
-                if line.startswith(b"data: {") and b'"usage"' in line:
-                    try:
-                        self.usage = of_openai(orjson.loads(line[6:])) or self.usage
-                    except orjson.JSONDecodeError:
-                        continue
+        if self._told or not self.generative:
+            return chunk
+        if self._json is not None or (first and chunk.lstrip()[:1] == b"{"):  # a JSON answer, not a stream
+            if self._json is None:
+                self._json = bytearray()
+            if len(self._json) + len(chunk) <= 1 << 20:
+                self._json += chunk
+            return chunk
+        text = self._line + chunk  # an engine's stream: its usage event, when the client asked for it
+        lines = text.split(b"\n")
+        self._line = lines.pop()[-65536:]
+        for line in lines:
+            if line.startswith(b"data: {") and b'"usage"' in line:
+                try:
+                    self.usage = of_openai(orjson.loads(line[6:])) or self.usage
+                except orjson.JSONDecodeError:
+                    continue
         return chunk
 
     def result(self) -> Usage | None:
         """The usage, its first token timed here when the engine did not say (a stream's first piece)."""
+        if self._json is not None and self.usage is None:
+            self.whole(bytes(self._json))
+            self.first_ms = None  # a whole answer: no first token to time
         if self.usage is not None and self.usage.ttft_ms is None and self.first_ms is not None and self.usage.completion:
             self.usage.ttft_ms = self.first_ms
         return self.usage

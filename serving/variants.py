@@ -30,7 +30,8 @@ def folder_of(folder: Path | str, variant: str | None = None, definition: str | 
     if not folder.is_dir():
         raise SpecError("model folder", str(folder), f"a directory holding the model the {variant} engine serves")
     if v.command:
-        filled = {"model": MOUNT, "port": str(v.port), "gguf": _gguf(folder) if "{model}/{gguf}" in v.command else ""}
+        filled = {"model": MOUNT, "port": str(v.port), "host": "127.0.0.1",  # on one machine: this machine alone
+                  "gguf": _gguf(folder) if "{model}/{gguf}" in v.command else ""}
         command = [part.format(**filled) for part in v.command] + list(args)
     elif args:
         command = list(args)

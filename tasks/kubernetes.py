@@ -125,8 +125,8 @@ def engine_pod(context: dict[str, Any], runtime: dict[str, Any], model_uri: str,
     context["image"] = runtime.get("image") or runtime_images().get(v.name) or v.image
     if not context["image"]:
         raise SpecError("runtime.image", None, f"an image: the {v.name} variant runs its image's own command")
-    filled = {"model": MOUNT, "port": str(v.port), "gguf": "model.gguf"}
-    command = [part.format(**filled) for part in v.command]
+    filled = {"model": MOUNT, "port": str(v.port), "host": "0.0.0.0"}
+    command = list(v.cluster_command) or [part.format(**filled) for part in v.command]
     context["command"], context["args"] = (command, runtime["args"]) if command else (None, runtime["args"])
     context["port"] = v.port
     context["env"] = [*[{"name": k, "value": str(val)} for k, val in runtime["environ"].items()],

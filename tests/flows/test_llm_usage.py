@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from pathlib import Path
 
+import pytest
 from test_user_paths import _ok, _one_line_error, mlyard
 
+STANDIN = Path(__file__).resolve().parents[1] / "serving" / "engines" / "openai_standin.py"
 ASK = [{"role": "user", "content": "Say something about the sea."}]
 
 
@@ -100,3 +103,43 @@ def test_a_chat_endpoint_counts_tokens_per_token_and_holds_a_daily_budget(stack,
         _one_line_error(mlyard("endpoints", "tokens", "budget", "usage", "someone", "--daily-tokens", "5"), "token")
     finally:
         api.delete("usage")
+
+
+def test_a_runtime_variant_stage_serves_behind_the_gateway_with_tokens_and_statistics(stack, platform, tmp_path):
+    """A stage resource with runtime cmd (the image's command; here a stand-in OpenAI server, said so in
+    tests/serving/engines/openai_standin.py): no model-definition in the version's folder; the gateway
+    routes to it with the endpoint's token, and counts the engine's own OpenAI usage per token."""
+    import shutil
+
+    import openai
+
+    import mlyard.endpoints as api
+
+    folder = tmp_path / "engine-folder"
+    folder.mkdir()
+    shutil.copy(STANDIN, folder / "standin.py")
+    platform.models.create_from_directory("enginefolder", folder, "file://enginefolder")
+    view = api.create({"name": "engine", "stage": {"resources": [{"model": "enginefolder/1", "runtime": {
+        "variant": "cmd", "args": ["python3", "/models/standin.py", "--port", "8000"],
+        "environ": {"STANDIN_SAYS": "staged"}}}]}})
+    try:
+        assert view["status"] == "ACTIVE" and view["stages"][0]["resources"][0]["runtime"]["variant"] == "cmd"
+        url = view["urls"]["default"]["enginefolder"]
+        assert url.endswith("/engine/enginefolder"), url  # the engine's own routes under it
+        token = _json("endpoints", "tokens", "issue", "engine")["token"]
+        client = openai.OpenAI(base_url=url + "/v1", api_key=token)
+        said = client.chat.completions.create(model="standin", messages=[{"role": "user", "content": "one two"}])
+        text = said.choices[0].message.content  # its argv: /models was the folder, port 8000 the one mlyard gave
+        assert text.startswith("argv=standin.py --port ") and text.endswith("env=staged") and " 8000 " not in text
+        with_usage = list(client.chat.completions.create(model="standin", messages=[{"role": "user", "content": "x"}],
+                                                         stream=True, stream_options={"include_usage": True}))
+        assert with_usage[-1].usage.prompt_tokens == 1
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=url + "/v1", api_key="wrong").chat.completions.create(
+                model="standin", messages=[{"role": "user", "content": "x"}])
+        row = _json("endpoints", "stats", "engine")["stats"][0]
+        assert row["calls"] == 2 and row["failures"] == 0, row  # the wrong token was refused before routing
+        assert row["tokens"]["answers"] == 2 and row["tokens"]["in"] == 3, json.dumps(row)  # the engine's usage, both answers
+        assert row["tokens"]["out"] == said.usage.completion_tokens + with_usage[-1].usage.completion_tokens
+    finally:
+        api.delete("engine")

@@ -76,3 +76,54 @@ def test_gateway_replicas_add_to_one_record_in_the_catalog(tmp_path):
     assert (row["calls"], row["failures"]) == (60, 3) and row["predictions"] == {"cat": 30, "dog": 30}
     assert abs(row["latency_ms"]["mean"] - 20.0) < 1e-9
     assert not list((tmp_path).glob("*.jsonl")), "nothing under a home"
+
+
+def test_usage_is_read_off_an_answer_however_it_is_cut():
+    """serving/usage.py, as the gateway relays: the model server's header or stream comment (taken out of
+    what the client gets), an engine's OpenAI usage in a whole JSON answer or in a stream's last event,
+    cut anywhere; a header that is not the model server's is not believed."""
+    import json
+
+    from serving.usage import Scan, format_usage, parse_usage, stream_comment
+
+    said = Scan(format_usage(12, 30, 153.2), 0.0, True)
+    assert (said.usage.prompt, said.usage.completion, said.usage.ttft_ms) == (12, 30, 153.2)
+    assert parse_usage(b"prompt=-1;completion=3") is None and parse_usage(b"garbage") is None
+    scan = Scan(None, 0.0, True)
+    out = scan.feed(b'data: {"x": 1}\n\n' + stream_comment(5, 7, 40.0) + b"data: [DONE]\n\n", 0.05)
+    assert out == b'data: {"x": 1}\n\ndata: [DONE]\n\n' and scan.result().completion == 7
+    event = b"data: " + json.dumps({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 9}}).encode()
+    for cut in range(1, len(event), 7):
+        scan = Scan(None, 0.0, True)
+        scan.feed(b'data: {"choices": [{"delta": {"content": "hi"}}]}\n\n', 0.2)
+        scan.feed(event[:cut], 0.3)
+        scan.feed(event[cut:] + b"\n\ndata: [DONE]\n\n", 0.4)
+        got = scan.result()
+        assert (got.prompt, got.completion, got.ttft_ms) == (3, 9, 200.0), cut  # its first token timed here
+    whole = json.dumps({"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 2}}).encode()
+    scan = Scan(None, 0.0, True)
+    for i in range(0, len(whole), 5):
+        scan.feed(whole[i:i + 5], 0.1)
+    assert (scan.result().prompt, scan.result().completion, scan.result().ttft_ms) == (4, 2, None)
+    assert Scan(None, 0.0, False).feed(event + b"\n\n", 0.1) and Scan(None, 0.0, False).result() is None
+
+
+def test_token_figures_per_caller_and_a_days_spending(tmp_path):
+    from serving.usage import Usage
+
+    stats = EndpointStats(tmp_path)
+    t0 = 1_800_000_000.0 // 86400 * 86400 + 3600  # 01:00 UTC of a day
+    for i in range(4):
+        stats.record(("chat", "default", "llm"), 1000.0, False, now=t0 + i, caller="token:1",
+                     usage=Usage(10, 20, 200.0))
+    stats.record(("chat", "default", "llm"), 500.0, False, now=t0 + 5, caller="rag:docs", usage=Usage(100, 5, 100.0))
+    row = stats.query(t0 - 60, t0 + 60)["stats"][0]
+    assert (row["tokens"]["answers"], row["tokens"]["in"], row["tokens"]["out"]) == (5, 140, 85)
+    assert row["tokens"]["ttft_ms"]["mean"] == 180.0 and row["tokens"]["tokens_per_second"] == round(85 / 3.6, 2)
+    callers = {c["caller"]: (c["calls"], c["tokens_in"], c["tokens_out"]) for c in row["callers"]}
+    assert callers == {"token:1": (4, 40, 80), "rag:docs": (1, 100, 5)}
+    assert stats.spent("token:1", now=t0 + 10) == 120
+    stats.flush(now=t0 + 600)  # the minutes stored: still today's
+    assert stats.spent("token:1", now=t0 + 610) == 120
+    again = EndpointStats(tmp_path)  # a restarted gateway reads what today's minutes hold
+    assert again.spent("token:1", now=t0 + 620) == 120 and again.spent("token:1", now=t0 + 86400) == 0
