@@ -41,6 +41,7 @@ def collect(since: str | float | None = "24h", settings: Settings | None = None)
             "usage": {"notebooks_healthy": _healthy_notebooks(settings, notebooks), **_completed(projects),
                       "endpoints_active": sum(1 for e in endpoints if e["status"] == "ACTIVE")},
             "monitoring": _monitoring(settings, start, {e["name"] for e in endpoints} if projects is not None else None),
+            "chat": _chat_endpoints(settings, endpoints),
             "resources": _resources(notebooks, endpoints, running),
             "projects": _projects(endpoints, running, projects),
             "audit": _recent_audit(projects)}
@@ -155,6 +156,13 @@ def _monitoring(settings: Settings, start: float, endpoints: set[str] | None) ->
             continue  # a RAG's route: its own stats (mlyard rags stats); another project's endpoint
         ep = per.setdefault(row["endpoint"], {"endpoint": row["endpoint"], "calls": 0, "failures": 0, "stages": {}})
         st = ep["stages"].setdefault(row["stage"], {"stage": row["stage"], "successes": 0, "failures": 0})
+        if (t := row.get("tokens")) is not None:  # a generative model's: tokens, first token, tokens a second
+            got = ep.setdefault("tokens", {"answers": 0, "in": 0, "out": 0, "ttft_sum": 0.0, "rate_sum": 0.0})
+            got["answers"] += t["answers"]
+            got["in"] += t["in"]
+            got["out"] += t["out"]
+            got["ttft_sum"] += (t["ttft_ms"]["mean"] or 0.0) * t["answers"]
+            got["rate_sum"] += (t["tokens_per_second"] or 0.0) * t["out"]
         ep["calls"] += row["calls"]
         ep["failures"] += row["failures"]
         st["successes"] += row["calls"] - row["failures"]
@@ -162,7 +170,38 @@ def _monitoring(settings: Settings, start: float, endpoints: set[str] | None) ->
     top = sorted(per.values(), key=lambda e: (-e["calls"], e["endpoint"]))[:TOP_ENDPOINTS]
     for ep in top:
         ep["stages"] = sorted(ep["stages"].values(), key=lambda s: s["stage"])
-    return {"since": result["since"], "until": result["until"], "top_endpoints": top}
+    generative = [{"endpoint": ep["endpoint"], "answers": t["answers"], "tokens_in": t["in"], "tokens_out": t["out"],
+                   "ttft_ms": round(t["ttft_sum"] / t["answers"], 1) if t["answers"] else None,
+                   "tokens_per_second": round(t["rate_sum"] / t["out"], 2) if t["out"] else None}
+                  for ep in sorted(per.values(), key=lambda e: e["endpoint"]) if (t := ep.pop("tokens", None))]
+    return {"since": result["since"], "until": result["until"], "top_endpoints": top, "generative": generative}
+
+
+def _chat_endpoints(settings: Settings, endpoints: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """The ACTIVE endpoints whose default stage serves a chat model (registered with task=chat) or an inference
+    engine, each with its chat page's address ("LLM Chat Test"; the page asks for the token)."""
+    from core.connection import gateway_url
+    from mlyard.endpoints import connect_platform
+    from serving.chat_page import link
+
+    gateway, models, out = gateway_url(settings), None, []
+    for ep in (e for e in endpoints if e["status"] == "ACTIVE"):
+        st = next((s for s in ep["stages"] if s["default"]), None)
+        if st is None or not st["resources"]:
+            continue
+        res = st["resources"][0]
+        name, version = res["model"].rsplit("/", 1)
+        engine = (res.get("runtime") or {}).get("variant", "custom") != "custom"
+        if not engine:
+            models = models or connect_platform().models
+            try:
+                if models.get_version(name, version).parameters.get("task") != "chat":
+                    continue
+            except Exception:  # noqa: BLE001 - a version gone from the registry: no chat link, the page still shows
+                continue
+        base = f"{gateway}/{ep['name']}/{name}" + ("/v1" if engine else "/openai/v1")
+        out.append({"endpoint": ep["name"], "model": name, "chat": link(gateway, base, name)})
+    return out
 
 
 def _resources(notebooks: list[Any], endpoints: list[dict[str, Any]], running: list[dict[str, Any]]) -> dict[str, Any]:
@@ -233,6 +272,15 @@ def page(data: dict[str, Any], links: dict[str, str] | None = None) -> str:
     top = _bars([(t["endpoint"], t["calls"], t["failures"]) for t in mon["top_endpoints"]], "calls")
     stages = "".join(f"<tr><td>{e(t['endpoint'])}</td><td>{e(s['stage'])}</td><td>{s['successes']}</td>"
                      f"<td>{s['failures']}</td></tr>" for t in mon["top_endpoints"] for s in t["stages"])
+    tokens = {g["endpoint"]: g for g in mon.get("generative", [])}
+    chats = {c["endpoint"]: c for c in data.get("chat", [])}
+    generative = "".join(
+        f"<tr><td>{e(name)}</td><td>{g.get('answers', 0)}</td><td>{g.get('tokens_in', 0)}</td>"
+        f"<td>{g.get('tokens_out', 0)}</td><td>{g.get('ttft_ms') if g.get('ttft_ms') is not None else '-'}</td>"
+        f"<td>{g.get('tokens_per_second') if g.get('tokens_per_second') is not None else '-'}</td><td>"
+        + (f'<a class="chat" target="_blank" rel="noopener" href="{e(chats[name]["chat"])}">LLM chat test</a>'
+           if name in chats else "") + "</td></tr>"
+        for name, g in sorted({**{n: {} for n in chats}, **tokens}.items()))
     res = data["resources"]
     cpu = _bars([(h["resource"], h["cpu"], 0) for h in res["CPU"]], "cores")
     gpu = _bars([(h["resource"], h["gpu"], 0) for h in res["GPU"]], "GPUs")
@@ -252,6 +300,10 @@ def page(data: dict[str, Any], links: dict[str, str] | None = None) -> str:
 <h2>Monitoring: top {TOP_ENDPOINTS} endpoints by calls</h2>
 <p class="muted">{e(mon['since'])} to {e(mon['until'])}; failures in red</p>{top}
 <table><tr><th>endpoint</th><th>stage</th><th>successes</th><th>failures</th></tr>{stages}</table>
+<h2>Generative endpoints</h2><p class="muted">answers, tokens in and out, mean time to first token (ms) and
+tokens a second over the period; the chat page opens on the endpoint's model</p>
+<table id="generative"><tr><th>endpoint</th><th>answers</th><th>tokens in</th><th>tokens out</th>
+<th>first token</th><th>tokens/s</th><th>chat</th></tr>{generative}</table>
 <h2>Resource usage</h2><p class="muted">what running notebooks, endpoint stages and runs ask for: CPU
 {res['totals']['CPU']:g} cores, GPU {res['totals']['GPU']} in all</p>
 <h3>CPU</h3>{cpu}<h3>GPU</h3>{gpu}

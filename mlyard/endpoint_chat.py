@@ -10,7 +10,40 @@ import urllib.request
 from core.connection import connect, gateway_url
 from core.errors import SpecError
 from mlyard import sse
-from mlyard.endpoints import endpoint_registry
+from mlyard.endpoints import endpoint_view
+
+
+def base_url(endpoint: str, stage: str | None = None, model: str | None = None) -> tuple[str, str]:
+    """(the OpenAI base URL of the endpoint's chat model through the gateway, the model's name)."""
+    view = endpoint_view(endpoint)
+    gateway = _gateway(view)
+    st = next((s for s in view["stages"] if s["name"] == (stage or view["default_stage"])), None)
+    if st is None:
+        raise SpecError("stage", stage, f"a stage of {endpoint}")
+    res = st["resources"][0]
+    name = model or res["model"].rsplit("/", 1)[0]
+    base = gateway + f"/{endpoint}" + ("" if st["default"] else f"/stages/{st['name']}") + f"/{name}"
+    engine = (res.get("runtime") or {}).get("variant", "custom") != "custom"  # an engine's own /v1 routes
+    return base + ("/v1" if engine else "/openai/v1"), name
+
+
+def page(endpoint: str, *, stage: str | None = None, token: str | None = None, model: str | None = None) -> str:
+    """The chat page's address (serving/chat_page.py) set to talk to the endpoint's chat model; `token` (the
+    endpoint's, or a member's API key) rides in the address's fragment, which no server sees."""
+    from core.settings import Settings
+    from serving.chat_page import link
+
+    base, name = base_url(endpoint, stage, model)
+    settings = Settings()
+    key = token or (settings.api_key.get_secret_value() if settings.api_key is not None else None)
+    return link(base.split(f"/{endpoint}/", 1)[0], base, name, key)
+
+
+def _gateway(view: dict) -> str:
+    """The gateway as the caller reaches it: from the URLs a member's view carries, else this stack's."""
+    for url in (view.get("urls") or {}).get("default", {}).values():
+        return url.split(f"/{view['name']}/", 1)[0]
+    return gateway_url(connect())
 
 
 def chat(endpoint: str, *, stage: str | None = None, token: str | None = None, model: str | None = None,
@@ -18,13 +51,8 @@ def chat(endpoint: str, *, stage: str | None = None, token: str | None = None, m
     """Backend.AI's LLM chat test in a terminal: each line read is sent with the conversation so far to
     the endpoint's OpenAI chat route, and the answer is written as it streams (temperature unset: the
     model's own; 0: greedy). Returns the turns taken."""
-    view = endpoint_registry().get(endpoint)
-    st = next((s for s in view["stages"] if s["name"] == (stage or view["default_stage"])), None)
-    if st is None:
-        raise SpecError("stage", stage, f"a stage of {endpoint}")
-    name = model or st["resources"][0]["model"].rsplit("/", 1)[0]
-    base = gateway_url(connect()) + f"/{endpoint}" + ("" if st["default"] else f"/stages/{st['name']}") + f"/{name}"
-    url = base + "/openai/v1/chat/completions"
+    base, name = base_url(endpoint, stage, model)
+    url = base + "/chat/completions"
     messages: list[dict[str, str]] = []
     turns = 0
     while True:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from core.connection import REPLICA_HEADER, replica_token
-from serving import asgi
+from serving import asgi, chat_page
 from serving.access import (
     CALLER_HEADER,
     RETRY_AFTER,
@@ -225,6 +225,8 @@ class Gateway:
 
     def admit(self, method: str, path: str, headers: list[tuple[bytes, bytes]]) -> Refusal | int | None:
         """Refuse a request on its head alone (404, 401), or give its body limit."""
+        if path in chat_page.FILES:  # the chat page: static, no data (serving/chat_page.py)
+            return 0
         if path.startswith("/mlyard/"):
             if path == "/mlyard/health" or is_internal(self.shared.internal, headers):
                 return 64 * 1024
@@ -262,6 +264,9 @@ class Gateway:
         if scope["type"] != "http":
             return
         path: str = scope["path"]
+        if path in chat_page.FILES and scope["method"] in ("GET", "HEAD"):
+            page, kind = chat_page.body(path)
+            return await asgi.reply(send, 200, page, kind, chat_page.HEADERS, head=scope["method"] == "HEAD")
         if path.startswith("/mlyard/"):
             return await admin(self.shared, self.refresh, scope, receive, send)
         if self.shared.in_flight >= self.max_in_flight:

@@ -14,6 +14,7 @@ follows it to its end (the migration Job, infra/k8s/base/migrate.yaml).
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -124,7 +125,8 @@ def _customize(obj: dict, values: ClusterValues, secret_names: dict[str, str | N
             subject["namespace"] = values.namespace
     if obj["kind"] == "ConfigMap" and meta["name"] == "mlyard-config":
         obj["data"].update(MLYARD_KUBE_NAMESPACE=values.namespace, MLYARD_IMAGE=values.image,
-                           MLYARD_SERVING_IMAGE=values.images.serving)  # what the platform's flows put in pods
+                           MLYARD_SERVING_IMAGE=values.images.serving,  # what the platform's flows put in pods
+                           MLYARD_RUNTIME_IMAGES=json.dumps(values.runtime_images, sort_keys=True))
     if obj["kind"] == "StatefulSet" and values.storage_class:
         for claim in obj["spec"].get("volumeClaimTemplates", []):
             claim["spec"]["storageClassName"] = values.storage_class

@@ -9,6 +9,8 @@ images:                            # the other images workloads run (infra/docke
   training_cpu: registry.example/mlyard-training:0.1.0-cpu
   serving: registry.example/mlyard-serving:0.1.0              # endpoint stages' model servers
   notebook: registry.example/mlyard-notebook:0.1.0
+runtime_images:                    # optional: a runtime variant's engine image (core/runtimes.py has defaults)
+  vllm: registry.example/vllm-openai:v0.11.0
 image_pull_secrets: [regcred]      # optional: Secrets of type kubernetes.io/dockerconfigjson
 storage_class: null                # StorageClass of runs' data storage and the dev PostgreSQL (null: the default)
 gateway_replicas: 2
@@ -63,6 +65,9 @@ class ClusterImages(SpecModel):
                           description="Notebooks' default image (infra/docker/mlyard.Dockerfile, target notebook).")
 
 
+RUNTIME_VARIANT = Literal["vllm", "nim", "cmd", "huggingface-tgi", "sglang", "modular-max", "llama-cpp"]
+
+
 class GpuNodes(SpecModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -80,6 +85,8 @@ class ClusterValues(SpecModel):
     namespace: str = Field(default="mlyard", pattern=DNS_LABEL, max_length=63, description="Namespace of everything.")
     image: str = Field(default="mlyard:0.1.0", pattern=IMAGE, description="The platform image (infra/docker).")
     images: ClusterImages = Field(default_factory=ClusterImages)
+    runtime_images: dict[RUNTIME_VARIANT, str] = Field(default_factory=dict, description="A runtime variant's "
+                                                       "engine image, over core/runtimes.py's (MLYARD_RUNTIME_IMAGES).")
     image_pull_secrets: list[str] = Field(default_factory=list, description="Pull Secrets for the images.")
     storage_class: str | None = Field(default=None, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=253,
                                       description="StorageClass of the runs' data storage and the dev PostgreSQL's "

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import typer
 
-from mlyard.cli.common import JSON, SETS, SUBMIT, ask, emit, guard, out, parse_sets, typer_app
+from mlyard.cli.common import JSON, SETS, SUBMIT, ask, emit, err, guard, out, parse_sets, typer_app
 from mlyard.cli.endpoint_tokens import tokens_app
 
 app = typer_app("Endpoints: stages of model versions behind the gateway, tokens, statistics, logs.")
@@ -238,10 +238,22 @@ def endpoints_chat(endpoint: str, stage: Optional[str] = typer.Option(None, "--s
                    temperature: Optional[float] = typer.Option(
                        None, "--temperature", min=0, max=2,
                        help="Sampling temperature, 0 to 2 (0: greedy, the same answer every time); unset, the "
-                            "model's own.")) -> None:
-    """Chat with an endpoint's generative model in the terminal (its OpenAI route, streamed); empty line ends."""
+                            "model's own."),
+                   open_page: bool = typer.Option(False, "--open", help="Open the chat page instead (in the browser; "
+                                                  "its address, printed, holds the token in its fragment)."),
+                   ) -> None:
+    """Chat with an endpoint's generative model in the terminal (its OpenAI route, streamed; an empty line
+    ends), or with --open on the chat page in a browser (tokens and latency per answer)."""
     from mlyard import endpoint_chat
 
+    if open_page:
+        url = guard(lambda: endpoint_chat.page(endpoint, stage=stage, token=token))
+        print(url)
+        import webbrowser
+
+        if not webbrowser.open(url):
+            err.print("no browser to open here: open the address above in one", style="dim")
+        return
     guard(lambda: endpoint_chat.chat(endpoint, stage=stage, token=token, max_tokens=max_tokens, temperature=temperature))
 
 

@@ -22,6 +22,7 @@ MLYARD = str(Path(sys.executable).parent / "mlyard")
 VALUES = {"overlay": "prod", "namespace": "ml-platform", "image": "registry.example/team/mlyard:1.2.3",
           "images": {"training_cuda": "registry.example/team/mlyard-training:1.2.3-cuda",
                      "serving": "registry.example/team/mlyard-serving:1.2.3"},
+          "runtime_images": {"vllm": "registry.example/team/vllm-openai:0.11.0"},
           "image_pull_secrets": ["regcred"], "gateway_replicas": 4, "storage_class": "fast-ssd",
           "secrets": {"prefect": "pf", "mlflow": "mf", "settings": "ms", "postgres": None}}
 
@@ -58,6 +59,7 @@ def test_render_sets_what_the_values_name(tmp_path, values_file):
     config = next(o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "mlyard-config")["data"]
     assert config["MLYARD_IMAGE"] == "registry.example/team/mlyard:1.2.3"  # endpoint stages no longer fall back
     assert config["MLYARD_SERVING_IMAGE"] == "registry.example/team/mlyard-serving:1.2.3"  # to mlyard:0.1.0
+    assert json.loads(config["MLYARD_RUNTIME_IMAGES"]) == {"vllm": "registry.example/team/vllm-openai:0.11.0"}
     worker_env = {e["name"]: e for e in workloads["prefect-worker-gpu"]["containers"][0]["env"]}
     assert worker_env["PREFECT_INTEGRATIONS_KUBERNETES_WORKER_API_AUTH_STRING_SECRET_NAME"]["value"] == "pf"
     assert worker_env["PREFECT_INTEGRATIONS_KUBERNETES_OBSERVER_NAMESPACES"]["value"] == "ml-platform"
