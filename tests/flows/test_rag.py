@@ -283,6 +283,10 @@ def test_a_private_chat_endpoint_writes_the_answers_and_its_tokens_open_the_rout
         assert sum(r["calls"] for r in asked) >= 3, asked  # the RAG's LLM calls went through the gateway
         by_rag = [c for r in asked for c in r["callers"] if c["caller"] == "rag:vault"]  # under the RAG's name
         assert by_rag and by_rag[0]["calls"] >= 3 and by_rag[0]["tokens_out"] > 0 and by_rag[0]["tokens_in"] > 0, asked
+        # a budget for the RAG on the endpoint holds it as any caller's: spent, its next query is refused
+        _ok(mlyard("endpoints", "tokens", "budget", "asker", "rag:vault", "--daily-tokens", "1"))
+        with pytest.raises(openai.APIStatusError, match="budget"):
+            openai.OpenAI(base_url=f"{gw}/rag/v1", api_key=token).chat.completions.create(model="vault", messages=ask)
         assert len(_json("rags", "logs", "vault")) >= 3  # the refused ones never reached the query service
     finally:
         if any(r["name"] == "vault" for r in _json("rags", "list")):
