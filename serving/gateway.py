@@ -195,12 +195,12 @@ class Gateway:
                     await self.refresh()
                     next_refresh = now + self.refresh_seconds
                     self.shared.stats.flush()
-                if now >= next_spent:  # what the other gateway replicas stored of today's tokens (budgets)
-                    self.shared.stats.reload_today()  # here, as flush: no minute is between the two
-                    next_spent = now + 60
                     changed = self.shared.live.changed()
                     if changed and self._endpoints_api is not None:
                         await asyncio.get_running_loop().run_in_executor(None, self._write_live, changed)
+                if now >= next_spent:  # what the other gateway replicas stored of today's tokens (budgets)
+                    self.shared.stats.reload_today()  # here, as flush: no minute is between the two
+                    next_spent = now + 60
                 if now >= next_scale:
                     await asyncio.get_running_loop().run_in_executor(None, self.scaling.step)
                     next_scale = now + self.autoscale_seconds

@@ -70,7 +70,7 @@ class Scan:
     perf_counter time), to time an engine's first token."""
 
     def __init__(self, header: bytes | None, started: float, generative: bool):
-        self.usage = parse_usage(header) if header is not None else None
+        self.usage = parse_usage(header) if header is not None and generative else None
         self.started, self.generative = started, generative
         self.first_ms: float | None = None  # when the first piece came
         self._told = self.usage is not None  # the model server said it: nothing to look for
@@ -85,6 +85,8 @@ class Scan:
                 pass
 
     def feed(self, chunk: bytes, now: float) -> bytes:
+        if not self.generative:  # another route's answer passes untouched, whatever it holds
+            return chunk
         first = self.first_ms is None and bool(chunk.strip())
         if first:
             self.first_ms = (now - self.started) * 1000
@@ -96,7 +98,7 @@ class Scan:
             if said is not None:
                 self.usage, self._told = said, True
             return chunk[:at] + chunk[end:]
-        if self._told or not self.generative:
+        if self._told:
             return chunk
         if self._json is not None or (first and chunk.lstrip()[:1] == b"{"):  # a JSON answer, not a stream
             if self._json is None:

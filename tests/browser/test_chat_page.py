@@ -24,7 +24,8 @@ def _ask(page, text: str, count: int) -> dict:
         meta.wait_for(state="attached", timeout=60_000)
     except Exception:
         page.screenshot(path=str(SHOTS / "chat-page-missing.png"), full_page=True)
-        raise AssertionError(f"no answer: {page.locator('main').inner_text()!r} {page.locator('#status').inner_text()!r}")
+        shown = f"{page.locator('main').inner_text()!r} {page.locator('#status').inner_text()!r}"
+        raise AssertionError(f"no answer to {text!r} (screenshot chat-page-missing.png): {shown}") from None
     figures = {k: meta.get_attribute(f"data-{k}") for k in ("prompt-tokens", "completion-tokens", "ttft-ms", "ms")}
     return {"text": page.locator(".turn.assistant .text").nth(count - 1).text_content(),
             "promptTokens": figures["prompt-tokens"], "completionTokens": figures["completion-tokens"],

@@ -105,7 +105,8 @@ def test_usage_is_read_off_an_answer_however_it_is_cut():
     for i in range(0, len(whole), 5):
         scan.feed(whole[i:i + 5], 0.1)
     assert (scan.result().prompt, scan.result().completion, scan.result().ttft_ms) == (4, 2, None)
-    assert Scan(None, 0.0, False).feed(event + b"\n\n", 0.1) and Scan(None, 0.0, False).result() is None
+    other = Scan(format_usage(1, 2, 3.0), 0.0, False)  # a route that is not a completion: nothing taken or read
+    assert other.feed(stream_comment(5, 7, 40.0), 0.1) == stream_comment(5, 7, 40.0) and other.result() is None
 
 
 def test_token_figures_per_caller_and_a_days_spending(tmp_path):
