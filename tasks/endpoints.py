@@ -10,6 +10,7 @@ an HPA (tasks/endpoint_cluster.py). Arguments are narrow: names, ids, keys.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 import urllib.error
@@ -76,6 +77,11 @@ def check_stage(endpoints: Endpoints, models: Any, stage: StageSpec, field: str,
             if res.runtime is not None and res.runtime.variant in ("cmd", "nim") and not res.runtime.args:
                 raise SpecError(f"{field}.resources[{i}].runtime.args", [], f"the command to run: {res.runtime.variant} "
                                 "runs its image's own command, which only a cluster's pod has")
+            engine = _engine_command(res.runtime.variant, res.runtime.args) if res.runtime is not None else None
+            if res.runtime is not None and engine is not None and not shutil.which(engine):
+                raise SpecError(f"{field}.resources[{i}].runtime", res.runtime.variant,
+                                f"its engine on this machine's PATH ({engine} is not found): install it, or run the "
+                                "stage on a cluster's node pool, where the variant's image has it")
     else:
         from core.environment import runtime_images
         from core.runtimes import VARIANTS
@@ -88,6 +94,17 @@ def check_stage(endpoints: Endpoints, models: Any, stage: StageSpec, field: str,
                 raise SpecError(f"{field}.resources[{i}].runtime.image", None, f"an image: {variant.name} runs its "
                                 "image's own command (or the values' runtimeImages)")
     return versions
+
+
+def _engine_command(variant: str, args: list[str]) -> str | None:
+    """The command a runtime variant's stage runs first on this machine (None: custom, mlyard's own)."""
+    from core.runtimes import VARIANTS
+
+    found = VARIANTS.get(variant)
+    if found is None:
+        return None
+    first = found.command[0] if found.command else (args[0] if args else None)
+    return None if first is None or first.startswith("/models") else first
 
 
 def local_replicas(home: Path, view: dict[str, Any], stage: str,

@@ -119,6 +119,9 @@ def test_a_runtime_variant_stage_serves_behind_the_gateway_with_tokens_and_stati
     folder.mkdir()
     shutil.copy(STANDIN, folder / "standin.py")
     platform.models.create_from_directory("enginefolder", folder, "file://enginefolder")
+    spec = tmp_path / "tgi.yaml"  # an engine that is not on this machine: refused before anything starts
+    spec.write_text("name: tgi\nstage: {resources: [{model: enginefolder/1, runtime: huggingface-tgi}]}\n")
+    _one_line_error(mlyard("endpoints", "create", "-f", str(spec)), "text-generation-launcher", "runtime")
     view = api.create({"name": "engine", "stage": {"resources": [{"model": "enginefolder/1", "runtime": {
         "variant": "cmd", "args": ["python3", "/models/standin.py", "--port", "8000"],
         "environ": {"STANDIN_SAYS": "staged"}}}]}})
