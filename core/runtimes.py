@@ -62,3 +62,9 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
                              '--host 0.0.0.0 --port 8080 "$@"', "llama-server")),
 )}
 
+
+def engine_health(runtime: dict | None) -> str | None:
+    """Where the gateway probes a stage resource's Service on a cluster: mlyard's server's ready route, or its
+    runtime variant's health path (None: a variant of no health check, routed while its pods are ready)."""
+    variant = VARIANTS.get((runtime or {}).get("variant", "custom"))
+    return "/v2/health/ready" if variant is None else variant.health

@@ -28,6 +28,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from core.errors import AlreadyExists, NotFound, Protected, SpecError
+from core.runtimes import engine_health
 from core.specs.endpoint import (
     ENDPOINT_STATUSES,
     GATEWAY_STATUSES,
@@ -332,7 +333,8 @@ class Endpoints:
                                                    "rules": st.autoscaling_rules or [],
                                                    "max_replicas": st.max_replicas,
                                                    "weight": st.weight, "shadow": st.shadow,
-                                                   "services": {r.id: (r.model_name, r.service_url)
+                                                   "services": {r.id: (r.model_name, r.service_url,
+                                                                       engine_health(r.runtime))
                                                                 for r in st.resources if r.service_url}}
                                          for st in ep.stages},
                               "tokens": {t.digest: (_aware(t.expires_at).timestamp(), t.revoked_at is not None,

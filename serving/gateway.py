@@ -53,7 +53,7 @@ from serving.gateway_rag import RAG_ROUTES, rag
 from serving.gateway_rag import admit as admit_rag
 from serving.gateway_relay import Taken, relay
 from serving.gateway_shadow import mirror
-from serving.gateway_state import Shared, Tracked
+from serving.gateway_state import Shared, Tracked, probed_status
 from serving.health import HEALTHY, Health
 from serving.modelfolder import HealthCheck
 from serving.proxy import Pool, UpstreamError
@@ -175,10 +175,7 @@ class Gateway:
 
     async def _probe(self, t: Tracked) -> None:
         try:
-            resp = await t.pool.request("GET", t.path, self._to_replica, b"", timeout=self.check.max_wait_time)
-            await resp.read()
-            resp.close()
-            status = t.health.probed(time.monotonic(), resp.status)
+            status = t.health.probed(time.monotonic(), await probed_status(t, self._to_replica, self.check.max_wait_time))
         except UpstreamError as exc:
             status = t.health.probed(time.monotonic(), None, str(exc))
         if status == HEALTHY:

@@ -52,8 +52,8 @@ async def relay(shared: Shared, send, taken: Taken, split: Split | None, keep: b
         await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
         whole = resp.complete()
         if whole is not None:  # one write for the body and its end
+            whole = scan.whole(whole, time.perf_counter())
             await send({"type": "http.response.body", "body": whole})
-            scan.whole(whole)
         else:
             kept: list[bytes] | None = [] if keep else None  # the answer, for the shadow's comparison
             async for chunk in resp.body():
@@ -63,7 +63,7 @@ async def relay(shared: Shared, send, taken: Taken, split: Split | None, keep: b
                     kept.append(chunk)
                     if len(kept) > 256:  # a long stream (a chat's tokens): not compared
                         kept = None
-            await send({"type": "http.response.body", "body": b""})
+            await send({"type": "http.response.body", "body": scan.rest()})
             whole = b"".join(kept) if kept is not None else None
     except (UpstreamError, OSError) as exc:
         failed = True

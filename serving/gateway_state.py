@@ -31,7 +31,7 @@ class Tracked:
     url: str
     health: Health
     pool: Pool
-    path: str
+    path: str | None  # None: not probed, healthy while its Service routes it (an engine of no health check)
     ejected: bool = False  # taken out after a failed connection, until a probe passes
     requests: int = 0  # requests sent to it (the autoscaler's requests_per_second)
     active: int = 0  # requests in flight on it
@@ -61,3 +61,13 @@ class Shared:
     # the catalog's view of users' API keys, their projects and the projects' rate limits (registry/teams.py)
     members: dict[str, Any] = field(default_factory=lambda: {"keys": {}, "users": {}, "limits": {}})
     buckets: Buckets = field(default_factory=Buckets)  # requests a second, by project and by caller
+
+
+async def probed_status(t: Tracked, headers: list[tuple[bytes, bytes]], timeout: float) -> int:
+    """The status a replica's health path answers (200 for one that is not probed); UpstreamError when none."""
+    if t.path is None:
+        return 200
+    resp = await t.pool.request("GET", t.path, headers, b"", timeout=timeout)
+    await resp.read()
+    resp.close()
+    return resp.status

@@ -76,13 +76,20 @@ class Scan:
         self._told = self.usage is not None  # the model server said it: nothing to look for
         self._json: bytearray | None = None  # an engine's whole answer sent in pieces (at most 1 MiB is kept)
         self._line = b""  # an engine's stream: the end of the last piece, an event line not finished yet
+        self._carry = b""  # the start of what may be mlyard's comment, held back until the next piece
 
-    def whole(self, body: bytes) -> None:
-        if not self._told and self.generative and body[:1] == b"{" and b'"usage"' in body:
+    def whole(self, body: bytes, now: float) -> bytes:
+        """An answer that arrived whole (a short stream too): what to send on."""
+        if not self.generative or self._told:
+            return body
+        if body.lstrip()[:1] != b"{":  # a stream, all here already
+            return self.feed(body, now) + self.rest()
+        if b'"usage"' in body:
             try:
                 self.usage = of_openai(orjson.loads(body))
             except orjson.JSONDecodeError:
                 pass
+        return body
 
     def feed(self, chunk: bytes, now: float) -> bytes:
         if not self.generative:  # another route's answer passes untouched, whatever it holds
@@ -90,14 +97,19 @@ class Scan:
         first = self.first_ms is None and bool(chunk.strip())
         if first:
             self.first_ms = (now - self.started) * 1000
+        chunk, self._carry = self._carry + chunk, b""
         at = chunk.find(_COMMENT)
-        if at >= 0:  # mlyard's model server: its comment line, cut out
-            end = chunk.find(b"\n\n", at)
-            end = len(chunk) if end < 0 else end + 2
+        if at >= 0 and (end := chunk.find(b"\n\n", at)) >= 0:  # mlyard's model server: its comment, cut out
             said = parse_usage(chunk[at + len(_COMMENT):end])
             if said is not None:
                 self.usage, self._told = said, True
-            return chunk[:at] + chunk[end:]
+            chunk = chunk[:at] + chunk[end + 2:]
+        elif at >= 0:  # its comment, cut by the piece's end: held until its end comes
+            chunk, self._carry = chunk[:at], chunk[at:][:4096]
+        else:  # a piece that ends as the comment begins is held back too
+            held = next((k for k in range(min(len(_COMMENT) - 1, len(chunk)), 0, -1) if chunk.endswith(_COMMENT[:k])), 0)
+            if held:
+                chunk, self._carry = chunk[:-held], chunk[-held:]
         if self._told:
             return chunk
         if self._json is not None or (first and chunk.lstrip()[:1] == b"{"):  # a JSON answer, not a stream
@@ -117,11 +129,18 @@ class Scan:
                     continue
         return chunk
 
+    def rest(self) -> bytes:
+        """What was held back when the answer ends (it was not the comment after all): to send last."""
+        rest, self._carry = self._carry, b""
+        return rest if not rest.startswith(_COMMENT) else b""
+
     def result(self) -> Usage | None:
         """The usage, its first token timed here when the engine did not say (a stream's first piece)."""
         if self._json is not None and self.usage is None:
-            self.whole(bytes(self._json))
+            self.whole(bytes(self._json), 0.0)
             self.first_ms = None  # a whole answer: no first token to time
+        if self._line:  # a stream's last line, with no line break after it
+            self.feed(b"\n", 0.0)
         if self.usage is not None and self.usage.ttft_ms is None and self.first_ms is not None and self.usage.completion:
             self.usage.ttft_ms = self.first_ms
         return self.usage

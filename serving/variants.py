@@ -53,10 +53,12 @@ def engine_problem(mf: ModelFolder) -> str | None:
     """Why the folder's engine cannot run on this machine (its command is not on PATH), or None."""
     argv = mf.argv()
     if argv and (argv[0].startswith("/") and Path(argv[0]).exists() or shutil.which(argv[0])):
-        if argv[:3] == ["python3", "-m", "sglang.launch_server"]:
-            import importlib.util
+        if argv[:3] == ["python3", "-m", "sglang.launch_server"]:  # that python3's sglang, not mlyard's
+            import subprocess
 
-            return None if importlib.util.find_spec("sglang") else "python3 -m sglang.launch_server (pip install sglang)"
+            found = subprocess.run([argv[0], "-c", "import importlib.util, sys; sys.exit(importlib.util.find_spec("
+                                    "'sglang') is None)"], capture_output=True, timeout=60).returncode == 0
+            return None if found else "python3 -m sglang.launch_server (python3 with sglang installed)"
         return None
     return argv[0] if argv else "a command"
 

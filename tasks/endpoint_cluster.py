@@ -26,11 +26,15 @@ def namespace() -> str:
 @task(name="apply-manifests", cache_policy=NO_CACHE)
 def kube_apply(view: dict[str, Any], stage: str, parameters: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
     """Render the stage's manifests from infra/endpoint/, validate them, and make the cluster hold them."""
+    from tasks.engine_images import with_service_definition
     from tasks.kubernetes import apply_stage, cluster_client, render_stage
 
     st = next(s for s in view["stages"] if s["name"] == stage)
     api = cluster_client("stage.instance_type", st["instance_type"])
     settings = Settings()
+    for res in st["resources"]:  # a runtime variant's image and environment from its service-definition.toml
+        if (res.get("runtime") or {}).get("variant", "custom") != "custom":
+            res["runtime"] = with_service_definition(res["runtime"], res["model"])
     manifests = render_stage(view, stage, image=settings.serving_image or settings.image, namespace=namespace(),
                              parameters=parameters)
     apply_stage(api, manifests, namespace(), view["name"], stage)

@@ -83,16 +83,16 @@ def check_stage(endpoints: Endpoints, models: Any, stage: StageSpec, field: str,
                                 f"its engine on this machine's PATH ({engine} is not found): install it, or run the "
                                 "stage on a cluster's node pool, where the variant's image has it")
     else:
-        from core.environment import runtime_images
-        from core.runtimes import VARIANTS
+        from tasks.engine_images import engine_image
         from tasks.kubernetes import cluster_client
 
         cluster_client(f"{field}.instance_type", stage.instance_type)  # refuses when no cluster is configured
-        for i, res in enumerate(stage.resources):
-            variant = VARIANTS.get(res.runtime.variant) if res.runtime else None
-            if variant is not None and not (res.runtime.image or runtime_images().get(variant.name) or variant.image):
-                raise SpecError(f"{field}.resources[{i}].runtime.image", None, f"an image: {variant.name} runs its "
-                                "image's own command (or the values' runtimeImages)")
+        for i, (res, version) in enumerate(zip(stage.resources, versions)):
+            if res.runtime is not None and res.runtime.variant != "custom" and not engine_image(
+                    res.runtime.model_dump(), f"{version[0]}/{version[1]}"):
+                raise SpecError(f"{field}.resources[{i}].runtime.image", None, f"an image: {res.runtime.variant} runs "
+                                "its image's own command (name it here, in service-definition.toml or the values' "
+                                "runtime_images)")
     return versions
 
 

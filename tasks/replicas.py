@@ -46,7 +46,7 @@ class Wanted:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
     routed: bool = False
-    health_path: str = "/v2/health/ready"
+    health_path: str | None = "/v2/health/ready"  # None: not probed (an engine of no health check, on a cluster)
     created_at: float = field(default_factory=time.time)
     url: str | None = None  # a replica that runs elsewhere (a Kubernetes Service): routed, never started here
     port: int | None = None  # the port it takes (a notebook keeps its URL across stop and start); None: a free one
@@ -87,9 +87,9 @@ def on_cluster(endpoints: dict[str, dict[str, Any]]) -> list[Wanted]:
     """The routed Services of stages that run on a cluster, from the catalog's routing table
     (`Endpoints.routing`): every gateway replica reads the same rows, so none needs files under a home."""
     return [Wanted(key=key_of(name, stage, rid, 0), endpoint=name, stage=stage, resource_id=rid, index=0,
-                   model=model, argv=[], routed=True, url=url)
+                   model=model, argv=[], routed=True, url=url, health_path=health)
             for name, ep in endpoints.items() for stage, st in ep["stages"].items()
-            for rid, (model, url) in st.get("services", {}).items()]
+            for rid, (model, url, health) in st.get("services", {}).items()]
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:

@@ -625,3 +625,50 @@ def test_two_kubernetes_stages_route_through_their_services_and_promote(endpoint
                 api.delete("kube2", None if st["default"] else st["name"])
         controllers.close()
         kube.close()
+
+
+def test_a_runtime_variant_stage_on_the_cluster_is_its_engines_deployment_behind_the_gateway(
+        endpoint, settings, platform, tmp_path, monkeypatch):
+    """A `cmd` runtime resource on the cluster (the API emulator; the test plays the controllers, whose Service
+    forwards to `fraud`'s replica, as above): its Deployment runs the image and environment the version's
+    service-definition.toml gives the variant, with the stage's command as its arguments and the version's
+    files copied to /models first; having no health path, it is routed while its pods are ready, and a
+    request passes through its Service."""
+    import random
+
+    from kube_api import KubeApi
+    from kube_proxy import ServingControllers
+
+    import mlyard.endpoints as api
+    from core.connection import gateway_url
+
+    folder = tmp_path / "engine"
+    folder.mkdir()
+    (folder / "service-definition.toml").write_text('[cmd.environment]\nimage = "registry.local/engine:2"\n'
+                                                    'architecture = "x86_64"\n[cmd.environ]\nFROM_FOLDER = "1"\n')
+    platform.models.create_from_directory("engine", folder, "file://engine")
+    gw = gateway_url(settings)
+    backend = next(iter(routes(gw)["fraud"]["stages"].values()))[0]["url"].rsplit("//", 1)[1].split(":")
+    kube = KubeApi(service_ips=f"127.{random.randint(100, 250)}.0.0/16")
+    controllers = ServingControllers(kube, (backend[0], int(backend[1])))
+    monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig(tmp_path / "kubeconfig")))
+    monkeypatch.setenv("MLYARD_KUBE_SERVICE_URL", "http://{cluster_ip}:{port}")
+    try:
+        view = api.create({"name": "kube3", "public": True, "stage": {"instance_type": "g2-t4", "resources": [
+            {"model": "engine/1", "runtime": {"variant": "cmd", "args": ["serve", "--port", "8000"],
+                                              "environ": {"FROM_STAGE": "1"}}}]}})
+        assert view["status"] == "ACTIVE", view
+        (deployment,) = kube.items("Deployment")
+        pod = deployment["spec"]["template"]["spec"]
+        engine = pod["containers"][0]
+        assert engine["image"] == "registry.local/engine:2" and engine["args"] == ["serve", "--port", "8000"]
+        assert {"name": "FROM_FOLDER", "value": "1"} in engine["env"] and {"name": "FROM_STAGE", "value": "1"} in engine["env"]
+        assert pod["initContainers"][0]["args"][:4] == ["mlyard", "models", "download", "models:/engine/1"]
+        assert [r["status"] for r in routes(gw)["kube3"]["stages"]["default"]] == ["HEALTHY"]
+        status, body = call(f"{gw}/kube3/engine/v1/models/clf:predict")  # the engine's own route, via its Service
+        assert status == 200 and len(body["predictions"]) == 2, body
+    finally:
+        if any(ep["name"] == "kube3" for ep in api.list_endpoints()):
+            api.delete("kube3")
+        controllers.close()
+        kube.close()

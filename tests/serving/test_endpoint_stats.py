@@ -128,3 +128,22 @@ def test_token_figures_per_caller_and_a_days_spending(tmp_path):
     assert stats.spent("token:1", now=t0 + 610) == 120
     again = EndpointStats(tmp_path)  # a restarted gateway reads what today's minutes hold
     assert again.spent("token:1", now=t0 + 620) == 120 and again.spent("token:1", now=t0 + 86400) == 0
+
+
+def test_the_usage_comment_is_taken_out_wherever_the_pieces_are_cut_and_nothing_else_is():
+    from serving.usage import Scan, stream_comment
+
+    stream = (b'data: {"choices": [{"delta": {"content": "a:"}}]}\n\n' + stream_comment(5, 7, 40.0)
+              + b"data: [DONE]\n\n")
+    clean = b'data: {"choices": [{"delta": {"content": "a:"}}]}\n\ndata: [DONE]\n\n'
+    for cut in range(1, len(stream)):
+        for first, second in ((cut, None), (cut, min(len(stream), cut + 9))):
+            scan = Scan(None, 0.0, True)
+            pieces = [stream[:first], stream[first:second] if second else stream[first:]]
+            if second:
+                pieces.append(stream[second:])
+            sent = b"".join(scan.feed(p, 0.1) for p in pieces) + scan.rest()
+            assert sent == clean, (cut, sent)
+            assert scan.result().completion == 7, cut
+    whole = Scan(None, 0.0, True)
+    assert whole.whole(stream, 0.1) == clean and whole.result().prompt == 5  # a short stream, all here at once
