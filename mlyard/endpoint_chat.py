@@ -30,13 +30,18 @@ def base_url(endpoint: str, stage: str | None = None, model: str | None = None) 
 def page(endpoint: str, *, stage: str | None = None, token: str | None = None, model: str | None = None) -> str:
     """The chat page's address (serving/chat_page.py) set to talk to the endpoint's chat model; `token` (the
     endpoint's, or a member's API key) rides in the address's fragment, which no server sees."""
-    from core.settings import Settings
     from serving.chat_page import link
 
     base, name = base_url(endpoint, stage, model)
-    settings = Settings()
-    key = token or (settings.api_key.get_secret_value() if settings.api_key is not None else None)
-    return link(base.split(f"/{endpoint}/", 1)[0], base, name, key)
+    return link(base.split(f"/{endpoint}/", 1)[0], base, name, token or _own_key())
+
+
+def _own_key() -> str | None:
+    """A team member's API key (it opens their project's endpoints), when they hold one."""
+    from core.settings import Settings
+
+    key = Settings().api_key
+    return key.get_secret_value() if key is not None else None
 
 
 def _gateway(view: dict) -> str:
@@ -52,7 +57,7 @@ def chat(endpoint: str, *, stage: str | None = None, token: str | None = None, m
     the endpoint's OpenAI chat route, and the answer is written as it streams (temperature unset: the
     model's own; 0: greedy). Returns the turns taken."""
     base, name = base_url(endpoint, stage, model)
-    url = base + "/chat/completions"
+    url, token = base + "/chat/completions", token or _own_key()
     messages: list[dict[str, str]] = []
     turns = 0
     while True:
