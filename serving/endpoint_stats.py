@@ -340,7 +340,8 @@ class EndpointStats:
 
     def reload_today(self, now: float | None = None) -> None:
         """Read today's stored minutes (every gateway replica's) into the callers' tokens of the day (the
-        gateway does, at its start and after each flush)."""
+        gateway does every minute while a budget is set; `spent` at the first call of a day, so a restarted
+        gateway keeps today's budgets spent). A minute flushed while this reads is counted at the next read."""
         now = now if now is not None else time.time()
         day = int(now // 86400)
         spent: dict[str, int] = {}

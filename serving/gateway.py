@@ -195,8 +195,10 @@ class Gateway:
                     changed = self.shared.live.changed()
                     if changed and self._endpoints_api is not None:
                         await asyncio.get_running_loop().run_in_executor(None, self._write_live, changed)
-                if now >= next_spent:  # what the other gateway replicas stored of today's tokens (budgets)
-                    self.shared.stats.reload_today()  # here, as flush: no minute is between the two
+                if now >= next_spent and any(ep.get("budgets") for ep in self.shared.endpoints.values()):
+                    # what every gateway replica stored of today's tokens, read off the event loop (only while a
+                    # budget is set: a day's minutes are many)
+                    await asyncio.get_running_loop().run_in_executor(None, self.shared.stats.reload_today)
                     next_spent = now + 60
                 if now >= next_scale:
                     await asyncio.get_running_loop().run_in_executor(None, self.scaling.step)
@@ -387,7 +389,6 @@ class Gateway:
         return 503, route_error(route, 503, "no replica could be reached; retry shortly"), RETRY_AFTER
 
     def _start(self) -> None:
-        self.shared.stats.reload_today()  # a restarted gateway keeps today's budgets spent
         self._tasks.append(asyncio.get_running_loop().create_task(self._loop()))
 
     def _stop(self) -> None:
