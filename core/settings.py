@@ -22,10 +22,8 @@ TELEMETRY_OFF_ENV = {
     "DO_NOT_TRACK": "true",
 }
 
-
 HEARTBEAT_SECONDS = 30
 UNRESPONSIVE_AFTER_SECONDS = 50  # no heartbeat for this long: CRASHED (seen within 60 s of the kill)
-
 
 DEFAULT_IMAGE = "mlyard:0.1.0"
 
@@ -108,11 +106,12 @@ class Settings(BaseSettings):
         default=None, ge=0, le=64, description="GPUs of this machine that local trainings and trials share, as "
         "a Prefect global concurrency limit (mlyard-gpu): a run takes its resources.gpu_count slots before its "
         "entry point starts. Unset: the GPUs `nvidia-smi -L` lists (0 without it: gpu_count is not enforced).")
-    script_confinement: Literal["auto", "required", "off"] = Field(
-        default="auto", description="How a user's entry point is kept from the platform's files (the stack's "
-        "home; in a pod, the mounted Secrets and service account token) and processes, with Linux's Landlock "
-        "(tasks/confine.py). auto: confined where the kernel has Landlock (5.13 or newer), said in the run's log "
-        "where it has not; required: a run fails before its script starts where it has not; off: never.")
+    sandbox: Literal["auto", "required", "off"] = Field(default="auto", description="User code in a sandbox "
+        "(bubblewrap: own namespaces, only its run's folders, no capability; tasks/sandbox.py). auto: where user "
+        "namespaces allow, said in the run's log where not; required: else the run fails first; off: never.")
+    script_confinement: Literal["auto", "required", "off"] = Field(default="auto", description="Landlock as a second "
+        "wall (tasks/confine.py): the home, a pod's Secrets, out of the script's reach; auto, required, off as for "
+        "`sandbox`, by whether the kernel has Landlock (5.13 or newer).")
     registry_secrets: Literal["auto", "file", "kubernetes"] = Field(
         default="auto", description="Where registry accounts' passwords are kept: `kubernetes` as "
         "kubernetes.io/dockerconfigjson Secrets in kube_namespace (of the kubeconfig's or the in-cluster "

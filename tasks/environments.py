@@ -18,29 +18,33 @@ from core.errors import TrainingFailed
 from tasks.launch import TAIL_LINES
 
 
-def requirements_env(source: Path, envs_dir: Path, log: Callable[[str], None] = print) -> str:
+def requirements_env(source: Path, envs_dir: Path, log: Callable[[str], None] = print, project: str = "") -> str:
     """The Python to run `source`'s entry point with.
 
     Without a requirements.txt that is the platform's own interpreter. With one, it is a virtual
     environment that sees the platform's packages (through a .pth file, behind its own) but
-    installs into its own directory, cached by the hash of requirements.txt: a second training
-    reuses it.
+    installs into its own directory, cached by `project` and the hash of requirements.txt: a second
+    training of the project reuses it, another project's never does.
     """
     req = source / "requirements.txt"
     if not req.is_file() or not req.read_text().strip():
         return sys.executable
-    return pip_environment(req.read_text(), envs_dir, log, cwd=source)
+    return pip_environment(req.read_text(), envs_dir, log, cwd=source, project=project)
 
 
 def pip_environment(requirements: str, envs_dir: Path, log: Callable[[str], None] = print,
-                    label: str = "requirements.txt", cwd: Path | None = None, keep: Sequence[str] = ()) -> str:
+                    label: str = "requirements.txt", cwd: Path | None = None, keep: Sequence[str] = (),
+                    project: str = "") -> str:
     """The python of a virtual environment holding `requirements` (pip's requirement lines) over the
     platform's packages, built once per hash of them and this Python (`requirements_env`'s rules);
     `label` names them in what it logs and in a failure. `keep`: mlyard's modules that run in it too (a
     served entry script's server): the packages they load are pip constraints at the platform's versions,
     so the requirements may add packages and change others (an older scikit-learn for an old pickle),
-    but never those; pip refuses a conflict, named in one line."""
-    digest = hashlib.sha256(requirements.encode() + sys.version.encode() + "|".join(keep).encode()).hexdigest()[:16]
+    but never those; pip refuses a conflict, named in one line. pip (and what it builds: a package's
+    setup.py is code a user brought) runs in a sandbox that writes only the environment; the code run
+    with it later gets the environment read-only (tasks/sandbox.py), so no run can change the next one's."""
+    digest = hashlib.sha256(f"{project}\0".encode() + requirements.encode() + sys.version.encode()
+                            + "|".join(keep).encode()).hexdigest()[:16]
     target = envs_dir / digest
     python = target / "bin" / "python"
     ready = target / ".ready"
@@ -63,14 +67,15 @@ def pip_environment(requirements: str, envs_dir: Path, log: Callable[[str], None
             if keep:
                 (target / "platform-constraints.txt").write_text(platform_pins(keep))
                 kept = ["-c", str(target / "platform-constraints.txt")]
-            out = _run_checked([sys.executable, "-m", "pip", "--python", str(python), "install",
-                                "--disable-pip-version-check", "--no-input", "-r", str(wanted), *kept], cwd=cwd,
-                               label=label)
+            out = _run_checked(_sandboxed([sys.executable, "-m", "pip", "--python", str(python), "install",
+                                           "--disable-pip-version-check", "--no-input", "-r", str(wanted), *kept],
+                                          target, cwd), cwd=cwd, label=label, env=_pip_env(target))
         except TrainingFailed:
             shutil.rmtree(target, ignore_errors=True)
             raise
         for line in out.splitlines()[-3:]:
             log(line)
+        shutil.rmtree(target / ".tmp", ignore_errors=True)
         ready.write_text(requirements)
     return str(python)
 
@@ -88,8 +93,44 @@ def platform_pins(modules: Sequence[str]) -> str:
     return "".join(f"{name}=={v}\n" for name, v in sorted(pins.items()))
 
 
-def _run_checked(argv: list[str], cwd: Path | None = None, label: str = "requirements.txt") -> str:
-    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
+def _sandboxed(argv: list[str], target: Path, cwd: Path | None) -> list[str]:
+    """pip's command in a sandbox (Settings.sandbox) that reads the requirements' folder, the Pythons and
+    pip's local wheels, writes only the environment and its own temporary folder, and has the network
+    (the package index); as it is where no sandbox can start (and `sandbox` is not required)."""
+    import os
+
+    from core.settings import Settings
+    from tasks import sandbox
+
+    mode = Settings().sandbox
+    if mode == "off":
+        return argv
+    reason = sandbox.refusal()
+    if reason is not None:
+        if mode == "required":
+            raise TrainingFailed(f"MLYARD_SANDBOX is 'required' and {reason}: requirements were not installed")
+        return argv
+    tmp = target / ".tmp"
+    tmp.mkdir(exist_ok=True)
+    links = [p for p in os.environ.get("PIP_FIND_LINKS", "").split() if os.path.isdir(p)]
+    walls = sandbox.Walls(read=(*([str(cwd)] if cwd else []), *links, *sandbox.interpreter_folders(sys.executable)),
+                          write=(str(target),), tmp=str(tmp), network=True, chdir=str(cwd) if cwd else None)
+    return sandbox.wrap(argv, walls)
+
+
+def _pip_env(target: Path) -> dict[str, str] | None:
+    """pip's environment in its sandbox: no credential of the platform's, its HOME and cache its own."""
+    import os
+
+    from tasks.launch import script_environment
+
+    tmp = str(target / ".tmp")
+    return {**script_environment(os.environ), "HOME": tmp, "TMPDIR": tmp, "PIP_CACHE_DIR": f"{tmp}/pip-cache"}
+
+
+def _run_checked(argv: list[str], cwd: Path | None = None, label: str = "requirements.txt",
+                 env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         everything = (proc.stdout + proc.stderr).strip().splitlines()
         # a requirement that would replace a package the platform runs on (platform_pins): pip names it

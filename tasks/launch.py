@@ -19,6 +19,7 @@ from typing import Callable, Mapping, Sequence
 
 from core.errors import TrainingFailed, TrainingStopped
 from core.specs import TrainingSpec
+from tasks.confinement import Confinement, confined
 from tasks.metrics import Metric, MetricParser, MetricStream, latest
 from tasks.processes import stop_group
 
@@ -289,55 +290,6 @@ class ScriptRun:
     seen: list[Metric]
 
 
-@dataclass(frozen=True)
-class Confinement:
-    """What a user's entry point is kept from (tasks/confine.py): the stack's `home` (and, in a pod, the
-    mounted Secrets), but for what the run itself uses; `mode` is Settings.script_confinement."""
-
-    home: Path
-    mode: str = "auto"
-
-
-POD_SECRETS = ("/var/run/secrets", "/run/secrets")  # the settings Secret, the service account's token
-
-
-UNCONFINED = ("mlyard: this kernel has no Landlock (Linux 5.13 or newer): the script runs unconfined, and can read "
-              "what the flow can (MLYARD_SCRIPT_CONFINEMENT=required refuses such runs)")
-
-
-def confined(invocations: list[tuple[list[str], dict[str, str]]], dirs: Workdirs, python: str,
-             confinement: Confinement) -> list[tuple[list[str], dict[str, str]]]:
-    """Each (argv, env) started through the confining launcher, its temporary files in the run's scratch
-    folder; the flow's own process made non-dumpable, so that the script (the same user, in a pod without
-    the capabilities to override it) cannot read its environment or memory through /proc."""
-    import os
-
-    from tasks import confine
-
-    if confinement.mode == "off" or (confinement.mode == "auto" and confine.abi_version() < 1):
-        return invocations
-    hide = [str(confinement.home), *(p for p in POD_SECRETS if os.path.isdir(p))]
-    scratch = dirs.model.parent
-    env_root = Path(python).parent.parent
-    hidden = [os.path.realpath(h) for h in hide]
-    # what the run uses inside a hidden folder (elsewhere it is reachable anyway: a rule on the interpreter's
-    # /usr, or on / for a /bin/python, would open what is hidden)
-    used = {os.path.realpath(p) for p in (scratch, dirs.source, dirs.checkpoint_input, env_root,
-                                          *dirs.datasets.values()) if p is not None and os.path.exists(p)}
-    keep = sorted(p for p in used if any(p.startswith(h.rstrip("/") + "/") for h in hidden))
-    tmp = scratch / "tmp"
-    tmp.mkdir(exist_ok=True)
-    _not_dumpable()
-    required = confinement.mode == "required"
-    return [(confine.launcher(argv, hide, keep, required), {**env, "TMPDIR": str(tmp)}) for argv, env in invocations]
-
-
-def _not_dumpable() -> None:
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0
-
-
 def run_script(spec: TrainingSpec, dirs: Workdirs, python: str, region: str, base_env: Mapping[str, str],
                log_path: Path, metric_sink: Callable[[list[Metric]], None],
                should_stop: Callable[[], str | None] = lambda: None,
@@ -351,16 +303,14 @@ def run_script(spec: TrainingSpec, dirs: Workdirs, python: str, region: str, bas
     tasks/node_jobs.py; `base_env` holds its NODE_RANK); without, every node runs here. `named_patterns`
     read more metrics by name (a tuning's `metrics[].regex`). A metric line of Katib's JSON format that
     cannot be read fails the script (TrainingFailed), as it fails Katib's collection. With `confinement`,
-    the script is kept from the platform's files and processes (`confined`)."""
+    the script runs in its sandbox (tasks/confinement.py)."""
     if rendezvous is not None:
         invocations = [build_invocation(spec, dirs, python, region, base_env, rendezvous)]
     else:
         invocations = node_invocations(spec, dirs, python, region, base_env)
-    notice = None
+    notices: list[str] = []
     if confinement is not None:
-        confining = confined(invocations, dirs, python, confinement)
-        notice = UNCONFINED if confining is invocations and confinement.mode != "off" else None
-        invocations = confining
+        invocations, notices = confined(invocations, dirs, python, confinement)
     (argv, env), *more = invocations
     parser = MetricParser([*spec.metric_patterns, *named_patterns], json_format=spec.metrics_format == "json")
 
@@ -379,7 +329,7 @@ def run_script(spec: TrainingSpec, dirs: Workdirs, python: str, region: str, bas
                 if echo is not None:
                     echo(line)
 
-        if notice is not None:
+        for notice in notices:
             handle(notice)
         try:
             outcome = Supervisor(argv, env, dirs.source, handle, should_stop=stop_reason,

@@ -25,8 +25,9 @@ from core.errors import MlyardError, TrainingFailed
 from core.settings import Settings, apply_engine_env, require_shared_stores
 from core.specs import TrainingSpec
 from registry.tracking import Tracking
+from tasks.confinement import Confinement
 from tasks.environments import requirements_env
-from tasks.launch import Confinement, Rendezvous, run_script
+from tasks.launch import Rendezvous, run_script
 from tasks.node_jobs import RENDEZVOUS_PORT, NodeJob, node_environment
 from tasks.storage import Storage
 from tasks.training import LOG_NAME, save_model, stage_inputs
@@ -56,7 +57,7 @@ def main() -> int:
                    metric_sink=(lambda batch: tracking.log_metrics(run_id, batch)) if lead else (lambda batch: None),
                    echo=lambda line: print(line, flush=True),
                    rendezvous=Rendezvous(f"{job.host(0)}:{RENDEZVOUS_PORT}", training_id, host=lead),
-                   confinement=Confinement(settings.home_dir, settings.script_confinement))
+                   confinement=Confinement.of(settings, network=True))  # the nodes meet over the network
         if lead:
             save_model(storage, tracking, spec, dirs, run_id)
             tracking.log_artifact(run_id, log_path, "logs")

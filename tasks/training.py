@@ -29,8 +29,9 @@ from core.names import (
 from core.specs import TrainingSpec
 from registry.tracking import Tracking
 from tasks import checks
+from tasks.confinement import Confinement
 from tasks.environments import requirements_env
-from tasks.launch import Confinement, ScriptRun, Workdirs, run_script
+from tasks.launch import ScriptRun, Workdirs, run_script
 from tasks.orchestration import prefect_link, run_project, step_started
 from tasks.staging import stage_in, stage_out
 from tasks.storage import Storage
@@ -87,9 +88,9 @@ def as_folder(staged: Path, folder: Path) -> Path:
 
 @task(name="prepare-environment", cache_policy=NO_CACHE)
 def prepare_environment(source: Path, envs_dir: Path) -> str:
-    """The algorithm's requirements.txt in a cached virtual environment; its python."""
+    """The algorithm's requirements.txt in a virtual environment cached for the run's project; its python."""
     logger = get_run_logger()
-    return requirements_env(source, envs_dir, log=logger.info)
+    return requirements_env(source, envs_dir, log=logger.info, project=run_project())
 
 
 def open_run(tracking: Tracking, spec: TrainingSpec, training_id: str, kind: str = "training",
@@ -128,7 +129,7 @@ def launch(spec: TrainingSpec, dirs: Workdirs, python: str, region: str, engine_
         return run_script(spec, dirs, python, region, {**os.environ, **engine_env}, log_path,
                           metric_sink=lambda batch: tracking.log_metrics(run_id, batch),
                           should_stop=should_stop, on_line=on_line, echo=echo, named_patterns=named_patterns,
-                          confinement=Confinement(settings.home_dir, settings.script_confinement))
+                          confinement=Confinement.of(settings, spec.network))
 
 
 def _sayer() -> Callable[[str], None]:
@@ -157,7 +158,14 @@ def save_model(storage: Storage | None, tracking: Tracking, spec: TrainingSpec, 
                to_output_uris: bool = True) -> str | None:
     """The model to MLflow (and output_uri), checkpoints to checkpoint_output_uri, TensorBoard logs
     to MLflow; returns the model's MLflow artifact URI (None when EM_MODEL_DIR is empty). A trial
-    keeps its model in MLflow only (`to_output_uris=False`)."""
+    keeps its model in MLflow only (`to_output_uris=False`). What the script left is taken as data: a
+    link leading out of its folder is not followed but removed, and named in the run's log."""
+    from tasks.sandbox import as_data
+
+    say = _sayer()
+    for folder in (dirs.model, dirs.checkpoint, dirs.tensorboard):
+        for refused in as_data(folder):
+            say(f"left out of {folder.name}: {refused}")
     model_uri = None
     if any(dirs.model.iterdir()):
         tracking.log_artifacts(run_id, dirs.model, "model")

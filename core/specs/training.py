@@ -66,6 +66,9 @@ class TrainingSpec(SpecModel):
                               "node's reason (JobSet's failurePolicy.maxRestarts, which Kubeflow Trainer uses). Every "
                               "start reports to the same MLflow run; a script that keeps checkpoints in shared storage "
                               "resumes from them. 0: the first failed node fails the training.")
+    network: bool = Field(default=False, description="Let the entry point reach the network from its sandbox on this "
+                          "machine (to download a dataset or weights). Off: it has only a loopback of its own. A pod's "
+                          "network is its NetworkPolicy's.")
     torchrun: bool = Field(default=False, description="Start the entry point with torchrun (PyTorch).")
     processes_per_node: int = Field(default=1, ge=1, le=64, description="torchrun --nproc_per_node.")
     max_run_time_seconds: int | None = Field(default=None, ge=1, description="Fail the training after this long, e.g. 3600 (default: no limit).")

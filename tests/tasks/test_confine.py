@@ -105,13 +105,14 @@ def test_off_leaves_the_script_as_it_was(tmp_path):
 
 
 def test_without_landlock_auto_says_so_and_required_refuses(tmp_path, monkeypatch):
-    from tasks import launch
+    from tasks import confinement
 
     monkeypatch.setattr(confine, "abi_version", lambda: 0)
     invocations = [(["python", "main.py"], {"A": "1"})]
     dirs = Workdirs.under(tmp_path / "scratch", tmp_path, {}, None)
-    assert launch.confined(invocations, dirs, sys.executable, Confinement(tmp_path, "auto")) is invocations
-    argv, env = launch.confined(invocations, dirs, sys.executable, Confinement(tmp_path, "required"))[0]
+    assert confinement.confined(invocations, dirs, sys.executable, Confinement(tmp_path, "auto")) == (
+        invocations, [confinement.UNCONFINED])
+    (argv, env), = confinement.confined(invocations, dirs, sys.executable, Confinement(tmp_path, "required"))[0]
     assert "--required" in argv and argv[-2:] == ["python", "main.py"] and env["TMPDIR"].startswith(str(tmp_path))
 
 
@@ -131,11 +132,11 @@ def test_the_launcher_refuses_in_one_line_where_it_cannot_confine(tmp_path):
 def test_only_what_the_run_uses_inside_the_home_is_kept(tmp_path):
     """A kept folder opens all beneath it: an interpreter at /bin/python (whose environment's root is /) or a
     source outside the home must never become a rule."""
-    from tasks import launch
+    from tasks import confinement
 
     home, outside = tmp_path / "home", tmp_path / "src"
     outside.mkdir()
     dirs = Workdirs.under(home / "runs" / "r", outside, {}, None)
-    argv, _ = launch.confined([(["python", "main.py"], {})], dirs, "/bin/python3", Confinement(home, "auto"))[0]
+    (argv, _), = confinement.confined([(["python", "main.py"], {})], dirs, "/bin/python3", Confinement(home, "auto"))[0]
     keeps = [argv[i + 1] for i, a in enumerate(argv) if a == "--keep"]
     assert keeps == [str((home / "runs" / "r").resolve())], keeps

@@ -158,8 +158,10 @@ def _wheel(dest: Path, name: str = "mlyardprobe", version: str = "1.0") -> Path:
 
 
 def test_requirements_env_is_isolated_and_cached(algorithm, tmp_path):
-    wheel = _wheel(tmp_path)
-    src = algorithm("import mlyardprobe, sklearn\nprint('value', mlyardprobe.VALUE)\n", requirements=f"{wheel}\n")
+    # pip runs in a sandbox that sees the algorithm's folder: a wheel it ships is named relative to it
+    src = algorithm("import mlyardprobe, sklearn\nprint('value', mlyardprobe.VALUE)\n",
+                    requirements="./mlyardprobe-1.0-py3-none-any.whl\n")
+    _wheel(src)
     envs = tmp_path / "envs"
     logs = []
     python = requirements_env(src, envs, log=logs.append)

@@ -1,0 +1,121 @@
+"""The walls around a training's entry point: its sandbox (tasks/sandbox.py: namespaces, only its run's
+folders, no capability, dying with its flow) and, inside it, Landlock (tasks/confine.py) as a second wall
+where the kernel has it. Settings.sandbox and Settings.script_confinement say how strict each is."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from core.errors import TrainingFailed
+from tasks import sandbox
+
+if TYPE_CHECKING:
+    from tasks.launch import Workdirs
+
+Invocation = tuple[list[str], dict[str, str]]
+
+POD_SECRETS = ("/var/run/secrets", "/run/secrets")  # the settings Secret, the service account's token
+
+UNCONFINED = ("mlyard: this kernel has no Landlock (Linux 5.13 or newer): the script runs unconfined, and can read "
+              "what the flow can (MLYARD_SCRIPT_CONFINEMENT=required refuses such runs)")
+
+
+@dataclass(frozen=True)
+class Confinement:
+    """What a user's entry point is kept from: everything but its run's folders (`sandbox`:
+    Settings.sandbox) and, with Landlock, the stack's `home` (and, in a pod, the mounted Secrets) but for
+    what the run itself uses (`mode`: Settings.script_confinement). `network`: the spec asks for one."""
+
+    home: Path
+    mode: str = "auto"
+    sandbox: str = "off"
+    network: bool = False
+
+    @classmethod
+    def of(cls, settings: Any, network: bool = False) -> "Confinement":
+        """As the settings say (core.settings.Settings)."""
+        return cls(settings.home_dir, settings.script_confinement, settings.sandbox, network)
+
+
+def confined(invocations: list[Invocation], dirs: "Workdirs", python: str,
+             confinement: Confinement) -> tuple[list[Invocation], list[str]]:
+    """Each (argv, env) started inside its walls, and the lines the run's log gets about them (a wall
+    this machine cannot raise). TrainingFailed, before anything starts, where a wall is `required` and
+    cannot be raised."""
+    notices: list[str] = []
+    tmp = dirs.model.parent / "tmp"
+    tmp.mkdir(exist_ok=True)
+    reason = None
+    if confinement.sandbox != "off":
+        reason = sandbox.refusal()
+        if reason is not None and confinement.sandbox == "required":
+            raise TrainingFailed(f"MLYARD_SANDBOX is 'required' and {reason}: the script was not started")
+        if reason is not None:
+            notices.append(f"mlyard: no sandbox: {reason}; the script runs with the flow's view of this machine "
+                           "(MLYARD_SANDBOX=required refuses such runs)")
+    sandboxed = confinement.sandbox != "off" and reason is None
+    # inside a sandbox /tmp is the run's own: Landlock opens it, though a home under /tmp then lies open to
+    # Landlock (the sandbox shows nothing of it but the run's folders)
+    walled = _landlocked(invocations, dirs, python, confinement, notices, also=["/tmp"] if sandboxed else [])
+    if not sandboxed:
+        return walled, notices
+    several = len(invocations) > 1
+    if several and not confinement.network:
+        notices.append("mlyard: the nodes of this training meet on this machine's loopback, so their sandboxes "
+                       "share its network")
+    walls = sandbox.Walls(read=tuple(_readable(dirs, python)), tmp=str(tmp), chdir=str(dirs.source),
+                          write=tuple(str(d) for d in (dirs.model, dirs.checkpoint, dirs.tensorboard)),
+                          network=confinement.network or several)
+    return [(sandbox.wrap(argv, walls), sandbox.child_env(env, walls)) for argv, env in walled], notices
+
+
+def _readable(dirs: "Workdirs", python: str) -> list[str]:
+    """What a script reads: its source, datasets (and the file a single-file dataset's link names) and input
+    checkpoint, the Pythons it runs with, and the Landlock launcher."""
+    from tasks import confine, sandbox
+
+    found = [str(dirs.source), *(str(d) for d in dirs.datasets.values()), os.path.abspath(confine.__file__)]
+    if dirs.checkpoint_input is not None:
+        found.append(str(dirs.checkpoint_input))
+    for folder in dirs.datasets.values():  # tasks/training.py's as_folder: a local file by a link of ours
+        if folder.is_dir():
+            found += [os.path.realpath(e.path) for e in os.scandir(folder) if e.is_symlink()]
+    return found + sandbox.interpreter_folders(python, sys.executable)
+
+
+def _landlocked(invocations: list[Invocation], dirs: "Workdirs", python: str, confinement: Confinement,
+                notices: list[str], also: list[str]) -> list[Invocation]:
+    """Each (argv, env) started through the Landlock launcher, its temporary files in the run's scratch
+    folder; the flow's own process made non-dumpable, so that the script (the same user, in a pod without
+    the capabilities to override it) cannot read its environment or memory through /proc."""
+    from tasks import confine
+
+    if confinement.mode == "off":
+        return invocations
+    if confinement.mode == "auto" and confine.abi_version() < 1:
+        notices.append(UNCONFINED)
+        return invocations
+    hide = [str(confinement.home), *(p for p in POD_SECRETS if os.path.isdir(p))]
+    scratch = dirs.model.parent
+    env_root = Path(python).parent.parent
+    hidden = [os.path.realpath(h) for h in hide]
+    # what the run uses inside a hidden folder (elsewhere it is reachable anyway: a rule on the interpreter's
+    # /usr, or on / for a /bin/python, would open what is hidden)
+    used = {os.path.realpath(p) for p in (scratch, dirs.source, dirs.checkpoint_input, env_root,
+                                          *dirs.datasets.values()) if p is not None and os.path.exists(p)}
+    keep = sorted(p for p in used if any(p.startswith(h.rstrip("/") + "/") for h in hidden)) + also
+    _not_dumpable()
+    required = confinement.mode == "required"
+    return [(confine.launcher(argv, hide, keep, required), {**env, "TMPDIR": str(scratch / "tmp")})
+            for argv, env in invocations]
+
+
+def _not_dumpable() -> None:
+    import ctypes
+
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0
