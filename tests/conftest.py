@@ -25,6 +25,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def marked(marker: str) -> list[int]:
+    """Live processes whose command line holds `marker` as one of its words: a script and what it started,
+    seen from outside its sandbox (whose PIDs and files are its own)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                words = (entry / "cmdline").read_bytes().split(b"\0")
+                state = (entry / "stat").read_text().rsplit(")", 1)[-1].split()[0]
+            except OSError:
+                continue
+            if marker.encode() in words and state != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def all_gone(marker: str, within: float = 15.0) -> bool:
+    """No process marked `marker` is left within `within` seconds."""
+    import time
+
+    deadline = time.monotonic() + within
+    while marked(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not marked(marker)
+
+
 # A user's project directory: the platform's home is its `.mlyard`, as `mlyard up` makes it there, so
 # a fresh process started in USER_DIR with none of the variables below finds the running stack.
 USER_DIR = Path(tempfile.mkdtemp(prefix="mlyard-test-"))

@@ -9,10 +9,13 @@ import json
 import os
 import subprocess
 import time
+import uuid
 from pathlib import Path
 from uuid import UUID
 
 import pytest
+
+from tests.conftest import all_gone
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -196,13 +199,13 @@ def test_run_button_path_trains_on_the_local_pool(platform):
 
 def test_stop_a_training_running_on_the_worker(platform, algorithm, tmp_path):
     script = algorithm("import os, subprocess, sys, time\n"
-                       "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'])\n"
-                       "open(os.environ['EM_HP_PIDFILE'], 'w').write(str(c.pid))\n"
+                       "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)', "
+                       "os.environ['EM_HP_MARKER']])\n"
                        "print('loss=1', flush=True)\ntime.sleep(300)\n")
-    pidfile = tmp_path / "pid"
+    marker = f"mark-{uuid.uuid4().hex}"  # the child's command line holds it: looked for from outside its sandbox
     spec = tmp_path / "spec.yaml"
     spec.write_text(json.dumps({"name": "worker-stop", "experiment": "stack-tests", "source_uri": str(script),
-                                "entry_point": "main.py", "hyperparameters": {"pidfile": str(pidfile)}}))
+                                "entry_point": "main.py", "hyperparameters": {"marker": marker}}))
     submitted = json.loads(cli("train", "-f", str(spec), "--submit", "--json").stdout)
     tid = submitted["id"]
     assert submitted["flow_run"] == "worker-stop", "the name printed at creation is the run's final name"
@@ -214,10 +217,7 @@ def test_stop_a_training_running_on_the_worker(platform, algorithm, tmp_path):
     assert json.loads(cli("trainings", "stop", tid, "--json").stdout)["status"] in ("STOP IN PROGRESS", "STOPPED")
     info = _wait_status(tid, {"STOPPED"}, timeout=90)
     assert info.status == "STOPPED"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and Path(f"/proc/{pidfile.read_text()}").exists():
-        time.sleep(0.2)
-    assert not Path(f"/proc/{pidfile.read_text()}").exists(), "the script's child outlived the stop"
+    assert all_gone(marker, 30), "the script's child outlived the stop"
 
     # experiments with running work cannot be deleted; once stopped they can
     cli("experiments", "delete", "stack-tests")

@@ -9,6 +9,7 @@ import pytest
 
 from core.errors import SpecError, StorageNotFound
 from core.specs import TrainingSpec
+from tests.conftest import all_gone
 
 TRAIN = """
 import json, os, sys, time
@@ -22,8 +23,7 @@ open(os.path.join(os.environ["EM_CHECKPOINT_DIR"], "ckpt-1"), "w").write("state"
 
 SLOW = """
 import os, subprocess, sys, time
-child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
-open(os.environ["EM_HP_PIDFILE"], "w").write(str(child.pid))
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", os.environ["EM_HP_MARKER"]])
 print("loss=1.0", flush=True)
 time.sleep(float(os.environ["EM_HP_SLEEP"]))
 print("loss=0.5", flush=True)
@@ -35,17 +35,11 @@ def _spec(src: Path, **kw) -> TrainingSpec:
                         source_uri=str(src), entry_point="main.py", **kw)
 
 
-def _gone(pid: int, within: float = 15.0) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat") as fh:
-                if fh.read().split(")")[-1].split()[0] == "Z":
-                    return True
-        except FileNotFoundError:
-            return True
-        time.sleep(0.1)
-    return False
+def _marker() -> str:
+    """A word the script's child carries in its command line, to be looked for from outside its sandbox."""
+    import uuid
+
+    return f"mark-{uuid.uuid4().hex}"
 
 
 def test_training_end_to_end(platform, s3_env, s3_settings, bucket, algorithm, tmp_path):
@@ -160,15 +154,15 @@ def test_max_run_time_ends_failed_with_reason(platform, algorithm, tmp_path):
     from flows.training import train
     from mlyard.trainings import get_training
 
-    pidfile = tmp_path / "pid"
+    marker = _marker()
     spec = _spec(algorithm(SLOW), name="too-long", max_run_time_seconds=3,
-                 hyperparameters={"pidfile": str(pidfile), "sleep": 120})
+                 hyperparameters={"marker": marker, "sleep": 120})
     t0 = time.monotonic()
     state = train(spec, return_state=True)
     assert state.is_failed() and time.monotonic() - t0 < 30
     info = get_training(str(state.state_details.flow_run_id))
     assert info.status == "FAIL TRAIN" and "max run time of 3 s" in info.cause
-    assert _gone(int(pidfile.read_text()))
+    assert all_gone(marker)
 
 
 def test_stop_while_running_in_process(platform, algorithm, tmp_path):
@@ -176,8 +170,8 @@ def test_stop_while_running_in_process(platform, algorithm, tmp_path):
     from flows.training import train
     from mlyard.trainings import list_trainings, stop_training
 
-    pidfile = tmp_path / "pid"
-    spec = _spec(algorithm(SLOW), name="to-stop", hyperparameters={"pidfile": str(pidfile), "sleep": 300})
+    marker = _marker()
+    spec = _spec(algorithm(SLOW), name="to-stop", hyperparameters={"marker": marker, "sleep": 300})
     box = {}
     thread = threading.Thread(target=lambda: box.setdefault("state", train(spec, return_state=True)))
     thread.start()
@@ -191,7 +185,7 @@ def test_stop_while_running_in_process(platform, algorithm, tmp_path):
     thread.join(60)
     assert box["state"].is_cancelled()
     assert [t.status for t in list_trainings(20) if t.id == training.id] == ["STOPPED"]
-    assert _gone(int(pidfile.read_text()))
+    assert all_gone(marker)
     run = platform.tracking.find_training_run(training.id)
     assert run.status == "KILLED"
 
@@ -199,7 +193,7 @@ def test_stop_while_running_in_process(platform, algorithm, tmp_path):
 def test_metric_visible_while_running(platform, algorithm, tmp_path):
     from flows.training import train
 
-    spec = _spec(algorithm(SLOW), name="latency", hyperparameters={"pidfile": str(tmp_path / "p"), "sleep": 6})
+    spec = _spec(algorithm(SLOW), name="latency", hyperparameters={"marker": _marker(), "sleep": 6})
     thread = threading.Thread(target=lambda: train(spec))
     thread.start()
     try:

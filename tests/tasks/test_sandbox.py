@@ -1,0 +1,303 @@
+"""A training's script as an attacker wrote it, run in its sandbox (tasks/sandbox.py) by a stand-in flow
+(a process of its own that holds a platform credential in its environment, as a flow does) with real
+bubblewrap: every file, socket, process, port and credential of the platform and of other projects it
+tries to reach stays out of reach, what it leaves is taken as data, and it dies with its flow. Run as root
+(a root-run stack) and as an ordinary user (a user's stack), each a real process of that account.
+The stack's side, a member's script run by `mlyard up`, is tests/test_inside.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tasks import sandbox
+
+pytestmark = pytest.mark.skipif(sandbox.refusal() is not None, reason=f"no sandbox here: {sandbox.refusal()}")
+
+ROOT = Path(__file__).resolve().parents[2]
+USER = "mlyard-member"
+SECRET = "platform-secret-7f3a"
+
+# every attempt prints "held" or what it got; the test wants every one held
+ATTACK = r"""import json, os, socket, sys
+found = {}
+def attempt(name, fn):
+    try:
+        got = fn()
+        found[name] = "REACHED: " + str(got)[:80]
+    except Exception as exc:
+        found[name] = "held (" + type(exc).__name__ + ")"
+home, other = os.environ["HOME_DIR"], os.environ["OTHER_PROJECT"]
+attempt("read the stack's record (internal token, Prefect auth)", lambda: open(os.path.join(home, "stack.json")).read())
+def home_files():
+    own = os.path.realpath(os.environ["EM_SOURCE_DIR"]).rsplit("/", 1)[0]  # its scratch folder
+    seen = [os.path.join(top, name) for top, dirs, files in os.walk(home) for name in files
+            if not os.path.join(top, name).startswith(own + "/")]
+    if not seen:
+        raise PermissionError("nothing but its own run's folders")
+    return seen
+attempt("any file of the stack's home beside its own run's", home_files)
+def unix(path):
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(3)
+    s.connect(path)
+    s.sendall(b"mlyard projects add-member pa bob --role owner\n")
+    return s.recv(100)
+attempt("the warm runner's socket", lambda: unix(os.path.join(home, "warm", "runner.sock")))
+attempt("the embedded PostgreSQL's socket", lambda: unix(os.path.join(home, "postgres", ".s.PGSQL.5432")))
+def tcp(port):
+    s = socket.create_connection(("127.0.0.1", port), timeout=3)
+    s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    return s.recv(100)
+attempt("a platform port on 127.0.0.1", lambda: tcp(int(os.environ["PLATFORM_PORT"])))
+def environs():
+    seen = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                if os.environ["NEEDLE"][::-1].encode() in open(f"/proc/{pid}/environ", "rb").read():
+                    seen.append(pid)
+            except OSError:
+                pass
+    if not seen:
+        raise PermissionError("no process holds it")
+    return seen
+attempt("another process's environment (/proc/PID/environ)", environs)
+def flow_alive():
+    os.kill(int(os.environ["FLOW_PID"]), 0)
+    return "signalled"
+attempt("signal the flow", flow_alive)
+def caps():
+    eff = next(l for l in open("/proc/self/status") if l.startswith("CapEff")).split()[1]
+    if int(eff, 16) == 0:
+        raise PermissionError("no capability")
+    return eff
+attempt("a capability (CAP_SYS_PTRACE, DAC override)", caps)
+attempt("write the platform's venv", lambda: open(os.path.join(os.environ["PLATFORM_SITE"], "evil.pth"), "w"))
+attempt("write its own environment (the next run's)", lambda: open(os.path.join(sys.prefix, "evil.pth"), "w"))
+attempt("write the platform's source", lambda: open(os.environ["PLATFORM_SOURCE"], "r+"))
+attempt("the compiled-model cache", lambda: open(os.path.join(home, "compiled", "model.onnx"), "ab"))
+attempt("another project's storage", lambda: os.listdir(other))
+def interfaces():
+    names = [name for _, name in socket.if_nameindex() if name != "lo"]
+    if not names:
+        raise PermissionError("only its own loopback")
+    return names
+attempt("a network beyond its own loopback", interfaces)
+own = {}
+def mine(name, fn):
+    try:
+        fn()
+        own[name] = "ok"
+    except Exception as exc:
+        own[name] = type(exc).__name__
+mine("read its source", lambda: open(os.path.join(os.environ["EM_SOURCE_DIR"], "main.py")).read())
+mine("write its model", lambda: open(os.path.join(os.environ["EM_MODEL_DIR"], "model.txt"), "w").write("weights"))
+mine("a temporary file", lambda: __import__("tempfile").mkstemp())
+mine("write /tmp", lambda: open("/tmp/scratch.txt", "w").write("x"))
+mine("a loopback of its own", lambda: socket.create_server(("127.0.0.1", 0)).close())
+for name, target in (("stolen-record", os.path.join(home, "stack.json")), ("stolen-project", other)):
+    os.symlink(target, os.path.join(os.environ["EM_MODEL_DIR"], name))
+    os.symlink(target, os.path.join(os.environ["EM_CHECKPOINT_DIR"], name))
+os.mkfifo(os.path.join(os.environ["EM_MODEL_DIR"], "hold-the-reader"))
+print("FOUND " + json.dumps({"attempts": found, "own": own}), flush=True)
+if os.environ.get("LINGER"):
+    import time
+    open(os.path.join(os.environ["EM_MODEL_DIR"], "started"), "w").close()
+    time.sleep(120)
+"""
+
+# the stand-in flow: holds the platform's credential in its environment, runs the script in its walls
+FLOW = r"""import json, os, sys
+from pathlib import Path
+from core.specs import TrainingSpec
+from tasks.confinement import Confinement
+from tasks.launch import Workdirs, run_script
+a = json.loads(sys.argv[1])
+scratch = Path(a["scratch"])
+dirs = Workdirs.under(scratch, scratch / "source", {}, None)
+env = {**a["env"], "FLOW_PID": str(os.getpid())}
+lines = []
+run_script(TrainingSpec(name="attack", source_uri=str(dirs.source), entry_point="main.py"), dirs, sys.executable,
+           "KR1", env, scratch / "output.log", metric_sink=lambda b: None, echo=lines.append,
+           confinement=Confinement(Path(a["home"]), "auto", "required"))
+print(json.dumps(lines))
+"""
+
+
+class _Listeners:
+    """What the platform would have open: a Unix socket in the home (the warm runner's) and a port."""
+
+    def __init__(self, home: Path):
+        (home / "warm").mkdir(parents=True)
+        self.unix = socket.socket(socket.AF_UNIX)
+        self.unix.bind(str(home / "warm" / "runner.sock"))
+        os.chmod(home / "warm" / "runner.sock", 0o777)
+        self.unix.listen()
+        self.tcp = socket.create_server(("127.0.0.1", 0))
+        self.port = self.tcp.getsockname()[1]
+        self.reached: list[str] = []
+        for sock, name in ((self.unix, "unix"), (self.tcp, "tcp")):
+            threading.Thread(target=self._serve, args=(sock, name), daemon=True).start()
+
+    def _serve(self, sock: socket.socket, name: str) -> None:
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            self.reached.append(name)
+            conn.close()
+
+    def close(self) -> None:
+        self.unix.close()
+        self.tcp.close()
+
+
+def _user() -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", USER],
+                       capture_output=True, check=True)
+        return pwd.getpwnam(USER)
+
+
+def _as(account: str, argv: list[str]) -> list[str]:
+    """`argv` as `account`: root as it is; the ordinary user in a mount namespace where root's home is
+    passable (this machine's Python lives under it), with that user's ids and no group of root's."""
+    if account == "root":
+        return argv
+    user = _user()
+    prefix = Path(sys.base_prefix)
+    passable = ""
+    if str(prefix).startswith("/root/"):  # held aside, root's home covered by an empty one, put back
+        hold = "/run/mlyard-python"
+        passable = (f"mkdir -p {hold} && mount --bind {prefix} {hold} && mount -t tmpfs -o mode=755 tmpfs /root && "
+                    f"mkdir -p {prefix} && mount --bind {hold} {prefix} && ")
+    import shlex
+
+    inner = shlex.join(["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups", "--",
+                        *argv])
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", passable + "exec " + inner]
+
+
+def _attack(tmp_path: Path, account: str, linger: bool = False) -> tuple[subprocess.Popen, Path, Path, _Listeners]:
+    if account != "root" and os.geteuid() != 0:
+        pytest.skip("running as another account needs root")
+    home = tmp_path / "project" / ".mlyard"
+    scratch = home / "runs" / "attack.1"
+    (scratch / "source").mkdir(parents=True)
+    (scratch / "source" / "main.py").write_text(ATTACK)
+    (home / "stack.json").write_text(json.dumps({"internal_token": SECRET}))
+    (home / "compiled").mkdir()
+    (home / "compiled" / "model.onnx").write_bytes(b"onnx")
+    (home / "postgres").mkdir()
+    other = tmp_path / "storage" / "other-project"
+    other.mkdir(parents=True)
+    (other / "documents.txt").write_text("theirs")
+    listeners = _Listeners(home)
+    if account != "root":
+        user = _user()
+        for path in (tmp_path, *tmp_path.rglob("*")):
+            os.lchown(path, user.pw_uid, user.pw_gid)
+    env = {"PATH": os.environ["PATH"], "HOME_DIR": str(home), "OTHER_PROJECT": str(other),
+           "PLATFORM_PORT": str(listeners.port), "NEEDLE": SECRET[::-1],
+           "PLATFORM_SITE": next(p for p in sys.path if p.endswith("site-packages")),
+           "PLATFORM_SOURCE": str(ROOT / "tasks" / "launch.py"), **({"LINGER": "1"} if linger else {})}
+    given = {"scratch": str(scratch), "home": str(home), "env": env}
+    proc = subprocess.Popen(_as(account, [sys.executable, "-c", FLOW, json.dumps(given)]), cwd=ROOT,
+                            env={**os.environ, "MLYARD_INTERNAL_TOKEN": SECRET, "MLYARD_HOME": str(home)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return proc, scratch, home, listeners
+
+
+@pytest.fixture
+def base(tmp_path, account):
+    """The test's folder: pytest's own for root; for the ordinary user one it can pass into (pytest's
+    folders are root's alone), removed after."""
+    if account == "root":
+        yield tmp_path
+        return
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="mlyard-sandbox-test."))
+    os.chmod(folder, 0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.parametrize("account", ["root", "user"])
+def test_a_script_reaches_nothing_of_the_platform_and_leaves_only_data(base, account):
+    tmp_path = base
+    proc, scratch, home, listeners = _attack(tmp_path, account)
+    out, err = proc.communicate(timeout=120)
+    listeners.close()
+    assert proc.returncode == 0, err[-3000:]
+    lines = json.loads(out.strip().splitlines()[-1])
+    found = json.loads(next(line for line in lines if line.startswith("FOUND ")).removeprefix("FOUND "))
+    reached = {name: got for name, got in found["attempts"].items() if not got.startswith("held")}
+    assert not reached, reached
+    assert len(found["attempts"]) == 14
+    assert listeners.reached == [], "nothing the platform listens on was reached"
+    assert set(found["own"].values()) == {"ok"}, found["own"]
+    assert not any("no sandbox" in line for line in lines), lines
+
+    # what it left, taken as data: the links out and the FIFO are gone, named; the model is there
+    removed = sandbox.as_data(scratch / "model") + sandbox.as_data(scratch / "checkpoints")
+    assert sorted(r.split(" ")[0] for r in removed) == ["hold-the-reader", "stolen-project", "stolen-project",
+                                                        "stolen-record", "stolen-record"], removed
+    assert sorted(os.listdir(scratch / "model")) == ["model.txt"]
+    assert (home / "stack.json").read_text() == json.dumps({"internal_token": SECRET})
+    assert not os.path.exists(Path(sys.prefix) / "evil.pth")
+
+
+@pytest.mark.parametrize("account", ["root", "user"])
+def test_the_sandbox_dies_with_its_flow(base, account):
+    """kill -9 of the flow: nothing of the script is left within seconds (it meant to sleep 120 s)."""
+    import psutil
+
+    proc, scratch, _, listeners = _attack(base, account, linger=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (scratch / "model" / "started").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.1)
+        inside = [p for p in psutil.Process(proc.pid).children(recursive=True)]
+        assert any("main.py" in " ".join(p.cmdline()) for p in inside)
+        flow = next(p for p in [psutil.Process(proc.pid), *inside] if "tasks.launch" in " ".join(p.cmdline()))
+        os.kill(flow.pid, signal.SIGKILL)
+        gone, alive = psutil.wait_procs(inside, timeout=5)
+        assert not alive, [p.cmdline() for p in alive]
+    finally:
+        listeners.close()
+        os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+        proc.wait()
+
+
+def test_required_refuses_before_the_script_starts_where_no_sandbox_can(tmp_path, monkeypatch):
+    from core.errors import TrainingFailed
+    from tasks.confinement import Confinement, confined
+    from tasks.launch import Workdirs
+
+    monkeypatch.setattr(sandbox, "refusal", lambda: "no user namespaces here (test)")
+    dirs = Workdirs.under(tmp_path / "scratch", tmp_path, {}, None)
+    invocations = [(["python", "main.py"], {"A": "1"})]
+    with pytest.raises(TrainingFailed, match="MLYARD_SANDBOX is 'required' and no user namespaces here"):
+        confined(invocations, dirs, sys.executable, Confinement(tmp_path, "off", "required"))
+    assert confined(invocations, dirs, sys.executable, Confinement(tmp_path, "off", "auto")) == (
+        invocations, ["mlyard: no sandbox: no user namespaces here (test); the script runs with the flow's view of "
+                      "this machine (MLYARD_SANDBOX=required refuses such runs)"])
