@@ -29,94 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 USER = "mlyard-member"
 SECRET = "platform-secret-7f3a"
 
-# every attempt prints "held" or what it got; the test wants every one held
-ATTACK = r"""import json, os, socket, sys
-found = {}
-def attempt(name, fn):
-    try:
-        got = fn()
-        found[name] = "REACHED: " + str(got)[:80]
-    except Exception as exc:
-        found[name] = "held (" + type(exc).__name__ + ")"
-home, other = os.environ["HOME_DIR"], os.environ["OTHER_PROJECT"]
-attempt("read the stack's record (internal token, Prefect auth)", lambda: open(os.path.join(home, "stack.json")).read())
-def home_files():
-    own = os.path.realpath(os.environ["EM_SOURCE_DIR"]).rsplit("/", 1)[0]  # its scratch folder
-    seen = [os.path.join(top, name) for top, dirs, files in os.walk(home) for name in files
-            if not os.path.join(top, name).startswith(own + "/")]
-    if not seen:
-        raise PermissionError("nothing but its own run's folders")
-    return seen
-attempt("any file of the stack's home beside its own run's", home_files)
-def unix(path):
-    s = socket.socket(socket.AF_UNIX)
-    s.settimeout(3)
-    s.connect(path)
-    s.sendall(b"mlyard projects add-member pa bob --role owner\n")
-    return s.recv(100)
-attempt("the warm runner's socket", lambda: unix(os.path.join(home, "warm", "runner.sock")))
-attempt("the embedded PostgreSQL's socket", lambda: unix(os.path.join(home, "postgres", ".s.PGSQL.5432")))
-def tcp(port):
-    s = socket.create_connection(("127.0.0.1", port), timeout=3)
-    s.sendall(b"GET / HTTP/1.0\r\n\r\n")
-    return s.recv(100)
-attempt("a platform port on 127.0.0.1", lambda: tcp(int(os.environ["PLATFORM_PORT"])))
-def environs():
-    seen = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                if os.environ["NEEDLE"][::-1].encode() in open(f"/proc/{pid}/environ", "rb").read():
-                    seen.append(pid)
-            except OSError:
-                pass
-    if not seen:
-        raise PermissionError("no process holds it")
-    return seen
-attempt("another process's environment (/proc/PID/environ)", environs)
-def flow_alive():
-    os.kill(int(os.environ["FLOW_PID"]), 0)
-    return "signalled"
-attempt("signal the flow", flow_alive)
-def caps():
-    eff = next(l for l in open("/proc/self/status") if l.startswith("CapEff")).split()[1]
-    if int(eff, 16) == 0:
-        raise PermissionError("no capability")
-    return eff
-attempt("a capability (CAP_SYS_PTRACE, DAC override)", caps)
-attempt("write the platform's venv", lambda: open(os.path.join(os.environ["PLATFORM_SITE"], "evil.pth"), "w"))
-attempt("write its own environment (the next run's)", lambda: open(os.path.join(sys.prefix, "evil.pth"), "w"))
-attempt("write the platform's source", lambda: open(os.environ["PLATFORM_SOURCE"], "r+"))
-attempt("the compiled-model cache", lambda: open(os.path.join(home, "compiled", "model.onnx"), "ab"))
-attempt("another project's storage", lambda: os.listdir(other))
-def interfaces():
-    names = [name for _, name in socket.if_nameindex() if name != "lo"]
-    if not names:
-        raise PermissionError("only its own loopback")
-    return names
-attempt("a network beyond its own loopback", interfaces)
-own = {}
-def mine(name, fn):
-    try:
-        fn()
-        own[name] = "ok"
-    except Exception as exc:
-        own[name] = type(exc).__name__
-mine("read its source", lambda: open(os.path.join(os.environ["EM_SOURCE_DIR"], "main.py")).read())
-mine("write its model", lambda: open(os.path.join(os.environ["EM_MODEL_DIR"], "model.txt"), "w").write("weights"))
-mine("a temporary file", lambda: __import__("tempfile").mkstemp())
-mine("write /tmp", lambda: open("/tmp/scratch.txt", "w").write("x"))
-mine("a loopback of its own", lambda: socket.create_server(("127.0.0.1", 0)).close())
-for name, target in (("stolen-record", os.path.join(home, "stack.json")), ("stolen-project", other)):
-    os.symlink(target, os.path.join(os.environ["EM_MODEL_DIR"], name))
-    os.symlink(target, os.path.join(os.environ["EM_CHECKPOINT_DIR"], name))
-os.mkfifo(os.path.join(os.environ["EM_MODEL_DIR"], "hold-the-reader"))
-print("FOUND " + json.dumps({"attempts": found, "own": own}), flush=True)
-if os.environ.get("LINGER"):
-    import time
-    open(os.path.join(os.environ["EM_MODEL_DIR"], "started"), "w").close()
-    time.sleep(120)
-"""
+ATTACKER = Path(__file__).resolve().parents[1] / "inside_attacker.py"
 
 # the stand-in flow: holds the platform's credential in its environment, runs the script in its walls
 FLOW = r"""import json, os, sys
@@ -127,11 +40,11 @@ from tasks.launch import Workdirs, run_script
 a = json.loads(sys.argv[1])
 scratch = Path(a["scratch"])
 dirs = Workdirs.under(scratch, scratch / "source", {}, None)
-env = {**a["env"], "FLOW_PID": str(os.getpid())}
 lines = []
-run_script(TrainingSpec(name="attack", source_uri=str(dirs.source), entry_point="main.py"), dirs, sys.executable,
-           "KR1", env, scratch / "output.log", metric_sink=lambda b: None, echo=lines.append,
-           confinement=Confinement(Path(a["home"]), "auto", "required"))
+spec = TrainingSpec(name="attack", source_uri=str(dirs.source), entry_point="main.py",
+                    hyperparameters={"targets": json.dumps(a["targets"])})
+run_script(spec, dirs, sys.executable, "KR1", {"PATH": os.environ["PATH"]}, scratch / "output.log",
+           metric_sink=lambda b: None, echo=lines.append, confinement=Confinement(Path(a["home"]), "auto", "required"))
 print(json.dumps(lines))
 """
 
@@ -199,7 +112,7 @@ def _attack(tmp_path: Path, account: str, linger: bool = False) -> tuple[subproc
     home = tmp_path / "project" / ".mlyard"
     scratch = home / "runs" / "attack.1"
     (scratch / "source").mkdir(parents=True)
-    (scratch / "source" / "main.py").write_text(ATTACK)
+    shutil.copy(ATTACKER, scratch / "source" / "main.py")
     (home / "stack.json").write_text(json.dumps({"internal_token": SECRET}))
     (home / "compiled").mkdir()
     (home / "compiled" / "model.onnx").write_bytes(b"onnx")
@@ -212,11 +125,10 @@ def _attack(tmp_path: Path, account: str, linger: bool = False) -> tuple[subproc
         user = _user()
         for path in (tmp_path, *tmp_path.rglob("*")):
             os.lchown(path, user.pw_uid, user.pw_gid)
-    env = {"PATH": os.environ["PATH"], "HOME_DIR": str(home), "OTHER_PROJECT": str(other),
-           "PLATFORM_PORT": str(listeners.port), "NEEDLE": SECRET[::-1],
-           "PLATFORM_SITE": next(p for p in sys.path if p.endswith("site-packages")),
-           "PLATFORM_SOURCE": str(ROOT / "tasks" / "launch.py"), **({"LINGER": "1"} if linger else {})}
-    given = {"scratch": str(scratch), "home": str(home), "env": env}
+    targets = {"home": str(home), "other": str(other), "port": listeners.port, "needles": ["MLYARD_INTERNAL_TOKEN"],
+               "site": next(p for p in sys.path if p.endswith("site-packages")),
+               "source": str(ROOT / "tasks" / "launch.py"), "linger": linger, "marker": f"mark-{os.getpid()}"}
+    given = {"scratch": str(scratch), "home": str(home), "targets": targets}
     proc = subprocess.Popen(_as(account, [sys.executable, "-c", FLOW, json.dumps(given)]), cwd=ROOT,
                             env={**os.environ, "MLYARD_INTERNAL_TOKEN": SECRET, "MLYARD_HOME": str(home)},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -277,7 +189,7 @@ def test_the_sandbox_dies_with_its_flow(base, account):
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
             time.sleep(0.1)
         inside = [p for p in psutil.Process(proc.pid).children(recursive=True)]
-        assert any("main.py" in " ".join(p.cmdline()) for p in inside)
+        assert any(f"mark-{os.getpid()}" in p.cmdline() for p in inside)
         flow = next(p for p in [psutil.Process(proc.pid), *inside] if "tasks.launch" in " ".join(p.cmdline()))
         os.kill(flow.pid, signal.SIGKILL)
         gone, alive = psutil.wait_procs(inside, timeout=5)

@@ -1,0 +1,108 @@
+"""A member's training script against the running stack, from inside (issue 67): mallory, an editor of her
+own project and nothing else, submits tests/inside_attacker.py with her key alone, as any training. The
+stack's worker runs it in its sandbox: every file, socket, process, port and credential of the platform and
+of the other project that it tries stays out of reach, the links it leaves in its outputs are not followed
+(named in the run's log; its MLflow model holds its model alone), and `kill -9` of its flow run's process
+leaves nothing of it running. tests/tasks/test_sandbox.py tries the same as root and as an ordinary user."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from tasks import sandbox
+from tests.conftest import all_gone, marked
+from tests.mlyard.test_teams import Member
+from tests.mlyard.test_workstation import _ok
+from tests.test_user_paths import mlyard as owner
+
+pytestmark = pytest.mark.skipif(sandbox.refusal() is not None, reason=f"no sandbox here: {sandbox.refusal()}")
+
+ATTACKER = Path(__file__).resolve().parent / "inside_attacker.py"
+NEEDLES = ["MLYARD_INTERNAL_TOKEN", "PREFECT_API_AUTH_STRING", "PREFECT_SERVER_API_AUTH_STRING", "MLYARD_REPLICA_TOKEN",
+           "MLFLOW_TRACKING_PASSWORD", "JUPYTER_TOKEN"]
+
+
+@pytest.fixture(scope="module")
+def mallory(stack, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("inside")
+    for project in ("inside-a", "inside-b"):
+        _ok(owner("projects", "create", project))
+    made = json.loads(_ok(owner("users", "create", "mallory", "--json")))
+    _ok(owner("projects", "add-member", "inside-a", "mallory", "--role", "editor"))
+    member = Member(tmp / "mallory", stack, made["key"])
+    (member.work / "attack").mkdir()
+    shutil.copy(ATTACKER, member.work / "attack" / "main.py")
+    return member
+
+
+def _targets(stack, settings, **more) -> str:
+    other = settings.home_dir / "projects" / "inside-b" / "uploads"
+    other.mkdir(parents=True, exist_ok=True)
+    (other / "documents.txt").write_text("inside-b's own")
+    return json.dumps({"home": str(settings.home_dir), "other": str(other), "port": urlsplit(stack.api_url).port,
+                       "needles": NEEDLES, "site": next(p for p in sys.path if p.endswith("site-packages")),
+                       "source": str(Path(__file__).resolve().parents[1] / "tasks" / "launch.py"), **more})
+
+
+def _submit(member: Member, name: str, targets: str) -> str:
+    (member.work / f"{name}.yaml").write_text(json.dumps({
+        "name": name, "source_uri": "attack", "entry_point": "main.py", "hyperparameters": {"targets": targets}}))
+    return member.json("train", "-f", f"{name}.yaml")["id"]
+
+
+def _wait(member: Member, run_id: str, statuses: set[str], timeout: float = 180) -> str:
+    deadline = time.monotonic() + timeout
+    while (status := member.json("trainings", "show", run_id)["status"]) not in statuses:
+        assert time.monotonic() < deadline, status
+        time.sleep(1)
+    return status
+
+
+def test_a_members_script_reaches_nothing_of_the_platform(mallory, stack, settings, platform):
+    run_id = _submit(mallory, "attack", _targets(stack, settings))
+    assert _wait(mallory, run_id, {"COMPLETE", "FAIL TRAIN"}) == "COMPLETE"
+    lines = [json.loads(line)["body"] for line in _ok(owner("logs", "--training", run_id, "--json")).splitlines()]
+    found = json.loads(next(b for b in lines if b.startswith("FOUND ")).removeprefix("FOUND "))
+    reached = {name: got for name, got in found["attempts"].items() if not got.startswith("held")}
+    assert not reached, reached
+    assert len(found["attempts"]) == 14 and set(found["own"].values()) == {"ok"}, found
+    assert not any("no sandbox" in b for b in lines)
+
+    # the links it left are named in the run's log and copied nowhere: its MLflow model is its model alone
+    for name in ("stolen-record", "stolen-project", "hold-the-reader"):
+        assert any(b.startswith("left out of model: " + name) for b in lines), (name, lines[-20:])
+    assert any(b.startswith("left out of checkpoints: stolen-record") for b in lines)
+    run = platform.tracking.find_training_run(run_id)
+    listed = [a.path for a in platform.tracking.client.list_artifacts(run.run_id, "model")]
+    assert listed == ["model/model.txt"], listed
+
+
+def test_kill_9_of_its_flow_leaves_nothing_of_it_running(mallory, stack, settings):
+    marker = f"mark-{uuid.uuid4().hex}"
+    run_id = _submit(mallory, "linger", _targets(stack, settings, linger=True, marker=marker))
+    deadline = time.monotonic() + 120
+    while not marked(marker):  # the script's child, its command line holding the marker
+        assert time.monotonic() < deadline, "the script never started"
+        time.sleep(0.3)
+    import psutil
+
+    child = psutil.Process(marked(marker)[0])
+    ancestors = child.parents()  # the script, bubblewrap's two processes, the flow run's, the worker...
+    assert "bwrap" in [p.name() for p in ancestors], "the script runs in its sandbox"
+    flow = ancestors[max(i for i, p in enumerate(ancestors) if p.name() == "bwrap") + 1]
+    os.kill(flow.pid, signal.SIGKILL)
+    assert all_gone(marker, within=10), "the script's child outlived its flow"
+    inside = ancestors[:ancestors.index(flow)]  # the script and bubblewrap's processes
+    _, alive = psutil.wait_procs(inside, timeout=10)
+    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], [p.cmdline() for p in alive]
+    owner("trainings", "stop", run_id)
