@@ -308,6 +308,10 @@ def set_budget(endpoint: str, who: int | str, daily_tokens: int | None) -> dict[
     if not (isinstance(who, int) or str(who).isdigit() or str(who).startswith("rag:") and 4 < len(str(who)) <= 70):
         raise SpecError("token", who, "a token's id (`mlyard endpoints tokens list`) or rag:NAME")
     endpoint_in_reach(endpoint, "editor", "setting a token's budget")
+    if daily_tokens and str(who).startswith("rag:"):  # a budget for a RAG the caller can see (lifting one: any)
+        from mlyard.rag_checks import in_reach
+
+        in_reach(connect(), str(who)[4:], "viewer", "budgeting a RAG's tokens")
     view = endpoint_registry().set_budget(endpoint, who, daily_tokens)
     gateway_call(connect(), "/mlyard/reload", "POST")
     return view

@@ -202,7 +202,11 @@ class PrefectDoor:
         if rule == "start":
             return await self._start(send, actor, ident or "", given)
         # a thing named in the path or the query: the project's, or not found
-        query = {k: v[0] for k, v in parse_qs(scope["query_string"].decode("latin-1")).items()}
+        # one value each: Prefect reads the last of a repeated one, so a check of any other would be no check
+        parsed = parse_qs(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+        if twice := sorted(k for k, v in parsed.items() if len(v) > 1):
+            raise HttpError(400, f"{', '.join(twice)} given more than once: name one")
+        query = {k: v[0] for k, v in parsed.items()}
         if rule in ("run", "cancel", "run states"):
             run = (ident if rule != "run states" else query.get("flow_run_id")) or ""
             await self._all_in(project, [run], [])

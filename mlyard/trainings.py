@@ -60,10 +60,15 @@ def tensorboard_logs(training_id: str) -> tuple[str, Path, bool]:
     import shutil
 
     from core.connection import connect
-    from core.errors import SpecError
+    from core.errors import MlyardError, SpecError
+    from core.settings import Settings
     from flows.platform import Platform
     from tasks.processes import alive
 
+    here = Settings()
+    if here.api_url or here.api_key is not None:  # a member's machine: the logs are on the platform's
+        raise MlyardError("`mlyard trainings tensorboard` runs on the platform's own machine (it reads the run's "
+                          "folder there); from yours, open the run in the MLflow UI: its tensorboard artifacts")
     info = get_training(training_id)
     settings = connect()
     if info.status in ACTIVE_STATUSES:  # its working folder: <home>/runs/NAME.pidPID.*/tensorboard

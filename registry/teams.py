@@ -7,6 +7,7 @@ A key's secret is never kept, only its hash; a revoked or expired key stops work
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
@@ -61,8 +62,9 @@ class Teams:
 
     @staticmethod
     def _new_key(s: Any, user: str, expires_days: int | None, description: str) -> tuple[str, str]:
-        if expires_days is not None and expires_days < 1:
-            raise SpecError("expires_days", expires_days, "a whole number of days, 1 or more (or none: no expiry)")
+        if expires_days is not None and not (_number(expires_days, int) and 1 <= expires_days <= MAX_KEY_DAYS):
+            raise SpecError("expires_days", expires_days,
+                            f"a whole number of days from 1 to {MAX_KEY_DAYS:,} (or none: no expiry)")
         key_id, key, kept = new_key()
         expires = utcnow() + timedelta(days=expires_days) if expires_days else None
         s.add(ApiKey(key_id=key_id, user=user, secret_hash=kept, expires_at=expires, description=description))
@@ -175,8 +177,8 @@ class Teams:
         _check_quota(quota.get("gpus"), quota.get("cpus"), quota.get("max_runs"))
         for field in ("rate_limit", "key_rate_limit"):
             value = quota.get(field)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-                raise SpecError(field, value, "requests a second, more than 0 (none: no limit)")
+            if value is not None and not (_number(value, (int, float)) and 0 < value <= MAX_QUOTA):
+                raise SpecError(field, value, f"requests a second, more than 0 and at most {MAX_QUOTA:,} (none: no limit)")
         with self.catalog.session() as s:
             row = s.get(Project, name)
             if row is None:
@@ -315,7 +317,16 @@ def _project(p: Project) -> dict[str, Any]:
             "rate_limit": p.rate_limit, "key_rate_limit": p.key_rate_limit, "created_at": _iso(p.created_at)}
 
 
+MAX_QUOTA = 1_000_000  # GPUs, CPUs, runs at once or requests a second: past it, a typo (2^70, 1e400, inf)
+MAX_KEY_DAYS = 36_500
+
+
 def _check_quota(gpus: Any, cpus: Any, max_runs: Any) -> None:
     for field, value, kind in (("gpus", gpus, int), ("max_runs", max_runs, int), ("cpus", cpus, (int, float))):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, kind) or value < 0):
-            raise SpecError(field, value, "a number, 0 or more (none: no limit)")
+        if value is not None and not (_number(value, kind) and 0 <= value <= MAX_QUOTA):
+            raise SpecError(field, value, f"a number from 0 to {MAX_QUOTA:,} (none: no limit)")
+
+
+def _number(value: Any, kind: Any) -> bool:
+    """`value` is a finite number of `kind` (not a bool, not NaN or infinite)."""
+    return isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value)

@@ -106,3 +106,22 @@ def test_a_platform_that_does_not_answer_is_not_a_run_that_is_missing(tmp_path):
     said = _one_line_error(mlyard("trainings", "show", "0b7a2c1e-1111-4222-8333-444455556666", cwd=tmp_path / "project"),
                            "does not answer", "mlyard up")
     assert "not found" not in said
+
+
+def test_team_commands_refuse_numbers_out_of_range_in_one_line(stack):
+    """Quotas of 2^70 (a traceback), inf and 1e400 (stored, then answered as invalid JSON), a rate limit of
+    nan (taken as no limit), a key for 99999999 days (a traceback), an audit since 99999999999 days ago (a
+    500): each is one line naming its field, exit 2, and nothing is made; the audit reads from the start."""
+    for args, field in ((("projects", "create", "q-big", "--gpus", str(2**70)), "gpus"),
+                        (("projects", "create", "q-inf", "--cpus", "inf"), "cpus"),
+                        (("projects", "create", "q-huge", "--cpus", "1e400"), "cpus"),
+                        (("projects", "create", "q-runs", "--max-runs", str(2**63)), "max_runs"),
+                        (("projects", "set-quota", "default", "--rate-limit", "nan"), "rate_limit"),
+                        (("projects", "set-quota", "default", "--key-rate-limit", "inf"), "key_rate_limit"),
+                        (("users", "create", "q-user", "--expires-days", "99999999"), "expires_days")):
+        _one_line_error(mlyard(*args), field)
+    listed = json.loads(_ok(mlyard("projects", "list", "--json")))
+    assert not {p["name"] for p in listed} & {"q-big", "q-inf", "q-huge", "q-runs"}
+    assert [p.get("rate_limit") for p in listed if p["name"] == "default"] == [None]
+    assert not any(u["name"] == "q-user" for u in json.loads(_ok(mlyard("users", "list", "--json"))))
+    assert isinstance(json.loads(_ok(mlyard("audit", "--since", "99999999999d", "--json"))), list)

@@ -101,6 +101,10 @@ def test_a_chat_endpoint_counts_tokens_per_token_and_holds_a_daily_budget(stack,
         _one_line_error(mlyard("endpoints", "tokens", "budget", "usage", str(token_id), "--daily-tokens", "-5"),
                         "daily_tokens")
         _one_line_error(mlyard("endpoints", "tokens", "budget", "usage", "someone", "--daily-tokens", "5"), "token")
+        # a budget for a RAG that does not exist is refused, naming it; lifting one never is
+        _one_line_error(mlyard("endpoints", "tokens", "budget", "usage", "rag:no-such-rag", "--daily-tokens", "5"),
+                        "no-such-rag")
+        _ok(mlyard("endpoints", "tokens", "budget", "usage", "rag:no-such-rag", "--daily-tokens", "0"))
     finally:
         api.delete("usage")
 

@@ -144,6 +144,12 @@ def test_each_member_sees_and_runs_their_projects_flow_runs_alone(door_team, sta
         status, _, answer = call(f"{api}/{path}", cookie=dana)
         assert status == 404, (path, answer)
     assert call(f"{api}/flow_runs/{made['id']}", cookie=dana)[0] == 200
+    # a value given twice (the door's check would read one, Prefect the other): refused, naming it
+    for path in (f"flow_run_states/?flow_run_id={made['id']}&flow_run_id={theirs['id']}",
+                 f"flow_run_states/?flow_run_id={made['id']}&flow%5Frun%5Fid={theirs['id']}",
+                 f"task_run_states/?task_run_id={theirs['id']}&task_run_id={theirs['id']}"):
+        status, _, answer = call(f"{api}/{path}", cookie=dana)
+        assert status == 400 and "given more than once" in answer["detail"], (path, answer)
     status, _, answer = call(f"{api}/logs/filter", "POST", {"logs": {"flow_run_id": {"any_": [theirs["id"]]}}},
                              cookie=dana)
     assert status == 404
