@@ -16,20 +16,22 @@ a refused request is answered at once without its body ever being read; a connec
 head and body in time (408), is closed after a keep-alive pause, and there are at most
 `max_connections` at once (503 to the next).
 
-Not here, on purpose: TLS, WebSockets, HTTP/2, `Expect: 100-continue` beyond answering it, trailers.
+It listens through serving/listener.py (`Server`, `run`). Not here, on purpose: TLS, WebSockets, HTTP/2, `Expect: 100-continue` beyond answering it, trailers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from collections import deque
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import httptools
+
+if TYPE_CHECKING:
+    from serving.listener import Server
 
 log = logging.getLogger("mlyard.fastserver")
 MAX_BODY = 64 * 1024 * 1024
@@ -49,6 +51,9 @@ class Limits:
     body_seconds: float = 60.0  # from the end of the headers to the end of the body (408 after)
     idle_seconds: float = 5.0  # a kept-alive connection with no request (closed after), as uvicorn does
     max_connections: int = 4096  # open at once (503 to the next)
+    # request bodies held at once, all connections together (503 with Retry-After to a request that would pass
+    # it): sixteen 30 MiB bodies, each under the limit, took the gateway from 68 to 983 MB
+    max_body_bytes_in_flight: int = 256 * 1024 * 1024
 
 
 Refusal = tuple[int, bytes, list]  # status, JSON body, extra headers
@@ -80,6 +85,8 @@ class _Connection(asyncio.Protocol):
         self._in_body = False  # between the end of a request's headers and the end of its body
         self._head_bytes = 0  # bytes received while a request's head was incomplete
         self._refused: Refusal | None = None  # this request is answered with it; its body is not kept
+        self._holding = 0  # body bytes of the request being received, taken from the server's budget
+        self._held: deque[int] = deque()  # those of each request received and not yet answered
         self._timer: asyncio.TimerHandle | None = None
         self.client: tuple[str, int] | None = None
 
@@ -100,6 +107,9 @@ class _Connection(asyncio.Protocol):
         self.closing = True
         self._arm(None, None)
         self.server.connections.discard(self)
+        self.server.held -= self._holding + sum(self._held)  # what it held, given back
+        self._holding = 0
+        self._held.clear()
 
     def data_received(self, data: bytes) -> None:
         if self.closing or self._upgraded:  # a refused request's body (lingering, see _close_with), a closed
@@ -198,6 +208,8 @@ class _Connection(asyncio.Protocol):
         declared = next((v for k, v in self._headers if k == b"content-length"), None)
         if declared is not None and declared.isdigit() and int(declared) > self._limit:
             return self._refuse(_too_large(self._limit))
+        if declared is not None and declared.isdigit() and not self._room(int(declared)):
+            return self._refuse(self._no_room())
         if self.transport is not None and (b"expect", b"100-continue") in self._headers:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
@@ -206,10 +218,29 @@ class _Connection(asyncio.Protocol):
             return
         self._size += len(body)
         if self._size > self._limit:
-            self._body = []
+            self._drop_body()
             self._refuse(_too_large(self._limit))
+        elif not self._room(len(body)):
+            self._drop_body()
+            self._refuse(self._no_room())
         else:
+            self.server.held += len(body)
+            self._holding += len(body)
             self._body.append(body)
+
+    def _room(self, size: int) -> bool:
+        """Whether the server's budget of body bytes has `size` more (Limits.max_body_bytes_in_flight)."""
+        return self.server.held + size <= self.limits.max_body_bytes_in_flight
+
+    def _no_room(self) -> Refusal:
+        mib = self.limits.max_body_bytes_in_flight >> 20
+        return 503, (b'{"error": "the server holds %d MiB of request bodies at once, all callers together, and has no '
+                     b'room now; retry shortly"}' % mib), [(b"retry-after", b"1")]
+
+    def _drop_body(self) -> None:
+        self._body = []
+        self.server.held -= self._holding
+        self._holding = 0
 
     def on_message_complete(self) -> None:
         self._in_body, self._head_bytes = False, 0
@@ -220,6 +251,8 @@ class _Connection(asyncio.Protocol):
         request = (self.parser.get_method().decode("ascii"), url.path.decode("latin-1"), url.query or b"",
                    self._headers, body, self.parser.should_keep_alive(), self._refused)
         self._body = []
+        self._held.append(self._holding)
+        self._holding = 0
         self.pending.append(request)
         if not self.busy:
             self.busy = True
@@ -229,7 +262,11 @@ class _Connection(asyncio.Protocol):
     async def _serve(self) -> None:
         try:
             while self.pending and not self.closing:
-                await self._one(*self.pending.popleft())
+                try:
+                    await self._one(*self.pending.popleft())
+                finally:
+                    if self._held:  # answered: its body's bytes go back (a lost connection gave them all back)
+                        self.server.held -= self._held.popleft()
         finally:
             self.busy = False
             if not self.closing:
@@ -328,70 +365,3 @@ def _linger(transport: asyncio.Transport) -> None:
 
 def _too_large(limit: int) -> Refusal:
     return 413, b'{"error": "the request body is over the limit of %d bytes"}' % limit, []
-
-
-class Server:
-    def __init__(self, app: Any, host: str, port: int, limits: Limits | None = None):
-        self.app, self.address, self.limits = app, (host, port), limits or Limits()
-        self.connections: set[_Connection] = set()
-
-    async def serve(self, on_ready: Callable[[str], None] | None = None) -> None:
-        loop = asyncio.get_running_loop()
-        stop = loop.create_future()
-
-        def stopping() -> None:
-            if not stop.done():
-                stop.set_result(None)
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stopping)
-        lifespan = _Lifespan(self.app)
-        await lifespan.startup()
-        server = await loop.create_server(lambda: _Connection(self.app, self), *self.address, backlog=2048)
-        if on_ready is not None:
-            on_ready(f"http://{self.address[0]}:{self.address[1]}")
-        try:
-            await stop
-        finally:
-            server.close()
-            for conn in list(self.connections):
-                if conn.transport is not None:
-                    conn.transport.close()
-            await lifespan.shutdown()
-
-
-class _Lifespan:
-    """The ASGI lifespan protocol, run beside the server."""
-
-    def __init__(self, app: Any):
-        self.app = app
-        self.inbox: asyncio.Queue = asyncio.Queue()
-        self.outbox: asyncio.Queue = asyncio.Queue()
-        self.task: asyncio.Task | None = None
-
-    async def startup(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(
-            self.app({"type": "lifespan", "asgi": {"version": "3.0"}}, self.inbox.get, self.outbox.put))
-        await self.inbox.put({"type": "lifespan.startup"})
-        await self.outbox.get()
-
-    async def shutdown(self) -> None:
-        await self.inbox.put({"type": "lifespan.shutdown"})
-        try:
-            await asyncio.wait_for(self.outbox.get(), 10)
-        except asyncio.TimeoutError:
-            pass
-
-
-def run(app: Any, host: str, port: int, on_ready: Callable[[str], None] | None = None,
-        limits: Limits | None = None) -> None:
-    """Serve `app` until SIGINT or SIGTERM (uvloop when it is installed)."""
-    import gc
-
-    gc.collect()
-    gc.freeze()  # what is loaded now lives as long as the server: keep it out of full collections
-    try:
-        from uvloop import run as runner
-    except ImportError:
-        runner = asyncio.run  # type: ignore[assignment]
-    runner(Server(app, host, port, limits).serve(on_ready))

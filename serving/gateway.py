@@ -59,7 +59,7 @@ from serving.modelfolder import HealthCheck
 from serving.proxy import Pool, UpstreamError
 from serving.routing import NoReplica, NoRoute, Replica, Route, parse
 from serving.scaler import Autoscaler
-from serving.traffic import AFFINITY_HEADER, Split
+from serving.traffic import Split, shared_out
 from tasks import replicas as files
 
 log = logging.getLogger("mlyard.gateway")
@@ -308,7 +308,7 @@ class Gateway:
                                     headers=[(b"retry-after", str(max(1, math.ceil(wait))).encode())])
         route = self.shared.router.for_default(route, ep.get("served_models") or ())
         split = self.shared.splits.get(route.endpoint)
-        route, fallback, shadow = self._shared_out(route, split, scope)
+        route, fallback, shadow = shared_out(route, split, scope["headers"])
         try:
             stage = self.shared.router.stage_of(route)
         except NoRoute as exc:
@@ -319,7 +319,7 @@ class Gateway:
             return await asgi.reply(send, 404, route_error(route, 404, str(exc)))
         try:
             if body is None:
-                body = await asgi.read_body(receive, ep.get("max_request_bytes") or self.shared.max_body)
+                body = await asgi.read_body(receive, ep.get("max_request_bytes") or self.shared.max_body, )
         except asgi.BodyTooLarge as exc:
             return await asgi.reply(send, 413, route_error(route, 413, str(exc)))
         qs = scope.get("query_string") or b""
@@ -335,17 +335,6 @@ class Gateway:
             mirror(self.shared, Route(taken.route.endpoint, shadow, taken.route.model, taken.route.rest),
                    scope["method"], target, headers, body, whole if not failed else None,
                    split.tolerance if split else 1e-6)
-
-    def _shared_out(self, route: Route, split: Split | None, scope: dict) -> tuple[Route, Route | None, str | None]:
-        """For a default-URL request of an endpoint whose stages share its traffic: the stage the shares pick
-        (the default's route kept as the fallback) or the shadow stage to copy the request to."""
-        if split is None or route.stage is not None:
-            return route, None, None
-        affinity = next((v for k, v in scope["headers"] if k == AFFINITY_HEADER), None)
-        chosen = split.choose(route.model, affinity)
-        if chosen is not None:
-            return Route(route.endpoint, chosen, route.model, route.rest), route, None
-        return route, None, split.shadow(route.model, affinity) if split.shadows else None
 
     async def _forward(self, method: str, route: Route, stage: str, fallback: Route | None, target: str,
                        headers: list, body: bytes, started: float, caller: str) -> Taken | tuple[int, bytes, list]:

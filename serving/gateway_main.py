@@ -15,7 +15,7 @@ from serving.modelfolder import HealthCheck
 def main(argv: list[str] | None = None) -> None:
     from core.errors import StackError
     from core.settings import Settings, require_shared_stores
-    from serving import fastserver
+    from serving import listener
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
                  internal_token=token, max_body=settings.max_request_bytes,
                  replica=settings.replica_token.get_secret_value() if settings.replica_token else None)
     # The replicas' own date and server headers are passed on.
-    fastserver.run(gw, args.host, args.port, on_ready=lambda url: print(f"the mlyard gateway listens on {url}",
+    listener.run(gw, args.host, args.port, on_ready=lambda url: print(f"the mlyard gateway listens on {url}",
                                                                          flush=True))
 
 

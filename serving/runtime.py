@@ -82,6 +82,9 @@ class ServedModel:
         if len(lengths) != 1:
             raise BadRequest("inputs", sorted(lengths), "named 1-D inputs of one length each (one column each)")
         names = self.feature_names or [t.name for t in inputs]
+        if self.n_features is not None and len(names) != self.n_features:  # never ONNX Runtime's 500
+            raise BadRequest("inputs", f"{len(inputs)} tensors", f"one input of shape [rows, {self.n_features}], or "
+                             f"{self.n_features} named 1-D inputs (a column each)")
         given = {t.name: t.data.reshape(-1) for t in inputs}
         missing = [n for n in names if n not in given]
         if missing:

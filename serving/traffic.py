@@ -259,3 +259,15 @@ def judge_shadow(counts: dict[str, Any], min_agreement: float, min_pairs: int) -
         return Judgement("shadow", False, measured, f"agreement {rate:.4f} over {pairs} answers < min_agreement "
                          f"{min_agreement}")
     return Judgement("shadow", True, measured, f"agreement {rate:.4f} over {pairs} answers")
+
+
+def shared_out(route: Any, split: Split | None, headers: list[tuple[bytes, bytes]]) -> tuple[Any, Any, str | None]:
+    """For a default-URL request (a serving.routing.Route) of an endpoint whose stages share its traffic: the
+    stage the shares pick (the default's route kept as the fallback) or the shadow stage to copy it to."""
+    if split is None or route.stage is not None:
+        return route, None, None
+    affinity = next((v for k, v in headers if k == AFFINITY_HEADER), None)
+    chosen = split.choose(route.model, affinity)
+    if chosen is not None:
+        return type(route)(route.endpoint, chosen, route.model, route.rest), route, None
+    return route, None, split.shadow(route.model, affinity) if split.shadows else None

@@ -461,6 +461,13 @@ def test_a_model_that_fails_to_load_stops_the_server_with_one_line(tmp_path):
                                            "data": [1e308, 1, 2, 3]}]}, "FP32"),
     ("/v1/models/iris:predict", {"instances": [[1e308, 1, 2, 3]]}, "finite numbers"),
     ("/v1/models/iris:predict", {"instances": [[1e39, 1, 2, 3]]}, "finite numbers"),
+    # two input tensors for a model of one (ONNX Runtime's 500 rolled a public endpoint's promotion back)
+    ("/v2/models/iris/infer", {"inputs": [{"name": "a", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]},
+                                          {"name": "b", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]},
+     "one input"),
+    ("/v2/models/iris/infer", {"inputs": [{"name": "a", "shape": [4], "datatype": "FP32", "data": [1, 2, 3, 4]},
+                                          {"name": "b", "shape": [4], "datatype": "FP32", "data": [1, 2, 3, 4]}]},
+     "one input"),
 ])
 def test_a_callers_malformed_numbers_are_400_never_500(iris, route, body, named):
     """A caller's mistake is the caller's (4xx): a gate judging a stage counts only the stage's own
