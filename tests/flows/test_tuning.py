@@ -12,21 +12,16 @@ import pytest
 from core.specs import TuningSpec, load_spec, with_overrides
 
 TRIAL = """
-import json, os, sys, time
+import json, os, sys, time, urllib.request
 args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
-marks = args["--marks"]
-os.makedirs(marks, exist_ok=True)
-order = len(os.listdir(marks))
-name = os.path.join(marks, f"{order:03d}-{os.getpid()}")
+def mark(what, **data):  # the test's Marks server: a trial's sandbox shares no folder with the others
+    request = urllib.request.Request(args["--marks"] + "/" + what, data=json.dumps(data).encode(), method="POST")
+    return json.loads(urllib.request.urlopen(request, timeout=30).read())
 start = time.time()
+order = mark("start")["order"]
 if int(args.get("--barrier", 0)):
     # wait (up to 20 s) until that many trials have started: trials run one after another fail the overlap test
-    gate = marks + ".started"
-    os.makedirs(gate, exist_ok=True)
-    open(os.path.join(gate, str(os.getpid())), "w").close()
-    deadline = time.time() + 20
-    while len(os.listdir(gate)) < int(args["--barrier"]) and time.time() < deadline:
-        time.sleep(0.05)
+    mark("barrier", count=int(args["--barrier"]))
 x = float(args.get("--x", 0))
 mode = args.get("--mode", "quadratic")
 bad = mode == "fourth-is-bad" and order == 3
@@ -38,15 +33,67 @@ for epoch in range(1, int(args.get("--epochs", 3)) + 1):
     print(f"epoch={epoch} accuracy={value:.4f}", flush=True)
     time.sleep(float(args.get("--sleep", 0.0)) * (5 if bad else 1))
 open(os.path.join(os.environ["EM_MODEL_DIR"], "model.json"), "w").write(json.dumps({"x": x}))
-json.dump({"start": start, "end": time.time(), "order": order}, open(name, "w"))
+mark("end", start=start, end=time.time(), order=order)
 """
 
 
-def _spec(src: Path, marks: Path, **kw) -> TuningSpec:
-    fixed = {"marks": str(marks), **kw.pop("fixed", {})}
+class Marks:
+    """What trials tell the test, over HTTP on 127.0.0.1 (their specs ask for the network): the order in
+    which they start, a barrier they wait at together, and each one's span."""
+
+    def __init__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.started, self.spans, self.lock = 0, [], threading.Condition()
+        marks = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                data = json.loads(self.rfile.read(int(self.headers["content-length"])) or b"{}")
+                answer = marks.answer(self.path.strip("/"), data)
+                body = json.dumps(answer).encode()
+                self.send_response(200)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def answer(self, what: str, data: dict) -> dict:
+        with self.lock:
+            if what == "start":
+                self.started += 1
+                self.lock.notify_all()
+                return {"order": self.started - 1}
+            if what == "barrier":
+                self.lock.wait_for(lambda: self.started >= data["count"], timeout=20)
+                return {}
+            self.spans.append(data)
+            return {}
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def marks():
+    found = Marks()
+    yield found
+    found.close()
+
+
+def _spec(src: Path, marks: Marks, **kw) -> TuningSpec:
+    fixed = {"marks": marks.url, **kw.pop("fixed", {})}
     data = {"name": kw.pop("name", "tn"), "strategy": "random", "seed": 1,
             "training": {"name": "x", "experiment": "tuning-tests", "source_uri": str(src), "entry_point": "main.py",
-                         "hyperparameters": fixed},
+                         "hyperparameters": fixed, "network": True},
             "parameters": [{"name": "x", "type": "double", "min": 0, "max": 6}],
             "objective": {"metric": "accuracy", "direction": "maximize"}, **kw}
     return load_spec(TuningSpec, data)
@@ -58,10 +105,10 @@ def _trials(platform, tuning_id):
     return trials(platform.settings.catalog_db_url, tuning_id)
 
 
-def test_grid_tuning_end_to_end_with_nested_runs(platform, algorithm, tmp_path):
+def test_grid_tuning_end_to_end_with_nested_runs(platform, algorithm, tmp_path, marks):
     from flows.tuning import tune
 
-    spec = _spec(algorithm(TRIAL), tmp_path / "m", name="grid-x", strategy="grid", parallel_trials=2, max_trials=50,
+    spec = _spec(algorithm(TRIAL), marks, name="grid-x", strategy="grid", parallel_trials=2, max_trials=50,
                  parameters=[{"name": "x", "type": "int", "min": 1, "max": 5, "step": 1}])
     result = tune(spec)
     assert (result.status, result.reason) == ("COMPLETE (SuggestionEndReached)", "SuggestionEndReached")
@@ -85,10 +132,10 @@ def test_grid_tuning_end_to_end_with_nested_runs(platform, algorithm, tmp_path):
     assert mv.lineage["tuning_id"] == result.tuning_id and mv.run_id == result.best_run_id
 
 
-def test_goal_reached_ends_early(platform, algorithm, tmp_path):
+def test_goal_reached_ends_early(platform, algorithm, tmp_path, marks):
     from flows.tuning import tune
 
-    spec = _spec(algorithm(TRIAL), tmp_path / "m", name="goal", max_trials=30,
+    spec = _spec(algorithm(TRIAL), marks, name="goal", max_trials=30,
                  parameters=[{"name": "x", "type": "double", "min": 2.5, "max": 3.5}],
                  objective={"metric": "accuracy", "direction": "maximize", "goal": 0.9})
     result = tune(spec)
@@ -96,10 +143,10 @@ def test_goal_reached_ends_early(platform, algorithm, tmp_path):
 
 
 @pytest.mark.parametrize("min_trials_required, expected", [(3, "EARLY_STOPPED"), (4, "SUCCEEDED")])
-def test_median_rule_stops_the_clearly_worse_trial(platform, algorithm, tmp_path, min_trials_required, expected):
+def test_median_rule_stops_the_clearly_worse_trial(platform, algorithm, tmp_path, min_trials_required, expected, marks):
     from flows.tuning import tune
 
-    spec = _spec(algorithm(TRIAL), tmp_path / "m", name=f"median-{min_trials_required}", max_trials=4,
+    spec = _spec(algorithm(TRIAL), marks, name=f"median-{min_trials_required}", max_trials=4,
                  fixed={"mode": "fourth-is-bad", "epochs": 8, "sleep": 0.05},
                  early_stopping={"min_trials_required": min_trials_required, "start_step": 4})
     result = tune(spec)
@@ -111,11 +158,11 @@ def test_median_rule_stops_the_clearly_worse_trial(platform, algorithm, tmp_path
         assert "epoch=4 " in log and "epoch=8 " not in log  # stopped at its 4th report, not before
 
 
-def test_metrics_unavailable_counts_as_failed_and_fails_the_tuning(platform, algorithm, tmp_path):
+def test_metrics_unavailable_counts_as_failed_and_fails_the_tuning(platform, algorithm, tmp_path, marks):
     from flows.tuning import tune
     from mlyard.tunings import get_tuning
 
-    spec = _spec(algorithm(TRIAL), tmp_path / "m", name="no-metric", max_trials=10, max_failed_trials=2,
+    spec = _spec(algorithm(TRIAL), marks, name="no-metric", max_trials=10, max_failed_trials=2,
                  metrics=[{"name": "accuracy", "regex": r"ACCURACY IS ([\d.]+)"}])
     state = tune(spec, return_state=True)
     assert state.is_failed()
@@ -130,17 +177,16 @@ def test_metrics_unavailable_counts_as_failed_and_fails_the_tuning(platform, alg
     assert info.status == "FAIL HYPERPARAMETER TUNING" and "2 trials failed" in info.cause
 
 
-def test_parallel_trials_overlap(platform, algorithm, tmp_path):
+def test_parallel_trials_overlap(platform, algorithm, tmp_path, marks):
     from flows.tuning import tune
 
-    marks = tmp_path / "m"
     tune(_spec(algorithm(TRIAL), marks, name="parallel", max_trials=3, parallel_trials=3, fixed={"barrier": 3}))
-    spans = [json.loads(p.read_text()) for p in marks.iterdir()]
+    spans = marks.spans
     assert len(spans) == 3
     assert max(s["start"] for s in spans) < min(s["end"] for s in spans), "the trials did not run at the same time"
 
 
-def test_four_parallel_trials_on_two_gpu_slots_run_two_at_a_time(platform, algorithm, tmp_path, monkeypatch, caplog):
+def test_four_parallel_trials_on_two_gpu_slots_run_two_at_a_time(platform, algorithm, tmp_path, monkeypatch, caplog, marks):
     """GPU slots on one machine (issue 26): a Prefect global concurrency limit of 2 (MLYARD_GPU_SLOTS; no
     GPU here, the slots are what is tested), 4 trials of 1 GPU each at parallel 4: never more than 2 at
     once, the waiting ones say what they wait for, and every slot is given back."""
@@ -152,13 +198,12 @@ def test_four_parallel_trials_on_two_gpu_slots_run_two_at_a_time(platform, algor
     from tasks.gpu_slots import LIMIT
 
     monkeypatch.setenv("MLYARD_GPU_SLOTS", "2")
-    marks = tmp_path / "m"
     spec = _spec(algorithm(TRIAL), marks, name="gpu-slots", max_trials=4, parallel_trials=4,
                  fixed={"sleep": 0.5})
     spec = with_overrides(spec, {"training": {"resources": {"gpu_count": 1}}})
     with caplog.at_level("INFO"):
         tune(spec)
-    spans = sorted((json.loads(p.read_text()) for p in marks.iterdir()), key=lambda s: s["start"])
+    spans = sorted(marks.spans, key=lambda s: s["start"])
     assert len(spans) == 4
     events = sorted([(s["start"], 1) for s in spans] + [(s["end"], -1) for s in spans], key=lambda e: (e[0], e[1]))
     running, most = 0, 0
@@ -176,11 +221,11 @@ def test_four_parallel_trials_on_two_gpu_slots_run_two_at_a_time(platform, algor
     assert "training.resources.gpu_count" in str(refused.value) and "at most 2" in str(refused.value)
 
 
-def test_stop_kills_running_trials(platform, algorithm, tmp_path):
+def test_stop_kills_running_trials(platform, algorithm, tmp_path, marks):
     from flows.tuning import tune
     from mlyard.tunings import get_tuning, list_tunings, stop_tuning
 
-    spec = _spec(algorithm(TRIAL), tmp_path / "m", name="to-stop", max_trials=10, parallel_trials=2,
+    spec = _spec(algorithm(TRIAL), marks, name="to-stop", max_trials=10, parallel_trials=2,
                  fixed={"sleep": 2, "epochs": 100})
     box = {}
     thread = threading.Thread(target=lambda: box.setdefault("state", tune(spec, return_state=True)))
@@ -231,7 +276,7 @@ def _flow_process(flow_run_id: str) -> int | None:
     return cold
 
 
-def test_crashed_tuning_resumes_when_retried(platform, algorithm, tmp_path):
+def test_crashed_tuning_resumes_when_retried(platform, algorithm, tmp_path, marks):
     """The flow process dies mid-tuning (SIGKILL); retrying the flow run keeps the finished trials."""
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
@@ -239,7 +284,7 @@ def test_crashed_tuning_resumes_when_retried(platform, algorithm, tmp_path):
 
     from mlyard.tunings import get_tuning
 
-    spec = _spec(algorithm(TRIAL), tmp_path / "m", name="resume", max_trials=5, fixed={"sleep": 0.4, "epochs": 4})
+    spec = _spec(algorithm(TRIAL), marks, name="resume", max_trials=5, fixed={"sleep": 0.4, "epochs": 4})
     fr = run_deployment("tune/local", parameters={"spec": spec.model_dump(mode="json")}, timeout=0)
     tid = str(fr.id)
     deadline = time.monotonic() + 120
@@ -282,12 +327,12 @@ def test_crashed_tuning_resumes_when_retried(platform, algorithm, tmp_path):
     assert all(platform.tracking.get_run(r["run_id"]).status == "KILLED" for r in killed if r["run_id"])
 
 
-def test_trials_as_their_own_flow_runs_with_median_stopping(platform, algorithm, tmp_path):
+def test_trials_as_their_own_flow_runs_with_median_stopping(platform, algorithm, tmp_path, marks):
     """trial_deployment: each trial is a flow run of train/local (on Kubernetes: train/gpu, a pod each)."""
     from flows.tuning import tune
     from mlyard.trainings import get_training
 
-    spec = _spec(algorithm(TRIAL), tmp_path / "m", name="remote", max_trials=4, trial_deployment="train/local",
+    spec = _spec(algorithm(TRIAL), marks, name="remote", max_trials=4, trial_deployment="train/local",
                  fixed={"mode": "fourth-is-bad", "epochs": 8, "sleep": 0.2},
                  early_stopping={"min_trials_required": 3, "start_step": 4})
     result = tune(spec)
@@ -313,11 +358,11 @@ open(os.path.join(os.environ["EM_MODEL_DIR"], "m.txt"), "w").write("m")
 """
 
 
-def test_custom_metric_regexes_reach_each_trials_mlflow_run(platform, algorithm, tmp_path):
+def test_custom_metric_regexes_reach_each_trials_mlflow_run(platform, algorithm, marks):
     """Trials as processes of the tuning's run: every matched metric is in the trial's own MLflow run."""
     from flows.tuning import tune
 
-    spec = _spec(algorithm(CUSTOM), tmp_path / "m", name="regex", strategy="grid", max_trials=2,
+    spec = _spec(algorithm(CUSTOM), marks, name="regex", strategy="grid", max_trials=2,
                  parameters=[{"name": "x", "type": "int", "min": 1, "max": 2, "step": 1}],
                  metrics=[{"name": "accuracy", "regex": r"ACC IS ([\d.]+)"},
                           {"name": "val_loss", "regex": r"val loss -> (?P<value>[\d.]+)"}])
@@ -344,10 +389,10 @@ open(os.path.join(os.environ["EM_MODEL_DIR"], "m.txt"), "w").write("m")
 """
 
 
-def test_katib_json_metrics_format(platform, algorithm, tmp_path):
+def test_katib_json_metrics_format(platform, algorithm, marks):
     from flows.tuning import tune
 
-    spec = _spec(algorithm(KATIB_JSON), tmp_path / "m", name="json", strategy="grid", max_trials=2,
+    spec = _spec(algorithm(KATIB_JSON), marks, name="json", strategy="grid", max_trials=2,
                  max_failed_trials=2, metrics_format="json",
                  parameters=[{"name": "x", "type": "int", "min": 1, "max": 2, "step": 1}])
     result = tune(spec)
