@@ -41,6 +41,16 @@ def marked(marker: str) -> list[int]:
     return found
 
 
+def flow_of(pid: int) -> int:
+    """The process that started the sandbox `pid` runs in (the flow run's): the first ancestor above
+    bubblewrap's, or the parent where there is no sandbox."""
+    import psutil
+
+    ancestors = psutil.Process(pid).parents()
+    walls = [i for i, p in enumerate(ancestors) if p.name() == "bwrap"]
+    return ancestors[max(walls) + 1 if walls else 0].pid
+
+
 def all_gone(marker: str, within: float = 15.0) -> bool:
     """No process marked `marker` is left within `within` seconds."""
     import time

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tasks import sandbox
-from tests.conftest import all_gone, marked
+from tests.conftest import all_gone, flow_of, marked
 from tests.mlyard.test_teams import Member
 from tests.mlyard.test_workstation import _ok
 from tests.test_user_paths import mlyard as owner
@@ -99,7 +99,7 @@ def test_kill_9_of_its_flow_leaves_nothing_of_it_running(mallory, stack, setting
     child = psutil.Process(marked(marker)[0])
     ancestors = child.parents()  # the script, bubblewrap's two processes, the flow run's, the worker...
     assert "bwrap" in [p.name() for p in ancestors], "the script runs in its sandbox"
-    flow = ancestors[max(i for i, p in enumerate(ancestors) if p.name() == "bwrap") + 1]
+    flow = psutil.Process(flow_of(child.pid))
     os.kill(flow.pid, signal.SIGKILL)
     assert all_gone(marker, within=10), "the script's child outlived its flow"
     inside = ancestors[:ancestors.index(flow)]  # the script and bubblewrap's processes

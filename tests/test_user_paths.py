@@ -14,6 +14,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from tests.conftest import all_gone, flow_of, marked
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 BIN = Path(sys.executable).parent
 
@@ -282,26 +284,22 @@ def test_a_killed_training_ends_failed_in_mlflow_too(stack, settings):
 
     work = project("killed")
     (work / "algo").mkdir()
-    (work / "algo" / "main.py").write_text(textwrap.dedent("""
-        import os, pathlib, time
-        pathlib.Path(os.environ["EM_HP_PIDS"]).write_text(f"{os.getppid()} {os.getpid()}")
-        print("loss=1", flush=True)
-        time.sleep(120)
-    """))
-    pids = work / "pids"
+    (work / "algo" / "main.py").write_text('import time\nprint("loss=1", flush=True)\ntime.sleep(120)\n')
+    marker = f"mark-{os.getpid()}-killed"  # in the script's command line (its hyperparameter): found from outside
     (work / "train.yaml").write_text("name: killed\nexperiment: user-paths\nsource_uri: algo\nentry_point: main.py\n"
-                                     f"hyperparameters: {{pids: {pids}}}\n")
+                                     f"hyperparameters: {{marker: {marker}}}\n")
     sub = json.loads(_ok(mlyard("train", "-f", "train.yaml", "--submit", "--json", cwd=work)))
     deadline = time.monotonic() + 120
-    while not pids.exists() and time.monotonic() < deadline:
+    while not marked(marker) and time.monotonic() < deadline:
         time.sleep(0.2)
-    flow_pid, script_pid = (int(p) for p in pids.read_text().split())
+    script_pid = marked(marker)[0]
+    flow_pid = flow_of(script_pid)
     tracking = Tracking(settings.mlflow_uri)
     [run] = tracking.client.search_runs([tracking.experiment_id("user-paths")],
                                         filter_string=f"tags.`mlyard.training_id` = '{sub['id']}'")
     assert run.info.status == "RUNNING"
     os.kill(flow_pid, signal.SIGKILL)
-    os.kill(script_pid, signal.SIGKILL)  # its own process group: not this test's to leave behind
+    assert all_gone(marker, 10), "the script outlived its flow"
     deadline = time.monotonic() + 60
     while tracking.get_run(run.info.run_id).status == "RUNNING" and time.monotonic() < deadline:
         time.sleep(0.5)

@@ -231,8 +231,8 @@ def test_an_entry_script_runs_in_the_environment_its_conda_file_names(tmp_path):
     """The conda file beside the script was ignored, so init() failed on a package only it names. Its
     pip: list is built into a cached environment and the script runs there; a Python version that
     cannot be honoured and conda-only packages are each reported in one line."""
-    wheel = _probe_wheel(tmp_path)
     (tmp_path / "app").mkdir()
+    wheel = _probe_wheel(tmp_path / "app")  # beside the script: pip's sandbox sees the deployment's folder alone
     (tmp_path / "app" / "score.py").write_text(NEEDS_ITS_PACKAGE)
     (tmp_path / "app" / "conda.yaml").write_text(
         f"name: scoring\ndependencies:\n  - python=3.8\n  - numpy=1.21\n  - pip\n  - pip:\n    - {wheel}\n")
@@ -256,9 +256,8 @@ def test_a_deployments_environment_never_replaces_the_packages_mlyard_runs_on(tm
     it is refused, naming the package, and the platform's version stays what its code runs on."""
     import importlib.metadata
 
-    (tmp_path / "wheels").mkdir()
-    old = _probe_wheel(tmp_path / "wheels", "pydantic", "1.0")  # what a model's pin of an old pydantic brings
-    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "wheels").mkdir(parents=True)
+    old = _probe_wheel(tmp_path / "app" / "wheels", "pydantic", "1.0")  # what a model's pin of an old pydantic brings
     (tmp_path / "app" / "score.py").write_text(NEEDS_ITS_PACKAGE)
     (tmp_path / "app" / "requirements.txt").write_text(f"{old}\n")
     proc = subprocess.run([MLYARD, "serve", "--entry-script", str(tmp_path / "app" / "score.py"), "--port",
