@@ -18,6 +18,11 @@ def home() -> Path:
     return find_home(os.environ.get("MLYARD_HOME") or DEFAULT_HOME)
 
 
+def pip_find_links() -> list[str]:
+    """The local folders pip is pointed at for wheels (PIP_FIND_LINKS, space-separated)."""
+    return [p for p in os.environ.get("PIP_FIND_LINKS", "").split() if os.path.isdir(p)]
+
+
 def warm_cli() -> bool:
     """Whether a command may run in the warm runner (MLYARD_WARM_CLI=0 keeps it in its own process)."""
     return os.environ.get("MLYARD_WARM_CLI", "1") != "0"

@@ -23,7 +23,8 @@
     ├── TuningFailed (RuntimeError)          failed trials reached max_failed_trials
     ├── RunFailed (RuntimeError)             a run ended in its kind's failure status (FAIL TRAIN, ...)
     ├── StackError (RuntimeError)            the embedded stack could not start or be reached
-    │   └── NotConnected                     no platform runs for this home (start it with `mlyard up`)
+    │   ├── NotConnected                     no platform runs for this home (start it with `mlyard up`)
+    │   └── SandboxUnavailable               this machine cannot start a sandbox for user code
     ├── DocumentError (ValueError)           a file that RAG ingestion cannot read
     ├── EmbeddingError (RuntimeError)        the embedding model or service failed
     ├── VectorStoreError (ConnectionError)   the vector store cannot be reached or used
@@ -273,6 +274,10 @@ class NotConnected(StackError):
         super().__init__(f"no mlyard platform is running for {home}: start it with `mlyard up` (its home is the "
                          ".mlyard here or in a parent directory, or MLYARD_HOME), or point MLYARD_PREFECT_API_URL at a "
                          "Prefect server")
+
+
+class SandboxUnavailable(StackError):
+    """This machine cannot start a sandbox for user code (no bubblewrap, or no user namespaces for it)."""
 
 
 class PlatformUnreachable(StackError):

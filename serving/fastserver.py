@@ -26,12 +26,9 @@ import logging
 from collections import deque
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import httptools
-
-if TYPE_CHECKING:
-    from serving.listener import Server
 
 log = logging.getLogger("mlyard.fastserver")
 MAX_BODY = 64 * 1024 * 1024
@@ -67,8 +64,8 @@ def _closing_reply(status: int, body: bytes, headers: list | tuple = ()) -> byte
     return b"".join(head) + b"\r\n" + body
 
 
-class _Connection(asyncio.Protocol):
-    def __init__(self, app: Any, server: "Server"):
+class Connection(asyncio.Protocol):
+    def __init__(self, app: Any, server: Any):  # serving/listener.py's Server
         self.app, self.server, self.limits = app, server, server.limits
         self.admit: Callable[[str, str, list], Refusal | int | None] | None = getattr(app, "admit", None)
         self.transport: asyncio.Transport | None = None

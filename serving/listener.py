@@ -8,13 +8,13 @@ import asyncio
 import signal
 from typing import Any, Callable
 
-from serving.fastserver import Limits, _Connection
+from serving.fastserver import Connection, Limits
 
 
 class Server:
     def __init__(self, app: Any, host: str, port: int, limits: Limits | None = None):
         self.app, self.address, self.limits = app, (host, port), limits or Limits()
-        self.connections: set[_Connection] = set()
+        self.connections: set[Connection] = set()
         self.held = 0  # request body bytes its connections hold now (Limits.max_body_bytes_in_flight)
 
     async def serve(self, on_ready: Callable[[str], None] | None = None) -> None:
@@ -29,7 +29,7 @@ class Server:
             loop.add_signal_handler(sig, stopping)
         lifespan = _Lifespan(self.app)
         await lifespan.startup()
-        server = await loop.create_server(lambda: _Connection(self.app, self), *self.address, backlog=2048)
+        server = await loop.create_server(lambda: Connection(self.app, self), *self.address, backlog=2048)
         if on_ready is not None:
             on_ready(f"http://{self.address[0]}:{self.address[1]}")
         try:

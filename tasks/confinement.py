@@ -8,13 +8,12 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from core.errors import TrainingFailed
 from tasks import sandbox
 
-if TYPE_CHECKING:
-    from tasks.launch import Workdirs
+Workdirs = Any  # tasks/launch.py's Workdirs (which imports this module): a run's folders
 
 Invocation = tuple[list[str], dict[str, str]]
 
@@ -41,7 +40,7 @@ class Confinement:
         return cls(settings.home_dir, settings.script_confinement, settings.sandbox, network)
 
 
-def confined(invocations: list[Invocation], dirs: "Workdirs", python: str,
+def confined(invocations: list[Invocation], dirs: Workdirs, python: str,
              confinement: Confinement) -> tuple[list[Invocation], list[str]]:
     """Each (argv, env) started inside its walls, and the lines the run's log gets about them (a wall
     this machine cannot raise). TrainingFailed, before anything starts, where a wall is `required` and
@@ -73,7 +72,7 @@ def confined(invocations: list[Invocation], dirs: "Workdirs", python: str,
     return [(sandbox.wrap(argv, walls), sandbox.child_env(env, walls)) for argv, env in walled], notices
 
 
-def _readable(dirs: "Workdirs", python: str) -> list[str]:
+def _readable(dirs: Workdirs, python: str) -> list[str]:
     """What a script reads: its source, datasets (and the file a single-file dataset's link names) and input
     checkpoint, the Pythons it runs with, and the Landlock launcher."""
     from tasks import confine, sandbox
@@ -87,7 +86,7 @@ def _readable(dirs: "Workdirs", python: str) -> list[str]:
     return found + sandbox.interpreter_folders(python, sys.executable)
 
 
-def _landlocked(invocations: list[Invocation], dirs: "Workdirs", python: str, confinement: Confinement,
+def _landlocked(invocations: list[Invocation], dirs: Workdirs, python: str, confinement: Confinement,
                 notices: list[str], also: list[str]) -> list[Invocation]:
     """Each (argv, env) started through the Landlock launcher, its temporary files in the run's scratch
     folder; the flow's own process made non-dumpable, so that the script (the same user, in a pod without

@@ -97,8 +97,7 @@ def _sandboxed(argv: list[str], target: Path, cwd: Path | None) -> list[str]:
     """pip's command in a sandbox (Settings.sandbox) that reads the requirements' folder, the Pythons and
     pip's local wheels, writes only the environment and its own temporary folder, and has the network
     (the package index); as it is where no sandbox can start (and `sandbox` is not required)."""
-    import os
-
+    from core.environment import pip_find_links
     from core.settings import Settings
     from tasks import sandbox
 
@@ -112,7 +111,7 @@ def _sandboxed(argv: list[str], target: Path, cwd: Path | None) -> list[str]:
         return argv
     tmp = target / ".tmp"
     tmp.mkdir(exist_ok=True)
-    links = [p for p in os.environ.get("PIP_FIND_LINKS", "").split() if os.path.isdir(p)]
+    links = pip_find_links()
     walls = sandbox.Walls(read=(*([str(cwd)] if cwd else []), *links, *sandbox.interpreter_folders(sys.executable)),
                           write=(str(target),), tmp=str(tmp), network=True, chdir=str(cwd) if cwd else None)
     return sandbox.wrap(argv, walls)

@@ -14,7 +14,7 @@ Where user namespaces are not to be had (most containers' seccomp profiles refus
 sandbox there), `refusal()` says why in one line: the caller logs it, or fails before the code starts
 when Settings.sandbox is `required`. Landlock (tasks/confine.py) stays inside as a second wall.
 
-Plain standard library: a model server's replica and a notebook's keeper import it too.
+The standard library and core.errors alone: a model server's replica and a notebook's keeper can import it.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from core.errors import SandboxUnavailable
+
 # what of /etc programs need (users' names, name resolution, certificates, the dynamic linker, time):
 # never the whole folder (the host's shadow file, its keys)
 ETC = ("passwd", "group", "nsswitch.conf", "hosts", "host.conf", "resolv.conf", "gai.conf", "localtime", "timezone",
@@ -39,10 +41,6 @@ SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 SYS = ("/sys/devices/system/cpu", "/sys/fs/cgroup")  # CPU counts and limits (torch, OpenBLAS, joblib read them)
 GPU_DEVICES = ("/dev/nvidia*", "/dev/dri")
 INSIDE_TMP = "/tmp"
-
-
-class SandboxUnavailable(RuntimeError):
-    """This machine cannot start a sandbox (no bubblewrap, or no user namespaces for it)."""
 
 
 @dataclass(frozen=True)

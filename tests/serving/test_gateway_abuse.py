@@ -51,7 +51,7 @@ class Running:
         self.stopped = self.loop.create_future()
 
         async def main() -> None:
-            srv = await self.loop.create_server(lambda: fastserver._Connection(self.server.app, self.server),
+            srv = await self.loop.create_server(lambda: fastserver.Connection(self.server.app, self.server),
                                                 "127.0.0.1", self.port)
             ready.set()
             await self.stopped
