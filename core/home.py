@@ -45,3 +45,27 @@ def plain_http_ca_file(prefect_home: Path) -> Path:
         tmp.write(first.group(0))
     os.replace(tmp.name, path)
     return path
+
+
+PG_PASSWORD_FILE = "pg-password"  # the embedded PostgreSQL's superuser password: the home's, private
+
+
+def pg_password(home: Path) -> str:
+    """The embedded PostgreSQL's password (its socket asks for it: a process that can reach the socket
+    but not the home gets nothing), made the first time and kept in the home, readable by its user alone."""
+    import secrets
+
+    path = Path(home) / PG_PASSWORD_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    made = secrets.token_urlsafe(24)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as fh:
+        fh.write(made + "\n")
+    return made

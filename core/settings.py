@@ -13,7 +13,7 @@ from typing import Literal, Mapping
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.home import DATABASE_FILE, DEFAULT_HOME, STACK_FILE, find_home, plain_http_ca_file
+from core.home import DATABASE_FILE, DEFAULT_HOME, STACK_FILE, find_home, pg_password, plain_http_ca_file
 
 # Environment that turns off every usage-telemetry sender of the engines we run.
 TELEMETRY_OFF_ENV = {
@@ -275,8 +275,8 @@ class Settings(BaseSettings):
 
     def embedded_postgres_url(self, database: str, driver: str = "psycopg") -> str:
         """A database of the embedded PostgreSQL, reached on its Unix socket in its data folder (it
-        listens on no TCP port)."""
-        return f"postgresql+{driver}://postgres:@/{database}?host={self.pgsocket_dir}"
+        listens on no TCP port) with the home's password (core/home.py `pg_password`)."""
+        return f"postgresql+{driver}://postgres:{pg_password(self.home_dir)}@/{database}?host={self.pgsocket_dir}"
 
     @property
     def pgsocket_dir(self) -> Path:

@@ -6,7 +6,8 @@ same `up` that started it (mlyard/stack.py `restart_dead`), and says so in `logs
 A part that dies again soon after its restart is restarted after a wait that doubles each time (1 s
 to 60 s), so a part that cannot start (its port taken, its data broken) does not spin. The keeper ends
 when the stack is stopped (`mlyard down` stops it first and removes the stack's record) or when another
-keeper took its place; `mlyard up` starts it again if it died itself.
+keeper took its place. If it dies itself, the mlyard API starts it again within seconds (mlyard/stack.py
+`keep_keeper`), and it then restarts what died with it; so does `mlyard up`.
 """
 
 from __future__ import annotations

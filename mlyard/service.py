@@ -378,11 +378,9 @@ def main(argv: list[str] | None = None) -> None:
 
     crashes.follow(platform().tracking, platform().settings.catalog_db_url)  # a crashed flow run's MLflow runs end FAILED, not RUNNING for ever
     from mlyard import logs
-
     threading.Thread(target=logs.keep_indexed, name="mlyard-logs-index", daemon=True).start()
     from core.connection import internal_token
     from mlyard import prefect_door
-
     settings = Settings()
     door = settings.door_port or settings.prefect_port + 3  # the front door to the Prefect UI, a listener of its own
     threading.Thread(target=prefect_door.serve, args=(args.host, door, internal_token(settings)),
@@ -390,6 +388,9 @@ def main(argv: list[str] | None = None) -> None:
     files = loaded_project_files()  # the door's modules among them
     threading.Thread(target=_restart_on_change, args=(files, code_fingerprint(files)), name="mlyard-code-watch",
                      daemon=True).start()
+    from mlyard.stack import keep_keeper  # the keeper restarts this API when it dies; this API, the keeper
+
+    threading.Thread(target=keep_keeper, args=(settings, log.info), name="mlyard-keeper-watch", daemon=True).start()
     log.info("warm; answering on http://%s:%d (the Prefect UI's front door on %d)", args.host, args.port, door)
     uvicorn.run(create_app(internal_token(settings)), host=args.host, port=args.port, log_level="warning",
                 access_log=False)

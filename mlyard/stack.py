@@ -152,6 +152,30 @@ def restart_dead(settings: Settings, echo=print) -> list[str] | None:
     return dead
 
 
+def keep_keeper(settings: Settings, echo, every_seconds: float = 2.0) -> None:
+    """The keeper's own keeper (the mlyard API runs it in a thread): while the stack runs, a keeper that
+    died is started again within seconds, with every other part that died (a gateway killed after it),
+    through the same `up`. `down` holds the stack's lock while it stops the keeper: a stopped stack stays so."""
+    import time
+
+    while True:
+        time.sleep(every_seconds)
+        state = read_state(settings)
+        pid = state.pids.get("keeper") if state is not None else None
+        try:
+            os.waitpid(pid or -1, os.WNOHANG) if pid else None  # a keeper this process started: no zombie
+        except ChildProcessError:
+            pass
+        if pid is None or alive(pid):
+            continue
+        with one_at_a_time(settings.home_dir):
+            state = read_state(settings)
+            if state is None or alive(state.pids.get("keeper")):
+                continue
+            echo(f"the stack's keeper (pid {pid}) is gone: starting it again, and whatever died with it")
+            _up(settings, echo, start_timeout=240.0, configure=False)
+
+
 def tend_promotions(settings: Settings, echo) -> None:
     """A progressive promotion whose run ended without a verdict (the stack stopped under it, its run was
     killed or failed) is taken up by a new run at its step or rolled back (tasks/promotion_watch.py: the
@@ -213,12 +237,22 @@ def _stop_group(pid: int, grace_seconds: float, sig: int = signal.SIGTERM) -> bo
     return alive(pid) and stop_group(pid, grace_seconds, sig)
 
 
+def _shown(url: str) -> str:
+    """A database URL as status prints it: its password, if any, left out."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True) if "://" in url and "@" in url else url
+    except Exception:  # noqa: BLE001 - not a database URL (an MLflow server's): as it is
+        return url
+
+
 def status(settings: Settings) -> dict:
     state = read_state(settings)
     out: dict[str, Any] = {"home": str(settings.home_dir), "running": False, "processes": {},
-           "prefect_ui": None, "prefect_api": settings.prefect_api_url, "mlflow_tracking_uri": settings.mlflow_uri,
+           "prefect_ui": None, "prefect_api": settings.prefect_api_url, "mlflow_tracking_uri": _shown(settings.mlflow_uri),
            "mlflow_ui": None, "mlyard_api": None, "dashboard": None, "gateway": None,
-           "catalog": settings.catalog_db_url}
+           "catalog": _shown(settings.catalog_db_url)}
     if state:
         out["processes"] = {n: {"pid": p, "alive": alive(p), "log": state.logs.get(n)} for n, p in state.pids.items()}
         runner = warm.runner_pid(settings.home_dir)

@@ -41,11 +41,13 @@ def start_mlflow_ui(settings: Settings, echo=print, timeout: float = 180.0) -> s
         # MLflow's job execution (a job runner and eight huey consumer processes, 15 CPU-seconds to start) runs
         # GenAI jobs (scorers, prompt optimization) that mlyard never submits; the UI's server goes without it.
         # Every request but its health probe signs in (MLflow's basic auth, the home's admin: mlyard/mlflow_ui.py).
+        # the store's URL (with the embedded PostgreSQL's password) in its environment, never on its command line,
+        # which every local account can read
         env = {**os.environ, **settings.engine_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-               **mlflow_ui.auth_env(settings.home_dir), "MLYARD_HOME": str(settings.home_dir)}  # members' keys: its catalog
+               **mlflow_ui.auth_env(settings.home_dir), "MLYARD_HOME": str(settings.home_dir),  # members' keys: its catalog
+               "MLFLOW_BACKEND_STORE_URI": settings.mlflow_uri}
         log = settings.home_dir / "logs" / "mlflow-ui.log"
-        pid = spawn([str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", settings.mlflow_uri,
-                      "--default-artifact-root", settings.mlflow_artifact_root.as_uri(),
+        pid = spawn([str(Path(sys.executable).parent / "mlflow"), "ui", "--default-artifact-root", settings.mlflow_artifact_root.as_uri(),
                       "--host", "127.0.0.1", "--port", str(settings.mlflow_ui_port), "--workers", "1",
                       "--app-name", "mlyard" if _has_mlflow_app() else "basic-auth"], log, env)
         state.pids["mlflow-ui"], state.logs["mlflow-ui"], state.mlflow_ui_url = pid, str(log), url

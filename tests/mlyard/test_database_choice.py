@@ -22,9 +22,12 @@ def test_a_new_home_keeps_the_choice_of_its_first_up(tmp_path):
     later = Settings(home=home, database=None)  # a command without MLYARD_DATABASE: the home says where its stores are
     socket_dir = (home / "postgres").resolve()
     assert later.embedded_database == "postgres"
-    assert later.catalog_db_url == f"postgresql+psycopg://postgres:@/catalog?host={socket_dir}"
-    assert later.mlflow_uri == f"postgresql+psycopg://postgres:@/mlflow?host={socket_dir}"
-    assert later.prefect_database_url == f"postgresql+asyncpg://postgres:@/prefect?host={socket_dir}"
+    url = later.catalog_db_url  # the socket asks for the home's password, kept in the home for its user alone
+    password = (home / "pg-password").read_text().strip()
+    assert len(password) >= 24 and (home / "pg-password").stat().st_mode & 0o077 == 0
+    assert url == f"postgresql+psycopg://postgres:{password}@/catalog?host={socket_dir}"
+    assert later.mlflow_uri == f"postgresql+psycopg://postgres:{password}@/mlflow?host={socket_dir}"
+    assert later.prefect_database_url == f"postgresql+asyncpg://postgres:{password}@/prefect?host={socket_dir}"
     # servers named in settings are used as they are
     named = Settings(home=home, catalog_url="postgresql+psycopg://db/catalog", mlflow_tracking_uri="http://mlflow:5000")
     assert named.catalog_db_url == "postgresql+psycopg://db/catalog" and named.mlflow_uri == "http://mlflow:5000"
@@ -56,7 +59,7 @@ def test_a_home_too_deep_for_a_socket_reaches_postgresql_through_a_short_link_of
     data = deep.pgdata_dir.resolve()
     link = deep.pgsocket_dir
     assert link != data and len(str(link / ".s.PGSQL.5432")) <= 107 and str(os.geteuid()) in link.name
-    assert deep.catalog_db_url == f"postgresql+psycopg://postgres:@/catalog?host={link}"
+    assert deep.catalog_db_url.endswith(f"@/catalog?host={link}")
     data.mkdir(parents=True)
     try:
         _link(link, data)
