@@ -47,3 +47,16 @@ def test_every_store_is_a_database_of_the_embedded_postgresql(postgres, stack, s
     assert ("pg_trgm",) in postgres("prefect", "SELECT extname FROM pg_extension")
     status = _ok(mlyard("status", "--json"))
     assert "postgresql+psycopg://" in status and "catalog.db" not in status
+    # its socket asks for the home's password (a process that reaches the socket and not the home gets
+    # nothing), which status does not print and no process of the stack carries on its command line
+    import psycopg
+
+    password = (home / "pg-password").read_text().strip()
+    assert password not in status
+    bare = settings.embedded_postgres_url("catalog").replace("+psycopg", "").replace(f":{password}@", ":@")
+    with pytest.raises(psycopg.OperationalError, match="password"):
+        psycopg.connect(bare).close()
+    import psutil
+
+    shown = [p.pid for p in psutil.process_iter(["cmdline"]) if password in " ".join(p.info["cmdline"] or [])]
+    assert not shown, f"the password is on the command line of {shown}"

@@ -335,6 +335,33 @@ def test_a_part_that_dies_is_restarted_within_seconds_and_the_log_says_so(stack,
     assert now.pids["prefect-server"] == before.pids["prefect-server"], "a part that lived was restarted"
 
 
+def test_a_killed_keeper_is_started_again_and_then_restarts_a_killed_gateway(stack, settings):
+    """kill -9 of the keeper, then of the gateway: nothing restarted the keeper, so the gateway stayed down.
+    The mlyard API starts the keeper again within seconds (its log says so), and the keeper the gateway."""
+    import os
+    import signal
+
+    from core.connection import healthy, read_state
+    from tasks.processes import alive
+
+    before = read_state(settings)
+    os.kill(before.pids["keeper"], signal.SIGKILL)
+    os.kill(before.pids["gateway"], signal.SIGKILL)
+    killed = time.monotonic()
+    while True:
+        now = read_state(settings)
+        if all(now.pids[n] != before.pids[n] and alive(now.pids[n]) for n in ("keeper", "gateway")):
+            break
+        assert time.monotonic() - killed < 20.0, "the keeper and the gateway are not back within 20 s"
+        time.sleep(0.2)
+    deadline = time.monotonic() + 60
+    while not healthy(now.gateway_url + "/mlyard"):
+        assert time.monotonic() < deadline, "the restarted gateway does not answer"
+        time.sleep(0.2)
+    said = Path(now.logs["mlyard-api"]).read_text()
+    assert f"the stack's keeper (pid {before.pids['keeper']}) is gone" in said, said[-2000:]
+
+
 def test_a_gateway_that_has_not_read_its_table_yet_says_503_for_any_endpoint(tmp_path):
     """While the gateway starts (restarted by the keeper), an endpoint it does not know yet may well exist:
     503 with Retry-After, not 404."""
