@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from core.errors import BodyTooLarge, HttpError
 
@@ -34,6 +34,7 @@ MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 SOCKETS_PER_PERSON = 16  # a person's websockets at once (their tabs' kernels and terminals): the door's
                          # connections are everyone's, so one person's many tabs cannot take them all
+RECHECK_SECONDS = 2.0  # an open websocket's caller is signed in again this often: a revoked key closes it
 REMEMBER_SECONDS = 5.0  # a page loads dozens of files: who may open which notebook is read again after this
 
 
@@ -85,9 +86,12 @@ class DoorPages:
         request = self.client.build_request(scope["method"], url, headers=headers, content=body)
         await door.relay(send, await self.client.send(request, stream=True), self.hop)
 
-    async def websocket(self, scope: dict, receive: Any, send: Any, actor: Any) -> None:
+    async def websocket(self, scope: dict, receive: Any, send: Any, actor: Any,
+                        again: Callable[[], Awaitable[Any]] | None = None) -> None:
         """A websocket of the notebook's JupyterLab, relayed both ways until either side closes (at most
-        SOCKETS_PER_PERSON of a person's at once: the next is closed with 1013, try again later)."""
+        SOCKETS_PER_PERSON of a person's at once: the next is closed with 1013, try again later). `again`
+        signs the caller in again: every RECHECK_SECONDS while it is open, and a key revoked, a session
+        ended or a notebook no longer theirs closes it (1008)."""
         if (await receive())["type"] != "websocket.connect":
             return
         headers = dict(scope["headers"])
@@ -105,11 +109,12 @@ class DoorPages:
             return await send({"type": "websocket.close", "code": 1013 if exc.http_status == 429 else 1008})
         self._sockets[actor.name] = self._sockets.get(actor.name, 0) + 1
         try:
-            await self._relay(scope, receive, send, where, token, headers)
+            await self._relay(scope, receive, send, where, token, headers, again)
         finally:
             self._sockets[actor.name] -= 1
 
-    async def _relay(self, scope: dict, receive: Any, send: Any, where: str, token: str, headers: dict) -> None:
+    async def _relay(self, scope: dict, receive: Any, send: Any, where: str, token: str, headers: dict,
+                     again: Callable[[], Awaitable[Any]] | None) -> None:
         import anyio
         import websockets
 
@@ -147,10 +152,25 @@ class DoorPages:
             await send({"type": "websocket.close", "code": 1000})
             done.cancel()
 
+        async def still_theirs(done: Any) -> None:
+            while again is not None:
+                await anyio.sleep(RECHECK_SECONDS)
+                try:
+                    actor = await again()
+                    if actor is None:
+                        raise HttpError(401, "signed out")
+                    await self.target(scope["path"], actor)
+                except Exception as exc:  # noqa: BLE001 - revoked, expired, signed out, no longer theirs
+                    log.info("notebook websocket %s closed: %s", scope["path"], exc)
+                    await send({"type": "websocket.close", "code": 1008})
+                    done.cancel()
+                    return
+
         try:
             async with anyio.create_task_group() as group:
                 group.start_soon(browser_to_jupyter, group.cancel_scope)
                 group.start_soon(jupyter_to_browser, group.cancel_scope)
+                group.start_soon(still_theirs, group.cancel_scope)
         finally:
             await upstream.close()
 

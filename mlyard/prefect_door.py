@@ -65,7 +65,7 @@ class PrefectDoor:
 
             return await lifespan(receive, send)
         if scope["type"] == "websocket" and scope["path"].startswith(NOTEBOOKS) and rules.plain(scope["path"]):
-            return await self.pages.websocket(scope, receive, send, await self._actor(scope))
+            return await self.pages.websocket(scope, receive, send, await self._actor(scope), lambda: self._actor(scope))
         if scope["type"] != "http":  # Prefect's websockets (events, logs) are not scoped by project: closed
             return await send({"type": "websocket.close", "code": 1008})
         try:

@@ -498,6 +498,19 @@ def test_a_members_schedule_and_notebook_are_their_projects_and_theirs(team, sta
         assert _door(f"{base}/api/contents", key)[0] == code
     with pytest.raises(Exception):  # noqa: B017 - a websocket from another origin is closed before Jupyter is asked
         _kernel_says(f"{base}/api/kernels/{kernel['id']}/channels", alice.key, "http://127.0.0.1:1", "1")
+    # a key revoked while its kernel's websocket is open: the door closes it within seconds (it ran code 31 s on)
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    spare = json.loads(_ok(owner("users", "add-key", "alice", "--json")))
+    with connect(f"{base}/api/kernels/{kernel['id']}/channels".replace("http://", "ws://"), open_timeout=30,
+                 additional_headers={"Authorization": f"Bearer {spare['key']}", "Origin": settings.door_url}) as ws:
+        _ok(owner("users", "revoke", str(spare["key_id"])))
+        revoked = time.monotonic()
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                ws.recv(timeout=15)
+        assert time.monotonic() - revoked < 6 and closed.value.rcvd is not None and closed.value.rcvd.code == 1008
     # JupyterLab itself answers only its token, which the platform keeps (its file is the stack home's, 0600)
     direct = _ok(owner("notebooks", "open", "a-lab"))
     with pytest.raises(urllib.error.HTTPError) as refused:
