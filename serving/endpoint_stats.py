@@ -6,8 +6,7 @@ its own rows; a query merges them), or without one to `<dir>/<UTC date>.jsonl`, 
 the gateway; a period's figures merge the minutes in it. Latency is kept as a histogram with
 buckets 4 % wide (from 10 µs to hours), so any period's percentiles come from merged minutes, within
 4 %. Since the gateway started, totals are also kept for Prometheus (`prometheus`: each gateway replica
-exposes its own; Prometheus sums them). Pure: no HTTP; the gateway calls `record`, `flush`, `query`.
-"""
+exposes its own; Prometheus sums them). Pure: no HTTP; the gateway calls `record`, `flush`, `query`."""
 
 from __future__ import annotations
 
@@ -22,6 +21,7 @@ from typing import Any
 _BASE_MS, _GROWTH = 0.01, 1.04
 _LOG_GROWTH = math.log(_GROWTH)
 Key = tuple[str, str, str]  # (endpoint, stage, model)
+_WHERE = ("minute", "endpoint", "stage", "model")  # a stored record's place; the rest are its counts
 
 
 def latency_bucket(ms: float) -> int:
@@ -202,36 +202,43 @@ class EndpointStats:
         return generate_latest(registry)
 
     def flush(self, now: float | None = None, everything: bool = False) -> int:
-        """Append finished minutes (all of them with `everything`, at shutdown) to the day's file."""
+        """Store finished minutes (all of them with `everything`, at shutdown); how many records."""
         current = int((now if now is not None else time.time()) // 60)
         done = sorted(m for m in self._live if everything or m < current)
-        if done and self.catalog_url:
+        written = self.store(self.records(done))
+        for minute in done:
+            self._keep_today(minute, self._live.pop(minute))
+        return written
+
+    def records(self, minutes: list[int] | None = None) -> list[dict[str, Any]]:
+        """The counts of `minutes` (None: every minute still in progress here) as stored records."""
+        return [{"minute": minute, "endpoint": endpoint, "stage": stage, "model": model, **counts.as_dict()}
+                for minute in (sorted(self._live) if minutes is None else minutes)
+                for (endpoint, stage, model), counts in self._live.get(minute, {}).items()]
+
+    def store(self, records: list[dict[str, Any]]) -> int:
+        """Records of minutes (`flush`'s, or those a killed gateway left: serving/stats_journal.py) added to
+        the catalog, else to their days' files (nowhere without either); how many."""
+        if not records or not self.catalog_url and self.folder is None:
+            return 0
+        if self.catalog_url:
             from registry.tables import EndpointStatMinute
 
-            rows = [EndpointStatMinute(minute=minute, endpoint=endpoint, stage=stage, model=model,
-                                       counts=counts.as_dict())
-                    for minute in done for (endpoint, stage, model), counts in self._live[minute].items()]
             with self._catalog_db().session() as s:
-                s.add_all(rows)
-            for minute in done:
-                self._keep_today(minute, self._live.pop(minute))
-            return len(rows)
-        if not done or self.folder is None:
-            for m in done:
-                self._live.pop(m)
-            return 0
+                s.add_all([EndpointStatMinute(minute=r["minute"], endpoint=r["endpoint"], stage=r["stage"],
+                                              model=r["model"], counts={k: v for k, v in r.items() if k not in _WHERE})
+                           for r in records])
+            return len(records)
+        assert self.folder is not None
         self.folder.mkdir(parents=True, exist_ok=True)
-        written = 0
-        for minute in done:
-            per = self._live.pop(minute)
-            self._keep_today(minute, per)
-            day = datetime.fromtimestamp(minute * 60, timezone.utc).strftime("%Y-%m-%d")
+        by_day: dict[str, list[str]] = {}
+        for r in records:
+            day = datetime.fromtimestamp(r["minute"] * 60, timezone.utc).strftime("%Y-%m-%d")
+            by_day.setdefault(day, []).append(json.dumps(r) + "\n")
+        for day, lines in by_day.items():
             with open(self.folder / f"{day}.jsonl", "a", encoding="utf-8") as fh:
-                for (endpoint, stage, model), counts in per.items():
-                    fh.write(json.dumps({"minute": minute, "endpoint": endpoint, "stage": stage, "model": model,
-                                         **counts.as_dict()}) + "\n")
-                    written += 1
-        return written
+                fh.write("".join(lines))
+        return len(records)
 
     def _catalog_db(self):
         if self._catalog is None:

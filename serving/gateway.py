@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from core.connection import REPLICA_HEADER, replica_token
-from serving import asgi, chat_page
+from serving import asgi, chat_page, stats_journal
 from serving.access import (
     CALLER_HEADER,
     RETRY_AFTER,
@@ -96,6 +96,7 @@ class Gateway:
         self._tasks: list[asyncio.Task] = []
         self._refresh_lock: asyncio.Lock | None = None
         self.gateway_id = f"{socket.gethostname()}-{os.getpid()}-{int(self.shared.started)}"
+        self.journal = home / "endpoints" / "stats" / "live" / f"{self.gateway_id}.json"
 
     def _read(self) -> tuple[dict[str, dict[str, Any]], list[files.Wanted], dict[str, files.State]]:
         if self._endpoints_api is None and self.catalog_url:
@@ -192,6 +193,7 @@ class Gateway:
                     await self.refresh()
                     next_refresh = now + self.refresh_seconds
                     self.shared.stats.flush()
+                    stats_journal.write(self.shared.stats, self.journal)  # a kill -9 loses no minute
                     changed = self.shared.live.changed()
                     if changed and self._endpoints_api is not None:
                         await asyncio.get_running_loop().run_in_executor(None, self._write_live, changed)
@@ -378,10 +380,12 @@ class Gateway:
         return 503, route_error(route, 503, "no replica could be reached; retry shortly"), RETRY_AFTER
 
     def _start(self) -> None:
+        stats_journal.recover(self.shared.stats, self.journal.parent, self.journal)  # what killed gateways held
         self._tasks.append(asyncio.get_running_loop().create_task(self._loop()))
 
     def _stop(self) -> None:
         for task in [*self._tasks, *self.shared.mirrors]:
             task.cancel()
         self.shared.stats.flush(everything=True)
+        self.journal.unlink(missing_ok=True)
 

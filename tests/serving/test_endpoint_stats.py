@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from serving.class_counts import format_classes
@@ -147,3 +149,38 @@ def test_the_usage_comment_is_taken_out_wherever_the_pieces_are_cut_and_nothing_
             assert scan.result().completion == 7, cut
     whole = Scan(None, 0.0, True)
     assert whole.whole(stream, 0.1) == clean and whole.result().prompt == 5  # a short stream, all here at once
+
+
+def test_a_gateway_killed_mid_minute_loses_none_of_its_counts(tmp_path):
+    """A gateway killed with kill -9 lost the minute in progress (its statistics and the tokens that budgets
+    count): it writes its minutes in progress to its journal every second, and the next gateway of the
+    machine stores what a gone gateway's journal held, once."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from serving import stats_journal
+    from serving.usage import Usage
+
+    now = time.time()
+    live = tmp_path / "live"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])  # a gateway process that has died since
+    gone.wait()
+    killed = EndpointStats(tmp_path)
+    for ms in (10.0, 20.0, 30.0):
+        killed.record(("chat", "default", "m"), ms, False, now=now, caller="token:7",
+                      usage=Usage(5, 7, 1.0))
+    journal = live / f"{socket.gethostname()}-{gone.pid}-{int(now)}.json"
+    stats_journal.write(killed, journal)
+    running = live / f"{socket.gethostname()}-{os.getpid()}-{int(now)}.json"  # a gateway alive: left alone
+    stats_journal.write(killed, running)
+
+    fresh = EndpointStats(tmp_path)
+    assert fresh.query(now - 60, now + 60)["stats"] == [], "nothing was stored before the kill"
+    assert stats_journal.recover(fresh, live, live / "mine.json") == 1
+    row = fresh.query(now - 60, now + 60)["stats"][0]
+    assert row["calls"] == 3 and fresh.spent("token:7", now) == 36
+    assert not journal.exists() and running.exists()
+    assert stats_journal.recover(EndpointStats(tmp_path), live, live / "mine.json") == 0, "stored once"
+    assert EndpointStats(tmp_path).query(now - 60, now + 60)["stats"][0]["calls"] == 3
