@@ -79,11 +79,12 @@ _OWNER = re.compile(r"\.pid(\d+)\.")
 
 
 def sweep_scratch(runs_dir: Path) -> list[Path]:
-    """Remove the scratch directories whose owning process is gone (a killed or crashed run)."""
+    """Remove the scratch directories (and files) whose owning process is gone (a killed or crashed run, an
+    upload whose receiver was killed)."""
     removed = []
     for entry in runs_dir.iterdir() if runs_dir.is_dir() else []:
         m = _OWNER.search(entry.name)
-        if entry.is_dir() and m and not Path(f"/proc/{m[1]}").exists():
-            shutil.rmtree(entry, ignore_errors=True)
+        if m and not Path(f"/proc/{m[1]}").exists():
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
             removed.append(entry)
     return removed

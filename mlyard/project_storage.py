@@ -9,6 +9,7 @@ digest of what it holds, so the same folder is sent once.
 
 from __future__ import annotations
 
+import os
 import re
 import tarfile
 import tempfile
@@ -55,7 +56,7 @@ def receive(body: Path, digest: str, name: str) -> dict[str, str]:
     target = f"{project_prefix(settings, project)}/uploads/{digest}/{name}"
     if storage.exists(f"{target}/{SUCCESS_MARKER}", "upload") or storage.exists(target, "upload"):
         return {"uri": target}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=upload_scratch(settings.home_dir), prefix=f"unpack.pid{os.getpid()}.") as tmp:
         try:
             with tarfile.open(body) as tar:
                 members = tar.getmembers()
@@ -69,3 +70,15 @@ def receive(body: Path, digest: str, name: str) -> dict[str, str]:
             (made / SUCCESS_MARKER).touch()  # a folder's upload is whole once its marker is there
         storage.upload(made, target, "upload")
     return {"uri": target}
+
+
+def upload_scratch(home: Path) -> Path:
+    """Where an upload's body and its unpacking wait: in the home (private), named after the process that
+    receives them, so that what a killed one left is removed by the next upload."""
+    from flows.platform import sweep_scratch
+
+    folder = home / "uploading"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    folder.chmod(0o700)  # the home's, private as all of it, whoever made it first
+    sweep_scratch(folder)
+    return folder

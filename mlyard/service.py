@@ -46,6 +46,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -284,15 +285,14 @@ async def upload(digest: str, name: str, request: Request) -> Response:
         uploading[user] -= 1
 
 async def _received(digest: str, name: str, request: Request, declared: int) -> Response:
-    import tempfile
-
     from starlette.concurrency import run_in_threadpool
 
+    from core.environment import home
     from core.errors import BodyTooLarge
-    from mlyard.project_storage import receive
+    from mlyard.project_storage import receive, upload_scratch
     from mlyard.teams import audited
 
-    with tempfile.NamedTemporaryFile(suffix=".tar") as body:
+    with tempfile.NamedTemporaryFile(dir=upload_scratch(home()), prefix=f"body.pid{os.getpid()}.", suffix=".tar") as body:
         got = 0
         async for chunk in request.stream():
             got += len(chunk)

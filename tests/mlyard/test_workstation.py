@@ -84,3 +84,27 @@ def test_a_workstation_writes_images_accounts_and_templates_to_the_platforms_cat
     assert "ws-image" not in {i.name for i in on_platform.list_images()}
     assert not list(tmp_path.rglob("*.db")) and not list(tmp_path.rglob(".mlyard")), "nothing kept on the workstation"
     assert os.environ["MLYARD_HOME"]  # (the harness's own home is the platform's, untouched by the workstation)
+
+
+def test_an_uploads_leftovers_wait_in_the_home_and_a_killed_receivers_are_removed(tmp_path):
+    """An upload's body and its unpacking wait in the home's private `uploading/` (not the machine's shared
+    /tmp), named after the receiving process: what a receiver killed mid-upload left is removed by the next
+    upload, and a live receiver's is kept."""
+    import os
+    import subprocess
+    import sys
+
+    from mlyard.project_storage import upload_scratch
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    folder = tmp_path / "uploading"
+    folder.mkdir()
+    (folder / f"body.pid{gone.pid}.x1.tar").write_bytes(b"half a tar")
+    (folder / f"unpack.pid{gone.pid}.x2").mkdir()
+    (folder / f"unpack.pid{gone.pid}.x2" / "model.pkl").write_bytes(b"half")
+    live = folder / f"body.pid{os.getpid()}.x3.tar"
+    live.write_bytes(b"being received")
+    assert upload_scratch(tmp_path) == folder
+    assert sorted(p.name for p in folder.iterdir()) == [live.name]
+    assert folder.stat().st_mode & 0o077 == 0
