@@ -25,6 +25,7 @@ MLflow 3.17's UI keeps its choices in the browser's localStorage, as `<key>_v<ve
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -120,9 +121,32 @@ def authenticate() -> Any:
         actor = teams().authenticate(given.password or "", request.remote_addr or "unknown")
     except MlyardError:  # no key of ours: MLflow's own users and passwords decide
         return authenticate_request_basic_auth()
+    if (refused := platform_only(request.method, request.path, actor.admin)) is not None:
+        return refused
     _keep_in_step(actor)
     g.mlyard_user = Authorization("basic", {"username": actor.name, "password": given.password})
     return g.mlyard_user
+
+
+# what the platform alone does in MLflow: an experiment's or a registered model's name, tags and artifact
+# location are the project's (a member pre-created `pd/default` with its artifacts in their own storage, and
+# the next project's models landed there), and the UI's artifact proxy is written by the platform's runs
+_PLATFORM_ONLY = re.compile(r"^/(ajax-)?api/[23]\.0/mlflow/(experiments/(create|update|delete|restore|"
+                            r"set-experiment-tag|delete-experiment-tag)|registered-models/(create|rename))$")
+_ARTIFACT_PROXY = re.compile(r"^/(ajax-)?api/[23]\.0/mlflow-artifacts/")
+
+
+def platform_only(method: str, path: str, admin: bool) -> Any:
+    """A 403 for a member asking for what the platform alone does in MLflow (making, renaming or tagging an
+    experiment or a registered model, writing through the artifact proxy); None otherwise. It names no
+    experiment or model, so a refusal reveals nothing of another project's."""
+    if admin or not (_PLATFORM_ONLY.match(path) or _ARTIFACT_PROXY.match(path) and method not in ("GET", "HEAD")):
+        return None
+    from flask import Response
+
+    return Response(json.dumps({"error_code": "PERMISSION_DENIED", "message": "projects' experiments, models and "
+                                "artifacts are made by the platform: start a training or `mlyard models create`"}),
+                    status=403, mimetype="application/json")
 
 
 def _signed_in_by_proxy(request: Any) -> Any:
@@ -140,6 +164,8 @@ def _signed_in_by_proxy(request: Any) -> Any:
         return None
     groups = request.headers.get("X-Forwarded-Groups", "").split(",")
     actor = teams().identity(who.strip(), groups, request.remote_addr or "oidc")
+    if (refused := platform_only(request.method, request.path, actor.admin)) is not None:
+        return refused
     _keep_in_step(actor)
     g.mlyard_user = Authorization("basic", {"username": actor.name, "password": ""})
     return g.mlyard_user

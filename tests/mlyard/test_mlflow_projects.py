@@ -123,6 +123,27 @@ def test_the_mlflow_ui_shows_each_member_their_projects_experiments_and_models_a
         return {m["name"] for m in found.get("registered_models", [])}
 
     assert models("mara") == {"mlp-a-model"} and models("nils") == set()
+    # a project's experiments and models are the platform's to make: a member cannot make one in another
+    # project's name space (nils pre-made `mlp-a/default` with its artifacts in his storage), rename, or tag
+    # one, or write through the artifact proxy; the refusal names no other project's experiment
+    for path, body in (("experiments/create", {"name": "mlp-a/default", "artifact_location": str(tmp_path)}),
+                       ("experiments/create", {"name": "exp-mlp-a"}),
+                       ("experiments/update", {"experiment_id": theirs, "new_name": "mlp-a/stolen"}),
+                       ("experiments/set-experiment-tag", {"experiment_id": theirs, "key": "k", "value": "v"}),
+                       ("registered-models/create", {"name": "mlp-a-model-2"}),
+                       ("registered-models/rename", {"name": "mlp-a-model", "new_name": "mine"})):
+        status, answer = mlflow(url, path, "nils", keys["nils"], body)
+        assert status == 403 and "exp-mlp-a" not in json.dumps(answer), (path, status, answer)
+    put = urllib.request.Request(f"{url}/api/2.0/mlflow-artifacts/artifacts/0/x/model.pkl", data=b"x", method="PUT",
+                                 headers={"Authorization": "Basic " + base64.b64encode(
+                                     f"nils:{keys['nils']}".encode()).decode()})
+    try:
+        urllib.request.urlopen(put, timeout=60)
+        raise AssertionError("a member wrote through the artifact proxy")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 403
+    assert "mlp-a/default" not in experiments(*admin)
+    assert mlflow(url, "experiments/create", *admin, {"name": "made-by-the-admin"})[0] == 200
     assert mlflow(url, "registered-models/get?name=mlp-a-model", "nils", keys["nils"])[0] == 403
     # a wrong key signs nobody in; a revoked one stops at once
     assert mlflow(url, "experiments/search", "mara", "mly_000000000000_" + "A" * 43, {})[0] == 401
