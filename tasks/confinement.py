@@ -118,3 +118,23 @@ def _not_dumpable() -> None:
 
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0
+
+
+def around_platform_code(argv: list[str], env: dict[str, str], write: list[str], cwd: str,
+                         mode: str) -> tuple[list[str], dict[str, str], list[str]]:
+    """`argv`, the platform's own code running code a user brought (a pipeline's components), in a sandbox
+    (`mode`: Settings.sandbox) that sees the platform's packages and Pythons read-only, `write` read-write
+    (its first folder holding its temporary files) and nothing else, no network; the lines its log gets.
+    TrainingFailed where the sandbox is required and none can start."""
+    if mode == "off":
+        return argv, env, []
+    reason = sandbox.refusal()
+    if reason is not None:
+        if mode == "required":
+            raise TrainingFailed(f"MLYARD_SANDBOX is 'required' and {reason}: nothing was started")
+        return argv, env, [f"mlyard: no sandbox: {reason} (MLYARD_SANDBOX=required refuses such runs)"]
+    tmp = Path(write[0]) / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    walls = sandbox.Walls(read=(*sandbox.platform_code(), *sandbox.interpreter_folders(sys.executable)),
+                          write=tuple(write), tmp=str(tmp), chdir=cwd)
+    return sandbox.wrap(argv, walls), sandbox.child_env(env, walls), []

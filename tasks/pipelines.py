@@ -65,13 +65,23 @@ def prepare(pipelines: Pipelines, spec: PipelineRunSpec, run_dir: Path, local: b
 @task(name=TASK_RUN_PIPELINE, cache_policy=NO_CACHE)
 def run_local(run_dir: Path, on_line: Callable[[str], None], should_stop: Callable[[], str | None],
               env: dict[str, str]) -> tuple[int, list[str]]:
-    """kfp.local in its own process group (a stop ends every step it started); the exit code and the
-    last lines it printed."""
+    """kfp.local in its own process group and sandbox (a stop ends every step it started); the exit code
+    and the last lines it printed."""
     step_started(TASK_RUN_PIPELINE)
     from core.errors import TrainingFailed
+    from core.settings import Settings
+    from tasks.confinement import around_platform_code
+    from tasks.launch import script_environment
 
-    sup = Supervisor([sys.executable, "-m", "tasks.kfp_runner", str(run_dir)], env, PROJECT_ROOT, on_line,
-                     should_stop=should_stop)
+    # its components are code a user brought: in a sandbox that writes the run's folder (and its NAS) alone,
+    # holding none of the platform's credentials
+    argv, env, notices = around_platform_code(
+        [sys.executable, "-m", "tasks.kfp_runner", str(run_dir)], script_environment(env),
+        [str(run_dir), *([env["MLYARD_NAS_PATH"]] if env.get("MLYARD_NAS_PATH") else [])], str(PROJECT_ROOT),
+        Settings().sandbox)
+    for notice in notices:
+        on_line(notice)
+    sup = Supervisor(argv, env, PROJECT_ROOT, on_line, should_stop=should_stop)
     try:
         sup.run()
         return 0, []

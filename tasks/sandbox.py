@@ -181,3 +181,14 @@ def as_data(folder: Path) -> list[str]:
             removed.append(f"{os.path.relpath(path, root)} ({why})")
         dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(top, d))]
     return removed
+
+
+# the platform's own packages: a sandbox that runs platform code around a user's (a pipeline's components, a
+# served model) sees these folders read-only, never the checkout around them (where a home may lie)
+PLATFORM_PACKAGES = ("core", "schedules", "registry", "tuning", "tasks", "serving", "flows", "mlyard")
+
+
+def platform_code() -> list[str]:
+    """The folders of the platform's packages, wherever it is installed (a checkout, site-packages)."""
+    root = Path(__file__).resolve().parent.parent
+    return [str(root / name) for name in PLATFORM_PACKAGES if (root / name / "__init__.py").is_file()]

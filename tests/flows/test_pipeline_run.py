@@ -158,3 +158,59 @@ def test_a_run_on_a_kubeflow_pipelines_server(stack):
     assert run["pipeline_spec"]["deploymentSpec"]["executors"]["exec-echo"]["container"]["image"] == "alpine:3.20"
     shown = _json("pipeline-runs", "show", run_id)
     assert shown["status"] == "COMPLETE" and shown["nodes"]["echo"]["state"] == "SUCCEEDED", shown
+
+
+def test_a_components_code_reaches_nothing_of_the_platform(stack, tmp_path):
+    """A pipeline's component is code a member brought: run here, it sees no file of the stack's home (the
+    record with the internal token, the databases), none of the platform's credentials in its environment,
+    no process of the stack, and writes the platform's code nowhere; its own outputs still reach the run."""
+    from kfp import compiler, dsl
+
+    from core.settings import Settings
+
+    @dsl.component
+    def reach(home: str, source: str, found: dsl.Output[dsl.Artifact]):
+        import json
+        import os
+
+        def attempt(fn):
+            try:
+                fn()
+                return "REACHED"
+            except Exception as exc:  # noqa: BLE001
+                return f"held ({type(exc).__name__})"
+
+        def environ():
+            names = [n for n in ("PREFECT_API_AUTH_STRING", "MLYARD_INTERNAL_TOKEN", "MLYARD_CATALOG_URL")
+                     if n in os.environ]
+            if not names:
+                raise KeyError("none")
+
+        def others():
+            seen = [p for p in os.listdir("/proc") if p.isdigit() and "mlyard" in open(f"/proc/{p}/cmdline").read()]
+            if not seen:
+                raise ProcessLookupError("none")
+
+        result = {"the stack's record": attempt(lambda: open(os.path.join(home, "stack.json")).read(1)),
+                  "the home's databases": attempt(lambda: os.listdir(os.path.join(home, "prefect"))),
+                  "the platform's credentials": attempt(environ),
+                  "the stack's processes": attempt(others),
+                  "the platform's code": attempt(lambda: open(source, "r+"))}
+        with open(found.path, "w") as fh:
+            json.dump(result, fh)
+
+    @dsl.pipeline(name="reach")
+    def reach_pipeline(home: str, source: str):
+        reach(home=home, source=source)
+
+    compiled = tmp_path / "reach.yaml"
+    compiler.Compiler().compile(reach_pipeline, str(compiled))
+    _json("pipelines", "upload", str(compiled), "--name", "reach")
+    home = str(Settings().home_dir)
+    source = str(Path(__file__).resolve().parents[2] / "tasks" / "launch.py")
+    made = mlyard("pipeline-runs", "create", "--pipeline", "reach", "--name", "reach-1", "--param", f"home={home}",
+                  "--param", f"source={source}", "--wait", "--json")
+    run = json.loads(_ok(made))
+    _json("pipeline-runs", "download", run["id"], str(tmp_path / "out"), "--task", "reach")
+    found = json.loads((tmp_path / "out" / "reach" / "found").read_text())
+    assert all(got.startswith("held") for got in found.values()), found
