@@ -104,13 +104,19 @@ class Supervisor:
     def _start(self, w: files.Wanted, st: files.State) -> None:
         path = Path(st.log)
         path.parent.mkdir(parents=True, exist_ok=True)
-        argv = [*w.argv, "--port", str(st.port)]
+        argv, env = self._walled(w, [*w.argv, "--port", str(st.port)])
+        if argv is None:
+            log.error("replica %s not started: %s", w.key, env["why"])
+            st.status, st.last_exit = "EXITED", None
+            self.due[w.key] = time.monotonic() + MAX_BACKOFF
+            files.write_state(self.home, st)
+            return
         with open(path, "ab") as out:
             out.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} starting: {' '.join(argv)}\n".encode())
             out.flush()
             try:
                 proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        env={**os.environ, **w.env, **self.env}, start_new_session=True)
+                                        env=env, start_new_session=True)
             except OSError as exc:
                 out.write(f"could not start: {exc}\n".encode())
                 st.status, st.last_exit = "EXITED", None
@@ -123,6 +129,31 @@ class Supervisor:
         st.pid, st.status, st.started_at = proc.pid, "RUNNING", time.time()
         files.write_state(self.home, st)
         log.info("started replica %s (pid %s, port %s)", w.key, proc.pid, st.port)
+
+    def _walled(self, w: files.Wanted, argv: list[str]) -> tuple[list[str] | None, dict[str, str]]:
+        """(argv, environment) of a replica; one that runs a user's code (`walls`) in its sandbox, with none
+        of the platform's credentials (not the replicas' either). (None, {"why"}) where that sandbox is
+        required and cannot start."""
+        if not w.walls:
+            return argv, {**os.environ, **w.env, **self.env}
+        from core.settings import Settings
+        from tasks import sandbox
+        from tasks.launch import script_environment
+
+        env = {**script_environment(os.environ), **w.env}
+        mode = Settings(home=self.home).sandbox
+        reason = sandbox.refusal() if mode != "off" else None
+        if mode == "off" or reason is not None and mode == "auto":
+            if reason:
+                log.warning("replica %s runs without a sandbox: %s", w.key, reason)
+            return argv, env
+        if reason is not None:
+            return None, {"why": f"MLYARD_SANDBOX is 'required' and {reason}"}
+        tmp = Path(w.walls[0]) / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        walls = sandbox.Walls(read=(*sandbox.platform_code(), *sandbox.interpreter_folders(sys.executable)),
+                              write=tuple(w.walls), tmp=str(tmp), network=True, chdir=w.walls[0])
+        return sandbox.wrap(argv, walls), {**env, "TMPDIR": str(tmp)}
 
     def _stop(self, key: str) -> None:
         proc = self.procs.pop(key)

@@ -84,7 +84,8 @@ def want(home: Any, notebook_id: int, spec: NotebookSpec, nas_path: Path | None)
     files.want(home, files.Wanted(k, group(notebook_id), "jupyter", notebook_id, 0, spec.name, argv,
                                   {"MLYARD_HOME": str(home)}, routed=False,
                                   health_path=base_path(notebook_id) + HEALTH_PATH,
-                                  port=port(home, notebook_id)))
+                                  port=port(home, notebook_id),  # its kernels run a member's code: walled in
+                                  walls=[str(folder(home, notebook_id)), *([str(nas_path)] if nas_path else [])]))
     return k
 
 

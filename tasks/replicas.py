@@ -50,6 +50,9 @@ class Wanted:
     created_at: float = field(default_factory=time.time)
     url: str | None = None  # a replica that runs elsewhere (a Kubernetes Service): routed, never started here
     port: int | None = None  # the port it takes (a notebook keeps its URL across stop and start); None: a free one
+    # code a user brought runs in it (a notebook's kernels): started in a sandbox that writes these folders
+    # alone (the first holds its temporary files), with the host's network, none of the platform's credentials
+    walls: list[str] | None = None
 
 
 @dataclass

@@ -494,6 +494,17 @@ def test_a_members_schedule_and_notebook_are_their_projects_and_theirs(team, sta
     assert status == 201, kernel
     assert _kernel_says(f"{base}/api/kernels/{kernel['id']}/channels", alice.key, settings.door_url,
                         "print(6 * 7)") == "42\n"
+    # her kernel runs in the notebook's sandbox: the stack's home, the replicas' credential and the stack's
+    # processes are not there (a kernel read other notebooks' tokens and the Prefect auth string)
+    probe = ("import json, os\n"
+             f"home = {str(settings.home_dir)!r}\n"
+             "seen = [p for p in os.listdir('/proc') if p.isdigit() and any(w in open(f'/proc/{p}/cmdline').read() "
+             "for w in ('prefect', 'mlyard.service', 'serving.replicas'))]\n"
+             "print(json.dumps({'record': os.path.exists(os.path.join(home, 'stack.json')), 'others': seen,\n"
+             "                  'credentials': sorted(k for k in os.environ if k in ('MLYARD_REPLICA_TOKEN', "
+             "'PREFECT_API_AUTH_STRING', 'MLYARD_INTERNAL_TOKEN'))}))")
+    seen = json.loads(_kernel_says(f"{base}/api/kernels/{kernel['id']}/channels", alice.key, settings.door_url, probe))
+    assert seen == {"record": False, "others": [], "credentials": []}, seen
     for key, code in ((bob.key, 404), (carol.key, 403), (None, 401)):  # not his project's; not hers; nobody
         assert _door(f"{base}/api/contents", key)[0] == code
     with pytest.raises(Exception):  # noqa: B017 - a websocket from another origin is closed before Jupyter is asked
