@@ -9,7 +9,7 @@ import pytest
 
 from core.errors import SpecError, StorageNotFound
 from core.specs import TrainingSpec
-from tests.conftest import all_gone
+from tests.conftest import all_gone, marked
 
 TRAIN = """
 import json, os, sys, time
@@ -193,14 +193,15 @@ def test_stop_while_running_in_process(platform, algorithm, tmp_path):
 def test_metric_visible_while_running(platform, algorithm, tmp_path):
     from flows.training import train
 
-    spec = _spec(algorithm(SLOW), name="latency", hyperparameters={"marker": _marker(), "sleep": 6})
+    marker = _marker()
+    spec = _spec(algorithm(SLOW), name="latency", hyperparameters={"marker": marker, "sleep": 6})
     thread = threading.Thread(target=lambda: train(spec))
     thread.start()
     try:
         seen = None
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and seen is None:
-            if (tmp_path / "p").exists():
+            if marked(marker):  # the script runs (its child does)
                 run = platform.tracking.client.search_runs(
                     [platform.tracking.experiment_id("flow-tests")],
                     filter_string="tags.`mlyard.training_name` = 'latency' and attributes.status = 'RUNNING'")
