@@ -136,19 +136,19 @@ class Supervisor:
         required and cannot start."""
         if not w.walls:
             return argv, {**os.environ, **w.env, **self.env}
+        from core.errors import SandboxUnavailable
         from core.settings import Settings
         from tasks import sandbox
         from tasks.launch import script_environment
 
         env = {**script_environment(os.environ), **w.env}
-        mode = Settings(home=self.home).sandbox
-        reason = sandbox.refusal() if mode != "off" else None
-        if mode == "off" or reason is not None and mode == "auto":
-            if reason:
-                log.warning("replica %s runs without a sandbox: %s", w.key, reason)
+        try:
+            walled, notice = sandbox.chosen(Settings(home=self.home).sandbox, f"replica {w.key}")
+        except SandboxUnavailable as exc:
+            return None, {"why": str(exc)}
+        if not walled:
+            log.warning(notice) if notice else None
             return argv, env
-        if reason is not None:
-            return None, {"why": f"MLYARD_SANDBOX is 'required' and {reason}"}
         tmp = Path(w.walls[0]) / "tmp"
         tmp.mkdir(parents=True, exist_ok=True)
         walls = sandbox.Walls(read=(*sandbox.platform_code(), *sandbox.interpreter_folders(sys.executable)),

@@ -48,15 +48,8 @@ def confined(invocations: list[Invocation], dirs: Workdirs, python: str,
     notices: list[str] = []
     tmp = dirs.model.parent / "tmp"
     tmp.mkdir(exist_ok=True)
-    reason = None
-    if confinement.sandbox != "off":
-        reason = sandbox.refusal()
-        if reason is not None and confinement.sandbox == "required":
-            raise TrainingFailed(f"MLYARD_SANDBOX is 'required' and {reason}: the script was not started")
-        if reason is not None:
-            notices.append(f"mlyard: no sandbox: {reason}; the script runs with the flow's view of this machine "
-                           "(MLYARD_SANDBOX=required refuses such runs)")
-    sandboxed = confinement.sandbox != "off" and reason is None
+    sandboxed, notice = walled_or_fail(confinement.sandbox, "the script")
+    notices += [notice] if notice else []
     # inside a sandbox /tmp is the run's own: Landlock opens it, though a home under /tmp then lies open to
     # Landlock (the sandbox shows nothing of it but the run's folders)
     walled = _landlocked(invocations, dirs, python, confinement, notices, also=["/tmp"] if sandboxed else [])
@@ -126,15 +119,21 @@ def around_platform_code(argv: list[str], env: dict[str, str], write: list[str],
     (`mode`: Settings.sandbox) that sees the platform's packages and Pythons read-only, `write` read-write
     (its first folder holding its temporary files) and nothing else, no network; the lines its log gets.
     TrainingFailed where the sandbox is required and none can start."""
-    if mode == "off":
-        return argv, env, []
-    reason = sandbox.refusal()
-    if reason is not None:
-        if mode == "required":
-            raise TrainingFailed(f"MLYARD_SANDBOX is 'required' and {reason}: nothing was started")
-        return argv, env, [f"mlyard: no sandbox: {reason} (MLYARD_SANDBOX=required refuses such runs)"]
+    walled, notice = walled_or_fail(mode, "the pipeline")
+    if not walled:
+        return argv, env, [notice] if notice else []
     tmp = Path(write[0]) / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     walls = sandbox.Walls(read=(*sandbox.platform_code(), *sandbox.interpreter_folders(sys.executable)),
                           write=tuple(write), tmp=str(tmp), chdir=cwd)
     return sandbox.wrap(argv, walls), sandbox.child_env(env, walls), []
+
+
+def walled_or_fail(mode: str, what: str) -> tuple[bool, str | None]:
+    """tasks/sandbox.py `chosen`, where a required sandbox that cannot start fails the run (TrainingFailed)."""
+    from core.errors import SandboxUnavailable
+
+    try:
+        return sandbox.chosen(mode, what)
+    except SandboxUnavailable as exc:
+        raise TrainingFailed(str(exc)) from None

@@ -100,14 +100,10 @@ def _sandboxed(argv: list[str], target: Path, cwd: Path | None) -> list[str]:
     from core.environment import pip_find_links
     from core.settings import Settings
     from tasks import sandbox
+    from tasks.confinement import walled_or_fail
 
-    mode = Settings().sandbox
-    if mode == "off":
-        return argv
-    reason = sandbox.refusal()
-    if reason is not None:
-        if mode == "required":
-            raise TrainingFailed(f"MLYARD_SANDBOX is 'required' and {reason}: requirements were not installed")
+    walled, _ = walled_or_fail(Settings().sandbox, "pip")
+    if not walled:
         return argv
     tmp = target / ".tmp"
     tmp.mkdir(exist_ok=True)

@@ -82,6 +82,21 @@ def refusal() -> str | None:
     return None
 
 
+def chosen(mode: str, what: str) -> tuple[bool, str | None]:
+    """Whether code starts in a sandbox under Settings.sandbox's `mode` (auto, required, off), and the line
+    its log gets where it cannot; SandboxUnavailable, naming `what` was not started, where one is required
+    and none can start here. The one place that reads the mode."""
+    if mode == "off":
+        return False, None
+    reason = refusal()
+    if reason is None:
+        return True, None
+    if mode == "required":
+        raise SandboxUnavailable(f"MLYARD_SANDBOX is 'required' and {reason}: {what} was not started")
+    return False, (f"mlyard: no sandbox: {reason}; {what} runs with the platform's view of this machine "
+                   "(MLYARD_SANDBOX=required refuses such runs)")
+
+
 def _namespaces(network: bool) -> list[str]:
     return ["--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
             *([] if network else ["--unshare-net"]), "--die-with-parent", "--cap-drop", "ALL"]

@@ -211,5 +211,5 @@ def test_required_refuses_before_the_script_starts_where_no_sandbox_can(tmp_path
     with pytest.raises(TrainingFailed, match="MLYARD_SANDBOX is 'required' and no user namespaces here"):
         confined(invocations, dirs, sys.executable, Confinement(tmp_path, "off", "required"))
     assert confined(invocations, dirs, sys.executable, Confinement(tmp_path, "off", "auto")) == (
-        invocations, ["mlyard: no sandbox: no user namespaces here (test); the script runs with the flow's view of "
-                      "this machine (MLYARD_SANDBOX=required refuses such runs)"])
+        invocations, ["mlyard: no sandbox: no user namespaces here (test); the script runs with the platform's view "
+                      "of this machine (MLYARD_SANDBOX=required refuses such runs)"])
