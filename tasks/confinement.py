@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,15 @@ def confined(invocations: list[Invocation], dirs: Workdirs, python: str,
     walls = sandbox.Walls(read=tuple(_readable(dirs, python)), tmp=str(tmp), chdir=str(dirs.source),
                           write=tuple(str(d) for d in (dirs.model, dirs.checkpoint, dirs.tensorboard)),
                           network=confinement.network or several)
-    return [(sandbox.wrap(argv, walls), sandbox.child_env(env, walls)) for argv, env in walled], notices
+    if not several:
+        return [(sandbox.wrap(argv, walls), sandbox.child_env(env, walls)) for argv, env in walled], notices
+    # each node a host of its own, as pods are (torch's rendezvous tells nodes apart by their fully qualified
+    # name and PID, and every sandbox's PIDs start at 1), each at an address of the loopback (127.0.1.N)
+    hosts = tmp.parent / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n::1 localhost\n" + "".join(
+        f"127.0.1.{n + 1} node-{n}.mlyard node-{n}\n" for n in range(len(walled))))
+    return [(sandbox.wrap(argv, replace(walls, hostname=f"node-{n}", hosts=str(hosts))), sandbox.child_env(env, walls))
+            for n, (argv, env) in enumerate(walled)], notices
 
 
 def _readable(dirs: Workdirs, python: str) -> list[str]:

@@ -55,6 +55,8 @@ class Walls:
     tmp: str | None = None
     network: bool = False
     chdir: str | None = None
+    hostname: str | None = None  # its own (a local multi-node training's nodes: torch tells nodes apart by it)
+    hosts: str | None = None  # a file bound at /etc/hosts instead of the machine's
     devices: tuple[str, ...] = field(default_factory=lambda: tuple(
         d for pattern in GPU_DEVICES for d in sorted(glob.glob(pattern))))
 
@@ -142,7 +144,10 @@ def wrap(argv: list[str], walls: Walls) -> list[str]:
             args += ["--ro-bind", path, path]
     args += ["--proc", "/proc", "--dev", "/dev"]
     for name in ETC:
-        args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+        given = walls.hosts if name == "hosts" and walls.hosts else f"/etc/{name}"
+        args += ["--ro-bind-try", given, f"/etc/{name}"]
+    if walls.hostname:
+        args += ["--hostname", walls.hostname]
     for path in SYS:
         args += ["--ro-bind-try", path, path]
     for device in walls.devices:
