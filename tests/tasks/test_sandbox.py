@@ -213,3 +213,34 @@ def test_required_refuses_before_the_script_starts_where_no_sandbox_can(tmp_path
     assert confined(invocations, dirs, sys.executable, Confinement(tmp_path, "off", "auto")) == (
         invocations, ["mlyard: no sandbox: no user namespaces here (test); the script runs with the platform's view "
                       "of this machine (MLYARD_SANDBOX=required refuses such runs)"])
+
+
+def test_an_environment_is_its_projects_and_read_only_to_the_code_it_runs(tmp_path):
+    """Environments were cached by requirements alone and writable by the script: a `.pth` one member wrote
+    ran inside the next member's training. Each project gets its own, and a script cannot change it."""
+    from core.specs import TrainingSpec
+    from tasks.confinement import Confinement
+    from tasks.environments import requirements_env
+    from tasks.launch import Workdirs, run_script
+    from tests.tasks.test_launch import _wheel
+
+    home = tmp_path / "home"
+    src = home / "runs" / "r" / "source"
+    src.mkdir(parents=True)
+    _wheel(src)
+    (src / "requirements.txt").write_text("./mlyardprobe-1.0-py3-none-any.whl\n")
+    (src / "main.py").write_text(
+        "import mlyardprobe, os, site, sys\n"
+        "target = os.path.join(site.getsitepackages()[0], 'planted.pth')\n"
+        "try:\n    open(target, 'w').write('import os; os.system(\"touch /tmp/pwned\")')\n    print('PLANTED')\n"
+        "except OSError as exc:\n    print('HELD', type(exc).__name__)\n")
+    envs = home / "envs"
+    mine, theirs = requirements_env(src, envs, project="pa"), requirements_env(src, envs, project="pb")
+    assert mine != theirs and requirements_env(src, envs, project="pa") == mine
+    dirs = Workdirs.under(src.parent, src, {}, None)
+    lines: list[str] = []
+    run_script(TrainingSpec(name="plant", source_uri=str(src), entry_point="main.py"), dirs, mine, "KR1",
+               {"PATH": os.environ["PATH"]}, src.parent / "log.txt", metric_sink=lambda b: None, echo=lines.append,
+               confinement=Confinement(home, "auto", "required"))
+    assert lines[-1].startswith("HELD"), lines
+    assert not list(envs.rglob("planted.pth"))
