@@ -78,17 +78,30 @@ def stop_groups(targets: list[tuple[int | subprocess.Popen, int]], grace_seconds
 
 
 def _signal(pgid: int, sig: int) -> bool:
-    try:
-        os.killpg(pgid, sig)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
+    """`sig` to the group. A sandbox's bubblewrap in it is spared all but SIGKILL: it dies of any signal
+    and takes its sandbox with it at once, so the code inside would get no grace; that code, in the same
+    group, gets the signal itself, and its sandbox ends when it exits."""
+    walls = [] if sig in (signal.SIGKILL, 0) else _sandboxes(pgid)
+    if not walls:
+        try:
+            os.killpg(pgid, sig)
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False
+    sent = False
+    for pid in _group(pgid):
+        if pid not in walls:
+            try:
+                os.kill(pid, sig)
+                sent = True
+            except (ProcessLookupError, PermissionError):
+                pass
+    return sent or bool(walls)
 
 
-def _members(pgid: int) -> bool:
-    """Whether a live (not zombie) process is still in the group."""
-    if not _signal(pgid, 0):
-        return False
+def _group(pgid: int) -> list[int]:
+    """The live (not zombie) processes of the group."""
+    found = []
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
@@ -97,6 +110,24 @@ def _members(pgid: int) -> bool:
             except (OSError, IndexError):
                 continue
             if fields[0] != "Z" and int(fields[2]) == pgid:
-                return True
-    return False
+                found.append(int(entry.name))
+    return found
+
+
+def _sandboxes(pgid: int) -> list[int]:
+    """The group's bubblewrap processes (tasks/sandbox.py)."""
+    out = []
+    for pid in _group(pgid):
+        try:
+            with open(f"/proc/{pid}/comm") as fh:
+                if fh.read().strip() == "bwrap":
+                    out.append(pid)
+        except OSError:
+            continue
+    return out
+
+
+def _members(pgid: int) -> bool:
+    """Whether a live (not zombie) process is still in the group."""
+    return _signal(pgid, 0) and bool(_group(pgid))
 

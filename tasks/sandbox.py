@@ -33,10 +33,12 @@ from typing import Iterable
 from core.errors import SandboxUnavailable
 
 # what of /etc programs need (users' names, name resolution, certificates, the dynamic linker, time):
-# never the whole folder (the host's shadow file, its keys)
+# never the whole folder (the host's shadow file, its TLS keys: a root-run stack's sandbox is still uid 0 to
+# the files it sees, so what is bound must hold nothing that mode bits alone keep)
 ETC = ("passwd", "group", "nsswitch.conf", "hosts", "host.conf", "resolv.conf", "gai.conf", "localtime", "timezone",
-       "ssl", "ca-certificates", "ca-certificates.conf", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives",
-       "mime.types", "os-release", "debian_version", "matplotlibrc", "fonts", "pip.conf", "xdg")
+       "ssl/certs", "ssl/openssl.cnf", "ca-certificates", "ca-certificates.conf", "ld.so.cache", "ld.so.conf",
+       "ld.so.conf.d", "alternatives", "mime.types", "os-release", "debian_version", "matplotlibrc", "fonts",
+       "pip.conf", "xdg")
 SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 SYS = ("/sys/devices/system/cpu", "/sys/fs/cgroup")  # CPU counts and limits (torch, OpenBLAS, joblib read them)
 GPU_DEVICES = ("/dev/nvidia*", "/dev/dri")
@@ -47,8 +49,8 @@ INSIDE_TMP = "/tmp"
 class Walls:
     """What one sandbox lets its code see, each folder at its own path: `read` read-only, `write`
     read-write (a folder inside a `read` one may be written: the narrower bind wins), `tmp` a folder bound
-    read-write at its path and at /tmp (a fresh tmpfs at /tmp without it), `network` the host's network (else only its own loopback), `chdir` where the
-    code starts."""
+    read-write at its path and at /tmp (a fresh tmpfs at /tmp without it), `network` the host's network
+    (else only its own loopback), `chdir` where the code starts."""
 
     read: tuple[str, ...] = ()
     write: tuple[str, ...] = ()

@@ -244,3 +244,30 @@ def test_an_environment_is_its_projects_and_read_only_to_the_code_it_runs(tmp_pa
                confinement=Confinement(home, "auto", "required"))
     assert lines[-1].startswith("HELD"), lines
     assert not list(envs.rglob("planted.pth"))
+
+
+def test_a_stopped_script_gets_its_grace_inside_the_sandbox(tmp_path):
+    """Stopping a run sends its process group SIGTERM, then SIGKILL after a grace: bubblewrap dies of the
+    SIGTERM at once and takes its sandbox with it, so the script's own handler (a checkpoint saved) never
+    ran. The script gets the signal and its grace; its sandbox ends when it exits."""
+    from core.errors import TrainingStopped
+    from core.specs import TrainingSpec
+    from tasks.confinement import Confinement
+    from tasks.launch import Workdirs, run_script
+
+    src = tmp_path / "home" / "runs" / "r" / "source"
+    src.mkdir(parents=True)
+    (src / "main.py").write_text(
+        "import os, signal, sys, time\n"
+        "def saved(*_):\n    time.sleep(1)\n"
+        "    open(os.path.join(os.environ['EM_CHECKPOINT_DIR'], 'last.ckpt'), 'w').write('epoch 3')\n"
+        "    sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, saved)\nprint('training', flush=True)\ntime.sleep(60)\n")
+    dirs = Workdirs.under(src.parent, src, {}, None)
+    lines: list[str] = []
+    with pytest.raises(TrainingStopped):
+        run_script(TrainingSpec(name="stopped", source_uri=str(src), entry_point="main.py"), dirs, sys.executable,
+                   "KR1", {"PATH": os.environ["PATH"]}, src.parent / "log.txt", metric_sink=lambda b: None,
+                   echo=lines.append, should_stop=lambda: "stopped by its owner" if "training" in lines else None,
+                   confinement=Confinement(tmp_path / "home", "auto", "required"))
+    assert (dirs.checkpoint / "last.ckpt").read_text() == "epoch 3"
