@@ -81,9 +81,11 @@ def _readable(dirs: Workdirs, python: str) -> list[str]:
     found = [str(dirs.source), *(str(d) for d in dirs.datasets.values()), os.path.abspath(confine.__file__)]
     if dirs.checkpoint_input is not None:
         found.append(str(dirs.checkpoint_input))
-    for folder in dirs.datasets.values():  # tasks/training.py's as_folder: a local file by a link of ours
-        if folder.is_dir():
-            found += [os.path.realpath(e.path) for e in os.scandir(folder) if e.is_symlink()]
+    scratch = Path(os.path.realpath(dirs.model.parent))
+    for folder in dirs.datasets.values():  # tasks/training.py's as_folder: a local file, by a link of ours in
+        real = Path(os.path.realpath(folder))  # the run's scratch (links in a folder the user named: not followed)
+        if real.is_dir() and scratch in real.parents:
+            found += [os.path.realpath(e.path) for e in os.scandir(real) if e.is_symlink()]
     return found + sandbox.interpreter_folders(python, sys.executable)
 
 
