@@ -17,7 +17,7 @@ def test_a_persons_websockets_past_the_bound_are_closed_try_again_later():
     async def target(path, actor):
         return "http://127.0.0.1:9", "token"
 
-    async def relay(scope, receive, send, where, token, headers):
+    async def relay(scope, receive, send, where, token, headers, again):
         relayed.append(scope["path"])
 
     pages.target, pages._relay = target, relay  # type: ignore[method-assign]
