@@ -390,7 +390,7 @@ def main(argv: list[str] | None = None) -> None:
                      daemon=True).start()
     from mlyard.stack import keep_keeper  # the keeper restarts this API when it dies; this API, the keeper
 
-    threading.Thread(target=keep_keeper, args=(settings, log.info), name="mlyard-keeper-watch", daemon=True).start()
+    threading.Thread(target=keep_keeper, args=(settings,), name="mlyard-keeper-watch", daemon=True).start()
     log.info("warm; answering on http://%s:%d (the Prefect UI's front door on %d)", args.host, args.port, door)
     uvicorn.run(create_app(internal_token(settings)), host=args.host, port=args.port, log_level="warning",
                 access_log=False)

@@ -152,11 +152,16 @@ def restart_dead(settings: Settings, echo=print) -> list[str] | None:
     return dead
 
 
-def keep_keeper(settings: Settings, echo, every_seconds: float = 2.0) -> None:
+def keep_keeper(settings: Settings, every_seconds: float = 2.0) -> None:
     """The keeper's own keeper (the mlyard API runs it in a thread): while the stack runs, a keeper that
     died is started again within seconds, with every other part that died (a gateway killed after it),
-    through the same `up`. `down` holds the stack's lock while it stops the keeper: a stopped stack stays so."""
+    through the same `up`, and the keeper's log says so. `down` holds the stack's lock while it stops the
+    keeper: a stopped stack stays so."""
     import time
+
+    def echo(line: str) -> None:
+        with open(settings.home_dir / "logs" / "keeper.log", "a") as fh:
+            fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} mlyard.service INFO {line}\n")
 
     while True:
         time.sleep(every_seconds)

@@ -358,7 +358,7 @@ def test_a_killed_keeper_is_started_again_and_then_restarts_a_killed_gateway(sta
     while not healthy(now.gateway_url + "/mlyard"):
         assert time.monotonic() < deadline, "the restarted gateway does not answer"
         time.sleep(0.2)
-    said = Path(now.logs["mlyard-api"]).read_text()
+    said = Path(now.logs["keeper"]).read_text()
     assert f"the stack's keeper (pid {before.pids['keeper']}) is gone" in said, said[-2000:]
 
 
