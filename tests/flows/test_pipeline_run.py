@@ -186,8 +186,10 @@ def test_a_components_code_reaches_nothing_of_the_platform(stack, tmp_path):
             if not names:
                 raise KeyError("none")
 
-        def others():  # the stack's own processes (the runner's own command line names the home: not those)
-            parts = ("prefect_server", "mlyard.service", "serving.replicas", "mlyard.warm.server", "mlyard.keeper")
+        def others():  # the stack's own processes (their names put together here: this code is on the
+            # component's own command line)
+            parts = [a + b for a, b in (("prefect", "_server"), ("mlyard", ".service"), ("serving", ".replicas"),
+                                        ("mlyard", ".keeper"))]
             seen = [p for p in os.listdir("/proc") if p.isdigit()
                     and any(w in open(f"/proc/{p}/cmdline").read() for w in parts)]
             if not seen:
