@@ -99,6 +99,16 @@ def pip_mounts(folder: Path) -> tuple[list[str], dict[str, str]]:
     return mounts + [arg for p in sorted(paths) if p.exists() for arg in ("-v", f"{p}:{p}:ro")], settings
 
 
+def cpu_torch(settings: dict[str, str]) -> bool:
+    """Whether the training-cpu image can have torch's CPU build: a local wheel of it where pip's
+    configuration points (find-links), or PyTorch's own index where pip's configuration names no local
+    wheels (a machine that reaches the internet). Else PyPI's torch, the CUDA build, which runs on the CPU."""
+    links = [Path(w.removeprefix("file://")) for w in settings.get("find-links", "").split()]
+    if not links:
+        return True
+    return any(p.is_dir() and any(p.glob("torch-*+cpu*.whl")) for p in links)
+
+
 def build(targets: tuple[str, ...] = TARGETS, say=print) -> dict[str, float]:
     """Build each target (its layers cached by buildah); the seconds each took."""
     import tempfile
@@ -108,9 +118,13 @@ def build(targets: tuple[str, ...] = TARGETS, say=print) -> dict[str, float]:
     with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:  # the context: what the Dockerfile copies, no more
         context = Path(tmp) / "context"
         mounts, settings = pip_mounts(Path(tmp))
-        # pip's own configuration names where wheels lie (a CPU torch among them): no PyTorch index then
+        # pip's own configuration names where wheels lie (a CPU torch among them, or none to be had: a machine
+        # that reaches the package registries alone): no PyTorch index then
         build_args = ["--build-arg", f"CA_BUNDLE={BUILD_CA}"] + (
             ["--build-arg", "TORCH_INDEX="] if "find-links" in settings else [])
+        if not cpu_torch(settings):
+            say("no CPU build of torch to be had here (pip's find-links holds none, PyPI serves the CUDA build): "
+                "the training-cpu image carries PyPI's torch, which runs on the CPU")
         dist(context / "dist")
         shutil.copyfile(ROOT / "constraints.txt", context / "constraints.txt")
         for target in targets:

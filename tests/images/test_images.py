@@ -214,7 +214,12 @@ def test_the_serving_image_serves_a_model_as_its_user(images, tmp_path, started,
 
 
 @pytest.mark.parametrize("target, cuda", [("training-cpu", False), ("training-cuda", True)])
-def test_the_training_images_run_a_script_that_imports_torch(images, target, cuda):
+def test_the_training_images_run_a_script_that_imports_torch(images, target, cuda, tmp_path):
+    from tests.images.conftest import _build_module
+
+    build = _build_module()
+    if not cuda and not build.cpu_torch(build.pip_mounts(tmp_path)[1]):
+        cuda = True  # no CPU build to be had on this machine: the build said so, and carries PyPI's (CUDA) torch
     with Container(images[target], writable={"/mlyard/data": 10001}) as box:
         assert box.user == "10001:10001"
         script = ("import os, torch\nx = torch.ones(3) * 2\nprint('sum', float(x.sum()), 'cuda', torch.version.cuda)\n"
