@@ -147,7 +147,8 @@ class Supervisor:
         except SandboxUnavailable as exc:
             return None, {"why": str(exc)}
         if not walled:
-            log.warning(notice) if notice else None
+            if notice:
+                log.warning(notice)
             return argv, env
         tmp = Path(w.walls[0]) / "tmp"
         tmp.mkdir(parents=True, exist_ok=True)
