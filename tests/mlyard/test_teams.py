@@ -84,6 +84,9 @@ def test_each_member_works_in_their_project_and_cannot_see_or_touch_the_others(t
     assert [t["id"] for t in alice.json("trainings", "list")] == [run_id]
     shown = alice.json("trainings", "show", run_id[:8])
     assert shown["project"] == "team-a" and shown["spec"]["source_uri"] == template["source_uri"]
+    # TensorBoard reads the run's folder on the platform's machine: from hers, one line saying where (a traceback)
+    refused = alice("trainings", "tensorboard", run_id[:8])
+    assert refused.returncode == 2 and "MLflow UI" in _refused(refused, "platform's own machine")
 
     # bob, of team-b: none of it exists for him, by any command; nothing of alice's changes
     assert bob.json("trainings", "list") == [] and bob.json("templates", "list") == []
