@@ -16,6 +16,8 @@ PORT = int(sys.argv[sys.argv.index("--port") + 1])
 
 
 class Engine(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, and chunked streams
+
     def do_GET(self) -> None:
         if self.path in ("/health", "/info", "/v1/health/ready"):
             return self._send(200, {"ok": True})
@@ -35,19 +37,26 @@ class Engine(BaseHTTPRequestHandler):
             return self._send(200, {"id": "chatcmpl-standin", "object": "chat.completion", "model": "standin",
                                     "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                                                  "finish_reason": "stop"}], "usage": usage})
+        # a stream in HTTP/1.1's chunks, as the engines send theirs: its end is said, not a closed connection
+        # (whose close, racing the last read under load, a proxy may take for an answer broken off)
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
+        self.send_header("transfer-encoding", "chunked")
         self.end_headers()
+
+        def event(doc: dict | str) -> None:
+            data = b"data: " + (doc.encode() if isinstance(doc, str) else json.dumps(doc).encode()) + b"\n\n"
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+
         chunk = {"id": "chatcmpl-standin", "object": "chat.completion.chunk", "model": "standin"}
         for i, word in enumerate(text.split()):
             delta = {"content": ("" if i == 0 else " ") + word}
-            self.wfile.write(b"data: " + json.dumps({**chunk, "choices": [{"index": 0, "delta": delta,
-                                                                            "finish_reason": None}]}).encode() + b"\n\n")
-        self.wfile.write(b"data: " + json.dumps({**chunk, "choices": [{"index": 0, "delta": {},
-                                                                        "finish_reason": "stop"}]}).encode() + b"\n\n")
+            event({**chunk, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+        event({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
         if (body.get("stream_options") or {}).get("include_usage"):
-            self.wfile.write(b"data: " + json.dumps({**chunk, "choices": [], "usage": usage}).encode() + b"\n\n")
-        self.wfile.write(b"data: [DONE]\n\n")
+            event({**chunk, "choices": [], "usage": usage})
+        event("[DONE]")
+        self.wfile.write(b"0\r\n\r\n")
 
     def _send(self, status: int, doc: dict) -> None:
         raw = json.dumps(doc).encode()
