@@ -18,7 +18,7 @@ import time
 
 from core.connection import read_state
 from core.settings import Settings
-from tasks.processes import reaped
+from tasks.processes import not_dumpable, reaped
 
 log = logging.getLogger("mlyard.keeper")
 
@@ -28,6 +28,7 @@ MAX_WAIT_SECONDS = 60.0
 
 
 def main() -> None:
+    not_dumpable()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from mlyard import stack
 

@@ -138,6 +138,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
+    from tasks.processes import not_dumpable
+
+    not_dumpable()  # it holds the Prefect auth string and its database's URL
 
     import prefect
     import uvicorn

@@ -361,7 +361,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     from core.errors import StackError
     from core.settings import Settings, require_shared_stores
+    from tasks.processes import not_dumpable
 
+    not_dumpable()  # it holds the internal token and the Prefect auth string: forked or not, kept to itself
     try:
         require_shared_stores(Settings())
     except StackError as exc:
@@ -375,7 +377,6 @@ def main(argv: list[str] | None = None) -> None:
         log.exception("could not warm up (Prefect, MLflow or the catalog did not answer); answering anyway")
     from mlyard import crashes
     from mlyard.warm_api import platform
-
     crashes.follow(platform().tracking, platform().settings.catalog_db_url)  # a crashed flow run's MLflow runs end FAILED, not RUNNING for ever
     from mlyard import logs
     threading.Thread(target=logs.keep_indexed, name="mlyard-logs-index", daemon=True).start()
@@ -389,7 +390,6 @@ def main(argv: list[str] | None = None) -> None:
     threading.Thread(target=_restart_on_change, args=(files, code_fingerprint(files)), name="mlyard-code-watch",
                      daemon=True).start()
     from mlyard.stack import keep_keeper  # the keeper restarts this API when it dies; this API, the keeper
-
     threading.Thread(target=keep_keeper, args=(settings,), name="mlyard-keeper-watch", daemon=True).start()
     log.info("warm; answering on http://%s:%d (the Prefect UI's front door on %d)", args.host, args.port, door)
     uvicorn.run(create_app(internal_token(settings)), host=args.host, port=args.port, log_level="warning",

@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--autoscale-interval", type=float, default=None,
                         help="Seconds between autoscaling passes (default: MLYARD_AUTOSCALE_INTERVAL, 5).")
     args = parser.parse_args(argv)
+    from tasks.processes import not_dumpable
+
+    not_dumpable()  # it holds the internal token and the replicas' credential
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
     settings = Settings()
     try:

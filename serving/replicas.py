@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tasks import replicas as files
 from tasks.processes import alive as _alive
-from tasks.processes import stop_group
+from tasks.processes import not_dumpable, stop_group
 from tasks.replicas import free_port
 
 log = logging.getLogger("mlyard.replicas")
@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", required=True, type=Path)
     args = parser.parse_args(argv)
+    not_dumpable()  # it holds the replicas' credential (its replicas, executed, are their own)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stdout)
     sup = Supervisor(args.home)

@@ -12,6 +12,7 @@ from typing import Any
 
 from core.errors import TrainingFailed
 from tasks import sandbox
+from tasks.processes import not_dumpable
 
 Workdirs = Any  # tasks/launch.py's Workdirs (which imports this module): a run's folders
 
@@ -110,17 +111,12 @@ def _landlocked(invocations: list[Invocation], dirs: Workdirs, python: str, conf
     used = {os.path.realpath(p) for p in (scratch, dirs.source, dirs.checkpoint_input, env_root,
                                           *dirs.datasets.values()) if p is not None and os.path.exists(p)}
     keep = sorted(p for p in used if any(p.startswith(h.rstrip("/") + "/") for h in hidden)) + also
-    _not_dumpable()
+    not_dumpable()
     required = confinement.mode == "required"
     return [(confine.launcher(argv, hide, keep, required), {**env, "TMPDIR": str(scratch / "tmp")})
             for argv, env in invocations]
 
 
-def _not_dumpable() -> None:
-    import ctypes
-
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0
 
 
 def around_platform_code(argv: list[str], env: dict[str, str], write: list[str], cwd: str,

@@ -16,6 +16,17 @@ import time
 from collections.abc import Iterator
 
 
+def not_dumpable() -> None:
+    """This process (and what it forks, not what it executes) keeps its memory and environment to itself: its
+    /proc/PID/environ and mem are then readable by a process with CAP_SYS_PTRACE alone, not by every process
+    of its user. Every process of the stack calls it first thing: they hold the platform's credentials."""
+    import ctypes
+    import sys
+
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0
+
+
 def alive(pid: int | None) -> bool:
     """The process exists and is not a zombie (dead, not yet reaped)."""
     if not pid:

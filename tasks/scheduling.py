@@ -343,6 +343,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tasks.scheduling", description="The mlyard scheduler loop.")
     parser.add_argument("--once", action="store_true", help="One pass, then exit.")
     args = parser.parse_args(argv)
+    from tasks.processes import not_dumpable
+
+    not_dumpable()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
     from core.connection import connect

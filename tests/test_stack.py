@@ -362,6 +362,30 @@ def test_a_killed_keeper_is_started_again_and_then_restarts_a_killed_gateway(sta
     assert f"the stack's keeper (pid {before.pids['keeper']}) is gone" in said, said[-2000:]
 
 
+def test_every_process_of_the_stack_keeps_its_environment_to_itself(stack, settings):
+    """The stack's processes hold the platform's credentials in their environments: each is non-dumpable, so
+    a process of the same user without CAP_SYS_PTRACE (a member's code the stack runs unsandboxed, a script of
+    a stack run as an ordinary user) cannot read their /proc/PID/environ. Tried by a process of the same user
+    with every capability dropped; the same reader gets its own environment."""
+    import os
+
+    from core.connection import read_state
+    from mlyard import warm
+
+    state = read_state(settings)
+    parts = {name: pid for name, pid in state.pids.items() if name != "postgres"}
+    parts["warm-runner"] = warm.runner_pid(settings.home_dir)
+    reader = ["setpriv", "--bounding-set", "-all", "--inh-caps", "-all", "--", "python3", "-c",
+              "import sys\ntry:\n    open(sys.argv[1], 'rb').read(1)\n    print('read')\n"
+              "except OSError as exc:\n    print(type(exc).__name__)"]
+    if os.geteuid() != 0:
+        reader = reader[5:]  # an ordinary user has no capability to drop
+    seen = {name: subprocess.run([*reader, f"/proc/{pid}/environ"], capture_output=True, text=True,
+                                 timeout=30).stdout.strip() for name, pid in parts.items()}
+    assert set(seen.values()) == {"PermissionError"}, seen
+    assert subprocess.run([*reader, "/proc/self/environ"], capture_output=True, text=True).stdout.strip() == "read"
+
+
 def test_a_gateway_that_has_not_read_its_table_yet_says_503_for_any_endpoint(tmp_path):
     """While the gateway starts (restarted by the keeper), an endpoint it does not know yet may well exist:
     503 with Retry-After, not 404."""

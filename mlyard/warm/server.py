@@ -326,6 +326,9 @@ def main(argv: list[str]) -> int:
         return 2
     # the runner's own log, on its own logger: the root logger stays as a cold process has it, so that a
     # child's logging (a command's stderr, a flow run's) is set up as it would be cold
+    from tasks.processes import not_dumpable
+
+    not_dumpable()  # and so is every process it forks: the mlyard API, the scheduler, the worker, flow runs
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     log.addHandler(handler)
