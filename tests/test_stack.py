@@ -375,7 +375,9 @@ def test_every_process_of_the_stack_keeps_its_environment_to_itself(stack, setti
     state = read_state(settings)
     parts = {name: pid for name, pid in state.pids.items() if name != "postgres"}
     parts["warm-runner"] = warm.runner_pid(settings.home_dir)
-    reader = ["setpriv", "--bounding-set", "-all", "--inh-caps", "-all", "--", "python3", "-c",
+    import sys
+
+    reader = ["setpriv", "--bounding-set", "-all", "--inh-caps", "-all", "--", sys.executable, "-I", "-c",
               "import sys\ntry:\n    open(sys.argv[1], 'rb').read(1)\n    print('read')\n"
               "except OSError as exc:\n    print(type(exc).__name__)"]
     if os.geteuid() != 0:
