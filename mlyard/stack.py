@@ -252,12 +252,22 @@ def _shown(url: str) -> str:
         return url
 
 
+def _walls(mode: str) -> str:
+    """Where the code users bring runs here (tasks/sandbox.py), as status says it."""
+    from tasks.sandbox import refusal
+
+    if mode == "off":
+        return "unsandboxed: MLYARD_SANDBOX is off"
+    reason = refusal()
+    return f"in a sandbox (bubblewrap; MLYARD_SANDBOX={mode})" if reason is None else f"unsandboxed: {reason}"
+
+
 def status(settings: Settings) -> dict:
     state = read_state(settings)
     out: dict[str, Any] = {"home": str(settings.home_dir), "running": False, "processes": {},
            "prefect_ui": None, "prefect_api": settings.prefect_api_url, "mlflow_tracking_uri": _shown(settings.mlflow_uri),
            "mlflow_ui": None, "mlyard_api": None, "dashboard": None, "gateway": None,
-           "catalog": _shown(settings.catalog_db_url)}
+           "catalog": _shown(settings.catalog_db_url), "user_code": _walls(settings.sandbox)}
     if state:
         out["processes"] = {n: {"pid": p, "alive": alive(p), "log": state.logs.get(n)} for n, p in state.pids.items()}
         runner = warm.runner_pid(settings.home_dir)

@@ -52,6 +52,7 @@ def test_status_shows_urls(stack):
     assert info["running"] is True and info["prefect_ui"] == stack.ui_url
     assert info["processes"]["worker"]["alive"] and info["mlflow_tracking_uri"].startswith("sqlite:///")
     assert info["processes"]["mlyard-api"]["alive"] and info["mlyard_api"] == stack.service_url
+    assert info["user_code"] == "in a sandbox (bubblewrap; MLYARD_SANDBOX=auto)", info["user_code"]
 
 
 def test_the_kubernetes_pools_deployments_say_why_they_are_not_ready_here(stack):
