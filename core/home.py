@@ -48,16 +48,20 @@ def plain_http_ca_file(prefect_home: Path) -> Path:
 
 
 PG_PASSWORD_FILE = "pg-password"  # the embedded PostgreSQL's superuser password: the home's, private
+_PG_PASSWORDS: dict[Path, str] = {}
 
 
 def pg_password(home: Path) -> str:
     """The embedded PostgreSQL's password (its socket asks for it: a process that can reach the socket
-    but not the home gets nothing), made the first time and kept in the home, readable by its user alone."""
+    but not the home gets nothing), made the first time and kept in the home, readable by its user alone;
+    read once a process (every database URL a settings object builds carries it)."""
     import secrets
 
     path = Path(home) / PG_PASSWORD_FILE
+    if (known := _PG_PASSWORDS.get(path)) is not None:
+        return known
     try:
-        return path.read_text().strip()
+        return _PG_PASSWORDS.setdefault(path, path.read_text().strip())
     except FileNotFoundError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,7 +69,7 @@ def pg_password(home: Path) -> str:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:  # another process made it first
-        return path.read_text().strip()
+        return _PG_PASSWORDS.setdefault(path, path.read_text().strip())
     with os.fdopen(fd, "w") as fh:
         fh.write(made + "\n")
-    return made
+    return _PG_PASSWORDS.setdefault(path, made)

@@ -167,11 +167,13 @@ def keep_keeper(settings: Settings, every_seconds: float = 2.0) -> None:
         time.sleep(every_seconds)
         state = read_state(settings)
         pid = state.pids.get("keeper") if state is not None else None
+        if pid is None:
+            continue
         try:
-            os.waitpid(pid or -1, os.WNOHANG) if pid else None  # a keeper this process started: no zombie
+            os.waitpid(pid, os.WNOHANG)  # a keeper this process started: no zombie of it
         except ChildProcessError:
             pass
-        if pid is None or alive(pid):
+        if alive(pid):
             continue
         with one_at_a_time(settings.home_dir):
             state = read_state(settings)

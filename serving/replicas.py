@@ -150,11 +150,8 @@ class Supervisor:
             if notice:
                 log.warning(notice)
             return argv, env
-        tmp = Path(w.walls[0]) / "tmp"
-        tmp.mkdir(parents=True, exist_ok=True)
-        walls = sandbox.Walls(read=(*sandbox.platform_code(), *sandbox.interpreter_folders(sys.executable)),
-                              write=tuple(w.walls), tmp=str(tmp), network=True, chdir=w.walls[0])
-        return sandbox.wrap(argv, walls), {**env, "TMPDIR": str(tmp)}
+        walls = sandbox.around_platform(w.walls, network=True, chdir=w.walls[0])
+        return sandbox.wrap(argv, walls), {**env, "TMPDIR": str(walls.tmp)}
 
     def _stop(self, key: str) -> None:
         proc = self.procs.pop(key)

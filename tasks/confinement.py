@@ -128,10 +128,7 @@ def around_platform_code(argv: list[str], env: dict[str, str], write: list[str],
     walled, notice = walled_or_fail(mode, "the pipeline")
     if not walled:
         return argv, env, [notice] if notice else []
-    tmp = Path(write[0]) / "tmp"
-    tmp.mkdir(parents=True, exist_ok=True)
-    walls = sandbox.Walls(read=(*sandbox.platform_code(), *sandbox.interpreter_folders(sys.executable)),
-                          write=tuple(write), tmp=str(tmp), chdir=cwd)
+    walls = sandbox.around_platform(write, network=False, chdir=cwd)
     return sandbox.wrap(argv, walls), sandbox.child_env(env, walls), []
 
 
