@@ -169,6 +169,15 @@ def replica_token(internal: str) -> str:
     return hmac.new(internal.encode(), b"mlyard-replica", hashlib.sha256).hexdigest()
 
 
+def replica_key_token(replicas: str, key: str) -> str:
+    """The credential of the one replica `key` that runs a user's code on this machine (a model's server, a
+    notebook), derived from the replicas' one: what the gateway sends it, which opens no other replica."""
+    import hashlib
+    import hmac
+
+    return hmac.new(replicas.encode(), f"mlyard-replica:{key}".encode(), hashlib.sha256).hexdigest()
+
+
 def replica_headers(settings: Settings) -> dict[str, str]:
     """What lets the platform's own code call a replica directly, as the gateway does (a RAG's ingestion
     embedding through its query service, the query service asking its own LLM): a replica's own

@@ -40,6 +40,7 @@ from tasks.endpoints import (
     RoutingFailed,
     local_replicas,
     route,
+    served_versions,
     stage_keys,
     start_replicas,
     stop_replicas,
@@ -148,7 +149,7 @@ def deploy_stage(p: Platform, eps: Endpoints, endpoint: str, stage: str, creatin
             if not supervisor_running(home):
                 raise StackError("no replica supervisor runs for this home: start the stack with `mlyard up`")
             # 3. Start the replicas.
-            wanted = local_replicas(home, view, stage, version_params(p.models, view, stage))
+            wanted = local_replicas(home, view, stage, served_versions(p, view, stage))
             keys = start_replicas(home, wanted)
             logger.info("started %d replica(s) of %s/%s: %s", len(keys), endpoint, stage, ", ".join(keys))
             # 4. Wait until they are healthy.

@@ -39,9 +39,9 @@ from tasks.endpoints import (
     local_replicas,
     register_code,
     route,
+    served_versions,
     start_replicas,
     stop_replicas,
-    version_params,
     wait_healthy,
 )
 from tasks.inference_config import write_config
@@ -62,7 +62,7 @@ def _roll(p: Platform, eps: Endpoints, endpoint: str, stage: str, resource_id: i
     view = copy.deepcopy(eps.get(endpoint))
     st = next(s for s in view["stages"] if s["name"] == stage)
     st["resources"] = [{**r, "model": model} for r in st["resources"] if r["id"] == resource_id]
-    template = local_replicas(home, view, stage, version_params(p.models, view, stage))[0]
+    template = local_replicas(home, view, stage, served_versions(p, view, stage))[0]
     present = files.of_stage(home, endpoint, stage, resource_id)
     top = max((w.index for w in present), default=-1)
     old = sorted((w for w in present if only is None or w.key in only), key=lambda w: w.index)

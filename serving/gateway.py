@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.connection import REPLICA_HEADER, replica_token
+from core.connection import REPLICA_HEADER, replica_key_token, replica_token
 from serving import asgi, chat_page, stats_journal
 from serving.access import (
     CALLER_HEADER,
@@ -78,7 +78,7 @@ class Gateway:
         # what replicas check (serving/access.py): given (on Kubernetes, the Secret's mlyard_replica_token),
         # else derived from the internal credential, as `mlyard up` gives its replicas
         replica = replica or (replica_token(internal_token) if internal_token else None)
-        self._to_replica = [(REPLICA_HEADER, replica.encode())] if replica else []
+        self._replicas_token = replica
         home = Path(home)
         # the routing state the side modules share (serving/gateway_state.py): the catalog's stats, when it has one
         self.shared = Shared(home, EndpointStats(home / "endpoints" / "stats", catalog_url), timeout, max_body, internal)
@@ -113,6 +113,14 @@ class Gateway:
             self._members = Teams(self._endpoints_api.catalog).gateway_view()
         return endpoints, files.wanted(self.shared.home) + files.on_cluster(endpoints), files.states(self.shared.home)
 
+    def _credential(self, w: files.Wanted) -> list[tuple[bytes, bytes]]:
+        """The replica header a replica checks: the replicas' credential, or, for one that runs a user's code
+        on this machine, its own (derived from that credential and its key), which opens no other replica."""
+        if not self._replicas_token:
+            return []
+        value = replica_key_token(self._replicas_token, w.key) if w.walled and not w.url else self._replicas_token
+        return [(REPLICA_HEADER, value.encode())]
+
     async def refresh(self) -> None:
         if self._refresh_lock is None:
             self._refresh_lock = asyncio.Lock()
@@ -128,7 +136,7 @@ class Gateway:
             for w, url in new:
                 host, port = url.rsplit("//", 1)[1].rstrip("/").rsplit(":", 1)  # replica URLs carry their port
                 self.shared.replicas[url] = Tracked(w.key, url, Health(self.check, time.monotonic()), Pool(host, int(port)),
-                                              w.health_path)
+                                                   w.health_path, credential=self._credential(w))
             # A replica put into routing was found healthy by its flow: probe it once before it takes requests.
             await asyncio.gather(*(self._probe(self.shared.replicas[url]) for _, url in new))
             for url in set(self.shared.replicas) - seen:
@@ -176,7 +184,7 @@ class Gateway:
 
     async def _probe(self, t: Tracked) -> None:
         try:
-            status = t.health.probed(time.monotonic(), await probed_status(t, self._to_replica, self.check.max_wait_time))
+            status = t.health.probed(time.monotonic(), await probed_status(t, self.check.max_wait_time))
         except UpstreamError as exc:
             status = t.health.probed(time.monotonic(), None, str(exc))
         if status == HEALTHY:
@@ -327,7 +335,6 @@ class Gateway:
         qs = scope.get("query_string") or b""
         target = route.rest + ("?" + qs.decode("latin-1") if qs else "")
         headers = [(k, v) for k, v in scope["headers"] if k not in (b"authorization", REPLICA_HEADER, CALLER_HEADER)]
-        headers += self._to_replica
         taken = await self._forward(scope["method"], route, stage, fallback, target, headers, body, started, caller)
         if not isinstance(taken, Taken):
             status, answer, extra = taken
@@ -367,7 +374,7 @@ class Gateway:
             t.requests += 1
             t.active += 1
             try:
-                resp = await t.pool.request(method, target, headers, body, timeout=self.shared.timeout)
+                resp = await t.pool.request(method, target, headers + t.credential, body, timeout=self.shared.timeout)
             except UpstreamError as exc:
                 t.active -= 1
                 self.shared.router.release(replica)

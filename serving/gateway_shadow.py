@@ -24,7 +24,7 @@ async def shadow_request(gw: Shared, route: Route, method: str, target: str, hea
     t = gw.replicas.get(replica.url) if replica is not None else None
     if t is not None:
         try:
-            resp = await t.pool.request(method, target, headers, body, timeout=gw.timeout)
+            resp = await t.pool.request(method, target, headers + t.credential, body, timeout=gw.timeout)
             got = await resp.read()
             status = resp.status
             resp.close()

@@ -32,6 +32,7 @@ class Tracked:
     health: Health
     pool: Pool
     path: str | None  # None: not probed, healthy while its Service routes it (an engine of no health check)
+    credential: list = field(default_factory=list)  # the replica header it checks (its own, where it runs user code)
     ejected: bool = False  # taken out after a failed connection, until a probe passes
     requests: int = 0  # requests sent to it (the autoscaler's requests_per_second)
     active: int = 0  # requests in flight on it
@@ -63,11 +64,11 @@ class Shared:
     buckets: Buckets = field(default_factory=Buckets)  # requests a second, by project and by caller
 
 
-async def probed_status(t: Tracked, headers: list[tuple[bytes, bytes]], timeout: float) -> int:
+async def probed_status(t: Tracked, timeout: float) -> int:
     """The status a replica's health path answers (200 for one that is not probed); UpstreamError when none."""
     if t.path is None:
         return 200
-    resp = await t.pool.request("GET", t.path, headers, b"", timeout=timeout)
+    resp = await t.pool.request("GET", t.path, t.credential, b"", timeout=timeout)
     await resp.read()
     resp.close()
     return resp.status

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -67,6 +68,7 @@ class Supervisor:
             if key not in want:
                 self._stop(key)
                 files.drop_state(self.home, key)
+                shutil.rmtree(files.own_folder(self.home, key), ignore_errors=True)
         for key in set(have) - set(want) - set(self.procs):
             files.drop_state(self.home, key)
         for key, w in want.items():
@@ -131,17 +133,25 @@ class Supervisor:
         log.info("started replica %s (pid %s, port %s)", w.key, proc.pid, st.port)
 
     def _walled(self, w: files.Wanted, argv: list[str]) -> tuple[list[str] | None, dict[str, str]]:
-        """(argv, environment) of a replica; one that runs a user's code (`walls`) in its sandbox, with none
-        of the platform's credentials (not the replicas' either). (None, {"why"}) where that sandbox is
-        required and cannot start."""
-        if not w.walls:
+        """(argv, environment) of a replica; one that runs a user's code (`walls`, `reads`) in its sandbox, with
+        none of the platform's credentials: a model's server holds only its own replica credential. (None,
+        {"why"}) where that sandbox is required and cannot start."""
+        if not w.walled:
             return argv, {**os.environ, **w.env, **self.env}
+        from core.connection import replica_key_token
         from core.errors import SandboxUnavailable
         from core.settings import Settings
         from tasks import sandbox
         from tasks.launch import script_environment
 
         env = {**script_environment(os.environ), **w.env}
+        write, read = list(w.walls or []), list(w.reads or [])
+        if w.reads is not None:  # a model's server: a fresh folder of its own, its cache in it, its credential
+            own = self._fresh(w)
+            write = [str(own), *write]
+            env["MLYARD_CACHE_DIR"] = str(own / "cache")
+            if self.env:
+                env["MLYARD_REPLICA_TOKEN"] = replica_key_token(self.env["MLYARD_REPLICA_TOKEN"], w.key)
         try:
             walled, notice = sandbox.chosen(Settings(home=self.home).sandbox, f"replica {w.key}")
         except SandboxUnavailable as exc:
@@ -150,8 +160,21 @@ class Supervisor:
             if notice:
                 log.warning(notice)
             return argv, env
-        walls = sandbox.around_platform(w.walls, network=True, chdir=w.walls[0])
-        return sandbox.wrap(argv, walls), {**env, "TMPDIR": str(walls.tmp)}
+        walls = sandbox.around_platform(write, network=True, chdir=write[0], read=read)
+        return sandbox.wrap(argv, walls), sandbox.child_env(env, walls)
+
+    def _fresh(self, w: files.Wanted) -> Path:
+        """A model replica's own folder, emptied, with a copy of its model's compiled entry (what it changes
+        there is its own)."""
+        own = files.own_folder(self.home, w.key)
+        shutil.rmtree(own, ignore_errors=True)
+        (own / "cache").mkdir(parents=True, mode=0o700)
+        (own / "cache" / "compiled").mkdir()
+        if w.compiled and os.path.isdir(w.compiled):
+            shutil.copytree(w.compiled, own / "cache" / "compiled" / os.path.basename(w.compiled), symlinks=True)
+        elif w.compiled and os.path.isfile(w.compiled):  # refused before: not tried again
+            shutil.copy(w.compiled, own / "cache" / "compiled")
+        return own
 
     def _stop(self, key: str) -> None:
         proc = self.procs.pop(key)

@@ -107,40 +107,63 @@ def _engine_command(variant: str, args: list[str]) -> str | None:
     return None if first is None or first.startswith("/models") else first
 
 
+@dataclass(frozen=True)
+class Served:
+    """A version as its local replicas serve it: its registered parameters, its files on this machine and
+    its compiled entry (tasks/compiled.py: a scikit-learn model compiled before), both found by the flow."""
+
+    parameters: dict[str, str]
+    path: str | None = None
+    compiled: str | None = None
+
+
 def local_replicas(home: Path, view: dict[str, Any], stage: str,
-                   params: dict[str, dict[str, str]] | None = None) -> list[files.Wanted]:
-    """The replicas of a stage's resources as the supervisor runs them (not routed yet). `params` are
-    each version's registered parameters ("name/version" -> parameters): task=chat serves OpenAI's
-    routes; serving_kind entry-script or model-folder serves pushed code."""
+                   versions: dict[str, Served] | None = None) -> list[files.Wanted]:
+    """The replicas of a stage's resources as the supervisor runs them (not routed yet). `versions` are
+    each version's ("name/version") parameters and files: task=chat serves OpenAI's routes; serving_kind
+    entry-script or model-folder serves pushed code. A version whose files are found runs in a sandbox
+    (tasks/sandbox.py) that reads them and nothing else of the platform, its credential its own."""
     st = next(s for s in view["stages"] if s["name"] == stage)
     logs = Path(home) / "endpoints" / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    log = logs / f"{view['name']}.jsonl"
     out = []
     for res in st["resources"]:
         name, version = res["model"].rsplit("/", 1)
-        given = (params or {}).get(res["model"], {})
+        served = (versions or {}).get(res["model"]) or Served({})
+        given = served.parameters
         kind = given.get(files.CODE_KIND)
         runtime = res.get("runtime")
+        ref = f"models:/{name}/{version}"
+        engine = None
         if runtime and runtime["variant"] != "custom":  # an inference engine runs the folder (serving/variants.py)
             kind = "model-folder"
-            argv = [mlyard_bin(), "serve", f"models:/{name}/{version}", "--runtime", runtime["variant"],
+            engine = _engine_command(runtime["variant"], runtime["args"])
+            argv = [mlyard_bin(), "serve", ref, "--runtime", runtime["variant"],
                     "--service-port", "0", "--host", "127.0.0.1", *[f"--engine-arg={a}" for a in runtime["args"]],
                     *[f"--env={k}={v}" for k, v in runtime["environ"].items()]]
         elif kind == "model-folder":
-            argv = [mlyard_bin(), "serve", f"models:/{name}/{version}", "--service-port", "0", "--host", "127.0.0.1"]
+            argv = [mlyard_bin(), "serve", ref, "--service-port", "0", "--host", "127.0.0.1"]
         elif kind == "entry-script":
-            argv = [mlyard_bin(), "serve", f"models:/{name}/{version}", "--host", "127.0.0.1"]
+            argv = [mlyard_bin(), "serve", ref, "--host", "127.0.0.1"]
         else:
+            log.touch(mode=0o600)  # bound into the sandbox: it must be there
             argv = [mlyard_bin(), "serve", *(["--chat-model"] if given.get("task") == "chat" else []),
-                    f"models:/{name}/{version}", "--host", "127.0.0.1",
-                    "--inference-log", str(logs / f"{view['name']}.jsonl")]
+                    ref, "--host", "127.0.0.1", "--inference-log", str(log)]
         argv = [*argv, *body_limit_args(view.get("max_request_bytes"), Settings().max_request_bytes)]
+        env = {"MLYARD_ENDPOINT_ID": str(view["id"]), "MLYARD_ENDPOINT_STAGE_ID": str(st["id"])}
+        walls: dict[str, Any] = {}
+        if served.path is not None:
+            env[files.MODEL_FILES] = json.dumps({ref: {"path": served.path, "name": name, "version": version,
+                                                       "parameters": given}})
+            found = shutil.which(engine) if engine else None  # the engine on PATH that a runtime variant runs
+            walls = {"reads": [served.path, *([str(Path(found).resolve().parent)] if found else [])],
+                     "walls": [str(log)] if kind is None else [], "compiled": served.compiled}
         for i in range(res["pods"]):
             out.append(files.Wanted(
                 key=files.key_of(view["name"], stage, res["id"], i), endpoint=view["name"], stage=stage,
-                resource_id=res["id"], index=i, model=name, argv=argv,
-                health_path=files.health_path(kind),
-                env={"MLYARD_ENDPOINT_ID": str(view["id"]), "MLYARD_ENDPOINT_STAGE_ID": str(st["id"])}))
+                resource_id=res["id"], index=i, model=name, argv=argv, health_path=files.health_path(kind), env=env,
+                **walls))
     return out
 
 
@@ -148,6 +171,43 @@ def version_params(models: Any, view: dict[str, Any], stage: str) -> dict[str, d
     """Each of the stage's model versions' registered parameters, by "name/version"."""
     st = next(s for s in view["stages"] if s["name"] == stage)
     return {r["model"]: dict(models.get_version(*r["model"].rsplit("/", 1)).parameters) for r in st["resources"]}
+
+
+def served_versions(p: Any, view: dict[str, Any], stage: str) -> dict[str, Served]:
+    """Each of the stage's versions as its local replicas serve it (flows/platform.py's Platform `p`): its
+    files on this machine (where the stack keeps them, else a copy under <home>/serving/) and its compiled
+    entry, so that its replicas reach neither the registry nor the stack."""
+    from tasks.inference import local_source, model_copy
+
+    st = next(s for s in view["stages"] if s["name"] == stage)
+    out: dict[str, Served] = {}
+    for r in st["resources"]:
+        name, version = r["model"].rsplit("/", 1)
+        found = p.models.get_version(name, version)
+        path = local_source(found.source) or model_copy(p.settings, f"models:/{name}/{version}", name, version)
+        out[r["model"]] = Served(dict(found.parameters), str(path), _compiled_entry(path))
+    return out
+
+
+def _compiled_entry(path: Path) -> str | None:
+    """Where the cache keeps the compiled (or refused) scikit-learn model in `path`, when it does."""
+    from serving.loading import layout
+    from tasks import compiled
+
+    try:
+        kind, found = layout(path)
+    except Exception:  # noqa: BLE001 - not a model the server loads itself (pushed code): nothing compiled
+        return None
+    if kind not in ("mlflow", "joblib"):
+        return None
+    if kind == "mlflow":
+        from tasks.models import is_sklearn_model
+
+        if not is_sklearn_model(found):
+            return None  # nothing compiles (and a large model is not read through for a key)
+    entry = compiled.cache_root() / compiled.key(found)
+    refused = entry.with_name(f"{entry.name}.refused")
+    return str(entry) if entry.is_dir() else str(refused) if refused.is_file() else None
 
 
 @task(name="start-replicas", cache_policy=NO_CACHE)

@@ -52,6 +52,47 @@ def fetch_model(storage: Storage, uri: str, dest: Path) -> Path:
     return storage.stage_in(uri, dest, "model")
 
 
+def local_source(source: str | None) -> Path | None:
+    """The local directory a registered version's files are kept in, when they are (file:// or a path)."""
+    if not source:
+        return None
+    if source.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        source = unquote(urlparse(source).path)
+    if "://" in source:
+        return None
+    path = Path(source)
+    # MLflow models only: pushed code (an entry script, a model folder) may write where it runs
+    return path if (path / "MLmodel").is_file() else None
+
+
+def model_copy(settings: Any, uri: str, name: str, version: str) -> Path:
+    """A local copy of the model at `uri`, kept under <home>/serving/ so a restart does not fetch again
+    (fetched under a temporary name and renamed, so an interrupted fetch is never taken for a model)."""
+    import hashlib
+    import shutil
+
+    dest = settings.home_dir / "serving" / f"{name}-{version}-{hashlib.sha256(uri.encode()).hexdigest()[:8]}"
+    if dest.is_dir():
+        return dest
+    tmp = dest.parent / f".{dest.name}.{os.getpid()}.tmp"
+    try:
+        got = Path(fetch_model(Storage(settings), uri, tmp))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if got != tmp:  # not fetched as one folder (e.g. served where it is): used as it is, not kept
+        return got
+    try:
+        os.replace(tmp, dest)
+    except OSError:
+        if not dest.is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another replica of the same version fetched it first
+    return dest
+
+
 class _Caller:
     """Runs calls on one daemon thread so that a caller can give up after a timeout (the call itself
     cannot be interrupted; it finishes in the background and its thread then ends)."""

@@ -26,6 +26,7 @@ from typing import Any
 
 from core.errors import ReplicaFailed
 
+MODEL_FILES = "MLYARD_MODEL_FILES"  # a model replica's versions, found by its flow: {ref: name, version, path, parameters}
 CODE_KIND = "serving_kind"  # the parameter of a version pushed by `endpoints deploy --sync`: its kind
 HEALTH_PATHS = {"entry-script": "/", "model-folder": "/mlyard/health"}
 
@@ -53,6 +54,15 @@ class Wanted:
     # code a user brought runs in it (a notebook's kernels): started in a sandbox that writes these folders
     # alone (the first holds its temporary files), with the host's network, none of the platform's credentials
     walls: list[str] | None = None
+    # a model a user brought runs in it: started in a sandbox as above, the first folder it writes one of its
+    # own (`run/<key>` under the replicas' root, fresh at every start) and these read-only (its model's files)
+    reads: list[str] | None = None
+    compiled: str | None = None  # the model's compiled entry (tasks/compiled.py), copied into its own cache
+
+    @property
+    def walled(self) -> bool:
+        """Whether it runs a user's code (in a sandbox, with a replica credential of its own)."""
+        return self.walls is not None or self.reads is not None
 
 
 @dataclass
@@ -134,6 +144,11 @@ def drop_state(home: Path, key: str) -> None:
 
 def states(home: Path) -> dict[str, State]:
     return {d["key"]: State(**d) for d in _read_dir(root(home) / "state")}
+
+
+def own_folder(home: Path, key: str) -> Path:
+    """The folder a model's replica writes (its temporary files, its cache): its own, under the home."""
+    return root(home) / "run" / key
 
 
 def log_path(home: Path, key: str) -> Path:

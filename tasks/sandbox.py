@@ -210,13 +210,14 @@ def as_data(folder: Path) -> list[str]:
 PLATFORM_PACKAGES = ("core", "schedules", "registry", "tuning", "tasks", "serving", "flows", "mlyard")
 
 
-def around_platform(write: list[str], network: bool, chdir: str) -> Walls:
-    """The walls of platform code running a user's (a pipeline's runner, a notebook's JupyterLab): the
-    platform's packages and Pythons read-only, `write` read-write, the first of them holding its /tmp."""
+def around_platform(write: list[str], network: bool, chdir: str, read: Iterable[str] = ()) -> Walls:
+    """The walls of platform code running a user's (a pipeline's runner, a notebook's JupyterLab, a model
+    server): the platform's packages and Pythons read-only and `read` too, `write` read-write, the first of
+    them holding its /tmp."""
     tmp = Path(write[0]) / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
-    return Walls(read=(*platform_code(), *interpreter_folders(sys.executable)), write=tuple(write), tmp=str(tmp),
-                 network=network, chdir=chdir)
+    return Walls(read=(*platform_code(), *interpreter_folders(sys.executable), *read), write=tuple(write),
+                 tmp=str(tmp), network=network, chdir=chdir)
 
 
 def platform_code() -> list[str]:

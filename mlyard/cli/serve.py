@@ -334,8 +334,17 @@ def _listening(serve_fn, port: int) -> None:
 @functools.cache
 def _resolve(model: str) -> tuple[Path, str, str, dict[str, str]]:
     """(local directory, default name, version, the version's parameters) of a model reference."""
-    from core.specs import is_mlflow_uri, is_registry_ref
+    import json
+    import os
 
+    from core.specs import is_mlflow_uri, is_registry_ref
+    from tasks.replicas import MODEL_FILES
+
+    # a replica of an endpoint: its flow found the version's files and parameters (MODEL_FILES), so that
+    # the replica, in its sandbox, reaches neither the registry nor the stack
+    given = json.loads(os.environ.get(MODEL_FILES) or "{}").get(model)
+    if given is not None:
+        return Path(given["path"]), given["name"], given["version"], given["parameters"]
     if is_registry_ref(model) or model.startswith("models:/"):
         found = ask("model_reference", model=model)  # models:/name/version, checked by the registry
         ref = found["uri"].removeprefix("models:/")
@@ -353,47 +362,13 @@ def _resolve(model: str) -> tuple[Path, str, str, dict[str, str]]:
 
 
 def _local_source(source: str | None) -> Path | None:
-    """The local directory a registered version's files are kept in, when they are (file:// or a path)."""
-    if not source:
-        return None
-    if source.startswith("file://"):
-        from urllib.parse import unquote, urlparse
+    from tasks.inference import local_source
 
-        source = unquote(urlparse(source).path)
-    if "://" in source:
-        return None
-    path = Path(source)
-    # MLflow models only: pushed code (an entry script, a model folder) may write where it runs
-    return path if (path / "MLmodel").is_file() else None
+    return local_source(source)
 
 
 def _fetch(uri: str, name: str, version: str) -> Path:
-    """A local copy, kept under <home>/serving/ so a restart does not fetch again (fetched under a
-    temporary name and renamed, so an interrupted fetch is never taken for a model)."""
-    import hashlib
-    import os
-    import shutil
-
     from core.connection import connect
-    from tasks.inference import fetch_model
-    from tasks.storage import Storage
+    from tasks.inference import model_copy
 
-    settings = connect()
-    dest = settings.home_dir / "serving" / f"{name}-{version}-{hashlib.sha256(uri.encode()).hexdigest()[:8]}"
-    if dest.is_dir():
-        return dest
-    tmp = dest.parent / f".{dest.name}.{os.getpid()}.tmp"
-    try:
-        got = Path(fetch_model(Storage(settings), uri, tmp))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if got != tmp:  # not fetched as one folder (e.g. served where it is): used as it is, not kept
-        return got
-    try:
-        os.replace(tmp, dest)
-    except OSError:
-        if not dest.is_dir():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)  # another replica of the same version fetched it first
-    return dest
+    return model_copy(connect(), uri, name, version)

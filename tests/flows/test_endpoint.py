@@ -47,14 +47,21 @@ def admin(gw: str, path: str, method: str = "GET") -> bytes:
         return resp.read()
 
 
-def as_gateway(url: str) -> bytes:
-    """GET a replica's own route with the replicas' credential, which only the gateway holds."""
-    from core.connection import REPLICA_HEADER, internal_token, replica_token
-    from core.settings import Settings
+def as_gateway(url: str, key: str | None = None) -> bytes:
+    """GET a replica's own route with the credential the gateway sends it (each model replica has its own,
+    derived from the replicas' one, which only the gateway holds); `key`: that of another replica instead."""
+    from urllib.parse import urlsplit
 
-    token = internal_token(Settings())
+    from core.connection import REPLICA_HEADER, internal_token, replica_key_token, replica_token
+    from core.settings import Settings
+    from tasks import replicas as files
+
+    settings = Settings()
+    token = internal_token(settings)
     assert token
-    req = urllib.request.Request(url, headers={REPLICA_HEADER.decode(): replica_token(token)})
+    port = urlsplit(url).port
+    key = key or next(k for k, st in files.states(settings.home_dir).items() if st.port == port)
+    req = urllib.request.Request(url, headers={REPLICA_HEADER.decode(): replica_key_token(replica_token(token), key)})
     with urllib.request.urlopen(req, timeout=5) as resp:
         return resp.read()
 
@@ -127,6 +134,14 @@ def test_deploy_routes_tokens_and_stats(endpoint, settings):
             {"instances": ROW}).encode(), headers={"content-type": "application/json"}), timeout=5)
     assert refused.value.code == 403 and b"answers the mlyard gateway only" in refused.value.read()
     assert json.loads(as_gateway(f"{replica}/v2/models/clf"))["name"] == "clf"
+    from tasks import replicas as files
+
+    # each replica of a model holds a credential of its own: one replica's opens no other (a model that read
+    # its own from its process cannot call its neighbours around the gateway), nor does the replicas' own
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        as_gateway(f"{replica}/v2/models/clf", key="fraud.default.1.1" if replica.endswith(
+            str(files.states(settings.home_dir)["fraud.default.1.0"].port)) else "fraud.default.1.0")
+    assert refused.value.code == 403
     assert urllib.request.urlopen(f"{replica}/v2/health/ready", timeout=5).status == 200  # probes need nothing
 
     # No valid token: 401, and no request reaches a replica.
@@ -534,10 +549,35 @@ def test_a_kubernetes_stage_is_applied_then_rolled_back(endpoint, settings, tmp_
         kube.close()
 
 
-def test_two_kubernetes_stages_route_through_their_services_and_promote(endpoint, settings, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def pod(stack, settings, clf):
+    """A model server as a stage's pod runs it (`mlyard serve`, the replicas' credential from the settings
+    Secret, no sandbox of mlyard's: the pod is one): what the tests' kube-proxy forwards Services to."""
+    import subprocess
+    import sys
+
+    from core.connection import internal_token, replica_token
+    from tasks.replicas import free_port, probe
+
+    port = free_port()
+    env = {**os.environ, "MLYARD_REPLICA_TOKEN": replica_token(internal_token(settings) or "")}
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "mlyard"), "serve", "models:/clf/1", "--port", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while probe(url + "/v2/health/ready", 1.0) != 200:
+        assert proc.poll() is None and time.monotonic() < deadline, "the pod's model server did not start"
+        time.sleep(0.2)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_two_kubernetes_stages_route_through_their_services_and_promote(endpoint, settings, tmp_path, monkeypatch,
+                                                                          pod):
     """An endpoint of two stages on the cluster (the API emulator of tests/kube_api.py; the test plays the
     Deployment controller and kube-proxy, tests/kube_proxy.py, which forwards each Service's cluster IP to
-    one of `fraud`'s replicas: no cluster runs here). The catalog holds each resource's Service URL, the
+    a model server run as a pod runs it, the `pod` fixture: no cluster runs here). The catalog holds each resource's Service URL, the
     gateway routes both stages through them, the HPA keeps `replicas` through a stage update and a
     promotion, and the promotion deletes the old default's objects and routes."""
     import random
@@ -549,7 +589,7 @@ def test_two_kubernetes_stages_route_through_their_services_and_promote(endpoint
     from core.connection import gateway_url
 
     gw = gateway_url(settings)
-    backend = next(iter(routes(gw)["fraud"]["stages"].values()))[0]["url"].rsplit("//", 1)[1].split(":")
+    backend = pod[7:].split(":")
     kube = KubeApi(service_ips=f"127.{random.randint(100, 250)}.0.0/16")
     controllers = ServingControllers(kube, (backend[0], int(backend[1])))
     monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig(tmp_path / "kubeconfig")))
@@ -628,9 +668,9 @@ def test_two_kubernetes_stages_route_through_their_services_and_promote(endpoint
 
 
 def test_a_runtime_variant_stage_on_the_cluster_is_its_engines_deployment_behind_the_gateway(
-        endpoint, settings, platform, tmp_path, monkeypatch):
+        endpoint, settings, platform, tmp_path, monkeypatch, pod):
     """A `cmd` runtime resource on the cluster (the API emulator; the test plays the controllers, whose Service
-    forwards to `fraud`'s replica, as above): its Deployment runs the image and environment the version's
+    forwards to the `pod` fixture's server, as above): its Deployment runs the image and environment the version's
     service-definition.toml gives the variant, with the stage's command as its arguments and the version's
     files copied to /models first; having no health path, it is routed while its pods are ready, and a
     request passes through its Service."""
@@ -648,7 +688,7 @@ def test_a_runtime_variant_stage_on_the_cluster_is_its_engines_deployment_behind
                                                     'architecture = "x86_64"\n[cmd.environ]\nFROM_FOLDER = "1"\n')
     platform.models.create_from_directory("engine", folder, "file://engine")
     gw = gateway_url(settings)
-    backend = next(iter(routes(gw)["fraud"]["stages"].values()))[0]["url"].rsplit("//", 1)[1].split(":")
+    backend = pod[7:].split(":")
     kube = KubeApi(service_ips=f"127.{random.randint(100, 250)}.0.0/16")
     controllers = ServingControllers(kube, (backend[0], int(backend[1])))
     monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig(tmp_path / "kubeconfig")))
