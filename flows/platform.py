@@ -57,10 +57,12 @@ class Platform:
     @cached_property
     def models(self) -> ModelRegistry:
         from registry import ModelRegistry
-        from tasks.models import estimator_signature, prepare_for_serving
+        from tasks.examine import Examiner
 
-        return ModelRegistry(self.tracking, self.catalog, infer_signature=estimator_signature,
-                             prepare=prepare_for_serving if self.settings.compile_at_registration else None)
+        # what registration learns by loading a new version (its signature, its compiled form): in a sandbox
+        looks = Examiner(self.settings.sandbox, self.settings.compile_at_registration)
+        return ModelRegistry(self.tracking, self.catalog, infer_signature=looks.signature,
+                             prepare=looks.prepare if self.settings.compile_at_registration else None)
 
     @cached_property
     def experiments(self) -> Experiments:

@@ -10,6 +10,7 @@ an HPA (tasks/endpoint_cluster.py). Arguments are narrow: names, ids, keys.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -156,8 +157,7 @@ def local_replicas(home: Path, view: dict[str, Any], stage: str,
         if served.path is not None:
             env[files.MODEL_FILES] = json.dumps({ref: {"path": served.path, "name": name, "version": version,
                                                        "parameters": given}})
-            found = shutil.which(engine) if engine else None  # the engine on PATH that a runtime variant runs
-            walls = {"reads": [served.path, *([str(Path(found).resolve().parent)] if found else [])],
+            walls = {"reads": [served.path, *_engine_folders(engine)],
                      "walls": [str(log)] if kind is None else [], "compiled": served.compiled}
         for i in range(res["pods"]):
             out.append(files.Wanted(
@@ -165,6 +165,19 @@ def local_replicas(home: Path, view: dict[str, Any], stage: str,
                 resource_id=res["id"], index=i, model=name, argv=argv, health_path=files.health_path(kind), env=env,
                 **walls))
     return out
+
+
+def _engine_folders(engine: str | None) -> list[str]:
+    """What a runtime variant's engine on PATH needs to run in a replica's sandbox: the installation it is in
+    (the prefix above its bin folder: a pyenv shim needs pyenv, a venv's script its venv), read-only."""
+    found = shutil.which(engine) if engine else None
+    if found is None:
+        return []
+    folders = []
+    for path in {found, os.path.realpath(found)}:
+        bin_folder = Path(path).parent
+        folders.append(str(bin_folder if bin_folder.parent == Path("/") else bin_folder.parent))
+    return folders
 
 
 def version_params(models: Any, view: dict[str, Any], stage: str) -> dict[str, dict[str, str]]:

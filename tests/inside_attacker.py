@@ -7,7 +7,12 @@ storage folder), `port` (a platform port on 127.0.0.1), `site` (the platform's s
 (a platform source file), `needles` (names of the platform's credentials, looked for in every process's
 environment). It prints one line, `FOUND {"attempts": {name: "held (...)" | "REACHED: ..."}, "own": {...}}`
 (`own`: what its run must still be able to do), and with `linger`, sleeps after saying `started` in its
-model folder (its child sleeping too, `marker` in its command line)."""
+model folder (its child sleeping too, `marker` in its command line).
+
+A member's model (tests/inside_model.py) makes the same attempts from inside its replica with `attempts`,
+its targets given in the request: its own folder (`mine`, the replica's), the files of the home that are
+its own (`own_files`: its endpoint's inference log and its model's files), a neighbour replica's port (`replica`), which its own
+credential must not open, and the platform's compiled-model cache (`cache`)."""
 
 import json
 import os
@@ -17,10 +22,9 @@ import sys
 import tempfile
 import time
 
-targets = json.loads(os.environ["EM_HP_TARGETS"])
-home, other = targets["home"], targets["other"]
 found: dict[str, str] = {}
 own: dict[str, str] = {}
+targets: dict = {}
 
 
 def attempt(name, fn):
@@ -45,9 +49,11 @@ def read(path):
 
 
 def home_files():
-    scratch = os.path.dirname(os.path.realpath(os.environ["EM_SOURCE_DIR"]))  # its own run's folder
-    seen = [os.path.join(top, name) for top, _, files in os.walk(home) for name in files
-            if not os.path.join(top, name).startswith(scratch + "/")]
+    # its own run's folder (a replica's own), and its own files (the endpoint's inference log)
+    scratch = targets.get("mine") or os.path.dirname(os.path.realpath(os.environ["EM_SOURCE_DIR"]))
+    seen = [os.path.join(top, name) for top, _, files in os.walk(targets["home"]) for name in files
+            if not os.path.join(top, name).startswith(scratch + "/")
+            and not any(os.path.join(top, name).startswith(own) for own in targets.get("own_files", ()))]
     if not seen:
         raise PermissionError("nothing but its own run's folders")
     return seen
@@ -94,11 +100,13 @@ def outside_processes():
     """Processes outside its own session that it can see in /proc, or signal (0) by a PID up to 2^16 that
     its /proc does not list: the flow, the stack, other runs."""
     listed = {int(p) for p in os.listdir("/proc") if p.isdigit()}
-    mine_ = session("self")
+    mine_, me = session("self"), command("self")
     seen = []
     for pid in listed:
         try:
-            if session(pid) != mine_:
+            # a replica's own: its server's processes (its workers), and bubblewrap's init
+            if session(pid) != mine_ and not (targets.get("mine") and (
+                    command(pid) == me or command(pid).split(" ")[0].endswith("bwrap"))):
                 seen.append(pid)
         except OSError:
             continue
@@ -107,6 +115,8 @@ def outside_processes():
             continue
         try:
             os.kill(pid, 0)
+            if tgid(pid) in listed:
+                continue  # a thread (kill takes its id too) of a process judged above
             seen.append(pid)
         except ProcessLookupError:
             continue
@@ -114,7 +124,22 @@ def outside_processes():
             seen.append(pid)  # there, though out of its reach
     if not seen:
         raise ProcessLookupError("no process outside its own")
-    return sorted(seen)[:10]
+    return [f"{pid}:{command(pid)[:60]}" for pid in sorted(seen)[:10]]
+
+
+def tgid(pid):
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return int(next(line for line in fh if line.startswith("Tgid:")).split()[1])
+    except OSError:
+        return None
+
+
+def command(pid):
+    try:
+        return read_all(f"/proc/{pid}/cmdline").replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "?"
 
 
 def capabilities():
@@ -125,6 +150,29 @@ def capabilities():
     return effective
 
 
+def as_replica(port, path, token):
+    """A route of another replica, with this process's own replica credential: 200 is reached."""
+    import urllib.request
+
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"x-mlyard-replica": token})
+    with urllib.request.urlopen(req, timeout=3) as resp:
+        return resp.status
+
+
+def without_credential(port, path):
+    """A platform route without a credential: anything but a refusal is reached."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=3) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise PermissionError(f"refused: {exc.code}") from None
+        return exc.code
+
+
 def interfaces():
     names = [name for _, name in socket.if_nameindex() if name != "lo"]
     if not names:
@@ -132,34 +180,57 @@ def interfaces():
     return names
 
 
-attempt("read the stack's record (internal token, Prefect auth)", lambda: read(os.path.join(home, "stack.json")))
-attempt("any file of the stack's home beside its own run's", home_files)
-attempt("the warm runner's socket", lambda: unix(os.path.join(home, "warm", "runner.sock")))
-attempt("the embedded PostgreSQL's socket", lambda: unix(os.path.join(home, "postgres", ".s.PGSQL.5432")))
-attempt("a platform port on 127.0.0.1", lambda: tcp(int(targets["port"])))
-attempt("another process's environment (/proc/PID/environ)", environs)
-attempt("see or signal a process outside its own (the flow, the stack)", outside_processes)
-attempt("a capability (CAP_SYS_PTRACE, DAC override)", capabilities)
-attempt("write the platform's venv", lambda: open(os.path.join(targets["site"], "evil.pth"), "w"))
-attempt("write its own environment (the next run's)", lambda: open(os.path.join(sys.prefix, "evil.pth"), "w"))
-attempt("write the platform's source", lambda: open(targets["source"], "r+"))
-attempt("the compiled-model cache", lambda: os.listdir(os.path.join(home, "compiled")))
-attempt("another project's storage", lambda: os.listdir(other))
-attempt("a network beyond its own loopback", interfaces)
+def attempts(given: dict, replica: bool = False) -> dict[str, str]:
+    """Every attempt, on `given` targets; from a model's replica (`replica`), whose sandbox shares the
+    host's network to be reached by the gateway, a platform port is tried for an answer without a
+    credential, and its neighbour replica with its own."""
+    targets.update(given)
+    home, other = targets["home"], targets["other"]
+    attempt("read the stack's record (internal token, Prefect auth)", lambda: read(os.path.join(home, "stack.json")))
+    attempt("any file of the stack's home beside its own run's", home_files)
+    attempt("the warm runner's socket", lambda: unix(os.path.join(home, "warm", "runner.sock")))
+    attempt("the embedded PostgreSQL's socket", lambda: unix(os.path.join(home, "postgres", ".s.PGSQL.5432")))
+    attempt("another process's environment (/proc/PID/environ)", environs)
+    attempt("see or signal a process outside its own (the flow, the stack)", outside_processes)
+    attempt("a capability (CAP_SYS_PTRACE, DAC override)", capabilities)
+    attempt("write the platform's venv", lambda: open(os.path.join(targets["site"], "evil.pth"), "w"))
+    attempt("write the platform's source", lambda: open(targets["source"], "r+"))
+    attempt("the compiled-model cache", lambda: os.listdir(targets.get("cache") or os.path.join(home, "compiled")))
+    attempt("another project's storage", lambda: os.listdir(other))
+    if replica:
+        attempt("the Prefect API without a credential", lambda: without_credential(targets["port"], "/api/admin/settings"))
+        attempt("the mlyard API without a credential", lambda: without_credential(targets["service"], "/metrics"))
+        attempt("the gateway's routing table with its own credential", lambda: as_replica(
+            targets["gateway"], "/mlyard/routes", os.environ["MLYARD_REPLICA_TOKEN"]))
+        attempt("a neighbour replica with its own credential", lambda: as_replica(
+            targets["replica"], "/v2/models", os.environ["MLYARD_REPLICA_TOKEN"]))
+    else:
+        attempt("a platform port on 127.0.0.1", lambda: tcp(int(targets["port"])))
+        attempt("write its own environment (the next run's)", lambda: open(os.path.join(sys.prefix, "evil.pth"), "w"))
+        attempt("a network beyond its own loopback", interfaces)
+    return found
 
-mine("read its source", lambda: read(os.path.join(os.environ["EM_SOURCE_DIR"], os.environ["EM_ENTRY_POINT"])))
-mine("write its model", lambda: open(os.path.join(os.environ["EM_MODEL_DIR"], "model.txt"), "w").write("weights"))
-mine("a temporary file", lambda: tempfile.mkstemp())
-mine("write /tmp", lambda: open("/tmp/scratch.txt", "w").write("x"))
-mine("a loopback of its own", lambda: socket.create_server(("127.0.0.1", 0)).close())
 
-for name, target in (("stolen-record", os.path.join(home, "stack.json")), ("stolen-project", other)):
-    os.symlink(target, os.path.join(os.environ["EM_MODEL_DIR"], name))
-    os.symlink(target, os.path.join(os.environ["EM_CHECKPOINT_DIR"], name))
-os.mkfifo(os.path.join(os.environ["EM_MODEL_DIR"], "hold-the-reader"))
-print("FOUND " + json.dumps({"attempts": found, "own": own}), flush=True)
+def main():
+    attempts(json.loads(os.environ["EM_HP_TARGETS"]))
+    home, other = targets["home"], targets["other"]
+    mine("read its source", lambda: read(os.path.join(os.environ["EM_SOURCE_DIR"], os.environ["EM_ENTRY_POINT"])))
+    mine("write its model", lambda: open(os.path.join(os.environ["EM_MODEL_DIR"], "model.txt"), "w").write("weights"))
+    mine("a temporary file", lambda: tempfile.mkstemp())
+    mine("write /tmp", lambda: open("/tmp/scratch.txt", "w").write("x"))
+    mine("a loopback of its own", lambda: socket.create_server(("127.0.0.1", 0)).close())
 
-if targets.get("linger"):
-    subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", targets["marker"]])
-    open(os.path.join(os.environ["EM_MODEL_DIR"], "started"), "w").close()
-    time.sleep(120)
+    for name, target in (("stolen-record", os.path.join(home, "stack.json")), ("stolen-project", other)):
+        os.symlink(target, os.path.join(os.environ["EM_MODEL_DIR"], name))
+        os.symlink(target, os.path.join(os.environ["EM_CHECKPOINT_DIR"], name))
+    os.mkfifo(os.path.join(os.environ["EM_MODEL_DIR"], "hold-the-reader"))
+    print("FOUND " + json.dumps({"attempts": found, "own": own}), flush=True)
+
+    if targets.get("linger"):
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", targets["marker"]])
+        open(os.path.join(os.environ["EM_MODEL_DIR"], "started"), "w").close()
+        time.sleep(120)
+
+
+if __name__ == "__main__":
+    main()

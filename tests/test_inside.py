@@ -106,3 +106,91 @@ def test_kill_9_of_its_flow_leaves_nothing_of_it_running(mallory, stack, setting
     _, alive = psutil.wait_procs(inside, timeout=10)
     assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], [p.cmdline() for p in alive]
     owner("trainings", "stop", run_id)
+
+
+MODEL = Path(__file__).resolve().parent / "inside_model.py"
+
+
+def _local(source: str) -> str:
+    from tasks.inference import local_source
+
+    return str(local_source(source))
+
+
+def test_a_members_model_reaches_nothing_of_the_platform_from_its_replica(mallory, stack, settings, platform):
+    """mallory's training saves tests/inside_model.py as her model; she registers it and deploys it on two
+    replicas of her own endpoint, then asks it to predict: inside its replica's sandbox it makes every attempt
+    of tests/inside_attacker.py (its own replica credential tried on its neighbour and on the gateway's
+    management routes, a platform port without one), and answers what it reached: nothing."""
+    import urllib.request
+
+    from core.connection import gateway_url
+    from tasks import compiled
+    from tasks import replicas as files
+    from tests.mlyard.test_teams import _until_active
+
+    source = mallory.work / "model-attack"
+    source.mkdir()
+    for file in (MODEL, ATTACKER):
+        shutil.copy(file, source / file.name)
+    (mallory.work / "make-model.yaml").write_text(json.dumps({
+        "name": "make-model", "source_uri": "model-attack", "entry_point": "inside_model.py"}))
+    run_id = mallory.json("train", "-f", "make-model.yaml")["id"]
+    assert _wait(mallory, run_id, {"COMPLETE", "FAIL TRAIN"}) == "COMPLETE"
+    mallory.json("models", "create", "inside-atk", "--from-training", run_id[:8])
+    (mallory.work / "ep.yaml").write_text("name: inside-atk\nstage:\n  resources:\n    - model: inside-atk/1\n"
+                                          "      pods: 2\n")
+    mallory.json("endpoints", "create", "-f", "ep.yaml")
+    _until_active(mallory, "inside-atk")
+
+    keys = {k: st.port for k, st in files.states(settings.home_dir).items() if k.startswith("inside-atk.")}
+    assert len(keys) == 2, keys
+    targets = json.loads(_targets(stack, settings))
+    targets.update(needles=[n for n in NEEDLES if n != "MLYARD_REPLICA_TOKEN"],  # its own credential is its own
+                   replicas=keys, gateway=urlsplit(gateway_url(settings)).port, cache=str(compiled.cache_root()),
+                   service=urlsplit(stack.service_url).port,
+                   own_files=[str(settings.home_dir / "endpoints" / "logs" / "inside-atk.jsonl"),
+                              _local(platform.models.get_version("inside-atk", "1").source)])
+    url = f"{gateway_url(settings)}/inside-atk/inside-atk/v1/models/inside-atk:predict"
+    req = urllib.request.Request(url, data=json.dumps({"instances": [{"targets": json.dumps(targets)}]}).encode(),
+                                 headers={"Authorization": f"Bearer {mallory.key}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        found = json.loads(json.loads(resp.read())["predictions"][0])
+    reached = {name: got for name, got in found.items() if not got.startswith("held")}
+    assert not reached, reached
+    assert len(found) == 15, found
+    # the replica is bubblewrap's: its sandbox dies with the supervisor that started it
+    import psutil
+
+    pid = files.states(settings.home_dir)[next(iter(keys))].pid
+    assert psutil.Process(pid).name() == "bwrap"
+    mallory("endpoints", "delete", "inside-atk")
+
+
+PICKLER = '''import json, os, pickle
+target = json.loads(os.environ["EM_HP_TARGETS"])["marker"]
+class Evil:
+    def __reduce__(self):
+        return (exec, (f"open({target!r}, 'w').write('ran where the platform runs')",))
+with open(os.path.join(os.environ["EM_MODEL_DIR"], "model.joblib"), "wb") as fh:
+    pickle.dump(Evil(), fh)
+'''
+
+
+def test_registering_a_members_pickle_runs_its_code_in_a_sandbox_only(mallory, stack, settings, platform):
+    """A pickle runs what it names as it loads: mallory's training saves one that writes into the stack's home.
+    Registering it (which reads a signature off the estimator and compiles it for serving) loads it in a
+    sandbox that sees its files alone: the version is registered, not prepared, and nothing is written."""
+    marker = settings.home_dir / f"pickle-ran-{uuid.uuid4().hex[:8]}"
+    (mallory.work / "pickler").mkdir()
+    (mallory.work / "pickler" / "main.py").write_text(PICKLER)
+    (mallory.work / "pickler.yaml").write_text(json.dumps({
+        "name": "pickler", "source_uri": "pickler", "entry_point": "main.py",
+        "hyperparameters": {"targets": json.dumps({"marker": str(marker)})}}))
+    run_id = mallory.json("train", "-f", "pickler.yaml")["id"]
+    assert _wait(mallory, run_id, {"COMPLETE", "FAIL TRAIN"}) == "COMPLETE"
+    made = mallory.json("models", "create", "inside-pickle", "--from-training", run_id[:8])
+    assert made["version"] in ("1", 1), made
+    assert not marker.exists(), "the pickle's code ran in the platform's process"
+    version = platform.models.get_version("inside-pickle", "1")
+    assert version.runtime.startswith(("scikit-learn (not compiled", "not prepared")), version.runtime

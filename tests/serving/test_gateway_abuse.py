@@ -218,13 +218,20 @@ def test_fuzzed_requests_get_an_answer_that_is_not_500_and_the_server_stays_up(g
 
 def test_the_gateway_sends_the_replica_credential_it_is_given_else_the_derived_one(tmp_path: Path):
     """On Kubernetes the replicas' credential is the Secret's mlyard_replica_token (the stage's pods hold
-    it, never the internal one); on one machine it is derived from the internal credential."""
-    from core.connection import REPLICA_HEADER, replica_token
+    it, never the internal one); on one machine it is derived from the internal credential; a local replica
+    that runs a user's model gets one of its own, derived from that and its key (which opens no other)."""
+    from core.connection import REPLICA_HEADER, replica_key_token, replica_token
+    from tasks.replicas import Wanted
 
+    platform = Wanted("rag.query.1.0", "rag", "query", 1, 0, "rag", [])
+    model, other = (Wanted(f"ep.default.1.{i}", "ep", "default", 1, i, "m", [], reads=["/m"]) for i in (0, 1))
     given = Gateway(tmp_path, None, internal_token=INTERNAL, replica="from-the-secret")
-    assert given._to_replica == [(REPLICA_HEADER, b"from-the-secret")]
+    assert given._credential(platform) == [(REPLICA_HEADER, b"from-the-secret")]
     derived = Gateway(tmp_path, None, internal_token=INTERNAL)
-    assert derived._to_replica == [(REPLICA_HEADER, replica_token(INTERNAL).encode())]
+    assert derived._credential(platform) == [(REPLICA_HEADER, replica_token(INTERNAL).encode())]
+    own = derived._credential(model)
+    assert own == [(REPLICA_HEADER, replica_key_token(replica_token(INTERNAL), model.key).encode())]
+    assert own != derived._credential(other) and own != derived._credential(platform)
     assert replica_token(INTERNAL) != INTERNAL
 
 
