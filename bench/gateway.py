@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._stack import start  # noqa: E402
 
 TOKEN = {"value": ""}  # the endpoints' token, sent with every request (a replica called directly ignores it)
-REPLICA = {"value": ""}  # the replicas' credential (the gateway's), for the direct calls to a replica
+REPLICA = {"value": ""}  # the credential the gateway sends the replica called directly (its own)
 
 
 def wrk(url: str, body: str, connections: int, seconds: float, check: bool = True) -> dict:
@@ -108,9 +108,13 @@ def main() -> None:
     TOKEN["value"] = tokens["rf1"]
     from core.connection import internal_token, replica_token
 
-    REPLICA["value"] = replica_token(internal_token(settings) or "")
     body = json.dumps({"instances": [X[0].tolist()]})
     direct = routes(gw)["rf1"]["stages"]["default"][0]["url"] + "/v1/models/rf:predict"
+    from core.connection import replica_key_token
+
+    port = int(direct.split(":")[2].split("/")[0])  # a model's replica answers its own credential alone
+    key = next(k for k, st in files.states(settings.home_dir).items() if st.port == port)
+    REPLICA["value"] = replica_key_token(replica_token(internal_token(settings) or ""), key)
     via = f"{gw}/rf1/rf/v1/models/rf:predict"
     d = args.duration
     report: dict = {}

@@ -39,6 +39,19 @@ def served_endpoint() -> tuple[str | None, str | None]:
     return os.environ.get("MLYARD_ENDPOINT_ID") or None, os.environ.get("MLYARD_ENDPOINT_STAGE_ID") or None
 
 
+MODEL_FILES = "MLYARD_MODEL_FILES"
+
+
+def model_files(ref: str) -> dict[str, Any] | None:
+    """What an endpoint's flow found of the version `ref` (models:/NAME/VERSION) that this replica serves:
+    its files' path, name, version and parameters (MLYARD_MODEL_FILES, set on the replica by
+    tasks/endpoints.py), so that the replica, in its sandbox, reaches neither the registry nor the stack."""
+    import json
+
+    found = json.loads(os.environ.get(MODEL_FILES) or "{}").get(ref)
+    return found if isinstance(found, dict) else None
+
+
 def node_job_env() -> dict[str, str]:
     """A multi-node training's node: its spec and job (JSON), the training and MLflow run, and its index
     (MLYARD_NODE_*, set by tasks/node_jobs.py; JOB_COMPLETION_INDEX, set by the Indexed Job)."""

@@ -3,10 +3,7 @@
     MlyardError
     ├── SpecError (ValueError)               a spec, file or request is invalid
     │   └── BadRequest                       a request a server's protocol cannot accept (where in it)
-    ├── NotFound (LookupError)               one per kind: TrainingNotFound, TemplateNotFound, ExperimentNotFound,
-    │                                        ModelNotFound, TuningNotFound, BatchNotFound, EvaluationNotFound, UserNotFound,
-    │                                        EndpointNotFound, ScheduleNotFound, PipelineNotFound, PipelineRunNotFound,
-    │                                        RagNotFound, NotebookNotFound, ImageNotFound, RegistryAccountNotFound, ProjectNotFound
+    ├── NotFound (LookupError)               one per kind (TrainingNotFound, ModelNotFound, ...: each *NotFound below)
     ├── Unauthenticated (PermissionError)    no credential, or one that is unknown, expired or revoked (401)
     ├── Forbidden (PermissionError)          the caller's role in the project does not allow the action (403)
     ├── Conflict (RuntimeError)              the action breaks a platform rule: AlreadyExists, ModelInUse, InUse,
@@ -20,6 +17,7 @@
     ├── BadRecord (ValueError)               one input record cannot be read (written as an error row, not raised)
     ├── JobFailed (RuntimeError)             a job a transport ran failed (a worker died or gave up, a limit passed)
     │   └── BatchFailed                      a batch inference failed (too many failed batches, a worker died)
+    │       └── ModelCallFailed              a model in its sandbox raised, or its process ended (one batch fails)
     ├── TuningFailed (RuntimeError)          failed trials reached max_failed_trials
     ├── RunFailed (RuntimeError)             a run ended in its kind's failure status (FAIL TRAIN, ...)
     ├── StackError (RuntimeError)            the embedded stack could not start or be reached
@@ -237,6 +235,10 @@ class JobFailed(MlyardError, RuntimeError):
 
 class BatchFailed(JobFailed):
     pass
+
+
+class ModelCallFailed(BatchFailed):
+    """A model in its sandbox (tasks/model_host.py) raised, or its process ended: its batch fails alone."""
 
 
 class TuningFailed(MlyardError, RuntimeError):

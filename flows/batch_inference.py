@@ -25,7 +25,7 @@ from core.errors import TrainingStopped
 from core.names import FLOW_BATCH, TAG_BATCH_ID, TAG_KIND, TAG_MODEL, TAG_MODEL_URI, TAG_PROJECT
 from core.specs import BatchInferenceSpec, BatchJob, BatchShard
 from flows.platform import Platform
-from tasks import checks
+from tasks import checks, model_host
 from tasks.batch import check_output, end_run, fingerprint, finish, load_model, run_workers, stage_inputs
 from tasks.orchestration import link_mlflow_run, prefect_link, run_name, run_project, stopped_on_interrupt
 from tasks.outputs import Layout
@@ -57,12 +57,13 @@ def batch_infer(spec: BatchInferenceSpec) -> BatchInferenceResult:
     batch_id = str(flow_run.get_id() or f"local-{time.time_ns()}")
     layout = Layout(spec.output_uri)
     scratch = p.scratch(spec.name)
+    model = None
     try:
-        # 1-2. Check and stage in.
-        model_uri, model_path, model = load_model(p.storage, p.models, spec, scratch)
-        logger.info("model %s runs on %s", model_uri, model.runtime)
+        # 1-2. Check (the output first: a model takes seconds to load in its sandbox) and stage in.
         checks.output_outside_input(spec.input_uri, spec.output_uri)
         checks.output_free(spec.output_uri, me=batch_id)  # one running batch per output_uri
+        model_uri, model_path, model = load_model(p.storage, p.models, spec, scratch)
+        logger.info("model %s runs on %s", model_uri, model.runtime)
         files = select_files(p.storage, spec.input_uri, spec.include, spec.exclude)
         manifest, done = check_output(p.storage, spec, layout, model_uri)
         sources = stage_inputs(p.storage, files, manifest, done, scratch)
@@ -115,6 +116,7 @@ def batch_infer(spec: BatchInferenceSpec) -> BatchInferenceResult:
             raise
         end_run(p.tracking, run_id, "FINISHED", None)
     finally:
+        model_host.close(model)  # its sandbox's process
         shutil.rmtree(scratch, ignore_errors=True)
     logger.info("batch inference %s COMPLETE: %d rows (%d failed) in %.1f s, %.0f rows/s -> %s", spec.name,
                 result.rows, result.failed_rows, result.seconds, result.rows_per_second, spec.output_uri)

@@ -40,7 +40,6 @@ from tasks.endpoints import (
     RoutingFailed,
     local_replicas,
     route,
-    served_versions,
     stage_keys,
     start_replicas,
     stop_replicas,
@@ -48,6 +47,7 @@ from tasks.endpoints import (
     version_params,
     wait_healthy,
 )
+from tasks.served import served_versions
 
 
 class EndpointResult(BaseModel):

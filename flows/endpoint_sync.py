@@ -39,13 +39,13 @@ from tasks.endpoints import (
     local_replicas,
     register_code,
     route,
-    served_versions,
     start_replicas,
     stop_replicas,
     wait_healthy,
 )
 from tasks.inference_config import write_config
 from tasks.orchestration import run_name, run_project
+from tasks.served import served_versions
 
 
 def _roll(p: Platform, eps: Endpoints, endpoint: str, stage: str, resource_id: int, model: str,

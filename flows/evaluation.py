@@ -34,6 +34,7 @@ from core.names import (
 from core.specs import EvaluationSpec
 from flows.batch_inference import batch_infer
 from flows.platform import Platform
+from tasks import model_host
 from tasks.batch import load_model
 from tasks.evaluation_steps import check_classes, check_input, compare, record
 from tasks.orchestration import link_mlflow_run, mark_started, prefect_link, run_name, run_project, stopped_on_interrupt
@@ -63,6 +64,7 @@ def evaluate(spec: EvaluationSpec) -> EvaluationResult:
         # 1. Check.
         files = check_input(p.storage, spec)
         model_uri, _, model = load_model(p.storage, p.models, spec.batch_spec(), scratch)
+        model_host.close(model)  # its classes read: the batch inference below loads it again
         names = check_classes(spec, model.classes)
 
         # 2. MLflow run.

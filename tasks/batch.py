@@ -21,6 +21,7 @@ from core.names import TAG_STATUS_REASON, TASK_FINISH, TASK_RUN_WORKERS
 from core.specs import BatchInferenceSpec, BatchJob, BatchShard, is_registry_ref
 from registry.models import ModelRegistry
 from registry.tracking import Tracking
+from tasks import model_host
 from tasks.inference import Model, Progress, RecordWatcher, fetch_model, run_job
 from tasks.metrics import Metric
 from tasks.orchestration import cancel_watch, step_started
@@ -44,7 +45,7 @@ def load_model(storage: Storage, models: ModelRegistry, spec: BatchInferenceSpec
         uri = spec.model
     try:
         local = fetch_model(storage, uri, scratch / "model")
-        model = Model(str(local))
+        model = model_host.load(Path(local), storage.settings.sandbox)  # a model is code: in its sandbox
     except (MlflowException, OSError) as exc:
         if isinstance(exc, StorageError):
             raise SpecError("model", spec.model, str(exc)) from exc

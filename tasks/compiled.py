@@ -142,6 +142,36 @@ def open_compiled(folder: Path, threads: int = 1) -> OnnxEstimator:
         else OnnxEstimator(folder, meta, threads)
 
 
+def sklearn_source(path: Path) -> Path | None:
+    """The file or folder a scikit-learn model at `path` compiles from (as serving/loading.py's `layout`
+    finds it: an MLflow model of the sklearn flavour, a .joblib file or a folder of one), None for any
+    other model; nothing is loaded."""
+    import yaml
+
+    path = Path(path)
+    if (path / "MLmodel").is_file():
+        try:
+            flavors = (yaml.safe_load((path / "MLmodel").read_text()) or {}).get("flavors") or {}
+        except (OSError, yaml.YAMLError, AttributeError):
+            return None
+        return path if "sklearn" in flavors else None
+    if path.is_file() and path.suffix == ".joblib":
+        return path
+    found = sorted(path.glob("*.joblib")) if path.is_dir() else []
+    return found[0] if len(found) == 1 else None
+
+
+def entry(path: Path) -> Path | None:
+    """What the cache keeps of the scikit-learn model at `path`: its compiled folder, or the file saying why
+    it does not compile; None when it keeps nothing (or `path` holds another kind of model)."""
+    source = sklearn_source(path)
+    if source is None:
+        return None
+    found = cache_root() / key(source)
+    refused = found.with_name(f"{found.name}.refused")
+    return found if found.is_dir() else refused if refused.is_file() else None
+
+
 def is_cached(model_path: Path) -> bool:
     """Whether `model_path` has been compiled and verified (without loading onnxruntime)."""
     try:

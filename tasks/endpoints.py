@@ -10,7 +10,6 @@ an HPA (tasks/endpoint_cluster.py). Arguments are narrow: names, ids, keys.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
@@ -23,6 +22,7 @@ from typing import Any, Callable
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from core.environment import MODEL_FILES
 from core.errors import (
     AlreadyExists,
     EndpointNotFound,
@@ -37,6 +37,7 @@ from core.specs.endpoint import StageSpec, SyncSpec, body_limit_args
 from registry.endpoints import Endpoints, Version
 from tasks import replicas as files
 from tasks.inference_config import CONFIG, folder_kind
+from tasks.served import Served, engine_folders
 
 LOCAL = "local"
 MAX_LOCAL_REPLICAS = 8  # the cap on one machine's replicas per stage (AI Toolkit's maximumInstanceCount)
@@ -108,16 +109,6 @@ def _engine_command(variant: str, args: list[str]) -> str | None:
     return None if first is None or first.startswith("/models") else first
 
 
-@dataclass(frozen=True)
-class Served:
-    """A version as its local replicas serve it: its registered parameters, its files on this machine and
-    its compiled entry (tasks/compiled.py: a scikit-learn model compiled before), both found by the flow."""
-
-    parameters: dict[str, str]
-    path: str | None = None
-    compiled: str | None = None
-
-
 def local_replicas(home: Path, view: dict[str, Any], stage: str,
                    versions: dict[str, Served] | None = None) -> list[files.Wanted]:
     """The replicas of a stage's resources as the supervisor runs them (not routed yet). `versions` are
@@ -155,9 +146,9 @@ def local_replicas(home: Path, view: dict[str, Any], stage: str,
         env = {"MLYARD_ENDPOINT_ID": str(view["id"]), "MLYARD_ENDPOINT_STAGE_ID": str(st["id"])}
         walls: dict[str, Any] = {}
         if served.path is not None:
-            env[files.MODEL_FILES] = json.dumps({ref: {"path": served.path, "name": name, "version": version,
+            env[MODEL_FILES] = json.dumps({ref: {"path": served.path, "name": name, "version": version,
                                                        "parameters": given}})
-            walls = {"reads": [served.path, *_engine_folders(engine)],
+            walls = {"reads": [served.path, *engine_folders(engine)],
                      "walls": [str(log)] if kind is None else [], "compiled": served.compiled}
         for i in range(res["pods"]):
             out.append(files.Wanted(
@@ -167,60 +158,10 @@ def local_replicas(home: Path, view: dict[str, Any], stage: str,
     return out
 
 
-def _engine_folders(engine: str | None) -> list[str]:
-    """What a runtime variant's engine on PATH needs to run in a replica's sandbox: the installation it is in
-    (the prefix above its bin folder: a pyenv shim needs pyenv, a venv's script its venv), read-only."""
-    found = shutil.which(engine) if engine else None
-    if found is None:
-        return []
-    folders = []
-    for path in {found, os.path.realpath(found)}:
-        bin_folder = Path(path).parent
-        folders.append(str(bin_folder if bin_folder.parent == Path("/") else bin_folder.parent))
-    return folders
-
-
 def version_params(models: Any, view: dict[str, Any], stage: str) -> dict[str, dict[str, str]]:
     """Each of the stage's model versions' registered parameters, by "name/version"."""
     st = next(s for s in view["stages"] if s["name"] == stage)
     return {r["model"]: dict(models.get_version(*r["model"].rsplit("/", 1)).parameters) for r in st["resources"]}
-
-
-def served_versions(p: Any, view: dict[str, Any], stage: str) -> dict[str, Served]:
-    """Each of the stage's versions as its local replicas serve it (flows/platform.py's Platform `p`): its
-    files on this machine (where the stack keeps them, else a copy under <home>/serving/) and its compiled
-    entry, so that its replicas reach neither the registry nor the stack."""
-    from tasks.inference import local_source, model_copy
-
-    st = next(s for s in view["stages"] if s["name"] == stage)
-    out: dict[str, Served] = {}
-    for r in st["resources"]:
-        name, version = r["model"].rsplit("/", 1)
-        found = p.models.get_version(name, version)
-        path = local_source(found.source) or model_copy(p.settings, f"models:/{name}/{version}", name, version)
-        out[r["model"]] = Served(dict(found.parameters), str(path), _compiled_entry(path))
-    return out
-
-
-def _compiled_entry(path: Path) -> str | None:
-    """Where the cache keeps the compiled (or refused) scikit-learn model in `path`, when it does."""
-    from serving.loading import layout
-    from tasks import compiled
-
-    try:
-        kind, found = layout(path)
-    except Exception:  # noqa: BLE001 - not a model the server loads itself (pushed code): nothing compiled
-        return None
-    if kind not in ("mlflow", "joblib"):
-        return None
-    if kind == "mlflow":
-        from tasks.models import is_sklearn_model
-
-        if not is_sklearn_model(found):
-            return None  # nothing compiles (and a large model is not read through for a key)
-    entry = compiled.cache_root() / compiled.key(found)
-    refused = entry.with_name(f"{entry.name}.refused")
-    return str(entry) if entry.is_dir() else str(refused) if refused.is_file() else None
 
 
 @task(name="start-replicas", cache_policy=NO_CACHE)

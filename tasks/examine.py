@@ -102,17 +102,10 @@ def _here(model_dir: Path, compile: bool) -> dict[str, Any]:
 
 def _compiled_key(model_dir: Path) -> str | None:
     """The cache key of the scikit-learn model in `model_dir` (its files hashed here, nothing loaded)."""
-    from serving.loading import layout
     from tasks import compiled
-    from tasks.models import is_sklearn_model
 
-    try:
-        kind, found = layout(model_dir)
-    except Exception:  # noqa: BLE001 - no model the server loads itself: nothing compiles
-        return None
-    if kind == "joblib" or (kind == "mlflow" and is_sklearn_model(found)):
-        return compiled.key(found)
-    return None
+    source = compiled.sklearn_source(model_dir)
+    return compiled.key(source) if source is not None else None
 
 
 def _take_compiled(made: Path, key: str) -> None:

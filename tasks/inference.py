@@ -30,8 +30,9 @@ from typing import Any, Callable
 
 import orjson
 
-from core.errors import BadRecord, BatchFailed, TrainingStopped
+from core.errors import BadRecord, BatchFailed, ModelCallFailed, TrainingStopped
 from core.specs import BatchJob, BatchShard, is_mlflow_uri
+from tasks import model_host
 from tasks.models import Model
 from tasks.outputs import Layout, ShardRecord, done_records
 from tasks.records import features, read_chunks
@@ -50,47 +51,6 @@ def fetch_model(storage: Storage, uri: str, dest: Path) -> Path:
 
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
     return storage.stage_in(uri, dest, "model")
-
-
-def local_source(source: str | None) -> Path | None:
-    """The local directory a registered version's files are kept in, when they are (file:// or a path)."""
-    if not source:
-        return None
-    if source.startswith("file://"):
-        from urllib.parse import unquote, urlparse
-
-        source = unquote(urlparse(source).path)
-    if "://" in source:
-        return None
-    path = Path(source)
-    # MLflow models only: pushed code (an entry script, a model folder) may write where it runs
-    return path if (path / "MLmodel").is_file() else None
-
-
-def model_copy(settings: Any, uri: str, name: str, version: str) -> Path:
-    """A local copy of the model at `uri`, kept under <home>/serving/ so a restart does not fetch again
-    (fetched under a temporary name and renamed, so an interrupted fetch is never taken for a model)."""
-    import hashlib
-    import shutil
-
-    dest = settings.home_dir / "serving" / f"{name}-{version}-{hashlib.sha256(uri.encode()).hexdigest()[:8]}"
-    if dest.is_dir():
-        return dest
-    tmp = dest.parent / f".{dest.name}.{os.getpid()}.tmp"
-    try:
-        got = Path(fetch_model(Storage(settings), uri, tmp))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if got != tmp:  # not fetched as one folder (e.g. served where it is): used as it is, not kept
-        return got
-    try:
-        os.replace(tmp, dest)
-    except OSError:
-        if not dest.is_dir():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)  # another replica of the same version fetched it first
-    return dest
 
 
 class _Caller:
@@ -137,14 +97,17 @@ class Worker:
         self.skip = {f for f in (job.id_field, *job.drop_fields) if f}
         self._caller = _Caller()
         self.failed_batches = 0
+        self._own: Any = None  # the model this worker loaded itself
 
     def run(self) -> list[ShardRecord]:
         own = self.job.scratch if self.job.scratch and Path(self.job.scratch).is_dir() else None
         scratch = Path(tempfile.mkdtemp(prefix="mlyard-batch-", dir=own))
         frozen_before = gc.get_freeze_count() > 0
         try:
-            if self.model is None:
-                self.model = Model(str(self._model_path(scratch)))
+            if self.model is None:  # a model is code: loaded and called in its sandbox (tasks/model_host.py)
+                from core.settings import Settings
+
+                self.model = self._own = model_host.load(self._model_path(scratch), Settings().sandbox)
             self.with_proba = self.job.output_probabilities and self.model.has_proba
             # what is loaded now (Prefect, MLflow, the model) lives as long as the job: keep it out of the
             # collector's full passes, which a million parsed rows would otherwise trigger again and again.
@@ -162,6 +125,7 @@ class Worker:
             if not frozen_before:
                 gc.unfreeze()
             self._caller.close()
+            model_host.close(self._own)  # the sandbox of a model loaded for this job alone
             import shutil
 
             shutil.rmtree(scratch, ignore_errors=True)
@@ -235,6 +199,9 @@ class Worker:
         except FutureTimeout:
             self._caller = _Caller()  # the stuck call keeps its own thread
             self._fail(rec, out, shard, batch, f"timed out after {job.inference_timeout_seconds:g} s")
+            return
+        except ModelCallFailed as exc:  # the model's own error, as its sandbox said it (its type named)
+            self._fail(rec, out, shard, batch, str(exc)[:500])
             return
         except Exception as exc:
             self._fail(rec, out, shard, batch, f"{type(exc).__name__}: {exc}"[:500])

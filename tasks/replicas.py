@@ -26,7 +26,6 @@ from typing import Any
 
 from core.errors import ReplicaFailed
 
-MODEL_FILES = "MLYARD_MODEL_FILES"  # a model replica's versions, found by its flow: {ref: name, version, path, parameters}
 CODE_KIND = "serving_kind"  # the parameter of a version pushed by `endpoints deploy --sync`: its kind
 HEALTH_PATHS = {"entry-script": "/", "model-folder": "/mlyard/health"}
 

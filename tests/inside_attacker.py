@@ -200,10 +200,11 @@ def attempts(given: dict, replica: bool = False) -> dict[str, str]:
     if replica:
         attempt("the Prefect API without a credential", lambda: without_credential(targets["port"], "/api/admin/settings"))
         attempt("the mlyard API without a credential", lambda: without_credential(targets["service"], "/metrics"))
-        attempt("the gateway's routing table with its own credential", lambda: as_replica(
-            targets["gateway"], "/mlyard/routes", os.environ["MLYARD_REPLICA_TOKEN"]))
-        attempt("a neighbour replica with its own credential", lambda: as_replica(
-            targets["replica"], "/v2/models", os.environ["MLYARD_REPLICA_TOKEN"]))
+        if targets.get("replica"):  # served (a batch's model holds no replica credential)
+            attempt("the gateway's routing table with its own credential", lambda: as_replica(
+                targets["gateway"], "/mlyard/routes", os.environ["MLYARD_REPLICA_TOKEN"]))
+            attempt("a neighbour replica with its own credential", lambda: as_replica(
+                targets["replica"], "/v2/models", os.environ["MLYARD_REPLICA_TOKEN"]))
     else:
         attempt("a platform port on 127.0.0.1", lambda: tcp(int(targets["port"])))
         attempt("write its own environment (the next run's)", lambda: open(os.path.join(sys.prefix, "evil.pth"), "w"))

@@ -16,7 +16,8 @@ class Attack(mlflow.pyfunc.PythonModel):
 
         given = json.loads(model_input["targets"].iloc[0])
         mine = os.getcwd()  # its own folder, named after its replica's key: the neighbour is the other one
-        given["replica"] = next(port for key, port in given.get("replicas", {}).items() if key != os.path.basename(mine))
+        given["replica"] = next((port for key, port in given.get("replicas", {}).items()
+                                 if key != os.path.basename(mine)), None)  # none in a batch
         return [json.dumps(inside_attacker.attempts({**given, "mine": mine}, replica=True))]
 
 

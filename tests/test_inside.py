@@ -112,7 +112,7 @@ MODEL = Path(__file__).resolve().parent / "inside_model.py"
 
 
 def _local(source: str) -> str:
-    from tasks.inference import local_source
+    from tasks.served import local_source
 
     return str(local_source(source))
 
@@ -164,7 +164,7 @@ def test_a_members_model_reaches_nothing_of_the_platform_from_its_replica(mallor
 
     pid = files.states(settings.home_dir)[next(iter(keys))].pid
     assert psutil.Process(pid).name() == "bwrap"
-    mallory("endpoints", "delete", "inside-atk")
+    _ok(owner("endpoints", "delete", "inside-atk"))  # deleting needs the project's owner
 
 
 PICKLER = '''import json, os, pickle
@@ -194,3 +194,33 @@ def test_registering_a_members_pickle_runs_its_code_in_a_sandbox_only(mallory, s
     assert not marker.exists(), "the pickle's code ran in the platform's process"
     version = platform.models.get_version("inside-pickle", "1")
     assert version.runtime.startswith(("scikit-learn (not compiled", "not prepared")), version.runtime
+
+
+def test_a_members_model_in_a_batch_inference_reaches_nothing_of_the_platform(mallory, stack, settings, platform):
+    """mallory's model of the test above (registered there) scores her batch inference: each batch is
+    predicted in the model's sandbox (tasks/model_host.py), where the same attempts are made, outside the
+    worker that holds the run's storage: nothing is reached, and the answers come back as her output."""
+    from tasks.served import local_source
+
+    storage = mallory.json("projects", "show", "inside-a")["storage"]
+    data = mallory.work / "batch-data"
+    data.mkdir()
+    targets = json.loads(_targets(stack, settings))
+    targets.update(needles=NEEDLES, service=urlsplit(stack.service_url).port,
+                   own_files=[str(local_source(platform.models.get_version("inside-atk", "1").source)),
+                              str(settings.home_dir / "runs"), str(settings.home_dir / "batch")])
+    (data / "rows.jsonl").write_text(json.dumps({"targets": json.dumps(targets)}) + "\n")
+    (mallory.work / "batch.yaml").write_text(json.dumps({
+        "name": "inside-batch", "model": "inside-atk/1", "input_uri": "batch-data", "input_format": "jsonl",
+        "output_uri": f"{storage}outputs/inside-batch", "workers": 1}))
+    queued = mallory.json("batch", "-f", "batch.yaml")
+    deadline = time.monotonic() + 240
+    while (status := mallory.json("batches", "show", queued["id"])["status"]) != "COMPLETE":
+        assert time.monotonic() < deadline and "FAIL" not in status, status
+        time.sleep(1)
+    out = Path(storage.removeprefix("file://")) / "outputs" / "inside-batch"
+    (line,) = [json.loads(x) for f in out.rglob("*.predictions.jsonl") for x in f.read_text().splitlines() if x.strip()]
+    found = json.loads(line["prediction"])
+    reached = {name: got for name, got in found.items() if not got.startswith("held")}
+    assert not reached, reached
+    assert len(found) == 13, found

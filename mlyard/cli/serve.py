@@ -334,15 +334,10 @@ def _listening(serve_fn, port: int) -> None:
 @functools.cache
 def _resolve(model: str) -> tuple[Path, str, str, dict[str, str]]:
     """(local directory, default name, version, the version's parameters) of a model reference."""
-    import json
-    import os
-
+    from core.environment import model_files
     from core.specs import is_mlflow_uri, is_registry_ref
-    from tasks.replicas import MODEL_FILES
 
-    # a replica of an endpoint: its flow found the version's files and parameters (MODEL_FILES), so that
-    # the replica, in its sandbox, reaches neither the registry nor the stack
-    given = json.loads(os.environ.get(MODEL_FILES) or "{}").get(model)
+    given = model_files(model)  # a replica of an endpoint: what its flow found, in its sandbox
     if given is not None:
         return Path(given["path"]), given["name"], given["version"], given["parameters"]
     if is_registry_ref(model) or model.startswith("models:/"):
@@ -362,13 +357,13 @@ def _resolve(model: str) -> tuple[Path, str, str, dict[str, str]]:
 
 
 def _local_source(source: str | None) -> Path | None:
-    from tasks.inference import local_source
+    from tasks.served import local_source
 
     return local_source(source)
 
 
 def _fetch(uri: str, name: str, version: str) -> Path:
     from core.connection import connect
-    from tasks.inference import model_copy
+    from tasks.served import model_copy
 
     return model_copy(connect(), uri, name, version)
