@@ -133,6 +133,8 @@ class Gateway:
                     groups.setdefault((w.endpoint, w.stage), []).append((w, url))
             seen = {url for members in groups.values() for _, url in members}
             new = [(w, url) for members in groups.values() for w, url in members if url not in self.shared.replicas]
+            for w, url in (m for members in groups.values() for m in members if m[1] in self.shared.replicas):
+                self.shared.replicas[url].credential = self._credential(w)  # its key's (a replica started again)
             for w, url in new:
                 host, port = url.rsplit("//", 1)[1].rstrip("/").rsplit(":", 1)  # replica URLs carry their port
                 self.shared.replicas[url] = Tracked(w.key, url, Health(self.check, time.monotonic()), Pool(host, int(port)),

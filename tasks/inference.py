@@ -198,6 +198,7 @@ class Worker:
                 raise ValueError(f"the model returned {len(preds)} predictions for {len(batch)} rows")
         except FutureTimeout:
             self._caller = _Caller()  # the stuck call keeps its own thread
+            model_host.unstick(model)  # and a hosted model's process is started again
             self._fail(rec, out, shard, batch, f"timed out after {job.inference_timeout_seconds:g} s")
             return
         except ModelCallFailed as exc:  # the model's own error, as its sandbox said it (its type named)

@@ -102,6 +102,8 @@ def render_stage(view: dict[str, Any], stage: str, *, image: str = DEFAULT_IMAGE
         }
         if (res.get("runtime") or {}).get("variant", "custom") != "custom":
             engine_pod(context, res["runtime"], f"models:/{model_name}/{version}", image)
+        else:
+            model_pod(context, res["model"], params, image)
         out.append(yaml.safe_load(env.get_template("deployment.yaml.j2").render(context)))
         out.append(yaml.safe_load(env.get_template("service.yaml.j2").render(context)))
         out.append(yaml.safe_load(env.get_template("networkpolicy.yaml.j2").render(context)))
@@ -131,14 +133,7 @@ def engine_pod(context: dict[str, Any], runtime: dict[str, Any], model_uri: str,
     context["port"] = v.port
     context["env"] = [*[{"name": k, "value": str(val)} for k, val in runtime["environ"].items()],
                       {"name": "HOME", "value": "/tmp"}, {"name": "HF_HOME", "value": "/tmp/hf"}]
-    fetch = {"name": "fetch-model", "image": mlyard_image, "args": ["mlyard", "models", "download", model_uri,
-                                                                   "--to", MOUNT],
-             "envFrom": [{"configMapRef": {"name": "mlyard-config", "optional": True}}],
-             "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
-             "volumeMounts": [*context["mounts"], {"name": "models", "mountPath": MOUNT}]}
-    context["init_containers"] = [fetch]
-    context["mounts"] = [{"name": "models", "mountPath": MOUNT, "readOnly": True}, {"name": "tmp", "mountPath": "/tmp"}]
-    context["extra_volumes"] = [{"name": "models", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]
+    fetched(context, model_uri, mlyard_image)
     if v.health is None:  # cmd: Backend.AI probes nothing; Kubernetes checks the port opens
         context["probes"] = {"readinessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 10}}
         return
@@ -148,6 +143,37 @@ def engine_pod(context: dict[str, Any], runtime: dict[str, Any], model_uri: str,
         "startupProbe": {**probe, "failureThreshold": math.ceil(delay / v.interval) + v.max_retries},
         "readinessProbe": {**probe, "failureThreshold": 3},
         "livenessProbe": {**probe, "failureThreshold": v.max_retries}}
+
+
+def fetched(context: dict[str, Any], model_uri: str, mlyard_image: str) -> None:
+    """The version's files copied to /models by an init container of mlyard's image, the one container that
+    mounts the settings Secret (the artifacts' keys): the server's container reads /models (read-only) and
+    writes /tmp, and holds nothing of the platform's."""
+    from core.runtimes import MOUNT
+
+    fetch = {"name": "fetch-model", "image": mlyard_image, "args": ["mlyard", "models", "download", model_uri,
+                                                                   "--to", MOUNT],
+             "envFrom": [{"configMapRef": {"name": "mlyard-config", "optional": True}}],
+             "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+             "volumeMounts": [*context["mounts"], {"name": "models", "mountPath": MOUNT}]}
+    context["init_containers"] = [fetch]
+    context["mounts"] = [{"name": "models", "mountPath": MOUNT, "readOnly": True}, {"name": "tmp", "mountPath": "/tmp"}]
+    context["extra_volumes"] = [{"name": "models", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]
+
+
+def model_pod(context: dict[str, Any], model: str, params: dict[str, str], mlyard_image: str) -> None:
+    """mlyard's model server on a version ("name/version"): a model is code, so its container gets the
+    version's files from the init container (`fetched`) and, of the platform, the replicas' credential alone
+    (no settings Secret, no artifact keys): the server finds the files where MLYARD_MODEL_FILES says, its
+    caches under /tmp."""
+    from core.environment import MODEL_FILES
+    from core.runtimes import MOUNT
+
+    name, version = model.rsplit("/", 1)
+    fetched(context, f"models:/{name}/{version}", mlyard_image)
+    files = {f"models:/{name}/{version}": {"path": MOUNT, "name": name, "version": version, "parameters": params}}
+    context["env"] = [*context["env"], {"name": MODEL_FILES, "value": json.dumps(files)},
+                      {"name": "HOME", "value": "/tmp"}, {"name": "MLYARD_CACHE_DIR", "value": "/tmp/cache"}]
 
 
 def node_pool_annotations(view: dict[str, Any], stage: str) -> dict[str, str]:

@@ -50,38 +50,59 @@ def close(model: Any) -> None:
         model.close()
 
 
+def unstick(model: Any) -> None:
+    """After a call that timed out: a hosted model gets a fresh process (one loaded here cannot be stopped;
+    its call goes on in its own thread)."""
+    if isinstance(model, Hosted):
+        model.restart()
+
+
 class Hosted:
     """A model loaded in its sandbox; `close()` ends it (so does this process's death: it dies with us)."""
 
     def __init__(self, path: Path, compile: bool = True):
+
+        self.uri = str(path)
+        self._path, self._compile = Path(path), compile
+        self._own = Path(tempfile.mkdtemp(prefix="mlyard-model-"))
+        (self._own / "cache" / "compiled").mkdir(parents=True)
+        _copy_compiled(Path(path), self._own / "cache" / "compiled")
+        self._lock = threading.Lock()
+        self._start()
+
+    def _start(self) -> None:
         from tasks import sandbox
         from tasks.launch import script_environment
 
-        self.uri = str(path)
-        self._own = Path(tempfile.mkdtemp(prefix="mlyard-model-"))
-        cache = self._own / "cache"
-        (cache / "compiled").mkdir(parents=True)
-        _copy_compiled(Path(path), cache / "compiled")
-        walls = sandbox.around_platform([str(self._own)], network=False, chdir=str(self._own), read=[str(path)])
-        env = {**sandbox.child_env(script_environment(os.environ), walls), "MLYARD_CACHE_DIR": str(cache)}
-        argv = sandbox.wrap([sys.executable, "-m", "tasks.model_host", str(path), "1" if compile else "0"], walls)
+        walls = sandbox.around_platform([str(self._own)], network=False, chdir=str(self._own),
+                                        read=[str(self._path)])
+        env = {**sandbox.child_env(script_environment(os.environ), walls),
+               "MLYARD_CACHE_DIR": str(self._own / "cache")}
+        argv = sandbox.wrap([sys.executable, "-m", "tasks.model_host", str(self._path), "1" if self._compile else "0"],
+                            walls)
         self._proc = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE)
-        self._lock = threading.Lock()
         self._stderr: list[str] = []
-        threading.Thread(target=self._drain, daemon=True, name="mlyard-model-stderr").start()
+        threading.Thread(target=self._drain, args=(self._proc,), daemon=True, name="mlyard-model-stderr").start()
         try:
             hello = self._read()
         except ModelCallFailed as exc:
             self.close()
-            raise SpecError("model", str(path), f"an MLflow model that loads ({exc})"[:600]) from None
+            raise SpecError("model", str(self._path), f"an MLflow model that loads ({exc})"[:600]) from None
         if "error" in hello:
             self.close()
-            raise SpecError("model", str(path), f"an MLflow model that loads ({hello['error']})"[:600])
+            raise SpecError("model", str(self._path), f"an MLflow model that loads ({hello['error']})"[:600])
         self.runtime = str(hello.get("runtime") or "python_function")
         classes = hello.get("classes")
         self.classes: list[str] | None = [str(c) for c in classes] if isinstance(classes, list) else None
         self.has_proba = bool(hello.get("has_proba")) and self.classes is not None
+
+    def restart(self) -> None:
+        """A fresh process for a model stuck in a call (a timeout): the stuck call ends with the old one."""
+        self._proc.kill()  # the stuck call's read ends, and it lets go of the lock
+        with self._lock:
+            self._proc.wait()
+            self._start()
 
     def predict(self, x: Any, with_proba: bool) -> tuple[list, Any]:
         import numpy as np
@@ -141,9 +162,9 @@ class Hosted:
         last = [line for line in self._stderr if line.strip()][-3:]
         return f"the model's process ended (exit code {code})" + (": " + " | ".join(last) if last else "")
 
-    def _drain(self) -> None:
-        assert self._proc.stderr is not None
-        for raw in self._proc.stderr:
+    def _drain(self, proc: subprocess.Popen) -> None:
+        assert proc.stderr is not None
+        for raw in proc.stderr:
             self._stderr.append(raw.decode(errors="replace").rstrip()[:500])
             del self._stderr[:-20]
 

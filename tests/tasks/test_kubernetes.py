@@ -1,6 +1,8 @@
 """An endpoint stage as Kubernetes manifests, rendered from infra/endpoint/ and checked against the
 Kubernetes schema (no cluster: applying them is the endpoint flow's, tested against an API emulator)."""
 
+import json
+
 import pytest
 
 from core.errors import SpecError
@@ -44,6 +46,17 @@ def test_a_stage_renders_to_valid_deployments_services_and_an_hpa(view):
         "app.kubernetes.io/name": "gateway"}}}], "ports": [{"protocol": "TCP", "port": "http"}]}]
     container = iris["spec"]["template"]["spec"]["containers"][0]
     assert container["args"][:3] == ["mlyard", "serve", "models:/iris/2"]
+    # a model is code: its server's container holds, of the platform, the replicas' credential alone; the
+    # version's files come from an init container, the one that mounts the settings Secret (the artifacts' keys)
+    (fetch,) = iris["spec"]["template"]["spec"]["initContainers"]
+    assert fetch["args"] == ["mlyard", "models", "download", "models:/iris/2", "--to", "/models"]
+    assert {m["name"] for m in fetch["volumeMounts"]} == {"settings", "models"}
+    assert {m["name"] for m in container["volumeMounts"]} == {"models", "tmp"}
+    assert all(m.get("readOnly") for m in container["volumeMounts"] if m["name"] == "models")
+    served = {e["name"]: e.get("value") for e in container["env"]}
+    assert json.loads(served["MLYARD_MODEL_FILES"])["models:/iris/2"]["path"] == "/models"
+    assert not [e for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})
+                and e["valueFrom"]["secretKeyRef"]["key"] != "mlyard_replica_token"]
     assert container["resources"]["limits"] == {"cpu": "500m", "memory": "512Mi"}
     assert iris["spec"]["replicas"] == 2
     assert iris["spec"]["template"]["spec"]["nodeSelector"] == {"node.kubernetes.io/instance-type": "m2.c4m8"}
