@@ -119,6 +119,7 @@ bench: $(STAMP)
 	$(PY) bench/crash_detection.py
 	$(PY) bench/training_overhead.py
 	$(PY) bench/sandbox.py
+	$(PY) bench/serving_sandbox.py
 	$(PY) bench/metric_latency.py
 	$(PY) bench/tuning_overhead.py
 	$(PY) bench/batch_inference.py
