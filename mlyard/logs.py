@@ -32,7 +32,7 @@ def store(home: Any = None) -> Any:
     home = home or Settings().home_dir
     with _LOCK:
         if str(home) not in _STORES:
-            _STORES[str(home)] = LogStore(home)
+            _STORES[str(home)] = LogStore(home, owner=_endpoint_owner)
         return _STORES[str(home)]
 
 
@@ -96,6 +96,12 @@ def query(*, category: str | None = None, training: str | None = None, tuning: s
         s.catch_up()
     return list(s.query(category=category, ids=ids, names=names, level=level, since=when(since, "since"),
                         until=when(until, "until"), after=after, limit=int(limit), projects=visible_projects()))
+
+
+def _endpoint_owner(endpoint: str) -> dict[str, Any]:
+    """Whose the records of `endpoint`'s inference log are: its id and project, from the catalog."""
+    view = _catalog_endpoints().get(endpoint)
+    return {"endpointId": str(view["id"]), "easymakerAppKey": view["project"]}
 
 
 def _endpoint_id(endpoint: str) -> str:

@@ -87,6 +87,9 @@ def app() -> WithDefaults:
     from mlflow.server.auth import create_app
     from mlflow.telemetry.utils import is_telemetry_disabled
 
+    from tasks.processes import not_dumpable
+
+    not_dumpable()  # it holds the catalog's URL and MLflow's admin password, as every stack process its own
     return WithDefaults(create_app(), is_telemetry_disabled())
 
 

@@ -21,7 +21,7 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import orjson
 
@@ -72,8 +72,13 @@ def _row(doc: dict[str, Any]) -> tuple:
 
 
 class LogStore:
-    def __init__(self, home: Path, path: Path | None = None):
+    def __init__(self, home: Path, path: Path | None = None,
+                 owner: Callable[[str], dict[str, Any]] | None = None):
+        """`owner(endpoint name)`: what the records of that endpoint's inference log are, whatever they say
+        ({"endpointId", "easymakerAppKey"} from the catalog): a served model writes those records itself,
+        and must not pass them off as another endpoint's or project's."""
         self.home = Path(home)
+        self.owner = owner
         self.path = path or self.home / "logs" / "records" / "index.db"
         private_dirs(self.path.parent)
         self.path.parent.chmod(0o700)
@@ -117,6 +122,16 @@ class LogStore:
                 added += self._catch_up_file(path, st)
         return added
 
+    def _pinned(self, path: Path) -> dict[str, Any]:
+        """The fields a file's records are given whatever they say: an endpoint's inference log's, its
+        endpoint's and project's (none for an endpoint gone: its records are the admins' alone)."""
+        if self.owner is None or path.parent != self.home / "endpoints" / "logs":
+            return {}
+        try:
+            return self.owner(path.stem)
+        except Exception:  # noqa: BLE001 - gone, or the catalog away: nobody's
+            return {"endpointId": None, "easymakerAppKey": None}
+
     def _catch_up_file(self, path: Path, st: os.stat_result) -> int:
         known = self.db.execute("SELECT inode, offset FROM files WHERE path = ?", (str(path),)).fetchone()
         offset = 0 if known is None or known[0] != st.st_ino or known[1] > st.st_size else known[1]
@@ -131,13 +146,14 @@ class LogStore:
             if end == 0:
                 break  # a torn last line: its end comes later
             rows = []
+            pinned = self._pinned(path)
             for raw in data[:end].splitlines():
                 try:
                     doc = orjson.loads(raw)
                 except orjson.JSONDecodeError:
                     continue
                 if isinstance(doc, dict):
-                    rows.append(_row(doc))
+                    rows.append(_row({**doc, **pinned}))
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 again = self.db.execute("SELECT inode, offset FROM files WHERE path = ?", (str(path),)).fetchone()

@@ -2,7 +2,8 @@
 saves itself (with tests/inside_attacker.py beside it) into EM_MODEL_DIR; loaded by a replica, each prediction
 makes every attempt of tests/inside_attacker.py from inside the replica, its targets given as the `targets`
 column of the request (JSON; `replicas`: each of its endpoint's replica keys and ports), and answers what it
-found, as one JSON string."""
+found, as one JSON string. With `forge`, it also writes a record into its endpoint's inference log that
+claims another project's and another endpoint's."""
 
 import json
 import os
@@ -18,7 +19,13 @@ class Attack(mlflow.pyfunc.PythonModel):
         mine = os.getcwd()  # its own folder, named after its replica's key: the neighbour is the other one
         given["replica"] = next((port for key, port in given.get("replicas", {}).items()
                                  if key != os.path.basename(mine)), None)  # none in a batch
-        return [json.dumps(inside_attacker.attempts({**given, "mine": mine}, replica=True))]
+        found = inside_attacker.attempts({**given, "mine": mine}, replica=True)
+        if given.get("forge"):  # a record of its endpoint's inference log, passed off as another project's
+            with open(given["forge"]["log"], "a") as fh:
+                fh.write(json.dumps({"category": "mlyard.inference", "logLevel": "ERROR", "body": given["forge"]["body"],
+                                     "time": "2026-01-01T00:00:00Z", "easymakerAppKey": given["forge"]["project"],
+                                     "endpointId": "1"}) + "\n")
+        return [json.dumps(found)]
 
 
 if __name__ == "__main__":

@@ -150,7 +150,9 @@ def test_a_members_model_reaches_nothing_of_the_platform_from_its_replica(mallor
                    replicas=keys, gateway=urlsplit(gateway_url(settings)).port, cache=str(compiled.cache_root()),
                    service=urlsplit(stack.service_url).port,
                    own_files=[str(settings.home_dir / "endpoints" / "logs" / "inside-atk.jsonl"),
-                              _local(platform.models.get_version("inside-atk", "1").source)])
+                              _local(platform.models.get_version("inside-atk", "1").source)],
+                   forge={"log": str(settings.home_dir / "endpoints" / "logs" / "inside-atk.jsonl"),
+                          "project": "inside-b", "body": f"forged-{uuid.uuid4().hex[:8]}"})
     url = f"{gateway_url(settings)}/inside-atk/inside-atk/v1/models/inside-atk:predict"
     req = urllib.request.Request(url, data=json.dumps({"instances": [{"targets": json.dumps(targets)}]}).encode(),
                                  headers={"Authorization": f"Bearer {mallory.key}", "Content-Type": "application/json"})
@@ -159,6 +161,15 @@ def test_a_members_model_reaches_nothing_of_the_platform_from_its_replica(mallor
     reached = {name: got for name, got in found.items() if not got.startswith("held")}
     assert not reached, reached
     assert len(found) == 15, found
+    # what it writes into its endpoint's inference log is its endpoint's and its project's, whatever it says
+    from mlyard.logs import store
+
+    logs = store(settings.home_dir)
+    logs.catch_up()
+    forged = targets["forge"]["body"]
+    assert not [r for r in logs.query(projects=["inside-b"], limit=1000) if r["body"] == forged]
+    (mine,) = [r for r in logs.query(projects=["inside-a"], limit=1000) if r["body"] == forged]
+    assert mine["endpointId"] == str(mallory.json("endpoints", "show", "inside-atk")["id"]), mine
     # the replica is bubblewrap's: its sandbox dies with the supervisor that started it
     import psutil
 
