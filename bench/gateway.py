@@ -78,25 +78,31 @@ def routes(gw: str) -> dict:
     return json.loads(urllib.request.urlopen(req, timeout=5).read())["endpoints"]
 
 
+def rf_model(folder: Path):
+    """RandomForest(100) fitted on breast-cancer, saved as an MLflow model in `folder`: its rows (X)."""
+    import mlflow.sklearn
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.ensemble import RandomForestClassifier
+
+    X, y = load_breast_cancer(return_X_y=True)
+    mlflow.sklearn.save_model(RandomForestClassifier(n_estimators=100, random_state=0).fit(X, y), folder,
+                              pip_requirements=["scikit-learn"], skops_trusted_types=["sklearn.tree._tree.Tree"])
+    return X
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--only-overhead", action="store_true", help="Parts 1 and 1b alone.")
     args = parser.parse_args()
     settings = start()
-    import mlflow.sklearn
-    from sklearn.datasets import load_breast_cancer
-    from sklearn.ensemble import RandomForestClassifier
-
     import mlyard.endpoints as endpoints
     from core.connection import gateway_url, read_state
     from flows.platform import Platform
     from tasks import replicas as files
 
-    X, y = load_breast_cancer(return_X_y=True)
     model_dir = Path(settings.home_dir) / "rf-model"
-    mlflow.sklearn.save_model(RandomForestClassifier(n_estimators=100, random_state=0).fit(X, y), model_dir,
-                              pip_requirements=["scikit-learn"], skops_trusted_types=["sklearn.tree._tree.Tree"])
+    X = rf_model(model_dir)
     p = Platform(settings)
     p.models.create_from_directory("rf", model_dir, "file://rf-model")
     p.models.create_from_directory("rf", model_dir, "file://rf-model")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._stack import start  # noqa: E402
-from bench.gateway import REPLICA, TOKEN, cpu_seconds, wrk  # noqa: E402
+from bench.gateway import REPLICA, TOKEN, cpu_seconds, rf_model, wrk  # noqa: E402
 
 FLAKY = """
 import numpy as np
@@ -55,19 +55,14 @@ def main() -> None:
     args = parser.parse_args()
     settings = start()
     import mlflow.pyfunc
-    import mlflow.sklearn
-    from sklearn.datasets import load_breast_cancer
-    from sklearn.ensemble import RandomForestClassifier
 
     import mlyard.endpoints as endpoints
     import mlyard.promotion as promotion
     from core.connection import gateway_url, internal_token, read_state, replica_token
     from flows.platform import Platform
 
-    X, y = load_breast_cancer(return_X_y=True)
     home = Path(settings.home_dir)
-    mlflow.sklearn.save_model(RandomForestClassifier(n_estimators=100, random_state=0).fit(X, y), home / "rf",
-                              pip_requirements=["scikit-learn"], skops_trusted_types=["sklearn.tree._tree.Tree"])
+    X = rf_model(home / "rf")
     (home / "flaky.py").write_text(FLAKY)
     mlflow.pyfunc.save_model(home / "flaky", python_model=str(home / "flaky.py"), artifacts={"rf": str(home / "rf")},
                              pip_requirements=["scikit-learn"])

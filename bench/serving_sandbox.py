@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._stack import start  # noqa: E402
-from bench.gateway import TOKEN, routes, wrk  # noqa: E402
+from bench.gateway import TOKEN, rf_model, routes, wrk  # noqa: E402
 
 
 def main() -> None:
@@ -34,20 +34,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     settings = start()
-    import mlflow.sklearn
     import psutil
-    from sklearn.datasets import load_breast_cancer
-    from sklearn.ensemble import RandomForestClassifier
 
     import mlyard.endpoints as endpoints
     from core.connection import gateway_url
     from flows.platform import Platform
     from tasks import replicas as files
 
-    X, y = load_breast_cancer(return_X_y=True)
     model_dir = Path(settings.home_dir) / "rf-model"
-    mlflow.sklearn.save_model(RandomForestClassifier(n_estimators=100, random_state=0).fit(X, y), model_dir,
-                              pip_requirements=["scikit-learn"], skops_trusted_types=["sklearn.tree._tree.Tree"])
+    X = rf_model(model_dir)
     Platform(settings).models.create_from_directory("rf", model_dir, "file://rf-model")
     gw = gateway_url(settings)
     for name in ("walled", "bare"):

@@ -106,7 +106,9 @@ def _as(account: str, argv: list[str]) -> list[str]:
     return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", passable + "exec " + inner]
 
 
-def _attack(tmp_path: Path, account: str, linger: bool = False) -> tuple[subprocess.Popen, Path, Path, _Listeners]:
+def _platform(tmp_path: Path, account: str) -> tuple[Path, Path, Path, _Listeners]:
+    """What a script or a model tries to reach: a home (its stack.json, a compiled model, the warm runner's
+    socket), another project's storage, a listening port; its run's scratch folder; all the account's."""
     if account != "root" and os.geteuid() != 0:
         pytest.skip("running as another account needs root")
     home = tmp_path / "project" / ".mlyard"
@@ -125,6 +127,11 @@ def _attack(tmp_path: Path, account: str, linger: bool = False) -> tuple[subproc
         user = _user()
         for path in (tmp_path, *tmp_path.rglob("*")):
             os.lchown(path, user.pw_uid, user.pw_gid)
+    return home, scratch, other, listeners
+
+
+def _attack(tmp_path: Path, account: str, linger: bool = False) -> tuple[subprocess.Popen, Path, Path, _Listeners]:
+    home, scratch, other, listeners = _platform(tmp_path, account)
     targets = {"home": str(home), "other": str(other), "port": listeners.port, "needles": ["MLYARD_INTERNAL_TOKEN"],
                "site": next(p for p in sys.path if p.endswith("site-packages")),
                "source": str(ROOT / "tasks" / "launch.py"), "linger": linger, "marker": f"mark-{os.getpid()}"}
@@ -271,3 +278,46 @@ def test_a_stopped_script_gets_its_grace_inside_the_sandbox(tmp_path):
                    echo=lines.append, should_stop=lambda: "stopped by its owner" if "training" in lines else None,
                    confinement=Confinement(tmp_path / "home", "auto", "required"))
     assert (dirs.checkpoint / "last.ckpt").read_text() == "epoch 3"
+
+
+MODEL = Path(__file__).resolve().parents[1] / "inside_model.py"
+
+# the stand-in batch worker: holds the platform's credential in its environment, scores with a model in its
+# sandbox (tasks/model_host.py), as a batch inference's worker does
+WORKER = r"""import json, sys
+from pathlib import Path
+import pandas as pd
+from tasks import model_host
+a = json.loads(sys.argv[1])
+model = model_host.load(Path(a["model"]), "required")
+predictions, _ = model.predict(pd.DataFrame({"targets": [json.dumps(a["targets"])]}), False)
+model.close()
+print(predictions[0])
+"""
+
+
+@pytest.mark.parametrize("account", ["root", "user"])
+def test_a_model_reaches_nothing_of_the_platform_from_its_sandbox(base, account):
+    """A member's model (tests/inside_model.py), scored by a stand-in batch worker as root and as an
+    ordinary user: its `predict` makes every attempt of the attacker's from inside the model's sandbox."""
+    import mlflow.pyfunc
+
+    tmp_path = base
+    home, _, other, listeners = _platform(tmp_path, account)
+    model = tmp_path / "model"
+    mlflow.pyfunc.save_model(model, python_model=str(MODEL), code_paths=[str(ATTACKER)], pip_requirements=[])
+    if account != "root":
+        user = _user()
+        for path in (model, *model.rglob("*")):
+            os.lchown(path, user.pw_uid, user.pw_gid)
+    targets = {"home": str(home), "other": str(other), "port": listeners.port, "service": listeners.port, "needles": ["MLYARD_INTERNAL_TOKEN"], "own_files": [str(model)],
+               "site": next(p for p in sys.path if p.endswith("site-packages")), "source": str(ROOT / "tasks" / "launch.py")}
+    worker = subprocess.run(_as(account, [sys.executable, "-c", WORKER, json.dumps({"model": str(model), "targets": targets})]),
+                            cwd=ROOT, env={**os.environ, "MLYARD_INTERNAL_TOKEN": SECRET, "MLYARD_HOME": str(home)},
+                            capture_output=True, text=True, timeout=180)
+    listeners.close()
+    assert worker.returncode == 0, worker.stderr[-3000:]
+    found = json.loads(worker.stdout.strip().splitlines()[-1])
+    reached = {name: got for name, got in found.items() if not got.startswith("held")}
+    assert not reached, reached
+    assert len(found) == 13 and listeners.reached == [], found
