@@ -71,6 +71,7 @@ class Supervisor:
                 shutil.rmtree(files.own_folder(self.home, key), ignore_errors=True)
         for key in set(have) - set(want) - set(self.procs):
             files.drop_state(self.home, key)
+            shutil.rmtree(files.own_folder(self.home, key), ignore_errors=True)
         for key, w in want.items():
             st = have.get(key) or files.State(key=key, port=w.port or free_port(), log=str(files.log_path(self.home, key)))
             running = self._running(key)

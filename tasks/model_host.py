@@ -204,8 +204,11 @@ def main() -> None:
     """The sandbox's side: load the model, say what it is, then answer each call until stdin ends."""
     import numpy as np
 
-    out = sys.stdout.buffer
-    sys.stdout = sys.stderr  # what the model prints goes to the log, never into the answers
+    # the answers go out on a descriptor of their own; what the model prints, from Python or from C (to
+    # descriptor 1), goes to the log, never into the answers
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
 
     def send(message: dict) -> None:
         data = orjson.dumps(message, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS, default=str)
