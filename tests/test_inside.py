@@ -170,11 +170,25 @@ def test_a_members_model_reaches_nothing_of_the_platform_from_its_replica(mallor
     assert not [r for r in logs.query(projects=["inside-b"], limit=1000) if r["body"] == forged]
     (mine,) = [r for r in logs.query(projects=["inside-a"], limit=1000) if r["body"] == forged]
     assert mine["endpointId"] == str(mallory.json("endpoints", "show", "inside-atk")["id"]), mine
-    # the replica is bubblewrap's: its sandbox dies with the supervisor that started it
+    # each replica is bubblewrap's: its whole sandbox dies with the supervisor that started it (kill -9), and
+    # the stack's keeper starts the supervisor again, which starts the replicas again
     import psutil
 
-    pid = files.states(settings.home_dir)[next(iter(keys))].pid
-    assert psutil.Process(pid).name() == "bwrap"
+    from core.connection import read_state
+    from tasks.processes import alive
+
+    sandboxes = [psutil.Process(files.states(settings.home_dir)[key].pid) for key in keys]
+    assert {p.name() for p in sandboxes} == {"bwrap"}
+    inside = [q for p in sandboxes for q in (p, *p.children(recursive=True))]
+    supervisor = read_state(settings).pids["replicas"]
+    os.kill(supervisor, signal.SIGKILL)
+    _, left = psutil.wait_procs(inside, timeout=10)
+    assert not [p for p in left if p.status() != psutil.STATUS_ZOMBIE], [p.cmdline()[:3] for p in left]
+    deadline = time.monotonic() + 60
+    while not (read_state(settings).pids["replicas"] != supervisor and alive(read_state(settings).pids["replicas"])
+               and all(st.pid and alive(st.pid) for k, st in files.states(settings.home_dir).items() if k in keys)):
+        assert time.monotonic() < deadline, "the keeper did not bring the supervisor and its replicas back"
+        time.sleep(0.5)
     _ok(owner("endpoints", "delete", "inside-atk"))  # deleting needs the project's owner
 
 
