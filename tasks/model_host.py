@@ -14,6 +14,7 @@ process, as before (tasks/models.py).
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import struct
@@ -38,9 +39,11 @@ def load(path: Path, mode: str, compile: bool = True) -> Any:
     from tasks.models import Model
 
     try:
-        walled, _ = sandbox.chosen(mode, "the model")
+        walled, notice = sandbox.chosen(mode, "the model")
     except SandboxUnavailable as exc:
         raise SpecError("model", str(path), str(exc)) from None
+    if notice:  # no sandbox here (a pod, where the pod is one): said once per load, in the run's log
+        logging.getLogger("mlyard.model").warning(notice)
     return Hosted(Path(path), compile) if walled else Model(str(path), compile)
 
 
