@@ -63,7 +63,7 @@ def local_source(source: str | None) -> Path | None:
     if "://" in source:
         return None
     path = Path(source)
-    # MLflow models only: pushed code (an entry script, a model folder) may write where it runs
+    # MLflow models only: pushed code (an entry script, a model folder) is served from a copy (model_copy)
     return path if (path / "MLmodel").is_file() else None
 
 
