@@ -42,10 +42,18 @@ def served_endpoint() -> tuple[str | None, str | None]:
 MODEL_FILES = "MLYARD_MODEL_FILES"
 
 
+def model_files_value(ref: str, path: str, name: str, version: str, parameters: dict[str, str]) -> str:
+    """MLYARD_MODEL_FILES's value for a replica of the version `ref`, whose files are at `path`."""
+    import json
+
+    return json.dumps({ref: {"path": path, "name": name, "version": version, "parameters": parameters}})
+
+
 def model_files(ref: str) -> dict[str, Any] | None:
     """What an endpoint's flow found of the version `ref` (models:/NAME/VERSION) that this replica serves:
     its files' path, name, version and parameters (MLYARD_MODEL_FILES, set on the replica by
-    tasks/endpoints.py), so that the replica, in its sandbox, reaches neither the registry nor the stack."""
+    tasks/endpoints.py and on a cluster tasks/kubernetes.py), so that the replica reaches neither the registry
+    nor the stack."""
     import json
 
     found = json.loads(os.environ.get(MODEL_FILES) or "{}").get(ref)

@@ -75,9 +75,7 @@ def to_compile(path: Path | str) -> Path | None:
     compiled nor refused before (its first load would compile it); else None."""
     kind, found = layout(path)
     if kind == "mlflow":
-        from tasks.models import is_sklearn_model
-
-        if not is_sklearn_model(found):
+        if not compiled.is_sklearn_model(found):
             return None
     elif kind != "joblib":
         return None

@@ -7,9 +7,11 @@ Every 0.2 s it compares what the endpoint flows want (tasks/replicas.py) with wh
   for a minute);
 - one no longer wanted is stopped (SIGTERM to its process group, SIGKILL after 10 s) and forgotten.
 Replicas outlive the gateway and the supervisor itself: a supervisor that starts finds the replicas
-its predecessor left running (by pid and command line) and adopts them. Stopping the supervisor
-(SIGTERM, as `mlyard down` does) stops its replicas. Each replica gets the replicas' credential
-(MLYARD_REPLICA_TOKEN, derived from the stack's internal one) and answers only the gateway.
+its predecessor left running (by pid and command line) and adopts them; those that run a user's code
+(a model's server, a notebook) are in sandboxes that die with the supervisor, and it starts them again.
+Stopping the supervisor (SIGTERM, as `mlyard down` does) stops its replicas. Each replica gets the
+replicas' credential (MLYARD_REPLICA_TOKEN, derived from the stack's internal one; for a model's server,
+one of its own derived from that and its key) and answers only the gateway.
 """
 
 from __future__ import annotations
@@ -67,11 +69,9 @@ class Supervisor:
         for key in list(self.procs):
             if key not in want:
                 self._stop(key)
-                files.drop_state(self.home, key)
-                shutil.rmtree(files.own_folder(self.home, key), ignore_errors=True)
+                self._forget(key)
         for key in set(have) - set(want) - set(self.procs):
-            files.drop_state(self.home, key)
-            shutil.rmtree(files.own_folder(self.home, key), ignore_errors=True)
+            self._forget(key)
         for key, w in want.items():
             st = have.get(key) or files.State(key=key, port=w.port or free_port(), log=str(files.log_path(self.home, key)))
             running = self._running(key)
@@ -184,10 +184,15 @@ class Supervisor:
             return
         log.info("stopped replica %s (pid %s)", key, pid)
 
+    def _forget(self, key: str) -> None:
+        """A replica no longer wanted (or stopped with the supervisor): its state and its own folder."""
+        files.drop_state(self.home, key)
+        shutil.rmtree(files.own_folder(self.home, key), ignore_errors=True)
+
     def stop_all(self) -> None:
         for key in list(self.procs):
             self._stop(key)
-            files.drop_state(self.home, key)
+            self._forget(key)
 
 
 def main(argv: list[str] | None = None) -> None:

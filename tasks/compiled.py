@@ -142,19 +142,24 @@ def open_compiled(folder: Path, threads: int = 1) -> OnnxEstimator:
         else OnnxEstimator(folder, meta, threads)
 
 
+def is_sklearn_model(path: Path) -> bool:
+    """Whether the MLflow model in `path` has the sklearn flavour (its MLmodel read, nothing imported)."""
+    import yaml
+
+    try:
+        meta = yaml.safe_load((Path(path) / "MLmodel").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return False
+    return "sklearn" in (meta.get("flavors") or {})
+
+
 def sklearn_source(path: Path) -> Path | None:
     """The file or folder a scikit-learn model at `path` compiles from (as serving/loading.py's `layout`
     finds it: an MLflow model of the sklearn flavour, a .joblib file or a folder of one), None for any
     other model; nothing is loaded."""
-    import yaml
-
     path = Path(path)
     if (path / "MLmodel").is_file():
-        try:
-            flavors = (yaml.safe_load((path / "MLmodel").read_text()) or {}).get("flavors") or {}
-        except (OSError, yaml.YAMLError, AttributeError):
-            return None
-        return path if "sklearn" in flavors else None
+        return path if is_sklearn_model(path) else None
     if path.is_file() and path.suffix == ".joblib":
         return path
     found = sorted(path.glob("*.joblib")) if path.is_dir() else []

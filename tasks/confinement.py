@@ -117,8 +117,6 @@ def _landlocked(invocations: list[Invocation], dirs: Workdirs, python: str, conf
             for argv, env in invocations]
 
 
-
-
 def around_platform_code(argv: list[str], env: dict[str, str], write: list[str], cwd: str,
                          mode: str) -> tuple[list[str], dict[str, str], list[str]]:
     """`argv`, the platform's own code running code a user brought (a pipeline's components), in a sandbox

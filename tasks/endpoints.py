@@ -22,7 +22,7 @@ from typing import Any, Callable
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from core.environment import MODEL_FILES
+from core.environment import MODEL_FILES, model_files_value
 from core.errors import (
     AlreadyExists,
     EndpointNotFound,
@@ -146,8 +146,7 @@ def local_replicas(home: Path, view: dict[str, Any], stage: str,
         env = {"MLYARD_ENDPOINT_ID": str(view["id"]), "MLYARD_ENDPOINT_STAGE_ID": str(st["id"])}
         walls: dict[str, Any] = {}
         if served.path is not None:
-            env[MODEL_FILES] = json.dumps({ref: {"path": served.path, "name": name, "version": version,
-                                                       "parameters": given}})
+            env[MODEL_FILES] = model_files_value(ref, served.path, name, version, given)
             walls = {"reads": [served.path, *engine_folders(engine)],
                      "walls": [str(log)] if kind is None else [], "compiled": served.compiled}
         for i in range(res["pods"]):

@@ -166,13 +166,13 @@ def model_pod(context: dict[str, Any], model: str, params: dict[str, str], mlyar
     version's files from the init container (`fetched`) and, of the platform, the replicas' credential alone
     (no settings Secret, no artifact keys): the server finds the files where MLYARD_MODEL_FILES says, its
     caches under /tmp."""
-    from core.environment import MODEL_FILES
+    from core.environment import MODEL_FILES, model_files_value
     from core.runtimes import MOUNT
 
     name, version = model.rsplit("/", 1)
-    fetched(context, f"models:/{name}/{version}", mlyard_image)
-    files = {f"models:/{name}/{version}": {"path": MOUNT, "name": name, "version": version, "parameters": params}}
-    context["env"] = [*context["env"], {"name": MODEL_FILES, "value": json.dumps(files)},
+    ref = f"models:/{name}/{version}"
+    fetched(context, ref, mlyard_image)
+    context["env"] = [*context["env"], {"name": MODEL_FILES, "value": model_files_value(ref, MOUNT, name, version, params)},
                       {"name": "HOME", "value": "/tmp"}, {"name": "MLYARD_CACHE_DIR", "value": "/tmp/cache"}]
 
 

@@ -83,7 +83,7 @@ def prepare_for_serving(model_dir: Path) -> str | None:
     from tasks import compiled
 
     if (model_dir / "MLmodel").is_file():
-        if not is_sklearn_model(model_dir):
+        if not compiled.is_sklearn_model(model_dir):
             return None
         runtime = Model(str(model_dir)).runtime
         return "onnxruntime (compiled at registration)" if runtime == "onnxruntime (compiled now)" else runtime
@@ -96,15 +96,6 @@ def prepare_for_serving(model_dir: Path) -> str | None:
 
     ready, why = compiled.compile_estimator(joblib.load(found[0]), found[0])
     return "onnxruntime (compiled at registration)" if ready is not None else f"scikit-learn (not compiled: {why})"
-
-
-def is_sklearn_model(path: Path) -> bool:
-    """Whether the MLflow model in `path` has the sklearn flavour (its MLmodel read, nothing imported)."""
-    try:
-        meta = yaml.safe_load((path / "MLmodel").read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return False
-    return "sklearn" in (meta.get("flavors") or {})
 
 
 def local_framework(model: str) -> str | None:
