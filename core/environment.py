@@ -39,6 +39,23 @@ def served_endpoint() -> tuple[str | None, str | None]:
     return os.environ.get("MLYARD_ENDPOINT_ID") or None, os.environ.get("MLYARD_ENDPOINT_STAGE_ID") or None
 
 
+REPLICA_TOKEN_FD = "MLYARD_REPLICA_TOKEN_FD"  # a descriptor to read the replica's credential from, once
+
+
+def take_replica_token() -> None:
+    """A replica's credential, read from the pipe its supervisor handed it (REPLICA_TOKEN_FD) into this
+    process's settings (MLYARD_REPLICA_TOKEN), the pipe then drained and closed: an environment is readable
+    in /proc by every process beside it in its sandbox (bubblewrap's own, the code a user brought), a
+    drained pipe by none. Nothing without one."""
+    fd = os.environ.pop(REPLICA_TOKEN_FD, None)
+    if fd is None or not fd.isdigit():
+        return
+    try:
+        os.environ["MLYARD_REPLICA_TOKEN"] = os.read(int(fd), 4096).decode().strip()
+    finally:
+        os.close(int(fd))
+
+
 MODEL_FILES = "MLYARD_MODEL_FILES"
 
 

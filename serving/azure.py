@@ -16,122 +16,120 @@ line); the server goes on. An `init()` that raises leaves the server up: livenes
 unhealthy and why, and /score answers 503 with that reason, instead of a dead port.
 
 `python -m serving.azure --entry_script score.py [--model_dir DIR] [--port 5001] [--worker_count N]`
-takes azmlinfsrv's flags; `mlyard serve --entry-script score.py` does the same. The script runs in the
-environment its deployment names: a conda file or requirements.txt (serving/azure_env.py).
+takes azmlinfsrv's flags; `mlyard serve --entry-script score.py` does the same. The script runs in
+processes of its own (serving/entry_host.py, one per worker), by the interpreter of the environment its
+deployment names: a conda file or requirements.txt, built into a virtual environment of those packages
+alone (tasks/azure_env.py), so it gets exactly the versions it names and this server keeps its own.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
+import json
 import os
+import queue
+import subprocess
 import sys
-import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from core.environment import flag
-from core.errors import BadInput, SpecError
-from serving import asgi
+from core.errors import SpecError
+from serving import asgi, entry_host
+from tasks.launch import script_environment
 
 DEFAULT_PORT = 5001
 
 
 class EntryScript:
-    """The user's script, loaded and initialised once in this process."""
+    """The user's script, loaded and initialised in `workers` processes of its own (serving/entry_host.py),
+    each run by `python` (the environment its deployment names, else this interpreter) with nothing of the
+    platform's in its environment; a request goes to whichever is free. A process that dies is started
+    again (its init() run again), and the request it held answers 500 with how it ended."""
 
-    def __init__(self, path: Path | str, model_dir: Path | str | None = None):
+    def __init__(self, path: Path | str, model_dir: Path | str | None = None, python: str | None = None,
+                 workers: int = 1):
         self.path = Path(path).resolve()
         if not self.path.is_file():
             raise SpecError("entry_script", str(path), "a Python file with init() and run()")
+        self._env = script_environment(os.environ)
         if model_dir is not None:
             model = Path(model_dir).resolve()
             if not model.exists():
                 raise SpecError("model_dir", str(model_dir), "a directory that exists (it becomes AZUREML_MODEL_DIR)")
-            os.environ["AZUREML_MODEL_DIR"] = str(model)
-        os.environ["AZUREML_ENTRY_SCRIPT"] = str(self.path)
-        self.init_error: str | None = None
-        self.module: Any = None
-        self.schema: tuple[dict, dict, list[str]] | None = None  # input, output schemas, swagger versions
-        self.required: list[str] = []  # run()'s arguments without a default
-        self.accepted: set[str] | None = None  # the arguments it takes (None: any, it has **kwargs)
+            self._env["AZUREML_MODEL_DIR"] = str(model)
+        self._python = python or sys.executable
+        first = _Process(self._python, self.path, self._env)
+        hello = first.hello
+        if hello.get("refused"):
+            first.close()
+            raise SpecError("entry_script", str(path), str(hello["refused"]))
+        self.init_error: str | None = hello.get("init_error")
+        schema = hello.get("schema")
+        self.schema: tuple[dict, dict, list[str]] | None = tuple(schema) if schema else None  # type: ignore[assignment]
+        self._idle: queue.SimpleQueue[_Process] = queue.SimpleQueue()
+        self._all = [first]
+        if self.init_error is None:  # every worker runs its own init(), as Azure's do
+            self._all += [_Process(self._python, self.path, self._env) for _ in range(max(1, workers) - 1)]
+        for proc in self._all:
+            self._idle.put(proc)
+
+    def call(self, body: bytes) -> tuple[bytes, bytes]:
+        """(kind, payload) of one request (serving/entry_host.py's kinds), from a free process."""
+        proc = self._idle.get()
         try:
-            spec = importlib.util.spec_from_file_location(self.path.stem, self.path)
-            assert spec is not None and spec.loader is not None
-            module = importlib.util.module_from_spec(spec)
-            sys.path.insert(0, str(self.path.parent))
-            spec.loader.exec_module(module)
-            if not callable(getattr(module, "run", None)):
-                raise SpecError("entry_script", str(path), "a script that defines run()")
-            self.module = module
-            self.schema = _schema(module.run)
-            self.required, self.accepted = _arguments(module.run)
-            if callable(getattr(module, "init", None)):
-                module.init()
-        except SpecError:
-            raise
-        except BaseException as exc:  # noqa: BLE001 - the server stays up and says why
-            self.init_error = f"init() failed: {where(exc, self.path)}"
+            answer = proc.ask(body)
+            if answer is None:  # it died in run(): a fresh one takes its place, the request answers why
+                ended = f"the script's process ended in run() (exit code {proc.close()}); it is started again"
+                fresh = _Process(self._python, self.path, self._env)
+                self._all = [fresh if p is proc else p for p in self._all]
+                proc = fresh
+                return entry_host.FAILED, ended.encode()
+            return answer
+        finally:
+            self._idle.put(proc)
 
-    def call(self, body: bytes) -> Any:
-        run = self.module.run
-        if self.schema is not None and self.schema[0]:  # inference-schema: the body's fields as arguments
-            try:
-                doc = orjson.loads(body) if body else {}
-            except orjson.JSONDecodeError as exc:
-                raise BadInput(f"the body is not valid JSON ({exc}); send a JSON object of run()'s inputs") from None
-            if not isinstance(doc, dict):
-                raise BadInput("the body must be a JSON object of run()'s inputs, e.g. {\"data\": [[1, 2]]}")
-            declared = list(self.schema[0].get("properties", {}))
-            missing = [n for n in self.required if n not in doc]
-            if missing:
-                raise BadInput(f"the body lacks {missing[0]!r}; run() takes {', '.join(declared)}")
-            unknown = [n for n in doc if n not in self.accepted] if self.accepted is not None else []
-            if unknown:
-                raise BadInput(f"run() takes no {unknown[0]!r}; it takes {', '.join(declared)}")
-            try:
-                return run(**doc)
-            except Exception as exc:
-                frames = traceback.extract_tb(exc.__traceback__)
-                if frames and f"{os.sep}inference_schema{os.sep}" in frames[-1].filename:  # the decorators refused it
-                    raise BadInput(f"the body does not fit run()'s declared inputs: {type(exc).__name__}: {exc}") from None
-                raise
+    def close(self) -> None:
+        for proc in self._all:
+            proc.close()
+
+
+class _Process:
+    """One `python -I entry_host.py SCRIPT` and its pipes."""
+
+    def __init__(self, python: str, script: Path, env: dict[str, str]):
+        host = Path(entry_host.__file__).resolve()
+        self._proc = subprocess.Popen([python, "-I", str(host), str(script), str(os.getpid())], env=env,
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert self._proc.stdout is not None
+        found = entry_host.read_frame(self._proc.stdout)
         try:
-            raw: Any = body.decode("utf-8")
-        except UnicodeDecodeError:
-            raw = body
-        return run(raw)
+            hello = orjson.loads(found) if found is not None else None
+        except orjson.JSONDecodeError:
+            hello = None
+        if not isinstance(hello, dict):
+            code = self.close()
+            hello = {"init_error": f"the script's process ended while loading it (exit code {code}; its log says why)"}
+        self.hello: dict[str, Any] = hello
 
+    def ask(self, body: bytes) -> tuple[bytes, bytes] | None:
+        """(kind, payload) of run()'s answer; None when the process ended instead."""
+        try:
+            assert self._proc.stdin is not None and self._proc.stdout is not None
+            entry_host.write_frame(self._proc.stdin, body)
+            answer = entry_host.read_frame(self._proc.stdout)
+        except (BrokenPipeError, OSError):
+            answer = None
+        return (answer[:1], answer[1:]) if answer else None
 
-
-
-def _schema(run: Any) -> tuple[dict, dict, list[str]] | None:
-    """(input schema, output schema, swagger versions) of a run() with inference-schema decorators."""
-    if importlib.util.find_spec("inference_schema") is None:
-        return None
-    from inference_schema import schema_util
-
-    if not schema_util.is_schema_decorated(run):
-        return None
-    return (schema_util.get_input_schema(run) or {}, schema_util.get_output_schema(run) or {},
-            [str(v) for v in schema_util.get_supported_versions(run)])
-
-
-def _arguments(run: Any) -> tuple[list[str], set[str] | None]:
-    import inspect
-
-    try:
-        params = inspect.signature(inspect.unwrap(run)).parameters.values()
-    except (TypeError, ValueError):
-        return [], None
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return [p.name for p in params if p.default is p.empty and p.kind is p.POSITIONAL_OR_KEYWORD], None
-    named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    return [p.name for p in named if p.default is p.empty], {p.name for p in named}
+    def close(self) -> int:
+        """Its exit code, once ended."""
+        if self._proc.poll() is None:
+            self._proc.kill()
+        return self._proc.wait()
 
 
 def swagger(script: EntryScript, version: str) -> dict[str, Any]:
@@ -160,15 +158,6 @@ def swagger(script: EntryScript, version: str) -> dict[str, Any]:
                     "responses": {"200": {"description": "run()'s answer", "schema": {"$ref": "#/definitions/ServiceOutput"}},
                                   "default": {"description": "An error", "schema": {"$ref": "#/definitions/ErrorResponse"}}}}}},
             "definitions": {"ServiceInput": inputs, "ServiceOutput": outputs, "ErrorResponse": error}}
-
-
-def where(exc: BaseException, script: Path) -> str:
-    """`Type: message (score.py, line N, in run)`: the deepest frame inside the script, else the last."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    inside = [f for f in frames if Path(f.filename).resolve() == script]
-    frame = inside[-1] if inside else (frames[-1] if frames else None)
-    place = f" ({Path(frame.filename).name}, line {frame.lineno}, in {frame.name})" if frame else ""
-    return f"{type(exc).__name__}: {exc}{place}"
 
 
 class AzureApp:
@@ -216,20 +205,16 @@ class AzureApp:
             except asgi.BodyTooLarge as exc:
                 return 413, _error(str(exc)), b"application/json"
         loop = asyncio.get_running_loop()
-        try:
-            out = await loop.run_in_executor(self.pool, script.call, body)
-        except BadInput as exc:
-            return 400, _error(str(exc)), b"application/json"
-        except Exception as exc:  # noqa: BLE001 - the script's error, and where
-            return 500, _error(where(exc, script.path)), b"application/json"
-        if isinstance(out, bytes):
-            return 200, out, b"application/octet-stream"
-        if isinstance(out, str):
-            return 200, out.encode(), b"application/json"
-        try:
-            return 200, orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY), b"application/json"
-        except TypeError as exc:
-            return 500, _error(f"run() returned a {type(out).__name__} that is not JSON ({exc})"), b"application/json"
+        kind, payload = await loop.run_in_executor(self.pool, script.call, body)
+        if kind == entry_host.BAD:
+            return 400, _error(payload.decode(errors="replace")), b"application/json"
+        if kind == entry_host.FAILED:
+            return 500, _error(payload.decode(errors="replace")), b"application/json"
+        if kind == entry_host.BYTES:
+            return 200, payload, b"application/octet-stream"
+        if kind == entry_host.JSON and (b"NaN" in payload or b"Infinity" in payload):
+            payload = orjson.dumps(json.loads(payload))  # JSON's own null for what Python writes as NaN
+        return 200, payload, b"application/json"
 
 
 def _error(message: str) -> bytes:
@@ -242,39 +227,40 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--entry_script", required=True, help="Path of the scoring script (init() and run()).")
     parser.add_argument("--model_dir", default=None, help="Directory of the model; becomes AZUREML_MODEL_DIR.")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="Port to listen on (default 5001).")
-    parser.add_argument("--worker_count", type=int, default=1, help="Threads that run run() concurrently.")
+    parser.add_argument("--worker_count", type=int, default=1, help="Processes that run run() side by side.")
     parser.add_argument("--host", default="0.0.0.0", help="Address to listen on (default: every interface).")
     parser.add_argument("--conda_file", default=None, help="The deployment's conda file (its pip: list is installed).")
     parser.add_argument("--requirements", default=None, help="The deployment's requirements.txt.")
+    parser.add_argument("--python", default=None, help="The Python to run the script with (an environment built "
+                                                       "before), instead of one built from its environment file.")
     parser.add_argument("--strict", action="store_true", help="End when init() fails (an endpoint's replica).")
     args = parser.parse_args(argv)
     serve_entry_script(args.entry_script, args.model_dir, args.host, args.port, args.worker_count, args.strict,
-                       conda_file=args.conda_file, requirements=args.requirements)
+                       conda_file=args.conda_file, requirements=args.requirements, python=args.python)
 
 
 def serve_entry_script(entry_script: str, model_dir: str | None, host: str, port: int, workers: int = 1,
-                       strict: bool = False, conda_file: str | None = None, requirements: str | None = None) -> None:
-    """Serve the script, in the environment its deployment names (serving/azure_env.py: a conda file or
-    requirements.txt given, or beside the script). A failed init() is answered with its reason until
-    fixed (as Azure's server does), or with `strict` (an endpoint's replica: no later request can fix
-    it) ends the process."""
-    from serving import azure_env
+                       strict: bool = False, conda_file: str | None = None, requirements: str | None = None,
+                       python: str | None = None) -> None:
+    """Serve the script, run by `python`, else in the environment its deployment names (tasks/azure_env.py:
+    a conda file or requirements.txt given, or beside the script), built once into a virtual environment
+    of its packages alone. A failed init() is answered with its reason until fixed (as Azure's server
+    does), or with `strict` (an endpoint's replica: no later request can fix it) ends the process."""
+    from core.settings import Settings
     from serving.server import run_app
+    from tasks import azure_env
+    from tasks.processes import not_dumpable
 
-    if not flag(azure_env.REEXEC_ENV):
-        try:
+    not_dumpable()  # its environment (a replica's credential) stays its own: the script's processes cannot read it
+    try:
+        if python is None:
             env = azure_env.find(Path(entry_script), Path(conda_file) if conda_file else None,
                                  Path(requirements) if requirements else None)
-            python = _environment_python(env)
-        except SpecError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            raise SystemExit(2) from None
-        if python != sys.executable:
-            azure_env.run_in(python, ["--entry_script", entry_script, "--port", str(port), "--worker_count",
-                                      str(workers), "--host", host, *(["--model_dir", model_dir] if model_dir else []),
-                                      *(["--strict"] if strict else [])])
-    try:
-        script = EntryScript(entry_script, model_dir)
+            python = azure_env.python_for(env, Settings().envs_dir,
+                                          log=lambda line: print(line, file=sys.stderr, flush=True))
+        elif not os.access(python, os.X_OK):
+            raise SpecError("--python", python, "an interpreter that exists (a virtual environment's bin/python)")
+        script = EntryScript(entry_script, model_dir, python, workers)
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -283,21 +269,11 @@ def serve_entry_script(entry_script: str, model_dir: str | None, host: str, port
         raise SystemExit(2)
     if script.init_error:
         print(f"warning: {script.init_error}; the server answers with this reason until it is fixed", file=sys.stderr)
-    run_app(AzureApp(script, workers), host, port,
-            on_ready=lambda url: print(f"serving {script.path.name} on {url}  (score: {url}/score)", flush=True))
-
-
-def _environment_python(env) -> str:
-    """The deployment's environment built (or found in the cache); its python."""
-    from core.errors import TrainingFailed
-    from core.settings import Settings
-    from serving import azure_env
-
     try:
-        return azure_env.python_for(env, Settings().envs_dir, log=lambda line: print(line, file=sys.stderr, flush=True))
-    except TrainingFailed as exc:  # pip could not install it: the reason, in one line
-        raise SpecError(env.source.name if env.source else "environment", "its packages",
-                        f"packages pip can install ({exc.reason}: {exc.last_lines[-1] if exc.last_lines else ''})") from None
+        run_app(AzureApp(script, workers), host, port,
+                on_ready=lambda url: print(f"serving {script.path.name} on {url}  (score: {url}/score)", flush=True))
+    finally:
+        script.close()
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+from core.environment import REPLICA_TOKEN_FD
 from tasks import replicas as files
 from tasks.processes import alive as _alive
 from tasks.processes import not_dumpable, stop_group
@@ -117,15 +118,19 @@ class Supervisor:
         with open(path, "ab") as out:
             out.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} starting: {' '.join(argv)}\n".encode())
             out.flush()
+            fds = _handed(env, w)
             try:
                 proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        env=env, start_new_session=True)
+                                        env=env, start_new_session=True, pass_fds=fds)
             except OSError as exc:
                 out.write(f"could not start: {exc}\n".encode())
                 st.status, st.last_exit = "EXITED", None
                 self.due[w.key] = time.monotonic() + MAX_BACKOFF
                 files.write_state(self.home, st)
                 return
+            finally:
+                for fd in fds:
+                    os.close(fd)
         self.procs[w.key] = proc
         if st.started_at:
             st.restarts += 1
@@ -193,6 +198,20 @@ class Supervisor:
         for key in list(self.procs):
             self._stop(key)
             self._forget(key)
+
+
+def _handed(env: dict[str, str], w: files.Wanted) -> tuple[int, ...]:
+    """A model replica's credential moved from its environment into a pipe it reads once at its start
+    (core/environment.take_replica_token), so that no process beside its server in its sandbox (bubblewrap's
+    own, whose environment is readable there, or an entry script's) finds it: the pipe's end to hand it."""
+    token = env.pop("MLYARD_REPLICA_TOKEN", None) if w.reads is not None else None
+    if token is None:
+        return ()
+    read, write = os.pipe()
+    os.write(write, token.encode())
+    os.close(write)
+    env[REPLICA_TOKEN_FD] = str(read)
+    return (read,)
 
 
 def main(argv: list[str] | None = None) -> None:

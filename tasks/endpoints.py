@@ -137,7 +137,8 @@ def local_replicas(home: Path, view: dict[str, Any], stage: str,
         elif kind == "model-folder":
             argv = [mlyard_bin(), "serve", ref, "--service-port", "0", "--host", "127.0.0.1"]
         elif kind == "entry-script":
-            argv = [mlyard_bin(), "serve", ref, "--host", "127.0.0.1"]
+            argv = [mlyard_bin(), "serve", ref, "--host", "127.0.0.1",
+                    *(["--python", served.python] if served.python else [])]
         else:
             log.touch(mode=0o600)  # bound into the sandbox: it must be there
             argv = [mlyard_bin(), "serve", *(["--chat-model"] if given.get("task") == "chat" else []),
@@ -147,7 +148,8 @@ def local_replicas(home: Path, view: dict[str, Any], stage: str,
         walls: dict[str, Any] = {}
         if served.path is not None:
             env[MODEL_FILES] = model_files_value(ref, served.path, name, version, given)
-            walls = {"reads": [served.path, *engine_folders(engine)],
+            environment = [str(Path(served.python).parent.parent)] if served.python else []  # a venv, read-only
+            walls = {"reads": [served.path, *engine_folders(engine), *environment],
                      "walls": [str(log)] if kind is None else [], "compiled": served.compiled}
         for i in range(res["pods"]):
             out.append(files.Wanted(

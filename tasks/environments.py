@@ -1,18 +1,16 @@
 """The environments user code runs in: an algorithm's requirements.txt, or a served entry script's
-deployment environment, each built once into a cached virtual environment over the platform's packages."""
+deployment environment, each built once into a cached virtual environment (over the platform's packages, or of its own alone)."""
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
-import re
 import shutil
 import site
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 from core.errors import TrainingFailed
 from tasks.launch import TAIL_LINES
@@ -33,18 +31,17 @@ def requirements_env(source: Path, envs_dir: Path, log: Callable[[str], None] = 
 
 
 def pip_environment(requirements: str, envs_dir: Path, log: Callable[[str], None] = print,
-                    label: str = "requirements.txt", cwd: Path | None = None, keep: Sequence[str] = (),
-                    project: str = "") -> str:
-    """The python of a virtual environment holding `requirements` (pip's requirement lines) over the
-    platform's packages, built once per hash of them and this Python (`requirements_env`'s rules);
-    `label` names them in what it logs and in a failure. `keep`: mlyard's modules that run in it too (a
-    served entry script's server): the packages they load are pip constraints at the platform's versions,
-    so the requirements may add packages and change others (an older scikit-learn for an old pickle),
-    but never those; pip refuses a conflict, named in one line. pip (and what it builds: a package's
-    setup.py is code a user brought) runs in a sandbox that writes only the environment; the code run
-    with it later gets the environment read-only (tasks/sandbox.py), so no run can change the next one's."""
-    digest = hashlib.sha256(f"{project}\0".encode() + requirements.encode() + sys.version.encode()
-                            + "|".join(keep).encode()).hexdigest()[:16]
+                    label: str = "requirements.txt", cwd: Path | None = None, project: str = "",
+                    own: bool = False) -> str:
+    """The python of a virtual environment holding `requirements` (pip's requirement lines), built once per
+    hash of them and this Python (`requirements_env`'s rules); `label` names them in what it logs and in a
+    failure. It sees the platform's packages behind its own, or with `own` none of them (a served entry
+    script's: it gets exactly what its deployment names, at any version, and the platform's server runs
+    apart from it, serving/entry_host.py). pip (and what it builds: a package's setup.py is code a user
+    brought) runs in a sandbox that writes only the environment; the code run with it later gets the
+    environment read-only (tasks/sandbox.py), so no run can change the next one's."""
+    digest = hashlib.sha256(f"{project}\0{'own' if own else ''}\0".encode() + requirements.encode()
+                            + sys.version.encode()).hexdigest()[:16]
     target = envs_dir / digest
     python = target / "bin" / "python"
     ready = target / ".ready"
@@ -58,17 +55,13 @@ def pip_environment(requirements: str, envs_dir: Path, log: Callable[[str], None
         log(f"{label}: building environment {target}")
         try:
             _run_checked([sys.executable, "-m", "venv", "--without-pip", str(target)])
-            # The platform's own packages stay visible, behind the environment's own (a .pth is read last).
-            own = target / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
-            (own / "mlyard-platform.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+            if not own:  # the platform's own packages stay visible, behind the environment's own (a .pth is read last)
+                own_site = target / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+                (own_site / "mlyard-platform.pth").write_text("\n".join(site.getsitepackages()) + "\n")
             wanted = target / "requirements.txt"
             wanted.write_text(requirements)
-            kept: list[str] = []
-            if keep:
-                (target / "platform-constraints.txt").write_text(platform_pins(keep))
-                kept = ["-c", str(target / "platform-constraints.txt")]
             out = _run_checked(_sandboxed([sys.executable, "-m", "pip", "--python", str(python), "install",
-                                           "--disable-pip-version-check", "--no-input", "-r", str(wanted), *kept],
+                                           "--disable-pip-version-check", "--no-input", "-r", str(wanted)],
                                           target, cwd), cwd=cwd, label=label, env=_pip_env(target))
         except TrainingFailed:
             shutil.rmtree(target, ignore_errors=True)
@@ -78,19 +71,6 @@ def pip_environment(requirements: str, envs_dir: Path, log: Callable[[str], None
         shutil.rmtree(target / ".tmp", ignore_errors=True)
         ready.write_text(requirements)
     return str(python)
-
-
-def platform_pins(modules: Sequence[str]) -> str:
-    """The distributions that `modules` load (in a fresh interpreter of the platform, so nothing else is
-    counted), pinned at their installed versions: pip constraint lines."""
-    code = ("import importlib, json, sys\nfrom importlib.metadata import packages_distributions, version\n"
-            f"for m in {list(modules)!r}: importlib.import_module(m)\n"
-            "found = packages_distributions()\n"
-            "names = {d for m in list(sys.modules) for d in found.get(m.split('.')[0], [])}\n"
-            "print(json.dumps({n: version(n) for n in names if n != 'mlyard'}))")
-    pins = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                                     cwd=Path(__file__).resolve().parent.parent).stdout)
-    return "".join(f"{name}=={v}\n" for name, v in sorted(pins.items()))
 
 
 def _sandboxed(argv: list[str], target: Path, cwd: Path | None) -> list[str]:
@@ -128,14 +108,6 @@ def _run_checked(argv: list[str], cwd: Path | None = None, label: str = "require
     proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         everything = (proc.stdout + proc.stderr).strip().splitlines()
-        # a requirement that would replace a package the platform runs on (platform_pins): pip names it
-        # beside "(constraint)"; said first, as the reason
-        pinned = sorted({m.group(1) for line in everything
-                         if (m := re.search(r"requested \(constraint\) ([A-Za-z0-9_.\-]+==\S+)", line))})
-        if pinned:
-            raise TrainingFailed(f"{label} asks for other versions of packages mlyard runs on (kept at "
-                                 f"{', '.join(pinned)}): leave them out of it, or ask for those versions",
-                                 proc.returncode, everything[-TAIL_LINES:])
         raise TrainingFailed(f"installing {label} failed (exit code {proc.returncode})",
                              proc.returncode, everything[-TAIL_LINES:])
     return proc.stdout

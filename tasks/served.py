@@ -1,6 +1,7 @@
 """A model version as its local replicas serve it, found by the endpoint flow before they start: its files on
-this machine (where the stack keeps them, else a copy under <home>/serving/), its registered parameters and
-its compiled entry, so that a replica, in its sandbox, reaches neither the registry nor the stack.
+this machine (where the stack keeps them, else a copy under <home>/serving/), its registered parameters,
+its compiled entry and, for a pushed entry script, the environment its deployment names (built here, once),
+so that a replica, in its sandbox, reaches neither the registry nor the stack nor the package index.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ class Served:
     parameters: dict[str, str]
     path: str | None = None
     compiled: str | None = None
+    python: str | None = None  # a pushed entry script's: its deployment environment's interpreter (tasks/azure_env.py)
 
 
 def served_versions(p: Any, view: dict[str, Any], stage: str) -> dict[str, Served]:
@@ -35,8 +37,26 @@ def served_versions(p: Any, view: dict[str, Any], stage: str) -> dict[str, Serve
         found = p.models.get_version(name, version)
         path = local_source(found.source) or model_copy(p.settings, f"models:/{name}/{version}", name, version)
         entry = compiled.entry(path)
-        out[r["model"]] = Served(dict(found.parameters), str(path), str(entry) if entry is not None else None)
+        out[r["model"]] = Served(dict(found.parameters), str(path), str(entry) if entry is not None else None,
+                                 entry_python(p.settings, path, dict(found.parameters)))
     return out
+
+
+def entry_python(settings: Any, path: Path, parameters: dict[str, str]) -> str | None:
+    """A pushed entry script's interpreter: that of the environment its deployment names (a conda file or
+    requirements.txt beside it), built here by the flow, once, so its replicas find it ready and read it
+    alone; None for any other version, or one that names no packages (the platform's Python runs it)."""
+    import logging
+    import sys
+
+    from tasks import azure_env
+    from tasks.replicas import CODE_KIND
+
+    if parameters.get(CODE_KIND) != "entry-script":
+        return None
+    env = azure_env.find(path / parameters.get("entry_script", "score.py"))
+    python = azure_env.python_for(env, settings.envs_dir, logging.getLogger("mlyard.endpoint").info)
+    return None if python == sys.executable else python
 
 
 def engine_folders(engine: str | None) -> list[str]:

@@ -200,6 +200,9 @@ def attempts(given: dict, replica: bool = False) -> dict[str, str]:
     if replica:
         attempt("the Prefect API without a credential", lambda: without_credential(targets["port"], "/api/admin/settings"))
         attempt("the mlyard API without a credential", lambda: without_credential(targets["service"], "/metrics"))
+        if targets.get("environment"):  # an entry script's: its deployment's own, built by the flow
+            attempt("write the environment it runs in (the next replica's)",
+                    lambda: open(os.path.join(sys.prefix, "evil.pth"), "w"))
         if targets.get("replica"):  # served (a batch's model holds no replica credential)
             attempt("the gateway's routing table with its own credential", lambda: as_replica(
                 targets["gateway"], "/mlyard/routes", os.environ["MLYARD_REPLICA_TOKEN"]))

@@ -192,6 +192,54 @@ def test_a_members_model_reaches_nothing_of_the_platform_from_its_replica(mallor
     _ok(owner("endpoints", "delete", "inside-atk"))  # deleting needs the project's owner
 
 
+ENTRY_ATTACK = """
+import json, os, sys
+import inside_attacker, mlyardprobe  # the second only in the environment its deployment names
+
+def run(raw):
+    found = inside_attacker.attempts({**json.loads(raw), "mine": os.getcwd()}, replica=True)
+    return {"found": found, "probe": mlyardprobe.VALUE, "python": sys.executable}
+"""
+
+
+def test_a_members_entry_script_runs_in_its_own_environment_and_reaches_nothing(mallory, stack, settings):
+    """mallory pushes an Azure ML entry script whose requirements.txt names a package of its own: the endpoint's
+    flow builds that environment (its packages alone), and the replica runs the script in it, in a process of
+    its own beside mlyard's server. From there it makes every attempt of tests/inside_attacker.py, its
+    server's replica credential among the needles (the script holds none), and writing the environment it
+    runs in (the next replica's): nothing is reached."""
+    import urllib.request
+
+    from core.connection import gateway_url
+    from serving_http import probe_wheel
+    from tasks import replicas as files
+
+    folder = mallory.work / "entry-attack"
+    (folder / "wheels").mkdir(parents=True)
+    shutil.copy(ATTACKER, folder / "inside_attacker.py")
+    (folder / "score.py").write_text(ENTRY_ATTACK)
+    wheel = probe_wheel(folder / "wheels")
+    (folder / "requirements.txt").write_text(f"./wheels/{wheel.name}\n")
+    shown = mallory.json("endpoints", "deploy", "inside-entry", "--sync", str(folder))
+    assert shown["status"] == "ACTIVE", shown
+    (wanted,) = files.of_stage(settings.home_dir, "inside-entry", "default")
+    environment = next(r for r in wanted.reads if r.startswith(str(settings.envs_dir)))
+    targets = json.loads(_targets(stack, settings))
+    targets.update(gateway=urlsplit(gateway_url(settings)).port, service=urlsplit(stack.service_url).port,
+                   own_files=list(wanted.reads), environment=True)
+    url = f"{gateway_url(settings)}/inside-entry/inside-entry/score"
+    req = urllib.request.Request(url, data=json.dumps(targets).encode(),
+                                 headers={"Authorization": f"Bearer {mallory.key}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        answer = json.loads(resp.read())
+    assert answer["probe"] == 42 and answer["python"].startswith(environment + "/"), (answer["python"], environment)
+    found = answer["found"]
+    reached = {name: got for name, got in found.items() if not got.startswith("held")}
+    assert not reached, reached
+    assert len(found) == 14, found
+    _ok(owner("endpoints", "delete", "inside-entry"))
+
+
 PICKLER = '''import json, os, pickle
 target = json.loads(os.environ["EM_HP_TARGETS"])["marker"]
 class Evil:

@@ -23,12 +23,17 @@ def serve(
                                                 "(init() and run()) instead of MODEL: routes / and /score."),
     model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="With --entry-script: the model directory "
                                              "(AZUREML_MODEL_DIR)."),
-    workers: int = typer.Option(1, "--workers", help="With --entry-script: threads that run run() concurrently."),
+    workers: int = typer.Option(1, "--workers", help="With --entry-script: processes that run run() side by side "
+                                "(each runs init() first, as Azure's workers do)."),
     conda_file: Optional[Path] = typer.Option(None, "--conda-file", help="With --entry-script: the deployment's conda "
-                                              "file; its pip: list is installed into a cached environment the script "
-                                              "runs in (default: conda.yaml or environment.yml beside the script)."),
+                                              "file; its pip: list is installed into a cached environment of those "
+                                              "packages alone, which the script runs in (default: conda.yaml or "
+                                              "environment.yml beside the script)."),
     requirements: Optional[Path] = typer.Option(None, "--requirements", help="With --entry-script: the deployment's "
                                                 "requirements.txt (default: one beside the script)."),
+    python: Optional[str] = typer.Option(None, "--python", help="With --entry-script (or a registered entry script): "
+                                         "the Python to run the script with, e.g. a virtual environment's "
+                                         "bin/python, instead of one built from its environment file."),
     chat_model: Optional[str] = typer.Option(None, "--chat-model", help="Also (or only) serve a generative model on "
                                              "OpenAI's routes (/openai/v1/chat/completions, /openai/v1/completions): "
                                              "smollm2 (the offline default; needs the llm extra), a .gguf file, a "
@@ -78,8 +83,10 @@ def serve(
     statistics, or an Azure ML entry script; prints its URL and runs until Ctrl-C."""
     import os
 
+    from core.environment import take_replica_token
     from core.names import param_environ
 
+    take_replica_token()  # a replica's credential, handed in a pipe by its supervisor
     given = guard(lambda: _params(param))
     os.environ.update(param_environ(given))
     if model_folder is not None:  # 1. a Backend.AI model folder, alone
@@ -92,9 +99,12 @@ def serve(
         if model is not None or chat_model is not None:
             guard(lambda: _raise(SpecError("MODEL" if model else "--chat-model", model or chat_model,
                                            "nothing with --entry-script (the script loads its model)")))
-        return _serve_script(entry_script, model_dir, host, port, workers, conda_file, requirements)
+        if python is not None and (conda_file or requirements):
+            guard(lambda: _raise(SpecError("--python", python, "alone, or --conda-file / --requirements, not both")))
+        return _serve_script(entry_script, model_dir, host, port, workers, conda_file, requirements, python)
     if model is not None and chat_model is None and _registered(model) and \
-            _serve_pushed_code(model, given, (definition, runtime, engine_args, envs), service_port, host, port, workers):
+            _serve_pushed_code(model, given, (definition, runtime, engine_args, envs), service_port, host, port, workers,
+                               python):
         return  # 3. a version `mlyard endpoints deploy --sync` pushed: its entry script or model folder
     if model is None and chat_model is None:
         guard(lambda: _raise(SpecError("MODEL", None, "a model reference or directory (or --entry-script FILE, "
@@ -124,18 +134,18 @@ class _Served:
 
 
 def _serve_script(entry_script: Path, model_dir: Path | None, host: str, port: int | None, workers: int,
-                  conda_file: Path | None, requirements: Path | None) -> None:
+                  conda_file: Path | None, requirements: Path | None, python: str | None) -> None:
     from serving.azure import DEFAULT_PORT, serve_entry_script
 
     _listening(lambda: serve_entry_script(str(entry_script), str(model_dir) if model_dir else None, host,
                                           port or DEFAULT_PORT, workers,
                                           conda_file=str(conda_file) if conda_file else None,
-                                          requirements=str(requirements) if requirements else None),
+                                          requirements=str(requirements) if requirements else None, python=python),
                port or DEFAULT_PORT)
 
 
 def _serve_pushed_code(model: str, given: dict[str, str], how: tuple, service_port: int | None, host: str,
-                       port: int | None, workers: int) -> bool:
+                       port: int | None, workers: int, python: str | None = None) -> bool:
     """Serve a registered version that holds pushed code (an entry script or a model folder), or a model
     folder run by a runtime variant (`how`: definition, runtime, engine args, environment); False for a
     model of any other kind (the model server serves it)."""
@@ -158,7 +168,8 @@ def _serve_pushed_code(model: str, given: dict[str, str], how: tuple, service_po
     from serving.azure import serve_entry_script
 
     script = path / registered.get("entry_script", "score.py")
-    _listening(lambda: serve_entry_script(str(script), str(path), host, port or 8080, workers, strict=True),
+    _listening(lambda: serve_entry_script(str(script), str(path), host, port or 8080, workers, strict=True,
+                                          python=python),
                port or 8080)
     return True
 

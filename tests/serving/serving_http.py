@@ -23,14 +23,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(argv: list[str], ready_word: str = "serving ", env: dict[str, str] | None = None
-          ) -> tuple[subprocess.Popen, str]:
+def start(argv: list[str], ready_word: str = "serving ", env: dict[str, str] | None = None,
+          timeout: float = 120) -> tuple[subprocess.Popen, str]:
     """Start a server process (with `env` added to this one's); return it and what it printed up to its
-    ready line."""
+    ready line (within `timeout` seconds)."""
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
                             env={**os.environ, **env} if env else None)
     lines: list[str] = []
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line and proc.poll() is not None:
@@ -73,3 +73,22 @@ def call(url: str, body: bytes | dict | None = None, method: str | None = None,
         return status, json.loads(raw)
     except ValueError:
         return status, raw
+
+
+def probe_wheel(dest: Path, name: str = "mlyardprobe", version: str = "1.0") -> Path:
+    """A minimal pure-Python wheel: the deployment's package, installed with no network."""
+    import base64
+    import hashlib
+    import zipfile
+
+    path = dest / f"{name}-{version}-py3-none-any.whl"
+    files = {f"{name}/__init__.py": "VALUE = 42\n",
+             f"{name}-{version}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+             f"{name}-{version}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = [f"{f},sha256={base64.urlsafe_b64encode(hashlib.sha256(t.encode()).digest()).rstrip(b'=').decode()},"
+              f"{len(t.encode())}" for f, t in files.items()] + [f"{name}-{version}.dist-info/RECORD,,"]
+    with zipfile.ZipFile(path, "w") as z:
+        for f, text in files.items():
+            z.writestr(f, text)
+        z.writestr(f"{name}-{version}.dist-info/RECORD", "\n".join(record) + "\n")
+    return path

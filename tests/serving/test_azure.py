@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from serving_http import MLYARD, call, free_port, start, stop
+from serving_http import MLYARD, call, free_port, probe_wheel, start, stop
 
 HELLO = """
 import time
@@ -35,6 +35,10 @@ def run(raw):
     if raw == "slow":
         time.sleep(1.0)
         return {"slow": True}
+    if raw == "die":
+        os._exit(3)
+    print("noise from run()", flush=True)  # to the log, never into an answer
+    os.write(1, b"noise from C")
     data = json.loads(raw)["data"]
     if data == "boom":
         raise ValueError("cannot score 'boom'")
@@ -87,6 +91,15 @@ def test_a_script_error_answers_500_with_where_and_the_server_goes_on(scored):
     assert "ValueError: cannot score 'boom' (score.py, line" in body["error"] and "in run)" in body["error"]
     assert call(scored + "/score", {"data": [1]}) == (200, {"result": [3]})
     assert call(scored + "/nope")[0] == 404 and call(scored + "/score", method="PUT", body=b"x")[0] == 405
+
+
+def test_a_script_process_that_dies_is_started_again(scored):
+    """The script runs in processes of its own: one that ends in the middle of run() answers 500 saying so,
+    and a fresh one (its init() run again) answers the next request."""
+    status, body = call(scored + "/score", b"die")
+    assert status == 500 and "ended in run() (exit code 3); it is started again" in body["error"], body
+    for _ in range(3):
+        assert call(scored + "/score", {"data": [2]}) == (200, {"result": [6]})
 
 
 def test_worker_count_runs_requests_side_by_side(scored):
@@ -208,31 +221,12 @@ def run(raw):
 """
 
 
-def _probe_wheel(dest: Path, name: str = "mlyardprobe", version: str = "1.0") -> Path:
-    """A minimal pure-Python wheel: the deployment's package, installed with no network."""
-    import base64
-    import hashlib
-    import zipfile
-
-    path = dest / f"{name}-{version}-py3-none-any.whl"
-    files = {f"{name}/__init__.py": "VALUE = 42\n",
-             f"{name}-{version}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
-             f"{name}-{version}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
-    record = [f"{f},sha256={base64.urlsafe_b64encode(hashlib.sha256(t.encode()).digest()).rstrip(b'=').decode()},"
-              f"{len(t.encode())}" for f, t in files.items()] + [f"{name}-{version}.dist-info/RECORD,,"]
-    with zipfile.ZipFile(path, "w") as z:
-        for f, text in files.items():
-            z.writestr(f, text)
-        z.writestr(f"{name}-{version}.dist-info/RECORD", "\n".join(record) + "\n")
-    return path
-
-
 def test_an_entry_script_runs_in_the_environment_its_conda_file_names(tmp_path):
     """The conda file beside the script was ignored, so init() failed on a package only it names. Its
     pip: list is built into a cached environment and the script runs there; a Python version that
     cannot be honoured and conda-only packages are each reported in one line."""
     (tmp_path / "app").mkdir()
-    wheel = _probe_wheel(tmp_path / "app")  # beside the script: pip's sandbox sees the deployment's folder alone
+    wheel = probe_wheel(tmp_path / "app")  # beside the script: pip's sandbox sees the deployment's folder alone
     (tmp_path / "app" / "score.py").write_text(NEEDS_ITS_PACKAGE)
     (tmp_path / "app" / "conda.yaml").write_text(
         f"name: scoring\ndependencies:\n  - python=3.8\n  - numpy=1.21\n  - pip\n  - pip:\n    - {wheel}\n")
@@ -251,18 +245,87 @@ def test_an_entry_script_runs_in_the_environment_its_conda_file_names(tmp_path):
         __import__("mlyardprobe")  # the platform's own environment is untouched
 
 
-def test_a_deployments_environment_never_replaces_the_packages_mlyard_runs_on(tmp_path):
-    """An environment that asked for another pydantic replaced mlyard's own underneath its serving code:
-    it is refused, naming the package, and the platform's version stays what its code runs on."""
+OWN_PACKAGES = """
+import importlib.metadata, importlib.util, os, sys
+
+def init():
+    global seen
+    seen = {"pydantic": importlib.metadata.version("pydantic"), "probe": importlib.metadata.version("mlyardprobe"),
+            "numpy": importlib.util.find_spec("numpy") is not None, "orjson": importlib.util.find_spec("orjson") is not None,
+            "python": sys.executable, "platform": sorted(k for k in os.environ if k.startswith("MLYARD_"))}
+
+def run(raw):
+    return seen
+"""
+
+
+def test_a_deployment_gets_exactly_its_own_packages_beside_the_server(tmp_path):
+    """An environment that named another pydantic was refused: the script ran over mlyard's own packages.
+    It now runs in a process of its own, in an environment of exactly the packages its file names (an
+    old pydantic, nothing of the platform's: no numpy, no orjson), while the server keeps its own."""
     import importlib.metadata
 
     (tmp_path / "app" / "wheels").mkdir(parents=True)
-    old = _probe_wheel(tmp_path / "app" / "wheels", "pydantic", "1.0")  # what a model's pin of an old pydantic brings
-    (tmp_path / "app" / "score.py").write_text(NEEDS_ITS_PACKAGE)
-    (tmp_path / "app" / "requirements.txt").write_text(f"{old}\n")
-    proc = subprocess.run([MLYARD, "serve", "--entry-script", str(tmp_path / "app" / "score.py"), "--port",
-                           str(free_port())], env={**os.environ, "MLYARD_HOME": str(tmp_path / "home")},
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0 and "pydantic" in proc.stdout + proc.stderr, (proc.stdout, proc.stderr)
-    assert "requirements.txt" in proc.stdout + proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    old = probe_wheel(tmp_path / "app" / "wheels", "pydantic", "1.0")  # what a model's pin of an old pydantic brings
+    probe = probe_wheel(tmp_path / "app" / "wheels")
+    (tmp_path / "app" / "score.py").write_text(OWN_PACKAGES)
+    (tmp_path / "app" / "requirements.txt").write_text(f"{old}\n{probe}\n")
+    port = free_port()
+    proc, _ = start([MLYARD, "serve", "--entry-script", str(tmp_path / "app" / "score.py"), "--port", str(port)],
+                    env={"MLYARD_HOME": str(tmp_path / "home"), "MLYARD_INTERNAL_TOKEN": "not-for-the-script"})
+    try:
+        status, body = call(f"http://127.0.0.1:{port}/score", b"{}")
+        assert status == 200, body
+        assert body["pydantic"] == "1.0" and body["probe"] == "1.0", body
+        assert body["numpy"] is False and body["orjson"] is False, "nothing of the platform's packages"
+        assert body["python"].startswith(str(tmp_path / "home" / "envs")), body
+        assert "MLYARD_INTERNAL_TOKEN" not in body["platform"], "no credential of the platform's reaches the script"
+    finally:
+        stop(proc)
     assert importlib.metadata.version("pydantic").startswith("2.")
+
+
+AZURE_SAMPLE = """
+import json, sys
+import numpy, pydantic, sklearn
+from sklearn.linear_model import LogisticRegression
+
+def init():
+    global model
+    model = LogisticRegression().fit(numpy.array([[0.0], [1.0], [2.0], [3.0]]), [0, 0, 1, 1])
+
+def run(raw):
+    rows = numpy.array(json.loads(raw)["data"], dtype=float)
+    return {"predictions": model.predict(rows), "numpy": numpy.__version__, "sklearn": sklearn.__version__,
+            "pydantic": pydantic.VERSION}
+"""
+
+
+def test_azures_own_samples_with_their_pins_are_served(tmp_path):
+    """Azure ML's samples pin numpy 1.26.4 with scikit-learn 1.2.2, and list pydantic 2.11 (its server's):
+    none could be served, since each would have replaced what mlyard's server runs on. They are served,
+    with exactly those versions, from the package index; one that cannot be installed is refused in one
+    line naming the requirement, and nothing is left half-built."""
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "score.py").write_text(AZURE_SAMPLE)
+    (tmp_path / "app" / "conda.yaml").write_text(
+        "name: sample\nchannels: [conda-forge]\ndependencies:\n  - python=3.11\n  - pip\n  - pip:\n"
+        "    - numpy==1.26.4\n    - scikit-learn==1.2.2\n    - pydantic==2.11.7\n")
+    port = free_port()
+    proc, _ = start([MLYARD, "serve", "--entry-script", str(tmp_path / "app" / "score.py"), "--port", str(port)],
+                    env={"MLYARD_HOME": str(tmp_path / "home")}, timeout=600)
+    try:
+        status, body = call(f"http://127.0.0.1:{port}/score", b'{"data": [[0.5], [2.5]]}')
+        assert status == 200, body
+        assert body == {"predictions": [0, 1], "numpy": "1.26.4", "sklearn": "1.2.2", "pydantic": "2.11.7"}, body
+    finally:
+        stop(proc)
+    (tmp_path / "app" / "conda.yaml").write_text("dependencies:\n  - pip:\n    - numpy==0.0.1\n")
+    refused = subprocess.run([MLYARD, "serve", "--entry-script", str(tmp_path / "app" / "score.py"), "--port",
+                              str(free_port())], env={**os.environ, "MLYARD_HOME": str(tmp_path / "home")},
+                             capture_output=True, text=True, timeout=300)
+    lines = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert refused.returncode == 2 and len(lines) == 1 and "numpy==0.0.1" in lines[0], refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert sorted(p.name for p in (tmp_path / "home" / "envs").iterdir() if p.is_dir()) == \
+        [p.name for p in (tmp_path / "home" / "envs").iterdir() if (p / ".ready").exists()], "nothing half-built"

@@ -1,7 +1,8 @@
 """The environment an Azure ML deployment names for its entry script: a conda file's pip section, or a
-requirements.txt, built into a cached virtual environment (tasks/environments.pip_environment: one per hash
-of the requirements and this Python, over the platform's own packages; those mlyard's serving code loads
-there may not be replaced), and the entry script run in it.
+requirements.txt, built into a cached virtual environment of those packages alone
+(tasks/environments.pip_environment, `own`: one per hash of the requirements and this Python, none of the
+platform's packages in it), whose interpreter runs the script (serving/entry_host.py). The server
+(serving/azure.py) runs on the platform's own packages, so a deployment may pin any version of anything.
 
 Which file: `--conda-file` or `--requirements` when given; else, beside the entry script, the first of
 conda.yaml, conda.yml, environment.yml, environment.yaml, requirements.txt. Of a conda file, the `pip:`
@@ -12,22 +13,17 @@ installed (pip installs packages; list them under `pip:`).
 
 from __future__ import annotations
 
-import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import Callable
 
 import yaml
 
-from core.environment import python_path
-from core.errors import SpecError
+from core.errors import SpecError, TrainingFailed
 
 CONDA_NAMES = ("conda.yaml", "conda.yml", "environment.yml", "environment.yaml")
-# what of mlyard runs in the deployment's environment (`python -m serving.azure`): the packages these load
-# stay at the platform's versions there
-SERVER_MODULES = ("serving.azure", "serving.server", "serving.fastserver", "serving.inference_log", "core.settings")
-REEXEC_ENV = "MLYARD_AZURE_ENV"  # set in the process that already runs in the deployment's environment
 
 
 @dataclass
@@ -106,7 +102,9 @@ def _python_mismatch(dep: str) -> str | None:
 
 
 def python_for(env: Environment, envs_dir: Path, log: Callable[[str], None]) -> str:
-    """The interpreter to run the entry script with: this one, or the deployment's built environment."""
+    """The interpreter to run the entry script with: this one when the deployment names no packages, else
+    its own environment's, built (or found in the cache). One that pip cannot build is refused in one line
+    naming the requirement pip could not meet."""
     for note in env.notes:
         log(note)
     if not env.requirements.strip():
@@ -114,16 +112,13 @@ def python_for(env: Environment, envs_dir: Path, log: Callable[[str], None]) -> 
     from tasks.environments import pip_environment
 
     assert env.source is not None
-    # mlyard's serving code runs in it too: the deployment's packages may not replace the platform's
-    return pip_environment(env.requirements, envs_dir, log, label=env.source.name, cwd=env.source.parent,
-                           keep=SERVER_MODULES)
-
-
-def run_in(python: str, argv: list[str]) -> NoReturn:
-    """Replace this process with `python -m serving.azure ARGV` (mlyard's code importable from there)."""
-    root = str(Path(__file__).resolve().parent.parent)
-    env: dict[str, Any] = {**os.environ, REEXEC_ENV: "1",
-                           "PYTHONPATH": os.pathsep.join(p for p in (root, python_path()) if p)}
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(python, [python, "-m", "serving.azure", *argv], env)
+    try:
+        return pip_environment(env.requirements, envs_dir, log, label=env.source.name, cwd=env.source.parent,
+                               own=True)
+    except TrainingFailed as exc:
+        everything = "\n".join(exc.last_lines)
+        found = re.search(r"(?:No matching distribution found for|satisfies the requirement) (\S+)", everything)
+        why = f"{found.group(1)} cannot be installed" if found else exc.reason
+        last = next((line for line in reversed(exc.last_lines) if line.strip()), "")
+        raise SpecError(env.source.name, "its packages",
+                        f"packages pip can install here ({why}; pip: {last.strip()[:300]})") from None
