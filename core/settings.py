@@ -355,6 +355,13 @@ class Settings(BaseSettings):
         env["PREFECT_HOME"] = str(self.prefect_home)
         env["MLFLOW_TRACKING_URI"] = self.mlflow_uri
         env["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+        # a tracking server over HTTP (the cluster's `mlflow` Service) answers the platform's processes alone;
+        # one of the user's own, with its own credential in the environment, keeps it
+        if self.mlflow_uri.startswith(("http://", "https://")) and self.internal_token is not None \
+                and not os.environ.get("MLFLOW_TRACKING_TOKEN") and not os.environ.get("MLFLOW_TRACKING_USERNAME"):
+            from core.connection import tracking_token
+
+            env["MLFLOW_TRACKING_TOKEN"] = tracking_token(self.internal_token.get_secret_value())
         # Prefect's default profile would start a hidden temporary server when no API URL is set;
         # mlyard always names its server (core/connection.py) and says so when none runs.
         env["PREFECT_SERVER_EPHEMERAL_ENABLED"] = "false"

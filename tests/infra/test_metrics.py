@@ -85,44 +85,22 @@ def test_each_service_answers_its_metrics_to_the_credential_alone(stack):
 
 def test_mlflows_server_as_the_deployment_starts_it_counts_every_worker_for_the_credential_alone(tmp_path):
     """The mlflow Deployment's command and environment (as kubelet resolves them, with its Secrets), its
-    host and port made this test's: two workers, a scrape of either sees the requests of both."""
-    import shutil
-    import subprocess
-    import sys
-    import time
-
-    from conftest import free_port
-
-    from registry.tracking import prepare_db
-    from tests.infra.test_mlflow_hosts import mlflow_pod
+    host and port made this test's: two workers, a scrape of either sees the requests of both. Anything in
+    the namespace without the tracking credential (a model's server, a notebook's kernel) is refused
+    (tests/infra/test_mlflow_hosts.py); the platform's processes send it."""
+    from tests.infra.test_mlflow_hosts import shipped_mlflow
 
     token = "internal-" + os.urandom(8).hex()
-    container, env = mlflow_pod("mlyard", mlflow={"backend-store-uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
-                                                  "artifacts-destination": str(tmp_path / "artifacts")},
-                                settings={"mlyard_s3_access_key_id": "k", "mlyard_s3_secret_access_key": "s",
-                                          "mlyard_internal_token": token})
-    shutil.copyfile(prepare_db(), tmp_path / "mlflow.db")
-    port = free_port()
-    script = container["command"][2].replace("--host 0.0.0.0 --port 5000", f"--host 127.0.0.1 --port {port}")
-    assert "--app-name mlyard-server" in script and env["MLYARD_INTERNAL_TOKEN"] == token
-    env = {**env, "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path),
-           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}  # /tmp/metrics in the pod
-    server = subprocess.Popen(["sh", "-c", script], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    url, server = shipped_mlflow(tmp_path, token)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                httpx.get(f"{url}/health", timeout=2)
-                break
-            except httpx.HTTPError:
-                assert server.poll() is None and time.monotonic() < deadline, server.stderr.read().decode()[-3000:]
-                time.sleep(0.3)
+        from core.connection import tracking_token
+
+        tracking = {"Authorization": f"Bearer {tracking_token(token)}"}
         for n in range(8):  # spread over both workers by the kernel; the count is theirs together
-            answer = httpx.post(f"{url}/api/2.0/mlflow/experiments/create", json={"name": f"e{n}"}, timeout=30)
+            answer = httpx.post(f"{url}/api/2.0/mlflow/experiments/create", json={"name": f"e{n}"}, headers=tracking,
+                                timeout=30)
             assert answer.status_code == 200, answer.text
-        httpx.get(f"{url}/api/2.0/mlflow/made-up-{os.getpid()}", timeout=30)
+        httpx.get(f"{url}/api/2.0/mlflow/made-up-{os.getpid()}", headers=tracking, timeout=30)
         assert httpx.get(f"{url}/metrics", timeout=30).status_code == 401
         assert httpx.get(f"{url}/metrics", headers={"Authorization": "Bearer wrong"}, timeout=30).status_code == 401
         bearer = {"Authorization": f"Bearer {token}"}

@@ -2,7 +2,9 @@
 "Invalid Host header", a DNS-rebinding check from which /health is exempt, so its probes pass while every
 tracking call from a pod fails). A real `mlflow server`, started with the environment the shipped Deployment
 gives it (as kubelet resolves it: the namespace from the downward API, `$(POD_NAMESPACE)` expanded), answers
-the names pods use and refuses others."""
+the names pods use and refuses others. Started with the Deployment's own command, it answers the
+platform's processes alone: anything else in the namespace (a model's server, a notebook's kernel, a
+training's script) is refused before it is read."""
 
 from __future__ import annotations
 
@@ -45,6 +47,35 @@ def mlflow_pod(namespace: str, mlflow: dict[str, str] | None = None,
     finally:
         kubelet.close()
         api.close()
+
+
+def shipped_mlflow(tmp_path: Path, token: str) -> tuple[str, subprocess.Popen]:
+    """The mlflow Deployment's command and environment (as kubelet resolves them, with its Secrets holding
+    `token` as the internal credential), its host and port made this test's; its URL once healthy, and its
+    process (stop it with tasks.processes.stop_group)."""
+    import httpx
+
+    container, env = mlflow_pod("mlyard", mlflow={"backend-store-uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+                                                  "artifacts-destination": str(tmp_path / "artifacts")},
+                                settings={"mlyard_s3_access_key_id": "k", "mlyard_s3_secret_access_key": "s",
+                                          "mlyard_internal_token": token})
+    shutil.copyfile(prepare_db(), tmp_path / "mlflow.db")
+    port = free_port()
+    script = container["command"][2].replace("--host 0.0.0.0 --port 5000", f"--host 127.0.0.1 --port {port}")
+    assert "--app-name mlyard-server" in script and env["MLYARD_INTERNAL_TOKEN"] == token
+    env = {**env, "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path),
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}  # /tmp/metrics in the pod
+    server = subprocess.Popen(["sh", "-c", script], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            httpx.get(f"{url}/health", timeout=2)
+            return url, server
+        except httpx.HTTPError:
+            assert server.poll() is None and time.monotonic() < deadline, server.stderr.read().decode()[-3000:]
+            time.sleep(0.3)
 
 
 def _status(url: str, host: str) -> int:
@@ -107,3 +138,54 @@ def test_without_the_allowed_hosts_mlflow_refuses_its_service_name_while_health_
     url = mlflow_server(None)
     assert _status(f"{url}/health", "mlflow:5000") == 200
     assert _status(f"{url}/api/2.0/mlflow/experiments/search?max_results=1", "mlflow:5000") == 403
+
+
+PLATFORM_PROCESS = """
+from core.settings import Settings, apply_engine_env
+settings = Settings()
+apply_engine_env(settings)  # as every platform process does (flows/platform.py)
+from registry.tracking import Tracking
+print(Tracking(settings.mlflow_uri).experiment_id("made-by-a-flow", create=True))
+"""
+
+ANYTHING_ELSE = """
+import sys
+from mlflow import MlflowClient
+try:
+    MlflowClient(sys.argv[1]).search_experiments()
+except Exception as exc:
+    print(type(exc).__name__, str(exc)[:200])
+else:
+    print("REACHED")
+"""
+
+
+def test_the_tracking_service_answers_the_platforms_processes_alone(tmp_path):
+    """The `mlflow` Service answered anyone in the namespace: a member's notebook kernel or model listed every
+    project's runs. The shipped server refuses every request without the tracking credential (401, its
+    body unread), health checks aside; a platform process (its settings from the mlyard-settings Secret)
+    sends it without being told; the internal credential itself opens no tracking route."""
+    import httpx
+
+    from tasks.processes import stop_group
+
+    token = "internal-" + __import__("os").urandom(8).hex()
+    url, server = shipped_mlflow(tmp_path, token)
+    bin_folder = Path(sys.executable).parent
+    try:
+        assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+        search = f"{url}/api/2.0/mlflow/experiments/search?max_results=5"
+        assert httpx.get(search, timeout=10).status_code == 401
+        assert httpx.get(search, headers={"Authorization": f"Bearer {token}"}, timeout=10).status_code == 401
+        assert httpx.post(f"{url}/api/2.0/mlflow/experiments/create", json={"name": "x"}, timeout=10).status_code == 401
+        assert httpx.get(f"{url}/", timeout=10).status_code == 401  # the UI's page too
+        pod = {"PATH": f"{bin_folder}:/usr/bin:/bin", "HOME": str(tmp_path), "MLYARD_HOME": str(tmp_path / "home"),
+               "MLYARD_MLFLOW_TRACKING_URI": url, "MLFLOW_DISABLE_TELEMETRY": "true"}
+        made = subprocess.run([sys.executable, "-c", PLATFORM_PROCESS], env={**pod, "MLYARD_INTERNAL_TOKEN": token},
+                              capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
+        assert made.returncode == 0 and made.stdout.strip().isdigit(), made.stderr[-2000:]
+        other = subprocess.run([sys.executable, "-c", ANYTHING_ELSE, url], env=pod, capture_output=True, text=True,
+                               timeout=120)
+        assert "REACHED" not in other.stdout and "401" in other.stdout, (other.stdout, other.stderr[-2000:])
+    finally:
+        stop_group(server, 5)
