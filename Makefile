@@ -90,6 +90,9 @@ test: $(STAMP) $(GATEWAY_API)
 	# 4 CPU-s of each worker's collection, bench/README.md) for the next run
 	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder \
 	  --durations=15  # longest files first: tests/conftest.py
+	# the attacker's tests again, the whole stack started by an ordinary user of this machine rather than root
+	# (tests/accounts.py; skipped where make runs as an ordinary user already)
+	$(PY) tests/accounts.py $(PY) -m pytest -q -p no:cacheprovider tests/test_inside.py
 	# the PostgreSQL tier: the users' paths again on stacks whose Prefect, MLflow and catalog databases are the
 	# embedded PostgreSQL's, as production's are (MLYARD_DATABASE=postgres; tests/test_postgres_stores.py)
 	env -u PYTHONDONTWRITEBYTECODE MLYARD_DATABASE=postgres $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile \

@@ -169,15 +169,6 @@ def replica_token(internal: str) -> str:
     return hmac.new(internal.encode(), b"mlyard-replica", hashlib.sha256).hexdigest()
 
 
-def tracking_token(internal: str) -> str:
-    """The credential the platform's processes send to its MLflow tracking server (MLFLOW_TRACKING_TOKEN),
-    derived from the internal one: the cluster's `mlflow` Service answers it alone (mlyard/mlflow_server.py)."""
-    import hashlib
-    import hmac
-
-    return hmac.new(internal.encode(), b"mlyard-mlflow-tracking", hashlib.sha256).hexdigest()
-
-
 def replica_key_token(replicas: str, key: str) -> str:
     """The credential of the one replica `key` that runs a user's code on this machine (a model's server, a
     notebook), derived from the replicas' one: what the gateway sends it, which opens no other replica."""

@@ -56,6 +56,25 @@ def take_replica_token() -> None:
         os.close(int(fd))
 
 
+def tracking_env(uri: str, internal: str | None) -> dict[str, str]:
+    """MLFLOW_TRACKING_TOKEN, the tracking credential, for a platform process whose tracking server speaks HTTP
+    (the cluster's `mlflow` Service answers it alone); nothing over a credential of the user's own (a tracking
+    server of theirs, its token or user name in the environment) or without the internal credential."""
+    if not uri.startswith(("http://", "https://")) or not internal or os.environ.get("MLFLOW_TRACKING_TOKEN") \
+            or os.environ.get("MLFLOW_TRACKING_USERNAME"):
+        return {}
+    return {"MLFLOW_TRACKING_TOKEN": tracking_token(internal)}
+
+
+def tracking_token(internal: str) -> str:
+    """The credential the platform's processes send to its MLflow tracking server (MLFLOW_TRACKING_TOKEN),
+    derived from the internal one: the cluster's `mlflow` Service answers it alone (mlyard/mlflow_server.py)."""
+    import hashlib
+    import hmac
+
+    return hmac.new(internal.encode(), b"mlyard-mlflow-tracking", hashlib.sha256).hexdigest()
+
+
 MODEL_FILES = "MLYARD_MODEL_FILES"
 
 

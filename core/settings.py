@@ -13,6 +13,7 @@ from typing import Literal, Mapping
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.environment import tracking_env
 from core.home import DATABASE_FILE, DEFAULT_HOME, STACK_FILE, find_home, pg_password, plain_http_ca_file
 
 # Environment that turns off every usage-telemetry sender of the engines we run.
@@ -355,15 +356,8 @@ class Settings(BaseSettings):
         env["PREFECT_HOME"] = str(self.prefect_home)
         env["MLFLOW_TRACKING_URI"] = self.mlflow_uri
         env["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-        # a tracking server over HTTP (the cluster's `mlflow` Service) answers the platform's processes alone;
-        # one of the user's own, with its own credential in the environment, keeps it
-        if self.mlflow_uri.startswith(("http://", "https://")) and self.internal_token is not None \
-                and not os.environ.get("MLFLOW_TRACKING_TOKEN") and not os.environ.get("MLFLOW_TRACKING_USERNAME"):
-            from core.connection import tracking_token
-
-            env["MLFLOW_TRACKING_TOKEN"] = tracking_token(self.internal_token.get_secret_value())
-        # Prefect's default profile would start a hidden temporary server when no API URL is set;
-        # mlyard always names its server (core/connection.py) and says so when none runs.
+        env.update(tracking_env(self.mlflow_uri, self.internal_token.get_secret_value() if self.internal_token else None))
+        # never Prefect's hidden temporary server (its default without an API URL): mlyard names its own (core/connection.py)
         env["PREFECT_SERVER_EPHEMERAL_ENABLED"] = "false"
         # Every flow run reports every 30 s (Prefect's minimum); `mlyard up` installs the automation that
         # marks a run whose reports stop (a killed process, a dead worker, a reboot) CRASHED.

@@ -34,7 +34,7 @@ class Metered:
     MLflow's route template."""
 
     def __init__(self, app: Any, flask_app: Any, token: str | None):
-        from core.connection import tracking_token
+        from core.environment import tracking_token
 
         self.token = (token or "").encode()
         self.tracking = b"Bearer " + tracking_token(token).encode() if token else b""

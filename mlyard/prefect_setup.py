@@ -83,10 +83,22 @@ def start_server(settings: Settings, env: dict[str, str], log: Path, blocks_regi
     # The UI calls the API at this URL; without it the UI assumes port 4200.
     srv_env.update({"PREFECT_UI_API_URL": api_url, "PREFECT_SERVER_API_PORT": str(settings.prefect_port),
                     "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_HOME": str(settings.prefect_home),
-                    "PREFECT_SERVER_METRICS_ENABLED": "true"})  # /api/metrics, behind the auth string as on a cluster
+                    "PREFECT_SERVER_METRICS_ENABLED": "true",  # /api/metrics, behind the auth string as on a cluster
+                    # the UI's files, made for this API URL, in this user's cache: Prefect's default writes them
+                    # into the installed package, with this user's mode, which another account's stack cannot read
+                    "PREFECT_UI_STATIC_DIRECTORY": str(_ui_folder())})
     # Prefect's app as `prefect server start` serves it, with a short Retry-After on a 503 (see the module)
     return spawn([sys.executable, "-m", "mlyard.prefect_server", "--host", "127.0.0.1",
                   "--port", str(settings.prefect_port)], log, srv_env)
+
+
+def _ui_folder() -> Path:
+    """Where the embedded server keeps the UI's files: this user's cache, one folder per Prefect version."""
+    from importlib.metadata import version
+
+    from core.environment import cache_root
+
+    return cache_root() / "prefect-ui" / version("prefect")
 
 
 def empty_prefect_db(echo=print) -> Path:

@@ -20,6 +20,7 @@ import signal
 import struct
 import sys
 import traceback
+from typing import Any, Callable
 
 HEADER = struct.Struct(">Q")
 # an answer's kinds: what run() returned as JSON, as a str (sent as it is), as bytes; the caller's mistake
@@ -38,7 +39,7 @@ class Script:
         self.schema: list | None = None  # input and output schemas, swagger versions (inference-schema)
         self.required: list[str] = []  # run()'s arguments without a default
         self.accepted: set[str] | None = None  # the arguments it takes (None: any, it has **kwargs)
-        self.run = None
+        self.run: Callable[..., Any] = _missing
         try:
             spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(self.path))[0], self.path)
             assert spec is not None and spec.loader is not None
@@ -73,6 +74,7 @@ class Script:
                     return BAD, f"the body does not fit run()'s declared inputs: {type(exc).__name__}: {exc}".encode()
                 return FAILED, where(exc, self.path).encode()
         else:
+            raw: str | bytes
             try:
                 raw = body.decode("utf-8")
             except UnicodeDecodeError:
@@ -106,6 +108,10 @@ class Script:
         if unknown:
             return {}, f"run() takes no {unknown[0]!r}; it takes {', '.join(declared)}"
         return doc, None
+
+
+def _missing(*_: Any) -> Any:
+    raise RuntimeError("the script defines no run()")
 
 
 def _plain(value):

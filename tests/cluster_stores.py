@@ -55,7 +55,7 @@ class ClusterStores:
     def env(self) -> dict[str, str]:
         """The same as MLYARD_* variables, for a process of the test (a flow run in it, a CLI), with the
         tracking credential MLflow's clients send (this process keeps the test stack's internal one)."""
-        from core.connection import tracking_token
+        from core.environment import tracking_token
 
         return {"MLYARD_MLFLOW_TRACKING_URI": self.mlflow_uri, "MLYARD_CATALOG_URL": self.catalog_url,
                 "MLYARD_S3_ENDPOINT_URL": self.s3_endpoint, "MLYARD_S3_ACCESS_KEY_ID": "test",

@@ -210,8 +210,9 @@ def test_a_members_entry_script_runs_in_its_own_environment_and_reaches_nothing(
     runs in (the next replica's): nothing is reached."""
     import urllib.request
 
-    from core.connection import gateway_url
     from serving_http import probe_wheel
+
+    from core.connection import gateway_url
     from tasks import replicas as files
 
     folder = mallory.work / "entry-attack"

@@ -142,7 +142,7 @@ def test_the_platform_image_runs_its_services_as_its_user_on_a_read_only_root(im
                             {"MLFLOW_SERVER_ALLOWED_HOSTS": "mlflow:*", "PROMETHEUS_MULTIPROC_DIR": "/tmp/metrics",
                              "MLYARD_INTERNAL_TOKEN": TOKEN})
         _healthy(f"http://127.0.0.1:{port}/health", mlflow, log)
-        from core.connection import tracking_token
+        from core.environment import tracking_token
 
         search = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=1"
         assert _get(search, {"Host": "mlflow:5000"})[0] == 401  # the platform's processes alone

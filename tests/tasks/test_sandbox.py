@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import shutil
 import signal
 import socket
@@ -22,11 +21,11 @@ from pathlib import Path
 import pytest
 
 from tasks import sandbox
+from tests.accounts import as_account, user
 
 pytestmark = pytest.mark.skipif(sandbox.refusal() is not None, reason=f"no sandbox here: {sandbox.refusal()}")
 
 ROOT = Path(__file__).resolve().parents[2]
-USER = "mlyard-member"
 SECRET = "platform-secret-7f3a"
 
 ATTACKER = Path(__file__).resolve().parents[1] / "inside_attacker.py"
@@ -78,34 +77,6 @@ class _Listeners:
         self.tcp.close()
 
 
-def _user() -> pwd.struct_passwd:
-    try:
-        return pwd.getpwnam(USER)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", USER],
-                       capture_output=True, check=True)
-        return pwd.getpwnam(USER)
-
-
-def _as(account: str, argv: list[str]) -> list[str]:
-    """`argv` as `account`: root as it is; the ordinary user in a mount namespace where root's home is
-    passable (this machine's Python lives under it), with that user's ids and no group of root's."""
-    if account == "root":
-        return argv
-    user = _user()
-    prefix = Path(sys.base_prefix)
-    passable = ""
-    if str(prefix).startswith("/root/"):  # held aside, root's home covered by an empty one, put back
-        hold = "/run/mlyard-python"
-        passable = (f"mkdir -p {hold} && mount --bind {prefix} {hold} && mount -t tmpfs -o mode=755 tmpfs /root && "
-                    f"mkdir -p {prefix} && mount --bind {hold} {prefix} && ")
-    import shlex
-
-    inner = shlex.join(["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups", "--",
-                        *argv])
-    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", passable + "exec " + inner]
-
-
 def _platform(tmp_path: Path, account: str) -> tuple[Path, Path, Path, _Listeners]:
     """What a script or a model tries to reach: a home (its stack.json, a compiled model, the warm runner's
     socket), another project's storage, a listening port; its run's scratch folder; all the account's."""
@@ -124,9 +95,9 @@ def _platform(tmp_path: Path, account: str) -> tuple[Path, Path, Path, _Listener
     (other / "documents.txt").write_text("theirs")
     listeners = _Listeners(home)
     if account != "root":
-        user = _user()
+        member = user()
         for path in (tmp_path, *tmp_path.rglob("*")):
-            os.lchown(path, user.pw_uid, user.pw_gid)
+            os.lchown(path, member.pw_uid, member.pw_gid)
     return home, scratch, other, listeners
 
 
@@ -136,7 +107,7 @@ def _attack(tmp_path: Path, account: str, linger: bool = False) -> tuple[subproc
                "site": next(p for p in sys.path if p.endswith("site-packages")),
                "source": str(ROOT / "tasks" / "launch.py"), "linger": linger, "marker": f"mark-{os.getpid()}"}
     given = {"scratch": str(scratch), "home": str(home), "targets": targets}
-    proc = subprocess.Popen(_as(account, [sys.executable, "-c", FLOW, json.dumps(given)]), cwd=ROOT,
+    proc = subprocess.Popen(as_account(account, [sys.executable, "-c", FLOW, json.dumps(given)]), cwd=ROOT,
                             env={**os.environ, "MLYARD_INTERNAL_TOKEN": SECRET, "MLYARD_HOME": str(home)},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     return proc, scratch, home, listeners
@@ -307,12 +278,12 @@ def test_a_model_reaches_nothing_of_the_platform_from_its_sandbox(base, account)
     model = tmp_path / "model"
     mlflow.pyfunc.save_model(model, python_model=str(MODEL), code_paths=[str(ATTACKER)], pip_requirements=[])
     if account != "root":
-        user = _user()
+        member = user()
         for path in (model, *model.rglob("*")):
-            os.lchown(path, user.pw_uid, user.pw_gid)
+            os.lchown(path, member.pw_uid, member.pw_gid)
     targets = {"home": str(home), "other": str(other), "port": listeners.port, "service": listeners.port, "needles": ["MLYARD_INTERNAL_TOKEN"], "own_files": [str(model)],
                "site": next(p for p in sys.path if p.endswith("site-packages")), "source": str(ROOT / "tasks" / "launch.py")}
-    worker = subprocess.run(_as(account, [sys.executable, "-c", WORKER, json.dumps({"model": str(model), "targets": targets})]),
+    worker = subprocess.run(as_account(account, [sys.executable, "-c", WORKER, json.dumps({"model": str(model), "targets": targets})]),
                             cwd=ROOT, env={**os.environ, "MLYARD_INTERNAL_TOKEN": SECRET, "MLYARD_HOME": str(home)},
                             capture_output=True, text=True, timeout=180)
     listeners.close()
