@@ -188,6 +188,13 @@ def replica_headers(settings: Settings) -> dict[str, str]:
     return {REPLICA_HEADER.decode(): replica_token(internal)} if internal else {}
 
 
+def replica_key_headers(settings: Settings, key: str) -> dict[str, str]:
+    """What lets the platform's own code call the one replica `key` that runs a user's code in its sandbox (a
+    RAG's own LLM): that replica's own credential, derived from the replicas' one (`replica_headers`)."""
+    shared = replica_headers(settings)
+    return {name: replica_key_token(value, key) for name, value in shared.items()}
+
+
 def gateway_url(settings: Settings) -> str:
     """The endpoint gateway's URL: the one `mlyard up` started for this home, else from settings."""
     state = read_state(settings)

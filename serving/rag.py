@@ -38,7 +38,7 @@ from serving import asgi, citations
 from serving.generative import SMOLLM2
 from serving.rag_extract import extract
 from serving.rag_llm import RagLlm, Unavailable
-from tasks.rag_service import healthy_replica
+from tasks.rag_service import healthy_member
 
 log = logging.getLogger("mlyard.rag")
 MAX_BODY = 1024 * 1024
@@ -269,7 +269,7 @@ def build(name: str) -> RagService:
     """The service of the RAG `name` on this platform: its spec from the catalog, its vector store, its
     embedding model (loaded now), and where its LLM is."""
 
-    from core.connection import gateway_url, read_state
+    from core.connection import gateway_url, read_state, replica_key_headers
     from core.settings import Settings
     from core.specs.rag import RagSpec
     from registry.catalog import Catalog
@@ -291,13 +291,13 @@ def build(name: str) -> RagService:
         key = state.internal_token  # an mlyard endpoint, private or public: the platform's own token passes
     home = settings.home_dir
 
-    def llm_base() -> str | None:
+    def llm_base() -> tuple[str, dict[str, str]] | None:
         if spec.llm.base_url:
-            return spec.llm.base_url
+            return spec.llm.base_url, {}
         if spec.llm.endpoint:
-            return f"{gateway_url(settings)}/{spec.llm.endpoint}/{spec.llm.model}/openai/v1"
-        url = healthy_replica(home, name, "llm")
-        return url + "/openai/v1" if url else None
+            return f"{gateway_url(settings)}/{spec.llm.endpoint}/{spec.llm.model}/openai/v1", {}
+        found = healthy_member(home, name, "llm")  # its own LLM, called directly with that replica's credential
+        return (found[0] + "/openai/v1", replica_key_headers(settings, found[1])) if found else None
 
     rags = Rags(Catalog(settings.catalog_db_url))
     path = query_log(home, name)

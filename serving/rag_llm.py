@@ -14,15 +14,18 @@ from serving import asgi, citations
 
 
 class RagLlm:
-    """The LLM of the RAG `name`. `spec()` gives the RAG's spec now; `llm_base()` the LLM's base URL
-    now (…/v1), or None while none is running."""
+    """The LLM of the RAG `name`. `spec()` gives the RAG's spec now; `llm_base()` the LLM's base URL now
+    (…/v1) and the headers it asks for besides the RAG's key (its own LLM replica: that replica's own
+    credential), or None while none is running."""
 
-    def __init__(self, name: str, spec: Callable[[], Any], llm_base: Callable[[], str | None], llm_key: str | None):
+    def __init__(self, name: str, spec: Callable[[], Any], llm_base: Callable[[], tuple[str, dict[str, str]] | None],
+                 llm_key: str | None):
         self.name, self.spec, self.llm_base, self.llm_key = name, spec, llm_base, llm_key
         self.own_llm = not (spec().llm.endpoint or spec().llm.base_url)
         self._http: Any = None
         self._served: str | None = None
         self._base: str | None = None  # the LLM's base URL, once found (see _url)
+        self._headers: dict[str, str] = {}  # and what it asks for
 
     def _client(self) -> Any:
         import httpx
@@ -32,11 +35,6 @@ class RagLlm:
             headers = {"Authorization": f"Bearer {self.llm_key}"} if self.llm_key else {}
             if self.spec().llm.endpoint:  # an mlyard endpoint counts (and budgets) the RAG's tokens under its name
                 headers["x-mlyard-caller"] = f"rag:{self.name}"
-            if self.own_llm:  # its own LLM replica, called directly: with the replicas' credential, as the gateway
-                from core.connection import replica_headers
-                from core.settings import Settings
-
-                headers.update(replica_headers(Settings()))
             self._http = httpx.AsyncClient(timeout=httpx.Timeout(t, connect=min(5.0, t)), headers=headers)
         return self._http
 
@@ -44,7 +42,8 @@ class RagLlm:
         """The LLM's chat route: found once (for the RAG's own LLM, a replica that answers its health
         check), kept until a request to it fails, then looked up again: no probe on every query."""
         if self._base is None:
-            self._base = self.llm_base()
+            found = self.llm_base()
+            self._base, self._headers = found if found else (None, {})
         base = self._base
         if not base:
             raise Unavailable(502, f"the LLM of RAG {self.name} is not running (no healthy LLM replica yet); "
@@ -60,7 +59,7 @@ class RagLlm:
             import httpx
 
             try:
-                resp = await self._client().get(url.rsplit("/chat/completions", 1)[0] + "/models")
+                resp = await self._client().get(url.rsplit("/chat/completions", 1)[0] + "/models", headers=self._headers)
                 self._served = resp.json()["data"][0]["id"]
             except (httpx.HTTPError, ValueError, KeyError, IndexError) as exc:
                 raise self._failed(exc, url) from exc
@@ -81,7 +80,7 @@ class RagLlm:
         url = self._url()
         request = {**request, "model": await self._model(url)}
         try:
-            resp = await self._client().post(url, json={**request, "stream": False})
+            resp = await self._client().post(url, json={**request, "stream": False}, headers=self._headers)
         except httpx.HTTPError as exc:
             raise self._failed(exc, url) from exc
         if resp.status_code != 200:
@@ -97,7 +96,7 @@ class RagLlm:
         client = self._client()
         request = {**request, "model": await self._model(url)}
         try:
-            cm = client.stream("POST", url, json={**request, "stream": True})
+            cm = client.stream("POST", url, json={**request, "stream": True}, headers=self._headers)
             resp = await cm.__aenter__()
         except httpx.HTTPError as exc:
             raise self._failed(exc, url) from exc

@@ -1,5 +1,5 @@
 """A RAG's query service on this machine: the replicas the supervisor runs (serving.rag and, when the
-RAG has no LLM of its own, its SmolLM2) and the gateway routes, as the replica group `rag:NAME`
+RAG has no LLM of its own, its SmolLM2 or its model, in a sandbox) and the gateway routes, as the replica group `rag:NAME`
 (tasks/replicas.py); where its request log is; which of its replicas answers now. Light on purpose:
 the CLI's reads import it.
 """
@@ -24,13 +24,20 @@ def llm_endpoint(name: str) -> str:
 
 def healthy_replica(home: Any, name: str, stage: str) -> str | None:
     """The URL of a replica of the RAG `name` in `stage` (query, llm) that answers its health check now."""
+    found = healthy_member(home, name, stage)
+    return found[0] if found else None
+
+
+def healthy_member(home: Any, name: str, stage: str) -> tuple[str, str] | None:
+    """(URL, key) of a replica of the RAG `name` in `stage` that answers its health check now: the key names
+    its own credential (core/connection.replica_key_headers), which its LLM, in a sandbox, asks for."""
     from tasks import replicas as files
 
     states = files.states(home)
     for w in files.of_stage(home, llm_endpoint(name), stage):
         st = states.get(w.key)
         if st is not None and st.status == "RUNNING" and files.probe(st.url + w.health_path, 1.0) == 200:
-            return st.url
+            return st.url, w.key
     return None
 
 
@@ -55,10 +62,15 @@ def want_query_service(home: Path, rag_id: int, spec: RagSpec) -> None:
                                       [sys.executable, "-m", "serving.rag", "--rag", spec.name], env, routed=True,
                                       health_path="/health"))
     if not (spec.llm.endpoint or spec.llm.base_url):
+        # a model is code and data a member brought: its replica runs in a sandbox (tasks/sandbox.py) that reads
+        # its file or folder (SmolLM2 is the platform's own, read with its packages), with a credential of its own
+        folder = spec.llm.model_folder()
+        reads = [str(Path(folder).resolve())] if folder and Path(folder).exists() else []
         mlyard_bin = str(Path(sys.executable).parent / "mlyard")
         for i in range(spec.llm.instance_count):
             files.want(home, files.Wanted(files.key_of(group, "llm", rag_id, i), group, "llm", rag_id, i,
-                                          spec.llm.model, [mlyard_bin, "serve", "--chat-model", spec.llm.model], env))
+                                          spec.llm.model, [mlyard_bin, "serve", "--chat-model", spec.llm.model], env,
+                                          reads=reads))
 
 
 def unwant_query_service(home: Path, name: str) -> None:

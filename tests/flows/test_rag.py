@@ -128,7 +128,19 @@ def test_create_sync_history_search_query_and_delete(stack, settings, tmp_path, 
 
     # the query route, as the seed's curl + jq script, the openai package and the CLI take it
     _deployed("handbook")
-    from core.connection import gateway_url
+    # its own LLM (a model a member brought) runs in a sandbox that reads its folder, asked with that replica's
+    # own credential: the replicas' shared one opens it no more than a neighbour's would
+    import httpx
+    import psutil
+
+    from core.connection import gateway_url, replica_headers
+    from tasks import replicas as files
+    from tasks.rag_service import healthy_member
+
+    url, key = healthy_member(settings.home_dir, "handbook", "llm")
+    (llm,) = files.of_stage(settings.home_dir, "rag:handbook", "llm")
+    assert llm.reads == [str(Path(tiny_llm).resolve())] and psutil.Process(files.states(settings.home_dir)[key].pid).name() == "bwrap"
+    assert httpx.get(f"{url}/openai/v1/models", headers=replica_headers(settings), timeout=10).status_code == 403
 
     gw = gateway_url(settings)
     script = Path(__file__).resolve().parents[2] / "examples" / "rag" / "ask.sh"
