@@ -5,8 +5,10 @@
         the expected status         -> HEALTHY, consecutive failures reset to 0
         another status, an error, a timeout -> failures + 1; more than max_retries -> UNHEALTHY,
                                                else the status stays what it was
-Without a health_check block nothing is probed: the service is HEALTHY while its process runs. A
-process that exits is UNHEALTHY until it is started again (DEGRADED, from the beginning).
+Without a health_check block no route is probed: the service is HEALTHY once its port takes a connection
+(`listening`; until then DEGRADED, so no request is routed to a service that cannot answer yet) and while
+its process runs. A process that exits is UNHEALTHY until it is started again (DEGRADED, from the
+beginning).
 
 Pure: the caller passes the clock and the probe results.
 """
@@ -30,7 +32,7 @@ class Health:
     reason: str | None = None
 
     def __post_init__(self) -> None:
-        self.status = DEGRADED if self.check is not None else HEALTHY
+        self.status = DEGRADED
 
     def next_probe(self) -> float | None:
         """When the next probe is due (None: never, there is no health check)."""
@@ -53,12 +55,16 @@ class Health:
             self.status = UNHEALTHY
         return self.status
 
+    def listening(self) -> None:
+        """Without a health check: its port took a connection."""
+        self.status, self.reason = HEALTHY, None
+
     def exited(self, reason: str) -> None:
         self.status, self.reason = UNHEALTHY, reason
 
     def restarted(self, now: float) -> None:
         self.started, self.last_probe, self.failures = now, None, 0
-        self.status = DEGRADED if self.check is not None else HEALTHY
+        self.status = DEGRADED
 
     def seconds_to_unhealthy(self, running: bool = False) -> float | None:
         """How long a service that never answers takes to become UNHEALTHY: initial_delay +

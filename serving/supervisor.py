@@ -133,6 +133,13 @@ class Supervisor:
                     continue
                 due = self.health.next_probe()
                 now = time.monotonic()
+                if due is None and self.health.status != HEALTHY:  # no health check: its port, until it answers
+                    if await self._listening():
+                        self.health.listening()
+                        backoff = 1.0
+                    else:
+                        await asyncio.sleep(0.1)
+                    continue
                 if due is not None and now >= due:
                     check = self.folder.service.health_check
                     assert check is not None
@@ -148,6 +155,15 @@ class Supervisor:
                     backoff = 1.0
                 wait = 0.2 if due is None else max(0.02, min(0.2, due - now))
                 await asyncio.sleep(wait)
+
+    async def _listening(self) -> bool:
+        """Whether the service's port takes a connection now."""
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.folder.service.port), 1.0)
+        except (OSError, asyncio.TimeoutError):
+            return False
+        writer.close()
+        return True
 
     def view(self) -> dict[str, Any]:
         h = self.health

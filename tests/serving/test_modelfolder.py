@@ -115,10 +115,14 @@ def test_the_health_state_machine():
     assert h.probed(110, 200) == HEALTHY
     assert h.seconds_to_unhealthy() == 60 + 10 * 3 and h.seconds_to_unhealthy(running=True) == 30
     assert Health(HealthCheck(path="/h"), 0).seconds_to_unhealthy() == 170  # the defaults: 60 + 10 x 11
-    none = Health(None, 0)
-    assert none.status == HEALTHY and none.next_probe() is None
+    none = Health(None, 0)  # no health check: its port, until it takes a connection
+    assert none.status == DEGRADED and none.next_probe() is None
+    none.listening()
+    assert none.status == HEALTHY
     none.exited("gone")
     assert none.status == UNHEALTHY
+    none.restarted(5)
+    assert none.status == DEGRADED
 
 
 def test_pre_start_actions_run_in_order(tmp_path):
