@@ -137,9 +137,13 @@ def test_create_sync_history_search_query_and_delete(stack, settings, tmp_path, 
     from tasks import replicas as files
     from tasks.rag_service import healthy_member
 
+    from tasks import sandbox
+
     url, key = healthy_member(settings.home_dir, "handbook", "llm")
     (llm,) = files.of_stage(settings.home_dir, "rag:handbook", "llm")
-    assert llm.reads == [str(Path(tiny_llm).resolve())] and psutil.Process(files.states(settings.home_dir)[key].pid).name() == "bwrap"
+    assert llm.reads == [str(Path(tiny_llm).resolve())]
+    if sandbox.refusal() is None:  # where a sandbox can start at all
+        assert psutil.Process(files.states(settings.home_dir)[key].pid).name() == "bwrap"
     assert httpx.get(f"{url}/openai/v1/models", headers=replica_headers(settings), timeout=10).status_code == 403
 
     gw = gateway_url(settings)
