@@ -135,9 +135,8 @@ def test_create_sync_history_search_query_and_delete(stack, settings, tmp_path, 
 
     from core.connection import gateway_url, replica_headers
     from tasks import replicas as files
-    from tasks.rag_service import healthy_member
-
     from tasks import sandbox
+    from tasks.rag_service import healthy_member
 
     url, key = healthy_member(settings.home_dir, "handbook", "llm")
     (llm,) = files.of_stage(settings.home_dir, "rag:handbook", "llm")
