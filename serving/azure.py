@@ -31,6 +31,7 @@ import os
 import queue
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,7 @@ class EntryScript:
         schema = hello.get("schema")
         self.schema: tuple[dict, dict, list[str]] | None = tuple(schema) if schema else None  # type: ignore[assignment]
         self._idle: queue.SimpleQueue[_Process] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # two requests' processes may die at once
         self._all = [first]
         if self.init_error is None:  # every worker runs its own init(), as Azure's do
             self._all += [_Process(self._python, self.path, self._env) for _ in range(max(1, workers) - 1)]
@@ -85,7 +87,8 @@ class EntryScript:
             if answer is None:  # it died in run(): a fresh one takes its place, the request answers why
                 ended = f"the script's process ended in run() (exit code {proc.close()}); it is started again"
                 fresh = _Process(self._python, self.path, self._env)
-                self._all = [fresh if p is proc else p for p in self._all]
+                with self._lock:
+                    self._all = [fresh if p is proc else p for p in self._all]
                 proc = fresh
                 return entry_host.FAILED, ended.encode()
             return answer
@@ -93,8 +96,9 @@ class EntryScript:
             self._idle.put(proc)
 
     def close(self) -> None:
-        for proc in self._all:
-            proc.close()
+        with self._lock:
+            for proc in self._all:
+                proc.close()
 
 
 class _Process:
