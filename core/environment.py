@@ -23,6 +23,13 @@ def pip_find_links() -> list[str]:
     return [p for p in os.environ.get("PIP_FIND_LINKS", "").split() if os.path.isdir(p)]
 
 
+def code_host() -> Path | None:
+    """Where this pod's code-host container takes user code to run (MLYARD_CODE_HOST, set by the flow-run
+    pods' templates: tasks/code_host.py); None elsewhere."""
+    value = os.environ.get("MLYARD_CODE_HOST")
+    return Path(value) if value else None
+
+
 def warm_cli() -> bool:
     """Whether a command may run in the warm runner (MLYARD_WARM_CLI=0 keeps it in its own process)."""
     return os.environ.get("MLYARD_WARM_CLI", "1") != "0"

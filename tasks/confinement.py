@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from core.environment import code_host
 from core.errors import TrainingFailed
 from tasks import sandbox
 from tasks.processes import not_dumpable
@@ -51,9 +52,10 @@ def confined(invocations: list[Invocation], dirs: Workdirs, python: str,
     tmp.mkdir(exist_ok=True)
     sandboxed, notice = walled_or_fail(confinement.sandbox, "the script")
     notices += [notice] if notice else []
-    # inside a sandbox /tmp is the run's own: Landlock opens it, though a home under /tmp then lies open to
-    # Landlock (the sandbox shows nothing of it but the run's folders)
-    walled = _landlocked(invocations, dirs, python, confinement, notices, also=["/tmp"] if sandboxed else [])
+    # inside bubblewrap /tmp is the run's own: Landlock opens it, though a home under /tmp then lies open to
+    # Landlock (the sandbox shows nothing of it but the run's folders); a pod's code host shares the pod's
+    own_tmp = sandboxed and code_host() is None
+    walled = _landlocked(invocations, dirs, python, confinement, notices, also=["/tmp"] if own_tmp else [])
     if not sandboxed:
         return walled, notices
     several = len(invocations) > 1

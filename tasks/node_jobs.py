@@ -119,7 +119,9 @@ def render(spec: TrainingSpec, coordinator_pod: dict[str, Any], job: NodeJob, tr
     if r.memory:
         quantities["memory"] = r.memory
     limits = {**quantities, **({"nvidia.com/gpu": r.gpu_count} if r.gpu_count else {})}
-    container["resources"] = {k: v for k, v in (("requests", quantities), ("limits", limits)) if v}
+    # what the user's script uses: the pod's code host where it has one (tasks/code_host.py), its GPUs with it
+    runs_code = next((c for c in pod.get("initContainers") or [] if c["name"] == "code-host"), container)
+    runs_code["resources"] = {k: v for k, v in (("requests", quantities), ("limits", limits)) if v}
     selector = {k: v for k, v in (pod.get("nodeSelector") or {}).items() if k != "nvidia.com/gpu.product"}
     if r.gpu_type:
         selector["nvidia.com/gpu.product"] = r.gpu_type

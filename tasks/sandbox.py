@@ -14,7 +14,11 @@ Where user namespaces are not to be had (most containers' seccomp profiles refus
 sandbox there), `refusal()` says why in one line: the caller logs it, or fails before the code starts
 when Settings.sandbox is `required`. Landlock (tasks/confine.py) stays inside as a second wall.
 
-The standard library and core.errors alone: a model server's replica and a notebook's keeper can import it.
+In a flow-run pod on a cluster, the pod's `code-host` container is the sandbox (tasks/code_host.py): `wrap`
+hands the command to it, and the folders its walls name are shared with the pod's group.
+
+The standard library, core.environment and core.errors alone: a model server's replica and a notebook's
+keeper can import it.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from core.environment import code_host
 from core.errors import SandboxUnavailable
 
 # what of /etc programs need (users' names, name resolution, certificates, the dynamic linker, time):
@@ -68,9 +73,14 @@ def bwrap() -> str | None:
     return shutil.which("bwrap") or next((p for p in ("/usr/bin/bwrap", "/bin/bwrap") if os.path.exists(p)), None)
 
 
-@functools.lru_cache(maxsize=1)
 def refusal() -> str | None:
-    """None when a sandbox can start here; else one line saying why not and what to do."""
+    """None when a sandbox can start here (bubblewrap, or a pod's code-host container); else one line
+    saying why not and what to do."""
+    return None if code_host() is not None else _bwrap_refusal()
+
+
+@functools.lru_cache(maxsize=1)
+def _bwrap_refusal() -> str | None:
     program = bwrap()
     if program is None:
         return ("bubblewrap (bwrap) is not installed: install Debian's bubblewrap package "
@@ -134,7 +144,13 @@ def _outermost(paths: Iterable[str]) -> list[str]:
 
 
 def wrap(argv: list[str], walls: Walls) -> list[str]:
-    """`argv` started in a sandbox with `walls` (SandboxUnavailable when none can start here)."""
+    """`argv` started in a sandbox with `walls` (SandboxUnavailable when none can start here). In a pod
+    with a code-host container, `argv` started there (tasks/code_host.py), `walls`' folders shared with it."""
+    exchange = code_host()
+    if exchange is not None:
+        _share(walls)
+        host = str(Path(__file__).resolve().parent / "code_host.py")
+        return [sys.executable, "-I", host, "run", str(exchange), os.path.realpath(walls.chdir or "/"), "--", *argv]
     reason = refusal()
     if reason is not None:
         raise SandboxUnavailable(reason)
@@ -168,6 +184,29 @@ def wrap(argv: list[str], walls: Walls) -> list[str]:
     if walls.chdir:
         args += ["--chdir", os.path.realpath(walls.chdir)]
     return [*args, "--", *argv]
+
+
+def _share(walls: Walls) -> None:
+    """`walls`' folders opened to the pod's group (the code host's user is in it, the flow's files are its
+    own): the way to each, read (and list) where its code reads, write where it writes."""
+    mine = os.geteuid()
+    writes = [*walls.write, *([walls.tmp] if walls.tmp else [])]
+    for path in [p for p in [*walls.read, *writes] if os.path.exists(p)]:
+        for folder in reversed(Path(os.path.realpath(path)).parents):
+            st = os.stat(folder)
+            if st.st_uid == mine and not st.st_mode & stat.S_IXGRP:
+                os.chmod(folder, stat.S_IMODE(st.st_mode) | stat.S_IXGRP)
+    for path in walls.read:
+        real = os.path.realpath(path)
+        if os.path.isdir(real) and os.stat(real).st_uid == mine:
+            os.chmod(real, stat.S_IMODE(os.stat(real).st_mode) | stat.S_IRGRP | stat.S_IXGRP)
+    for path in writes:
+        for top, dirs, files in os.walk(os.path.realpath(path)):
+            for name in [".", *dirs, *files]:
+                st = os.lstat(os.path.join(top, name))
+                if st.st_uid == mine and not stat.S_ISLNK(st.st_mode):
+                    extra = stat.S_IRWXG | stat.S_ISGID if stat.S_ISDIR(st.st_mode) else stat.S_IRGRP | stat.S_IWGRP
+                    os.chmod(os.path.join(top, name), stat.S_IMODE(st.st_mode) | extra)
 
 
 def child_env(env: dict[str, str], walls: Walls) -> dict[str, str]:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import ipaddress
 import json
+import os
 import random
 import re
 import string
@@ -701,6 +702,16 @@ class Controller:
         self._thread.join(timeout=5)
 
 
+def has_token(spec: dict, container: dict) -> bool:
+    """Whether kubelet gives `container` the pod's service account token: the pod's automount (on unless
+    `automountServiceAccountToken: false`), or a projected volume of the token that it mounts."""
+    if spec.get("automountServiceAccountToken", True):
+        return True
+    tokens = {v["name"] for v in spec.get("volumes") or []
+              if any("serviceAccountToken" in src for src in (v.get("projected") or {}).get("sources") or [])}
+    return any(m["name"] in tokens for m in container.get("volumeMounts") or [])
+
+
 class Kubelet:
     """Plays the Job controller and the kubelet against a KubeApi, on this machine: for each new Job a
     Pod (Pending, then Running), whose first container's command runs as a process here with the
@@ -710,16 +721,17 @@ class Kubelet:
     `failed` count and condition."""
 
     def __init__(self, api: KubeApi, cwd: str, overrides: dict[str, str] | None = None,
-                 as_users: bool = False, binds: tuple[str, ...] = ()) -> None:
+                 as_users: bool = False, binds: tuple[str, ...] = (), token: str | None = None) -> None:
         """`as_users`: each container runs as its securityContext's user with its volumes laid out as kubelet
         lays them and its root file system read-only where set (tests/kubelet_sandbox.py); `binds`:
-        host folders its pods reach at their paths (what a cluster offers them as services)."""
-        import os
+        host folders its pods reach at their paths (what a cluster offers them as services); `token`: a
+        kubeconfig standing in for the service account's token, given (as KUBECONFIG, its folder bound) to
+        the containers a kubelet would mount the token in (`has_token`)."""
         import sys
         import tempfile
 
         self.api, self.cwd, self.overrides = api, cwd, dict(overrides or {})
-        self.as_users, self.binds = as_users, binds
+        self.as_users, self.binds, self.token = as_users, binds, token
         self.pods_dir = Path(tempfile.mkdtemp(prefix="mlyard-kubelet-")) if as_users else None
         image_path = f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"  # the "image" is this environment
         self.base_env = {"PATH": image_path, "HOME": os.environ.get("HOME", "/tmp"), "LANG": "C.UTF-8",
@@ -727,6 +739,8 @@ class Kubelet:
         self.seen: set[str] = set()
         self.ending: set[str] = set()
         self.processes: dict[str, Any] = {}  # pod name -> Popen
+        self.sidecar_logs: dict[tuple[str, str, str], str] = {}  # (namespace, pod, container) -> text
+        self.sidecars: list[Any] = []  # every sidecar's Popen, ended at close() too
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="kubelet", daemon=True)
         self._thread.start()
@@ -736,7 +750,7 @@ class Kubelet:
 
         self._stop.set()
         self._thread.join(10)
-        for proc in self.processes.values():
+        for proc in [*self.processes.values(), *self.sidecars]:
             stop_group(proc, 5)
         if self.pods_dir is not None:
             import shutil
@@ -794,6 +808,12 @@ class Kubelet:
                 env[e["name"]] = base64.b64decode(value).decode() if kind == "Secret" else value
         env.update(self.overrides)
         return env
+
+    def account(self, spec: dict, container: dict) -> tuple[dict[str, str], tuple[str, ...]]:
+        """The environment and binds that stand for the service account's token, for a container that has it."""
+        if self.token is None or not has_token(spec, container):
+            return {}, ()
+        return {"KUBECONFIG": self.token}, (os.path.dirname(self.token),)
 
     def _run_job(self, job: dict) -> None:
         """The Job controller: one pod, or for `completionMode: Indexed` one per index (each with
@@ -854,6 +874,50 @@ class Kubelet:
             "name": container["name"], "ready": False, "restartCount": 0, "image": container.get("image", ""),
             "imageID": "", "state": {"waiting": {"reason": reason, "message": message}}}]}, "kubelet")
 
+    def _sidecars(self, ns: str, pod_name: str, spec: dict, sandbox: Any) -> list[tuple[Any, threading.Thread]]:
+        """The pod's sidecars (init containers with `restartPolicy: Always`), started before its containers,
+        each in a PID namespace of its own (it sees none of the pod's other processes), its output kept as
+        `sidecar_logs[(namespace, pod, container)]`. Other init containers are not played here."""
+        import subprocess
+
+        started = []
+        for container in spec.get("initContainers") or []:
+            if container.get("restartPolicy") != "Always":
+                raise NotImplementedError("the emulated kubelet plays sidecar init containers only")
+            env = self.resolve_env(ns, container)
+            env["HOSTNAME"] = spec.get("hostname") or pod_name
+            token_env, token_binds = self.account(spec, container)
+            env.update(token_env)
+            command = (container.get("command") or []) + (container.get("args") or [])
+            if sandbox is not None:
+                if not any(e.get("name") == "HOME" for e in container.get("env") or []):
+                    env["HOME"] = "/"
+                command = sandbox.command(container, command, env, self.cwd, (*self.binds, *token_binds),
+                                          own_processes=True)
+                env = {}
+            proc = subprocess.Popen(command, env=env, cwd=self.cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, text=True, errors="replace", start_new_session=True)
+            self.sidecars.append(proc)
+            key = (ns, pod_name, container["name"])
+
+            def collect(proc=proc, key=key) -> None:
+                for line in proc.stdout:
+                    self.sidecar_logs[key] = self.sidecar_logs.get(key, "") + line
+
+            reader = threading.Thread(target=collect, daemon=True)
+            reader.start()
+            started.append((proc, reader))
+        return started
+
+    @staticmethod
+    def _end_sidecars(sidecars: list[tuple[Any, threading.Thread]]) -> None:
+        """After the pod's containers have ended: its sidecars are sent SIGTERM (then SIGKILL), as kubelet does."""
+        from tasks.processes import stop_group
+
+        for proc, reader in sidecars:
+            stop_group(proc, 5)
+            reader.join(5)
+
     def _run_pod(self, job: dict, index: int | None) -> int | None:
         import subprocess
 
@@ -884,6 +948,8 @@ class Kubelet:
         if index is not None:
             env["JOB_COMPLETION_INDEX"] = str(index)
         env.update(self.overrides)
+        token_env, token_binds = self.account(spec, container)
+        env.update(token_env)
         command = (container.get("command") or []) + (container.get("args") or [])
         sandbox = None
         if self.as_users:
@@ -897,8 +963,9 @@ class Kubelet:
                 return self._waiting(ns, pod_name, container, "ContainerCreating", str(exc))
             if not any(e.get("name") == "HOME" for e in container.get("env") or []):
                 env["HOME"] = "/"  # a user the image's /etc/passwd does not name, as the runtime sets it
-            command = sandbox.command(container, command, env, self.cwd, self.binds)
+            command = sandbox.command(container, command, env, self.cwd, (*self.binds, *token_binds))
             env = {}
+        sidecars = self._sidecars(ns, pod_name, spec, sandbox)
         self.api.set_status("Pod", ns, pod_name, {"phase": "Running", "startTime": _now()}, "kubelet")
         try:
             proc = subprocess.Popen(command, env=env, cwd=self.cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -914,6 +981,7 @@ class Kubelet:
                 lines.append(line)
                 self.api.pod_logs[(ns, pod_name)] = "".join(lines)
             code = proc.wait()
+        self._end_sidecars(sidecars)
         if sandbox is not None:
             sandbox.close()
         if ("Pod", ns, pod_name) in self.api.objects:

@@ -93,6 +93,16 @@ class PodSandbox:
             if fs_group is not None:
                 os.chown(path, 0, fs_group)
             path.chmod(0o2777 if fs_group is not None else 0o777)
+        elif "projected" in volume:  # a service account's token, the cluster's CA, the namespace: stand-ins
+            for source in volume["projected"]["sources"]:
+                items = ([("token", "emulated-token-of-" + str(self.pod.get("serviceAccountName", "default")))]
+                         if "serviceAccountToken" in source else
+                         [(i["path"], "emulated " + i["path"]) for i in
+                          (source.get("configMap") or source.get("downwardAPI") or {}).get("items") or []])
+                for name, text in items:
+                    (path / name).write_text(text)
+                    (path / name).chmod(volume["projected"].get("defaultMode", 0o644))
+            path.chmod(0o755)
         else:  # ephemeral, persistentVolumeClaim: a fresh file system's root, until fsGroup makes it the group's
             if fs_group is not None:
                 os.chown(path, 0, fs_group)
@@ -100,18 +110,21 @@ class PodSandbox:
         return path
 
     def command(self, container: dict, argv: list[str], env: dict[str, str], cwd: str,
-                binds: tuple[str, ...] = ()) -> list[str]:
-        """`argv` as `container` of this pod runs it (see the module)."""
+                binds: tuple[str, ...] = (), own_processes: bool = False) -> list[str]:
+        """`argv` as `container` of this pod runs it (see the module). `own_processes`: in a PID namespace of
+        its own, with a /proc that shows only its processes (a container's, beside the pod's others; the
+        command is its PID 1, as in a container without an init)."""
         uid, gid, groups = identity(self.pod, container)
-        root, scratch = self.folder / "root", self.folder / "scratch"
-        root.mkdir()
+        root, scratch = self.folder / container["name"] / "root", self.folder / container["name"] / "scratch"
+        root.mkdir(parents=True)
         scratch.mkdir()
         q = shlex.quote
         lines = ["set -e", f"mount -t tmpfs -o mode=0755 tmpfs {q(str(scratch))}",
                  f"mkdir {q(str(scratch))}/upper {q(str(scratch))}/work",
                  f"mount -t overlay overlay -o lowerdir=/,upperdir={q(str(scratch))}/upper,workdir={q(str(scratch))}/work "
                  f"{q(str(root))}"]
-        lines += [f"mount --rbind /{d} {q(str(root))}/{d}" for d in ("proc", "sys", "dev")]
+        lines += [f"mount --rbind /{d} {q(str(root))}/{d}" for d in ("sys", "dev")]
+        lines.append(f"mount -t proc proc {q(str(root))}/proc" if own_processes else f"mount --rbind /proc {q(str(root))}/proc")
         for folder in _closed_on_the_way(os.path.realpath(sys.executable), cwd):
             lines.append(f"chmod o+x {q(str(root) + folder)}")
         for mount in container.get("volumeMounts") or []:  # a symlink on the way (/var/run) resolved in the root
@@ -131,7 +144,8 @@ class PodSandbox:
         variables = " ".join(q(f"{k}={v}") for k, v in env.items())
         lines.append(f"exec chroot {userspec} {q(str(root))} /usr/bin/env -i -C {q(cwd)} {variables} "
                      + " ".join(q(a) for a in argv))
-        return ["unshare", "-m", "--propagation", "private", "sh", "-c", "\n".join(lines)]
+        pid = ["-p", "-f", "--kill-child"] if own_processes else []
+        return ["unshare", "-m", *pid, "--propagation", "private", "sh", "-c", "\n".join(lines)]
 
     def close(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

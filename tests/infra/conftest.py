@@ -82,8 +82,7 @@ def cluster(stack, settings, tmp_path, cluster_stores, monkeypatch):
         k: base64.b64encode(v.encode()).decode() for k, v in secret.items()}}, "kubectl")
     for key, value in cluster_stores.env().items():
         monkeypatch.setenv(key, value)
-    kubelet = Kubelet(api, str(ROOT), overrides={"KUBECONFIG": str(pods_kubeconfig)}, as_users=True,
-                      binds=(str(pods_kubeconfig.parent),))  # at its path, over the pod's /tmp
+    kubelet = Kubelet(api, str(ROOT), as_users=True, token=str(pods_kubeconfig))  # at its path, over the pod's /tmp
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PREFECT_INTEGRATIONS_KUBERNETES_OBSERVER_NAMESPACES": NS,
            "PREFECT_WORKER_QUERY_SECONDS": "0.5"}
     for key in cluster_stores.env():  # the worker is the platform's, with its own settings

@@ -24,10 +24,21 @@ def reach(path):
     except OSError as exc:
         return type(exc).__name__
 print(f"uid={os.getuid()} gid={os.getgid()}", flush=True)
-# what the pod mounts and runs for the platform: the settings Secret, the flow's process (its environment)
-print(f"secret={reach('/var/run/secrets/mlyard/mlyard_catalog_url')} flow={reach(f'/proc/{os.getppid()}/environ')}"
-      f" env={sorted(k for k in os.environ if k.startswith(('PREFECT_API_AUTH', 'MLYARD_CATALOG', 'MLYARD_S3')))}",
-      flush=True)
+# what the pod mounts and runs for the platform: the settings Secret, the service account's token, the flow's
+# process (its environment), its files
+CREDENTIALS = ('PREFECT_API_AUTH', 'MLYARD_CATALOG', 'MLYARD_S3', 'MLFLOW_TRACKING_TOKEN', 'MLYARD_INTERNAL')
+pids = [p for p in os.listdir('/proc') if p.isdigit()]
+flows = [p for p in pids if b'prefect' in open(f'/proc/{p}/cmdline', 'rb').read()]
+leaked = set()
+for p in pids:
+    try:
+        leaked |= {v.split(b'=')[0].decode() for v in open(f'/proc/{p}/environ', 'rb').read().split(b'\\0')
+                   if v.startswith(tuple(c.encode() for c in CREDENTIALS))}
+    except OSError:
+        pass
+print(f"secret={reach('/var/run/secrets/mlyard/mlyard_catalog_url')}"
+      f" token={reach('/var/run/secrets/kubernetes.io/serviceaccount/token')} flow_processes={len(flows)}"
+      f" leaked={sorted(leaked)} env={sorted(k for k in os.environ if k.startswith(CREDENTIALS))}", flush=True)
 print('accuracy=0.93', flush=True)
 sys.exit(int(sys.argv[-1]) if len(sys.argv) > 2 else 0)
 """
@@ -58,10 +69,17 @@ def test_a_training_on_the_gpu_pool_runs_as_a_job_and_is_recorded(cluster, algor
         pod.pop(forced)
     for version in ("1.30", "1.33"):
         kubernetes_validate.validate(manifest, version, strict=True)
-    container = pod["containers"][0]
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == 2 and container["resources"]["limits"]["memory"] == "16Gi"
+    flow, host = pod["containers"][0], pod["initContainers"][0]
+    # the user's code runs in the code host, a sidecar that gets the pool's resources (the GPUs) and mounts neither
+    # the settings Secret nor the service account's token; the flow's container mounts both
+    assert host["name"] == "code-host" and host["restartPolicy"] == "Always"
+    assert host["resources"]["limits"]["nvidia.com/gpu"] == 2 and host["resources"]["limits"]["memory"] == "16Gi"
+    assert "nvidia.com/gpu" not in flow["resources"]["limits"]
+    assert pod["automountServiceAccountToken"] is False
+    assert {m["name"] for m in host["volumeMounts"]} == {"tmp", "dshm", "data"}
+    assert {"settings", "kube-api-access"} <= {m["name"] for m in flow["volumeMounts"]}
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
-    assert {v["name"] for v in pod["volumes"]} == {"tmp", "dshm", "data", "settings"}
+    assert {v["name"] for v in pod["volumes"]} == {"tmp", "dshm", "data", "settings", "kube-api-access"}
 
     fr = final(flow_run_id)
     assert fr.state.is_completed(), (fr.state, list(api.pod_logs.values()))
@@ -70,9 +88,11 @@ def test_a_training_on_the_gpu_pool_runs_as_a_job_and_is_recorded(cluster, algor
     pods = [p for p in api.items("Pod", NS) if p["metadata"]["labels"]["job-name"] == job["metadata"]["name"]]
     assert len(pods) == 1 and pods[0]["status"]["phase"] == "Succeeded"
     log = api.pod_logs[(NS, pods[0]["metadata"]["name"])]
-    assert "uid=10001 gid=10001" in log, "the script ran as the pod's user"
-    # the flow read the Secret (it reached the catalog), its user's script could not, nor the flow's environment
-    assert "secret=PermissionError flow=PermissionError env=[]" in log, log[-3000:]
+    assert "uid=10002 gid=10001" in log, "the script ran as the code host's user"
+    # the flow read the Secret (it reached the catalog); its user's script, in the code host, has no such file,
+    # no token, sees no process of the flow's and no credential in any environment it can read
+    assert "secret=FileNotFoundError token=FileNotFoundError flow_processes=0 leaked=[] env=[]" in log, log[-3000:]
+    assert "running the pod's user code" in cluster.kubelet.sidecar_logs[(NS, pods[0]["metadata"]["name"], "code-host")]
     run = platform.tracking.find_training_run(flow_run_id)  # the pod wrote to the shared MLflow, not to its own
     assert run is not None and run.status == "FINISHED" and run.metrics["accuracy"] == pytest.approx(0.93)
 
