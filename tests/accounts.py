@@ -35,14 +35,18 @@ def as_account(account: str, argv: list[str]) -> list[str]:
     if account == "root":
         return argv
     member = user()
+    return as_ids(member.pw_uid, member.pw_gid, argv)
+
+
+def as_ids(uid: int, gid: int, argv: list[str]) -> list[str]:
+    """`argv` as user `uid` and group `gid` (no other group), where root's home is passable (as_account)."""
     prefix = Path(sys.base_prefix)
     passable = ""
     if str(prefix).startswith("/root/"):  # held aside, root's home covered by an empty one, put back
         hold = "/run/mlyard-python"
         passable = (f"mkdir -p {hold} && mount --bind {prefix} {hold} && mount -t tmpfs -o mode=755 tmpfs /root && "
                     f"mkdir -p {prefix} && mount --bind {hold} {prefix} && ")
-    inner = shlex.join(["setpriv", f"--reuid={member.pw_uid}", f"--regid={member.pw_gid}", "--clear-groups", "--",
-                        *argv])
+    inner = shlex.join(["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *argv])
     return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", passable + "exec " + inner]
 
 

@@ -21,12 +21,14 @@ from pathlib import Path
 
 class Container:
     def __init__(self, image: str, writable: dict[str, int | None] | None = None,
-                 binds: dict[str, str] | None = None):
+                 binds: dict[str, str] | None = None, shared: dict[str, str] | None = None):
         """`writable`: path -> fsGroup (None: root's, mode 1777) of the tmpfs mounted there; `binds`: host path ->
-        path in the container, read-only."""
+        path in the container, read-only; `shared`: host path -> path, read-write (a volume two of the pod's
+        containers mount: each command here is a container of its own)."""
         self.image = image
         self.writable = {"/tmp": None, **(writable or {})}
         self.binds = dict(binds or {})
+        self.shared = dict(shared or {})
         info = json.loads(subprocess.run(["buildah", "inspect", "--type", "image", image], check=True,
                                          capture_output=True, text=True).stdout)
         self.config = info["OCIv1"]["config"]
@@ -39,8 +41,10 @@ class Container:
     def user(self) -> str:
         return self.config.get("User") or "0:0"
 
-    def command(self, argv: list[str] | None = None, env: dict[str, str] | None = None) -> list[str]:
-        """The host command that runs `argv` (default: the image's entry point and command) in the container."""
+    def command(self, argv: list[str] | None = None, env: dict[str, str] | None = None,
+                user: str | None = None) -> list[str]:
+        """The host command that runs `argv` (default: the image's entry point and command) in the container,
+        as the image's user or `user` (a container's `runAsUser`)."""
         argv = argv if argv is not None else [*(self.config.get("Entrypoint") or []), *(self.config.get("Cmd") or [])]
         image_env = dict(e.split("=", 1) for e in self.config.get("Env") or [])
         variables = [f"{k}={v}" for k, v in {**image_env, **(env or {})}.items()]
@@ -52,10 +56,12 @@ class Container:
         for host, path in self.binds.items():
             lines += [f"mkdir -p {r}{path}", f"mount --bind {shlex.quote(host)} {r}{path}",
                       f"mount -o remount,bind,ro {r}{path}"]
+        for host, path in self.shared.items():
+            lines += [f"mkdir -p {r}{path}", f"mount --bind {shlex.quote(host)} {r}{path}"]
         lines += [f"mount --rbind /{d} {r}/{d}" for d in ("proc", "dev", "sys")]
         lines += [f"mount -o remount,bind,ro {r}",
                   f"cd {r}",
-                  f"exec chroot --userspec={self.user} {r} /usr/bin/env -i "
+                  f"exec chroot --userspec={user or self.user} {r} /usr/bin/env -i "
                   + " ".join(shlex.quote(v) for v in variables) + " " + " ".join(shlex.quote(a) for a in argv)]
         return ["unshare", "-m", "--propagation", "private", "sh", "-c", "\n".join(lines)]
 
@@ -63,12 +69,13 @@ class Container:
             timeout: float = 300) -> subprocess.CompletedProcess:
         return subprocess.run(self.command(argv, env), capture_output=True, text=True, timeout=timeout)
 
-    def start(self, argv: list[str], env: dict[str, str] | None = None, log: Path | None = None) -> subprocess.Popen:
+    def start(self, argv: list[str], env: dict[str, str] | None = None, log: Path | None = None,
+              user: str | None = None) -> subprocess.Popen:
         if log is None:
-            return subprocess.Popen(self.command(argv, env), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            return subprocess.Popen(self.command(argv, env, user), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
                                     start_new_session=True)
         with open(log, "w") as out:  # the child holds its own copy
-            return subprocess.Popen(self.command(argv, env), stdout=out, stderr=subprocess.STDOUT,
+            return subprocess.Popen(self.command(argv, env, user), stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True)
 
     def close(self) -> None:

@@ -14,6 +14,7 @@ writable paths the manifests mount (tests/images/container.py says how that is e
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 import urllib.error
@@ -159,10 +160,13 @@ def test_a_flow_run_pods_command_runs_a_training_in_the_platform_image(images, t
     from prefect.client.orchestration import SyncPrefectClient
 
     algo = shared()
-    (algo / "train.py").write_text("import os\nprint('loss=0.25')\nopen(os.path.join(os.environ['EM_MODEL_DIR'], "
-                                   "'model.txt'), 'w').write('m')\n")
+    (algo / "train.py").write_text("import os\nprint(f'loss=0.25 uid={os.getuid()}')\n"
+                                   "open(os.path.join(os.environ['EM_MODEL_DIR'], 'model.txt'), 'w').write('m')\n")
     _readable(algo)
-    with Container(images["platform"], writable={"/mlyard/data": 10001}, binds={str(algo): "/algo"}) as box:
+    data = shared()  # the pod's data volume, which the flow's container and its code host both mount
+    os.chown(data, 0, 10001)
+    data.chmod(0o2775)
+    with Container(images["platform"], binds={str(algo): "/algo"}, shared={str(data): "/mlyard/data"}) as box:
         port = free_port()
         api_url = f"http://127.0.0.1:{port}/api"
         server = box.start(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
@@ -186,7 +190,12 @@ def test_a_flow_run_pods_command_runs_a_training_in_the_platform_image(images, t
                                                                {"directory": "."}}])
             spec = {"name": "in-image", "experiment": "images", "source_uri": "/algo", "entry_point": "train.py"}
             run = client.create_flow_run_from_deployment(deployment, parameters={"spec": spec})
-        env = {**POD, "MLYARD_HOME": "/mlyard/data", "PREFECT_API_URL": api_url, "MLYARD_PREFECT_API_URL": api_url,
+        # the pod's code host, as the job templates start it: the image's Python, as its own user (10002)
+        code_host = box.start(["python", "-I", "-m", "tasks.code_host", "serve", "/mlyard/data/code"],
+                              {"PYTHONUNBUFFERED": "1"}, tmp_path / "code-host.log", user="10002:10001")
+        started.append(code_host)
+        env = {**POD, "MLYARD_HOME": "/mlyard/data", "MLYARD_CODE_HOST": "/mlyard/data/code",
+               "PREFECT_API_URL": api_url, "MLYARD_PREFECT_API_URL": api_url,
                "PREFECT__FLOW_RUN_ID": str(run.id),
                "MLYARD_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}", "MLYARD_INTERNAL_TOKEN": TOKEN,
                "MLYARD_CATALOG_URL": "sqlite:////mlyard/data/catalog.db"}
@@ -194,7 +203,8 @@ def test_a_flow_run_pods_command_runs_a_training_in_the_platform_image(images, t
         with SyncPrefectClient(api_url) as client:
             state = client.read_flow_run(run.id).state
         assert state is not None and state.is_completed(), done.stdout[-3000:] + done.stderr[-3000:]
-        assert "loss=0.25" in done.stdout + done.stderr
+        assert "loss=0.25 uid=10002" in done.stdout + done.stderr, "the script ran in the code host"
+        assert "running the pod's user code" in (tmp_path / "code-host.log").read_text()
 
 
 def test_the_serving_image_serves_a_model_as_its_user(images, tmp_path, started, shared):

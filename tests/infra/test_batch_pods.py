@@ -30,7 +30,8 @@ def test_an_instance_is_shared_by_its_pods_which_spread_over_nodes():
     assert pod["spec"]["topologySpreadConstraints"] == [{
         "maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway",
         "labelSelector": {"matchLabels": {"mlyard.io/batch": "7c1d"}}}]
-    assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    code_host = pod["spec"]["initContainers"][0]  # the model runs there, with the pod's GPU
+    assert code_host["name"] == "code-host" and code_host["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "Tesla-T4"}
     odd = load_spec(BatchInferenceSpec, {**BASE, "workers": 2, "resources": {"gpu_count": 3}})
     assert odd.worker_job_variables("x")["gpu_count"] == 1, "3 GPUs for 2 pods: one stays unused, as the seed warns"

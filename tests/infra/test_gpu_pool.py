@@ -28,9 +28,11 @@ def test_a_gpu_training_job_is_strictly_valid_and_asks_for_gpus(stack):
     values = {**spec.job_variables(), "image_pull_secrets": [{"name": "regcred"}], "service_account_name": "mlyard"}
     manifest = _strictly_valid(_render(json.loads(GPU_TEMPLATE.read_text()), values))
     pod = manifest["spec"]["template"]["spec"]
-    container = pod["containers"][0]
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == 2
-    assert container["resources"]["limits"]["memory"] == "64Gi" and container["resources"]["requests"]["cpu"] == "8"
+    container, code_host = pod["containers"][0], pod["initContainers"][0]
+    # the user's code runs in the code host (tasks/code_host.py): it gets the GPUs and the requests
+    assert code_host["resources"]["limits"]["nvidia.com/gpu"] == 2 and code_host["image"] == "registry.local/mlyard:gpu"
+    assert code_host["resources"]["limits"]["memory"] == "64Gi" and code_host["resources"]["requests"]["cpu"] == "8"
+    assert "nvidia.com/gpu" not in container["resources"]["limits"] and container["resources"]["limits"]["memory"] == "64Gi"
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
     assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert pod["imagePullSecrets"] == [{"name": "regcred"}] and pod["serviceAccountName"] == "mlyard"
@@ -66,7 +68,7 @@ def test_every_deployment_on_a_kubernetes_pool_renders_a_strictly_valid_job(stac
                   for k, v in (d["work_pool"].get("job_variables") or {}).items()}
         manifest = _strictly_valid(_render(template, values))
         pod = manifest["spec"]["template"]["spec"]
-        limits = pod["containers"][0]["resources"].get("limits", {})
+        limits = pod["initContainers"][0]["resources"].get("limits", {})  # the code host's: the user's code
         env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
         assert env["MLYARD_HOME"] == "/mlyard/data", d["entrypoint"]  # scratch on the run's data storage
         # the shared stores' URLs and credentials: the ConfigMap and the Secret of infra/k8s, never plain values
@@ -75,6 +77,11 @@ def test_every_deployment_on_a_kubernetes_pool_renders_a_strictly_valid_job(stac
         settings = next(v for v in pod["volumes"] if v["name"] == "settings")
         assert settings["secret"]["secretName"] == "mlyard-settings"
         assert {"name": "settings", "mountPath": "/var/run/secrets/mlyard", "readOnly": True} in container["volumeMounts"]
+        # the code host beside it (the user's code) has none of the platform's: no Secret, no token, no envFrom
+        code_host = pod["initContainers"][0]
+        assert {m["name"] for m in code_host["volumeMounts"]} <= {"tmp", "data", "dshm"} and "envFrom" not in code_host
+        assert pod["automountServiceAccountToken"] is False and {"name": "MLYARD_CODE_HOST", "value": "/tmp/mlyard-code"} \
+            in container["env"]
         if pool == "cpu":  # no GPU request, no GPU toleration or node selector
             assert "nvidia.com/gpu" not in json.dumps(manifest), d["entrypoint"]
         else:

@@ -36,6 +36,14 @@ for p in pids:
                    if v.startswith(tuple(c.encode() for c in CREDENTIALS))}
     except OSError:
         pass
+def plant(path):
+    try:
+        open(path, "w").write("import os")
+        return "written"
+    except OSError as exc:
+        return type(exc).__name__
+home = os.path.dirname(os.path.dirname(os.path.dirname(os.environ['EM_MODEL_DIR'])))  # <home>/runs/<run>/model
+print(f"home={plant(os.path.join(home, 'planted.pth'))}", flush=True)
 print(f"secret={reach('/var/run/secrets/mlyard/mlyard_catalog_url')}"
       f" token={reach('/var/run/secrets/kubernetes.io/serviceaccount/token')} flow_processes={len(flows)}"
       f" leaked={sorted(leaked)} env={sorted(k for k in os.environ if k.startswith(CREDENTIALS))}", flush=True)
@@ -92,6 +100,7 @@ def test_a_training_on_the_gpu_pool_runs_as_a_job_and_is_recorded(cluster, algor
     # the flow read the Secret (it reached the catalog); its user's script, in the code host, has no such file,
     # no token, sees no process of the flow's and no credential in any environment it can read
     assert "secret=FileNotFoundError token=FileNotFoundError flow_processes=0 leaked=[] env=[]" in log, log[-3000:]
+    assert "home=PermissionError" in log, "the flow's files are its own"
     assert "running the pod's user code" in cluster.kubelet.sidecar_logs[(NS, pods[0]["metadata"]["name"], "code-host")]
     run = platform.tracking.find_training_run(flow_run_id)  # the pod wrote to the shared MLflow, not to its own
     assert run is not None and run.status == "FINISHED" and run.metrics["accuracy"] == pytest.approx(0.93)

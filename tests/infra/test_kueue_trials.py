@@ -45,9 +45,12 @@ class Kueue(Controller):
     @staticmethod
     def _gpus(job: dict) -> int:
         """What Kueue charges a Job: its pods' GPUs times its parallelism, all at once (a multi-node training's
-        nodes are admitted together or not at all)."""
+        nodes are admitted together or not at all). A pod's are its containers' and its sidecars' (the code
+        host, which runs the user's code, holds them), as Kubernetes counts a pod's requests."""
+        spec = job["spec"]["template"]["spec"]
+        sidecars = [c for c in spec.get("initContainers") or [] if c.get("restartPolicy") == "Always"]
         per_pod = sum(int(c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0))
-                      for c in job["spec"]["template"]["spec"]["containers"])
+                      for c in [*spec["containers"], *sidecars])
         return per_pod * int(job["spec"].get("parallelism") or 1)
 
     def step(self) -> None:

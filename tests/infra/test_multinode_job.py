@@ -147,7 +147,7 @@ def test_a_3_node_training_runs_as_an_indexed_job_and_ends_with_it(cluster, algo
     for index, pod in enumerate(pods):
         log = api.pod_logs[(NS, pod["metadata"]["name"])]
         assert f"node={index} nnodes=3 tf_index={index} workers=3 master={name}-0.{name}" in log, log
-        assert "uid=10001" in log, "each node runs as the pod's user"
+        assert "uid=10002" in log, "each node runs its script in its pod's code host, as that container's user"
     run = cluster.platform.tracking.find_training_run(flow_run_id)
     assert run is not None and run.status == "FINISHED" and run.metrics["accuracy"] == pytest.approx(0.91)
     assert cluster.platform.tracking.client.list_artifacts(run.run_id, "model"), "node 0 saved the model"
