@@ -9,9 +9,10 @@ scratch volumes at the same paths, and a folder there (MLYARD_CODE_HOST) through
 a command:
 
 - `run` (in the flow's container, what tasks/sandbox.py's `wrap` returns there): a process that stands for
-  the command. It makes a request folder with the command's argv, environment and folder and four FIFOs,
+  the command. It makes a request folder with the command's argv, environment and folder and five FIFOs,
   relays its own stdin to the command and the command's stdout and stderr to its own, forwards the signals
-  it gets (a stop's SIGTERM, SIGINT), and exits with the command's exit code (or dies of its signal);
+  it gets (a stop's SIGTERM, SIGINT), and exits with the command's exit code (128 + N where signal N ended
+  it, as bubblewrap does; 137, saying so, where the code host itself ended first);
 - `serve` (the code host's entry point): takes each request (a rename, so two hosts never take the same),
   starts its command in a process group of its own with a group-writable umask (the flow reads, moves and
   removes what it leaves), sends it the signals the `life` FIFO names, and kills its whole group when that
@@ -27,7 +28,6 @@ import json
 import os
 import secrets
 import signal
-import stat
 import subprocess
 import sys
 import threading
@@ -35,7 +35,9 @@ import time
 from pathlib import Path
 
 REQUESTS, TAKEN = "requests", "taken"
-FIFOS = ("life", "stdin", "stdout", "stderr")  # opened in this order on both sides (each open waits for its peer)
+# opened in this order on both sides (each open waits for its peer): `life` the stand-in's (its signals, and
+# its end by its closing), `code` the host's (the exit code, and the host's end by its closing without one)
+FIFOS = ("life", "stdin", "stdout", "stderr", "code")
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 TAKE_TIMEOUT = 60.0  # a request no host takes: the code-host container is not there
 POLL = 0.02
@@ -78,6 +80,7 @@ def run(exchange: Path, cwd: str | None, argv: list[str]) -> int:
     life = os.open(folder / "life", os.O_WRONLY)
     to_stdin = os.open(folder / "stdin", os.O_WRONLY)
     outs = [os.open(folder / name, os.O_RDONLY) for name in ("stdout", "stderr")]
+    from_host = os.open(folder / "code", os.O_RDONLY)
     lock = threading.Lock()
 
     def forward(signum: int, _frame: object) -> None:
@@ -93,15 +96,17 @@ def run(exchange: Path, cwd: str | None, argv: list[str]) -> int:
               *[threading.Thread(target=_pump, args=(fd, target, False), daemon=True) for fd, target in zip(outs, (1, 2))]]
     for relay in relays:
         relay.start()
-    code_file = folder / "code"
-    while not code_file.exists():
-        time.sleep(POLL)
+    said = b""
+    while chunk := os.read(from_host, 64):  # until the host closes it: with the exit code, or by ending
+        said += chunk
     for relay in relays[1:]:  # what it wrote before it ended (a process it left holding them: not waited for)
         relay.join(2.0)
-    code = int(code_file.read_text() or 1)
     os.close(life)
     _remove(folder)
-    return code
+    if not said.strip().isdigit():
+        print(f"mlyard: the code host ({exchange}) ended before the command did", file=sys.stderr, flush=True)
+        return 137
+    return int(said)
 
 
 def _pump(source: int, target: int, close_target: bool) -> None:
@@ -145,12 +150,13 @@ def serve(exchange: Path) -> None:
 
 
 def _host(folder: Path) -> None:
-    code = 1
+    code, to_flow = 1, None
     try:
         request = json.loads((folder / "request.json").read_text())
         life = os.open(folder / "life", os.O_RDONLY)
         fds = [os.open(folder / "stdin", os.O_RDONLY), os.open(folder / "stdout", os.O_WRONLY),
                os.open(folder / "stderr", os.O_WRONLY)]
+        to_flow = os.open(folder / "code", os.O_WRONLY)
         try:
             proc = subprocess.Popen(request["argv"], env=request["env"], cwd=request["cwd"], stdin=fds[0],
                                     stdout=fds[1], stderr=fds[2], start_new_session=True, umask=0o002)
@@ -170,7 +176,12 @@ def _host(folder: Path) -> None:
     except (OSError, ValueError, KeyError) as exc:
         print(f"mlyard code host: request {folder.name}: {exc}", file=sys.stderr, flush=True)
     finally:
-        _write_code(folder, code)
+        if to_flow is not None:
+            try:
+                os.write(to_flow, str(code if code >= 0 else 128 - code).encode())
+                os.close(to_flow)
+            except OSError:  # the stand-in is gone
+                pass
 
 
 def _signals(life: int, pid: int, gone: threading.Event) -> None:
@@ -192,15 +203,6 @@ def _kill_group(pid: int, signum: int) -> None:
         os.killpg(pid, signum)
     except OSError:
         pass
-
-
-def _write_code(folder: Path, code: int) -> None:
-    if not folder.exists():
-        return
-    partial = folder / ".code"
-    partial.write_text(str(code if code >= 0 else 128 - code))
-    partial.chmod(stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IWGRP)
-    partial.rename(folder / "code")
 
 
 def main(argv: list[str]) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -35,7 +36,7 @@ def pod():
     host = subprocess.Popen(as_ids(HOST, GROUP, [sys.executable, "-I", CODE_HOST, "serve", str(exchange)]),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, text=True)
     try:
-        yield volume, exchange
+        yield volume, exchange, host
     finally:
         stop_group(host, 5)
         shutil.rmtree(volume, ignore_errors=True)
@@ -47,7 +48,7 @@ def _flow(exchange: Path, argv: list[str], cwd: str = "/") -> list[str]:
 
 
 def test_a_command_runs_as_the_hosts_user_with_its_input_output_and_exit_code(pod):
-    _, exchange = pod
+    _, exchange, _ = pod
     data = os.urandom(3 << 20)  # binary, past a pipe's buffer both ways
     script = ("import os, sys\ndata = sys.stdin.buffer.read()\nsys.stdout.buffer.write(data[::-1])\n"
               "print(f'uid={os.getuid()} cwd={os.getcwd()}', file=sys.stderr)\nsys.exit(7)\n")
@@ -60,7 +61,7 @@ def test_a_command_runs_as_the_hosts_user_with_its_input_output_and_exit_code(po
 
 
 def test_a_stop_reaches_the_command_and_a_killed_stand_in_takes_it_along(pod):
-    _, exchange = pod
+    _, exchange, _ = pod
     graceful = "import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *_: sys.exit(42))\nprint('up', flush=True)\ntime.sleep(60)\n"
     proc = subprocess.Popen(_flow(exchange, [sys.executable, "-c", graceful]), stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline() == "up\n"
@@ -85,7 +86,7 @@ def test_wrap_shares_the_walls_folders_and_nothing_else_of_the_flows(pod):
     """tasks/sandbox.py's `wrap` in a pod with a code host: the folders the walls name (under a private
     mkdtemp folder of the flow's) are opened to the group, the flow's other files stay its own, and what
     the code leaves the flow can read and remove."""
-    volume, exchange = pod
+    volume, exchange, _ = pod
     script = f"""
 import os, shutil, subprocess, sys, tempfile
 from pathlib import Path
@@ -120,3 +121,19 @@ print("removed" if not scratch.exists() else "left")
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.splitlines() == [f"read PermissionError {HOST} 0 ", "m", "removed"], done.stdout + done.stderr
+
+
+def test_a_code_host_that_ends_first_ends_its_stand_in_with_the_reason(pod):
+    """The code host's container restarted (or killed) under a running command: the flow's side does not wait
+    for ever, it ends saying so."""
+    _, exchange, host = pod
+    marker = f"mlyard-hosted-{uuid.uuid4().hex}"
+    command = [sys.executable, "-c", f"import time\nprint('up', flush=True)\ntime.sleep(300)  # {marker}"]
+    proc = subprocess.Popen(_flow(exchange, command), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "up\n"
+        stop_group(host, 0, signal.SIGKILL)  # the host's process (its command, in a container, would go with it)
+        _, err = proc.communicate(timeout=20)
+        assert proc.returncode == 137 and "ended before the command did" in err, err
+    finally:
+        subprocess.run(["pkill", "-9", "-f", marker])
