@@ -108,7 +108,7 @@ class Settings(BaseSettings):
         "a Prefect global concurrency limit (mlyard-gpu): a run takes its resources.gpu_count slots before its "
         "entry point starts. Unset: the GPUs `nvidia-smi -L` lists (0 without it: gpu_count is not enforced).")
     sandbox: Literal["auto", "required", "off"] = Field(default="auto", description="User code in a sandbox "
-        "(bubblewrap: own namespaces, only its run's folders, no capability; tasks/sandbox.py). auto: where user "
+        "(bubblewrap; in a flow-run pod, its code-host container: tasks/sandbox.py, code_host.py). auto: where user "
         "namespaces allow, said in the run's log where not; required: else the run fails first; off: never.")
     script_confinement: Literal["auto", "required", "off"] = Field(default="auto", description="Landlock as a second "
         "wall (tasks/confine.py): the home, a pod's Secrets, out of the script's reach; auto, required, off as for "
