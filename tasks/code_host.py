@@ -71,7 +71,10 @@ def run(exchange: Path, cwd: str | None, argv: list[str]) -> int:
     deadline = time.monotonic() + TAKE_TIMEOUT
     while not folder.exists():
         if time.monotonic() > deadline:
-            (exchange / REQUESTS / ident).rename(pending)
+            try:
+                (exchange / REQUESTS / ident).rename(pending)  # withdrawn, unless a host took it just now
+            except OSError:
+                continue
             _remove(pending)
             print(f"mlyard: the code host ({exchange}) took no command in {TAKE_TIMEOUT:.0f} s: is the pod's "
                   "code-host container running?", file=sys.stderr)
@@ -171,7 +174,7 @@ def _host(folder: Path) -> None:
         threading.Thread(target=_signals, args=(life, proc.pid, gone), daemon=True).start()
         code = proc.wait()
         _kill_group(proc.pid, signal.SIGKILL)  # what it left behind ends with it, as a sandbox's PID namespace
-        if gone.wait(0.05):  # nobody is waiting for its code: the request's folder goes
+        if gone.is_set():  # it was killed for its stand-in's end (set before): nobody waits for its code
             _remove(folder)
     except (OSError, ValueError, KeyError) as exc:
         print(f"mlyard code host: request {folder.name}: {exc}", file=sys.stderr, flush=True)
