@@ -100,13 +100,13 @@ def run(exchange: Path, cwd: str | None, argv: list[str]) -> int:
     for relay in relays:
         relay.start()
     said = b""
-    while chunk := os.read(from_host, 64):  # until the host closes it: with the exit code, or by ending
-        said += chunk
+    while len(said) <= 16 and (chunk := os.read(from_host, 64)):  # until the host closes it: with the exit
+        said += chunk  # code, or by ending (more than a number: not the host's, whose user the command shares)
     for relay in relays[1:]:  # what it wrote before it ended (a process it left holding them: not waited for)
         relay.join(2.0)
     os.close(life)
     _remove(folder)
-    if not said.strip().isdigit():
+    if not said.strip().isdigit() or len(said) > 16:
         print(f"mlyard: the code host ({exchange}) ended before the command did", file=sys.stderr, flush=True)
         return 137
     return int(said)

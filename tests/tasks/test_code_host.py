@@ -137,3 +137,12 @@ def test_a_code_host_that_ends_first_ends_its_stand_in_with_the_reason(pod):
         assert proc.returncode == 137 and "ended before the command did" in err, err
     finally:
         subprocess.run(["pkill", "-9", "-f", marker])
+
+
+def test_a_command_that_floods_its_exit_code_ends_its_run_not_the_flows_memory(pod):
+    _, exchange, _ = pod
+    flood = (f"import glob\nf = open(glob.glob({str(exchange / 'taken' / '*' / 'code')!r})[0], 'wb', buffering=0)\n"
+             "while True:\n    f.write(b'1' * 65536)\n")
+    done = subprocess.run(_flow(exchange, [sys.executable, "-c", flood]), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 137, done.stderr
+    assert "ended before the command did" in done.stderr
