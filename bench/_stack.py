@@ -16,12 +16,12 @@ def start():
     os.environ.update({"MLYARD_HOME": home, "MLYARD_PREFECT_PORT": str(port),
                        "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
                        "DO_NOT_TRACK": "true"})
-    from core.settings import Settings
     from mlyard import stack
+    from mlyard.core.settings import Settings
 
     settings = Settings()
     stack.up(settings, echo=lambda *_: None)
-    from core.connection import connect
+    from mlyard.core.connection import connect
 
     connect(settings)
     atexit.register(lambda: stack.down(settings, echo=lambda *_: None))

@@ -84,8 +84,8 @@ def spec(model_dir: Path, data: Path, out: Path, workers: int = 1) -> dict:
 
 
 def flow_rows_per_second(data: dict) -> tuple[float, float]:
-    from core.specs import BatchInferenceSpec
-    from flows.batch_inference import batch_infer
+    from mlyard.core.specs import BatchInferenceSpec
+    from mlyard.flows.batch_inference import batch_infer
 
     started = time.perf_counter()
     result = batch_infer(BatchInferenceSpec(**data))
@@ -95,11 +95,11 @@ def flow_rows_per_second(data: dict) -> tuple[float, float]:
 
 PEAK = """
 import json, resource, sys
-from core.settings import Settings
-from core.connection import connect
+from mlyard.core.settings import Settings
+from mlyard.core.connection import connect
 connect(Settings())
-from flows.batch_inference import batch_infer
-from core.specs import BatchInferenceSpec
+from mlyard.flows.batch_inference import batch_infer
+from mlyard.core.specs import BatchInferenceSpec
 r = batch_infer(BatchInferenceSpec(**json.loads(sys.argv[1])))
 print(json.dumps({"rows": r.rows, "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
 """

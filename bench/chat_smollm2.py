@@ -67,7 +67,7 @@ def measure(base_url: str, requests: int, max_tokens: int) -> list[tuple[float, 
 
 def bare(max_tokens: int, requests: int) -> float:
     """Tokens/s of generate() on the loaded model in this process (no server, no streaming)."""
-    from serving.generative import ChatModel
+    from mlyard.serving.generative import ChatModel
 
     chat = ChatModel("smollm2")
     inputs = chat.prompt_ids(PROMPT, None)

@@ -33,13 +33,13 @@ def main() -> None:
     from prefect.client.orchestration import get_client
     from prefect.states import Completed
 
-    from core.names import FLOW_TRAIN
-    from core.specs.endpoint import EndpointSpec, StageResourceSpec, StageSpec
     from mlyard import stack
-    from registry.catalog import Catalog
-    from registry.endpoints import Endpoints
-    from registry.notebooks import Notebooks
-    from registry.tables import EndpointStatMinute
+    from mlyard.core.names import FLOW_TRAIN
+    from mlyard.core.specs.endpoint import EndpointSpec, StageResourceSpec, StageSpec
+    from mlyard.registry.catalog import Catalog
+    from mlyard.registry.endpoints import Endpoints
+    from mlyard.registry.notebooks import Notebooks
+    from mlyard.registry.tables import EndpointStatMinute
 
     t0 = time.monotonic()
     with get_client(sync_client=True) as client:

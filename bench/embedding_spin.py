@@ -27,9 +27,9 @@ def main() -> None:
     import onnxruntime as ort
     import quality
 
-    from core.specs.rag import RagSpec
-    from tasks.documents import chunk, parse
-    from tasks.embeddings import embedder, tokenizer_for
+    from mlyard.core.specs.rag import RagSpec
+    from mlyard.tasks.documents import chunk, parse
+    from mlyard.tasks.embeddings import embedder, tokenizer_for
 
     folder = Path(tempfile.mkdtemp())
     spec = RagSpec(name="spin", path=str(folder))

@@ -77,7 +77,7 @@ def main() -> None:
         model_dir = project / ".mlyard" / "mlartifacts"
         found = next(model_dir.rglob("MLmodel")).parent
         timed("load a registered sklearn model, fresh process", 1, str(BIN / "python"), "-c",
-              f"from tasks.models import load_model; load_model({str(found)!r})", cwd=project)
+              f"from mlyard.tasks.models import load_model; load_model({str(found)!r})", cwd=project)
         # The floor under that figure: scikit-learn's own import (SciPy, pandas), before any model is read.
         timed("  floor: import sklearn.base, fresh process", 1, str(BIN / "python"), "-c", "import sklearn.base",
               cwd=project)

@@ -71,8 +71,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 def routes(gw: str) -> dict:
-    from core.connection import internal_headers
-    from core.settings import Settings
+    from mlyard.core.connection import internal_headers
+    from mlyard.core.settings import Settings
 
     req = urllib.request.Request(f"{gw}/mlyard/routes", headers=internal_headers(Settings()))
     return json.loads(urllib.request.urlopen(req, timeout=5).read())["endpoints"]
@@ -97,9 +97,9 @@ def main() -> None:
     args = parser.parse_args()
     settings = start()
     import mlyard.endpoints as endpoints
-    from core.connection import gateway_url, read_state
-    from flows.platform import Platform
-    from tasks import replicas as files
+    from mlyard.core.connection import gateway_url, read_state
+    from mlyard.flows.platform import Platform
+    from mlyard.tasks import replicas as files
 
     model_dir = Path(settings.home_dir) / "rf-model"
     X = rf_model(model_dir)
@@ -112,11 +112,11 @@ def main() -> None:
         endpoints.create({"name": name, "stage": {"resources": [{"model": "rf/1", "pods": pods}]}})
     tokens = {name: endpoints.issue_token(name, days=1)["token"] for name in ("rf1", "rf2")}
     TOKEN["value"] = tokens["rf1"]
-    from core.connection import internal_token, replica_token
+    from mlyard.core.connection import internal_token, replica_token
 
     body = json.dumps({"instances": [X[0].tolist()]})
     direct = routes(gw)["rf1"]["stages"]["default"][0]["url"] + "/v1/models/rf:predict"
-    from core.connection import replica_key_token
+    from mlyard.core.connection import replica_key_token
 
     port = int(direct.split(":")[2].split("/")[0])  # a model's replica answers its own credential alone
     key = next(k for k, st in files.states(settings.home_dir).items() if st.port == port)
@@ -145,8 +145,8 @@ def main() -> None:
     # 1b. A user's API key instead of the endpoint's token, with the project's rate limits on (set high
     # enough never to refuse, so that every request is checked and counted): the gateway's CPU per request
     # with each, in turns, at 16 connections.
-    from registry.catalog import Catalog
-    from registry.teams import Teams
+    from mlyard.registry.catalog import Catalog
+    from mlyard.registry.teams import Teams
 
     teams = Teams(Catalog(settings.catalog_db_url))
     _, key = teams.create_user("bench-user")

@@ -44,8 +44,8 @@ def main() -> None:
     from sklearn.linear_model import LogisticRegression
 
     import mlyard.endpoints as endpoints
-    from core.connection import gateway_url, read_state
-    from flows.platform import Platform
+    from mlyard.core.connection import gateway_url, read_state
+    from mlyard.flows.platform import Platform
 
     x, y = load_iris(return_X_y=True)
     model_dir = Path(settings.home_dir) / "lr-model"

@@ -104,7 +104,7 @@ def job_latency(work: Path, poll: float | None) -> list[float]:
             out.append(time.time() - fr.created.timestamp())
         return out
     finally:
-        from tasks.processes import stop_group
+        from mlyard.tasks.processes import stop_group
 
         stop_group(worker, 10)
         api.close()

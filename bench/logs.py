@@ -36,9 +36,9 @@ def main() -> None:
     import _stack
 
     settings = _stack.start()
-    from core import logrecords as lr
-    from core.connection import internal_headers, read_state
     from mlyard import logs
+    from mlyard.core import logrecords as lr
+    from mlyard.core.connection import internal_headers, read_state
 
     home = settings.home_dir
     half = args.records // 2

@@ -29,9 +29,9 @@ json.dump(stamps, open(os.environ["EM_HP_STAMPS"], "w"))
 
 def main() -> None:
     _stack.start()
-    from core.specs import TrainingSpec
-    from flows.platform import Platform
-    from flows.training import train
+    from mlyard.core.specs import TrainingSpec
+    from mlyard.flows.platform import Platform
+    from mlyard.flows.training import train
 
     p = Platform()
     work = Path(tempfile.mkdtemp())

@@ -49,8 +49,8 @@ def line(label: str, direct: list[float], door: list[float], unit: str = "ms") -
 
 def main() -> None:
     settings = _stack.start()
-    from core.connection import read_state
     from mlyard import teams
+    from mlyard.core.connection import read_state
 
     state = read_state(settings)
     assert state is not None and state.prefect_auth_string

@@ -58,8 +58,8 @@ def main() -> None:
 
     import mlyard.endpoints as endpoints
     import mlyard.promotion as promotion
-    from core.connection import gateway_url, internal_token, read_state, replica_token
-    from flows.platform import Platform
+    from mlyard.core.connection import gateway_url, internal_token, read_state, replica_token
+    from mlyard.flows.platform import Platform
 
     home = Path(settings.home_dir)
     X = rf_model(home / "rf")

@@ -50,9 +50,9 @@ def throughput(home: Path, copies: int) -> None:
     import quality
 
     import mlyard.rags as rags
-    from core.specs.rag import RagSpec
-    from tasks.documents import chunk, parse
-    from tasks.embeddings import embedder, tokenizer_for
+    from mlyard.core.specs.rag import RagSpec
+    from mlyard.tasks.documents import chunk, parse
+    from mlyard.tasks.embeddings import embedder, tokenizer_for
 
     folder = home.parent / "bench-reference"
     for i in range(copies):
@@ -127,13 +127,13 @@ def retrieval(home: Path, settings, total: int, queries: int) -> None:
     import quality
 
     import mlyard.rags as rags
-    from core.connection import gateway_url, read_state
-    from core.specs.rag import RagSpec
-    from registry.catalog import Catalog
-    from registry.rags import Rags
-    from tasks.documents import chunk, parse
-    from tasks.embeddings import embedder, tokenizer_for
-    from tasks.vectorstore import VectorStore
+    from mlyard.core.connection import gateway_url, read_state
+    from mlyard.core.specs.rag import RagSpec
+    from mlyard.registry.catalog import Catalog
+    from mlyard.registry.rags import Rags
+    from mlyard.tasks.documents import chunk, parse
+    from mlyard.tasks.embeddings import embedder, tokenizer_for
+    from mlyard.tasks.vectorstore import VectorStore
 
     folder = home.parent / "bench-route"
     docs = quality.write(folder / "reference")
@@ -187,8 +187,8 @@ def ttft(home: Path, settings, asks: int) -> None:
     import quality
 
     import mlyard.rags as rags
-    from core.connection import gateway_url
-    from serving.rag import build, context_of
+    from mlyard.core.connection import gateway_url
+    from mlyard.serving.rag import build, context_of
 
     folder = home.parent / "bench-ttft"
     quality.write(folder)

@@ -24,8 +24,8 @@ def main() -> None:
     _stack.start()
     from prefect.deployments import run_deployment
 
-    from core.specs import TrainingSpec
-    from tasks import sandbox
+    from mlyard.core.specs import TrainingSpec
+    from mlyard.tasks import sandbox
 
     src = Path(tempfile.mkdtemp()) / "noop"
     src.mkdir()

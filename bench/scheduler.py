@@ -1,7 +1,7 @@
 """The scheduler's figures (issue 11), on a throwaway embedded stack (real Prefect server, catalog on SQLite):
 
 1. catch-up: a schedule firing every second whose start lies SLOTS seconds back, created as a user
-   creates it (mlyard.schedules.create), catch-up on, max concurrency 10: the time until the stack's
+   creates it (mlyard.schedule.create), catch-up on, max concurrency 10: the time until the stack's
    scheduler has recorded every missed slot (each a row keyed by schedule and slot: one run each, ever)
    and created the first 10 runs. Target: 10,000 slots in <= 10 s.
 2. crash safety: the stack's scheduler is replaced by one we kill -9 at a random moment (0-1 s after
@@ -88,15 +88,15 @@ def tagged_runs(tag: str) -> list:
 
 
 def store():
-    from core.connection import connect
-    from registry.catalog import Catalog
-    from registry.schedules import Schedules
+    from mlyard.core.connection import connect
+    from mlyard.registry.catalog import Catalog
+    from mlyard.registry.schedules import Schedules
 
     return Schedules(Catalog(connect().catalog_db_url))
 
 
 def catchup(slots: int) -> None:
-    import mlyard.schedules as schedules
+    import mlyard.schedule as schedules
 
     start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(seconds=slots - 1)
     t0 = time.perf_counter()
@@ -121,8 +121,8 @@ def catchup(slots: int) -> None:
 
 
 def crash(slots: int, kills: int, settings, settle_seconds: float) -> None:
-    import mlyard.schedules as schedules
-    from core.connection import read_state
+    import mlyard.schedule as schedules
+    from mlyard.core.connection import read_state
 
     state = read_state(settings)
     assert state is not None
@@ -137,7 +137,7 @@ def crash(slots: int, kills: int, settings, settle_seconds: float) -> None:
     killed_at_work = 0
     for i in range(kills + 1):
         with open(log, "w") as fh:
-            proc = subprocess.Popen([sys.executable, "-m", "tasks.scheduling"], cwd=ROOT, env=env, stdout=fh,
+            proc = subprocess.Popen([sys.executable, "-m", "mlyard.tasks.scheduling"], cwd=ROOT, env=env, stdout=fh,
                                     stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 60
         while "scheduler started" not in log.read_text() and time.monotonic() < deadline:
@@ -177,7 +177,7 @@ def crash(slots: int, kills: int, settings, settle_seconds: float) -> None:
 
 
 def lateness(n: int, minutes: int, spread: bool, settings) -> None:
-    import mlyard.schedules as schedules
+    import mlyard.schedule as schedules
 
     for k in range(n):  # all at second 0 (a burst of n each minute), or spread over the minute's seconds
         schedules.create({"name": f"late-{k}", "deployment": "train/gpu", "cron": f"{k % 60 if spread else 0} * * * * *",
@@ -222,7 +222,7 @@ def start_vs_slot(n: int) -> None:
 
     from prefect.client.orchestration import get_client
 
-    import mlyard.schedules as schedules
+    import mlyard.schedule as schedules
 
     algo = Path(tempfile.mkdtemp(prefix="mlyard-bench-noop-"))
     (algo / "main.py").write_text(NOOP)

@@ -37,9 +37,9 @@ def main() -> None:
     import psutil
 
     import mlyard.endpoints as endpoints
-    from core.connection import gateway_url
-    from flows.platform import Platform
-    from tasks import replicas as files
+    from mlyard.core.connection import gateway_url
+    from mlyard.flows.platform import Platform
+    from mlyard.tasks import replicas as files
 
     model_dir = Path(settings.home_dir) / "rf-model"
     X = rf_model(model_dir)

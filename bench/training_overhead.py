@@ -22,8 +22,8 @@ def main() -> None:
     _stack.start()
     from prefect import flow
 
-    from core.specs import TrainingSpec
-    from flows.training import train
+    from mlyard.core.specs import TrainingSpec
+    from mlyard.flows.training import train
 
     src = Path(tempfile.mkdtemp()) / "noop"
     src.mkdir()

@@ -20,7 +20,7 @@ TRIALS = 40
 
 
 def spec(src: Path, name: str, parallel: int, sleep: float):
-    from core.specs import TuningSpec, load_spec
+    from mlyard.core.specs import TuningSpec, load_spec
 
     return load_spec(TuningSpec, {
         "name": name, "strategy": "random", "seed": 0, "max_trials": TRIALS, "parallel_trials": parallel,
@@ -34,7 +34,7 @@ def main() -> None:
     settings = _stack.start()
     import optuna
 
-    from flows.tuning import tune
+    from mlyard.flows.tuning import tune
 
     src = Path(tempfile.mkdtemp()) / "algo"
     src.mkdir()

@@ -31,7 +31,7 @@ TRIALS = 40
 
 
 def set_pool(warm: bool) -> None:
-    from core.settings import Settings
+    from mlyard.core.settings import Settings
     from mlyard.prefect_setup import ensure_pools
 
     ensure_pools(lambda _: None, Settings(warm_starts=warm))
@@ -70,8 +70,8 @@ def trials(settings, src: Path, name: str, parallel: int) -> list[float]:
     read back) minus the bare script's time."""
     import optuna
 
-    from core.specs import TuningSpec, load_spec
-    from flows.tuning import tune
+    from mlyard.core.specs import TuningSpec, load_spec
+    from mlyard.flows.tuning import tune
 
     spec = load_spec(TuningSpec, {
         "name": name, "strategy": "random", "seed": 0, "max_trials": TRIALS, "parallel_trials": parallel,

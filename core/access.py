@@ -25,7 +25,7 @@ import secrets
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable
 
-from core.errors import Forbidden, SpecError, Unauthenticated
+from mlyard.core.errors import Forbidden, SpecError, Unauthenticated
 
 ROLES = ("viewer", "editor", "owner")
 DEFAULT_PROJECT = "default"
@@ -95,7 +95,7 @@ class Actor:
         """The project this call acts in: the one chosen, else their only one (`default` for an admin)."""
         if self.project is not None:
             if not self.sees(self.project):
-                from core.errors import ProjectNotFound
+                from mlyard.core.errors import ProjectNotFound
 
                 raise ProjectNotFound(self.project)
             return self.project
@@ -130,7 +130,7 @@ def current() -> Actor:
     """The actor of this request (the mlyard API sets it) or command (the stack's owner)."""
     actor = _current.get()
     if actor is None:
-        from core.settings import Settings
+        from mlyard.core.settings import Settings
 
         actor = local_owner(Settings().project)
         _current.set(actor)

@@ -7,14 +7,14 @@ from functools import cache
 from importlib.resources import files
 from pathlib import Path
 
-from core.errors import StackError
+from mlyard.core.errors import StackError
 
 
 @cache
 def infra_root() -> Path:
     """The `infra` folder mlyard runs with. Wheels and checkouts both install it as a plain folder, never
     inside a zip, so its files are ordinary paths (kubectl and Prefect's deploy read them by name)."""
-    root = files("infra")
+    root = files("mlyard.infra")
     if not isinstance(root, Path):
         raise StackError(f"mlyard's infra package is not on the file system ({root}): install mlyard unzipped")
     return root

@@ -21,9 +21,9 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 
-from core.environment import flow_run_env
-from core.errors import NotConnected, PlatformUnreachable
-from core.settings import Settings
+from mlyard.core.environment import flow_run_env
+from mlyard.core.errors import NotConnected, PlatformUnreachable
+from mlyard.core.settings import Settings
 
 
 @dataclass

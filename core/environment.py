@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from core.home import DEFAULT_HOME, find_home
+from mlyard.core.home import DEFAULT_HOME, find_home
 
 
 def home() -> Path:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from core.connection import read_state
-from core.settings import Settings
+from mlyard.core.connection import read_state
+from mlyard.core.settings import Settings
 
 
 def prefect_ui(settings: Settings) -> str | None:

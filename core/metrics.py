@@ -17,7 +17,7 @@ import re
 from datetime import datetime, timezone
 from typing import Callable, Collection, Sequence
 
-from core.errors import MetricLineError
+from mlyard.core.errors import MetricLineError
 
 
 def metric_values(line: str, patterns: Sequence[tuple[str | None, re.Pattern[str]]]) -> dict[str, float]:

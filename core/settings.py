@@ -13,8 +13,8 @@ from typing import Literal, Mapping
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.environment import tracking_env
-from core.home import DATABASE_FILE, DEFAULT_HOME, STACK_FILE, find_home, pg_password, plain_http_ca_file
+from mlyard.core.environment import tracking_env
+from mlyard.core.home import DATABASE_FILE, DEFAULT_HOME, STACK_FILE, find_home, pg_password, plain_http_ca_file
 
 # Environment that turns off every usage-telemetry sender of the engines we run.
 TELEMETRY_OFF_ENV = {
@@ -235,7 +235,7 @@ class Settings(BaseSettings):
 
     @property
     def home_dir(self) -> Path:
-        """The home (core.home.find_home: the default `.mlyard` is looked for from here up)."""
+        """The home (mlyard.core.home.find_home: the default `.mlyard` is looked for from here up)."""
         return find_home(self.home)
 
     @property
@@ -383,7 +383,7 @@ def in_kubernetes_pod() -> bool:
 def require_shared_stores(settings: Settings) -> None:
     """In a Kubernetes pod, refuse to start without the tracking and catalog URLs (LocalStoresInPod)
     instead of writing to SQLite files that vanish with the pod. Nothing to check elsewhere."""
-    from core.errors import LocalStoresInPod
+    from mlyard.core.errors import LocalStoresInPod
 
     if not in_kubernetes_pod():
         return

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlparse
 
-from core.errors import SpecError
+from mlyard.core.errors import SpecError
 
 SCHEMES = ("s3", "obs", "nas", "file")
 _NAS = re.compile(r"^nas://(?P<id>[A-Za-z0-9_.-]+):/(?P<path>.*)$")

@@ -21,15 +21,15 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled
 from pydantic import BaseModel, Field
 
-from core.errors import TrainingStopped
-from core.names import FLOW_BATCH, TAG_BATCH_ID, TAG_KIND, TAG_MODEL, TAG_MODEL_URI, TAG_PROJECT
-from core.specs import BatchInferenceSpec, BatchJob, BatchShard
-from flows.platform import Platform
-from tasks import checks, model_host
-from tasks.batch import check_output, end_run, fingerprint, finish, load_model, run_workers, stage_inputs
-from tasks.orchestration import link_mlflow_run, prefect_link, run_name, run_project, stopped_on_interrupt
-from tasks.outputs import Layout
-from tasks.shards import plan, select_files
+from mlyard.core.errors import TrainingStopped
+from mlyard.core.names import FLOW_BATCH, TAG_BATCH_ID, TAG_KIND, TAG_MODEL, TAG_MODEL_URI, TAG_PROJECT
+from mlyard.core.specs import BatchInferenceSpec, BatchJob, BatchShard
+from mlyard.flows.platform import Platform
+from mlyard.tasks import checks, model_host
+from mlyard.tasks.batch import check_output, end_run, fingerprint, finish, load_model, run_workers, stage_inputs
+from mlyard.tasks.orchestration import link_mlflow_run, prefect_link, run_name, run_project, stopped_on_interrupt
+from mlyard.tasks.outputs import Layout
+from mlyard.tasks.shards import plan, select_files
 
 
 class BatchInferenceResult(BaseModel):

@@ -11,12 +11,12 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from core.names import FLOW_BATCH_WORKER
-from core.specs import BatchJob
-from flows.platform import Platform
-from tasks.inference import run_job
-from tasks.orchestration import cancel_watch
-from tasks.transport import Follow
+from mlyard.core.names import FLOW_BATCH_WORKER
+from mlyard.core.specs import BatchJob
+from mlyard.flows.platform import Platform
+from mlyard.tasks.inference import run_job
+from mlyard.tasks.orchestration import cancel_watch
+from mlyard.tasks.transport import Follow
 
 
 @flow(name=FLOW_BATCH_WORKER, description="One worker of a batch inference (started by the batch inference).")

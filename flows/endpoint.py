@@ -29,13 +29,13 @@ from typing import Any
 from prefect import get_run_logger
 from pydantic import BaseModel, Field
 
-from core.connection import gateway_url
-from core.errors import StackError
-from flows.platform import Platform
-from registry.endpoints import Endpoints
-from tasks import replicas as files
-from tasks.endpoint_cluster import kube_apply, kube_delete, kube_route, kube_unroute, kube_wait_ready, sync_route
-from tasks.endpoints import (
+from mlyard.core.connection import gateway_url
+from mlyard.core.errors import StackError
+from mlyard.flows.platform import Platform
+from mlyard.registry.endpoints import Endpoints
+from mlyard.tasks import replicas as files
+from mlyard.tasks.endpoint_cluster import kube_apply, kube_delete, kube_route, kube_unroute, kube_wait_ready, sync_route
+from mlyard.tasks.endpoints import (
     LOCAL,
     RoutingFailed,
     local_replicas,
@@ -47,7 +47,7 @@ from tasks.endpoints import (
     version_params,
     wait_healthy,
 )
-from tasks.served import served_versions
+from mlyard.tasks.served import served_versions
 
 
 class EndpointResult(BaseModel):

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 from prefect import flow
 
-from core.connection import gateway_url
-from core.names import FLOW_DELETE_ENDPOINT
-from core.specs.endpoint import DeletionSpec
-from flows.endpoint import (
+from mlyard.core.connection import gateway_url
+from mlyard.core.names import FLOW_DELETE_ENDPOINT
+from mlyard.core.specs.endpoint import DeletionSpec
+from mlyard.flows.endpoint import (
     DeletionResult,
     sync_http_route,
     teardown,
 )
-from flows.platform import Platform
-from registry.endpoints import Endpoints
-from tasks.orchestration import run_name
+from mlyard.flows.platform import Platform
+from mlyard.registry.endpoints import Endpoints
+from mlyard.tasks.orchestration import run_name
 
 
 @flow(name=FLOW_DELETE_ENDPOINT, flow_run_name=run_name(FLOW_DELETE_ENDPOINT),

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 from prefect import flow
 
-from core.names import FLOW_DEPLOY_ENDPOINT
-from core.specs.endpoint import EndpointSpec
-from flows.endpoint import (
+from mlyard.core.names import FLOW_DEPLOY_ENDPOINT
+from mlyard.core.specs.endpoint import EndpointSpec
+from mlyard.flows.endpoint import (
     EndpointResult,
     deploy_stage,
     with_urls,
 )
-from flows.platform import Platform
-from registry.endpoints import Endpoints
-from tasks.endpoints import check_stage
-from tasks.orchestration import run_name, run_project
+from mlyard.flows.platform import Platform
+from mlyard.registry.endpoints import Endpoints
+from mlyard.tasks.endpoints import check_stage
+from mlyard.tasks.orchestration import run_name, run_project
 
 
 @flow(name=FLOW_DEPLOY_ENDPOINT, flow_run_name=run_name(FLOW_DEPLOY_ENDPOINT),

@@ -10,22 +10,22 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from core.connection import gateway_url
-from core.names import FLOW_PROMOTE_STAGE
-from core.specs.endpoint import PromotionSpec
-from flows.endpoint import (
+from mlyard.core.connection import gateway_url
+from mlyard.core.names import FLOW_PROMOTE_STAGE
+from mlyard.core.specs.endpoint import PromotionSpec
+from mlyard.flows.endpoint import (
     EndpointResult,
     sync_http_route,
     teardown,
     with_urls,
 )
-from flows.platform import Platform
-from registry.endpoints import Endpoints
-from tasks.endpoints import (
+from mlyard.flows.platform import Platform
+from mlyard.registry.endpoints import Endpoints
+from mlyard.tasks.endpoints import (
     drain,
     gateway,
 )
-from tasks.orchestration import run_name
+from mlyard.tasks.orchestration import run_name
 
 
 @flow(name=FLOW_PROMOTE_STAGE, flow_run_name=run_name(FLOW_PROMOTE_STAGE),

@@ -8,22 +8,22 @@ from __future__ import annotations
 
 from prefect import flow
 
-from core.connection import gateway_url
-from core.errors import Protected
-from core.specs.endpoint import PromotionSpec
-from flows.endpoint import (
+from mlyard.core.connection import gateway_url
+from mlyard.core.errors import Protected
+from mlyard.core.specs.endpoint import PromotionSpec
+from mlyard.flows.endpoint import (
     EndpointResult,
     deploy_stage,
     with_urls,
 )
-from flows.platform import Platform
-from registry.endpoints import Endpoints
-from tasks.endpoints import (
+from mlyard.flows.platform import Platform
+from mlyard.registry.endpoints import Endpoints
+from mlyard.tasks.endpoints import (
     RoutingFailed,
     route,
     stage_keys,
 )
-from tasks.orchestration import run_name
+from mlyard.tasks.orchestration import run_name
 
 
 @flow(name="retry-endpoint-stage", flow_run_name=run_name("retry-endpoint-stage"),
@@ -35,7 +35,7 @@ def retry_stage(spec: PromotionSpec) -> EndpointResult:
     view = eps.get(spec.endpoint)
     st = next((s for s in view["stages"] if s["name"] == spec.stage), None)
     if st is None:
-        from core.errors import NotFound
+        from mlyard.core.errors import NotFound
 
         raise NotFound(f"{spec.endpoint}/{spec.stage}")
     home, gw = p.settings.home_dir, gateway_url(p.settings)

@@ -27,23 +27,23 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
-from core.connection import gateway_url
-from core.errors import NotFound, Protected, SpecError
-from core.names import FLOW_CONTROL_PROMOTION, FLOW_ROLLOUT
-from core.settings import in_kubernetes_pod
-from core.specs.endpoint import PromotionSpec
-from core.specs.evaluation import EvaluationSpec
-from core.specs.promotion import EvaluationGate, PolicySpec, PromotionControlSpec, RolloutSpec
-from flows.endpoint import EndpointResult, with_urls
-from flows.endpoint_promote import promote_stage
-from flows.evaluation import evaluate
-from flows.platform import Platform
-from registry.endpoints import Endpoints
-from registry.traffic import Traffic, orphaned
-from serving.traffic import Judgement, judge_live, judge_shadow, since
-from tasks.endpoints import gateway
-from tasks.orchestration import run_name, submit
-from tasks.promotion_watch import roll_back
+from mlyard.core.connection import gateway_url
+from mlyard.core.errors import NotFound, Protected, SpecError
+from mlyard.core.names import FLOW_CONTROL_PROMOTION, FLOW_ROLLOUT
+from mlyard.core.settings import in_kubernetes_pod
+from mlyard.core.specs.endpoint import PromotionSpec
+from mlyard.core.specs.evaluation import EvaluationSpec
+from mlyard.core.specs.promotion import EvaluationGate, PolicySpec, PromotionControlSpec, RolloutSpec
+from mlyard.flows.endpoint import EndpointResult, with_urls
+from mlyard.flows.endpoint_promote import promote_stage
+from mlyard.flows.evaluation import evaluate
+from mlyard.flows.platform import Platform
+from mlyard.registry.endpoints import Endpoints
+from mlyard.registry.traffic import Traffic, orphaned
+from mlyard.serving.traffic import Judgement, judge_live, judge_shadow, since
+from mlyard.tasks.endpoints import gateway
+from mlyard.tasks.orchestration import run_name, submit
+from mlyard.tasks.promotion_watch import roll_back
 
 TICK = 0.5  # seconds between two looks at the counts and the promotion's status
 

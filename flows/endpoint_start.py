@@ -8,16 +8,16 @@ from __future__ import annotations
 
 from prefect import flow
 
-from core.errors import Protected
-from core.specs.endpoint import PromotionSpec
-from flows.endpoint import (
+from mlyard.core.errors import Protected
+from mlyard.core.specs.endpoint import PromotionSpec
+from mlyard.flows.endpoint import (
     EndpointResult,
     deploy_stage,
     with_urls,
 )
-from flows.platform import Platform
-from registry.endpoints import Endpoints
-from tasks.orchestration import run_name
+from mlyard.flows.platform import Platform
+from mlyard.registry.endpoints import Endpoints
+from mlyard.tasks.orchestration import run_name
 
 
 @flow(name="start-endpoint-stage", flow_run_name=run_name("start-endpoint-stage"),

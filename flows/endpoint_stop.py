@@ -9,21 +9,21 @@ from __future__ import annotations
 
 from prefect import flow
 
-from core.connection import gateway_url
-from core.errors import Protected
-from core.specs.endpoint import PromotionSpec
-from flows.endpoint import (
+from mlyard.core.connection import gateway_url
+from mlyard.core.errors import Protected
+from mlyard.core.specs.endpoint import PromotionSpec
+from mlyard.flows.endpoint import (
     EndpointResult,
     teardown,
     with_urls,
 )
-from flows.platform import Platform
-from registry.endpoints import Endpoints
-from tasks.endpoints import (
+from mlyard.flows.platform import Platform
+from mlyard.registry.endpoints import Endpoints
+from mlyard.tasks.endpoints import (
     RoutingFailed,
     gateway,
 )
-from tasks.orchestration import run_name
+from mlyard.tasks.orchestration import run_name
 
 
 @flow(name="stop-endpoint-stage", flow_run_name=run_name("stop-endpoint-stage"),

@@ -14,24 +14,24 @@ import time
 
 from prefect import flow, get_run_logger
 
-from core.connection import gateway_url
-from core.names import FLOW_SYNC_ENDPOINT
-from core.specs.endpoint import (
+from mlyard.core.connection import gateway_url
+from mlyard.core.names import FLOW_SYNC_ENDPOINT
+from mlyard.core.specs.endpoint import (
     EndpointSpec,
     StageResourceSpec,
     StageSpec,
     SyncSpec,
 )
-from flows.endpoint import (
+from mlyard.flows.endpoint import (
     SyncResult,
     deploy_stage,
     with_urls,
 )
-from flows.platform import Platform
-from registry.endpoints import Endpoints
-from serving import modelfolder
-from tasks import replicas as files
-from tasks.endpoints import (
+from mlyard.flows.platform import Platform
+from mlyard.registry.endpoints import Endpoints
+from mlyard.serving import modelfolder
+from mlyard.tasks import replicas as files
+from mlyard.tasks.endpoints import (
     check_code,
     check_target,
     drain,
@@ -43,9 +43,9 @@ from tasks.endpoints import (
     stop_replicas,
     wait_healthy,
 )
-from tasks.inference_config import write_config
-from tasks.orchestration import run_name, run_project
-from tasks.served import served_versions
+from mlyard.tasks.inference_config import write_config
+from mlyard.tasks.orchestration import run_name, run_project
+from mlyard.tasks.served import served_versions
 
 
 def _roll(p: Platform, eps: Endpoints, endpoint: str, stage: str, resource_id: int, model: str,

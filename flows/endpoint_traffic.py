@@ -12,15 +12,15 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from core.connection import gateway_url
-from core.names import FLOW_SET_TRAFFIC
-from core.specs.promotion import TrafficSpec
-from flows.endpoint import EndpointResult, sync_http_route, with_urls
-from flows.platform import Platform
-from registry.endpoints import Endpoints
-from registry.traffic import Traffic
-from tasks.endpoints import gateway
-from tasks.orchestration import run_name
+from mlyard.core.connection import gateway_url
+from mlyard.core.names import FLOW_SET_TRAFFIC
+from mlyard.core.specs.promotion import TrafficSpec
+from mlyard.flows.endpoint import EndpointResult, sync_http_route, with_urls
+from mlyard.flows.platform import Platform
+from mlyard.registry.endpoints import Endpoints
+from mlyard.registry.traffic import Traffic
+from mlyard.tasks.endpoints import gateway
+from mlyard.tasks.orchestration import run_name
 
 
 @flow(name=FLOW_SET_TRAFFIC, flow_run_name=run_name(FLOW_SET_TRAFFIC),

@@ -18,7 +18,7 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled
 from pydantic import BaseModel, Field
 
-from core.names import (
+from mlyard.core.names import (
     FLOW_EVALUATE,
     TAG_BATCH_ID,
     TAG_BATCH_RUN_ID,
@@ -31,13 +31,20 @@ from core.names import (
     TAG_TASK,
     TASK_EVALUATION_BATCH,
 )
-from core.specs import EvaluationSpec
-from flows.batch_inference import batch_infer
-from flows.platform import Platform
-from tasks import model_host
-from tasks.batch import load_model
-from tasks.evaluation_steps import check_classes, check_input, compare, record
-from tasks.orchestration import link_mlflow_run, mark_started, prefect_link, run_name, run_project, stopped_on_interrupt
+from mlyard.core.specs import EvaluationSpec
+from mlyard.flows.batch_inference import batch_infer
+from mlyard.flows.platform import Platform
+from mlyard.tasks import model_host
+from mlyard.tasks.batch import load_model
+from mlyard.tasks.evaluation_steps import check_classes, check_input, compare, record
+from mlyard.tasks.orchestration import (
+    link_mlflow_run,
+    mark_started,
+    prefect_link,
+    run_name,
+    run_project,
+    stopped_on_interrupt,
+)
 
 
 class EvaluationResult(BaseModel):

@@ -22,13 +22,13 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
-from core.errors import Protected
-from core.names import FLOW_NOTEBOOK
-from core.settings import Settings
-from core.specs.notebook import ACTIVE, FAILED, IN_PROGRESS, STOPPED, NotebookAction, NotebookSpec
-from registry.catalog import Catalog
-from registry.notebooks import Notebooks
-from tasks.notebook_steps import (
+from mlyard.core.errors import Protected
+from mlyard.core.names import FLOW_NOTEBOOK
+from mlyard.core.settings import Settings
+from mlyard.core.specs.notebook import ACTIVE, FAILED, IN_PROGRESS, STOPPED, NotebookAction, NotebookSpec
+from mlyard.registry.catalog import Catalog
+from mlyard.registry.notebooks import Notebooks
+from mlyard.tasks.notebook_steps import (
     apply_on_cluster,
     delete_on_cluster,
     delete_storage,
@@ -37,7 +37,7 @@ from tasks.notebook_steps import (
     start_jupyter,
     stop_jupyter,
 )
-from tasks.orchestration import run_name
+from mlyard.tasks.orchestration import run_name
 
 
 class NotebookResult(BaseModel):

@@ -20,13 +20,13 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled
 from pydantic import BaseModel, Field
 
-from core.errors import RunFailed, TrainingStopped
-from core.names import FLOW_PIPELINE_RUN
-from core.specs.pipeline import PipelineRunSpec
-from flows.platform import Platform
-from registry.pipelines import Pipelines
-from tasks.orchestration import cancel_watch, run_name, stopped_on_interrupt
-from tasks.pipelines import fail, finish, prepare, run_local
+from mlyard.core.errors import RunFailed, TrainingStopped
+from mlyard.core.names import FLOW_PIPELINE_RUN
+from mlyard.core.specs.pipeline import PipelineRunSpec
+from mlyard.flows.platform import Platform
+from mlyard.registry.pipelines import Pipelines
+from mlyard.tasks.orchestration import cancel_watch, run_name, stopped_on_interrupt
+from mlyard.tasks.pipelines import fail, finish, prepare, run_local
 
 
 class PipelineRunResult(BaseModel):
@@ -62,7 +62,7 @@ def pipeline_run(spec: PipelineRunSpec) -> PipelineRunResult:
         except TrainingStopped as stop:
             return Cancelled(message=f"STOPPED: {stop.reason}")  # type: ignore[return-value]
     else:
-        from tasks.kfp_remote import run_remote
+        from mlyard.tasks.kfp_remote import run_remote
 
         try:
             code, tail = run_remote(p.settings.kfp_host, run_dir, spec, cancel_watch(run_id), logger.info), []

@@ -10,11 +10,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.settings import Settings, apply_engine_env, require_shared_stores
-from tasks.storage import Storage
+from mlyard.core.settings import Settings, apply_engine_env, require_shared_stores
+from mlyard.tasks.storage import Storage
 
 if TYPE_CHECKING:  # each part is imported when first used: a command that reads the catalog never loads MLflow
-    from registry import Catalog, Experiments, ModelRegistry, Templates, Tracking
+    from mlyard.registry import Catalog, Experiments, ModelRegistry, Templates, Tracking
 
 
 class Platform:
@@ -22,7 +22,7 @@ class Platform:
         self.settings = settings or Settings()
         require_shared_stores(self.settings)
         apply_engine_env(self.settings)
-        from tasks.logrecords import install
+        from mlyard.tasks.logrecords import install
 
         install(self.settings)  # what the flow run logs, also as structured records (`mlyard logs`)
 
@@ -42,7 +42,7 @@ class Platform:
 
     @cached_property
     def tracking(self) -> Tracking:
-        from registry import Tracking
+        from mlyard.registry import Tracking
 
         s = self.settings
         root = None if s.mlflow_tracking_uri else s.mlflow_artifact_root
@@ -50,14 +50,14 @@ class Platform:
 
     @cached_property
     def catalog(self) -> Catalog:
-        from registry import Catalog
+        from mlyard.registry import Catalog
 
         return Catalog(self.settings.catalog_db_url)
 
     @cached_property
     def models(self) -> ModelRegistry:
-        from registry import ModelRegistry
-        from tasks.examine import Examiner
+        from mlyard.registry import ModelRegistry
+        from mlyard.tasks.examine import Examiner
 
         # what registration learns by loading a new version (its signature, its compiled form): in a sandbox
         looks = Examiner(self.settings.sandbox, self.settings.compile_at_registration)
@@ -66,13 +66,13 @@ class Platform:
 
     @cached_property
     def experiments(self) -> Experiments:
-        from registry import Experiments
+        from mlyard.registry import Experiments
 
         return Experiments(self.tracking)
 
     @cached_property
     def templates(self) -> Templates:
-        from registry import Templates
+        from mlyard.registry import Templates
 
         return Templates(self.catalog)
 

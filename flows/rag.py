@@ -23,13 +23,13 @@ from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 from pydantic import BaseModel, Field
 
-from core.names import FLOW_RAG_SYNC
-from core.specs.rag import RagSpec
-from registry.rags import Rags
-from tasks.documents import Skipped
-from tasks.ingestion import Parts, diff_step, ingest_step, list_step, preload_model
-from tasks.orchestration import run_name
-from tasks.vectorstore import VectorStore, conninfo
+from mlyard.core.names import FLOW_RAG_SYNC
+from mlyard.core.specs.rag import RagSpec
+from mlyard.registry.rags import Rags
+from mlyard.tasks.documents import Skipped
+from mlyard.tasks.ingestion import Parts, diff_step, ingest_step, list_step, preload_model
+from mlyard.tasks.orchestration import run_name
+from mlyard.tasks.vectorstore import VectorStore, conninfo
 
 
 class RagSyncSpec(BaseModel):
@@ -57,7 +57,7 @@ def rag_sync(spec: RagSyncSpec) -> RagSyncResult:
     # 1. Begin. The embedding model loads meanwhile (importing torch is most of it): it is needed as
     # soon as the diff finds a document to embed.
     record = rags.get(spec.rag)
-    from tasks.rag_service import service_url
+    from mlyard.tasks.rag_service import service_url
 
     if service_url(p.settings.home_dir, spec.rag) is None:
         preload_model(RagSpec.model_validate(record.spec))
@@ -71,7 +71,7 @@ def rag_sync(spec: RagSyncSpec) -> RagSyncResult:
     counts: dict[str, float] = {}
     skipped: list[Skipped] = []
     try:
-        from core.connection import read_state
+        from mlyard.core.connection import read_state
 
         state = read_state(p.settings)
         store = VectorStore(conninfo(rag.vector_store, p.settings, state.vector_store_url if state else None), record.id)

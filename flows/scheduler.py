@@ -11,7 +11,7 @@ import threading
 
 from prefect import flow, get_run_logger
 
-from core.names import FLOW_SCHEDULER
+from mlyard.core.names import FLOW_SCHEDULER
 
 
 @flow(name=FLOW_SCHEDULER, log_prints=True)
@@ -19,12 +19,12 @@ def scheduler(max_hours: float = 0.0) -> None:
     """Make the schedules' runs until cancelled; with `max_hours` > 0, end after that long."""
     from prefect.client.orchestration import get_client
 
-    from core.connection import connect
-    from core.settings import Settings
-    from registry.catalog import Catalog
-    from registry.schedules import Schedules
-    from tasks.orchestration import quick_retries
-    from tasks.scheduling import Scheduler
+    from mlyard.core.connection import connect
+    from mlyard.core.settings import Settings
+    from mlyard.registry.catalog import Catalog
+    from mlyard.registry.schedules import Schedules
+    from mlyard.tasks.orchestration import quick_retries
+    from mlyard.tasks.scheduling import Scheduler
 
     settings = connect(Settings())
     stop = threading.Event()

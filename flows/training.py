@@ -22,15 +22,15 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled
 from pydantic import BaseModel, Field
 
-from core.errors import TrainingStopped
-from core.names import FLOW_TRAIN
-from core.settings import in_kubernetes_pod
-from core.specs import TrainingSpec
-from flows.platform import Platform
-from tasks.node_jobs import end_nodes, model_uri, run_nodes
-from tasks.orchestration import appkey_env, cancel_watch, run_name, stopped_on_interrupt
-from tasks.registry_secrets import check_pod_image
-from tasks.training import (
+from mlyard.core.errors import TrainingStopped
+from mlyard.core.names import FLOW_TRAIN
+from mlyard.core.settings import in_kubernetes_pod
+from mlyard.core.specs import TrainingSpec
+from mlyard.flows.platform import Platform
+from mlyard.tasks.node_jobs import end_nodes, model_uri, run_nodes
+from mlyard.tasks.orchestration import appkey_env, cancel_watch, run_name, stopped_on_interrupt
+from mlyard.tasks.registry_secrets import check_pod_image
+from mlyard.tasks.training import (
     LOG_NAME,
     announce_run,
     check_locations,

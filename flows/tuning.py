@@ -20,8 +20,8 @@ from prefect.states import Cancelled, Completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
-from core.errors import SpecError, TuningFailed
-from core.names import (
+from mlyard.core.errors import SpecError, TuningFailed
+from mlyard.core.names import (
     FLOW_TUNE,
     TAG_BEST_RUN_ID,
     TAG_BEST_TRIAL,
@@ -32,10 +32,10 @@ from core.names import (
     TAG_TRAINING_NAME,
     TAG_TUNING_ID,
 )
-from core.specs import TrainingSpec, TuningSpec
-from flows.platform import Platform
-from tasks.metrics import Metric
-from tasks.orchestration import (
+from mlyard.core.specs import TrainingSpec, TuningSpec
+from mlyard.flows.platform import Platform
+from mlyard.tasks.metrics import Metric
+from mlyard.tasks.orchestration import (
     appkey_env,
     cancel_watch,
     link_mlflow_run,
@@ -44,11 +44,11 @@ from tasks.orchestration import (
     run_project,
     stopped_on_interrupt,
 )
-from tasks.training import check_locations, prepare_environment, stage_inputs
-from tasks.trials import TrialSetup, run_trial
-from tuning import create_study, recover_interrupted
-from tuning.engine import RUN_ID_ATTR
-from tuning.loop import Loop, summary
+from mlyard.tasks.training import check_locations, prepare_environment, stage_inputs
+from mlyard.tasks.trials import TrialSetup, run_trial
+from mlyard.tuning import create_study, recover_interrupted
+from mlyard.tuning.engine import RUN_ID_ATTR
+from mlyard.tuning.loop import Loop, summary
 
 
 class TuningResult(BaseModel):

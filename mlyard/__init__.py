@@ -16,7 +16,7 @@ __all__ = ["train", "tune", "batch_infer", "evaluate"]
 
 def __getattr__(name: str):  # the API is imported on first use: `import mlyard` stays instant
     if name in __all__:
-        from core.environment import apply_login
+        from mlyard.core.environment import apply_login
 
         apply_login()  # `mlyard login`'s key and address, where the environment does not say them (as the CLI)
         from mlyard import api

@@ -24,11 +24,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from core.connection import connect
-from core.errors import SpecError
-from core.names import FLOW_BATCH, FLOW_EVALUATE, FLOW_TRAIN, FLOW_TUNE
-from core.settings import Settings
-from core.specs import (
+from mlyard.core.connection import connect
+from mlyard.core.errors import SpecError
+from mlyard.core.names import FLOW_BATCH, FLOW_EVALUATE, FLOW_TRAIN, FLOW_TUNE
+from mlyard.core.settings import Settings
+from mlyard.core.specs import (
     BatchInferenceSpec,
     EvaluationSpec,
     TrainingSpec,
@@ -52,11 +52,11 @@ class Action:
     fail: str  # the status of a failed run
 
 
-TRAINING = Action("training", TrainingSpec, "flows.training:train", FLOW_TRAIN, "FAIL TRAIN")
-TUNING = Action("tuning", TuningSpec, "flows.tuning:tune", FLOW_TUNE, "FAIL HYPERPARAMETER TUNING")
-BATCH = Action("batch inference", BatchInferenceSpec, "flows.batch_inference:batch_infer", FLOW_BATCH,
+TRAINING = Action("training", TrainingSpec, "mlyard.flows.training:train", FLOW_TRAIN, "FAIL TRAIN")
+TUNING = Action("tuning", TuningSpec, "mlyard.flows.tuning:tune", FLOW_TUNE, "FAIL HYPERPARAMETER TUNING")
+BATCH = Action("batch inference", BatchInferenceSpec, "mlyard.flows.batch_inference:batch_infer", FLOW_BATCH,
                "FAIL BATCH INFERENCE")
-EVALUATION = Action("evaluation", EvaluationSpec, "flows.evaluation:evaluate", FLOW_EVALUATE, "FAIL MODEL EVALUATION")
+EVALUATION = Action("evaluation", EvaluationSpec, "mlyard.flows.evaluation:evaluate", FLOW_EVALUATE, "FAIL MODEL EVALUATION")
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def _shown_when_done(action: Action, run_id: str, timeout: float | None, poll_se
     not the flow's result object); RunFailed with why when it failed, TrainingStopped when stopped."""
     import time
 
-    from core.errors import RunFailed, TrainingStopped
+    from mlyard.core.errors import RunFailed, TrainingStopped
     from mlyard.warm_api import post, signed_in_api
 
     def ask(query: str, **arguments: Any) -> dict[str, Any]:
@@ -130,8 +130,8 @@ def check(action: Action, spec, settings: Settings) -> str | None:
     MLflow (slow to import) is touched only to look up a template, and a registered model only when
     no warm mlyard API runs (mlyard/queries.py). Returns the framework of a batch inference's or an
     evaluation's model when it is known (registered, or an MLflow model directory)."""
-    from tasks import checks
-    from tasks.storage import Storage
+    from mlyard.tasks import checks
+    from mlyard.tasks.storage import Storage
 
     storage = Storage(settings)
     if action is TRAINING:
@@ -140,8 +140,8 @@ def check(action: Action, spec, settings: Settings) -> str | None:
         if spec.training is not None:
             checks.training_inputs(storage, spec.training)
         else:
-            from flows.platform import Platform
-            from flows.tuning import resolve_training
+            from mlyard.flows.platform import Platform
+            from mlyard.flows.tuning import resolve_training
 
             checks.training_inputs(storage, resolve_training(Platform(settings), spec))
     else:
@@ -155,11 +155,11 @@ def check(action: Action, spec, settings: Settings) -> str | None:
             # compiled at registration: it runs on onnxruntime, scikit-learn is never loaded
             return "onnx" if str(found.get("runtime", "")).startswith("onnxruntime") else found["framework"]
         checks.model_reference(storage, None, spec.model)
-        from tasks.models import local_framework
+        from mlyard.tasks.models import local_framework
 
         framework = local_framework(spec.model)
         if framework == "sklearn":
-            from tasks import compiled
+            from mlyard.tasks import compiled
 
             return "onnx" if compiled.is_cached(Path(spec.model)) else framework
         return framework
@@ -197,7 +197,7 @@ def run(action: Action, spec: Any, *, sets: dict[str, Any] | None = None, submit
 
         spec = for_cluster(spec, settings, echo, area)
     if not submit and framework == "sklearn":
-        from tasks.models import prepare_sklearn_loader
+        from mlyard.tasks.models import prepare_sklearn_loader
 
         prepare_sklearn_loader()  # before Prefect and MLflow are imported: see its docstring
     deployment = f"{action.deployment}/{pool}"
@@ -211,7 +211,7 @@ def check_image(spec: Any, settings: Settings) -> None:
     registry that is not registered with its account), before any run is made."""
     image = getattr(spec, "image", None) or getattr(getattr(spec, "training", None), "image", None)
     if image:
-        from tasks.registry_secrets import images
+        from mlyard.tasks.registry_secrets import images
 
         field = "image" if getattr(spec, "image", None) else "training.image"
         images(settings).resolve(image, field)
@@ -228,7 +228,7 @@ def _resources(spec: Any) -> tuple[Any, str]:
 
 def check_gpu_slots(spec: Any, settings: Settings) -> None:
     """Refuse more GPUs than this machine has slots for (settings gpu_slots or nvidia-smi)."""
-    from tasks import gpu_slots
+    from mlyard.tasks import gpu_slots
 
     resources, field = _resources(spec)
     if resources is not None and resources.gpu_count:
@@ -238,7 +238,7 @@ def check_gpu_slots(spec: Any, settings: Settings) -> None:
 
 def check_cluster(spec: Any) -> None:
     """Refuse GPUs that no node of the cluster (the kubeconfig's, when there is one) can hold."""
-    from tasks import cluster
+    from mlyard.tasks import cluster
 
     resources, field = _resources(spec)
     if resources is None or resources.gpu_count == 0:
@@ -279,9 +279,9 @@ def model_reference(model: str) -> dict[str, Any]:
     """The `model` field of a batch inference or an evaluation as a pinned URI (an alias resolved to
     its version) and the registered version's framework; SpecError, naming the field, when it does
     not exist. The query of the same name (mlyard/queries.py) answers with it."""
-    from core.specs import is_registry_ref
+    from mlyard.core.specs import is_registry_ref
+    from mlyard.tasks import checks
     from mlyard.warm_api import platform
-    from tasks import checks
 
     p = platform()
     registered = is_registry_ref(model) or model.startswith("models:/")

@@ -16,18 +16,18 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from core.access import current
-from core.errors import StackError
-from core.settings import Settings
 from mlyard import teams
+from mlyard.core.access import current
+from mlyard.core.errors import StackError
+from mlyard.core.settings import Settings
 from mlyard.queries import account_in_reach, image_in_reach
 from mlyard.queries import images_catalog as _images
 
 
 def images_create(name: str, address: str, kind: str = "training", account: str | None = None,
                   description: str = "") -> dict[str, Any]:
-    from core.specs import load_spec
-    from core.specs.image import ImageSpec
+    from mlyard.core.specs import load_spec
+    from mlyard.core.specs.image import ImageSpec
 
     project = teams.acting_editor("registering an image")
     spec = load_spec(ImageSpec, {"name": name, "address": address, "kind": kind, "account": account,
@@ -49,8 +49,8 @@ def images_delete(name: str) -> dict[str, Any]:
 
 
 def accounts_create(name: str, registry: str, username: str, password: str, description: str = "") -> dict[str, Any]:
-    from core.specs import load_spec
-    from core.specs.image import RegistryAccountSpec
+    from mlyard.core.specs import load_spec
+    from mlyard.core.specs.image import RegistryAccountSpec
 
     project = teams.acting_editor("registering a registry account")
     spec = load_spec(RegistryAccountSpec, {"name": name, "registry": registry, "username": username,
@@ -73,12 +73,12 @@ def accounts_delete(name: str) -> dict[str, Any]:
 
 
 def templates_create(name: str, spec: dict[str, Any], description: str = "") -> dict[str, Any]:
-    from core.specs import TrainingSpec, load_spec
+    from mlyard.core.specs import TrainingSpec, load_spec
 
     project = teams.acting_editor("creating a template")
     checked = load_spec(TrainingSpec, spec)
     if not current().admin:  # a member's template names their project's storage and images alone (as their runs)
-        from core.connection import connect
+        from mlyard.core.connection import connect
         from mlyard.member_runs import image_of_project
         from mlyard.project_storage import confine
 
@@ -88,14 +88,14 @@ def templates_create(name: str, spec: dict[str, Any], description: str = "") -> 
 
 
 def templates_copy(name: str, new_name: str, sets: dict[str, Any] | None = None) -> dict[str, Any]:
-    from core.errors import TemplateNotFound
+    from mlyard.core.errors import TemplateNotFound
     from mlyard.queries import visible_template
 
     templates = _templates()
     found = visible_template(templates, name)
     current().need(found.project, "editor", "copying a template", lambda: TemplateNotFound(name))
     if not current().admin and sets:  # a member's changes name their project's storage and images alone
-        from core.connection import connect
+        from mlyard.core.connection import connect
         from mlyard.member_runs import image_of_project
         from mlyard.project_storage import confine
 
@@ -106,7 +106,7 @@ def templates_copy(name: str, new_name: str, sets: dict[str, Any] | None = None)
 
 
 def templates_delete(name: str) -> dict[str, Any]:
-    from core.errors import TemplateNotFound
+    from mlyard.core.errors import TemplateNotFound
     from mlyard.queries import visible_template
 
     templates = _templates()
@@ -118,10 +118,10 @@ def templates_delete(name: str) -> dict[str, Any]:
 
 def _templates():
     """The catalog's training templates, without loading MLflow (a second and a half per command)."""
-    from core.connection import connect
-    from core.settings import require_shared_stores
-    from registry.catalog import Catalog
-    from registry.templates import Templates
+    from mlyard.core.connection import connect
+    from mlyard.core.settings import require_shared_stores
+    from mlyard.registry.catalog import Catalog
+    from mlyard.registry.templates import Templates
 
     settings = connect()
     require_shared_stores(settings)
@@ -130,9 +130,9 @@ def _templates():
 
 def runs_stop(kind: str, run_id: str) -> dict[str, Any]:
     """Stop a run of `kind` (TRAINING, TUNING, BATCH, EVALUATION) like the UI's Cancel: its new status."""
-    from core.connection import connect
-    from core.errors import SpecError
     from mlyard import runs
+    from mlyard.core.connection import connect
+    from mlyard.core.errors import SpecError
 
     if kind not in ("TRAINING", "TUNING", "BATCH", "EVALUATION"):
         raise SpecError("kind", kind, "TRAINING, TUNING, BATCH or EVALUATION")
@@ -194,33 +194,33 @@ def endpoints_revoke(name: str, token_id: int) -> dict[str, Any]:
 
 
 def schedules_create(spec: dict[str, Any], wait_seconds: float = 10.0) -> dict[str, Any]:
-    from mlyard import schedules
+    from mlyard import schedule
 
-    return schedules.create(spec, wait_seconds=min(float(wait_seconds), 30.0))
+    return schedule.create(spec, wait_seconds=min(float(wait_seconds), 30.0))
 
 
 def schedules_enable(name: str) -> dict[str, Any]:
-    from mlyard import schedules
+    from mlyard import schedule
 
-    return schedules.enable(name)
+    return schedule.enable(name)
 
 
 def schedules_disable(name: str) -> dict[str, Any]:
-    from mlyard import schedules
+    from mlyard import schedule
 
-    return schedules.disable(name)
+    return schedule.disable(name)
 
 
 def schedules_copy(name: str, new_name: str, sets: dict[str, Any] | None = None) -> dict[str, Any]:
-    from mlyard import schedules
+    from mlyard import schedule
 
-    return schedules.copy(name, new_name, sets=sets)
+    return schedule.copy(name, new_name, sets=sets)
 
 
 def schedules_delete(name: str) -> dict[str, Any]:
-    from mlyard import schedules
+    from mlyard import schedule
 
-    return schedules.delete(name)
+    return schedule.delete(name)
 
 
 def notebooks_create(spec: dict[str, Any]) -> dict[str, Any]:
@@ -333,7 +333,7 @@ SELF_AUDITED = (schedules_create, schedules_enable, schedules_disable, schedules
                 notebooks_stop, notebooks_start, notebooks_reboot, notebooks_delete, notebooks_rename, notebooks_set_type,
                 pipelines_upload, pipelines_delete, pipeline_runs_stop, pipeline_runs_delete, rags_create, rags_sync,
                 rags_update, rags_delete)
-# each records itself, by every path (mlyard/schedules.py, notebooks.py, pipelines.py, rags.py)
+# each records itself, by every path (mlyard/schedule.py, notebooks.py, pipelines.py, rags.py)
 COMMANDS.update({f.__name__: f for f in SELF_AUDITED})
 MEMBER_COMMANDS = frozenset({"images_create", "images_update", "images_delete", "accounts_create", "accounts_update",
                              "accounts_delete", "templates_create", "templates_copy", "templates_delete", "runs_stop", "models_create",

@@ -19,10 +19,17 @@ import threading
 from typing import TYPE_CHECKING, Callable, Iterable
 from uuid import UUID
 
-from core.names import TAG_BATCH_ID, TAG_EVALUATION_ID, TAG_KIND, TAG_STATUS_REASON, TAG_TRAINING_ID, TAG_TUNING_ID
+from mlyard.core.names import (
+    TAG_BATCH_ID,
+    TAG_EVALUATION_ID,
+    TAG_KIND,
+    TAG_STATUS_REASON,
+    TAG_TRAINING_ID,
+    TAG_TUNING_ID,
+)
 
 if TYPE_CHECKING:
-    from registry.tracking import Tracking
+    from mlyard.registry.tracking import Tracking
 
 log = logging.getLogger("mlyard.crashes")
 RECONNECT_SECONDS = 5.0

@@ -18,8 +18,8 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from core.connection import connect
-from core.settings import Settings
+from mlyard.core.connection import connect
+from mlyard.core.settings import Settings
 
 TOP_ENDPOINTS = 3
 TOP_RESOURCES = 5
@@ -48,7 +48,7 @@ def collect(since: str | float | None = "24h", settings: Settings | None = None)
 
 
 def _recent_audit(projects: list[str] | None, n: int = 15) -> list[dict[str, Any]]:
-    from core.access import current
+    from mlyard.core.access import current
     from mlyard.teams import teams
 
     actor = current()
@@ -59,8 +59,8 @@ def _recent_audit(projects: list[str] | None, n: int = 15) -> list[dict[str, Any
 
 
 def _endpoints(settings: Settings) -> list[dict[str, Any]]:
-    from registry.catalog import Catalog
-    from registry.endpoints import Endpoints
+    from mlyard.registry.catalog import Catalog
+    from mlyard.registry.endpoints import Endpoints
 
     return Endpoints(Catalog(settings.catalog_db_url)).all()
 
@@ -89,7 +89,7 @@ def _completed(projects: list[str] | None) -> dict[str, int]:
     )
     from prefect.client.schemas.objects import StateType
 
-    from core.names import FLOW_TRAIN, FLOW_TUNE
+    from mlyard.core.names import FLOW_TRAIN, FLOW_TUNE
     from mlyard.runs import project_filter
 
     done = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.COMPLETED])),
@@ -112,7 +112,7 @@ def _running_runs() -> list[dict[str, Any]]:
     )
     from prefect.client.schemas.objects import StateType
 
-    from core.names import FLOW_BATCH, FLOW_TRAIN, FLOW_TUNE
+    from mlyard.core.names import FLOW_BATCH, FLOW_TRAIN, FLOW_TUNE
 
     kinds = {FLOW_TRAIN: "training", FLOW_TUNE: "tuning", FLOW_BATCH: "batch inference"}
     active = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING])))
@@ -120,7 +120,7 @@ def _running_runs() -> list[dict[str, Any]]:
         flows = {f.id: f.name for f in client.read_flows(flow_filter=FlowFilter(name=FlowFilterName(any_=list(kinds))))}
         runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=list(kinds))),
                                      flow_run_filter=active, limit=200)
-    from core.access import project_of_tags
+    from mlyard.core.access import project_of_tags
 
     return [{"kind": kinds.get(flows.get(r.flow_id, ""), "run"), "name": (r.parameters.get("spec") or {}).get("name",
              r.name), "spec": r.parameters.get("spec") or {}, "project": project_of_tags(r.tags or ())} for r in runs]
@@ -147,7 +147,7 @@ def _monitoring(settings: Settings, start: float, endpoints: set[str] | None) ->
 
     result = gateway_call(settings, f"/mlyard/stats?since={start}")
     if result is None:  # no gateway runs: what its replicas recorded
-        from serving.endpoint_stats import EndpointStats
+        from mlyard.serving.endpoint_stats import EndpointStats
 
         result = EndpointStats(None, settings.catalog_db_url).query(start)
     per: dict[str, dict[str, Any]] = {}
@@ -180,9 +180,9 @@ def _monitoring(settings: Settings, start: float, endpoints: set[str] | None) ->
 def _chat_endpoints(settings: Settings, endpoints: list[dict[str, Any]]) -> list[dict[str, str]]:
     """The ACTIVE endpoints whose default stage serves a chat model (registered with task=chat) or an inference
     engine, each with its chat page's address ("LLM Chat Test"; the page asks for the token)."""
-    from core.connection import gateway_url
+    from mlyard.core.connection import gateway_url
     from mlyard.endpoints import connect_platform
-    from serving.chat_page import link
+    from mlyard.serving.chat_page import link
 
     gateway, models, out = gateway_url(settings), None, []
     for ep in (e for e in endpoints if e["status"] == "ACTIVE"):
@@ -205,7 +205,7 @@ def _chat_endpoints(settings: Settings, endpoints: list[dict[str, Any]]) -> list
 
 
 def _resources(notebooks: list[Any], endpoints: list[dict[str, Any]], running: list[dict[str, Any]]) -> dict[str, Any]:
-    from core.specs.notebook import ACTIVE, INSTANCE_TYPES
+    from mlyard.core.specs.notebook import ACTIVE, INSTANCE_TYPES
 
     held: list[dict[str, Any]] = []
     for r in notebooks:

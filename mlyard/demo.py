@@ -27,13 +27,13 @@ from typing import Any
 
 from rich.console import Console
 
-from core.connection import connect
-from core.errors import StackError
-from core.settings import Settings
-from core.specs import TrainingSpec, load_spec_file
 from mlyard import api, stack, stack_ui
+from mlyard.core.connection import connect
+from mlyard.core.errors import StackError
+from mlyard.core.settings import Settings
+from mlyard.core.specs import TrainingSpec, load_spec_file
 from mlyard.prefect_setup import PROJECT_ROOT
-from tasks.processes import stop_group
+from mlyard.tasks.processes import stop_group
 
 SPEC = PROJECT_ROOT / "examples" / "train.yaml"
 TUNE_SPEC = PROJECT_ROOT / "examples" / "tune.yaml"
@@ -66,7 +66,7 @@ def run(settings: Settings, out: Console, keep_running: bool = True) -> None:
 
 def trained_once(settings: Settings, out: Console, done: SimpleNamespace) -> None:
     """Steps 2 and 3: the digits training (examples/sklearn_digits), registered as digits@champion."""
-    from flows.platform import Platform
+    from mlyard.flows.platform import Platform
 
     out.rule("2. training (examples/sklearn_digits)")
     # The examples' relative paths are relative to the project directory, wherever `mlyard demo` runs.
@@ -183,8 +183,8 @@ def notebook_once(out: Console) -> str:
     import os
     from pathlib import Path
 
-    from core.errors import NotebookNotFound
     from mlyard import notebooks
+    from mlyard.core.errors import NotebookNotFound
 
     try:
         notebooks.delete("demo-lab", wait=True)
@@ -208,7 +208,7 @@ def notebook_once(out: Console) -> str:
 
 def pipeline_once(out: Console) -> str:
     import mlyard.pipelines as pipelines
-    from core.errors import AlreadyExists
+    from mlyard.core.errors import AlreadyExists
 
     try:
         pipelines.upload(PROJECT_ROOT / "examples" / "pipelines" / "example.yaml", name="example")
@@ -230,8 +230,8 @@ def schedule_once(out: Console) -> str:
     import time
     from datetime import datetime, timedelta, timezone
 
-    import mlyard.schedules as schedules
-    from core.errors import AlreadyExists
+    import mlyard.schedule as schedules
+    from mlyard.core.errors import AlreadyExists
 
     start = (datetime.now(timezone.utc) - timedelta(minutes=3)).replace(second=0, microsecond=0)
     try:
@@ -259,7 +259,7 @@ def rag_once(settings: Settings, out: Console) -> str:
     import time
 
     import mlyard.rags as rags
-    from core.errors import MlyardError
+    from mlyard.core.errors import MlyardError
 
     folder = settings.home_dir / "demo" / "rag-docs"  # with the rest of the embedded state, out of the git tree
     sys.path.insert(0, str(PROJECT_ROOT / "examples" / "rag"))
@@ -350,7 +350,7 @@ def endpoint_once(settings: Settings, out: Console) -> str:
     import urllib.request
 
     import mlyard.endpoints as endpoints
-    from core.errors import EndpointNotFound
+    from mlyard.core.errors import EndpointNotFound
 
     try:  # a demo run before this one left its endpoint: start again
         for st in endpoints.show("digits")["stages"]:

@@ -24,7 +24,7 @@ import logging
 import time
 from typing import Any, Awaitable, Callable
 
-from core.errors import BodyTooLarge, HttpError
+from mlyard.core.errors import BodyTooLarge, HttpError
 
 log = logging.getLogger("mlyard.door")
 
@@ -182,10 +182,10 @@ async def _dashboard(scope: dict, send: Any, actor: Any) -> None:
 
     import anyio
 
-    from core.access import acting_as, done_acting
-    from core.errors import MlyardError
     from mlyard import dashboard as board
     from mlyard import door_sign_in as door
+    from mlyard.core.access import acting_as, done_acting
+    from mlyard.core.errors import MlyardError
 
     if scope["method"] not in ("GET", "HEAD"):
         raise HttpError(405, "the dashboard is only read")
@@ -208,11 +208,11 @@ async def _dashboard(scope: dict, send: Any, actor: Any) -> None:
 
 def _look_up(notebook_id: int, actor: Any) -> tuple[str, str]:
     """(where the notebook's JupyterLab listens, its token), as `actor`, who must be its user or an admin."""
-    from core.access import acting_as, done_acting
-    from core.connection import connect
-    from core.errors import Forbidden, NotebookNotFound
     from mlyard import notebooks
-    from tasks import notebooks as local
+    from mlyard.core.access import acting_as, done_acting
+    from mlyard.core.connection import connect
+    from mlyard.core.errors import Forbidden, NotebookNotFound
+    from mlyard.tasks import notebooks as local
 
     acting = acting_as(actor)
     try:

@@ -21,7 +21,7 @@ import json
 import time
 from typing import Any
 
-from core.errors import HttpError
+from mlyard.core.errors import HttpError
 
 COOKIE = "mlyard_door"
 SESSION_SECONDS = 12 * 3600
@@ -137,8 +137,8 @@ def same_origin(scope: dict) -> None:
 
 async def body(scope: dict, receive: Any, limit: int = MAX_BODY_BYTES) -> bytes:
     """The request's body within `limit` bytes: one that says it is longer is refused before a byte is read."""
-    from core.errors import BodyTooLarge
-    from serving.asgi import read_body
+    from mlyard.core.errors import BodyTooLarge
+    from mlyard.serving.asgi import read_body
 
     declared = dict(scope["headers"]).get(b"content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
@@ -147,7 +147,7 @@ async def body(scope: dict, receive: Any, limit: int = MAX_BODY_BYTES) -> bytes:
 
 
 async def answer_json(send: Any, status: int, body: bytes) -> None:
-    from serving.asgi import reply
+    from mlyard.serving.asgi import reply
 
     await reply(send, status, body, b"application/json", NOT_CACHED)
 
@@ -166,12 +166,12 @@ async def relay(send: Any, answer: Any, drop: set[bytes] | frozenset[bytes]) -> 
 
 
 async def answer_html(send: Any, status: int, body: bytes) -> None:
-    from serving.asgi import reply
+    from mlyard.serving.asgi import reply
 
     await reply(send, status, body, b"text/html; charset=utf-8", NOT_CACHED)
 
 
 async def redirect(send: Any, to: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    from serving.asgi import reply
+    from mlyard.serving.asgi import reply
 
     await reply(send, 303, b"", b"text/plain", [*NOT_CACHED, (b"location", to.encode()), *(headers or [])])

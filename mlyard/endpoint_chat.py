@@ -7,9 +7,9 @@ import json
 import urllib.error
 import urllib.request
 
-from core.connection import connect, gateway_url
-from core.errors import SpecError
 from mlyard import sse
+from mlyard.core.connection import connect, gateway_url
+from mlyard.core.errors import SpecError
 from mlyard.endpoints import endpoint_view
 
 
@@ -30,7 +30,7 @@ def base_url(endpoint: str, stage: str | None = None, model: str | None = None) 
 def page(endpoint: str, *, stage: str | None = None, token: str | None = None, model: str | None = None) -> str:
     """The chat page's address (serving/chat_page.py) set to talk to the endpoint's chat model; `token` (the
     endpoint's, or a member's API key) rides in the address's fragment, which no server sees."""
-    from serving.chat_page import link
+    from mlyard.serving.chat_page import link
 
     base, name = base_url(endpoint, stage, model)
     return link(base.split(f"/{endpoint}/", 1)[0], base, name, token or _own_key())
@@ -38,7 +38,7 @@ def page(endpoint: str, *, stage: str | None = None, token: str | None = None, m
 
 def _own_key() -> str | None:
     """A team member's API key (it opens their project's endpoints), when they hold one."""
-    from core.settings import Settings
+    from mlyard.core.settings import Settings
 
     key = Settings().api_key
     return key.get_secret_value() if key is not None else None

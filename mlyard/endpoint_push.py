@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from core.names import FLOW_SYNC_ENDPOINT
-from core.settings import Settings
-from core.specs.endpoint import SyncSpec
+from mlyard.core.names import FLOW_SYNC_ENDPOINT
+from mlyard.core.settings import Settings
+from mlyard.core.specs.endpoint import SyncSpec
 
 
 def as_member(spec: SyncSpec, wait: bool = True, timeout_seconds: float = 3600) -> dict[str, Any]:
@@ -19,11 +19,11 @@ def as_member(spec: SyncSpec, wait: bool = True, timeout_seconds: float = 3600) 
     with the version it made (RunFailed with the run's reason if it failed; nothing is written then)."""
     import time
 
-    from core.errors import RunFailed
+    from mlyard.core.errors import RunFailed
     from mlyard.submit import submit
+    from mlyard.tasks.inference_config import CONFIG, folder_kind, write_config
     from mlyard.uploads import for_cluster
     from mlyard.warm_api import post, signed_in_api
-    from tasks.inference_config import CONFIG, folder_kind, write_config
 
     settings = Settings()
     config = Path(spec.config) if spec.config else Path(spec.source) / CONFIG

@@ -24,31 +24,31 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from core.connection import connect, gateway_url
-from core.errors import SpecError
-from core.names import (
+from mlyard.api import load as _spec  # a spec from an object, a mapping or a YAML file, with --set merged
+from mlyard.core.connection import connect, gateway_url
+from mlyard.core.errors import SpecError
+from mlyard.core.names import (
     FLOW_ADD_STAGE,
     FLOW_DELETE_ENDPOINT,
     FLOW_DEPLOY_ENDPOINT,
     FLOW_PROMOTE_STAGE,
     FLOW_SYNC_ENDPOINT,
 )
-from core.specs.endpoint import DeletionSpec, EndpointSpec, PromotionSpec, StageChangeSpec, StageSpec, SyncSpec
-from mlyard.api import load as _spec  # a spec from an object, a mapping or a YAML file, with --set merged
+from mlyard.core.specs.endpoint import DeletionSpec, EndpointSpec, PromotionSpec, StageChangeSpec, StageSpec, SyncSpec
+from mlyard.schedules.moments import when  # noqa: F401 - the stats' --since/--until, as callers import it here
+from mlyard.tasks.processes import stop_group
 from mlyard.teams import endpoint_in_reach
 from mlyard.warm_api import member_api, post
-from schedules.moments import when  # noqa: F401 - the stats' --since/--until, as callers import it here
-from tasks.processes import stop_group
 
 
 def connect_platform():
-    from flows.platform import Platform
+    from mlyard.flows.platform import Platform
 
     return Platform(connect())
 
 
 def endpoint_registry(p=None):
-    from registry.endpoints import Endpoints
+    from mlyard.registry.endpoints import Endpoints
 
     return Endpoints((p or connect_platform()).catalog)
 
@@ -63,7 +63,7 @@ def endpoint_view(endpoint: str) -> dict[str, Any]:
 def act(flow_name: str, module_fn: str, spec: Any, submit: bool) -> Any:
     """Run an endpoint flow here (its result as a dict, or RunFailed with why) or queue it on the local
     pool (its flow run), as mlyard/submit.py's `run_or_queue` decides every run."""
-    from core.settings import Settings
+    from mlyard.core.settings import Settings
     from mlyard.submit import run_or_queue
 
     deployment = f"{flow_name}/local"
@@ -79,26 +79,26 @@ def create(spec: EndpointSpec | dict | str | Path, *, sets: dict[str, Any] | Non
            submit: bool = False) -> dict[str, Any]:
     """Deploy an endpoint with its default stage (deploy-endpoint); its view with URLs."""
     spec = _spec(EndpointSpec, spec, sets)  # a bad spec is refused before Prefect and MLflow are imported
-    from core.settings import Settings
-    from tasks.endpoints import check_stage
+    from mlyard.core.settings import Settings
+    from mlyard.tasks.endpoints import check_stage
 
     if Settings().api_key is None:  # a member's is checked by the platform, as it makes the run (mlyard/member_runs.py)
         p = connect_platform()
         check_stage.fn(endpoint_registry(p), p.models, spec.stage, "stage", new_endpoint=spec.name)
-    return act(FLOW_DEPLOY_ENDPOINT, "flows.endpoint_deploy:deploy_endpoint", spec, submit)
+    return act(FLOW_DEPLOY_ENDPOINT, "mlyard.flows.endpoint_deploy:deploy_endpoint", spec, submit)
 
 
 def add_stage(endpoint: str, stage: StageSpec | dict | str | Path, *, sets: dict[str, Any] | None = None,
               submit: bool = False) -> dict[str, Any]:
     """Add a stage (add-endpoint-stage); it answers at its own URL until promoted."""
     stage_spec = _spec(StageSpec, stage, sets)
-    from core.settings import Settings
-    from tasks.endpoints import check_stage
+    from mlyard.core.settings import Settings
+    from mlyard.tasks.endpoints import check_stage
 
     if Settings().api_key is None:  # a member's is checked by the platform, as it makes the run (mlyard/member_runs.py)
         p = connect_platform()
         check_stage.fn(endpoint_registry(p), p.models, stage_spec, "stage", endpoint=endpoint)
-    return act(FLOW_ADD_STAGE, "flows.endpoint_add_stage:add_stage", StageChangeSpec(endpoint=endpoint, stage=stage_spec),
+    return act(FLOW_ADD_STAGE, "mlyard.flows.endpoint_add_stage:add_stage", StageChangeSpec(endpoint=endpoint, stage=stage_spec),
                 submit)
 
 
@@ -112,16 +112,16 @@ def promote(endpoint: str, stage: str, *, keep_old: bool = False, submit: bool =
         raise SpecError("stage", stage, f"a stage of {endpoint}: {', '.join(s['name'] for s in view['stages'])}")
     if st["status"] != "ACTIVE":
         raise SpecError("stage", stage, f"an ACTIVE stage ({stage} is {st['status']})")
-    return act(FLOW_PROMOTE_STAGE, "flows.endpoint_promote:promote_stage", spec, submit)
+    return act(FLOW_PROMOTE_STAGE, "mlyard.flows.endpoint_promote:promote_stage", spec, submit)
 
 
 def delete(endpoint: str, stage: str | None = None, *, submit: bool = False) -> dict[str, Any]:
     """Delete a stage, or the endpoint (refused while it has stages other than the default)."""
-    from core.settings import Settings
+    from mlyard.core.settings import Settings
 
     if Settings().api_key is None:  # a member's is checked by the platform, as it makes the run (mlyard/member_runs.py)
         endpoint_registry().check_delete(endpoint, stage)
-    return act(FLOW_DELETE_ENDPOINT, "flows.endpoint_delete:delete_endpoint", DeletionSpec(endpoint=endpoint, stage=stage),
+    return act(FLOW_DELETE_ENDPOINT, "mlyard.flows.endpoint_delete:delete_endpoint", DeletionSpec(endpoint=endpoint, stage=stage),
                 submit)
 
 
@@ -129,7 +129,7 @@ def retry(endpoint: str, stage: str | None = None, *, submit: bool = False) -> d
     """Clear a stage's errors and try again (the default stage when none is named)."""
     view = endpoint_view(endpoint)
     stage = stage or view["default_stage"]
-    return act("retry-endpoint-stage", "flows.endpoint_retry:retry_stage", PromotionSpec(endpoint=endpoint, stage=stage),
+    return act("retry-endpoint-stage", "mlyard.flows.endpoint_retry:retry_stage", PromotionSpec(endpoint=endpoint, stage=stage),
                 submit)
 
 
@@ -140,8 +140,8 @@ def deploy(endpoint: str, sync: str | Path, *, entry_script: str = "score.py", k
     inference): it becomes a new version of the registered model (`model`, default the endpoint's
     name); a new endpoint is deployed with it, an existing one has its replicas replaced one at a time
     with no failed request. The view (with `config`: what was written to inference.config.json)."""
-    from serving import modelfolder
-    from tasks.endpoints import check_code, check_target
+    from mlyard.serving import modelfolder
+    from mlyard.tasks.endpoints import check_code, check_target
 
     def where(path: str | Path) -> str:  # absolute: a queued run works in another directory
         return str(Path(path).expanduser().resolve())
@@ -154,7 +154,7 @@ def deploy(endpoint: str, sync: str | Path, *, entry_script: str = "score.py", k
         return as_member(spec, wait=not submit)
     p = connect_platform()
     check_target.fn(endpoint_registry(p), spec, check_code.fn(spec, modelfolder.load), p.settings.home_dir)  # before any flow run
-    return act(FLOW_SYNC_ENDPOINT, "flows.endpoint_sync:sync_endpoint", spec, submit)
+    return act(FLOW_SYNC_ENDPOINT, "mlyard.flows.endpoint_sync:sync_endpoint", spec, submit)
 
 
 def validate(spec: EndpointSpec | StageSpec | dict | str | Path, *, echo=print, timeout: float = 300.0) -> dict[str, Any]:
@@ -166,8 +166,8 @@ def validate(spec: EndpointSpec | StageSpec | dict | str | Path, *, echo=print, 
     import subprocess
     import threading
 
-    from tasks.endpoints import check_stage, mlyard_bin
-    from tasks.replicas import probe
+    from mlyard.tasks.endpoints import check_stage, mlyard_bin
+    from mlyard.tasks.replicas import probe
 
     try:
         stage = _spec(EndpointSpec, spec).stage
@@ -222,7 +222,7 @@ def validate(spec: EndpointSpec | StageSpec | dict | str | Path, *, echo=print, 
 
 
 def gateway_call(settings, path: str, method: str = "GET", timeout: float = 10.0) -> dict[str, Any] | None:
-    from core.connection import internal_headers
+    from mlyard.core.connection import internal_headers
 
     req = urllib.request.Request(gateway_url(settings) + path, method=method, data=b"" if method == "POST" else None,
                                  headers=internal_headers(settings))
@@ -236,7 +236,7 @@ def gateway_call(settings, path: str, method: str = "GET", timeout: float = 10.0
 def show(endpoint: str) -> dict[str, Any]:
     """An endpoint with its stages, resources, statuses, URLs, tokens, and what the gateway routes now:
     a stage the catalog holds ACTIVE but the gateway does not route shows `NOT FOUND: STAGE`."""
-    from flows.endpoint import code_kinds, urls
+    from mlyard.flows.endpoint import code_kinds, urls
 
     settings = connect()
     p = connect_platform()
@@ -348,7 +348,7 @@ def stats(endpoint: str, *, since: str | float | None = "1h", until: str | float
         result = post(url, "/v1/queries/endpoints_stats", {"endpoint": endpoint, "since": since, "until": until,
                                                             "stage": stage, "model": model})
         if png is not None:
-            from serving.stats_plot import plot
+            from mlyard.serving.stats_plot import plot
 
             result["png"] = str(plot(result, Path(png).resolve()))
         return result
@@ -370,11 +370,11 @@ def gateway_stats(settings: Any, endpoint: str, *, since: str | float | None = "
              **({"stage": stage} if stage else {}), **({"model": model} if model else {})}
     result = gateway_call(settings, "/mlyard/stats?" + urlencode(query))
     if result is None:  # no gateway: what its replicas recorded in the catalog
-        from serving.endpoint_stats import EndpointStats
+        from mlyard.serving.endpoint_stats import EndpointStats
 
         result = EndpointStats(None, settings.catalog_db_url).query(start, end, endpoint, stage, model)
     if png is not None:
-        from serving.stats_plot import plot
+        from mlyard.serving.stats_plot import plot
 
         result["png"] = str(plot(result, Path(png).resolve()))
     return result
@@ -382,7 +382,7 @@ def gateway_stats(settings: Any, endpoint: str, *, since: str | float | None = "
 
 def logs(endpoint: str, tail: int = 20) -> list[dict[str, Any]]:
     """The last inference log records of an endpoint (the seed's fields)."""
-    from serving.inference_log import tail as last
+    from mlyard.serving.inference_log import tail as last
 
     settings = connect()
     endpoint_registry().get(endpoint)

@@ -8,9 +8,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from core.errors import SpecError, StillRunning
-from core.names import TAG_BATCH_ID, TAG_EVALUATION_ID, TAG_EVALUATION_IDS
 from mlyard import runs
+from mlyard.core.errors import SpecError, StillRunning
+from mlyard.core.names import TAG_BATCH_ID, TAG_EVALUATION_ID, TAG_EVALUATION_IDS
 from mlyard.runs import ACTIVE_STATUSES, EVALUATION
 
 
@@ -55,8 +55,8 @@ def compare(tracking, ids: list[str], out_dir: Path) -> tuple[list[dict[str, Any
 
     The picture and the table go to `out_dir` and to a new MLflow run (kind evaluation-comparison)
     in the first evaluation's experiment; returns (table, picture path, that run's id)."""
-    from core.names import TAG_KIND
-    from tasks.evaluation import comparison_table, plot_comparison
+    from mlyard.core.names import TAG_KIND
+    from mlyard.tasks.evaluation import comparison_table, plot_comparison
 
     if len(ids) < 2:
         raise SpecError("ids", ids, "at least two evaluation ids to compare")

@@ -6,7 +6,7 @@ image (Prefect's flow runs), so that an image in use is never deleted from under
 from __future__ import annotations
 
 from mlyard import runs
-from registry.images import ImageInfo, uses
+from mlyard.registry.images import ImageInfo, uses
 
 
 def image_users(info: ImageInfo) -> list[str]:

@@ -16,9 +16,9 @@ import logging
 import os
 import time
 
-from core.connection import read_state
-from core.settings import Settings
-from tasks.processes import not_dumpable, reaped
+from mlyard.core.connection import read_state
+from mlyard.core.settings import Settings
+from mlyard.tasks.processes import not_dumpable, reaped
 
 log = logging.getLogger("mlyard.keeper")
 

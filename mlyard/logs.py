@@ -15,9 +15,9 @@ import threading
 import time
 from typing import Any
 
-from core import logrecords as lr
-from core.errors import SpecError
-from core.settings import Settings
+from mlyard.core import logrecords as lr
+from mlyard.core.errors import SpecError
+from mlyard.core.settings import Settings
 
 _STORES: dict[str, Any] = {}
 _LOCK = threading.Lock()
@@ -27,7 +27,7 @@ MAX_LIMIT = 10_000
 def store(home: Any = None) -> Any:
     """The index of this platform's records, opened once per process. It needs no running stack: the
     records of a stopped one are still found."""
-    from tasks.logstore import LogStore
+    from mlyard.tasks.logstore import LogStore
 
     home = home or Settings().home_dir
     with _LOCK:
@@ -107,7 +107,7 @@ def _endpoint_owner(endpoint: str) -> dict[str, Any]:
 def _endpoint_id(endpoint: str) -> str:
     """An endpoint's id from its name (records of requests carry the id; an endpoint deleted since is
     still found by an id given as such)."""
-    from core.errors import EndpointNotFound
+    from mlyard.core.errors import EndpointNotFound
 
     try:
         return str(_catalog_endpoints().get(endpoint)["id"])
@@ -119,8 +119,8 @@ def _endpoint_id(endpoint: str) -> str:
 
 def _catalog_endpoints() -> Any:
     """The catalog's endpoints, opened once per process (the mlyard API answers many queries)."""
-    from registry.catalog import Catalog
-    from registry.endpoints import Endpoints
+    from mlyard.registry.catalog import Catalog
+    from mlyard.registry.endpoints import Endpoints
 
     url = Settings().catalog_db_url
     with _LOCK:

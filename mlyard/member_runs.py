@@ -20,10 +20,10 @@ def member_parameters(deployment: str, parameters: dict[str, Any], project: str
     checked here; the rest are an admin's): its spec valid, every location in it under the project's storage
     (mlyard/project_storage.py), a template, model, pipeline or endpoint it names one of the project's: (its
     parameters, its job variables as its spec makes them)."""
-    from core.access import current
-    from core.connection import connect
-    from core.errors import Forbidden
-    from core.specs import BatchInferenceSpec, EvaluationSpec, TuningSpec, load_spec
+    from mlyard.core.access import current
+    from mlyard.core.connection import connect
+    from mlyard.core.errors import Forbidden
+    from mlyard.core.specs import BatchInferenceSpec, EvaluationSpec, TuningSpec, load_spec
     from mlyard.project_storage import confine
     from mlyard.teams import check_quota
 
@@ -43,9 +43,9 @@ def member_parameters(deployment: str, parameters: dict[str, Any], project: str
     experiment_of_project(spec, project)
     image_of_project(spec, project)
     if isinstance(spec, TuningSpec) and spec.template is not None:
-        from core.errors import TemplateNotFound
+        from mlyard.core.errors import TemplateNotFound
+        from mlyard.registry.templates import Templates
         from mlyard.teams import catalog
-        from registry.templates import Templates
 
         template = Templates(catalog(settings.catalog_db_url)).get(spec.template)
         if template.project != project:  # another project's does not exist for this run
@@ -67,11 +67,11 @@ def member_spec(flow: str) -> Any:
 
 
 def _member_specs() -> dict[str, Any]:
-    from core import names
-    from core.specs import BatchInferenceSpec, EvaluationSpec, TrainingSpec, TuningSpec
-    from core.specs.endpoint import DeletionSpec, EndpointSpec, PromotionSpec, StageChangeSpec, SyncSpec
-    from core.specs.pipeline import PipelineRunSpec
-    from core.specs.promotion import PromotionControlSpec, RolloutSpec, TrafficSpec
+    from mlyard.core import names
+    from mlyard.core.specs import BatchInferenceSpec, EvaluationSpec, TrainingSpec, TuningSpec
+    from mlyard.core.specs.endpoint import DeletionSpec, EndpointSpec, PromotionSpec, StageChangeSpec, SyncSpec
+    from mlyard.core.specs.pipeline import PipelineRunSpec
+    from mlyard.core.specs.promotion import PromotionControlSpec, RolloutSpec, TrafficSpec
 
     return {names.FLOW_TRAIN: TrainingSpec, names.FLOW_TUNE: TuningSpec, names.FLOW_BATCH: BatchInferenceSpec,
             names.FLOW_EVALUATE: EvaluationSpec, names.FLOW_DEPLOY_ENDPOINT: EndpointSpec,
@@ -86,9 +86,9 @@ def run_check(flow: str, spec: dict[str, Any]) -> dict[str, Any]:
     """What a member's command asks before it uploads anything: may they start a `flow` run of `spec` in the
     project they act in (their role, its quota, a registered model it names)? {"project", "storage"} (where
     the project's runs read and write); the refusal otherwise."""
-    from core.connection import connect, gateway_url
-    from core.specs import BatchInferenceSpec, EvaluationSpec, load_spec
-    from core.uris import project_prefix
+    from mlyard.core.connection import connect, gateway_url
+    from mlyard.core.specs import BatchInferenceSpec, EvaluationSpec, load_spec
+    from mlyard.core.uris import project_prefix
     from mlyard.teams import acting_editor, check_quota
 
     project = acting_editor("starting work")
@@ -107,17 +107,17 @@ def endpoint_of_member(spec: Any, project: str) -> None:
     """A member's endpoint deploy, or new stage, serves their project's models alone; a change of an endpoint
     (a stage, its traffic, a promotion) is of an endpoint of their project, by an editor, and a delete by its
     owner (the endpoint of another project does not exist for them)."""
-    from core.specs.endpoint import DeletionSpec, EndpointSpec, PromotionSpec, StageChangeSpec, SyncSpec
-    from core.specs.promotion import PromotionControlSpec, RolloutSpec, TrafficSpec
+    from mlyard.core.specs.endpoint import DeletionSpec, EndpointSpec, PromotionSpec, StageChangeSpec, SyncSpec
+    from mlyard.core.specs.promotion import PromotionControlSpec, RolloutSpec, TrafficSpec
     from mlyard.teams import endpoint_in_reach
 
     if isinstance(spec, (EndpointSpec, StageChangeSpec)):
         if isinstance(spec, StageChangeSpec):
-            from core.connection import connect
+            from mlyard.core.connection import connect
+            from mlyard.registry.endpoints import Endpoints
+            from mlyard.tasks.endpoints import check_stage
             from mlyard.teams import catalog
             from mlyard.warm_api import platform
-            from registry.endpoints import Endpoints
-            from tasks.endpoints import check_stage
 
             endpoint_in_reach(spec.endpoint, "editor", "adding a stage")
             check_stage.fn(Endpoints(catalog(connect().catalog_db_url)), platform().models, spec.stage, "stage",
@@ -129,9 +129,9 @@ def endpoint_of_member(spec: Any, project: str) -> None:
     elif isinstance(spec, SyncSpec):
         push_of_member(spec, project)
     elif isinstance(spec, DeletionSpec):
-        from core.connection import connect
+        from mlyard.core.connection import connect
+        from mlyard.registry.endpoints import Endpoints
         from mlyard.teams import catalog
-        from registry.endpoints import Endpoints
 
         endpoint_in_reach(spec.endpoint, "owner", "deleting an endpoint or a stage")
         Endpoints(catalog(connect().catalog_db_url)).check_delete(spec.endpoint, spec.stage)  # the seeds' rules
@@ -141,11 +141,11 @@ def push_of_member(spec: Any, project: str) -> None:
     """A member's push goes to an endpoint of their project (an editor's) or a new one, as a version of their
     project's model or a new one: another project's endpoint name is taken ("already exists"), another
     project's model does not exist for it."""
-    from core.connection import connect
-    from core.errors import AlreadyExists, EndpointNotFound, ModelNotFound
+    from mlyard.core.connection import connect
+    from mlyard.core.errors import AlreadyExists, EndpointNotFound, ModelNotFound
+    from mlyard.registry.endpoints import Endpoints
     from mlyard.teams import catalog, endpoint_in_reach
     from mlyard.warm_api import platform
-    from registry.endpoints import Endpoints
 
     try:
         endpoint_in_reach(spec.endpoint, "editor", "pushing code to an endpoint")
@@ -164,13 +164,13 @@ def push_of_member(spec: Any, project: str) -> None:
 def pipeline_of_project(spec: Any, project: str, settings: Any) -> None:
     """A member's pipeline run runs an uploaded pipeline of their project (another project's does not exist
     for it), checked as a run on the platform's own machine is: its parameters, what its steps need."""
-    from core.specs.pipeline import PipelineRunSpec
+    from mlyard.core.specs.pipeline import PipelineRunSpec
 
     if isinstance(spec, PipelineRunSpec):
-        from core.errors import PipelineNotFound
+        from mlyard.core.errors import PipelineNotFound
+        from mlyard.registry.pipelines import Pipelines
+        from mlyard.tasks.pipelines import check_run
         from mlyard.teams import catalog
-        from registry.pipelines import Pipelines
-        from tasks.pipelines import check_run
 
         store = Pipelines(catalog(settings.catalog_db_url))
         if store.get(spec.pipeline).project != project:
@@ -184,8 +184,8 @@ def image_of_project(spec: Any, project: str) -> None:
     project's images (whose pods pull with the project's own login, never another's)."""
     image = getattr(spec, "image", None) or getattr(getattr(spec, "training", None), "image", None)
     if image:
-        from core.connection import connect
-        from tasks.registry_secrets import images
+        from mlyard.core.connection import connect
+        from mlyard.tasks.registry_secrets import images
 
         images(connect()).resolve(image, "image" if getattr(spec, "image", None) else "training.image", project)
 
@@ -194,15 +194,15 @@ def code_of_member(spec: Any, project: str, settings: Any) -> Any:
     """A member's push of a folder to an endpoint (already in their project's storage), checked as on the
     platform's own machine, with its inference.config.json kept in their project's storage (their command
     writes their own copy)."""
-    from core.specs.endpoint import SyncSpec
+    from mlyard.core.specs.endpoint import SyncSpec
 
     if not isinstance(spec, SyncSpec):
         return spec
-    from core.uris import project_prefix
+    from mlyard.core.uris import project_prefix
+    from mlyard.registry.endpoints import Endpoints
+    from mlyard.serving import modelfolder
+    from mlyard.tasks.endpoints import check_code, check_target
     from mlyard.teams import catalog
-    from registry.endpoints import Endpoints
-    from serving import modelfolder
-    from tasks.endpoints import check_code, check_target
 
     config = f"{project_prefix(settings, project)}/endpoints/{spec.endpoint}/inference.config.json"
     spec = spec.model_copy(update={"config": config})
@@ -218,10 +218,10 @@ def push_state(run_id: str) -> dict[str, Any]:
 
     from prefect.client.orchestration import get_client
 
-    from core.access import project_of_tags
-    from core.errors import NotFound
-    from core.names import FLOW_SYNC_ENDPOINT
-    from core.specs.endpoint import SyncSpec
+    from mlyard.core.access import project_of_tags
+    from mlyard.core.errors import NotFound
+    from mlyard.core.names import FLOW_SYNC_ENDPOINT
+    from mlyard.core.specs.endpoint import SyncSpec
     from mlyard.runs import not_found_or_away, visible_projects
     from mlyard.teams import endpoint_in_reach
 
@@ -251,8 +251,8 @@ def model_of_project(model: str, project: str) -> None:
     MLflow run's files by id (`runs:/...`), which no project owns."""
     import re
 
-    from core.errors import ModelNotFound, SpecError
-    from core.specs import is_mlflow_uri, is_registry_ref
+    from mlyard.core.errors import ModelNotFound, SpecError
+    from mlyard.core.specs import is_mlflow_uri, is_registry_ref
     from mlyard.warm_api import platform
 
     if model.startswith("runs:/"):
@@ -269,8 +269,8 @@ def project_experiments(spec: Any, project: str) -> Any:
     """`spec` with each experiment left at its kind's default ("default", "evaluations", ...) made the
     project's own ("team-a/default"): an experiment belongs to one project, and the defaults are
     `default`'s. An experiment named in the spec is kept (experiment_of_project checks it)."""
-    from core.access import DEFAULT_PROJECT
-    from core.specs import TuningSpec
+    from mlyard.core.access import DEFAULT_PROJECT
+    from mlyard.core.specs import TuningSpec
 
     if project == DEFAULT_PROJECT:
         return spec

@@ -21,7 +21,7 @@ import hmac
 import os
 from typing import Any
 
-from core.environment import metrics_folder
+from mlyard.core.environment import metrics_folder
 from mlyard.measured import Measured, router_route
 
 METRICS = "/metrics"
@@ -34,7 +34,7 @@ class Metered:
     MLflow's route template."""
 
     def __init__(self, app: Any, flask_app: Any, token: str | None):
-        from core.environment import tracking_token
+        from mlyard.core.environment import tracking_token
 
         self.token = (token or "").encode()
         self.tracking = b"Bearer " + tracking_token(token).encode() if token else b""
@@ -93,7 +93,7 @@ def app() -> Metered:
     from mlflow.server import app as flask_app
     from mlflow.server.fastapi_app import app as fastapi_app
 
-    from core.settings import Settings
+    from mlyard.core.settings import Settings
 
     token = Settings().internal_token  # MLYARD_INTERNAL_TOKEN, from the settings Secret
     if token is None or not token.get_secret_value():

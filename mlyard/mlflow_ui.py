@@ -87,7 +87,7 @@ def app() -> WithDefaults:
     from mlflow.server.auth import create_app
     from mlflow.telemetry.utils import is_telemetry_disabled
 
-    from tasks.processes import not_dumpable
+    from mlyard.tasks.processes import not_dumpable
 
     not_dumpable()  # it holds the catalog's URL and MLflow's admin password, as every stack process its own
     return WithDefaults(create_app(), is_telemetry_disabled())
@@ -110,7 +110,7 @@ def authenticate() -> Any:
         return g.mlyard_user
     from werkzeug.datastructures import Authorization
 
-    from core.errors import MlyardError
+    from mlyard.core.errors import MlyardError
     from mlyard.teams import teams
 
     vouched = _signed_in_by_proxy(request)
@@ -159,7 +159,7 @@ def _signed_in_by_proxy(request: Any) -> Any:
     from flask import g
     from werkzeug.datastructures import Authorization
 
-    from core.settings import Settings
+    from mlyard.core.settings import Settings
     from mlyard.teams import teams
 
     who = request.headers.get("X-Forwarded-Preferred-Username") or request.headers.get("X-Forwarded-User")
@@ -179,8 +179,8 @@ def _keep_in_step(actor: Any) -> None:
 
     from mlflow.server.auth import store
 
-    from core.connection import connect
-    from registry.mlflow_permissions import keep_in_step, wanted
+    from mlyard.core.connection import connect
+    from mlyard.registry.mlflow_permissions import keep_in_step, wanted
 
     roles = (actor.admin, tuple(sorted(actor.roles.items())))  # a changed role or group: in step at once
     at, had = _synced.get(actor.name, (-SYNC_SECONDS, ()))

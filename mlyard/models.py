@@ -10,8 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from core.access import current
-from core.errors import ModelNotFound, SpecError
+from mlyard.core.access import current
+from mlyard.core.errors import ModelNotFound, SpecError
 
 
 def visible(models: Any, name: str) -> Any:
@@ -31,8 +31,8 @@ def create(name: str, from_training: str | None = None, from_tuning: str | None 
            parameters: dict[str, str] | None = None, description: str = "", alias: str | None = None) -> dict[str, Any]:
     """A new version of `name`, in the caller's project, from exactly one of a COMPLETE training, a COMPLETE
     tuning's best trial, or an artifact (a path or URI the platform reads)."""
-    from core.links import model_links
-    from core.names import TAG_BEST_RUN_ID, TAG_KIND, TAG_TUNING_ID
+    from mlyard.core.links import model_links
+    from mlyard.core.names import TAG_BEST_RUN_ID, TAG_KIND, TAG_TUNING_ID
     from mlyard.teams import acting_editor
     from mlyard.warm_api import platform
 
@@ -60,7 +60,7 @@ def create(name: str, from_training: str | None = None, from_tuning: str | None 
     else:
         assert artifact_uri is not None
         if not current().admin:  # a member's artifact is their project's (the platform reads it for them)
-            from core.uris import project_prefix, within
+            from mlyard.core.uris import project_prefix, within
 
             if not within(artifact_uri, project_prefix(p.settings, project), "artifact_uri"):
                 raise SpecError("artifact_uri", artifact_uri, f"a location under project {project}'s storage, "

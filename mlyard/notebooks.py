@@ -26,12 +26,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.access import current, run_tags
-from core.connection import connect
-from core.errors import HttpError, NotebookNotFound, RunFailed, SpecError
-from core.names import FLOW_NOTEBOOK
-from core.settings import Settings
-from core.specs.notebook import (
+from mlyard.api import load as _spec
+from mlyard.core.access import current, run_tags
+from mlyard.core.connection import connect
+from mlyard.core.errors import HttpError, NotebookNotFound, RunFailed, SpecError
+from mlyard.core.names import FLOW_NOTEBOOK
+from mlyard.core.settings import Settings
+from mlyard.core.specs.notebook import (
     ACTIVE,
     CREATE_REQUESTED,
     FAILED,
@@ -42,25 +43,24 @@ from core.specs.notebook import (
     UNHEALTHY,
     NotebookSpec,
 )
-from mlyard.api import load as _spec
 from mlyard.runs import visible_projects
+from mlyard.tasks import notebooks as local
 from mlyard.teams import acting_editor, acting_or_none, audited
 from mlyard.warm_api import member_api, member_command, post
-from tasks import notebooks as local
 
 BUSY = (CREATE_REQUESTED, *IN_PROGRESS.values())
 
 
 def notebook_store(settings: Settings):
-    from registry.catalog import Catalog
-    from registry.notebooks import Notebooks
+    from mlyard.registry.catalog import Catalog
+    from mlyard.registry.notebooks import Notebooks
 
     return Notebooks(Catalog(settings.catalog_db_url))
 
 
 def _submit(record: Any, action: str) -> str:
     """The action's flow run, tagged with the notebook's project and user (its logs are theirs)."""
-    from tasks.orchestration import submit
+    from mlyard.tasks.orchestration import submit
 
     tags = [f"mlyard.notebook:{record.name}", *run_tags(record.project, record.owner or current().name)]
     return str(submit(f"{FLOW_NOTEBOOK}/local", {"spec": {"notebook": record.name, "action": action}}, None, tags).id)
@@ -93,8 +93,8 @@ def _ready_on_cluster(settings: Settings, record: Any) -> bool:
     try:
         import kubernetes.client
 
-        from tasks.kubernetes import cluster_client
-        from tasks.notebook_cluster import object_name
+        from mlyard.tasks.kubernetes import cluster_client
+        from mlyard.tasks.notebook_cluster import object_name
 
         sts = kubernetes.client.AppsV1Api(cluster_client("image", record.spec["image"])).read_namespaced_stateful_set(
             object_name(record.id), settings.kube_namespace)
@@ -122,7 +122,7 @@ def upstream(settings: Settings, record: Any) -> str | None:
     """Where the notebook's JupyterLab listens (`http://host:port`), or None while it does not run."""
     if record.spec.get("image", LOCAL_IMAGE) == LOCAL_IMAGE:
         return local.address(settings.home_dir, record.id)
-    from tasks.notebook_cluster import object_name
+    from mlyard.tasks.notebook_cluster import object_name
 
     return f"http://{object_name(record.id)}.{settings.kube_namespace}.svc"  # its Service, port 80
 
@@ -188,8 +188,8 @@ def _create(spec: NotebookSpec, wait: bool, timeout_seconds: float) -> dict[str,
                         "share of the platform's machine is an admin's to mount)")
     settings = connect()
     if nb.image != LOCAL_IMAGE:  # a StatefulSet on the cluster: the image registered, a cluster configured
-        from tasks.kubernetes import cluster_client
-        from tasks.registry_secrets import images
+        from mlyard.tasks.kubernetes import cluster_client
+        from mlyard.tasks.registry_secrets import images
 
         store_images = images(settings)
         if not actor.admin:  # a member's notebook runs an image of their project, pulled with its own login
@@ -290,7 +290,7 @@ def rename(name: str, new_name: str) -> dict[str, Any]:
 
 @audited("notebook.rename", lambda a: f"notebook {a['name']}", lambda a: acting_or_none(current()))
 def _rename(name: str, new_name: str) -> dict[str, Any]:
-    from core.specs.common import NAME_PATTERN
+    from mlyard.core.specs.common import NAME_PATTERN
 
     if not re.match(NAME_PATTERN, new_name):
         raise SpecError("name", new_name, "lowercase letters, digits and '-', at most 50")

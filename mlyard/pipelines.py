@@ -25,26 +25,26 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from core.access import current
-from core.connection import connect
-from core.errors import PipelineNotFound, PipelineRunNotFound, RunFailed, SpecError
-from core.names import FLOW_PIPELINE_RUN, TASK_FAIL_PIPELINE, TASK_FINISH_PIPELINE, TASK_RUN_PIPELINE
-from core.specs.common import NAME_PATTERN
-from core.specs.pipeline import PipelineRunSpec
 from mlyard.api import load as _spec
+from mlyard.core.access import current
+from mlyard.core.connection import connect
+from mlyard.core.errors import PipelineNotFound, PipelineRunNotFound, RunFailed, SpecError
+from mlyard.core.names import FLOW_PIPELINE_RUN, TASK_FAIL_PIPELINE, TASK_FINISH_PIPELINE, TASK_RUN_PIPELINE
+from mlyard.core.specs.common import NAME_PATTERN
+from mlyard.core.specs.pipeline import PipelineRunSpec
 from mlyard.runs import Kind, visible_projects
 from mlyard.teams import acting_editor, acting_or_none, audited
 from mlyard.warm_api import by_platform, member_api, member_command
 
-PIPELINE_RUN = Kind(FLOW_PIPELINE_RUN, "core.specs.pipeline:PipelineRunSpec", TASK_RUN_PIPELINE, "FAIL PIPELINE RUN", "pipeline run", PipelineRunNotFound,
+PIPELINE_RUN = Kind(FLOW_PIPELINE_RUN, "mlyard.core.specs.pipeline:PipelineRunSpec", TASK_RUN_PIPELINE, "FAIL PIPELINE RUN", "pipeline run", PipelineRunNotFound,
                     "pipeline-runs", closing=TASK_FINISH_PIPELINE)
 MAX_FILE_BYTES = 10 * 1024 * 1024
 MAX_DOWNLOAD_BYTES = 256 * 1024 * 1024  # a member's download, sent through the mlyard API in one answer
 
 
 def _pipelines():
-    from registry.catalog import Catalog
-    from registry.pipelines import Pipelines
+    from mlyard.registry.catalog import Catalog
+    from mlyard.registry.pipelines import Pipelines
 
     return Pipelines(Catalog(connect().catalog_db_url))
 
@@ -64,7 +64,7 @@ def upload(file: str | Path, *, name: str | None = None, description: str = "") 
     is read, then ACTIVE."""
     import re
 
-    from tasks import kfp
+    from mlyard.tasks import kfp
 
     path = Path(file)
     if not path.is_file():
@@ -88,7 +88,7 @@ def record(text: str, name: str, description: str = "") -> dict[str, Any]:
     """Record the compiled pipeline `text` as `name` in the caller's project (an editor's)."""
     import re
 
-    from tasks import kfp
+    from mlyard.tasks import kfp
 
     project = acting_editor("uploading a pipeline")
     if len(text.encode()) > MAX_FILE_BYTES:
@@ -123,7 +123,7 @@ def list_pipelines() -> list[dict[str, Any]]:
 @by_platform("pipelines_show")
 def show(name: str) -> dict[str, Any]:
     """A pipeline: its record, inputs with types and defaults, components and executors, local blockers."""
-    from tasks import kfp
+    from mlyard.tasks import kfp
 
     store = _pipelines()
     found = in_reach(name)
@@ -139,7 +139,7 @@ def show(name: str) -> dict[str, Any]:
 
 def graph(name: str, *, image: str | Path | None = None) -> dict[str, Any]:
     """The pipeline's DAG: nodes with their parent DAG, and dependency edges; drawn to `image` (.png, .svg)."""
-    from tasks import kfp
+    from mlyard.tasks import kfp
 
     if image:
         _check_image(image)
@@ -153,7 +153,7 @@ def graph(name: str, *, image: str | Path | None = None) -> dict[str, Any]:
 @by_platform("pipelines_graph")
 def graph_view(name: str) -> dict[str, Any]:
     """The pipeline's DAG as `graph` answers it (undrawn), with the title of its drawing."""
-    from tasks import kfp
+    from mlyard.tasks import kfp
 
     p = kfp.load(in_reach(name).yaml_text, f"pipeline {name}")
     g = kfp.graph(p)
@@ -177,7 +177,7 @@ def delete(name: str) -> dict[str, Any]:
 # -- runs --------------------------------------------------------------------------------------
 
 def _check(spec: PipelineRunSpec) -> None:
-    from tasks.pipelines import check_run
+    from mlyard.tasks.pipelines import check_run
 
     settings = connect()
     check_run(_pipelines(), spec, local=not settings.kfp_host)
@@ -256,9 +256,9 @@ def _failing(run_id: str) -> bool:
 @by_platform("pipeline_runs_show")
 def show_run(run_id: str) -> dict[str, Any]:
     """A pipeline run: status (the console's, from Prefect's state), each step's state, its outputs."""
-    from core.links import links
+    from mlyard.core.links import links
     from mlyard.runs import get_run
-    from tasks.pipelines import node_states, outputs, result
+    from mlyard.tasks.pipelines import node_states, outputs, result
 
     settings = connect()
     info = get_run(PIPELINE_RUN, run_id).as_dict()
@@ -282,7 +282,7 @@ def show_run(run_id: str) -> dict[str, Any]:
 def run_graph(run_id: str, *, image: str | Path | None = None) -> dict[str, Any]:
     """The run's DAG with each step's state (SUCCEEDED, FAILED, RUNNING, NOT STARTED: skipped by a condition
     or not reached); drawn to `image` (.png, .svg)."""
-    from tasks import kfp
+    from mlyard.tasks import kfp
 
     if image:
         _check_image(image)
@@ -297,7 +297,7 @@ def run_graph(run_id: str, *, image: str | Path | None = None) -> dict[str, Any]
 @by_platform("pipeline_runs_graph")
 def run_graph_view(run_id: str) -> dict[str, Any]:
     """The run's DAG as `run_graph` answers it (undrawn), with the title of its drawing."""
-    from tasks import kfp
+    from mlyard.tasks import kfp
 
     view = show_run(run_id)
     text_path = Path(view["run_dir"]) / "pipeline.yaml"
@@ -383,7 +383,7 @@ def copy(run_id: str, *, sets: dict[str, Any] | None = None, wait: bool = False)
 def delete_run(run_id: str) -> dict[str, Any]:
     """Delete a finished pipeline run: its Prefect flow run and its folder (its project owner's; refused while
     it runs)."""
-    from core.errors import StillRunning
+    from mlyard.core.errors import StillRunning
     from mlyard.runs import ACTIVE_STATUSES, delete_flow_runs
 
     view = show_run(run_id)

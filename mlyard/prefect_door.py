@@ -32,9 +32,9 @@ import logging
 from typing import Any
 from urllib.parse import parse_qs
 
-from core.errors import HttpError, MlyardError
 from mlyard import door_sign_in as door
 from mlyard import prefect_rules as rules
+from mlyard.core.errors import HttpError, MlyardError
 from mlyard.door_pages import PREFIX as NOTEBOOKS
 from mlyard.door_pages import DoorPages
 
@@ -61,7 +61,7 @@ class PrefectDoor:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            from serving.asgi import lifespan
+            from mlyard.serving.asgi import lifespan
 
             return await lifespan(receive, send)
         if scope["type"] == "websocket" and scope["path"].startswith(NOTEBOOKS) and rules.plain(scope["path"]):
@@ -128,7 +128,7 @@ class PrefectDoor:
             if session is None:
                 return None
             call = lambda: teams().actor_of_key(session[0], source, session[1])  # noqa: E731
-        from core.errors import Unauthenticated
+        from mlyard.core.errors import Unauthenticated
 
         try:
             return await anyio.to_thread.run_sync(call)
@@ -138,7 +138,7 @@ class PrefectDoor:
     async def _sign_in(self, scope: dict, receive: Any, send: Any) -> None:
         import anyio
 
-        from core.errors import MlyardError
+        from mlyard.core.errors import MlyardError
         from mlyard.teams import teams
 
         query = door.parse_form(scope["query_string"])
@@ -257,8 +257,8 @@ class PrefectDoor:
         the flow run as Prefect answers its own create."""
         import anyio
 
-        from core.access import acting_as, done_acting
-        from core.errors import MlyardError
+        from mlyard.core.access import acting_as, done_acting
+        from mlyard.core.errors import MlyardError
         from mlyard.submit import create_run
 
         deployment = await self._get(f"/api/deployments/{deployment_id}")
@@ -288,8 +288,8 @@ class PrefectDoor:
 
     async def _cancel(self, actor: Any, project: str, run: str, given: dict[str, Any]) -> None:
         """A member cancels a run of their project as its editor; any other change of state is refused."""
-        from core.access import rank
-        from core.errors import Forbidden
+        from mlyard.core.access import rank
+        from mlyard.core.errors import Forbidden
 
         refused = None
         if not rules.cancelling(given):
@@ -377,7 +377,7 @@ def serve(host: str, port: int, internal: str | None) -> None:
     import uvicorn
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
 
-    from core.settings import Settings
+    from mlyard.core.settings import Settings
 
     api = PREFECT_API_URL.value()
     if not api or not internal:

@@ -39,7 +39,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from core.access import PROJECT_TAG
+from mlyard.core.access import PROJECT_TAG
 
 _ID = r"([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"
 
@@ -175,7 +175,7 @@ def cancelling(body: dict[str, Any]) -> bool:
 
 def _refused(message: str) -> Exception:
     """A body the door cannot narrow safely: answered 422 with `message`, nothing forwarded."""
-    from core.errors import HttpError
+    from mlyard.core.errors import HttpError
 
     return HttpError(422, message)
 

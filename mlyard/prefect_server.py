@@ -91,14 +91,14 @@ def check_each_schema_once(remembered: int = 256) -> None:
 
 def readable_patterns() -> None:
     """A value that a schema's `pattern` refuses is told in the words the schema gives beside it
-    (core.specs.common.PATTERN_WORDS_KEY) rather than as the regular expression, in what Prefect's
+    (mlyard.core.specs.common.PATTERN_WORDS_KEY) rather than as the regular expression, in what Prefect's
     parameter check answers: the Run form's field messages and its toast ("'Bad Name' is not valid:
     lowercase letters, digits and '-' ..."). Other patterns keep jsonschema's message; a Prefect whose
     validator is built otherwise is left as it is."""
     from jsonschema import ValidationError
     from prefect.utilities.schema_tools import validation
 
-    from core.specs.common import PATTERN_WORDS_KEY
+    from mlyard.core.specs.common import PATTERN_WORDS_KEY
 
     validators = getattr(getattr(validation, "_VALIDATOR", None), "VALIDATORS", None)
     if not isinstance(validators, dict) or "pattern" not in validators:  # a Prefect without it: its own messages
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
-    from tasks.processes import not_dumpable
+    from mlyard.tasks.processes import not_dumpable
 
     not_dumpable()  # it holds the Prefect auth string and its database's URL
 

@@ -16,15 +16,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from core.assets import infra
-from core.connection import healthy, point_prefect
-from core.errors import StackError
-from core.settings import TELEMETRY_OFF_ENV, UNRESPONSIVE_AFTER_SECONDS, Settings
-from core.specs.cluster import ClusterValues
-from core.specs.training import RUN_ACCOUNT
+from mlyard.core.assets import infra
+from mlyard.core.connection import healthy, point_prefect
+from mlyard.core.errors import StackError
+from mlyard.core.settings import TELEMETRY_OFF_ENV, UNRESPONSIVE_AFTER_SECONDS, Settings
+from mlyard.core.specs.cluster import ClusterValues
+from mlyard.core.specs.training import RUN_ACCOUNT
+from mlyard.tasks.processes import alive, stop_group
 from mlyard.warm import SOCKET, warm_dir
 from mlyard.warm.client import detach
-from tasks.processes import alive, stop_group
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PREFECT_YAML = infra("prefect.yaml")
@@ -96,7 +96,7 @@ def _ui_folder() -> Path:
     """Where the embedded server keeps the UI's files: this user's cache, one folder per Prefect version."""
     from importlib.metadata import version
 
-    from core.environment import cache_root
+    from mlyard.core.environment import cache_root
 
     return cache_root() / "prefect-ui" / version("prefect")
 
@@ -201,7 +201,8 @@ def deployments_digest(image: str) -> str:
 
     h = hashlib.sha256(PREFECT_YAML.read_bytes() + GPU_TEMPLATE.read_bytes() + CPU_TEMPLATE.read_bytes() + image.encode()
                        + str(PROJECT_ROOT).encode() + NO_WORKER_HERE.encode() + b"the local pool's deployments")
-    for source in sorted([*(PROJECT_ROOT / "flows").glob("*.py"), *(PROJECT_ROOT / "core" / "specs").glob("*.py")]):
+    package = Path(__file__).parent
+    for source in sorted([*(package / "flows").glob("*.py"), *(package / "core" / "specs").glob("*.py")]):
         h.update(source.name.encode() + source.read_bytes())
     return h.hexdigest()[:16]
 

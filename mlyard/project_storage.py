@@ -16,8 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from core.errors import SpecError
-from core.uris import project_prefix, within
+from mlyard.core.errors import SpecError
+from mlyard.core.uris import project_prefix, within
 
 _DIGEST = re.compile(r"^[0-9a-f]{16}$")
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
@@ -42,9 +42,9 @@ def confine(spec: Any, project: str, settings: Any) -> Any:
 def receive(body: Path, digest: str, name: str) -> dict[str, str]:
     """Unpack an uploaded tar (`body`) of the folder or file `name` into the caller's project prefix, as
     `uploads/<digest>/<name>`, unless it is there already: {"uri"}."""
-    from core.connection import connect
+    from mlyard.core.connection import connect
+    from mlyard.tasks.storage import SUCCESS_MARKER, Storage
     from mlyard.teams import acting_editor
-    from tasks.storage import SUCCESS_MARKER, Storage
 
     if not _DIGEST.match(digest):
         raise SpecError("digest", digest, "16 hexadecimal digits (the upload's content digest)")
@@ -75,7 +75,7 @@ def receive(body: Path, digest: str, name: str) -> dict[str, str]:
 def upload_scratch(home: Path) -> Path:
     """Where an upload's body and its unpacking wait: in the home (private), named after the process that
     receives them, so that what a killed one left is removed by the next upload."""
-    from flows.platform import sweep_scratch
+    from mlyard.flows.platform import sweep_scratch
 
     folder = home / "uploading"
     folder.mkdir(mode=0o700, exist_ok=True)

@@ -20,10 +20,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from core.errors import SpecError
-from core.names import FLOW_CONTROL_PROMOTION, FLOW_ROLLOUT, FLOW_SET_TRAFFIC
-from core.specs.promotion import PolicySpec, PromotionControlSpec, RolloutSpec, TrafficSpec
 from mlyard.api import load as _spec
+from mlyard.core.errors import SpecError
+from mlyard.core.names import FLOW_CONTROL_PROMOTION, FLOW_ROLLOUT, FLOW_SET_TRAFFIC
+from mlyard.core.specs.promotion import PolicySpec, PromotionControlSpec, RolloutSpec, TrafficSpec
 from mlyard.endpoints import act, connect_platform, endpoint_registry, endpoint_view
 from mlyard.warm_api import member_api
 
@@ -49,10 +49,10 @@ def canary(endpoint: str, stage: str, *, weight: int | None = None, shadow: int 
     if spec.weight or spec.shadow:
         _candidate(endpoint, stage)
     if member_api() is None:  # a member's change is checked by the platform and its flow (mlyard/member_runs.py)
-        from registry.traffic import Traffic
+        from mlyard.registry.traffic import Traffic
 
         Traffic(connect_platform().catalog).check_share(endpoint, stage, spec.weight, spec.shadow)  # every rule, first
-    return act(FLOW_SET_TRAFFIC, "flows.endpoint_traffic:set_traffic", spec, submit)
+    return act(FLOW_SET_TRAFFIC, "mlyard.flows.endpoint_traffic:set_traffic", spec, submit)
 
 
 def set_policy(endpoint: str, policy: PolicySpec | dict | str | Path | None, *,
@@ -60,14 +60,14 @@ def set_policy(endpoint: str, policy: PolicySpec | dict | str | Path | None, *,
     """Keep `policy` (a YAML file, a mapping or a PolicySpec; None removes it) as the endpoint's
     promotion policy; the policy as kept."""
     spec = None if policy is None else _spec(PolicySpec, policy, sets)
-    from registry.traffic import Traffic
+    from mlyard.registry.traffic import Traffic
 
     Traffic(connect_platform().catalog).set_policy(endpoint, spec)
     return spec.model_dump(mode="json") if spec else None
 
 
 def policy(endpoint: str) -> dict[str, Any] | None:
-    from registry.traffic import Traffic
+    from mlyard.registry.traffic import Traffic
 
     kept = Traffic(connect_platform().catalog).policy(endpoint)
     return kept.model_dump(mode="json") if kept else None
@@ -77,28 +77,28 @@ def rollout(endpoint: str, stage: str, *, policy: PolicySpec | dict | str | Path
             submit: bool = False) -> dict[str, Any]:
     """Promote `stage` step by step behind the policy's gates (promote-progressively): the promotion and
     the endpoint when it ends, or the queued run with `submit`."""
-    from registry.traffic import Traffic
+    from mlyard.registry.traffic import Traffic
 
     spec = RolloutSpec(endpoint=endpoint, stage=stage, policy=None if policy is None else _spec(PolicySpec, policy))
     _candidate(endpoint, stage)
     if member_api() is not None:  # a member's: the platform and its flow check the policy and what runs already
-        return act(FLOW_ROLLOUT, "flows.endpoint_rollout:promote_progressively", spec, submit)
+        return act(FLOW_ROLLOUT, "mlyard.flows.endpoint_rollout:promote_progressively", spec, submit)
     traffic = Traffic(connect_platform().catalog)
     kept = spec.policy or traffic.policy(endpoint)
     if kept is None:
         raise SpecError("policy", None, f"a promotion policy: `mlyard endpoints policy {endpoint} -f policy.yaml`, "
                         "or --policy with the rollout")
     traffic.check_start(endpoint, stage, kept)  # one promotion at a time; room for its steps
-    return act(FLOW_ROLLOUT, "flows.endpoint_rollout:promote_progressively", spec, submit)
+    return act(FLOW_ROLLOUT, "mlyard.flows.endpoint_rollout:promote_progressively", spec, submit)
 
 
 def _control(endpoint: str, action: str) -> dict[str, Any]:
-    from registry.traffic import Traffic
+    from mlyard.registry.traffic import Traffic
 
     if member_api() is None and Traffic(connect_platform().catalog).active(endpoint) is None:
         raise SpecError("endpoint", endpoint, "an endpoint with a promotion in progress (`mlyard endpoints rollout "
                         f"show {endpoint}`)")
-    return act(FLOW_CONTROL_PROMOTION, "flows.endpoint_rollout:control_promotion",
+    return act(FLOW_CONTROL_PROMOTION, "mlyard.flows.endpoint_rollout:control_promotion",
                 PromotionControlSpec(endpoint=endpoint, action=action), False)
 
 
@@ -119,8 +119,8 @@ def abort(endpoint: str) -> dict[str, Any]:
 
 def show(endpoint: str) -> dict[str, Any]:
     """The endpoint's promotions (newest last), the one in progress, its policy and its stages' shares."""
-    from registry.traffic import Traffic
-    from serving.traffic import merged, summary
+    from mlyard.registry.traffic import Traffic
+    from mlyard.serving.traffic import merged, summary
 
     p = connect_platform()
     traffic, view = Traffic(p.catalog), endpoint_registry(p).get(endpoint)

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from core import errors
-from core.access import current
 from mlyard import member_runs, teams
+from mlyard.core import errors
+from mlyard.core.access import current
 from mlyard.warm_api import answer, platform
 
 
 def _connected():
-    from core.connection import connect
+    from mlyard.core.connection import connect
 
     return connect()
 
@@ -40,7 +40,7 @@ def trainings_list(limit: int = 50, experiment: str | None = None) -> list[dict[
 
 
 def trainings_show(training_id: str) -> dict[str, Any]:
-    from core.links import links
+    from mlyard.core.links import links
     from mlyard.trainings import get_training
 
     p = platform()
@@ -65,7 +65,7 @@ def tunings_list(limit: int = 50) -> list[dict[str, Any]]:
 
 
 def tunings_show(tuning_id: str) -> dict[str, Any]:
-    from core.links import links
+    from mlyard.core.links import links
     from mlyard.tunings import best_trial, get_tuning, trials
 
     settings = _connected()
@@ -99,8 +99,8 @@ def runs_list(kind: str, limit: int = 50) -> list[dict[str, Any]]:
 
 
 def batches_show(batch_id: str) -> dict[str, Any]:
-    from core.links import links
-    from core.names import TAG_BATCH_ID
+    from mlyard.core.links import links
+    from mlyard.core.names import TAG_BATCH_ID
     from mlyard.runs import BATCH, get_run
 
     p = platform()
@@ -116,8 +116,8 @@ def batches_show(batch_id: str) -> dict[str, Any]:
 
 
 def evaluations_show(evaluation_id: str) -> dict[str, Any]:
-    from core.links import links
     from mlyard import evaluations
+    from mlyard.core.links import links
 
     p = platform()
     info = evaluations.show(p.tracking, evaluation_id)
@@ -144,7 +144,7 @@ def templates_show(name: str) -> dict[str, Any]:
 
 def visible_template(templates: Any, name: str) -> Any:
     """The template `name` when its project is one this call sees, else TemplateNotFound (as if not there)."""
-    from core.errors import TemplateNotFound
+    from mlyard.core.errors import TemplateNotFound
     from mlyard.runs import visible_projects
 
     found, projects = templates.get(name), visible_projects()
@@ -156,7 +156,7 @@ def visible_template(templates: Any, name: str) -> Any:
 def images_catalog():
     """The catalog's images and accounts, their Secrets where settings keep them (without loading MLflow);
     mlyard/commands.py writes through it too."""
-    from tasks.registry_secrets import images
+    from mlyard.tasks.registry_secrets import images
 
     return images(_connected())
 
@@ -169,7 +169,7 @@ def images_list(kind: str | None = None) -> list[dict[str, Any]]:
 
 def image_in_reach(name: str, role: str = "viewer", action: str = "reading an image") -> Any:
     """The image `name` when the caller's role in its project allows `action` (another project's does not exist)."""
-    from core.errors import ImageNotFound
+    from mlyard.core.errors import ImageNotFound
 
     info = images_catalog().get_image(name)
     current().need(info.project, role, action, lambda: ImageNotFound(name))
@@ -177,7 +177,7 @@ def image_in_reach(name: str, role: str = "viewer", action: str = "reading an im
 
 
 def account_in_reach(name: str, role: str = "viewer", action: str = "reading a registry account") -> Any:
-    from core.errors import RegistryAccountNotFound
+    from mlyard.core.errors import RegistryAccountNotFound
 
     info = images_catalog().get_account(name)
     current().need(info.project, role, action, lambda: RegistryAccountNotFound(name))
@@ -206,7 +206,7 @@ def models_list() -> list[dict[str, Any]]:
 
 def models_show(ref: str) -> dict[str, Any]:
     """A model with all its versions (`name`), or one version (`name/version`, `name@alias`)."""
-    from core.links import model_links
+    from mlyard.core.links import model_links
     from mlyard.models import visible
 
     p = platform()
@@ -283,15 +283,15 @@ def rags_stats(name: str, since: str | float | None = "1h", until: str | float |
 
 
 def schedules_list() -> list[dict[str, Any]]:
-    from mlyard import schedules
+    from mlyard import schedule
 
-    return schedules.list_schedules()
+    return schedule.list_schedules()
 
 
 def schedules_show(name: str, runs: int = 10) -> dict[str, Any]:
-    from mlyard import schedules
+    from mlyard import schedule
 
-    return schedules.show(name, runs=runs)
+    return schedule.show(name, runs=runs)
 
 
 def endpoints_list() -> list[dict[str, Any]]:

@@ -15,22 +15,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.access import current
-from core.errors import RagNotFound, SpecError
-from core.settings import Settings
-from core.specs.rag import RagSpec
+from mlyard.core.access import current
+from mlyard.core.errors import RagNotFound, SpecError
+from mlyard.core.settings import Settings
+from mlyard.core.specs.rag import RagSpec
 
 
 def store(settings: Settings):
-    from registry.catalog import Catalog
-    from registry.rags import Rags
+    from mlyard.registry.catalog import Catalog
+    from mlyard.registry.rags import Rags
 
     return Rags(Catalog(settings.catalog_db_url))
 
 
 def vectors(settings: Settings, spec: RagSpec, rag_id: int):
-    from core.connection import read_state
-    from tasks.vectorstore import VectorStore, conninfo
+    from mlyard.core.connection import read_state
+    from mlyard.tasks.vectorstore import VectorStore, conninfo
 
     state = read_state(settings)
     return VectorStore(conninfo(spec.vector_store, settings, state.vector_store_url if state else None), rag_id)
@@ -84,12 +84,12 @@ def flow_run_state(flow_run_id: str) -> tuple[str | None, str]:
 def check(settings: Settings, spec: RagSpec, project: str | None = None) -> None:
     """What can be known before a RAG is recorded: the path holds files, the vector store answers, the
     LLM endpoint exists (with `project`: one of that project's), an embeddings service embeds."""
-    from core.errors import VectorStoreError
-    from tasks.storage import Storage
+    from mlyard.core.errors import VectorStoreError
+    from mlyard.tasks.storage import Storage
 
     if spec.llm.endpoint or spec.token_endpoint:
-        from registry.catalog import Catalog
-        from registry.endpoints import Endpoints
+        from mlyard.registry.catalog import Catalog
+        from mlyard.registry.endpoints import Endpoints
 
         projects = {e["name"]: e.get("project") for e in Endpoints(Catalog(settings.catalog_db_url)).all()}
         for field, endpoint, what in (("llm.endpoint", spec.llm.endpoint, "serves a chat model"),
@@ -104,8 +104,8 @@ def check(settings: Settings, spec: RagSpec, project: str | None = None) -> None
     except VectorStoreError as exc:
         raise SpecError("vector_store", spec.vector_store.kind, f"a vector store that answers ({exc})") from None
     if spec.embedding.url:
-        from core.errors import EmbeddingError
-        from tasks.embeddings import ServiceEmbedder
+        from mlyard.core.errors import EmbeddingError
+        from mlyard.tasks.embeddings import ServiceEmbedder
 
         try:
             ServiceEmbedder(spec.embedding, timeout=10.0)  # asks it to embed one text

@@ -25,17 +25,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.access import current
-from core.connection import connect
-from core.errors import Protected, RunFailed, SpecError
-from core.names import FLOW_RAG_SYNC
-from core.settings import Settings
-from core.specs.rag import RagSpec
 from mlyard import rag_checks, sse
 from mlyard.api import load as _spec
+from mlyard.core.access import current
+from mlyard.core.connection import connect
+from mlyard.core.errors import Protected, RunFailed, SpecError
+from mlyard.core.names import FLOW_RAG_SYNC
+from mlyard.core.settings import Settings
+from mlyard.core.specs.rag import RagSpec
+from mlyard.tasks.rag_service import query_log, query_service_status, unwant_query_service, want_query_service
 from mlyard.teams import acting_editor, acting_or_none, audited
 from mlyard.warm_api import by_platform, member_api, member_command
-from tasks.rag_service import query_log, query_service_status, unwant_query_service, want_query_service
 
 _rags, _store = rag_checks.store, rag_checks.vectors
 
@@ -43,14 +43,14 @@ _rags, _store = rag_checks.store, rag_checks.vectors
 def _submit(record: Any) -> str:
     """Queue an ingestion (a flow run of rag-sync/local) as the RAG's project's and the caller's: the stack
     owner's through the warm mlyard API when it runs; a member's made here, by the platform's API."""
-    from core.access import run_tags
+    from mlyard.core.access import run_tags
 
     actor, parameters, tags = current(), {"spec": {"rag": record.name}}, [f"mlyard.rag:{record.name}"]
     if actor.admin and acting_or_none(actor) == record.project:
         from mlyard.submit import submit
 
         return submit(f"{FLOW_RAG_SYNC}/local", parameters, tags=tags)["id"]
-    from tasks.orchestration import submit as make_run
+    from mlyard.tasks.orchestration import submit as make_run
 
     return str(make_run(f"{FLOW_RAG_SYNC}/local", parameters, None, [*tags, *run_tags(record.project, actor.name)]).id)
 
@@ -178,7 +178,7 @@ def list_rags() -> list[dict[str, Any]]:
 def show(name: str) -> dict[str, Any]:
     """A RAG: its status, spec (the prompt in full), what its vector store holds, its last ingestion, and the
     gateway's base URL its queries take (OpenAI's clients: `base_url`)."""
-    from core.connection import gateway_url
+    from mlyard.core.connection import gateway_url
 
     settings = connect()
     rag_checks.in_reach(settings, name)
@@ -220,7 +220,7 @@ UPDATABLE = ("description", "prompt", "top_k", "llm.max_tokens", "llm.temperatur
 def update(name: str, sets: dict[str, Any]) -> dict[str, Any]:
     """Change what a RAG answers with, without ingesting again: its description, prompt template,
     top_k, and the LLM's max_tokens, temperature and timeout. Its query service takes the change within 2 s."""
-    from core.specs.common import merged
+    from mlyard.core.specs.common import merged
 
     settings = connect()
     store = _rags(settings)
@@ -269,7 +269,7 @@ def delete(name: str) -> dict[str, Any]:
 def logs(name: str, tail: int = 20) -> list[dict[str, Any]]:
     """The last records of the RAG's request log, as endpoints keep them: one per query, search or
     embedding request its query service answered (status, time, first byte, the error's reason)."""
-    from serving.inference_log import tail as last
+    from mlyard.serving.inference_log import tail as last
     settings = connect()
     rag_checks.in_reach(settings, name)
     return last(query_log(settings.home_dir, name), tail)
@@ -278,7 +278,7 @@ def logs(name: str, tail: int = 20) -> list[dict[str, Any]]:
 def _asked(name: str, token: str | None) -> tuple[Settings | None, Any, str, str | None]:
     """Where the caller asks the RAG `name`: (this machine's settings, or None for a member; its record, or
     None; the gateway's base URL of its routes; the credential: `token`, else a member's own key)."""
-    from core.connection import gateway_url
+    from mlyard.core.connection import gateway_url
 
     if member_api() is not None:  # at the gateway the platform names, with their key unless a token is given
         key = Settings().api_key
@@ -326,7 +326,7 @@ def search(name: str, question: str, top_k: int | None = None, token: str | None
     if resp is not None and (resp.status_code not in (502, 503) or settings is None):
         raise _answer_error(resp, name)
     assert settings is not None  # a member's search ended above
-    from tasks.embeddings import embedder
+    from mlyard.tasks.embeddings import embedder
 
     spec = RagSpec.model_validate(record.spec)
     vector = embedder(spec.embedding).encode([question])[0]
@@ -384,7 +384,7 @@ def stats(name: str, *, since: str | float | None = "1h", until: str | float | N
     the caller is)."""
     result = stats_view(name, since=since, until=until)
     if png is not None:
-        from serving.stats_plot import plot
+        from mlyard.serving.stats_plot import plot
 
         result["png"] = str(plot(result, Path(png).resolve()))
     return result

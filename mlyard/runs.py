@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from core.access import DEFAULT_PROJECT, PROJECT_TAG, current, project_of_tags, project_tags
-from core.errors import (
+from mlyard.core.access import DEFAULT_PROJECT, PROJECT_TAG, current, project_of_tags, project_tags
+from mlyard.core.errors import (
     BatchNotFound,
     EvaluationNotFound,
     NotFound,
@@ -24,7 +24,7 @@ from core.errors import (
     TrainingNotFound,
     TuningNotFound,
 )
-from core.names import (
+from mlyard.core.names import (
     FLOW_BATCH,
     FLOW_EVALUATE,
     FLOW_TRAIN,
@@ -52,12 +52,12 @@ class Kind:
     complete_reason: bool = False  # COMPLETE shows the flow's reason, as the console does: COMPLETE (GoalReached)
 
 
-TRAINING = Kind(FLOW_TRAIN, "core.specs.training:TrainingSpec", TASK_RUN_ENTRY_POINT, "FAIL TRAIN", "training", TrainingNotFound, "trainings")
-TUNING = Kind(FLOW_TUNE, "core.specs.tuning:TuningSpec", TASK_TRIAL, "FAIL HYPERPARAMETER TUNING", "tuning", TuningNotFound, "tunings",
+TRAINING = Kind(FLOW_TRAIN, "mlyard.core.specs.training:TrainingSpec", TASK_RUN_ENTRY_POINT, "FAIL TRAIN", "training", TrainingNotFound, "trainings")
+TUNING = Kind(FLOW_TUNE, "mlyard.core.specs.tuning:TuningSpec", TASK_TRIAL, "FAIL HYPERPARAMETER TUNING", "tuning", TuningNotFound, "tunings",
               complete_reason=True)
-BATCH = Kind(FLOW_BATCH, "core.specs.batch:BatchInferenceSpec", TASK_RUN_WORKERS, "FAIL BATCH INFERENCE", "batch inference", BatchNotFound, "batches",
+BATCH = Kind(FLOW_BATCH, "mlyard.core.specs.batch:BatchInferenceSpec", TASK_RUN_WORKERS, "FAIL BATCH INFERENCE", "batch inference", BatchNotFound, "batches",
              closing=TASK_FINISH)
-EVALUATION = Kind(FLOW_EVALUATE, "core.specs.evaluation:EvaluationSpec", TASK_EVALUATION_BATCH, "FAIL MODEL EVALUATION", "evaluation", EvaluationNotFound,
+EVALUATION = Kind(FLOW_EVALUATE, "mlyard.core.specs.evaluation:EvaluationSpec", TASK_EVALUATION_BATCH, "FAIL MODEL EVALUATION", "evaluation", EvaluationNotFound,
                   "evaluations", closing=TASK_RECORD)
 
 _BY_STATE = {"SCHEDULED": "CREATE REQUESTED", "PENDING": "CREATE REQUESTED", "PAUSED": "CREATE REQUESTED",
@@ -107,7 +107,7 @@ def _info(kind: Kind, fr, started: bool, parent_id: str | None, closing: bool = 
     if _pairs_in(spec):  # a run from the Run form: its mappings as the spec file and the CLI give them
         import importlib
 
-        from core.specs.common import mappings_from_pairs
+        from mlyard.core.specs.common import mappings_from_pairs
 
         module, model = kind.spec.split(":")
         spec = mappings_from_pairs(getattr(importlib.import_module(module), model), spec)
@@ -172,7 +172,7 @@ def active_in_project(project: str) -> list[str]:
 
 def started_in(client, marker: str | None, flow_runs: list) -> set[str]:
     """Ids of the flow runs among `flow_runs` in which the step `marker` has started: the label the step
-    sets as it starts (tasks.orchestration.step_started), else a task run named like it (runs made
+    sets as it starts (mlyard.tasks.orchestration.step_started), else a task run named like it (runs made
     before the label, or whose label could not be written)."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName
 
@@ -299,7 +299,7 @@ def _by_prefix(client: Any, kind: Kind, prefix: str) -> str:
 
 def stop_run(kind: Kind, run_id: str, reason: str = "stopped by user") -> RunInfo:
     """Stop a run (its processes are ended); it becomes STOPPED."""
-    from tasks.orchestration import cancel_flow_run
+    from mlyard.tasks.orchestration import cancel_flow_run
 
     info = get_run(kind, run_id)
     current().need(info.project, "editor", f"stopping a {kind.noun}", lambda: kind.not_found(run_id))

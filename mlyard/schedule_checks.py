@@ -1,4 +1,4 @@
-"""What a schedule is checked against before it is saved (mlyard/schedules.py): its trigger fires, the
+"""What a schedule is checked against before it is saved (mlyard/schedule.py): its trigger fires, the
 deployment takes its parameters and they make a valid spec of that action; its local inputs named as the
 runs will read them (made absolute, or uploaded for a Kubernetes pool's deployment or a team member's
 schedule); and a team member's, what their project allows, as a run they start would be (mlyard/member_runs.py).
@@ -11,16 +11,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from core.errors import SpecError
-from core.names import FLOW_BATCH, FLOW_EVALUATE, FLOW_TRAIN, FLOW_TUNE
-from core.specs.schedule import ScheduleSpec
+from mlyard.core.errors import SpecError
+from mlyard.core.names import FLOW_BATCH, FLOW_EVALUATE, FLOW_TRAIN, FLOW_TUNE
+from mlyard.core.specs.schedule import ScheduleSpec
 
 SPEC_MODELS = {FLOW_TRAIN: "TrainingSpec", FLOW_TUNE: "TuningSpec", FLOW_BATCH: "BatchInferenceSpec",
                FLOW_EVALUATE: "EvaluationSpec"}
 
 
 def check_trigger(spec: ScheduleSpec) -> None:
-    from schedules.cron import CronError, parse
+    from mlyard.schedules.cron import CronError, parse
 
     if spec.cron is not None:
         try:
@@ -45,7 +45,7 @@ def check_parameters(spec: ScheduleSpec, deployment: Any) -> None:
     as at a fire time)."""
     from prefect.utilities.schema_tools import validate
 
-    from schedules.planning import render
+    from mlyard.schedules.planning import render
 
     schema = deployment.parameter_openapi_schema or {}
     props = schema.get("properties", {})
@@ -67,9 +67,9 @@ def check_parameters(spec: ScheduleSpec, deployment: Any) -> None:
 def sample_spec(spec: ScheduleSpec) -> Any:
     """The mlyard spec a run of the schedule gets (its placeholders rendered as now), checked; None for a
     deployment that is not one of mlyard's lifecycle actions."""
-    import core.specs as specs
-    from core.specs.common import load_spec
-    from schedules.planning import render
+    import mlyard.core.specs as specs
+    from mlyard.core.specs.common import load_spec
+    from mlyard.schedules.planning import render
 
     model_name = SPEC_MODELS.get(spec.deployment.split("/")[0] if spec.deployment else "")
     sample = render(spec.parameters, int(time.time()))
@@ -87,7 +87,7 @@ def localized(spec: ScheduleSpec, base: Path, upload: bool = False,
     submitted run's are), placeholders kept; with `upload` (a deployment on a Kubernetes pool, a team
     member's schedule), local inputs uploaded and named by their upload (`_for_pods`; `area`: a member's
     project storage, which their runs read and write as it is)."""
-    from core.uris import absolute
+    from mlyard.core.uris import absolute
 
     loaded, stored = sample_spec(spec), dict(spec.parameters)
     if loaded is None:
@@ -109,8 +109,8 @@ def localized(spec: ScheduleSpec, base: Path, upload: bool = False,
 def member_may_schedule(spec: ScheduleSpec, project: str) -> None:
     """A team member schedules the runs they may start (mlyard/member_runs.py `member_flows`) with an mlyard spec:
     trainings, tunings, batch inferences and evaluations; anything else is an admin's."""
-    from core.access import current
-    from core.errors import Forbidden
+    from mlyard.core.access import current
+    from mlyard.core.errors import Forbidden
 
     flow = (spec.deployment or "").split("/", 1)[0]
     if spec.pipeline is not None or flow not in SPEC_MODELS:
@@ -124,7 +124,7 @@ def for_member(spec: ScheduleSpec, project: str) -> dict[str, Any]:
     `member_parameters`: their project's storage, quota, models, templates and experiments), with an
     experiment left at its kind's default made the project's own."""
     from mlyard.member_runs import member_parameters
-    from schedules.planning import render
+    from mlyard.schedules.planning import render
 
     member_may_schedule(spec, project)
     sample = render(spec.parameters, int(time.time()))
@@ -148,9 +148,9 @@ def _for_pods(raw: dict[str, Any], loaded: Any, echo: Callable[[str], None], are
     """`raw` (the stored spec, placeholders kept) with each local input replaced by its upload. A local
     input whose path has a placeholder names another file at every run, which cannot be sent now: refused
     before anything is sent."""
-    from core.settings import Settings
-    from core.specs import is_mlflow_uri, is_registry_ref
-    from core.uris import parse_uri
+    from mlyard.core.settings import Settings
+    from mlyard.core.specs import is_mlflow_uri, is_registry_ref
+    from mlyard.core.uris import parse_uri
     from mlyard.uploads import for_cluster
 
     def placeholders(raw_part: Any, where: str, key: str, parent: str) -> None:

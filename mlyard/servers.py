@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.errors import MlyardError
-from core.specs.endpoint import PromotionSpec
 from mlyard import endpoints
+from mlyard.core.errors import MlyardError
+from mlyard.core.specs.endpoint import PromotionSpec
 
 
 def server_status(view: dict[str, Any]) -> str:
@@ -48,7 +48,7 @@ def server_create(name: str, model: str, *, pods: int = 1, public: bool = False,
 def server_stop(name: str) -> dict[str, Any]:
     """Stop a server's replicas; its configuration stays (STOPPED)."""
     view = endpoints.endpoint_registry().get(name)
-    endpoints.act("stop-endpoint-stage", "flows.endpoint_stop:stop_stage", PromotionSpec(endpoint=name, stage=view["default_stage"]),
+    endpoints.act("stop-endpoint-stage", "mlyard.flows.endpoint_stop:stop_stage", PromotionSpec(endpoint=name, stage=view["default_stage"]),
          False)
     return server_view(name)
 
@@ -56,7 +56,7 @@ def server_stop(name: str) -> dict[str, Any]:
 def server_start(name: str) -> dict[str, Any]:
     """Start a stopped server again (PENDING until it answers, then RUNNING)."""
     view = endpoints.endpoint_registry().get(name)
-    endpoints.act("start-endpoint-stage", "flows.endpoint_start:start_stage",
+    endpoints.act("start-endpoint-stage", "mlyard.flows.endpoint_start:start_stage",
          PromotionSpec(endpoint=name, stage=view["default_stage"]), False)
     return server_view(name)
 

@@ -76,7 +76,7 @@ class SignedIn:
     mlyard/teams.py, mlyard/runs.py and the commands check (core/access.current)."""
 
     def __init__(self, app: Any, token: str | None):
-        from core.connection import dashboard_key
+        from mlyard.core.connection import dashboard_key
 
         self.app, self._expected = app, f"Bearer {token}".encode() if token else None
         self._page_key = f"key={dashboard_key(token)}".encode() if token else None
@@ -96,8 +96,8 @@ class SignedIn:
 
     async def _actor(self, scope: dict):
         """Who the headers say asks (None: nobody we know)."""
-        from core.access import local_owner
-        from serving.access import is_internal
+        from mlyard.core.access import local_owner
+        from mlyard.serving.access import is_internal
 
         headers = dict(scope["headers"])
         project = headers.get(b"x-mlyard-project", b"").decode("latin-1").strip() or None
@@ -119,8 +119,8 @@ class SignedIn:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] == "/health":
             return await self.app(scope, receive, send)
-        from core.access import acting_as, done_acting
-        from core.errors import Forbidden, MlyardError, Unauthenticated
+        from mlyard.core.access import acting_as, done_acting
+        from mlyard.core.errors import Forbidden, MlyardError, Unauthenticated
 
         try:
             actor = await self._actor(scope)
@@ -176,7 +176,7 @@ def _member_route(scope: dict) -> bool:
 def _bounded(scope: dict) -> None:
     """A query's, a command's or a run's JSON body says its length, at most MAX_BODY_BYTES (an upload has
     its own bound): refused on the headers, before a byte of it is read."""
-    from core.errors import BodyTooLarge, HttpError
+    from mlyard.core.errors import BodyTooLarge, HttpError
 
     if scope["method"] != "POST":
         return
@@ -268,8 +268,8 @@ async def upload(digest: str, name: str, request: Request) -> Response:
     """A tar of a local folder or file `name` (its content digest `digest`), unpacked into the caller's
     project prefix (mlyard/project_storage.py): {"uri"}. At most MAX_UPLOAD_BYTES, and UPLOADS_AT_ONCE of
     a user's at a time."""
-    from core.access import current
-    from core.errors import BodyTooLarge, HttpError
+    from mlyard.core.access import current
+    from mlyard.core.errors import BodyTooLarge, HttpError
 
     declared = request.headers.get("content-length", "")
     if not declared.isdigit() or int(declared) > MAX_UPLOAD_BYTES:  # said by the headers: no byte read
@@ -287,8 +287,8 @@ async def upload(digest: str, name: str, request: Request) -> Response:
 async def _received(digest: str, name: str, request: Request, declared: int) -> Response:
     from starlette.concurrency import run_in_threadpool
 
-    from core.environment import home
-    from core.errors import BodyTooLarge
+    from mlyard.core.environment import home
+    from mlyard.core.errors import BodyTooLarge
     from mlyard.project_storage import receive, upload_scratch
     from mlyard.teams import audited
 
@@ -319,13 +319,13 @@ def _answer(fn, arguments: dict[str, Any], what: str) -> Response:
 
 
 def _unknown(name: str, known: dict[str, Any] = QUERIES, what: str = "query"):
-    from core.errors import SpecError
+    from mlyard.core.errors import SpecError
 
     return SpecError(what, name, f"one of {', '.join(sorted(known))}")
 
 
 def _bad_arguments(what: str, exc: TypeError):
-    from core.errors import SpecError
+    from mlyard.core.errors import SpecError
 
     return SpecError(what, str(exc), "its own arguments (see mlyard/queries.py, mlyard/commands.py and mlyard/submit.py)")
 
@@ -359,9 +359,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args(argv)
-    from core.errors import StackError
-    from core.settings import Settings, require_shared_stores
-    from tasks.processes import not_dumpable
+    from mlyard.core.errors import StackError
+    from mlyard.core.settings import Settings, require_shared_stores
+    from mlyard.tasks.processes import not_dumpable
 
     not_dumpable()  # it holds the internal token and the Prefect auth string: forked or not, kept to itself
     try:
@@ -380,8 +380,8 @@ def main(argv: list[str] | None = None) -> None:
     crashes.follow(platform().tracking, platform().settings.catalog_db_url)  # a crashed flow run's MLflow runs end FAILED, not RUNNING for ever
     from mlyard import logs
     threading.Thread(target=logs.keep_indexed, name="mlyard-logs-index", daemon=True).start()
-    from core.connection import internal_token
     from mlyard import prefect_door
+    from mlyard.core.connection import internal_token
     settings = Settings()
     door = settings.door_port or settings.prefect_port + 3  # the front door to the Prefect UI, a listener of its own
     threading.Thread(target=prefect_door.serve, args=(args.host, door, internal_token(settings)),

@@ -15,11 +15,11 @@ import sys
 import threading
 from typing import Any
 
-from core.connection import StackState, healthy, point_prefect, read_state
-from core.errors import MlyardError, StackError
-from core.settings import Settings
 from mlyard import stack_parts as parts
 from mlyard import warm
+from mlyard.core.connection import StackState, healthy, point_prefect, read_state
+from mlyard.core.errors import MlyardError, StackError
+from mlyard.core.settings import Settings
 from mlyard.postgres import start_postgres
 from mlyard.prefect_setup import (
     CLUSTER_POOLS,
@@ -32,7 +32,7 @@ from mlyard.prefect_setup import (
 )
 from mlyard.stack_state import make_private, one_at_a_time, write_state
 from mlyard.stack_ui import start_mlflow_ui
-from tasks.processes import alive, stop_group, stop_groups
+from mlyard.tasks.processes import alive, stop_group, stop_groups
 
 
 def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackState:
@@ -187,8 +187,8 @@ def tend_promotions(settings: Settings, echo) -> None:
     """A progressive promotion whose run ended without a verdict (the stack stopped under it, its run was
     killed or failed) is taken up by a new run at its step or rolled back (tasks/promotion_watch.py: the
     scheduler looks every few seconds; `up` once, on a stack started or already running)."""
-    from core.connection import connect
-    from tasks import promotion_watch
+    from mlyard.core.connection import connect
+    from mlyard.tasks import promotion_watch
 
     try:
         connect(settings)  # an `up` that found everything running pointed Prefect nowhere yet
@@ -256,7 +256,7 @@ def _shown(url: str) -> str:
 
 def _walls(mode: str) -> str:
     """Where the code users bring runs here (tasks/sandbox.py), as status says it."""
-    from tasks.sandbox import refusal
+    from mlyard.tasks.sandbox import refusal
 
     if mode == "off":
         return "unsandboxed: MLYARD_SANDBOX is off"
@@ -283,7 +283,7 @@ def status(settings: Settings) -> dict:
             out["mlyard_api"] = state.service_url
             out["prefect_ui_for_members"] = f"{settings.door_url} (sign in with an API key)"
             if state.internal_token:  # its own read-only key: the page opens in a browser, nothing else does
-                from core.connection import dashboard_key
+                from mlyard.core.connection import dashboard_key
 
                 key = dashboard_key(state.internal_token)
                 out["dashboard"] = f"{state.service_url}/dashboard?key={key}"

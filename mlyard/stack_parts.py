@@ -10,11 +10,11 @@ import sys
 import time
 from pathlib import Path
 
-from core.connection import StackState, healthy
-from core.errors import StackError
-from core.home import DATABASE_FILE
-from core.settings import Settings
 from mlyard import warm
+from mlyard.core.connection import StackState, healthy
+from mlyard.core.errors import StackError
+from mlyard.core.home import DATABASE_FILE
+from mlyard.core.settings import Settings
 from mlyard.prefect_setup import (
     LOCAL_POOL,
     PROJECT_ROOT,
@@ -26,8 +26,8 @@ from mlyard.prefect_setup import (
     wait_healthy,
 )
 from mlyard.stack_state import write_state
+from mlyard.tasks.processes import alive
 from mlyard.warm.worker import POLL_SECONDS as WORKER_POLL_SECONDS
-from tasks.processes import alive
 
 
 def running(settings: Settings, state: StackState) -> dict[str, bool]:
@@ -87,7 +87,7 @@ def start_prefect_server(settings: Settings, state: StackState, env: dict[str, s
 
 def start_scheduler(settings: Settings, state: StackState, env: dict[str, str], logs: Path) -> None:
     log = logs / "scheduler.log"
-    state.pids["scheduler"] = spawn_module(settings, "tasks.scheduling", [], log,
+    state.pids["scheduler"] = spawn_module(settings, "mlyard.tasks.scheduling", [], log,
                                             {**env, "MLYARD_HOME": str(settings.home_dir)})
     state.logs["scheduler"] = str(log)
     write_state(settings, state)
@@ -138,7 +138,7 @@ def took_postgres(settings: Settings, state: StackState, postgres: dict[str, obj
 
 def ensure_gpu_slots(settings: Settings, echo) -> None:
     """This machine's GPUs as the Prefect concurrency limit local runs take slots of (tasks/gpu_slots.py)."""
-    from tasks import gpu_slots
+    from mlyard.tasks import gpu_slots
 
     total = gpu_slots.slots(settings)
     if total:
@@ -176,7 +176,7 @@ def start_serving(settings: Settings, state: StackState, env: dict[str, str], lo
     run_env = {**env, "MLYARD_HOME": str(settings.home_dir)}
     if not (state.pids.get("replicas") and alive(state.pids["replicas"])):
         log = logs / "replicas.log"
-        state.pids["replicas"] = spawn([sys.executable, "-m", "serving.replicas", "--home", str(settings.home_dir)],
+        state.pids["replicas"] = spawn([sys.executable, "-m", "mlyard.serving.replicas", "--home", str(settings.home_dir)],
                                         log, run_env, cwd=PROJECT_ROOT)
         state.logs["replicas"] = str(log)
     if not (state.pids.get("gateway") and alive(state.pids["gateway"])):
@@ -184,7 +184,7 @@ def start_serving(settings: Settings, state: StackState, env: dict[str, str], lo
         if healthy(url + "/mlyard"):
             raise StackError(f"something else already answers at {url}; stop it or set MLYARD_GATEWAY_PORT")
         log = logs / "gateway.log"
-        state.pids["gateway"] = spawn([sys.executable, "-m", "serving.gateway_main", "--port", url.rsplit(":", 1)[1]],
+        state.pids["gateway"] = spawn([sys.executable, "-m", "mlyard.serving.gateway_main", "--port", url.rsplit(":", 1)[1]],
                                        log, run_env, cwd=PROJECT_ROOT)
         state.logs["gateway"], state.gateway_url = str(log), url
         echo(f"the endpoint gateway listens on {url} (log: {log})")
@@ -208,7 +208,7 @@ def init_stores(settings: Settings) -> None:
     """Create the MLflow database and the catalog now, so a user's first command prints no migrations."""
     import logging
 
-    from flows.platform import Platform
+    from mlyard.flows.platform import Platform
 
     for name in ("mlflow.store.db.utils", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -11,8 +11,8 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
-from core.connection import StackState
-from core.settings import Settings
+from mlyard.core.connection import StackState
+from mlyard.core.settings import Settings
 
 
 def write_state(settings: Settings, state: StackState) -> None:

@@ -10,12 +10,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-from core.connection import StackState, healthy, read_state
-from core.errors import StackError
-from core.settings import Settings
+from mlyard.core.connection import StackState, healthy, read_state
+from mlyard.core.errors import StackError
+from mlyard.core.settings import Settings
 from mlyard.prefect_setup import spawn
 from mlyard.stack_state import make_private, one_at_a_time, write_state
-from tasks.processes import alive
+from mlyard.tasks.processes import alive
 
 
 def _has_mlflow_app() -> bool:
@@ -68,7 +68,7 @@ def start_mlflow_ui(settings: Settings, echo=print, timeout: float = 180.0) -> s
 def how_to_find(settings: Settings) -> str | None:
     """What a new shell in this folder needs to reach this stack, when its home is not the `.mlyard` it
     would find from here (MLYARD_HOME moved it): the line to export. None when nothing is needed."""
-    from core.home import DEFAULT_HOME, find_home
+    from mlyard.core.home import DEFAULT_HOME, find_home
 
     if find_home(DEFAULT_HOME) == settings.home_dir:
         return None

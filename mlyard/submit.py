@@ -18,14 +18,14 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from core.errors import RUN_FAILURES, MlyardError, RunFailed, TrainingStopped
+from mlyard.core.errors import RUN_FAILURES, MlyardError, RunFailed, TrainingStopped
 
 
 def run_or_queue(deployment: str, flow: str, spec: Any, *, queue: bool, fail: str,
                  job_variables: dict[str, Any] | None = None, tags: list[str] | None = None) -> Any:
     """Run the flow `module:function` on `spec` here (its result, or RunFailed(`fail`) with why), or with
     `queue` make a flow run of `deployment` ("FLOW/POOL") for its work pool: {"id", "name"}."""
-    from core.settings import Settings
+    from mlyard.core.settings import Settings
 
     if queue or Settings().api_key is not None:  # a team member's work runs on the platform's pool, as them
         return submit(deployment, {"spec": spec.model_dump(mode="json")}, tags=tags, job_variables=job_variables)
@@ -36,8 +36,8 @@ def submit(deployment: str, parameters: dict[str, Any], *, tags: list[str] | Non
            job_variables: dict[str, Any] | None = None) -> dict[str, str]:
     """A new flow run of `deployment` ("FLOW/DEPLOYMENT"), queued for its work pool: {"id", "name"}.
     `parameters` must be JSON (a spec's `model_dump(mode="json")`)."""
-    from core.settings import Settings
     from mlyard import warm_api
+    from mlyard.core.settings import Settings
 
     body: dict[str, Any] = {"deployment": deployment, "parameters": parameters, "tags": tags or [],
             "job_variables": job_variables or {}}
@@ -58,9 +58,9 @@ def create_run(deployment: str, parameters: dict[str, Any], tags: list[str],
     """Make the flow run in this process (the mlyard API runs this too), with the platform's one helper, in
     the caller's project: its tag set here (never taken from the caller), their role there an editor's,
     and recorded in the audit trail."""
-    from core.access import PROJECT_TAG, USER_TAG, current, run_tags
+    from mlyard.core.access import PROJECT_TAG, USER_TAG, current, run_tags
+    from mlyard.tasks.orchestration import submit as make_run
     from mlyard.teams import acting_editor, acting_or_none, record
-    from tasks.orchestration import submit as make_run
 
     actor = current()
     what = f"deployment {deployment}"
@@ -139,9 +139,9 @@ def run_here(flow: str, spec: Any, fail: str) -> Any:
     failed raises RunFailed(`fail`, with why); a cancelled one TrainingStopped."""
     from prefect import tags
 
-    from core.access import current, run_tags
+    from mlyard.core.access import current, run_tags
+    from mlyard.tasks.orchestration import prompt_flow_ends
     from mlyard.teams import acting_editor, check_quota
-    from tasks.orchestration import prompt_flow_ends
 
     module, name = flow.split(":")
     project = acting_editor("starting work")

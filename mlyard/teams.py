@@ -15,15 +15,15 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from core.access import Actor, current
-from core.errors import Forbidden, MlyardError, ProjectNotFound, UserNotFound
+from mlyard.core.access import Actor, current
+from mlyard.core.errors import Forbidden, MlyardError, ProjectNotFound, UserNotFound
 
 
 def teams():
     """The catalog's users, keys, projects and audit trail, without loading MLflow."""
-    from core.connection import connect
-    from core.settings import require_shared_stores
-    from registry.teams import Teams
+    from mlyard.core.connection import connect
+    from mlyard.core.settings import require_shared_stores
+    from mlyard.registry.teams import Teams
 
     settings = connect()
     require_shared_stores(settings)
@@ -35,7 +35,7 @@ _catalogs: dict[str, Any] = {}
 
 def catalog(url: str):
     """One Catalog per database and process: the mlyard API checks a key on every request."""
-    from registry.catalog import Catalog
+    from mlyard.registry.catalog import Catalog
 
     if url not in _catalogs:
         _catalogs[url] = Catalog(url)
@@ -102,7 +102,7 @@ def _project_arg(a: dict[str, Any]) -> str | None:
 def check_quota(spec: Any, project: str) -> None:
     """Refuse a training or tuning asking more at once than its project's quota holds (it would wait for
     ever): GPUs (every node's) and CPUs of one run."""
-    from core.errors import SpecError
+    from mlyard.core.errors import SpecError
 
     training = getattr(spec, "training", None) or spec
     resources = getattr(training, "resources", None)
@@ -122,8 +122,8 @@ def check_quota(spec: Any, project: str) -> None:
 def endpoint_in_reach(endpoint: str, role: str, action: str) -> dict[str, Any]:
     """The endpoint's view when the caller's role in its project allows `action` (EndpointNotFound for an
     endpoint of a project they have no role in, Forbidden for a smaller role)."""
-    from core.errors import EndpointNotFound
-    from registry.endpoints import Endpoints
+    from mlyard.core.errors import EndpointNotFound
+    from mlyard.registry.endpoints import Endpoints
 
     view = Endpoints(catalog(_settings().catalog_db_url)).get(endpoint)
     current().need(view["project"], role, action, lambda: EndpointNotFound(endpoint))
@@ -131,7 +131,7 @@ def endpoint_in_reach(endpoint: str, role: str, action: str) -> dict[str, Any]:
 
 
 def _settings():
-    from core.connection import connect
+    from mlyard.core.connection import connect
 
     return connect()
 
@@ -168,7 +168,7 @@ def users_add_key(name: str, expires_days: int | None = None, description: str =
 def users_revoke(key_id: str) -> dict[str, Any]:
     """End a key at once (an admin's, or your own key)."""
     actor, t = current(), teams()
-    from core.errors import SpecError
+    from mlyard.core.errors import SpecError
 
     try:
         owner = t.key_owner(key_id)
@@ -184,7 +184,7 @@ def users_delete(name: str) -> dict[str, Any]:
     actor = current()
     _admin(actor, "deleting a user")
     if name == actor.name:
-        from core.errors import Conflict
+        from mlyard.core.errors import Conflict
 
         raise Conflict("you cannot delete yourself; another admin can")
     teams().delete_user(name)
@@ -233,7 +233,7 @@ def projects_create(name: str, description: str = "", gpus: int | None = None, c
 def projects_set_quota(name: str, **quota: Any) -> dict[str, Any]:
     """Change a project's quota (`gpus`, `cpus`, `max_runs`) and its endpoints' request rate limits
     (`rate_limit`, `key_rate_limit`, a second); a field given as None: no limit."""
-    from core.errors import SpecError
+    from mlyard.core.errors import SpecError
 
     _admin(current(), "changing a project's quota")
     unknown = set(quota) - {"gpus", "cpus", "max_runs", "rate_limit", "key_rate_limit"}
@@ -285,8 +285,8 @@ def projects_list() -> list[dict[str, Any]]:
 
 def projects_show(name: str) -> dict[str, Any]:
     """A project: members, quota, your role, and its storage (where its members' runs read and write)."""
-    from core.connection import connect
-    from core.uris import project_prefix
+    from mlyard.core.connection import connect
+    from mlyard.core.uris import project_prefix
 
     actor = current()
     if not actor.sees(name):
@@ -315,7 +315,7 @@ def audit(project: str | None = None, user: str | None = None, since: str | None
 
 def _since(since: str | None) -> datetime | None:
     """"24h", "7d", "30m" back from now, or an ISO time (the one reader of the stats' periods)."""
-    from schedules.moments import when
+    from mlyard.schedules.moments import when
 
     moment = when(since, "since", None)
     return None if moment is None else datetime.fromtimestamp(moment, timezone.utc)

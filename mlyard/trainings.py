@@ -59,11 +59,11 @@ def tensorboard_logs(training_id: str) -> tuple[str, Path, bool]:
     the training wrote none."""
     import shutil
 
-    from core.connection import connect
-    from core.errors import MlyardError, SpecError
-    from core.settings import Settings
-    from flows.platform import Platform
-    from tasks.processes import alive
+    from mlyard.core.connection import connect
+    from mlyard.core.errors import MlyardError, SpecError
+    from mlyard.core.settings import Settings
+    from mlyard.flows.platform import Platform
+    from mlyard.tasks.processes import alive
 
     here = Settings()
     if here.api_url or here.api_key is not None:  # a member's machine: the logs are on the platform's

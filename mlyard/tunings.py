@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from core.errors import TuningNotFound
 from mlyard import runs
+from mlyard.core.errors import TuningNotFound
 from mlyard.runs import TUNING, RunInfo
 
 FLOW_NAME = TUNING.flow
@@ -31,16 +31,16 @@ def stop_tuning(tuning_id: str, reason: str = "stopped by user") -> TuningInfo:
 
 def trials(catalog_url: str, tuning_id: str) -> list[dict[str, Any]]:
     """The tuning's trials (Katib states, params, objective, MLflow run) from its study."""
-    from tuning.engine import load_study, trial_reports
+    from mlyard.tuning.engine import load_study, trial_reports
 
     study = load_study(catalog_url, tuning_id)
     return [{**asdict(r), "state": r.state.value} for r in trial_reports(study)] if study is not None else []
 
 
 def end_interrupted_trials(catalog_url: str, tuning_id: str) -> list[int]:
-    """A crashed tuning's trials still RUNNING in its study end KILLED (tuning.engine.recover_interrupted,
+    """A crashed tuning's trials still RUNNING in its study end KILLED (mlyard.tuning.engine.recover_interrupted,
     as a resumed tuning ends them); their numbers."""
-    from tuning.engine import load_study, recover_interrupted
+    from mlyard.tuning.engine import load_study, recover_interrupted
 
     study = load_study(catalog_url, tuning_id)
     return recover_interrupted(study) if study is not None else []

@@ -13,13 +13,20 @@ import hashlib
 from pathlib import Path
 from typing import Any, Callable
 
-from core.errors import SpecError
-from core.settings import Settings
-from core.specs import BatchInferenceSpec, EvaluationSpec, TrainingSpec, TuningSpec, is_mlflow_uri, is_registry_ref
-from core.specs.endpoint import SyncSpec
-from core.specs.pipeline import PipelineRunSpec
-from core.specs.rag import RagSpec
-from core.uris import parse_uri
+from mlyard.core.errors import SpecError
+from mlyard.core.settings import Settings
+from mlyard.core.specs import (
+    BatchInferenceSpec,
+    EvaluationSpec,
+    TrainingSpec,
+    TuningSpec,
+    is_mlflow_uri,
+    is_registry_ref,
+)
+from mlyard.core.specs.endpoint import SyncSpec
+from mlyard.core.specs.pipeline import PipelineRunSpec
+from mlyard.core.specs.rag import RagSpec
+from mlyard.core.uris import parse_uri
 
 Echo = Callable[[str], None]
 
@@ -79,7 +86,7 @@ class _Shipper:
         self._storage: Any = None
 
     def _in_area(self, field: str, uri: str | None) -> bool:
-        from core.uris import within
+        from mlyard.core.uris import within
 
         return bool(uri and self.area and within(uri, self.area.rstrip("/"), field))
 
@@ -127,7 +134,7 @@ class _Shipper:
         digest = _digest(path, files)
         target = f"{self.settings.upload_uri.rstrip('/')}/{digest}/{path.name}"
         storage = self.storage()
-        from tasks.storage import SUCCESS_MARKER  # a folder's upload is whole once its marker is there
+        from mlyard.tasks.storage import SUCCESS_MARKER  # a folder's upload is whole once its marker is there
 
         if storage.exists(f"{target}/{SUCCESS_MARKER}" if path.is_dir() else target, field):
             self.echo(f"{field}: {uri} is at {target} already")
@@ -139,7 +146,7 @@ class _Shipper:
 
     def storage(self) -> Any:
         if self._storage is None:
-            from tasks.storage import Storage
+            from mlyard.tasks.storage import Storage
 
             self._storage = Storage(self.settings)
         return self._storage

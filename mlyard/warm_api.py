@@ -15,9 +15,9 @@ import urllib.request
 from functools import lru_cache
 from typing import Any, Callable, ParamSpec, TypeVar
 
-from core import errors
-from core.environment import flow_run_env
-from core.errors import MlyardError, PlatformUnreachable, Unreachable
+from mlyard.core import errors
+from mlyard.core.environment import flow_run_env
+from mlyard.core.errors import MlyardError, PlatformUnreachable, Unreachable
 
 QUERY_TIMEOUT_SECONDS = 120.0
 P = ParamSpec("P")
@@ -27,8 +27,8 @@ R = TypeVar("R")
 @lru_cache(maxsize=1)
 def platform():
     """One Platform per process: in the API its MLflow and catalog clients stay warm between queries."""
-    from core.connection import connect
-    from flows.platform import Platform
+    from mlyard.core.connection import connect
+    from mlyard.flows.platform import Platform
 
     return Platform(connect())
 
@@ -37,7 +37,7 @@ def answer(query: str, local: Callable[..., Any], /, **kwargs: Any) -> Any:
     """The answer of `query` (mlyard/queries.py): from the platform's mlyard API when MLYARD_API_URL names
     one (a workstation reaching a cluster: never computed here instead), or from the stack's warm mlyard
     API when one runs, else `local(**kwargs)` computed here, as the same JSON."""
-    from core.settings import Settings
+    from mlyard.core.settings import Settings
 
     settings = Settings()  # read once: 4-5 ms each
     if settings.api_url or settings.api_key is not None:
@@ -58,8 +58,8 @@ def answer(query: str, local: Callable[..., Any], /, **kwargs: Any) -> Any:
 def api_url(settings: Any = None) -> str | None:
     """The mlyard API of this home's running stack (None with a production Prefect server, or when
     `mlyard up` started none). Only files are read: no engine is imported or asked."""
-    from core.connection import read_state
-    from core.settings import Settings
+    from mlyard.core.connection import read_state
+    from mlyard.core.settings import Settings
 
     settings = settings or Settings()
     if settings.prefect_api_url or flow_run_env()[0]:
@@ -79,7 +79,7 @@ def signed_in_api(settings: Any) -> str:
     """The mlyard API a caller reaches the platform through: MLYARD_API_URL, else (a team member's key on
     the stack's own machine) this home's running stack's. A key is only ever used there: a member's
     command never runs anything with the stack's own stores."""
-    from core.errors import StackError
+    from mlyard.core.errors import StackError
 
     if settings.api_url:
         return settings.api_url.rstrip("/")
@@ -93,7 +93,7 @@ def signed_in_api(settings: Any) -> str:
 def member_api() -> str | None:
     """The mlyard API a team member's call (MLYARD_API_KEY) is made through, by the platform, as them; None:
     the caller is the stack's owner or the platform, whose call is made here."""
-    from core.settings import Settings
+    from mlyard.core.settings import Settings
 
     settings = Settings()
     return signed_in_api(settings) if settings.api_key is not None else None
@@ -137,7 +137,7 @@ def _remote(url: str, name: str, kwargs: dict[str, Any]) -> Any:
 def post(url: str, path: str, body: dict[str, Any]) -> Any:
     """POST `body` as JSON to the mlyard API at `url`: its JSON answer, or its error raised as the same
     mlyard class; Unreachable when nothing answers there (the API stopped since `up`)."""
-    from core.settings import Settings
+    from mlyard.core.settings import Settings
 
     req = urllib.request.Request(f"{url}{path}", data=json.dumps(body).encode(), method="POST",
                                  headers={"Content-Type": "application/json", **signed_in_headers(Settings())})
@@ -158,7 +158,7 @@ def post(url: str, path: str, body: dict[str, Any]) -> Any:
 def signed_in_headers(settings: Any) -> dict[str, str]:
     """Who asks: the user's API key (MLYARD_API_KEY), else the platform's internal credential; and the
     project the call acts in (MLYARD_PROJECT, `--project`)."""
-    from core.connection import internal_headers
+    from mlyard.core.connection import internal_headers
 
     headers = ({"Authorization": f"Bearer {settings.api_key.get_secret_value()}"} if settings.api_key is not None
                else internal_headers(settings))

@@ -10,22 +10,22 @@ from typing import TYPE_CHECKING
 
 # Names are imported when first used, so a process that needs only the catalog (the gateway, the
 # replica supervisor) does not load MLflow.
-_WHERE = {"Catalog": "registry.catalog", "Experiments": "registry.experiments", "ModelRegistry": "registry.models",
-          "ModelVersionInfo": "registry.models", "serving_args": "registry.models", "serving_env": "registry.models",
-          "Templates": "registry.templates", "Tracking": "registry.tracking"}
+_WHERE = {"Catalog": "mlyard.registry.catalog", "Experiments": "mlyard.registry.experiments", "ModelRegistry": "mlyard.registry.models",
+          "ModelVersionInfo": "mlyard.registry.models", "serving_args": "mlyard.registry.models", "serving_env": "mlyard.registry.models",
+          "Templates": "mlyard.registry.templates", "Tracking": "mlyard.registry.tracking"}
 
 if TYPE_CHECKING:
-    from registry.catalog import Catalog
-    from registry.experiments import Experiments
-    from registry.models import ModelRegistry, ModelVersionInfo, serving_args, serving_env
-    from registry.templates import Templates
-    from registry.tracking import Tracking
+    from mlyard.registry.catalog import Catalog
+    from mlyard.registry.experiments import Experiments
+    from mlyard.registry.models import ModelRegistry, ModelVersionInfo, serving_args, serving_env
+    from mlyard.registry.templates import Templates
+    from mlyard.registry.tracking import Tracking
 
 
 def __getattr__(name: str):
     if name in _WHERE:
         return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(f"module 'registry' has no attribute {name!r}")
+    raise AttributeError(f"module 'mlyard.registry' has no attribute {name!r}")
 
 
 __all__ = [

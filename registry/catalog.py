@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry.tables import Endpoint, EndpointStage, StageResource
+from mlyard.registry.tables import Endpoint, EndpointStage, StageResource
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "mlyard_alembic_version"  # Optuna keeps its own `alembic_version` in the same DB

@@ -10,13 +10,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.errors import EndpointNotFound, NotFound, Protected, SpecError
-from core.specs.endpoint import (
+from mlyard.core.errors import EndpointNotFound, NotFound, Protected, SpecError
+from mlyard.core.specs.endpoint import (
     BUSY,
     StageResourceSpec,
     StageSpec,
 )
-from registry.tables import Endpoint, EndpointStage, ServingHistory, StageResource, utcnow
+from mlyard.registry.tables import Endpoint, EndpointStage, ServingHistory, StageResource, utcnow
 
 Version = tuple[str, str]  # (model name, version)
 

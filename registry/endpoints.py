@@ -27,9 +27,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from core.errors import AlreadyExists, NotFound, Protected, SpecError
-from core.runtimes import engine_health
-from core.specs.endpoint import (
+from mlyard.core.errors import AlreadyExists, NotFound, Protected, SpecError
+from mlyard.core.runtimes import engine_health
+from mlyard.core.specs.endpoint import (
     ENDPOINT_STATUSES,
     GATEWAY_STATUSES,
     MAX_STAGES,
@@ -39,8 +39,8 @@ from core.specs.endpoint import (
     StageResourceSpec,
     StageSpec,
 )
-from registry.catalog import Catalog
-from registry.endpoint_rows import (
+from mlyard.registry.catalog import Catalog
+from mlyard.registry.endpoint_rows import (
     Version,
     check_allowed,
     check_deletable_endpoint,
@@ -53,7 +53,7 @@ from registry.endpoint_rows import (
     new_stage,
     stage_of,
 )
-from registry.tables import Endpoint, EndpointStage, EndpointToken, Promotion, ServingHistory, utcnow
+from mlyard.registry.tables import Endpoint, EndpointStage, EndpointToken, Promotion, ServingHistory, utcnow
 
 
 @dataclass(frozen=True)

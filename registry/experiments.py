@@ -8,10 +8,10 @@ from typing import Sequence
 
 from mlflow.entities import ViewType
 
-from core.access import DEFAULT_PROJECT
-from core.errors import AlreadyExists, ExperimentBusy, ExperimentNotFound
-from core.names import TAG_KIND, TAG_NOTE, TAG_PROJECT, TAG_TRAINING_NAME
-from registry.tracking import Tracking
+from mlyard.core.access import DEFAULT_PROJECT
+from mlyard.core.errors import AlreadyExists, ExperimentBusy, ExperimentNotFound
+from mlyard.core.names import TAG_KIND, TAG_NOTE, TAG_PROJECT, TAG_TRAINING_NAME
+from mlyard.registry.tracking import Tracking
 
 DESCRIPTION_TAG = TAG_NOTE
 

@@ -26,11 +26,11 @@ from sqlalchemy import select
 from sqlalchemy import true as sa_true
 from sqlalchemy.exc import IntegrityError
 
-from core.errors import AlreadyExists, ImageNotFound, InUse, RegistryAccountNotFound, SpecError
-from core.specs import load_spec
-from core.specs.image import ImageSpec, RegistryAccountSpec, is_image_name, parse_image
-from registry.catalog import Catalog
-from registry.tables import Image, RegistryAccount, TrainingTemplate, utcnow
+from mlyard.core.errors import AlreadyExists, ImageNotFound, InUse, RegistryAccountNotFound, SpecError
+from mlyard.core.specs import load_spec
+from mlyard.core.specs.image import ImageSpec, RegistryAccountSpec, is_image_name, parse_image
+from mlyard.registry.catalog import Catalog
+from mlyard.registry.tables import Image, RegistryAccount, TrainingTemplate, utcnow
 
 SECRET_PREFIX = "mlyard-registry-"
 

@@ -1,4 +1,4 @@
-"""The platform's schemas, migrated once per install or upgrade: `python -m registry.migrate` is the command of
+"""The platform's schemas, migrated once per install or upgrade: `python -m mlyard.registry.migrate` is the command of
 the migration Job (infra/k8s/base/migrate.yaml) that `mlyard k8s apply` runs and waits for.
 
 1. The catalog: its Alembic migrations (registry/migrations), to the newest revision.
@@ -20,8 +20,8 @@ from typing import Callable
 
 from sqlalchemy import create_engine
 
-from core.environment import migration_databases
-from registry.catalog import Catalog, alembic_revision, migration_lock
+from mlyard.core.environment import migration_databases
+from mlyard.registry.catalog import Catalog, alembic_revision, migration_lock
 
 # advisory lock keys, one per engine's database (each database has its own locks; distinct all the same)
 MLFLOW_LOCK = 0x6D6C6631  # "mlf1"
@@ -80,7 +80,7 @@ def migrate_prefect(url: str) -> str:
 
 
 def main() -> int:
-    from core.settings import Settings
+    from mlyard.core.settings import Settings
 
     catalog, mlflow, prefect = Settings().catalog_db_url, *migration_databases()
     steps = [("catalog", lambda: migrate_catalog(catalog))]

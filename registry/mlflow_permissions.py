@@ -10,8 +10,8 @@ from __future__ import annotations
 import secrets
 from typing import Any, Callable
 
-from core.access import DEFAULT_PROJECT
-from core.names import TAG_PROJECT
+from mlyard.core.access import DEFAULT_PROJECT
+from mlyard.core.names import TAG_PROJECT
 
 PERMISSION = {"viewer": "READ", "editor": "EDIT", "owner": "MANAGE"}
 

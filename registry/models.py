@@ -18,9 +18,9 @@ from typing import Any, Callable, Mapping
 import yaml
 from mlflow.exceptions import MlflowException
 
-from core.access import DEFAULT_PROJECT
-from core.errors import AlreadyExists, ModelInUse, ModelNotFound, SpecError, TrainingNotComplete
-from core.names import (
+from mlyard.core.access import DEFAULT_PROJECT
+from mlyard.core.errors import AlreadyExists, ModelInUse, ModelNotFound, SpecError, TrainingNotComplete
+from mlyard.core.names import (
     TAG_FRAMEWORK,
     TAG_FRAMEWORK_VERSION,
     TAG_KIND,
@@ -33,8 +33,8 @@ from core.names import (
     param_arguments,
     param_environ,
 )
-from registry.catalog import Catalog
-from registry.tracking import Tracking
+from mlyard.registry.catalog import Catalog
+from mlyard.registry.tracking import Tracking
 
 MAX_TAG_CHARS = 5000  # MLflow's limit on a tag value
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")

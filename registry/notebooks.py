@@ -1,7 +1,7 @@
 """Notebooks in the catalog and their rules, in one place:
 
 - names are unique;
-- an action starts only from the statuses it can follow (core.specs.notebook.ALLOWED_FROM), and one at a
+- an action starts only from the statuses it can follow (mlyard.core.specs.notebook.ALLOWED_FROM), and one at a
   time: the status moves to the action's IN PROGRESS in the same transaction that checks it;
 - the instance type changes only while the notebook is stopped, and only to one of the same core type;
 - storage sizes never change.
@@ -15,10 +15,10 @@ from typing import Any
 
 from sqlalchemy import select
 
-from core.errors import AlreadyExists, NotebookNotFound, Protected
-from core.specs.notebook import ALLOWED_FROM, IN_PROGRESS, STOPPED, instance_type
-from registry.catalog import Catalog
-from registry.tables import Notebook, utcnow
+from mlyard.core.errors import AlreadyExists, NotebookNotFound, Protected
+from mlyard.core.specs.notebook import ALLOWED_FROM, IN_PROGRESS, STOPPED, instance_type
+from mlyard.registry.catalog import Catalog
+from mlyard.registry.tables import Notebook, utcnow
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from core.errors import AlreadyExists, PipelineNotFound, Protected
-from registry.catalog import Catalog
-from registry.tables import Pipeline, Schedule
+from mlyard.core.errors import AlreadyExists, PipelineNotFound, Protected
+from mlyard.registry.catalog import Catalog
+from mlyard.registry.tables import Pipeline, Schedule
 
 
 @dataclass(frozen=True)

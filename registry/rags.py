@@ -13,10 +13,10 @@ from typing import Any
 
 from sqlalchemy import select
 
-from core.access import DEFAULT_PROJECT
-from core.errors import AlreadyExists, Protected, RagNotFound
-from registry.catalog import Catalog
-from registry.tables import Rag, RagIngestion, utcnow
+from mlyard.core.access import DEFAULT_PROJECT
+from mlyard.core.errors import AlreadyExists, Protected, RagNotFound
+from mlyard.registry.catalog import Catalog
+from mlyard.registry.tables import Rag, RagIngestion, utcnow
 
 BUSY = ("CREATE REQUESTED", "CREATE IN PROGRESS", "DELETE IN PROGRESS")
 
@@ -141,7 +141,7 @@ class Rags:
 
     def routing(self, endpoints: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """What the gateway needs of every RAG, in the shape of an endpoint's (`endpoints`: what
-        registry.endpoints' routing read): its query service routes as the endpoint `rag:NAME`, stage
+        mlyard.registry.endpoints' routing read): its query service routes as the endpoint `rag:NAME`, stage
         `query`. It takes the tokens of the spec's `token_endpoint`, and the API keys of its project's members;
         a RAG of the `default` project without one is public (the one-person stack's), another project's never."""
         with self.catalog.session() as s:

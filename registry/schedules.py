@@ -20,9 +20,9 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from core.errors import AlreadyExists, Protected, ScheduleNotFound
-from registry.catalog import Catalog
-from registry.tables import Schedule, ScheduleSlot
+from mlyard.core.errors import AlreadyExists, Protected, ScheduleNotFound
+from mlyard.registry.catalog import Catalog
+from mlyard.registry.tables import Schedule, ScheduleSlot
 
 SLOT_STATES = ("WAITING", "STARTED", "ENDED", "SKIPPED")
 

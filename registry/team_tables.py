@@ -9,7 +9,7 @@ from datetime import datetime
 from sqlalchemy import BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from registry.tables import Base, utcnow
+from mlyard.registry.tables import Base, utcnow
 
 
 class User(Base):

@@ -14,11 +14,11 @@ from typing import Any, Callable
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 
-from core.access import DEFAULT_PROJECT, Actor, check_name, check_role, new_key, secret_matches, split_key
-from core.errors import AlreadyExists, Conflict, ProjectNotFound, SpecError, Unauthenticated, UserNotFound
-from registry.catalog import Catalog
-from registry.tables import Base, utcnow
-from registry.team_tables import ApiKey, AuditRecord, Project, ProjectMember, User
+from mlyard.core.access import DEFAULT_PROJECT, Actor, check_name, check_role, new_key, secret_matches, split_key
+from mlyard.core.errors import AlreadyExists, Conflict, ProjectNotFound, SpecError, Unauthenticated, UserNotFound
+from mlyard.registry.catalog import Catalog
+from mlyard.registry.tables import Base, utcnow
+from mlyard.registry.team_tables import ApiKey, AuditRecord, Project, ProjectMember, User
 
 LAST_USED_EVERY_SECONDS = 60  # a key's last use is written at most this often (not a write per request)
 RESULTS = ("ok", "refused", "failed")
@@ -146,7 +146,7 @@ class Teams:
         """A person the cluster's sign-in (OIDC, through oauth2-proxy) vouches for: the roles their user holds
         here, joined with what their groups grant (core/access.roles_of_groups; the greater role counts).
         A person with neither is signed in and sees nothing."""
-        from core.access import rank, roles_of_groups
+        from mlyard.core.access import rank, roles_of_groups
 
         admin, granted = roles_of_groups(groups)
         with self.catalog.session() as s:

@@ -9,11 +9,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from core.access import DEFAULT_PROJECT
-from core.errors import AlreadyExists, TemplateNotFound
-from core.specs import TrainingSpec, load_spec
-from registry.catalog import Catalog
-from registry.tables import TrainingTemplate
+from mlyard.core.access import DEFAULT_PROJECT
+from mlyard.core.errors import AlreadyExists, TemplateNotFound
+from mlyard.core.specs import TrainingSpec, load_spec
+from mlyard.registry.catalog import Catalog
+from mlyard.registry.tables import TrainingTemplate
 
 
 @dataclass(frozen=True)

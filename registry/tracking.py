@@ -21,9 +21,9 @@ from mlflow.entities import Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from core.access import DEFAULT_PROJECT
-from core.errors import Conflict, ExperimentNotFound
-from core.names import TAG_EXPERIMENT_KIND, TAG_PROJECT, TAG_TRAINING_ID
+from mlyard.core.access import DEFAULT_PROJECT
+from mlyard.core.errors import Conflict, ExperimentNotFound
+from mlyard.core.names import TAG_EXPERIMENT_KIND, TAG_PROJECT, TAG_TRAINING_ID
 
 RunStatus = Literal["FINISHED", "FAILED", "KILLED"]
 MODEL_TRAINING = "custom_model_development"

@@ -21,11 +21,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy import update as sql_update
 
-from core.errors import NotFound, Protected, SpecError
-from core.specs.promotion import ACTIVE_PROMOTION, PROMOTION_STATUSES, PolicySpec
-from registry.catalog import Catalog
-from registry.endpoint_rows import end_history, get_endpoint, stage_of
-from registry.tables import LiveCount, Promotion, ServingHistory, utcnow
+from mlyard.core.errors import NotFound, Protected, SpecError
+from mlyard.core.specs.promotion import ACTIVE_PROMOTION, PROMOTION_STATUSES, PolicySpec
+from mlyard.registry.catalog import Catalog
+from mlyard.registry.endpoint_rows import end_history, get_endpoint, stage_of
+from mlyard.registry.tables import LiveCount, Promotion, ServingHistory, utcnow
 
 
 class Traffic:

@@ -32,8 +32,8 @@ from typing import Iterator
 
 from croniter import CroniterBadDateError, croniter
 
-from core.errors import CronError
-from schedules.gotime import add_seconds, go_date, parse_duration, zone
+from mlyard.core.errors import CronError
+from mlyard.schedules.gotime import add_seconds, go_date, parse_duration, zone
 
 __all__ = ["CronError", "CronSchedule", "EverySchedule", "Schedule", "parse", "parse_duration", "zone"]
 

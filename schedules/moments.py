@@ -8,7 +8,7 @@ import re
 import time
 from datetime import datetime, timezone
 
-from core.errors import SpecError
+from mlyard.core.errors import SpecError
 
 _AGO = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 

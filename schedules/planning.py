@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Sequence, TypeVar
 
-from schedules.cron import EverySchedule, Schedule, fire_times, parse
+from mlyard.schedules.cron import EverySchedule, Schedule, fire_times, parse
 
 CAP = 100_000  # at most this many fire times are enumerated in one pass; the rest come on the next one
 WINDOWS = (60, 3600, 86400, 31 * 86400, 366 * 86400, 5 * 366 * 86400)  # where the latest slots are looked for

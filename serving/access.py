@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from core.connection import REPLICA_HEADER
+from mlyard.core.connection import REPLICA_HEADER
 
 
 def error_body(message: str) -> bytes:
@@ -71,7 +71,7 @@ def token_problem(internal: bytes | None, ep: dict[str, Any], scope: dict,
         return None
     if value is not None and value.startswith(b"Bearer mly_") and members is not None:
         return _key_problem(value, ep, members, passed)
-    from registry.endpoints import token_from_header
+    from mlyard.registry.endpoints import token_from_header
 
     token = token_from_header(value.decode("latin-1") if value is not None else None)
     if token is None:
@@ -91,8 +91,8 @@ def token_problem(internal: bytes | None, ep: dict[str, Any], scope: dict,
 
 
 def _key_problem(value: bytes, ep: dict[str, Any], members: dict[str, Any], passed: dict) -> str | None:
-    from core.access import DEFAULT_PROJECT, secret_matches, split_key
-    from core.errors import Unauthenticated
+    from mlyard.core.access import DEFAULT_PROJECT, secret_matches, split_key
+    from mlyard.core.errors import Unauthenticated
 
     try:
         key_id, secret = split_key(value[len(b"Bearer "):].decode("latin-1"))

@@ -33,15 +33,15 @@ from typing import Any, Awaitable
 import numpy as np
 import orjson
 
-from core.environment import served_endpoint
-from core.errors import HttpError, SpecError
-from serving import asgi, protocol
-from serving.batching import Batcher, ModelTimeout
-from serving.class_counts import classes_of
-from serving.inference_log import InferenceLog, new_id
-from serving.protocol import BadRequest
-from serving.runtime import ServedModel, has_strings
-from serving.stats import Stats
+from mlyard.core.environment import served_endpoint
+from mlyard.core.errors import HttpError, SpecError
+from mlyard.serving import asgi, protocol
+from mlyard.serving.batching import Batcher, ModelTimeout
+from mlyard.serving.class_counts import classes_of
+from mlyard.serving.inference_log import InferenceLog, new_id
+from mlyard.serving.protocol import BadRequest
+from mlyard.serving.runtime import ServedModel, has_strings
+from mlyard.serving.stats import Stats
 
 SERVER_NAME = "mlyard"
 SERVER_VERSION = "0.1.0"
@@ -63,7 +63,7 @@ class ModelServer:
         self.log = inference_log or InferenceLog(every_request=False)  # failures always; every request on request
         self.openai = None
         if chat is not None:  # a generative.ChatModel: its routes live with it
-            from serving.openai_routes import OpenAIRoutes
+            from mlyard.serving.openai_routes import OpenAIRoutes
 
             self.openai = OpenAIRoutes(chat, max_body_bytes, self.stats, self.log)
         self.behind_gateway = served_endpoint()[0] is not None
@@ -185,7 +185,7 @@ class ModelServer:
         model.check_types(x, where)
         preds, probs = await self._predict(model, x, proba, where)
         if model.takes_rows:
-            from serving.custom import as_tensor
+            from mlyard.serving.custom import as_tensor
 
             preds = as_tensor(preds)
         binary = {o["name"]: bool((o.get("parameters") or {}).get("binary_data", req.binary_output)) for o in req.outputs}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Awaitable, Callable, Iterable
 
-from core.errors import BodyTooLarge
+from mlyard.core.errors import BodyTooLarge
 
 Receive = Callable[[], Awaitable[dict]]
 Send = Callable[[dict], Awaitable[None]]

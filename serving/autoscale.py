@@ -16,7 +16,7 @@ import operator
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
-from core.specs.endpoint import AutoscalingRule
+from mlyard.core.specs.endpoint import AutoscalingRule
 
 _COMPARE: dict[str, Callable[[float, float], bool]] = {
     "LESS_THAN": operator.lt, "LESS_THAN_OR_EQUAL": operator.le,

@@ -15,7 +15,7 @@ A `run()` that raises answers 500 with the exception and where it happened in th
 line); the server goes on. An `init()` that raises leaves the server up: liveness says it is
 unhealthy and why, and /score answers 503 with that reason, instead of a dead port.
 
-`python -m serving.azure --entry_script score.py [--model_dir DIR] [--port 5001] [--worker_count N]`
+`python -m mlyard.serving.azure --entry_script score.py [--model_dir DIR] [--port 5001] [--worker_count N]`
 takes azmlinfsrv's flags; `mlyard serve --entry-script score.py` does the same. The script runs in
 processes of its own (serving/entry_host.py, one per worker), by the interpreter of the environment its
 deployment names: a conda file or requirements.txt, built into a virtual environment of those packages
@@ -38,9 +38,9 @@ from typing import Any
 
 import orjson
 
-from core.errors import SpecError
-from serving import asgi, entry_host
-from tasks.launch import script_environment
+from mlyard.core.errors import SpecError
+from mlyard.serving import asgi, entry_host
+from mlyard.tasks.launch import script_environment
 
 DEFAULT_PORT = 5001
 
@@ -226,7 +226,7 @@ def _error(message: str) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m serving.azure",
+    parser = argparse.ArgumentParser(prog="python -m mlyard.serving.azure",
                                      description="Serve an Azure ML entry script (azmlinfsrv's flags).")
     parser.add_argument("--entry_script", required=True, help="Path of the scoring script (init() and run()).")
     parser.add_argument("--model_dir", default=None, help="Directory of the model; becomes AZUREML_MODEL_DIR.")
@@ -250,10 +250,10 @@ def serve_entry_script(entry_script: str, model_dir: str | None, host: str, port
     a conda file or requirements.txt given, or beside the script), built once into a virtual environment
     of its packages alone. A failed init() is answered with its reason until fixed (as Azure's server
     does), or with `strict` (an endpoint's replica: no later request can fix it) ends the process."""
-    from core.settings import Settings
-    from serving.server import run_app
-    from tasks import azure_env
-    from tasks.processes import not_dumpable
+    from mlyard.core.settings import Settings
+    from mlyard.serving.server import run_app
+    from mlyard.tasks import azure_env
+    from mlyard.tasks.processes import not_dumpable
 
     not_dumpable()  # its environment (a replica's credential) stays its own: the script's processes cannot read it
     try:

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from core.errors import ModelTimeout
+from mlyard.core.errors import ModelTimeout
 
 
 @dataclass

@@ -26,7 +26,7 @@ HEADERS = [(b"content-security-policy", b"default-src 'none'; script-src 'self';
 def body(path: str) -> tuple[bytes, bytes]:
     """(the file, its content type) of a path of FILES."""
     name, kind = FILES[path]
-    return files("serving").joinpath("static", name).read_bytes(), kind
+    return files("mlyard.serving").joinpath("static", name).read_bytes(), kind
 
 
 def link(gateway: str, base_url: str, model: str | None = None, token: str | None = None) -> str:

@@ -22,8 +22,8 @@ import threading
 import uuid
 from typing import Any, AsyncIterator
 
-from core.errors import BadChat
-from serving.stops import first_stop, partial_stop
+from mlyard.core.errors import BadChat
+from mlyard.serving.stops import first_stop, partial_stop
 
 PAGE_TOKENS = 32  # tokens a KV cache page holds
 MAX_SEQUENCE_TOKENS = 2048  # the cache reserved for each sequence in the batch (prompt and answer together)

@@ -29,8 +29,8 @@ from typing import Any, Callable
 import numpy as np
 import orjson
 
-from core.errors import SpecError
-from serving.protocol import BadRequest
+from mlyard.core.errors import SpecError
+from mlyard.serving.protocol import BadRequest
 
 WEIGHTS = (".pt", ".pth", ".bin")
 HF_TASKS = {"sequence_classification": "text-classification", "token_classification": "token-classification",
@@ -128,7 +128,7 @@ def load_torch(path: Path, name: str, version: str, params: dict[str, str]) -> R
     if importlib.util.find_spec("torch") is None:
         raise SpecError("model", str(path), "torch installed to serve a PyTorch model (pip install torch)")
     if importlib.util.find_spec("ts") is None:  # TorchServe absent: its BaseHandler from here
-        from serving import torch_handler
+        from mlyard.serving import torch_handler
 
         torch_handler.install()
     handler_module = _import(path / "handler.py", f"mlyard_handler_{abs(hash(str(path)))}")
@@ -137,7 +137,7 @@ def load_torch(path: Path, name: str, version: str, params: dict[str, str]) -> R
     if len(classes) != 1:
         raise SpecError("handler.py", str(path / "handler.py"), "exactly one handler class (with preprocess, "
                         f"inference and postprocess); found {len(classes)}")
-    from serving.torch_handler import Context
+    from mlyard.serving.torch_handler import Context
 
     context = Context(path, name, weights[0].name, params)
     handler: Any = classes[0]()
@@ -148,7 +148,7 @@ def load_torch(path: Path, name: str, version: str, params: dict[str, str]) -> R
             return handler.handle(rows, context)
         return handler.postprocess(handler.inference(handler.preprocess(rows)))
 
-    from serving.protocol import TensorMeta
+    from mlyard.serving.protocol import TensorMeta
 
     return RowModel(name, version, path, "pytorch", handle, [TensorMeta("instances", "FP32", [-1, -1])],
                     [TensorMeta("predictions", "BYTES", [-1])], params)
@@ -222,7 +222,7 @@ def load_hf(path: Path, name: str, version: str, params: dict[str, str]) -> RowM
                 return [o[0]["generated_text"] if isinstance(o, list) else o["generated_text"] for o in out]
             return _plain(out)
 
-    from serving.protocol import TensorMeta
+    from mlyard.serving.protocol import TensorMeta
 
     return RowModel(name, version, path, f"huggingface:{task}", handle, [TensorMeta("text", "BYTES", [-1])],
                     [TensorMeta("predictions", "BYTES", [-1])], params)

@@ -222,7 +222,7 @@ class EndpointStats:
         if not records or not self.catalog_url and self.folder is None:
             return 0
         if self.catalog_url:
-            from registry.tables import EndpointStatMinute
+            from mlyard.registry.tables import EndpointStatMinute
 
             with self._catalog_db().session() as s:
                 s.add_all([EndpointStatMinute(minute=r["minute"], endpoint=r["endpoint"], stage=r["stage"],
@@ -242,7 +242,7 @@ class EndpointStats:
 
     def _catalog_db(self):
         if self._catalog is None:
-            from registry.catalog import Catalog
+            from mlyard.registry.catalog import Catalog
 
             self._catalog = Catalog(self.catalog_url)  # type: ignore[arg-type]
         return self._catalog
@@ -251,7 +251,7 @@ class EndpointStats:
         if self.catalog_url:
             from sqlalchemy import select
 
-            from registry.tables import EndpointStatMinute as Row
+            from mlyard.registry.tables import EndpointStatMinute as Row
 
             with self._catalog_db().session() as s:
                 for r in s.scalars(select(Row).where(Row.minute >= first, Row.minute <= last)):

@@ -1,4 +1,4 @@
-"""The endpoint gateway that `mlyard up` starts (`python -m serving.gateway_main`), before every endpoint's replicas.
+"""The endpoint gateway that `mlyard up` starts (`python -m mlyard.serving.gateway_main`), before every endpoint's replicas.
 
     /{endpoint}/{model}/v1|v2|openai/...                 the endpoint's default stage
     /{endpoint}/stages/{stage}/{model}/v1|v2|openai/...  one stage
@@ -32,9 +32,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.connection import REPLICA_HEADER, replica_key_token, replica_token
-from serving import asgi, chat_page, stats_journal
-from serving.access import (
+from mlyard.core.connection import REPLICA_HEADER, replica_key_token, replica_token
+from mlyard.serving import asgi, chat_page, stats_journal
+from mlyard.serving.access import (
     CALLER_HEADER,
     RETRY_AFTER,
     caller_of,
@@ -46,21 +46,21 @@ from serving.access import (
     token_problem,
     unknown_endpoint,
 )
-from serving.endpoint_stats import EndpointStats
-from serving.fastserver import Refusal
-from serving.gateway_admin import admin
-from serving.gateway_rag import RAG_ROUTES, rag
-from serving.gateway_rag import admit as admit_rag
-from serving.gateway_relay import Taken, relay
-from serving.gateway_shadow import mirror
-from serving.gateway_state import Shared, Tracked, probed_status
-from serving.health import HEALTHY, Health
-from serving.modelfolder import HealthCheck
-from serving.proxy import Pool, UpstreamError
-from serving.routing import NoReplica, NoRoute, Replica, Route, parse
-from serving.scaler import Autoscaler
-from serving.traffic import Split, shared_out
-from tasks import replicas as files
+from mlyard.serving.endpoint_stats import EndpointStats
+from mlyard.serving.fastserver import Refusal
+from mlyard.serving.gateway_admin import admin
+from mlyard.serving.gateway_rag import RAG_ROUTES, rag
+from mlyard.serving.gateway_rag import admit as admit_rag
+from mlyard.serving.gateway_relay import Taken, relay
+from mlyard.serving.gateway_shadow import mirror
+from mlyard.serving.gateway_state import Shared, Tracked, probed_status
+from mlyard.serving.health import HEALTHY, Health
+from mlyard.serving.modelfolder import HealthCheck
+from mlyard.serving.proxy import Pool, UpstreamError
+from mlyard.serving.routing import NoReplica, NoRoute, Replica, Route, parse
+from mlyard.serving.scaler import Autoscaler
+from mlyard.serving.traffic import Split, shared_out
+from mlyard.tasks import replicas as files
 
 log = logging.getLogger("mlyard.gateway")
 MAX_BODY = 32 * 1024 * 1024  # as `mlyard serve`'s replicas (Settings.max_request_bytes)
@@ -100,14 +100,14 @@ class Gateway:
 
     def _read(self) -> tuple[dict[str, dict[str, Any]], list[files.Wanted], dict[str, files.State]]:
         if self._endpoints_api is None and self.catalog_url:
-            from registry.catalog import Catalog
-            from registry.endpoints import Endpoints
+            from mlyard.registry.catalog import Catalog
+            from mlyard.registry.endpoints import Endpoints
 
             self._endpoints_api = Endpoints(Catalog(self.catalog_url))
         endpoints = self._endpoints_api.routing() if self._endpoints_api is not None else {}
         if self._endpoints_api is not None:
-            from registry.rags import Rags
-            from registry.teams import Teams
+            from mlyard.registry.rags import Rags
+            from mlyard.registry.teams import Teams
 
             endpoints.update(Rags(self._endpoints_api.catalog).routing(endpoints))
             self._members = Teams(self._endpoints_api.catalog).gateway_view()
@@ -176,7 +176,7 @@ class Gateway:
         return True
 
     def _write_live(self, changed: dict) -> None:
-        from registry.traffic import Traffic
+        from mlyard.registry.traffic import Traffic
 
         Traffic(self._endpoints_api.catalog).write_counts(self.gateway_id, changed)
 

@@ -18,9 +18,9 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from serving import asgi
-from serving.access import error_body, is_internal
-from serving.gateway_state import Shared
+from mlyard.serving import asgi
+from mlyard.serving.access import error_body, is_internal
+from mlyard.serving.gateway_state import Shared
 
 
 async def admin(gw: Shared, refresh: Callable[[], Awaitable[None]], scope: dict, receive: asgi.Receive,

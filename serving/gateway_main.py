@@ -1,4 +1,4 @@
-"""The gateway's command line (`python -m serving.gateway_main`, as `mlyard up` and the cluster's
+"""The gateway's command line (`python -m mlyard.serving.gateway_main`, as `mlyard up` and the cluster's
 manifests start it): settings, the internal credential, and the HTTP server (serving/fastserver.py)
 around serving/gateway.py's app."""
 
@@ -8,14 +8,14 @@ import argparse
 import logging
 import sys
 
-from serving.gateway import Gateway
-from serving.modelfolder import HealthCheck
+from mlyard.serving.gateway import Gateway
+from mlyard.serving.modelfolder import HealthCheck
 
 
 def main(argv: list[str] | None = None) -> None:
-    from core.errors import StackError
-    from core.settings import Settings, require_shared_stores
-    from serving import listener
+    from mlyard.core.errors import StackError
+    from mlyard.core.settings import Settings, require_shared_stores
+    from mlyard.serving import listener
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--autoscale-interval", type=float, default=None,
                         help="Seconds between autoscaling passes (default: MLYARD_AUTOSCALE_INTERVAL, 5).")
     args = parser.parse_args(argv)
-    from tasks.processes import not_dumpable
+    from mlyard.tasks.processes import not_dumpable
 
     not_dumpable()  # it holds the internal token and the replicas' credential
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"mlyard gateway: {exc}") from None
     check = HealthCheck(path="/v2/health/ready", interval=args.health_interval, max_retries=args.health_max_retries,
                         max_wait_time=2.0, expected_status_code=200, initial_delay=0.0)
-    from core.connection import internal_token
+    from mlyard.core.connection import internal_token
 
     token = internal_token(settings)
     if token is None:

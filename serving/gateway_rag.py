@@ -8,11 +8,11 @@ from typing import Any, Awaitable, Callable
 
 import orjson
 
-from serving import asgi
-from serving.access import openai_error
-from serving.fastserver import Refusal
-from serving.gateway_state import Shared
-from serving.routing import Route
+from mlyard.serving import asgi
+from mlyard.serving.access import openai_error
+from mlyard.serving.fastserver import Refusal
+from mlyard.serving.gateway_state import Shared
+from mlyard.serving.routing import Route
 
 # /rag/v1/chat/completions too: the `openai` package, given base_url .../rag/v1, posts there
 RAG_ROUTES = {"/rag/v1/query": "/v1/chat/completions", "/rag/v1/chat/completions": "/v1/chat/completions",
@@ -56,7 +56,7 @@ def admit(gw: Shared, headers: list[tuple[bytes, bytes]]) -> Refusal | int:
     """A RAG route's request on its head alone (the gateway's `admit`): 401 when no RAG would take this caller,
     so that no body is read before a credential is checked (which RAG is asked is known from the body, and
     its own check follows there); else the body limit. A public RAG, or none at all, takes anyone here."""
-    from serving.access import token_problem
+    from mlyard.serving.access import token_problem
 
     rags = [ep for name, ep in gw.endpoints.items() if name.startswith("rag:")]
     if not rags or any(ep["public"] for ep in rags):

@@ -8,12 +8,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from serving.gateway_state import Shared, Tracked
-from serving.proxy import UpstreamError
-from serving.routing import Replica, Route
-from serving.traffic import STAGE_HEADER, Split
-from serving.usage import HEADER as USAGE_HEADER
-from serving.usage import Scan
+from mlyard.serving.gateway_state import Shared, Tracked
+from mlyard.serving.proxy import UpstreamError
+from mlyard.serving.routing import Replica, Route
+from mlyard.serving.traffic import STAGE_HEADER, Split
+from mlyard.serving.usage import HEADER as USAGE_HEADER
+from mlyard.serving.usage import Scan
 
 log = logging.getLogger("mlyard.gateway")
 

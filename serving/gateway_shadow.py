@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import time
 
-from serving.gateway_state import Shared
-from serving.proxy import UpstreamError
-from serving.routing import NoReplica, NoRoute, Route
-from serving.traffic import agree
+from mlyard.serving.gateway_state import Shared
+from mlyard.serving.proxy import UpstreamError
+from mlyard.serving.routing import NoReplica, NoRoute, Route
+from mlyard.serving.traffic import agree
 
 
 async def shadow_request(gw: Shared, route: Route, method: str, target: str, headers: list, body: bytes,

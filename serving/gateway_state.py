@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from serving.endpoint_stats import EndpointStats
-from serving.health import Health
-from serving.proxy import Pool
-from serving.ratelimit import Buckets
-from serving.routing import Router
-from serving.traffic import LiveCounts, Split
+from mlyard.serving.endpoint_stats import EndpointStats
+from mlyard.serving.health import Health
+from mlyard.serving.proxy import Pool
+from mlyard.serving.ratelimit import Buckets
+from mlyard.serving.routing import Router
+from mlyard.serving.traffic import LiveCounts, Split
 
 
 @dataclass

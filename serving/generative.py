@@ -27,9 +27,9 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator
 
-from core.errors import BadChat, SpecError
-from serving.stops import first_stop, partial_stop
-from tasks.cache import cache_dir
+from mlyard.core.errors import BadChat, SpecError
+from mlyard.serving.stops import first_stop, partial_stop
+from mlyard.tasks.cache import cache_dir
 
 SMOLLM2 = "smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -133,7 +133,7 @@ class ChatModel:
             logging.getLogger("mlyard.serving").error("the continuous batch's loop stopped (%s): starting a new one",
                                                       self._batcher.manager.background_thread_status.fatal_error)
         if (self._batcher is None or dead) and self.max_sequences and hasattr(self.model, "init_continuous_batching"):
-            from serving.continuous import Batcher
+            from mlyard.serving.continuous import Batcher
 
             self._batcher = Batcher(self, self.max_sequences)
         return self._batcher

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from serving.modelfolder import HealthCheck
+from mlyard.serving.modelfolder import HealthCheck
 
 DEGRADED, HEALTHY, UNHEALTHY = "DEGRADED", "HEALTHY", "UNHEALTHY"
 

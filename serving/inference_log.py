@@ -13,8 +13,8 @@ from typing import IO, Any
 
 import orjson
 
-from core.environment import served_endpoint
-from core.logrecords import LOG_TYPE, utc_now
+from mlyard.core.environment import served_endpoint
+from mlyard.core.logrecords import LOG_TYPE, utc_now
 
 CATEGORY = "mlyard.inference"
 ACTION = "Endpoint.Model"

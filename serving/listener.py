@@ -8,7 +8,7 @@ import asyncio
 import signal
 from typing import Any, Callable
 
-from serving.fastserver import Connection, Limits
+from mlyard.serving.fastserver import Connection, Limits
 
 
 class Server:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import yaml
 
-from core.errors import SpecError
-from serving import custom
-from serving.runtime import ServedModel
-from tasks import compiled
+from mlyard.core.errors import SpecError
+from mlyard.serving import custom
+from mlyard.serving.runtime import ServedModel
+from mlyard.tasks import compiled
 
 
 def layout(path: Path | str) -> tuple[str, Path]:
@@ -95,7 +95,7 @@ def _mlflow(path: Path, name: str, version: str, compile: bool) -> ServedModel:
         ready = compiled.cached(path)  # compiled before: scikit-learn is not even imported
         if ready is not None:
             return _compiled(ServedModel(name, version, path, ready, None, platform, signature), "cached")
-    from tasks.models import load_model
+    from mlyard.tasks.models import load_model
 
     loaded = load_model(str(path), compile=False)  # compiled below, saying how
     served = ServedModel(name, version, path, loaded.raw, loaded.pyfunc, platform, signature)

@@ -28,7 +28,7 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from core.errors import SpecError
+from mlyard.core.errors import SpecError
 
 DEFINITION_NAMES = ("model-definition.yaml", "model-definition.yml")
 SERVICE_DEFINITION = "service-definition.toml"

@@ -14,11 +14,11 @@ from typing import Any, AsyncIterator
 
 import orjson
 
-from core.connection import REPLICA_HEADER
-from serving import asgi
-from serving.continuous import MAX_SEQUENCE_TOKENS
-from serving.generative import DEFAULT_MAX_TOKENS, MAX_TOKENS, BadChat, ChatModel
-from serving.usage import HEADER, Usage, format_usage, stream_comment
+from mlyard.core.connection import REPLICA_HEADER
+from mlyard.serving import asgi
+from mlyard.serving.continuous import MAX_SEQUENCE_TOKENS
+from mlyard.serving.generative import DEFAULT_MAX_TOKENS, MAX_TOKENS, BadChat, ChatModel
+from mlyard.serving.usage import HEADER, Usage, format_usage, stream_comment
 
 
 class OpenAIRoutes:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from core.errors import BadRequest
+from mlyard.core.errors import BadRequest
 
 HEADER_LENGTH = "inference-header-content-length"
 

@@ -19,7 +19,7 @@ from typing import AsyncIterator
 
 import httptools
 
-from core.errors import UpstreamError
+from mlyard.core.errors import UpstreamError
 
 HOP_HEADERS = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
                          b"trailers", b"transfer-encoding", b"upgrade", b"host", b"content-length"})

@@ -1,4 +1,4 @@
-"""The query service of a RAG: `python -m serving.rag --rag NAME --port P`, one process per instance,
+"""The query service of a RAG: `python -m mlyard.serving.rag --rag NAME --port P`, one process per instance,
 started by the replica supervisor; the gateway sends it `POST /rag/v1/query` and `/rag/v1/search`.
 
     GET  /health                 200 once the embedding model and the vector store answer
@@ -32,13 +32,13 @@ from typing import Any
 import numpy as np
 import orjson
 
-from core.environment import named_secret
-from core.errors import VectorStoreError
-from serving import asgi, citations
-from serving.generative import SMOLLM2
-from serving.rag_extract import extract
-from serving.rag_llm import RagLlm, Unavailable
-from tasks.rag_service import healthy_member
+from mlyard.core.environment import named_secret
+from mlyard.core.errors import VectorStoreError
+from mlyard.serving import asgi, citations
+from mlyard.serving.generative import SMOLLM2
+from mlyard.serving.rag_extract import extract
+from mlyard.serving.rag_llm import RagLlm, Unavailable
+from mlyard.tasks.rag_service import healthy_member
 
 log = logging.getLogger("mlyard.rag")
 MAX_BODY = 1024 * 1024
@@ -269,15 +269,15 @@ def build(name: str) -> RagService:
     """The service of the RAG `name` on this platform: its spec from the catalog, its vector store, its
     embedding model (loaded now), and where its LLM is."""
 
-    from core.connection import gateway_url, read_state, replica_key_headers
-    from core.settings import Settings
-    from core.specs.rag import RagSpec
-    from registry.catalog import Catalog
-    from registry.rags import Rags
-    from serving.inference_log import InferenceLog
-    from tasks.embeddings import embedder
-    from tasks.rag_service import llm_endpoint, query_log
-    from tasks.vectorstore import VectorStore, conninfo
+    from mlyard.core.connection import gateway_url, read_state, replica_key_headers
+    from mlyard.core.settings import Settings
+    from mlyard.core.specs.rag import RagSpec
+    from mlyard.registry.catalog import Catalog
+    from mlyard.registry.rags import Rags
+    from mlyard.serving.inference_log import InferenceLog
+    from mlyard.tasks.embeddings import embedder
+    from mlyard.tasks.rag_service import llm_endpoint, query_log
+    from mlyard.tasks.vectorstore import VectorStore, conninfo
 
     settings = Settings()
     record = Rags(Catalog(settings.catalog_db_url)).get(name)
@@ -308,18 +308,18 @@ def build(name: str) -> RagService:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m serving.rag", description="A RAG's query service.")
+    parser = argparse.ArgumentParser(prog="python -m mlyard.serving.rag", description="A RAG's query service.")
     parser.add_argument("--rag", required=True, help="The RAG's name.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8090)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from core.connection import connect_if_running
+    from mlyard.core.connection import connect_if_running
 
     connect_if_running()
     service = build(args.rag)
     log.info("RAG %s: query service ready (%s)", args.rag, uuid.uuid4().hex[:6])
-    from serving.server import run_app
+    from mlyard.serving.server import run_app
 
     run_app(service, args.host, args.port)
 

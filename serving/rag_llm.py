@@ -9,8 +9,8 @@ from typing import Any, Callable
 
 import orjson
 
-from core.errors import Unavailable
-from serving import asgi, citations
+from mlyard.core.errors import Unavailable
+from mlyard.serving import asgi, citations
 
 
 class RagLlm:

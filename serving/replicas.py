@@ -1,4 +1,4 @@
-"""The local replica supervisor that `mlyard up` starts (`python -m serving.replicas`).
+"""The local replica supervisor that `mlyard up` starts (`python -m mlyard.serving.replicas`).
 
 Every 0.2 s it compares what the endpoint flows want (tasks/replicas.py) with what runs:
 - a wanted replica that is not running is started, each in its own session, on the port it had (a
@@ -26,11 +26,11 @@ import sys
 import time
 from pathlib import Path
 
-from core.environment import REPLICA_TOKEN_FD
-from tasks import replicas as files
-from tasks.processes import alive as _alive
-from tasks.processes import not_dumpable, stop_group
-from tasks.replicas import free_port
+from mlyard.core.environment import REPLICA_TOKEN_FD
+from mlyard.tasks import replicas as files
+from mlyard.tasks.processes import alive as _alive
+from mlyard.tasks.processes import not_dumpable, stop_group
+from mlyard.tasks.replicas import free_port
 
 log = logging.getLogger("mlyard.replicas")
 MAX_BACKOFF = 30.0
@@ -47,8 +47,8 @@ def _cmdline(pid: int) -> str:
 
 class Supervisor:
     def __init__(self, home: Path):
-        from core.connection import internal_token, replica_token
-        from core.settings import Settings
+        from mlyard.core.connection import internal_token, replica_token
+        from mlyard.core.settings import Settings
 
         self.home = Path(home)
         internal = internal_token(Settings(home=self.home))
@@ -144,11 +144,11 @@ class Supervisor:
         {"why"}) where that sandbox is required and cannot start."""
         if not w.walled:
             return argv, {**os.environ, **w.env, **self.env}
-        from core.connection import replica_key_token
-        from core.errors import SandboxUnavailable
-        from core.settings import Settings
-        from tasks import sandbox
-        from tasks.launch import script_environment
+        from mlyard.core.connection import replica_key_token
+        from mlyard.core.errors import SandboxUnavailable
+        from mlyard.core.settings import Settings
+        from mlyard.tasks import sandbox
+        from mlyard.tasks.launch import script_environment
 
         env = {**script_environment(os.environ), **w.env}
         write, read = list(w.walls or []), list(w.reads or [])

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from core.errors import NoReplica, NoRoute
+from mlyard.core.errors import NoReplica, NoRoute
 
 PROTOCOLS = ("v1", "v2", "openai", "score")  # score: an entry script's route (Azure ML)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.protocol import BadRequest, TensorMeta
+from mlyard.serving.protocol import BadRequest, TensorMeta
 
 _NUMPY_TO_V2 = {"float64": "FP64", "float32": "FP32", "float16": "FP16", "int64": "INT64", "int32": "INT32",
                 "int16": "INT16", "int8": "INT8", "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32",

@@ -12,8 +12,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from serving.gateway_state import Shared, Tracked
-from tasks import replicas as files
+from mlyard.serving.gateway_state import Shared, Tracked
+from mlyard.tasks import replicas as files
 
 log = logging.getLogger("mlyard.gateway")
 
@@ -33,8 +33,8 @@ class Autoscaler:
         self._leaving: dict[str, Tracked | None] = {}  # taken out of routing, stopped once idle
 
     def step(self) -> None:
-        from core.specs.endpoint import AutoscalingRule
-        from serving.autoscale import decide
+        from mlyard.core.specs.endpoint import AutoscalingRule
+        from mlyard.serving.autoscale import decide
 
         home = self.gw.home
         wanted, states = files.wanted(home), files.states(home)

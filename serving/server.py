@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from serving.app import ModelServer
-from serving.loading import load
-from serving.runtime import ServedModel
+from mlyard.serving.app import ModelServer
+from mlyard.serving.loading import load
+from mlyard.serving.runtime import ServedModel
 
 
 def build(path: Path | str, name: str | None = None, version: str = "1", **options) -> ModelServer:
@@ -54,8 +54,8 @@ def run_app(app, host: str, port: int, on_ready: Callable[[str], None] | None = 
     (MLYARD_REPLICA_TOKEN set) answers the gateway only (serving/access.py)."""
     import uvicorn
 
-    from core.settings import Settings
-    from serving.access import ReplicaGuard
+    from mlyard.core.settings import Settings
+    from mlyard.serving.access import ReplicaGuard
 
     token = Settings().replica_token
     if token is not None:

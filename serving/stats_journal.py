@@ -15,8 +15,8 @@ import os
 import socket
 from pathlib import Path
 
-from serving.endpoint_stats import EndpointStats
-from tasks.processes import alive
+from mlyard.serving.endpoint_stats import EndpointStats
+from mlyard.tasks.processes import alive
 
 log = logging.getLogger("mlyard.gateway")
 _UNWRITABLE: set[Path] = set()

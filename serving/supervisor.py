@@ -20,10 +20,10 @@ from typing import Any
 
 import orjson
 
-from serving import asgi
-from serving.health import HEALTHY, UNHEALTHY, Health
-from serving.modelfolder import LogArgs, MkdirArgs, ModelFolder, RunCommandArgs, WriteFileArgs, WriteTempfileArgs
-from tasks.processes import stop_group
+from mlyard.serving import asgi
+from mlyard.serving.health import HEALTHY, UNHEALTHY, Health
+from mlyard.serving.modelfolder import LogArgs, MkdirArgs, ModelFolder, RunCommandArgs, WriteFileArgs, WriteTempfileArgs
+from mlyard.tasks.processes import stop_group
 
 log = logging.getLogger("mlyard.serving.supervisor")
 MAX_BACKOFF_SECONDS = 30.0
@@ -222,10 +222,10 @@ class Supervisor:
 
 def serve_folder(folder: ModelFolder, host: str, port: int) -> None:
     """Run the pre-start actions, start the service and serve the proxy until stopped."""
-    from serving.server import run_app
+    from mlyard.serving.server import run_app
 
     if port == folder.service.port:
-        from core.errors import SpecError
+        from mlyard.core.errors import SpecError
 
         raise SpecError("--port", port, f"another port than the service's own ({folder.service.port}), which the "
                         "proxy forwards to")

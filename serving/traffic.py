@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from serving.endpoint_stats import bucket_value, latency_bucket
+from mlyard.serving.endpoint_stats import bucket_value, latency_bucket
 
 AFFINITY_HEADER = b"x-mlyard-affinity"
 STAGE_HEADER = b"x-mlyard-stage"  # on an answer to a split endpoint: the stage that answered
@@ -262,7 +262,7 @@ def judge_shadow(counts: dict[str, Any], min_agreement: float, min_pairs: int) -
 
 
 def shared_out(route: Any, split: Split | None, headers: list[tuple[bytes, bytes]]) -> tuple[Any, Any, str | None]:
-    """For a default-URL request (a serving.routing.Route) of an endpoint whose stages share its traffic: the
+    """For a default-URL request (a mlyard.serving.routing.Route) of an endpoint whose stages share its traffic: the
     stage the shares pick (the default's route kept as the fallback) or the shadow stage to copy it to."""
     if split is None or route.stage is not None:
         return route, None, None

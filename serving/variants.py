@@ -11,9 +11,9 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
-from core.errors import SpecError
-from core.runtimes import MOUNT, VARIANTS, Variant
-from serving.modelfolder import HealthCheck, ModelEntry, ModelFolder, RuntimeVariant, Service, load, load_section
+from mlyard.core.errors import SpecError
+from mlyard.core.runtimes import MOUNT, VARIANTS, Variant
+from mlyard.serving.modelfolder import HealthCheck, ModelEntry, ModelFolder, RuntimeVariant, Service, load, load_section
 
 NAMES = (*VARIANTS, "custom")
 

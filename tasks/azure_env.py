@@ -21,7 +21,7 @@ from typing import Callable
 
 import yaml
 
-from core.errors import SpecError, TrainingFailed
+from mlyard.core.errors import SpecError, TrainingFailed
 
 CONDA_NAMES = ("conda.yaml", "conda.yml", "environment.yml", "environment.yaml")
 
@@ -109,7 +109,7 @@ def python_for(env: Environment, envs_dir: Path, log: Callable[[str], None]) -> 
         log(note)
     if not env.requirements.strip():
         return sys.executable
-    from tasks.environments import pip_environment
+    from mlyard.tasks.environments import pip_environment
 
     assert env.source is not None
     try:

@@ -16,18 +16,18 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from core.errors import BatchFailed, SpecError, StorageError
-from core.names import TAG_STATUS_REASON, TASK_FINISH, TASK_RUN_WORKERS
-from core.specs import BatchInferenceSpec, BatchJob, BatchShard, is_registry_ref
-from registry.models import ModelRegistry
-from registry.tracking import Tracking
-from tasks import model_host
-from tasks.inference import Model, Progress, RecordWatcher, fetch_model, run_job
-from tasks.metrics import Metric
-from tasks.orchestration import cancel_watch, step_started
-from tasks.outputs import Layout, ShardRecord, concat, done_records, rows_per_second
-from tasks.shards import assign
-from tasks.storage import Storage
+from mlyard.core.errors import BatchFailed, SpecError, StorageError
+from mlyard.core.names import TAG_STATUS_REASON, TASK_FINISH, TASK_RUN_WORKERS
+from mlyard.core.specs import BatchInferenceSpec, BatchJob, BatchShard, is_registry_ref
+from mlyard.registry.models import ModelRegistry
+from mlyard.registry.tracking import Tracking
+from mlyard.tasks import model_host
+from mlyard.tasks.inference import Model, Progress, RecordWatcher, fetch_model, run_job
+from mlyard.tasks.metrics import Metric
+from mlyard.tasks.orchestration import cancel_watch, step_started
+from mlyard.tasks.outputs import Layout, ShardRecord, concat, done_records, rows_per_second
+from mlyard.tasks.shards import assign
+from mlyard.tasks.storage import Storage
 
 PROGRESS_LOG_SECONDS = 5.0
 
@@ -100,7 +100,7 @@ def run_workers(storage: Storage, worker_env: dict[str, str], spec: BatchInferen
                 scratch: Path) -> dict[str, ShardRecord]:
     """Run the pending shards on the transport the spec asks for; returns their records."""
     step_started(TASK_RUN_WORKERS)
-    from tasks.transport import FlowRuns, Follow, InProcess, LocalProcesses, Transport
+    from mlyard.tasks.transport import FlowRuns, Follow, InProcess, LocalProcesses, Transport
 
     logger = get_run_logger()
     if not pending:
@@ -150,7 +150,7 @@ def run_workers(storage: Storage, worker_env: dict[str, str], spec: BatchInferen
     elif len(jobs) == 1:
         transport = InProcess(lambda j, f: run_job(j, f, storage, model=model))
     else:
-        transport = LocalProcesses("tasks.inference", worker_env, scratch)
+        transport = LocalProcesses("mlyard.tasks.inference", worker_env, scratch)
     logger.info("%d shard(s) on %d worker(s)%s", len(pending), len(jobs),
                 f" as flow runs of {spec.worker_deployment}" if spec.worker_deployment else "")
     transport.run(jobs, follow)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.environment import cache_root
+from mlyard.core.environment import cache_root
 
 
 def cache_dir() -> Path:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.errors import ModelNotFound, SpecError, StorageNotFound
-from core.specs import TrainingSpec, is_mlflow_uri, is_registry_ref
-from core.uris import parse_uri
+from mlyard.core.errors import ModelNotFound, SpecError, StorageNotFound
+from mlyard.core.specs import TrainingSpec, is_mlflow_uri, is_registry_ref
+from mlyard.core.uris import parse_uri
 
 
 def training_inputs(storage, spec: TrainingSpec) -> None:
@@ -94,8 +94,8 @@ def output_free(output_uri: str, me: str | None = None) -> None:
     )
     from prefect.client.schemas.objects import StateType
 
-    from core.errors import InUse
-    from core.names import FLOW_BATCH
+    from mlyard.core.errors import InUse
+    from mlyard.core.names import FLOW_BATCH
 
     wanted = _output_key(output_uri)
     with get_client(sync_client=True) as client:

@@ -23,9 +23,9 @@ from typing import Any, Iterator
 
 import yaml
 
-from core.assets import infra
-from core.errors import SpecError, StackError
-from core.specs.cluster import ClusterValues
+from mlyard.core.assets import infra
+from mlyard.core.errors import SpecError, StackError
+from mlyard.core.specs.cluster import ClusterValues
 
 K8S = infra("k8s")
 FIELD_MANAGER = "mlyard"
@@ -89,7 +89,7 @@ def project_queues(values: ClusterValues, projects: list[dict[str, Any]]) -> lis
     `mlyard-<project>` whose nominal quota is the project's GPUs and CPUs (0 when it has none: it borrows
     idle quota only), in the cohort of the pool's ClusterQueue, and the LocalQueue its runs' Jobs are
     labelled with (core/access.py project_queue; tasks/orchestration.py sets it, never a caller)."""
-    from core.access import DEFAULT_PROJECT, project_queue
+    from mlyard.core.access import DEFAULT_PROJECT, project_queue
 
     if not values.kueue_queue:
         raise SpecError("kueue_queue", None, "the gpu pool's LocalQueue (Kueue installed): each project's queue "
@@ -204,7 +204,7 @@ def discovery_client(api_client: Any):
 
     from kubernetes import dynamic
 
-    from tasks.cache import cache_dir
+    from mlyard.tasks.cache import cache_dir
 
     folder = cache_dir() / "kubernetes"
     try:

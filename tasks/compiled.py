@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from tasks import cache
-from tasks.cache import cache_dir
+from mlyard.tasks import cache
+from mlyard.tasks.cache import cache_dir
 
 TOLERANCE = 1e-6
 PROBE_ROWS = 512

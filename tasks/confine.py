@@ -130,7 +130,7 @@ def confine(hide: list[str], keep: list[str]) -> int:
 def launcher(argv: list[str], hide: list[str], keep: list[str], required: bool) -> list[str]:
     """`argv` started through this launcher."""
     args = [a for h in hide for a in ("--hide", h)] + [a for k in keep for a in ("--keep", k)]
-    return [sys.executable, "-I", "-S", os.path.abspath(__file__), *args, *(["--required"] if required else []),
+    return [sys.executable, "-I", "-S", os.path.realpath(__file__), *args, *(["--required"] if required else []),
             "--", *argv]
 
 

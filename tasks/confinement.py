@@ -10,10 +10,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from core.environment import code_host
-from core.errors import TrainingFailed
-from tasks import sandbox
-from tasks.processes import not_dumpable
+from mlyard.core.environment import code_host
+from mlyard.core.errors import TrainingFailed
+from mlyard.tasks import sandbox
+from mlyard.tasks.processes import not_dumpable
 
 Workdirs = Any  # tasks/launch.py's Workdirs (which imports this module): a run's folders
 
@@ -38,7 +38,7 @@ class Confinement:
 
     @classmethod
     def of(cls, settings: Any, network: bool = False) -> "Confinement":
-        """As the settings say (core.settings.Settings)."""
+        """As the settings say (mlyard.core.settings.Settings)."""
         return cls(settings.home_dir, settings.script_confinement, settings.sandbox, network)
 
 
@@ -79,9 +79,9 @@ def confined(invocations: list[Invocation], dirs: Workdirs, python: str,
 def _readable(dirs: Workdirs, python: str) -> list[str]:
     """What a script reads: its source, datasets (and the file a single-file dataset's link names) and input
     checkpoint, the Pythons it runs with, and the Landlock launcher."""
-    from tasks import confine, sandbox
+    from mlyard.tasks import confine, sandbox
 
-    found = [str(dirs.source), *(str(d) for d in dirs.datasets.values()), os.path.abspath(confine.__file__)]
+    found = [str(dirs.source), *(str(d) for d in dirs.datasets.values()), os.path.realpath(confine.__file__)]
     if dirs.checkpoint_input is not None:
         found.append(str(dirs.checkpoint_input))
     scratch = Path(os.path.realpath(dirs.model.parent))
@@ -97,7 +97,7 @@ def _landlocked(invocations: list[Invocation], dirs: Workdirs, python: str, conf
     """Each (argv, env) started through the Landlock launcher, its temporary files in the run's scratch
     folder; the flow's own process made non-dumpable, so that the script (the same user, in a pod without
     the capabilities to override it) cannot read its environment or memory through /proc."""
-    from tasks import confine
+    from mlyard.tasks import confine
 
     if confinement.mode == "off":
         return invocations
@@ -134,7 +134,7 @@ def around_platform_code(argv: list[str], env: dict[str, str], write: list[str],
 
 def walled_or_fail(mode: str, what: str) -> tuple[bool, str | None]:
     """tasks/sandbox.py `chosen`, where a required sandbox that cannot start fails the run (TrainingFailed)."""
-    from core.errors import SandboxUnavailable
+    from mlyard.core.errors import SandboxUnavailable
 
     try:
         return sandbox.chosen(mode, what)

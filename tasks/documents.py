@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Protocol
 
-from core.errors import DocumentError
+from mlyard.core.errors import DocumentError
 
 MB = 1024 * 1024
 LIMITS = {  # the seed's formats and the largest file of each

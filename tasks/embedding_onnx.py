@@ -29,8 +29,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tasks import cache
-from tasks.cache import cache_dir
+from mlyard.tasks import cache
+from mlyard.tasks.cache import cache_dir
 
 TOLERANCE = 1e-4  # per component of unit-length vectors (float32 kernels differ in the last bits)
 FORMAT = 1  # bump when the export or its check changes
@@ -83,7 +83,7 @@ def exportable(model_dir: Path) -> str | None:
 
 
 class OnnxEmbedder:
-    """`dim`, `max_tokens` and `encode(texts)` as `tasks.embeddings` asks of an embedder, answered by
+    """`dim`, `max_tokens` and `encode(texts)` as `mlyard.tasks.embeddings` asks of an embedder, answered by
     onnxruntime: texts longest first in batches (as sentence-transformers orders them: less padding),
     each cut at the model's token limit, the mean of each text's token vectors, made unit length."""
 
@@ -109,7 +109,7 @@ class OnnxEmbedder:
         self._tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self._tok.enable_truncation(self.max_tokens)
         self._tok.enable_padding(pad_id=int(meta.get("pad_id", 0)))
-        self.tokenizer: Any = None  # chunking's tokenizer, set by tasks.embeddings
+        self.tokenizer: Any = None  # chunking's tokenizer, set by mlyard.tasks.embeddings
         self.report = meta.get("verified", {})
 
     def encode(self, texts: Sequence[str]) -> Any:

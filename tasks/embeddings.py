@@ -17,11 +17,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
-from core.environment import named_secret
-from core.errors import EmbeddingError
-from core.specs.rag import DEFAULT_EMBEDDING_MODEL, EmbeddingSpec
-from tasks.documents import HFTokenizer
-from tasks.embedding_onnx import default_model_dir
+from mlyard.core.environment import named_secret
+from mlyard.core.errors import EmbeddingError
+from mlyard.core.specs.rag import DEFAULT_EMBEDDING_MODEL, EmbeddingSpec
+from mlyard.tasks.documents import HFTokenizer
+from mlyard.tasks.embedding_onnx import default_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def embedder(spec: EmbeddingSpec) -> Any:
 
 
 def _local(model_dir: Path, batch_size: int) -> Any:
-    from tasks import embedding_onnx
+    from mlyard.tasks import embedding_onnx
 
     model, why = embedding_onnx.load(model_dir, batch_size)
     if model is None:

@@ -12,11 +12,11 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from core.errors import RoutingFailed
-from core.settings import Settings
-from registry.endpoints import Endpoints
-from tasks import replicas as files
-from tasks.endpoints import gateway
+from mlyard.core.errors import RoutingFailed
+from mlyard.core.settings import Settings
+from mlyard.registry.endpoints import Endpoints
+from mlyard.tasks import replicas as files
+from mlyard.tasks.endpoints import gateway
 
 
 def namespace() -> str:
@@ -26,8 +26,8 @@ def namespace() -> str:
 @task(name="apply-manifests", cache_policy=NO_CACHE)
 def kube_apply(view: dict[str, Any], stage: str, parameters: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
     """Render the stage's manifests from infra/endpoint/, validate them, and make the cluster hold them."""
-    from tasks.engine_images import with_service_definition
-    from tasks.kubernetes import apply_stage, cluster_client, render_stage
+    from mlyard.tasks.engine_images import with_service_definition
+    from mlyard.tasks.kubernetes import apply_stage, cluster_client, render_stage
 
     st = next(s for s in view["stages"] if s["name"] == stage)
     api = cluster_client("stage.instance_type", st["instance_type"])
@@ -46,8 +46,8 @@ def sync_route(endpoint: str, view: dict[str, Any] | None, gateway_ref: str) -> 
     """The endpoint's HTTPRoute (tasks/http_route.py) for the Gateway `gateway_ref` (NAME or NAMESPACE/NAME)
     as the catalog's `view` of it is now: applied, or deleted when the endpoint is gone (`view` None) or
     its default stage runs locally. What was done: applied, deleted or nothing."""
-    from tasks.http_route import apply_http_route, delete_http_route, render_http_route
-    from tasks.kubernetes import cluster_client
+    from mlyard.tasks.http_route import apply_http_route, delete_http_route, render_http_route
+    from mlyard.tasks.kubernetes import cluster_client
 
     gw_namespace, _, gw_name = gateway_ref.rpartition("/")
     manifest = render_http_route(view, gw_name, namespace(), gw_namespace or None) if view is not None else None
@@ -63,7 +63,7 @@ def kube_wait_ready(instance_type: str, manifests: list[dict[str, Any]], timeout
     """Wait until every Deployment has all its pods ready."""
     from kubernetes import client
 
-    from tasks.kubernetes import cluster_client
+    from mlyard.tasks.kubernetes import cluster_client
 
     apps = client.AppsV1Api(cluster_client("stage.instance_type", instance_type))
     deadline = time.monotonic() + timeout
@@ -100,7 +100,7 @@ def kube_route(endpoints: Endpoints, view: dict[str, Any], stage: str, manifests
 def _cluster_ip(instance_type: str, service: str) -> str:
     from kubernetes import client
 
-    from tasks.kubernetes import cluster_client
+    from mlyard.tasks.kubernetes import cluster_client
 
     ip = client.CoreV1Api(cluster_client("stage.instance_type", instance_type)).read_namespaced_service(
         service, namespace()).spec.cluster_ip
@@ -125,6 +125,6 @@ def kube_unroute(endpoints: Endpoints, gateway_url: str | None, view: dict[str, 
 
 @task(name="delete-manifests", cache_policy=NO_CACHE)
 def kube_delete(endpoint: str, stage: str, instance_type: str) -> list[str]:
-    from tasks.kubernetes import cluster_client, delete_stage
+    from mlyard.tasks.kubernetes import cluster_client, delete_stage
 
     return delete_stage(cluster_client("stage.instance_type", instance_type), namespace(), endpoint, stage)

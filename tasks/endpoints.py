@@ -22,8 +22,8 @@ from typing import Any, Callable
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from core.environment import MODEL_FILES, model_files_value
-from core.errors import (
+from mlyard.core.environment import MODEL_FILES, model_files_value
+from mlyard.core.errors import (
     AlreadyExists,
     EndpointNotFound,
     ModelNotFound,
@@ -32,12 +32,12 @@ from core.errors import (
     RoutingFailed,
     SpecError,
 )
-from core.settings import Settings
-from core.specs.endpoint import StageSpec, SyncSpec, body_limit_args
-from registry.endpoints import Endpoints, Version
-from tasks import replicas as files
-from tasks.inference_config import CONFIG, folder_kind
-from tasks.served import Served, engine_folders
+from mlyard.core.settings import Settings
+from mlyard.core.specs.endpoint import StageSpec, SyncSpec, body_limit_args
+from mlyard.registry.endpoints import Endpoints, Version
+from mlyard.tasks import replicas as files
+from mlyard.tasks.inference_config import CONFIG, folder_kind
+from mlyard.tasks.served import Served, engine_folders
 
 LOCAL = "local"
 MAX_LOCAL_REPLICAS = 8  # the cap on one machine's replicas per stage (AI Toolkit's maximumInstanceCount)
@@ -85,8 +85,8 @@ def check_stage(endpoints: Endpoints, models: Any, stage: StageSpec, field: str,
                                 f"its engine on this machine's PATH ({engine} is not found): install it, or run the "
                                 "stage on a cluster's node pool, where the variant's image has it")
     else:
-        from tasks.engine_images import engine_image
-        from tasks.kubernetes import cluster_client
+        from mlyard.tasks.engine_images import engine_image
+        from mlyard.tasks.kubernetes import cluster_client
 
         cluster_client(f"{field}.instance_type", stage.instance_type)  # refuses when no cluster is configured
         for i, (res, version) in enumerate(zip(stage.resources, versions)):
@@ -100,7 +100,7 @@ def check_stage(endpoints: Endpoints, models: Any, stage: StageSpec, field: str,
 
 def _engine_command(variant: str, args: list[str]) -> str | None:
     """The command a runtime variant's stage runs first on this machine (None: custom, mlyard's own)."""
-    from core.runtimes import VARIANTS
+    from mlyard.core.runtimes import VARIANTS
 
     found = VARIANTS.get(variant)
     if found is None:
@@ -179,8 +179,8 @@ def wait_healthy(home: Path, keys: list[str], timeout: float = 300.0) -> None:
 
 def gateway(url: str, path: str, method: str = "GET", timeout: float = 30.0) -> dict[str, Any]:
     """A management route of the gateway (/mlyard/...), with the platform's internal credential."""
-    from core.connection import internal_headers
-    from core.settings import Settings
+    from mlyard.core.connection import internal_headers
+    from mlyard.core.settings import Settings
 
     req = urllib.request.Request(url + path, method=method, data=b"" if method == "POST" else None,
                                  headers=internal_headers(Settings()))

@@ -29,8 +29,8 @@ def with_service_definition(runtime: dict[str, Any], model: str) -> dict[str, An
 
 def engine_image(runtime: dict[str, Any], model: str) -> str:
     """The image a variant resource's pods run ("" when none is known: cmd and nim need one named)."""
-    from core.environment import runtime_images
-    from core.runtimes import VARIANTS
+    from mlyard.core.environment import runtime_images
+    from mlyard.core.runtimes import VARIANTS
 
     variant = VARIANTS[runtime["variant"]]
     return (with_service_definition(runtime, model).get("image") or runtime_images().get(variant.name)

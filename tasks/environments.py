@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from core.errors import TrainingFailed
-from tasks.launch import TAIL_LINES
+from mlyard.core.errors import TrainingFailed
+from mlyard.tasks.launch import TAIL_LINES
 
 
 def requirements_env(source: Path, envs_dir: Path, log: Callable[[str], None] = print, project: str = "") -> str:
@@ -77,10 +77,10 @@ def _sandboxed(argv: list[str], target: Path, cwd: Path | None) -> list[str]:
     """pip's command in a sandbox (Settings.sandbox) that reads the requirements' folder, the Pythons and
     pip's local wheels, writes only the environment and its own temporary folder, and has the network
     (the package index); as it is where no sandbox can start (and `sandbox` is not required)."""
-    from core.environment import pip_find_links
-    from core.settings import Settings
-    from tasks import sandbox
-    from tasks.confinement import walled_or_fail
+    from mlyard.core.environment import pip_find_links
+    from mlyard.core.settings import Settings
+    from mlyard.tasks import sandbox
+    from mlyard.tasks.confinement import walled_or_fail
 
     walled, _ = walled_or_fail(Settings().sandbox, "pip")
     if not walled:
@@ -97,7 +97,7 @@ def _pip_env(target: Path) -> dict[str, str] | None:
     """pip's environment in its sandbox: no credential of the platform's, its HOME and cache its own."""
     import os
 
-    from tasks.launch import script_environment
+    from mlyard.tasks.launch import script_environment
 
     tmp = str(target / ".tmp")
     return {**script_environment(os.environ), "HOME": tmp, "TMPDIR": tmp, "PIP_CACHE_DIR": f"{tmp}/pip-cache"}

@@ -16,7 +16,7 @@ import numpy as np
 from sklearn import metrics as skm
 from sklearn.preprocessing import label_binarize
 
-from core.errors import SpecError
+from mlyard.core.errors import SpecError
 
 MAX_CLASSES = 50
 

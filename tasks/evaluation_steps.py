@@ -14,17 +14,17 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from core.errors import BadRecord, BatchFailed, SpecError
-from core.names import TASK_RECORD
-from core.specs import MAX_CLASSES, MAX_EVALUATION_BYTES, EvaluationSpec
-from registry.tracking import Tracking
-from tasks.evaluation import Report, classification, plot_report, regression, thin_curves
-from tasks.metrics import Metric
-from tasks.orchestration import step_started
-from tasks.outputs import Layout
-from tasks.records import read_records
-from tasks.shards import select_files
-from tasks.storage import Storage
+from mlyard.core.errors import BadRecord, BatchFailed, SpecError
+from mlyard.core.names import TASK_RECORD
+from mlyard.core.specs import MAX_CLASSES, MAX_EVALUATION_BYTES, EvaluationSpec
+from mlyard.registry.tracking import Tracking
+from mlyard.tasks.evaluation import Report, classification, plot_report, regression, thin_curves
+from mlyard.tasks.metrics import Metric
+from mlyard.tasks.orchestration import step_started
+from mlyard.tasks.outputs import Layout
+from mlyard.tasks.records import read_records
+from mlyard.tasks.shards import select_files
+from mlyard.tasks.storage import Storage
 
 REPORT_PATH = "evaluation/evaluation.json"
 

@@ -7,7 +7,7 @@ Its answer is taken as data: the signature and the runtime it reports are the ve
 compiled, only the entry under the key the platform computes from the model's files itself is moved into the
 cache (a model cannot plant a compiled entry for another model's files), links and other oddities removed.
 
-    python -m tasks.examine MODEL_DIR   (in the sandbox: prints one JSON line, {"signature", "runtime"})
+    python -m mlyard.tasks.examine MODEL_DIR   (in the sandbox: prints one JSON line, {"signature", "runtime"})
 """
 
 from __future__ import annotations
@@ -52,9 +52,9 @@ class Examiner:
 def examine(model_dir: Path, mode: str, compile: bool) -> dict[str, Any]:
     """{"signature", "runtime"} of the model in `model_dir`, learnt in a sandbox where one can start (in this
     process where Settings.sandbox is off or none can start and it is not required)."""
-    from core.errors import SandboxUnavailable
-    from tasks import sandbox
-    from tasks.launch import script_environment
+    from mlyard.core.errors import SandboxUnavailable
+    from mlyard.tasks import sandbox
+    from mlyard.tasks.launch import script_environment
 
     try:
         walled, _ = sandbox.chosen(mode, "the model's examination")
@@ -68,7 +68,7 @@ def examine(model_dir: Path, mode: str, compile: bool) -> dict[str, Any]:
         walls = sandbox.around_platform([str(out)], network=False, chdir=str(out), read=[str(model_dir)])
         env = {**sandbox.child_env(script_environment(os.environ), walls), "MLYARD_CACHE_DIR": str(out / "cache"),
                "MLYARD_COMPILE_AT_REGISTRATION": "true" if compile else "false"}
-        argv = sandbox.wrap([sys.executable, "-m", "tasks.examine", str(model_dir)], walls)
+        argv = sandbox.wrap([sys.executable, "-m", "mlyard.tasks.examine", str(model_dir)], walls)
         try:
             done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=TIMEOUT)
         except subprocess.TimeoutExpired:
@@ -89,7 +89,7 @@ def examine(model_dir: Path, mode: str, compile: bool) -> dict[str, Any]:
 
 
 def _here(model_dir: Path, compile: bool) -> dict[str, Any]:
-    from tasks.models import estimator_signature, prepare_for_serving
+    from mlyard.tasks.models import estimator_signature, prepare_for_serving
 
     runtime = None
     if compile:
@@ -102,7 +102,7 @@ def _here(model_dir: Path, compile: bool) -> dict[str, Any]:
 
 def _compiled_key(model_dir: Path) -> str | None:
     """The cache key of the scikit-learn model in `model_dir` (its files hashed here, nothing loaded)."""
-    from tasks import compiled
+    from mlyard.tasks import compiled
 
     source = compiled.sklearn_source(model_dir)
     return compiled.key(source) if source is not None else None
@@ -110,8 +110,8 @@ def _compiled_key(model_dir: Path) -> str | None:
 
 def _take_compiled(made: Path, key: str) -> None:
     """The compiled (or refused) entry `key` the examination left under `made`, into the cache, as data."""
-    from tasks import compiled
-    from tasks.sandbox import as_data
+    from mlyard.tasks import compiled
+    from mlyard.tasks.sandbox import as_data
 
     root = compiled.cache_root()
     root.mkdir(parents=True, exist_ok=True)
@@ -130,7 +130,7 @@ def _take_compiled(made: Path, key: str) -> None:
 
 
 def main() -> None:
-    from core.settings import Settings
+    from mlyard.core.settings import Settings
 
     found = _here(Path(sys.argv[1]), Settings().compile_at_registration)
     print(ANSWER + json.dumps(found, default=str), flush=True)

@@ -14,8 +14,8 @@ import threading
 from contextlib import ExitStack, contextmanager
 from typing import Callable, Iterator
 
-from core.errors import SpecError
-from core.settings import Settings, in_kubernetes_pod
+from mlyard.core.errors import SpecError
+from mlyard.core.settings import Settings, in_kubernetes_pod
 
 LIMIT = "mlyard-gpu"
 QUIET_WAIT_SECONDS = 0.5  # a taker that waits longer than this says what it waits for
@@ -103,8 +103,8 @@ def project_quota(project: str, gpu_count: int, cpu: float | None, settings: Set
     LocalQueue of the project holds its quota there) or for a project without one."""
     if in_kubernetes_pod():
         return ()
-    from registry.catalog import Catalog
-    from registry.teams import Teams
+    from mlyard.registry.catalog import Catalog
+    from mlyard.registry.teams import Teams
 
     try:
         quota = Teams(Catalog(settings.catalog_db_url)).project(project)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.kubernetes import LABEL, PORT, resource_name
+from mlyard.tasks.kubernetes import LABEL, PORT, resource_name
 
 API_VERSION = "gateway.networking.k8s.io/v1"
 
@@ -81,8 +81,8 @@ def render_http_route(view: dict[str, Any], gateway: str, namespace: str = "mlya
 
 def apply_http_route(api_client: Any, manifest: dict[str, Any]) -> dict[str, Any]:
     """Server-side apply of the HTTPRoute under the field manager `mlyard`; the object as the API holds it."""
-    from tasks.cluster import discovery_client
-    from tasks.kubernetes import FIELD_MANAGER
+    from mlyard.tasks.cluster import discovery_client
+    from mlyard.tasks.kubernetes import FIELD_MANAGER
 
     dyn = discovery_client(api_client)
     resource = dyn.resources.get(api_version=API_VERSION, kind="HTTPRoute")
@@ -94,7 +94,7 @@ def delete_http_route(api_client: Any, endpoint: str, namespace: str) -> bool:
     """Delete the endpoint's HTTPRoute; False when there was none."""
     from kubernetes.dynamic.exceptions import NotFoundError
 
-    from tasks.cluster import discovery_client
+    from mlyard.tasks.cluster import discovery_client
 
     dyn = discovery_client(api_client)
     try:

@@ -5,7 +5,7 @@ to the rows.
   out or raises is written as error rows and recorded (file, rows, error); the output of a shard is
   committed atomically and then its record, so a rerun skips every shard that has a record.
 - `run_job(job, follow, storage)`: one `BatchJob` on any transport (tasks/transport.py): in process,
-  and here as a local worker process, `python -m tasks.inference JOB.json`, which reports on stdout.
+  and here as a local worker process, `python -m mlyard.tasks.inference JOB.json`, which reports on stdout.
 - `RecordWatcher`: turns the shard records workers commit into events, for transports that stream none.
 - `Progress`: adds the workers' events up into one line for the log and the UI's progress bar.
 
@@ -30,14 +30,14 @@ from typing import Any, Callable
 
 import orjson
 
-from core.errors import BadRecord, BatchFailed, ModelCallFailed, TrainingStopped
-from core.specs import BatchJob, BatchShard, is_mlflow_uri
-from tasks import model_host
-from tasks.models import Model
-from tasks.outputs import Layout, ShardRecord, done_records
-from tasks.records import features, read_chunks
-from tasks.storage import Storage
-from tasks.transport import Follow, emit_to_stdout
+from mlyard.core.errors import BadRecord, BatchFailed, ModelCallFailed, TrainingStopped
+from mlyard.core.specs import BatchJob, BatchShard, is_mlflow_uri
+from mlyard.tasks import model_host
+from mlyard.tasks.models import Model
+from mlyard.tasks.outputs import Layout, ShardRecord, done_records
+from mlyard.tasks.records import features, read_chunks
+from mlyard.tasks.storage import Storage
+from mlyard.tasks.transport import Follow, emit_to_stdout
 
 PROGRESS_SECONDS = 2.0
 
@@ -105,7 +105,7 @@ class Worker:
         frozen_before = gc.get_freeze_count() > 0
         try:
             if self.model is None:  # a model is code: loaded and called in its sandbox (tasks/model_host.py)
-                from core.settings import Settings
+                from mlyard.core.settings import Settings
 
                 self.model = self._own = model_host.load(self._model_path(scratch), Settings().sandbox)
             self.with_proba = self.job.output_probabilities and self.model.has_proba
@@ -352,7 +352,7 @@ class RecordWatcher:
 # -- a local worker process ---------------------------------------------------------------------------
 
 def _main(job_file: str) -> int:
-    from core.settings import Settings, apply_engine_env
+    from mlyard.core.settings import Settings, apply_engine_env
 
     settings = Settings()  # from the environment the batch inference handed over
     apply_engine_env(settings)

@@ -9,20 +9,20 @@ import time
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from core.settings import Settings
-from core.specs.rag import RagSpec
-from registry.catalog import Catalog
-from tasks.documents import content_hash
-from tasks.rag import Diff, Listing, Report, diff, ingest, list_documents
-from tasks.vectorstore import VectorStore
+from mlyard.core.settings import Settings
+from mlyard.core.specs.rag import RagSpec
+from mlyard.registry.catalog import Catalog
+from mlyard.tasks.documents import content_hash
+from mlyard.tasks.rag import Diff, Listing, Report, diff, ingest, list_documents
+from mlyard.tasks.vectorstore import VectorStore
 
 
 class Parts:
-    """What a RAG sync touches: settings, storage and the catalog (not flows.platform, which loads
+    """What a RAG sync touches: settings, storage and the catalog (not mlyard.flows.platform, which loads
     MLflow: 2.5 s of a sync's start that it never uses)."""
 
     def __init__(self) -> None:
-        from tasks.storage import Storage
+        from mlyard.tasks.storage import Storage
 
         self.settings = Settings()
         self.storage = Storage(self.settings)
@@ -43,7 +43,7 @@ def diff_step(p: Parts, listing: Listing, store: VectorStore) -> Diff:
     new stamp."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from core.errors import StorageError
+    from mlyard.core.errors import StorageError
 
     def hashed(name: str) -> str | None:
         try:
@@ -71,10 +71,10 @@ def diff_step(p: Parts, listing: Listing, store: VectorStore) -> Diff:
 def _model(p: Parts, spec: RagSpec):
     """The embedding model: the RAG's running query service has it loaded (a sync then embeds through
     it, with no torch to import here), else it is loaded in this process (preloaded at the start)."""
-    from core.connection import replica_headers
-    from core.specs.rag import DEFAULT_EMBEDDING_MODEL, EmbeddingSpec
-    from tasks.embeddings import ServiceEmbedder, embedder
-    from tasks.rag_service import service_url
+    from mlyard.core.connection import replica_headers
+    from mlyard.core.specs.rag import DEFAULT_EMBEDDING_MODEL, EmbeddingSpec
+    from mlyard.tasks.embeddings import ServiceEmbedder, embedder
+    from mlyard.tasks.rag_service import service_url
 
     if not spec.embedding.url and spec.embedding.model == DEFAULT_EMBEDDING_MODEL:
         url = service_url(p.settings.home_dir, spec.name)
@@ -89,7 +89,7 @@ def _model(p: Parts, spec: RagSpec):
 
 @task(name="ingest-documents", cache_policy=NO_CACHE)
 def ingest_step(p: Parts, spec: RagSpec, listing: Listing, names: list[str], store: VectorStore) -> Report:
-    from tasks.embeddings import tokenizer_for
+    from mlyard.tasks.embeddings import tokenizer_for
 
     logger = get_run_logger()
     if not names:
@@ -113,7 +113,7 @@ def preload_model(rag: RagSpec) -> None:
     sync begins, lists and diffs."""
     import threading
 
-    from tasks.embeddings import embedder
+    from mlyard.tasks.embeddings import embedder
 
     def load() -> None:
         try:

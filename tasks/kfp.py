@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from core.errors import SpecError
+from mlyard.core.errors import SpecError
 
 PARAM_TYPES = {"NUMBER_DOUBLE": "float", "NUMBER_INTEGER": "int", "STRING": "str", "BOOLEAN": "bool", "LIST": "list",
                "STRUCT": "dict", "TASK_FINAL_STATUS": "task final status"}

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from core.errors import TrainingStopped
-from core.specs.pipeline import PipelineRunSpec
+from mlyard.core.errors import TrainingStopped
+from mlyard.core.specs.pipeline import PipelineRunSpec
 
 FINAL = {"SUCCEEDED": 0, "FAILED": 1, "CANCELED": 2, "SKIPPED": 0}
 TASK_STATES = {"SUCCEEDED": "SUCCEEDED", "FAILED": "FAILED", "RUNNING": "RUNNING", "PENDING": "RUNNING",

@@ -1,7 +1,7 @@
-"""`python -m tasks.kfp_runner RUN_DIR`: run a pipeline with `kfp.local`'s subprocess runner, in its
+"""`python -m mlyard.tasks.kfp_runner RUN_DIR`: run a pipeline with `kfp.local`'s subprocess runner, in its
 own process (the pipeline-run flow supervises it and ends its whole process group to stop it).
 
-RUN_DIR holds `pipeline.yaml` (prepared by tasks.kfp.for_local) and `arguments.json`; outputs and
+RUN_DIR holds `pipeline.yaml` (prepared by mlyard.tasks.kfp.for_local) and `arguments.json`; outputs and
 artifacts go to RUN_DIR/outputs, as kfp.local lays them out (one folder per task, loop iterations
 in `for-loop-N-iteration-I`). Each task's state is kept in RUN_DIR/nodes.json as it changes, from
 kfp.local's own log records: {task: {"state": ..., "runs": n, "failed": n}}. When kfp.local returns,
@@ -148,7 +148,7 @@ def main(run_dir: str) -> int:
     from kfp import local
     from kfp.components import load_component_from_text
 
-    from core.environment import search_path
+    from mlyard.core.environment import search_path
 
     root = Path(run_dir)
     tail = Tail(sys.stdout)

@@ -18,14 +18,14 @@ from typing import Any
 
 import yaml
 
-from core.assets import infra
-from core.environment import kubeconfig_path, runtime_images
-from core.errors import SpecError
-from core.names import param_environ
-from core.settings import DEFAULT_IMAGE as SETTINGS_DEFAULT_IMAGE
-from core.settings import Settings
-from core.specs.endpoint import body_limit_args
-from tasks.replicas import CODE_KIND, health_path
+from mlyard.core.assets import infra
+from mlyard.core.environment import kubeconfig_path, runtime_images
+from mlyard.core.errors import SpecError
+from mlyard.core.names import param_environ
+from mlyard.core.settings import DEFAULT_IMAGE as SETTINGS_DEFAULT_IMAGE
+from mlyard.core.settings import Settings
+from mlyard.core.specs.endpoint import body_limit_args
+from mlyard.tasks.replicas import CODE_KIND, health_path
 
 TEMPLATES = infra("endpoint")
 KUBERNETES_VERSION = "1.30"
@@ -121,7 +121,7 @@ def engine_pod(context: dict[str, Any], runtime: dict[str, Any], model_uri: str,
     with HOME and caches on a writable /tmp."""
     import math
 
-    from core.runtimes import MOUNT, VARIANTS
+    from mlyard.core.runtimes import MOUNT, VARIANTS
 
     v = VARIANTS[runtime["variant"]]
     context["image"] = runtime.get("image") or runtime_images().get(v.name) or v.image
@@ -149,7 +149,7 @@ def fetched(context: dict[str, Any], model_uri: str, mlyard_image: str) -> None:
     """The version's files copied to /models by an init container of mlyard's image, the one container that
     mounts the settings Secret (the artifacts' keys): the server's container reads /models (read-only) and
     writes /tmp, and holds nothing of the platform's."""
-    from core.runtimes import MOUNT
+    from mlyard.core.runtimes import MOUNT
 
     fetch = {"name": "fetch-model", "image": mlyard_image, "args": ["mlyard", "models", "download", model_uri,
                                                                    "--to", MOUNT],
@@ -166,8 +166,8 @@ def model_pod(context: dict[str, Any], model: str, params: dict[str, str], mlyar
     version's files from the init container (`fetched`) and, of the platform, the replicas' credential alone
     (no settings Secret, no artifact keys): the server finds the files where MLYARD_MODEL_FILES says, its
     caches under /tmp."""
-    from core.environment import MODEL_FILES, model_files_value
-    from core.runtimes import MOUNT
+    from mlyard.core.environment import MODEL_FILES, model_files_value
+    from mlyard.core.runtimes import MOUNT
 
     name, version = model.rsplit("/", 1)
     ref = f"models:/{name}/{version}"
@@ -226,7 +226,7 @@ def apply_stage(api_client: Any, manifests: list[dict[str, Any]], namespace: str
     what it scaled to: on creation the count goes to the HPA through a hand-over manager, never back to
     1 (server-side apply's transfer of ownership). Returns what was created, changed, left unchanged and
     deleted, as `Kind/name`."""
-    from tasks.cluster import discovery_client
+    from mlyard.tasks.cluster import discovery_client
 
     validate(manifests)
     dyn = discovery_client(api_client)

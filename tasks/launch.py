@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from core.errors import TrainingFailed, TrainingStopped
-from core.specs import TrainingSpec
-from tasks.confinement import Confinement, confined
-from tasks.metrics import Metric, MetricParser, MetricStream, latest
-from tasks.processes import stop_group
+from mlyard.core.errors import TrainingFailed, TrainingStopped
+from mlyard.core.specs import TrainingSpec
+from mlyard.tasks.confinement import Confinement, confined
+from mlyard.tasks.metrics import Metric, MetricParser, MetricStream, latest
+from mlyard.tasks.processes import stop_group
 
 TAIL_LINES = 20
 

@@ -18,7 +18,7 @@ import socket
 import threading
 from pathlib import Path
 
-from core.environment import pod_name
+from mlyard.core.environment import pod_name
 
 LEASE_SECONDS = 15
 RENEW_SECONDS = 10

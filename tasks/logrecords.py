@@ -1,6 +1,6 @@
 """Every line a flow run logs, also as a structured record (core/logrecords.py).
 
-`install(settings)` (called by `flows.platform.Platform`, which every flow builds first) adds one
+`install(settings)` (called by `mlyard.flows.platform.Platform`, which every flow builds first) adds one
 handler to Prefect's run loggers: whatever a training, tuning, batch inference, evaluation or endpoint
 flow logs (its script's output lines included) still goes to the Prefect log as before, and also, with
 the run's category and ids, to `<home>/logs/records/<category>/<YYYY-MM-DD>.jsonl` (private to the user,
@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core import logrecords as lr
-from core.names import (
+from mlyard.core import logrecords as lr
+from mlyard.core.names import (
     FLOW_ADD_STAGE,
     FLOW_BATCH,
     FLOW_BATCH_WORKER,
@@ -38,8 +38,8 @@ from core.names import (
     FLOW_TRAIN,
     FLOW_TUNE,
 )
-from core.settings import Settings, in_kubernetes_pod
-from tasks.logstore import private_dirs
+from mlyard.core.settings import Settings, in_kubernetes_pod
+from mlyard.tasks.logstore import private_dirs
 
 # flow name -> (category, the id field its own run id fills)
 FLOWS: dict[str, tuple[str, str | None]] = {
@@ -87,7 +87,7 @@ def _fields(ctx: Any) -> tuple[str, dict[str, Any]] | None:
         return None
     cat, own = known
     run_id = str(ctx.flow_run.id)
-    from core.access import project_of_tags, user_of_tags
+    from mlyard.core.access import project_of_tags, user_of_tags
 
     tags = ctx.flow_run.tags or ()  # whose run: the seed's easymakerAppKey (the project), and the user
     fields: dict[str, Any] = {"flowRunId": run_id, "easymakerAppKey": project_of_tags(tags), "user": user_of_tags(tags)}

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable
 
 import orjson
 
-from core import logrecords as lr
+from mlyard.core import logrecords as lr
 
 COLUMNS = {"trainingId": "training_id", "hyperparameterTuningId": "tuning_id", "batchInferenceId": "batch_id",
            "evaluationId": "evaluation_id", "endpointId": "endpoint_id", "endpointStageId": "stage_id",

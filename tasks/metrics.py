@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Collection, Iterable, Sequence
 
-from core.metrics import MetricLineError, json_metric_values, metric_values
+from mlyard.core.metrics import MetricLineError, json_metric_values, metric_values
 
 STEP_NAMES = ("step", "epoch", "iteration", "global_step")
 COUNTERS_ONLY = ("step", "global_step")  # a step and nothing more; epoch and iteration are also metrics

@@ -3,7 +3,7 @@
 pyfunc's `predict` is the user's), and those processes hold the run's storage and the platform's view.
 
 `load(path, mode)` gives a `Hosted` model, with tasks/models.py's Model's face (`predict(x, with_proba)`,
-`has_proba`, `classes`, `runtime`), whose model lives in `python -m tasks.model_host PATH` started in a
+`has_proba`, `classes`, `runtime`), whose model lives in `python -m mlyard.tasks.model_host PATH` started in a
 sandbox (tasks/sandbox.py) that reads the model's files and the platform's code, writes a folder of its own
 (its /tmp, its cache, into which the model's compiled entry is copied) and has no network. They speak
 length-prefixed JSON over its stdin and stdout: rows in (an array, or a DataFrame split into columns),
@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from core.errors import ModelCallFailed, SandboxUnavailable, SpecError
+from mlyard.core.errors import ModelCallFailed, SandboxUnavailable, SpecError
 
 MAX_FRAME = 512 * 1024 * 1024  # bytes of one answer: more is not a model's answer
 HEADER = struct.Struct(">Q")
@@ -35,8 +35,8 @@ HEADER = struct.Struct(">Q")
 
 def load(path: Path, mode: str, compile: bool = True) -> Any:
     """The model in `path`, hosted in a sandbox (Settings.sandbox `mode`), else loaded here."""
-    from tasks import sandbox
-    from tasks.models import Model
+    from mlyard.tasks import sandbox
+    from mlyard.tasks.models import Model
 
     try:
         walled, notice = sandbox.chosen(mode, "the model")
@@ -74,14 +74,14 @@ class Hosted:
         self._start()
 
     def _start(self) -> None:
-        from tasks import sandbox
-        from tasks.launch import script_environment
+        from mlyard.tasks import sandbox
+        from mlyard.tasks.launch import script_environment
 
         walls = sandbox.around_platform([str(self._own)], network=False, chdir=str(self._own),
                                         read=[str(self._path)])
         env = {**sandbox.child_env(script_environment(os.environ), walls),
                "MLYARD_CACHE_DIR": str(self._own / "cache")}
-        argv = sandbox.wrap([sys.executable, "-m", "tasks.model_host", str(self._path), "1" if self._compile else "0"],
+        argv = sandbox.wrap([sys.executable, "-m", "mlyard.tasks.model_host", str(self._path), "1" if self._compile else "0"],
                             walls)
         self._proc = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE)
@@ -194,7 +194,7 @@ def _unrows(given: dict) -> Any:
 
 def _copy_compiled(path: Path, into: Path) -> None:
     """The model's compiled (or refused) entry, when the cache has one, copied where its process looks."""
-    from tasks import compiled
+    from mlyard.tasks import compiled
 
     found = compiled.entry(path)
     if found is not None and found.is_dir():
@@ -218,7 +218,7 @@ def main() -> None:
         out.write(HEADER.pack(len(data)) + data)
         out.flush()
 
-    from tasks.models import Model
+    from mlyard.tasks.models import Model
 
     try:
         model = Model(sys.argv[1], compile=sys.argv[2] == "1")

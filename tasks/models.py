@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from core.environment import flag
+from mlyard.core.environment import flag
 
 SKLEARN_LOADER = "mlflow.sklearn"
 BATCH_THREADS = 0  # a compiled model in a batch: onnxruntime's own default, every core
@@ -80,7 +80,7 @@ def prepare_for_serving(model_dir: Path) -> str | None:
     """Done once when a version is registered: a scikit-learn model (an MLflow model, or a folder of one
     .joblib file) compiled to ONNX and verified, into the cache every later load finds it in (the first
     `serve` of the version then imports neither scikit-learn nor SciPy); how it will run, or None."""
-    from tasks import compiled
+    from mlyard.tasks import compiled
 
     if (model_dir / "MLmodel").is_file():
         if not compiled.is_sklearn_model(model_dir):
@@ -133,7 +133,7 @@ def estimator_signature(model_dir: Path) -> dict[str, Any] | None:
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema, TensorSpec
 
-    from registry.models import signature_json
+    from mlyard.registry.models import signature_json
 
     names = getattr(est, "feature_names_in_", None)
     inputs = (Schema([ColSpec("double", str(n)) for n in names]) if names is not None else
@@ -147,7 +147,7 @@ def _compiled_or_estimator(path: Path, compile: bool, model: "Model") -> Any:
     """A local scikit-learn model as serving runs it (tasks/compiled.py): compiled to ONNX and verified
     against the estimator (from the cache, without importing scikit-learn, when it was compiled before,
     at registration for a registered version), else the estimator itself; None for other models."""
-    from tasks import compiled
+    from mlyard.tasks import compiled
 
     if compile and (path / "MLmodel").is_file():
         ready = compiled.cached(path, threads=BATCH_THREADS)

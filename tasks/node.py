@@ -1,5 +1,5 @@
 """One node of a multi-node training on Kubernetes: the command of each pod of the nodes' Indexed Job
-(`python -m tasks.node`; tasks/node_jobs.py makes the Job).
+(`python -m mlyard.tasks.node`; tasks/node_jobs.py makes the Job).
 
 1. Read the training (MLYARD_NODE_SPEC), the Job (MLYARD_NODE_JOB) and this pod's index
    (JOB_COMPLETION_INDEX, set by the Job controller).
@@ -20,17 +20,17 @@ import sys
 import tempfile
 from pathlib import Path
 
-from core.environment import node_job_env
-from core.errors import MlyardError, TrainingFailed
-from core.settings import Settings, apply_engine_env, require_shared_stores
-from core.specs import TrainingSpec
-from registry.tracking import Tracking
-from tasks.confinement import Confinement
-from tasks.environments import requirements_env
-from tasks.launch import Rendezvous, run_script
-from tasks.node_jobs import RENDEZVOUS_PORT, NodeJob, node_environment
-from tasks.storage import Storage
-from tasks.training import LOG_NAME, save_model, stage_inputs
+from mlyard.core.environment import node_job_env
+from mlyard.core.errors import MlyardError, TrainingFailed
+from mlyard.core.settings import Settings, apply_engine_env, require_shared_stores
+from mlyard.core.specs import TrainingSpec
+from mlyard.registry.tracking import Tracking
+from mlyard.tasks.confinement import Confinement
+from mlyard.tasks.environments import requirements_env
+from mlyard.tasks.launch import Rendezvous, run_script
+from mlyard.tasks.node_jobs import RENDEZVOUS_PORT, NodeJob, node_environment
+from mlyard.tasks.storage import Storage
+from mlyard.tasks.training import LOG_NAME, save_model, stage_inputs
 
 
 def main() -> int:

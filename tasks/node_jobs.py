@@ -4,7 +4,7 @@ their end (issue 26 §2; DESIGN §14).
 
 - The node pods are the coordinator's own pod (image, settings ConfigMap and Secret, volumes, service
   account, pull Secrets, security context: what the pool made) with the spec's `resources` (GPUs, GPU
-  type, CPU, memory, data storage), running `python -m tasks.node` (tasks/node.py).
+  type, CPU, memory, data storage), running `python -m mlyard.tasks.node` (tasks/node.py).
 - Each pod gets its index from the Job controller (`JOB_COMPLETION_INDEX`); `pod-i.service` names
   resolve through the headless Service (`subdomain`), before the pods are ready
   (`publishNotReadyAddresses`), so node 0's torchrun c10d store (port 29400) and TensorFlow's workers
@@ -33,15 +33,15 @@ from typing import Any, Callable
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from core.environment import pod_name
-from core.errors import TrainingFailed, TrainingStopped
-from core.names import TASK_RUN_ENTRY_POINT
-from core.settings import Settings
-from core.specs import TrainingSpec
-from core.specs.training import COORDINATOR, RUN_ACCOUNT
-from registry.tracking import Tracking
-from tasks.launch import ScriptRun
-from tasks.orchestration import KUEUE_QUEUE_LABEL, step_started
+from mlyard.core.environment import pod_name
+from mlyard.core.errors import TrainingFailed, TrainingStopped
+from mlyard.core.names import TASK_RUN_ENTRY_POINT
+from mlyard.core.settings import Settings
+from mlyard.core.specs import TrainingSpec
+from mlyard.core.specs.training import COORDINATOR, RUN_ACCOUNT
+from mlyard.registry.tracking import Tracking
+from mlyard.tasks.launch import ScriptRun
+from mlyard.tasks.orchestration import KUEUE_QUEUE_LABEL, step_started
 
 RENDEZVOUS_PORT = 29400  # torchrun's c10d store, on node 0
 MASTER_PORT = 29500  # MASTER_PORT for code that reads it (torch.distributed's env:// init)
@@ -101,7 +101,7 @@ def render(spec: TrainingSpec, coordinator_pod: dict[str, Any], job: NodeJob, tr
     container["volumeMounts"] = [m for m in container.get("volumeMounts") or []
                                  if not m["name"].startswith("kube-api-access-")]
     container["name"] = "node"
-    container["command"] = ["python", "-m", "tasks.node"]
+    container["command"] = ["python", "-m", "mlyard.tasks.node"]
     container.pop("args", None)
     kept = [e for e in container.get("env") or [] if not e["name"].startswith(("PREFECT__FLOW_RUN", "MLYARD_NODE_"))]
     container["env"] = kept + [
@@ -308,7 +308,7 @@ def run_nodes(spec: TrainingSpec, training_id: str, run_id: str, tracking: Track
 
     from kubernetes import client
 
-    from tasks.kubernetes import cluster_client
+    from mlyard.tasks.kubernetes import cluster_client
 
     logger = get_run_logger()
     api = cluster_client("nodes", spec.nodes)
@@ -355,7 +355,7 @@ def end_nodes(flow, flow_run, state) -> None:
     """An on_cancellation (and on_crashed) hook of the training flow: a multi-node training cancelled while
     Prefect's engine ends its flow run in the pod (before `follow` sees the stop) deletes its nodes' Job
     and Service, so no node trains on for nobody."""
-    from core.settings import Settings, in_kubernetes_pod
+    from mlyard.core.settings import Settings, in_kubernetes_pod
 
     spec = (flow_run.parameters or {}).get("spec") or {}
     def field(name: str, default: int) -> int:
@@ -364,7 +364,7 @@ def end_nodes(flow, flow_run, state) -> None:
     nodes = field("nodes", 1)
     if nodes < 2 or not in_kubernetes_pod():
         return
-    from tasks.kubernetes import cluster_client
+    from mlyard.tasks.kubernetes import cluster_client
 
     api, namespace = cluster_client("nodes", nodes), Settings().kube_namespace
     for restart in range(field("max_restarts", 0) + 1):  # whichever start was running (the others are gone: 404)

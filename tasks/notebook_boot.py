@@ -1,7 +1,7 @@
 """A notebook's start on this machine: what the replica supervisor runs for it, at every start (create,
 start, reboot, and a restart after a crash), before it becomes JupyterLab.
 
-    python -m tasks.notebook_boot --folder NOTEBOOK_DIR --port N [--nas NAME=PATH] [--cpus C]
+    python -m mlyard.tasks.notebook_boot --folder NOTEBOOK_DIR --port N [--nas NAME=PATH] [--cpus C]
                                   [--ip 0.0.0.0 --token-file PATH]    (in a pod: tasks/notebook_cluster.py)
 
 1. Boot storage is reset: `boot/` is made anew (Jupyter's settings, runtime files, the kernels'
@@ -134,7 +134,7 @@ def register_kernels(data: Path, kernels_dir: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tasks.notebook_boot", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m mlyard.tasks.notebook_boot", description=__doc__.splitlines()[0])
     parser.add_argument("--folder", required=True, type=Path)
     parser.add_argument("--port", required=True, type=int)
     parser.add_argument("--ip", default="127.0.0.1", help="where Jupyter listens (0.0.0.0 in a pod, behind its Service)")

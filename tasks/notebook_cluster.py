@@ -21,11 +21,11 @@ from typing import Any
 
 import yaml
 
-from core.assets import infra
-from core.specs.notebook import INSTANCE_TYPES, NotebookSpec
-from core.uris import parse_uri
-from tasks.kubernetes import FIELD_MANAGER, LABEL, apply_object, read_object, validate
-from tasks.notebooks import HEALTH_PATH, base_path
+from mlyard.core.assets import infra
+from mlyard.core.specs.notebook import INSTANCE_TYPES, NotebookSpec
+from mlyard.core.uris import parse_uri
+from mlyard.tasks.kubernetes import FIELD_MANAGER, LABEL, apply_object, read_object, validate
+from mlyard.tasks.notebooks import HEALTH_PATH, base_path
 
 TEMPLATES = infra("notebook")
 PORT = 8888
@@ -54,7 +54,7 @@ def render(name: str, notebook_id: int, spec: NotebookSpec, image: str, token: s
     quantities = {"cpu": str(kind.cpus), "memory": f"{kind.memory_gb}Gi"}
     if kind.gpus:
         quantities["nvidia.com/gpu"] = str(kind.gpus)
-    command = ["python", "-m", "tasks.notebook_boot", "--folder", FOLDER, "--port", str(PORT), "--ip", "0.0.0.0",
+    command = ["python", "-m", "mlyard.tasks.notebook_boot", "--folder", FOLDER, "--port", str(PORT), "--ip", "0.0.0.0",
                "--token-file", f"{TOKEN_DIR}/token", "--cpus", str(kind.cpus), "--base-url", base_path(notebook_id)]
     mounts = [{"name": "data", "mountPath": f"{FOLDER}/data"}, {"name": "boot", "mountPath": f"{FOLDER}/boot"},
               {"name": "token", "mountPath": TOKEN_DIR, "readOnly": True}]
@@ -84,7 +84,7 @@ def render(name: str, notebook_id: int, spec: NotebookSpec, image: str, token: s
 
 def apply(api_client: Any, manifests: list[dict[str, Any]], namespace: str) -> dict[str, list[str]]:
     """Server-side apply of the notebook's objects; what was created, changed or left unchanged."""
-    from tasks.cluster import discovery_client
+    from mlyard.tasks.cluster import discovery_client
 
     validate(manifests)
     dyn = discovery_client(api_client)

@@ -9,10 +9,10 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from core.errors import ReplicaFailed
-from core.specs.notebook import NotebookSpec
-from tasks import notebooks as local
-from tasks import replicas as files
+from mlyard.core.errors import ReplicaFailed
+from mlyard.core.specs.notebook import NotebookSpec
+from mlyard.tasks import notebooks as local
+from mlyard.tasks import replicas as files
 
 START_TIMEOUT = 300.0  # the start-up scripts run first: give them time
 STOP_TIMEOUT = 30.0
@@ -50,7 +50,7 @@ def delete_storage(home: Path, notebook_id: int) -> None:
 
 def on_cluster(spec: NotebookSpec) -> bool:
     """A notebook of a registered image runs on the Kubernetes cluster; `python` on this machine."""
-    from core.specs.notebook import LOCAL_IMAGE
+    from mlyard.core.specs.notebook import LOCAL_IMAGE
 
     return spec.image != LOCAL_IMAGE
 
@@ -59,9 +59,9 @@ def on_cluster(spec: NotebookSpec) -> bool:
 def apply_on_cluster(settings: Any, name: str, notebook_id: int, spec: NotebookSpec, replicas: int) -> str:
     """Render, validate and apply the notebook's objects (its StatefulSet at `replicas`: 1 running, 0
     stopped); its Service's address."""
-    from tasks import notebook_cluster as nbk
-    from tasks.kubernetes import cluster_client
-    from tasks.registry_secrets import ensure_pull_secret, images
+    from mlyard.tasks import notebook_cluster as nbk
+    from mlyard.tasks.kubernetes import cluster_client
+    from mlyard.tasks.registry_secrets import ensure_pull_secret, images
 
     resolved = images(settings).resolve(spec.image)
     ensure_pull_secret(resolved, settings)
@@ -75,16 +75,16 @@ def apply_on_cluster(settings: Any, name: str, notebook_id: int, spec: NotebookS
 
 @task(name="reboot-notebook-pod", cache_policy=NO_CACHE)
 def reboot_on_cluster(settings: Any, name: str, notebook_id: int, spec: NotebookSpec) -> None:
-    from tasks import notebook_cluster as nbk
-    from tasks.kubernetes import cluster_client
+    from mlyard.tasks import notebook_cluster as nbk
+    from mlyard.tasks.kubernetes import cluster_client
 
     nbk.reboot(cluster_client("image", spec.image), name, notebook_id, settings.kube_namespace)
 
 
 @task(name="delete-notebook-objects", cache_policy=NO_CACHE)
 def delete_on_cluster(settings: Any, name: str, notebook_id: int, spec: NotebookSpec) -> list[str]:
-    from tasks import notebook_cluster as nbk
-    from tasks.kubernetes import cluster_client
+    from mlyard.tasks import notebook_cluster as nbk
+    from mlyard.tasks.kubernetes import cluster_client
 
     gone = nbk.delete(cluster_client("image", spec.image), name, notebook_id, settings.kube_namespace)
     local.remove(settings.home_dir, notebook_id)  # its token

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from core.specs.notebook import INSTANCE_TYPES, NotebookSpec
+from mlyard.core.specs.notebook import INSTANCE_TYPES, NotebookSpec
 
 HEALTH_PATH = "api"  # under its base path: Jupyter server's version, which answers once the server serves
 
@@ -40,7 +40,7 @@ def group(notebook_id: int) -> str:
 
 
 def key(notebook_id: int) -> str:
-    from tasks import replicas as files
+    from mlyard.tasks import replicas as files
 
     return files.key_of(group(notebook_id), "jupyter", notebook_id, 0)
 
@@ -61,8 +61,8 @@ def prepare(home: Any, notebook_id: int) -> Path:
 
 def nas_path(spec: NotebookSpec, nas_mounts: dict[str, Path]) -> Path | None:
     """The NAS share's folder on this machine (settings nas_mounts), which must exist; None without one."""
-    from core.errors import SpecError
-    from core.uris import parse_uri
+    from mlyard.core.errors import SpecError
+    from mlyard.core.uris import parse_uri
 
     if spec.nas is None:
         return None
@@ -74,9 +74,9 @@ def nas_path(spec: NotebookSpec, nas_mounts: dict[str, Path]) -> Path | None:
 
 def want(home: Any, notebook_id: int, spec: NotebookSpec, nas_path: Path | None) -> str:
     """Ask the supervisor for the notebook's JupyterLab (through its boot); its replica key."""
-    from tasks import replicas as files
+    from mlyard.tasks import replicas as files
 
-    argv = [sys.executable, "-m", "tasks.notebook_boot", "--folder", str(folder(home, notebook_id)),
+    argv = [sys.executable, "-m", "mlyard.tasks.notebook_boot", "--folder", str(folder(home, notebook_id)),
             "--cpus", str(INSTANCE_TYPES[spec.instance_type].cpus), "--base-url", base_path(notebook_id)]
     if spec.nas and nas_path is not None:
         argv += ["--nas", f"{spec.nas.mount_name}={nas_path}"]
@@ -94,7 +94,7 @@ def port(home: Any, notebook_id: int) -> int:
     its URL: the one it had while that is free, else a new one (MLYARD_NOTEBOOK_PORTS, or any free)."""
     import socket
 
-    from core.settings import Settings
+    from mlyard.core.settings import Settings
 
     kept = folder(home, notebook_id) / "port"
 
@@ -117,11 +117,11 @@ def port(home: Any, notebook_id: int) -> int:
         first, last = (int(x) for x in span.split("-"))
         chosen = next((p for p in range(first, last + 1) if free(p)), None)
         if chosen is None:
-            from core.errors import StackError
+            from mlyard.core.errors import StackError
 
             raise StackError(f"no free port left in MLYARD_NOTEBOOK_PORTS={span}: widen it, or stop a notebook")
     else:
-        from tasks.replicas import free_port
+        from mlyard.tasks.replicas import free_port
 
         chosen = free_port()
     kept.write_text(str(chosen))
@@ -129,7 +129,7 @@ def port(home: Any, notebook_id: int) -> int:
 
 
 def unwant(home: Any, notebook_id: int) -> str:
-    from tasks import replicas as files
+    from mlyard.tasks import replicas as files
 
     k = key(notebook_id)
     files.unwant(home, k)
@@ -138,7 +138,7 @@ def unwant(home: Any, notebook_id: int) -> str:
 
 def address(home: Any, notebook_id: int) -> str | None:
     """`http://127.0.0.1:PORT` of the notebook's JupyterLab, or None while it has no process."""
-    from tasks import replicas as files
+    from mlyard.tasks import replicas as files
 
     st = files.states(home).get(key(notebook_id))
     return st.url if st is not None and st.status == "RUNNING" else None
@@ -159,7 +159,7 @@ def url(home: Any, notebook_id: int, with_token: bool = True) -> str | None:
 
 def healthy(home: Any, notebook_id: int) -> bool:
     """Jupyter answers on its port now."""
-    from tasks import replicas as files
+    from mlyard.tasks import replicas as files
 
     st = files.states(home).get(key(notebook_id))
     return (st is not None and st.status == "RUNNING"
@@ -184,6 +184,6 @@ def remove(home: Any, notebook_id: int) -> None:
 
 
 def log_path(home: Any, notebook_id: int) -> Path:
-    from tasks import replicas as files
+    from mlyard.tasks import replicas as files
 
     return files.log_path(home, key(notebook_id))

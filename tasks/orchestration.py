@@ -10,8 +10,8 @@ import time
 from typing import Any, Callable, Iterator
 from uuid import UUID
 
-from core.errors import StackError
-from core.names import RUN_NAMES, STARTED_LABEL, TAG_NAMED, TAG_NOTE, TAG_PREFECT_URL, render_run_name
+from mlyard.core.errors import StackError
+from mlyard.core.names import RUN_NAMES, STARTED_LABEL, TAG_NAMED, TAG_NOTE, TAG_PREFECT_URL, render_run_name
 
 
 def prompt_flow_ends() -> None:
@@ -66,7 +66,7 @@ _MARKED: set[tuple[str, str]] = set()
 
 
 def step_started(step: str) -> None:
-    """Called first in each task whose start decides a lifecycle run's status (core.names): the flow run
+    """Called first in each task whose start decides a lifecycle run's status (mlyard.core.names): the flow run
     is labelled with the step at once. Prefect's server records task runs from their events, a moment
     after they happen and longer under load, so a status read right after a run failed could miss that
     its entry point had run (CREATE FAILED instead of FAIL TRAIN). (A task's `on_running` hook would
@@ -118,8 +118,8 @@ def link_mlflow_run(tracking: Any, run_id: str, what: str, key: str | None = "ml
     from prefect.artifacts import create_link_artifact
     from prefect.runtime import flow_run
 
-    from core.links import mlflow_run_url
-    from core.settings import Settings
+    from mlyard.core.links import mlflow_run_url
+    from mlyard.core.settings import Settings
 
     if not flow_run.get_id():
         return
@@ -192,8 +192,8 @@ def with_queue_label(job_variables: dict, project: str = "default") -> dict:
     """The gpu pool's job variables with the Kueue queue label, when settings name a queue (kueue_queue):
     Kueue then admits the Job against the pool's GPU quota, or its project's (its own LocalQueue,
     tasks/cluster.py `project_queues`). The platform sets it, over any label the caller gave."""
-    from core.access import project_queue
-    from core.settings import Settings
+    from mlyard.core.access import project_queue
+    from mlyard.core.settings import Settings
 
     queue = Settings().kueue_queue
     if not queue:
@@ -208,7 +208,7 @@ def run_name(flow: str) -> Callable[[], str]:
     a run queued from the CLI or Python, a schedule's slot) or a person typed it in the Prefect UI's Run
     form, so the name given at creation is the name it keeps; else (a name Prefect made up: the Run
     form's own suggestion, the server's for `prefect deployment run`) rendered from the run's
-    parameters (core.names.RUN_NAMES) when it starts."""
+    parameters (mlyard.core.names.RUN_NAMES) when it starts."""
     template = RUN_NAMES[flow]
 
     def name() -> str:
@@ -280,7 +280,7 @@ def submit(deployment: str, parameters: dict, job_variables: dict | None = None,
                              "worker you run); in production, `mlyard k8s apply --prefect-api-url URL`") from None
         pool = client.read_work_pool(found.work_pool_name) if found.work_pool_name else None
     tags = [*(tags or []), *(t for t in owner_tags() if t not in (tags or []))]  # a run's children are its project's
-    from core.access import project_of_tags
+    from mlyard.core.access import project_of_tags
 
     kept = pool_job_variables(pool, job_variables, project_of_tags(tags))
     template = RUN_NAMES.get(deployment.split("/", 1)[0])
@@ -294,7 +294,7 @@ def owner_tags() -> list[str]:
     """The project and user tags of the flow run this process runs (none outside one)."""
     from prefect.context import FlowRunContext
 
-    from core.access import PROJECT_TAG, USER_TAG
+    from mlyard.core.access import PROJECT_TAG, USER_TAG
 
     ctx = FlowRunContext.get()
     if ctx is None or ctx.flow_run is None:
@@ -304,7 +304,7 @@ def owner_tags() -> list[str]:
 
 def run_project() -> str:
     """The project of the flow run this process runs (`default` outside one, or for runs from before)."""
-    from core.access import project_of_tags
+    from mlyard.core.access import project_of_tags
 
     return project_of_tags(owner_tags())
 
@@ -312,7 +312,7 @@ def run_project() -> str:
 def appkey_env() -> dict[str, str]:
     """What a user's script is told of whose it is, as EasyMaker tells it: EM_APPKEY, the project the run
     belongs to (and EM_USER, who started it)."""
-    from core.access import project_of_tags, user_of_tags
+    from mlyard.core.access import project_of_tags, user_of_tags
 
     tags = owner_tags()
     return {"EM_APPKEY": project_of_tags(tags), **({"EM_USER": u} if (u := user_of_tags(tags)) else {})}
@@ -330,7 +330,7 @@ def training_job_variables(client: Any, deployment_id: str, parameters: dict, po
         pools[deployment_id] = client.read_work_pool(found.work_pool_name) if found.work_pool_name else None
     if pools[deployment_id] is None or pools[deployment_id].type != "kubernetes":
         return None
-    from core.specs import TrainingSpec
+    from mlyard.core.specs import TrainingSpec
 
     return pool_job_variables(pools[deployment_id], TrainingSpec.model_validate(parameters["spec"]).job_variables(),
                               project)
@@ -343,7 +343,7 @@ def pool_job_variables(pool: Any, job_variables: dict | None, project: str = "de
     scheduler)."""
     kept = dict(job_variables or {}) if pool is not None and pool.type == "kubernetes" else {}
     if kept.get("image"):
-        from tasks.registry_secrets import pod_image
+        from mlyard.tasks.registry_secrets import pod_image
 
         kept = pod_image(kept)
     if pool is not None and pool.name == "gpu":

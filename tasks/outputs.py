@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from core.errors import StorageNotFound
-from core.specs import BatchShard
-from tasks.storage import Storage
+from mlyard.core.errors import StorageNotFound
+from mlyard.core.specs import BatchShard
+from mlyard.tasks.storage import Storage
 
 
 @dataclass(frozen=True)

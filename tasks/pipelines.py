@@ -15,15 +15,15 @@ from typing import Any, Callable
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from core.errors import SpecError
-from core.names import TASK_FAIL_PIPELINE, TASK_FINISH_PIPELINE, TASK_RUN_PIPELINE
-from core.specs.pipeline import PipelineRunSpec
-from registry.pipelines import Pipelines
-from tasks import kfp
-from tasks.launch import Supervisor
-from tasks.orchestration import step_started
+from mlyard.core.errors import SpecError
+from mlyard.core.names import TASK_FAIL_PIPELINE, TASK_FINISH_PIPELINE, TASK_RUN_PIPELINE
+from mlyard.core.specs.pipeline import PipelineRunSpec
+from mlyard.registry.pipelines import Pipelines
+from mlyard.tasks import kfp
+from mlyard.tasks.launch import Supervisor
+from mlyard.tasks.orchestration import step_started
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).absolute().parents[2]  # the folder holding the mlyard package
 
 
 def pipeline_of(pipelines: Pipelines, name: str) -> kfp.Pipeline:
@@ -68,15 +68,15 @@ def run_local(run_dir: Path, on_line: Callable[[str], None], should_stop: Callab
     """kfp.local in its own process group and sandbox (a stop ends every step it started); the exit code
     and the last lines it printed."""
     step_started(TASK_RUN_PIPELINE)
-    from core.errors import TrainingFailed
-    from core.settings import Settings
-    from tasks.confinement import around_platform_code
-    from tasks.launch import script_environment
+    from mlyard.core.errors import TrainingFailed
+    from mlyard.core.settings import Settings
+    from mlyard.tasks.confinement import around_platform_code
+    from mlyard.tasks.launch import script_environment
 
     # its components are code a user brought: in a sandbox that writes the run's folder (and its NAS) alone,
     # holding none of the platform's credentials
     argv, env, notices = around_platform_code(
-        [sys.executable, "-m", "tasks.kfp_runner", str(run_dir)], script_environment(env),
+        [sys.executable, "-m", "mlyard.tasks.kfp_runner", str(run_dir)], script_environment(env),
         [str(run_dir), *([env["MLYARD_NAS_PATH"]] if env.get("MLYARD_NAS_PATH") else [])], str(PROJECT_ROOT),
         Settings().sandbox)
     for notice in notices:

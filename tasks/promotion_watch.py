@@ -17,9 +17,9 @@ import logging
 from typing import Any, Callable, Literal
 from uuid import UUID
 
-from core.errors import NotFound, Protected
-from core.names import FLOW_ROLLOUT
-from registry.traffic import Traffic, orphaned
+from mlyard.core.errors import NotFound, Protected
+from mlyard.core.names import FLOW_ROLLOUT
+from mlyard.registry.traffic import Traffic, orphaned
 
 log = logging.getLogger("mlyard.promotions")
 
@@ -114,11 +114,11 @@ def prefect_states(client: Any) -> Callable[[str], tuple[str, str] | None]:
 def watch(settings: Any, client: Any, echo: Callable[[str], None] = log.info) -> list[str]:
     """`tend` with the platform's own parts: the catalog, Prefect, the local or cluster rollout deployment
     and the gateway."""
-    from core.connection import gateway_url
-    from core.settings import in_kubernetes_pod
-    from registry.catalog import Catalog
-    from tasks.endpoints import gateway
-    from tasks.orchestration import submit
+    from mlyard.core.connection import gateway_url
+    from mlyard.core.settings import in_kubernetes_pod
+    from mlyard.registry.catalog import Catalog
+    from mlyard.tasks.endpoints import gateway
+    from mlyard.tasks.orchestration import submit
 
     pool = "kubernetes" if in_kubernetes_pod() else "local"
 

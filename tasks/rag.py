@@ -14,10 +14,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from core.errors import DocumentError, StorageError
-from core.specs.rag import RagSpec
-from tasks.documents import Chunk, Entry, Skipped, chunk, content_hash, parse, select
-from tasks.vectorstore import VectorStore
+from mlyard.core.errors import DocumentError, StorageError
+from mlyard.core.specs.rag import RagSpec
+from mlyard.tasks.documents import Chunk, Entry, Skipped, chunk, content_hash, parse, select
+from mlyard.tasks.vectorstore import VectorStore
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""A RAG's query service on this machine: the replicas the supervisor runs (serving.rag and, when the
+"""A RAG's query service on this machine: the replicas the supervisor runs (mlyard.serving.rag and, when the
 RAG has no LLM of its own, its SmolLM2 or its model, in a sandbox) and the gateway routes, as the replica group `rag:NAME`
 (tasks/replicas.py); where its request log is; which of its replicas answers now. Light on purpose:
 the CLI's reads import it.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from core.specs.rag import RagSpec
+from mlyard.core.specs.rag import RagSpec
 
 
 def query_log(home: Any, name: str) -> Any:
@@ -31,7 +31,7 @@ def healthy_replica(home: Any, name: str, stage: str) -> str | None:
 def healthy_member(home: Any, name: str, stage: str) -> tuple[str, str] | None:
     """(URL, key) of a replica of the RAG `name` in `stage` that answers its health check now: the key names
     its own credential (core/connection.replica_key_headers), which its LLM, in a sandbox, asks for."""
-    from tasks import replicas as files
+    from mlyard.tasks import replicas as files
 
     states = files.states(home)
     for w in files.of_stage(home, llm_endpoint(name), stage):
@@ -48,18 +48,18 @@ def service_url(home: Any, name: str) -> str | None:
 
 
 def want_query_service(home: Path, rag_id: int, spec: RagSpec) -> None:
-    """Ask for the RAG's query service (spec.instance_count replicas of serving.rag, routed by the
+    """Ask for the RAG's query service (spec.instance_count replicas of mlyard.serving.rag, routed by the
     gateway once healthy) and, when it has no LLM of its own, its SmolLM2 (llm.instance_count replicas
     of `mlyard serve --chat-model`)."""
     import sys
 
-    from tasks import replicas as files
+    from mlyard.tasks import replicas as files
 
     group = llm_endpoint(spec.name)
     env = {"MLYARD_HOME": str(home)}
     for i in range(spec.instance_count):
         files.want(home, files.Wanted(files.key_of(group, "query", rag_id, i), group, "query", rag_id, i, "rag",
-                                      [sys.executable, "-m", "serving.rag", "--rag", spec.name], env, routed=True,
+                                      [sys.executable, "-m", "mlyard.serving.rag", "--rag", spec.name], env, routed=True,
                                       health_path="/health"))
     if not (spec.llm.endpoint or spec.llm.base_url):
         # a model is code and data a member brought: its replica runs in a sandbox (tasks/sandbox.py) that reads
@@ -75,7 +75,7 @@ def want_query_service(home: Path, rag_id: int, spec: RagSpec) -> None:
 
 def unwant_query_service(home: Path, name: str) -> None:
     """Stop asking for a RAG's query service and its LLM (the supervisor ends their replicas)."""
-    from tasks import replicas as files
+    from mlyard.tasks import replicas as files
 
     for w in files.wanted(home):
         if w.endpoint == llm_endpoint(name):
@@ -85,7 +85,7 @@ def unwant_query_service(home: Path, name: str) -> None:
 def query_service_status(home: Path, name: str) -> str:
     """The query route's deploy state, from its replicas: COMPLETE once every one answers its health
     check, FAILURE when one keeps exiting (3 restarts and not answering), DEPLOYING until then."""
-    from tasks import replicas as files
+    from mlyard.tasks import replicas as files
 
     members = [w for w in files.wanted(home) if w.endpoint == llm_endpoint(name)]
     if not members:

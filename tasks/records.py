@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 import orjson
 
-from core.errors import BadRecord, SpecError
+from mlyard.core.errors import BadRecord, SpecError
 
 
 def read_records(path: Path, fmt: str, start: int = 0, end: int | None = None,

@@ -2,7 +2,7 @@
 
 On a cluster each account is a `kubernetes.io/dockerconfigjson` Secret in the platform's namespace,
 made by mlyard (label `mlyard.io/registry-account`); every pod whose image belongs to the account
-names it in `imagePullSecrets`. On one machine the same Secret is a private file (registry.images.
+names it in `imagePullSecrets`. On one machine the same Secret is a private file (mlyard.registry.images.
 FileCredentials); a run submitted from there to a Kubernetes pool copies it to the cluster first
 (`ensure_pull_secret`), so the pod's node can pull.
 """
@@ -13,9 +13,9 @@ import base64
 import logging
 from typing import Any
 
-from core.environment import pod_name
-from core.settings import Settings
-from registry.images import SECRET_PREFIX, FileCredentials, Images, ResolvedImage
+from mlyard.core.environment import pod_name
+from mlyard.core.settings import Settings
+from mlyard.registry.images import SECRET_PREFIX, FileCredentials, Images, ResolvedImage
 
 TYPE = "kubernetes.io/dockerconfigjson"
 KEY = ".dockerconfigjson"
@@ -72,7 +72,7 @@ def credentials(settings: Settings):
     """Where this platform keeps registry Secrets: the cluster's namespace (settings.registry_secrets =
     kubernetes, the default in a pod) or private files under the home."""
     if settings.registry_secrets_on_cluster:
-        from tasks.kubernetes import cluster_client
+        from mlyard.tasks.kubernetes import cluster_client
 
         return KubeCredentials(cluster_client("registry_secrets", "kubernetes"), settings.kube_namespace)
     return FileCredentials(settings.secrets_path)
@@ -81,8 +81,8 @@ def credentials(settings: Settings):
 def images(settings: Settings) -> Images:
     """The catalog's images and registry accounts, with their Secrets where settings keep them (a pod
     without the shared catalog refuses, as every platform part does)."""
-    from core.settings import require_shared_stores
-    from registry.catalog import Catalog
+    from mlyard.core.settings import require_shared_stores
+    from mlyard.registry.catalog import Catalog
 
     require_shared_stores(settings)
     return Images(Catalog(settings.catalog_db_url), credentials(settings))
@@ -113,8 +113,8 @@ def ensure_pull_secret(resolved: ResolvedImage, settings: Settings) -> None:
     config_json = FileCredentials(settings.secrets_path).read(resolved.pull_secret)
     if config_json is None:
         return  # made on the cluster by another platform instance; the pod's pull says if it is not
-    from core.errors import SpecError
-    from tasks.kubernetes import cluster_client
+    from mlyard.core.errors import SpecError
+    from mlyard.tasks.kubernetes import cluster_client
 
     try:
         api = cluster_client("image", resolved.address)
@@ -136,8 +136,8 @@ def check_pod_image(ref: str, settings: Settings | None = None) -> None:
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
-    from core.errors import SpecError
-    from tasks.kubernetes import cluster_client
+    from mlyard.core.errors import SpecError
+    from mlyard.tasks.kubernetes import cluster_client
 
     settings = settings or Settings()
     resolved = images(settings).resolve(ref)

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.errors import ReplicaFailed
+from mlyard.core.errors import ReplicaFailed
 
 CODE_KIND = "serving_kind"  # the parameter of a version pushed by `endpoints deploy --sync`: its kind
 HEALTH_PATHS = {"entry-script": "/", "model-folder": "/mlyard/health"}

@@ -17,7 +17,7 @@ when Settings.sandbox is `required`. Landlock (tasks/confine.py) stays inside as
 In a flow-run pod on a cluster, the pod's `code-host` container is the sandbox (tasks/code_host.py): `wrap`
 hands the command to it, and the folders its walls name are shared with the pod's group.
 
-The standard library, core.environment and core.errors alone: a model server's replica and a notebook's
+The standard library, mlyard.core.environment and mlyard.core.errors alone: a model server's replica and a notebook's
 keeper can import it.
 """
 
@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from core.environment import code_host
-from core.errors import SandboxUnavailable
+from mlyard.core.environment import code_host
+from mlyard.core.errors import SandboxUnavailable
 
 # what of /etc programs need (users' names, name resolution, certificates, the dynamic linker, time):
 # never the whole folder (the host's shadow file, its TLS keys: a root-run stack's sandbox is still uid 0 to
@@ -244,11 +244,6 @@ def as_data(folder: Path) -> list[str]:
     return removed
 
 
-# the platform's own packages: a sandbox that runs platform code around a user's (a pipeline's components, a
-# served model) sees these folders read-only, never the checkout around them (where a home may lie)
-PLATFORM_PACKAGES = ("core", "schedules", "registry", "tuning", "tasks", "serving", "flows", "mlyard")
-
-
 def around_platform(write: list[str], network: bool, chdir: str, read: Iterable[str] = ()) -> Walls:
     """The walls of platform code running a user's (a pipeline's runner, a notebook's JupyterLab, a model
     server): the platform's packages and Pythons read-only and `read` too, `write` read-write, the first of
@@ -260,6 +255,9 @@ def around_platform(write: list[str], network: bool, chdir: str, read: Iterable[
 
 
 def platform_code() -> list[str]:
-    """The folders of the platform's packages, wherever it is installed (a checkout, site-packages)."""
-    root = Path(__file__).resolve().parent.parent
-    return [str(root / name) for name in PLATFORM_PACKAGES if (root / name / "__init__.py").is_file()]
+    """The platform's package, wherever it is installed: a sandbox that runs platform code around a user's
+    (a pipeline's components, a served model) sees it read-only, never the checkout around it (where a home
+    may lie). In site-packages that is the `mlyard` folder; in a checkout, `mlyard/` and the part folders
+    its links name (`mlyard/tasks` is `tasks/`)."""
+    package = Path(__file__).absolute().parent.parent
+    return [str(package), *sorted(str(p.resolve()) for p in package.iterdir() if p.is_symlink() and p.is_dir())]

@@ -8,7 +8,7 @@ One pass (`Scheduler.tick`):
    worker took it) is cancelled and frees it too; a killed flow process is marked CRASHED by the
    heartbeat automation of `mlyard up` and so frees it within a minute;
 3. record every enabled schedule's slots due up to `lead` seconds from now and move its watermark,
-   in one transaction (schedules.planning decides what catch-up keeps);
+   in one transaction (mlyard.schedules.planning decides what catch-up keeps);
 4. start the waiting slots the concurrency limit leaves room for (or skip them), the most urgent
    slot of all schedules first, for at most `budget_seconds` a pass (the next pass takes up the rest
    at once, so that slots coming due meanwhile are not held behind a long pass):
@@ -28,7 +28,7 @@ Why not Prefect's own deployment schedules: they read 5-field cron only (no seco
 limit can be left holding a slot of a run that died. Prefect still does everything else: the runs
 are its flow runs, its workers run them, its UI shows them, its idempotency keys guard them.
 
-`python -m tasks.scheduling` runs the loop (`mlyard up` starts it; flows/scheduler.py runs it as a
+`python -m mlyard.tasks.scheduling` runs the loop (`mlyard up` starts it; flows/scheduler.py runs it as a
 deployment in production).
 """
 
@@ -45,12 +45,12 @@ from pathlib import Path
 from typing import Any, Callable
 from uuid import UUID
 
-from core.names import TAG_NAMED
-from registry.schedules import ScheduleRecord, Schedules, SlotRecord
-from schedules.cron import Schedule
-from schedules.planning import Policy, dispatch, due, render, slot_label, trigger
-from tasks.orchestration import flow_runs_by_id, quick_retries
-from tasks.promotion_watch import WATCH_SECONDS
+from mlyard.core.names import TAG_NAMED
+from mlyard.registry.schedules import ScheduleRecord, Schedules, SlotRecord
+from mlyard.schedules.cron import Schedule
+from mlyard.schedules.planning import Policy, dispatch, due, render, slot_label, trigger
+from mlyard.tasks.orchestration import flow_runs_by_id, quick_retries
+from mlyard.tasks.promotion_watch import WATCH_SECONDS
 
 log = logging.getLogger("mlyard.scheduler")
 
@@ -101,7 +101,7 @@ def plan_of(record: ScheduleRecord) -> Plan:
     interval = spec.get("interval")
     seconds = None
     if interval:
-        from core.specs.schedule import UNIT_SECONDS
+        from mlyard.core.specs.schedule import UNIT_SECONDS
 
         seconds = int(interval["every"]) * UNIT_SECONDS[interval.get("unit", "minutes")]
     trig = trigger(spec.get("cron"), seconds, spec.get("timezone", "UTC"), anchor)
@@ -178,9 +178,9 @@ class Scheduler:
     def _start(self, record: ScheduleRecord, slot: SlotRecord, plan: Plan, now: float) -> str:
         from prefect.states import Scheduled
 
-        from core.access import PROJECT_TAG, run_tags
-        from core.names import FLOW_TRAIN, RUN_NAMES, render_run_name
-        from tasks.orchestration import training_job_variables
+        from mlyard.core.access import PROJECT_TAG, run_tags
+        from mlyard.core.names import FLOW_TRAIN, RUN_NAMES, render_run_name
+        from mlyard.tasks.orchestration import training_job_variables
 
         slot_epoch = slot.slot_epoch
         label = slot_label(slot_epoch)
@@ -340,21 +340,21 @@ class Scheduler:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tasks.scheduling", description="The mlyard scheduler loop.")
+    parser = argparse.ArgumentParser(prog="python -m mlyard.tasks.scheduling", description="The mlyard scheduler loop.")
     parser.add_argument("--once", action="store_true", help="One pass, then exit.")
     args = parser.parse_args(argv)
-    from tasks.processes import not_dumpable
+    from mlyard.tasks.processes import not_dumpable
 
     not_dumpable()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
-    from core.connection import connect
-    from core.errors import StackError
-    from core.settings import Settings, require_shared_stores
-    from registry.catalog import Catalog
-    from tasks import promotion_watch
-    from tasks.leader import wait_to_lead
-    from tasks.pipelines import sweep
+    from mlyard.core.connection import connect
+    from mlyard.core.errors import StackError
+    from mlyard.core.settings import Settings, require_shared_stores
+    from mlyard.registry.catalog import Catalog
+    from mlyard.tasks import promotion_watch
+    from mlyard.tasks.leader import wait_to_lead
+    from mlyard.tasks.pipelines import sweep
 
     try:
         settings = Settings()

@@ -28,7 +28,7 @@ def served_versions(p: Any, view: dict[str, Any], stage: str) -> dict[str, Serve
     """Each of the stage's versions as its local replicas serve it (flows/platform.py's Platform `p`): its
     files on this machine (where the stack keeps them, else a copy under <home>/serving/) and its compiled
     entry, so that its replicas reach neither the registry nor the stack."""
-    from tasks import compiled
+    from mlyard.tasks import compiled
 
     st = next(s for s in view["stages"] if s["name"] == stage)
     out: dict[str, Served] = {}
@@ -49,8 +49,8 @@ def entry_python(settings: Any, path: Path, parameters: dict[str, str]) -> str |
     import logging
     import sys
 
-    from tasks import azure_env
-    from tasks.replicas import CODE_KIND
+    from mlyard.tasks import azure_env
+    from mlyard.tasks.replicas import CODE_KIND
 
     if parameters.get(CODE_KIND) != "entry-script":
         return None
@@ -92,8 +92,8 @@ def model_copy(settings: Any, uri: str, name: str, version: str) -> Path:
     (fetched under a temporary name and renamed, so an interrupted fetch is never taken for a model)."""
     import hashlib
 
-    from tasks.inference import fetch_model
-    from tasks.storage import Storage
+    from mlyard.tasks.inference import fetch_model
+    from mlyard.tasks.storage import Storage
 
     dest = settings.home_dir / "serving" / f"{name}-{version}-{hashlib.sha256(uri.encode()).hexdigest()[:8]}"
     if dest.is_dir():

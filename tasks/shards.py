@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.errors import SpecError
-from core.specs import BatchShard
-from tasks.storage import Storage, glob_match
+from mlyard.core.errors import SpecError
+from mlyard.core.specs import BatchShard
+from mlyard.tasks.storage import Storage, glob_match
 
 MIN_SPLIT_BYTES = 1 << 20  # a JSONL file smaller than this is never cut
 

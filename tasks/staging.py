@@ -11,8 +11,8 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from core.errors import StorageUnreachable
-from tasks.storage import Storage
+from mlyard.core.errors import StorageUnreachable
+from mlyard.tasks.storage import Storage
 
 
 @task(name="stage-in", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,

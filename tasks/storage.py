@@ -17,9 +17,9 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
-from core.errors import StorageError, StorageNotFound, StorageUnreachable
-from core.settings import Settings
-from core.uris import Location, parse_uri
+from mlyard.core.errors import StorageError, StorageNotFound, StorageUnreachable
+from mlyard.core.settings import Settings
+from mlyard.core.uris import Location, parse_uri
 
 SUCCESS_MARKER = "_MLYARD_SUCCESS"
 _MISSING_CODES = {"NoSuchBucket", "NoSuchKey", "404", "NotFound"}

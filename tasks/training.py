@@ -16,7 +16,7 @@ from typing import Callable, Literal, Mapping, Sequence
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from core.names import (
+from mlyard.core.names import (
     TAG_ENTRY_POINT,
     TAG_KIND,
     TAG_PROJECT,
@@ -26,15 +26,15 @@ from core.names import (
     TAG_TRAINING_NAME,
     TASK_RUN_ENTRY_POINT,
 )
-from core.specs import TrainingSpec
-from registry.tracking import Tracking
-from tasks import checks
-from tasks.confinement import Confinement
-from tasks.environments import requirements_env
-from tasks.launch import ScriptRun, Workdirs, run_script
-from tasks.orchestration import prefect_link, run_project, step_started
-from tasks.staging import stage_in, stage_out
-from tasks.storage import Storage
+from mlyard.core.specs import TrainingSpec
+from mlyard.registry.tracking import Tracking
+from mlyard.tasks import checks
+from mlyard.tasks.confinement import Confinement
+from mlyard.tasks.environments import requirements_env
+from mlyard.tasks.launch import ScriptRun, Workdirs, run_script
+from mlyard.tasks.orchestration import prefect_link, run_project, step_started
+from mlyard.tasks.staging import stage_in, stage_out
+from mlyard.tasks.storage import Storage
 
 LOG_NAME = "output.log"
 
@@ -106,7 +106,7 @@ def open_run(tracking: Tracking, spec: TrainingSpec, training_id: str, kind: str
 def announce_run(tracking: Tracking, run_id: str, spec: TrainingSpec) -> None:
     """The training's MLflow run, linked from its Prefect flow run (an artifact), and the datasets it reads
     as the run's dataset inputs."""
-    from tasks.orchestration import link_mlflow_run
+    from mlyard.tasks.orchestration import link_mlflow_run
 
     tracking.log_datasets(run_id, spec.datasets, "training")
     link_mlflow_run(tracking, run_id, "training")
@@ -118,9 +118,9 @@ def launch(spec: TrainingSpec, dirs: Workdirs, python: str, region: str, engine_
            named_patterns: Sequence[tuple[str, re.Pattern[str]]] = ()) -> ScriptRun:
     """Run the entry point to its end under the EasyMaker contract, its metrics streamed to the MLflow run,
     once it holds its GPU slots on this machine (tasks/gpu_slots.py)."""
-    from core.settings import Settings
-    from tasks.gpu_slots import holding, project_quota
-    from tasks.orchestration import run_project
+    from mlyard.core.settings import Settings
+    from mlyard.tasks.gpu_slots import holding, project_quota
+    from mlyard.tasks.orchestration import run_project
 
     settings = Settings()
     gpus = spec.resources.gpu_count * spec.nodes  # every node here
@@ -160,7 +160,7 @@ def save_model(storage: Storage | None, tracking: Tracking, spec: TrainingSpec, 
     to MLflow; returns the model's MLflow artifact URI (None when EM_MODEL_DIR is empty). A trial
     keeps its model in MLflow only (`to_output_uris=False`). What the script left is taken as data: a
     link leading out of its folder is not followed but removed, and named in the run's log."""
-    from tasks.sandbox import as_data
+    from mlyard.tasks.sandbox import as_data
 
     say = _sayer()
     for folder in (dirs.model, dirs.checkpoint, dirs.tensorboard):

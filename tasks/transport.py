@@ -1,6 +1,6 @@
 """Where work runs: one seam (DESIGN §2).
 
-A job is a typed pydantic model holding its shards (`core.specs.BatchJob` today; tuning trials,
+A job is a typed pydantic model holding its shards (`mlyard.core.specs.BatchJob` today; tuning trials,
 serving replicas, KFP steps and RAG shards next). A `Transport` runs a list of jobs, one per worker,
 and reports through one `Follow`:
 
@@ -31,11 +31,11 @@ from typing import Any, Callable, Protocol, Sequence
 
 from pydantic import BaseModel
 
-from core.environment import python_path
-from core.errors import JobFailed, TrainingFailed, TrainingStopped
+from mlyard.core.environment import python_path
+from mlyard.core.errors import JobFailed, TrainingFailed, TrainingStopped
 
 EVENT_PREFIX = "@mlyard "
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).absolute().parents[2]  # the folder holding the mlyard package (a checkout's, site-packages)
 
 
 def _never() -> str | None:
@@ -80,7 +80,7 @@ class LocalProcesses:
         self.poll_seconds, self.grace_seconds = poll_seconds, grace_seconds
 
     def run(self, jobs: Sequence[BaseModel], follow: Follow) -> None:
-        from tasks.launch import Supervisor
+        from mlyard.tasks.launch import Supervisor
 
         stop: list[str] = []
         errors: list[str] = []
@@ -146,7 +146,7 @@ class FlowRuns:
     def run(self, jobs: Sequence[BaseModel], follow: Follow) -> None:
         from prefect.client.orchestration import get_client
 
-        from tasks.orchestration import cancel_flow_run, submit
+        from mlyard.tasks.orchestration import cancel_flow_run, submit
 
         runs = []
         try:

@@ -17,16 +17,16 @@ from typing import Literal
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from core.errors import TrainingFailed, TrainingStopped
-from core.metrics import MetricLineError, json_metric_values
-from core.names import TAG_PARENT_RUN_ID, TAG_TRIAL_NUMBER, TAG_TRIAL_STATE, TAG_TUNING_ID, TASK_TRIAL
-from core.specs import TrainingSpec, TuningSpec
-from registry.tracking import Tracking
-from tasks.orchestration import cancel_flow_run, step_started, submit
-from tasks.training import LOG_NAME, Inputs, close_run, launch, open_run, save_model
-from tuning import KatibState, objective_parsers
-from tuning.engine import RUN_ID_ATTR, Trial, parse_line
-from tuning.loop import Loop, Pruner, record_outcome
+from mlyard.core.errors import TrainingFailed, TrainingStopped
+from mlyard.core.metrics import MetricLineError, json_metric_values
+from mlyard.core.names import TAG_PARENT_RUN_ID, TAG_TRIAL_NUMBER, TAG_TRIAL_STATE, TAG_TUNING_ID, TASK_TRIAL
+from mlyard.core.specs import TrainingSpec, TuningSpec
+from mlyard.registry.tracking import Tracking
+from mlyard.tasks.orchestration import cancel_flow_run, step_started, submit
+from mlyard.tasks.training import LOG_NAME, Inputs, close_run, launch, open_run, save_model
+from mlyard.tuning import KatibState, objective_parsers
+from mlyard.tuning.engine import RUN_ID_ATTR, Trial, parse_line
+from mlyard.tuning.loop import Loop, Pruner, record_outcome
 
 STATE_POLL_SECONDS = 0.2  # a trial's flow run: how often its state is read while the tuning waits
 METRICS_POLL_SECONDS = 0.5  # and its metrics in MLflow (the median rule's input)

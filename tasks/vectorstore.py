@@ -14,10 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from core.environment import named_secret
-from core.errors import VectorStoreError
-from core.settings import Settings
-from core.specs.rag import VectorStoreSpec
+from mlyard.core.environment import named_secret
+from mlyard.core.errors import VectorStoreError
+from mlyard.core.settings import Settings
+from mlyard.core.specs.rag import VectorStoreSpec
 
 HNSW_MIN_CHUNKS = 10_000
 

@@ -55,7 +55,7 @@ class ClusterStores:
     def env(self) -> dict[str, str]:
         """The same as MLYARD_* variables, for a process of the test (a flow run in it, a CLI), with the
         tracking credential MLflow's clients send (this process keeps the test stack's internal one)."""
-        from core.environment import tracking_token
+        from mlyard.core.environment import tracking_token
 
         return {"MLYARD_MLFLOW_TRACKING_URI": self.mlflow_uri, "MLYARD_CATALOG_URL": self.catalog_url,
                 "MLYARD_S3_ENDPOINT_URL": self.s3_endpoint, "MLYARD_S3_ACCESS_KEY_ID": "test",
@@ -63,7 +63,7 @@ class ClusterStores:
                 "MLFLOW_TRACKING_TOKEN": tracking_token(self.internal_token)}
 
     def close(self) -> None:
-        from tasks.processes import stop_group
+        from mlyard.tasks.processes import stop_group
 
         for proc in self.processes:
             stop_group(proc, 5)
@@ -85,7 +85,7 @@ def start(s3_endpoint: str, free_port) -> ClusterStores:
     except BaseException:
         import shutil
 
-        from tasks.processes import stop_group
+        from mlyard.tasks.processes import stop_group
 
         stop_group(mlflow[0], 5)
         _pg_ctl(folder / "pgdata", ["-m", "fast", "stop"], check=False)
@@ -100,7 +100,7 @@ def start(s3_endpoint: str, free_port) -> ClusterStores:
 def _start_mlflow(folder: Path, port: int) -> tuple[subprocess.Popen, str]:
     import shutil
 
-    from registry.tracking import prepare_db
+    from mlyard.registry.tracking import prepare_db
 
     (folder / "mlflow").mkdir()
     db = folder / "mlflow" / "mlflow.db"

@@ -166,7 +166,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 @pytest.fixture(scope="session")
 def settings():
-    from core.settings import Settings
+    from mlyard.core.settings import Settings
 
     return Settings()
 
@@ -182,7 +182,7 @@ def stack(settings):
     from mlyard import stack as stack_mod
 
     state = stack_mod.up(settings.model_copy(update={"cluster_pools": True}), echo=lambda *_: None)
-    from tasks.processes import alive
+    from mlyard.tasks.processes import alive
 
     for name, pid in state.pids.items():  # a part that died while starting: say which, with its log's end
         log = Path(state.logs.get(name, "/nonexistent"))
@@ -201,7 +201,7 @@ def stack(settings):
 
 @pytest.fixture(scope="session")
 def platform(settings, stack):
-    from flows.platform import Platform
+    from mlyard.flows.platform import Platform
 
     return Platform(settings)
 
@@ -253,7 +253,7 @@ def s3_server():
 
 @pytest.fixture()
 def s3_settings(s3_server, tmp_path):
-    from core.settings import Settings
+    from mlyard.core.settings import Settings
 
     return Settings(s3_endpoint_url=s3_server, s3_access_key_id="test", s3_secret_access_key="test",
                     obs_scheme="http", nas_mounts={"nas-1": str(tmp_path / "nas")})
@@ -360,8 +360,8 @@ def no_leaks(request):
     yield
     if "mlflow" in sys.modules:  # a test that never imported MLflow cannot have left a run active
         assert sys.modules["mlflow"].active_run() is None, "a test left an active MLflow run"
-    from core.connection import read_state
-    from core.settings import Settings
+    from mlyard.core.connection import read_state
+    from mlyard.core.settings import Settings
 
     state = read_state(Settings())
     allowed = before | set(state.pids.values() if state else [])

@@ -746,7 +746,7 @@ class Kubelet:
         self._thread.start()
 
     def close(self) -> None:
-        from tasks.processes import stop_group
+        from mlyard.tasks.processes import stop_group
 
         self._stop.set()
         self._thread.join(10)
@@ -758,7 +758,7 @@ class Kubelet:
             shutil.rmtree(self.pods_dir, ignore_errors=True)
 
     def _loop(self) -> None:
-        from tasks.processes import stop_group
+        from mlyard.tasks.processes import stop_group
 
         while not self._stop.wait(0.1):
             for job in self.api.items("Job"):
@@ -860,7 +860,7 @@ class Kubelet:
             t.start()
 
     def _end_pods(self, ns: str, job_name: str) -> None:
-        from tasks.processes import stop_group
+        from mlyard.tasks.processes import stop_group
 
         for pod in self.api.items("Pod", ns):
             if pod["metadata"].get("labels", {}).get("job-name") == job_name:
@@ -912,7 +912,7 @@ class Kubelet:
     @staticmethod
     def _end_sidecars(sidecars: list[tuple[Any, threading.Thread]]) -> None:
         """After the pod's containers have ended: its sidecars are sent SIGTERM (then SIGKILL), as kubelet does."""
-        from tasks.processes import stop_group
+        from mlyard.tasks.processes import stop_group
 
         for proc, reader in sidecars:
             stop_group(proc, 5)

@@ -15,8 +15,8 @@ def run_training(spec: dict) -> tuple[str, float]:
     `mlyard train --submit` does: the `cluster` fixture sets MLYARD_UPLOAD_URI)."""
     from prefect.deployments import run_deployment
 
-    from core.settings import Settings
-    from core.specs import TrainingSpec
+    from mlyard.core.settings import Settings
+    from mlyard.core.specs import TrainingSpec
     from mlyard.uploads import for_cluster
 
     t0 = time.time()

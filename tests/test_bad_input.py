@@ -71,8 +71,8 @@ def test_a_token_for_ninety_nine_million_days_is_one_line_naming_days(stack):
 def test_an_endpoint_named_after_a_gateway_route_is_refused_at_create(stack):
     """/mlyard/... and /rag/... are the gateway's own paths: an endpoint of such a name was made ACTIVE and
     could never be reached."""
-    from core.names import GATEWAY_PREFIXES
-    from serving.gateway_rag import RAG_ROUTES
+    from mlyard.core.names import GATEWAY_PREFIXES
+    from mlyard.serving.gateway_rag import RAG_ROUTES
 
     assert {route.split("/")[1] for route in RAG_ROUTES} | {"mlyard"} <= set(GATEWAY_PREFIXES)
     folder = project("reserved-endpoint")
@@ -90,7 +90,7 @@ def test_a_platform_that_does_not_answer_is_not_a_run_that_is_missing(tmp_path):
     import httpx
     from prefect.exceptions import ObjectNotFound
 
-    from core.errors import PlatformUnreachable, TrainingNotFound
+    from mlyard.core.errors import PlatformUnreachable, TrainingNotFound
     from mlyard.runs import not_found_or_away
     from tests.conftest import free_port
 

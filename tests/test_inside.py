@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tasks import sandbox
+from mlyard.tasks import sandbox
 from tests.conftest import all_gone, flow_of, marked
 from tests.mlyard.test_teams import Member
 from tests.mlyard.test_workstation import _ok
@@ -112,7 +112,7 @@ MODEL = Path(__file__).resolve().parent / "inside_model.py"
 
 
 def _local(source: str) -> str:
-    from tasks.served import local_source
+    from mlyard.tasks.served import local_source
 
     return str(local_source(source))
 
@@ -124,9 +124,9 @@ def test_a_members_model_reaches_nothing_of_the_platform_from_its_replica(mallor
     management routes, a platform port without one), and answers what it reached: nothing."""
     import urllib.request
 
-    from core.connection import gateway_url
-    from tasks import compiled
-    from tasks import replicas as files
+    from mlyard.core.connection import gateway_url
+    from mlyard.tasks import compiled
+    from mlyard.tasks import replicas as files
     from tests.mlyard.test_teams import _until_active
 
     source = mallory.work / "model-attack"
@@ -174,8 +174,8 @@ def test_a_members_model_reaches_nothing_of_the_platform_from_its_replica(mallor
     # the stack's keeper starts the supervisor again, which starts the replicas again
     import psutil
 
-    from core.connection import read_state
-    from tasks.processes import alive
+    from mlyard.core.connection import read_state
+    from mlyard.tasks.processes import alive
 
     sandboxes = [psutil.Process(files.states(settings.home_dir)[key].pid) for key in keys]
     assert {p.name() for p in sandboxes} == {"bwrap"}
@@ -212,8 +212,8 @@ def test_a_members_entry_script_runs_in_its_own_environment_and_reaches_nothing(
 
     from serving_http import probe_wheel
 
-    from core.connection import gateway_url
-    from tasks import replicas as files
+    from mlyard.core.connection import gateway_url
+    from mlyard.tasks import replicas as files
 
     folder = mallory.work / "entry-attack"
     (folder / "wheels").mkdir(parents=True)
@@ -274,7 +274,7 @@ def test_a_members_model_in_a_batch_inference_reaches_nothing_of_the_platform(ma
     """mallory's model of the test above (registered there) scores her batch inference: each batch is
     predicted in the model's sandbox (tasks/model_host.py), where the same attempts are made, outside the
     worker that holds the run's storage: nothing is reached, and the answers come back as her output."""
-    from tasks.served import local_source
+    from mlyard.tasks.served import local_source
 
     storage = mallory.json("projects", "show", "inside-a")["storage"]
     data = mallory.work / "batch-data"

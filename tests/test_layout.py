@@ -6,11 +6,12 @@ import sys
 
 import pytest
 
-PURE = ["core.settings", "core.errors", "core.specs", "core.uris", "core.connection", "mlyard.api", "mlyard.cli",
+PURE = ["mlyard.core.settings", "mlyard.core.errors", "mlyard.core.specs", "mlyard.core.uris", "mlyard.core.connection", "mlyard.api", "mlyard.cli",
         "mlyard.queries",
-        "tasks.checks", "mlyard.trainings", "mlyard.runs", "tasks.launch", "tasks.evaluation", "tasks.metrics",
+        "mlyard.tasks.checks", "mlyard.trainings", "mlyard.runs", "mlyard.tasks.launch", "mlyard.tasks.evaluation", "mlyard.tasks.metrics",
         # a batch worker process starts without Prefect:
-        "tasks.inference", "tasks.transport", "tuning.loop", "registry", "tuning", "schedules", "serving"]
+        "mlyard.tasks.inference", "mlyard.tasks.transport", "mlyard.tuning.loop", "mlyard.registry", "mlyard.tuning",
+        "mlyard.schedules", "mlyard.serving"]
 
 
 @pytest.mark.parametrize("module", PURE)
@@ -21,19 +22,19 @@ def test_pure_modules_do_not_import_prefect(module):
 
 
 @pytest.mark.parametrize("flow_path, models", [
-    ("flows.training:train", ("TrainingSpec", "Resources")),
-    ("flows.tuning:tune", ("TuningSpec", "HyperparameterSpec", "MetricSpec", "ObjectiveSpec", "EarlyStoppingSpec",
+    ("mlyard.flows.training:train", ("TrainingSpec", "Resources")),
+    ("mlyard.flows.tuning:tune", ("TuningSpec", "HyperparameterSpec", "MetricSpec", "ObjectiveSpec", "EarlyStoppingSpec",
                            "TrainingSpec")),
-    ("flows.batch_inference:batch_infer", ("BatchInferenceSpec", "Resources")),
-    ("flows.batch_worker:batch_worker", ("BatchJob", "BatchShard")),
-    ("flows.evaluation:evaluate", ("EvaluationSpec", "Resources")),
-    ("flows.endpoint_deploy:deploy_endpoint", ("EndpointSpec", "StageSpec", "StageResourceSpec", "NodeAutoscaler",
+    ("mlyard.flows.batch_inference:batch_infer", ("BatchInferenceSpec", "Resources")),
+    ("mlyard.flows.batch_worker:batch_worker", ("BatchJob", "BatchShard")),
+    ("mlyard.flows.evaluation:evaluate", ("EvaluationSpec", "Resources")),
+    ("mlyard.flows.endpoint_deploy:deploy_endpoint", ("EndpointSpec", "StageSpec", "StageResourceSpec", "NodeAutoscaler",
                                         "PodAutoscaler")),
-    ("flows.endpoint_add_stage:add_stage", ("StageChangeSpec", "StageSpec")),
-    ("flows.endpoint_promote:promote_stage", ("PromotionSpec",)),
-    ("flows.endpoint_delete:delete_endpoint", ("DeletionSpec",)),
-    ("flows.endpoint_sync:sync_endpoint", ("SyncSpec",)),
-    ("flows.pipeline_run:pipeline_run", ("PipelineRunSpec",)),
+    ("mlyard.flows.endpoint_add_stage:add_stage", ("StageChangeSpec", "StageSpec")),
+    ("mlyard.flows.endpoint_promote:promote_stage", ("PromotionSpec",)),
+    ("mlyard.flows.endpoint_delete:delete_endpoint", ("DeletionSpec",)),
+    ("mlyard.flows.endpoint_sync:sync_endpoint", ("SyncSpec",)),
+    ("mlyard.flows.pipeline_run:pipeline_run", ("PipelineRunSpec",)),
 ])
 def test_flow_parameter_schema_documents_every_field(flow_path, models):
     import importlib
@@ -70,6 +71,21 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 # The floors, top to bottom (DESIGN §2); a folder may import only folders on a lower floor.
 FLOORS = [["mlyard"], ["flows"], ["serving"], ["tasks"], ["tuning", "registry"], ["schedules"], ["core"]]
 FLOOR = {folder: depth for depth, folders in enumerate(FLOORS) for folder in folders}
+PARTS = [folder for folder in FLOOR if folder != "mlyard"]  # each imports as mlyard.<folder> (mlyard/<folder> links it)
+
+
+def _part(module: str) -> str | None:
+    """The folder a first-party module lives in (`mlyard.tasks.launch`: tasks; `mlyard.api`: mlyard), else None."""
+    names = module.split(".")
+    if names[0] != "mlyard":
+        return None
+    return names[1] if len(names) > 1 and names[1] in PARTS else "mlyard"
+
+
+def _module(rel) -> str:
+    """The import name of a file of the repository (`tasks/launch.py`: mlyard.tasks.launch)."""
+    names = (*rel.parts[:-1], rel.stem)
+    return ".".join(names if names[0] == "mlyard" else ("mlyard", *names))
 
 
 def _imports(path) -> set[str]:
@@ -95,8 +111,10 @@ def _wrong_imports(root) -> list[str]:
         if folder not in FLOOR or "migrations" in rel.parts:
             continue
         for imported in _imports(path):
-            target = imported.split(".")[0]
-            if target in FLOOR and target != folder and FLOOR[target] <= FLOOR[folder]:
+            target = _part(imported)
+            if imported.split(".")[0] in PARTS:  # one import name: a bare `tasks` is a user's tasks.py first
+                wrong.append(f"{rel} ({folder}) imports {imported}, not mlyard.{imported}")
+            elif target and target != folder and FLOOR[target] <= FLOOR[folder]:
                 wrong.append(f"{rel} ({folder}) imports {imported} ({target})")
     return wrong
 
@@ -107,19 +125,22 @@ def test_imports_run_one_way():
 
 
 def test_the_floor_check_fails_on_an_import_that_runs_back_up(tmp_path):
-    """The check itself: a lazy import from core/ up to tasks/, and one between siblings, are caught."""
+    """The check itself: a lazy import from core/ up to tasks/, one between siblings, and one by a part's
+    bare name, are caught."""
     (tmp_path / "core").mkdir()
-    (tmp_path / "core" / "x.py").write_text("def f():\n    from tasks import launch\n")
+    (tmp_path / "core" / "x.py").write_text("def f():\n    from mlyard.tasks import launch\n")
     (tmp_path / "tuning").mkdir()
-    (tmp_path / "tuning" / "y.py").write_text("import registry.models\nimport core.errors\n")
-    assert sorted(_wrong_imports(tmp_path)) == ["core/x.py (core) imports tasks (tasks)",
-                                               "tuning/y.py (tuning) imports registry.models (registry)"]
+    (tmp_path / "tuning" / "y.py").write_text("import mlyard.registry.models\nimport mlyard.core.errors\n"
+                                              "from schedules import cron\n")
+    assert sorted(_wrong_imports(tmp_path)) == ["core/x.py (core) imports mlyard.tasks (tasks)",
+                                               "tuning/y.py (tuning) imports mlyard.registry.models (registry)",
+                                               "tuning/y.py (tuning) imports schedules, not mlyard.schedules"]
 
 
 def test_nothing_but_tests_imports_the_front_door():
     users = [f"{rel}" for rel in (p.relative_to(ROOT) for p in ROOT.glob("*/**/*.py"))
              if rel.parts[0] in FLOOR and rel.parts[0] != "mlyard"
-             and any(m.split(".")[0] == "mlyard" for m in _imports(ROOT / rel))]
+             and any(_part(m) == "mlyard" for m in _imports(ROOT / rel))]
     assert users == []
 
 
@@ -131,7 +152,7 @@ def _folders(root):
     for path in sorted(root.glob("*/**/*.py")):
         rel = path.relative_to(root)
         if rel.parts[0] in FLOOR and "migrations" not in rel.parts:
-            folders.setdefault(".".join(rel.parts[:-1]), {})[".".join((*rel.parts[:-1], path.stem))] = path
+            folders.setdefault(_module(rel).rpartition(".")[0], {})[_module(rel)] = path
     return folders
 
 
@@ -193,16 +214,16 @@ def _private_imports(root) -> list[str]:
     for modules in _folders(root).values():
         for m, path in modules.items():
             for imported in _imports(path):
-                if imported.split(".")[0] in FLOOR and imported != m:
+                if _part(imported) and imported != m:
                     wrong += [f"{m} imports {imported}.{n}" for n in _names_from(path, imported)
                               if n.startswith("_") and not n.startswith("__")]
             tree = ast.parse(path.read_text())
             aliases = {}  # a first-party module's local name -> the module
             for node in ast.walk(tree):
-                if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in FLOOR:
+                if isinstance(node, ast.ImportFrom) and node.module and _part(node.module):
                     aliases.update({a.asname or a.name: f"{node.module}.{a.name}" for a in node.names})
                 elif isinstance(node, ast.Import):
-                    aliases.update({a.asname: a.name for a in node.names if a.asname and a.name.split(".")[0] in FLOOR})
+                    aliases.update({a.asname: a.name for a in node.names if a.asname and _part(a.name)})
             wrong += sorted({f"{m} uses {aliases[node.value.id]}.{node.attr}" for node in ast.walk(tree)
                              if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
                              and node.value.id in aliases and aliases[node.value.id] != m
@@ -223,12 +244,13 @@ def test_no_module_imports_another_ones_private_names():
 
 def test_the_circle_and_private_checks_fail_on_what_they_look_for(tmp_path):
     (tmp_path / "tasks").mkdir()
-    (tmp_path / "tasks" / "a.py").write_text("from tasks.b import _secret\n")
-    (tmp_path / "tasks" / "b.py").write_text("def f():\n    from tasks import c\n")
-    (tmp_path / "tasks" / "c.py").write_text("import tasks.a\n")
-    (tmp_path / "tasks" / "d.py").write_text("import tasks.c\nfrom tasks import b\n\nb._hidden()\n")
-    assert _circles(tmp_path) == [["tasks.a", "tasks.b", "tasks.c"]]
-    assert _private_imports(tmp_path) == ["tasks.a imports tasks.b._secret", "tasks.d uses tasks.b._hidden"]
+    (tmp_path / "tasks" / "a.py").write_text("from mlyard.tasks.b import _secret\n")
+    (tmp_path / "tasks" / "b.py").write_text("def f():\n    from mlyard.tasks import c\n")
+    (tmp_path / "tasks" / "c.py").write_text("import mlyard.tasks.a\n")
+    (tmp_path / "tasks" / "d.py").write_text("import mlyard.tasks.c\nfrom mlyard.tasks import b\n\nb._hidden()\n")
+    assert _circles(tmp_path) == [["mlyard.tasks.a", "mlyard.tasks.b", "mlyard.tasks.c"]]
+    assert _private_imports(tmp_path) == ["mlyard.tasks.a imports mlyard.tasks.b._secret",
+                                          "mlyard.tasks.d uses mlyard.tasks.b._hidden"]
 
 
 # -- one error tree (core/errors.py) ----------------------------------------------------------------

@@ -78,8 +78,8 @@ def _flow_runs(stack) -> int:
 
 
 def test_another_account_gets_in_nowhere(stack, settings, intruder):
-    from core.connection import read_state
     from mlyard import warm
+    from mlyard.core.connection import read_state
     from mlyard.warm import SOCKET
     from tests.browser.browsing import deployment_id
 

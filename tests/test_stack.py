@@ -97,8 +97,8 @@ def test_a_second_up_waits_for_the_one_under_way_then_finds_everything_up(stack,
     import fcntl
     import threading
 
-    from core.connection import read_state
     from mlyard import stack as stack_mod
+    from mlyard.core.connection import read_state
 
     before = read_state(settings).pids
     result: dict = {}
@@ -125,7 +125,7 @@ def test_a_fresh_home_starts_from_the_installations_prepared_database(stack):
     Kubernetes pools' deployments the test stack asks for (MLYARD_CLUSTER_POOLS)."""
     import sqlite3
 
-    from core.settings import DEFAULT_IMAGE
+    from mlyard.core.settings import DEFAULT_IMAGE
     from mlyard.prefect_setup import CLUSTER_POOLS, deployments_digest, prepared_db_path
 
     digest = deployments_digest(DEFAULT_IMAGE)
@@ -311,8 +311,8 @@ def test_a_part_that_dies_is_restarted_within_seconds_and_the_log_says_so(stack,
     import os
     import signal
 
-    from core.connection import healthy, read_state
-    from tasks.processes import alive
+    from mlyard.core.connection import healthy, read_state
+    from mlyard.tasks.processes import alive
 
     before = read_state(settings)
     assert before is not None and alive(before.pids.get("keeper")), "up started no keeper"
@@ -342,8 +342,8 @@ def test_a_killed_keeper_is_started_again_and_then_restarts_a_killed_gateway(sta
     import os
     import signal
 
-    from core.connection import healthy, read_state
-    from tasks.processes import alive
+    from mlyard.core.connection import healthy, read_state
+    from mlyard.tasks.processes import alive
 
     before = read_state(settings)
     os.kill(before.pids["keeper"], signal.SIGKILL)
@@ -370,8 +370,8 @@ def test_every_process_of_the_stack_keeps_its_environment_to_itself(stack, setti
     with every capability dropped; the same reader gets its own environment."""
     import os
 
-    from core.connection import read_state
     from mlyard import warm
+    from mlyard.core.connection import read_state
 
     state = read_state(settings)
     parts = {name: pid for name, pid in state.pids.items() if name != "postgres"}
@@ -392,9 +392,9 @@ def test_every_process_of_the_stack_keeps_its_environment_to_itself(stack, setti
 def test_a_gateway_that_has_not_read_its_table_yet_says_503_for_any_endpoint(tmp_path):
     """While the gateway starts (restarted by the keeper), an endpoint it does not know yet may well exist:
     503 with Retry-After, not 404."""
-    from serving.access import unknown_endpoint
-    from serving.gateway import Gateway
-    from serving.routing import parse
+    from mlyard.serving.access import unknown_endpoint
+    from mlyard.serving.gateway import Gateway
+    from mlyard.serving.routing import parse
 
     gw = Gateway(tmp_path, None)
     assert gw.admit("POST", "/digits/digits/v1/models/digits:predict", [])[0] == 503

@@ -183,7 +183,7 @@ def test_without_a_running_platform_every_entry_point_says_how_to_start_one(tmp_
     _one_line_error(proc, "mlyard up")
     proc = python("""
         import mlyard
-        from core.errors import NotConnected
+        from mlyard.core.errors import NotConnected
         try:
             mlyard.train({"name": "x", "source_uri": ".", "entry_point": "x.py"})
         except NotConnected as exc:
@@ -280,7 +280,7 @@ def test_a_killed_training_ends_failed_in_mlflow_too(stack, settings):
     mlyard API ends its MLflow run FAILED with the reason, instead of leaving it RUNNING for ever."""
     import signal
 
-    from registry.tracking import Tracking
+    from mlyard.registry.tracking import Tracking
 
     work = project("killed")
     (work / "algo").mkdir()
@@ -328,7 +328,7 @@ def test_a_users_script_sees_none_of_the_platforms_credentials(stack):
     """The training's entry point gets the EasyMaker contract (EM_*) and what its spec names, never what the
     platform holds: the CLI process that runs the flow holds the Prefect admin string (read from the
     stack's private home), and the script must not inherit it."""
-    from tasks.launch import PLATFORM_CREDENTIALS
+    from mlyard.tasks.launch import PLATFORM_CREDENTIALS
 
     work = project("no-credentials")
     (work / "main.py").write_text("import json, os\nprint('SEEN', json.dumps(sorted(k for k in os.environ if k in "

@@ -1,12 +1,15 @@
 """What ships is what runs: mlyard's wheel, built from this checkout and installed (not editable) into a new
-virtual environment outside it, runs a user's first hour from an empty folder with nothing of the checkout
-or of the test harness around it: `mlyard --help`, `mlyard up`, a training of a script in that folder, a
-model from it served behind an endpoint, `mlyard down`."""
+virtual environment outside it, runs a user's first hour from a project folder of their own with nothing of
+the checkout or of the test harness around it: `mlyard --help`, `mlyard up`, a training of a script in that
+folder from the CLI and from Python, a model from it served behind an endpoint, `mlyard down`. The folder
+holds the names other tools' projects have (`tasks.py`, `flows/`, `core.py`, `serving/`): the wheel installs
+one import name, `mlyard`, and nothing of it imports theirs."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -38,28 +41,34 @@ mlflow.sklearn.save_model(model, os.environ["EM_MODEL_DIR"])
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
+    shutil.rmtree(ROOT / "build", ignore_errors=True)  # setuptools' scratch folder: what it left would ship too
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w",
                     str(out), str(ROOT)], check=True, timeout=300, cwd=out)
+    shutil.rmtree(ROOT / "build", ignore_errors=True)
     return next(out.glob("mlyard-*.whl"))
 
 
-def test_the_wheel_holds_every_module_and_every_file_mlyard_reads(wheel):
+def test_the_wheel_holds_every_module_and_every_file_mlyard_reads_under_one_name(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    sources = {str(p.relative_to(ROOT)) for folder in ("core", "mlyard", "flows", "tasks", "tuning", "schedules",
-                                                       "registry", "serving", "infra")
+    parts = ("core", "flows", "tasks", "tuning", "schedules", "registry", "serving", "infra")
+    sources = {str(p.relative_to(ROOT)) for folder in ("mlyard", *parts)
                for p in (ROOT / folder).rglob("*") if p.is_file() and "__pycache__" not in p.parts}
     shipped = {s for s in sources if not s.endswith(".md") or s == "infra/README.md"}
     shipped -= {s for s in sources if s.startswith("infra/gateway-api/")}  # the tests' npm validator
-    assert shipped - names == set()
-    assert {"mlyard/warm/cli.py", "infra/prefect.yaml", "infra/gpu-job-template.json",
-            "infra/k8s/overlays/dev/kustomization.yaml", "infra/endpoint/deployment.yaml.j2"} <= names
+    assert {s if s.startswith("mlyard/") else f"mlyard/{s}" for s in shipped} - names == set()
+    assert {"mlyard/warm/cli.py", "mlyard/infra/prefect.yaml", "mlyard/infra/gpu-job-template.json",
+            "mlyard/infra/k8s/overlays/dev/kustomization.yaml", "mlyard/infra/endpoint/deployment.yaml.j2",
+            "mlyard/tasks/code_host.py", "mlyard/core/specs/training.py"} <= names
+    assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == {"mlyard"}
+    top_level = next(n for n in names if n.endswith(".dist-info/top_level.txt"))
+    assert zipfile.ZipFile(wheel).read(top_level).decode().split() == ["mlyard"]
 
 
 def test_the_installed_wheel_runs_a_users_first_hour_from_an_empty_folder(wheel, tmp_path):
     # a project folder deep enough that PostgreSQL's socket path needs the short link (mlyard/postgres.py)
     venv, folder = tmp_path / "venv", tmp_path / "projects-of-a-team-with-long-names" / "first-hour-with-mlyard" / "work"
     folder.mkdir(parents=True)
-    from core.settings import Settings
+    from mlyard.core.settings import Settings
 
     link = Settings(home=folder / ".mlyard").pgsocket_dir
     assert link != (folder / ".mlyard" / "postgres").resolve()
@@ -79,9 +88,16 @@ def test_the_installed_wheel_runs_a_users_first_hour_from_an_empty_folder(wheel,
         return proc.stdout
 
     assert "Start the embedded stack" in mlyard("--help")
-    imported = subprocess.run([str(venv / "bin" / "python"), "-c", "import infra, mlyard.warm; print(infra.__file__)"],
-                              cwd=folder, env=env, capture_output=True, text=True, check=True).stdout
-    assert imported.startswith(str(venv)), imported  # the installed copy, not this checkout
+    python = str(venv / "bin" / "python")
+    # beside a clone (a folder named mlyard, the checkout's root): the installed package, not the clone
+    (tmp_path / "mlyard").symlink_to(ROOT)
+    imported = subprocess.run([python, "-c", "import mlyard, mlyard.infra, mlyard.warm; print(mlyard.infra.__file__);"
+                               "print(callable(mlyard.train))"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              check=True).stdout.split()
+    assert imported[0].startswith(str(venv)) and imported[1] == "True", imported  # the installed copy
+    for name in ("tasks.py", "core.py", "flows/__init__.py", "flows/training.py", "serving/__init__.py"):
+        (folder / name).parent.mkdir(exist_ok=True)
+        (folder / name).write_text(f"raise ImportError('the user\\'s own {name}, imported by mlyard')\n")
     (folder / "train.py").write_text(SCRIPT)
     (folder / "train.yaml").write_text("name: first\nexperiment: wheel\nsource_uri: .\nentry_point: train.py\n")
     (folder / "endpoint.yaml").write_text("name: first-ep\nstage:\n  resources: [{model: first@champion}]\n")
@@ -89,6 +105,9 @@ def test_the_installed_wheel_runs_a_users_first_hour_from_an_empty_folder(wheel,
         mlyard("up")  # inside: an `up` that fails part-way has started processes that `down` ends
         trained = json.loads(mlyard("train", "-f", "train.yaml", "--json"))
         assert trained["metrics"] == {"r2": 1.0}, trained
+        from_python = subprocess.run([python, "-c", "import mlyard; print(mlyard.train('train.yaml').metrics['r2'])"],
+                                     cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+        assert from_python.stdout.split()[-1:] == ["1.0"], from_python.stdout + from_python.stderr
         mlyard("models", "create", "first", "--from-training", trained["training_id"], "--alias", "champion")
         view = json.loads(mlyard("endpoints", "create", "-f", "endpoint.yaml", "--json"))
         assert view["status"] == "ACTIVE", view

@@ -1,10 +1,10 @@
 """The search engine: a TuningSpec mapped onto an Optuna study, with Katib's trial states and reasons.
 
-Pure: imports Optuna, never Prefect. `tuning.loop` runs the trial loop; the `trial` task (tasks/trials.py)
+Pure: imports Optuna, never Prefect. `mlyard.tuning.loop` runs the trial loop; the `trial` task (tasks/trials.py)
 runs one trial.
 """
 
-from tuning.engine import (
+from mlyard.tuning.engine import (
     KatibState,
     TrialCounts,
     TrialReport,

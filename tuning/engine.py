@@ -28,8 +28,8 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from core.metrics import metric_values
-from core.specs import KATIB_METRIC_PATTERN, HyperparameterSpec, TuningSpec
+from mlyard.core.metrics import metric_values
+from mlyard.core.specs import KATIB_METRIC_PATTERN, HyperparameterSpec, TuningSpec
 
 STATE_ATTR = "katib_state"
 REASON_ATTR = "reason"

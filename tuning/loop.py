@@ -17,8 +17,8 @@ from typing import Any, Callable
 
 import optuna
 
-from core.specs import TuningSpec
-from tuning.engine import (
+from mlyard.core.specs import TuningSpec
+from mlyard.tuning.engine import (
     OBJECTIVE_ATTR,
     REASON_ATTR,
     RUN_ID_ATTR,

@@ -11,8 +11,8 @@ and what is allowed.
 - `cluster`: ClusterValues, what `mlyard k8s render|apply` installs (imported from its module)
 """
 
-from core.specs.batch import BatchInferenceSpec, BatchJob, BatchShard
-from core.specs.common import (
+from mlyard.core.specs.batch import BatchInferenceSpec, BatchJob, BatchShard
+from mlyard.core.specs.common import (
     KATIB_METRIC_PATTERN,
     NAME_PATTERN,
     Resources,
@@ -23,9 +23,9 @@ from core.specs.common import (
     merged,
     with_overrides,
 )
-from core.specs.evaluation import MAX_CLASSES, MAX_EVALUATION_BYTES, EvaluationSpec
-from core.specs.training import MAX_DATASETS, MAX_HYPERPARAMETERS, TrainingSpec
-from core.specs.tuning import EarlyStoppingSpec, HyperparameterSpec, MetricSpec, ObjectiveSpec, TuningSpec
+from mlyard.core.specs.evaluation import MAX_CLASSES, MAX_EVALUATION_BYTES, EvaluationSpec
+from mlyard.core.specs.training import MAX_DATASETS, MAX_HYPERPARAMETERS, TrainingSpec
+from mlyard.core.specs.tuning import EarlyStoppingSpec, HyperparameterSpec, MetricSpec, ObjectiveSpec, TuningSpec
 
 __all__ = [
     "BatchInferenceSpec", "BatchJob", "BatchShard", "EarlyStoppingSpec", "EvaluationSpec", "HyperparameterSpec", "KATIB_METRIC_PATTERN",

@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from core.specs.common import (
+from mlyard.core.specs.common import (
     NAME_PATTERN,
     Resources,
     SpecModel,
@@ -16,8 +16,8 @@ from core.specs.common import (
     is_mlflow_uri,
     is_registry_ref,
 )
-from core.specs.training import TrainingSpec
-from core.uris import RELATIVE_PATHS, absolute
+from mlyard.core.specs.training import TrainingSpec
+from mlyard.core.uris import RELATIVE_PATHS, absolute
 
 
 class BatchSettings(SpecModel):

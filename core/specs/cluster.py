@@ -33,7 +33,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from core.specs.common import SpecModel
+from mlyard.core.specs.common import SpecModel
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 IMAGE = r"^[a-z0-9]+([._/:-][a-zA-Z0-9_.-]+)*(@sha256:[a-f0-9]{64})?$"

@@ -11,8 +11,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
-from core.errors import SpecError
-from core.uris import parse_uri
+from mlyard.core.errors import SpecError
+from mlyard.core.uris import parse_uri
 
 # (one character, or 2-50 that neither start nor end with '-'; written without `](`, which the Prefect UI's
 # Markdown would read as a link and mangle in the error it shows for a bad name)

@@ -14,8 +14,8 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from core.names import GATEWAY_PREFIXES
-from core.specs.common import NAME_PATTERN, SpecModel, is_registry_ref
+from mlyard.core.names import GATEWAY_PREFIXES
+from mlyard.core.specs.common import NAME_PATTERN, SpecModel, is_registry_ref
 
 # Each resource's statuses, as the console lists them.
 # STOPPED is VRidge's: a server (a one-stage endpoint) whose replicas were stopped, its configuration kept.

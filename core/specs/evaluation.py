@@ -6,9 +6,9 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from core.specs.batch import BatchInferenceSpec, BatchSettings
-from core.specs.common import NAME_PATTERN
-from core.uris import RELATIVE_PATHS
+from mlyard.core.specs.batch import BatchInferenceSpec, BatchSettings
+from mlyard.core.specs.common import NAME_PATTERN
+from mlyard.core.uris import RELATIVE_PATHS
 
 MAX_EVALUATION_BYTES = 20 * 1024**3  # the seeds' limit on a model evaluation's input
 MAX_CLASSES = 50

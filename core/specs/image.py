@@ -20,8 +20,8 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, SecretStr, field_validator
 
-from core.errors import SpecError
-from core.specs.common import NAME_PATTERN, SpecModel
+from mlyard.core.errors import SpecError
+from mlyard.core.specs.common import NAME_PATTERN, SpecModel
 
 ImageKind = Literal["notebook", "training"]
 DOCKER_HUB = "docker.io"

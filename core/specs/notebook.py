@@ -20,8 +20,8 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator
 
-from core.errors import SpecError
-from core.specs.common import NAME_PATTERN, SpecModel, check_uri
+from mlyard.core.errors import SpecError
+from mlyard.core.specs.common import NAME_PATTERN, SpecModel, check_uri
 
 LOCAL_IMAGE = "python"  # this machine's Python environment (mlyard's own)
 DATA_MOUNT = "easymaker"  # the data storage's folder in the notebook's home (/root/easymaker on a cluster)

@@ -10,8 +10,8 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, field_validator
 
-from core.specs.common import NAME_PATTERN, SpecModel, check_uri
-from core.uris import absolute
+from mlyard.core.specs.common import NAME_PATTERN, SpecModel, check_uri
+from mlyard.core.uris import absolute
 
 # The console's statuses of a pipeline and of a pipeline run.
 PIPELINE_STATUSES = ("CREATE REQUESTED", "CREATE IN PROGRESS", "CREATE FAILED", "ACTIVE")

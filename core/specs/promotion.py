@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from core.specs.common import NAME_PATTERN, SpecModel, check_uri
+from mlyard.core.specs.common import NAME_PATTERN, SpecModel, check_uri
 
 # The evaluation flow's metrics (tasks/evaluation.py), by task, and those where less is better.
 CLASSIFICATION_METRICS = ("accuracy", "f1", "f1_macro", "f1_weighted", "precision", "recall", "log_loss", "roc_auc",

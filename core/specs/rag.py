@@ -11,8 +11,8 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from core.specs.common import NAME_PATTERN, SpecModel, check_uri
-from core.uris import absolute
+from mlyard.core.specs.common import NAME_PATTERN, SpecModel, check_uri
+from mlyard.core.uris import absolute
 
 # The console's statuses of a RAG, and of its query route's deployment.
 RAG_STATUSES = ("CREATE REQUESTED", "CREATE IN PROGRESS", "ACTIVE", "UPDATE IN PROGRESS", "DELETE IN PROGRESS",

@@ -1,7 +1,7 @@
 """ScheduleSpec: a cron expression or an interval that runs a lifecycle deployment (with that action's
 spec as its parameters) or, later, a pipeline, with a window, catch-up and a concurrency limit.
 Pure pydantic: a bad schedule fails here, naming the field, before anything is saved (the cron
-expression itself is read by schedules.cron when the schedule is created: the vocabulary imports no
+expression itself is read by mlyard.schedules.cron when the schedule is created: the vocabulary imports no
 package above it).
 """
 
@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from core.specs.common import NAME_PATTERN, SpecModel
+from mlyard.core.specs.common import NAME_PATTERN, SpecModel
 
 # The console's statuses of a schedule; ENABLED(EXPIRED) is ENABLED past its end time.
 SCHEDULE_STATUSES = ("CREATE REQUESTED", "CREATE FAILED", "ENABLED", "ENABLED(EXPIRED)", "DISABLED")

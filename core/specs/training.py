@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from core.specs.common import (
+from mlyard.core.specs.common import (
     KATIB_METRIC_PATTERN,
     NAME_PATTERN,
     Resources,
@@ -17,7 +17,7 @@ from core.specs.common import (
     compiled_regex,
     with_overrides,
 )
-from core.uris import RELATIVE_PATHS, absolute
+from mlyard.core.uris import RELATIVE_PATHS, absolute
 
 MAX_HYPERPARAMETERS = 100
 MAX_DATASETS = 10

@@ -8,8 +8,8 @@ from typing import ClassVar, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from core.specs.common import NAME_PATTERN, SpecModel, compiled_regex
-from core.specs.training import TrainingSpec
+from mlyard.core.specs.common import NAME_PATTERN, SpecModel, compiled_regex
+from mlyard.core.specs.training import TrainingSpec
 
 
 class HyperparameterSpec(SpecModel):

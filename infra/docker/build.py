@@ -39,6 +39,7 @@ def dist(out: Path = ROOT / "dist") -> Path:
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("mlyard-*.whl"):
         old.unlink()
+    shutil.rmtree(ROOT / "build", ignore_errors=True)  # setuptools' scratch folder: what it left would ship too
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out),
                     str(ROOT)], check=True, cwd=out)
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]

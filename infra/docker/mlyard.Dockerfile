@@ -76,4 +76,4 @@ RUN pip install -q -c /opt/mlyard/pins/constraints.txt -r /opt/mlyard/pins/requi
     && usermod --home /mlyard/notebook/boot/home --shell /bin/bash mlyard \
     && mkdir -p /mlyard/notebook/boot /mlyard/notebook/data && chown -R 10001:10001 /mlyard/notebook
 USER 10001:10001
-CMD ["python", "-m", "tasks.notebook_boot", "--help"]
+CMD ["python", "-m", "mlyard.tasks.notebook_boot", "--help"]

@@ -48,7 +48,7 @@ def root(debug: bool = typer.Option(False, "--debug", help="Show the traceback o
          project: str = typer.Option(None, "--project", help="The project this command acts in (else "
                                      "MLYARD_PROJECT, your only project, or `default` for an admin).")) -> None:
     DEBUG["on"] = debug
-    from core.environment import apply_login
+    from mlyard.core.environment import apply_login
 
     if project:
         os.environ["MLYARD_PROJECT"] = project  # read by Settings, here and in what this command starts

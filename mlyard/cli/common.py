@@ -16,7 +16,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from core.errors import MlyardError, RunFailed, SpecError, TrainingStopped
+from mlyard.core.errors import MlyardError, RunFailed, SpecError, TrainingStopped
 
 # Scripts and pipes get wide tables rather than ids cut at 80 columns.
 out = Console(width=None if sys.stdout.isatty() else 200)
@@ -57,7 +57,7 @@ def guard(fn: Callable[[], Any]) -> Any:
 
 def connected():
     """Settings of the running platform (raises NotConnected, saying how to start it, when none runs)."""
-    from core.connection import connect
+    from mlyard.core.connection import connect
 
     return connect()
 
@@ -70,7 +70,7 @@ def ask(query: str, /, **kwargs: Any) -> Any:
 
 
 def platform():
-    from flows.platform import Platform
+    from mlyard.flows.platform import Platform
 
     return Platform(connected())
 
@@ -145,8 +145,8 @@ def copied(kind: str, run_id: str, name: Optional[str]) -> dict[str, Any]:
 
 def stop(kind: str, run_id: str, as_json: bool) -> None:
     """Stop a run of `kind` (a name in mlyard.runs) like the UI's Cancel; print its new status."""
-    from core.settings import Settings
     from mlyard.commands import COMMANDS, act
+    from mlyard.core.settings import Settings
 
     def go():
         settings = Settings()

@@ -11,7 +11,7 @@ from mlyard.cli.common import JSON, ask, emit, guard, out
 
 
 def _members_do_not_publish() -> None:
-    from core.errors import SpecError
+    from mlyard.core.errors import SpecError
 
     raise SpecError("--publish", True, "nothing with a member's key: the Prefect artifact is the platform's, an "
                     "admin publishes it")
@@ -25,8 +25,8 @@ def dashboard(
 ) -> None:
     """Notebooks, trainings, tunings and endpoints in use; the top 3 endpoints by calls with each stage's
     successes and failures; per core type, the resources holding the most. `mlyard status` links the page."""
-    from core.settings import Settings
     from mlyard import dashboard as board
+    from mlyard.core.settings import Settings
 
     if publish and Settings().api_key is not None:
         guard(_members_do_not_publish)

@@ -26,7 +26,7 @@ def _password(from_stdin: bool) -> str:
     if from_stdin:
         return sys.stdin.readline().rstrip("\r\n")
     if not sys.stdin.isatty():
-        from core.errors import SpecError
+        from mlyard.core.errors import SpecError
 
         raise SpecError("password", None, "given on stdin with --password-stdin (no terminal to ask on)")
     return typer.prompt("Registry password", hide_input=True)

@@ -17,8 +17,8 @@ VALUES = typer.Option(None, "-f", "--values", help="Values file (YAML; fields in
 
 
 def values_of(path: Optional[Path]):
-    from core.specs import load_spec_file
-    from core.specs.cluster import ClusterValues
+    from mlyard.core.specs import load_spec_file
+    from mlyard.core.specs.cluster import ClusterValues
 
     return load_spec_file(ClusterValues, path) if path else ClusterValues()
 
@@ -28,7 +28,7 @@ def render(values: Optional[Path] = VALUES,
            output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the YAML here (default: stdout)."),
            as_json: bool = JSON) -> None:
     """Print (or write) every object of the install as YAML, ready for `kubectl apply --server-side`."""
-    from tasks import cluster
+    from mlyard.tasks import cluster
 
     objs = guard(lambda: cluster.render(values_of(values)))
     if as_json:
@@ -59,8 +59,8 @@ def apply(values: Optional[Path] = VALUES,
     The Secrets it names must exist first (infra/README.md lists their keys). The migration Job runs (again
     when the image changed) and is waited for before the Deployments; what it did is printed. With
     --prefect-api-url, register the pools, deployments and crash automation on that Prefect too."""
-    from core.errors import StackError
-    from tasks import cluster
+    from mlyard.core.errors import StackError
+    from mlyard.tasks import cluster
 
     def go() -> list[dict]:
         vals = values_of(values)

@@ -51,8 +51,8 @@ def models_create(
     def go():
         uri = artifact_uri
         if uri is not None:
-            from core.settings import Settings
-            from core.uris import absolute
+            from mlyard.core.settings import Settings
+            from mlyard.core.uris import absolute
 
             uri = absolute(uri, Path.cwd())
             if Settings().api_key is not None:  # a member's folder: uploaded to their project first
@@ -90,9 +90,9 @@ def models_download(ref: str = typer.Argument(..., help="name/version, name@alia
                     as_json: bool = JSON) -> None:
     """Copy a registered version's files into a folder (MLflow's artifacts; what a runtime variant's engine
     reads on a cluster)."""
-    from core.connection import connect
-    from tasks.inference import fetch_model
-    from tasks.storage import Storage
+    from mlyard.core.connection import connect
+    from mlyard.tasks.inference import fetch_model
+    from mlyard.tasks.storage import Storage
 
     found = guard(lambda: ask("model_reference", model=ref))
     to.mkdir(parents=True, exist_ok=True)

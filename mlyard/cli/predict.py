@@ -11,8 +11,8 @@ from typing import Any, Iterator, Optional
 
 import typer
 
-from core.errors import MlyardError, SpecError
 from mlyard.cli.common import err, guard
+from mlyard.core.errors import MlyardError, SpecError
 
 
 def predict(
@@ -59,7 +59,7 @@ def predict(
 
 def _batches(file: Path, fmt: str, field: str | None, id_field: str | None,
              size: int) -> Iterator[list[tuple[int, Any, Any]]]:
-    from tasks.records import read_records
+    from mlyard.tasks.records import read_records
 
     batch: list[tuple[int, Any, Any]] = []
     for row, record, _ in read_records(file, fmt):

@@ -1,5 +1,5 @@
 """`mlyard schedules ...`: cron or interval runs of a lifecycle deployment, with a window, catch-up
-and a concurrency limit (mlyard/schedules.py); the scheduler of `mlyard up` creates the runs."""
+and a concurrency limit (mlyard/schedule.py); the scheduler of `mlyard up` creates the runs."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ COLUMNS = ["name", "project", "owner", "status", "trigger", "target", "max_concu
 
 
 def _api():
-    import mlyard.schedules as api
+    import mlyard.schedule as api
 
     return api
 

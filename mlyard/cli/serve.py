@@ -11,8 +11,8 @@ from typing import Optional
 
 import typer
 
-from core.errors import MlyardError, SpecError
 from mlyard.cli.common import ask, err, guard
+from mlyard.core.errors import MlyardError, SpecError
 
 
 def serve(
@@ -83,8 +83,8 @@ def serve(
     statistics, or an Azure ML entry script; prints its URL and runs until Ctrl-C."""
     import os
 
-    from core.environment import take_replica_token
-    from core.names import param_environ
+    from mlyard.core.environment import take_replica_token
+    from mlyard.core.names import param_environ
 
     take_replica_token()  # a replica's credential, handed in a pipe by its supervisor
     given = guard(lambda: _params(param))
@@ -135,7 +135,7 @@ class _Served:
 
 def _serve_script(entry_script: Path, model_dir: Path | None, host: str, port: int | None, workers: int,
                   conda_file: Path | None, requirements: Path | None, python: str | None) -> None:
-    from serving.azure import DEFAULT_PORT, serve_entry_script
+    from mlyard.serving.azure import DEFAULT_PORT, serve_entry_script
 
     _listening(lambda: serve_entry_script(str(entry_script), str(model_dir) if model_dir else None, host,
                                           port or DEFAULT_PORT, workers,
@@ -151,9 +151,9 @@ def _serve_pushed_code(model: str, given: dict[str, str], how: tuple, service_po
     model of any other kind (the model server serves it)."""
     import os
 
-    from core.names import param_environ
-    from serving.variants import VARIANTS
-    from tasks.replicas import CODE_KIND
+    from mlyard.core.names import param_environ
+    from mlyard.serving.variants import VARIANTS
+    from mlyard.tasks.replicas import CODE_KIND
 
     path, _, _, registered = guard(lambda: _resolve(model))
     kind = "model-folder" if how[1] in VARIANTS else registered.get(CODE_KIND)
@@ -165,7 +165,7 @@ def _serve_pushed_code(model: str, given: dict[str, str], how: tuple, service_po
         _serve_folder(guard(lambda: _folder(path, runtime, definition, engine_args, envs)), service_port, host,
                       port or 8080)
         return True
-    from serving.azure import serve_entry_script
+    from mlyard.serving.azure import serve_entry_script
 
     script = path / registered.get("entry_script", "score.py")
     _listening(lambda: serve_entry_script(str(script), str(path), host, port or 8080, workers, strict=True,
@@ -181,7 +181,7 @@ def _serve_models(o: _Served) -> None:
     log = guard(lambda: _open_log(o.inference_log))
     pending = guard(lambda: _pending_model(o, loaded))
     chat = guard(lambda: _load_chat(o))
-    from serving.server import run
+    from mlyard.serving.server import run
 
     def ready(url: str) -> None:
         served = loaded.get("model")
@@ -205,10 +205,10 @@ def _pending_model(o: _Served, loaded: dict):
     and 503, as KServe's servers do, rather than refusing connections. None without a model."""
     import os
 
-    from core.names import param_environ
-    from serving.loading import layout, to_compile
-    from serving.loading import load as load_model
-    from serving.server import Pending
+    from mlyard.core.names import param_environ
+    from mlyard.serving.loading import layout, to_compile
+    from mlyard.serving.loading import load as load_model
+    from mlyard.serving.server import Pending
 
     if o.max_batch_size < 1:
         raise SpecError("--max-batch-size", o.max_batch_size, "at least 1")
@@ -242,13 +242,13 @@ def _pending_model(o: _Served, loaded: dict):
 
 def _load_chat(o: _Served):
     """The chat model (None without one): smollm2, a .gguf file, a transformers folder or a registered one."""
-    from serving.generative import ChatModel
+    from mlyard.serving.generative import ChatModel
 
     if o.chat_model is None:
         return None
     if o.model is None:
         print(f"loading {o.chat_model} ...", file=sys.stderr, flush=True)
-    from core.specs import is_registry_ref
+    from mlyard.core.specs import is_registry_ref
 
     if o.chat_model.startswith("models:/") or (is_registry_ref(o.chat_model) and not Path(o.chat_model).exists()):
         path, registered_name, _, _ = _resolve(o.chat_model)  # a registered chat model (parameter task=chat)
@@ -257,7 +257,7 @@ def _load_chat(o: _Served):
 
 
 def _open_log(inference_log: str | None):
-    from serving.inference_log import InferenceLog
+    from mlyard.serving.inference_log import InferenceLog
 
     try:
         return InferenceLog(inference_log) if inference_log else None
@@ -271,7 +271,7 @@ def _compile_apart(source: Path) -> str | None:
     that process failed (the server's own load then compiles, or says why not)."""
     import subprocess
 
-    probe = ("import sys; from pathlib import Path; from serving.loading import load; "
+    probe = ("import sys; from pathlib import Path; from mlyard.serving.loading import load; "
              "m = load(Path(sys.argv[1])); print(m.runtime_note)")
     done = subprocess.run([sys.executable, "-c", probe, str(source)], capture_output=True, text=True)
     lines = done.stdout.strip().splitlines()
@@ -279,14 +279,14 @@ def _compile_apart(source: Path) -> str | None:
 
 
 def _registered(model: str) -> bool:
-    from core.specs import is_registry_ref
+    from mlyard.core.specs import is_registry_ref
 
     return model.startswith("models:/") or (is_registry_ref(model) and not Path(model).exists())
 
 
 def _folder(path: Path, runtime: str | None, definition: str | None, engine_args: list[str], envs: list[str]):
     """The model folder as its runtime variant runs it, refused (one line) when its engine is not here."""
-    from serving.variants import NAMES, VARIANTS, engine_problem, folder_of
+    from mlyard.serving.variants import NAMES, VARIANTS, engine_problem, folder_of
 
     if (engine_args or envs) and runtime is None:
         raise SpecError("--engine-arg" if engine_args else "--env", (engine_args or envs)[0], "used with --runtime")
@@ -306,10 +306,10 @@ def _folder(path: Path, runtime: str | None, definition: str | None, engine_args
 
 
 def _serve_folder(folder, service_port: int | None, host: str, port: int) -> None:
-    from serving.supervisor import serve_folder
+    from mlyard.serving.supervisor import serve_folder
 
     if service_port is not None:
-        from tasks.replicas import free_port
+        from mlyard.tasks.replicas import free_port
 
         folder = folder.on_port(service_port or free_port())
     _listening(lambda: guard(lambda: serve_folder(folder, host, port)), port)
@@ -317,7 +317,7 @@ def _serve_folder(folder, service_port: int | None, host: str, port: int) -> Non
 
 def _params(pairs: list[str]) -> dict[str, str]:
     """--param NAME=VALUE strings as parameters."""
-    from core.names import param_env_name
+    from mlyard.core.names import param_env_name
 
     out: dict[str, str] = {}
     for pair in pairs:
@@ -345,8 +345,8 @@ def _listening(serve_fn, port: int) -> None:
 @functools.cache
 def _resolve(model: str) -> tuple[Path, str, str, dict[str, str]]:
     """(local directory, default name, version, the version's parameters) of a model reference."""
-    from core.environment import model_files
-    from core.specs import is_mlflow_uri, is_registry_ref
+    from mlyard.core.environment import model_files
+    from mlyard.core.specs import is_mlflow_uri, is_registry_ref
 
     given = model_files(model)  # a replica of an endpoint: what its flow found, in its sandbox
     if given is not None:
@@ -368,13 +368,13 @@ def _resolve(model: str) -> tuple[Path, str, str, dict[str, str]]:
 
 
 def _local_source(source: str | None) -> Path | None:
-    from tasks.served import local_source
+    from mlyard.tasks.served import local_source
 
     return local_source(source)
 
 
 def _fetch(uri: str, name: str, version: str) -> Path:
-    from core.connection import connect
-    from tasks.served import model_copy
+    from mlyard.core.connection import connect
+    from mlyard.tasks.served import model_copy
 
     return model_copy(connect(), uri, name, version)

@@ -8,7 +8,7 @@ from mlyard.cli.common import JSON, emit, err, guard, out, typer_app
 
 
 def _settings():
-    from core.settings import Settings
+    from mlyard.core.settings import Settings
 
     return Settings()
 

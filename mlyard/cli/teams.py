@@ -155,7 +155,7 @@ def login(url: str = typer.Option(..., "--url", help="The platform's mlyard API 
     readable by you alone), after checking that the platform knows the key."""
     import sys
 
-    from core.environment import login_path
+    from mlyard.core.environment import login_path
 
     key = sys.stdin.readline().strip() if key_stdin else typer.prompt("API key", hide_input=True).strip()
 
@@ -180,7 +180,7 @@ def login(url: str = typer.Option(..., "--url", help="The platform's mlyard API 
 
 def logout() -> None:
     """Forget the key `mlyard login` kept (revoking it is `mlyard users revoke KEY_ID`)."""
-    from core.environment import login_path
+    from mlyard.core.environment import login_path
 
     path = login_path()
     path.unlink(missing_ok=True)
@@ -202,12 +202,12 @@ def projects_queues(values: Optional[Path] = typer.Option(None, "-f", "--values"
     quota as its nominal quota, in the cohort of the gpu pool's (idle quota is borrowed), and the LocalQueue
     the platform labels the project's Jobs with. Run it again after `projects create` or `set-quota`."""
     from mlyard.cli.k8s import values_of
-    from tasks import cluster
+    from mlyard.tasks import cluster
 
     def go() -> list[dict]:
         me = ask("whoami")
         if not me["admin"]:
-            from core.errors import Forbidden
+            from mlyard.core.errors import Forbidden
 
             raise Forbidden(me["name"], None, "making the projects' queues", "admin", None)
         objs = cluster.project_queues(values_of(values), ask("projects_list"))

@@ -28,8 +28,8 @@ def templates_create(name: str, file: Path = typer.Option(..., "-f", "--file", h
     """Save a training spec as a template (relative paths are stored absolute; for a platform reached with
     MLYARD_API_URL, local inputs are uploaded under MLYARD_UPLOAD_URI)."""
     def go():
-        from core.specs import TrainingSpec
         from mlyard.api import load
+        from mlyard.core.specs import TrainingSpec
 
         spec = relocated_spec(load(TrainingSpec, file), lambda line: err.print(line, markup=False, highlight=False))
         return act("templates_create", name=name, spec=spec, description=description)
@@ -52,7 +52,7 @@ def templates_show(name: str, as_json: bool = JSON) -> None:
     if as_json:
         emit(t, True)
         return
-    from core.specs import TrainingSpec
+    from mlyard.core.specs import TrainingSpec
 
     spec = TrainingSpec.model_validate(t["spec"]).model_dump(mode="json", exclude_defaults=True)
     print(yaml.safe_dump(spec, sort_keys=False), end="")

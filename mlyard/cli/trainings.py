@@ -7,7 +7,6 @@ from typing import Optional
 
 import typer
 
-from core.errors import SpecError
 from mlyard.cli.common import (
     JSON,
     POOL,
@@ -21,6 +20,7 @@ from mlyard.cli.common import (
     stop,
     typer_app,
 )
+from mlyard.core.errors import SpecError
 
 app = typer_app("List, inspect, stop and copy trainings.")
 
@@ -40,7 +40,7 @@ def train(
             import yaml
 
             extra = yaml.safe_load(file.read_text()) if file else {}
-            from core.specs import TrainingSpec
+            from mlyard.core.specs import TrainingSpec
 
             saved = TrainingSpec.model_validate(ask("templates_show", name=template)["spec"])  # where the catalog is
             spec = saved.with_overrides(extra) if extra else saved

@@ -23,9 +23,9 @@ import os
 import sys
 from pathlib import Path
 
-from core.environment import home as named_home
-from core.environment import warm_cli
-from core.home import STACK_FILE
+from mlyard.core.environment import home as named_home
+from mlyard.core.environment import warm_cli
+from mlyard.core.home import STACK_FILE
 from mlyard.warm import SOCKET, warm_dir
 
 COLD_COMMANDS = frozenset({"up", "down", "demo", "serve"})
@@ -52,7 +52,7 @@ def main() -> None:
 
 
 def home() -> Path:
-    """The home as core.settings.Settings finds it (MLYARD_HOME, else the nearest .mlyard from here up)."""
+    """The home as mlyard.core.settings.Settings finds it (MLYARD_HOME, else the nearest .mlyard from here up)."""
     return named_home()
 
 

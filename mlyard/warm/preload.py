@@ -7,8 +7,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-
-from mlyard.warm import PROJECT_ROOT
+from pathlib import Path
 
 log = logging.getLogger("mlyard.warm")
 
@@ -30,9 +29,9 @@ def preload() -> None:
 
     for name in PRELOAD:
         importlib.import_module(name)
-    for path in sorted((PROJECT_ROOT / "flows").glob("*.py")):
-        importlib.import_module(f"flows.{path.stem}")  # `import flows` points Prefect at the platform
-    from tasks.orchestration import prompt_flow_ends
+    for path in sorted((Path(__file__).parent.parent / "flows").glob("*.py")):
+        importlib.import_module(f"mlyard.flows.{path.stem}")  # `import mlyard.flows` points Prefect at the platform
+    from mlyard.tasks.orchestration import prompt_flow_ends
 
     prompt_flow_ends()  # a run ends when its work does, not up to 1 s later
     from sqlalchemy.orm import configure_mappers
@@ -119,7 +118,7 @@ def warm_objects() -> list:
         from mlflow.tracking._model_registry.utils import _get_store as registry_store
         from mlflow.tracking._tracking_service.utils import _get_store as tracking_store
 
-        from core.settings import Settings
+        from mlyard.core.settings import Settings
 
         uri = Settings().mlflow_uri
         for store in (tracking_store(uri), registry_store(uri, uri)):  # as MlflowClient(uri, uri) asks

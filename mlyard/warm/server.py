@@ -36,7 +36,8 @@ import warnings
 import weakref
 from pathlib import Path
 
-from core.environment import flag, flow_run_env, kubeconfig_path
+from mlyard.core.environment import flag, flow_run_env, kubeconfig_path
+from mlyard.tasks.processes import reaped
 from mlyard.warm import (
     GRACE_SECONDS,
     LOCKFILE,
@@ -47,7 +48,6 @@ from mlyard.warm import (
     warm_dir,
 )
 from mlyard.warm.preload import LOGGING_SET_UP, logging_inputs, preload
-from tasks.processes import reaped
 
 log = logging.getLogger("mlyard.warm")
 REQUEST_TIMEOUT_SECONDS = 5.0
@@ -273,7 +273,7 @@ def _fresh_process_state() -> None:
     """What a cold process would have read at start: settings, logging, seeds."""
     from prefect.logging.configuration import setup_logging
 
-    from core.connection import connect_if_running
+    from mlyard.core.connection import connect_if_running
 
     if flag("PYTHONUNBUFFERED"):
         sys.stdout.reconfigure(write_through=True)  # type: ignore[union-attr]
@@ -315,7 +315,7 @@ def _watch_client(conn: socket.socket) -> None:
         pass
     if _FINISHED.is_set():  # the client read the exit status and left
         return
-    from tasks.processes import stop_group
+    from mlyard.tasks.processes import stop_group
 
     stop_group(os.getpid(), GRACE_SECONDS)  # this process's own group: the run and what it started
 
@@ -326,7 +326,7 @@ def main(argv: list[str]) -> int:
         return 2
     # the runner's own log, on its own logger: the root logger stays as a cold process has it, so that a
     # child's logging (a command's stderr, a flow run's) is set up as it would be cold
-    from tasks.processes import not_dumpable
+    from mlyard.tasks.processes import not_dumpable
 
     not_dumpable()  # and so is every process it forks: the mlyard API, the scheduler, the worker, flow runs
     handler = logging.StreamHandler()

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pool", required=True, help="the process work pool to serve")
     parser.add_argument("--name", required=True, help="the worker's name in Prefect")
     args = parser.parse_args(argv)
-    from tasks.processes import not_dumpable
+    from mlyard.tasks.processes import not_dumpable
 
     not_dumpable()
     # Prefect reads its settings at import: the poll interval is set before Prefect is imported.

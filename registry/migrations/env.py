@@ -6,8 +6,8 @@ keep theirs in `alembic_version`.
 
 from alembic import context
 
-from registry.catalog import VERSION_TABLE
-from registry.tables import Base
+from mlyard.registry.catalog import VERSION_TABLE
+from mlyard.registry.tables import Base
 
 connection = context.config.attributes["connection"]
 context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True,

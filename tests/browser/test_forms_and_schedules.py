@@ -17,9 +17,9 @@ pytestmark = pytest.mark.browser
 
 # the training's form is filled and run in test_prefect_and_mlflow.py; a tuning's training and early
 # stopping are a choice of none (Use template, Off: nothing to fill, no 'Property is type "None"') or the form
-FORMS = [("tune/local", "core.specs.tuning:TuningSpec", ("Use template", "Off")),
-         ("batch-inference/local", "core.specs.batch:BatchInferenceSpec", ()),
-         ("evaluate/local", "core.specs.evaluation:EvaluationSpec", ())]
+FORMS = [("tune/local", "mlyard.core.specs.tuning:TuningSpec", ("Use template", "Off")),
+         ("batch-inference/local", "mlyard.core.specs.batch:BatchInferenceSpec", ()),
+         ("evaluate/local", "mlyard.core.specs.evaluation:EvaluationSpec", ())]
 
 
 def test_each_actions_run_form_shows_every_field_with_its_description_and_no_json(stack, browser):

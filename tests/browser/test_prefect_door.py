@@ -23,7 +23,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def test_a_member_signs_in_sees_their_projects_runs_and_runs_a_training_from_the_run_form(stack, browser):
-    from core.settings import Settings
+    from mlyard.core.settings import Settings
 
     door = Settings().door_url
     users = {}

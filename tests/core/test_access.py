@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from core.access import Actor, new_key, secret_matches, split_key
-from core.errors import Forbidden, ProjectNotFound, SpecError, TrainingNotFound, Unauthenticated
+from mlyard.core.access import Actor, new_key, secret_matches, split_key
+from mlyard.core.errors import Forbidden, ProjectNotFound, SpecError, TrainingNotFound, Unauthenticated
 
 
 def test_a_key_is_its_id_and_a_secret_of_which_only_the_hash_is_kept():
@@ -51,7 +51,7 @@ def test_the_project_a_call_acts_in():
 
 
 def test_an_identity_providers_groups_grant_roles_and_nothing_else():
-    from core.access import roles_of_groups
+    from mlyard.core.access import roles_of_groups
 
     assert roles_of_groups(["mlyard:team-a:editor", "/mlyard/team-b/viewer", "mlyard:team-a:viewer", "staff",
                             "mlyard:team-c:root", "mlyard:Bad_Name:owner", "other:team-d:owner", ""]) == (

@@ -1,4 +1,4 @@
-"""core.connection: Prefect's settings are made again when, and only when, the environment changed."""
+"""mlyard.core.connection: Prefect's settings are made again when, and only when, the environment changed."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ def test_prefect_settings_are_made_again_only_when_the_environment_changed(monke
     import prefect.context
     from prefect.settings import get_current_settings
 
-    from core import connection
+    from mlyard.core import connection
 
     made = []
     real = prefect.context.refresh_global_settings_context
@@ -35,7 +35,7 @@ def test_prefect_settings_are_made_again_only_when_the_environment_changed(monke
 def test_the_doors_links_point_where_people_reach_it():
     """A cluster's door is reached at its ingress: the links members are given say so (a notebook's URL);
     unset, the door of this machine's stack, whose port the API listens on either way."""
-    from core.settings import Settings
+    from mlyard.core.settings import Settings
 
     assert Settings(prefect_port=4200, door_port=None, door_public_url=None).door_url == "http://127.0.0.1:4203"
     public = Settings(prefect_port=4200, door_port=8081, door_public_url="https://mlyard.example/")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 
 def test_the_warm_cli_and_settings_find_the_same_home(tmp_path, monkeypatch):
-    from core.settings import Settings
+    from mlyard.core.settings import Settings
     from mlyard.warm import cli
 
     (tmp_path / ".mlyard").mkdir()

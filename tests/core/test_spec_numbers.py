@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from core.specs import TrainingSpec, TuningSpec
+from mlyard.core.specs import TrainingSpec, TuningSpec
 
 BASE = {"name": "n", "experiment": "e", "source_uri": "/tmp", "entry_point": "main.py"}
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.errors import SpecError
-from core.specs import BatchInferenceSpec
+from mlyard.core.errors import SpecError
+from mlyard.core.specs import BatchInferenceSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,9 +35,9 @@ def _predictions(path: Path) -> list[dict]:
 
 
 def test_s3_input_and_output_through_the_flow(platform, s3_env, s3_settings, bucket, models, tmp_path):
-    from flows.batch_inference import batch_infer
+    from mlyard.flows.batch_inference import batch_infer
     from mlyard.runs import BATCH, get_run
-    from tasks.storage import Storage
+    from mlyard.tasks.storage import Storage
 
     storage = Storage(s3_settings)
     X = models["X"]
@@ -67,12 +67,12 @@ def test_s3_input_and_output_through_the_flow(platform, s3_env, s3_settings, buc
 
 
 def test_two_worker_processes_share_one_big_file(platform, models, tmp_path, monkeypatch):
-    import tasks.shards
-    from flows.batch_inference import batch_infer
+    import mlyard.tasks.shards
+    from mlyard.flows.batch_inference import batch_infer
 
     X = np.repeat(models["X"], 20, axis=0)  # 12,000 rows, about 1 MB
     path = _write(tmp_path / "big.jsonl", _rows(X))
-    monkeypatch.setattr(tasks.shards, "MIN_SPLIT_BYTES", 100_000)
+    monkeypatch.setattr(mlyard.tasks.shards, "MIN_SPLIT_BYTES", 100_000)
     spec = BatchInferenceSpec(name="two-workers", model=str(models["classifier"]), input_uri=str(path),
                               input_format="jsonl", output_uri=str(tmp_path / "out"), id_field="id", workers=2,
                               batch_size=500)
@@ -85,11 +85,11 @@ def test_two_worker_processes_share_one_big_file(platform, models, tmp_path, mon
 
 RUN_FLOW = """
 import json, sys
-from core.settings import Settings
-from core.connection import connect
+from mlyard.core.settings import Settings
+from mlyard.core.connection import connect
 connect(Settings())
-from flows.batch_inference import batch_infer
-from core.specs import BatchInferenceSpec
+from mlyard.flows.batch_inference import batch_infer
+from mlyard.core.specs import BatchInferenceSpec
 batch_infer(BatchInferenceSpec(**json.loads(sys.argv[1])))
 """
 
@@ -111,7 +111,7 @@ def _crash_running(name: str) -> None:
 
 
 def test_rerun_after_the_flow_process_was_killed_produces_every_row_once(platform, models, tmp_path):
-    from flows.batch_inference import batch_infer
+    from mlyard.flows.batch_inference import batch_infer
 
     for i in range(4):  # 4 files x 40 rows; the slow model takes ~0.02 s per 2-row batch: ~0.4 s a file
         _write(tmp_path / "in" / f"f{i}.jsonl", [{"id": f"{i}-{j}", "features": [float(j + 1), 1.0]} for j in range(40)])
@@ -142,7 +142,7 @@ def test_rerun_after_the_flow_process_was_killed_produces_every_row_once(platfor
 
 
 def test_another_job_cannot_write_into_a_used_output(platform, models, tmp_path):
-    from flows.batch_inference import batch_infer
+    from mlyard.flows.batch_inference import batch_infer
 
     path = _write(tmp_path / "a.jsonl", _rows(models["X"][:5]))
     spec = BatchInferenceSpec(name="first", model=str(models["classifier"]), input_uri=str(path), input_format="jsonl",
@@ -159,9 +159,9 @@ def test_another_job_cannot_write_into_a_used_output(platform, models, tmp_path)
 def test_two_identical_jobs_into_one_output_the_second_is_refused_naming_the_first(platform, models, tmp_path):
     """The first holds the output while it runs: the second (the same spec, run here) fails before it
     starts, naming the first; a command checking before it queues a run says the same."""
-    from core.errors import InUse
-    from flows.batch_inference import batch_infer
-    from tasks import checks
+    from mlyard.core.errors import InUse
+    from mlyard.flows.batch_inference import batch_infer
+    from mlyard.tasks import checks
 
     for i in range(4):
         _write(tmp_path / "in" / f"f{i}.jsonl", [{"id": f"{i}-{j}", "features": [float(j + 1), 1.0]} for j in range(40)])
@@ -189,7 +189,7 @@ def test_two_identical_jobs_into_one_output_the_second_is_refused_naming_the_fir
 
 
 def test_bad_input_fails_before_anything_starts(platform, models, tmp_path):
-    from flows.batch_inference import batch_infer
+    from mlyard.flows.batch_inference import batch_infer
     from mlyard.runs import BATCH, get_run
 
     (tmp_path / "in").mkdir()
@@ -209,7 +209,7 @@ def test_bad_input_fails_before_anything_starts(platform, models, tmp_path):
         assert get_run(BATCH, str(state.state_details.flow_run_id)).status == "CREATE FAILED"
         assert not (tmp_path / "out").exists() and not (tmp_path / "in" / "out").exists()
     with pytest.raises(SpecError, match="output_uri"):
-        from core.specs import load_spec
+        from mlyard.core.specs import load_spec
 
         load_spec(BatchInferenceSpec, {"name": "x", "model": "m@a", "input_uri": str(path), "input_format": "jsonl",
                                        "output_uri": "ftp://nope"})
@@ -218,7 +218,7 @@ def test_bad_input_fails_before_anything_starts(platform, models, tmp_path):
 def test_failure_budget_max_run_time_and_stop(platform, models, tmp_path):
     import threading
 
-    from flows.batch_inference import batch_infer
+    from mlyard.flows.batch_inference import batch_infer
     from mlyard.runs import BATCH, get_run, list_runs, stop_run
 
     rows = [{"id": i, "features": [-999.0 if i % 2 else 1.0, 0.0]} for i in range(40)]
@@ -260,7 +260,7 @@ def test_workers_as_flow_runs_of_the_worker_deployment(platform, models, tmp_pat
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
-    from flows.batch_inference import batch_infer
+    from mlyard.flows.batch_inference import batch_infer
 
     for i in range(2):
         _write(tmp_path / "in" / f"p{i}.jsonl", _rows(models["X"][i * 50:(i + 1) * 50], i * 50))
@@ -277,7 +277,7 @@ def test_workers_as_flow_runs_of_the_worker_deployment(platform, models, tmp_pat
 
 
 def test_json_and_csv_inputs_through_the_flow(platform, models, tmp_path):
-    from flows.batch_inference import batch_infer
+    from mlyard.flows.batch_inference import batch_infer
 
     X = models["X"][:30]
     (tmp_path / "in").mkdir()
@@ -313,7 +313,7 @@ def test_worker_processes_end_when_the_batch_inference_is_killed(platform, model
                 cmd = (entry / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if entry.name.isdigit() and b"tasks.inference" in cmd and any(b"/orphans.pid" in c for c in cmd):
+            if entry.name.isdigit() and b"mlyard.tasks.inference" in cmd and any(b"/orphans.pid" in c for c in cmd):
                 found.append(int(entry.name))
         return found
 
@@ -342,7 +342,7 @@ def test_worker_processes_end_when_the_batch_inference_is_killed(platform, model
 
 
 def test_a_job_in_which_every_row_failed_fails_and_empty_files_are_reported(platform, models, tmp_path):
-    from flows.batch_inference import batch_infer
+    from mlyard.flows.batch_inference import batch_infer
     from mlyard.runs import BATCH, get_run
 
     (tmp_path / "in").mkdir()

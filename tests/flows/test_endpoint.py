@@ -38,8 +38,8 @@ def call(url: str, token: str | None = None, scheme: str = "Bearer", body: dict 
 
 def admin(gw: str, path: str, method: str = "GET") -> bytes:
     """A management route of the gateway, with the platform's internal credential (as mlyard's own calls)."""
-    from core.connection import internal_headers
-    from core.settings import Settings
+    from mlyard.core.connection import internal_headers
+    from mlyard.core.settings import Settings
 
     req = urllib.request.Request(gw + path, method=method, data=b"" if method == "POST" else None,
                                  headers=internal_headers(Settings()))
@@ -52,9 +52,9 @@ def as_gateway(url: str, key: str | None = None) -> bytes:
     derived from the replicas' one, which only the gateway holds); `key`: that of another replica instead."""
     from urllib.parse import urlsplit
 
-    from core.connection import REPLICA_HEADER, internal_token, replica_key_token, replica_token
-    from core.settings import Settings
-    from tasks import replicas as files
+    from mlyard.core.connection import REPLICA_HEADER, internal_token, replica_key_token, replica_token
+    from mlyard.core.settings import Settings
+    from mlyard.tasks import replicas as files
 
     settings = Settings()
     token = internal_token(settings)
@@ -115,7 +115,7 @@ def endpoint(stack, settings, clf):
 
 def test_deploy_routes_tokens_and_stats(endpoint, settings):
     import mlyard.endpoints as api
-    from core.connection import gateway_url
+    from mlyard.core.connection import gateway_url
 
     gw = gateway_url(settings)
     url = endpoint["urls"]["default"]["clf"]
@@ -134,7 +134,7 @@ def test_deploy_routes_tokens_and_stats(endpoint, settings):
             {"instances": ROW}).encode(), headers={"content-type": "application/json"}), timeout=5)
     assert refused.value.code == 403 and b"answers the mlyard gateway only" in refused.value.read()
     assert json.loads(as_gateway(f"{replica}/v2/models/clf"))["name"] == "clf"
-    from tasks import replicas as files
+    from mlyard.tasks import replicas as files
 
     # each replica of a model holds a credential of its own: one replica's opens no other (a model that read
     # its own from its process cannot call its neighbours around the gateway), nor does the replicas' own
@@ -151,8 +151,8 @@ def test_deploy_routes_tokens_and_stats(endpoint, settings):
     expired = api.issue_token("fraud", days=1)
     revoked = api.issue_token("fraud", days=1)
     api.revoke_token("fraud", revoked["id"])
-    from registry.catalog import Catalog
-    from registry.tables import EndpointToken
+    from mlyard.registry.catalog import Catalog
+    from mlyard.registry.tables import EndpointToken
 
     with Catalog(settings.catalog_db_url).session() as s:
         s.get(EndpointToken, expired["id"]).expires_at = datetime.now(timezone.utc) - timedelta(seconds=1)
@@ -193,8 +193,8 @@ def test_deploy_routes_tokens_and_stats(endpoint, settings):
     # The same counts for Prometheus, read back by its client's parser.
     from prometheus_client.parser import text_string_to_metric_families
 
-    from core.connection import internal_headers
-    from core.settings import Settings
+    from mlyard.core.connection import internal_headers
+    from mlyard.core.settings import Settings
 
     metrics = urllib.request.Request(f"{gw}/mlyard/metrics", headers=internal_headers(Settings()))
     with urllib.request.urlopen(metrics, timeout=10) as resp:
@@ -230,10 +230,10 @@ def test_a_users_api_key_calls_their_projects_endpoints_and_a_projects_rate_limi
     """The real gateway reads users' keys and projects' limits from the catalog (each second): a key of a
     member of the endpoint's project calls it, another project's member's does not, a revoked key stops
     within a catalog read, and over the project's per-caller limit the answer is 429 with Retry-After."""
-    from core.connection import gateway_url
-    from registry.catalog import Catalog
-    from registry.endpoints import Endpoints
-    from registry.teams import Teams
+    from mlyard.core.connection import gateway_url
+    from mlyard.registry.catalog import Catalog
+    from mlyard.registry.endpoints import Endpoints
+    from mlyard.registry.teams import Teams
 
     catalog = Catalog(settings.catalog_db_url)
     assert Endpoints(catalog).get("fraud")["project"] == "default"  # the project its deploy run was made in
@@ -272,7 +272,7 @@ def test_a_users_api_key_calls_their_projects_endpoints_and_a_projects_rate_limi
 
 def test_rules_are_refused_in_one_line(endpoint, platform, tmp_path):
     import mlyard.endpoints as api
-    from core.errors import AlreadyExists, ModelInUse, Protected, SpecError
+    from mlyard.core.errors import AlreadyExists, ModelInUse, Protected, SpecError
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: fraud2\nstage:\n  resources:\n    - model: nosuch@champion\n")
@@ -287,8 +287,8 @@ def test_rules_are_refused_in_one_line(endpoint, platform, tmp_path):
     with pytest.raises(SpecError, match="instance_type"):
         api.create({"name": "fraud5", "stage": {"instance_type": "g2-t4", "resources": [one]}})
     with pytest.raises(SpecError, match="max_replicas"):
-        from core.specs import load_spec
-        from core.specs.endpoint import AutoscalingRule
+        from mlyard.core.specs import load_spec
+        from mlyard.core.specs.endpoint import AutoscalingRule
 
         load_spec(AutoscalingRule, {"type": "scale_up", "metric_name": "rps", "comparator": "GREATER_THAN",
                                     "threshold": 1, "step_size": 1, "min_replicas": 3, "max_replicas": 2})
@@ -303,8 +303,8 @@ def test_rules_are_refused_in_one_line(endpoint, platform, tmp_path):
 def test_failed_deploy_rolls_back(endpoint, platform, settings, tmp_path):
     """A version whose model does not load: the replicas start and exit, the flow rolls back, nothing runs."""
     import mlyard.endpoints as api
-    from core.errors import RunFailed
-    from tasks import replicas as files
+    from mlyard.core.errors import RunFailed
+    from mlyard.tasks import replicas as files
 
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -322,9 +322,9 @@ def test_failed_deploy_rolls_back(endpoint, platform, settings, tmp_path):
 
 def test_promotion_under_load_loses_nothing_then_kill_and_gateway_restart(endpoint, settings, stack):
     import mlyard.endpoints as api
-    from core.connection import gateway_url, read_state
     from mlyard import stack as stack_mod
-    from tasks import replicas as files
+    from mlyard.core.connection import gateway_url, read_state
+    from mlyard.tasks import replicas as files
 
     gw = gateway_url(settings)
     token = api.issue_token("fraud", days=1)["token"]
@@ -401,7 +401,7 @@ def test_promotion_under_load_loses_nothing_then_kill_and_gateway_restart(endpoi
 
 def test_validate_creates_nothing(endpoint, platform, settings):
     import mlyard.endpoints as api
-    from tasks import replicas as files
+    from mlyard.tasks import replicas as files
 
     lines: list[str] = []
     result = api.validate({"name": "probe", "stage": {"resources": [{"model": "clf/1"}]}}, echo=lines.append)
@@ -421,8 +421,8 @@ def test_chat_endpoint_streams_through_the_gateway(endpoint, platform, settings,
     import openai
 
     import mlyard.endpoints as api
-    from core.connection import gateway_url
     from mlyard import endpoint_chat
+    from mlyard.core.connection import gateway_url
 
     folder = tiny_chat_model(tmp_path / "tinychat")
     platform.models.create_from_directory("tinychat", folder, "file://tinychat", parameters={"task": "chat"},
@@ -449,7 +449,7 @@ def test_autoscaling_rules_scale_replicas_up_and_down(endpoint, settings):
     """Backend.AI rules on a stage: more than 3 requests a second per replica adds one (max 2); under
     0.5 takes it away again (min 1). The gateway's loop applies what serving/autoscale.py decides."""
     import mlyard.endpoints as api
-    from core.connection import gateway_url
+    from mlyard.core.connection import gateway_url
 
     gw = gateway_url(settings)
     rules = [{"type": "scale_up", "metric_name": "requests_per_second", "comparator": "GREATER_THAN",
@@ -484,7 +484,7 @@ def test_servers_are_one_stage_endpoints_that_stop_and_start(endpoint, settings)
     configuration; start brings it back."""
     import mlyard.endpoints as api
     import mlyard.servers as servers
-    from tasks import replicas as files
+    from mlyard.tasks import replicas as files
 
     server = servers.server_create("web", "clf/1", public=True)
     assert server["status"] == "RUNNING" and server["replicas"] == 1, server
@@ -512,8 +512,8 @@ def test_a_kubernetes_stage_is_applied_then_rolled_back(endpoint, settings, tmp_
     from kube_api import KubeApi
 
     import mlyard.endpoints as api
-    from core.errors import RunFailed
-    from tasks import replicas as files
+    from mlyard.core.errors import RunFailed
+    from mlyard.tasks import replicas as files
 
     kube = KubeApi()
     stop = threading.Event()
@@ -556,8 +556,8 @@ def pod(stack, settings, clf):
     import subprocess
     import sys
 
-    from core.connection import internal_token, replica_token
-    from tasks.replicas import free_port, probe
+    from mlyard.core.connection import internal_token, replica_token
+    from mlyard.tasks.replicas import free_port, probe
 
     port = free_port()
     env = {**os.environ, "MLYARD_REPLICA_TOKEN": replica_token(internal_token(settings) or "")}
@@ -586,7 +586,7 @@ def test_two_kubernetes_stages_route_through_their_services_and_promote(endpoint
     from kube_proxy import ServingControllers
 
     import mlyard.endpoints as api
-    from core.connection import gateway_url
+    from mlyard.core.connection import gateway_url
 
     gw = gateway_url(settings)
     backend = pod[7:].split(":")
@@ -680,7 +680,7 @@ def test_a_runtime_variant_stage_on_the_cluster_is_its_engines_deployment_behind
     from kube_proxy import ServingControllers
 
     import mlyard.endpoints as api
-    from core.connection import gateway_url
+    from mlyard.core.connection import gateway_url
 
     folder = tmp_path / "engine"
     folder.mkdir()

@@ -49,8 +49,8 @@ def call(url: str, token: str) -> tuple[int, dict]:
 
 def test_sync_deploys_then_replaces_replicas_one_at_a_time_under_load(stack, settings, platform):
     import mlyard.endpoints as api
-    from core.errors import RunFailed, SpecError
-    from tasks import replicas as files
+    from mlyard.core.errors import RunFailed, SpecError
+    from mlyard.tasks import replicas as files
 
     folder = project("aca-app")
     (folder / "infra" / "provision").mkdir(parents=True)

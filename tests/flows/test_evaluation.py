@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from core.errors import SpecError
-from core.specs import EvaluationSpec, load_spec
+from mlyard.core.errors import SpecError
+from mlyard.core.specs import EvaluationSpec, load_spec
 
 
 def _jsonl(path: Path, X, y) -> Path:
@@ -31,8 +31,8 @@ def _spec(models, tmp_path, **kw) -> EvaluationSpec:
 def test_classification_metrics_equal_sklearn_and_pictures_reach_mlflow(platform, models, tmp_path):
     import mlflow.sklearn
 
-    from flows.evaluation import evaluate
     from mlyard import evaluations
+    from mlyard.flows.evaluation import evaluate
     from mlyard.runs import BATCH, EVALUATION, get_run
 
     X, y = models["X"][:300], models["y"][:300]
@@ -60,7 +60,7 @@ def test_classification_metrics_equal_sklearn_and_pictures_reach_mlflow(platform
     assert get_run(EVALUATION, result.evaluation_id).status == "COMPLETE"
     from prefect.client.orchestration import get_client
 
-    from core.names import STARTED_LABEL
+    from mlyard.core.names import STARTED_LABEL
     from mlyard.runs import started_in
 
     with get_client(sync_client=True) as client:  # RUNNING is derived from the batch subflow having started
@@ -75,7 +75,7 @@ def test_classification_metrics_equal_sklearn_and_pictures_reach_mlflow(platform
 
 
 def test_regression_metrics_equal_sklearn_and_rmsle_is_not_applicable_with_negatives(platform, models, tmp_path):
-    from flows.evaluation import evaluate
+    from mlyard.flows.evaluation import evaluate
 
     X = models["X"][:200]
     y = 3 * X[:, 0] - X[:, 2] + 10 + np.random.default_rng(1).normal(scale=0.3, size=200)
@@ -98,9 +98,9 @@ def test_regression_metrics_equal_sklearn_and_rmsle_is_not_applicable_with_negat
 
 
 def test_compare_and_delete(platform, models, tmp_path):
-    from core.errors import EvaluationNotFound
-    from flows.evaluation import evaluate
     from mlyard import evaluations
+    from mlyard.core.errors import EvaluationNotFound
+    from mlyard.flows.evaluation import evaluate
     from mlyard.runs import EVALUATION, get_run
 
     path = _jsonl(tmp_path / "labelled.jsonl", models["X"][:120], models["y"][:120])
@@ -124,7 +124,7 @@ def test_compare_and_delete(platform, models, tmp_path):
 
 
 def test_limits_are_refused_before_anything_starts(platform, models, tmp_path):
-    from flows.evaluation import evaluate
+    from mlyard.flows.evaluation import evaluate
 
     with pytest.raises(SpecError, match="at most 50"):
         load_spec(EvaluationSpec, {**_spec(models, tmp_path, input_uri="x.jsonl").model_dump(),

@@ -22,9 +22,9 @@ def test_in_a_pod_a_flow_runs_records_go_to_stdout_as_json_lines(stack):
     is a batch inference worker's (its records carry the batch's id from its spec)."""
     code = textwrap.dedent("""
         from prefect import flow, get_run_logger
-        from core.names import FLOW_BATCH_WORKER
-        from core.settings import Settings
-        from tasks.logrecords import install
+        from mlyard.core.names import FLOW_BATCH_WORKER
+        from mlyard.core.settings import Settings
+        from mlyard.tasks.logrecords import install
 
         @flow(name=FLOW_BATCH_WORKER)
         def worker(spec: dict) -> None:
@@ -52,7 +52,7 @@ def test_in_a_pod_a_flow_runs_records_go_to_stdout_as_json_lines(stack):
 def test_follow_prints_records_as_they_are_written(stack):
     folder = Path(os.environ["MLYARD_HOME"]) / "logs" / "records" / "notebook"
     folder.mkdir(parents=True, exist_ok=True)
-    from core import logrecords as lr
+    from mlyard.core import logrecords as lr
 
     path = folder / "2026-11-26.jsonl"
 

@@ -141,8 +141,8 @@ def test_a_run_on_a_kubeflow_pipelines_server(stack):
     _json("pipelines", "upload", str(EXAMPLES / "container.yaml"), "--name", "boxed")
     fake = KfpRestFake(reads_to_finish=2)
     try:
-        code = ("from flows.pipeline_run import pipeline_run\n"
-                "from core.specs.pipeline import PipelineRunSpec\n"
+        code = ("from mlyard.flows.pipeline_run import pipeline_run\n"
+                "from mlyard.core.specs.pipeline import PipelineRunSpec\n"
                 "r = pipeline_run(PipelineRunSpec(name='on-kfp', pipeline='boxed', parameters={'text': 'hi'}))\n"
                 "print(r.pipeline_run_id)\n")
         env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8",
@@ -166,7 +166,7 @@ def test_a_components_code_reaches_nothing_of_the_platform(stack, tmp_path):
     no process of the stack, and writes the platform's code nowhere; its own outputs still reach the run."""
     from kfp import compiler, dsl
 
-    from core.settings import Settings
+    from mlyard.core.settings import Settings
 
     @dsl.component
     def reach(home: str, source: str, found: dsl.Output[dsl.Artifact]):

@@ -129,13 +129,13 @@ def second_gateway(settings):
     import subprocess
     import sys
 
-    from tasks.processes import stop_group
+    from mlyard.tasks.processes import stop_group
 
     with socket.socket() as sock:  # (not conftest's free_port: importing conftest again would run it again)
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     log = open(settings.home_dir / "logs" / "gateway-2.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "serving.gateway_main", "--port", str(port)], stdout=log,
+    proc = subprocess.Popen([sys.executable, "-m", "mlyard.serving.gateway_main", "--port", str(port)], stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True,
                             env={**os.environ, "MLYARD_HOME": str(settings.home_dir)})
     url = f"http://127.0.0.1:{port}"
@@ -148,7 +148,7 @@ def second_gateway(settings):
             except OSError:
                 assert proc.poll() is None and time.monotonic() < deadline, "the second gateway did not start"
                 time.sleep(0.2)
-        from core.connection import internal_headers
+        from mlyard.core.connection import internal_headers
 
         while True:  # its first read of the catalog and probe of the replicas (a loaded machine takes longer)
             with urllib.request.urlopen(urllib.request.Request(url + "/mlyard/routes", headers=internal_headers(settings)),
@@ -382,7 +382,7 @@ def _end_run(flow_run_id: str) -> None:
     """Cancel a flow run as the Prefect UI's Cancel does, and wait until it has ended."""
     from prefect import get_client
 
-    from tasks.orchestration import cancel_flow_run
+    from mlyard.tasks.orchestration import cancel_flow_run
 
     cancel_flow_run(flow_run_id, "the test cancels the promotion's run")
     deadline = time.monotonic() + 60

@@ -6,12 +6,12 @@ import logging
 
 import pytest
 
-from core.specs.endpoint import EndpointSpec, StageResourceSpec, StageSpec
-from core.specs.promotion import PolicySpec
-from registry.catalog import Catalog
-from registry.endpoints import Endpoints
-from registry.traffic import Traffic, orphaned
-from serving.traffic import Judgement
+from mlyard.core.specs.endpoint import EndpointSpec, StageResourceSpec, StageSpec
+from mlyard.core.specs.promotion import PolicySpec
+from mlyard.registry.catalog import Catalog
+from mlyard.registry.endpoints import Endpoints
+from mlyard.registry.traffic import Traffic, orphaned
+from mlyard.serving.traffic import Judgement
 
 
 @pytest.fixture()
@@ -31,7 +31,7 @@ def shop(tmp_path):
 
 
 def _run(traffic: Traffic, eps: Endpoints, on_failure: str):
-    from flows.endpoint_rollout import _Run
+    from mlyard.flows.endpoint_rollout import _Run
 
     promo = traffic.start("shop", "cand", PolicySpec(steps=[10, 100], on_failure=on_failure), "run-1")
     run = _Run.__new__(_Run)  # as the flow makes it, minus the gateway and the run logger
@@ -64,7 +64,7 @@ def test_a_held_steps_automatic_pause_after_a_persons_abort_leaves_it_aborted(sh
     run's last look at its status and that pause: the pause is refused (the promotion already ended), the
     step ends "aborted" and the promotion stays ABORTED. The person's abort is committed right before the
     run's own pause reaches the catalog, so the interleaving is exact, not timed."""
-    import flows.endpoint_rollout as rollout
+    import mlyard.flows.endpoint_rollout as rollout
 
     eps, traffic = shop
     run = _run(traffic, eps, "rollback")

@@ -133,10 +133,10 @@ def test_create_sync_history_search_query_and_delete(stack, settings, tmp_path, 
     import httpx
     import psutil
 
-    from core.connection import gateway_url, replica_headers
-    from tasks import replicas as files
-    from tasks import sandbox
-    from tasks.rag_service import healthy_member
+    from mlyard.core.connection import gateway_url, replica_headers
+    from mlyard.tasks import replicas as files
+    from mlyard.tasks import sandbox
+    from mlyard.tasks.rag_service import healthy_member
 
     url, key = healthy_member(settings.home_dir, "handbook", "llm")
     (llm,) = files.of_stage(settings.home_dir, "rag:handbook", "llm")
@@ -188,10 +188,10 @@ def test_create_sync_history_search_query_and_delete(stack, settings, tmp_path, 
 
     # the query service's embeddings route is OpenAI's: the openai package, and mlyard's own client for an
     # `embedding.url` (what a sync uses once the service runs), both read it
-    from core.connection import replica_headers
-    from core.specs.rag import EmbeddingSpec
-    from tasks.embeddings import ServiceEmbedder
-    from tasks.rag_service import service_url
+    from mlyard.core.connection import replica_headers
+    from mlyard.core.specs.rag import EmbeddingSpec
+    from mlyard.tasks.embeddings import ServiceEmbedder
+    from mlyard.tasks.rag_service import service_url
 
     url = service_url(settings.home_dir, "handbook")
     assert url is not None
@@ -261,7 +261,7 @@ def test_a_private_chat_endpoint_writes_the_answers_and_its_tokens_open_the_rout
     import openai
 
     import mlyard.endpoints as endpoints
-    from core.connection import gateway_url
+    from mlyard.core.connection import gateway_url
 
     platform.models.create_from_directory("ragchat", tiny_llm, "file://ragchat", parameters={"task": "chat"},
                                           framework="transformers")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import SpecError, StorageNotFound
-from core.specs import TrainingSpec
+from mlyard.core.errors import SpecError, StorageNotFound
+from mlyard.core.specs import TrainingSpec
 from tests.conftest import all_gone, marked
 
 TRAIN = """
@@ -43,9 +43,9 @@ def _marker() -> str:
 
 
 def test_training_end_to_end(platform, s3_env, s3_settings, bucket, algorithm, tmp_path):
-    from flows.training import train
+    from mlyard.flows.training import train
+    from mlyard.tasks.storage import Storage
     from mlyard.trainings import get_training
-    from tasks.storage import Storage
 
     storage = Storage(s3_settings)
     data = tmp_path / "data"
@@ -85,8 +85,8 @@ for name in ("LOCAL_FILE", "FILE_URI", "LOCAL_DIR", "S3_PREFIX", "S3_OBJECT"):
 
 def test_every_dataset_is_a_folder_whatever_its_source(platform, s3_env, s3_settings, bucket, algorithm, tmp_path):
     """EM_DATASET_<NAME> is a folder: a script joins its file name to it, for a single file too."""
-    from flows.training import train
-    from tasks.storage import Storage
+    from mlyard.flows.training import train
+    from mlyard.tasks.storage import Storage
 
     data = tmp_path / "data"
     data.mkdir()
@@ -104,9 +104,9 @@ def test_every_dataset_is_a_folder_whatever_its_source(platform, s3_env, s3_sett
 
 
 def test_failing_script_is_fail_train_with_cause_and_leaves_nothing(platform, s3_env, s3_settings, bucket, algorithm):
-    from flows.training import train
+    from mlyard.flows.training import train
+    from mlyard.tasks.storage import Storage
     from mlyard.trainings import get_training
-    from tasks.storage import Storage
 
     src = algorithm("import os\nopen(os.environ['EM_MODEL_DIR'] + '/half', 'w').write('x')\n"
                     "print('step one ok')\nraise RuntimeError('CUDA out of memory')\n")
@@ -116,7 +116,7 @@ def test_failing_script_is_fail_train_with_cause_and_leaves_nothing(platform, s3
     assert info.status == "FAIL TRAIN"  # read at once: from the label the entry point's start wrote
     from prefect.client.orchestration import get_client
 
-    from core.names import STARTED_LABEL, TASK_RUN_ENTRY_POINT
+    from mlyard.core.names import STARTED_LABEL, TASK_RUN_ENTRY_POINT
 
     with get_client(sync_client=True) as client:
         assert client.read_flow_run(info.id).labels.get(STARTED_LABEL + TASK_RUN_ENTRY_POINT) is True
@@ -129,7 +129,7 @@ def test_failing_script_is_fail_train_with_cause_and_leaves_nothing(platform, s3
 
 
 def test_missing_entry_point_fails_before_anything_is_made(platform, algorithm):
-    from flows.training import train
+    from mlyard.flows.training import train
     from mlyard.trainings import get_training
 
     src = algorithm("print(1)", entry="other.py")
@@ -142,7 +142,7 @@ def test_missing_entry_point_fails_before_anything_is_made(platform, algorithm):
 
 
 def test_missing_dataset_is_named(platform, algorithm, tmp_path):
-    from flows.training import train
+    from mlyard.flows.training import train
 
     state = train(_spec(algorithm("print(1)"), name="no-data", datasets={"train": str(tmp_path / "nope")}),
                   return_state=True)
@@ -151,7 +151,7 @@ def test_missing_dataset_is_named(platform, algorithm, tmp_path):
 
 
 def test_max_run_time_ends_failed_with_reason(platform, algorithm, tmp_path):
-    from flows.training import train
+    from mlyard.flows.training import train
     from mlyard.trainings import get_training
 
     marker = _marker()
@@ -167,7 +167,7 @@ def test_max_run_time_ends_failed_with_reason(platform, algorithm, tmp_path):
 
 def test_stop_while_running_in_process(platform, algorithm, tmp_path):
     """`mlyard trainings stop` on a training that runs in-process (no worker): the flow ends itself STOPPED."""
-    from flows.training import train
+    from mlyard.flows.training import train
     from mlyard.trainings import list_trainings, stop_training
 
     marker = _marker()
@@ -191,7 +191,7 @@ def test_stop_while_running_in_process(platform, algorithm, tmp_path):
 
 
 def test_metric_visible_while_running(platform, algorithm, tmp_path):
-    from flows.training import train
+    from mlyard.flows.training import train
 
     marker = _marker()
     spec = _spec(algorithm(SLOW), name="latency", hyperparameters={"marker": marker, "sleep": 6})
@@ -231,7 +231,7 @@ dist.destroy_process_group()
 
 @_TORCH
 def test_torchrun_two_cpu_processes_with_gloo(platform, algorithm, tmp_path):
-    from flows.training import train
+    from mlyard.flows.training import train
 
     spec = _spec(algorithm(TORCH_SCRIPT), name="ddp", torchrun=True, processes_per_node=2)
     result = train(spec)
@@ -245,7 +245,7 @@ def test_two_nodes_of_two_processes_meet_on_this_machine(platform, algorithm, tm
     """nodes: 2 on the local pool: two node processes (torchrun each, two workers each) that meet at a
     c10d rendezvous on 127.0.0.1, as an Indexed Job's pods meet at node 0 on a cluster: a real
     all-reduce over gloo across the four ranks."""
-    from flows.training import train
+    from mlyard.flows.training import train
 
     spec = _spec(algorithm(TORCH_SCRIPT), name="ddp2", torchrun=True, nodes=2, processes_per_node=2)
     result = train(spec)
@@ -269,7 +269,7 @@ sys.exit(int(os.environ.get("EM_HP_FAIL_NODE", "-1") == os.environ["NODE_RANK"])
 def test_without_torchrun_each_node_gets_its_rank_and_tf_config(platform, algorithm, tmp_path):
     import re
 
-    from flows.training import train
+    from mlyard.flows.training import train
 
     result = train(_spec(algorithm(NODE_SCRIPT), name="tf3", nodes=3))
     log = platform.tracking.download(result.run_id, "logs/output.log", tmp_path / "l").read_text()
@@ -284,8 +284,8 @@ def test_without_torchrun_each_node_gets_its_rank_and_tf_config(platform, algori
 
 
 def test_one_failed_node_fails_the_training_with_its_last_lines(platform, algorithm):
-    from core.errors import TrainingFailed
-    from flows.training import train
+    from mlyard.core.errors import TrainingFailed
+    from mlyard.flows.training import train
 
     with pytest.raises(TrainingFailed) as failed:
         train(_spec(algorithm(NODE_SCRIPT), name="tf3-fail", nodes=3, hyperparameters={"fail_node": 2}))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from core.specs import TuningSpec, load_spec, with_overrides
+from mlyard.core.specs import TuningSpec, load_spec, with_overrides
 
 TRIAL = """
 import json, os, sys, time, urllib.request
@@ -106,7 +106,7 @@ def _trials(platform, tuning_id):
 
 
 def test_grid_tuning_end_to_end_with_nested_runs(platform, algorithm, tmp_path, marks):
-    from flows.tuning import tune
+    from mlyard.flows.tuning import tune
 
     spec = _spec(algorithm(TRIAL), marks, name="grid-x", strategy="grid", parallel_trials=2, max_trials=50,
                  parameters=[{"name": "x", "type": "int", "min": 1, "max": 5, "step": 1}])
@@ -133,7 +133,7 @@ def test_grid_tuning_end_to_end_with_nested_runs(platform, algorithm, tmp_path, 
 
 
 def test_goal_reached_ends_early(platform, algorithm, tmp_path, marks):
-    from flows.tuning import tune
+    from mlyard.flows.tuning import tune
 
     spec = _spec(algorithm(TRIAL), marks, name="goal", max_trials=30,
                  parameters=[{"name": "x", "type": "double", "min": 2.5, "max": 3.5}],
@@ -144,7 +144,7 @@ def test_goal_reached_ends_early(platform, algorithm, tmp_path, marks):
 
 @pytest.mark.parametrize("min_trials_required, expected", [(3, "EARLY_STOPPED"), (4, "SUCCEEDED")])
 def test_median_rule_stops_the_clearly_worse_trial(platform, algorithm, tmp_path, min_trials_required, expected, marks):
-    from flows.tuning import tune
+    from mlyard.flows.tuning import tune
 
     spec = _spec(algorithm(TRIAL), marks, name=f"median-{min_trials_required}", max_trials=4,
                  fixed={"mode": "fourth-is-bad", "epochs": 8, "sleep": 0.05},
@@ -159,7 +159,7 @@ def test_median_rule_stops_the_clearly_worse_trial(platform, algorithm, tmp_path
 
 
 def test_metrics_unavailable_counts_as_failed_and_fails_the_tuning(platform, algorithm, tmp_path, marks):
-    from flows.tuning import tune
+    from mlyard.flows.tuning import tune
     from mlyard.tunings import get_tuning
 
     spec = _spec(algorithm(TRIAL), marks, name="no-metric", max_trials=10, max_failed_trials=2,
@@ -178,7 +178,7 @@ def test_metrics_unavailable_counts_as_failed_and_fails_the_tuning(platform, alg
 
 
 def test_parallel_trials_overlap(platform, algorithm, tmp_path, marks):
-    from flows.tuning import tune
+    from mlyard.flows.tuning import tune
 
     tune(_spec(algorithm(TRIAL), marks, name="parallel", max_trials=3, parallel_trials=3, fixed={"barrier": 3}))
     spans = marks.spans
@@ -192,10 +192,10 @@ def test_four_parallel_trials_on_two_gpu_slots_run_two_at_a_time(platform, algor
     once, the waiting ones say what they wait for, and every slot is given back."""
     from prefect.client.orchestration import get_client
 
-    from core.errors import SpecError
-    from flows.tuning import tune
     from mlyard.api import check_gpu_slots
-    from tasks.gpu_slots import LIMIT
+    from mlyard.core.errors import SpecError
+    from mlyard.flows.tuning import tune
+    from mlyard.tasks.gpu_slots import LIMIT
 
     monkeypatch.setenv("MLYARD_GPU_SLOTS", "2")
     spec = _spec(algorithm(TRIAL), marks, name="gpu-slots", max_trials=4, parallel_trials=4,
@@ -222,7 +222,7 @@ def test_four_parallel_trials_on_two_gpu_slots_run_two_at_a_time(platform, algor
 
 
 def test_stop_kills_running_trials(platform, algorithm, tmp_path, marks):
-    from flows.tuning import tune
+    from mlyard.flows.tuning import tune
     from mlyard.tunings import get_tuning, list_tunings, stop_tuning
 
     spec = _spec(algorithm(TRIAL), marks, name="to-stop", max_trials=10, parallel_trials=2,
@@ -245,8 +245,8 @@ def test_stop_kills_running_trials(platform, algorithm, tmp_path, marks):
 
 
 def test_unknown_template_is_refused_before_any_trial(platform, tmp_path):
-    from core.errors import TemplateNotFound
-    from flows.tuning import tune
+    from mlyard.core.errors import TemplateNotFound
+    from mlyard.flows.tuning import tune
 
     spec = load_spec(TuningSpec, {"name": "tmpl", "template": "no-such-template", "strategy": "random",
                                   "parameters": [{"name": "x", "type": "int", "min": 1, "max": 3}],
@@ -329,7 +329,7 @@ def test_crashed_tuning_resumes_when_retried(platform, algorithm, tmp_path, mark
 
 def test_trials_as_their_own_flow_runs_with_median_stopping(platform, algorithm, tmp_path, marks):
     """trial_deployment: each trial is a flow run of train/local (on Kubernetes: train/gpu, a pod each)."""
-    from flows.tuning import tune
+    from mlyard.flows.tuning import tune
     from mlyard.trainings import get_training
 
     spec = _spec(algorithm(TRIAL), marks, name="remote", max_trials=4, trial_deployment="train/local",
@@ -360,7 +360,7 @@ open(os.path.join(os.environ["EM_MODEL_DIR"], "m.txt"), "w").write("m")
 
 def test_custom_metric_regexes_reach_each_trials_mlflow_run(platform, algorithm, marks):
     """Trials as processes of the tuning's run: every matched metric is in the trial's own MLflow run."""
-    from flows.tuning import tune
+    from mlyard.flows.tuning import tune
 
     spec = _spec(algorithm(CUSTOM), marks, name="regex", strategy="grid", max_trials=2,
                  parameters=[{"name": "x", "type": "int", "min": 1, "max": 2, "step": 1}],
@@ -390,7 +390,7 @@ open(os.path.join(os.environ["EM_MODEL_DIR"], "m.txt"), "w").write("m")
 
 
 def test_katib_json_metrics_format(platform, algorithm, marks):
-    from flows.tuning import tune
+    from mlyard.flows.tuning import tune
 
     spec = _spec(algorithm(KATIB_JSON), marks, name="json", strategy="grid", max_trials=2,
                  max_failed_trials=2, metrics_format="json",

@@ -26,7 +26,7 @@ import pytest
 from conftest import free_port
 from container import Container
 
-from tasks.processes import stop_group
+from mlyard.tasks.processes import stop_group
 
 TOKEN = "t" * 40
 POD = {"HOME": "/tmp", "MLYARD_HOME": "/tmp/mlyard", "PREFECT_HOME": "/tmp/prefect"}
@@ -123,11 +123,11 @@ def test_the_platform_image_runs_its_services_as_its_user_on_a_read_only_root(im
                   "sqlite:////tmp/catalog.db", "PREFECT_API_URL": api_url, "MLYARD_PREFECT_API_URL": api_url,
                   "MLYARD_INTERNAL_TOKEN": TOKEN,
                   "MLYARD_REPLICA_TOKEN": TOKEN}
-        scheduler, log = start("scheduler", ["python", "-m", "tasks.scheduling"], stores)
+        scheduler, log = start("scheduler", ["python", "-m", "mlyard.tasks.scheduling"], stores)
         _line(log, scheduler, "scheduler started")
 
         port = free_port()
-        gateway, log = start("gateway", ["python", "-m", "serving.gateway_main", "--host", "127.0.0.1", "--port",
+        gateway, log = start("gateway", ["python", "-m", "mlyard.serving.gateway_main", "--host", "127.0.0.1", "--port",
                                          str(port)], stores)
         _healthy(f"http://127.0.0.1:{port}/mlyard/health", gateway, log)
 
@@ -143,7 +143,7 @@ def test_the_platform_image_runs_its_services_as_its_user_on_a_read_only_root(im
                             {"MLFLOW_SERVER_ALLOWED_HOSTS": "mlflow:*", "PROMETHEUS_MULTIPROC_DIR": "/tmp/metrics",
                              "MLYARD_INTERNAL_TOKEN": TOKEN})
         _healthy(f"http://127.0.0.1:{port}/health", mlflow, log)
-        from core.environment import tracking_token
+        from mlyard.core.environment import tracking_token
 
         search = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=1"
         assert _get(search, {"Host": "mlflow:5000"})[0] == 401  # the platform's processes alone
@@ -185,13 +185,13 @@ def test_a_flow_run_pods_command_runs_a_training_in_the_platform_image(images, t
         _healthy(f"http://127.0.0.1:{mlflow_port}/health", mlflow, tmp_path / "mlflow.log")
         with SyncPrefectClient(api_url) as client:
             flow_id = client.create_flow_from_name("train")
-            deployment = client.create_deployment(flow_id, "gpu", entrypoint="flows.training.train",
+            deployment = client.create_deployment(flow_id, "gpu", entrypoint="mlyard.flows.training.train",
                                                   pull_steps=[{"prefect.deployments.steps.set_working_directory":
                                                                {"directory": "."}}])
             spec = {"name": "in-image", "experiment": "images", "source_uri": "/algo", "entry_point": "train.py"}
             run = client.create_flow_run_from_deployment(deployment, parameters={"spec": spec})
         # the pod's code host, as the job templates start it: the image's Python, as its own user (10002)
-        code_host = box.start(["python", "-I", "-m", "tasks.code_host", "serve", "/mlyard/data/code"],
+        code_host = box.start(["python", "-I", "-m", "mlyard.tasks.code_host", "serve", "/mlyard/data/code"],
                               {"PYTHONUNBUFFERED": "1"}, tmp_path / "code-host.log", user="10002:10001")
         started.append(code_host)
         env = {**POD, "MLYARD_HOME": "/mlyard/data", "MLYARD_CODE_HOST": "/mlyard/data/code",

@@ -38,7 +38,7 @@ class Cluster:
     api: KubeApi
     kubelet: Kubelet
     stores: ClusterStores
-    platform: object  # flows.platform.Platform of the cluster's stores
+    platform: object  # mlyard.flows.platform.Platform of the cluster's stores
 
     def __iter__(self):  # `api, kubelet = cluster`
         return iter((self.api, self.kubelet))
@@ -62,7 +62,7 @@ def cluster(stack, settings, tmp_path, cluster_stores, monkeypatch):
     import base64
     import tempfile
 
-    from flows.platform import Platform
+    from mlyard.flows.platform import Platform
 
     # per test: the worker and the pods' processes end with it, before the leak guard looks
     _cancel_queued_gpu_runs()
@@ -103,7 +103,7 @@ def cluster(stack, settings, tmp_path, cluster_stores, monkeypatch):
         _wait_for_worker(worker, began, log)  # a worker stuck starting fails the test, never hangs it
         yield Cluster(api, kubelet, cluster_stores, Platform(cluster_stores.settings(settings)))
     finally:
-        from tasks.processes import stop_group
+        from mlyard.tasks.processes import stop_group
 
         # Prefect's worker CLI stops gracefully on SIGTERM; late in a whole suite its kopf observer often
         # took over 10 s to stop (every cluster test's teardown then took 10 s), and nothing here needs it
@@ -122,7 +122,7 @@ def _wait_for_worker(worker: int | subprocess.Popen, began: datetime, log: Path,
     """Until the worker has sent a heartbeat to the pool (it does once its kopf observer is up)."""
     from prefect.client.orchestration import get_client
 
-    from tasks.processes import alive
+    from mlyard.tasks.processes import alive
 
     deadline = time.monotonic() + timeout
     with get_client(sync_client=True) as client:

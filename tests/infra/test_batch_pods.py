@@ -11,8 +11,8 @@ import pytest
 from job_templates import render, strictly_valid
 from kube_cluster import NS, finished_job
 
-from core.errors import SpecError
-from core.specs import BatchInferenceSpec, load_spec
+from mlyard.core.errors import SpecError
+from mlyard.core.specs import BatchInferenceSpec, load_spec
 from mlyard.prefect_setup import GPU_TEMPLATE
 
 BASE = {"name": "pods", "model": "m@champion", "input_uri": "/in", "input_format": "jsonl", "output_uri": "/out"}
@@ -53,8 +53,8 @@ def test_two_worker_pods_share_the_rows_and_finish_the_batch(cluster, models, tm
 
     import boto3
 
-    from core.settings import Settings
-    from flows.batch_inference import batch_infer
+    from mlyard.core.settings import Settings
+    from mlyard.flows.batch_inference import batch_infer
     from mlyard.uploads import for_cluster
 
     api, _ = cluster

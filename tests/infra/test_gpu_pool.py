@@ -20,7 +20,7 @@ TEMPLATES = {"gpu": GPU_TEMPLATE, "cpu": CPU_TEMPLATE}
 
 
 def test_a_gpu_training_job_is_strictly_valid_and_asks_for_gpus(stack):
-    from core.specs import TrainingSpec
+    from mlyard.core.specs import TrainingSpec
 
     spec = TrainingSpec(name="big", source_uri="s3://b/algo", entry_point="train.py", image="registry.local/mlyard:gpu",
                         resources={"gpu_count": 2, "gpu_type": "NVIDIA-A100-SXM4-80GB", "cpu": 8, "memory": "64Gi",
@@ -91,14 +91,14 @@ def test_every_deployment_on_a_kubernetes_pool_renders_a_strictly_valid_job(stac
 def test_the_scheduler_and_pipeline_runs_run_on_the_cpu_pool():
     """None asks for a GPU: the scheduler loops, a pipeline run hands its steps to the KFP server, an endpoint
     change applies a stage's objects."""
-    endpoint_flows = ["flows.endpoint_add_stage.add_stage", "flows.endpoint_delete.delete_endpoint",
-                      "flows.endpoint_deploy.deploy_endpoint", "flows.endpoint_promote.promote_stage",
-                      "flows.endpoint_retry.retry_stage", "flows.endpoint_rollout.control_promotion",
-                      "flows.endpoint_rollout.promote_progressively", "flows.endpoint_start.start_stage",
-                      "flows.endpoint_stop.stop_stage", "flows.endpoint_traffic.set_traffic"]
-    assert sorted(d["entrypoint"] for d in _deployments("cpu")) == endpoint_flows + ["flows.pipeline_run.pipeline_run",
-                                                                                     "flows.scheduler.scheduler"]
-    assert "flows.pipeline_run.pipeline_run" not in [d["entrypoint"] for d in _deployments("gpu")]
+    endpoint_flows = ["mlyard.flows.endpoint_add_stage.add_stage", "mlyard.flows.endpoint_delete.delete_endpoint",
+                      "mlyard.flows.endpoint_deploy.deploy_endpoint", "mlyard.flows.endpoint_promote.promote_stage",
+                      "mlyard.flows.endpoint_retry.retry_stage", "mlyard.flows.endpoint_rollout.control_promotion",
+                      "mlyard.flows.endpoint_rollout.promote_progressively", "mlyard.flows.endpoint_start.start_stage",
+                      "mlyard.flows.endpoint_stop.stop_stage", "mlyard.flows.endpoint_traffic.set_traffic"]
+    assert sorted(d["entrypoint"] for d in _deployments("cpu")) == endpoint_flows + ["mlyard.flows.pipeline_run.pipeline_run",
+                                                                                     "mlyard.flows.scheduler.scheduler"]
+    assert "mlyard.flows.pipeline_run.pipeline_run" not in [d["entrypoint"] for d in _deployments("gpu")]
 
 
 @pytest.mark.parametrize("pool", ["gpu", "cpu"])
@@ -110,8 +110,8 @@ def test_template_exposes_the_job_variables(pool):
         assert name in props and props[name].get("description"), name
 
 
-@pytest.mark.parametrize("entrypoint", ["flows.training.train", "flows.tuning.tune", "flows.batch_inference.batch_infer",
-                                        "flows.batch_worker.batch_worker", "flows.evaluation.evaluate"])
+@pytest.mark.parametrize("entrypoint", ["mlyard.flows.training.train", "mlyard.flows.tuning.tune", "mlyard.flows.batch_inference.batch_infer",
+                                        "mlyard.flows.batch_worker.batch_worker", "mlyard.flows.evaluation.evaluate"])
 def test_prefect_yaml_declares_every_flow_on_both_pools(entrypoint):
     conf = yaml.safe_load(PREFECT_YAML.read_text())
     pools = {d["name"]: d["work_pool"]["name"] for d in conf["deployments"] if d["entrypoint"] == entrypoint}
@@ -120,8 +120,8 @@ def test_prefect_yaml_declares_every_flow_on_both_pools(entrypoint):
 
 def test_with_a_kueue_queue_the_gpu_pools_jobs_carry_its_label(stack, monkeypatch):
     """Kueue admits a Job labelled with a LocalQueue against that queue's GPU quota (tasks/orchestration)."""
-    from core.specs import TrainingSpec
-    from tasks.orchestration import KUEUE_QUEUE_LABEL, with_queue_label
+    from mlyard.core.specs import TrainingSpec
+    from mlyard.tasks.orchestration import KUEUE_QUEUE_LABEL, with_queue_label
 
     spec = TrainingSpec(name="trial", source_uri="s3://b/algo", entry_point="train.py", resources={"gpu_count": 1})
     assert with_queue_label(spec.job_variables()) == spec.job_variables()  # no queue named: no label

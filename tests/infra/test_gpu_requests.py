@@ -49,8 +49,8 @@ def submit(stack, kubeconfig: Path, tmp_path: Path, resources: dict, **extra_env
     ({"gpu_count": 1, "gpu_type": "NVIDIA-H100"}, ["resources.gpu_type", "NVIDIA-A100-SXM4-80GB, Tesla-T4"]),
 ])
 def test_the_rules_against_the_nodes_the_api_reports(kubeconfig, resources, words):
-    from core.errors import SpecError
-    from tasks import cluster
+    from mlyard.core.errors import SpecError
+    from mlyard.tasks import cluster
 
     capacity = cluster.gpu_capacity(cluster.dynamic_client(str(kubeconfig)))
     assert capacity == {"NVIDIA-A100-SXM4-80GB": 8, "Tesla-T4": 1}
@@ -66,7 +66,7 @@ def test_the_kubernetes_discovery_cache_is_kept_private_in_mlyard_s_cache(kubeco
     import glob
     import stat
 
-    from tasks import cluster
+    from mlyard.tasks import cluster
 
     monkeypatch.setenv("MLYARD_CACHE_DIR", str(tmp_path / "cache"))
     before = set(glob.glob("/tmp/osrcp-*.json"))

@@ -10,7 +10,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from tasks.http_route import apply_http_route, render_http_route
+from mlyard.tasks.http_route import apply_http_route, render_http_route
 
 VALIDATOR = Path(__file__).resolve().parents[2] / ".venv" / "gateway-api" / "validate.mjs"
 
@@ -72,7 +72,7 @@ def _view(weights: dict[str, int], shadows: dict[str, int]) -> dict:
 
 
 def test_the_route_carries_the_shares_passes_the_gateway_apis_validators_and_is_applied(api):
-    from tasks.kubernetes import cluster_client
+    from mlyard.tasks.kubernetes import cluster_client
 
     route = render_http_route(_view({"canary": 10}, {"mirror": 20}), "public", "mlyard", "gateways")
     assert route["spec"]["parentRefs"] == [{"name": "public", "namespace": "gateways"}]
@@ -107,8 +107,8 @@ def test_the_route_carries_the_shares_passes_the_gateway_apis_validators_and_is_
 
 
 def test_local_stages_have_no_route_and_the_route_goes_with_the_endpoint(api):
-    from tasks.http_route import delete_http_route
-    from tasks.kubernetes import cluster_client
+    from mlyard.tasks.http_route import delete_http_route
+    from mlyard.tasks.kubernetes import cluster_client
 
     view = _view({"canary": 10}, {})
     view["stages"][1]["instance_type"] = "local"  # a stage on this machine: no Service to route to

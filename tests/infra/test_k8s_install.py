@@ -250,9 +250,9 @@ def clusters_prefect(tmp_path):
     import shutil
     import socket
 
-    from core.settings import TELEMETRY_OFF_ENV, Settings
+    from mlyard.core.settings import TELEMETRY_OFF_ENV, Settings
     from mlyard.prefect_setup import empty_prefect_db, start_server, wait_healthy
-    from tasks.processes import stop_group
+    from mlyard.tasks.processes import stop_group
 
     with socket.socket() as sock:  # a free port (not conftest's free_port: importing conftest re-runs its set-up)
         sock.bind(("127.0.0.1", 0))
@@ -315,7 +315,7 @@ def test_apply_migrates_the_previous_releases_catalog_once_and_a_new_image_runs_
     nothing to do. A failed migration leaves the Deployments as they were."""
     from sqlalchemy import text
 
-    from registry.catalog import HEAD, Catalog
+    from mlyard.registry.catalog import HEAD, Catalog
 
     api, kubeconfig = cluster
     previous = f"{int(HEAD) - 1:04d}"
@@ -367,8 +367,8 @@ def test_apply_migrates_the_previous_releases_catalog_once_and_a_new_image_runs_
 
 def test_the_values_storage_class_goes_to_every_claim_the_install_makes():
     """Without a default StorageClass a claim that names none stays Pending (and its pod with it)."""
-    from core.specs.cluster import ClusterValues
-    from tasks.cluster import render
+    from mlyard.core.specs.cluster import ClusterValues
+    from mlyard.tasks.cluster import render
 
     objs = render(ClusterValues(overlay="dev", storage_class="fast-ssd"))
     postgres = next(o for o in objs if o["kind"] == "StatefulSet" and o["metadata"]["name"] == "postgres")

@@ -123,7 +123,7 @@ def test_workers_get_exactly_what_they_use(overlay):
            for g in rule["apiGroups"] for r in rule["resources"]}
     assert api == {("", "secrets"): {"create", "delete"}}
     flows = [d for d in yaml.safe_load((K8S.parent / "prefect.yaml").read_text())["deployments"]
-             if d["entrypoint"].startswith("flows.endpoint_") and d["work_pool"]["name"] != "local"]
+             if d["entrypoint"].startswith("mlyard.flows.endpoint_") and d["work_pool"]["name"] != "local"]
     assert len(flows) == 10 and {d["work_pool"]["job_variables"]["service_account_name"] for d in flows} == {"mlyard-endpoints"}
 
 

@@ -16,7 +16,7 @@ import yaml
 from kube_api import Controller
 from kube_cluster import NS, finished_job
 
-from tasks.orchestration import KUEUE_QUEUE_LABEL
+from mlyard.tasks.orchestration import KUEUE_QUEUE_LABEL
 
 QUEUES = Path(__file__).resolve().parents[2] / "infra" / "k8s" / "components" / "kueue" / "queues.yaml"
 TRIAL = ("import sys, time\nargs = dict(zip(sys.argv[1::2], sys.argv[2::2]))\ntime.sleep(1.0)\n"
@@ -100,9 +100,9 @@ def test_four_trials_on_two_gpus_of_quota_run_two_at_a_time(cluster, algorithm, 
 
     stop = threading.Event()
     threading.Thread(target=count_pods, args=(stop,), daemon=True).start()
-    from core.specs.common import load_spec
-    from core.specs.tuning import TuningSpec
-    from flows.tuning import tune
+    from mlyard.core.specs.common import load_spec
+    from mlyard.core.specs.tuning import TuningSpec
+    from mlyard.flows.tuning import tune
 
     spec = load_spec(TuningSpec, {
         "name": "kueue", "strategy": "grid", "parallel_trials": 4, "max_trials": 4, "trial_deployment": "train/gpu",
@@ -110,7 +110,7 @@ def test_four_trials_on_two_gpus_of_quota_run_two_at_a_time(cluster, algorithm, 
                      "resources": {"gpu_count": 1}},
         "parameters": [{"name": "x", "type": "int", "min": 1, "max": 4, "step": 1}],
         "objective": {"metric": "accuracy", "direction": "maximize"}})
-    from core.settings import Settings
+    from mlyard.core.settings import Settings
     from mlyard.uploads import for_cluster
 
     spec = for_cluster(spec, Settings())  # the trials' pods read the source from the cluster's storage
@@ -139,9 +139,9 @@ def test_a_multi_node_trainings_nodes_are_admitted_all_together_or_not_at_all(tm
     from job_templates import render as render_job
     from kube_api import KubeApi, Kubelet
 
-    from core.specs import TrainingSpec
+    from mlyard.core.specs import TrainingSpec
     from mlyard.prefect_setup import GPU_TEMPLATE
-    from tasks import node_jobs
+    from mlyard.tasks import node_jobs
 
     spec = TrainingSpec(name="ddp", source_uri="s3://b/algo", entry_point="train.py", nodes=2,
                         resources={"gpu_count": 2})

@@ -93,7 +93,7 @@ def test_mlflows_server_as_the_deployment_starts_it_counts_every_worker_for_the_
     token = "internal-" + os.urandom(8).hex()
     url, server = shipped_mlflow(tmp_path, token)
     try:
-        from core.environment import tracking_token
+        from mlyard.core.environment import tracking_token
 
         tracking = {"Authorization": f"Bearer {tracking_token(token)}"}
         for n in range(8):  # spread over both workers by the kernel; the count is theirs together
@@ -111,6 +111,6 @@ def test_mlflows_server_as_the_deployment_starts_it_counts_every_worker_for_the_
             assert created and float(created[1]) == 8, text[:3000]
             assert f"made-up-{os.getpid()}" not in text and 'route="other"' in text
     finally:
-        from tasks.processes import stop_group
+        from mlyard.tasks.processes import stop_group
 
         stop_group(server, 5)

@@ -20,9 +20,9 @@ import pytest
 from conftest import free_port
 from kube_api import KubeApi, Kubelet
 
-from core.assets import infra
-from registry.tracking import prepare_db
-from tasks.cluster import kustomize
+from mlyard.core.assets import infra
+from mlyard.registry.tracking import prepare_db
+from mlyard.tasks.cluster import kustomize
 
 
 def mlflow_pod(namespace: str, mlflow: dict[str, str] | None = None,
@@ -52,7 +52,7 @@ def mlflow_pod(namespace: str, mlflow: dict[str, str] | None = None,
 def shipped_mlflow(tmp_path: Path, token: str) -> tuple[str, subprocess.Popen]:
     """The mlflow Deployment's command and environment (as kubelet resolves them, with its Secrets holding
     `token` as the internal credential), its host and port made this test's; its URL once healthy, and its
-    process (stop it with tasks.processes.stop_group)."""
+    process (stop it with mlyard.tasks.processes.stop_group)."""
     import httpx
 
     container, env = mlflow_pod("mlyard", mlflow={"backend-store-uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
@@ -115,7 +115,7 @@ def mlflow_server(tmp_path):
         raise AssertionError("mlflow server did not start")
 
     yield start
-    from tasks.processes import stop_group
+    from mlyard.tasks.processes import stop_group
 
     for proc in procs:
         stop_group(proc, 5)
@@ -141,10 +141,10 @@ def test_without_the_allowed_hosts_mlflow_refuses_its_service_name_while_health_
 
 
 PLATFORM_PROCESS = """
-from core.settings import Settings, apply_engine_env
+from mlyard.core.settings import Settings, apply_engine_env
 settings = Settings()
 apply_engine_env(settings)  # as every platform process does (flows/platform.py)
-from registry.tracking import Tracking
+from mlyard.registry.tracking import Tracking
 print(Tracking(settings.mlflow_uri).experiment_id("made-by-a-flow", create=True))
 """
 
@@ -167,7 +167,7 @@ def test_the_tracking_service_answers_the_platforms_processes_alone(tmp_path):
     sends it without being told; the internal credential itself opens no tracking route."""
     import httpx
 
-    from tasks.processes import stop_group
+    from mlyard.tasks.processes import stop_group
 
     token = "internal-" + __import__("os").urandom(8).hex()
     url, server = shipped_mlflow(tmp_path, token)

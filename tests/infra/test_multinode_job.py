@@ -19,8 +19,8 @@ import pytest
 from job_templates import VERSIONS
 from kube_cluster import NS, final, finished_job, run_training
 
-from core.specs import TrainingSpec
-from tasks.node_jobs import NodeJob, job_name, node_environment, render
+from mlyard.core.specs import TrainingSpec
+from mlyard.tasks.node_jobs import NodeJob, job_name, node_environment, render
 
 NODE_SCRIPT = """
 import json, os, sys
@@ -63,8 +63,8 @@ def _coordinator_pod(gpu_type: str | None = None) -> dict:
 @pytest.mark.parametrize("nodes", [1, 2, 4])
 @pytest.mark.parametrize("torchrun", [False, True])
 def test_the_nodes_job_and_service_for_1_2_and_4_nodes(nodes, torchrun):
-    from tasks.launch import Rendezvous, Workdirs, build_invocation
-    from tasks.node_jobs import RENDEZVOUS_PORT
+    from mlyard.tasks.launch import Rendezvous, Workdirs, build_invocation
+    from mlyard.tasks.node_jobs import RENDEZVOUS_PORT
 
     spec = TrainingSpec(name="ddp", source_uri="s3://b/algo", entry_point="train.py", nodes=nodes, torchrun=torchrun,
                         processes_per_node=2 if torchrun else 1,
@@ -83,7 +83,7 @@ def test_the_nodes_job_and_service_for_1_2_and_4_nodes(nodes, torchrun):
     assert service["spec"]["selector"].items() <= batch["spec"]["template"]["metadata"]["labels"].items()
     assert pod["subdomain"] == service["metadata"]["name"] == job.name and "nodeName" not in pod
     container = pod["containers"][0]
-    assert container["command"] == ["python", "-m", "tasks.node"] and "args" not in container
+    assert container["command"] == ["python", "-m", "mlyard.tasks.node"] and "args" not in container
     assert container["resources"]["limits"] == {"cpu": "16", "memory": "128Gi", "nvidia.com/gpu": 4}
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]

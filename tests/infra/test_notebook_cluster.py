@@ -7,8 +7,8 @@ from __future__ import annotations
 import kubernetes.client
 import pytest
 
-from core.specs.notebook import NotebookSpec
-from tasks import notebook_cluster as nbk
+from mlyard.core.specs.notebook import NotebookSpec
+from mlyard.tasks import notebook_cluster as nbk
 
 
 def _client(kube):
@@ -33,7 +33,7 @@ def test_a_notebook_is_a_statefulset_whose_claim_outlives_stop_and_reboot_but_no
     assert box["resources"]["limits"] == {"cpu": "8", "memory": "60Gi", "nvidia.com/gpu": "1"}
     assert pod["tolerations"][0]["key"] == "nvidia.com/gpu" and pod["imagePullSecrets"] == [{"name": "regcred"}]
     assert pod["securityContext"]["runAsNonRoot"] and box["securityContext"]["allowPrivilegeEscalation"] is False
-    assert box["command"][:3] == ["python", "-m", "tasks.notebook_boot"] and "s3cret" not in str(box)
+    assert box["command"][:3] == ["python", "-m", "mlyard.tasks.notebook_boot"] and "s3cret" not in str(box)
     assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"] == {"storage": "200Gi"}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["boot"]["emptyDir"] == {"sizeLimit": "50Gi"}
@@ -81,13 +81,13 @@ def test_the_notebook_flow_runs_a_registered_image_on_the_cluster(stack, setting
     from kube_api import KubeApi
 
     import mlyard.notebooks as api
-    from core.errors import SpecError
-    from core.specs.image import ImageSpec
-    from core.specs.notebook import NotebookAction
-    from flows.notebook import notebook
-    from registry.catalog import Catalog
-    from registry.notebooks import Notebooks
-    from tasks.registry_secrets import images
+    from mlyard.core.errors import SpecError
+    from mlyard.core.specs.image import ImageSpec
+    from mlyard.core.specs.notebook import NotebookAction
+    from mlyard.flows.notebook import notebook
+    from mlyard.registry.catalog import Catalog
+    from mlyard.registry.notebooks import Notebooks
+    from mlyard.tasks.registry_secrets import images
 
     kube = KubeApi()
     try:

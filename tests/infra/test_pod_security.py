@@ -17,13 +17,13 @@ from kube_api import KubeApi
 from kubelet_sandbox import files_as_kubelet_lays_them
 from pod_security import violations
 
-from core.assets import infra
-from core.specs import TrainingSpec
-from core.specs.notebook import NotebookSpec
+from mlyard.core.assets import infra
+from mlyard.core.specs import TrainingSpec
+from mlyard.core.specs.notebook import NotebookSpec
 from mlyard.prefect_setup import CPU_TEMPLATE, GPU_TEMPLATE, PREFECT_YAML
-from tasks import node_jobs
-from tasks import notebook_cluster as nbk
-from tasks.cluster import kustomize
+from mlyard.tasks import node_jobs
+from mlyard.tasks import notebook_cluster as nbk
+from mlyard.tasks.cluster import kustomize
 
 K8S = infra("k8s")
 
@@ -134,10 +134,10 @@ def _made_pods() -> list[tuple[str, dict]]:
 
 
 def _endpoint_pods(tmp_path) -> list[tuple[str, dict]]:
-    from core.specs.endpoint import EndpointSpec, StageResourceSpec, StageSpec
-    from registry import Catalog
-    from registry.endpoints import Endpoints
-    from tasks import kubernetes as k8s
+    from mlyard.core.specs.endpoint import EndpointSpec, StageResourceSpec, StageSpec
+    from mlyard.registry import Catalog
+    from mlyard.registry.endpoints import Endpoints
+    from mlyard.tasks import kubernetes as k8s
 
     catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
     try:

@@ -23,8 +23,8 @@ def _run(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedPro
                           timeout=120)
 
 
-@pytest.mark.parametrize("module", [["-m", "tasks.scheduling", "--once"], ["-m", "mlyard.service", "--port", "1"],
-                                    ["-m", "serving.gateway_main", "--port", "1"]])
+@pytest.mark.parametrize("module", [["-m", "mlyard.tasks.scheduling", "--once"], ["-m", "mlyard.service", "--port", "1"],
+                                    ["-m", "mlyard.serving.gateway_main", "--port", "1"]])
 def test_a_pod_without_the_shared_stores_refuses_to_start(tmp_path, module):
     out = _run(module, tmp_path, KUBERNETES_SERVICE_HOST="10.96.0.1")
     assert out.returncode != 0
@@ -36,7 +36,7 @@ def test_a_pod_without_the_shared_stores_refuses_to_start(tmp_path, module):
 
 
 def test_a_flow_in_a_pod_without_the_tracking_uri_fails_before_it_touches_a_store(tmp_path):
-    code = "from flows.platform import Platform; Platform()"
+    code = "from mlyard.flows.platform import Platform; Platform()"
     out = _run(["-c", code], tmp_path, KUBERNETES_SERVICE_HOST="10.96.0.1",
                MLYARD_CATALOG_URL="postgresql+psycopg://mlyard@postgres/catalog")
     assert out.returncode != 0
@@ -50,7 +50,7 @@ def test_settings_come_from_a_mounted_secret_as_files(tmp_path):
     secrets.mkdir()
     (secrets / "mlyard_catalog_url").write_text("postgresql+psycopg://mlyard@postgres/catalog")
     (secrets / "mlyard_s3_secret_access_key").write_text("s3cr3t")
-    code = ("from core.settings import Settings, require_shared_stores; s = Settings(); require_shared_stores(s); "
+    code = ("from mlyard.core.settings import Settings, require_shared_stores; s = Settings(); require_shared_stores(s); "
             "print(s.catalog_url, s.mlflow_tracking_uri, s.s3_secret_access_key.get_secret_value())")
     out = _run(["-c", code], tmp_path, KUBERNETES_SERVICE_HOST="10.96.0.1", MLYARD_SECRETS_DIR=str(secrets),
                MLYARD_MLFLOW_TRACKING_URI="http://mlflow:5000")
@@ -59,7 +59,7 @@ def test_settings_come_from_a_mounted_secret_as_files(tmp_path):
 
 
 def test_outside_a_pod_the_embedded_stores_are_the_default(tmp_path):
-    code = "from core.settings import Settings, require_shared_stores; s = Settings(); require_shared_stores(s); print(s.catalog_db_url)"
+    code = "from mlyard.core.settings import Settings, require_shared_stores; s = Settings(); require_shared_stores(s); print(s.catalog_db_url)"
     out = _run(["-c", code], tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"sqlite:///{tmp_path / 'home' / 'catalog.db'}"
@@ -68,7 +68,7 @@ def test_outside_a_pod_the_embedded_stores_are_the_default(tmp_path):
 def test_a_service_url_template_names_only_what_routing_fills_in():
     from pydantic import ValidationError
 
-    from core.settings import Settings
+    from mlyard.core.settings import Settings
 
     assert Settings().kube_service_url == "http://{service}.{namespace}.svc.cluster.local:{port}"
     assert Settings(kube_service_url="http://{cluster_ip}:{port}").kube_service_url == "http://{cluster_ip}:{port}"

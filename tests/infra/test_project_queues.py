@@ -42,7 +42,7 @@ def test_each_project_gets_a_cluster_queue_with_its_quota_and_a_local_queue(stac
     assert {("ClusterQueue", "mlyard-qa-one"), ("LocalQueue", "gpu-team-qa-two")} <= applied
 
     # a run's Job waits in its project's queue, whatever label its caller gave
-    from tasks.orchestration import KUEUE_QUEUE_LABEL, with_queue_label
+    from mlyard.tasks.orchestration import KUEUE_QUEUE_LABEL, with_queue_label
 
     monkeypatch.setenv("MLYARD_KUEUE_QUEUE", "gpu-team")
     given = {"labels": {KUEUE_QUEUE_LABEL: "gpu-team-qa-two", "team": "x"}}

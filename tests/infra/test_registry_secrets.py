@@ -16,8 +16,8 @@ import pytest
 import yaml
 from job_templates import render, strictly_valid
 
-from core.settings import Settings
-from core.specs.image import ImageSpec, RegistryAccountSpec
+from mlyard.core.settings import Settings
+from mlyard.core.specs.image import ImageSpec, RegistryAccountSpec
 
 REG = "registry.example.com:5000"
 BIN = Path(sys.executable).parent
@@ -34,7 +34,7 @@ def _login(secret) -> str:
 
 
 def test_accounts_are_dockerconfigjson_secrets_on_the_cluster(api, tmp_path):
-    from tasks.registry_secrets import images
+    from mlyard.tasks.registry_secrets import images
 
     store = images(Settings(home=tmp_path / "home", registry_secrets="kubernetes"))
     info = store.create_account(RegistryAccountSpec(name="team", registry=REG, username="AK1", password="pw-1"))
@@ -58,9 +58,9 @@ def test_accounts_are_dockerconfigjson_secrets_on_the_cluster(api, tmp_path):
 
 
 def test_a_run_from_this_machine_copies_the_pull_secret_and_its_job_names_it(api, tmp_path):
-    from core.specs import TrainingSpec
+    from mlyard.core.specs import TrainingSpec
     from mlyard.prefect_setup import GPU_TEMPLATE
-    from tasks.registry_secrets import images, pod_image
+    from mlyard.tasks.registry_secrets import images, pod_image
 
     settings = Settings(home=tmp_path / "home", registry_secrets="file")
     store = images(settings)
@@ -91,8 +91,8 @@ def test_a_run_from_this_machine_copies_the_pull_secret_and_its_job_names_it(api
 def test_a_pod_that_does_not_run_the_specs_image_is_refused_in_one_line(api, tmp_path, monkeypatch):
     """The Prefect UI's Run button sends the spec, not the job variables: its pod runs the pool's default
     image. The training checks its own pod (as the API has it) before anything starts."""
-    from core.errors import SpecError
-    from tasks.registry_secrets import check_pod_image, images
+    from mlyard.core.errors import SpecError
+    from mlyard.tasks.registry_secrets import check_pod_image, images
 
     settings = Settings(home=tmp_path / "home", registry_secrets="file")
     store = images(settings)
@@ -151,7 +151,7 @@ def test_the_cli_keeps_the_password_off_screen_and_refuses_in_one_line(stack, tm
 
 def test_without_a_cluster_here_the_run_is_still_submitted_with_a_warning(tmp_path, monkeypatch, caplog):
     """The pull Secret may already be on the cluster (made there); its pod's pull says if it is not."""
-    from tasks.registry_secrets import images, pod_image
+    from mlyard.tasks.registry_secrets import images, pod_image
 
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
     settings = Settings(home=tmp_path / "home", registry_secrets="file")

@@ -42,9 +42,9 @@ def _schedule(catalog_url: str) -> str:
 
     from prefect.client.orchestration import get_client
 
-    from core.specs.schedule import ScheduleSpec
-    from registry.catalog import Catalog
-    from registry.schedules import Schedules
+    from mlyard.core.specs.schedule import ScheduleSpec
+    from mlyard.registry.catalog import Catalog
+    from mlyard.registry.schedules import Schedules
 
     start = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=2)
     spec = ScheduleSpec(name="every-second", deployment="train/gpu", cron="* * * * * *", start_time=start,
@@ -133,7 +133,7 @@ def test_one_replica_leads_and_another_takes_over_within_30_s(stack, tmp_path):
                    "MLYARD_KUBE_NAMESPACE": NS, "POD_NAME": name, "TZ": "UTC", "MLYARD_CATALOG_URL": catalog_url,
                    "MLYARD_SCHEDULE_START_TIMEOUT_SECONDS": "600"}  # queued runs are not reclaimed meanwhile
             with open(logs[name], "w") as out:
-                procs[name] = subprocess.Popen([sys.executable, "-m", "tasks.scheduling"], cwd=ROOT, env=env,
+                procs[name] = subprocess.Popen([sys.executable, "-m", "mlyard.tasks.scheduling"], cwd=ROOT, env=env,
                                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         leader = _wait(lambda: _holder(api), 60, "no replica took the Lease")
         follower = next(n for n in procs if n != leader)
@@ -166,7 +166,7 @@ def test_one_replica_leads_and_another_takes_over_within_30_s(stack, tmp_path):
         assert set(gaps) == {1.0}, f"a slot was lost: gaps {sorted(set(gaps))}"
         print(f"{len(times)} slots, each once, across the takeover")
     finally:
-        from tasks.processes import stop_group
+        from mlyard.tasks.processes import stop_group
 
         for proc in procs.values():
             stop_group(proc, 15)
@@ -177,8 +177,8 @@ def test_one_replica_leads_and_another_takes_over_within_30_s(stack, tmp_path):
 
 
 def test_the_manifests_give_the_scheduler_what_the_election_needs():
-    from tasks import cluster
-    from tasks.leader import LEASE_SECONDS, RENEW_SECONDS, RETRY_SECONDS
+    from mlyard.tasks import cluster
+    from mlyard.tasks.leader import LEASE_SECONDS, RENEW_SECONDS, RETRY_SECONDS
 
     objs = cluster.kustomize(ROOT / "infra" / "k8s" / "overlays" / "dev")
     scheduler = next(o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"] == "scheduler")

@@ -10,8 +10,8 @@ import os
 import kubernetes_validate
 from pod_security import violations
 
-from core.assets import infra
-from tasks.cluster import kustomize
+from mlyard.core.assets import infra
+from mlyard.tasks.cluster import kustomize
 
 K8S = infra("k8s")
 

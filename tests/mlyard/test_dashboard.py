@@ -6,14 +6,14 @@ from __future__ import annotations
 import socket
 import time
 
-from core.settings import Settings
+from mlyard.core.settings import Settings
 
 
 def test_the_top_three_endpoints_by_calls_with_each_stages_successes_and_failures(tmp_path):
 
     from mlyard import dashboard
-    from registry.catalog import Catalog
-    from registry.tables import EndpointStatMinute
+    from mlyard.registry.catalog import Catalog
+    from mlyard.registry.tables import EndpointStatMinute
 
     with socket.socket() as sock:  # a port nothing listens on: no gateway answers there
         sock.bind(("127.0.0.1", 0))

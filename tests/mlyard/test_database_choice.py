@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import StackError
-from core.settings import Settings
+from mlyard.core.errors import StackError
+from mlyard.core.settings import Settings
 from mlyard.postgres import _refusal
 from mlyard.stack_parts import choose_database
 
@@ -52,7 +52,7 @@ def test_a_home_too_deep_for_a_socket_reaches_postgresql_through_a_short_link_of
     temporary folder (a world-writable socket folder would let every local account in without a password)."""
     import os
 
-    from core.errors import StackError
+    from mlyard.core.errors import StackError
     from mlyard.postgres import _link
 
     deep = Settings(home=tmp_path / ("d" * 90) / ".mlyard", database="postgres")

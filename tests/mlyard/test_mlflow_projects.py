@@ -43,7 +43,7 @@ def mlflow(url: str, path: str, user: str, password: str, body: dict | None = No
 
 
 def test_the_mlflow_ui_shows_each_member_their_projects_experiments_and_models_alone(stack, tmp_path):
-    from core.settings import Settings
+    from mlyard.core.settings import Settings
 
     door = Settings().door_url
     keys = {}
@@ -158,8 +158,8 @@ def test_the_mlflow_ui_shows_each_member_their_projects_experiments_and_models_a
 
 
 def _behind_the_sign_in(tmp_path: Path) -> None:
-    from core.settings import Settings
-    from tasks.processes import stop_group
+    from mlyard.core.settings import Settings
+    from mlyard.tasks.processes import stop_group
 
     settings = Settings()
     env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path), "MLYARD_HOME": str(

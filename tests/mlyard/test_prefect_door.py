@@ -60,7 +60,7 @@ def sign_in(door: str, key: str, project: str = "") -> str:
 def door_team(stack):
     """door-a (dana an editor, finn a viewer) and door-b (erik an editor); each project's storage holds the
     example training (as a member's upload leaves it there)."""
-    from core.settings import Settings
+    from mlyard.core.settings import Settings
 
     members = {}
     for project in ("door-a", "door-b"):

@@ -10,8 +10,8 @@ import urllib.request
 
 import pytest
 
-from core.errors import ModelNotFound, SpecError, TrainingNotFound
 from mlyard import queries, warm_api
+from mlyard.core.errors import ModelNotFound, SpecError, TrainingNotFound
 
 
 def _local(name, **kwargs):
@@ -121,8 +121,8 @@ print(json.dumps([run, sorted({m.split('.')[0] for m in sys.modules} & {"prefect
 
 
 def test_queueing_errs_as_the_same_class_and_message_and_falls_back_without_the_api(stack, platform, monkeypatch):
-    from core.errors import StackError
     from mlyard import submit
+    from mlyard.core.errors import StackError
 
     def refuse(**_):
         raise AssertionError("made in the test process, not by the mlyard API")

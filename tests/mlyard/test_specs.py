@@ -1,8 +1,8 @@
 import pytest
 
-from core.errors import SpecError
-from core.specs import MAX_DATASETS, MAX_HYPERPARAMETERS, TrainingSpec, load_spec, load_spec_file
-from core.uris import parse_uri
+from mlyard.core.errors import SpecError
+from mlyard.core.specs import MAX_DATASETS, MAX_HYPERPARAMETERS, TrainingSpec, load_spec, load_spec_file
+from mlyard.core.uris import parse_uri
 
 BASE = {"name": "t1", "source_uri": "examples/sklearn_digits", "entry_point": "train.py"}
 
@@ -70,7 +70,7 @@ def test_uris():
 
 
 def test_batch_and_evaluation_specs_name_the_bad_field():
-    from core.specs import BatchInferenceSpec, EvaluationSpec, is_registry_ref
+    from mlyard.core.specs import BatchInferenceSpec, EvaluationSpec, is_registry_ref
 
     base = {"name": "b", "model": "digits@champion", "input_uri": "s3://bucket/in", "input_format": "jsonl",
             "output_uri": "s3://bucket/out"}
@@ -96,9 +96,9 @@ def test_set_merges_into_nested_fields(tmp_path):
     """`--set objective.goal=0.9` and `--set training.hyperparameters.epochs=3` change one field each."""
     import yaml
 
-    from core.specs import TuningSpec
     from mlyard.api import load
     from mlyard.cli.common import parse_sets
+    from mlyard.core.specs import TuningSpec
 
     path = tmp_path / "tune.yaml"
     path.write_text(yaml.safe_dump({
@@ -112,7 +112,7 @@ def test_set_merges_into_nested_fields(tmp_path):
 
 
 def test_relative_paths_are_resolved_against_the_submitter(tmp_path):
-    from core.specs import BatchInferenceSpec, TrainingSpec
+    from mlyard.core.specs import BatchInferenceSpec, TrainingSpec
 
     t = TrainingSpec(name="t", source_uri="algo", entry_point="x.py", datasets={"a": "data/a", "b": "s3://b/k"},
                      output_uri="file:///abs").resolved(tmp_path)
@@ -123,15 +123,15 @@ def test_relative_paths_are_resolved_against_the_submitter(tmp_path):
     assert b.model == "digits@champion" and b.input_uri == str(tmp_path / "in") and b.output_uri == str(tmp_path.parent / "out")
 
 
-# -- the Prefect UI's Run forms (core.specs.common.form_schema) --------------------------------------
+# -- the Prefect UI's Run forms (mlyard.core.specs.common.form_schema) --------------------------------------
 
-FORMS = {"flows.training:train": {"spec": {**BASE}},
-         "flows.tuning:tune": {"spec": {"name": "tu", "strategy": "random", "template": "t",
+FORMS = {"mlyard.flows.training:train": {"spec": {**BASE}},
+         "mlyard.flows.tuning:tune": {"spec": {"name": "tu", "strategy": "random", "template": "t",
                                         "parameters": [{"name": "lr", "type": "double", "min": 0.01, "max": 0.1}],
                                         "objective": {"metric": "accuracy", "direction": "maximize"}}},
-         "flows.batch_inference:batch_infer": {"spec": {"name": "b", "model": "digits/1", "input_uri": "/in",
+         "mlyard.flows.batch_inference:batch_infer": {"spec": {"name": "b", "model": "digits/1", "input_uri": "/in",
                                                         "input_format": "jsonl", "output_uri": "/out"}},
-         "flows.evaluation:evaluate": {"spec": {"name": "e", "task": "classification", "model": "digits/1",
+         "mlyard.flows.evaluation:evaluate": {"spec": {"name": "e", "task": "classification", "model": "digits/1",
                                                 "input_uri": "/in.csv", "input_format": "csv", "label_field": "y",
                                                 "output_uri": "/out"}}}
 
@@ -179,7 +179,7 @@ def test_run_forms_show_inputs_not_json_and_prefect_still_takes_the_specs(flow_p
     # Prefect's own parameter check, as the server runs it on every flow run it creates
     params = FORMS[flow_path]
     assert validate(params, schema, raise_on_error=True) == []
-    if flow_path == "flows.training:train":
+    if flow_path == "mlyard.flows.training:train":
         as_yaml = {"spec": {**BASE, "hyperparameters": {"lr": 0.1, "opt": "adam", "fast": True}, "datasets": {"train": "/d"},
                             "tags": {"team": "vision"}, "output_uri": None, "metric_patterns": None}}
         as_form = {"spec": {**BASE, "hyperparameters": [{"key": "lr", "value": "0.1"}], "datasets": [{"key": "train",
@@ -187,9 +187,9 @@ def test_run_forms_show_inputs_not_json_and_prefect_still_takes_the_specs(flow_p
         for params in (as_yaml, as_form):
             assert validate(params, schema, raise_on_error=True) == []
         assert validate({"spec": {**BASE, "hyperparameters": [{"key": "lr"}]}}, schema), "a pair without a value"
-    if flow_path == "flows.tuning:tune":  # the none choices take null (the CLI's, the form's) and nothing else
+    if flow_path == "mlyard.flows.tuning:tune":  # the none choices take null (the CLI's, the form's) and nothing else
         tune = FORMS[flow_path]["spec"]
-        from core.specs import TuningSpec
+        from mlyard.core.specs import TuningSpec
 
         assert validate({"spec": {**tune, "early_stopping": {}}}, schema, raise_on_error=True) == []
         assert validate({"spec": {**tune, "early_stopping": {"algorithm": "median"}}}, schema, raise_on_error=True) == []
@@ -211,8 +211,8 @@ def test_a_mapping_given_as_the_forms_pairs_is_read_as_the_mapping():
     assert spec.datasets == {"train": "s3://b/train"} and spec.tags == {"n": "3"}, "a text-only mapping stays text"
     assert TrainingSpec(**BASE, hyperparameters={"lr": "0.01"}).hyperparameters == {"lr": "0.01"}, "a mapping as given"
     # a run's record (its Prefect parameters) shows the mappings, a tuning's nested training too
-    from core.specs import TuningSpec
-    from core.specs.common import mappings_from_pairs
+    from mlyard.core.specs import TuningSpec
+    from mlyard.core.specs.common import mappings_from_pairs
 
     given = {"name": "tu", "training": {**BASE, "hyperparameters": [{"key": "epochs", "value": "2"}]}, "parameters": []}
     assert mappings_from_pairs(TuningSpec, given) == {**given, "training": {**BASE, "hyperparameters": {"epochs": 2}}}
@@ -229,7 +229,7 @@ def test_the_name_pattern_reads_right_in_the_ui_and_takes_the_same_names():
     import itertools
     import re
 
-    from core.specs.common import NAME_PATTERN
+    from mlyard.core.specs.common import NAME_PATTERN
 
     before = re.compile(r"^[a-z0-9]([a-z0-9-]{0,48}[a-z0-9])?$")  # the pattern as it was, `](` and all
     now = re.compile(NAME_PATTERN)

@@ -302,7 +302,7 @@ def test_a_revoked_key_stops_at_once_and_a_bad_one_is_refused_before_the_body(te
     assert saved.stat().st_mode & 0o077 == 0 and erin["key"] in saved.read_text()
     assert shell.json("whoami")["name"] == "erin" and shell.json("whoami")["project"] == "team-b"
     py = shell.python("import mlyard, mlyard.api; from mlyard.warm_api import post, signed_in_api; "
-                      "from core.settings import Settings; mlyard.train; "
+                      "from mlyard.core.settings import Settings; mlyard.train; "
                       "print(post(signed_in_api(Settings()), '/v1/queries/whoami', {})['name'])")
     assert py.returncode == 0 and py.stdout.split()[-1] == "erin", py.stderr  # Python reads the login too
     _ok(shell("logout"))
@@ -397,8 +397,8 @@ def test_a_members_endpoint_is_their_projects_its_tokens_and_their_keys_open_it(
     """bob (editor of team-b) deploys his project's model (registered by the first test) as an endpoint;
     its tokens are issued by him, his key opens it too; for alice it does not exist by any path, and her key
     does not open it; deleting it needs team-b's owner."""
-    from core.connection import gateway_url
-    from core.settings import Settings
+    from mlyard.core.connection import gateway_url
+    from mlyard.core.settings import Settings
 
     alice, bob = team["alice"], team["bob"]
     (bob.work / "ep.yaml").write_text("name: b-ep\nstage:\n  resources:\n    - model: b-model@champion\n")
@@ -502,7 +502,7 @@ def test_a_members_schedule_and_notebook_are_their_projects_and_theirs(team, sta
     probe = ("import json, os\n"
              f"home = {str(settings.home_dir)!r}\n"
              "seen = [p for p in os.listdir('/proc') if p.isdigit() and any(w in open(f'/proc/{p}/cmdline').read() "
-             "for w in ('prefect', 'mlyard.service', 'serving.replicas'))]\n"
+             "for w in ('prefect', 'mlyard.service', 'mlyard.serving.replicas'))]\n"
              "print(json.dumps({'record': os.path.exists(os.path.join(home, 'stack.json')), 'others': seen,\n"
              "                  'credentials': sorted(k for k in os.environ if k in ('MLYARD_REPLICA_TOKEN', "
              "'PREFECT_API_AUTH_STRING', 'MLYARD_INTERNAL_TOKEN'))}))")
@@ -624,7 +624,7 @@ def test_a_projects_pipelines_and_rags_are_its_own(team, stack, settings):
     key alone: they are team-a's, her local files reach team-a's storage, she downloads the run's outputs and
     asks the RAG at the gateway with her key. For bob (team-b) none of it exists, by any path, and his RAG may
     reach nothing of the platform's; carol (a viewer of team-a) reads and asks, and changes nothing."""
-    from core.connection import gateway_url
+    from mlyard.core.connection import gateway_url
 
     alice, bob, carol = team["alice"], team["bob"], team["carol"]
     shutil.copy(EXAMPLES / "pipelines" / "example.yaml", alice.work / "pipe.yaml")

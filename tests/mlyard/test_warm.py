@@ -198,13 +198,13 @@ def test_a_killed_warm_run_crashes_with_a_reason_and_a_killed_runner_loses_nothi
 
 
 def test_changed_code_is_never_run_stale(probe, settings, tmp_path):
-    import flows.batch_worker
+    import mlyard.flows.batch_worker
     from mlyard import warm
     from mlyard.warm.client import hand_over
 
     runner = _runner(settings)
     assert runner is not None
-    source = Path(flows.batch_worker.__file__)  # a change to any module the runner imported
+    source = Path(mlyard.flows.batch_worker.__file__)  # a change to any module the runner imported
     st = source.stat()
     # The change lasts only until this stack's runner has seen it: every warm runner and mlyard API of the
     # other xdist workers' stacks imported the same file from this checkout, and a change they saw would make
@@ -270,14 +270,14 @@ ENDS = textwrap.dedent('''
 def test_a_flow_run_in_a_command_returns_when_its_work_ends(stack, settings, tmp_path):
     """Prefect's sync engine joined its heartbeat thread, which sleeps in whole seconds, as a run ended:
     every flow run that a command ran in its own process (`mlyard batch`, `mlyard train`; heartbeats on,
-    as mlyard runs them) returned about 1 s after its work (tasks.orchestration.prompt_flow_ends). Run
+    as mlyard runs them) returned about 1 s after its work (mlyard.tasks.orchestration.prompt_flow_ends). Run
     as a user's process: a fresh Python in the project directory, PATH and HOME only."""
     import subprocess
     import sys
 
     (tmp_path / "ends_probe.py").write_text(textwrap.dedent('''
         import time
-        import flows  # points Prefect at the running platform, as every mlyard flow module does
+        import mlyard.flows  # points Prefect at the running platform, as every mlyard flow module does
         from prefect import flow
 
         @flow(name="ends-probe")
@@ -362,11 +362,11 @@ def test_the_stack_forks_its_api_scheduler_and_worker_from_the_runner(stack, set
     import sys
     import urllib.request
 
-    from core.connection import read_state
+    from mlyard.core.connection import read_state
 
     state = read_state(settings)
     ran = (settings.home_dir / "logs" / "warm-runner.log").read_text()
-    for name, module in (("mlyard-api", "mlyard.service"), ("scheduler", "tasks.scheduling"),
+    for name, module in (("mlyard-api", "mlyard.service"), ("scheduler", "mlyard.tasks.scheduling"),
                          ("worker", "mlyard.warm.worker")):
         pid = state.pids[name]
         assert _alive(pid) and os.getsid(pid) == pid, name

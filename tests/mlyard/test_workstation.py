@@ -43,7 +43,7 @@ def _ok(proc: subprocess.CompletedProcess) -> str:
 
 
 def test_a_workstation_writes_images_accounts_and_templates_to_the_platforms_catalog(stack, settings, tmp_path):
-    from tasks.registry_secrets import images
+    from mlyard.tasks.registry_secrets import images
 
     # no mlyard API named: a write would land in a catalog of the workstation's own, which no pod reads
     alone, work = _workstation(tmp_path / "alone", stack)

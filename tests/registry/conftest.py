@@ -3,14 +3,14 @@ import pytest
 
 @pytest.fixture()
 def tracking(tmp_path):
-    from registry import Tracking
+    from mlyard.registry import Tracking
 
     return Tracking(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts")
 
 
 @pytest.fixture()
 def catalog(tmp_path):
-    from registry import Catalog
+    from mlyard.registry import Catalog
 
     c = Catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
     yield c

@@ -1,10 +1,10 @@
 import pytest
 from sqlalchemy import inspect, text
 
-from core.errors import AlreadyExists, SpecError, TemplateNotFound
-from core.specs import TrainingSpec
-from registry import Templates
-from registry.tables import Endpoint, EndpointStage, StageResource
+from mlyard.core.errors import AlreadyExists, SpecError, TemplateNotFound
+from mlyard.core.specs import TrainingSpec
+from mlyard.registry import Templates
+from mlyard.registry.tables import Endpoint, EndpointStage, StageResource
 
 SPEC = TrainingSpec(name="base", source_uri="examples/sklearn_digits", entry_point="train.py",
                     hyperparameters={"epochs": 5})
@@ -22,7 +22,7 @@ def test_migrations_create_the_schema(catalog):
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
-    from registry.catalog import HEAD, MIGRATIONS
+    from mlyard.registry.catalog import HEAD, MIGRATIONS
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
@@ -66,7 +66,7 @@ def test_catalog_and_optuna_share_a_database(tmp_path):
     """Optuna's studies live in the catalog DB; each keeps its own migration history."""
     import optuna
 
-    from registry import Catalog
+    from mlyard.registry import Catalog
 
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     Catalog(url).dispose()
@@ -86,8 +86,8 @@ def test_a_catalog_made_at_0001_moves_each_stage_model_to_a_stage_resource(tmp_p
     from alembic.config import Config
     from sqlalchemy import create_engine
 
-    from registry import Catalog
-    from registry.catalog import MIGRATIONS
+    from mlyard.registry import Catalog
+    from mlyard.registry.catalog import MIGRATIONS
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
     engine = create_engine(url)

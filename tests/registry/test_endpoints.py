@@ -2,10 +2,10 @@
 
 import pytest
 
-from core.errors import AlreadyExists, EndpointNotFound, ModelInUse, Protected, SpecError
-from core.specs import load_spec
-from core.specs.endpoint import EndpointSpec, StageResourceSpec, StageSpec
-from registry.endpoints import Endpoints
+from mlyard.core.errors import AlreadyExists, EndpointNotFound, ModelInUse, Protected, SpecError
+from mlyard.core.specs import load_spec
+from mlyard.core.specs.endpoint import EndpointSpec, StageResourceSpec, StageSpec
+from mlyard.registry.endpoints import Endpoints
 
 
 def _spec(name="iris-api", **stage):
@@ -83,7 +83,7 @@ def test_the_serving_history_outlives_the_endpoint(eps):
 
 
 def test_a_served_model_version_cannot_be_deleted(eps, tracking, catalog, sklearn_model_dir):
-    from registry import ModelRegistry
+    from mlyard.registry import ModelRegistry
 
     models = ModelRegistry(tracking, catalog)
     models.create_from_directory("iris", sklearn_model_dir, "s3://b/iris")
@@ -112,7 +112,7 @@ def test_a_bad_endpoint_spec_names_the_field(data, field):
 def test_tokens_expire_are_revoked_and_belong_to_their_endpoint(eps, catalog):
     from datetime import datetime, timedelta, timezone
 
-    from registry.tables import EndpointToken
+    from mlyard.registry.tables import EndpointToken
 
     eps.create(_spec(), [("iris", "2")])
     eps.create(EndpointSpec(name="open-api", public=True, stage=StageSpec(resources=[StageResourceSpec(model="iris/2")])),

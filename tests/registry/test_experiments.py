@@ -1,8 +1,8 @@
 import pytest
 
-from core.errors import AlreadyExists, ExperimentBusy, ExperimentNotFound
-from core.names import TAG_KIND, TAG_TRAINING_NAME
-from registry import Experiments
+from mlyard.core.errors import AlreadyExists, ExperimentBusy, ExperimentNotFound
+from mlyard.core.names import TAG_KIND, TAG_TRAINING_NAME
+from mlyard.registry import Experiments
 
 
 def test_experiment_lifecycle_and_running_work(tracking):

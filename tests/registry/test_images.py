@@ -9,10 +9,10 @@ import stat
 
 import pytest
 
-from core.errors import AlreadyExists, ImageNotFound, InUse, RegistryAccountNotFound, SpecError
-from core.specs import TrainingSpec, load_spec
-from core.specs.image import ImageSpec, RegistryAccountSpec, parse_image
-from registry.images import FileCredentials, Images
+from mlyard.core.errors import AlreadyExists, ImageNotFound, InUse, RegistryAccountNotFound, SpecError
+from mlyard.core.specs import TrainingSpec, load_spec
+from mlyard.core.specs.image import ImageSpec, RegistryAccountSpec, parse_image
+from mlyard.registry.images import FileCredentials, Images
 
 REG = "example-kr1-registry.container.nhncloud.com"
 
@@ -113,7 +113,7 @@ def test_what_a_specs_image_resolves_to(images):
 
 
 def test_what_is_in_use_cannot_be_deleted_and_the_error_names_the_users(images, catalog, tmp_path):
-    from registry import Templates
+    from mlyard.registry import Templates
 
     images.create_account(account())
     images.create_image(ImageSpec(name="custom", address=f"{REG}/registry/custom-training:v1", account="team"))

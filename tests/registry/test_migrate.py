@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 import psycopg
 from sqlalchemy import text
 
-from registry.catalog import HEAD, Catalog
+from mlyard.registry.catalog import HEAD, Catalog
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,7 +41,7 @@ def test_two_processes_migrating_the_previous_releases_catalog_at_once_migrate_i
 
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8",
            "MLYARD_CATALOG_URL": url, "MLYARD_HOME": str(Path(os.environ["MLYARD_HOME"]).parent / "migrate-home")}
-    procs = [subprocess.Popen([sys.executable, "-m", "registry.migrate"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+    procs = [subprocess.Popen([sys.executable, "-m", "mlyard.registry.migrate"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs

@@ -2,9 +2,9 @@
 
 import pytest
 
-from core.errors import ModelInUse, ModelNotFound, SpecError, TrainingNotComplete
-from registry import ModelRegistry, serving_args, serving_env
-from registry.tables import Endpoint, EndpointStage, StageResource
+from mlyard.core.errors import ModelInUse, ModelNotFound, SpecError, TrainingNotComplete
+from mlyard.registry import ModelRegistry, serving_args, serving_env
+from mlyard.registry.tables import Endpoint, EndpointStage, StageResource
 
 
 @pytest.fixture()
@@ -99,7 +99,7 @@ def test_signature_declared_in_mlmodel_is_recorded(models, tmp_path):
 
 def test_signature_read_off_the_estimator_when_none_is_declared(tracking, catalog, sklearn_model_dir):
     from mlyard.cli.models import signature_text
-    from tasks.models import estimator_signature
+    from mlyard.tasks.models import estimator_signature
 
     bare = ModelRegistry(tracking, catalog).create_from_directory("plain", sklearn_model_dir, "x")
     assert bare.signature is None and signature_text(bare.signature) == "none"

@@ -6,10 +6,10 @@ from datetime import timedelta
 
 import pytest
 
-from core.errors import AlreadyExists, Conflict, ProjectNotFound, SpecError, Unauthenticated, UserNotFound
-from core.specs import TrainingSpec
-from registry import Templates
-from registry.teams import Teams
+from mlyard.core.errors import AlreadyExists, Conflict, ProjectNotFound, SpecError, Unauthenticated, UserNotFound
+from mlyard.core.specs import TrainingSpec
+from mlyard.registry import Templates
+from mlyard.registry.teams import Teams
 
 SPEC = TrainingSpec(name="base", source_uri="s3://team/algo", entry_point="train.py")
 
@@ -35,7 +35,7 @@ def test_a_key_signs_its_user_in_with_their_roles_until_it_is_revoked_or_expires
     with pytest.raises(Unauthenticated):  # at once: nothing caches a key
         teams.authenticate(key)
     assert teams.authenticate(second).name == "alice"
-    from registry.team_tables import ApiKey
+    from mlyard.registry.team_tables import ApiKey
 
     with catalog.session() as s:
         s.get(ApiKey, second_id).expires_at -= timedelta(days=2)
@@ -76,7 +76,7 @@ def test_a_project_that_holds_anything_is_not_deleted_and_says_what(catalog):
 
 
 def test_the_audit_trail_only_grows_and_filters_by_project_user_and_time(catalog):
-    from core.access import Actor
+    from mlyard.core.access import Actor
 
     teams = Teams(catalog)
     alice, root = Actor("alice", roles={"team-a": "editor"}, source="10.0.0.7"), Actor("root", admin=True)
@@ -88,6 +88,6 @@ def test_the_audit_trail_only_grows_and_filters_by_project_user_and_time(catalog
     assert newest[1]["source"] == "10.0.0.7" and newest[0]["result"] == "refused"
     assert [r["action"] for r in teams.audit(projects=["team-b"])] == ["template.delete"]
     assert [r["action"] for r in teams.audit(user="root")] == ["project.create"]
-    from registry.tables import utcnow
+    from mlyard.registry.tables import utcnow
 
     assert teams.audit(since=utcnow() + timedelta(minutes=1)) == []

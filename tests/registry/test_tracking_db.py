@@ -4,7 +4,7 @@ not by MLflow running its Alembic migrations in whichever process opens it first
 import sqlite3
 from contextlib import closing
 
-from registry.tracking import Tracking, prepare_db, start_db
+from mlyard.registry.tracking import Tracking, prepare_db, start_db
 
 
 def _version(db) -> str:

@@ -2,12 +2,12 @@
 
 import pytest
 
-from core.errors import Protected, SpecError
-from core.specs import load_spec
-from core.specs.endpoint import EndpointSpec, StageResourceSpec, StageSpec
-from core.specs.promotion import PolicySpec, TrafficSpec
-from registry.endpoints import Endpoints
-from registry.traffic import Traffic, orphaned
+from mlyard.core.errors import Protected, SpecError
+from mlyard.core.specs import load_spec
+from mlyard.core.specs.endpoint import EndpointSpec, StageResourceSpec, StageSpec
+from mlyard.core.specs.promotion import PolicySpec, TrafficSpec
+from mlyard.registry.endpoints import Endpoints
+from mlyard.registry.traffic import Traffic, orphaned
 
 
 def _active(eps, endpoint, stage):

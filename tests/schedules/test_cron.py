@@ -1,4 +1,4 @@
-"""schedules.cron against robfig/cron's own test table (spec_test.go, v3) and its parser's refusals."""
+"""mlyard.schedules.cron against robfig/cron's own test table (spec_test.go, v3) and its parser's refusals."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from schedules import cron
+from mlyard.schedules import cron
 
 NY = ZoneInfo("America/New_York")
 

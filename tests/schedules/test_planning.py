@@ -1,11 +1,11 @@
-"""schedules.planning: which slots are due, catch-up on/off/bounded, dispatch under the limit, templates."""
+"""mlyard.schedules.planning: which slots are due, catch-up on/off/bounded, dispatch under the limit, templates."""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from schedules.cron import parse
-from schedules.planning import Policy, dispatch, due, render, slot_label, trigger
+from mlyard.schedules.cron import parse
+from mlyard.schedules.planning import Policy, dispatch, due, render, slot_label, trigger
 
 T0 = int(datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp())
 EVERY_MINUTE = parse("0 * * * * *")
@@ -77,7 +77,7 @@ def test_lead_records_the_slots_just_ahead_and_never_counts_them_missed():
 def test_a_start_time_with_a_fraction_of_a_second_is_not_itself_a_slot():
     """An interval counts from start_time, and slots fall strictly after it: kept to whole seconds, a start
     given as 00:00:00.6 does not make 00:00:00 (its own second) a slot."""
-    from core.specs.schedule import ScheduleSpec
+    from mlyard.core.specs.schedule import ScheduleSpec
 
     spec = ScheduleSpec.model_validate({"name": "s", "deployment": "train/local", "interval": {"every": 1, "unit": "hours"},
                                         "start_time": "2026-01-01T00:00:00.600000+00:00", "parameters": {}})

@@ -55,11 +55,11 @@ def test_catchup_concurrency_exactly_once_and_reclaim(stack, uploads):
     from prefect.client.orchestration import get_client
     from prefect.states import Crashed
 
-    import mlyard.schedules as schedules
-    from core.connection import connect
-    from registry.catalog import Catalog
-    from registry.schedules import Schedules
-    from tasks.scheduling import Scheduler
+    import mlyard.schedule as schedules
+    from mlyard.core.connection import connect
+    from mlyard.registry.catalog import Catalog
+    from mlyard.registry.schedules import Schedules
+    from mlyard.tasks.scheduling import Scheduler
 
     start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(seconds=20)
     view = schedules.create({"name": "catchup", "deployment": "train/gpu", "cron": "* * * * * *",
@@ -127,9 +127,9 @@ def test_a_pass_starts_the_most_urgent_slot_of_all_schedules_first(stack, tmp_pa
     from prefect.client.orchestration import get_client
     from prefect.states import Cancelled
 
-    from registry.catalog import Catalog
-    from registry.schedules import Schedules
-    from tasks.scheduling import Scheduler
+    from mlyard.registry.catalog import Catalog
+    from mlyard.registry.schedules import Schedules
+    from mlyard.tasks.scheduling import Scheduler
 
     store = Schedules(Catalog(f"sqlite:///{tmp_path / 'catalog.db'}"))
     now = int(time.time())
@@ -159,9 +159,9 @@ def test_a_disable_during_a_pass_stops_its_remaining_runs(stack, tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.states import Cancelled
 
-    from registry.catalog import Catalog
-    from registry.schedules import Schedules
-    from tasks.scheduling import Scheduler
+    from mlyard.registry.catalog import Catalog
+    from mlyard.registry.schedules import Schedules
+    from mlyard.tasks.scheduling import Scheduler
 
     class DisablingStore(Schedules):
         def started(self, slot_id: int, flow_run_id: str) -> None:
@@ -183,7 +183,7 @@ def test_a_disable_during_a_pass_stops_its_remaining_runs(stack, tmp_path):
 
 
 def test_enabled_late_with_catchup_off_runs_only_the_latest_missed_slot(stack, uploads):
-    import mlyard.schedules as schedules
+    import mlyard.schedule as schedules
 
     gpu_train = {"spec": {**TRAIN["spec"], "resources": {"gpu_count": 2}, "image": "docker.io/pytorch/pytorch:2.4.0"}}
     said: list[str] = []
@@ -255,8 +255,8 @@ def test_a_scheduled_training_runs_on_the_local_pool(stack):
 def test_a_local_input_with_a_placeholder_is_refused_before_anything_is_sent(stack, uploads, tmp_path):
     import boto3
 
-    import mlyard.schedules as schedules
-    from core.errors import SpecError
+    import mlyard.schedule as schedules
+    from mlyard.core.errors import SpecError
 
     (tmp_path / "day-2030-01-01").mkdir()
     spec = {**TRAIN["spec"], "datasets": {"train": str(tmp_path / "day-{{ slot_date }}")}}
@@ -306,9 +306,9 @@ def test_disabled_then_enabled_keeps_the_slot_whose_run_was_made_ahead(stack, tm
     from prefect.client.orchestration import get_client
     from prefect.states import Cancelled
 
-    from registry.catalog import Catalog
-    from registry.schedules import Schedules
-    from tasks.scheduling import Scheduler
+    from mlyard.registry.catalog import Catalog
+    from mlyard.registry.schedules import Schedules
+    from mlyard.tasks.scheduling import Scheduler
 
     store = Schedules(Catalog(f"sqlite:///{tmp_path / 'catalog.db'}"))
     now = int(time.time())

@@ -2,10 +2,10 @@
 
 import pytest
 
-from core.errors import SpecError
-from core.specs import load_spec
-from core.specs.endpoint import AutoscalingRule
-from serving.autoscale import decide
+from mlyard.core.errors import SpecError
+from mlyard.core.specs import load_spec
+from mlyard.core.specs.endpoint import AutoscalingRule
+from mlyard.serving.autoscale import decide
 
 UP = AutoscalingRule(type="scale_up", metric_name="requests_per_second", comparator="GREATER_THAN", threshold=100,
                      step_size=2, min_replicas=1, max_replicas=5, cooldown_seconds=60)
@@ -36,7 +36,7 @@ def test_the_stage_cap_bounds_every_rule():
 
 
 def test_a_stage_cap_below_its_pods_or_rules_is_refused():
-    from core.specs.endpoint import StageSpec
+    from mlyard.core.specs.endpoint import StageSpec
 
     with pytest.raises(SpecError, match=r"pods \(3\) exceeds max_replicas \(2\)"):
         load_spec(StageSpec, {"max_replicas": 2, "resources": [{"model": "m/1", "pods": 3}]})

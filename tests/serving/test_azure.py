@@ -1,5 +1,5 @@
 """Azure ML entry scripts served as Azure's inference server serves them, started with azmlinfsrv's
-flags (`python -m serving.azure`) and with `mlyard serve --entry-script`, called over real HTTP."""
+flags (`python -m mlyard.serving.azure`) and with `mlyard serve --entry-script`, called over real HTTP."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def scored(tmp_path_factory):
     (root / "model").mkdir()
     (root / "model" / "factor.json").write_text('{"factor": 3}')
     port = free_port()
-    proc, _ = start([sys.executable, "-m", "serving.azure", "--entry_script", str(root / "score.py"),
+    proc, _ = start([sys.executable, "-m", "mlyard.serving.azure", "--entry_script", str(root / "score.py"),
                       "--model_dir", str(root / "model"), "--port", str(port), "--worker_count", "2",
                       "--host", "127.0.0.1"])
     yield f"http://127.0.0.1:{port}"
@@ -112,7 +112,7 @@ def test_worker_count_runs_requests_side_by_side(scored):
 def test_a_failing_init_leaves_the_server_up_saying_why(tmp_path):
     (tmp_path / "score.py").write_text(BROKEN_INIT)
     port = free_port()
-    proc, printed = start([sys.executable, "-m", "serving.azure", "--entry_script", str(tmp_path / "score.py"),
+    proc, printed = start([sys.executable, "-m", "mlyard.serving.azure", "--entry_script", str(tmp_path / "score.py"),
                             "--port", str(port), "--host", "127.0.0.1"])
     try:
         assert "init() failed: RuntimeError: the model file is missing (score.py, line 3, in init)" in printed
@@ -125,7 +125,7 @@ def test_a_failing_init_leaves_the_server_up_saying_why(tmp_path):
 
 
 def test_a_missing_entry_script_is_refused_before_anything_starts(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "serving.azure", "--entry_script", str(tmp_path / "nope.py")],
+    proc = subprocess.run([sys.executable, "-m", "mlyard.serving.azure", "--entry_script", str(tmp_path / "nope.py")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error: entry_script:")
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -168,7 +168,7 @@ def test_an_inference_schema_script_gets_its_fields_and_serves_swagger(tmp_path)
     script = tmp_path / "score.py"
     script.write_text(SCHEMA)
     port = free_port()
-    proc, _ = start([sys.executable, "-m", "serving.azure", "--entry_script", str(script), "--port", str(port)])
+    proc, _ = start([sys.executable, "-m", "mlyard.serving.azure", "--entry_script", str(script), "--port", str(port)])
     url = f"http://127.0.0.1:{port}"
     try:
         status, body = call(f"{url}/score", {"data": [[1, 2, 3], [4, 5, 6]], "scale": 0.5})
@@ -200,7 +200,7 @@ def test_a_plain_script_has_no_swagger(tmp_path):
     script = tmp_path / "score.py"
     script.write_text(HELLO)
     port = free_port()
-    proc, _ = start([sys.executable, "-m", "serving.azure", "--entry_script", str(script), "--port", str(port)])
+    proc, _ = start([sys.executable, "-m", "mlyard.serving.azure", "--entry_script", str(script), "--port", str(port)])
     try:
         status, body = call(f"http://127.0.0.1:{port}/swagger.json")
         assert status == 404 and "inference-schema" in body["error"]

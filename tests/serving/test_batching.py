@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from serving.batching import Batcher, ModelTimeout
+from mlyard.serving.batching import Batcher, ModelTimeout
 
 
 def test_concurrent_requests_share_calls_and_get_their_own_rows():

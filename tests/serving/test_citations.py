@@ -1,6 +1,6 @@
 """A RAG answer's citations against its retrieved sources: whole answers and streamed ones alike."""
 
-from serving.citations import StreamingCheck, check
+from mlyard.serving.citations import StreamingCheck, check
 
 SOURCES = [{"index": 1, "file": "handbook.md", "where": ""}, {"index": 2, "file": "talk.pdf", "where": "page 2"}]
 ANSWER = ("Rotate tokens monthly [1]. Keys live in the vault [2] (talk.pdf, page 2). Use the console "

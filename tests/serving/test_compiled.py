@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from serving_http import MLYARD, call, free_port, serve, start, stop
 
-from tasks import compiled
+from mlyard.tasks import compiled
 
 # named, so MLflow does not infer them (a subprocess of several CPU-seconds per saved model)
 REQ = ["scikit-learn"]

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(find_spec("transformers") is None, reason="the l
 
 @pytest.fixture(scope="module")
 def chat(tmp_path_factory, tiny_chat_model):
-    from serving.generative import ChatModel
+    from mlyard.serving.generative import ChatModel
 
     return ChatModel(str(tiny_chat_model(tmp_path_factory.mktemp("llm") / "tiny-chat")), max_sequences=2)
 

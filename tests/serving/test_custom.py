@@ -72,8 +72,8 @@ import json, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
 import tiny_models
-from serving import custom
-from core.errors import SpecError
+from mlyard.serving import custom
+from mlyard.core.errors import SpecError
 root = Path(sys.argv[1])
 tiny_models.hf_dirs(root)
 rows = {"sequence_classification": ["the model is good", "bad"], "token_classification": ["hello world"],

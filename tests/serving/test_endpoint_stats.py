@@ -7,8 +7,8 @@ import time
 
 import numpy as np
 
-from serving.class_counts import format_classes
-from serving.endpoint_stats import EndpointStats, parse_classes
+from mlyard.serving.class_counts import format_classes
+from mlyard.serving.endpoint_stats import EndpointStats, parse_classes
 
 
 def test_percentiles_classes_and_persistence(tmp_path):
@@ -86,7 +86,7 @@ def test_usage_is_read_off_an_answer_however_it_is_cut():
     cut anywhere; a header that is not the model server's is not believed."""
     import json
 
-    from serving.usage import Scan, format_usage, parse_usage, stream_comment
+    from mlyard.serving.usage import Scan, format_usage, parse_usage, stream_comment
 
     said = Scan(format_usage(12, 30, 153.2), 0.0, True)
     assert (said.usage.prompt, said.usage.completion, said.usage.ttft_ms) == (12, 30, 153.2)
@@ -112,7 +112,7 @@ def test_usage_is_read_off_an_answer_however_it_is_cut():
 
 
 def test_token_figures_per_caller_and_a_days_spending(tmp_path):
-    from serving.usage import Usage
+    from mlyard.serving.usage import Usage
 
     stats = EndpointStats(tmp_path)
     t0 = 1_800_000_000.0 // 86400 * 86400 + 3600  # 01:00 UTC of a day
@@ -133,7 +133,7 @@ def test_token_figures_per_caller_and_a_days_spending(tmp_path):
 
 
 def test_the_usage_comment_is_taken_out_wherever_the_pieces_are_cut_and_nothing_else_is():
-    from serving.usage import Scan, stream_comment
+    from mlyard.serving.usage import Scan, stream_comment
 
     stream = (b'data: {"choices": [{"delta": {"content": "a:"}}]}\n\n' + stream_comment(5, 7, 40.0)
               + b"data: [DONE]\n\n")
@@ -160,8 +160,8 @@ def test_a_gateway_killed_mid_minute_loses_none_of_its_counts(tmp_path):
     import subprocess
     import sys
 
-    from serving import stats_journal
-    from serving.usage import Usage
+    from mlyard.serving import stats_journal
+    from mlyard.serving.usage import Usage
 
     now = time.time()
     live = tmp_path / "live"

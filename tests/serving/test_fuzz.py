@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from serving_http import call, serve, stop
 
-from serving import protocol
-from serving.protocol import BadRequest
+from mlyard.serving import protocol
+from mlyard.serving.protocol import BadRequest
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
                     st.text(max_size=8))

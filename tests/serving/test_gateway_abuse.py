@@ -21,8 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from serving import fastserver, listener
-from serving.gateway import Gateway
+from mlyard.serving import fastserver, listener
+from mlyard.serving.gateway import Gateway
 
 TOKEN = "myd_the-right-token"
 INTERNAL = "internal-credential"
@@ -220,8 +220,8 @@ def test_the_gateway_sends_the_replica_credential_it_is_given_else_the_derived_o
     """On Kubernetes the replicas' credential is the Secret's mlyard_replica_token (the stage's pods hold
     it, never the internal one); on one machine it is derived from the internal credential; a local replica
     that runs a user's model gets one of its own, derived from that and its key (which opens no other)."""
-    from core.connection import REPLICA_HEADER, replica_key_token, replica_token
-    from tasks.replicas import Wanted
+    from mlyard.core.connection import REPLICA_HEADER, replica_key_token, replica_token
+    from mlyard.tasks.replicas import Wanted
 
     platform = Wanted("rag.query.1.0", "rag", "query", 1, 0, "rag", [])
     model, other = (Wanted(f"ep.default.1.{i}", "ep", "default", 1, i, "m", [], reads=["/m"]) for i in (0, 1))
@@ -267,10 +267,10 @@ def test_statistics_over_a_period_that_is_no_time_are_400(gateway, query):
 def test_replicas_take_the_body_limit_the_gateway_takes_for_their_endpoint(tmp_path):
     """The gateway never takes (and holds) a body its replicas would refuse: an endpoint's replicas start
     with its limit, the platform's when it sets none, locally and on a cluster."""
-    from core.settings import Settings
-    from core.specs.endpoint import body_limit_args
-    from tasks.endpoints import local_replicas
-    from tasks.kubernetes import render_stage
+    from mlyard.core.settings import Settings
+    from mlyard.core.specs.endpoint import body_limit_args
+    from mlyard.tasks.endpoints import local_replicas
+    from mlyard.tasks.kubernetes import render_stage
 
     view = {"name": "ep", "id": 1, "max_request_bytes": None, "stages": [
         {"name": "default", "id": 1, "instance_type": "local",
@@ -292,7 +292,7 @@ def test_request_bodies_share_a_budget_of_bytes_past_which_the_gateway_answers_5
     """Sixteen 30 MiB public bodies, each under the limit, took the gateway from 68 to 983 MB: the bodies all
     requests hold at once have a budget; a request that would pass it is answered 503 with Retry-After at
     once, and once the others are answered (or gone) the same request is taken again."""
-    from serving.routing import Replica
+    from mlyard.serving.routing import Replica
 
     mib = 1024 * 1024
     gw = Gateway(tmp_path, None, internal_token=INTERNAL, max_body=mib)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from core.access import new_key
-from serving import fastserver
-from serving.gateway import Gateway
+from mlyard.core.access import new_key
+from mlyard.serving import fastserver
+from mlyard.serving.gateway import Gateway
 from tests.serving.test_gateway_abuse import INTERNAL, Running
 
 

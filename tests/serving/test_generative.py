@@ -14,7 +14,7 @@ import openai
 import pytest
 from serving_http import MLYARD, call, free_port, start, stop
 
-from serving.stops import first_stop, partial_stop
+from mlyard.serving.stops import first_stop, partial_stop
 
 # transformers runs in the servers only: found, not imported (every worker collects this file)
 pytestmark = pytest.mark.skipif(find_spec("transformers") is None, reason="the llm extra is not installed")

@@ -16,11 +16,11 @@ import pytest
 import yaml
 from serving_http import MLYARD, call, free_port, start, stop
 
-from core.errors import SpecError
-from serving import modelfolder
-from serving.health import DEGRADED, HEALTHY, UNHEALTHY, Health
-from serving.modelfolder import HealthCheck
-from serving.supervisor import run_actions
+from mlyard.core.errors import SpecError
+from mlyard.serving import modelfolder
+from mlyard.serving.health import DEGRADED, HEALTHY, UNHEALTHY, Health
+from mlyard.serving.modelfolder import HealthCheck
+from mlyard.serving.supervisor import run_actions
 
 
 def _folder(tmp_path, service: dict, toml: str | None = None, name: str = "model-definition.yaml"):

@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from core.specs.rag import RagSpec
-from serving.rag_extract import NOTE, extract, sentences
+from mlyard.core.specs.rag import RagSpec
+from mlyard.serving.rag_extract import NOTE, extract, sentences
 
 PASSAGES = [  # as the demo's handbook retrieves them for "How long are backups kept?" (best first)
     "Yardstick security overview.\nBackups of Yardstick are encrypted with AES-256 and kept for 35 days.",
@@ -21,7 +21,7 @@ PASSAGES = [  # as the demo's handbook retrieves them for "How long are backups 
 
 @pytest.fixture(scope="module")
 def encode():
-    from tasks.embeddings import embedder
+    from mlyard.tasks.embeddings import embedder
 
     return embedder(RagSpec.model_validate({"name": "r", "path": "/tmp"}).embedding).encode
 

@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from serving.routing import NoReplica, NoRoute, Replica, Route, Router, parse
+from mlyard.serving.routing import NoReplica, NoRoute, Replica, Route, Router, parse
 
 
 def test_paths_name_the_endpoint_stage_and_model():

@@ -145,8 +145,8 @@ def test_strings_for_a_signature_that_declares_numbers_are_refused_naming_it(tmp
     from sklearn.datasets import load_iris
     from sklearn.linear_model import LogisticRegression
 
-    from serving.loading import load
-    from serving.protocol import BadRequest
+    from mlyard.serving.loading import load
+    from mlyard.serving.protocol import BadRequest
 
     x, y = load_iris(return_X_y=True)
     model = LogisticRegression(max_iter=500).fit(x, y)
@@ -292,7 +292,7 @@ def test_string_labels_answer_on_v1_and_v2(tmp_path):
 def test_every_output_numpy_holds_is_encoded_on_both_protocols():
     import datetime
 
-    from serving.protocol import v1_response, v2_response
+    from mlyard.serving.protocol import v1_response, v2_response
 
     when = datetime.datetime(2026, 11, 25, 9, 30)
     cases = [(np.array(["a", "b"]), ["a", "b"]), (np.array([b"raw"]), ["raw"]),

@@ -4,7 +4,7 @@ by affinity, answers compared, and the live and shadow gates' arithmetic on gate
 import orjson
 import pytest
 
-from serving.traffic import LiveCounts, Split, agree, judge_live, judge_shadow, merged, since, summary
+from mlyard.serving.traffic import LiveCounts, Split, agree, judge_live, judge_shadow, merged, since, summary
 
 STAGES = {"default": {"weight": 0, "shadow": 0}, "canary": {"weight": 10, "shadow": 0},
           "mirror": {"weight": 0, "shadow": 20}}

@@ -19,8 +19,8 @@ import openai
 import pytest
 from conftest import free_port
 
-from core.errors import SpecError
-from serving.variants import engine_problem, folder_of
+from mlyard.core.errors import SpecError
+from mlyard.serving.variants import engine_problem, folder_of
 
 STANDIN = Path(__file__).parent / "engines" / "openai_standin.py"
 BIN = Path(sys.executable).parent

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.errors import BadRecord
-from tasks.inference import _slow_lines, encode_lines
-from tasks.records import read_chunks, read_records
+from mlyard.core.errors import BadRecord
+from mlyard.tasks.inference import _slow_lines, encode_lines
+from mlyard.tasks.records import read_chunks, read_records
 
 LINES = [b'{"id": 1, "x": [1, 2.5]}\n', b"\n", b'{"id": "b", "x": [3, 4]}\n', b"not json\n",
          b'{"a": 1} {"b": 2}\n', b'[1, 2]\n', b'1,[2\n', b'3]\n', b'{"id": 9007199254740993123, "x": [0, 0]}\n',

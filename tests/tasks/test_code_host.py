@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from accounts import as_ids
 
-from tasks.processes import stop_group
+from mlyard.tasks.processes import stop_group
 
 ROOT = Path(__file__).resolve().parents[2]
 CODE_HOST = str(ROOT / "tasks" / "code_host.py")
@@ -90,7 +90,7 @@ def test_wrap_shares_the_walls_folders_and_nothing_else_of_the_flows(pod):
     script = f"""
 import os, shutil, subprocess, sys, tempfile
 from pathlib import Path
-from tasks import sandbox
+from mlyard.tasks import sandbox
 scratch = Path(tempfile.mkdtemp(dir={str(volume)!r}))
 (scratch / "source").mkdir()
 (scratch / "source" / "main.py").write_text("print('hello')")

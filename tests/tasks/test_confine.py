@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from core.specs import TrainingSpec
-from tasks import confine
-from tasks.launch import Confinement, Workdirs
+from mlyard.core.specs import TrainingSpec
+from mlyard.tasks import confine
+from mlyard.tasks.launch import Confinement, Workdirs
 
 pytestmark = pytest.mark.skipif(confine.abi_version() < 1, reason="this kernel has no Landlock")
 
@@ -67,7 +67,7 @@ def _run(tmp_path: Path, mode: str) -> tuple[dict, list[str]]:
     import subprocess
 
     # a child process of its own plays the flow: confining makes the flow's process non-dumpable
-    code = ("import sys, json; from pathlib import Path; from tasks.launch import *; from core.specs import TrainingSpec\n"
+    code = ("import sys, json; from pathlib import Path; from mlyard.tasks.launch import *; from mlyard.core.specs import TrainingSpec\n"
             "a = json.loads(sys.argv[1]); lines = []\n"
             "d = Workdirs(**{k: Path(v) if isinstance(v, str) else v for k, v in a['dirs'].items()})\n"
             "d.datasets = {k: Path(v) for k, v in a['dirs']['datasets'].items()}\n"
@@ -105,7 +105,7 @@ def test_off_leaves_the_script_as_it_was(tmp_path):
 
 
 def test_without_landlock_auto_says_so_and_required_refuses(tmp_path, monkeypatch):
-    from tasks import confinement
+    from mlyard.tasks import confinement
 
     monkeypatch.setattr(confine, "abi_version", lambda: 0)
     invocations = [(["python", "main.py"], {"A": "1"})]
@@ -132,7 +132,7 @@ def test_the_launcher_refuses_in_one_line_where_it_cannot_confine(tmp_path):
 def test_only_what_the_run_uses_inside_the_home_is_kept(tmp_path):
     """A kept folder opens all beneath it: an interpreter at /bin/python (whose environment's root is /) or a
     source outside the home must never become a rule."""
-    from tasks import confinement
+    from mlyard.tasks import confinement
 
     home, outside = tmp_path / "home", tmp_path / "src"
     outside.mkdir()

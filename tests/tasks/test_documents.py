@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import DocumentError
-from tasks.documents import MB, Entry, HFTokenizer, Section, chunk, parse, select
-from tasks.embeddings import default_model_dir
+from mlyard.core.errors import DocumentError
+from mlyard.tasks.documents import MB, Entry, HFTokenizer, Section, chunk, parse, select
+from mlyard.tasks.embeddings import default_model_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples" / "rag"))
 import make_docs  # noqa: E402
@@ -113,8 +113,8 @@ def test_chunks_follow_the_tokenizer_with_overlap_and_keep_their_place(tokenizer
 
 def test_documents_listed_and_read_from_s3_as_from_a_folder(s3_settings, bucket, docs):
     """An ingestion path on a real S3 API (moto's server on 127.0.0.1): the same files, sizes and limits."""
-    from tasks.rag import list_documents
-    from tasks.storage import Storage
+    from mlyard.tasks.rag import list_documents
+    from mlyard.tasks.storage import Storage
 
     storage = Storage(s3_settings)
     for name, path in docs.items():

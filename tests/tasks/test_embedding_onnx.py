@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.specs.rag import EmbeddingSpec
-from tasks import embedding_onnx
-from tasks.embeddings import default_model_dir, embedder
+from mlyard.core.specs.rag import EmbeddingSpec
+from mlyard.tasks import embedding_onnx
+from mlyard.tasks.embeddings import default_model_dir, embedder
 
 ROOT = Path(__file__).resolve().parents[2]
 TEXTS = ["How do I open a file for appending?", "A PostgreSQL index on a vector column",
@@ -40,7 +40,7 @@ def test_the_onnx_model_agrees_with_sentence_transformers_and_loads_without_torc
     assert model.encode([]).shape == (0, 384)
 
     # a fresh process finds the export and never imports torch
-    code = ("import sys, json; from core.specs.rag import EmbeddingSpec; from tasks.embeddings import embedder; "
+    code = ("import sys, json; from mlyard.core.specs.rag import EmbeddingSpec; from mlyard.tasks.embeddings import embedder; "
             "m = embedder(EmbeddingSpec()); v = m.encode(['l\\'été à Paris']); "
             "print(json.dumps([type(m).__name__, 'torch' in sys.modules, v[0].tolist()]))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,

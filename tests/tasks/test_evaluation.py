@@ -6,8 +6,8 @@ from sklearn import metrics as skm
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
-from core.errors import SpecError
-from tasks.evaluation import MAX_CLASSES, classification, regression
+from mlyard.core.errors import SpecError
+from mlyard.tasks.evaluation import MAX_CLASSES, classification, regression
 
 
 def test_binary_matches_sklearn():
@@ -78,7 +78,7 @@ def test_each_metric_says_how_it_is_averaged_and_curves_carry_their_own_auc():
     import numpy as np
     import sklearn.metrics as skm
 
-    from tasks.evaluation import classification
+    from mlyard.tasks.evaluation import classification
 
     rng = np.random.default_rng(1)
     y = np.array([0, 1, 2] * 20)

@@ -8,13 +8,13 @@ import json
 import numpy as np
 import pytest
 
-from core.errors import BadRecord, BatchFailed, SpecError
-from core.specs import BatchJob, BatchShard
-from tasks.inference import Model, Worker
-from tasks.outputs import Layout
-from tasks.records import read_records
-from tasks.shards import assign, plan, select_files
-from tasks.storage import Storage
+from mlyard.core.errors import BadRecord, BatchFailed, SpecError
+from mlyard.core.specs import BatchJob, BatchShard
+from mlyard.tasks.inference import Model, Worker
+from mlyard.tasks.outputs import Layout
+from mlyard.tasks.records import read_records
+from mlyard.tasks.shards import assign, plan, select_files
+from mlyard.tasks.storage import Storage
 
 
 @pytest.fixture()
@@ -63,7 +63,7 @@ def test_each_input_format_streams_records_with_row_numbers(tmp_path):
 
 
 def test_plan_cuts_a_big_jsonl_file_so_every_row_is_read_exactly_once(tmp_path, monkeypatch):
-    import tasks.shards as shards_mod
+    import mlyard.tasks.shards as shards_mod
 
     monkeypatch.setattr(shards_mod, "MIN_SPLIT_BYTES", 1000)
     path = _write_jsonl(tmp_path / "big.jsonl", [{"id": i, "pad": "x" * (i % 17)} for i in range(5000)])

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from core.errors import SpecError
-from tasks import kfp
+from mlyard.core.errors import SpecError
+from mlyard.tasks import kfp
 
 EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples" / "pipelines"
 EXAMPLE = (EXAMPLES / "example.yaml").read_text()
@@ -138,7 +138,7 @@ def test_expired_pipeline_outputs_are_swept(tmp_path):
     import os
     import time
 
-    from tasks.pipelines import sweep
+    from mlyard.tasks.pipelines import sweep
 
     old, new = tmp_path / "old-run", tmp_path / "new-run"
     for d in (old, new):
@@ -152,9 +152,9 @@ def test_a_run_on_a_kfp_server_is_submitted_followed_and_terminated(tmp_path):
     REST API (tests/tasks/kfp_rest_fake.py): no KFP server can run here (it needs a Kubernetes cluster)."""
     from kfp_rest_fake import KfpRestFake
 
-    from core.errors import TrainingStopped
-    from core.specs.pipeline import PipelineRunSpec
-    from tasks.kfp_remote import run_remote
+    from mlyard.core.errors import TrainingStopped
+    from mlyard.core.specs.pipeline import PipelineRunSpec
+    from mlyard.tasks.kfp_remote import run_remote
 
     fake = KfpRestFake(reads_to_finish=3)
     try:

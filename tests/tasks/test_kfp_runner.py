@@ -59,13 +59,13 @@ def compiled(tmp_path_factory):
 
 
 def _run(compiled: Path, name: str, arguments: dict, tmp_path: Path) -> tuple[int, str, dict, dict]:
-    from tasks import kfp
+    from mlyard.tasks import kfp
 
     run_dir = tmp_path / name
     run_dir.mkdir()
     (run_dir / "pipeline.yaml").write_text(kfp.for_local(kfp.load((compiled / f"{name}.yaml").read_text())))
     (run_dir / "arguments.json").write_text(json.dumps(arguments))
-    proc = subprocess.run([sys.executable, "-m", "tasks.kfp_runner", str(run_dir)], cwd=ROOT, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "mlyard.tasks.kfp_runner", str(run_dir)], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
     return (proc.returncode, proc.stdout + proc.stderr, json.loads((run_dir / "result.json").read_text()),
             json.loads((run_dir / "nodes.json").read_text()))
@@ -98,7 +98,7 @@ def test_a_step_failing_on_a_missing_input_says_why(compiled, tmp_path):
 
 
 def test_settled_states_never_stay_running():
-    from tasks.kfp_runner import Nodes
+    from mlyard.tasks.kfp_runner import Nodes
 
     nodes = Nodes(Path("/dev/null"))
     nodes._write = lambda: None  # type: ignore[method-assign]

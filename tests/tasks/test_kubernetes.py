@@ -5,15 +5,15 @@ import json
 
 import pytest
 
-from core.errors import SpecError
-from core.specs.endpoint import EndpointSpec, NodeAutoscaler, PodAutoscaler, StageResourceSpec, StageSpec
-from registry.endpoints import Endpoints
-from tasks import kubernetes as k8s
+from mlyard.core.errors import SpecError
+from mlyard.core.specs.endpoint import EndpointSpec, NodeAutoscaler, PodAutoscaler, StageResourceSpec, StageSpec
+from mlyard.registry.endpoints import Endpoints
+from mlyard.tasks import kubernetes as k8s
 
 
 @pytest.fixture()
 def view(tmp_path):
-    from registry import Catalog
+    from mlyard.registry import Catalog
 
     catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
     eps = Endpoints(catalog)
@@ -82,7 +82,7 @@ def test_a_runtime_variant_stage_is_its_engines_deployment_with_backend_ais_prob
     """A vllm resource: vLLM's image (the values can change it) serving /models, which an init container of
     mlyard's image fills with the version's files; the startup probe waits out vLLM's 300 s of loading
     (Backend.AI's initial delay) before readiness follows /health; GPUs asked; strictly valid."""
-    from registry import Catalog
+    from mlyard.registry import Catalog
 
     catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
     try:

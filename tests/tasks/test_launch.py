@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import TrainingFailed, TrainingStopped
-from core.specs import TrainingSpec
-from tasks.environments import requirements_env
-from tasks.launch import Supervisor, Workdirs, build_invocation
+from mlyard.core.errors import TrainingFailed, TrainingStopped
+from mlyard.core.specs import TrainingSpec
+from mlyard.tasks.environments import requirements_env
+from mlyard.tasks.launch import Supervisor, Workdirs, build_invocation
 
 ECHO_ENV = """
 import json, os, sys

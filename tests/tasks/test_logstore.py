@@ -7,8 +7,8 @@ import stat
 import threading
 import time
 
-from core import logrecords as lr
-from tasks.logstore import LogStore
+from mlyard.core import logrecords as lr
+from mlyard.tasks.logstore import LogStore
 
 
 def _append(path, *docs):

@@ -1,8 +1,8 @@
 
 import pytest
 
-from core.specs import KATIB_METRIC_PATTERN
-from tasks.metrics import MetricParser, MetricStream, latest
+from mlyard.core.specs import KATIB_METRIC_PATTERN
+from mlyard.tasks.metrics import MetricParser, MetricStream, latest
 
 
 def test_katib_format_with_epoch_as_step():
@@ -87,7 +87,7 @@ def test_a_timestamp_that_cannot_be_read_leaves_the_metrics_without_a_time():
 
 
 def test_json_names_must_be_numbers():
-    from core.metrics import MetricLineError, json_metric_values
+    from mlyard.core.metrics import MetricLineError, json_metric_values
 
     assert json_metric_values('{"accuracy": "0.9", "note": "x"}', ["accuracy"]) == ({"accuracy": 0.9}, None)
     with pytest.raises(MetricLineError, match="'accuracy' has the value 'high'"):

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from core.errors import SpecError
-from core.specs.notebook import NotebookSpec
-from tasks import notebook_boot, notebooks
+from mlyard.core.errors import SpecError
+from mlyard.core.specs.notebook import NotebookSpec
+from mlyard.tasks import notebook_boot, notebooks
 
 
 def test_boot_storage_is_made_anew_and_deleting_the_notebook_keeps_the_nas_share(tmp_path):

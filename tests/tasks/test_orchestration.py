@@ -2,7 +2,7 @@
 
 from prefect.utilities.names import generate_slug
 
-from tasks.orchestration import made_up_by_prefect
+from mlyard.tasks.orchestration import made_up_by_prefect
 
 
 def test_names_prefect_makes_up_are_told_from_names_a_person_types():

@@ -5,7 +5,7 @@ import subprocess
 import sys
 import time
 
-from tasks.processes import alive, stop_group, stop_groups
+from mlyard.tasks.processes import alive, stop_group, stop_groups
 
 # Ignores SIGTERM; its child (same group) too: only SIGKILL ends them. Prints once both are up.
 STUBBORN = ("import signal, subprocess, sys, time\n"

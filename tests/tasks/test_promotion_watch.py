@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from tasks.promotion_watch import RESUME_LIMIT, decide
+from mlyard.tasks.promotion_watch import RESUME_LIMIT, decide
 
 
 def promo(status: str = "RUNNING", beat_seconds_ago: float = 1.0, resumes: int = 0, run: str | None = "r") -> dict:

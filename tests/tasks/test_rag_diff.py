@@ -7,10 +7,10 @@ import os
 
 import numpy as np
 
-from tasks.documents import content_hash
-from tasks.ingestion import Parts, diff_step
-from tasks.rag import list_documents
-from tasks.vectorstore import VectorStore
+from mlyard.tasks.documents import content_hash
+from mlyard.tasks.ingestion import Parts, diff_step
+from mlyard.tasks.rag import list_documents
+from mlyard.tasks.vectorstore import VectorStore
 
 
 def _put(store: VectorStore, listing, name: str, stamped: bool = True) -> None:

@@ -8,10 +8,10 @@ change that makes retrieval worse fails here."""
 import sys
 from pathlib import Path
 
-from core.specs.rag import RagSpec
-from tasks.documents import chunk, parse
-from tasks.embeddings import embedder, tokenizer_for
-from tasks.vectorstore import VectorStore
+from mlyard.core.specs.rag import RagSpec
+from mlyard.tasks.documents import chunk, parse
+from mlyard.tasks.embeddings import embedder, tokenizer_for
+from mlyard.tasks.vectorstore import VectorStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples" / "rag"))
 import quality  # noqa: E402

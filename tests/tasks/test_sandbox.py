@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks import sandbox
+from mlyard.tasks import sandbox
 from tests.accounts import as_account, user
 
 pytestmark = pytest.mark.skipif(sandbox.refusal() is not None, reason=f"no sandbox here: {sandbox.refusal()}")
@@ -33,9 +33,9 @@ ATTACKER = Path(__file__).resolve().parents[1] / "inside_attacker.py"
 # the stand-in flow: holds the platform's credential in its environment, runs the script in its walls
 FLOW = r"""import json, os, sys
 from pathlib import Path
-from core.specs import TrainingSpec
-from tasks.confinement import Confinement
-from tasks.launch import Workdirs, run_script
+from mlyard.core.specs import TrainingSpec
+from mlyard.tasks.confinement import Confinement
+from mlyard.tasks.launch import Workdirs, run_script
 a = json.loads(sys.argv[1])
 scratch = Path(a["scratch"])
 dirs = Workdirs.under(scratch, scratch / "source", {}, None)
@@ -168,7 +168,7 @@ def test_the_sandbox_dies_with_its_flow(base, account):
             time.sleep(0.1)
         inside = [p for p in psutil.Process(proc.pid).children(recursive=True)]
         assert any(f"mark-{os.getpid()}" in p.cmdline() for p in inside)
-        flow = next(p for p in [psutil.Process(proc.pid), *inside] if "tasks.launch" in " ".join(p.cmdline()))
+        flow = next(p for p in [psutil.Process(proc.pid), *inside] if "mlyard.tasks.launch" in " ".join(p.cmdline()))
         os.kill(flow.pid, signal.SIGKILL)
         gone, alive = psutil.wait_procs(inside, timeout=5)
         assert not alive, [p.cmdline() for p in alive]
@@ -179,9 +179,9 @@ def test_the_sandbox_dies_with_its_flow(base, account):
 
 
 def test_required_refuses_before_the_script_starts_where_no_sandbox_can(tmp_path, monkeypatch):
-    from core.errors import TrainingFailed
-    from tasks.confinement import Confinement, confined
-    from tasks.launch import Workdirs
+    from mlyard.core.errors import TrainingFailed
+    from mlyard.tasks.confinement import Confinement, confined
+    from mlyard.tasks.launch import Workdirs
 
     monkeypatch.setattr(sandbox, "refusal", lambda: "no user namespaces here (test)")
     dirs = Workdirs.under(tmp_path / "scratch", tmp_path, {}, None)
@@ -196,10 +196,10 @@ def test_required_refuses_before_the_script_starts_where_no_sandbox_can(tmp_path
 def test_an_environment_is_its_projects_and_read_only_to_the_code_it_runs(tmp_path):
     """Environments were cached by requirements alone and writable by the script: a `.pth` one member wrote
     ran inside the next member's training. Each project gets its own, and a script cannot change it."""
-    from core.specs import TrainingSpec
-    from tasks.confinement import Confinement
-    from tasks.environments import requirements_env
-    from tasks.launch import Workdirs, run_script
+    from mlyard.core.specs import TrainingSpec
+    from mlyard.tasks.confinement import Confinement
+    from mlyard.tasks.environments import requirements_env
+    from mlyard.tasks.launch import Workdirs, run_script
     from tests.tasks.test_launch import _wheel
 
     home = tmp_path / "home"
@@ -228,10 +228,10 @@ def test_a_stopped_script_gets_its_grace_inside_the_sandbox(tmp_path):
     """Stopping a run sends its process group SIGTERM, then SIGKILL after a grace: bubblewrap dies of the
     SIGTERM at once and takes its sandbox with it, so the script's own handler (a checkpoint saved) never
     ran. The script gets the signal and its grace; its sandbox ends when it exits."""
-    from core.errors import TrainingStopped
-    from core.specs import TrainingSpec
-    from tasks.confinement import Confinement
-    from tasks.launch import Workdirs, run_script
+    from mlyard.core.errors import TrainingStopped
+    from mlyard.core.specs import TrainingSpec
+    from mlyard.tasks.confinement import Confinement
+    from mlyard.tasks.launch import Workdirs, run_script
 
     src = tmp_path / "home" / "runs" / "r" / "source"
     src.mkdir(parents=True)
@@ -258,7 +258,7 @@ MODEL = Path(__file__).resolve().parents[1] / "inside_model.py"
 WORKER = r"""import json, sys
 from pathlib import Path
 import pandas as pd
-from tasks import model_host
+from mlyard.tasks import model_host
 a = json.loads(sys.argv[1])
 model = model_host.load(Path(a["model"]), "required")
 predictions, _ = model.predict(pd.DataFrame({"targets": [json.dumps(a["targets"])]}), False)

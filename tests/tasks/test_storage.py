@@ -4,9 +4,9 @@ import os
 
 import pytest
 
-from core.errors import SpecError, StorageNotFound, StorageUnreachable
-from core.settings import Settings
-from tasks.storage import SUCCESS_MARKER, Storage
+from mlyard.core.errors import SpecError, StorageNotFound, StorageUnreachable
+from mlyard.core.settings import Settings
+from mlyard.tasks.storage import SUCCESS_MARKER, Storage
 
 
 @pytest.fixture()

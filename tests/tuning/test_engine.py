@@ -5,9 +5,9 @@ import itertools
 import optuna
 import pytest
 
-from core.errors import SpecError
-from core.specs import TuningSpec, load_spec
-from tuning import (
+from mlyard.core.errors import SpecError
+from mlyard.core.specs import TuningSpec, load_spec
+from mlyard.tuning import (
     KatibState,
     TrialCounts,
     create_study,
@@ -17,7 +17,7 @@ from tuning import (
     recover_interrupted,
     search_space,
 )
-from tuning.engine import best_value, objective_parsers, parse_line, trial_counts, trial_reports
+from mlyard.tuning.engine import best_value, objective_parsers, parse_line, trial_counts, trial_reports
 
 TRAINING = {"name": "x", "source_uri": ".", "entry_point": "main.py"}
 

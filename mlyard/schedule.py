@@ -2,7 +2,7 @@
 deployment (or a pipeline), with a window, catch-up and a concurrency limit. The scheduler of
 `mlyard up` (tasks/scheduling.py) creates the runs; this module checks, records and reads.
 
-    import mlyard.schedules as schedules
+    import mlyard.schedule as schedules
 
     schedules.preview("0 0 2 * * *", tz="Asia/Seoul")          # the next fire times, and how it was read
     schedules.create("nightly.yaml")                           # checked against the deployment first
@@ -23,11 +23,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from core.access import current
-from core.connection import connect
-from core.errors import ScheduleNotFound, SpecError
-from core.specs.schedule import ScheduleSpec
 from mlyard.api import load as _spec
+from mlyard.core.access import current
+from mlyard.core.connection import connect
+from mlyard.core.errors import ScheduleNotFound, SpecError
+from mlyard.core.specs.schedule import ScheduleSpec
 from mlyard.runs import visible_projects
 from mlyard.schedule_checks import (
     check_parameters,
@@ -44,8 +44,8 @@ PREVIEW_COUNT = 5
 
 
 def _store():
-    from registry.catalog import Catalog
-    from registry.schedules import Schedules
+    from mlyard.registry.catalog import Catalog
+    from mlyard.registry.schedules import Schedules
 
     return Schedules(Catalog(connect().catalog_db_url))
 
@@ -66,7 +66,7 @@ def preview(expression: str, *, start: datetime | str | None = None, tz: str = "
             count: int = PREVIEW_COUNT) -> dict[str, Any]:
     """How an expression is read and its next `count` fire times after `start` (default: now), as
     ISO-8601 instants with their offsets. An expression that never fires says so, with no times."""
-    from schedules.cron import CronError, fire_times, parse
+    from mlyard.schedules.cron import CronError, fire_times, parse
 
     if count < 1 or count > 1000:
         raise SpecError("--count", count, "a number of fire times from 1 to 1000")
@@ -157,12 +157,12 @@ def _create(spec: ScheduleSpec, wait_seconds: float, echo: Callable[[str], None]
 def _pipeline_target(spec: ScheduleSpec) -> ScheduleSpec:
     """A pipeline schedule runs the pipeline-run deployment; its parameters are the pipeline's run
     parameters, checked against its inputs (and what can run here) now."""
-    from core.names import FLOW_PIPELINE_RUN
-    from core.specs.pipeline import PipelineRunSpec
-    from registry.catalog import Catalog
-    from registry.pipelines import Pipelines
-    from schedules.planning import render
-    from tasks.pipelines import check_run
+    from mlyard.core.names import FLOW_PIPELINE_RUN
+    from mlyard.core.specs.pipeline import PipelineRunSpec
+    from mlyard.registry.catalog import Catalog
+    from mlyard.registry.pipelines import Pipelines
+    from mlyard.schedules.planning import render
+    from mlyard.tasks.pipelines import check_run
 
     settings = connect()
     run = {"name": f"{spec.name[:33]}-{{{{ slot_name }}}}", "description": f"run by schedule {spec.name}",
@@ -217,10 +217,10 @@ def in_reach(store: Any, name: str, role: str = "viewer", action: str = "reading
 def show(name: str, *, runs: int = 10, upcoming: int = PREVIEW_COUNT) -> dict[str, Any]:
     """A schedule: its settings, how its trigger reads, its last `runs` runs (with their Prefect
     states) and its next `upcoming` fire times."""
-    from registry.catalog import Catalog
-    from registry.schedules import Schedules
-    from schedules.cron import fire_times
-    from tasks.scheduling import plan_of
+    from mlyard.registry.catalog import Catalog
+    from mlyard.registry.schedules import Schedules
+    from mlyard.schedules.cron import fire_times
+    from mlyard.tasks.scheduling import plan_of
 
     if (url := member_api()) is not None:
         return post(url, "/v1/queries/schedules_show", {"name": name, "runs": runs})
@@ -249,13 +249,13 @@ def show(name: str, *, runs: int = 10, upcoming: int = PREVIEW_COUNT) -> dict[st
 
 
 def _runs(slots, settings) -> list[dict[str, Any]]:
-    from core.links import links
+    from mlyard.core.links import links
 
     states: dict[str, str] = {}
     started: dict[str, float] = {}  # when each run began RUNNING (Prefect's start_time)
     ids = [s.flow_run_id for s in slots if s.flow_run_id]
     if ids:
-        from tasks.orchestration import flow_runs_by_id
+        from mlyard.tasks.orchestration import flow_runs_by_id
 
         with _client() as client:
             found = flow_runs_by_id(client, ids)
@@ -298,7 +298,7 @@ def disable(name: str) -> dict[str, Any]:
 
 @audited("schedule.disable", lambda a: f"schedule {a['name']}", lambda a: acting_or_none(current()))
 def _disable(name: str) -> dict[str, Any]:
-    from tasks.scheduling import Scheduler
+    from mlyard.tasks.scheduling import Scheduler
 
     store = _store()
     rec = in_reach(store, name, "editor", "disabling a schedule")
@@ -331,7 +331,7 @@ def delete(name: str) -> dict[str, Any]:
 
 @audited("schedule.delete", lambda a: f"schedule {a['name']}", lambda a: acting_or_none(current()))
 def _delete(name: str) -> dict[str, Any]:
-    from tasks.scheduling import PassReport, Scheduler
+    from mlyard.tasks.scheduling import PassReport, Scheduler
 
     store = _store()
     rec = in_reach(store, name, "owner", "deleting a schedule")
