@@ -1,25 +1,82 @@
-"""mlyard: an open ML lifecycle platform on Prefect 3 and MLflow.
+"""mlyard: an open ML lifecycle platform on Prefect 3 and MLflow, from Python.
 
-From Python (mlyard/api.py): `mlyard.train(spec)`, `mlyard.tune(spec)`, `mlyard.batch_infer(spec)`
-and `mlyard.evaluate(spec)` run on the platform `mlyard up` started (or the production servers named
-in settings), exactly as the CLI and the Prefect UI do; with a team member's key (MLYARD_API_KEY, or what
-`mlyard login` kept) they act as that user, through the platform's mlyard API.
+    import mlyard
 
-The shared vocabulary (settings, errors, specs, URIs, names, the connection) is the `core` package at
-the bottom; this package is the front door on top (the CLI, this API, the stack, the demo), and
-nothing but tests imports it.
+    run = mlyard.train("train.yaml")                   # a Run: .wait() .status .metrics .logs() .urls .stop()
+    model = run.register("digits", alias="champion")   # a Model version: .deploy() .alias() .show()
+    endpoint = model.deploy("digits")                  # an Endpoint: .call() .issue_token() .add_stage()
+    endpoint.call({"instances": [[0.0] * 64]}, token=endpoint.issue_token())
+    endpoint.add_stage("v2", mlyard.model("digits/2")).canary("v2", 10)   # .promote("v2") or .rollback()
+
+Lifecycle: train, tune, batch_infer, evaluate (each a Run); register_model, model, list_models; deploy,
+endpoint, list_endpoints; run (a Run by id), list_runs; whoami, projects. RAGs, notebooks, pipelines and
+schedules: the modules mlyard.rags, mlyard.notebooks, mlyard.pipelines and mlyard.schedule (`create`,
+`list_...`, `show`, ...). Every call reaches the platform `mlyard up` started (or the production servers
+named in settings) exactly as the CLI and the Prefect UI do; with a team member's key (MLYARD_API_KEY, or
+what `mlyard login` kept) as that member, through the platform's mlyard API. Bad input raises
+mlyard.core.errors.SpecError (a ValueError) naming the field; a failed run, RunFailed.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
-__all__ = ["train", "tune", "batch_infer", "evaluate"]
+__all__ = ["train", "tune", "batch_infer", "evaluate", "run", "list_runs", "register_model", "model", "list_models",
+           "deploy", "endpoint", "list_endpoints", "whoami", "projects", "Run", "Model", "Endpoint",
+           "rags", "notebooks", "pipelines", "schedule"]
+MODULES = ("rags", "notebooks", "pipelines", "schedule")
+SDK = [name for name in __all__ if name not in MODULES]
+
+if TYPE_CHECKING:  # what editors and type checkers complete; at run time each is imported on first use
+    from mlyard import notebooks, pipelines, rags, schedule
+    from mlyard.sdk import (
+        Endpoint,
+        Model,
+        Run,
+        batch_infer,
+        deploy,
+        endpoint,
+        evaluate,
+        list_endpoints,
+        list_models,
+        list_runs,
+        model,
+        projects,
+        register_model,
+        train,
+        tune,
+        whoami,
+    )
 
 
-def __getattr__(name: str):  # the API is imported on first use: `import mlyard` stays instant
-    if name in __all__:
-        from mlyard.core.environment import apply_login
+def run(id: str, kind: str = "training") -> Run:
+    """A run already made (by any path: the CLI, the Prefect UI, a schedule) by its id: a Run."""
+    from mlyard.sdk import Run
 
-        apply_login()  # `mlyard login`'s key and address, where the environment does not say them (as the CLI)
-        from mlyard import api
+    _logged_in()
+    return Run(kind, id)
 
-        return getattr(api, name)
+
+def __getattr__(name: str):  # imported on first use: `import mlyard` stays instant
+    if name in SDK:
+        _logged_in()
+        from mlyard import sdk
+
+        return getattr(sdk, name)
+    if name in MODULES:
+        _logged_in()
+        import importlib
+
+        return importlib.import_module(f"mlyard.{name}")
     raise AttributeError(f"module 'mlyard' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+def _logged_in() -> None:
+    from mlyard.core.environment import apply_login
+
+    apply_login()  # `mlyard login`'s key and address, where the environment does not say them (as the CLI)

@@ -1,11 +1,5 @@
-"""mlyard from Python: the same runs the CLI and the Prefect UI start, on the running platform.
-
-    import mlyard
-
-    result = mlyard.train("examples/train.yaml")                  # runs here; a TrainingResult
-    result = mlyard.train(TrainingSpec(...), sets={"hyperparameters": {"epochs": 3}})
-    queued = mlyard.train("examples/train.yaml", submit=True)     # on the local pool, like Run in the UI
-    mlyard.tune(...), mlyard.batch_infer(...), mlyard.evaluate(...)
+"""The runs the CLI, the SDK (mlyard/sdk.py: `mlyard.train(...)`) and the Prefect UI start, on the running
+platform: `run(action, spec, submit=...)` the flow's result here, or a Submitted run queued on a pool.
 
 Each call 1. connects to the platform (`mlyard up`'s stack or MLYARD_PREFECT_API_URL; never a
 hidden server), 2. loads the spec (a spec object, a mapping, or a YAML file) and merges `sets`,

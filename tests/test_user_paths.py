@@ -117,15 +117,15 @@ def test_a_python_call_from_a_fresh_interpreter_is_a_training_the_cli_shows_and_
 
 
 def test_a_run_queued_from_python_can_be_waited_for_and_gives_what_a_direct_call_gives(stack):
-    """`submit=True` queues the run on the local pool; the handle's wait() returns the same result a
-    direct call returns, from a fresh interpreter without the harness's variables."""
+    """`wait=False` queues the run on the local pool; the Run's wait() then holds the same result a direct
+    call returns, from a fresh interpreter without the harness's variables."""
     work = project("python-wait")
     shutil.copytree(EXAMPLES / "sklearn_digits", work / "algo", dirs_exist_ok=True)
     out = _ok(python("""
         import mlyard
         queued = mlyard.train({"name": "queued-then-waited", "experiment": "user-paths", "source_uri": "algo",
-                               "entry_point": "train.py", "hyperparameters": {"epochs": 1}}, submit=True)
-        result = queued.wait(timeout=240)
+                               "entry_point": "train.py", "hyperparameters": {"epochs": 1}}, wait=False)
+        result = queued.wait(timeout=240).result
         print("RESULT", type(result).__name__, result.training_id == queued.id, sorted(result.metrics))
     """, cwd=work))
     assert "RESULT TrainingResult True" in out and "accuracy" in out.split("RESULT")[-1], out

@@ -146,7 +146,7 @@ def test_each_member_works_in_their_project_and_cannot_see_or_touch_the_others(t
     algo.chmod(0o755)
     (algo / "main.py").write_text("import os\nprint('appkey=' + os.environ['EM_APPKEY'], 'user=' + os.environ['EM_USER'])\n")
     py = alice.python("import mlyard; s = mlyard.train({'name': 'whose', 'source_uri': 'whose', 'entry_point': "
-                      "'main.py'}); print(s.id); print(s.wait(timeout=120)['status'])")
+                      "'main.py'}, wait=False); print(s.id); print(s.wait(timeout=120).status)")
     assert py.returncode == 0, py.stderr
     whose_id, status = py.stdout.split()[-2:]
     assert status == "COMPLETE"
