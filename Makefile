@@ -11,7 +11,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 
-.PHONY: install demo test images dist bench down clean
+.PHONY: install demo test images dist bench down clean docs
 
 install: $(STAMP)
 
@@ -23,8 +23,8 @@ $(STAMP):
 	# (compat mode), not an import hook: a hook loses to a folder named mlyard beside a user's script (a clone).
 	$(PY) -m pip install --quiet -c constraints.txt uv
 	$(VENV)/bin/uv pip install --python $(PY) --quiet --compile-bytecode $(FIND_LINKS:%=--find-links %) \
-	  -c constraints.txt -e '.[test,torch,llm,rag,notebook,tensorboard]' -C editable_mode=compat \
-	  || $(PY) -m pip install --quiet -c constraints.txt -e '.[test,torch,llm,rag,notebook,tensorboard]' --config-settings editable_mode=compat
+	  -c constraints.txt -e '.[test,torch,llm,rag,notebook,tensorboard,docs]' -C editable_mode=compat \
+	  || $(PY) -m pip install --quiet -c constraints.txt -e '.[test,torch,llm,rag,notebook,tensorboard,docs]' --config-settings editable_mode=compat
 	# JupyterLab's jupyter-events asks for jsonschema[format-nongpl], which brings rfc3987-syntax: it compiles
 	# a Lark grammar when jsonschema is imported, 1.9 s of CPU in every process that imports Prefect (every
 	# flow run, worker, command and server). Only jsonschema's "iri" format checks need it; the platform's
@@ -53,6 +53,10 @@ $(STAMP):
 
 demo: $(STAMP)
 	$(VENV)/bin/mlyard demo
+
+# the documentation site (mkdocs.yml) in site/, strict: a broken link or a page out of the nav fails it
+docs: $(STAMP)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 # the Gateway API's own validators (npm, generated from its CRDs' schemas) for the HTTPRoutes that the tests
 # render (tests/infra/test_http_route.py); Debian's nodejs and npm run them

@@ -69,7 +69,9 @@ class BatchSettings(SpecModel):
             check_uri("model", value)
         return value
 
-    job_variables = TrainingSpec.node_resources  # the run's own pod asks for `resources`
+    def job_variables(self) -> dict[str, Any]:
+        """Job variables of the run's own pod: it asks for `resources`, as a training's node does."""
+        return TrainingSpec.node_resources(self)  # type: ignore[arg-type]
 
     @model_validator(mode="after")
     def _instances(self):

@@ -155,11 +155,11 @@ def test_the_kueue_component_names_the_gpu_queue():
 
 
 def test_the_dev_postgres_makes_every_database_the_readmes_secrets_name():
-    """The walk in the README names a database per Secret (prefect, mlflow, catalog): the dev overlay's
+    """The install walk (docs/platform/kubernetes.md) names a database per Secret (prefect, mlflow, catalog): the dev overlay's
     PostgreSQL must make each, as its image's POSTGRES_DB makes only one."""
     import re
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "platform" / "kubernetes.md").read_text()
     named = set(re.findall(r"@postgres:5432/(\w+)", readme))
     init = _by(render(K8S / "overlays" / "dev"), "ConfigMap")["postgres-init"]["data"]["10-databases.sql"]
     made = set(re.findall(r"CREATE DATABASE (\w+)", init))

@@ -1,5 +1,5 @@
-"""The README's "Running on Kubernetes" walk, followed as written against the API emulator: the Secrets its
-`kubectl create secret` lines make (every key, by those names), the values file it writes, `mlyard k8s
+"""The documentation's Kubernetes install walk (docs/platform/kubernetes.md), followed as written against
+the API emulator: the Secrets its `kubectl create secret` lines make (every key, by those names), the values file it writes, `mlyard k8s
 apply` of it (the emulated kubelet runs the migration Job as its user, with its volumes and a read-only
 root), then step 4 on the cluster's Prefect. Steps 5 and 6 use MLYARD_API_URL and MLYARD_UPLOAD_URI as
 tests/mlyard/test_workstation.py and tests/infra/test_uploads.py exercise them.
@@ -20,12 +20,11 @@ from kube_cluster import ROOT
 
 from tests.infra.test_k8s_install import _to_pods, clusters_prefect, mlyard  # noqa: F401 - a fixture
 
-README = (ROOT / "README.md").read_text()
+README = (ROOT / "docs" / "platform" / "kubernetes.md").read_text()
 
 
 def _walk() -> str:
-    section = README.split("## Running on Kubernetes", 1)[1]
-    return section.split("```bash", 1)[1].split("```", 1)[0].replace("\\\n", " ")
+    return README.split("```bash", 1)[1].split("```", 1)[0].replace("\\\n", " ")
 
 
 def _secrets(walk: str) -> dict[str, tuple[str, list[str]]]:
