@@ -7,6 +7,12 @@ from mlyard.core.settings import Settings
 
 
 def prefect_ui(settings: Settings) -> str | None:
+    """The Prefect UI as the caller reaches it: a project member's is the front door, where they sign in
+    with their key and see their projects' runs alone; the platform's own is Prefect's."""
+    from mlyard.core.access import current
+
+    if not current().admin:
+        return settings.door_url
     if settings.prefect_api_url:
         return settings.prefect_api_url.rstrip("/").removesuffix("/api")
     state = read_state(settings)

@@ -18,7 +18,7 @@ from typing import Any
 from mlyard import stack_parts as parts
 from mlyard import warm
 from mlyard.core.connection import StackState, healthy, point_prefect, read_state
-from mlyard.core.errors import MlyardError, StackError
+from mlyard.core.errors import MlyardError, SpecError, StackError
 from mlyard.core.settings import Settings
 from mlyard.postgres import start_postgres
 from mlyard.prefect_setup import (
@@ -35,8 +35,29 @@ from mlyard.stack_ui import start_mlflow_ui
 from mlyard.tasks.processes import alive, stop_group, stop_groups
 
 
+def ports(settings: Settings) -> dict[str, tuple[str, int]]:
+    """The stack's listeners on this machine: part -> (the setting of its port, the port)."""
+    first = settings.prefect_port
+    return {"the Prefect server and UI": ("MLYARD_PREFECT_PORT", first),
+            "the mlyard API": ("MLYARD_API_PORT", settings.service_port),
+            "the gateway": ("MLYARD_GATEWAY_PORT", settings.gateway_port or first + 2),
+            "the front door": ("MLYARD_DOOR_PORT", settings.door_port or first + 3),
+            "the MLflow UI": ("MLYARD_MLFLOW_UI_PORT", settings.mlflow_ui_port)}
+
+
+def check_ports(settings: Settings) -> None:
+    """Refuse two parts of the stack on one port, naming both, before anything starts."""
+    seen: dict[int, str] = {}
+    for part, (setting, port) in ports(settings).items():
+        if port in seen:
+            raise SpecError(setting, port, f"a port of {part}'s own: {seen[port]} listens on {port} too "
+                            "(set one of them to another port)")
+        seen[port] = part
+
+
 def up(settings: Settings, echo=print, start_timeout: float = 240.0) -> StackState:
     """Start (or confirm) the embedded stack. Idempotent: what already runs is kept."""
+    check_ports(settings)
     if settings.prefect_api_url:
         raise StackError("MLYARD_PREFECT_API_URL points at a production Prefect server; "
                          "`mlyard up` only starts the embedded stack. Unset it to use one.")

@@ -4,7 +4,6 @@ mlyard API, the scheduler, the local pool's worker, PostgreSQL; and the stores a
 
 from __future__ import annotations
 
-import secrets
 import shutil
 import sys
 import time
@@ -25,7 +24,7 @@ from mlyard.prefect_setup import (
     start_server,
     wait_healthy,
 )
-from mlyard.stack_state import write_state
+from mlyard.stack_state import sign_in_string, write_state
 from mlyard.tasks.processes import alive
 from mlyard.warm.worker import POLL_SECONDS as WORKER_POLL_SECONDS
 
@@ -68,8 +67,7 @@ def start_prefect_server(settings: Settings, state: StackState, env: dict[str, s
             echo(f"(no prepared Prefect database: {exc}; the server makes its own)")
     where = "the embedded PostgreSQL's prefect" if settings.prefect_database_url else f"under {settings.prefect_home}"
     echo(f"starting the Prefect server on {state.ui_url} (database {where}) ...")
-    if not (settings.prefect_auth and state.prefect_auth_string and state.pids.get("worker")):
-        state.prefect_auth_string = f"mlyard:{secrets.token_urlsafe(24)}" if settings.prefect_auth else None
+    state.prefect_auth_string = sign_in_string(settings.home_dir) if settings.prefect_auth else None
     server_env = {**env, "PREFECT_SERVER_API_AUTH_STRING": state.prefect_auth_string} \
         if state.prefect_auth_string else env
     pid = start_server(settings, server_env, logs / "prefect-server.log", blocks_registered=prepared_copy)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -13,6 +14,23 @@ from pathlib import Path
 
 from mlyard.core.connection import StackState
 from mlyard.core.settings import Settings
+
+SIGN_IN = "prefect-sign-in"  # the home's Prefect UI sign-in string, 0600
+
+
+def sign_in_string(home: Path, new: bool = False) -> str:
+    """The string the Prefect UI's login page asks for, this home's: made once and kept (the owner signs in
+    once per browser, not at every `mlyard up`); `new` makes another (`mlyard up --new-sign-in`)."""
+    path = home / SIGN_IN
+    if not new and path.is_file() and (kept := path.read_text().strip()):
+        return kept
+    made = f"mlyard:{secrets.token_urlsafe(24)}"
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(made + "\n")
+    os.replace(tmp, path)
+    return made
 
 
 def write_state(settings: Settings, state: StackState) -> None:

@@ -82,7 +82,7 @@ def prefect_sign_in(settings: Settings) -> str:
     state = read_state(settings)
     if state is None or not state.prefect_auth_string:
         return "sign-in: none (MLYARD_PREFECT_AUTH=false: every account of this machine reaches this Prefect API)"
-    return f"sign-in: paste {state.prefect_auth_string} into the login page (once per browser and `mlyard up`)"
+    return f"sign-in: paste {state.prefect_auth_string} into the login page (once per browser; `mlyard up --new-sign-in` changes it)"
 
 
 def mlflow_sign_in(settings: Settings) -> str:

@@ -206,9 +206,15 @@ def users_keys(name: str) -> list[dict[str, Any]]:
 
 def whoami() -> dict[str, Any]:
     """Who this call acts as: name, admin, roles, the project it acts in."""
-    actor = current()
+    from mlyard.core.connection import read_state
+    from mlyard.core.links import prefect_ui
+    from mlyard.core.settings import Settings
+
+    actor, settings = current(), Settings()
+    state = read_state(settings)
     return {"name": actor.name, "admin": actor.admin, "roles": actor.roles, "project": acting_or_none(actor),
-            "key_id": actor.key_id, "source": actor.source}
+            "key_id": actor.key_id, "source": actor.source,
+            "urls": {"prefect_ui": prefect_ui(settings), "mlflow_ui": state.mlflow_ui_url if state else None}}
 
 
 # -- projects ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -79,6 +80,7 @@ def test_the_installed_wheel_runs_a_users_first_hour_from_an_empty_folder(wheel,
     env = {"PATH": f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"),
            "LANG": "C.UTF-8", "MLYARD_PREFECT_PORT": str(free_port()), "MLYARD_API_PORT": str(free_port()),
            "MLYARD_GATEWAY_PORT": str(free_port()), "MLYARD_DOOR_PORT": str(free_port()),
+           "MLYARD_MLFLOW_UI_PORT": str(free_port()),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
 
@@ -102,7 +104,10 @@ def test_the_installed_wheel_runs_a_users_first_hour_from_an_empty_folder(wheel,
     (folder / "train.yaml").write_text("name: first\nexperiment: wheel\nsource_uri: .\nentry_point: train.py\n")
     (folder / "endpoint.yaml").write_text("name: first-ep\nstage:\n  resources: [{model: first@champion}]\n")
     try:
-        mlyard("up")  # inside: an `up` that fails part-way has started processes that `down` ends
+        first_up = mlyard("up")  # inside: an `up` that fails part-way has started processes that `down` ends
+        mlflow_ui = re.search(r"MLflow UI: (\S+)", first_up).group(1)  # up leaves the UIs it prints running
+        with urllib.request.urlopen(f"{mlflow_ui}/health", timeout=10) as answer:
+            assert answer.status == 200
         trained = json.loads(mlyard("train", "-f", "train.yaml", "--json"))
         assert trained["metrics"] == {"r2": 1.0}, trained
         from_python = subprocess.run([python, "-c", "import mlyard; print(mlyard.train('train.yaml').metrics['r2'])"],
@@ -117,6 +122,9 @@ def test_the_installed_wheel_runs_a_users_first_hour_from_an_empty_folder(wheel,
         with urllib.request.urlopen(request, timeout=60) as answer:
             assert json.load(answer)["predictions"] == [pytest.approx(7.0)]
         mlyard("endpoints", "delete", "first-ep")
+        mlyard("down")
+        # the owner signs in once per home: the Prefect UI's string is the same after a down and an up
+        assert re.search(r"paste (\S+)", mlyard("up")).group(1) == re.search(r"paste (\S+)", first_up).group(1)
     finally:
         stopped = mlyard("down")
     assert "stopped prefect-server" in stopped and "stopped postgres" in stopped, stopped

@@ -744,3 +744,29 @@ def test_a_members_push_of_a_folder_is_their_projects_endpoint(team, stack, sett
                                                                         "source": str(EXAMPLES / "sklearn_digits")}}},
                            bob.key)
     assert status == 400 and "source" in answer["error"]["message"], answer
+
+
+def test_a_members_ui_status_and_links_lead_to_the_door_never_to_a_local_stack(team, settings):
+    """A member's `ui prefect`, `status`, `ui mlflow` and a run's links are the platform's, as they reach it:
+    the front door (their projects' runs), never the owner's Prefect port, and never a stack or an MLflow
+    started in the member's own folder."""
+    alice = team["alice"]
+    door = settings.door_url
+    said = _ok(alice("ui", "prefect"))
+    assert door in said and "mlyard up" not in said, said
+    status = alice.json("status")
+    assert status["name"] == "alice" and status["urls"]["prefect_ui"] == door and status["platform"], status
+    shown = alice("ui", "mlflow")
+    assert (shown.returncode == 0 and "password: your API key" in shown.stdout) or \
+        (shown.returncode == 2 and "its owner starts it" in shown.stderr), shown
+    algo = alice.work / "linked"
+    algo.mkdir()
+    algo.chmod(0o755)
+    (algo / "main.py").write_text("print('accuracy=0.5')\n")
+    (alice.work / "linked.yaml").write_text("name: linked\nsource_uri: linked\nentry_point: main.py\n")
+    made = alice.json("train", "-f", "linked.yaml")
+    run_id = made.get("training_id") or made["id"]
+    links = alice.json("trainings", "show", run_id)["links"]
+    assert links["prefect"] == f"{door}/runs/flow-run/{run_id}", links
+    made_here = [p for p in alice.work.rglob("*") if p.name in ("stack.json", "mlruns", "mlflow.db", "prefect.db")]
+    assert made_here == [], made_here  # no stack, no MLflow, no Prefect of the member's own

@@ -233,7 +233,7 @@ def test_a_scheduled_training_runs_on_the_local_pool(stack):
     path.write_text(json.dumps(spec))
     _ok(mlyard("schedules", "create", "-f", str(path)))
     assert datetime.now(timezone.utc) < start, "the machine took the whole lead to create the schedule"
-    from mlyard.schedules import show  # the wait polls in this process: a CLI process every 0.3 s takes a core
+    from mlyard.schedule import show  # the wait polls in this process: a CLI process every 0.3 s takes a core
 
     _wait(lambda: (v := show("hourly-train"))["runs"] and v["runs"][0]["run_state"] == "Completed", 120,
           "the scheduled training to complete")
