@@ -113,8 +113,10 @@ def prefect_link(description: str = "") -> dict[str, str]:
 
 
 def link_mlflow_run(tracking: Any, run_id: str, what: str, key: str | None = "mlflow-run") -> None:
-    """On the running flow run, a Prefect link artifact to its MLflow run's page (its Artifacts tab), with
-    the datasets the run read. Nothing outside a flow run."""
+    """On the running flow run, its MLflow run's page one click away: a line of its log (the run page's
+    first tab, where Prefect's UI makes a URL a link) and a link artifact (its Artifacts tab). Nothing
+    outside a flow run."""
+    from prefect import get_run_logger
     from prefect.artifacts import create_link_artifact
     from prefect.runtime import flow_run
 
@@ -124,6 +126,7 @@ def link_mlflow_run(tracking: Any, run_id: str, what: str, key: str | None = "ml
     if not flow_run.get_id():
         return
     url = mlflow_run_url(Settings(), tracking.client.get_run(run_id).info.experiment_id, run_id)
+    get_run_logger().info("MLflow run of this %s: %s", what, url)
     create_link_artifact(link=url, link_text=f"MLflow run of this {what} ({run_id[:8]})", key=key,
                          description=f"The {what}'s MLflow run: parameters, metrics, artifacts (`mlyard ui mlflow` "
                                      "opens the MLflow UI).")

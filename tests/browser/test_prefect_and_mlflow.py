@@ -68,6 +68,8 @@ def test_a_training_from_the_run_form_then_its_model_and_evaluation_in_mlflow(st
     page.goto(f"{stack.ui_url}/runs/flow-run/{shown['id']}", wait_until="networkidle")
     see(page, "Completed", "train-run")
     see(page, "epoch=2", "train-run")  # the script's own lines in the run's logs
+    # its MLflow run one click away: a line of the logs, the run page's first tab, as a link
+    assert page.locator(f"a[href='{training['links']['mlflow']}']").count() >= 1, "no link to the MLflow run in its logs"
     page.screenshot(path=str(SHOTS / "train-run.png"), full_page=True)
     idle(page)
 
