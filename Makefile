@@ -15,7 +15,11 @@ export DO_NOT_TRACK := true
 
 install: $(STAMP)
 
+# the install says what it does in a line (its steps' own lines follow), not its recipe: `make demo` prints
+# what a newcomer reads (`make -n install` shows the commands)
+.SILENT: $(STAMP)
 $(STAMP):
+	echo "installing mlyard and everything it runs into $(VENV) (a few minutes the first time) ..."
 	$(PYTHON) -m venv $(VENV)
 	# uv installs the same pinned set as pip in 68 s instead of 170 s (it downloads, unpacks and compiles in
 	# parallel; bench/README.md, twelfth session); pip is the fallback. uv reads no pip configuration: the
@@ -52,7 +56,7 @@ $(STAMP):
 	touch $@
 
 demo: $(STAMP)
-	$(VENV)/bin/mlyard demo
+	@$(VENV)/bin/mlyard demo
 
 # the documentation site (mkdocs.yml) in site/, strict: a broken link or a page out of the nav fails it
 docs: $(STAMP)

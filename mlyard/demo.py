@@ -1,23 +1,14 @@
-"""`mlyard demo` (what `make demo` runs): the spine end to end on the embedded stack.
+"""`mlyard demo` (what `make demo` runs): the spine end to end on the embedded stack, a line per step.
 
-1. Start the embedded stack (Prefect server, local pool + worker, deployments).
-2. Train the example algorithm (examples/sklearn_digits) through the training flow.
-3. Register its model in MLflow as `digits`, alias `champion`.
-4. Tune its learning rate (grid, median early stopping stops the bad one); register the best trial.
-5. Batch inference with digits@champion over the held-out digits (examples/data, JSONL).
-6. Evaluate digits@champion and digits-tuned on them; compare the two (table and overlaid curves).
-7. Serve digits@champion (`mlyard serve`) and send it one held-out digit.
-8. Deploy digits@champion to the endpoint `digits` (default stage, token-protected), call it with curl,
-   add a stage with digits-tuned@best, promote it, and print the endpoint's statistics.
-9. Upload the example Kubeflow pipeline (examples/pipelines/example.yaml), print its graph, run it
-   (kfp.local, a flow run of pipeline-run/local) and show each step's state and outputs.
-10. Schedule it every minute with catch-up (its start a few minutes back: the missed slots run, oldest
-    first, one at a time), show the schedule's runs and next fire times, then disable it.
-11. RAG: ingest a folder of mixed documents into PostgreSQL + pgvector, ask one question through its route
-    (streamed, with sources), change one file and sync (only that file is embedded again).
-12. Notebook: JupyterLab (examples/notebook.yaml) with a start-up script in its storage's cont-init.d,
-    rebooted (the script runs), its URL with the token; stopped at the end (its data storage stays).
-13. Start the MLflow UI and print what was done and where to look.
+1. Start the embedded stack. 2-3. Train examples/sklearn_digits; register its model as digits@champion.
+4. Tune its learning rate (grid, median early stopping); register the best trial as digits-tuned@best.
+5-6. A batch inference with digits@champion over the held-out digits; both models evaluated and compared.
+7. `mlyard serve` digits@champion and send it one digit. 8. The endpoint `digits`: a token, a curl, a stage
+of digits-tuned@best added and promoted, its statistics. 9. The example Kubeflow pipeline uploaded, drawn and
+run (kfp.local). 10. Scheduled every minute with catch-up (the missed slots run, oldest first), then
+disabled. 11. A RAG of mixed documents on PostgreSQL + pgvector: asked (streamed, with sources), one file
+changed and synced. 12. A JupyterLab notebook with a start-up script, rebooted, stopped (its storage stays).
+13. The MLflow UI started; where to look.
 """
 
 from __future__ import annotations
@@ -42,49 +33,84 @@ EVAL_SPEC = PROJECT_ROOT / "examples" / "evaluate.yaml"
 
 
 def run(settings: Settings, out: Console, keep_running: bool = True) -> None:
-    out.rule("1. embedded stack")
-    state = stack.up(settings, echo=out.print)
-    connect(settings)
-    done = SimpleNamespace(spec=load_spec_file(TrainingSpec, SPEC))  # what each step made, for the closing lines
-    trained_once(settings, out, done)
-    tuned_once(settings, out, done)
-    batch_and_evaluations_once(settings, out, done)
-    steps = {"served": ("7. serving digits@champion (mlyard serve)", lambda: serve_once(settings, out)),
-             "endpoint": ("8. endpoint digits: default stage, token, curl, a tuned stage promoted, statistics",
-                          lambda: endpoint_once(settings, out)),
-             "pipeline_run": ("9. pipeline: upload, graph, run (examples/pipelines/example.yaml)", lambda: pipeline_once(out)),
-             "schedule": ("10. schedule: the pipeline every minute, with catch-up", lambda: schedule_once(out)),
-             "rag": ("11. RAG: ingest mixed documents, ask with streaming, change one file, sync", lambda: rag_once(settings, out)),
-             "notebook": ("12. notebook: JupyterLab with a start-up script (examples/notebook.yaml)", lambda: notebook_once(out))}
-    for key, (title, step) in steps.items():
-        out.rule(title)
-        setattr(done, key, step())
-    where_to_look(settings, state, out, done)
+    """Each step's details (the flows' logs too) go to <home>/logs/demo.log; the terminal gets a line per
+    step as it ends (a spinner meanwhile, on a terminal), then where to look."""
+    settings.home_dir.joinpath("logs").mkdir(parents=True, exist_ok=True)
+    log = settings.home_dir / "logs" / "demo.log"
+    with open(log, "w") as fh:
+        detail = Console(file=fh, width=120, soft_wrap=True)
+        out.print(f"mlyard demo: 13 steps on the embedded stack, about 3 minutes; details in {log}", highlight=False)
+        state = _step(out, detail, log, "1. the embedded stack", lambda: (stack.up(settings, echo=detail.print),
+                                                                            connect(settings))[0])
+        _prefect_console_to(fh)
+        done = SimpleNamespace(spec=load_spec_file(TrainingSpec, SPEC))  # what each step made, for the closing lines
+        steps = [("2-3. a training, its model registered as digits@champion", lambda: trained_once(settings, detail, done)),
+                 ("4. a tuning, its best trial registered as digits-tuned@best", lambda: tuned_once(settings, detail, done)),
+                 ("5-6. a batch inference, both models evaluated and compared",
+                  lambda: batch_and_evaluations_once(settings, detail, done)),
+                 ("7. digits@champion served", lambda: serve_once(settings, detail)),
+                 ("8. the endpoint digits: a token, calls, a tuned stage promoted", lambda: endpoint_once(settings, detail)),
+                 ("9. a Kubeflow pipeline uploaded and run", lambda: pipeline_once(detail)),
+                 ("10. the pipeline scheduled every minute, with catch-up", lambda: schedule_once(detail)),
+                 ("11. a RAG: mixed documents ingested, asked, synced", lambda: rag_once(settings, detail)),
+                 ("12. a JupyterLab notebook with a start-up script", lambda: notebook_once(detail))]
+        for key, (title, step) in zip(("result", "tuned", "batch", "served", "endpoint", "pipeline_run", "schedule",
+                                        "rag", "notebook"), steps):
+            setattr(done, f"{key}_line", _step(out, detail, log, title, step))
+        where_to_look(settings, state, out, done, log)
     if not keep_running:
         stack.down(settings, echo=out.print)
 
 
-def trained_once(settings: Settings, out: Console, done: SimpleNamespace) -> None:
+def _step(out: Console, detail: Console, log: Any, title: str, step: Any) -> Any:
+    """One step: its details to the log, its outcome to the terminal in a line (a failure names the log)."""
+    import time
+
+    detail.rule(title)
+    started = time.monotonic()
+    try:
+        with out.status(f"{title} ..."):
+            said = step()
+    except Exception:
+        out.print(f"{title}: FAILED after {time.monotonic() - started:.0f} s (see {log})", highlight=False)
+        raise
+    summary = said if isinstance(said, str) else "done"
+    out.print(f"{title}: {summary}  ({time.monotonic() - started:.0f} s)", highlight=False, soft_wrap=True)
+    return said
+
+
+def _prefect_console_to(fh: Any) -> None:
+    """The flow runs the demo makes here log to the demo's log, not the terminal (the Prefect UI has them too)."""
+    import logging
+
+    from prefect.logging.configuration import setup_logging
+
+    setup_logging()
+    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                handler.setStream(fh)
+
+
+def trained_once(settings: Settings, out: Console, done: SimpleNamespace) -> str:
     """Steps 2 and 3: the digits training (examples/sklearn_digits), registered as digits@champion."""
     from mlyard.flows.platform import Platform
 
-    out.rule("2. training (examples/sklearn_digits)")
     # The examples' relative paths are relative to the project directory, wherever `mlyard demo` runs.
     done.result = result = api.run(api.TRAINING, done.spec, base=PROJECT_ROOT)
-    out.rule("3. model registry")
     done.platform = p = Platform(settings)
     done.mv = mv = p.models.create_from_training("digits", result.training_id, "COMPLETE", result.run_id,
                                                  parameters={"batch_size": "32"},
                                                  description="SGD classifier on scikit-learn's digits (mlyard demo)")
     p.models.set_alias("digits", "champion", mv.version)
     out.print(f"registered digits version {mv.version} ({mv.framework} {mv.framework_version}), alias champion")
+    return f"{result.training_id[:8]} COMPLETE, accuracy {result.metrics.get('accuracy', 0):.4f}; digits version {mv.version}"
 
 
-def tuned_once(settings: Settings, out: Console, done: SimpleNamespace) -> None:
+def tuned_once(settings: Settings, out: Console, done: SimpleNamespace) -> str:
     """Step 4: the tuning of examples/tune.yaml, its trials, its best registered as digits-tuned@best."""
     from mlyard.tunings import trials
 
-    out.rule("4. hyperparameter tuning (examples/tune.yaml)")
     done.tuned = tuned = api.run(api.TUNING, TUNE_SPEC, base=PROJECT_ROOT)
     for t in sorted(trials(settings.catalog_db_url, tuned.tuning_id), key=lambda r: r["number"]):
         value = "-" if t["value"] is None else f"{t['value']:.4f}"
@@ -95,15 +121,15 @@ def tuned_once(settings: Settings, out: Console, done: SimpleNamespace) -> None:
                                                              description=f"best trial of tuning {done.spec.name}")
     done.platform.models.set_alias("digits-tuned", "best", tv.version)
     out.print(f"registered digits-tuned version {tv.version} from trial {tuned.best_trial} ({tuned.reason})")
+    return f"{tuned.tuning_id[:8]} COMPLETE ({tuned.reason}), best accuracy {tuned.best_value:.4f}"
 
 
-def batch_and_evaluations_once(settings: Settings, out: Console, done: SimpleNamespace) -> None:
+def batch_and_evaluations_once(settings: Settings, out: Console, done: SimpleNamespace) -> str:
     """Steps 5 and 6: a batch inference of digits@champion, then both models evaluated and compared."""
     import time
 
     from mlyard import evaluations
 
-    out.rule("5. batch inference (examples/batch.yaml)")
     outputs = settings.home_dir / "outputs" / f"demo-{int(time.time())}"
     done.batch = batch = api.run(api.BATCH, BATCH_SPEC, sets={"output_uri": str(outputs / "digits-batch")},
                                  base=PROJECT_ROOT)
@@ -111,7 +137,6 @@ def batch_and_evaluations_once(settings: Settings, out: Console, done: SimpleNam
     out.print(f"{batch.rows} rows ({batch.failed_rows} failed) at {batch.rows_per_second:,.0f} rows/s -> {first}")
     with open(first) as fh:
         out.print("  first prediction: " + fh.readline().strip()[:150])
-    out.rule("6. evaluation and comparison (examples/evaluate.yaml)")
     done.champion = api.run(api.EVALUATION, EVAL_SPEC, sets={"output_uri": str(outputs / "eval-champion")},
                             base=PROJECT_ROOT)
     done.tuned_eval = api.run(api.EVALUATION, EVAL_SPEC, sets={"name": "digits-tuned", "model": "digits-tuned@best",
@@ -123,58 +148,32 @@ def batch_and_evaluations_once(settings: Settings, out: Console, done: SimpleNam
         cells = "  ".join(f"{v:>10.4f}" if isinstance(v, float) else f"{str(v):>10}" for k, v in row.items() if k != "metric")
         out.print(f"  {row['metric']:<10} {cells}")
     out.print(f"  (columns: digits@champion, digits-tuned@best)  curves: {done.picture}")
+    return (f"{batch.rows} rows predicted; accuracy {done.champion.metrics['accuracy']:.4f} (champion) against "
+            f"{done.tuned_eval.metrics['accuracy']:.4f} (tuned)")
 
 
-def where_to_look(settings: Settings, state: Any, out: Console, d: SimpleNamespace) -> None:
-    """Step 13: what the demo made, the UIs with how to sign in, and commands to try next."""
-    out.rule("13. where to look")
+def where_to_look(settings: Settings, state: Any, out: Console, d: SimpleNamespace, log: Any) -> None:
+    """Step 13: the UIs with how to sign in, and what to try next."""
     try:  # a UI slow to start on a busy machine never fails the demo: everything is recorded already
-        mlflow_url = stack_ui.start_mlflow_ui(settings, echo=out.print)
+        mlflow_url = stack_ui.start_mlflow_ui(settings, echo=lambda *_: None)
     except StackError as exc:
         mlflow_url = f"not up yet ({exc}); try `.venv/bin/mlyard ui mlflow` again"
-    result, tuned, champion, tuned_eval = d.result, d.tuned, d.champion, d.tuned_eval
-    metrics = ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items())
-    out.print(f"""[bold]Done.[/bold]
-  training     {d.spec.name}  id {result.training_id}  COMPLETE  ({metrics})
-  MLflow run   {result.run_id} in experiment '{result.experiment}'
-  model        digits version {d.mv.version}  (digits@champion)
-  tuning       {tuned.tuning_id}  COMPLETE ({tuned.reason}), best accuracy={tuned.best_value:.4f}
-               {tuned.best_params}  ->  model digits-tuned version {d.tv.version}
-  batch        {d.batch.batch_id}  COMPLETE  {d.batch.rows} rows -> {d.batch.output_uri}
-  serving      {d.served}
-  endpoint     {d.endpoint}
-  pipeline     {d.pipeline_run}
-  schedule     {d.schedule}
-  RAG          {d.rag}
-  notebook     {d.notebook}
-  evaluations  {champion.evaluation_id}  digits@champion  accuracy={champion.metrics['accuracy']:.4f}
-               {tuned_eval.evaluation_id}  digits-tuned@best  accuracy={tuned_eval.metrics['accuracy']:.4f}
-               comparison picture {d.picture}
-  Prefect UI   {state.ui_url}/runs/flow-run/{result.training_id}
+    result = d.result
+    out.print(f"""
+[bold]Done.[/bold] The stack keeps running (`.venv/bin/mlyard down` stops it; its state is in {settings.home_dir}).
+  Prefect UI   {state.ui_url}/runs/flow-run/{result.training_id}   (the training's run)
                {stack_ui.prefect_sign_in(settings)}
-               press Run on deployment train/local to train again from the UI
   MLflow UI    {mlflow_url}
                {stack_ui.mlflow_sign_in(settings)}
-
-  Try:  .venv/bin/mlyard trainings list
-        .venv/bin/mlyard models show digits
-        .venv/bin/mlyard tunings trials {tuned.tuning_id}
-        .venv/bin/mlyard evaluations show {champion.evaluation_id}
-        .venv/bin/mlyard evaluations compare {champion.evaluation_id} {tuned_eval.evaluation_id}
-        .venv/bin/mlyard batch -f examples/batch.yaml --set output_uri=/tmp/digits-batch
-        .venv/bin/mlyard serve digits@champion --port 8080   (then the curl in the README)
-        .venv/bin/mlyard endpoints show digits
-        .venv/bin/mlyard endpoints stats digits --png digits-stats.png
-        .venv/bin/mlyard pipeline-runs list   /   .venv/bin/mlyard pipelines graph example --out example.png
-        .venv/bin/mlyard schedules show every-minute   /   .venv/bin/mlyard schedules enable every-minute
-        .venv/bin/mlyard notebooks start demo-lab   /   .venv/bin/mlyard notebooks open demo-lab
-        .venv/bin/mlyard rags query handbook "How do I rotate a token?"   /   mlyard rags history handbook
-        .venv/bin/mlyard logs --training {result.training_id[:8]}   /   mlyard logs -c inference --endpoint digits -f
-        .venv/bin/mlyard dashboard
-        .venv/bin/mlyard train -f examples/train.yaml --submit
-        .venv/bin/mlyard down      (stops the stack; state stays in {settings.home_dir})""")
+  details      {log}
+  Try:  .venv/bin/mlyard trainings list   /   .venv/bin/mlyard trainings show {result.training_id[:8]}
+        .venv/bin/mlyard train -f examples/train.yaml --set hyperparameters.epochs=5
+        .venv/bin/mlyard endpoints show digits   /   .venv/bin/mlyard endpoints stats digits
+        .venv/bin/mlyard rags query handbook "How do I rotate a token?"
+  Next: docs/tutorial.md, the same from Python: train, register, deploy, call, canary, promote""",
+              highlight=False, soft_wrap=True)
     if (where := stack_ui.how_to_find(settings)) is not None:
-        out.print(f"  {where}")
+        out.print(f"  {where}", highlight=False, soft_wrap=True)
 
 
 def notebook_once(out: Console) -> str:
@@ -280,8 +279,8 @@ def rag_once(settings: Settings, out: Console) -> str:
     out.print(f"[bold]Q:[/bold] {question}\n[bold]A:[/bold] ", end="")
     try:
         answer = rags.query("handbook", question, stream=True,
-                            on_text=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
-        print()
+                            on_text=lambda piece: out.print(piece, end="", markup=False, highlight=False))
+        out.print()
         for src in answer["sources"]:
             out.print(f"  [{src['index']}] {src['file']}{', ' + src['where'] if src['where'] else ''}  "
                       f"score {src['score']:.2f}", highlight=False)
