@@ -13,6 +13,9 @@ changed and synced. 12. A JupyterLab notebook with a start-up script, rebooted, 
 
 from __future__ import annotations
 
+import os
+import sys
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -40,32 +43,36 @@ def run(settings: Settings, out: Console, keep_running: bool = True) -> None:
     with open(log, "w") as fh:
         detail = Console(file=fh, width=120, soft_wrap=True)
         out.print(f"mlyard demo: 13 steps on the embedded stack, about 3 minutes; details in {log}", highlight=False)
-        state = _step(out, detail, log, "1. the embedded stack", lambda: (stack.up(settings, echo=detail.print),
-                                                                            connect(settings))[0])
-        _prefect_console_to(fh)
-        done = SimpleNamespace(spec=load_spec_file(TrainingSpec, SPEC))  # what each step made, for the closing lines
-        steps = [("2-3. a training, its model registered as digits@champion", lambda: trained_once(settings, detail, done)),
-                 ("4. a tuning, its best trial registered as digits-tuned@best", lambda: tuned_once(settings, detail, done)),
-                 ("5-6. a batch inference, both models evaluated and compared",
-                  lambda: batch_and_evaluations_once(settings, detail, done)),
-                 ("7. digits@champion served", lambda: serve_once(settings, detail)),
-                 ("8. the endpoint digits: a token, calls, a tuned stage promoted", lambda: endpoint_once(settings, detail)),
-                 ("9. a Kubeflow pipeline uploaded and run", lambda: pipeline_once(detail)),
-                 ("10. the pipeline scheduled every minute, with catch-up", lambda: schedule_once(detail)),
-                 ("11. a RAG: mixed documents ingested, asked, synced", lambda: rag_once(settings, detail)),
-                 ("12. a JupyterLab notebook with a start-up script", lambda: notebook_once(detail))]
-        for key, (title, step) in zip(("result", "tuned", "batch", "served", "endpoint", "pipeline_run", "schedule",
-                                        "rag", "notebook"), steps):
-            setattr(done, f"{key}_line", _step(out, detail, log, title, step))
-        where_to_look(settings, state, out, done, log)
+        saved = _stderr_to(fh.fileno())  # the flows' logs and what the processes they start say
+        try:
+            _steps(settings, out, detail, log)
+        finally:
+            _stderr_to(saved)
     if not keep_running:
         stack.down(settings, echo=out.print)
 
 
+def _steps(settings: Settings, out: Console, detail: Console, log: Any) -> None:
+    state = _step(out, detail, log, "1. the embedded stack", lambda: (stack.up(settings, echo=detail.print),
+                                                                        connect(settings))[0])
+    done = SimpleNamespace(spec=load_spec_file(TrainingSpec, SPEC))  # what each step made, for the closing lines
+    steps = [("2-3. a training, its model registered as digits@champion", lambda: trained_once(settings, detail, done)),
+             ("4. a tuning, its best trial registered as digits-tuned@best", lambda: tuned_once(settings, detail, done)),
+             ("5-6. a batch inference, both models evaluated and compared",
+              lambda: batch_and_evaluations_once(settings, detail, done)),
+             ("7. digits@champion served", lambda: serve_once(settings, detail)),
+             ("8. the endpoint digits: a token, calls, a tuned stage promoted", lambda: endpoint_once(settings, detail)),
+             ("9. a Kubeflow pipeline uploaded and run", lambda: pipeline_once(detail)),
+             ("10. the pipeline scheduled every minute, with catch-up", lambda: schedule_once(detail)),
+             ("11. a RAG: mixed documents ingested, asked, synced", lambda: rag_once(settings, detail)),
+             ("12. a JupyterLab notebook with a start-up script", lambda: notebook_once(detail))]
+    for title, step in steps:
+        _step(out, detail, log, title, step)
+    where_to_look(settings, state, out, done, log)
+
+
 def _step(out: Console, detail: Console, log: Any, title: str, step: Any) -> Any:
     """One step: its details to the log, its outcome to the terminal in a line (a failure names the log)."""
-    import time
-
     detail.rule(title)
     started = time.monotonic()
     try:
@@ -79,17 +86,12 @@ def _step(out: Console, detail: Console, log: Any, title: str, step: Any) -> Any
     return said
 
 
-def _prefect_console_to(fh: Any) -> None:
-    """The flow runs the demo makes here log to the demo's log, not the terminal (the Prefect UI has them too)."""
-    import logging
-
-    from prefect.logging.configuration import setup_logging
-
-    setup_logging()
-    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
-        for handler in logging.getLogger(name).handlers:
-            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-                handler.setStream(fh)
+def _stderr_to(fd: int) -> int:
+    """Point this process's stderr (fd 2) at `fd`: the previous one, to point it back."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(fd, 2)
+    return saved
 
 
 def trained_once(settings: Settings, out: Console, done: SimpleNamespace) -> str:
@@ -126,8 +128,6 @@ def tuned_once(settings: Settings, out: Console, done: SimpleNamespace) -> str:
 
 def batch_and_evaluations_once(settings: Settings, out: Console, done: SimpleNamespace) -> str:
     """Steps 5 and 6: a batch inference of digits@champion, then both models evaluated and compared."""
-    import time
-
     from mlyard import evaluations
 
     outputs = settings.home_dir / "outputs" / f"demo-{int(time.time())}"
@@ -214,8 +214,6 @@ def pipeline_once(out: Console) -> str:
     except AlreadyExists:
         pass  # a demo run before uploaded it
     out.print(pipelines.graph("example")["text"], highlight=False, markup=False)
-    import time
-
     view = pipelines.run({"name": f"demo-{int(time.time())}", "pipeline": "example",
                           "parameters": {"epochs": 2, "rows": 100}}, wait=True)
     for step, node in view["nodes"].items():
@@ -226,7 +224,6 @@ def pipeline_once(out: Console) -> str:
 
 
 def schedule_once(out: Console) -> str:
-    import time
     from datetime import datetime, timedelta, timezone
 
     import mlyard.schedule as schedules
@@ -255,7 +252,6 @@ def schedule_once(out: Console) -> str:
 
 def rag_once(settings: Settings, out: Console) -> str:
     import sys
-    import time
 
     import mlyard.rags as rags
     from mlyard.core.errors import MlyardError
@@ -301,7 +297,6 @@ def serve_once(settings: Settings, out: Console) -> str:
     import socket
     import subprocess
     import sys
-    import time
     import urllib.request
     from pathlib import Path
 
@@ -345,7 +340,6 @@ def endpoint_once(settings: Settings, out: Console) -> str:
     import json
     import shutil
     import subprocess
-    import time
     import urllib.request
 
     import mlyard.endpoints as endpoints
