@@ -79,7 +79,7 @@ def _step(out: Console, detail: Console, log: Any, title: str, step: Any) -> Any
         with out.status(f"{title} ..."):
             said = step()
     except Exception:
-        out.print(f"{title}: FAILED after {time.monotonic() - started:.0f} s (see {log})", highlight=False)
+        out.print(f"{title}: FAILED after {time.monotonic() - started:.0f} s (see {log})", highlight=False, soft_wrap=True)
         raise
     summary = said if isinstance(said, str) else "done"
     out.print(f"{title}: {summary}  ({time.monotonic() - started:.0f} s)", highlight=False, soft_wrap=True)
