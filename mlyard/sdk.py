@@ -26,7 +26,7 @@ from typing import Any
 
 from mlyard import api
 from mlyard.commands import act
-from mlyard.core.errors import SpecError
+from mlyard.core.errors import RunFailed, SpecError, TrainingStopped
 from mlyard.queries import ask
 
 # kind -> the action, the query that shows one, and the name of that query's argument
@@ -94,6 +94,10 @@ class Run:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"{self.kind} {self.id} is still {status} after {timeout:g} s")
             time.sleep(poll_seconds)
+        if status == "STOPPED":
+            raise TrainingStopped(self.show().get("cause") or "stopped")
+        if status.startswith("FAIL") or status == "CREATE FAILED":
+            raise RunFailed(status, self.id, self.show().get("cause"))
         return self
 
     def stop(self) -> str:

@@ -44,3 +44,29 @@ def test_a_run_of_an_unknown_kind_is_refused_naming_the_kinds():
 
     with pytest.raises(SpecError, match="training, tuning, batch, evaluation"):
         mlyard.run("0000", kind="trainings")
+
+
+def test_a_run_attached_by_its_id_waits_shows_its_metrics_and_logs_and_says_why_it_failed(stack):
+    """From a fresh interpreter as a user calls it: a training queued (wait=False), then attached by its id in
+    the same way a second process would (mlyard.run(ID)); wait() raises RunFailed with the exit code, and the
+    Run still shows its status, the metric the script printed and its log lines."""
+    from tests.test_user_paths import _ok, project, python
+
+    work = project("sdk-fails")
+    (work / "algo").mkdir()
+    (work / "algo" / "main.py").write_text("import sys\nprint('epoch=1 loss=2.5', flush=True)\nsys.exit(3)\n")
+    out = _ok(python("""
+        import mlyard
+        from mlyard.core.errors import RunFailed
+
+        queued = mlyard.train({"name": "sdk-fails", "source_uri": "algo", "entry_point": "main.py"}, wait=False)
+        again = mlyard.run(queued.id)
+        try:
+            again.wait(timeout=240)
+        except RunFailed as exc:
+            print("RAISED", exc)
+        print("STATUS", again.status, again.metrics.get("loss"))
+        print("LOGGED", any("loss=2.5" in line for line in again.logs(tail=200)))
+    """, cwd=work))
+    assert "RAISED" in out and "exit code 3" in out, out
+    assert "STATUS FAIL TRAIN 2.5" in out and "LOGGED True" in out, out
