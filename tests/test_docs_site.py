@@ -1,5 +1,5 @@
 """The documentation stays true: the site builds in strict mode (no broken link, no page left out of the nav,
-every generated reference rendering: the CLI, the SDK, the spec fields, the HTTP API), and each folder's
+every generated reference rendering: the CLI, the SDK, the spec fields, the settings, the HTTP API), and each folder's
 README names every module the folder holds. The pages' code runs in tests/test_docs_code.py."""
 
 from __future__ import annotations
@@ -50,7 +50,10 @@ def test_the_site_builds_strict(tmp_path):
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     pages = {p.relative_to(tmp_path / "site").parent.as_posix() for p in (tmp_path / "site").rglob("index.html")}
-    assert {"reference/cli", "reference/specs", "reference/python", "reference/http", "tutorial", "quickstart"} <= pages
+    assert {"reference/cli", "reference/specs", "reference/settings", "reference/python", "reference/http", "tutorial",
+            "quickstart"} <= pages
+    settings = (tmp_path / "site" / "reference" / "settings" / "index.html").read_text()
+    assert "MLYARD_MLFLOW_UI_PORT" in settings and "Port of the embedded Prefect server" in settings
     specs = (tmp_path / "site" / "reference" / "specs" / "index.html").read_text()
     assert "Script inside source_uri that starts the training" in specs  # a field's description, from its model
     assert "--from-training" in (tmp_path / "site" / "reference" / "cli" / "index.html").read_text()

@@ -35,7 +35,7 @@ def up(new_sign_in: bool = typer.Option(False, "--new-sign-in", help="Make a new
 
     Also read: MLYARD_HOME (where the state lives: the nearest .mlyard from here up, else ./.mlyard),
     MLYARD_DATABASE (sqlite or postgres), MLYARD_PREFECT_AUTH (false: no sign-in), MLYARD_SANDBOX (how user code
-    runs) and MLYARD_CLUSTER_POOLS (1: also the Kubernetes pools' deployments). Every setting: docs/platform/production.md."""
+    runs) and MLYARD_CLUSTER_POOLS (1: also the Kubernetes pools' deployments). Every setting: docs/reference/settings.md."""
     from mlyard import stack, stack_ui
     from mlyard.core.connection import read_state
     from mlyard.core.errors import StackError
