@@ -253,14 +253,7 @@ def _run(kind: str, spec: Any, sets: dict[str, Any] | None, wait: bool, pool: ap
     if isinstance(done, api.Submitted):
         run = Run(kind, done.id, queued=done)
         return run.wait() if wait else run
-    return Run(kind, _id_of(done), result=done)
-
-
-def _id_of(result: Any) -> str:
-    for field in ("training_id", "tuning_id", "batch_id", "evaluation_id"):
-        if getattr(result, field, None):
-            return str(getattr(result, field))
-    raise SpecError("result", type(result).__name__, "a run's result with its id")
+    return Run(kind, str(getattr(done, KINDS[kind][2])), result=done)  # an evaluation's batch_id is its batch's
 
 
 def train(spec: Any, *, sets: dict[str, Any] | None = None, wait: bool = True, pool: api.Pool = "local") -> Run:
