@@ -35,6 +35,7 @@ class StackState:
     pids: dict[str, int] = field(default_factory=dict)
     logs: dict[str, str] = field(default_factory=dict)
     mlflow_ui_url: str | None = None
+    mlflow_ui_port: int | None = None  # the port `up` was given for it: a later `up` or `ui mlflow` from any shell uses it
     service_url: str | None = None  # the warm mlyard API (mlyard/service.py) that answers the CLI's reads
     gateway_url: str | None = None  # the endpoint gateway (serving/gateway.py)
     vector_store_url: str | None = None  # the embedded PostgreSQL + pgvector (RAG vectors), a socket URL

@@ -25,8 +25,15 @@ TRAINING_VIEW = "?workflowType=machine_learning"
 
 
 def mlflow_ui(settings: Settings) -> str:
+    """The MLflow UI: the tracking server's own on a cluster; here the one the stack started, else where
+    it will (the port its `up` was given), whatever shell asks."""
     uri = settings.mlflow_uri
-    return uri.rstrip("/") if uri.startswith("http") else f"http://127.0.0.1:{settings.mlflow_ui_port}"
+    if uri.startswith("http"):
+        return uri.rstrip("/")
+    state = read_state(settings)
+    if state is not None and state.mlflow_ui_url:  # the one started
+        return state.mlflow_ui_url
+    return f"http://127.0.0.1:{(state.mlflow_ui_port if state else None) or settings.mlflow_ui_port}"
 
 
 def mlflow_run_url(settings: Settings, experiment_id: str, run_id: str) -> str:

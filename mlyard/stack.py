@@ -78,8 +78,9 @@ def _up(settings: Settings, echo, start_timeout: float, configure: bool = True) 
     state = read_state(settings) or StackState(api_url=api_url, ui_url=f"http://127.0.0.1:{settings.prefect_port}")
     if settings.cluster_pools is not None:  # the Kubernetes pools' deployments: this home's choice, kept
         state.cluster_pools = settings.cluster_pools
-    if not state.internal_token:  # written now: the gateway reads it when it starts
-        state.internal_token = secrets.token_urlsafe(32)
+    if not state.internal_token or state.mlflow_ui_port is None:  # written now: the gateway reads the token as it starts
+        state.internal_token = state.internal_token or secrets.token_urlsafe(32)
+        state.mlflow_ui_port = state.mlflow_ui_port or settings.mlflow_ui_port
         write_state(settings, state)
     logs = settings.home_dir / "logs"
     # 1. what runs already; nothing to do when everything does and the deployments are current

@@ -27,11 +27,12 @@ def _has_mlflow_app() -> bool:
 
 
 def start_mlflow_ui(settings: Settings, echo=print, timeout: float = 180.0) -> str:
-    url = f"http://127.0.0.1:{settings.mlflow_ui_port}"
     with one_at_a_time(settings.home_dir):  # the stack's record is read and written whole: not beside a restart
         state = read_state(settings)
         if state is None:
             state = StackState(api_url="", ui_url="")
+        port = mlflow_ui_port(settings, state)
+        url = f"http://127.0.0.1:{port}"
         if state.pids.get("mlflow-ui") and alive(state.pids["mlflow-ui"]):
             return state.mlflow_ui_url or url
         if healthy(url):  # another stack's MLflow UI (or anything else): ours would not bind, theirs would answer
@@ -48,7 +49,7 @@ def start_mlflow_ui(settings: Settings, echo=print, timeout: float = 180.0) -> s
                "MLFLOW_BACKEND_STORE_URI": settings.mlflow_uri}
         log = settings.home_dir / "logs" / "mlflow-ui.log"
         pid = spawn([str(Path(sys.executable).parent / "mlflow"), "ui", "--default-artifact-root", settings.mlflow_artifact_root.as_uri(),
-                      "--host", "127.0.0.1", "--port", str(settings.mlflow_ui_port), "--workers", "1",
+                      "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
                       "--app-name", "mlyard" if _has_mlflow_app() else "basic-auth"], log, env)
         state.pids["mlflow-ui"], state.logs["mlflow-ui"], state.mlflow_ui_url = pid, str(log), url
         write_state(settings, state)
@@ -63,6 +64,14 @@ def start_mlflow_ui(settings: Settings, echo=print, timeout: float = 180.0) -> s
                 raise StackError(f"the MLflow UI exited while starting; see {log}") from exc
             time.sleep(0.5)
     raise StackError(f"the MLflow UI did not answer at {url} within {timeout:.0f} s; see {log}")
+
+
+def mlflow_ui_port(settings: Settings, state: StackState | None) -> int:
+    """The MLflow UI's port: this shell's MLYARD_MLFLOW_UI_PORT when it says one, else the one the running
+    stack's `up` was given (a fresh shell's default would be another stack's, or another test worker's)."""
+    if "mlflow_ui_port" in settings.model_fields_set or state is None or not state.mlflow_ui_port:
+        return settings.mlflow_ui_port
+    return state.mlflow_ui_port
 
 
 def how_to_find(settings: Settings) -> str | None:

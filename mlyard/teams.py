@@ -209,12 +209,14 @@ def whoami() -> dict[str, Any]:
     from mlyard.core.connection import read_state
     from mlyard.core.links import prefect_ui
     from mlyard.core.settings import Settings
+    from mlyard.tasks.processes import alive
 
     actor, settings = current(), Settings()
     state = read_state(settings)
     return {"name": actor.name, "admin": actor.admin, "roles": actor.roles, "project": acting_or_none(actor),
             "key_id": actor.key_id, "source": actor.source,
-            "urls": {"prefect_ui": prefect_ui(settings), "mlflow_ui": state.mlflow_ui_url if state else None}}
+            "urls": {"prefect_ui": prefect_ui(settings),
+                     "mlflow_ui": state.mlflow_ui_url if state and alive(state.pids.get("mlflow-ui")) else None}}
 
 
 # -- projects ---------------------------------------------------------------------------------------------

@@ -72,6 +72,7 @@ os.environ.update({
     "MLYARD_API_PORT": str(free_port()),
     "MLYARD_GATEWAY_PORT": str(free_port()),
     "MLYARD_DOOR_PORT": str(free_port()),
+    "MLYARD_MLFLOW_UI_PORT": str(free_port()),  # the stack keeps it: a fresh shell's `up` or `ui mlflow` uses it
     "MLYARD_AUTOSCALE_INTERVAL": "1",  # the gateway's autoscaling passes, every second in the tests
     # the scheduler cancels a run that no worker started within 12 s of its slot (default 600 s), so the
     # tests see a never-started run give its concurrency slot back

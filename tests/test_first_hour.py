@@ -50,3 +50,16 @@ def test_the_sign_in_string_is_the_homes_kept_and_private_until_a_new_one_is_ask
     assert stat.S_IMODE((tmp_path / "prefect-sign-in").stat().st_mode) == 0o600
     again = sign_in_string(tmp_path, new=True)
     assert again != made and sign_in_string(tmp_path) == again
+
+
+def test_a_fresh_shell_opens_the_mlflow_ui_where_the_running_stack_keeps_it(tmp_path, monkeypatch):
+    from mlyard.core.connection import StackState
+    from mlyard.core.settings import Settings
+    from mlyard.stack_ui import mlflow_ui_port
+
+    monkeypatch.delenv("MLYARD_MLFLOW_UI_PORT", raising=False)
+    state = StackState(api_url="", ui_url="", mlflow_ui_port=47123)
+    assert mlflow_ui_port(Settings(home=tmp_path), state) == 47123  # not 5000: another stack's, maybe
+    assert mlflow_ui_port(Settings(home=tmp_path), None) == 5000
+    monkeypatch.setenv("MLYARD_MLFLOW_UI_PORT", "47200")  # this shell says one: it is taken
+    assert mlflow_ui_port(Settings(home=tmp_path), state) == 47200
