@@ -19,16 +19,16 @@ mlyard.core.errors.SpecError (a ValueError) naming the field; a failed run, RunF
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import typing
 
 __version__ = "0.1.0"
 __all__ = ["train", "tune", "batch_infer", "evaluate", "run", "list_runs", "register_model", "model", "list_models",
            "deploy", "endpoint", "list_endpoints", "whoami", "projects", "Run", "Model", "Endpoint",
            "rags", "notebooks", "pipelines", "schedule"]
-MODULES = ("rags", "notebooks", "pipelines", "schedule")
-SDK = [name for name in __all__ if name not in MODULES]
+_MODULES = ("rags", "notebooks", "pipelines", "schedule")
+_SDK = [name for name in __all__ if name not in _MODULES]
 
-if TYPE_CHECKING:  # what editors and type checkers complete; at run time each is imported on first use
+if typing.TYPE_CHECKING:  # what editors and type checkers complete; at run time each is imported on first use
     from mlyard import notebooks, pipelines, rags, schedule
     from mlyard.sdk import (
         Endpoint,
@@ -59,12 +59,12 @@ def run(id: str, kind: str = "training") -> Run:
 
 
 def __getattr__(name: str):  # imported on first use: `import mlyard` stays instant
-    if name in SDK:
+    if name in _SDK:
         _logged_in()
         from mlyard import sdk
 
         return getattr(sdk, name)
-    if name in MODULES:
+    if name in _MODULES:
         _logged_in()
         import importlib
 
@@ -72,8 +72,8 @@ def __getattr__(name: str):  # imported on first use: `import mlyard` stays inst
     raise AttributeError(f"module 'mlyard' has no attribute {name!r}")
 
 
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+def __dir__() -> list[str]:  # the SDK, not this module's machinery
+    return sorted([*__all__, "__version__"])
 
 
 def _logged_in() -> None:
