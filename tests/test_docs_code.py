@@ -5,17 +5,22 @@ against the running test stack, with none of the harness's environment (tests/te
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.test_user_paths import EXAMPLES, _ok, project, python
+from tests.test_user_paths import EXAMPLES, _ok, mlyard, project, python
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 PAGES = sorted(p for p in DOCS.rglob("*.md") if BLOCK.search(p.read_text()) and "<!-- not run" not in p.read_text())
+
+
+def _endpoints() -> set[str]:
+    return {e["name"] for e in json.loads(_ok(mlyard("endpoints", "list", "--json")))}
 
 
 def code_of(page: Path) -> str:
@@ -30,7 +35,15 @@ def test_the_tutorial_the_quickstart_and_the_sdk_page_are_among_the_pages_run():
 def test_a_pages_code_runs_as_written(stack, page):
     work = project(f"docs-{page.stem}")
     shutil.copytree(EXAMPLES, work / "examples")
-    out = _ok(python(code_of(page), cwd=work))
+    before = _endpoints()
+    try:
+        out = _ok(python(code_of(page), cwd=work))
+    finally:  # the page's endpoints go: their replicas would be listeners later tests of this stack meet
+        for name in _endpoints() - before:
+            stages = json.loads(_ok(mlyard("endpoints", "show", name, "--json")))["stages"]
+            for stage in [st["name"] for st in stages if not st["default"]]:
+                _ok(mlyard("endpoints", "delete", name, "--stage", stage))
+            _ok(mlyard("endpoints", "delete", name))
     if page.name == "tutorial.md":  # train, register, deploy, call, canary, then promote or roll back
         lines = out.strip().splitlines()
         assert lines[0].startswith("COMPLETE "), out
