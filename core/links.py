@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mlyard.core.connection import read_state
+from mlyard.core.connection import StackState, read_state
 from mlyard.core.settings import Settings
 
 
@@ -33,7 +33,15 @@ def mlflow_ui(settings: Settings) -> str:
     state = read_state(settings)
     if state is not None and state.mlflow_ui_url:  # the one started
         return state.mlflow_ui_url
-    return f"http://127.0.0.1:{(state.mlflow_ui_port if state else None) or settings.mlflow_ui_port}"
+    return f"http://127.0.0.1:{mlflow_ui_port(settings, state)}"
+
+
+def mlflow_ui_port(settings: Settings, state: StackState | None) -> int:
+    """The MLflow UI's port: this shell's MLYARD_MLFLOW_UI_PORT when it says one, else the one the running
+    stack's `up` was given (a fresh shell's default would be another stack's, or another test worker's)."""
+    if "mlflow_ui_port" in settings.model_fields_set or state is None or not state.mlflow_ui_port:
+        return settings.mlflow_ui_port
+    return state.mlflow_ui_port
 
 
 def mlflow_run_url(settings: Settings, experiment_id: str, run_id: str) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from mlyard.core.connection import StackState, healthy, read_state
 from mlyard.core.errors import StackError
+from mlyard.core.links import mlflow_ui_port
 from mlyard.core.settings import Settings
 from mlyard.prefect_setup import spawn
 from mlyard.stack_state import make_private, one_at_a_time, write_state
@@ -64,14 +65,6 @@ def start_mlflow_ui(settings: Settings, echo=print, timeout: float = 180.0) -> s
                 raise StackError(f"the MLflow UI exited while starting; see {log}") from exc
             time.sleep(0.5)
     raise StackError(f"the MLflow UI did not answer at {url} within {timeout:.0f} s; see {log}")
-
-
-def mlflow_ui_port(settings: Settings, state: StackState | None) -> int:
-    """The MLflow UI's port: this shell's MLYARD_MLFLOW_UI_PORT when it says one, else the one the running
-    stack's `up` was given (a fresh shell's default would be another stack's, or another test worker's)."""
-    if "mlflow_ui_port" in settings.model_fields_set or state is None or not state.mlflow_ui_port:
-        return settings.mlflow_ui_port
-    return state.mlflow_ui_port
 
 
 def how_to_find(settings: Settings) -> str | None:

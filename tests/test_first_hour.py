@@ -54,8 +54,8 @@ def test_the_sign_in_string_is_the_homes_kept_and_private_until_a_new_one_is_ask
 
 def test_a_fresh_shell_opens_the_mlflow_ui_where_the_running_stack_keeps_it(tmp_path, monkeypatch):
     from mlyard.core.connection import StackState
+    from mlyard.core.links import mlflow_ui_port
     from mlyard.core.settings import Settings
-    from mlyard.stack_ui import mlflow_ui_port
 
     monkeypatch.delenv("MLYARD_MLFLOW_UI_PORT", raising=False)
     state = StackState(api_url="", ui_url="", mlflow_ui_port=47123)

@@ -40,12 +40,13 @@ def up(new_sign_in: bool = typer.Option(False, "--new-sign-in", help="Make a new
     from mlyard.core.connection import read_state
     from mlyard.core.errors import StackError
     from mlyard.stack_state import sign_in_string
+    from mlyard.tasks.processes import alive
 
     settings = _settings()
 
     def start():
         if new_sign_in:
-            if (running := read_state(settings)) is not None and running.pids:
+            if (running := read_state(settings)) is not None and any(map(alive, running.pids.values())):
                 raise StackError("the stack runs: `mlyard down` first, then `mlyard up --new-sign-in`")
             settings.home_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             sign_in_string(settings.home_dir, new=True)
