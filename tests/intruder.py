@@ -179,7 +179,9 @@ def main() -> None:
         if kind == "control":
             out[f"port {port}: a made-up control token"] = token_line(int(port))
             continue
-        out[f"port {port}: GET /"] = request(f"http://127.0.0.1:{port}/")
+        # a replica answers its health paths (`/`, `/health`: the probes send no header) to anyone, by design;
+        # what it serves beyond them is the gateway's alone
+        out[f"port {port}: GET /v2"] = request(f"http://127.0.0.1:{port}/v2")
         out[f"port {port}: POST /v2/models/m/infer"] = request(f"http://127.0.0.1:{port}/v2/models/m/infer", "POST",
                                                            {"inputs": []})
     print(json.dumps(out))
