@@ -4,7 +4,7 @@ command start to exit, default settings.
 
 Targets (issue 8): `mlyard --help` <= 0.5 s; list and show <= 1.5 s with the stack up; a bad spec refused
 <= 2 s; `mlyard up` <= 30 s from cold and <= 2 s when up; a trivial training from the Run button
-(a flow run of train/local) to COMPLETE <= 10 s; loading a registered scikit-learn model in a fresh
+(a flow run of train/train-local) to COMPLETE <= 10 s; loading a registered scikit-learn model in a fresh
 process <= 1 s. Run with `make bench` (never part of the tests).
 """
 
@@ -86,7 +86,7 @@ def main() -> None:
         # run_deployment's own polling (5 s by default) would round the figure up.
         run_button = ("from prefect.deployments import run_deployment\n"
                       "spec = {'name': 'run-button', 'experiment': 'bench', 'source_uri': %r, 'entry_point': 'noop.py'}\n"
-                      "fr = run_deployment('train/local', parameters={'spec': spec}, timeout=300, poll_interval=0.5)\n"
+                      "fr = run_deployment('train/train-local', parameters={'spec': spec}, timeout=300, poll_interval=0.5)\n"
                       "print('RUN', (fr.end_time - fr.created).total_seconds(), fr.state.type.value)\n")
         (project / "algo" / "noop.py").write_text("pass\n")
         env = {"PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
@@ -97,7 +97,7 @@ def main() -> None:
             assert line[2] == "COMPLETED", out
             times.append(float(line[1]))
         med = statistics.median(times)
-        print(f"{'Run button (train/local) to COMPLETE':<44} median {med:6.2f} s  min {min(times):6.2f}  "
+        print(f"{'Run button (train/train-local) to COMPLETE':<44} median {med:6.2f} s  min {min(times):6.2f}  "
               f"max {max(times):6.2f}  target <= 10 s  {'met' if med <= 10 else 'NOT met'}")
     finally:
         shell(mlyard, "down", cwd=project, check=False)

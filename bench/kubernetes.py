@@ -4,7 +4,7 @@ here; what a real API server adds, admission and etcd, is not in these figures):
 1. `mlyard k8s render` of the whole platform from a fresh process (PATH and HOME only), median of 5.
 2. `mlyard k8s apply` into an empty namespace, then again: its time, and how many objects the second
    apply changed (target: 0).
-3. A flow run of `train/gpu` from its creation to its Job appearing in the API, through the real
+3. A flow run of `train/train-gpu` from its creation to its Job appearing in the API, through the real
    Prefect KubernetesWorker (default settings: it polls every 10 s, Prefect's default; and at 1 s),
    median of 5 each.
 
@@ -92,13 +92,13 @@ def job_latency(work: Path, poll: float | None) -> list[float]:
                               start_new_session=True)
     try:
         spec = {"name": "bench", "source_uri": "s3://bench/algo", "entry_point": "main.py"}
-        run_deployment("train/gpu", parameters={"spec": spec}, timeout=0)  # the worker's first, while it starts
+        run_deployment("train/train-gpu", parameters={"spec": spec}, timeout=0)  # the worker's first, while it starts
         while not api.items("Job"):
             time.sleep(0.05)
         out = []
         for _ in range(5):
             before = len(api.items("Job"))
-            fr = run_deployment("train/gpu", parameters={"spec": spec}, timeout=0)
+            fr = run_deployment("train/train-gpu", parameters={"spec": spec}, timeout=0)
             while len(api.items("Job")) == before:
                 time.sleep(0.01)
             out.append(time.time() - fr.created.timestamp())

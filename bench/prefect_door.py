@@ -62,7 +62,7 @@ def main() -> None:
     algo = settings.home_dir / "projects" / "bench" / "algo"
     shutil.copytree(EXAMPLES / "sklearn_digits", algo)
     direct, door = state.api_url, f"{settings.door_url}/api"
-    train = request(f"{direct}/deployments/name/train/local", None, owner)[1]["id"]  # type: ignore[index]
+    train = request(f"{direct}/deployments/name/train/train-local", None, owner)[1]["id"]  # type: ignore[index]
     spec = {"spec": {"name": "bench-door", "source_uri": str(algo), "entry_point": "train.py",
                      "hyperparameters": {"epochs": 1, "epoch_seconds": 0}}}
     _, made = request(f"{door}/deployments/{train}/create_flow_run", {"state": {"type": "SCHEDULED"},

@@ -3,7 +3,7 @@ PostgreSQL + pgvector, the offline all-MiniLM-L6-v2 on this CPU), default settin
 
 1. ingestion throughput: COPIES copies of Python's language reference (examples/rag/quality.py, one
    file per topic) ingested as a user does it (`rags.create(..., wait=True)`: a flow run of
-   rag-sync/local); chunks per second of the ingestion (read, parse, chunk, embed, write: the flow's
+   rag-sync/rag-sync-local); chunks per second of the ingestion (read, parse, chunk, embed, write: the flow's
    ingest step, from its history record), of the whole flow run (with listing, hashing and loading
    the model) and of the whole command, against the embedding model's own encode rate on the same
    chunks, measured in the same run (SentenceTransformer.encode, the same batch size).

@@ -35,7 +35,7 @@ def main() -> None:
 
     def one(env: dict[str, str]) -> float:
         t0 = time.perf_counter()
-        run = run_deployment("train/local", parameters=params, job_variables={"env": env}, timeout=300,
+        run = run_deployment("train/train-local", parameters=params, job_variables={"env": env}, timeout=300,
                              poll_interval=0.05)  # its default, 5 s, would hide what is measured
         took = time.perf_counter() - t0
         assert run.state is not None and run.state.is_completed(), run.state

@@ -17,7 +17,7 @@
 4. start - slot: SCHEDULES schedules on the real local pool, two slots a second, each a no-op training:
    Prefect's start_time of each run minus its slot (p50, p99, min). A run must never start early.
 
-Runs of 1-3 target `train/gpu`, a deployment on the Kubernetes pool, where no worker runs here. A stand-in
+Runs of 1-3 target `train/train-gpu`, a deployment on the Kubernetes pool, where no worker runs here. A stand-in
 worker (a thread of this script) sets each run COMPLETED once its scheduled time has come, so runs
 end and the concurrency limit moves on: it is not what is measured. Run: `python bench/scheduler.py`
 (about 10 minutes; never part of the tests).
@@ -100,7 +100,7 @@ def catchup(slots: int) -> None:
 
     start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(seconds=slots - 1)
     t0 = time.perf_counter()
-    schedules.create({"name": "catchup", "deployment": "train/gpu", "cron": "* * * * * *", "max_concurrency": 10,
+    schedules.create({"name": "catchup", "deployment": "train/train-gpu", "cron": "* * * * * *", "max_concurrency": 10,
                       "start_time": start.isoformat(), "parameters": PARAMS}, wait_seconds=0)
     st = store()
     sid = st.get("catchup").id
@@ -129,7 +129,7 @@ def crash(slots: int, kills: int, settings, settle_seconds: float) -> None:
     os.killpg(state.pids["scheduler"], signal.SIGKILL)  # the stack's scheduler; ours replaces it
     start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(seconds=slots - 1)
     end = start + timedelta(seconds=slots - 1)
-    schedules.create({"name": "crash", "deployment": "train/gpu", "cron": "* * * * * *", "max_concurrency": 10,
+    schedules.create({"name": "crash", "deployment": "train/train-gpu", "cron": "* * * * * *", "max_concurrency": 10,
                       "start_time": start.isoformat(), "end_time": end.isoformat(), "parameters": PARAMS},
                      wait_seconds=0)
     log = Path(settings.home_dir) / "logs" / "bench-scheduler.log"
@@ -180,7 +180,7 @@ def lateness(n: int, minutes: int, spread: bool, settings) -> None:
     import mlyard.schedule as schedules
 
     for k in range(n):  # all at second 0 (a burst of n each minute), or spread over the minute's seconds
-        schedules.create({"name": f"late-{k}", "deployment": "train/gpu", "cron": f"{k % 60 if spread else 0} * * * * *",
+        schedules.create({"name": f"late-{k}", "deployment": "train/train-gpu", "cron": f"{k % 60 if spread else 0} * * * * *",
                           "parameters": PARAMS}, wait_seconds=0)
     enabled_at = time.time()  # all 100 enabled; from one lead window on, the scheduler is in its steady state
     steady_from = enabled_at + settings.schedule_lead_seconds
@@ -230,7 +230,7 @@ def start_vs_slot(n: int) -> None:
     slots = {f"start-{k}": first + k // 2 for k in range(n)}
     for name, slot in slots.items():
         begin = datetime.fromtimestamp(slot - 3600, timezone.utc).isoformat()  # its first slot: begin + 1 h
-        schedules.create({"name": name, "deployment": "train/local", "interval": {"every": 1, "unit": "hours"},
+        schedules.create({"name": name, "deployment": "train/train-local", "interval": {"every": 1, "unit": "hours"},
                           "start_time": begin, "parameters": {"spec": {"name": name, "source_uri": str(algo),
                                                                        "entry_point": "main.py"}}}, wait_seconds=0)
     deadline = time.time() + n + 300

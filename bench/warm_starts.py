@@ -1,11 +1,11 @@
 """Warm starts of the local pool (issue 25), warm beside cold in one run, on a throwaway embedded stack
 with default settings (the worker polls every 0.5 s).
 
-1. The Run button: a flow run of `train/local` (a no-op training: the script prints one line) created
+1. The Run button: a flow run of `train/train-local` (a no-op training: the script prints one line) created
    through Prefect's API, as the UI's Run does, to COMPLETED, from Prefect's own timestamps (created ->
    the COMPLETED state). And the worker's pick-up (PENDING) -> RUNNING, which the engine sets as the
    flow function starts: its first line. Targets: <= 1.5 s and <= 1 s.
-2. 40 no-op trials as their own flow runs (a tuning with `trial_deployment: train/local`,
+2. 40 no-op trials as their own flow runs (a tuning with `trial_deployment: train/train-local`,
    parallel_trials 4, warm and cold; then 1, warm): per trial, Optuna's start -> complete minus the
    bare script's own time in a fresh process. Target <= 1 s.
 
@@ -43,7 +43,7 @@ def run_button(src: Path) -> tuple[float, float]:
     from prefect.deployments import run_deployment
 
     spec = {"name": "noop", "experiment": "bench", "source_uri": str(src), "entry_point": "main.py"}
-    fr = run_deployment("train/local", parameters={"spec": spec}, timeout=300, poll_interval=0.1)
+    fr = run_deployment("train/train-local", parameters={"spec": spec}, timeout=300, poll_interval=0.1)
     assert fr.state.is_completed(), fr.state
     with get_client(sync_client=True) as client:
         states = client.read_flow_run_states(fr.id)
@@ -75,7 +75,7 @@ def trials(settings, src: Path, name: str, parallel: int) -> list[float]:
 
     spec = load_spec(TuningSpec, {
         "name": name, "strategy": "random", "seed": 0, "max_trials": TRIALS, "parallel_trials": parallel,
-        "trial_deployment": "train/local",
+        "trial_deployment": "train/train-local",
         "training": {"name": "t", "experiment": "bench", "source_uri": str(src), "entry_point": "main.py",
                      "collect_logs": False},
         "parameters": [{"name": "x", "type": "double", "min": 0, "max": 1}],

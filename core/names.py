@@ -26,6 +26,24 @@ FLOW_RAG_SYNC = "rag-sync"
 FLOW_NOTEBOOK = "notebook"  # every action on a notebook (create, stop, start, reboot, delete)
 FLOW_SCHEDULER = "scheduler"  # production only: `mlyard up` runs the same loop as a process
 
+# -- deployments: one per flow and place (this machine's process pool, the cluster's GPU pool, the cluster's CPU
+# pool for the endpoint, pipeline and scheduler flows), named FLOW-PLACE: the Prefect UI titles each row of its
+# Deployments page with the deployment's name, so that the list says what each one does.
+PLACES = ("local", "gpu", "kubernetes")
+
+
+def deployment(flow: str, place: str = "local") -> str:
+    """The deployment of `flow` on `place`, as Prefect names it (FLOW/DEPLOYMENT): `train/train-local`."""
+    return f"{flow}/{flow}-{place}"
+
+
+def current_deployment(ref: str) -> str:
+    """`ref` as deployments are named now: a name of before (`train/train-local`, as saved schedules, specs and
+    scripts may still hold) is `train/train-local`; any other name is itself."""
+    flow, _, name = ref.partition("/")
+    return deployment(flow, name) if name in PLACES else ref
+
+
 # -- flow run names: what each flow's runs are called (rendered from the run's parameters) ------------------
 RUN_NAMES: dict[str, str] = {
     FLOW_TRAIN: "{spec.name}", FLOW_TUNE: "{spec.name}", FLOW_BATCH: "{spec.name}", FLOW_EVALUATE: "{spec.name}",

@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field
 
 from mlyard.core.connection import gateway_url
 from mlyard.core.errors import NotFound, Protected, SpecError
-from mlyard.core.names import FLOW_CONTROL_PROMOTION, FLOW_ROLLOUT
+from mlyard.core.names import FLOW_CONTROL_PROMOTION, FLOW_ROLLOUT, deployment
 from mlyard.core.settings import in_kubernetes_pod
 from mlyard.core.specs.endpoint import PromotionSpec
 from mlyard.core.specs.evaluation import EvaluationSpec
@@ -298,7 +298,7 @@ def control_promotion(spec: PromotionControlSpec) -> dict[str, Any]:
     if promo["status"] == "RUNNING" and not traffic.claim_orphan(promo):  # the promotion watch took it up meanwhile
         return traffic.active(spec.endpoint) or promo
     pool = "kubernetes" if in_kubernetes_pod() else "local"
-    fr = submit(f"{FLOW_ROLLOUT}/{pool}", {"spec": RolloutSpec(endpoint=spec.endpoint, stage=promo["stage"],
+    fr = submit(deployment(FLOW_ROLLOUT, pool), {"spec": RolloutSpec(endpoint=spec.endpoint, stage=promo["stage"],
                                                                 resume=True).model_dump(mode="json")})
     promo = traffic.update(promo["id"], status="RUNNING", reason="", flow_run_id=str(fr.id))
     get_run_logger().info("started %s to go on with the promotion", fr.name)

@@ -1,4 +1,4 @@
-"""Every action on a notebook is one run of this flow (`notebook/local`): create, stop, start, reboot,
+"""Every action on a notebook is one run of this flow (`notebook/notebook-local`): create, stop, start, reboot,
 delete. The front door records the notebook (and moves it to the action's IN PROGRESS status, which
 refuses an action its status cannot follow) before it queues the run; a run started from the Prefect
 UI makes that move itself.

@@ -20,7 +20,7 @@ from typing import Any, Callable, Literal
 
 from mlyard.core.connection import connect
 from mlyard.core.errors import SpecError
-from mlyard.core.names import FLOW_BATCH, FLOW_EVALUATE, FLOW_TRAIN, FLOW_TUNE
+from mlyard.core.names import FLOW_BATCH, FLOW_EVALUATE, FLOW_TRAIN, FLOW_TUNE, deployment
 from mlyard.core.settings import Settings
 from mlyard.core.specs import (
     BatchInferenceSpec,
@@ -194,10 +194,10 @@ def run(action: Action, spec: Any, *, sets: dict[str, Any] | None = None, submit
         from mlyard.tasks.models import prepare_sklearn_loader
 
         prepare_sklearn_loader()  # before Prefect and MLflow are imported: see its docstring
-    deployment = f"{action.deployment}/{pool}"
-    done = run_or_queue(deployment, action.flow, spec, queue=submit, fail=action.fail,  # job variables reach
+    ref = deployment(action.deployment, pool)
+    done = run_or_queue(ref, action.flow, spec, queue=submit, fail=action.fail,  # job variables reach
                         job_variables=spec.job_variables() if hasattr(spec, "job_variables") else None)  # Kubernetes pools only
-    return Submitted(done["id"], done["name"], deployment, pool) if submit else done
+    return Submitted(done["id"], done["name"], ref, pool) if submit else done
 
 
 def check_image(spec: Any, settings: Settings) -> None:

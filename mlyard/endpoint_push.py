@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mlyard.core.names import FLOW_SYNC_ENDPOINT
+from mlyard.core.names import FLOW_SYNC_ENDPOINT, deployment
 from mlyard.core.settings import Settings
 from mlyard.core.specs.endpoint import SyncSpec
 
@@ -31,9 +31,9 @@ def as_member(spec: SyncSpec, wait: bool = True, timeout_seconds: float = 3600) 
     area = post(signed_in_api(settings), "/v1/queries/run_check", {"flow": FLOW_SYNC_ENDPOINT,
                                                                    "spec": bare.model_dump(mode="json")})
     sent = for_cluster(bare, settings, area=area["storage"])
-    made = submit(f"{FLOW_SYNC_ENDPOINT}/local", {"spec": sent.model_dump(mode="json")})
+    made = submit(deployment(FLOW_SYNC_ENDPOINT), {"spec": sent.model_dump(mode="json")})
     view: dict[str, Any] = {"flow_run_id": made["id"], "flow_run": made["name"],
-                            "deployment": f"{FLOW_SYNC_ENDPOINT}/local", "status": "CREATE REQUESTED"}
+                            "deployment": deployment(FLOW_SYNC_ENDPOINT), "status": "CREATE REQUESTED"}
     if not wait:
         return view
     deadline = time.monotonic() + timeout_seconds

@@ -33,6 +33,7 @@ from mlyard.core.names import (
     FLOW_DEPLOY_ENDPOINT,
     FLOW_PROMOTE_STAGE,
     FLOW_SYNC_ENDPOINT,
+    deployment,
 )
 from mlyard.core.specs.endpoint import DeletionSpec, EndpointSpec, PromotionSpec, StageChangeSpec, StageSpec, SyncSpec
 from mlyard.schedules.moments import when  # noqa: F401 - the stats' --since/--until, as callers import it here
@@ -66,11 +67,11 @@ def act(flow_name: str, module_fn: str, spec: Any, submit: bool) -> Any:
     from mlyard.core.settings import Settings
     from mlyard.submit import run_or_queue
 
-    deployment = f"{flow_name}/local"
+    ref = deployment(flow_name)
     submit = submit or Settings().api_key is not None  # a team member's change runs on the platform's pool, as them
-    done = run_or_queue(deployment, module_fn, spec, queue=submit, fail=flow_name.upper().replace("-", " "))
+    done = run_or_queue(ref, module_fn, spec, queue=submit, fail=flow_name.upper().replace("-", " "))
     if submit:
-        return {"flow_run_id": done["id"], "flow_run": done["name"], "deployment": deployment,
+        return {"flow_run_id": done["id"], "flow_run": done["name"], "deployment": ref,
                 "status": "CREATE REQUESTED"}
     return done.model_dump() if hasattr(done, "model_dump") else done  # the flows' typed results, as dicts
 

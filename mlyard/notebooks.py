@@ -1,5 +1,5 @@
 """Notebooks from Python (and the CLI's `mlyard notebooks`): JupyterLab with its own storage, started,
-stopped, rebooted and deleted by flow runs of `notebook/local`.
+stopped, rebooted and deleted by flow runs of `notebook/notebook-local`.
 
     import mlyard.notebooks as notebooks
 
@@ -30,7 +30,7 @@ from mlyard.api import load as _spec
 from mlyard.core.access import current, run_tags
 from mlyard.core.connection import connect
 from mlyard.core.errors import HttpError, NotebookNotFound, RunFailed, SpecError
-from mlyard.core.names import FLOW_NOTEBOOK
+from mlyard.core.names import FLOW_NOTEBOOK, deployment
 from mlyard.core.settings import Settings
 from mlyard.core.specs.notebook import (
     ACTIVE,
@@ -63,7 +63,7 @@ def _submit(record: Any, action: str) -> str:
     from mlyard.tasks.orchestration import submit
 
     tags = [f"mlyard.notebook:{record.name}", *run_tags(record.project, record.owner or current().name)]
-    return str(submit(f"{FLOW_NOTEBOOK}/local", {"spec": {"notebook": record.name, "action": action}}, None, tags).id)
+    return str(submit(deployment(FLOW_NOTEBOOK), {"spec": {"notebook": record.name, "action": action}}, None, tags).id)
 
 
 def in_reach(store: Any, name: str, action: str | None = None, deleting: bool = False) -> Any:

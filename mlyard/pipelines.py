@@ -29,7 +29,7 @@ from mlyard.api import load as _spec
 from mlyard.core.access import current
 from mlyard.core.connection import connect
 from mlyard.core.errors import PipelineNotFound, PipelineRunNotFound, RunFailed, SpecError
-from mlyard.core.names import FLOW_PIPELINE_RUN, TASK_FAIL_PIPELINE, TASK_FINISH_PIPELINE, TASK_RUN_PIPELINE
+from mlyard.core.names import FLOW_PIPELINE_RUN, TASK_FAIL_PIPELINE, TASK_FINISH_PIPELINE, TASK_RUN_PIPELINE, deployment
 from mlyard.core.specs.common import NAME_PATTERN
 from mlyard.core.specs.pipeline import PipelineRunSpec
 from mlyard.runs import Kind, visible_projects
@@ -185,7 +185,7 @@ def _check(spec: PipelineRunSpec) -> None:
 
 def run(spec: PipelineRunSpec | dict | str | Path, *, sets: dict[str, Any] | None = None,
         wait: bool = False, timeout_seconds: float = 3600) -> dict[str, Any]:
-    """Start a pipeline run (a flow run of pipeline-run/local, like Run in the Prefect UI); with `wait`,
+    """Start a pipeline run (a flow run of pipeline-run/pipeline-run-local, like Run in the Prefect UI); with `wait`,
     follow it to its end. Everything is checked before the run is created."""
     spec = _spec(PipelineRunSpec, spec, sets).resolved(Path.cwd())
     member = member_api() is not None
@@ -193,7 +193,7 @@ def run(spec: PipelineRunSpec | dict | str | Path, *, sets: dict[str, Any] | Non
         _check(spec)  # connects first: Prefect is imported pointed at the running platform
     from mlyard.submit import final_state, submit
 
-    made = submit(f"{FLOW_PIPELINE_RUN}/local", {"spec": spec.model_dump(mode="json")},
+    made = submit(deployment(FLOW_PIPELINE_RUN), {"spec": spec.model_dump(mode="json")},
                   tags=[f"mlyard.experiment:{spec.experiment}"])
     if wait and member:
         _ended(made["id"], timeout_seconds)

@@ -19,9 +19,11 @@ from pathlib import Path
 from mlyard.core.assets import infra
 from mlyard.core.connection import healthy, point_prefect
 from mlyard.core.errors import StackError
+from mlyard.core.names import PLACES
 from mlyard.core.settings import TELEMETRY_OFF_ENV, UNRESPONSIVE_AFTER_SECONDS, Settings
 from mlyard.core.specs.cluster import ClusterValues
 from mlyard.core.specs.training import RUN_ACCOUNT
+from mlyard.run_forms import EXAMPLES, RUN_FORM_EXAMPLES, run_form_example
 from mlyard.tasks.processes import alive, stop_group
 from mlyard.warm import SOCKET, warm_dir
 from mlyard.warm.client import detach
@@ -201,6 +203,8 @@ def deployments_digest(image: str) -> str:
 
     h = hashlib.sha256(PREFECT_YAML.read_bytes() + GPU_TEMPLATE.read_bytes() + CPU_TEMPLATE.read_bytes() + image.encode()
                        + str(PROJECT_ROOT).encode() + NO_WORKER_HERE.encode() + b"the local pool's deployments")
+    for example in RUN_FORM_EXAMPLES.values():
+        h.update(example.encode() + ((EXAMPLES / example).read_bytes() if (EXAMPLES / example).is_file() else b""))
     package = Path(__file__).parent
     for source in sorted([*(package / "flows").glob("*.py"), *(package / "core" / "specs").glob("*.py")]):
         h.update(source.name.encode() + source.read_bytes())
@@ -321,6 +325,8 @@ def register_deployments(env: dict[str, str], pools: tuple[str, ...], here: bool
         doc = yaml.safe_load(PREFECT_YAML.read_text())  # anchors resolved
         doc["deployments"] = [d for d in doc["deployments"] if d["work_pool"]["name"] in pools]
         for d in doc["deployments"]:
+            if d["work_pool"]["name"] == LOCAL_POOL and (example := run_form_example(d["name"])) is not None:
+                d["parameters"] = example
             if here and d["work_pool"]["name"] != LOCAL_POOL:
                 d["description"] = d.get("description", "") + NO_WORKER_HERE.format(pool=d["work_pool"]["name"])
         doc.pop("definitions", None)
@@ -344,6 +350,7 @@ def stack_deployments(env: dict[str, str], digest: str, registered: str | None, 
     if registered not in (digest, f"{digest}+{CLUSTER_POOLS}"):
         echo("registering deployments from infra/prefect.yaml ...")
         register_deployments(env, pools=(LOCAL_POOL,))
+        withdraw_deployments((LOCAL_POOL, GPU_POOL, CPU_POOL), named=PLACES)  # as an older mlyard named them
     if cluster and registered != wanted:
         echo(f"registering the {GPU_POOL} and {CPU_POOL} pools' deployments too (MLYARD_CLUSTER_POOLS) ...")
         register_deployments(env, pools=(GPU_POOL, CPU_POOL), here=True)
@@ -352,14 +359,17 @@ def stack_deployments(env: dict[str, str], digest: str, registered: str | None, 
     return wanted
 
 
-def withdraw_deployments(pools: tuple[str, ...]) -> int:
+def withdraw_deployments(pools: tuple[str, ...], named: tuple[str, ...] | None = None) -> int:
     """Delete the deployments of `pools` from the Prefect server this process points at (the embedded
-    stack's Kubernetes pools' when Settings.cluster_pools is turned off): how many were deleted."""
+    stack's Kubernetes pools' when Settings.cluster_pools is turned off), or only those `named` so (the
+    names an older mlyard gave, its pools': `train/local` is `train/train-local` now): how many were deleted."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
+    from prefect.client.schemas import filters as f
 
+    names = f.DeploymentFilter(name=f.DeploymentFilterName(any_=list(named))) if named is not None else None
     with get_client(sync_client=True) as client:
-        found = client.read_deployments(work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=list(pools))))
+        found = client.read_deployments(work_pool_filter=f.WorkPoolFilter(name=f.WorkPoolFilterName(any_=list(pools))),
+                                        deployment_filter=names)
         for d in found:
             client.delete_deployment(d.id)
     return len(found)
@@ -381,4 +391,6 @@ def register_on_cluster(api_url: str, values: ClusterValues, echo=print) -> None
     env = {**os.environ, "PREFECT_API_URL": api_url, "MLYARD_IMAGE": values.image,
            "MLYARD_GPU_IMAGE": images[GPU_POOL], "MLYARD_PROJECT_ROOT": str(PROJECT_ROOT)}
     register_deployments(env, pools=(GPU_POOL, CPU_POOL))
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        withdraw_deployments((GPU_POOL, CPU_POOL), named=PLACES)  # as an older mlyard named them
     echo(f"registered on {api_url}: pools {GPU_POOL} and {CPU_POOL}, their deployments, the crash automation")

@@ -10,7 +10,7 @@ they change, look at its history, search it, ask it, delete it.
     rags.query("handbook", "How do I rotate a token?")                 # the LLM's answer and its sources
 
 Ingestion is a Prefect flow run of the `rag-sync` deployment (also in the Prefect UI, and on a
-schedule: target `rag-sync/local` with parameters `{"spec": {"rag": NAME}}`). Everything that can be
+schedule: target `rag-sync/rag-sync-local` with parameters `{"spec": {"rag": NAME}}`). Everything that can be
 checked is checked before a RAG is recorded: its spec, its path, its vector store, its LLM endpoint.
 
 A RAG belongs to the project it was made in (mlyard/rag_checks.py): its members see and ask it, an editor
@@ -30,7 +30,7 @@ from mlyard.api import load as _spec
 from mlyard.core.access import current
 from mlyard.core.connection import connect
 from mlyard.core.errors import Protected, RunFailed, SpecError
-from mlyard.core.names import FLOW_RAG_SYNC
+from mlyard.core.names import FLOW_RAG_SYNC, deployment
 from mlyard.core.settings import Settings
 from mlyard.core.specs.rag import RagSpec
 from mlyard.tasks.rag_service import query_log, query_service_status, unwant_query_service, want_query_service
@@ -41,7 +41,7 @@ _rags, _store = rag_checks.store, rag_checks.vectors
 
 
 def _submit(record: Any) -> str:
-    """Queue an ingestion (a flow run of rag-sync/local) as the RAG's project's and the caller's: the stack
+    """Queue an ingestion (a flow run of rag-sync/rag-sync-local) as the RAG's project's and the caller's: the stack
     owner's through the warm mlyard API when it runs; a member's made here, by the platform's API."""
     from mlyard.core.access import run_tags
 
@@ -49,10 +49,10 @@ def _submit(record: Any) -> str:
     if actor.admin and acting_or_none(actor) == record.project:
         from mlyard.submit import submit
 
-        return submit(f"{FLOW_RAG_SYNC}/local", parameters, tags=tags)["id"]
+        return submit(deployment(FLOW_RAG_SYNC), parameters, tags=tags)["id"]
     from mlyard.tasks.orchestration import submit as make_run
 
-    return str(make_run(f"{FLOW_RAG_SYNC}/local", parameters, None, [*tags, *run_tags(record.project, actor.name)]).id)
+    return str(make_run(deployment(FLOW_RAG_SYNC), parameters, None, [*tags, *run_tags(record.project, actor.name)]).id)
 
 
 def create(spec: RagSpec | dict | str | Path, *, sets: dict[str, Any] | None = None, wait: bool = False,

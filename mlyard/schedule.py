@@ -157,7 +157,7 @@ def _create(spec: ScheduleSpec, wait_seconds: float, echo: Callable[[str], None]
 def _pipeline_target(spec: ScheduleSpec) -> ScheduleSpec:
     """A pipeline schedule runs the pipeline-run deployment; its parameters are the pipeline's run
     parameters, checked against its inputs (and what can run here) now."""
-    from mlyard.core.names import FLOW_PIPELINE_RUN
+    from mlyard.core.names import FLOW_PIPELINE_RUN, deployment
     from mlyard.core.specs.pipeline import PipelineRunSpec
     from mlyard.registry.catalog import Catalog
     from mlyard.registry.pipelines import Pipelines
@@ -169,7 +169,7 @@ def _pipeline_target(spec: ScheduleSpec) -> ScheduleSpec:
            "pipeline": spec.pipeline, "parameters": spec.parameters, "scheduled_time": "{{ slot_time }}"}
     sample = PipelineRunSpec.model_validate(render(run, int(time.time())))
     check_run(Pipelines(Catalog(settings.catalog_db_url)), sample, local=not settings.kfp_host)
-    return spec.model_copy(update={"deployment": f"{FLOW_PIPELINE_RUN}/local", "parameters": {"spec": run}})
+    return spec.model_copy(update={"deployment": deployment(FLOW_PIPELINE_RUN), "parameters": {"spec": run}})
 
 
 # -- reads -----------------------------------------------------------------------------------------

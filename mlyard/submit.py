@@ -9,7 +9,7 @@ production Prefect server, or the API stopped) the run is made here. Either way 
 `run_deployment` makes it, so it is the same flow run with the same parameters, tags and job variables.
 
     from mlyard.submit import submit
-    submit("rag-sync/local", {"spec": {"rag": "handbook"}}, tags=["mlyard.rag:handbook"])
+    submit("rag-sync/rag-sync-local", {"spec": {"rag": "handbook"}}, tags=["mlyard.rag:handbook"])
     # {"id": "6f1c...", "name": "handbook"}
 """
 

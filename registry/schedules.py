@@ -111,6 +111,17 @@ class Schedules:
                 row.watermark_epoch = watermark_epoch
             return _record(row)
 
+    def repoint(self, name: str, deployment: str, deployment_id: str) -> ScheduleRecord:
+        """The schedule's deployment as it is named and registered now (an older mlyard named them
+        `train/local`: `train/train-local` now, a new deployment of its own)."""
+        with self.catalog.session() as s:
+            row = s.scalar(select(Schedule).where(Schedule.name == name))
+            if row is None:
+                raise ScheduleNotFound(name)
+            row.spec = {**row.spec, "deployment": deployment}
+            row.deployment_id = deployment_id
+            return _record(row)
+
     def delete(self, name: str) -> None:
         """Delete a schedule and its slot records; refused while one of its runs has not ended."""
         with self.catalog.session() as s:

@@ -11,7 +11,15 @@ from typing import Any, Callable, Iterator
 from uuid import UUID
 
 from mlyard.core.errors import StackError
-from mlyard.core.names import RUN_NAMES, STARTED_LABEL, TAG_NAMED, TAG_NOTE, TAG_PREFECT_URL, render_run_name
+from mlyard.core.names import (
+    RUN_NAMES,
+    STARTED_LABEL,
+    TAG_NAMED,
+    TAG_NOTE,
+    TAG_PREFECT_URL,
+    current_deployment,
+    render_run_name,
+)
 
 
 def prompt_flow_ends() -> None:
@@ -269,11 +277,13 @@ def submit(deployment: str, parameters: dict, job_variables: dict | None = None,
     mlyard makes a deployment run (the CLI, the Python API, the mlyard API, trials and batch workers, and
     the Prefect UI's Run button through mlyard's front door, which may give the run's `name` and time).
     The job variables (GPUs, image, resources) are only handed to a Kubernetes pool; a process pool has
-    no use for them. A deployment that does not exist is a StackError saying how to register it."""
+    no use for them. A deployment that does not exist is a StackError saying how to register it; one named
+    as before (`train/local`) is the one named so now (`train/train-local`)."""
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound
 
+    deployment = current_deployment(deployment)
     with get_client(sync_client=True) as client:
         try:
             found = client.read_deployment_by_name(deployment)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Literal
 from uuid import UUID
 
 from mlyard.core.errors import NotFound, Protected
-from mlyard.core.names import FLOW_ROLLOUT
+from mlyard.core.names import FLOW_ROLLOUT, deployment
 from mlyard.registry.traffic import Traffic, orphaned
 
 log = logging.getLogger("mlyard.promotions")
@@ -129,4 +129,4 @@ def watch(settings: Any, client: Any, echo: Callable[[str], None] = log.info) ->
             log.warning("the gateway did not take the reload: %s", exc)
 
     return tend(Traffic(Catalog(settings.catalog_db_url)), prefect_states(client),
-                lambda parameters: submit(f"{FLOW_ROLLOUT}/{pool}", parameters), reload, echo)
+                lambda parameters: submit(deployment(FLOW_ROLLOUT, pool), parameters), reload, echo)

@@ -130,6 +130,23 @@ class Scheduler:
 
     # -- 1. confirm ------------------------------------------------------------------------------
 
+    def _named_now(self, record: ScheduleRecord) -> ScheduleRecord:
+        """A schedule saved by an older mlyard names its deployment as it was named then (`train/local`, a
+        deployment `mlyard up` has since replaced by `train/train-local`): it runs that one from now on."""
+        from mlyard.core.names import current_deployment
+
+        named = str(record.spec.get("deployment") or "")
+        if not named or current_deployment(named) == named:
+            return record
+        try:
+            found = self.client.read_deployment_by_name(current_deployment(named))
+        except Exception as exc:  # noqa: BLE001 - ObjectNotFound: not registered yet, the next pass looks again
+            if type(exc).__name__ == "ObjectNotFound":
+                return record
+            raise
+        log.info("schedule %s: deployment %s is %s now", record.name, named, current_deployment(named))
+        return self.store.repoint(record.name, current_deployment(named), str(found.id))
+
     def _confirm(self, record: ScheduleRecord) -> ScheduleRecord:
         try:
             if record.deployment_id:
@@ -214,6 +231,7 @@ class Scheduler:
         records = self.store.all()
         self._records = records  # next_wake reads them rather than the catalog again
         for i, rec in enumerate(records):
+            records[i] = rec = self._named_now(rec)
             if rec.status == "CREATE REQUESTED":
                 records[i] = self._confirm(rec)
         going = self.refresh(records, report, now)

@@ -176,7 +176,7 @@ def settings():
 def stack(settings):
     """The embedded stack, started once: Prefect server, local pool + worker, deployments. It registers the
     Kubernetes pools' deployments too (MLYARD_CLUSTER_POOLS, kept in its home), as a platform team that runs
-    a Kubernetes worker against a cluster does: the Kubernetes tests run train/gpu, and the scheduler's make
+    a Kubernetes worker against a cluster does: the Kubernetes tests run train/train-gpu, and the scheduler's make
     runs of it that no worker takes here."""
     import shutil
 

@@ -141,8 +141,8 @@ def main() -> None:
     ws = api.replace("http://", "ws://")
     out = {
         "prefect: list deployments": request(f"{api}/deployments/filter", "POST", {}),
-        "prefect: run train/local": request(f"{api}/deployments/{t['deployment_id']}/create_flow_run", "POST", run_body),
-        "prefect: run train/local, a made-up string": request(
+        "prefect: run train/train-local": request(f"{api}/deployments/{t['deployment_id']}/create_flow_run", "POST", run_body),
+        "prefect: run train/train-local, a made-up string": request(
             f"{api}/deployments/{t['deployment_id']}/create_flow_run", "POST", run_body,
             {"Authorization": "Basic " + base64.b64encode(b"mlyard:guess").decode()}),
         "prefect: read flow runs": request(f"{api}/flow_runs/filter", "POST", {}),
@@ -155,7 +155,7 @@ def main() -> None:
         "prefect: logs websocket, no token": websocket(f"{ws}/logs/out", "prefect", {"type": "auth"}),
         "prefect: events in, no token": websocket(f"{ws}/events/in", "prefect", {"type": "auth"}),
         "mlyard api: queue a run": request(f"{t['mlyard_api']}/v1/runs", "POST",
-                                        {"deployment": "train/local", "parameters": {"spec": t["training_spec"]}}),
+                                        {"deployment": "train/train-local", "parameters": {"spec": t["training_spec"]}}),
         "mlyard api: list trainings": request(f"{t['mlyard_api']}/v1/queries/trainings", "POST", {}),
         "mlyard api: dashboard without its key": request(f"{t['mlyard_api']}/dashboard"),
         "gateway: statistics": request(f"{t['gateway']}/mlyard/stats"),

@@ -21,7 +21,7 @@ def run_training(spec: dict) -> tuple[str, float]:
 
     t0 = time.time()
     training = for_cluster(TrainingSpec(**spec), Settings())
-    fr = run_deployment("train/gpu", parameters={"spec": training.model_dump(mode="json")},
+    fr = run_deployment("train/train-gpu", parameters={"spec": training.model_dump(mode="json")},
                         job_variables=training.job_variables(), timeout=0)
     return str(fr.id), t0
 

@@ -26,7 +26,7 @@ def test_an_integer_past_64_bits_is_refused_by_the_cli_and_by_prefect(stack):
     for bad in ({**spec, "max_run_time_seconds": 10**20}, {**spec, "resources": {"gpu_count": 10**20}},
                 {**spec, "hyperparameters": {"lr": 10**20}}):
         request = urllib.request.Request(
-            f"{stack.api_url}/deployments/{deployment_id(stack, 'train/local')}/create_flow_run", method="POST",
+            f"{stack.api_url}/deployments/{deployment_id(stack, 'train/train-local')}/create_flow_run", method="POST",
             data=json.dumps({"parameters": {"spec": bad}}).encode(),
             headers={"Content-Type": "application/json", "Authorization": f"Basic {token}"})
         try:
@@ -45,7 +45,7 @@ def test_a_bad_name_from_the_run_form_is_refused_in_words_not_a_regular_expressi
     headers = {"Content-Type": "application/json", "Authorization": f"Basic {token}"}
     spec = {"name": "Bad Name", "source_uri": str(EXAMPLES / "sklearn_digits"), "entry_point": "train.py"}
     request = urllib.request.Request(
-        f"{stack.api_url}/deployments/{deployment_id(stack, 'train/local')}/create_flow_run", method="POST",
+        f"{stack.api_url}/deployments/{deployment_id(stack, 'train/train-local')}/create_flow_run", method="POST",
         data=json.dumps({"parameters": {"spec": spec}}).encode(), headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as resp:
@@ -56,7 +56,7 @@ def test_a_bad_name_from_the_run_form_is_refused_in_words_not_a_regular_expressi
         assert "^(" not in detail and "[a-z0-9]" not in detail, detail
     # what the form asks as a person types: the same words under the field
     deployment = json.loads(urllib.request.urlopen(urllib.request.Request(
-        f"{stack.api_url}/deployments/{deployment_id(stack, 'train/local')}", headers=headers), timeout=30).read())
+        f"{stack.api_url}/deployments/{deployment_id(stack, 'train/train-local')}", headers=headers), timeout=30).read())
     checked = json.loads(urllib.request.urlopen(urllib.request.Request(
         f"{stack.api_url}/ui/schemas/validate", method="POST", headers=headers, data=json.dumps(
             {"schema": deployment["parameter_openapi_schema"], "values": {"spec": spec}}).encode()), timeout=30).read())

@@ -98,7 +98,7 @@ def test_another_account_gets_in_nowhere(stack, settings, intruder):
     known = {urlsplit(url).port for url in (state.api_url, state.service_url, state.gateway_url, state.mlflow_ui_url)}
     others = {port: cmd for port, cmd in _listening_ports(list(state.pids.values())).items() if port not in known}
     targets = {
-        "prefect_api": state.api_url, "deployment_id": deployment_id(stack, "train/local"),
+        "prefect_api": state.api_url, "deployment_id": deployment_id(stack, "train/train-local"),
         "training_spec": {"name": "intruder", "experiment": "intruder", "source_uri": str(EXAMPLES / "sklearn_digits"),
                           "entry_point": "train.py"},
         "mlyard_api": state.service_url, "gateway": state.gateway_url, "mlflow": state.mlflow_ui_url,
@@ -124,7 +124,7 @@ def test_another_account_gets_in_nowhere(stack, settings, intruder):
     broke = {what: got for what, got in results.items() if got not in held}
     assert not broke, f"another account got in: {broke} (other listeners: {others})"
     assert results["home: list it"] == "denied" and results["home: list its notebooks"] == "denied"
-    # curl, as the attacker first did: the Run of train/local
+    # curl, as the attacker first did: the Run of train/train-local
     curl = as_intruder(intruder, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-H",
                        "content-type: application/json", "-d", json.dumps({"parameters": {"spec": targets["training_spec"]}}),
                        f"{state.api_url}/deployments/{targets['deployment_id']}/create_flow_run")

@@ -68,6 +68,46 @@ def test_the_kubernetes_pools_deployments_say_why_they_are_not_ready_here(stack)
     assert all("no worker serves" not in (d.description or "") for d in deployments if d.work_pool_name == "local")
 
 
+def test_the_deployments_list_says_what_each_one_does(stack):
+    """The Prefect UI titles each row of its Deployments page with the deployment's name: each says its flow and
+    where it runs (`train-local`, `evaluate-gpu`), never the pool's name alone as 19 rows once did (`local`). The
+    train deployment's Run form starts from the example a newcomer runs first, its hyperparameters as pairs."""
+    from prefect.client.orchestration import get_client
+
+    from mlyard.core.names import PLACES, current_deployment
+    from mlyard.core.specs import TrainingSpec, load_spec
+
+    with get_client(sync_client=True) as client:
+        flows = {f.id: f.name for f in client.read_flows()}
+        deployments = client.read_deployments()
+    names = [d.name for d in deployments]
+    assert len(names) >= 19 and len(set(names)) == len(names) and not set(names) & set(PLACES), names
+    assert all(d.name in (f"{flows[d.flow_id]}-{p}" for p in PLACES) for d in deployments), names
+    train = next(d for d in deployments if d.name == "train-local")
+    assert train.parameters["spec"]["hyperparameters"][0] == {"key": "epochs", "value": "3"}, train.parameters
+    example = load_spec(TrainingSpec, train.parameters["spec"])
+    assert example.name == "digits-sgd" and example.source_uri == str(EXAMPLES / "sklearn_digits"), example
+    # the names of before, which scripts and saved schedules may hold, are the ones named so now
+    assert current_deployment("train/local") == "train/train-local" == current_deployment("train/train-local")
+    assert current_deployment("scheduler/kubernetes") == "scheduler/scheduler-kubernetes"
+
+
+def test_deployments_named_as_an_older_mlyard_named_them_are_withdrawn(stack):
+    """`mlyard up` over a home an older mlyard made registers the deployments under their names now and
+    withdraws those it finds under the names of before (a pool's name), so the list holds each once."""
+    from prefect.client.orchestration import get_client
+
+    from mlyard.core.names import PLACES
+    from mlyard.prefect_setup import withdraw_deployments
+
+    with get_client(sync_client=True) as client:
+        now = client.read_deployment_by_name("rag-sync/rag-sync-local")
+        client.create_deployment(flow_id=now.flow_id, name="local", work_pool_name="local", entrypoint=now.entrypoint)
+        assert withdraw_deployments(("local", "gpu", "cpu"), named=PLACES) == 1
+        assert all(d.name not in PLACES for d in client.read_deployments())
+        assert client.read_deployment_by_name("rag-sync/rag-sync-local").id == now.id
+
+
 def test_the_home_and_what_the_stack_writes_are_its_users_alone(stack, settings):
     """Another user of the machine reads no spec, parameter or prediction, and cannot ask the mlyard API."""
     import stat
@@ -179,7 +219,7 @@ def test_run_button_path_trains_on_the_local_pool(platform):
 
     spec = {"name": "from-ui", "experiment": "stack-tests", "source_uri": str(EXAMPLES / "sklearn_digits"),
             "entry_point": "train.py", "hyperparameters": {"epochs": 2}}
-    fr = run_deployment("train/local", parameters={"spec": spec}, timeout=240)
+    fr = run_deployment("train/train-local", parameters={"spec": spec}, timeout=240)
     assert fr.state.is_completed(), fr.state.message
     assert fr.name == "from-ui", "a run made without a name (the UI's Run) is named after its spec when it starts"
     info = _wait_status(str(fr.id), {"COMPLETE"})

@@ -7,6 +7,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from mlyard.core.names import current_deployment
 from mlyard.core.specs.common import (
     NAME_PATTERN,
     Resources,
@@ -45,13 +46,18 @@ class BatchSettings(SpecModel):
                            "and the pods spread evenly over nodes.")
     worker_deployment: str | None = Field(
         default=None, pattern=r"^[\w.-]+/[\w.-]+$",
-        description="Run each worker as its own flow run of this deployment (batch-inference-worker/gpu: a pod "
-        "per worker). Default: workers are processes of this run.")
+        description="Run each worker as its own flow run of this deployment (batch-inference-worker/"
+        "batch-inference-worker-gpu: a pod per worker). Default: workers are processes of this run.")
     max_failed_batches: int = Field(default=10, ge=0, description="Fail once more batches than this failed "
                                                                    "(0: the first failure fails the job).")
     max_run_time_seconds: int | None = Field(default=None, ge=1, description="Stop with a failure after this long, e.g. 3600 (default: no limit).")
     image: str | None = Field(default=None, description="Container image on the Kubernetes pool, e.g. a registered image's name; ignored locally.")
     resources: Resources = Field(default_factory=Resources, description="CPU, memory and GPUs per worker on the Kubernetes pool.")
+
+    @field_validator("worker_deployment")
+    @classmethod
+    def _worker_deployment_named_now(cls, value: str | None) -> str | None:
+        return value if value is None else current_deployment(value)  # `train/local` as named before: train-local
 
     @field_validator("output_uri", "input_uri", check_fields=False)  # input_uri: declared by each subclass
     @classmethod

@@ -23,7 +23,7 @@ NAME_PATTERN = r"^([a-z0-9]|[a-z0-9][a-z0-9-]{0,48}[a-z0-9])$"
 PATTERN_WORDS_KEY = "x-mlyard-pattern"
 PATTERN_WORDS = {NAME_PATTERN: "lowercase letters, digits and '-' (not first or last), at most 50 characters, "
                                "e.g. digits-sgd",
-                 r"^[\w.-]+/[\w.-]+$": "a deployment as FLOW/DEPLOYMENT, e.g. train/gpu"}
+                 r"^[\w.-]+/[\w.-]+$": "a deployment as FLOW/DEPLOYMENT, e.g. train/train-gpu"}
 # Katib's default metric filter: `name=value`, one or more per line.
 KATIB_METRIC_PATTERN = r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)"
 
@@ -206,6 +206,24 @@ def mappings_from_pairs(model: type[BaseModel], spec: dict[str, Any]) -> dict[st
     form gave as key and value pairs read as the model reads it, nested specs too (a tuning's
     training): what a run's record shows. Pairs it cannot read stay as given."""
     return _read_pairs(model, spec, strict=False)
+
+
+def mappings_as_pairs(model: type[BaseModel], spec: dict[str, Any]) -> dict[str, Any]:
+    """`spec` (as JSON) with each mapping as the Run form's key and value pairs, nested specs too: what a
+    deployment's parameters hold for its Run form to start from (a mapping would open the form's JSON editor)."""
+    out = dict(spec)
+    for name, field in model.model_fields.items():
+        value = spec.get(name)
+        if isinstance(value, dict) and typing.get_origin(field.annotation) is dict:
+            typed = _typed_values(field.annotation)  # the form's value is text, read back as a number or a bool
+            out[name] = [{"key": k, "value": (str(v).lower() if isinstance(v, bool) else str(v)) if typed else v}
+                         for k, v in value.items()]
+        elif isinstance(value, dict):
+            nested = [a for a in (field.annotation, *typing.get_args(field.annotation))
+                      if isinstance(a, type) and issubclass(a, BaseModel)]
+            if nested:
+                out[name] = mappings_as_pairs(nested[0], value)
+    return out
 
 
 def _read_pairs(model: type[BaseModel], data: dict[str, Any], strict: bool) -> dict[str, Any]:

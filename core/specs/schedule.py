@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from mlyard.core.names import current_deployment
 from mlyard.core.specs.common import NAME_PATTERN, SpecModel
 
 # The console's statuses of a schedule; ENABLED(EXPIRED) is ENABLED past its end time.
@@ -43,7 +44,7 @@ class ScheduleSpec(SpecModel):
     description: str = Field(default="", max_length=255, description="What the schedule is for.")
     deployment: str | None = Field(
         default=None, pattern=r"^[\w.-]+/[\w.-]+$",
-        description="The Prefect deployment it runs, as flow/deployment (train/local, batch-inference/local, ...).")
+        description="The Prefect deployment it runs, as flow/deployment (train/train-local, evaluate/evaluate-gpu, ...).")
     pipeline: str | None = Field(default=None, description="An uploaded pipeline it runs (instead of a deployment).")
     parameters: dict[str, Any] = Field(
         default_factory=dict,
@@ -76,6 +77,11 @@ class ScheduleSpec(SpecModel):
     catchup_max_age_seconds: int | None = Field(default=None, ge=1,
                                                 description="Catch up only slots at most this old.")
     enabled: bool = Field(default=True, description="Start enabled (ENABLED) or not (DISABLED).")
+
+    @field_validator("deployment")
+    @classmethod
+    def _deployment_named_now(cls, value: str | None) -> str | None:
+        return value if value is None else current_deployment(value)  # `train/local` as named before: train-local
 
     @field_validator("start_time", "end_time")
     @classmethod

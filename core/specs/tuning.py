@@ -8,6 +8,7 @@ from typing import ClassVar, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from mlyard.core.names import current_deployment
 from mlyard.core.specs.common import NAME_PATTERN, SpecModel, compiled_regex
 from mlyard.core.specs.training import TrainingSpec
 
@@ -120,8 +121,13 @@ class TuningSpec(SpecModel):
     early_stopping: EarlyStoppingSpec | None = Field(default=None, description="Median early stopping (off when absent).")
     trial_deployment: str | None = Field(
         default=None, pattern=r"^[\w.-]+/[\w.-]+$",
-        description="Run each trial as its own flow run of this training deployment (train/gpu: a pod per "
+        description="Run each trial as its own flow run of this training deployment (train/train-gpu: a pod per "
         "trial, so parallel trials are parallel pods). Default: trials are processes of the tuning's run.")
+
+    @field_validator("trial_deployment")
+    @classmethod
+    def _trial_deployment_named_now(cls, value: str | None) -> str | None:
+        return value if value is None else current_deployment(value)  # `train/local` as named before: train-local
 
     @model_validator(mode="after")
     def _check(self) -> "TuningSpec":

@@ -105,7 +105,7 @@ def runs_create(
     wait: bool = typer.Option(False, "--wait", help="Follow the run to its end (exit 1 if it fails)."),
     as_json: bool = JSON,
 ) -> None:
-    """Run an uploaded pipeline: a flow run of pipeline-run/local (like Run in the Prefect UI)."""
+    """Run an uploaded pipeline: a flow run of pipeline-run/pipeline-run-local (like Run in the Prefect UI)."""
     import yaml
 
     def go() -> dict[str, Any]:

@@ -27,7 +27,7 @@ app = typer_app("List, inspect, stop and copy trainings.")
 
 def train(
     file: Optional[Path] = typer.Option(None, "-f", "--file", help="Training spec (YAML); its fields: core/specs/training.py "
-                                        "(TrainingSpec), or the train/local form in the Prefect UI."),
+                                        "(TrainingSpec), or the train/train-local form in the Prefect UI."),
     template: Optional[str] = typer.Option(None, "--template", "-t", help="Start from this training template."),
     sets: Optional[list[str]] = SETS,
     submit: bool = SUBMIT,

@@ -62,10 +62,12 @@ def fill_after(page, description: str, value: str) -> None:
                  "self::textarea][1]").first.fill(value)
 
 
-def fill_label(page, label: str, value: str) -> None:
-    """Type into the input under the field labelled exactly `label` (a pair's Key or Value)."""
-    page.locator(f"xpath=//*[normalize-space(text())={json.dumps(label)}]/following::*[self::input or "
-                 "self::textarea][1]").first.fill(value)
+def fill_label(page, label: str, value: str, last: bool = False) -> None:
+    """Type into the input under the field labelled exactly `label` (a pair's Key or Value): the first one
+    on the page, or the `last` (a pair just added)."""
+    found = page.locator(f"xpath=//*[normalize-space(text())={json.dumps(label)}]/following::*[self::input or "
+                         "self::textarea][1]")
+    (found.last if last else found.first).fill(value)
 
 
 def auth_headers(stack) -> dict[str, str]:

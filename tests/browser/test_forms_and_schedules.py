@@ -17,9 +17,9 @@ pytestmark = pytest.mark.browser
 
 # the training's form is filled and run in test_prefect_and_mlflow.py; a tuning's training and early
 # stopping are a choice of none (Use template, Off: nothing to fill, no 'Property is type "None"') or the form
-FORMS = [("tune/local", "mlyard.core.specs.tuning:TuningSpec", ("Use template", "Off")),
-         ("batch-inference/local", "mlyard.core.specs.batch:BatchInferenceSpec", ()),
-         ("evaluate/local", "mlyard.core.specs.evaluation:EvaluationSpec", ())]
+FORMS = [("tune/tune-local", "mlyard.core.specs.tuning:TuningSpec", ("Use template", "Off")),
+         ("batch-inference/batch-inference-local", "mlyard.core.specs.batch:BatchInferenceSpec", ()),
+         ("evaluate/evaluate-local", "mlyard.core.specs.evaluation:EvaluationSpec", ())]
 
 
 def test_each_actions_run_form_shows_every_field_with_its_description_and_no_json(stack, browser):
@@ -47,7 +47,7 @@ def test_a_schedules_next_run_shows_on_its_deployments_upcoming_tab(stack, brows
     # here, so the run waits as Scheduled (and the scheduler cancels it 12 s after its slot in the tests)
     start = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1) + dt.timedelta(seconds=50)).isoformat()
     spec = tmp_path / "hourly.yaml"
-    spec.write_text(json.dumps({"name": "web-hourly", "deployment": "train/gpu", "interval": {"every": 1, "unit": "hours"},
+    spec.write_text(json.dumps({"name": "web-hourly", "deployment": "train/train-gpu", "interval": {"every": 1, "unit": "hours"},
                                 "start_time": start, "parameters": {"spec": {"name": "web-hourly-{{ slot_name }}",
                                                                              "source_uri": "s3://nowhere/algo",
                                                                              "entry_point": "train.py"}}}))
@@ -58,7 +58,7 @@ def test_a_schedules_next_run_shows_on_its_deployments_upcoming_tab(stack, brows
             queued = json.loads(_ok(mlyard("schedules", "show", "web-hourly", "--json")))["queued"]
             time.sleep(1)
         assert queued, "the scheduler made no run ahead of the slot"
-        page = prefect_page(browser, stack, f"/deployments/deployment/{deployment_id(stack, 'train/gpu')}")
+        page = prefect_page(browser, stack, f"/deployments/deployment/{deployment_id(stack, 'train/train-gpu')}")
         page.locator("li.p-tab", has_text="Upcoming").click()
         slot = dt.datetime.fromisoformat(queued[0]["slot"]).strftime("%Y%m%dt%H%M%Sz")
         see(page, f"web-hourly-{slot}", "upcoming")  # the run's one name: its training's, as trainings list shows it

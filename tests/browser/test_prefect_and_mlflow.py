@@ -18,10 +18,10 @@ pytestmark = pytest.mark.browser
 
 
 def test_a_training_from_the_run_form_then_its_model_and_evaluation_in_mlflow(stack, browser, tmp_path):
-    """The deployments list; the training's Run form filled as a person does (a Run Name, a hyperparameter
-    as a key and a value) and Run, until the run shows Completed with its logs. Then its version registered with
-    an alias and evaluated from the CLI, and the MLflow pages the printed links open, in the
-    model-training view: its metric charts, the version with its alias, the evaluation's ROC curve,
+    """The deployments list; the training's Run form, which starts from the example, changed as a person does
+    (a Run Name, a hyperparameter's value, one more as a key and a value) and Run, until the run shows
+    Completed with its logs. Then its version registered with an alias and evaluated from the CLI, and the
+    MLflow pages the printed links open, in the model-training view: its metric charts, the version with its alias, the evaluation's ROC curve,
     with nothing sent beyond 127.0.0.1. Last, the evaluation's batch inference with its progress."""
     with urllib.request.urlopen(urllib.request.Request(
             f"{stack.api_url}/deployments/count", data=b"{}", method="POST",
@@ -32,24 +32,29 @@ def test_a_training_from_the_run_form_then_its_model_and_evaluation_in_mlflow(st
     page.screenshot(path=str(SHOTS / "deployments.png"))
 
     # the training's Run form: every field a person fills, with its description
-    page.goto(f"{stack.ui_url}/deployments/deployment/{deployment_id(stack, 'train/local')}/run", wait_until="networkidle")
+    page.goto(f"{stack.ui_url}/deployments/deployment/{deployment_id(stack, 'train/train-local')}/run", wait_until="networkidle")
     for label in ("Name", "Source Uri", "Entry Point", "Hyperparameters", "Training name: lowercase letters",
                   "EM_HP_{KEY}", "EM_DATASET_{NAME}"):  # placeholders a browser would take for HTML tags before
         see(page, label, "train-form")
     page.screenshot(path=str(SHOTS / "train-form.png"), full_page=True)
     assert page.get_by_text('Property is type "None"').count() == 0, "an optional field shows a str | None toggle"
 
-    # filled as a person does, and Run: the run completes; a hyperparameter is a key and a value (no JSON)
+    # it starts from the example a newcomer runs first (examples/train.yaml): its fields hold values, its
+    # hyperparameters are pairs of inputs (not JSON)
+    assert page.locator("xpath=//*[contains(text(), 'Training name: lowercase letters')]/following::input[1]"
+                        ).first.input_value() == "digits-sgd"
+    assert page.locator(f"input[value='{EXAMPLES / 'sklearn_digits'}']").count() == 1, "the example's code is not shown"
+    # changed as a person does, and Run: the run completes; a hyperparameter is a key and a value
     algo = tmp_path / "algo"
     shutil.copytree(EXAMPLES / "sklearn_digits", algo)
     page.locator(".flow-run-name-input input").fill("my-first-run")  # the Run Name, typed over Prefect's
     fill_after(page, "Training name: lowercase letters", "from-browser")
     fill_after(page, "Directory of the algorithm", str(algo))
-    fill_after(page, "Script inside source_uri", "train.py")
     see(page, "Key and value", "train-form")
+    fill_label(page, "Value", "2")  # the example's first pair: epochs
     page.get_by_role("button", name="Add item").first.click()  # the first list: hyperparameters
-    fill_label(page, "Key", "epochs")
-    fill_label(page, "Value", "2")
+    fill_label(page, "Key", "seed", last=True)
+    fill_label(page, "Value", "7", last=True)
     page.get_by_role("button", name=re.compile("^Submit$|^Run$")).last.click()
     # the UI goes back to the deployment once the run is made (the form's own URL is below it)
     page.wait_for_url(re.compile(r".*/deployments/deployment/[0-9a-f-]+/?(\?.*)?$"), timeout=30_000)
@@ -63,7 +68,8 @@ def test_a_training_from_the_run_form_then_its_model_and_evaluation_in_mlflow(st
         time.sleep(2)
     assert shown["status"] == "COMPLETE", shown
     training = json.loads(_ok(mlyard("trainings", "show", shown["id"][:8], "--json")))
-    assert training["spec"]["hyperparameters"] == {"epochs": 2}, "the form's pair, its value read as a number"
+    assert training["spec"]["hyperparameters"] == {"epochs": 2, "learning_rate": 0.001, "epoch_seconds": 0.3, "seed": 7}, \
+        "the form's pairs, their values read as numbers"
     assert training["flow_run_name"] == "my-first-run", "the Run Name typed was replaced"
     page.goto(f"{stack.ui_url}/runs/flow-run/{shown['id']}", wait_until="networkidle")
     see(page, "Completed", "train-run")

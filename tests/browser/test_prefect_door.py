@@ -34,7 +34,7 @@ def test_a_member_signs_in_sees_their_projects_runs_and_runs_a_training_from_the
     for project in ("door-c", "door-d"):  # each one's folder in their project's storage
         shutil.copytree(EXAMPLES / "sklearn_digits", user_dir() / ".mlyard" / "projects" / project / "algo")
     algo = user_dir() / ".mlyard" / "projects" / "door-c" / "algo"
-    train = deployment_id(stack, "train/local")
+    train = deployment_id(stack, "train/train-local")
     status, _, hugos = call(f"{door}/api/deployments/{train}/create_flow_run", "POST", {
         "state": {"type": "SCHEDULED"}, "name": "hugos-secret-run", "parameters": {"spec": {
             "name": "hugo-train", "source_uri": str(user_dir() / ".mlyard" / "projects" / "door-d" / "algo"),

@@ -266,7 +266,7 @@ def test_workers_as_flow_runs_of_the_worker_deployment(platform, models, tmp_pat
         _write(tmp_path / "in" / f"p{i}.jsonl", _rows(models["X"][i * 50:(i + 1) * 50], i * 50))
     spec = BatchInferenceSpec(name="pods", model=str(models["classifier"]), input_uri=str(tmp_path / "in"),
                               input_format="jsonl", output_uri=str(tmp_path / "out"), id_field="id", workers=2,
-                              worker_deployment="batch-inference-worker/local")
+                              worker_deployment="batch-inference-worker/batch-inference-worker-local")
     result = batch_infer(spec)
     assert result.rows == 100 and result.failed_rows == 0
     assert [x["id"] for x in _predictions(tmp_path / "out" / "p1.jsonl.predictions.jsonl")] == [f"r{i}" for i in range(50, 100)]

@@ -1,5 +1,5 @@
 """Notebooks on the real stack, through `mlyard notebooks` in fresh processes as a user runs it: every
-action a flow run of `notebook/local` on the local pool, JupyterLab a real server the supervisor runs,
+action a flow run of `notebook/notebook-local` on the local pool, JupyterLab a real server the supervisor runs,
 its token checked by Jupyter itself, the seed's start-up contract (cont-init.d, custom environments as
 kernels) kept across stop, start and reboot."""
 

@@ -1,5 +1,5 @@
 """Pipelines on the running platform, as users reach them: the CLI in a fresh process uploads, draws and
-runs the example pipeline (kfp.local's subprocess runner, as a flow run of pipeline-run/local on the
+runs the example pipeline (kfp.local's subprocess runner, as a flow run of pipeline-run/pipeline-run-local on the
 real worker), a failing run, a stopped run, and the rules."""
 
 import json

@@ -1,5 +1,5 @@
 """RAGs on the running platform, as users reach them: the CLI in fresh processes creates a RAG over a
-folder of mixed documents (ingested by a flow run of rag-sync/local on the real worker into the real
+folder of mixed documents (ingested by a flow run of rag-sync/rag-sync-local on the real worker into the real
 embedded PostgreSQL + pgvector, embedded by the offline all-MiniLM-L6-v2), syncs after a change,
 shows the history, searches, and deletes it; and the rules and bad input."""
 

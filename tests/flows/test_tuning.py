@@ -285,7 +285,7 @@ def test_crashed_tuning_resumes_when_retried(platform, algorithm, tmp_path, mark
     from mlyard.tunings import get_tuning
 
     spec = _spec(algorithm(TRIAL), marks, name="resume", max_trials=5, fixed={"sleep": 0.4, "epochs": 4})
-    fr = run_deployment("tune/local", parameters={"spec": spec.model_dump(mode="json")}, timeout=0)
+    fr = run_deployment("tune/tune-local", parameters={"spec": spec.model_dump(mode="json")}, timeout=0)
     tid = str(fr.id)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -328,11 +328,11 @@ def test_crashed_tuning_resumes_when_retried(platform, algorithm, tmp_path, mark
 
 
 def test_trials_as_their_own_flow_runs_with_median_stopping(platform, algorithm, tmp_path, marks):
-    """trial_deployment: each trial is a flow run of train/local (on Kubernetes: train/gpu, a pod each)."""
+    """trial_deployment: each trial is a flow run of train/train-local (on Kubernetes: train/train-gpu, a pod each)."""
     from mlyard.flows.tuning import tune
     from mlyard.trainings import get_training
 
-    spec = _spec(algorithm(TRIAL), marks, name="remote", max_trials=4, trial_deployment="train/local",
+    spec = _spec(algorithm(TRIAL), marks, name="remote", max_trials=4, trial_deployment="train/train-local",
                  fixed={"mode": "fourth-is-bad", "epochs": 8, "sleep": 0.2},
                  early_stopping={"min_trials_required": 3, "start_step": 4})
     result = tune(spec)

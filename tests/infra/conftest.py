@@ -136,7 +136,7 @@ def _wait_for_worker(worker: int | subprocess.Popen, began: datetime, log: Path,
 
 
 def _cancel_queued_gpu_runs() -> None:
-    """Runs of the gpu pool that earlier tests on this stack queued and left (schedules on train/gpu) would
+    """Runs of the gpu pool that earlier tests on this stack queued and left (schedules on train/train-gpu) would
     be this test's worker's to run: cancel them first, so each test's cluster runs only its own."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (

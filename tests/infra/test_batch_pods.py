@@ -66,7 +66,7 @@ def test_two_worker_pods_share_the_rows_and_finish_the_batch(cluster, models, tm
     out = f"s3://mlyard-cluster/out/{uuid.uuid4().hex}"
     spec = BatchInferenceSpec(name="on-pods", model=str(models["classifier"]), input_uri=str(tmp_path / "in"),
                               input_format="jsonl", output_uri=out, id_field="id", workers=2,
-                              worker_deployment="batch-inference-worker/gpu",
+                              worker_deployment="batch-inference-worker/batch-inference-worker-gpu",
                               resources={"cpu": 2, "memory": "4Gi"})
     result = batch_infer(for_cluster(spec, Settings()))  # the model and the input uploaded for the pods
     assert (result.rows, result.failed_rows) == (80, 0)

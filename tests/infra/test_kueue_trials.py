@@ -1,5 +1,5 @@
 """A tuning's parallel trials on the cluster wait for GPU quota in Kueue, not for nodes: 4 parallel
-trials of 1 GPU each as flow runs of `train/gpu`, through the real Prefect Kubernetes worker, against the
+trials of 1 GPU each as flow runs of `train/train-gpu`, through the real Prefect Kubernetes worker, against the
 API emulator (tests/kube_api.py). No Kueue runs here, so the test plays it, as its two halves do on a
 cluster: the webhook suspends every Job labelled with a LocalQueue, and the controller admits
 suspended Jobs in creation order while the ClusterQueue's `nvidia.com/gpu` quota (2 here) holds them,
@@ -105,7 +105,7 @@ def test_four_trials_on_two_gpus_of_quota_run_two_at_a_time(cluster, algorithm, 
     from mlyard.flows.tuning import tune
 
     spec = load_spec(TuningSpec, {
-        "name": "kueue", "strategy": "grid", "parallel_trials": 4, "max_trials": 4, "trial_deployment": "train/gpu",
+        "name": "kueue", "strategy": "grid", "parallel_trials": 4, "max_trials": 4, "trial_deployment": "train/train-gpu",
         "training": {"name": "t", "experiment": "kueue", "source_uri": str(algorithm(TRIAL)), "entry_point": "main.py",
                      "resources": {"gpu_count": 1}},
         "parameters": [{"name": "x", "type": "int", "min": 1, "max": 4, "step": 1}],

@@ -47,12 +47,12 @@ def _schedule(catalog_url: str) -> str:
     from mlyard.registry.schedules import Schedules
 
     start = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=2)
-    spec = ScheduleSpec(name="every-second", deployment="train/gpu", cron="* * * * * *", start_time=start,
+    spec = ScheduleSpec(name="every-second", deployment="train/train-gpu", cron="* * * * * *", start_time=start,
                         max_concurrency=10, catchup=True, parameters={"spec": {
                             "name": "lease-{{ slot_date }}", "source_uri": str(ROOT / "examples" / "sklearn_digits"),
                             "entry_point": "train.py"}})
     with get_client(sync_client=True) as client:
-        deployment = client.read_deployment_by_name("train/gpu")
+        deployment = client.read_deployment_by_name("train/train-gpu")
     catalog = Catalog(catalog_url)
     Schedules(catalog).create(spec.name, spec.model_dump(mode="json"), str(deployment.id), "CREATE REQUESTED",
                               int(start.timestamp()) - 1)

@@ -109,7 +109,7 @@ def test_a_command_queues_its_run_through_the_api_without_importing_prefect(stac
     code = """
 import json, sys
 from mlyard.submit import submit
-run = submit("rag-sync/local", {"spec": {"rag": "nosuch"}}, tags=["mlyard.test:queued"])
+run = submit("rag-sync/rag-sync-local", {"spec": {"rag": "nosuch"}}, tags=["mlyard.test:queued"])
 print(json.dumps([run, sorted({m.split('.')[0] for m in sys.modules} & {"prefect", "mlflow", "sqlalchemy"})]))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
@@ -139,5 +139,5 @@ def test_queueing_errs_as_the_same_class_and_message_and_falls_back_without_the_
         s.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{s.getsockname()[1]}"
     monkeypatch.setattr(warm_api, "api_url", lambda: closed)
-    run = submit.submit("rag-sync/local", {"spec": {"rag": "nosuch"}}, tags=["mlyard.test:here"])
+    run = submit.submit("rag-sync/rag-sync-local", {"spec": {"rag": "nosuch"}}, tags=["mlyard.test:here"])
     assert "mlyard.test:here" in _cancel(run["id"])["tags"]

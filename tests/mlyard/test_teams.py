@@ -109,7 +109,7 @@ def test_each_member_works_in_their_project_and_cannot_see_or_touch_the_others(t
     assert "/projects/team-b/uploads/" in mine
 
     def run_of_bob(source: str, tags: list[str]) -> tuple[int, dict]:
-        body = {"deployment": "train/local", "tags": tags, "job_variables": {}, "parameters": {"spec": {
+        body = {"deployment": "train/train-local", "tags": tags, "job_variables": {}, "parameters": {"spec": {
             "name": "bob-run", "source_uri": source, "entry_point": "train.py",
             "hyperparameters": {"epochs": 1, "epoch_seconds": 0.01}}}}
         return _post(stack.service_url, "/v1/runs", body, bob.key)
@@ -125,13 +125,13 @@ def test_each_member_works_in_their_project_and_cannot_see_or_touch_the_others(t
     assert {t["id"] for t in bob.json("trainings", "list")} == {first["id"], bobs["id"]}
     assert bobs["id"] not in [t["id"] for t in alice.json("trainings", "list")]
     # only trainings and tunings are open to members so far
-    status, answer = _post(stack.service_url, "/v1/runs", {"deployment": "rag-sync/local", "parameters": {},
+    status, answer = _post(stack.service_url, "/v1/runs", {"deployment": "rag-sync/rag-sync-local", "parameters": {},
                                                             "tags": [], "job_variables": {}}, bob.key)
     assert status == 403 and "bob is no admin" in answer["error"]["message"]
 
     # carol, a viewer of team-a: she reads, she starts and stops nothing
     assert [t["id"] for t in carol.json("trainings", "list")] == [run_id]
-    status, answer = _post(stack.service_url, "/v1/runs", {"deployment": "train/local", "tags": [], "job_variables": {},
+    status, answer = _post(stack.service_url, "/v1/runs", {"deployment": "train/train-local", "tags": [], "job_variables": {},
                            "parameters": {"spec": {**shown["spec"], "name": "carol-run"}}}, carol.key)
     assert status == 403 and "carol is viewer in project 'team-a'; starting work needs editor" in answer["error"]["message"]
     shutil.copytree(EXAMPLES / "sklearn_digits", carol.work / "algo")
@@ -476,7 +476,7 @@ def test_a_members_schedule_and_notebook_are_their_projects_and_theirs(team, sta
         shutil.copytree(EXAMPLES / "sklearn_digits", alice.work / "algo")
     first = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=20)
     (alice.work / "nightly.yaml").write_text(json.dumps({
-        "name": "a-nightly", "deployment": "train/local", "interval": {"every": 1, "unit": "hours"},
+        "name": "a-nightly", "deployment": "train/train-local", "interval": {"every": 1, "unit": "hours"},
         "start_time": (first - timedelta(hours=1)).isoformat(),  # its first slot: `first`
         "parameters": {"spec": {"name": "a-sched", "source_uri": "algo", "entry_point": "train.py",
                                 "hyperparameters": {"epochs": 1, "epoch_seconds": 0.01}}}}))
@@ -546,7 +546,7 @@ def test_a_members_schedule_and_notebook_are_their_projects_and_theirs(team, sta
     # a schedule of bob's reads his project's storage alone, as his runs do (sent as is: his CLI would upload
     # what his own account can read, which alice's storage is not, outside this harness's one account)
     status, answer = _post(stack.service_url, "/v1/commands/schedules_create", {"spec": {
-        "name": "b-theirs", "deployment": "train/local", "cron": "0 0 3 * * *",
+        "name": "b-theirs", "deployment": "train/train-local", "cron": "0 0 3 * * *",
         "parameters": {"spec": {"name": "b", "source_uri": stored["source_uri"], "entry_point": "train.py"}}}}, bob.key)
     assert status == 400 and "source_uri" in answer["error"]["message"], answer
     assert "b-theirs" not in [s["name"] for s in json.loads(_ok(owner("schedules", "list", "--json")))]
@@ -609,7 +609,7 @@ def test_a_projects_images_and_registry_accounts_are_its_own(team, stack):
     spec = {"name": "b-img-run", "source_uri": f"{storage}algo", "entry_point": "train.py"}
     for ref, words in (("a-img", "image 'a-img' not found"),
                        ("registry.team-a.example/lab/train:1", "registry registry.team-a.example is private")):
-        status, answer = _post(stack.service_url, "/v1/runs", {"deployment": "train/local", "tags": [],
+        status, answer = _post(stack.service_url, "/v1/runs", {"deployment": "train/train-local", "tags": [],
                                "job_variables": {}, "parameters": {"spec": {**spec, "image": ref}}}, bob.key)
         assert status in (400, 404) and words in answer["error"]["message"], answer
         assert "a-login" not in answer["error"]["message"]  # her account's name is not told to him
@@ -739,7 +739,7 @@ def test_a_members_push_of_a_folder_is_their_projects_endpoint(team, stack, sett
     _refused(alice("endpoints", "deploy", "b-push", "--sync", "app"), "endpoint 'b-push' already exists")
     _refused(alice("endpoints", "deploy", "a-push", "--sync", "app", "--model", "b-push"), "model 'b-push' not found")
     # a push names a folder of the project's storage alone (sent as is: his CLI uploads what he can read)
-    status, answer = _post(stack.service_url, "/v1/runs", {"deployment": "sync-endpoint-code/local", "tags": [],
+    status, answer = _post(stack.service_url, "/v1/runs", {"deployment": "sync-endpoint-code/sync-endpoint-code-local", "tags": [],
                            "job_variables": {}, "parameters": {"spec": {"endpoint": "b-other",
                                                                         "source": str(EXAMPLES / "sklearn_digits")}}},
                            bob.key)

@@ -81,7 +81,7 @@ def test_the_audit_trail_only_grows_and_filters_by_project_user_and_time(catalog
     teams = Teams(catalog)
     alice, root = Actor("alice", roles={"team-a": "editor"}, source="10.0.0.7"), Actor("root", admin=True)
     teams.record(root, "project.create", "project team-a", "ok", "team-a")
-    teams.record(alice, "run.start", "deployment train/local", "ok", "team-a")
+    teams.record(alice, "run.start", "deployment train/train-local", "ok", "team-a")
     teams.record(alice, "template.delete", "template x", "refused", "team-b", "TemplateNotFound: ...")
     newest = teams.audit()
     assert [r["action"] for r in newest] == ["template.delete", "run.start", "project.create"]

@@ -79,7 +79,7 @@ def test_a_start_time_with_a_fraction_of_a_second_is_not_itself_a_slot():
     given as 00:00:00.6 does not make 00:00:00 (its own second) a slot."""
     from mlyard.core.specs.schedule import ScheduleSpec
 
-    spec = ScheduleSpec.model_validate({"name": "s", "deployment": "train/local", "interval": {"every": 1, "unit": "hours"},
+    spec = ScheduleSpec.model_validate({"name": "s", "deployment": "train/train-local", "interval": {"every": 1, "unit": "hours"},
                                         "start_time": "2026-01-01T00:00:00.600000+00:00", "parameters": {}})
     assert spec.start_time == datetime(2026, 1, 1, tzinfo=timezone.utc)
     trig = trigger(None, 3600, "UTC", spec.start_time)

@@ -1,8 +1,8 @@
 """Schedules on the running platform: the scheduler of `mlyard up` (a real process) makes Prefect flow
-runs on a real Prefect server. Most targets are `train/gpu`, a deployment on the Kubernetes pool: no
+runs on a real Prefect server. Most targets are `train/train-gpu`, a deployment on the Kubernetes pool: no
 worker runs there (no cluster here), so its runs stay scheduled and hold their concurrency slots until
 the scheduler reclaims them (MLYARD_SCHEDULE_START_TIMEOUT_SECONDS=12 in conftest.py). One schedule
-runs a real training on the local pool to COMPLETED. A schedule of `train/gpu` names its inputs as pods
+runs a real training on the local pool to COMPLETED. A schedule of `train/train-gpu` names its inputs as pods
 read them: the local source of TRAIN is uploaded when it is saved (`uploads`: MLYARD_UPLOAD_URI on moto's
 S3 server), or refused without an upload prefix."""
 
@@ -62,7 +62,7 @@ def test_catchup_concurrency_exactly_once_and_reclaim(stack, uploads):
     from mlyard.tasks.scheduling import Scheduler
 
     start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(seconds=20)
-    view = schedules.create({"name": "catchup", "deployment": "train/gpu", "cron": "* * * * * *",
+    view = schedules.create({"name": "catchup", "deployment": "train/train-gpu", "cron": "* * * * * *",
                              "start_time": start.isoformat(), "max_concurrency": 3, "parameters": TRAIN})
     assert view["status"] == "ENABLED" and view["read_as"].startswith("second *")
     tag = "mlyard.schedule:catchup"
@@ -134,10 +134,10 @@ def test_a_pass_starts_the_most_urgent_slot_of_all_schedules_first(stack, tmp_pa
     store = Schedules(Catalog(f"sqlite:///{tmp_path / 'catalog.db'}"))
     now = int(time.time())
     with get_client(sync_client=True) as client:
-        dep = str(client.read_deployment_by_name("train/gpu").id)
+        dep = str(client.read_deployment_by_name("train/train-gpu").id)
         for name, back in (("urgency-b", 10), ("urgency-a", 20)):  # b is older, a's slot is earlier
             start = datetime.fromtimestamp(now - back - 3600, timezone.utc).isoformat()  # its first slot: now - back
-            store.create(name, {"name": name, "deployment": "train/gpu", "start_time": start, "max_concurrency": 1,
+            store.create(name, {"name": name, "deployment": "train/train-gpu", "start_time": start, "max_concurrency": 1,
                                 "interval": {"every": 1, "unit": "hours"}, "parameters": TRAIN}, dep, "ENABLED",
                          now - back - 3600)  # the watermark at the start, as schedules.create sets it
         scheduler = Scheduler(store, client, lead_seconds=0, budget_seconds=0)
@@ -171,8 +171,8 @@ def test_a_disable_during_a_pass_stops_its_remaining_runs(stack, tmp_path):
     store = DisablingStore(Catalog(f"sqlite:///{tmp_path / 'catalog.db'}"))
     now = int(time.time())
     with get_client(sync_client=True) as client:
-        dep = str(client.read_deployment_by_name("train/gpu").id)
-        store.create("midpass", {"name": "midpass", "deployment": "train/gpu", "max_concurrency": 5,
+        dep = str(client.read_deployment_by_name("train/train-gpu").id)
+        store.create("midpass", {"name": "midpass", "deployment": "train/train-gpu", "max_concurrency": 5,
                                  "cron": "* * * * * *", "parameters": TRAIN}, dep, "ENABLED",
                      now - 5)  # five slots due at once
         report = Scheduler(store, client, lead_seconds=0).tick()
@@ -187,7 +187,7 @@ def test_enabled_late_with_catchup_off_runs_only_the_latest_missed_slot(stack, u
 
     gpu_train = {"spec": {**TRAIN["spec"], "resources": {"gpu_count": 2}, "image": "docker.io/pytorch/pytorch:2.4.0"}}
     said: list[str] = []
-    schedules.create({"name": "nocatch", "deployment": "train/gpu", "interval": {"every": 1, "unit": "seconds"},
+    schedules.create({"name": "nocatch", "deployment": "train/train-gpu", "interval": {"every": 1, "unit": "seconds"},
                       "max_concurrency": 10, "catchup": False, "enabled": False, "parameters": gpu_train},
                      echo=said.append)
     view = schedules.show("nocatch")
@@ -215,7 +215,7 @@ def test_enabled_late_with_catchup_off_runs_only_the_latest_missed_slot(stack, u
 
 
 def test_a_scheduled_training_runs_on_the_local_pool(stack):
-    """The user's path: a schedule of `train/local`, created from a fresh CLI process, runs its training
+    """The user's path: a schedule of `train/train-local`, created from a fresh CLI process, runs its training
     to COMPLETED with the slot in its name; `schedules show` lists it."""
     # the slot falls after the schedule is saved (a fresh CLI process takes seconds to create it), so
     # its lateness is the scheduler's own
@@ -226,7 +226,7 @@ def test_a_scheduled_training_runs_on_the_local_pool(stack):
     (home / "sched-algo").mkdir()
     (home / "sched-algo" / "train.py").write_text("print('epoch=1 accuracy=0.9', flush=True)\n")
     # a relative path is taken from where the schedule is created (the worker runs elsewhere)
-    spec = {"name": "hourly-train", "deployment": "train/local", "interval": {"every": 1, "unit": "hours"},
+    spec = {"name": "hourly-train", "deployment": "train/train-local", "interval": {"every": 1, "unit": "hours"},
             "start_time": (start - timedelta(hours=1)).isoformat(),  # its first slot: start_time + 1 h = start
             "parameters": {"spec": {**TRAIN["spec"], "source_uri": "sched-algo"}}}
     path = home / "hourly.yaml"
@@ -261,7 +261,7 @@ def test_a_local_input_with_a_placeholder_is_refused_before_anything_is_sent(sta
     (tmp_path / "day-2030-01-01").mkdir()
     spec = {**TRAIN["spec"], "datasets": {"train": str(tmp_path / "day-{{ slot_date }}")}}
     with pytest.raises(SpecError) as refused:
-        schedules.create({"name": "daily-data", "deployment": "train/gpu", "cron": "0 0 0 * * *",
+        schedules.create({"name": "daily-data", "deployment": "train/train-gpu", "cron": "0 0 0 * * *",
                           "parameters": {"spec": spec}})
     assert refused.value.field == "parameters.spec.datasets.train" and "placeholder" in str(refused.value)
     bucket = uploads.removeprefix("s3://").split("/")[0]
@@ -274,14 +274,14 @@ def test_a_local_input_with_a_placeholder_is_refused_before_anything_is_sent(sta
 def test_bad_schedules_are_refused_in_one_line(stack, tmp_path):
     def refused(spec: dict, *words: str):
         f = tmp_path / "s.yaml"
-        f.write_text(json.dumps({"name": "bad", "deployment": "train/gpu", "cron": "0 * * * * *",
+        f.write_text(json.dumps({"name": "bad", "deployment": "train/train-gpu", "cron": "0 * * * * *",
                                  "parameters": TRAIN, **spec}))
         _one_line_error(mlyard("schedules", "create", "-f", str(f)), *words)
 
     refused({"cron": "0 61 * * * *"}, "cron", "minute", "above maximum")
     refused({"cron": "*/5 * * * *"}, "cron", "ambiguous", "0 */5 * * * *")
     refused({"cron": "0 0 0 30 2 *"}, "cron", "never")
-    refused({"deployment": "nope/local"}, "deployment", "train/local")
+    refused({"deployment": "nope/local"}, "deployment", "train/train-local")
     refused({"max_concurrency": 11}, "max_concurrency")
     refused({"start_time": "2030-01-02T00:00:00Z", "end_time": "2030-01-01T00:00:00Z"}, "end_time", "after")
     refused({"parameters": {"spec": TRAIN["spec"], "extra": 1}}, "parameters.extra", "takes spec")
@@ -314,8 +314,8 @@ def test_disabled_then_enabled_keeps_the_slot_whose_run_was_made_ahead(stack, tm
     now = int(time.time())
     start = datetime.fromtimestamp(now + 30 - 3600, timezone.utc).isoformat()  # its slots: now + 30, + 1 h, ...
     with get_client(sync_client=True) as client:
-        dep = str(client.read_deployment_by_name("train/gpu").id)
-        rec = store.create("toggled", {"name": "toggled", "deployment": "train/gpu", "start_time": start,
+        dep = str(client.read_deployment_by_name("train/train-gpu").id)
+        rec = store.create("toggled", {"name": "toggled", "deployment": "train/train-gpu", "start_time": start,
                                        "interval": {"every": 1, "unit": "hours"}, "parameters": TRAIN},
                            dep, "ENABLED", now - 1)
         scheduler = Scheduler(store, client, lead_seconds=60)
@@ -342,3 +342,34 @@ def test_disabled_then_enabled_keeps_the_slot_whose_run_was_made_ahead(stack, tm
         [late] = store.slots(rec.id, ["STARTED"])
         assert late.slot_epoch == now + 30 and late.flow_run_id not in (ahead.flow_run_id, again.flow_run_id)
         client.set_flow_run_state(UUID(late.flow_run_id), Cancelled(), force=True)
+
+
+def test_a_schedule_saved_under_a_deployments_name_of_before_runs_the_one_named_so_now(stack):
+    """An older mlyard named deployments after their pool (`train/gpu`) and saved that name and the
+    deployment's id with each schedule; `mlyard up` has since replaced the deployment by `train/train-gpu`.
+    The scheduler's next pass points the schedule at that one, and its next runs are its."""
+    import uuid
+
+    from prefect.client.orchestration import get_client
+
+    from mlyard.core.connection import connect
+    from mlyard.core.specs.schedule import ScheduleSpec
+    from mlyard.registry.catalog import Catalog
+    from mlyard.registry.schedules import Schedules
+    from mlyard.tasks.scheduling import Scheduler
+
+    spec = ScheduleSpec.model_validate({"name": "named-before", "deployment": "train/gpu", "cron": "0 0 0 1 1 *",
+                                        "parameters": TRAIN})
+    assert spec.deployment == "train/train-gpu"  # as a spec reads it now
+    store = Schedules(Catalog(connect().catalog_db_url))
+    store.create("named-before", {**spec.model_dump(mode="json"), "deployment": "train/gpu"}, str(uuid.uuid4()),
+                 "ENABLED", int(time.time()))
+    try:
+        with get_client(sync_client=True) as client:
+            Scheduler(store, client, start_timeout_seconds=600).tick()
+            now = client.read_deployment_by_name("train/train-gpu")
+        record = store.get("named-before")
+        assert record.spec["deployment"] == "train/train-gpu" and record.deployment_id == str(now.id), record
+        assert record.status == "ENABLED", record
+    finally:
+        store.delete("named-before")
