@@ -11,15 +11,7 @@ from typing import Any, Callable, Iterator
 from uuid import UUID
 
 from mlyard.core.errors import StackError
-from mlyard.core.names import (
-    RUN_NAMES,
-    STARTED_LABEL,
-    TAG_NAMED,
-    TAG_NOTE,
-    TAG_PREFECT_URL,
-    current_deployment,
-    render_run_name,
-)
+from mlyard.core.names import RUN_NAMES, STARTED_LABEL, TAG_NAMED, TAG_NOTE, TAG_PREFECT_URL, render_run_name
 
 
 def prompt_flow_ends() -> None:
@@ -282,6 +274,8 @@ def submit(deployment: str, parameters: dict, job_variables: dict | None = None,
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound
+
+    from mlyard.core.names import current_deployment
 
     deployment = current_deployment(deployment)
     with get_client(sync_client=True) as client:

@@ -51,6 +51,7 @@ from mlyard.schedules.cron import Schedule
 from mlyard.schedules.planning import Policy, dispatch, due, render, slot_label, trigger
 from mlyard.tasks.orchestration import flow_runs_by_id, quick_retries
 from mlyard.tasks.promotion_watch import WATCH_SECONDS
+from mlyard.tasks.schedule_targets import named_now
 
 log = logging.getLogger("mlyard.scheduler")
 
@@ -129,23 +130,6 @@ class Scheduler:
         return self._plans[key]
 
     # -- 1. confirm ------------------------------------------------------------------------------
-
-    def _named_now(self, record: ScheduleRecord) -> ScheduleRecord:
-        """A schedule saved by an older mlyard names its deployment as it was named then (`train/local`, a
-        deployment `mlyard up` has since replaced by `train/train-local`): it runs that one from now on."""
-        from mlyard.core.names import current_deployment
-
-        named = str(record.spec.get("deployment") or "")
-        if not named or current_deployment(named) == named:
-            return record
-        try:
-            found = self.client.read_deployment_by_name(current_deployment(named))
-        except Exception as exc:  # noqa: BLE001 - ObjectNotFound: not registered yet, the next pass looks again
-            if type(exc).__name__ == "ObjectNotFound":
-                return record
-            raise
-        log.info("schedule %s: deployment %s is %s now", record.name, named, current_deployment(named))
-        return self.store.repoint(record.name, current_deployment(named), str(found.id))
 
     def _confirm(self, record: ScheduleRecord) -> ScheduleRecord:
         try:
@@ -228,10 +212,9 @@ class Scheduler:
         is taken up by the next pass, which follows at once (`PassReport.more`)."""
         now = self.clock() if now is None else now
         report = PassReport()
-        records = self.store.all()
+        records = [named_now(self.store, self.client, r) for r in self.store.all()]  # older mlyards' names
         self._records = records  # next_wake reads them rather than the catalog again
         for i, rec in enumerate(records):
-            records[i] = rec = self._named_now(rec)
             if rec.status == "CREATE REQUESTED":
                 records[i] = self._confirm(rec)
         going = self.refresh(records, report, now)
