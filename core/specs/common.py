@@ -39,6 +39,8 @@ def form_schema(schema: dict[str, Any], cls: type) -> None:
       pairs first, which the form shows as inputs, or as a JSON mapping: Prefect's check accepts both,
       so the YAML's, the CLI's and `prefect deployment run --params`' mappings pass as before, and the
       model reads the pairs back into the mapping (SpecModel._mappings_from_pairs).
+    - A list of numbers or words (a hyperparameter's `values`) is offered as inputs of text first, or as a
+      JSON list (a list of mixed types alone would show a JSON editor per item).
     - An optional nested model (`EarlyStoppingSpec | None`) stays a choice of none or the model. The none
       choice comes first, the field's default, as an empty object (`{}`) rather than `type: null`: the form
       then shows nothing to fill under it, not the text 'Property is type "None"' (and a type-less choice
@@ -64,6 +66,12 @@ def form_schema(schema: dict[str, Any], cls: type) -> None:
             continue  # Prefect's check would not read it as nullable (a nested model), or null would still
             # fail it (an enum applies to every type; a string's pattern or a list's items do not)
         props[name] = {**{k: v for k, v in prop.items() if k not in ("anyOf", "default")}, **kept}
+    for name, prop in props.items():  # a list of numbers or words: inputs of text, or a JSON list
+        if prop.get("type") == "array" and _scalars(prop.get("items", {}).get("anyOf")):
+            props[name] = {**{k: v for k, v in prop.items() if k not in ("type", "items")},
+                           "anyOf": [{"type": "array", "title": "List", "items": {
+                                         "type": "string", "description": "One value, e.g. 0.01 or sgd."}},
+                                     {"type": "array", "title": "JSON", "items": prop["items"]}]}
     for prop in props.values():
         if prop.get("pattern") in PATTERN_WORDS:
             prop[PATTERN_WORDS_KEY] = PATTERN_WORDS[prop["pattern"]]
@@ -87,6 +95,11 @@ def _bound_integers(node: Any) -> None:
     elif isinstance(node, list):
         for value in node:
             _bound_integers(value)
+
+
+def _scalars(options: Any) -> bool:
+    return isinstance(options, list) and len(options) > 1 and all(
+        o.get("type") in ("string", "integer", "number") for o in options)
 
 
 def _is_mapping(prop: dict[str, Any]) -> bool:

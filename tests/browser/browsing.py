@@ -62,6 +62,12 @@ def fill_after(page, description: str, value: str) -> None:
                  "self::textarea][1]").first.fill(value)
 
 
+def value_after(page, description: str) -> str:
+    """What the input that follows a field's description holds."""
+    return page.locator(f"xpath=//*[contains(text(), {json.dumps(description)})]/following::*[self::input or "
+                        "self::textarea][1]").first.input_value()
+
+
 def fill_label(page, label: str, value: str, last: bool = False) -> None:
     """Type into the input under the field labelled exactly `label` (a pair's Key or Value): the first one
     on the page, or the `last` (a pair just added)."""

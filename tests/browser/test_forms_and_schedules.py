@@ -33,12 +33,12 @@ def test_each_actions_run_form_shows_every_field_with_its_description_and_no_jso
             see(page, info.title or field.replace("_", " ").title(), shot)  # the UI's label: the schema's title
             # the description's start, up to what the UI's Markdown would render otherwise (`code`, ->, {x})
             see(page, re.split(r"[`{*_]|->", info.description or "")[0][:40].strip(), shot)
+        page.screenshot(path=str(SHOTS / f"{shot}.png"), full_page=True)
         editors = page.locator(".schema-form-property-kind-json, .p-code-input, .cm-editor")
         assert editors.count() == 0, f"{deployment}: {editors.count()} JSON editor(s) on the form"
         for label in none_choices:
             see(page, label, shot)
         assert page.get_by_text('Property is type "None"').count() == 0, deployment
-        page.screenshot(path=str(SHOTS / f"{shot}.png"), full_page=True)
     page.context.close()
 
 

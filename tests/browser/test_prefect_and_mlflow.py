@@ -11,7 +11,18 @@ import time
 import urllib.request
 
 import pytest
-from browsing import SHOTS, auth_headers, deployment_id, fill_after, fill_label, idle, open_page, prefect_page, see
+from browsing import (
+    SHOTS,
+    auth_headers,
+    deployment_id,
+    fill_after,
+    fill_label,
+    idle,
+    open_page,
+    prefect_page,
+    see,
+    value_after,
+)
 from test_user_paths import EXAMPLES, _ok, mlyard
 
 pytestmark = pytest.mark.browser
@@ -41,9 +52,8 @@ def test_a_training_from_the_run_form_then_its_model_and_evaluation_in_mlflow(st
 
     # it starts from the example a newcomer runs first (examples/train.yaml): its fields hold values, its
     # hyperparameters are pairs of inputs (not JSON)
-    assert page.locator("xpath=//*[contains(text(), 'Training name: lowercase letters')]/following::input[1]"
-                        ).first.input_value() == "digits-sgd"
-    assert page.locator(f"input[value='{EXAMPLES / 'sklearn_digits'}']").count() == 1, "the example's code is not shown"
+    assert value_after(page, "Training name: lowercase letters") == "digits-sgd"
+    assert value_after(page, "Directory of the algorithm") == str(EXAMPLES / "sklearn_digits")
     # changed as a person does, and Run: the run completes; a hyperparameter is a key and a value
     algo = tmp_path / "algo"
     shutil.copytree(EXAMPLES / "sklearn_digits", algo)
@@ -53,8 +63,8 @@ def test_a_training_from_the_run_form_then_its_model_and_evaluation_in_mlflow(st
     see(page, "Key and value", "train-form")
     fill_label(page, "Value", "2")  # the example's first pair: epochs
     page.get_by_role("button", name="Add item").first.click()  # the first list: hyperparameters
-    fill_label(page, "Key", "seed", last=True)
-    fill_label(page, "Value", "7", last=True)
+    fill_label(page, "Key", "alpha", last=True)
+    fill_label(page, "Value", "0.0002", last=True)
     page.get_by_role("button", name=re.compile("^Submit$|^Run$")).last.click()
     # the UI goes back to the deployment once the run is made (the form's own URL is below it)
     page.wait_for_url(re.compile(r".*/deployments/deployment/[0-9a-f-]+/?(\?.*)?$"), timeout=30_000)
@@ -68,7 +78,7 @@ def test_a_training_from_the_run_form_then_its_model_and_evaluation_in_mlflow(st
         time.sleep(2)
     assert shown["status"] == "COMPLETE", shown
     training = json.loads(_ok(mlyard("trainings", "show", shown["id"][:8], "--json")))
-    assert training["spec"]["hyperparameters"] == {"epochs": 2, "learning_rate": 0.001, "epoch_seconds": 0.3, "seed": 7}, \
+    assert training["spec"]["hyperparameters"] == {"epochs": 2, "learning_rate": 0.001, "epoch_seconds": 0.3, "alpha": 0.0002}, \
         "the form's pairs, their values read as numbers"
     assert training["flow_run_name"] == "my-first-run", "the Run Name typed was replaced"
     page.goto(f"{stack.ui_url}/runs/flow-run/{shown['id']}", wait_until="networkidle")

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from browsing import SHOTS, deployment_id, fill_after, fill_label, idle, open_page, see
+from browsing import SHOTS, deployment_id, fill_after, fill_label, idle, open_page, see, value_after
 
 from tests.mlyard.test_prefect_door import call
 from tests.mlyard.test_workstation import _ok
@@ -53,11 +53,16 @@ def test_a_member_signs_in_sees_their_projects_runs_and_runs_a_training_from_the
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_url(f"{door}/deployments", timeout=30_000)
     see(page, "Deployments", "door-deployments")
-    see(page, "train", "door-deployments")
+    see(page, "deploy-endpoint-local", "door-deployments")  # each row titled by what it does, A to Z
+    page.get_by_placeholder("Search deployments").fill("train")
+    see(page, "train-local", "door-deployments")
     assert page.get_by_text("rag-sync").count() == 0, "a deployment only an admin may run is listed"
 
     # the training's Run form, filled as a person does, and Run: the run is gwen's, in her project
     page.goto(f"{door}/deployments/deployment/{train}/run", wait_until="networkidle")
+    see(page, "Training name: lowercase letters", "door-train-form")
+    # empty for her, not the owner's example: her runs read her project's storage
+    assert value_after(page, "Training name: lowercase letters") == "" == value_after(page, "Directory of the algorithm")
     page.locator(".flow-run-name-input input").fill("gwen-from-the-ui")
     fill_after(page, "Training name: lowercase letters", "gwen-train")
     fill_after(page, "Directory of the algorithm", str(algo))
