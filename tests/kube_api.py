@@ -809,6 +809,10 @@ class Kubelet:
         env.update(self.overrides)
         return env
 
+    def lookup(self, ns: str, pod_name: str) -> Any:
+        """What the pod's volumes read (kubelet_sandbox.PodSandbox): its namespace's Secrets and ConfigMaps."""
+        return lambda kind, name: self.api.objects.get((kind, ns, name))
+
     def account(self, spec: dict, container: dict) -> tuple[dict[str, str], tuple[str, ...]]:
         """The environment and binds that stand for the service account's token, for a container that has it."""
         if self.token is None or not has_token(spec, container):
@@ -919,8 +923,6 @@ class Kubelet:
             reader.join(5)
 
     def _run_pod(self, job: dict, index: int | None) -> int | None:
-        import subprocess
-
         ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
         template = copy.deepcopy(job["spec"]["template"])
         labels = {**(template.get("metadata", {}).get("labels") or {}), "job-name": name,
@@ -937,7 +939,13 @@ class Kubelet:
                 "annotations": annotations, "ownerReferences": owner}, "spec": spec}, "kube-controller-manager")
         except ApiError:  # refused (Pod Security): the controller's event is recorded, no pod ever exists
             return None
-        pod_name = pod["metadata"]["name"]
+        return self.run_bound(ns, pod["metadata"]["name"], spec, index)
+
+    def run_bound(self, ns: str, pod_name: str, spec: dict, index: int | None = None) -> int | None:
+        """What a kubelet does with a pod bound to its node: its first container run to its end (None: it
+        never started), its status reported as it goes."""
+        import subprocess
+
         self.api.set_status("Pod", ns, pod_name, {"phase": "Pending"}, "kubelet")
         container = spec["containers"][0]
         try:
@@ -957,8 +965,7 @@ class Kubelet:
 
             assert self.pods_dir is not None
             try:
-                sandbox = PodSandbox(self.pods_dir / pod_name, spec,
-                                     lambda kind, name: self.api.objects.get((kind, ns, name)))
+                sandbox = PodSandbox(self.pods_dir / pod_name, spec, self.lookup(ns, pod_name))
             except RuntimeError as exc:  # a volume's Secret or ConfigMap is missing: kubelet waits for it
                 return self._waiting(ns, pod_name, container, "ContainerCreating", str(exc))
             if not any(e.get("name") == "HOME" for e in container.get("env") or []):

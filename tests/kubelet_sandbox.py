@@ -93,12 +93,9 @@ class PodSandbox:
             if fs_group is not None:
                 os.chown(path, 0, fs_group)
             path.chmod(0o2777 if fs_group is not None else 0o777)
-        elif "projected" in volume:  # a service account's token, the cluster's CA, the namespace: stand-ins
-            for source in volume["projected"]["sources"]:
-                items = ([("token", "emulated-token-of-" + str(self.pod.get("serviceAccountName", "default")))]
-                         if "serviceAccountToken" in source else
-                         [(i["path"], "emulated " + i["path"]) for i in
-                          (source.get("configMap") or source.get("downwardAPI") or {}).get("items") or []])
+        elif "projected" in volume:  # a service account's token, the cluster's CA, the namespace: the API's
+            for source in volume["projected"]["sources"]:  # where it gives them (a real one's), else stand-ins
+                items = self._projected(source)
                 for name, text in items:
                     (path / name).write_text(text)
                     (path / name).chmod(volume["projected"].get("defaultMode", 0o644))
@@ -108,6 +105,21 @@ class PodSandbox:
                 os.chown(path, 0, fs_group)
             path.chmod(0o2775 if fs_group is not None else 0o755)
         return path
+
+    def _projected(self, source: dict) -> list[tuple[str, str]]:
+        """A projected volume's files of one source: `lookup("ServiceAccountToken", account)` (a token the API
+        issued for this pod), a ConfigMap's keys, `lookup("DownwardAPI", fieldPath)`; "emulated ..." where
+        the lookup has none (the emulator's)."""
+        account = str(self.pod.get("serviceAccountName", "default"))
+        if "serviceAccountToken" in source:
+            token = self.lookup("ServiceAccountToken", account)
+            return [(source["serviceAccountToken"]["path"] if token else "token",
+                     token["token"] if token else f"emulated-token-of-{account}")]
+        if "configMap" in source:
+            data = (self.lookup("ConfigMap", source["configMap"]["name"]) or {}).get("data") or {}
+            return [(i["path"], data.get(i["key"], "emulated " + i["path"])) for i in source["configMap"].get("items") or []]
+        return [(i["path"], (self.lookup("DownwardAPI", i.get("fieldRef", {}).get("fieldPath", "")) or {}).get(
+            "value", "emulated " + i["path"])) for i in (source.get("downwardAPI") or {}).get("items") or []]
 
     def command(self, container: dict, argv: list[str], env: dict[str, str], cwd: str,
                 binds: tuple[str, ...] = (), own_processes: bool = False) -> list[str]:

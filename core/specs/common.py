@@ -39,8 +39,9 @@ def form_schema(schema: dict[str, Any], cls: type) -> None:
       pairs first, which the form shows as inputs, or as a JSON mapping: Prefect's check accepts both,
       so the YAML's, the CLI's and `prefect deployment run --params`' mappings pass as before, and the
       model reads the pairs back into the mapping (SpecModel._mappings_from_pairs).
-    - A list of numbers or words (a hyperparameter's `values`) is offered as inputs of text first, or as a
-      JSON list (a list of mixed types alone would show a JSON editor per item).
+    - A list of numbers or words named in `FORM_LISTS` (a class attribute: a hyperparameter's `values`) is
+      offered as inputs of text first, or as a JSON list (a list of mixed types alone would show a JSON
+      editor per item); like a none choice, it is left out of a dump when it is None.
     - An optional nested model (`EarlyStoppingSpec | None`) stays a choice of none or the model. The none
       choice comes first, the field's default, as an empty object (`{}`) rather than `type: null`: the form
       then shows nothing to fill under it, not the text 'Property is type "None"' (and a type-less choice
@@ -67,7 +68,7 @@ def form_schema(schema: dict[str, Any], cls: type) -> None:
             # fail it (an enum applies to every type; a string's pattern or a list's items do not)
         props[name] = {**{k: v for k, v in prop.items() if k not in ("anyOf", "default")}, **kept}
     for name, prop in props.items():  # a list of numbers or words: inputs of text, or a JSON list
-        if prop.get("type") == "array" and _scalars(prop.get("items", {}).get("anyOf")):
+        if name in getattr(cls, "FORM_LISTS", ()) and prop.get("type") == "array" and _scalars(prop.get("items", {}).get("anyOf")):
             props[name] = {**{k: v for k, v in prop.items() if k not in ("type", "items")},
                            "anyOf": [{"type": "array", "title": "List", "items": {
                                          "type": "string", "description": "One value, e.g. 0.01 or sgd."}},
@@ -166,10 +167,11 @@ class SpecModel(BaseModel):
 
     @model_serializer(mode="wrap")
     def _without_none_choices(self, handler: Any) -> Any:
-        """A none choice (FORM_NONE) that is None is left out: Prefect's check takes its absence, not null."""
+        """A none choice (FORM_NONE) or a list of choices (FORM_LISTS) that is None is left out: Prefect's check
+        takes its absence, not null."""
         data = handler(self)
         if isinstance(data, dict):
-            for name in getattr(type(self), "FORM_NONE", {}):
+            for name in (*getattr(type(self), "FORM_NONE", {}), *getattr(type(self), "FORM_LISTS", ())):
                 if name in data and data[name] is None:
                     del data[name]
         return data

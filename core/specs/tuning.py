@@ -17,6 +17,7 @@ class HyperparameterSpec(SpecModel):
     """One hyperparameter to search: a range (min/max, step for grid) or a list of values."""
 
     model_config = ConfigDict(extra="forbid")
+    FORM_LISTS: ClassVar[tuple[str, ...]] = ("values",)
 
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$", description="Passed to the script as --name value, e.g. lr.")
     type: Literal["int", "double", "categorical"] = Field(description="int, double or categorical (values only).")

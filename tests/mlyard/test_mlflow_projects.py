@@ -54,7 +54,7 @@ def test_the_mlflow_ui_shows_each_member_their_projects_experiments_and_models_a
         keys[name] = json.loads(_ok(owner("users", "create", name, "--json")))["key"]
         _ok(owner("projects", "add-member", project, name, "--role", role))
     train = call(f"{door}/api/deployments/filter", "POST", {"flows": {"name": {"any_": ["train"]}},
-                                                            "deployments": {"name": {"any_": ["local"]}}},
+                                                            "deployments": {"name": {"any_": ["train-local"]}}},
         headers={"Authorization": f"Bearer {keys['mara']}"})[2][0]["id"]
 
     def start(user: str, project: str, experiment: str) -> tuple[int, dict]:

@@ -116,7 +116,7 @@ print(json.dumps([run, sorted({m.split('.')[0] for m in sys.modules} & {"prefect
     run, imported = json.loads(out.stdout.strip().splitlines()[-1])
     assert imported == [] and run["name"]
     queued = _cancel(run["id"])  # the deployment's own tags join the run's, as Prefect adds them
-    assert (queued["deployment"], queued["parameters"]) == ("local", {"spec": {"rag": "nosuch"}})
+    assert (queued["deployment"], queued["parameters"]) == ("rag-sync-local", {"spec": {"rag": "nosuch"}})
     assert "mlyard.test:queued" in queued["tags"]
 
 
@@ -129,7 +129,7 @@ def test_queueing_errs_as_the_same_class_and_message_and_falls_back_without_the_
 
     with monkeypatch.context() as m:
         m.setattr(submit, "create_run", refuse)
-        with pytest.raises(StackError, match="no deployment 'no-such-flow/local'") as remote:
+        with pytest.raises(StackError, match="no deployment 'no-such-flow/no-such-flow-local'") as remote:
             submit.submit("no-such-flow/local", {})
     with pytest.raises(StackError) as here:
         submit.create_run("no-such-flow/local", {}, [], {})

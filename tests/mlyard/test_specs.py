@@ -168,7 +168,7 @@ def test_run_forms_show_inputs_not_json_and_prefect_still_takes_the_specs(flow_p
             shown[f"{model['title']}.{field}"] = _rendered(prop, defs)
             if "anyOf" in prop:  # a choice only where it means something; never a `str | None` toggle
                 assert shown[f"{model['title']}.{field}"] in (
-                    "choice of Key and value | JSON", "choice of Use template | TrainingSpec",
+                    "choice of Key and value | JSON", "choice of List | JSON", "choice of Use template | TrainingSpec",
                     "choice of Off | EarlyStoppingSpec"), (field, prop)
                 # the none choice: nothing to fill (no `type: null`, which the form shows as 'Property is
                 # type "None"'), and null alone passes it
@@ -201,6 +201,14 @@ def test_run_forms_show_inputs_not_json_and_prefect_still_takes_the_specs(flow_p
         assert "early_stopping" not in dumped and "training" not in dumped and dumped["template"] == "t"
         assert validate({"spec": dumped}, schema, raise_on_error=True) == []
         assert TuningSpec(**dumped) == spec
+        # a range's values (None) are left out as Prefect's check takes them; values pass as the form's text
+        # and as the YAML's numbers
+        ranged = TuningSpec(**{**tune, "parameters": [{"name": "lr", "type": "double", "min": 0.001, "max": 0.1}]})
+        dumped = ranged.model_dump(mode="json")
+        assert "values" not in dumped["parameters"][0] and validate({"spec": dumped}, schema, raise_on_error=True) == []
+        for values in (["0.01", "0.1"], [0.01, 0.1]):
+            given = {"spec": {**tune, "parameters": [{"name": "lr", "type": "double", "values": values}]}}
+            assert validate(given, schema, raise_on_error=True) == []
 
 
 def test_a_mapping_given_as_the_forms_pairs_is_read_as_the_mapping():
