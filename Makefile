@@ -74,6 +74,17 @@ $(GATEWAY_API): infra/gateway-api/package.json infra/gateway-api/package-lock.js
 	cd $(VENV)/gateway-api && npm ci --no-audit --no-fund --silent
 	touch $@
 
+# Kubernetes' own control plane for the cluster tests (tests/controlplane.py): kube-apiserver,
+# kube-controller-manager and kube-scheduler built from the Go module proxy by tests/controlplane/build.sh
+# (15-20 minutes on 2 cores the first time, seconds once Go's build cache holds them), and Debian's etcd
+CONTROL_PLANE := $(VENV)/controlplane/.built
+$(CONTROL_PLANE): tests/controlplane/go.mod tests/controlplane/go.sum tests/controlplane/build.sh
+	command -v etcd >/dev/null || apt-get install -y -q etcd-server >/dev/null 2>&1 \
+	  || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q etcd-server >/dev/null 2>&1) \
+	  || echo "etcd-server could not be installed (no apt or no root): the cluster tests need it"
+	sh tests/controlplane/build.sh $(VENV)/controlplane
+	touch $@
+
 # what the PostgreSQL tier runs: a training from the CLI and one from Python (the users' paths), tunings with
 # parallel trials (one study, concurrent writers), a progressive promotion, a schedule's catch-up
 POSTGRES_TIER := tests/test_postgres_stores.py \
@@ -88,7 +99,7 @@ POSTGRES_TIER := tests/test_postgres_stores.py \
 
 # a target's variable reaches the prerequisites it builds: the install that `make test` runs warms mypy's cache
 test: WARM_TYPE_CACHE := 1
-test: $(STAMP) $(GATEWAY_API)
+test: $(STAMP) $(GATEWAY_API) $(CONTROL_PLANE)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	# the prepared Prefect database again if a flow or spec changed since the install (at once if not)
