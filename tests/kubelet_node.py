@@ -25,7 +25,17 @@ from controlplane import ControlPlane, _cert, _free_port, _key, _pem_cert, _pem_
 from kube_api import Kubelet, _now
 
 PATHS = {"Pod": ("api/v1", "pods"), "Secret": ("api/v1", "secrets"), "ConfigMap": ("api/v1", "configmaps"),
-         "Job": ("apis/batch/v1", "jobs"), "Node": ("api/v1", "nodes"), "Lease": ("apis/coordination.k8s.io/v1", "leases")}
+         "Job": ("apis/batch/v1", "jobs"), "Node": ("api/v1", "nodes"), "Lease": ("apis/coordination.k8s.io/v1", "leases"),
+         "Namespace": ("api/v1", "namespaces"), "Service": ("api/v1", "services"),
+         "ServiceAccount": ("api/v1", "serviceaccounts"), "PersistentVolumeClaim": ("api/v1", "persistentvolumeclaims"),
+         "Deployment": ("apis/apps/v1", "deployments"), "StatefulSet": ("apis/apps/v1", "statefulsets"),
+         "Role": ("apis/rbac.authorization.k8s.io/v1", "roles"),
+         "RoleBinding": ("apis/rbac.authorization.k8s.io/v1", "rolebindings"),
+         "NetworkPolicy": ("apis/networking.k8s.io/v1", "networkpolicies"),
+         "PodDisruptionBudget": ("apis/policy/v1", "poddisruptionbudgets"),
+         "HorizontalPodAutoscaler": ("apis/autoscaling/v2", "horizontalpodautoscalers")}
+# what the control plane makes in every namespace by itself (not the install's)
+OWN = {("ServiceAccount", "default"), ("ConfigMap", "kube-root-ca.crt")}
 
 
 class RealApi:
@@ -80,6 +90,57 @@ class RealApi:
         return doc
 
 
+class ClusterApi(RealApi):
+    """A real API server as the cluster tests ask it what an install made (an admin's view)."""
+
+    def get(self, kind: str, namespace: str, name: str) -> dict:
+        found = self.get_object(kind, namespace, name)
+        assert found is not None, f"{kind} {namespace}/{name} not found"
+        return found
+
+    def create(self, kind: str, api_version: str, ns: str | None, body: dict, manager: str = "kubectl") -> dict:
+        code, doc = self.request("POST", self.path(kind, ns) + f"?fieldManager={manager}",
+                                 {"apiVersion": api_version, "kind": kind, **body})
+        assert code == 201, f"creating {kind} {body['metadata'].get('name')}: {code} {doc.get('message')}"
+        return doc
+
+    def delete(self, key: tuple[str, str | None, str]) -> None:
+        code, doc = self.request("DELETE", self.path(*key))
+        assert code in (200, 202), f"deleting {key}: {code} {doc.get('message')}"
+
+    def made(self, namespace: str) -> list[tuple[str, str]]:
+        """(kind, name) of every object in `namespace` of the kinds an install makes, but the control plane's own."""
+        return sorted((kind, o["metadata"]["name"]) for kind in PATHS if kind not in ("Node", "Lease", "Namespace", "Pod")
+                      for o in self.items(kind, namespace) if (kind, o["metadata"]["name"]) not in OWN)
+
+    def versions(self, namespace: str) -> dict[tuple[str, str], str]:
+        """Each such object's revision of what was asked of it: its spec's `generation` where it has one (the
+        controllers write a Deployment's status, never its generation), else its resourceVersion."""
+        return {(kind, o["metadata"]["name"]): str(o["metadata"].get("generation") or o["metadata"]["resourceVersion"])
+                for kind in PATHS
+                if kind not in ("Node", "Lease", "Namespace", "Pod") for o in self.items(kind, namespace)
+                if (kind, o["metadata"]["name"]) not in OWN}
+
+    def owner_of(self, kind: str, namespace: str, name: str, *path: str) -> list[str]:
+        """The field managers that own `path` of the object (its managedFields, as the server keeps them)."""
+        owners = []
+        for entry in self.get(kind, namespace, name)["metadata"].get("managedFields") or []:
+            node = entry.get("fieldsV1") or {}
+            for part in path:
+                node = node.get(f"f:{part}") if isinstance(node, dict) else None
+            if node is not None:
+                owners.append(entry["manager"])
+        return owners
+
+    def drop_namespace(self, name: str, timeout: float = 60) -> None:
+        """The namespace deleted and gone (the namespace controller deletes what it holds first)."""
+        self.request("DELETE", self.path("Namespace", None, name))
+        deadline = time.monotonic() + timeout
+        while self.get_object("Namespace", None, name) is not None:  # type: ignore[arg-type]
+            assert time.monotonic() < deadline, f"namespace {name} still there after {timeout:.0f} s"
+            time.sleep(0.3)
+
+
 class _Objects:
     """`api.objects.get((kind, namespace, name))` and `(kind, namespace, name) in api.objects`, as the API reads."""
 
@@ -98,8 +159,10 @@ class NodeKubelet(Kubelet):
 
     def __init__(self, plane: ControlPlane, name: str, cwd: str, capacity: dict[str, str] | None = None,
                  labels: dict[str, str] | None = None, taints: list[dict] | None = None,
-                 overrides: dict[str, str] | None = None, binds: tuple[str, ...] = ()):
-        self.plane, self.name = plane, name
+                 overrides: dict[str, str] | None = None, binds: tuple[str, ...] = (), runs: Any = None):
+        """`runs(pod)`: whether this node runs a pod bound to it (default: every one); the others stay
+        ContainerCreating, as on a node still pulling their images."""
+        self.plane, self.name, self.runs = plane, name, runs or (lambda pod: True)
         self.node_api = RealApi(plane.url, plane.ssl_context(f"system:node:{name}", ("system:nodes",)))
         self.capacity = {"cpu": "8", "memory": "32Gi", "pods": "110", "ephemeral-storage": "100Gi", **(capacity or {})}
         self.port, self._server = self._serve_logs()
@@ -164,7 +227,8 @@ class NodeKubelet(Kubelet):
                         threading.Thread(target=self._delete, args=(pod,), daemon=True).start()
                 elif meta["uid"] not in self.pods and pod["status"].get("phase") in (None, "Pending"):
                     self.pods[meta["uid"]] = pod
-                    threading.Thread(target=self._run, args=(pod,), daemon=True).start()
+                    if self.runs(pod):
+                        threading.Thread(target=self._run, args=(pod,), daemon=True).start()
             live = {p["metadata"]["name"] for p in bound}
             for pod_name, proc in list(self.processes.items()):
                 if pod_name not in live and proc.poll() is None and pod_name not in self.ending:

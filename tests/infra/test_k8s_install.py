@@ -1,7 +1,7 @@
 """`mlyard k8s render|apply` as a platform engineer runs them: fresh processes, a values file, and a
-Kubernetes API. No cluster can run here: the API is the emulator of tests/kube_api.py (real HTTP, server-
-side apply with field ownership), reached through a kubeconfig like any cluster; the manifests are
-checked strictly with kubernetes-validate."""
+Kubernetes API: Kubernetes' own control plane (tests/controlplane.py: its admission, RBAC, controllers and
+scheduler), reached through a kubeconfig like any cluster, with one node played here (tests/kubelet_node.py)
+that runs the install's Jobs' pods; the manifests are checked strictly with kubernetes-validate."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-from kube_api import KubeApi, Kubelet
+from kubelet_node import ClusterApi, NodeKubelet
 
 ROOT = Path(__file__).resolve().parents[2]
 MLYARD = str(Path(sys.executable).parent / "mlyard")
@@ -99,21 +99,30 @@ def test_bad_values_are_refused_in_one_line(tmp_path, change, field):
     assert not out.stdout
 
 
+NODES = iter(range(1, 1000))
+
+
 @pytest.fixture
-def cluster(tmp_path):
-    """The API emulator, and a kubelet that runs the Jobs' pods here as their users, with their volumes and
-    read-only roots (tests/kubelet_sandbox.py). The migration Job's databases are SQLite files in a folder
-    of the pods' user, named by the Secrets as a cluster's name PostgreSQL ones, and bound into its pod
-    as a database server would be reached."""
-    api = KubeApi()
-    kubeconfig = api.kubeconfig(tmp_path / "kubeconfig")
+def cluster(tmp_path, control_plane):
+    """The control plane with a node whose kubelet runs the Jobs' pods here as their users, with their volumes
+    and read-only roots (tests/kubelet_sandbox.py); the Deployments' pods stay ContainerCreating there, as on
+    a node still pulling their images. The migration Job's databases are SQLite files in a folder of the
+    pods' user, named by the Secrets as a cluster's name PostgreSQL ones, and bound into its pod as a
+    database server would be reached. The install's namespace and the node are gone after the test."""
+    api = ClusterApi(control_plane.url, control_plane.ssl_context())
+    kubeconfig = control_plane.kubeconfig(path=tmp_path / "kubeconfig")
     databases = tmp_path / "databases"
     databases.mkdir(mode=0o700)
     _to_pods(databases)
-    kubelet = Kubelet(api, str(ROOT), as_users=True, binds=(str(databases),))
-    yield api, kubeconfig
-    kubelet.close()
-    api.close()
+    name = f"install-{next(NODES)}"
+    node = NodeKubelet(control_plane, name, str(ROOT), binds=(str(databases),), runs=lambda pod: any(
+        o["kind"] == "Job" for o in pod["metadata"].get("ownerReferences") or []))
+    try:
+        yield api, kubeconfig
+    finally:
+        api.drop_namespace("ml-platform")
+        node.close()
+        api.request("DELETE", f"/api/v1/nodes/{name}")
 
 
 # The keys each of VALUES's Secrets must hold (infra/README.md lists them): what the pods read by
@@ -139,14 +148,23 @@ def _to_pods(databases: Path) -> None:
         os.chown(path, 10001, 10001)
 
 
-def _secret(api: KubeApi, namespace: str, name: str, folder: Path, without: str | None = None) -> None:
+def _secret(api: ClusterApi, namespace: str, name: str, folder: Path, without: str | None = None) -> None:
+    """A Secret as the platform engineer makes it (`kubectl create secret`), in its namespace (made first if
+    need be); the image pull Secret's a registry credential the API server checks the shape of."""
     import base64
 
-    urls = _databases(folder)
+    urls = {**_databases(folder), ".dockerconfigjson": json.dumps({"auths": {"registry.example": {
+        "auth": base64.b64encode(b"ci:token").decode()}}})}
     if (folder / "databases").is_dir():
         _to_pods(folder / "databases")
+    if api.get_object("Namespace", None, namespace) is None:  # type: ignore[arg-type]
+        api.create("Namespace", "v1", None, {"metadata": {"name": namespace}})
     data = {key: base64.b64encode(urls.get(key, "x").encode()).decode() for key in KEYS[name] if key != without}
-    api.create("Secret", "v1", namespace, {"metadata": {"name": name}, "type": "Opaque", "data": data}, "kubectl-create")
+    kind = "kubernetes.io/dockerconfigjson" if name == "regcred" else "Opaque"
+    api.create("Secret", "v1", namespace, {"metadata": {"name": name}, "type": kind, "data": data}, "kubectl-create")
+
+
+SECRETS = [("Secret", n) for n in ("mf", "ms", "pf", "regcred")]
 
 
 def test_apply_needs_the_secrets_then_applies_everything_and_a_second_apply_changes_nothing(tmp_path, values_file,
@@ -155,7 +173,8 @@ def test_apply_needs_the_secrets_then_applies_everything_and_a_second_apply_chan
     first = mlyard("k8s", "apply", "-f", str(values_file), "--kubeconfig", str(kubeconfig), cwd=tmp_path)
     assert first.returncode == 2 and "Traceback" not in first.stderr
     assert "pf, mf, ms, regcred" in first.stderr or all(n in first.stderr for n in ("pf", "mf", "ms", "regcred"))
-    assert [o["kind"] for o in api.objects.values()] == ["Namespace"], "nothing but the namespace before the Secrets"
+    assert api.get_object("Namespace", None, "ml-platform") is not None  # type: ignore[arg-type]
+    assert api.made("ml-platform") == [], "nothing but the namespace before the Secrets"
 
     for name in ("pf", "mf", "regcred"):
         _secret(api, "ml-platform", name, tmp_path)
@@ -163,7 +182,7 @@ def test_apply_needs_the_secrets_then_applies_everything_and_a_second_apply_chan
     lacking = mlyard("k8s", "apply", "-f", str(values_file), "--kubeconfig", str(kubeconfig), cwd=tmp_path)
     assert lacking.returncode == 2 and len(lacking.stderr.strip().splitlines()) == 1, lacking.stderr
     assert "Secret ms without key(s) mlyard_replica_token" in lacking.stderr and "nothing else" in lacking.stderr
-    assert sorted(o["kind"] for o in api.objects.values()) == ["Namespace"] + ["Secret"] * 4
+    assert api.made("ml-platform") == SECRETS
     api.delete(("Secret", "ml-platform", "ms"))
     _secret(api, "ml-platform", "ms", tmp_path)
     second = mlyard("k8s", "apply", "-f", str(values_file), "--kubeconfig", str(kubeconfig), "--json", cwd=tmp_path)
@@ -175,12 +194,12 @@ def test_apply_needs_the_secrets_then_applies_everything_and_a_second_apply_chan
     assert all("migrated from an empty database" in line for line in said), said
     kinds = [r["kind"] for r in rows]
     assert kinds.index("Job") < min(i for i, k in enumerate(kinds) if k == "Deployment"), "the schemas come first"
-    rv = {k: o["metadata"]["resourceVersion"] for k, o in api.objects.items()}
+    rv = api.versions("ml-platform")
 
     third = mlyard("k8s", "apply", "-f", str(values_file), "--kubeconfig", str(kubeconfig), "--json", cwd=tmp_path)
     assert third.returncode == 0, third.stderr
     assert {r["outcome"] for r in json.loads(third.stdout)} == {"unchanged"}
-    assert {k: o["metadata"]["resourceVersion"] for k, o in api.objects.items()} == rv, "a second apply changed nothing"
+    assert api.versions("ml-platform") == rv, "a second apply changed nothing"
 
     gateway = api.get("Deployment", "ml-platform", "gateway")
     assert gateway["spec"]["replicas"] == 4
@@ -190,7 +209,7 @@ def test_apply_needs_the_secrets_then_applies_everything_and_a_second_apply_chan
 
 def test_sign_in_puts_every_ui_behind_oauth2_proxy_once_its_secret_is_there(tmp_path, cluster):
     """`sign_in: true`: the sign-in component (infra/k8s/components/sign-in) rendered strictly valid and under
-    the restricted profile, and applied to the emulator once the Secret mlyard-oidc holds every key it names:
+    the restricted profile, and applied to the cluster once the Secret mlyard-oidc holds every key it names:
     oauth2-proxy beside the front door (the Prefect UI, the dashboard, notebooks) and beside the MLflow UI."""
     from pod_security import violations
 
@@ -213,12 +232,12 @@ def test_sign_in_puts_every_ui_behind_oauth2_proxy_once_its_secret_is_there(tmp_
     assert "--host 127.0.0.1" in ui[0]["command"][-1] and "--upstream=http://127.0.0.1:5000/" in ui[1]["args"]
     assert {"name": "MLYARD_DOOR_TRUSTED_PROXY", "value": "true"} in ui[0]["env"]
 
-    api.create("Namespace", "v1", None, {"metadata": {"name": "ml-platform"}}, "kubectl")
+    api.create("Namespace", "v1", None, {"metadata": {"name": "ml-platform"}})
     for name in ("pf", "mf", "ms", "regcred"):
         _secret(api, "ml-platform", name, tmp_path)
     refused = mlyard("k8s", "apply", "-f", str(path), "--kubeconfig", str(kubeconfig), cwd=tmp_path)
     assert refused.returncode == 2 and "mlyard-oidc" in refused.stderr, refused.stderr
-    assert sorted(o["kind"] for o in api.objects.values()) == ["Namespace"] + ["Secret"] * 4
+    assert api.made("ml-platform") == SECRETS
     _secret(api, "ml-platform", "mlyard-oidc", tmp_path)
     applied = mlyard("k8s", "apply", "-f", str(path), "--kubeconfig", str(kubeconfig), "--json", cwd=tmp_path)
     assert applied.returncode == 0, applied.stderr
@@ -231,7 +250,7 @@ def test_sign_in_puts_every_ui_behind_oauth2_proxy_once_its_secret_is_there(tmp_
 
 def test_a_changed_value_changes_only_what_it_touches(tmp_path, values_file, cluster):
     api, kubeconfig = cluster
-    api.create("Namespace", "v1", None, {"metadata": {"name": "ml-platform"}}, "kubectl")
+    api.create("Namespace", "v1", None, {"metadata": {"name": "ml-platform"}})
     for name in ("pf", "mf", "ms", "regcred"):
         _secret(api, "ml-platform", name, tmp_path)
     assert mlyard("k8s", "apply", "-f", str(values_file), "--kubeconfig", str(kubeconfig), cwd=tmp_path).returncode == 0
