@@ -41,8 +41,10 @@ OWN = {("ServiceAccount", "default"), ("ConfigMap", "kube-root-ca.crt")}
 class RealApi:
     """The part of tests/kube_api.KubeApi a Kubelet uses, over a real API server's REST API as one identity."""
 
-    def __init__(self, url: str, context: ssl.SSLContext):
-        self.url, self.context = url, context
+    def __init__(self, url: str, context: ssl.SSLContext, token: str | None = None):
+        """`context`: the CA, and a client certificate for who asks; or `token`, a bearer token (a service
+        account's) and the CA alone."""
+        self.url, self.context, self.token = url, context, token
         self.objects = _Objects(self)
         self.pod_logs: dict[tuple[str, str], str] = {}
 
@@ -55,7 +57,8 @@ class RealApi:
                 content_type: str = "application/json") -> tuple[int, Any]:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": content_type, "Accept": "application/json"})
+                                     headers={"Content-Type": content_type, "Accept": "application/json",
+                                              **({"Authorization": f"Bearer {self.token}"} if self.token else {})})
         try:
             with urllib.request.urlopen(req, context=self.context, timeout=30) as resp:
                 return resp.status, json.loads(resp.read() or b"null")

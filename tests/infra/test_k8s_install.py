@@ -394,3 +394,58 @@ def test_the_values_storage_class_goes_to_every_claim_the_install_makes():
     assert [c["spec"]["storageClassName"] for c in postgres["spec"]["volumeClaimTemplates"]] == ["fast-ssd"]
     plain = next(o for o in render(ClusterValues(overlay="dev")) if o["kind"] == "StatefulSet")
     assert "storageClassName" not in plain["spec"]["volumeClaimTemplates"][0]["spec"]
+
+
+def test_each_account_of_the_install_does_what_its_pod_does_and_no_more(tmp_path, values_file, cluster,
+                                                                         control_plane):
+    """RBAC as the API server authorizes it, with the tokens it issues to the install's ServiceAccounts: the
+    Prefect worker creates the very Job it renders for a flow run (prefect-kubernetes' own rendering of the
+    pool's job template as the install registers it) and reads no Secret; a run's account (user code runs
+    as it) reads no Secret and makes nothing; no account of the install may grant itself more. The Job's pod
+    passes the namespace's restricted profile."""
+    import ssl
+
+    from job_templates import render
+
+    from mlyard.core.specs.cluster import ClusterValues
+    from mlyard.prefect_setup import CPU_TEMPLATE, GPU_TEMPLATE, cluster_pool_template
+
+    api, kubeconfig = cluster
+    for name in ("pf", "mf", "ms", "regcred"):
+        _secret(api, "ml-platform", name, tmp_path)
+    applied = mlyard("k8s", "apply", "-f", str(values_file), "--kubeconfig", str(kubeconfig), cwd=tmp_path)
+    assert applied.returncode == 0, applied.stderr
+    labels = api.get("Namespace", None, "ml-platform")["metadata"]["labels"]  # type: ignore[arg-type]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted", labels
+    accounts = [n for k, n in api.made("ml-platform") if k == "ServiceAccount"]
+    assert {"mlyard-run", "prefect-worker-gpu", "mlyard-endpoints"} <= set(accounts), accounts
+
+    def as_account(account: str) -> ClusterApi:
+        code, doc = api.request("POST", f"/api/v1/namespaces/ml-platform/serviceaccounts/{account}/token",
+                                {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}})
+        assert code == 201, doc
+        return ClusterApi(api.url, ssl.create_default_context(cafile=str(control_plane.ca)), doc["status"]["token"])
+
+    values = ClusterValues(**VALUES)
+    for pool, template in (("gpu", GPU_TEMPLATE), ("cpu", CPU_TEMPLATE)):
+        job = render(cluster_pool_template(template, values, values.image), {})
+        worker = as_account(f"prefect-worker-{pool}")
+        code, doc = worker.request("POST", "/apis/batch/v1/namespaces/ml-platform/jobs?dryRun=All", job)
+        assert code == 201, (pool, doc)
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "check"}, "spec": job["spec"]["template"]["spec"]}
+        code, doc = api.request("POST", "/api/v1/namespaces/ml-platform/pods?dryRun=All", pod)
+        assert code == 201, (pool, "its pod under the restricted profile", doc)
+        assert worker.request("GET", "/api/v1/namespaces/ml-platform/secrets/ms")[0] == 403
+    run = as_account("mlyard-run")
+    for method, path in (("GET", "/api/v1/namespaces/ml-platform/secrets/ms"), ("GET", "/api/v1/namespaces/ml-platform/secrets"),
+                         ("GET", "/api/v1/namespaces/ml-platform/configmaps"),
+                         ("POST", "/apis/batch/v1/namespaces/ml-platform/jobs?dryRun=All"),
+                         ("POST", "/api/v1/namespaces/ml-platform/pods?dryRun=All")):
+        assert run.request(method, path, {"metadata": {"name": "x"}} if method == "POST" else None)[0] == 403, path
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "more"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "admin"},
+               "subjects": [{"kind": "ServiceAccount", "name": "mlyard-run", "namespace": "ml-platform"}]}
+    for account in accounts:
+        code, _ = as_account(account).request(
+            "POST", "/apis/rbac.authorization.k8s.io/v1/namespaces/ml-platform/rolebindings?dryRun=All", binding)
+        assert code == 403, f"{account} may bind roles"
