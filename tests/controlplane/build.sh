@@ -18,6 +18,7 @@ if [ "$go_minor" != "$((minor - 10))" ]; then
   exit 1
 fi
 mkdir -p "$out"
+out=$(cd "$out" && pwd)  # go build runs in this folder
 pkg=k8s.io/component-base/version
 flags="-s -w -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
 for cmd in kube-apiserver kube-controller-manager kube-scheduler; do
