@@ -1,8 +1,9 @@
 """The scheduler's replicas on a cluster elect one leader through a Lease (tasks/leader.py): only the
 holder schedules, and when it dies (kill -9) the other takes over within 30 s, and no slot runs twice.
-Two real scheduler processes against the Kubernetes API emulator of tests/kube_api.py (no cluster runs
-here), sharing a catalog of their own (so that they schedule nothing of the other tests') that holds a
-schedule firing every second."""
+Two real scheduler processes against Kubernetes' own control plane (tests/controlplane.py), each as the
+install's `mlyard-scheduler` ServiceAccount with a token the API server issued and the Role the manifests
+give it (nothing more), sharing a catalog of their own (so that they schedule nothing of the other tests')
+that holds a schedule firing every second."""
 
 from __future__ import annotations
 
@@ -14,15 +15,39 @@ import threading
 import time
 from pathlib import Path
 
-from kube_api import KubeApi
+from kubelet_node import ClusterApi
 
 ROOT = Path(__file__).resolve().parents[2]
-NS = "mlyard"
+NS = "mlyard-lease"
 
 
-def _holder(api: KubeApi) -> str | None:
-    lease = api.objects.get(("Lease", NS, "mlyard-scheduler"))
+def _holder(api: ClusterApi) -> str | None:
+    lease = api.get_object("Lease", NS, "mlyard-scheduler")
     return lease["spec"].get("holderIdentity") if lease else None
+
+
+def _as_the_scheduler(api: ClusterApi, plane, path: Path) -> Path:
+    """The install's scheduler account and its Role, as the manifests make them, in NS; a kubeconfig with a
+    token the API server issues to that account (what its pods' token is)."""
+    import yaml
+
+    from mlyard.core.specs.cluster import ClusterValues
+    from mlyard.tasks.cluster import render
+
+    api.create("Namespace", "v1", None, {"metadata": {"name": NS}})
+    for obj in render(ClusterValues(overlay="dev", namespace=NS)):
+        if obj["metadata"]["name"] == "mlyard-scheduler" and obj["kind"] in ("ServiceAccount", "Role", "RoleBinding"):
+            api.create(obj["kind"], obj["apiVersion"], NS, {k: v for k, v in obj.items() if k not in ("kind", "apiVersion")})
+    code, doc = api.request("POST", f"/api/v1/namespaces/{NS}/serviceaccounts/mlyard-scheduler/token",
+                            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}})
+    assert code == 201, doc
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "pod",
+        "clusters": [{"name": "c", "cluster": {"server": plane.url, "certificate-authority": str(plane.ca)}}],
+        "users": [{"name": "mlyard-scheduler", "user": {"token": doc["status"]["token"]}}],
+        "contexts": [{"name": "pod", "context": {"cluster": "c", "user": "mlyard-scheduler", "namespace": NS}}]}))
+    path.chmod(0o600)
+    return path
 
 
 def _wait(predicate, timeout: float, what: str):
@@ -111,14 +136,13 @@ def _finish_all(tag: str) -> None:
             pass
 
 
-def test_one_replica_leads_and_another_takes_over_within_30_s(stack, tmp_path):
+def test_one_replica_leads_and_another_takes_over_within_30_s(stack, tmp_path, control_plane):
     """...and every second's slot runs once: none twice across the change of leader, none lost (catch-up)."""
     from collections import Counter
     from datetime import datetime, timezone
 
-    api = KubeApi()
-    kubeconfig = api.kubeconfig(tmp_path / "kubeconfig")
-    api.create("Namespace", "v1", None, {"metadata": {"name": NS}}, "kubectl")
+    api = ClusterApi(control_plane.url, control_plane.ssl_context())
+    kubeconfig = _as_the_scheduler(api, control_plane, tmp_path / "kubeconfig")
     catalog_url = f"sqlite:///{tmp_path / 'shared.db'}"  # the replicas' one catalog (the cluster's database)
     tag = _schedule(catalog_url)
     stop = threading.Event()
@@ -173,7 +197,7 @@ def test_one_replica_leads_and_another_takes_over_within_30_s(stack, tmp_path):
         stop.set()
         finisher.join(10)
         _finish_all(tag)
-        api.close()
+        api.drop_namespace(NS)
 
 
 def test_the_manifests_give_the_scheduler_what_the_election_needs():
