@@ -1,22 +1,25 @@
 """The documentation's Kubernetes install walk (docs/platform/kubernetes.md), followed as written against
-the API emulator: the Secrets its `kubectl create secret` lines make (every key, by those names), the values file it writes, `mlyard k8s
-apply` of it (the emulated kubelet runs the migration Job as its user, with its volumes and a read-only
-root), then step 4 on the cluster's Prefect. Steps 5 and 6 use MLYARD_API_URL and MLYARD_UPLOAD_URI as
+Kubernetes' own control plane (tests/controlplane.py): the Secrets its `kubectl create secret` lines make
+(every key, by those names), the values file it writes, `mlyard k8s apply` of it (the real Job controller
+makes the migration Job's pod, and a node of tests/kubelet_node.py runs it as its user, with its volumes
+and a read-only root; the workloads' controllers make every other pod, which the API server admits under
+the namespace's restricted profile), then step 4 on the cluster's Prefect. Steps 5 and 6 use MLYARD_API_URL and MLYARD_UPLOAD_URI as
 tests/mlyard/test_workstation.py and tests/infra/test_uploads.py exercise them.
 
-The one departure: the walk's databases are PostgreSQL's (the dev overlay's StatefulSet, which the emulator
-does not run); here the Secrets name SQLite files in a folder of the pods' user instead."""
+The one departure: the walk's databases are PostgreSQL's (the dev overlay's StatefulSet, whose pod no node
+here runs); here the Secrets name SQLite files in a folder of the pods' user instead."""
 
 from __future__ import annotations
 
 import base64
 import json
 import re
+import time
 from pathlib import Path
 
 import yaml
-from kube_api import KubeApi, Kubelet
 from kube_cluster import ROOT
+from kubelet_node import ClusterApi, NodeKubelet
 
 from tests.infra.test_k8s_install import _to_pods, clusters_prefect, mlyard  # noqa: F401 - a fixture
 
@@ -56,7 +59,7 @@ def _secret_refs(node) -> list[tuple[str, str | None]]:
     return found
 
 
-def test_the_walk_installs_the_platform_as_written(tmp_path, clusters_prefect):  # noqa: F811
+def test_the_walk_installs_the_platform_as_written(tmp_path, clusters_prefect, control_plane):  # noqa: F811
     walk = _walk()
     values = yaml.safe_load(walk.split("cat > values.yaml <<'YAML'", 1)[1].split("\nYAML", 1)[0])
     (tmp_path / "values.yaml").write_text(yaml.safe_dump(values))
@@ -69,25 +72,32 @@ def test_the_walk_installs_the_platform_as_written(tmp_path, clusters_prefect): 
     urls = {"database-url": f"sqlite+aiosqlite:///{databases}/prefect.db",
             "backend-store-uri": f"sqlite:///{databases}/mlflow.db",
             "mlyard_catalog_url": f"sqlite:///{databases}/catalog.db"}
-    api = KubeApi()
-    kubeconfig = api.kubeconfig(tmp_path / "kubeconfig")
+    api = ClusterApi(control_plane.url, control_plane.ssl_context())
+    kubeconfig = control_plane.kubeconfig(path=tmp_path / "kubeconfig")
     _to_pods(databases)
-    kubelet = Kubelet(api, str(ROOT), as_users=True, binds=(str(databases),))
+    node = NodeKubelet(control_plane, "walk", str(ROOT), binds=(str(databases),), runs=lambda pod: any(
+        o["kind"] == "Job" for o in pod["metadata"].get("ownerReferences") or []))
     try:
-        api.create("Namespace", "v1", None, {"metadata": {"name": "mlyard"}}, "kubectl")  # kubectl create namespace
+        api.create("Namespace", "v1", None, {"metadata": {"name": "mlyard"}})  # kubectl create namespace
         for name, (kind, keys) in secrets.items():
             data = {key: urls.get(key, json.dumps({"auths": {}}) if key == ".dockerconfigjson" else f"{key}-value")
                     for key in keys}
             api.create("Secret", "v1", "mlyard", {"metadata": {"name": name}, "type": kind, "data": {
-                k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}, "kubectl-create")
+                k: base64.b64encode(v.encode()).decode() for k, v in data.items()}})
         # 3. the platform, as `mlyard k8s apply -f values.yaml` makes it
         applied = mlyard("k8s", "apply", "-f", "values.yaml", "--kubeconfig", str(kubeconfig), cwd=tmp_path)
         assert applied.returncode == 0, applied.stdout + applied.stderr
         assert all(f"migrations: {db}:" in applied.stdout for db in ("catalog", "mlflow", "prefect")), applied.stdout
         job_pod = next(p for p in api.items("Pod", "mlyard") if p["metadata"]["name"].startswith("mlyard-migrate-"))
         assert job_pod["spec"]["securityContext"]["runAsUser"] == 10001 and job_pod["status"]["phase"] == "Succeeded"
-        assert api.pod_security_refusals() == [], "every pod of the walk passes the namespace's Pod Security"
-        refs = [r for obj in api.objects.values() for r in _secret_refs(obj)]  # what the pods read, the walk made
+        workloads = [(kind, o) for kind in ("Deployment", "StatefulSet") for o in api.items(kind, "mlyard")]
+        deadline = time.monotonic() + 60  # every workload's pods made by its controller: admitted
+        while {(k, o["metadata"]["name"]) for k, o in workloads} != _with_pods(api, workloads):
+            refused = [e["message"] for e in api.request("GET", "/api/v1/namespaces/mlyard/events")[1]["items"]
+                       if e["reason"] == "FailedCreate"]
+            assert not refused and time.monotonic() < deadline, refused or "pods never made"
+            time.sleep(0.5)
+        refs = [r for _, obj in workloads for r in _secret_refs(obj)]  # what the pods read, the walk made
         assert len(refs) > 10 and {name for name, _ in refs} >= {"mlyard-prefect", "mlyard-settings", "regcred"}
         for name, key in refs:
             assert name in secrets and (key is None or key in secrets[name][1]), (name, key)
@@ -96,9 +106,24 @@ def test_the_walk_installs_the_platform_as_written(tmp_path, clusters_prefect): 
                        clusters_prefect, cwd=tmp_path)
         assert pools.returncode == 0 and "registered on" in pools.stdout, pools.stdout + pools.stderr
     finally:
-        kubelet.close()
-        api.close()
+        api.drop_namespace("mlyard", timeout=120)
+        node.close()
+        api.request("DELETE", "/api/v1/nodes/walk")
     # 5 and 6: through the platform's mlyard API, with the run's inputs uploaded (the tests named above)
     for variable in ("MLYARD_API_URL", "MLYARD_INTERNAL_TOKEN", "MLYARD_UPLOAD_URI", "MLYARD_PREFECT_API_URL"):
         assert f"{variable}=" in walk, variable
     assert Path(ROOT / "tests" / "mlyard" / "test_workstation.py").is_file()
+
+
+def _with_pods(api: ClusterApi, workloads: list[tuple[str, dict]]) -> set[tuple[str, str]]:
+    """The workloads whose controllers have made all their pods (a Deployment's through its ReplicaSet)."""
+    pods = api.items("Pod", "mlyard")
+    sets = {o["metadata"]["name"]: o["metadata"]["ownerReferences"][0]["name"] for o in
+            api.request("GET", "/apis/apps/v1/namespaces/mlyard/replicasets")[1]["items"]}
+    owner = {}
+    for pod in pods:
+        ref = (pod["metadata"].get("ownerReferences") or [{}])[0]
+        owner.setdefault((ref.get("kind") == "ReplicaSet" and "Deployment" or ref.get("kind"),
+                          sets.get(ref.get("name"), ref.get("name"))), []).append(pod)
+    return {(kind, o["metadata"]["name"]) for kind, o in workloads
+            if len(owner.get((kind, o["metadata"]["name"]), [])) >= (o["spec"].get("replicas") or 1)}
