@@ -201,6 +201,19 @@ def stack(settings):
 
 
 @pytest.fixture(scope="session")
+def control_plane(tmp_path_factory):
+    """Kubernetes' own control plane (tests/controlplane.py), for this worker's session: etcd, kube-apiserver,
+    kube-controller-manager and kube-scheduler, built by `make test` (tests/controlplane/build.sh)."""
+    from controlplane import binaries_missing, start
+
+    missing = binaries_missing()
+    assert not missing, f"the control plane lacks {', '.join(missing)}: `make test` builds and installs them"
+    plane = start(tmp_path_factory.mktemp("controlplane"))
+    yield plane
+    plane.close()
+
+
+@pytest.fixture(scope="session")
 def platform(settings, stack):
     from mlyard.flows.platform import Platform
 

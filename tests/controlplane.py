@@ -131,6 +131,16 @@ class ControlPlane:
         context.load_cert_chain(*self.client_cert(name, groups))
         return context
 
+    def api_client(self):
+        """The `kubernetes` package's client as the cluster's admin (what mlyard's code is handed)."""
+        import kubernetes.client
+
+        config = kubernetes.client.Configuration()
+        config.host = self.url
+        config.ssl_ca_cert = str(self.ca)
+        config.cert_file, config.key_file = (str(f) for f in self.client_cert("admin", ("system:masters",)))
+        return kubernetes.client.ApiClient(config)
+
     def alive(self) -> dict[str, int | None]:
         return {name: proc.poll() for name, proc in self.procs.items()}
 

@@ -157,15 +157,3 @@ def _cancel_queued_gpu_runs() -> None:
             for run in queued:
                 client.set_flow_run_state(run.id, Cancelled(message="left queued by an earlier test"), force=True)
 
-
-@pytest.fixture(scope="session")
-def control_plane(tmp_path_factory):
-    """Kubernetes' own control plane (tests/controlplane.py), for this worker's session: etcd, kube-apiserver,
-    kube-controller-manager and kube-scheduler, built by `make test` (tests/controlplane/build.sh)."""
-    from controlplane import binaries_missing, start
-
-    missing = binaries_missing()
-    assert not missing, f"the control plane lacks {', '.join(missing)}: `make test` builds and installs them"
-    plane = start(tmp_path_factory.mktemp("controlplane"))
-    yield plane
-    plane.close()

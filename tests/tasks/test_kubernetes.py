@@ -1,5 +1,6 @@
 """An endpoint stage as Kubernetes manifests, rendered from infra/endpoint/ and checked against the
-Kubernetes schema (no cluster: applying them is the endpoint flow's, tested against an API emulator)."""
+Kubernetes schema, and applied as the endpoint flow applies them to Kubernetes' own API server
+(tests/controlplane.py: server-side apply with field ownership, the controllers at work)."""
 
 import json
 
@@ -134,80 +135,76 @@ def test_an_invalid_manifest_is_refused_naming_it(view):
         k8s.validate(manifests)
 
 
-def _client(kube):
-    import kubernetes.client
-
-    config = kubernetes.client.Configuration()
-    config.host = kube.url
-    return kubernetes.client.ApiClient(config)
+NAMESPACES = iter(range(1, 1000))
 
 
-def test_applying_a_stage_creates_then_changes_nothing_and_prunes_against_an_api_server(view):
-    """Against the Kubernetes API emulator (tests/kube_api.py: server-side apply with field ownership);
-    no cluster runs here."""
-    from kube_api import KubeApi
+@pytest.fixture()
+def kube(control_plane):
+    """The control plane's admin, in a namespace of the test's own (gone after it)."""
+    from kubelet_node import ClusterApi
 
-    kube = KubeApi()
+    api = ClusterApi(control_plane.url, control_plane.ssl_context())
+    ns = f"stages-{next(NAMESPACES)}"
+    api.create("Namespace", "v1", None, {"metadata": {"name": ns}})
+    client = control_plane.api_client()
     try:
-        api = _client(kube)
-        manifests = k8s.render_stage(view, "default", pull_secrets=("regcred",))
-        first = k8s.apply_stage(api, manifests, "mlyard", "iris-api", "default")
-        names = [f"{m['kind']}/{m['metadata']['name']}" for m in manifests]
-        assert first == {"created": names, "changed": [], "unchanged": [], "deleted": []}
-        assert len(kube.objects) == 7
-        rv = {k: o["metadata"]["resourceVersion"] for k, o in kube.objects.items()}
-        again = k8s.apply_stage(api, manifests, "mlyard", "iris-api", "default")  # the same again: nothing changes
-        assert again == {"created": [], "changed": [], "unchanged": names, "deleted": []}
-        assert {k: o["metadata"]["resourceVersion"] for k, o in kube.objects.items()} == rv
-        bert_name = [m for m in manifests if m["kind"] == "Deployment"][1]["metadata"]["name"]
-        bert = kube.get("Deployment", "mlyard", bert_name)["spec"]["template"]["spec"]
-        assert bert["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-        assert bert["imagePullSecrets"] == [{"name": "regcred"}]
-        without_hpa = [m for m in manifests if m["kind"] != "HorizontalPodAutoscaler"]  # the autoscaler turned off
-        pruned = k8s.apply_stage(api, without_hpa, "mlyard", "iris-api", "default")
-        assert pruned["deleted"] == [n for n in names if n.startswith("HorizontalPodAutoscaler/")]
-        gone = k8s.delete_stage(api, "mlyard", "iris-api", "default")
-        assert sorted(gone) == sorted(n for n in names if not n.startswith("HorizontalPodAutoscaler/"))
-        assert kube.objects == {}
-        api.close()
+        yield api, client, ns
     finally:
-        kube.close()
+        client.close()
+        api.drop_namespace(ns)
 
 
-def test_the_hpa_keeps_the_replicas_it_scaled_to_across_stage_updates(view):
+def test_applying_a_stage_creates_then_changes_nothing_and_prunes_against_an_api_server(view, kube):
+    kube, api, ns = kube
+    manifests = k8s.render_stage(view, "default", pull_secrets=("regcred",), namespace=ns)
+    first = k8s.apply_stage(api, manifests, ns, "iris-api", "default")
+    names = [f"{m['kind']}/{m['metadata']['name']}" for m in manifests]
+    assert first == {"created": names, "changed": [], "unchanged": [], "deleted": []}
+    assert len(kube.made(ns)) == 7, kube.made(ns)
+    rv = kube.versions(ns)
+    again = k8s.apply_stage(api, manifests, ns, "iris-api", "default")  # the same again: nothing changes
+    assert again == {"created": [], "changed": [], "unchanged": names, "deleted": []}
+    assert kube.versions(ns) == rv
+    bert_name = [m for m in manifests if m["kind"] == "Deployment"][1]["metadata"]["name"]
+    bert = kube.get("Deployment", ns, bert_name)["spec"]["template"]["spec"]
+    assert bert["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert bert["imagePullSecrets"] == [{"name": "regcred"}]
+    without_hpa = [m for m in manifests if m["kind"] != "HorizontalPodAutoscaler"]  # the autoscaler turned off
+    pruned = k8s.apply_stage(api, without_hpa, ns, "iris-api", "default")
+    assert pruned["deleted"] == [n for n in names if n.startswith("HorizontalPodAutoscaler/")]
+    gone = k8s.delete_stage(api, ns, "iris-api", "default")
+    assert sorted(gone) == sorted(n for n in names if not n.startswith("HorizontalPodAutoscaler/"))
+    assert kube.made(ns) == []
+
+
+def test_the_hpa_keeps_the_replicas_it_scaled_to_across_stage_updates(view, kube):
     """The issue's bug: replacing the whole Deployment with `replicas: pods` undid the HPA at every stage
     update. With server-side apply the HPA's manager owns `spec.replicas` once it scales."""
     import copy
 
-    from kube_api import KubeApi
-
-    kube = KubeApi()
-    try:
-        api = _client(kube)
-        manifests = k8s.render_stage(view, "default")
-        k8s.apply_stage(api, manifests, "mlyard", "iris-api", "default")
-        name = manifests[0]["metadata"]["name"]
-        deployment = kube.get("Deployment", "mlyard", name)
-        assert deployment["spec"]["replicas"] == 2  # created at its pods, not at 1
-        assert kube.owner_of("Deployment", "mlyard", name, "spec", "replicas") == [k8s.HANDOVER_MANAGER]
-        # the HPA scales up, as its controller does: an update of the scale subresource under its own manager
-        with kube._cond:
-            kube._update(("Deployment", "mlyard", name), {"spec": {"replicas": 5}}, "horizontal-pod-autoscaler",
-                         "scale")
-        assert kube.owner_of("Deployment", "mlyard", name, "spec", "replicas") == ["horizontal-pod-autoscaler"]
-        updated = copy.deepcopy(manifests)
-        updated[0]["spec"]["template"]["spec"]["containers"][0]["env"].append({"name": "NEW", "value": "1"})
-        result = k8s.apply_stage(api, updated, "mlyard", "iris-api", "default")
-        assert result["changed"] == [f"Deployment/{name}"]
-        deployment = kube.get("Deployment", "mlyard", name)
-        assert deployment["spec"]["replicas"] == 5, "a stage update kept what the HPA scaled to"
-        assert {"name": "NEW", "value": "1"} in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
-        assert kube.owner_of("Deployment", "mlyard", name, "spec", "replicas") == ["horizontal-pod-autoscaler"]
-        # the autoscaler turned off: mlyard owns the count again and sets it to the resource's pods
-        k8s.apply_stage(api, [m for m in manifests if m["kind"] != "HorizontalPodAutoscaler"], "mlyard", "iris-api",
-                        "default")
-        assert kube.get("Deployment", "mlyard", name)["spec"]["replicas"] == 2
-        assert kube.owner_of("Deployment", "mlyard", name, "spec", "replicas") == ["mlyard"]
-        api.close()
-    finally:
-        kube.close()
+    kube, api, ns = kube
+    manifests = k8s.render_stage(view, "default", namespace=ns)
+    k8s.apply_stage(api, manifests, ns, "iris-api", "default")
+    name = manifests[0]["metadata"]["name"]
+    deployment = kube.get("Deployment", ns, name)
+    assert deployment["spec"]["replicas"] == 2  # created at its pods, not at 1
+    assert kube.owner_of("Deployment", ns, name, "spec", "replicas") == [k8s.HANDOVER_MANAGER]
+    # the HPA scales up, as its controller does: an update of the scale subresource under its own manager
+    path = f"/apis/apps/v1/namespaces/{ns}/deployments/{name}/scale?fieldManager=horizontal-pod-autoscaler"
+    scale = kube.request("GET", path.split("?")[0])[1]
+    code, doc = kube.request("PUT", path, {**scale, "spec": {"replicas": 5}})
+    assert code == 200, doc
+    assert kube.owner_of("Deployment", ns, name, "spec", "replicas") == ["horizontal-pod-autoscaler"]
+    updated = copy.deepcopy(manifests)
+    updated[0]["spec"]["template"]["spec"]["containers"][0]["env"].append({"name": "NEW", "value": "1"})
+    result = k8s.apply_stage(api, updated, ns, "iris-api", "default")
+    assert result["changed"] == [f"Deployment/{name}"]
+    deployment = kube.get("Deployment", ns, name)
+    assert deployment["spec"]["replicas"] == 5, "a stage update kept what the HPA scaled to"
+    assert {"name": "NEW", "value": "1"} in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert kube.owner_of("Deployment", ns, name, "spec", "replicas") == ["horizontal-pod-autoscaler"]
+    # the autoscaler turned off: mlyard owns the count again and sets it to the resource's pods
+    k8s.apply_stage(api, [m for m in manifests if m["kind"] != "HorizontalPodAutoscaler"], ns, "iris-api",
+                    "default")
+    assert kube.get("Deployment", ns, name)["spec"]["replicas"] == 2
+    assert kube.owner_of("Deployment", ns, name, "spec", "replicas") == ["mlyard"]
