@@ -100,10 +100,16 @@ def apply(api_client: Any, manifests: list[dict[str, Any]], namespace: str) -> d
 
 
 def reboot(api_client: Any, name: str, notebook_id: int, namespace: str) -> None:
-    """Delete the notebook's pod: its StatefulSet starts a new one on the same data storage."""
+    """Delete the notebook's pod: its StatefulSet starts a new one on the same data storage. No pod (a stopped
+    notebook's, or one its controller is making again) is nothing to reboot."""
     import kubernetes.client
+    from kubernetes.client.exceptions import ApiException
 
-    kubernetes.client.CoreV1Api(api_client).delete_namespaced_pod(f"{object_name(notebook_id)}-0", namespace)
+    try:
+        kubernetes.client.CoreV1Api(api_client).delete_namespaced_pod(f"{object_name(notebook_id)}-0", namespace)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
 
 
 def delete(api_client: Any, name: str, notebook_id: int, namespace: str) -> list[str]:

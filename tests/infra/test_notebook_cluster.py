@@ -1,6 +1,7 @@
 """A notebook on Kubernetes: its StatefulSet, claim template, Secret, Service and NetworkPolicy rendered
-from infra/notebook/, strictly valid, and applied, stopped, rebooted and deleted against the Kubernetes
-API emulator (tests/kube_api.py; no cluster runs here, so the test plays the StatefulSet controller)."""
+from infra/notebook/, strictly valid, and applied, stopped, rebooted and deleted on Kubernetes' own control
+plane (tests/controlplane.py: the StatefulSet controller makes the claim and the pod); the notebook flow
+against the API emulator (tests/kube_api.py), which the move of issue 69 has not reached yet."""
 
 from __future__ import annotations
 
@@ -17,12 +18,16 @@ def _client(kube):
     return kubernetes.client.ApiClient(config)
 
 
-def test_a_notebook_is_a_statefulset_whose_claim_outlives_stop_and_reboot_but_not_delete():
-    from kube_api import KubeApi
+def test_a_notebook_is_a_statefulset_whose_claim_outlives_stop_and_reboot_but_not_delete(control_plane):
+    import time
+
+    from kubelet_node import ClusterApi
 
     spec = NotebookSpec(name="explore", instance_type="gpu-1", boot_storage_gb=50, data_storage_gb=200,
                         nas={"mount_name": "team", "uri": "nas://nas-1:/projects/a"})
-    manifests = nbk.render("explore", 7, spec, "registry.example/notebook:1", "s3cret", pull_secrets=("regcred",))
+    ns = "notebooks"
+    manifests = nbk.render("explore", 7, spec, "registry.example/notebook:1", "s3cret", pull_secrets=("regcred",),
+                           namespace=ns)
     nbk.validate(manifests)  # the Kubernetes 1.30 schema, strict
     secret, service, policy, sts = manifests
     obj = "notebook-7"
@@ -41,37 +46,52 @@ def test_a_notebook_is_a_statefulset_whose_claim_outlives_stop_and_reboot_but_no
     assert {"name": "nas", "mountPath": "/mlyard/nas/team", "subPath": "projects/a"} in box["volumeMounts"]
     assert policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "mlyard-api"}
 
-    kube = KubeApi()
+    kube = ClusterApi(control_plane.url, control_plane.ssl_context())
+    api = control_plane.api_client()
+
+    def until(what: str, check, timeout: float = 60):
+        deadline = time.monotonic() + timeout
+        while not (got := check()):
+            assert time.monotonic() < deadline, what
+            time.sleep(0.3)
+        return got
+
+    pods = lambda: [p["metadata"]["name"] for p in kube.items("Pod", ns)]  # noqa: E731
     try:
-        api = _client(kube)
-        kube.create("Namespace", "v1", None, {"metadata": {"name": "mlyard"}}, "test")
-        kube.create("PersistentVolumeClaim", "v1", "mlyard", {"metadata": {"name": "nas-nas-1"}, "spec": {
+        kube.create("Namespace", "v1", None, {"metadata": {"name": ns}})
+        kube.create("PersistentVolumeClaim", "v1", ns, {"metadata": {"name": "nas-nas-1"}, "spec": {
             "accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Ti"}}}}, "platform-team")
         names = [f"{m['kind']}/{m['metadata']['name']}" for m in manifests]
-        assert nbk.apply(api, manifests, "mlyard") == {"created": names, "changed": [], "unchanged": []}
-        # the StatefulSet controller's part: the pod and the claim of its template
-        kube.create("PersistentVolumeClaim", "v1", "mlyard", {"metadata": {"name": f"data-{obj}-0"}, "spec": {
-            "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "200Gi"}}}}, "statefulset-controller")
-        kube.create("Pod", "v1", "mlyard", {"metadata": {"name": f"{obj}-0", "labels": {"mlyard.io/notebook": "7"}},
-                                            "spec": sts["spec"]["template"]["spec"]}, "statefulset-controller")
+        assert nbk.apply(api, manifests, ns) == {"created": names, "changed": [], "unchanged": []}
+        # the StatefulSet controller's part: the claim of its template, and the pod
+        until("the controller made no pod", lambda: f"{obj}-0" in pods())
+        assert kube.get("PersistentVolumeClaim", ns, f"data-{obj}-0")["spec"]["resources"]["requests"] == {
+            "storage": "200Gi"}
+        first = kube.get("Pod", ns, f"{obj}-0")["metadata"]["uid"]
+        nbk.reboot(api, "explore", 7, ns)  # a new pod, on the same claim
+        until("no new pod after the reboot", lambda: (kube.get_object("Pod", ns, f"{obj}-0") or {}).get(
+            "metadata", {}).get("uid") not in (None, first))
 
         stopped = nbk.render("explore", 7, spec, "registry.example/notebook:1", "s3cret", replicas=0,
-                             pull_secrets=("regcred",))
-        assert nbk.apply(api, stopped, "mlyard") == {"created": [], "changed": [f"StatefulSet/{obj}"],
-                                                     "unchanged": names[:3]}
-        assert kube.get("StatefulSet", "mlyard", obj)["spec"]["replicas"] == 0
-        assert kube.get("PersistentVolumeClaim", "mlyard", f"data-{obj}-0")  # the data storage stays
+                             pull_secrets=("regcred",), namespace=ns)
+        assert nbk.apply(api, stopped, ns) == {"created": [], "changed": [f"StatefulSet/{obj}"],
+                                               "unchanged": names[:3]}
+        assert kube.get("StatefulSet", ns, obj)["spec"]["replicas"] == 0
+        until("the controller kept the pod of a stopped notebook", lambda: f"{obj}-0" not in pods())
+        assert kube.get("PersistentVolumeClaim", ns, f"data-{obj}-0")  # the data storage stays
 
-        nbk.reboot(api, "explore", 7, "mlyard")
-        assert not [p for p in kube.items("Pod", "mlyard") if p["metadata"]["name"] == f"{obj}-0"]
+        nbk.reboot(api, "explore", 7, ns)  # stopped: nothing to reboot, and nothing starts
+        assert f"{obj}-0" not in pods()
 
-        gone = nbk.delete(api, "explore", 7, "mlyard")
+        gone = nbk.delete(api, "explore", 7, ns)
         assert gone == [f"StatefulSet/{obj}", f"Service/{obj}", f"NetworkPolicy/{obj}", f"Secret/{obj}-token",
                         f"PersistentVolumeClaim/data-{obj}-0"]
-        left = {(k, n) for k, _, n in kube.objects}
-        assert ("PersistentVolumeClaim", "nas-nas-1") in left and not any(obj in n for _, n in left)
+        left = until("the claim never went", lambda: (m := kube.made(ns)) and all(
+            obj not in n for _, n in m) and m)  # a claim goes once no pod uses it (its protection finalizer)
+        assert ("PersistentVolumeClaim", "nas-nas-1") in left, left
     finally:
-        kube.close()
+        api.close()
+        kube.drop_namespace(ns)
 
 
 def test_the_notebook_flow_runs_a_registered_image_on_the_cluster(stack, settings, tmp_path, monkeypatch):
