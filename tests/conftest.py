@@ -134,7 +134,7 @@ LONGEST_FILES = {
     "infra/test_kueue_trials.py": 43, "serving/test_server.py": 40, "infra/test_batch_pods.py": 40,
     "flows/test_promotion.py": 60, "serving/test_custom.py": 38, "flows/test_notebook.py": 37,
     "flows/test_training.py": 37,
-    "infra/test_kubernetes_worker.py": 37, "browser/test_prefect_and_mlflow.py": 110, "browser/test_console_pages.py": 45,
+    "infra/test_kubernetes_worker.py": 230, "browser/test_prefect_and_mlflow.py": 110, "browser/test_console_pages.py": 45,
     "browser/test_forms_and_schedules.py": 40, "infra/test_scheduler_lease.py": 32,
     "serving/test_generative.py": 28,
 }

@@ -44,7 +44,8 @@ def finished_job(api, name: str, timeout: float = 60) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = api.get("Job", NS, name)
-        if job.get("status", {}).get("conditions"):
+        if any(c["type"] in ("Complete", "Failed") and c["status"] == "True"
+               for c in job.get("status", {}).get("conditions") or []):  # a real controller says SuccessCriteriaMet first
             return job
         time.sleep(0.1)
     raise AssertionError(f"Job {name} did not finish")

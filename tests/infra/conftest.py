@@ -157,3 +157,109 @@ def _cancel_queued_gpu_runs() -> None:
             for run in queued:
                 client.set_flow_run_state(run.id, Cancelled(message="left queued by an earlier test"), force=True)
 
+
+
+class Provisioner:
+    """What a cluster's storage provisioner does for a claim that waits (the runs' ephemeral `data` volume, a
+    StatefulSet's claims): a PersistentVolume of the claim's size, class and access modes, bound to it; the
+    real PV controller then binds the claim, and the scheduler places its pod. The node's kubelet lays the
+    volume out as a fresh folder of the pod's (kubelet_sandbox.py)."""
+
+    def __init__(self, api) -> None:
+        import threading
+
+        self.api, self.made = api, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="provisioner")
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.3):
+            try:
+                claims = self.api.request("GET", "/api/v1/persistentvolumeclaims")[1]["items"]
+            except (OSError, KeyError, TypeError):
+                continue
+            for claim in claims:
+                meta, spec = claim["metadata"], claim["spec"]
+                if claim["status"].get("phase") != "Pending" or spec.get("volumeName"):
+                    continue
+                name = f"pv-{meta['uid']}"
+                code, _ = self.api.request("POST", "/api/v1/persistentvolumes", {
+                    "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": name},
+                    "spec": {"capacity": spec["resources"]["requests"], "accessModes": spec["accessModes"],
+                             "storageClassName": spec.get("storageClassName") or "",
+                             "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": f"/tmp/{name}"},
+                             "claimRef": {"namespace": meta["namespace"], "name": meta["name"], "uid": meta["uid"]}}})
+                if code == 201:
+                    self.made.append(name)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for name in self.made:
+            self.api.request("DELETE", f"/api/v1/persistentvolumes/{name}")
+
+
+@pytest.fixture
+def real_cluster(stack, settings, tmp_path, cluster_stores, monkeypatch, control_plane):
+    """What `cluster` is, on Kubernetes' own control plane: the platform's namespace (restricted), ConfigMap and
+    settings Secret; a GPU node (8 × NVIDIA-A100-SXM4-80GB) whose kubelet (tests/kubelet_node.py) runs the pods
+    bound to it as their users; a provisioner for their claims; the real Prefect Kubernetes worker on the gpu
+    pool as the cluster's admin. The Jobs, their pods, the claims of their ephemeral volumes, the binding to the
+    node, the tokens and the clean-up are the control plane's."""
+    import base64
+
+    from kubelet_node import ClusterApi, NodeKubelet
+
+    from mlyard.flows.platform import Platform
+
+    _cancel_queued_gpu_runs()
+    api = ClusterApi(control_plane.url, control_plane.ssl_context())
+    if api.get_object("Namespace", None, NS) is not None:  # type: ignore[arg-type]
+        api.drop_namespace(NS)
+    api.create("Namespace", "v1", None, {"metadata": {"name": NS, "labels": {
+        "pod-security.kubernetes.io/enforce": "restricted"}}})
+    api.create("ConfigMap", "v1", NS, {"metadata": {"name": "mlyard-config"}, "data": {
+        "MLYARD_MLFLOW_TRACKING_URI": cluster_stores.mlflow_uri, "MLYARD_KUBE_NAMESPACE": NS,
+        "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}})
+    secret = {"mlyard_catalog_url": cluster_stores.catalog_url, **cluster_stores.secret_settings}
+    api.create("Secret", "v1", NS, {"metadata": {"name": "mlyard-settings"}, "data": {
+        k: base64.b64encode(v.encode()).decode() for k, v in secret.items()}})
+    for key, value in cluster_stores.env().items():
+        monkeypatch.setenv(key, value)
+    provisioner = Provisioner(api)
+    node_name = f"gpu-{tmp_path.name[-20:].strip('_-').lower().replace('_', '-')}"
+    node = NodeKubelet(control_plane, node_name, str(ROOT), capacity={"nvidia.com/gpu": "8"},
+                       labels={"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"})
+    api.pod_logs = node.api.pod_logs  # what the tests read of a pod's output: the node's, as `kubectl logs` is
+    kubeconfig = control_plane.kubeconfig(path=tmp_path / "kubeconfig", namespace=NS)
+    worker, log, began = _start_worker(kubeconfig, tmp_path, cluster_stores)
+    try:
+        _wait_for_worker(worker, began, log)
+        yield Cluster(api, node, cluster_stores, Platform(cluster_stores.settings(settings)))  # type: ignore[arg-type]
+    finally:
+        from mlyard.tasks.processes import stop_group
+
+        stop_group(worker, 2)
+        api.drop_namespace(NS, timeout=120)
+        node.close()
+        provisioner.close()
+        api.request("DELETE", f"/api/v1/nodes/{node_name}")
+
+
+def _start_worker(kubeconfig: Path, tmp_path: Path, cluster_stores) -> tuple[subprocess.Popen, Path, datetime]:
+    """Prefect's own worker CLI on the gpu pool, as its Deployment runs it (see `cluster`)."""
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PREFECT_INTEGRATIONS_KUBERNETES_OBSERVER_NAMESPACES": NS,
+           "PREFECT_WORKER_QUERY_SECONDS": "0.5"}
+    for key in cluster_stores.env():  # the worker is the platform's, with its own settings
+        env.pop(key, None)
+    env.pop("MLYARD_HOME", None)
+    env.pop("PREFECT_API_SSL_CERT_FILE", None)  # this machine's CA file in the stack's home
+    env["PREFECT_HOME"] = str(tmp_path / "worker-prefect")  # its own, as the Deployment's /tmp/prefect
+    log = tmp_path / "worker.log"
+    began = datetime.now(timezone.utc)
+    with open(log, "w") as out:
+        worker = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "worker", "start", "--pool", "gpu",
+                                   "--type", "kubernetes", "--name", "kube-test"], env=env, cwd=tmp_path, stdout=out,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    return worker, log, began
