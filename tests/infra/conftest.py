@@ -83,22 +83,7 @@ def cluster(stack, settings, tmp_path, cluster_stores, monkeypatch):
     for key, value in cluster_stores.env().items():
         monkeypatch.setenv(key, value)
     kubelet = Kubelet(api, str(ROOT), as_users=True, token=str(pods_kubeconfig))  # at its path, over the pod's /tmp
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PREFECT_INTEGRATIONS_KUBERNETES_OBSERVER_NAMESPACES": NS,
-           "PREFECT_WORKER_QUERY_SECONDS": "0.5"}
-    for key in cluster_stores.env():  # the worker is the platform's, with its own settings
-        env.pop(key, None)
-    env.pop("MLYARD_HOME", None)
-    env.pop("PREFECT_API_SSL_CERT_FILE", None)  # this machine's CA file in the stack's home
-    env["PREFECT_HOME"] = str(tmp_path / "worker-prefect")  # its own, as the Deployment's /tmp/prefect
-    log = tmp_path / "worker.log"
-    began = datetime.now(timezone.utc)
-    # Prefect's own CLI in a process of its own, as the worker's Deployment runs it: Prefect hands a flow run
-    # every setting its worker has, and a worker forked from a warm runner would have mlyard's (this stack's
-    # home, a CA file there), which no worker on a cluster has and a pod's user could not read
-    with open(log, "w") as out:
-        worker = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "worker", "start", "--pool", "gpu",
-                                   "--type", "kubernetes", "--name", "kube-test"], env=env, cwd=tmp_path, stdout=out,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
+    worker, log, began = _start_worker(kubeconfig, tmp_path, cluster_stores)
     try:
         _wait_for_worker(worker, began, log)  # a worker stuck starting fails the test, never hangs it
         yield Cluster(api, kubelet, cluster_stores, Platform(cluster_stores.settings(settings)))
@@ -248,7 +233,10 @@ def real_cluster(stack, settings, tmp_path, cluster_stores, monkeypatch, control
 
 
 def _start_worker(kubeconfig: Path, tmp_path: Path, cluster_stores) -> tuple[subprocess.Popen, Path, datetime]:
-    """Prefect's own worker CLI on the gpu pool, as its Deployment runs it (see `cluster`)."""
+    """Prefect's own worker CLI on the gpu pool, in a process of its own, as the worker's Deployment runs it:
+    Prefect hands a flow run every setting its worker has, and a worker forked from a warm runner would have
+    mlyard's (this stack's home, a CA file there), which no worker on a cluster has and a pod's user could not
+    read."""
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PREFECT_INTEGRATIONS_KUBERNETES_OBSERVER_NAMESPACES": NS,
            "PREFECT_WORKER_QUERY_SECONDS": "0.5"}
     for key in cluster_stores.env():  # the worker is the platform's, with its own settings
