@@ -38,7 +38,7 @@ def deployment(flow: str, place: str = "local") -> str:
 
 
 def current_deployment(ref: str) -> str:
-    """`ref` as deployments are named now: a name of before (`train/train-local`, as saved schedules, specs and
+    """`ref` as deployments are named now: a name of before (`train/local`, as saved schedules, specs and
     scripts may still hold) is `train/train-local`; any other name is itself."""
     flow, _, name = ref.partition("/")
     return deployment(flow, name) if name in PLACES else ref
