@@ -251,3 +251,20 @@ def _start_worker(kubeconfig: Path, tmp_path: Path, cluster_stores) -> tuple[sub
                                    "--type", "kubernetes", "--name", "kube-test"], env=env, cwd=tmp_path, stdout=out,
                                   stderr=subprocess.STDOUT, start_new_session=True)
     return worker, log, began
+
+
+@pytest.fixture
+def real_api(tmp_path, monkeypatch, control_plane):
+    """Kubernetes' own API server alone, as the cluster's admin, with KUBECONFIG pointing at it (namespace
+    mlyard, made for the test and gone after it)."""
+    from kubelet_node import ClusterApi
+
+    api = ClusterApi(control_plane.url, control_plane.ssl_context())
+    if api.get_object("Namespace", None, NS) is not None:  # type: ignore[arg-type]
+        api.drop_namespace(NS)
+    api.create("Namespace", "v1", None, {"metadata": {"name": NS}})
+    monkeypatch.setenv("KUBECONFIG", str(control_plane.kubeconfig(path=tmp_path / "kubeconfig", namespace=NS)))
+    try:
+        yield api
+    finally:
+        api.drop_namespace(NS)

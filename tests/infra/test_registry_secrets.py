@@ -1,6 +1,5 @@
 """Registry accounts as kubernetes.io/dockerconfigjson Secrets, and images as pods' `image` and
-`imagePullSecrets` (issue 26 §4), against the Kubernetes API emulator of tests/kube_api.py (no cluster
-runs here): the Secret a new login re-makes, the one a rename leaves alone, the copy a run submitted
+`imagePullSecrets` (issue 26 §4), against Kubernetes' own API server (tests/controlplane.py): the Secret a new login re-makes, the one a rename leaves alone, the copy a run submitted
 from one machine makes, and the Job the gpu pool renders with it, strictly valid."""
 
 from __future__ import annotations
@@ -33,7 +32,8 @@ def _login(secret) -> str:
     return base64.b64decode(config["auths"][REG]["auth"]).decode()
 
 
-def test_accounts_are_dockerconfigjson_secrets_on_the_cluster(api, tmp_path):
+def test_accounts_are_dockerconfigjson_secrets_on_the_cluster(real_api, tmp_path):
+    api = real_api
     from mlyard.tasks.registry_secrets import images
 
     store = images(Settings(home=tmp_path / "home", registry_secrets="kubernetes"))
@@ -57,7 +57,8 @@ def test_accounts_are_dockerconfigjson_secrets_on_the_cluster(api, tmp_path):
     assert _secret(api, info.secret_name) is None
 
 
-def test_a_run_from_this_machine_copies_the_pull_secret_and_its_job_names_it(api, tmp_path):
+def test_a_run_from_this_machine_copies_the_pull_secret_and_its_job_names_it(real_api, tmp_path):
+    api = real_api
     from mlyard.core.specs import TrainingSpec
     from mlyard.prefect_setup import GPU_TEMPLATE
     from mlyard.tasks.registry_secrets import images, pod_image
@@ -88,9 +89,10 @@ def test_a_run_from_this_machine_copies_the_pull_secret_and_its_job_names_it(api
     assert "image_pull_secrets" not in public
 
 
-def test_a_pod_that_does_not_run_the_specs_image_is_refused_in_one_line(api, tmp_path, monkeypatch):
+def test_a_pod_that_does_not_run_the_specs_image_is_refused_in_one_line(real_api, tmp_path, monkeypatch):
     """The Prefect UI's Run button sends the spec, not the job variables: its pod runs the pool's default
     image. The training checks its own pod (as the API has it) before anything starts."""
+    api = real_api
     from mlyard.core.errors import SpecError
     from mlyard.tasks.registry_secrets import check_pod_image, images
 
