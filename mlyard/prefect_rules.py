@@ -128,6 +128,16 @@ def deployments_narrowed(body: dict[str, Any], allowed: list[str]) -> dict[str, 
     return {**body, "deployments": {**deployments, "operator": "and_", "id": {**ids, "any_": keep}}}
 
 
+def without_parameters(listed: Any) -> Any:
+    """A deployments filter's answer (a list, or a page of `results`) with each one's parameters blanked: the
+    owner's Run form examples (mlyard/run_forms.py) name paths of the owner's, outside a member's project."""
+    rows = listed.get("results") if isinstance(listed, dict) else listed
+    for row in rows if isinstance(rows, list) else []:
+        if isinstance(row, dict) and "parameters" in row:
+            row["parameters"] = {}
+    return listed
+
+
 def named_runs(rule: str, body: dict[str, Any]) -> tuple[list[str], list[str]]:
     """The flow runs and task runs a logs filter or a task-run count names (both must be the project's):
     (flow run ids, task run ids). A logs filter that names neither would read every run's: refused."""

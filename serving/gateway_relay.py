@@ -65,9 +65,11 @@ async def relay(shared: Shared, send, taken: Taken, split: Split | None, keep: b
                         kept = None
             await send({"type": "http.response.body", "body": scan.rest()})
             whole = b"".join(kept) if kept is not None else None
-    except (UpstreamError, OSError) as exc:
+    except UpstreamError as exc:
         failed = True
         log.warning("replica %s broke off its answer: %s", taken.replica.url, exc)
+    except OSError:  # the client hung up (as OpenAI's client does once it reads [DONE]): no failure of the model's
+        whole = None
     finally:
         resp.close()  # back to the pool when read to the end, else closed
         taken.tracked.active -= 1

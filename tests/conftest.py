@@ -8,21 +8,15 @@ temporary home, MLflow on SQLite in that home, and an S3 API server (moto) on 12
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 import warnings
 from pathlib import Path
 
 import pytest
+from controlplane import free_port  # noqa: F401 - one helper for every test (tests/ is on sys.path)
 
 # A warning raised by mlyard's own code is an error in the tests.
 warnings.filterwarnings("error", module=r"(mlyard|flows|tasks|tuning|registry|schedules|serving)(\..*)?$")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def marked(marker: str) -> list[int]:

@@ -1,6 +1,7 @@
 """Kubernetes' own control plane for the cluster tests: etcd (Debian's etcd-server), kube-apiserver,
 kube-controller-manager and kube-scheduler (built by tests/controlplane/build.sh), started on free ports of
-127.0.0.1 with certificates made here, as controller-runtime's envtest starts one. The API server runs
+127.0.0.1 (etcd on Unix sockets in the control plane's 0700 folder) with certificates made here, as
+controller-runtime's envtest starts one. The API server runs
 its default admission chain (PodSecurity, ServiceAccount, ResourceQuota, LimitRanger, the webhooks) with
 NodeRestriction, authorizes with `Node,RBAC`, and signs service-account tokens with its own key; the
 controller-manager runs every default controller, each with its own service account's credentials.
@@ -38,7 +39,7 @@ def binaries_missing(bin_dir: Path = BIN) -> list[str]:
     return missing + ([] if shutil.which("etcd") else ["etcd (Debian's etcd-server)"])
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -113,6 +114,14 @@ class ControlPlane:
         stem = name.replace(":", "-")
         return (_write(self.home / f"{stem}.crt", _pem_cert(cert)), _write(self.home / f"{stem}.key", _pem_key(key)))
 
+    def server_cert(self, name: str, hosts: tuple[str, ...]) -> tuple[Path, Path]:
+        """A serving certificate and its key, signed by this cluster's CA, for `hosts` (a kubelet's, say)."""
+        key = _key()
+        cert = _cert(key, {"CN": name}, self._ca_key, self._ca_cert, hosts=hosts)
+        stem = name.replace(":", "-")
+        return (_write(self.home / f"{stem}-serving.crt", _pem_cert(cert)),
+                _write(self.home / f"{stem}-serving.key", _pem_key(key)))
+
     def kubeconfig(self, name: str = "admin", groups: tuple[str, ...] = ("system:masters",),
                    namespace: str = "default", path: Path | None = None) -> Path:
         """A kubeconfig of user `name` (the cluster's admin by default) reaching this API."""
@@ -159,7 +168,7 @@ class ControlPlane:
 def _spawn(cp: ControlPlane, name: str, argv: list[str]) -> None:
     log = open(cp.home / f"{name}.log", "ab")  # noqa: SIM115 - the process keeps it
     cp.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                      start_new_session=True)
+                                      cwd=cp.home, start_new_session=True)
     log.close()
 
 
@@ -190,7 +199,7 @@ def start(home: Path, bin_dir: Path = BIN, timeout: float = 90.0) -> ControlPlan
     ca_cert = _cert(ca_key, {"CN": "mlyard-test-ca"}, ca=True)
     ca = _write(home / "ca.crt", _pem_cert(ca_cert))
     ca_key_file = _write(home / "ca.key", _pem_key(ca_key))
-    port = _free_port()
+    port = free_port()
     cp = ControlPlane(home, f"https://127.0.0.1:{port}", ca, _ca_key=ca_key, _ca_cert=ca_cert)
     serving_key = _key()
     serving = _cert(serving_key, {"CN": "kube-apiserver"}, ca_key, ca_cert,
@@ -204,17 +213,16 @@ def start(home: Path, bin_dir: Path = BIN, timeout: float = 90.0) -> ControlPlan
     sa_pub = _write(home / "sa.pub", load_pem_private_key(sa_key.read_bytes(), None).public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     kubelet_client = cp.client_cert("kube-apiserver-kubelet-client", ("kubeadm:cluster-admins",))
-    etcd_port, peer_port = _free_port(), _free_port()
+    # etcd on Unix sockets in the 0700 home (etcd's form host:port names a file in its working directory,
+    # the home): no port on 127.0.0.1 where another user could read or write the cluster's state unasked
+    client, peer = "unix://etcd-client:0", "unix://etcd-peer:0"
     try:
         _spawn(cp, "etcd", ["etcd", "--name", "test", "--data-dir", str(home / "etcd"),
-                            "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
-                            "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
-                            "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
-                            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
-                            "--initial-cluster", f"test=http://127.0.0.1:{peer_port}",
-                            "--log-level", "warn", "--logger", "zap"])
+                            "--listen-client-urls", client, "--advertise-client-urls", client,
+                            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                            "--initial-cluster", f"test={peer}", "--log-level", "warn", "--logger", "zap"])
         _spawn(cp, "kube-apiserver", [
-            str(bin_dir / "kube-apiserver"), f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+            str(bin_dir / "kube-apiserver"), f"--etcd-servers={client}",
             "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={port}",
             f"--tls-cert-file={serving_crt}", f"--tls-private-key-file={serving_key_file}", f"--client-ca-file={ca}",
             f"--service-account-key-file={sa_pub}", f"--service-account-signing-key-file={sa_key}",
@@ -234,7 +242,7 @@ def start(home: Path, bin_dir: Path = BIN, timeout: float = 90.0) -> ControlPlan
                      if name == "kube-controller-manager" else [])
             _spawn(cp, name, [str(bin_dir / name), f"--kubeconfig={config}", f"--authentication-kubeconfig={config}",
                               f"--authorization-kubeconfig={config}", "--leader-elect=false",
-                              "--bind-address=127.0.0.1", f"--secure-port={_free_port()}", "-v=1", *extra])
+                              "--bind-address=127.0.0.1", f"--secure-port={free_port()}", "-v=1", *extra])
         _wait_ready(cp, "/api/v1/namespaces/default/serviceaccounts/default", timeout)  # the controllers work
     except BaseException:
         cp.close()

@@ -21,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import quote
 
-from controlplane import ControlPlane, _cert, _free_port, _key, _pem_cert, _pem_key, _write
+from controlplane import ControlPlane, free_port
 from kube_api import Kubelet, _now
 
 PATHS = {"Pod": ("api/v1", "pods"), "Secret": ("api/v1", "secrets"), "ConfigMap": ("api/v1", "configmaps"),
@@ -290,11 +290,7 @@ class NodeKubelet(Kubelet):
     # -- the kubelet's own server: the logs the API server's pods/log asks for -------------------------------
 
     def _serve_logs(self) -> tuple[int, ThreadingHTTPServer]:
-        key = _key()
-        cert = _cert(key, {"CN": "kubelet"}, self.plane._ca_key, self.plane._ca_cert, hosts=("127.0.0.1",))
-        home = self.plane.home
-        crt_file = _write(home / f"kubelet-{self.name}.crt", _pem_cert(cert))
-        key_file = _write(home / f"kubelet-{self.name}.key", _pem_key(key))
+        crt_file, key_file = self.plane.server_cert(f"kubelet-{self.name}", hosts=("127.0.0.1",))
         kubelet = self
 
         class Logs(BaseHTTPRequestHandler):
@@ -313,7 +309,7 @@ class NodeKubelet(Kubelet):
                 self.end_headers()
                 self.wfile.write(text)
 
-        server = ThreadingHTTPServer(("127.0.0.1", _free_port()), Logs)
+        server = ThreadingHTTPServer(("127.0.0.1", free_port()), Logs)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(str(crt_file), str(key_file))
         context.load_verify_locations(str(self.plane.ca))
@@ -323,8 +319,11 @@ class NodeKubelet(Kubelet):
         return server.server_address[1], server
 
     def close(self) -> None:
+        """The node leaves the cluster: its processes stopped, its Node deleted (as an admin drains and deletes
+        one), so the scheduler binds no later test's pod to a node no one runs."""
         super().close()
         self._server.shutdown()
+        RealApi(self.plane.url, self.plane.ssl_context()).request("DELETE", f"/api/v1/nodes/{self.name}")
 
 
 def _field(pod: dict, path: str) -> str:

@@ -12,6 +12,10 @@ here=$(cd "$(dirname "$0")" && pwd)
 out=${1:-$here/../../.venv/controlplane}
 version=$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3}' "$here/go.mod")
 minor=$(echo "$version" | cut -d. -f2)
+if ! command -v go >/dev/null; then
+  echo "tests/controlplane/build.sh: no Go toolchain on PATH: install Go 1.$((minor - 10)) (go.dev/dl or the machine's image) to build Kubernetes $version for the cluster tests" >&2
+  exit 1
+fi
 go_minor=$(go env GOVERSION | sed -E 's/^go1\.([0-9]+).*/\1/')
 if [ "$go_minor" != "$((minor - 10))" ]; then
   echo "tests/controlplane/build.sh: Kubernetes $version builds with Go 1.$((minor - 10)), not $(go env GOVERSION)" >&2

@@ -229,7 +229,6 @@ def real_cluster(stack, settings, tmp_path, cluster_stores, monkeypatch, control
         api.drop_namespace(NS, timeout=120)
         node.close()
         provisioner.close()
-        api.request("DELETE", f"/api/v1/nodes/{node_name}")
 
 
 def _start_worker(kubeconfig: Path, tmp_path: Path, cluster_stores) -> tuple[subprocess.Popen, Path, datetime]:

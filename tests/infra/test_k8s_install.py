@@ -14,6 +14,7 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
+from controlplane import free_port
 from kubelet_node import ClusterApi, NodeKubelet
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,7 +123,6 @@ def cluster(tmp_path, control_plane):
     finally:
         api.drop_namespace("ml-platform")
         node.close()
-        api.request("DELETE", f"/api/v1/nodes/{name}")
 
 
 # The keys each of VALUES's Secrets must hold (infra/README.md lists them): what the pods read by
@@ -267,16 +267,12 @@ def clusters_prefect(tmp_path):
     """A Prefect server of its own, empty, standing for the one the install runs on the cluster (reached
     by the platform engineer through `kubectl port-forward`)."""
     import shutil
-    import socket
 
     from mlyard.core.settings import TELEMETRY_OFF_ENV, Settings
     from mlyard.prefect_setup import empty_prefect_db, start_server, wait_healthy
     from mlyard.tasks.processes import stop_group
 
-    with socket.socket() as sock:  # a free port (not conftest's free_port: importing conftest re-runs its set-up)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    settings = Settings(home=tmp_path / "cluster-prefect", prefect_port=port)
+    settings = Settings(home=tmp_path / "cluster-prefect", prefect_port=free_port())
     settings.prefect_home.mkdir(parents=True)
     shutil.copyfile(empty_prefect_db(), settings.prefect_home / "prefect.db")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLYARD_"))}

@@ -71,11 +71,12 @@ def shipped_mlflow(tmp_path: Path, token: str) -> tuple[str, subprocess.Popen]:
     deadline = time.monotonic() + 90
     while True:
         try:
-            httpx.get(f"{url}/health", timeout=2)
-            return url, server
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200 and server.poll() is None:
+                return url, server  # its own answer: not another server's that took the port first
         except httpx.HTTPError:
-            assert server.poll() is None and time.monotonic() < deadline, server.stderr.read().decode()[-3000:]
-            time.sleep(0.3)
+            pass
+        assert server.poll() is None and time.monotonic() < deadline, server.stderr.read().decode()[-3000:]
+        time.sleep(0.3)
 
 
 def _status(url: str, host: str) -> int:

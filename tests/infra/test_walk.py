@@ -108,7 +108,6 @@ def test_the_walk_installs_the_platform_as_written(tmp_path, clusters_prefect, c
     finally:
         api.drop_namespace("mlyard", timeout=120)
         node.close()
-        api.request("DELETE", "/api/v1/nodes/walk")
     # 5 and 6: through the platform's mlyard API, with the run's inputs uploaded (the tests named above)
     for variable in ("MLYARD_API_URL", "MLYARD_INTERNAL_TOKEN", "MLYARD_UPLOAD_URI", "MLYARD_PREFECT_API_URL"):
         assert f"{variable}=" in walk, variable

@@ -105,6 +105,10 @@ def test_each_member_sees_and_runs_their_projects_flow_runs_alone(door_team, sta
     by_flow = {call(f"{api}/flows/{d['flow_id']}", cookie=dana)[2]["name"]: d["id"] for d in runnable}
     assert {"train", "tune", "batch-inference", "evaluate"} <= set(by_flow) and "rag-sync" not in by_flow, by_flow
     assert names and call(f"{api}/deployments/count", "POST", {}, cookie=dana)[2] == len(runnable)
+    page = call(f"{api}/deployments/paginate", "POST", {}, cookie=dana)[2]["results"]
+    # the owner's Run form examples (paths of the owner's checkout) reach no member, in lists or one by one
+    assert [d["parameters"] for d in runnable + page] == [{}] * (len(runnable) + len(page))
+    assert call(f"{api}/deployments/{by_flow['train']}", cookie=dana)[2]["parameters"] == {}
     train = by_flow["train"]
     status, _, made = call(f"{api}/deployments/{train}/create_flow_run", "POST", {
         "state": {"type": "SCHEDULED", "message": "Run from the Prefect UI"}, "name": "dana-from-door",

@@ -332,3 +332,63 @@ def test_request_bodies_share_a_budget_of_bytes_past_which_the_gateway_answers_5
         assert held.held == 0
     finally:
         running.stop()
+
+
+def _streaming_replica(ends: bool) -> tuple[int, threading.Thread]:
+    """A replica that streams one chunked answer ending in [DONE], then (a moment later) the stream's end
+    when `ends`, else breaks off without it."""
+    listening = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listening.accept()
+        with conn, listening:
+            conn.recv(65536)
+            event = b"data: [DONE]\n\n"
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+                         + b"%x\r\n%s\r\n" % (len(event), event))
+            time.sleep(0.5)
+            if ends:
+                conn.sendall(b"0\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listening.getsockname()[1], thread
+
+
+@pytest.mark.parametrize("ends", [True, False])
+def test_a_client_that_hangs_up_after_done_is_no_failure_and_a_replica_that_breaks_off_is(tmp_path: Path, ends):
+    """OpenAI's client closes its connection as soon as it reads [DONE], before the chunked stream's end:
+    the answer was whole, and a failure counted for it would count against the model's promotion. A
+    replica that breaks off its answer is one."""
+    from mlyard.serving.gateway_state import Tracked
+    from mlyard.serving.health import Health
+    from mlyard.serving.proxy import Pool
+    from mlyard.serving.routing import Replica
+
+    port, replica = _streaming_replica(ends)
+    url = f"http://127.0.0.1:{port}"
+    gw = Gateway(tmp_path, None, internal_token=INTERNAL)
+    gw.loaded = True
+    gw.shared.endpoints = {"open": {"public": True, "default": "default", "max_request_bytes": None,
+                                    "stages": {"default": {"status": "ACTIVE"}}, "tokens": {}}}
+    gw.shared.router.set_stage("open", "default", [Replica(url, "m")], default=True)
+    gw.shared.replicas[url] = Tracked("open.default.1.0", url, Health(gw.check, time.monotonic()),
+                                      Pool("127.0.0.1", port), path=None)
+    running = Running(gw, fastserver.Limits(head_seconds=5, body_seconds=5, idle_seconds=5, max_connections=8))
+    try:
+        s = _connect(running.port)
+        s.sendall(b"POST /open/m/v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}")
+        seen = b""
+        while b"[DONE]" not in seen:
+            seen += s.recv(65536)
+
+        assert seen.startswith(b"HTTP/1.1 200 ")
+        s.close()  # as the client does, before the stream's end
+        replica.join(5)
+        deadline = time.monotonic() + 5
+        while not gw.shared.stats.totals and time.monotonic() < deadline:
+            time.sleep(0.02)
+        (counted,) = gw.shared.stats.totals.values()
+        assert (counted.calls, counted.failures) == (1, 0 if ends else 1)
+    finally:
+        running.stop()
