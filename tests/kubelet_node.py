@@ -67,8 +67,8 @@ class RealApi:
 
     def get_object(self, kind: str, ns: str | None, name: str) -> dict | None:
         code, doc = self.request("GET", self.path(kind, ns, name))
-        if code == 404:
-            return None
+        if code == 404 or (code == 403 and "no relationship found" in (doc or {}).get("message", "")):
+            return None  # gone; to a node, a pod deleted is one the Node authorizer no longer relates to it
         if code != 200:
             raise RuntimeError(f"GET {kind} {ns}/{name}: {code} {doc.get('message') if doc else ''}")
         return doc

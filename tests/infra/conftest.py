@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+import yaml
 from cluster_stores import ClusterStores
 from conftest import free_port
 from kube_api import KubeApi, Kubelet
@@ -187,8 +188,8 @@ class Provisioner:
 
 @pytest.fixture
 def real_cluster(stack, settings, tmp_path, cluster_stores, monkeypatch, control_plane):
-    """What `cluster` is, on Kubernetes' own control plane: the platform's namespace (restricted), ConfigMap and
-    settings Secret; a GPU node (8 × NVIDIA-A100-SXM4-80GB) whose kubelet (tests/kubelet_node.py) runs the pods
+    """What `cluster` is, on Kubernetes' own control plane: the platform's namespace (restricted), ConfigMap,
+    settings Secret and the runs' service accounts with their Roles (infra/k8s/base/flow-runs.yaml); a GPU node (8 × NVIDIA-A100-SXM4-80GB) whose kubelet (tests/kubelet_node.py) runs the pods
     bound to it as their users; a provisioner for their claims; the real Prefect Kubernetes worker on the gpu
     pool as the cluster's admin. The Jobs, their pods, the claims of their ephemeral volumes, the binding to the
     node, the tokens and the clean-up are the control plane's."""
@@ -210,6 +211,8 @@ def real_cluster(stack, settings, tmp_path, cluster_stores, monkeypatch, control
     secret = {"mlyard_catalog_url": cluster_stores.catalog_url, **cluster_stores.secret_settings}
     api.create("Secret", "v1", NS, {"metadata": {"name": "mlyard-settings"}, "data": {
         k: base64.b64encode(v.encode()).decode() for k, v in secret.items()}})
+    for doc in yaml.safe_load_all((ROOT / "infra" / "k8s" / "base" / "flow-runs.yaml").read_text()):
+        api.create(doc["kind"], doc["apiVersion"], NS, doc)  # the runs' identities, as the install makes them
     for key, value in cluster_stores.env().items():
         monkeypatch.setenv(key, value)
     provisioner = Provisioner(api)
