@@ -1,7 +1,8 @@
 """A batch inference's workers as pods of the gpu pool (issue 26 §2): an instance's resources split among
 its pods (the seed's appendix 9), the pods spread evenly over nodes, and a real run of 2 worker pods
-through the Prefect Kubernetes worker against the API emulator (tests/kube_api.py; its kubelet runs
-each pod's command here, as the pod's user), reading and writing the cluster's storage."""
+through the Prefect Kubernetes worker on Kubernetes' own control plane (tests/controlplane.py; the node's
+kubelet, tests/kubelet_node.py, runs each pod's command here as the pod's user), reading and writing the
+cluster's storage."""
 
 from __future__ import annotations
 
@@ -48,16 +49,17 @@ def test_impossible_splits_are_refused_before_anything_runs(change, words):
         assert word in str(refused.value)
 
 
-def test_two_worker_pods_share_the_rows_and_finish_the_batch(cluster, models, tmp_path):
+def test_two_worker_pods_share_the_rows_and_finish_the_batch(real_cluster, models, tmp_path):
     import uuid
 
     import boto3
+    from kubernetes.utils import parse_quantity
 
     from mlyard.core.settings import Settings
     from mlyard.flows.batch_inference import batch_infer
     from mlyard.uploads import for_cluster
 
-    api, _ = cluster
+    api, _ = real_cluster
     rows = [{"id": f"r{i}", "features": x.tolist()} for i, x in enumerate(models["X"][:80])]
     for n in range(2):
         path = tmp_path / "in" / f"part-{n}.jsonl"
@@ -77,9 +79,10 @@ def test_two_worker_pods_share_the_rows_and_finish_the_batch(cluster, models, tm
         job = finished_job(api, job["metadata"]["name"])  # the run reports its end a moment before its pod's
         assert job["status"]["succeeded"] == 1
         limits = job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
-        assert (limits["cpu"], limits["memory"]) == ("1000m", "2048Mi"), "one instance, two pods: half each"
+        # as the API server keeps them (1000m is 1, 2048Mi is 2Gi): one instance, two pods, half each
+        assert (parse_quantity(limits["cpu"]), parse_quantity(limits["memory"])) == (1, 2 * 1024**3)
         assert job["spec"]["template"]["spec"]["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
-    s3 = boto3.client("s3", endpoint_url=cluster.stores.s3_endpoint, aws_access_key_id="test",
+    s3 = boto3.client("s3", endpoint_url=real_cluster.stores.s3_endpoint, aws_access_key_id="test",
                       aws_secret_access_key="test", region_name="us-east-1")
     prefix = out.removeprefix("s3://mlyard-cluster/")
     parts = [o["Key"] for o in s3.list_objects_v2(Bucket="mlyard-cluster", Prefix=prefix)["Contents"]
