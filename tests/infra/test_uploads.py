@@ -1,7 +1,7 @@
 """A training queued on the gpu pool from a user's shell with its source and dataset as paths on that
 machine (mlyard/uploads.py): refused in one line without an upload prefix; with MLYARD_UPLOAD_URI the
 inputs are uploaded to the platform's storage (moto's S3 server here), the run's spec names the upload,
-and the pod (the emulated cluster's, with the platform's S3 settings as its ConfigMap gives them) trains
+and the pod (on Kubernetes' own control plane, with the platform's S3 settings as its ConfigMap gives them) trains
 from it; the same inputs are not sent twice; a local output is refused."""
 
 from __future__ import annotations
@@ -33,12 +33,12 @@ def _submit(work: Path, spec: dict, extra_env: dict[str, str]):
                           cwd=work, env=env, capture_output=True, text=True, timeout=180)
 
 
-def test_local_inputs_are_uploaded_for_the_clusters_pods_or_refused(cluster, s3_server, bucket, tmp_path):
+def test_local_inputs_are_uploaded_for_the_clusters_pods_or_refused(real_cluster, s3_server, bucket, tmp_path):
     import boto3
     from prefect import get_client
 
-    api = cluster.api
-    assert cluster.stores.s3_endpoint == s3_server
+    api = real_cluster.api
+    assert real_cluster.stores.s3_endpoint == s3_server
     work = project("uploads")
     (work / "algo").mkdir()
     (work / "algo" / "main.py").write_text(SCRIPT)
