@@ -1,7 +1,8 @@
 """Pod Security, as a real cluster enforces it: the rules of the restricted profile (tests/pod_security.py) on
 the Kubernetes documentation's own cases, the API emulator refusing what breaks them the way the API server
-and the Job controller do, and every pod mlyard makes passing them, with its files readable by its user as
-kubelet lays them out (a Secret's mode, `fsGroup`)."""
+and the Job controller do, and every pod mlyard makes passing them (and admitted, dry run, by Kubernetes'
+own API server in a namespace that enforces the profile), with its files readable by its user as kubelet
+lays them out (a Secret's mode, `fsGroup`)."""
 
 from __future__ import annotations
 
@@ -160,6 +161,32 @@ def test_every_pod_mlyard_makes_passes_the_restricted_profile(tmp_path):
     assert len(pods) > 30
     broken = {what: found for what, spec in pods if (found := violations(spec, "restricted"))}
     assert broken == {}, json.dumps(broken, indent=1)
+
+
+def test_every_pod_mlyard_makes_is_admitted_by_the_api_servers_pod_security(tmp_path, control_plane):
+    """The same pods, each created (dry run) in a namespace that enforces the restricted profile on Kubernetes'
+    own API server (its PodSecurity admission, and its validation of the pod as a whole)."""
+    from kubelet_node import RealApi
+
+    api = RealApi(control_plane.url, control_plane.ssl_context())
+    ns = "pod-security-all"
+    api.request("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {
+        "name": ns, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
+    refused = {}
+    for what, spec in _made_pods() + _endpoint_pods(tmp_path):
+        account = spec.get("serviceAccountName")
+        if account:  # the ServiceAccount admission plugin wants the pod's account to exist
+            api.request("POST", f"/api/v1/namespaces/{ns}/serviceaccounts",
+                        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": account}})
+        named = {v["name"] for v in spec.get("volumes") or []}
+        claims = {m["name"] for c in spec["containers"] for m in c.get("volumeMounts") or []} - named
+        spec = {**spec, "volumes": [*(spec.get("volumes") or []), *(  # a StatefulSet's claims, as its controller adds them
+            {"name": c, "persistentVolumeClaim": {"claimName": f"{c}-made"}} for c in sorted(claims))]}
+        code, doc = api.request("POST", f"/api/v1/namespaces/{ns}/pods?dryRun=All", {
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "made"}, "spec": spec})
+        if code != 201:
+            refused[what] = f"{code} {doc.get('message')}"
+    assert refused == {}, json.dumps(refused, indent=1)
 
 
 def _can_read(mode: int, uid: int, gid: int, user: int, groups: set[int]) -> bool:
