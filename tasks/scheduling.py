@@ -4,16 +4,17 @@ One pass (`Scheduler.tick`):
 1. confirm new schedules (CREATE REQUESTED -> ENABLED/DISABLED, or CREATE FAILED when their target
    deployment is gone);
 2. refresh the slots whose runs were going: a run in a final state (completed, failed, cancelled,
-   crashed) or deleted frees its concurrency slot; one still not started after the start timeout (no
-   worker took it) is cancelled and frees it too; a killed flow process is marked CRASHED by the
-   heartbeat automation of `mlyard up` and so frees it within a minute;
+   crashed) or deleted frees its concurrency slot; one no worker took within the start timeout is
+   cancelled and frees it too (one whose Job waits on the cluster, for Kueue's quota or a node, is
+   queued: its reason goes to its log, tasks/run_waits.py); a killed flow process is marked CRASHED by
+   the heartbeat automation of `mlyard up` and so frees it within a minute;
 3. record every enabled schedule's slots due up to `lead` seconds from now and move its watermark,
    in one transaction (mlyard.schedules.planning decides what catch-up keeps);
 4. start the waiting slots the concurrency limit leaves room for (or skip them), the most urgent
    slot of all schedules first, for at most `budget_seconds` a pass (the next pass takes up the rest
-   at once, so that slots coming due meanwhile are not held behind a long pass):
-   each is a flow run of the target deployment, created with the idempotency key
-   (schedule, slot, when the slot was recorded), tagged with the schedule and the slot, its parameters rendered for the slot.
+   at once, so that slots coming due meanwhile are not held behind a long pass): each is a flow run of
+   the target deployment, created with the idempotency key (schedule, slot, when the slot was
+   recorded), tagged with the schedule and the slot, its parameters rendered for the slot.
    A slot still ahead is created as a Prefect run scheduled at the slot's time, which the worker
    starts then, as Prefect's own scheduler does: creating a run costs Prefect on SQLite 0.1-0.5 s
    (its own services hold the database lock at times), so the lead is what keeps a burst of
@@ -35,6 +36,7 @@ deployment in production).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import threading
@@ -49,6 +51,7 @@ from mlyard.core.names import TAG_NAMED
 from mlyard.registry.schedules import ScheduleRecord, Schedules, SlotRecord
 from mlyard.schedules.cron import Schedule
 from mlyard.schedules.planning import Policy, dispatch, due, render, slot_label, trigger
+from mlyard.tasks import run_waits as waits
 from mlyard.tasks.orchestration import flow_runs_by_id, quick_retries
 from mlyard.tasks.promotion_watch import WATCH_SECONDS
 from mlyard.tasks.schedule_targets import named_now
@@ -121,6 +124,7 @@ class Scheduler:
         self._plans: dict[tuple[int, str], Plan] = {}
         self._records: list[ScheduleRecord] = []
         self._pools: dict[str, Any] = {}  # deployment id -> its work pool (None: none)
+        self.waits = waits.Waits(client)
 
     def _plan(self, record: ScheduleRecord) -> Plan:
         key = (record.id, repr(sorted(record.spec.items())))
@@ -162,6 +166,9 @@ class Scheduler:
             state: str | None = fr.state.type.value if fr is not None and fr.state is not None else None
             if fr is None or state in FINAL:
                 ended.append(slot.id)
+            elif waits.taken(fr):  # a worker made its Job, which waits (Kueue's quota, a node): it is queued, said why
+                self.waits.say(fr)
+                going[slot.schedule_id] += 1
             elif state in NOT_STARTED and now - max(slot.slot_epoch, slot.started_at or now) > self.start_timeout:
                 self.client.set_flow_run_state(fr.id, Cancelled(
                     message=f"not started within {self.start_timeout:.0f} s of its slot (no worker took it); "
@@ -183,14 +190,12 @@ class Scheduler:
         from mlyard.core.names import FLOW_TRAIN, RUN_NAMES, render_run_name
         from mlyard.tasks.orchestration import training_job_variables
 
-        slot_epoch = slot.slot_epoch
-        label = slot_label(slot_epoch)
+        slot_epoch, label = slot.slot_epoch, slot_label(slot.slot_epoch)
         assert record.deployment_id is not None
         state: Any = Scheduled(scheduled_time=datetime.fromtimestamp(slot_epoch, timezone.utc)) if slot_epoch > now else None
         parameters = render(plan.spec.get("parameters", {}), slot_epoch)
         # a training's resources and image as its pool's job variables, as a run made from the CLI gets them
         flow = str(record.spec.get("deployment", "")).split("/", 1)[0]
-        training = flow == FLOW_TRAIN
         # one name everywhere: the run's own (its spec's, as every mlyard list shows it), else the slot's
         name = (render_run_name(RUN_NAMES[flow], parameters) if flow in RUN_NAMES else None) or f"{record.name}-{label}"
         # the schedule's project and its maker's: its runs count against that project's quota, show in its
@@ -201,7 +206,7 @@ class Scheduler:
             name=name, tags=[f"{TAG_SCHEDULE}:{record.name}", f"{TAG_SLOT}:{label}", TAG_NAMED, *owner],
             idempotency_key=f"mlyard.schedule:{record.id}:{slot_epoch}:{slot.due_at:.6f}", state=state,
             job_variables=training_job_variables(self.client, record.deployment_id, parameters, self._pools,
-                                                 record.project) if training else None)
+                                                 record.project) if flow == FLOW_TRAIN else None)
         self.store.started(slot.id, str(fr.id))
         return str(fr.id)
 
@@ -231,8 +236,6 @@ class Scheduler:
                 limit = int(plan.spec.get("max_concurrency", 1))
                 room = limit - going.get(rec.id, 0)
                 waiting = self.store.slots(rec.id, ["WAITING"], limit=max(room, 0) + 1000)
-                start: list[SlotRecord]
-                skip: list[SlotRecord]
                 start, skip = dispatch(waiting, going.get(rec.id, 0), limit, plan.spec.get("when_busy", "wait"))
                 skip = [s for s in skip if s.slot_epoch <= now]  # a slot still ahead is busy only at its time
                 if skip and plan.spec.get("when_busy") == "skip":
@@ -278,12 +281,9 @@ class Scheduler:
         withdrawn = []
         for slot in self.store.slots(record.id, ["STARTED"]):
             if slot.slot_epoch > now and slot.flow_run_id:
-                # a run made ahead and not started: removed, not left as a STOPPED twin of the one that
-                # enabling the schedule again makes for the same slot, under the same name
-                try:
+                # a run made ahead, not started: removed, not left as a STOPPED twin of the one enabling makes again
+                with contextlib.suppress(ObjectNotFound):
                     self.client.delete_flow_run(UUID(slot.flow_run_id))
-                except ObjectNotFound:
-                    pass
                 withdrawn.append(slot.id)
         self.store.forget(withdrawn)
         self.store.forget_after(record.id, int(now))

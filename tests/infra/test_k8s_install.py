@@ -438,6 +438,10 @@ def test_each_account_of_the_install_does_what_its_pod_does_and_no_more(tmp_path
                          ("POST", "/apis/batch/v1/namespaces/ml-platform/jobs?dryRun=All"),
                          ("POST", "/api/v1/namespaces/ml-platform/pods?dryRun=All")):
         assert run.request(method, path, {"metadata": {"name": "x"}} if method == "POST" else None)[0] == 403, path
+    scheduler = as_account("mlyard-scheduler")  # reads why a run waits (tasks/run_waits.py), no Secret
+    assert scheduler.request("GET", "/api/v1/namespaces/ml-platform/pods")[0] == 200
+    assert scheduler.request("GET", "/apis/batch/v1/namespaces/ml-platform/jobs/none")[0] == 404
+    assert scheduler.request("GET", "/api/v1/namespaces/ml-platform/secrets")[0] == 403
     binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "more"},
                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "admin"},
                "subjects": [{"kind": "ServiceAccount", "name": "mlyard-run", "namespace": "ml-platform"}]}
