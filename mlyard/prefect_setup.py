@@ -281,10 +281,12 @@ def cluster_pool_template(path: Path, values: ClusterValues, image: str) -> dict
     return template
 
 
-def ensure_pools(echo=print, settings: Settings | None = None, pools: dict[str, tuple[str, dict]] | None = None) -> None:
+def ensure_pools(echo=print, settings: Settings | None = None, pools: dict[str, tuple[str, dict]] | None = None,
+                 limits: dict[str, int | None] | None = None) -> None:
     """Create the `local` process pool and the `gpu` and `cpu` Kubernetes pools (with mlyard's job
     templates) if missing; keep their templates as mlyard has them (the local pool's points at this
-    home's warm runner). `pools`: other pools instead, as name -> (type, template) (a cluster's)."""
+    home's warm runner). `pools`: other pools instead, as name -> (type, template) (a cluster's), with
+    their concurrency `limits` (values.pool_concurrency; None: none)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
     from prefect.exceptions import ObjectNotFound
@@ -298,11 +300,13 @@ def ensure_pools(echo=print, settings: Settings | None = None, pools: dict[str, 
             try:
                 pool = client.read_work_pool(name)
             except ObjectNotFound:
-                client.create_work_pool(WorkPoolCreate(name=name, type=kind, base_job_template=template))
+                client.create_work_pool(WorkPoolCreate(name=name, type=kind, base_job_template=template,
+                                                       concurrency_limit=(limits or {}).get(name)))
                 echo(f"created work pool '{name}' ({kind})")
                 continue
-            if pool.base_job_template != template:
-                client.update_work_pool(name, WorkPoolUpdate(base_job_template=template))
+            if pool.base_job_template != template or (limits is not None and pool.concurrency_limit != limits.get(name)):
+                client.update_work_pool(name, WorkPoolUpdate(base_job_template=template, concurrency_limit=(
+                    limits.get(name) if limits is not None else pool.concurrency_limit)))
 
 
 # what the embedded stack adds to the description of a deployment on a Kubernetes pool: the Prefect UI
@@ -386,7 +390,7 @@ def register_on_cluster(api_url: str, values: ClusterValues, echo=print) -> None
     pools = {name: ("kubernetes", cluster_pool_template(path, values, images[name]))
              for name, path in ((GPU_POOL, GPU_TEMPLATE), (CPU_POOL, CPU_TEMPLATE))}
     with temporary_settings({PREFECT_API_URL: api_url}):
-        ensure_pools(echo, pools=pools)
+        ensure_pools(echo, pools=pools, limits=values.pool_concurrency.model_dump())  # its fields: gpu, cpu
         ensure_crash_detection()
     env = {**os.environ, "PREFECT_API_URL": api_url, "MLYARD_IMAGE": values.image,
            "MLYARD_GPU_IMAGE": images[GPU_POOL], "MLYARD_PROJECT_ROOT": str(PROJECT_ROOT)}

@@ -71,9 +71,15 @@ def render(values: ClusterValues) -> list[dict[str, Any]]:
     out = [_customize(obj, values, secret_names) for obj in objs]
     if values.kueue_queue:  # the opt-in component's queues (Kueue must be installed), the queue in the ConfigMap
         queues = [d for d in yaml.safe_load_all((K8S / "components" / "kueue" / "queues.yaml").read_text()) if d]
+        gpu = values.gpu  # the pool's quota: its nodes' GPUs, CPUs and memory
+        quota = {"nvidia.com/gpu": gpu.nodes * gpu.per_node, "cpu": gpu.nodes * gpu.cpus_per_node,
+                 "memory": f"{gpu.nodes * gpu.memory_gib_per_node}Gi"}
         for q in queues:
             if q["kind"] == "LocalQueue":
                 q["metadata"].update(name=values.kueue_queue, namespace=values.namespace)
+            if q["kind"] == "ClusterQueue":
+                for r in q["spec"]["resourceGroups"][0]["flavors"][0]["resources"]:
+                    r["nominalQuota"] = quota[r["name"]]
         out += queues
         for obj in out:
             if obj["kind"] == "ConfigMap" and obj["metadata"]["name"] == "mlyard-config":

@@ -22,7 +22,11 @@ secrets:                           # the Secrets the manifests name (create them
 gpu:
   types: [NVIDIA-A100-SXM4-80GB]   # the nvidia.com/gpu.product values of the GPU nodes
   per_node: 8                      # GPUs a node offers
+  nodes: 2                         # with Kueue: the pool's quota is nodes × (per_node GPUs, cpus_per_node,
+  cpus_per_node: 32                #   memory_gib_per_node); each project's queue borrows what others leave idle
+  memory_gib_per_node: 256
 kueue_queue: null                  # a LocalQueue (Kueue installed): the gpu pool's Jobs wait there for quota
+pool_concurrency: {gpu: null, cpu: 40}  # flow runs of a pool at once (Prefect's work pool limit); null: none
 sign_in: false                     # true: the company's OIDC sign-in in front of every UI (Secret mlyard-oidc)
 ```
 """
@@ -74,6 +78,21 @@ class GpuNodes(SpecModel):
     types: list[str] = Field(default_factory=list, description="nvidia.com/gpu.product values of the GPU nodes; "
                              "a training asking for another type is refused. Empty: any type is accepted.")
     per_node: int = Field(default=8, ge=1, le=16, description="GPUs one node offers; a larger gpu_count is refused.")
+    nodes: int = Field(default=1, ge=1, le=10000, description="GPU nodes of the pool: with Kueue, the pool's "
+                       "ClusterQueue holds nodes × per_node GPUs (and their CPUs and memory) of quota.")
+    cpus_per_node: int = Field(default=32, ge=1, le=1024, description="CPUs of a GPU node, for Kueue's quota.")
+    memory_gib_per_node: int = Field(default=256, ge=1, le=65536, description="Memory of a GPU node in GiB, "
+                                     "for Kueue's quota.")
+
+
+class PoolLimits(SpecModel):
+    model_config = ConfigDict(extra="forbid")
+
+    gpu: int | None = Field(default=None, ge=1, le=100000, description="Flow runs of the gpu pool at once (Prefect's "
+                            "work pool concurrency limit; the rest wait, SCHEDULED). Unset: no limit (Kueue's quota "
+                            "holds the GPUs).")
+    cpu: int | None = Field(default=None, ge=1, le=100000, description="Flow runs of the cpu pool at once. Unset: "
+                            "no limit.")
 
 
 class ClusterValues(SpecModel):
@@ -95,6 +114,7 @@ class ClusterValues(SpecModel):
     secrets: ClusterSecrets = Field(default_factory=ClusterSecrets)
     gpu: GpuNodes = Field(default_factory=GpuNodes)
     kueue_queue: str | None = Field(default=None, pattern=DNS_LABEL, description="LocalQueue of the gpu pool.")
+    pool_concurrency: PoolLimits = Field(default_factory=PoolLimits)
     sign_in: bool = Field(default=False, description="One OIDC sign-in in front of every UI (infra/k8s/components/"
                           "sign-in: oauth2-proxy; the Secret mlyard-oidc first).")
 

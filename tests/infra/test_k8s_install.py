@@ -25,7 +25,9 @@ VALUES = {"overlay": "prod", "namespace": "ml-platform", "image": "registry.exam
                      "serving": "registry.example/team/mlyard-serving:1.2.3"},
           "runtime_images": {"vllm": "registry.example/team/vllm-openai:0.11.0"},
           "image_pull_secrets": ["regcred"], "gateway_replicas": 4, "storage_class": "fast-ssd",
-          "secrets": {"prefect": "pf", "mlflow": "mf", "settings": "ms", "postgres": None}}
+          "secrets": {"prefect": "pf", "mlflow": "mf", "settings": "ms", "postgres": None},
+          "gpu": {"per_node": 4, "nodes": 3, "cpus_per_node": 48, "memory_gib_per_node": 384},
+          "pool_concurrency": {"cpu": 40}}
 
 
 def mlyard(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
@@ -78,6 +80,8 @@ def test_a_kueue_queue_adds_the_queues_and_names_it_to_every_pod(tmp_path):
     assert set(kueue) == {"ResourceFlavor", "ClusterQueue", "LocalQueue"}
     assert kueue["LocalQueue"]["metadata"] == {"name": "gpu-team", "namespace": "ml-platform"}
     assert kueue["LocalQueue"]["spec"]["clusterQueue"] == kueue["ClusterQueue"]["metadata"]["name"]
+    quota = {r["name"]: r["nominalQuota"] for r in kueue["ClusterQueue"]["spec"]["resourceGroups"][0]["flavors"][0]["resources"]}
+    assert quota == {"nvidia.com/gpu": 12, "cpu": 144, "memory": "1152Gi"}, "the values' 3 nodes of 4 GPUs, 48 CPUs, 384 GiB"
     config = next(o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "mlyard-config")
     assert config["data"]["MLYARD_KUEUE_QUEUE"] == "gpu-team"  # every pod, a tuning's too, labels its trials
 
@@ -302,6 +306,7 @@ def test_apply_registers_the_pools_deployments_and_crash_automation_on_the_clust
     with SyncPrefectClient(clusters_prefect) as client:
         pools = {p.name: p for p in client.read_work_pools()}
         assert set(pools) == {"gpu", "cpu"}, "no local pool on a cluster"
+        assert (pools["gpu"].concurrency_limit, pools["cpu"].concurrency_limit) == (None, 40)  # the values'
         for pool in pools.values():
             assert pool.type == "kubernetes"
             props = pool.base_job_template["variables"]["properties"]

@@ -102,9 +102,10 @@ def test_workers_get_exactly_what_they_use(overlay):
         worker = deployments[f"prefect-worker-{pool}"]["spec"]["template"]["spec"]
         assert worker["serviceAccountName"] in subjects
         assert worker["containers"][0]["command"][:6] == ["prefect", "worker", "start", "--pool", pool, "--type"]
-    lease = {(g, r): set(rule["verbs"]) for rule in roles["mlyard-scheduler"]["rules"]
-             for g in rule["apiGroups"] for r in rule["resources"]}
-    assert lease == {("coordination.k8s.io", "leases"): {"get", "create", "update"}}
+    scheduler = {(g, r): set(rule["verbs"]) for rule in roles["mlyard-scheduler"]["rules"]
+                 for g in rule["apiGroups"] for r in rule["resources"]}
+    assert scheduler == {("coordination.k8s.io", "leases"): {"get", "create", "update"},  # its Lease; why a run waits
+                         ("batch", "jobs"): {"get"}, ("", "pods"): {"list"}, ("kueue.x-k8s.io", "workloads"): {"list"}}
     # the endpoint flows' runs: server-side apply (patch), read back, list by labels and delete a stage's objects
     endpoints = {(g, r): set(rule["verbs"]) for rule in roles["mlyard-endpoints"]["rules"]
                  for g in rule["apiGroups"] for r in rule["resources"]}
