@@ -273,6 +273,7 @@ class Connection(asyncio.Protocol):
                    refused: Refusal | None) -> None:
         transport = self.transport
         assert transport is not None
+        keep_alive = keep_alive and not getattr(self.server, "draining", False)  # a stopping server: the last one
         if refused is not None:
             transport.write(_closing_reply(*refused))
             _linger(transport)

@@ -2,7 +2,7 @@
 
     /{endpoint}/{model}/v1|v2|openai/...                 the endpoint's default stage
     /{endpoint}/stages/{stage}/{model}/v1|v2|openai/...  one stage
-    /mlyard/health, routes, reload, stats, metrics: gateway_admin.py (internal credential but health)
+    /mlyard/health, ready, routes, reload, stats, metrics: gateway_admin.py (internal credential but the first two)
     POST /rag/v1/query, /rag/v1/search: the RAG the body's `model` names (gateway_rag.py)
 
 Per request: parse the route (404 when nothing answers; 503 before the table's first read); check the
@@ -87,7 +87,7 @@ class Gateway:
                                           initial_delay=0.0)
         self.max_in_flight, self.refresh_seconds = max_in_flight, refresh_seconds
         self._rechecked = float("-inf")  # when a request that found no healthy replica last had the table read
-        self.loaded = False  # the routing table read once: until then no endpoint is known to be unknown
+        self.stopping = False  # SIGTERM came: draining (serving/listener.py), no longer ready
         self._endpoints_api: Any = None
         self._members: dict[str, Any] | None = None
         self._routes: dict[str, Any] = {}
@@ -146,7 +146,7 @@ class Gateway:
                 gone.pool.close()
                 if gone.active:  # its answers are still coming: a flow that stops it waits for them (drain)
                     self.shared.draining[gone.key] = gone
-            self.shared.endpoints, self.loaded = endpoints, True
+            self.shared.endpoints, self.shared.loaded = endpoints, True
             if self._members is not None:
                 self.shared.members = self._members
             for (endpoint, stage), members in groups.items():
@@ -239,7 +239,7 @@ class Gateway:
         if path in chat_page.FILES:  # the chat page: static, no data (serving/chat_page.py)
             return 0
         if path.startswith("/mlyard/"):
-            if path == "/mlyard/health" or is_internal(self.shared.internal, headers):
+            if path in ("/mlyard/health", "/mlyard/ready") or is_internal(self.shared.internal, headers):
                 return 64 * 1024
             return 401, error_body("the gateway's management routes need the platform's internal credential"), \
                 [(b"www-authenticate", b"Bearer")]
@@ -251,7 +251,7 @@ class Gateway:
             return 404, error_body(str(exc)), []
         ep = self.shared.endpoints.get(route.endpoint)
         if ep is None:
-            return unknown_endpoint(route, self.loaded)
+            return unknown_endpoint(route, self.shared.loaded)
         if not ep["public"]:
             why = token_problem(self.shared.internal, ep, {"headers": headers}, self.shared.members)
             if why is not None:
@@ -279,7 +279,7 @@ class Gateway:
             page, kind = chat_page.body(path)
             return await asgi.reply(send, 200, page, kind, chat_page.HEADERS, head=scope["method"] == "HEAD")
         if path.startswith("/mlyard/"):
-            return await admin(self.shared, self.refresh, scope, receive, send)
+            return await admin(self.shared, self.refresh, scope, receive, send, ready=not self.stopping)
         if self.shared.in_flight >= self.max_in_flight:
             return await asgi.reply(send, 503, error_body(f"the gateway is at its limit of {self.max_in_flight} requests "
                                                       "in flight; retry shortly"), headers=RETRY_AFTER)
@@ -305,7 +305,7 @@ class Gateway:
                 return await asgi.reply(send, 404, error_body(str(exc)))
         ep = self.shared.endpoints.get(route.endpoint)
         if ep is None:
-            status, body, headers = unknown_endpoint(route, self.loaded)
+            status, body, headers = unknown_endpoint(route, self.shared.loaded)
             return await asgi.reply(send, status, body, headers=headers)
         if not ep["public"] and (why := token_problem(self.shared.internal, ep, scope, self.shared.members)) is not None:
             return await asgi.reply(send, 401, route_error(route, 401, why), headers=[(b"www-authenticate", b"Bearer")])

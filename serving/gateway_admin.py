@@ -2,7 +2,8 @@
 statistics and the metrics for the platform alone (its internal credential as a bearer token), since
 they name every endpoint and replica.
 
-    GET  /mlyard/health     200 while the gateway runs (the only route open to anyone)
+    GET  /mlyard/health     200 while the gateway runs (open to anyone, as is /mlyard/ready)
+    GET  /mlyard/ready      200 once the routing table is read and until SIGTERM (503 with the reason)
     GET  /mlyard/routes     the routing table: default stages, replicas, health, outstanding requests, shares
     POST /mlyard/reload     read the catalog and the replicas now (the endpoint flows call it after a change)
     GET  /mlyard/stats      ?since=&until= (epoch seconds) &endpoint=&stage=&model=: the statistics
@@ -24,11 +25,15 @@ from mlyard.serving.gateway_state import Shared
 
 
 async def admin(gw: Shared, refresh: Callable[[], Awaitable[None]], scope: dict, receive: asgi.Receive,
-                send: asgi.Send) -> None:
-    """A management route; `refresh()` reads the catalog and the replicas now (the gateway's)."""
+                send: asgi.Send, ready: bool = True) -> None:
+    """A management route; `refresh()` reads the catalog and the replicas now (the gateway's); `ready`: not
+    stopping."""
     path, method = scope["path"], scope["method"]
     if path == "/mlyard/health":
         return await asgi.reply(send, 200, orjson.dumps({"status": "ok", "in_flight": gw.in_flight}))
+    if path == "/mlyard/ready":  # Kubernetes' readinessProbe: routes only to a gateway that knows the routes
+        why = None if gw.loaded and ready else "draining" if not ready else "the routing table is not read yet"
+        return await asgi.reply(send, 503 if why else 200, orjson.dumps({"ready": not why, "reason": why}))
     if not is_internal(gw.internal, scope["headers"]):
         return await asgi.reply(send, 401, error_body("the gateway's management routes need the platform's internal "
                                                       "credential"), headers=[(b"www-authenticate", b"Bearer")])

@@ -50,6 +50,7 @@ class Shared:
     internal: bytes | None = None  # b"Bearer " + the internal token
     router: Router = field(default_factory=Router)
     replicas: dict[str, Tracked] = field(default_factory=dict)  # url -> its health and connections
+    loaded: bool = False  # the routing table read once: until then no endpoint is known to be unknown (nor ready)
     draining: dict[str, Tracked] = field(default_factory=dict)  # key -> out of routing, requests still on it
     endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)  # the catalog's routing view
     splits: dict[str, Split] = field(default_factory=dict)  # per endpoint whose stages share its default traffic

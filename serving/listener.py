@@ -1,6 +1,11 @@
 """Listening for the lean HTTP server's connections (serving/fastserver.py): `Server` accepts them on an
 address and counts what they hold (connections, request body bytes), runs the app's ASGI lifespan beside
-them, and stops on SIGINT or SIGTERM; `run` serves an app so until then."""
+them, and stops on SIGINT or SIGTERM; `run` serves an app so until then.
+
+Stopping drains, as a pod being replaced must (Kubernetes sends SIGTERM, then SIGKILL after the grace
+period): no new connection is taken, an idle kept-alive one is closed, and the requests and streams in
+flight are answered to their end (each with `connection: close`) for up to `drain_seconds`; only then is
+what is left cut. An app with a `stopping` attribute is told (the gateway's readiness then says 503)."""
 
 from __future__ import annotations
 
@@ -12,10 +17,11 @@ from mlyard.serving.fastserver import Connection, Limits
 
 
 class Server:
-    def __init__(self, app: Any, host: str, port: int, limits: Limits | None = None):
+    def __init__(self, app: Any, host: str, port: int, limits: Limits | None = None, drain_seconds: float = 25.0):
         self.app, self.address, self.limits = app, (host, port), limits or Limits()
         self.connections: set[Connection] = set()
         self.held = 0  # request body bytes its connections hold now (Limits.max_body_bytes_in_flight)
+        self.drain_seconds, self.draining = drain_seconds, False
 
     async def serve(self, on_ready: Callable[[str], None] | None = None) -> None:
         loop = asyncio.get_running_loop()
@@ -34,12 +40,26 @@ class Server:
             on_ready(f"http://{self.address[0]}:{self.address[1]}")
         try:
             await stop
+            await self._drain(server)
         finally:
             server.close()
             for conn in list(self.connections):
                 if conn.transport is not None:
                     conn.transport.close()
             await lifespan.shutdown()
+
+    async def _drain(self, server: asyncio.AbstractServer) -> None:
+        """No new connections; the idle ones closed; those answering left to finish, for drain_seconds."""
+        self.draining = True
+        if hasattr(self.app, "stopping"):
+            self.app.stopping = True
+        server.close()  # the listening socket: a new connection is refused (a client tries another replica)
+        deadline = asyncio.get_running_loop().time() + self.drain_seconds
+        while self.connections and asyncio.get_running_loop().time() < deadline:
+            for conn in list(self.connections):
+                if not conn.busy and not conn.pending and conn.transport is not None:
+                    conn.transport.close()  # idle: its client opens a new connection, to another replica
+            await asyncio.sleep(0.05)
 
 
 class _Lifespan:
@@ -66,8 +86,8 @@ class _Lifespan:
 
 
 def run(app: Any, host: str, port: int, on_ready: Callable[[str], None] | None = None,
-        limits: Limits | None = None) -> None:
-    """Serve `app` until SIGINT or SIGTERM (uvloop when it is installed)."""
+        limits: Limits | None = None, drain_seconds: float = 25.0) -> None:
+    """Serve `app` until SIGINT or SIGTERM, then drain for up to `drain_seconds` (uvloop when it is installed)."""
     import gc
 
     gc.collect()
@@ -76,4 +96,4 @@ def run(app: Any, host: str, port: int, on_ready: Callable[[str], None] | None =
         from uvloop import run as runner
     except ImportError:
         runner = asyncio.run  # type: ignore[assignment]
-    runner(Server(app, host, port, limits).serve(on_ready))
+    runner(Server(app, host, port, limits, drain_seconds).serve(on_ready))

@@ -1,8 +1,9 @@
 """An endpoint stage on Kubernetes, as manifests: each stage resource is a Deployment (the mlyard model
-server on the resource's model version), a Service, a NetworkPolicy admitting only the gateway's pods
-and, when its pod autoscaler is on, a HorizontalPodAutoscaler whose target is the resource's CPU or
-memory threshold. The stage's node
-autoscaler settings become cluster-autoscaler annotations for its node pool.
+server on the resource's model version; its replicas spread over nodes, each let go of before it stops), a
+Service, a NetworkPolicy admitting only the gateway's pods, a PodDisruptionBudget (a drain takes one replica
+at a time) and, when its pod autoscaler is on, a HorizontalPodAutoscaler whose target is the resource's CPU
+or memory threshold. The stage's node autoscaler settings become cluster-autoscaler annotations for its
+node pool.
 
 The manifests come from the templates in `infra/endpoint/` and are checked against the Kubernetes
 schema (kubernetes-validate) before anything is applied. Plain functions of the catalog's endpoint
@@ -107,6 +108,7 @@ def render_stage(view: dict[str, Any], stage: str, *, image: str = DEFAULT_IMAGE
         out.append(yaml.safe_load(env.get_template("deployment.yaml.j2").render(context)))
         out.append(yaml.safe_load(env.get_template("service.yaml.j2").render(context)))
         out.append(yaml.safe_load(env.get_template("networkpolicy.yaml.j2").render(context)))
+        out.append(yaml.safe_load(env.get_template("pdb.yaml.j2").render(context)))
         if res["pod_autoscaler"].get("enabled"):
             out.append(yaml.safe_load(env.get_template("hpa.yaml.j2").render(context)))
     return out
@@ -211,6 +213,7 @@ _KINDS = {  # kind -> (API class, the method names' stem)
     "Service": ("CoreV1Api", "service"),
     "HorizontalPodAutoscaler": ("AutoscalingV2Api", "horizontal_pod_autoscaler"),
     "NetworkPolicy": ("NetworkingV1Api", "network_policy"),
+    "PodDisruptionBudget": ("PolicyV1Api", "pod_disruption_budget"),
 }
 
 

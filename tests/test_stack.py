@@ -438,9 +438,9 @@ def test_a_gateway_that_has_not_read_its_table_yet_says_503_for_any_endpoint(tmp
 
     gw = Gateway(tmp_path, None)
     assert gw.admit("POST", "/digits/digits/v1/models/digits:predict", [])[0] == 503
-    status, _, headers = unknown_endpoint(parse("/digits/digits/v1/models/digits:predict"), gw.loaded)
+    status, _, headers = unknown_endpoint(parse("/digits/digits/v1/models/digits:predict"), gw.shared.loaded)
     assert status == 503 and (b"retry-after", b"1") in headers
-    gw.loaded = True
+    gw.shared.loaded = True
     assert gw.admit("POST", "/digits/digits/v1/models/digits:predict", [])[0] == 404
 
 

@@ -534,7 +534,8 @@ def test_a_kubernetes_stage_is_applied_then_rolled_back(endpoint, settings, tmp_
             api.create({"name": "kube", "public": True, "stage": {"instance_type": "g2-t4", "resources": [
                 {"model": "clf/1", "pods": 2, "pod_autoscaler": {"enabled": True, "max_pods": 4}}]}})
         made = [(kind, obj["metadata"]["name"]) for _, kind, etype, obj in kube.events if etype == "ADDED"]
-        assert sorted(k for k, _ in made) == ["Deployment", "HorizontalPodAutoscaler", "NetworkPolicy", "Service"]
+        assert sorted(k for k, _ in made) == ["Deployment", "HorizontalPodAutoscaler", "NetworkPolicy", "PodDisruptionBudget",
+                                                "Service"]
         deleted = [(kind, obj["metadata"]["name"]) for _, kind, etype, obj in kube.events if etype == "DELETED"]
         assert sorted(deleted) == sorted(made)
         assert kube.objects == {}

@@ -111,7 +111,7 @@ def test_workers_get_exactly_what_they_use(overlay):
                  for g in rule["apiGroups"] for r in rule["resources"]}
     assert endpoints == {**{(g, r): {"get", "list", "patch", "delete"} for g, r in (
         ("apps", "deployments"), ("", "services"), ("autoscaling", "horizontalpodautoscalers"),
-        ("networking.k8s.io", "networkpolicies"))}, ("gateway.networking.k8s.io", "httproutes"): {"get", "patch",
+        ("networking.k8s.io", "networkpolicies"), ("policy", "poddisruptionbudgets"))}, ("gateway.networking.k8s.io", "httproutes"): {"get", "patch",
                                                                                           "delete"}}
     assert {s["name"] for s in bindings["mlyard-endpoints"]["subjects"]} == {"mlyard-endpoints"}
     # where user code runs (every flow-run pod by default, a multi-node training's nodes): read a pod, no more

@@ -68,7 +68,7 @@ class Running:
 def gateway(tmp_path: Path):
     gw = Gateway(tmp_path, None, internal_token=INTERNAL, max_body=1024 * 1024)
     digest = hashlib.sha256(TOKEN.encode()).hexdigest()
-    gw.loaded = True  # its table set by hand, as a refresh would
+    gw.shared.loaded = True  # its table set by hand, as a refresh would
     gw.shared.endpoints = {"priv": {"public": False, "default": "default", "max_request_bytes": 4096,
                              "stages": {"default": {"status": "ACTIVE"}},
                              "tokens": {digest: (time.time() + 3600, False, "token:1")}},
@@ -296,7 +296,7 @@ def test_request_bodies_share_a_budget_of_bytes_past_which_the_gateway_answers_5
 
     mib = 1024 * 1024
     gw = Gateway(tmp_path, None, internal_token=INTERNAL, max_body=mib)
-    gw.loaded = True
+    gw.shared.loaded = True
     gw.shared.endpoints = {"open": {"public": True, "default": "default", "max_request_bytes": None,
                                     "stages": {"default": {"status": "ACTIVE"}}, "tokens": {}}}
     gw.shared.router.set_stage("open", "default", [Replica("http://127.0.0.1:9", "m")], default=True)
@@ -368,7 +368,7 @@ def test_a_client_that_hangs_up_after_done_is_no_failure_and_a_replica_that_brea
     port, replica = _streaming_replica(ends)
     url = f"http://127.0.0.1:{port}"
     gw = Gateway(tmp_path, None, internal_token=INTERNAL)
-    gw.loaded = True
+    gw.shared.loaded = True
     gw.shared.endpoints = {"open": {"public": True, "default": "default", "max_request_bytes": None,
                                     "stages": {"default": {"status": "ACTIVE"}}, "tokens": {}}}
     gw.shared.router.set_stage("open", "default", [Replica(url, "m")], default=True)

@@ -28,7 +28,7 @@ def _keys(*users: tuple[str, bool, frozenset]) -> tuple[dict, dict]:
 @pytest.fixture()
 def gateway(tmp_path: Path):
     gw = Gateway(tmp_path, None, internal_token=INTERNAL, max_body=1024 * 1024)
-    gw.loaded = True
+    gw.shared.loaded = True
     gw.shared.endpoints = {"vision": {"public": False, "project": "team-a", "default": "default",
                                       "max_request_bytes": None, "stages": {"default": {"status": "STOPPED"}},
                                       "tokens": {}}}

@@ -37,10 +37,18 @@ def test_a_stage_renders_to_valid_deployments_services_and_an_hpa(view):
     first, second = (r["id"] for r in view["stages"][0]["resources"])
     assert kinds == [("Deployment", f"iris-api-default-r{first}"), ("Service", f"iris-api-default-r{first}"),
                      ("NetworkPolicy", f"iris-api-default-r{first}"),
+                     ("PodDisruptionBudget", f"iris-api-default-r{first}"),
                      ("HorizontalPodAutoscaler", f"iris-api-default-r{first}"),
                      ("Deployment", f"iris-api-default-r{second}"), ("Service", f"iris-api-default-r{second}"),
-                     ("NetworkPolicy", f"iris-api-default-r{second}")]
-    iris, _, policy, hpa, bert, _, _ = manifests
+                     ("NetworkPolicy", f"iris-api-default-r{second}"), ("PodDisruptionBudget", f"iris-api-default-r{second}")]
+    iris, _, policy, budget, hpa, bert, _, _, _ = manifests
+    # a drain takes one replica at a time; the replicas spread over nodes; each is let go of before it stops
+    assert budget["spec"] == {"maxUnavailable": 1, "selector": iris["spec"]["selector"]}
+    pod = iris["spec"]["template"]["spec"]
+    assert pod["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
+    assert pod["topologySpreadConstraints"][0]["labelSelector"] == iris["spec"]["selector"]
+    assert pod["containers"][0]["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
+    assert pod["terminationGracePeriodSeconds"] > 5 + 25 - 1  # the preStop, then the server's drain
     # only the gateway's pods reach the replicas, on their serving port
     assert policy["spec"]["podSelector"]["matchLabels"] == iris["spec"]["selector"]["matchLabels"]
     assert policy["spec"]["ingress"] == [{"from": [{"podSelector": {"matchLabels": {
@@ -98,7 +106,7 @@ def test_a_runtime_variant_stage_is_its_engines_deployment_with_backend_ais_prob
     finally:
         catalog.dispose()
     k8s.validate(manifests)
-    vllm, _, _, tool, _, _ = manifests
+    vllm, _, _, _, tool, _, _, _ = manifests
     pod = vllm["spec"]["template"]["spec"]
     engine = pod["containers"][0]
     assert engine["image"] == "vllm/vllm-openai:v0.11.0"
@@ -160,7 +168,7 @@ def test_applying_a_stage_creates_then_changes_nothing_and_prunes_against_an_api
     first = k8s.apply_stage(api, manifests, ns, "iris-api", "default")
     names = [f"{m['kind']}/{m['metadata']['name']}" for m in manifests]
     assert first == {"created": names, "changed": [], "unchanged": [], "deleted": []}
-    assert len(kube.made(ns)) == 7, kube.made(ns)
+    assert len(kube.made(ns)) == 9, kube.made(ns)
     rv = kube.versions(ns)
     again = k8s.apply_stage(api, manifests, ns, "iris-api", "default")  # the same again: nothing changes
     assert again == {"created": [], "changed": [], "unchanged": names, "deleted": []}
