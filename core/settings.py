@@ -24,7 +24,9 @@ TELEMETRY_OFF_ENV = {
 }
 
 HEARTBEAT_SECONDS = 30
-UNRESPONSIVE_AFTER_SECONDS = 50  # no heartbeat for this long: CRASHED (seen within 60 s of the kill)
+# no heartbeat for this long: CRASHED. Above a Prefect outage of 60 s plus one heartbeat (and slack): a server
+# hung or restarting for a minute has not heard a healthy run, which must not read as its death
+UNRESPONSIVE_AFTER_SECONDS = 100
 
 DEFAULT_IMAGE = "mlyard:0.1.0"
 
