@@ -24,9 +24,7 @@ TELEMETRY_OFF_ENV = {
 }
 
 HEARTBEAT_SECONDS = 30
-# no heartbeat for this long: CRASHED. Above a Prefect outage of 60 s plus one heartbeat (and slack): a server
-# hung or restarting for a minute has not heard a healthy run, which must not read as its death
-UNRESPONSIVE_AFTER_SECONDS = 100
+UNRESPONSIVE_AFTER_SECONDS = 100  # silent this long: CRASHED; > a 60 s Prefect outage + a heartbeat + slack
 
 DEFAULT_IMAGE = "mlyard:0.1.0"
 

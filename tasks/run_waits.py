@@ -14,14 +14,20 @@ from typing import Any
 log = logging.getLogger("mlyard.waits")
 
 
+GONE = "gone"  # the Job the run names is no more: nothing holds the run, it is not waiting
+
+
 def taken(flow_run: Any) -> bool:
-    """A worker took the run (it is PENDING with its infrastructure made): what holds it is the cluster's."""
+    """A Kubernetes worker took the run (PENDING, its Job made): what holds it is the cluster's. A process
+    worker's run ("host:pid") starts at once or not at all: never taken so."""
     state = flow_run.state.type.value if flow_run.state is not None else None
-    return state == "PENDING" and bool(flow_run.infrastructure_pid)
+    _, _, job = str(flow_run.infrastructure_pid or "").rpartition(":")
+    return state == "PENDING" and bool(job) and not job.isdigit()
 
 
 def job_reason(infrastructure_pid: str, api_client: Any) -> str | None:
-    """One line on why the Job `infrastructure_pid` names has no running pod; None when nothing says."""
+    """One line on why the Job `infrastructure_pid` names has no running pod; None when nothing says, GONE
+    when the Job is no more."""
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
@@ -41,7 +47,7 @@ def job_reason(infrastructure_pid: str, api_client: Any) -> str | None:
         pods = client.CoreV1Api(api_client).list_namespaced_pod(namespace, label_selector=f"job-name={name}").items
     except ApiException as exc:
         log.debug("cannot read Job %s: %s", infrastructure_pid, exc.reason)
-        return None
+        return GONE if exc.status == 404 else None
     for pod in pods:
         for c in pod.status.conditions or []:
             if c.type == "PodScheduled" and c.status == "False" and c.message:
@@ -73,11 +79,13 @@ class Waits:
         return self._api
 
     def say(self, flow_run: Any) -> str | None:
-        """Why `flow_run` (taken) waits, logged to it when new; the reason, or None."""
+        """Why `flow_run` (taken) waits, logged to it when new; the reason, None, or GONE (its Job is no more)."""
         api = self._cluster()
         reason = job_reason(str(flow_run.infrastructure_pid), api) if api else None
         key = str(flow_run.id)
-        if reason and self._said.get(key) != reason:
+        if len(self._said) > 10000:  # runs long started or ended: forgotten, at worst said once more
+            self._said.clear()
+        if reason and reason != GONE and self._said.get(key) != reason:
             from datetime import datetime, timezone
 
             from prefect.client.schemas.actions import LogCreate

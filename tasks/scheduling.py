@@ -166,8 +166,7 @@ class Scheduler:
             state: str | None = fr.state.type.value if fr is not None and fr.state is not None else None
             if fr is None or state in FINAL:
                 ended.append(slot.id)
-            elif waits.taken(fr):  # a worker made its Job, which waits (Kueue's quota, a node): it is queued, said why
-                self.waits.say(fr)
+            elif waits.taken(fr) and self.waits.say(fr) != waits.GONE:  # its Job waits (Kueue's quota, a node): queued
                 going[slot.schedule_id] += 1
             elif state in NOT_STARTED and now - max(slot.slot_epoch, slot.started_at or now) > self.start_timeout:
                 self.client.set_flow_run_state(fr.id, Cancelled(

@@ -14,6 +14,20 @@ from pathlib import Path
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
+def test_only_a_kubernetes_workers_run_is_taken_so():
+    """A process worker's run ("host:pid") starts at once or never: the start timeout still applies to it."""
+    from types import SimpleNamespace
+
+    from mlyard.tasks.run_waits import taken
+
+    def run(state: str, pid: str | None):
+        return SimpleNamespace(state=SimpleNamespace(type=SimpleNamespace(value=state)), infrastructure_pid=pid)
+
+    assert taken(run("PENDING", "mlyard:heavy-ibis-6f2x"))
+    assert not taken(run("PENDING", "worker-host:41357")) and not taken(run("PENDING", None))
+    assert not taken(run("SCHEDULED", "mlyard:heavy-ibis-6f2x"))
+
+
 def _runs(tag: str) -> list:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
@@ -63,6 +77,11 @@ def test_a_scheduled_run_waiting_for_a_gpu_is_queued_with_its_reason_not_cancell
         assert schedules.show("waits")["slots"]["STARTED"] == 1
         # the reason the cluster gives, said once (not at every pass)
         assert len(said) == 1 and "no node for its pod yet" in said[0] and "node affinity/selector" in said[0], said
+        # a Job that is no more holds nothing: such a run is not waiting (the start timeout applies again)
+        from mlyard.tasks.kubernetes import cluster_client
+        from mlyard.tasks.run_waits import GONE, job_reason
+
+        assert job_reason("mlyard:no-such-job", cluster_client("kube", "cluster")) == GONE
     finally:
         schedules.disable("waits")
         with get_client(sync_client=True) as client:
