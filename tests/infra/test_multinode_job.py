@@ -248,4 +248,7 @@ def test_cancelling_the_training_ends_every_node(real_cluster, algorithm):
     assert all(kubelet.processes[p].poll() is not None for p in nodes), (
         "every node process ended", [(o["kind"], o["metadata"]["name"]) for k in ("Job", "Pod") for o in api.items(k, NS)],
         {k[1]: v[-1500:] for k, v in api.pod_logs.items() if not k[1].startswith(name)})
+    deadline = time.monotonic() + 60  # the garbage collector deletes the nodes' Job with its owner, in its time
+    while time.monotonic() < deadline and [j for j in api.items("Job", NS) if j["metadata"]["name"] == name]:
+        time.sleep(0.5)
     assert not [j for j in api.items("Job", NS) if j["metadata"]["name"] == name]
