@@ -188,8 +188,8 @@ class PrefectDoor:
         if rule == "deployments":  # with their Run forms' examples left out, as for one deployment below
             narrowed = rules.deployments_narrowed(rules.narrowed_if_runs(given, project), await self._runnable())
             answer = await self.client.post(path, json=narrowed, headers=_str(self.upstream))
-            listed = rules.without_parameters(answer.json()) if answer.status_code == 200 else answer.json()
-            return await door.answer_json(send, answer.status_code, json.dumps(listed).encode())
+            body = json.dumps(rules.without_parameters(answer.json())).encode() if answer.is_success else answer.content
+            return await door.answer_json(send, answer.status_code, body)  # Prefect's own refusal as it is
         if rule == "deployment":
             if ident not in await self._runnable():
                 raise HttpError(404, "Deployment not found")
