@@ -100,9 +100,9 @@ class Settings(BaseSettings):
     kueue_queue: str | None = Field(
         default=None, description="On a cluster with Kueue: the LocalQueue the gpu pool's Jobs are labelled for, so "
         "that Kueue admits them against the GPU quota (trials wait for quota, not for nodes).")
-    scheduler_lease: str | None = Field(
-        default=None, description="On a cluster: the Lease (in kube_namespace) the scheduler's replicas elect their "
-        "one leader with; only its holder schedules. Unset: this scheduler schedules (one machine).")
+    lease: str | None = Field(
+        default=None, description="On a cluster: the Lease (in kube_namespace) this part's replicas elect one leader "
+        "with, whose holder alone runs the control loop (the scheduler's; the API's crash follower). Unset: one machine.")
     gpu_slots: int | None = Field(
         default=None, ge=0, le=64, description="GPUs of this machine that local trainings and trials share, as "
         "a Prefect global concurrency limit (mlyard-gpu): a run takes its resources.gpu_count slots before its "

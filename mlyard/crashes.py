@@ -3,10 +3,11 @@
 A flow run whose process was killed (kill -9, a node lost, the OOM killer) cannot end its own MLflow
 run. Prefect marks it CRASHED on one of two paths: its worker saw the process end, or the crash
 automation (mlyard/prefect_setup.py) saw its heartbeats stop. Either way Prefect emits
-`prefect.flow-run.Crashed`, and the mlyard API, which follows the event stream, ends every MLflow run
-that is still RUNNING for that flow run: the training's, the tuning's and its trials' (KILLED, and the
-trials still RUNNING in the tuning's study too), the batch inference's, the evaluation's. On (re)connecting to the stream it does the same for crashes it did not
-see (the API was down, or restarting).
+`prefect.flow-run.Crashed`, and the mlyard API, which follows the event stream (on a cluster, the one
+replica that holds the Lease mlyard-api), ends every MLflow run that is still RUNNING for that flow run: the
+training's, the tuning's and its trials' (KILLED, and the trials still RUNNING in the tuning's study too),
+the batch inference's, the evaluation's. On (re)connecting to the stream it does the same for crashes it
+did not see (the API was down, or restarting).
 
 `reconcile` is the one rule: an MLflow run of mlyard's still RUNNING whose flow run has CRASHED
 becomes FAILED, `mlyard.status_reason` saying so with Prefect's own message.
@@ -99,20 +100,30 @@ def crashed_flow_runs(ids: Iterable[str]) -> dict[str, str]:
     return {str(r.id): (r.state.message if r.state and r.state.message else "no reason given") for r in runs}
 
 
-def follow(tracking: Tracking, catalog_url: str) -> threading.Thread:
-    """A daemon thread that reconciles on every `prefect.flow-run.Crashed` event and on (re)connecting."""
-    thread = threading.Thread(target=_follow, args=(tracking, catalog_url), name="mlyard-crashes", daemon=True)
+def follow(tracking: Tracking, catalog_url: str, lease: str | None = None, namespace: str = "default") -> threading.Thread:
+    """A daemon thread that reconciles on every `prefect.flow-run.Crashed` event and on (re)connecting; with
+    `lease` (a cluster's API replicas), only while this process holds it (tasks/leader.py: one writer)."""
+    if lease:
+        from mlyard.tasks.leader import while_leading
+
+        target: Callable[..., object] = while_leading
+        args: tuple = (lease, namespace, lambda lost: follow_until(tracking, catalog_url, lost))
+    else:
+        target, args = follow_until, (tracking, catalog_url)
+    thread = threading.Thread(target=target, args=args, name="mlyard-crashes", daemon=True)
     thread.start()
     return thread
 
 
-def _follow(tracking: Tracking, catalog_url: str) -> None:
+def follow_until(tracking: Tracking, catalog_url: str, lost: threading.Event | None = None) -> None:
+    """Reconcile on every Crashed event and on (re)connecting, until `lost` is set (a cluster's API replica
+    follows only while it holds the Lease: tasks/leader.py's `while_leading`), or for ever."""
     import anyio
 
-    anyio.run(_listen, tracking, catalog_url)
+    anyio.run(_listen, tracking, catalog_url, lost or threading.Event())
 
 
-async def _listen(tracking: Tracking, catalog_url: str) -> None:
+async def _listen(tracking: Tracking, catalog_url: str, lost: threading.Event) -> None:
     import anyio
     from prefect.events.clients import get_events_subscriber
     from prefect.events.filters import EventFilter, EventNameFilter
@@ -120,19 +131,28 @@ async def _listen(tracking: Tracking, catalog_url: str) -> None:
     from mlyard import tunings
 
     def sweep() -> None:
+        if lost.is_set():
+            return  # another replica leads now: it sweeps
         try:
             reconcile(tracking, crashed_flow_runs,
                       end_trials=lambda tuning_id: tunings.end_interrupted_trials(catalog_url, tuning_id))
         except Exception:  # MLflow or Prefect unreachable for a moment: the next event or reconnect sweeps again
             log.exception("could not end the MLflow runs of crashed flow runs")
 
-    only_crashed = EventFilter(event=EventNameFilter(name=["prefect.flow-run.Crashed"]))
-    while True:
-        try:
-            async with get_events_subscriber(filter=only_crashed) as events:
-                await anyio.to_thread.run_sync(sweep)  # crashes while nobody listened
-                async for _event in events:
-                    await anyio.to_thread.run_sync(sweep)
-        except Exception as exc:  # the server restarting
-            log.warning("the event stream was lost (%s); reconnecting in %.0f s", exc, RECONNECT_SECONDS)
-        await anyio.sleep(RECONNECT_SECONDS)
+    async def listen() -> None:
+        only_crashed = EventFilter(event=EventNameFilter(name=["prefect.flow-run.Crashed"]))
+        while True:
+            try:
+                async with get_events_subscriber(filter=only_crashed) as events:
+                    await anyio.to_thread.run_sync(sweep)  # crashes while nobody listened
+                    async for _event in events:
+                        await anyio.to_thread.run_sync(sweep)
+            except Exception as exc:  # the server restarting
+                log.warning("the event stream was lost (%s); reconnecting in %.0f s", exc, RECONNECT_SECONDS)
+            await anyio.sleep(RECONNECT_SECONDS)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(listen)
+        while not lost.is_set():
+            await anyio.sleep(0.5)
+        group.cancel_scope.cancel()

@@ -30,7 +30,7 @@ It keeps the index of the structured log records caught up (mlyard/logs.py), eve
 the records past their retention (Settings.log_retention_days) every hour.
 
 It also follows Prefect's events: a flow run that CRASHED (its process killed) gets its MLflow runs
-ended FAILED with the reason (mlyard/crashes.py).
+ended FAILED with the reason (mlyard/crashes.py); on a cluster only the replica holding the Lease does.
 
 And it holds the front door to the Prefect UI for project members, on a second port (Settings.door_port:
 mlyard/prefect_door.py).
@@ -377,12 +377,12 @@ def main(argv: list[str] | None = None) -> None:
         log.exception("could not warm up (Prefect, MLflow or the catalog did not answer); answering anyway")
     from mlyard import crashes
     from mlyard.warm_api import platform
-    crashes.follow(platform().tracking, platform().settings.catalog_db_url)  # a crashed flow run's MLflow runs end FAILED, not RUNNING for ever
+    settings = Settings()  # a crashed flow run's MLflow runs end FAILED; on a cluster, by the Lease's holder
+    crashes.follow(platform().tracking, settings.catalog_db_url, settings.lease, settings.kube_namespace)
     from mlyard import logs
     threading.Thread(target=logs.keep_indexed, name="mlyard-logs-index", daemon=True).start()
     from mlyard import prefect_door
     from mlyard.core.connection import internal_token
-    settings = Settings()
     door = settings.door_port or settings.prefect_port + 3  # the front door to the Prefect UI, a listener of its own
     threading.Thread(target=prefect_door.serve, args=(args.host, door, internal_token(settings)),
                      name="mlyard-prefect-door", daemon=True).start()

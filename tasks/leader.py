@@ -1,6 +1,9 @@
-"""One leader among replicas, through a Kubernetes Lease (`coordination.k8s.io/v1`): the scheduler's
-replicas on a cluster (infra/k8s) run their loop only while they hold it, so that exactly one makes the
-schedules' runs, and another takes over within 30 s of the holder's death.
+"""One leader among replicas, through a Kubernetes Lease (`coordination.k8s.io/v1`): on a cluster
+(infra/k8s) a control loop runs only in the replica that holds its Lease, so that exactly one writes, and
+another takes over within 30 s of the holder's death. The scheduler's replicas (Lease mlyard-scheduler:
+schedules, promotions, housekeeping) wait to lead and end when they lose it (`wait_to_lead`); the API's
+replicas (Lease mlyard-api) answer all the same and run only their crash follower while leading
+(`while_leading`).
 
 kubernetes_asyncio's own LeaderElection and LeaseLock do the election (the `kubernetes` client of this
 version has no Lease lock), on a loop in a thread of their own: a candidate holds the Lease for
@@ -17,6 +20,7 @@ import os
 import socket
 import threading
 from pathlib import Path
+from typing import Callable
 
 from mlyard.core.environment import pod_name
 
@@ -96,3 +100,23 @@ def wait_to_lead(lease: str, namespace: str, stop: threading.Event, alive: Path 
 
     threading.Thread(target=stop_when_lost, name="mlyard-lease-watch", daemon=True).start()
     return leadership
+
+
+def while_leading(lease: str, namespace: str, work: Callable[[threading.Event], object],
+                  stop: threading.Event | None = None) -> None:
+    """Run `work(lost)` whenever this process holds `lease`, and elect again once it has lost it: for ever
+    (a daemon thread's target) or until `stop` is set. `work` must return soon after `lost` is set: the
+    Lease is lost RENEW_SECONDS before another replica may take it, which is the time it has to stop
+    writing. An election that cannot run (the API unreachable, no Role) is tried again every LEASE_SECONDS."""
+    stop = stop or threading.Event()
+    while not stop.is_set():
+        leadership = Leadership(lease, namespace).start()
+        while not leadership.leading.wait(1.0) and not leadership.lost.is_set() and not stop.is_set():
+            pass
+        while leadership.leading.is_set() and not stop.is_set():
+            try:
+                work(leadership.lost)
+            except Exception:  # noqa: BLE001 - the loop's own failure: logged, and run again while leading
+                log.exception("the control loop under Lease %s/%s failed", namespace, lease)
+            leadership.lost.wait(RETRY_SECONDS)
+        stop.wait(LEASE_SECONDS)

@@ -374,8 +374,8 @@ def main(argv: list[str] | None = None) -> None:
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         settings.home_dir.mkdir(parents=True, exist_ok=True)
         # one of a cluster's replicas: it schedules only while holding the Lease
-        leadership = settings.scheduler_lease and wait_to_lead(settings.scheduler_lease, settings.kube_namespace,
-                                                               stop, settings.home_dir / ALIVE_FILE)
+        leadership = settings.lease and wait_to_lead(settings.lease, settings.kube_namespace, stop,
+                                                     settings.home_dir / ALIVE_FILE)
         if stop.is_set():
             return
         log.info("scheduler started (Prefect at %s)", client.api_url)
@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None) -> None:
         except KeyboardInterrupt:
             pass
         if leadership and leadership.lost.is_set():  # the Deployment starts it again, as a follower
-            raise SystemExit(f"mlyard scheduler: lost Lease {settings.kube_namespace}/{settings.scheduler_lease}")
+            raise SystemExit(f"mlyard scheduler: lost Lease {settings.kube_namespace}/{settings.lease}")
 
 
 if __name__ == "__main__":

@@ -119,10 +119,11 @@ def test_workers_get_exactly_what_they_use(overlay):
            for g in rule["apiGroups"] for r in rule["resources"]}
     assert run == {("", "pods"): {"get"}}
     assert {s["name"] for s in bindings["mlyard-run"]["subjects"]} == {"mlyard-run"}
-    # the API makes and deletes registry accounts' Secrets and reads none (`get` would read the settings)
+    # the API makes and deletes registry accounts' Secrets and reads none (`get` would read the settings);
+    # its replicas elect the crash follower's one writer
     api = {(g, r): set(rule["verbs"]) for rule in roles["mlyard-api"]["rules"]
            for g in rule["apiGroups"] for r in rule["resources"]}
-    assert api == {("", "secrets"): {"create", "delete"}}
+    assert api == {("", "secrets"): {"create", "delete"}, ("coordination.k8s.io", "leases"): {"get", "create", "update"}}
     flows = [d for d in yaml.safe_load((K8S.parent / "prefect.yaml").read_text())["deployments"]
              if d["entrypoint"].startswith("mlyard.flows.endpoint_") and d["work_pool"]["name"] != "local"]
     assert len(flows) == 10 and {d["work_pool"]["job_variables"]["service_account_name"] for d in flows} == {"mlyard-endpoints"}

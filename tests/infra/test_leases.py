@@ -1,9 +1,12 @@
-"""The scheduler's replicas on a cluster elect one leader through a Lease (tasks/leader.py): only the
-holder schedules, and when it dies (kill -9) the other takes over within 30 s, and no slot runs twice.
-Two real scheduler processes against Kubernetes' own control plane (tests/controlplane.py), each as the
-install's `mlyard-scheduler` ServiceAccount with a token the API server issued and the Role the manifests
-give it (nothing more), sharing a catalog of their own (so that they schedule nothing of the other tests')
-that holds a schedule firing every second."""
+"""The control loops' one writer on a cluster, through Leases (tasks/leader.py), against Kubernetes' own
+control plane (tests/controlplane.py), each replica as the install's ServiceAccount with a token the API
+server issued and the Role the manifests give it (nothing more):
+- the scheduler's replicas elect one leader: only the holder schedules, and when it dies (kill -9) the other
+  takes over within 30 s, and no slot runs twice (two real scheduler processes, sharing a catalog of their
+  own, so that they schedule nothing of the other tests', that holds a schedule firing every second);
+- the API's replicas answer all the same, but only the holder of mlyard-api follows crashed runs (ends
+  their MLflow runs), and the other takes that over within 30 s of the holder's kill -9 (two crash
+  followers on an MLflow store of their own, so that the stack's own API sees none of their runs)."""
 
 from __future__ import annotations
 
@@ -19,33 +22,35 @@ from kubelet_node import ClusterApi
 
 ROOT = Path(__file__).resolve().parents[2]
 NS = "mlyard-lease"
+NS_API = "mlyard-lease-api"
 
 
-def _holder(api: ClusterApi) -> str | None:
-    lease = api.get_object("Lease", NS, "mlyard-scheduler")
+def _holder(api: ClusterApi, name: str = "mlyard-scheduler", ns: str = NS) -> str | None:
+    lease = api.get_object("Lease", ns, name)
     return lease["spec"].get("holderIdentity") if lease else None
 
 
-def _as_the_scheduler(api: ClusterApi, plane, path: Path) -> Path:
-    """The install's scheduler account and its Role, as the manifests make them, in NS; a kubeconfig with a
-    token the API server issues to that account (what its pods' token is)."""
+def _as_the_account(api: ClusterApi, plane, path: Path, account: str = "mlyard-scheduler",
+                    ns: str = NS) -> Path:
+    """The install's `account` and its Role, as the manifests make them, in `ns`; a kubeconfig with a token the
+    API server issues to that account (what its pods' token is)."""
     import yaml
 
     from mlyard.core.specs.cluster import ClusterValues
     from mlyard.tasks.cluster import render
 
-    api.create("Namespace", "v1", None, {"metadata": {"name": NS}})
-    for obj in render(ClusterValues(overlay="dev", namespace=NS)):
-        if obj["metadata"]["name"] == "mlyard-scheduler" and obj["kind"] in ("ServiceAccount", "Role", "RoleBinding"):
-            api.create(obj["kind"], obj["apiVersion"], NS, {k: v for k, v in obj.items() if k not in ("kind", "apiVersion")})
-    code, doc = api.request("POST", f"/api/v1/namespaces/{NS}/serviceaccounts/mlyard-scheduler/token",
+    api.create("Namespace", "v1", None, {"metadata": {"name": ns}})
+    for obj in render(ClusterValues(overlay="dev", namespace=ns)):
+        if obj["metadata"]["name"] == account and obj["kind"] in ("ServiceAccount", "Role", "RoleBinding"):
+            api.create(obj["kind"], obj["apiVersion"], ns, {k: v for k, v in obj.items() if k not in ("kind", "apiVersion")})
+    code, doc = api.request("POST", f"/api/v1/namespaces/{ns}/serviceaccounts/{account}/token",
                             {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}})
     assert code == 201, doc
     path.write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config", "current-context": "pod",
         "clusters": [{"name": "c", "cluster": {"server": plane.url, "certificate-authority": str(plane.ca)}}],
-        "users": [{"name": "mlyard-scheduler", "user": {"token": doc["status"]["token"]}}],
-        "contexts": [{"name": "pod", "context": {"cluster": "c", "user": "mlyard-scheduler", "namespace": NS}}]}))
+        "users": [{"name": account, "user": {"token": doc["status"]["token"]}}],
+        "contexts": [{"name": "pod", "context": {"cluster": "c", "user": account, "namespace": ns}}]}))
     path.chmod(0o600)
     return path
 
@@ -142,7 +147,7 @@ def test_one_replica_leads_and_another_takes_over_within_30_s(stack, tmp_path, c
     from datetime import datetime, timezone
 
     api = ClusterApi(control_plane.url, control_plane.ssl_context())
-    kubeconfig = _as_the_scheduler(api, control_plane, tmp_path / "kubeconfig")
+    kubeconfig = _as_the_account(api, control_plane, tmp_path / "kubeconfig")
     catalog_url = f"sqlite:///{tmp_path / 'shared.db'}"  # the replicas' one catalog (the cluster's database)
     tag = _schedule(catalog_url)
     stop = threading.Event()
@@ -153,7 +158,7 @@ def test_one_replica_leads_and_another_takes_over_within_30_s(stack, tmp_path, c
     try:
         for name in ("replica-a", "replica-b"):
             logs[name] = tmp_path / f"{name}.log"
-            env = {**os.environ, "KUBECONFIG": str(kubeconfig), "MLYARD_SCHEDULER_LEASE": "mlyard-scheduler",
+            env = {**os.environ, "KUBECONFIG": str(kubeconfig), "MLYARD_LEASE": "mlyard-scheduler",
                    "MLYARD_KUBE_NAMESPACE": NS, "POD_NAME": name, "TZ": "UTC", "MLYARD_CATALOG_URL": catalog_url,
                    "MLYARD_SCHEDULE_START_TIMEOUT_SECONDS": "600"}  # queued runs are not reclaimed meanwhile
             with open(logs[name], "w") as out:
@@ -207,6 +212,86 @@ def test_the_manifests_give_the_scheduler_what_the_election_needs():
     objs = cluster.kustomize(ROOT / "infra" / "k8s" / "overlays" / "dev")
     scheduler = next(o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"] == "scheduler")
     env = {e["name"]: e for e in scheduler["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["MLYARD_SCHEDULER_LEASE"]["value"] == "mlyard-scheduler" and env["TZ"]["value"] == "UTC"
+    assert env["MLYARD_LEASE"]["value"] == "mlyard-scheduler" and env["TZ"]["value"] == "UTC"
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert LEASE_SECONDS + RETRY_SECONDS <= 30 and LEASE_SECONDS > RENEW_SECONDS > 1.2 * RETRY_SECONDS
+
+
+CRASH_FOLLOWER = """
+import logging
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+from mlyard import crashes
+from mlyard.core.settings import Settings
+from mlyard.warm_api import platform
+settings = Settings()  # as mlyard/service.py starts it
+crashes.follow(platform().tracking, settings.catalog_db_url, settings.lease, settings.kube_namespace).join()
+"""
+
+
+def _crashed_training(tracking, client, deployment_id) -> tuple[str, str]:
+    """A flow run that CRASHED while its training's MLflow run was RUNNING: (the MLflow run, the flow run)."""
+    from prefect.states import Crashed
+
+    from mlyard.core.names import TAG_KIND, TAG_TRAINING_ID
+
+    spec = {"name": "crash-lease", "source_uri": str(ROOT / "examples" / "sklearn_digits"), "entry_point": "train.py"}
+    run = client.create_flow_run_from_deployment(deployment_id, parameters={"spec": spec}, tags=["mlyard.test:crash-lease"])
+    mlflow_run = tracking.start_run("crash-lease", f"crash-{run.id}", {TAG_KIND: "training", TAG_TRAINING_ID: str(run.id)})
+    client.set_flow_run_state(run.id, Crashed(message="the node went away"), force=True)
+    return mlflow_run, str(run.id)
+
+
+def test_one_api_replica_follows_the_crashes_and_another_takes_over_within_30_s(stack, tmp_path, control_plane):
+    """Two crash followers as the API's replicas start them (MLYARD_LEASE=mlyard-api, as the install's
+    mlyard-api account): a crashed run's MLflow run is ended by the holder alone; after its kill -9, a run
+    that crashed while nobody led is ended by the other within 30 s."""
+    from prefect.client.orchestration import get_client
+
+    from mlyard.registry.tracking import Tracking
+
+    api = ClusterApi(control_plane.url, control_plane.ssl_context())
+    kubeconfig = _as_the_account(api, control_plane, tmp_path / "kubeconfig", "mlyard-api", NS_API)
+    mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # the replicas' own store: the stack's API sees none of it
+    tracking = Tracking(mlflow_uri)
+
+    def status(run_id: str) -> str:
+        return tracking.client.get_run(run_id).info.status
+
+    procs: dict[str, subprocess.Popen] = {}
+    logs: dict[str, Path] = {}
+    try:
+        for name in ("api-a", "api-b"):
+            logs[name] = tmp_path / f"{name}.log"
+            env = {**os.environ, "KUBECONFIG": str(kubeconfig), "MLYARD_LEASE": "mlyard-api", "MLYARD_KUBE_NAMESPACE": NS_API,
+                   "POD_NAME": name, "TZ": "UTC", "MLYARD_MLFLOW_TRACKING_URI": mlflow_uri,
+                   "MLYARD_CATALOG_URL": f"sqlite:///{tmp_path / 'catalog.db'}"}
+            with open(logs[name], "w") as out:
+                procs[name] = subprocess.Popen([sys.executable, "-c", CRASH_FOLLOWER], cwd=tmp_path, env=env,
+                                               stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        leader = _wait(lambda: _holder(api, "mlyard-api", NS_API), 60, "no replica took the Lease")
+        other = next(n for n in procs if n != leader)
+        with get_client(sync_client=True) as client:
+            deployment = client.read_deployment_by_name("train/train-gpu")  # no worker takes its runs here
+            first, first_flow = _crashed_training(tracking, client, deployment.id)
+            _wait(lambda: status(first) == "FAILED", 30, "the leader did not end the crashed run's MLflow run")
+            time.sleep(3)  # the other has seen the same event by now, were it listening
+            assert first_flow in logs[leader].read_text()
+            assert first_flow not in logs[other].read_text(), "both replicas wrote"
+            assert "waits for Lease" in logs[other].read_text()
+
+            os.killpg(procs[leader].pid, signal.SIGKILL)
+            procs[leader].wait()
+            killed = time.monotonic()
+            second, second_flow = _crashed_training(tracking, client, deployment.id)  # nobody leads for now
+            _wait(lambda: status(second) == "FAILED", 30, "the other replica did not take the crashes over")
+            took = time.monotonic() - killed
+        assert _holder(api, "mlyard-api", NS_API) == other and second_flow in logs[other].read_text()
+        assert "its Prefect flow run crashed: the node went away" in tracking.client.get_run(second).data.tags[
+            "mlyard.status_reason"]
+        print(f"the other API replica ended a crashed run {took:.1f} s after the leader's kill -9")
+    finally:
+        from mlyard.tasks.processes import stop_group
+
+        for proc in procs.values():
+            stop_group(proc, 15)
+        api.drop_namespace(NS_API)
