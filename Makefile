@@ -36,11 +36,12 @@ $(STAMP):
 	$(PY) -m pip uninstall --quiet -y rfc3987-syntax
 	# Debian tools: catdoc reads .doc/.ppt for RAG ingestion; jq runs examples/rag/ask.sh (and its test)
 	# Debian's chromium drives the browser tests (Playwright with executable_path; it never downloads one);
-	# bubblewrap (bwrap) is the sandbox that user code runs in (tasks/sandbox.py)
-	for pair in catdoc:catdoc jq:jq chromium:chromium bubblewrap:bwrap; do tool=$${pair%%:*}; \
+	# bubblewrap (bwrap) is the sandbox that user code runs in (tasks/sandbox.py); iproute2 (ip) gives the cluster
+	# tests' pods their addresses (tests/pod_network.py)
+	for pair in catdoc:catdoc jq:jq chromium:chromium bubblewrap:bwrap iproute2:ip; do tool=$${pair%%:*}; \
 	  command -v $${pair##*:} >/dev/null || apt-get install -y -q $$tool >/dev/null 2>&1 \
 	  || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $$tool >/dev/null 2>&1) \
-	  || echo "$$tool could not be installed (no apt or no root): install it for .doc/.ppt files, ask.sh, the browser tests and the sandbox of user code"; done
+	  || echo "$$tool could not be installed (no apt or no root): install it for .doc/.ppt files, ask.sh, the browser tests, the sandbox of user code and the cluster tests' pod network"; done
 	# independent steps side by side (the Prefect one waits on its server half the time, 2 cores sit half idle):
 	# the offline SmolLM2 GGUF (serving --chat-model smollm2); the prepared Prefect database; an empty MLflow
 	# database, migrated once; the RAG embedding model on onnxruntime; and, for `make test` only, a first

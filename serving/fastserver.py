@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -86,6 +87,8 @@ class Connection(asyncio.Protocol):
         self._held: deque[int] = deque()  # those of each request received and not yet answered
         self._timer: asyncio.TimerHandle | None = None
         self.client: tuple[str, int] | None = None
+        self._receiving = False  # a request's head or body is arriving
+        self.idle_since = time.monotonic()  # when it last had nothing to answer or receive
 
     # asyncio.Protocol
     def connection_made(self, transport) -> None:  # type: ignore[override]
@@ -175,7 +178,12 @@ class Connection(asyncio.Protocol):
             self._refused = refusal
 
     # httptools callbacks
+    def idle_for(self, now: float) -> float:
+        """Seconds it has waited for a request with nothing in flight (0 while it receives or answers one)."""
+        return 0.0 if self.busy or self.pending or self._receiving else now - self.idle_since
+
     def on_message_begin(self) -> None:
+        self._receiving = True
         self._url, self._headers, self._body, self._size = b"", [], [], 0
         self._limit, self._refused = self.limits.max_body_bytes, None
         if not self.busy:
@@ -240,7 +248,7 @@ class Connection(asyncio.Protocol):
         self._holding = 0
 
     def on_message_complete(self) -> None:
-        self._in_body, self._head_bytes = False, 0
+        self._in_body, self._head_bytes, self._receiving = False, 0, False
         if self.closing:
             return
         url = httptools.parse_url(self._url)
@@ -265,7 +273,7 @@ class Connection(asyncio.Protocol):
                     if self._held:  # answered: its body's bytes go back (a lost connection gave them all back)
                         self.server.held -= self._held.popleft()
         finally:
-            self.busy = False
+            self.busy, self.idle_since = False, time.monotonic()
             if not self.closing:
                 self._arm(self.limits.idle_seconds, None)
 

@@ -3,17 +3,23 @@ address and counts what they hold (connections, request body bytes), runs the ap
 them, and stops on SIGINT or SIGTERM; `run` serves an app so until then.
 
 Stopping drains, as a pod being replaced must (Kubernetes sends SIGTERM, then SIGKILL after the grace
-period): no new connection is taken, an idle kept-alive one is closed, and the requests and streams in
-flight are answered to their end (each with `connection: close`) for up to `drain_seconds`; only then is
-what is left cut. An app with a `stopping` attribute is told (the gateway's readiness then says 503)."""
+period): no new connection is taken, and the requests and streams in flight are answered to their end
+(each with `connection: close`) for up to `drain_seconds`; only then is what is left cut. A kept-alive
+connection that waits for a request is closed once it has waited DRAIN_IDLE_SECONDS: a client that calls
+more often gets its next answer with `connection: close` instead, since closing a connection the moment
+its client sends on it loses that request (HAProxy's idle-close-on-response, for the same reason). An app
+with a `stopping` attribute is told (the gateway's readiness then says 503)."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from typing import Any, Callable
 
 from mlyard.serving.fastserver import Connection, Limits
+
+DRAIN_IDLE_SECONDS = 2.0
 
 
 class Server:
@@ -49,16 +55,17 @@ class Server:
             await lifespan.shutdown()
 
     async def _drain(self, server: asyncio.AbstractServer) -> None:
-        """No new connections; the idle ones closed; those answering left to finish, for drain_seconds."""
+        """No new connections; those answering left to finish and those long idle closed, for drain_seconds."""
         self.draining = True
         if hasattr(self.app, "stopping"):
             self.app.stopping = True
         server.close()  # the listening socket: a new connection is refused (a client tries another replica)
-        deadline = asyncio.get_running_loop().time() + self.drain_seconds
-        while self.connections and asyncio.get_running_loop().time() < deadline:
+        deadline = time.monotonic() + self.drain_seconds
+        while self.connections and time.monotonic() < deadline:
+            now = time.monotonic()
             for conn in list(self.connections):
-                if not conn.busy and not conn.pending and conn.transport is not None:
-                    conn.transport.close()  # idle: its client opens a new connection, to another replica
+                if conn.idle_for(now) >= DRAIN_IDLE_SECONDS and conn.transport is not None:
+                    conn.transport.close()  # its client opens a new connection, to another replica
             await asyncio.sleep(0.05)
 
 

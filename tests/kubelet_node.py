@@ -47,6 +47,7 @@ class RealApi:
         self.url, self.context, self.token = url, context, token
         self.objects = _Objects(self)
         self.pod_logs: dict[tuple[str, str], str] = {}
+        self.pod_status: Any = None  # a node's pod network (tests/pod_network.py) reports addresses and readiness
 
     def path(self, kind: str, ns: str | None, name: str | None = None, sub: str | None = None) -> str:
         group, plural = PATHS[kind]
@@ -80,7 +81,9 @@ class RealApi:
         return doc.get("items") or []
 
     def set_status(self, kind: str, namespace: str, name: str, status: dict, manager: str = "kubelet") -> dict:
-        if kind == "Pod":  # what a kubelet reports beside the phase: the pod's address, its readiness
+        if kind == "Pod" and self.pod_status is not None:
+            status = self.pod_status(namespace, name, status)
+        elif kind == "Pod":  # what a kubelet reports beside the phase: the pod's address, its readiness
             ready = "True" if status.get("phase") == "Running" else "False"
             status = {**status, "hostIP": "127.0.0.1", "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}],
                       "conditions": [{"type": t, "status": ready if t != "PodScheduled" else "True",
@@ -162,11 +165,16 @@ class NodeKubelet(Kubelet):
 
     def __init__(self, plane: ControlPlane, name: str, cwd: str, capacity: dict[str, str] | None = None,
                  labels: dict[str, str] | None = None, taints: list[dict] | None = None,
-                 overrides: dict[str, str] | None = None, binds: tuple[str, ...] = (), runs: Any = None):
+                 overrides: dict[str, str] | None = None, binds: tuple[str, ...] = (), runs: Any = None,
+                 network: Any = None):
         """`runs(pod)`: whether this node runs a pod bound to it (default: every one); the others stay
-        ContainerCreating, as on a node still pulling their images."""
-        self.plane, self.name, self.runs = plane, name, runs or (lambda pod: True)
+        ContainerCreating, as on a node still pulling their images. `network` (tests/pod_network.py's
+        PodNetwork): each pod an address of its own, readiness probes and preStop hooks; without it every
+        pod is 127.0.0.1 and ready while it runs."""
+        self.plane, self.name, self.runs, self.network = plane, name, runs or (lambda pod: True), network
         self.node_api = RealApi(plane.url, plane.ssl_context(f"system:node:{name}", ("system:nodes",)))
+        if network is not None:
+            self.node_api.pod_status = network.status
         self.capacity = {"cpu": "8", "memory": "32Gi", "pods": "110", "ephemeral-storage": "100Gi", **(capacity or {})}
         self.port, self._server = self._serve_logs()
         self._register(labels or {}, taints or [])
@@ -243,14 +251,25 @@ class NodeKubelet(Kubelet):
         ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
         spec = _with_downward_values(pod)
         policy = spec.get("restartPolicy", "Always")
-        while not self._stop.is_set():
-            code = self.run_bound(ns, name, spec)
-            if code is None or pod["metadata"]["uid"] in self.deleting or policy == "Never" or \
-                    (policy == "OnFailure" and code == 0):
-                return
-            if self.node_api.get_object("Pod", ns, name) is None:
-                return
-            time.sleep(1.0)  # kubelet's back-off, shortened
+        ended = threading.Event()
+        if self.network is not None:
+            spec = self.network.attach(ns, name, spec)
+            threading.Thread(target=self.network.probe, daemon=True, args=(
+                ns, name, spec, lambda: not ended.is_set() and not self._stop.is_set(),
+                lambda: ended.is_set() or self.node_api.set_status("Pod", ns, name, {"phase": "Running"}))).start()
+        try:
+            while not self._stop.is_set():
+                code = self.run_bound(ns, name, spec)
+                if code is None or pod["metadata"]["uid"] in self.deleting or policy == "Never" or \
+                        (policy == "OnFailure" and code == 0):
+                    return
+                if self.node_api.get_object("Pod", ns, name) is None:
+                    return
+                time.sleep(1.0)  # kubelet's back-off, shortened
+        finally:
+            ended.set()
+            if self.network is not None:
+                self.network.release(ns, name)
 
     def _delete(self, pod: dict) -> None:
         """A pod being deleted: its processes ended within its grace period, then its deletion confirmed."""
@@ -258,8 +277,15 @@ class NodeKubelet(Kubelet):
 
         ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
         proc = self.processes.get(name)
+        grace = float(pod["metadata"].get("deletionGracePeriodSeconds") or 30)
+        if proc is not None and proc.poll() is None and self.network is not None:
+            from pod_network import pre_stop_seconds
+
+            held = min(pre_stop_seconds(pod["spec"]), grace)
+            time.sleep(held)  # the preStop hook, before SIGTERM, within the grace period
+            grace -= held
         if proc is not None and proc.poll() is None:
-            stop_group(proc, float(pod["metadata"].get("deletionGracePeriodSeconds") or 30))
+            stop_group(proc, grace)
         api = self.node_api
         api.request("DELETE", api.path("Pod", ns, name), {"kind": "DeleteOptions", "apiVersion": "v1",
                                                           "gracePeriodSeconds": 0,
