@@ -12,8 +12,11 @@ played here where neither can run.
   SIGTERM, within the grace period.
 - `ServiceProxy`: kube-proxy for one Service port. It listens on a port here and forwards each new
   connection, round robin, to an endpoint the EndpointSlice controller lists as ready (when none is, to
-  the serving ones that terminate: kube-proxy's terminating-endpoint fallback). A connection keeps its
-  endpoint for its life (conntrack), so a draining pod answers the kept-alive connections it holds.
+  the serving ones that terminate: kube-proxy's terminating-endpoint fallback). A change of the slices
+  takes effect SYNC_SECONDS after it is seen, as kube-proxy's rules follow them (its
+  `--iptables-min-sync-period` is 1 s, and more on a busy node): a pod that stops listening the moment it
+  is deleted is still sent new connections for that long. A connection keeps its endpoint for its life
+  (conntrack), so a draining pod answers the kept-alive connections it holds.
 
 What is real: the Deployment and ReplicaSet controllers, the EndpointSlice controller, the disruption
 controller and the eviction API, the scheduler. What is played: the probe's and the forwarding's timing
@@ -32,6 +35,7 @@ from typing import Any, Callable
 
 from kube_proxy import _pump
 
+SYNC_SECONDS = 1.0
 _ADDRESSES = (f"10.250.{os.getpid() % 250}.{i % 250 + 2}" for i in itertools.count())  # one process's own
 
 
@@ -129,7 +133,10 @@ class ServiceProxy:
     def _follow(self) -> None:
         path = (f"/apis/discovery.k8s.io/v1/namespaces/{self.namespace}/endpointslices"
                 f"?labelSelector=kubernetes.io%2Fservice-name%3D{self.service}")
+        seen: tuple[float, list[tuple[str, int]]] | None = None  # a change not applied yet: when seen, what
         while not self._stop.wait(0.1):
+            if seen is not None and time.monotonic() - seen[0] >= SYNC_SECONDS:
+                self.endpoints, seen = seen[1], None
             try:
                 code, doc = self.api.request("GET", path)
             except OSError:
@@ -146,7 +153,9 @@ class ServiceProxy:
                             ready.append((address, port))
                         elif conditions.get("serving") and conditions.get("terminating"):
                             terminating.append((address, port))
-            self.endpoints = sorted(ready) or sorted(terminating)
+            now = sorted(ready) or sorted(terminating)
+            if now != (seen[1] if seen is not None else self.endpoints):
+                seen = (time.monotonic(), now)
 
     def _accept(self) -> None:
         while not self._stop.is_set():

@@ -1,14 +1,15 @@
-"""The endpoint gateway stays up while the cluster moves it: under constant requests, a rolling restart of
-its Deployment (what `kubectl rollout restart` does) and a node drain's evictions lose no request.
+"""The endpoint gateway and the mlyard API stay up while the cluster moves them: under constant requests, a
+rolling restart of each Deployment (what `kubectl rollout restart` does) and a node drain's evictions lose
+no request.
 
 Kubernetes' own control plane (tests/controlplane.py) does the moving: the Deployment and ReplicaSet
-controllers roll the pods (maxSurge 1, maxUnavailable 0, as infra/k8s/base/gateway.yaml says), the
-EndpointSlice controller takes a terminating pod out of the Service, the eviction API holds a drain to the
-PodDisruptionBudget. The install's own gateway objects run, each pod as the gateway's user on a node played
-here (tests/kubelet_node.py) with a network of its own (tests/pod_network.py: its address, its readiness
-probe, its preStop); clients reach it through the Service, forwarded as kube-proxy forwards (a kept-alive
-connection stays with its pod). The gateway reads the cluster's catalog (PostgreSQL: tests/cluster_stores.py)
-and routes to a model server on this machine, as to a stage's Service."""
+controllers roll the pods (maxSurge 1, maxUnavailable 0, as infra/k8s/base says), the EndpointSlice
+controller takes a terminating pod out of the Service, the eviction API holds a drain to the
+PodDisruptionBudget. The install's own objects run, each pod as its user on a node played here
+(tests/kubelet_node.py) with a network of its own (tests/pod_network.py: its address, its readiness probe,
+its preStop); clients reach it through the Service, forwarded as kube-proxy forwards (a kept-alive
+connection stays with its pod). The pods read the cluster's catalog (PostgreSQL: tests/cluster_stores.py);
+the gateway routes to a model server on this machine, as to a stage's Service."""
 
 from __future__ import annotations
 
@@ -26,7 +27,6 @@ from pod_network import PodNetwork, ServiceProxy
 
 ROOT = Path(__file__).resolve().parents[2]
 NS = "mlyard-rolling"
-LABEL = "app.kubernetes.io%2Fname%3Dgateway"
 
 
 class _Model(BaseHTTPRequestHandler):
@@ -77,9 +77,13 @@ def _endpoint(catalog_url: str, upstream: str) -> str:
 
 
 @pytest.fixture
-def gateway_on_cluster(control_plane, cluster_stores, tmp_path):
-    """The install's gateway Deployment, Service and PDB in a restricted namespace of their own, with the
-    settings Secret naming the cluster's catalog; one node with a pod network; kube-proxy for the Service."""
+def on_cluster(control_plane, cluster_stores, stack, tmp_path):
+    """A restricted namespace of its own with the install's ConfigMap and Secrets naming the cluster's catalog
+    and MLflow and the test stack's Prefect; one node with a pod network. Returns (api, apply): `apply(name)`
+    makes the install's objects of that name (Deployment, Service, PDB, account and Role) and returns
+    kube-proxy for its Service."""
+    import os
+
     from mlyard.core.specs.cluster import ClusterValues
     from mlyard.tasks.cluster import render
 
@@ -90,22 +94,30 @@ def gateway_on_cluster(control_plane, cluster_stores, tmp_path):
         "pod-security.kubernetes.io/enforce": "restricted"}}})
     api.create("ConfigMap", "v1", NS, {"metadata": {"name": "mlyard-config"}, "data": {
         "MLYARD_MLFLOW_TRACKING_URI": cluster_stores.mlflow_uri, "MLYARD_KUBE_NAMESPACE": NS,
+        "PREFECT_API_URL": os.environ["PREFECT_API_URL"], "MLYARD_PREFECT_API_URL": os.environ["PREFECT_API_URL"],
         "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}})
     for name, data in (("mlyard-settings", {"mlyard_catalog_url": cluster_stores.catalog_url,
                                             **cluster_stores.secret_settings}),
-                       ("mlyard-prefect", {"auth-string": "admin:unused"})):
+                       ("mlyard-prefect", {"auth-string": stack.prefect_auth_string or "none"})):
         api.create("Secret", "v1", NS, {"metadata": {"name": name}, "data": {
             k: base64.b64encode(v.encode()).decode() for k, v in data.items()}})
     node = NodeKubelet(control_plane, f"rolling-{tmp_path.name[-12:].strip('_-').lower().replace('_', '-')}",
                        str(ROOT), network=PodNetwork())
-    for obj in render(ClusterValues(overlay="dev", namespace=NS)):
-        if obj["metadata"]["name"] == "gateway" and obj["kind"] in ("Deployment", "Service", "PodDisruptionBudget"):
-            api.create(obj["kind"], obj["apiVersion"], NS, {k: v for k, v in obj.items() if k not in ("kind", "apiVersion")})
-    proxy = ServiceProxy(api, NS, "gateway")
+    proxies: list[ServiceProxy] = []
+
+    def apply(name: str) -> ServiceProxy:
+        kinds = ("Deployment", "Service", "PodDisruptionBudget", "ServiceAccount", "Role", "RoleBinding")
+        for obj in render(ClusterValues(overlay="dev", namespace=NS)):
+            if obj["metadata"]["name"] == name and obj["kind"] in kinds:
+                api.create(obj["kind"], obj["apiVersion"], NS, {k: v for k, v in obj.items() if k not in ("kind", "apiVersion")})
+        proxies.append(ServiceProxy(api, NS, name))
+        return proxies[-1]
+
     try:
-        yield api, node, proxy
+        yield api, apply
     finally:
-        proxy.close()
+        for proxy in proxies:
+            proxy.close()
         api.drop_namespace(NS, timeout=120)
         node.close()
 
@@ -113,25 +125,28 @@ def gateway_on_cluster(control_plane, cluster_stores, tmp_path):
 def _wait(predicate, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if value := predicate():
-            return value
+        try:
+            if value := predicate():
+                return value
+        except (httpx.HTTPError, OSError):  # a request through a Service none of whose pods is ready yet
+            pass
         time.sleep(0.2)
     raise AssertionError(f"{what} within {timeout} s")
 
 
-def _pods(api: ClusterApi) -> list[dict]:
-    code, doc = api.request("GET", f"/api/v1/namespaces/{NS}/pods?labelSelector={LABEL}")
+def _pods(api: ClusterApi, name: str) -> set[str]:
+    code, doc = api.request("GET", f"/api/v1/namespaces/{NS}/pods?labelSelector=app.kubernetes.io%2Fname%3D{name}")
     assert code == 200, doc
-    return doc["items"]
+    return {p["metadata"]["name"] for p in doc["items"]}
 
 
-def _settled(api: ClusterApi) -> bool:
+def _settled(api: ClusterApi, name: str) -> bool:
     """The rollout done: every replica updated and available, and no old pod left (terminated)."""
-    d = api.get("Deployment", NS, "gateway")
+    d = api.get("Deployment", NS, name)
     st = d.get("status") or {}
     want = d["spec"]["replicas"]
     return (st.get("observedGeneration", 0) >= d["metadata"]["generation"] and st.get("updatedReplicas") == want
-            and st.get("availableReplicas") == want and st.get("replicas") == want and len(_pods(api)) == want)
+            and st.get("availableReplicas") == want and st.get("replicas") == want and len(_pods(api, name)) == want)
 
 
 def _evict(api: ClusterApi, pod: str) -> tuple[int, dict]:
@@ -140,27 +155,25 @@ def _evict(api: ClusterApi, pod: str) -> tuple[int, dict]:
 
 
 class Load:
-    """Clients calling the endpoint through the Service without a pause, each on its kept-alive connections
-    (httpx, as the openai client calls), as a model's users would."""
+    """Clients calling without a pause, each as `call()` calls (see the tests), counting what fails."""
 
-    def __init__(self, url: str, clients: int = 4):
-        self.url, self.sent, self.failed = url, 0, []  # type: ignore[var-annotated]
+    def __init__(self, call, clients: int = 4):
+        self.sent, self.failed = 0, []  # type: ignore[var-annotated]
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._call, daemon=True) for _ in range(clients)]
+        self._threads = [threading.Thread(target=self._run, args=(call,), daemon=True) for _ in range(clients)]
         for t in self._threads:
             t.start()
 
-    def _call(self) -> None:
-        with httpx.Client(timeout=30) as client:
-            while not self._stop.is_set():
-                self.sent += 1
-                try:
-                    r = client.post(self.url, json={"inputs": [{"name": "x", "shape": [1], "datatype": "FP32",
-                                                                "data": [1.0]}]})
-                    if r.status_code != 200:
-                        self.failed.append(f"{r.status_code} {r.text[:200]}")
-                except httpx.HTTPError as exc:
-                    self.failed.append(f"{type(exc).__name__}: {exc}")
+    def _run(self, call) -> None:
+        for send in call():
+            if self._stop.is_set():
+                return
+            self.sent += 1
+            try:
+                if (status := send()) != 200:
+                    self.failed.append(str(status))
+            except (httpx.HTTPError, OSError) as exc:
+                self.failed.append(f"{type(exc).__name__}: {exc}")
 
     def stop(self) -> None:
         self._stop.set()
@@ -168,58 +181,93 @@ class Load:
             t.join(35)
 
 
-def test_a_rolling_restart_and_a_drain_of_the_gateway_lose_no_request(gateway_on_cluster, cluster_stores):
-    api, node, proxy = gateway_on_cluster
+def _restart_and_drain(api: ClusterApi, name: str, proxy: ServiceProxy, call) -> str:
+    """Under `call`'s constant requests: a rolling restart of Deployment `name` (as `kubectl rollout restart`
+    starts it), then a node drain's evictions of its pods, one at a time as its budget allows (as `kubectl
+    drain` retries). Asserts that no request failed; returns the figures."""
+    _wait(lambda: _settled(api, name), 120, f"{name}'s replicas available")
+    _wait(lambda: len(proxy.endpoints) == 2, 30, f"both replicas in the Service {name}")
+    first = _pods(api, name)
+    load = Load(call)
+    time.sleep(3)
+
+    began = time.monotonic()
+    restarted = {"spec": {"template": {"metadata": {"annotations": {
+        "kubectl.kubernetes.io/restartedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}}}}
+    code, doc = api.request("PATCH", api.path("Deployment", NS, name), restarted, "application/merge-patch+json")
+    assert code == 200, doc
+    _wait(lambda: _settled(api, name) and not first & _pods(api, name), 180, "the rollout replaced both replicas")
+    rolled, during = time.monotonic() - began, (load.sent, len(load.failed))
+    time.sleep(3)
+
+    began = time.monotonic()
+    second = sorted(_pods(api, name))
+    code, doc = _evict(api, second[0])
+    assert code == 201, doc
+    code, doc = _evict(api, second[1])
+    assert code == 429 and "disruption budget" in doc["message"], (code, doc)
+    refused = 1
+    while (code := _evict(api, second[1])[0]) == 429:
+        refused += 1
+        time.sleep(1)
+    assert code == 201
+    _wait(lambda: _settled(api, name) and not set(second) & _pods(api, name), 180, "the drained replicas replaced")
+    drained = time.monotonic() - began
+    time.sleep(3)
+    load.stop()
+    assert load.failed == [], f"{len(load.failed)} of {load.sent} requests failed: {load.failed[:5]}"
+    assert load.sent > 200
+    return (f"{name}: rolling restart {rolled:.1f} s ({during[0]} requests sent until it settled, {during[1]} "
+            f"failed); drain {drained:.1f} s (the second eviction refused {refused} times by the budget); "
+            f"{load.sent} requests in all, {len(load.failed)} failed")
+
+
+def test_a_rolling_restart_and_a_drain_of_the_gateway_lose_no_request(on_cluster, cluster_stores):
+    """Each client on its kept-alive connections (httpx, as the openai client calls an endpoint)."""
+    api, apply = on_cluster
+    proxy = apply("gateway")
     model = ThreadingHTTPServer(("127.0.0.1", 0), _Model)
     threading.Thread(target=model.serve_forever, daemon=True).start()
     name = _endpoint(cluster_stores.catalog_url, f"http://127.0.0.1:{model.server_address[1]}")
     url = f"http://{proxy.address[0]}:{proxy.address[1]}/{name}/m/v2/models/m/infer"
+    body = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
+
+    def call():
+        with httpx.Client(timeout=30) as client:
+            while True:
+                yield lambda: client.post(url, json=body).status_code
+
     try:
-        _wait(lambda: _settled(api), 120, "the gateway's two replicas available")
-        try:
-            _wait(lambda: len(proxy.endpoints) == 2, 30, "both replicas in the Service")
-        except AssertionError:
-            print(json.dumps(api.request("GET", f"/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices")[1], indent=1)[:4000])
-            print(json.dumps([p["status"] for p in _pods(api)], indent=1)[:3000])
-            raise
-        _wait(lambda: httpx.post(url, json={}, timeout=5).status_code == 200, 60, "the endpoint answered")
-        first = {p["metadata"]["name"] for p in _pods(api)}
-        load = Load(url)
-        time.sleep(3)
-
-        # 1. a rolling restart, as `kubectl rollout restart deployment/gateway` starts it
-        began = time.monotonic()
-        restarted = {"spec": {"template": {"metadata": {"annotations": {
-            "kubectl.kubernetes.io/restartedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}}}}
-        code, doc = api.request("PATCH", api.path("Deployment", NS, "gateway"), restarted, "application/merge-patch+json")
-        assert code == 200, doc
-        _wait(lambda: _settled(api) and not first & {p["metadata"]["name"] for p in _pods(api)}, 180,
-              "the rollout replaced both replicas")
-        rolled = time.monotonic() - began
-        during_restart = (load.sent, len(load.failed))
-        time.sleep(3)
-
-        # 2. a node drain: each pod evicted in turn; the budget holds the second until the first's successor is ready
-        began = time.monotonic()
-        second = sorted(p["metadata"]["name"] for p in _pods(api))
-        code, doc = _evict(api, second[0])
-        assert code == 201, doc
-        code, doc = _evict(api, second[1])
-        assert code == 429 and "disruption budget" in doc["message"], (code, doc)
-        refused = 1
-        while (code := _evict(api, second[1])[0]) == 429:  # as `kubectl drain` retries
-            refused += 1
-            time.sleep(1)
-        assert code == 201
-        _wait(lambda: _settled(api) and not set(second) & {p["metadata"]["name"] for p in _pods(api)}, 180,
-              "the drained replicas replaced")
-        drained = time.monotonic() - began
-        time.sleep(3)
-        load.stop()
-        assert load.failed == [], f"{len(load.failed)} of {load.sent} requests failed: {load.failed[:5]}"
-        assert load.sent > 200 and _Model.answered >= load.sent
-        print(f"rolling restart: {rolled:.1f} s, {during_restart[0]} requests until it settled, "
-              f"{during_restart[1]} failed; drain: {drained:.1f} s (second eviction refused {refused} times); "
-              f"{load.sent} requests in all, {len(load.failed)} failed; connections per pod {proxy.connections}")
+        _wait(lambda: _settled(api, "gateway"), 120, "the gateway's replicas available")
+        _wait(lambda: httpx.post(url, json=body, timeout=5).status_code == 200, 60, "the endpoint answered")
+        before = _Model.answered
+        figures = _restart_and_drain(api, "gateway", proxy, call)
+        assert _Model.answered > before
+        print(figures)
     finally:
         model.shutdown()
+
+
+def test_a_rolling_restart_and_a_drain_of_the_mlyard_api_lose_no_request(on_cluster, cluster_stores):
+    """Each call on a new connection, as the CLI's (a process per command) and the SDK's calls are made: a
+    query the API answers from the catalog, with the platform's credential."""
+    import urllib.request
+
+    api, apply = on_cluster
+    proxy = apply("mlyard-api")
+    url = f"http://{proxy.address[0]}:{proxy.address[1]}/v1/queries/templates_list"
+
+    def send() -> int:
+        request = urllib.request.Request(url, data=b"{}", method="POST", headers={
+            "Authorization": f"Bearer {cluster_stores.internal_token}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            resp.read()
+            return resp.status
+
+    def call():
+        while True:
+            yield send
+
+    _wait(lambda: _settled(api, "mlyard-api"), 180, "the API's replicas available")
+    _wait(lambda: send() == 200, 60, "the API answered")
+    print(_restart_and_drain(api, "mlyard-api", proxy, call))
