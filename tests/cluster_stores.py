@@ -107,6 +107,7 @@ def _start_mlflow(folder: Path, port: int) -> tuple[subprocess.Popen, str]:
     shutil.copyfile(prepare_db(), db)
     env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(folder / "mlflow"),
            "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "LANG": "C.UTF-8",
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # as infra/k8s/base/mlflow.yaml runs it
            "MLYARD_INTERNAL_TOKEN": INTERNAL_TOKEN, "PROMETHEUS_MULTIPROC_DIR": str(folder / "mlflow" / "metrics")}
     log = open(folder / "mlflow.log", "wb")
     proc = subprocess.Popen(

@@ -93,13 +93,13 @@ def mlflow_server(tmp_path):
     """A real MLflow server on a free loopback port, with the given allowed hosts (None: MLflow's default)."""
     procs = []
 
-    def start(allowed: str | None) -> str:
+    def start(allowed: str | None, **more: str) -> str:
         db = tmp_path / f"mlflow-{len(procs)}.db"
         shutil.copyfile(prepare_db(), db)
         port = free_port()
         env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path),
                "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
-               **({"MLFLOW_SERVER_ALLOWED_HOSTS": allowed} if allowed is not None else {})}
+               **({"MLFLOW_SERVER_ALLOWED_HOSTS": allowed} if allowed is not None else {}), **more}
         procs.append(subprocess.Popen(
             [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
              "--workers", "1", "--backend-store-uri", f"sqlite:///{db}", "--default-artifact-root", str(tmp_path)],
@@ -115,6 +115,7 @@ def mlflow_server(tmp_path):
                 time.sleep(0.3)
         raise AssertionError("mlflow server did not start")
 
+    start.procs = procs  # type: ignore[attr-defined]
     yield start
     from mlyard.tasks.processes import stop_group
 
@@ -132,6 +133,26 @@ def test_the_shipped_mlflow_answers_the_names_pods_use(mlflow_server):
                  "mlflow.ml-platform.svc.cluster.local:5000", "localhost:5000"):
         assert _status(search, host) == 200, host
     assert _status(search, "attacker.example:5000") == 403  # the rebinding check still holds for everyone else
+
+
+def test_the_shipped_mlflow_runs_no_job_processes_beside_its_workers(mlflow_server):
+    """MLflow 3.17 starts a job runner and eight huey consumers beside its workers (1.4 GB measured) for GenAI
+    jobs that mlyard never submits; the pod turns them off."""
+    import os
+
+    _, env = mlflow_pod("ml-platform")
+    mlflow_server("", MLFLOW_SERVER_ENABLE_JOB_EXECUTION=env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"])
+    group = os.getpgid(mlflow_server.procs[-1].pid)
+    time.sleep(2)  # what would start the jobs' processes has run by now (they start with the server)
+    commands = []
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            if os.getpgid(int(pid)) == group:
+                commands.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            continue
+    assert not [c for c in commands if "huey" in c or "_job_runner" in c], commands
+    assert len(commands) <= 3, commands  # mlflow's launcher, uvicorn and its worker at most
 
 
 def test_without_the_allowed_hosts_mlflow_refuses_its_service_name_while_health_passes(mlflow_server):
