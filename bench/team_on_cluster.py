@@ -326,37 +326,47 @@ def main() -> None:  # noqa: PLR0915 - one measured story, told in order
         idle_run = [_timed(probe_run) for _ in range(60)]
 
         parts = _process_groups(node, stack_settings, stores)
-        cpu_before = {part: _cpu_seconds(pids) for part, pids in parts.items()}
-        stop = threading.Event()
-        errors: list[str] = []
 
-        def member(i: int, name: str) -> None:
-            page, run = _door_calls(door, keys[name], runs[f"team{int(name[6])}"][i % 250])
-            tick = 0
-            while not stop.wait(2.0):
-                try:
-                    page()
-                    if tick % 5 == 0:
-                        run()
-                except Exception as exc:  # noqa: BLE001 - counted, reported
-                    errors.append(f"{type(exc).__name__}: {exc}"[:200])
-                tick += 1
+        def polling(pause: float, seconds: float) -> dict:
+            """The 20 members each asking for their runs page every `pause` s (a Run every fifth time), while the
+            probe measures both; the members' calls counted, the CPU each part spent."""
+            cpu_before = {part: _cpu_seconds(pids) for part, pids in parts.items()}
+            stop = threading.Event()
+            errors: list[str] = []
+            served = [0]
 
-        threads = [threading.Thread(target=member, args=(i, m), daemon=True) for i, m in enumerate(members)]
-        began = time.monotonic()
-        for t in threads:
-            t.start()
-        time.sleep(4)
-        busy_page, busy_run = [], []
-        for _ in range(60):
-            busy_page.append(_timed(probe_page))
-            busy_run.append(_timed(probe_run))
-            time.sleep(0.25)
-        stop.set()
-        for t in threads:
-            t.join(60)
-        spent = time.monotonic() - began
-        cpu_during = {part: _cpu_seconds(pids) - cpu_before[part] for part, pids in parts.items()}
+            def member(i: int, name: str) -> None:
+                page, run = _door_calls(door, keys[name], runs[f"team{int(name[6])}"][i % 250])
+                tick = 0
+                while not stop.wait(pause):
+                    try:
+                        page()
+                        if tick % 5 == 0:
+                            run()
+                        served[0] += 1
+                    except Exception as exc:  # noqa: BLE001 - counted, reported
+                        errors.append(f"{type(exc).__name__}: {exc}"[:200])
+                    tick += 1
+
+            threads = [threading.Thread(target=member, args=(i, m), daemon=True) for i, m in enumerate(members)]
+            began = time.monotonic()
+            for t in threads:
+                t.start()
+            time.sleep(4)
+            pages, opened = [], []
+            while time.monotonic() - began < seconds:
+                pages.append(_timed(probe_page))
+                opened.append(_timed(probe_run))
+                time.sleep(0.25)
+            stop.set()
+            for t in threads:
+                t.join(60)
+            spent = time.monotonic() - began
+            return {"pages": pages, "runs": opened, "errors": errors, "spent": spent, "rate": served[0] / spent,
+                    "cpu": {part: _cpu_seconds(pids) - cpu_before[part] for part, pids in parts.items()}}
+
+        calm = polling(2.0, 30)
+        flat_out = polling(0.0, 20)  # no pause: what the door, the API and Prefect carry at most
 
         gateways = [(ip, port) for (ns, name), ip in node.network.ips.items() if name.startswith("gateway-")
                     for port in (8080,) if ns == NS and node.processes.get(name) and node.processes[name].poll() is None]
@@ -369,28 +379,36 @@ def main() -> None:  # noqa: PLR0915 - one measured story, told in order
         results: list[dict] = []
         wrk_threads = [threading.Thread(target=lambda ip=ip, port=port, ep=endpoint_names[i]: results.append(
             _wrk(f"http://{ip}:{port}/{ep}/m/v2/models/m/infer")), daemon=True) for i, (ip, port) in enumerate(gateways)]
+        gateway_parts = [part for part in parts if part.startswith("pod gateway-")]
+        gateway_cpu = sum(_cpu_seconds(parts[part]) for part in gateway_parts)
         for t in wrk_threads:
             t.start()
         for t in wrk_threads:
             t.join(60)
+        gateway_cpu = sum(_cpu_seconds(parts[part]) for part in gateway_parts) - gateway_cpu
         relayed = ANSWERED[0] - answered
         rss = {part: _pss_mb(pids) for part, pids in _process_groups(node, stack_settings, stores).items()}
 
         print(f"\nA team on the cluster install (issue 69 §4): {PROJECTS} projects, {MEMBERS} members, {RUNS} queued runs, "
               f"{ENDPOINTS} endpoints; 2 cores, {os.cpu_count()} CPUs seen")
-        print(f"  runs page (flow_runs/filter, 10) through the door, idle:        {_quantiles(idle_page)}")
-        print(f"  a Run (flow_runs/ID) through the door, idle:                    {_quantiles(idle_run)}")
-        print(f"  runs page, 20 members polling (every 2 s, a Run every 10 s):     {_quantiles(busy_page)}")
-        print(f"  a Run, 20 members polling:                                       {_quantiles(busy_run)}")
-        print(f"  the members' own calls failed: {len(errors)} {errors[:3]}")
+        print(f"  runs page (flow_runs/filter, 10) through the door, idle:          {_quantiles(idle_page)}")
+        print(f"  a Run (flow_runs/ID) through the door, idle:                      {_quantiles(idle_run)}")
+        for label, phase in (("20 members, each every 2 s (a Run every 10 s)", calm),
+                             ("20 members, each with no pause", flat_out)):
+            print(f"  {label}: {phase['rate']:.1f} pages a second served, {len(phase['errors'])} failed "
+                  f"{phase['errors'][:2]}")
+            print(f"    runs page meanwhile:                                            {_quantiles(phase['pages'])}")
+            print(f"    a Run meanwhile:                                                {_quantiles(phase['runs'])}")
         each = ", ".join(f"{r['rps']:.0f}" for r in results)
+        total = sum(r["requests"] for r in results)
         print(f"  gateway, wrk 32 connections on each of {len(results)} pods for 15 s: "
-              f"{sum(r['rps'] for r in results):.0f} requests/s in all ({each}; {sum(r['requests'] for r in results)} requests), "
+              f"{sum(r['rps'] for r in results):.0f} requests/s in all ({each}; {total} requests), "
               f"p99 {max(r['p99_ms'] for r in results):.1f} ms, {sum(r['errors'] for r in results)} errors; "
-              f"{relayed} reached the model server")
-        print(f"  CPU seconds during the {spent:.0f} s of member polling, and memory (PSS) after:")
+              f"{relayed} reached the model server; the gateways' CPU {gateway_cpu / max(total, 1) * 1e6:.0f} µs a request")
+        print("  CPU seconds each part spent (members every 2 s; with no pause), and its memory (PSS) after:")
         for part in sorted(rss):
-            print(f"    {part:<48} {cpu_during.get(part, float('nan')):6.1f} s   {rss[part]:7.0f} MB")
+            print(f"    {part:<48} {calm['cpu'].get(part, float('nan')):6.1f} s  {flat_out['cpu'].get(part, float('nan')):6.1f} s"
+                  f"   {rss[part]:7.0f} MB")
     finally:
         for proxy in proxies:
             proxy.close()
