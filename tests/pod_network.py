@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import socket
 import subprocess
 import threading
@@ -36,6 +37,7 @@ from typing import Any, Callable
 from kube_proxy import _pump
 
 SYNC_SECONDS = 1.0
+_ANY = re.compile(r"(?<![\d.])0\.0\.0\.0(?![\d.])")  # 0.0.0.0 in an argument (a `sh -c` script's too)
 _ADDRESSES = (f"10.250.{os.getpid() % 250}.{i % 250 + 2}" for i in itertools.count())  # one process's own
 
 
@@ -49,7 +51,7 @@ class PodNetwork:
         ip = self.ips.setdefault((ns, name), next(_ADDRESSES))
         subprocess.run(["ip", "addr", "replace", f"{ip}/32", "dev", "lo"], check=True, capture_output=True)
         self.ready.setdefault((ns, name), not _probe(spec))
-        containers = [{**c, **{k: [ip if a == "0.0.0.0" else a for a in c[k]] for k in ("command", "args") if c.get(k)}}
+        containers = [{**c, **{k: [_ANY.sub(ip, a) for a in c[k]] for k in ("command", "args") if c.get(k)}}
                       for c in spec["containers"]]
         return {**spec, "containers": containers}
 

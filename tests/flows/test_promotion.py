@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import threading
 import time
 import urllib.error
@@ -331,15 +332,30 @@ def test_pause_resume_after_its_run_ended_and_abort(shop, tmp_path):
     assert again["status"] == "RUNNING" and again["step"] == 0 and again["weight"] == 20 and again["resumes"] == 1
     _ok(mlyard("up"))
     assert _show("shop")["active"]["flow_run_id"] == again["flow_run_id"], "up started a second run for it"
+
+    # A node drain evicts its pod: SIGTERM, what the kubelet sends first. Prefect's engine ends the run CRASHED
+    # (its termination signal is no Exception: the flow's own handler does not roll the promotion back), and
+    # the watch takes it up at its step: the step neither repeated past nor skipped.
+    termed_run = again["flow_run_id"]
+    _kill_run_process(termed_run, signal.SIGTERM)
+    termed = time.monotonic()
+    while (after := _show("shop")["active"])["flow_run_id"] == termed_run:
+        assert time.monotonic() - termed < 30, f"no new run took the promotion up within 30 s: {after}"
+        time.sleep(0.5)
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(UUID(termed_run)).state.type.value == "CRASHED"  # type: ignore[union-attr]
+    assert after["status"] == "RUNNING" and after["step"] == 0 and after["weight"] == 20 and after["resumes"] == 2
+    assert _show("shop")["shares"]["flaky"]["weight"] == 20
     aborted = json.loads(_ok(mlyard("endpoints", "rollout", "abort", "shop", "--json")))
     assert aborted["status"] == "ABORTED"
     shown = _show("shop")
     assert shown["active"] is None and shown["shares"]["flaky"]["weight"] == 0
 
 
-def _kill_run_process(flow_run_id: str) -> None:
-    """kill -9 the process of a flow run (the warm runner's child names itself after its run)."""
-    import signal
+def _kill_run_process(flow_run_id: str, sig: int = signal.SIGKILL) -> None:
+    """kill -9 (or `sig`) the process of a flow run (the warm runner's child names itself after its run)."""
     from pathlib import Path
 
     deadline = time.monotonic() + 30
@@ -347,7 +363,7 @@ def _kill_run_process(flow_run_id: str) -> None:
         for proc in Path("/proc").iterdir():
             try:
                 if proc.name.isdigit() and flow_run_id.encode() in (proc / "cmdline").read_bytes():
-                    os.kill(int(proc.name), signal.SIGKILL)
+                    os.kill(int(proc.name), sig)
                     return
             except OSError:
                 continue

@@ -1,6 +1,6 @@
-"""The endpoint gateway and the mlyard API stay up while the cluster moves them: under constant requests, a
-rolling restart of each Deployment (what `kubectl rollout restart` does) and a node drain's evictions lose
-no request.
+"""The endpoint gateway, the mlyard API and MLflow stay up while the cluster moves them: under constant
+requests, a rolling restart of each Deployment (what `kubectl rollout restart` does) and a node drain's
+evictions lose no request.
 
 Kubernetes' own control plane (tests/controlplane.py) does the moving: the Deployment and ReplicaSet
 controllers roll the pods (maxSurge 1, maxUnavailable 0, as infra/k8s/base says), the EndpointSlice
@@ -172,8 +172,8 @@ class Load:
             try:
                 if (status := send()) != 200:
                     self.failed.append(str(status))
-            except (httpx.HTTPError, OSError) as exc:
-                self.failed.append(f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # noqa: BLE001 - any failed call counts (an HTTP error, MLflow's own)
+                self.failed.append(f"{type(exc).__name__}: {exc}"[:300])
 
     def stop(self) -> None:
         self._stop.set()
@@ -271,3 +271,68 @@ def test_a_rolling_restart_and_a_drain_of_the_mlyard_api_lose_no_request(on_clus
     _wait(lambda: _settled(api, "mlyard-api"), 180, "the API's replicas available")
     _wait(lambda: send() == 200, 60, "the API answered")
     print(_restart_and_drain(api, "mlyard-api", proxy, call))
+
+
+def _mlflow_database(cluster_stores, bucket_prefix: str) -> dict[str, str]:
+    """A database of its own for the mlflow pods on the cluster's PostgreSQL, migrated as the install's
+    migrate Job does before they start; the mlyard-mlflow Secret's values."""
+    import psycopg
+
+    from mlyard.registry.tracking import Tracking
+
+    name = f"mlflow_{int(time.time())}"
+    with psycopg.connect(host=str(cluster_stores.pgdata), dbname="postgres", user="postgres",
+                         port=int(cluster_stores.catalog_url.rsplit(":", 1)[1].split("/")[0]), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} OWNER mlyard")  # the server's superuser, on its private socket
+    uri = cluster_stores.catalog_url.rsplit("/", 1)[0] + f"/{name}"
+    Tracking(uri.replace("postgresql+psycopg", "postgresql"))  # MLflow's schema
+    return {"backend-store-uri": uri.replace("postgresql+psycopg", "postgresql"),
+            "artifacts-destination": f"s3://mlyard-cluster/{bucket_prefix}"}
+
+
+def test_a_rolling_restart_and_a_drain_of_mlflow_lose_no_call(on_cluster, cluster_stores, monkeypatch):
+    """MLflow's own client, as every platform process and flow run calls the tracking server (kept-alive
+    connections, its retries as shipped), reading the experiments. Its retries would hide a lost call, so
+    they are watched: a connection closed as it was reused is retried at once (HTTP/1.1 allows a server
+    that), but a retry after a back-off means a connection failed twice in a row, as one does to a pod that
+    stopped listening while the Service still sent it new connections."""
+    from mlflow.tracking import MlflowClient
+    from urllib3.util.retry import Retry
+
+    from mlyard.core.environment import tracking_token
+
+    api, apply = on_cluster
+    api.create("Secret", "v1", NS, {"metadata": {"name": "mlyard-mlflow"}, "data": {
+        k: base64.b64encode(v.encode()).decode() for k, v in _mlflow_database(cluster_stores, "rolling").items()}})
+    proxy = apply("mlflow")
+    url = f"http://{proxy.address[0]}:{proxy.address[1]}"
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", tracking_token(cluster_stores.internal_token))
+    latencies: list[float] = []
+    backoffs: list[float] = []
+    sleep_backoff = Retry._sleep_backoff
+
+    def counted(self: Retry) -> None:
+        if (seconds := self.get_backoff_time()) > 0:
+            backoffs.append(seconds)
+        sleep_backoff(self)
+
+    monkeypatch.setattr(Retry, "_sleep_backoff", counted)
+
+    def call():
+        client = MlflowClient(tracking_uri=url)
+
+        def send() -> int:
+            started = time.monotonic()
+            client.search_experiments(max_results=5)
+            latencies.append(time.monotonic() - started)
+            return 200
+
+        while True:
+            yield send
+
+    _wait(lambda: _settled(api, "mlflow"), 240, "MLflow's replicas available")
+    _wait(lambda: MlflowClient(tracking_uri=url).search_experiments(max_results=1) is not None, 60, "MLflow answered")
+    backoffs.clear()
+    figures = _restart_and_drain(api, "mlflow", proxy, call)
+    assert backoffs == [], f"{len(backoffs)} calls retried after a back-off (of {backoffs} s): a connection failed twice"
+    print(f"{figures}; the slowest call {max(latencies) * 1000:.0f} ms")
