@@ -129,7 +129,7 @@ LONGEST_FILES = {
     "flows/test_promotion.py": 60, "serving/test_custom.py": 38, "flows/test_notebook.py": 37,
     "flows/test_training.py": 37,
     "infra/test_kubernetes_worker.py": 230, "browser/test_prefect_and_mlflow.py": 110, "browser/test_console_pages.py": 45,
-    "browser/test_forms_and_schedules.py": 40, "infra/test_leases.py": 95, "infra/test_rolling_restart.py": 350,
+    "browser/test_forms_and_schedules.py": 40, "infra/test_leases.py": 95, "infra/test_rolling_restart.py": 420,
     "serving/test_generative.py": 28, "test_crash_detection.py": 135, "infra/test_run_waits.py": 90,
 }
 

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from kubelet_node import ClusterApi
+from schedule_slots import every_second, finish_all, finisher_of, slots
 
 ROOT = Path(__file__).resolve().parents[2]
 NS = "mlyard-lease"
@@ -65,82 +66,6 @@ def _wait(predicate, timeout: float, what: str):
     raise AssertionError(f"{what} within {timeout} s")
 
 
-def _schedule(catalog_url: str) -> str:
-    """A schedule firing every second in the replicas' own catalog, whose runs target the gpu pool (no
-    worker serves it here; `_finisher` ends them, so they cost nothing). Returns its runs' tag."""
-    from datetime import datetime, timedelta, timezone
-
-    from prefect.client.orchestration import get_client
-
-    from mlyard.core.specs.schedule import ScheduleSpec
-    from mlyard.registry.catalog import Catalog
-    from mlyard.registry.schedules import Schedules
-
-    start = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=2)
-    spec = ScheduleSpec(name="every-second", deployment="train/train-gpu", cron="* * * * * *", start_time=start,
-                        max_concurrency=10, catchup=True, parameters={"spec": {
-                            "name": "lease-{{ slot_date }}", "source_uri": str(ROOT / "examples" / "sklearn_digits"),
-                            "entry_point": "train.py"}})
-    with get_client(sync_client=True) as client:
-        deployment = client.read_deployment_by_name("train/train-gpu")
-    catalog = Catalog(catalog_url)
-    Schedules(catalog).create(spec.name, spec.model_dump(mode="json"), str(deployment.id), "CREATE REQUESTED",
-                              int(start.timestamp()) - 1)
-    catalog.dispose()
-    return f"mlyard.schedule:{spec.name}"
-
-
-def _slots(tag: str) -> list[str]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
-
-    runs: dict = {}  # by id: the schedule makes runs while this pages, so a page can repeat the last one's end
-    offset = 0
-    with get_client(sync_client=True) as client:
-        while page := client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[tag])),
-                                            limit=200, offset=offset):
-            runs.update((r.id, r) for r in page)
-            offset += len(page)
-    return [t for r in runs.values() for t in r.tags if t.startswith("mlyard.slot:")]
-
-
-def _complete_queued(client, tag: str) -> int:
-    """Complete every queued run of the schedule at once, as the pool's worker would run them; how many."""
-    from prefect.client.schemas.filters import (
-        FlowRunFilter,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-        FlowRunFilterTags,
-    )
-    from prefect.client.schemas.objects import StateType
-    from prefect.states import Completed
-
-    queued = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-        tags=FlowRunFilterTags(all_=[tag]), state=FlowRunFilterState(
-            type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING]))), limit=200)
-    for run in queued:
-        client.set_flow_run_state(run.id, Completed(), force=True)
-    return len(queued)
-
-
-def _finisher(tag: str, stop) -> None:
-    """Play the pool's worker: every queued run of the schedule completes at once (freeing its slot)."""
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        while not stop.wait(0.3):
-            _complete_queued(client, tag)
-
-
-def _finish_all(tag: str) -> None:
-    """After the schedulers stopped: no queued run of the schedule is left for a later test's gpu worker."""
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        while _complete_queued(client, tag):
-            pass
-
-
 def test_one_replica_leads_and_another_takes_over_within_30_s(stack, tmp_path, control_plane):
     """...and every second's slot runs once: none twice across the change of leader, none lost (catch-up)."""
     from collections import Counter
@@ -149,9 +74,9 @@ def test_one_replica_leads_and_another_takes_over_within_30_s(stack, tmp_path, c
     api = ClusterApi(control_plane.url, control_plane.ssl_context())
     kubeconfig = _as_the_account(api, control_plane, tmp_path / "kubeconfig")
     catalog_url = f"sqlite:///{tmp_path / 'shared.db'}"  # the replicas' one catalog (the cluster's database)
-    tag = _schedule(catalog_url)
+    tag = every_second(catalog_url)
     stop = threading.Event()
-    finisher = threading.Thread(target=_finisher, args=(tag, stop), name="finisher")
+    finisher = threading.Thread(target=finisher_of, args=(tag, stop), name="finisher")
     finisher.start()
     procs: dict[str, subprocess.Popen] = {}
     logs: dict[str, Path] = {}
@@ -186,7 +111,7 @@ def test_one_replica_leads_and_another_takes_over_within_30_s(stack, tmp_path, c
         # Every slot from the schedule's start to now ran exactly once, across the change of leader.
         until = datetime.now(timezone.utc).replace(microsecond=0)
         first = until.timestamp() - 1
-        seen = _wait(lambda: (c := Counter(_slots(tag))) and max(
+        seen = _wait(lambda: (c := Counter(slots(tag))) and max(
             datetime.strptime(t.split(":", 1)[1], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc).timestamp()
             for t in c) >= first and c, 30, "the slots up to now")
         assert all(n == 1 for n in seen.values()), [t for t, n in seen.items() if n > 1]
@@ -201,7 +126,7 @@ def test_one_replica_leads_and_another_takes_over_within_30_s(stack, tmp_path, c
             stop_group(proc, 15)
         stop.set()
         finisher.join(10)
-        _finish_all(tag)
+        finish_all(tag)
         api.drop_namespace(NS)
 
 

@@ -105,10 +105,11 @@ def on_cluster(control_plane, cluster_stores, stack, tmp_path):
                        str(ROOT), network=PodNetwork())
     proxies: list[ServiceProxy] = []
 
-    def apply(name: str) -> ServiceProxy:
+    def apply(name: str, *more: str) -> ServiceProxy:
+        """The objects named `name` (and `more`: an account named otherwise), and kube-proxy for its Service."""
         kinds = ("Deployment", "Service", "PodDisruptionBudget", "ServiceAccount", "Role", "RoleBinding")
         for obj in render(ClusterValues(overlay="dev", namespace=NS)):
-            if obj["metadata"]["name"] == name and obj["kind"] in kinds:
+            if obj["metadata"]["name"] in (name, *more) and obj["kind"] in kinds:
                 api.create(obj["kind"], obj["apiVersion"], NS, {k: v for k, v in obj.items() if k not in ("kind", "apiVersion")})
         proxies.append(ServiceProxy(api, NS, name))
         return proxies[-1]
@@ -336,3 +337,70 @@ def test_a_rolling_restart_and_a_drain_of_mlflow_lose_no_call(on_cluster, cluste
     figures = _restart_and_drain(api, "mlflow", proxy, call)
     assert backoffs == [], f"{len(backoffs)} calls retried after a back-off (of {backoffs} s): a connection failed twice"
     print(f"{figures}; the slowest call {max(latencies) * 1000:.0f} ms")
+
+
+def test_a_rolling_restart_of_the_scheduler_runs_every_slot_once(on_cluster, cluster_stores):
+    """The scheduler's two pods rolled while a schedule fires every second: the Lease goes from the old
+    holder to a new pod, and every slot from the schedule's start runs exactly once (caught up), none lost."""
+    from collections import Counter
+    from datetime import datetime, timezone
+
+    from schedule_slots import every_second, finish_all, finisher_of, slots
+
+    from mlyard.registry.catalog import Catalog
+    from mlyard.registry.schedules import Schedules
+
+    api, apply = on_cluster
+    name = f"rolling-{int(time.time())}"
+    tag = every_second(cluster_stores.catalog_url, name)
+    stop = threading.Event()
+    finisher = threading.Thread(target=finisher_of, args=(tag, stop), name="finisher")
+    finisher.start()
+    try:
+        apply("scheduler", "mlyard-scheduler")
+        _wait(lambda: _settled(api, "scheduler"), 180, "the scheduler's replicas available")
+        _wait(lambda: len(slots(tag)) >= 3, 90, "the schedule's first runs")
+        first = _pods(api, "scheduler")
+        holder = api.get("Lease", NS, "mlyard-scheduler")["spec"]["holderIdentity"]
+        assert holder in first
+        began = time.monotonic()
+        restarted = {"spec": {"template": {"metadata": {"annotations": {
+            "kubectl.kubernetes.io/restartedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}}}}
+        code, doc = api.request("PATCH", api.path("Deployment", NS, "scheduler"), restarted, "application/merge-patch+json")
+        assert code == 200, doc
+        _wait(lambda: _settled(api, "scheduler") and not first & _pods(api, "scheduler"), 240,
+              "the rollout replaced both replicas")
+        _wait(lambda: api.get("Lease", NS, "mlyard-scheduler")["spec"]["holderIdentity"] in _pods(api, "scheduler"),
+              60, "a new pod holding the Lease")
+        rolled = time.monotonic() - began
+        until = datetime.now(timezone.utc).replace(microsecond=0).timestamp() - 1
+
+        def caught_up() -> Counter | None:
+            seen = Counter(slots(tag))
+            last = max(datetime.strptime(t.split(":", 1)[1], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc).timestamp()
+                       for t in seen)
+            return seen if last >= until else None
+
+        seen = _wait(caught_up, 60, "the slots up to the end of the rollout")
+        assert all(n == 1 for n in seen.values()), [t for t, n in seen.items() if n > 1]
+        times = sorted(datetime.strptime(t.split(":", 1)[1], "%Y%m%dT%H%M%SZ") for t in seen)
+        gaps = {(b - a).total_seconds() for a, b in zip(times, times[1:])}
+        assert gaps == {1.0}, f"a slot was lost: gaps {sorted(gaps)}"
+        print(f"scheduler: rolling restart {rolled:.1f} s (the Lease to a new pod); {len(times)} slots, each once")
+    finally:  # no scheduler left to make runs (the gpu pool's tests would take them), then none left queued
+        api.request("PATCH", api.path("Deployment", NS, "scheduler"), {"spec": {"replicas": 0}},
+                    "application/merge-patch+json")
+        deadline = time.monotonic() + 60
+        while _pods(api, "scheduler") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        stop.set()
+        finisher.join(10)
+        finish_all(tag)
+        catalog = Catalog(cluster_stores.catalog_url)
+        try:  # its runs ended (no scheduler is left to see it): their slots marked so, the schedule deleted
+            schedules = Schedules(catalog)
+            sid = schedules.get(name).id
+            schedules.mark([slot.id for slot in schedules.slots(sid, ["STARTED"])], "ENDED")
+            schedules.delete(name)
+        finally:
+            catalog.dispose()
