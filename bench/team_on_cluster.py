@@ -28,7 +28,6 @@ namespaces), after `make test` has built the control plane (never part of the te
 
 from __future__ import annotations
 
-import base64
 import importlib.util
 import os
 import re
@@ -285,17 +284,8 @@ def main() -> None:  # noqa: PLR0915 - one measured story, told in order
     proxies = []
     try:
         api = kubelet_node.ClusterApi(plane.url, plane.ssl_context())
-        api.create("Namespace", "v1", None, {"metadata": {"name": NS, "labels": {
-            "pod-security.kubernetes.io/enforce": "restricted"}}})
-        prefect_url = state.api_url
-        api.create("ConfigMap", "v1", NS, {"metadata": {"name": "mlyard-config"}, "data": {
-            "MLYARD_MLFLOW_TRACKING_URI": stores.mlflow_uri, "MLYARD_KUBE_NAMESPACE": NS,
-            "PREFECT_API_URL": prefect_url, "MLYARD_PREFECT_API_URL": prefect_url,
-            "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}})
-        for name, data in (("mlyard-settings", {"mlyard_catalog_url": stores.catalog_url, **stores.secret_settings}),
-                           ("mlyard-prefect", {"auth-string": state.prefect_auth_string or "none"})):
-            api.create("Secret", "v1", NS, {"metadata": {"name": name}, "data": {
-                k: base64.b64encode(v.encode()).decode() for k, v in data.items()}})
+        stores.namespace(api, NS, {"PREFECT_API_URL": state.api_url, "MLYARD_PREFECT_API_URL": state.api_url},
+                         {"mlyard-prefect": {"auth-string": state.prefect_auth_string or "none"}})
         node = kubelet_node.NodeKubelet(plane, "team-node", str(ROOT), capacity={"cpu": "16", "memory": "64Gi"},
                                         network=pod_network.PodNetwork())
         from mlyard.core.specs.cluster import ClusterValues

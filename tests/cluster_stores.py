@@ -62,6 +62,25 @@ class ClusterStores:
                 "MLYARD_S3_SECRET_ACCESS_KEY": "test", "MLYARD_UPLOAD_URI": self.upload_uri,
                 "MLFLOW_TRACKING_TOKEN": tracking_token(self.internal_token)}
 
+    def namespace(self, api: Any, ns: str, config: dict[str, str] | None = None,
+                  secrets: dict[str, dict[str, str]] | None = None) -> None:
+        """`ns` made anew on a cluster (an admin's `api`: tests/kubelet_node.ClusterApi), as the install makes
+        the platform's: the restricted profile enforced, the ConfigMap mlyard-config and the Secret
+        mlyard-settings naming these stores, with `config`'s more values and `secrets`' more Secrets."""
+        import base64
+
+        if api.get_object("Namespace", None, ns) is not None:
+            api.drop_namespace(ns)
+        api.create("Namespace", "v1", None, {"metadata": {"name": ns, "labels": {
+            "pod-security.kubernetes.io/enforce": "restricted"}}})
+        api.create("ConfigMap", "v1", ns, {"metadata": {"name": "mlyard-config"}, "data": {
+            "MLYARD_MLFLOW_TRACKING_URI": self.mlflow_uri, "MLYARD_KUBE_NAMESPACE": ns,
+            "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", **(config or {})}})
+        made = {"mlyard-settings": {"mlyard_catalog_url": self.catalog_url, **self.secret_settings}, **(secrets or {})}
+        for name, data in made.items():
+            api.create("Secret", "v1", ns, {"metadata": {"name": name}, "data": {
+                k: base64.b64encode(v.encode()).decode() for k, v in data.items()}})
+
     def close(self) -> None:
         from mlyard.tasks.processes import stop_group
 

@@ -193,24 +193,13 @@ def real_cluster(stack, settings, tmp_path, cluster_stores, monkeypatch, control
     bound to it as their users; a provisioner for their claims; the real Prefect Kubernetes worker on the gpu
     pool as the cluster's admin. The Jobs, their pods, the claims of their ephemeral volumes, the binding to the
     node, the tokens and the clean-up are the control plane's."""
-    import base64
-
     from kubelet_node import ClusterApi, NodeKubelet
 
     from mlyard.flows.platform import Platform
 
     _cancel_queued_gpu_runs()
     api = ClusterApi(control_plane.url, control_plane.ssl_context())
-    if api.get_object("Namespace", None, NS) is not None:  # type: ignore[arg-type]
-        api.drop_namespace(NS)
-    api.create("Namespace", "v1", None, {"metadata": {"name": NS, "labels": {
-        "pod-security.kubernetes.io/enforce": "restricted"}}})
-    api.create("ConfigMap", "v1", NS, {"metadata": {"name": "mlyard-config"}, "data": {
-        "MLYARD_MLFLOW_TRACKING_URI": cluster_stores.mlflow_uri, "MLYARD_KUBE_NAMESPACE": NS,
-        "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}})
-    secret = {"mlyard_catalog_url": cluster_stores.catalog_url, **cluster_stores.secret_settings}
-    api.create("Secret", "v1", NS, {"metadata": {"name": "mlyard-settings"}, "data": {
-        k: base64.b64encode(v.encode()).decode() for k, v in secret.items()}})
+    cluster_stores.namespace(api, NS)
     for doc in yaml.safe_load_all((ROOT / "infra" / "k8s" / "base" / "flow-runs.yaml").read_text()):
         api.create(doc["kind"], doc["apiVersion"], NS, doc)  # the runs' identities, as the install makes them
     for key, value in cluster_stores.env().items():

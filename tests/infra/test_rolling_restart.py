@@ -88,19 +88,9 @@ def on_cluster(control_plane, cluster_stores, stack, tmp_path):
     from mlyard.tasks.cluster import render
 
     api = ClusterApi(control_plane.url, control_plane.ssl_context())
-    if api.get_object("Namespace", None, NS) is not None:  # type: ignore[arg-type]
-        api.drop_namespace(NS)
-    api.create("Namespace", "v1", None, {"metadata": {"name": NS, "labels": {
-        "pod-security.kubernetes.io/enforce": "restricted"}}})
-    api.create("ConfigMap", "v1", NS, {"metadata": {"name": "mlyard-config"}, "data": {
-        "MLYARD_MLFLOW_TRACKING_URI": cluster_stores.mlflow_uri, "MLYARD_KUBE_NAMESPACE": NS,
-        "PREFECT_API_URL": os.environ["PREFECT_API_URL"], "MLYARD_PREFECT_API_URL": os.environ["PREFECT_API_URL"],
-        "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}})
-    for name, data in (("mlyard-settings", {"mlyard_catalog_url": cluster_stores.catalog_url,
-                                            **cluster_stores.secret_settings}),
-                       ("mlyard-prefect", {"auth-string": stack.prefect_auth_string or "none"})):
-        api.create("Secret", "v1", NS, {"metadata": {"name": name}, "data": {
-            k: base64.b64encode(v.encode()).decode() for k, v in data.items()}})
+    prefect = os.environ["PREFECT_API_URL"]
+    cluster_stores.namespace(api, NS, {"PREFECT_API_URL": prefect, "MLYARD_PREFECT_API_URL": prefect},
+                             {"mlyard-prefect": {"auth-string": stack.prefect_auth_string or "none"}})
     node = NodeKubelet(control_plane, f"rolling-{tmp_path.name[-12:].strip('_-').lower().replace('_', '-')}",
                        str(ROOT), network=PodNetwork())
     proxies: list[ServiceProxy] = []
