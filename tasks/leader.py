@@ -105,9 +105,10 @@ def wait_to_lead(lease: str, namespace: str, stop: threading.Event, alive: Path 
 def while_leading(lease: str, namespace: str, work: Callable[[threading.Event], object],
                   stop: threading.Event | None = None) -> None:
     """Run `work(lost)` whenever this process holds `lease`, and elect again once it has lost it: for ever
-    (a daemon thread's target) or until `stop` is set. `work` must return soon after `lost` is set: the
-    Lease is lost RENEW_SECONDS before another replica may take it, which is the time it has to stop
-    writing. An election that cannot run (the API unreachable, no Role) is tried again every LEASE_SECONDS."""
+    (a daemon thread's target) or until `stop` is set. `work` must return soon after `lost` is set: a holder
+    that could not renew for RENEW_SECONDS has lost it, LEASE_SECONDS - RENEW_SECONDS before another replica
+    may take it over, and that is the time it has to stop writing. An election that cannot run (the API
+    unreachable, no Role) is tried again every LEASE_SECONDS."""
     stop = stop or threading.Event()
     while not stop.is_set():
         leadership = Leadership(lease, namespace).start()
