@@ -77,7 +77,8 @@ $(GATEWAY_API): infra/gateway-api/package.json infra/gateway-api/package-lock.js
 
 # Kubernetes' own control plane for the cluster tests (tests/controlplane.py): kube-apiserver,
 # kube-controller-manager and kube-scheduler built from the Go module proxy by tests/controlplane/build.sh
-# (15-20 minutes on 2 cores the first time, seconds once Go's build cache holds them), and Debian's etcd
+# (15-20 minutes on 2 cores the first time, seconds once Go's build cache holds them), Kueue's controller
+# manager with its release's CRDs and webhooks (2 minutes the first time), and Debian's etcd
 CONTROL_PLANE := $(VENV)/controlplane/.built
 $(CONTROL_PLANE): tests/controlplane/go.mod tests/controlplane/go.sum tests/controlplane/build.sh
 	command -v etcd >/dev/null || apt-get install -y -q etcd-server >/dev/null 2>&1 \

@@ -71,8 +71,8 @@ def render(values: ClusterValues) -> list[dict[str, Any]]:
     out = [_customize(obj, values, secret_names) for obj in objs]
     if values.kueue_queue:  # the opt-in component's queues (Kueue must be installed), the queue in the ConfigMap
         queues = [d for d in yaml.safe_load_all((K8S / "components" / "kueue" / "queues.yaml").read_text()) if d]
-        gpu = values.gpu  # the pool's quota: its nodes' GPUs, CPUs and memory
-        quota = {"nvidia.com/gpu": gpu.nodes * gpu.per_node, "cpu": gpu.nodes * gpu.cpus_per_node,
+        gpu = values.gpu  # the pool's quota: its nodes' GPUs, CPUs and memory (as quantities: _quantity)
+        quota = {"nvidia.com/gpu": _quantity(gpu.nodes * gpu.per_node), "cpu": _quantity(gpu.nodes * gpu.cpus_per_node),
                  "memory": f"{gpu.nodes * gpu.memory_gib_per_node}Gi"}
         for q in queues:
             if q["kind"] == "LocalQueue":
@@ -104,8 +104,8 @@ def project_queues(values: ClusterValues, projects: list[dict[str, Any]]) -> lis
     for p in projects:
         if p["name"] == DEFAULT_PROJECT:  # its runs use the pool's own queue
             continue
-        quota = [{"name": "cpu", "nominalQuota": p.get("cpus") or 0}, {"name": "memory", "nominalQuota": 0},
-                 {"name": "nvidia.com/gpu", "nominalQuota": p.get("gpus") or 0}]
+        quota = [{"name": "cpu", "nominalQuota": _quantity(p.get("cpus") or 0)}, {"name": "memory", "nominalQuota": "0"},
+                 {"name": "nvidia.com/gpu", "nominalQuota": _quantity(p.get("gpus") or 0)}]
         cq = f"mlyard-{p['name']}"
         out.append({"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ClusterQueue",
                     "metadata": {"name": cq, "labels": {"mlyard.project": p["name"]}},
@@ -117,6 +117,12 @@ def project_queues(values: ClusterValues, projects: list[dict[str, Any]]) -> lis
                                  "labels": {"mlyard.project": p["name"]}},
                     "spec": {"clusterQueue": cq}})
     return out
+
+
+def _quantity(number: float) -> str:
+    """A count as Kubernetes keeps a quantity (2 -> "2", 1.5 -> "1500m"): Kueue writes its objects back in
+    this form, and anything else applied again would change them at every apply."""
+    return str(int(number)) if float(number).is_integer() else f"{round(number * 1000)}m"
 
 
 def _customize(obj: dict, values: ClusterValues, secret_names: dict[str, str | None]) -> dict:

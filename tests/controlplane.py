@@ -230,6 +230,8 @@ def start(home: Path, bin_dir: Path = BIN, timeout: float = 90.0) -> ControlPlan
             f"--service-cluster-ip-range={SERVICE_RANGE}", "--authorization-mode=Node,RBAC",
             "--enable-admission-plugins=NodeRestriction", "--allow-privileged=false", "--profiling=false",
             "--enable-priority-and-fairness=false", "--event-ttl=10m", "-v=1",
+            # webhooks called at their Service's endpoint (a pod's address), not at a cluster IP no proxy serves here
+            "--enable-aggregator-routing=true",
             # pods' logs: from the node's kubelet (tests/kubelet_node.py), as the API server asks one
             f"--kubelet-client-certificate={kubelet_client[0]}", f"--kubelet-client-key={kubelet_client[1]}",
             "--kubelet-preferred-address-types=InternalIP"])
@@ -248,6 +250,20 @@ def start(home: Path, bin_dir: Path = BIN, timeout: float = 90.0) -> ControlPlan
         cp.close()
         raise
     return cp
+
+
+def install_crd(api, crd: dict, timeout: float = 60) -> None:
+    """A CustomResourceDefinition applied (server-side, as `kubectl apply --server-side`) through `api` (a
+    kubelet_node.ClusterApi as the cluster's admin), once the API server serves it (Established)."""
+    path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd['metadata']['name']}"
+    code, doc = api.request("PATCH", path + "?fieldManager=mlyard-tests&force=true", crd, "application/apply-patch+yaml")
+    assert code in (200, 201), f"applying CRD {crd['metadata']['name']}: {code} {(doc or {}).get('message')}"
+    deadline = time.monotonic() + timeout
+    while not any(c["type"] == "Established" and c["status"] == "True"
+                  for c in (doc.get("status") or {}).get("conditions") or []):
+        assert time.monotonic() < deadline, f"CRD {crd['metadata']['name']} not established"
+        time.sleep(0.2)
+        code, doc = api.request("GET", path)
 
 
 if __name__ == "__main__":

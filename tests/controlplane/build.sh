@@ -33,3 +33,37 @@ for cmd in kube-apiserver kube-controller-manager kube-scheduler; do
   (cd "$here" && GOFLAGS=-mod=readonly go build -trimpath -ldflags "$flags" -o "$out/$cmd.partial" "k8s.io/kubernetes/cmd/$cmd")
   mv "$out/$cmd.partial" "$out/$cmd"
 done
+
+# Kueue (sigs.k8s.io/kueue) for the tests of the gpu pool's queues (tests/kueue.py): its controller manager, built
+# from the module of the release KUEUE names (its own go.sum pins what it imports; `go install pkg@version` keeps
+# to it), and that release's CRDs, conversion patches and webhook manifests beside it. About 2 minutes the first
+# time on 2 cores.
+KUEUE=v0.17.0
+if ! [ -x "$out/kueue" ] || ! [ "$(cat "$out/kueue.version" 2>/dev/null)" = "$KUEUE" ]; then
+  echo "building kueue $KUEUE ..."
+  mkdir -p "$out/kueue.partial"
+  GOBIN="$out/kueue.partial" GOFLAGS=-buildvcs=false go install -trimpath \
+    -ldflags "-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE" "sigs.k8s.io/kueue/cmd/kueue@$KUEUE"
+  src=$(GOFLAGS=-mod=mod go mod download -json "sigs.k8s.io/kueue@$KUEUE" | awk -F'"' '$2 == "Dir" {print $4}')
+  rm -rf "$out/kueue-manifests" && mkdir -p "$out/kueue-manifests/crd" "$out/kueue-manifests/patches"
+  cp "$src"/config/components/crd/bases/*.yaml "$out/kueue-manifests/crd/"
+  # the conversion webhooks the release's kustomization turns on (a commented line is one it leaves off)
+  for patch in $(sed -n 's|^- path: patches/\(webhook_in_.*\.yaml\)$|\1|p' "$src/config/components/crd/kustomization.yaml"); do
+    cp "$src/config/components/crd/patches/$patch" "$out/kueue-manifests/patches/"
+  done
+  cp "$src/config/components/webhook/manifests.yaml" "$out/kueue-manifests/webhooks.yaml"
+  chmod -R u+w "$out/kueue-manifests"
+  mv "$out/kueue.partial/kueue" "$out/kueue" && rmdir "$out/kueue.partial"
+  echo "$KUEUE" > "$out/kueue.version"
+fi
+
+# The Gateway API's HTTPRoute CRD (standard channel) of the release GATEWAY_API names, for the tests that
+# apply mlyard's HTTPRoutes to the API server (its schema and validation rules are the release's own).
+GATEWAY_API=v1.5.0
+crd="$out/gateway-api/gateway.networking.k8s.io_httproutes.yaml"
+if ! [ -f "$crd" ] || ! [ "$(cat "$out/gateway-api/version" 2>/dev/null)" = "$GATEWAY_API" ]; then
+  src=$(GOFLAGS=-mod=mod go mod download -json "sigs.k8s.io/gateway-api@$GATEWAY_API" | awk -F'"' '$2 == "Dir" {print $4}')
+  mkdir -p "$out/gateway-api"
+  cp "$src/config/crd/standard/gateway.networking.k8s.io_httproutes.yaml" "$crd" && chmod u+w "$crd"
+  echo "$GATEWAY_API" > "$out/gateway-api/version"
+fi

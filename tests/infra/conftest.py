@@ -245,6 +245,16 @@ def _start_worker(kubeconfig: Path, tmp_path: Path, cluster_stores) -> tuple[sub
 
 
 @pytest.fixture
+def provisioner(control_plane):
+    """A storage provisioner for the control plane's claims (Provisioner), for the test."""
+    from kubelet_node import ClusterApi
+
+    running = Provisioner(ClusterApi(control_plane.url, control_plane.ssl_context()))
+    yield running
+    running.close()
+
+
+@pytest.fixture
 def real_api(tmp_path, monkeypatch, control_plane):
     """Kubernetes' own API server alone, as the cluster's admin, with KUBECONFIG pointing at it (namespace
     mlyard, made for the test and gone after it)."""
@@ -259,3 +269,20 @@ def real_api(tmp_path, monkeypatch, control_plane):
         yield api
     finally:
         api.drop_namespace(NS)
+
+
+@pytest.fixture
+def kueue(control_plane, tmp_path):
+    """Kueue itself (tests/kueue.py) installed on the control plane and running, for the test; it goes with
+    its webhooks after it."""
+    import kueue as kueue_install
+    from kubelet_node import ClusterApi
+
+    if reason := kueue_install.missing():
+        pytest.fail(reason)
+    running = kueue_install.start(control_plane, tmp_path / "kueue", ClusterApi(control_plane.url,
+                                                                                control_plane.ssl_context()))
+    try:
+        yield running
+    finally:
+        running.close()

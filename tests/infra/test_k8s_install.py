@@ -81,7 +81,7 @@ def test_a_kueue_queue_adds_the_queues_and_names_it_to_every_pod(tmp_path):
     assert kueue["LocalQueue"]["metadata"] == {"name": "gpu-team", "namespace": "ml-platform"}
     assert kueue["LocalQueue"]["spec"]["clusterQueue"] == kueue["ClusterQueue"]["metadata"]["name"]
     quota = {r["name"]: r["nominalQuota"] for r in kueue["ClusterQueue"]["spec"]["resourceGroups"][0]["flavors"][0]["resources"]}
-    assert quota == {"nvidia.com/gpu": 12, "cpu": 144, "memory": "1152Gi"}, "the values' 3 nodes of 4 GPUs, 48 CPUs, 384 GiB"
+    assert quota == {"nvidia.com/gpu": "12", "cpu": "144", "memory": "1152Gi"}, "the values' 3 nodes of 4 GPUs, 48 CPUs, 384 GiB"
     config = next(o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "mlyard-config")
     assert config["data"]["MLYARD_KUEUE_QUEUE"] == "gpu-team"  # every pod, a tuning's too, labels its trials
 
