@@ -31,7 +31,6 @@ import ipaddress
 import json
 import os
 import random
-import re
 import string
 import threading
 import time
@@ -773,41 +772,11 @@ class Kubelet:
                     threading.Thread(target=stop_group, args=(proc, 5), daemon=True).start()
 
     def resolve_env(self, namespace: str, container: dict) -> dict[str, str]:
-        import base64
+        from kubelet_sandbox import resolve_env
 
-        env = dict(self.base_env)
-        for source in container.get("envFrom") or []:
-            ref = source.get("configMapRef") or source.get("secretRef")
-            kind = "ConfigMap" if "configMapRef" in source else "Secret"
-            obj = self.api.objects.get((kind, namespace, ref["name"]))
-            if obj is None:
-                if ref.get("optional"):
-                    continue
-                raise RuntimeError(f"{kind} {ref['name']} not found (CreateContainerConfigError)")
-            data = obj.get("data") or {}
-            env.update({k: base64.b64decode(v).decode() if kind == "Secret" else v for k, v in data.items()})
-        for e in container.get("env") or []:
-            if "value" in e:  # `$(NAME)` of a variable set before it is expanded, `$$` is a `$`, as kubelet does
-                env[e["name"]] = re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)", lambda m: "$" if m[0] == "$$" else
-                                        env.get(m[1], m[0]), str(e["value"]))
-                continue
-            ref = e.get("valueFrom", {})
-            if "fieldRef" in ref:  # the downward API: what the pod's own metadata says
-                field = ref["fieldRef"]["fieldPath"]
-                env[e["name"]] = {"metadata.namespace": namespace, "spec.serviceAccountName": "default"}.get(field, "")
-                continue
-            key_ref = ref.get("secretKeyRef") or ref.get("configMapKeyRef")
-            if key_ref:
-                kind = "Secret" if "secretKeyRef" in ref else "ConfigMap"
-                obj = self.api.objects.get((kind, namespace, key_ref["name"]))
-                value = (obj or {}).get("data", {}).get(key_ref["key"])
-                if value is None:
-                    if key_ref.get("optional"):
-                        continue
-                    raise RuntimeError(f"{kind} {key_ref['name']}/{key_ref['key']} not found")
-                env[e["name"]] = base64.b64decode(value).decode() if kind == "Secret" else value
-        env.update(self.overrides)
-        return env
+        found = resolve_env(container, namespace, lambda kind, name: self.api.objects.get((kind, namespace, name)),
+                            self.base_env)
+        return {**found, **self.overrides}
 
     def lookup(self, ns: str, pod_name: str) -> Any:
         """What the pod's volumes read (kubelet_sandbox.PodSandbox): its namespace's Secrets and ConfigMaps."""

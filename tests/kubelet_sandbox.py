@@ -1,5 +1,8 @@
-"""How the emulated kubelet (tests/kube_api.py, `Kubelet(as_users=True)`) runs a container as kubelet and
-the container runtime would, as far as this host allows (the tests run as root):
+"""How the played kubelet (tests/kube_api.py's `Kubelet(as_users=True)`, which tests/kubelet_node.py runs on
+the control plane's nodes) runs a container as kubelet and the container runtime would, as far as this host
+allows (the tests run as root):
+
+- **its environment** as kubelet makes it from the namespace's Secrets and ConfigMaps (`resolve_env`);
 
 - **its user**: the container's or the pod's `runAsUser` / `runAsGroup` (the images' user, 10001, when
   the pod names none), with the pod's `fsGroup` and `supplementalGroups` as supplementary groups;
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -47,6 +51,45 @@ def files_as_kubelet_lays_them(pod: dict, volume: dict) -> tuple[int, int, int]:
     if fs_group is not None:
         mode, gid = mode | 0o440, fs_group
     return mode, 0, gid
+
+
+def resolve_env(container: dict, namespace: str, lookup: Callable[[str, str], dict | None],
+                base: dict[str, str] | None = None) -> dict[str, str]:
+    """The container's environment as kubelet makes it from `lookup(kind, name)` (the namespace's Secrets and
+    ConfigMaps): `envFrom` first, then `env` in order, a `$(NAME)` of a variable set before it expanded and
+    `$$` a `$`, the downward API's namespace; a missing source that is not optional fails the container
+    (CreateContainerConfigError)."""
+    env = dict(base or {})
+    for source in container.get("envFrom") or []:
+        ref = source.get("configMapRef") or source.get("secretRef")
+        kind = "ConfigMap" if "configMapRef" in source else "Secret"
+        obj = lookup(kind, ref["name"])
+        if obj is None:
+            if ref.get("optional"):
+                continue
+            raise RuntimeError(f"{kind} {ref['name']} not found (CreateContainerConfigError)")
+        data = obj.get("data") or {}
+        env.update({k: base64.b64decode(v).decode() if kind == "Secret" else v for k, v in data.items()})
+    for e in container.get("env") or []:
+        if "value" in e:
+            env[e["name"]] = re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)", lambda m: "$" if m[0] == "$$" else
+                                    env.get(m[1], m[0]), str(e["value"]))
+            continue
+        ref = e.get("valueFrom", {})
+        if "fieldRef" in ref:  # the downward API: what the pod's own metadata says
+            field = ref["fieldRef"]["fieldPath"]
+            env[e["name"]] = {"metadata.namespace": namespace, "spec.serviceAccountName": "default"}.get(field, "")
+            continue
+        key_ref = ref.get("secretKeyRef") or ref.get("configMapKeyRef")
+        if key_ref:
+            kind = "Secret" if "secretKeyRef" in ref else "ConfigMap"
+            value = (lookup(kind, key_ref["name"]) or {}).get("data", {}).get(key_ref["key"])
+            if value is None:
+                if key_ref.get("optional"):
+                    continue
+                raise RuntimeError(f"{kind} {key_ref['name']}/{key_ref['key']} not found")
+            env[e["name"]] = base64.b64decode(value).decode() if kind == "Secret" else value
+    return env
 
 
 def identity(pod: dict, container: dict) -> tuple[int, int, list[int]]:

@@ -1,6 +1,7 @@
 """A GPU request the cluster cannot hold is refused before a run is made (issue 26, bad input): `mlyard
 train --submit --pool gpu` in a fresh process as a user runs it (PATH, HOME, LANG and the user's
-KUBECONFIG), against the Kubernetes API emulator of tests/kube_api.py holding two GPU nodes."""
+KUBECONFIG), against Kubernetes' own API server holding two GPU nodes and a CPU node (registered with
+the capacity a node's kubelet reports, tainted so that nothing is scheduled to them; gone after the module)."""
 
 from __future__ import annotations
 
@@ -11,22 +12,29 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kube_api import KubeApi
 
 BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
-def kubeconfig(tmp_path_factory):
-    api = KubeApi()
+def kubeconfig(tmp_path_factory, control_plane):
+    from kubelet_node import ClusterApi
+
+    api = ClusterApi(control_plane.url, control_plane.ssl_context())
+    names = []
     for name, product, gpus in (("gpu-a100-1", "NVIDIA-A100-SXM4-80GB", "8"), ("gpu-t4-1", "Tesla-T4", "1"),
                                 ("cpu-1", None, None)):
         labels = {"nvidia.com/gpu.product": product} if product else {}
-        node = api.create("Node", "v1", None, {"metadata": {"name": name, "labels": labels}}, "kubelet")
-        api.set_status("Node", "", node["metadata"]["name"],
-                       {"allocatable": {"cpu": "32", "memory": "256Gi", **({"nvidia.com/gpu": gpus} if gpus else {})}})
-    yield api.kubeconfig(tmp_path_factory.mktemp("kube") / "config")
-    api.close()
+        taints = [{"key": "mlyard.test/no-kubelet", "effect": "NoSchedule"}]
+        node = api.create("Node", "v1", None, {"metadata": {"name": name, "labels": labels}, "spec": {"taints": taints}})
+        names.append(node["metadata"]["name"])
+        resources = {"cpu": "32", "memory": "256Gi", "pods": "110", **({"nvidia.com/gpu": gpus} if gpus else {})}
+        api.set_status("Node", "", name, {"capacity": resources, "allocatable": resources}, "admin")
+    try:
+        yield control_plane.kubeconfig(path=tmp_path_factory.mktemp("kube") / "config")
+    finally:
+        for name in names:
+            api.delete(("Node", None, name))
 
 
 def submit(stack, kubeconfig: Path, tmp_path: Path, resources: dict, **extra_env: str) -> subprocess.CompletedProcess:

@@ -10,6 +10,10 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+import yaml
+from controlplane import BIN, install_crd
+
 from mlyard.tasks.http_route import apply_http_route, render_http_route
 
 VALIDATOR = Path(__file__).resolve().parents[2] / ".venv" / "gateway-api" / "validate.mjs"
@@ -62,6 +66,13 @@ def unknown_fields(obj: dict, kind: str = "IHTTPRoute", where: str = "", types: 
     return found
 
 
+@pytest.fixture
+def api(real_api):
+    """The API server as the cluster's admin, serving HTTPRoutes (a Gateway API install's CRD)."""
+    install_crd(real_api, yaml.safe_load((BIN / "gateway-api" / "gateway.networking.k8s.io_httproutes.yaml").read_text()))
+    return real_api
+
+
 def _view(weights: dict[str, int], shadows: dict[str, int]) -> dict:
     def stage(name: str, rid: int, model: str, default: bool = False) -> dict:
         return {"name": name, "default": default, "weight": weights.get(name, 0), "shadow": shadows.get(name, 0),
@@ -98,12 +109,17 @@ def test_the_route_carries_the_shares_passes_the_gateway_apis_validators_and_is_
 
     client = cluster_client("http_route_gateway", "gateways/public")
     held = apply_http_route(client, route)
-    assert held["metadata"]["name"] == "mlyard-shop" and held["spec"]["rules"] == route["spec"]["rules"]
+    assert held["metadata"]["name"] == "mlyard-shop" and held["spec"]["rules"] == _defaulted(route["spec"]["rules"])
     moved = render_http_route(_view({"canary": 50}, {}), "public", "mlyard", "gateways")  # the next step
     held = apply_http_route(client, moved)
-    stored = next(o for o in api.items("HTTPRoute", "mlyard") if o["metadata"]["name"] == "mlyard-shop")
+    stored = _routes(api)[0]
     weights = [(b["name"], b["weight"]) for b in stored["spec"]["rules"][0]["backendRefs"]]
     assert weights == [("shop-default-r1", 50), ("shop-canary-r2", 50)] and gateway_api_check([stored])[0] == "ok"
+    # the API server holds the route to its release's rules too: a weight out of range is refused
+    code, said = api.request("PATCH", _ROUTES + "/mlyard-shop?fieldManager=mlyard", {"spec": {"rules": [
+        {**stored["spec"]["rules"][0], "backendRefs": [{"name": "shop-default-r1", "port": 8080, "weight": -1}]}]}},
+        "application/merge-patch+json")
+    assert code == 422 and "weight" in said["message"], said
 
 
 def test_local_stages_have_no_route_and_the_route_goes_with_the_endpoint(api):
@@ -118,5 +134,29 @@ def test_local_stages_have_no_route_and_the_route_goes_with_the_endpoint(api):
     assert render_http_route(view, "public") is None  # the default runs here: mlyard's gateway routes it
     client = cluster_client("http_route_gateway", "public")
     apply_http_route(client, render_http_route(_view({}, {}), "public"))
-    assert delete_http_route(client, "shop", "mlyard") and api.items("HTTPRoute") == []
+    assert delete_http_route(client, "shop", "mlyard") and _routes(api) == []
     assert not delete_http_route(client, "shop", "mlyard")
+
+
+_ROUTES = "/apis/gateway.networking.k8s.io/v1/namespaces/mlyard/httproutes"
+
+
+def _routes(api) -> list[dict]:
+    code, doc = api.request("GET", _ROUTES)
+    assert code == 200, doc
+    return doc["items"]
+
+
+def _defaulted(rules: list[dict]) -> list[dict]:
+    """`rules` with the defaults the API server gives them (the CRD's): a backend reference's group "" and
+    kind Service, a route backend's weight 1."""
+    rules = json.loads(json.dumps(rules))
+    for rule in rules:
+        refs = [*rule.get("backendRefs", []), *(f["requestMirror"]["backendRef"] for f in rule.get("filters", [])
+                                                 if f["type"] == "RequestMirror")]
+        for ref in refs:
+            ref.setdefault("group", "")
+            ref.setdefault("kind", "Service")
+        for ref in rule.get("backendRefs", []):
+            ref.setdefault("weight", 1)
+    return rules

@@ -1,8 +1,10 @@
-"""The emulated kubelet runs a container as a node would (tests/kubelet_sandbox.py): as the user its
-securityContext names, with its Secret files laid out with their mode and the pod's fsGroup, its emptyDir and
-ephemeral volumes owned as kubelet owns them, and a read-only root file system where set. So the emulator now
-shows what broke on a real cluster: a 0400 Secret without fsGroup is unreadable to user 10001 (the gateway's
-crash loop), a data volume without fsGroup is root's (a GPU run could not write to /mlyard/data)."""
+"""The played node's kubelet (tests/kubelet_node.py, on Kubernetes' own control plane) runs a container as a
+node would (tests/kubelet_sandbox.py): as the user its securityContext names, with its Secret files laid out
+with their mode and the pod's fsGroup, its emptyDir and ephemeral volumes owned as kubelet owns them, and a
+read-only root file system where set. So the tests show what broke on a real cluster: a 0400 Secret without
+fsGroup is unreadable to user 10001 (the gateway's crash loop), a data volume without fsGroup is root's (a GPU
+run could not write to /mlyard/data). The Jobs, their pods, the claims and the namespace's restricted
+admission are the control plane's."""
 
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ import os
 import time
 
 import pytest
-from kube_api import KubeApi, Kubelet
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the kubelet changes users: needs root, as the tests run here")
 
@@ -40,30 +41,32 @@ def _job(name: str, fs_group: int | None) -> dict:
                         "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}}}]}}}}
 
 
-def _log(api: KubeApi, job: str, timeout: float = 60) -> str:
+def _log(api, node, job: str, timeout: float = 90) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        done = api.objects.get(("Job", NS, job), {}).get("status", {}).get("conditions")
-        if done:
-            return next(text for (ns, pod), text in api.pod_logs.items() if pod.startswith(f"{job}-"))
-        time.sleep(0.1)
+        if api.get("Job", NS, job).get("status", {}).get("conditions"):
+            return next(text for (ns, pod), text in node.api.pod_logs.items() if pod.startswith(f"{job}-"))
+        time.sleep(0.2)
     raise AssertionError(f"Job {job} did not end")
 
 
-def test_a_container_runs_as_its_user_with_kubelets_volumes_and_a_read_only_root():
-    api = KubeApi()
-    kubelet = Kubelet(api, "/", as_users=True)
+def test_a_container_runs_as_its_user_with_kubelets_volumes_and_a_read_only_root(real_api, provisioner,
+                                                                                  control_plane, tmp_path):
+    from kubelet_node import NodeKubelet
+
+    api = real_api
+    code, doc = api.request("PATCH", api.path("Namespace", None, NS), {"metadata": {"labels": {
+        "pod-security.kubernetes.io/enforce": "restricted"}}}, "application/merge-patch+json")
+    assert code == 200, doc
+    node = NodeKubelet(control_plane, f"node-{tmp_path.name[-12:].strip('_-').lower().replace('_', '-')}", "/")
     try:
-        api.create("Namespace", "v1", None, {"metadata": {"name": NS, "labels": {
-            "pod-security.kubernetes.io/enforce": "restricted"}}}, "kubectl")
         api.create("Secret", "v1", NS, {"metadata": {"name": "mlyard-settings"}, "data": {
-            "mlyard_catalog_url": base64.b64encode(b"postgresql+psycopg://db/catalog").decode()}}, "kubectl")
-        api.create("Job", "batch/v1", NS, _job("with-fsgroup", 10001), "test")
-        api.create("Job", "batch/v1", NS, _job("without-fsgroup", None), "test")
-        good, bare = _log(api, "with-fsgroup"), _log(api, "without-fsgroup")
+            "mlyard_catalog_url": base64.b64encode(b"postgresql+psycopg://db/catalog").decode()}})
+        api.create("Job", "batch/v1", NS, _job("with-fsgroup", 10001))
+        api.create("Job", "batch/v1", NS, _job("without-fsgroup", None))
+        good, bare = _log(api, node, "with-fsgroup"), _log(api, node, "without-fsgroup")
     finally:
-        kubelet.close()
-        api.close()
+        node.close()
     assert good.splitlines()[:2] == ["10001", "10001"], good  # its user, its group, the fsGroup
     assert "postgresql+psycopg://db/catalog <- secret read" in good, good
     assert "tmp writable" in good and "data writable" in good and "root read-only" in good, good

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import free_port
-from kube_api import KubeApi, Kubelet
+from kubelet_sandbox import resolve_env
 
 from mlyard.core.assets import infra
 from mlyard.registry.tracking import prepare_db
@@ -37,16 +37,9 @@ def mlflow_pod(namespace: str, mlflow: dict[str, str] | None = None,
     secrets = {"mlyard-mlflow": {"backend-store-uri": "", "artifacts-destination": "", **(mlflow or {})},
                "mlyard-settings": {"mlyard_s3_access_key_id": "", "mlyard_s3_secret_access_key": "",
                                    "mlyard_internal_token": "", **(settings or {})}}
-    api = KubeApi()
-    kubelet = Kubelet(api, "/")
-    try:
-        for name, data in secrets.items():
-            api.create("Secret", "v1", namespace, {"metadata": {"name": name}, "data": {
-                k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}, "kubectl")
-        return container, kubelet.resolve_env(namespace, container)
-    finally:
-        kubelet.close()
-        api.close()
+    objects = {("Secret", name): {"data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
+               for name, data in secrets.items()}
+    return container, resolve_env(container, namespace, lambda kind, name: objects.get((kind, name)))
 
 
 def shipped_mlflow(tmp_path: Path, token: str) -> tuple[str, subprocess.Popen]:

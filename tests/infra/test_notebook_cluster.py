@@ -1,21 +1,14 @@
 """A notebook on Kubernetes: its StatefulSet, claim template, Secret, Service and NetworkPolicy rendered
 from infra/notebook/, strictly valid, and applied, stopped, rebooted and deleted on Kubernetes' own control
-plane (tests/controlplane.py: the StatefulSet controller makes the claim and the pod); the notebook flow
-against the API emulator (tests/kube_api.py), which the move of issue 69 has not reached yet."""
+plane (tests/controlplane.py: the StatefulSet controller makes the claim and the pod), and the notebook flow
+run there too."""
 
 from __future__ import annotations
 
-import kubernetes.client
 import pytest
 
 from mlyard.core.specs.notebook import NotebookSpec
 from mlyard.tasks import notebook_cluster as nbk
-
-
-def _client(kube):
-    config = kubernetes.client.Configuration()
-    config.host = kube.url
-    return kubernetes.client.ApiClient(config)
 
 
 def test_a_notebook_is_a_statefulset_whose_claim_outlives_stop_and_reboot_but_not_delete(control_plane):
@@ -94,11 +87,16 @@ def test_a_notebook_is_a_statefulset_whose_claim_outlives_stop_and_reboot_but_no
         kube.drop_namespace(ns)
 
 
-def test_the_notebook_flow_runs_a_registered_image_on_the_cluster(stack, settings, tmp_path, monkeypatch):
-    """The front door's checks and the notebook flow (in this process, on the real Prefect server) against
-    the emulator: a registered notebook image becomes the StatefulSet; stop scales it to 0; delete takes
-    every object and the record."""
-    from kube_api import KubeApi
+def test_the_notebook_flow_runs_a_registered_image_on_the_cluster(stack, settings, real_api, provisioner,
+                                                                   control_plane, tmp_path):
+    """The front door's checks and the notebook flow (in this process, on the real Prefect server) on the
+    control plane: a registered notebook image becomes the StatefulSet, whose controller makes the pod; it
+    is healthy once the node reports that pod ready (the node's kubelet, tests/kubelet_node.py, does not run
+    the notebook's server here: the local notebook tests run it); stop scales it to 0; delete takes every
+    object and the record."""
+    import time
+
+    from kubelet_node import NodeKubelet
 
     import mlyard.notebooks as api
     from mlyard.core.errors import SpecError
@@ -109,9 +107,18 @@ def test_the_notebook_flow_runs_a_registered_image_on_the_cluster(stack, setting
     from mlyard.registry.notebooks import Notebooks
     from mlyard.tasks.registry_secrets import images
 
-    kube = KubeApi()
+    kube = real_api  # KUBECONFIG: the cluster's admin, namespace mlyard
+
+    def until(what: str, check, timeout: float = 60):
+        deadline = time.monotonic() + timeout
+        while not (got := check()):
+            assert time.monotonic() < deadline, what
+            time.sleep(0.3)
+        return got
+
+    node = NodeKubelet(control_plane, f"gpu-{tmp_path.name[-12:].strip('_-').lower().replace('_', '-')}", "/",
+                       capacity={"nvidia.com/gpu": "8", "cpu": "64", "memory": "512Gi"}, runs=lambda pod: False)
     try:
-        monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig(tmp_path / "kubeconfig", namespace="mlyard")))
         store = images(settings)
         store.create_image(ImageSpec(name="trainer-img", address="registry.example/trainer:1", kind="training"))
         store.create_image(ImageSpec(name="lab-img", address="registry.example/lab:1", kind="notebook"))
@@ -120,22 +127,27 @@ def test_the_notebook_flow_runs_a_registered_image_on_the_cluster(stack, setting
         spec = NotebookSpec(name="gpu-nb", image="lab-img", instance_type="gpu-1", data_storage_gb=30)
         notebooks = Notebooks(Catalog(settings.catalog_db_url))
         record = notebooks.create("gpu-nb", spec.model_dump(mode="json"))  # what api.create records, then queues
+        obj = f"notebook-{record.id}"
 
         assert notebook(NotebookAction(notebook="gpu-nb", action="create")).status == "ACTIVE"
-        sts = kube.get("StatefulSet", "mlyard", f"notebook-{record.id}")
+        sts = kube.get("StatefulSet", "mlyard", obj)
         assert sts["spec"]["replicas"] == 1 and sts["spec"]["template"]["spec"]["containers"][0]["image"] == \
             "registry.example/lab:1"
-        assert api.show("gpu-nb")["status"] == "ACTIVE (UNHEALTHY)"  # no pod is ready: no kubelet here
-        kube.set_status("StatefulSet", "mlyard", f"notebook-{record.id}", {"replicas": 1, "readyReplicas": 1})
-        view = api.show("gpu-nb")
+        assert api.show("gpu-nb")["status"] == "ACTIVE (UNHEALTHY)"  # its pod is not ready yet
+        pod = until("the pod was not placed on the GPU node", lambda: (
+            p := kube.get_object("Pod", "mlyard", f"{obj}-0")) and p["spec"].get("nodeName") == node.name and p)
+        node.node_api.set_status("Pod", "mlyard", pod["metadata"]["name"], {"phase": "Running"})  # Ready, as its node says
+        view = until("the StatefulSet never counted its pod ready", lambda: (
+            v := api.show("gpu-nb"))["status"] == "ACTIVE (HEALTHY)" and v)
         # people open it through mlyard's front door, which reaches its Service (the only way its pod admits)
-        assert view["status"] == "ACTIVE (HEALTHY)" and view["url"].endswith(f"/notebooks/{record.id}/lab")
-        assert api.upstream(settings, notebooks.get("gpu-nb")) == f"http://notebook-{record.id}.mlyard.svc"
+        assert view["url"].endswith(f"/notebooks/{record.id}/lab")
+        assert api.upstream(settings, notebooks.get("gpu-nb")) == f"http://{obj}.mlyard.svc"
 
         assert notebook(NotebookAction(notebook="gpu-nb", action="stop")).status == "STOPPED"
-        assert kube.get("StatefulSet", "mlyard", f"notebook-{record.id}")["spec"]["replicas"] == 0
+        assert kube.get("StatefulSet", "mlyard", obj)["spec"]["replicas"] == 0
+        until("the controller kept the pod of a stopped notebook", lambda: not kube.get_object("Pod", "mlyard", f"{obj}-0"))
         assert notebook(NotebookAction(notebook="gpu-nb", action="delete")).status == "DELETED"
-        assert not [k for k in kube.objects if f"notebook-{record.id}" in k[2]]
+        until("the notebook's objects stayed", lambda: not [n for _, n in kube.made("mlyard") if obj in n])
         assert [n.name for n in notebooks.all()] == []
     finally:
-        kube.close()
+        node.close()
