@@ -1,5 +1,5 @@
-"""Helpers of the tests that run flow runs on the gpu pool against the Kubernetes API emulator
-(the `cluster` fixture is in tests/infra/conftest.py)."""
+"""Helpers of the tests that run flow runs on the gpu pool on the tests' control plane (the `real_cluster`
+fixture is in tests/infra/conftest.py)."""
 
 from __future__ import annotations
 

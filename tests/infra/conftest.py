@@ -1,7 +1,8 @@
-"""The tests' Kubernetes cluster: the API emulator of tests/kube_api.py, a kubelet playing its nodes on this
-machine, and the real Prefect Kubernetes worker (prefect-kubernetes 0.8, its kopf observer included) on
-the gpu pool. Each pod's command runs here as its container's user (10001), with its volumes laid out as
-kubelet lays them (tests/kubelet_sandbox.py) and its environment resolved from the API's objects: the
+"""The tests' Kubernetes cluster: Kubernetes' own control plane (tests/controlplane.py, one per worker), a
+kubelet playing its nodes on this machine (tests/kubelet_node.py), and the real Prefect Kubernetes worker
+(prefect-kubernetes 0.8, its kopf observer included) on the gpu pool (`real_cluster`). Each pod's command
+runs here as its container's user (10001), with its volumes laid out as kubelet lays them
+(tests/kubelet_sandbox.py) and its environment resolved from the API's objects: the
 mlyard-config ConfigMap and the mlyard-settings Secret name the cluster's stores (tests/cluster_stores.py:
 an MLflow server, PostgreSQL over TCP, S3), so a flow run in a "pod" reports to the test stack's Prefect
 and writes where a pod on a cluster writes. The test's own checks read the same stores (`Cluster.platform`)."""
@@ -15,12 +16,12 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from cluster_stores import ClusterStores
 from conftest import free_port
-from kube_api import KubeApi, Kubelet
 from kube_cluster import NS, ROOT
 
 
@@ -36,72 +37,13 @@ def cluster_stores(s3_server):
 
 @dataclass
 class Cluster:
-    api: KubeApi
-    kubelet: Kubelet
+    api: Any  # kubelet_node.ClusterApi, as the cluster's admin
+    kubelet: Any  # kubelet_node.NodeKubelet, the GPU node
     stores: ClusterStores
     platform: object  # mlyard.flows.platform.Platform of the cluster's stores
 
     def __iter__(self):  # `api, kubelet = cluster`
         return iter((self.api, self.kubelet))
-
-
-@pytest.fixture()
-def api(tmp_path, monkeypatch):
-    """The Kubernetes API emulator alone, with KUBECONFIG pointing at it (namespace mlyard)."""
-    server = KubeApi()
-    monkeypatch.setenv("KUBECONFIG", str(server.kubeconfig(tmp_path / "kubeconfig", namespace="mlyard")))
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def cluster(stack, settings, tmp_path, cluster_stores, monkeypatch):
-    """A Kubernetes API emulator with the platform's namespace, ConfigMap and settings Secret, a Kubelet that
-    runs each pod as its user, and the real Prefect Kubernetes worker on the gpu pool pointed at it (per
-    test: all of it ends with the test). This test's process takes the cluster's stores too (MLYARD_*), as
-    a workstation's CLI configured for the cluster does: a flow it runs in process, an upload."""
-    import base64
-    import tempfile
-
-    from mlyard.flows.platform import Platform
-
-    # per test: the worker and the pods' processes end with it, before the leak guard looks
-    _cancel_queued_gpu_runs()
-    api = KubeApi()
-    kubeconfig = api.kubeconfig(tmp_path / "kubeconfig", namespace=NS)
-    # what a pod reaches the API with (a service account's token on a cluster): a kubeconfig its user can read
-    pods_kubeconfig = Path(tempfile.mkdtemp(prefix="mlyard-pods-kube-"))
-    pods_kubeconfig.chmod(0o755)
-    pods_kubeconfig = api.kubeconfig(pods_kubeconfig / "kubeconfig", namespace=NS)
-    pods_kubeconfig.chmod(0o644)
-    api.create("Namespace", "v1", None, {"metadata": {"name": NS}}, "kubectl")
-    api.create("ConfigMap", "v1", NS, {"metadata": {"name": "mlyard-config"}, "data": {
-        "MLYARD_MLFLOW_TRACKING_URI": cluster_stores.mlflow_uri, "MLYARD_KUBE_NAMESPACE": NS,
-        "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}}, "kubectl")
-    secret = {"mlyard_catalog_url": cluster_stores.catalog_url, **cluster_stores.secret_settings}
-    api.create("Secret", "v1", NS, {"metadata": {"name": "mlyard-settings"}, "data": {
-        k: base64.b64encode(v.encode()).decode() for k, v in secret.items()}}, "kubectl")
-    for key, value in cluster_stores.env().items():
-        monkeypatch.setenv(key, value)
-    kubelet = Kubelet(api, str(ROOT), as_users=True, token=str(pods_kubeconfig))  # at its path, over the pod's /tmp
-    worker, log, began = _start_worker(kubeconfig, tmp_path, cluster_stores)
-    try:
-        _wait_for_worker(worker, began, log)  # a worker stuck starting fails the test, never hangs it
-        yield Cluster(api, kubelet, cluster_stores, Platform(cluster_stores.settings(settings)))
-    finally:
-        from mlyard.tasks.processes import stop_group
-
-        # Prefect's worker CLI stops gracefully on SIGTERM; late in a whole suite its kopf observer often
-        # took over 10 s to stop (every cluster test's teardown then took 10 s), and nothing here needs it
-        # graceful: SIGKILL after 2 s (as Prefect's CLI does on a second SIGTERM)
-        stop_group(worker, 2)
-        kubelet.close()
-        api.close()
-        import shutil
-
-        shutil.rmtree(pods_kubeconfig.parent, ignore_errors=True)
-        if os.environ.get("MLYARD_KEEP_TEST_HOME"):
-            print(log.read_text())
 
 
 def _wait_for_worker(worker: int | subprocess.Popen, began: datetime, log: Path, timeout: float = 120) -> None:
