@@ -262,10 +262,8 @@ def main() -> None:  # noqa: PLR0915 - one measured story, told in order
 
     state = read_state(stack_settings)
     controlplane = _load("controlplane")
-    _load("pod_security")
-    _load("kube_api")
     _load("kubelet_sandbox")
-    _load("kube_proxy")
+    _load("kubelet")
     kubelet_node = _load("kubelet_node")
     pod_network = _load("pod_network")
     cluster_stores = _load("cluster_stores")

@@ -1,6 +1,6 @@
 """A node's kubelet against Kubernetes' own control plane (tests/controlplane.py), where no real kubelet can
 run: it registers a Node with the capacity and labels a test names, renews the node's Lease and reports it
-Ready, and runs each pod the scheduler binds to it as tests/kube_api.py's Kubelet runs one (its container's
+Ready, and runs each pod the scheduler binds to it as tests/kubelet.py's Kubelet runs one (its container's
 command as a process here, as its user, with its volumes laid out as kubelet lays them: `as_users`), with
 what a kubelet gets from the API: Secrets and ConfigMaps of the pods bound to it (the Node authorizer's
 rule), a token the API issues for each pod's service account, bound to the pod (TokenRequest). It
@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import quote
 
 from controlplane import ControlPlane, free_port
-from kube_api import Kubelet, _now
+from kubelet import Kubelet, _now
 
 PATHS = {"Pod": ("api/v1", "pods"), "Secret": ("api/v1", "secrets"), "ConfigMap": ("api/v1", "configmaps"),
          "Job": ("apis/batch/v1", "jobs"), "Node": ("api/v1", "nodes"), "Lease": ("apis/coordination.k8s.io/v1", "leases"),
@@ -33,13 +33,14 @@ PATHS = {"Pod": ("api/v1", "pods"), "Secret": ("api/v1", "secrets"), "ConfigMap"
          "RoleBinding": ("apis/rbac.authorization.k8s.io/v1", "rolebindings"),
          "NetworkPolicy": ("apis/networking.k8s.io/v1", "networkpolicies"),
          "PodDisruptionBudget": ("apis/policy/v1", "poddisruptionbudgets"),
-         "HorizontalPodAutoscaler": ("apis/autoscaling/v2", "horizontalpodautoscalers")}
+         "HorizontalPodAutoscaler": ("apis/autoscaling/v2", "horizontalpodautoscalers"),
+         "Event": ("api/v1", "events")}
 # what the control plane makes in every namespace by itself (not the install's)
 OWN = {("ServiceAccount", "default"), ("ConfigMap", "kube-root-ca.crt")}
 
 
 class RealApi:
-    """The part of tests/kube_api.KubeApi a Kubelet uses, over a real API server's REST API as one identity."""
+    """A real API server's REST API as one identity: what a Kubelet (tests/kubelet.py) and the tests ask of it."""
 
     def __init__(self, url: str, context: ssl.SSLContext, token: str | None = None):
         """`context`: the CA, and a client certificate for who asks; or `token`, a bearer token (a service
@@ -116,7 +117,7 @@ class ClusterApi(RealApi):
 
     def made(self, namespace: str) -> list[tuple[str, str]]:
         """(kind, name) of every object in `namespace` of the kinds an install makes, but the control plane's own."""
-        return sorted((kind, o["metadata"]["name"]) for kind in PATHS if kind not in ("Node", "Lease", "Namespace", "Pod")
+        return sorted((kind, o["metadata"]["name"]) for kind in PATHS if kind not in ("Node", "Lease", "Namespace", "Pod", "Event")
                       for o in self.items(kind, namespace) if (kind, o["metadata"]["name"]) not in OWN)
 
     def versions(self, namespace: str) -> dict[tuple[str, str], str]:
@@ -124,7 +125,7 @@ class ClusterApi(RealApi):
         controllers write a Deployment's status, never its generation), else its resourceVersion."""
         return {(kind, o["metadata"]["name"]): str(o["metadata"].get("generation") or o["metadata"]["resourceVersion"])
                 for kind in PATHS
-                if kind not in ("Node", "Lease", "Namespace", "Pod") for o in self.items(kind, namespace)
+                if kind not in ("Node", "Lease", "Namespace", "Pod", "Event") for o in self.items(kind, namespace)
                 if (kind, o["metadata"]["name"]) not in OWN}
 
     def owner_of(self, kind: str, namespace: str, name: str, *path: str) -> list[str]:

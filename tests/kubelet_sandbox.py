@@ -1,4 +1,4 @@
-"""How the played kubelet (tests/kube_api.py's `Kubelet(as_users=True)`, which tests/kubelet_node.py runs on
+"""How the played kubelet (tests/kubelet.py's `Kubelet(as_users=True)`, which tests/kubelet_node.py runs on
 the control plane's nodes) runs a container as kubelet and the container runtime would, as far as this host
 allows (the tests run as root):
 

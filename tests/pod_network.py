@@ -34,8 +34,6 @@ import time
 import urllib.request
 from typing import Any, Callable
 
-from kube_proxy import _pump
-
 SYNC_SECONDS = 1.0
 _ANY = re.compile(r"(?<![\d.])0\.0\.0\.0(?![\d.])")  # 0.0.0.0 in an argument (a `sh -c` script's too)
 _ADDRESSES = (f"10.250.{os.getpid() % 250}.{i % 250 + 2}" for i in itertools.count())  # one process's own
@@ -117,13 +115,16 @@ def pre_stop_seconds(spec: dict) -> float:
 class ServiceProxy:
     """kube-proxy for `service`'s port `port_name` in `namespace` (see the module); `address`: where to call it."""
 
-    def __init__(self, api: Any, namespace: str, service: str, port_name: str = "http") -> None:
+    def __init__(self, api: Any, namespace: str, service: str, port_name: str = "http",
+                 address: tuple[str, int] = ("127.0.0.1", 0)) -> None:
+        """`address`: where it listens (a free port here by default; a Service's cluster IP and port)."""
         self.api, self.namespace, self.service, self.port_name = api, namespace, service, port_name
         self.endpoints: list[tuple[str, int]] = []
         self.connections: dict[tuple[str, int], int] = {}  # endpoint -> connections forwarded to it
+        self.bytes_in = 0  # what clients sent through it
         self._turn = itertools.count()
         self._stop = threading.Event()
-        self._listener = socket.create_server(("127.0.0.1", 0), backlog=256)
+        self._listener = socket.create_server(address, backlog=256)
         self.address = self._listener.getsockname()
         threading.Thread(target=self._follow, daemon=True, name=f"kube-proxy-{service}").start()
         threading.Thread(target=self._accept, daemon=True, name=f"kube-proxy-{service}-accept").start()
@@ -131,6 +132,9 @@ class ServiceProxy:
     def close(self) -> None:
         self._stop.set()
         self._listener.close()
+
+    def _count(self, n: int) -> None:
+        self.bytes_in += n
 
     def _follow(self) -> None:
         path = (f"/apis/discovery.k8s.io/v1/namespaces/{self.namespace}/endpointslices"
@@ -177,5 +181,21 @@ class ServiceProxy:
                 continue
             upstream.settimeout(None)
             self.connections[target] = self.connections.get(target, 0) + 1
-            threading.Thread(target=_pump, args=(client, upstream, lambda n: None), daemon=True).start()
+            threading.Thread(target=_pump, args=(client, upstream, self._count), daemon=True).start()
             threading.Thread(target=_pump, args=(upstream, client, lambda n: None), daemon=True).start()
+
+
+def _pump(src: socket.socket, dst: socket.socket, seen: Callable[[int], None]) -> None:
+    """Bytes from `src` to `dst` until either side ends (`seen(n)` of each chunk), then both shut down."""
+    try:
+        while data := src.recv(65536):
+            seen(len(data))
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass

@@ -502,52 +502,87 @@ def test_servers_are_one_stage_endpoints_that_stop_and_start(endpoint, settings)
     api.delete("web")
 
 
-def test_a_kubernetes_stage_is_applied_then_rolled_back(endpoint, settings, tmp_path, monkeypatch):
-    """The Kubernetes runtime of the flow against the API emulator of tests/kube_api.py (no cluster can
-    run here; the test plays the Deployment controller: its pods are ready at once). The gateway here
-    cannot reach the Services' cluster DNS names, so routing fails: the flow must then delete every
-    object it made."""
-    import threading
+@pytest.fixture
+def on_cluster(control_plane, settings, pod, tmp_path, monkeypatch):
+    """Kubernetes' own control plane (tests/controlplane.py) as an endpoint's stages meet it: the namespace
+    `mlyard` with the install's settings Secret (the replicas' credential), a node of the stages' instance
+    type (g2-t4) whose kubelet plays each pod by the `pod` fixture's model server, and kube-proxy for the
+    Services' cluster IPs (tests/kube_proxy.py); KUBECONFIG the cluster's admin, as a platform engineer's.
+    Yields (the API as the admin, the cluster IPs' proxies)."""
+    import base64
 
-    from kube_api import KubeApi
+    import yaml
+    from controlplane import BIN, install_crd
+    from kube_proxy import ClusterIPs, StageNode
+    from kubelet_node import ClusterApi
 
+    from mlyard.core.connection import internal_token, replica_token
+
+    api = ClusterApi(control_plane.url, control_plane.ssl_context())
+    if api.get_object("Namespace", None, "mlyard") is not None:  # type: ignore[arg-type]
+        api.drop_namespace("mlyard")
+    api.create("Namespace", "v1", None, {"metadata": {"name": "mlyard"}})
+    install_crd(api, yaml.safe_load((BIN / "gateway-api" / "gateway.networking.k8s.io_httproutes.yaml").read_text()))
+    token = replica_token(internal_token(settings) or "")
+    api.create("Secret", "v1", "mlyard", {"metadata": {"name": "mlyard-settings"}, "data": {
+        "mlyard_replica_token": base64.b64encode(token.encode()).decode()}})
+    monkeypatch.setenv("KUBECONFIG", str(control_plane.kubeconfig(path=tmp_path / "kubeconfig", namespace="mlyard")))
+    host, port = pod[7:].split(":")
+    node = StageNode(control_plane, f"g2-{tmp_path.name[-12:].strip('_-').lower().replace('_', '-')}", "g2-t4",
+                     (host, int(port)))
+    proxies = ClusterIPs(api, "mlyard")
+    try:
+        yield api, proxies
+    finally:
+        proxies.close()
+        node.close()
+        api.drop_namespace("mlyard", timeout=120)
+
+
+STAGE_KINDS = ("Deployment", "Service", "HorizontalPodAutoscaler", "NetworkPolicy", "PodDisruptionBudget")
+
+
+def _stage_objects(kube) -> set[tuple[str, str]]:
+    return {(kind, name) for kind, name in kube.made("mlyard") if kind in STAGE_KINDS}
+
+
+def _http_routes(kube) -> list[dict]:
+    code, doc = kube.request("GET", "/apis/gateway.networking.k8s.io/v1/namespaces/mlyard/httproutes")
+    assert code == 200, doc
+    return doc["items"]
+
+
+def test_a_kubernetes_stage_is_applied_then_rolled_back(endpoint, settings, on_cluster):
+    """The Kubernetes runtime of the flow on the control plane (`on_cluster`: its pods made by the real
+    controllers and ready on the played node). The gateway here cannot reach the Services' cluster DNS names
+    (the default service URL), so routing fails: the flow must then delete every object it made."""
     import mlyard.endpoints as api
     from mlyard.core.errors import RunFailed
     from mlyard.tasks import replicas as files
 
-    kube = KubeApi()
+    kube, _ = on_cluster
+    seen: set[tuple[str, str]] = set()
     stop = threading.Event()
 
-    def controller() -> None:  # Deployments' pods become ready at once
-        while not stop.wait(0.05):
-            for d in kube.items("Deployment"):
-                n = d["spec"].get("replicas", 1)
-                if d.get("status", {}).get("readyReplicas") != n:
-                    kube.set_status("Deployment", d["metadata"]["namespace"], d["metadata"]["name"],
-                                    {"replicas": n, "readyReplicas": n, "availableReplicas": n})
+    def watch() -> None:  # what the flow made, however briefly
+        while not stop.wait(0.1):
+            seen.update(_stage_objects(kube))
 
-    threading.Thread(target=controller, daemon=True).start()
+    threading.Thread(target=watch, daemon=True).start()
     try:
-        config = kube.kubeconfig(tmp_path / "kubeconfig")
-        monkeypatch.setenv("KUBECONFIG", str(config))
         with pytest.raises(RunFailed, match="routing"):
             api.create({"name": "kube", "public": True, "stage": {"instance_type": "g2-t4", "resources": [
                 {"model": "clf/1", "pods": 2, "pod_autoscaler": {"enabled": True, "max_pods": 4}}]}})
-        made = [(kind, obj["metadata"]["name"]) for _, kind, etype, obj in kube.events if etype == "ADDED"]
-        assert sorted(k for k, _ in made) == ["Deployment", "HorizontalPodAutoscaler", "NetworkPolicy", "PodDisruptionBudget",
-                                                "Service"]
-        deleted = [(kind, obj["metadata"]["name"]) for _, kind, etype, obj in kube.events if etype == "DELETED"]
-        assert sorted(deleted) == sorted(made)
-        assert kube.objects == {}
-        stage = api.show("kube")["stages"][0]
-        assert stage["status"] == "CREATE FAILED" and stage["gateway_status"] == "STAGE DEPLOY FAIL", stage
-        assert "svc.cluster.local" in stage["reason"]
-        assert stage["resources"][0]["service_url"] is None  # the rollback took its Service out of routing
-        assert not [w for w in files.wanted(settings.home_dir) if w.endpoint == "kube"]
-        api.delete("kube")
     finally:
         stop.set()
-        kube.close()
+    assert sorted(k for k, _ in seen) == sorted(STAGE_KINDS), seen
+    assert _stage_objects(kube) == set()  # every one deleted
+    stage = api.show("kube")["stages"][0]
+    assert stage["status"] == "CREATE FAILED" and stage["gateway_status"] == "STAGE DEPLOY FAIL", stage
+    assert "svc.cluster.local" in stage["reason"]
+    assert stage["resources"][0]["service_url"] is None  # the rollback took its Service out of routing
+    assert not [w for w in files.wanted(settings.home_dir) if w.endpoint == "kube"]
+    api.delete("kube")
 
 
 @pytest.fixture(scope="module")
@@ -574,27 +609,19 @@ def pod(stack, settings, clf):
     proc.wait(10)
 
 
-def test_two_kubernetes_stages_route_through_their_services_and_promote(endpoint, settings, tmp_path, monkeypatch,
-                                                                          pod):
-    """An endpoint of two stages on the cluster (the API emulator of tests/kube_api.py; the test plays the
-    Deployment controller and kube-proxy, tests/kube_proxy.py, which forwards each Service's cluster IP to
-    a model server run as a pod runs it, the `pod` fixture: no cluster runs here). The catalog holds each resource's Service URL, the
-    gateway routes both stages through them, the HPA keeps `replicas` through a stage update and a
-    promotion, and the promotion deletes the old default's objects and routes."""
-    import random
-
-    from kube_api import KubeApi
-    from kube_proxy import ServingControllers
-
+def test_two_kubernetes_stages_route_through_their_services_and_promote(endpoint, settings, on_cluster,
+                                                                          monkeypatch):
+    """An endpoint of two stages on the control plane (`on_cluster`: the real controllers make and scale each
+    stage's pods, the played node runs them by a model server here, kube-proxy is played for the Services'
+    cluster IPs). The catalog holds each resource's Service URL, the gateway routes both stages through them,
+    the HPA keeps `replicas` through a stage update and a promotion, and the promotion deletes the old
+    default's objects and routes."""
     import mlyard.endpoints as api
     from mlyard.core.connection import gateway_url
 
     gw = gateway_url(settings)
-    backend = pod[7:].split(":")
-    kube = KubeApi(service_ips=f"127.{random.randint(100, 250)}.0.0/16")
-    controllers = ServingControllers(kube, (backend[0], int(backend[1])))
-    monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig(tmp_path / "kubeconfig")))
-    monkeypatch.setenv("MLYARD_KUBE_SERVICE_URL", "http://{cluster_ip}:{port}")  # kube-proxy plays the DNS
+    kube, proxies = on_cluster
+    monkeypatch.setenv("MLYARD_KUBE_SERVICE_URL", "http://{cluster_ip}:{port}")  # no cluster DNS here
     # the cluster also routes with the Gateway API: every change keeps the endpoint's HTTPRoute as the catalog is
     monkeypatch.setenv("MLYARD_HTTP_ROUTE_GATEWAY", "gateways/public")
     hpa = {"enabled": True, "max_pods": 4}
@@ -610,52 +637,56 @@ def test_two_kubernetes_stages_route_through_their_services_and_promote(endpoint
         deployments = {}
         for name, st in stages.items():
             (res,) = st["resources"]
-            svc = next(s for s in kube.items("Service") if s["metadata"]["labels"]["mlyard.io/resource"] == str(res["id"]))
+            svc = next(s for s in kube.items("Service", "mlyard") if s["metadata"]["labels"]["mlyard.io/resource"] == str(res["id"]))
             assert res["service_url"] == f"http://{svc['spec']['clusterIP']}:80", res
             assert [(r["url"], r["status"]) for r in routes(gw)["kube2"]["stages"][name]] == [(res["service_url"], "HEALTHY")]
-            deployments[name] = next(d["metadata"]["name"] for d in kube.items("Deployment")
+            deployments[name] = next(d["metadata"]["name"] for d in kube.items("Deployment", "mlyard")
                                      if d["metadata"]["labels"]["mlyard.io/resource"] == str(res["id"]))
         for name, url in ((default, view["urls"]["default"]["clf"]), ("canary", view["urls"]["stages"]["canary"]["clf"])):
-            service = next(s["metadata"]["name"] for s in kube.items("Service") if s["metadata"]["labels"]["mlyard.io/stage"] == name)
-            before = controllers.bytes_in[service]
+            service = next(s["metadata"]["name"] for s in kube.items("Service", "mlyard") if s["metadata"]["labels"]["mlyard.io/stage"] == name)
+            before = proxies.sent(service)
             status, body = call(url)
             assert status == 200 and len(body["predictions"]) == 2, body
-            assert controllers.bytes_in[service] > before, f"{name}'s answer did not come through its Service"
+            assert proxies.sent(service) > before, f"{name}'s answer did not come through its Service"
         # the HPA scales the canary; a retry of the ACTIVE stage routes it again and leaves that count alone
         canary = deployments["canary"]
-        with kube._cond:  # as the HPA controller does: the scale subresource, under its own manager
-            kube._update(("Deployment", "mlyard", canary), {"spec": {"replicas": 3}}, "horizontal-pod-autoscaler",
-                         "scale")
+        code, said = kube.request(  # as the HPA controller does: the scale subresource, under its own manager
+            "PATCH", kube.path("Deployment", "mlyard", canary, "scale") + "?fieldManager=horizontal-pod-autoscaler",
+            {"spec": {"replicas": 3}}, "application/merge-patch+json")
+        assert code == 200, said
         api.retry("kube2", "canary")
         assert kube.get("Deployment", "mlyard", canary)["spec"]["replicas"] == 3
         assert kube.owner_of("Deployment", "mlyard", canary, "spec", "replicas") == ["horizontal-pod-autoscaler"]
         # a share of the default URL's traffic goes through the canary's Service, and the HTTPRoute has the same
         import mlyard.promotion as promotion
 
-        services = {s["metadata"]["labels"]["mlyard.io/stage"]: s["metadata"]["name"] for s in kube.items("Service")}
-        before = {name: controllers.bytes_in[svc] for name, svc in services.items()}
+        services = {s["metadata"]["labels"]["mlyard.io/stage"]: s["metadata"]["name"] for s in kube.items("Service", "mlyard")}
+        before = {name: proxies.sent(svc) for name, svc in services.items()}
         promotion.canary("kube2", "canary", weight=50)
         assert all(call(view["urls"]["default"]["clf"])[0] == 200 for _ in range(40))
-        assert all(controllers.bytes_in[svc] > before[name] for name, svc in services.items()), before
-        (route,) = kube.items("HTTPRoute")
+        assert all(proxies.sent(svc) > before[name] for name, svc in services.items()), before
+        (route,) = _http_routes(kube)
         rules = {r["matches"][0]["path"]["value"]: r for r in route["spec"]["rules"]}
         assert [(b["name"], b["weight"]) for b in rules["/kube2/clf/"]["backendRefs"]] == [
             (services[default], 50), (services["canary"], 50)]
         assert set(rules) == {"/kube2/clf/", f"/kube2/stages/{default}/clf/", "/kube2/stages/canary/clf/"}
         # promotion: the canary takes the default route; the old default's objects and route are gone
         promoted = api.promote("kube2", "canary")
-        (route,) = kube.items("HTTPRoute")
+        (route,) = _http_routes(kube)
         assert [[b["name"] for b in r["backendRefs"]] for r in route["spec"]["rules"]] == [[services["canary"]]] * 2
         assert [st["name"] for st in promoted["stages"]] == ["canary"] and promoted["stages"][0]["default"]
-        assert {d["metadata"]["name"] for d in kube.items("Deployment")} == {canary}
+        assert {d["metadata"]["name"] for d in kube.items("Deployment", "mlyard")} == {canary}
         assert {o["metadata"]["labels"]["mlyard.io/stage"] for kind in ("Service", "HorizontalPodAutoscaler", "NetworkPolicy")
-                for o in kube.items(kind)} == {"canary"}
+                for o in kube.items(kind, "mlyard")} == {"canary"}
         assert kube.get("Deployment", "mlyard", canary)["spec"]["replicas"] == 3
         assert set(routes(gw)["kube2"]["stages"]) == {"canary"} and default not in routes(gw)["kube2"]["stages"]
         status, body = call(promoted["urls"]["default"]["clf"])
         assert status == 200, body
         api.delete("kube2")
-        assert kube.objects == {}
+        deadline = time.monotonic() + 30  # the garbage collector takes the ReplicaSets and pods after them
+        while _stage_objects(kube) or kube.items("Pod", "mlyard"):
+            assert time.monotonic() < deadline, (_stage_objects(kube), kube.items("Pod", "mlyard"))
+            time.sleep(0.2)
         deadline = time.monotonic() + 5  # the gateway reads the catalog every second: the endpoint leaves its table
         while "kube2" in routes(gw) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -664,22 +695,15 @@ def test_two_kubernetes_stages_route_through_their_services_and_promote(endpoint
         if any(ep["name"] == "kube2" for ep in api.list_endpoints()):  # a failure above: clean up while the API runs
             for st in sorted(api.show("kube2")["stages"], key=lambda st: st["default"]):
                 api.delete("kube2", None if st["default"] else st["name"])
-        controllers.close()
-        kube.close()
 
 
 def test_a_runtime_variant_stage_on_the_cluster_is_its_engines_deployment_behind_the_gateway(
-        endpoint, settings, platform, tmp_path, monkeypatch, pod):
-    """A `cmd` runtime resource on the cluster (the API emulator; the test plays the controllers, whose Service
-    forwards to the `pod` fixture's server, as above): its Deployment runs the image and environment the version's
-    service-definition.toml gives the variant, with the stage's command as its arguments and the version's
-    files copied to /models first; having no health path, it is routed while its pods are ready, and a
-    request passes through its Service."""
-    import random
-
-    from kube_api import KubeApi
-    from kube_proxy import ServingControllers
-
+        endpoint, settings, platform, tmp_path, monkeypatch, on_cluster):
+    """A `cmd` runtime resource on the control plane (`on_cluster`, as above: its pod played by the `pod`
+    fixture's server): its Deployment runs the image and environment the version's service-definition.toml
+    gives the variant, with the stage's command as its arguments and the version's files copied to /models
+    first; having no health path, it is routed while its pods are ready, and a request passes through its
+    Service."""
     import mlyard.endpoints as api
     from mlyard.core.connection import gateway_url
 
@@ -689,17 +713,14 @@ def test_a_runtime_variant_stage_on_the_cluster_is_its_engines_deployment_behind
                                                     'architecture = "x86_64"\n[cmd.environ]\nFROM_FOLDER = "1"\n')
     platform.models.create_from_directory("engine", folder, "file://engine")
     gw = gateway_url(settings)
-    backend = pod[7:].split(":")
-    kube = KubeApi(service_ips=f"127.{random.randint(100, 250)}.0.0/16")
-    controllers = ServingControllers(kube, (backend[0], int(backend[1])))
-    monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig(tmp_path / "kubeconfig")))
+    kube, _ = on_cluster
     monkeypatch.setenv("MLYARD_KUBE_SERVICE_URL", "http://{cluster_ip}:{port}")
     try:
         view = api.create({"name": "kube3", "public": True, "stage": {"instance_type": "g2-t4", "resources": [
             {"model": "engine/1", "runtime": {"variant": "cmd", "args": ["serve", "--port", "8000"],
                                               "environ": {"FROM_STAGE": "1"}}}]}})
         assert view["status"] == "ACTIVE", view
-        (deployment,) = kube.items("Deployment")
+        (deployment,) = kube.items("Deployment", "mlyard")
         pod = deployment["spec"]["template"]["spec"]
         engine = pod["containers"][0]
         assert engine["image"] == "registry.local/engine:2" and engine["args"] == ["serve", "--port", "8000"]
@@ -711,5 +732,3 @@ def test_a_runtime_variant_stage_on_the_cluster_is_its_engines_deployment_behind
     finally:
         if any(ep["name"] == "kube3" for ep in api.list_endpoints()):
             api.delete("kube3")
-        controllers.close()
-        kube.close()

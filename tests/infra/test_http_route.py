@@ -1,8 +1,8 @@
 """An endpoint's traffic shares as a Gateway API HTTPRoute (issue 29 §4, tasks/http_route.py): rendered from
 the catalog's view, checked by the Gateway API's own validators (@kubernetes-models/gateway-api, generated
-from its CRDs' schemas; `make test` installs them with npm), and applied with server-side apply to the
-Kubernetes API emulator of tests/kube_api.py (no cluster here; the emulator stores what a real API
-server would, without a Gateway controller acting on it)."""
+from its CRDs' schemas; `make test` installs them with npm), and applied with server-side apply to
+Kubernetes' own API server serving the Gateway API's HTTPRoute CRD (its release's schema and validation
+rules: tests/controlplane/build.sh copies it), with no Gateway controller acting on it."""
 
 from __future__ import annotations
 

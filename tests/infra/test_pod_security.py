@@ -1,6 +1,6 @@
 """Pod Security, as a real cluster enforces it: the rules of the restricted profile (tests/pod_security.py) on
-the Kubernetes documentation's own cases, the API emulator refusing what breaks them the way the API server
-and the Job controller do, and every pod mlyard makes passing them (and admitted, dry run, by Kubernetes'
+the Kubernetes documentation's own cases, the API server refusing what breaks them and the Job controller
+recording why, and every pod mlyard makes passing them (and admitted, dry run, by Kubernetes'
 own API server in a namespace that enforces the profile), with its files readable by its user as kubelet
 lays them out (a Secret's mode, `fsGroup`)."""
 
@@ -14,7 +14,6 @@ import kubernetes.client
 import pytest
 import yaml
 from job_templates import render as render_job
-from kube_api import KubeApi
 from kubelet_sandbox import files_as_kubelet_lays_them
 from pod_security import violations
 
@@ -63,20 +62,19 @@ def test_container_settings_count_for_every_container_init_ones_too():
     assert any('unrestricted capabilities (container "setup"' in v for v in found), found
 
 
-def _client(api: KubeApi) -> kubernetes.client.ApiClient:
-    config = kubernetes.client.Configuration()
-    config.host = api.url
-    return kubernetes.client.ApiClient(config)
+def test_the_api_server_refuses_a_pod_and_a_jobs_controller_records_why_with_no_pods(real_api, control_plane):
+    """What the rules above stand for, on Kubernetes' own control plane: in the install's namespace (its
+    Pod Security labels), a bare Pod is refused (403, the violations named); a Job of one is made, and its
+    controller records why it made no pod (FailedCreate)."""
+    import time
 
-
-def test_the_emulator_refuses_a_pod_and_a_jobs_controller_records_why_with_no_pods():
-    from kube_api import Kubelet
-
-    api = KubeApi()
-    kubelet = Kubelet(api, "/")
+    labels = yaml.safe_load((K8S / "base" / "namespace.yaml").read_text())["metadata"]["labels"]
+    code, said = real_api.request("PATCH", real_api.path("Namespace", None, "mlyard"), {"metadata": {"labels": labels}},
+                                  "application/merge-patch+json")
+    assert code == 200, said
+    api = control_plane.api_client()
     try:
-        api.create("Namespace", "v1", None, yaml.safe_load((K8S / "base" / "namespace.yaml").read_text()), "kubectl")
-        core = kubernetes.client.CoreV1Api(_client(api))
+        core = kubernetes.client.CoreV1Api(api)
         with pytest.raises(kubernetes.client.ApiException) as refused:
             core.create_namespaced_pod("mlyard", {"metadata": {"name": "bare"}, "spec": BARE})
         assert refused.value.status == 403
@@ -84,18 +82,17 @@ def test_the_emulator_refuses_a_pod_and_a_jobs_controller_records_why_with_no_po
             'pods "bare" is forbidden: violates PodSecurity "restricted:latest": allowPrivilegeEscalation != false')
         core.create_namespaced_pod("mlyard", {"metadata": {"name": "fine"}, "spec": {
             **RESTRICTED, "containers": [{**RESTRICTED["containers"][0], "command": ["true"]}]}})
-        batch = kubernetes.client.BatchV1Api(_client(api))
-        batch.create_namespaced_job("mlyard", {"metadata": {"name": "bare"}, "spec": {"template": {"spec": {
-            **BARE, "restartPolicy": "Never", "containers": [{**BARE["containers"][0], "command": ["true"]}]}}}})
-        events = [e for e in api.items("Event", "mlyard") if e["involvedObject"]["name"] == "bare"]
-        assert [(e["reason"], e["involvedObject"]["kind"]) for e in events] == [("FailedCreate", "Job")]
-        assert "violates PodSecurity" in events[0]["message"] and api.pod_security_refusals()
-        import time
-
-        time.sleep(1)  # the Job controller's pass: it tried, the API refused, no pod exists
-        assert [p["metadata"]["name"] for p in api.items("Pod", "mlyard")] == ["fine"]
+        kubernetes.client.BatchV1Api(api).create_namespaced_job("mlyard", {"metadata": {"name": "bare"}, "spec": {
+            "template": {"spec": {**BARE, "restartPolicy": "Never",
+                                  "containers": [{**BARE["containers"][0], "command": ["true"]}]}}}})
+        deadline = time.monotonic() + 30
+        while not (events := [e for e in real_api.items("Event", "mlyard") if e["involvedObject"]["name"] == "bare"]):
+            assert time.monotonic() < deadline, "the Job controller recorded nothing"
+            time.sleep(0.3)
+        assert [(e["reason"], e["involvedObject"]["kind"]) for e in events][:1] == [("FailedCreate", "Job")]
+        assert "violates PodSecurity" in events[0]["message"]
+        assert [p["metadata"]["name"] for p in real_api.items("Pod", "mlyard")] == ["fine"]
     finally:
-        kubelet.close()
         api.close()
 
 

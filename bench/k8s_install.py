@@ -1,5 +1,6 @@
-"""The platform on Kubernetes (issue 26), against the API emulator of tests/kube_api.py (no cluster runs
-here; what a real API server adds, admission and etcd, is not in these figures):
+"""The platform on Kubernetes (issue 26), against Kubernetes' own control plane of the tests
+(tests/controlplane.py: kube-apiserver, controller-manager and scheduler built by
+tests/controlplane/build.sh, etcd; `make test` builds them):
 
 1. `mlyard k8s render` of the whole platform from a fresh process (PATH and HOME only), median of 5.
 2. `mlyard k8s apply` into an empty namespace, then again: its time, and how many objects the second
@@ -8,7 +9,7 @@ here; what a real API server adds, admission and etcd, is not in these figures):
    Prefect KubernetesWorker (default settings: it polls every 10 s, Prefect's default; and at 1 s),
    median of 5 each.
 
-Run: `python bench/kubernetes.py` (about 3 minutes).
+Run: `python bench/k8s_install.py` (about 3 minutes).
 """
 
 from __future__ import annotations
@@ -29,12 +30,21 @@ import importlib.util  # noqa: E402
 import _stack  # noqa: E402
 import yaml  # noqa: E402
 
-# the emulator from tests/ by its path: tests/ on sys.path would shadow the project's packages
-_spec = importlib.util.spec_from_file_location("kube_api", ROOT / "tests" / "kube_api.py")
-assert _spec and _spec.loader
-kube_api = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(kube_api)
-KubeApi = kube_api.KubeApi
+
+def _load(name: str):
+    """A helper of tests/ by its path (tests/ on sys.path would shadow the project's packages)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tests" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+controlplane = _load("controlplane")
+for _helper in ("kubelet_sandbox", "kubelet"):  # what kubelet_node imports
+    _load(_helper)
+kubelet_node = _load("kubelet_node")
 
 MLYARD = str(Path(sys.executable).parent / "mlyard")
 
@@ -46,7 +56,7 @@ def timed(argv: list[str], cwd: Path) -> tuple[float, subprocess.CompletedProces
     return time.perf_counter() - t0, out
 
 
-def render_and_apply(work: Path) -> None:
+def render_and_apply(work: Path, plane) -> None:
     renders = []
     for _ in range(5):
         seconds, out = timed([MLYARD, "k8s", "render"], work)
@@ -55,16 +65,31 @@ def render_and_apply(work: Path) -> None:
     objects = sum(1 for d in yaml.safe_load_all(out.stdout) if d)
     print(f"render: {objects} objects, median {statistics.median(renders):.2f} s (min {min(renders):.2f}, "
           f"max {max(renders):.2f})")
-    api = KubeApi()
+    import base64
+
+    from kubernetes import client
+
+    api = plane.api_client()
+    core = client.CoreV1Api(api)
+    # a node whose kubelet runs the migration Job (the apply waits for it) on SQLite files of the pods' user
+    # bound in, as tests/infra/test_k8s_install.py's; the Deployments' pods stay ContainerCreating there
+    databases = work / "databases"
+    databases.mkdir(mode=0o700)
+    os.chown(databases, 10001, 10001)
+    node = kubelet_node.NodeKubelet(plane, "bench-install", str(ROOT), binds=(str(databases),), runs=lambda pod: any(
+        o["kind"] == "Job" for o in pod["metadata"].get("ownerReferences") or []))
     try:
-        config = api.kubeconfig(work / "kubeconfig")
-        api.create("Namespace", "v1", None, {"metadata": {"name": "mlyard"}}, "kubectl")
+        config = plane.kubeconfig(path=work / "kubeconfig")
+        core.create_namespace({"metadata": {"name": "mlyard"}})
+        urls = {"database-url": f"sqlite+aiosqlite:///{databases}/prefect.db",
+                "backend-store-uri": f"sqlite:///{databases}/mlflow.db", "mlyard_catalog_url": f"sqlite:///{databases}/catalog.db"}
         keys = {"mlyard-prefect": ("database-url", "auth-string"), "mlyard-mlflow": ("backend-store-uri",
                 "artifacts-destination"), "mlyard-postgres": ("password",), "mlyard-settings": (
-                "mlyard_s3_access_key_id", "mlyard_s3_secret_access_key", "mlyard_internal_token", "mlyard_replica_token")}
+                "mlyard_catalog_url", "mlyard_s3_access_key_id", "mlyard_s3_secret_access_key", "mlyard_internal_token",
+                "mlyard_replica_token")}
         for name, names in keys.items():
-            api.create("Secret", "v1", "mlyard", {"metadata": {"name": name}, "data": {k: "eA==" for k in names}},
-                       "kubectl")
+            core.create_namespaced_secret("mlyard", {"metadata": {"name": name}, "data": {
+                k: base64.b64encode(urls.get(k, "x").encode()).decode() for k in names}})
         results = []
         for _ in range(2):
             seconds, out = timed([MLYARD, "k8s", "apply", "--kubeconfig", str(config), "--json"], work)
@@ -76,14 +101,18 @@ def render_and_apply(work: Path) -> None:
         changed = results[1][1]["created"] + results[1][1]["changed"]
         print(f"objects changed by the second apply: {changed} (target 0: {'OK' if changed == 0 else 'MISSED'})")
     finally:
+        node.close()
         api.close()
 
 
-def job_latency(work: Path, poll: float | None) -> list[float]:
+def job_latency(work: Path, poll: float | None, plane) -> list[float]:
+    from kubernetes import client
     from prefect.deployments import run_deployment
 
-    api = KubeApi()
-    config = api.kubeconfig(work / f"kubeconfig-{poll}", namespace="mlyard")
+    api = plane.api_client()
+    batch = client.BatchV1Api(api)
+    jobs = lambda: batch.list_namespaced_job("mlyard").items  # noqa: E731
+    config = plane.kubeconfig(path=work / f"kubeconfig-{poll}", namespace="mlyard")
     env = {**os.environ, "KUBECONFIG": str(config), "PREFECT_INTEGRATIONS_KUBERNETES_OBSERVER_NAMESPACES": "mlyard"}
     if poll is not None:
         env["PREFECT_WORKER_QUERY_SECONDS"] = str(poll)
@@ -93,13 +122,13 @@ def job_latency(work: Path, poll: float | None) -> list[float]:
     try:
         spec = {"name": "bench", "source_uri": "s3://bench/algo", "entry_point": "main.py"}
         run_deployment("train/train-gpu", parameters={"spec": spec}, timeout=0)  # the worker's first, while it starts
-        while not api.items("Job"):
+        while not jobs():
             time.sleep(0.05)
         out = []
         for _ in range(5):
-            before = len(api.items("Job"))
+            before = len(jobs())
             fr = run_deployment("train/train-gpu", parameters={"spec": spec}, timeout=0)
-            while len(api.items("Job")) == before:
+            while len(jobs()) == before:
                 time.sleep(0.01)
             out.append(time.time() - fr.created.timestamp())
         return out
@@ -111,14 +140,22 @@ def job_latency(work: Path, poll: float | None) -> list[float]:
 
 
 def main() -> None:
+    if missing := controlplane.binaries_missing():
+        raise SystemExit(f"the control plane is not built ({', '.join(missing)}): run `make test` or "
+                         "tests/controlplane/build.sh first")
     work = Path(tempfile.mkdtemp(prefix="mlyard-bench-k8s-"))
-    render_and_apply(work)
-    _stack.start()
-    for poll in (None, 1.0):
-        lat = job_latency(work, poll)
-        label = "default poll (10 s)" if poll is None else f"poll {poll:g} s"
-        print(f"flow run created -> its Job in the API, {label}: median {statistics.median(lat):.2f} s "
-              f"(min {min(lat):.2f}, max {max(lat):.2f})")
+    plane = controlplane.start(work / "controlplane")
+    try:
+        render_and_apply(work, plane)
+        os.environ["MLYARD_CLUSTER_POOLS"] = "true"  # the embedded stack registers the gpu pool's deployments
+        _stack.start()
+        for poll in (None, 1.0):
+            lat = job_latency(work, poll, plane)
+            label = "default poll (10 s)" if poll is None else f"poll {poll:g} s"
+            print(f"flow run created -> its Job in the API, {label}: median {statistics.median(lat):.2f} s "
+                  f"(min {min(lat):.2f}, max {max(lat):.2f})")
+    finally:
+        plane.close()
 
 
 if __name__ == "__main__":
