@@ -31,7 +31,7 @@ class Tracked:
     url: str
     health: Health
     pool: Pool
-    path: str | None  # None: not probed, healthy while its Service routes it (an engine of no health check)
+    path: str | None  # None: an engine of no health check, healthy while it takes connections
     credential: list = field(default_factory=list)  # the replica header it checks (its own, where it runs user code)
     ejected: bool = False  # taken out after a failed connection, until a probe passes
     requests: int = 0  # requests sent to it (the autoscaler's requests_per_second)
@@ -66,8 +66,10 @@ class Shared:
 
 
 async def probed_status(t: Tracked, timeout: float) -> int:
-    """The status a replica's health path answers (200 for one that is not probed); UpstreamError when none."""
+    """The status a replica's health path answers (200 for one with none that takes a connection: through a
+    Service, one that has a ready endpoint kube-proxy knows of); UpstreamError when none."""
     if t.path is None:
+        await t.pool.reachable()
         return 200
     resp = await t.pool.request("GET", t.path, t.credential, b"", timeout=timeout)
     await resp.read()

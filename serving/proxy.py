@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import httptools
 
@@ -180,13 +180,21 @@ class Pool:
             conn = self._idle.pop()
             if conn.lost is None and conn.transport is not None and not conn.transport.is_closing():
                 return conn, True
+        return (await self._connect(_Conn))[1], False
+
+    async def reachable(self) -> None:
+        """A new connection opened and closed, as Kubernetes' tcpSocket probe checks a container: what a
+        replica with no health path is probed by (UpstreamError when it refuses)."""
+        transport, _ = await self._connect(asyncio.Protocol)
+        transport.close()
+
+    async def _connect(self, protocol: Any) -> tuple[asyncio.BaseTransport, Any]:
         loop = asyncio.get_running_loop()
         try:
-            _, conn = await asyncio.wait_for(loop.create_connection(_Conn, self.host, self.port), CONNECT_TIMEOUT)
+            return await asyncio.wait_for(loop.create_connection(protocol, self.host, self.port), CONNECT_TIMEOUT)
         except (OSError, asyncio.TimeoutError) as exc:
             why = "no answer" if isinstance(exc, asyncio.TimeoutError) else exc.strerror or exc
             raise UpstreamError(f"cannot connect to the replica at {self.host}:{self.port}: {why}", sent=False) from None
-        return conn, False
 
     async def request(self, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes,
                       timeout: float | None = None) -> Response:

@@ -121,15 +121,16 @@ def pytest_runtest_teardown(item, nextitem):
 # longest first, so that the workers finish together.
 LONGEST_FILES = {
     "flows/test_rag.py": 130, "flows/test_tuning.py": 114, "infra/test_multinode_job.py": 400,
-    "flows/test_endpoint.py": 101, "test_stack.py": 96, "flows/test_pipeline_run.py": 92, "test_user_paths.py": 82,
+    "flows/test_endpoint.py": 160, "test_stack.py": 96, "flows/test_pipeline_run.py": 92, "test_user_paths.py": 82,
     "schedules/test_scheduler.py": 72, "flows/test_batch_inference.py": 66, "infra/test_k8s_install.py": 290,
     "infra/test_walk.py": 105, "infra/test_uploads.py": 100, "mlyard/test_workstation.py": 54,
     "tasks/test_rag_quality.py": 52, "mlyard/test_warm.py": 52, "flows/test_endpoint_sync.py": 44,
-    "infra/test_kueue_trials.py": 43, "serving/test_server.py": 40, "infra/test_batch_pods.py": 120,
+    "infra/test_kueue_trials.py": 125, "infra/test_project_queues.py": 60, "serving/test_server.py": 40, "infra/test_batch_pods.py": 120,
     "flows/test_promotion.py": 60, "serving/test_custom.py": 38, "flows/test_notebook.py": 37,
     "flows/test_training.py": 37,
     "infra/test_kubernetes_worker.py": 230, "browser/test_prefect_and_mlflow.py": 110, "browser/test_console_pages.py": 45,
-    "browser/test_forms_and_schedules.py": 40, "infra/test_leases.py": 95, "infra/test_rolling_restart.py": 420,
+    "browser/test_forms_and_schedules.py": 40, "infra/test_leases.py": 95, "infra/test_rolling_restart.py": 520,
+    "infra/test_worker_rollout.py": 150,
     "serving/test_generative.py": 28, "test_crash_detection.py": 135, "infra/test_run_waits.py": 90,
 }
 

@@ -15,7 +15,8 @@ played here where neither can run.
   the serving ones that terminate: kube-proxy's terminating-endpoint fallback). A change of the slices
   takes effect SYNC_SECONDS after it is seen, as kube-proxy's rules follow them (its
   `--iptables-min-sync-period` is 1 s, and more on a busy node): a pod that stops listening the moment it
-  is deleted is still sent new connections for that long. A connection keeps its endpoint for its life
+  is deleted is still sent new connections for that long. With no endpoint, a connection is refused (the
+  REJECT rule kube-proxy writes for such a Service). A connection keeps its endpoint for its life
   (conntrack), so a draining pod answers the kept-alive connections it holds.
 
 What is real: the Deployment and ReplicaSet controllers, the EndpointSlice controller, the disruption
@@ -124,14 +125,30 @@ class ServiceProxy:
         self.bytes_in = 0  # what clients sent through it
         self._turn = itertools.count()
         self._stop = threading.Event()
-        self._listener = socket.create_server(address, backlog=256)
-        self.address = self._listener.getsockname()
+        with socket.create_server(address) as taken:  # its port, listened on while it has an endpoint
+            self.address = taken.getsockname()
+        self._listener: socket.socket | None = None  # none: refused, as kube-proxy's REJECT rule refuses
+        self._lock = threading.Lock()
         threading.Thread(target=self._follow, daemon=True, name=f"kube-proxy-{service}").start()
-        threading.Thread(target=self._accept, daemon=True, name=f"kube-proxy-{service}-accept").start()
 
     def close(self) -> None:
         self._stop.set()
-        self._listener.close()
+        with self._lock:
+            if self._listener is not None:
+                self._listener.close()
+
+    def _apply(self, endpoints: list[tuple[str, int]]) -> None:
+        """The endpoints kube-proxy's rules now send to; with none, connections are refused (a Service with
+        no endpoint gets a REJECT rule: the client's connect fails at once)."""
+        with self._lock:
+            self.endpoints = endpoints
+            if endpoints and self._listener is None and not self._stop.is_set():
+                self._listener = socket.create_server(self.address, backlog=256)
+                threading.Thread(target=self._accept, args=(self._listener,), daemon=True,
+                                 name=f"kube-proxy-{self.service}-accept").start()
+            elif not endpoints and self._listener is not None:
+                self._listener.close()
+                self._listener = None
 
     def _count(self, n: int) -> None:
         self.bytes_in += n
@@ -142,7 +159,8 @@ class ServiceProxy:
         seen: tuple[float, list[tuple[str, int]]] | None = None  # a change not applied yet: when seen, what
         while not self._stop.wait(0.1):
             if seen is not None and time.monotonic() - seen[0] >= SYNC_SECONDS:
-                self.endpoints, seen = seen[1], None
+                self._apply(seen[1])
+                seen = None
             try:
                 code, doc = self.api.request("GET", path)
             except OSError:
@@ -163,14 +181,14 @@ class ServiceProxy:
             if now != (seen[1] if seen is not None else self.endpoints):
                 seen = (time.monotonic(), now)
 
-    def _accept(self) -> None:
+    def _accept(self, listener: socket.socket) -> None:
         while not self._stop.is_set():
             try:
-                client, _ = self._listener.accept()
+                client, _ = listener.accept()
             except OSError:
-                return
+                return  # closed: no endpoint left, or the proxy ends
             endpoints = self.endpoints
-            if not endpoints:  # no endpoint: kube-proxy's REJECT rule refuses the connection
+            if not endpoints:  # the last one went as this connection came
                 client.close()
                 continue
             target = endpoints[next(self._turn) % len(endpoints)]

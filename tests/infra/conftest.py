@@ -41,20 +41,23 @@ class Cluster:
     kubelet: Any  # kubelet_node.NodeKubelet, the GPU node
     stores: ClusterStores
     platform: object  # mlyard.flows.platform.Platform of the cluster's stores
+    worker: Any = None  # the gpu pool's Kubernetes worker (Popen)
+    start_worker: Any = None  # start_worker(name) -> another worker of the pool, heartbeating (Popen)
 
     def __iter__(self):  # `api, kubelet = cluster`
         return iter((self.api, self.kubelet))
 
 
-def _wait_for_worker(worker: int | subprocess.Popen, began: datetime, log: Path, timeout: float = 120) -> None:
-    """Until the worker has sent a heartbeat to the pool (it does once its kopf observer is up)."""
+def _wait_for_worker(worker: int | subprocess.Popen, began: datetime, log: Path, timeout: float = 120,
+                     name: str = "kube-test") -> None:
+    """Until the worker `name` has sent a heartbeat to the pool (it does once its kopf observer is up)."""
     from prefect.client.orchestration import get_client
 
     from mlyard.tasks.processes import alive
 
     deadline = time.monotonic() + timeout
     with get_client(sync_client=True) as client:
-        while not any(w.name == "kube-test" and w.last_heartbeat_time and w.last_heartbeat_time > began
+        while not any(w.name == name and w.last_heartbeat_time and w.last_heartbeat_time > began
                       for w in client.read_workers_for_work_pool("gpu")):
             gone = worker.poll() is not None if isinstance(worker, subprocess.Popen) else not alive(worker)
             if gone or time.monotonic() > deadline:
@@ -153,19 +156,31 @@ def real_cluster(stack, settings, tmp_path, cluster_stores, monkeypatch, control
     api.pod_logs = node.api.pod_logs  # what the tests read of a pod's output: the node's, as `kubectl logs` is
     kubeconfig = control_plane.kubeconfig(path=tmp_path / "kubeconfig", namespace=NS)
     worker, log, began = _start_worker(kubeconfig, tmp_path, cluster_stores)
+    more: list[subprocess.Popen] = []
+
+    def start_worker(name: str) -> subprocess.Popen:
+        (tmp_path / name).mkdir()
+        proc, its_log, its_start = _start_worker(kubeconfig, tmp_path / name, cluster_stores, name)
+        more.append(proc)
+        _wait_for_worker(proc, its_start, its_log, name=name)
+        return proc
+
     try:
         _wait_for_worker(worker, began, log)
-        yield Cluster(api, node, cluster_stores, Platform(cluster_stores.settings(settings)))  # type: ignore[arg-type]
+        yield Cluster(api, node, cluster_stores, Platform(cluster_stores.settings(settings)),  # type: ignore[arg-type]
+                      worker, start_worker)
     finally:
         from mlyard.tasks.processes import stop_group
 
-        stop_group(worker, 2)
+        for proc in [worker, *more]:
+            stop_group(proc, 2)
         api.drop_namespace(NS, timeout=120)
         node.close()
         provisioner.close()
 
 
-def _start_worker(kubeconfig: Path, tmp_path: Path, cluster_stores) -> tuple[subprocess.Popen, Path, datetime]:
+def _start_worker(kubeconfig: Path, tmp_path: Path, cluster_stores,
+                  name: str = "kube-test") -> tuple[subprocess.Popen, Path, datetime]:
     """Prefect's own worker CLI on the gpu pool, in a process of its own, as the worker's Deployment runs it:
     Prefect hands a flow run every setting its worker has, and a worker forked from a warm runner would have
     mlyard's (this stack's home, a CA file there), which no worker on a cluster has and a pod's user could not
@@ -181,7 +196,7 @@ def _start_worker(kubeconfig: Path, tmp_path: Path, cluster_stores) -> tuple[sub
     began = datetime.now(timezone.utc)
     with open(log, "w") as out:
         worker = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "worker", "start", "--pool", "gpu",
-                                   "--type", "kubernetes", "--name", "kube-test"], env=env, cwd=tmp_path, stdout=out,
+                                   "--type", "kubernetes", "--name", name], env=env, cwd=tmp_path, stdout=out,
                                   stderr=subprocess.STDOUT, start_new_session=True)
     return worker, log, began
 

@@ -1,6 +1,7 @@
-"""The endpoint gateway, the mlyard API and MLflow stay up while the cluster moves them: under constant
-requests, a rolling restart of each Deployment (what `kubectl rollout restart` does) and a node drain's
-evictions lose no request.
+"""The endpoint gateway, the mlyard API, MLflow and the Prefect server stay up while the cluster moves them:
+under constant requests, a rolling restart of each Deployment (what `kubectl rollout restart` does) and a
+node drain's evictions (of those with two replicas) lose no request; the scheduler's rolling restart loses
+no scheduled slot.
 
 Kubernetes' own control plane (tests/controlplane.py) does the moving: the Deployment and ReplicaSet
 controllers roll the pods (maxSurge 1, maxUnavailable 0, as infra/k8s/base says), the EndpointSlice
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -82,8 +84,6 @@ def on_cluster(control_plane, cluster_stores, stack, tmp_path):
     and MLflow and the test stack's Prefect; one node with a pod network. Returns (api, apply): `apply(name)`
     makes the install's objects of that name (Deployment, Service, PDB, account and Role) and returns
     kube-proxy for its Service."""
-    import os
-
     from mlyard.core.specs.cluster import ClusterValues
     from mlyard.tasks.cluster import render
 
@@ -394,3 +394,88 @@ def test_a_rolling_restart_of_the_scheduler_runs_every_slot_once(on_cluster, clu
             schedules.delete(name)
         finally:
             catalog.dispose()
+
+
+def _prefect_database(cluster_stores) -> str:
+    """A database of its own for the prefect-server pods on the cluster's PostgreSQL, migrated as the
+    install's migrate Job does (`prefect server database upgrade`); the mlyard-prefect Secret's database-url."""
+    import os
+    import subprocess
+    import sys
+
+    import psycopg
+
+    name = f"prefect_{int(time.time())}"
+    with psycopg.connect(host=str(cluster_stores.pgdata), dbname="postgres", user="postgres",
+                         port=int(cluster_stores.catalog_url.rsplit(":", 1)[1].split("/")[0]), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} OWNER mlyard")
+    url = cluster_stores.catalog_url.rsplit("/", 1)[0].replace("postgresql+psycopg", "postgresql+asyncpg") + f"/{name}"
+    env = {**os.environ, "PREFECT_SERVER_DATABASE_CONNECTION_URL": url, "PREFECT_HOME": str(cluster_stores.pgdata.parent / name)}
+    done = subprocess.run([str(Path(sys.executable).parent / "prefect"), "server", "database", "upgrade", "-y"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return url
+
+
+def test_a_rolling_restart_of_the_prefect_server_loses_no_call(on_cluster, cluster_stores):
+    """The Prefect server, one replica (its services' broker is in memory: infra/k8s/base/prefect-server.yaml
+    says why), rolled as `kubectl rollout restart` rolls it: the new pod serves before the old one goes
+    (maxSurge 1, maxUnavailable 0), and the old one keeps serving through its preStop while the Service lets
+    go of it. Prefect's own clients call it as workers and flow runs do (kept-alive, the install's auth string,
+    the client's retries as shipped), reading flow runs: no call fails."""
+    import logging
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    api, apply = on_cluster
+    auth = "admin:" + base64.b64encode(os.urandom(12)).decode()
+    data = {"database-url": _prefect_database(cluster_stores), "auth-string": auth}
+    code, said = api.request("PATCH", api.path("Secret", NS, "mlyard-prefect"), {"data": {
+        k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}, "application/merge-patch+json")
+    assert code == 200, said
+    proxy = apply("prefect-server")
+    url = f"http://{proxy.address[0]}:{proxy.address[1]}/api"
+    with temporary_settings({PREFECT_API_URL: url, PREFECT_API_AUTH_STRING: auth}):
+        clients = [get_client(sync_client=True) for _ in range(5)]
+    retried: list[str] = []
+
+    class Retries(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "retryable" in record.getMessage():
+                retried.append(record.getMessage()[:200])
+
+    watch, client_log = Retries(), logging.getLogger("prefect.client")
+    level = client_log.level
+    client_log.addHandler(watch)
+    client_log.setLevel(logging.DEBUG)  # where Prefect's client says it retries
+
+    def call():
+        client = clients.pop()
+        while True:
+            yield lambda: client.read_flow_runs(limit=5) is not None and 200
+
+    try:
+        _wait(lambda: _settled(api, "prefect-server"), 240, "the Prefect server available")
+        _wait(lambda: clients[0].read_flow_runs(limit=1) is not None, 60, "the Prefect server answered")
+        first = _pods(api, "prefect-server")
+        load = Load(call)
+        time.sleep(3)
+        began = time.monotonic()
+        restarted = {"spec": {"template": {"metadata": {"annotations": {
+            "kubectl.kubernetes.io/restartedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}}}}
+        code, doc = api.request("PATCH", api.path("Deployment", NS, "prefect-server"), restarted,
+                                "application/merge-patch+json")
+        assert code == 200, doc
+        _wait(lambda: _settled(api, "prefect-server") and not first & _pods(api, "prefect-server"), 240,
+              "the rollout replaced the server")
+        rolled = time.monotonic() - began
+        time.sleep(3)
+        load.stop()
+    finally:
+        client_log.removeHandler(watch)
+        client_log.setLevel(level)
+    assert load.failed == [], f"{len(load.failed)} of {load.sent} calls failed: {load.failed[:5]}"
+    assert load.sent > 100
+    print(f"prefect-server: rolling restart {rolled:.1f} s; {load.sent} calls, {len(load.failed)} failed, "
+          f"{len(retried)} retried by Prefect's client")

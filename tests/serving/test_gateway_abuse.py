@@ -392,3 +392,23 @@ def test_a_client_that_hangs_up_after_done_is_no_failure_and_a_replica_that_brea
         assert (counted.calls, counted.failures) == (1, 0 if ends else 1)
     finally:
         running.stop()
+
+
+def test_a_replica_with_no_health_path_is_healthy_while_it_takes_connections(tmp_path: Path):
+    """An engine of no health check (a `cmd` runtime) is probed as Kubernetes' tcpSocket probe does: behind a
+    Service that kube-proxy has no endpoint for yet (a refused connection), it is not routed; once something
+    listens, it is."""
+    from mlyard.serving.gateway_state import Tracked, probed_status
+    from mlyard.serving.health import Health
+    from mlyard.serving.proxy import Pool, UpstreamError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    gw = Gateway(tmp_path, None, internal_token=INTERNAL)
+    t = Tracked("open.default.1.0", f"http://127.0.0.1:{port}", Health(gw.check, time.monotonic()),
+                Pool("127.0.0.1", port), path=None)
+    with pytest.raises(UpstreamError, match="cannot connect"):
+        asyncio.run(probed_status(t, 1.0))
+    with socket.create_server(("127.0.0.1", port)):
+        assert asyncio.run(probed_status(t, 1.0)) == 200
