@@ -1,4 +1,5 @@
-"""Start a throwaway embedded stack for a benchmark (own home, free port), before Prefect is imported."""
+"""Start a throwaway embedded stack for a benchmark (own home, free port), before Prefect is imported; and
+load a helper of tests/ by its path (`load_test_helper`)."""
 
 import atexit
 import os
@@ -29,3 +30,17 @@ def start():
     # figure measured after it
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     return settings
+
+
+def load_test_helper(name: str):
+    """The module tests/<name>.py, by its path (tests/ on sys.path would shadow the project's packages), also
+    under its name in sys.modules, where the helpers it imports are looked for (load those first)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent.parent / "tests" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

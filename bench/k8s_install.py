@@ -25,20 +25,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
-import importlib.util  # noqa: E402
 
 import _stack  # noqa: E402
 import yaml  # noqa: E402
 
-
-def _load(name: str):
-    """A helper of tests/ by its path (tests/ on sys.path would shadow the project's packages)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tests" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+_load = _stack.load_test_helper
 
 
 controlplane = _load("controlplane")

@@ -28,7 +28,6 @@ namespaces), after `make test` has built the control plane (never part of the te
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import statistics
@@ -42,15 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 import _stack  # noqa: E402 - before Prefect is imported
 
-
-def _load(name: str):
-    """A helper of tests/ by its path (tests/ on sys.path would shadow the project's packages)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tests" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+_load = _stack.load_test_helper
 
 
 NS = "mlyard-team"

@@ -5,15 +5,24 @@ run there too."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from mlyard.core.specs.notebook import NotebookSpec
 from mlyard.tasks import notebook_cluster as nbk
 
 
-def test_a_notebook_is_a_statefulset_whose_claim_outlives_stop_and_reboot_but_not_delete(control_plane):
-    import time
+def _until(what: str, check, timeout: float = 60):
+    """`check()`'s first true value within `timeout` s (asserting `what` otherwise)."""
+    deadline = time.monotonic() + timeout
+    while not (got := check()):
+        assert time.monotonic() < deadline, what
+        time.sleep(0.3)
+    return got
 
+
+def test_a_notebook_is_a_statefulset_whose_claim_outlives_stop_and_reboot_but_not_delete(control_plane):
     from kubelet_node import ClusterApi
 
     spec = NotebookSpec(name="explore", instance_type="gpu-1", boot_storage_gb=50, data_storage_gb=200,
@@ -42,13 +51,6 @@ def test_a_notebook_is_a_statefulset_whose_claim_outlives_stop_and_reboot_but_no
     kube = ClusterApi(control_plane.url, control_plane.ssl_context())
     api = control_plane.api_client()
 
-    def until(what: str, check, timeout: float = 60):
-        deadline = time.monotonic() + timeout
-        while not (got := check()):
-            assert time.monotonic() < deadline, what
-            time.sleep(0.3)
-        return got
-
     pods = lambda: [p["metadata"]["name"] for p in kube.items("Pod", ns)]  # noqa: E731
     try:
         kube.create("Namespace", "v1", None, {"metadata": {"name": ns}})
@@ -57,12 +59,12 @@ def test_a_notebook_is_a_statefulset_whose_claim_outlives_stop_and_reboot_but_no
         names = [f"{m['kind']}/{m['metadata']['name']}" for m in manifests]
         assert nbk.apply(api, manifests, ns) == {"created": names, "changed": [], "unchanged": []}
         # the StatefulSet controller's part: the claim of its template, and the pod
-        until("the controller made no pod", lambda: f"{obj}-0" in pods())
+        _until("the controller made no pod", lambda: f"{obj}-0" in pods())
         assert kube.get("PersistentVolumeClaim", ns, f"data-{obj}-0")["spec"]["resources"]["requests"] == {
             "storage": "200Gi"}
         first = kube.get("Pod", ns, f"{obj}-0")["metadata"]["uid"]
         nbk.reboot(api, "explore", 7, ns)  # a new pod, on the same claim
-        until("no new pod after the reboot", lambda: (kube.get_object("Pod", ns, f"{obj}-0") or {}).get(
+        _until("no new pod after the reboot", lambda: (kube.get_object("Pod", ns, f"{obj}-0") or {}).get(
             "metadata", {}).get("uid") not in (None, first))
 
         stopped = nbk.render("explore", 7, spec, "registry.example/notebook:1", "s3cret", replicas=0,
@@ -70,7 +72,7 @@ def test_a_notebook_is_a_statefulset_whose_claim_outlives_stop_and_reboot_but_no
         assert nbk.apply(api, stopped, ns) == {"created": [], "changed": [f"StatefulSet/{obj}"],
                                                "unchanged": names[:3]}
         assert kube.get("StatefulSet", ns, obj)["spec"]["replicas"] == 0
-        until("the controller kept the pod of a stopped notebook", lambda: f"{obj}-0" not in pods())
+        _until("the controller kept the pod of a stopped notebook", lambda: f"{obj}-0" not in pods())
         assert kube.get("PersistentVolumeClaim", ns, f"data-{obj}-0")  # the data storage stays
 
         nbk.reboot(api, "explore", 7, ns)  # stopped: nothing to reboot, and nothing starts
@@ -79,7 +81,7 @@ def test_a_notebook_is_a_statefulset_whose_claim_outlives_stop_and_reboot_but_no
         gone = nbk.delete(api, "explore", 7, ns)
         assert gone == [f"StatefulSet/{obj}", f"Service/{obj}", f"NetworkPolicy/{obj}", f"Secret/{obj}-token",
                         f"PersistentVolumeClaim/data-{obj}-0"]
-        left = until("the claim never went", lambda: (m := kube.made(ns)) and all(
+        left = _until("the claim never went", lambda: (m := kube.made(ns)) and all(
             obj not in n for _, n in m) and m)  # a claim goes once no pod uses it (its protection finalizer)
         assert ("PersistentVolumeClaim", "nas-nas-1") in left, left
     finally:
@@ -94,8 +96,6 @@ def test_the_notebook_flow_runs_a_registered_image_on_the_cluster(stack, setting
     is healthy once the node reports that pod ready (the node's kubelet, tests/kubelet_node.py, does not run
     the notebook's server here: the local notebook tests run it); stop scales it to 0; delete takes every
     object and the record."""
-    import time
-
     from kubelet_node import NodeKubelet
 
     import mlyard.notebooks as api
@@ -108,13 +108,6 @@ def test_the_notebook_flow_runs_a_registered_image_on_the_cluster(stack, setting
     from mlyard.tasks.registry_secrets import images
 
     kube = real_api  # KUBECONFIG: the cluster's admin, namespace mlyard
-
-    def until(what: str, check, timeout: float = 60):
-        deadline = time.monotonic() + timeout
-        while not (got := check()):
-            assert time.monotonic() < deadline, what
-            time.sleep(0.3)
-        return got
 
     node = NodeKubelet(control_plane, f"gpu-{tmp_path.name[-12:].strip('_-').lower().replace('_', '-')}", "/",
                        capacity={"nvidia.com/gpu": "8", "cpu": "64", "memory": "512Gi"}, runs=lambda pod: False)
@@ -134,10 +127,10 @@ def test_the_notebook_flow_runs_a_registered_image_on_the_cluster(stack, setting
         assert sts["spec"]["replicas"] == 1 and sts["spec"]["template"]["spec"]["containers"][0]["image"] == \
             "registry.example/lab:1"
         assert api.show("gpu-nb")["status"] == "ACTIVE (UNHEALTHY)"  # its pod is not ready yet
-        pod = until("the pod was not placed on the GPU node", lambda: (
+        pod = _until("the pod was not placed on the GPU node", lambda: (
             p := kube.get_object("Pod", "mlyard", f"{obj}-0")) and p["spec"].get("nodeName") == node.name and p)
         node.node_api.set_status("Pod", "mlyard", pod["metadata"]["name"], {"phase": "Running"})  # Ready, as its node says
-        view = until("the StatefulSet never counted its pod ready", lambda: (
+        view = _until("the StatefulSet never counted its pod ready", lambda: (
             v := api.show("gpu-nb"))["status"] == "ACTIVE (HEALTHY)" and v)
         # people open it through mlyard's front door, which reaches its Service (the only way its pod admits)
         assert view["url"].endswith(f"/notebooks/{record.id}/lab")
@@ -145,9 +138,9 @@ def test_the_notebook_flow_runs_a_registered_image_on_the_cluster(stack, setting
 
         assert notebook(NotebookAction(notebook="gpu-nb", action="stop")).status == "STOPPED"
         assert kube.get("StatefulSet", "mlyard", obj)["spec"]["replicas"] == 0
-        until("the controller kept the pod of a stopped notebook", lambda: not kube.get_object("Pod", "mlyard", f"{obj}-0"))
+        _until("the controller kept the pod of a stopped notebook", lambda: not kube.get_object("Pod", "mlyard", f"{obj}-0"))
         assert notebook(NotebookAction(notebook="gpu-nb", action="delete")).status == "DELETED"
-        until("the notebook's objects stayed", lambda: not [n for _, n in kube.made("mlyard") if obj in n])
+        _until("the notebook's objects stayed", lambda: not [n for _, n in kube.made("mlyard") if obj in n])
         assert [n.name for n in notebooks.all()] == []
     finally:
         node.close()
