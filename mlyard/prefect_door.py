@@ -374,27 +374,3 @@ def _uuid(value: str) -> bool:
 
 def _str(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in headers}
-
-
-def serve(host: str, port: int, internal: str | None) -> None:
-    """Run the door (in a thread of the mlyard API's process: mlyard/service.py). A port already taken is
-    logged, and the API goes on without its door."""
-    import uvicorn
-    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
-
-    from mlyard.core.settings import Settings
-
-    api = PREFECT_API_URL.value()
-    if not api or not internal:
-        log.warning("no Prefect API or no internal credential: the front door to the Prefect UI stays closed")
-        return
-    trusted = Settings().door_trusted_proxy
-    if trusted:  # the identity headers are believed: only the proxy beside it in its pod may reach it
-        host = "127.0.0.1"
-    app = PrefectDoor(api, PREFECT_API_AUTH_STRING.value(), door.session_secret(internal), trusted)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
-                            limit_concurrency=64, timeout_keep_alive=30, h11_max_incomplete_event_size=32 * 1024)
-    try:
-        uvicorn.Server(config).run()
-    except (OSError, SystemExit):
-        log.exception("the front door to the Prefect UI could not listen on %s:%d", host, port)

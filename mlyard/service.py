@@ -379,12 +379,11 @@ def main(argv: list[str] | None = None) -> None:
     from mlyard.warm_api import platform
     settings = Settings()  # a crashed flow run's MLflow runs end FAILED; on a cluster, by the Lease's holder
     crashes.follow(platform().tracking, settings.catalog_db_url, settings.lease, settings.kube_namespace)
-    from mlyard import logs
+    from mlyard import door_server, logs
     threading.Thread(target=logs.keep_indexed, name="mlyard-logs-index", daemon=True).start()
-    from mlyard import prefect_door
     from mlyard.core.connection import internal_token
     door = settings.door_port or settings.prefect_port + 3  # the front door to the Prefect UI, a listener of its own
-    threading.Thread(target=prefect_door.serve, args=(args.host, door, internal_token(settings)),
+    threading.Thread(target=door_server.serve, args=(args.host, door, internal_token(settings)),
                      name="mlyard-prefect-door", daemon=True).start()
     files = loaded_project_files()  # the door's modules among them
     threading.Thread(target=_restart_on_change, args=(files, code_fingerprint(files)), name="mlyard-code-watch",
@@ -392,8 +391,9 @@ def main(argv: list[str] | None = None) -> None:
     from mlyard.stack import keep_keeper  # the keeper restarts this API when it dies; this API, the keeper
     threading.Thread(target=keep_keeper, args=(settings,), name="mlyard-keeper-watch", daemon=True).start()
     log.info("warm; answering on http://%s:%d (the Prefect UI's front door on %d)", args.host, args.port, door)
-    uvicorn.run(create_app(internal_token(settings)), host=args.host, port=args.port, log_level="warning",
-                access_log=False)
+    # SIGTERM ends the API's own server first, then the door drains (mlyard/door_server.py)
+    door_server.run_then_drain(lambda: uvicorn.run(create_app(internal_token(settings)), host=args.host,
+                                                   port=args.port, log_level="warning", access_log=False))
 
 
 if __name__ == "__main__":

@@ -191,14 +191,24 @@ def gateway(url: str, path: str, method: str = "GET", timeout: float = 30.0) -> 
         raise RoutingFailed(f"the gateway at {url} did not answer ({exc}); is `mlyard up` running?") from None
 
 
+ROUTE_SETTLE_SECONDS = 30.0
+
+
 @task(name="route", cache_policy=NO_CACHE)
 def route(home: Path, gateway_url: str, endpoint: str, stage: str, keys: list[str]) -> None:
-    """Put the replicas into routing and check that the gateway routes each one, healthy."""
+    """Put the replicas into routing and check that the gateway routes each one, healthy, within
+    ROUTE_SETTLE_SECONDS: on a cluster, a Service's endpoints reach kube-proxy's rules a moment after its pods
+    are ready (until then the gateway's probe through it is refused)."""
     files.route(home, keys, True)
-    table = gateway(gateway_url, "/mlyard/reload", "POST")
-    routed = table["endpoints"].get(endpoint, {}).get("stages", {}).get(stage, [])
-    by_key = {r.get("key"): r for r in routed}
-    missing = [k for k in keys if k not in by_key or by_key[k].get("status") != "HEALTHY"]
+    deadline = time.monotonic() + ROUTE_SETTLE_SECONDS
+    while True:
+        table = gateway(gateway_url, "/mlyard/reload", "POST")
+        routed = table["endpoints"].get(endpoint, {}).get("stages", {}).get(stage, [])
+        by_key = {r.get("key"): r for r in routed}
+        missing = [k for k in keys if k not in by_key or by_key[k].get("status") != "HEALTHY"]
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     if missing:
         why = "; ".join(f"{k}: {by_key[k].get('reason') or by_key[k].get('status')}" if k in by_key else f"{k}: not routed"
                         for k in missing)

@@ -172,14 +172,16 @@ class Load:
             t.join(35)
 
 
-def _restart_and_drain(api: ClusterApi, name: str, proxy: ServiceProxy, call) -> str:
-    """Under `call`'s constant requests: a rolling restart of Deployment `name` (as `kubectl rollout restart`
-    starts it), then a node drain's evictions of its pods, one at a time as its budget allows (as `kubectl
-    drain` retries). Asserts that no request failed; returns the figures."""
+def _restart_and_drain(api: ClusterApi, name: str, proxy: ServiceProxy, call, also=None) -> str:
+    """Under `call`'s constant requests (and `also`'s, on another port of the pods): a rolling restart of
+    Deployment `name` (as `kubectl rollout restart` starts it), then a node drain's evictions of its pods,
+    one at a time as its budget allows (as `kubectl drain` retries). Asserts that no request failed; returns
+    the figures."""
     _wait(lambda: _settled(api, name), 120, f"{name}'s replicas available")
     _wait(lambda: len(proxy.endpoints) == 2, 30, f"both replicas in the Service {name}")
     first = _pods(api, name)
     load = Load(call)
+    other = Load(also) if also is not None else None
     time.sleep(3)
 
     began = time.monotonic()
@@ -206,11 +208,15 @@ def _restart_and_drain(api: ClusterApi, name: str, proxy: ServiceProxy, call) ->
     drained = time.monotonic() - began
     time.sleep(3)
     load.stop()
+    if other is not None:
+        other.stop()
+        assert other.failed == [], f"{len(other.failed)} of {other.sent} requests failed: {other.failed[:5]}"
     assert load.failed == [], f"{len(load.failed)} of {load.sent} requests failed: {load.failed[:5]}"
     assert load.sent > 200
     return (f"{name}: rolling restart {rolled:.1f} s ({during[0]} requests sent until it settled, {during[1]} "
             f"failed); drain {drained:.1f} s (the second eviction refused {refused} times by the budget); "
-            f"{load.sent} requests in all, {len(load.failed)} failed")
+            f"{load.sent} requests in all, {len(load.failed)} failed"
+            + (f"; {other.sent} on its other port, {len(other.failed)} failed" if other is not None else ""))
 
 
 def test_a_rolling_restart_and_a_drain_of_the_gateway_lose_no_request(on_cluster, cluster_stores):
@@ -241,12 +247,32 @@ def test_a_rolling_restart_and_a_drain_of_the_gateway_lose_no_request(on_cluster
 
 def test_a_rolling_restart_and_a_drain_of_the_mlyard_api_lose_no_request(on_cluster, cluster_stores):
     """Each call on a new connection, as the CLI's (a process per command) and the SDK's calls are made: a
-    query the API answers from the catalog, with the platform's credential."""
+    query the API answers from the catalog, with the platform's credential. And the Prefect UI's front door
+    on the same pods (its own port), as a member's browser calls it: kept-alive connections, the runs page's
+    list of flow runs, with the member's key."""
     import urllib.request
+
+    from mlyard.registry import Catalog
+    from mlyard.registry.teams import Teams
 
     api, apply = on_cluster
     proxy = apply("mlyard-api")
+    door = ServiceProxy(api, NS, "mlyard-api", "door")
     url = f"http://{proxy.address[0]}:{proxy.address[1]}/v1/queries/templates_list"
+    catalog = Catalog(cluster_stores.catalog_url)
+    try:
+        teams, member = Teams(catalog), f"member{int(time.time())}"
+        teams.create_project(member)
+        key = teams.create_user(member)[1]
+        teams.set_member(member, member, "editor")
+    finally:
+        catalog.dispose()
+
+    def browse():
+        with httpx.Client(base_url=f"http://{door.address[0]}:{door.address[1]}", timeout=30,
+                          headers={"Authorization": f"Bearer {key}"}) as client:
+            while True:
+                yield lambda: client.post("/api/flow_runs/filter", json={"limit": 10}).status_code
 
     def send() -> int:
         request = urllib.request.Request(url, data=b"{}", method="POST", headers={
@@ -259,9 +285,15 @@ def test_a_rolling_restart_and_a_drain_of_the_mlyard_api_lose_no_request(on_clus
         while True:
             yield send
 
-    _wait(lambda: _settled(api, "mlyard-api"), 180, "the API's replicas available")
-    _wait(lambda: send() == 200, 60, "the API answered")
-    print(_restart_and_drain(api, "mlyard-api", proxy, call))
+    try:
+        _wait(lambda: _settled(api, "mlyard-api"), 180, "the API's replicas available")
+        _wait(lambda: send() == 200, 60, "the API answered")
+        _wait(lambda: httpx.post(f"http://{door.address[0]}:{door.address[1]}/api/flow_runs/filter", json={"limit": 1},
+                                 headers={"Authorization": f"Bearer {key}"}, timeout=10).status_code == 200, 60,
+              "the door answered")
+        print(_restart_and_drain(api, "mlyard-api", proxy, call, also=browse))
+    finally:
+        door.close()
 
 
 def _mlflow_database(cluster_stores, bucket_prefix: str) -> dict[str, str]:
