@@ -367,16 +367,16 @@ def test_promotion_under_load_loses_nothing_then_kill_and_gateway_restart(endpoi
     pid = files.states(settings.home_dir)[key].pid
     os.kill(pid, signal.SIGKILL)
     killed, seen = time.monotonic(), set()
-    while True:
+    while True:  # (the sandbox's server ends a moment after its parent: an answer may still come from it)
         status, body = call(url, token)
         seen.add(status)
-        if status == 200:
+        st = files.states(settings.home_dir)[key]
+        if status == 200 and st.pid != pid:
             break
-        assert status == 503 and "retry" in body["error"], (status, body)
+        assert status == 200 or (status == 503 and "retry" in body["error"]), (status, body)
         assert time.monotonic() - killed < 60, "the killed replica did not come back"
         time.sleep(0.1)
-    st = files.states(settings.home_dir)[key]
-    assert st.pid != pid and st.restarts == 1 and st.last_exit == -signal.SIGKILL
+    assert st.restarts == 1 and st.last_exit == -signal.SIGKILL
     assert [r["status"] for r in routes(gw)["fraud"]["stages"]["canary"]] == ["HEALTHY"]
 
     # The gateway restarts; the replicas do not.
