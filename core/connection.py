@@ -197,6 +197,9 @@ def replica_key_headers(settings: Settings, key: str) -> dict[str, str]:
 
 
 def gateway_url(settings: Settings) -> str:
-    """The endpoint gateway's URL: the one `mlyard up` started for this home, else from settings."""
+    """The endpoint gateway's URL: the one the settings name (a cluster's Service), else the one `mlyard up`
+    started for this home, else where it would start it."""
+    if settings.gateway_url:
+        return settings.gateway_url.rstrip("/")
     state = read_state(settings)
-    return (state.gateway_url if state is not None and state.gateway_url else None) or settings.gateway_url
+    return (state.gateway_url if state is not None and state.gateway_url else None) or settings.local_gateway_url

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
                                 "(`--project`). Unset: your only project, or `default` for an admin.")
     gateway_port: int | None = Field(default=None, ge=1, le=65535, description="Port of the endpoint gateway that "
                                      "`mlyard up` starts. Unset: the Prefect port + 2 (4202).")
+    gateway_url: str | None = Field(default=None, pattern=r"^https?://", description="The endpoint gateway as the "
+        "platform's processes and flow runs reach it (on a cluster, its Service: the install's ConfigMap sets "
+        "http://gateway:8080). Unset: the one `mlyard up` started, else http://127.0.0.1:<gateway port>.")
     door_port: int | None = Field(default=None, ge=1, le=65535, description="Port of the front door to the Prefect UI "
                                   "for project members (mlyard/prefect_door.py). Unset: the Prefect port + 3 (4203).")
     door_public_url: str | None = Field(default=None, pattern=r"^https?://", description="The front door as people reach "
@@ -243,7 +246,8 @@ class Settings(BaseSettings):
         return self.api_port or self.prefect_port + 1
 
     @property
-    def gateway_url(self) -> str:
+    def local_gateway_url(self) -> str:
+        """Where `mlyard up` starts the gateway on this machine."""
         return f"http://127.0.0.1:{self.gateway_port or self.prefect_port + 2}"
 
     @property

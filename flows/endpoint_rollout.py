@@ -212,9 +212,9 @@ def promote_progressively(spec: RolloutSpec) -> PromotionResult:
         if left is not None and left["id"] == run.id and left["status"] == "RUNNING":
             why = f"its run failed in the {left['phase']} phase: {type(exc).__name__}: {exc}"[:2000]
             try:
-                roll_back(run.traffic, left, why)
+                ended = roll_back(run.traffic, left, why)
                 gateway(run.gw, "/mlyard/reload", "POST")
-                run.log.error("%s/%s ROLLED BACK: %s", run.endpoint, run.stage, why)
+                run.log.error("%s/%s %s: %s", run.endpoint, run.stage, ended, why)
             except (NotFound, Protected):  # its stage deleted, or a person ended it meanwhile
                 pass
         raise

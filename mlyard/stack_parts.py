@@ -178,7 +178,7 @@ def start_serving(settings: Settings, state: StackState, env: dict[str, str], lo
                                         log, run_env, cwd=PROJECT_ROOT)
         state.logs["replicas"] = str(log)
     if not (state.pids.get("gateway") and alive(state.pids["gateway"])):
-        url = settings.gateway_url
+        url = settings.local_gateway_url
         if healthy(url + "/mlyard"):
             raise StackError(f"something else already answers at {url}; stop it or set MLYARD_GATEWAY_PORT")
         log = logs / "gateway.log"

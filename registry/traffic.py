@@ -105,6 +105,11 @@ class Traffic:
             data = get_endpoint(s, endpoint).promotion_policy
         return PolicySpec.model_validate(data) if data else None
 
+    def is_default(self, endpoint: str, stage: str) -> bool:
+        """Whether `stage` is the endpoint's default stage now (a promotion's candidate once promoted)."""
+        with self.catalog.session() as s:
+            return stage_of(get_endpoint(s, endpoint), stage).is_default
+
     # -- promotions -------------------------------------------------------------------------------
 
     def check_start(self, endpoint: str, stage: str, policy: PolicySpec) -> None:

@@ -45,46 +45,63 @@ def tend(traffic: Traffic, run_state: Callable[[str], tuple[str, str] | None], s
          reload: Callable[[], None], echo: Callable[[str], None] = log.info) -> list[str]:
     """One look at every RUNNING promotion; what was done, one line each. `run_state(flow_run_id)` gives
     (state type, message) or None; `submit(parameters)` queues a promote-progressively run; `reload` has
-    the gateway read the shares again."""
+    the gateway read the shares again. A promotion that cannot be acted on (its rows changed under it, a
+    store that failed) is logged and looked at again next time; it keeps none of the others waiting."""
     done = []
     for promo in traffic.promotions():
         if promo["status"] != "RUNNING":
             continue
-        state = run_state(promo["flow_run_id"]) if promo["flow_run_id"] else None
-        action = decide(promo, state[0] if state else None)
-        if action == "keep" or not traffic.claim_orphan(promo):
-            continue
-        where = f"{promo['endpoint']}/{promo['stage']}"
-        if action == "resume":
-            try:
-                fr = submit({"spec": {"endpoint": promo["endpoint"], "stage": promo["stage"], "resume": True}})
-            except Exception as exc:  # noqa: BLE001 - no run could be made: end it rather than leave it split
-                action, why = "roll back", f"no new run could be started for it ({type(exc).__name__}: {exc})"
-            else:
-                traffic.update(promo["id"], flow_run_id=str(fr.id))
-                done.append(f"resumed the promotion of {where} at its step ({fr.name}): its run "
-                            f"{_said(promo, state)}")
-                continue
-        else:
-            why = f"its run {_said(promo, state)}"
-            if promo["resumes"] >= RESUME_LIMIT and not (state and state[0] in STOPPED):
-                why = f"taken up {RESUME_LIMIT} times already, and again {why}"
         try:
-            roll_back(traffic, promo, why)
-        except (NotFound, Protected):  # its stage or endpoint deleted, or a person ended it meanwhile
+            line = _tend_one(traffic, promo, run_state, submit, reload)
+        except Exception:  # noqa: BLE001 - the loop goes on for the others; the next look tries it again
+            log.exception("the promotion of %s/%s could not be acted on", promo["endpoint"], promo["stage"])
             continue
-        reload()
-        done.append(f"rolled back the promotion of {where}: {why}")
+        if line:
+            done.append(line)
     for line in done:
         echo(line)
     return done
 
 
-def roll_back(traffic: Traffic, promo: dict[str, Any], why: str) -> None:
-    """The candidate's weight and shadow 0, the reason on the stage and in the promotion, ROLLED BACK."""
+def _tend_one(traffic: Traffic, promo: dict[str, Any], run_state: Callable[[str], tuple[str, str] | None],
+              submit: Callable[[dict], Any], reload: Callable[[], None]) -> str | None:
+    state = run_state(promo["flow_run_id"]) if promo["flow_run_id"] else None
+    action = decide(promo, state[0] if state else None)
+    if action == "keep" or not traffic.claim_orphan(promo):
+        return None
+    where = f"{promo['endpoint']}/{promo['stage']}"
+    if action == "resume":
+        try:
+            fr = submit({"spec": {"endpoint": promo["endpoint"], "stage": promo["stage"], "resume": True}})
+        except Exception as exc:  # noqa: BLE001 - no run could be made: end it rather than leave it split
+            why = f"no new run could be started for it ({type(exc).__name__}: {exc})"
+        else:
+            traffic.update(promo["id"], flow_run_id=str(fr.id))
+            return f"resumed the promotion of {where} at its step ({fr.name}): its run {_said(promo, state)}"
+    else:
+        why = f"its run {_said(promo, state)}"
+        if promo["resumes"] >= RESUME_LIMIT and not (state and state[0] in STOPPED):
+            why = f"taken up {RESUME_LIMIT} times already, and again {why}"
+    try:
+        ended = roll_back(traffic, promo, why)
+    except (NotFound, Protected):  # its stage or endpoint deleted, or a person ended it meanwhile
+        return None
+    reload()
+    return f"{'rolled back' if ended == 'ROLLED BACK' else 'completed'} the promotion of {where}: {why}"
+
+
+def roll_back(traffic: Traffic, promo: dict[str, Any], why: str) -> str:
+    """The candidate's weight and shadow 0, the reason on the stage and in the promotion, ROLLED BACK. A
+    candidate that is the default already (its run failed after the last step promoted it) has no share to
+    take back: the promotion is COMPLETE, with why."""
+    if traffic.is_default(promo["endpoint"], promo["stage"]):
+        traffic.update(promo["id"], status="COMPLETE", phase="done",
+                       reason=f"{promo['stage']} became the default stage; then {why}"[:2000])
+        return "COMPLETE"
     traffic.set_share(promo["endpoint"], promo["stage"], 0, 0, f"promotion {promo['id']} rolled back: {why}")
     traffic.mark_stage(promo["endpoint"], promo["stage"], f"rolled back: {why}")
     traffic.update(promo["id"], status="ROLLED BACK", reason=why)
+    return "ROLLED BACK"
 
 
 def _said(promo: dict[str, Any], state: tuple[str, str] | None) -> str:

@@ -40,3 +40,17 @@ def test_the_doors_links_point_where_people_reach_it():
     assert Settings(prefect_port=4200, door_port=None, door_public_url=None).door_url == "http://127.0.0.1:4203"
     public = Settings(prefect_port=4200, door_port=8081, door_public_url="https://mlyard.example/")
     assert public.door_url == "https://mlyard.example" and public.door_port == 8081
+
+
+def test_the_gateway_is_where_the_settings_name_it(tmp_path, monkeypatch):
+    """A cluster's flow runs and services reach the gateway at its Service, as the install's ConfigMap names it
+    (MLYARD_GATEWAY_URL): never this machine's port, which nothing listens on in a pod. Unset: where `mlyard up`
+    starts it."""
+    from mlyard.core.connection import gateway_url
+    from mlyard.core.settings import Settings
+
+    monkeypatch.setenv("MLYARD_HOME", str(tmp_path))
+    monkeypatch.setenv("MLYARD_GATEWAY_URL", "http://gateway:8080/")
+    assert gateway_url(Settings()) == "http://gateway:8080"
+    monkeypatch.delenv("MLYARD_GATEWAY_URL")
+    assert gateway_url(Settings(prefect_port=4200, gateway_port=None)) == "http://127.0.0.1:4202"

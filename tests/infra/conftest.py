@@ -49,8 +49,8 @@ class Cluster:
 
 
 def _wait_for_worker(worker: int | subprocess.Popen, began: datetime, log: Path, timeout: float = 120,
-                     name: str = "kube-test") -> None:
-    """Until the worker `name` has sent a heartbeat to the pool (it does once its kopf observer is up)."""
+                     name: str = "kube-test", pool: str = "gpu") -> None:
+    """Until the worker `name` has sent a heartbeat to `pool` (it does once its kopf observer is up)."""
     from prefect.client.orchestration import get_client
 
     from mlyard.tasks.processes import alive
@@ -58,7 +58,7 @@ def _wait_for_worker(worker: int | subprocess.Popen, began: datetime, log: Path,
     deadline = time.monotonic() + timeout
     with get_client(sync_client=True) as client:
         while not any(w.name == name and w.last_heartbeat_time and w.last_heartbeat_time > began
-                      for w in client.read_workers_for_work_pool("gpu")):
+                      for w in client.read_workers_for_work_pool(pool)):
             gone = worker.poll() is not None if isinstance(worker, subprocess.Popen) else not alive(worker)
             if gone or time.monotonic() > deadline:
                 pytest.fail(f"the Kubernetes worker did not start within {timeout:.0f} s (gone: {gone}):\n"
@@ -66,9 +66,9 @@ def _wait_for_worker(worker: int | subprocess.Popen, began: datetime, log: Path,
             time.sleep(0.5)
 
 
-def _cancel_queued_gpu_runs() -> None:
-    """Runs of the gpu pool that earlier tests on this stack queued and left (schedules on train/train-gpu) would
-    be this test's worker's to run: cancel them first, so each test's cluster runs only its own."""
+def _cancel_queued_runs(pool: str = "gpu") -> None:
+    """Runs of `pool` that earlier tests on this stack queued and left (schedules on train/train-gpu) would be
+    this test's worker's to run: cancel them first, so each test's cluster runs only its own."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter,
@@ -84,7 +84,7 @@ def _cancel_queued_gpu_runs() -> None:
         while queued := client.read_flow_runs(
                 flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
                     any_=[StateType.SCHEDULED, StateType.PENDING]))),
-                work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=["gpu"])), limit=200):
+                work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])), limit=200):
             for run in queued:
                 client.set_flow_run_state(run.id, Cancelled(message="left queued by an earlier test"), force=True)
 
@@ -142,7 +142,7 @@ def real_cluster(stack, settings, tmp_path, cluster_stores, monkeypatch, control
 
     from mlyard.flows.platform import Platform
 
-    _cancel_queued_gpu_runs()
+    _cancel_queued_runs()
     api = ClusterApi(control_plane.url, control_plane.ssl_context())
     cluster_stores.namespace(api, NS)
     for doc in yaml.safe_load_all((ROOT / "infra" / "k8s" / "base" / "flow-runs.yaml").read_text()):
@@ -179,9 +179,9 @@ def real_cluster(stack, settings, tmp_path, cluster_stores, monkeypatch, control
         provisioner.close()
 
 
-def _start_worker(kubeconfig: Path, tmp_path: Path, cluster_stores,
-                  name: str = "kube-test") -> tuple[subprocess.Popen, Path, datetime]:
-    """Prefect's own worker CLI on the gpu pool, in a process of its own, as the worker's Deployment runs it:
+def _start_worker(kubeconfig: Path, tmp_path: Path, cluster_stores, name: str = "kube-test",
+                  pool: str = "gpu") -> tuple[subprocess.Popen, Path, datetime]:
+    """Prefect's own worker CLI on `pool`, in a process of its own, as the worker's Deployment runs it:
     Prefect hands a flow run every setting its worker has, and a worker forked from a warm runner would have
     mlyard's (this stack's home, a CA file there), which no worker on a cluster has and a pod's user could not
     read."""
@@ -195,7 +195,7 @@ def _start_worker(kubeconfig: Path, tmp_path: Path, cluster_stores,
     log = tmp_path / "worker.log"
     began = datetime.now(timezone.utc)
     with open(log, "w") as out:
-        worker = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "worker", "start", "--pool", "gpu",
+        worker = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "worker", "start", "--pool", pool,
                                    "--type", "kubernetes", "--name", name], env=env, cwd=tmp_path, stdout=out,
                                   stderr=subprocess.STDOUT, start_new_session=True)
     return worker, log, began
@@ -243,3 +243,53 @@ def kueue(control_plane, tmp_path):
         yield running
     finally:
         running.close()
+
+
+@dataclass
+class PlatformNodes:
+    api: Any  # kubelet_node.ClusterApi, as the cluster's admin
+    nodes: list  # the two NodeKubelets, each with a pod network
+    gateway: Any  # pod_network.ServiceProxy: kube-proxy for the gateway's Service, where MLYARD_GATEWAY_URL says
+    apply: Any  # apply(name, *more): the install's objects of that name (tests/pod_moves.apply_part)
+
+
+@pytest.fixture
+def platform_nodes(control_plane, cluster_stores, stack, tmp_path, monkeypatch):
+    """The platform's namespace `mlyard` (where the pools' Jobs run) on two nodes with a pod network
+    (tests/pod_network.py), as a cluster's platform and its runs share nodes: the install's ConfigMap and
+    Secrets naming the cluster's stores, the test stack's Prefect and the gateway's Service (its kube-proxy
+    here, `gateway`); the runs' accounts and Roles; a storage provisioner; and the real Prefect Kubernetes
+    worker on the cpu pool, where the endpoint flows (a promotion's) run. The install's parts are the
+    test's to apply (`apply`)."""
+    from kubelet_node import ClusterApi, NodeKubelet
+    from pod_moves import apply_part
+    from pod_network import PodNetwork, ServiceProxy
+
+    _cancel_queued_runs("cpu")
+    api = ClusterApi(control_plane.url, control_plane.ssl_context())
+    prefect, gateway_port = os.environ["PREFECT_API_URL"], free_port()
+    cluster_stores.namespace(api, NS, {"PREFECT_API_URL": prefect, "MLYARD_PREFECT_API_URL": prefect,
+                                       "MLYARD_GATEWAY_URL": f"http://127.0.0.1:{gateway_port}"},
+                             {"mlyard-prefect": {"auth-string": stack.prefect_auth_string or "none"}})
+    for doc in yaml.safe_load_all((ROOT / "infra" / "k8s" / "base" / "flow-runs.yaml").read_text()):
+        api.create(doc["kind"], doc["apiVersion"], NS, doc)
+    for key, value in cluster_stores.env().items():
+        monkeypatch.setenv(key, value)
+    provisioner = Provisioner(api)
+    tag = tmp_path.name[-12:].strip("_-").lower().replace("_", "-")
+    nodes = [NodeKubelet(control_plane, f"{side}-{tag}", str(ROOT), network=PodNetwork()) for side in ("east", "west")]
+    gateway = ServiceProxy(api, NS, "gateway", address=("127.0.0.1", gateway_port))
+    kubeconfig = control_plane.kubeconfig(path=tmp_path / "kubeconfig", namespace=NS)
+    worker, log, began = _start_worker(kubeconfig, tmp_path, cluster_stores, "kube-cpu", pool="cpu")
+    try:
+        _wait_for_worker(worker, began, log, name="kube-cpu", pool="cpu")
+        yield PlatformNodes(api, nodes, gateway, lambda name, *more: apply_part(api, NS, name, *more))
+    finally:
+        from mlyard.tasks.processes import stop_group
+
+        stop_group(worker, 2)
+        gateway.close()
+        api.drop_namespace(NS, timeout=120)
+        for node in nodes:
+            node.close()
+        provisioner.close()

@@ -15,67 +15,20 @@ the gateway routes to a model server on this machine, as to a stage's Service.""
 from __future__ import annotations
 
 import base64
-import json
 import os
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
 from kubelet_node import ClusterApi, NodeKubelet
+from pod_moves import Load, Model, apply_part, endpoint, evict, pods, settled, wait
 from pod_network import PodNetwork, ServiceProxy
 
 ROOT = Path(__file__).resolve().parents[2]
 NS = "mlyard-rolling"
-
-
-class _Model(BaseHTTPRequestHandler):
-    """A stage's model server: ready, and each inference answered after 20 ms (so that some are in flight)."""
-    protocol_version = "HTTP/1.1"
-    answered = 0
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def _send(self, body: bytes) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self) -> None:
-        self._send(b'{"ready": true}')
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        time.sleep(0.02)
-        _Model.answered += 1
-        self._send(json.dumps({"model_name": "m", "outputs": [{"name": "y", "data": [1]}]}).encode())
-
-
-def _endpoint(catalog_url: str, upstream: str) -> str:
-    """A public endpoint whose default stage runs on the cluster: its resource routed to `upstream`."""
-    from mlyard.core.specs.endpoint import EndpointSpec, StageResourceSpec, StageSpec
-    from mlyard.registry import Catalog
-    from mlyard.registry.endpoints import Endpoints
-
-    name = f"rolling-{int(time.time())}"
-    catalog = Catalog(catalog_url)
-    try:
-        endpoints = Endpoints(catalog)
-        view = endpoints.create(EndpointSpec(name=name, public=True, stage=StageSpec(
-            instance_type="m2.c4m8", resources=[StageResourceSpec(model="m/1")])), [("m", "1")])
-        rid = view["stages"][0]["resources"][0]["id"]
-        endpoints.set_status(name, "ACTIVE", "default", rid)
-        endpoints.set_status(name, "ACTIVE", "default")
-        endpoints.set_status(name, "ACTIVE")
-        endpoints.set_service_urls(name, "default", {rid: upstream})
-    finally:
-        catalog.dispose()
-    return name
 
 
 @pytest.fixture
@@ -84,9 +37,6 @@ def on_cluster(control_plane, cluster_stores, stack, tmp_path):
     and MLflow and the test stack's Prefect; one node with a pod network. Returns (api, apply): `apply(name)`
     makes the install's objects of that name (Deployment, Service, PDB, account and Role) and returns
     kube-proxy for its Service."""
-    from mlyard.core.specs.cluster import ClusterValues
-    from mlyard.tasks.cluster import render
-
     api = ClusterApi(control_plane.url, control_plane.ssl_context())
     prefect = os.environ["PREFECT_API_URL"]
     cluster_stores.namespace(api, NS, {"PREFECT_API_URL": prefect, "MLYARD_PREFECT_API_URL": prefect},
@@ -97,10 +47,7 @@ def on_cluster(control_plane, cluster_stores, stack, tmp_path):
 
     def apply(name: str, *more: str) -> ServiceProxy:
         """The objects named `name` (and `more`: an account named otherwise), and kube-proxy for its Service."""
-        kinds = ("Deployment", "Service", "PodDisruptionBudget", "ServiceAccount", "Role", "RoleBinding")
-        for obj in render(ClusterValues(overlay="dev", namespace=NS)):
-            if obj["metadata"]["name"] in (name, *more) and obj["kind"] in kinds:
-                api.create(obj["kind"], obj["apiVersion"], NS, {k: v for k, v in obj.items() if k not in ("kind", "apiVersion")})
+        apply_part(api, NS, name, *more)
         proxies.append(ServiceProxy(api, NS, name))
         return proxies[-1]
 
@@ -113,73 +60,14 @@ def on_cluster(control_plane, cluster_stores, stack, tmp_path):
         node.close()
 
 
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if value := predicate():
-                return value
-        except (httpx.HTTPError, OSError):  # a request through a Service none of whose pods is ready yet
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{what} within {timeout} s")
-
-
-def _pods(api: ClusterApi, name: str) -> set[str]:
-    code, doc = api.request("GET", f"/api/v1/namespaces/{NS}/pods?labelSelector=app.kubernetes.io%2Fname%3D{name}")
-    assert code == 200, doc
-    return {p["metadata"]["name"] for p in doc["items"]}
-
-
-def _settled(api: ClusterApi, name: str) -> bool:
-    """The rollout done: every replica updated and available, and no old pod left (terminated)."""
-    d = api.get("Deployment", NS, name)
-    st = d.get("status") or {}
-    want = d["spec"]["replicas"]
-    return (st.get("observedGeneration", 0) >= d["metadata"]["generation"] and st.get("updatedReplicas") == want
-            and st.get("availableReplicas") == want and st.get("replicas") == want and len(_pods(api, name)) == want)
-
-
-def _evict(api: ClusterApi, pod: str) -> tuple[int, dict]:
-    return api.request("POST", f"/api/v1/namespaces/{NS}/pods/{pod}/eviction", {
-        "apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": pod, "namespace": NS}})
-
-
-class Load:
-    """Clients calling without a pause, each as `call()` calls (see the tests), counting what fails."""
-
-    def __init__(self, call, clients: int = 4):
-        self.sent, self.failed = 0, []  # type: ignore[var-annotated]
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(call,), daemon=True) for _ in range(clients)]
-        for t in self._threads:
-            t.start()
-
-    def _run(self, call) -> None:
-        for send in call():
-            if self._stop.is_set():
-                return
-            self.sent += 1
-            try:
-                if (status := send()) != 200:
-                    self.failed.append(str(status))
-            except Exception as exc:  # noqa: BLE001 - any failed call counts (an HTTP error, MLflow's own)
-                self.failed.append(f"{type(exc).__name__}: {exc}"[:300])
-
-    def stop(self) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(35)
-
-
 def _restart_and_drain(api: ClusterApi, name: str, proxy: ServiceProxy, call, also=None) -> str:
     """Under `call`'s constant requests (and `also`'s, on another port of the pods): a rolling restart of
     Deployment `name` (as `kubectl rollout restart` starts it), then a node drain's evictions of its pods,
     one at a time as its budget allows (as `kubectl drain` retries). Asserts that no request failed; returns
     the figures."""
-    _wait(lambda: _settled(api, name), 120, f"{name}'s replicas available")
-    _wait(lambda: len(proxy.endpoints) == 2, 30, f"both replicas in the Service {name}")
-    first = _pods(api, name)
+    wait(lambda: settled(api, NS, name), 120, f"{name}'s replicas available")
+    wait(lambda: len(proxy.endpoints) == 2, 30, f"both replicas in the Service {name}")
+    first = pods(api, NS, name)
     load = Load(call)
     other = Load(also) if also is not None else None
     time.sleep(3)
@@ -189,22 +77,22 @@ def _restart_and_drain(api: ClusterApi, name: str, proxy: ServiceProxy, call, al
         "kubectl.kubernetes.io/restartedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}}}}
     code, doc = api.request("PATCH", api.path("Deployment", NS, name), restarted, "application/merge-patch+json")
     assert code == 200, doc
-    _wait(lambda: _settled(api, name) and not first & _pods(api, name), 180, "the rollout replaced both replicas")
+    wait(lambda: settled(api, NS, name) and not first & pods(api, NS, name), 180, "the rollout replaced both replicas")
     rolled, during = time.monotonic() - began, (load.sent, len(load.failed))
     time.sleep(3)
 
     began = time.monotonic()
-    second = sorted(_pods(api, name))
-    code, doc = _evict(api, second[0])
+    second = sorted(pods(api, NS, name))
+    code, doc = evict(api, NS, second[0])
     assert code == 201, doc
-    code, doc = _evict(api, second[1])
+    code, doc = evict(api, NS, second[1])
     assert code == 429 and "disruption budget" in doc["message"], (code, doc)
     refused = 1
-    while (code := _evict(api, second[1])[0]) == 429:
+    while (code := evict(api, NS, second[1])[0]) == 429:
         refused += 1
         time.sleep(1)
     assert code == 201
-    _wait(lambda: _settled(api, name) and not set(second) & _pods(api, name), 180, "the drained replicas replaced")
+    wait(lambda: settled(api, NS, name) and not set(second) & pods(api, NS, name), 180, "the drained replicas replaced")
     drained = time.monotonic() - began
     time.sleep(3)
     load.stop()
@@ -223,9 +111,9 @@ def test_a_rolling_restart_and_a_drain_of_the_gateway_lose_no_request(on_cluster
     """Each client on its kept-alive connections (httpx, as the openai client calls an endpoint)."""
     api, apply = on_cluster
     proxy = apply("gateway")
-    model = ThreadingHTTPServer(("127.0.0.1", 0), _Model)
+    model = ThreadingHTTPServer(("127.0.0.1", 0), Model)
     threading.Thread(target=model.serve_forever, daemon=True).start()
-    name = _endpoint(cluster_stores.catalog_url, f"http://127.0.0.1:{model.server_address[1]}")
+    name = endpoint(cluster_stores.catalog_url, f"http://127.0.0.1:{model.server_address[1]}")
     url = f"http://{proxy.address[0]}:{proxy.address[1]}/{name}/m/v2/models/m/infer"
     body = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
 
@@ -235,11 +123,11 @@ def test_a_rolling_restart_and_a_drain_of_the_gateway_lose_no_request(on_cluster
                 yield lambda: client.post(url, json=body).status_code
 
     try:
-        _wait(lambda: _settled(api, "gateway"), 120, "the gateway's replicas available")
-        _wait(lambda: httpx.post(url, json=body, timeout=5).status_code == 200, 60, "the endpoint answered")
-        before = _Model.answered
+        wait(lambda: settled(api, NS, "gateway"), 120, "the gateway's replicas available")
+        wait(lambda: httpx.post(url, json=body, timeout=5).status_code == 200, 60, "the endpoint answered")
+        before = Model.answered
         figures = _restart_and_drain(api, "gateway", proxy, call)
-        assert _Model.answered > before
+        assert Model.answered > before
         print(figures)
     finally:
         model.shutdown()
@@ -286,9 +174,9 @@ def test_a_rolling_restart_and_a_drain_of_the_mlyard_api_lose_no_request(on_clus
             yield send
 
     try:
-        _wait(lambda: _settled(api, "mlyard-api"), 180, "the API's replicas available")
-        _wait(lambda: send() == 200, 60, "the API answered")
-        _wait(lambda: httpx.post(f"http://{door.address[0]}:{door.address[1]}/api/flow_runs/filter", json={"limit": 1},
+        wait(lambda: settled(api, NS, "mlyard-api"), 180, "the API's replicas available")
+        wait(lambda: send() == 200, 60, "the API answered")
+        wait(lambda: httpx.post(f"http://{door.address[0]}:{door.address[1]}/api/flow_runs/filter", json={"limit": 1},
                                  headers={"Authorization": f"Bearer {key}"}, timeout=10).status_code == 200, 60,
               "the door answered")
         print(_restart_and_drain(api, "mlyard-api", proxy, call, also=browse))
@@ -353,8 +241,8 @@ def test_a_rolling_restart_and_a_drain_of_mlflow_lose_no_call(on_cluster, cluste
         while True:
             yield send
 
-    _wait(lambda: _settled(api, "mlflow"), 240, "MLflow's replicas available")
-    _wait(lambda: MlflowClient(tracking_uri=url).search_experiments(max_results=1) is not None, 60, "MLflow answered")
+    wait(lambda: settled(api, NS, "mlflow"), 240, "MLflow's replicas available")
+    wait(lambda: MlflowClient(tracking_uri=url).search_experiments(max_results=1) is not None, 60, "MLflow answered")
     backoffs.clear()
     figures = _restart_and_drain(api, "mlflow", proxy, call)
     assert backoffs == [], f"{len(backoffs)} calls retried after a back-off (of {backoffs} s): a connection failed twice"
@@ -380,9 +268,9 @@ def test_a_rolling_restart_of_the_scheduler_runs_every_slot_once(on_cluster, clu
     finisher.start()
     try:
         apply("scheduler", "mlyard-scheduler")
-        _wait(lambda: _settled(api, "scheduler"), 180, "the scheduler's replicas available")
-        _wait(lambda: len(slots(tag)) >= 3, 90, "the schedule's first runs")
-        first = _pods(api, "scheduler")
+        wait(lambda: settled(api, NS, "scheduler"), 180, "the scheduler's replicas available")
+        wait(lambda: len(slots(tag)) >= 3, 90, "the schedule's first runs")
+        first = pods(api, NS, "scheduler")
         holder = api.get("Lease", NS, "mlyard-scheduler")["spec"]["holderIdentity"]
         assert holder in first
         began = time.monotonic()
@@ -390,9 +278,9 @@ def test_a_rolling_restart_of_the_scheduler_runs_every_slot_once(on_cluster, clu
             "kubectl.kubernetes.io/restartedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}}}}
         code, doc = api.request("PATCH", api.path("Deployment", NS, "scheduler"), restarted, "application/merge-patch+json")
         assert code == 200, doc
-        _wait(lambda: _settled(api, "scheduler") and not first & _pods(api, "scheduler"), 240,
+        wait(lambda: settled(api, NS, "scheduler") and not first & pods(api, NS, "scheduler"), 240,
               "the rollout replaced both replicas")
-        _wait(lambda: api.get("Lease", NS, "mlyard-scheduler")["spec"]["holderIdentity"] in _pods(api, "scheduler"),
+        wait(lambda: api.get("Lease", NS, "mlyard-scheduler")["spec"]["holderIdentity"] in pods(api, NS, "scheduler"),
               60, "a new pod holding the Lease")
         rolled = time.monotonic() - began
         until = datetime.now(timezone.utc).replace(microsecond=0).timestamp() - 1
@@ -403,7 +291,7 @@ def test_a_rolling_restart_of_the_scheduler_runs_every_slot_once(on_cluster, clu
                        for t in seen)
             return seen if last >= until else None
 
-        seen = _wait(caught_up, 60, "the slots up to the end of the rollout")
+        seen = wait(caught_up, 60, "the slots up to the end of the rollout")
         assert all(n == 1 for n in seen.values()), [t for t, n in seen.items() if n > 1]
         times = sorted(datetime.strptime(t.split(":", 1)[1], "%Y%m%dT%H%M%SZ") for t in seen)
         gaps = {(b - a).total_seconds() for a, b in zip(times, times[1:])}
@@ -413,7 +301,7 @@ def test_a_rolling_restart_of_the_scheduler_runs_every_slot_once(on_cluster, clu
         api.request("PATCH", api.path("Deployment", NS, "scheduler"), {"spec": {"replicas": 0}},
                     "application/merge-patch+json")
         deadline = time.monotonic() + 60
-        while _pods(api, "scheduler") and time.monotonic() < deadline:
+        while pods(api, NS, "scheduler") and time.monotonic() < deadline:
             time.sleep(0.5)
         stop.set()
         finisher.join(10)
@@ -488,9 +376,9 @@ def test_a_rolling_restart_of_the_prefect_server_loses_no_call(on_cluster, clust
             yield lambda: client.read_flow_runs(limit=5) is not None and 200
 
     try:
-        _wait(lambda: _settled(api, "prefect-server"), 240, "the Prefect server available")
-        _wait(lambda: clients[0].read_flow_runs(limit=1) is not None, 60, "the Prefect server answered")
-        first = _pods(api, "prefect-server")
+        wait(lambda: settled(api, NS, "prefect-server"), 240, "the Prefect server available")
+        wait(lambda: clients[0].read_flow_runs(limit=1) is not None, 60, "the Prefect server answered")
+        first = pods(api, NS, "prefect-server")
         load = Load(call)
         time.sleep(3)
         began = time.monotonic()
@@ -499,7 +387,7 @@ def test_a_rolling_restart_of_the_prefect_server_loses_no_call(on_cluster, clust
         code, doc = api.request("PATCH", api.path("Deployment", NS, "prefect-server"), restarted,
                                 "application/merge-patch+json")
         assert code == 200, doc
-        _wait(lambda: _settled(api, "prefect-server") and not first & _pods(api, "prefect-server"), 240,
+        wait(lambda: settled(api, NS, "prefect-server") and not first & pods(api, NS, "prefect-server"), 240,
               "the rollout replaced the server")
         rolled = time.monotonic() - began
         time.sleep(3)

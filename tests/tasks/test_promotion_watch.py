@@ -32,3 +32,41 @@ def promo(status: str = "RUNNING", beat_seconds_ago: float = 1.0, resumes: int =
 def test_what_the_watch_does(given, state, action):
     beat = datetime.now(timezone.utc) - timedelta(seconds=given.pop("beat_seconds_ago"))
     assert decide({**given, "heartbeat_at": beat.isoformat()}, state) == action
+
+
+def test_a_promotion_promoted_before_its_run_failed_ends_complete_and_none_blocks_the_others(tmp_path):
+    """The last step promoted the candidate, then its run failed (the default's answer could not be read, a
+    store went away): there is no share to take back, so the promotion ends COMPLETE with why, rather than
+    failing the watch at every look. And a promotion the watch cannot read keeps none of the others waiting."""
+    from pod_moves import endpoint
+
+    from mlyard.core.specs.promotion import PolicySpec
+    from mlyard.registry import Catalog
+    from mlyard.registry.endpoints import Endpoints
+    from mlyard.registry.traffic import Traffic
+    from mlyard.tasks.promotion_watch import tend
+
+    catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
+    url = str(catalog.engine.url)
+    promoted, crashed, unread = (endpoint(url, "http://127.0.0.1:9", ("canary",), name=n) for n in ("a", "b", "c"))
+    traffic, policy = Traffic(catalog), PolicySpec(steps=[50, 100], step_seconds=1)
+    ids = {name: traffic.start(name, "canary", policy, f"run-{name}")["id"] for name in (promoted, crashed, unread)}
+    Endpoints(catalog).promote(promoted, "canary")
+    states = {"run-a": ("FAILED", "the gate raised"), "run-b": ("CRASHED", "")}
+
+    def run_state(run: str):
+        if run == "run-c":
+            raise OSError("Prefect did not answer")
+        return states[run]
+
+    submitted: list[dict] = []
+    done = tend(traffic, run_state, lambda parameters: submitted.append(parameters) or type("Run", (), {
+        "id": "run-b2", "name": "b-canary"})(), lambda: None)
+    by_id = {p["id"]: p for p in traffic.promotions()}
+    assert by_id[ids[promoted]]["status"] == "COMPLETE", by_id[ids[promoted]]
+    assert "became the default stage; then its run run-a ended FAILED: the gate raised" in by_id[ids[promoted]]["reason"]
+    assert by_id[ids[crashed]]["flow_run_id"] == "run-b2" and submitted == [
+        {"spec": {"endpoint": crashed, "stage": "canary", "resume": True}}]
+    assert by_id[ids[unread]]["status"] == "RUNNING"  # looked at again next time
+    assert [line.split(":")[0] for line in done] == ["completed the promotion of a/canary",
+                                                     "resumed the promotion of b/canary at its step (b-canary)"]
