@@ -170,6 +170,17 @@ def replica_token(internal: str) -> str:
     return hmac.new(internal.encode(), b"mlyard-replica", hashlib.sha256).hexdigest()
 
 
+def notebook_token(internal: str, notebook_id: int, created: str) -> str:
+    """The JupyterLab token of a notebook on a cluster, derived from the internal credential: the notebook
+    flow's pod writes it into the notebook's Secret, and the front door (another pod) derives it again to let
+    its user in; no pod keeps it in a file, and the door reads no Secret. `created`: the record's creation
+    time, so that a notebook made again under the same id never opens with the old one's token."""
+    import hashlib
+    import hmac
+
+    return hmac.new(internal.encode(), f"mlyard-notebook:{notebook_id}:{created}".encode(), hashlib.sha256).hexdigest()
+
+
 def replica_key_token(replicas: str, key: str) -> str:
     """The credential of the one replica `key` that runs a user's code on this machine (a model's server, a
     notebook), derived from the replicas' one: what the gateway sends it, which opens no other replica."""

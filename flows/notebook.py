@@ -30,6 +30,7 @@ from mlyard.registry.catalog import Catalog
 from mlyard.registry.notebooks import Notebooks
 from mlyard.tasks.notebook_steps import (
     apply_on_cluster,
+    cluster_token,
     delete_on_cluster,
     delete_storage,
     on_cluster,
@@ -75,7 +76,8 @@ def notebook(spec: NotebookAction) -> NotebookResult:
             if spec.action == "reboot":
                 reboot_on_cluster(settings, record.name, record.id, nb)
             else:
-                apply_on_cluster(settings, record.name, record.id, nb, 0 if spec.action == "stop" else 1)
+                apply_on_cluster(settings, record.name, record.id, nb, 0 if spec.action == "stop" else 1,
+                                 cluster_token(settings, record))
             status = STOPPED if spec.action == "stop" else ACTIVE
             notebooks.set_status(spec.notebook, status)
             return NotebookResult(notebook=spec.notebook, action=spec.action, status=status)

@@ -212,7 +212,6 @@ def _look_up(notebook_id: int, actor: Any) -> tuple[str, str]:
     from mlyard.core.access import acting_as, done_acting
     from mlyard.core.connection import connect
     from mlyard.core.errors import Forbidden, NotebookNotFound
-    from mlyard.tasks import notebooks as local
 
     acting = acting_as(actor)
     try:
@@ -228,7 +227,7 @@ def _look_up(notebook_id: int, actor: Any) -> tuple[str, str]:
         if where is None:
             raise HttpError(503, f"notebook {record.name!r} is {record.status}: start it (`mlyard notebooks start "
                             f"{record.name}`)")
-        return where, local.token(settings.home_dir, record.id)
+        return where, notebooks.token(settings, record)
     finally:
         done_acting(acting)
 

@@ -1,5 +1,6 @@
 """Notebooks from Python (and the CLI's `mlyard notebooks`): JupyterLab with its own storage, started,
-stopped, rebooted and deleted by flow runs of `notebook/notebook-local`.
+stopped, rebooted and deleted by flow runs of `notebook/notebook-local` (on a cluster `notebook-kubernetes`:
+tasks/orchestration.on_this_platform).
 
     import mlyard.notebooks as notebooks
 
@@ -132,11 +133,21 @@ def door_url(settings: Settings, record: Any) -> str:
     return f"{settings.door_url}{local.base_path(record.id)}lab"
 
 
+def token(settings: Settings, record: Any) -> str:
+    """The notebook's JupyterLab token: on a cluster derived from the platform's credential (as its flow
+    wrote it into the notebook's Secret), on this machine kept in its folder."""
+    if record.spec.get("image", LOCAL_IMAGE) != LOCAL_IMAGE:
+        from mlyard.tasks.notebook_steps import cluster_token
+
+        return cluster_token(settings, record)
+    return local.token(settings.home_dir, record.id)
+
+
 def _url(settings: Settings, record: Any, with_token: bool = False) -> str | None:
     """The notebook's JupyterLab itself, with its token: the way in that needs no sign-in."""
     found = upstream(settings, record)
-    token = f"?token={local.token(settings.home_dir, record.id)}" if with_token else ""
-    return f"{found}{local.base_path(record.id)}lab{token}" if found else None
+    token_query = f"?token={token(settings, record)}" if with_token else ""
+    return f"{found}{local.base_path(record.id)}lab{token_query}" if found else None
 
 
 def _wait(settings: Settings, name: str, run_id: str, timeout_seconds: float) -> dict[str, Any] | None:

@@ -55,17 +55,28 @@ def on_cluster(spec: NotebookSpec) -> bool:
     return spec.image != LOCAL_IMAGE
 
 
+def cluster_token(settings: Any, record: Any) -> str:
+    """The JupyterLab token of the notebook `record` on the cluster (core/connection.notebook_token)."""
+    from mlyard.core.connection import internal_token, notebook_token
+    from mlyard.core.errors import SpecError
+
+    internal = internal_token(settings)
+    if not internal:
+        raise SpecError("internal_token", None, "the platform's internal credential (MLYARD_INTERNAL_TOKEN, in the "
+                        "mlyard-settings Secret on a cluster): a notebook's token is derived from it")
+    return notebook_token(internal, record.id, record.created_at.isoformat())
+
+
 @task(name="apply-notebook", cache_policy=NO_CACHE)
-def apply_on_cluster(settings: Any, name: str, notebook_id: int, spec: NotebookSpec, replicas: int) -> str:
+def apply_on_cluster(settings: Any, name: str, notebook_id: int, spec: NotebookSpec, replicas: int, token: str) -> str:
     """Render, validate and apply the notebook's objects (its StatefulSet at `replicas`: 1 running, 0
-    stopped); its Service's address."""
+    stopped; `token` in its Secret: core/connection.notebook_token); its Service's address."""
     from mlyard.tasks import notebook_cluster as nbk
     from mlyard.tasks.kubernetes import cluster_client
     from mlyard.tasks.registry_secrets import ensure_pull_secret, images
 
     resolved = images(settings).resolve(spec.image)
     ensure_pull_secret(resolved, settings)
-    token = (local.prepare(settings.home_dir, notebook_id) / "token").read_text().strip()
     manifests = nbk.render(name, notebook_id, spec, resolved.address, token, namespace=settings.kube_namespace,
                            replicas=replicas, pull_secrets=(resolved.pull_secret,) if resolved.pull_secret else ())
     done = nbk.apply(cluster_client("image", spec.image), manifests, settings.kube_namespace)
@@ -86,6 +97,4 @@ def delete_on_cluster(settings: Any, name: str, notebook_id: int, spec: Notebook
     from mlyard.tasks import notebook_cluster as nbk
     from mlyard.tasks.kubernetes import cluster_client
 
-    gone = nbk.delete(cluster_client("image", spec.image), name, notebook_id, settings.kube_namespace)
-    local.remove(settings.home_dir, notebook_id)  # its token
-    return gone
+    return nbk.delete(cluster_client("image", spec.image), name, notebook_id, settings.kube_namespace)

@@ -270,14 +270,15 @@ def submit(deployment: str, parameters: dict, job_variables: dict | None = None,
     the Prefect UI's Run button through mlyard's front door, which may give the run's `name` and time).
     The job variables (GPUs, image, resources) are only handed to a Kubernetes pool; a process pool has
     no use for them. A deployment that does not exist is a StackError saying how to register it; one named
-    as before (`train/local`) is the one named so now (`train/train-local`)."""
+    as before (`train/local`) is the one named so now (`train/train-local`). In a cluster's pod (the mlyard
+    API's, a flow run's) a local deployment is the flow's `-kubernetes` one: a cluster has no local pool."""
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound
 
     from mlyard.core.names import current_deployment
 
-    deployment = current_deployment(deployment)
+    deployment = on_this_platform(current_deployment(deployment))
     with get_client(sync_client=True) as client:
         try:
             found = client.read_deployment_by_name(deployment)
@@ -295,6 +296,17 @@ def submit(deployment: str, parameters: dict, job_variables: dict | None = None,
         tags = [*(tags or []), TAG_NAMED]  # its final name now: printed by the command, kept when the run starts
     return run_deployment(found.id, parameters=parameters, timeout=0, job_variables=kept, tags=tags or None,
                           as_subflow=False, flow_run_name=name, scheduled_time=scheduled_time)
+
+
+def on_this_platform(deployment: str) -> str:
+    """`deployment` where this process runs: in a Kubernetes pod, FLOW/FLOW-local is FLOW/FLOW-kubernetes, the
+    flow's deployment on the cpu pool that `mlyard k8s apply` registers (the endpoint flows, notebooks,
+    pipelines); elsewhere itself."""
+    from mlyard.core.settings import in_kubernetes_pod
+
+    if in_kubernetes_pod() and deployment.endswith("-local"):
+        return deployment.removesuffix("local") + "kubernetes"
+    return deployment
 
 
 def owner_tags() -> list[str]:

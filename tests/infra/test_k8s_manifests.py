@@ -123,7 +123,14 @@ def test_workers_get_exactly_what_they_use(overlay):
     # its replicas elect the crash follower's one writer
     api = {(g, r): set(rule["verbs"]) for rule in roles["mlyard-api"]["rules"]
            for g in rule["apiGroups"] for r in rule["resources"]}
-    assert api == {("", "secrets"): {"create", "delete"}, ("coordination.k8s.io", "leases"): {"get", "create", "update"}}
+    assert api == {("", "secrets"): {"create", "delete"}, ("coordination.k8s.io", "leases"): {"get", "create", "update"},
+                   ("apps", "statefulsets"): {"get"}}  # a notebook's health: its ready replicas
+    # the notebook flow's runs: a notebook's objects applied (read, then patch) and deleted; its pod deleted to reboot
+    notebooks = {(g, r): set(rule["verbs"]) for rule in roles["mlyard-notebooks"]["rules"]
+                 for g in rule["apiGroups"] for r in rule["resources"]}
+    assert notebooks == {**{(g, r): {"get", "patch", "delete"} for g, r in (
+        ("apps", "statefulsets"), ("", "services"), ("", "secrets"), ("networking.k8s.io", "networkpolicies"))},
+        ("", "pods"): {"delete"}, ("", "persistentvolumeclaims"): {"delete"}}
     flows = [d for d in yaml.safe_load((K8S.parent / "prefect.yaml").read_text())["deployments"]
              if d["entrypoint"].startswith("mlyard.flows.endpoint_") and d["work_pool"]["name"] != "local"]
     assert len(flows) == 10 and {d["work_pool"]["job_variables"]["service_account_name"] for d in flows} == {"mlyard-endpoints"}

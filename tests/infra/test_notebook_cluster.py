@@ -144,3 +144,69 @@ def test_the_notebook_flow_runs_a_registered_image_on_the_cluster(stack, setting
         assert [n.name for n in notebooks.all()] == []
     finally:
         node.close()
+
+
+def test_a_notebook_made_through_the_cluster_deployment_opens_with_the_token_the_door_derives(
+        platform_nodes, cluster_stores, settings, monkeypatch):
+    """A notebook on a cluster as a member makes it (issue 70 §1): the mlyard API's pod queues the notebook
+    flow, which on a cluster is `notebook/notebook-kubernetes` (the cpu pool, as the install's account
+    `mlyard-notebooks`, its Role used with its own token). Its run applies the StatefulSet, whose pod runs
+    JupyterLab on a node here; the token in its Secret is the one the front door derives from the platform's
+    credential (the door reads no Secret and keeps no file), and it opens the notebook. Deleting it through the
+    same deployment takes every object."""
+    from kube_cluster import NS, final
+    from pydantic import SecretStr
+
+    import mlyard.notebooks as api
+    from mlyard.core.names import FLOW_NOTEBOOK, deployment
+    from mlyard.core.specs.image import ImageSpec
+    from mlyard.registry.catalog import Catalog
+    from mlyard.registry.notebooks import Notebooks
+    from mlyard.tasks.notebook_cluster import object_name
+    from mlyard.tasks.orchestration import submit
+    from mlyard.tasks.registry_secrets import images
+
+    kube = platform_nodes.api
+    cluster = cluster_stores.settings(settings).model_copy(update={
+        "internal_token": SecretStr(cluster_stores.internal_token), "kube_namespace": NS})
+    images(cluster).create_image(ImageSpec(name="lab-img", address="registry.example/lab:1", kind="notebook"))
+    spec = NotebookSpec(name="lab", image="lab-img", instance_type="cpu-1", data_storage_gb=1)
+    record = Notebooks(Catalog(cluster.catalog_db_url)).create("lab", spec.model_dump(mode="json"))
+    obj = object_name(record.id)
+
+    def run(action: str) -> None:
+        with monkeypatch.context() as m:  # as the API's pod submits it (the kubelet sets this in every pod)
+            m.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+            fr = submit(deployment(FLOW_NOTEBOOK), {"spec": {"notebook": "lab", "action": action}})
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            assert client.read_deployment(fr.deployment_id).name == "notebook-kubernetes"
+        done = final(str(fr.id), 300)
+        assert done.state.type.value == "COMPLETED", (done.state, [
+            text[-3000:] for node in platform_nodes.nodes for key, text in node.api.pod_logs.items() if key[0] == NS])
+
+    run("create")
+    sts = kube.get("StatefulSet", NS, obj)
+    assert sts["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/lab:1"
+    pod = _until("JupyterLab never became ready in the notebook's pod", lambda: (
+        p := kube.get_object("Pod", NS, f"{obj}-0")) and p["status"].get("podIP") and any(
+            c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions") or []) and p, 240)
+    import base64
+    import urllib.error
+    import urllib.request
+
+    kept = base64.b64decode(kube.get("Secret", NS, f"{obj}-token")["data"]["token"]).decode()
+    derived = api.token(cluster, Notebooks(Catalog(cluster.catalog_db_url)).get("lab"))
+    assert kept == derived  # what the door sends (mlyard/door_pages.py) is what the notebook was given
+    where = f"http://{pod['status']['podIP']}:8888/notebooks/{record.id}/api/status"
+    with urllib.request.urlopen(urllib.request.Request(where, headers={"Authorization": f"token {derived}"}),
+                                timeout=10) as resp:
+        assert resp.status == 200
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(where, timeout=10)
+    assert refused.value.code == 403
+
+    run("delete")
+    _until("the notebook's objects stayed", lambda: not [n for _, n in kube.made(NS) if obj in n])
+    assert [n.name for n in Notebooks(Catalog(cluster.catalog_db_url)).all()] == []
