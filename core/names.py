@@ -37,6 +37,17 @@ def deployment(flow: str, place: str = "local") -> str:
     return f"{flow}/{flow}-{place}"
 
 
+def on_this_platform(deployment: str) -> str:
+    """`deployment` where this process runs: in a Kubernetes pod, FLOW/FLOW-local is FLOW/FLOW-kubernetes, the
+    flow's deployment on the cpu pool that `mlyard k8s apply` registers (the endpoint flows, notebooks,
+    pipelines): a cluster has no local pool. Elsewhere itself."""
+    from mlyard.core.settings import in_kubernetes_pod
+
+    if in_kubernetes_pod() and deployment.endswith("-local"):
+        return deployment.removesuffix("local") + "kubernetes"
+    return deployment
+
+
 def current_deployment(ref: str) -> str:
     """`ref` as deployments are named now: a name of before (`train/local`, as saved schedules, specs and
     scripts may still hold) is `train/train-local`; any other name is itself."""

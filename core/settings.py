@@ -66,9 +66,8 @@ class Settings(BaseSettings):
                                 "(`--project`). Unset: your only project, or `default` for an admin.")
     gateway_port: int | None = Field(default=None, ge=1, le=65535, description="Port of the endpoint gateway that "
                                      "`mlyard up` starts. Unset: the Prefect port + 2 (4202).")
-    gateway_url: str | None = Field(default=None, pattern=r"^https?://", description="The endpoint gateway as the "
-        "platform's processes and flow runs reach it (on a cluster, its Service: the install's ConfigMap sets "
-        "http://gateway:8080). Unset: the one `mlyard up` started, else http://127.0.0.1:<gateway port>.")
+    gateway_url: str | None = Field(default=None, pattern=r"^https?://", description="The gateway as the platform's "
+        "pods reach it (a cluster's Service, http://gateway:8080). Unset: the one `mlyard up` started, or would.")
     door_port: int | None = Field(default=None, ge=1, le=65535, description="Port of the front door to the Prefect UI "
                                   "for project members (mlyard/prefect_door.py). Unset: the Prefect port + 3 (4203).")
     door_public_url: str | None = Field(default=None, pattern=r"^https?://", description="The front door as people reach "
@@ -76,14 +75,12 @@ class Settings(BaseSettings):
     door_trusted_proxy: bool = Field(default=False, description="The front door sits behind oauth2-proxy in its pod "
         "(infra/k8s/components/sign-in), on 127.0.0.1, and takes the user and groups from the proxy's X-Forwarded-"
         "Preferred-Username (or -User) and X-Forwarded-Groups. Off: those headers are ignored.")
-    image: str = Field(
-        default=DEFAULT_IMAGE,
-        description="The mlyard image that Kubernetes pools and endpoint Deployments run (infra/docker/mlyard.Dockerfile, target platform), "
-        "e.g. registry.example/mlyard:0.1.0. `mlyard up` renders the gpu deployments with it.")
-    serving_image: str | None = Field(
-        default=None, description="The image of endpoint stages' model servers on Kubernetes "
-        "(infra/docker/mlyard.Dockerfile, target serving); a cluster install sets it from its values (images.serving) in the "
-        "mlyard-config ConfigMap. Unset: `image`.")
+    image: str = Field(default=DEFAULT_IMAGE, description="The mlyard image that Kubernetes pools and endpoint "
+        "Deployments run (infra/docker/mlyard.Dockerfile, target platform), e.g. registry.example/mlyard:0.1.0. "
+        "`mlyard up` renders the gpu deployments with it.")
+    serving_image: str | None = Field(default=None, description="The image of endpoint stages' model servers on "
+        "Kubernetes (infra/docker/mlyard.Dockerfile, target serving); a cluster install sets it from its values "
+        "(images.serving) in the mlyard-config ConfigMap. Unset: `image`.")
     cluster_pools: bool | None = Field(
         default=None, description="Whether the embedded stack also registers the deployments of the Kubernetes "
         "pools (gpu, cpu), for a Kubernetes worker you run against a cluster (`prefect worker start --pool gpu "
@@ -246,8 +243,7 @@ class Settings(BaseSettings):
         return self.api_port or self.prefect_port + 1
 
     @property
-    def local_gateway_url(self) -> str:
-        """Where `mlyard up` starts the gateway on this machine."""
+    def local_gateway_url(self) -> str:  # where `mlyard up` starts the gateway on this machine
         return f"http://127.0.0.1:{self.gateway_port or self.prefect_port + 2}"
 
     @property

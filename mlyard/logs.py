@@ -6,7 +6,8 @@ inference requests (core/logrecords.py), found by category, id, level and time.
     logs.query(training="3f2a", level="WARNING")        # an id or a unique start of one
 
 The stack's mlyard API keeps the index (tasks/logstore.py) caught up every few seconds and answers
-`mlyard logs`; called here, the index is caught up first.
+`mlyard logs`; called here, the index is caught up first. On a cluster the API's pods read the records of the
+runs' pods through the Kubernetes API's pod logs (tasks/logpods.py).
 """
 
 from __future__ import annotations
@@ -37,7 +38,29 @@ def store(home: Any = None) -> Any:
 
 
 def catch_up() -> int:
+    _gather_pods()
     return int(store().catch_up())
+
+
+_PODS: dict[str, Any] = {}
+
+
+def _gather_pods() -> None:
+    """On a cluster: the runs' pods' records, read through the Kubernetes API into the index's folder first
+    (tasks/logpods.py); nothing to read elsewhere."""
+    from mlyard.core.settings import in_kubernetes_pod
+
+    if not in_kubernetes_pod():
+        return
+    from mlyard.tasks.kubernetes import cluster_client
+    from mlyard.tasks.logpods import PodLogs
+
+    settings = Settings()
+    with _LOCK:
+        if str(settings.home_dir) not in _PODS:
+            _PODS[str(settings.home_dir)] = PodLogs(settings.home_dir, cluster_client("logs", "kubernetes"),
+                                                    settings.kube_namespace)
+        _PODS[str(settings.home_dir)].gather()
 
 
 def prune() -> int:
@@ -93,6 +116,7 @@ def query(*, category: str | None = None, training: str | None = None, tuning: s
         ids["endpoint_id"], names["endpoint_id"] = _endpoint_id(endpoint), endpoint
     s = store()
     if fresh:
+        _gather_pods()
         s.catch_up()
     return list(s.query(category=category, ids=ids, names=names, level=level, since=when(since, "since"),
                         until=when(until, "until"), after=after, limit=int(limit), projects=visible_projects()))

@@ -1,6 +1,6 @@
 """Notebooks from Python (and the CLI's `mlyard notebooks`): JupyterLab with its own storage, started,
 stopped, rebooted and deleted by flow runs of `notebook/notebook-local` (on a cluster `notebook-kubernetes`:
-tasks/orchestration.on_this_platform).
+core/names.on_this_platform).
 
     import mlyard.notebooks as notebooks
 

@@ -276,7 +276,7 @@ def submit(deployment: str, parameters: dict, job_variables: dict | None = None,
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound
 
-    from mlyard.core.names import current_deployment
+    from mlyard.core.names import current_deployment, on_this_platform
 
     deployment = on_this_platform(current_deployment(deployment))
     with get_client(sync_client=True) as client:
@@ -296,17 +296,6 @@ def submit(deployment: str, parameters: dict, job_variables: dict | None = None,
         tags = [*(tags or []), TAG_NAMED]  # its final name now: printed by the command, kept when the run starts
     return run_deployment(found.id, parameters=parameters, timeout=0, job_variables=kept, tags=tags or None,
                           as_subflow=False, flow_run_name=name, scheduled_time=scheduled_time)
-
-
-def on_this_platform(deployment: str) -> str:
-    """`deployment` where this process runs: in a Kubernetes pod, FLOW/FLOW-local is FLOW/FLOW-kubernetes, the
-    flow's deployment on the cpu pool that `mlyard k8s apply` registers (the endpoint flows, notebooks,
-    pipelines); elsewhere itself."""
-    from mlyard.core.settings import in_kubernetes_pod
-
-    if in_kubernetes_pod() and deployment.endswith("-local"):
-        return deployment.removesuffix("local") + "kubernetes"
-    return deployment
 
 
 def owner_tags() -> list[str]:

@@ -36,7 +36,10 @@ def final(flow_run_id: str, timeout: float = 180):
             if fr.state is not None and fr.state.is_final():
                 return fr
             time.sleep(0.5)
-    raise AssertionError(f"flow run {flow_run_id} did not end within {timeout} s")
+    state = fr.state.name if fr.state else None
+    raise AssertionError(f"flow run {flow_run_id} did not end within {timeout} s: it is {state} "
+                         f"({(fr.state.message or '') if fr.state else ''}), worker {fr.work_queue_name} of "
+                         f"{fr.work_pool_name}, infrastructure {fr.infrastructure_pid or 'none'}")
 
 
 def finished_job(api, name: str, timeout: float = 60) -> dict:

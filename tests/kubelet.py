@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -182,10 +183,12 @@ class Kubelet:
             code = 128
         else:
             self.processes[pod_name] = proc
-            lines = []
+            lines: list[str] = []
+            times = self.api.pod_log_times.setdefault((ns, pod_name), []) if hasattr(self.api, "pod_log_times") else []
             assert proc.stdout is not None
             for line in proc.stdout:
                 lines.append(line)
+                times.append(time.time())  # kept with the line, as the container runtime stamps it
                 self.api.pod_logs[(ns, pod_name)] = "".join(lines)
             code = proc.wait()
         self._end_sidecars(sidecars)

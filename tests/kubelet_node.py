@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 from controlplane import ControlPlane, free_port
 from kubelet import Kubelet, _now
@@ -48,6 +48,7 @@ class RealApi:
         self.url, self.context, self.token = url, context, token
         self.objects = _Objects(self)
         self.pod_logs: dict[tuple[str, str], str] = {}
+        self.pod_log_times: dict[tuple[str, str], list[float]] = {}  # when each line of a pod's log was written
         self.pod_status: Any = None  # a node's pod network (tests/pod_network.py) reports addresses and readiness
 
     def path(self, kind: str, ns: str | None, name: str | None = None, sub: str | None = None) -> str:
@@ -329,7 +330,7 @@ class NodeKubelet(Kubelet):
                 if len(parts) < 3 or parts[0] != "containerLogs":
                     self.send_error(404)
                     return
-                text = kubelet.api.pod_logs.get((parts[1], parts[2]), "").encode()
+                text = _log(kubelet.api, (parts[1], parts[2]), parse_qs(urlsplit(self.path).query)).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain")
                 self.send_header("Content-Length", str(len(text)))
@@ -351,6 +352,23 @@ class NodeKubelet(Kubelet):
         super().close()
         self._server.shutdown()
         RealApi(self.plane.url, self.plane.ssl_context()).request("DELETE", f"/api/v1/nodes/{self.name}")
+
+
+def _log(api: Any, key: tuple[str, str], query: dict[str, list[str]]) -> str:
+    """A container's log as kubelet serves it: each line after its RFC 3339 time with `timestamps=true`, only
+    those of the last `sinceSeconds` when asked."""
+    lines = api.pod_logs.get(key, "").splitlines(keepends=True)
+    times = api.pod_log_times.get(key, [])[:len(lines)]
+    since = float(query["sinceSeconds"][0]) if "sinceSeconds" in query else None
+    out = []
+    for at, line in zip(times, lines):
+        if since is not None and at < time.time() - since:
+            continue
+        if query.get("timestamps") == ["true"]:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + f".{int(at % 1 * 1e9):09d}".rstrip("0") + "Z"
+            line = f"{stamp.replace('.Z', 'Z')} {line}"
+        out.append(line)
+    return "".join(out) if times or not lines else "".join(lines)
 
 
 def _field(pod: dict, path: str) -> str:

@@ -142,3 +142,23 @@ def apply_part(api, ns: str, name: str, *more: str) -> None:
     for obj in render(ClusterValues(overlay="dev", namespace=ns)):
         if obj["metadata"]["name"] in (name, *more) and obj["kind"] in PART_KINDS:
             api.create(obj["kind"], obj["apiVersion"], ns, {k: v for k, v in obj.items() if k not in ("kind", "apiVersion")})
+
+
+def account_client(api, plane, ns: str, account: str):
+    """The install's `account`, its Role and binding made in `ns` as the manifests make them, and a Kubernetes
+    client with a token the API server issues to it (what its pods' token is)."""
+    from kubernetes import client
+
+    from mlyard.core.specs.cluster import ClusterValues
+    from mlyard.tasks.cluster import render
+
+    for obj in render(ClusterValues(overlay="dev", namespace=ns)):
+        if obj["metadata"]["name"] == account and obj["kind"] in ("ServiceAccount", "Role", "RoleBinding"):
+            api.create(obj["kind"], obj["apiVersion"], ns, {k: v for k, v in obj.items() if k not in ("kind", "apiVersion")})
+    code, doc = api.request("POST", f"/api/v1/namespaces/{ns}/serviceaccounts/{account}/token",
+                            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}})
+    assert code == 201, doc
+    conf = client.Configuration()
+    conf.host, conf.ssl_ca_cert = plane.url, str(plane.ca)
+    conf.api_key, conf.api_key_prefix = {"authorization": doc["status"]["token"]}, {"authorization": "Bearer"}
+    return client.ApiClient(conf)

@@ -124,7 +124,8 @@ def test_workers_get_exactly_what_they_use(overlay):
     api = {(g, r): set(rule["verbs"]) for rule in roles["mlyard-api"]["rules"]
            for g in rule["apiGroups"] for r in rule["resources"]}
     assert api == {("", "secrets"): {"create", "delete"}, ("coordination.k8s.io", "leases"): {"get", "create", "update"},
-                   ("apps", "statefulsets"): {"get"}}  # a notebook's health: its ready replicas
+                   ("apps", "statefulsets"): {"get"},  # a notebook's health: its ready replicas
+                   ("", "pods"): {"list"}, ("", "pods/log"): {"get"}}  # the runs' records, for `mlyard logs`
     # the notebook flow's runs: a notebook's objects applied (read, then patch) and deleted; its pod deleted to reboot
     notebooks = {(g, r): set(rule["verbs"]) for rule in roles["mlyard-notebooks"]["rules"]
                  for g in rule["apiGroups"] for r in rule["resources"]}

@@ -147,13 +147,14 @@ def test_the_notebook_flow_runs_a_registered_image_on_the_cluster(stack, setting
 
 
 def test_a_notebook_made_through_the_cluster_deployment_opens_with_the_token_the_door_derives(
-        platform_nodes, cluster_stores, settings, monkeypatch):
+        platform_nodes, cluster_stores, settings, control_plane, monkeypatch, tmp_path):
     """A notebook on a cluster as a member makes it (issue 70 §1): the mlyard API's pod queues the notebook
     flow, which on a cluster is `notebook/notebook-kubernetes` (the cpu pool, as the install's account
     `mlyard-notebooks`, its Role used with its own token). Its run applies the StatefulSet, whose pod runs
     JupyterLab on a node here; the token in its Secret is the one the front door derives from the platform's
     credential (the door reads no Secret and keeps no file), and it opens the notebook. Deleting it through the
-    same deployment takes every object."""
+    same deployment takes every object. And `mlyard logs` finds the runs' records as the API's pods read them,
+    through the pods' logs, as the account `mlyard-api` (tasks/logpods.py)."""
     from kube_cluster import NS, final
     from pydantic import SecretStr
 
@@ -174,7 +175,7 @@ def test_a_notebook_made_through_the_cluster_deployment_opens_with_the_token_the
     record = Notebooks(Catalog(cluster.catalog_db_url)).create("lab", spec.model_dump(mode="json"))
     obj = object_name(record.id)
 
-    def run(action: str) -> None:
+    def run(action: str) -> str:
         with monkeypatch.context() as m:  # as the API's pod submits it (the kubelet sets this in every pod)
             m.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
             fr = submit(deployment(FLOW_NOTEBOOK), {"spec": {"notebook": "lab", "action": action}})
@@ -185,8 +186,9 @@ def test_a_notebook_made_through_the_cluster_deployment_opens_with_the_token_the
         done = final(str(fr.id), 300)
         assert done.state.type.value == "COMPLETED", (done.state, [
             text[-3000:] for node in platform_nodes.nodes for key, text in node.api.pod_logs.items() if key[0] == NS])
+        return str(fr.id)
 
-    run("create")
+    created = run("create")
     sts = kube.get("StatefulSet", NS, obj)
     assert sts["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/lab:1"
     pod = _until("JupyterLab never became ready in the notebook's pod", lambda: (
@@ -207,6 +209,21 @@ def test_a_notebook_made_through_the_cluster_deployment_opens_with_the_token_the
         urllib.request.urlopen(where, timeout=10)
     assert refused.value.code == 403
 
-    run("delete")
+    deleted = run("delete")
     _until("the notebook's objects stayed", lambda: not [n for _, n in kube.made(NS) if obj in n])
     assert [n.name for n in Notebooks(Catalog(cluster.catalog_db_url)).all()] == []
+
+    # the runs' records, as an API pod gathers them into its index (a second look adds nothing)
+    from pod_moves import account_client
+
+    from mlyard.tasks.logpods import PodLogs
+    from mlyard.tasks.logstore import LogStore
+
+    pods = PodLogs(tmp_path / "api-home", account_client(kube, control_plane, NS, "mlyard-api"), NS)
+    assert pods.gather() > 0 and pods.gather() == 0
+    index = LogStore(tmp_path / "api-home")
+    index.catch_up()
+    for run_id, said in ((created, "create"), (deleted, "delete")):
+        found = index.query(ids={"flow_run_id": run_id}, limit=1000)
+        assert found and {r["flowRunId"] for r in found} == {run_id}, (said, found[:3])
+        assert any(said in r["body"].lower() for r in found), [r["body"] for r in found]

@@ -19,7 +19,7 @@ def test_names_prefect_makes_up_are_told_from_names_a_person_types():
 def test_a_cluster_has_no_local_pool_so_its_pods_queue_the_flows_cluster_deployment(monkeypatch):
     """The mlyard API's pod queues a member's notebook or endpoint change as on one machine
     (FLOW/FLOW-local); on a cluster that is the flow's deployment on the cpu pool."""
-    from mlyard.tasks.orchestration import on_this_platform
+    from mlyard.core.names import on_this_platform
 
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     assert on_this_platform("notebook/notebook-local") == "notebook/notebook-local"
