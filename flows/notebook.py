@@ -28,6 +28,7 @@ from mlyard.core.settings import Settings
 from mlyard.core.specs.notebook import ACTIVE, FAILED, IN_PROGRESS, STOPPED, NotebookAction, NotebookSpec
 from mlyard.registry.catalog import Catalog
 from mlyard.registry.notebooks import Notebooks
+from mlyard.tasks.logrecords import install
 from mlyard.tasks.notebook_steps import (
     apply_on_cluster,
     cluster_token,
@@ -51,6 +52,7 @@ class NotebookResult(BaseModel):
       description="Create, stop, start, reboot or delete a JupyterLab notebook (mlyard notebooks ...).")
 def notebook(spec: NotebookAction) -> NotebookResult:
     settings = Settings()
+    install(settings)  # what the run logs, also as structured records (`mlyard logs`), as Platform does
     notebooks = Notebooks(Catalog(settings.catalog_db_url))
     home, logger = settings.home_dir, get_run_logger()
     run_id = str(flow_run.get_id() or "") or None

@@ -22,9 +22,11 @@ class Parts:
     MLflow: 2.5 s of a sync's start that it never uses)."""
 
     def __init__(self) -> None:
+        from mlyard.tasks.logrecords import install
         from mlyard.tasks.storage import Storage
 
         self.settings = Settings()
+        install(self.settings)  # what the run logs, also as structured records (`mlyard logs`), as Platform does
         self.storage = Storage(self.settings)
         self.catalog = Catalog(self.settings.catalog_db_url)
 

@@ -1,6 +1,7 @@
 """Every line a flow run logs, also as a structured record (core/logrecords.py).
 
-`install(settings)` (called by `mlyard.flows.platform.Platform`, which every flow builds first) adds one
+`install(settings)` (called by `mlyard.flows.platform.Platform`, which every flow builds first, or by the flow
+itself where it builds none: notebooks, RAG syncs) adds one
 handler to Prefect's run loggers: whatever a training, tuning, batch inference, evaluation or endpoint
 flow logs (its script's output lines included) still goes to the Prefect log as before, and also, with
 the run's category and ids, to `<home>/logs/records/<category>/<YYYY-MM-DD>.jsonl` (private to the user,

@@ -109,10 +109,10 @@ def test_workers_get_exactly_what_they_use(overlay):
     # the endpoint flows' runs: server-side apply (patch), read back, list by labels and delete a stage's objects
     endpoints = {(g, r): set(rule["verbs"]) for rule in roles["mlyard-endpoints"]["rules"]
                  for g in rule["apiGroups"] for r in rule["resources"]}
-    assert endpoints == {**{(g, r): {"get", "list", "patch", "delete"} for g, r in (
+    assert endpoints == {**{(g, r): {"get", "list", "create", "patch", "delete"} for g, r in (
         ("apps", "deployments"), ("", "services"), ("autoscaling", "horizontalpodautoscalers"),
-        ("networking.k8s.io", "networkpolicies"), ("policy", "poddisruptionbudgets"))}, ("gateway.networking.k8s.io", "httproutes"): {"get", "patch",
-                                                                                          "delete"}}
+        ("networking.k8s.io", "networkpolicies"), ("policy", "poddisruptionbudgets"))},
+        ("gateway.networking.k8s.io", "httproutes"): {"get", "create", "patch", "delete"}}
     assert {s["name"] for s in bindings["mlyard-endpoints"]["subjects"]} == {"mlyard-endpoints"}
     # where user code runs (every flow-run pod by default, a multi-node training's nodes): read a pod, no more
     run = {(g, r): set(rule["verbs"]) for rule in roles["mlyard-run"]["rules"]
@@ -129,7 +129,7 @@ def test_workers_get_exactly_what_they_use(overlay):
     # the notebook flow's runs: a notebook's objects applied (read, then patch) and deleted; its pod deleted to reboot
     notebooks = {(g, r): set(rule["verbs"]) for rule in roles["mlyard-notebooks"]["rules"]
                  for g in rule["apiGroups"] for r in rule["resources"]}
-    assert notebooks == {**{(g, r): {"get", "patch", "delete"} for g, r in (
+    assert notebooks == {**{(g, r): {"get", "create", "patch", "delete"} for g, r in (
         ("apps", "statefulsets"), ("", "services"), ("", "secrets"), ("networking.k8s.io", "networkpolicies"))},
         ("", "pods"): {"delete"}, ("", "persistentvolumeclaims"): {"delete"}}
     flows = [d for d in yaml.safe_load((K8S.parent / "prefect.yaml").read_text())["deployments"]
