@@ -68,6 +68,20 @@ def endpoint(catalog_url: str, upstream: str, stages: tuple[str, ...] = (), name
     return name
 
 
+INFER = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]}  # one V2 inference request
+
+
+def inferences(url: str):
+    """`call` for Load: each client posts INFER to `url` on its own kept-alive connection (httpx, as the openai
+    client calls an endpoint)."""
+    def call():
+        with httpx.Client(timeout=30) as client:
+            while True:
+                yield lambda: client.post(url, json=INFER).status_code
+
+    return call
+
+
 def wait(predicate, timeout: float, what: str):
     """`predicate()`'s first true value within `timeout` s (a request that fails counts as not yet)."""
     deadline = time.monotonic() + timeout
@@ -144,11 +158,9 @@ def apply_part(api, ns: str, name: str, *more: str) -> None:
             api.create(obj["kind"], obj["apiVersion"], ns, {k: v for k, v in obj.items() if k not in ("kind", "apiVersion")})
 
 
-def account_client(api, plane, ns: str, account: str):
-    """The install's `account`, its Role and binding made in `ns` as the manifests make them, and a Kubernetes
-    client with a token the API server issues to it (what its pods' token is)."""
-    from kubernetes import client
-
+def account_token(api, ns: str, account: str) -> str:
+    """The install's `account`, its Role and binding made in `ns` as the manifests make them; a token the API
+    server issues to it (what its pods' token is)."""
     from mlyard.core.specs.cluster import ClusterValues
     from mlyard.tasks.cluster import render
 
@@ -158,7 +170,14 @@ def account_client(api, plane, ns: str, account: str):
     code, doc = api.request("POST", f"/api/v1/namespaces/{ns}/serviceaccounts/{account}/token",
                             {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}})
     assert code == 201, doc
+    return doc["status"]["token"]
+
+
+def account_client(api, plane, ns: str, account: str):
+    """A Kubernetes client as the install's `account` (account_token)."""
+    from kubernetes import client
+
     conf = client.Configuration()
     conf.host, conf.ssl_ca_cert = plane.url, str(plane.ca)
-    conf.api_key, conf.api_key_prefix = {"authorization": doc["status"]["token"]}, {"authorization": "Bearer"}
+    conf.api_key, conf.api_key_prefix = {"authorization": account_token(api, ns, account)}, {"authorization": "Bearer"}
     return client.ApiClient(conf)

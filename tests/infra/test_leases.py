@@ -36,21 +36,14 @@ def _as_the_account(api: ClusterApi, plane, path: Path, account: str = "mlyard-s
     """The install's `account` and its Role, as the manifests make them, in `ns`; a kubeconfig with a token the
     API server issues to that account (what its pods' token is)."""
     import yaml
-
-    from mlyard.core.specs.cluster import ClusterValues
-    from mlyard.tasks.cluster import render
+    from pod_moves import account_token
 
     api.create("Namespace", "v1", None, {"metadata": {"name": ns}})
-    for obj in render(ClusterValues(overlay="dev", namespace=ns)):
-        if obj["metadata"]["name"] == account and obj["kind"] in ("ServiceAccount", "Role", "RoleBinding"):
-            api.create(obj["kind"], obj["apiVersion"], ns, {k: v for k, v in obj.items() if k not in ("kind", "apiVersion")})
-    code, doc = api.request("POST", f"/api/v1/namespaces/{ns}/serviceaccounts/{account}/token",
-                            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}})
-    assert code == 201, doc
+    token = account_token(api, ns, account)
     path.write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config", "current-context": "pod",
         "clusters": [{"name": "c", "cluster": {"server": plane.url, "certificate-authority": str(plane.ca)}}],
-        "users": [{"name": account, "user": {"token": doc["status"]["token"]}}],
+        "users": [{"name": account, "user": {"token": token}}],
         "contexts": [{"name": "pod", "context": {"cluster": "c", "user": account, "namespace": ns}}]}))
     path.chmod(0o600)
     return path

@@ -22,7 +22,7 @@ from http.server import ThreadingHTTPServer
 
 import httpx
 from kube_cluster import NS, final
-from pod_moves import Load, Model, endpoint, evict, settled, wait
+from pod_moves import INFER, Load, Model, endpoint, evict, inferences, settled, wait
 
 STEP_SECONDS = 15
 FLOW = "promote-progressively/promote-progressively-kubernetes"
@@ -154,20 +154,13 @@ def test_a_node_drain_during_a_promotion_neither_doubles_nor_loses_its_step(plat
     name = endpoint(cluster_stores.catalog_url, f"http://127.0.0.1:{model.server_address[1]}", stages=("canary",))
     gw = platform_nodes.gateway.address
     url = f"http://{gw[0]}:{gw[1]}/{name}/m/v2/models/m/infer"
-    body = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
-
-    def call():
-        with httpx.Client(timeout=30) as client:
-            while True:
-                yield lambda: client.post(url, json=body).status_code
-
     watch = Watch(cluster_stores.catalog_url, name)
     load = None
     try:
         for part in ("gateway", "scheduler"):
             wait(lambda part=part: settled(api, NS, part), 180, f"the {part}'s replicas available")
-        wait(lambda: httpx.post(url, json=body, timeout=5).status_code == 200, 60, "the endpoint answered")
-        load = Load(call)
+        wait(lambda: httpx.post(url, json=INFER, timeout=5).status_code == 200, 60, "the endpoint answered")
+        load = Load(inferences(url))
         first = run_deployment(FLOW, timeout=0, parameters={"spec": {
             "endpoint": name, "stage": "canary",
             "policy": {"steps": [20, 50, 100], "step_seconds": STEP_SECONDS, "keep_old": True}}})

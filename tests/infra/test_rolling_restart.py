@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 from kubelet_node import ClusterApi, NodeKubelet
-from pod_moves import Load, Model, apply_part, endpoint, evict, pods, settled, wait
+from pod_moves import INFER, Load, Model, apply_part, endpoint, evict, inferences, pods, settled, wait
 from pod_network import PodNetwork, ServiceProxy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,18 +115,11 @@ def test_a_rolling_restart_and_a_drain_of_the_gateway_lose_no_request(on_cluster
     threading.Thread(target=model.serve_forever, daemon=True).start()
     name = endpoint(cluster_stores.catalog_url, f"http://127.0.0.1:{model.server_address[1]}")
     url = f"http://{proxy.address[0]}:{proxy.address[1]}/{name}/m/v2/models/m/infer"
-    body = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
-
-    def call():
-        with httpx.Client(timeout=30) as client:
-            while True:
-                yield lambda: client.post(url, json=body).status_code
-
     try:
         wait(lambda: settled(api, NS, "gateway"), 120, "the gateway's replicas available")
-        wait(lambda: httpx.post(url, json=body, timeout=5).status_code == 200, 60, "the endpoint answered")
+        wait(lambda: httpx.post(url, json=INFER, timeout=5).status_code == 200, 60, "the endpoint answered")
         before = Model.answered
-        figures = _restart_and_drain(api, "gateway", proxy, call)
+        figures = _restart_and_drain(api, "gateway", proxy, inferences(url))
         assert Model.answered > before
         print(figures)
     finally:
