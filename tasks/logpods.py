@@ -24,7 +24,8 @@ import orjson
 
 RUN_LABEL = "prefect.io/flow-run-id"
 CONTAINER = "prefect-job"  # the pools' job templates name a run's main container so
-STATE = ".read.json"  # per pod: the kubelet timestamp of the last line read
+STATE = ".read.json"  # per pod: the kubelet timestamp of the last line read; the ended pods read to their end
+ENDED = ("Succeeded", "Failed")
 
 
 def folder(home: Path) -> Path:
@@ -39,9 +40,11 @@ class PodLogs:
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
         try:
-            self.read: dict[str, str] = orjson.loads((self.dir / STATE).read_bytes())
+            state = orjson.loads((self.dir / STATE).read_bytes())
         except (OSError, orjson.JSONDecodeError):
-            self.read = {}
+            state = {}
+        self.read: dict[str, str] = state.get("read", {})
+        self.done: set[str] = set(state.get("done", []))  # ended, and read after they ended: never again
 
     def gather(self) -> int:
         """Append every run pod's record lines printed since the last look to its file; how many."""
@@ -53,12 +56,16 @@ class PodLogs:
         for pod in pods:
             name, run = pod.metadata.name, (pod.metadata.labels or {}).get(RUN_LABEL)
             alive.add(name)
-            if not run or not pod.status or pod.status.phase in (None, "Pending"):
+            phase = pod.status.phase if pod.status else None
+            if not run or phase in (None, "Pending") or name in self.done:
                 continue
             added += self._gather_pod(core, name, run)
-        for gone in set(self.read) - alive:  # its file stays for the index; only its mark goes
+            if phase in ENDED:  # its log is whole: read to its end now
+                self.done.add(name)
+        for gone in set(self.read) - alive:  # its file stays for the index; only its marks go
             del self.read[gone]
-        (self.dir / STATE).write_bytes(orjson.dumps(self.read))
+        self.done &= alive
+        (self.dir / STATE).write_bytes(orjson.dumps({"read": self.read, "done": sorted(self.done)}))
         return added
 
     def _gather_pod(self, core: Any, name: str, run: str) -> int:
