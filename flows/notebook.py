@@ -31,7 +31,6 @@ from mlyard.registry.notebooks import Notebooks
 from mlyard.tasks.logrecords import install
 from mlyard.tasks.notebook_steps import (
     apply_on_cluster,
-    cluster_token,
     delete_on_cluster,
     delete_storage,
     on_cluster,
@@ -79,7 +78,7 @@ def notebook(spec: NotebookAction) -> NotebookResult:
                 reboot_on_cluster(settings, record.name, record.id, nb)
             else:
                 apply_on_cluster(settings, record.name, record.id, nb, 0 if spec.action == "stop" else 1,
-                                 cluster_token(settings, record))
+                                 record.created_at.isoformat())
             status = STOPPED if spec.action == "stop" else ACTIVE
             notebooks.set_status(spec.notebook, status)
             return NotebookResult(notebook=spec.notebook, action=spec.action, status=status)

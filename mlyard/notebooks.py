@@ -139,7 +139,7 @@ def token(settings: Settings, record: Any) -> str:
     if record.spec.get("image", LOCAL_IMAGE) != LOCAL_IMAGE:
         from mlyard.tasks.notebook_steps import cluster_token
 
-        return cluster_token(settings, record)
+        return cluster_token(settings, record.id, record.created_at.isoformat())
     return local.token(settings.home_dir, record.id)
 
 

@@ -55,8 +55,9 @@ def on_cluster(spec: NotebookSpec) -> bool:
     return spec.image != LOCAL_IMAGE
 
 
-def cluster_token(settings: Any, record: Any) -> str:
-    """The JupyterLab token of the notebook `record` on the cluster (core/connection.notebook_token)."""
+def cluster_token(settings: Any, notebook_id: int, created: str) -> str:
+    """The JupyterLab token on the cluster of the notebook `notebook_id` made at `created` (its record's
+    created_at, ISO): core/connection.notebook_token."""
     from mlyard.core.connection import internal_token, notebook_token
     from mlyard.core.errors import SpecError
 
@@ -64,19 +65,21 @@ def cluster_token(settings: Any, record: Any) -> str:
     if not internal:
         raise SpecError("internal_token", None, "the platform's internal credential (MLYARD_INTERNAL_TOKEN, in the "
                         "mlyard-settings Secret on a cluster): a notebook's token is derived from it")
-    return notebook_token(internal, record.id, record.created_at.isoformat())
+    return notebook_token(internal, notebook_id, created)
 
 
 @task(name="apply-notebook", cache_policy=NO_CACHE)
-def apply_on_cluster(settings: Any, name: str, notebook_id: int, spec: NotebookSpec, replicas: int, token: str) -> str:
+def apply_on_cluster(settings: Any, name: str, notebook_id: int, spec: NotebookSpec, replicas: int,
+                     created: str) -> str:
     """Render, validate and apply the notebook's objects (its StatefulSet at `replicas`: 1 running, 0
-    stopped; `token` in its Secret: core/connection.notebook_token); its Service's address."""
+    stopped; its token in its Secret, derived here so that no task parameter holds it); its Service's address."""
     from mlyard.tasks import notebook_cluster as nbk
     from mlyard.tasks.kubernetes import cluster_client
     from mlyard.tasks.registry_secrets import ensure_pull_secret, images
 
     resolved = images(settings).resolve(spec.image)
     ensure_pull_secret(resolved, settings)
+    token = cluster_token(settings, notebook_id, created)
     manifests = nbk.render(name, notebook_id, spec, resolved.address, token, namespace=settings.kube_namespace,
                            replicas=replicas, pull_secrets=(resolved.pull_secret,) if resolved.pull_secret else ())
     done = nbk.apply(cluster_client("image", spec.image), manifests, settings.kube_namespace)
