@@ -90,14 +90,14 @@ def test_every_deployment_on_a_kubernetes_pool_renders_a_strictly_valid_job(stac
 
 def test_the_scheduler_and_pipeline_runs_run_on_the_cpu_pool():
     """None asks for a GPU: the scheduler loops, a pipeline run hands its steps to the KFP server, an endpoint
-    change applies a stage's objects."""
+    change applies a stage's objects, a notebook's run applies its StatefulSet (which asks for the GPUs itself)."""
     endpoint_flows = ["mlyard.flows.endpoint_add_stage.add_stage", "mlyard.flows.endpoint_delete.delete_endpoint",
                       "mlyard.flows.endpoint_deploy.deploy_endpoint", "mlyard.flows.endpoint_promote.promote_stage",
                       "mlyard.flows.endpoint_retry.retry_stage", "mlyard.flows.endpoint_rollout.control_promotion",
                       "mlyard.flows.endpoint_rollout.promote_progressively", "mlyard.flows.endpoint_start.start_stage",
                       "mlyard.flows.endpoint_stop.stop_stage", "mlyard.flows.endpoint_traffic.set_traffic"]
-    assert sorted(d["entrypoint"] for d in _deployments("cpu")) == endpoint_flows + ["mlyard.flows.pipeline_run.pipeline_run",
-                                                                                     "mlyard.flows.scheduler.scheduler"]
+    assert sorted(d["entrypoint"] for d in _deployments("cpu")) == endpoint_flows + [
+        "mlyard.flows.notebook.notebook", "mlyard.flows.pipeline_run.pipeline_run", "mlyard.flows.scheduler.scheduler"]
     assert "mlyard.flows.pipeline_run.pipeline_run" not in [d["entrypoint"] for d in _deployments("gpu")]
 
 

@@ -124,7 +124,7 @@ def test_a_batch_that_times_out_or_raises_is_recorded_and_the_job_goes_on(storag
 
     started = time.monotonic()
     rec = Worker(job, storage, emit=events.append).run()[0]
-    assert time.monotonic() - started < 10  # did not wait for the stuck call
+    assert time.monotonic() - started < 20  # did not wait for the stuck call's 30 s (12.3 s seen on a busy 2-core run)
     assert (rec.rows, rec.failed_rows, rec.failed_batches) == (12, 8, 2)
     assert [(f["first_row"], f["last_row"]) for f in rec.failures] == [(4, 7), (8, 11)]
     assert "timed out after 0.5 s" in rec.failures[0]["error"] and "cannot score -999" in rec.failures[1]["error"]
