@@ -8,13 +8,13 @@
     endpoint.call({"instances": [[0.0] * 64]}, token=endpoint.issue_token())
     endpoint.add_stage("v2", mlyard.model("digits/2")).canary("v2", 10)   # .promote("v2") or .rollback()
 
-Lifecycle: train, tune, batch_infer, evaluate (each a Run); register_model, model, list_models; deploy,
-endpoint, list_endpoints; run (a Run by id), list_runs; whoami, projects. RAGs, notebooks, pipelines and
-schedules: the modules mlyard.rags, mlyard.notebooks, mlyard.pipelines and mlyard.schedule (`create`,
-`list_...`, `show`, ...). Every call reaches the platform `mlyard up` started (or the production servers
-named in settings) exactly as the CLI and the Prefect UI do; with a team member's key (MLYARD_API_KEY, or
-what `mlyard login` kept) as that member, through the platform's mlyard API. Bad input raises
-mlyard.core.errors.SpecError (a ValueError) naming the field; a failed run, RunFailed.
+Lifecycle: train, tune, batch_infer, evaluate (each a Run); register_model, model, list_models,
+compare_models; deploy, endpoint, list_endpoints; run (a Run by id), list_runs; whoami, projects. RAGs,
+notebooks, pipelines and schedules: the modules mlyard.rags, mlyard.notebooks, mlyard.pipelines and
+mlyard.schedule (`create`, `list_...`, `show`, ...). Every call reaches the platform `mlyard up` started
+(or the production servers named in settings) exactly as the CLI and the Prefect UI do; with a team
+member's key (MLYARD_API_KEY, or what `mlyard login` kept) as that member, through the platform's mlyard
+API. Bad input raises mlyard.core.errors.SpecError (a ValueError) naming the field; a failed run, RunFailed.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import typing
 
 __version__ = "0.1.0"
 __all__ = ["train", "tune", "batch_infer", "evaluate", "run", "list_runs", "register_model", "model", "list_models",
-           "deploy", "endpoint", "list_endpoints", "whoami", "projects", "Run", "Model", "Endpoint",
+           "compare_models", "deploy", "endpoint", "list_endpoints", "whoami", "projects", "Run", "Model", "Endpoint",
            "rags", "notebooks", "pipelines", "schedule"]
 _MODULES = ("rags", "notebooks", "pipelines", "schedule")
 _SDK = [name for name in __all__ if name not in _MODULES]
@@ -35,6 +35,7 @@ if typing.TYPE_CHECKING:  # what editors and type checkers complete; at run time
         Model,
         Run,
         batch_infer,
+        compare_models,
         deploy,
         endpoint,
         evaluate,

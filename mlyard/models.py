@@ -111,3 +111,24 @@ def delete(name: str, version: str | None = None) -> dict[str, Any]:
     _may(models, name, "owner", "deleting a model")
     models.delete(name, version)
     return {"deleted": name, "version": version}
+
+
+def compare(refs: list[str]) -> dict[str, Any]:
+    """Versions side by side: each one's metrics and hyperparameters, read from the MLflow run that made it
+    (a tuning's version: its best trial's run), with every metric any of them has, in order. A version
+    registered from a folder has no run: its metrics are empty."""
+    from mlyard.warm_api import platform
+
+    if len(refs) < 2:
+        raise SpecError("refs", refs, "two or more versions (name, name/version or name@alias)")
+    p, rows = platform(), []
+    for ref in refs:
+        visible(p.models, ref.split("@", 1)[0].split("/", 1)[0])  # another project's: ModelNotFound
+        mv = p.models.resolve(ref)
+        run_id = mv.lineage.get("run_id") or mv.run_id
+        run = p.tracking.get_run(run_id) if run_id else None
+        rows.append({"ref": ref, "model": f"{mv.name}/{mv.version}", "aliases": mv.aliases,
+                     "framework": mv.framework, "run_id": run_id, "training_id": mv.lineage.get("training_id"),
+                     "metrics": run.metrics if run else {}, "params": run.params if run else {}})
+    metrics = sorted({name for row in rows for name in row["metrics"]})
+    return {"versions": rows, "metrics": metrics}

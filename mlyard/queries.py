@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from mlyard import member_runs, teams
+from mlyard import member_runs, models, teams
 from mlyard.core import errors
 from mlyard.core.access import current
 from mlyard.warm_api import answer, platform
@@ -378,12 +378,14 @@ QUERIES: dict[str, Callable[..., Any]] = {f.__name__: f for f in (
 QUERIES.update(teams.QUERIES)
 QUERIES["run_check"] = member_runs.run_check
 QUERIES["push_state"] = member_runs.push_state
+QUERIES["models_compare"] = models.compare
 
 # What a team member's key may ask (mlyard/service.py): the reads that answer within their projects. The
 # rest still answer every project's things, so they are the platform's and its admins' alone until they do.
 MEMBER_QUERIES = frozenset({
     "trainings_list", "trainings_show", "tunings_list", "tunings_show", "tunings_trials", "runs_list", "batches_show",
-    "evaluations_show", "templates_list", "templates_show", "models_list", "models_show", "logs", "run_check", "push_state",
+    "evaluations_show", "templates_list", "templates_show", "models_list", "models_show", "models_compare", "logs",
+    "run_check", "push_state",
     "endpoints_list", "endpoints_show", "endpoints_tokens", "endpoints_stats", "experiments_list", "schedules_list", "schedules_show",
     "notebooks_list", "notebooks_show", "notebooks_open", "dashboard", "images_list", "images_show", "accounts_list",
     "accounts_show", "pipelines_list", "pipelines_show", "pipelines_graph", "pipeline_runs_list", "pipeline_runs_show",

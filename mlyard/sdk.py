@@ -136,6 +136,11 @@ class Model:
         """Its pages in the MLflow UI: `mlflow` (the version), `mlflow_run` (the run it came from)."""
         return dict(self.show().get("links") or {})
 
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The metrics of the run that made it (a tuning's: its best trial's); a folder's version has none."""
+        return dict(compare_models(self, self)["versions"][0]["metrics"])
+
     def alias(self, alias: str) -> Model:
         """Point `alias` (champion, say) at this version."""
         act("models_alias", name=self.name, alias=alias, version=self.version)
@@ -302,6 +307,15 @@ def model(ref: str) -> Model:
             raise SpecError("model", ref, "a model with a version")
         found = max(found["versions"], key=lambda v: int(v["version"]))
     return Model(found["name"], str(found["version"]))
+
+
+def compare_models(*versions: str | Model) -> dict[str, Any]:
+    """Two or more versions side by side (a Model, or `name`, `name/version`, `name@alias`): `versions`, each
+    with its `metrics` and `params` from the run that made it, and `metrics`, every metric any of them has.
+
+        mlyard.compare_models("digits@champion", "digits/3")["versions"][1]["metrics"]["accuracy"]
+    """
+    return ask("models_compare", refs=[v.ref if isinstance(v, Model) else str(v) for v in versions])
 
 
 def list_models() -> list[dict[str, Any]]:

@@ -6,6 +6,7 @@ trainings can log from one process and no run is left active behind a test.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sqlite3
@@ -79,7 +80,13 @@ def prepare_db() -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "mlflow.db"
-        MlflowClient(f"sqlite:///{db}").search_experiments(max_results=1)  # MLflow migrates it (no journal left)
+        quiet = logging.getLogger("mlflow.store.db.utils")  # its INFO lines were the demo's first screen
+        level = quiet.level
+        quiet.setLevel(logging.WARNING)
+        try:
+            MlflowClient(f"sqlite:///{db}").search_experiments(max_results=1)  # MLflow migrates it (no journal left)
+        finally:
+            quiet.setLevel(level)
         shutil.copyfile(db, Path(tmp) / "ready.db")
         os.replace(Path(tmp) / "ready.db", path)
     return path

@@ -172,6 +172,9 @@ def prepare(echo=print) -> None:
     if (prepared_root() / key(model_dir) / "export.json").is_file():
         return
     echo("exporting the default embedding model to ONNX (once per installation) ...")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # its weights' bar was a line of the demo's first screen
     ok, why = export(model_dir, prepared_root())
     echo(f"  {why}" if ok else f"  not exported ({why}): each cache exports it, or sentence-transformers runs it")
 

@@ -123,6 +123,24 @@ def models_show(ref: str = typer.Argument(..., help="name, name/version or name@
          empty="no versions yet")
 
 
+@app.command("compare")
+def models_compare(refs: list[str] = typer.Argument(..., help="Two or more versions: name, name/version or name@alias."),
+                   as_json: bool = JSON) -> None:
+    """Versions side by side: a row per metric (and hyperparameter) of the runs that made them."""
+    data = guard(lambda: ask("models_compare", refs=refs))
+    if as_json:
+        emit(data, True)
+        return
+    versions = data["versions"]
+    columns = ["", *(v["model"] for v in versions)]
+    cell = lambda v: f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
+    rows = [{"": name, **{v["model"]: cell(v["metrics"].get(name)) for v in versions}} for name in data["metrics"]]
+    params = sorted({k for v in versions for k in v["params"]})
+    rows += [{"": f"param {k}", **{v["model"]: cell(v["params"].get(k)) for v in versions}} for k in params]
+    rows.append({"": "aliases", **{v["model"]: ", ".join(v["aliases"]) for v in versions}})
+    emit(rows, False, columns, title="versions compared", empty="no metrics")
+
+
 @app.command("rename")
 def models_rename(name: str, new_name: str) -> None:
     """Rename a model."""

@@ -13,7 +13,7 @@ import pytest
 
 LIFECYCLE = {"train", "tune", "batch_infer", "evaluate", "run", "register_model", "model", "list_models", "deploy",
              "endpoint", "list_endpoints", "Run", "Model", "Endpoint", "rags", "notebooks", "pipelines", "schedule",
-             "whoami", "projects"}
+             "whoami", "projects", "compare_models"}
 
 
 def test_dir_names_every_lifecycle_call_and_each_is_documented():
@@ -23,7 +23,7 @@ def test_dir_names_every_lifecycle_call_and_each_is_documented():
     for name in mlyard.__all__:
         assert (getattr(mlyard, name).__doc__ or "").strip(), f"mlyard.{name} has no docstring"
     for cls, methods in ((mlyard.Run, {"wait", "status", "metrics", "logs", "urls", "stop", "register"}),
-                         (mlyard.Model, {"deploy", "alias", "show", "urls"}),
+                         (mlyard.Model, {"deploy", "alias", "show", "urls", "metrics"}),
                          (mlyard.Endpoint, {"call", "issue_token", "tokens", "add_stage", "canary", "promote",
                                             "rollout", "rollback", "stats", "show", "delete"})):
         assert methods <= set(dir(cls)), cls

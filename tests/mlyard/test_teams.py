@@ -169,7 +169,11 @@ def test_each_member_works_in_their_project_and_cannot_see_or_touch_the_others(t
     assert made["project"] == "team-b" and made["aliases"] == ["champion"]
     assert [m["name"] for m in bob.json("models", "list")] == ["b-model"]
     assert alice.json("models", "list") == [] and carol.json("models", "list") == []
+    side = bob.json("models", "compare", "b-model@champion", "b-model/1")  # the run's metrics, through the door
+    assert [v["model"] for v in side["versions"]] == ["b-model/1"] * 2 and side["metrics"]
+    assert side["versions"][0]["metrics"] == side["versions"][1]["metrics"] != {}
     for args in (("models", "show", "b-model"), ("models", "show", "b-model@champion"),
+                 ("models", "compare", "b-model", "b-model/1"),
                  ("models", "alias", "b-model", "stolen", "1"), ("models", "delete", "b-model"),
                  ("models", "rename", "b-model", "mine"), ("models", "describe", "b-model", "mine")):
         _refused(alice(*args), "model 'b-model' not found")
