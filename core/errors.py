@@ -22,6 +22,7 @@
     ├── RunFailed (RuntimeError)             a run ended in its kind's failure status (FAIL TRAIN, ...)
     ├── StackError (RuntimeError)            the embedded stack could not start or be reached
     │   ├── NotConnected                     no platform runs for this home (start it with `mlyard up`)
+    │   ├── SchemaMismatch                   the catalog's schema is not one this release runs on (migrate first)
     │   └── SandboxUnavailable               this machine cannot start a sandbox for user code
     ├── DocumentError (ValueError)           a file that RAG ingestion cannot read
     ├── EmbeddingError (RuntimeError)        the embedding model or service failed
@@ -79,7 +80,6 @@ class NotFound(MlyardError, LookupError):
         super().__init__(f"{self.kind} {name!r} not found.{hint}")
 
 
-# the kinds, as a table
 class TrainingNotFound(NotFound):
     kind, hint = "training", "List trainings with `mlyard trainings list`."
 class TemplateNotFound(NotFound):
@@ -163,15 +163,13 @@ class InUse(Conflict):
 class ExperimentBusy(Conflict):
     def __init__(self, name: str, running: Sequence[str]):
         self.name, self.running = name, list(running)
-        super().__init__(f"experiment {name!r} has running work ({', '.join(self.running)}); "
-                         "stop it or wait for it to finish, then delete the experiment.")
+        super().__init__(f"experiment {name!r} has running work ({', '.join(self.running)}); stop it or wait, then delete")
 
 
 class TrainingNotComplete(Conflict):
     def __init__(self, training: str, status: str, kind: str = "training"):
         self.training, self.status, self.kind = training, status, kind
-        super().__init__(f"{kind} {training!r} is {status}, not COMPLETE; a model can only be created "
-                         f"from a COMPLETE {kind}.")
+        super().__init__(f"{kind} {training!r} is {status}, not COMPLETE; a model comes only from a COMPLETE {kind}.")
 
 
 class StillRunning(Conflict):
@@ -184,8 +182,7 @@ class Protected(Conflict):
     """A platform rule protects the resource from this action; the message says which and what to do."""
 
 
-class StorageError(MlyardError, OSError):
-    pass
+class StorageError(MlyardError, OSError): ...
 
 
 class StorageUnreachable(StorageError):
@@ -233,8 +230,7 @@ class JobFailed(MlyardError, RuntimeError):
         super().__init__(reason)
 
 
-class BatchFailed(JobFailed):
-    pass
+class BatchFailed(JobFailed): ...
 
 
 class ModelCallFailed(BatchFailed):
@@ -276,6 +272,10 @@ class NotConnected(StackError):
         super().__init__(f"no mlyard platform is running for {home}: start it with `mlyard up` (its home is the "
                          ".mlyard here or in a parent directory, or MLYARD_HOME), or point MLYARD_PREFECT_API_URL at a "
                          "Prefect server")
+
+
+class SchemaMismatch(StackError):
+    """A database at a schema this release does not run on (older, or newer than it tolerates): both named."""
 
 
 class SandboxUnavailable(StackError):

@@ -7,6 +7,9 @@ named when they reach the model server.
 import re
 from typing import Mapping
 
+# -- the release: what every image, the catalog's stamp and `mlyard --version` say (pyproject.toml's version) ----
+RELEASE = "0.1.0"
+
 # -- Prefect flows (their deployments carry the same names) --------------------------------------------
 FLOW_TRAIN = "train"
 FLOW_TUNE = "tune"

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import typing
 
-__version__ = "0.1.0"
+from mlyard.core.names import RELEASE
+
+__version__ = RELEASE  # pyproject.toml's version; the one stamp is core/names.py's
 __all__ = ["train", "tune", "batch_infer", "evaluate", "run", "list_runs", "register_model", "model", "list_models",
            "compare_models", "deploy", "endpoint", "list_endpoints", "whoami", "projects", "Run", "Model", "Endpoint",
            "rags", "notebooks", "pipelines", "schedule"]

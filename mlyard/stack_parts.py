@@ -207,12 +207,13 @@ def init_stores(settings: Settings) -> None:
     import logging
 
     from mlyard.flows.platform import Platform
+    from mlyard.registry.catalog import Catalog
 
     for name in ("mlflow.store.db.utils", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    Catalog(settings.catalog_db_url, upgrade=True).dispose()  # on one machine, `up` is the migration (registry/catalog.py)
     p = Platform(settings)
     p.tracking.client.search_experiments(max_results=1)
-    p.catalog  # noqa: B018 (migrates on first use)
     for folder in shared_folders(settings):
         folder.mkdir(mode=0o700, exist_ok=True)
 

@@ -1,23 +1,35 @@
 """The platform catalog: a database of long-lived resources MLflow does not know (SQLAlchemy 2 +
 Alembic), its tables declared in registry/tables.py.
 
-The schema is owned by the Alembic migrations in `registry/migrations`; opening a catalog upgrades it
-to the newest revision under a lock (Alembic has none): on PostgreSQL an advisory lock held by a
-connection of its own while Alembic migrates, on SQLite a lock file beside the database, so that two
-processes opening an old catalog at once migrate it once. On a cluster the migration Job
-(registry/migrate.py) does it before the pods start.
+The schema is owned by the Alembic migrations in `registry/migrations`, and only the migration migrates it:
+the migration Job on a cluster (registry/migrate.py, run by `mlyard k8s apply` before any pod rolls),
+`mlyard admin migrate`, and `mlyard up` on one machine. Every other process opens the catalog as it is and
+runs only on a schema it knows (`check`): its own revision, or a newer one whose migrations were all
+expand-only from it (each migration says so: `COMPATIBLE_FROM`, below), so that release N-1's pods keep
+working while release N rolls out. Any other schema is refused in one line naming both revisions
+(SchemaMismatch), before anything is read or written. A SQLite catalog with no schema (one machine's new
+home) is made.
+
+Migrations run under a lock (Alembic has none): on PostgreSQL an advisory lock held by a connection of its
+own, on SQLite a lock file beside the database, so that two migrations at once migrate once. Each one leaves
+the stamp `mlyard_schema`: the revision, the oldest revision whose code still runs on it, and the release
+that migrated it.
 """
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-from sqlalchemy import create_engine, event, inspect, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy import Column, MetaData, String, Table, create_engine, event, inspect, text
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from mlyard.core.errors import SchemaMismatch
+from mlyard.core.names import RELEASE
 from mlyard.registry.tables import Endpoint, EndpointStage, StageResource
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -26,13 +38,32 @@ VERSION_TABLE = "mlyard_alembic_version"  # Optuna keeps its own `alembic_versio
 MIGRATION_LOCK = 0x6D6C7961  # "mlya"
 # The newest revision: migrations are numbered files whose revision is their number (one line of history).
 HEAD = max(p.name.split("_", 1)[0] for p in (MIGRATIONS / "versions").glob("[0-9]*_*.py"))
+# The stamp a migration leaves (a table of one row beside Alembic's version table, which an older release can
+# read without knowing the newer migrations): what an older release needs to know whether it may run on it.
+STAMP = Table("mlyard_schema", MetaData(), Column("revision", String(32), primary_key=True),
+              Column("compatible_from", String(32), nullable=False), Column("release", String(64), nullable=False),
+              Column("migrated_at", String(40), nullable=False))
+
+
+def compatible_from(revision: str) -> str:
+    """The oldest revision whose code still runs on `revision`'s schema. A migration that only adds (tables,
+    nullable columns, indexes) says `COMPATIBLE_FROM = "<the revision before it>"`: whatever ran on that one
+    runs on it. One that drops, renames or tightens what older code reads says nothing (it is its own floor),
+    and ships one release after the code stopped reading it (expand, then contract)."""
+    for path in (MIGRATIONS / "versions").glob(f"{revision}_*.py"):
+        found = re.search(r'^COMPATIBLE_FROM = "(\d+)"', path.read_text(), re.M)
+        if found and int(found.group(1)) < int(revision):
+            return compatible_from(found.group(1))
+    return revision
 
 
 class Catalog:
-    """A catalog database, migrated to the newest revision on open."""
+    """A catalog database, checked on open: a schema this release runs on, or SchemaMismatch."""
 
-    def __init__(self, url: str, upgrade: bool = True):
-        """`upgrade=False`: open as it is (registry/migrate.py then upgrades it and says what it did)."""
+    def __init__(self, url: str, upgrade: bool | None = None):
+        """`upgrade=None`: `check` it (every process but a migration's; a SQLite catalog with no schema yet is
+        made). True: migrate it to HEAD (the migration, `mlyard up`). False: open as it is (registry/migrate.py
+        then upgrades it and says what it did)."""
         self.url = url
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
@@ -42,7 +73,35 @@ class Catalog:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         if upgrade and self.revision() != HEAD:  # alembic (a quarter second to import) only when there is work for it
             self.upgrade()
+        elif upgrade is None:
+            self.check()
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def check(self) -> None:
+        """Refuse (SchemaMismatch, one line naming both revisions) a schema this release does not run on:
+        one older than HEAD, an empty one, or a newer one whose stamp says it needs a newer release."""
+        with self.engine.connect() as conn:
+            found = alembic_revision(conn)
+            stamp = schema_stamp(conn)
+        if found == HEAD:
+            return
+        if found is None and self.engine.dialect.name == "sqlite":  # one machine's new home: nothing runs on it yet
+            self.upgrade()
+            return
+        where = make_url(self.url).render_as_string(hide_password=True)
+        fix = ("migrate it first: `mlyard admin migrate` (on a cluster `mlyard k8s apply` runs the migration "
+               "Job; on one machine `mlyard up` migrates)")
+        if found is None:
+            raise SchemaMismatch(f"the catalog at {where} has no schema yet, and this mlyard ({RELEASE}) "
+                                 f"runs on schema {HEAD}: {fix}")
+        if int(found) < int(HEAD):
+            raise SchemaMismatch(f"the catalog at {where} is at schema {found}, older than this mlyard's "
+                                 f"({RELEASE}) schema {HEAD}: {fix}")
+        if stamp is None or int(stamp["compatible_from"]) > int(HEAD):
+            needs = f"{stamp['compatible_from']} or newer (release {stamp['release']} migrated it)" if stamp else "newer"
+            raise SchemaMismatch(f"the catalog at {where} is at schema {found}, which runs code of schema {needs}; "
+                                 f"this mlyard ({RELEASE}) is at schema {HEAD}: run the platform's release "
+                                 "(its images, or `pip install` of it)")
 
     def revision(self) -> str | None:
         """The revision the database is at (None: not made yet)."""
@@ -60,7 +119,10 @@ class Catalog:
             before = alembic_revision(conn)
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
-            return before, alembic_revision(conn)
+            after = alembic_revision(conn)
+            if after is not None:
+                _stamp(conn, after)
+            return before, after
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -86,6 +148,21 @@ def alembic_revision(conn, table: str = VERSION_TABLE) -> str | None:
     if not inspect(conn).has_table(table):
         return None
     return ",".join(sorted(r[0] for r in conn.execute(text(f"SELECT version_num FROM {table}")))) or None
+
+
+def schema_stamp(conn: Connection) -> dict[str, str] | None:
+    """The stamp the last migration left (None: none yet, or a catalog migrated before stamps)."""
+    if not inspect(conn).has_table(STAMP.name):
+        return None
+    row = conn.execute(STAMP.select()).mappings().first()
+    return dict(row) if row else None
+
+
+def _stamp(conn: Connection, revision: str) -> None:
+    STAMP.create(conn, checkfirst=True)
+    conn.execute(STAMP.delete())
+    conn.execute(STAMP.insert().values(revision=revision, compatible_from=compatible_from(revision),
+                                       release=RELEASE, migrated_at=datetime.now(timezone.utc).isoformat()))
 
 
 @contextmanager

@@ -100,6 +100,9 @@ def start(s3_endpoint: str, free_port) -> ClusterStores:
     mlflow = _start_mlflow(folder, free_port())
     try:
         pgdata, catalog_url = _start_postgres(folder, free_port())
+        from mlyard.registry.catalog import Catalog
+
+        Catalog(catalog_url, upgrade=True).dispose()  # as the install's migration Job leaves it: no pod migrates
         mlflow_uri = _wait_for_mlflow(mlflow, folder)
     except BaseException:
         import shutil

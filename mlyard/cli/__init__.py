@@ -14,6 +14,7 @@ import threading
 import typer
 
 from mlyard.cli import (
+    admin,
     batches,
     dashboard,
     endpoints,
@@ -69,7 +70,7 @@ for group, name in ((trainings.app, "trainings"), (tunings.app, "tunings"), (bat
                     (pipelines.runs_app, "pipeline-runs"), (rags.app, "rags"), (notebooks.app, "notebooks"),
                     (stack.ui_app, "ui"), (k8s.app, "k8s"),
                     (images.app, "images"), (images.accounts_app, "registry-accounts"),
-                    (teams.users_app, "users"), (teams.projects_app, "projects")):
+                    (teams.users_app, "users"), (teams.projects_app, "projects"), (admin.app, "admin")):
     app.add_typer(group, name=name)
 app.add_typer(rags.app, name="rag", hidden=True)  # `mlyard rag search ...` as the issue first spelled it
 

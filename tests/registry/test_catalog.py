@@ -100,7 +100,7 @@ def test_a_catalog_made_at_0001_moves_each_stage_model_to_a_stage_resource(tmp_p
         conn.execute(text("insert into endpoint_stages (endpoint_id, name, is_default, model_name, model_version) "
                           "values (1, 'default', 1, 'iris', '3')"))
     engine.dispose()
-    catalog = Catalog(url)  # opening it upgrades to the newest revision
+    catalog = Catalog(url, upgrade=True)  # the migration (`mlyard admin migrate`, the Job) upgrades it
     try:
         assert catalog.endpoints_serving("iris", "3") == ["ep/default"]
         with catalog.engine.begin() as conn:  # and back down: the model returns to its stage
@@ -110,3 +110,100 @@ def test_a_catalog_made_at_0001_moves_each_stage_model_to_a_stage_resource(tmp_p
             assert conn.execute(text("select model_name, model_version from endpoint_stages")).one() == ("iris", "3")
     finally:
         catalog.dispose()
+
+
+def _at(url: str, revision: str, compatible_from: str | None = None) -> None:
+    """A catalog at `revision`, as a migration of that release leaves it (a newer one: HEAD's schema under a
+    newer revision and stamp, as the next release's migration would leave it for this one)."""
+    from sqlalchemy import create_engine
+
+    from mlyard.registry.catalog import HEAD, STAMP, Catalog
+
+    c = Catalog(url, upgrade=False)
+    c.upgrade(min(revision, HEAD))
+    c.dispose()
+    if revision > HEAD:
+        engine = create_engine(url)
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE mlyard_alembic_version SET version_num = :r"), {"r": revision})
+            conn.execute(STAMP.update().values(revision=revision, compatible_from=compatible_from, release="9.9.9"))
+        engine.dispose()
+
+
+def test_only_the_migration_migrates_and_an_older_schema_is_refused_naming_both(tmp_path):
+    from mlyard.core.errors import SchemaMismatch
+    from mlyard.registry.catalog import HEAD, Catalog
+
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    previous = f"{int(HEAD) - 1:04d}"
+    _at(url, previous)
+    with pytest.raises(SchemaMismatch) as refused:
+        Catalog(url)
+    said = str(refused.value)
+    assert f"at schema {previous}, older than this mlyard's" in said and f"schema {HEAD}" in said
+    assert "mlyard admin migrate" in said and "\n" not in said
+    assert Catalog(url, upgrade=False).revision() == previous  # nothing was migrated by the refused open
+    migrated = Catalog(url, upgrade=True)
+    assert migrated.revision() == HEAD
+    from mlyard.registry.catalog import schema_stamp
+
+    with migrated.engine.connect() as conn:
+        stamp = schema_stamp(conn)
+    assert stamp is not None and stamp["revision"] == HEAD and stamp["compatible_from"] == HEAD
+    from mlyard.core.names import RELEASE
+
+    assert stamp["release"] == RELEASE
+    Catalog(url).dispose()  # at this release's schema: opens
+
+
+def test_a_newer_schema_runs_this_release_only_when_its_stamp_says_so(tmp_path):
+    from mlyard.core.errors import SchemaMismatch
+    from mlyard.registry.catalog import HEAD, Catalog
+
+    newer = f"{int(HEAD) + 1:04d}"
+    tolerated, refused = f"sqlite:///{tmp_path / 'expand.db'}", f"sqlite:///{tmp_path / 'contract.db'}"
+    _at(tolerated, newer, compatible_from=HEAD)  # the next release's migration only added: this one runs on it
+    catalog = Catalog(tolerated)
+    Templates(catalog).list()
+    catalog.dispose()
+    _at(refused, newer, compatible_from=newer)  # it dropped or renamed what this release reads
+    with pytest.raises(SchemaMismatch) as mismatch:
+        Catalog(refused)
+    said = str(mismatch.value)
+    assert f"at schema {newer}, which runs code of schema {newer} or newer (release 9.9.9" in said
+    assert "this mlyard" in said and f"is at schema {HEAD}" in said and "\n" not in said
+
+
+def test_a_migrations_floor_follows_expand_only_migrations_down(tmp_path, monkeypatch):
+    from mlyard.registry import catalog
+
+    versions = tmp_path / "versions"
+    versions.mkdir()
+    for name, text_ in (("0030_a.py", ""), ("0031_b.py", 'COMPATIBLE_FROM = "0030"\n'),
+                        ("0032_c.py", 'COMPATIBLE_FROM = "0031"\n'), ("0033_d.py", "# drops a column\n")):
+        (versions / name).write_text(text_)
+    monkeypatch.setattr(catalog, "MIGRATIONS", tmp_path)
+    assert [catalog.compatible_from(r) for r in ("0030", "0031", "0032", "0033")] == ["0030", "0030", "0030", "0033"]
+
+
+def test_admin_migrate_migrates_a_homes_catalog_once_and_a_members_key_is_refused(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from mlyard.registry.catalog import HEAD, Catalog
+
+    previous = f"{int(HEAD) - 1:04d}"
+    _at(f"sqlite:///{tmp_path / '.mlyard' / 'catalog.db'}", previous)
+    mlyard = str(Path(sys.executable).with_name("mlyard"))
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "LANG": "C.UTF-8"}
+    runs = [subprocess.run([mlyard, "admin", "migrate"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=120) for _ in range(2)]
+    assert [r.returncode for r in runs] == [0, 0], runs
+    assert [r.stdout.strip() for r in runs] == [f"catalog: migrated from {previous} to {HEAD}",
+                                                f"catalog: at {HEAD} already, nothing to do"]
+    member = subprocess.run([mlyard, "admin", "migrate"], cwd=tmp_path, env={**env, "MLYARD_API_KEY": "mlyk_x"},
+                            capture_output=True, text=True, timeout=120)
+    assert member.returncode == 2 and "not with a team member's key" in member.stderr
+    assert Catalog(f"sqlite:///{tmp_path / '.mlyard' / 'catalog.db'}").revision() == HEAD

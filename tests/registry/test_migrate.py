@@ -13,8 +13,10 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import psycopg
+import pytest
 from sqlalchemy import text
 
+from mlyard.core.errors import SchemaMismatch
 from mlyard.registry.catalog import HEAD, Catalog
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,12 +34,16 @@ def _fresh_database(server_url: str) -> str:
 def test_two_processes_migrating_the_previous_releases_catalog_at_once_migrate_it_once(stack):
     url = _fresh_database(stack.vector_store_url)
     previous = f"{int(HEAD) - 1:04d}"
+    with pytest.raises(SchemaMismatch, match="has no schema yet"):  # a pod or a workstation makes none
+        Catalog(url)
     old = Catalog(url, upgrade=False)
     old.upgrade(previous)
     with old.engine.begin() as conn:
         conn.execute(text("INSERT INTO training_templates (name, description, spec, created_at) "
                           "VALUES ('kept', '', '{}', now())"))
     old.dispose()
+    with pytest.raises(SchemaMismatch, match=f"at schema {previous}, older than"):  # nor migrates an old one
+        Catalog(url)
 
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8",
            "MLYARD_CATALOG_URL": url, "MLYARD_HOME": str(Path(os.environ["MLYARD_HOME"]).parent / "migrate-home")}
