@@ -131,7 +131,7 @@ LONGEST_FILES = {
     "infra/test_kubernetes_worker.py": 230, "browser/test_prefect_and_mlflow.py": 110, "browser/test_console_pages.py": 45,
     "browser/test_forms_and_schedules.py": 40, "infra/test_leases.py": 95, "infra/test_rolling_restart.py": 520,
     "infra/test_worker_rollout.py": 150, "infra/test_node_drain.py": 170, "infra/test_notebook_cluster.py": 150,
-    "serving/test_generative.py": 28, "test_crash_detection.py": 135, "infra/test_run_waits.py": 90,
+    "serving/test_generative.py": 28, "test_backup.py": 90, "test_crash_detection.py": 135, "infra/test_run_waits.py": 90,
 }
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
-from mlyard.cli.common import say_error, typer_app
+from mlyard.cli.common import JSON, emit, guard, out, say_error, typer_app
 
-app = typer_app("The platform's upkeep: migrate its databases after an upgrade.")
+app = typer_app("The platform's upkeep: migrate its databases after an upgrade; back it up and restore it.")
 
 
 def _platforms_own() -> None:
@@ -27,3 +29,59 @@ def migrate() -> None:
 
     _platforms_own()
     raise typer.Exit(main())
+
+
+def _inventory_lines(inventory: dict[str, dict[str, int]]) -> str:
+    return "; ".join(f"{store}: " + ", ".join(f"{n} {t}" for t, n in tables.items() if n)
+                     for store, tables in inventory.items())
+
+
+@app.command("backup")
+def backup(dest: Path = typer.Argument(..., help="A new (or empty) folder for the backup; private to you."),
+           as_json: bool = JSON) -> None:
+    """Back up this machine's running platform: its SQLite databases (copied consistently while it runs), the
+    embedded PostgreSQL's databases (pg_dump), and the home's files (artifacts, outputs, notebooks, secrets),
+    with an inventory of what it holds. Nothing is stopped."""
+    from mlyard import backup as backups
+    from mlyard.cli.common import connected
+
+    _platforms_own()
+    manifest = guard(lambda: backups.backup(connected(), dest, echo=(lambda _: None) if as_json else out.print))
+    if as_json:
+        emit(manifest, True)
+        return
+    out.print(f"backed up {manifest['home']} into {dest} in {manifest['seconds']} s (release {manifest['release']}, "
+              f"catalog schema {manifest['catalog_schema']})")
+    out.print(f"it holds: {_inventory_lines(manifest['inventory'])}")
+
+
+@app.command("restore")
+def restore(source: Path = typer.Argument(..., help="A folder `mlyard admin backup` made."), as_json: bool = JSON) -> None:
+    """Restore a backup into the home it was taken from (absent or empty, its stack stopped); then `mlyard up`
+    starts the platform as it was: endpoints answer their old tokens, schedules catch up from the backup's time."""
+    from mlyard import backup as backups
+    from mlyard.core.settings import Settings
+
+    _platforms_own()
+    manifest = guard(lambda: backups.restore(Settings(), source, echo=(lambda _: None) if as_json else out.print))
+    if as_json:
+        emit(manifest, True)
+        return
+    out.print(f"restored {manifest['home']} as it was at {manifest['taken_at']} (release {manifest['release']}): "
+              "start it with `mlyard up`")
+
+
+@app.command("inventory")
+def inventory(as_json: bool = JSON) -> None:
+    """What this machine's platform holds, counted (as a backup's manifest records it): the catalog's tables,
+    MLflow's runs and model versions, Prefect's flow runs and deployments."""
+    from mlyard import backup as backups
+    from mlyard.cli.common import connected
+
+    _platforms_own()
+    found = guard(lambda: backups.inventory(connected()))
+    if as_json:
+        emit(found, True)
+        return
+    emit([{"store": store, "table": t, "rows": n} for store, tables in found.items() for t, n in tables.items()],
+         False, ["store", "table", "rows"])
