@@ -97,7 +97,8 @@ POSTGRES_TIER := tests/test_postgres_stores.py \
   tests/flows/test_tuning.py::test_parallel_trials_overlap \
   tests/flows/test_tuning.py::test_trials_as_their_own_flow_runs_with_median_stopping \
   tests/schedules/test_scheduler.py::test_catchup_concurrency_exactly_once_and_reclaim \
-  tests/mlyard/test_teams.py::test_each_member_works_in_their_project_and_cannot_see_or_touch_the_others
+  tests/mlyard/test_teams.py::test_each_member_works_in_their_project_and_cannot_see_or_touch_the_others \
+  tests/test_backup.py
 
 # a target's variable reaches the prerequisites it builds: the install that `make test` runs warms mypy's cache
 test: WARM_TYPE_CACHE := 1

@@ -34,7 +34,9 @@ class Owner:
         self.env = {"PATH": f"{BIN}:/usr/local/bin:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"),
                     "LANG": "C.UTF-8", "MLYARD_PREFECT_PORT": str(port), "MLYARD_API_PORT": str(free_port()),
                     "MLYARD_GATEWAY_PORT": str(free_port()), "MLYARD_DOOR_PORT": str(free_port()),
-                    "MLYARD_MLFLOW_UI_PORT": str(free_port())}
+                    "MLYARD_MLFLOW_UI_PORT": str(free_port()),
+                    # the PostgreSQL tier (Makefile): the stores' databases in the embedded PostgreSQL, dumped
+                    **{k: v for k, v in os.environ.items() if k == "MLYARD_DATABASE"}}
 
     def __call__(self, *args: str, env: dict[str, str] | None = None) -> str:
         out = subprocess.run([str(BIN / "mlyard"), *args], cwd=self.folder, env={**self.env, **(env or {})},
@@ -112,6 +114,10 @@ def test_a_stack_backed_up_wiped_and_restored_holds_everything_it_held(tmp_path)
         manifest = owner.json("admin", "backup", str(backup))
         taken = datetime.fromisoformat(manifest["taken_at"])
         before = owner.json("admin", "inventory")
+        kept = sorted(p.name for p in (backup / "databases").iterdir())
+        on_postgres = os.environ.get("MLYARD_DATABASE") == "postgres"
+        assert {"catalog.dump", "mlflow.dump", "prefect.dump"} <= set(kept) if on_postgres else \
+            {"catalog.db", "mlflow.db", "prefect__prefect.db", "postgres.dump"} <= set(kept), kept
         assert oct(backup.stat().st_mode & 0o777) == "0o700"
         assert all(p.stat().st_mode & 0o077 == 0 for p in backup.rglob("*")), "a backup holds secrets: its owner's alone"
     finally:
