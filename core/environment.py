@@ -82,6 +82,16 @@ def tracking_token(internal: str) -> str:
     return hmac.new(internal.encode(), b"mlyard-mlflow-tracking", hashlib.sha256).hexdigest()
 
 
+def metrics_token(internal: str) -> str:
+    """The scrape credential, derived from the internal one: the platform's /metrics routes answer it, and
+    nothing else does (`mlyard k8s apply` writes it into the Secret mlyard-metrics for the ServiceMonitors, so
+    Prometheus never holds a credential that reads or changes anything)."""
+    import hashlib
+    import hmac
+
+    return hmac.new(internal.encode(), b"mlyard-metrics-scrape", hashlib.sha256).hexdigest()
+
+
 MODEL_FILES = "MLYARD_MODEL_FILES"
 
 

@@ -132,12 +132,12 @@ def inventory(settings: Settings) -> dict[str, dict[str, int]]:
     """What the platform holds, counted: each catalog table's rows, MLflow's and Prefect's main tables."""
     from sqlalchemy import create_engine, inspect, text
 
-    from mlyard.registry.migrate import _sync_url
+    from mlyard.registry.migrate import sync_url
 
     found: dict[str, dict[str, int]] = {}
     prefect = settings.prefect_database_url or f"sqlite:///{settings.prefect_home / 'prefect.db'}"
     for store, url, tables in (("catalog", settings.catalog_db_url, None), ("mlflow", settings.mlflow_uri, MLFLOW_TABLES),
-                               ("prefect", _sync_url(prefect), PREFECT_TABLES)):
+                               ("prefect", sync_url(prefect), PREFECT_TABLES)):
         engine = create_engine(url)
         try:
             with engine.connect() as conn:

@@ -60,9 +60,10 @@ class Metered:
         await self.app(scope, receive, send)
 
     async def _metrics(self, scope: dict, send: Any) -> None:
-        given = dict(scope.get("headers") or []).get(b"authorization", b"")
-        if not self.token or not hmac.compare_digest(given, b"Bearer " + self.token):
-            return await _refuse(scope, send, b"the platform's internal credential is needed\n")
+        from mlyard.serving.access import is_scrape
+
+        if not self.token or not is_scrape(b"Bearer " + self.token, list(scope.get("headers") or [])):
+            return await _refuse(scope, send, b"the platform's internal or scrape credential is needed\n")
         from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
         registry = CollectorRegistry()

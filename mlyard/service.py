@@ -1,12 +1,10 @@
 """The mlyard API: a warm process that `mlyard up` starts beside the Prefect server and the worker.
 
-It answers the queries of mlyard/queries.py (every list and show, the registry check before a batch
-or an evaluation) with Prefect's client, MLflow and the catalog already imported and connected, so a
-CLI command pays for none of that. It reads only what the CLI would read itself. It writes the flow run a
-command queues (mlyard/submit.py), made with Prefect's own `run_deployment` exactly as the command would
-make it (everything the command checks is checked before it asks), and, for a CLI that names this API
-with MLYARD_API_URL (a workstation reaching a cluster's platform), the catalog's images, registry accounts
-and templates (mlyard/commands.py), as the command would write them here.
+It answers the queries of mlyard/queries.py with Prefect's client, MLflow and the catalog already imported and
+connected, so a CLI command pays for none of that, reading only what the CLI would read itself. It writes the
+flow run a command queues (mlyard/submit.py) with Prefect's own `run_deployment`, as the command would (after
+the command's checks), and, for a CLI that names this API with MLYARD_API_URL (a workstation reaching a
+cluster's platform), the catalog writes of mlyard/commands.py.
 
     POST /v1/queries/{name}   JSON body: the query's arguments -> its JSON answer
     POST /v1/commands/{name}  JSON body: a catalog write's arguments (mlyard/commands.py: images, registry
@@ -17,14 +15,15 @@ and templates (mlyard/commands.py), as the command would write them here.
     GET  /dashboard?key=K     the dashboard page (mlyard/dashboard.py); K is its own read-only key
                               (`mlyard status` prints the link), since a browser sends no header
     GET  /health              {"status": "ok"} once warm
-    GET  /metrics             Prometheus text: requests by route and status, their seconds, the process
+    GET  /metrics[/prefect]   Prometheus text (mlyard/platform_metrics.py); the scrape credential reads these alone
     GET  /docs                the OpenAPI page
 
 Every route but /health needs a credential on its headers, checked before the body is read (SignedIn;
 a JSON body then says its length, at most MAX_BODY_BYTES):
 the platform's internal one (`Authorization: Bearer ...`, from stack.json, mode 0600), which acts as the
 stack's owner, an admin; or a team member's API key (`Bearer mly_...`, mlyard/teams.py), which acts as
-that user within their projects (`X-Mlyard-Project` chooses one). Anyone else gets 401.
+that user within their projects (`X-Mlyard-Project` chooses one); or, for the metrics alone, the scrape
+credential derived from the internal one. Anyone else gets 401.
 
 It keeps the index of the structured log records caught up (mlyard/logs.py), every 2 s, and deletes
 the records past their retention (Settings.log_retention_days) every hour.
@@ -33,9 +32,7 @@ It also follows Prefect's events: a flow run that CRASHED (its process killed) g
 ended FAILED with the reason (mlyard/crashes.py); on a cluster only the replica holding the Lease does.
 
 And it holds the front door to the Prefect UI for project members, on a second port (Settings.door_port:
-mlyard/prefect_door.py).
-
-Run by the stack as `python -m mlyard.service --port N` (loopback only).
+mlyard/prefect_door.py). Run by the stack as `python -m mlyard.service --port N` (loopback only).
 """
 
 from __future__ import annotations
@@ -55,7 +52,9 @@ from typing import Any
 from fastapi import Request  # module-level: FastAPI reads the routes' annotations here (the docs)
 from fastapi.responses import JSONResponse, Response
 
+from mlyard import platform_metrics
 from mlyard.measured import Measured
+from mlyard.platform_metrics import METRICS
 from mlyard.queries import QUERIES
 from mlyard.warm import code_fingerprint, loaded_project_files
 from mlyard.warm_api import error_body
@@ -119,6 +118,11 @@ class SignedIn:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] == "/health":
             return await self.app(scope, receive, send)
+        if scope["path"] in METRICS and scope["method"] == "GET":  # the scrape credential reads these, and only these
+            from mlyard.serving.access import is_scrape
+
+            if is_scrape(self._expected, scope["headers"]):
+                return await self.app(scope, receive, send)
         from mlyard.core.access import acting_as, done_acting
         from mlyard.core.errors import Forbidden, MlyardError, Unauthenticated
 
@@ -215,12 +219,7 @@ def create_app(token: str | None = None):
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/metrics")
-    def metrics() -> Response:
-        """Prometheus text (the platform's credential, as every route but /health)."""
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    platform_metrics.install(app, registry)  # /metrics and /metrics/prefect
 
     @app.post("/v1/queries/{name}")
     def query(name: str, arguments: dict[str, Any] = Body(default_factory=dict)) -> Response:  # noqa: B008

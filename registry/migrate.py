@@ -28,13 +28,13 @@ MLFLOW_LOCK = 0x6D6C6631  # "mlf1"
 PREFECT_LOCK = 0x70726631  # "prf1"
 
 
-def _sync_url(url: str) -> str:
+def sync_url(url: str) -> str:
     """A synchronous driver's URL for the same database (Prefect's URLs name asyncpg or aiosqlite)."""
     return url.replace("+asyncpg", "+psycopg").replace("+aiosqlite", "").replace("postgresql://", "postgresql+psycopg://")
 
 
 def _locked(url: str, key: int, upgrade: Callable[[], None]) -> tuple[str | None, str | None]:
-    engine = create_engine(_sync_url(url))
+    engine = create_engine(sync_url(url))
     try:
         with migration_lock(engine, key):
             with engine.connect() as conn:

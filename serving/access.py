@@ -44,6 +44,24 @@ def unknown_endpoint(route: Any, loaded: bool) -> tuple[int, bytes, list]:
     return 404, route_error(route, 404, f"no endpoint {route.endpoint!r}"), []
 
 
+def may_manage(internal: bytes | None, path: str, headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a request's headers open the gateway's management route `path`: its probes for anyone, its
+    metrics for the scrape credential too, the rest for the internal credential alone."""
+    if path in ("/mlyard/health", "/mlyard/ready"):
+        return True
+    return is_scrape(internal, headers) if path == "/mlyard/metrics" else is_internal(internal, headers)
+
+
+def is_scrape(internal: bytes | None, headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the headers carry the internal credential or the scrape credential derived from it
+    (core/environment.metrics_token): what a /metrics route answers."""
+    if internal is None or is_internal(internal, headers):
+        return internal is not None
+    from mlyard.core.environment import metrics_token
+
+    return is_internal(f"Bearer {metrics_token(internal.decode().removeprefix('Bearer '))}".encode(), headers)
+
+
 def is_internal(internal: bytes | None, headers: list[tuple[bytes, bytes]]) -> bool:
     """Whether the headers carry the platform's internal credential (`internal`: its whole Authorization
     header, `Bearer ...`)."""

@@ -69,6 +69,7 @@ class Connection(asyncio.Protocol):
     def __init__(self, app: Any, server: Any):  # serving/listener.py's Server
         self.app, self.server, self.limits = app, server, server.limits
         self.admit: Callable[[str, str, list], Refusal | int | None] | None = getattr(app, "admit", None)
+        self.refused: Callable[[int], None] | None = getattr(app, "refused", None)  # told of each refusal's status
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.pending: deque[tuple] = deque()
@@ -172,6 +173,8 @@ class Connection(asyncio.Protocol):
     def _refuse(self, refusal: Refusal) -> None:
         """Refuse the request being received: at once when nothing is being answered (its body is never
         read), else after the answers before it (its body is dropped as it comes)."""
+        if self.refused is not None:
+            self.refused(refusal[0])
         if not self.busy and not self.pending:
             self._close_with(*refusal)
         else:

@@ -5,20 +5,19 @@
     /mlyard/health, ready, routes, reload, stats, metrics: gateway_admin.py (internal credential but the first two)
     POST /rag/v1/query, /rag/v1/search: the RAG the body's `model` names (gateway_rag.py)
 
-Per request: parse the route (404 when nothing answers; 503 before the table's first read); check the
-token unless the endpoint is public (401) and the declared size against the endpoint's limit (413), on
-the head, before the body is read (`admit`; fastserver.py's Limits bound headers, bodies, time and
-connections); take the healthy replica with the fewest outstanding requests (503 + Retry-After when none
-or when full); proxy the request, streaming the answer. A replica that refuses the connection or closes
-it unanswered leaves routing at once and another takes the request, until a health probe passes; a
-replica is sent the replicas' credential (`x-mlyard-replica`, serving/access.py).
+Per request: parse the route (404 when nothing answers; 503 before the table's first read); check the token
+unless the endpoint is public (401) and the declared size against the endpoint's limit (413), on the head,
+before the body is read (`admit`; fastserver.py's Limits bound headers, bodies, time and connections); take the
+healthy replica with the fewest outstanding requests (503 + Retry-After when none or when full); proxy the
+request, streaming the answer. A replica that refuses the connection or closes it unanswered leaves routing at
+once and another takes it, until a health probe passes; replicas get their credential (serving/access.py).
 
-Every second (on /mlyard/reload; when a request finds no healthy replica) it reads the catalog and the
-local replica files (tasks/replicas.py); replicas are probed as Backend.AI's health checks (health.py).
+Every second (on /mlyard/reload; when no replica is healthy) it reads the catalog and the replica files
+(tasks/replicas.py), probes replicas as Backend.AI's health checks do (health.py), counts answers by status.
 
-Stages can share an endpoint's default traffic (serving/traffic.py): a default-URL request goes to the
-stage the shares pick, and is sent again to a shadow stage after the client has its answer
-(gateway_shadow.py); running totals go to the catalog every second for promotions' gates.
+Stages can share an endpoint's default traffic (serving/traffic.py): a default-URL request goes to the stage the
+shares pick, and again to a shadow stage after the client has its answer (gateway_shadow.py); running totals go
+to the catalog every second for promotions' gates.
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ from mlyard.serving.access import (
     RETRY_AFTER,
     caller_of,
     error_body,
-    is_internal,
+    may_manage,
     over_budget,
     over_limit,
     route_error,
@@ -72,16 +71,16 @@ class Gateway:
                  max_in_flight: int = 1024, timeout: float = 120.0, refresh_seconds: float = 1.0,
                  autoscale_seconds: float = 5.0, internal_token: str | None = None, max_body: int = MAX_BODY,
                  replica: str | None = None):
-        # the platform's own services (a RAG's query service asking its LLM endpoint) pass with this token,
-        # and the management routes take nothing else
+        # the platform's own services (a RAG's query service asking its LLM) pass with it; the management routes too
         internal = b"Bearer " + internal_token.encode() if internal_token else None
         # what replicas check (serving/access.py): given (on Kubernetes, the Secret's mlyard_replica_token),
         # else derived from the internal credential, as `mlyard up` gives its replicas
         replica = replica or (replica_token(internal_token) if internal_token else None)
         self._replicas_token = replica
         home = Path(home)
-        # the routing state the side modules share (serving/gateway_state.py): the catalog's stats, when it has one
+        # the routing state the side modules share (serving/gateway_state.py); fastserver's refusals are counted too
         self.shared = Shared(home, EndpointStats(home / "endpoints" / "stats", catalog_url), timeout, max_body, internal)
+        self.refused = self.shared.count
         self.catalog_url = catalog_url
         self.check = check or HealthCheck(path="/v2/health/ready", interval=1.0, max_retries=2, max_wait_time=2.0, expected_status_code=200,
                                           initial_delay=0.0)
@@ -239,7 +238,7 @@ class Gateway:
         if path in chat_page.FILES:  # the chat page: static, no data (serving/chat_page.py)
             return 0
         if path.startswith("/mlyard/"):
-            if path in ("/mlyard/health", "/mlyard/ready") or is_internal(self.shared.internal, headers):
+            if may_manage(self.shared.internal, path, headers):
                 return 64 * 1024
             return 401, error_body("the gateway's management routes need the platform's internal credential"), \
                 [(b"www-authenticate", b"Bearer")]
@@ -280,6 +279,7 @@ class Gateway:
             return await asgi.reply(send, 200, page, kind, chat_page.HEADERS, head=scope["method"] == "HEAD")
         if path.startswith("/mlyard/"):
             return await admin(self.shared, self.refresh, scope, receive, send, ready=not self.stopping)
+        send = self.shared.counted(send)
         if self.shared.in_flight >= self.max_in_flight:
             return await asgi.reply(send, 503, error_body(f"the gateway is at its limit of {self.max_in_flight} requests "
                                                       "in flight; retry shortly"), headers=RETRY_AFTER)

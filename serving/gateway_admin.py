@@ -20,7 +20,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from mlyard.serving import asgi
-from mlyard.serving.access import error_body, is_internal
+from mlyard.serving.access import error_body, is_internal, is_scrape
 from mlyard.serving.gateway_state import Shared
 
 
@@ -34,6 +34,10 @@ async def admin(gw: Shared, refresh: Callable[[], Awaitable[None]], scope: dict,
     if path == "/mlyard/ready":  # Kubernetes' readinessProbe: routes only to a gateway that knows the routes
         why = None if gw.loaded and ready else "draining" if not ready else "the routing table is not read yet"
         return await asgi.reply(send, 503 if why else 200, orjson.dumps({"ready": not why, "reason": why}))
+    if path == "/mlyard/metrics" and method == "GET" and is_scrape(gw.internal, scope["headers"]):
+        body = gw.stats.prometheus({"mlyard_gateway_in_flight": ("Requests this gateway is answering now.",
+                                                                 gw.in_flight)}) + _answers(gw)
+        return await asgi.reply(send, 200, body, content_type=b"text/plain; version=0.0.4; charset=utf-8")
     if not is_internal(gw.internal, scope["headers"]):
         return await asgi.reply(send, 401, error_body("the gateway's management routes need the platform's internal "
                                                       "credential"), headers=[(b"www-authenticate", b"Bearer")])
@@ -43,10 +47,6 @@ async def admin(gw: Shared, refresh: Callable[[], Awaitable[None]], scope: dict,
         await asgi.read_body(receive, 1024)
         await refresh()
         return await asgi.reply(send, 200, orjson.dumps(routes(gw)))
-    if path == "/mlyard/metrics" and method == "GET":
-        body = gw.stats.prometheus({"mlyard_gateway_in_flight": ("Requests this gateway is answering now.",
-                                                                 gw.in_flight)})
-        return await asgi.reply(send, 200, body, content_type=b"text/plain; version=0.0.4; charset=utf-8")
     if path == "/mlyard/stats" and method == "GET":
         q = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
         try:
@@ -59,6 +59,25 @@ async def admin(gw: Shared, refresh: Callable[[], Awaitable[None]], scope: dict,
         result = gw.stats.query(since, until, q.get("endpoint"), q.get("stage"), q.get("model"))
         return await asgi.reply(send, 200, orjson.dumps(result))
     return await asgi.reply(send, 404, error_body(f"no route {method} {path}"))
+
+
+def _answers(gw: Shared) -> bytes:
+    """`mlyard_gateway_answers_total` by status class, every answer this gateway gave (not only routed ones: a
+    503 for a stopped stage or a full gateway, a 401, a 404 too): what the alert rules rate."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import CounterMetricFamily
+
+    class Answers:
+        def collect(self):
+            family = CounterMetricFamily("mlyard_gateway_answers", "Answers of this gateway by status class "
+                                         "(2xx, 4xx, 5xx; 503 apart).", labels=["status"])
+            for status, count in sorted(gw.answers.items()):
+                family.add_metric([status], count)
+            yield family
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Answers())  # type: ignore[arg-type]
+    return generate_latest(registry)
 
 
 def routes(gw: Shared) -> dict[str, Any]:

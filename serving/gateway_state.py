@@ -63,6 +63,20 @@ class Shared:
     # the catalog's view of users' API keys, their projects and the projects' rate limits (registry/teams.py)
     members: dict[str, Any] = field(default_factory=lambda: {"keys": {}, "users": {}, "limits": {}})
     buckets: Buckets = field(default_factory=Buckets)  # requests a second, by project and by caller
+    answers: dict[str, int] = field(default_factory=dict)  # answers by status class ("2xx", "5xx"; "503" apart)
+
+    def count(self, status: int) -> None:
+        """An answer of `status` given (`answers`), by the app or refused on its head by fastserver."""
+        key = "503" if status == 503 else f"{status // 100}xx"
+        self.answers[key] = self.answers.get(key, 0) + 1
+
+    def counted(self, send: Any) -> Any:
+        """`send`, counting the status of the answer it starts."""
+        async def counting(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                self.count(message["status"])
+            await send(message)
+        return counting
 
 
 async def probed_status(t: Tracked, timeout: float) -> int:

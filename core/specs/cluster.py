@@ -28,6 +28,11 @@ gpu:
 kueue_queue: null                  # a LocalQueue (Kueue installed): the gpu pool's Jobs wait there for quota
 pool_concurrency: {gpu: null, cpu: 40}  # flow runs of a pool at once (Prefect's work pool limit); null: none
 sign_in: false                     # true: the company's OIDC sign-in in front of every UI (Secret mlyard-oidc)
+monitoring:                        # with the Prometheus operator: scrapes, alert rules, a Grafana dashboard
+  enabled: false
+  prometheus_namespace: monitoring # where Prometheus runs (its pods may reach the metrics ports)
+  waiting_minutes: 30              # a run due this long without a worker: an alert
+  volume_free_percent: 10          # a claim with less free: an alert
 ```
 """
 
@@ -95,6 +100,20 @@ class PoolLimits(SpecModel):
                             "no limit.")
 
 
+class Monitoring(SpecModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(default=False, description="The monitoring component (infra/k8s/components/monitoring: "
+                          "ServiceMonitors with a scrape-only credential, alert rules, a Grafana dashboard); the "
+                          "Prometheus operator's CRDs must be installed.")
+    prometheus_namespace: str = Field(default="monitoring", pattern=DNS_LABEL, max_length=63,
+                                      description="Prometheus's namespace: its pods may reach the metrics ports.")
+    waiting_minutes: float = Field(default=30, gt=0, le=10080, description="A run due this long with no worker to "
+                                   "take it raises MlyardRunsWaitingTooLong (the queue's expected wait).")
+    volume_free_percent: float = Field(default=10, gt=0, lt=100, description="A claim of the namespace with less "
+                                       "free space raises MlyardVolumeFilling.")
+
+
 class ClusterValues(SpecModel):
     """A platform install on a Kubernetes cluster."""
 
@@ -117,6 +136,7 @@ class ClusterValues(SpecModel):
     pool_concurrency: PoolLimits = Field(default_factory=PoolLimits)
     sign_in: bool = Field(default=False, description="One OIDC sign-in in front of every UI (infra/k8s/components/"
                           "sign-in: oauth2-proxy; the Secret mlyard-oidc first).")
+    monitoring: Monitoring = Field(default_factory=Monitoring)
 
     @model_validator(mode="after")
     def _postgres_secret(self) -> "ClusterValues":

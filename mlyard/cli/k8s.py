@@ -75,6 +75,10 @@ def apply(values: Optional[Path] = VALUES,
         # the schemas first (the migration Job, after the databases' own objects), then the Deployments that use
         # them: a failed migration leaves the running release as it was
         rest = [o for o in objs if o["kind"] != "Namespace"]
+        if vals.monitoring.enabled:  # the ServiceMonitors' scrape-only credential, derived from the internal one
+            from mlyard.tasks.cluster_monitoring import metrics_secret
+
+            rest.insert(0, metrics_secret(dyn, vals))
         done += [a.__dict__ for a in cluster.apply([o for o in rest if o["kind"] != "Deployment"], dyn)]
         if any(o["kind"] == "Job" and o["metadata"]["name"] == cluster.MIGRATION_JOB for o in rest):
             ok, log = cluster.wait_for_job(dyn, vals.namespace, cluster.MIGRATION_JOB, wait_seconds)
