@@ -252,6 +252,45 @@ def test_sign_in_puts_every_ui_behind_oauth2_proxy_once_its_secret_is_there(tmp_
         "containers"]] == ["mlyard-api", "sign-in"]
 
 
+def test_monitoring_applies_its_scrapes_rules_and_dashboard_with_a_scrape_credential_of_its_own(tmp_path, cluster):
+    """`monitoring.enabled`: the component applied to the API server, whose schemas for the ServiceMonitors and
+    the PrometheusRule are the Prometheus operator's own (its CRDs as its release's Go types generate them,
+    tests/controlplane/build.sh); the scrape credential's Secret derived from the internal one; a second apply
+    changes nothing."""
+    import base64
+
+    from controlplane import install_crd
+
+    from mlyard.core.environment import metrics_token
+
+    api, kubeconfig = cluster
+    crds = ROOT / ".venv" / "controlplane" / "prometheus-operator"
+    for kind in ("servicemonitors", "prometheusrules"):
+        install_crd(api, yaml.safe_load((crds / f"monitoring.coreos.com_{kind}.yaml").read_text()))
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump({**VALUES, "monitoring": {"enabled": True, "prometheus_namespace": "observability",
+                                                             "waiting_minutes": 20}}))
+    for name in ("pf", "mf", "ms", "regcred"):
+        _secret(api, "ml-platform", name, tmp_path)
+    applied = mlyard("k8s", "apply", "-f", str(path), "--kubeconfig", str(kubeconfig), "--json", cwd=tmp_path)
+    assert applied.returncode == 0, applied.stderr
+    made = {(r["kind"], r["name"]): r["outcome"] for r in json.loads(applied.stdout)}
+    assert {("ServiceMonitor", n) for n in ("gateway", "mlyard-api", "prefect-server", "mlflow")} | {
+        ("PrometheusRule", "mlyard"), ("ConfigMap", "mlyard-dashboard"), ("Secret", "mlyard-metrics")} <= set(made)
+    secret = api.get("Secret", "ml-platform", "mlyard-metrics")
+    assert base64.b64decode(secret["data"]["token"]).decode() == metrics_token("x")  # ms's mlyard_internal_token
+    assert set(secret["data"]) == {"token"}, "the internal credential itself is never in it"
+    _, rule = api.request("GET", "/apis/monitoring.coreos.com/v1/namespaces/ml-platform/prometheusrules/mlyard")
+    waiting = next(r for g in rule["spec"]["groups"] for r in g["rules"] if r["alert"] == "MlyardRunsWaitingTooLong")
+    assert waiting["expr"] == 'max by (pool) (mlyard_runs_oldest_waiting_seconds{namespace="ml-platform"}) > 1200'
+    policy = api.get("NetworkPolicy", "ml-platform", "mlyard-api-metrics")
+    assert policy["spec"]["ingress"][0]["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}}}]
+    again = mlyard("k8s", "apply", "-f", str(path), "--kubeconfig", str(kubeconfig), "--json", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert {r["outcome"] for r in json.loads(again.stdout)} == {"unchanged"}
+
+
 def test_a_changed_value_changes_only_what_it_touches(tmp_path, values_file, cluster):
     api, kubeconfig = cluster
     api.create("Namespace", "v1", None, {"metadata": {"name": "ml-platform"}})
