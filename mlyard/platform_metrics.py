@@ -64,6 +64,7 @@ def _due_runs() -> tuple[dict[tuple[str, str], int], dict[str, float]]:
     from prefect.client.schemas.sorting import FlowRunSort
 
     now = datetime.now(timezone.utc)
+    due_by: Any = now  # pydantic makes it Prefect's DateTime
     counts: dict[tuple[str, str], int] = {}
     ages: dict[str, float] = {}
     with get_client(sync_client=True) as client:
@@ -71,7 +72,7 @@ def _due_runs() -> tuple[dict[tuple[str, str], int], dict[str, float]]:
             in_pool = WorkPoolFilter(name=WorkPoolFilterName(any_=[pool]))
             for state in WAITING:
                 due = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType(state)])),
-                                    next_scheduled_start_time=FlowRunFilterNextScheduledStartTime(before_=now)
+                                    next_scheduled_start_time=FlowRunFilterNextScheduledStartTime(before_=due_by)
                                     if state == "SCHEDULED" else None)
                 counts[(pool, state)] = client.count_flow_runs(flow_run_filter=due, work_pool_filter=in_pool)
                 if counts[(pool, state)]:

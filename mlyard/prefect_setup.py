@@ -21,8 +21,6 @@ from mlyard.core.connection import healthy, point_prefect
 from mlyard.core.errors import StackError
 from mlyard.core.names import PLACES
 from mlyard.core.settings import TELEMETRY_OFF_ENV, UNRESPONSIVE_AFTER_SECONDS, Settings
-from mlyard.core.specs.cluster import ClusterValues
-from mlyard.core.specs.training import RUN_ACCOUNT
 from mlyard.run_forms import EXAMPLES, RUN_FORM_EXAMPLES, run_form_example
 from mlyard.tasks.processes import alive, stop_group
 from mlyard.warm import SOCKET, warm_dir
@@ -266,21 +264,6 @@ def local_pool_template(settings: Settings) -> dict:
     return template
 
 
-def cluster_pool_template(path: Path, values: ClusterValues, image: str) -> dict:
-    """A Kubernetes pool's base job template with the install's defaults: its namespace, `image`, the runs'
-    service account (infra/k8s/base/flow-runs.yaml: it may read a pod and nothing more; a multi-node training
-    asks for the one that makes its nodes' Job), the pull Secrets and the data storage's StorageClass."""
-    template = json.loads(path.read_text())
-    props = template["variables"]["properties"]
-    props["namespace"]["default"] = values.namespace
-    props["image"]["default"] = image
-    props["service_account_name"]["default"] = RUN_ACCOUNT  # no rights to make Jobs (flow-runs.yaml)
-    props["image_pull_secrets"]["default"] = [{"name": n} for n in values.image_pull_secrets]
-    if values.storage_class and "data_storage_class" in props:
-        props["data_storage_class"]["default"] = values.storage_class
-    return template
-
-
 def ensure_pools(echo=print, settings: Settings | None = None, pools: dict[str, tuple[str, dict]] | None = None,
                  limits: dict[str, int | None] | None = None) -> None:
     """Create the `local` process pool and the `gpu` and `cpu` Kubernetes pools (with mlyard's job
@@ -377,24 +360,3 @@ def withdraw_deployments(pools: tuple[str, ...], named: tuple[str, ...] | None =
         for d in found:
             client.delete_deployment(d.id)
     return len(found)
-
-
-def register_on_cluster(api_url: str, values: ClusterValues, echo=print) -> None:
-    """On a cluster's Prefect (`mlyard k8s apply --prefect-api-url`): the gpu and cpu pools with the
-    install's job template defaults (the gpu pool's image is the CUDA training image: its runs' scripts
-    import torch with CUDA; the cpu pool's the platform's), the crash automation, and every deployment on
-    those pools (its auth string, when the server has one, from PREFECT_API_AUTH_STRING as for any client)."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    images = {GPU_POOL: values.images.training_cuda, CPU_POOL: values.image}
-    pools = {name: ("kubernetes", cluster_pool_template(path, values, images[name]))
-             for name, path in ((GPU_POOL, GPU_TEMPLATE), (CPU_POOL, CPU_TEMPLATE))}
-    with temporary_settings({PREFECT_API_URL: api_url}):
-        ensure_pools(echo, pools=pools, limits=values.pool_concurrency.model_dump())  # its fields: gpu, cpu
-        ensure_crash_detection()
-    env = {**os.environ, "PREFECT_API_URL": api_url, "MLYARD_IMAGE": values.image,
-           "MLYARD_GPU_IMAGE": images[GPU_POOL], "MLYARD_PROJECT_ROOT": str(PROJECT_ROOT)}
-    register_deployments(env, pools=(GPU_POOL, CPU_POOL))
-    with temporary_settings({PREFECT_API_URL: api_url}):
-        withdraw_deployments((GPU_POOL, CPU_POOL), named=PLACES)  # as an older mlyard named them
-    echo(f"registered on {api_url}: pools {GPU_POOL} and {CPU_POOL}, their deployments, the crash automation")

@@ -93,7 +93,7 @@ def apply(values: Optional[Path] = VALUES,
                     out.print(f"migrations: {line}", highlight=False)
         done += [a.__dict__ for a in cluster.apply([o for o in rest if o["kind"] == "Deployment"], dyn)]
         if prefect_api_url:
-            from mlyard.prefect_setup import register_on_cluster
+            from mlyard.prefect_cluster import register_on_cluster
 
             register_on_cluster(prefect_api_url, vals,
                                 echo=lambda line: None if as_json else out.print(line, highlight=False))

@@ -334,6 +334,8 @@ def test_apply_registers_the_pools_deployments_and_crash_automation_on_the_clust
     api, kubeconfig = cluster
     for name in ("pf", "mf", "ms", "regcred"):
         _secret(api, "ml-platform", name, tmp_path)
+    values_file.write_text(yaml.safe_dump({**VALUES, "gpu": {**VALUES["gpu"], "types": ["NVIDIA-A100-SXM4-80GB",
+                                                                                        "NVIDIA-L4"]}}))
     out = mlyard("k8s", "apply", "-f", str(values_file), "--kubeconfig", str(kubeconfig), "--prefect-api-url",
                  clusters_prefect, cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -365,6 +367,22 @@ def test_apply_registers_the_pools_deployments_and_crash_automation_on_the_clust
                       "cpu": {"registry.example/team/mlyard:1.2.3"}}
     assert pools["gpu"].base_job_template["variables"]["properties"]["data_storage_class"]["default"] == "fast-ssd"
     assert len(automations) == 1
+    # the values' GPU nodes bound a run's job variables, as Prefect checks them against the pool's schema
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    gpu = pools["gpu"].base_job_template["variables"]["properties"]
+    assert gpu["gpu_count"]["maximum"] == 4 and gpu["gpu_type"]["anyOf"][0]["enum"] == ["NVIDIA-A100-SXM4-80GB",
+                                                                                          "NVIDIA-L4"]
+    train = next(d for d in deployments if d.name == "train-gpu")
+    spec = {"spec": {"name": "bounded", "source_uri": "s3://b/src", "entry_point": "train.py"}}
+    with SyncPrefectClient(clusters_prefect) as client:
+        for wrong in ({"gpu_type": "NVIDIA-H100-80GB-HBM3"}, {"gpu_count": 5}):
+            with pytest.raises(PrefectHTTPStatusError) as refused:
+                client.create_flow_run_from_deployment(train.id, parameters=spec, job_variables=wrong)
+            assert refused.value.response.status_code == 422, wrong
+        run = client.create_flow_run_from_deployment(train.id, parameters=spec,
+                                                     job_variables={"gpu_type": "NVIDIA-L4", "gpu_count": 4})
+        client.delete_flow_run(run.id)
 
 
 def test_apply_migrates_the_previous_releases_catalog_once_and_a_new_image_runs_the_job_again(tmp_path, values_file,
@@ -448,7 +466,8 @@ def test_each_account_of_the_install_does_what_its_pod_does_and_no_more(tmp_path
     from job_templates import render
 
     from mlyard.core.specs.cluster import ClusterValues
-    from mlyard.prefect_setup import CPU_TEMPLATE, GPU_TEMPLATE, cluster_pool_template
+    from mlyard.prefect_cluster import cluster_pool_template
+    from mlyard.prefect_setup import CPU_TEMPLATE, GPU_TEMPLATE
 
     api, kubeconfig = cluster
     for name in ("pf", "mf", "ms", "regcred"):
