@@ -30,6 +30,9 @@ from mlyard.core.specs.cluster import ClusterValues
 K8S = infra("k8s")
 FIELD_MANAGER = "mlyard"
 BASE_IMAGE = "mlyard:0.1.0"  # what the base's `images:` renders; replaced by the values' image
+# the engines' images as infra/k8s names them -> the values' field (images.*) that replaces each
+ENGINES = {"prefecthq/prefect:3.8.8-python3.11": "prefect", "quay.io/oauth2-proxy/oauth2-proxy:v7.8.1": "oauth2_proxy",
+           "pgvector/pgvector:0.8.0-pg16": "postgres"}
 DEFAULT_SECRETS = {"mlyard-prefect": "prefect", "mlyard-mlflow": "mlflow", "mlyard-settings": "settings",
                    "mlyard-postgres": "postgres"}
 WORKLOADS = ("Deployment", "StatefulSet", "Job")
@@ -149,10 +152,9 @@ def _customize(obj: dict, values: ClusterValues, secret_names: dict[str, str | N
         obj["spec"]["replicas"] = values.gateway_replicas
     if obj["kind"] in WORKLOADS:
         pod = obj["spec"]["template"]["spec"]
-        uses_image = False
-        for c in pod["containers"]:
-            if c["image"] == BASE_IMAGE:
-                c["image"], uses_image = values.image, True
+        for c in [*pod.get("initContainers", []), *pod["containers"]]:  # mlyard's and the engines' images, the values'
+            c["image"] = values.image if c["image"] == BASE_IMAGE else getattr(values.images, ENGINES.get(c["image"], "-"),
+                                                                               c["image"])
             for e in c.get("env", []):
                 ref = e.get("valueFrom", {}).get("secretKeyRef")
                 if ref and ref["name"] in secret_names:
@@ -164,7 +166,7 @@ def _customize(obj: dict, values: ClusterValues, secret_names: dict[str, str | N
         for v in pod.get("volumes", []):
             if "secret" in v and v["secret"]["secretName"] in secret_names:
                 v["secret"]["secretName"] = secret_names[v["secret"]["secretName"]]
-        if uses_image and values.image_pull_secrets:
+        if values.image_pull_secrets:  # every pod's: a mirrored registry holds the engines' images too
             pod["imagePullSecrets"] = [{"name": n} for n in values.image_pull_secrets]
     return obj
 

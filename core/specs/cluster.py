@@ -9,6 +9,9 @@ images:                            # the other images workloads run (infra/docke
   training_cpu: registry.example/mlyard-training:0.1.0-cpu
   serving: registry.example/mlyard-serving:0.1.0              # endpoint stages' model servers
   notebook: registry.example/mlyard-notebook:0.1.0
+  prefect: registry.example/mirror/prefect:3.8.8-python3.11   # the engines' images, e.g. from a mirror (defaults:
+  oauth2_proxy: registry.example/mirror/oauth2-proxy:v7.8.1   #   Docker Hub's and quay.io's); every pod gets the
+  postgres: registry.example/mirror/pgvector:0.8.0-pg16       #   pull Secrets below
 runtime_images:                    # optional: a runtime variant's engine image (core/runtimes.py has defaults)
   vllm: registry.example/vllm-openai:v0.11.0
 image_pull_secrets: [regcred]      # optional: Secrets of type kubernetes.io/dockerconfigjson
@@ -72,6 +75,12 @@ class ClusterImages(SpecModel):
                          "(infra/docker/mlyard.Dockerfile, target serving).")
     notebook: str = Field(default="mlyard-notebook:0.1.0", pattern=IMAGE,
                           description="Notebooks' default image (infra/docker/mlyard.Dockerfile, target notebook).")
+    prefect: str = Field(default="prefecthq/prefect:3.8.8-python3.11", pattern=IMAGE, description="The Prefect "
+                         "server's image (its release is the one mlyard pins: 3.8.8).")
+    oauth2_proxy: str = Field(default="quay.io/oauth2-proxy/oauth2-proxy:v7.8.1", pattern=IMAGE,
+                              description="The sign-in component's oauth2-proxy.")
+    postgres: str = Field(default="pgvector/pgvector:0.8.0-pg16", pattern=IMAGE,
+                          description="The dev overlay's PostgreSQL with pgvector.")
 
 
 RUNTIME_VARIANT = Literal["vllm", "nim", "cmd", "huggingface-tgi", "sglang", "modular-max", "llama-cpp"]

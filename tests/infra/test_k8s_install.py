@@ -70,6 +70,23 @@ def test_render_sets_what_the_values_name(tmp_path, values_file):
     assert {s["namespace"] for s in binding["subjects"]} == {"ml-platform"}
 
 
+def test_every_image_and_pull_secret_comes_from_the_values(tmp_path):
+    """A mirrored registry: the engines' images too (Prefect's server, oauth2-proxy, the dev PostgreSQL) come from the
+    values, and every pod has the pull Secrets."""
+    mirror = {"prefect": "mirror.example/prefect:3.8.8-python3.11", "oauth2_proxy": "mirror.example/oauth2-proxy:v7.8.1",
+              "postgres": "mirror.example/pgvector:0.8.0-pg16"}
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump({**VALUES, "overlay": "dev", "secrets": {**VALUES["secrets"], "postgres": "pg"},
+                                    "sign_in": True, "images": {**VALUES["images"], **mirror}}))
+    out = mlyard("k8s", "render", "-f", str(path), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    pods = {o["metadata"]["name"]: o["spec"]["template"]["spec"] for o in yaml.safe_load_all(out.stdout)
+            if o and o["kind"] in ("Deployment", "StatefulSet", "Job")}
+    images = {c["image"] for pod in pods.values() for c in [*pod.get("initContainers", []), *pod["containers"]]}
+    assert images == {"registry.example/team/mlyard:1.2.3", *mirror.values()}, images
+    assert {name for name, pod in pods.items() if pod.get("imagePullSecrets") != [{"name": "regcred"}]} == set()
+
+
 def test_a_kueue_queue_adds_the_queues_and_names_it_to_every_pod(tmp_path):
     path = tmp_path / "values.yaml"
     path.write_text(yaml.safe_dump({**VALUES, "kueue_queue": "gpu-team"}))
