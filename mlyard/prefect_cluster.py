@@ -58,8 +58,8 @@ def register_on_cluster(api_url: str, values: ClusterValues, echo=print) -> None
     with temporary_settings({PREFECT_API_URL: api_url}):
         ensure_pools(echo, pools=pools, limits=values.pool_concurrency.model_dump())  # its fields: gpu, cpu
         ensure_crash_detection()
-    env = {**os.environ, "PREFECT_API_URL": api_url, "MLYARD_IMAGE": values.image,
-           "MLYARD_GPU_IMAGE": images[GPU_POOL], "MLYARD_PROJECT_ROOT": str(PROJECT_ROOT)}
+    env = {**os.environ, "PREFECT_API_URL": api_url, "MLYARD_IMAGE": values.image, "MLYARD_GPU_IMAGE": images[GPU_POOL],
+           "MLYARD_TRAINING_CPU_IMAGE": values.images.training_cpu, "MLYARD_PROJECT_ROOT": str(PROJECT_ROOT)}
     register_deployments(env, pools=(GPU_POOL, CPU_POOL))
     with temporary_settings({PREFECT_API_URL: api_url}):
         withdraw_deployments((GPU_POOL, CPU_POOL), named=PLACES)  # as an older mlyard named them

@@ -154,7 +154,8 @@ def prepared_prefect_db(echo=print) -> Path:
         settings.prefect_home.mkdir(parents=True)
         shutil.copyfile(empty, settings.prefect_home / "prefect.db")
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}, **settings.engine_env(),
-               "MLYARD_PROJECT_ROOT": str(PROJECT_ROOT), "MLYARD_IMAGE": image, "MLYARD_GPU_IMAGE": image}
+               "MLYARD_PROJECT_ROOT": str(PROJECT_ROOT), "MLYARD_IMAGE": image, "MLYARD_GPU_IMAGE": image,
+               "MLYARD_TRAINING_CPU_IMAGE": image}
         log = Path(tmp) / "prefect-server.log"
         pid = start_server(settings, env, log)
         try:

@@ -73,7 +73,7 @@ def _up(settings: Settings, echo, start_timeout: float, configure: bool = True) 
     point_prefect(settings, None)
     parts.choose_database(settings)
     env = {**os.environ, **settings.engine_env(), "MLYARD_PROJECT_ROOT": str(PROJECT_ROOT)}
-    env["MLYARD_IMAGE"] = env["MLYARD_GPU_IMAGE"] = settings.image  # prefect.yaml renders the gpu deployments with it
+    env["MLYARD_IMAGE"] = env["MLYARD_GPU_IMAGE"] = env["MLYARD_TRAINING_CPU_IMAGE"] = settings.image  # prefect.yaml's
     api_url = f"http://127.0.0.1:{settings.prefect_port}/api"
     state = read_state(settings) or StackState(api_url=api_url, ui_url=f"http://127.0.0.1:{settings.prefect_port}")
     if settings.cluster_pools is not None:  # the Kubernetes pools' deployments: this home's choice, kept

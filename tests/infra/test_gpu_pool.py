@@ -90,14 +90,26 @@ def test_every_deployment_on_a_kubernetes_pool_renders_a_strictly_valid_job(stac
 
 def test_the_scheduler_and_pipeline_runs_run_on_the_cpu_pool():
     """None asks for a GPU: the scheduler loops, a pipeline run hands its steps to the KFP server, an endpoint
-    change applies a stage's objects, a notebook's run applies its StatefulSet (which asks for the GPUs itself)."""
+    change applies a stage's objects, a notebook's run applies its StatefulSet (which asks for the GPUs itself), and
+    the lifecycle's runs a cluster's pod queues as `pool: local` (trainings, tunings, batches and evaluations: the CPU
+    training image)."""
     endpoint_flows = ["mlyard.flows.endpoint_add_stage.add_stage", "mlyard.flows.endpoint_delete.delete_endpoint",
                       "mlyard.flows.endpoint_deploy.deploy_endpoint", "mlyard.flows.endpoint_promote.promote_stage",
                       "mlyard.flows.endpoint_retry.retry_stage", "mlyard.flows.endpoint_rollout.control_promotion",
                       "mlyard.flows.endpoint_rollout.promote_progressively", "mlyard.flows.endpoint_start.start_stage",
                       "mlyard.flows.endpoint_stop.stop_stage", "mlyard.flows.endpoint_traffic.set_traffic"]
-    assert sorted(d["entrypoint"] for d in _deployments("cpu")) == endpoint_flows + [
-        "mlyard.flows.notebook.notebook", "mlyard.flows.pipeline_run.pipeline_run", "mlyard.flows.scheduler.scheduler"]
+    lifecycle = ["mlyard.flows.batch_inference.batch_infer", "mlyard.flows.batch_worker.batch_worker",
+                 "mlyard.flows.evaluation.evaluate"]
+    assert sorted(d["entrypoint"] for d in _deployments("cpu")) == sorted(lifecycle + endpoint_flows + [
+        "mlyard.flows.notebook.notebook", "mlyard.flows.pipeline_run.pipeline_run", "mlyard.flows.scheduler.scheduler",
+        "mlyard.flows.training.train", "mlyard.flows.tuning.tune"])
+    from mlyard.core.names import on_this_platform
+
+    runs = {*lifecycle, "mlyard.flows.training.train", "mlyard.flows.tuning.tune"}
+    for d in _deployments("cpu"):  # a member's runs in the CPU training image; the platform's flows in its own
+        wanted = "{{ $MLYARD_TRAINING_CPU_IMAGE }}" if d["entrypoint"] in runs else "{{ $MLYARD_IMAGE }}"
+        assert d["work_pool"]["job_variables"]["image"] == wanted, d["name"]
+    assert on_this_platform("train/train-local") == "train/train-local"  # not in a pod here
     assert "mlyard.flows.pipeline_run.pipeline_run" not in [d["entrypoint"] for d in _deployments("gpu")]
 
 
@@ -112,10 +124,13 @@ def test_template_exposes_the_job_variables(pool):
 
 @pytest.mark.parametrize("entrypoint", ["mlyard.flows.training.train", "mlyard.flows.tuning.tune", "mlyard.flows.batch_inference.batch_infer",
                                         "mlyard.flows.batch_worker.batch_worker", "mlyard.flows.evaluation.evaluate"])
-def test_prefect_yaml_declares_every_flow_on_both_pools(entrypoint):
+def test_prefect_yaml_declares_every_flow_on_every_pool(entrypoint):
+    """This machine's, the cluster's gpu pool, and its cpu pool (`-kubernetes`: what `-local` is from a cluster's pod,
+    core/names.on_this_platform)."""
     conf = yaml.safe_load(PREFECT_YAML.read_text())
     pools = {d["name"]: d["work_pool"]["name"] for d in conf["deployments"] if d["entrypoint"] == entrypoint}
-    assert sorted(pools.values()) == ["gpu", "local"] and all(name.endswith(f"-{pool}") for name, pool in pools.items())
+    assert sorted(pools.values()) == ["cpu", "gpu", "local"]
+    assert all(name.endswith(f"-{'kubernetes' if pool == 'cpu' else pool}") for name, pool in pools.items())
 
 
 def test_with_a_kueue_queue_the_gpu_pools_jobs_carry_its_label(stack, monkeypatch):

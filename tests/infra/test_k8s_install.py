@@ -381,7 +381,8 @@ def test_apply_registers_the_pools_deployments_and_crash_automation_on_the_clust
     for d in deployments:
         images[d.work_pool_name].add(d.job_variables["image"])
     assert images == {"gpu": {"registry.example/team/mlyard-training:1.2.3-cuda"},  # torch with CUDA
-                      "cpu": {"registry.example/team/mlyard:1.2.3"}}
+                      "cpu": {"registry.example/team/mlyard:1.2.3",  # the endpoint, notebook, pipeline flows
+                              "mlyard-training:0.1.0-cpu"}}  # a member's `pool: local` runs: images.training_cpu
     assert pools["gpu"].base_job_template["variables"]["properties"]["data_storage_class"]["default"] == "fast-ssd"
     assert len(automations) == 1
     # the values' GPU nodes bound a run's job variables, as Prefect checks them against the pool's schema
