@@ -1,10 +1,10 @@
-"""The Prefect API as the platform uses it: queue a flow run of a deployment, follow it, cancel it
-like the UI's Cancel button, watch for a cancel, link an MLflow run back to its flow run, read runs by
-id, and retry a busy server's 503 at once.
-Plain functions over the Prefect client; the flows and the transports (tasks/transport.py) call them."""
+"""The Prefect API as the platform uses it: queue a flow run of a deployment, follow it, cancel it like the UI's
+Cancel button, watch for a cancel, link an MLflow run back to its flow run, read runs by id, retry a busy server's
+503 at once. Plain functions over the Prefect client; the flows and the transports (tasks/transport.py) call them."""
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from typing import Any, Callable, Iterator
@@ -245,22 +245,17 @@ def made_up_by_prefect(name: str) -> bool:
     return len(words) == 2 and all(w in _coolname_words() for w in words)
 
 
+@functools.cache
 def _coolname_words() -> frozenset[str]:
-    global _COOLNAME
-    if _COOLNAME is None:
-        import re
-        from importlib import resources
+    import re
+    from importlib import resources
 
-        try:
-            texts = [f.read_text() for f in resources.files("coolname.data").iterdir() if f.name.endswith(".txt")]
-        except (ModuleNotFoundError, OSError):  # no coolname (a Prefect without it): no server-made names
-            texts = []
-        _COOLNAME = frozenset(w for text in texts for line in text.splitlines() if not line.startswith("#")
-                              for w in re.findall(r"[a-z]+", line))
-    return _COOLNAME
-
-
-_COOLNAME: frozenset[str] | None = None
+    try:
+        texts = [f.read_text() for f in resources.files("coolname.data").iterdir() if f.name.endswith(".txt")]
+    except (ModuleNotFoundError, OSError):  # no coolname (a Prefect without it): no server-made names
+        texts = []
+    return frozenset(w for text in texts for line in text.splitlines() if not line.startswith("#")
+                     for w in re.findall(r"[a-z]+", line))
 
 
 def submit(deployment: str, parameters: dict, job_variables: dict | None = None, tags: list[str] | None = None,
@@ -345,11 +340,18 @@ def training_job_variables(client: Any, deployment_id: str, parameters: dict, po
 
 
 def pool_job_variables(pool: Any, job_variables: dict | None, project: str = "default") -> dict:
-    """What of a run's job variables its work pool takes: nothing on a process pool; on a Kubernetes pool
-    all of them, `image` resolved (a registered image's address and its account's pull Secret) and, on the
-    gpu pool, the Kueue queue label of the run's project. The one rule for runs made by mlyard (submit, the
-    scheduler)."""
+    """What of a run's job variables its work pool takes: nothing on a process pool; on a Kubernetes pool those
+    its template has (GPUs asked of a pool without them refused: the cpu pool is a cluster's `pool: local`), `image`
+    resolved (a registered image's address and its account's pull Secret) and, on the gpu pool, the Kueue queue
+    label of the run's project. The one rule for runs made by mlyard (submit, the scheduler)."""
     kept = dict(job_variables or {}) if pool is not None and pool.type == "kubernetes" else {}
+    if props := (getattr(pool, "base_job_template", None) or {}).get("variables", {}).get("properties", {}):
+        if kept.get("gpu_count") and "gpu_count" not in props:
+            from mlyard.core.errors import SpecError
+
+            raise SpecError("resources.gpu_count", kept["gpu_count"], f"0 on the {pool.name} pool, which has no GPUs: "
+                            "queue it on the gpu pool (`--pool gpu`, `pool: gpu`)")
+        kept = {k: v for k, v in kept.items() if k in props}
     if kept.get("image"):
         from mlyard.tasks.registry_secrets import pod_image
 

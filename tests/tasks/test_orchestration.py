@@ -26,3 +26,30 @@ def test_a_cluster_has_no_local_pool_so_its_pods_queue_the_flows_cluster_deploym
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
     assert on_this_platform("notebook/notebook-local") == "notebook/notebook-kubernetes"
     assert on_this_platform("train/train-gpu") == "train/train-gpu"
+
+
+def test_a_pool_takes_the_job_variables_its_template_has_and_gpus_only_where_it_has_them():
+    """The cpu pool is a cluster's `pool: local`: a run asking it for GPUs is refused in one line, before anything
+    is queued; what its template does not know (a gpu pool's tolerations) is not handed to it."""
+    import json
+    from types import SimpleNamespace
+
+    import pytest
+
+    from mlyard.core.errors import SpecError
+    from mlyard.core.specs import TrainingSpec
+    from mlyard.prefect_setup import CPU_TEMPLATE, GPU_TEMPLATE
+    from mlyard.tasks.orchestration import pool_job_variables
+
+    cpu = SimpleNamespace(name="cpu", type="kubernetes", base_job_template=json.loads(CPU_TEMPLATE.read_text()))
+    gpu = SimpleNamespace(name="gpu", type="kubernetes", base_job_template=json.loads(GPU_TEMPLATE.read_text()))
+    local = SimpleNamespace(name="local", type="process", base_job_template={})
+    spec = TrainingSpec(name="t", source_uri="s3://b/a", entry_point="train.py", resources={"gpu_count": 2})
+    with pytest.raises(SpecError, match=r"resources.gpu_count: 2 is not valid: 0 on the cpu pool.*--pool gpu"):
+        pool_job_variables(cpu, spec.job_variables())
+    assert pool_job_variables(gpu, spec.job_variables())["gpu_count"] == 2
+    cpu_only = TrainingSpec(name="t", source_uri="s3://b/a", entry_point="train.py").job_variables()
+    kept = pool_job_variables(cpu, {**cpu_only, "tolerations": [{"key": "nvidia.com/gpu"}]})
+    assert "tolerations" not in kept and "gpu_count" not in kept
+    assert set(kept) <= set(cpu.base_job_template["variables"]["properties"])
+    assert pool_job_variables(local, spec.job_variables()) == {}
