@@ -36,6 +36,16 @@ def _inventory_lines(inventory: dict[str, dict[str, int]]) -> str:
                      for store, tables in inventory.items())
 
 
+def _said(step, as_json: bool, lines) -> None:
+    """Run `step(echo)` (a backup's or restore's), then print its manifest as JSON or `lines(manifest)`."""
+    manifest = guard(lambda: step((lambda _: None) if as_json else out.print))
+    if as_json:
+        emit(manifest, True)
+        return
+    for line in lines(manifest):
+        out.print(line)
+
+
 @app.command("backup")
 def backup(dest: Path = typer.Argument(..., help="A new (or empty) folder for the backup; private to you."),
            as_json: bool = JSON) -> None:
@@ -46,13 +56,9 @@ def backup(dest: Path = typer.Argument(..., help="A new (or empty) folder for th
     from mlyard.cli.common import connected
 
     _platforms_own()
-    manifest = guard(lambda: backups.backup(connected(), dest, echo=(lambda _: None) if as_json else out.print))
-    if as_json:
-        emit(manifest, True)
-        return
-    out.print(f"backed up {manifest['home']} into {dest} in {manifest['seconds']} s (release {manifest['release']}, "
-              f"catalog schema {manifest['catalog_schema']})")
-    out.print(f"it holds: {_inventory_lines(manifest['inventory'])}")
+    _said(lambda echo: backups.backup(connected(), dest, echo=echo), as_json, lambda m: [
+        f"backed up {m['home']} into {dest} in {m['seconds']} s (release {m['release']}, catalog schema "
+        f"{m['catalog_schema']})", f"it holds: {_inventory_lines(m['inventory'])}"])
 
 
 @app.command("restore")
@@ -63,12 +69,8 @@ def restore(source: Path = typer.Argument(..., help="A folder `mlyard admin back
     from mlyard.core.settings import Settings
 
     _platforms_own()
-    manifest = guard(lambda: backups.restore(Settings(), source, echo=(lambda _: None) if as_json else out.print))
-    if as_json:
-        emit(manifest, True)
-        return
-    out.print(f"restored {manifest['home']} as it was at {manifest['taken_at']} (release {manifest['release']}): "
-              "start it with `mlyard up`")
+    _said(lambda echo: backups.restore(Settings(), source, echo=echo), as_json, lambda m: [
+        f"restored {m['home']} as it was at {m['taken_at']} (release {m['release']}): start it with `mlyard up`"])
 
 
 @app.command("inventory")
