@@ -251,6 +251,9 @@ def test_sign_in_puts_every_ui_behind_oauth2_proxy_once_its_secret_is_there(tmp_
         assert pods[name]["containers"][0]["image"] == "registry.example/team/mlyard:1.2.3"
     ui = pods["mlflow-ui"]["containers"]
     assert "--host 127.0.0.1" in ui[0]["command"][-1] and "--upstream=http://127.0.0.1:5000/" in ui[1]["args"]
+    for name in ("mlyard-api", "mlflow-ui"):  # sessions of a working day, checked with the provider every hour
+        args = pods[name]["containers"][1]["args"]
+        assert "--cookie-expire=8h" in args and "--cookie-refresh=1h" in args, args
     assert {"name": "MLYARD_DOOR_TRUSTED_PROXY", "value": "true"} in ui[0]["env"]
 
     api.create("Namespace", "v1", None, {"metadata": {"name": "ml-platform"}})
@@ -530,3 +533,21 @@ def test_each_account_of_the_install_does_what_its_pod_does_and_no_more(tmp_path
         code, _ = as_account(account).request(
             "POST", "/apis/rbac.authorization.k8s.io/v1/namespaces/ml-platform/rolebindings?dryRun=All", binding)
         assert code == 403, f"{account} may bind roles"
+
+
+def test_the_ingress_example_is_valid_and_names_services_and_ports_the_install_has(tmp_path):
+    """infra/k8s/examples/ingress-tls.yaml (TLS at the ingress; people reach the sign-in ports, scripts the API and
+    the gateway): strictly valid, and every backend is a Service port of the install with sign-in."""
+    example = yaml.safe_load((ROOT / "infra" / "k8s" / "examples" / "ingress-tls.yaml").read_text())
+    for version in ("1.30", "1.33"):
+        kubernetes_validate.validate(example, version, strict=True)
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump({**VALUES, "sign_in": True}))
+    out = mlyard("k8s", "render", "-f", str(path), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    ports = {(o["metadata"]["name"], p["name"]) for o in yaml.safe_load_all(out.stdout) if o and o["kind"] == "Service"
+             for p in o["spec"]["ports"]}
+    backends = {(p["backend"]["service"]["name"], p["backend"]["service"]["port"]["name"])
+                for rule in example["spec"]["rules"] for p in rule["http"]["paths"]}
+    assert backends <= ports, backends - ports
+    assert {h for t in example["spec"]["tls"] for h in t["hosts"]} == {r["host"] for r in example["spec"]["rules"]}
