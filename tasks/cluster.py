@@ -250,7 +250,7 @@ def apply(objs: list[dict], dyn) -> Iterator[Applied]:
         except NotFoundError:
             existing = before = None
         if kind == "Job":  # a new template, or the last run failed (a retry after fixing a Secret): run it anew
-            obj = _hashed(obj)
+            obj = hashed(obj)
             if existing is not None and ((existing.metadata.annotations or {}).get(TEMPLATE_HASH) !=
                                          obj["metadata"]["annotations"][TEMPLATE_HASH] or _failed(existing)):
                 _delete_job(dyn, resource, meta["name"], namespace)
@@ -271,7 +271,7 @@ def _failed(job) -> bool:
                for c in (job.to_dict().get("status") or {}).get("conditions") or [])
 
 
-def _hashed(job: dict) -> dict:
+def hashed(job: dict) -> dict:
     import hashlib
     import json
 

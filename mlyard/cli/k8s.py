@@ -43,6 +43,31 @@ def render(values: Optional[Path] = VALUES,
     out.print(f"wrote {len(objs)} objects to {output}", highlight=False)
 
 
+@app.command("diff")
+def diff(values: Optional[Path] = VALUES,
+         kubeconfig: Optional[Path] = typer.Option(None, "--kubeconfig", help="Default: KUBECONFIG, ~/.kube/config."),
+         context: Optional[str] = typer.Option(None, "--context", help="kubeconfig context."),
+         as_json: bool = JSON) -> None:
+    """What `mlyard k8s apply` of these values would do, without doing it: each object applied as a server-side
+    dry run and compared with the cluster's (created, changed and which fields, replaced, unchanged)."""
+    from mlyard.tasks import cluster
+    from mlyard.tasks.cluster_diff import diff as diffed
+
+    def go() -> list[dict]:
+        vals = values_of(values)
+        return [d.__dict__ for d in diffed(cluster.render(vals), cluster.dynamic_client(
+            str(kubeconfig) if kubeconfig else None, context))]
+
+    rows = guard(go)
+    if as_json:
+        emit(rows, True)
+        return
+    emit([{**r, "fields": ", ".join(r["fields"])} for r in rows if r["outcome"] != "unchanged"], False,
+         ["kind", "name", "outcome", "fields"], empty="nothing would change")
+    counts = {k: sum(r["outcome"] == k for r in rows) for k in ("created", "changed", "replaced", "unchanged")}
+    out.print(", ".join(f"{n} {k}" for k, n in counts.items()), highlight=False)
+
+
 @app.command("apply")
 def apply(values: Optional[Path] = VALUES,
           kubeconfig: Optional[Path] = typer.Option(None, "--kubeconfig", help="Default: KUBECONFIG, ~/.kube/config, "

@@ -551,3 +551,25 @@ def test_the_ingress_example_is_valid_and_names_services_and_ports_the_install_h
                 for rule in example["spec"]["rules"] for p in rule["http"]["paths"]}
     assert backends <= ports, backends - ports
     assert {h for t in example["spec"]["tls"] for h in t["hosts"]} == {r["host"] for r in example["spec"]["rules"]}
+
+
+def test_diff_says_what_an_apply_would_change_and_changes_nothing(tmp_path, values_file, cluster):
+    """`mlyard k8s diff`: after an apply, the same values change nothing; another gateway count changes that
+    Deployment's replicas alone, and the diff itself stores nothing (every object's version as it was)."""
+    api, kubeconfig = cluster
+    for name in ("pf", "mf", "ms", "regcred"):
+        _secret(api, "ml-platform", name, tmp_path)
+    assert mlyard("k8s", "apply", "-f", str(values_file), "--kubeconfig", str(kubeconfig), cwd=tmp_path).returncode == 0
+    rv = api.versions("ml-platform")
+    same = mlyard("k8s", "diff", "-f", str(values_file), "--kubeconfig", str(kubeconfig), "--json", cwd=tmp_path)
+    assert same.returncode == 0, same.stderr
+    assert {r["outcome"] for r in json.loads(same.stdout)} == {"unchanged"}, same.stdout
+    values_file.write_text(yaml.safe_dump({**VALUES, "gateway_replicas": 5}))
+    other = mlyard("k8s", "diff", "-f", str(values_file), "--kubeconfig", str(kubeconfig), "--json", cwd=tmp_path)
+    assert other.returncode == 0, other.stderr
+    changed = [r for r in json.loads(other.stdout) if r["outcome"] != "unchanged"]
+    assert changed == [{"kind": "Deployment", "name": "gateway", "outcome": "changed", "fields": ["spec.replicas"]}]
+    said = mlyard("k8s", "diff", "-f", str(values_file), "--kubeconfig", str(kubeconfig), cwd=tmp_path)
+    assert "spec.replicas" in said.stdout and "1 changed" in said.stdout, said.stdout
+    assert api.versions("ml-platform") == rv, "a diff stored nothing"
+    assert api.get("Deployment", "ml-platform", "gateway")["spec"]["replicas"] == 4

@@ -1,0 +1,68 @@
+"""`mlyard k8s diff`: what an apply of the values would do, without doing it. Each object is applied as a
+server-side dry run (the API server runs its admission and defaulting, nothing is stored) and compared with
+the object as it is: created, changed (and which fields), unchanged, or, for a Job whose pod template changed
+(a new image), replaced (it would run again)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from mlyard.core.errors import StackError
+from mlyard.tasks.cluster import FIELD_MANAGER, TEMPLATE_HASH, hashed
+
+# what the server keeps for itself: never a change an apply makes
+SERVER_OWNED = ("managedFields", "resourceVersion", "generation", "creationTimestamp", "uid", "selfLink")
+
+
+@dataclass
+class Diffed:
+    kind: str
+    name: str
+    outcome: str  # created, changed, replaced, unchanged
+    fields: list[str] = field(default_factory=list)  # what an apply would change (dotted paths), at most 20
+
+
+def diff(objs: list[dict], dyn: Any) -> Iterator[Diffed]:
+    from kubernetes.dynamic.exceptions import ApiException, NotFoundError, ResourceNotFoundError
+
+    for obj in objs:
+        kind, meta = obj["kind"], obj["metadata"]
+        try:
+            resource = dyn.resources.get(api_version=obj["apiVersion"], kind=kind)
+        except ResourceNotFoundError:
+            raise StackError(f"the cluster does not serve {obj['apiVersion']} {kind}: install what it belongs to "
+                             "first") from None
+        namespace = meta.get("namespace") if resource.namespaced else None
+        try:
+            live = dyn.get(resource, name=meta["name"], namespace=namespace).to_dict()
+        except NotFoundError:
+            yield Diffed(kind, meta["name"], "created")
+            continue
+        if kind == "Job":
+            obj = hashed(obj)
+            if (live["metadata"].get("annotations") or {}).get(TEMPLATE_HASH) != \
+                    obj["metadata"]["annotations"][TEMPLATE_HASH]:
+                yield Diffed(kind, meta["name"], "replaced", ["spec.template"])
+                continue
+        try:
+            would = dyn.server_side_apply(resource, body=obj, namespace=namespace, field_manager=FIELD_MANAGER,
+                                          force_conflicts=True, dry_run="All").to_dict()
+        except ApiException as exc:
+            raise StackError(f"{kind} {meta['name']}: the API server would refuse it: {exc.status} {exc.reason}") \
+                from None
+        changed = _paths(_comparable(live), _comparable(would))
+        yield Diffed(kind, meta["name"], "changed" if changed else "unchanged", changed[:20])
+
+
+def _comparable(obj: dict) -> dict:
+    out = {k: v for k, v in obj.items() if k != "status"}
+    out["metadata"] = {k: v for k, v in (obj.get("metadata") or {}).items() if k not in SERVER_OWNED}
+    return out
+
+
+def _paths(a: Any, b: Any, at: str = "") -> list[str]:
+    """The dotted paths where `a` and `b` differ (a list compared as a whole)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [p for k in sorted(set(a) | set(b)) for p in _paths(a.get(k), b.get(k), f"{at}.{k}" if at else k)]
+    return [] if a == b else [at]
