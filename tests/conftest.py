@@ -122,7 +122,7 @@ def pytest_runtest_teardown(item, nextitem):
 LONGEST_FILES = {
     "flows/test_rag.py": 130, "flows/test_tuning.py": 114, "infra/test_multinode_job.py": 400,
     "flows/test_endpoint.py": 160, "test_stack.py": 96, "flows/test_pipeline_run.py": 92, "test_user_paths.py": 82,
-    "schedules/test_scheduler.py": 72, "flows/test_batch_inference.py": 66, "infra/test_k8s_install.py": 340,
+    "schedules/test_scheduler.py": 72, "flows/test_batch_inference.py": 66, "infra/test_k8s_install.py": 400,
     "infra/test_walk.py": 105, "infra/test_uploads.py": 100, "mlyard/test_workstation.py": 54,
     "tasks/test_rag_quality.py": 52, "mlyard/test_warm.py": 52, "flows/test_endpoint_sync.py": 44,
     "infra/test_kueue_trials.py": 125, "infra/test_project_queues.py": 60, "serving/test_server.py": 40, "infra/test_batch_pods.py": 120,
