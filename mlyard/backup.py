@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import tarfile
@@ -65,6 +66,14 @@ def backup(settings: Settings, dest: Path, echo: Callable[[str], None] = print) 
         raise SpecError("DIR", str(dest), "a new or empty folder for the backup")
     if dest == home or home in dest.parents:
         raise SpecError("DIR", str(dest), f"a folder outside the home it backs up ({home})")
+    try:
+        return _backup(settings, home, dest, echo)
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)  # nothing half-made is left for a restore to trust
+        raise
+
+
+def _backup(settings: Settings, home: Path, dest: Path, echo: Callable[[str], None]) -> dict[str, Any]:
     (dest / "databases").mkdir(parents=True, mode=0o700)
     os.chmod(dest, 0o700)
     started = time.monotonic()
@@ -108,6 +117,19 @@ def restore(settings: Settings, source: Path, echo: Callable[[str], None] = prin
         raise SpecError("DIR", str(source), f"a backup of release {RELEASE} or older (it was made by "
                         f"{manifest['release']}): restore it with that release")
     home.mkdir(parents=True, mode=0o700, exist_ok=True)
+    try:
+        _restore(settings, home, source, echo)
+    except BaseException:
+        for entry in home.iterdir():  # the home as it was: empty (a stack never starts on half of one)
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink()
+        raise
+    return manifest
+
+
+def _restore(settings: Settings, home: Path, source: Path, echo: Callable[[str], None]) -> None:
     with tarfile.open(source / "home.tar") as tar:
         tar.extractall(home, filter="tar")
     echo("  the home's files: restored")
@@ -116,7 +138,10 @@ def restore(settings: Settings, source: Path, echo: Callable[[str], None] = prin
         if db.suffix == ".db":
             target = home / db.name.replace("__", "/")
             target.parent.mkdir(parents=True, exist_ok=True)
-            _copy_sqlite(db, target)
+            try:
+                _copy_sqlite(db, target)
+            except sqlite3.DatabaseError as exc:
+                raise SpecError("DIR", str(db), f"a SQLite database `mlyard admin backup` copied ({exc})") from None
             echo(f"  {target.relative_to(home)}: restored")
         elif db.suffix == ".dump":
             dumps.append(db)
@@ -125,7 +150,6 @@ def restore(settings: Settings, source: Path, echo: Callable[[str], None] = prin
     from mlyard.stack_state import make_private
 
     make_private(home)
-    return manifest
 
 
 def inventory(settings: Settings) -> dict[str, dict[str, int]]:

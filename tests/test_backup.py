@@ -151,3 +151,41 @@ def test_a_stack_backed_up_wiped_and_restored_holds_everything_it_held(tmp_path)
             time.sleep(1)
     finally:
         owner("down")
+
+
+def test_a_restore_that_fails_leaves_the_home_empty_and_bad_places_are_refused_in_one_line(tmp_path):
+    import io
+    import tarfile
+
+    import pytest
+
+    from mlyard import backup as backups
+    from mlyard.core.errors import SpecError
+    from mlyard.core.names import RELEASE
+    from mlyard.core.settings import Settings
+
+    home = tmp_path / "project" / ".mlyard"
+    made = tmp_path / "backup"
+    (made / "databases").mkdir(parents=True)
+    with tarfile.open(made / "home.tar", "w") as tar:  # a file, then a database copy that is not a database
+        info = tarfile.TarInfo("secrets/kept")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"ok"))
+    (made / "databases" / "catalog.db").write_text("not a database")
+    manifest = {"release": RELEASE, "catalog_schema": "0020", "home": str(home), "database": "sqlite",
+                "taken_at": "2026-11-30T00:00:00+00:00", "inventory": {}, "seconds": 0.1}
+    (made / "manifest.json").write_text(json.dumps(manifest))
+    settings = Settings(home=home)
+    with pytest.raises(SpecError, match=r"catalog.db.* is not valid: a SQLite database"):
+        backups.restore(settings, made, echo=lambda _: None)
+    assert home.is_dir() and list(home.iterdir()) == [], "nothing half-restored is left"
+    elsewhere = Settings(home=tmp_path / "other" / ".mlyard")
+    with pytest.raises(SpecError, match="MLYARD_HOME: .* the home the backup was taken from"):
+        backups.restore(elsewhere, made, echo=lambda _: None)
+    (home / "catalog.db").write_text("x")
+    with pytest.raises(SpecError, match="an absent or empty home"):
+        backups.restore(settings, made, echo=lambda _: None)
+    (made / "manifest.json").write_text(json.dumps({**manifest, "release": "99.0.0"}))
+    (home / "catalog.db").unlink()
+    with pytest.raises(SpecError, match="restore it with that release"):
+        backups.restore(settings, made, echo=lambda _: None)
