@@ -120,12 +120,12 @@ def _templates():
     """The catalog's training templates, without loading MLflow (a second and a half per command)."""
     from mlyard.core.connection import connect
     from mlyard.core.settings import require_shared_stores
-    from mlyard.registry.catalog import Catalog
+    from mlyard.registry.catalog import shared
     from mlyard.registry.templates import Templates
 
     settings = connect()
     require_shared_stores(settings)
-    return Templates(Catalog(settings.catalog_db_url))
+    return Templates(shared(settings.catalog_db_url))
 
 
 def runs_stop(kind: str, run_id: str) -> dict[str, Any]:

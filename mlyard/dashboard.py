@@ -59,10 +59,10 @@ def _recent_audit(projects: list[str] | None, n: int = 15) -> list[dict[str, Any
 
 
 def _endpoints(settings: Settings) -> list[dict[str, Any]]:
-    from mlyard.registry.catalog import Catalog
+    from mlyard.registry.catalog import shared
     from mlyard.registry.endpoints import Endpoints
 
-    return Endpoints(Catalog(settings.catalog_db_url)).all()
+    return Endpoints(shared(settings.catalog_db_url)).all()
 
 
 def _notebooks(settings: Settings, projects: list[str] | None) -> list[Any]:

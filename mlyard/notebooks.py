@@ -53,10 +53,10 @@ BUSY = (CREATE_REQUESTED, *IN_PROGRESS.values())
 
 
 def notebook_store(settings: Settings):
-    from mlyard.registry.catalog import Catalog
+    from mlyard.registry.catalog import shared
     from mlyard.registry.notebooks import Notebooks
 
-    return Notebooks(Catalog(settings.catalog_db_url))
+    return Notebooks(shared(settings.catalog_db_url))
 
 
 def _submit(record: Any, action: str) -> str:

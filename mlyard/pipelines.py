@@ -43,10 +43,10 @@ MAX_DOWNLOAD_BYTES = 256 * 1024 * 1024  # a member's download, sent through the 
 
 
 def _pipelines():
-    from mlyard.registry.catalog import Catalog
+    from mlyard.registry.catalog import shared
     from mlyard.registry.pipelines import Pipelines
 
-    return Pipelines(Catalog(connect().catalog_db_url))
+    return Pipelines(shared(connect().catalog_db_url))
 
 
 # -- pipelines ---------------------------------------------------------------------------------

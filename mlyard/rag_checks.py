@@ -22,10 +22,10 @@ from mlyard.core.specs.rag import RagSpec
 
 
 def store(settings: Settings):
-    from mlyard.registry.catalog import Catalog
+    from mlyard.registry.catalog import shared
     from mlyard.registry.rags import Rags
 
-    return Rags(Catalog(settings.catalog_db_url))
+    return Rags(shared(settings.catalog_db_url))
 
 
 def vectors(settings: Settings, spec: RagSpec, rag_id: int):
@@ -88,10 +88,10 @@ def check(settings: Settings, spec: RagSpec, project: str | None = None) -> None
     from mlyard.tasks.storage import Storage
 
     if spec.llm.endpoint or spec.token_endpoint:
-        from mlyard.registry.catalog import Catalog
+        from mlyard.registry.catalog import shared
         from mlyard.registry.endpoints import Endpoints
 
-        projects = {e["name"]: e.get("project") for e in Endpoints(Catalog(settings.catalog_db_url)).all()}
+        projects = {e["name"]: e.get("project") for e in Endpoints(shared(settings.catalog_db_url)).all()}
         for field, endpoint, what in (("llm.endpoint", spec.llm.endpoint, "serves a chat model"),
                                       ("token_endpoint", spec.token_endpoint, "lends the RAG's route its tokens")):
             if endpoint and (endpoint not in projects or project is not None and projects[endpoint] != project):

@@ -44,10 +44,10 @@ PREVIEW_COUNT = 5
 
 
 def _store():
-    from mlyard.registry.catalog import Catalog
+    from mlyard.registry.catalog import shared
     from mlyard.registry.schedules import Schedules
 
-    return Schedules(Catalog(connect().catalog_db_url))
+    return Schedules(shared(connect().catalog_db_url))
 
 
 def _client():
@@ -159,7 +159,7 @@ def _pipeline_target(spec: ScheduleSpec) -> ScheduleSpec:
     parameters, checked against its inputs (and what can run here) now."""
     from mlyard.core.names import FLOW_PIPELINE_RUN, deployment
     from mlyard.core.specs.pipeline import PipelineRunSpec
-    from mlyard.registry.catalog import Catalog
+    from mlyard.registry.catalog import shared
     from mlyard.registry.pipelines import Pipelines
     from mlyard.schedules.planning import render
     from mlyard.tasks.pipelines import check_run
@@ -168,7 +168,7 @@ def _pipeline_target(spec: ScheduleSpec) -> ScheduleSpec:
     run = {"name": f"{spec.name[:33]}-{{{{ slot_name }}}}", "description": f"run by schedule {spec.name}",
            "pipeline": spec.pipeline, "parameters": spec.parameters, "scheduled_time": "{{ slot_time }}"}
     sample = PipelineRunSpec.model_validate(render(run, int(time.time())))
-    check_run(Pipelines(Catalog(settings.catalog_db_url)), sample, local=not settings.kfp_host)
+    check_run(Pipelines(shared(settings.catalog_db_url)), sample, local=not settings.kfp_host)
     return spec.model_copy(update={"deployment": deployment(FLOW_PIPELINE_RUN), "parameters": {"spec": run}})
 
 
@@ -217,7 +217,7 @@ def in_reach(store: Any, name: str, role: str = "viewer", action: str = "reading
 def show(name: str, *, runs: int = 10, upcoming: int = PREVIEW_COUNT) -> dict[str, Any]:
     """A schedule: its settings, how its trigger reads, its last `runs` runs (with their Prefect
     states) and its next `upcoming` fire times."""
-    from mlyard.registry.catalog import Catalog
+    from mlyard.registry.catalog import shared
     from mlyard.registry.schedules import Schedules
     from mlyard.schedules.cron import fire_times
     from mlyard.tasks.scheduling import plan_of
@@ -225,7 +225,7 @@ def show(name: str, *, runs: int = 10, upcoming: int = PREVIEW_COUNT) -> dict[st
     if (url := member_api()) is not None:
         return post(url, "/v1/queries/schedules_show", {"name": name, "runs": runs})
     settings = connect()
-    store = Schedules(Catalog(settings.catalog_db_url))
+    store = Schedules(shared(settings.catalog_db_url))
     record = in_reach(store, name)
     view = _row(record)
     plan = plan_of(record)

@@ -30,16 +30,11 @@ def teams():
     return Teams(catalog(settings.catalog_db_url))
 
 
-_catalogs: dict[str, Any] = {}
-
-
 def catalog(url: str):
     """One Catalog per database and process: the mlyard API checks a key on every request."""
-    from mlyard.registry.catalog import Catalog
+    from mlyard.registry.catalog import shared
 
-    if url not in _catalogs:
-        _catalogs[url] = Catalog(url)
-    return _catalogs[url]
+    return shared(url)
 
 
 def _admin(actor: Actor, action: str) -> None:

@@ -57,6 +57,23 @@ def compatible_from(revision: str) -> str:
     return revision
 
 
+# A process holds at most 4 + 4 connections to a catalog on a database server, checked before use and renewed
+# every half hour (a managed PostgreSQL's 100 connections are shared by every replica and flow-run pod).
+POOL = {"pool_size": 4, "max_overflow": 4, "pool_pre_ping": True, "pool_recycle": 1800}
+_SHARED: dict[tuple[str, int], "Catalog"] = {}
+
+
+def shared(url: str) -> "Catalog":
+    """This process's one Catalog of `url` (its engine and connection pool), made at the first call: what the
+    front door's modules use, so that no request builds an engine of its own. A forked child makes its own."""
+    import os
+
+    key = (url, os.getpid())
+    if key not in _SHARED:
+        _SHARED[key] = Catalog(url)
+    return _SHARED[key]
+
+
 class Catalog:
     """A catalog database, checked on open: a schema this release runs on, or SchemaMismatch."""
 
@@ -68,8 +85,9 @@ class Catalog:
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        self.engine: Engine = create_engine(url)
-        if parsed.get_backend_name() == "sqlite":
+        server = parsed.get_backend_name() != "sqlite"  # a database server: its connections are bounded (POOL)
+        self.engine: Engine = create_engine(url, **(POOL if server else {}))
+        if not server:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         if upgrade and self.revision() != HEAD:  # alembic (a quarter second to import) only when there is work for it
             self.upgrade()
