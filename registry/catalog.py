@@ -92,7 +92,11 @@ class Catalog:
         if upgrade and self.revision() != HEAD:  # alembic (a quarter second to import) only when there is work for it
             self.upgrade()
         elif upgrade is None:
-            self.check()
+            try:
+                self.check()
+            except SchemaMismatch:
+                self.engine.dispose()  # refused: nothing of it is kept open
+                raise
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def check(self) -> None:
