@@ -53,7 +53,7 @@ def test_a_member_signs_in_sees_their_projects_runs_and_runs_a_training_from_the
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_url(f"{door}/deployments", timeout=30_000)
     see(page, "Deployments", "door-deployments")
-    see(page, "deploy-endpoint-local", "door-deployments")  # each row titled by what it does, A to Z
+    see(page, "add-endpoint-stage-local", "door-deployments")  # each row titled by what it does, A to Z
     page.get_by_placeholder("Search deployments").fill("train")
     see(page, "train-local", "door-deployments")
     assert page.get_by_text("rag-sync").count() == 0, "a deployment only an admin may run is listed"
