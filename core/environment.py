@@ -124,6 +124,12 @@ def node_job_env() -> dict[str, str]:
     return {k: os.environ[v] for k, v in keys.items()}
 
 
+def stranded_after_seconds(default: float) -> float:
+    """How long a pool's worker lets a claim without a Job stand before queueing its run again
+    (tasks/pool_worker.py): MLYARD_STRANDED_AFTER_SECONDS, else `default`."""
+    return float(os.environ.get("MLYARD_STRANDED_AFTER_SECONDS") or default)
+
+
 def pod_name() -> str | None:
     """This pod's name (POD_NAME from the downward API, else the HOSTNAME Kubernetes gives it)."""
     return os.environ.get("POD_NAME") or os.environ.get("HOSTNAME")

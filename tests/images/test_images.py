@@ -115,7 +115,7 @@ def test_the_platform_image_runs_its_services_as_its_user_on_a_read_only_root(im
                                         str(prefect_port)], {"PREFECT_UI_ENABLED": "false"})
         _healthy(f"{api_url}/health", server, log)
 
-        worker, log = start("worker", ["prefect", "worker", "start", "--pool", "gpu", "--type", "kubernetes"],
+        worker, log = start("worker", ["python", "-m", "mlyard.tasks.pool_worker", "--pool", "gpu", "--type", "kubernetes"],
                             {"PREFECT_API_URL": api_url})
         _line(log, worker, "started")
 

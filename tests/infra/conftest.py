@@ -42,7 +42,7 @@ class Cluster:
     stores: ClusterStores
     platform: object  # mlyard.flows.platform.Platform of the cluster's stores
     worker: Any = None  # the gpu pool's Kubernetes worker (Popen)
-    start_worker: Any = None  # start_worker(name) -> another worker of the pool, heartbeating (Popen)
+    start_worker: Any = None  # start_worker(name, **env) -> another worker of the pool, heartbeating (Popen)
 
     def __iter__(self):  # `api, kubelet = cluster`
         return iter((self.api, self.kubelet))
@@ -158,9 +158,9 @@ def real_cluster(stack, settings, tmp_path, cluster_stores, monkeypatch, control
     worker, log, began = _start_worker(kubeconfig, tmp_path, cluster_stores)
     more: list[subprocess.Popen] = []
 
-    def start_worker(name: str) -> subprocess.Popen:
+    def start_worker(name: str, **env: str) -> subprocess.Popen:
         (tmp_path / name).mkdir()
-        proc, its_log, its_start = _start_worker(kubeconfig, tmp_path / name, cluster_stores, name)
+        proc, its_log, its_start = _start_worker(kubeconfig, tmp_path / name, cluster_stores, name, env=env)
         more.append(proc)
         _wait_for_worker(proc, its_start, its_log, name=name)
         return proc
@@ -180,13 +180,14 @@ def real_cluster(stack, settings, tmp_path, cluster_stores, monkeypatch, control
 
 
 def _start_worker(kubeconfig: Path, tmp_path: Path, cluster_stores, name: str = "kube-test",
-                  pool: str = "gpu") -> tuple[subprocess.Popen, Path, datetime]:
-    """Prefect's own worker CLI on `pool`, in a process of its own, as the worker's Deployment runs it:
+                  pool: str = "gpu", env: dict[str, str] | None = None) -> tuple[subprocess.Popen, Path, datetime]:
+    """The pool's worker (Prefect's own, tasks/pool_worker.py) on `pool`, in a process of its own, as the worker's
+    Deployment runs it:
     Prefect hands a flow run every setting its worker has, and a worker forked from a warm runner would have
     mlyard's (this stack's home, a CA file there), which no worker on a cluster has and a pod's user could not
     read."""
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PREFECT_INTEGRATIONS_KUBERNETES_OBSERVER_NAMESPACES": NS,
-           "PREFECT_WORKER_QUERY_SECONDS": "0.5"}
+           "PREFECT_WORKER_QUERY_SECONDS": "0.5", **(env or {})}
     for key in cluster_stores.env():  # the worker is the platform's, with its own settings
         env.pop(key, None)
     env.pop("MLYARD_HOME", None)
@@ -195,7 +196,7 @@ def _start_worker(kubeconfig: Path, tmp_path: Path, cluster_stores, name: str = 
     log = tmp_path / "worker.log"
     began = datetime.now(timezone.utc)
     with open(log, "w") as out:
-        worker = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "worker", "start", "--pool", pool,
+        worker = subprocess.Popen([sys.executable, "-m", "mlyard.tasks.pool_worker", "--pool", pool,
                                    "--type", "kubernetes", "--name", name], env=env, cwd=tmp_path, stdout=out,
                                   stderr=subprocess.STDOUT, start_new_session=True)
     return worker, log, began

@@ -101,7 +101,7 @@ def test_workers_get_exactly_what_they_use(overlay):
     for pool in ("gpu", "cpu"):
         worker = deployments[f"prefect-worker-{pool}"]["spec"]["template"]["spec"]
         assert worker["serviceAccountName"] in subjects
-        assert worker["containers"][0]["command"][:6] == ["prefect", "worker", "start", "--pool", pool, "--type"]
+        assert worker["containers"][0]["command"][:6] == ["python", "-m", "mlyard.tasks.pool_worker", "--pool", pool, "--type"]
     scheduler = {(g, r): set(rule["verbs"]) for rule in roles["mlyard-scheduler"]["rules"]
                  for g in rule["apiGroups"] for r in rule["resources"]}
     assert scheduler == {("coordination.k8s.io", "leases"): {"get", "create", "update"},  # its Lease; why a run waits
