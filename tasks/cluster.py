@@ -1,14 +1,9 @@
-"""The platform on a Kubernetes cluster: `infra/k8s` rendered for a values file, and applied with
-server-side apply.
+"""The platform on a Kubernetes cluster: `infra/k8s` rendered for a values file, and the cluster's clients.
 
 `render` runs `kubectl kustomize` on the values' overlay (kustomize is the tool made for it) and then
 sets what the values name: the namespace, the image and its pull Secrets, the Secrets' names, the
-gateway's replicas, the Kueue queue. `apply` applies every object through the `kubernetes` client's
-DynamicClient with server-side apply under the field manager `mlyard` (forcing its own fields), and
-reports for each whether it was created, changed or left as it was: a second apply of the same values
-changes nothing. A Job's pod template cannot be changed: a Job whose template changed (a new image) is
-replaced instead (and so is one that failed, so that an apply after a fix runs it again), and `wait_for_job`
-follows it to its end (the migration Job, infra/k8s/base/migrate.yaml).
+gateway's replicas, the Kueue queue. tasks/cluster_apply.py applies it; `secret_problems` says what the
+namespace lacks first, `check_gpus` what the GPU nodes cannot give.
 """
 
 from __future__ import annotations
@@ -17,9 +12,8 @@ import copy
 import json
 import shutil
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
@@ -28,7 +22,6 @@ from mlyard.core.errors import SpecError, StackError
 from mlyard.core.specs.cluster import ClusterValues
 
 K8S = infra("k8s")
-FIELD_MANAGER = "mlyard"
 BASE_IMAGE = "mlyard:0.1.0"  # what the base's `images:` renders; replaced by the values' image
 # the engines' images as infra/k8s names them -> the values' field (images.*) that replaces each
 ENGINES = {"prefecthq/prefect:3.8.8-python3.11": "prefect", "quay.io/oauth2-proxy/oauth2-proxy:v7.8.1": "oauth2_proxy",
@@ -37,7 +30,6 @@ DEFAULT_SECRETS = {"mlyard-prefect": "prefect", "mlyard-mlflow": "mlflow", "mlya
                    "mlyard-postgres": "postgres"}
 WORKLOADS = ("Deployment", "StatefulSet", "Job")
 MIGRATION_JOB = "mlyard-migrate"
-TEMPLATE_HASH = "mlyard.io/template-hash"  # on a Job: what its pod template was rendered from
 FIRST = ("Namespace", "ServiceAccount", "Role", "RoleBinding", "ConfigMap")  # what others refer to
 
 
@@ -186,13 +178,6 @@ def secret_names(objs: list[dict]) -> set[str]:
     return names
 
 
-@dataclass
-class Applied:
-    kind: str
-    name: str
-    outcome: str  # created, changed, unchanged
-
-
 def dynamic_client(kubeconfig: str | None = None, context: str | None = None):
     """A DynamicClient for the cluster of a kubeconfig (default: ~/.kube/config, then in-cluster)."""
     from kubernetes import config
@@ -230,100 +215,6 @@ def discovery_client(api_client: Any):
         return dynamic.DynamicClient(api_client)
     key = hashlib.sha256(api_client.configuration.host.encode()).hexdigest()[:16]
     return dynamic.DynamicClient(api_client, cache_file=str(folder / f"discovery-{key}.json"))
-
-
-def apply(objs: list[dict], dyn) -> Iterator[Applied]:
-    """Server-side apply of each object under the field manager `mlyard`; what happened to each."""
-    from kubernetes.dynamic.exceptions import ApiException, NotFoundError, ResourceNotFoundError
-
-    for obj in objs:
-        kind, meta = obj["kind"], obj["metadata"]
-        try:
-            resource = dyn.resources.get(api_version=obj["apiVersion"], kind=kind)
-        except ResourceNotFoundError:
-            raise StackError(f"the cluster does not serve {obj['apiVersion']} {kind} (install it first: "
-                             f"{'Kueue' if 'kueue' in obj['apiVersion'] else 'the API it belongs to'})") from None
-        namespace = meta.get("namespace") if resource.namespaced else None
-        try:
-            existing = dyn.get(resource, name=meta["name"], namespace=namespace)
-            before = existing.metadata.resourceVersion
-        except NotFoundError:
-            existing = before = None
-        if kind == "Job":  # a new template, or the last run failed (a retry after fixing a Secret): run it anew
-            obj = hashed(obj)
-            if existing is not None and ((existing.metadata.annotations or {}).get(TEMPLATE_HASH) !=
-                                         obj["metadata"]["annotations"][TEMPLATE_HASH] or _failed(existing)):
-                _delete_job(dyn, resource, meta["name"], namespace)
-                dyn.server_side_apply(resource, body=obj, namespace=namespace, field_manager=FIELD_MANAGER,
-                                      force_conflicts=True)
-                yield Applied(kind, meta["name"], "replaced")
-                continue
-        try:
-            after = dyn.server_side_apply(resource, body=obj, namespace=namespace, field_manager=FIELD_MANAGER,
-                                          force_conflicts=True).metadata.resourceVersion
-        except ApiException as exc:
-            raise StackError(f"applying {kind} {meta['name']} failed: {exc.status} {exc.reason}") from None
-        yield Applied(kind, meta["name"], "created" if before is None else "unchanged" if after == before else "changed")
-
-
-def _failed(job) -> bool:
-    return any(c["type"] == "Failed" and c["status"] == "True"
-               for c in (job.to_dict().get("status") or {}).get("conditions") or [])
-
-
-def hashed(job: dict) -> dict:
-    import hashlib
-    import json
-
-    job = copy.deepcopy(job)
-    digest = hashlib.sha256(json.dumps(job["spec"], sort_keys=True).encode()).hexdigest()[:16]
-    job["metadata"].setdefault("annotations", {})[TEMPLATE_HASH] = digest
-    return job
-
-
-def _delete_job(dyn, resource, name: str, namespace: str | None, timeout: float = 120) -> None:
-    """Delete a Job with its pods, and wait until it is gone (a new one of the same name needs its place)."""
-    import time
-
-    from kubernetes.dynamic.exceptions import NotFoundError
-
-    dyn.delete(resource, name=name, namespace=namespace, body={"propagationPolicy": "Background"})
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            dyn.get(resource, name=name, namespace=namespace)
-        except NotFoundError:
-            return
-        time.sleep(0.5)
-    raise StackError(f"Job {name} was not deleted within {timeout:.0f} s: delete it (kubectl -n {namespace} delete "
-                     f"job {name}) and apply again")
-
-
-def wait_for_job(dyn, namespace: str, name: str, timeout: float) -> tuple[bool, str]:
-    """Until the Job has ended: (whether it succeeded, its last pod's log). StackError when it has not ended
-    within `timeout` seconds, saying what its pods wait for."""
-    import time
-
-    from kubernetes import client
-
-    jobs = dyn.resources.get(api_version="batch/v1", kind="Job")
-    core = client.CoreV1Api(dyn.client)
-    deadline = time.monotonic() + timeout
-    while True:
-        status = dyn.get(jobs, name=name, namespace=namespace).to_dict().get("status") or {}
-        ended = {c["type"]: c for c in status.get("conditions") or [] if c.get("status") == "True"}
-        pods = sorted(core.list_namespaced_pod(namespace, label_selector=f"job-name={name}").items,
-                      key=lambda p: p.metadata.creation_timestamp)
-        if "Complete" in ended or "Failed" in ended:
-            log = core.read_namespaced_pod_log(pods[-1].metadata.name, namespace) if pods else ""
-            return "Complete" in ended, log
-        if time.monotonic() > deadline:
-            waiting = [w.reason for p in pods for cs in (p.status.container_statuses or [])
-                       if (w := cs.state.waiting) is not None]
-            raise StackError(f"Job {name} has not finished within {timeout:.0f} s ({len(pods)} pod(s)"
-                             f"{', waiting: ' + ', '.join(waiting) if waiting else ''}): kubectl -n {namespace} "
-                             f"describe job {name}")
-        time.sleep(1)
 
 
 # Keys of the settings Secret read as files (not as secretKeyRef), without which pods refuse to start:

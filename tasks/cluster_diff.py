@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from mlyard.core.errors import StackError
-from mlyard.tasks.cluster import FIELD_MANAGER, TEMPLATE_HASH, hashed
+from mlyard.tasks.cluster_apply import FIELD_MANAGER, TEMPLATE_HASH, hashed, live_of, replicas_kept, resource_of
 
 # what the server keeps for itself: never a change an apply makes
 SERVER_OWNED = ("managedFields", "resourceVersion", "generation", "creationTimestamp", "uid", "selfLink")
@@ -24,19 +24,13 @@ class Diffed:
 
 
 def diff(objs: list[dict], dyn: Any) -> Iterator[Diffed]:
-    from kubernetes.dynamic.exceptions import ApiException, NotFoundError, ResourceNotFoundError
+    from kubernetes.dynamic.exceptions import ApiException
 
     for obj in objs:
         kind, meta = obj["kind"], obj["metadata"]
-        try:
-            resource = dyn.resources.get(api_version=obj["apiVersion"], kind=kind)
-        except ResourceNotFoundError:
-            raise StackError(f"the cluster does not serve {obj['apiVersion']} {kind}: install what it belongs to "
-                             "first") from None
-        namespace = meta.get("namespace") if resource.namespaced else None
-        try:
-            live = dyn.get(resource, name=meta["name"], namespace=namespace).to_dict()
-        except NotFoundError:
+        resource, namespace = resource_of(dyn, obj)
+        live = live_of(dyn, resource, meta["name"], namespace)
+        if live is None:
             yield Diffed(kind, meta["name"], "created")
             continue
         if kind == "Job":
@@ -45,6 +39,7 @@ def diff(objs: list[dict], dyn: Any) -> Iterator[Diffed]:
                     obj["metadata"]["annotations"][TEMPLATE_HASH]:
                 yield Diffed(kind, meta["name"], "replaced", ["spec.template"])
                 continue
+        obj, _ = replicas_kept(obj, live)  # another manager's count: an apply leaves it
         try:
             would = dyn.server_side_apply(resource, body=obj, namespace=namespace, field_manager=FIELD_MANAGER,
                                           force_conflicts=True, dry_run="All").to_dict()

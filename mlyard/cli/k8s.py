@@ -1,4 +1,5 @@
-"""`mlyard k8s ...`: the platform on a Kubernetes cluster (infra/k8s, tasks/cluster.py)."""
+"""`mlyard k8s ...`: the platform on a Kubernetes cluster (infra/k8s; tasks/cluster.py renders it,
+tasks/cluster_apply.py applies, prunes and removes it)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import typer
 
 from mlyard.cli.common import JSON, emit, guard, out, typer_app
 
-app = typer_app("Install mlyard on a Kubernetes cluster: render the manifests of a values file, or apply them.")
+app = typer_app("Install mlyard on a Kubernetes cluster: render the manifests of a values file, diff, apply or "
+                "uninstall them.")
 
 VALUES = typer.Option(None, "-f", "--values", help="Values file (YAML; fields in core/specs/cluster.py). "
                       "Without it: the dev overlay in namespace mlyard with the mlyard:0.1.0 image.")
@@ -79,20 +81,26 @@ def apply(values: Optional[Path] = VALUES,
               "cpu pools, their deployments and the crash automation there (auth: PREFECT_API_AUTH_STRING)."),
           wait_seconds: float = typer.Option(600, "--wait-seconds", min=1, help="How long to wait for the "
                                              "migration Job (the databases' schemas) before giving up."),
+          prune: bool = typer.Option(False, "--prune", help="Also delete what an earlier apply made that these values "
+                                     "no longer render (listed in the ConfigMap mlyard-install)."),
           as_json: bool = JSON) -> None:
     """Apply the install with server-side apply (field manager `mlyard`); a second apply changes nothing.
     The Secrets it names must exist first (infra/README.md lists their keys). The migration Job runs (again
     when the image changed) and is waited for before the Deployments; what it did is printed. With
-    --prefect-api-url, register the pools, deployments and crash automation on that Prefect too."""
+    --prefect-api-url, register the pools, deployments and crash automation on that Prefect too. A replica count
+    another manager set (an HPA, `kubectl scale`) is left as it is, and said."""
     from mlyard.core.errors import StackError
     from mlyard.tasks import cluster
+    from mlyard.tasks.cluster_apply import apply as applied
+    from mlyard.tasks.cluster_apply import delete as deleted
+    from mlyard.tasks.cluster_apply import inventory, left_over, record, ref_of, wait_for_job
 
     def go() -> list[dict]:
         vals = values_of(values)
         objs = cluster.render(vals)
         dyn = cluster.dynamic_client(str(kubeconfig) if kubeconfig else None, context)
         namespaces = [o for o in objs if o["kind"] == "Namespace"]
-        done = [a.__dict__ for a in cluster.apply(namespaces, dyn)]
+        done = [a.__dict__ for a in applied(namespaces, dyn)]
         problems = cluster.secret_problems(objs, dyn, vals.namespace, vals.secrets.settings)
         if problems:
             raise StackError(f"namespace {vals.namespace} lacks what the pods need: {'; '.join(problems)}: create "
@@ -104,9 +112,9 @@ def apply(values: Optional[Path] = VALUES,
             from mlyard.tasks.cluster_monitoring import metrics_secret
 
             rest.insert(0, metrics_secret(dyn, vals))
-        done += [a.__dict__ for a in cluster.apply([o for o in rest if o["kind"] != "Deployment"], dyn)]
+        done += [a.__dict__ for a in applied([o for o in rest if o["kind"] != "Deployment"], dyn)]
         if any(o["kind"] == "Job" and o["metadata"]["name"] == cluster.MIGRATION_JOB for o in rest):
-            ok, log = cluster.wait_for_job(dyn, vals.namespace, cluster.MIGRATION_JOB, wait_seconds)
+            ok, log = wait_for_job(dyn, vals.namespace, cluster.MIGRATION_JOB, wait_seconds)
             said = [line for line in log.splitlines() if line.startswith(("catalog:", "mlflow:", "prefect:"))]
             if not ok:
                 raise StackError(f"the migration Job failed ({(log.strip().splitlines() or ['no log'])[-1]}): the "
@@ -116,7 +124,14 @@ def apply(values: Optional[Path] = VALUES,
             if not as_json:
                 for line in said:
                     out.print(f"migrations: {line}", highlight=False)
-        done += [a.__dict__ for a in cluster.apply([o for o in rest if o["kind"] == "Deployment"], dyn)]
+        done += [a.__dict__ for a in applied([o for o in rest if o["kind"] == "Deployment"], dyn)]
+        stale = left_over(namespaces + rest, inventory(dyn, vals.namespace))
+        if prune:
+            done += [a.__dict__ for a in deleted(dyn, stale)]
+        elif stale and not as_json:
+            out.print(f"{len(stale)} object(s) an earlier apply made are no longer in the values' install: "
+                      f"{', '.join(r['kind'] + ' ' + r['name'] for r in stale)}; `--prune` deletes them", highlight=False)
+        record(dyn, vals.namespace, [ref_of(o) for o in namespaces + rest] + ([] if prune else stale))
         if prefect_api_url:
             from mlyard.prefect_cluster import register_on_cluster
 
@@ -129,7 +144,46 @@ def apply(values: Optional[Path] = VALUES,
         emit(rows, True)
         return
     emit(rows, False, ["kind", "name", "outcome"])
-    counts = {k: sum(r["outcome"] == k for r in rows) for k in ("created", "changed", "replaced", "unchanged")}
-    out.print(f"{counts['created']} created, {counts['changed']} changed, {counts['replaced']} replaced, "
-              f"{counts['unchanged']} unchanged",
-              highlight=False)
+    for row in rows:
+        for kept in row.get("kept") or []:
+            out.print(f"{row['kind']} {row['name']}: kept {kept}", highlight=False)
+    counts = {k: sum(r["outcome"] == k for r in rows) for k in ("created", "changed", "replaced", "unchanged", "pruned")}
+    out.print(", ".join(f"{n} {k}" for k, n in counts.items() if n or k != "pruned"), highlight=False)
+
+
+@app.command("uninstall")
+def uninstall(values: Optional[Path] = VALUES,
+              kubeconfig: Optional[Path] = typer.Option(None, "--kubeconfig", help="Default: KUBECONFIG, ~/.kube/config."),
+              context: Optional[str] = typer.Option(None, "--context", help="kubeconfig context."),
+              delete_data: bool = typer.Option(False, "--delete-data", help="Delete the namespace too: its Secrets, "
+                                               "volume claims, notebooks and endpoints. Without it they stay."),
+              yes: bool = typer.Option(False, "--yes", help="Do not ask first."),
+              as_json: bool = JSON) -> None:
+    """Remove the install: everything `mlyard k8s apply` made (its ConfigMap mlyard-install lists it), the
+    cluster-scoped Kueue objects and every project's ClusterQueue among them. The namespace's Secrets, volume
+    claims, notebooks and endpoints stay unless --delete-data; back up first (`mlyard admin backup`)."""
+    from mlyard.core.errors import StackError
+    from mlyard.tasks import cluster
+    from mlyard.tasks.cluster_apply import INVENTORY, delete, inventory, project_cluster_queues
+
+    def go() -> list[dict]:
+        vals = values_of(values)
+        dyn = cluster.dynamic_client(str(kubeconfig) if kubeconfig else None, context)
+        refs = inventory(dyn, vals.namespace)
+        if not refs:
+            raise StackError(f"namespace {vals.namespace} holds no mlyard install (no ConfigMap {INVENTORY}): "
+                             "nothing was deleted")
+        if not yes and not sys.stdin.isatty():
+            raise StackError("removing the install asks first; add --yes where no one can answer: nothing was deleted")
+        what = f"namespace {vals.namespace} as well, with its data" if delete_data else "its data kept"
+        if not yes and not typer.confirm(f"Remove mlyard's {len(refs)} objects from the cluster ({what})?"):
+            raise StackError("not confirmed: nothing was deleted")
+        keep = [r for r in refs if r["kind"] != "Namespace"]
+        inv = {"apiVersion": "v1", "kind": "ConfigMap", "namespace": vals.namespace, "name": INVENTORY}
+        done = [a.__dict__ for a in delete(dyn, keep + project_cluster_queues(dyn) + [inv], "deleted")]
+        if delete_data:
+            done += [a.__dict__ for a in delete(dyn, [r for r in refs if r["kind"] == "Namespace"], "deleted")]
+        return done
+
+    rows = guard(go)
+    emit(rows, as_json, None if as_json else ["kind", "name", "outcome"])

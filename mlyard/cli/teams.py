@@ -214,7 +214,9 @@ def projects_queues(values: Optional[Path] = typer.Option(None, "-f", "--values"
         if not apply:
             return objs
         dyn = cluster.dynamic_client(str(kubeconfig) if kubeconfig else None, context)
-        return [a.__dict__ for a in cluster.apply(objs, dyn)]
+        from mlyard.tasks.cluster_apply import apply as applied
+
+        return [a.__dict__ for a in applied(objs, dyn)]
 
     done = guard(go)
     if as_json or apply:

@@ -573,3 +573,71 @@ def test_diff_says_what_an_apply_would_change_and_changes_nothing(tmp_path, valu
     assert "spec.replicas" in said.stdout and "1 changed" in said.stdout, said.stdout
     assert api.versions("ml-platform") == rv, "a diff stored nothing"
     assert api.get("Deployment", "ml-platform", "gateway")["spec"]["replicas"] == 4
+
+
+def test_apply_keeps_a_scaled_count_prunes_what_the_values_dropped_and_uninstall_removes_the_install(tmp_path,
+                                                                                                    cluster):
+    """Day two: a count `kubectl scale` set stays through an apply (said, not reverted); turning monitoring off
+    leaves its objects until `--prune`, which deletes exactly those; `mlyard k8s uninstall` asks first, then
+    deletes everything the applies made and leaves the namespace and its Secrets."""
+    import time
+
+    from controlplane import install_crd
+
+    api, kubeconfig = cluster
+    crds = ROOT / ".venv" / "controlplane" / "prometheus-operator"
+    for kind in ("servicemonitors", "prometheusrules"):
+        install_crd(api, yaml.safe_load((crds / f"monitoring.coreos.com_{kind}.yaml").read_text()))
+    watched, plain = tmp_path / "watched.yaml", tmp_path / "plain.yaml"
+    watched.write_text(yaml.safe_dump({**VALUES, "monitoring": {"enabled": True}}))
+    plain.write_text(yaml.safe_dump(VALUES))
+    for name in ("pf", "mf", "ms", "regcred"):
+        _secret(api, "ml-platform", name, tmp_path)
+
+    def k8s(*args: str) -> subprocess.CompletedProcess:
+        return mlyard("k8s", *args, "--kubeconfig", str(kubeconfig), cwd=tmp_path)
+
+    def there(kind: str, name: str) -> bool:
+        plural = {"ServiceMonitor": "servicemonitors", "PrometheusRule": "prometheusrules"}.get(kind)
+        if plural is None:
+            return api.get_object(kind, "ml-platform", name) is not None
+        return api.request("GET", f"/apis/monitoring.coreos.com/v1/namespaces/ml-platform/{plural}/{name}")[0] == 200
+
+    assert k8s("apply", "-f", str(watched)).returncode == 0
+    code, _ = api.request("PATCH", "/apis/apps/v1/namespaces/ml-platform/deployments/gateway/scale?fieldManager="
+                          "kubectl-scale", {"spec": {"replicas": 6}}, "application/merge-patch+json")
+    assert code == 200
+    monitoring = {("ServiceMonitor", n) for n in ("gateway", "mlyard-api", "prefect-server", "mlflow")} | {
+        ("PrometheusRule", "mlyard"), ("ConfigMap", "mlyard-dashboard"), ("Secret", "mlyard-metrics")}
+
+    kept = k8s("apply", "-f", str(plain))
+    assert kept.returncode == 0, kept.stderr
+    assert "Deployment gateway: kept spec.replicas=6 (set by kubectl-scale; the values say 4" in kept.stdout
+    assert "no longer in the values' install" in kept.stdout and "ServiceMonitor gateway" in kept.stdout
+    assert api.get("Deployment", "ml-platform", "gateway")["spec"]["replicas"] == 6
+    assert there("ServiceMonitor", "gateway"), "kept until --prune"
+    same = k8s("diff", "-f", str(plain), "--json")
+    assert all(r["outcome"] == "unchanged" for r in json.loads(same.stdout) if r["name"] == "gateway"), same.stdout
+
+    pruned = k8s("apply", "-f", str(plain), "--prune", "--json")
+    assert pruned.returncode == 0, pruned.stderr
+    rows = json.loads(pruned.stdout)
+    assert {(r["kind"], r["name"]) for r in rows if r["outcome"] == "pruned"} >= monitoring
+    assert {r["outcome"] for r in rows} <= {"unchanged", "pruned"}, rows
+    assert not any(there(k, n) for k, n in monitoring)
+    again = k8s("apply", "-f", str(plain), "--json")
+    assert {r["outcome"] for r in json.loads(again.stdout)} == {"unchanged"}
+
+    rv = api.versions("ml-platform")
+    unasked = k8s("uninstall", "-f", str(plain))
+    assert unasked.returncode == 2 and len(unasked.stderr.strip().splitlines()) == 1, unasked.stderr
+    assert "--yes" in unasked.stderr and api.versions("ml-platform") == rv
+    gone = k8s("uninstall", "-f", str(plain), "--yes", "--json")
+    assert gone.returncode == 0, gone.stderr
+    assert {r["outcome"] for r in json.loads(gone.stdout)} == {"deleted"}
+    deadline = time.monotonic() + 60
+    while api.made("ml-platform") != SECRETS and time.monotonic() < deadline:  # what the deletions own goes after
+        time.sleep(1)
+    assert api.made("ml-platform") == SECRETS, "the Secrets stay, and nothing of the install"
+    assert api.get_object("Namespace", None, "ml-platform") is not None  # type: ignore[arg-type]
+    assert k8s("uninstall", "-f", str(plain), "--yes").returncode == 2, "nothing left to remove"
