@@ -124,6 +124,12 @@ def node_job_env() -> dict[str, str]:
     return {k: os.environ[v] for k, v in keys.items()}
 
 
+def catalog_connections(default: int) -> int:
+    """The most connections this process's catalog pool holds to a database server: MLYARD_CATALOG_CONNECTIONS
+    (a cluster's ConfigMap, a run pod's job template; tasks/cluster_connections.py), else `default`."""
+    return max(1, int(os.environ.get("MLYARD_CATALOG_CONNECTIONS") or default))
+
+
 def stranded_after_seconds(default: float) -> float:
     """How long a pool's worker lets a claim without a Job stand before queueing its run again
     (tasks/pool_worker.py): MLYARD_STRANDED_AFTER_SECONDS, else `default`."""

@@ -38,6 +38,10 @@ def cluster_pool_template(path: Path, values: ClusterValues, image: str) -> dict
     props["image_pull_secrets"]["default"] = [{"name": n} for n in values.image_pull_secrets]
     if values.storage_class and "data_storage_class" in props:
         props["data_storage_class"]["default"] = values.storage_class
+    if "env" in props:  # a run pod's catalog pool (tasks/cluster_connections.py), over the ConfigMap's
+        from mlyard.tasks.cluster_connections import CATALOG_ENV
+
+        props["env"]["default"] = {CATALOG_ENV: str(values.database_connections.run)}
     if "gpu_count" in props:  # the values' GPU nodes: Prefect refuses a run's job variables beyond them
         props["gpu_count"]["maximum"] = values.gpu.per_node
         if values.gpu.types:

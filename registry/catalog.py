@@ -57,9 +57,18 @@ def compatible_from(revision: str) -> str:
     return revision
 
 
-# A process holds at most 4 + 4 connections to a catalog on a database server, checked before use and renewed
-# every half hour (a managed PostgreSQL's 100 connections are shared by every replica and flow-run pod).
-POOL = {"pool_size": 4, "max_overflow": 4, "pool_pre_ping": True, "pool_recycle": 1800}
+# A process holds at most CONNECTIONS to a catalog on a database server (MLYARD_CATALOG_CONNECTIONS: a cluster
+# sets each part's share, tasks/cluster_connections.py), half of them opened only under load, each checked before
+# use and renewed every half hour (a managed PostgreSQL's 100 connections are shared by every replica and run pod).
+CONNECTIONS = 8
+POOL = {"pool_pre_ping": True, "pool_recycle": 1800}
+
+
+def pool() -> dict:
+    from mlyard.core.environment import catalog_connections
+
+    most = catalog_connections(CONNECTIONS)
+    return {**POOL, "pool_size": (most + 1) // 2, "max_overflow": most // 2}
 _SHARED: dict[tuple[str, int], "Catalog"] = {}
 
 
@@ -86,7 +95,7 @@ class Catalog:
         if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         server = parsed.get_backend_name() != "sqlite"  # a database server: its connections are bounded (POOL)
-        self.engine: Engine = create_engine(url, **(POOL if server else {}))
+        self.engine: Engine = create_engine(url, **(pool() if server else {}))
         if not server:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         if upgrade and self.revision() != HEAD:  # alembic (a quarter second to import) only when there is work for it

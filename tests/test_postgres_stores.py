@@ -60,3 +60,46 @@ def test_every_store_is_a_database_of_the_embedded_postgresql(postgres, stack, s
 
     shown = [p.pid for p in psutil.process_iter(["cmdline"]) if password in " ".join(p.info["cmdline"] or [])]
     assert not shown, f"the password is on the command line of {shown}"
+
+
+def test_a_process_holds_no_more_catalog_connections_than_its_share(postgres, stack, settings, tmp_path):
+    """MLYARD_CATALOG_CONNECTIONS (a cluster's share of a database server's connections,
+    tasks/cluster_connections.py) bounds a process's catalog pool: ten threads asking at once get three
+    connections at most, the rest wait their turn, and all finish."""
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    url = settings.embedded_postgres_url("catalog") + "?application_name=share-test"
+    script = tmp_path / "ten.py"
+    script.write_text(
+        "import sys, threading\n"
+        "from sqlalchemy import text\n"
+        "from mlyard.registry.catalog import shared\n"
+        "catalog = shared(sys.argv[1])\n"
+        "def one():\n"
+        "    with catalog.engine.connect() as conn:\n"
+        "        conn.execute(text('SELECT pg_sleep(1)'))\n"
+        "threads = [threading.Thread(target=one) for _ in range(10)]\n"
+        "[t.start() for t in threads]; [t.join() for t in threads]\n"
+        "print('all ten done')\n")
+    seen: list[int] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            seen.append(postgres("catalog", "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                                            "'share-test'")[0][0])
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        ran = subprocess.run([sys.executable, str(script), url], capture_output=True, text=True, timeout=120,
+                             env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "MLYARD_CATALOG_CONNECTIONS": "3"})
+    finally:
+        done.set()
+        watcher.join()
+    assert ran.returncode == 0 and "all ten done" in ran.stdout, ran.stderr
+    assert max(seen) == 3, seen

@@ -30,6 +30,12 @@ gpu:
   memory_gib_per_node: 256
 kueue_queue: null                  # a LocalQueue (Kueue installed): the gpu pool's Jobs wait there for quota
 pool_concurrency: {gpu: null, cpu: 40}  # flow runs of a pool at once (Prefect's work pool limit); null: none
+database_connections:              # the most connections each process holds to its database server (pool +
+  limit: 100                       #   overflow); an install that could hold more than `limit` at once is refused
+  prefect: 10                      # the Prefect server
+  mlflow: 3                        # each MLflow server worker
+  platform: 3                      # each mlyard API, gateway and scheduler replica
+  run: 1                           # each flow-run pod (a gpu pool without a limit counts its GPUs as its runs)
 sign_in: false                     # true: the company's OIDC sign-in in front of every UI (Secret mlyard-oidc)
 monitoring:                        # with the Prometheus operator: scrapes, alert rules, a Grafana dashboard
   enabled: false
@@ -105,8 +111,8 @@ class PoolLimits(SpecModel):
     gpu: int | None = Field(default=None, ge=1, le=100000, description="Flow runs of the gpu pool at once (Prefect's "
                             "work pool concurrency limit; the rest wait, SCHEDULED). Unset: no limit (Kueue's quota "
                             "holds the GPUs).")
-    cpu: int | None = Field(default=None, ge=1, le=100000, description="Flow runs of the cpu pool at once. Unset: "
-                            "no limit.")
+    cpu: int | None = Field(default=40, ge=1, le=100000, description="Flow runs of the cpu pool at once. Null: "
+                            "no limit (then database_connections.limit must be null too).")
 
 
 class Monitoring(SpecModel):
@@ -121,6 +127,20 @@ class Monitoring(SpecModel):
                                    "take it raises MlyardRunsWaitingTooLong (the queue's expected wait).")
     volume_free_percent: float = Field(default=10, gt=0, lt=100, description="A claim of the namespace with less "
                                        "free space raises MlyardVolumeFilling.")
+
+
+class DatabaseConnections(SpecModel):
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int | None = Field(default=100, ge=1, le=100000, description="The database server's max_connections "
+                              "(less what else uses it): an install whose processes could hold more at once is "
+                              "refused. Null: not checked.")
+    prefect: int = Field(default=10, ge=1, le=1000, description="Each Prefect server process (its SQLAlchemy pool "
+                         "and overflow).")
+    mlflow: int = Field(default=3, ge=1, le=1000, description="Each MLflow server worker.")
+    platform: int = Field(default=3, ge=1, le=1000, description="Each mlyard API, gateway and scheduler replica "
+                          "(the catalog).")
+    run: int = Field(default=1, ge=1, le=1000, description="Each flow-run pod (the catalog).")
 
 
 class ClusterValues(SpecModel):
@@ -146,6 +166,7 @@ class ClusterValues(SpecModel):
     sign_in: bool = Field(default=False, description="One OIDC sign-in in front of every UI (infra/k8s/components/"
                           "sign-in: oauth2-proxy; the Secret mlyard-oidc first).")
     monitoring: Monitoring = Field(default_factory=Monitoring)
+    database_connections: DatabaseConnections = Field(default_factory=DatabaseConnections)
 
     @model_validator(mode="after")
     def _postgres_secret(self) -> "ClusterValues":

@@ -103,6 +103,34 @@ def test_a_kueue_queue_adds_the_queues_and_names_it_to_every_pod(tmp_path):
     assert config["data"]["MLYARD_KUEUE_QUEUE"] == "gpu-team"  # every pod, a tuning's too, labels its trials
 
 
+def test_every_database_user_gets_its_share_and_the_shares_fit_the_servers_connections(tmp_path, values_file):
+    """The Prefect server's, each MLflow worker's, each platform replica's and each run pod's pool, set from
+    values.database_connections; their sum over the replicas and the pools' runs fits its limit."""
+    from mlyard.core.specs.cluster import ClusterValues
+    from mlyard.prefect_cluster import GPU_TEMPLATE, cluster_pool_template
+    from mlyard.tasks.cluster import render
+    from mlyard.tasks.cluster_connections import budget
+
+    out = mlyard("k8s", "render", "-f", str(values_file), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    objs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    env = {o["metadata"]["name"]: {e["name"]: e.get("value") for e in o["spec"]["template"]["spec"]["containers"][0]
+                                   .get("env", [])} for o in objs if o["kind"] == "Deployment"}
+    assert (env["prefect-server"]["PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE"],
+            env["prefect-server"]["PREFECT_SERVER_DATABASE_SQLALCHEMY_MAX_OVERFLOW"]) == ("5", "5")
+    assert (env["mlflow"]["MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"], env["mlflow"]["MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"]) \
+        == ("2", "1")
+    config = next(o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "mlyard-config")
+    assert config["data"]["MLYARD_CATALOG_CONNECTIONS"] == "3"
+    values = ClusterValues(**VALUES)
+    run_env = cluster_pool_template(GPU_TEMPLATE, values, "x")["variables"]["properties"]["env"]["default"]
+    assert run_env == {"MLYARD_CATALOG_CONNECTIONS": "1"}
+    # 1 Prefect server, 2 MLflow replicas of 2 workers, 2 API + 4 gateway + 2 scheduler replicas, 40 cpu runs
+    # and 12 gpu runs (the values' GPUs, its pool having no limit)
+    parts = budget(render(values), values)
+    assert parts == {"prefect": 10, "mlflow": 12, "platform": 24, "runs": 52} and sum(parts.values()) <= 100
+
+
 @pytest.mark.parametrize(("change", "field"), [
     ({"secrets": {"prefect": ""}}, "secrets.prefect"),
     ({"overlay": "staging"}, "overlay"),
@@ -110,6 +138,8 @@ def test_a_kueue_queue_adds_the_queues_and_names_it_to_every_pod(tmp_path):
     ({"namespace": "ML Platform"}, "namespace"),
     ({"overlay": "dev", "secrets": {"postgres": None}}, "secrets.postgres"),
     ({"image_pull_secrets": ["Reg Cred"]}, "image_pull_secrets"),
+    ({"pool_concurrency": {"cpu": 200}}, "database_connections.limit: 100"),  # 12 gpu runs + 200 more than 100
+    ({"pool_concurrency": {"cpu": None}}, "pool_concurrency.cpu"),  # unbounded runs, unbounded connections
 ])
 def test_bad_values_are_refused_in_one_line(tmp_path, change, field):
     values = {**VALUES, **change, "secrets": {**VALUES["secrets"], **change.get("secrets", {})}}
