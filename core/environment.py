@@ -130,6 +130,18 @@ def catalog_connections(default: int) -> int:
     return max(1, int(os.environ.get("MLYARD_CATALOG_CONNECTIONS") or default))
 
 
+def install_notebook_image() -> str | None:
+    """A cluster install's notebook image (values.images.notebook, MLYARD_NOTEBOOK_IMAGE of its ConfigMap): what
+    a notebook that names none runs there, where `python` (this machine's) means nothing."""
+    return os.environ.get("MLYARD_NOTEBOOK_IMAGE") or None
+
+
+def install_pull_secrets() -> tuple[str, ...]:
+    """A cluster install's image pull Secrets (values.image_pull_secrets, MLYARD_IMAGE_PULL_SECRETS): its
+    mirror's login, given to the pods the platform's flows make with its images."""
+    return tuple(n for n in os.environ.get("MLYARD_IMAGE_PULL_SECRETS", "").split(",") if n)
+
+
 def stranded_after_seconds(default: float) -> float:
     """How long a pool's worker lets a claim without a Job stand before queueing its run again
     (tasks/pool_worker.py): MLYARD_STRANDED_AFTER_SECONDS, else `default`."""

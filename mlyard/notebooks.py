@@ -30,6 +30,7 @@ from typing import Any
 from mlyard.api import load as _spec
 from mlyard.core.access import current, run_tags
 from mlyard.core.connection import connect
+from mlyard.core.environment import install_notebook_image
 from mlyard.core.errors import HttpError, NotebookNotFound, RunFailed, SpecError
 from mlyard.core.names import FLOW_NOTEBOOK, deployment
 from mlyard.core.settings import Settings
@@ -198,7 +199,14 @@ def _create(spec: NotebookSpec, wait: bool, timeout_seconds: float) -> dict[str,
         raise SpecError("nas", nb.nas, "nothing: a member's notebook keeps its files in its own data storage (a NAS "
                         "share of the platform's machine is an admin's to mount)")
     settings = connect()
-    if nb.image != LOCAL_IMAGE:  # a StatefulSet on the cluster: the image registered, a cluster configured
+    installed = install_notebook_image()
+    if nb.image == LOCAL_IMAGE and installed:  # on a cluster install there is no `python` of this machine
+        nb = nb.model_copy(update={"image": installed})
+    if nb.image == installed:  # the install's own image (values.images.notebook), pulled with its pull Secrets
+        from mlyard.tasks.kubernetes import cluster_client
+
+        cluster_client("image", nb.image)
+    elif nb.image != LOCAL_IMAGE:  # a StatefulSet on the cluster: the image registered, a cluster configured
         from mlyard.tasks.kubernetes import cluster_client
         from mlyard.tasks.registry_secrets import images
 

@@ -137,7 +137,9 @@ def _customize(obj: dict, values: ClusterValues, secret_names: dict[str, str | N
     if obj["kind"] == "ConfigMap" and meta["name"] == "mlyard-config":
         obj["data"].update(MLYARD_KUBE_NAMESPACE=values.namespace, MLYARD_IMAGE=values.image,
                            MLYARD_SERVING_IMAGE=values.images.serving,  # what the platform's flows put in pods
-                           MLYARD_RUNTIME_IMAGES=json.dumps(values.runtime_images, sort_keys=True))
+                           MLYARD_RUNTIME_IMAGES=json.dumps(values.runtime_images, sort_keys=True),
+                           MLYARD_NOTEBOOK_IMAGE=values.images.notebook,  # a notebook that names no image
+                           MLYARD_IMAGE_PULL_SECRETS=",".join(values.image_pull_secrets))
     if obj["kind"] == "StatefulSet" and values.storage_class:
         for claim in obj["spec"].get("volumeClaimTemplates", []):
             claim["spec"]["storageClassName"] = values.storage_class

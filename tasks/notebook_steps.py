@@ -73,6 +73,7 @@ def apply_on_cluster(settings: Any, name: str, notebook_id: int, spec: NotebookS
                      created: str) -> str:
     """Render, validate and apply the notebook's objects (its StatefulSet at `replicas`: 1 running, 0
     stopped; its token in its Secret, derived here so that no task parameter holds it); its Service's address."""
+    from mlyard.core.environment import install_pull_secrets
     from mlyard.tasks import notebook_cluster as nbk
     from mlyard.tasks.kubernetes import cluster_client
     from mlyard.tasks.registry_secrets import ensure_pull_secret, images
@@ -81,7 +82,8 @@ def apply_on_cluster(settings: Any, name: str, notebook_id: int, spec: NotebookS
     ensure_pull_secret(resolved, settings)
     token = cluster_token(settings, notebook_id, created)
     manifests = nbk.render(name, notebook_id, spec, resolved.address, token, namespace=settings.kube_namespace,
-                           replicas=replicas, pull_secrets=(resolved.pull_secret,) if resolved.pull_secret else ())
+                           replicas=replicas, pull_secrets=((resolved.pull_secret,) if resolved.pull_secret else ())
+                           + install_pull_secrets())
     done = nbk.apply(cluster_client("image", spec.image), manifests, settings.kube_namespace)
     get_run_logger().info("notebook %s on the cluster: %s", name, done)
     return f"http://{nbk.object_name(notebook_id)}.{settings.kube_namespace}.svc/lab"

@@ -90,7 +90,7 @@ def test_a_notebook_is_a_statefulset_whose_claim_outlives_stop_and_reboot_but_no
 
 
 def test_the_notebook_flow_runs_a_registered_image_on_the_cluster(stack, settings, real_api, provisioner,
-                                                                   control_plane, tmp_path):
+                                                                   control_plane, tmp_path, monkeypatch):
     """The front door's checks and the notebook flow (in this process, on the real Prefect server) on the
     control plane: a registered notebook image becomes the StatefulSet, whose controller makes the pod; it
     is healthy once the node reports that pod ready (the node's kubelet, tests/kubelet_node.py, does not run
@@ -142,8 +142,33 @@ def test_the_notebook_flow_runs_a_registered_image_on_the_cluster(stack, setting
         assert notebook(NotebookAction(notebook="gpu-nb", action="delete")).status == "DELETED"
         _until("the notebook's objects stayed", lambda: not [n for _, n in kube.made("mlyard") if obj in n])
         assert [n.name for n in notebooks.all()] == []
+        _the_installs_image(api, notebooks, kube, monkeypatch)
     finally:
         node.close()
+
+
+def _the_installs_image(api, notebooks, kube, monkeypatch) -> None:
+    """On a cluster install (its ConfigMap's MLYARD_NOTEBOOK_IMAGE, values.images.notebook), a notebook that
+    names no image runs the install's, pulled with the install's pull Secrets: a GPU one too, which `python`
+    (this machine's) would have refused."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled
+
+    from mlyard.core.specs.notebook import NotebookAction
+    from mlyard.flows.notebook import notebook
+
+    monkeypatch.setenv("MLYARD_NOTEBOOK_IMAGE", "registry.example/mirror/mlyard-notebook:2")
+    monkeypatch.setenv("MLYARD_IMAGE_PULL_SECRETS", "regcred")
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")  # as the API's pod queues it: notebook-kubernetes,
+    made = api.create({"name": "plain-nb", "instance_type": "gpu-1", "data_storage_gb": 1})  # which no worker here serves
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(made["flow_run_id"], Cancelled(message="run here instead"), force=True)
+    assert notebooks.get("plain-nb").spec["image"] == "registry.example/mirror/mlyard-notebook:2"
+    assert notebook(NotebookAction(notebook="plain-nb", action="create")).status == "ACTIVE"
+    pod = kube.get("StatefulSet", "mlyard", f"notebook-{notebooks.get('plain-nb').id}")["spec"]["template"]["spec"]
+    assert pod["containers"][0]["image"] == "registry.example/mirror/mlyard-notebook:2"
+    assert {"name": "regcred"} in pod["imagePullSecrets"]
+    assert notebook(NotebookAction(notebook="plain-nb", action="delete")).status == "DELETED"
 
 
 def test_a_notebook_made_through_the_cluster_deployment_opens_with_the_token_the_door_derives(
