@@ -82,16 +82,18 @@ def _backup(settings: Settings, home: Path, dest: Path, echo: Callable[[str], No
         name = str(db.relative_to(home)).replace("/", "__")
         _copy_sqlite(db, dest / "databases" / name)
         echo(f"  {db.relative_to(home)}: copied")
+    counted = {}
     for name in _pg_databases(settings):
-        _pg(settings, "pg_dump", ["--format=custom", "--no-owner", f"--file={dest / 'databases' / f'{name}.dump'}",
-                                  f"--dbname={_pg_url(settings, name)}"])
+        counted.update(_dump(settings, name, dest / "databases" / f"{name}.dump"))
         echo(f"  PostgreSQL database {name}: dumped")
     with tarfile.open(dest / "home.tar", "w") as tar:
         for path in _home_files(home):
             tar.add(path, arcname=str(path.relative_to(home)), recursive=False)
     echo(f"  the home's files: {sum(1 for _ in _home_files(home))}")
     manifest = {"release": RELEASE, "catalog_schema": _catalog_revision(settings), "home": str(home),
-                "database": settings.embedded_database, "taken_at": taken, "inventory": inventory(settings),
+                "database": settings.embedded_database, "taken_at": taken,
+                "inventory": {**inventory(settings, _copies(settings, home, dest / "databases"), skip=set(counted)),
+                              **counted},
                 "seconds": round(time.monotonic() - started, 1)}
     (dest / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     for path in dest.rglob("*"):
@@ -152,25 +154,71 @@ def _restore(settings: Settings, home: Path, source: Path, echo: Callable[[str],
     make_private(home)
 
 
-def inventory(settings: Settings) -> dict[str, dict[str, int]]:
-    """What the platform holds, counted: each catalog table's rows, MLflow's and Prefect's main tables."""
-    from sqlalchemy import create_engine, inspect, text
-
+def _store_urls(settings: Settings) -> dict[str, str]:
     from mlyard.registry.migrate import sync_url
 
-    found: dict[str, dict[str, int]] = {}
     prefect = settings.prefect_database_url or f"sqlite:///{settings.prefect_home / 'prefect.db'}"
-    for store, url, tables in (("catalog", settings.catalog_db_url, None), ("mlflow", settings.mlflow_uri, MLFLOW_TABLES),
-                               ("prefect", sync_url(prefect), PREFECT_TABLES)):
+    return {"catalog": settings.catalog_db_url, "mlflow": settings.mlflow_uri, "prefect": sync_url(prefect)}
+
+
+def _copies(settings: Settings, home: Path, folder: Path) -> dict[str, str]:
+    """The backup's own copies of the stores that are SQLite files of the home: what a backup counts, so that a
+    write after the copy is neither counted nor lost (a PostgreSQL store is counted live: pg_dump's snapshot
+    is its own)."""
+    from sqlalchemy.engine import make_url
+
+    found = {}
+    for store, url in _store_urls(settings).items():
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite" and parsed.database and Path(parsed.database).is_relative_to(home):
+            copy = folder / str(Path(parsed.database).relative_to(home)).replace("/", "__")
+            if copy.is_file():
+                found[store] = f"sqlite:///{copy}"
+    return found
+
+
+def inventory(settings: Settings, urls: dict[str, str] | None = None,
+              skip: frozenset[str] | set[str] = frozenset()) -> dict[str, dict[str, int]]:
+    """What the platform holds, counted: each catalog table's rows, MLflow's and Prefect's main tables (of the
+    stores `urls` names instead, a backup's copies; none of those in `skip`)."""
+    from sqlalchemy import create_engine
+
+    found: dict[str, dict[str, int]] = {}
+    for store, url in {**_store_urls(settings), **(urls or {})}.items():
+        if store in skip:
+            continue
         engine = create_engine(url)
         try:
             with engine.connect() as conn:
-                names = set(inspect(conn).get_table_names())
-                wanted = sorted(names - SKIPPED_TABLES) if tables is None else [t for t in tables if t in names]
-                found[store] = {t: int(conn.execute(text(f'SELECT count(*) FROM "{t}"')).scalar() or 0) for t in wanted}
+                found[store] = _count(conn, store)
         finally:
             engine.dispose()
     return found
+
+
+def _count(conn: Any, store: str) -> dict[str, int]:
+    from sqlalchemy import inspect, text
+
+    names, tables = set(inspect(conn).get_table_names()), {"mlflow": MLFLOW_TABLES, "prefect": PREFECT_TABLES}.get(store)
+    wanted = sorted(names - SKIPPED_TABLES) if tables is None else [t for t in tables if t in names]
+    return {t: int(conn.execute(text(f'SELECT count(*) FROM "{t}"')).scalar() or 0) for t in wanted}
+
+
+def _dump(settings: Settings, name: str, path: Path) -> dict[str, dict[str, int]]:
+    """pg_dump of a database of the embedded PostgreSQL, and, for a store's, its inventory counted in the very
+    snapshot the dump took (exported by a repeatable-read transaction held open while pg_dump runs): what a
+    restore brings back, and not a row that a running stack wrote meanwhile."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(settings.embedded_postgres_url(name), isolation_level="REPEATABLE READ")
+    try:
+        with engine.connect() as conn:
+            snapshot = conn.execute(text("SELECT pg_export_snapshot()")).scalar()
+            _pg(settings, "pg_dump", ["--format=custom", "--no-owner", f"--file={path}", f"--snapshot={snapshot}",
+                                      f"--dbname={_pg_url(settings, name)}"])
+            return {name: _count(conn, name)} if name in ("catalog", "mlflow", "prefect") else {}
+    finally:
+        engine.dispose()
 
 
 def _sqlite_files(home: Path) -> list[Path]:

@@ -142,14 +142,14 @@ def _endpoint_id(endpoint: str) -> str:
 
 
 def _catalog_endpoints() -> Any:
-    """The catalog's endpoints, opened once per process (the mlyard API answers many queries)."""
-    from mlyard.registry.catalog import Catalog
+    """The catalog's endpoints, over the process's one catalog (the mlyard API answers many queries)."""
+    from mlyard.registry.catalog import shared
     from mlyard.registry.endpoints import Endpoints
 
     url = Settings().catalog_db_url
     with _LOCK:
         if url not in _STORES:
-            _STORES[url] = Endpoints(Catalog(url))
+            _STORES[url] = Endpoints(shared(url))
         return _STORES[url]
 
 

@@ -27,6 +27,8 @@ from mlyard.core.errors import StackError
 from mlyard.core.names import RELEASE
 
 FIELD_MANAGER = "mlyard"
+# what the server keeps for itself: never a change an apply makes
+SERVER_OWNED = ("managedFields", "resourceVersion", "generation", "creationTimestamp", "uid", "selfLink")
 TEMPLATE_HASH = "mlyard.io/template-hash"  # on a Job: what its pod template was rendered from
 INVENTORY = "mlyard-install"
 SCALED = ("Deployment", "StatefulSet")
@@ -38,6 +40,7 @@ class Applied:
     name: str
     outcome: str  # created, changed, unchanged, replaced, pruned, deleted
     kept: list[str] = field(default_factory=list)  # what another manager set and the apply left as it was
+    fields: list[str] = field(default_factory=list)  # what it changed (dotted paths), at most 20
 
 
 def resource_of(dyn: Any, obj: dict) -> tuple[Any, str | None]:
@@ -99,10 +102,31 @@ def apply(objs: list[dict], dyn: Any) -> Iterator[Applied]:
         obj, kept = replicas_kept(obj, live)
         try:
             after = dyn.server_side_apply(resource, body=obj, namespace=namespace, field_manager=FIELD_MANAGER,
-                                          force_conflicts=True).metadata.resourceVersion
+                                          force_conflicts=True).to_dict()
         except ApiException as exc:
             raise StackError(f"applying {kind} {name} failed: {exc.status} {exc.reason}") from None
-        yield Applied(kind, name, "created" if before is None else "unchanged" if after == before else "changed", kept)
+        if live is None or after["metadata"]["resourceVersion"] == before:
+            yield Applied(kind, name, "created" if live is None else "unchanged", kept)
+        else:
+            yield Applied(kind, name, "changed", kept, changed_paths(live, after)[:20])
+
+
+def changed_paths(before: dict, after: dict) -> list[str]:
+    """Where an object's spec and metadata differ (dotted paths; a list compared as a whole), its status and
+    what the server keeps for itself aside."""
+    return _paths(_comparable(before), _comparable(after))
+
+
+def _comparable(obj: dict) -> dict:
+    out = {k: v for k, v in obj.items() if k != "status"}
+    out["metadata"] = {k: v for k, v in (obj.get("metadata") or {}).items() if k not in SERVER_OWNED}
+    return out
+
+
+def _paths(a: Any, b: Any, at: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [p for k in sorted(set(a) | set(b)) for p in _paths(a.get(k), b.get(k), f"{at}.{k}" if at else k)]
+    return [] if a == b else [at]
 
 
 def _failed(job: dict) -> bool:
@@ -162,6 +186,49 @@ def wait_for_job(dyn: Any, namespace: str, name: str, timeout: float) -> tuple[b
                              f"{', waiting: ' + ', '.join(waiting) if waiting else ''}): kubectl -n {namespace} "
                              f"describe job {name}")
         time.sleep(1)
+
+
+def rollouts(dyn: Any, namespace: str, names: list[str], timeout: float, done: Any) -> list[str]:
+    """Until each Deployment named has rolled out, as `kubectl rollout status` judges it (its controller has seen
+    its spec; every replica updated and available; none of the old left), `done(name, how)` for each as it does;
+    what has not within `timeout` seconds (or has passed its progress deadline), with what its pods wait for."""
+    deployments = dyn.resources.get(api_version="apps/v1", kind="Deployment")
+    started, pending, late = time.monotonic(), sorted(names), []
+    while pending:
+        for name in list(pending):
+            d = dyn.get(deployments, name=name, namespace=namespace).to_dict()
+            want, st = (d["spec"].get("replicas", 1), d.get("status") or {})
+            stuck = any(c.get("reason") == "ProgressDeadlineExceeded" for c in st.get("conditions") or [])
+            if st.get("observedGeneration", 0) >= d["metadata"]["generation"] and (st.get("updatedReplicas") or 0) \
+                    == want == (st.get("replicas") or 0) and (st.get("availableReplicas") or 0) == want:
+                pending.remove(name)
+                done(name, f"{want}/{want} in {time.monotonic() - started:.0f} s")
+            elif stuck or time.monotonic() - started > timeout:
+                pending.remove(name)
+                late.append(f"Deployment {name} ({st.get('availableReplicas') or 0} of {want} available"
+                            f"{', past its progress deadline' if stuck else ''}{_waiting(dyn, namespace, d)})")
+        if pending:
+            time.sleep(1)
+    return late
+
+
+def _waiting(dyn: Any, namespace: str, deployment: dict) -> str:
+    from kubernetes import client
+
+    selector = ",".join(f"{k}={v}" for k, v in deployment["spec"]["selector"].get("matchLabels", {}).items())
+    reasons = set()
+    for pod in client.CoreV1Api(dyn.client).list_namespaced_pod(namespace, label_selector=selector).items:
+        if any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or []):
+            continue  # serving: not what the rollout waits for
+        waits = [cs.state.waiting.reason for cs in pod.status.container_statuses or [] if cs.state.waiting]
+        unscheduled = [c.message for c in pod.status.conditions or [] if c.type == "PodScheduled" and c.status == "False"]
+        if waits:
+            reasons.update(waits)
+        elif unscheduled:
+            reasons.update(f"unscheduled: {m}" for m in unscheduled)
+        else:
+            reasons.add("not ready" if pod.status.phase == "Running" else str(pod.status.phase))
+    return f"; its pods: {', '.join(sorted(r for r in reasons if r))}" if reasons else ""
 
 
 def ref_of(obj: dict) -> dict:

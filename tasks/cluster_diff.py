@@ -9,10 +9,15 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from mlyard.core.errors import StackError
-from mlyard.tasks.cluster_apply import FIELD_MANAGER, TEMPLATE_HASH, hashed, live_of, replicas_kept, resource_of
-
-# what the server keeps for itself: never a change an apply makes
-SERVER_OWNED = ("managedFields", "resourceVersion", "generation", "creationTimestamp", "uid", "selfLink")
+from mlyard.tasks.cluster_apply import (
+    FIELD_MANAGER,
+    TEMPLATE_HASH,
+    changed_paths,
+    hashed,
+    live_of,
+    replicas_kept,
+    resource_of,
+)
 
 
 @dataclass
@@ -46,18 +51,5 @@ def diff(objs: list[dict], dyn: Any) -> Iterator[Diffed]:
         except ApiException as exc:
             raise StackError(f"{kind} {meta['name']}: the API server would refuse it: {exc.status} {exc.reason}") \
                 from None
-        changed = _paths(_comparable(live), _comparable(would))
+        changed = changed_paths(live, would)
         yield Diffed(kind, meta["name"], "changed" if changed else "unchanged", changed[:20])
-
-
-def _comparable(obj: dict) -> dict:
-    out = {k: v for k, v in obj.items() if k != "status"}
-    out["metadata"] = {k: v for k, v in (obj.get("metadata") or {}).items() if k not in SERVER_OWNED}
-    return out
-
-
-def _paths(a: Any, b: Any, at: str = "") -> list[str]:
-    """The dotted paths where `a` and `b` differ (a list compared as a whole)."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [p for k in sorted(set(a) | set(b)) for p in _paths(a.get(k), b.get(k), f"{at}.{k}" if at else k)]
-    return [] if a == b else [at]

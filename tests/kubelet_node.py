@@ -168,12 +168,15 @@ class NodeKubelet(Kubelet):
     def __init__(self, plane: ControlPlane, name: str, cwd: str, capacity: dict[str, str] | None = None,
                  labels: dict[str, str] | None = None, taints: list[dict] | None = None,
                  overrides: dict[str, str] | None = None, binds: tuple[str, ...] = (), runs: Any = None,
-                 network: Any = None):
+                 network: Any = None, starts: Any = None):
         """`runs(pod)`: whether this node runs a pod bound to it (default: every one); the others stay
-        ContainerCreating, as on a node still pulling their images. `network` (tests/pod_network.py's
+        ContainerCreating, as on a node still pulling their images, but those `starts(pod)` says it started: they
+        are reported Running and ready, as a node reports a container whose image it had and whose process runs
+        (nothing runs here: what such a test checks is the controllers' and clients' side of a rollout). `network` (tests/pod_network.py's
         PodNetwork): each pod an address of its own, readiness probes and preStop hooks; without it every
         pod is 127.0.0.1 and ready while it runs."""
         self.plane, self.name, self.runs, self.network = plane, name, runs or (lambda pod: True), network
+        self.starts = starts or (lambda pod: False)
         self.node_api = RealApi(plane.url, plane.ssl_context(f"system:node:{name}", ("system:nodes",)))
         if network is not None:
             self.node_api.pod_status = network.status
@@ -242,6 +245,11 @@ class NodeKubelet(Kubelet):
                     self.pods[meta["uid"]] = pod
                     if self.runs(pod):
                         threading.Thread(target=self._run, args=(pod,), daemon=True).start()
+                    elif self.starts(pod):
+                        try:
+                            self.node_api.set_status("Pod", meta["namespace"], meta["name"], {"phase": "Running"})
+                        except (OSError, RuntimeError):
+                            del self.pods[meta["uid"]]  # the next look reports it
             live = {p["metadata"]["name"] for p in bound}
             for pod_name, proc in list(self.processes.items()):
                 if pod_name not in live and proc.poll() is None and pod_name not in self.ending:

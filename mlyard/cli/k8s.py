@@ -80,7 +80,11 @@ def apply(values: Optional[Path] = VALUES,
               "port-forward svc/prefect-server 4200`: http://127.0.0.1:4200/api): then also register the gpu and "
               "cpu pools, their deployments and the crash automation there (auth: PREFECT_API_AUTH_STRING)."),
           wait_seconds: float = typer.Option(600, "--wait-seconds", min=1, help="How long to wait for the "
-                                             "migration Job (the databases' schemas) before giving up."),
+                                             "migration Job (the databases' schemas), and then for the rollouts, "
+                                             "before giving up."),
+          wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait for the Deployments it created or changed "
+                                    "to roll out (every replica updated and available), as `kubectl rollout "
+                                    "status` does."),
           prune: bool = typer.Option(False, "--prune", help="Also delete what an earlier apply made that these values "
                                      "no longer render (listed in the ConfigMap mlyard-install)."),
           as_json: bool = JSON) -> None:
@@ -88,12 +92,15 @@ def apply(values: Optional[Path] = VALUES,
     The Secrets it names must exist first (infra/README.md lists their keys). The migration Job runs (again
     when the image changed) and is waited for before the Deployments; what it did is printed. With
     --prefect-api-url, register the pools, deployments and crash automation on that Prefect too. A replica count
-    another manager set (an HPA, `kubectl scale`) is left as it is, and said."""
+    another manager set (an HPA, `kubectl scale`) is left as it is, and said. Then it waits for the rollouts:
+    exit 2 if one has not finished within --wait-seconds, naming it and what its pods wait for."""
     from mlyard.core.errors import StackError
     from mlyard.tasks import cluster
     from mlyard.tasks.cluster_apply import apply as applied
     from mlyard.tasks.cluster_apply import delete as deleted
-    from mlyard.tasks.cluster_apply import inventory, left_over, record, ref_of, wait_for_job
+    from mlyard.tasks.cluster_apply import inventory, left_over, record, ref_of, rollouts, wait_for_job
+
+    late: list[str] = []
 
     def go() -> list[dict]:
         vals = values_of(values)
@@ -137,18 +144,27 @@ def apply(values: Optional[Path] = VALUES,
 
             register_on_cluster(prefect_api_url, vals,
                                 echo=lambda line: None if as_json else out.print(line, highlight=False))
+        moved = {r["name"]: r for r in done if r["kind"] == "Deployment" and r["outcome"] in ("created", "changed")}
+        if wait and moved:
+            late.extend(rollouts(dyn, vals.namespace, list(moved), wait_seconds,
+                                 lambda name, how: moved[name].update(rolled_out=how)))
         return done
 
     rows = guard(go)
     if as_json:
         emit(rows, True)
-        return
-    emit(rows, False, ["kind", "name", "outcome"])
-    for row in rows:
-        for kept in row.get("kept") or []:
-            out.print(f"{row['kind']} {row['name']}: kept {kept}", highlight=False)
-    counts = {k: sum(r["outcome"] == k for r in rows) for k in ("created", "changed", "replaced", "unchanged", "pruned")}
-    out.print(", ".join(f"{n} {k}" for k, n in counts.items() if n or k != "pruned"), highlight=False)
+    else:
+        emit([{**r, "fields": ", ".join(r.get("fields") or []), "rolled out": r.get("rolled_out", "")} for r in rows],
+             False, ["kind", "name", "outcome", "fields", "rolled out"])
+        for row in rows:
+            for kept in row.get("kept") or []:
+                out.print(f"{row['kind']} {row['name']}: kept {kept}", highlight=False)
+        counts = {k: sum(r["outcome"] == k for r in rows) for k in ("created", "changed", "replaced", "unchanged", "pruned")}
+        out.print(", ".join(f"{n} {k}" for k, n in counts.items() if n or k != "pruned"), highlight=False)
+    if late:
+        print(f"error: applied, but not rolled out within {wait_seconds:.0f} s: {'; '.join(late)} (kubectl -n "
+              f"{values_of(values).namespace} rollout status deployment/NAME)", file=sys.stderr)
+        raise typer.Exit(2)
 
 
 @app.command("uninstall")

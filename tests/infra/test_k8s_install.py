@@ -27,7 +27,7 @@ VALUES = {"overlay": "prod", "namespace": "ml-platform", "image": "registry.exam
           "image_pull_secrets": ["regcred"], "gateway_replicas": 4, "storage_class": "fast-ssd",
           "secrets": {"prefect": "pf", "mlflow": "mf", "settings": "ms", "postgres": None},
           "gpu": {"per_node": 4, "nodes": 3, "cpus_per_node": 48, "memory_gib_per_node": 384},
-          "pool_concurrency": {"cpu": 40}}
+          "pool_concurrency": {"cpu": 30}}
 
 
 def mlyard(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
@@ -125,10 +125,10 @@ def test_every_database_user_gets_its_share_and_the_shares_fit_the_servers_conne
     values = ClusterValues(**VALUES)
     run_env = cluster_pool_template(GPU_TEMPLATE, values, "x")["variables"]["properties"]["env"]["default"]
     assert run_env == {"MLYARD_CATALOG_CONNECTIONS": "1"}
-    # 1 Prefect server, 2 MLflow replicas of 2 workers, 2 API + 4 gateway + 2 scheduler replicas, 40 cpu runs
+    # 1 Prefect server, 2 MLflow replicas of 2 workers, 2 API + 4 gateway + 2 scheduler replicas, 30 cpu runs
     # and 12 gpu runs (the values' GPUs, its pool having no limit)
     parts = budget(render(values), values)
-    assert parts == {"prefect": 10, "mlflow": 12, "platform": 24, "runs": 52} and sum(parts.values()) <= 100
+    assert parts == {"prefect": 10, "mlflow": 12, "platform": 24, "runs": 42} and sum(parts.values()) <= 100
 
 
 @pytest.mark.parametrize(("change", "field"), [
@@ -138,7 +138,7 @@ def test_every_database_user_gets_its_share_and_the_shares_fit_the_servers_conne
     ({"namespace": "ML Platform"}, "namespace"),
     ({"overlay": "dev", "secrets": {"postgres": None}}, "secrets.postgres"),
     ({"image_pull_secrets": ["Reg Cred"]}, "image_pull_secrets"),
-    ({"pool_concurrency": {"cpu": 200}}, "database_connections.limit: 100"),  # 12 gpu runs + 200 more than 100
+    ({"pool_concurrency": {"cpu": 200}}, "database_connections.limit: 100"),  # 12 gpu runs + 200 cpu ones
     ({"pool_concurrency": {"cpu": None}}, "pool_concurrency.cpu"),  # unbounded runs, unbounded connections
 ])
 def test_bad_values_are_refused_in_one_line(tmp_path, change, field):
@@ -152,13 +152,14 @@ def test_bad_values_are_refused_in_one_line(tmp_path, change, field):
 
 
 NODES = iter(range(1, 1000))
+UNPULLED = "registry.example/team/mlyard:9.9.9"  # an image the cluster's node cannot pull
 
 
 @pytest.fixture
 def cluster(tmp_path, control_plane):
     """The control plane with a node whose kubelet runs the Jobs' pods here as their users, with their volumes
-    and read-only roots (tests/kubelet_sandbox.py); the Deployments' pods stay ContainerCreating there, as on
-    a node still pulling their images. The migration Job's databases are SQLite files in a folder of the
+    and read-only roots (tests/kubelet_sandbox.py); it reports the Deployments' pods started and ready (their
+    processes do not run here), but those of an image it cannot pull (UNPULLED), which stay ContainerCreating. The migration Job's databases are SQLite files in a folder of the
     pods' user, named by the Secrets as a cluster's name PostgreSQL ones, and bound into its pod as a
     database server would be reached. The install's namespace and the node are gone after the test."""
     api = ClusterApi(control_plane.url, control_plane.ssl_context())
@@ -168,7 +169,8 @@ def cluster(tmp_path, control_plane):
     _to_pods(databases)
     name = f"install-{next(NODES)}"
     node = NodeKubelet(control_plane, name, str(ROOT), binds=(str(databases),), runs=lambda pod: any(
-        o["kind"] == "Job" for o in pod["metadata"].get("ownerReferences") or []))
+        o["kind"] == "Job" for o in pod["metadata"].get("ownerReferences") or []), capacity={"cpu": "32", "memory": "128Gi"},
+        starts=lambda pod: all(c["image"] != UNPULLED for c in pod["spec"]["containers"]))
     try:
         yield api, kubeconfig
     finally:
@@ -397,7 +399,7 @@ def test_apply_registers_the_pools_deployments_and_crash_automation_on_the_clust
     with SyncPrefectClient(clusters_prefect) as client:
         pools = {p.name: p for p in client.read_work_pools()}
         assert set(pools) == {"gpu", "cpu"}, "no local pool on a cluster"
-        assert (pools["gpu"].concurrency_limit, pools["cpu"].concurrency_limit) == (None, 40)  # the values'
+        assert (pools["gpu"].concurrency_limit, pools["cpu"].concurrency_limit) == (None, 30)  # the values'
         for pool in pools.values():
             assert pool.type == "kubernetes"
             props = pool.base_job_template["variables"]["properties"]
@@ -671,3 +673,31 @@ def test_apply_keeps_a_scaled_count_prunes_what_the_values_dropped_and_uninstall
     assert api.made("ml-platform") == SECRETS, "the Secrets stay, and nothing of the install"
     assert api.get_object("Namespace", None, "ml-platform") is not None  # type: ignore[arg-type]
     assert k8s("uninstall", "-f", str(plain), "--yes").returncode == 2, "nothing left to remove"
+
+
+def test_apply_waits_for_the_rollouts_says_what_changed_and_names_a_rollout_that_cannot_finish(tmp_path, values_file,
+                                                                                             cluster):
+    """The apply waits for the Deployments it made or changed to roll out (the Deployment and ReplicaSet
+    controllers' own status: every replica updated and available), and says so per Deployment; an upgrade to an
+    image the node cannot pull is applied, says which fields changed, and ends in one line naming the rollouts
+    that did not finish and what their pods wait for, the old replicas still serving."""
+    api, kubeconfig = cluster
+    for name in ("pf", "mf", "ms", "regcred"):
+        _secret(api, "ml-platform", name, tmp_path)
+    first = mlyard("k8s", "apply", "-f", str(values_file), "--kubeconfig", str(kubeconfig), "--json", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    rows = {r["name"]: r for r in json.loads(first.stdout) if r["kind"] == "Deployment"}
+    assert rows["gateway"]["rolled_out"].startswith("4/4 in ") and all("rolled_out" in r for r in rows.values())
+    status = api.get("Deployment", "ml-platform", "gateway")["status"]
+    assert status["availableReplicas"] == status["updatedReplicas"] == 4
+
+    values_file.write_text(yaml.safe_dump({**VALUES, "image": UNPULLED}))
+    upgrade = mlyard("k8s", "apply", "-f", str(values_file), "--kubeconfig", str(kubeconfig), "--wait-seconds", "20",
+                     cwd=tmp_path)
+    assert upgrade.returncode == 2, upgrade.stdout + upgrade.stderr
+    assert "Traceback" not in upgrade.stderr and len(upgrade.stderr.strip().splitlines()) == 1, upgrade.stderr
+    assert "not rolled out within 20 s" in upgrade.stderr and "Deployment gateway (" in upgrade.stderr
+    assert "its pods: Pending" in upgrade.stderr, upgrade.stderr
+    assert "spec.template.spec.containers" in upgrade.stdout  # what changed, per object
+    status = api.get("Deployment", "ml-platform", "gateway")["status"]
+    assert status["availableReplicas"] >= 3, status  # the old replicas serve on (maxUnavailable 25 %)

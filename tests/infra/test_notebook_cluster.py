@@ -142,12 +142,12 @@ def test_the_notebook_flow_runs_a_registered_image_on_the_cluster(stack, setting
         assert notebook(NotebookAction(notebook="gpu-nb", action="delete")).status == "DELETED"
         _until("the notebook's objects stayed", lambda: not [n for _, n in kube.made("mlyard") if obj in n])
         assert [n.name for n in notebooks.all()] == []
-        _the_installs_image(api, notebooks, kube, monkeypatch)
+        _the_installs_image(api, notebooks, kube, monkeypatch, settings)
     finally:
         node.close()
 
 
-def _the_installs_image(api, notebooks, kube, monkeypatch) -> None:
+def _the_installs_image(api, notebooks, kube, monkeypatch, settings) -> None:
     """On a cluster install (its ConfigMap's MLYARD_NOTEBOOK_IMAGE, values.images.notebook), a notebook that
     names no image runs the install's, pulled with the install's pull Secrets: a GPU one too, which `python`
     (this machine's) would have refused."""
@@ -159,6 +159,8 @@ def _the_installs_image(api, notebooks, kube, monkeypatch) -> None:
 
     monkeypatch.setenv("MLYARD_NOTEBOOK_IMAGE", "registry.example/mirror/mlyard-notebook:2")
     monkeypatch.setenv("MLYARD_IMAGE_PULL_SECRETS", "regcred")
+    monkeypatch.setenv("MLYARD_MLFLOW_TRACKING_URI", settings.mlflow_uri)  # a pod's stores are named, never its own
+    monkeypatch.setenv("MLYARD_CATALOG_URL", settings.catalog_db_url)
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")  # as the API's pod queues it: notebook-kubernetes,
     made = api.create({"name": "plain-nb", "instance_type": "gpu-1", "data_storage_gb": 1})  # which no worker here serves
     with get_client(sync_client=True) as client:

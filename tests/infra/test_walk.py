@@ -3,7 +3,7 @@ Kubernetes' own control plane (tests/controlplane.py): the Secrets its `kubectl 
 (every key, by those names), the values file it writes, `mlyard k8s apply` of it (the real Job controller
 makes the migration Job's pod, and a node of tests/kubelet_node.py runs it as its user, with its volumes
 and a read-only root; the workloads' controllers make every other pod, which the API server admits under
-the namespace's restricted profile), then step 4 on the cluster's Prefect. Steps 5 and 6 use MLYARD_API_URL and MLYARD_UPLOAD_URI as
+the namespace's restricted profile and the node reports started, so the apply's rollouts finish), then step 4 on the cluster's Prefect. Steps 5 and 6 use MLYARD_API_URL and MLYARD_UPLOAD_URI as
 tests/mlyard/test_workstation.py and tests/infra/test_uploads.py exercise them.
 
 The one departure: the walk's databases are PostgreSQL's (the dev overlay's StatefulSet, whose pod no node
@@ -76,7 +76,7 @@ def test_the_walk_installs_the_platform_as_written(tmp_path, clusters_prefect, c
     kubeconfig = control_plane.kubeconfig(path=tmp_path / "kubeconfig")
     _to_pods(databases)
     node = NodeKubelet(control_plane, "walk", str(ROOT), binds=(str(databases),), runs=lambda pod: any(
-        o["kind"] == "Job" for o in pod["metadata"].get("ownerReferences") or []))
+        o["kind"] == "Job" for o in pod["metadata"].get("ownerReferences") or []), starts=lambda pod: True)
     try:
         api.create("Namespace", "v1", None, {"metadata": {"name": "mlyard"}})  # kubectl create namespace
         for name, (kind, keys) in secrets.items():
