@@ -71,7 +71,8 @@ def test_a_process_holds_no_more_catalog_connections_than_its_share(postgres, st
     import threading
     import time
 
-    url = settings.embedded_postgres_url("catalog") + "?application_name=share-test"
+    url = settings.embedded_postgres_url("catalog")
+    url += ("&" if "?" in url else "?") + "application_name=share-test"
     script = tmp_path / "ten.py"
     script.write_text(
         "import sys, threading\n"
