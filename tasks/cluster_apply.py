@@ -278,3 +278,20 @@ def project_cluster_queues(dyn: Any) -> list[dict]:
         return []
     return [{"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ClusterQueue", "namespace": None, "name": q.metadata.name}
             for q in dyn.get(resource, label_selector="mlyard.project").items]
+
+
+def left_in(dyn: Any, namespace: str) -> dict[str, int]:
+    """What an uninstall keeps of a namespace, by kind: the Secrets and claims (data), and what flows made there
+    (endpoint stages' Deployments, notebooks' StatefulSets, runs' Jobs)."""
+    from kubernetes.dynamic.exceptions import NotFoundError
+
+    found = {}
+    for api_version, kind in (("v1", "Secret"), ("v1", "PersistentVolumeClaim"), ("apps/v1", "Deployment"),
+                              ("apps/v1", "StatefulSet"), ("batch/v1", "Job")):
+        try:
+            items = dyn.get(dyn.resources.get(api_version=api_version, kind=kind), namespace=namespace).items
+        except NotFoundError:  # the namespace itself gone
+            return {}
+        if items:
+            found[kind] = len(items)
+    return found

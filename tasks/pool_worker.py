@@ -102,8 +102,9 @@ def sweep_forever(pool: str, stop: threading.Event) -> None:
             has_job = has_job or job_lookup()
             with get_client(sync_client=True) as client:
                 stranded(client, pool, has_job, after)
-        except Exception:  # noqa: BLE001 - the Prefect server or the cluster away: the next sweep tries again
-            log.exception("the sweep for runs stranded in pool %s failed; trying again in %.0f s", pool, SWEEP_SECONDS)
+        except Exception as exc:  # noqa: BLE001 - the Prefect server or the cluster away: the next sweep tries again
+            log.warning("the sweep for runs stranded in pool %s failed (%s: %s); trying again in %.0f s", pool,
+                        type(exc).__name__, exc, SWEEP_SECONDS)
 
 
 def main(argv: list[str]) -> None:

@@ -180,7 +180,9 @@ def uninstall(values: Optional[Path] = VALUES,
     claims, notebooks and endpoints stay unless --delete-data; back up first (`mlyard admin backup`)."""
     from mlyard.core.errors import StackError
     from mlyard.tasks import cluster
-    from mlyard.tasks.cluster_apply import INVENTORY, delete, inventory, project_cluster_queues
+    from mlyard.tasks.cluster_apply import INVENTORY, delete, inventory, left_in, project_cluster_queues
+
+    kept: dict[str, int] = {}
 
     def go() -> list[dict]:
         vals = values_of(values)
@@ -194,12 +196,18 @@ def uninstall(values: Optional[Path] = VALUES,
         what = f"namespace {vals.namespace} as well, with its data" if delete_data else "its data kept"
         if not yes and not typer.confirm(f"Remove mlyard's {len(refs)} objects from the cluster ({what})?"):
             raise StackError("not confirmed: nothing was deleted")
-        keep = [r for r in refs if r["kind"] != "Namespace"]
+        made = [r for r in refs if r["kind"] != "Namespace"]
         inv = {"apiVersion": "v1", "kind": "ConfigMap", "namespace": vals.namespace, "name": INVENTORY}
-        done = [a.__dict__ for a in delete(dyn, keep + project_cluster_queues(dyn) + [inv], "deleted")]
+        done = [a.__dict__ for a in delete(dyn, made + project_cluster_queues(dyn) + [inv], "deleted")]
         if delete_data:
             done += [a.__dict__ for a in delete(dyn, [r for r in refs if r["kind"] == "Namespace"], "deleted")]
+        else:
+            kept.update(left_in(dyn, vals.namespace))
         return done
 
     rows = guard(go)
     emit(rows, as_json, None if as_json else ["kind", "name", "outcome"])
+    if kept and not as_json:
+        out.print(f"kept in namespace {values_of(values).namespace}: "
+                  f"{', '.join(f'{n} {kind}' + ('s' if n != 1 else '') for kind, n in kept.items())} (data, and what flows made there: "
+                  "endpoint stages, notebooks, runs); --delete-data deletes the namespace with them", highlight=False)

@@ -664,13 +664,18 @@ def test_apply_keeps_a_scaled_count_prunes_what_the_values_dropped_and_uninstall
     unasked = k8s("uninstall", "-f", str(plain))
     assert unasked.returncode == 2 and len(unasked.stderr.strip().splitlines()) == 1, unasked.stderr
     assert "--yes" in unasked.stderr and api.versions("ml-platform") == rv
-    gone = k8s("uninstall", "-f", str(plain), "--yes", "--json")
+    stage = {"metadata": {"name": "iris-prod"}, "spec": {"replicas": 0, "selector": {"matchLabels": {"s": "iris"}},
+             "template": {"metadata": {"labels": {"s": "iris"}}, "spec": {"containers": [{"name": "m", "image": "x"}]}}}}
+    api.create("Deployment", "apps/v1", "ml-platform", stage, "mlyard-endpoints")  # as an endpoint's flow makes it
+    gone = k8s("uninstall", "-f", str(plain), "--yes")
     assert gone.returncode == 0, gone.stderr
-    assert {r["outcome"] for r in json.loads(gone.stdout)} == {"deleted"}
+    assert "kept in namespace ml-platform: 4 Secrets, 1 Deployment" in gone.stdout, gone.stdout
+    assert "Deployment gateway" not in gone.stdout.split("kept in")[1]
     deadline = time.monotonic() + 60
-    while api.made("ml-platform") != SECRETS and time.monotonic() < deadline:  # what the deletions own goes after
+    left = SECRETS + [("Deployment", "iris-prod")]
+    while sorted(api.made("ml-platform")) != sorted(left) and time.monotonic() < deadline:  # what they own goes after
         time.sleep(1)
-    assert api.made("ml-platform") == SECRETS, "the Secrets stay, and nothing of the install"
+    assert sorted(api.made("ml-platform")) == sorted(left), "the Secrets and the flows' objects stay, nothing else"
     assert api.get_object("Namespace", None, "ml-platform") is not None  # type: ignore[arg-type]
     assert k8s("uninstall", "-f", str(plain), "--yes").returncode == 2, "nothing left to remove"
 
