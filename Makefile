@@ -77,7 +77,7 @@ $(GATEWAY_API): infra/gateway-api/package.json infra/gateway-api/package-lock.js
 
 # Kubernetes' own control plane for the cluster tests (tests/controlplane.py): kube-apiserver,
 # kube-controller-manager and kube-scheduler built from the Go module proxy by tests/controlplane/build.sh
-# (15-20 minutes on 2 cores the first time, seconds once Go's build cache holds them), Kueue's controller
+# and kubectl (15-20 minutes on 2 cores the first time, seconds once Go's build cache holds them), Kueue's controller
 # manager with its release's CRDs and webhooks (2 minutes the first time), and Debian's etcd
 CONTROL_PLANE := $(VENV)/controlplane/.built
 $(CONTROL_PLANE): tests/controlplane/go.mod tests/controlplane/go.sum tests/controlplane/build.sh
@@ -102,6 +102,8 @@ POSTGRES_TIER := tests/test_postgres_stores.py \
 
 # a target's variable reaches the prerequisites it builds: the install that `make test` runs warms mypy's cache
 test: WARM_TYPE_CACHE := 1
+# the render's `kubectl kustomize` is the kubectl the control plane's build made (its release), not the machine's
+test: export PATH := $(CURDIR)/$(VENV)/controlplane/bin:$(PATH)
 test: $(STAMP) $(GATEWAY_API) $(CONTROL_PLANE)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Kubernetes' own control plane for the cluster tests (tests/controlplane.py starts it): kube-apiserver,
-# kube-controller-manager and kube-scheduler of the release go.mod names, built into OUT (default: the
+# kube-controller-manager, kube-scheduler and kubectl of the release go.mod names, built into OUT (default: the
 # venv's controlplane/), each skipped when OUT holds it already at that release. Go's build cache makes a
 # build after the first one take seconds; the first takes 15-20 minutes on 2 cores. Nothing but the Go
 # module proxy is asked: go.sum pins every module.
@@ -33,6 +33,16 @@ for cmd in kube-apiserver kube-controller-manager kube-scheduler; do
   (cd "$here" && GOFLAGS=-mod=readonly go build -trimpath -ldflags "$flags" -o "$out/$cmd.partial" "k8s.io/kubernetes/cmd/$cmd")
   mv "$out/$cmd.partial" "$out/$cmd"
 done
+
+# kubectl of the same release, for `kubectl kustomize` (tasks/cluster.py renders infra/k8s with it): the tests
+# take it from bin/ here (the Makefile puts that folder first on their PATH), not from whatever the machine has
+mkdir -p "$out/bin"
+if ! "$out/bin/kubectl" version --client 2>/dev/null | grep -q "Client Version: $version"; then
+  echo "building kubectl $version ..."
+  (cd "$here" && GOFLAGS=-mod=readonly go build -trimpath -ldflags "$flags" -o "$out/bin/kubectl.partial" \
+    "k8s.io/kubernetes/cmd/kubectl")
+  mv "$out/bin/kubectl.partial" "$out/bin/kubectl"
+fi
 
 # Kueue (sigs.k8s.io/kueue) for the tests of the gpu pool's queues (tests/kueue.py): its controller manager, built
 # from the module of the release KUEUE names (its own go.sum pins what it imports; `go install pkg@version` keeps
