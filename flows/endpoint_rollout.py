@@ -20,8 +20,10 @@ current weight; abort sets it to 0.
 
 from __future__ import annotations
 
+import threading
 import time
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
@@ -106,6 +108,27 @@ class _Run:
         self.traffic.update(self.id, status=status, reason=f"{j.gate} gate failed: {j.why}", gate=j.as_dict())
         self.log.error("%s/%s %s: the %s gate failed: %s", self.endpoint, self.stage, status, j.gate, j.why)
 
+    @contextmanager
+    def beating(self) -> Iterator[None]:
+        """The promotion's heartbeat every TICK while this run works on something long (an evaluation gate's
+        two evaluations): else the promotion watch, after STALE_SECONDS of silence, takes it for orphaned."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(TICK):
+                try:
+                    self.traffic.heartbeat(self.id)
+                except Exception:  # noqa: BLE001 - the catalog away a moment: the next beat tries again
+                    continue
+
+        beater = threading.Thread(target=beat, name=f"promotion-{self.id}-heartbeat", daemon=True)
+        beater.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            beater.join()
+
     def evaluation(self, gate: EvaluationGate) -> Judgement:
         """Step 2: each model both stages serve, evaluated in both versions on the gate's data."""
         view = self.eps.get(self.endpoint)
@@ -168,7 +191,8 @@ def promote_progressively(spec: RolloutSpec) -> PromotionResult:
         # 2. The evaluation gate, before any traffic moves.
         if promo["phase"] == "evaluation":
             if gates.evaluation is not None:
-                j = run.evaluation(gates.evaluation)
+                with run.beating():  # two evaluations can take longer than the watch's patience
+                    j = run.evaluation(gates.evaluation)
                 if not j.passed:
                     run.fail(j)
                     return _result(run)
