@@ -202,20 +202,18 @@ def _create(spec: NotebookSpec, wait: bool, timeout_seconds: float) -> dict[str,
     installed = install_notebook_image()
     if nb.image == LOCAL_IMAGE and installed:  # on a cluster install there is no `python` of this machine
         nb = nb.model_copy(update={"image": installed})
-    if nb.image == installed:  # the install's own image (values.images.notebook), pulled with its pull Secrets
+    if nb.image != LOCAL_IMAGE:  # a StatefulSet on the cluster, a cluster configured
         from mlyard.tasks.kubernetes import cluster_client
 
-        cluster_client("image", nb.image)
-    elif nb.image != LOCAL_IMAGE:  # a StatefulSet on the cluster: the image registered, a cluster configured
-        from mlyard.tasks.kubernetes import cluster_client
-        from mlyard.tasks.registry_secrets import images
+        if nb.image != installed:  # not the install's own (values.images.notebook, its pull Secrets): a registered one
+            from mlyard.tasks.registry_secrets import images
 
-        store_images = images(settings)
-        if not actor.admin:  # a member's notebook runs an image of their project, pulled with its own login
-            store_images.resolve(nb.image, "image", project)
-        if store_images.get_image(nb.image).kind != "notebook":  # ImageNotFound names `mlyard images list`
-            raise SpecError("image", nb.image, "a notebook image (mlyard images list: kind notebook), or "
-                                               f"'{LOCAL_IMAGE}' for this machine's Python")
+            store_images = images(settings)
+            if not actor.admin:  # a member's notebook runs an image of their project, pulled with its own login
+                store_images.resolve(nb.image, "image", project)
+            if store_images.get_image(nb.image).kind != "notebook":  # ImageNotFound names `mlyard images list`
+                raise SpecError("image", nb.image, "a notebook image (mlyard images list: kind notebook), or "
+                                                   f"'{LOCAL_IMAGE}' for this machine's Python")
         cluster_client("image", nb.image)
     else:
         if INSTANCE_TYPES[nb.instance_type].gpus:

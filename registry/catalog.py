@@ -69,6 +69,8 @@ def pool() -> dict:
 
     most = catalog_connections(CONNECTIONS)
     return {**POOL, "pool_size": (most + 1) // 2, "max_overflow": most // 2}
+
+
 _SHARED: dict[tuple[str, int], "Catalog"] = {}
 
 
