@@ -36,8 +36,11 @@ class Kubelet:
     NodeKubelet, those the control plane's scheduler binds to its Node."""
 
     def __init__(self, api: Any, cwd: str, overrides: dict[str, str] | None = None,
-                 as_users: bool = False, binds: tuple[str, ...] = (), token: str | None = None) -> None:
-        """`as_users`: each container runs as its securityContext's user with its volumes laid out as kubelet
+                 as_users: bool = False, binds: tuple[str, ...] = (), token: str | None = None,
+                 images: dict[str, str] | None = None) -> None:
+        """`images`: an image name -> the folder that is its file system here (a checkout of another release, with
+        its own environment in `.venv`: tests/infra/test_upgrade.py); any other image is `cwd` and this
+        environment. `as_users`: each container runs as its securityContext's user with its volumes laid out as kubelet
         lays them and its root file system read-only where set (tests/kubelet_sandbox.py); `binds`:
         host folders its pods reach at their paths (what a cluster offers them as services); `token`: a
         kubeconfig standing in for the service account's token, given (as KUBECONFIG, its folder bound) to
@@ -46,7 +49,7 @@ class Kubelet:
         import tempfile
 
         self.api, self.cwd, self.overrides = api, cwd, dict(overrides or {})
-        self.as_users, self.binds, self.token = as_users, binds, token
+        self.as_users, self.binds, self.token, self.images = as_users, binds, token, dict(images or {})
         self.pods_dir = Path(tempfile.mkdtemp(prefix="mlyard-kubelet-")) if as_users else None
         image_path = f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"  # the "image" is this environment
         self.base_env = {"PATH": image_path, "HOME": os.environ.get("HOME", "/tmp"), "LANG": "C.UTF-8",
@@ -92,6 +95,15 @@ class Kubelet:
             return {}, ()
         return {"KUBECONFIG": self.token}, (os.path.dirname(self.token),)
 
+    def image(self, container: dict, env: dict[str, str]) -> str:
+        """The folder that is `container`'s image here (see `images`), its environment's `python` first on the
+        PATH of `env`."""
+        tree = self.images.get(container.get("image", ""))
+        if tree is None:
+            return self.cwd
+        env["PATH"] = f"{tree}/.venv/bin:{env.get('PATH', '')}"
+        return tree
+
     def _waiting(self, ns: str, pod_name: str, container: dict, reason: str, message: str) -> None:
         """The pod stays Pending, its container waiting for `reason`, as on a node (no exit code)."""
         self.api.set_status("Pod", ns, pod_name, {"phase": "Pending", "containerStatuses": [{
@@ -113,13 +125,14 @@ class Kubelet:
             token_env, token_binds = self.account(spec, container)
             env.update(token_env)
             command = (container.get("command") or []) + (container.get("args") or [])
+            cwd = self.image(container, env)
             if sandbox is not None:
                 if not any(e.get("name") == "HOME" for e in container.get("env") or []):
                     env["HOME"] = "/"
-                command = sandbox.command(container, command, env, self.cwd, (*self.binds, *token_binds),
+                command = sandbox.command(container, command, env, cwd, (*self.binds, *token_binds),
                                           own_processes=True)
                 env = {}
-            proc = subprocess.Popen(command, env=env, cwd=self.cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, text=True, errors="replace", start_new_session=True)
             self.sidecars.append(proc)
             key = (ns, pod_name, container["name"])
@@ -160,6 +173,7 @@ class Kubelet:
         token_env, token_binds = self.account(spec, container)
         env.update(token_env)
         command = (container.get("command") or []) + (container.get("args") or [])
+        cwd = self.image(container, env)
         sandbox = None
         if self.as_users:
             from kubelet_sandbox import PodSandbox
@@ -171,12 +185,12 @@ class Kubelet:
                 return self._waiting(ns, pod_name, container, "ContainerCreating", str(exc))
             if not any(e.get("name") == "HOME" for e in container.get("env") or []):
                 env["HOME"] = "/"  # a user the image's /etc/passwd does not name, as the runtime sets it
-            command = sandbox.command(container, command, env, self.cwd, (*self.binds, *token_binds))
+            command = sandbox.command(container, command, env, cwd, (*self.binds, *token_binds))
             env = {}
         sidecars = self._sidecars(ns, pod_name, spec, sandbox)
         self.api.set_status("Pod", ns, pod_name, {"phase": "Running", "startTime": _now()}, "kubelet")
         try:
-            proc = subprocess.Popen(command, env=env, cwd=self.cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, text=True, errors="replace", start_new_session=True)
         except OSError as exc:  # the container could not start: the pod fails with the reason
             self.api.pod_logs[(ns, pod_name)] = f"{exc}\n"

@@ -168,13 +168,13 @@ class NodeKubelet(Kubelet):
     def __init__(self, plane: ControlPlane, name: str, cwd: str, capacity: dict[str, str] | None = None,
                  labels: dict[str, str] | None = None, taints: list[dict] | None = None,
                  overrides: dict[str, str] | None = None, binds: tuple[str, ...] = (), runs: Any = None,
-                 network: Any = None, starts: Any = None):
+                 network: Any = None, starts: Any = None, images: dict[str, str] | None = None):
         """`runs(pod)`: whether this node runs a pod bound to it (default: every one); the others stay
         ContainerCreating, as on a node still pulling their images, but those `starts(pod)` says it started: they
         are reported Running and ready, as a node reports a container whose image it had and whose process runs
         (nothing runs here: what such a test checks is the controllers' and clients' side of a rollout). `network` (tests/pod_network.py's
         PodNetwork): each pod an address of its own, readiness probes and preStop hooks; without it every
-        pod is 127.0.0.1 and ready while it runs."""
+        pod is 127.0.0.1 and ready while it runs. `images`: tests/kubelet.py's (another release's images)."""
         self.plane, self.name, self.runs, self.network = plane, name, runs or (lambda pod: True), network
         self.starts = starts or (lambda pod: False)
         self.node_api = RealApi(plane.url, plane.ssl_context(f"system:node:{name}", ("system:nodes",)))
@@ -188,7 +188,7 @@ class NodeKubelet(Kubelet):
         # the API where a pod's in-cluster client looks for it (no kube-proxy here: the server itself)
         service = {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": plane.url.rsplit(":", 1)[1]}
         super().__init__(self.node_api, cwd, {**service, **(overrides or {})}, as_users=True,  # type: ignore[arg-type]
-                         binds=binds)
+                         binds=binds, images=images)
 
     # -- the Node -----------------------------------------------------------------------------------------
 

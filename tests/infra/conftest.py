@@ -255,7 +255,15 @@ class PlatformNodes:
 
 
 @pytest.fixture
-def platform_nodes(control_plane, cluster_stores, stack, tmp_path, monkeypatch):
+def platform_as_made() -> dict:
+    """What a test module changes of `platform_nodes` (it overrides this fixture): `images`, the nodes' images of
+    another release (tests/kubelet.py); `catalog_url`, the catalog the namespace's settings name (the cluster's
+    shared one otherwise)."""
+    return {}
+
+
+@pytest.fixture
+def platform_nodes(control_plane, cluster_stores, stack, tmp_path, monkeypatch, platform_as_made):
     """The platform's namespace `mlyard` (where the pools' Jobs run) on two nodes with a pod network
     (tests/pod_network.py), as a cluster's platform and its runs share nodes: the install's ConfigMap and
     Secrets naming the cluster's stores, the test stack's Prefect and the gateway's Service (its kube-proxy
@@ -271,14 +279,17 @@ def platform_nodes(control_plane, cluster_stores, stack, tmp_path, monkeypatch):
     prefect, gateway_port = os.environ["PREFECT_API_URL"], free_port()
     cluster_stores.namespace(api, NS, {"PREFECT_API_URL": prefect, "MLYARD_PREFECT_API_URL": prefect,
                                        "MLYARD_GATEWAY_URL": f"http://127.0.0.1:{gateway_port}"},
-                             {"mlyard-prefect": {"auth-string": stack.prefect_auth_string or "none"}})
+                             {"mlyard-prefect": {"auth-string": stack.prefect_auth_string or "none"},
+                              "mlyard-settings": {"mlyard_catalog_url": platform_as_made.get(
+                                  "catalog_url", cluster_stores.catalog_url), **cluster_stores.secret_settings}})
     for doc in yaml.safe_load_all((ROOT / "infra" / "k8s" / "base" / "flow-runs.yaml").read_text()):
         api.create(doc["kind"], doc["apiVersion"], NS, doc)
     for key, value in cluster_stores.env().items():
         monkeypatch.setenv(key, value)
     provisioner = Provisioner(api)
     tag = tmp_path.name[-12:].strip("_-").lower().replace("_", "-")
-    nodes = [NodeKubelet(control_plane, f"{side}-{tag}", str(ROOT), network=PodNetwork()) for side in ("east", "west")]
+    nodes = [NodeKubelet(control_plane, f"{side}-{tag}", str(ROOT), network=PodNetwork(),
+                         images=platform_as_made.get("images")) for side in ("east", "west")]
     gateway = ServiceProxy(api, NS, "gateway", address=("127.0.0.1", gateway_port))
     kubeconfig = control_plane.kubeconfig(path=tmp_path / "kubeconfig", namespace=NS)
     worker, log, began = _start_worker(kubeconfig, tmp_path, cluster_stores, "kube-cpu", pool="cpu")
