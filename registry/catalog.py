@@ -142,7 +142,9 @@ class Catalog:
             return alembic_revision(conn)
 
     def upgrade(self, revision: str = "head") -> tuple[str | None, str | None]:
-        """Migrate to `revision` (once, whoever else migrates at the same time); (before, after)."""
+        """Migrate to `revision` (once, whoever else migrates at the same time); (before, after). A schema
+        newer than this release's (a rollback's migration Job, after the next release migrated) is left as it
+        is when this release runs on it, and refused (SchemaMismatch, `check`'s line) when it does not."""
         from alembic import command
         from alembic.config import Config
 
@@ -150,6 +152,9 @@ class Catalog:
         cfg.set_main_option("script_location", str(MIGRATIONS))
         with migration_lock(self.engine, MIGRATION_LOCK), self.engine.begin() as conn:
             before = alembic_revision(conn)
+            if before is not None and before.isdigit() and int(before) > int(HEAD):
+                self.check()
+                return before, before
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
             after = alembic_revision(conn)

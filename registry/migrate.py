@@ -53,11 +53,15 @@ def _said(name: str, before: str | None, after: str | None) -> str:
 
 
 def migrate_catalog(url: str) -> str:
+    from mlyard.registry.catalog import HEAD
+
     catalog = Catalog(url, upgrade=False)
     try:
         before, after = catalog.upgrade()
     finally:
         catalog.dispose()
+    if after and after.isdigit() and int(after) > int(HEAD):  # a rollback to this release: the schema stays
+        return f"catalog: at {after}, newer than this release's {HEAD}, which runs on it: nothing to do"
     return _said("catalog", before, after)
 
 

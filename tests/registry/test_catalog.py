@@ -174,6 +174,26 @@ def test_a_newer_schema_runs_this_release_only_when_its_stamp_says_so(tmp_path):
     assert "this mlyard" in said and f"is at schema {HEAD}" in said and "\n" not in said
 
 
+def test_a_rollbacks_migration_leaves_a_newer_schema_it_runs_on_and_refuses_one_it_does_not(tmp_path):
+    """The previous release's migration Job, run again by a rollback (`mlyard k8s apply` of its images) after
+    this one migrated: nothing to do on an expand-only schema; one line, and nothing changed, on another."""
+    from mlyard.core.errors import SchemaMismatch
+    from mlyard.registry.catalog import HEAD, Catalog
+    from mlyard.registry.migrate import migrate_catalog
+
+    newer = f"{int(HEAD) + 1:04d}"
+    tolerated, refused = f"sqlite:///{tmp_path / 'expand.db'}", f"sqlite:///{tmp_path / 'contract.db'}"
+    _at(tolerated, newer, compatible_from=HEAD)
+    assert migrate_catalog(tolerated) == (f"catalog: at {newer}, newer than this release's {HEAD}, which runs on "
+                                          "it: nothing to do")
+    assert Catalog(tolerated, upgrade=False).revision() == newer
+    _at(refused, newer, compatible_from=newer)
+    with pytest.raises(SchemaMismatch) as mismatch:
+        migrate_catalog(refused)
+    assert f"at schema {newer}, which runs code of schema {newer} or newer" in str(mismatch.value)
+    assert Catalog(refused, upgrade=False).revision() == newer
+
+
 def test_a_migrations_floor_follows_expand_only_migrations_down(tmp_path, monkeypatch):
     from mlyard.registry import catalog
 
