@@ -60,7 +60,7 @@ def with_components(overlay: str, namespace: str, components: list[str]) -> list
 
 def render(values: ClusterValues) -> list[dict[str, Any]]:
     """Every object of the install, in the order to apply them."""
-    from mlyard.tasks import cluster_connections, cluster_monitoring
+    from mlyard.tasks import cluster_connections, cluster_monitoring, cluster_release
 
     components = [c for c, on in (("sign-in", values.sign_in), ("monitoring", values.monitoring.enabled)) if on]
     objs = with_components(values.overlay, values.namespace, components) if components else kustomize(
@@ -68,6 +68,7 @@ def render(values: ClusterValues) -> list[dict[str, Any]]:
     secret_names = {default: getattr(values.secrets, field) for default, field in DEFAULT_SECRETS.items()}
     out = cluster_monitoring.customize([_customize(obj, values, secret_names) for obj in objs], values)
     cluster_connections.check(cluster_connections.customize(out, values), values)
+    out += cluster_release.jobs(values, next(o for o in out if o["kind"] == "Job" and o["metadata"]["name"] == MIGRATION_JOB))
     if values.kueue_queue:  # the opt-in component's queues (Kueue must be installed), the queue in the ConfigMap
         queues = [d for d in yaml.safe_load_all((K8S / "components" / "kueue" / "queues.yaml").read_text()) if d]
         gpu = values.gpu  # the pool's quota: its nodes' GPUs, CPUs and memory (as quantities: _quantity)

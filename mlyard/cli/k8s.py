@@ -89,13 +89,14 @@ def apply(values: Optional[Path] = VALUES,
                                      "no longer render (listed in the ConfigMap mlyard-install)."),
           as_json: bool = JSON) -> None:
     """Apply the install with server-side apply (field manager `mlyard`); a second apply changes nothing.
-    The Secrets it names must exist first (infra/README.md lists their keys). The migration Job runs (again
+    The Secrets it names must exist first (infra/README.md lists their keys). A Job per image checks that each
+    carries this mlyard's release; one that does not (or cannot be pulled) stops the apply, naming it. The migration Job runs (again
     when the image changed) and is waited for before the Deployments; what it did is printed. With
     --prefect-api-url, register the pools, deployments and crash automation on that Prefect too. A replica count
     another manager set (an HPA, `kubectl scale`) is left as it is, and said. Then it waits for the rollouts:
     exit 2 if one has not finished within --wait-seconds, naming it and what its pods wait for."""
     from mlyard.core.errors import StackError
-    from mlyard.tasks import cluster
+    from mlyard.tasks import cluster, cluster_release
     from mlyard.tasks.cluster_apply import apply as applied
     from mlyard.tasks.cluster_apply import delete as deleted
     from mlyard.tasks.cluster_apply import inventory, left_over, record, ref_of, rollouts, wait_for_job
@@ -112,9 +113,15 @@ def apply(values: Optional[Path] = VALUES,
         if problems:
             raise StackError(f"namespace {vals.namespace} lacks what the pods need: {'; '.join(problems)}: create "
                              "them first (infra/README.md lists their keys); nothing else was applied")
-        # the schemas first (the migration Job, after the databases' own objects), then the Deployments that use
-        # them: a failed migration leaves the running release as it was
-        rest = [o for o in objs if o["kind"] != "Namespace"]
+        # every image's release first (nothing else moves if one is another release's), then the schemas (the
+        # migration Job, after the databases' own objects), then the Deployments that use them: a failed
+        # migration leaves the running release as it was
+        checks = [o for o in objs if o["metadata"].get("labels", {}).get("app.kubernetes.io/name") == cluster_release.NAME]
+        done += [a.__dict__ for a in applied(checks, dyn)]
+        said = cluster_release.waited(dyn, vals.namespace, checks, wait_seconds, wait_for_job)
+        if not as_json:
+            out.print(said, highlight=False)
+        rest = [o for o in objs if o["kind"] != "Namespace" and o not in checks]
         if vals.monitoring.enabled:  # the ServiceMonitors' scrape-only credential, derived from the internal one
             from mlyard.tasks.cluster_monitoring import metrics_secret
 

@@ -155,8 +155,19 @@ NODES = iter(range(1, 1000))
 UNPULLED = "registry.example/team/mlyard:9.9.9"  # an image the cluster's node cannot pull
 
 
+OTHER_RELEASE = "mlyard-serving:0.0.9"  # a serving image of another release: the nodes run `other_release` for it
+
+
+@pytest.fixture(scope="module")
+def other_release(tmp_path_factory):
+    """This checkout as an image of release 0.0.9 holds it (tests/releases.py)."""
+    from releases import release_tree
+
+    return release_tree(tmp_path_factory.mktemp("other-release"), "HEAD", release="0.0.9")
+
+
 @pytest.fixture
-def cluster(tmp_path, control_plane):
+def cluster(tmp_path, control_plane, other_release):
     """The control plane with a node whose kubelet runs the Jobs' pods here as their users, with their volumes
     and read-only roots (tests/kubelet_sandbox.py); it reports the Deployments' pods started and ready (their
     processes do not run here), but those of an image it cannot pull (UNPULLED), which stay ContainerCreating. The migration Job's databases are SQLite files in a folder of the
@@ -170,7 +181,8 @@ def cluster(tmp_path, control_plane):
     name = f"install-{next(NODES)}"
     node = NodeKubelet(control_plane, name, str(ROOT), binds=(str(databases),), runs=lambda pod: any(
         o["kind"] == "Job" for o in pod["metadata"].get("ownerReferences") or []), capacity={"cpu": "32", "memory": "128Gi"},
-        starts=lambda pod: all(c["image"] != UNPULLED for c in pod["spec"]["containers"]))
+        starts=lambda pod: all(c["image"] != UNPULLED for c in pod["spec"]["containers"]),
+        images={OTHER_RELEASE: str(other_release)})
     try:
         yield api, kubeconfig
     finally:
@@ -254,10 +266,39 @@ def test_apply_needs_the_secrets_then_applies_everything_and_a_second_apply_chan
     assert {r["outcome"] for r in json.loads(third.stdout)} == {"unchanged"}
     assert api.versions("ml-platform") == rv, "a second apply changed nothing"
 
+    assert {r["name"] for r in rows if r["name"].startswith("mlyard-release-")} == {
+        "mlyard-release-image", "mlyard-release-training-cpu", "mlyard-release-training-cuda", "mlyard-release-serving",
+        "mlyard-release-notebook"}, "a Job per image of mlyard's, each run in its image"
+    assert kinds.index("Job") < rows.index(next(r for r in rows if r["name"] == "mlyard-migrate"))
     gateway = api.get("Deployment", "ml-platform", "gateway")
     assert gateway["spec"]["replicas"] == 4
     assert api.owner_of("Deployment", "ml-platform", "gateway", "spec", "replicas") == ["mlyard"]
     assert [m["operation"] for m in gateway["metadata"]["managedFields"] if m["manager"] == "mlyard"] == ["Apply"]
+
+
+def test_an_image_of_another_release_stops_the_apply_before_any_schema_or_rollout(tmp_path, values_file, cluster):
+    """The serving image of 0.0.9 beside manifests of this release: its check Job says so, and the apply stops
+    in one line naming the field and both releases before the migration Job or any workload is made."""
+    from mlyard.core.names import RELEASE
+
+    api, kubeconfig = cluster
+    for name in ("pf", "mf", "ms", "regcred"):
+        _secret(api, "ml-platform", name, tmp_path)
+    values = yaml.safe_load(values_file.read_text())
+    values.setdefault("images", {})["serving"] = OTHER_RELEASE
+    values_file.write_text(yaml.safe_dump(values))
+    refused = mlyard("k8s", "apply", "-f", str(values_file), "--kubeconfig", str(kubeconfig), cwd=tmp_path)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stdout + refused.stderr
+    assert (f"images.serving carries mlyard 0.0.9, and the install's manifests are mlyard {RELEASE}'s: set "
+            f"images.serving to mlyard {RELEASE}'s image") in refused.stderr and "nothing else was applied" in refused.stderr
+    made = api.made("ml-platform")
+    assert not [o for o in made if o[0] in ("Deployment", "StatefulSet") or o == ("Job", "mlyard-migrate")], made
+
+    values["images"]["serving"] = f"mlyard-serving:{RELEASE}"
+    values_file.write_text(yaml.safe_dump(values))
+    applied = mlyard("k8s", "apply", "-f", str(values_file), "--kubeconfig", str(kubeconfig), cwd=tmp_path)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert f"images: 5 carry mlyard {RELEASE}" in applied.stdout
 
 
 def test_sign_in_puts_every_ui_behind_oauth2_proxy_once_its_secret_is_there(tmp_path, cluster):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -31,9 +30,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from kube_cluster import NS, ROOT, final
+from kube_cluster import NS, final
 from pod_moves import INFER, Load, Model, inferences, pods, settled, wait
 from pod_network import ServiceProxy
+from releases import release_tree
 
 PREVIOUS = "a3fc4c6"  # main as CI last passed it before the skew window's test: release N-1
 PREVIOUS_IMAGE = "mlyard:previous"
@@ -42,25 +42,8 @@ PARTS = ("gateway", "mlyard-api")
 
 @pytest.fixture(scope="module")
 def previous(tmp_path_factory) -> Path:
-    """Release N-1 as its image holds it: its checkout, and `.venv`, a Python whose `mlyard` is that checkout's
-    and whose other packages are this environment's."""
-    tree = tmp_path_factory.mktemp("previous-release")
-    tree.chmod(0o755)
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", PREVIOUS], capture_output=True)
-    if archive.returncode != 0:
-        pytest.fail(f"release N-1 ({PREVIOUS}) is not in this clone ({archive.stderr.decode().strip()}): the upgrade "
-                    "test needs the history (git fetch --unshallow)")
-    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tree / ".venv")], check=True)
-    ours = next(p for p in sys.path if p.endswith("site-packages") and Path(p, "prefect").is_dir())
-    site = next((tree / ".venv" / "lib").glob("python3*/site-packages"))
-    # the checkout first; then this environment's packages, its .pth files read (the editable mlyard's comes
-    # after N-1's, so N-1's `mlyard` is the one imported)
-    (site / "00-release.pth").write_text(f"{tree}\nimport site; site.addsitedir({ours!r})\n")
-    for folder in [tree, *tree.rglob("*")]:
-        if folder.is_dir():
-            folder.chmod(0o755)
-    return tree
+    """Release N-1 as its image holds it (tests/releases.py)."""
+    return release_tree(tmp_path_factory.mktemp("previous-release"), PREVIOUS)
 
 
 def _in_previous(tree: Path, script: str, **env: str) -> str:
