@@ -118,9 +118,9 @@ def apply(values: Optional[Path] = VALUES,
         # migration leaves the running release as it was
         checks = [o for o in objs if o["metadata"].get("labels", {}).get("app.kubernetes.io/name") == cluster_release.NAME]
         done += [a.__dict__ for a in applied(checks, dyn)]
-        said = cluster_release.waited(dyn, vals.namespace, checks, wait_seconds, wait_for_job)
+        released = cluster_release.waited(dyn, vals.namespace, checks, wait_seconds, wait_for_job)
         if not as_json:
-            out.print(said, highlight=False)
+            out.print(released, highlight=False)
         rest = [o for o in objs if o["kind"] != "Namespace" and o not in checks]
         if vals.monitoring.enabled:  # the ServiceMonitors' scrape-only credential, derived from the internal one
             from mlyard.tasks.cluster_monitoring import metrics_secret
@@ -139,13 +139,13 @@ def apply(values: Optional[Path] = VALUES,
                 for line in said:
                     out.print(f"migrations: {line}", highlight=False)
         done += [a.__dict__ for a in applied([o for o in rest if o["kind"] == "Deployment"], dyn)]
-        stale = left_over(namespaces + rest, inventory(dyn, vals.namespace))
+        stale = left_over(namespaces + checks + rest, inventory(dyn, vals.namespace))
         if prune:
             done += [a.__dict__ for a in deleted(dyn, stale)]
         elif stale and not as_json:
             out.print(f"{len(stale)} object(s) an earlier apply made are no longer in the values' install: "
                       f"{', '.join(r['kind'] + ' ' + r['name'] for r in stale)}; `--prune` deletes them", highlight=False)
-        record(dyn, vals.namespace, [ref_of(o) for o in namespaces + rest] + ([] if prune else stale))
+        record(dyn, vals.namespace, [ref_of(o) for o in namespaces + checks + rest] + ([] if prune else stale))
         if prefect_api_url:
             from mlyard.prefect_cluster import register_on_cluster
 

@@ -82,8 +82,12 @@ def test_every_image_and_pull_secret_comes_from_the_values(tmp_path):
     assert out.returncode == 0, out.stderr
     pods = {o["metadata"]["name"]: o["spec"]["template"]["spec"] for o in yaml.safe_load_all(out.stdout)
             if o and o["kind"] in ("Deployment", "StatefulSet", "Job")}
-    images = {c["image"] for pod in pods.values() for c in [*pod.get("initContainers", []), *pod["containers"]]}
+    images = {c["image"] for name, pod in pods.items() for c in [*pod.get("initContainers", []), *pod["containers"]]
+              if not name.startswith("mlyard-release-")}
     assert images == {"registry.example/team/mlyard:1.2.3", *mirror.values()}, images
+    checked = {pod["containers"][0]["image"] for name, pod in pods.items() if name.startswith("mlyard-release-")}
+    assert checked == {"registry.example/team/mlyard:1.2.3", *VALUES["images"].values(), "mlyard-training:0.1.0-cpu",
+                       "mlyard-notebook:0.1.0"}, "each of mlyard's images checked for its release"
     assert {name for name, pod in pods.items() if pod.get("imagePullSecrets") != [{"name": "regcred"}]} == set()
 
 
@@ -515,7 +519,8 @@ def test_apply_migrates_the_previous_releases_catalog_once_and_a_new_image_runs_
     values_file.write_text(yaml.safe_dump({**VALUES, "image": "registry.example/team/mlyard:1.2.4"}))
     again = apply().stdout
     assert f"migrations: catalog: at {HEAD} already, nothing to do" in again, again
-    assert "1 replaced" in again and api.get("Job", "ml-platform", "mlyard-migrate")["spec"]["template"]["spec"][
+    # the migration Job and the platform image's release check run anew
+    assert "2 replaced" in again and api.get("Job", "ml-platform", "mlyard-migrate")["spec"]["template"]["spec"][
         "containers"][0]["image"] == "registry.example/team/mlyard:1.2.4"
 
     api.delete(("Secret", "ml-platform", "ms"))  # the catalog's URL now names a database no one serves
