@@ -257,3 +257,17 @@ def test_the_notebook_image_starts_jupyterlab_as_its_user(images, tmp_path, star
         body = _healthy(f"http://127.0.0.1:{port}/api/status", proc, log, headers={"Authorization": f"token {token}"})
         assert "started" in json.loads(body)
         assert _get(f"http://127.0.0.1:{port}/api/contents")[0] in (401, 403), "no token, no notebook"
+
+
+@pytest.mark.parametrize("target", ["platform", "serving", "training-cpu", "training-cuda", "notebook"])
+def test_each_image_carries_this_release_as_its_check_job_asks_it(images, target):
+    """What `mlyard k8s apply`'s Job for the image runs (tasks/cluster_release.py), as its user on a read-only
+    root: this checkout's release, said; another one refused with exit 3."""
+    from mlyard.core.names import RELEASE
+
+    with Container(images[target]) as box:
+        command = ["python", "-m", "mlyard.tasks.cluster_release"]
+        out = box.run(command, {"MLYARD_RELEASE": RELEASE, "MLYARD_IMAGE_FIELD": target})
+        assert out.returncode == 0 and out.stdout.strip() == f"release: {target} carries mlyard {RELEASE}", out
+        other = box.run(command, {"MLYARD_RELEASE": "9.9.9", "MLYARD_IMAGE_FIELD": target})
+        assert other.returncode == 3 and "the install's manifests are mlyard 9.9.9's" in other.stdout, other
