@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -26,6 +27,7 @@ from mlyard.core.specs.pipeline import PipelineRunSpec
 from mlyard.flows.platform import Platform
 from mlyard.registry.pipelines import Pipelines
 from mlyard.tasks.orchestration import cancel_watch, run_name, stopped_on_interrupt
+from mlyard.tasks.pipeline_storage import Keeping, kept_at
 from mlyard.tasks.pipelines import fail, finish, prepare, run_local
 
 
@@ -49,8 +51,20 @@ def pipeline_run(spec: PipelineRunSpec) -> PipelineRunResult:
     run_dir = p.settings.pipeline_runs_dir / run_id
 
     # 1. Prepare: everything that can be checked before a step runs.
-    prepare(Pipelines(p.catalog), spec, run_dir, local)
+    pipelines = Pipelines(p.catalog)
+    prepare(pipelines, spec, run_dir, local)
+    keeping = Keeping(p.storage, run_dir, kept_at(p.settings, pipelines.get(spec.pipeline).project, run_id), logger)
+    try:
+        result = _steps(p, spec, run_id, run_dir, local, logger)
+    finally:
+        keeping.close()  # the folder, outputs and all, where its readers find it (a pod's home goes with the pod)
+    if keeping.where is not None and isinstance(result, PipelineRunResult):  # what it made, where it is kept
+        outputs = [{**o, "path": f"{keeping.where}/{Path(o['path']).relative_to(run_dir)}"} for o in result.outputs]
+        result = result.model_copy(update={"run_dir": keeping.where, "outputs": outputs})
+    return result
 
+
+def _steps(p: Platform, spec: PipelineRunSpec, run_id: str, run_dir: Any, local: bool, logger: Any) -> PipelineRunResult:
     # 2. Run the steps.
     if local:
         env = {**os.environ}

@@ -21,7 +21,6 @@ made where the caller is, from the graph the platform answers.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -258,7 +257,7 @@ def show_run(run_id: str) -> dict[str, Any]:
     """A pipeline run: status (the console's, from Prefect's state), each step's state, its outputs."""
     from mlyard.core.links import links
     from mlyard.runs import get_run
-    from mlyard.tasks.pipelines import node_states, outputs, result
+    from mlyard.tasks.pipeline_storage import folder_view
 
     settings = connect()
     info = get_run(PIPELINE_RUN, run_id).as_dict()
@@ -267,11 +266,8 @@ def show_run(run_id: str) -> dict[str, Any]:
     if view["status"] == "COMPLETE IN PROGRESS" and _failing(run_id):
         view["status"] = "FAIL PIPELINE RUN IN PROGRESS"
     view["spec"] = info["spec"]
-    run_dir = settings.pipeline_runs_dir / run_id
-    view["run_dir"] = str(run_dir)
-    view["nodes"] = node_states(run_dir)
-    view["outputs"] = outputs(run_dir)
-    ended = result(run_dir)
+    view.update(folder_view(settings, info.get("project") or "default", run_id))  # here, or kept in storage
+    ended = view.pop("result")
     view["output_values"] = ended.get("outputs", {})
     if ended.get("reason"):
         view["reason"] = ended["reason"]
@@ -298,13 +294,15 @@ def run_graph(run_id: str, *, image: str | Path | None = None) -> dict[str, Any]
 def run_graph_view(run_id: str) -> dict[str, Any]:
     """The run's DAG as `run_graph` answers it (undrawn), with the title of its drawing."""
     from mlyard.tasks import kfp
+    from mlyard.tasks.pipeline_storage import pipeline_text
+    from mlyard.tasks.storage import Storage
 
     view = show_run(run_id)
-    text_path = Path(view["run_dir"]) / "pipeline.yaml"
-    if not text_path.is_file():
+    text = pipeline_text(Storage(connect()), view["run_dir"])
+    if text is None:
         raise SpecError("pipeline run", run_id, "a run whose folder is kept (its outputs were removed after the "
                                                 "retention period, or it never started)")
-    p = kfp.load(text_path.read_text(), "pipeline run")
+    p = kfp.load(text, "pipeline run")
     g = kfp.graph(p)
     states = {name: n.get("state", "?") + (f" x{n['runs']}" if n.get("runs", 1) > 1 else "")
               for name, n in view["nodes"].items()}
@@ -323,6 +321,8 @@ def download(run_id: str, dest: str | Path, *, task: str | None = None) -> dict[
     member's are sent by the platform through the mlyard API, at most MAX_DOWNLOAD_BYTES at once)."""
     import base64
 
+    from mlyard.tasks.storage import Storage
+
     dest = Path(dest)
     copied = []
     member = member_api() is not None
@@ -332,8 +332,8 @@ def download(run_id: str, dest: str | Path, *, task: str | None = None) -> dict[
         target.parent.mkdir(parents=True, exist_ok=True)
         if member:
             target.write_bytes(base64.b64decode(o["data"]))
-        else:
-            shutil.copyfile(o["path"], target)
+        else:  # a file here, or one kept in the project's storage (a cluster's run: tasks/pipeline_storage.py)
+            target.write_bytes(Storage(connect()).read_bytes(o["path"]))
         copied.append(str(target))
     return {"pipeline_run_id": view["id"], "copied": copied}
 
@@ -350,14 +350,16 @@ def output_files(run_id: str, task: str | None = None) -> dict[str, Any]:
     """A run's outputs (of one step, with `task`) with their bytes, base64: what a member's download writes."""
     import base64
 
+    from mlyard.tasks.storage import Storage
+
     view = show_run(run_id)
     files = _outputs_of(view, task)
-    size = sum(Path(o["path"]).stat().st_size for o in files)
+    size = sum(o["bytes"] for o in files)
     if size > MAX_DOWNLOAD_BYTES:
         raise SpecError("--task", task or "(all)", f"outputs of at most {MAX_DOWNLOAD_BYTES >> 20} MiB at once (these are "
                         f"{size >> 20} MiB): download one step's with --task")
     return {"id": view["id"], "files": [
-        {"task": o["task"], "name": o["name"], "data": base64.b64encode(Path(o["path"]).read_bytes()).decode()}
+        {"task": o["task"], "name": o["name"], "data": base64.b64encode(Storage(connect()).read_bytes(o["path"])).decode()}
         for o in files]}
 
 
@@ -385,6 +387,7 @@ def delete_run(run_id: str) -> dict[str, Any]:
     it runs)."""
     from mlyard.core.errors import StillRunning
     from mlyard.runs import ACTIVE_STATUSES, delete_flow_runs
+    from mlyard.tasks.pipeline_storage import forget
 
     view = show_run(run_id)
     run_id = view["id"]
@@ -392,5 +395,5 @@ def delete_run(run_id: str) -> dict[str, Any]:
     if view["status"] in ACTIVE_STATUSES or view["status"].endswith("IN PROGRESS"):
         raise StillRunning("pipeline run", run_id, view["status"], f"mlyard pipeline-runs stop {run_id}")
     delete_flow_runs([run_id])
-    shutil.rmtree(view["run_dir"], ignore_errors=True)
+    forget(connect(), view["run_dir"])
     return {"deleted": run_id}

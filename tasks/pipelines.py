@@ -106,22 +106,13 @@ def result(run_dir: Path) -> dict[str, Any]:
 
 def outputs(run_dir: Path) -> list[dict[str, Any]]:
     """Every file a task wrote: its task (loop iterations as task[i]), name, path and size."""
+    from mlyard.tasks.pipeline_storage import step_outputs
+
     root = run_dir / "outputs"
-    found = []
     if not root.is_dir():
-        return found
-    for f in sorted(root.rglob("*")):
-        if not f.is_file() or f.name == "executor_output.json":
-            continue
-        rel = f.relative_to(root).parts[1:]  # below the kfp.local run folder
-        if len(rel) < 2:
-            continue
-        where = list(rel[:-1])
-        task_name = where[-1]
-        iteration = next((p.rsplit("-iteration-", 1)[1] for p in where if "-iteration-" in p), None)
-        found.append({"task": task_name + (f"[{iteration}]" if iteration is not None else ""), "name": f.name,
-                      "path": str(f), "bytes": f.stat().st_size})
-    return found
+        return []
+    return step_outputs([(str(f.relative_to(root)), f.stat().st_size, str(f)) for f in sorted(root.rglob("*"))
+                         if f.is_file()])
 
 
 @task(name=TASK_FINISH_PIPELINE, cache_policy=NO_CACHE)

@@ -40,6 +40,11 @@ class ClusterStores:
     internal_token: str = INTERNAL_TOKEN
 
     @property
+    def projects_uri(self) -> str:
+        """The projects' storage of the install (values.projects_uri): a prefix of the cluster's bucket."""
+        return f"s3://{BUCKET}/projects"
+
+    @property
     def secret_settings(self) -> dict[str, str]:
         """The platform's storage settings and its internal credential, as the mlyard-settings Secret holds
         them (lowercase files)."""
@@ -75,6 +80,7 @@ class ClusterStores:
             "pod-security.kubernetes.io/enforce": "restricted"}}})
         api.create("ConfigMap", "v1", ns, {"metadata": {"name": "mlyard-config"}, "data": {
             "MLYARD_MLFLOW_TRACKING_URI": self.mlflow_uri, "MLYARD_KUBE_NAMESPACE": ns,
+            "MLYARD_PROJECTS_URI": self.projects_uri,
             "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", **(config or {})}})
         made = {"mlyard-settings": {"mlyard_catalog_url": self.catalog_url, **self.secret_settings}, **(secrets or {})}
         for name, data in made.items():

@@ -16,6 +16,7 @@ runtime_images:                    # optional: a runtime variant's engine image 
   vllm: registry.example/vllm-openai:v0.11.0
 image_pull_secrets: [regcred]      # optional: Secrets of type kubernetes.io/dockerconfigjson
 storage_class: null                # StorageClass of runs' data storage and the dev PostgreSQL (null: the default)
+projects_uri: s3://ml-bucket/projects  # the projects' storage: uploads, outputs, pipeline runs' folders
 gateway_replicas: 2
 secrets:                           # the Secrets the manifests name (create them first; never in these files)
   prefect: mlyard-prefect          # keys database-url, auth-string
@@ -158,6 +159,10 @@ class ClusterValues(SpecModel):
     storage_class: str | None = Field(default=None, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=253,
                                       description="StorageClass of the runs' data storage and the dev PostgreSQL's "
                                       "claim. Unset: the cluster's default one (a claim stays Pending without it).")
+    projects_uri: str = Field(default="s3://mlyard/projects", pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/\S*)?$",
+                              description="The projects' storage (MLYARD_PROJECTS_URI): each project's uploads, run "
+                              "outputs and pipeline runs' folders under <projects_uri>/<project>/, in a bucket the "
+                              "settings Secret's S3 credentials reach. A pod's own home goes with the pod.")
     gateway_replicas: int = Field(default=2, ge=2, le=100, description="Gateway replicas (at least 2).")
     secrets: ClusterSecrets = Field(default_factory=ClusterSecrets)
     gpu: GpuNodes = Field(default_factory=GpuNodes)
