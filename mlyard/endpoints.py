@@ -383,8 +383,14 @@ def gateway_stats(settings: Any, endpoint: str, *, since: str | float | None = "
 
 def logs(endpoint: str, tail: int = 20) -> list[dict[str, Any]]:
     """The last inference log records of an endpoint (the seed's fields)."""
+    from mlyard.core.settings import in_kubernetes_pod
     from mlyard.serving.inference_log import tail as last
 
     settings = connect()
     endpoint_registry().get(endpoint)
+    if in_kubernetes_pod():  # an API pod: the stage pods print them (tasks/logpods.py)
+        from mlyard.tasks.kubernetes import cluster_client
+        from mlyard.tasks.logpods import endpoint_records
+
+        return endpoint_records(cluster_client("endpoint logs", "kubernetes"), settings.kube_namespace, endpoint, tail)
     return last(settings.home_dir / "endpoints" / "logs" / f"{endpoint}.jsonl", tail)

@@ -78,7 +78,8 @@ def render_stage(view: dict[str, Any], stage: str, *, image: str = DEFAULT_IMAGE
             "name": name, "namespace": namespace, "labels": labels, "selector": selector, "resource": res,
             "image": image, "port": PORT,
             "args": ["mlyard", "serve", f"models:/{model_name}/{version}", "--host", "0.0.0.0", "--port", str(PORT),
-                     "--name", model_name, *[a for k, v in params.items() for a in ("--param", f"{k}={v}")],
+                     "--name", model_name, "--inference-log", "-",  # a record per request in the pod's log
+                     *[a for k, v in params.items() for a in ("--param", f"{k}={v}")],
                      *body_limit_args(view.get("max_request_bytes"), Settings().max_request_bytes)],
             "env": [{"name": k, "value": v} for k, v in {
                 **param_environ(params), "MLYARD_ENDPOINT_ID": view["name"], "MLYARD_ENDPOINT_STAGE_ID": stage}.items()]

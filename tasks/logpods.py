@@ -108,6 +108,42 @@ class PodLogs:
         return len(lines)
 
 
+STAGE_LABEL = "mlyard.io/endpoint"  # tasks/kubernetes.py labels an endpoint's stage pods so
+STAGE_CONTAINER = "model-server"  # infra/endpoint/deployment.yaml.j2's serving container
+
+
+def endpoint_records(api_client: Any, namespace: str, endpoint: str, tail: int) -> list[dict[str, Any]]:
+    """`mlyard endpoints logs` on a cluster: the last `tail` inference records of `endpoint`, oldest first, as its
+    stage pods print them (`mlyard serve --inference-log -`, a record per request) in their serving container's
+    log, read through `pods/log`. What a pod printed goes with it (kubelet keeps a pod's log while it exists)."""
+    import kubernetes.client
+    from kubernetes.client.exceptions import ApiException
+
+    core = kubernetes.client.CoreV1Api(api_client)
+    found: list[dict[str, Any]] = []
+    for pod in core.list_namespaced_pod(namespace, label_selector=f"{STAGE_LABEL}={endpoint}").items:
+        if not pod.status or pod.status.phase in (None, "Pending"):
+            continue
+        try:  # its last lines: the records among the server's other lines
+            text = core.read_namespaced_pod_log(pod.metadata.name, namespace, container=STAGE_CONTAINER,
+                                                tail_lines=tail * 4 + 100, _preload_content=False).data.decode(
+                                                    errors="replace")
+        except ApiException as exc:
+            if exc.status in (400, 404):
+                continue
+            raise
+        for line in text.splitlines():
+            if not line.startswith("{"):
+                continue
+            try:
+                doc = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(doc, dict) and doc.get("category") == "mlyard.inference" and doc.get("endpointId") == endpoint:
+                found.append(doc)
+    return sorted(found, key=lambda d: str(d.get("time")))[-tail:] if tail else []
+
+
 def _moment(stamp: str) -> tuple[str, int]:
     """kubelet's RFC 3339 time of a line (its fraction's trailing zeros cut) as something that sorts."""
     whole, _, fraction = stamp.rstrip("Z").partition(".")

@@ -364,7 +364,7 @@ class NodeKubelet(Kubelet):
 
 def _log(api: Any, key: tuple[str, str], query: dict[str, list[str]]) -> str:
     """A container's log as kubelet serves it: each line after its RFC 3339 time with `timestamps=true`, only
-    those of the last `sinceSeconds` when asked."""
+    those of the last `sinceSeconds` when asked, then only the last `tailLines`."""
     lines = api.pod_logs.get(key, "").splitlines(keepends=True)
     times = api.pod_log_times.get(key, [])[:len(lines)]
     since = float(query["sinceSeconds"][0]) if "sinceSeconds" in query else None
@@ -376,7 +376,11 @@ def _log(api: Any, key: tuple[str, str], query: dict[str, list[str]]) -> str:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + f".{int(at % 1 * 1e9):09d}".rstrip("0") + "Z"
             line = f"{stamp.replace('.Z', 'Z')} {line}"
         out.append(line)
-    return "".join(out) if times or not lines else "".join(lines)
+    if not times and lines:
+        out = lines
+    if "tailLines" in query:
+        out = out[-int(query["tailLines"][0]):] if int(query["tailLines"][0]) else []
+    return "".join(out)
 
 
 def _field(pod: dict, path: str) -> str:

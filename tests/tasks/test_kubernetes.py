@@ -55,6 +55,8 @@ def test_a_stage_renders_to_valid_deployments_services_and_an_hpa(view):
         "app.kubernetes.io/name": "gateway"}}}], "ports": [{"protocol": "TCP", "port": "http"}]}]
     container = iris["spec"]["template"]["spec"]["containers"][0]
     assert container["args"][:3] == ["mlyard", "serve", "models:/iris/2"]
+    # a record per request in the pod's log, where `mlyard endpoints logs` reads them (tasks/logpods.py)
+    assert container["args"][container["args"].index("--inference-log") + 1] == "-"
     # a model is code: its server's container holds, of the platform, the replicas' credential alone; the
     # version's files come from an init container, the one that mounts the settings Secret (the artifacts' keys)
     (fetch,) = iris["spec"]["template"]["spec"]["initContainers"]
