@@ -210,6 +210,17 @@ def migration_databases() -> tuple[str | None, str | None]:
             or os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL") or None)
 
 
+def member_egress() -> list[dict]:
+    """The egress rules of the pods that run a member's code on a cluster (endpoint stages, notebooks): the install's
+    (MLYARD_MEMBER_EGRESS, its values' `network`), or the values' defaults."""
+    import json
+
+    from mlyard.core.specs.cluster import NetworkValues
+
+    said = os.environ.get("MLYARD_MEMBER_EGRESS")
+    return json.loads(said) if said else NetworkValues().member_egress()
+
+
 def metrics_folder() -> str | None:
     """Where prometheus_client's multiprocess mode keeps the counts of a server's workers
     (PROMETHEUS_MULTIPROC_DIR, as prometheus_client itself reads it)."""

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from mlyard.core.assets import infra
-from mlyard.core.environment import kubeconfig_path, runtime_images
+from mlyard.core.environment import kubeconfig_path, member_egress, runtime_images
 from mlyard.core.errors import SpecError
 from mlyard.core.names import param_environ
 from mlyard.core.settings import DEFAULT_IMAGE as SETTINGS_DEFAULT_IMAGE
@@ -101,6 +101,7 @@ def render_stage(view: dict[str, Any], stage: str, *, image: str = DEFAULT_IMAGE
             "pull_secrets": [{"name": n} for n in pull_secrets],
             "settings_secret": settings_secret,
             "settings_items": [{"key": k, "path": k} for k in REPLICA_SETTINGS],
+            "egress": member_egress(),  # a member's model: DNS, the internet, the storage; nothing of the cluster's
         }
         if (res.get("runtime") or {}).get("variant", "custom") != "custom":
             engine_pod(context, res["runtime"], f"models:/{model_name}/{version}", image)

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from mlyard.core.assets import infra
+from mlyard.core.environment import member_egress
 from mlyard.core.specs.notebook import INSTANCE_TYPES, NotebookSpec
 from mlyard.core.uris import parse_uri
 from mlyard.tasks.kubernetes import FIELD_MANAGER, LABEL, apply_object, read_object, validate
@@ -36,6 +37,9 @@ TOKEN_DIR = "/var/run/secrets/mlyard-notebook"
 def object_name(notebook_id: int) -> str:
     """The name of the notebook's objects: by id, so a renamed notebook keeps them (its name is a label)."""
     return f"notebook-{notebook_id}"
+
+
+PLATFORM_PORTS = {"mlyard-api": 8080, "gateway": 8080, "mlflow": 5000}  # what a notebook's kernel reaches of the platform
 
 
 def render(name: str, notebook_id: int, spec: NotebookSpec, image: str, token: str, *, namespace: str = "mlyard",
@@ -74,6 +78,9 @@ def render(name: str, notebook_id: int, spec: NotebookSpec, image: str, token: s
         "mounts": mounts, "volumes": volumes, "data_storage": f"{spec.data_storage_gb}Gi",
         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}] if kind.gpus else [],
         "pull_secrets": [{"name": n} for n in pull_secrets],
+        # a member's kernel: DNS, the internet, the storage, and the platform's API, gateway and MLflow
+        "egress": [*member_egress(), *({"to": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": part}}}],
+                                        "ports": [{"port": port, "protocol": "TCP"}]} for part, port in PLATFORM_PORTS.items())],
     }
     secret = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
               "metadata": {"name": f"{obj}-token", "namespace": namespace, "labels": labels},

@@ -144,6 +144,49 @@ class DatabaseConnections(SpecModel):
     run: int = Field(default=1, ge=1, le=1000, description="Each flow-run pod (the catalog).")
 
 
+# Addresses of the cluster and the cloud's network: pods, Services, nodes, the API server, databases, and the
+# metadata address (169.254.169.254, fd00:ec2::254). A member's model or kernel reaches none of them.
+INTERNAL = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "fc00::/7", "fe80::/10"]
+
+
+class NetworkValues(SpecModel):
+    model_config = ConfigDict(extra="forbid")
+
+    internal_cidrs: list[str] = Field(default_factory=lambda: list(INTERNAL), description="The cluster's and the "
+                                      "cloud network's own addresses (pods, Services, nodes, the API server, the "
+                                      "databases, the metadata address): endpoint stages' and notebooks' pods, which "
+                                      "run a member's code, reach none of them; the internet beyond, they do.")
+    storage_cidrs: list[str] = Field(default_factory=list, description="The object store's addresses when they are "
+                                     "internal (MinIO in the cluster, a private S3 endpoint): those pods reach these.")
+    dns_namespace: str = Field(default="kube-system", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63,
+                               description="Namespace of the cluster's DNS pods.")
+    dns_labels: dict[str, str] = Field(default_factory=lambda: {"k8s-app": "kube-dns"},
+                                       description="Labels of the cluster's DNS pods (CoreDNS keeps k8s-app: kube-dns).")
+
+    @model_validator(mode="after")
+    def _cidrs(self) -> "NetworkValues":
+        import ipaddress
+
+        for name in ("internal_cidrs", "storage_cidrs"):
+            for cidr in getattr(self, name):
+                try:
+                    ipaddress.ip_network(cidr)
+                except ValueError:
+                    raise ValueError(f"network.{name}: {cidr!r} is not a CIDR (e.g. 10.0.0.0/8)") from None
+        return self
+
+    def member_egress(self) -> list[dict]:
+        """The egress rules of a pod that runs a member's code (an endpoint stage's, a notebook's): DNS, the
+        internet less the internal addresses, and the storage's."""
+        v4 = [c for c in self.internal_cidrs if ":" not in c]
+        v6 = [c for c in self.internal_cidrs if ":" in c]
+        return [{"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": self.dns_namespace}},
+                         "podSelector": {"matchLabels": dict(self.dns_labels)}}],
+                 "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]},
+                {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": v4}}, {"ipBlock": {"cidr": "::/0", "except": v6}},
+                        *({"ipBlock": {"cidr": c}} for c in self.storage_cidrs)]}]
+
+
 class ClusterValues(SpecModel):
     """A platform install on a Kubernetes cluster."""
 
@@ -168,6 +211,7 @@ class ClusterValues(SpecModel):
     gpu: GpuNodes = Field(default_factory=GpuNodes)
     kueue_queue: str | None = Field(default=None, pattern=DNS_LABEL, description="LocalQueue of the gpu pool.")
     pool_concurrency: PoolLimits = Field(default_factory=PoolLimits)
+    network: NetworkValues = Field(default_factory=NetworkValues)
     sign_in: bool = Field(default=False, description="One OIDC sign-in in front of every UI (infra/k8s/components/"
                           "sign-in: oauth2-proxy; the Secret mlyard-oidc first).")
     monitoring: Monitoring = Field(default_factory=Monitoring)

@@ -194,7 +194,9 @@ def test_only_the_namespaces_pods_reach_the_platforms_services_but_the_gateway(o
         rule = policy["ingress"][0]
         assert rule["from"] == [{"podSelector": {}}], f"{service}: this namespace's pods only"
         assert [p["port"] for p in rule["ports"]] == [p["port"] for p in services[service]["spec"]["ports"]]
-    assert "gateway" not in policies
+    gateway = policies["gateway"]["spec"]  # open to all, on its port (the whole namespace is denied by default:
+    assert gateway["ingress"] == [{"ports": [{"port": 8080, "protocol": "TCP"}]}]  # tests/infra/test_network_policies.py)
+    assert policies["default-deny"]["spec"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
     budgets = {p["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] for p in _by(objs, "PodDisruptionBudget").values()}
     replicated = {d["metadata"]["name"] for d in _by(objs, "Deployment").values() if d["spec"].get("replicas", 1) > 1}
     assert replicated <= budgets, replicated - budgets

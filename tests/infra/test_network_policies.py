@@ -1,0 +1,89 @@
+"""The install's NetworkPolicies as a network plugin enforces them (tests/network_policy.py; issue 70 §5): the whole
+namespace denied by default; an endpoint stage's and a notebook's pods, which run a member's model or kernel,
+reach DNS, the internet and the storage the values name, and never the cluster's API, the metadata address, the
+databases or the platform's services (a notebook's kernel: the platform's API, gateway and MLflow too); the
+platform's pods and the runs' reach what they use, less the metadata address; who may reach whom is as each
+part needs. The policies are the ones `mlyard k8s render` and the endpoint and notebook flows make; the
+control plane's API server takes them (tests/infra/test_k8s_install.py, test_notebook_cluster.py)."""
+
+from __future__ import annotations
+
+import pytest
+from network_policy import Network, Pod
+
+NS = "mlyard"
+METADATA, API_SERVICE, API_SERVER = "169.254.169.254", "10.96.0.1", "172.18.0.2"
+S3, HUGGING_FACE, MINIO = "52.216.8.10", "18.164.174.55", "10.20.0.5"
+
+
+def _network(storage_cidrs: list[str]) -> tuple[Network, dict[str, Pod]]:
+    from mlyard.core.specs.cluster import ClusterValues
+    from mlyard.core.specs.notebook import NotebookSpec
+    from mlyard.tasks import notebook_cluster
+    from mlyard.tasks.cluster import render
+    from mlyard.tasks.kubernetes import render_stage
+
+    values = ClusterValues(overlay="dev", namespace=NS, network={"storage_cidrs": storage_cidrs})
+    rendered = render(values)
+    config = next(o for o in rendered if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "mlyard-config")
+    policies = [o for o in rendered if o["kind"] == "NetworkPolicy"]
+    view = {"name": "digits", "stages": [{"name": "blue", "instance_type": "local", "resources": [{
+        "id": 1, "model": "digits/1", "cpu": 1, "memory": "1Gi", "gpu": 0, "pods": 1, "pod_autoscaler": {},
+        "runtime": None}]}], "max_request_bytes": None}
+    with pytest.MonkeyPatch.context() as m:  # as the endpoint and notebook flows' pods read the ConfigMap
+        m.setenv("MLYARD_MEMBER_EGRESS", config["data"]["MLYARD_MEMBER_EGRESS"])
+        policies += [o for o in render_stage(view, "blue", namespace=NS) if o["kind"] == "NetworkPolicy"]
+        policies += [o for o in notebook_cluster.render("lab", 3, NotebookSpec(name="lab", instance_type="cpu-1"),
+                                                        "lab:1", "t", namespace=NS) if o["kind"] == "NetworkPolicy"]
+    pods = {name: Pod(name, NS, labels, ip, ports) for name, labels, ip, ports in (
+        ("stage", {"mlyard.io/endpoint": "digits", "mlyard.io/stage": "blue", "mlyard.io/resource": "1",
+                   "app.kubernetes.io/name": "mlyard-model-server"}, "10.244.1.10", {"http": 8080}),
+        ("notebook", {"app.kubernetes.io/name": "mlyard-notebook", "mlyard.io/notebook": "3"}, "10.244.1.11", {"http": 8888}),
+        ("run", {"prefect.io/flow-run-id": "abc"}, "10.244.1.12", {}),
+        ("api", {"app.kubernetes.io/name": "mlyard-api"}, "10.244.1.13", {}),
+        ("gateway", {"app.kubernetes.io/name": "gateway"}, "10.244.1.14", {}),
+        ("mlflow", {"app.kubernetes.io/name": "mlflow"}, "10.244.1.15", {}),
+        ("prefect", {"app.kubernetes.io/name": "prefect-server"}, "10.244.1.16", {}),
+        ("postgres", {"app.kubernetes.io/name": "postgres"}, "10.244.1.17", {}),
+        ("stray", {"app": "something-else"}, "10.244.1.18", {}))}
+    pods["dns"] = Pod("coredns", "kube-system", {"k8s-app": "kube-dns"}, "10.244.0.2")
+    return Network([{**p, "metadata": {**p["metadata"], "namespace": p["metadata"].get("namespace", NS)}}
+                    for p in policies], {"kube-system": {}, NS: {}}), pods
+
+
+def test_a_members_model_and_kernel_reach_dns_the_internet_and_the_storage_and_nothing_of_the_cluster():
+    net, pods = _network(storage_cidrs=[f"{MINIO}/32"])
+    for who in ("stage", "notebook"):
+        member = pods[who]
+        assert net.allows(member, pods["dns"], 53, "UDP") and net.allows(member, pods["dns"], 53, "TCP")
+        assert net.allows(member, S3, 443) and net.allows(member, HUGGING_FACE, 443), "the internet, the storage"
+        assert net.allows(member, MINIO, 9000), "an in-cluster object store the values name"
+        for where, port in ((METADATA, 80), (API_SERVICE, 443), (API_SERVER, 6443), ("10.20.0.6", 5432)):
+            assert not net.allows(member, where, port), (who, where)
+        for part, port in (("postgres", 5432), ("prefect", 4200), ("run", 8080), ("stray", 80)):
+            assert not net.allows(member, pods[part], port), (who, part)
+        assert not net.allows(member, pods["dns"], 443), "DNS's pods on DNS's port alone"
+    notebook = pods["notebook"]
+    for part, port in (("api", 8080), ("gateway", 8080), ("mlflow", 5000)):
+        assert net.allows(notebook, pods[part], port), part
+        assert not net.allows(pods["stage"], pods[part], port), part
+    assert not net.allows(notebook, pods["api"], 8081), "the platform's services on the ports a kernel uses"
+
+
+def test_the_platform_and_the_runs_reach_what_they_use_less_the_metadata_address_and_the_rest_is_denied():
+    net, pods = _network(storage_cidrs=[])
+    assert not net.allows(pods["stage"], MINIO, 9000), "no storage CIDR named: nothing internal"
+    for who in ("run", "api", "gateway", "mlflow", "prefect"):
+        assert not net.allows(pods[who], METADATA, 80), who
+        assert net.allows(pods[who], S3, 443) and net.allows(pods[who], API_SERVER, 6443), who
+    run = pods["run"]
+    for part, port in (("postgres", 5432), ("prefect", 4200), ("mlflow", 5000), ("api", 8080)):
+        assert net.allows(run, pods[part], port), part
+    assert net.allows(pods["gateway"], pods["stage"], 8080), "the gateway routes to a stage's replicas"
+    assert not net.allows(run, pods["stage"], 8080) and not net.allows(pods["notebook"], pods["stage"], 8080)
+    assert net.allows(pods["api"], pods["notebook"], 8888), "the front door reaches a notebook"
+    assert not net.allows(run, pods["notebook"], 8888) and not net.allows(pods["stage"], pods["notebook"], 8888)
+    assert net.allows(pods["gateway"], S3, 443) and net.allows(Pod("client", "elsewhere", {}, "203.0.113.9"),
+                                                                 pods["gateway"], 8080), "the front door is open"
+    stray = pods["stray"]  # a pod of the namespace no part names: nothing in or out
+    assert not net.allows(stray, S3, 443) and not net.allows(pods["api"], stray, 80)
