@@ -210,6 +210,12 @@ def migration_databases() -> tuple[str | None, str | None]:
             or os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL") or None)
 
 
+def release_check() -> tuple[str, str]:
+    """What an install's release check Job asks of its image (tasks/cluster_release.py): the values field that
+    names it (MLYARD_IMAGE_FIELD) and the release its manifests are (MLYARD_RELEASE; "" unnamed)."""
+    return os.environ.get("MLYARD_IMAGE_FIELD", "this image"), os.environ.get("MLYARD_RELEASE", "")
+
+
 def member_egress() -> list[dict]:
     """The egress rules of the pods that run a member's code on a cluster (endpoint stages, notebooks): the install's
     (MLYARD_MEMBER_EGRESS, its values' `network`), or the values' defaults."""

@@ -257,7 +257,7 @@ def show_run(run_id: str) -> dict[str, Any]:
     """A pipeline run: status (the console's, from Prefect's state), each step's state, its outputs."""
     from mlyard.core.links import links
     from mlyard.runs import get_run
-    from mlyard.tasks.pipeline_storage import folder_view
+    from mlyard.tasks.pipelines import folder_view
 
     settings = connect()
     info = get_run(PIPELINE_RUN, run_id).as_dict()

@@ -105,10 +105,11 @@ def apply(objs: list[dict], dyn: Any) -> Iterator[Applied]:
                                           force_conflicts=True).to_dict()
         except ApiException as exc:
             raise StackError(f"applying {kind} {name} failed: {exc.status} {exc.reason}") from None
-        if live is None or after["metadata"]["resourceVersion"] == before:
+        moved = [] if live is None else changed_paths(live, after)  # a controller's status write meanwhile is none
+        if live is None or after["metadata"]["resourceVersion"] == before or not moved:
             yield Applied(kind, name, "created" if live is None else "unchanged", kept)
         else:
-            yield Applied(kind, name, "changed", kept, changed_paths(live, after)[:20])
+            yield Applied(kind, name, "changed", kept, moved[:20])
 
 
 def changed_paths(before: dict, after: dict) -> list[str]:

@@ -13,7 +13,6 @@ exits 0 when X is MLYARD_RELEASE, else 3 with the line saying both.
 from __future__ import annotations
 
 import copy
-import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -61,6 +60,16 @@ def jobs(values: ClusterValues, migrate: dict) -> list[dict]:
     return made
 
 
+def checked(objs: list[dict], dyn, namespace: str, timeout: float) -> tuple[list[dict], list[dict], str]:
+    """`mlyard k8s apply`'s first step: the release check Jobs of the rendered `objs` applied and waited for
+    (`waited`); (those Jobs, their apply rows, the line saying the release they carry)."""
+    from mlyard.tasks.cluster_apply import apply, wait_for_job
+
+    checks = [o for o in objs if o["metadata"].get("labels", {}).get("app.kubernetes.io/name") == NAME]
+    rows = [a.__dict__ for a in apply(checks, dyn)]
+    return checks, rows, waited(dyn, namespace, checks, timeout, wait_for_job)
+
+
 def waited(dyn, namespace: str, checks: list[dict], timeout: float, wait_for_job) -> str:
     """Until every check Job has ended (`wait_for_job`: tasks/cluster_apply.py's): one line saying the release
     they all carry; StackError naming the first image that carries another (or did not run)."""
@@ -78,7 +87,9 @@ def waited(dyn, namespace: str, checks: list[dict], timeout: float, wait_for_job
 
 
 def main() -> int:
-    field, expected = os.environ.get("MLYARD_IMAGE_FIELD", "this image"), os.environ.get("MLYARD_RELEASE", "")
+    from mlyard.core.environment import release_check
+
+    field, expected = release_check()
     if RELEASE == expected:
         print(f"release: {field} carries mlyard {RELEASE}", flush=True)
         return 0

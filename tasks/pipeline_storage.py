@@ -2,9 +2,9 @@
 run's pod on a cluster, whose home goes with it): `<project prefix>/pipeline-runs/<run id>/` (core/uris.py
 project_prefix; Settings.projects_uri, an object store on a cluster). The run copies its small files there as it
 goes (the pipeline as run, its arguments, each step's state: `Keeping`, every few seconds) and the whole folder
-with the steps' outputs when it ends; `mlyard pipeline-runs show` and `graph` read it there (`kept_view`) when
-the folder is not on their machine. On one machine the projects' storage is a folder of the home, and the run's
-folder is read where it is: nothing is copied.
+with the steps' outputs when it ends; `mlyard pipeline-runs show` and `graph` read it there (`kept_view`, through
+tasks/pipelines.py folder_view) when the folder is not on their machine. On one machine the projects' storage is
+a folder of the home, and the run's folder is read where it is: nothing is copied.
 """
 
 from __future__ import annotations
@@ -111,20 +111,6 @@ def kept_view(storage: Any, where: str) -> dict[str, Any]:
         files = []
     return {"run_dir": where, "nodes": json.loads(text("nodes.json") or "{}"), "outputs": step_outputs(files),
             "result": json.loads(text("result.json") or "{}")}
-
-
-def folder_view(settings: Any, project: str, run_id: str) -> dict[str, Any]:
-    """run_dir, nodes, outputs and result of a run: from its folder here when there is one, else from the copy
-    kept in its project's storage."""
-    from mlyard.tasks.pipelines import node_states, outputs, result
-    from mlyard.tasks.storage import Storage
-
-    run_dir = settings.pipeline_runs_dir / run_id
-    where = None if run_dir.is_dir() else kept_at(settings, project, run_id)
-    if where is not None:
-        return kept_view(Storage(settings), where)
-    return {"run_dir": str(run_dir), "nodes": node_states(run_dir), "outputs": outputs(run_dir),
-            "result": result(run_dir)}
 
 
 def forget(settings: Any, run_dir: str) -> None:

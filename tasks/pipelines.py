@@ -115,6 +115,20 @@ def outputs(run_dir: Path) -> list[dict[str, Any]]:
                          if f.is_file()])
 
 
+def folder_view(settings: Any, project: str, run_id: str) -> dict[str, Any]:
+    """run_dir, nodes, outputs and result of a run: from its folder here when there is one, else from the copy
+    kept in its project's storage."""
+    from mlyard.tasks.pipeline_storage import kept_at, kept_view
+    from mlyard.tasks.storage import Storage
+
+    run_dir = settings.pipeline_runs_dir / run_id
+    where = None if run_dir.is_dir() else kept_at(settings, project, run_id)
+    if where is not None:
+        return kept_view(Storage(settings), where)
+    return {"run_dir": str(run_dir), "nodes": node_states(run_dir), "outputs": outputs(run_dir),
+            "result": result(run_dir)}
+
+
 @task(name=TASK_FINISH_PIPELINE, cache_policy=NO_CACHE)
 def finish(run_dir: Path) -> dict[str, Any]:
     step_started(TASK_FINISH_PIPELINE)

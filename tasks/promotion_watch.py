@@ -115,15 +115,28 @@ def _said(promo: dict[str, Any], state: tuple[str, str] | None) -> str:
 
 
 def prefect_states(client: Any) -> Callable[[str], tuple[str, str] | None]:
-    """`run_state` for `tend`, read with a Prefect client."""
+    """`run_state` for `tend`, read with a Prefect client. A run RUNNING for less than STALE_SECONDS is still
+    starting (PENDING here): its flow is loading, and its first heartbeat comes after that. The claim that
+    resumed it dated the heartbeat, and a pod that took longer than that to start (scheduling, a node under
+    load) would otherwise look silent the moment it runs, and be taken up again."""
+    from datetime import datetime, timezone
+
     from prefect.exceptions import ObjectNotFound
+
+    from mlyard.registry.traffic import STALE_SECONDS
 
     def read(flow_run_id: str) -> tuple[str, str] | None:
         try:
             fr = client.read_flow_run(UUID(flow_run_id))
         except (ObjectNotFound, ValueError):
             return None
-        return (fr.state.type.value, (fr.state.message or "")[:300]) if fr.state is not None else None
+        if fr.state is None:
+            return None
+        kind, since = fr.state.type.value, fr.state.timestamp
+        if kind == "RUNNING" and since is not None and \
+                (datetime.now(timezone.utc) - since).total_seconds() < STALE_SECONDS:
+            kind = "PENDING"
+        return kind, (fr.state.message or "")[:300]
 
     return read
 

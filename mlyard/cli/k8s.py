@@ -116,9 +116,8 @@ def apply(values: Optional[Path] = VALUES,
         # every image's release first (nothing else moves if one is another release's), then the schemas (the
         # migration Job, after the databases' own objects), then the Deployments that use them: a failed
         # migration leaves the running release as it was
-        checks = [o for o in objs if o["metadata"].get("labels", {}).get("app.kubernetes.io/name") == cluster_release.NAME]
-        done += [a.__dict__ for a in applied(checks, dyn)]
-        released = cluster_release.waited(dyn, vals.namespace, checks, wait_seconds, wait_for_job)
+        checks, rows, released = cluster_release.checked(objs, dyn, vals.namespace, wait_seconds)
+        done += rows
         if not as_json:
             out.print(released, highlight=False)
         rest = [o for o in objs if o["kind"] != "Namespace" and o not in checks]

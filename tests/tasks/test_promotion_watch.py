@@ -4,6 +4,7 @@ times), one that is starting or still beating is left alone."""
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -70,3 +71,33 @@ def test_a_promotion_promoted_before_its_run_failed_ends_complete_and_none_block
     assert by_id[ids[unread]]["status"] == "RUNNING"  # looked at again next time
     assert [line.split(":")[0] for line in done] == ["completed the promotion of a/canary",
                                                      "resumed the promotion of b/canary at its step (b-canary)"]
+
+
+
+def test_a_run_that_has_just_started_running_is_still_starting_for_the_watch(stack, monkeypatch):
+    """A resumed promotion's new run whose pod took longer to start than the silence the watch allows (the claim
+    dated the heartbeat when it queued the run): RUNNING for less than STALE_SECONDS, it is still loading its
+    flow and has not beaten yet, so the watch leaves it (the fresh-clone run's node drain test took one up twice).
+    Once it has run longer than that, it is RUNNING again for the watch. Read from the real Prefect server."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.states import Running
+
+    from mlyard.registry import traffic
+    from mlyard.tasks.promotion_watch import prefect_states
+
+    @flow(name="promotion-watch-probe")
+    def probe() -> None:
+        pass
+
+    with get_client(sync_client=True) as client:
+        run_id = str(client.create_flow_run(probe, name="starting").id)
+        assert client.set_flow_run_state(run_id, Running(), force=True).status.value == "ACCEPT"
+        read = prefect_states(client)
+        assert read(run_id) == ("PENDING", "")
+        monkeypatch.setattr(traffic, "STALE_SECONDS", 1)  # the same, a second after it started running
+        time.sleep(1.5)
+        assert prefect_states(client)(run_id)[0] == "RUNNING"
+    silent = {"status": "RUNNING", "heartbeat_at": (datetime.now(timezone.utc) - timedelta(seconds=60)).isoformat(),
+              "resumes": 0, "flow_run_id": run_id}
+    assert decide(silent, "PENDING") == "keep" and decide(silent, "RUNNING") == "resume"
