@@ -216,15 +216,13 @@ def release_check() -> tuple[str, str]:
     return os.environ.get("MLYARD_IMAGE_FIELD", "this image"), os.environ.get("MLYARD_RELEASE", "")
 
 
-def member_egress() -> list[dict]:
-    """The egress rules of the pods that run a member's code on a cluster (endpoint stages, notebooks): the install's
-    (MLYARD_MEMBER_EGRESS, its values' `network`), or the values' defaults."""
-    import json
-
+def member_egress(stage: bool = False) -> list[dict]:
+    """The egress rules of the pods that run a member's code on a cluster (endpoint stages, notebooks): from the
+    install's values' `network` (MLYARD_NETWORK), or their defaults."""
     from mlyard.core.specs.cluster import NetworkValues
 
-    said = os.environ.get("MLYARD_MEMBER_EGRESS")
-    return json.loads(said) if said else NetworkValues().member_egress()
+    said = os.environ.get("MLYARD_NETWORK")
+    return (NetworkValues.model_validate_json(said) if said else NetworkValues()).member_egress(stage)
 
 
 def metrics_folder() -> str | None:

@@ -142,7 +142,7 @@ def _customize(obj: dict, values: ClusterValues, secret_names: dict[str, str | N
                            MLYARD_NOTEBOOK_IMAGE=values.images.notebook,  # a notebook that names no image
                            MLYARD_IMAGE_PULL_SECRETS=",".join(values.image_pull_secrets),
                            MLYARD_PROJECTS_URI=values.projects_uri,  # a member's model's and kernel's reach:
-                           MLYARD_MEMBER_EGRESS=json.dumps(values.network.member_egress()))  # stages, notebooks
+                           MLYARD_NETWORK=values.network.model_dump_json())  # stages, notebooks
     if obj["kind"] == "StatefulSet" and values.storage_class:
         for claim in obj["spec"].get("volumeClaimTemplates", []):
             claim["spec"]["storageClassName"] = values.storage_class

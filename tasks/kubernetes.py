@@ -101,7 +101,8 @@ def render_stage(view: dict[str, Any], stage: str, *, image: str = DEFAULT_IMAGE
             "pull_secrets": [{"name": n} for n in pull_secrets],
             "settings_secret": settings_secret,
             "settings_items": [{"key": k, "path": k} for k in REPLICA_SETTINGS],
-            "egress": member_egress(),  # a member's model: DNS, the internet, the storage; nothing of the cluster's
+            # a member's model: DNS, the internet, the storage, and the registry its fetch reads; no more of the cluster
+            "egress": member_egress(stage=True),
         }
         if (res.get("runtime") or {}).get("variant", "custom") != "custom":
             engine_pod(context, res["runtime"], f"models:/{model_name}/{version}", image)

@@ -162,6 +162,9 @@ class NetworkValues(SpecModel):
                                description="Namespace of the cluster's DNS pods.")
     dns_labels: dict[str, str] = Field(default_factory=lambda: {"k8s-app": "kube-dns"},
                                        description="Labels of the cluster's DNS pods (CoreDNS keeps k8s-app: kube-dns).")
+    database_port: int = Field(default=5432, ge=1, le=65535, description="The catalog database's port: an endpoint "
+                               "stage's pod reads the model registry (the catalog and MLflow) to fetch its version's "
+                               "files, so it reaches that port (and MLflow's) and no other of the cluster's.")
 
     @model_validator(mode="after")
     def _cidrs(self) -> "NetworkValues":
@@ -175,16 +178,24 @@ class NetworkValues(SpecModel):
                     raise ValueError(f"network.{name}: {cidr!r} is not a CIDR (e.g. 10.0.0.0/8)") from None
         return self
 
-    def member_egress(self) -> list[dict]:
+    def member_egress(self, stage: bool = False) -> list[dict]:
         """The egress rules of a pod that runs a member's code (an endpoint stage's, a notebook's): DNS, the
-        internet less the internal addresses, and the storage's."""
+        internet less the internal addresses, and the storage's; a `stage`'s also the model registry its fetch
+        reads (MLflow's pods, the database's port)."""
         v4 = [c for c in self.internal_cidrs if ":" not in c]
         v6 = [c for c in self.internal_cidrs if ":" in c]
-        return [{"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": self.dns_namespace}},
-                         "podSelector": {"matchLabels": dict(self.dns_labels)}}],
-                 "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]},
-                {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": v4}}, {"ipBlock": {"cidr": "::/0", "except": v6}},
-                        *({"ipBlock": {"cidr": c}} for c in self.storage_cidrs)]}]
+        rules = [{"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": self.dns_namespace}},
+                          "podSelector": {"matchLabels": dict(self.dns_labels)}}],
+                  "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]},
+                 {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": v4}}, {"ipBlock": {"cidr": "::/0", "except": v6}},
+                         *({"ipBlock": {"cidr": c}} for c in self.storage_cidrs)]}]
+        if stage:
+            rules += [{"to": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "mlflow"}}}],
+                       "ports": [{"port": 5000, "protocol": "TCP"}]},
+                      {"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}, {"ipBlock": {"cidr": "::/0"}},
+                              {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "postgres"}}}],
+                       "ports": [{"port": self.database_port, "protocol": "TCP"}]}]
+        return rules
 
 
 class ClusterValues(SpecModel):

@@ -31,7 +31,7 @@ def _network(storage_cidrs: list[str]) -> tuple[Network, dict[str, Pod]]:
         "id": 1, "model": "digits/1", "cpu": 1, "memory": "1Gi", "gpu": 0, "pods": 1, "pod_autoscaler": {},
         "runtime": None}]}], "max_request_bytes": None}
     with pytest.MonkeyPatch.context() as m:  # as the endpoint and notebook flows' pods read the ConfigMap
-        m.setenv("MLYARD_MEMBER_EGRESS", config["data"]["MLYARD_MEMBER_EGRESS"])
+        m.setenv("MLYARD_NETWORK", config["data"]["MLYARD_NETWORK"])
         policies += [o for o in render_stage(view, "blue", namespace=NS) if o["kind"] == "NetworkPolicy"]
         policies += [o for o in notebook_cluster.render("lab", 3, NotebookSpec(name="lab", instance_type="cpu-1"),
                                                         "lab:1", "t", namespace=NS) if o["kind"] == "NetworkPolicy"]
@@ -58,16 +58,20 @@ def test_a_members_model_and_kernel_reach_dns_the_internet_and_the_storage_and_n
         assert net.allows(member, pods["dns"], 53, "UDP") and net.allows(member, pods["dns"], 53, "TCP")
         assert net.allows(member, S3, 443) and net.allows(member, HUGGING_FACE, 443), "the internet, the storage"
         assert net.allows(member, MINIO, 9000), "an in-cluster object store the values name"
-        for where, port in ((METADATA, 80), (API_SERVICE, 443), (API_SERVER, 6443), ("10.20.0.6", 5432)):
+        for where, port in ((METADATA, 80), (API_SERVICE, 443), (API_SERVER, 6443), ("10.20.0.6", 6379)):
             assert not net.allows(member, where, port), (who, where)
-        for part, port in (("postgres", 5432), ("prefect", 4200), ("run", 8080), ("stray", 80)):
+        for part, port in (("prefect", 4200), ("run", 8080), ("stray", 80)):
             assert not net.allows(member, pods[part], port), (who, part)
         assert not net.allows(member, pods["dns"], 443), "DNS's pods on DNS's port alone"
-    notebook = pods["notebook"]
+    notebook, stage = pods["notebook"], pods["stage"]
     for part, port in (("api", 8080), ("gateway", 8080), ("mlflow", 5000)):
         assert net.allows(notebook, pods[part], port), part
-        assert not net.allows(pods["stage"], pods[part], port), part
     assert not net.allows(notebook, pods["api"], 8081), "the platform's services on the ports a kernel uses"
+    assert not net.allows(notebook, pods["postgres"], 5432) and not net.allows(notebook, "10.20.0.6", 5432)
+    # a stage's pod fetches its version's files through the model registry: MLflow and the catalog's database
+    assert net.allows(stage, pods["mlflow"], 5000) and net.allows(stage, pods["postgres"], 5432)
+    assert net.allows(stage, "10.20.0.6", 5432), "an external catalog database, on its port"
+    assert not net.allows(stage, pods["api"], 8080) and not net.allows(stage, pods["gateway"], 8080)
 
 
 def test_the_platform_and_the_runs_reach_what_they_use_less_the_metadata_address_and_the_rest_is_denied():
