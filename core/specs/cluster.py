@@ -43,6 +43,10 @@ monitoring:                        # with the Prometheus operator: scrapes, aler
   prometheus_namespace: monitoring # where Prometheus runs (its pods may reach the metrics ports)
   waiting_minutes: 30              # a run due this long without a worker: an alert
   volume_free_percent: 10          # a claim with less free: an alert
+network:                           # what pods running a member's model or kernel (stages, notebooks) reach
+  internal_cidrs: [10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10, 169.254.0.0/16, fc00::/7, fe80::/10]
+  storage_cidrs: []                # an internal object store's addresses (MinIO in the cluster)
+  database_port: 5432              # a stage's fetch reads the model registry: MLflow and this port
 ```
 """
 
