@@ -39,7 +39,6 @@ class Keeping:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="pipeline-keeping", daemon=True)
         if where is not None:
-            self.small()
             self._thread.start()
 
     def small(self) -> None:
@@ -49,12 +48,14 @@ class Keeping:
                 self.storage.write_bytes(f"{self.where}/{name}", path.read_bytes())
 
     def _loop(self) -> None:
-        while not self._stop.wait(EVERY_SECONDS):
+        while True:  # at once (the pipeline as run), then every EVERY_SECONDS
             try:
                 self.small()
             except (OSError, StorageError) as exc:  # the next round tries again; the end copies everything
                 if self.logger is not None:
                     self.logger.warning(f"keeping the run's folder at {self.where}: {exc}")
+            if self._stop.wait(EVERY_SECONDS):
+                return
 
     def close(self) -> None:
         if self.where is None:
