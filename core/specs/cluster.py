@@ -188,11 +188,12 @@ class NetworkValues(SpecModel):
         reads (MLflow's pods, the database's port)."""
         v4 = [c for c in self.internal_cidrs if ":" not in c]
         v6 = [c for c in self.internal_cidrs if ":" in c]
-        rules = [{"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": self.dns_namespace}},
-                          "podSelector": {"matchLabels": dict(self.dns_labels)}}],
-                  "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]},
-                 {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": v4}}, {"ipBlock": {"cidr": "::/0", "except": v6}},
-                         *({"ipBlock": {"cidr": c}} for c in self.storage_cidrs)]}]
+        dns = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": self.dns_namespace}},
+               "podSelector": {"matchLabels": dict(self.dns_labels)}}
+        rules: list[dict] = [
+            {"to": [dns], "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]},
+            {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": v4}}, {"ipBlock": {"cidr": "::/0", "except": v6}},
+                    *({"ipBlock": {"cidr": c}} for c in self.storage_cidrs)]}]
         if stage:
             rules += [{"to": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "mlflow"}}}],
                        "ports": [{"port": 5000, "protocol": "TCP"}]},
