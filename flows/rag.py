@@ -12,6 +12,9 @@
 6. End: the history record (counts, skipped files, duration, state) and the RAG's status: ACTIVE, or
    CREATE FAILED / UPDATE FAILED with the reason. A failed ingestion resumes: documents already
    written are unchanged at the next sync, so they are not embedded again.
+
+On a cluster (the run in a pod) the run applies the RAG's query service first (tasks/rag_cluster.py), and routes
+it once its pods are ready, before the RAG is ACTIVE. A run given `withdraw` deletes a deleted RAG's objects.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from prefect.utilities.annotations import quote
 from pydantic import BaseModel, Field
 
 from mlyard.core.names import FLOW_RAG_SYNC
+from mlyard.core.settings import Settings, in_kubernetes_pod
 from mlyard.core.specs.rag import RagSpec
 from mlyard.registry.rags import Rags
 from mlyard.tasks.documents import Skipped
@@ -36,6 +40,8 @@ class RagSyncSpec(BaseModel):
     """Which RAG to ingest (its spec is the one it was created with)."""
 
     rag: str = Field(description="The RAG's name (mlyard rags list).")
+    withdraw: int | None = Field(default=None, description="On a cluster, the id of a RAG deleted: its query "
+                                 "service's objects are deleted (mlyard rags delete queues it); nothing is ingested.")
 
 
 class RagSyncResult(BaseModel):
@@ -49,8 +55,15 @@ class RagSyncResult(BaseModel):
       description="Ingest a RAG's documents into its vector store: list, diff by content hash, parse, chunk, embed, "
                   "upsert, delete what disappeared.")
 def rag_sync(spec: RagSyncSpec) -> RagSyncResult:
-    p = Parts()
     logger = get_run_logger()
+    if spec.withdraw is not None:
+        from mlyard.tasks.kubernetes import cluster_client
+        from mlyard.tasks.rag_cluster import withdraw
+
+        gone = withdraw(cluster_client("withdraw", "kubernetes"), Settings().kube_namespace, spec.withdraw)
+        logger.info(f"RAG {spec.rag} (id {spec.withdraw}) deleted: " + (", ".join(gone) or "no object was left"))
+        return RagSyncResult(rag=spec.rag, state="DELETED", counts={"objects_deleted": len(gone)})
+    p = Parts()
     rags = Rags(p.catalog)
     t0 = time.monotonic()
 
@@ -70,7 +83,12 @@ def rag_sync(spec: RagSyncSpec) -> RagSyncResult:
     history = rags.start_ingestion(record.id, str(flow_run.get_id() or "") or None)
     counts: dict[str, float] = {}
     skipped: list[Skipped] = []
+    manifests = None
     try:
+        if in_kubernetes_pod():  # a cluster's run: the query service as the spec says now (tasks/rag_cluster.py)
+            from mlyard.tasks.rag_cluster import deploy
+
+            manifests = deploy(spec.rag, record.id, rag)
         from mlyard.core.connection import read_state
 
         state = read_state(p.settings)
@@ -113,7 +131,12 @@ def rag_sync(spec: RagSyncSpec) -> RagSyncResult:
         rags.set_status(spec.rag, failed_state, reason)
         raise
 
-    # 6. End.
+    # 6. End: on a cluster, the query service routed first, so that an ACTIVE RAG answers.
+    if manifests is not None:
+        from mlyard.tasks.rag_cluster import route
+
+        if why := route(rags, record.id, rag, manifests):
+            logger.error(f"RAG {spec.rag}: its query service is not ready, and answers nothing yet: {why}")
     rags.end_ingestion(history.id, "COMPLETE", counts, [s.__dict__ for s in skipped])
     rags.set_status(spec.rag, "ACTIVE")
     logger.info(f"RAG {spec.rag}: ACTIVE ({counts.get('store_documents', 0)} documents, "

@@ -85,7 +85,13 @@ def check(settings: Settings, spec: RagSpec, project: str | None = None) -> None
     """What can be known before a RAG is recorded: the path holds files, the vector store answers, the
     LLM endpoint exists (with `project`: one of that project's), an embeddings service embeds."""
     from mlyard.core.errors import VectorStoreError
+    from mlyard.core.settings import in_kubernetes_pod
     from mlyard.tasks.storage import Storage
+
+    if in_kubernetes_pod():
+        from mlyard.tasks.rag_cluster import refused
+
+        refused(spec)
 
     if spec.llm.endpoint or spec.token_endpoint:
         from mlyard.registry.catalog import shared

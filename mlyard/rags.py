@@ -148,7 +148,7 @@ def _finished(name: str, wait: bool) -> dict[str, Any]:
 def _view(record: Any, settings: Settings | None = None) -> dict[str, Any]:
     spec = record.spec
     return {"name": record.name, "project": record.project, "status": record.status, "reason": record.reason,
-            "deploy_status": query_service_status(settings.home_dir, record.name) if settings is not None else record.deploy_status, "description": spec.get("description", ""),
+            "deploy_status": query_service_status(settings.home_dir, record.name, record.deploy_status) if settings is not None else record.deploy_status, "description": spec.get("description", ""),
             "path": spec.get("path"), "vector_store": spec.get("vector_store", {}).get("kind"),
             "embedding": spec.get("embedding", {}).get("url") or spec.get("embedding", {}).get("model"),
             "llm": _llm_label(spec.get("llm", {})), "created_at": record.created_at.isoformat(),
@@ -260,7 +260,7 @@ def delete(name: str) -> dict[str, Any]:
     except Exception as exc:
         store.set_status(name, "DELETE FAILED", f"its vectors could not be dropped: {exc}")
         raise Protected(f"RAG {name!r} could not be deleted (DELETE FAILED): {exc}; delete it again") from exc
-    unwant_query_service(settings.home_dir, name)
+    unwant_query_service(settings.home_dir, name, record.id)
     store.remove(name)
     query_log(settings.home_dir, name).unlink(missing_ok=True)  # a new RAG of that name starts a log of its own
     return {"deleted": name}

@@ -32,6 +32,7 @@ class RagRecord:
     created_at: datetime
     updated_at: datetime
     project: str = "default"
+    service_urls: dict[str, str] | None = None  # on a cluster: {"query": URL, "llm": URL} (tasks/rag_cluster.py)
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class IngestionRecord:
 
 def _record(row: Rag) -> RagRecord:
     return RagRecord(row.id, row.name, dict(row.spec), row.status, row.reason, row.deploy_status, row.created_at,
-                     row.updated_at, row.project)
+                     row.updated_at, row.project, dict(row.service_urls) if row.service_urls else None)
 
 
 def _ingestion(row: RagIngestion) -> IngestionRecord:
@@ -109,6 +110,14 @@ class Rags:
             if row is not None:
                 row.deploy_status = deploy_status
 
+    def set_service_urls(self, rag_id: int, urls: dict[str, str] | None, deploy_status: str) -> None:
+        """Where the gateway reaches the RAG's query service on a cluster (and it its own LLM), or None: out of
+        routing. By id: a RAG deleted meanwhile, or another made since under its name, is left alone."""
+        with self.catalog.session() as s:
+            row = s.get(Rag, rag_id)
+            if row is not None:
+                row.service_urls, row.deploy_status = urls, deploy_status
+
     def begin_sync(self, name: str) -> RagRecord:
         """UPDATE IN PROGRESS, unless the RAG is being created, deleted or already ingesting."""
         with self.catalog.session() as s:
@@ -143,7 +152,9 @@ class Rags:
         """What the gateway needs of every RAG, in the shape of an endpoint's (`endpoints`: what
         mlyard.registry.endpoints' routing read): its query service routes as the endpoint `rag:NAME`, stage
         `query`. It takes the tokens of the spec's `token_endpoint`, and the API keys of its project's members;
-        a RAG of the `default` project without one is public (the one-person stack's), another project's never."""
+        a RAG of the `default` project without one is public (the one-person stack's), another project's never. On
+        a cluster, its query Service (tasks/rag_cluster.py) as a stage resource's, serving the model `rag`, as the
+        gateway's RAG route asks (a machine's query replicas are wanted so)."""
         with self.catalog.session() as s:
             out = {}
             for r in s.scalars(select(Rag)):
@@ -151,7 +162,9 @@ class Rags:
                 out[f"rag:{r.name}"] = {"id": r.id, "project": r.project, "default": "query",
                                         "public": not guard and r.project == DEFAULT_PROJECT,
                                         "stages": {"query": {"id": r.id, "status": r.status, "rules": [],
-                                                             "max_replicas": 10}},
+                                                             "max_replicas": 10, "services": {
+                                                                 r.id: ("rag", query, "/health")}
+                                                             if (query := (r.service_urls or {}).get("query")) else {}}},
                                         "tokens": endpoints.get(guard, {}).get("tokens", {}) if guard else {}}
             return out
 

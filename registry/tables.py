@@ -272,6 +272,8 @@ class Rag(Base):
     status: Mapped[str] = mapped_column(String(32), default="CREATE REQUESTED")
     reason: Mapped[str] = mapped_column(Text, default="")
     deploy_status: Mapped[str] = mapped_column(String(16), default="")  # DEPLOYING, COMPLETE, FAILURE
+    # on a cluster, where the gateway reaches its query service (and the query service its own LLM): {"query": URL}
+    service_urls: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     ingestions: Mapped[list["RagIngestion"]] = relationship(cascade="all, delete-orphan", passive_deletes=True)

@@ -269,8 +269,8 @@ def build(name: str) -> RagService:
     """The service of the RAG `name` on this platform: its spec from the catalog, its vector store, its
     embedding model (loaded now), and where its LLM is."""
 
-    from mlyard.core.connection import gateway_url, read_state, replica_key_headers
-    from mlyard.core.settings import Settings
+    from mlyard.core.connection import gateway_url, internal_token, read_state, replica_headers, replica_key_headers
+    from mlyard.core.settings import Settings, in_kubernetes_pod
     from mlyard.core.specs.rag import RagSpec
     from mlyard.registry.catalog import Catalog
     from mlyard.registry.rags import Rags
@@ -287,22 +287,27 @@ def build(name: str) -> RagService:
     model = embedder(spec.embedding)
     model.encode(["warm up"])
     key = named_secret(spec.llm.api_key_env)
-    if key is None and spec.llm.endpoint and state is not None:
-        key = state.internal_token  # an mlyard endpoint, private or public: the platform's own token passes
-    home = settings.home_dir
+    if key is None and spec.llm.endpoint:
+        key = internal_token(settings)  # an mlyard endpoint, private or public: the platform's own token passes
+    home, cluster = settings.home_dir, in_kubernetes_pod()
+    rags = Rags(Catalog(settings.catalog_db_url))
 
     def llm_base() -> tuple[str, dict[str, str]] | None:
         if spec.llm.base_url:
             return spec.llm.base_url, {}
         if spec.llm.endpoint:
             return f"{gateway_url(settings)}/{spec.llm.endpoint}/{spec.llm.model}/openai/v1", {}
+        if cluster:  # its own LLM's Service (tasks/rag_cluster.py), which answers the replicas' credential
+            url = (rags.get(name).service_urls or {}).get("llm")
+            return (url + "/openai/v1", replica_headers(settings)) if url else None
         found = healthy_member(home, name, "llm")  # its own LLM, called directly with that replica's credential
         return (found[0] + "/openai/v1", replica_key_headers(settings, found[1])) if found else None
 
-    rags = Rags(Catalog(settings.catalog_db_url))
     path = query_log(home, name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    requests_log = InferenceLog(str(path), action="RAG.Query", endpoint_id=llm_endpoint(name), stage_id="query")
+    if not cluster:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    requests_log = InferenceLog("-" if cluster else str(path),  # on a cluster, the pod's log: a record per request
+                                action="RAG.Query", endpoint_id=llm_endpoint(name), stage_id="query")
     return RagService(name, spec, store, model, llm_base, key, lambda: RagSpec.model_validate(rags.get(name).spec),
                       requests_log)
 

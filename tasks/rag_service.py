@@ -1,4 +1,4 @@
-"""A RAG's query service on this machine: the replicas the supervisor runs (mlyard.serving.rag and, when the
+"""A RAG's query service on this machine (on a cluster: tasks/rag_cluster.py): the replicas the supervisor runs (mlyard.serving.rag and, when the
 RAG has no LLM of its own, its SmolLM2 or its model, in a sandbox) and the gateway routes, as the replica group `rag:NAME`
 (tasks/replicas.py); where its request log is; which of its replicas answers now. Light on purpose:
 the CLI's reads import it.
@@ -53,8 +53,11 @@ def want_query_service(home: Path, rag_id: int, spec: RagSpec) -> None:
     of `mlyard serve --chat-model`)."""
     import sys
 
+    from mlyard.core.settings import in_kubernetes_pod
     from mlyard.tasks import replicas as files
 
+    if in_kubernetes_pod():  # a cluster's API: the RAG's ingestion run applies its objects (tasks/rag_cluster.py)
+        return
     group = llm_endpoint(spec.name)
     env = {"MLYARD_HOME": str(home)}
     for i in range(spec.instance_count):
@@ -73,19 +76,35 @@ def want_query_service(home: Path, rag_id: int, spec: RagSpec) -> None:
                                           reads=reads))
 
 
-def unwant_query_service(home: Path, name: str) -> None:
-    """Stop asking for a RAG's query service and its LLM (the supervisor ends their replicas)."""
+def unwant_query_service(home: Path, name: str, rag_id: int | None = None) -> None:
+    """Stop asking for a RAG's query service and its LLM (the supervisor ends their replicas); on a cluster, queue
+    the run that deletes its objects (the RAG `rag_id`'s: the API may not delete a Deployment)."""
+    from mlyard.core.settings import in_kubernetes_pod
     from mlyard.tasks import replicas as files
+
+    if in_kubernetes_pod():
+        if rag_id is not None:
+            from mlyard.core.names import FLOW_RAG_SYNC, deployment
+            from mlyard.tasks.orchestration import submit
+
+            submit(deployment(FLOW_RAG_SYNC), {"spec": {"rag": name, "withdraw": rag_id}}, None,
+                   [f"mlyard.rag:{name}"])
+        return
 
     for w in files.wanted(home):
         if w.endpoint == llm_endpoint(name):
             files.unwant(home, w.key)
 
 
-def query_service_status(home: Path, name: str) -> str:
+def query_service_status(home: Path, name: str, recorded: str = "") -> str:
     """The query route's deploy state, from its replicas: COMPLETE once every one answers its health
-    check, FAILURE when one keeps exiting (3 restarts and not answering), DEPLOYING until then."""
+    check, FAILURE when one keeps exiting (3 restarts and not answering), DEPLOYING until then. On a cluster,
+    what its ingestion run `recorded` (tasks/rag_cluster.route)."""
+    from mlyard.core.settings import in_kubernetes_pod
     from mlyard.tasks import replicas as files
+
+    if in_kubernetes_pod():
+        return recorded or "DEPLOYING"
 
     members = [w for w in files.wanted(home) if w.endpoint == llm_endpoint(name)]
     if not members:

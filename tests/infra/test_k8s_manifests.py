@@ -135,6 +135,9 @@ def test_workers_get_exactly_what_they_use(overlay):
     flows = [d for d in yaml.safe_load((K8S.parent / "prefect.yaml").read_text())["deployments"]
              if d["entrypoint"].startswith("mlyard.flows.endpoint_") and d["work_pool"]["name"] != "local"]
     assert len(flows) == 10 and {d["work_pool"]["job_variables"]["service_account_name"] for d in flows} == {"mlyard-endpoints"}
+    rag = next(d for d in yaml.safe_load((K8S.parent / "prefect.yaml").read_text())["deployments"]
+               if d["name"] == "rag-sync-kubernetes")  # a RAG's query service: a Deployment, Service, NetworkPolicy
+    assert rag["work_pool"]["job_variables"]["service_account_name"] == "mlyard-endpoints"
 
 
 def test_the_gateway_is_replicated_and_the_databases_follow_the_overlay(overlay):

@@ -19,7 +19,8 @@ S3, HUGGING_FACE, MINIO = "52.216.8.10", "18.164.174.55", "10.20.0.5"
 def _network(storage_cidrs: list[str]) -> tuple[Network, dict[str, Pod]]:
     from mlyard.core.specs.cluster import ClusterValues
     from mlyard.core.specs.notebook import NotebookSpec
-    from mlyard.tasks import notebook_cluster
+    from mlyard.core.specs.rag import RagSpec
+    from mlyard.tasks import notebook_cluster, rag_cluster
     from mlyard.tasks.cluster import render
     from mlyard.tasks.kubernetes import render_stage
 
@@ -35,6 +36,9 @@ def _network(storage_cidrs: list[str]) -> tuple[Network, dict[str, Pod]]:
         policies += [o for o in render_stage(view, "blue", namespace=NS) if o["kind"] == "NetworkPolicy"]
         policies += [o for o in notebook_cluster.render("lab", 3, NotebookSpec(name="lab", instance_type="cpu-1"),
                                                         "lab:1", "t", namespace=NS) if o["kind"] == "NetworkPolicy"]
+        own_llm = RagSpec(name="docs", path="s3://b/docs/", llm={"answer": "generate"})  # its SmolLM2 writes
+        policies += [o for o in rag_cluster.render("docs", 5, own_llm, image="mlyard:1", serving_image="mlyard:1",
+                                                   namespace=NS) if o["kind"] == "NetworkPolicy"]
     pods = {name: Pod(name, NS, labels, ip, ports) for name, labels, ip, ports in (
         ("stage", {"mlyard.io/endpoint": "digits", "mlyard.io/stage": "blue", "mlyard.io/resource": "1",
                    "app.kubernetes.io/name": "mlyard-model-server"}, "10.244.1.10", {"http": 8080}),
@@ -45,7 +49,11 @@ def _network(storage_cidrs: list[str]) -> tuple[Network, dict[str, Pod]]:
         ("mlflow", {"app.kubernetes.io/name": "mlflow"}, "10.244.1.15", {}),
         ("prefect", {"app.kubernetes.io/name": "prefect-server"}, "10.244.1.16", {}),
         ("postgres", {"app.kubernetes.io/name": "postgres"}, "10.244.1.17", {}),
-        ("stray", {"app": "something-else"}, "10.244.1.18", {}))}
+        ("stray", {"app": "something-else"}, "10.244.1.18", {}),
+        ("rag", {"app.kubernetes.io/name": "mlyard-rag", "mlyard.io/rag-id": "5", "mlyard.io/part": "query"},
+         "10.244.1.19", {"http": 8080}),
+        ("rag-llm", {"app.kubernetes.io/name": "mlyard-rag-llm", "mlyard.io/rag-id": "5", "mlyard.io/part": "llm"},
+         "10.244.1.20", {"http": 8080}))}
     pods["dns"] = Pod("coredns", "kube-system", {"k8s-app": "kube-dns"}, "10.244.0.2")
     return Network([{**p, "metadata": {**p["metadata"], "namespace": p["metadata"].get("namespace", NS)}}
                     for p in policies], {"kube-system": {}, NS: {}}), pods
@@ -91,3 +99,22 @@ def test_the_platform_and_the_runs_reach_what_they_use_less_the_metadata_address
                                                                  pods["gateway"], 8080), "the front door is open"
     stray = pods["stray"]  # a pod of the namespace no part names: nothing in or out
     assert not net.allows(stray, S3, 443) and not net.allows(pods["api"], stray, 80)
+
+
+def test_a_rags_query_service_is_reached_by_the_gateway_alone_and_its_own_llm_by_it_alone():
+    """A RAG's query service (tasks/rag_cluster.py) reads the catalog and its vectors (the database's port), asks
+    an endpoint through the gateway or its own LLM; its own LLM, the member-facing model, reaches nothing."""
+    net, pods = _network(storage_cidrs=[])
+    rag, llm = pods["rag"], pods["rag-llm"]
+    assert net.allows(pods["gateway"], rag, 8080), "the gateway routes to it"
+    for who in ("run", "stage", "notebook", "api", "stray"):
+        assert not net.allows(pods[who], rag, 8080) and not net.allows(pods[who], llm, 8080), who
+    assert net.allows(rag, pods["postgres"], 5432) and net.allows(rag, "10.20.0.6", 5432), "catalog and vectors"
+    assert net.allows(rag, pods["gateway"], 8080) and net.allows(rag, llm, 8080), "its LLM: an endpoint, or its own"
+    assert net.allows(rag, pods["dns"], 53, "UDP") and net.allows(rag, S3, 443), "a base_url LLM, an embeddings URL"
+    for where, port in ((METADATA, 80), (API_SERVICE, 443), (API_SERVER, 6443)):
+        assert not net.allows(rag, where, port) and not net.allows(llm, where, port), where
+    assert not net.allows(rag, pods["prefect"], 4200) and not net.allows(rag, pods["api"], 8080)
+    assert not net.allows(pods["gateway"], llm, 8080), "its own LLM answers its query service alone"
+    for where, port in ((S3, 443), (pods["dns"], 53), (pods["postgres"], 5432), (pods["gateway"], 8080)):
+        assert not net.allows(llm, where, port, *(("UDP",) if port == 53 else ())), where
