@@ -168,16 +168,19 @@ def test_the_kueue_component_names_the_gpu_queue():
 
 
 def test_the_dev_postgres_makes_every_database_the_readmes_secrets_name():
-    """The install walk (docs/platform/kubernetes.md) names a database per Secret (prefect, mlflow, catalog): the dev overlay's
-    PostgreSQL must make each, as its image's POSTGRES_DB makes only one."""
+    """The install walk (docs/platform/kubernetes.md) names a database per Secret (prefect, mlflow, catalog, and RAGs'
+    vectors): the dev overlay's PostgreSQL must make each, as its image's POSTGRES_DB makes only one."""
     import re
 
     readme = (Path(__file__).resolve().parents[2] / "docs" / "platform" / "kubernetes.md").read_text()
     named = set(re.findall(r"@postgres:5432/(\w+)", readme))
     init = _by(render(K8S / "overlays" / "dev"), "ConfigMap")["postgres-init"]["data"]["10-databases.sql"]
-    made = set(re.findall(r"CREATE DATABASE (\w+)", init))
-    assert named == {"prefect", "mlflow", "catalog"} and named <= made, (named, made)
     sts = _by(render(K8S / "overlays" / "dev"), "StatefulSet")["postgres"]["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in sts["containers"][0]["env"]}
+    first = env.get("POSTGRES_DB") or env["POSTGRES_USER"]  # the image's own database (POSTGRES_DB, else the user's)
+    made = set(re.findall(r"CREATE DATABASE (\w+)", init)) | {first}
+    assert named == {"prefect", "mlflow", "catalog", "mlyard"} and named <= made, (named, made)
+    assert f"\\connect {first}\nCREATE EXTENSION IF NOT EXISTS vector" in init, "RAGs' vectors: pgvector there"
     assert {"name": "init", "mountPath": "/docker-entrypoint-initdb.d", "readOnly": True} in \
         sts["containers"][0]["volumeMounts"]
 
