@@ -216,6 +216,15 @@ def release_check() -> tuple[str, str]:
     return os.environ.get("MLYARD_IMAGE_FIELD", "this image"), os.environ.get("MLYARD_RELEASE", "")
 
 
+def backup_sources() -> dict[str, str | None]:
+    """What a cluster's backup Job reads beside the settings (tasks/cluster_backup.py), from the install's Secrets as
+    the migration Job is given them: MLflow's database (MLFLOW_BACKEND_STORE_URI) and artifacts
+    (MLYARD_BACKUP_ARTIFACTS), Prefect's database (PREFECT_SERVER_DATABASE_CONNECTION_URL)."""
+    return {"mlflow": os.environ.get("MLFLOW_BACKEND_STORE_URI") or None,
+            "prefect": os.environ.get("PREFECT_SERVER_DATABASE_CONNECTION_URL") or None,
+            "artifacts": os.environ.get("MLYARD_BACKUP_ARTIFACTS") or None}
+
+
 def member_egress(stage: bool = False) -> list[dict]:
     """The egress rules of the pods that run a member's code on a cluster (endpoint stages, notebooks): from the
     install's values' `network` (MLYARD_NETWORK), or their defaults."""

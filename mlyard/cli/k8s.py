@@ -12,7 +12,7 @@ import typer
 from mlyard.cli.common import JSON, emit, guard, out, typer_app
 
 app = typer_app("Install mlyard on a Kubernetes cluster: render the manifests of a values file, diff, apply or "
-                "uninstall them.")
+                "uninstall them; back the installed platform up and restore it.")
 
 VALUES = typer.Option(None, "-f", "--values", help="Values file (YAML; fields in core/specs/cluster.py). "
                       "Without it: the dev overlay in namespace mlyard with the mlyard:0.1.0 image.")
@@ -183,7 +183,7 @@ def uninstall(values: Optional[Path] = VALUES,
               as_json: bool = JSON) -> None:
     """Remove the install: everything `mlyard k8s apply` made (its ConfigMap mlyard-install lists it), the
     cluster-scoped Kueue objects and every project's ClusterQueue among them. The namespace's Secrets, volume
-    claims, notebooks and endpoints stay unless --delete-data; back up first (`mlyard admin backup`)."""
+    claims, notebooks and endpoints stay unless --delete-data; back up first (`mlyard k8s backup`)."""
     from mlyard.core.errors import StackError
     from mlyard.tasks import cluster
     from mlyard.tasks.cluster_apply import INVENTORY, delete, inventory, left_in, project_cluster_queues
@@ -217,3 +217,58 @@ def uninstall(values: Optional[Path] = VALUES,
         out.print(f"kept in namespace {values_of(values).namespace}: "
                   f"{', '.join(f'{n} {kind}' + ('s' if n != 1 else '') for kind, n in kept.items())} (data, and what flows made there: "
                   "endpoint stages, notebooks, runs); --delete-data deletes the namespace with them", highlight=False)
+
+
+URI_HELP = "The backup's prefix of the platform's object storage (s3://BUCKET/backups/NAME): private, as it holds Secrets."
+
+
+def _backup_or_restore(action: str, values: Optional[Path], uri: str, kubeconfig: Optional[Path], context: Optional[str],
+                       wait_seconds: float, as_json: bool) -> None:
+    from mlyard.tasks import cluster
+    from mlyard.tasks.cluster_backup import run
+
+    echo = (lambda line: None) if as_json else (lambda line: out.print(line, highlight=False))
+    manifest = guard(lambda: run(values_of(values), cluster.dynamic_client(str(kubeconfig) if kubeconfig else None,
+                                                                           context), action, uri, wait_seconds, echo))
+    if as_json:
+        emit(manifest, True)
+        return
+    counted = manifest.get("restored_inventory") or manifest["inventory"]
+    for store, tables in counted.items():
+        out.print(f"{store}: " + ", ".join(f"{n} {t}" for t, n in tables.items() if n), highlight=False)
+    if action == "restore":
+        out.print(f"restored the backup of {manifest['taken_at']}: now `mlyard k8s apply -f VALUES` starts the platform",
+                  highlight=False)
+
+
+@app.command("backup")
+def backup(to: str = typer.Option(..., "--to", help=URI_HELP), values: Optional[Path] = VALUES,
+           kubeconfig: Optional[Path] = typer.Option(None, "--kubeconfig", help="Default: KUBECONFIG, ~/.kube/config."),
+           context: Optional[str] = typer.Option(None, "--context", help="kubeconfig context."),
+           wait_seconds: float = typer.Option(3600, "--wait-seconds", min=1, help="How long to wait for the Job."),
+           as_json: bool = JSON) -> None:
+    """Back up the installed platform while it runs, by a Job in its namespace: each database its Secrets name
+    (pg_dump), the projects', uploads' and MLflow's storage, the Secrets mlyard made, and the volume claims' list;
+    the inventory counted in the dumps' snapshot (tasks/cluster_backup.py says what the prefix holds)."""
+    _backup_or_restore("backup", values, to.rstrip("/"), kubeconfig, context, wait_seconds, as_json)
+
+
+@app.command("restore")
+def restore(source: str = typer.Option(..., "--from", help="A prefix `mlyard k8s backup` wrote."),
+            values: Optional[Path] = VALUES,
+            kubeconfig: Optional[Path] = typer.Option(None, "--kubeconfig", help="Default: KUBECONFIG, ~/.kube/config."),
+            context: Optional[str] = typer.Option(None, "--context", help="kubeconfig context."),
+            wait_seconds: float = typer.Option(3600, "--wait-seconds", min=1, help="How long to wait for the Job."),
+            yes: bool = typer.Option(False, "--yes", help="Do not ask first."),
+            as_json: bool = JSON) -> None:
+    """Put a backup back: the platform's Deployments scaled to none, then a Job restores each database
+    (pg_restore --clean: what is there now is replaced), copies the storage back and makes the Secrets again.
+    `mlyard k8s apply` then starts the platform; volume claims' data comes from their snapshots."""
+    from mlyard.cli.common import say_error
+
+    if not yes and (not sys.stdin.isatty() or not typer.confirm(
+            "Replace the platform's databases, storage and Secrets with the backup's (the platform stops)?")):
+        say_error("error: a restore replaces the platform's data and asks first; add --yes where no one can answer: "
+                  "nothing was changed")
+        raise typer.Exit(2)
+    _backup_or_restore("restore", values, source.rstrip("/"), kubeconfig, context, wait_seconds, as_json)

@@ -126,6 +126,10 @@ def test_workers_get_exactly_what_they_use(overlay):
     assert api == {("", "secrets"): {"create", "delete"}, ("coordination.k8s.io", "leases"): {"get", "create", "update"},
                    ("apps", "statefulsets"): {"get"},  # a notebook's health: its ready replicas
                    ("", "pods"): {"list"}, ("", "pods/log"): {"get"}}  # the runs' records, for `mlyard logs`
+    # the backup and restore Jobs: mlyard's Secrets read and made again, the claims listed; nothing else
+    backup = {(g, r): set(rule["verbs"]) for rule in roles["mlyard-backup"]["rules"]
+              for g in rule["apiGroups"] for r in rule["resources"]}
+    assert backup == {("", "secrets"): {"list", "create", "update"}, ("", "persistentvolumeclaims"): {"list"}}
     # the notebook flow's runs: a notebook's objects applied (read, then patch) and deleted; its pod deleted to reboot
     notebooks = {(g, r): set(rule["verbs"]) for rule in roles["mlyard-notebooks"]["rules"]
                  for g in rule["apiGroups"] for r in rule["resources"]}
