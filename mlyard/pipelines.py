@@ -298,8 +298,7 @@ def run_graph_view(run_id: str) -> dict[str, Any]:
     from mlyard.tasks.storage import Storage
 
     view = show_run(run_id)
-    text = pipeline_text(Storage(connect()), view["run_dir"])
-    if text is None:
+    if (text := pipeline_text(Storage(connect()), view["run_dir"])) is None:
         raise SpecError("pipeline run", run_id, "a run whose folder is kept (its outputs were removed after the "
                                                 "retention period, or it never started)")
     p = kfp.load(text, "pipeline run")
@@ -327,13 +326,14 @@ def download(run_id: str, dest: str | Path, *, task: str | None = None) -> dict[
     copied = []
     member = member_api() is not None
     view = output_files(run_id, task) if member else show_run(run_id)
+    storage = None if member else Storage(connect())
     for o in view["files"] if member else _outputs_of(view, task):
         target = dest / o["task"] / o["name"]  # the platform's step and file names: no '/' or '..' in them
         target.parent.mkdir(parents=True, exist_ok=True)
-        if member:
+        if storage is None:
             target.write_bytes(base64.b64decode(o["data"]))
         else:  # a file here, or one kept in the project's storage (a cluster's run: tasks/pipeline_storage.py)
-            target.write_bytes(Storage(connect()).read_bytes(o["path"]))
+            storage.fetch(o["path"], target)
         copied.append(str(target))
     return {"pipeline_run_id": view["id"], "copied": copied}
 
@@ -354,12 +354,12 @@ def output_files(run_id: str, task: str | None = None) -> dict[str, Any]:
 
     view = show_run(run_id)
     files = _outputs_of(view, task)
-    size = sum(o["bytes"] for o in files)
-    if size > MAX_DOWNLOAD_BYTES:
+    if (size := sum(o["bytes"] for o in files)) > MAX_DOWNLOAD_BYTES:
         raise SpecError("--task", task or "(all)", f"outputs of at most {MAX_DOWNLOAD_BYTES >> 20} MiB at once (these are "
                         f"{size >> 20} MiB): download one step's with --task")
+    storage = Storage(connect())
     return {"id": view["id"], "files": [
-        {"task": o["task"], "name": o["name"], "data": base64.b64encode(Storage(connect()).read_bytes(o["path"])).decode()}
+        {"task": o["task"], "name": o["name"], "data": base64.b64encode(storage.read_bytes(o["path"])).decode()}
         for o in files]}
 
 

@@ -163,6 +163,20 @@ class Storage:
                 client.download_file(loc.bucket, base + name, str(target))
         return scratch
 
+    def fetch(self, uri: str, target: Path, field: str = "uri") -> None:
+        """One file's content written to the local path `target`, streamed (a local file copied, an object
+        downloaded in parts), never held whole in memory."""
+        import shutil
+
+        loc = self.resolve(uri, field)
+        if loc.kind == "local":
+            if not loc.path.is_file():
+                raise StorageNotFound(uri)
+            shutil.copyfile(loc.path, target)
+            return
+        with _translated(uri):
+            self.client(loc).download_file(loc.bucket, loc.key, str(target))
+
     def exists(self, uri: str, field: str = "uri") -> bool:
         """Whether one file is stored at `uri`."""
         loc = self.resolve(uri, field)

@@ -96,3 +96,17 @@ def test_write_bytes_atomic_local_and_s3(s3_settings, bucket, tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     st.write_bytes(f"s3://{bucket}/f.txt", b"hi")
     assert st.read_bytes(f"s3://{bucket}/f.txt") == b"hi"
+
+
+def test_fetch_streams_one_file_to_a_local_path_from_either_kind(s3_settings, bucket, tree, tmp_path):
+    """A download of a pipeline's outputs writes each file as it comes (copyfile, S3's download in parts)."""
+    st = Storage(s3_settings)
+    st.fetch(str(tree / "sub" / "c.csv"), tmp_path / "local.csv")
+    assert (tmp_path / "local.csv").read_text() == "c\n2\n"
+    st.upload(tree, f"s3://{bucket}/fetched")
+    st.fetch(f"s3://{bucket}/fetched/a.csv", tmp_path / "remote.csv")
+    assert (tmp_path / "remote.csv").read_text() == "a\n1\n"
+    with pytest.raises(StorageNotFound):
+        st.fetch(str(tree / "gone.csv"), tmp_path / "x")
+    with pytest.raises(StorageNotFound):
+        st.fetch(f"s3://{bucket}/fetched/gone.csv", tmp_path / "y")
