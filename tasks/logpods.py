@@ -112,20 +112,22 @@ STAGE_LABEL = "mlyard.io/endpoint"  # tasks/kubernetes.py labels an endpoint's s
 STAGE_CONTAINER = "model-server"  # infra/endpoint/deployment.yaml.j2's serving container
 
 
-def endpoint_records(api_client: Any, namespace: str, endpoint: str, tail: int) -> list[dict[str, Any]]:
+def endpoint_records(api_client: Any, namespace: str, endpoint: str, tail: int, selector: str | None = None,
+                     container: str = STAGE_CONTAINER) -> list[dict[str, Any]]:
     """`mlyard endpoints logs` on a cluster: the last `tail` inference records of `endpoint`, oldest first, as its
     stage pods print them (`mlyard serve --inference-log -`, a record per request) in their serving container's
-    log, read through `pods/log`. What a pod printed goes with it (kubelet keeps a pod's log while it exists)."""
+    log, read through `pods/log`. What a pod printed goes with it (kubelet keeps a pod's log while it exists).
+    A RAG's query service's (`mlyard rags logs`): its pods' `selector`, their `container`, `endpoint` rag:NAME."""
     import kubernetes.client
     from kubernetes.client.exceptions import ApiException
 
     core = kubernetes.client.CoreV1Api(api_client)
     found: list[dict[str, Any]] = []
-    for pod in core.list_namespaced_pod(namespace, label_selector=f"{STAGE_LABEL}={endpoint}").items:
+    for pod in core.list_namespaced_pod(namespace, label_selector=selector or f"{STAGE_LABEL}={endpoint}").items:
         if not pod.status or pod.status.phase in (None, "Pending"):
             continue
         try:  # its last lines: the records among the server's other lines
-            text = core.read_namespaced_pod_log(pod.metadata.name, namespace, container=STAGE_CONTAINER,
+            text = core.read_namespaced_pod_log(pod.metadata.name, namespace, container=container,
                                                 tail_lines=tail * 4 + 100, _preload_content=False).data.decode(
                                                     errors="replace")
         except ApiException as exc:

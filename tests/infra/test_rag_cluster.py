@@ -69,6 +69,7 @@ def test_a_rags_query_service_runs_on_the_cluster_and_the_gateway_routes_it(plat
     # this process as the API's pod: in a pod (a local deployment is the flow's -kubernetes one), its settings
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
     monkeypatch.setenv("MLYARD_HOME", str(tmp_path / "api-pod"))
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))  # its account's reach of pods/log, as admin here
     monkeypatch.setenv("MLYARD_VECTOR_STORE_URL", cluster_stores.vector_store_url)
     monkeypatch.setenv("MLYARD_PREFECT_API_URL", os.environ["PREFECT_API_URL"])  # the cluster's Prefect
     monkeypatch.setenv("MLYARD_GATEWAY_URL", f"http://{platform_nodes.gateway.address[0]}:"
@@ -121,6 +122,10 @@ def test_a_rags_query_service_runs_on_the_cluster_and_the_gateway_routes_it(plat
             assert client.post(f"{url}/v1/search", json={"model": "handbook", "query": "x"}).status_code in (401, 403)
         answer = rags.query("handbook", "How is an endpoint token rotated?")  # as a user asks it, at the gateway
         assert answer["sources"][0]["file"] == "tokens.md" and "revoked" in answer["answer"], answer
+        # its request log: what its pods printed, read through pods/log as the API's pod reads it
+        said = wait(lambda: (got := rags.logs("handbook", tail=10)) and any(
+            "/v1/chat/completions 200" in r["body"] for r in got) and got, 30, "the query's record in the pods' log")
+        assert all(r["endpointId"] == "rag:handbook" for r in said) and any("/v1/search 200" in r["body"] for r in said)
 
         assert rags.delete("handbook") == {"deleted": "handbook"}  # the run that deletes its objects is queued
         wait(lambda: api.get_object("Deployment", NS, f"rag-{record.id}") is None
