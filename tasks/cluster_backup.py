@@ -17,9 +17,10 @@ backup is a prefix of object storage (`URI`):
 
 The storage prefix holds the Secrets and every database: it must be as private as they are. A restore needs the
 platform stopped (`mlyard k8s restore` scales its Deployments to none first) and its databases existing (a
-managed PostgreSQL's, or the dev overlay's): each dump is restored with `pg_restore --clean`, the storage copied
-back where it was, the Secrets made again; `mlyard k8s apply` then starts it as it was, and the scheduler catches
-up from the backup's time. A database that is not PostgreSQL (an SQLite file of a test) is named and skipped.
+managed PostgreSQL's, or the dev overlay's): each dump is restored with `pg_restore --clean`, the storage's objects
+copied back where they were (objects made since the backup stay), the Secrets made again; `mlyard k8s apply` then
+starts it as it was, and the scheduler catches up from the backup's time. A database that is not PostgreSQL (an
+SQLite file of a test) is named and skipped.
 
 `python -m mlyard.tasks.cluster_backup {backup|restore} URI` is the Job's command: it prints what it does and,
 last, the manifest as one JSON line.
@@ -135,8 +136,8 @@ def _libpq(url: str) -> str | None:
 
 def backup(uri: str, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Everything the module names, into `uri`; the manifest."""
-    from mlyard.tasks.dumps import count_tables, pg_client
     from mlyard.core.settings import Settings
+    from mlyard.tasks.dumps import count_tables, pg_client
     from mlyard.tasks.storage import Storage
 
     settings, t0 = Settings(), time.monotonic()
@@ -203,7 +204,8 @@ def _copy(storage: Any, source: str, target: str) -> int:
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=src.bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
             key = f"{dst.key.rstrip('/')}/{obj['Key'][len(prefix):]}"
-            client.copy_object(Bucket=dst.bucket, Key=key, CopySource={"Bucket": src.bucket, "Key": obj["Key"]})
+            # boto3's managed copy: in parts on the storage's side for an object past copy_object's 5 GB
+            client.copy({"Bucket": src.bucket, "Key": obj["Key"]}, dst.bucket, key)
             n += 1
     return n
 
@@ -227,8 +229,8 @@ def _cluster_state(namespace: str) -> tuple[list[dict], list[str], list[dict]]:
 
 def restore(uri: str, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """The backup at `uri` put back (the platform stopped); its manifest, with the inventory restored."""
-    from mlyard.tasks.dumps import count_tables, pg_client
     from mlyard.core.settings import Settings
+    from mlyard.tasks.dumps import count_tables, pg_client
     from mlyard.tasks.storage import Storage
 
     settings = Settings()
@@ -247,7 +249,7 @@ def restore(uri: str, echo: Callable[[str], None] = print) -> dict[str, Any]:
             if libpq is None:
                 raise StackError(f"the backup holds database {name}, and this install names no PostgreSQL for it")
             dump = Path(scratch) / f"{name}.dump"
-            dump.write_bytes(storage.read_bytes(f"{uri}/databases/{name}.dump"))
+            storage.fetch(f"{uri}/databases/{name}.dump", dump)  # streamed: a dump may be larger than the pod's memory
             pg_client("pg_restore", ["--clean", "--if-exists", "--no-owner", "--exit-on-error", f"--dbname={libpq}",
                                      f"--use-list={_without_extensions(dump)}", str(dump)])
             engine = create_engine(urls[name])  # type: ignore[arg-type]
