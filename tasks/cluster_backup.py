@@ -110,7 +110,6 @@ def run(values: Any, dyn: Any, action: str, uri: str, timeout: float, echo: Call
 
 def _databases(settings: Any) -> dict[str, str | None]:
     from mlyard.core.environment import backup_sources
-
     from mlyard.registry.migrate import sync_url
 
     sources = backup_sources()
