@@ -88,7 +88,9 @@ def rag_sync(spec: RagSyncSpec) -> RagSyncResult:
         if in_kubernetes_pod():  # a cluster's run: the query service as the spec says now (tasks/rag_cluster.py)
             from mlyard.tasks.rag_cluster import deploy
 
-            manifests = deploy(spec.rag, record.id, rag)
+            manifests, why = deploy(spec.rag, record.id, rag)
+            if why:
+                logger.warning(f"RAG {spec.rag}: {why}")
         from mlyard.core.connection import read_state
 
         state = read_state(p.settings)

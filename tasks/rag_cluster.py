@@ -206,9 +206,12 @@ def service_urls(api_client: Any, manifests: list[dict[str, Any]], namespace: st
     return out
 
 
-def deploy(name: str, rag_id: int, spec: RagSpec) -> list[dict[str, Any]]:
+def deploy(name: str, rag_id: int, spec: RagSpec) -> tuple[list[dict[str, Any]] | None, str]:
     """A cluster's ingestion run, first: the RAG's objects as its spec says now, applied (its pods load the
-    embedding model while the documents are ingested)."""
+    embedding model while the documents are ingested); (them, ""). A run whose account may not apply them (one of
+    `rag-sync-gpu`, as the gpu pool's runs are `mlyard-run`) ingests only: (None, why)."""
+    from kubernetes.client.exceptions import ApiException
+
     from mlyard.core.environment import install_pull_secrets
     from mlyard.core.settings import Settings
     from mlyard.tasks.kubernetes import cluster_client
@@ -216,8 +219,14 @@ def deploy(name: str, rag_id: int, spec: RagSpec) -> list[dict[str, Any]]:
     settings = Settings()
     manifests = render(name, rag_id, spec, image=settings.image, serving_image=settings.serving_image or settings.image,
                        namespace=settings.kube_namespace, pull_secrets=install_pull_secrets())
-    apply(cluster_client("instance_type", spec.instance_type), manifests, settings.kube_namespace)
-    return manifests
+    try:
+        apply(cluster_client("instance_type", spec.instance_type), manifests, settings.kube_namespace)
+    except ApiException as exc:
+        if exc.status != 403:
+            raise
+        return None, ("this run's account may not apply a RAG's query service (rag-sync-kubernetes's may): the "
+                      "documents are ingested, and the query service stays as the last such run left it")
+    return manifests, ""
 
 
 def route(rags: Any, rag_id: int, spec: RagSpec, manifests: list[dict[str, Any]], timeout: float = 600.0) -> str:

@@ -38,7 +38,7 @@ def _logs(platform_nodes, prefixes: tuple[str, ...]) -> str:
 
 
 def test_a_rags_query_service_runs_on_the_cluster_and_the_gateway_routes_it(platform_nodes, cluster_stores,
-                                                                            tmp_path, monkeypatch):
+                                                                            control_plane, tmp_path, monkeypatch):
     import base64
 
     import boto3
@@ -126,6 +126,26 @@ def test_a_rags_query_service_runs_on_the_cluster_and_the_gateway_routes_it(plat
         said = wait(lambda: (got := rags.logs("handbook", tail=10)) and any(
             "/v1/chat/completions 200" in r["body"] for r in got) and got, 30, "the query's record in the pods' log")
         assert all(r["endpointId"] == "rag:handbook" for r in said) and any("/v1/search 200" in r["body"] for r in said)
+
+        # a sync on the gpu pool (`rag-sync-gpu`) runs as `mlyard-run`, which may not apply these objects: it ingests
+        # only, saying so, and leaves the query service as it is
+        import kubernetes.client
+
+        from mlyard.core.specs.rag import RagSpec
+        from mlyard.tasks import kubernetes as kube
+        from mlyard.tasks import rag_cluster
+
+        code, doc = api.request("POST", f"/api/v1/namespaces/{NS}/serviceaccounts/mlyard-run/token", {
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}})
+        assert code == 201, doc
+        conf = kubernetes.client.Configuration()
+        conf.host, conf.ssl_ca_cert = control_plane.url, str(control_plane.ca)
+        conf.api_key, conf.api_key_prefix = {"authorization": doc["status"]["token"]}, {"authorization": "Bearer"}
+        with monkeypatch.context() as m:
+            m.setattr(kube, "cluster_client", lambda *_: kubernetes.client.ApiClient(conf))
+            applied, why = rag_cluster.deploy("handbook", record.id, RagSpec.model_validate(record.spec))
+        assert applied is None and "rag-sync-kubernetes" in why
+        assert api.get("Deployment", NS, f"rag-{record.id}")["metadata"]["uid"] == deployment["metadata"]["uid"]
 
         assert rags.delete("handbook") == {"deleted": "handbook"}  # the run that deletes its objects is queued
         wait(lambda: api.get_object("Deployment", NS, f"rag-{record.id}") is None
