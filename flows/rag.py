@@ -60,6 +60,9 @@ def rag_sync(spec: RagSyncSpec) -> RagSyncResult:
         from mlyard.tasks.kubernetes import cluster_client
         from mlyard.tasks.rag_cluster import withdraw
 
+        if (alive := Rags(Parts().catalog).by_id(spec.withdraw)) is not None:  # only a deleted RAG's objects go
+            raise ValueError(f"withdraw: RAG id {spec.withdraw} is {alive.name!r}, which exists: delete it with "
+                             "`mlyard rags delete`, which withdraws its objects")
         gone = withdraw(cluster_client("withdraw", "kubernetes"), Settings().kube_namespace, spec.withdraw)
         logger.info(f"RAG {spec.rag} (id {spec.withdraw}) deleted: " + (", ".join(gone) or "no object was left"))
         return RagSyncResult(rag=spec.rag, state="DELETED", counts={"objects_deleted": len(gone)})

@@ -78,6 +78,11 @@ class Rags:
                 raise RagNotFound(name)
             return _record(row)
 
+    def by_id(self, rag_id: int) -> RagRecord | None:
+        with self.catalog.session() as s:
+            row = s.get(Rag, rag_id)
+            return _record(row) if row is not None else None
+
     def all(self, projects: list[str] | None = None) -> list[RagRecord]:
         """Every RAG, or those of `projects`."""
         query = select(Rag).order_by(Rag.id)

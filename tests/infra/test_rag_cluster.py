@@ -147,6 +147,12 @@ def test_a_rags_query_service_runs_on_the_cluster_and_the_gateway_routes_it(plat
         assert applied is None and "rag-sync-kubernetes" in why
         assert api.get("Deployment", NS, f"rag-{record.id}")["metadata"]["uid"] == deployment["metadata"]["uid"]
 
+        from mlyard.flows.rag import RagSyncSpec, rag_sync
+
+        with pytest.raises(ValueError, match="which exists"):  # a live RAG's objects are never withdrawn
+            rag_sync(RagSyncSpec(rag="other", withdraw=record.id))
+        assert api.get_object("Deployment", NS, f"rag-{record.id}") is not None
+
         assert rags.delete("handbook") == {"deleted": "handbook"}  # the run that deletes its objects is queued
         wait(lambda: api.get_object("Deployment", NS, f"rag-{record.id}") is None
              and api.get_object("Service", NS, f"rag-{record.id}") is None
