@@ -269,10 +269,11 @@ def delete(name: str) -> dict[str, Any]:
 def logs(name: str, tail: int = 20) -> list[dict[str, Any]]:
     """The last records of the RAG's request log, as endpoints keep them: one per query, search or
     embedding request its query service answered (status, time, first byte, the error's reason)."""
-    from mlyard.tasks.rag_service import request_records
+    from mlyard.serving.inference_log import tail as last
+    from mlyard.tasks.rag_service import cluster_records
     settings = connect()
     rag_checks.in_reach(settings, name)
-    return request_records(settings.home_dir, name, tail)
+    return found if (found := cluster_records(name, tail)) is not None else last(query_log(settings.home_dir, name), tail)
 
 
 def _asked(name: str, token: str | None) -> tuple[Settings | None, Any, str, str | None]:

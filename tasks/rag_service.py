@@ -121,17 +121,15 @@ def query_service_status(home: Path, name: str, recorded: str = "") -> str:
     return status
 
 
-def request_records(home: Path, name: str, tail: int) -> list[dict[str, Any]]:
-    """The last `tail` records of the RAG's request log, oldest first: this machine's file, or on a cluster what its
-    query service's pods printed (tasks/logpods.py, through `pods/log`, while they exist)."""
+def cluster_records(name: str, tail: int) -> list[dict[str, Any]] | None:
+    """On a cluster, the last `tail` records of the RAG's request log, oldest first: what its query service's pods
+    printed (tasks/logpods.py, through `pods/log`, while they exist). None elsewhere (the file `query_log` names)."""
     from mlyard.core.settings import Settings, in_kubernetes_pod
 
-    if in_kubernetes_pod():
-        from mlyard.tasks.kubernetes import cluster_client
-        from mlyard.tasks.logpods import endpoint_records
+    if not in_kubernetes_pod():
+        return None
+    from mlyard.tasks.kubernetes import cluster_client
+    from mlyard.tasks.logpods import endpoint_records
 
-        return endpoint_records(cluster_client("rag logs", "kubernetes"), Settings().kube_namespace, llm_endpoint(name),
-                                tail, selector=f"mlyard.io/rag={name},mlyard.io/part=query", container="server")
-    from mlyard.serving.inference_log import tail as last
-
-    return last(query_log(home, name), tail)
+    return endpoint_records(cluster_client("rag logs", "kubernetes"), Settings().kube_namespace, llm_endpoint(name),
+                            tail, selector=f"mlyard.io/rag={name},mlyard.io/part=query", container="server")

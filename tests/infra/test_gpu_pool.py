@@ -90,7 +90,8 @@ def test_every_deployment_on_a_kubernetes_pool_renders_a_strictly_valid_job(stac
 
 def test_the_scheduler_and_pipeline_runs_run_on_the_cpu_pool():
     """None asks for a GPU: the scheduler loops, a pipeline run hands its steps to the KFP server, an endpoint
-    change applies a stage's objects, a notebook's run applies its StatefulSet (which asks for the GPUs itself), and
+    change applies a stage's objects, a notebook's run applies its StatefulSet (which asks for the GPUs itself), a RAG's
+    sync embeds on the CPU and applies its query service, and
     the lifecycle's runs a cluster's pod queues as `pool: local` (trainings, tunings, batches and evaluations: the CPU
     training image)."""
     endpoint_flows = ["mlyard.flows.endpoint_add_stage.add_stage", "mlyard.flows.endpoint_delete.delete_endpoint",
@@ -101,7 +102,8 @@ def test_the_scheduler_and_pipeline_runs_run_on_the_cpu_pool():
     lifecycle = ["mlyard.flows.batch_inference.batch_infer", "mlyard.flows.batch_worker.batch_worker",
                  "mlyard.flows.evaluation.evaluate"]
     assert sorted(d["entrypoint"] for d in _deployments("cpu")) == sorted(lifecycle + endpoint_flows + [
-        "mlyard.flows.notebook.notebook", "mlyard.flows.pipeline_run.pipeline_run", "mlyard.flows.scheduler.scheduler",
+        "mlyard.flows.notebook.notebook", "mlyard.flows.pipeline_run.pipeline_run", "mlyard.flows.rag.rag_sync",
+        "mlyard.flows.scheduler.scheduler",
         "mlyard.flows.training.train", "mlyard.flows.tuning.tune"])
     from mlyard.core.names import on_this_platform
 
