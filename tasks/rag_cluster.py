@@ -3,8 +3,8 @@
 
 - `rag-ID`: a Deployment of `python -m mlyard.serving.rag` in the platform's image (spec.instance_count pods,
   on the spec's instance type), its Service, and a NetworkPolicy that lets in the gateway's pods alone; the pods
-  read the catalog, the vector store and, for an mlyard endpoint as its LLM, the internal credential: three keys
-  of the settings Secret and nothing more, and no service account token;
+  read the catalog, the vector store and, for an mlyard endpoint as its LLM alone, the internal credential: those
+  keys of the settings Secret and nothing more, and no service account token;
 - `rag-ID-llm`, only when the RAG writes answers with a model of its own (the built-in SmolLM2: a model folder
   runs on one machine alone, `refused`): `mlyard serve --chat-model` in the serving image, which only the
   query service's pods reach and which reaches nothing.
@@ -26,7 +26,8 @@ LABEL = "mlyard.io"
 PORT = 8080
 PULL = ("Deployment", "Service", "NetworkPolicy")  # what a RAG's objects are: found and deleted by its label
 API_VERSIONS = {"Deployment": "apps/v1", "Service": "v1", "NetworkPolicy": "networking.k8s.io/v1"}
-# what the query service's pods read of the settings Secret (optional keys: one the install does not set is left out)
+# what the query service's pods read of the settings Secret (optional keys: one the install does not set is left out);
+# the internal credential only when its LLM is an mlyard endpoint, which it passes with
 QUERY_SETTINGS = ("mlyard_catalog_url", "mlyard_vector_store_url", "mlyard_internal_token")
 
 
@@ -66,8 +67,9 @@ def render(name: str, rag_id: int, spec: RagSpec, *, image: str, serving_image: 
     own = generates_with_own_llm(spec)
     reach = [{"to": [gateway, *([{"podSelector": {"matchLabels": _selector(llm_labels)}}] if own else [])],
               "ports": [{"port": PORT, "protocol": "TCP"}]}]
+    keys = QUERY_SETTINGS if spec.llm.endpoint else QUERY_SETTINGS[:2]  # the internal credential: for an endpoint alone
     settings = {"name": "settings", "secret": {"secretName": "mlyard-settings", "optional": True, "defaultMode": 0o400,
-                                               "items": [{"key": k, "path": k} for k in QUERY_SETTINGS]}}
+                                               "items": [{"key": k, "path": k} for k in keys]}}
     out = [*_part(query, namespace, labels, image, spec.instance_count, spec.instance_type, pull_secrets,
                   ["python", "-m", "mlyard.serving.rag", "--rag", name, "--host", "0.0.0.0", "--port", str(PORT)],
                   "/health", {"cpu": "500m", "memory": "1Gi"}, [settings]),

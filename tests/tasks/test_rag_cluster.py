@@ -20,7 +20,7 @@ def _render(**llm) -> list[dict]:
                               namespace="ml", pull_secrets=("regcred",))
 
 
-def test_the_query_service_is_a_restricted_deployment_holding_three_settings_and_no_account_token():
+def test_the_query_service_is_a_restricted_deployment_holding_its_settings_and_no_account_token():
     manifests = _render()
     validate(manifests)  # the Kubernetes schema, strict
     assert [(m["kind"], m["metadata"]["name"]) for m in manifests] == [
@@ -33,8 +33,11 @@ def test_the_query_service_is_a_restricted_deployment_holding_three_settings_and
     box = pod["containers"][0]
     assert box["image"] == "reg/mlyard:1" and box["args"][:5] == ["python", "-m", "mlyard.serving.rag", "--rag", "handbook"]
     settings = next(v for v in pod["volumes"] if v["name"] == "settings")["secret"]
-    assert [i["key"] for i in settings["items"]] == ["mlyard_catalog_url", "mlyard_vector_store_url",
-                                                     "mlyard_internal_token"] and settings["optional"] is True
+    assert [i["key"] for i in settings["items"]] == ["mlyard_catalog_url", "mlyard_vector_store_url"]
+    assert settings["optional"] is True
+    asks_endpoint = _render(endpoint="chat")[0]["spec"]["template"]["spec"]  # it passes the endpoint as the platform
+    assert [i["key"] for i in next(v for v in asks_endpoint["volumes"] if v["name"] == "settings")["secret"]["items"]
+            ] == ["mlyard_catalog_url", "mlyard_vector_store_url", "mlyard_internal_token"]
     token = next(e for e in box["env"] if e["name"] == "MLYARD_REPLICA_TOKEN")  # it answers the gateway alone
     assert token["valueFrom"]["secretKeyRef"]["key"] == "mlyard_replica_token"
     assert box["resources"]["requests"]["cpu"] and box["readinessProbe"]["httpGet"]["path"] == "/health"
