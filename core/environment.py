@@ -153,6 +153,12 @@ def pod_name() -> str | None:
     return os.environ.get("POD_NAME") or os.environ.get("HOSTNAME")
 
 
+def own_image() -> str | None:
+    """The image this flow-run pod runs, as the worker rendered it into the pool's job template (MLYARD_POD_IMAGE,
+    infra/*-job-template.json); None where no template set it."""
+    return os.environ.get("MLYARD_POD_IMAGE") or None
+
+
 def kubeconfig_path() -> str | None:
     """The kubeconfig a client outside the cluster uses (KUBECONFIG; None: ~/.kube/config)."""
     return os.environ.get("KUBECONFIG")

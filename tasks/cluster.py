@@ -2,7 +2,8 @@
 
 `render` runs `kubectl kustomize` on the values' overlay (kustomize is the tool made for it) and then
 sets what the values name: the namespace, the image and its pull Secrets, the Secrets' names, the
-gateway's replicas, the Kueue queue. tasks/cluster_apply.py applies it; `secret_problems` says what the
+gateway's replicas, the Kueue queue, the runs' network reach. `api_server` reads the cluster API's addresses
+for the last. tasks/cluster_apply.py applies it; `secret_problems` says what the
 namespace lacks first, `check_gpus` what the GPU nodes cannot give.
 """
 
@@ -30,6 +31,7 @@ DEFAULT_SECRETS = {"mlyard-prefect": "prefect", "mlyard-mlflow": "mlflow", "mlya
                    "mlyard-postgres": "postgres"}
 WORKLOADS = ("Deployment", "StatefulSet", "Job")
 MIGRATION_JOB = "mlyard-migrate"
+RUN_POLICIES = ("runs", "runs-cluster-api", "training-nodes")  # their egress is the values' network's
 FIRST = ("Namespace", "ServiceAccount", "Role", "RoleBinding", "ConfigMap")  # what others refer to
 
 
@@ -143,6 +145,10 @@ def _customize(obj: dict, values: ClusterValues, secret_names: dict[str, str | N
                            MLYARD_IMAGE_PULL_SECRETS=",".join(values.image_pull_secrets),
                            MLYARD_PROJECTS_URI=values.projects_uri,  # a member's model's and kernel's reach:
                            MLYARD_NETWORK=values.network.model_dump_json())  # stages, notebooks
+    if obj["kind"] == "NetworkPolicy" and meta["name"] in RUN_POLICIES:  # a member's script runs in these pods
+        net = values.network
+        rules = {"runs": net.run_egress, "runs-cluster-api": net.api_egress, "training-nodes": net.run_egress}
+        obj["spec"]["egress"] = obj["spec"].get("egress", []) + rules[meta["name"]]()
     if obj["kind"] == "StatefulSet" and values.storage_class:
         for claim in obj["spec"].get("volumeClaimTemplates", []):
             claim["spec"]["storageClassName"] = values.storage_class
@@ -202,6 +208,39 @@ def dynamic_client(kubeconfig: str | None = None, context: str | None = None):
 
         api_client = client.ApiClient()
     return discovery_client(api_client)
+
+
+def with_api_server(values: ClusterValues, dyn: Any) -> tuple[ClusterValues, str | None]:
+    """The values with the cluster API server's addresses and ports (the `kubernetes` Service of `default` and its
+    EndpointSlices) when they name none, and a line saying what was read; as they were otherwise."""
+    if values.network.api_server_cidrs:
+        return values, None
+    import ipaddress
+
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        service = dyn.resources.get(api_version="v1", kind="Service").get(name="kubernetes", namespace="default")
+        slices = dyn.resources.get(api_version="discovery.k8s.io/v1", kind="EndpointSlice").get(
+            namespace="default", label_selector="kubernetes.io/service-name=kubernetes")
+    except ApiException as exc:
+        raise StackError(f"could not read the cluster API's addresses (Service default/kubernetes): {exc.reason}; "
+                         "name them in the values' network.api_server_cidrs") from None
+    spec = service.to_dict()["spec"]
+    addresses = [*(spec.get("clusterIPs") or [spec.get("clusterIP")])]
+    ports = [p["port"] for p in spec.get("ports") or []]
+    for item in slices.to_dict().get("items") or []:
+        addresses += [a for e in item.get("endpoints") or [] for a in e.get("addresses") or []]
+        ports += [p["port"] for p in item.get("ports") or [] if p.get("port")]
+    cidrs = sorted({str(ipaddress.ip_network(a)) for a in addresses if a and a != "None"})
+    if not cidrs:
+        raise StackError("the cluster's Service default/kubernetes names no address: name the API server's in the "
+                         "values' network.api_server_cidrs")
+    ports = sorted(set(ports)) or values.network.api_server_ports
+    network = values.network.model_copy(update={"api_server_cidrs": cidrs, "api_server_ports": ports})
+    return (values.model_copy(update={"network": network}),
+            f"the cluster API: {', '.join(cidrs)} on ports {', '.join(map(str, ports))} (kept from "
+            "every pod that runs a member's code; network.api_server_cidrs)")
 
 
 def discovery_client(api_client: Any):

@@ -13,7 +13,7 @@ import base64
 import logging
 from typing import Any
 
-from mlyard.core.environment import pod_name
+from mlyard.core.environment import own_image
 from mlyard.core.settings import Settings
 from mlyard.registry.images import SECRET_PREFIX, FileCredentials, Images, ResolvedImage
 
@@ -130,25 +130,19 @@ def check_pod_image(ref: str, settings: Settings | None = None) -> None:
     """In a pod: the spec's `image` must be what this pod runs. A run made through mlyard (CLI, Python,
     trials) gets it as the job variable `image`; a run started from the Prefect UI's Run button does not
     (its form takes the spec, the job variables apart), so it would train in the pool's default image. Such a
-    run is refused in one line saying which job variables to set. When the pod cannot read itself (no kubeconfig
-    or Role for it), the check is skipped with a warning."""
-
-    from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
-
+    run is refused in one line saying which job variables to set. The pod's image is the one its worker rendered
+    into the pool's job template (MLYARD_POD_IMAGE): the run asks the cluster's API nothing, which its pod may not
+    reach. Where no template set it, the check is skipped with a warning."""
     from mlyard.core.errors import SpecError
-    from mlyard.tasks.kubernetes import cluster_client
 
     settings = settings or Settings()
     resolved = images(settings).resolve(ref)
-    try:
-        pod = client.CoreV1Api(cluster_client("image", ref)).read_namespaced_pod(pod_name() or "",
-                                                                                settings.kube_namespace)
-    except (SpecError, ApiException, KeyError, OSError) as exc:
-        logging.getLogger("mlyard.images").warning("could not read this run's pod to check that it runs image %s: %s",
-                                                   resolved.address, exc)
+    running = own_image()
+    if running is None:
+        logging.getLogger("mlyard.images").warning("this run's pod does not say its image (MLYARD_POD_IMAGE, set by "
+                                                   "the pools' job templates): could not check that it runs %s",
+                                                   resolved.address)
         return
-    running = pod.spec.containers[0].image
     if running != resolved.address:
         pulls = f' and image_pull_secrets [{{"name": "{resolved.pull_secret}"}}]' if resolved.pull_secret else ""
         raise SpecError("image", ref, f"this run's pod runs {running}, not {resolved.address}: a run started from the "

@@ -43,10 +43,14 @@ monitoring:                        # with the Prometheus operator: scrapes, aler
   prometheus_namespace: monitoring # where Prometheus runs (its pods may reach the metrics ports)
   waiting_minutes: 30              # a run due this long without a worker: an alert
   volume_free_percent: 10          # a claim with less free: an alert
-network:                           # what pods running a member's model or kernel (stages, notebooks) reach
+network:                           # what pods running a member's code (runs, stages, notebooks) reach
   internal_cidrs: [10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10, 169.254.0.0/16, fc00::/7, fe80::/10]
   storage_cidrs: []                # an internal object store's addresses (MinIO in the cluster)
   database_port: 5432              # a stage's fetch reads the model registry: MLflow and this port
+  api_server_cidrs: []             # the cluster API's addresses; empty: `mlyard k8s apply` reads them
+  api_server_ports: [443, 6443]
+  run_services:                    # more a flow run reaches: a KFP server in the cluster, a package mirror
+    - {namespace: kubeflow, labels: {app: ml-pipeline}, port: 8888}
 ```
 """
 
@@ -153,6 +157,30 @@ class DatabaseConnections(SpecModel):
 INTERNAL = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "fc00::/7", "fe80::/10"]
 
 
+class RunService(SpecModel):
+    """One more place a flow run's pod reaches: pods of a namespace (with these labels) or a CIDR, on a port."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    namespace: str | None = Field(default=None, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
+    labels: dict[str, str] = Field(default_factory=dict, description="Its pods' labels (none: every pod there).")
+    cidr: str | None = Field(default=None, description="An address range instead of a namespace.")
+    port: int = Field(ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _one_place(self) -> "RunService":
+        import ipaddress
+
+        if (self.namespace is None) == (self.cidr is None):
+            raise ValueError("network.run_services: give each a namespace (and labels) or a cidr, not both")
+        if self.cidr is not None:
+            try:
+                ipaddress.ip_network(self.cidr)
+            except ValueError:
+                raise ValueError(f"network.run_services: {self.cidr!r} is not a CIDR (e.g. 10.1.2.0/24)") from None
+        return self
+
+
 class NetworkValues(SpecModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -169,12 +197,24 @@ class NetworkValues(SpecModel):
     database_port: int = Field(default=5432, ge=1, le=65535, description="The catalog database's port: an endpoint "
                                "stage's pod reads the model registry (the catalog and MLflow) to fetch its version's "
                                "files, so it reaches that port (and MLflow's) and no other of the cluster's.")
+    api_server_cidrs: list[str] = Field(default_factory=list, description="The cluster API server's addresses (the "
+                                        "`kubernetes` Service's IP and the endpoints behind it), kept from every pod "
+                                        "that runs a member's code even where they are public. Empty: `mlyard k8s "
+                                        "apply` and `diff` read them from the cluster.")
+    api_server_ports: list[int] = Field(default_factory=lambda: [443, 6443], description="The API server's ports: "
+                                        "the flow runs that apply objects (endpoints, notebooks, a RAG's sync, a "
+                                        "multi-node training's coordinator) reach these of its addresses.")
+    run_services: list[RunService] = Field(default_factory=list, description="What else a flow run's pod reaches "
+                                           "of the cluster's or the company's network (a KFP server in the cluster, "
+                                           "a package mirror): its member's script reaches them too.")
 
     @model_validator(mode="after")
     def _cidrs(self) -> "NetworkValues":
         import ipaddress
 
-        for name in ("internal_cidrs", "storage_cidrs"):
+        if not self.api_server_ports or any(not 1 <= port <= 65535 for port in self.api_server_ports):
+            raise ValueError(f"network.api_server_ports: {self.api_server_ports} must be ports (1-65535), at least one")
+        for name in ("internal_cidrs", "storage_cidrs", "api_server_cidrs"):
             for cidr in getattr(self, name):
                 try:
                     ipaddress.ip_network(cidr)
@@ -184,10 +224,11 @@ class NetworkValues(SpecModel):
 
     def member_egress(self, stage: bool = False) -> list[dict]:
         """The egress rules of a pod that runs a member's code (an endpoint stage's, a notebook's): DNS, the
-        internet less the internal addresses, and the storage's; a `stage`'s also the model registry its fetch
-        reads (MLflow's pods, the database's port)."""
-        v4 = [c for c in self.internal_cidrs if ":" not in c]
-        v6 = [c for c in self.internal_cidrs if ":" in c]
+        internet less the internal addresses and the API server's, and the storage's; a `stage`'s also the model
+        registry its fetch reads (MLflow's pods, the database's port)."""
+        kept = [*self.internal_cidrs, *self.api_server_cidrs]
+        v4 = [c for c in kept if ":" not in c]
+        v6 = [c for c in kept if ":" in c]
         dns = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": self.dns_namespace}},
                "podSelector": {"matchLabels": dict(self.dns_labels)}}
         rules: list[dict] = [
@@ -201,6 +242,27 @@ class NetworkValues(SpecModel):
                               {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "postgres"}}}],
                        "ports": [{"port": self.database_port, "protocol": "TCP"}]}]
         return rules
+
+    def run_egress(self) -> list[dict]:
+        """A flow run's pod (and a multi-node training's node): a stage's reach, with the platform's services its
+        flow code calls (Prefect, the mlyard API and gateway) and the values' `run_services`; never the API server
+        (`api_egress` lets the runs that apply objects reach it) or another pod of the cluster."""
+        def part(name: str, port: int) -> dict:
+            return {"to": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": name}}}],
+                    "ports": [{"port": port, "protocol": "TCP"}]}
+
+        extra = [{"to": [{"ipBlock": {"cidr": s.cidr}} if s.cidr else {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": s.namespace}},
+            "podSelector": {"matchLabels": dict(s.labels)}}], "ports": [{"port": s.port, "protocol": "TCP"}]}
+            for s in self.run_services]
+        return [*self.member_egress(stage=True), part("prefect-server", 4200), part("mlyard-api", 8080),
+                part("gateway", 8080), *extra]
+
+    def api_egress(self) -> list[dict]:
+        """The API server, on its ports: its addresses when the values name them, else wherever it is."""
+        cidrs = self.api_server_cidrs or ["0.0.0.0/0", "::/0"]
+        return [{"to": [{"ipBlock": {"cidr": c}} for c in cidrs],
+                 "ports": [{"port": p, "protocol": "TCP"} for p in self.api_server_ports]}]
 
 
 class ClusterValues(SpecModel):

@@ -27,8 +27,10 @@ MAX_DATASETS = 10
 COORDINATOR: dict[str, Any] = {"gpu_count": 0, "cpu_request": "250m", "cpu_limit": "1", "memory_request": "512Mi",
                                "memory_limit": "2Gi", "data_storage_size": "1Gi",
                                # the one flow run that may make Jobs: its nodes' (infra/k8s/base/flow-runs.yaml)
-                               "service_account_name": "mlyard-flow-run"}
-RUN_ACCOUNT = "mlyard-run"  # every other flow run's pod, and every node's: no rights but reading a pod
+                               "service_account_name": "mlyard-flow-run",
+                               # and may reach the API server (infra/k8s/base/network-policies.yaml runs-cluster-api)
+                               "labels": {"mlyard.io/cluster-api": "allowed"}}
+RUN_ACCOUNT = "mlyard-run"  # every other flow run's pod, and every node's: no rights
 
 
 class TrainingSpec(SpecModel):

@@ -29,7 +29,10 @@ def values_of(path: Optional[Path]):
 def render(values: Optional[Path] = VALUES,
            output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the YAML here (default: stdout)."),
            as_json: bool = JSON) -> None:
-    """Print (or write) every object of the install as YAML, ready for `kubectl apply --server-side`."""
+    """Print (or write) every object of the install as YAML, ready for `kubectl apply --server-side`. It asks no
+    cluster: unless the values name them (network.api_server_cidrs), the runs that apply objects may reach the API
+    server's ports anywhere, and the cluster API's addresses are kept from a member's code only where they are
+    internal (`mlyard k8s apply` reads them)."""
     from mlyard.tasks import cluster
 
     objs = guard(lambda: cluster.render(values_of(values)))
@@ -45,6 +48,19 @@ def render(values: Optional[Path] = VALUES,
     out.print(f"wrote {len(objs)} objects to {output}", highlight=False)
 
 
+def _on_cluster(values: Optional[Path], kubeconfig: Optional[Path], context: Optional[str], say) -> tuple:
+    """The values (said wrong before the cluster is asked anything) with the API server's addresses the cluster
+    gives when they name none, and the cluster's client."""
+    from mlyard.tasks import cluster
+
+    given = values_of(values)
+    dyn = cluster.dynamic_client(str(kubeconfig) if kubeconfig else None, context)
+    vals, read = cluster.with_api_server(given, dyn)
+    if read:
+        say(read)
+    return vals, dyn
+
+
 @app.command("diff")
 def diff(values: Optional[Path] = VALUES,
          kubeconfig: Optional[Path] = typer.Option(None, "--kubeconfig", help="Default: KUBECONFIG, ~/.kube/config."),
@@ -56,9 +72,8 @@ def diff(values: Optional[Path] = VALUES,
     from mlyard.tasks.cluster_diff import diff as diffed
 
     def go() -> list[dict]:
-        vals = values_of(values)
-        return [d.__dict__ for d in diffed(cluster.render(vals), cluster.dynamic_client(
-            str(kubeconfig) if kubeconfig else None, context))]
+        vals, dyn = _on_cluster(values, kubeconfig, context, lambda line: None)
+        return [d.__dict__ for d in diffed(cluster.render(vals), dyn)]
 
     rows = guard(go)
     if as_json:
@@ -104,9 +119,9 @@ def apply(values: Optional[Path] = VALUES,
     late: list[str] = []
 
     def go() -> list[dict]:
-        vals = values_of(values)
+        vals, dyn = _on_cluster(values, kubeconfig, context,
+                                lambda line: None if as_json else out.print(line, highlight=False))
         objs = cluster.render(vals)
-        dyn = cluster.dynamic_client(str(kubeconfig) if kubeconfig else None, context)
         namespaces = [o for o in objs if o["kind"] == "Namespace"]
         done = [a.__dict__ for a in applied(namespaces, dyn)]
         problems = cluster.secret_problems(objs, dyn, vals.namespace, vals.secrets.settings)

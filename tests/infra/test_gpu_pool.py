@@ -82,6 +82,13 @@ def test_every_deployment_on_a_kubernetes_pool_renders_a_strictly_valid_job(stac
         assert {m["name"] for m in code_host["volumeMounts"]} <= {"tmp", "data", "dshm"} and "envFrom" not in code_host
         assert pod["automountServiceAccountToken"] is False and {"name": "MLYARD_CODE_HOST", "value": "/tmp/mlyard-code"} \
             in container["env"]
+        assert env["MLYARD_POD_IMAGE"] == container["image"], "a training checks its image against the spec's"
+        # the runs that apply objects (their accounts may) reach the cluster's API; no other run's pod does
+        # (infra/k8s/base/network-policies.yaml: runs, runs-cluster-api)
+        applies = pod.get("serviceAccountName") in ("mlyard-endpoints", "mlyard-notebooks")
+        labels = manifest["spec"]["template"]["metadata"]["labels"]
+        assert (labels.get("mlyard.io/cluster-api") == "allowed") == applies, (d["name"], labels)
+        assert "prefect.io/flow-run-id" in labels, "the runs' NetworkPolicies select the pod by it"
         if pool == "cpu":  # no GPU request, no GPU toleration or node selector
             assert "nvidia.com/gpu" not in json.dumps(manifest), d["entrypoint"]
         else:
@@ -146,3 +153,9 @@ def test_with_a_kueue_queue_the_gpu_pools_jobs_carry_its_label(stack, monkeypatc
     manifest = _strictly_valid(_render(json.loads(GPU_TEMPLATE.read_text()), with_queue_label(spec.job_variables())))
     assert manifest["metadata"]["labels"][KUEUE_QUEUE_LABEL] == "gpu"
     assert "prefect.io/flow-run-id" in manifest["metadata"]["labels"]  # Prefect's own labels are kept
+    assert "mlyard.io/cluster-api" not in manifest["spec"]["template"]["metadata"]["labels"], "a run: not the API"
+    # a multi-node training's coordinator makes its nodes' Job: its pod may reach the API, beside the queue's label
+    nodes = spec.model_copy(update={"nodes": 2})
+    coordinator = _render(json.loads(GPU_TEMPLATE.read_text()), with_queue_label(nodes.job_variables()))
+    labels = coordinator["spec"]["template"]["metadata"]["labels"]
+    assert labels["mlyard.io/cluster-api"] == "allowed" and labels[KUEUE_QUEUE_LABEL] == "gpu", labels

@@ -571,8 +571,31 @@ def test_each_account_of_the_install_does_what_its_pod_does_and_no_more(tmp_path
     api, kubeconfig = cluster
     for name in ("pf", "mf", "ms", "regcred"):
         _secret(api, "ml-platform", name, tmp_path)
-    applied = mlyard("k8s", "apply", "-f", str(values_file), "--kubeconfig", str(kubeconfig), cwd=tmp_path)
+    # the API server's endpoints as a cluster's API server writes them (this one advertises 127.0.0.1, and a
+    # loopback address it writes nowhere): a public address, as a managed cluster's may be
+    slices = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
+    made = api.request("POST", slices, {
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+        "metadata": {"name": "kubernetes-test", "labels": {"kubernetes.io/service-name": "kubernetes"}},
+        "endpoints": [{"addresses": ["35.190.1.20"]}], "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}]})
+    assert made[0] == 201, made
+    try:
+        applied = mlyard("k8s", "apply", "-f", str(values_file), "--kubeconfig", str(kubeconfig), cwd=tmp_path)
+    finally:
+        api.request("DELETE", f"{slices}/kubernetes-test")
     assert applied.returncode == 0, applied.stderr
+    # read from the cluster, kept from the pods that run a member's code (the flows read the ConfigMap's network)
+    # and reached, on its ports, by the runs that apply objects alone
+    said = next(line for line in applied.stdout.splitlines() if line.startswith("the cluster API: "))
+    assert "10.96.0.1/32, 35.190.1.20/32 on ports 443, 6443" in said, said
+    network = json.loads(api.get("ConfigMap", "ml-platform", "mlyard-config")["data"]["MLYARD_NETWORK"])
+    assert network["api_server_cidrs"] == ["10.96.0.1/32", "35.190.1.20/32"] and network["api_server_ports"] == [443, 6443]
+    runs = api.get("NetworkPolicy", "ml-platform", "runs")["spec"]["egress"]
+    kept = {c for rule in runs for peer in rule.get("to", []) for c in peer.get("ipBlock", {}).get("except", [])}
+    assert {"10.96.0.1/32", "35.190.1.20/32", "169.254.0.0/16"} <= kept, kept
+    to_api = api.get("NetworkPolicy", "ml-platform", "runs-cluster-api")["spec"]
+    assert to_api["podSelector"]["matchLabels"] == {"mlyard.io/cluster-api": "allowed"}
+    assert [p["ipBlock"]["cidr"] for p in to_api["egress"][0]["to"]] == network["api_server_cidrs"]
     labels = api.get("Namespace", None, "ml-platform")["metadata"]["labels"]  # type: ignore[arg-type]
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted", labels
     accounts = [n for k, n in api.made("ml-platform") if k == "ServiceAccount"]
@@ -596,6 +619,7 @@ def test_each_account_of_the_install_does_what_its_pod_does_and_no_more(tmp_path
         assert worker.request("GET", "/api/v1/namespaces/ml-platform/secrets/ms")[0] == 403
     run = as_account("mlyard-run")
     for method, path in (("GET", "/api/v1/namespaces/ml-platform/secrets/ms"), ("GET", "/api/v1/namespaces/ml-platform/secrets"),
+                         ("GET", "/api/v1/namespaces/ml-platform/pods/check"),  # no rights at all
                          ("GET", "/api/v1/namespaces/ml-platform/configmaps"),
                          ("POST", "/apis/batch/v1/namespaces/ml-platform/jobs?dryRun=All"),
                          ("POST", "/api/v1/namespaces/ml-platform/pods?dryRun=All")):

@@ -91,28 +91,37 @@ def test_a_run_from_this_machine_copies_the_pull_secret_and_its_job_names_it(rea
 
 def test_a_pod_that_does_not_run_the_specs_image_is_refused_in_one_line(real_api, tmp_path, monkeypatch):
     """The Prefect UI's Run button sends the spec, not the job variables: its pod runs the pool's default
-    image. The training checks its own pod (as the API has it) before anything starts."""
-    api = real_api
+    image. The training checks the image its worker rendered into the pool's job template (prefect-kubernetes'
+    own rendering), with no call to the cluster's API, which a run's pod does not reach."""
     from mlyard.core.errors import SpecError
-    from mlyard.tasks.registry_secrets import check_pod_image, images
+    from mlyard.core.specs import TrainingSpec
+    from mlyard.core.specs.cluster import ClusterValues
+    from mlyard.prefect_cluster import cluster_pool_template
+    from mlyard.prefect_setup import GPU_TEMPLATE
+    from mlyard.tasks.registry_secrets import check_pod_image, images, pod_image
 
     settings = Settings(home=tmp_path / "home", registry_secrets="file")
     store = images(settings)
     account = store.create_account(RegistryAccountSpec(name="team", registry=REG, username="AK1", password="pw-1"))
     store.create_image(ImageSpec(name="custom", address=f"{REG}/vision/train:v1", account="team"))
-    for pod, image in (("from-ui", "registry.example/mlyard:0.1.0"), ("from-cli", f"{REG}/vision/train:v1")):
-        api.create("Pod", "v1", "mlyard", {"metadata": {"name": pod}, "spec": {
-            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [{"name": "prefect-job", "image": image, "securityContext": {
-                "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}]}}, "kube-controller-manager")
-    monkeypatch.setenv("HOSTNAME", "from-ui")
+    template = cluster_pool_template(GPU_TEMPLATE, ClusterValues(), "registry.example/mlyard:0.1.0")
+    spec = TrainingSpec(name="t", source_uri=".", entry_point="t.py", image="custom")
+
+    def pod_env(job_variables: dict) -> dict[str, str]:
+        container = render(template, job_variables)["spec"]["template"]["spec"]["containers"][0]
+        return {e["name"]: e.get("value", "") for e in container["env"]}
+
+    from_ui, from_cli = pod_env({}), pod_env(pod_image(spec.job_variables(), settings))
+    monkeypatch.setenv("MLYARD_POD_IMAGE", from_ui["MLYARD_POD_IMAGE"])
     with pytest.raises(SpecError) as refused:
         check_pod_image("custom", settings)
     line = str(refused.value)
     assert "\n" not in line and "registry.example/mlyard:0.1.0" in line and f"{REG}/vision/train:v1" in line, line
     assert account.secret_name in line and "--pool gpu" in line, line
-    monkeypatch.setenv("HOSTNAME", "from-cli")
+    monkeypatch.setenv("MLYARD_POD_IMAGE", from_cli["MLYARD_POD_IMAGE"])
     check_pod_image("custom", settings)  # the pod runs the image: nothing to say
+    monkeypatch.delenv("MLYARD_POD_IMAGE")
+    check_pod_image("custom", settings)  # no template said it: skipped with a warning, as before a cluster
 
 
 def test_the_cli_keeps_the_password_off_screen_and_refuses_in_one_line(stack, tmp_path):
