@@ -88,6 +88,9 @@ class Settings(BaseSettings):
         "`mlyard up` keeps the choice in the home's stack.json; unset: the home's choice.")
     kube_namespace: str = Field(default="mlyard", description="Kubernetes namespace of endpoint Deployments, "
                                 "Services and HPAs.")
+    settings_secret: str = Field(default="mlyard-settings", description="The Secret of MLYARD_* settings on a "
+                                 "cluster (the values' secrets.settings): the pods the platform's flows make (stages, "
+                                 "a RAG's query service) read their keys from it.")
     kube_service_url: str = Field(
         default="http://{service}.{namespace}.svc.cluster.local:{port}",
         description="How the gateway reaches a stage resource's Service on the cluster: {service}, {namespace}, "

@@ -27,7 +27,8 @@ from mlyard.prefect_setup import (
 def cluster_pool_template(path: Path, values: ClusterValues, image: str) -> dict:
     """A Kubernetes pool's base job template with the install's defaults: its namespace, `image`, the runs'
     service account (infra/k8s/base/flow-runs.yaml: it has no rights; a multi-node training
-    asks for the one that makes its nodes' Job), the pull Secrets, the data storage's StorageClass, and for the gpu
+    asks for the one that makes its nodes' Job), the pull Secrets, the settings Secret the values name, the data
+    storage's StorageClass, and for the gpu
     pool the GPU nodes' types and GPUs a node (values.gpu: a run's gpu_type and gpu_count within them, as Prefect
     checks job variables against the template's schema; the Run form lists the types)."""
     template = json.loads(path.read_text())
@@ -42,6 +43,10 @@ def cluster_pool_template(path: Path, values: ClusterValues, image: str) -> dict
         from mlyard.tasks.cluster_connections import CATALOG_ENV
 
         props["env"]["default"] = {CATALOG_ENV: str(values.database_connections.run)}
+    pod = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
+    for volume in pod["volumes"]:  # the install's Secret of settings, whatever the values name it
+        if volume.get("secret", {}).get("secretName") == "mlyard-settings":
+            volume["secret"]["secretName"] = values.secrets.settings
     if "gpu_count" in props:  # the values' GPU nodes: Prefect refuses a run's job variables beyond them
         props["gpu_count"]["maximum"] = values.gpu.per_node
         if values.gpu.types:

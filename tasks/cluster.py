@@ -144,7 +144,8 @@ def _customize(obj: dict, values: ClusterValues, secret_names: dict[str, str | N
                            MLYARD_NOTEBOOK_IMAGE=values.images.notebook,  # a notebook that names no image
                            MLYARD_IMAGE_PULL_SECRETS=",".join(values.image_pull_secrets),
                            MLYARD_PROJECTS_URI=values.projects_uri,  # a member's model's and kernel's reach:
-                           MLYARD_NETWORK=values.network.model_dump_json())  # stages, notebooks
+                           MLYARD_NETWORK=values.network.model_dump_json(),  # stages, notebooks
+                           MLYARD_SETTINGS_SECRET=values.secrets.settings)  # what the pods flows make read
     if obj["kind"] == "NetworkPolicy" and meta["name"] in RUN_POLICIES:  # a member's script runs in these pods
         net = values.network
         rules = {"runs": net.run_egress, "runs-cluster-api": net.api_egress, "training-nodes": net.run_egress}

@@ -36,7 +36,7 @@ def kube_apply(view: dict[str, Any], stage: str, parameters: dict[str, dict[str,
         if (res.get("runtime") or {}).get("variant", "custom") != "custom":
             res["runtime"] = with_service_definition(res["runtime"], res["model"])
     manifests = render_stage(view, stage, image=settings.serving_image or settings.image, namespace=namespace(),
-                             parameters=parameters)
+                             parameters=parameters, settings_secret=settings.settings_secret)
     apply_stage(api, manifests, namespace(), view["name"], stage)
     return manifests
 

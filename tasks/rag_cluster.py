@@ -54,9 +54,11 @@ def names(rag_id: int) -> tuple[str, str]:
 
 
 def render(name: str, rag_id: int, spec: RagSpec, *, image: str, serving_image: str, namespace: str,
-           pull_secrets: tuple[str, ...] = (), egress: list[dict] | None = None) -> list[dict[str, Any]]:
+           pull_secrets: tuple[str, ...] = (), egress: list[dict] | None = None,
+           settings_secret: str = "mlyard-settings") -> list[dict[str, Any]]:
     """The RAG's objects (see the module); `egress` is a member's pods' (core/environment.member_egress), to
-    which the query service adds the gateway's pods and its own LLM's."""
+    which the query service adds the gateway's pods and its own LLM's; `settings_secret` the install's Secret of
+    MLYARD_* settings."""
     from mlyard.core.environment import member_egress
 
     query, llm = names(rag_id)
@@ -68,24 +70,24 @@ def render(name: str, rag_id: int, spec: RagSpec, *, image: str, serving_image: 
     reach = [{"to": [gateway, *([{"podSelector": {"matchLabels": _selector(llm_labels)}}] if own else [])],
               "ports": [{"port": PORT, "protocol": "TCP"}]}]
     keys = QUERY_SETTINGS if spec.llm.endpoint else QUERY_SETTINGS[:2]  # the internal credential: for an endpoint alone
-    settings = {"name": "settings", "secret": {"secretName": "mlyard-settings", "optional": True, "defaultMode": 0o400,
+    settings = {"name": "settings", "secret": {"secretName": settings_secret, "optional": True, "defaultMode": 0o400,
                                                "items": [{"key": k, "path": k} for k in keys]}}
     out = [*_part(query, namespace, labels, image, spec.instance_count, spec.instance_type, pull_secrets,
                   ["python", "-m", "mlyard.serving.rag", "--rag", name, "--host", "0.0.0.0", "--port", str(PORT)],
-                  "/health", {"cpu": "500m", "memory": "1Gi"}, [settings]),
+                  "/health", {"cpu": "500m", "memory": "1Gi"}, [settings], settings_secret),
            _policy(query, namespace, labels, [gateway], [*(member_egress(stage=True) if egress is None else egress),
                                                          *reach])]
     if own:
         out += [*_part(llm, namespace, llm_labels, serving_image, spec.llm.instance_count, spec.llm.instance_type,
                        pull_secrets, ["mlyard", "serve", "--chat-model", spec.llm.model, "--host", "0.0.0.0", "--port",
-                                      str(PORT)], "/v2/health/ready", {"cpu": "1", "memory": "2Gi"}, []),
+                                      str(PORT)], "/v2/health/ready", {"cpu": "1", "memory": "2Gi"}, [], settings_secret),
                 _policy(llm, namespace, llm_labels, [{"podSelector": {"matchLabels": _selector(labels)}}], [])]
     return out
 
 
 def _part(name: str, namespace: str, labels: dict[str, str], image: str, replicas: int, instance_type: str,
           pull_secrets: tuple[str, ...], args: list[str], health: str, requests: dict[str, str],
-          volumes: list[dict]) -> list[dict[str, Any]]:
+          volumes: list[dict], settings_secret: str) -> list[dict[str, Any]]:
     """A Deployment of `args` in `image` as the restricted profile has it, and its Service."""
     selector = _selector(labels)
     mounts = [{"name": "tmp", "mountPath": "/tmp"},
@@ -95,7 +97,7 @@ def _part(name: str, namespace: str, labels: dict[str, str], image: str, replica
         "env": [{"name": "HOME", "value": "/tmp"}, {"name": "MLYARD_HOME", "value": "/tmp/mlyard"},
                 {"name": "MLYARD_CACHE_DIR", "value": "/tmp/cache"},
                 {"name": "MLYARD_REPLICA_TOKEN",  # it answers the gateway (and its query service) alone
-                 "valueFrom": {"secretKeyRef": {"name": "mlyard-settings", "key": "mlyard_replica_token"}}}],
+                 "valueFrom": {"secretKeyRef": {"name": settings_secret, "key": "mlyard_replica_token"}}}],
         "envFrom": [{"configMapRef": {"name": "mlyard-config", "optional": True}}],
         "ports": [{"name": "http", "containerPort": PORT}],
         "resources": {"requests": requests, "limits": {"memory": requests["memory"]}},
@@ -220,7 +222,8 @@ def deploy(name: str, rag_id: int, spec: RagSpec) -> tuple[list[dict[str, Any]] 
 
     settings = Settings()
     manifests = render(name, rag_id, spec, image=settings.image, serving_image=settings.serving_image or settings.image,
-                       namespace=settings.kube_namespace, pull_secrets=install_pull_secrets())
+                       namespace=settings.kube_namespace, pull_secrets=install_pull_secrets(),
+                       settings_secret=settings.settings_secret)
     try:
         apply(cluster_client("instance_type", spec.instance_type), manifests, settings.kube_namespace)
     except ApiException as exc:

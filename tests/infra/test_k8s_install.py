@@ -70,6 +70,38 @@ def test_render_sets_what_the_values_name(tmp_path, values_file):
     assert {s["namespace"] for s in binding["subjects"]} == {"ml-platform"}
 
 
+def test_the_pods_the_platforms_flows_make_read_the_settings_secret_the_values_name(monkeypatch):
+    """The values name the settings Secret `ms`: the pools' job templates mount it, and the pods the endpoint and
+    RAG flows make (their settings read the ConfigMap's MLYARD_SETTINGS_SECRET) name it; no `mlyard-settings` left."""
+    from mlyard.core.settings import Settings
+    from mlyard.core.specs.cluster import ClusterValues
+    from mlyard.core.specs.rag import RagSpec
+    from mlyard.prefect_cluster import cluster_pool_template
+    from mlyard.prefect_setup import CPU_TEMPLATE, GPU_TEMPLATE
+    from mlyard.tasks import rag_cluster
+    from mlyard.tasks.cluster import render
+    from mlyard.tasks.kubernetes import render_stage
+
+    values = ClusterValues(**VALUES)
+    for template in (GPU_TEMPLATE, CPU_TEMPLATE):
+        pod = cluster_pool_template(template, values, values.image)["job_configuration"]["job_manifest"]["spec"]
+        assert {"name": "settings", "secret": {"secretName": "ms", "optional": True, "defaultMode": 256}} in \
+            pod["template"]["spec"]["volumes"], template
+    config = next(o for o in render(values) if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "mlyard-config")
+    for key, value in config["data"].items():
+        monkeypatch.setenv(key, value)
+    secret = Settings().settings_secret
+    assert secret == "ms"
+    view = {"name": "digits", "stages": [{"name": "blue", "instance_type": "local", "resources": [{
+        "id": 1, "model": "digits/1", "cpu": 1, "memory": "1Gi", "gpu": 0, "pods": 1, "pod_autoscaler": {},
+        "runtime": None}]}], "max_request_bytes": None}
+    made = [*render_stage(view, "blue", namespace="ml-platform", settings_secret=secret),
+            *rag_cluster.render("docs", 5, RagSpec(name="docs", path="s3://b/docs/", llm={"endpoint": "chat"}),
+                                image="i:1", serving_image="i:1", namespace="ml-platform", settings_secret=secret)]
+    text = json.dumps(made)
+    assert '"ms"' in text and "mlyard-settings" not in text
+
+
 def test_every_image_and_pull_secret_comes_from_the_values(tmp_path):
     """A mirrored registry: the engines' images too (Prefect's server, oauth2-proxy, the dev PostgreSQL) come from the
     values, and every pod has the pull Secrets."""
