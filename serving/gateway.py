@@ -12,7 +12,7 @@ healthy replica with the fewest outstanding requests (503 + Retry-After when non
 request, streaming the answer. A replica that refuses the connection or closes it unanswered leaves routing at
 once and another takes it, until a health probe passes; replicas get their credential (serving/access.py).
 
-Every second (on /mlyard/reload; when no replica is healthy) it reads the catalog and the replica files
+Every second (on /mlyard/reload; when a request's stage has no route or healthy replica) it reads the catalog and the replica files
 (tasks/replicas.py), probes replicas as Backend.AI's health checks do (health.py), counts answers by status.
 
 Stages can share an endpoint's default traffic (serving/traffic.py): a default-URL request goes to the stage the
@@ -164,7 +164,7 @@ class Gateway:
                 self.shared.router.set_default(name, None)
 
     async def _recheck(self) -> bool:
-        """A request found no healthy replica, but a flow may have routed one since the last pass (a deploy):
+        """A request found no route or healthy replica, but a flow may have routed one since the last pass (a deploy):
         read the table and probe what is not routable now; at most once every RECHECK_SECONDS."""
         now = time.monotonic()
         if now - self._rechecked < RECHECK_SECONDS:
@@ -321,14 +321,14 @@ class Gateway:
         route = self.shared.router.for_default(route, ep.get("served_models") or ())
         split = self.shared.splits.get(route.endpoint)
         route, fallback, shadow = shared_out(route, split, scope["headers"])
-        try:
-            stage = self.shared.router.stage_of(route)
-        except NoRoute as exc:
+        while isinstance(stage := self.shared.router.stage_or_refusal(route), NoRoute) and await self._recheck():
+            ep = self.shared.endpoints.get(route.endpoint, ep)  # a flow may have routed it since the last read
+        if isinstance(stage, NoRoute):
             name = route.stage or ep["default"] or ""
             if (known := ep["stages"].get(name)) is not None:  # it exists but serves nothing now (stopped, failed)
                 why = f"stage {route.endpoint}/{name} is {known['status']} and serves no requests now"
                 return await asgi.reply(send, 503, route_error(route, 503, why), headers=RETRY_AFTER)
-            return await asgi.reply(send, 404, route_error(route, 404, str(exc)))
+            return await asgi.reply(send, 404, route_error(route, 404, str(stage)))
         try:
             if body is None:
                 body = await asgi.read_body(receive, ep.get("max_request_bytes") or self.shared.max_body, )

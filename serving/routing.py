@@ -146,6 +146,13 @@ class Router:
             raise NoRoute(f"endpoint {route.endpoint!r} has no stage {route.stage or '(default)'!r}")
         return stage
 
+    def stage_or_refusal(self, route: Route) -> str | NoRoute:
+        """`stage_of`, with its refusal returned rather than raised."""
+        try:
+            return self.stage_of(route)
+        except NoRoute as exc:
+            return exc
+
     def for_default(self, route: Route, served_before: Collection[str] = ()) -> Route:
         """An endpoint's default URL keeps answering whatever model its default stage serves: a route to the
         default stage naming a model the endpoint served before (`served_before`) but the stage does not,

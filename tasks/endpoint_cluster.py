@@ -6,7 +6,6 @@ every gateway replica (`MLYARD_KUBE_SERVICE_URL`), and taken out of routing befo
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from prefect import task
@@ -61,29 +60,20 @@ def sync_route(endpoint: str, view: dict[str, Any] | None, gateway_ref: str) -> 
 @task(name="wait-ready", cache_policy=NO_CACHE)
 def kube_wait_ready(instance_type: str, manifests: list[dict[str, Any]], timeout: float = 900.0) -> None:
     """Wait until every Deployment has all its pods ready."""
-    from kubernetes import client
+    from mlyard.tasks.kubernetes import cluster_client, wait_deployments_ready
 
-    from mlyard.tasks.kubernetes import cluster_client
-
-    apps = client.AppsV1Api(cluster_client("stage.instance_type", instance_type))
-    deadline = time.monotonic() + timeout
-    for m in (m for m in manifests if m["kind"] == "Deployment"):
-        name, want = m["metadata"]["name"], m["spec"].get("replicas", 1)
-        while True:
-            status = apps.read_namespaced_deployment(name, namespace()).status
-            if status is not None and (status.ready_replicas or 0) >= want:
-                break
-            if time.monotonic() > deadline:
-                raise files.ReplicaFailed(f"Deployment {name} has {getattr(status, 'ready_replicas', 0) or 0} of "
-                                          f"{want} pods ready after {timeout:.0f} s; see `kubectl -n {namespace()} "
-                                          f"describe deployment {name}`")
-            time.sleep(2.0)
+    try:
+        wait_deployments_ready(cluster_client("stage.instance_type", instance_type), manifests, namespace(), timeout)
+    except TimeoutError as exc:
+        raise files.ReplicaFailed(str(exc)) from None
 
 
 @task(name="route-services", cache_policy=NO_CACHE)
 def kube_route(endpoints: Endpoints, view: dict[str, Any], stage: str, manifests: list[dict[str, Any]]) -> list[str]:
     """Record in the catalog where the gateway reaches each stage resource, its Service (every gateway
     replica reads it there); the keys under which the gateway routes them."""
+    from mlyard.tasks.kubernetes import cluster_client, service_url
+
     st = next(s for s in view["stages"] if s["name"] == stage)
     services = {m["metadata"]["labels"].get("mlyard.io/resource"): m for m in manifests if m["kind"] == "Service"}
     template = Settings().kube_service_url
@@ -91,22 +81,12 @@ def kube_route(endpoints: Endpoints, view: dict[str, Any], stage: str, manifests
     for r in st["resources"]:
         svc = services[str(r["id"])]
         name, port = svc["metadata"]["name"], svc["spec"]["ports"][0]["port"]
-        cluster_ip = _cluster_ip(st["instance_type"], name) if "{cluster_ip}" in template else ""
-        urls[r["id"]] = template.format(service=name, namespace=namespace(), port=port, cluster_ip=cluster_ip)
+        url = service_url(cluster_client("stage.instance_type", st["instance_type"]), template, name, namespace(), port)
+        if url is None:
+            raise RoutingFailed(f"the Service {name} has no cluster IP for kube_service_url to use")
+        urls[r["id"]] = url
     endpoints.set_service_urls(view["name"], stage, urls)
     return [files.key_of(view["name"], stage, rid, 0) for rid in urls]
-
-
-def _cluster_ip(instance_type: str, service: str) -> str:
-    from kubernetes import client
-
-    from mlyard.tasks.kubernetes import cluster_client
-
-    ip = client.CoreV1Api(cluster_client("stage.instance_type", instance_type)).read_namespaced_service(
-        service, namespace()).spec.cluster_ip
-    if not ip or ip == "None":
-        raise RoutingFailed(f"the Service {service} has no cluster IP for kube_service_url to use")
-    return ip
 
 
 @task(name="unroute-services", cache_policy=NO_CACHE)

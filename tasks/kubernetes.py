@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from typing import Any
 
 import yaml
@@ -355,3 +356,35 @@ def cluster_client(field: str, instance_type: str) -> Any:
             raise SpecError(field, instance_type, "'local' on this machine, or a node pool of a configured "
                             f"Kubernetes cluster (none is configured: {exc})") from None
     return client.ApiClient()
+
+
+def wait_deployments_ready(api_client: Any, manifests: list[dict[str, Any]], namespace: str, timeout: float) -> None:
+    """Until every Deployment of `manifests` has all its pods ready; TimeoutError naming the first that has not."""
+    from kubernetes import client
+
+    apps = client.AppsV1Api(api_client)
+    deadline = time.monotonic() + timeout
+    for m in (m for m in manifests if m["kind"] == "Deployment"):
+        name, want = m["metadata"]["name"], m["spec"].get("replicas", 1)
+        while True:
+            status = apps.read_namespaced_deployment(name, namespace).status
+            if status is not None and (status.ready_replicas or 0) >= want:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Deployment {name} has {getattr(status, 'ready_replicas', 0) or 0} of {want} pods "
+                                   f"ready after {timeout:.0f} s; see `kubectl -n {namespace} describe deployment {name}`")
+            time.sleep(2.0)
+
+
+def service_url(api_client: Any, template: str, service: str, namespace: str, port: int) -> str | None:
+    """Where the gateway reaches a Service, by the settings' kube_service_url `template` ({service}, {namespace},
+    {port}, {cluster_ip}: read from the cluster only when the template names it); None when it names a cluster IP
+    the Service has not."""
+    ip = ""
+    if "{cluster_ip}" in template:
+        from kubernetes import client
+
+        ip = client.CoreV1Api(api_client).read_namespaced_service(service, namespace).spec.cluster_ip or ""
+        if ip in ("", "None"):
+            return None
+    return template.format(service=service, namespace=namespace, port=port, cluster_ip=ip)

@@ -16,7 +16,6 @@ Deleting the RAG queues a run that deletes its objects by that label (`withdraw`
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from mlyard.core.errors import SpecError
@@ -180,33 +179,18 @@ def _delete(dyn: Any, kind: str, name: str, namespace: str) -> bool:
     return True
 
 
-def wait_ready(api_client: Any, manifests: list[dict[str, Any]], namespace: str, timeout: float = 600.0) -> None:
-    """Until every Deployment has its pods ready; TimeoutError naming the first that has not."""
-    from kubernetes import client
-
-    apps = client.AppsV1Api(api_client)
-    deadline = time.monotonic() + timeout
-    for m in (m for m in manifests if m["kind"] == "Deployment"):
-        name, want = m["metadata"]["name"], m["spec"]["replicas"]
-        while (ready := apps.read_namespaced_deployment(name, namespace).status.ready_replicas or 0) < want:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"Deployment {name} has {ready} of {want} pods ready after {timeout:.0f} s; see "
-                                   f"`kubectl -n {namespace} describe deployment {name}`")
-            time.sleep(2.0)
-
-
 def service_urls(api_client: Any, manifests: list[dict[str, Any]], namespace: str, template: str) -> dict[str, str]:
     """Where the gateway reaches the query Service, and the query service its LLM's (`template`: the settings'
     kube_service_url), by part: {"query": URL, "llm": URL}."""
-    from kubernetes import client
+    from mlyard.tasks.kubernetes import service_url
 
     out = {}
     for m in (m for m in manifests if m["kind"] == "Service"):
         name = m["metadata"]["name"]
-        ip = client.CoreV1Api(api_client).read_namespaced_service(name, namespace).spec.cluster_ip \
-            if "{cluster_ip}" in template else ""
-        out[m["metadata"]["labels"][f"{LABEL}/part"]] = template.format(service=name, namespace=namespace, port=80,
-                                                                         cluster_ip=ip)
+        url = service_url(api_client, template, name, namespace, m["spec"]["ports"][0]["port"])
+        if url is None:
+            raise TimeoutError(f"the Service {name} has no cluster IP for kube_service_url to use")
+        out[m["metadata"]["labels"][f"{LABEL}/part"]] = url
     return out
 
 
@@ -238,15 +222,15 @@ def route(rags: Any, rag_id: int, spec: RagSpec, manifests: list[dict[str, Any]]
     """Last, once its pods are ready: the query Service's URL in the catalog, which every gateway replica routes
     by (deploy status COMPLETE); pods not ready within `timeout`: FAILURE and why, the RAG out of routing."""
     from mlyard.core.settings import Settings
-    from mlyard.tasks.kubernetes import cluster_client
+    from mlyard.tasks.kubernetes import cluster_client, wait_deployments_ready
 
     settings = Settings()
     api = cluster_client("instance_type", spec.instance_type)
     try:
-        wait_ready(api, manifests, settings.kube_namespace, timeout)
+        wait_deployments_ready(api, manifests, settings.kube_namespace, timeout)
+        urls = service_urls(api, manifests, settings.kube_namespace, settings.kube_service_url)
     except TimeoutError as exc:
         rags.set_service_urls(rag_id, None, "FAILURE")
         return str(exc)
-    rags.set_service_urls(rag_id, service_urls(api, manifests, settings.kube_namespace, settings.kube_service_url),
-                          "COMPLETE")
+    rags.set_service_urls(rag_id, urls, "COMPLETE")
     return ""
