@@ -196,15 +196,18 @@ def _check(storage: Any, uri: str, prefixes: dict[str, str | None]) -> None:
 
 
 def _copy(storage: Any, source: str, target: str) -> int:
-    """Every object under `source` copied under `target` on the storage's side; how many."""
+    """Every object under `source` copied under `target`, on the storage's side where both are one object store's;
+    through this pod where they are two (an s3:// backup of obs:// prefixes); how many."""
     src, dst = storage.resolve(source), storage.resolve(target)
-    client, n = storage.client(src), 0
+    client, into, n = storage.client(src), storage.client(dst), 0
     prefix = f"{src.key.rstrip('/')}/" if src.key else ""
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=src.bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
             key = f"{dst.key.rstrip('/')}/{obj['Key'][len(prefix):]}"
-            # boto3's managed copy: in parts on the storage's side for an object past copy_object's 5 GB
-            client.copy({"Bucket": src.bucket, "Key": obj["Key"]}, dst.bucket, key)
+            if src.endpoint == dst.endpoint:  # boto3's managed copy: in parts there past copy_object's 5 GB
+                client.copy({"Bucket": src.bucket, "Key": obj["Key"]}, dst.bucket, key)
+            else:  # streamed in parts: never whole in memory or on disk
+                into.upload_fileobj(client.get_object(Bucket=src.bucket, Key=obj["Key"])["Body"], dst.bucket, key)
             n += 1
     return n
 
