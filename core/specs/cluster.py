@@ -186,10 +186,12 @@ class NetworkValues(SpecModel):
 
     internal_cidrs: list[str] = Field(default_factory=lambda: list(INTERNAL), description="The cluster's and the "
                                       "cloud network's own addresses (pods, Services, nodes, the API server, the "
-                                      "databases, the metadata address): endpoint stages' and notebooks' pods, which "
-                                      "run a member's code, reach none of them; the internet beyond, they do.")
+                                      "databases, the metadata address): flow runs', endpoint stages' and notebooks' "
+                                      "pods, which run a member's code, reach none of them but the services each "
+                                      "uses; the internet beyond, they do.")
     storage_cidrs: list[str] = Field(default_factory=list, description="The object store's addresses when they are "
-                                     "internal (MinIO in the cluster, a private S3 endpoint): those pods reach these.")
+                                     "internal (MinIO in the cluster, a private S3 endpoint): those pods (and the "
+                                     "runs') reach these.")
     dns_namespace: str = Field(default="kube-system", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63,
                                description="Namespace of the cluster's DNS pods.")
     dns_labels: dict[str, str] = Field(default_factory=lambda: {"k8s-app": "kube-dns"},

@@ -91,7 +91,8 @@ def _cli(args: list[str], kubeconfig: Path, home: Path) -> dict:
 
 
 def _wipe(api, catalog_url: str, mlflow_url: str, vectors_url: str, s3) -> None:
-    """The disaster: every table the platform's user made, every object of the prefixes, mlyard's Secrets."""
+    """The disaster: every table the platform's user made, every object of the prefixes, mlyard's Secrets (one
+    deleted, one still there but changed since: a restore replaces it)."""
     for url in (catalog_url, mlflow_url, vectors_url):
         with psycopg.connect(_libpq(url), autocommit=True) as conn:
             conn.execute("DROP OWNED BY mlyard CASCADE")
@@ -99,8 +100,11 @@ def _wipe(api, catalog_url: str, mlflow_url: str, vectors_url: str, s3) -> None:
         for obj in page.get("Contents", []):
             if not obj["Key"].startswith("drill/backup/"):
                 s3.delete_object(Bucket=BUCKET, Key=obj["Key"])
-    for name in ("registry-harbor", "notebook-3-token"):
-        assert api.request("DELETE", f"/api/v1/namespaces/{NS}/secrets/{name}")[0] == 200
+    assert api.request("DELETE", f"/api/v1/namespaces/{NS}/secrets/registry-harbor")[0] == 200
+    changed = api.request("PATCH", f"/api/v1/namespaces/{NS}/secrets/notebook-3-token", {
+        "metadata": {"labels": None}, "data": {"token": base64.b64encode(b"written-later").decode()}},
+        "application/merge-patch+json")
+    assert changed[0] == 200, changed
 
 
 def test_a_cluster_backed_up_wiped_and_restored_has_every_key_token_run_version_schedule_and_secret(
