@@ -86,11 +86,9 @@ class Settings(BaseSettings):
         "pools (gpu, cpu), for a Kubernetes worker you run against a cluster (`prefect worker start --pool gpu "
         "--type kubernetes`). Off (a new home), the Prefect UI lists only the local deployments, which run here. "
         "`mlyard up` keeps the choice in the home's stack.json; unset: the home's choice.")
-    kube_namespace: str = Field(default="mlyard", description="Kubernetes namespace of endpoint Deployments, "
-                                "Services and HPAs.")
-    settings_secret: str = Field(default="mlyard-settings", description="The Secret of MLYARD_* settings on a "
-                                 "cluster (the values' secrets.settings): the pods the platform's flows make (stages, "
-                                 "a RAG's query service) read their keys from it.")
+    kube_namespace: str = Field(default="mlyard", description="Kubernetes namespace of endpoint Deployments, etc.")
+    settings_secret: str = Field(default="mlyard-settings", description="The Secret of these settings on a cluster "
+                                 "(values' secrets.settings): the pods that flows make read their keys from it.")
     kube_service_url: str = Field(
         default="http://{service}.{namespace}.svc.cluster.local:{port}",
         description="How the gateway reaches a stage resource's Service on the cluster: {service}, {namespace}, "
@@ -100,9 +98,8 @@ class Settings(BaseSettings):
         default=None, description="On a cluster that routes with the Gateway API: the Gateway (NAME or "
         "NAMESPACE/NAME) an endpoint's HTTPRoute attaches to; every change of traffic shares applies it with the "
         "same weights (tasks/http_route.py). Unset: mlyard's gateway routes.")
-    kueue_queue: str | None = Field(
-        default=None, description="On a cluster with Kueue: the LocalQueue the gpu pool's Jobs are labelled for, so "
-        "that Kueue admits them against the GPU quota (trials wait for quota, not for nodes).")
+    kueue_queue: str | None = Field(default=None, description="On a cluster with Kueue: the LocalQueue the gpu pool's "
+                                    "Jobs are labelled for (admitted against the GPU quota: trials wait for it).")
     lease: str | None = Field(
         default=None, description="On a cluster: the Lease (in kube_namespace) this part's replicas elect one leader "
         "with, whose holder alone runs the control loop (the scheduler's; the API's crash follower). Unset: one machine.")
