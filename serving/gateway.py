@@ -12,8 +12,8 @@ healthy replica with the fewest outstanding requests (503 + Retry-After when non
 request, streaming the answer. A replica that refuses the connection or closes it unanswered leaves routing at
 once and another takes it, until a health probe passes; replicas get their credential (serving/access.py).
 
-Every second (on /mlyard/reload; when a request's stage has no route or healthy replica) it reads the catalog and the replica files
-(tasks/replicas.py), probes replicas as Backend.AI's health checks do (health.py), counts answers by status.
+Every second (on /mlyard/reload; when a request finds no route or healthy replica) it reads the catalog and
+the replica files (tasks/replicas.py), probes replicas as Backend.AI's health checks do, counts answers by status.
 
 Stages can share an endpoint's default traffic (serving/traffic.py): a default-URL request goes to the stage the
 shares pick, and again to a shadow stage after the client has its answer (gateway_shadow.py); running totals go
@@ -164,8 +164,8 @@ class Gateway:
                 self.shared.router.set_default(name, None)
 
     async def _recheck(self) -> bool:
-        """A request found no route or healthy replica, but a flow may have routed one since the last pass (a deploy):
-        read the table and probe what is not routable now; at most once every RECHECK_SECONDS."""
+        """A request found no route or healthy replica, but a flow may have routed one since the last pass (a
+        deploy): read the table and probe what is not routable now; at most once every RECHECK_SECONDS."""
         now = time.monotonic()
         if now - self._rechecked < RECHECK_SECONDS:
             return False

@@ -2,8 +2,8 @@
 
 `render` runs `kubectl kustomize` on the values' overlay (kustomize is the tool made for it) and then
 sets what the values name: the namespace, the image and its pull Secrets, the Secrets' names, the
-gateway's replicas, the Kueue queue, the runs' network reach. `api_server` reads the cluster API's addresses
-for the last. tasks/cluster_apply.py applies it; `secret_problems` says what the
+gateway's replicas, the Kueue queue, the runs' network reach. `with_api_server` reads the cluster API's
+addresses for the last. tasks/cluster_apply.py applies it; `secret_problems` says what the
 namespace lacks first, `check_gpus` what the GPU nodes cannot give.
 """
 

@@ -76,12 +76,12 @@ def kube_route(endpoints: Endpoints, view: dict[str, Any], stage: str, manifests
 
     st = next(s for s in view["stages"] if s["name"] == stage)
     services = {m["metadata"]["labels"].get("mlyard.io/resource"): m for m in manifests if m["kind"] == "Service"}
-    template = Settings().kube_service_url
+    template, api = Settings().kube_service_url, cluster_client("stage.instance_type", st["instance_type"])
     urls: dict[int, str | None] = {}
     for r in st["resources"]:
         svc = services[str(r["id"])]
         name, port = svc["metadata"]["name"], svc["spec"]["ports"][0]["port"]
-        url = service_url(cluster_client("stage.instance_type", st["instance_type"]), template, name, namespace(), port)
+        url = service_url(api, template, name, namespace(), port)
         if url is None:
             raise RoutingFailed(f"the Service {name} has no cluster IP for kube_service_url to use")
         urls[r["id"]] = url

@@ -172,7 +172,7 @@ class RunService(SpecModel):
         import ipaddress
 
         if (self.namespace is None) == (self.cidr is None):
-            raise ValueError("network.run_services: give each a namespace (and labels) or a cidr, not both")
+            raise ValueError("network.run_services: give each one a namespace (and labels) or a cidr, one of them")
         if self.cidr is not None:
             try:
                 ipaddress.ip_network(self.cidr)
