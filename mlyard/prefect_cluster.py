@@ -26,11 +26,10 @@ from mlyard.prefect_setup import (
 
 def cluster_pool_template(path: Path, values: ClusterValues, image: str) -> dict:
     """A Kubernetes pool's base job template with the install's defaults: its namespace, `image`, the runs'
-    service account (infra/k8s/base/flow-runs.yaml: it has no rights; a multi-node training
-    asks for the one that makes its nodes' Job), the pull Secrets, the settings Secret the values name, the data
-    storage's StorageClass, and for the gpu
-    pool the GPU nodes' types and GPUs a node (values.gpu: a run's gpu_type and gpu_count within them, as Prefect
-    checks job variables against the template's schema; the Run form lists the types)."""
+    service account (infra/k8s/base/flow-runs.yaml: it has no rights; a multi-node training asks for the one that
+    makes its nodes' Job), the pull Secrets, the settings Secret the values name, the data storage's StorageClass,
+    and for the gpu pool the GPU nodes' types and GPUs a node (values.gpu: a run's gpu_type and gpu_count within
+    them, as Prefect checks job variables against the template's schema; the Run form lists the types)."""
     template = json.loads(path.read_text())
     props = template["variables"]["properties"]
     props["namespace"]["default"] = values.namespace
