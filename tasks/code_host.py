@@ -97,8 +97,13 @@ def run(exchange: Path, cwd: str | None, argv: list[str]) -> int:
         signal.signal(signum, forward)
     relays = [threading.Thread(target=_pump, args=(0, to_stdin, True), daemon=True),
               *[threading.Thread(target=_pump, args=(fd, target, False), daemon=True) for fd, target in zip(outs, (1, 2))]]
+    # the relays block the forwarded signals (a thread inherits its maker's mask): the kernel then hands a stop
+    # to this thread, whose read below it interrupts; one taken by a relay would wait for that read to return,
+    # which waits for the command, which waits for the stop
+    kept = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
     for relay in relays:
         relay.start()
+    signal.pthread_sigmask(signal.SIG_SETMASK, kept)
     said = b""
     while len(said) <= 16 and (chunk := os.read(from_host, 64)):  # until the host closes it: with the exit
         said += chunk  # code, or by ending (more than a number: not the host's, whose user the command shares)
