@@ -51,7 +51,8 @@ def start(*extra: str) -> tuple[subprocess.Popen, str]:
     return proc, f"http://127.0.0.1:{port}/openai/v1"
 
 
-def chat(base_url: str, topic: str, max_tokens: int, began: float, started: Any = None) -> dict:
+def chat(base_url: str, topic: str, max_tokens: int, began: float, started: Any = None, temperature: float = 0,
+         seed: int | None = None) -> dict:
     """One streamed chat: when its first token came (after `began`), when it ended, its tokens and text;
     `started` (an Event) is set at its first token."""
     import openai
@@ -61,7 +62,8 @@ def chat(base_url: str, topic: str, max_tokens: int, began: float, started: Any 
     first, text, tokens = None, "", 0
     for chunk in client.chat.completions.create(
             model="smollm2", messages=[{"role": "user", "content": f"Write a short story about {topic}."}],
-            max_tokens=max_tokens, temperature=0, stream=True, stream_options={"include_usage": True}):
+            max_tokens=max_tokens, temperature=temperature, stream=True, stream_options={"include_usage": True},
+            **({"seed": seed} if seed is not None else {})):
         if chunk.choices and chunk.choices[0].delta.content:
             if first is None and started is not None:
                 started.set()

@@ -358,12 +358,12 @@ class HttpError(MlyardError):
 
 
 class BadChat(HttpError):
-    """An OpenAI chat or completions request refused: the parameter it names and OpenAI's error code."""
+    """An OpenAI chat or completions request refused: the parameter it names, OpenAI's error code, a 503's wait."""
 
-    def __init__(self, message: str, param: str | None = None, status: int = 400, code: str | None = None):
+    def __init__(self, message: str, param: str | None = None, status: int = 400, code: str | None = None,
+                 retry_after: int | None = None):
         super().__init__(status, message)
-        self.param, self.code = param, code
-        self.started = False  # raised after a stream's first event
+        self.param, self.code, self.retry_after, self.started = param, code, retry_after, False  # started: mid-stream
 
 
 class BadInput(HttpError):

@@ -11,9 +11,10 @@ model directory. transformers de-quantizes a GGUF file on every load (about 30 s
 load keeps the result as safetensors in a cache directory and later loads take that (a few seconds).
 
 Errors have OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, so the `openai` package
-raises its own exceptions. Greedy answers (temperature 0) are batched continuously (serving/continuous.py):
-a request joins the running batch at the next token. A sampled answer runs alone (`generate`), one at a
-time. A client that disconnects stops its generation. Needs the `llm` extra and torch.
+raises its own exceptions. Answers are batched continuously (serving/continuous.py), greedy and sampled side by
+side: a request joins the running batch at the next token. Each answer's tokens are chosen by its own draw
+(serving/sampler.py), also when it runs alone (`generate`: without a batch, or longer than the batch's cache).
+A client that disconnects stops its generation. Needs the `llm` extra and torch.
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ import hashlib
 import importlib.util
 import logging
 import os
+import queue
 import shutil
 import threading
 from pathlib import Path
 from typing import Any, Iterator
 
 from mlyard.core.errors import BadChat, SpecError
-from mlyard.serving.stops import first_stop, partial_stop
+from mlyard.serving.sampling import Piece, Sampling
+from mlyard.serving.stops import TextStream
 from mlyard.tasks.cache import cache_dir
 
 SMOLLM2 = "smollm2"
@@ -98,10 +101,17 @@ def _save(model, tokenizer, dest: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-class ChatModel:
-    """A causal language model and its tokenizer, loaded once."""
+DEMO_NOTE = ("SmolLM2-135M-Instruct, a 135M-parameter demonstration model: it answers fluently and quickly on a "
+             "CPU, and is often wrong. Use it to try the platform; serve your own model for answers.")
 
-    def __init__(self, model: str, name: str | None = None, max_sequences: int = 8):
+
+class ChatModel:
+    """A causal language model and its tokenizer, loaded once. `max_sequences` answers are generated at once in
+    the continuous batch (serving/continuous.py; 0: one at a time), with `cache_tokens` of paged cache between
+    them and `patience` seconds for a waiting request to get a place."""
+
+    def __init__(self, model: str, name: str | None = None, max_sequences: int = 8, cache_tokens: int = 16384,
+                 patience: float = 30.0):
         folder, gguf = locate(model)
         for missing in ("transformers", "torch", "gguf"):
             if importlib.util.find_spec(missing) is None:
@@ -120,23 +130,33 @@ class ChatModel:
             self.model = AutoModelForCausalLM.from_pretrained(folder)
         self.model.eval()
         self.name = name or (SMOLLM2 if model == SMOLLM2 else Path(model).stem if gguf else folder.name)
+        self.note = DEMO_NOTE if gguf == SMOLLM2_FILE else None  # said beside the name on the chat page
+        own = self.model.generation_config
+        self.temperature = float(own.temperature or 1.0) if own.do_sample else 0.0  # the model's own default
         self.context = int(getattr(self.model.config, "max_position_embeddings", 2048))
+        self.vocab = int(self.model.config.vocab_size)
         self._lock = threading.Lock()
-        self.max_sequences = max_sequences  # greedy answers batched continuously, this many at once (0: none)
+        self.max_sequences, self.cache_tokens, self.patience = max_sequences, cache_tokens, patience
         self._batcher: Any = None
 
     def batcher(self) -> Any:
-        """The continuous batch of greedy answers (serving/continuous.py), started on first use; None when
-        `max_sequences` is 0 or the model cannot batch continuously."""
+        """The continuous batch (serving/continuous.py), started on first use; None when `max_sequences` is 0 or
+        the model cannot batch continuously."""
         dead = self._batcher is not None and self._batcher.manager.background_thread_status.fatal_error is not None
         if dead:  # its loop ended on an error (its requests were answered with it): a new loop, said so
             logging.getLogger("mlyard.serving").error("the continuous batch's loop stopped (%s): starting a new one",
                                                       self._batcher.manager.background_thread_status.fatal_error)
+            self._batcher.manager.stop(block=False)  # its thread, if it still runs, ends too
         if (self._batcher is None or dead) and self.max_sequences and hasattr(self.model, "init_continuous_batching"):
             from mlyard.serving.continuous import Batcher
 
-            self._batcher = Batcher(self, self.max_sequences)
+            self._batcher = Batcher(self, self.max_sequences, cache_tokens=self.cache_tokens, patience=self.patience)
         return self._batcher
+
+    def close(self) -> None:
+        """Stop the batch's generation loop (a thread that would otherwise keep its process alive)."""
+        if self._batcher is not None:
+            self._batcher.manager.stop(block=True, timeout=5)
 
     def prompt_ids(self, messages: list[dict[str, str]] | None, prompt: str | None):
         if messages is not None:
@@ -146,70 +166,73 @@ class ChatModel:
                                                       return_dict=True)
         return self.tokenizer(prompt, return_tensors="pt")
 
-    def generate(self, inputs, max_tokens: int, temperature: float, top_p: float, stop: list[str],
-                 seed: int | None, cancel: threading.Event | None = None) -> Iterator[tuple[str, str | None, int]]:
-        """(text piece, None, 0) as they come, then ("", finish_reason, tokens generated) with
+    def generate(self, inputs, sampling: Sampling, max_tokens: int, stop: list[str],
+                 cancel: threading.Event | None = None) -> Iterator[Piece]:
+        """An answer generated alone (one at a time), its tokens chosen as in the batch (serving/sampler.py):
+        Piece(text, None, 0, logprobs) as they come, then Piece("", finish_reason, tokens generated) with
         finish_reason stop or length. Setting `cancel` ends the generation at its next token."""
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+        from transformers.generation.streamers import BaseStreamer
+
+        from mlyard.serving.sampler import AloneSampler, Draw
 
         prompt_len = int(inputs["input_ids"].shape[1])
         if prompt_len + max_tokens > self.context:
             raise BadChat(f"the prompt ({prompt_len} tokens) and max_tokens ({max_tokens}) exceed the model's "
                           f"context of {self.context} tokens", "max_tokens")
-        halt = cancel or threading.Event()
+        halt, draw = cancel or threading.Event(), Draw(sampling, self.vocab)
+        arrived: queue.Queue[list[int] | None] = queue.Queue()
 
         class Halt(StoppingCriteria):
             def __call__(self, input_ids, scores, **kwargs) -> bool:  # type: ignore[override]
                 return halt.is_set()
 
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
-        options: dict[str, Any] = {"max_new_tokens": max_tokens, "streamer": streamer,
-                                   "stopping_criteria": StoppingCriteriaList([Halt()]),
+        class Tokens(BaseStreamer):  # the prompt first, then each new token
+            prompt = True
+
+            def put(self, value) -> None:
+                if not self.prompt:
+                    arrived.put(value.view(-1).tolist())
+                self.prompt = False
+
+            def end(self) -> None:
+                arrived.put(None)
+
+        options: dict[str, Any] = {"max_new_tokens": max_tokens, "streamer": Tokens(), "do_sample": False,
+                                   "stopping_criteria": StoppingCriteriaList([Halt()]), "temperature": None,
+                                   "top_p": None, "top_k": None, "logits_processor": LogitsProcessorList(
+                                       [AloneSampler(draw)]),
                                    "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id}
-        if temperature > 0:
-            options.update(do_sample=True, temperature=temperature, top_p=top_p)
-        else:
-            options.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        produced: list[int] = []
         failed: list[BaseException] = []
 
         def work() -> None:
             try:
-                if seed is not None:
-                    torch.manual_seed(seed)
                 with torch.no_grad():
-                    out: Any = self.model.generate(**inputs, **options)
-                produced.append(int(out.shape[1]) - prompt_len)
+                    self.model.generate(**inputs, **options)
             except BaseException as exc:  # noqa: BLE001 - handed to the request below
                 failed.append(exc)
-                streamer.end()
+                arrived.put(None)
 
         with self._lock:
             thread = threading.Thread(target=work, name="mlyard-generate", daemon=True)
             thread.start()
-            text, sent = "", 0
-            finish = None
-            for piece in streamer:
-                text += piece
-                cut = first_stop(text, stop)
-                if cut is not None:
-                    text, finish = text[:cut], "stop"
+            text, seen, finish = TextStream(self.tokenizer, stop), 0, None
+            while (got := arrived.get()) is not None:
+                piece, records = text.feed(got), draw.records[seen:seen + len(got)]
+                seen += len(got)
+                if text.stopped:
+                    finish = "stop"
                     halt.set()
-                hold = partial_stop(text, stop) if finish is None else 0
-                if len(text) - hold > sent:
-                    yield text[sent:len(text) - hold], None, 0
-                    sent = len(text) - hold
+                if piece or records:
+                    yield Piece(piece, None, 0, records)
                 if finish:
                     break
-            if finish is not None:  # stopped early: let the generation end and drain what it still sends
-                for _ in streamer:
-                    pass
             thread.join()
             if failed:
                 raise failed[0]
-            if len(text) > sent:
-                yield text[sent:], None, 0
             if finish is None:
-                finish = "length" if produced and produced[0] >= max_tokens else "stop"
-            yield "", finish, produced[0] if produced else 0
+                if rest := text.rest():
+                    yield Piece(rest)
+                finish = "length" if seen >= max_tokens else "stop"
+            yield Piece("", finish, seen)

@@ -10,14 +10,14 @@ import contextlib
 import threading
 import time
 import uuid
-from typing import Any, AsyncIterator
+from typing import Any, AsyncGenerator, AsyncIterator
 
 import orjson
 
 from mlyard.core.connection import REPLICA_HEADER
 from mlyard.serving import asgi
-from mlyard.serving.continuous import MAX_SEQUENCE_TOKENS
 from mlyard.serving.generative import DEFAULT_MAX_TOKENS, MAX_TOKENS, BadChat, ChatModel
+from mlyard.serving.sampling import MAX_N, Piece, from_request, integer
 from mlyard.serving.usage import HEADER, Usage, format_usage, stream_comment
 
 
@@ -26,6 +26,7 @@ class OpenAIRoutes:
 
     def __init__(self, chat: ChatModel, max_body_bytes: int = 4 * 1024 * 1024, stats: Any = None, log: Any = None):
         self.chat, self.max_body, self.stats, self.log = chat, max_body_bytes, stats, log
+        self._words: dict[int, str] = {}  # token ids decoded, for logprobs
 
     async def __call__(self, scope: dict, receive: asgi.Receive, send: asgi.Send) -> None:
         path, method = scope["path"].rstrip("/"), scope["method"]
@@ -33,7 +34,9 @@ class OpenAIRoutes:
         try:
             if path == "/openai/v1/models" and method == "GET":
                 return await asgi.reply(send, 200, orjson.dumps({"object": "list", "data": [
-                    {"id": self.chat.name, "object": "model", "created": 0, "owned_by": "mlyard"}]}))
+                    {"id": self.chat.name, "object": "model", "created": 0, "owned_by": "mlyard",
+                     "mlyard": {"note": self.chat.note, "temperature": self.chat.temperature,
+                                "context": self.chat.context}}]}))
             if path in ("/openai/v1/chat/completions", "/openai/v1/completions"):
                 if method != "POST":
                     raise BadChat(f"method {method} is not allowed here; use POST", status=405)
@@ -54,7 +57,8 @@ class OpenAIRoutes:
                 return
             kind = "invalid_request_error" if exc.status < 500 else "server_error"
             await asgi.reply(send, exc.status, orjson.dumps(
-                {"error": {"message": str(exc), "type": kind, "param": exc.param, "code": exc.code}}))
+                {"error": {"message": str(exc), "type": kind, "param": exc.param, "code": exc.code}}),
+                headers=[(b"retry-after", str(exc.retry_after).encode())] if exc.retry_after else [])
 
     def _record(self, scope: dict, started: float, usage: Usage | None, status: int, error: str | None = None) -> None:
         seconds = time.perf_counter() - started
@@ -82,21 +86,15 @@ class OpenAIRoutes:
         if max_tokens is None:
             max_tokens = DEFAULT_MAX_TOKENS
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= MAX_TOKENS:
-            raise BadChat(f"max_tokens must be an integer from 1 to {MAX_TOKENS}", "max_tokens")
-        temperature = _number(req.get("temperature", 1.0), "temperature", 0.0, 2.0)
-        top_p = _number(req.get("top_p", 1.0), "top_p", 0.0, 1.0)
-        if req.get("n", 1) not in (1, None):
-            raise BadChat("only n=1 is supported", "n")
-        for field in ("logprobs", "top_logprobs"):  # not computed here: refused rather than answered null
-            if req.get(field) not in (None, False, 0):
-                raise BadChat(f"{field} is not supported by this server; leave it out", field)
+            field = "max_completion_tokens" if "max_completion_tokens" in req else "max_tokens"
+            raise BadChat(f"{field} must be an integer from 1 to {MAX_TOKENS}", field)
+        _refuse_unsupported(req, chat)
+        sampling = from_request(req, chat, self.chat.vocab)
+        n = integer(req, "n", 1, MAX_N, 1) or 1
         stop = req.get("stop") or []
         stop = [stop] if isinstance(stop, str) else stop
         if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > 4:
             raise BadChat("stop must be a string or a list of at most 4 strings", "stop")
-        seed = req.get("seed")
-        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-            raise BadChat("seed must be an integer", "seed")
         stream = req.get("stream", False)
         if not isinstance(stream, bool) and stream is not None:
             raise BadChat("stream must be true or false", "stream")
@@ -107,54 +105,91 @@ class OpenAIRoutes:
             raise BadChat(f"the prompt ({prompt_tokens} tokens) and max_tokens ({max_tokens}) exceed the model's "
                           f"context of {self.chat.context} tokens", "max_tokens")
         cancel = threading.Event()
-        fits = prompt_tokens + max_tokens <= MAX_SEQUENCE_TOKENS  # the cache each sequence of the batch has
-        batcher = self.chat.batcher() if temperature == 0 and fits else None
-        if batcher is not None:  # joins the running batch at its next token (serving/continuous.py)
-            pieces = batcher.generate(inputs["input_ids"][0].tolist(), max_tokens, stop, cancel)
-        else:
-            pieces = _in_thread(lambda: self.chat.generate(inputs, max_tokens, temperature, top_p, stop, seed, cancel))
+        counted = Usage(prompt_tokens, 0)
+        batcher = self.chat.batcher()
+        if batcher is not None and not batcher.fits(prompt_tokens, max_tokens):
+            batcher = None  # longer than the batch's cache can ever hold: generated alone
+        sources = []
+        for i in range(n):  # n answers: n requests in the batch, the seed (if any) moved on for each
+            one = sampling if n == 1 or sampling.seed is None else sampling.with_seed(sampling.seed + i)
+            if batcher is not None:  # joins the running batch at its next token (serving/continuous.py)
+                sources.append(batcher.generate(inputs["input_ids"][0].tolist(), one, max_tokens, stop, cancel,
+                                                admitted=lambda s: setattr(counted, "queued_ms", s * 1000)))
+            else:
+                sources.append(_in_thread(lambda one=one: self.chat.generate(inputs, one, max_tokens, stop, cancel)))
+        pieces = _merged(sources)
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
-        counted = Usage(prompt_tokens, 0)
         if stream:
             watch = asyncio.ensure_future(_disconnected(receive, cancel))
             try:
-                async with contextlib.aclosing(pieces):  # type: ignore[type-var]  # left early: its generation ends
-                    await self._stream(send, pieces, rid, created, chat, counted, started,
+                async with contextlib.aclosing(pieces):  # left early: its generations end
+                    await self._stream(send, pieces, rid, created, chat, n, counted, started,
                                        bool(isinstance(options, dict) and options.get("include_usage")),
-                                       any(k == REPLICA_HEADER for k, _ in scope["headers"]))
+                                       any(k == REPLICA_HEADER for k, _ in scope["headers"]), sampling.logprobs)
                     return counted
             finally:
                 cancel.set()  # the client left, or the stream ended: the generation stops either way
                 watch.cancel()
-        text, finish = "", None
-        async with contextlib.aclosing(pieces):  # type: ignore[type-var]  # left early: its generation ends
-            async for piece, done, tokens in pieces:
+        texts, records = [""] * n, [[] for _ in range(n)]  # type: ignore[var-annotated]
+        finishes: list[str | None] = [None] * n
+        async with contextlib.aclosing(pieces):  # left early: its generations end
+            async for i, piece in pieces:
                 if counted.ttft_ms is None:
                     counted.ttft_ms = (time.perf_counter() - started) * 1000
-                text += piece
-                finish, counted.completion = done or finish, tokens or counted.completion
+                texts[i] += piece.text
+                records[i] += piece.logprobs
+                if piece.finish:
+                    finishes[i], counted.completion = piece.finish, counted.completion + piece.tokens
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": counted.completion,
                  "total_tokens": prompt_tokens + counted.completion}
+        choices: list[dict[str, Any]]
         if chat:
-            doc = {"id": rid, "object": "chat.completion", "created": created, "model": self.chat.name,
-                   "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                "finish_reason": finish, "logprobs": None}], "usage": usage}
+            choices = [{"index": i, "message": {"role": "assistant", "content": texts[i], "refusal": None},
+                        "finish_reason": finishes[i], "logprobs": self._logprobs(records[i], sampling.logprobs, True)}
+                       for i in range(n)]
         else:
-            doc = {"id": rid, "object": "text_completion", "created": created, "model": self.chat.name,
-                   "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}], "usage": usage}
+            choices = [{"index": i, "text": texts[i], "finish_reason": finishes[i],
+                        "logprobs": self._logprobs(records[i], sampling.logprobs, False)} for i in range(n)]
+        doc = {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
+               "model": self.chat.name, "choices": choices, "usage": usage}
         await asgi.reply(send, 200, orjson.dumps(doc), headers=[
-            (HEADER, format_usage(counted.prompt, counted.completion, counted.ttft_ms))])
+            (HEADER, format_usage(counted.prompt, counted.completion, counted.ttft_ms, counted.queued_ms))])
         return counted
 
-    async def _stream(self, send: asgi.Send, pieces: AsyncIterator[tuple[str, str | None, int]], rid: str,
-                      created: int, chat: bool, counted: Usage, started: float, include_usage: bool,
-                      gateway: bool) -> None:
-        """Server-sent events: a chunk per piece of text, the finish reason, optionally the usage, the usage
-        for the gateway as a comment (`gateway`: the request came through it; it takes the line out),
-        [DONE]. `counted` is filled in as tokens come."""
+    def _logprobs(self, records: list, wanted: int | None, chat: bool, offset: int = 0) -> dict | None:
+        """OpenAI's logprobs object of these tokens (None when the request did not ask): chat's `content` list,
+        or the legacy route's parallel lists (text_offset counted from `offset`)."""
+        if wanted is None:
+            return None
+        word = self._token_text
+        if chat:
+            return {"content": [{"token": word(t), "logprob": lp, "bytes": list(word(t).encode()),
+                                 "top_logprobs": [{"token": word(a), "logprob": alp, "bytes": list(word(a).encode())}
+                                                  for a, alp in top]} for t, lp, top in records], "refusal": None}
+        offsets = []
+        for t, _, _ in records:
+            offsets.append(offset)
+            offset += len(word(t))
+        return {"tokens": [word(t) for t, _, _ in records], "token_logprobs": [lp for _, lp, _ in records],
+                "top_logprobs": [{word(a): alp for a, alp in top} for _, _, top in records] if wanted else None,
+                "text_offset": offsets}
+
+    def _token_text(self, token: int) -> str:
+        text = self._words.get(token)
+        if text is None:
+            text = self._words[token] = self.chat.tokenizer.decode([token])
+        return text
+
+    async def _stream(self, send: asgi.Send, pieces: AsyncIterator[tuple[int, Piece]], rid: str, created: int,
+                      chat: bool, n: int, counted: Usage, started: float, include_usage: bool, gateway: bool,
+                      logprobs: int | None) -> None:
+        """Server-sent events: a chunk per piece of text of each choice, each choice's finish reason, optionally
+        the usage, the usage for the gateway as a comment (`gateway`: the request came through it; it takes the
+        line out), [DONE]. `counted` is filled in as tokens come."""
         head = {"id": rid, "created": created, "model": self.chat.name,
                 "object": "chat.completion.chunk" if chat else "text_completion"}
+        offsets = [0] * n
 
         def event(choices: list, **extra: Any) -> dict:
             return {"type": "http.response.body", "more_body": True,
@@ -163,16 +198,21 @@ class OpenAIRoutes:
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
         if chat:  # the role first, as OpenAI sends it
-            await send(event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]))
+            for i in range(n):
+                await send(event([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                   "finish_reason": None}]))
         try:
-            async for piece, finish, tokens in pieces:
+            async for i, piece in pieces:
                 if counted.ttft_ms is None:
                     counted.ttft_ms = (time.perf_counter() - started) * 1000
-                counted.completion = tokens or counted.completion
+                counted.completion += piece.tokens
+                scores = self._logprobs(piece.logprobs, logprobs, chat, offsets[i]) if piece.logprobs else None
                 if chat:
-                    choice = {"index": 0, "delta": {"content": piece} if piece else {}, "finish_reason": finish}
+                    choice = {"index": i, "delta": {"content": piece.text} if piece.text else {}, "logprobs": scores,
+                              "finish_reason": piece.finish}
                 else:
-                    choice = {"index": 0, "text": piece, "finish_reason": finish, "logprobs": None}
+                    choice = {"index": i, "text": piece.text, "finish_reason": piece.finish, "logprobs": scores}
+                offsets[i] += len(piece.text)
                 await send(event([choice]))
         except BadChat as exc:
             exc.started = True
@@ -182,7 +222,7 @@ class OpenAIRoutes:
                                         "total_tokens": counted.prompt + counted.completion}))
         if gateway:
             await send({"type": "http.response.body", "more_body": True,
-                        "body": stream_comment(counted.prompt, counted.completion, counted.ttft_ms)})
+                        "body": stream_comment(counted.prompt, counted.completion, counted.ttft_ms, counted.queued_ms)})
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
 
 
@@ -192,7 +232,7 @@ async def _disconnected(receive: asgi.Receive, cancel: threading.Event) -> None:
     cancel.set()
 
 
-def _in_thread(make) -> AsyncIterator[tuple[str, str | None, int]]:
+def _in_thread(make) -> AsyncIterator[Piece]:
     """Run a blocking generator on a thread; its items arrive as an async iterator (errors become BadChat)."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
@@ -208,7 +248,7 @@ def _in_thread(make) -> AsyncIterator[tuple[str, str | None, int]]:
 
     threading.Thread(target=work, name="mlyard-chat", daemon=True).start()
 
-    async def items() -> AsyncIterator[tuple[str, str | None, int]]:
+    async def items() -> AsyncIterator[Piece]:
         while True:
             item = await queue.get()
             if item is end:
@@ -246,9 +286,54 @@ def _prompt(raw: Any) -> str:
     return raw
 
 
-def _number(value: Any, name: str, low: float, high: float) -> float:
-    if value is None:
-        return high if name == "top_p" else 1.0
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
-        raise BadChat(f"{name} must be a number from {low:g} to {high:g}", name)
-    return float(value)
+def _refuse_unsupported(req: dict, chat: bool) -> None:
+    """The fields this server cannot answer as OpenAI would, refused in one line each rather than ignored."""
+    fmt = req.get("response_format")
+    kind = fmt.get("type") if isinstance(fmt, dict) else fmt
+    if kind not in (None, "text"):
+        raise BadChat(f"response_format {kind!r} is not supported: this engine cannot constrain an answer to JSON; "
+                      "leave response_format out (or {\"type\": \"text\"}) and ask for JSON in the prompt",
+                      "response_format")
+    for name in ("tools", "functions") if chat else ("suffix",):
+        if req.get(name):
+            raise BadChat(f"{name} is not supported by this server; leave it out", name)
+    if not chat and req.get("echo"):
+        raise BadChat("echo is not supported by this server; leave it out", "echo")
+    if not chat and req.get("best_of") not in (None, 1):
+        raise BadChat("best_of is not supported by this server (use n); leave it out", "best_of")
+
+
+async def _merged(sources: list[AsyncIterator[Piece]]) -> AsyncGenerator[tuple[int, Piece], None]:
+    """(choice index, piece) of several generations as they come; closing it ends them all."""
+    if len(sources) == 1:
+        try:
+            async for piece in sources[0]:
+                yield 0, piece
+        finally:
+            await sources[0].aclose()  # type: ignore[attr-defined]
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(i: int, source: AsyncIterator[Piece]) -> None:
+        try:
+            async for piece in source:
+                await queue.put((i, piece))
+            await queue.put((i, None))
+        except Exception as exc:  # noqa: BLE001 - handed to the request
+            await queue.put((i, exc))
+
+    tasks = [asyncio.ensure_future(pump(i, source)) for i, source in enumerate(sources)]
+    left = len(sources)
+    try:
+        while left:
+            i, item = await queue.get()
+            if item is None:
+                left -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                yield i, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

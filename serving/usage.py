@@ -24,17 +24,19 @@ class Usage:
     prompt: int
     completion: int
     ttft_ms: float | None = None  # None: not a generation (or not known)
+    queued_ms: float | None = None  # the time it waited for a place in the model's batch (None: not known)
 
 
-def format_usage(prompt: int, completion: int, ttft_ms: float | None) -> bytes:
-    """`prompt=12;completion=30;ttft_ms=153.2` (ttft_ms left out when there was no token)."""
+def format_usage(prompt: int, completion: int, ttft_ms: float | None, queued_ms: float | None = None) -> bytes:
+    """`prompt=12;completion=30;ttft_ms=153.2;queued_ms=0.0` (a time left out when it is not known)."""
     out = f"prompt={prompt};completion={completion}"
-    return (out if ttft_ms is None else f"{out};ttft_ms={ttft_ms:.1f}").encode()
+    out = out if ttft_ms is None else f"{out};ttft_ms={ttft_ms:.1f}"
+    return (out if queued_ms is None else f"{out};queued_ms={queued_ms:.1f}").encode()
 
 
-def stream_comment(prompt: int, completion: int, ttft_ms: float | None) -> bytes:
+def stream_comment(prompt: int, completion: int, ttft_ms: float | None, queued_ms: float | None = None) -> bytes:
     """The usage as a stream's comment event."""
-    return _COMMENT + format_usage(prompt, completion, ttft_ms) + b"\n\n"
+    return _COMMENT + format_usage(prompt, completion, ttft_ms, queued_ms) + b"\n\n"
 
 
 def parse_usage(value: bytes) -> Usage | None:
@@ -46,11 +48,13 @@ def parse_usage(value: bytes) -> Usage | None:
     try:
         prompt, completion = int(fields["prompt"]), int(fields["completion"])
         ttft = float(fields["ttft_ms"]) if "ttft_ms" in fields else None
+        queued = float(fields["queued_ms"]) if "queued_ms" in fields else None
     except (KeyError, ValueError):
         return None
-    if not (0 <= prompt < 1 << 31 and 0 <= completion < 1 << 31) or ttft is not None and not 0 <= ttft < 1e9:
+    if not (0 <= prompt < 1 << 31 and 0 <= completion < 1 << 31) or \
+            any(t is not None and not 0 <= t < 1e9 for t in (ttft, queued)):
         return None
-    return Usage(prompt, completion, ttft)
+    return Usage(prompt, completion, ttft, queued)
 
 
 def of_openai(doc: object) -> Usage | None:

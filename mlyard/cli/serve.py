@@ -69,9 +69,12 @@ def serve(
                                        "ONNX (onnxruntime) when it compiles and agrees with the estimator (labels "
                                        "equal, probabilities within 1e-6): faster starts, less memory, faster trees. "
                                        "Compiled once, then cached."),
-    max_sequences: int = typer.Option(8, "--max-sequences", min=0, max=64, help="With --chat-model: greedy answers "
-                                      "(temperature 0) generated at once, batched continuously (a request joins at "
-                                      "the next token; 64 more wait, then 503); 0: one at a time."),
+    max_sequences: int = typer.Option(8, "--max-sequences", min=0, max=64, help="With --chat-model: answers generated "
+                                      "at once, batched continuously (64 more wait, then 503); 0: one at a time."),
+    cache_tokens: int = typer.Option(16384, "--cache-tokens", min=256, max=1 << 20, help="With --chat-model: the "
+                                     "batch's paged cache in tokens (about 46 KB each for SmolLM2-135M)."),
+    queue_seconds: float = typer.Option(30.0, "--queue-seconds", min=0.1, max=3600, help="With --chat-model: the "
+                                        "longest wait for a place in the batch, then 503 with Retry-After."),
     inference_log: Optional[str] = typer.Option(None, "--inference-log", help="Write a JSON record of every "
                                                 "request to this file ('-': standard output); failures are always "
                                                 "recorded on standard error."),
@@ -110,8 +113,8 @@ def serve(
         guard(lambda: _raise(SpecError("MODEL", None, "a model reference or directory (or --entry-script FILE, "
                                        "--model-folder DIR, --chat-model smollm2)")))
     # 4. a model and/or a chat model, on the model server
-    _serve_models(_Served(model, chat_model, name, given, host, port or 8080, max_batch_size, max_latency_ms,
-                          timeout_seconds, max_body_mb, compile_model, inference_log, max_sequences))
+    _serve_models(_Served(model, chat_model, name, given, host, port or 8080, max_batch_size, max_latency_ms, timeout_seconds,
+                          max_body_mb, compile_model, inference_log, max_sequences, cache_tokens, queue_seconds))
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,8 @@ class _Served:
     compile_model: bool
     inference_log: str | None
     max_sequences: int = 8
+    cache_tokens: int = 16384
+    queue_seconds: float = 30.0
 
 
 def _serve_script(entry_script: Path, model_dir: Path | None, host: str, port: int | None, workers: int,
@@ -252,8 +257,10 @@ def _load_chat(o: _Served):
 
     if o.chat_model.startswith("models:/") or (is_registry_ref(o.chat_model) and not Path(o.chat_model).exists()):
         path, registered_name, _, _ = _resolve(o.chat_model)  # a registered chat model (parameter task=chat)
-        return ChatModel(str(path), (o.name if o.model is None else None) or registered_name, o.max_sequences)
-    return ChatModel(o.chat_model, o.name if o.model is None else None, o.max_sequences)
+        return ChatModel(str(path), (o.name if o.model is None else None) or registered_name, o.max_sequences,
+                         o.cache_tokens, o.queue_seconds)
+    return ChatModel(o.chat_model, o.name if o.model is None else None, o.max_sequences, o.cache_tokens,
+                     o.queue_seconds)
 
 
 def _open_log(inference_log: str | None):

@@ -88,13 +88,23 @@ def test_bad_requests_are_openai_errors_naming_the_field(server):
     assert bad.value.body["param"] == "max_tokens"
     with pytest.raises(openai.BadRequestError, match="messages"):
         client.chat.completions.create(model="tiny-chat", messages=[])
-    for asked in ({"logprobs": True}, {"logprobs": True, "top_logprobs": 2}):  # once answered null, silently
+    refused = [({"response_format": {"type": "json_object"}}, "response_format", "cannot constrain"),
+               ({"top_logprobs": 2}, "top_logprobs", "needs logprobs"), ({"n": 9}, "n", "from 1 to 8"),
+               ({"logit_bias": {"999999": 1}}, "logit_bias", "not a token id"),
+               ({"temperature": 3}, "temperature", "from 0 to 2"), ({"min_p": -1}, "min_p", "from 0 to 1"),
+               ({"max_completion_tokens": 0}, "max_completion_tokens", "from 1"),
+               ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "not supported")]
+    for asked, param, words in refused:
         with pytest.raises(openai.BadRequestError) as bad:
-            client.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "x"}], **asked)
-        assert bad.value.body["param"] == "logprobs" and "not supported" in bad.value.body["message"]
+            client.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "x"}],
+                                           extra_body=asked)
+        assert bad.value.body["param"] == param and words in bad.value.body["message"], (asked, bad.value.body)
     with pytest.raises(openai.BadRequestError) as bad:
-        client.completions.create(model="tiny-chat", prompt="x", logprobs=3)
+        client.completions.create(model="tiny-chat", prompt="x", logprobs=6)
     assert bad.value.body["param"] == "logprobs"
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.completions.create(model="tiny-chat", prompt="x", echo=True)
+    assert bad.value.body["param"] == "echo"
     with pytest.raises(openai.BadRequestError, match="context"):  # the tiny model's context is 256 tokens
         client.completions.create(model="tiny-chat", prompt="x", max_tokens=300)
     status, body = call(f"{server}/openai/v1/chat/completions", b"{not json")
@@ -150,6 +160,77 @@ def test_answers_batched_continuously_are_the_answers_given_alone(server, one_at
             together = list(pool.map(lambda a, stream=stream: ask(server, *a, stream), asks))
         assert [t[:2] for t in together] == [a[:2] for a in alone], (stream, together, alone)
         assert [t[2] for t in together if t[1] == "length"] == [a[2] for a in alone if a[1] == "length"]
+
+
+def test_sampled_answers_in_the_batch_are_the_seeded_answers_given_alone(server, one_at_a_time):
+    """Six chats asked at once, greedy and sampled side by side (each its own temperature, top_p, top_k, min_p,
+    penalties and seed), answer word for word what each answers alone on the server that generates one at a
+    time (transformers' generate(), not the batch)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    asks = [{"temperature": 0}, {"temperature": 0.7, "seed": 1}, {"temperature": 1.3, "seed": 2, "top_p": 0.9},
+            {"temperature": 1.0, "seed": 3, "top_k": 8, "min_p": 0.05}, {"temperature": 0},
+            {"temperature": 0.9, "seed": 4, "presence_penalty": 1.0, "frequency_penalty": 0.5}]
+
+    def ask(url: str, i: int) -> tuple[str, int]:
+        extra = {k: v for k, v in asks[i].items() if k in ("top_k", "min_p")}
+        given = {k: v for k, v in asks[i].items() if k not in extra}
+        done = _client(url).chat.completions.create(
+            model="tiny-chat", messages=[{"role": "user", "content": f"hello {i} one two"}], max_tokens=20,
+            extra_body=extra or None, **given)
+        return done.choices[0].message.content, done.usage.completion_tokens
+
+    alone = [ask(one_at_a_time, i) for i in range(len(asks))]
+    with ThreadPoolExecutor(len(asks)) as pool:
+        together = list(pool.map(lambda i: ask(server, i), range(len(asks))))
+    assert together == alone
+    assert len({text for text, _ in alone}) == len(asks)  # each its own answer
+
+
+def test_openai_parameters_are_answered_as_openai_answers_them(server):
+    """logprobs and top_logprobs, n, seed, max_completion_tokens, stream_options.include_usage, the penalties,
+    top_k and min_p, on both routes, as the `openai` package reads them."""
+    client = _client(server)
+    hello = [{"role": "user", "content": "hello"}]
+    done = client.chat.completions.create(model="tiny-chat", messages=hello, max_completion_tokens=5, temperature=0,
+                                          logprobs=True, top_logprobs=3)
+    entries = done.choices[0].logprobs.content
+    assert done.usage.completion_tokens == 5 == len(entries) and done.choices[0].finish_reason == "length"
+    assert "".join(e.token for e in entries) == done.choices[0].message.content
+    for e in entries:  # greedy: the chosen token is the most likely one
+        assert e.logprob <= 0 and len(e.top_logprobs) == 3 and e.top_logprobs[0].logprob == pytest.approx(e.logprob)
+        assert bytes(e.bytes).decode() == e.token
+    plain = client.chat.completions.create(model="tiny-chat", messages=hello, max_tokens=5, temperature=0)
+    assert plain.choices[0].logprobs is None and plain.choices[0].message.content == done.choices[0].message.content
+
+    def sampled(**extra):
+        return client.chat.completions.create(model="tiny-chat", messages=hello, max_tokens=12, temperature=1.2,
+                                              **extra)
+    first, again, other = sampled(seed=5, n=3), sampled(seed=5, n=3), sampled(seed=6)
+    texts = [c.message.content for c in first.choices]
+    assert [c.index for c in first.choices] == [0, 1, 2] and len(set(texts)) > 1  # n answers, each its own
+    assert [c.message.content for c in again.choices] == texts  # a seed gives the same answers again
+    assert other.choices[0].message.content != texts[0]
+    assert 3 <= first.usage.completion_tokens <= 36  # the three answers' tokens together
+    shaped = sampled(seed=5, extra_body={"top_k": 5, "min_p": 0.1}, presence_penalty=1.5, frequency_penalty=1.0,
+                     top_p=0.8)
+    assert shaped.choices[0].message.content and shaped.usage.completion_tokens >= 1
+
+    chunks = list(client.chat.completions.create(model="tiny-chat", messages=hello, max_tokens=4, n=2, seed=9,
+                                                 temperature=1.0, stream=True, logprobs=True,
+                                                 stream_options={"include_usage": True}))
+    for i in (0, 1):
+        mine = [c.choices[0] for c in chunks if c.choices and c.choices[0].index == i]
+        assert mine[0].delta.role == "assistant" and mine[-1].finish_reason == "length"
+        assert sum(len(c.logprobs.content) for c in mine if c.logprobs) == 4
+    assert chunks[-1].usage.completion_tokens == 8 and not chunks[-1].choices
+
+    legacy = client.completions.create(model="tiny-chat", prompt="one two", max_tokens=4, temperature=0, logprobs=2)
+    lp = legacy.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 4 and "".join(lp.tokens) == \
+        legacy.choices[0].text
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(4)]
+    assert all(len(top) <= 2 for top in lp.top_logprobs)
 
 
 def test_stop_sequences_are_cut_and_held_back_while_streaming():
