@@ -8,7 +8,7 @@ of digits-tuned@best added and promoted, its statistics. 9. The example Kubeflow
 run (kfp.local). 10. Scheduled every minute with catch-up (the missed slots run, oldest first), then
 disabled. 11. A RAG of mixed documents on PostgreSQL + pgvector: asked (streamed, with sources), one file
 changed and synced. 12. A JupyterLab notebook with a start-up script, rebooted, stopped (its storage stays).
-13. The MLflow UI started; where to look.
+13. The shipped SmolLM2 on the endpoint `chat`, with a token and its chat page. 14. The MLflow UI; where to look.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def run(settings: Settings, out: Console, keep_running: bool = True) -> None:
     log = settings.home_dir / "logs" / "demo.log"
     with open(log, "w") as fh:
         detail = Console(file=fh, width=120, soft_wrap=True)
-        out.print(f"mlyard demo: 13 steps on the embedded stack, about 3 minutes; details in {log}", highlight=False)
+        out.print(f"mlyard demo: 14 steps on the embedded stack, about 4 minutes; details in {log}", highlight=False)
         saved = _stderr_to(fh.fileno())  # the flows' logs and what the processes they start say
         try:
             _steps(settings, out, detail, log)
@@ -65,7 +65,9 @@ def _steps(settings: Settings, out: Console, detail: Console, log: Any) -> None:
              ("9. a Kubeflow pipeline uploaded and run", lambda: pipeline_once(detail)),
              ("10. the pipeline scheduled every minute, with catch-up", lambda: schedule_once(detail)),
              ("11. a RAG: mixed documents ingested, asked, synced", lambda: rag_once(settings, detail)),
-             ("12. a JupyterLab notebook with a start-up script", lambda: notebook_once(detail))]
+             ("12. a JupyterLab notebook with a start-up script", lambda: notebook_once(detail)),
+             ("13. a chat endpoint of the shipped SmolLM2, with a token and its chat page",
+              lambda: chat_once(detail, done))]
     for title, step in steps:
         _step(out, detail, log, title, step)
     where_to_look(settings, state, out, done, log)
@@ -101,9 +103,8 @@ def trained_once(settings: Settings, out: Console, done: SimpleNamespace) -> str
     # The examples' relative paths are relative to the project directory, wherever `mlyard demo` runs.
     done.result = result = api.run(api.TRAINING, done.spec, base=PROJECT_ROOT)
     done.platform = p = Platform(settings)
-    done.mv = mv = p.models.create_from_training("digits", result.training_id, "COMPLETE", result.run_id,
-                                                 parameters={"batch_size": "32"},
-                                                 description="SGD classifier on scikit-learn's digits (mlyard demo)")
+    done.mv = mv = p.models.create_from_training("digits", result.training_id, "COMPLETE", result.run_id, parameters={
+        "batch_size": "32"}, description="SGD classifier on scikit-learn's digits (mlyard demo)")
     p.models.set_alias("digits", "champion", mv.version)
     out.print(f"registered digits version {mv.version} ({mv.framework} {mv.framework_version}), alias champion")
     return f"{result.training_id[:8]} COMPLETE, accuracy {result.metrics.get('accuracy', 0):.4f}; digits version {mv.version}"
@@ -153,7 +154,7 @@ def batch_and_evaluations_once(settings: Settings, out: Console, done: SimpleNam
 
 
 def where_to_look(settings: Settings, state: Any, out: Console, d: SimpleNamespace, log: Any) -> None:
-    """Step 13: the UIs with how to sign in, and what to try next."""
+    """Step 14: the UIs with how to sign in, the chat page, and what to try next."""
     try:  # a UI slow to start on a busy machine never fails the demo: everything is recorded already
         mlflow_url = stack_ui.start_mlflow_ui(settings, echo=lambda *_: None)
     except StackError as exc:
@@ -165,6 +166,7 @@ def where_to_look(settings: Settings, state: Any, out: Console, d: SimpleNamespa
                {stack_ui.prefect_sign_in(settings)}
   MLflow UI    {mlflow_url}
                {stack_ui.mlflow_sign_in(settings)}
+  chat page    {getattr(d, "chat_page", "(the chat endpoint did not come up: see the log)")}
   details      {log}
   Try:  .venv/bin/mlyard trainings list   /   .venv/bin/mlyard trainings show {result.training_id[:8]}
         .venv/bin/mlyard train -f examples/train.yaml --set hyperparameters.epochs=5
@@ -179,7 +181,6 @@ def where_to_look(settings: Settings, state: Any, out: Console, d: SimpleNamespa
 def notebook_once(out: Console) -> str:
     """Create the notebook demo-lab (again, if an earlier demo left one), a start-up script, a reboot
     that runs it, its URL; stopped at the end (`mlyard notebooks start demo-lab` brings it back)."""
-    import os
     from pathlib import Path
 
     from mlyard import notebooks
@@ -187,14 +188,14 @@ def notebook_once(out: Console) -> str:
 
     try:
         notebooks.delete("demo-lab", wait=True)
-    except NotebookNotFound:
+    except NotebookNotFound:  # an earlier demo's
         pass
     view = notebooks.create(PROJECT_ROOT / "examples" / "notebook.yaml", sets={"name": "demo-lab"}, wait=True)
     out.print(f"notebook demo-lab: {view['status']} on {view['instance_type']} ({view['cpus']} cores)")
     data = Path(notebooks.show("demo-lab")["data_dir"])
     script = data / "cont-init.d" / "10-hello"
     script.write_text("#!/bin/sh\necho \"hello from $(basename \"$0\") at start-up; data storage: $PWD\"\n")
-    os.chmod(script, 0o755)
+    script.chmod(0o755)
     view = notebooks.reboot("demo-lab", wait=True)
     out.print(f"rebooted: {view['status']}; {script.name}.output: {(script.parent / (script.name + '.output')).read_text().strip()}",
               highlight=False, soft_wrap=True)
@@ -251,8 +252,6 @@ def schedule_once(out: Console) -> str:
 
 
 def rag_once(settings: Settings, out: Console) -> str:
-    import sys
-
     import mlyard.rags as rags
     from mlyard.core.errors import MlyardError
 
@@ -293,10 +292,8 @@ def serve_once(settings: Settings, out: Console) -> str:
     """Serve digits@champion as a user would (`mlyard serve` in its own process), send it one held-out
     digit over OIP v1, print the answer, and stop it. Returns a one-line summary."""
     import json
-    import os
     import socket
     import subprocess
-    import sys
     import urllib.request
     from pathlib import Path
 
@@ -391,3 +388,12 @@ def endpoint_once(settings: Settings, out: Console) -> str:
     out.print(f"  chart: {stats['png']}")
     return f"digits at {view['urls']['default']['digits-tuned']} (token-protected; stage tuned promoted)"
 
+
+
+def chat_once(out: Console, done: SimpleNamespace) -> str:
+    """`mlyard endpoints create --chat-model smollm2 --replace`, as a user runs it."""
+    from mlyard.chat_endpoint import create
+
+    view = create("smollm2", name="chat", replace=True, echo=out.print)
+    done.chat_page = view["chat_page"]
+    return f"chat (smollm2) at {view['openai_base_url']}"

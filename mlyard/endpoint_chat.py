@@ -58,6 +58,9 @@ def chat(endpoint: str, *, stage: str | None = None, token: str | None = None, m
     model's own; 0: greedy). Returns the turns taken."""
     base, name = base_url(endpoint, stage, model)
     url, token = base + "/chat/completions", token or _own_key()
+    about = _about(base, token)
+    if about:
+        write(f"{name}: {about}")
     messages: list[dict[str, str]] = []
     turns = 0
     while True:
@@ -85,3 +88,14 @@ def chat(endpoint: str, *, stage: str | None = None, token: str | None = None, m
         write("")
         messages.append({"role": "assistant", "content": "".join(answer)})
         turns += 1
+
+
+def _about(base: str, token: str | None) -> str | None:
+    """What the model server says of its model (a demonstration model's note), if it says anything."""
+    req = urllib.request.Request(base + "/models", headers={"authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            found = json.loads(resp.read())["data"][0].get("mlyard") or {}
+    except (OSError, ValueError, LookupError, AttributeError):
+        return None  # an engine's own server, or none: nothing said
+    return found.get("note")

@@ -15,7 +15,7 @@ kept thin so that a request costs little beyond its model call.
     POST /v1/models/{m}:explain | /v1/models/{m}/explain
     GET  /metrics                                  Prometheus text
     GET  /stats                                    statistics of every model (JSON)
-    GET  /openai/v1/models, POST /openai/v1/chat/completions | /openai/v1/completions
+    GET  /openai/v1/models, POST /openai/v1/chat/completions | /openai/v1/completions, GET /_chat (its chat page)
                                                    a generative model (serving/generative.py, serving/openai_routes.py), streamed or not
 
 Errors are `{"error": "..."}`: 400 a bad request (FP16 sent as JSON included: it travels binary), 404 an unknown model or version, 405, 413 a body over
@@ -35,7 +35,7 @@ import orjson
 
 from mlyard.core.environment import served_endpoint
 from mlyard.core.errors import HttpError, SpecError
-from mlyard.serving import asgi, protocol
+from mlyard.serving import asgi, chat_page, protocol
 from mlyard.serving.batching import Batcher, ModelTimeout
 from mlyard.serving.class_counts import classes_of
 from mlyard.serving.inference_log import InferenceLog, new_id
@@ -91,6 +91,9 @@ class ModelServer:
             return
         if self.openai is not None and scope["path"].startswith("/openai/"):
             return await self.openai(scope, receive, send)
+        if self.openai is not None and scope["path"] in chat_page.FILES and scope["method"] in ("GET", "HEAD"):
+            page, kind = chat_page.body(scope["path"])  # the chat page beside the model (serving/chat_page.py)
+            return await asgi.reply(send, 200, page, kind, chat_page.HEADERS, head=scope["method"] == "HEAD")
         head = scope["method"] == "HEAD"  # answered as GET, without the body
         try:
             status, body, headers = await self._route({**scope, "method": "GET"} if head else scope, receive)

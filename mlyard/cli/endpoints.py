@@ -13,6 +13,7 @@ import typer
 
 from mlyard.cli.common import JSON, SETS, SUBMIT, ask, emit, err, guard, out, parse_sets, typer_app
 from mlyard.cli.endpoint_tokens import tokens_app
+from mlyard.core.errors import SpecError
 
 app = typer_app("Endpoints: stages of model versions behind the gateway, tokens, statistics, logs.")
 app.add_typer(tokens_app, name="tokens")
@@ -62,11 +63,33 @@ def _print_view(view: dict[str, Any]) -> None:
 
 @app.command("create")
 def endpoints_create(
-    file: Path = typer.Option(..., "-f", "--file", help="Endpoint spec (YAML): name, description, public, and the "
-                              "default stage with its resources; fields: core/specs/endpoint.py."),
+    file: Optional[Path] = typer.Option(None, "-f", "--file", help="Endpoint spec (YAML): name, description, public, "
+                                        "and the default stage with its resources; fields: core/specs/endpoint.py."),
+    chat_model: Optional[str] = typer.Option(None, "--chat-model", help="Instead of --file, a chat endpoint in one "
+                                             "command: smollm2 (the shipped demonstration model), a .gguf file or a "
+                                             "transformers folder, registered (task=chat), served, with a token and "
+                                             "its chat page."),
+    name: str = typer.Option("chat", "--name", help="With --chat-model: the endpoint's (and the model's) name."),
+    replace: bool = typer.Option(False, "--replace", help="With --chat-model: delete an endpoint of that name (and "
+                                 "the model it registered) first."),
     sets: Optional[list[str]] = SETS, submit: bool = SUBMIT, as_json: bool = JSON,
 ) -> None:
     """Deploy an endpoint with its default stage: start its replicas, wait until they are healthy, route them."""
+    if (file is None) == (chat_model is None):
+        def refuse():
+            raise SpecError("--file/--chat-model", None, "one of them: an endpoint spec, or a chat model")
+        guard(refuse)
+    if chat_model is not None:
+        from mlyard.chat_endpoint import create
+
+        view = guard(lambda: create(chat_model, name=name, replace=replace,
+                                    echo=lambda line: err.print(line, markup=False, highlight=False)))
+        if as_json:
+            return emit(view, True)
+        _print_view(view)
+        out.print(f"token (shown once): {view['token']}\nOpenAI base URL: {view['openai_base_url']} "
+                  f"(model {view['served_model']})\nchat page: {view['chat_page']}", markup=False, highlight=False)
+        return
     view = guard(lambda: _api().create(file, sets=parse_sets(sets), submit=submit))
     emit(view, True) if as_json else _print_view(view)
 

@@ -196,7 +196,12 @@ def _serve_models(o: _Served) -> None:
             print(f"serving {served.name} (version {served.version}) on {url}  "
                   f"(v1: {url}/v1/models/{served.name}:predict  v2: {url}/v2/models/{served.name}/infer)", flush=True)
         if chat is not None:
+            from mlyard.serving.chat_page import link
+
             print(f"serving {chat.name} on {url}  (OpenAI base URL: {url}/openai/v1)", flush=True)
+            print(f"chat page: {link(url, url + '/openai/v1', chat.name)}", flush=True)
+            if chat.note:
+                print(f"note: {chat.note}", flush=True)
 
     _listening(lambda: guard(lambda: run([], chat=chat, host=o.host, port=o.port, on_ready=ready, pending=pending,
                                          max_batch_size=o.max_batch_size, max_latency_ms=o.max_latency_ms,

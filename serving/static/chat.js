@@ -46,12 +46,23 @@ function headers() {
                : { "content-type": "application/json" };
 }
 
-async function findModel() {
-  if ($("model").value.trim() || !$("base").value.trim()) return;
+function queueText(queue) {
+  return queue ? "batch: " + queue.running + " of " + queue.max_sequences + " generating, " + queue.waiting
+    + " waiting for a place" : "";
+}
+
+async function findModel() {  // the served model: its name, what it is, its own temperature, the batch's queue
+  if (!$("base").value.trim()) return;
   try {
     const resp = await fetch(url("/models"), { headers: headers() });
     const doc = await resp.json();
-    if (resp.ok && doc.data && doc.data.length) $("model").value = doc.data[0].id;
+    if (!resp.ok || !doc.data || !doc.data.length) return;
+    const found = doc.data.find((m) => m.id === $("model").value.trim()) || doc.data[0];
+    if (!$("model").value.trim()) $("model").value = found.id;
+    const own = found.mlyard || {};
+    if ($("temperature").value === "" && typeof own.temperature === "number") $("temperature").value = own.temperature;
+    $("about").textContent = [found.id + (own.note ? ": " + own.note : ""), queueText(own.queue)]
+      .filter(Boolean).join(" · ");
   } catch (err) { /* the user names it */ }
 }
 
@@ -70,11 +81,12 @@ async function ask(event) {
   $("send").disabled = true;
   say("asking " + url("/chat/completions") + " ...");
   const started = performance.now();
-  let first = null, answer = "", usage = null;
+  let first = null, answer = "", usage = null, waited = null;
   try {
     const resp = await fetch(url("/chat/completions"), { method: "POST", headers: headers(), body: JSON.stringify({
       model: $("model").value.trim() || undefined, messages, stream: true, stream_options: { include_usage: true },
-      max_tokens: Number($("max").value), temperature: Number($("temperature").value) }) });
+      max_tokens: Number($("max").value),
+      temperature: $("temperature").value === "" ? undefined : Number($("temperature").value) }) });
     if (!resp.ok) {
       let why = resp.status + " " + resp.statusText;
       try { why = resp.status + ": " + (await resp.json()).error.message; } catch (err) { /* not JSON */ }
@@ -96,6 +108,7 @@ async function ask(event) {
           const doc = JSON.parse(line.slice(6));
           if (doc.error) throw new Error(doc.error.message);
           if (doc.usage) usage = doc.usage;
+          if (doc.mlyard) waited = doc.mlyard;
           const piece = doc.choices && doc.choices[0] && doc.choices[0].delta ? doc.choices[0].delta.content : "";
           if (piece) {
             if (first === null) first = performance.now();
@@ -115,7 +128,11 @@ async function ask(event) {
     meta.textContent = (usage ? usage.prompt_tokens + " tokens in, " + usage.completion_tokens + " out · "
                               : "no usage given · ")
       + "first token " + (ttft === null ? "-" : Math.round(ttft) + " ms") + " · " + Math.round(total) + " ms"
-      + (rate === null ? "" : " · " + rate.toFixed(1) + " tokens/s");
+      + (rate === null ? "" : " · " + rate.toFixed(1) + " tokens/s")
+      + (waited && typeof waited.queued_ms === "number" ? " · waited " + Math.round(waited.queued_ms) + " ms for a place"
+                                                        : "");
+    meta.dataset.queuedMs = waited && typeof waited.queued_ms === "number" ? Math.round(waited.queued_ms) : "";
+    if (waited && waited.queue) findModel();
     messages.push({ role: "assistant", content: answer });
     say("");
   } catch (err) {
