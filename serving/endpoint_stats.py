@@ -18,18 +18,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-_BASE_MS, _GROWTH = 0.01, 1.04
-_LOG_GROWTH = math.log(_GROWTH)
+from mlyard.serving.stats_summary import add_usage, latency_bucket, percentiles, summarize
+
 Key = tuple[str, str, str]  # (endpoint, stage, model)
 _WHERE = ("minute", "endpoint", "stage", "model")  # a stored record's place; the rest are its counts
-
-
-def latency_bucket(ms: float) -> int:
-    return 0 if ms <= _BASE_MS else int(math.log(ms / _BASE_MS) / _LOG_GROWTH) + 1
-
-
-def bucket_value(bucket: int) -> float:
-    return _BASE_MS if bucket == 0 else _BASE_MS * _GROWTH ** (bucket - 0.5)
 
 
 class _Minute:
@@ -42,7 +34,7 @@ class _Minute:
         self.raw: dict[bytes, int] = {}  # replicas' class headers as they came, counted (parsed when read)
         # token:<id>, key:<id> (user), rag:<name>, ... -> [calls, failures, tokens in, tokens out]
         self.callers: dict[str, list[int]] = {}
-        self.tokens: dict[str, Any] | None = None  # generative answers: see `_add_usage`
+        self.tokens: dict[str, Any] | None = None  # generative answers: see `add_usage`
 
     def classes(self) -> dict[str, list[float]]:
         """label -> [predictions, confidence sum, scored]"""
@@ -61,19 +53,6 @@ class _Minute:
         return {"calls": self.calls, "failures": self.failures, "latency_sum": self.latency_sum,
                 "hist": self.hist, "classes": self.classes(), "callers": self.callers,
                 **({"tokens": self.tokens} if self.tokens else {})}
-
-
-def _add_usage(acc: dict[str, Any] | None, other: dict[str, Any]) -> dict[str, Any]:
-    """Merge a minute's token figures into `acc` (a new dict when None): answers counted, tokens in and out,
-    the first tokens' times (sum, count, histogram) and the generating time after them (for tokens a second)."""
-    if acc is None:
-        acc = {"answers": 0, "in": 0, "out": 0, "ttft_sum": 0.0, "ttft_n": 0, "ttft_hist": {}, "decode_ms": 0.0,
-               "decoded": 0}
-    for name in ("answers", "in", "out", "ttft_sum", "ttft_n", "decode_ms", "decoded"):
-        acc[name] += other.get(name, 0)
-    for b, n in (other.get("ttft_hist") or {}).items():
-        acc["ttft_hist"][int(b)] = acc["ttft_hist"].get(int(b), 0) + n
-    return acc
 
 
 def parse_classes(header: bytes) -> list[tuple[str, int, float, int]]:
@@ -117,6 +96,7 @@ class EndpointStats:
         self._catalog: Any = None
         self._live: dict[int, dict[Key, _Minute]] = {}  # minute (epoch // 60) -> key -> counts
         self.totals: dict[Key, _Total] = {}
+        self.queues: dict[Key, tuple[float, int, int]] = {}  # a chat model's batch as its last answer saw it
         self._stored_today: tuple[int, dict[str, int]] = (-1, {})  # (UTC day, caller -> tokens stored of it)
 
     def record(self, key: Key, ms: float, failed: bool, classes: bytes | None = None,
@@ -151,12 +131,15 @@ class EndpointStats:
             t = self.totals[key] = _Total()
         if usage is not None:
             ttft = usage.ttft_ms
-            m.tokens = _add_usage(m.tokens, {
+            m.tokens = add_usage(m.tokens, {
                 "answers": 1, "in": usage.prompt, "out": usage.completion,
                 **({"ttft_sum": ttft, "ttft_n": 1, "ttft_hist": {latency_bucket(ttft): 1}} if ttft is not None else {}),
-                **({"decode_ms": ms - ttft, "decoded": usage.completion} if ttft is not None and ms > ttft else {})})
+                **({"decode_ms": ms - ttft, "decoded": usage.completion} if ttft is not None and ms > ttft else {}),
+                **({"queued_sum": q, "queued_n": 1, "queued_max": q} if (q := usage.queued_ms) is not None else {})})
             t.tokens_in += usage.prompt
             t.tokens_out += usage.completion
+            if usage.queue is not None:
+                self.queues[key] = (time.time() if now is None else now, *usage.queue)
         t.calls += 1
         t.failures += failed
         t.seconds += ms / 1000
@@ -288,7 +271,7 @@ class EndpointStats:
                 for i, n in enumerate(counts[:4]):
                     c[i] += n
             if m.get("tokens"):
-                acc["tokens"] = _add_usage(acc["tokens"], m["tokens"])
+                acc["tokens"] = add_usage(acc["tokens"], m["tokens"])
             acc["calls"] += m["calls"]
             acc["failures"] += m["failures"]
             acc["latency_sum"] += m["latency_sum"]
@@ -314,11 +297,14 @@ class EndpointStats:
                     take(minute, key, m.as_dict())
         rows = []
         for (ep, st, md), acc in sorted(merged.items()):
-            rows.append({"endpoint": ep, "stage": st, "model": md, **summarize(acc),
+            queue = self.queues.get((ep, st, md))
+            rows.append({"endpoint": ep, "stage": st, "model": md, **summarize(acc), **({"queue": {
+                "generating": queue[1], "waiting": queue[2], "at": datetime.fromtimestamp(queue[0], timezone.utc)
+                .isoformat()}} if queue else {}),
                          "series": [{"minute": datetime.fromtimestamp(mm * 60, timezone.utc).isoformat(),
                                      "calls": s["calls"], "failures": s["failures"],
                                      **({"tokens_out": s["tokens_out"]} if acc["tokens"] else {}),
-                                     **{k: v for k, v in _percentiles(s["hist"]).items() if k in ("p50", "p99")}}
+                                     **{k: v for k, v in percentiles(s["hist"]).items() if k in ("p50", "p99")}}
                                     for mm, s in sorted(acc["series"].items())]})
         return {"since": datetime.fromtimestamp(since, timezone.utc).isoformat(),
                 "until": datetime.fromtimestamp(until, timezone.utc).isoformat(), "stats": rows}
@@ -357,44 +343,3 @@ class EndpointStats:
                 if len(counts) > 3:
                     spent[who] = spent.get(who, 0) + counts[2] + counts[3]
         self._stored_today = (day, spent)
-
-
-def _percentiles(hist: dict[int, int]) -> dict[str, float | None]:
-    total = sum(hist.values())
-    if not total:
-        return {"p50": None, "p95": None, "p99": None}
-    out: dict[str, float | None] = {}
-    ordered = sorted(hist.items())
-    for name, q in (("p50", 0.50), ("p95", 0.95), ("p99", 0.99)):
-        rank, seen = q * total, 0
-        for b, n in ordered:
-            seen += n
-            if seen >= rank:
-                out[name] = round(bucket_value(b), 3)
-                break
-    return out
-
-
-def summarize(acc: dict[str, Any]) -> dict[str, Any]:
-    calls = acc["calls"]
-    out: dict[str, Any] = {"calls": calls, "failures": acc["failures"],
-                           "failure_rate": round(acc["failures"] / calls, 4) if calls else None,
-                           "latency_ms": {"mean": round(acc["latency_sum"] / calls, 3) if calls else None,
-                                          **_percentiles(acc["hist"])},
-                           "callers": [{"caller": who, "calls": c[0], "failures": c[1],  # the busiest first
-                                        **({"tokens_in": c[2], "tokens_out": c[3]} if acc.get("tokens") else {})}
-                                       for who, c in sorted(acc.get("callers", {}).items(), key=lambda i: (-i[1][0], i[0]))]}
-    if (tokens := acc.get("tokens")) is not None:
-        ttft = {"mean": round(tokens["ttft_sum"] / tokens["ttft_n"], 1) if tokens["ttft_n"] else None,
-                **_percentiles(tokens["ttft_hist"])}
-        out["tokens"] = {"answers": tokens["answers"], "in": tokens["in"], "out": tokens["out"], "ttft_ms": ttft,
-                         "tokens_per_second": round(tokens["decoded"] / (tokens["decode_ms"] / 1000), 2)
-                         if tokens["decode_ms"] > 0 else None}
-    classes = acc["classes"]
-    if classes:
-        scored = sum(v[2] for v in classes.values())
-        out["predictions"] = {k: int(v[0]) for k, v in sorted(classes.items())}
-        out["average_confidence"] = round(sum(v[1] for v in classes.values()) / scored, 4) if scored else None
-        out["average_confidence_per_class"] = {k: round(v[1] / v[2], 4) if v[2] else None
-                                               for k, v in sorted(classes.items())}
-    return out

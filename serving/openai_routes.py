@@ -153,8 +153,9 @@ class OpenAIRoutes:
                         "logprobs": self._logprobs(records[i], sampling.logprobs, False)} for i in range(n)]
         doc = {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
                "model": self.chat.name, "choices": choices, "usage": usage}
+        counted.queue = _queue(self.chat)
         await asgi.reply(send, 200, orjson.dumps(doc), headers=[
-            (HEADER, format_usage(counted.prompt, counted.completion, counted.ttft_ms, counted.queued_ms))])
+            (HEADER, format_usage(counted.prompt, counted.completion, counted.ttft_ms, counted.queued_ms, counted.queue))])
         return counted
 
     def _logprobs(self, records: list, wanted: int | None, chat: bool, offset: int = 0) -> dict | None:
@@ -222,9 +223,15 @@ class OpenAIRoutes:
                                         "total_tokens": counted.prompt + counted.completion},
                              mlyard={"queued_ms": counted.queued_ms, "queue": self.chat.queue()}))
         if gateway:
-            await send({"type": "http.response.body", "more_body": True,
-                        "body": stream_comment(counted.prompt, counted.completion, counted.ttft_ms, counted.queued_ms)})
+            counted.queue = _queue(self.chat)
+            await send({"type": "http.response.body", "more_body": True, "body": stream_comment(
+                counted.prompt, counted.completion, counted.ttft_ms, counted.queued_ms, counted.queue)})
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+
+
+def _queue(chat: ChatModel) -> tuple[int, int] | None:
+    said = chat.queue()
+    return (said["running"], said["waiting"]) if said else None
 
 
 async def _disconnected(receive: asgi.Receive, cancel: threading.Event) -> None:

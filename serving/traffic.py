@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from mlyard.serving.endpoint_stats import bucket_value, latency_bucket
+from mlyard.serving.stats_summary import bucket_value, latency_bucket
 
 AFFINITY_HEADER = b"x-mlyard-affinity"
 STAGE_HEADER = b"x-mlyard-stage"  # on an answer to a split endpoint: the stage that answered

@@ -25,18 +25,22 @@ class Usage:
     completion: int
     ttft_ms: float | None = None  # None: not a generation (or not known)
     queued_ms: float | None = None  # the time it waited for a place in the model's batch (None: not known)
+    queue: tuple[int, int] | None = None  # (generating, waiting) in the model's batch as the answer ended
 
 
-def format_usage(prompt: int, completion: int, ttft_ms: float | None, queued_ms: float | None = None) -> bytes:
-    """`prompt=12;completion=30;ttft_ms=153.2;queued_ms=0.0` (a time left out when it is not known)."""
+def format_usage(prompt: int, completion: int, ttft_ms: float | None, queued_ms: float | None = None,
+                 queue: tuple[int, int] | None = None) -> bytes:
+    """`prompt=12;completion=30;ttft_ms=153.2;queued_ms=0.0;queue=8/3` (what is not known left out)."""
     out = f"prompt={prompt};completion={completion}"
     out = out if ttft_ms is None else f"{out};ttft_ms={ttft_ms:.1f}"
-    return (out if queued_ms is None else f"{out};queued_ms={queued_ms:.1f}").encode()
+    out = out if queued_ms is None else f"{out};queued_ms={queued_ms:.1f}"
+    return (out if queue is None else f"{out};queue={queue[0]}/{queue[1]}").encode()
 
 
-def stream_comment(prompt: int, completion: int, ttft_ms: float | None, queued_ms: float | None = None) -> bytes:
+def stream_comment(prompt: int, completion: int, ttft_ms: float | None, queued_ms: float | None = None,
+                   queue: tuple[int, int] | None = None) -> bytes:
     """The usage as a stream's comment event."""
-    return _COMMENT + format_usage(prompt, completion, ttft_ms, queued_ms) + b"\n\n"
+    return _COMMENT + format_usage(prompt, completion, ttft_ms, queued_ms, queue) + b"\n\n"
 
 
 def parse_usage(value: bytes) -> Usage | None:
@@ -49,12 +53,14 @@ def parse_usage(value: bytes) -> Usage | None:
         prompt, completion = int(fields["prompt"]), int(fields["completion"])
         ttft = float(fields["ttft_ms"]) if "ttft_ms" in fields else None
         queued = float(fields["queued_ms"]) if "queued_ms" in fields else None
+        queue = tuple(int(n) for n in fields["queue"].split("/", 1)) if "queue" in fields else None
     except (KeyError, ValueError):
         return None
     if not (0 <= prompt < 1 << 31 and 0 <= completion < 1 << 31) or \
-            any(t is not None and not 0 <= t < 1e9 for t in (ttft, queued)):
+            any(t is not None and not 0 <= t < 1e9 for t in (ttft, queued)) or \
+            queue is not None and (len(queue) != 2 or not all(0 <= n < 1 << 20 for n in queue)):
         return None
-    return Usage(prompt, completion, ttft, queued)
+    return Usage(prompt, completion, ttft, queued, queue)  # type: ignore[arg-type]
 
 
 def of_openai(doc: object) -> Usage | None:

@@ -210,10 +210,15 @@ def endpoints_stats(
          empty=f"no calls to {endpoint} in that period")
     generated = [{"stage": r["stage"], "model": r["model"], "answers": t["answers"], "tokens in": t["in"],
                   "tokens out": t["out"], "first token mean": t["ttft_ms"]["mean"], "first token p95": t["ttft_ms"]["p95"],
-                  "tokens/s": t["tokens_per_second"]} for r in result["stats"] if (t := r.get("tokens"))]
+                  "tokens/s": t["tokens_per_second"], "waited mean": t["queued_ms"]["mean"],
+                  "waited max": t["queued_ms"]["max"],
+                  "queue now": f"{q['generating']} generating, {q['waiting']} waiting" if (q := r.get("queue")) else "-"}
+                 for r in result["stats"] if (t := r.get("tokens"))]
     if generated:
         emit(generated, False, ["stage", "model", "answers", "tokens in", "tokens out", "first token mean",
-                                "first token p95", "tokens/s"], title="generated tokens (first token in ms)")
+                                "first token p95", "tokens/s", "waited mean", "waited max", "queue now"],
+             title="generated tokens (first token and waits for a place in the batch in ms; the queue as the last "
+                   "answer left it)")
     callers = [{"stage": r["stage"], "model": r["model"], **c} for r in result["stats"] for c in r.get("callers", [])]
     if callers:
         emit(callers, False, ["stage", "model", "caller", "calls", "failures",

@@ -9,6 +9,7 @@ import json
 
 import pytest
 from browsing import SHOTS, open_page, see
+from playwright.sync_api import expect
 from test_user_paths import _ok, mlyard
 
 pytestmark = pytest.mark.browser
@@ -52,8 +53,13 @@ def test_the_chat_page_streams_answers_with_tokens_and_latency_and_keeps_the_con
         page = open_page(browser, opened)
         assert page.input_value("#model") == "pagechat" and page.input_value("#token") == token
         assert "token=" not in page.url  # the fragment left the address bar
+        see(page, "pagechat", "chat-page-about")  # the model the page talks to, said beside its name
+        expect(page.locator("#temperature")).to_have_value("0")  # the model's own default (its config: greedy)
         page.fill("#max", "6")
         first = _ask(page, "hello there", 1)
+        waited = page.locator(".turn.assistant .meta").nth(0).get_attribute("data-queued-ms")
+        assert waited is not None and 0 <= int(waited) < 1000  # its wait for a place in the batch
+        see(page, "generating", "chat-page-queue")  # the batch's queue, read again after the answer
         assert first["text"] and int(first["completionTokens"]) == 6 and int(first["promptTokens"]) > 0, first
         assert 0 <= int(first["ttftMs"]) <= int(first["ms"])
         see(page, "tokens in, 6 out", "chat-page")

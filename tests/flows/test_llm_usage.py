@@ -74,6 +74,9 @@ def test_a_chat_endpoint_counts_tokens_per_token_and_holds_a_daily_budget(stack,
         row = next(r for r in stats if r["model"] == "usagechat")
         assert (row["tokens"]["answers"], row["tokens"]["in"], row["tokens"]["out"]) == (answers, tokens_in, tokens_out)
         assert 0 < row["tokens"]["ttft_ms"]["mean"] < row["latency_ms"]["p99"] and row["tokens"]["tokens_per_second"] > 0
+        waits = row["tokens"]["queued_ms"]  # each answer's wait for a place in the batch (none had to wait here)
+        assert waits["answers"] == answers and 0 <= waits["mean"] <= waits["max"] < 1000, waits
+        assert row["queue"]["generating"] == 0 and row["queue"]["waiting"] == 0, row  # as the last answer left it
         by_token = next(c for c in row["callers"] if c["caller"] == f"token:{token_id}")
         assert (by_token["calls"], by_token["tokens_in"], by_token["tokens_out"]) == (answers, tokens_in, tokens_out)
         table = _ok(mlyard("endpoints", "stats", "usage"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import urllib.request
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -111,6 +112,8 @@ def test_bad_requests_are_openai_errors_naming_the_field(server):
     assert status == 400 and "not valid JSON" in body["error"]["message"]
     status, body = call(f"{server}/openai/v1/completions", method="GET")
     assert status == 405
+    with urllib.request.urlopen(f"{server}/_chat", timeout=30) as page:  # the chat page, beside the model
+        assert page.status == 200 and b"LLM chat test" in page.read()
     status, body = call(f"{server}/v2/health/ready")
     assert status == 200  # the server's own routes answer beside OpenAI's
     status, stats = call(f"{server}/stats")
