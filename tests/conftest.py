@@ -8,6 +8,7 @@ temporary home, MLflow on SQLite in that home, and an S3 API server (moto) on 12
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 import warnings
 from pathlib import Path
@@ -59,14 +60,31 @@ def all_gone(marker: str, within: float = 15.0) -> bool:
 # a fresh process started in USER_DIR with none of the variables below finds the running stack.
 USER_DIR = Path(tempfile.mkdtemp(prefix="mlyard-test-"))
 _HOME = USER_DIR / ".mlyard"
-_PORT = free_port()
+
+
+def _free_ports(count: int) -> list[int]:
+    """`count` distinct free ports: each held bound until all are found (a port freed at once can be handed out
+    again: a worker's stack once had its gateway and its front door on the same port, and every test erred)."""
+    held = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            held.append(s)
+        return [s.getsockname()[1] for s in held]
+    finally:
+        for s in held:
+            s.close()
+
+
+_PORT, _API_PORT, _GATEWAY_PORT, _DOOR_PORT, _MLFLOW_UI_PORT = _free_ports(5)
 os.environ.update({
     "MLYARD_HOME": str(_HOME),
     "MLYARD_PREFECT_PORT": str(_PORT),
-    "MLYARD_API_PORT": str(free_port()),
-    "MLYARD_GATEWAY_PORT": str(free_port()),
-    "MLYARD_DOOR_PORT": str(free_port()),
-    "MLYARD_MLFLOW_UI_PORT": str(free_port()),  # the stack keeps it: a fresh shell's `up` or `ui mlflow` uses it
+    "MLYARD_API_PORT": str(_API_PORT),
+    "MLYARD_GATEWAY_PORT": str(_GATEWAY_PORT),
+    "MLYARD_DOOR_PORT": str(_DOOR_PORT),
+    "MLYARD_MLFLOW_UI_PORT": str(_MLFLOW_UI_PORT),  # the stack keeps it: a fresh shell's `up` or `ui mlflow` uses it
     "MLYARD_AUTOSCALE_INTERVAL": "1",  # the gateway's autoscaling passes, every second in the tests
     # the scheduler cancels a run that no worker started within 12 s of its slot (default 600 s), so the
     # tests see a never-started run give its concurrency slot back
