@@ -70,7 +70,7 @@ def from_request(req: dict, chat: bool, vocab: int, default_temperature: float =
         if wanted not in (None, True, False):
             raise BadChat("logprobs must be true or false (top_logprobs says how many alternatives)", "logprobs")
         top = integer(req, "top_logprobs", 0, MAX_TOP_LOGPROBS, None)
-        if top is not None and not wanted:
+        if top and not wanted:
             raise BadChat("top_logprobs needs logprobs: true", "top_logprobs")
         logprobs = (top or 0) if wanted else None
     else:

@@ -42,6 +42,10 @@ def test_one_command_serves_the_shipped_model_with_a_token_and_its_chat_page(sta
         assert talk.returncode == 0 and "demonstration model" in talk.stdout, talk
         again = mlyard("endpoints", "create", "--chat-model", "smollm2", "--name", "shipped")
         assert again.returncode == 2 and "--replace" in again.stderr  # a taken name: said in one line
+        remade = json.loads(_ok(mlyard("endpoints", "create", "--chat-model", "smollm2", "--name", "shipped",
+                                       "--replace", "--json")))  # as make demo runs it, a second time
+        assert remade["status"] == "ACTIVE" and remade["token"] != made["token"]
+        assert remade["stages"][0]["resources"][0]["model"] == "shipped/1"  # the old model went with the endpoint
     finally:
         mlyard("endpoints", "delete", "shipped")
         mlyard("models", "delete", "shipped")
