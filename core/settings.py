@@ -122,8 +122,9 @@ class Settings(BaseSettings):
         description="Start the local pool's flow runs warm: a runner that has imported Prefect, MLflow and the "
         "flows forks one child per run (mlyard/warm). False: every run starts a fresh Python process. "
         "Takes effect at the next `mlyard up`.")
-    autoscale_interval: float = Field(default=5.0, gt=0, le=3600,
-                                      description="Seconds between the gateway's autoscaling passes.")
+    autoscale_interval: float = Field(default=5.0, gt=0, le=3600, description="Seconds between the gateway's autoscaling passes.")
+    local_runs: int | None = Field(default=None, ge=1, le=256, description="Flow runs the local pool runs at once; the "
+        "others wait in a line fair across projects (tasks/local_line.py). Unset: two per core, one per 2 GiB, the fewer.")
     notebook_ports: str | None = Field(
         default=None, pattern=r"^\d{1,5}-\d{1,5}$", description="Ports local notebooks take, as FIRST-LAST (e.g. "
         "8800-8899). A notebook keeps its port (and so its URL) across stop, start and reboot while it is free. "
@@ -135,11 +136,8 @@ class Settings(BaseSettings):
         "show on one machine. A home keeps the choice of its first `mlyard up` (in <home>/database); unset: that "
         "choice, sqlite for a new home. Servers named by prefect_api_url, mlflow_tracking_uri or catalog_url are "
         "used as they are.")
-    mlflow_tracking_uri: str | None = Field(
-        default=None,
-        description="MLflow tracking URI (e.g. http://mlflow:5000). Unset: sqlite:///<home>/mlflow.db, or the embedded "
-        "PostgreSQL's mlflow database (see `database`).",
-    )
+    mlflow_tracking_uri: str | None = Field(default=None, description="MLflow tracking URI (e.g. http://mlflow:5000). "
+        "Unset: sqlite:///<home>/mlflow.db, or the embedded PostgreSQL's mlflow database (see `database`).")
     mlflow_ui_port: int = Field(default=5000, ge=1, le=65535, description="Port of `mlyard ui mlflow`.")
     catalog_url: str | None = Field(
         default=None,

@@ -89,6 +89,7 @@ class RunInfo:
     parent_id: str | None  # the flow run that started this one as a subflow (an evaluation's batch)
     spec: dict[str, Any]
     project: str = "default"
+    waiting: str | None = None  # a local run waiting for a place: where it stands in line, and why (tasks/local_line.py)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -253,8 +254,16 @@ def get_run(kind: Kind, run_id: str) -> RunInfo:
             raise kind.not_found(run_id)
         if not _visible(fr):
             raise kind.not_found(run_id)  # another project's run does not exist for this caller
-        return _info(kind, fr, bool(started_in(client, kind.marker, [fr])), _parents(client, [fr]).get(str(fr.id)),
+        info = _info(kind, fr, bool(started_in(client, kind.marker, [fr])), _parents(client, [fr]).get(str(fr.id)),
                      bool(started_in(client, kind.closing, [fr])))
+        from mlyard.prefect_setup import LOCAL_POOL
+
+        if fr.state is not None and fr.state.type.value == "SCHEDULED" and fr.work_pool_name == LOCAL_POOL:
+            from mlyard.core.settings import Settings
+            from mlyard.tasks import local_line
+
+            info.waiting = local_line.place_in_line(client, LOCAL_POOL, info.id, local_line.places(Settings()))
+        return info
 
 
 def not_found_or_away(exc: Exception, not_found: Exception, api_url: str) -> Exception:

@@ -9,7 +9,7 @@ cluster's platform), the catalog writes of mlyard/commands.py.
     POST /v1/queries/{name}   JSON body: the query's arguments -> its JSON answer
     POST /v1/commands/{name}  JSON body: a catalog write's arguments (mlyard/commands.py: images, registry
                               accounts, templates) -> its JSON answer
-    POST /v1/runs             {"deployment", "parameters", "tags", "job_variables"} -> {"id", "name"}
+    POST /v1/runs             {"deployment", "parameters", "tags", "job_variables", "idempotency_key"} -> {"id", "name"}
     PUT  /v1/uploads/{digest}/{name}  a tar of a member's local folder -> {"uri"} under their project's prefix
                               an error: {"error": {"type", "message", "status"}} with that HTTP status
     GET  /dashboard?key=K     the dashboard page (mlyard/dashboard.py); K is its own read-only key
@@ -252,10 +252,11 @@ def create_app(token: str | None = None):
         return HTMLResponse(board.page(data))
 
     @app.post("/v1/runs")
-    def runs(run: dict[str, Any] = Body(...)) -> Response:  # noqa: B008
+    def runs(request: Request, run: dict[str, Any] = Body(...)) -> Response:  # noqa: B008
         from mlyard.submit import create_run
 
-        return _answer(create_run, run, "run")
+        key = request.headers.get("idempotency-key")  # the header as HTTP APIs name it, or the field
+        return _answer(create_run, {**run, "idempotency_key": key} if key and "idempotency_key" not in run else run, "run")
 
     app.put("/v1/uploads/{digest}/{name}")(upload)
     return app

@@ -72,6 +72,7 @@ def _up(settings: Settings, echo, start_timeout: float, configure: bool = True) 
     server lives): the pools, automation, GPU limit and deployments are as they were, not checked again."""
     point_prefect(settings, None)
     parts.choose_database(settings)
+    (warm.warm_dir(settings.home_dir) / warm.STOPPING).unlink(missing_ok=True)  # a `down` that did not finish
     env = {**os.environ, **settings.engine_env(), "MLYARD_PROJECT_ROOT": str(PROJECT_ROOT)}
     env["MLYARD_IMAGE"] = env["MLYARD_GPU_IMAGE"] = env["MLYARD_TRAINING_CPU_IMAGE"] = settings.image  # prefect.yaml's
     api_url = f"http://127.0.0.1:{settings.prefect_port}/api"
@@ -156,6 +157,34 @@ def dead_parts(settings: Settings, state: StackState) -> list[str]:
     return dead
 
 
+def health_urls(state: StackState) -> dict[str, str]:
+    """Each running part that answers HTTP, with the URL `healthy` asks (its /health)."""
+    urls = {"prefect-server": state.api_url, "mlyard-api": state.service_url,
+            "gateway": state.gateway_url and state.gateway_url + "/mlyard", "mlflow-ui": state.mlflow_ui_url}
+    return {name: url for name, url in urls.items() if url and name in state.pids and alive(state.pids[name])}
+
+
+def unanswering(state: StackState, timeout: float) -> list[str]:
+    """The parts that are alive but did not answer their health check within `timeout` seconds (asked at once)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    urls = health_urls(state)
+    with ThreadPoolExecutor(max_workers=max(len(urls), 1)) as pool:
+        answers = dict(zip(urls, pool.map(lambda url: healthy(url, timeout=timeout), urls.values())))
+    return [name for name, answered in answers.items() if not answered]
+
+
+def end_hung(state: StackState, name: str, echo) -> None:
+    """End a part that is alive but does not answer, so that it is restarted as a dead one is. The worker
+    alone is killed, not its group: the runs it started go on (mlyard/warm/client.py)."""
+    pid = state.pids[name]
+    if name == "worker":
+        os.kill(pid, signal.SIGKILL)
+    else:
+        stop_group(pid, 5.0)
+    echo(f"ended {name} (pid {pid}): alive but not answering")
+
+
 def restart_dead(settings: Settings, echo=print) -> list[str] | None:
     """Start again the parts of the running stack that died, as `up` started them (the keeper's restart);
     what was dead, or None when the stack was stopped meanwhile."""
@@ -234,6 +263,9 @@ def _down(settings: Settings, echo, grace_seconds: float) -> list[str]:
     state = read_state(settings)
     if state is None:
         return []
+    stopping = warm.warm_dir(settings.home_dir) / warm.STOPPING  # the runs' clients: the runs end with the stack
+    if stopping.parent.is_dir():
+        stopping.touch()
     if alive(state.pids.get("keeper")) and stop_group(state.pids["keeper"], grace_seconds):  # first: it would
         echo(f"stopped keeper (pid {state.pids['keeper']})")  # start again what is being stopped
     # every part at once, sharing one grace period; then the Prefect server (the worker and the runs'

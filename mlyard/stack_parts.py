@@ -25,6 +25,7 @@ from mlyard.prefect_setup import (
     wait_healthy,
 )
 from mlyard.stack_state import sign_in_string, write_state
+from mlyard.tasks import local_line
 from mlyard.tasks.processes import alive
 from mlyard.warm.worker import POLL_SECONDS as WORKER_POLL_SECONDS
 
@@ -96,11 +97,18 @@ def start_worker(settings: Settings, state: StackState, env: dict[str, str], log
     poll four times a second (mlyard/warm/worker.py): a local pool should feel immediate, and cost
     nothing idle. (Prefect reads its settings at import: the safety-net poll is in its environment.)"""
     log = logs / "worker.log"
-    pid = spawn_module(settings, "mlyard.warm.worker", ["--pool", LOCAL_POOL, "--name", "mlyard-local"], log,
+    places = local_line.places(settings)
+    pid = spawn_module(settings, "mlyard.warm.worker", ["--pool", LOCAL_POOL, "--name", "mlyard-local", "--places",
+                                                         str(places), "--alive", str(worker_alive(settings))], log,
                        {"PREFECT_WORKER_QUERY_SECONDS": str(WORKER_POLL_SECONDS), **env}, private=False)
     state.pids["worker"], state.logs["worker"] = pid, str(log)
     write_state(settings, state)
-    echo(f"started a worker on the '{LOCAL_POOL}' pool (log: {log})")
+    echo(f"started a worker on the '{LOCAL_POOL}' pool: {places} runs at once (settings local_runs; log: {log})")
+
+
+def worker_alive(settings: Settings) -> Path:
+    """The file the worker touches after each look at its pool (the keeper reads its age)."""
+    return settings.home_dir / "logs" / "worker.alive"
 
 
 def choose_database(settings: Settings) -> None:

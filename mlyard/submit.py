@@ -16,6 +16,7 @@ production Prefect server, or the API stopped) the run is made here. Either way 
 from __future__ import annotations
 
 import importlib
+import re
 from typing import Any
 
 from mlyard.core.errors import RUN_FAILURES, MlyardError, RunFailed, TrainingStopped
@@ -32,39 +33,65 @@ def run_or_queue(deployment: str, flow: str, spec: Any, *, queue: bool, fail: st
     return run_here(flow, spec, fail)
 
 
+SUBMIT_TRIES = 3  # a submission that timed out or found the API busy is sent again, with the same key
+KEY = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
+
+
 def submit(deployment: str, parameters: dict[str, Any], *, tags: list[str] | None = None,
-           job_variables: dict[str, Any] | None = None) -> dict[str, str]:
+           job_variables: dict[str, Any] | None = None, idempotency_key: str | None = None) -> dict[str, str]:
     """A new flow run of `deployment` ("FLOW/DEPLOYMENT"), queued for its work pool: {"id", "name"}.
-    `parameters` must be JSON (a spec's `model_dump(mode="json")`)."""
+    `parameters` must be JSON (a spec's `model_dump(mode="json")`). The call has one idempotency key (made
+    here unless given), sent again with each retry of a request that timed out or found the API busy:
+    however often it is sent, it makes one run."""
+    import time
+    import uuid
+
     from mlyard import warm_api
     from mlyard.core.settings import Settings
 
     body: dict[str, Any] = {"deployment": deployment, "parameters": parameters, "tags": tags or [],
-            "job_variables": job_variables or {}}
+                            "job_variables": job_variables or {}, "idempotency_key": idempotency_key or uuid.uuid4().hex}
     settings = Settings()
-    if settings.api_key is not None:  # a team member: the platform makes the run, as them, or nobody does
-        return warm_api.post(warm_api.signed_in_api(settings), "/v1/runs", body)
-    url = warm_api.api_url()
-    if url is not None:
+    member = settings.api_key is not None  # a team member: the platform makes the run, as them, or nobody does
+    url: str | None = warm_api.signed_in_api(settings) if member else warm_api.api_url()
+    attempt = 0
+    while url is not None:
+        attempt += 1
         try:
             return warm_api.post(url, "/v1/runs", body)
         except warm_api.Unreachable:
-            pass  # stopped since `up`: the same run, made here
+            if not member:
+                break  # stopped since `up`: the same run, made here (the same key: made once)
+            if attempt >= SUBMIT_TRIES:
+                raise
+        except TimeoutError:
+            if attempt >= SUBMIT_TRIES:
+                raise
+        except MlyardError as exc:
+            if exc.http_status not in (502, 503, 504) or attempt >= SUBMIT_TRIES:
+                raise
+        time.sleep(attempt)
     return create_run(**body)
 
 
 def create_run(deployment: str, parameters: dict[str, Any], tags: list[str],
-               job_variables: dict[str, Any], name: str | None = None, scheduled_time: Any = None) -> dict[str, str]:
+               job_variables: dict[str, Any], name: str | None = None, scheduled_time: Any = None,
+               idempotency_key: str | None = None) -> dict[str, str]:
     """Make the flow run in this process (the mlyard API runs this too), with the platform's one helper, in
     the caller's project: its tag set here (never taken from the caller), their role there an editor's,
-    and recorded in the audit trail."""
+    and recorded in the audit trail. A request with an `idempotency_key` the same caller already made a
+    run of this deployment with gets that run back, not a new one (Prefect's idempotency key, kept per user)."""
     from mlyard.core.access import PROJECT_TAG, USER_TAG, current, run_tags
+    from mlyard.core.errors import SpecError
     from mlyard.tasks.orchestration import submit as make_run
     from mlyard.teams import acting_editor, acting_or_none, record
 
     actor = current()
     what = f"deployment {deployment}"
     try:
+        if idempotency_key is not None and not (isinstance(idempotency_key, str) and KEY.match(idempotency_key)):
+            raise SpecError("idempotency_key", str(idempotency_key)[:120], "1 to 100 letters, digits and ._:- "
+                            "(the CLI and the Python API make one per call)")
         project = acting_editor("starting work")
         if not actor.admin:  # the pod's job variables are the spec's own, never what a member's request says
             from mlyard.member_runs import member_parameters
@@ -74,8 +101,10 @@ def create_run(deployment: str, parameters: dict[str, Any], tags: list[str],
         record(actor, "run.start", what, "refused", acting_or_none(actor), f"{type(exc).__name__}: {exc}")
         raise
     tags = [t for t in tags if not t.startswith((PROJECT_TAG, USER_TAG))] + run_tags(project, actor.name)
+    key = f"mlyard:{actor.name}:{idempotency_key}" if idempotency_key else None  # one user's key is not another's
     try:
-        fr: Any = make_run(deployment, parameters, job_variables, tags, name=name, scheduled_time=scheduled_time)
+        fr: Any = make_run(deployment, parameters, job_variables, tags, name=name, scheduled_time=scheduled_time,
+                           idempotency_key=key)
     except MlyardError as exc:
         record(actor, "run.start", what, "refused" if exc.http_status < 500 else "failed", project, str(exc))
         raise

@@ -259,7 +259,7 @@ def _coolname_words() -> frozenset[str]:
 
 
 def submit(deployment: str, parameters: dict, job_variables: dict | None = None, tags: list[str] | None = None,
-           name: str | None = None, scheduled_time: Any = None):
+           name: str | None = None, scheduled_time: Any = None, idempotency_key: str | None = None):
     """Queue a flow run of `deployment` ("FLOW/DEPLOYMENT", never as a subflow) and return it: the one way
     mlyard makes a deployment run (the CLI, the Python API, the mlyard API, trials and batch workers, and
     the Prefect UI's Run button through mlyard's front door, which may give the run's `name` and time).
@@ -272,6 +272,7 @@ def submit(deployment: str, parameters: dict, job_variables: dict | None = None,
     from prefect.exceptions import ObjectNotFound
 
     from mlyard.core.names import current_deployment, on_this_platform
+    from mlyard.tasks.local_line import parent_tags
 
     deployment = on_this_platform(current_deployment(deployment))
     with get_client(sync_client=True) as client:
@@ -282,7 +283,7 @@ def submit(deployment: str, parameters: dict, job_variables: dict | None = None,
                              "local ones (and the gpu and cpu pools' with MLYARD_CLUSTER_POOLS=1, for a Kubernetes "
                              "worker you run); in production, `mlyard k8s apply --prefect-api-url URL`") from None
         pool = client.read_work_pool(found.work_pool_name) if found.work_pool_name else None
-    tags = [*(tags or []), *(t for t in owner_tags() if t not in (tags or []))]  # a run's children are its project's
+    tags = [*(tags or []), *(t for t in owner_tags() if t not in (tags or [])), *parent_tags()]  # a child: its parent.s project and place
     from mlyard.core.access import project_of_tags
 
     kept = pool_job_variables(pool, job_variables, project_of_tags(tags))
@@ -290,7 +291,8 @@ def submit(deployment: str, parameters: dict, job_variables: dict | None = None,
     if not name and template and (name := render_run_name(template, parameters)):
         tags = [*(tags or []), TAG_NAMED]  # its final name now: printed by the command, kept when the run starts
     return run_deployment(found.id, parameters=parameters, timeout=0, job_variables=kept, tags=tags or None,
-                          as_subflow=False, flow_run_name=name, scheduled_time=scheduled_time)
+                          as_subflow=False, flow_run_name=name, scheduled_time=scheduled_time,
+                          idempotency_key=idempotency_key)
 
 
 def owner_tags() -> list[str]:

@@ -17,13 +17,18 @@ This module is imported by the client on every flow run: it imports only the sta
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 from pathlib import Path
+from typing import Mapping
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 SOCKET, PIDFILE, LOCKFILE = "runner.sock", "runner.pid", "runner.lock"
+DETACH = b"detach\n"  # client to child: go on without me
+STOPPING = "stopping"  # in <home>/warm/ while `mlyard down` stops the stack: its runs end with it
 GRACE_SECONDS = 30.0  # a child whose client vanished gets SIGTERM, then SIGKILL after this
+ASK_SECONDS = 3.0  # how long a run left by its worker waits for Prefect to say whether it is being cancelled
 
 
 def loaded_project_files() -> list[str]:
@@ -58,3 +63,28 @@ def runner_pid(home: Path) -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return pid if alive else None
+
+
+def run_goes_on(home: Path, env: Mapping[str, str]) -> bool:
+    """Whether the flow run of `env` goes on when its worker's process leaves it (a SIGTERM to the client,
+    or the client gone: mlyard/warm/client.py): not while the stack is
+    being stopped, nor when Prefect says it is being cancelled or has ended. A Prefect that does not
+    answer in time cannot have cancelled it: a worker that fails while its server is away goes alone."""
+    import base64
+    import urllib.error
+    import urllib.request
+
+    run_id, api = env.get("PREFECT__FLOW_RUN_ID"), env.get("PREFECT_API_URL")
+    if (warm_dir(home) / STOPPING).exists() or not run_id or not api or not api.startswith("http://127.0.0.1:"):
+        return False
+    request = urllib.request.Request(f"{api}/flow_runs/{run_id}")
+    if auth := env.get("PREFECT_API_AUTH_STRING"):
+        request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=ASK_SECONDS) as answer:  # noqa: S310 - 127.0.0.1 only
+            state = (json.loads(answer.read(1 << 20)).get("state") or {}).get("type")
+    except urllib.error.HTTPError as exc:
+        return exc.code >= 500  # a server too busy to say; a run it does not have (404) is not there to go on
+    except (OSError, ValueError):
+        return True
+    return state in ("SCHEDULED", "PENDING", "RUNNING")

@@ -4,9 +4,14 @@
 
 The process worker starts it with the run's environment, working directory and streams, and tracks
 its pid. It sends those to the runner of HOME, which forks a child already holding Prefect, MLflow
-and the flows; then it waits for the child's exit status and exits with it. SIGTERM and SIGINT (a
-cancel from the UI or the CLI, Ctrl-C) go to the child's whole process group. Should this client
-die, the child notices its socket close and ends its own group (mlyard/warm/server.py).
+and the flows; then it waits for the child's exit status and exits with it. SIGINT (Ctrl-C) and SIGHUP
+go to the child's whole process group, and so does SIGTERM when it means the run's end: a cancel (the
+run is CANCELLING in Prefect), `mlyard down`, or a Prefect that cannot say. A SIGTERM while the run goes
+on is its worker going away (the worker ends its processes as it exits, whether stopped or failed):
+the client then tells the child to go on without it and exits, and the run reports its own end to
+Prefect; the keeper starts a new worker. Should this client die otherwise (SIGKILL: the worker's exit
+kills what it started), the child notices its socket close and asks the same question: it ends its own
+group only for a cancel, a `down` or a run that is over (mlyard/warm/server.py).
 
 No runner, a busy socket or stale code: the run starts cold here (`python -m prefect.engine`, as the
 worker would start it), and a new runner is started in the background for the runs after it.
@@ -23,7 +28,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mlyard.warm import PROJECT_ROOT, SOCKET, warm_dir
+from mlyard.warm import DETACH, PROJECT_ROOT, SOCKET, run_goes_on, warm_dir
 
 CONNECT_TIMEOUT_SECONDS = 2.0
 
@@ -44,7 +49,7 @@ def main(argv: list[str]) -> int:
     if handed is None:
         start_runner(home)
         return _cold()
-    return relay(*handed)
+    return relay(*handed, home=home)
 
 
 def hand_over(path: Path, command: list[str] | None = None,
@@ -99,11 +104,20 @@ def detach(path: Path, module: str, args: list[str], log: Path, env: dict[str, s
     return int(reply.split()[1]) if reply.startswith(b"pid ") else None
 
 
-def relay(sock: socket.socket, pid: int) -> int:
-    """Forward signals to the child's group until it reports its exit status; exit with it."""
+def relay(sock: socket.socket, pid: int, home: Path | None = None) -> int:
+    """Forward signals to the child's group until it reports its exit status; exit with it. A SIGTERM
+    while the run goes on (see the module) lets the child go on without this client."""
     forwarded: list[int] = []
 
     def forward(signum: int, _frame) -> None:
+        if signum == signal.SIGTERM and home is not None and not forwarded and run_goes_on(home, os.environ):
+            try:
+                sock.sendall(DETACH)
+                print(f"mlyard: the worker went away; the run goes on in process {pid} and reports its own end "
+                      "to Prefect", file=sys.stderr, flush=True)
+            except OSError:
+                pass
+            os._exit(0)
         forwarded.append(signum)
         try:
             os.killpg(pid, signum)

@@ -39,12 +39,14 @@ from pathlib import Path
 from mlyard.core.environment import flag, flow_run_env, kubeconfig_path
 from mlyard.tasks.processes import reaped
 from mlyard.warm import (
+    DETACH,
     GRACE_SECONDS,
     LOCKFILE,
     PIDFILE,
     SOCKET,
     code_fingerprint,
     loaded_project_files,
+    run_goes_on,
     warm_dir,
 )
 from mlyard.warm.preload import LOGGING_SET_UP, logging_inputs, preload
@@ -54,7 +56,11 @@ REQUEST_TIMEOUT_SECONDS = 5.0
 LOCK_WAIT_SECONDS = 3.0
 _FINISHED = threading.Event()  # in a child: its exit status is on its way to the client
 MAX_REQUEST_BYTES = 4 << 20  # an environment, a working directory and a umask
+_HOME: list[Path] = []  # the runner's home, for its children
+
+
 def serve(home: Path) -> int:
+    _HOME[:] = [home]
     folder = warm_dir(home)
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(folder, 0o700)
@@ -221,7 +227,8 @@ def _run(conn: socket.socket, fds: list[int], request: dict, listener: socket.so
     if request.get("detached"):  # a process of the stack: no client waits for it, its pid is its handle
         conn.close()
     else:
-        threading.Thread(target=_watch_client, args=(conn,), name="mlyard-warm-client", daemon=True).start()
+        threading.Thread(target=_watch_client, args=(conn, dict(request["env"])), name="mlyard-warm-client",
+                         daemon=True).start()
     os.umask(int(request["umask"]))
     os.chdir(request["cwd"])
     os.environ.clear()
@@ -306,14 +313,27 @@ def _interpreter_exit() -> None:
     atexit._run_exitfuncs()
 
 
-def _watch_client(conn: socket.socket) -> None:
-    """The client went away (SIGKILLed by its worker, say): end this run's group as a cancel would."""
+def _watch_client(conn: socket.socket, env: dict[str, str]) -> None:
+    """The client went away: end this run's group as a cancel would, if the run is being cancelled, the
+    stack stopped or Prefect says the run is over. Otherwise its worker's process went and took the client
+    with it (a worker's exit kills what it started): the run goes on and reports its own end to Prefect,
+    its output, which nobody reads any more, to /dev/null (mlyard/warm/client.py). A client that said
+    DETACH has asked that already."""
+    said = b""
     try:
-        while conn.recv(64):
-            pass
+        while chunk := conn.recv(64):
+            said = (said + chunk)[-64:]
+            if said.endswith(DETACH):
+                break
     except OSError:
         pass
     if _FINISHED.is_set():  # the client read the exit status and left
+        return
+    if said.endswith(DETACH) or ("PREFECT__FLOW_RUN_ID" in env and run_goes_on(_HOME[0], env)):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for fd in (1, 2):
+            os.dup2(devnull, fd)
+        os.close(devnull)
         return
     from mlyard.tasks.processes import stop_group
 

@@ -12,6 +12,12 @@ event arrives about 0.1 s after the run is created. The poll stays, every POLL_S
 net (a lost stream, a run scheduled for later that enters the prefetch window). When the stream is
 lost the worker reconnects and polls at once, so a run created meanwhile waits at most one poll.
 A run it takes ahead of its scheduled time (a schedule's slot) starts at that time, never before.
+
+It starts at most the machine's places of runs at once, in the local pool's fair line, and tells the
+runs it leaves waiting why (mlyard/tasks/local_line.py); a run that ends wakes it for the next. Runs it
+did not start (its predecessor's, if the keeper restarted it) hold their places as well. After each look
+at the pool it touches `--alive`, which the keeper (mlyard/keeper.py) reads: a worker whose looks stopped
+is restarted, and the runs it started go on (mlyard/warm/client.py).
 """
 
 from __future__ import annotations
@@ -20,12 +26,17 @@ import argparse
 import os
 import time
 import warnings
+from pathlib import Path
 from typing import Any
+
+from mlyard.tasks import local_line
 
 POLL_SECONDS = 5.0  # the safety-net poll (the event wakes the worker first)
 RETRY_SECONDS = 0.25  # a wake that finds nothing yet (the run's commit can trail its event) polls again
 RETRIES = 8  # for at most 2 s
 RECONNECT_SECONDS = 2.0
+QUOTAS_SECONDS = 10.0  # the projects' quotas are read again this often
+TOLD_PER_LOOK = 50  # waiting runs told their reason per look, at most (each is a write)
 
 
 def in_pool(event: Any, pool: str) -> bool:
@@ -49,7 +60,7 @@ def seconds_early(flow_run: Any, now: float | None = None) -> float:
     return max(0.0, at.timestamp() - (time.time() if now is None else now))
 
 
-async def run(pool: str, name: str) -> None:
+async def run(pool: str, name: str, places: int, alive: Path | None = None) -> None:
     import anyio
     from prefect.events.clients import get_events_subscriber
     from prefect.events.filters import EventFilter, EventNameFilter
@@ -67,14 +78,29 @@ async def run(pool: str, name: str) -> None:
 
             async def get_and_submit_flow_runs(self) -> list[Any]:
                 async with self._query_lock:
-                    return await super().get_and_submit_flow_runs()
+                    taken = await super().get_and_submit_flow_runs()
+                if alive is not None:
+                    alive.touch()
+                return taken
+
+            async def _get_scheduled_flow_runs(self) -> list[Any]:
+                return await line.next_runs(self)
 
             async def run(self, flow_run: Any, configuration: Any, task_status: Any = None) -> Any:
-                await anyio.sleep(seconds_early(flow_run))
-                return await super().run(flow_run, configuration, task_status)
+                line.mine.add(flow_run.id)
+                try:
+                    await anyio.sleep(seconds_early(flow_run))
+                    return await super().run(flow_run, configuration, task_status)
+                finally:
+                    line.mine.discard(flow_run.id)
+                    wake_now()  # a place is free
 
     worker = Worker(name=name, work_pool_name=pool)
+    line = Line(pool, places, log)
     woken = anyio.Event()
+
+    def wake_now() -> None:
+        woken.set()
 
     async def listen() -> None:
         nonlocal woken
@@ -107,11 +133,94 @@ async def run(pool: str, name: str) -> None:
         tasks.cancel_scope.cancel()
 
 
+class Line:
+    """The worker's side of the local pool's line (mlyard/tasks/local_line.py): which due runs take the
+    free places, and the reason told to the ones it leaves waiting."""
+
+    def __init__(self, pool: str, places: int, log: Any) -> None:
+        self.pool, self.places, self.log = pool, places, log
+        self.mine: set[Any] = set()  # runs this worker runs now
+        self.lined: set[str] = set()  # runs this worker started that hold places
+        self.told: set[str] = set()  # waiting runs told their reason
+        self.flows: dict[Any, str] = {}  # flow id -> name
+        self._quotas: tuple[float, dict[str, int | None]] = (0.0, {})
+
+    async def quotas(self) -> dict[str, int | None]:
+        import anyio
+
+        read_at, quotas = self._quotas
+        if time.monotonic() - read_at > QUOTAS_SECONDS:
+            try:
+                quotas = await anyio.to_thread.run_sync(local_line.quotas)
+            except Exception as exc:  # noqa: BLE001 - the catalog away for a moment: the last ones read
+                self.log.warning("could not read the projects' quotas (%s)", exc)
+            self._quotas = (time.monotonic(), quotas)
+        return quotas
+
+    async def next_runs(self, worker: Any) -> list[Any]:
+        """Prefect's worker asks which runs to submit: the due runs that take the free places, in the
+        line's order (its own query would give every due run, oldest first)."""
+        from prefect.client.schemas.responses import WorkerFlowRunResponse
+
+        client, pool = worker.client, self.pool
+        holding = [await self.run_of(client, fr) for fr in await client.read_flow_runs(
+            **local_line.filters(pool, local_line.HOLDING), limit=local_line.PAGE)]
+        mine = {str(i) for i in (*self.mine, *worker._submitting_flow_run_ids)}
+        taken = {r.id for r in holding} | mine
+        free = self.places - len({r.id for r in holding if r.lined} | (mine & self.lined))
+        waiting: dict[str, Any] = {}
+        while len(waiting) < local_line.MAX_SEEN:
+            page = await client.read_flow_runs(**local_line.filters(pool, ("SCHEDULED",)), limit=local_line.PAGE,
+                                               offset=len(waiting))
+            waiting.update((str(fr.id), fr) for fr in page)
+            if len(page) < local_line.PAGE:
+                break
+        due_by = time.time() + worker._prefetch_seconds
+        runs = [await self.run_of(client, fr) for i, fr in waiting.items() if i not in taken]
+        due = [r for r in runs if r.at <= due_by]
+        ranked = local_line.order([r for r in due if r.lined], [r for r in holding if r.lined], await self.quotas())
+        chosen = [r for r in due if not r.lined] + [run for run, held in ranked if held is None][:max(free, 0)]
+        self.lined = (self.lined & mine) | {r.id for r in chosen if r.lined}
+        picked = {r.id for r in chosen}
+        await self.tell(client, [waiting[r.id] for r, _ in ranked if r.id not in picked])
+        pool_id = worker.work_pool.id
+        return [WorkerFlowRunResponse(work_pool_id=pool_id, work_queue_id=waiting[r.id].work_queue_id,
+                                      flow_run=waiting[r.id]) for r in chosen]
+
+    async def run_of(self, client: Any, flow_run: Any) -> Any:
+        if flow_run.flow_id not in self.flows:
+            self.flows[flow_run.flow_id] = (await client.read_flow(flow_run.flow_id)).name
+        return local_line.Run.of(flow_run, self.flows[flow_run.flow_id])
+
+    async def tell(self, client: Any, left: list[Any]) -> None:
+        """Put the runs left waiting in Prefect's waiting state with the reason (once each, a few a look)."""
+        from prefect.states import Scheduled
+
+        told = 0
+        for fr in left:
+            if told >= TOLD_PER_LOOK:
+                break
+            if str(fr.id) in self.told or (fr.state is not None and fr.state.name == local_line.WAITING):
+                continue
+            at = (fr.state.state_details.scheduled_time if fr.state is not None else None) or fr.next_scheduled_start_time
+            try:
+                await client.set_flow_run_state(fr.id, Scheduled(
+                    name=local_line.WAITING, scheduled_time=at, message=local_line.reason(self.places)))
+            except Exception as exc:  # noqa: BLE001 - told at a later look
+                self.log.debug("could not tell run %s why it waits: %s", fr.id, exc)
+                break
+            self.told.add(str(fr.id))
+            told += 1
+        if len(self.told) > 4 * local_line.MAX_SEEN:
+            self.told.clear()
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mlyard.warm.worker", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pool", required=True, help="the process work pool to serve")
     parser.add_argument("--name", required=True, help="the worker's name in Prefect")
+    parser.add_argument("--places", type=int, default=0, help="runs at once (0: the machine's default)")
+    parser.add_argument("--alive", type=Path, help="a file touched after each look at the pool")
     args = parser.parse_args(argv)
     from mlyard.tasks.processes import not_dumpable
 
@@ -123,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
 
     setup_signal_handlers_worker(os.getpid(), "the local pool's worker", print)
     try:
-        anyio.run(run, args.pool, args.name)
+        anyio.run(run, args.pool, args.name, args.places or local_line.default_places(), args.alive)
     except KeyboardInterrupt:  # SIGTERM or SIGINT, as Prefect's CLI ends its worker
         print(f"Worker {args.name!r} stopped!", flush=True)
 
