@@ -44,7 +44,27 @@ def collect(since: str | float | None = "24h", settings: Settings | None = None)
             "chat": _chat_endpoints(settings, endpoints),
             "resources": _resources(notebooks, endpoints, running),
             "projects": _projects(endpoints, running, projects),
+            "line": _line(settings, projects),
             "audit": _recent_audit(projects)}
+
+
+def _line(settings: Settings, projects: list[str] | None) -> dict[str, Any]:
+    """The local pool's line (tasks/local_line.py): its places, the runs holding them and waiting, by project
+    (the caller's projects')."""
+    from prefect.client.orchestration import get_client
+
+    from mlyard.prefect_setup import LOCAL_POOL
+    from mlyard.tasks import local_line
+
+    with get_client(sync_client=True) as client:
+        waiting, holding = local_line.read_line(client, LOCAL_POOL)
+    by: dict[str, dict[str, int]] = {}
+    for kind, runs in (("holding", holding), ("waiting", waiting)):
+        for run in runs:
+            if projects is None or run.project in projects:
+                by.setdefault(run.project, {"holding": 0, "waiting": 0})[kind] += 1
+    return {"places": local_line.places(settings), "holding": len(holding), "waiting": len(waiting),
+            "projects": [{"project": name, **counts} for name, counts in sorted(by.items())]}
 
 
 def _recent_audit(projects: list[str] | None, n: int = 15) -> list[dict[str, Any]]:
@@ -289,6 +309,9 @@ def page(data: dict[str, Any], links: dict[str, str] | None = None) -> str:
                        f"({p['max_runs'] if p['max_runs'] is not None else '-'})</td><td>{p['gpus_in_use']} "
                        f"({p['gpus'] if p['gpus'] is not None else '-'})</td><td>{p['endpoints_active']}</td></tr>"
                        for p in data.get("projects", []))
+    line = data.get("line") or {"places": 0, "holding": 0, "waiting": 0, "projects": []}
+    lines = "".join(f"<tr><td>{e(p['project'])}</td><td>{p['holding']}</td><td>{p['waiting']}</td></tr>"
+                    for p in line["projects"])
     audit = "".join(f"<tr><td>{e(str(r['at']))}</td><td>{e(r['user'])}</td><td>{e(r['project'] or '')}</td>"
                     f"<td>{e(r['action'])}</td><td>{e(r['resource'])}</td>"
                     f"<td{BAD if r['result'] != 'ok' else ''}>{e(r['result'])}</td><td>{e(r['source'])}</td></tr>"
@@ -310,6 +333,9 @@ tokens a second over the period; the chat page opens on the endpoint's model</p>
 <h2>Projects</h2>
 <table><tr><th>project</th><th>members</th><th>runs now (of at most)</th><th>GPUs asked (quota)</th>
 <th>endpoints ACTIVE</th></tr>{projects}</table>
+<h2>Runs on this machine</h2><p class="muted" id="line">{line['holding']} of the local pool's {line['places']} places
+held, {line['waiting']} run(s) waiting in line (fair across projects; settings local_runs)</p>
+<table><tr><th>project</th><th>holding places</th><th>waiting</th></tr>{lines}</table>
 <h2>Audit trail: the latest changes</h2>
 <table><tr><th>when</th><th>who</th><th>project</th><th>action</th><th>resource</th><th>result</th><th>from</th></tr>
 {audit}</table>

@@ -283,7 +283,7 @@ def submit(deployment: str, parameters: dict, job_variables: dict | None = None,
                              "local ones (and the gpu and cpu pools' with MLYARD_CLUSTER_POOLS=1, for a Kubernetes "
                              "worker you run); in production, `mlyard k8s apply --prefect-api-url URL`") from None
         pool = client.read_work_pool(found.work_pool_name) if found.work_pool_name else None
-    tags = [*(tags or []), *(t for t in owner_tags() if t not in (tags or [])), *parent_tags()]  # a child: its parent.s project and place
+    tags = [*(tags or []), *(t for t in owner_tags() if t not in (tags or [])), *parent_tags()]  # a child: its parent's project and place
     from mlyard.core.access import project_of_tags
 
     kept = pool_job_variables(pool, job_variables, project_of_tags(tags))

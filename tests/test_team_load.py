@@ -62,7 +62,9 @@ def test_a_full_pool_runs_its_places_and_the_rest_wait_in_line_with_the_reason(s
 
     places = local_line.places(settings)
     ids = _submit([sleeper(f"line-{i}", 6) for i in range(places + 2)])
-    most, reasons, told = 0, set(), []
+    from mlyard import dashboard
+
+    most, reasons, told, lines = 0, set(), [], []
     deadline = time.monotonic() + 240
     while True:
         runs = _flow_runs(ids)
@@ -74,6 +76,7 @@ def test_a_full_pool_runs_its_places_and_the_rest_wait_in_line_with_the_reason(s
                 if not told:  # (it may have started meanwhile: then it tells nothing, and the next is asked)
                     shown = json.loads(cli("trainings", "show", str(r.id), "--json").stdout)
                     told += [shown["waiting"]] if shown["waiting"] else []
+                    lines.append(dashboard._line(settings, None))
         if all(r.state and r.state.is_final() for r in runs):
             break
         assert time.monotonic() < deadline, "the line did not drain within 240 s"
@@ -81,6 +84,7 @@ def test_a_full_pool_runs_its_places_and_the_rest_wait_in_line_with_the_reason(s
     assert all(r.state.is_completed() for r in runs), [(r.name, r.state.name) for r in runs]
     assert most <= places, f"{most} ran at once on a pool of {places} places"
     assert reasons == {local_line.reason(places)}, reasons
+    assert any(line["places"] == places and line["waiting"] >= 1 for line in lines), lines  # the dashboard's
     assert told and re.fullmatch(rf"\d+(st|nd|rd|th) of \d+ waiting; \d+ of the machine's {places} places "
                                  r"\(settings local_runs\) are taken", told[0]), told
 

@@ -36,7 +36,9 @@ RETRY_SECONDS = 0.25  # a wake that finds nothing yet (the run's commit can trai
 RETRIES = 8  # for at most 2 s
 RECONNECT_SECONDS = 2.0
 QUOTAS_SECONDS = 10.0  # the projects' quotas are read again this often
-TOLD_PER_LOOK = 50  # waiting runs told their reason per look, at most (each is a write)
+TOLD_PER_LOOK = 100  # waiting runs told their reason per look, at most (each is a write)
+FULL_READ_SECONDS = 10.0  # every waiting run is read again this often; in between, the new ones
+OVERLAP_SECONDS = 5.0  # a new run's expected start is its server's clock: read a little back
 
 
 def in_pool(event: Any, pool: str) -> bool:
@@ -138,11 +140,16 @@ class Line:
     free places, and the reason told to the ones it leaves waiting."""
 
     def __init__(self, pool: str, places: int, log: Any) -> None:
+        from datetime import datetime, timezone
+
         self.pool, self.places, self.log = pool, places, log
         self.mine: set[Any] = set()  # runs this worker runs now
         self.lined: set[str] = set()  # runs this worker started that hold places
         self.told: set[str] = set()  # waiting runs told their reason
         self.flows: dict[Any, str] = {}  # flow id -> name
+        self.waiting: dict[str, Any] = {}  # the waiting runs as last read
+        self.full_read_at = -FULL_READ_SECONDS
+        self.read_until = datetime.now(timezone.utc)
         self._quotas: tuple[float, dict[str, int | None]] = (0.0, {})
 
     async def quotas(self) -> dict[str, int | None]:
@@ -168,13 +175,7 @@ class Line:
         mine = {str(i) for i in (*self.mine, *worker._submitting_flow_run_ids)}
         taken = {r.id for r in holding} | mine
         free = self.places - len({r.id for r in holding if r.lined} | (mine & self.lined))
-        waiting: dict[str, Any] = {}
-        while len(waiting) < local_line.MAX_SEEN:
-            page = await client.read_flow_runs(**local_line.filters(pool, ("SCHEDULED",)), limit=local_line.PAGE,
-                                               offset=len(waiting))
-            waiting.update((str(fr.id), fr) for fr in page)
-            if len(page) < local_line.PAGE:
-                break
+        waiting = dict(await self.read_waiting(client))
         due_by = time.time() + worker._prefetch_seconds
         runs = [await self.run_of(client, fr) for i, fr in waiting.items() if i not in taken]
         due = [r for r in runs if r.at <= due_by]
@@ -182,10 +183,38 @@ class Line:
         chosen = [r for r in due if not r.lined] + [run for run, held in ranked if held is None][:max(free, 0)]
         self.lined = (self.lined & mine) | {r.id for r in chosen if r.lined}
         picked = {r.id for r in chosen}
+        for run_id in picked:
+            self.waiting.pop(run_id, None)
         await self.tell(client, [waiting[r.id] for r, _ in ranked if r.id not in picked])
         pool_id = worker.work_pool.id
         return [WorkerFlowRunResponse(work_pool_id=pool_id, work_queue_id=waiting[r.id].work_queue_id,
                                       flow_run=waiting[r.id]) for r in chosen]
+
+    async def read_waiting(self, client: Any) -> dict[str, Any]:
+        """The pool's waiting runs, by id: all of them every FULL_READ_SECONDS (a page of 200 costs Prefect's
+        server about 0.1 s), and in between those due since the last read (a run that left the line meanwhile,
+        cancelled, is dropped at the next full read; submitting it is refused)."""
+        from datetime import datetime, timedelta, timezone
+
+        from prefect.client.schemas.filters import FlowRunFilterExpectedStartTime
+
+        now = datetime.now(timezone.utc)
+        full = time.monotonic() - self.full_read_at > FULL_READ_SECONDS
+        filters = local_line.filters(self.pool, ("SCHEDULED",))
+        if not full:
+            filters["flow_run_filter"].expected_start_time = FlowRunFilterExpectedStartTime(
+                after_=self.read_until - timedelta(seconds=OVERLAP_SECONDS))  # type: ignore[arg-type]
+        found: dict[str, Any] = {}
+        while len(found) < local_line.MAX_SEEN:
+            page = await client.read_flow_runs(**filters, limit=local_line.PAGE, offset=len(found))
+            found.update((str(fr.id), fr) for fr in page)
+            if len(page) < local_line.PAGE:
+                break
+        self.waiting = found if full else {**self.waiting, **found}
+        if full:
+            self.full_read_at = time.monotonic()
+        self.read_until = now
+        return self.waiting
 
     async def run_of(self, client: Any, flow_run: Any) -> Any:
         if flow_run.flow_id not in self.flows:

@@ -49,10 +49,14 @@ def test_the_page_is_html_with_svg_bars_and_escapes_every_name():
                           "GPU": [], "totals": {"CPU": 2.0, "GPU": 0}},
             "projects": [{"project": "vision<1>", "members": 3, "gpus": 2, "max_runs": None, "running": 1,
                           "gpus_in_use": 1, "endpoints_active": 2}],
+            "line": {"places": 4, "holding": 3, "waiting": 130,
+                     "projects": [{"project": "vision<1>", "holding": 3, "waiting": 128}]},
             "audit": [{"at": "2026-11-25T00:00:00+00:00", "user": "bob", "project": "vision<1>", "action":
                        "template.delete", "resource": "template <i>t</i>", "result": "refused", "source": "10.0.0.7"}]}
     html = dashboard.page(data)
     assert "<td>vision&lt;1&gt;</td><td>3</td><td>1 (-)</td><td>1 (2)</td><td>2</td>" in html  # per project
+    assert "3 of the local pool's 4 places" in html and "130 run(s) waiting in line" in html  # the line
+    assert "<td>vision&lt;1&gt;</td><td>3</td><td>128</td>" in html
     assert 'class="bad">refused<' in html and "template &lt;i&gt;t&lt;/i&gt;" in html  # the audit trail
     assert html.startswith("<!doctype html>") and "<script" not in html
     assert ">1000<" in html and ">50<" in html and html.count("<svg") == 2  # endpoints and CPU; no GPU in use
