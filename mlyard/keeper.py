@@ -33,8 +33,8 @@ LOOK_SECONDS = 1.0
 QUIET_SECONDS = 60.0  # a part that lived this long after its restart starts the backoff over
 MAX_WAIT_SECONDS = 60.0
 HEALTH_EVERY = 5.0
-HEALTH_TIMEOUT = 5.0
-STRIKES = 3  # failed checks in a row that end a part: 10 to 25 s of not answering
+HEALTH_TIMEOUT = 10.0
+STRIKES = 3  # failed checks in a row that end a part: 30 to 45 s of not answering
 START_GRACE = 30.0  # a part is not judged in its first seconds (Prefect migrates, the API warms up)
 WORKER_SILENT = 60.0  # the worker looks at its pool every 5 s; this long without a look is a hang
 

@@ -10,7 +10,9 @@ apply); the API answers 503 and Prefect's client retries after 2, 4, 8, 16 and 3
 trials at a time as flow runs waited 15 to 30 s in those back-offs (issue 25). Here a request that
 changes something (not the POSTs that only read: filter, count, paginate) opens its transactions
 IMMEDIATE: it takes the write lock first and waits for it (busy timeout 60 s) rather than failing.
-A 503 that still happens keeps Prefect's back-off.
+A 503 that still happens keeps Prefect's back-off. The server's own work outside a request (its services
+and its event consumers: the automations' buckets, the events' writes) takes the write lock first too: it
+mostly writes, and failed at once with "database is locked" while a team queued its runs (bench/team_load.py).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from contextvars import ContextVar
 from typing import Any, AsyncGenerator, Awaitable, Callable
 
 READ_ONLY_SUFFIXES = ("/filter", "/count", "/paginate", "/history")  # POSTs that only read
-_WRITES: ContextVar[bool] = ContextVar("mlyard_request_writes", default=False)
+_WRITES: ContextVar[bool] = ContextVar("mlyard_request_writes", default=True)  # outside a request: it writes
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]

@@ -14,7 +14,10 @@ run, a RAG sync) that a person or a schedule started. A run that another run sta
 a batch's workers, a pipeline's steps: tagged PARENT_TAG by tasks/orchestration.py) takes no place and
 waits for none, as a Job's pods share its admission: its parent holds the place for them all, and no
 parent can wait for ever on children that wait for its place. The platform's own short runs (an
-endpoint's deploy, a promotion's steps, a notebook's action) take none either.
+endpoint's deploy, a promotion's steps, a notebook's action) take none either. These runs have places of
+their own, CHILDREN_PER_PLACE times as many, taken in the order they are due: they wait only for each other,
+so none waits for ever, and the flow-run processes at once stay bounded (each holds two of the embedded
+Prefect server's 100 requests in flight for its whole life: its events and its cancellation observer).
 
 A run left waiting is put in Prefect's own state for it (Scheduled, named AwaitingConcurrencySlot), with
 the reason as its message: the Prefect UI shows both, and Prefect's late-run service leaves it alone
@@ -35,6 +38,7 @@ WAITING = "AwaitingConcurrencySlot"  # Prefect's name for a scheduled run held b
 PARENT_TAG = "mlyard.parent:"  # on a run another flow run made: its parent's id
 LINED = frozenset({FLOW_TRAIN, FLOW_TUNE, FLOW_BATCH, FLOW_EVALUATE, FLOW_PIPELINE_RUN, FLOW_RAG_SYNC})
 HOLDING = ("PENDING", "RUNNING", "CANCELLING")  # a run in one of these holds a place
+CHILDREN_PER_PLACE = 4  # places of the runs the line does not hold, per place of the line
 PAGE = 200  # Prefect's largest page
 MAX_SEEN = 5000  # waiting runs read for the order; any after them are behind all of these
 GIB = 1 << 30

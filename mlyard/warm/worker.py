@@ -15,9 +15,10 @@ A run it takes ahead of its scheduled time (a schedule's slot) starts at that ti
 
 It starts at most the machine's places of runs at once, in the local pool's fair line, and tells the
 runs it leaves waiting why (mlyard/tasks/local_line.py); a run that ends wakes it for the next. Runs it
-did not start (its predecessor's, if the keeper restarted it) hold their places as well. After each look
-at the pool it touches `--alive`, which the keeper (mlyard/keeper.py) reads: a worker whose looks stopped
-is restarted, and the runs it started go on (mlyard/warm/client.py).
+did not start (its predecessor's, if the keeper restarted it) hold their places as well. Every 5 s, while
+its loop turns and its last look at the pool ended within 5 minutes, it touches `--alive`, which the
+keeper (mlyard/keeper.py) reads: a worker that stopped is restarted, and the runs it started go on
+(mlyard/warm/client.py).
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ RETRY_SECONDS = 0.25  # a wake that finds nothing yet (the run's commit can trai
 RETRIES = 8  # for at most 2 s
 RECONNECT_SECONDS = 2.0
 QUOTAS_SECONDS = 10.0  # the projects' quotas are read again this often
-TOLD_PER_LOOK = 100  # waiting runs told their reason per look, at most (each is a write)
+TOLD_PER_TURN, TELL_SECONDS = 25, 1.0  # waiting runs told their reason, at most 25 a second (each is a write)
+HEARTBEAT_SECONDS = 5.0  # the `--alive` file is touched this often while the worker is well
+LOOK_LIMIT_SECONDS = 300.0  # a look at the pool that has not ended after this long is a hang
 FULL_READ_SECONDS = 10.0  # every waiting run is read again this often; in between, the new ones
-OVERLAP_SECONDS = 5.0  # a new run's expected start is its server's clock: read a little back
+OVERLAP_SECONDS = 2.0  # a run is committed a little after its expected start is set: read a little back
 
 
 def in_pool(event: Any, pool: str) -> bool:
@@ -80,10 +83,10 @@ async def run(pool: str, name: str, places: int, alive: Path | None = None) -> N
 
             async def get_and_submit_flow_runs(self) -> list[Any]:
                 async with self._query_lock:
-                    taken = await super().get_and_submit_flow_runs()
-                if alive is not None:
-                    alive.touch()
-                return taken
+                    try:
+                        return await super().get_and_submit_flow_runs()
+                    finally:
+                        line.looked_at = time.monotonic()
 
             async def _get_scheduled_flow_runs(self) -> list[Any]:
                 return await line.next_runs(self)
@@ -124,13 +127,26 @@ async def run(pool: str, name: str, places: int, alive: Path | None = None) -> N
             await woken.wait()
             woken = anyio.Event()  # events during this poll wake it once more, not once each
             for _ in range(RETRIES):
-                if await worker.get_and_submit_flow_runs() or woken.is_set():
-                    break
+                if await worker.get_and_submit_flow_runs() or woken.is_set() or line.full:
+                    break  # (no free place: a run that ends wakes it)
                 await anyio.sleep(RETRY_SECONDS)
+
+    async def heartbeat() -> None:
+        """Touch `alive` while the loop turns and a look at the pool ended within LOOK_LIMIT_SECONDS (a
+        look can take a while on a busy server; one that never ends is a hang)."""
+        while True:
+            if alive is not None and time.monotonic() - line.looked_at < LOOK_LIMIT_SECONDS:
+                try:
+                    alive.touch()
+                except OSError as exc:  # its home going away: the keeper then ends with it
+                    log.warning("could not touch %s: %s", alive, exc)
+            await anyio.sleep(HEARTBEAT_SECONDS)
 
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(listen)
         tasks.start_soon(wake)
+        tasks.start_soon(heartbeat)
+        tasks.start_soon(line.teller, worker)
         await worker.start(printer=print)
         tasks.cancel_scope.cancel()
 
@@ -145,6 +161,9 @@ class Line:
         self.pool, self.places, self.log = pool, places, log
         self.mine: set[Any] = set()  # runs this worker runs now
         self.lined: set[str] = set()  # runs this worker started that hold places
+        self.full = False  # no place was free at the last look
+        self.looked_at = time.monotonic()  # when the last look at the pool ended
+        self.to_tell: list[Any] = []  # runs the last look left waiting
         self.told: set[str] = set()  # waiting runs told their reason
         self.flows: dict[Any, str] = {}  # flow id -> name
         self.waiting: dict[str, Any] = {}  # the waiting runs as last read
@@ -175,17 +194,21 @@ class Line:
         mine = {str(i) for i in (*self.mine, *worker._submitting_flow_run_ids)}
         taken = {r.id for r in holding} | mine
         free = self.places - len({r.id for r in holding if r.lined} | (mine & self.lined))
+        self.full = free <= 0
+        free_children = local_line.CHILDREN_PER_PLACE * self.places - len({r.id for r in holding if not r.lined}
+                                                                          | (mine - self.lined))
         waiting = dict(await self.read_waiting(client))
         due_by = time.time() + worker._prefetch_seconds
         runs = [await self.run_of(client, fr) for i, fr in waiting.items() if i not in taken]
         due = [r for r in runs if r.at <= due_by]
         ranked = local_line.order([r for r in due if r.lined], [r for r in holding if r.lined], await self.quotas())
-        chosen = [r for r in due if not r.lined] + [run for run, held in ranked if held is None][:max(free, 0)]
+        children = sorted((r for r in due if not r.lined), key=lambda r: (r.at, r.id))[:max(free_children, 0)]
+        chosen = children + [run for run, held in ranked if held is None][:max(free, 0)]
         self.lined = (self.lined & mine) | {r.id for r in chosen if r.lined}
         picked = {r.id for r in chosen}
         for run_id in picked:
             self.waiting.pop(run_id, None)
-        await self.tell(client, [waiting[r.id] for r, _ in ranked if r.id not in picked])
+        self.to_tell = [waiting[r.id] for r, _ in ranked if r.id not in picked]  # told by `teller`, not in the look
         pool_id = worker.work_pool.id
         return [WorkerFlowRunResponse(work_pool_id=pool_id, work_queue_id=waiting[r.id].work_queue_id,
                                       flow_run=waiting[r.id]) for r in chosen]
@@ -221,13 +244,26 @@ class Line:
             self.flows[flow_run.flow_id] = (await client.read_flow(flow_run.flow_id)).name
         return local_line.Run.of(flow_run, self.flows[flow_run.flow_id])
 
+    async def teller(self, worker: Any) -> None:
+        """Tell the runs the last look left waiting why, a few at a time beside the looks (each is a write)."""
+        import anyio
+
+        while True:
+            await anyio.sleep(TELL_SECONDS)
+            left, self.to_tell = self.to_tell, []
+            try:
+                if left and worker._client is not None:
+                    await self.tell(worker._client, left)
+            except Exception as exc:  # noqa: BLE001 - told at a later turn; the worker goes on
+                self.log.warning("could not tell waiting runs why they wait: %s", exc)
+
     async def tell(self, client: Any, left: list[Any]) -> None:
-        """Put the runs left waiting in Prefect's waiting state with the reason (once each, a few a look)."""
+        """Put the runs left waiting in Prefect's waiting state with the reason (once each, a few at a time)."""
         from prefect.states import Scheduled
 
         told = 0
         for fr in left:
-            if told >= TOLD_PER_LOOK:
+            if told >= TOLD_PER_TURN:
                 break
             if str(fr.id) in self.told or (fr.state is not None and fr.state.name == local_line.WAITING):
                 continue
