@@ -10,10 +10,10 @@ keeper took its place. If it dies itself, the mlyard API starts it again within 
 `keep_keeper`), and it then restarts what died with it; so does `mlyard up`.
 
 Alive is not enough: every HEALTH_EVERY seconds it asks the Prefect server, the mlyard API, the gateway
-and the MLflow UI for their /health, HEALTH_TIMEOUT seconds each, and the local worker's file says when
-it last looked at its pool. A part that fails STRIKES checks in a row (a server stopped or stalled, a
-worker whose loop hangs) is ended and restarted as a dead one is, and the log says why. A part is judged
-only once it has lived START_GRACE seconds, and the worker only while Prefect answers.
+and the MLflow UI for their /health, HEALTH_TIMEOUT seconds each, and reads the local worker's heartbeat
+(mlyard/warm/worker.py). A part that fails STRIKES checks in a row (a server stopped or stalled, a worker
+silent) is ended and restarted as a dead one is, and the log says why. A part is judged only once it has
+lived START_GRACE seconds, and the worker only while Prefect answers.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ HEALTH_EVERY = 5.0
 HEALTH_TIMEOUT = 10.0
 STRIKES = 3  # failed checks in a row that end a part: 30 to 45 s of not answering
 START_GRACE = 30.0  # a part is not judged in its first seconds (Prefect migrates, the API warms up)
-WORKER_SILENT = 60.0  # the worker looks at its pool every 5 s; this long without a look is a hang
+WORKER_SILENT = 60.0  # the worker's heartbeat beats every 5 s while it is well; this long without one is a hang
 
 
 def main() -> None:
@@ -60,9 +60,10 @@ def main() -> None:
         if due is None:
             if health.due(now) and (hung := health.hung(state, now)):
                 with one_at_a_time(settings.home_dir):  # not beside an `up` or a `down`
-                    if read_state(settings) is not None:
-                        for name in hung:
-                            stack.end_hung(state, name, log.warning)
+                    fresh = read_state(settings)
+                    for name in hung:  # unless the part was started again meanwhile, or the stack stopped
+                        if fresh is not None and fresh.pids.get(name) == state.pids.get(name):
+                            stack.end_hung(fresh, name, log.warning)
             if not stack.dead_parts(settings, state):
                 continue
             soon = now - restarted_at < QUIET_SECONDS  # died again soon after a restart: wait longer each time
@@ -115,7 +116,7 @@ class Health:
                 silent = float("inf")
             if silent > WORKER_SILENT:
                 failed.add("worker")
-                log.warning("the worker has not looked at its pool for %.0f s", silent)
+                log.warning("the worker's heartbeat is %.0f s old", silent)
         for name in failed:
             self.strikes[name] = self.strikes.get(name, 0) + 1
             log.warning("%s (pid %s) did not answer its health check (%d of %d)", name, state.pids.get(name),

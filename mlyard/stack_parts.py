@@ -107,7 +107,7 @@ def start_worker(settings: Settings, state: StackState, env: dict[str, str], log
 
 
 def worker_alive(settings: Settings) -> Path:
-    """The file the worker touches after each look at its pool (the keeper reads its age)."""
+    """The worker's heartbeat: a file it touches every 5 s while it is well (the keeper reads its age)."""
     return settings.home_dir / "logs" / "worker.alive"
 
 

@@ -52,6 +52,7 @@ from mlyard.registry.schedules import ScheduleRecord, Schedules, SlotRecord
 from mlyard.schedules.cron import Schedule
 from mlyard.schedules.planning import Policy, dispatch, due, render, slot_label, trigger
 from mlyard.tasks import run_waits as waits
+from mlyard.tasks.local_line import WAITING
 from mlyard.tasks.orchestration import flow_runs_by_id, quick_retries
 from mlyard.tasks.promotion_watch import WATCH_SECONDS
 from mlyard.tasks.schedule_targets import named_now
@@ -166,8 +167,8 @@ class Scheduler:
             state: str | None = fr.state.type.value if fr is not None and fr.state is not None else None
             if fr is None or state in FINAL:
                 ended.append(slot.id)
-            elif waits.taken(fr) and self.waits.say(fr) != waits.GONE:  # its Job waits (Kueue's quota, a node): queued
-                going[slot.schedule_id] += 1
+            elif (waits.taken(fr) and self.waits.say(fr) != waits.GONE) or (fr.state and fr.state.name == WAITING):
+                going[slot.schedule_id] += 1  # its Job waits (Kueue, a node) or it is in the local pool's line: queued
             elif state in NOT_STARTED and now - max(slot.slot_epoch, slot.started_at or now) > self.start_timeout:
                 self.client.set_flow_run_state(fr.id, Cancelled(
                     message=f"not started within {self.start_timeout:.0f} s of its slot (no worker took it); "

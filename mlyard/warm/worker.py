@@ -40,7 +40,7 @@ QUOTAS_SECONDS = 10.0  # the projects' quotas are read again this often
 TOLD_PER_TURN, TELL_SECONDS = 25, 1.0  # waiting runs told their reason, at most 25 a second (each is a write)
 HEARTBEAT_SECONDS = 5.0  # the `--alive` file is touched this often while the worker is well
 LOOK_LIMIT_SECONDS = 300.0  # a look at the pool that has not ended after this long is a hang
-FULL_READ_SECONDS = 10.0  # every waiting run is read again this often; in between, the new ones
+FULL_READ_SECONDS = 60.0  # every waiting run is read again this often (a safety net); in between, the new ones
 OVERLAP_SECONDS = 2.0  # a run is committed a little after its expected start is set: read a little back
 
 
@@ -215,8 +215,9 @@ class Line:
 
     async def read_waiting(self, client: Any) -> dict[str, Any]:
         """The pool's waiting runs, by id: all of them every FULL_READ_SECONDS (a page of 200 costs Prefect's
-        server about 0.1 s), and in between those due since the last read (a run that left the line meanwhile,
-        cancelled, is dropped at the next full read; submitting it is refused)."""
+        server 0.1 s idle, several under load), and in between those made since the last read (a run made to
+        start later is read then, and waits for its time). A run that left the line meanwhile (cancelled) is
+        dropped when it is chosen (Prefect refuses to start it) or at the next full read."""
         from datetime import datetime, timedelta, timezone
 
         from prefect.client.schemas.filters import FlowRunFilterExpectedStartTime
