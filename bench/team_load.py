@@ -179,7 +179,7 @@ def main() -> None:
         t.start()
     cpu_before = _cpu_seconds(state.pids)
     most_holding = most_connections = 0
-    port = settings.prefect_port
+    port, said_at = settings.prefect_port, time.monotonic()
     with get_client(sync_client=True) as client:
         while True:
             time.sleep(2.0)
@@ -188,6 +188,11 @@ def main() -> None:
             ended = client.count_flow_runs(flow_run_filter=_in_states("COMPLETED", "FAILED", "CRASHED", "CANCELLED"))
             if not any(t.is_alive() for t in threads) and ended >= len(submitted):
                 break
+            if time.monotonic() - said_at > 60:
+                said_at = time.monotonic()
+                with lock:
+                    print(f"  {said_at - first:.0f} s: {len(submitted)} submitted, {ended} ended; looks so far: list "
+                          f"{_quantiles(looks['list'])}, door {_quantiles(looks['door'])}", flush=True)
             if time.monotonic() - first > 3600:
                 print("gave up after an hour", flush=True)
                 break

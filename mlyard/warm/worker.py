@@ -41,6 +41,7 @@ TOLD_PER_TURN, TELL_SECONDS = 25, 1.0  # waiting runs told their reason, at most
 HEARTBEAT_SECONDS = 5.0  # the `--alive` file is touched this often while the worker is well
 LOOK_LIMIT_SECONDS = 300.0  # a look at the pool that has not ended after this long is a hang
 FULL_READ_SECONDS = 60.0  # every waiting run is read again this often (a safety net); in between, the new ones
+PICKED_SECONDS = 30.0  # a run chosen is left out of the line this long (its submission under way)
 OVERLAP_SECONDS = 2.0  # a run is committed a little after its expected start is set: read a little back
 
 
@@ -167,6 +168,7 @@ class Line:
         self.told: set[str] = set()  # waiting runs told their reason
         self.flows: dict[Any, str] = {}  # flow id -> name
         self.waiting: dict[str, Any] = {}  # the waiting runs as last read
+        self.started: dict[str, float] = {}  # the runs this worker chose in the last PICKED_SECONDS, and when
         self.full_read_at = -FULL_READ_SECONDS
         self.read_until = datetime.now(timezone.utc)
         self._quotas: tuple[float, dict[str, int | None]] = (0.0, {})
@@ -197,21 +199,46 @@ class Line:
         self.full = free <= 0
         free_children = local_line.CHILDREN_PER_PLACE * self.places - len({r.id for r in holding if not r.lined}
                                                                           | (mine - self.lined))
-        waiting = dict(await self.read_waiting(client))
+        for run in holding:  # started meanwhile: out of the line as last read
+            self.waiting.pop(run.id, None)
+        now = time.monotonic()
+        self.started = {i: at for i, at in self.started.items() if now - at < PICKED_SECONDS}
+        waiting = {i: fr for i, fr in (await self.read_waiting(client)).items() if i not in self.started}
         due_by = time.time() + worker._prefetch_seconds
         runs = [await self.run_of(client, fr) for i, fr in waiting.items() if i not in taken]
         due = [r for r in runs if r.at <= due_by]
         ranked = local_line.order([r for r in due if r.lined], [r for r in holding if r.lined], await self.quotas())
-        children = sorted((r for r in due if not r.lined), key=lambda r: (r.at, r.id))[:max(free_children, 0)]
-        chosen = children + [run for run, held in ranked if held is None][:max(free, 0)]
+        children = sorted((r for r in due if not r.lined), key=lambda r: (r.at, r.id))
+        chosen = (await self.still_waiting(client, children, free_children, waiting)
+                  + await self.still_waiting(client, [run for run, held in ranked if held is None], free, waiting))
         self.lined = (self.lined & mine) | {r.id for r in chosen if r.lined}
         picked = {r.id for r in chosen}
-        for run_id in picked:
+        for run_id in picked:  # out of the line; a read that overlaps its start would bring it back a while
             self.waiting.pop(run_id, None)
+            self.started[run_id] = now
         self.to_tell = [waiting[r.id] for r, _ in ranked if r.id not in picked]  # told by `teller`, not in the look
         pool_id = worker.work_pool.id
         return [WorkerFlowRunResponse(work_pool_id=pool_id, work_queue_id=waiting[r.id].work_queue_id,
                                       flow_run=waiting[r.id]) for r in chosen]
+
+    async def still_waiting(self, client: Any, runs: list[Any], places: int, waiting: dict[str, Any]) -> list[Any]:
+        """The first `places` of `runs` that Prefect says wait still (read again: the line as read may be a
+        little old, and Prefect would start a run that ended again if asked), `waiting` updated with them."""
+        chosen: list[Any] = []
+        for run in runs:
+            if len(chosen) >= places:
+                break
+            try:
+                fr = await client.read_flow_run(run.id)
+            except Exception:  # noqa: BLE001 - gone (deleted), or the server away: not now
+                self.waiting.pop(run.id, None)
+                continue
+            if fr.state is not None and fr.state.type.value == "SCHEDULED":
+                waiting[run.id] = fr
+                chosen.append(run)
+            else:
+                self.waiting.pop(run.id, None)
+        return chosen
 
     async def read_waiting(self, client: Any) -> dict[str, Any]:
         """The pool's waiting runs, by id: all of them every FULL_READ_SECONDS (a page of 200 costs Prefect's
@@ -268,8 +295,12 @@ class Line:
                 break
             if str(fr.id) in self.told or (fr.state is not None and fr.state.name == local_line.WAITING):
                 continue
-            at = (fr.state.state_details.scheduled_time if fr.state is not None else None) or fr.next_scheduled_start_time
             try:
+                fr = await client.read_flow_run(fr.id)  # as it is now: only a run still waiting is told
+                if (fr.state is None or fr.state.type.value != "SCHEDULED" or fr.state.name == local_line.WAITING
+                        or str(fr.id) in self.started):  # (chosen by a look meanwhile)
+                    continue
+                at = fr.state.state_details.scheduled_time or fr.next_scheduled_start_time
                 await client.set_flow_run_state(fr.id, Scheduled(
                     name=local_line.WAITING, scheduled_time=at, message=local_line.reason(self.places)))
             except Exception as exc:  # noqa: BLE001 - told at a later look
@@ -279,6 +310,7 @@ class Line:
             told += 1
         if len(self.told) > 4 * local_line.MAX_SEEN:
             self.told.clear()
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mlyard.warm.worker", description=__doc__,
