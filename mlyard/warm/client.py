@@ -7,8 +7,8 @@ its pid. It sends those to the runner of HOME, which forks a child already holdi
 and the flows; then it waits for the child's exit status and exits with it. SIGINT (Ctrl-C) and SIGHUP
 go to the child's whole process group, and so does SIGTERM when it means the run's end: a cancel (the
 run is CANCELLING in Prefect), `mlyard down`, or a run Prefect says is over. Any other SIGTERM is its
-worker going away (the worker ends its processes as it exits, whether stopped or failed; a Prefect that
-does not answer cannot have cancelled the run):
+worker going away (a worker that fails ends its processes as it exits; a stopped one leaves them; a
+Prefect that does not answer cannot have cancelled the run):
 the client then tells the child to go on without it and exits, and the run reports its own end to
 Prefect; the keeper starts a new worker. Should this client die otherwise (SIGKILL: the worker's exit
 kills what it started), the child notices its socket close and asks the same question: it ends its own

@@ -41,6 +41,7 @@ TOLD_PER_TURN, TELL_SECONDS = 25, 1.0  # waiting runs told their reason, at most
 HEARTBEAT_SECONDS = 5.0  # the `--alive` file is touched this often while the worker is well
 LOOK_LIMIT_SECONDS = 300.0  # a look at the pool that has not ended after this long is a hang
 FULL_READ_SECONDS = 60.0  # every waiting run is read again this often (a safety net); in between, the new ones
+HAND_OVER_SECONDS = 5.0  # a stopped worker waits this long for its runs' clients to let go (they ask Prefect: 3 s)
 PICKED_SECONDS = 30.0  # a run chosen is left out of the line this long (its submission under way)
 OVERLAP_SECONDS = 2.0  # a run is committed a little after its expected start is set: read a little back
 
@@ -325,14 +326,51 @@ def main(argv: list[str] | None = None) -> None:
     not_dumpable()
     # Prefect reads its settings at import: the poll interval is set before Prefect is imported.
     os.environ.setdefault("PREFECT_WORKER_QUERY_SECONDS", str(POLL_SECONDS))
-    import anyio
-    from prefect.utilities.processutils import setup_signal_handlers_worker
+    import signal
 
-    setup_signal_handlers_worker(os.getpid(), "the local pool's worker", print)
+    import anyio
+
+    def stop(signum: int, _frame: Any) -> None:
+        """SIGTERM or SIGINT: the worker hands its runs over and ends at once (an orderly exit would end them
+        first). Each run's client is told (SIGTERM) and, the run not being cancelled, lets it go on alone and
+        exits; under `mlyard down` it ends the run instead (mlyard/warm/client.py)."""
+        print(f"Worker {args.name!r} stopped ({signal.Signals(signum).name}); its runs go on", flush=True)
+        clients = _children()
+        for pid in clients:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except OSError:
+                pass
+        deadline = time.monotonic() + HAND_OVER_SECONDS
+        while clients and time.monotonic() < deadline:
+            clients = [pid for pid in clients if not _ended(pid)]
+            time.sleep(0.05)
+        os._exit(0)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
+    anyio.run(run, args.pool, args.name, args.places or local_line.default_places(), args.alive)
+
+
+def _children() -> list[int]:
+    """The processes this one started that still run (the runs' clients)."""
+    me, found = str(os.getpid()), []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    if fh.read().rsplit(")", 1)[1].split()[1] == me:
+                        found.append(int(entry))
+            except (OSError, IndexError):
+                pass
+    return found
+
+
+def _ended(pid: int) -> bool:
     try:
-        anyio.run(run, args.pool, args.name, args.places or local_line.default_places(), args.alive)
-    except KeyboardInterrupt:  # SIGTERM or SIGINT, as Prefect's CLI ends its worker
-        print(f"Worker {args.name!r} stopped!", flush=True)
+        return os.waitpid(pid, os.WNOHANG)[0] == pid
+    except ChildProcessError:
+        return True
 
 
 if __name__ == "__main__":
