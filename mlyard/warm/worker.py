@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pool", required=True, help="the process work pool to serve")
     parser.add_argument("--name", required=True, help="the worker's name in Prefect")
     parser.add_argument("--places", type=int, default=0, help="runs at once (0: the machine's default)")
-    parser.add_argument("--alive", type=Path, help="a file touched after each look at the pool")
+    parser.add_argument("--alive", type=Path, help="a heartbeat file, touched every 5 s while the worker is well")
     args = parser.parse_args(argv)
     from mlyard.tasks.processes import not_dumpable
 
