@@ -83,6 +83,7 @@ def create_run(deployment: str, parameters: dict[str, Any], tags: list[str],
     run of this deployment with gets that run back, not a new one (Prefect's idempotency key, kept per user)."""
     from mlyard.core.access import PROJECT_TAG, USER_TAG, current, run_tags
     from mlyard.core.errors import SpecError
+    from mlyard.tasks.local_line import PARENT_TAG
     from mlyard.tasks.orchestration import submit as make_run
     from mlyard.teams import acting_editor, acting_or_none, record
 
@@ -100,7 +101,8 @@ def create_run(deployment: str, parameters: dict[str, Any], tags: list[str],
     except MlyardError as exc:
         record(actor, "run.start", what, "refused", acting_or_none(actor), f"{type(exc).__name__}: {exc}")
         raise
-    tags = [t for t in tags if not t.startswith((PROJECT_TAG, USER_TAG))] + run_tags(project, actor.name)
+    # whose it is, and whose child (tasks/local_line.py: a child skips the line), are the platform's to say
+    tags = [t for t in tags if not t.startswith((PROJECT_TAG, USER_TAG, PARENT_TAG))] + run_tags(project, actor.name)
     key = f"mlyard:{actor.name}:{idempotency_key}" if idempotency_key else None  # one user's key is not another's
     try:
         fr: Any = make_run(deployment, parameters, job_variables, tags, name=name, scheduled_time=scheduled_time,

@@ -148,7 +148,7 @@ def test_a_retried_submission_makes_one_run(stack, settings, sleeper, tmp_path):
 
     state = read_state(settings)
     body = json.dumps({"deployment": "train/train-local", "parameters": {"spec": sleeper("idem-http", 0)},
-                       "tags": [], "job_variables": {}}).encode()
+                       "tags": ["mlyard.parent:forged"], "job_variables": {}}).encode()
 
     def post() -> dict:
         request = urllib.request.Request(f"{state.service_url}/v1/runs", data=body, method="POST", headers={
@@ -159,6 +159,8 @@ def test_a_retried_submission_makes_one_run(stack, settings, sleeper, tmp_path):
 
     first, second = post(), post()
     assert first["id"] == second["id"], "a retry with the same key made a second run"
+    [made_first] = _flow_runs([first["id"]])
+    assert "mlyard.parent:forged" not in made_first.tags, "a caller made its run a child that skips the line"
 
     # a fresh process, as a user's script: its first request gives up after 0.01 s, its retry does not
     script = tmp_path / "retry.py"
